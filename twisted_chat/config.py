@@ -1,0 +1,36 @@
+"""
+The server's settings, one frozen value shared by every connection.
+
+L{twisted_chat.service.Options} fills it from the command line; tests build
+it directly with only the fields they care about.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+DEFAULT_PORT = 7000
+
+
+@dataclass(frozen=True, slots=True)
+class ServerConfig:
+    ports: tuple[str, ...] = field(default=(f"tcp:{DEFAULT_PORT}",))
+    server_name: str = "twisted-chat"
+    history: int = 100
+    max_line: int = 4096
+    invite_timeout: float = 60.0
+    max_clients: int = 10000
+    max_per_ip: int = 20
+    show_addresses: bool = False
+    # Abuse limits (see docs/protocol.md, "Limits").
+    flood_rate: float = 10.0
+    flood_burst: int = 20
+    sendq: int = 1024 * 1024
+    idle_timeout: float = 120.0
+    ping_timeout: float = 60.0
+    nick_timeout: float = 30.0
+    # Durable history.
+    db: str = "chat.sqlite3"
+    retain_days: float | None = None
+    # How long a peer may take to complete a close (TLS) at shutdown.
+    shutdown_grace: float = 3.0

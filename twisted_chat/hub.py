@@ -1,0 +1,324 @@
+"""
+The chat domain: who is online, the lobby, invitations, pairs and history.
+
+The hub knows nothing of sockets or bytes.  Commands come in as method calls
+from the connection layer; their consequences go out as calls on a
+L{Listener}, which decides how to tell the people concerned.  A rule broken by
+a command raises L{HubError} before anything has changed.  Time comes from an
+injected C{IReactorTime}, so tests drive it with C{task.Clock}.
+"""
+
+from __future__ import annotations
+
+import bisect
+from dataclasses import dataclass, field
+from enum import Enum
+from typing import Any, Protocol
+
+from twisted.internet.interfaces import IDelayedCall, IReactorTime
+from twisted.logger import Logger
+
+from twisted_chat.history import Entry, History
+from twisted_chat.wire import ErrorCode, nick_key
+
+
+class State(str, Enum):
+    LOBBY = "lobby"
+    PAIRED = "paired"
+
+
+class HubError(Exception):
+    """A command that breaks a rule; answered with C{ERROR code text}."""
+
+    def __init__(self, code: ErrorCode, text: str) -> None:
+        super().__init__(code, text)
+        self.code = code
+        self.text = text
+
+
+class NickTaken(Exception):
+    """The nick is online already (compared without regard to case)."""
+
+
+@dataclass(eq=False, slots=True)
+class User:
+    """
+    One online user.  C{conn} is whatever the connection layer registered
+    the user with; the hub only hands it back through the L{Listener}.
+    """
+
+    nick: str
+    key: str
+    conn: Any
+    address: str
+    state: State = State.LOBBY
+    partner: User | None = None
+    outgoing: Invitation | None = None
+    incoming: dict[str, Invitation] = field(default_factory=dict)  # by inviter key
+
+
+@dataclass(eq=False, slots=True)
+class Invitation:
+    inviter: User
+    invitee: User
+    timer: IDelayedCall | None = None
+
+
+class Listener(Protocol):
+    """
+    How the hub's decisions reach people.  Each method names its recipients;
+    those called "everyone" are read from L{Hub.online} or L{Hub.lobby}.
+    """
+
+    def roster_changing(self) -> None:
+        """Who is online, or in the lobby, is about to change: deliver what
+        was addressed to the lobby as it is now, and forget any user list."""
+
+    def ready(self, user: User) -> None:
+        """To C{user}: READY, the lobby history, the user list."""
+
+    def joined(self, ts: float, user: User) -> None:
+        """To everyone online but C{user}."""
+
+    def left(self, ts: float, user: User, reason: str, text: str) -> None:
+        """To everyone online (C{user} is no longer online)."""
+
+    def lobby_message(self, entry: Entry) -> None:
+        """To everyone in the lobby, the sender included."""
+
+    def private_message(self, ts: float, sender: User, recipient: User, text: str) -> None:
+        """To C{recipient}, and the sender's copy to C{sender}."""
+
+    def invited(self, invitation: Invitation) -> None:
+        """PENDING to the inviter, INVITE to the invitee."""
+
+    def paired(self, user: User, partner: User) -> None:
+        """PAIRED to both."""
+
+    def unpaired(self, user: User, partner: User, reason: str) -> None:
+        """To C{user}: UNPAIRED <partner> <reason>, then the user list."""
+
+    def declined(self, inviter: User, invitee: User, reason: str) -> None:
+        """To C{inviter}: its invitation ended without a pairing."""
+
+    def cancelled(self, invitee: User, inviter: User, reason: str) -> None:
+        """To C{invitee}: an invitation it had ended without a pairing."""
+
+
+class Hub:
+    log = Logger()
+
+    def __init__(
+        self,
+        clock: IReactorTime,
+        history: History,
+        listener: Listener,
+        invite_timeout: float = 60.0,
+    ) -> None:
+        self.clock = clock
+        self.history = history
+        self.listener = listener
+        self.invite_timeout = invite_timeout
+        self.online: dict[str, User] = {}
+        self.lobby: dict[str, User] = {}
+        self._sorted_keys: list[str] = []
+
+    # -- queries -----------------------------------------------------------
+
+    def users(self) -> list[User]:
+        """Everyone online, sorted by nick without regard to case."""
+        online = self.online
+        return [online[key] for key in self._sorted_keys]
+
+    def is_online(self, user: User) -> bool:
+        return self.online.get(user.key) is user
+
+    def _lookup(self, nick: str) -> User | None:
+        return self.online.get(nick_key(nick))
+
+    # -- arriving and leaving ----------------------------------------------
+
+    def register(self, nick: str, conn: Any, address: str = "-") -> User:
+        """
+        Bring a user online in the lobby.
+
+        @raise NickTaken: someone online has that nick already.
+        """
+        key = nick_key(nick)
+        if key in self.online:
+            raise NickTaken(nick)
+        self.listener.roster_changing()
+        user = User(nick=nick, key=key, conn=conn, address=address)
+        self.online[key] = user
+        self.lobby[key] = user
+        bisect.insort(self._sorted_keys, key)
+        self.log.info("{nick} is ready from {address}", nick=nick, address=address)
+        self.listener.ready(user)
+        self.listener.joined(self.clock.seconds(), user)
+        return user
+
+    def leave(self, user: User, reason: str, text: str = "") -> None:
+        """
+        Take a user offline for any reason.  Everyone learns it first
+        (C{LEFT}); then the invitations and the pair it had end.  Calling it
+        for a user who is not online does nothing.
+        """
+        if not self.is_online(user):
+            return
+        self.listener.roster_changing()
+        del self.online[user.key]
+        self.lobby.pop(user.key, None)
+        del self._sorted_keys[bisect.bisect_left(self._sorted_keys, user.key)]
+        self.log.info("{nick} left ({reason})", nick=user.nick, reason=reason)
+        self.listener.left(self.clock.seconds(), user, reason, text)
+        if user.outgoing is not None:
+            self._end(user.outgoing, "gone")
+        for invitation in list(user.incoming.values()):
+            self._end(invitation, "gone")
+        partner = user.partner
+        if partner is not None:
+            self._separate(user, partner)
+            self.listener.unpaired(partner, user, "disconnected")
+
+    # -- talking -----------------------------------------------------------
+
+    def say(self, user: User, text: str) -> None:
+        """C{MSG}: to the lobby, or to the partner while paired."""
+        ts = self.clock.seconds()
+        partner = user.partner
+        if partner is not None:
+            self.listener.private_message(ts, user, partner, text)
+        else:
+            entry = Entry(ts, user.nick, text)
+            self.history.record(entry)
+            self.listener.lobby_message(entry)
+
+    def direct(self, user: User, nick: str, text: str) -> None:
+        """C{DM}: a private message, in the lobby or paired."""
+        target = self._other(user, nick, "you cannot send a private message to yourself")
+        self.listener.private_message(self.clock.seconds(), user, target, text)
+
+    def _other(self, user: User, nick: str, self_text: str) -> User:
+        target = self._lookup(nick)
+        if target is user:
+            raise HubError(ErrorCode.SELF, self_text)
+        if target is None:
+            raise HubError(ErrorCode.NO_SUCH_NICK, f"{nick} is not online")
+        return target
+
+    # -- pairing -----------------------------------------------------------
+
+    def pair(self, user: User, nick: str) -> None:
+        """C{PAIR}: invite C{nick}, or pair at once if it invited C{user}."""
+        target = self._other(user, nick, "you cannot invite yourself")
+        if user.partner is not None:
+            raise HubError(
+                ErrorCode.BUSY, f"you are paired with {user.partner.nick}; UNPAIR first"
+            )
+        if target.partner is not None:
+            raise HubError(ErrorCode.BUSY, f"{target.nick} is in a private conversation")
+        mutual = target.outgoing
+        if mutual is not None and mutual.invitee is user:
+            self._pair(mutual)
+            return
+        if user.outgoing is not None:
+            raise HubError(
+                ErrorCode.PENDING,
+                f"your invitation to {user.outgoing.invitee.nick} is still open; "
+                "UNPAIR withdraws it",
+            )
+        invitation = Invitation(user, target)
+        invitation.timer = self.clock.callLater(self.invite_timeout, self._expire, invitation)
+        user.outgoing = invitation
+        target.incoming[user.key] = invitation
+        self.log.info("{inviter} invited {invitee}", inviter=user.nick, invitee=target.nick)
+        self.listener.invited(invitation)
+
+    def accept(self, user: User, nick: str) -> None:
+        self._pair(self._invitation_from(user, nick))
+
+    def reject(self, user: User, nick: str) -> None:
+        self._end(self._invitation_from(user, nick), "rejected")
+
+    def unpair(self, user: User) -> None:
+        """C{UNPAIR}: leave the conversation, or withdraw one's invitation."""
+        partner = user.partner
+        if partner is not None:
+            self._separate(user, partner)
+            self.log.info("{a} and {b} unpaired", a=user.nick, b=partner.nick)
+            self.listener.unpaired(user, partner, "left")
+            self.listener.unpaired(partner, user, "left")
+        elif user.outgoing is not None:
+            self._end(user.outgoing, "withdrawn")
+        else:
+            raise HubError(ErrorCode.NOT_PAIRED, "you are not paired and have no open invitation")
+
+    def _invitation_from(self, user: User, nick: str) -> Invitation:
+        invitation = user.incoming.get(nick_key(nick))
+        if invitation is None:
+            raise HubError(ErrorCode.NO_INVITE, f"you have no open invitation from {nick}")
+        return invitation
+
+    def _pair(self, invitation: Invitation) -> None:
+        """Turn an open invitation into a pair; every other invitation of
+        either side ends as busy."""
+        inviter, invitee = invitation.inviter, invitation.invitee
+        self._detach(invitation)
+        self.listener.roster_changing()
+        for one, other in ((inviter, invitee), (invitee, inviter)):
+            one.state = State.PAIRED
+            one.partner = other
+            del self.lobby[one.key]
+        self.log.info("{a} and {b} paired", a=inviter.nick, b=invitee.nick)
+        self.listener.paired(inviter, invitee)
+        self.listener.paired(invitee, inviter)
+        for one in (inviter, invitee):
+            if one.outgoing is not None:
+                self._end(one.outgoing, "busy")
+            for other_invitation in list(one.incoming.values()):
+                self._end(other_invitation, "busy")
+
+    def _separate(self, user: User, partner: User) -> None:
+        """Both back to the lobby (or, for one who left, just unlinked)."""
+        self.listener.roster_changing()
+        for one in (user, partner):
+            one.partner = None
+            one.state = State.LOBBY
+            if self.is_online(one):
+                self.lobby[one.key] = one
+
+    def _expire(self, invitation: Invitation) -> None:
+        invitation.timer = None
+        self._end(invitation, "timeout")
+
+    def _detach(self, invitation: Invitation) -> None:
+        if invitation.timer is not None and invitation.timer.active():
+            invitation.timer.cancel()
+        invitation.timer = None
+        invitation.inviter.outgoing = None
+        del invitation.invitee.incoming[invitation.inviter.key]
+
+    def _end(self, invitation: Invitation, reason: str) -> None:
+        """End an invitation without a pairing; tell each side still online."""
+        self._detach(invitation)
+        inviter, invitee = invitation.inviter, invitation.invitee
+        self.log.info(
+            "invitation {inviter} -> {invitee} ended: {reason}",
+            inviter=inviter.nick,
+            invitee=invitee.nick,
+            reason=reason,
+        )
+        if self.is_online(inviter):
+            self.listener.declined(inviter, invitee, reason)
+        if self.is_online(invitee):
+            self.listener.cancelled(invitee, inviter, reason)
+
+    # -- shutting down -----------------------------------------------------
+
+    def close(self) -> None:
+        """Cancel every timer the hub holds (server shutdown)."""
+        for user in self.online.values():
+            if user.outgoing is not None and user.outgoing.timer is not None:
+                if user.outgoing.timer.active():
+                    user.outgoing.timer.cancel()
+                user.outgoing.timer = None

@@ -1,0 +1,622 @@
+"""
+The connection layer: one L{ChatProtocol} per connection, and the
+L{ChatFactory} that owns the L{Hub} and turns its decisions into lines.
+
+Lobby fan-out is the hottest path in the server.  A lobby message is encoded
+once, and the lobby lines of one reactor turn are gathered and written to each
+member in a single C{transport.write}, so the per-recipient cost is paid per
+turn rather than per line.  To keep every connection's view in the order the
+server handled events, anything written to a lobby member, and any change to
+who is in the lobby, first delivers the gathered lines.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any, ClassVar
+
+from twisted.internet import defer
+from twisted.internet.interfaces import IDelayedCall, IPushProducer, IReactorTime
+from twisted.internet.protocol import Protocol, ServerFactory, connectionDone
+from twisted.logger import Logger
+from twisted.protocols.basic import LineReceiver
+from twisted.python.failure import Failure
+from zope.interface import implementer
+
+from twisted_chat import __version__, wire
+from twisted_chat.config import ServerConfig
+from twisted_chat.history import Entry, History
+from twisted_chat.hub import Hub, HubError, Invitation, NickTaken, State, User
+from twisted_chat.wire import ErrorCode, LineError
+
+if TYPE_CHECKING:
+    from twisted.internet.interfaces import IAddress
+
+# Verbs allowed before READY; any other known verb is "not-ready".
+_BEFORE_READY = frozenset({"NICK", "PING", "PONG", "HELP", "BYE"})
+
+
+@implementer(IPushProducer)
+class _SendQueueWatch:
+    """
+    The transport's push producer.  Twisted pauses it once the transport
+    holds more than its buffer size (the kernel is not taking data), and
+    resumes it when the buffer has drained; in between, the connection counts
+    what it still writes, and is cut off when that passes C{--sendq}.
+    """
+
+    __slots__ = ("_protocol",)
+
+    def __init__(self, protocol: ChatProtocol) -> None:
+        self._protocol = protocol
+
+    def pauseProducing(self) -> None:
+        if self._protocol.held is None:
+            self._protocol.held = 0
+
+    def resumeProducing(self) -> None:
+        self._protocol.held = None
+
+    def stopProducing(self) -> None:
+        pass
+
+
+class ChatProtocol(LineReceiver):
+    """
+    One connection: NICK, then online (READY or PAIRED, as the hub says),
+    then finished.
+
+    C{dataReceived} is replaced: chat/1 discards an over-long line with one
+    error and keeps the connection, where C{LineReceiver} would drop it, and
+    the scan below finds each delimiter once instead of re-splitting the
+    buffer for every line.
+    """
+
+    delimiter = b"\n"
+    log = Logger()
+
+    # Twisted's transports pause a streaming producer past this many bytes.
+    _TRANSPORT_BUFFER = 65536
+
+    def __init__(self, factory: ChatFactory) -> None:
+        self.factory = factory
+        self.config = factory.config
+        self.clock: IReactorTime = factory.reactor
+        self.MAX_LENGTH = self.config.max_line
+        self.user: User | None = None
+        self.address = "-"
+        self.host: str | None = None
+        self.finished = False
+        # Bytes written since the transport paused us; None while it is not.
+        self.held: int | None = None
+        self._sendq_excess = max(self.config.sendq - self._TRANSPORT_BUFFER, 0)
+        self._leave_reason = "disconnected"
+        self._buffer = b""
+        self._discarding = False
+        # Flood control: a token bucket, and a penalty for dropped lines.
+        self._tokens = float(self.config.flood_burst)
+        self._refilled = 0.0
+        self._penalty = 0.0
+        self._penalised = 0.0
+        self._flood_error_at: float | None = None
+        # Liveness.
+        self._last_line = 0.0
+        self._pinged_at: float | None = None
+        self._idle_call: IDelayedCall | None = None
+        self._nick_call: IDelayedCall | None = None
+        self._user_lines: dict[State, bytes] = {}
+
+    # -- connection life ---------------------------------------------------
+
+    def connectionMade(self) -> None:
+        peer = self.transport.getPeer()  # type: ignore[union-attr]
+        host = getattr(peer, "host", None)
+        port = getattr(peer, "port", None)
+        self.address = wire.format_address(host, port)
+        self.transport.registerProducer(_SendQueueWatch(self), True)  # type: ignore[union-attr]
+        now = self.clock.seconds()
+        self._refilled = self._penalised = self._last_line = now
+        self.log.debug("connection from {address}", address=self.address)
+        if self.config.nick_timeout > 0:
+            self._nick_call = self.clock.callLater(self.config.nick_timeout, self._nick_expired)
+        if self.config.idle_timeout > 0:
+            self._idle_call = self.clock.callLater(self.config.idle_timeout, self._check_idle)
+        self.write(self.factory.greeting)
+
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
+        self.finished = True
+        for call in (self._idle_call, self._nick_call):
+            if call is not None and call.active():
+                call.cancel()
+        self._idle_call = self._nick_call = None
+        self.factory.disconnected(self)
+        self._leave(self._leave_reason)
+        self.log.debug("connection from {address} closed", address=self.address)
+
+    def _leave(self, reason: str, text: str = "") -> None:
+        if self.user is not None:
+            self.factory.hub.leave(self.user, reason, text)
+
+    def _close(self, reason: str, text: str) -> None:
+        """End the connection from the server's side with C{BYE}."""
+        self.write(wire.line("BYE", reason, text=text))
+        self.finished = True
+        self._leave_reason = reason
+        self.transport.loseConnection()  # type: ignore[union-attr]
+        self._leave(reason)
+
+    def hang_up(self) -> None:
+        """Close without telling the hub first (server shutdown: everyone
+        goes, so nobody is told that anyone left)."""
+        self.finished = True
+        self.transport.loseConnection()  # type: ignore[union-attr]
+
+    # -- output --------------------------------------------------------------
+
+    def write(self, data: bytes) -> None:
+        """Send C{data} after anything addressed to the lobby before it."""
+        if self.finished:
+            return
+        user = self.user
+        if user is not None and user.state is State.LOBBY and self.factory.has_pending:
+            self.factory.flush()
+        self.deliver(data)
+
+    def deliver(self, data: bytes) -> None:
+        """The fan-out's write: no ordering work, only the send-queue rule."""
+        held = self.held
+        if held is None:
+            self.transport.write(data)  # type: ignore[union-attr]
+        elif not self.finished:
+            held += len(data)
+            if held > self._sendq_excess:
+                self._overflow()
+            else:
+                self.held = held
+                self.transport.write(data)  # type: ignore[union-attr]
+
+    def _overflow(self) -> None:
+        """
+        The peer is not reading: cut it off without BYE (it would not be
+        read).  The hub hears of it from C{connectionLost}, which Twisted
+        calls on a later turn, so a fan-out in progress is not disturbed.
+        """
+        self.log.info(
+            "{nick} dropped: send queue over {sendq} bytes",
+            nick=self.user.nick if self.user else self.address,
+            sendq=self.config.sendq,
+        )
+        self.finished = True
+        self._leave_reason = "sendq"
+        self.transport.abortConnection()  # type: ignore[union-attr]
+
+    def user_line(self, user: User) -> bytes:
+        """This user's C{USER} line in its current state, encoded once."""
+        state = user.state
+        cached = self._user_lines.get(state)
+        if cached is None:
+            words = [user.nick, state.value]
+            if self.config.show_addresses:
+                words.append(self.address)
+            cached = self._user_lines[state] = wire.line("USER", *words)
+        return cached
+
+    # -- input ---------------------------------------------------------------
+
+    def dataReceived(self, data: bytes) -> None:
+        if self._buffer:
+            data = self._buffer + data
+            self._buffer = b""
+        limit = self.config.max_line
+        start = 0
+        find = data.find
+        while not self.finished:
+            newline = find(b"\n", start)
+            if self._discarding:
+                if newline < 0:
+                    return
+                self._discarding = False
+                start = newline + 1
+                continue
+            if newline < 0:
+                # A partial line may end in the CR of its terminator, hence +1.
+                if len(data) - start > limit + 1:
+                    self._discarding = True
+                    self.lineLengthExceeded(b"")
+                elif start < len(data):
+                    self._buffer = data[start:]
+                return
+            stop = newline - 1 if newline > start and data[newline - 1] == 13 else newline
+            if stop - start > limit:
+                start = newline + 1
+                self.lineLengthExceeded(b"")
+                continue
+            line = data[start:stop]
+            start = newline + 1
+            self.lineReceived(line)
+
+    def lineLengthExceeded(self, line: bytes) -> None:
+        """Check 1: the line is discarded whole, with one error."""
+        if self._count_line():
+            self.write(
+                wire.error(
+                    ErrorCode.TOO_LONG, f"lines may be at most {self.config.max_line} bytes"
+                )
+            )
+
+    def lineReceived(self, line: bytes) -> None:
+        if self.finished or not self._count_line():
+            return
+        try:
+            text = wire.decode(line)
+            split = wire.split_verb(text)
+            if split is not None:
+                self._dispatch(*split)
+        except (LineError, HubError) as e:
+            self.write(wire.error(e.code, e.text))
+
+    def _dispatch(self, verb: str, rest: str) -> None:
+        user = self.user
+        if user is None:
+            if verb not in _BEFORE_READY:
+                raise LineError(ErrorCode.NOT_READY, "choose a nickname first: NICK <nick>")
+            if verb == "NICK":
+                self._nick(rest)
+                return
+        elif verb == "NICK":
+            raise LineError(ErrorCode.ALREADY_READY, f"you are already {user.nick}")
+        command = wire.parse_args(verb, rest)
+        self._HANDLERS[verb](self, command)
+
+    # -- limits --------------------------------------------------------------
+
+    def _count_line(self) -> bool:
+        """
+        Every complete line resets the idle timer and spends a flood token.
+        @return: whether the line may be handled.
+        """
+        now = self.clock.seconds()
+        self._last_line = now
+        rate = self.config.flood_rate
+        if not rate:
+            return True
+        tokens = self._tokens + (now - self._refilled) * rate
+        burst = self.config.flood_burst
+        if tokens > burst:
+            tokens = burst
+        self._refilled = now
+        if tokens >= 1.0:
+            self._tokens = tokens - 1.0
+            return True
+        self._tokens = tokens
+        self._flooded(now)
+        return False
+
+    def _flooded(self, now: float) -> None:
+        """
+        A line over the limit is dropped.  Each dropped line adds one to a
+        penalty that drains at C{flood-burst / 10} per second; past
+        C{flood-burst} the client is disconnected.  In words: more than
+        C{flood-burst} lines dropped within about ten seconds.
+        """
+        burst = self.config.flood_burst
+        drained = self._penalty - (now - self._penalised) * burst / 10.0
+        self._penalty = max(drained, 0.0) + 1.0
+        self._penalised = now
+        if self._penalty > burst:
+            self._close("flood", "too many lines too fast")
+            return
+        if self._flood_error_at is None or now - self._flood_error_at >= 1.0:
+            self._flood_error_at = now
+            self.write(
+                wire.error(
+                    ErrorCode.FLOOD,
+                    f"slow down: at most {self.config.flood_rate:g} lines per second "
+                    f"(bursts of {burst}); lines are being dropped",
+                )
+            )
+
+    def _check_idle(self) -> None:
+        """
+        Runs when the connection may have been silent for C{--idle-timeout};
+        each line only records its time, so a busy connection costs no timer
+        work per line.
+        """
+        self._idle_call = None
+        now = self.clock.seconds()
+        pinged = self._pinged_at
+        if pinged is not None and self._last_line < pinged:
+            self._close("timeout", f"no answer to PING within {self.config.ping_timeout:g} seconds")
+            return
+        self._pinged_at = None
+        silent = now - self._last_line
+        idle = self.config.idle_timeout
+        if silent < idle:
+            self._idle_call = self.clock.callLater(idle - silent, self._check_idle)
+            return
+        self._pinged_at = now
+        self.write(wire.line("PING", text=f"idle-{int(now)}"))
+        self._idle_call = self.clock.callLater(self.config.ping_timeout, self._check_idle)
+
+    def _nick_expired(self) -> None:
+        self._nick_call = None
+        if self.user is None and not self.finished:
+            self._close("timeout", f"no nickname after {self.config.nick_timeout:g} seconds")
+
+    # -- commands ------------------------------------------------------------
+
+    def _nick(self, rest: str) -> None:
+        try:
+            nick = wire.parse_args("NICK", rest).words[0]
+        except LineError as e:
+            self.write(wire.line("RETRY", "invalid", text=e.text))
+            return
+        try:
+            self.user = self.factory.hub.register(nick, self, self.address)
+        except NickTaken:
+            self.write(wire.line("RETRY", "taken", text=f"{nick} is online already"))
+            return
+        if self._nick_call is not None and self._nick_call.active():
+            self._nick_call.cancel()
+        self._nick_call = None
+
+    def _online(self) -> User:
+        assert self.user is not None  # _dispatch lets only NICK, PING... through before
+        return self.user
+
+    def do_MSG(self, command: wire.Command) -> None:
+        self.factory.hub.say(self._online(), command.text)
+
+    def do_DM(self, command: wire.Command) -> None:
+        self.factory.hub.direct(self._online(), command.words[0], command.text)
+
+    def do_USERS(self, command: wire.Command) -> None:
+        self.write(self.factory.roster())
+
+    def do_PAIR(self, command: wire.Command) -> None:
+        self.factory.hub.pair(self._online(), command.words[0])
+
+    def do_ACCEPT(self, command: wire.Command) -> None:
+        self.factory.hub.accept(self._online(), command.words[0])
+
+    def do_REJECT(self, command: wire.Command) -> None:
+        self.factory.hub.reject(self._online(), command.words[0])
+
+    def do_UNPAIR(self, command: wire.Command) -> None:
+        self.factory.hub.unpair(self._online())
+
+    def do_PING(self, command: wire.Command) -> None:
+        self.write(wire.line("PONG", text=command.text))
+
+    def do_PONG(self, command: wire.Command) -> None:
+        pass  # it already counted as a line for the idle timer
+
+    def do_HELP(self, command: wire.Command) -> None:
+        if command.words:
+            verb = command.words[0].upper()
+            if verb not in wire.HELP_TEXT:
+                raise LineError(ErrorCode.BAD_ARGS, f"no help for {command.words[0]!r}; try HELP")
+            self.write(_help_line(verb) + wire.line("HELP"))
+        else:
+            self.write(_FULL_HELP)
+
+    def do_BYE(self, command: wire.Command) -> None:
+        self.write(wire.line("BYE", "quit"))
+        self.finished = True
+        self._leave_reason = "quit"
+        self.transport.loseConnection()  # type: ignore[union-attr]
+        self._leave("quit", command.text)
+
+    _HANDLERS: ClassVar[dict[str, Any]] = {
+        "MSG": do_MSG,
+        "DM": do_DM,
+        "USERS": do_USERS,
+        "PAIR": do_PAIR,
+        "ACCEPT": do_ACCEPT,
+        "REJECT": do_REJECT,
+        "UNPAIR": do_UNPAIR,
+        "PING": do_PING,
+        "PONG": do_PONG,
+        "HELP": do_HELP,
+        "BYE": do_BYE,
+    }
+
+
+def _help_line(verb: str) -> bytes:
+    return wire.line("HELP", text=f"{wire.USAGE[verb]} - {wire.HELP_TEXT[verb]}")
+
+
+_FULL_HELP = b"".join(_help_line(verb) for verb in wire.HELP_TEXT) + wire.line("HELP")
+
+
+class _Refusal(Protocol):
+    """What a connection over a limit talks to: two lines, then the close."""
+
+    def __init__(self, why: str) -> None:
+        self.why = why
+
+    def connectionMade(self) -> None:
+        self.transport.write(  # type: ignore[union-attr]
+            wire.error(ErrorCode.SERVER_FULL, self.why) + wire.line("BYE", "full")
+        )
+        self.transport.loseConnection()  # type: ignore[union-attr]
+
+
+class ChatFactory(ServerFactory):
+    """
+    Builds connections, enforces the connection limits, and is the hub's
+    L{twisted_chat.hub.Listener}: every hub decision becomes lines here.
+    """
+
+    log = Logger()
+
+    def __init__(self, config: ServerConfig, reactor: Any, history: History | None = None) -> None:
+        self.config = config
+        self.reactor = reactor
+        self.history = history if history is not None else History(config.history)
+        self.hub = Hub(reactor, self.history, self, config.invite_timeout)
+        self.connections: set[ChatProtocol] = set()
+        self._per_host: dict[str, int] = {}
+        self._pending: list[bytes] = []
+        self._flush_call: IDelayedCall | None = None
+        self._roster: bytes | None = None
+        self._history_block: bytes | None = None
+        self.greeting = wire.line(
+            "HELLO",
+            wire.PROTOCOL_VERSION,
+            text=f"{config.server_name} (twisted-chat {__version__})",
+        ) + wire.line("NICK")
+
+    # -- connections -----------------------------------------------------------
+
+    def buildProtocol(self, addr: IAddress | None) -> Protocol:
+        host: str | None = getattr(addr, "host", None)
+        if len(self.connections) >= self.config.max_clients:
+            self.log.warn("refused {host}: server full", host=host)
+            return _Refusal("the server is full; try again later")
+        if host is not None and self._per_host.get(host, 0) >= self.config.max_per_ip:
+            self.log.warn("refused {host}: too many connections from it", host=host)
+            return _Refusal(f"too many connections from {host}")
+        protocol = ChatProtocol(self)
+        protocol.host = host
+        self.connections.add(protocol)
+        if host is not None:
+            self._per_host[host] = self._per_host.get(host, 0) + 1
+        return protocol
+
+    def disconnected(self, protocol: ChatProtocol) -> None:
+        self.connections.discard(protocol)
+        host = protocol.host
+        if host is not None:
+            left = self._per_host.get(host, 1) - 1
+            if left > 0:
+                self._per_host[host] = left
+            else:
+                self._per_host.pop(host, None)
+        if not self.connections and self._all_closed is not None:
+            closed, self._all_closed = self._all_closed, None
+            closed.callback(None)
+
+    _all_closed: defer.Deferred[None] | None = None
+
+    def shutdown(self) -> defer.Deferred[None]:
+        """
+        Say C{BYE shutdown} to everyone and close; connections that have not
+        closed after the grace period (a TLS peer that never completes the
+        close) are aborted.
+        """
+        self.flush()
+        if not self.connections:
+            return defer.succeed(None)
+        self._all_closed = defer.Deferred()
+        protocols = list(self.connections)
+        bye = wire.line("BYE", "shutdown", text="the server is shutting down")
+        for protocol in protocols:
+            protocol.write(bye)
+        for protocol in protocols:
+            protocol.hang_up()
+        self.hub.close()
+
+        def abort_stragglers() -> None:
+            for protocol in list(self.connections):
+                protocol.transport.abortConnection()  # type: ignore[union-attr]
+
+        grace = self.reactor.callLater(self.config.shutdown_grace, abort_stragglers)
+        all_closed = self._all_closed
+
+        def cancel_grace(result: None) -> None:
+            if grace.active():
+                grace.cancel()
+
+        all_closed.addCallback(cancel_grace)
+        return all_closed
+
+    # -- the lobby fan-out -----------------------------------------------------
+
+    @property
+    def has_pending(self) -> bool:
+        return bool(self._pending)
+
+    def flush(self) -> None:
+        """Write the lobby lines gathered this turn to every lobby member."""
+        call = self._flush_call
+        if call is not None:
+            self._flush_call = None
+            if call.active():
+                call.cancel()
+        pending = self._pending
+        if not pending:
+            return
+        self._pending = []
+        data = pending[0] if len(pending) == 1 else b"".join(pending)
+        for user in list(self.hub.lobby.values()):
+            user.conn.deliver(data)
+
+    def roster(self) -> bytes:
+        """The C{USER} lines and the closing C{USERS}, encoded once per change."""
+        if self._roster is None:
+            users = self.hub.users()
+            self._roster = b"".join([u.conn.user_line(u) for u in users]) + wire.line(
+                "USERS", str(len(users))
+            )
+        return self._roster
+
+    def history_block(self) -> bytes:
+        """The C{HISTORY} lines a newcomer gets, encoded once per message."""
+        if self._history_block is None:
+            self._history_block = b"".join(
+                [
+                    wire.line("HISTORY", wire.format_ts(e.ts), e.nick, text=e.text)
+                    for e in self.history.recent()
+                ]
+            )
+        return self._history_block
+
+    # -- the hub's Listener ------------------------------------------------------
+
+    def roster_changing(self) -> None:  # the hub's Listener
+        self.flush()
+        self._roster = None
+
+    def lobby_message(self, entry: Entry) -> None:
+        self._history_block = None
+        self._pending.append(
+            wire.line("MSG", wire.format_ts(entry.ts), entry.nick, "*", text=entry.text)
+        )
+        if self._flush_call is None:
+            self._flush_call = self.reactor.callLater(0, self.flush)
+
+    def ready(self, user: User) -> None:
+        user.conn.write(wire.line("READY", user.nick) + self.history_block() + self.roster())
+
+    def joined(self, ts: float, user: User) -> None:
+        data = wire.line("JOINED", wire.format_ts(ts), user.nick)
+        for other in list(self.hub.online.values()):
+            if other is not user:
+                other.conn.write(data)
+
+    def left(self, ts: float, user: User, reason: str, text: str) -> None:
+        data = wire.line("LEFT", wire.format_ts(ts), user.nick, reason, text=text)
+        for other in list(self.hub.online.values()):
+            other.conn.write(data)
+
+    def private_message(self, ts: float, sender: User, recipient: User, text: str) -> None:
+        data = wire.line("MSG", wire.format_ts(ts), sender.nick, recipient.nick, text=text)
+        recipient.conn.write(data)
+        sender.conn.write(data)
+
+    def invited(self, invitation: Invitation) -> None:
+        inviter, invitee = invitation.inviter, invitation.invitee
+        inviter.conn.write(wire.line("PENDING", invitee.nick))
+        invitee.conn.write(wire.line("INVITE", inviter.nick))
+
+    def paired(self, user: User, partner: User) -> None:
+        user.conn.write(wire.line("PAIRED", partner.nick))
+
+    def unpaired(self, user: User, partner: User, reason: str) -> None:
+        user.conn.write(wire.line("UNPAIRED", partner.nick, reason) + self.roster())
+
+    def declined(self, inviter: User, invitee: User, reason: str) -> None:
+        inviter.conn.write(wire.line("DECLINED", invitee.nick, reason))
+
+    def cancelled(self, invitee: User, inviter: User, reason: str) -> None:
+        invitee.conn.write(wire.line("CANCELLED", inviter.nick, reason))

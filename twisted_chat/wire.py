@@ -1,0 +1,270 @@
+"""
+The chat/1 wire format, as pure functions.
+
+Parsing a client line happens in stages because PROTOCOL.md fixes the order
+in which a bad line is diagnosed: length, encoding, characters, verb, state,
+arguments.  The state check belongs to the connection, so this module offers
+the stages around it separately: L{decode} (encoding and characters),
+L{split_verb} (the verb) and L{parse_args} (the arguments).
+
+Formatting returns C{bytes} ready for C{transport.write}, so that a line meant
+for many recipients is encoded exactly once.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from dataclasses import dataclass
+from enum import Enum
+
+CRLF = b"\r\n"
+PROTOCOL_VERSION = "chat/1"
+
+NICK_MAX = 24
+_NICK = re.compile(r"[A-Za-z][A-Za-z0-9_-]{0,%d}\Z" % (NICK_MAX - 1))
+
+# C0 controls except TAB, DEL, C1 controls, LINE and PARAGRAPH SEPARATOR.
+_BAD_CHARS = re.compile("[\x00-\x08\x0a-\x1f\x7f-\x9f\u2028\u2029]")
+_BLANK = " \t"
+
+
+class ErrorCode(str, Enum):
+    """The codes an C{ERROR} line may carry."""
+
+    UNKNOWN_COMMAND = "unknown-command"
+    BAD_ARGS = "bad-args"
+    NOT_READY = "not-ready"
+    ALREADY_READY = "already-ready"
+    NO_SUCH_NICK = "no-such-nick"
+    SELF = "self"
+    BUSY = "busy"
+    PENDING = "pending"
+    NO_INVITE = "no-invite"
+    NOT_PAIRED = "not-paired"
+    TOO_LONG = "too-long"
+    BAD_ENCODING = "bad-encoding"
+    BAD_CHARS = "bad-chars"
+    FLOOD = "flood"
+    SERVER_FULL = "server-full"
+
+
+class LineError(Exception):
+    """
+    A line that fails one of the checks; it is answered with one C{ERROR}.
+    """
+
+    def __init__(self, code: ErrorCode, text: str) -> None:
+        super().__init__(code, text)
+        self.code = code
+        self.text = text
+
+
+class Text(Enum):
+    """Whether a verb takes a free-text field after its words."""
+
+    NONE = 0
+    OPTIONAL = 1
+    REQUIRED = 2
+
+
+@dataclass(frozen=True, slots=True)
+class Grammar:
+    """How many single-word arguments a verb takes, and its free text."""
+
+    min_words: int
+    max_words: int
+    text: Text
+    nick_words: int = 0  # how many of the leading words are nicks
+
+
+# Every verb a client may send.  Verbs only the server sends (READY, JOINED,
+# ...) are deliberately absent: from a client they are unknown commands.
+CLIENT_VERBS: dict[str, Grammar] = {
+    "NICK": Grammar(1, 1, Text.NONE, nick_words=1),
+    "MSG": Grammar(0, 0, Text.REQUIRED),
+    "DM": Grammar(1, 1, Text.REQUIRED, nick_words=1),
+    "USERS": Grammar(0, 0, Text.NONE),
+    "PAIR": Grammar(1, 1, Text.NONE, nick_words=1),
+    "ACCEPT": Grammar(1, 1, Text.NONE, nick_words=1),
+    "REJECT": Grammar(1, 1, Text.NONE, nick_words=1),
+    "UNPAIR": Grammar(0, 0, Text.NONE),
+    "PING": Grammar(0, 0, Text.OPTIONAL),
+    "PONG": Grammar(0, 0, Text.OPTIONAL),
+    "HELP": Grammar(0, 1, Text.NONE),
+    "BYE": Grammar(0, 0, Text.OPTIONAL),
+}
+
+
+@dataclass(frozen=True, slots=True)
+class Command:
+    """A client line that passed every check this module can make."""
+
+    verb: str
+    words: tuple[str, ...]
+    text: str  # "" when the verb has no free text or it was left out
+
+
+def is_valid_nick(nick: str) -> bool:
+    return _NICK.match(nick) is not None
+
+
+def nick_key(nick: str) -> str:
+    """The form under which nicks are compared: ASCII case does not count."""
+    return nick.lower()
+
+
+def is_blank(text: str) -> bool:
+    return not text.strip(_BLANK)
+
+
+def decode(line: bytes) -> str:
+    """
+    Check a line's encoding and characters (checks 2 and 3) and decode it.
+
+    @raise LineError: with C{bad-encoding} or C{bad-chars}.
+    """
+    try:
+        text = line.decode("utf-8")
+    except UnicodeDecodeError:
+        raise LineError(ErrorCode.BAD_ENCODING, "lines must be valid UTF-8") from None
+    if _BAD_CHARS.search(text) is not None:
+        raise LineError(
+            ErrorCode.BAD_CHARS, "control characters are not allowed (TAB is)"
+        )
+    return text
+
+
+def split_verb(text: str) -> tuple[str, str] | None:
+    """
+    Split a decoded line into its upper-cased verb and the rest (check 4).
+
+    @return: C{None} for an empty line (only spaces and tabs), which is
+        ignored; otherwise C{(VERB, rest)} with the spaces after the verb
+        removed from C{rest}.
+    @raise LineError: C{unknown-command} for a verb clients may not send.
+    """
+    if is_blank(text):
+        return None
+    stripped = text.lstrip(" ")
+    verb, _, rest = stripped.partition(" ")
+    upper = verb.upper() if verb.isascii() else ""
+    if upper not in CLIENT_VERBS:
+        shown = verb if len(verb) <= 32 else verb[:32] + "..."
+        raise LineError(ErrorCode.UNKNOWN_COMMAND, f"unknown command {shown!r}; try HELP")
+    return upper, rest.lstrip(" ")
+
+
+def parse_args(verb: str, rest: str) -> Command:
+    """
+    Split C{rest} into C{verb}'s words and free text (check 6).
+
+    @param rest: the line after the verb, leading spaces removed.
+    @raise LineError: C{bad-args}, with a message naming the usage.
+    """
+    grammar = CLIENT_VERBS[verb]
+    words: list[str] = []
+    if grammar.text is Text.NONE:
+        # Words are separated by spaces only: a tab inside a word keeps it
+        # one (malformed) word rather than silently splitting it.
+        words = [w for w in rest.split(" ") if w]
+        text = ""
+    else:
+        remaining = rest
+        for _ in range(grammar.max_words):
+            if not remaining:
+                break
+            word, _, remaining = remaining.partition(" ")
+            words.append(word)
+            remaining = remaining.lstrip(" ")
+        text = remaining
+    if not grammar.min_words <= len(words) <= grammar.max_words:
+        raise LineError(ErrorCode.BAD_ARGS, f"usage: {USAGE[verb]}")
+    for nick in words[: grammar.nick_words]:
+        if not is_valid_nick(nick):
+            raise LineError(
+                ErrorCode.BAD_ARGS,
+                f"{_shorten(nick)!r} is not a valid nick (1-{NICK_MAX} letters, digits, "
+                "_ or -, starting with a letter)",
+            )
+    if grammar.text is Text.REQUIRED and is_blank(text):
+        raise LineError(ErrorCode.BAD_ARGS, f"usage: {USAGE[verb]} (the text may not be empty)")
+    return Command(verb, tuple(words), text)
+
+
+def _shorten(s: str, limit: int = 32) -> str:
+    return s if len(s) <= limit else s[:limit] + "..."
+
+
+USAGE: dict[str, str] = {
+    "NICK": "NICK <nick>",
+    "MSG": "MSG <text>",
+    "DM": "DM <nick> <text>",
+    "USERS": "USERS",
+    "PAIR": "PAIR <nick>",
+    "ACCEPT": "ACCEPT <nick>",
+    "REJECT": "REJECT <nick>",
+    "UNPAIR": "UNPAIR",
+    "PING": "PING [<token>]",
+    "PONG": "PONG [<token>]",
+    "HELP": "HELP [<verb>]",
+    "BYE": "BYE [<text>]",
+}
+
+HELP_TEXT: dict[str, str] = {
+    "NICK": "choose your nickname (1-24 letters, digits, _ or -, starting with a letter)",
+    "MSG": "talk to the lobby, or to your partner while paired",
+    "DM": "send a private message to one user",
+    "USERS": "list who is online",
+    "PAIR": "invite a user to a private one-to-one conversation",
+    "ACCEPT": "accept an invitation",
+    "REJECT": "reject an invitation",
+    "UNPAIR": "leave your private conversation, or withdraw your invitation",
+    "PING": "check the connection; the server answers PONG with the same token",
+    "PONG": "answer the server's PING",
+    "HELP": "this help; HELP <verb> for one command",
+    "BYE": "leave the server",
+}
+
+
+# -- formatting ------------------------------------------------------------
+
+
+def line(verb: str, *words: str, text: str = "") -> bytes:
+    """
+    Encode one server line.  An empty free text is left out together with
+    the space before it.
+    """
+    parts = " ".join((verb, *words))
+    if text:
+        parts = f"{parts} {text}"
+    return parts.encode("utf-8") + CRLF
+
+
+def format_ts(seconds: float) -> str:
+    """RFC 3339 UTC with milliseconds: C{2026-11-22T10:15:02.481Z}."""
+    millis = int(seconds * 1000)
+    whole, ms = divmod(millis, 1000)
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(whole)) + f".{ms:03d}Z"
+
+
+def parse_ts(ts: str) -> float:
+    """The inverse of L{format_ts} (for clients and tests)."""
+    import calendar
+
+    base, _, frac = ts.rstrip("Z").partition(".")
+    whole = calendar.timegm(time.strptime(base, "%Y-%m-%dT%H:%M:%S"))
+    return whole + (int(frac) / 1000 if frac else 0.0)
+
+
+def error(code: ErrorCode, text: str) -> bytes:
+    return line("ERROR", code.value, text=text or code.value)
+
+
+def format_address(host: str | None, port: int | None) -> str:
+    """C{host:port}, C{[v6]:port}, or C{-} where there is no address."""
+    if host is None or port is None:
+        return "-"
+    if ":" in host:
+        return f"[{host}]:{port}"
+    return f"{host}:{port}"
