@@ -1,0 +1,38 @@
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.serverproc import LineClient, ServerProcess
+
+
+@pytest.fixture
+def chat_server(tmp_path: Path) -> Iterator[Callable[..., ServerProcess]]:
+    """Start real servers (C{chat_server("--history", "5")}); all are stopped after the test."""
+    started: list[ServerProcess] = []
+
+    def start(*args: str, **kwargs: object) -> ServerProcess:
+        server = ServerProcess(tmp_path, args, **kwargs)  # type: ignore[arg-type]
+        started.append(server)
+        return server.start()
+
+    yield start
+    for server in started:
+        server.kill()
+
+
+@pytest.fixture
+def connect() -> Iterator[Callable[..., LineClient]]:
+    """Open line clients to a port; all are closed after the test."""
+    clients: list[LineClient] = []
+
+    def open_client(port: int, **kwargs: object) -> LineClient:
+        client = LineClient(port, **kwargs)  # type: ignore[arg-type]
+        clients.append(client)
+        return client
+
+    yield open_client
+    for client in clients:
+        client.close()

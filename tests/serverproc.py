@@ -1,0 +1,177 @@
+"""
+End-to-end support: the real C{twistd -n chat} in a subprocess on a free
+loopback port, and a blocking line client with bounded waits.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+TWISTD = str(Path(sys.executable).with_name("twistd"))
+LOOPBACK = "127.0.0.1"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind((LOOPBACK, 0))
+        return int(s.getsockname()[1])
+
+
+def wait_for_port(port: int, timeout: float = 15.0, proc: subprocess.Popen[bytes] | None = None) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc is not None and proc.poll() is not None:
+            raise RuntimeError(f"server exited early with {proc.returncode}")
+        try:
+            with socket.create_connection((LOOPBACK, port), timeout=0.5):
+                return
+        except OSError:
+            time.sleep(0.05)
+    raise TimeoutError(f"nothing listening on {LOOPBACK}:{port} after {timeout}s")
+
+
+class ServerProcess:
+    """C{twistd -n chat} on C{127.0.0.1:port}, run in C{workdir}."""
+
+    def __init__(self, workdir: Path, args: Sequence[str] = (), port: int | None = None,
+                 endpoint: str | None = None) -> None:
+        self.workdir = workdir
+        self.port = port or free_port()
+        self.endpoint = endpoint or f"tcp:{self.port}:interface={LOOPBACK}"
+        self.args = list(args)
+        self.log_path = workdir / f"twistd-{self.port}.log"
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self, wait: bool = True) -> ServerProcess:
+        command = [TWISTD, "-n", "--pidfile=", f"--logfile={self.log_path}", "chat",
+                   "--port", self.endpoint, *self.args]
+        self.proc = subprocess.Popen(
+            command, cwd=self.workdir, stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True,
+        )
+        if wait:
+            wait_for_port(self.port, proc=self.proc)
+        return self
+
+    @property
+    def pid(self) -> int:
+        assert self.proc is not None
+        return self.proc.pid
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 15.0) -> int:
+        """Signal the server and wait for it; returns its exit code."""
+        assert self.proc is not None
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait(5)
+                raise
+        return self.proc.returncode
+
+    def output(self) -> str:
+        """What twistd printed to stdout/stderr (after it has stopped)."""
+        assert self.proc is not None and self.proc.stdout is not None
+        return self.proc.stdout.read().decode(errors="replace") if self.proc.poll() is not None else ""
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+    def rss_kib(self) -> int:
+        for line in Path(f"/proc/{self.pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+        raise RuntimeError("no VmRSS")
+
+    def kill(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait(5)
+
+
+class LineClient:
+    """A blocking chat/1 connection for tests; every wait is bounded."""
+
+    def __init__(self, port: int, host: str = LOOPBACK, timeout: float = 5.0,
+                 sock: socket.socket | None = None) -> None:
+        self.sock = sock or socket.create_connection((host, port), timeout=timeout)
+        self.sock.settimeout(timeout)
+        self.timeout = timeout
+        self.buffer = b""
+        self.lines: list[str] = []  # every line received, in order
+
+    def send(self, text: str | bytes) -> None:
+        data = text.encode() if isinstance(text, str) else text
+        if not data.endswith(b"\n"):
+            data += b"\r\n"
+        self.sock.sendall(data)
+
+    def _fill(self, deadline: float) -> bool:
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            return False
+        self.sock.settimeout(remaining)
+        try:
+            data = self.sock.recv(65536)
+        except TimeoutError:
+            return False
+        if not data:
+            raise EOFError("connection closed by the server")
+        self.buffer += data
+        return True
+
+    def readline(self, timeout: float | None = None) -> str:
+        deadline = time.monotonic() + (self.timeout if timeout is None else timeout)
+        while b"\n" not in self.buffer:
+            if not self._fill(deadline):
+                raise TimeoutError(f"no line within the timeout; have {self.buffer!r}")
+        raw, self.buffer = self.buffer.split(b"\n", 1)
+        assert raw.endswith(b"\r"), f"server line without CRLF: {raw!r}"
+        line = raw[:-1].decode()
+        self.lines.append(line)
+        return line
+
+    def expect(self, match: str | Callable[[str], bool], timeout: float | None = None) -> str:
+        """Read lines until one starts with C{match} (or satisfies it)."""
+        test = match if callable(match) else (lambda line: line.startswith(match))
+        deadline = time.monotonic() + (self.timeout if timeout is None else timeout)
+        while True:
+            line = self.readline(max(deadline - time.monotonic(), 0.001))
+            if test(line):
+                return line
+
+    def register(self, nick: str) -> list[str]:
+        """Handshake; returns the block after READY up to USERS."""
+        self.expect("NICK")
+        self.send(f"NICK {nick}")
+        self.expect(f"READY {nick}")
+        block = []
+        while True:
+            line = self.readline()
+            block.append(line)
+            if line.startswith("USERS "):
+                return block
+
+    def closed(self, timeout: float | None = None) -> bool:
+        """Wait for the server to close; True if it did."""
+        deadline = time.monotonic() + (self.timeout if timeout is None else timeout)
+        try:
+            while self._fill(deadline):
+                pass
+        except EOFError:
+            return True
+        except ConnectionResetError:
+            return True
+        return False
+
+    def close(self) -> None:
+        self.sock.close()

@@ -1,0 +1,683 @@
+"""
+chat/1 over StringTransport: every verb, state, error code and pairing edge
+case of PROTOCOL.md, with time from a task.Clock.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from tests.harness import Conn, Harness
+from twisted_chat.wire import format_ts
+
+
+@pytest.fixture
+def h() -> Harness:
+    return Harness()
+
+
+def ts(h: Harness) -> str:
+    return format_ts(h.clock.seconds())
+
+
+# -- handshake ---------------------------------------------------------------
+
+
+def test_greeting(h: Harness) -> None:
+    conn = h.connect()
+    assert conn.take() == ["HELLO chat/1 twisted-chat (twisted-chat 0.1.0)", "NICK"]
+
+
+def test_server_name_in_greeting() -> None:
+    h = Harness(server_name="friends")
+    assert h.connect().take()[0].startswith("HELLO chat/1 friends ")
+
+
+def test_ready_block_lists_users_including_newcomer(h: Harness) -> None:
+    h.user("bob")
+    conn = h.connect()
+    conn.take()
+    conn.send("NICK alice")
+    assert conn.take() == ["READY alice", "USER alice lobby", "USER bob lobby", "USERS 2"]
+
+
+def test_others_see_joined_newcomer_does_not(h: Harness) -> None:
+    bob = h.user("bob")
+    alice = h.connect()
+    alice.send("NICK alice")
+    assert bob.take() == [f"JOINED {ts(h)} alice"]
+    assert not any(line.startswith("JOINED") for line in alice.take())
+
+
+@pytest.mark.parametrize("taken", ["bob", "BOB", "Bob"])
+def test_nick_taken_without_regard_to_case(h: Harness, taken: str) -> None:
+    h.user("bob")
+    conn = h.connect()
+    conn.take()
+    conn.send(f"NICK {taken}")
+    line = conn.take_one()
+    assert line.startswith("RETRY taken ")
+    assert conn.user is None
+
+
+@pytest.mark.parametrize(
+    "line",
+    ["NICK", "NICK   ", "NICK a b", "NICK 1abc", "NICK _x", "NICK a" + "b" * 24, "NICK al!ce",
+     "NICK é", "NICK a\tb"],
+)
+def test_nick_invalid_gets_retry_invalid(h: Harness, line: str) -> None:
+    conn = h.connect()
+    conn.take()
+    conn.send(line)
+    reply = conn.take_one()
+    assert reply.startswith("RETRY invalid "), reply
+    conn.send("NICK fine")  # no new prompt needed: the next NICK just works
+    assert conn.take()[0] == "READY fine"
+
+
+def test_nick_rules_accept_boundaries(h: Harness) -> None:
+    for nick in ["a", "A" + "b" * 23, "x-_9"]:
+        conn = h.connect()
+        conn.take()
+        conn.send(f"NICK {nick}")
+        assert conn.take()[0] == f"READY {nick}"
+
+
+def test_nick_keeps_owner_spelling(h: Harness) -> None:
+    h.user("AlIcE")
+    bob = h.user("bob")
+    bob.send("DM alice hi")
+    assert bob.take() == [f"MSG {ts(h)} bob AlIcE hi"]
+
+
+@pytest.mark.parametrize("verb", ["MSG hi", "DM bob hi", "USERS", "PAIR bob", "ACCEPT bob",
+                                  "REJECT bob", "UNPAIR"])
+def test_not_ready_before_nick(h: Harness, verb: str) -> None:
+    conn = h.connect()
+    conn.take()
+    conn.send(verb)
+    assert conn.take_one().startswith("ERROR not-ready ")
+
+
+def test_allowed_before_ready(h: Harness) -> None:
+    conn = h.connect()
+    conn.take()
+    conn.send("PING x", "PONG y", "HELP BYE")
+    assert conn.take() == ["PONG x", "HELP BYE [<text>] - leave the server", "HELP"]
+
+
+def test_nick_after_ready_is_already_ready(h: Harness) -> None:
+    alice = h.user("alice")
+    alice.send("NICK other")
+    assert alice.take_one().startswith("ERROR already-ready ")
+    alice.send("NICK")  # the state is checked before the arguments
+    assert alice.take_one().startswith("ERROR already-ready ")
+
+
+def test_bye_before_ready_closes_without_left(h: Harness) -> None:
+    bob = h.user("bob")
+    conn = h.connect()
+    conn.take()
+    conn.send("BYE")
+    assert conn.take() == ["BYE quit"]
+    assert conn.transport.disconnecting
+    conn.drop()
+    assert bob.take() == []
+
+
+# -- history -----------------------------------------------------------------
+
+
+def test_history_replayed_oldest_first_with_original_times(h: Harness) -> None:
+    alice = h.user("alice")
+    first = ts(h)
+    alice.send("MSG one")
+    h.clock.advance(5)
+    second = ts(h)
+    alice.send("MSG two  ")
+    h.clock.advance(5)
+    bob = h.connect()
+    bob.send("NICK bob")
+    assert bob.take()[2:5] == [
+        "READY bob",
+        f"HISTORY {first} alice one",
+        f"HISTORY {second} alice two  ",
+    ]
+
+
+def test_history_keeps_last_n() -> None:
+    h = Harness(history=2)
+    alice = h.user("alice")
+    alice.send("MSG 1", "MSG 2", "MSG 3")
+    bob = h.connect()
+    bob.send("NICK bob")
+    history = [line.split(" ", 3)[3] for line in bob.take() if line.startswith("HISTORY")]
+    assert history == ["2", "3"]
+
+
+def test_history_zero_keeps_nothing() -> None:
+    h = Harness(history=0)
+    h.user("alice").send("MSG 1")
+    bob = h.connect()
+    bob.send("NICK bob")
+    assert not [line for line in bob.take() if line.startswith("HISTORY")]
+
+
+def test_history_has_lobby_messages_only(h: Harness) -> None:
+    alice, bob = h.user("alice"), h.user("bob")
+    alice.send("DM bob private", "PAIR bob")
+    bob.send("ACCEPT alice")
+    alice.send("MSG paired talk")
+    carol = h.connect()
+    carol.send("NICK carol")
+    assert not [line for line in carol.take() if line.startswith("HISTORY")]
+
+
+def test_message_in_same_turn_as_join_is_history_not_live(h: Harness) -> None:
+    """No message appears both in a newcomer's history and live."""
+    alice = h.user("alice")
+    bob = h.connect()
+    bob.take()
+    # Both lines arrive in one reactor turn; the lobby line is still gathered
+    # (not yet written) when bob joins.
+    alice.protocol.dataReceived(b"MSG racing\r\n")
+    bob.protocol.dataReceived(b"NICK bob\r\n")
+    h.clock.advance(0)
+    got = bob.take()
+    assert [line for line in got if "racing" in line] == [f"HISTORY {ts(h)} alice racing"]
+    assert alice.take() == [f"MSG {ts(h)} alice * racing", f"JOINED {ts(h)} bob"]
+
+
+# -- lobby and direct messages -------------------------------------------------
+
+
+def test_lobby_message_to_everyone_including_sender(h: Harness) -> None:
+    conns = [h.user(n) for n in ("alice", "bob", "carol")]
+    conns[0].send("MSG hello   there  ")
+    for conn in conns:
+        assert conn.take() == [f"MSG {ts(h)} alice * hello   there  "]
+
+
+def test_lobby_lines_of_one_turn_arrive_in_order_to_all(h: Harness) -> None:
+    alice, bob, carol = (h.user(n) for n in ("alice", "bob", "carol"))
+    alice.protocol.dataReceived(b"MSG a1\r\nMSG a2\r\n")
+    bob.protocol.dataReceived(b"MSG b1\r\n")
+    alice.protocol.dataReceived(b"MSG a3\r\n")
+    h.clock.advance(0)
+    expected = [f"MSG {ts(h)} {n} * {t}" for n, t in
+                [("alice", "a1"), ("alice", "a2"), ("bob", "b1"), ("alice", "a3")]]
+    for conn in (alice, bob, carol):
+        assert conn.take() == expected
+
+
+@pytest.mark.parametrize("line", ["MSG", "MSG ", "MSG  \t ", "msg \t"])
+def test_msg_needs_text(h: Harness, line: str) -> None:
+    alice = h.user("alice")
+    alice.send(line)
+    assert alice.take_one().startswith("ERROR bad-args ")
+
+
+def test_msg_text_starts_after_spaces_and_keeps_tabs(h: Harness) -> None:
+    alice = h.user("alice")
+    alice.send("MSG    \tindented")
+    assert alice.take_one() == f"MSG {ts(h)} alice * \tindented"
+
+
+def test_verbs_case_insensitive_and_leading_spaces(h: Harness) -> None:
+    alice = h.user("alice")
+    alice.send("   mSg hi")
+    assert alice.take_one() == f"MSG {ts(h)} alice * hi"
+
+
+def test_direct_message_to_recipient_and_sender_copy(h: Harness) -> None:
+    alice, bob, carol = (h.user(n) for n in ("alice", "bob", "carol"))
+    alice.send("DM BOB  psst  ")
+    line = f"MSG {ts(h)} alice bob psst  "
+    assert bob.take() == [line]
+    assert alice.take() == [line]
+    assert carol.take() == []
+
+
+@pytest.mark.parametrize(
+    ("line", "code"),
+    [("DM alice hi", "self"), ("DM nobody hi", "no-such-nick"), ("DM 9x hi", "bad-args"),
+     ("DM bob", "bad-args"), ("DM bob   ", "bad-args"), ("DM", "bad-args")],
+)
+def test_direct_message_errors(h: Harness, line: str, code: str) -> None:
+    alice = h.user("alice")
+    h.user("bob")
+    alice.take()
+    alice.send(line)
+    assert alice.take_one().startswith(f"ERROR {code} ")
+
+
+def test_reply_after_lobby_line_keeps_order(h: Harness) -> None:
+    """A lobby line is gathered for the turn; a direct reply must not overtake it."""
+    alice = h.user("alice")
+    alice.send("MSG first", "PING second")
+    assert alice.take() == [f"MSG {ts(h)} alice * first", "PONG second"]
+
+
+# -- users ---------------------------------------------------------------------
+
+
+def test_users_sorted_without_regard_to_case(h: Harness) -> None:
+    for nick in ("carol", "Bob", "alice", "Dave"):
+        h.user(nick)
+    conn = h.user("eve")
+    conn.send("USERS")
+    assert conn.take() == [
+        "USER alice lobby", "USER Bob lobby", "USER carol lobby", "USER Dave lobby",
+        "USER eve lobby", "USERS 5",
+    ]
+
+
+def test_users_shows_paired_state(h: Harness) -> None:
+    alice, bob = h.user("alice"), h.user("bob")
+    h.user("carol")
+    alice.send("PAIR bob")
+    bob.send("ACCEPT alice")
+    alice.take()
+    alice.send("USERS")
+    assert alice.take() == ["USER alice paired", "USER bob paired", "USER carol lobby",
+                            "USERS 3"]
+
+
+def test_users_takes_no_arguments(h: Harness) -> None:
+    alice = h.user("alice")
+    alice.send("USERS   ")
+    assert alice.take()[-1] == "USERS 1"
+    alice.send("USERS all")
+    assert alice.take_one().startswith("ERROR bad-args ")
+
+
+def test_show_addresses() -> None:
+    h = Harness(show_addresses=True)
+    v4 = h.connect("127.0.0.1")
+    v4.send("NICK four")
+    v6 = h.connect("::1")
+    v6.send("NICK six")
+    unix = h.connect(None)
+    unix.send("NICK sock")
+    unix.take()
+    unix.send("USERS")
+    port4 = v4.transport.getPeer().port
+    port6 = v6.transport.getPeer().port
+    assert unix.take() == [
+        f"USER four lobby 127.0.0.1:{port4}", f"USER six lobby [::1]:{port6}",
+        "USER sock lobby -", "USERS 3",
+    ]
+
+
+def test_addresses_hidden_by_default(h: Harness) -> None:
+    alice = h.user("alice")
+    alice.send("USERS")
+    assert alice.take() == ["USER alice lobby", "USERS 1"]
+
+
+# -- pairing -------------------------------------------------------------------
+
+
+def pair(h: Harness, a: Conn, b: Conn) -> None:
+    a.send(f"PAIR {b.user.nick}")
+    b.send(f"ACCEPT {a.user.nick}")
+    h.clear_all()
+
+
+def test_pairing_flow(h: Harness) -> None:
+    alice, bob = h.user("alice"), h.user("bob")
+    alice.send("PAIR Bob")
+    assert alice.take() == ["PENDING bob"]
+    assert bob.take() == ["INVITE alice"]
+    bob.send("accept ALICE")
+    assert alice.take() == ["PAIRED bob"]
+    assert bob.take() == ["PAIRED alice"]
+
+
+def test_paired_messages_go_to_partner_only(h: Harness) -> None:
+    alice, bob, carol = (h.user(n) for n in ("alice", "bob", "carol"))
+    pair(h, alice, bob)
+    alice.send("MSG just us")
+    line = f"MSG {ts(h)} alice bob just us"
+    assert bob.take() == [line]
+    assert alice.take() == [line]
+    assert carol.take() == []
+
+
+def test_paired_users_get_no_lobby_messages_but_dms_joined_left(h: Harness) -> None:
+    alice, bob, carol = (h.user(n) for n in ("alice", "bob", "carol"))
+    pair(h, alice, bob)
+    carol.send("MSG lobby only", "DM alice direct")
+    assert alice.take() == [f"MSG {ts(h)} carol alice direct"]
+    dave = h.connect()
+    dave.send("NICK dave")
+    assert alice.take() == [f"JOINED {ts(h)} dave"]
+    dave.send("BYE")
+    assert alice.take() == [f"LEFT {ts(h)} dave quit"]
+
+
+def test_unpair_returns_both_to_lobby_with_user_list(h: Harness) -> None:
+    alice, bob, carol = (h.user(n) for n in ("alice", "bob", "carol"))
+    pair(h, alice, bob)
+    bob.send("UNPAIR")
+    roster = ["USER alice lobby", "USER bob lobby", "USER carol lobby", "USERS 3"]
+    assert bob.take() == ["UNPAIRED alice left", *roster]
+    assert alice.take() == ["UNPAIRED bob left", *roster]
+    carol.send("MSG back")
+    assert alice.take() == [f"MSG {ts(h)} carol * back"]
+
+
+def test_reject(h: Harness) -> None:
+    alice, bob = h.user("alice"), h.user("bob")
+    alice.send("PAIR bob")
+    h.clear_all()
+    bob.send("REJECT alice")
+    assert alice.take() == ["DECLINED bob rejected"]
+    assert bob.take() == ["CANCELLED alice rejected"]
+    alice.send("PAIR bob")  # the invitation is gone: a new one may be sent
+    assert alice.take() == ["PENDING bob"]
+
+
+def test_withdraw(h: Harness) -> None:
+    alice, bob = h.user("alice"), h.user("bob")
+    alice.send("PAIR bob")
+    h.clear_all()
+    alice.send("UNPAIR")
+    assert alice.take() == ["DECLINED bob withdrawn"]
+    assert bob.take() == ["CANCELLED alice withdrawn"]
+    bob.send("ACCEPT alice")
+    assert bob.take_one().startswith("ERROR no-invite ")
+
+
+def test_invitation_timeout(h: Harness) -> None:
+    alice, bob = h.user("alice"), h.user("bob")
+    alice.send("PAIR bob")
+    h.clear_all()
+    h.clock.advance(59.999)
+    assert alice.take() == [] and bob.take() == []
+    h.clock.advance(0.001)
+    assert alice.take() == ["DECLINED bob timeout"]
+    assert bob.take() == ["CANCELLED alice timeout"]
+
+
+def test_invite_timeout_option() -> None:
+    h = Harness(invite_timeout=5)
+    alice, bob = h.user("alice"), h.user("bob")
+    alice.send("PAIR bob")
+    h.clear_all()
+    h.clock.advance(5)
+    assert alice.take() == ["DECLINED bob timeout"]
+
+
+def test_accepted_invitation_does_not_time_out(h: Harness) -> None:
+    alice, bob = h.user("alice"), h.user("bob")
+    pair(h, alice, bob)
+    h.clock.advance(120)
+    assert alice.take() == [] and bob.take() == []
+    assert not h.clock.getDelayedCalls()
+
+
+def test_one_outgoing_invitation(h: Harness) -> None:
+    alice, _bob, _carol = (h.user(n) for n in ("alice", "bob", "carol"))
+    alice.send("PAIR bob")
+    alice.take()
+    for again in ("PAIR carol", "PAIR bob"):
+        alice.send(again)
+        assert alice.take_one().startswith("ERROR pending ")
+
+
+def test_incoming_invitations_unlimited_and_pairing_ends_others_as_busy(h: Harness) -> None:
+    alice, bob, carol, dave = (h.user(n) for n in ("alice", "bob", "carol", "dave"))
+    bob.send("PAIR alice")
+    carol.send("PAIR alice")
+    alice.send("PAIR dave")
+    h.clear_all()
+    alice.send("ACCEPT carol")
+    assert alice.take() == ["PAIRED carol", "DECLINED dave busy", "CANCELLED bob busy"]
+    assert carol.take() == ["PAIRED alice"]
+    assert bob.take() == ["DECLINED alice busy"]
+    assert dave.take() == ["CANCELLED alice busy"]
+    h.clock.advance(60)  # the ended invitations' timers are gone
+    assert [c.take() for c in (alice, bob, carol, dave)] == [[], [], [], []]
+
+
+def test_mutual_invitation_pairs_at_once(h: Harness) -> None:
+    alice, bob, carol = (h.user(n) for n in ("alice", "bob", "carol"))
+    alice.send("PAIR bob")
+    bob.send("PAIR carol")
+    h.clear_all()
+    bob.send("PAIR alice")
+    assert alice.take() == ["PAIRED bob"]
+    assert bob.take() == ["PAIRED alice", "DECLINED carol busy"]
+    assert carol.take() == ["CANCELLED bob busy"]
+
+
+def test_busy(h: Harness) -> None:
+    alice, bob, carol = (h.user(n) for n in ("alice", "bob", "carol"))
+    pair(h, alice, bob)
+    carol.send("PAIR alice")
+    assert carol.take_one().startswith("ERROR busy ")
+    alice.send("PAIR carol")
+    assert alice.take_one().startswith("ERROR busy ")
+
+
+@pytest.mark.parametrize(("line", "code"), [
+    ("PAIR alice", "self"), ("PAIR nobody", "no-such-nick"), ("PAIR", "bad-args"),
+    ("PAIR a b", "bad-args"), ("PAIR -x", "bad-args"),
+    ("ACCEPT bob", "no-invite"), ("REJECT bob", "no-invite"), ("ACCEPT nobody", "no-invite"),
+    ("ACCEPT", "bad-args"), ("UNPAIR", "not-paired"), ("UNPAIR now", "bad-args"),
+])
+def test_pairing_errors(h: Harness, line: str, code: str) -> None:
+    alice = h.user("alice")
+    h.user("bob")
+    alice.take()
+    alice.send(line)
+    assert alice.take_one().startswith(f"ERROR {code} ")
+
+
+def test_accept_while_paired_is_no_invite(h: Harness) -> None:
+    alice, bob, carol = (h.user(n) for n in ("alice", "bob", "carol"))
+    pair(h, alice, bob)
+    alice.send("ACCEPT carol", "REJECT bob")
+    lines = alice.take()
+    assert [line.split()[1] for line in lines] == ["no-invite", "no-invite"]
+
+
+def test_inviter_gone(h: Harness) -> None:
+    alice, bob = h.user("alice"), h.user("bob")
+    alice.send("PAIR bob")
+    h.clear_all()
+    alice.drop()
+    assert bob.take() == [f"LEFT {ts(h)} alice disconnected", "CANCELLED alice gone"]
+
+
+def test_invitee_gone(h: Harness) -> None:
+    alice, bob = h.user("alice"), h.user("bob")
+    alice.send("PAIR bob")
+    h.clear_all()
+    bob.send("BYE off")
+    assert alice.take() == [f"LEFT {ts(h)} bob quit off", "DECLINED bob gone"]
+    alice.send("PAIR bob")
+    assert alice.take_one().startswith("ERROR no-such-nick ")
+
+
+def test_partner_disconnects(h: Harness) -> None:
+    alice, bob, carol = (h.user(n) for n in ("alice", "bob", "carol"))
+    pair(h, alice, bob)
+    bob.drop()
+    assert alice.take() == [
+        f"LEFT {ts(h)} bob disconnected", "UNPAIRED bob disconnected",
+        "USER alice lobby", "USER carol lobby", "USERS 2",
+    ]
+    assert carol.take() == [f"LEFT {ts(h)} bob disconnected"]
+    carol.send("MSG welcome back")
+    assert alice.take() == [f"MSG {ts(h)} carol * welcome back"]
+
+
+# -- leaving -------------------------------------------------------------------
+
+
+def test_bye(h: Harness) -> None:
+    alice, bob = h.user("alice"), h.user("bob")
+    bob.send("BYE  see you  ")
+    assert bob.take() == ["BYE quit"]
+    assert bob.transport.disconnecting
+    assert alice.take() == [f"LEFT {ts(h)} bob quit see you  "]
+    bob.send("MSG after bye", "USERS")  # ignored
+    assert bob.take() == [] and alice.take() == []
+
+
+def test_disconnect_without_text_has_no_trailing_space(h: Harness) -> None:
+    alice, bob = h.user("alice"), h.user("bob")
+    bob.drop()
+    assert alice.take() == [f"LEFT {ts(h)} bob disconnected"]
+
+
+def test_nick_free_after_left(h: Harness) -> None:
+    h.user("bob").send("BYE")
+    again = h.connect()
+    again.send("NICK Bob")
+    assert "READY Bob" in again.take()
+
+
+def test_lines_in_same_chunk_after_bye_are_ignored(h: Harness) -> None:
+    alice, bob = h.user("alice"), h.user("bob")
+    bob.send_raw(b"BYE\r\nMSG ghost\r\n")
+    assert alice.take() == [f"LEFT {ts(h)} bob quit"]
+
+
+# -- framing -------------------------------------------------------------------
+
+
+def test_lf_and_crlf_terminators(h: Harness) -> None:
+    alice = h.user("alice")
+    alice.send_raw(b"MSG lf\nMSG crlf\r\n")
+    assert alice.take() == [f"MSG {ts(h)} alice * lf", f"MSG {ts(h)} alice * crlf"]
+
+
+def test_partial_lines_are_assembled(h: Harness) -> None:
+    alice = h.user("alice")
+    for piece in (b"MS", b"G he", b"llo\r", b"\n"):
+        alice.send_raw(piece)
+    assert alice.take() == [f"MSG {ts(h)} alice * hello"]
+
+
+def test_empty_and_blank_lines_are_ignored(h: Harness) -> None:
+    alice = h.user("alice")
+    alice.send_raw(b"\r\n\n   \r\n \t \n")
+    assert alice.take() == []
+
+
+def test_max_line_boundary() -> None:
+    h = Harness(max_line=20)
+    alice = h.user("alice")
+    exact = b"MSG " + b"x" * 16  # 20 bytes
+    alice.send_raw(exact + b"\r\n")
+    assert alice.take() == [f"MSG {ts(h)} alice * " + "x" * 16]
+    alice.send_raw(exact + b"y\r\n")
+    assert alice.take_one().startswith("ERROR too-long ")
+
+
+def test_too_long_one_error_however_it_arrives_and_connection_kept() -> None:
+    h = Harness(max_line=50)
+    alice = h.user("alice")
+    for _ in range(10):
+        alice.send_raw(b"MSG " + b"z" * 40)
+    alice.send_raw(b"still the same line\r\nMSG after\r\n")
+    assert alice.take() == [
+        "ERROR too-long lines may be at most 50 bytes", f"MSG {ts(h)} alice * after"
+    ]
+
+
+def test_too_long_inside_one_chunk() -> None:
+    h = Harness(max_line=10)
+    alice = h.user("alice")
+    alice.send_raw(b"MSG a\r\nMSG " + b"b" * 20 + b"\r\nMSG c\r\n")
+    assert alice.take() == [
+        f"MSG {ts(h)} alice * a", "ERROR too-long lines may be at most 10 bytes",
+        f"MSG {ts(h)} alice * c",
+    ]
+
+
+def test_check_order_length_before_encoding() -> None:
+    h = Harness(max_line=10)
+    alice = h.user("alice")
+    alice.send_raw(b"\xff" * 11 + b"\r\n")
+    assert alice.take_one().startswith("ERROR too-long ")
+
+
+@pytest.mark.parametrize(("raw", "code"), [
+    (b"MSG \xff\xfe", "bad-encoding"),
+    (b"MSG \xc3", "bad-encoding"),
+    (b"\xffMSG hi", "bad-encoding"),
+    (b"MSG \x1b[31mred", "bad-chars"),
+    (b"MSG a\rb", "bad-chars"),
+    (b"MSG a\x00b", "bad-chars"),
+    (b"MSG del\x7f", "bad-chars"),
+    ("MSG c1\u0085".encode(), "bad-chars"),
+    ("MSG sep\u2028".encode(), "bad-chars"),
+    ("MSG par\u2029".encode(), "bad-chars"),
+    (b"BOGUS \x1b", "bad-chars"),  # characters are checked before the verb
+    (b"BOGUS hi", "unknown-command"),
+    (b"READY alice", "unknown-command"),  # a server-only verb
+    (b"HELLO", "unknown-command"),
+])
+def test_bad_lines(h: Harness, raw: bytes, code: str) -> None:
+    alice = h.user("alice")
+    alice.send_raw(raw + b"\r\n")
+    assert alice.take_one().startswith(f"ERROR {code} ")
+    alice.send("MSG still here")
+    assert alice.take() == [f"MSG {ts(h)} alice * still here"]
+
+
+def test_unknown_command_in_nick_state_before_state_check(h: Harness) -> None:
+    conn = h.connect()
+    conn.take()
+    conn.send("JOINED x")
+    assert conn.take_one().startswith("ERROR unknown-command ")
+
+
+def test_tab_and_unicode_allowed(h: Harness) -> None:
+    alice = h.user("alice")
+    alice.send("MSG tab\there ünïcødé 🎉")
+    assert alice.take() == [f"MSG {ts(h)} alice * tab\there ünïcødé 🎉"]
+
+
+def test_bad_line_does_not_affect_others(h: Harness) -> None:
+    alice, bob = h.user("alice"), h.user("bob")
+    alice.send_raw(b"\xff\x1b\r\n")
+    assert bob.take() == []
+
+
+# -- liveness and help ---------------------------------------------------------
+
+
+def test_ping_pong_token_verbatim(h: Harness) -> None:
+    alice = h.user("alice")
+    alice.send("PING  a token  ", "PING", "ping 42")
+    assert alice.take() == ["PONG a token  ", "PONG", "PONG 42"]
+
+
+def test_unsolicited_pong_ignored(h: Harness) -> None:
+    alice = h.user("alice")
+    alice.send("PONG whatever", "PONG")
+    assert alice.take() == []
+
+
+def test_help_lists_every_command_then_bare_help(h: Harness) -> None:
+    alice = h.user("alice")
+    alice.send("HELP")
+    lines = alice.take()
+    assert lines[-1] == "HELP"
+    verbs = [line.split()[1] for line in lines[:-1]]
+    assert verbs == ["NICK", "MSG", "DM", "USERS", "PAIR", "ACCEPT", "REJECT", "UNPAIR",
+                     "PING", "PONG", "HELP", "BYE"]
+
+
+def test_help_on_one_verb(h: Harness) -> None:
+    alice = h.user("alice")
+    alice.send("help pair")
+    assert alice.take() == [
+        "HELP PAIR <nick> - invite a user to a private one-to-one conversation", "HELP"]
+    alice.send("HELP NOPE")
+    assert alice.take_one().startswith("ERROR bad-args ")
