@@ -402,7 +402,7 @@ def test_invitation_timeout(h: Harness) -> None:
 
 def test_invite_timeout_option() -> None:
     h = Harness(invite_timeout=5)
-    alice, bob = h.user("alice"), h.user("bob")
+    alice, _bob = h.user("alice"), h.user("bob")
     alice.send("PAIR bob")
     h.clear_all()
     h.clock.advance(5)
@@ -476,7 +476,7 @@ def test_pairing_errors(h: Harness, line: str, code: str) -> None:
 
 
 def test_accept_while_paired_is_no_invite(h: Harness) -> None:
-    alice, bob, carol = (h.user(n) for n in ("alice", "bob", "carol"))
+    alice, bob, _carol = (h.user(n) for n in ("alice", "bob", "carol"))
     pair(h, alice, bob)
     alice.send("ACCEPT carol", "REJECT bob")
     lines = alice.take()
