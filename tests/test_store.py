@@ -1,0 +1,528 @@
+"""
+Unit tests of L{twisted_chat.store} on temporary files.
+
+The store reports back with C{reactor.callFromThread}, so these tests run on
+the real reactor through pytest-twisted and wait on the store's Deferreds.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import sqlite3
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+from collections.abc import Callable, Generator, Sequence
+from pathlib import Path
+from typing import Any
+
+import pytest
+import pytest_twisted
+from twisted.internet import reactor as _reactor
+from twisted.internet.defer import Deferred, inlineCallbacks
+from twisted.internet.task import LoopingCall, deferLater
+
+from twisted_chat.history import Entry
+from twisted_chat.store import APPLICATION_ID, SCHEMA_VERSION, SQLiteStore, StoreError
+
+reactor: Any = _reactor
+Gen = Generator[Any, Any, None]
+T0 = 1_700_000_000.0
+
+# The version 1 schema exactly as the previous release wrote it: frozen here,
+# so that a change to the module's own copy cannot hide a broken upgrade.
+V1_DDL = """
+CREATE TABLE messages (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    ts REAL NOT NULL,
+    nick TEXT NOT NULL,
+    text TEXT NOT NULL);
+"""
+
+
+def entries(n: int, start: int = 0, ts: float = T0) -> list[Entry]:
+    return [Entry(ts + i, f"nick{i % 7}", f"message {i}") for i in range(start, start + n)]
+
+
+def fill(store: SQLiteStore, items: Sequence[Entry]) -> None:
+    for entry in items:
+        store.append(entry)
+
+
+def rows(path: Path) -> list[tuple[int, float, str, str]]:
+    """Every row of a closed database, read with a plain connection."""
+    conn = sqlite3.connect(path)
+    try:
+        return conn.execute("SELECT id, ts, nick, text FROM messages ORDER BY id").fetchall()
+    finally:
+        conn.close()
+
+
+def digest(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def assert_refused(path: Path, match: str) -> None:
+    """Opening C{path} fails with one sentence naming it, and changes nothing."""
+    before = digest(path)
+    listing = sorted(p.name for p in path.parent.iterdir())
+    with pytest.raises(StoreError, match=match) as info:
+        SQLiteStore.open(str(path), reactor)
+    assert str(path) in str(info.value)
+    assert digest(path) == before
+    assert sorted(p.name for p in path.parent.iterdir()) == listing
+
+
+def timeout(d: Deferred[Any], seconds: float = 10.0) -> Deferred[Any]:
+    return d.addTimeout(seconds, reactor)
+
+
+class FixedClock:
+    """A reactor whose C{seconds()} is chosen by the test."""
+
+    def __init__(self, now: float) -> None:
+        self.now = now
+
+    def callFromThread(self, f: Callable[..., Any], *args: Any, **kwargs: Any) -> None:
+        reactor.callFromThread(f, *args, **kwargs)
+
+    def seconds(self) -> float:
+        return self.now
+
+
+class CountingStore(SQLiteStore):
+    """Records the size of every batch inserted (in the writer thread)."""
+
+    batches: list[int]
+
+    def _insert(self, rows: Sequence[tuple[float, str, str]]) -> None:
+        self.batches.append(len(rows))
+        super()._insert(rows)
+
+
+def open_counting(path: Path | str, **kwargs: Any) -> CountingStore:
+    store = CountingStore.open(str(path), reactor, **kwargs)
+    assert isinstance(store, CountingStore)
+    store.batches = []
+    return store
+
+
+def make_v1(path: Path, messages: Sequence[Entry]) -> None:
+    conn = sqlite3.connect(path)
+    conn.executescript(V1_DDL)
+    conn.execute(f"PRAGMA application_id={APPLICATION_ID}")
+    conn.execute("PRAGMA user_version=1")
+    conn.execute("PRAGMA journal_mode=WAL")
+    conn.executemany(
+        "INSERT INTO messages (ts, nick, text) VALUES (?, ?, ?)",
+        [(e.ts, e.nick, e.text) for e in messages],
+    )
+    conn.commit()
+    conn.close()
+
+
+# -- writing and reading back -----------------------------------------------
+
+
+@pytest_twisted.inlineCallbacks
+def test_write_then_read_back_last_n_in_order(tmp_path: Path) -> Gen:
+    path = tmp_path / "chat.sqlite3"
+    store = SQLiteStore.open(str(path), reactor)
+    assert store.recent(5) == []
+    written = entries(30)
+    fill(store, written)
+    yield timeout(store.flush())
+    assert store.recent(5) == written[-5:]
+    yield timeout(store.close())
+
+    again = SQLiteStore.open(str(path), reactor)
+    try:
+        assert again.recent(5) == written[-5:]
+        assert again.recent(100) == written
+        assert again.recent(0) == []
+    finally:
+        yield timeout(again.close())
+
+
+@pytest_twisted.inlineCallbacks
+def test_close_commits_everything_pending_and_leaves_only_the_file(tmp_path: Path) -> Gen:
+    path = tmp_path / "chat.sqlite3"
+    store = open_counting(path)
+    store.commit_interval = 3600.0  # nothing is committed until close
+    written = entries(500)
+    fill(store, written)
+    yield timeout(store.close())
+    assert [(ts, nick, text) for _, ts, nick, text in rows(path)] == [
+        (e.ts, e.nick, e.text) for e in written
+    ]
+    assert store.batches == [500], "one transaction for everything queued"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["chat.sqlite3"]
+
+
+@pytest_twisted.inlineCallbacks
+def test_many_messages_share_a_transaction(tmp_path: Path) -> Gen:
+    store = open_counting(tmp_path / "chat.sqlite3")
+    store.commit_interval = 3600.0
+    fill(store, entries(1000))
+    yield timeout(store.flush())
+    fill(store, entries(10, start=1000))
+    yield timeout(store.flush())
+    yield timeout(store.close())
+    assert store.batches == [1000, 10]
+
+
+@pytest_twisted.inlineCallbacks
+def test_commits_on_its_own_within_the_interval(tmp_path: Path) -> Gen:
+    """No flush, no close: the writer commits by itself (the crash bound)."""
+    path = tmp_path / "chat.sqlite3"
+    store = open_counting(path)
+    store.append(Entry(T0, "alice", "hello"))
+    started = time.monotonic()
+    while not store.batches:
+        assert time.monotonic() - started < 5, "the writer never committed"
+        yield deferLater(reactor, 0.01, lambda: None)
+    # The commit is visible to another connection once the store lets go.
+    yield timeout(store.close())
+    assert rows(path) == [(1, T0, "alice", "hello")]
+
+
+@pytest_twisted.inlineCallbacks
+def test_wal_mode_and_exclusive_lock(tmp_path: Path) -> Gen:
+    path = tmp_path / "chat.sqlite3"
+    store = SQLiteStore.open(str(path), reactor)
+    try:
+        store.append(Entry(T0, "alice", "hi"))
+        yield timeout(store.flush())
+        other = sqlite3.connect(path, timeout=0)
+        with pytest.raises(sqlite3.OperationalError, match="locked"):
+            other.execute("SELECT count(*) FROM messages").fetchone()
+        other.close()
+    finally:
+        yield timeout(store.close())
+    header = path.read_bytes()[:100]
+    assert header[18:20] == b"\x02\x02", "the file is in WAL mode"
+    assert int.from_bytes(header[60:64], "big") == SCHEMA_VERSION
+    assert int.from_bytes(header[68:72], "big") == APPLICATION_ID
+
+
+@pytest_twisted.inlineCallbacks
+def test_ids_keep_increasing_after_everything_is_pruned(tmp_path: Path) -> Gen:
+    path = tmp_path / "chat.sqlite3"
+    store = SQLiteStore.open(str(path), reactor)
+    fill(store, entries(3))
+    yield timeout(store.close())
+    # Keep 1 day; every row is 30 days old.
+    pruned = SQLiteStore.open(str(path), FixedClock(T0 + 30 * 86400), retain_days=1)
+    assert pruned.recent(10) == []
+    pruned.append(Entry(T0 + 30 * 86400, "bob", "new"))
+    yield timeout(pruned.close())
+    assert rows(path) == [(4, T0 + 30 * 86400, "bob", "new")]
+
+
+@pytest_twisted.inlineCallbacks
+def test_memory_keeps_nothing_on_disk(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Gen:
+    monkeypatch.chdir(tmp_path)
+    store = SQLiteStore.open(":memory:", reactor)
+    written = entries(5)
+    fill(store, written)
+    yield timeout(store.flush())
+    assert store.recent(3) == written[-3:]
+    yield timeout(store.close())
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest_twisted.inlineCallbacks
+def test_append_after_close_is_dropped_not_raised(tmp_path: Path) -> Gen:
+    path = tmp_path / "chat.sqlite3"
+    store = SQLiteStore.open(str(path), reactor)
+    yield timeout(store.close())
+    store.append(Entry(T0, "late", "too late"))
+    yield timeout(store.flush())
+    yield timeout(store.close())  # a second close is harmless
+    assert rows(path) == []
+
+
+# -- schema versions ----------------------------------------------------------
+
+
+@pytest_twisted.inlineCallbacks
+def test_upgrade_from_version_1(tmp_path: Path) -> Gen:
+    path = tmp_path / "chat.sqlite3"
+    old = entries(4)
+    make_v1(path, old)
+    store = SQLiteStore.open(str(path), reactor)
+    assert store.recent(10) == old
+    store.append(Entry(T0 + 100, "carol", "after the upgrade"))
+    yield timeout(store.close())
+
+    conn = sqlite3.connect(path)
+    assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 2
+    indexes = [r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type='index'")]
+    assert "messages_ts" in indexes
+    plan = conn.execute("EXPLAIN QUERY PLAN DELETE FROM messages WHERE ts < 1").fetchall()
+    assert "messages_ts" in str(plan)
+    conn.close()
+    assert [r[0] for r in rows(path)] == [1, 2, 3, 4, 5]
+    assert rows(path)[-1][1:] == (T0 + 100, "carol", "after the upgrade")
+
+
+def test_newer_schema_is_refused_untouched(tmp_path: Path) -> None:
+    path = tmp_path / "chat.sqlite3"
+    make_v1(path, entries(2))
+    conn = sqlite3.connect(path)
+    conn.execute(f"PRAGMA user_version={SCHEMA_VERSION + 1}")
+    conn.close()
+    assert_refused(path, "newer")
+
+
+# -- files that are not chat databases ----------------------------------------
+
+
+@pytest.mark.parametrize(
+    "content",
+    [b"hello, this is a text file\n" * 20, b"SQLite format 3\x00 but too short", b"\x00" * 4096],
+    ids=["text", "short", "zeros"],
+)
+def test_non_sqlite_file_is_refused_untouched(tmp_path: Path, content: bytes) -> None:
+    path = tmp_path / "notes.txt"
+    path.write_bytes(content)
+    assert_refused(path, "not a chat database")
+    assert path.read_bytes() == content
+
+
+@pytest.mark.parametrize("app_id", [0, 0x0F055112])
+def test_other_applications_sqlite_file_is_refused_untouched(tmp_path: Path, app_id: int) -> None:
+    path = tmp_path / "other.db"
+    conn = sqlite3.connect(path)
+    conn.execute("CREATE TABLE messages (id INTEGER PRIMARY KEY, body TEXT)")
+    conn.execute("INSERT INTO messages (body) VALUES ('theirs')")
+    conn.execute(f"PRAGMA application_id={app_id}")
+    conn.commit()
+    conn.close()
+    assert_refused(path, "another application")
+
+
+@pytest_twisted.inlineCallbacks
+def test_an_empty_file_becomes_a_chat_database(tmp_path: Path) -> Gen:
+    path = tmp_path / "chat.sqlite3"
+    path.touch()
+    store = SQLiteStore.open(str(path), reactor)
+    store.append(Entry(T0, "alice", "first"))
+    yield timeout(store.close())
+    assert rows(path) == [(1, T0, "alice", "first")]
+
+
+@inlineCallbacks
+def _chat_file(path: Path, n: int) -> Gen:
+    store = SQLiteStore.open(str(path), reactor)
+    for entry in entries(n):
+        store.append(Entry(entry.ts, entry.nick, entry.text * 20))
+    yield timeout(store.close())
+
+
+@pytest.mark.parametrize("damage", ["overwrite", "truncate"])
+@pytest_twisted.inlineCallbacks
+def test_corrupt_chat_database_is_refused_untouched(tmp_path: Path, damage: str) -> Gen:
+    path = tmp_path / "chat.sqlite3"
+    yield _chat_file(path, 2000)
+    data = bytearray(path.read_bytes())
+    assert len(data) > 16 * 4096
+    if damage == "overwrite":
+        data[5 * 4096 : 7 * 4096] = b"\xa5" * (2 * 4096)
+    else:
+        del data[len(data) // 2 :]
+    path.write_bytes(bytes(data))
+    assert_refused(path, "corrupt")
+
+
+def test_unopenable_path_is_a_clear_error(tmp_path: Path) -> None:
+    missing = tmp_path / "no-such-dir" / "chat.sqlite3"
+    with pytest.raises(StoreError, match="Cannot open") as info:
+        SQLiteStore.open(str(missing), reactor)
+    assert str(missing) in str(info.value)
+    with pytest.raises(StoreError, match="Cannot read") as info:
+        SQLiteStore.open(str(tmp_path), reactor)
+    assert str(tmp_path) in str(info.value)
+
+
+def test_bad_retain_days() -> None:
+    for bad in (0.0, -1.0, float("nan"), float("inf")):
+        with pytest.raises(ValueError, match="retain_days"):
+            SQLiteStore.open(":memory:", reactor, retain_days=bad)
+
+
+# -- one server per file -------------------------------------------------------
+
+
+@pytest_twisted.inlineCallbacks
+def test_second_open_in_the_same_process_fails(tmp_path: Path) -> Gen:
+    path = tmp_path / "chat.sqlite3"
+    store = SQLiteStore.open(str(path), reactor)
+    try:
+        with pytest.raises(StoreError, match="already open") as info:
+            SQLiteStore.open(str(tmp_path / "." / "chat.sqlite3"), reactor)
+        assert str(path) in str(info.value)
+    finally:
+        yield timeout(store.close())
+    again = SQLiteStore.open(str(path), reactor)  # free again once closed
+    yield timeout(again.close())
+
+
+HOLDER = textwrap.dedent(
+    """
+    import sys
+    from twisted.internet import reactor
+    from twisted_chat.store import SQLiteStore
+    store = SQLiteStore.open(sys.argv[1], reactor)
+    print("open", flush=True)
+    sys.stdin.readline()
+    """
+)
+
+
+@pytest_twisted.inlineCallbacks
+def test_second_process_on_the_same_file_fails_at_once(tmp_path: Path) -> Gen:
+    path = tmp_path / "chat.sqlite3"
+    link = tmp_path / "hard-link.sqlite3"
+    store = SQLiteStore.open(str(path), reactor)
+    store.append(Entry(T0, "alice", "mine"))
+    yield timeout(store.close())
+    link.hardlink_to(path)
+
+    holder = subprocess.Popen(
+        [sys.executable, "-c", HOLDER, str(path)],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert holder.stdout is not None and holder.stdout.readline() == "open\n"
+        for name in (path, link):  # by another name of the same file too
+            started = time.monotonic()
+            with pytest.raises(StoreError, match="in use by another process") as info:
+                SQLiteStore.open(str(name), reactor)
+            assert time.monotonic() - started < 1.0, "fails at once, no busy wait"
+            assert str(name) in str(info.value)
+    finally:
+        assert holder.stdin is not None
+        holder.stdin.close()
+        holder.wait(10)
+    store = SQLiteStore.open(str(path), reactor)  # the holder is gone
+    assert store.recent(10) == [Entry(T0, "alice", "mine")]
+    yield timeout(store.close())
+
+
+# -- retention -------------------------------------------------------------------
+
+
+@pytest_twisted.inlineCallbacks
+def test_retention_prunes_old_rows_in_the_background(tmp_path: Path) -> Gen:
+    path = tmp_path / "chat.sqlite3"
+    day = 86400.0
+    store = SQLiteStore.open(str(path), reactor)
+    old = [Entry(T0 + i, "old", f"old {i}") for i in range(7)]
+    recent = [Entry(T0 + 9 * day + i, "new", f"new {i}") for i in range(3)]
+    fill(store, old + recent)
+    yield timeout(store.close())
+
+    clock = FixedClock(T0 + 10 * day)
+
+    class Small(SQLiteStore):
+        prune_chunk = 2  # several chunks, interleaved with writes
+
+    kept = Small.open(str(path), clock, retain_days=2)
+    assert kept.recent(100) == recent, "start-up replay already honours retention"
+    for _ in range(5):
+        yield timeout(kept.flush())
+    yield timeout(kept.close())
+    assert [r[3] for r in rows(path)] == ["new 0", "new 1", "new 2"]
+
+
+# -- failures and slowness ------------------------------------------------------
+
+
+@pytest_twisted.inlineCallbacks
+def test_failed_write_is_retried_without_loss_or_duplicates(tmp_path: Path) -> Gen:
+    path = tmp_path / "chat.sqlite3"
+
+    class Flaky(SQLiteStore):
+        max_retry_delay = 0.01
+        failures = 2
+
+        def _insert(self, rows: Sequence[tuple[float, str, str]]) -> None:
+            super()._insert(rows)  # half-done work must be rolled back
+            if self.failures:
+                self.failures -= 1
+                raise sqlite3.OperationalError("disk I/O error")
+
+    store = Flaky.open(str(path), reactor)
+    written = entries(5)
+    fill(store, written[:3])
+    with pytest.raises(StoreError, match="disk I/O error") as info:
+        yield timeout(store.flush())
+    assert str(path) in str(info.value)
+    fill(store, written[3:])
+    with pytest.raises(StoreError):
+        yield timeout(store.flush())
+    yield timeout(store.flush())
+    yield timeout(store.close())
+    assert [r[3] for r in rows(path)] == [e.text for e in written]
+
+
+@pytest_twisted.inlineCallbacks
+def test_unstorable_message_does_not_block_the_others(tmp_path: Path) -> Gen:
+    path = tmp_path / "chat.sqlite3"
+    store = SQLiteStore.open(str(path), reactor)
+    store.append(Entry(T0, "alice", "before"))
+    store.append(Entry(T0 + 1, "mallory", "lone surrogate \ud800"))
+    store.append(Entry(T0 + 2, "bob", "after"))
+    yield timeout(store.close())
+    assert [r[3] for r in rows(path)] == ["before", "after"]
+
+
+@pytest_twisted.inlineCallbacks
+def test_reactor_stays_responsive_while_every_write_takes_200ms(tmp_path: Path) -> Gen:
+    """
+    Fails if writes happen on the reactor thread: then C{append} (or the
+    reactor turn that commits) would take 200 ms and the ticks would be late.
+    """
+
+    class Slow(SQLiteStore):
+        def _insert(self, rows: Sequence[tuple[float, str, str]]) -> None:
+            assert threading.current_thread() is not threading.main_thread()
+            time.sleep(0.2)  # the slow disk, in the writer thread
+            super()._insert(rows)
+
+    path = tmp_path / "chat.sqlite3"
+    store = Slow.open(str(path), reactor)
+    slowest_append = 0.0
+    gaps: list[float] = []
+    last = time.monotonic()
+    count = 0
+
+    def tick() -> None:
+        nonlocal slowest_append, last, count
+        now = time.monotonic()
+        gaps.append(now - last)
+        last = now
+        started = time.monotonic()
+        store.append(Entry(T0 + count, "alice", f"message {count}"))
+        slowest_append = max(slowest_append, time.monotonic() - started)
+        count += 1
+
+    loop = LoopingCall(tick)
+    loop.start(0.01)
+    yield deferLater(reactor, 1.0, lambda: None)
+    loop.stop()
+    started = time.monotonic()
+    yield timeout(store.flush())
+    flushed_in = time.monotonic() - started
+    yield timeout(store.close())
+
+    assert count >= 50, f"the reactor ran only {count} ticks in a second"
+    assert slowest_append < 0.05, f"append took {slowest_append:.3f} s"
+    assert max(gaps[1:]) < 0.15, f"the reactor stalled for {max(gaps[1:]):.3f} s"
+    assert flushed_in < 1.0
+    assert [r[3] for r in rows(path)] == [f"message {i}" for i in range(count)]

@@ -1,0 +1,505 @@
+"""
+Durable lobby history in an embedded SQLite database.
+
+L{SQLiteStore} satisfies L{twisted_chat.history.MessageStore}.  The reactor
+thread only ever puts entries on a list under a short lock; one dedicated
+writer thread owns every write.
+
+Why a dedicated writer thread and not C{twisted.enterprise.adbapi}:
+  - adbapi runs one C{runInteraction} per call on the reactor's shared thread
+    pool, so batching several messages into one transaction would still need
+    a queue of our own in front of it, and the pool is also where name
+    resolution and other C{deferToThread} work runs.  A thread of our own
+    batches for free (it takes whatever queued up while it slept or wrote),
+    can never starve or be starved by other thread-pool users, and is the
+    natural place for the periodic retention prune.
+  - The connection holds an exclusive lock on the file for its whole life
+    (see below); one long-lived connection used by one thread is exactly the
+    shape that needs.
+
+Durability: the writer commits a batch at most L{SQLiteStore.commit_interval}
+(0.1 s) after the oldest message in it was appended, or at once on L{flush}
+and L{close}.  The journal is a write-ahead log (WAL) with C{synchronous=FULL}:
+each commit is fsync'ed, so a committed batch survives a SIGKILL and also a
+power cut.  Because commits are batched, that costs at most about ten fsyncs
+a second however busy the lobby is.  The bound: after a crash, only messages
+appended in the last C{commit_interval} plus the duration of one commit
+(normally a few milliseconds) can be missing.
+
+One server per file: the connection uses C{PRAGMA locking_mode=EXCLUSIVE} and
+starts with C{BEGIN EXCLUSIVE}, so it takes SQLite's own exclusive lock on the
+database file and never releases it until closed.  A second server (any
+process, and any path to the same file, hard links included) cannot even read
+the file and fails at once with L{StoreError}, because the busy timeout is 0.
+In exclusive mode the WAL index lives in the process's memory, so there is no
+C{-shm} file.  The price: while the server runs, other programs (the
+C{sqlite3} shell included) cannot open the file either.
+
+What is a chat database: an SQLite file whose header carries
+L{APPLICATION_ID}.  The first 100 bytes are read before SQLite opens the file,
+so a file of another kind, or another application's SQLite database, is
+rejected without ever being opened for writing.  A chat database is
+integrity-checked (C{PRAGMA quick_check}) inside the exclusive transaction,
+before anything is written to it.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import sqlite3
+import threading
+import time
+from collections.abc import Callable, Sequence
+from typing import Any, ClassVar, Protocol
+
+from twisted.internet.defer import Deferred, fail, succeed
+from twisted.logger import Logger
+
+from twisted_chat.history import Entry
+
+__all__ = ["APPLICATION_ID", "SCHEMA_VERSION", "SQLiteStore", "StoreError"]
+
+#: C{PRAGMA application_id} of every chat database: "CHAT" in ASCII.
+APPLICATION_ID = 0x43484154
+
+#: The schema this code writes.  History:
+#:   1. table C{messages(id, ts, nick, text)}, C{id} an AUTOINCREMENT key.
+#:   2. adds the index C{messages_ts} so retention pruning does not scan.
+SCHEMA_VERSION = 2
+
+_SCHEMA_V1 = (
+    "CREATE TABLE messages ("
+    " id INTEGER PRIMARY KEY AUTOINCREMENT,"  # never reused, even after pruning
+    " ts REAL NOT NULL,"  # POSIX seconds
+    " nick TEXT NOT NULL,"
+    " text TEXT NOT NULL)"
+)
+
+#: Statements that take schema version C{k} to C{k + 1}.  A new file is
+#: created as version 1 and then upgraded, so the upgrade path always runs.
+_UPGRADES: dict[int, tuple[str, ...]] = {
+    1: ("CREATE INDEX messages_ts ON messages (ts)",),
+}
+
+_SQLITE_MAGIC = b"SQLite format 3\x00"
+_INSERT = "INSERT INTO messages (ts, nick, text) VALUES (?, ?, ?)"
+
+_log = Logger(namespace="twisted_chat.store")
+
+# Paths (resolved) with an open store in this process.  SQLite's file locks
+# are per process, and reading a locked file's header with a plain open() and
+# close() would drop them, so a second open in the same process is refused
+# before that can happen.
+_open_paths: set[str] = set()
+_open_paths_lock = threading.Lock()
+
+
+class StoreError(Exception):
+    """Start-up failure; C{str()} is one clear sentence naming the file."""
+
+
+class _Reactor(Protocol):
+    """What the store needs from the reactor."""
+
+    def callFromThread(self, f: Callable[..., Any], *args: Any, **kwargs: Any) -> None: ...
+
+    def seconds(self) -> float: ...
+
+
+Row = tuple[float, str, str]
+
+
+class SQLiteStore:
+    """
+    Lobby messages in an SQLite file, written by one background thread.
+
+    Make one with L{open}.  L{append} never blocks; L{flush} and L{close}
+    return Deferreds that fire on the reactor thread.
+    """
+
+    #: Longest time (seconds) a message waits before its batch is committed.
+    commit_interval: ClassVar[float] = 0.1
+    #: How often (seconds) old rows are pruned when C{retain_days} is set.
+    prune_interval: ClassVar[float] = 3600.0
+    #: Most rows deleted per transaction, so pruning never delays new
+    #: messages for long.
+    prune_chunk: ClassVar[int] = 5000
+    #: Longest wait (seconds) between retries after a failed write.
+    max_retry_delay: ClassVar[float] = 30.0
+
+    def __init__(
+        self,
+        conn: sqlite3.Connection,
+        reactor: _Reactor,
+        name: str,
+        claim: str | None,
+        retain_days: float | None,
+    ) -> None:
+        """Use L{open}."""
+        self._conn = conn
+        self._reactor = reactor
+        self._name = name
+        self._claim = claim
+        self._retain = None if retain_days is None else retain_days * 86400.0
+        self._db_lock = threading.Lock()  # the connection: writer vs. recent()
+        self._cond = threading.Condition()  # guards everything below
+        self._pending: list[Entry] = []
+        self._pending_since = 0.0  # time.monotonic() of the oldest pending entry
+        self._flushes: list[Deferred[None]] = []
+        self._stopping = False
+        self._stopped = False  # the writer took its last batch
+        self._dropped = 0
+        self._close_waiters: list[Deferred[None]] = []
+        self._close_result: StoreError | bool | None = False  # False: not yet
+        self._thread = threading.Thread(target=self._run, name=f"chat-store {name}", daemon=True)
+        self._thread.start()
+
+    # -- start-up -----------------------------------------------------------
+
+    @classmethod
+    def open(cls, path: str, reactor: _Reactor, *, retain_days: float | None = None) -> SQLiteStore:
+        """
+        Open or create the chat database at C{path}; blocking, for start-up.
+
+        Creates or upgrades the schema, takes the exclusive lock, and rejects
+        a file that is not a chat database, is corrupt, or is in use, with a
+        L{StoreError} and without modifying it.  C{":memory:"} keeps nothing
+        on disk.
+        """
+        if retain_days is not None and not (math.isfinite(retain_days) and retain_days > 0):
+            raise ValueError(f"retain_days must be a positive number, not {retain_days!r}")
+        if path == ":memory:":
+            conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+            conn.execute("BEGIN")
+            _create(conn)
+            conn.execute("COMMIT")
+            return cls(conn, reactor, path, None, retain_days)
+        shown = os.path.abspath(path)
+        claim = os.path.realpath(path)
+        with _open_paths_lock:
+            if claim in _open_paths:
+                raise StoreError(f"The chat database {shown} is already open in this process.")
+            _open_paths.add(claim)
+        try:
+            _sniff(path, shown)
+            conn = _connect(path, shown)
+        except BaseException:
+            _release(claim)
+            raise
+        return cls(conn, reactor, shown, claim, retain_days)
+
+    def recent(self, n: int) -> list[Entry]:
+        """The last C{n} lobby messages, oldest first; blocking, for start-up."""
+        if n <= 0:
+            return []
+        query = "SELECT ts, nick, text FROM messages"
+        params: tuple[float | int, ...] = (n,)
+        if self._retain is not None:
+            query += " WHERE ts >= ?"
+            params = (self._reactor.seconds() - self._retain, n)
+        with self._db_lock:
+            rows = self._conn.execute(query + " ORDER BY id DESC LIMIT ?", params).fetchall()
+        return [Entry(ts, nick, text) for ts, nick, text in reversed(rows)]
+
+    # -- the reactor side ---------------------------------------------------
+
+    def append(self, entry: Entry) -> None:
+        """Queue C{entry}; never blocks on the disk."""
+        with self._cond:
+            if not self._stopped:
+                if not self._pending:
+                    self._pending_since = time.monotonic()
+                    self._cond.notify()
+                self._pending.append(entry)
+                return
+            self._dropped += 1
+            dropped = self._dropped
+        _log.error(
+            "Chat database {name} is closed: lobby message not stored ({n} so far).",
+            name=self._name,
+            n=dropped,
+        )
+
+    def flush(self) -> Deferred[None]:
+        """Fire once everything appended so far is committed."""
+        d: Deferred[None] = Deferred()
+        with self._cond:
+            if not self._stopped:
+                self._flushes.append(d)
+                self._cond.notify()
+                return d
+        return self._when_closed()
+
+    def close(self) -> Deferred[None]:
+        """Commit everything appended, stop the writer, close the database."""
+        with self._cond:
+            self._stopping = True
+            self._cond.notify()
+        return self._when_closed()
+
+    def _when_closed(self) -> Deferred[None]:
+        if self._close_result is False:
+            d: Deferred[None] = Deferred()
+            self._close_waiters.append(d)
+            return d
+        if isinstance(self._close_result, StoreError):
+            return fail(self._close_result)
+        return succeed(None)
+
+    def _closed(self, error: StoreError | None) -> None:
+        """On the reactor thread, when the writer has finished."""
+        self._thread.join()
+        if self._claim is not None:
+            _release(self._claim)
+        self._close_result = error
+        waiters, self._close_waiters = self._close_waiters, []
+        for d in waiters:
+            if error is None:
+                d.callback(None)
+            else:
+                d.errback(error)
+
+    def _fire(self, flushes: Sequence[Deferred[None]], error: StoreError | None) -> None:
+        for d in flushes:
+            if error is None:
+                d.callback(None)
+            else:
+                d.errback(error)
+
+    # -- the writer thread --------------------------------------------------
+
+    def _run(self) -> None:
+        next_prune = 0.0 if self._retain is not None else math.inf
+        failures = 0
+        retry_at = 0.0
+        while True:
+            with self._cond:
+                while True:
+                    now = time.monotonic()
+                    if self._stopping or self._flushes or now >= next_prune:
+                        break
+                    due = next_prune
+                    if self._pending:
+                        write_at = max(self._pending_since + self.commit_interval, retry_at)
+                        if now >= write_at:
+                            break
+                        due = min(due, write_at)
+                    self._cond.wait(None if due == math.inf else due - now)
+                batch, self._pending = self._pending, []
+                since = self._pending_since
+                flushes, self._flushes = self._flushes, []
+                stopping = self._stopping
+                self._stopped = stopping
+            error: StoreError | None = None
+            if batch:
+                try:
+                    self._write(batch)
+                except sqlite3.Error as e:
+                    failures += 1
+                    delay = min(self.max_retry_delay, 0.5 * 2 ** min(failures, 16))
+                    retry_at = time.monotonic() + delay
+                    error = StoreError(
+                        f"Could not write {len(batch)} lobby message(s) to the chat database"
+                        f" {self._name}: {e}."
+                    )
+                    with self._cond:
+                        self._pending[:0] = batch
+                        self._pending_since = since
+                    if not stopping:
+                        self._log_error(f"{error} Retrying in {delay:g} s.")
+                else:
+                    failures = 0
+                    retry_at = 0.0
+            if error is None and time.monotonic() >= next_prune:
+                next_prune = self._prune()
+            if flushes:
+                self._reactor.callFromThread(self._fire, flushes, error)
+            if stopping:
+                break
+        self._finish(error)
+
+    def _finish(self, error: StoreError | None) -> None:
+        """End of the writer thread: close the database, report to the reactor."""
+        try:
+            with self._db_lock:
+                self._conn.close()  # checkpoints the WAL into the file, removes it
+        except sqlite3.Error as e:
+            if error is None:
+                error = StoreError(f"Could not close the chat database {self._name}: {e}.")
+        if error is not None:
+            self._log_error(f"{error} Messages not written: {len(self._pending)}.")
+        self._reactor.callFromThread(self._closed, error)
+
+    def _log_error(self, message: str) -> None:
+        self._reactor.callFromThread(_log.error, "{message}", message=message)
+
+    def _write(self, batch: Sequence[Entry]) -> None:
+        """Commit C{batch} in one transaction (writer thread)."""
+        rows: list[Row] = [(e.ts, e.nick, e.text) for e in batch]
+        with self._db_lock:
+            self._conn.execute("BEGIN IMMEDIATE")
+            try:
+                try:
+                    self._insert(rows)
+                except sqlite3.Error:
+                    raise
+                except Exception:
+                    # A row the driver cannot bind (not valid text, say): store
+                    # the others rather than retrying the whole batch forever.
+                    self._conn.execute("ROLLBACK")
+                    self._conn.execute("BEGIN IMMEDIATE")
+                    self._insert_each(rows)
+                self._conn.execute("COMMIT")
+            except BaseException:
+                if self._conn.in_transaction:
+                    self._conn.execute("ROLLBACK")
+                raise
+
+    def _insert(self, rows: Sequence[Row]) -> None:
+        """Insert C{rows}; the one place a test can make writes slow."""
+        self._conn.executemany(_INSERT, rows)
+
+    def _insert_each(self, rows: Sequence[Row]) -> None:
+        for row in rows:
+            try:
+                self._conn.execute(_INSERT, row)
+            except sqlite3.Error:
+                raise
+            except Exception as e:
+                self._log_error(f"Lobby message from {row[1]!r} not stored: {e!r}.")
+
+    def _prune(self) -> float:
+        """Delete one chunk of expired rows; return when to prune next."""
+        assert self._retain is not None
+        cutoff = self._reactor.seconds() - self._retain
+        try:
+            with self._db_lock:
+                self._conn.execute("BEGIN IMMEDIATE")
+                try:
+                    deleted = self._conn.execute(
+                        "DELETE FROM messages WHERE id IN"
+                        " (SELECT id FROM messages WHERE ts < ? LIMIT ?)",
+                        (cutoff, self.prune_chunk),
+                    ).rowcount
+                    self._conn.execute("COMMIT")
+                except BaseException:
+                    if self._conn.in_transaction:
+                        self._conn.execute("ROLLBACK")
+                    raise
+        except sqlite3.Error as e:
+            self._log_error(f"Could not prune the chat database {self._name}: {e}.")
+            return time.monotonic() + self.prune_interval
+        if deleted >= self.prune_chunk:
+            return 0.0  # more to delete: go on after the next batch
+        return time.monotonic() + self.prune_interval
+
+
+def _release(claim: str) -> None:
+    with _open_paths_lock:
+        _open_paths.discard(claim)
+
+
+def _sniff(path: str, shown: str) -> None:
+    """Reject a file that is not a chat database before SQLite opens it."""
+    try:
+        with open(path, "rb") as f:
+            header = f.read(100)
+    except FileNotFoundError:
+        return
+    except OSError as e:
+        raise StoreError(f"Cannot read the chat database {shown}: {e.strerror}.") from e
+    if not header:
+        return  # an empty file: a new database
+    if len(header) < 100 or not header.startswith(_SQLITE_MAGIC):
+        raise StoreError(
+            f"{shown} is not a chat database: it is not an SQLite file (wrong path, or corrupt)."
+        )
+    if int.from_bytes(header[68:72], "big") != APPLICATION_ID:
+        raise StoreError(
+            f"{shown} is not a chat database: it is an SQLite database of another application."
+        )
+
+
+def _connect(path: str, shown: str) -> sqlite3.Connection:
+    """Open, lock, check and create or upgrade the database at C{path}."""
+    try:
+        conn = sqlite3.connect(path, timeout=0, isolation_level=None, check_same_thread=False)
+    except sqlite3.Error as e:
+        raise StoreError(f"Cannot open the chat database {shown}: {e}.") from e
+    try:
+        conn.execute("PRAGMA locking_mode=EXCLUSIVE")
+        conn.execute("BEGIN EXCLUSIVE")  # the lock, kept until the connection closes
+        version = _check(conn, shown)
+        if version == 0:
+            _create(conn)
+        else:
+            for v in range(version, SCHEMA_VERSION):
+                _upgrade(conn, v)
+            if version < SCHEMA_VERSION:
+                _log.info(
+                    "Upgraded the chat database {name} from schema {old} to {new}.",
+                    name=shown,
+                    old=version,
+                    new=SCHEMA_VERSION,
+                )
+        conn.execute("COMMIT")
+        mode = conn.execute("PRAGMA journal_mode=WAL").fetchone()[0]
+        if mode != "wal":
+            raise StoreError(
+                f"The chat database {shown} cannot use write-ahead logging"
+                f" (journal mode stays {mode!r})."
+            )
+        conn.execute("PRAGMA synchronous=FULL")
+    except BaseException as e:
+        conn.close()
+        if isinstance(e, sqlite3.OperationalError) and "locked" in str(e):
+            raise StoreError(
+                f"The chat database {shown} is in use by another process"
+                " (is another chat server running on it?)."
+            ) from e
+        if isinstance(e, sqlite3.DatabaseError):
+            raise StoreError(f"The chat database {shown} is corrupt: {e}.") from e
+        raise
+    return conn
+
+
+def _check(conn: sqlite3.Connection, shown: str) -> int:
+    """The schema version of the database, 0 for an empty one to create."""
+    app_id = conn.execute("PRAGMA application_id").fetchone()[0]
+    version = conn.execute("PRAGMA user_version").fetchone()[0]
+    objects = conn.execute("SELECT count(*) FROM sqlite_master").fetchone()[0]
+    if app_id == 0 and version == 0 and objects == 0:
+        return 0
+    if app_id != APPLICATION_ID:
+        raise StoreError(
+            f"{shown} is not a chat database: it is an SQLite database of another application."
+        )
+    if version > SCHEMA_VERSION:
+        raise StoreError(
+            f"The chat database {shown} has schema version {version}, from a newer"
+            f" twisted-chat; this one knows up to version {SCHEMA_VERSION}."
+        )
+    problems = [row[0] for row in conn.execute("PRAGMA quick_check(5)")]
+    if problems != ["ok"]:
+        raise StoreError(f"The chat database {shown} is corrupt: {'; '.join(problems)}.")
+    has_table = conn.execute(
+        "SELECT count(*) FROM sqlite_master WHERE type = 'table' AND name = 'messages'"
+    ).fetchone()[0]
+    if version < 1 or not has_table:
+        raise StoreError(f"The chat database {shown} is damaged: it has no message table.")
+    return int(version)
+
+
+def _create(conn: sqlite3.Connection) -> None:
+    conn.execute(f"PRAGMA application_id={APPLICATION_ID}")
+    conn.execute(_SCHEMA_V1)
+    conn.execute("PRAGMA user_version=1")
+    for v in range(1, SCHEMA_VERSION):
+        _upgrade(conn, v)
+
+
+def _upgrade(conn: sqlite3.Connection, version: int) -> None:
+    for statement in _UPGRADES[version]:
+        conn.execute(statement)
+    conn.execute(f"PRAGMA user_version={version + 1}")
