@@ -1,0 +1,331 @@
+"""
+The abuse limits at their edges: flood control, idle peers, the NICK-state
+time limit, slow readers, connection limits and shutdown.  Time is a
+task.Clock; the transport is a StringTransport.
+"""
+
+from __future__ import annotations
+
+import pytest
+from twisted.internet.error import ConnectionAborted
+from twisted.python.failure import Failure
+
+from tests.harness import Harness
+from twisted_chat.wire import format_ts
+
+
+def ts(h: Harness) -> str:
+    return format_ts(h.clock.seconds())
+
+
+# -- flood control -------------------------------------------------------------
+
+
+def flood_harness(**kw: object) -> Harness:
+    return Harness(flood_rate=10.0, flood_burst=20, **kw)
+
+
+def test_exactly_the_burst_passes() -> None:
+    h = flood_harness()
+    alice = h.user("alice")  # NICK spent one token
+    alice.send(*["PING x"] * 19)
+    assert alice.take() == ["PONG x"] * 19
+
+
+def test_one_over_the_burst_is_dropped_with_error() -> None:
+    h = flood_harness()
+    alice = h.user("alice")
+    alice.send(*[f"PING {i}" for i in range(20)])
+    lines = alice.take()
+    assert lines[:19] == [f"PONG {i}" for i in range(19)]
+    assert len(lines) == 20
+    assert lines[19].startswith("ERROR flood ")
+
+
+def test_at_most_one_flood_error_per_second() -> None:
+    h = flood_harness()
+    alice = h.user("alice")
+    alice.send(*["PING"] * 19)
+    alice.take()
+    alice.send(*["PING"] * 5)
+    assert [line.split()[1] for line in alice.take()] == ["flood"]
+    h.clock.advance(0.5)  # refills 5 tokens
+    alice.send(*["PING"] * 6)
+    assert alice.take() == ["PONG"] * 5  # the sixth is dropped silently: <1 s since the error
+    h.clock.advance(0.55)
+    alice.send(*["PING"] * 6)
+    lines = alice.take()
+    assert lines[:5] == ["PONG"] * 5 and lines[5].startswith("ERROR flood ")
+
+
+def test_bucket_refills() -> None:
+    h = flood_harness()
+    alice = h.user("alice")
+    alice.send(*["PING"] * 19)
+    alice.take()
+    h.clock.advance(2.0)  # 20 tokens again, capped at the burst
+    alice.send(*["PING"] * 21)
+    lines = alice.take()
+    assert lines[:20] == ["PONG"] * 20 and lines[20].startswith("ERROR flood")
+
+
+def test_every_line_counts_even_empty_and_invalid() -> None:
+    h = flood_harness()
+    alice = h.user("alice")
+    alice.send_raw(b"\r\n" * 10 + b"BOGUS\r\n" * 9)
+    alice.take()
+    alice.send("PING")
+    assert alice.take_one().startswith("ERROR flood ")
+
+
+def test_keeps_flooding_gets_bye_and_others_see_left() -> None:
+    h = flood_harness()
+    alice, bob = h.user("alice"), h.user("bob")
+    alice.send(*["PING"] * 19)
+    alice.send(*["MSG spam"] * 20)  # twenty dropped: the penalty reaches the burst
+    assert not alice.transport.disconnecting
+    alice.send("MSG one more")
+    lines = alice.take()
+    assert lines[-1] == "BYE flood too many lines too fast"
+    assert alice.transport.disconnecting
+    assert bob.take() == [f"LEFT {ts(h)} alice flood"]
+
+
+def test_penalty_drains_so_a_slightly_fast_client_is_not_cut() -> None:
+    h = flood_harness()
+    alice = h.user("alice")
+    # 12 lines a second for a minute: 2 a second dropped, the penalty drains 2 a second.
+    for _ in range(60):
+        alice.send(*["PING"] * 12)
+        h.clock.advance(1.0)
+    assert not alice.transport.disconnecting
+
+
+def test_flood_rate_zero_disables() -> None:
+    h = Harness(flood_rate=0)
+    alice = h.user("alice")
+    alice.send(*["PING"] * 1000)
+    assert alice.take() == ["PONG"] * 1000
+
+
+# -- idle peers ----------------------------------------------------------------
+
+
+def idle_harness() -> Harness:
+    return Harness(idle_timeout=120, ping_timeout=60)
+
+
+def test_ping_after_idle_timeout() -> None:
+    h = idle_harness()
+    alice = h.user("alice")
+    h.clock.advance(119.9)
+    assert alice.take() == []
+    h.clock.advance(0.1)
+    line = alice.take_one()
+    assert line.startswith("PING ")
+
+
+def test_activity_postpones_the_ping() -> None:
+    h = idle_harness()
+    alice = h.user("alice")
+    h.clock.advance(100)
+    alice.send("PONG")  # any line counts
+    h.clock.advance(100)
+    assert alice.take() == []
+    h.clock.advance(20)
+    assert alice.take_one().startswith("PING ")
+
+
+def test_ping_answered_just_in_time() -> None:
+    h = idle_harness()
+    alice = h.user("alice")
+    h.clock.advance(120)
+    token = alice.take_one().split(" ", 1)[1]
+    h.clock.advance(59.9)
+    alice.send(f"PONG {token}")
+    h.clock.advance(0.1)
+    assert not alice.transport.disconnecting
+    assert alice.take() == []
+    h.clock.advance(119.9)  # the next PING comes a full idle period after the answer
+    assert alice.take_one().startswith("PING ")
+
+
+def test_ping_answered_too_late() -> None:
+    h = idle_harness()
+    alice, bob = h.user("alice"), h.user("bob")
+    h.clock.advance(120)
+    alice.take()
+    bob.take()
+    h.clock.advance(60)
+    assert alice.take() == ["BYE timeout no answer to PING within 60 seconds"]
+    assert alice.transport.disconnecting
+    assert [line for line in bob.take() if line.startswith("LEFT")] == [
+        f"LEFT {ts(h)} alice timeout"]
+    alice.send("PONG late")
+    assert alice.take() == []
+
+
+def test_idle_timeout_zero_never_pings() -> None:
+    h = Harness(idle_timeout=0)
+    alice = h.user("alice")
+    h.clock.advance(10_000)
+    assert alice.take() == []
+
+
+# -- the NICK-state time limit -------------------------------------------------
+
+
+def test_nick_timeout() -> None:
+    h = Harness(nick_timeout=30)
+    conn = h.connect()
+    conn.take()
+    conn.send("PING still choosing")  # activity does not extend the handshake limit
+    conn.take()
+    h.clock.advance(29.9)
+    assert conn.take() == []
+    h.clock.advance(0.1)
+    assert conn.take() == ["BYE timeout no nickname after 30 seconds"]
+    assert conn.transport.disconnecting
+
+
+def test_nick_in_time_cancels_the_limit() -> None:
+    h = Harness(nick_timeout=30)
+    alice = h.user("alice")
+    h.clock.advance(31)
+    assert alice.take() == [] and not alice.transport.disconnecting
+
+
+def test_nick_timeout_leaves_no_timer_behind() -> None:
+    h = Harness(nick_timeout=30, idle_timeout=120)
+    conn = h.connect()
+    conn.drop()
+    assert h.clock.getDelayedCalls() == []
+
+
+# -- slow readers --------------------------------------------------------------
+
+
+def test_slow_reader_cut_at_sendq() -> None:
+    h = Harness(sendq=65536 + 1000)
+    alice, bob = h.user("alice"), h.user("bob")
+    bob.transport.producer.pauseProducing()  # the kernel stopped taking bob's data
+    alice.send("MSG " + "x" * 400)  # ~440 bytes each
+    alice.send("MSG " + "x" * 400)
+    assert not bob.transport.disconnected
+    alice.send("MSG " + "x" * 400)  # past 1000 bytes held
+    assert bob.transport.disconnected
+    assert not alice.transport.disconnected
+    held = len(bob.transport.value())
+    alice.send("MSG more")  # nothing more is queued for bob
+    assert len(bob.transport.value()) == held
+    alice.take()
+    bob.protocol.connectionLost(Failure(ConnectionAborted()))
+    h.clock.advance(0)
+    assert alice.take() == [f"LEFT {ts(h)} bob sendq"]
+
+
+def test_resumed_reader_is_not_cut() -> None:
+    h = Harness(sendq=65536 + 1000)
+    alice, bob = h.user("alice"), h.user("bob")
+    producer = bob.transport.producer
+    for _ in range(10):
+        producer.pauseProducing()
+        alice.send("MSG " + "x" * 400)
+        producer.resumeProducing()  # the kernel drained it
+    assert not bob.transport.disconnected
+
+
+def test_sendq_cut_does_not_disturb_the_fan_out_in_progress() -> None:
+    """The dropped reader leaves on a later turn, after everyone got the batch."""
+    h = Harness(sendq=65536 + 10)
+    alice, bob, carol = (h.user(n) for n in ("alice", "bob", "carol"))
+    bob.transport.producer.pauseProducing()
+    alice.send("MSG " + "y" * 100)
+    assert bob.transport.disconnected
+    assert carol.take() == [f"MSG {ts(h)} alice * " + "y" * 100]
+
+
+# -- connection limits ---------------------------------------------------------
+
+
+def test_max_clients_refuses_with_error_and_bye_only() -> None:
+    h = Harness(max_clients=2)
+    first, _second = h.connect(), h.connect()
+    third = h.connect()
+    assert third.take() == ["ERROR server-full the server is full; try again later", "BYE full"]
+    assert third.transport.disconnecting
+    first.drop()
+    fourth = h.connect()
+    assert fourth.take()[0].startswith("HELLO ")
+
+
+def test_connections_without_nick_count() -> None:
+    h = Harness(max_clients=1)
+    h.connect()  # never sends NICK
+    assert h.connect().take()[0].startswith("ERROR server-full ")
+
+
+def test_max_per_ip() -> None:
+    h = Harness(max_per_ip=2)
+    a1, _a2 = h.connect("10.0.0.1"), h.connect("10.0.0.1")
+    refused = h.connect("10.0.0.1")
+    assert refused.take() == ["ERROR server-full too many connections from 10.0.0.1", "BYE full"]
+    assert h.connect("10.0.0.2").take()[0].startswith("HELLO ")
+    a1.drop()
+    assert h.connect("10.0.0.1").take()[0].startswith("HELLO ")
+
+
+def test_refused_connections_are_not_counted() -> None:
+    h = Harness(max_clients=1)
+    h.connect()
+    for _ in range(5):
+        h.connect()
+    assert len(h.factory.connections) == 1
+
+
+# -- shutdown ------------------------------------------------------------------
+
+
+def test_shutdown_says_bye_to_everyone_without_left() -> None:
+    h = Harness()
+    alice, bob = h.user("alice"), h.user("bob")
+    waiting = h.connect()
+    waiting.take()
+    alice.protocol.dataReceived(b"MSG last words\r\n")  # gathered, not yet written
+    closed = h.factory.shutdown()
+    assert alice.take() == [f"MSG {ts(h)} alice * last words",
+                            "BYE shutdown the server is shutting down"]
+    assert waiting.take() == ["BYE shutdown the server is shutting down"]
+    for conn in (alice, bob, waiting):
+        assert conn.transport.disconnecting
+    assert not closed.called
+    for conn in (alice, bob, waiting):
+        conn.drop()
+    assert bob.take() == [f"MSG {ts(h)} alice * last words",
+                          "BYE shutdown the server is shutting down"]
+    assert closed.called
+    assert h.clock.getDelayedCalls() == []
+
+
+def test_shutdown_aborts_peers_that_do_not_close() -> None:
+    h = Harness(shutdown_grace=3.0)
+    alice = h.user("alice")
+    closed = h.factory.shutdown()
+    h.clock.advance(2.9)
+    assert not alice.transport.disconnected
+    h.clock.advance(0.1)
+    assert alice.transport.disconnected
+    alice.drop()
+    assert closed.called
+
+
+def test_shutdown_with_nobody() -> None:
+    assert Harness().factory.shutdown().called
+
+
+@pytest.mark.parametrize("option", ["flood_rate", "idle_timeout", "nick_timeout"])
+def test_limits_leave_no_timers_after_disconnect(option: str) -> None:
+    h = Harness(**{option: 5.0})
+    alice = h.user("alice")
+    alice.drop()
+    assert h.clock.getDelayedCalls() == []
