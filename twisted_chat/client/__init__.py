@@ -1,0 +1,14 @@
+"""
+The twisted-chat terminal client: C{python -m twisted_chat.client HOST [PORT]}.
+
+It speaks chat/1 over TCP or TLS on the Twisted reactor.  The modules:
+
+  - L{sanitize}: makes any text from the network safe to print on a terminal;
+  - L{events}: splits the server's lines into verb, words and free text;
+  - L{render}: turns events into human-readable lines (plain or coloured);
+  - L{commands}: parses what the user types (C{/pair bob}, C{@bob hi}, ...);
+  - L{protocol}: the connection to the server and the client's state;
+  - L{terminal}: the interactive line editor on a terminal (conch insults);
+  - L{pipe}: plain line input and output when stdin is not a terminal;
+  - L{main}: options, connecting, and the exit code.
+"""

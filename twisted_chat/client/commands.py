@@ -1,0 +1,174 @@
+"""
+What the user types, turned into chat/1 requests or local answers.
+
+Plain text is a message (to the lobby, or to the partner while paired).  A line
+starting with C{/} is a command, C{@NICK text} is a private message, and C{//}
+sends a message that starts with one C{/}.  Unknown commands are answered
+locally with a hint; nothing is sent for them.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+from twisted_chat.wire import is_valid_nick
+
+HELP = """\
+Commands:
+  TEXT               talk to the lobby (to your partner while paired)
+  @NICK TEXT         a private message to NICK (also /dm NICK TEXT, /msg)
+  /users             who is online (also /who)
+  /pair NICK         invite NICK to a private conversation
+  /accept [NICK]     accept NICK's invitation
+  /reject [NICK]     decline NICK's invitation
+  /unpair            leave the private conversation or withdraw your invitation (also /leave)
+  /help              this help
+  /quit [TEXT]       leave the chat, with an optional goodbye (also /q)
+  //TEXT             send a message that starts with /"""
+
+KEYS_HELP = """\
+Keys: Left/Right/Home/End move, Up/Down recall earlier lines, Ctrl-U clears the line,
+      Ctrl-W deletes a word, Ctrl-L redraws, Ctrl-C or Ctrl-D (on an empty line) quits."""
+
+# Control characters a person cannot mean to send (TAB is allowed by chat/1).
+_UNSENDABLE = re.compile("[\x00-\x08\x0a-\x1f\x7f-\x9f\u2028\u2029]")
+
+
+@dataclass(frozen=True, slots=True)
+class Send:
+    """A request for the server."""
+
+    verb: str
+    words: tuple[str, ...] = ()
+    text: str = ""
+
+    def encode(self) -> bytes:
+        parts = " ".join((self.verb, *self.words))
+        if self.text:
+            parts = f"{parts} {self.text}"
+        return parts.encode("utf-8") + b"\r\n"
+
+
+@dataclass(frozen=True, slots=True)
+class Local:
+    """Something to tell the user without asking the server."""
+
+    text: str
+    is_error: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class Quit:
+    """Leave: send C{BYE} with this text and wait for the server's answer."""
+
+    text: str = ""
+
+
+Action = Send | Local | Quit | None
+
+_ALIASES = {
+    "users": "users",
+    "who": "users",
+    "names": "users",
+    "pair": "pair",
+    "invite": "pair",
+    "accept": "accept",
+    "reject": "reject",
+    "decline": "reject",
+    "unpair": "unpair",
+    "leave": "unpair",
+    "dm": "dm",
+    "msg": "dm",
+    "help": "help",
+    "h": "help",
+    "?": "help",
+    "quit": "quit",
+    "q": "quit",
+    "exit": "quit",
+    "bye": "quit",
+}
+
+
+def sendable(text: str) -> str:
+    """Drop characters the server would refuse (control characters but TAB)."""
+    return _UNSENDABLE.sub("", text)
+
+
+def _usage(usage: str) -> Local:
+    return Local(f"Usage: {usage}", is_error=True)
+
+
+def _bad_nick(nick: str) -> Local:
+    return Local(
+        f"{nick!r} is not a valid nickname (letters, digits, _ and -, starting with a letter).",
+        is_error=True,
+    )
+
+
+def _message(text: str) -> Action:
+    if not text.strip(" \t"):
+        return None
+    return Send("MSG", text=text)
+
+
+def _dm(rest: str, usage: str) -> Action:
+    nick, _, text = rest.partition(" ")
+    text = text.lstrip(" ")
+    if not nick or not text.strip(" \t"):
+        return _usage(usage)
+    if not is_valid_nick(nick):
+        return _bad_nick(nick)
+    return Send("DM", (nick,), text)
+
+
+def _nick_command(verb: str, name: str, rest: str, default: str | None) -> Action:
+    nick = rest.strip(" \t")
+    if not nick:
+        if default is None:
+            return _usage(f"/{name} NICK")
+        nick = default
+    if " " in nick or not is_valid_nick(nick):
+        return _bad_nick(nick)
+    return Send(verb, (nick,))
+
+
+def parse_input(line: str, *, inviter: str | None = None) -> Action:
+    """
+    Turn one line the user typed into an action.
+
+    @param inviter: the nick to use for a bare C{/accept} or C{/reject}: the
+        only open invitation, if there is exactly one.
+    @return: C{None} when there is nothing to do (a blank line).
+    """
+    line = sendable(line.rstrip("\r\n"))
+    if line.startswith("//"):
+        return _message(line[1:])
+    if line.startswith("@") and len(line) > 1 and not line[1].isspace():
+        return _dm(line[1:], "@NICK TEXT")
+    if not line.startswith("/"):
+        return _message(line)
+    name, _, rest = line[1:].partition(" ")
+    command = _ALIASES.get(name.lower())
+    if command == "users":
+        return Send("USERS")
+    if command == "pair":
+        return _nick_command("PAIR", name, rest, None)
+    if command == "accept":
+        return _nick_command("ACCEPT", name, rest, inviter)
+    if command == "reject":
+        return _nick_command("REJECT", name, rest, inviter)
+    if command == "unpair":
+        return Send("UNPAIR")
+    if command == "dm":
+        return _dm(rest.lstrip(" "), f"/{name} NICK TEXT")
+    if command == "help":
+        return Local(HELP)
+    if command == "quit":
+        return Quit(rest.strip(" \t"))
+    shown = name if len(name) <= 20 else name[:20] + "..."
+    return Local(
+        f"Unknown command /{shown}. Type /help for the commands; "
+        "start a line with // to send a message that begins with /.",
+        is_error=True,
+    )

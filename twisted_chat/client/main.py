@@ -1,0 +1,277 @@
+"""
+C{python -m twisted_chat.client [--nick NICK] [--tls] [--ca FILE] HOST [PORT]}
+
+Runs on the Twisted reactor: the server connection is a client endpoint
+(TCP, or TLS through L{optionsForClientTLS}), the keyboard and screen are
+L{StandardIO}.  No threads, no blocking reads.
+
+On a terminal (stdin and stdout both ttys) the terminal goes into raw mode and
+L{ChatTerminal} edits the input line; otherwise lines are read from stdin and
+plain text written to stdout.  Diagnostics go to stderr; the exit code is 0
+after a normal quit, 1 when the server cannot be reached, refuses TLS or drops
+the connection, and 2 for bad options.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import signal
+import sys
+from collections.abc import Callable, Sequence
+from typing import Any, NoReturn
+
+from twisted.internet import defer, task
+from twisted.internet.endpoints import HostnameEndpoint, connectProtocol, wrapClientTLS
+from twisted.internet.interfaces import IStreamClientEndpoint
+from twisted.internet.stdio import StandardIO
+from twisted.logger import (
+    FilteringLogObserver,
+    ILogObserver,
+    LogLevel,
+    LogLevelFilterPredicate,
+    formatEvent,
+    globalLogBeginner,
+)
+from twisted.python.failure import Failure
+from zope.interface import provider
+
+from twisted_chat.client import render
+from twisted_chat.client.pipe import PipeIO
+from twisted_chat.client.protocol import ChatClient
+from twisted_chat.client.terminal import (
+    ChatTerminal,
+    is_terminal,
+    terminal_size,
+    wants_colour,
+)
+
+DEFAULT_PORT = 7000
+PROGRAM = "twisted-chat"
+CLOSE_TIMEOUT = 5.0
+
+DESCRIPTION = """\
+Chat on a twisted-chat (chat/1) server from a terminal.
+
+Type a line and press Enter to talk to everyone in the lobby. Commands start
+with a slash: /users, /pair NICK, /accept NICK, /reject NICK, /unpair (/leave),
+/dm NICK TEXT (or @NICK TEXT), /help and /quit (/q).
+"""
+
+EPILOG = """\
+When stdin is not a terminal, each input line is sent as if typed and output
+is plain text; at the end of input the client says goodbye and exits.
+Colours are used only on a terminal and never when NO_COLOR is set.
+
+Exit status: 0 after a normal quit, 1 when the server cannot be reached,
+refuses TLS or drops the connection, 2 for bad options.
+
+examples:
+  python -m twisted_chat.client chat.example.org
+  python -m twisted_chat.client --nick alice --tls chat.example.org 7443
+  echo "hello from cron" | python -m twisted_chat.client --nick robot localhost
+"""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m twisted_chat.client",
+        description=DESCRIPTION,
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument(
+        "--nick", metavar="NICK", help="the nickname to use (asked for when not given)"
+    )
+    parser.add_argument(
+        "--tls",
+        action="store_true",
+        help="connect with TLS and verify the server's certificate "
+        "(against the system's trusted authorities, or --ca)",
+    )
+    parser.add_argument(
+        "--ca",
+        metavar="FILE",
+        help="PEM file with the certificate authority (or self-signed server "
+        "certificate) to trust for --tls",
+    )
+    parser.add_argument("host", metavar="HOST", help="the server's host name or address")
+    parser.add_argument(
+        "port",
+        metavar="PORT",
+        nargs="?",
+        type=_port,
+        default=DEFAULT_PORT,
+        help=f"the server's port (default {DEFAULT_PORT})",
+    )
+    return parser
+
+
+def _port(text: str) -> int:
+    try:
+        port = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a port number: {text!r}") from None
+    if not 0 < port < 65536:
+        raise argparse.ArgumentTypeError(f"port out of range: {port}")
+    return port
+
+
+def parse_options(argv: Sequence[str] | None) -> argparse.Namespace:
+    parser = build_parser()
+    options = parser.parse_args(argv)
+    if options.ca is not None and not options.tls:
+        options.tls = True  # --ca only makes sense with TLS
+    if options.ca is not None:
+        try:
+            options.trust = load_trust_root(options.ca)
+        except (OSError, ValueError) as e:
+            parser.error(f"cannot use --ca {options.ca}: {e}")
+    else:
+        options.trust = None
+    return options
+
+
+_PEM_CERT = re.compile(rb"-----BEGIN CERTIFICATE-----.+?-----END CERTIFICATE-----", re.S)
+
+
+def load_trust_root(path: str) -> Any:
+    """The certificates in a PEM file, as a trust root for L{optionsForClientTLS}."""
+    from twisted.internet.ssl import Certificate, trustRootFromCertificates
+
+    with open(path, "rb") as f:
+        data = f.read()
+    blocks = _PEM_CERT.findall(data)
+    if not blocks:
+        raise ValueError("no PEM certificate in it")
+    try:
+        certificates = [Certificate.loadPEM(block) for block in blocks]
+    except Exception as e:  # OpenSSL raises its own error types
+        raise ValueError(f"unreadable certificate ({e})") from None
+    return trustRootFromCertificates(certificates)  # type: ignore[no-untyped-call]
+
+
+def server_label(host: str, port: int) -> str:
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+def make_endpoint(reactor: Any, options: argparse.Namespace) -> IStreamClientEndpoint:
+    endpoint: IStreamClientEndpoint = HostnameEndpoint(
+        reactor, options.host, options.port, timeout=15
+    )
+    if options.tls:
+        from twisted.internet.ssl import optionsForClientTLS
+
+        creator = optionsForClientTLS(options.host, trustRoot=options.trust)
+        endpoint = wrapClientTLS(creator, endpoint)
+    return endpoint
+
+
+def start_logging(show: Callable[[str], None], verbose: bool = False) -> None:
+    """Send warnings and errors (not Twisted's chatter) to C{show}."""
+
+    @provider(ILogObserver)
+    def observer(event: dict[str, Any]) -> None:
+        text = formatEvent(event)
+        failure = event.get("log_failure")
+        if isinstance(failure, Failure):
+            text = f"{text}: {failure.getErrorMessage()}" if text else failure.getErrorMessage()
+        show(text)
+
+    level = LogLevel.debug if verbose else LogLevel.warn
+    predicate = LogLevelFilterPredicate(defaultLogLevel=level)
+    globalLogBeginner.beginLoggingTo(
+        [FilteringLogObserver(observer, [predicate])], redirectStandardIO=False
+    )
+
+
+def _stderr_line(text: str) -> None:
+    sys.stderr.write(f"{PROGRAM}: {text}\n")
+    sys.stderr.flush()
+
+
+def _nothing() -> None:
+    pass
+
+
+async def run(reactor: Any, options: argparse.Namespace) -> None:
+    interactive = is_terminal()
+    label = server_label(options.host, options.port)
+    client = ChatClient(
+        None, nick=options.nick, interactive=interactive, server=label, clock=reactor
+    )
+    restore = _nothing
+    ui: ChatTerminal | PipeIO
+    if interactive:
+        ui, restore = _start_terminal(reactor, client)
+        start_logging(lambda text: ui.show(render.error(text)))
+    else:
+        ui = PipeIO(client.user_line, client.input_ended)
+        StandardIO(ui, reactor=reactor)  # type: ignore[no-untyped-call]
+        start_logging(lambda text: _stderr_line(render.plain(render.info(text))))
+    client.display = ui
+    ui.set_prompt(client.prompt())
+    if interactive:
+        ui.show(render.notice(f"Connecting to {label}..."))
+
+    connecting = connectProtocol(  # type: ignore[no-untyped-call]
+        make_endpoint(reactor, options), client
+    )
+    client.cancel_connect = connecting.cancel
+    try:
+        await connecting
+    except defer.CancelledError:
+        pass
+    except Exception:
+        client.connect_failed(Failure())  # type: ignore[no-untyped-call]
+    outcome = await client.finished
+
+    closing = ui.close()
+    timeout = reactor.callLater(CLOSE_TIMEOUT, closing.cancel)
+    try:
+        await closing
+    except defer.CancelledError:
+        pass
+    else:
+        timeout.cancel()
+    restore()
+    if outcome.message:
+        _stderr_line(render.plain(render.info(outcome.message)))
+    if outcome.code:
+        raise SystemExit(outcome.code)
+
+
+def _start_terminal(reactor: Any, client: ChatClient) -> tuple[ChatTerminal, Callable[[], None]]:
+    import termios
+    import tty
+
+    from twisted.conch.insults.insults import ServerProtocol
+
+    fd = sys.stdin.fileno()
+    saved = termios.tcgetattr(fd)
+    restored = False
+
+    def restore() -> None:
+        nonlocal restored
+        if not restored:
+            restored = True
+            termios.tcsetattr(fd, termios.TCSADRAIN, saved)
+
+    reactor.addSystemEventTrigger("after", "shutdown", restore)
+    tty.setraw(fd)
+    ui = ChatTerminal(client.user_line, client.interrupt, colour=wants_colour(os.environ))
+    ui.width, ui.height = terminal_size(sys.stdout.fileno())
+    terminal = ServerProtocol(lambda: ui)  # type: ignore[no-untyped-call]
+    StandardIO(terminal, reactor=reactor)  # type: ignore[no-untyped-call]
+
+    def resized() -> None:
+        ui.terminalSize(*terminal_size(sys.stdout.fileno()))
+
+    signal.signal(signal.SIGWINCH, lambda signum, frame: reactor.callFromThread(resized))
+    return ui, restore
+
+
+def main(argv: Sequence[str] | None = None) -> NoReturn:
+    options = parse_options(argv)
+    task.react(run, (options,))

@@ -1,0 +1,501 @@
+"""
+The client's side of a chat/1 connection.
+
+L{ChatClient} is the protocol on the network connection.  It also takes what
+the user types (L{ChatClient.user_line}) and shows what happens through a
+L{Display}: the terminal line editor or plain output on a pipe.  Input that
+arrives before the server is ready for it (a script's lines, or a line typed
+while connecting) waits in a queue and is sent in order once the server has
+accepted the nickname.
+
+When the session ends, L{ChatClient.finished} fires with an L{Outcome}: the
+exit code and, for a failure, one sentence for stderr.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass
+from enum import Enum, auto
+from typing import Protocol as TypingProtocol
+
+from twisted.internet.defer import Deferred
+from twisted.internet.interfaces import IDelayedCall, IReactorTime
+from twisted.logger import Logger
+from twisted.protocols.basic import LineReceiver
+from twisted.python.failure import Failure
+
+from twisted_chat.client import render
+from twisted_chat.client.commands import KEYS_HELP, Local, Quit, Send, parse_input
+from twisted_chat.client.events import Malformed, ServerLine, parse
+from twisted_chat.client.render import Line, Renderer, UserRow
+from twisted_chat.client.sanitize import decode
+
+PROTOCOL_VERSION = "chat/1"
+
+
+class Display(TypingProtocol):
+    """Where the client shows things: a terminal or a pipe."""
+
+    def show(self, line: Line) -> None:
+        """Show one line (it is cleaned on output)."""
+
+    def set_prompt(self, prompt: str) -> None:
+        """Change the input prompt (terminals only; pipes ignore it)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    """How the session ended: the exit code and a sentence for stderr."""
+
+    code: int
+    message: str | None = None
+
+
+class State(Enum):
+    CONNECTING = auto()  # no connection yet
+    GREETING = auto()  # connected, waiting for the server to ask for a nick
+    ASK_NICK = auto()  # the server wants a nick and the user has to type one
+    NICK_SENT = auto()  # waiting for READY or RETRY
+    READY = auto()  # in the lobby
+    PAIRED = auto()  # in a private conversation
+    QUITTING = auto()  # BYE sent, waiting for the server's answer
+    CLOSED = auto()
+
+
+def describe_tls_error(reason: Failure) -> str | None:
+    """One sentence for a TLS failure, or C{None} if C{reason} is not one."""
+    try:
+        from OpenSSL import SSL
+    except ImportError:  # pragma: no cover - twisted[tls] is a dependency
+        return None
+    if not isinstance(reason.value, SSL.Error):
+        return None
+    details: list[str] = []
+    args = reason.value.args
+    if args and isinstance(args[0], list):
+        for item in args[0]:
+            if isinstance(item, tuple) and item and item[-1]:
+                details.append(str(item[-1]))
+    detail = "; ".join(details) or str(reason.value) or "handshake failed"
+    return f"TLS connection refused ({detail})"
+
+
+def describe_connect_error(reason: Failure) -> str:
+    """A few words on why a connection attempt failed."""
+    from twisted.internet import error
+
+    value = reason.value
+    if isinstance(value, error.ConnectionRefusedError):
+        return "connection refused (is the server running on that port?)"
+    if isinstance(value, error.DNSLookupError):
+        return "unknown host name"
+    if isinstance(value, error.TimeoutError | error.UserError):
+        return "no answer (timed out)"
+    if isinstance(value, error.NoRouteError):
+        return "no route to the host"
+    return reason.getErrorMessage().rstrip(".") or "connection failed"
+
+
+class ChatClient(LineReceiver):
+    """
+    One connection to a chat/1 server.
+
+    @param display: where to show things; may be set later, before connecting.
+    @param nick: the nickname to ask for (from C{--nick}), or C{None} to ask
+        the user.
+    @param interactive: C{True} on a terminal.  A script (C{False}) whose
+        C{--nick} is refused stops with an error instead of reading the next
+        line as a nickname.
+    @param server: how to name the server in messages (C{host:port}).
+    @param clock: schedules the quit timeout.
+    """
+
+    delimiter = b"\n"
+    # Server lines may be longer than its --max-line (they add times and nicks).
+    MAX_LENGTH = 1 << 20
+    QUIT_TIMEOUT = 5.0
+
+    _log = Logger()
+
+    def __init__(
+        self,
+        display: Display | None,
+        *,
+        nick: str | None,
+        interactive: bool,
+        server: str,
+        clock: IReactorTime,
+        now: Callable[[], float] = time.time,
+        localtime: Callable[[float], time.struct_time] = time.localtime,
+    ) -> None:
+        self.display = display
+        self.option_nick = nick
+        self.interactive = interactive
+        self.server = server
+        self.clock = clock
+        self.renderer = Renderer(lambda: self.nick, now, localtime)
+        self.state = State.CONNECTING
+        self.nick: str | None = None
+        self.partner: str | None = None
+        self.invites: list[str] = []  # open invitations to me, oldest first
+        self.invited: str | None = None  # my open invitation
+        self.finished: Deferred[Outcome] = Deferred()
+        self.cancel_connect: Callable[[], object] | None = None
+        self._queue: deque[str] = deque()
+        self._eof = False
+        self._tried_option_nick = False
+        self._asked_nick: str | None = None
+        self._unpair_requested = False
+        self._in_history = False
+        self._users: list[UserRow] = []
+        self._failure: str | None = None
+        self._quit_timer: IDelayedCall | None = None
+
+    # -- showing -------------------------------------------------------------
+
+    def _show(self, line: Line) -> None:
+        if self.display is not None:
+            self.display.show(line)
+
+    def _notice(self, text: str) -> None:
+        self._show(render.notice(text))
+
+    def _error(self, text: str) -> None:
+        self._show(render.error(text))
+
+    def prompt(self) -> str:
+        """The input prompt for the current state."""
+        if self.state is State.ASK_NICK:
+            return "nickname: "
+        if self.state is State.PAIRED and self.nick and self.partner:
+            return f"{self.nick} -> {self.partner}> "
+        if self.nick and self.state is State.READY:
+            return f"{self.nick}> "
+        return "> "
+
+    def _update_prompt(self) -> None:
+        if self.display is not None:
+            self.display.set_prompt(self.prompt())
+
+    def _set_state(self, state: State) -> None:
+        self.state = state
+        self._update_prompt()
+
+    # -- the network -----------------------------------------------------------
+
+    def connectionMade(self) -> None:
+        self.cancel_connect = None
+        self._set_state(State.GREETING)
+        self._pump()
+
+    def send(self, request: Send) -> None:
+        if self.transport is not None and self.state is not State.CLOSED:
+            self.transport.write(request.encode())
+
+    def lineReceived(self, data: bytes) -> None:
+        if data.endswith(b"\r"):
+            data = data[:-1]
+        raw = decode(data)
+        try:
+            event = parse(raw)
+        except Malformed as e:
+            self._log.warn("malformed line from the server: {error}", error=str(e))
+            self._show(render.info(f"(server) {raw}"))
+            return
+        if event is None or self.state is State.CLOSED:
+            return
+        if not event.known:
+            self._show(render.info(f"(server) {raw}"))
+            return
+        handler = getattr(self, f"_on_{event.verb}")
+        handler(event)
+
+    def lineLengthExceeded(self, line: bytes) -> None:
+        self._log.warn("dropping a server line of {n} bytes", n=len(line))
+        # Keep the connection: LineReceiver has already discarded the buffer.
+
+    def connectionLost(self, reason: Failure | None = None) -> None:
+        previous = self.state
+        self.state = State.CLOSED
+        if self._quit_timer is not None and self._quit_timer.active():
+            self._quit_timer.cancel()
+        self._quit_timer = None
+        if self._failure is not None:
+            self._finish(Outcome(1, self._failure))
+        elif previous is State.QUITTING:
+            self._finish(Outcome(0))
+        else:
+            tls = describe_tls_error(reason) if reason is not None else None
+            if tls is not None and previous in (State.CONNECTING, State.GREETING):
+                self._finish(Outcome(1, f"{tls} by {self.server}."))
+            else:
+                self._finish(Outcome(1, f"The connection to {self.server} was lost."))
+
+    def connect_failed(self, reason: Failure) -> None:
+        """The connection could not be made at all."""
+        self.state = State.CLOSED
+        tls = describe_tls_error(reason)
+        if tls is not None:
+            self._finish(Outcome(1, f"{tls} by {self.server}."))
+            return
+        why = describe_connect_error(reason)
+        self._finish(Outcome(1, f"Cannot connect to {self.server}: {why}."))
+
+    def _finish(self, outcome: Outcome) -> None:
+        if not self.finished.called:
+            self.finished.callback(outcome)
+
+    # -- what the user does ----------------------------------------------------
+
+    def user_line(self, line: str) -> None:
+        """A line the user typed (or a script wrote)."""
+        self._queue.append(line)
+        self._pump()
+
+    def input_ended(self) -> None:
+        """End of input: leave once everything before it has been sent."""
+        self._eof = True
+        self._pump()
+
+    def interrupt(self) -> None:
+        """Ctrl-C: leave now; a second time, drop the connection."""
+        self._queue.clear()
+        if self.state is State.QUITTING and self.transport is not None:
+            self.transport.loseConnection()
+        else:
+            self.quit()
+
+    def quit(self, text: str = "") -> None:
+        """Say BYE and wait (a bounded time) for the server's answer."""
+        self._queue.clear()
+        if self.state is State.CONNECTING:
+            self.state = State.CLOSED
+            self._finish(Outcome(0))
+            if self.cancel_connect is not None:
+                self.cancel_connect()
+            return
+        if self.state in (State.QUITTING, State.CLOSED):
+            return
+        self.send(Send("BYE", text=text))
+        self._set_state(State.QUITTING)
+        self._quit_timer = self.clock.callLater(self.QUIT_TIMEOUT, self._give_up)
+
+    def _give_up(self) -> None:
+        self._quit_timer = None
+        if self.transport is not None:
+            self.transport.loseConnection()
+
+    def _pump(self) -> None:
+        while self._queue and self.state in (State.ASK_NICK, State.READY, State.PAIRED):
+            line = self._queue.popleft()
+            if self.state is State.ASK_NICK:
+                self._nick_input(line)
+            else:
+                self._command_input(line)
+        if not self._eof or self._queue:
+            return
+        if self.state in (State.READY, State.PAIRED):
+            self.quit()
+        elif self.state is State.ASK_NICK:
+            self._failure = "The input ended before a nickname was accepted."
+            self.quit()
+
+    def _nick_input(self, line: str) -> None:
+        nick = line.strip()
+        if not nick:
+            return
+        if nick.startswith("/"):
+            action = parse_input(nick)
+            if isinstance(action, Quit):
+                self.quit(action.text)
+            elif isinstance(action, Local) and action.is_error:
+                self._show_local(action)
+            else:
+                self._error("Choose a nickname first.")
+            return
+        self._ask_for(nick)
+
+    def _ask_for(self, nick: str) -> None:
+        self._asked_nick = nick
+        self.send(Send("NICK", (nick,)))
+        self._set_state(State.NICK_SENT)
+
+    def _show_local(self, action: Local) -> None:
+        if action.is_error:
+            self._error(action.text)
+            return
+        for text in action.text.splitlines():
+            self._show(render.info(text))
+
+    def _command_input(self, line: str) -> None:
+        sole = self.invites[0] if len(self.invites) == 1 else None
+        action = parse_input(line, inviter=sole)
+        if isinstance(action, Send):
+            if action.verb == "UNPAIR":
+                self._unpair_requested = True
+            self.send(action)
+        elif isinstance(action, Local):
+            self._show_local(action)
+            if self.interactive and action.text.startswith("Commands:"):
+                self._show_local(Local(KEYS_HELP))
+        elif isinstance(action, Quit):
+            self.quit(action.text)
+
+    # -- what the server says --------------------------------------------------
+
+    def _on_HELLO(self, event: ServerLine) -> None:
+        version = event.word(0)
+        if version != PROTOCOL_VERSION:
+            self._error(
+                f"The server speaks {version}, this client {PROTOCOL_VERSION}; "
+                "some things may not work."
+            )
+        about = f", running {event.text}" if event.text else ""
+        self._notice(f"Connected to {self.server}{about}.")
+
+    def _on_NICK(self, event: ServerLine) -> None:
+        if self.state not in (State.GREETING, State.ASK_NICK, State.NICK_SENT):
+            return
+        if self.option_nick is not None and not self._tried_option_nick:
+            self._tried_option_nick = True
+            self._ask_for(self.option_nick)
+            return
+        self._notice("Choose a nickname (letters, digits, _ and -, starting with a letter):")
+        self._set_state(State.ASK_NICK)
+        self._pump()
+
+    def _on_RETRY(self, event: ServerLine) -> None:
+        if self.state is not State.NICK_SENT:
+            return
+        nick = self._asked_nick or ""
+        why = event.text or event.word(0)
+        if event.word(0) == "taken":
+            said = f"The nickname {nick} is already taken ({why})."
+        else:
+            said = f"The nickname {nick!r} cannot be used ({why})."
+        if not self.interactive and self._asked_nick == self.option_nick:
+            self._failure = render.sentence(said)
+            self.quit()
+            return
+        self._error(render.sentence(said))
+        self._notice("Choose another nickname:")
+        self._set_state(State.ASK_NICK)
+        self._pump()
+
+    def _on_READY(self, event: ServerLine) -> None:
+        self.nick = event.word(0)
+        self._set_state(State.READY)
+        self._notice(
+            f"Welcome, {self.nick}! You are in the lobby. "
+            "Type a message and press Enter; /help lists the commands."
+        )
+        self._in_history = True
+        self._pump()
+
+    def _on_HISTORY(self, event: ServerLine) -> None:
+        if self._in_history:
+            self._notice("Recent messages in the lobby:")
+            self._in_history = False
+        self._show(self.renderer.message(event.word(0), event.word(1), "*", event.text))
+
+    def _on_MSG(self, event: ServerLine) -> None:
+        ts, sender, to = event.words
+        self._show(self.renderer.message(ts, sender, to, event.text))
+
+    def _on_JOINED(self, event: ServerLine) -> None:
+        self._show(self.renderer.joined(event.word(0), event.word(1)))
+
+    def _on_LEFT(self, event: ServerLine) -> None:
+        ts, nick, reason = event.words
+        self._show(self.renderer.left(ts, nick, reason, event.text))
+
+    def _on_USER(self, event: ServerLine) -> None:
+        self._in_history = False
+        address = event.word(2) or None
+        self._users.append(UserRow(event.word(0), event.word(1), address))
+
+    def _on_USERS(self, event: ServerLine) -> None:
+        self._in_history = False
+        rows, self._users = self._users, []
+        for line in self.renderer.users(rows):
+            self._show(line)
+
+    def _on_PENDING(self, event: ServerLine) -> None:
+        self.invited = event.word(0)
+        self._notice(
+            f"Invitation sent to {self.invited}; waiting for an answer (/unpair withdraws it)."
+        )
+
+    def _on_INVITE(self, event: ServerLine) -> None:
+        inviter = event.word(0)
+        if inviter.lower() not in (n.lower() for n in self.invites):
+            self.invites.append(inviter)
+        self._notice(
+            f"{inviter} invites you to a private conversation. "
+            f"Type /accept {inviter} to accept or /reject {inviter} to decline."
+        )
+
+    def _on_PAIRED(self, event: ServerLine) -> None:
+        self.partner = event.word(0)
+        self.invited = None
+        self._forget_invite(self.partner)
+        self._set_state(State.PAIRED)
+        self._notice(
+            f"You are now in a private conversation with {self.partner}. "
+            f"What you type goes to {self.partner} only; /unpair leaves."
+        )
+
+    def _on_UNPAIRED(self, event: ServerLine) -> None:
+        nick, reason = event.words
+        by_me, self._unpair_requested = self._unpair_requested, False
+        self.partner = None
+        if self.state is State.PAIRED:
+            self._set_state(State.READY)
+        self._notice(render.unpaired(nick, reason, by_me=by_me))
+
+    def _on_DECLINED(self, event: ServerLine) -> None:
+        nick, reason = event.words
+        if reason == "withdrawn":
+            self._unpair_requested = False
+        if self.invited is not None and self.invited.lower() == nick.lower():
+            self.invited = None
+        self._notice(render.declined(nick, reason))
+
+    def _on_CANCELLED(self, event: ServerLine) -> None:
+        nick, reason = event.words
+        self._forget_invite(nick)
+        self._notice(render.cancelled(nick, reason))
+
+    def _forget_invite(self, nick: str) -> None:
+        self.invites = [n for n in self.invites if n.lower() != nick.lower()]
+
+    def _on_BYE(self, event: ServerLine) -> None:
+        reason = event.word(0)
+        said = render.bye(reason, event.text)
+        if reason == "quit" and self.state is State.QUITTING:
+            self._notice(said)
+        elif self._failure is None:
+            self._failure = said
+        self._set_state(State.QUITTING)
+        if self.transport is not None:
+            self.transport.loseConnection()
+
+    def _on_PING(self, event: ServerLine) -> None:
+        self.send(Send("PONG", text=event.text))
+
+    def _on_PONG(self, event: ServerLine) -> None:
+        pass
+
+    def _on_HELP(self, event: ServerLine) -> None:
+        if event.text:
+            self._show(render.info(event.text))
+
+    def _on_ERROR(self, event: ServerLine) -> None:
+        code = event.word(0)
+        said = render.error_sentence(code, event.text)
+        if code == "server-full":
+            self._failure = said
+        self._error(said)

@@ -1,0 +1,271 @@
+"""
+Turn chat/1 events into lines a person reads.
+
+A rendered line is a tuple of L{Span}s, each a piece of text with a L{Style}.
+L{plain} joins them into text for pipes and terminals without colour; L{ansi}
+adds SGR colour codes.  Both clean every span with
+L{twisted_chat.client.sanitize.clean}, so this is the one place through which
+text reaches the screen.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from enum import Enum
+
+from twisted_chat.client.sanitize import clean, text_width
+from twisted_chat.wire import parse_ts
+
+
+class Style(Enum):
+    PLAIN = ""
+    TIME = "2"  # dim
+    NICK = "1;36"  # bold cyan: other people
+    SELF = "1;32"  # bold green: you
+    PRIVATE = "1;35"  # bold magenta: the "(private)" mark
+    NOTICE = "33"  # yellow: joins, leaves, pairing
+    ERROR = "1;31"  # bold red
+    PROMPT = "1"  # bold
+
+
+@dataclass(frozen=True, slots=True)
+class Span:
+    text: str
+    style: Style = Style.PLAIN
+
+
+Line = tuple[Span, ...]
+
+
+def plain(line: Line) -> str:
+    """The line as text without colour, safe for any terminal."""
+    return "".join(clean(span.text) for span in line)
+
+
+def ansi(line: Line) -> str:
+    """The line with SGR colour codes around styled spans."""
+    parts: list[str] = []
+    for span in line:
+        text = clean(span.text)
+        if span.style is Style.PLAIN or not text:
+            parts.append(text)
+        else:
+            parts.append(f"\x1b[{span.style.value}m{text}\x1b[0m")
+    return "".join(parts)
+
+
+def notice(text: str) -> Line:
+    """A line about the session: C{* text}."""
+    return (Span("* " + text, Style.NOTICE),)
+
+
+def error(text: str) -> Line:
+    """A line about something that went wrong: C{! text}."""
+    return (Span("! " + text, Style.ERROR),)
+
+
+def info(text: str) -> Line:
+    """Uncoloured information (help, tables)."""
+    return (Span(text),)
+
+
+# -- the words for each kind of event --------------------------------------
+
+LEFT_REASONS = {
+    "quit": "quit",
+    "disconnected": "connection lost",
+    "timeout": "timeout",
+    "flood": "sent too fast",
+    "sendq": "too slow to keep up",
+}
+
+ERRORS = {
+    "unknown-command": "The server did not understand that command.",
+    "bad-args": "The server could not use that command: {text}.",
+    "not-ready": "Choose a nickname first.",
+    "already-ready": "You already have a nickname.",
+    "no-such-nick": "Nobody by that name is online.",
+    "self": "You cannot do that to yourself.",
+    "busy": "One of you is already in a private conversation.",
+    "pending": "You already have an invitation out; /unpair withdraws it.",
+    "no-invite": "There is no open invitation from that person.",
+    "not-paired": "You are not in a private conversation and have no invitation out.",
+    "too-long": "That line was too long for the server and was not sent.",
+    "bad-encoding": "The server could not read that line (bad UTF-8).",
+    "bad-chars": "That line contained control characters and was not sent.",
+    "flood": "You are sending too fast; that line was dropped.",
+    "server-full": "The server is full; try again later.",
+}
+
+DECLINED = {
+    "rejected": "{nick} declined your invitation.",
+    "withdrawn": "You withdrew your invitation to {nick}.",
+    "timeout": "Your invitation to {nick} expired without an answer.",
+    "busy": "Your invitation to {nick} ended: one of you is now in another conversation.",
+    "gone": "Your invitation to {nick} ended: {nick} is no longer online.",
+}
+
+CANCELLED = {
+    "rejected": "You declined {nick}'s invitation.",
+    "withdrawn": "{nick} withdrew the invitation.",
+    "timeout": "{nick}'s invitation expired.",
+    "busy": "{nick}'s invitation ended: one of you is now in another conversation.",
+    "gone": "{nick}'s invitation ended: {nick} is no longer online.",
+}
+
+UNPAIRED = {
+    "left": "{nick} left the private conversation. You are back in the lobby.",
+    "disconnected": "{nick} disconnected. You are back in the lobby.",
+}
+
+BYE_REASONS = {
+    "quit": "Goodbye.",
+    "timeout": "The server closed the connection: no activity for too long.",
+    "flood": "The server closed the connection: too many lines too fast.",
+    "shutdown": "The server is shutting down.",
+    "full": "The server is full; try again later.",
+}
+
+USER_STATES = {"lobby": "in the lobby", "paired": "in a private conversation"}
+
+
+def sentence(text: str) -> str:
+    """C{text} ending with one full stop (or other final punctuation)."""
+    text = text.strip()
+    return text if not text or text[-1] in ".!?" else text + "."
+
+
+def error_sentence(code: str, text: str) -> str:
+    template = ERRORS.get(code)
+    if template is None:
+        return sentence(f"Server error ({code}): {text}" if text else f"Server error: {code}")
+    return sentence(template.format(text=text.rstrip(".") or code))
+
+
+def _reason_text(table: dict[str, str], reason: str, nick: str, fallback: str) -> str:
+    return table.get(reason, fallback).format(nick=nick, reason=reason)
+
+
+def declined(nick: str, reason: str) -> str:
+    return _reason_text(DECLINED, reason, nick, "Your invitation to {nick} ended ({reason}).")
+
+
+def cancelled(nick: str, reason: str) -> str:
+    return _reason_text(CANCELLED, reason, nick, "{nick}'s invitation ended ({reason}).")
+
+
+def unpaired(nick: str, reason: str, *, by_me: bool) -> str:
+    if by_me and reason == "left":
+        return f"You left the private conversation with {nick}. You are back in the lobby."
+    return _reason_text(
+        UNPAIRED, reason, nick, "The private conversation with {nick} ended ({reason})."
+    )
+
+
+def bye(reason: str, text: str) -> str:
+    said = BYE_REASONS.get(reason, f"The server closed the connection ({reason}).")
+    if text and reason != "quit":
+        said = f"{said} ({text})"
+    return said
+
+
+@dataclass(frozen=True, slots=True)
+class UserRow:
+    nick: str
+    state: str
+    address: str | None = None
+
+
+class Renderer:
+    """
+    Renders timestamped events.
+
+    @param me: returns the user's own nick (C{None} before it has one).
+    @param now: the current time, in seconds since the epoch.
+    @param localtime: converts seconds to the local calendar (injectable so
+        tests do not depend on the machine's time zone).
+    """
+
+    def __init__(
+        self,
+        me: Callable[[], str | None],
+        now: Callable[[], float] = time.time,
+        localtime: Callable[[float], time.struct_time] = time.localtime,
+    ) -> None:
+        self._me = me
+        self._now = now
+        self._localtime = localtime
+
+    def _is_me(self, nick: str) -> bool:
+        me = self._me()
+        return me is not None and me.lower() == nick.lower()
+
+    def stamp(self, ts: str) -> Span:
+        """C{[14:03] }, with the date for a message from another day."""
+        try:
+            seconds = parse_ts(ts)
+        except (ValueError, OverflowError):
+            seconds = self._now()
+        when = self._localtime(seconds)
+        today = self._localtime(self._now())
+        if when[:3] == today[:3]:
+            shown = time.strftime("%H:%M", when)
+        else:
+            shown = time.strftime("%Y-%m-%d %H:%M", when)
+        return Span(f"[{shown}] ", Style.TIME)
+
+    def nick(self, nick: str) -> Span:
+        return Span(nick, Style.SELF if self._is_me(nick) else Style.NICK)
+
+    def who(self, nick: str) -> Span:
+        """A nick as the subject of a private message: C{you} for oneself."""
+        return Span("you", Style.SELF) if self._is_me(nick) else Span(nick, Style.NICK)
+
+    def message(self, ts: str, sender: str, to: str, text: str) -> Line:
+        """A lobby message C{<alice> hi} or a private C{(private) bob -> you: hi}."""
+        if to == "*":
+            return (self.stamp(ts), Span("<"), self.nick(sender), Span("> " + text))
+        return (
+            self.stamp(ts),
+            Span("(private) ", Style.PRIVATE),
+            self.who(sender),
+            Span(" -> "),
+            self.who(to),
+            Span(": " + text),
+        )
+
+    def joined(self, ts: str, nick: str) -> Line:
+        return (self.stamp(ts), Span(f"* {nick} joined", Style.NOTICE))
+
+    def left(self, ts: str, nick: str, reason: str, text: str) -> Line:
+        why = LEFT_REASONS.get(reason, reason)
+        if text:
+            why = f"{why}: {text}"
+        return (self.stamp(ts), Span(f"* {nick} left ({why})", Style.NOTICE))
+
+    def users(self, rows: Sequence[UserRow]) -> list[Line]:
+        """The user list as a small table, one line per person."""
+        count = len(rows)
+        head = notice(f"{count} {'person' if count == 1 else 'people'} online:")
+        if not rows:
+            return [head]
+        names = [row.nick + (" (you)" if self._is_me(row.nick) else "") for row in rows]
+        width = max(text_width(clean(n)) for n in [*names, "NICK"]) + 2
+        with_addr = any(row.address for row in rows)
+        lines: list[Line] = [head]
+        header = "  " + "NICK".ljust(width) + "STATUS"
+        if with_addr:
+            header = header.ljust(width + 2 + 28) + "ADDRESS"
+        lines.append(info(header))
+        for row, name in zip(rows, names, strict=True):
+            pad = " " * (width - text_width(clean(name)))
+            state = USER_STATES.get(row.state, row.state)
+            cells: list[Span] = [Span("  "), Span(name, self.nick(row.nick).style), Span(pad)]
+            if with_addr:
+                cells.append(Span(state.ljust(28) + (row.address or "-")))
+            else:
+                cells.append(Span(state))
+            lines.append(tuple(cells))
+        return lines

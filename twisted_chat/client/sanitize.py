@@ -1,0 +1,85 @@
+"""
+Make text from the network safe to put on a terminal.
+
+Whatever the server lets through, nothing another person typed may drive the
+user's terminal: control characters (C0, DEL, C1, and so ESC and every escape
+sequence), line and paragraph separators, and invisible formatting characters
+such as the bidirectional overrides that can make text read differently from
+what it is, are shown as visible escapes like C{\\x1b} or C{\\u202e} instead.
+A TAB becomes one space so that a line's width on screen is predictable.
+"""
+
+from __future__ import annotations
+
+import unicodedata
+
+# Format characters (category Cf) that are part of ordinary writing and have
+# no power over the rest of the line: joiners used by emoji and some scripts.
+_HARMLESS_FORMAT = frozenset("\u200c\u200d")
+
+# Categories that never reach the terminal as they are: controls, format
+# characters (bidi overrides, isolates, marks, zero-width space...), line and
+# paragraph separators, surrogates, and unassigned code points.
+_ESCAPED_CATEGORIES = frozenset({"Cc", "Cf", "Zl", "Zp", "Cs", "Cn"})
+
+
+def _escape(ch: str) -> str:
+    code = ord(ch)
+    if code <= 0xFF:
+        return f"\\x{code:02x}"
+    if code <= 0xFFFF:
+        return f"\\u{code:04x}"
+    return f"\\U{code:08x}"
+
+
+def _is_unsafe(ch: str) -> bool:
+    if " " <= ch <= "~":  # fast path for printable ASCII
+        return False
+    if ch in _HARMLESS_FORMAT:
+        return False
+    return unicodedata.category(ch) in _ESCAPED_CATEGORIES
+
+
+def clean(text: str) -> str:
+    """
+    Return C{text} with every character that could act on a terminal replaced
+    by a visible escape.  The result contains only printable characters and
+    spaces; cleaning it again changes nothing.
+    """
+    if text.isascii() and text.isprintable():
+        return text
+    out: list[str] = []
+    for ch in text:
+        if ch == "\t":
+            out.append(" ")
+        elif _is_unsafe(ch):
+            out.append(_escape(ch))
+        else:
+            out.append(ch)
+    return "".join(out)
+
+
+def decode(data: bytes) -> str:
+    """Decode bytes from the network; invalid UTF-8 becomes U+FFFD."""
+    return data.decode("utf-8", errors="replace")
+
+
+def cell_width(ch: str) -> int:
+    """
+    How many terminal columns one character of cleaned text takes: 2 for wide
+    East Asian characters and most emoji, 0 for combining marks, else 1.
+    """
+    if " " <= ch <= "~":
+        return 1
+    if unicodedata.combining(ch) or ch in _HARMLESS_FORMAT:
+        return 0
+    if unicodedata.category(ch) in ("Mn", "Me"):
+        return 0
+    if unicodedata.east_asian_width(ch) in ("W", "F"):
+        return 2
+    return 1
+
+
+def text_width(text: str) -> int:
+    """The number of terminal columns C{text} (already cleaned) takes."""
+    return sum(cell_width(ch) for ch in text)

@@ -1,0 +1,394 @@
+"""
+The interactive client on a terminal.
+
+L{ChatTerminal} is a L{twisted.conch.recvline.HistoricRecvLine} run by
+L{twisted.conch.insults.insults.ServerProtocol} over
+L{twisted.internet.stdio.StandardIO}, with the terminal in raw mode.  insults
+turns the terminal's escape sequences into keys; this class keeps the line
+being typed and its history, and owns the bottom row of the screen: an
+incoming message erases the input row, is printed, and the prompt and the
+half-typed text are drawn again with the cursor where it was.  So incoming
+messages never break the line being typed.
+
+The input row never wraps: a line wider than the terminal scrolls sideways
+around the cursor.  Text is UTF-8; wide characters count two columns.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import termios
+import tty
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import Any
+
+from twisted.conch.insults import insults
+from twisted.conch.recvline import HistoricRecvLine
+from twisted.internet.defer import Deferred
+from twisted.python.failure import Failure
+
+from twisted_chat.client.render import Line, Span, Style, ansi, plain
+from twisted_chat.client.sanitize import clean, text_width
+
+ERASE_ROW = "\r\x1b[K"
+ALT: object = insults.ServerProtocol.ALT  # type: ignore[attr-defined]  # set in a loop
+HISTORY_MAX = 500
+
+
+def _utf8_length(lead: int) -> int:
+    """How many bytes a UTF-8 sequence starting with C{lead} has (0: invalid)."""
+    if 0xC2 <= lead <= 0xDF:
+        return 2
+    if 0xE0 <= lead <= 0xEF:
+        return 3
+    if 0xF0 <= lead <= 0xF4:
+        return 4
+    return 0
+
+
+class ChatTerminal(HistoricRecvLine):
+    """
+    The line editor and screen of the interactive client.
+
+    @param on_line: called with each line the user enters.
+    @param on_quit: called for Ctrl-C, or Ctrl-D on an empty line.
+    @param colour: use SGR colours.
+    """
+
+    width = 80
+    height = 24
+
+    def __init__(
+        self,
+        on_line: Callable[[str], None],
+        on_quit: Callable[[], None],
+        *,
+        colour: bool,
+    ) -> None:
+        self.on_line = on_line
+        self.on_quit = on_quit
+        self.colour = colour
+        self.prompt = "> "
+        self.lineBuffer: list[str] = []
+        self.lineBufferIndex = 0
+        self.historyLines: list[str] = []
+        self.historyPosition = 0
+        self.closed: Deferred[None] = Deferred()
+        self._draft: list[str] = []
+        self._scroll = 0  # index of the first buffer character on screen
+        self._utf8 = b""
+        self._closing = False
+
+    # -- set-up ------------------------------------------------------------------
+
+    def connectionMade(self) -> None:
+        super().connectionMade()  # type: ignore[no-untyped-call]
+        self.historyLines = []
+        self.historyPosition = 0
+        self.keyHandlers.update(
+            {
+                b"\x01": self.handle_HOME,  # Ctrl-A
+                b"\x05": self.handle_END,  # Ctrl-E
+                b"\x02": self.handle_LEFT,  # Ctrl-B
+                b"\x06": self.handle_RIGHT,  # Ctrl-F
+                b"\x08": self.handle_BACKSPACE,  # Ctrl-H
+                b"\x10": self.handle_UP,  # Ctrl-P
+                b"\x0e": self.handle_DOWN,  # Ctrl-N
+                b"\x15": self.handle_KILL_LINE,  # Ctrl-U
+                b"\x0b": self.handle_KILL_TO_END,  # Ctrl-K
+                b"\x17": self.handle_DELETE_WORD,  # Ctrl-W
+                b"\x0c": self.handle_REDRAW,  # Ctrl-L
+                b"\x03": self.handle_INTERRUPT,  # Ctrl-C
+                b"\x04": self.handle_EOF,  # Ctrl-D
+            }
+        )
+
+    def initializeScreen(self) -> None:
+        # Unlike RecvLine, do not reset the terminal: what was on the screen
+        # before the client started stays there.
+        self.mode = "insert"
+        self.draw()
+
+    def setInsertMode(self) -> None:
+        self.mode = "insert"
+
+    def setTypeoverMode(self) -> None:
+        self.mode = "typeover"
+
+    def terminalSize(self, width: int, height: int) -> None:
+        self.width = max(width, 20)
+        self.height = height
+        self.draw()
+
+    # -- the Display interface -------------------------------------------------
+
+    def show(self, line: Line) -> None:
+        """Print a line above the input row, then redraw the input row."""
+        text = ansi(line) if self.colour else plain(line)
+        self._write(ERASE_ROW + text + "\n")
+        self.draw()
+
+    def set_prompt(self, prompt: str) -> None:
+        self.prompt = prompt
+        self.draw()
+
+    # -- drawing -----------------------------------------------------------------
+
+    def _write(self, text: str) -> None:
+        if self.terminal is not None and not self._closing:
+            # ServerProtocol.write turns each "\n" into "\r\n" (raw mode).
+            self.terminal.write(text.encode("utf-8"))
+
+    def _visible(self) -> tuple[str, int]:
+        """The part of the buffer on screen and how far the cursor is from its end."""
+        shown = [clean(ch) for ch in self.lineBuffer]
+        widths = [text_width(s) for s in shown]
+        room = max(self.width - text_width(clean(self.prompt)) - 1, 8)
+        index = self.lineBufferIndex
+        start = min(self._scroll, index)
+        while sum(widths[start:index]) > room:
+            start += 1
+        self._scroll = start
+        used = 0
+        end = start
+        while end < len(shown) and used + widths[end] <= room:
+            used += widths[end]
+            end += 1
+        back = sum(widths[index:end])
+        return "".join(shown[start:end]), back
+
+    def draw(self) -> None:
+        """Draw the prompt and the input line on the current row."""
+        visible, back = self._visible()
+        prompt = (Span(self.prompt, Style.PROMPT),)
+        shown = ansi(prompt) if self.colour else plain(prompt)
+        out = ERASE_ROW + shown + visible
+        if back:
+            out += f"\x1b[{back}D"
+        self._write(out)
+
+    drawInputLine = draw
+
+    # -- keys --------------------------------------------------------------------
+
+    def keystrokeReceived(self, keyID: Any, modifier: Any) -> None:
+        if modifier is ALT:
+            self._alt_key(keyID)
+            return
+        handler = self.keyHandlers.get(keyID)
+        if handler is not None:
+            self._utf8 = b""
+            handler()  # type: ignore[no-untyped-call]
+            return
+        if not isinstance(keyID, bytes) or len(keyID) != 1:
+            return  # a function key we have no use for
+        self._byte_received(keyID)
+
+    def _byte_received(self, byte: bytes) -> None:
+        value = byte[0]
+        if 0x20 <= value < 0x7F:
+            self._utf8 = b""
+            self.characterReceived(byte.decode("ascii"), False)
+            return
+        if value < 0x80:
+            return  # an unbound control key
+        if value >= 0xC0 or not self._utf8:
+            self._utf8 = byte  # a lead byte (or a stray continuation)
+        else:
+            self._utf8 += byte
+        need = _utf8_length(self._utf8[0])
+        if need == 0:
+            self._utf8 = b""
+        elif len(self._utf8) == need:
+            char = self._utf8.decode("utf-8", errors="replace")
+            self._utf8 = b""
+            self.characterReceived(char, False)
+
+    def _alt_key(self, keyID: Any) -> None:
+        if keyID == b"b":
+            self._word_left()
+        elif keyID == b"f":
+            self._word_right()
+        elif keyID in (b"\x7f", b"\x08"):
+            self.handle_DELETE_WORD()
+
+    def characterReceived(self, ch: Any, moreCharactersComing: bool) -> None:
+        if isinstance(ch, bytes):
+            ch = ch.decode("utf-8", errors="replace")
+        if self.mode == "insert" or self.lineBufferIndex >= len(self.lineBuffer):
+            self.lineBuffer.insert(self.lineBufferIndex, ch)
+        else:
+            self.lineBuffer[self.lineBufferIndex] = ch
+        self.lineBufferIndex += 1
+        if not moreCharactersComing:
+            self.draw()
+
+    def _move_to(self, index: int) -> None:
+        self.lineBufferIndex = max(0, min(index, len(self.lineBuffer)))
+        self.draw()
+
+    def handle_TAB(self) -> None:
+        self.characterReceived(" ", False)
+
+    def handle_LEFT(self) -> None:
+        self._move_to(self.lineBufferIndex - 1)
+
+    def handle_RIGHT(self) -> None:
+        self._move_to(self.lineBufferIndex + 1)
+
+    def handle_HOME(self) -> None:
+        self._move_to(0)
+
+    def handle_END(self) -> None:
+        self._move_to(len(self.lineBuffer))
+
+    def handle_BACKSPACE(self) -> None:
+        if self.lineBufferIndex > 0:
+            self.lineBufferIndex -= 1
+            del self.lineBuffer[self.lineBufferIndex]
+            self.draw()
+
+    def handle_DELETE(self) -> None:
+        if self.lineBufferIndex < len(self.lineBuffer):
+            del self.lineBuffer[self.lineBufferIndex]
+            self.draw()
+
+    def handle_KILL_LINE(self) -> None:
+        del self.lineBuffer[: self.lineBufferIndex]
+        self.lineBufferIndex = 0
+        self.draw()
+
+    def handle_KILL_TO_END(self) -> None:
+        del self.lineBuffer[self.lineBufferIndex :]
+        self.draw()
+
+    def _word_start(self) -> int:
+        index = self.lineBufferIndex
+        while index > 0 and self.lineBuffer[index - 1] == " ":
+            index -= 1
+        while index > 0 and self.lineBuffer[index - 1] != " ":
+            index -= 1
+        return index
+
+    def _word_left(self) -> None:
+        self._move_to(self._word_start())
+
+    def _word_right(self) -> None:
+        index = self.lineBufferIndex
+        size = len(self.lineBuffer)
+        while index < size and self.lineBuffer[index] == " ":
+            index += 1
+        while index < size and self.lineBuffer[index] != " ":
+            index += 1
+        self._move_to(index)
+
+    def handle_DELETE_WORD(self) -> None:
+        start = self._word_start()
+        del self.lineBuffer[start : self.lineBufferIndex]
+        self.lineBufferIndex = start
+        self.draw()
+
+    def handle_REDRAW(self) -> None:
+        self._write("\x1b[2J\x1b[H")
+        self.draw()
+
+    def handle_INTERRUPT(self) -> None:
+        self.on_quit()
+
+    def handle_EOF(self) -> None:
+        if self.lineBuffer:
+            self.handle_DELETE()
+        else:
+            self.on_quit()
+
+    def _set_buffer(self, chars: list[str]) -> None:
+        self.lineBuffer = list(chars)
+        self.lineBufferIndex = len(self.lineBuffer)
+        self._scroll = 0
+        self.draw()
+
+    def handle_UP(self) -> None:
+        if self.historyPosition == len(self.historyLines):
+            self._draft = list(self.lineBuffer)
+        if self.historyPosition > 0:
+            self.historyPosition -= 1
+            self._set_buffer(list(self.historyLines[self.historyPosition]))
+
+    def handle_DOWN(self) -> None:
+        if self.historyPosition < len(self.historyLines) - 1:
+            self.historyPosition += 1
+            self._set_buffer(list(self.historyLines[self.historyPosition]))
+        elif self.historyPosition == len(self.historyLines) - 1:
+            self.historyPosition += 1
+            self._set_buffer(self._draft)
+
+    def handle_RETURN(self) -> None:
+        line = "".join(self.lineBuffer)
+        if line.strip() and (not self.historyLines or self.historyLines[-1] != line):
+            self.historyLines.append(line)
+            del self.historyLines[:-HISTORY_MAX]
+        self.historyPosition = len(self.historyLines)
+        self._draft = []
+        self._set_buffer([])
+        self.lineReceived(line)
+
+    def lineReceived(self, line: Any) -> None:
+        self.on_line(line)
+
+    def unhandledControlSequence(self, seq: bytes) -> None:
+        pass
+
+    # -- the end -----------------------------------------------------------------
+
+    def close(self) -> Deferred[None]:
+        """Erase the input row, flush, and let go of the terminal."""
+        self._write(ERASE_ROW)
+        self._closing = True
+        transport = getattr(self.terminal, "transport", None)
+        if transport is not None and not self.closed.called:
+            transport.loseConnection()
+        elif not self.closed.called:
+            self.closed.callback(None)
+        return self.closed
+
+    def connectionLost(self, reason: Failure | None = None) -> None:
+        hang_up = not self._closing
+        self._closing = True
+        if not self.closed.called:
+            self.closed.callback(None)
+        if hang_up:
+            # The terminal went away, not by our doing: leave the chat.
+            self.on_quit()
+
+
+@contextmanager
+def raw_terminal(fd: int) -> Iterator[None]:
+    """Put the terminal on C{fd} in raw mode, and restore it afterwards."""
+    saved = termios.tcgetattr(fd)
+    tty.setraw(fd)
+    try:
+        yield
+    finally:
+        termios.tcsetattr(fd, termios.TCSADRAIN, saved)
+
+
+def terminal_size(fd: int) -> tuple[int, int]:
+    try:
+        size = os.get_terminal_size(fd)
+    except OSError:
+        return 80, 24
+    return size.columns, size.lines
+
+
+def is_terminal() -> bool:
+    """Interactive mode needs both ends on a terminal."""
+    return sys.stdin.isatty() and sys.stdout.isatty()
+
+
+def wants_colour(environ: dict[str, str] | os._Environ[str]) -> bool:
+    """Colours on a terminal unless NO_COLOR is set (to anything) or TERM=dumb."""
+    if "NO_COLOR" in environ and environ["NO_COLOR"] != "":
+        return False
+    return environ.get("TERM", "") != "dumb"
