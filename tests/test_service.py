@@ -1,0 +1,70 @@
+"""Options and makeService, without binding a port (MemoryReactor)."""
+
+from __future__ import annotations
+
+import pytest
+from twisted.application.internet import StreamServerEndpointService
+from twisted.internet.testing import MemoryReactorClock
+from twisted.python import usage
+
+from twisted_chat.service import ChatService, Options, makeService
+
+
+def options(*argv: str) -> Options:
+    opts = Options()
+    opts.parseOptions(list(argv))
+    return opts
+
+
+def test_defaults() -> None:
+    config = options().config()
+    assert config.ports == ("tcp:7000",)
+    assert (config.history, config.max_line, config.invite_timeout) == (100, 4096, 60.0)
+    assert (config.max_clients, config.max_per_ip) == (10000, 20)
+    assert (config.flood_rate, config.flood_burst, config.sendq) == (10.0, 20, 1048576)
+    assert (config.idle_timeout, config.ping_timeout, config.nick_timeout) == (120, 60, 30)
+    assert config.show_addresses is False
+    assert config.server_name == "twisted-chat"
+
+
+def test_ports_repeatable_and_bare_number_is_tcp() -> None:
+    config = options("--port", "7001", "-p", "unix:/tmp/x.sock",
+                     "--port", "tcp:7002:interface=127.0.0.1").config()
+    assert config.ports == ("tcp:7001", "unix:/tmp/x.sock", "tcp:7002:interface=127.0.0.1")
+
+
+def test_values() -> None:
+    config = options("--history", "5", "--max-line", "100", "--invite-timeout", "2.5",
+                     "--max-clients", "3", "--show-addresses", "--server-name", "home",
+                     "--flood-rate", "0").config()
+    assert (config.history, config.max_line, config.invite_timeout) == (5, 100, 2.5)
+    assert (config.max_clients, config.show_addresses, config.server_name) == (3, True, "home")
+    assert config.flood_rate == 0
+
+
+@pytest.mark.parametrize("argv", [["--history", "-1"], ["--max-line", "0"],
+                                  ["--history", "many"], ["--max-clients", "0"]])
+def test_bad_values_are_usage_errors(argv: list[str]) -> None:
+    with pytest.raises(usage.UsageError):
+        options(*argv)
+
+
+def test_help_lists_every_option() -> None:
+    text = str(Options())
+    for name in ["--port", "--history", "--max-line", "--invite-timeout", "--max-clients",
+                 "--max-per-ip", "--show-addresses", "--server-name", "--flood-rate",
+                 "--flood-burst", "--sendq", "--idle-timeout", "--ping-timeout",
+                 "--nick-timeout"]:
+        assert name in text
+
+
+def test_make_service_listens_on_every_port() -> None:
+    reactor = MemoryReactorClock()
+    top = makeService(options("--port", "7001", "--port", "tcp:7002"), reactor)
+    services = list(top)  # type: ignore[call-overload]
+    assert isinstance(services[0], ChatService)
+    assert [type(s) for s in services[1:]] == [StreamServerEndpointService] * 2
+    top.startService()
+    assert sorted(port for port, *_ in reactor.tcpServers) == [7001, 7002]
+    stopped = top.stopService()
+    assert stopped.called

@@ -1,0 +1,90 @@
+"""The pure wire functions: parsing stages and formatting."""
+
+from __future__ import annotations
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from twisted_chat import wire
+from twisted_chat.wire import ErrorCode, LineError
+
+
+def parse(line: str) -> wire.Command:
+    split = wire.split_verb(line)
+    assert split is not None
+    return wire.parse_args(*split)
+
+
+def test_words_and_free_text() -> None:
+    assert parse("DM   bob   hello  world ") == wire.Command("DM", ("bob",), "hello  world ")
+    assert parse("msg x") == wire.Command("MSG", (), "x")
+    assert parse("PING") == wire.Command("PING", (), "")
+    assert parse("HELP pair") == wire.Command("HELP", ("pair",), "")
+    assert parse("USERS   ") == wire.Command("USERS", (), "")
+
+
+@pytest.mark.parametrize("line", ["PAIR", "PAIR a b", "UNPAIR x", "HELP a b", "DM bob",
+                                  "MSG \t ", "PAIR 1a", "ACCEPT a\tb"])
+def test_bad_args(line: str) -> None:
+    with pytest.raises(LineError) as e:
+        parse(line)
+    assert e.value.code is ErrorCode.BAD_ARGS
+
+
+def test_unknown_verbs() -> None:
+    for line in ["READY x", "JOINED", "ÜBER", "PINGX"]:
+        with pytest.raises(LineError) as e:
+            wire.split_verb(line)
+        assert e.value.code is ErrorCode.UNKNOWN_COMMAND
+
+
+def test_blank_lines_are_nothing() -> None:
+    assert wire.split_verb("") is None
+    assert wire.split_verb(" \t ") is None
+
+
+def test_decode_rejects_controls_but_not_tab() -> None:
+    assert wire.decode(b"a\tb") == "a\tb"
+    for bad in ["\x00", "\x1b", "\r", "\x7f", "\x80", "\x9f", "\u2028", "\u2029"]:
+        with pytest.raises(LineError) as e:
+            wire.decode(f"MSG {bad}".encode())
+        assert e.value.code is ErrorCode.BAD_CHARS
+    with pytest.raises(LineError) as e:
+        wire.decode(b"\xc0\xaf")  # overlong encoding
+    assert e.value.code is ErrorCode.BAD_ENCODING
+
+
+def test_line_leaves_out_empty_text() -> None:
+    assert wire.line("BYE", "quit") == b"BYE quit\r\n"
+    assert wire.line("BYE", "quit", text="bye now") == b"BYE quit bye now\r\n"
+    assert wire.line("PONG", text="") == b"PONG\r\n"
+
+
+def test_timestamps() -> None:
+    assert wire.format_ts(0) == "1970-01-01T00:00:00.000Z"
+    assert wire.format_ts(1795342502.4816) == "2026-11-22T10:15:02.481Z"
+    assert wire.parse_ts("2026-11-22T10:15:02.481Z") == pytest.approx(1795342502.481)
+
+
+@given(st.floats(min_value=0, max_value=4e9, allow_nan=False))
+def test_timestamp_round_trip_to_the_millisecond(seconds: float) -> None:
+    text = wire.format_ts(seconds)
+    assert len(text) == 24 and text.endswith("Z")
+    assert abs(wire.parse_ts(text) - seconds) < 0.0011
+
+
+def test_addresses() -> None:
+    assert wire.format_address("127.0.0.1", 5) == "127.0.0.1:5"
+    assert wire.format_address("::1", 5) == "[::1]:5"
+    assert wire.format_address(None, None) == "-"
+
+
+@given(st.text())
+def test_parse_never_raises_anything_but_line_error(text: str) -> None:
+    try:
+        split = wire.split_verb(text)
+        if split is not None:
+            wire.parse_args(*split)
+    except LineError:
+        pass
