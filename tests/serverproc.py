@@ -43,24 +43,49 @@ class ServerProcess:
     """C{twistd -n chat} on C{127.0.0.1:port}, run in C{workdir}."""
 
     def __init__(self, workdir: Path, args: Sequence[str] = (), port: int | None = None,
-                 endpoint: str | None = None) -> None:
+                 endpoint: str | None = None, probe: bool = True,
+                 twistd: str = TWISTD) -> None:
+        """
+        @param probe: wait for start-up by connecting to C{port} (the
+            default); if false, or for an endpoint that is not on C{port}
+            (a UNIX socket), wait for the log line that says the server
+            listens instead, so that no connection is spent on the wait
+            (tests of connection limits want that).
+        @param twistd: the C{twistd} script to run (another environment's).
+        """
         self.workdir = workdir
         self.port = port or free_port()
         self.endpoint = endpoint or f"tcp:{self.port}:interface={LOOPBACK}"
         self.args = list(args)
+        self.probe = probe and not self.endpoint.startswith("unix:")
+        self.twistd = twistd
         self.log_path = workdir / f"twistd-{self.port}.log"
         self.proc: subprocess.Popen[bytes] | None = None
 
     def start(self, wait: bool = True) -> ServerProcess:
-        command = [TWISTD, "-n", "--pidfile=", f"--logfile={self.log_path}", "chat",
+        command = [self.twistd, "-n", "--pidfile=", f"--logfile={self.log_path}", "chat",
                    "--port", self.endpoint, *self.args]
         self.proc = subprocess.Popen(
             command, cwd=self.workdir, stdin=subprocess.DEVNULL,
             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True,
         )
         if wait:
-            wait_for_port(self.port, proc=self.proc)
+            if self.probe:
+                wait_for_port(self.port, proc=self.proc)
+            else:
+                self.wait_log(" starting on ")
         return self
+
+    def wait_log(self, text: str, timeout: float = 15.0) -> None:
+        """Wait until the server's log contains C{text}."""
+        assert self.proc is not None
+        deadline = time.monotonic() + timeout
+        while text not in self.log():
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"server exited early with {self.proc.returncode}")
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"{text!r} not in the server log after {timeout}s")
+            time.sleep(0.05)
 
     @property
     def pid(self) -> int:
@@ -91,10 +116,23 @@ class ServerProcess:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
 
     def rss_kib(self) -> int:
+        return self._status_kib("VmRSS")
+
+    def peak_rss_kib(self) -> int:
+        """The most resident memory the server has had so far (VmHWM)."""
+        return self._status_kib("VmHWM")
+
+    def _status_kib(self, field: str) -> int:
         for line in Path(f"/proc/{self.pid}/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
+            if line.startswith(f"{field}:"):
                 return int(line.split()[1])
-        raise RuntimeError("no VmRSS")
+        raise RuntimeError(f"no {field}")
+
+    def problems(self) -> list[str]:
+        """Log lines that show an error the server did not handle."""
+        return [line for line in self.log().splitlines()
+                if "Unhandled Error" in line or "Traceback" in line
+                or "Unhandled error" in line]
 
     def kill(self) -> None:
         if self.proc is not None and self.proc.poll() is None:
@@ -164,6 +202,34 @@ class LineClient:
             block.append(line)
             if line.startswith("USERS "):
                 return block
+
+    def sync(self, token: str = "sync", timeout: float | None = None) -> list[str]:
+        """
+        C{PING token} and read up to its C{PONG}: returns the lines that came
+        before it.  The server handles one connection's lines in order, so
+        everything it had sent this client before handling the PING is in
+        the result.
+        """
+        self.send(f"PING {token}")
+        before = []
+        deadline = time.monotonic() + (self.timeout if timeout is None else timeout)
+        while True:
+            line = self.readline(max(deadline - time.monotonic(), 0.001))
+            if line == f"PONG {token}":
+                return before
+            before.append(line)
+
+    def rest(self, timeout: float | None = None) -> list[str]:
+        """Every line until the server closes; raises if it does not in time."""
+        lines = []
+        deadline = time.monotonic() + (self.timeout if timeout is None else timeout)
+        try:
+            while True:
+                lines.append(self.readline(max(deadline - time.monotonic(), 0.001)))
+        except EOFError:
+            if self.buffer:
+                raise AssertionError(f"unterminated data before EOF: {self.buffer!r}") from None
+            return lines
 
     def closed(self, timeout: float | None = None) -> bool:
         """Wait for the server to close; True if it did."""
