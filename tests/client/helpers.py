@@ -1,0 +1,155 @@
+"""Fakes for the client's unit tests: a screen, a connected client, a terminal."""
+
+from __future__ import annotations
+
+import calendar
+import time
+from dataclasses import dataclass, field
+
+from twisted.conch.insults import helper, insults
+from twisted.internet.error import ConnectionDone
+from twisted.internet.task import Clock
+from twisted.internet.testing import StringTransport
+from twisted.python.failure import Failure
+
+from twisted_chat.client.protocol import ChatClient, Outcome
+from twisted_chat.client.render import Line, plain
+from twisted_chat.client.terminal import ChatTerminal
+
+# 2026-11-22 14:03:00 UTC; tests render times in UTC (localtime=time.gmtime).
+NOW = float(calendar.timegm((2026, 11, 22, 14, 3, 0)))
+TS = "2026-11-22T14:03:05.123Z"
+
+
+class Screen:
+    """A Display that remembers what it was asked to show."""
+
+    def __init__(self) -> None:
+        self.lines: list[str] = []
+        self.raw: list[Line] = []
+        self.prompt: str | None = None
+
+    def show(self, line: Line) -> None:
+        self.raw.append(line)
+        self.lines.append(plain(line))
+
+    def set_prompt(self, prompt: str) -> None:
+        self.prompt = prompt
+
+    def text(self) -> str:
+        return "\n".join(self.lines)
+
+    def take(self) -> list[str]:
+        lines, self.lines = self.lines, []
+        return lines
+
+
+@dataclass
+class Session:
+    """A L{ChatClient} connected to a L{StringTransport}."""
+
+    client: ChatClient
+    transport: StringTransport
+    screen: Screen
+    clock: Clock
+    outcomes: list[Outcome] = field(default_factory=list)
+
+    def receive(self, *lines: str) -> None:
+        """Lines from the server (CRLF added)."""
+        for line in lines:
+            self.client.dataReceived(line.encode("utf-8") + b"\r\n")
+
+    def sent(self) -> list[str]:
+        """The lines the client wrote since the last call."""
+        data = self.transport.value()
+        self.transport.clear()
+        assert data == b"" or data.endswith(b"\r\n"), data
+        return [line.decode("utf-8") for line in data.split(b"\r\n")[:-1]]
+
+    def type(self, *lines: str) -> None:
+        for line in lines:
+            self.client.user_line(line)
+
+    def ready(self, nick: str = "alice", users: tuple[str, ...] = ()) -> None:
+        """Run the handshake up to the user list."""
+        self.receive("HELLO chat/1 test-server", "NICK")
+        if self.client.option_nick is None:
+            self.type(nick)
+        assert self.sent() == [f"NICK {nick}"]
+        self.receive(f"READY {nick}")
+        for user in (nick, *users):
+            self.receive(f"USER {user} lobby")
+        self.receive(f"USERS {1 + len(users)}")
+        self.screen.take()
+
+    def lose(self, reason: Failure | None = None) -> Outcome:
+        self.client.connectionLost(reason or Failure(ConnectionDone()))
+        assert self.outcomes, "finished did not fire"
+        return self.outcomes[-1]
+
+
+def session(
+    nick: str | None = "alice", *, interactive: bool = True, connect: bool = True
+) -> Session:
+    screen = Screen()
+    clock = Clock()
+    client = ChatClient(
+        screen,
+        nick=nick,
+        interactive=interactive,
+        server="chat.test:7000",
+        clock=clock,
+        now=lambda: NOW,
+        localtime=time.gmtime,
+    )
+    transport = StringTransport()
+    result = Session(client, transport, screen, clock)
+    client.finished.addCallback(result.outcomes.append)
+    if connect:
+        client.makeConnection(transport)
+    return result
+
+
+class Keyboard:
+    """
+    A L{ChatTerminal} behind a real insults L{insults.ServerProtocol}, whose
+    output drives conch's in-memory terminal emulator, so tests can look at
+    the screen a person would see (ASCII only: the emulator is byte-based).
+    """
+
+    def __init__(self, width: int = 60, height: int = 10) -> None:
+        self.typed: list[str] = []
+        self.quits = 0
+        self.ui = ChatTerminal(self.typed.append, self._quit, colour=False)
+        self.ui.width = width
+        self.screen = helper.TerminalBuffer()
+        self.screen.width, self.screen.height = width, height
+        self.emulator = insults.ClientProtocol(lambda: self.screen)
+        self.emulator.makeConnection(StringTransport())
+        self.output = _Tee(self.emulator)
+        self.server = insults.ServerProtocol(lambda: self.ui)
+        self.server.makeConnection(self.output)
+
+    def _quit(self) -> None:
+        self.quits += 1
+
+    def keys(self, data: bytes | str) -> None:
+        self.server.dataReceived(data.encode("utf-8") if isinstance(data, str) else data)
+
+    def rows(self) -> list[str]:
+        return [row.rstrip() for row in bytes(self.screen).decode("latin-1").split("\n")]
+
+    def cursor(self) -> tuple[int, int]:
+        return self.screen.x, self.screen.y
+
+
+class _Tee(StringTransport):
+    """Records the bytes written and passes them to the terminal emulator."""
+
+    def __init__(self, emulator: insults.ClientProtocol) -> None:
+        super().__init__()
+        self.emulator = emulator
+
+    def write(self, data: bytes) -> None:
+        super().write(data)
+        self.emulator.dataReceived(data)

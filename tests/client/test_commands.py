@@ -1,0 +1,90 @@
+"""What the user types, turned into requests."""
+
+from __future__ import annotations
+
+import pytest
+
+from twisted_chat.client.commands import Local, Quit, Send, parse_input
+
+
+def test_plain_text_is_a_message() -> None:
+    assert parse_input("hello  world ") == Send("MSG", text="hello  world ")
+    assert parse_input("hello").encode() == b"MSG hello\r\n"  # type: ignore[union-attr]
+
+
+def test_blank_lines_send_nothing() -> None:
+    assert parse_input("") is None
+    assert parse_input("  \t ") is None
+
+
+def test_double_slash_sends_a_message_starting_with_slash() -> None:
+    assert parse_input("//usr/bin is full") == Send("MSG", text="/usr/bin is full")
+
+
+@pytest.mark.parametrize(
+    ("typed", "expected"),
+    [
+        ("/users", Send("USERS")),
+        ("/who", Send("USERS")),
+        ("/pair bob", Send("PAIR", ("bob",))),
+        ("/PAIR  bob ", Send("PAIR", ("bob",))),
+        ("/accept bob", Send("ACCEPT", ("bob",))),
+        ("/reject bob", Send("REJECT", ("bob",))),
+        ("/unpair", Send("UNPAIR")),
+        ("/leave", Send("UNPAIR")),
+        ("/dm bob see  you", Send("DM", ("bob",), "see  you")),
+        ("/msg bob hi", Send("DM", ("bob",), "hi")),
+        ("@bob see you", Send("DM", ("bob",), "see you")),
+        ("/quit", Quit("")),
+        ("/q", Quit("")),
+        ("/quit see you all", Quit("see you all")),
+    ],
+)
+def test_commands(typed: str, expected: object) -> None:
+    assert parse_input(typed) == expected
+
+
+def test_wire_encoding() -> None:
+    assert Send("DM", ("bob",), "hi there").encode() == b"DM bob hi there\r\n"
+    assert Send("BYE").encode() == b"BYE\r\n"
+
+
+def test_accept_without_nick_uses_the_only_invitation() -> None:
+    assert parse_input("/accept", inviter="carol") == Send("ACCEPT", ("carol",))
+    assert parse_input("/reject", inviter="carol") == Send("REJECT", ("carol",))
+    usage = parse_input("/accept")
+    assert isinstance(usage, Local) and usage.is_error and "/accept NICK" in usage.text
+
+
+@pytest.mark.parametrize("typed", ["/pair", "/dm", "/dm bob", "/dm bob   ", "@bob", "@bob  "])
+def test_missing_arguments_give_usage(typed: str) -> None:
+    result = parse_input(typed)
+    assert isinstance(result, Local) and result.is_error and result.text.startswith("Usage:")
+
+
+@pytest.mark.parametrize("typed", ["/pair 9lives", "/pair bob smith", "@b!ob hi", "/dm x.y hi"])
+def test_invalid_nicks_are_refused_locally(typed: str) -> None:
+    result = parse_input(typed)
+    assert isinstance(result, Local) and result.is_error and "not a valid nickname" in result.text
+
+
+def test_unknown_command_gets_a_local_hint() -> None:
+    result = parse_input("/nick bob")
+    assert isinstance(result, Local) and result.is_error
+    assert "Unknown command /nick" in result.text and "/help" in result.text
+
+
+def test_help_lists_every_command() -> None:
+    result = parse_input("/help")
+    assert isinstance(result, Local) and not result.is_error
+    for command in ("/users", "/pair", "/accept", "/reject", "/unpair", "/dm", "@NICK", "/quit"):
+        assert command in result.text
+
+
+def test_at_sign_alone_or_followed_by_space_is_just_text() -> None:
+    assert parse_input("@ home") == Send("MSG", text="@ home")
+    assert parse_input("@") == Send("MSG", text="@")
+
+
+def test_control_characters_are_not_sent() -> None:
+    assert parse_input("hi\x1b[31m\x00 there\tyou\r") == Send("MSG", text="hi[31m there\tyou")

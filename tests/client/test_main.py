@@ -1,0 +1,76 @@
+"""Options and helpers of the client's entry point."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from twisted_chat.client.main import DEFAULT_PORT, parse_options, server_label
+from twisted_chat.client.terminal import wants_colour
+
+
+def test_defaults() -> None:
+    options = parse_options(["chat.example.org"])
+    assert options.host == "chat.example.org"
+    assert options.port == DEFAULT_PORT == 7000
+    assert options.nick is None and not options.tls and options.trust is None
+
+
+def test_all_options() -> None:
+    options = parse_options(["--nick", "alice", "--tls", "localhost", "7443"])
+    assert (options.nick, options.tls, options.host, options.port) == (
+        "alice",
+        True,
+        "localhost",
+        7443,
+    )
+
+
+@pytest.mark.parametrize("argv", [[], ["host", "nope"], ["host", "70000"], ["a", "1", "2"]])
+def test_bad_options_exit_2(argv: list[str], capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exited:
+        parse_options(argv)
+    assert exited.value.code == 2
+    assert "usage:" in capsys.readouterr().err
+
+
+def test_ca_file_must_hold_a_certificate(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    bad = tmp_path / "ca.pem"
+    bad.write_text("not a certificate\n")
+    with pytest.raises(SystemExit) as exited:
+        parse_options(["--ca", str(bad), "host"])
+    assert exited.value.code == 2
+    assert "no PEM certificate" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        parse_options(["--ca", str(tmp_path / "missing.pem"), "host"])
+
+
+def test_ca_file_implies_tls(tmp_path: Path) -> None:
+    from tests.test_e2e_tls import self_signed
+
+    _key, cert = self_signed(tmp_path)
+    options = parse_options(["--ca", str(cert), "localhost"])
+    assert options.tls and options.trust is not None
+
+
+def test_server_label() -> None:
+    assert server_label("example.org", 7000) == "example.org:7000"
+    assert server_label("::1", 7000) == "[::1]:7000"
+
+
+@pytest.mark.parametrize(
+    ("environ", "colour"),
+    [
+        ({}, True),
+        ({"TERM": "xterm-256color"}, True),
+        ({"NO_COLOR": "1"}, False),
+        ({"NO_COLOR": "yes", "TERM": "xterm"}, False),
+        ({"NO_COLOR": ""}, True),  # https://no-color.org: set and not empty
+        ({"TERM": "dumb"}, False),
+    ],
+)
+def test_colour_choice(environ: dict[str, str], colour: bool) -> None:
+    assert wants_colour(environ) is colour

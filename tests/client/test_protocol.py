@@ -1,0 +1,364 @@
+"""The client's side of chat/1 over a StringTransport."""
+
+from __future__ import annotations
+
+from OpenSSL import SSL
+from twisted.internet.error import ConnectionLost, ConnectionRefusedError, DNSLookupError
+from twisted.python.failure import Failure
+
+from twisted_chat.client.protocol import ChatClient, Outcome, State
+
+from .helpers import TS, session
+
+
+def test_handshake_with_nick_option() -> None:
+    s = session("alice")
+    s.receive("HELLO chat/1 twisted-chat 0.1", "NICK")
+    assert s.sent() == ["NICK alice"]
+    s.receive("READY alice")
+    assert s.client.state is State.READY
+    assert s.screen.prompt == "alice> "
+    assert "Welcome, alice!" in s.screen.text()
+    assert "Connected to chat.test:7000, running twisted-chat 0.1." in s.screen.text()
+
+
+def test_nick_is_asked_for_and_retried_with_the_servers_reason() -> None:
+    s = session(None)
+    s.receive("HELLO chat/1 x", "NICK")
+    assert s.screen.prompt == "nickname: "
+    assert "Choose a nickname" in s.screen.take()[-1]
+    assert s.sent() == []
+    s.type("  bob  ")
+    assert s.sent() == ["NICK bob"]
+    s.receive("RETRY taken bob is already online")
+    shown = s.screen.take()
+    assert "The nickname bob is already taken (bob is already online)." in shown[0]
+    assert s.screen.prompt == "nickname: "
+    s.type("bob2")
+    assert s.sent() == ["NICK bob2"]
+    s.receive("RETRY invalid nicks start with a letter")
+    assert "cannot be used (nicks start with a letter)" in s.screen.take()[0]
+    s.type("robert")
+    s.receive("READY robert")
+    assert s.screen.prompt == "robert> "
+
+
+def test_refused_nick_option_prompts_on_a_terminal() -> None:
+    s = session("bob", interactive=True)
+    s.receive("HELLO chat/1 x", "NICK")
+    assert s.sent() == ["NICK bob"]
+    s.receive("RETRY taken sorry")
+    assert s.client.state is State.ASK_NICK
+    s.type("bobby")
+    assert s.sent() == ["NICK bobby"]
+
+
+def test_refused_nick_option_in_a_script_fails() -> None:
+    s = session("bob", interactive=False)
+    s.type("hello everyone")
+    s.receive("HELLO chat/1 x", "NICK")
+    assert s.sent() == ["NICK bob"]
+    s.receive("RETRY taken sorry")
+    assert s.sent() == ["BYE"]  # the queued message is not taken as a nick
+    s.receive("BYE quit")
+    assert s.transport.disconnecting
+    outcome = s.lose()
+    assert outcome.code == 1
+    assert outcome.message == "The nickname bob is already taken (sorry)."
+
+
+def test_input_waits_until_ready_then_goes_in_order() -> None:
+    s = session("alice", connect=False)
+    s.type("first", "/users", "second")
+    s.client.makeConnection(s.transport)
+    s.receive("HELLO chat/1 x", "NICK")
+    assert s.sent() == ["NICK alice"]
+    s.receive("READY alice")
+    assert s.sent() == ["MSG first", "USERS", "MSG second"]
+
+
+def test_end_of_input_says_bye_after_the_queue_and_exits_0() -> None:
+    s = session("alice", interactive=False, connect=False)
+    s.type("hello")
+    s.client.input_ended()
+    s.client.makeConnection(s.transport)
+    s.receive("HELLO chat/1 x", "NICK")
+    assert s.sent() == ["NICK alice"]
+    s.receive("READY alice")
+    assert s.sent() == ["MSG hello", "BYE"]
+    assert s.outcomes == []
+    s.receive(f"MSG {TS} alice * hello", "BYE quit")
+    assert s.transport.disconnecting
+    assert s.lose() == Outcome(0)
+    assert s.screen.lines[-2:] == ["[14:03] <alice> hello", "* Goodbye."]
+
+
+def test_end_of_input_before_a_nick_was_accepted_fails() -> None:
+    s = session(None, interactive=False)
+    s.client.input_ended()
+    s.receive("HELLO chat/1 x", "NICK")
+    assert s.sent() == ["BYE"]
+    s.receive("BYE quit")
+    outcome = s.lose()
+    assert outcome.code == 1 and outcome.message is not None
+    assert "before a nickname was accepted" in outcome.message
+
+
+def test_quit_command_with_text() -> None:
+    s = session()
+    s.ready()
+    s.type("/quit see you", "ignored after quit")
+    assert s.sent() == ["BYE see you"]
+    assert s.client.state is State.QUITTING
+    s.receive("BYE quit")
+    assert s.lose() == Outcome(0)
+
+
+def test_quit_is_bounded_when_the_server_does_not_answer() -> None:
+    s = session()
+    s.ready()
+    s.type("/q")
+    assert s.sent() == ["BYE"]
+    s.clock.advance(ChatClient.QUIT_TIMEOUT - 0.1)
+    assert not s.transport.disconnecting
+    s.clock.advance(0.2)
+    assert s.transport.disconnecting
+    assert s.lose() == Outcome(0)
+
+
+def test_ctrl_c_quits_and_a_second_one_drops_the_connection() -> None:
+    s = session()
+    s.ready()
+    s.client.interrupt()
+    assert s.sent() == ["BYE"]
+    assert not s.transport.disconnecting
+    s.client.interrupt()
+    assert s.transport.disconnecting
+
+
+def test_quit_while_connecting_cancels_the_attempt() -> None:
+    s = session(connect=False)
+    cancelled: list[bool] = []
+    s.client.cancel_connect = lambda: cancelled.append(True)
+    s.client.interrupt()
+    assert cancelled == [True]
+    assert s.outcomes == [Outcome(0)]
+
+
+def test_ping_is_answered_with_the_same_token() -> None:
+    s = session()
+    s.receive("HELLO chat/1 x", "PING  tok  en ")
+    assert s.sent() == ["PONG tok  en "]
+    s.receive("PING")
+    assert s.sent() == ["PONG"]
+    s.receive("PONG whatever")
+    assert s.sent() == [] and s.screen.lines[-1].startswith("* Connected")
+
+
+def test_messages_presence_and_history() -> None:
+    s = session()
+    s.receive("HELLO chat/1 x", "NICK")
+    s.sent()
+    s.receive(
+        "READY alice",
+        "HISTORY 2026-11-22T13:00:00.000Z bob earlier",
+        "USER alice lobby",
+        "USER bob lobby",
+        "USERS 2",
+        f"JOINED {TS} carol",
+        f"MSG {TS} carol * hi all",
+        f"MSG {TS} bob alice psst",
+        f"MSG {TS} alice bob ok",
+        f"LEFT {TS} carol timeout",
+        f"LEFT {TS} bob quit good night",
+    )
+    assert s.screen.lines[2:] == [
+        "* Recent messages in the lobby:",
+        "[13:00] <bob> earlier",
+        "* 2 people online:",
+        "  NICK         STATUS",
+        "  alice (you)  in the lobby",
+        "  bob          in the lobby",
+        "[14:03] * carol joined",
+        "[14:03] <carol> hi all",
+        "[14:03] (private) bob -> you: psst",
+        "[14:03] (private) you -> bob: ok",
+        "[14:03] * carol left (timeout)",
+        "[14:03] * bob left (quit: good night)",
+    ]
+
+
+def test_commands_reach_the_server() -> None:
+    s = session()
+    s.ready()
+    s.type("hello", "@bob hi", "/dm carol yo", "/users", "/pair bob", "/unpair")
+    assert s.sent() == ["MSG hello", "DM bob hi", "DM carol yo", "USERS", "PAIR bob", "UNPAIR"]
+
+
+def test_unknown_command_is_answered_locally() -> None:
+    s = session()
+    s.ready()
+    s.type("/frobnicate now")
+    assert s.sent() == []
+    assert s.screen.lines[-1].startswith("! Unknown command /frobnicate.")
+
+
+def test_help_is_local_and_mentions_keys_on_a_terminal() -> None:
+    s = session()
+    s.ready()
+    s.type("/help")
+    assert s.sent() == []
+    text = s.screen.text()
+    assert "/pair NICK" in text and "Ctrl-C" in text
+
+
+def test_invitation_accepted() -> None:
+    s = session()
+    s.ready()
+    s.receive("INVITE bob")
+    invite = s.screen.take()[-1]
+    assert "bob invites you to a private conversation" in invite
+    assert "/accept bob" in invite and "/reject bob" in invite
+    s.type("/accept")
+    assert s.sent() == ["ACCEPT bob"]
+    s.receive("PAIRED bob")
+    assert s.client.state is State.PAIRED
+    assert s.screen.prompt == "alice -> bob> "
+    assert "private conversation with bob" in s.screen.take()[-1]
+    s.type("just us")
+    assert s.sent() == ["MSG just us"]
+    s.receive(f"MSG {TS} alice bob just us")
+    assert s.screen.take() == ["[14:03] (private) you -> bob: just us"]
+    s.type("/leave")
+    assert s.sent() == ["UNPAIR"]
+    s.receive("UNPAIRED bob left")
+    assert s.screen.take()[-1] == (
+        "* You left the private conversation with bob. You are back in the lobby."
+    )
+    assert s.screen.prompt == "alice> " and s.client.state is State.READY
+
+
+def test_partner_leaves_or_disconnects() -> None:
+    s = session()
+    s.ready()
+    s.receive("PAIRED bob", "UNPAIRED bob left")
+    assert s.screen.lines[-1] == ("* bob left the private conversation. You are back in the lobby.")
+    s.receive("PAIRED bob", f"LEFT {TS} bob disconnected", "UNPAIRED bob disconnected")
+    assert s.screen.lines[-2:] == [
+        "[14:03] * bob left (connection lost)",
+        "* bob disconnected. You are back in the lobby.",
+    ]
+
+
+def test_two_invitations_need_a_nick_to_accept() -> None:
+    s = session()
+    s.ready()
+    s.receive("INVITE bob", "INVITE carol")
+    s.type("/accept")
+    assert s.sent() == []
+    assert s.screen.lines[-1] == "! Usage: /accept NICK"
+    s.receive("CANCELLED carol withdrawn")
+    assert s.screen.lines[-1] == "* carol withdrew the invitation."
+    s.type("/reject")
+    assert s.sent() == ["REJECT bob"]
+
+
+def test_own_invitation_pending_declined_withdrawn() -> None:
+    s = session()
+    s.ready()
+    s.type("/pair bob")
+    s.receive("PENDING bob")
+    assert "Invitation sent to bob" in s.screen.lines[-1]
+    s.receive("DECLINED bob rejected")
+    assert s.screen.lines[-1] == "* bob declined your invitation."
+    s.type("/pair carol", "/unpair")
+    s.receive("PENDING carol", "DECLINED carol withdrawn")
+    assert s.screen.lines[-1] == "* You withdrew your invitation to carol."
+    # The withdrawal used the /unpair; a later UNPAIRED is not "by me".
+    s.receive("PAIRED dave", "UNPAIRED dave left")
+    assert s.screen.lines[-1].startswith("* dave left")
+
+
+def test_server_errors_are_one_sentence() -> None:
+    s = session()
+    s.ready()
+    s.receive("ERROR no-such-nick no user called zed")
+    assert s.screen.take() == ["! Nobody by that name is online."]
+    s.receive("ERROR flood slow down")
+    assert s.screen.take() == ["! You are sending too fast; that line was dropped."]
+
+
+def test_hostile_text_from_the_server_is_cleaned() -> None:
+    s = session()
+    s.ready()
+    s.client.dataReceived(
+        f"MSG {TS} bob * \x1b[2Jgotcha\x07 \u202eevil\r\n".encode()
+        + b"FOO \x1b]0;title\x07\r\n"
+        + f"MSG {TS} bob * bad \xff utf8\r\n".encode("latin-1")
+    )
+    for line in s.screen.lines:
+        assert "\x1b" not in line and "\x07" not in line and "\u202e" not in line
+    assert s.screen.lines[0] == "[14:03] <bob> \\x1b[2Jgotcha\\x07 \\u202eevil"
+    assert s.screen.lines[1] == "(server) FOO \\x1b]0;title\\x07"
+    assert s.screen.lines[2] == "[14:03] <bob> bad \ufffd utf8"
+
+
+def test_malformed_lines_are_shown_not_fatal() -> None:
+    s = session()
+    s.ready()
+    s.receive("MSG onlyone", f"MSG {TS} bob * still fine")
+    assert s.screen.lines == ["(server) MSG onlyone", "[14:03] <bob> still fine"]
+
+
+def test_lost_connection_fails() -> None:
+    s = session()
+    s.ready()
+    outcome = s.lose(Failure(ConnectionLost()))
+    assert outcome == Outcome(1, "The connection to chat.test:7000 was lost.")
+
+
+def test_server_shutdown_fails_with_its_reason() -> None:
+    s = session()
+    s.ready()
+    s.receive("BYE shutdown maintenance")
+    assert s.transport.disconnecting
+    outcome = s.lose()
+    assert outcome == Outcome(1, "The server is shutting down. (maintenance)")
+
+
+def test_full_server() -> None:
+    s = session()
+    s.receive("ERROR server-full too many connections", "BYE full")
+    assert s.lose() == Outcome(1, "The server is full; try again later.")
+
+
+def test_tls_failure_is_named() -> None:
+    s = session()
+    error = SSL.Error([("SSL routines", "", "certificate verify failed")])
+    outcome = s.lose(Failure(error))
+    assert outcome == Outcome(
+        1, "TLS connection refused (certificate verify failed) by chat.test:7000."
+    )
+
+
+def test_connect_failures_are_one_clear_sentence() -> None:
+    s = session(connect=False)
+    s.client.connect_failed(Failure(ConnectionRefusedError()))
+    assert s.outcomes == [
+        Outcome(
+            1,
+            "Cannot connect to chat.test:7000: connection refused "
+            "(is the server running on that port?).",
+        )
+    ]
+    s = session(connect=False)
+    s.client.connect_failed(Failure(DNSLookupError("nowhere")))
+    assert s.outcomes[0].message == "Cannot connect to chat.test:7000: unknown host name."
+
+
+def test_nothing_is_sent_after_the_connection_closed() -> None:
+    s = session()
+    s.ready()
+    s.lose()
+    s.type("hello")
+    assert s.sent() == []

@@ -1,0 +1,122 @@
+"""Events in words a person understands."""
+
+from __future__ import annotations
+
+import time
+
+from twisted_chat.client import render
+from twisted_chat.client.render import Renderer, Style, UserRow, ansi, plain
+
+from .helpers import NOW, TS
+
+
+def renderer(me: str | None = "alice") -> Renderer:
+    return Renderer(lambda: me, now=lambda: NOW, localtime=time.gmtime)
+
+
+def test_lobby_message_with_local_time() -> None:
+    assert plain(renderer().message(TS, "bob", "*", "hi")) == "[14:03] <bob> hi"
+
+
+def test_time_uses_the_local_time_zone() -> None:
+    def plus_two_hours(seconds: float) -> time.struct_time:
+        return time.gmtime(seconds + 7200)
+
+    r = Renderer(lambda: "alice", now=lambda: NOW, localtime=plus_two_hours)
+    assert plain(r.message(TS, "bob", "*", "hi")) == "[16:03] <bob> hi"
+
+
+def test_message_from_another_day_shows_the_date() -> None:
+    line = renderer().message("2026-11-20T09:30:00.000Z", "bob", "*", "old")
+    assert plain(line) == "[2026-11-20 09:30] <bob> old"
+
+
+def test_private_messages_show_their_direction() -> None:
+    r = renderer()
+    assert plain(r.message(TS, "bob", "alice", "psst")) == "[14:03] (private) bob -> you: psst"
+    assert plain(r.message(TS, "alice", "bob", "ok")) == "[14:03] (private) you -> bob: ok"
+    assert plain(r.message(TS, "Alice", "BOB", "ok")).endswith("you -> BOB: ok")
+
+
+def test_own_nick_has_its_own_colour() -> None:
+    r = renderer()
+    mine = r.message(TS, "alice", "*", "hi")
+    theirs = r.message(TS, "bob", "*", "hi")
+    assert Style.SELF in [s.style for s in mine]
+    assert Style.SELF not in [s.style for s in theirs]
+    assert "\x1b[1;32malice\x1b[0m" in ansi(mine)
+
+
+def test_joined_and_left() -> None:
+    r = renderer()
+    assert plain(r.joined(TS, "bob")) == "[14:03] * bob joined"
+    assert plain(r.left(TS, "bob", "timeout", "")) == "[14:03] * bob left (timeout)"
+    assert plain(r.left(TS, "bob", "quit", "see you")) == "[14:03] * bob left (quit: see you)"
+    assert plain(r.left(TS, "bob", "disconnected", "")).endswith("bob left (connection lost)")
+
+
+def test_bad_timestamp_does_not_crash() -> None:
+    assert plain(renderer().joined("yesterday", "bob")) == "[14:03] * bob joined"
+
+
+def test_user_table() -> None:
+    rows = [UserRow("alice", "lobby"), UserRow("bob", "paired"), UserRow("carol", "lobby")]
+    assert [plain(line) for line in renderer().users(rows)] == [
+        "* 3 people online:",
+        "  NICK         STATUS",
+        "  alice (you)  in the lobby",
+        "  bob          in a private conversation",
+        "  carol        in the lobby",
+    ]
+
+
+def test_user_table_with_addresses() -> None:
+    rows = [UserRow("bob", "lobby", "127.0.0.1:5000"), UserRow("eve", "lobby", "-")]
+    lines = [plain(line) for line in renderer(None).users(rows)]
+    assert lines[0] == "* 2 people online:"
+    assert lines[1].split() == ["NICK", "STATUS", "ADDRESS"]
+    assert lines[2].split() == ["bob", "in", "the", "lobby", "127.0.0.1:5000"]
+
+
+def test_one_person() -> None:
+    lines = renderer().users([UserRow("alice", "lobby")])
+    assert plain(lines[0]) == "* 1 person online:"
+
+
+def test_errors_are_one_sentence() -> None:
+    assert render.error_sentence("no-such-nick", "no user 'zed' online") == (
+        "Nobody by that name is online."
+    )
+    assert render.error_sentence("bad-args", "usage: PAIR <nick>") == (
+        "The server could not use that command: usage: PAIR <nick>."
+    )
+    assert render.error_sentence("brand-new", "what") == "Server error (brand-new): what."
+    for code in render.ERRORS:
+        said = render.error_sentence(code, "details")
+        assert said.endswith(".") and "\n" not in said
+
+
+def test_invitation_endings() -> None:
+    assert render.declined("bob", "rejected") == "bob declined your invitation."
+    assert render.cancelled("bob", "withdrawn") == "bob withdrew the invitation."
+    assert "expired" in render.declined("bob", "timeout")
+    assert render.declined("bob", "odd") == "Your invitation to bob ended (odd)."
+    assert render.unpaired("bob", "left", by_me=True).startswith("You left")
+    assert render.unpaired("bob", "left", by_me=False).startswith("bob left")
+    assert render.unpaired("bob", "disconnected", by_me=False).startswith("bob disconnected")
+
+
+def test_hostile_nicks_and_text_are_cleaned_in_every_event() -> None:
+    r = renderer()
+    evil = "\x1b[2J\u202e"
+    lines = [
+        r.message(TS, evil, "*", evil),
+        r.message(TS, evil, "alice", evil),
+        r.joined(TS, evil),
+        r.left(TS, evil, evil, evil),
+        *r.users([UserRow(evil, evil, evil)]),
+    ]
+    for line in lines:
+        for out in (plain(line), ansi(line)):
+            assert "\u202e" not in out
+            assert "\x1b[2J" not in out

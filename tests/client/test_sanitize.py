@@ -1,0 +1,87 @@
+"""Hostile text from the network must not reach the terminal as it is."""
+
+from __future__ import annotations
+
+import unicodedata
+
+from hypothesis import given
+from hypothesis import strategies as st
+
+from twisted_chat.client.render import Span, Style, ansi, plain
+from twisted_chat.client.sanitize import clean, decode, text_width
+
+
+def _terminal_safe(text: str) -> bool:
+    return all(
+        ch in "\u200c\u200d" or unicodedata.category(ch) not in {"Cc", "Cf", "Zl", "Zp", "Cs"}
+        for ch in text
+    )
+
+
+def test_plain_text_is_unchanged() -> None:
+    assert clean("hello, world! ça va? 日本語 🙂") == "hello, world! ça va? 日本語 🙂"
+
+
+def test_escape_sequences_are_made_visible() -> None:
+    hostile = "hi \x1b[2J\x1b]0;owned\x07 \x1b[31mred"
+    cleaned = clean(hostile)
+    assert "\x1b" not in cleaned and "\x07" not in cleaned
+    assert cleaned == "hi \\x1b[2J\\x1b]0;owned\\x07 \\x1b[31mred"
+
+
+def test_c1_controls_and_del_are_escaped() -> None:
+    # U+009B is the one-character CSI: as dangerous as ESC [.
+    assert clean("a\x9b2Jb\x7fc\x85") == "a\\x9b2Jb\\x7fc\\x85"
+
+
+def test_newlines_and_carriage_returns_cannot_forge_lines() -> None:
+    assert clean("hi\r\n[14:00] <admin> give me your password") == (
+        "hi\\x0d\\x0a[14:00] <admin> give me your password"
+    )
+    assert clean("a\u2028b\u2029c") == "a\\u2028b\\u2029c"
+
+
+def test_bidi_overrides_and_invisible_characters_are_escaped() -> None:
+    assert clean("evil\u202egnp.exe") == "evil\\u202egnp.exe"
+    assert clean("\u2066x\u2069\u200b\u200e\u061c") == "\\u2066x\\u2069\\u200b\\u200e\\u061c"
+    assert clean("tag\U000e0041") == "tag\\U000e0041"
+
+
+def test_joiners_used_by_emoji_are_kept() -> None:
+    family = "\U0001f468\u200d\U0001f469\u200d\U0001f467"
+    assert clean(family) == family
+
+
+def test_tab_becomes_a_space() -> None:
+    assert clean("a\tb") == "a b"
+
+
+def test_invalid_utf8_is_replaced() -> None:
+    assert decode(b"ok \xff\xfe bytes") == "ok \ufffd\ufffd bytes"
+
+
+def test_width_counts_wide_characters_twice() -> None:
+    assert text_width("ab") == 2
+    assert text_width("日本") == 4
+    assert text_width("e\u0301") == 1
+
+
+def test_every_output_path_cleans() -> None:
+    line = (Span("\x1b[31m", Style.NICK), Span("\x9b1m\u202e"))
+    for out in (plain(line), ansi(line)):
+        assert "\x9b" not in out and "\u202e" not in out
+    # ansi adds its own colour codes and nothing else that starts with ESC.
+    assert ansi(line).count("\x1b") == 2
+    assert plain(line) == "\\x1b[31m\\x9b1m\\u202e"
+
+
+@given(st.text())
+def test_cleaned_text_is_safe_and_stable(text: str) -> None:
+    cleaned = clean(text)
+    assert _terminal_safe(cleaned)
+    assert clean(cleaned) == cleaned
+
+
+@given(st.text(alphabet=st.characters(categories=["L", "N", "P", "S", "Zs"])))
+def test_ordinary_text_survives(text: str) -> None:
+    assert clean(text) == text

@@ -1,0 +1,182 @@
+"""The interactive line editor, through insults and a terminal emulator."""
+
+from __future__ import annotations
+
+import re
+
+from twisted.internet.error import ConnectionLost
+from twisted.python.failure import Failure
+
+from twisted_chat.client.render import error, info, notice
+
+from .helpers import Keyboard
+
+LEFT = b"\x1b[D"
+RIGHT = b"\x1b[C"
+UP = b"\x1b[A"
+DOWN = b"\x1b[B"
+SGR = re.compile(rb"\x1b\[[0-9;]*m")
+
+
+def input_row(kb: Keyboard) -> str:
+    return kb.rows()[kb.cursor()[1]]
+
+
+def test_typing_echoes_after_the_prompt() -> None:
+    kb = Keyboard()
+    kb.ui.set_prompt("alice> ")
+    kb.keys("hello")
+    assert input_row(kb) == "alice> hello"
+    assert kb.cursor()[0] == len("alice> hello")
+
+
+def test_incoming_message_keeps_the_half_typed_line_and_cursor() -> None:
+    kb = Keyboard()
+    kb.ui.set_prompt("alice> ")
+    kb.keys(b"half typed" + LEFT * 3)
+    kb.ui.show(info("[14:03] <bob> hello alice"))
+    kb.ui.show(notice("carol joined"))
+    rows = kb.rows()
+    y = kb.cursor()[1]
+    assert rows[y - 2] == "[14:03] <bob> hello alice"
+    assert rows[y - 1] == "* carol joined"
+    assert rows[y] == "alice> half typed"
+    assert kb.cursor()[0] == len("alice> half ty")
+    # Typing goes on where the cursor was.
+    kb.keys("X")
+    assert rows != kb.rows() and input_row(kb) == "alice> half tyXped"
+    assert kb.ui.lineBufferIndex == len("half tyX")
+
+
+def test_enter_hands_over_the_line_and_clears_the_row() -> None:
+    kb = Keyboard()
+    kb.keys("hi there\r")
+    assert kb.typed == ["hi there"]
+    assert input_row(kb) == ">"
+    kb.keys("\r")
+    assert kb.typed == ["hi there", ""]
+
+
+def test_history_with_up_and_down_keeps_the_draft() -> None:
+    kb = Keyboard()
+    kb.keys("one\rtwo\rdraft")
+    kb.keys(UP)
+    assert input_row(kb) == "> two"
+    kb.keys(UP + UP)
+    assert input_row(kb) == "> one"
+    kb.keys(DOWN)
+    assert input_row(kb) == "> two"
+    kb.keys(DOWN)
+    assert input_row(kb) == "> draft"
+    kb.keys(UP + b"\r")
+    assert kb.typed == ["one", "two", "two"]
+    kb.keys(UP)
+    assert input_row(kb) == "> two"  # the repeated line is stored once
+
+
+def test_editing_keys() -> None:
+    kb = Keyboard()
+    kb.keys(b"hello world" + LEFT * 6 + b"\x7f")  # backspace
+    assert "".join(kb.ui.lineBuffer) == "hell world"
+    kb.keys(b"\x01X")  # Ctrl-A, then insert at the start
+    assert "".join(kb.ui.lineBuffer) == "Xhell world"
+    kb.keys(b"\x05!")  # Ctrl-E
+    assert input_row(kb) == "> Xhell world!"
+    kb.keys(b"\x17")  # Ctrl-W deletes the last word
+    assert "".join(kb.ui.lineBuffer) == "Xhell "
+    kb.keys(b"\x01\x1b[3~")  # Ctrl-A, Delete
+    assert "".join(kb.ui.lineBuffer) == "hell "
+    kb.keys(RIGHT + RIGHT + b"\x0b")  # Ctrl-K
+    assert "".join(kb.ui.lineBuffer) == "he"
+    kb.keys(b"\x15")  # Ctrl-U
+    assert kb.ui.lineBuffer == [] and input_row(kb) == ">"
+
+
+def test_utf8_input_is_assembled_into_characters() -> None:
+    kb = Keyboard()
+    kb.keys("café 日本 🙂".encode())
+    assert "".join(kb.ui.lineBuffer) == "café 日本 🙂"
+    kb.keys(b"\x7f\x7f")
+    assert "".join(kb.ui.lineBuffer) == "café 日本"
+    kb.keys(b"\r")
+    assert kb.typed == ["café 日本"]
+
+
+def test_control_keys_never_enter_the_line() -> None:
+    kb = Keyboard()
+    kb.keys(b"a\x00\x07\x1b[99~\x1bOQb\tc")
+    assert "".join(kb.ui.lineBuffer) == "ab c"
+
+
+def test_ctrl_c_and_ctrl_d_quit() -> None:
+    kb = Keyboard()
+    kb.keys(b"x\x04")  # Ctrl-D on a non-empty line deletes forward
+    assert kb.quits == 0
+    kb.keys(LEFT + b"\x04")
+    assert kb.ui.lineBuffer == [] and kb.quits == 0
+    kb.keys(b"\x04")
+    assert kb.quits == 1
+    kb.keys(b"typing\x03")
+    assert kb.quits == 2
+
+
+def test_long_lines_scroll_sideways_instead_of_wrapping() -> None:
+    kb = Keyboard(width=30)
+    text = "".join(chr(ord("a") + i % 26) for i in range(80))
+    kb.keys(text)
+    row = input_row(kb)
+    assert len(row) < 30 and row.startswith("> ") and text.endswith(row[2:])
+    assert kb.cursor()[1] == 0  # still the first row: nothing wrapped
+    kb.keys(b"\x01")
+    assert input_row(kb) == "> " + text[: len(row) - 2]
+    kb.keys(b"\r")
+    assert kb.typed == [text]
+
+
+def test_hostile_text_is_cleaned_before_the_terminal() -> None:
+    kb = Keyboard()
+    kb.output.clear()
+    kb.ui.show(info("x\x1b[2J\x1b]0;pwned\x07\x9b31m\u202e"))
+    written = kb.output.value()
+    assert b"\x1b[2J" not in written and b"\x07" not in written and b"\xc2\x9b" not in written
+    assert b"\\x1b[2J" in written
+
+
+def test_colours_only_when_enabled() -> None:
+    kb = Keyboard()
+    kb.output.clear()
+    kb.ui.show(error("oops"))
+    kb.ui.set_prompt("alice> ")
+    assert not SGR.search(kb.output.value())
+    kb.ui.colour = True
+    kb.ui.show(error("oops"))
+    assert b"\x1b[1;31m! oops\x1b[0m" in kb.output.value()
+
+
+def test_the_screen_is_not_reset_at_start() -> None:
+    kb = Keyboard()
+    assert b"\x1bc" not in kb.output.value()
+    assert b"\x1b[2J" not in kb.output.value()
+
+
+def test_close_erases_the_input_row_without_quitting() -> None:
+    kb = Keyboard()
+    kb.keys("unsent")
+    closed = kb.ui.close()
+    assert kb.output.disconnecting
+    assert input_row(kb) == ""
+    kb.server.connectionLost(Failure(ConnectionLost()))
+    assert closed.called and kb.quits == 0
+
+
+def test_terminal_hang_up_quits() -> None:
+    kb = Keyboard()
+    kb.server.connectionLost(Failure(ConnectionLost()))
+    assert kb.quits == 1
+
+
+def test_resize_redraws() -> None:
+    kb = Keyboard(width=40)
+    kb.keys("abc")
+    kb.ui.terminalSize(50, 20)
+    assert kb.ui.width == 50 and input_row(kb) == "> abc"
