@@ -1,0 +1,169 @@
+"""
+The real server over a TLS endpoint (a self-signed certificate made here)
+and over a UNIX socket endpoint.
+"""
+
+from __future__ import annotations
+
+import datetime
+import ipaddress
+import re
+import signal
+import socket
+import ssl
+import time
+from pathlib import Path
+
+import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
+
+from tests.serverproc import LOOPBACK, LineClient, free_port, wait_for_port
+
+pytestmark = pytest.mark.e2e
+
+TS = r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z"
+
+
+def self_signed(directory: Path) -> tuple[Path, Path]:
+    """A key and a certificate for C{localhost} / C{127.0.0.1}, as PEM files."""
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "localhost")])
+    now = datetime.datetime.now(datetime.UTC)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + datetime.timedelta(days=1))
+        .add_extension(
+            x509.SubjectAlternativeName(
+                [x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address(LOOPBACK))]
+            ),
+            critical=False,
+        )
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .sign(key, hashes.SHA256())
+    )
+    key_path, cert_path = directory / "key.pem", directory / "cert.pem"
+    key_path.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
+    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    return key_path, cert_path
+
+
+@pytest.fixture
+def tls_server(tmp_path, chat_server):
+    key, cert = self_signed(tmp_path)
+    port = free_port()
+    server = chat_server(
+        port=port,
+        endpoint=f"ssl:{port}:privateKey={key}:certKey={cert}:interface={LOOPBACK}",
+    )
+    server.cert = cert
+    return server
+
+
+@pytest.fixture
+def tls_connect(connect):
+    """Open a TLS connection that verifies the server against the test's
+    certificate (and its name, C{localhost})."""
+
+    def open_tls(server) -> LineClient:
+        context = ssl.create_default_context(cafile=str(server.cert))
+        raw = socket.create_connection((LOOPBACK, server.port), timeout=5)
+        sock = context.wrap_socket(raw, server_hostname="localhost")
+        return connect(server.port, sock=sock)
+
+    return open_tls
+
+
+def test_tls_handshake_and_message(tls_server, tls_connect):
+    ann = tls_connect(tls_server)
+    assert ann.sock.version() in ("TLSv1.2", "TLSv1.3")
+    assert ann.readline().startswith("HELLO chat/1 ")
+    assert ann.register("ann") == ["USER ann lobby", "USERS 1"]
+    ben = tls_connect(tls_server)
+    ben.expect("HELLO")
+    ben.register("ben")
+    assert re.fullmatch(rf"JOINED {TS} ben", ann.readline())
+    ben.send("MSG over TLS  ")
+    line = ben.readline()
+    assert re.fullmatch(rf"MSG {TS} ben \* over TLS  ", line)
+    assert ann.readline() == line
+    ann.send("DM ben private")
+    line = ann.readline()
+    assert re.fullmatch(rf"MSG {TS} ann ben private", line)
+    assert ben.readline() == line
+
+
+def test_tls_refuses_a_plain_client_without_harm(tls_server, tls_connect, connect):
+    """Plain text on the TLS port gets no chat/1 lines, and the server
+    carries on serving TLS clients."""
+    plain = connect(tls_server.port)
+    plain.send("NICK mallory")
+    with pytest.raises((EOFError, ConnectionResetError, TimeoutError)):
+        plain.readline(timeout=2)
+    ann = tls_connect(tls_server)
+    ann.expect("HELLO")
+    ann.register("ann")
+
+
+def test_tls_shutdown_with_a_peer_that_never_completes_the_close(tls_server, tls_connect):
+    """SIGTERM: a TLS client that reads gets C{BYE shutdown} then the end; one
+    that never reads (so never answers the TLS close) is cut off, and the
+    server exits within 5 s."""
+    reader = tls_connect(tls_server)
+    reader.expect("HELLO")
+    reader.register("reader")
+    silent = tls_connect(tls_server)
+    silent.expect("HELLO")
+    silent.register("silent")
+    reader.expect("JOINED")
+    started = time.monotonic()
+    tls_server.proc.send_signal(signal.SIGTERM)
+    rest = reader.rest(timeout=5)
+    assert rest[-1].startswith("BYE shutdown"), rest
+    code = tls_server.proc.wait(5)
+    elapsed = time.monotonic() - started
+    assert elapsed < 5.0, f"shutdown took {elapsed:.1f}s"
+    assert code in (0, -signal.SIGTERM)  # twistd re-raises the signal it stopped on
+    log = tls_server.log()
+    assert "Server Shut Down." in log
+    assert tls_server.problems() == []
+
+
+def test_unix_socket_endpoint(tmp_path, chat_server, connect):
+    """A UNIX socket next to a TCP port on one server: with
+    C{--show-addresses}, the UNIX user's address is C{-}, the TCP user's
+    C{host:port}."""
+    path = tmp_path / "chat.sock"
+    tcp_port = free_port()
+    server = chat_server("--show-addresses", "--port", f"tcp:{tcp_port}:interface={LOOPBACK}",
+                         endpoint=f"unix:{path}")
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    sock.settimeout(5)
+    sock.connect(str(path))
+    local = connect(0, sock=sock)
+    assert local.readline().startswith("HELLO chat/1 ")
+    assert local.register("local") == ["USER local lobby -", "USERS 1"]
+    wait_for_port(tcp_port)
+    remote = connect(tcp_port)
+    remote.expect("HELLO")
+    host, port = remote.sock.getsockname()
+    assert remote.register("remote") == [
+        "USER local lobby -", f"USER remote lobby {host}:{port}", "USERS 2"]
+    local.send("MSG from a unix socket")
+    line = local.expect("MSG ")
+    assert re.fullmatch(rf"MSG {TS} local \* from a unix socket", line)
+    assert remote.readline() == line
+    assert server.problems() == []
