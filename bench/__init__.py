@@ -1,0 +1,1 @@
+"""The twisted-chat benchmark: see docs/benchmark.md."""

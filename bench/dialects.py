@@ -1,0 +1,94 @@
+"""
+What differs between speaking chat/1 and IRC to a server under test.
+
+A dialect says how a client registers and joins the shared room, how it
+knows the handshake is over, how a room message is written, how to answer
+the server's PING, and how many copies of one room message the server
+delivers (chat/1 echoes the sender its own copy, IRC does not).
+
+Every message the generator sends carries ``~<monotonic_ns>~`` in its text,
+so a receiver can compute the latency from one regex over a whole chunk.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+MARK = re.compile(rb"~(\d{6,20})~")
+PAD = b"x" * 32  # a chat-sized message: the text is about 55 bytes long
+CHANNEL = b"#bench"
+
+
+@dataclass(frozen=True)
+class Dialect:
+    name: str
+    # whether the sender receives its own copy of a room message
+    echo: bool
+
+    def register(self, nick: str) -> bytes:
+        raise NotImplementedError
+
+    def after_registered(self, nick: str) -> bytes:
+        """Bytes to send once the first handshake marker was seen."""
+        return b""
+
+    # handshake markers, searched in the accumulated input, in order
+    first_marker: bytes = b""
+    done_marker: bytes = b""
+
+    def msg_prefix(self) -> bytes:
+        raise NotImplementedError
+
+    def pong(self, line: bytes) -> bytes | None:
+        """The answer to one complete input line, if it is a PING."""
+        raise NotImplementedError
+
+    def copies(self, clients: int) -> int:
+        return clients if self.echo else clients - 1
+
+
+@dataclass(frozen=True)
+class Chat1(Dialect):
+    name: str = "chat/1"
+    echo: bool = True
+    # READY <nick>, then HISTORY..., USER..., and USERS <n> ends the block
+    first_marker: bytes = b"READY "
+    done_marker: bytes = b"\nUSERS "
+
+    def register(self, nick: str) -> bytes:
+        return b"NICK %s\r\n" % nick.encode()
+
+    def msg_prefix(self) -> bytes:
+        return b"MSG "
+
+    def pong(self, line: bytes) -> bytes | None:
+        if line[:5].upper() == b"PING " or line.rstrip(b"\r").upper() == b"PING":
+            return b"PONG" + line.rstrip(b"\r")[4:] + b"\r\n"
+        return None
+
+
+@dataclass(frozen=True)
+class Irc(Dialect):
+    name: str = "irc"
+    echo: bool = False
+    # 001 is the welcome; 366 ends the NAMES list that answers our JOIN
+    first_marker: bytes = b" 001 "
+    done_marker: bytes = b" 366 "
+
+    def register(self, nick: str) -> bytes:
+        return b"NICK %s\r\nUSER %s 0 * :bench\r\n" % (nick.encode(), nick.encode())
+
+    def after_registered(self, nick: str) -> bytes:
+        return b"JOIN " + CHANNEL + b"\r\n"
+
+    def msg_prefix(self) -> bytes:
+        return b"PRIVMSG " + CHANNEL + b" :"
+
+    def pong(self, line: bytes) -> bytes | None:
+        if line.startswith(b"PING "):
+            return b"PONG " + line.rstrip(b"\r")[5:] + b"\r\n"
+        return None
+
+
+DIALECTS: dict[str, Dialect] = {"chat/1": Chat1(), "irc": Irc()}

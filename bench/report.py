@@ -1,0 +1,202 @@
+"""The results as a markdown table and a PNG plot (the plot needs matplotlib)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+MAIN = ["chat", "ngircd", "inspircd"]
+VARIANTS = ["chat", "chat-memdb", "chat-noflood", "chat-bare"]
+
+
+def fmt(x: Any, digits: int = 0) -> str:
+    if x is None:
+        return "-"
+    if isinstance(x, str):
+        return x
+    if isinstance(x, bool):
+        return "yes" if x else "no"
+    if isinstance(x, int) or digits == 0:
+        return f"{x:,.0f}"
+    return f"{x:,.{digits}f}"
+
+
+def ratio(a: Any, b: Any) -> str:
+    if not isinstance(a, (int, float)) or not isinstance(b, (int, float)) or not b:
+        return "-"
+    return f"{a / b:.2f}x"
+
+
+Row = tuple[str, Callable[[dict[str, Any]], Any], int]
+
+
+def fixed_rows() -> list[Row]:
+    def f(key: str) -> Callable[[dict[str, Any]], Any]:
+        return lambda r: r["fixed"].get(key)
+
+    def lat(key: str) -> Callable[[dict[str, Any]], Any]:
+        return lambda r: r["fixed"]["latency_ms"].get(key)
+
+    return [
+        ("offered deliveries/s", f("offered_deliveries_per_s"), 0),
+        ("delivered lines/s", f("lines_per_s"), 0),
+        ("delivered fraction", lambda r: r["fixed"]["fraction"] * 100, 2),
+        ("server CPU, % of its core", lambda r: r["fixed"]["server_cpu_share"] * 100, 1),
+        ("server CPU µs per delivered line", f("server_us_per_line"), 3),
+        ("latency p50 ms", lat("p50"), 2),
+        ("latency p90 ms", lat("p90"), 2),
+        ("latency p99 ms", lat("p99"), 2),
+        ("latency max ms", lat("max"), 2),
+        ("latency samples", lat("samples"), 0),
+        ("generator CPU, % of its core", lambda r: r["fixed"]["gen_cpu_share"] * 100, 1),
+        ("max sustained deliveries/s", lambda r: r["sustained"]["deliveries_per_s"], 0),
+        ("… at room messages/s", lambda r: r["sustained"]["rate"], 0),
+        ("… next step failed because", lambda r: r["sustained"]["stopped_by"], 0),
+        ("… limit at that step (CPU ≥ 90 %)", lambda r: r["sustained"]["limit_at_failure"], 0),
+        ("… server / generator CPU % there",
+         lambda r: (None if r["sustained"]["server_cpu_share_at_failure"] is None else
+                    f"{r['sustained']['server_cpu_share_at_failure'] * 100:.0f} / "
+                    f"{r['sustained']['gen_cpu_share_at_failure'] * 100:.0f}"), 0),
+        ("server RSS max MB (whole run)", lambda r: r["rss_max"] / 1e6, 1),
+    ]
+
+
+def idle_rows() -> list[Row]:
+    return [
+        ("clients registered", lambda r: f"{r['registered']:,} of {r['clients']:,}", 0),
+        ("handshakes/s", lambda r: r["handshakes_per_s"], 0),
+        ("handshake p50 ms", lambda r: r["handshake_ms_p50"], 1),
+        ("handshake p99 ms", lambda r: r["handshake_ms_p99"], 1),
+        ("server CPU s for all handshakes", lambda r: r["server_cpu_s"], 2),
+        ("RSS before MB", lambda r: r["rss_before"] / 1e6, 1),
+        ("RSS after MB", lambda r: r["rss_after"] / 1e6, 1),
+        ("RSS per connection KiB",
+         lambda r: None if r["rss_per_conn"] is None else r["rss_per_conn"] / 1024, 1),
+    ]
+
+
+def table(results: dict[str, Any], keys: list[str], rows: list[Row],
+          pick: Callable[[dict[str, Any]], dict[str, Any] | None],
+          ratio_to: list[str]) -> list[str]:
+    servers = results["servers"]
+    cols = [k for k in keys if k in servers]
+    base = cols[0] if cols else None
+    others = [k for k in ratio_to if k in cols and k != base]
+    head = ["", *[servers[k]["label"] for k in cols],
+            *[f"{base} ÷ {k}" for k in others]]
+    out = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for name, get, digits in rows:
+        vals: dict[str, Any] = {}
+        for k in cols:
+            data = pick(servers[k])
+            if data is None or "error" in data:
+                vals[k] = None if data is None else "error"
+                continue
+            try:
+                vals[k] = get(data)
+            except (KeyError, TypeError):
+                vals[k] = None
+        cells = [name, *[fmt(vals[k], digits) for k in cols]]
+        cells += [ratio(vals[base], vals[k]) if base else "-" for k in others]
+        out.append("| " + " | ".join(cells) + " |")
+    return out
+
+
+def rate_for(plan: dict[str, Any], c: int) -> float:
+    rates = plan["fixed_rate"]
+    return float(rates.get(c, rates.get(str(c), 0.0)))
+
+
+def markdown(results: dict[str, Any], png: str | None) -> str:
+    servers = results["servers"]
+    plan = results["plan"]
+    lines = [
+        f"# Benchmark {results['date']}" + (" (quick mode)" if results["quick"] else ""),
+        "",
+        f"Machine: {results['machine']['cpus']} CPUs, Python {results['machine']['python']}, "
+        f"kernel {results['machine']['kernel']}. Each server pinned to CPU 0 (`taskset -c 0`),"
+        " the generator's processes to CPU 1; loopback only. "
+        f"{plan['senders']} senders among the clients, latency read by {plan['samples']} "
+        f"sample receivers, {plan['duration']} s per rate step, steps x{plan['step_factor']}. "
+        f"Whole run: {results.get('seconds', 0):.0f} s.",
+        "",
+        "Servers:",
+    ]
+    for key, s in servers.items():
+        extra = " ".join(s.get("options", []))
+        state = f"skipped: {s['skipped']}" if "skipped" in s else s.get("version", "")
+        lines.append(f"- `{key}`: {s['label']} {state}" + (f" (`{extra}`)" if extra else ""))
+    lines.append("")
+    for c in plan["fan_clients"]:
+        lines += [f"## Fan-out, {c} clients in the room",
+                  "",
+                  f"Fixed offered rate: {rate_for(plan, c):,.0f} room messages/s; then"
+                  " stepped up until < 98 % delivered or p99 > 100 ms.",
+                  ""]
+        lines += table(results, MAIN, fixed_rows(), lambda s, c=c: s["fanout"].get(str(c)),
+                       ["ngircd", "inspircd"])
+        lines.append("")
+    if any("idle" in s for s in servers.values()):
+        lines += [f"## Idle scale: {plan['idle_clients']:,} registered clients", "",
+                  "chat/1: NICK until the USERS line that ends the READY block; IRC: "
+                  "NICK/USER, then JOIN until the end of NAMES (366), so both are in the room.",
+                  ""]
+        lines += table(results, MAIN, idle_rows(), lambda s: s.get("idle"),
+                       ["ngircd", "inspircd"])
+        lines.append("")
+    if sum(1 for k in VARIANTS if k in servers) > 1:
+        lines += ["## What each feature of our server costs", ""]
+        for c in plan["fan_clients"]:
+            lines += [f"### {c} clients", ""]
+            lines += table(results, VARIANTS, fixed_rows(),
+                           lambda s, c=c: s["fanout"].get(str(c)),
+                           ["chat-memdb", "chat-noflood", "chat-bare"])
+            lines.append("")
+    errors = [(k, where, d["error"]) for k, s in servers.items()
+              for where, d in [*s.get("fanout", {}).items(), ("idle", s.get("idle", {}))]
+              if isinstance(d, dict) and "error" in d]
+    if errors:
+        lines += ["## Errors", ""]
+        lines += [f"- {k} {where}: `{e}`" for k, where, e in errors]
+        lines.append("")
+    if png:
+        lines += ["## Latency against offered load", "", f"![latency]({png})", ""]
+    return "\n".join(lines)
+
+
+def plot(results: dict[str, Any], path: Path) -> bool:
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return False
+    counts = results["plan"]["fan_clients"]
+    fig, axes = plt.subplots(1, len(counts), figsize=(6 * len(counts), 4.5), squeeze=False)
+    for ax, c in zip(axes[0], counts, strict=True):
+        for key, s in results["servers"].items():
+            run = s.get("fanout", {}).get(str(c))
+            if not run or "error" in run:
+                continue
+            pts = sorted([run["fixed"], *run["steps"]], key=lambda p: p["offered_deliveries_per_s"])
+            xs = [p["offered_deliveries_per_s"] for p in pts if p["latency_ms"]["p99"]]
+            p50 = [p["latency_ms"]["p50"] for p in pts if p["latency_ms"]["p99"]]
+            p99 = [p["latency_ms"]["p99"] for p in pts if p["latency_ms"]["p99"]]
+            if not xs:
+                continue
+            line = ax.plot(xs, p99, marker="o", label=f"{key} p99")[0]
+            ax.plot(xs, p50, marker=".", linestyle="--", color=line.get_color(),
+                    label=f"{key} p50")
+        ax.axhline(100, color="grey", linewidth=0.8, linestyle=":")
+        ax.set_xscale("log")
+        ax.set_yscale("log")
+        ax.set_xlabel("offered deliveries/s (room messages/s x recipients)")
+        ax.set_ylabel("latency ms")
+        ax.set_title(f"{c} clients in the room")
+        ax.grid(True, which="both", alpha=0.3)
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return True

@@ -1,0 +1,249 @@
+"""
+The benchmark's one command: ``python -m bench [--quick] [--out DIR]``.
+
+It starts every available server in turn (pinned to CPU 0), drives it with
+the generator (pinned to CPU 1), stops everything it started, and writes
+``<out>/<date>.md``, ``.json`` and ``.png``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import datetime as dt
+import json
+import os
+import platform
+import resource
+import subprocess
+import sys
+import time
+import traceback
+from pathlib import Path
+from typing import Any
+
+from bench import report, scenarios
+from bench.gen import Generator
+from bench.servers import BENCH, RunningServer, ServerSpec
+
+GENEROUS_FLOOD = ["--flood-rate", "1000000", "--flood-burst", "1000000"]
+
+FULL: dict[str, Any] = {
+    "fan_clients": [100, 1000],
+    "senders": 10,
+    "samples": 8,
+    "fixed_rate": {100: 2000.0, 1000: 200.0},  # room messages/s: 200,000 deliveries/s
+    "max_rate": {100: 100000.0, 1000: 10000.0},
+    "duration": 2.0,
+    "drain": 3.0,
+    "step_factor": 1.5,
+    "max_steps": 9,
+    "fan_budget": 50.0,  # seconds of stepping per server and client count
+    "idle_clients": 10000,
+    "idle_concurrency": 200,
+    "idle_timeout": 150.0,
+    "receiver_workers": 1,
+}
+
+QUICK: dict[str, Any] = {
+    "fan_clients": [50],
+    "senders": 4,
+    "samples": 4,
+    "fixed_rate": {50: 200.0},
+    "max_rate": {50: 2000.0},
+    "duration": 0.5,
+    "drain": 1.5,
+    "step_factor": 2.0,
+    "max_steps": 1,
+    "fan_budget": 5.0,
+    "idle_clients": 200,
+    "idle_concurrency": 50,
+    "idle_timeout": 20.0,
+    "receiver_workers": 1,
+}
+
+
+def chat_options() -> set[str]:
+    """The long options our server's twistd plugin knows (it grows over time)."""
+    twistd = Path(sys.executable).with_name("twistd")
+    try:
+        out = subprocess.run([str(twistd), "chat", "--help"], capture_output=True, text=True,
+                             timeout=60).stdout
+    except (OSError, subprocess.SubprocessError):
+        return set()
+    opts = set()
+    for line in out.splitlines():
+        for word in line.split():
+            if word.startswith("--"):
+                opts.add(word.split("=")[0])
+    return opts
+
+
+def server_specs(quick: bool, only: list[str] | None) -> list[ServerSpec]:
+    opts = chat_options()
+    flood = GENEROUS_FLOOD if "--flood-rate" in opts else []
+    specs = []
+    # our server as deployed: its defaults (durable history when it has --db),
+    # flood control on but generous enough not to cut the senders
+    specs.append(ServerSpec("chat", "twisted-chat (defaults" + (", history db" if "--db" in opts
+                                                                 else "") + ", limits on)",
+                            "chat/1", "chat", list(flood)))
+    if not quick:
+        specs.append(ServerSpec("ngircd", "ngircd", "irc", "ngircd"))
+        specs.append(ServerSpec("inspircd", "InspIRCd", "irc", "inspircd"))
+        if "--db" in opts:
+            specs.append(ServerSpec("chat-memdb", "twisted-chat --db :memory:", "chat/1",
+                                    "chat", [*flood, "--db", ":memory:"]))
+        if flood:
+            specs.append(ServerSpec("chat-noflood", "twisted-chat --flood-rate 0", "chat/1",
+                                    "chat", ["--flood-rate", "0"]))
+        if "--db" in opts and flood:
+            specs.append(ServerSpec("chat-bare", "twisted-chat --db :memory: --flood-rate 0 "
+                                    "--history 0", "chat/1", "chat",
+                                    ["--db", ":memory:", "--flood-rate", "0", "--history", "0"]))
+    if only:
+        specs = [s for s in specs if s.key in only]
+    return specs
+
+
+def raise_nofile() -> int:
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard == resource.RLIM_INFINITY or hard > soft:
+        target = hard if hard != resource.RLIM_INFINITY else 1 << 20
+        with contextlib.suppress(ValueError, OSError):
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+    return resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+
+
+def run_fanout(spec: ServerSpec, plan: dict[str, Any], clients: int,
+               log: Any) -> dict[str, Any]:
+    srv = RunningServer(spec)
+    gen = None
+    try:
+        gen = Generator(spec.dialect, plan["receiver_workers"])
+        conn = gen.connect("127.0.0.1", srv.port, clients, plan["senders"], plan["samples"],
+                           "b", concurrency=200, timeout=120.0)
+        if conn["ok"] < clients:
+            raise RuntimeError(f"only {conn['ok']} of {clients} clients registered: "
+                               f"{conn['errors']} {srv.tail(400)}")
+        res = scenarios.fanout(srv, gen, clients, plan["fixed_rate"][clients], plan["duration"],
+                               plan["drain"], plan["step_factor"], plan["max_steps"],
+                               plan["max_rate"][clients], plan["fan_budget"])
+        res["connect_seconds"] = conn["seconds"]
+        res["rss_max"] = srv.max_rss
+        log(f"  C={clients}: fixed {res['fixed']['lines_per_s']:.0f} lines/s, "
+            f"{res['fixed']['server_us_per_line']} us/line, p99 "
+            f"{res['fixed']['latency_ms']['p99']} ms; sustained "
+            f"{res['sustained']['deliveries_per_s']:.0f}/s ({res['sustained']['stopped_by']})")
+        return res
+    finally:
+        if gen is not None:
+            gen.close()
+        srv.stop()
+
+
+def run_idle(spec: ServerSpec, plan: dict[str, Any], log: Any) -> dict[str, Any]:
+    srv = RunningServer(spec)
+    gen = None
+    try:
+        gen = Generator(spec.dialect, plan["receiver_workers"])
+        res = scenarios.idle_scale(srv, gen, plan["idle_clients"], plan["idle_concurrency"],
+                                   plan["idle_timeout"])
+        res["rss_max"] = srv.max_rss
+        log(f"  idle: {res['registered']}/{res['clients']} in {res['seconds']:.1f} s, "
+            f"{res['handshakes_per_s']:.0f}/s, rss/conn {res['rss_per_conn']}")
+        return res
+    finally:
+        if gen is not None:
+            gen.close()
+        srv.stop()
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
+    ap.add_argument("--quick", action="store_true", help="small sizes, our server only")
+    ap.add_argument("--out", type=Path, default=None,
+                    help="folder for the results (default bench/results, quick: none kept)")
+    ap.add_argument("--servers", default=None, help="comma-separated keys to run")
+    ap.add_argument("--skip-idle", action="store_true")
+    ap.add_argument("--clients", default=None, help="comma-separated fan-out client counts")
+    args = ap.parse_args(argv)
+    plan = dict(QUICK if args.quick else FULL)
+    if args.clients:
+        wanted = [int(x) for x in args.clients.split(",")]
+        plan["fan_clients"] = [c for c in plan["fan_clients"] if c in wanted]
+    nofile = raise_nofile()
+    started = time.monotonic()
+    now = dt.datetime.now(dt.UTC)
+
+    def log(msg: str) -> None:
+        print(f"[{time.monotonic() - started:6.1f}s] {msg}", flush=True)
+
+    results: dict[str, Any] = {
+        "date": now.isoformat(timespec="seconds"),
+        "quick": args.quick,
+        "plan": {k: (dict(v) if isinstance(v, dict) else v) for k, v in plan.items()},
+        "machine": {"cpus": os.cpu_count(), "python": platform.python_version(),
+                    "kernel": platform.release(), "nofile": nofile},
+        "servers": {},
+    }
+    only = args.servers.split(",") if args.servers else None
+    failures = 0
+    for spec in server_specs(args.quick, only):
+        entry: dict[str, Any] = {"label": spec.label, "dialect": spec.dialect,
+                                 "options": spec.extra, "fanout": {}}
+        results["servers"][spec.key] = entry
+        why = spec.available()
+        if why:
+            entry["skipped"] = why
+            log(f"{spec.key}: skipped: {why}")
+            continue
+        entry["version"] = server_version(spec)
+        log(f"{spec.key}: {spec.label} {entry['version']}")
+        for clients in plan["fan_clients"]:
+            try:
+                entry["fanout"][str(clients)] = run_fanout(spec, plan, clients, log)
+            except Exception as e:
+                failures += 1
+                entry["fanout"][str(clients)] = {"error": repr(e)}
+                log(f"  C={clients}: error: {e!r}")
+                traceback.print_exc()
+        if not args.skip_idle and spec.key in ("chat", "ngircd", "inspircd"):
+            try:
+                entry["idle"] = run_idle(spec, plan, log)
+            except Exception as e:
+                failures += 1
+                entry["idle"] = {"error": repr(e)}
+                log(f"  idle: error: {e!r}")
+                traceback.print_exc()
+    results["seconds"] = time.monotonic() - started
+    out = args.out
+    if out is None and not args.quick:
+        out = BENCH / "results"
+    if out is not None:
+        out.mkdir(parents=True, exist_ok=True)
+        stem = out / (("quick-" if args.quick else "") + now.strftime("%Y-%m-%d"))
+        stem.with_suffix(".json").write_text(json.dumps(results, indent=1, default=str) + "\n")
+        stem.with_suffix(".md").write_text(report.markdown(results, stem.name + ".png"))
+        plotted = report.plot(results, stem.with_suffix(".png"))
+        log(f"wrote {stem}.md, .json" + (", .png" if plotted else " (no matplotlib: no plot)"))
+    else:
+        print(report.markdown(results, None))
+    log(f"done in {results['seconds']:.0f} s, {failures} failures")
+    return 1 if failures else 0
+
+
+def server_version(spec: ServerSpec) -> str:
+    try:
+        if spec.kind == "chat":
+            import twisted_chat
+            return str(getattr(twisted_chat, "__version__", "?"))
+        if spec.kind == "ngircd":
+            out = subprocess.run(["ngircd", "--version"], capture_output=True, text=True,
+                                 timeout=20).stdout
+            return out.splitlines()[0].split("-")[0] if out else "?"
+        out = subprocess.run(["inspircd", "--version"], capture_output=True, text=True,
+                             timeout=20).stdout
+        return out.strip() or "?"
+    except (OSError, subprocess.SubprocessError, IndexError):
+        return "?"
