@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+import queue
+from pathlib import Path
+from typing import Any
+
 import pytest
 from twisted.application.internet import StreamServerEndpointService
 from twisted.internet.testing import MemoryReactorClock
 from twisted.python import usage
 
+from twisted_chat.history import Entry
 from twisted_chat.service import ChatService, Options, makeService
 
 
@@ -25,6 +30,7 @@ def test_defaults() -> None:
     assert (config.idle_timeout, config.ping_timeout, config.nick_timeout) == (120, 60, 30)
     assert config.show_addresses is False
     assert config.server_name == "twisted-chat"
+    assert (config.db, config.retain_days) == ("chat.sqlite3", None)
 
 
 def test_ports_repeatable_and_bare_number_is_tcp() -> None:
@@ -54,17 +60,53 @@ def test_help_lists_every_option() -> None:
     for name in ["--port", "--history", "--max-line", "--invite-timeout", "--max-clients",
                  "--max-per-ip", "--show-addresses", "--server-name", "--flood-rate",
                  "--flood-burst", "--sendq", "--idle-timeout", "--ping-timeout",
-                 "--nick-timeout"]:
+                 "--nick-timeout", "--db", "--retain-days"]:
         assert name in text
 
 
-def test_make_service_listens_on_every_port() -> None:
-    reactor = MemoryReactorClock()
-    top = makeService(options("--port", "7001", "--port", "tcp:7002"), reactor)
+class ThreadedMemoryReactor(MemoryReactorClock):
+    """A MemoryReactor that runs callFromThread calls when the test pumps them."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.from_threads: queue.Queue[tuple[Any, Any, Any]] = queue.Queue()
+
+    def callFromThread(self, f: Any, *args: Any, **kwargs: Any) -> None:
+        self.from_threads.put((f, args, kwargs))
+
+    def pump_until(self, d: Any, timeout: float = 10.0) -> None:
+        while not d.called:
+            f, args, kwargs = self.from_threads.get(timeout=timeout)
+            f(*args, **kwargs)
+
+
+def test_make_service_listens_on_every_port_and_keeps_history(tmp_path: Path) -> None:
+    db = str(tmp_path / "chat.sqlite3")
+    reactor = ThreadedMemoryReactor()
+    top = makeService(options("--port", "7001", "--port", "tcp:7002", "--db", db), reactor)
     services = list(top)  # type: ignore[call-overload]
     assert isinstance(services[0], ChatService)
     assert [type(s) for s in services[1:]] == [StreamServerEndpointService] * 2
     top.startService()
     assert sorted(port for port, *_ in reactor.tcpServers) == [7001, 7002]
+    services[0].factory.history.record(Entry(1.0, "alice", "kept"))
     stopped = top.stopService()
-    assert stopped.called
+    reactor.pump_until(stopped)
+
+    # Started again on the same file, the history is back.
+    again = makeService(options("--db", db), reactor)
+    again.startService()
+    assert list(again)[0].factory.history.recent() == [  # type: ignore[call-overload]
+        Entry(1.0, "alice", "kept")]
+    reactor.pump_until(again.stopService())
+
+
+def test_unusable_database_stops_start_up_with_one_line(tmp_path: Path) -> None:
+    bogus = tmp_path / "notes.txt"
+    bogus.write_text("not a database\n")
+    top = makeService(options("--db", str(bogus)), ThreadedMemoryReactor())
+    with pytest.raises(SystemExit) as e:
+        top.startService()
+    assert str(e.value).startswith("twistd chat: ")
+    assert str(bogus) in str(e.value)
+    assert bogus.read_text() == "not a database\n"

@@ -42,6 +42,19 @@ class History:
         self._ring: deque[Entry] = deque(initial, maxlen=size)
         self._store = store
 
+    def attach(self, store: MessageStore, entries: Iterable[Entry]) -> None:
+        """
+        Keep history in C{store} from now on; C{entries} (the store's last
+        N, oldest first) replace what the ring held.
+        """
+        self._ring.clear()
+        self._ring.extend(entries)
+        self._store = store
+
+    @property
+    def size(self) -> int:
+        return self._ring.maxlen or 0
+
     def record(self, entry: Entry) -> None:
         self._ring.append(entry)
         if self._store is not None:

@@ -19,6 +19,7 @@ from twisted.python import usage
 from twisted_chat.config import DEFAULT_PORT, ServerConfig
 from twisted_chat.history import History
 from twisted_chat.protocol import ChatFactory
+from twisted_chat.store import SQLiteStore, StoreError
 
 
 def _endpoint(description: str) -> str:
@@ -86,6 +87,12 @@ class Options(usage.Options):
          "Seconds to answer the server's PING.", _positive(float)],
         ["nick-timeout", None, _defaults.nick_timeout,
          "Seconds a new connection has to choose a nick (0: forever).", _non_negative(float)],
+        ["db", None, _defaults.db,
+         "SQLite file that keeps the lobby history across restarts (:memory: keeps "
+         "nothing on disk)."],
+        ["retain-days", None, None,
+         "Delete lobby messages older than this many days [default: keep everything].",
+         _positive(float)],
     ]
 
     def __init__(self) -> None:
@@ -118,11 +125,20 @@ class Options(usage.Options):
             idle_timeout=self["idle-timeout"],
             ping_timeout=self["ping-timeout"],
             nick_timeout=self["nick-timeout"],
+            db=self["db"],
+            retain_days=self["retain-days"],
         )
 
 
 class ChatService(Service):
-    """Owns the factory; at stop, says goodbye and waits for the sockets."""
+    """
+    Owns the factory.  At start it opens the history database; at stop it
+    says goodbye, waits for the sockets, then flushes the database.
+
+    The database is opened here, not in L{makeService}, because twistd
+    daemonizes in between: the store's writer thread and SQLite's file lock
+    would not survive the fork.
+    """
 
     log = Logger()
 
@@ -130,6 +146,17 @@ class ChatService(Service):
         self.factory = factory
 
     def startService(self) -> None:
+        config = self.factory.config
+        history = self.factory.history
+        try:
+            store = SQLiteStore.open(config.db, self.factory.reactor,
+                                     retain_days=config.retain_days)
+        except StoreError as e:
+            # One clear line, no traceback; twistd exits non-zero.
+            raise SystemExit(f"twistd chat: {e}") from None
+        history.attach(store, store.recent(history.size))
+        self.log.info("lobby history in {db}: {n} messages loaded", db=config.db,
+                      n=len(history.recent()))
         super().startService()
         self.log.info(
             "chat server {name!r} starting: history {history}, max-line {max_line}",
