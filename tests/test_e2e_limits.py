@@ -1,0 +1,275 @@
+"""
+Issue 5 on real sockets: the send queue limit with a peer that does not
+read, the connection limits, flood control, idle peers and the NICK-state
+time limit.
+"""
+
+from __future__ import annotations
+
+import re
+import socket
+import threading
+import time
+
+import pytest
+
+from tests.serverproc import LOOPBACK, LineClient
+
+pytestmark = pytest.mark.e2e
+
+TS = r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z"
+MIB = 1024
+
+
+def hello(client: LineClient) -> LineClient:
+    assert client.readline().startswith("HELLO chat/1 ")
+    assert client.readline() == "NICK"
+    return client
+
+
+def registered(connect, port: int, nick: str) -> LineClient:
+    client = hello(connect(port))
+    client.send(f"NICK {nick}")
+    client.expect(f"READY {nick}")
+    client.expect("USERS ")
+    return client
+
+
+# -- slow readers ----------------------------------------------------------
+
+# The send queue limit under test, and the most a stuck reader may cost the
+# server: its send queue, plus slack for the interpreter's own allocations.
+SENDQ = 200_000
+RSS_GROWTH_BOUND_KIB = 6 * MIB
+
+
+def test_a_reader_that_stops_reading_is_dropped_for_sendq(chat_server, connect):
+    server = chat_server("--flood-rate", "0", "--sendq", str(SENDQ))
+    # A tiny receive buffer, and it never reads once registered.
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 2048)
+    sock.settimeout(5)
+    sock.connect((LOOPBACK, server.port))
+    reader = hello(connect(server.port, sock=sock))
+    reader.send("NICK reader")
+    reader.expect("USERS ")
+    talker = registered(connect, server.port, "talker")
+    rss_before = server.rss_kib()
+
+    # Lines near --max-line; the talker reads its own copies as it goes (it
+    # is a reader too).  On loopback the kernel takes about 2.3 MB for the
+    # stuck one before the server holds anything, so it goes after about
+    # 2.6 MB; 2000 lines is 6 MB, well past that.
+    text = "z" * 4000
+    dropped_at = None
+    deadline = time.monotonic() + 60
+    for i in range(2000):
+        assert time.monotonic() < deadline, "the talk took too long"
+        talker.send(f"MSG {i} {text}")
+        while True:
+            line = talker.readline()
+            if line.startswith("LEFT "):
+                assert re.fullmatch(rf"LEFT {TS} reader sendq", line), line
+                dropped_at = i
+            elif re.fullmatch(rf"MSG {TS} talker \* {i} z+", line):
+                break
+            else:
+                raise AssertionError(f"unexpected line {line[:80]!r}")
+        if dropped_at is not None:
+            break
+    assert dropped_at is not None, "the reader was never dropped"
+    sent = (dropped_at + 1) * (len(text) + 40)
+    assert sent < 5_000_000, f"dropped only after {sent} bytes"
+
+    # The talker is still served, and alone now.
+    for i in range(5):
+        talker.send(f"MSG after {i}")
+        assert re.fullmatch(rf"MSG {TS} talker \* after {i}", talker.readline())
+    talker.send("USERS")
+    assert [talker.readline(), talker.readline()] == ["USER talker lobby", "USERS 1"]
+    assert reader.closed(timeout=10)
+    peak = server.peak_rss_kib()
+    growth = peak - rss_before
+    print(f"sendq: dropped after {dropped_at + 1} lines (~{sent} bytes); RSS before "
+          f"{rss_before} KiB, peak {peak} KiB, now {server.rss_kib()} KiB")
+    assert growth < RSS_GROWTH_BOUND_KIB, f"RSS grew by {growth} KiB"
+    assert server.problems() == []
+
+
+# -- connection limits -----------------------------------------------------
+
+
+def assert_refused(client: LineClient) -> None:
+    """Over a limit: exactly two lines, no HELLO, then the close."""
+    lines = client.rest(timeout=5)
+    assert len(lines) == 2, lines
+    assert lines[0].startswith("ERROR server-full ") and len(lines[0]) > len("ERROR server-full ")
+    assert lines[1] == "BYE full"
+
+
+def test_max_clients(chat_server, connect):
+    # No start-up probe: it would be a connection of its own.
+    server = chat_server("--max-clients", "2", probe=False)
+    first = hello(connect(server.port))
+    second = registered(connect, server.port, "second")  # with or without a nick
+    assert_refused(connect(server.port))
+    # The first leaves; its place is free for the next one.
+    first.send("BYE")
+    assert first.rest() == ["BYE quit"]
+    third = hello(connect(server.port))
+    assert_refused(connect(server.port))
+    third.send("NICK third")
+    third.expect("USERS 2")
+    assert re.fullmatch(rf"JOINED {TS} third", second.readline())
+    assert server.problems() == []
+
+
+def from_address(port: int, source: str) -> socket.socket:
+    sock = socket.socket()
+    sock.settimeout(5)
+    sock.bind((source, 0))
+    sock.connect((LOOPBACK, port))
+    return sock
+
+
+def test_max_per_ip(chat_server, connect):
+    server = chat_server("--max-per-ip", "2", probe=False)
+    one = hello(connect(server.port))
+    two = hello(connect(server.port))
+    assert_refused(connect(server.port))
+    # Another address is counted on its own (127.0.0.0/8 is all loopback).
+    other = hello(connect(server.port, sock=from_address(server.port, "127.0.0.2")))
+    other.send("NICK other")
+    other.expect("USERS 1")
+    # One from 127.0.0.1 goes; a new one is accepted, and the limit holds again.
+    two.send("BYE")
+    assert two.rest() == ["BYE quit"]
+    three = hello(connect(server.port))
+    assert_refused(connect(server.port))
+    # An abrupt close frees the place too, once the server has seen it.
+    one.close()
+    deadline = time.monotonic() + 5
+    while True:
+        client = connect(server.port)
+        first = client.readline()
+        if first.startswith("HELLO"):
+            break
+        assert first.startswith("ERROR server-full"), first
+        assert time.monotonic() < deadline, "the place was never freed"
+        time.sleep(0.05)
+    three.send("NICK three")
+    three.expect("USERS 2")
+    assert server.problems() == []
+
+
+# -- flood control -----------------------------------------------------------
+
+
+def test_flood_on_real_sockets(chat_server, connect):
+    server = chat_server()  # defaults: 10 lines/s, bursts of 20
+    other = registered(connect, server.port, "other")
+    flooder = registered(connect, server.port, "flooder")
+    other.expect("JOINED")
+    flooder.send(b"".join(b"MSG flood %d\r\n" % i for i in range(200)))
+
+    lines = flooder.rest(timeout=5)
+    assert lines[-1].startswith("BYE flood"), lines[-3:]
+    errors = [line for line in lines if line.startswith("ERROR ")]
+    assert errors and all(line.startswith("ERROR flood ") for line in errors)
+    # At most one flood error per second; all this took well under one.
+    assert len(errors) == 1
+    copies = [line for line in lines if line.startswith("MSG ")]
+    # The burst of 20 got through (the NICK line was one of it), and then
+    # most of the rest did not.
+    assert 19 <= len(copies) < 100, len(copies)
+    assert lines.index(errors[0]) == len(copies)  # the error follows the burst
+
+    seen = []
+    while True:
+        line = other.readline()
+        if line.startswith("LEFT"):
+            break
+        seen.append(line)
+    assert re.fullmatch(rf"LEFT {TS} flooder flood", line)
+    assert seen == copies  # the lobby saw exactly what was accepted
+    # The nick is free again.
+    registered(connect, server.port, "flooder")
+    assert server.problems() == []
+
+
+# -- idle peers ----------------------------------------------------------------
+
+
+class Answerer(threading.Thread):
+    """Answers every PING on C{client} until stopped (bounded by C{limit})."""
+
+    def __init__(self, client: LineClient, limit: float = 15.0) -> None:
+        super().__init__(daemon=True)
+        self.client = client
+        self.limit = limit
+        self.stop = threading.Event()
+        self.pings = 0
+        self.error: BaseException | None = None
+
+    def run(self) -> None:
+        deadline = time.monotonic() + self.limit
+        try:
+            while not self.stop.is_set() and time.monotonic() < deadline:
+                try:
+                    line = self.client.readline(timeout=0.2)
+                except TimeoutError:
+                    continue
+                if line.startswith("PING"):
+                    self.pings += 1
+                    self.client.send("PONG" + line[len("PING"):])
+        except BaseException as e:  # reported by the test
+            self.error = e
+
+
+def test_idle_peer_is_pinged_then_dropped(chat_server, connect):
+    server = chat_server("--idle-timeout", "1", "--ping-timeout", "1")
+    answerer = registered(connect, server.port, "answerer")
+    silent = registered(connect, server.port, "silent")
+    answerer.expect("JOINED")
+    thread = Answerer(answerer)
+    thread.start()
+    try:
+        started = time.monotonic()
+        ping = silent.expect("PING", timeout=4)
+        assert re.fullmatch(r"PING \S+", ping)
+        rest = silent.rest(timeout=4)
+        elapsed = time.monotonic() - started
+        assert rest[-1].startswith("BYE timeout"), rest
+        assert elapsed < 4
+        # The answerer outlives several rounds of PING.
+        deadline = time.monotonic() + 10
+        while thread.pings < 3 and time.monotonic() < deadline:
+            time.sleep(0.1)
+    finally:
+        thread.stop.set()
+        thread.join(5)
+    assert thread.error is None, thread.error
+    assert thread.pings >= 3
+    lefts = [line for line in answerer.lines if line.startswith("LEFT")]
+    assert len(lefts) == 1 and re.fullmatch(rf"LEFT {TS} silent timeout", lefts[0])
+    assert answerer.sync() == []
+    answerer.send("USERS")
+    assert [answerer.readline(), answerer.readline()] == ["USER answerer lobby", "USERS 1"]
+    assert server.problems() == []
+
+
+def test_nick_timeout(chat_server, connect):
+    server = chat_server("--nick-timeout", "1")
+    started = time.monotonic()
+    nameless = hello(connect(server.port))
+    named = registered(connect, server.port, "named")
+    # Talking without choosing a nick does not buy time.
+    nameless.send("PING still here")
+    assert nameless.readline() == "PONG still here"
+    rest = nameless.rest(timeout=4)
+    assert len(rest) == 1 and rest[0].startswith("BYE timeout"), rest
+    assert time.monotonic() - started < 4
+    # The one that chose a nick in time stays, well past the limit.
+    time.sleep(1.0)
+    assert named.sync() == []
+    assert server.problems() == []
