@@ -12,6 +12,7 @@ import os
 import subprocess
 import sys
 import tempfile
+import urllib.parse
 import urllib.request
 import venv
 from pathlib import Path
@@ -34,10 +35,13 @@ def main(target: str) -> None:
     index = os.environ.get("MKVENV_PYPI", "https://pypi.org/pypi/pip/json")
     with urllib.request.urlopen(index, timeout=60) as response:
         release = json.load(response)
+        base = response.geturl()
     wheel = next(u for u in release["urls"] if u["filename"].endswith(".whl"))
     with tempfile.TemporaryDirectory() as tmp:
         file = Path(tmp) / wheel["filename"]
-        with urllib.request.urlopen(wheel["url"], timeout=120) as response:
+        # Mirrors may answer with addresses relative to the index.
+        url = urllib.parse.urljoin(base, wheel["url"])
+        with urllib.request.urlopen(url, timeout=120) as response:
             file.write_bytes(response.read())
         # A pip wheel can run itself: python pip.whl/pip install pip.
         subprocess.check_call([python, str(file / "pip"), "install", "-q", str(file)])
