@@ -25,7 +25,7 @@ from twisted_chat.config import ServerConfig
 from twisted_chat.history import History
 from twisted_chat.protocol import ChatFactory
 from twisted_chat.service import Options
-from twisted_chat.store import SQLiteStore
+from twisted_chat.store import APPLICATION_ID, SCHEMA_VERSION, SQLiteStore
 
 pytestmark = pytest.mark.e2e
 reactor: Any = _reactor
@@ -67,6 +67,19 @@ def say(client: LineClient, nick: str, text: str) -> str:
 
 def history_of(block: Sequence[str]) -> list[str]:
     return [line for line in block if line.startswith("HISTORY ")]
+
+
+def refused(server: ServerProcess) -> str:
+    """Start C{server}, which must exit at once with an error; its log."""
+    started = time.monotonic()
+    server.start(wait=False)
+    try:
+        assert server.proc is not None
+        assert server.proc.wait(15) != 0
+    finally:
+        server.kill()
+    assert time.monotonic() - started < 10
+    return server.log()
 
 
 def db_texts(path: Path) -> list[str]:
@@ -139,16 +152,8 @@ def test_second_server_on_the_same_file_fails_at_once(
     hello = say(alice, "alice", "hello")
 
     second = ServerProcess(tmp_path, [*FAST, "--db", "chat.sqlite3"])
-    started = time.monotonic()
-    second.start(wait=False)
-    try:
-        assert second.proc is not None
-        assert second.proc.wait(15) != 0
-    finally:
-        second.kill()
-    assert time.monotonic() - started < 10
     path = str(tmp_path / "chat.sqlite3")
-    assert f"The chat database {path} is in use by another process" in second.log()
+    assert f"The chat database {path} is in use by another process" in refused(second)
     with pytest.raises(OSError):
         LineClient(second.port, timeout=1)
 
@@ -166,14 +171,36 @@ def test_a_file_that_is_not_a_chat_database_stops_start_up(tmp_path: Path) -> No
     notes.write_text("my notes\n" * 100)
     before = hashlib.sha256(notes.read_bytes()).hexdigest()
     server = ServerProcess(tmp_path, ["--db", "notes.txt"])
-    server.start(wait=False)
-    try:
-        assert server.proc is not None
-        assert server.proc.wait(15) != 0
-    finally:
-        server.kill()
-    assert f"{notes} is not a chat database" in server.log()
+    assert f"{notes} is not a chat database" in refused(server)
     assert hashlib.sha256(notes.read_bytes()).hexdigest() == before
+
+
+@needs_db
+def test_old_file_is_upgraded_and_retention_applies(
+    chat_server: Start, connect: Connect, tmp_path: Path
+) -> None:
+    path = tmp_path / "chat.sqlite3"
+    now = time.time()
+    old = [(now - 10 * 86400 + i, "old", f"old {i}") for i in range(3)]
+    recent = [(now - 3600 + i, "new", f"new {i}") for i in range(2)]
+    conn = sqlite3.connect(path)  # a file as schema version 1 left it
+    conn.executescript(
+        "CREATE TABLE messages (id INTEGER PRIMARY KEY AUTOINCREMENT,"
+        " ts REAL NOT NULL, nick TEXT NOT NULL, text TEXT NOT NULL);"
+        f"PRAGMA application_id={APPLICATION_ID}; PRAGMA user_version=1;"
+    )
+    conn.executemany("INSERT INTO messages (ts, nick, text) VALUES (?, ?, ?)", old + recent)
+    conn.commit()
+    conn.close()
+
+    server = chat_server(*FAST, "--db", "chat.sqlite3", "--retain-days", "2")
+    _, block = joined(server.port, connect, "alice")
+    assert [line.split(" ", 2)[2] for line in history_of(block)] == ["new new 0", "new new 1"]
+    assert server.stop() in STOPPED
+    assert db_texts(path) == ["new 0", "new 1"]
+    conn = sqlite3.connect(path)
+    assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
+    conn.close()
 
 
 @needs_db
