@@ -337,7 +337,9 @@ def test_tls_failure_is_named() -> None:
     error = SSL.Error([("SSL routines", "", "certificate verify failed")])
     outcome = s.lose(Failure(error))
     assert outcome == Outcome(
-        1, "TLS connection refused (certificate verify failed) by chat.test:7000."
+        1,
+        "TLS connection to chat.test:7000 refused: certificate verify failed (its "
+        "certificate is not trusted; --ca FILE names a certificate to trust).",
     )
 
 

@@ -92,6 +92,18 @@ def test_editing_keys() -> None:
     assert kb.ui.lineBuffer == [] and input_row(kb) == ">"
 
 
+def test_application_mode_cursor_keys_and_word_moves() -> None:
+    kb = Keyboard()
+    kb.keys(b"one two three\x1bOD\x1bOD")
+    assert kb.ui.lineBufferIndex == len("one two thr")
+    kb.keys(b"\x1b[1;5D")  # Ctrl-Left
+    assert kb.ui.lineBufferIndex == len("one two ")
+    kb.keys(b"\x1bOH")
+    assert kb.ui.lineBufferIndex == 0
+    kb.keys(b"\x1b[1;5C\x1bOFX\r\x1bOA")
+    assert kb.typed == ["one two threeX"] and input_row(kb) == "> one two threeX"
+
+
 def test_utf8_input_is_assembled_into_characters() -> None:
     kb = Keyboard()
     kb.keys("café 日本 🙂".encode())

@@ -65,7 +65,7 @@ class State(Enum):
     CLOSED = auto()
 
 
-def describe_tls_error(reason: Failure) -> str | None:
+def describe_tls_error(reason: Failure, server: str) -> str | None:
     """One sentence for a TLS failure, or C{None} if C{reason} is not one."""
     try:
         from OpenSSL import SSL
@@ -80,7 +80,12 @@ def describe_tls_error(reason: Failure) -> str | None:
             if isinstance(item, tuple) and item and item[-1]:
                 details.append(str(item[-1]))
     detail = "; ".join(details) or str(reason.value) or "handshake failed"
-    return f"TLS connection refused ({detail})"
+    hint = ""
+    if "certificate verify failed" in detail:
+        hint = " (its certificate is not trusted; --ca FILE names a certificate to trust)"
+    elif "wrong version number" in detail or "record layer" in detail:
+        hint = " (does the server use TLS on that port?)"
+    return f"TLS connection to {server} refused: {detail}{hint}."
 
 
 def describe_connect_error(reason: Failure) -> str:
@@ -228,18 +233,18 @@ class ChatClient(LineReceiver):
         elif previous is State.QUITTING:
             self._finish(Outcome(0))
         else:
-            tls = describe_tls_error(reason) if reason is not None else None
-            if tls is not None and previous in (State.CONNECTING, State.GREETING):
-                self._finish(Outcome(1, f"{tls} by {self.server}."))
+            tls = describe_tls_error(reason, self.server) if reason is not None else None
+            if tls is not None:
+                self._finish(Outcome(1, tls))
             else:
                 self._finish(Outcome(1, f"The connection to {self.server} was lost."))
 
     def connect_failed(self, reason: Failure) -> None:
         """The connection could not be made at all."""
         self.state = State.CLOSED
-        tls = describe_tls_error(reason)
+        tls = describe_tls_error(reason, self.server)
         if tls is not None:
-            self._finish(Outcome(1, f"{tls} by {self.server}."))
+            self._finish(Outcome(1, tls))
             return
         why = describe_connect_error(reason)
         self._finish(Outcome(1, f"Cannot connect to {self.server}: {why}."))

@@ -338,7 +338,22 @@ class ChatTerminal(HistoricRecvLine):
         self.on_line(line)
 
     def unhandledControlSequence(self, seq: bytes) -> None:
-        pass
+        # Keys insults does not name: cursor keys in application mode
+        # (ESC O A, which insults reports as ESC [ O A) and Ctrl-Left/Right.
+        handler = {
+            b"\x1b[OA": self.handle_UP,
+            b"\x1b[OB": self.handle_DOWN,
+            b"\x1b[OC": self.handle_RIGHT,
+            b"\x1b[OD": self.handle_LEFT,
+            b"\x1b[OH": self.handle_HOME,
+            b"\x1b[OF": self.handle_END,
+            b"\x1b[1;5C": self._word_right,
+            b"\x1b[1;5D": self._word_left,
+            b"\x1b[1;3C": self._word_right,
+            b"\x1b[1;3D": self._word_left,
+        }.get(seq)
+        if handler is not None:
+            handler()
 
     # -- the end -----------------------------------------------------------------
 

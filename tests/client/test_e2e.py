@@ -1,0 +1,193 @@
+"""
+The real client against the real server (C{twistd -n chat} on a free loopback
+port), with stdin piped.  Every wait is bounded.
+"""
+
+from __future__ import annotations
+
+import re
+import signal
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.serverproc import LOOPBACK, LineClient, ServerProcess, free_port
+
+from .clientproc import PipedClient, address, run_client
+
+pytestmark = pytest.mark.e2e
+
+TS = r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z"
+TIME = r"\[\d\d:\d\d\]"
+
+
+@pytest.fixture
+def piped() -> Iterator[Callable[[list[str]], PipedClient]]:
+    started: list[PipedClient] = []
+
+    def start(args: list[str]) -> PipedClient:
+        client = PipedClient(args)
+        started.append(client)
+        return client
+
+    yield start
+    for client in started:
+        client.kill()
+
+
+@pytest.fixture
+def alice_online(
+    bob_online: tuple[ServerProcess, LineClient],
+    piped: Callable[[list[str]], PipedClient],
+) -> tuple[ServerProcess, LineClient, PipedClient]:
+    """A server, C{bob} on a raw connection, and a piped client C{alice} that bob saw join."""
+    server, bob = bob_online
+    alice = piped(["--nick", "alice", *address(server.port)])
+    assert re.fullmatch(rf"JOINED {TS} alice", bob.readline())
+    return server, bob, alice
+
+
+def assert_clean_failure(err: str, *fragments: str) -> None:
+    """One clear line on stderr, no traceback."""
+    lines = err.strip().splitlines()
+    assert len(lines) == 1, err
+    assert "Traceback" not in err
+    for fragment in fragments:
+        assert fragment in lines[0], err
+
+
+def test_piped_client_sends_a_message_and_quits(
+    bob_online: tuple[ServerProcess, LineClient],
+) -> None:
+    server, watcher = bob_online
+    result = run_client(["--nick", "alice", *address(server.port)], "hello, world  \n")
+
+    assert result.returncode == 0, result.stderr
+    assert result.stderr == ""
+    assert re.fullmatch(rf"JOINED {TS} alice", watcher.readline())
+    assert re.fullmatch(rf"MSG {TS} alice \* hello, world  ", watcher.readline())
+    assert re.fullmatch(rf"LEFT {TS} alice quit", watcher.readline())
+    out = result.stdout.splitlines()
+    assert any(re.fullmatch(rf"{TIME} <alice> hello, world  ", line) for line in out), out
+    assert out[-1] == "* Goodbye."
+    assert "\x1b" not in result.stdout
+
+
+def test_commands_from_a_pipe(bob_online: tuple[ServerProcess, LineClient]) -> None:
+    server, bob = bob_online
+    result = run_client(
+        [*address(server.port)],  # no --nick: the first line is the nickname
+        "alice\n@bob psst\n/users\n/frob\n/quit see you\nnever sent\n",
+    )
+    assert result.returncode == 0, result.stderr
+    assert re.fullmatch(rf"JOINED {TS} alice", bob.readline())
+    assert re.fullmatch(rf"MSG {TS} alice bob psst", bob.readline())
+    assert re.fullmatch(rf"LEFT {TS} alice quit see you", bob.readline())
+    out = result.stdout
+    assert "* Choose a nickname" in out
+    assert re.search(rf"{TIME} \(private\) you -> bob: psst", out)
+    assert "  alice (you)  in the lobby" in out and "  bob          in the lobby" in out
+    assert "! Unknown command /frob." in out
+    assert "never sent" not in out
+
+
+def test_client_shows_messages_from_others(
+    alice_online: tuple[ServerProcess, LineClient, PipedClient],
+) -> None:
+    _server, bob, alice = alice_online
+    bob.send("MSG hi alice")
+    bob.send("DM alice just for you \u202egnp.exe")
+    bob.sync()  # the server has sent both to alice before answering this
+    code, out, err = alice.finish()
+    assert code == 0, err
+    assert re.search(rf"{TIME} \* alice joined", out) is None  # no JOINED for oneself
+    assert re.search(rf"{TIME} <bob> hi alice\n", out), out
+    # Bidi overrides from another user are shown as escapes, not obeyed.
+    assert re.search(rf"{TIME} \(private\) bob -> you: just for you \\u202egnp.exe\n", out)
+    assert "\u202e" not in out
+
+
+def test_nick_taken_in_a_script_fails_clearly(
+    chat_server: Callable[..., ServerProcess], connect: Callable[..., LineClient]
+) -> None:
+    server = chat_server()
+    connect(server.port).register("alice")
+    result = run_client(["--nick", "alice", *address(server.port)], "hello\n")
+    assert result.returncode == 1
+    assert_clean_failure(result.stderr, "The nickname alice is already taken")
+
+
+def test_refused_connection_exits_non_zero_with_a_clear_message() -> None:
+    port = free_port()  # nothing listens there
+    result = run_client(["--nick", "alice", LOOPBACK, str(port)], "hello\n")
+    assert result.returncode == 1
+    assert_clean_failure(
+        result.stderr, f"Cannot connect to {LOOPBACK}:{port}", "connection refused"
+    )
+    assert result.stdout == ""
+
+
+def test_server_shutdown_is_reported(
+    alice_online: tuple[ServerProcess, LineClient, PipedClient],
+) -> None:
+    server, _bob, alice = alice_online
+    server.stop(signal.SIGTERM)
+    code, _out, err = alice.finish()
+    assert code == 1
+    assert_clean_failure(err, "The server is shutting down.")
+
+
+def test_dropped_connection_is_reported(
+    alice_online: tuple[ServerProcess, LineClient, PipedClient],
+) -> None:
+    server, _bob, alice = alice_online
+    server.kill()
+    code, _out, err = alice.finish()
+    assert code == 1
+    assert_clean_failure(err, f"The connection to {LOOPBACK}:{server.port} was lost.")
+
+
+def _tls_server(tmp_path: Path, chat_server: Callable[..., ServerProcess]) -> Any:
+    from tests.test_e2e_tls import self_signed
+
+    key, cert = self_signed(tmp_path)
+    port = free_port()
+    server = chat_server(
+        port=port,
+        endpoint=f"ssl:{port}:privateKey={key}:certKey={cert}:interface={LOOPBACK}",
+    )
+    return server, cert
+
+
+def test_tls_with_the_servers_certificate(
+    tmp_path: Path, chat_server: Callable[..., ServerProcess]
+) -> None:
+    server, cert = _tls_server(tmp_path, chat_server)
+    result = run_client(
+        ["--nick", "alice", "--tls", "--ca", str(cert), "localhost", str(server.port)],
+        "over TLS\n",
+    )
+    assert result.returncode == 0, result.stderr
+    assert re.search(rf"{TIME} <alice> over TLS\n", result.stdout)
+
+
+def test_tls_refused_when_the_certificate_is_not_trusted(
+    tmp_path: Path, chat_server: Callable[..., ServerProcess]
+) -> None:
+    server, _cert = _tls_server(tmp_path, chat_server)
+    result = run_client(["--nick", "alice", "--tls", "localhost", str(server.port)], "hi\n")
+    assert result.returncode == 1
+    assert_clean_failure(
+        result.stderr, f"TLS connection to localhost:{server.port} refused", "--ca FILE"
+    )
+
+
+def test_tls_to_a_plain_server_fails_clearly(
+    chat_server: Callable[..., ServerProcess],
+) -> None:
+    server = chat_server()
+    result = run_client(["--nick", "alice", "--tls", *address(server.port)], "hi\n")
+    assert result.returncode == 1
+    assert_clean_failure(result.stderr, "refused", "does the server use TLS on that port?")

@@ -1,0 +1,183 @@
+"""
+The client on a real terminal: tmux runs it in a 120x30 pane, keys are typed
+with send-keys, and the screen is read with capture-pane.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shlex
+import shutil
+import subprocess
+import time
+from collections.abc import Callable, Iterator
+
+import pytest
+
+from tests.serverproc import LOOPBACK, LineClient, ServerProcess
+
+from .clientproc import CLIENT, REPO
+
+pytestmark = pytest.mark.e2e
+
+TS = r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z"
+SGR = re.compile(r"\x1b\[[0-9;]*m")
+
+
+class Pane:
+    """One tmux session on a private tmux server (its own socket)."""
+
+    def __init__(self, command: list[str], env: dict[str, str]) -> None:
+        self.socket = f"twisted-chat-test-{os.getpid()}-{time.monotonic_ns()}"
+        self.env = dict(os.environ)
+        self.env.setdefault("TERM", "xterm-256color")
+        self.env.pop("NO_COLOR", None)
+        self.env.pop("TMUX", None)
+        self.env.update(env)
+        exports = " ".join(f"{k}={shlex.quote(v)}" for k, v in env.items())
+        shell = f"cd {shlex.quote(str(REPO))} && {exports} {shlex.join(command)}; "
+        shell += "echo EXIT=$?; sleep 600"
+        self.tmux("new-session", "-d", "-s", "chat", "-x", "120", "-y", "30", shell)
+
+    def tmux(self, *args: str) -> str:
+        result = subprocess.run(
+            ["tmux", "-L", self.socket, *args],
+            capture_output=True,
+            text=True,
+            timeout=10,
+            env=self.env,
+            check=True,
+        )
+        return result.stdout
+
+    def keys(self, text: str) -> None:
+        self.tmux("send-keys", "-t", "chat", "-l", text)
+
+    def key(self, *names: str) -> None:
+        self.tmux("send-keys", "-t", "chat", *names)
+
+    def screen(self, escapes: bool = False) -> list[str]:
+        args = ["capture-pane", "-p", "-t", "chat"] + (["-e"] if escapes else [])
+        return self.tmux(*args).rstrip("\n").split("\n")
+
+    def cursor(self) -> tuple[int, int]:
+        x, y = self.tmux("display-message", "-p", "-t", "chat", "#{cursor_x} #{cursor_y}").split()
+        return int(x), int(y)
+
+    def enter(self, text: str) -> None:
+        """Type a line and press Enter."""
+        self.keys(text)
+        self.key("Enter")
+
+    def wait_row(self, pattern: str, timeout: float = 10.0) -> int:
+        """Wait until a row of the screen matches; returns its index."""
+        deadline = time.monotonic() + timeout
+        while True:
+            screen = self.screen()
+            row = _row(screen, pattern)
+            if row is not None:
+                return row
+            if time.monotonic() > deadline:
+                raise AssertionError(
+                    f"no row matches {pattern!r}; the screen was:\n" + "\n".join(screen)
+                )
+            time.sleep(0.05)
+
+    def kill(self) -> None:
+        subprocess.run(["tmux", "-L", self.socket, "kill-server"], capture_output=True, timeout=10)
+
+
+def _row(screen: list[str], pattern: str) -> int | None:
+    for index, row in enumerate(screen):
+        if re.search(pattern, row):
+            return index
+    return None
+
+
+@pytest.fixture
+def pane() -> Iterator[Callable[..., Pane]]:
+    if shutil.which("tmux") is None:
+        pytest.skip("tmux is not installed (.ci/run installs it)")
+    panes: list[Pane] = []
+
+    def start(command: list[str], **env: str) -> Pane:
+        p = Pane(command, env)
+        panes.append(p)
+        return p
+
+    yield start
+    for p in panes:
+        p.kill()
+
+
+@pytest.mark.parametrize("no_color", [False, True], ids=["colour", "NO_COLOR"])
+def test_incoming_message_does_not_break_the_line_being_typed(
+    no_color: bool,
+    bob_online: tuple[ServerProcess, LineClient],
+    pane: Callable[..., Pane],
+) -> None:
+    server, bob = bob_online
+    env = {"NO_COLOR": "1"} if no_color else {}
+    term = pane([*CLIENT, "--nick", "alice", LOOPBACK, str(server.port)], **env)
+    term.wait_row(r"^alice>$")
+    bob.expect("JOINED")
+
+    # Half a line, with the cursor moved back into it.
+    term.keys("half typed")
+    term.key("Left", "Left", "Left", "Left", "Left")
+    term.wait_row(r"^alice> half typed$")
+    assert term.cursor()[0] == len("alice> half ")
+
+    bob.send("MSG a message from bob")
+    row = term.wait_row(r"^\[\d\d:\d\d\] <bob> a message from bob$")
+    screen = term.screen()
+    assert screen[row + 1] == "alice> half typed", screen  # the input row, redrawn
+    assert term.cursor() == (len("alice> half "), row + 1)  # and the cursor where it was
+
+    coloured = "\n".join(term.screen(escapes=True))
+    if no_color:
+        assert not SGR.search(coloured.replace("\x1b[0m", "").replace("\x1b[39m", ""))
+    else:
+        assert SGR.search(coloured)
+
+    # Typing carries on at the cursor; Enter sends the whole line.
+    term.keys("well-")
+    term.key("End")
+    term.enter(" line")
+    line = bob.expect(lambda line: line.startswith("MSG") and " alice " in line)
+    assert re.fullmatch(rf"MSG {TS} alice \* half well-typed line", line), line
+    term.wait_row(r"^\[\d\d:\d\d\] <alice> half well-typed line$")
+
+    # History: Up brings the line back.
+    term.key("Up")
+    term.wait_row(r"^alice> half well-typed line$")
+    term.key("C-u")
+    term.enter("/quit bye now")
+    assert re.fullmatch(rf"LEFT {TS} alice quit bye now", bob.expect("LEFT"))
+    term.wait_row(r"^EXIT=0$")
+
+
+def test_nick_prompt_and_private_conversation(
+    bob_online: tuple[ServerProcess, LineClient], pane: Callable[..., Pane]
+) -> None:
+    server, bob = bob_online
+    term = pane([*CLIENT, LOOPBACK, str(server.port)])
+    term.wait_row(r"^nickname:$")
+    term.enter("bob")
+    term.wait_row(r"^! The nickname bob is already taken")
+    term.enter("alice")
+    term.wait_row(r"^alice>$")
+    bob.expect("JOINED")
+
+    bob.send("PAIR alice")
+    term.wait_row(r"bob invites you .* /accept bob .* /reject bob")
+    term.enter("/accept")
+    term.wait_row(r"^alice -> bob>$")
+    bob.expect("PAIRED alice")
+    bob.send("MSG only for you")
+    term.wait_row(r"\(private\) bob -> you: only for you$")
+
+    term.key("C-c")  # Ctrl-C quits cleanly
+    bob.expect("LEFT")
+    term.wait_row(r"^EXIT=0$")
