@@ -1,0 +1,112 @@
+"""The domain on its own: a Hub with a task.Clock and a recording listener."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from twisted.internet.task import Clock
+
+from twisted_chat.history import Entry, History
+from twisted_chat.hub import Hub, HubError, Invitation, NickTaken, State, User
+
+
+class Recorder:
+    """A Listener that writes down what the hub decided, in order."""
+
+    def __init__(self) -> None:
+        self.events: list[tuple[Any, ...]] = []
+
+    def __getattr__(self, name: str) -> Any:
+        def record(*args: Any) -> None:
+            self.events.append((name, *[_show(a) for a in args]))
+
+        return record
+
+    def take(self) -> list[tuple[Any, ...]]:
+        events, self.events = self.events, []
+        return [e for e in events if e[0] != "roster_changing"]
+
+
+def _show(value: Any) -> Any:
+    if isinstance(value, User):
+        return value.nick
+    if isinstance(value, Invitation):
+        return (value.inviter.nick, value.invitee.nick)
+    return value
+
+
+@pytest.fixture
+def world() -> tuple[Hub, Recorder, Clock]:
+    clock = Clock()
+    recorder = Recorder()
+    return Hub(clock, History(10), recorder, invite_timeout=30), recorder, clock
+
+
+def test_register_and_lobby_message(world: tuple[Hub, Recorder, Clock]) -> None:
+    hub, rec, clock = world
+    alice = hub.register("Alice", conn=object())
+    clock.advance(2)
+    hub.say(alice, "hi")
+    assert rec.take() == [("ready", "Alice"), ("joined", 0.0, "Alice"),
+                          ("lobby_message", Entry(2.0, "Alice", "hi"))]
+    assert hub.history.recent() == [Entry(2.0, "Alice", "hi")]
+    with pytest.raises(NickTaken):
+        hub.register("alice", conn=object())
+
+
+def test_membership_changes_are_announced_before_they_happen(
+        world: tuple[Hub, Recorder, Clock]) -> None:
+    hub, rec, _ = world
+    seen: list[int] = []
+    rec.roster_changing = lambda: seen.append(len(hub.lobby))  # type: ignore[method-assign]
+    a = hub.register("a", None)
+    b = hub.register("b", None)
+    hub.pair(a, "b")
+    hub.accept(b, "a")
+    hub.leave(a, "quit")
+    assert seen[:3] == [0, 1, 2]  # each change sees the lobby as it still is
+    assert hub.lobby == {"b": b} and b.state is State.LOBBY
+
+
+def test_pairing_and_timeout_use_the_injected_clock(world: tuple[Hub, Recorder, Clock]) -> None:
+    hub, rec, clock = world
+    a, b = hub.register("a", None), hub.register("b", None)
+    rec.take()
+    hub.pair(a, "B")
+    clock.advance(29)
+    assert rec.take() == [("invited", ("a", "b"))]
+    clock.advance(1)
+    assert rec.take() == [("declined", "a", "b", "timeout"), ("cancelled", "b", "a", "timeout")]
+    assert a.outgoing is None and b.incoming == {}
+
+
+def test_rule_violations_raise_before_changing_anything(
+        world: tuple[Hub, Recorder, Clock]) -> None:
+    hub, rec, _ = world
+    a, _b = hub.register("a", None), hub.register("b", None)
+    hub.pair(a, "b")
+    rec.take()
+    for call, code in [(lambda: hub.pair(a, "b"), "pending"), (lambda: hub.pair(a, "a"), "self"),
+                       (lambda: hub.accept(a, "b"), "no-invite"),
+                       (lambda: hub.direct(a, "zed", "x"), "no-such-nick")]:
+        with pytest.raises(HubError) as e:
+            call()
+        assert e.value.code.value == code
+    assert rec.take() == []
+
+
+def test_departure_leaves_no_trace(world: tuple[Hub, Recorder, Clock]) -> None:
+    hub, rec, clock = world
+    a, b, c = (hub.register(n, None) for n in "abc")
+    hub.pair(c, "a")
+    hub.pair(a, "b")
+    rec.take()
+    hub.leave(a, "flood")
+    # a's own invitation to b, then c's invitation to a.
+    assert rec.take() == [("left", 0.0, "a", "flood", ""), ("cancelled", "b", "a", "gone"),
+                          ("declined", "c", "a", "gone")]
+    assert list(hub.online) == ["b", "c"] and not b.incoming and c.outgoing is None
+    assert clock.getDelayedCalls() == []
+    hub.leave(a, "again")  # leaving twice is harmless
+    assert rec.take() == []
