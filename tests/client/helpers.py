@@ -14,7 +14,7 @@ from twisted.python.failure import Failure
 
 from twisted_chat.client.protocol import ChatClient, Outcome
 from twisted_chat.client.render import Line, plain
-from twisted_chat.client.terminal import ChatTerminal
+from twisted_chat.client.terminal import ChatTerminal, TerminalServer
 
 # 2026-11-22 14:03:00 UTC; tests render times in UTC (localtime=time.gmtime).
 NOW = float(calendar.timegm((2026, 11, 22, 14, 3, 0)))
@@ -127,7 +127,7 @@ class Keyboard:
         self.emulator = insults.ClientProtocol(lambda: self.screen)
         self.emulator.makeConnection(StringTransport())
         self.output = _Tee(self.emulator)
-        self.server = insults.ServerProtocol(lambda: self.ui)
+        self.server = TerminalServer(self.ui)
         self.server.makeConnection(self.output)
 
     def _quit(self) -> None:

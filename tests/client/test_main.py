@@ -27,7 +27,10 @@ def test_all_options() -> None:
     )
 
 
-@pytest.mark.parametrize("argv", [[], ["host", "nope"], ["host", "70000"], ["a", "1", "2"]])
+@pytest.mark.parametrize(
+    "argv",
+    [[], ["host", "nope"], ["host", "70000"], ["a", "1", "2"], ["--nick", "no way", "host"]],
+)
 def test_bad_options_exit_2(argv: list[str], capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(SystemExit) as exited:
         parse_options(argv)

@@ -43,6 +43,22 @@ def test_nick_is_asked_for_and_retried_with_the_servers_reason() -> None:
     assert s.screen.prompt == "robert> "
 
 
+def test_commands_at_the_nick_prompt() -> None:
+    s = session(None)
+    s.receive("HELLO chat/1 x", "NICK")
+    s.screen.take()
+    s.type("/help")
+    shown = s.screen.take()
+    assert shown[0] == "Commands:" and shown[-1] == "! Choose a nickname first."
+    s.type("/users")
+    assert s.screen.take() == ["! Choose a nickname first."]
+    assert s.sent() == []
+    s.type("/quit")
+    assert s.sent() == ["BYE"]
+    s.receive("BYE quit")
+    assert s.lose() == Outcome(0)
+
+
 def test_refused_nick_option_prompts_on_a_terminal() -> None:
     s = session("bob", interactive=True)
     s.receive("HELLO chat/1 x", "NICK")

@@ -141,8 +141,21 @@ def test_long_lines_scroll_sideways_instead_of_wrapping() -> None:
     assert kb.cursor()[1] == 0  # still the first row: nothing wrapped
     kb.keys(b"\x01")
     assert input_row(kb) == "> " + text[: len(row) - 2]
+    kb.keys(b"\x05")
+    kb.keys(b"\x01" + RIGHT + RIGHT)  # one read: drawn once, still from the start
+    assert input_row(kb) == "> " + text[: len(row) - 2]
+    assert kb.cursor()[0] == 4
     kb.keys(b"\r")
     assert kb.typed == [text]
+
+
+def test_a_paste_is_drawn_once_not_per_key() -> None:
+    kb = Keyboard(width=40)
+    kb.output.clear()
+    kb.keys("x" * 5000 + "\r" + "y" * 10)
+    assert kb.typed == ["x" * 5000]
+    assert kb.output.value() == b"\r\x1b[K> yyyyyyyyyy"  # one draw, at the end
+    assert input_row(kb) == "> yyyyyyyyyy"
 
 
 def test_hostile_text_is_cleaned_before_the_terminal() -> None:

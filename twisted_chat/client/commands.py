@@ -16,20 +16,24 @@ from twisted_chat.wire import is_valid_nick
 
 HELP = """\
 Commands:
-  TEXT               talk to the lobby (to your partner while paired)
-  @NICK TEXT         a private message to NICK (also /dm NICK TEXT, /msg)
-  /users             who is online (also /who)
-  /pair NICK         invite NICK to a private conversation
-  /accept [NICK]     accept NICK's invitation
-  /reject [NICK]     decline NICK's invitation
-  /unpair            leave the private conversation or withdraw your invitation (also /leave)
-  /help              this help
-  /quit [TEXT]       leave the chat, with an optional goodbye (also /q)
-  //TEXT             send a message that starts with /"""
+  TEXT              talk to the lobby (to your partner while paired)
+  @NICK TEXT        private message to NICK (also /dm NICK TEXT, /msg)
+  /users            who is online (also /who)
+  /pair NICK        invite NICK to a private conversation
+  /accept [NICK]    accept NICK's invitation
+  /reject [NICK]    decline NICK's invitation
+  /unpair, /leave   leave the private conversation, or withdraw your invitation
+  /help             this help
+  /quit [TEXT]      leave the chat, with an optional goodbye (also /q)
+  //TEXT            send a message that starts with /"""
 
 KEYS_HELP = """\
-Keys: Left/Right/Home/End move, Up/Down recall earlier lines, Ctrl-U clears the line,
-      Ctrl-W deletes a word, Ctrl-L redraws, Ctrl-C or Ctrl-D (on an empty line) quits."""
+Keys:
+  Left, Right, Home, End (Ctrl-A, Ctrl-E), Ctrl-Left, Ctrl-Right   move
+  Up, Down          earlier lines you typed
+  Ctrl-U, Ctrl-K, Ctrl-W   delete before / after the cursor, the word before
+  Ctrl-L            clear the screen
+  Ctrl-C, Ctrl-D    quit (Ctrl-D on an empty line)"""
 
 # Control characters a person cannot mean to send (TAB is allowed by chat/1).
 _UNSENDABLE = re.compile("[\x00-\x08\x0a-\x1f\x7f-\x9f\u2028\u2029]")

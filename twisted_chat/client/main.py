@@ -42,10 +42,12 @@ from twisted_chat.client.pipe import PipeIO
 from twisted_chat.client.protocol import ChatClient
 from twisted_chat.client.terminal import (
     ChatTerminal,
+    TerminalServer,
     is_terminal,
     terminal_size,
     wants_colour,
 )
+from twisted_chat.wire import is_valid_nick
 
 DEFAULT_PORT = 7000
 PROGRAM = "twisted-chat"
@@ -121,6 +123,11 @@ def _port(text: str) -> int:
 def parse_options(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = build_parser()
     options = parser.parse_args(argv)
+    if options.nick is not None and not is_valid_nick(options.nick):
+        parser.error(
+            f"--nick {options.nick!r} is not a valid nickname (1-24 letters, digits, "
+            "_ or -, starting with a letter)"
+        )
     if options.ca is not None and not options.tls:
         options.tls = True  # --ca only makes sense with TLS
     if options.ca is not None:
@@ -205,7 +212,11 @@ async def run(reactor: Any, options: argparse.Namespace) -> None:
     ui: ChatTerminal | PipeIO
     if interactive:
         ui, restore = _start_terminal(reactor, client)
-        start_logging(lambda text: ui.show(render.error(text)))
+        if sys.stderr.isatty():
+            # stderr is the screen the line editor owns: show warnings there.
+            start_logging(lambda text: ui.show(render.error(text)))
+        else:
+            start_logging(lambda text: _stderr_line(render.plain(render.info(text))))
     else:
         ui = PipeIO(client.user_line, client.input_ended)
         StandardIO(ui, reactor=reactor)  # type: ignore[no-untyped-call]
@@ -246,8 +257,6 @@ def _start_terminal(reactor: Any, client: ChatClient) -> tuple[ChatTerminal, Cal
     import termios
     import tty
 
-    from twisted.conch.insults.insults import ServerProtocol
-
     fd = sys.stdin.fileno()
     saved = termios.tcgetattr(fd)
     restored = False
@@ -262,8 +271,7 @@ def _start_terminal(reactor: Any, client: ChatClient) -> tuple[ChatTerminal, Cal
     tty.setraw(fd)
     ui = ChatTerminal(client.user_line, client.interrupt, colour=wants_colour(os.environ))
     ui.width, ui.height = terminal_size(sys.stdout.fileno())
-    terminal = ServerProtocol(lambda: ui)  # type: ignore[no-untyped-call]
-    StandardIO(terminal, reactor=reactor)  # type: ignore[no-untyped-call]
+    StandardIO(TerminalServer(ui), reactor=reactor)  # type: ignore[no-untyped-call]
 
     def resized() -> None:
         ui.terminalSize(*terminal_size(sys.stdout.fileno()))

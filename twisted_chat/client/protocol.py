@@ -316,10 +316,10 @@ class ChatClient(LineReceiver):
             action = parse_input(nick)
             if isinstance(action, Quit):
                 self.quit(action.text)
-            elif isinstance(action, Local) and action.is_error:
+                return
+            if isinstance(action, Local):
                 self._show_local(action)
-            else:
-                self._error("Choose a nickname first.")
+            self._error("Choose a nickname first.")
             return
         self._ask_for(nick)
 

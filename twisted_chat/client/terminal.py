@@ -18,10 +18,9 @@ from __future__ import annotations
 
 import os
 import sys
-import termios
-import tty
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from functools import lru_cache
 from typing import Any
 
 from twisted.conch.insults import insults
@@ -35,6 +34,13 @@ from twisted_chat.client.sanitize import clean, text_width
 ERASE_ROW = "\r\x1b[K"
 ALT: object = insults.ServerProtocol.ALT  # type: ignore[attr-defined]  # set in a loop
 HISTORY_MAX = 500
+
+
+@lru_cache(maxsize=4096)
+def _cell(ch: str) -> tuple[str, int]:
+    """How one typed character is shown, and its width in columns."""
+    shown = clean(ch)
+    return shown, text_width(shown)
 
 
 def _utf8_length(lead: int) -> int:
@@ -80,6 +86,8 @@ class ChatTerminal(HistoricRecvLine):
         self._scroll = 0  # index of the first buffer character on screen
         self._utf8 = b""
         self._closing = False
+        self._batching = False
+        self._dirty = False
 
     # -- set-up ------------------------------------------------------------------
 
@@ -143,24 +151,32 @@ class ChatTerminal(HistoricRecvLine):
 
     def _visible(self) -> tuple[str, int]:
         """The part of the buffer on screen and how far the cursor is from its end."""
-        shown = [clean(ch) for ch in self.lineBuffer]
-        widths = [text_width(s) for s in shown]
+        buffer = self.lineBuffer
         room = max(self.width - text_width(clean(self.prompt)) - 1, 8)
         index = self.lineBufferIndex
-        start = min(self._scroll, index)
-        while sum(widths[start:index]) > room:
+        # Nothing more than 2 * room characters before the cursor can be on
+        # screen (a character is at most 2 columns): look no further back, so
+        # that a keystroke costs the same however long the line is.
+        start = max(min(self._scroll, index), index - 2 * room)
+        if index <= 2 * room and sum(_cell(ch)[1] for ch in buffer[:index]) <= room:
+            start = 0  # the cursor is within the first screenful: show it all
+        used = sum(_cell(ch)[1] for ch in buffer[start:index])
+        while used > room:
+            used -= _cell(buffer[start])[1]
             start += 1
         self._scroll = start
-        used = 0
-        end = start
-        while end < len(shown) and used + widths[end] <= room:
-            used += widths[end]
+        end = index
+        while end < len(buffer) and used + _cell(buffer[end])[1] <= room:
+            used += _cell(buffer[end])[1]
             end += 1
-        back = sum(widths[index:end])
-        return "".join(shown[start:end]), back
+        back = sum(_cell(ch)[1] for ch in buffer[index:end])
+        return "".join(_cell(ch)[0] for ch in buffer[start:end]), back
 
     def draw(self) -> None:
         """Draw the prompt and the input line on the current row."""
+        if self._batching:
+            self._dirty = True
+            return
         visible, back = self._visible()
         prompt = (Span(self.prompt, Style.PROMPT),)
         shown = ansi(prompt) if self.colour else plain(prompt)
@@ -168,6 +184,17 @@ class ChatTerminal(HistoricRecvLine):
         if back:
             out += f"\x1b[{back}D"
         self._write(out)
+
+    @contextmanager
+    def batch(self) -> Iterator[None]:
+        """Draw the input row once after many keys (a paste) instead of per key."""
+        self._batching, self._dirty = True, False
+        try:
+            yield
+        finally:
+            self._batching = False
+            if self._dirty:
+                self.draw()
 
     drawInputLine = draw
 
@@ -378,15 +405,16 @@ class ChatTerminal(HistoricRecvLine):
             self.on_quit()
 
 
-@contextmanager
-def raw_terminal(fd: int) -> Iterator[None]:
-    """Put the terminal on C{fd} in raw mode, and restore it afterwards."""
-    saved = termios.tcgetattr(fd)
-    tty.setraw(fd)
-    try:
-        yield
-    finally:
-        termios.tcsetattr(fd, termios.TCSADRAIN, saved)
+class TerminalServer(insults.ServerProtocol):
+    """insults' terminal parser, drawing the input row once per read."""
+
+    def __init__(self, ui: ChatTerminal) -> None:
+        super().__init__(lambda: ui)  # type: ignore[no-untyped-call]
+        self.ui = ui
+
+    def dataReceived(self, data: bytes) -> None:
+        with self.ui.batch():
+            super().dataReceived(data)  # type: ignore[no-untyped-call]
 
 
 def terminal_size(fd: int) -> tuple[int, int]:
