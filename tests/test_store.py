@@ -347,6 +347,11 @@ def test_unopenable_path_is_a_clear_error(tmp_path: Path) -> None:
     assert str(tmp_path) in str(info.value)
 
 
+def test_empty_path_is_refused() -> None:
+    with pytest.raises(StoreError, match="empty"):
+        SQLiteStore.open("", reactor)
+
+
 def test_bad_retain_days() -> None:
     for bad in (0.0, -1.0, float("nan"), float("inf")):
         with pytest.raises(ValueError, match="retain_days"):
@@ -469,6 +474,30 @@ def test_failed_write_is_retried_without_loss_or_duplicates(tmp_path: Path) -> G
     yield timeout(store.flush())
     yield timeout(store.close())
     assert [r[3] for r in rows(path)] == [e.text for e in written]
+
+
+@pytest_twisted.inlineCallbacks
+def test_a_disk_that_keeps_failing_is_retried_with_pauses_and_reported(tmp_path: Path) -> Gen:
+    path = tmp_path / "chat.sqlite3"
+
+    class Broken(SQLiteStore):
+        max_retry_delay = 0.1
+        prune_interval = 0.01  # a prune is nearly always due
+        attempts = 0
+
+        def _insert(self, rows: Sequence[tuple[float, str, str]]) -> None:
+            self.attempts += 1
+            raise sqlite3.OperationalError("database or disk is full")
+
+    # With retention on, a due prune must not turn the retries into a busy loop.
+    store = Broken.open(str(path), reactor, retain_days=30)
+    fill(store, entries(3))
+    yield deferLater(reactor, 0.5, lambda: None)
+    assert 2 <= store.attempts <= 8, f"{store.attempts} attempts in 0.5 s"
+    with pytest.raises(StoreError, match="disk is full") as info:
+        yield timeout(store.close())
+    assert str(path) in str(info.value)
+    assert rows(path) == []
 
 
 @pytest_twisted.inlineCallbacks

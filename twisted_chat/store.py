@@ -169,6 +169,8 @@ class SQLiteStore:
         """
         if retain_days is not None and not (math.isfinite(retain_days) and retain_days > 0):
             raise ValueError(f"retain_days must be a positive number, not {retain_days!r}")
+        if not path:
+            raise StoreError("The chat database path is empty (use :memory: to keep nothing).")
         if path == ":memory:":
             conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
             conn.execute("BEGIN")
@@ -270,6 +272,17 @@ class SQLiteStore:
     # -- the writer thread --------------------------------------------------
 
     def _run(self) -> None:
+        error: StoreError | None = None
+        try:
+            error = self._loop()
+        except Exception as e:  # a bug: report it rather than hang close()
+            with self._cond:
+                self._stopped = True
+            error = StoreError(f"The chat database writer for {self._name} failed: {e!r}.")
+        self._finish(error)
+
+    def _loop(self) -> StoreError | None:
+        """Write batches until closed; the error of the last write, if any."""
         next_prune = 0.0 if self._retain is not None else math.inf
         failures = 0
         retry_at = 0.0
@@ -306,6 +319,7 @@ class SQLiteStore:
                     with self._cond:
                         self._pending[:0] = batch
                         self._pending_since = since
+                    next_prune = max(next_prune, retry_at)  # no busy loop
                     if not stopping:
                         self._log_error(f"{error} Retrying in {delay:g} s.")
                 else:
@@ -316,8 +330,7 @@ class SQLiteStore:
             if flushes:
                 self._reactor.callFromThread(self._fire, flushes, error)
             if stopping:
-                break
-        self._finish(error)
+                return error
 
     def _finish(self, error: StoreError | None) -> None:
         """End of the writer thread: close the database, report to the reactor."""
