@@ -4,8 +4,12 @@ from __future__ import annotations
 
 import time
 
+from hypothesis import given
+from hypothesis import strategies as st
+
 from twisted_chat.client import render
-from twisted_chat.client.render import Renderer, Style, UserRow, ansi, plain
+from twisted_chat.client.render import Renderer, Span, Style, UserRow, ansi, plain
+from twisted_chat.client.sanitize import text_width
 
 from .helpers import NOW, TS
 
@@ -120,3 +124,44 @@ def test_hostile_nicks_and_text_are_cleaned_in_every_event() -> None:
         for out in (plain(line), ansi(line)):
             assert "\u202e" not in out
             assert "\x1b[2J" not in out
+
+
+def test_wrap_breaks_at_spaces_and_indents() -> None:
+    line = render.notice("bob invites you to a private conversation. Type /accept bob")
+    rows = [plain(row) for row in render.wrap(line, 20)]
+    assert rows == [
+        "* bob invites you to",
+        "  a private",
+        "  conversation. Type",
+        "  /accept bob",
+    ]
+    assert all(len(row) <= 20 for row in rows)
+
+
+def test_wrap_keeps_styles_and_cuts_long_words() -> None:
+    line = (Span("[14:03] ", Style.TIME), Span("bob", Style.NICK), Span(" " + "x" * 25))
+    rows = render.wrap(line, 16)
+    assert [plain(row) for row in rows] == [
+        "[14:03] bob",
+        "  xxxxxxxxxxxxxx",
+        "  xxxxxxxxxxx",
+    ]
+    assert rows[0][0] == Span("[14:03] ", Style.TIME) and rows[0][1] == Span("bob", Style.NICK)
+
+
+def test_wrap_counts_wide_characters() -> None:
+    rows = render.wrap(render.info("日本語 日本語 日本語"), 14)
+    assert [plain(row) for row in rows] == ["日本語 日本語", "  日本語"]
+
+
+def test_short_lines_are_not_wrapped() -> None:
+    line = render.notice("short")
+    assert render.wrap(line, 80) == [line]
+
+
+@given(st.text(alphabet=st.sampled_from("ab c日\u0301 ")), st.integers(10, 40))
+def test_wrap_loses_nothing_and_fits(text: str, width: int) -> None:
+    line = render.info(text)
+    rows = [plain(row) for row in render.wrap(line, width)]
+    assert all(text_width(row) <= width for row in rows)
+    assert "".join(rows).replace(" ", "") == plain(line).replace(" ", "")

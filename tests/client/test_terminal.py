@@ -48,6 +48,20 @@ def test_incoming_message_keeps_the_half_typed_line_and_cursor() -> None:
     assert kb.ui.lineBufferIndex == len("half tyX")
 
 
+def test_long_incoming_lines_wrap_at_words_above_the_input_row() -> None:
+    kb = Keyboard(width=30)
+    kb.keys("draft")
+    kb.ui.show(notice("bob invites you to a private conversation: /accept bob"))
+    rows = kb.rows()
+    y = kb.cursor()[1]
+    assert rows[y - 3 : y + 1] == [
+        "* bob invites you to a",
+        "  private conversation:",
+        "  /accept bob",
+        "> draft",
+    ]
+
+
 def test_enter_hands_over_the_line_and_clears_the_row() -> None:
     kb = Keyboard()
     kb.keys("hi there\r")

@@ -15,7 +15,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from enum import Enum
 
-from twisted_chat.client.sanitize import clean, text_width
+from twisted_chat.client.sanitize import cell_width, clean, text_width
 from twisted_chat.wire import parse_ts
 
 
@@ -54,6 +54,48 @@ def ansi(line: Line) -> str:
         else:
             parts.append(f"\x1b[{span.style.value}m{text}\x1b[0m")
     return "".join(parts)
+
+
+def wrap(line: Line, width: int, indent: int = 2) -> list[Line]:
+    """
+    Break a (cleaned) line into rows of at most C{width} columns, at spaces
+    where possible; rows after the first are indented by C{indent} spaces.
+    """
+    cells = [(ch, span.style) for span in line for ch in clean(span.text)]
+    width = max(width, indent + 8)
+    rows: list[list[tuple[str, Style]]] = []
+    current: list[tuple[str, Style]] = []
+    used = 0
+    start = 0  # where the row's own text starts (after the indent)
+    for ch, style in cells:
+        w = cell_width(ch)
+        if used + w > width and ch == " ":
+            rows.append(current)  # break at this very space, which goes
+            current = [(" ", Style.PLAIN)] * indent
+            start = used = indent
+            continue
+        if used + w > width and len(current) > start:
+            breaks = [i for i in range(start + 1, len(current)) if current[i][0] == " "]
+            cut = breaks[-1] if breaks else len(current)
+            rows.append(current[:cut])
+            rest = current[cut + 1 :] if breaks else []
+            current = [(" ", Style.PLAIN)] * indent + rest
+            start = indent
+            used = sum(cell_width(c) for c, _ in current)
+        current.append((ch, style))
+        used += w
+    rows.append(current)
+    return [_spans(row) for row in rows]
+
+
+def _spans(cells: list[tuple[str, Style]]) -> Line:
+    spans: list[Span] = []
+    for ch, style in cells:
+        if spans and spans[-1].style is style:
+            spans[-1] = Span(spans[-1].text + ch, style)
+        else:
+            spans.append(Span(ch, style))
+    return tuple(spans)
 
 
 def notice(text: str) -> Line:

@@ -28,7 +28,7 @@ from twisted.conch.recvline import HistoricRecvLine
 from twisted.internet.defer import Deferred
 from twisted.python.failure import Failure
 
-from twisted_chat.client.render import Line, Span, Style, ansi, plain
+from twisted_chat.client.render import Line, Span, Style, ansi, plain, wrap
 from twisted_chat.client.sanitize import clean, text_width
 
 ERASE_ROW = "\r\x1b[K"
@@ -134,8 +134,9 @@ class ChatTerminal(HistoricRecvLine):
 
     def show(self, line: Line) -> None:
         """Print a line above the input row, then redraw the input row."""
-        text = ansi(line) if self.colour else plain(line)
-        self._write(ERASE_ROW + text + "\n")
+        for row in wrap(line, self.width - 1):
+            text = ansi(row) if self.colour else plain(row)
+            self._write(ERASE_ROW + text + "\n")
         self.draw()
 
     def set_prompt(self, prompt: str) -> None:
