@@ -70,18 +70,33 @@ class Pane:
         self.keys(text)
         self.key("Enter")
 
-    def wait_row(self, pattern: str, timeout: float = 10.0) -> int:
-        """Wait until a row of the screen matches; returns its index."""
+    def wait_row(self, pattern: str, timeout: float = 10.0, after: int | None = None) -> int:
+        """
+        Wait until a row of the screen matches; returns its index.  With
+        C{after}, only the row right after that one counts.
+        """
         deadline = time.monotonic() + timeout
         while True:
             screen = self.screen()
-            row = _row(screen, pattern)
+            if after is None:
+                row = _row(screen, pattern)
+            elif after + 1 < len(screen) and re.search(pattern, screen[after + 1]):
+                row = after + 1
+            else:
+                row = None
             if row is not None:
                 return row
             if time.monotonic() > deadline:
                 raise AssertionError(
                     f"no row matches {pattern!r}; the screen was:\n" + "\n".join(screen)
                 )
+            time.sleep(0.05)
+
+    def wait_cursor(self, where: tuple[int, int], timeout: float = 10.0) -> None:
+        deadline = time.monotonic() + timeout
+        while (now := self.cursor()) != where:
+            if time.monotonic() > deadline:
+                raise AssertionError(f"the cursor is at {now}, not {where}")
             time.sleep(0.05)
 
     def kill(self) -> None:
@@ -127,13 +142,14 @@ def test_incoming_message_does_not_break_the_line_being_typed(
     term.keys("half typed")
     term.key("Left", "Left", "Left", "Left", "Left")
     term.wait_row(r"^alice> half typed$")
-    assert term.cursor()[0] == len("alice> half ")
+    term.wait_cursor((len("alice> half "), term.cursor()[1]))
 
     bob.send("MSG a message from bob")
     row = term.wait_row(r"^\[\d\d:\d\d\] <bob> a message from bob$")
-    screen = term.screen()
-    assert screen[row + 1] == "alice> half typed", screen  # the input row, redrawn
-    assert term.cursor() == (len("alice> half "), row + 1)  # and the cursor where it was
+    # Right below it, the input row is drawn again with the cursor where it was
+    # (waited for, as tmux may show the message a moment before the redraw).
+    term.wait_row(r"^alice> half typed$", after=row)
+    term.wait_cursor((len("alice> half "), row + 1))
 
     coloured = "\n".join(term.screen(escapes=True))
     if no_color:
