@@ -219,3 +219,11 @@ def test_resize_redraws() -> None:
     kb.keys("abc")
     kb.ui.terminalSize(50, 20)
     assert kb.ui.width == 50 and input_row(kb) == "> abc"
+
+
+def test_showing_before_the_terminal_is_connected_is_harmless() -> None:
+    from twisted_chat.client.terminal import ChatTerminal
+
+    ui = ChatTerminal(lambda line: None, lambda: None, colour=False)
+    ui.show(info("early"))
+    ui.set_prompt("x> ")

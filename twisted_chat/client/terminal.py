@@ -73,6 +73,7 @@ class ChatTerminal(HistoricRecvLine):
         *,
         colour: bool,
     ) -> None:
+        self.terminal: Any = None  # set by makeConnection
         self.on_line = on_line
         self.on_quit = on_quit
         self.colour = colour
