@@ -269,7 +269,14 @@ class Bot:
             await self.act()
             await asyncio.sleep(rng.uniform(0.05, 0.6))
         if self.exit == "survive":
+            # End with an invitation out, to someone who may leave later.
+            self.send("UNPAIR")
+            self.send(f"PAIR {self.someone()}")
             return
+        if rng.random() < 0.5:
+            # Leave with an invitation out (to a survivor, perhaps).
+            self.send(f"PAIR {self.someone()}")
+            await asyncio.sleep(rng.uniform(0, 0.3))
         self.world.online.discard(self.nick)
         self.world.departed.add(self.nick)
         if self.exit == "bye":
