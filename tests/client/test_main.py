@@ -6,8 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from twisted_chat.client.main import DEFAULT_PORT, parse_options, server_label
-from twisted_chat.client.terminal import wants_colour
+from twisted_chat.client.main import DEFAULT_PORT, parse_options, server_label, wants_colour
 
 
 def test_defaults() -> None:
@@ -77,3 +76,17 @@ def test_server_label() -> None:
 )
 def test_colour_choice(environ: dict[str, str], colour: bool) -> None:
     assert wants_colour(environ) is colour
+
+
+def test_importing_the_client_does_not_install_a_reactor() -> None:
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, twisted_chat.client.main, twisted_chat.client.__main__; "
+        "print('twisted.internet.reactor' in sys.modules)"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True
+    )
+    assert result.stdout.strip() == "False"

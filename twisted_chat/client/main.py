@@ -19,8 +19,8 @@ import os
 import re
 import signal
 import sys
-from collections.abc import Callable, Sequence
-from typing import Any, NoReturn
+from collections.abc import Callable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, NoReturn
 
 from twisted.internet import defer, task
 from twisted.internet.endpoints import HostnameEndpoint, connectProtocol, wrapClientTLS
@@ -40,14 +40,10 @@ from zope.interface import provider
 from twisted_chat.client import render
 from twisted_chat.client.pipe import PipeIO
 from twisted_chat.client.protocol import ChatClient
-from twisted_chat.client.terminal import (
-    ChatTerminal,
-    TerminalServer,
-    is_terminal,
-    terminal_size,
-    wants_colour,
-)
 from twisted_chat.wire import is_valid_nick
+
+if TYPE_CHECKING:
+    from twisted_chat.client.terminal import ChatTerminal
 
 DEFAULT_PORT = 7000
 PROGRAM = "twisted-chat"
@@ -74,6 +70,26 @@ examples:
   python -m twisted_chat.client --nick alice --tls chat.example.org 7443
   echo "hello from cron" | python -m twisted_chat.client --nick robot localhost
 """
+
+
+def is_terminal() -> bool:
+    """Interactive mode needs both ends on a terminal."""
+    return sys.stdin.isatty() and sys.stdout.isatty()
+
+
+def wants_colour(environ: Mapping[str, str]) -> bool:
+    """Colours (on a terminal) unless NO_COLOR is set and not empty, or TERM=dumb."""
+    if environ.get("NO_COLOR", "") != "":
+        return False
+    return environ.get("TERM", "") != "dumb"
+
+
+def terminal_size(fd: int) -> tuple[int, int]:
+    try:
+        size = os.get_terminal_size(fd)
+    except OSError:
+        return 80, 24
+    return size.columns, size.lines
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -257,6 +273,9 @@ def _start_terminal(reactor: Any, client: ChatClient) -> tuple[ChatTerminal, Cal
     import termios
     import tty
 
+    # Imported here: conch's recvline imports the global reactor.
+    from twisted_chat.client import terminal
+
     fd = sys.stdin.fileno()
     saved = termios.tcgetattr(fd)
     restored = False
@@ -269,9 +288,9 @@ def _start_terminal(reactor: Any, client: ChatClient) -> tuple[ChatTerminal, Cal
 
     reactor.addSystemEventTrigger("after", "shutdown", restore)
     tty.setraw(fd)
-    ui = ChatTerminal(client.user_line, client.interrupt, colour=wants_colour(os.environ))
+    ui = terminal.ChatTerminal(client.user_line, client.interrupt, colour=wants_colour(os.environ))
     ui.width, ui.height = terminal_size(sys.stdout.fileno())
-    StandardIO(TerminalServer(ui), reactor=reactor)  # type: ignore[no-untyped-call]
+    StandardIO(terminal.TerminalServer(ui), reactor=reactor)  # type: ignore[no-untyped-call]
 
     def resized() -> None:
         ui.terminalSize(*terminal_size(sys.stdout.fileno()))

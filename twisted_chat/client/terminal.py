@@ -12,12 +12,14 @@ messages never break the line being typed.
 
 The input row never wraps: a line wider than the terminal scrolls sideways
 around the cursor.  Text is UTF-8; wide characters count two columns.
+
+Importing this module imports L{twisted.conch.recvline}, which (through
+C{insults.helper}) imports the global reactor: import it only once the
+reactor has been chosen, as L{twisted_chat.client.main} does.
 """
 
 from __future__ import annotations
 
-import os
-import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from functools import lru_cache
@@ -417,23 +419,3 @@ class TerminalServer(insults.ServerProtocol):
     def dataReceived(self, data: bytes) -> None:
         with self.ui.batch():
             super().dataReceived(data)  # type: ignore[no-untyped-call]
-
-
-def terminal_size(fd: int) -> tuple[int, int]:
-    try:
-        size = os.get_terminal_size(fd)
-    except OSError:
-        return 80, 24
-    return size.columns, size.lines
-
-
-def is_terminal() -> bool:
-    """Interactive mode needs both ends on a terminal."""
-    return sys.stdin.isatty() and sys.stdout.isatty()
-
-
-def wants_colour(environ: dict[str, str] | os._Environ[str]) -> bool:
-    """Colours on a terminal unless NO_COLOR is set (to anything) or TERM=dumb."""
-    if "NO_COLOR" in environ and environ["NO_COLOR"] != "":
-        return False
-    return environ.get("TERM", "") != "dumb"
