@@ -206,9 +206,8 @@ class ChatClient(LineReceiver):
         raw = decode(data)
         try:
             event = parse(raw)
-        except Malformed as e:
-            self._log.warn("malformed line from the server: {error}", error=str(e))
-            self._show(render.info(f"(server) {raw}"))
+        except Malformed:
+            self._show(render.info(f"(server) {raw}"))  # shown as it is, cleaned
             return
         if event is None or self.state is State.CLOSED:
             return
