@@ -176,3 +176,25 @@ def test_unix_socket_endpoint(tmp_path, chat_server, connect):
     assert re.fullmatch(rf"MSG {TS} local \* from a unix socket", line)
     assert remote.readline() == line
     assert server.problems() == []
+
+
+def ipv6_loopback() -> bool:
+    try:
+        with socket.socket(socket.AF_INET6) as s:
+            s.bind(("::1", 0))
+        return True
+    except OSError:
+        return False
+
+
+@pytest.mark.skipif(not ipv6_loopback(), reason="no IPv6 loopback here")
+def test_ipv6_endpoint_shows_bracketed_addresses(chat_server, connect):
+    port = free_port()
+    server = chat_server("--show-addresses", port=port, probe=False,
+                         endpoint=f"tcp6:{port}:interface=\\:\\:1")
+    sock = socket.create_connection(("::1", port), timeout=5)
+    client = connect(port, sock=sock)
+    client.expect("HELLO")
+    local_port = sock.getsockname()[1]
+    assert client.register("six") == [f"USER six lobby [::1]:{local_port}", "USERS 1"]
+    assert server.problems() == []
