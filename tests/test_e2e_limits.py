@@ -235,12 +235,14 @@ def test_idle_peer_is_pinged_then_dropped(chat_server, connect):
     thread.start()
     try:
         started = time.monotonic()
-        ping = silent.expect("PING", timeout=4)
+        ping = silent.expect("PING", timeout=6)
         assert re.fullmatch(r"PING \S+", ping)
-        rest = silent.rest(timeout=4)
+        rest = silent.rest(timeout=6)
         elapsed = time.monotonic() - started
         assert rest[-1].startswith("BYE timeout"), rest
-        assert elapsed < 4
+        # Silent since its NICK: PING after 1 s, BYE 1 s later (timers
+        # may run a little late on a busy machine).
+        assert elapsed < 6
         # The answerer outlives several rounds of PING.
         deadline = time.monotonic() + 10
         while thread.pings < 3 and time.monotonic() < deadline:
@@ -266,9 +268,9 @@ def test_nick_timeout(chat_server, connect):
     # Talking without choosing a nick does not buy time.
     nameless.send("PING still here")
     assert nameless.readline() == "PONG still here"
-    rest = nameless.rest(timeout=4)
+    rest = nameless.rest(timeout=5)
     assert len(rest) == 1 and rest[0].startswith("BYE timeout"), rest
-    assert time.monotonic() - started < 4
+    assert time.monotonic() - started < 5
     # The one that chose a nick in time stays, well past the limit.
     time.sleep(1.0)
     assert named.sync() == []
