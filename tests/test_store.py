@@ -195,6 +195,8 @@ def test_wal_mode_and_exclusive_lock(tmp_path: Path) -> Gen:
     try:
         store.append(Entry(T0, "alice", "hi"))
         yield timeout(store.flush())
+        assert store._conn.execute("PRAGMA synchronous").fetchone()[0] == 2  # FULL
+        assert store._conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
         other = sqlite3.connect(path, timeout=0)
         with pytest.raises(sqlite3.OperationalError, match="locked"):
             other.execute("SELECT count(*) FROM messages").fetchone()
