@@ -330,7 +330,9 @@ async def users(world: World) -> list[str]:
         start -= 1
     checker.send("BYE")
     await checker.closed()
-    return [line for line in checker.lines[start:end] if line != "USER zzchecker lobby"]
+    others = [line for line in checker.lines[start:end] if line != "USER zzchecker lobby"]
+    assert checker.lines[end] == f"USERS {len(others) + 1}", checker.lines[start:end + 1]
+    return others
 
 
 async def play_round(port: int, round_no: int) -> dict[str, int]:
@@ -409,7 +411,7 @@ async def play_round(port: int, round_no: int) -> dict[str, int]:
     await asyncio.gather(*(bot.closed() for bot in survivors))
     for bot in survivors:
         assert bot.lines[-1] == "BYE quit", bot.lines[-3:]
-    assert await users(world) == []
+    assert await users(world) == []  # a newcomer sees USERS 1: itself
     assert world.errors == []
 
     reasons: dict[str, int] = {}
