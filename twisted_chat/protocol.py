@@ -148,6 +148,7 @@ class ChatProtocol(LineReceiver):
         """Close without telling the hub first (server shutdown: everyone
         goes, so nobody is told that anyone left)."""
         self.finished = True
+        self._leave_reason = "shutdown"  # only the log sees it: nobody is left to tell
         self.transport.loseConnection()  # type: ignore[union-attr]
 
     # -- output --------------------------------------------------------------
