@@ -70,7 +70,7 @@ def history_of(block: Sequence[str]) -> list[str]:
 
 
 def refused(server: ServerProcess) -> str:
-    """Start C{server}, which must exit at once with an error; its log."""
+    """Start C{server}, which must exit at once with an error; its log and output."""
     started = time.monotonic()
     server.start(wait=False)
     try:
@@ -79,7 +79,7 @@ def refused(server: ServerProcess) -> str:
     finally:
         server.kill()
     assert time.monotonic() - started < 10
-    return server.log()
+    return server.log() + server.output()
 
 
 def db_texts(path: Path) -> list[str]:

@@ -270,6 +270,29 @@ def test_upgrade_from_version_1(tmp_path: Path) -> Gen:
     assert rows(path)[-1][1:] == (T0 + 100, "carol", "after the upgrade")
 
 
+@pytest_twisted.inlineCallbacks
+def test_check_creates_or_upgrades_then_lets_go(tmp_path: Path) -> Gen:
+    fresh = tmp_path / "fresh.sqlite3"
+    SQLiteStore.check(str(fresh))
+    assert int.from_bytes(fresh.read_bytes()[68:72], "big") == APPLICATION_ID
+    old = tmp_path / "old.sqlite3"
+    make_v1(old, entries(2))
+    SQLiteStore.check(str(old))
+    assert int.from_bytes(old.read_bytes()[60:64], "big") == SCHEMA_VERSION
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["fresh.sqlite3", "old.sqlite3"]
+    store = SQLiteStore.open(str(old), reactor)  # nothing still holds it
+    assert store.recent(5) == entries(2)
+    with pytest.raises(StoreError, match="already open"):
+        SQLiteStore.check(str(old))
+    yield timeout(store.close())
+    notes = tmp_path / "notes.txt"
+    notes.write_text("notes\n")
+    with pytest.raises(StoreError, match="not a chat database"):
+        SQLiteStore.check(str(notes))
+    assert notes.read_text() == "notes\n"
+    SQLiteStore.check(":memory:")
+
+
 def test_newer_schema_is_refused_untouched(tmp_path: Path) -> None:
     path = tmp_path / "chat.sqlite3"
     make_v1(path, entries(2))
@@ -412,6 +435,8 @@ def test_second_process_on_the_same_file_fails_at_once(tmp_path: Path) -> Gen:
                 SQLiteStore.open(str(name), reactor)
             assert time.monotonic() - started < 1.0, "fails at once, no busy wait"
             assert str(name) in str(info.value)
+            with pytest.raises(StoreError, match="in use by another process"):
+                SQLiteStore.check(str(name))
     finally:
         assert holder.stdin is not None
         holder.stdin.close()

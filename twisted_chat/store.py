@@ -169,27 +169,29 @@ class SQLiteStore:
         """
         if retain_days is not None and not (math.isfinite(retain_days) and retain_days > 0):
             raise ValueError(f"retain_days must be a positive number, not {retain_days!r}")
-        if not path:
-            raise StoreError("The chat database path is empty (use :memory: to keep nothing).")
         if path == ":memory:":
             conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
             conn.execute("BEGIN")
             _create(conn)
             conn.execute("COMMIT")
             return cls(conn, reactor, path, None, retain_days)
-        shown = os.path.abspath(path)
-        claim = os.path.realpath(path)
-        with _open_paths_lock:
-            if claim in _open_paths:
-                raise StoreError(f"The chat database {shown} is already open in this process.")
-            _open_paths.add(claim)
-        try:
-            _sniff(path, shown)
-            conn = _connect(path, shown)
-        except BaseException:
-            _release(claim)
-            raise
+        conn, shown, claim = _open_file(path)
         return cls(conn, reactor, shown, claim, retain_days)
+
+    @staticmethod
+    def check(path: str) -> None:
+        """
+        Blocking: raise the L{StoreError} that L{open} would raise now, else
+        create or upgrade the file and let go of it again.
+
+        For a clean one-line error before twistd daemonizes: L{open} itself
+        must wait until after the fork (threads and file locks do not survive
+        it), when an exception can only be reported with a traceback.
+        """
+        if path != ":memory:":
+            conn, _, claim = _open_file(path)
+            conn.close()
+            _release(claim)
 
     def recent(self, n: int) -> list[Entry]:
         """The last C{n} lobby messages, oldest first; blocking, for start-up."""
@@ -406,6 +408,24 @@ class SQLiteStore:
         if deleted >= self.prune_chunk:
             return 0.0  # more to delete: go on after the next batch
         return time.monotonic() + self.prune_interval
+
+
+def _open_file(path: str) -> tuple[sqlite3.Connection, str, str]:
+    """The locked, checked connection; the path to show; the claim to release."""
+    if not path:
+        raise StoreError("The chat database path is empty (use :memory: to keep nothing).")
+    shown = os.path.abspath(path)
+    claim = os.path.realpath(path)
+    with _open_paths_lock:
+        if claim in _open_paths:
+            raise StoreError(f"The chat database {shown} is already open in this process.")
+        _open_paths.add(claim)
+    try:
+        _sniff(path, shown)
+        return _connect(path, shown), shown, claim
+    except BaseException:
+        _release(claim)
+        raise
 
 
 def _release(claim: str) -> None:
