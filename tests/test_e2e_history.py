@@ -141,6 +141,8 @@ def test_history_survives_sigkill_within_the_bound(
         assert oldest_lost < CRASH_BOUND, (
             f"lost {len(lost)} messages, the oldest echoed {oldest_lost:.3f} s before the kill"
         )
+    assert again.stop() in STOPPED
+    assert sorted(p.name for p in tmp_path.glob("chat.sqlite3*")) == ["chat.sqlite3"]
 
 
 @needs_db

@@ -362,6 +362,49 @@ def test_corrupt_chat_database_is_refused_untouched(tmp_path: Path, damage: str)
     assert_refused(path, "corrupt")
 
 
+CRASHER = textwrap.dedent(
+    """
+    import os, sys
+    from twisted.internet import reactor
+    from twisted_chat.history import Entry
+    from twisted_chat.store import SQLiteStore
+    store = SQLiteStore.open(sys.argv[1], reactor)
+    store._write([Entry(1.0 + i, "alice", "x" * 200) for i in range(3000)])
+    store._conn.execute("PRAGMA wal_checkpoint")
+    store._write([Entry(5000.0 + i, "bob", f"after {i}") for i in range(100)])
+    os._exit(0)  # a crash: the last commits are only in the write-ahead log
+    """
+)
+
+
+def crash_leaving_wal(path: Path) -> None:
+    subprocess.run([sys.executable, "-c", CRASHER, str(path)], check=True, timeout=60)
+    assert (path.parent / (path.name + "-wal")).stat().st_size > 0
+
+
+@pytest_twisted.inlineCallbacks
+def test_crash_leftovers_are_recovered_and_tidied(tmp_path: Path) -> Gen:
+    path = tmp_path / "chat.sqlite3"
+    crash_leaving_wal(path)
+    store = SQLiteStore.open(str(path), reactor)
+    assert store.recent(2) == [Entry(5098.0, "bob", "after 98"), Entry(5099.0, "bob", "after 99")]
+    yield timeout(store.close())
+    assert len(rows(path)) == 3100
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["chat.sqlite3"]
+
+
+def test_corrupt_database_with_a_crash_log_is_refused_untouched(tmp_path: Path) -> None:
+    path = tmp_path / "chat.sqlite3"
+    crash_leaving_wal(path)
+    data = bytearray(path.read_bytes())
+    data[20 * 4096 : 22 * 4096] = b"\xa5" * (2 * 4096)
+    path.write_bytes(bytes(data))
+    wal = tmp_path / "chat.sqlite3-wal"
+    log = wal.read_bytes()
+    assert_refused(path, "corrupt")
+    assert wal.read_bytes() == log, "the write-ahead log is kept for recovery"
+
+
 def test_unopenable_path_is_a_clear_error(tmp_path: Path) -> None:
     missing = tmp_path / "no-such-dir" / "chat.sqlite3"
     with pytest.raises(StoreError, match="Cannot open") as info:

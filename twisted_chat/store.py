@@ -45,11 +45,13 @@ before anything is written to it.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import sqlite3
 import threading
 import time
+import urllib.parse
 from collections.abc import Callable, Sequence
 from typing import Any, ClassVar, Protocol
 
@@ -454,8 +456,51 @@ def _sniff(path: str, shown: str) -> None:
         )
 
 
+def _refusal(e: BaseException, shown: str) -> BaseException:
+    """The L{StoreError} for an SQLite error met while opening C{shown}."""
+    if isinstance(e, sqlite3.OperationalError) and "locked" in str(e):
+        return StoreError(
+            f"The chat database {shown} is in use by another process"
+            " (is another chat server running on it?)."
+        )
+    if isinstance(e, sqlite3.DatabaseError):
+        return StoreError(f"The chat database {shown} is corrupt: {e}.")
+    return e
+
+
+def _inspect_read_only(path: str, shown: str) -> None:
+    """
+    Check a chat database that a crash left with a write-ahead log, without
+    changing it: a read-write connection that refused it would still fold
+    the log into the file when it closed.
+    """
+    shm = path + "-shm"
+    had_shm = os.path.exists(shm)
+    uri = "file:" + urllib.parse.quote(os.path.abspath(path)) + "?mode=ro"
+    try:
+        conn = sqlite3.connect(uri, uri=True, timeout=0, isolation_level=None)
+    except sqlite3.Error:
+        return  # the read-write open reports what is wrong
+    try:
+        conn.execute("BEGIN")  # one consistent snapshot for all the checks
+        _check(conn, shown)
+    except sqlite3.Error as e:
+        raise _refusal(e, shown) from e
+    finally:
+        conn.close()
+        if not had_shm:  # the index a read-only reader of a WAL file needs
+            with contextlib.suppress(OSError):
+                os.unlink(shm)
+
+
 def _connect(path: str, shown: str) -> sqlite3.Connection:
     """Open, lock, check and create or upgrade the database at C{path}."""
+    try:
+        crashed = os.path.getsize(path + "-wal") > 0
+    except OSError:
+        crashed = False
+    if crashed:
+        _inspect_read_only(path, shown)
     try:
         conn = sqlite3.connect(path, timeout=0, isolation_level=None, check_same_thread=False)
     except sqlite3.Error as e:
@@ -486,14 +531,10 @@ def _connect(path: str, shown: str) -> sqlite3.Connection:
         conn.execute("PRAGMA synchronous=FULL")
     except BaseException as e:
         conn.close()
-        if isinstance(e, sqlite3.OperationalError) and "locked" in str(e):
-            raise StoreError(
-                f"The chat database {shown} is in use by another process"
-                " (is another chat server running on it?)."
-            ) from e
-        if isinstance(e, sqlite3.DatabaseError):
-            raise StoreError(f"The chat database {shown} is corrupt: {e}.") from e
-        raise
+        refusal = _refusal(e, shown)
+        if refusal is e:
+            raise
+        raise refusal from e
     return conn
 
 
