@@ -40,7 +40,10 @@ L{APPLICATION_ID}.  The first 100 bytes are read before SQLite opens the file,
 so a file of another kind, or another application's SQLite database, is
 rejected without ever being opened for writing.  A chat database is
 integrity-checked (C{PRAGMA quick_check}) inside the exclusive transaction,
-before anything is written to it.
+before anything is written to it; if a crash left a write-ahead log beside
+it, the checks run first on a read-only connection, because a read-write
+connection folds the log into the file when it closes, even after refusing
+it.
 """
 
 from __future__ import annotations
