@@ -681,3 +681,21 @@ def test_help_on_one_verb(h: Harness) -> None:
         "HELP PAIR <nick> - invite a user to a private one-to-one conversation", "HELP"]
     alice.send("HELP NOPE")
     assert alice.take_one().startswith("ERROR bad-args ")
+
+
+def test_tcp_nodelay_is_set() -> None:
+    """Small chat lines must not wait for Nagle's algorithm."""
+    from twisted.internet.address import IPv4Address
+    from twisted.internet.testing import StringTransport
+
+    class TCPTransport(StringTransport):
+        no_delay = False
+
+        def setTcpNoDelay(self, enabled: bool) -> None:
+            self.no_delay = enabled
+
+    h = Harness()
+    address = IPv4Address("TCP", "127.0.0.1", 5000)
+    transport = TCPTransport(peerAddress=address)
+    h.factory.buildProtocol(address).makeConnection(transport)
+    assert transport.no_delay

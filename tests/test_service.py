@@ -96,7 +96,7 @@ def test_make_service_listens_on_every_port_and_keeps_history(tmp_path: Path) ->
     # Started again on the same file, the history is back.
     again = makeService(options("--db", db), reactor)
     again.startService()
-    assert list(again)[0].factory.history.recent() == [  # type: ignore[call-overload]
+    assert next(iter(again)).factory.history.recent() == [  # type: ignore[call-overload]
         Entry(1.0, "alice", "kept")]
     reactor.pump_until(again.stopService())
 
@@ -104,9 +104,8 @@ def test_make_service_listens_on_every_port_and_keeps_history(tmp_path: Path) ->
 def test_unusable_database_stops_start_up_with_one_line(tmp_path: Path) -> None:
     bogus = tmp_path / "notes.txt"
     bogus.write_text("not a database\n")
-    top = makeService(options("--db", str(bogus)), ThreadedMemoryReactor())
     with pytest.raises(SystemExit) as e:
-        top.startService()
+        makeService(options("--db", str(bogus)), ThreadedMemoryReactor())
     assert str(e.value).startswith("twistd chat: ")
     assert str(bogus) in str(e.value)
     assert bogus.read_text() == "not a database\n"

@@ -112,6 +112,10 @@ class ChatProtocol(LineReceiver):
         host = getattr(peer, "host", None)
         port = getattr(peer, "port", None)
         self.address = wire.format_address(host, port)
+        # Chat lines are small and latency matters: don't let Nagle hold them.
+        no_delay = getattr(self.transport, "setTcpNoDelay", None)
+        if no_delay is not None:
+            no_delay(True)
         self.transport.registerProducer(_SendQueueWatch(self), True)  # type: ignore[union-attr]
         now = self.clock.seconds()
         self._refilled = self._penalised = self._last_line = now

@@ -152,8 +152,11 @@ class ChatService(Service):
             store = SQLiteStore.open(config.db, self.factory.reactor,
                                      retain_days=config.retain_days)
         except StoreError as e:
-            # One clear line, no traceback; twistd exits non-zero.
-            raise SystemExit(f"twistd chat: {e}") from None
+            # Only if the file changed since makeService checked it.  Not
+            # SystemExit: after daemonizing, twistd's parent waits for the
+            # child's start-up status, and only an exception reaches it.
+            self.log.critical("{error}", error=str(e))
+            raise
         history.attach(store, store.recent(history.size))
         self.log.info("lobby history in {db}: {n} messages loaded", db=config.db,
                       n=len(history.recent()))
@@ -180,6 +183,12 @@ def makeService(options: Options, reactor: Any = None) -> IService:
 
         reactor = global_reactor
     config = options.config()
+    try:
+        # Before twistd daemonizes, so a bad --db is one clear line on the
+        # terminal; the store itself is opened after the fork (startService).
+        SQLiteStore.check(config.db)
+    except StoreError as e:
+        raise SystemExit(f"twistd chat: {e}") from None
     factory = ChatFactory(config, reactor, History(config.history))
     top = MultiService()
     # Added first so that it stops last: the ports stop accepting, then BYE.
