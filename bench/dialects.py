@@ -18,6 +18,13 @@ from dataclasses import dataclass
 MARK = re.compile(rb"~(\d{6,20})~")
 PAD = b"x" * 32  # a chat-sized message: the text is about 55 bytes long
 CHANNEL = b"#bench"
+PER_IP = 16  # clients per loopback source address (under any per-IP limit of 20)
+
+
+def source_address(index: int) -> str:
+    """A loopback source address shared by at most L{PER_IP} clients."""
+    k = index // PER_IP
+    return f"127.{10 + k // 62500}.{(k // 250) % 250}.{k % 250 + 1}"
 
 
 @dataclass(frozen=True)
@@ -82,6 +89,7 @@ class Irc(Dialect):
     def after_registered(self, nick: str) -> bytes:
         return b"JOIN " + CHANNEL + b"\r\n"
 
+
     def msg_prefix(self) -> bytes:
         return b"PRIVMSG " + CHANNEL + b" :"
 
@@ -91,4 +99,15 @@ class Irc(Dialect):
         return None
 
 
-DIALECTS: dict[str, Dialect] = {"chat/1": Chat1(), "irc": Irc()}
+@dataclass(frozen=True)
+class IrcNoRoom(Irc):
+    """IRC registration only (to the 001 welcome), no channel joined."""
+
+    name: str = "irc-noroom"
+    done_marker: bytes = b" 001 "
+
+    def after_registered(self, nick: str) -> bytes:
+        return b""
+
+
+DIALECTS: dict[str, Dialect] = {"chat/1": Chat1(), "irc": Irc(), "irc-noroom": IrcNoRoom()}

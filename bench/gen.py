@@ -23,17 +23,11 @@ from dataclasses import dataclass
 from multiprocessing.connection import Connection
 from typing import Any
 
-from bench.dialects import DIALECTS, MARK, PAD, Dialect
+from bench.bulk import bulk_main
+from bench.dialects import DIALECTS, MARK, PAD, Dialect, source_address
 
 HANDSHAKE_TIMEOUT = 60.0
-PER_IP = 16  # clients per loopback source address (under any per-IP limit of 20)
 LAT_CAP = 400_000  # latency samples kept per worker between two snapshots
-
-
-def source_address(index: int) -> str:
-    """A loopback source address shared by at most L{PER_IP} clients."""
-    k = index // PER_IP
-    return f"127.{10 + k // 62500}.{(k // 250) % 250}.{k % 250 + 1}"
 
 
 class Client(asyncio.Protocol):
@@ -123,7 +117,7 @@ class Worker:
 
     # -- commands -------------------------------------------------------
     async def cmd_connect(self, host: str, port: int, specs: list[tuple[int, str, bool, bool]],
-                          concurrency: int) -> dict[str, Any]:
+                          concurrency: int, deadline: float = 1e9) -> dict[str, Any]:
         """Connect and register clients; specs are (index, nick, sample, sender)."""
         loop = asyncio.get_running_loop()
         sem = asyncio.Semaphore(concurrency)
@@ -236,6 +230,7 @@ def _worker_main(conn: Connection, out: Connection, dialect_name: str, cpu: int 
 
     def on_command() -> None:
         try:
+            os.set_blocking(conn.fileno(), True)  # uvloop may have made it non-blocking
             tag, name, kwargs = conn.recv()
         except (EOFError, OSError):
             if not stop.done():
@@ -272,8 +267,9 @@ class Generator:
     The coordinator's handle on the worker processes.
 
     Worker 0 holds the senders, worker 1 the few sample receivers that read
-    the timestamps (a process of their own, so a busy bulk reader does not
-    delay their reads), the others the bulk receivers.  All of them run on
+    the timestamps (a process of their own, reading at once), the others the
+    bulk receivers (L{bench.bulk}: an epoll loop that reads each socket at
+    most every 20 ms, so that one read takes many lines).  All of them run on
     ``cpu`` (the core the server does not have).
     """
 
@@ -283,10 +279,11 @@ class Generator:
         self.conns: list[Connection] = []  # answers from each worker
         self.cmds: list[Connection] = []  # commands to each worker
         self.procs: list[Any] = []
-        for _ in range(2 + receivers_workers):
+        for k in range(2 + receivers_workers):
             cmd_r, cmd_w = ctx.Pipe(duplex=False)
             rep_r, rep_w = ctx.Pipe(duplex=False)
-            p = ctx.Process(target=_worker_main, args=(cmd_r, rep_w, dialect, cpu), daemon=True)
+            target = _worker_main if k < 2 else bulk_main
+            p = ctx.Process(target=target, args=(cmd_r, rep_w, dialect, cpu), daemon=True)
             p.start()
             cmd_r.close()
             rep_w.close()
@@ -333,8 +330,10 @@ class Generator:
                 plans[1].append((i, nick, True, False))
             else:
                 plans[2 + (i - senders - samples) % nw].append((i, nick, False, False))
+        busy = max(1, sum(1 for p in plans if p))
         tags = [self._ask(i, "connect", host=host, port=port, specs=plan,
-                          concurrency=max(1, concurrency // len(plans)))
+                          concurrency=max(1, concurrency // busy),
+                          deadline=max(1.0, timeout - 10.0))
                 for i, plan in enumerate(plans)]
         res = [self._result(i, t, timeout) for i, t in enumerate(tags)]
         ok = sum(r["ok"] for r in res)

@@ -139,8 +139,11 @@ def markdown(results: dict[str, Any], png: str | None) -> str:
         lines.append("")
     if any("idle" in s for s in servers.values()):
         lines += [f"## Idle scale: {plan['idle_clients']:,} registered clients", "",
-                  "chat/1: NICK until the USERS line that ends the READY block; IRC: "
-                  "NICK/USER, then JOIN until the end of NAMES (366), so both are in the room.",
+                  "chat/1: from connect until the USERS line that ends the READY block, so "
+                  "each handshake also sends JOINED to every user online and the whole user "
+                  "list to the newcomer (O(N) per handshake, O(N^2) in all). IRC: NICK/USER "
+                  "until the 001 welcome, no channel joined (joining one channel with every "
+                  "client made both IRC servers take minutes). So this table favours IRC.",
                   ""]
         lines += table(results, MAIN, idle_rows(), lambda s: s.get("idle"),
                        ["ngircd", "inspircd"])

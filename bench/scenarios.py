@@ -158,10 +158,15 @@ def fanout(srv: RunningServer, gen: Generator, clients: int, fixed_rate: float,
         step = one_rate(srv, gen, clients, rate, duration, drain)
         steps.append(step)
         if not step["held"]:
-            break
+            # one retry, so that a single hiccup does not end the search
+            step = one_rate(srv, gen, clients, rate, duration, drain)
+            step["retry"] = True
+            steps.append(step)
+            if not step["held"]:
+                break
         best = step
         rate *= step_factor
-    first_fail = next((s for s in steps if not s["held"]), None)
+    first_fail = steps[-1] if steps and not steps[-1]["held"] else None
     if first_fail is None and not fixed["held"]:
         first_fail = fixed
     sustained: dict[str, Any] = {

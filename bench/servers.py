@@ -65,9 +65,8 @@ class ServerSpec:
             text = (BENCH / "irc" / "inspircd.conf.in").read_text()
             conf.write_text(text.replace("@PORT@", str(port)).replace("@DIR@", str(workdir)))
             (workdir / "inspircd.motd").write_text("bench\n")
-            exe = "/usr/sbin/inspircd"
-            if os.path.exists("/usr/lib/inspircd/inspircd"):
-                exe = "/usr/lib/inspircd/inspircd"
+            # Debian's /usr/lib/inspircd/inspircd is a Perl control script
+            exe = "/usr/sbin/inspircd" if os.path.exists("/usr/sbin/inspircd") else "inspircd"
             return [exe, "--nofork", "--nopid", "--runasroot", f"--config={conf}"]
         raise ValueError(self.kind)
 

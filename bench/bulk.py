@@ -1,0 +1,250 @@
+"""
+The bulk receivers: a plain epoll loop in a worker process of its own.
+
+Most clients only have to count what they receive.  Giving each of them an
+asyncio protocol costs a Python callback per socket read, and with 1,000
+clients a light load means 1,000 tiny reads per message: the generator, not
+the server, would then be the limit.  Here the loop reads every ready socket
+once per pass and then sleeps out the rest of ``interval`` (20 ms), so a
+socket's data piles up in the kernel and one ``recv`` takes many lines at
+once; the per-read cost is paid per interval, not per message.  The latency
+is measured elsewhere (the sample receivers read at once), so delaying these
+reads costs nothing but a little socket buffer.
+
+Handshakes happen in the same loop (without the sleep while any is open).
+Commands come over the same pipe protocol as the asyncio workers.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import os
+import resource
+import select
+import socket
+import time
+from multiprocessing.connection import Connection
+from typing import Any
+
+from bench.dialects import DIALECTS, Dialect, source_address
+
+HANDSHAKE_TIMEOUT = 60.0
+READ = 1 << 18
+
+
+class RawClient:
+    __slots__ = ("buf", "dialect", "nick", "phase", "sock", "started", "tail")
+
+    def __init__(self, sock: socket.socket, nick: str, dialect: Dialect) -> None:
+        self.sock = sock
+        self.nick = nick
+        self.dialect = dialect
+        self.phase = -1  # -1 connecting, 0/1 handshake, 2 counting
+        self.buf = b""
+        self.tail = b""
+        self.started = time.monotonic()
+
+    def write(self, data: bytes) -> None:
+        with contextlib.suppress(OSError):
+            self.sock.send(data)  # small (registration, PONG): fits the buffer
+
+    def pings(self, data: bytes) -> None:
+        if b"PING" not in data:
+            return
+        for line in data.split(b"\n"):
+            if b"PING" in line:
+                answer = self.dialect.pong(line)
+                if answer:
+                    self.write(answer)
+
+    def handshake(self, data: bytes) -> bool:
+        """Feed handshake input; True once the handshake is complete."""
+        self.buf += data
+        self.pings(data)
+        d = self.dialect
+        if self.phase == 0:
+            i = self.buf.find(d.first_marker)
+            if i < 0:
+                return False
+            self.phase = 1
+            extra = d.after_registered(self.nick)
+            if extra:
+                self.write(extra)
+            self.buf = self.buf[i:]
+        if self.phase == 1 and self.buf.find(d.done_marker) >= 0:
+            self.phase = 2
+            self.buf = b""
+            return True
+        return False
+
+
+def bulk_main(conn: Connection, out: Connection, dialect_name: str, cpu: int | None,
+              interval: float = 0.02) -> None:
+    if cpu is not None:
+        with contextlib.suppress(OSError):
+            os.sched_setaffinity(0, {cpu})
+    dialect = DIALECTS[dialect_name]
+    ep = select.epoll()
+    cmd_fd = conn.fileno()
+    ep.register(cmd_fd, select.EPOLLIN)
+    clients: dict[int, RawClient] = {}
+    shaking: dict[int, RawClient] = {}  # clients still in their handshake
+    next_check = 0.0
+    lines = 0
+    lost = 0
+    # the open connect job, if any
+    job: dict[str, Any] | None = None
+    pending: list[tuple[int, str, bool, bool]] = []
+
+    def reply(tag: int, value: Any) -> None:
+        with contextlib.suppress(OSError):
+            out.send((tag, value))
+
+    def drop(fd: int, c: RawClient) -> None:
+        with contextlib.suppress(OSError, ValueError):
+            ep.unregister(fd)
+        c.sock.close()
+        del clients[fd]
+        shaking.pop(fd, None)
+
+    def start_one(index: int, nick: str) -> None:
+        assert job is not None
+        s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        s.setblocking(False)
+        try:
+            s.bind((source_address(index), 0))
+            err = s.connect_ex((job["host"], job["port"]))
+        except OSError as e:
+            s.close()
+            fail(f"OSError:{e.errno}")
+            return
+        if err not in (0, errno.EINPROGRESS):
+            s.close()
+            fail(f"OSError:{err}")
+            return
+        c = RawClient(s, nick, dialect)
+        clients[s.fileno()] = c
+        shaking[s.fileno()] = c
+        ep.register(s.fileno(), select.EPOLLOUT | select.EPOLLIN)
+        job["inflight"] += 1
+
+    def fail(key: str) -> None:
+        assert job is not None
+        job["errors"][key] = job["errors"].get(key, 0) + 1
+
+    def finish_one(c: RawClient, ok: bool, key: str = "") -> None:
+        assert job is not None
+        job["inflight"] -= 1
+        if ok:
+            job["durations"].append(time.monotonic() - c.started)
+        else:
+            fail(key)
+
+    running = True
+    while running:
+        t_pass = time.monotonic()
+        # start connections up to the job's concurrency
+        if job is not None:
+            while pending and job["inflight"] < job["concurrency"]:
+                index, nick, _sample, _sender = pending.pop()
+                start_one(index, nick)
+        events = ep.poll(0.001 if job is not None else interval)
+        for fd, ev in events:
+            if fd == cmd_fd:
+                try:
+                    os.set_blocking(cmd_fd, True)
+                    tag, name, kwargs = conn.recv()
+                except (EOFError, OSError):
+                    running = False
+                    break
+                if name == "connect":
+                    job = {"tag": tag, "host": kwargs["host"], "port": kwargs["port"],
+                           "concurrency": kwargs["concurrency"], "inflight": 0,
+                           "errors": {}, "durations": [], "t0": time.monotonic(),
+                           "deadline": time.monotonic() + kwargs.get("deadline", 1e9)}
+                    pending = list(reversed(kwargs["specs"]))
+                elif name == "snapshot":
+                    ru = resource.getrusage(resource.RUSAGE_SELF)
+                    value: dict[str, Any] = {"lines": lines, "lost": lost,
+                                             "cpu": ru.ru_utime + ru.ru_stime,
+                                             "t": time.monotonic()}
+                    if kwargs.get("take_latency"):
+                        value["lat"] = []
+                    reply(tag, value)
+                elif name in ("close", "exit"):
+                    for cfd, c in list(clients.items()):
+                        drop(cfd, c)
+                    reply(tag, {})
+                    if name == "exit":
+                        running = False
+                        break
+                else:
+                    reply(tag, {})
+                continue
+            c = clients.get(fd)
+            if c is None:
+                continue
+            if c.phase == -1:
+                if ev & (select.EPOLLOUT | select.EPOLLERR | select.EPOLLHUP):
+                    err = c.sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+                    if err:
+                        drop(fd, c)
+                        finish_one(c, False, f"OSError:{err}")
+                        continue
+                    c.phase = 0
+                    ep.modify(fd, select.EPOLLIN)
+                    c.write(dialect.register(c.nick))
+                continue
+            try:
+                data = c.sock.recv(READ)
+            except BlockingIOError:
+                continue
+            except OSError:
+                data = b""
+            if not data:
+                lost += 1
+                if c.phase < 2 and job is not None:
+                    finish_one(c, False, "ConnectionError:None")
+                drop(fd, c)
+                continue
+            lines += data.count(b"\n")
+            if c.phase == 2:
+                if b"PING" in data or b"PING" in c.tail + data[:8]:
+                    c.pings(c.tail + data)
+                c.tail = data[-8:]
+            elif c.handshake(data):
+                shaking.pop(fd, None)
+                if job is not None:
+                    finish_one(c, True)
+        if job is not None:
+            now = time.monotonic()
+            # handshake timeouts (checked at most every pass; cheap enough)
+            if now >= job["deadline"] and (pending or shaking):
+                # out of time: report what completed, count the rest
+                if pending:
+                    job["errors"]["not started (out of time)"] = len(pending)
+                    pending = []
+                for cfd, c in list(shaking.items()):
+                    drop(cfd, c)
+                    finish_one(c, False, "unfinished (out of time)")
+            if now >= next_check:
+                next_check = now + 1.0
+                for cfd, c in list(shaking.items()):
+                    if now - c.started > HANDSHAKE_TIMEOUT:
+                        drop(cfd, c)
+                        finish_one(c, False, "TimeoutError:None")
+            if not pending and job["inflight"] == 0:
+                d = job["durations"]
+                reply(job["tag"], {"ok": len(d), "errors": job["errors"], "t0": job["t0"],
+                                   "t1": now, "durations": sorted(d)})
+                job = None
+        else:
+            spare = interval - (time.monotonic() - t_pass)
+            if spare > 0:
+                time.sleep(spare)
+    for cfd, c in list(clients.items()):
+        drop(cfd, c)
+    ep.close()
+    conn.close()
+    out.close()
