@@ -26,6 +26,7 @@ from twisted_chat import __version__, wire
 from twisted_chat.config import ServerConfig
 from twisted_chat.history import Entry, History
 from twisted_chat.hub import Hub, HubError, Invitation, NickTaken, State, User
+from twisted_chat.sending import Write, direct_sender
 from twisted_chat.wire import ErrorCode, LineError
 
 if TYPE_CHECKING:
@@ -104,6 +105,7 @@ class ChatProtocol(LineReceiver):
         self._idle_call: IDelayedCall | None = None
         self._nick_call: IDelayedCall | None = None
         self._user_lines: dict[State, bytes] = {}
+        self._send: Write = lambda data: None  # until connectionMade
 
     # -- connection life ---------------------------------------------------
 
@@ -117,6 +119,7 @@ class ChatProtocol(LineReceiver):
         if no_delay is not None:
             no_delay(True)
         self.transport.registerProducer(_SendQueueWatch(self), True)  # type: ignore[union-attr]
+        self._send = direct_sender(self.transport)
         now = self.clock.seconds()
         self._refilled = self._penalised = self._last_line = now
         self.log.debug("connection from {address}", address=self.address)
@@ -170,14 +173,14 @@ class ChatProtocol(LineReceiver):
         """The fan-out's write: no ordering work, only the send-queue rule."""
         held = self.held
         if held is None:
-            self.transport.write(data)  # type: ignore[union-attr]
+            self._send(data)
         elif not self.finished:
             held += len(data)
             if held > self._sendq_excess:
                 self._overflow()
             else:
                 self.held = held
-                self.transport.write(data)  # type: ignore[union-attr]
+                self._send(data)
 
     def _overflow(self) -> None:
         """
