@@ -89,6 +89,7 @@ def bulk_main(conn: Connection, out: Connection, dialect_name: str, cpu: int | N
     cmd_fd = conn.fileno()
     ep.register(cmd_fd, select.EPOLLIN)
     clients: dict[int, RawClient] = {}
+    rbuf = bytearray(READ)
     shaking: dict[int, RawClient] = {}  # clients still in their handshake
     next_check = 0.0
     lines = 0
@@ -196,12 +197,28 @@ def bulk_main(conn: Connection, out: Connection, dialect_name: str, cpu: int | N
                     ep.modify(fd, select.EPOLLIN)
                     c.write(dialect.register(c.nick))
                 continue
-            try:
-                data = c.sock.recv(READ)
-            except BlockingIOError:
-                continue
-            except OSError:
+            if c.phase == 2:
+                # counting: into one reused buffer (no 256 KiB allocation per read)
+                try:
+                    n = c.sock.recv_into(rbuf)
+                except BlockingIOError:
+                    continue
+                except OSError:
+                    n = 0
+                if n:
+                    lines += rbuf.count(b"\n", 0, n)
+                    if rbuf.find(b"PING", 0, n) >= 0 or b"PING" in c.tail + rbuf[:8]:
+                        c.pings(c.tail + bytes(rbuf[:n]))
+                    c.tail = bytes(rbuf[max(0, n - 8):n])
+                    continue
                 data = b""
+            else:
+                try:
+                    data = c.sock.recv(READ)
+                except BlockingIOError:
+                    continue
+                except OSError:
+                    data = b""
             if not data:
                 lost += 1
                 if c.phase < 2 and job is not None:
@@ -209,11 +226,7 @@ def bulk_main(conn: Connection, out: Connection, dialect_name: str, cpu: int | N
                 drop(fd, c)
                 continue
             lines += data.count(b"\n")
-            if c.phase == 2:
-                if b"PING" in data or b"PING" in c.tail + data[:8]:
-                    c.pings(c.tail + data)
-                c.tail = data[-8:]
-            elif c.handshake(data):
+            if c.handshake(data):
                 shaking.pop(fd, None)
                 if job is not None:
                     finish_one(c, True)

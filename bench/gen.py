@@ -211,6 +211,8 @@ def _worker_main(conn: Connection, out: Connection, dialect_name: str, cpu: int 
         with contextlib.suppress(OSError):
             os.sched_setaffinity(0, {cpu})
     try:
+        if os.environ.get("BENCH_NO_UVLOOP"):
+            raise ImportError("asked not to use uvloop")
         import uvloop  # type: ignore[import-not-found]
         loop = uvloop.new_event_loop()
     except ImportError:

@@ -31,6 +31,12 @@ def ratio(a: Any, b: Any) -> str:
 Row = tuple[str, Callable[[dict[str, Any]], Any], int]
 
 
+def stopped(why: str) -> str:
+    if why.startswith("step limit"):
+        return "none failed: the step or time budget ran out (a lower bound)"
+    return why
+
+
 def fixed_rows() -> list[Row]:
     def f(key: str) -> Callable[[dict[str, Any]], Any]:
         return lambda r: r["fixed"].get(key)
@@ -52,7 +58,7 @@ def fixed_rows() -> list[Row]:
         ("generator CPU, % of its core", lambda r: r["fixed"]["gen_cpu_share"] * 100, 1),
         ("max sustained deliveries/s", lambda r: r["sustained"]["deliveries_per_s"], 0),
         ("… at room messages/s", lambda r: r["sustained"]["rate"], 0),
-        ("… next step failed because", lambda r: r["sustained"]["stopped_by"], 0),
+        ("... next step failed because", lambda r: stopped(r["sustained"]["stopped_by"]), 0),
         ("… limit at that step (CPU ≥ 90 %)", lambda r: r["sustained"]["limit_at_failure"], 0),
         ("… server / generator CPU % there",
          lambda r: (None if r["sustained"]["server_cpu_share_at_failure"] is None else
@@ -173,6 +179,7 @@ def plot(results: dict[str, Any], path: Path) -> bool:
         import matplotlib
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
+        import matplotlib.ticker
     except ImportError:
         return False
     counts = results["plan"]["fan_clients"]
@@ -194,6 +201,7 @@ def plot(results: dict[str, Any], path: Path) -> bool:
         ax.axhline(100, color="grey", linewidth=0.8, linestyle=":")
         ax.set_xscale("log")
         ax.set_yscale("log")
+        ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
         ax.set_xlabel("offered deliveries/s (room messages/s x recipients)")
         ax.set_ylabel("latency ms")
         ax.set_title(f"{c} clients in the room")
@@ -203,3 +211,21 @@ def plot(results: dict[str, Any], path: Path) -> bool:
     fig.savefig(path, dpi=100)
     plt.close(fig)
     return True
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Rewrite the markdown (and the plot) of a results JSON: python -m bench.report FILE."""
+    import json
+    import sys
+
+    args = sys.argv[1:] if argv is None else argv
+    for name in args:
+        path = Path(name)
+        results = json.loads(path.read_text())
+        path.with_suffix(".md").write_text(markdown(results, path.with_suffix(".png").name))
+        plot(results, path.with_suffix(".png"))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

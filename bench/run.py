@@ -33,16 +33,16 @@ FULL: dict[str, Any] = {
     "senders": 10,
     "samples": 8,
     "fixed_rate": {100: 2000.0, 1000: 200.0},  # room messages/s: 200,000 deliveries/s
-    "max_rate": {100: 100000.0, 1000: 10000.0},
+    "max_rate": {100: 100000.0, 1000: 30000.0},
     "duration": 2.0,
     "drain": 3.0,
     "step_factor": 1.5,
-    "max_steps": 9,
+    "max_steps": 12,
     "fan_budget": 50.0,  # seconds of stepping per server and client count
     "variant_budget": 20.0,  # the same for the variants of our server
     "idle_clients": 10000,
-    "idle_concurrency": 500,
-    "idle_timeout": 100.0,
+    "idle_concurrency": 200,
+    "idle_timeout": 80.0,
     "receiver_workers": 1,
 }
 
