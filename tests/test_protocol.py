@@ -699,3 +699,37 @@ def test_tcp_nodelay_is_set() -> None:
     transport = TCPTransport(peerAddress=address)
     h.factory.buildProtocol(address).makeConnection(transport)
     assert transport.no_delay
+
+
+def test_arrivals_in_one_turn_share_one_write_and_see_each_other(h: Harness) -> None:
+    """JOINED rides with the turn's lobby lines; each newcomer gets only what
+    came after its own arrival (what came before is in its history)."""
+    alice = h.user("alice")
+    bob, carol = h.connect(), h.connect()
+    h.clear_all()
+    alice.protocol.dataReceived(b"MSG before\r\n")
+    bob.protocol.dataReceived(b"NICK bob\r\n")
+    alice.protocol.dataReceived(b"MSG between\r\n")
+    carol.protocol.dataReceived(b"NICK carol\r\n")
+    alice.protocol.dataReceived(b"MSG after\r\n")
+    writes_before = len(alice.transport.io.getvalue())
+    assert writes_before == 0  # nothing written to alice yet: all gathered
+    h.clock.advance(0)
+    t = ts(h)
+    assert alice.take() == [f"MSG {t} alice * before", f"JOINED {t} bob",
+                            f"MSG {t} alice * between", f"JOINED {t} carol",
+                            f"MSG {t} alice * after"]
+    assert bob.take() == ["READY bob", f"HISTORY {t} alice before", "USER alice lobby",
+                          "USER bob lobby", "USERS 2", f"MSG {t} alice * between",
+                          f"JOINED {t} carol", f"MSG {t} alice * after"]
+    assert carol.take() == ["READY carol", f"HISTORY {t} alice before",
+                            f"HISTORY {t} alice between", "USER alice lobby", "USER bob lobby",
+                            "USER carol lobby", "USERS 3", f"MSG {t} alice * after"]
+
+
+def test_paired_users_get_joined_at_once(h: Harness) -> None:
+    alice, bob = h.user("alice"), h.user("bob")
+    pair(h, alice, bob)
+    dave = h.connect()
+    dave.send("NICK dave")
+    assert alice.take() == [f"JOINED {ts(h)} dave"]

@@ -71,11 +71,13 @@ class Listener(Protocol):
     """
 
     def roster_changing(self) -> None:
-        """Who is online, or in the lobby, is about to change: deliver what
+        """Someone is about to leave the lobby, or go offline: deliver what
         was addressed to the lobby as it is now, and forget any user list."""
 
     def ready(self, user: User) -> None:
-        """To C{user}: READY, the lobby history, the user list."""
+        """C{user} has just come online, into the lobby: to C{user}, READY,
+        the lobby history, the user list.  Of what was addressed to the lobby
+        before this call, C{user} must get nothing live: it is in the history."""
 
     def joined(self, ts: float, user: User) -> None:
         """To everyone online but C{user}."""
@@ -125,6 +127,11 @@ class Hub:
 
     # -- queries -----------------------------------------------------------
 
+    @property
+    def keys_in_order(self) -> list[str]:
+        """The online users' keys, sorted; read-only for callers."""
+        return self._sorted_keys
+
     def users(self) -> list[User]:
         """Everyone online, sorted by nick without regard to case."""
         online = self.online
@@ -147,7 +154,6 @@ class Hub:
         key = nick_key(nick)
         if key in self.online:
             raise NickTaken(nick)
-        self.listener.roster_changing()
         user = User(nick=nick, key=key, conn=conn, address=address)
         self.online[key] = user
         self.lobby[key] = user

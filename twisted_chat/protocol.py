@@ -104,7 +104,6 @@ class ChatProtocol(LineReceiver):
         self._pinged_at: float | None = None
         self._idle_call: IDelayedCall | None = None
         self._nick_call: IDelayedCall | None = None
-        self._user_lines: dict[State, bytes] = {}
         self._send: Write = lambda data: None  # until connectionMade
 
     # -- connection life ---------------------------------------------------
@@ -196,17 +195,6 @@ class ChatProtocol(LineReceiver):
         self.finished = True
         self._leave_reason = "sendq"
         self.transport.abortConnection()  # type: ignore[union-attr]
-
-    def user_line(self, user: User) -> bytes:
-        """This user's C{USER} line in its current state, encoded once."""
-        state = user.state
-        cached = self._user_lines.get(state)
-        if cached is None:
-            words = [user.nick, state.value]
-            if self.config.show_addresses:
-                words.append(self.address)
-            cached = self._user_lines[state] = wire.line("USER", *words)
-        return cached
 
     # -- input ---------------------------------------------------------------
 
@@ -465,8 +453,12 @@ class ChatFactory(ServerFactory):
         self.connections: set[ChatProtocol] = set()
         self._per_host: dict[str, int] = {}
         self._pending: list[bytes] = []
+        # Lobby members who came online while lines were gathered: the index
+        # in _pending from which the lines are theirs (the rest is history).
+        self._late: dict[User, int] = {}
         self._flush_call: IDelayedCall | None = None
         self._roster: bytes | None = None
+        self._user_lines: dict[str, bytes] = {}  # by nick key, each encoded once
         self._history_block: bytes | None = None
         self.greeting = wire.line(
             "HELLO",
@@ -556,17 +548,41 @@ class ChatFactory(ServerFactory):
             return
         self._pending = []
         data = pending[0] if len(pending) == 1 else b"".join(pending)
+        late = self._late
+        if not late:
+            for user in list(self.hub.lobby.values()):
+                user.conn.deliver(data)
+            return
+        self._late = {}
         for user in list(self.hub.lobby.values()):
-            user.conn.deliver(data)
+            start = late.get(user)
+            if start is None:
+                user.conn.deliver(data)
+            elif start < len(pending):
+                user.conn.deliver(b"".join(pending[start:]))
+
+    def _to_lobby(self, data: bytes) -> None:
+        self._pending.append(data)
+        if self._flush_call is None:
+            self._flush_call = self.reactor.callLater(0, self.flush)
 
     def roster(self) -> bytes:
         """The C{USER} lines and the closing C{USERS}, encoded once per change."""
         if self._roster is None:
-            users = self.hub.users()
-            self._roster = b"".join([u.conn.user_line(u) for u in users]) + wire.line(
-                "USERS", str(len(users))
+            lines = self._user_lines
+            keys = self.hub.keys_in_order
+            self._roster = b"".join([lines[key] for key in keys]) + wire.line(
+                "USERS", str(len(keys))
             )
         return self._roster
+
+    def _user_changed(self, user: User) -> None:
+        """Encode C{user}'s USER line for its current state; drop the list."""
+        words = [user.nick, user.state.value]
+        if self.config.show_addresses:
+            words.append(user.address)
+        self._user_lines[user.key] = wire.line("USER", *words)
+        self._roster = None
 
     def history_block(self) -> bytes:
         """The C{HISTORY} lines a newcomer gets, encoded once per message."""
@@ -587,22 +603,28 @@ class ChatFactory(ServerFactory):
 
     def lobby_message(self, entry: Entry) -> None:
         self._history_block = None
-        self._pending.append(
-            wire.line("MSG", wire.format_ts(entry.ts), entry.nick, "*", text=entry.text)
-        )
-        if self._flush_call is None:
-            self._flush_call = self.reactor.callLater(0, self.flush)
+        self._to_lobby(wire.line("MSG", wire.format_ts(entry.ts), entry.nick, "*", text=entry.text))
 
     def ready(self, user: User) -> None:
-        user.conn.write(wire.line("READY", user.nick) + self.history_block() + self.roster())
+        self._user_changed(user)
+        # Straight to the newcomer: a flush here would send it lines that
+        # are in its history.  joined() marks where its share begins.
+        user.conn.deliver(wire.line("READY", user.nick) + self.history_block() + self.roster())
 
     def joined(self, ts: float, user: User) -> None:
+        """JOINED rides with the lobby's lines of this turn (the newcomer's
+        share starts after it); paired users get it directly."""
         data = wire.line("JOINED", wire.format_ts(ts), user.nick)
-        for other in list(self.hub.online.values()):
-            if other is not user:
-                other.conn.write(data)
+        self._to_lobby(data)
+        self._late[user] = len(self._pending)
+        hub = self.hub
+        if len(hub.lobby) != len(hub.online):
+            for other in list(hub.online.values()):
+                if other.state is State.PAIRED:
+                    other.conn.write(data)
 
     def left(self, ts: float, user: User, reason: str, text: str) -> None:
+        self._user_lines.pop(user.key, None)
         data = wire.line("LEFT", wire.format_ts(ts), user.nick, reason, text=text)
         for other in list(self.hub.online.values()):
             other.conn.write(data)
@@ -618,9 +640,13 @@ class ChatFactory(ServerFactory):
         invitee.conn.write(wire.line("INVITE", inviter.nick))
 
     def paired(self, user: User, partner: User) -> None:
+        self._user_changed(user)
         user.conn.write(wire.line("PAIRED", partner.nick))
 
     def unpaired(self, user: User, partner: User, reason: str) -> None:
+        self._user_changed(user)
+        if self.hub.is_online(partner):
+            self._user_changed(partner)
         user.conn.write(wire.line("UNPAIRED", partner.nick, reason) + self.roster())
 
     def declined(self, inviter: User, invitee: User, reason: str) -> None:
