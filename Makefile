@@ -30,5 +30,11 @@ lint: $(STAMP)
 	$(BIN)/ruff check twisted_chat
 	$(BIN)/mypy twisted_chat
 
+bench: $(STAMP)
+	bash bench/run.sh
+
+bench-quick: $(STAMP)
+	bash bench/run.sh --quick
+
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache .mypy_cache .ruff_cache
