@@ -24,7 +24,6 @@ from tests.serverproc import LOOPBACK, LineClient, ServerProcess
 from twisted_chat.config import ServerConfig
 from twisted_chat.history import History
 from twisted_chat.protocol import ChatFactory
-from twisted_chat.service import Options
 from twisted_chat.store import APPLICATION_ID, SCHEMA_VERSION, SQLiteStore
 
 pytestmark = pytest.mark.e2e
@@ -42,11 +41,6 @@ CRASH_BOUND = 0.5
 FAST = ("--flood-rate", "0")
 #: twistd ends by re-raising the signal that stopped it.
 STOPPED = (0, -signal.SIGTERM)
-
-needs_db = pytest.mark.skipif(
-    "db" not in {opt[0] for opt in Options.optParameters},
-    reason="service.py does not wire --db yet",
-)
 
 
 def joined(port: int, connect: Connect, nick: str) -> tuple[LineClient, list[str]]:
@@ -90,7 +84,6 @@ def db_texts(path: Path) -> list[str]:
         conn.close()
 
 
-@needs_db
 def test_history_survives_sigterm(chat_server: Start, connect: Connect, tmp_path: Path) -> None:
     server = chat_server(*FAST, "--db", "chat.sqlite3", "--history", "5")
     alice, _ = joined(server.port, connect, "alice")
@@ -112,7 +105,6 @@ def test_history_survives_sigterm(chat_server: Start, connect: Connect, tmp_path
     assert history_of(block) == [*expected[-4:], latest]
 
 
-@needs_db
 def test_history_survives_sigkill_within_the_bound(
     chat_server: Start, connect: Connect, tmp_path: Path
 ) -> None:
@@ -145,7 +137,6 @@ def test_history_survives_sigkill_within_the_bound(
     assert sorted(p.name for p in tmp_path.glob("chat.sqlite3*")) == ["chat.sqlite3"]
 
 
-@needs_db
 def test_second_server_on_the_same_file_fails_at_once(
     chat_server: Start, connect: Connect, tmp_path: Path
 ) -> None:
@@ -167,7 +158,6 @@ def test_second_server_on_the_same_file_fails_at_once(
     assert history_of(block) == [hello, later]
 
 
-@needs_db
 def test_a_file_that_is_not_a_chat_database_stops_start_up(tmp_path: Path) -> None:
     notes = tmp_path / "notes.txt"
     notes.write_text("my notes\n" * 100)
@@ -177,7 +167,6 @@ def test_a_file_that_is_not_a_chat_database_stops_start_up(tmp_path: Path) -> No
     assert hashlib.sha256(notes.read_bytes()).hexdigest() == before
 
 
-@needs_db
 def test_old_file_is_upgraded_and_retention_applies(
     chat_server: Start, connect: Connect, tmp_path: Path
 ) -> None:
@@ -205,7 +194,6 @@ def test_old_file_is_upgraded_and_retention_applies(
     conn.close()
 
 
-@needs_db
 def test_memory_database_keeps_nothing(
     chat_server: Start, connect: Connect, tmp_path: Path
 ) -> None:
