@@ -27,26 +27,26 @@ def _endpoint(description: str) -> str:
     return f"tcp:{description}" if description.isdigit() else description
 
 
-def _non_negative(kind: type[int] | type[float]) -> Any:
+def _number(kind: type[int] | type[float], zero_allowed: bool) -> Any:
+    """A usage.Options coercer: a number of C{kind}, positive or at least 0."""
+    rule = "must not be negative" if zero_allowed else "must be positive"
+
     def coerce(value: str) -> int | float:
         number = kind(value)
-        if number < 0:
-            raise ValueError(f"must not be negative: {value}")
+        if number < 0 or (number == 0 and not zero_allowed):
+            raise ValueError(f"{rule}: {value}")
         return number
 
-    coerce.coerceDoc = "Must not be negative."  # type: ignore[attr-defined]
+    coerce.coerceDoc = rule.capitalize() + "."  # type: ignore[attr-defined]
     return coerce
+
+
+def _non_negative(kind: type[int] | type[float]) -> Any:
+    return _number(kind, zero_allowed=True)
 
 
 def _positive(kind: type[int] | type[float]) -> Any:
-    def coerce(value: str) -> int | float:
-        number = kind(value)
-        if number <= 0:
-            raise ValueError(f"must be positive: {value}")
-        return number
-
-    coerce.coerceDoc = "Must be positive."  # type: ignore[attr-defined]
-    return coerce
+    return _number(kind, zero_allowed=False)
 
 
 _defaults = ServerConfig()
