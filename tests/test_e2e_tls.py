@@ -198,3 +198,16 @@ def test_ipv6_endpoint_shows_bracketed_addresses(chat_server, connect):
     local_port = sock.getsockname()[1]
     assert client.register("six") == [f"USER six lobby [::1]:{local_port}", "USERS 1"]
     assert server.problems() == []
+
+
+def test_tls_close_started_by_the_server_completes(tls_server, tls_connect):
+    """After C{BYE quit} the server closes a TLS connection itself, well
+    within the abort grace period (a registered producer used to stop
+    Twisted's TLS transport from ever starting the close)."""
+    client = tls_connect(tls_server)
+    client.expect("HELLO")
+    client.register("leaver")
+    started = time.monotonic()
+    client.send("BYE")
+    assert client.rest(timeout=5) == ["BYE quit"]
+    assert time.monotonic() - started < 1.5

@@ -308,7 +308,7 @@ def test_shutdown_says_bye_to_everyone_without_left() -> None:
 
 
 def test_shutdown_aborts_peers_that_do_not_close() -> None:
-    h = Harness(shutdown_grace=3.0)
+    h = Harness(close_grace=3.0)
     alice = h.user("alice")
     closed = h.factory.shutdown()
     h.clock.advance(2.9)
@@ -327,5 +327,33 @@ def test_shutdown_with_nobody() -> None:
 def test_limits_leave_no_timers_after_disconnect(option: str) -> None:
     h = Harness(**{option: 5.0})
     alice = h.user("alice")
+    alice.drop()
+    assert h.clock.getDelayedCalls() == []
+
+
+def test_server_side_close_unregisters_the_producer_and_has_a_deadline() -> None:
+    """With a producer registered, Twisted's TLS transport never starts the
+    close; and a peer that never completes it is aborted after the grace."""
+    h = Harness(close_grace=3.0, nick_timeout=30)
+    for trigger in ("BYE", "nick-timeout"):
+        conn = h.connect()
+        if trigger == "BYE":
+            conn.send("BYE")
+        else:
+            h.clock.advance(30)
+        assert conn.transport.disconnecting
+        assert conn.transport.producer is None
+        h.clock.advance(2.9)
+        assert not conn.transport.disconnected
+        h.clock.advance(0.1)
+        assert conn.transport.disconnected  # aborted
+        conn.drop()
+    assert h.clock.getDelayedCalls() == []
+
+
+def test_completed_close_leaves_no_abort_timer() -> None:
+    h = Harness()
+    alice = h.user("alice")
+    alice.send("BYE")
     alice.drop()
     assert h.clock.getDelayedCalls() == []

@@ -32,5 +32,6 @@ class ServerConfig:
     # Durable history.
     db: str = "chat.sqlite3"
     retain_days: float | None = None
-    # How long a peer may take to complete a close (TLS) at shutdown.
-    shutdown_grace: float = 3.0
+    # How long a peer may take to complete a close the server began (a peer
+    # that stopped reading, a TLS peer that never answers) before an abort.
+    close_grace: float = 3.0

@@ -104,6 +104,7 @@ class ChatProtocol(LineReceiver):
         self._pinged_at: float | None = None
         self._idle_call: IDelayedCall | None = None
         self._nick_call: IDelayedCall | None = None
+        self._abort_call: IDelayedCall | None = None  # set once a close has begun
         self._send: Write = lambda data: None  # until connectionMade
 
     # -- connection life ---------------------------------------------------
@@ -130,10 +131,10 @@ class ChatProtocol(LineReceiver):
 
     def connectionLost(self, reason: Failure = connectionDone) -> None:
         self.finished = True
-        for call in (self._idle_call, self._nick_call):
-            if call is not None and call.active():
-                call.cancel()
-        self._idle_call = self._nick_call = None
+        self._cancel_timers()
+        if self._abort_call is not None and self._abort_call.active():
+            self._abort_call.cancel()
+        self._abort_call = None
         self.factory.disconnected(self)
         self._leave(self._leave_reason)
         self.log.debug("connection from {address} closed", address=self.address)
@@ -142,20 +143,41 @@ class ChatProtocol(LineReceiver):
         if self.user is not None:
             self.factory.hub.leave(self.user, reason, text)
 
+    def _cancel_timers(self) -> None:
+        for call in (self._idle_call, self._nick_call):
+            if call is not None and call.active():
+                call.cancel()
+        self._idle_call = self._nick_call = None
+
     def _close(self, reason: str, text: str) -> None:
         """End the connection from the server's side with C{BYE}."""
         self.write(wire.line("BYE", reason, text=text))
-        self.finished = True
-        self._leave_reason = reason
-        self.transport.loseConnection()  # type: ignore[union-attr]
+        self.hang_up(reason)
         self._leave(reason)
 
-    def hang_up(self) -> None:
-        """Close without telling the hub first (server shutdown: everyone
-        goes, so nobody is told that anyone left)."""
+    def hang_up(self, reason: str) -> None:
+        """
+        Close from the server's side, without telling the hub (the caller
+        does, except at shutdown, when nobody is left to tell).
+
+        The producer is unregistered first: with one registered, a TLS
+        transport never starts its close, and a TCP transport whose buffer
+        was full resumes the producer instead of closing.  A peer that does
+        not complete the close in time (one that stopped reading, or a TLS
+        peer that never answers the close) is aborted.
+        """
+        if self._abort_call is not None:
+            return  # closing already
         self.finished = True
-        self._leave_reason = "shutdown"  # only the log sees it: nobody is left to tell
-        self.transport.loseConnection()  # type: ignore[union-attr]
+        self._leave_reason = reason
+        self._cancel_timers()
+        transport = self.transport
+        transport.unregisterProducer()  # type: ignore[union-attr]
+        transport.loseConnection()  # type: ignore[union-attr]
+        self._abort_call = self.clock.callLater(
+            self.config.close_grace,
+            transport.abortConnection,  # type: ignore[union-attr]
+        )
 
     # -- output --------------------------------------------------------------
 
@@ -172,7 +194,8 @@ class ChatProtocol(LineReceiver):
         """The fan-out's write: no ordering work, only the send-queue rule."""
         held = self.held
         if held is None:
-            self._send(data)
+            if not self.finished:
+                self._send(data)
         elif not self.finished:
             held += len(data)
             if held > self._sendq_excess:
@@ -194,6 +217,7 @@ class ChatProtocol(LineReceiver):
         )
         self.finished = True
         self._leave_reason = "sendq"
+        self._cancel_timers()
         self.transport.abortConnection()  # type: ignore[union-attr]
 
     # -- input ---------------------------------------------------------------
@@ -397,9 +421,7 @@ class ChatProtocol(LineReceiver):
 
     def do_BYE(self, command: wire.Command) -> None:
         self.write(wire.line("BYE", "quit"))
-        self.finished = True
-        self._leave_reason = "quit"
-        self.transport.loseConnection()  # type: ignore[union-attr]
+        self.hang_up("quit")
         self._leave("quit", command.text)
 
     _HANDLERS: ClassVar[dict[str, Any]] = {
@@ -500,9 +522,8 @@ class ChatFactory(ServerFactory):
 
     def shutdown(self) -> defer.Deferred[None]:
         """
-        Say C{BYE shutdown} to everyone and close; connections that have not
-        closed after the grace period (a TLS peer that never completes the
-        close) are aborted.
+        Say C{BYE shutdown} to everyone and close; each connection that has
+        not closed after the grace period is aborted (see L{hang_up}).
         """
         self.flush()
         if not self.connections:
@@ -512,22 +533,11 @@ class ChatFactory(ServerFactory):
         bye = wire.line("BYE", "shutdown", text="the server is shutting down")
         for protocol in protocols:
             protocol.write(bye)
-        for protocol in protocols:
-            protocol.hang_up()
-        self.hub.close()
-
-        def abort_stragglers() -> None:
-            for protocol in list(self.connections):
-                protocol.transport.abortConnection()  # type: ignore[union-attr]
-
-        grace = self.reactor.callLater(self.config.shutdown_grace, abort_stragglers)
         all_closed = self._all_closed
-
-        def cancel_grace(result: None) -> None:
-            if grace.active():
-                grace.cancel()
-
-        all_closed.addCallback(cancel_grace)
+        for protocol in protocols:
+            # Only the log sees this reason: nobody is left to tell.
+            protocol.hang_up("shutdown")
+        self.hub.close()
         return all_closed
 
     # -- the lobby fan-out -----------------------------------------------------
