@@ -112,3 +112,17 @@ def test_departure_leaves_no_trace(world: tuple[Hub, Recorder, Clock]) -> None:
     assert clock.getDelayedCalls() == []
     hub.leave(a, "again")  # leaving twice is harmless
     assert rec.take() == []
+
+
+def test_a_failed_arrival_leaves_no_ghost(world: tuple[Hub, Recorder, Clock]) -> None:
+    hub, rec, _ = world
+
+    def broken(user: User) -> None:
+        raise ValueError("cannot format the history")
+
+    rec.ready = broken  # type: ignore[method-assign]
+    with pytest.raises(ValueError):
+        hub.register("alice", None)
+    assert hub.online == {} and hub.lobby == {} and hub.users() == []
+    del rec.ready
+    assert hub.register("alice", None).nick == "alice"  # the nick is free

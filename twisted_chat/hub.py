@@ -159,8 +159,16 @@ class Hub:
         self.lobby[key] = user
         bisect.insort(self._sorted_keys, key)
         self.log.info("{nick} is ready from {address}", nick=nick, address=address)
-        self.listener.ready(user)
-        self.listener.joined(self.clock.seconds(), user)
+        try:
+            self.listener.ready(user)
+            self.listener.joined(self.clock.seconds(), user)
+        except BaseException:
+            # The caller never learns of this user, so it could never take it
+            # offline: undo, rather than leave a ghost holding the nick.
+            del self.online[key]
+            del self.lobby[key]
+            self._sorted_keys.remove(key)
+            raise
         return user
 
     def leave(self, user: User, reason: str, text: str = "") -> None:
