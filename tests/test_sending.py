@@ -14,7 +14,7 @@ import pytest_twisted
 from twisted.internet import defer, protocol
 from twisted.internet.testing import StringTransport
 
-from twisted_chat.sending import direct_sender
+from twisted_chat.sending import backlog_meter, direct_sender
 
 
 def test_other_transports_use_transport_write() -> None:
@@ -22,6 +22,7 @@ def test_other_transports_use_transport_write() -> None:
     write = direct_sender(transport)
     write(b"hello")
     assert transport.value() == b"hello"
+    assert backlog_meter(transport) is None  # the caller has to estimate
 
 
 class Accepted(protocol.Protocol):
@@ -76,6 +77,10 @@ def test_what_the_kernel_does_not_take_is_queued_in_order(loopback: Any) -> Any:
     big = bytes(range(256)) * 8192  # 2 MiB: far more than the socket buffers hold
     write(big)
     assert server.transport._tempDataLen > 0, "the rest went to Twisted's buffer"
+    meter = backlog_meter(server.transport)
+    assert meter is not None
+    held = meter()
+    assert 0 < held < len(big)
     write(b"after")  # must not overtake the queued part
     from twisted.internet import reactor
     from twisted.internet.task import deferLater
@@ -90,4 +95,5 @@ def test_what_the_kernel_does_not_take_is_queued_in_order(loopback: Any) -> Any:
         if len(received) >= len(big) + 5:
             break
     assert bytes(received) == big + b"after"
+    assert meter() == 0  # all sent: nothing held any more
     server.transport.loseConnection()

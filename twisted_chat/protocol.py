@@ -12,6 +12,7 @@ who is in the lobby, first delivers the gathered lines.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from twisted.internet import defer
@@ -26,7 +27,7 @@ from twisted_chat import __version__, wire
 from twisted_chat.config import ServerConfig
 from twisted_chat.history import Entry, History
 from twisted_chat.hub import Hub, HubError, Invitation, NickTaken, State, User
-from twisted_chat.sending import Write, direct_sender
+from twisted_chat.sending import Write, backlog_meter, direct_sender
 from twisted_chat.wire import ErrorCode, LineError
 
 if TYPE_CHECKING:
@@ -106,6 +107,7 @@ class ChatProtocol(LineReceiver):
         self._nick_call: IDelayedCall | None = None
         self._abort_call: IDelayedCall | None = None  # set once a close has begun
         self._send: Write = lambda data: None  # until connectionMade
+        self._backlog: Callable[[], int] | None = None
 
     # -- connection life ---------------------------------------------------
 
@@ -120,6 +122,7 @@ class ChatProtocol(LineReceiver):
             no_delay(True)
         self.transport.registerProducer(_SendQueueWatch(self), True)  # type: ignore[union-attr]
         self._send = direct_sender(self.transport)
+        self._backlog = backlog_meter(self.transport)
         now = self.clock.seconds()
         self._refilled = self._penalised = self._last_line = now
         self.log.debug("connection from {address}", address=self.address)
@@ -197,11 +200,20 @@ class ChatProtocol(LineReceiver):
             if not self.finished:
                 self._send(data)
         elif not self.finished:
-            held += len(data)
-            if held > self._sendq_excess:
+            backlog = self._backlog
+            if backlog is not None:
+                # Plain TCP: what Twisted really holds, so a peer that reads
+                # steadily but fell behind in a burst is not cut early.
+                over = backlog() + len(data) > self.config.sendq
+            else:
+                # Elsewhere, estimate: the transport's buffer size (it paused
+                # us past that) plus what was written since.
+                held += len(data)
+                self.held = held
+                over = held > self._sendq_excess
+            if over:
                 self._overflow()
             else:
-                self.held = held
                 self._send(data)
 
     def _overflow(self) -> None:

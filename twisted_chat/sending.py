@@ -32,11 +32,29 @@ from twisted.internet import tcp
 Write = Callable[[bytes], None]
 
 
+def _plain_tcp(transport: Any) -> bool:
+    return type(transport) is tcp.Server and all(
+        hasattr(transport, name) for name in ("dataBuffer", "offset", "_tempDataLen", "socket")
+    )
+
+
+def backlog_meter(transport: Any) -> Callable[[], int] | None:
+    """
+    A function telling how many bytes Twisted still holds for C{transport},
+    or C{None} where that cannot be read (then the caller has to estimate).
+    """
+    if not _plain_tcp(transport):
+        return None
+
+    def queued() -> int:
+        return int(len(transport.dataBuffer) - transport.offset + transport._tempDataLen)
+
+    return queued
+
+
 def direct_sender(transport: Any) -> Write:
     """The fastest correct way to write to C{transport}."""
-    if type(transport) is not tcp.Server or not all(
-        hasattr(transport, name) for name in ("dataBuffer", "offset", "_tempDataLen", "socket")
-    ):
+    if not _plain_tcp(transport):
         write: Write = transport.write
         return write
     sock: socket.socket = transport.socket
