@@ -32,8 +32,7 @@ from twisted_chat.client.commands import KEYS_HELP, Local, Quit, Send, parse_inp
 from twisted_chat.client.events import Malformed, ServerLine, parse
 from twisted_chat.client.render import Line, Renderer, UserRow
 from twisted_chat.client.sanitize import decode
-
-PROTOCOL_VERSION = "chat/1"
+from twisted_chat.wire import PROTOCOL_VERSION, nick_key
 
 
 class Display(TypingProtocol):
@@ -435,7 +434,7 @@ class ChatClient(LineReceiver):
 
     def _on_INVITE(self, event: ServerLine) -> None:
         inviter = event.word(0)
-        if inviter.lower() not in (n.lower() for n in self.invites):
+        if nick_key(inviter) not in (nick_key(n) for n in self.invites):
             self.invites.append(inviter)
         self._notice(
             f"{inviter} invites you to a private conversation. "
@@ -464,7 +463,7 @@ class ChatClient(LineReceiver):
         nick, reason = event.words
         if reason == "withdrawn":
             self._unpair_requested = False
-        if self.invited is not None and self.invited.lower() == nick.lower():
+        if self.invited is not None and nick_key(self.invited) == nick_key(nick):
             self.invited = None
         self._notice(render.declined(nick, reason))
 
@@ -474,7 +473,7 @@ class ChatClient(LineReceiver):
         self._notice(render.cancelled(nick, reason))
 
     def _forget_invite(self, nick: str) -> None:
-        self.invites = [n for n in self.invites if n.lower() != nick.lower()]
+        self.invites = [n for n in self.invites if nick_key(n) != nick_key(nick)]
 
     def _on_BYE(self, event: ServerLine) -> None:
         reason = event.word(0)

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from enum import Enum
 
 from twisted_chat.client.sanitize import cell_width, clean, text_width
-from twisted_chat.wire import parse_ts
+from twisted_chat.wire import nick_key, parse_ts
 
 
 class Style(Enum):
@@ -242,7 +242,7 @@ class Renderer:
 
     def _is_me(self, nick: str) -> bool:
         me = self._me()
-        return me is not None and me.lower() == nick.lower()
+        return me is not None and nick_key(me) == nick_key(nick)
 
     def stamp(self, ts: str) -> Span:
         """C{[14:03] }, with the date for a message from another day."""
