@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any
 
 MAIN = ["chat", "ngircd", "inspircd"]
-VARIANTS = ["chat", "chat-memdb", "chat-noflood", "chat-bare"]
+VARIANTS = ["chat", "chat-nopace", "chat-memdb", "chat-noflood", "chat-bare"]
 
 
 def fmt(x: Any, digits: int = 0) -> str:
@@ -160,7 +160,7 @@ def markdown(results: dict[str, Any], png: str | None) -> str:
             lines += [f"### {c} clients", ""]
             lines += table(results, VARIANTS, fixed_rows(),
                            lambda s, c=c: s["fanout"].get(str(c)),
-                           ["chat-memdb", "chat-noflood", "chat-bare"])
+                           ["chat-nopace", "chat-memdb", "chat-noflood", "chat-bare"])
             lines.append("")
     errors = [(k, where, d["error"]) for k, s in servers.items()
               for where, d in [*s.get("fanout", {}).items(), ("idle", s.get("idle", {}))]

@@ -39,7 +39,7 @@ FULL: dict[str, Any] = {
     "step_factor": 1.5,
     "max_steps": 12,
     "fan_budget": 50.0,  # seconds of stepping per server and client count
-    "variant_budget": 20.0,  # the same for the variants of our server
+    "variant_budget": 15.0,  # the same for the variants of our server
     "idle_clients": 10000,
     "idle_concurrency": 200,
     "idle_timeout": 80.0,
@@ -99,6 +99,9 @@ def server_specs(quick: bool, only: list[str] | None) -> list[ServerSpec]:
         if flood:
             specs.append(ServerSpec("chat-noflood", "twisted-chat --flood-rate 0", "chat/1",
                                     "chat", ["--flood-rate", "0"]))
+        if "--fanout-delay" in opts:
+            specs.append(ServerSpec("chat-nopace", "twisted-chat --fanout-delay 0", "chat/1",
+                                    "chat", [*flood, "--fanout-delay", "0"]))
         if "--db" in opts and flood:
             specs.append(ServerSpec("chat-bare", "twisted-chat --db :memory: --flood-rate 0 "
                                     "--history 0", "chat/1", "chat",

@@ -1,7 +1,8 @@
 """
 Deterministic protocol harness: a L{ChatFactory} on a L{task.Clock}, with
 connections on L{StringTransport}s.  Lobby lines are gathered per reactor
-turn, so L{Conn.send} advances the clock by zero to end the turn.
+turn, so L{Conn.send} advances the clock by zero to end the turn; the
+fan-out's pacing is off here (tests/test_pacing.py turns it on).
 """
 
 from __future__ import annotations
@@ -18,8 +19,8 @@ from twisted.python.failure import Failure
 from twisted_chat.config import ServerConfig
 from twisted_chat.protocol import ChatFactory
 
-# Unit tests keep the limits out of the way unless they test them.
-QUIET = dict(flood_rate=0.0, idle_timeout=0.0, nick_timeout=0.0)
+# Unit tests keep the limits and the pacing out of the way unless they test them.
+QUIET = dict(flood_rate=0.0, idle_timeout=0.0, nick_timeout=0.0, fanout_delay=0.0)
 
 
 class Conn:

@@ -31,6 +31,7 @@ def test_defaults() -> None:
     assert config.show_addresses is False
     assert config.server_name == "twisted-chat"
     assert (config.db, config.retain_days) == ("chat.sqlite3", None)
+    assert config.fanout_delay == pytest.approx(0.002)
 
 
 def test_ports_repeatable_and_bare_number_is_tcp() -> None:
@@ -42,14 +43,16 @@ def test_ports_repeatable_and_bare_number_is_tcp() -> None:
 def test_values() -> None:
     config = options("--history", "5", "--max-line", "100", "--invite-timeout", "2.5",
                      "--max-clients", "3", "--show-addresses", "--server-name", "home",
-                     "--flood-rate", "0").config()
+                     "--flood-rate", "0", "--fanout-delay", "0.5").config()
     assert (config.history, config.max_line, config.invite_timeout) == (5, 100, 2.5)
+    assert config.fanout_delay == pytest.approx(0.0005)  # given in milliseconds
     assert (config.max_clients, config.show_addresses, config.server_name) == (3, True, "home")
     assert config.flood_rate == 0
 
 
 @pytest.mark.parametrize("argv", [["--history", "-1"], ["--max-line", "0"],
-                                  ["--history", "many"], ["--max-clients", "0"]])
+                                  ["--history", "many"], ["--max-clients", "0"],
+                                  ["--fanout-delay", "-1"]])
 def test_bad_values_are_usage_errors(argv: list[str]) -> None:
     with pytest.raises(usage.UsageError):
         options(*argv)
@@ -60,7 +63,7 @@ def test_help_lists_every_option() -> None:
     for name in ["--port", "--history", "--max-line", "--invite-timeout", "--max-clients",
                  "--max-per-ip", "--show-addresses", "--server-name", "--flood-rate",
                  "--flood-burst", "--sendq", "--idle-timeout", "--ping-timeout",
-                 "--nick-timeout", "--db", "--retain-days"]:
+                 "--nick-timeout", "--db", "--retain-days", "--fanout-delay"]:
         assert name in text
 
 

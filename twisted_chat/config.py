@@ -29,6 +29,9 @@ class ServerConfig:
     idle_timeout: float = 120.0
     ping_timeout: float = 60.0
     nick_timeout: float = 30.0
+    # Lobby fan-out pacing, in seconds (see ChatFactory.flush); 0 writes each
+    # reactor turn's lobby lines at once.
+    fanout_delay: float = 0.002
     # Durable history.
     db: str = "chat.sqlite3"
     retain_days: float | None = None

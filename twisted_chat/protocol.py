@@ -3,9 +3,10 @@ The connection layer: one L{ChatProtocol} per connection, and the
 L{ChatFactory} that owns the L{Hub} and turns its decisions into lines.
 
 Lobby fan-out is the hottest path in the server.  A lobby message is encoded
-once, and the lobby lines of one reactor turn are gathered and written to each
-member in a single C{transport.write}, so the per-recipient cost is paid per
-turn rather than per line.  To keep every connection's view in the order the
+once, and the lobby lines are gathered (those of one reactor turn, or of a
+few milliseconds when they come fast: see L{ChatFactory.flush}) and written to
+each member in a single write, so the per-recipient cost is paid per batch
+rather than per line.  To keep every connection's view in the order the
 server handled events, anything written to a lobby member, and any change to
 who is in the lobby, first delivers the gathered lines.
 """
@@ -32,6 +33,10 @@ from twisted_chat.wire import ErrorCode, LineError
 
 if TYPE_CHECKING:
     from twisted.internet.interfaces import IAddress
+
+# The longest a lobby line waits for the pacing in flush(), in seconds, even
+# if a fan-out took longer or the clock jumped.
+_MAX_FANOUT_GAP = 0.05
 
 # Verbs allowed before READY; any other known verb is "not-ready".
 _BEFORE_READY = frozenset({"NICK", "PING", "PONG", "HELP", "BYE"})
@@ -491,6 +496,10 @@ class ChatFactory(ServerFactory):
         # in _pending from which the lines are theirs (the rest is history).
         self._late: dict[User, int] = {}
         self._flush_call: IDelayedCall | None = None
+        # Pacing (see flush): no lobby write before this time, unless the
+        # order of a connection's lines needs one.
+        self._window = config.fanout_delay
+        self._quiet_until = 0.0
         self._roster: bytes | None = None
         self._user_lines: dict[str, bytes] = {}  # by nick key, each encoded once
         self._history_block: bytes | None = None
@@ -559,7 +568,19 @@ class ChatFactory(ServerFactory):
         return bool(self._pending)
 
     def flush(self) -> None:
-        """Write the lobby lines gathered this turn to every lobby member."""
+        """
+        Write the lobby lines gathered so far to every lobby member.
+
+        Each write costs the kernel a packet however few lines it carries,
+        and that is most of what a delivered line costs, so the fan-out is
+        paced like Nagle's algorithm, but with a bound we choose rather than
+        the peer's delayed ACK: a line that comes while the lobby is quiet
+        goes out at the end of its reactor turn; one that comes sooner than
+        C{--fanout-delay} after the last fan-out, or sooner than that
+        fan-out took, waits for the gap to pass and goes out with every line
+        gathered by then.  So the fan-out takes at most half the server's
+        time when lines pour in, and leaves the rest to reading.
+        """
         call = self._flush_call
         if call is not None:
             self._flush_call = None
@@ -569,24 +590,31 @@ class ChatFactory(ServerFactory):
         if not pending:
             return
         self._pending = []
+        window = self._window
+        started = self.reactor.seconds() if window else 0.0
         data = pending[0] if len(pending) == 1 else b"".join(pending)
         late = self._late
         if not late:
             for user in list(self.hub.lobby.values()):
                 user.conn.deliver(data)
-            return
-        self._late = {}
-        for user in list(self.hub.lobby.values()):
-            start = late.get(user)
-            if start is None:
-                user.conn.deliver(data)
-            elif start < len(pending):
-                user.conn.deliver(b"".join(pending[start:]))
+        else:
+            self._late = {}
+            for user in list(self.hub.lobby.values()):
+                start = late.get(user)
+                if start is None:
+                    user.conn.deliver(data)
+                elif start < len(pending):
+                    user.conn.deliver(b"".join(pending[start:]))
+        if window:
+            ended = self.reactor.seconds()
+            self._quiet_until = ended + max(window, ended - started)
 
     def _to_lobby(self, data: bytes) -> None:
         self._pending.append(data)
         if self._flush_call is None:
-            self._flush_call = self.reactor.callLater(0, self.flush)
+            # Capped, so that a clock set back cannot hold the lobby.
+            wait = min(self._quiet_until - self.reactor.seconds(), _MAX_FANOUT_GAP)
+            self._flush_call = self.reactor.callLater(wait if wait > 0.0 else 0.0, self.flush)
 
     def roster(self) -> bytes:
         """The C{USER} lines and the closing C{USERS}, encoded once per change."""

@@ -87,6 +87,10 @@ class Options(usage.Options):
          "Seconds to answer the server's PING.", _positive(float)],
         ["nick-timeout", None, _defaults.nick_timeout,
          "Seconds a new connection has to choose a nick (0: forever).", _non_negative(float)],
+        ["fanout-delay", None, _defaults.fanout_delay * 1000,
+         "Milliseconds a lobby line may wait to go out together with the lines after "
+         "it, when lines come fast (0: each reactor turn's lines go out at once).",
+         _non_negative(float)],
         ["db", None, _defaults.db,
          "SQLite file that keeps the lobby history across restarts (:memory: keeps "
          "nothing on disk)."],
@@ -125,6 +129,7 @@ class Options(usage.Options):
             idle_timeout=self["idle-timeout"],
             ping_timeout=self["ping-timeout"],
             nick_timeout=self["nick-timeout"],
+            fanout_delay=self["fanout-delay"] / 1000,
             db=self["db"],
             retain_days=self["retain-days"],
         )

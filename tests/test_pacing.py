@@ -1,0 +1,255 @@
+"""
+The lobby fan-out's pacing (ChatFactory.flush): when lines come fast they
+wait a little and go out together; what each connection receives, and in
+what order, never changes.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from tests.harness import Conn, Harness
+from twisted_chat.protocol import _MAX_FANOUT_GAP
+from twisted_chat.wire import format_ts
+
+WINDOW = 0.002
+
+
+def paced() -> Harness:
+    return Harness(fanout_delay=WINDOW)
+
+
+def quiet(h: Harness) -> None:
+    """Let the arrivals' lines go out, then leave the lobby quiet a while."""
+    h.clock.advance(WINDOW)
+    h.clock.advance(1)
+    h.clear_all()
+
+
+def count_writes(conn: Conn, on_write: Callable[[], None] | None = None) -> list[bytes]:
+    """Record each write the protocol makes to C{conn}'s transport."""
+    writes: list[bytes] = []
+    send = conn.protocol._send
+
+    def recording(data: bytes) -> None:
+        writes.append(data)
+        if on_write is not None:
+            on_write()
+        send(data)
+
+    conn.protocol._send = recording
+    return writes
+
+
+def two_waiting(h: Harness, nicks: tuple[str, ...]) -> list[Conn]:
+    """Users C{nicks}; the first says "one" (out at once) and "two" soon after,
+    which is still waiting when this returns, with all output taken."""
+    conns = [h.user(nick) for nick in nicks]
+    quiet(h)
+    conns[0].send("MSG one")
+    h.clock.advance(0.0005)
+    h.clear_all()
+    conns[0].send("MSG two")
+    assert all(conn.take() == [] for conn in conns)
+    return conns
+
+
+def msg(h: Harness, nick: str, text: str, at: float | None = None) -> str:
+    return f"MSG {format_ts(h.clock.seconds() if at is None else at)} {nick} * {text}"
+
+
+def test_a_line_in_a_quiet_lobby_goes_out_in_its_own_turn() -> None:
+    h = paced()
+    alice, bob = h.user("alice"), h.user("bob")
+    quiet(h)
+    alice.send("MSG hi")  # the harness ends the turn; the clock does not move
+    assert bob.take() == [msg(h, "alice", "hi")]
+    assert alice.take() == [msg(h, "alice", "hi")]
+
+
+def test_lines_soon_after_a_fanout_wait_and_go_out_in_one_write() -> None:
+    h = paced()
+    alice, bob = h.user("alice"), h.user("bob")
+    quiet(h)
+    writes = count_writes(bob)
+    alice.send("MSG one")
+    first = h.clock.seconds()
+    assert bob.take() == [msg(h, "alice", "one")]
+    h.clock.advance(0.0005)
+    alice.send("MSG two")
+    second = h.clock.seconds()
+    h.clock.advance(0.001)
+    alice.send("MSG three")
+    assert bob.take() == [], "within the window after the last fan-out: wait"
+    h.clock.advance(WINDOW - 0.0015 - 1e-6)
+    assert bob.take() == []
+    h.clock.advance(2e-6)
+    # Each line keeps the time the server handled it.
+    assert bob.take() == [msg(h, "alice", "two", second), msg(h, "alice", "three", second + 0.001)]
+    assert len(writes) == 2, "one write for the first line, one for the two that waited"
+    assert first < second
+
+
+def test_the_gap_is_at_least_as_long_as_the_last_fanout_took() -> None:
+    h = paced()
+    alice, bob, carol = h.user("alice"), h.user("bob"), h.user("carol")
+    quiet(h)
+    slow = 0.01  # delivering to bob "takes" 10 ms
+    writes = count_writes(bob, on_write=lambda: h.clock.advance(slow) if len(writes) == 1 else None)
+    alice.send("MSG one")
+    ended = h.clock.seconds()
+    assert carol.take() == [msg(h, "alice", "one", ended - slow)]
+    alice.send("MSG two")
+    h.clock.advance(slow - 1e-4)
+    assert carol.take() == [], "longer than the window: the measured fan-out counts"
+    h.clock.advance(2e-4)
+    assert carol.take() == [msg(h, "alice", "two", ended)]
+
+
+def test_a_slow_fanout_or_a_clock_jump_holds_the_lobby_for_at_most_the_cap() -> None:
+    h = paced()
+    alice, bob = h.user("alice"), h.user("bob")
+    quiet(h)
+    writes = count_writes(bob, on_write=lambda: h.clock.advance(3600) if len(writes) == 1 else None)
+    alice.send("MSG one")  # the clock jumps an hour while it is delivered
+    bob.take()
+    alice.send("MSG two")
+    h.clock.advance(_MAX_FANOUT_GAP)
+    assert [line.split()[-1] for line in bob.take()] == ["two"]
+
+
+def test_a_clock_set_back_does_not_hold_the_lobby() -> None:
+    h = paced()
+    alice, bob = h.user("alice"), h.user("bob")
+    quiet(h)
+    alice.send("MSG one")
+    bob.take()
+    h.clock.rightNow -= 3600  # the system clock is set back an hour
+    alice.send("MSG two")
+    h.clock.advance(_MAX_FANOUT_GAP)
+    assert [line.split()[-1] for line in bob.take()] == ["two"]
+
+
+def test_a_direct_line_never_overtakes_a_waiting_lobby_line() -> None:
+    h = paced()
+    alice, bob, carol = two_waiting(h, ("alice", "bob", "carol"))
+    bob.send("DM carol psst")  # must reach carol after "two"
+    now = format_ts(h.clock.seconds())
+    assert carol.take() == [msg(h, "alice", "two"), f"MSG {now} bob carol psst"]
+    alice.send("PING x")  # and alice's PONG comes after her own copy of "two"
+    assert alice.take() == [msg(h, "alice", "two"), "PONG x"]
+
+
+def test_a_newcomer_during_the_wait_gets_the_waiting_line_as_history_only() -> None:
+    h = paced()
+    alice, bob = two_waiting(h, ("alice", "bob"))
+    joined_at = h.clock.seconds()
+    carol = h.connect()
+    carol.take()
+    carol.send("NICK carol")
+    ready = carol.take()
+    assert ready[:3] == ["READY carol", f"HISTORY {format_ts(joined_at - 0.0005)} alice one",
+                         f"HISTORY {format_ts(joined_at)} alice two"]
+    alice.send("MSG three")
+    h.clock.advance(WINDOW)
+    assert carol.take() == [msg(h, "alice", "three", joined_at)], "nothing both history and live"
+    assert bob.take() == [msg(h, "alice", "two", joined_at),
+                          f"JOINED {format_ts(joined_at)} carol",
+                          msg(h, "alice", "three", joined_at)]
+
+
+def test_someone_leaving_during_the_wait_comes_after_the_waiting_lines() -> None:
+    h = paced()
+    _, bob, carol = two_waiting(h, ("alice", "bob", "carol"))
+    carol.drop()
+    now = format_ts(h.clock.seconds())
+    assert bob.take() == [msg(h, "alice", "two"), f"LEFT {now} carol disconnected"]
+
+
+def test_shutdown_delivers_the_waiting_lines_before_bye() -> None:
+    h = paced()
+    _, bob = two_waiting(h, ("alice", "bob"))
+    h.factory.shutdown()
+    assert bob.take() == [msg(h, "alice", "two"), "BYE shutdown the server is shutting down"]
+
+
+def test_zero_delay_writes_each_turns_lines_at_once() -> None:
+    h = Harness(fanout_delay=0.0)
+    alice, bob = h.user("alice"), h.user("bob")
+    writes = count_writes(bob)
+    alice.send("MSG one")
+    alice.send("MSG two")  # same clock time, next turn
+    assert len(writes) == 2
+    assert bob.take() == [msg(h, "alice", "one"), msg(h, "alice", "two")]
+
+
+def test_the_default_paces() -> None:
+    from twisted_chat.config import ServerConfig
+
+    assert ServerConfig().fanout_delay == pytest.approx(0.002)
+
+
+# -- what each connection receives never depends on the pacing ----------------
+
+NICKS = ["ann", "ben", "cat"]
+steps = st.lists(
+    st.tuples(
+        st.sampled_from([0.0, 0.0, 0.0003, 0.001, 0.0025, 0.01]),  # time before the step
+        st.integers(0, len(NICKS) - 1),
+        st.sampled_from(["nick", "msg", "msg", "msg", "dm", "pair", "accept", "unpair",
+                         "users", "ping", "bye", "drop"]),
+        st.integers(0, len(NICKS) - 1),
+    ),
+    max_size=60,
+)
+
+
+def run(script: list[tuple[float, int, str, int]], delay: float) -> list[tuple[bytes, bool]]:
+    h = Harness(fanout_delay=delay)
+    conns: list[Conn | None] = [None] * len(NICKS)
+    for wait, who, action, whom in script:
+        h.clock.advance(wait)
+        conn = conns[who]
+        if conn is None or conn.closed or conn.transport.disconnecting:
+            conns[who] = conn = h.connect()
+            conn.send(f"NICK {NICKS[who]}")
+        target = NICKS[whom]
+        if action == "nick":
+            conn.send(f"NICK {target}")
+        elif action == "msg":
+            conn.send(f"MSG from {NICKS[who]}")
+        elif action == "dm":
+            conn.send(f"DM {target} psst")
+        elif action in ("pair", "accept"):
+            conn.send(f"{action.upper()} {target}")
+        elif action in ("unpair", "users"):
+            conn.send(action.upper())
+        elif action == "ping":
+            conn.send("PING t")
+        elif action == "bye":
+            conn.send("BYE")
+        else:
+            conn.drop()
+    h.clock.advance(1)
+    return [(c.transport.value(), c.closed) for c in h.conns]
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow],
+          database=None)
+@given(script=steps)
+def test_pacing_changes_when_lines_go_out_never_what_or_in_which_order(
+    script: list[tuple[float, int, str, int]],
+) -> None:
+    at_once = run(script, 0.0)
+    with_pacing = run(script, WINDOW)
+    assert len(at_once) == len(with_pacing)
+    for (unpaced, dropped), (paced_bytes, _) in zip(at_once, with_pacing, strict=True):
+        if dropped:
+            # A peer that vanished may miss lines still waiting when it went.
+            assert unpaced.startswith(paced_bytes)
+        else:
+            assert paced_bytes == unpaced
