@@ -234,6 +234,24 @@ def test_bye_from_client(chat_server, connect):
     assert re.fullmatch(rf"LEFT {TS} ann quit see you  ", ben.readline())
 
 
+def test_a_client_that_half_closes_gets_its_own_copy_then_eof(chat_server, connect):
+    """C{printf 'NICK bot\nMSG ...\n' | nc -N}: the line waits for the pacing
+    (50 ms after the fan-out of bot's JOINED), the client's EOF comes before
+    it goes out, and the client must still get its copy, then the close."""
+    server = chat_server("--fanout-delay", "50")
+    ann = connect(server.port)
+    ann.register("ann")
+    bot = connect(server.port)
+    bot.register("bot")
+    bot.send("MSG deploy done")
+    bot.sock.shutdown(socket.SHUT_WR)
+    rest = bot.rest()
+    assert len(rest) == 1 and re.fullmatch(rf"MSG {TS} bot \* deploy done", rest[0]), rest
+    assert re.fullmatch(rf"JOINED {TS} bot", ann.readline())
+    assert re.fullmatch(rf"MSG {TS} bot \* deploy done", ann.readline())
+    assert re.fullmatch(rf"LEFT {TS} bot disconnected", ann.readline())
+
+
 def assert_clean_exit(server, code):
     """
     A clean stop: exit status 0, or the SIGTERM it was sent, which twistd

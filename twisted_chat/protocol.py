@@ -17,7 +17,12 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from twisted.internet import defer
-from twisted.internet.interfaces import IDelayedCall, IPushProducer, IReactorTime
+from twisted.internet.interfaces import (
+    IDelayedCall,
+    IHalfCloseableProtocol,
+    IPushProducer,
+    IReactorTime,
+)
 from twisted.internet.protocol import Protocol, ServerFactory, connectionDone
 from twisted.logger import Logger
 from twisted.protocols.basic import LineReceiver
@@ -67,6 +72,7 @@ class _SendQueueWatch:
         pass
 
 
+@implementer(IHalfCloseableProtocol)
 class ChatProtocol(LineReceiver):
     """
     One connection: NICK, then online (READY or PAIRED, as the hub says),
@@ -146,6 +152,22 @@ class ChatProtocol(LineReceiver):
         self.factory.disconnected(self)
         self._leave(self._leave_reason)
         self.log.debug("connection from {address} closed", address=self.address)
+
+    def readConnectionLost(self) -> None:
+        """
+        The peer sent its last byte but may still read (C{nc -N}, a script
+        piping lines in): deliver what waits for it, its own copy of a lobby
+        message included, then close as a disconnect.  Without this, lobby
+        lines still waiting for the pacing would be lost to it.
+        """
+        if self.finished:
+            return
+        self.factory.flush()
+        self.hang_up("disconnected")
+        self._leave("disconnected")
+
+    def writeConnectionLost(self) -> None:
+        pass  # the server never half-closes
 
     def _leave(self, reason: str, text: str = "") -> None:
         if self.user is not None:

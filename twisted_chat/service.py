@@ -89,7 +89,8 @@ class Options(usage.Options):
          "Seconds a new connection has to choose a nick (0: forever).", _non_negative(float)],
         ["fanout-delay", None, _defaults.fanout_delay * 1000,
          "Milliseconds a lobby line may wait to go out together with the lines after "
-         "it, when lines come fast (0: each reactor turn's lines go out at once).",
+         "it, when lines come fast (0: each reactor turn's lines go out at once; "
+         "no line waits more than 50 ms whatever the value).",
          _non_negative(float)],
         ["db", None, _defaults.db,
          "SQLite file that keeps the lobby history across restarts (:memory: keeps "
