@@ -12,7 +12,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from tests.harness import Conn, Harness
-from twisted_chat.protocol import _MAX_FANOUT_GAP
+from twisted_chat.config import MAX_FANOUT_WAIT
 from twisted_chat.wire import format_ts
 
 WINDOW = 0.002
@@ -115,7 +115,7 @@ def test_a_slow_fanout_or_a_clock_jump_holds_the_lobby_for_at_most_the_cap() -> 
     alice.send("MSG one")  # the clock jumps an hour while it is delivered
     bob.take()
     alice.send("MSG two")
-    h.clock.advance(_MAX_FANOUT_GAP)
+    h.clock.advance(MAX_FANOUT_WAIT)
     assert [line.split()[-1] for line in bob.take()] == ["two"]
 
 
@@ -127,7 +127,7 @@ def test_a_clock_set_back_does_not_hold_the_lobby() -> None:
     bob.take()
     h.clock.rightNow -= 3600  # the system clock is set back an hour
     alice.send("MSG two")
-    h.clock.advance(_MAX_FANOUT_GAP)
+    h.clock.advance(MAX_FANOUT_WAIT)
     assert [line.split()[-1] for line in bob.take()] == ["two"]
 
 

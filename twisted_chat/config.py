@@ -11,6 +11,10 @@ from dataclasses import dataclass, field
 
 DEFAULT_PORT = 7000
 
+# The longest a lobby line waits for the fan-out's pacing, in seconds,
+# whatever --fanout-delay says, a fan-out took, or the clock did.
+MAX_FANOUT_WAIT = 0.05
+
 
 @dataclass(frozen=True, slots=True)
 class ServerConfig:

@@ -30,7 +30,7 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from twisted_chat import __version__, wire
-from twisted_chat.config import ServerConfig
+from twisted_chat.config import MAX_FANOUT_WAIT, ServerConfig
 from twisted_chat.history import Entry, History
 from twisted_chat.hub import Hub, HubError, Invitation, NickTaken, State, User
 from twisted_chat.sending import Write, backlog_meter, direct_sender
@@ -38,10 +38,6 @@ from twisted_chat.wire import ErrorCode, LineError
 
 if TYPE_CHECKING:
     from twisted.internet.interfaces import IAddress
-
-# The longest a lobby line waits for the pacing in flush(), in seconds, even
-# if a fan-out took longer or the clock jumped.
-_MAX_FANOUT_GAP = 0.05
 
 # Verbs allowed before READY; any other known verb is "not-ready".
 _BEFORE_READY = frozenset({"NICK", "PING", "PONG", "HELP", "BYE"})
@@ -520,7 +516,6 @@ class ChatFactory(ServerFactory):
         self._flush_call: IDelayedCall | None = None
         # Pacing (see flush): no lobby write before this time, unless the
         # order of a connection's lines needs one.
-        self._window = config.fanout_delay
         self._quiet_until = 0.0
         self._roster: bytes | None = None
         self._user_lines: dict[str, bytes] = {}  # by nick key, each encoded once
@@ -612,7 +607,7 @@ class ChatFactory(ServerFactory):
         if not pending:
             return
         self._pending = []
-        window = self._window
+        window = self.config.fanout_delay
         started = self.reactor.seconds() if window else 0.0
         data = pending[0] if len(pending) == 1 else b"".join(pending)
         late = self._late
@@ -635,7 +630,7 @@ class ChatFactory(ServerFactory):
         self._pending.append(data)
         if self._flush_call is None:
             # Capped, so that a clock set back cannot hold the lobby.
-            wait = min(self._quiet_until - self.reactor.seconds(), _MAX_FANOUT_GAP)
+            wait = min(self._quiet_until - self.reactor.seconds(), MAX_FANOUT_WAIT)
             self._flush_call = self.reactor.callLater(wait if wait > 0.0 else 0.0, self.flush)
 
     def roster(self) -> bytes:

@@ -16,7 +16,7 @@ from twisted.internet.defer import Deferred
 from twisted.logger import Logger
 from twisted.python import usage
 
-from twisted_chat.config import DEFAULT_PORT, ServerConfig
+from twisted_chat.config import DEFAULT_PORT, MAX_FANOUT_WAIT, ServerConfig
 from twisted_chat.history import History
 from twisted_chat.protocol import ChatFactory
 from twisted_chat.store import SQLiteStore, StoreError
@@ -90,7 +90,7 @@ class Options(usage.Options):
         ["fanout-delay", None, _defaults.fanout_delay * 1000,
          "Milliseconds a lobby line may wait to go out together with the lines after "
          "it, when lines come fast (0: each reactor turn's lines go out at once; "
-         "no line waits more than 50 ms whatever the value).",
+         f"no line waits more than {MAX_FANOUT_WAIT * 1000:g} ms whatever the value).",
          _non_negative(float)],
         ["db", None, _defaults.db,
          "SQLite file that keeps the lobby history across restarts (:memory: keeps "
