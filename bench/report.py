@@ -44,6 +44,9 @@ def fixed_rows() -> list[Row]:
     def lat(key: str) -> Callable[[dict[str, Any]], Any]:
         return lambda r: r["fixed"]["latency_ms"].get(key)
 
+    def light_lat(key: str) -> Callable[[dict[str, Any]], Any]:
+        return lambda r: r["light"]["latency_ms"].get(key)
+
     return [
         ("offered deliveries/s", f("offered_deliveries_per_s"), 0),
         ("delivered lines/s", f("lines_per_s"), 0),
@@ -56,6 +59,15 @@ def fixed_rows() -> list[Row]:
         ("latency max ms", lat("max"), 2),
         ("latency samples", lat("samples"), 0),
         ("generator CPU, % of its core", lambda r: r["fixed"]["gen_cpu_share"] * 100, 1),
+        ("light load: offered deliveries/s", lambda r: r["light"]["offered_deliveries_per_s"], 0),
+        ("light load: delivered fraction", lambda r: r["light"]["fraction"] * 100, 2),
+        ("light load: server CPU µs per delivered line",
+         lambda r: r["light"]["server_us_per_line"], 2),
+        ("light load: latency p50 ms", light_lat("p50"), 2),
+        ("light load: latency p90 ms", light_lat("p90"), 2),
+        ("light load: latency p99 ms", light_lat("p99"), 2),
+        ("light load: latency max ms", light_lat("max"), 2),
+        ("light load: latency samples", light_lat("samples"), 0),
         ("max sustained deliveries/s", lambda r: r["sustained"]["deliveries_per_s"], 0),
         ("… at room messages/s", lambda r: r["sustained"]["rate"], 0),
         ("... next step failed because", lambda r: stopped(r["sustained"]["stopped_by"]), 0),
@@ -109,8 +121,8 @@ def table(results: dict[str, Any], keys: list[str], rows: list[Row],
     return out
 
 
-def rate_for(plan: dict[str, Any], c: int) -> float:
-    rates = plan["fixed_rate"]
+def rate_for(plan: dict[str, Any], c: int, key: str = "fixed_rate") -> float:
+    rates = plan.get(key, {})
     return float(rates.get(c, rates.get(str(c), 0.0)))
 
 
@@ -138,7 +150,9 @@ def markdown(results: dict[str, Any], png: str | None) -> str:
         lines += [f"## Fan-out, {c} clients in the room",
                   "",
                   f"Fixed offered rate: {rate_for(plan, c):,.0f} room messages/s; then"
-                  " stepped up until < 98 % delivered or p99 > 100 ms.",
+                  " stepped up until < 98 % delivered or p99 > 100 ms. Light load, measured"
+                  f" first: {rate_for(plan, c, 'light_rate'):,.0f} room messages/s for"
+                  f" {plan.get('light_duration', 0)} s.",
                   ""]
         lines += table(results, MAIN, fixed_rows(), lambda s, c=c: s["fanout"].get(str(c)),
                        ["ngircd", "inspircd"])
@@ -189,7 +203,8 @@ def plot(results: dict[str, Any], path: Path) -> bool:
             run = s.get("fanout", {}).get(str(c))
             if not run or "error" in run:
                 continue
-            pts = sorted([run["fixed"], *run["steps"]], key=lambda p: p["offered_deliveries_per_s"])
+            runs = [run["fixed"], *run["steps"], *([run["light"]] if "light" in run else [])]
+            pts = sorted(runs, key=lambda p: p["offered_deliveries_per_s"])
             xs = [p["offered_deliveries_per_s"] for p in pts if p["latency_ms"]["p99"]]
             p50 = [p["latency_ms"]["p50"] for p in pts if p["latency_ms"]["p99"]]
             p99 = [p["latency_ms"]["p99"] for p in pts if p["latency_ms"]["p99"]]

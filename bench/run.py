@@ -33,6 +33,8 @@ FULL: dict[str, Any] = {
     "senders": 10,
     "samples": 8,
     "fixed_rate": {100: 2000.0, 1000: 200.0},  # room messages/s: 200,000 deliveries/s
+    "light_rate": {100: 20.0, 1000: 20.0},  # room messages/s: a busy room of people
+    "light_duration": 3.0,
     "max_rate": {100: 100000.0, 1000: 30000.0},
     "duration": 2.0,
     "drain": 3.0,
@@ -51,6 +53,8 @@ QUICK: dict[str, Any] = {
     "senders": 4,
     "samples": 4,
     "fixed_rate": {50: 200.0},
+    "light_rate": {50: 20.0},
+    "light_duration": 0.5,
     "max_rate": {50: 2000.0},
     "duration": 0.5,
     "drain": 1.5,
@@ -131,14 +135,18 @@ def run_fanout(spec: ServerSpec, plan: dict[str, Any], clients: int,
         if conn["ok"] < clients:
             raise RuntimeError(f"only {conn['ok']} of {clients} clients registered: "
                                f"{conn['errors']} {srv.tail(400)}")
+        light = scenarios.one_rate(srv, gen, clients, plan["light_rate"][clients],
+                                   plan["light_duration"], plan["drain"])
         res = scenarios.fanout(srv, gen, clients, plan["fixed_rate"][clients], plan["duration"],
                                plan["drain"], plan["step_factor"], plan["max_steps"],
                                plan["max_rate"][clients],
                                plan["fan_budget"] if spec.key in ("chat", "ngircd", "inspircd")
                                else plan["variant_budget"])
+        res["light"] = light
         res["connect_seconds"] = conn["seconds"]
         res["rss_max"] = srv.max_rss
-        log(f"  C={clients}: fixed {res['fixed']['lines_per_s']:.0f} lines/s, "
+        log(f"  C={clients}: light p50 {light['latency_ms']['p50']} ms; "
+            f"fixed {res['fixed']['lines_per_s']:.0f} lines/s, "
             f"{res['fixed']['server_us_per_line']} us/line, p99 "
             f"{res['fixed']['latency_ms']['p99']} ms; sustained "
             f"{res['sustained']['deliveries_per_s']:.0f}/s ({res['sustained']['stopped_by']})")

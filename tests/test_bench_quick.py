@@ -35,9 +35,15 @@ def test_quick_mode(tmp_path: Path) -> None:
         lat = fixed["latency_ms"]
         assert lat["samples"] > 0 and 0 < lat["p50"] <= lat["p99"] <= lat["max"]
         assert run["sustained"]["deliveries_per_s"] > 0
+        light = run["light"]
+        assert light["rate"] < fixed["rate"], (light["rate"], fixed["rate"])
+        assert light["fraction"] >= 0.98, light
+        llat = light["latency_ms"]
+        assert llat["samples"] > 0 and 0 < llat["p50"] <= llat["p99"] <= llat["max"]
     idle = chat["idle"]
     assert idle["registered"] == idle["clients"], idle
     assert idle["handshakes_per_s"] > 0
     md = next(tmp_path.glob("quick-*.md")).read_text()
     assert "| delivered lines/s |" in md
     assert "| handshakes/s |" in md
+    assert "| light load: latency p50 ms |" in md
