@@ -136,6 +136,27 @@ def test_activity_postpones_the_ping() -> None:
     assert alice.take_one().startswith("PING ")
 
 
+def test_the_idle_timer_pings_when_due_even_where_the_difference_rounds_short() -> None:
+    """
+    At real-looking clock values, (set + timeout) - set can come out a hair
+    under the timeout.  The check compared that difference, rescheduled for
+    the hair, which lands on the same instant: on a Clock, C{advance} spun
+    for ever (the pacing property test found it); on a reactor, one wasted
+    turn.  The timer is run by hand here so the old code fails, not hangs.
+    """
+    h = Harness(idle_timeout=0.02, ping_timeout=0.01)
+    h.clock.advance(0.01)
+    alice = h.user("alice")
+    call = alice.protocol._idle_call
+    due = call.getTime()
+    assert due - h.clock.seconds() < 0.02  # the rounding this test is about
+    call.cancel()
+    h.clock.advance(due - h.clock.seconds())
+    assert h.clock.seconds() == due
+    alice.protocol._check_idle()
+    assert alice.take_one().startswith("PING ")
+
+
 def test_ping_answered_just_in_time() -> None:
     h = idle_harness()
     alice = h.user("alice")

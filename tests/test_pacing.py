@@ -215,16 +215,23 @@ steps = st.lists(
     st.tuples(
         st.sampled_from([0.0, 0.0, 0.0003, 0.001, 0.0025, 0.01]),  # time before the step
         st.integers(0, len(NICKS) - 1),
-        st.sampled_from(["nick", "msg", "msg", "msg", "dm", "pair", "accept", "unpair",
-                         "users", "ping", "bye", "eof", "drop"]),
+        st.sampled_from(["nick", "msg", "msg", "msg", "burst", "dm", "pair", "accept",
+                         "unpair", "users", "ping", "bye", "eof", "drop"]),
         st.integers(0, len(NICKS) - 1),
     ),
     max_size=60,
 )
 
+# Limits small enough for a script to reach: a burst of MSG lines is cut by
+# flood control (and enough of them disconnect), a silent connection is
+# PINGed and then closed, an invitation expires between two steps.
+LIMITS = dict(flood_rate=200.0, flood_burst=4, idle_timeout=0.02, ping_timeout=0.01,
+              invite_timeout=0.004)
 
-def run(script: list[tuple[float, int, str, int]], delay: float) -> list[tuple[bytes, bool]]:
-    h = Harness(fanout_delay=delay)
+
+def run(script: list[tuple[float, int, str, int]], delay: float,
+        limits: dict[str, float] | None = None) -> list[tuple[bytes, bool]]:
+    h = Harness(fanout_delay=delay, **(limits or {}))
     conns: list[Conn | None] = [None] * len(NICKS)
     for wait, who, action, whom in script:
         h.clock.advance(wait)
@@ -237,6 +244,8 @@ def run(script: list[tuple[float, int, str, int]], delay: float) -> list[tuple[b
             conn.send(f"NICK {target}")
         elif action == "msg":
             conn.send(f"MSG from {NICKS[who]}")
+        elif action == "burst":
+            conn.send(*[f"MSG {NICKS[who]} {i}" for i in range(7)])
         elif action == "dm":
             conn.send(f"DM {target} psst")
         elif action in ("pair", "accept"):
@@ -256,14 +265,10 @@ def run(script: list[tuple[float, int, str, int]], delay: float) -> list[tuple[b
     return [(c.transport.value(), c.closed) for c in h.conns]
 
 
-@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow],
-          database=None)
-@given(script=steps)
-def test_pacing_changes_when_lines_go_out_never_what_or_in_which_order(
-    script: list[tuple[float, int, str, int]],
-) -> None:
-    at_once = run(script, 0.0)
-    with_pacing = run(script, WINDOW)
+def same_output(script: list[tuple[float, int, str, int]],
+                limits: dict[str, float] | None = None) -> None:
+    at_once = run(script, 0.0, limits)
+    with_pacing = run(script, WINDOW, limits)
     assert len(at_once) == len(with_pacing)
     for (unpaced, dropped), (paced_bytes, _) in zip(at_once, with_pacing, strict=True):
         if dropped:
@@ -272,3 +277,26 @@ def test_pacing_changes_when_lines_go_out_never_what_or_in_which_order(
             assert unpaced.startswith(paced_bytes)
         else:
             assert paced_bytes == unpaced
+
+
+def property_test(test: Callable[..., None]) -> Callable[..., None]:
+    """300 random scripts per run, always fresh ones."""
+    return settings(max_examples=300, deadline=None, database=None,
+                    suppress_health_check=[HealthCheck.too_slow])(given(script=steps)(test))
+
+
+@property_test
+def test_pacing_changes_when_lines_go_out_never_what_or_in_which_order(
+    script: list[tuple[float, int, str, int]],
+) -> None:
+    same_output(script)
+
+
+@property_test
+def test_with_the_limits_on_the_pacing_still_changes_only_when(
+    script: list[tuple[float, int, str, int]],
+) -> None:
+    """Flood control, idle PINGs and timeouts, and invitation expiry decide
+    at handling time and write directly, so the pacing must not change what
+    they send, or where it falls among the lobby lines."""
+    same_output(script, LIMITS)

@@ -383,10 +383,13 @@ class ChatProtocol(LineReceiver):
             self._close("timeout", f"no answer to PING within {self.config.ping_timeout:g} seconds")
             return
         self._pinged_at = None
-        silent = now - self._last_line
-        idle = self.config.idle_timeout
-        if silent < idle:
-            self._idle_call = self.clock.callLater(idle - silent, self._check_idle)
+        # Compared as instants, not as "silent < idle": the timer fires at the
+        # float sum of when it was set and the timeout, and the difference
+        # now - last line can round to a hair under the timeout; rescheduling
+        # for that hair lands at this same instant again, forever on a Clock.
+        due = self._last_line + self.config.idle_timeout
+        if now < due:
+            self._idle_call = self.clock.callLater(due - now, self._check_idle)
             return
         self._pinged_at = now
         self.write(wire.line("PING", text=f"idle-{int(now)}"))
