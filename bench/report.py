@@ -53,6 +53,7 @@ def fixed_rows() -> list[Row]:
         ("delivered fraction", lambda r: r["fixed"]["fraction"] * 100, 2),
         ("server CPU, % of its core", lambda r: r["fixed"]["server_cpu_share"] * 100, 1),
         ("server CPU µs per delivered line", f("server_us_per_line"), 3),
+        ("machine CPU µs per delivered line (both cores)", f("machine_us_per_line"), 3),
         ("latency p50 ms", lat("p50"), 2),
         ("latency p90 ms", lat("p90"), 2),
         ("latency p99 ms", lat("p99"), 2),

@@ -13,7 +13,13 @@ Figures and how they are taken:
 - latency: receipt time minus the monotonic send time carried in the text,
   read by the sample receivers (a process of their own) for every message;
 - generator CPU: the sum of the worker processes' own CPU time over the
-  window, as a share of the one core they run on.
+  window, as a share of the one core they run on;
+- machine CPU: busy time of both cores (/proc/stat) over the window, per
+  delivered line.  On loopback the kernel work of one delivery is split
+  between the sender's and the receiver's contexts in a way that depends on
+  the server's socket options (with Nagle on, a held write goes out from the
+  softirq that handles the peer's ACK, on the generator's core), so this is
+  the figure that counts all of it wherever it was charged.
 """
 
 from __future__ import annotations
@@ -22,7 +28,7 @@ import time
 from typing import Any
 
 from bench.gen import Generator
-from bench.servers import RunningServer
+from bench.servers import RunningServer, machine_busy_seconds
 
 LAT_LIMIT_MS = 100.0
 MIN_FRACTION = 0.98
@@ -63,6 +69,7 @@ def one_rate(srv: RunningServer, gen: Generator, clients: int, rate: float,
     gen.snapshot(take_latency=True)  # drop latency samples from before
     s0 = gen.snapshot()
     c0 = srv.cpu()
+    m0 = machine_busy_seconds()
     rss0 = srv.rss()
     gen.send(rate, duration)
     # sample the server's RSS while it runs (bounded by the send duration)
@@ -74,6 +81,7 @@ def one_rate(srv: RunningServer, gen: Generator, clients: int, rate: float,
     sent = gen.send_result(duration + 30.0)
     s1 = gen.snapshot()
     c1 = srv.cpu()
+    m1 = machine_busy_seconds()
     # drain: wait until the counts stop growing or every copy arrived
     expected = sent["sent"] * copies
     deadline = time.monotonic() + drain
@@ -111,6 +119,8 @@ def one_rate(srv: RunningServer, gen: Generator, clients: int, rate: float,
         "server_cpu_share": server_cpu / window if window > 0 else 0.0,
         "server_us_per_line": server_cpu / in_window * 1e6 if in_window else None,
         "gen_cpu_share": gen_cpu / window if window > 0 else 0.0,
+        "machine_cpu_s": m1 - m0,
+        "machine_us_per_line": (m1 - m0) / in_window * 1e6 if in_window else None,
         "rss_start": rss0,
         "rss_max": srv.max_rss,
         "lost": s2["lost"] - s0["lost"],

@@ -34,6 +34,17 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / CLK_TCK
 
 
+def machine_busy_seconds() -> float:
+    """
+    CPU time every core spent busy (user, nice, system, irq, softirq; not
+    idle, iowait or steal), from the first line of /proc/stat.
+    """
+    with open("/proc/stat", "rb") as f:
+        fields = [int(x) for x in f.readline().split()[1:8]]
+    user, nice, system, _idle, _iowait, irq, softirq = fields
+    return (user + nice + system + irq + softirq) / CLK_TCK
+
+
 def rss_bytes(pid: int) -> int:
     with open(f"/proc/{pid}/statm", "rb") as f:
         return int(f.read().split()[1]) * PAGE

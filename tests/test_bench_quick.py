@@ -32,6 +32,8 @@ def test_quick_mode(tmp_path: Path) -> None:
         assert fixed["fraction"] >= 0.98, fixed
         assert fixed["lines_per_s"] > 0
         assert fixed["server_us_per_line"] is not None and fixed["server_us_per_line"] > 0
+        # both cores' busy time includes the server's own
+        assert fixed["machine_cpu_s"] >= fixed["server_cpu_s"] > 0, fixed
         lat = fixed["latency_ms"]
         assert lat["samples"] > 0 and 0 < lat["p50"] <= lat["p99"] <= lat["max"]
         assert run["sustained"]["deliveries_per_s"] > 0
