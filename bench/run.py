@@ -3,7 +3,8 @@ The benchmark's one command: ``python -m bench [--quick] [--out DIR]``.
 
 It starts every available server in turn (pinned to CPU 0), drives it with
 the generator (pinned to CPU 1), stops everything it started, and writes
-``<out>/<date>.md``, ``.json`` and ``.png``.
+``<out>/<date>.md``, ``.json`` and ``.png`` (``<date>-b`` and so on for a
+second run on the same day).
 """
 
 from __future__ import annotations
@@ -240,7 +241,7 @@ def main(argv: list[str] | None = None) -> int:
         out = BENCH / "results"
     if out is not None:
         out.mkdir(parents=True, exist_ok=True)
-        stem = out / (("quick-" if args.quick else "") + now.strftime("%Y-%m-%d"))
+        stem = free_stem(out, ("quick-" if args.quick else "") + now.strftime("%Y-%m-%d"))
         stem.with_suffix(".json").write_text(json.dumps(results, indent=1, default=str) + "\n")
         stem.with_suffix(".md").write_text(report.markdown(results, stem.name + ".png"))
         plotted = report.plot(results, stem.with_suffix(".png"))
@@ -249,6 +250,18 @@ def main(argv: list[str] | None = None) -> int:
         print(report.markdown(results, None))
     log(f"done in {results['seconds']:.0f} s, {failures} failures")
     return 1 if failures else 0
+
+
+def free_stem(out: Path, name: str) -> Path:
+    """
+    C{out/name}, or C{out/name-b}, C{-c}... when a run of the same day is
+    there already: a second run must not overwrite the first's results.
+    """
+    for suffix in ["", *(f"-{chr(c)}" for c in range(ord("b"), ord("z") + 1))]:
+        stem = out / f"{name}{suffix}"
+        if not any(stem.with_suffix(ext).exists() for ext in (".json", ".md", ".png")):
+            return stem
+    raise RuntimeError(f"{out} already holds 26 runs named {name}*")
 
 
 def server_version(spec: ServerSpec) -> str:
