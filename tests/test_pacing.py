@@ -10,6 +10,8 @@ from collections.abc import Callable
 
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from twisted.internet.error import ConnectionAborted
+from twisted.python.failure import Failure
 
 from tests.harness import Conn, Harness
 from twisted_chat.config import MAX_FANOUT_WAIT
@@ -300,3 +302,26 @@ def test_with_the_limits_on_the_pacing_still_changes_only_when(
     at handling time and write directly, so the pacing must not change what
     they send, or where it falls among the lobby lines."""
     same_output(script, LIMITS)
+
+
+def test_a_reader_cut_at_sendq_is_cut_at_the_batch_that_crosses_it() -> None:
+    """The one place the pacing changes an order others see (docs/protocol.md,
+    "Timing and order"): the cut, and so its LEFT, comes with the batch."""
+    h = Harness(fanout_delay=WINDOW, sendq=65536 + 1000)
+    alice, bob, carol = h.user("alice"), h.user("bob"), h.user("carol")
+    quiet(h)
+    bob.transport.producer.pauseProducing()  # the kernel stopped taking bob's data
+    alice.send("MSG " + "x" * 400)  # into a quiet lobby: out at once
+    for text in ("y" * 400, "z" * 400):
+        h.clock.advance(0.0005)
+        alice.send("MSG " + text)  # these wait, and would take bob past --sendq
+    h.clock.advance(0.0005)
+    carol.send("MSG hi")  # handled after the line that crossed the limit
+    assert not bob.transport.disconnected  # nothing written to bob yet
+    h.clock.advance(WINDOW)
+    assert bob.transport.disconnected  # cut by the batch of all three
+    bob.protocol.connectionLost(Failure(ConnectionAborted()))
+    h.clock.advance(0)
+    left = f"LEFT {format_ts(h.clock.seconds())} bob sendq"
+    seen = [line.split(" ")[2] if line.startswith("MSG") else line for line in carol.take()]
+    assert seen == ["alice", "alice", "alice", "carol", left]
