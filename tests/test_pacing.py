@@ -1,7 +1,8 @@
 """
 The lobby fan-out's pacing (ChatFactory.flush): when lines come fast they
 wait a little and go out together; what each connection receives, and in
-what order, never changes.
+what order, does not change (except where a reader cut at --sendq is seen
+to leave, the last test).
 """
 
 from __future__ import annotations
