@@ -20,6 +20,7 @@ import subprocess
 import sys
 import time
 import traceback
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -125,8 +126,10 @@ def raise_nofile() -> int:
     return resource.getrlimit(resource.RLIMIT_NOFILE)[0]
 
 
-def run_fanout(spec: ServerSpec, plan: dict[str, Any], clients: int,
-               log: Any) -> dict[str, Any]:
+@contextlib.contextmanager
+def room(spec: ServerSpec, plan: dict[str, Any],
+         clients: int) -> Iterator[tuple[RunningServer, Generator, dict[str, Any]]]:
+    """A fresh server with C{clients} registered in the room; stops both after."""
     srv = RunningServer(spec)
     gen = None
     try:
@@ -136,6 +139,16 @@ def run_fanout(spec: ServerSpec, plan: dict[str, Any], clients: int,
         if conn["ok"] < clients:
             raise RuntimeError(f"only {conn['ok']} of {clients} clients registered: "
                                f"{conn['errors']} {srv.tail(400)}")
+        yield srv, gen, conn
+    finally:
+        if gen is not None:
+            gen.close()
+        srv.stop()
+
+
+def run_fanout(spec: ServerSpec, plan: dict[str, Any], clients: int,
+               log: Any) -> dict[str, Any]:
+    with room(spec, plan, clients) as (srv, gen, conn):
         light = scenarios.one_rate(srv, gen, clients, plan["light_rate"][clients],
                                    plan["light_duration"], plan["drain"])
         res = scenarios.fanout(srv, gen, clients, plan["fixed_rate"][clients], plan["duration"],
@@ -152,10 +165,6 @@ def run_fanout(spec: ServerSpec, plan: dict[str, Any], clients: int,
             f"{res['fixed']['latency_ms']['p99']} ms; sustained "
             f"{res['sustained']['deliveries_per_s']:.0f}/s ({res['sustained']['stopped_by']})")
         return res
-    finally:
-        if gen is not None:
-            gen.close()
-        srv.stop()
 
 
 def run_idle(spec: ServerSpec, plan: dict[str, Any], log: Any) -> dict[str, Any]:

@@ -16,11 +16,14 @@ are read against this floor (docs/benchmark.md).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import resource
 import socket
 import sys
 import time
+import traceback
+from collections.abc import Callable
 
 SOCKETS = 10
 LINE = b"MSG " + b"x" * 90 + b"\r\n"
@@ -28,8 +31,9 @@ LINE = b"MSG " + b"x" * 90 + b"\r\n"
 
 def writer(port: int, rate: float, seconds: float) -> None:
     """Child process: send ``rate`` lines/s for ``seconds``, then close."""
-    os.sched_setaffinity(0, {1})
-    socks = [socket.create_connection(("127.0.0.1", port)) for _ in range(SOCKETS)]
+    with contextlib.suppress(OSError):  # a 1-CPU machine: run unpinned
+        os.sched_setaffinity(0, {1})
+    socks = [socket.create_connection(("127.0.0.1", port), timeout=10) for _ in range(SOCKETS)]
     for s in socks:
         s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     time.sleep(0.3)
@@ -50,56 +54,72 @@ def cpu() -> float:
     return ru.ru_utime + ru.ru_stime
 
 
-def read_bare(listener: socket.socket, deadline: float, total: int) -> tuple[int, int, float]:
+Result = tuple[int, int, float]  # lines, wake-ups, CPU seconds (from the first line on)
+
+
+def accept_all(listener: socket.socket) -> list[socket.socket]:
+    listener.settimeout(10.0)  # a writer that died must not hang us
+    conns = [listener.accept()[0] for _ in range(SOCKETS)]
+    for c in conns:
+        c.setblocking(False)
+    return conns
+
+
+def read_bare(listener: socket.socket, deadline: float, total: int) -> Result:
     import select
 
     poller = select.epoll()
-    conns = {}
-    for _ in range(SOCKETS):
-        c, _addr = listener.accept()
-        c.setblocking(False)
-        conns[c.fileno()] = c
-        poller.register(c.fileno(), select.EPOLLIN)
+    conns = {c.fileno(): c for c in accept_all(listener)}
+    for fd in conns:
+        poller.register(fd, select.EPOLLIN)
     c0 = 0.0
     lines = wakes = 0
-    while lines < total and time.monotonic() < deadline:
+    while lines < total and conns and time.monotonic() < deadline:
         events = poller.poll(max(0.0, deadline - time.monotonic()))
         if not lines:
             c0 = cpu()  # from the first line on
         else:
             wakes += 1
         for fd, _event in events:
-            lines += conns[fd].recv(65536).count(b"\n")
-    used = cpu() - c0
+            data = conns[fd].recv(65536)
+            if not data:  # the writer went early
+                poller.unregister(fd)
+                conns.pop(fd).close()
+            lines += data.count(b"\n")
+    used = cpu() - c0 if lines else 0.0
     for c in conns.values():
         c.close()
+    poller.close()
     return lines, wakes, used
 
 
-def read_twisted(listener: socket.socket, deadline: float, total: int) -> tuple[int, int, float]:
+def read_twisted(listener: socket.socket, deadline: float, total: int) -> Result:
     from twisted.internet import epollreactor
 
-    epollreactor.install()
+    epollreactor.install()  # type: ignore[no-untyped-call]
     from twisted.internet import protocol, reactor
 
     counts = {"lines": 0}
-    clock = {"c0": 0.0, "used": 0.0, "wakes0": 0}
+    clock = {"c0": 0.0, "used": 0.0}
+    iterations = {"n": 0, "at_first_line": 0}
+
+    def finish() -> None:
+        if counts["lines"] and not clock["used"]:
+            clock["used"] = cpu() - clock["c0"]
+        if reactor.running:
+            reactor.stop()
 
     class Count(protocol.Protocol):
         def dataReceived(self, data: bytes) -> None:
             if not counts["lines"]:
                 clock["c0"] = cpu()
-                clock["wakes0"] = iterations["n"]
+                iterations["at_first_line"] = iterations["n"]
             counts["lines"] += data.count(b"\n")
             if counts["lines"] >= total:
-                clock["used"] = cpu() - clock["c0"]
-                reactor.stop()  # type: ignore[attr-defined]
+                finish()
 
-    iterations = {"n": 0}
     factory = protocol.Factory.forProtocol(Count)
-    for _ in range(SOCKETS):
-        c, _addr = listener.accept()
-        c.setblocking(False)
+    for c in accept_all(listener):
         reactor.adoptStreamConnection(  # type: ignore[attr-defined]
             c.fileno(), socket.AF_INET, factory)
         c.close()  # the reactor has its own copy of the descriptor
@@ -110,9 +130,29 @@ def read_twisted(listener: socket.socket, deadline: float, total: int) -> tuple[
         real_iteration(timeout)
 
     reactor.doIteration = counted_iteration  # type: ignore[attr-defined]
-    reactor.callLater(max(0.0, deadline - time.monotonic()), reactor.stop)  # type: ignore[attr-defined]
-    reactor.run()  # type: ignore[attr-defined]
-    return counts["lines"], iterations["n"] - clock["wakes0"], clock["used"]
+    reactor.callLater(max(0.0, deadline - time.monotonic()), finish)
+    reactor.run()
+    return counts["lines"], iterations["n"] - iterations["at_first_line"], clock["used"]
+
+
+def child(work: Callable[[], bool]) -> int:
+    """Fork; the child runs C{work} and exits 0 if it returned true."""
+    pid = os.fork()
+    if pid == 0:
+        code = 1
+        try:
+            code = 0 if work() else 1
+        except BaseException:
+            traceback.print_exc()
+        finally:
+            sys.stdout.flush()
+            os._exit(code)
+    return pid
+
+
+def exited_ok(pid: int) -> bool:
+    _, status = os.waitpid(pid, 0)
+    return os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -120,44 +160,43 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--rate", type=float, default=2000.0, help="lines/s in all")
     ap.add_argument("--seconds", type=float, default=3.0)
     args = ap.parse_args(argv)
+    total = int(args.rate * args.seconds)
+    ok = True
     for mode, reader in (("bare epoll", read_bare), ("Twisted", read_twisted)):
         listener = socket.socket()
         listener.bind(("127.0.0.1", 0))
         listener.listen(SOCKETS)
         port = listener.getsockname()[1]
-        pid = os.fork()
-        if pid == 0:
+
+        def write(port: int = port, listener: socket.socket = listener) -> bool:
             listener.close()
-            try:
-                writer(port, args.rate, args.seconds)
-            finally:
-                os._exit(0)
-        os.sched_setaffinity(0, {0})
-        deadline = time.monotonic() + args.seconds + 5.0
-        total = int(args.rate * args.seconds)
-        if mode == "Twisted":
-            # A reactor can run once per process: read in a child of our own.
-            rpid = os.fork()
-            if rpid == 0:
-                try:
-                    lines, wakes, used = reader(listener, deadline, total)
-                    report(mode, lines, wakes, used)
-                finally:
-                    os._exit(0)
-            listener.close()
-            os.waitpid(rpid, 0)
-        else:
+            writer(port, args.rate, args.seconds)
+            return True
+
+        def read(reader: Callable[[socket.socket, float, int], Result] = reader,
+                 mode: str = mode, listener: socket.socket = listener) -> bool:
+            with contextlib.suppress(OSError):
+                os.sched_setaffinity(0, {0})
+            deadline = time.monotonic() + args.seconds + 5.0
             lines, wakes, used = reader(listener, deadline, total)
-            listener.close()
-            report(mode, lines, wakes, used)
-        os.waitpid(pid, 0)
-    return 0
+            return report(mode, lines, total, wakes, used)
+
+        wpid = child(write)
+        # A reactor runs once per process, so each reader has a process of its own.
+        rpid = child(read)
+        listener.close()
+        ok = exited_ok(rpid) and ok
+        ok = exited_ok(wpid) and ok
+    return 0 if ok else 1
 
 
-def report(mode: str, lines: int, wakes: int, used: float) -> None:
-    print(f"{mode:10s}: {lines} lines, {wakes} wake-ups, CPU {used * 1e3:.0f} ms: "
+def report(mode: str, lines: int, total: int, wakes: int, used: float) -> bool:
+    complete = lines >= total
+    print(f"{mode:10s}: {lines} of {total} lines{'' if complete else ' (INCOMPLETE)'}, "
+          f"{wakes} wake-ups, CPU {used * 1e3:.0f} ms: "
           f"{used / max(wakes, 1) * 1e6:.1f} us per wake-up, "
           f"{used / max(lines, 1) * 1e6:.1f} us per line", flush=True)
+    return complete
 
 
 if __name__ == "__main__":

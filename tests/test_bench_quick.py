@@ -38,7 +38,8 @@ def test_quick_mode(tmp_path: Path) -> None:
         assert lat["samples"] > 0 and 0 < lat["p50"] <= lat["p99"] <= lat["max"]
         assert run["sustained"]["deliveries_per_s"] > 0
         light = run["light"]
-        assert light["rate"] < fixed["rate"], (light["rate"], fixed["rate"])
+        # measured, not planned: the light run really was the lighter load
+        assert 0 < light["lines_per_s"] < fixed["lines_per_s"], (light, fixed)
         assert light["fraction"] >= 0.98, light
         llat = light["latency_ms"]
         assert llat["samples"] > 0 and 0 < llat["p50"] <= llat["p99"] <= llat["max"]

@@ -1,0 +1,92 @@
+"""
+Interleaved A/B runs of one fan-out step, for questions the full run is too
+noisy to answer from one sample.
+
+    .venv/bin/python -m bench.ab --servers chat,ngircd --clients 100 --rate 2000 \\
+        --rounds 4 [--variant "chat-fd3=--fanout-delay 3"] [--out FILE]
+
+Each round starts every server in turn (fresh, pinned to CPU 0 as in the
+full run), connects the clients, and measures one step at ``--rate`` room
+messages/s with the full run's own code (L{bench.scenarios.one_rate}).  A
+variant is our server with its defaults (as the ``chat`` column) plus more
+options.  It prints a line per measurement and a summary: per server the
+mean and range of server µs per line and of p50, and the ratio of the means
+to the first server.  ``--out`` also writes that output to a file.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+from bench import scenarios
+from bench.run import FULL, raise_nofile, room, server_specs
+from bench.servers import ServerSpec
+
+
+def measure(spec: ServerSpec, clients: int, rate: float, seconds: float) -> dict[str, Any]:
+    with room(spec, FULL, clients) as (srv, gen, _conn):
+        return scenarios.one_rate(srv, gen, clients, rate, seconds, FULL["drain"])
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m bench.ab")
+    ap.add_argument("--servers", default="chat,ngircd", help="keys, in the order to run")
+    ap.add_argument("--variant", action="append", default=[],
+                    help='"KEY=OPTIONS": our server with more options (repeatable)')
+    ap.add_argument("--clients", type=int, default=100)
+    ap.add_argument("--rate", type=float, default=2000.0, help="room messages/s")
+    ap.add_argument("--seconds", type=float, default=3.0)
+    ap.add_argument("--rounds", type=int, default=4)
+    ap.add_argument("--out", type=Path, default=None)
+    args = ap.parse_args(argv)
+    if not 1 <= args.rounds <= 20 or not 0 < args.seconds <= 30:
+        ap.error("--rounds must be 1 to 20 and --seconds at most 30")
+    raise_nofile()
+    specs = {s.key: s for s in server_specs(False, None)}
+    for v in args.variant:
+        key, _, options = v.partition("=")
+        specs[key] = replace(specs["chat"], key=key, label=f"twisted-chat {options}",
+                             extra=[*specs["chat"].extra, *options.split()])
+    keys = args.servers.split(",")
+    missing = [k for k in keys if k not in specs]
+    if missing:
+        ap.error(f"unknown servers {missing}; known: {sorted(specs)}")
+    out: list[str] = []
+
+    def say(line: str) -> None:
+        print(line, flush=True)
+        out.append(line)
+
+    say(f"A/B: C={args.clients}, {args.rate:g} room messages/s, {args.seconds:g} s per step, "
+        f"{args.rounds} rounds of {', '.join(keys)}")
+    results: dict[str, list[dict[str, Any]]] = {k: [] for k in keys}
+    for r in range(args.rounds):
+        for k in keys:
+            res = measure(specs[k], args.clients, args.rate, args.seconds)
+            results[k].append(res)
+            lat = res["latency_ms"]
+            say(f"round {r + 1} {k:14s} server {res['server_us_per_line']:.3f} us/line "
+                f"(CPU {res['server_cpu_share'] * 100:.1f} %), machine "
+                f"{res['machine_us_per_line']:.3f} us/line, generator "
+                f"{res['gen_cpu_share'] * 100:.0f} %, delivered {res['fraction'] * 100:.1f} %, "
+                f"p50 {lat['p50']:.2f} p99 {lat['p99']:.2f} ms")
+    base = statistics.mean(r["server_us_per_line"] for r in results[keys[0]])
+    say("summary (server us/line: mean [min-max], ratio of means to the first; p50 ms mean):")
+    for k in keys:
+        per_line = [r["server_us_per_line"] for r in results[k]]
+        p50 = [r["latency_ms"]["p50"] for r in results[k]]
+        say(f"  {k:14s} {statistics.mean(per_line):.3f} [{min(per_line):.3f}-"
+            f"{max(per_line):.3f}] {statistics.mean(per_line) / base:.2f}x; "
+            f"p50 {statistics.mean(p50):.2f}")
+    if args.out is not None:
+        args.out.write_text("\n".join(out) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
