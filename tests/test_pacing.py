@@ -219,7 +219,7 @@ steps = st.lists(
         st.sampled_from([0.0, 0.0, 0.0003, 0.001, 0.0025, 0.01]),  # time before the step
         st.integers(0, len(NICKS) - 1),
         st.sampled_from(["nick", "msg", "msg", "msg", "burst", "dm", "pair", "accept",
-                         "unpair", "users", "ping", "bye", "eof", "drop"]),
+                         "unpair", "users", "ping", "bye", "eof", "drop", "wait"]),
         st.integers(0, len(NICKS) - 1),
     ),
     max_size=60,
@@ -239,6 +239,12 @@ def run(script: list[tuple[float, int, str, int]], delay: float,
     for wait, who, action, whom in script:
         h.clock.advance(wait)
         conn = conns[who]
+        if action == "wait":
+            # long enough for an idle PING and its timeout (with LIMITS), in
+            # steps, so the timers fire one by one and not all at one instant
+            for _ in range(10):
+                h.clock.advance(0.004)
+            continue
         if conn is None or conn.closed or conn.transport.disconnecting:
             conns[who] = conn = h.connect()
             conn.send(f"NICK {NICKS[who]}")
@@ -264,6 +270,8 @@ def run(script: list[tuple[float, int, str, int]], delay: float,
             h.clock.advance(0)
         else:
             conn.drop()
+    for _ in range(20):  # the timers still due, one by one (see "wait")
+        h.clock.advance(0.004)
     h.clock.advance(1)
     return [(c.transport.value(), c.closed) for c in h.conns]
 
@@ -296,7 +304,7 @@ def test_pacing_changes_when_lines_go_out_never_what_or_in_which_order(
 
 
 @property_test
-def test_with_the_limits_on_the_pacing_still_changes_only_when(
+def test_with_the_limits_on_too_pacing_changes_only_when_lines_go_out(
     script: list[tuple[float, int, str, int]],
 ) -> None:
     """Flood control, idle PINGs and timeouts, and invitation expiry decide
