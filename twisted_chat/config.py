@@ -35,7 +35,7 @@ class ServerConfig:
     nick_timeout: float = 30.0
     # Lobby fan-out pacing, in seconds (see ChatFactory.flush); 0 writes each
     # reactor turn's lobby lines at once.
-    fanout_delay: float = 0.002
+    fanout_delay: float = 0.003
     # Durable history.
     db: str = "chat.sqlite3"
     retain_days: float | None = None
