@@ -41,11 +41,13 @@ def fixed_rows() -> list[Row]:
     def f(key: str) -> Callable[[dict[str, Any]], Any]:
         return lambda r: r["fixed"].get(key)
 
-    def lat(key: str) -> Callable[[dict[str, Any]], Any]:
-        return lambda r: r["fixed"]["latency_ms"].get(key)
+    def latency(run: str, prefix: str) -> list[Row]:
+        """p50/p90/p99/max and the sample count of the fixed or the light run."""
+        def get(key: str) -> Callable[[dict[str, Any]], Any]:
+            return lambda r: r[run]["latency_ms"].get(key)
 
-    def light_lat(key: str) -> Callable[[dict[str, Any]], Any]:
-        return lambda r: r["light"]["latency_ms"].get(key)
+        return [*[(f"{prefix}latency {q} ms", get(q), 2) for q in ("p50", "p90", "p99", "max")],
+                (f"{prefix}latency samples", get("samples"), 0)]
 
     return [
         ("offered deliveries/s", f("offered_deliveries_per_s"), 0),
@@ -54,21 +56,13 @@ def fixed_rows() -> list[Row]:
         ("server CPU, % of its core", lambda r: r["fixed"]["server_cpu_share"] * 100, 1),
         ("server CPU µs per delivered line", f("server_us_per_line"), 3),
         ("machine CPU µs per delivered line (both cores)", f("machine_us_per_line"), 3),
-        ("latency p50 ms", lat("p50"), 2),
-        ("latency p90 ms", lat("p90"), 2),
-        ("latency p99 ms", lat("p99"), 2),
-        ("latency max ms", lat("max"), 2),
-        ("latency samples", lat("samples"), 0),
+        *latency("fixed", ""),
         ("generator CPU, % of its core", lambda r: r["fixed"]["gen_cpu_share"] * 100, 1),
         ("light load: offered deliveries/s", lambda r: r["light"]["offered_deliveries_per_s"], 0),
         ("light load: delivered fraction", lambda r: r["light"]["fraction"] * 100, 2),
         ("light load: server CPU µs per delivered line",
          lambda r: r["light"]["server_us_per_line"], 2),
-        ("light load: latency p50 ms", light_lat("p50"), 2),
-        ("light load: latency p90 ms", light_lat("p90"), 2),
-        ("light load: latency p99 ms", light_lat("p99"), 2),
-        ("light load: latency max ms", light_lat("max"), 2),
-        ("light load: latency samples", light_lat("samples"), 0),
+        *latency("light", "light load: "),
         ("max sustained deliveries/s", lambda r: r["sustained"]["deliveries_per_s"], 0),
         ("… at room messages/s", lambda r: r["sustained"]["rate"], 0),
         ("... next step failed because", lambda r: stopped(r["sustained"]["stopped_by"]), 0),
