@@ -67,6 +67,19 @@ def test_timestamps() -> None:
     assert wire.parse_ts("2026-11-22T10:15:02.481Z") == pytest.approx(1795342502.481)
 
 
+def test_timestamps_within_and_across_seconds() -> None:
+    # The date and time of day are worked out once a second: the same
+    # second twice, the next one, then back to the first.
+    times = (1795342502.001, 1795342502.999, 1795342503.0, 1795342502.5, 86399.9995)
+    assert [wire.format_ts(t) for t in times] == [
+        "2026-11-22T10:15:02.001Z",
+        "2026-11-22T10:15:02.999Z",
+        "2026-11-22T10:15:03.000Z",
+        "2026-11-22T10:15:02.500Z",
+        "1970-01-01T23:59:59.999Z",
+    ]
+
+
 @given(st.floats(min_value=0, max_value=4e9, allow_nan=False))
 def test_timestamp_round_trip_to_the_millisecond(seconds: float) -> None:
     text = wire.format_ts(seconds)

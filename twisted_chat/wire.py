@@ -13,6 +13,7 @@ for many recipients is encoded exactly once.
 
 from __future__ import annotations
 
+import functools
 import re
 import time
 from dataclasses import dataclass
@@ -243,9 +244,15 @@ def line(verb: str, *words: str, text: str = "") -> bytes:
 
 def format_ts(seconds: float) -> str:
     """RFC 3339 UTC with milliseconds: C{2026-11-22T10:15:02.481Z}."""
-    millis = int(seconds * 1000)
-    whole, ms = divmod(millis, 1000)
-    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(whole)) + f".{ms:03d}Z"
+    whole, ms = divmod(int(seconds * 1000), 1000)
+    return f"{_format_second(whole)}.{ms:03d}Z"
+
+
+@functools.lru_cache(maxsize=4)
+def _format_second(whole: int) -> str:
+    # Every lobby line carries a timestamp, and a busy second has thousands
+    # of them: the calendar arithmetic is done once a second, not per line.
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(whole))
 
 
 def parse_ts(ts: str) -> float:
