@@ -31,7 +31,7 @@ def test_defaults() -> None:
     assert config.show_addresses is False
     assert config.server_name == "twisted-chat"
     assert (config.db, config.retain_days) == ("chat.sqlite3", None)
-    assert config.fanout_delay == pytest.approx(0.003)
+    assert config.fanout_delay == pytest.approx(0.010)
 
 
 def test_ports_repeatable_and_bare_number_is_tcp() -> None:

@@ -15,6 +15,13 @@ DEFAULT_PORT = 7000
 # whatever --fanout-delay says, a fan-out took, or the clock did.
 MAX_FANOUT_WAIT = 0.05
 
+# When lines pour in, the lobby fan-out gets at most this share of the
+# server's time: after a fan-out that took d seconds, the next one waits at
+# least d * (1 - share) / share (4 d), and reading, handshakes and
+# everything else keep the rest.  A bigger lobby then gets bigger batches
+# (fewer packets per line) instead of a busier server.
+FANOUT_SHARE = 0.2
+
 
 @dataclass(frozen=True, slots=True)
 class ServerConfig:
@@ -35,7 +42,7 @@ class ServerConfig:
     nick_timeout: float = 30.0
     # Lobby fan-out pacing, in seconds (see ChatFactory.flush); 0 writes each
     # reactor turn's lobby lines at once.
-    fanout_delay: float = 0.003
+    fanout_delay: float = 0.010
     # Durable history.
     db: str = "chat.sqlite3"
     retain_days: float | None = None
