@@ -352,7 +352,7 @@ class Generator:
         they joined then has the samples at every depth of its fan-out, so
         the latency is an average member's, not that of whoever came last
         (all at once, the few samples tended to finish together, at one
-        depth: 81st to 88th of 100 in our server).
+        depth: 82nd to 89th of 100 in our server).
         """
         nw = len(self.conns) - 2
         res = []
