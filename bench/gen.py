@@ -27,6 +27,7 @@ from bench.bulk import bulk_main
 from bench.dialects import DIALECTS, MARK, PAD, Dialect, source_address
 
 HANDSHAKE_TIMEOUT = 60.0
+Spec = tuple[int, str, bool, bool]  # a client: index, nick, sample, sender
 LAT_CAP = 400_000  # latency samples kept per worker between two snapshots
 
 
@@ -116,7 +117,7 @@ class Worker:
         self.senders: list[Client] = []
 
     # -- commands -------------------------------------------------------
-    async def cmd_connect(self, host: str, port: int, specs: list[tuple[int, str, bool, bool]],
+    async def cmd_connect(self, host: str, port: int, specs: list[Spec],
                           concurrency: int, deadline: float = 1e9) -> dict[str, Any]:
         """Connect and register clients; specs are (index, nick, sample, sender)."""
         loop = asyncio.get_running_loop()
@@ -262,9 +263,6 @@ def _worker_main(conn: Connection, out: Connection, dialect_name: str, cpu: int 
         loop.close()
         conn.close()
         out.close()
-
-
-Spec = tuple[int, str, bool, bool]  # a client: index, nick, sample, sender
 
 
 def registration_phases(clients: int, senders: int, samples: int,

@@ -80,6 +80,13 @@ def test_timestamps_within_and_across_seconds() -> None:
     ]
 
 
+def test_the_date_is_worked_out_once_a_second() -> None:
+    wire._format_second.cache_clear()
+    for ms in range(1000):
+        wire.format_ts(1795342600 + ms / 1000)
+    assert wire._format_second.cache_info().misses == 1
+
+
 @given(st.floats(min_value=0, max_value=4e9, allow_nan=False))
 def test_timestamp_round_trip_to_the_millisecond(seconds: float) -> None:
     text = wire.format_ts(seconds)

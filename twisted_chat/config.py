@@ -15,12 +15,14 @@ DEFAULT_PORT = 7000
 # whatever --fanout-delay says, a fan-out took, or the clock did.
 MAX_FANOUT_WAIT = 0.05
 
-# When lines pour in, the lobby fan-out gets at most this share of the
-# server's time: after a fan-out that took d seconds, the next one waits at
-# least d * (1 - share) / share (4 d), and reading, handshakes and
-# everything else keep the rest.  A bigger lobby then gets bigger batches
-# (fewer packets per line) instead of a busier server.
-FANOUT_SHARE = 0.2
+# After a lobby fan-out that took d seconds, the next one waits at least
+# this many times d, so when lines pour in the fan-out takes at most a fifth
+# of the server's time and reading, handshakes and everything else keep the
+# rest: a bigger lobby gets bigger batches (fewer packets per line) instead
+# of a busier server.  MAX_FANOUT_WAIT still bounds the wait, so past
+# fan-outs of 12.5 ms the share grows again; --fanout-delay 0 turns all of
+# the pacing off, this included.
+FANOUT_QUIET_FACTOR = 4.0
 
 
 @dataclass(frozen=True, slots=True)

@@ -3,8 +3,8 @@ The connection layer: one L{ChatProtocol} per connection, and the
 L{ChatFactory} that owns the L{Hub} and turns its decisions into lines.
 
 Lobby fan-out is the hottest path in the server.  A lobby message is encoded
-once, and the lobby lines are gathered (those of one reactor turn, or of a
-few milliseconds when they come fast: see L{ChatFactory.flush}) and written to
+once, and the lobby lines are gathered (those of one reactor turn, or of
+up to 50 ms when they come fast: see L{ChatFactory.flush}) and written to
 each member in a single write, so the per-recipient cost is paid per batch
 rather than per line.  To keep every connection's view in the order the
 server handled events, anything written to a lobby member, and any change to
@@ -30,7 +30,7 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from twisted_chat import __version__, wire
-from twisted_chat.config import FANOUT_SHARE, MAX_FANOUT_WAIT, ServerConfig
+from twisted_chat.config import FANOUT_QUIET_FACTOR, MAX_FANOUT_WAIT, ServerConfig
 from twisted_chat.history import Entry, History
 from twisted_chat.hub import Hub, HubError, Invitation, NickTaken, State, User
 from twisted_chat.sending import Write, backlog_meter, direct_sender
@@ -41,9 +41,6 @@ if TYPE_CHECKING:
 
 # Verbs allowed before READY; any other known verb is "not-ready".
 _BEFORE_READY = frozenset({"NICK", "PING", "PONG", "HELP", "BYE"})
-
-# The quiet after a fan-out, per second the fan-out took (see FANOUT_SHARE).
-_QUIET_PER_FANOUT_SECOND = (1 - FANOUT_SHARE) / FANOUT_SHARE
 
 
 @implementer(IPushProducer)
@@ -599,13 +596,15 @@ class ChatFactory(ServerFactory):
         paced like Nagle's algorithm, but with a bound we choose rather than
         the peer's delayed ACK: a line that comes while the lobby is quiet
         goes out at the end of its reactor turn; one that comes sooner than
-        C{--fanout-delay} after the last fan-out, or within the quiet that
-        L{FANOUT_SHARE} asks after it (a multiple of what it took), waits
-        for the gap to pass and goes out with every line gathered by then.
-        So when lines pour in, each member gets at most one lobby write per
-        C{--fanout-delay}, and the fan-out takes at most that share of the
-        server's time, leaving the rest to reading: what the fan-out costs
-        is bounded by the lobby's size, not by how fast lines come.
+        C{--fanout-delay} after the last fan-out, or sooner than
+        L{FANOUT_QUIET_FACTOR} times as long as that fan-out took, waits for
+        the gap to pass and goes out with every line gathered by then
+        (never more than L{MAX_FANOUT_WAIT}).  So when lines pour in, a
+        member gets a lobby write about once per C{--fanout-delay} (sooner
+        only where the order of its lines needs one), and the fan-out takes
+        at most a fifth of the server's time, leaving the rest to reading:
+        what the fan-out costs is bounded by the lobby's size, not by how
+        fast lines come.
         """
         call = self._flush_call
         if call is not None:
@@ -633,7 +632,7 @@ class ChatFactory(ServerFactory):
                     user.conn.deliver(b"".join(pending[start:]))
         if window:
             ended = self.reactor.seconds()
-            self._quiet_until = ended + max(window, (ended - started) * _QUIET_PER_FANOUT_SECOND)
+            self._quiet_until = ended + max(window, (ended - started) * FANOUT_QUIET_FACTOR)
 
     def _to_lobby(self, data: bytes) -> None:
         self._pending.append(data)
