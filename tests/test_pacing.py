@@ -94,20 +94,39 @@ def test_lines_soon_after_a_fanout_wait_and_go_out_in_one_write() -> None:
     assert len(writes) == 2, "one write for the first line, one for the two that waited"
 
 
-def test_the_fanout_gets_at_most_a_fifth_of_the_time() -> None:
+def test_when_lines_pour_in_the_fanout_gets_at_most_a_fifth_of_the_time() -> None:
     h = paced()
     alice, bob, carol = h.user("alice"), h.user("bob"), h.user("carol")
     quiet(h)
-    slow = 0.01  # delivering to bob "takes" 10 ms, five times the window
-    writes = count_writes(bob, on_write=lambda: h.clock.advance(slow) if len(writes) == 1 else None)
-    alice.send("MSG one")
+    slow = 0.01  # delivering "two" to bob "takes" 10 ms, five times the window
+    writes = count_writes(bob, on_write=lambda: h.clock.advance(slow) if len(writes) == 2 else None)
+    alice.send("MSG one")  # out at once
+    h.clock.advance(0.0005)
+    alice.send("MSG two")  # waits for the window: lines are pouring in
+    h.clock.advance(WINDOW)
     ended = h.clock.seconds()
-    assert carol.take() == [msg(h, "alice", "one", ended - slow)]
-    alice.send("MSG two")
+    assert carol.take()[-1] == msg(h, "alice", "two", ended - slow - WINDOW)
+    alice.send("MSG three")
     h.clock.advance(4 * slow - 1e-4)
     assert carol.take() == [], "the fan-out took 10 ms: 40 ms of quiet, not the 2 ms window"
     h.clock.advance(2e-4)
-    assert carol.take() == [msg(h, "alice", "two", ended)]
+    assert carol.take() == [msg(h, "alice", "three", ended)]
+
+
+def test_a_line_now_and_then_waits_only_as_long_as_its_fanout_took() -> None:
+    h = paced()
+    alice, bob, carol = h.user("alice"), h.user("bob"), h.user("carol")
+    quiet(h)
+    slow = 0.01  # delivering "one" to bob "takes" 10 ms: a big lobby
+    writes = count_writes(bob, on_write=lambda: h.clock.advance(slow) if len(writes) == 1 else None)
+    alice.send("MSG one")  # nothing waited: the lobby was quiet
+    ended = h.clock.seconds()
+    assert carol.take() == [msg(h, "alice", "one", ended - slow)]
+    alice.send("MSG two")
+    h.clock.advance(slow - 1e-4)
+    assert carol.take() == [], "longer than the window: the measured fan-out counts"
+    h.clock.advance(2e-4)
+    assert carol.take() == [msg(h, "alice", "two", ended)], "but not four times it"
 
 
 def test_a_slow_fanout_or_a_clock_jump_holds_the_lobby_for_at_most_the_cap() -> None:

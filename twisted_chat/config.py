@@ -15,13 +15,15 @@ DEFAULT_PORT = 7000
 # whatever --fanout-delay says, a fan-out took, or the clock did.
 MAX_FANOUT_WAIT = 0.05
 
-# After a lobby fan-out that took d seconds, the next one waits at least
-# this many times d, so when lines pour in the fan-out takes at most a fifth
-# of the server's time and reading, handshakes and everything else keep the
-# rest: a bigger lobby gets bigger batches (fewer packets per line) instead
-# of a busier server.  MAX_FANOUT_WAIT still bounds the wait, so past
-# fan-outs of 12.5 ms the share grows again; --fanout-delay 0 turns all of
-# the pacing off, this included.
+# After a lobby fan-out that took d seconds, of lines that had to wait for
+# the pacing (they are pouring in), the next one waits at least this many
+# times d, so the fan-out takes at most a fifth of the server's time and
+# reading, handshakes and everything else keep the rest: a bigger lobby gets
+# bigger batches (fewer packets per line) instead of a busier server.  (After
+# a fan-out of lines that did not wait, the gap is only d: a line now and
+# then in a big lobby is not held.)  MAX_FANOUT_WAIT still bounds the wait,
+# so past fan-outs of 12.5 ms the share grows again; --fanout-delay 0 turns
+# all of the pacing off, this included.
 FANOUT_QUIET_FACTOR = 4.0
 
 

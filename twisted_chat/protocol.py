@@ -518,8 +518,10 @@ class ChatFactory(ServerFactory):
         self._late: dict[User, int] = {}
         self._flush_call: IDelayedCall | None = None
         # Pacing (see flush): no lobby write before this time, unless the
-        # order of a connection's lines needs one.
+        # order of a connection's lines needs one; and whether the lines
+        # gathered now had to wait for it (lines are pouring in).
         self._quiet_until = 0.0
+        self._held = False
         self._roster: bytes | None = None
         self._user_lines: dict[str, bytes] = {}  # by nick key, each encoded once
         self._history_block: bytes | None = None
@@ -596,15 +598,17 @@ class ChatFactory(ServerFactory):
         paced like Nagle's algorithm, but with a bound we choose rather than
         the peer's delayed ACK: a line that comes while the lobby is quiet
         goes out at the end of its reactor turn; one that comes sooner than
-        C{--fanout-delay} after the last fan-out, or sooner than
-        L{FANOUT_QUIET_FACTOR} times as long as that fan-out took, waits for
-        the gap to pass and goes out with every line gathered by then
-        (never more than L{MAX_FANOUT_WAIT}).  So when lines pour in, a
+        C{--fanout-delay} after the last fan-out, or sooner than that
+        fan-out took, waits for the gap to pass and goes out with every line
+        gathered by then (never more than L{MAX_FANOUT_WAIT}).  A fan-out of
+        lines that had to wait is followed by a longer gap,
+        L{FANOUT_QUIET_FACTOR} times what it took.  So when lines pour in, a
         member gets a lobby write about once per C{--fanout-delay} (sooner
         only where the order of its lines needs one), and the fan-out takes
         at most a fifth of the server's time, leaving the rest to reading:
         what the fan-out costs is bounded by the lobby's size, not by how
-        fast lines come.
+        fast lines come.  A line now and then in a big lobby is not held
+        for a fan-out that only took long because the lobby is big.
         """
         call = self._flush_call
         if call is not None:
@@ -615,6 +619,7 @@ class ChatFactory(ServerFactory):
         if not pending:
             return
         self._pending = []
+        held, self._held = self._held, False
         window = self.config.fanout_delay
         started = self.reactor.seconds() if window else 0.0
         data = pending[0] if len(pending) == 1 else b"".join(pending)
@@ -632,13 +637,15 @@ class ChatFactory(ServerFactory):
                     user.conn.deliver(b"".join(pending[start:]))
         if window:
             ended = self.reactor.seconds()
-            self._quiet_until = ended + max(window, (ended - started) * FANOUT_QUIET_FACTOR)
+            took = ended - started
+            self._quiet_until = ended + max(window, took * FANOUT_QUIET_FACTOR if held else took)
 
     def _to_lobby(self, data: bytes) -> None:
         self._pending.append(data)
         if self._flush_call is None:
             # Capped, so that a clock set back cannot hold the lobby.
             wait = min(self._quiet_until - self.reactor.seconds(), MAX_FANOUT_WAIT)
+            self._held = wait > 0.0
             self._flush_call = self.reactor.callLater(wait if wait > 0.0 else 0.0, self.flush)
 
     def roster(self) -> bytes:
