@@ -21,9 +21,10 @@ MAX_FANOUT_WAIT = 0.05
 # reading, handshakes and everything else keep the rest: a bigger lobby gets
 # bigger batches (fewer packets per line) instead of a busier server.  (After
 # a fan-out of lines that did not wait, the gap is --fanout-delay or d,
-# whichever is longer: a line now and then in a big lobby is not held.)  MAX_FANOUT_WAIT still bounds the wait,
-# so past fan-outs of 12.5 ms the share grows again; --fanout-delay 0 turns
-# all of the pacing off, this included.
+# whichever is longer: a line now and then in a big lobby is not held.)
+# MAX_FANOUT_WAIT still bounds the wait, so past fan-outs of 12.5 ms the
+# share grows again; --fanout-delay 0 turns all of the pacing off, this
+# included.
 FANOUT_QUIET_FACTOR = 4.0
 
 
