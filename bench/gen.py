@@ -285,6 +285,18 @@ def registration_phases(clients: int, senders: int, samples: int,
     return [phase for phase in phases if phase]
 
 
+def worker_plans(phase: list[Spec], workers: int) -> list[list[Spec]]:
+    """
+    Each worker's share of one phase: the senders on worker 0, the samples
+    on worker 1, the bulk receivers spread over the others by index.
+    """
+    plans: list[list[Spec]] = [[] for _ in range(workers)]
+    for spec in phase:
+        index, _nick, sample, sender = spec
+        plans[0 if sender else 1 if sample else 2 + index % (workers - 2)].append(spec)
+    return plans
+
+
 class Generator:
     """
     The coordinator's handle on the worker processes.
@@ -352,17 +364,11 @@ class Generator:
         (all at once, the few samples tended to finish together, at one
         depth: 82nd to 89th of 100 in our server).
         """
-        nw = len(self.conns) - 2
         res = []
         deadline = time.monotonic() + timeout
         for phase in registration_phases(clients, senders, samples, prefix):
-            plans: list[list[Spec]] = [[] for _ in self.conns]
-            for spec in phase:
-                index, _nick, sample, sender = spec
-                worker = 0 if sender else 1 if sample else 2 + index % nw
-                plans[worker].append(spec)
-            res += self._connect_phase(host, port, plans, concurrency,
-                                       max(1.0, deadline - time.monotonic()))
+            res += self._connect_phase(host, port, worker_plans(phase, len(self.conns)),
+                                       concurrency, max(1.0, deadline - time.monotonic()))
         ok = sum(r["ok"] for r in res)
         errors: dict[str, int] = {}
         for r in res:

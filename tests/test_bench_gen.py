@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from bench.gen import registration_phases
+from bench.gen import registration_phases, worker_plans
 
 
 def test_senders_first_then_the_samples_spread_through_the_receivers() -> None:
@@ -27,3 +27,15 @@ def test_more_samples_than_receivers() -> None:
     order = [spec for phase in registration_phases(3, 2, 8, "q") for spec in phase]
     assert [(index, sample, sender) for index, _, sample, sender in order] == [
         (0, False, True), (1, False, True), (2, True, False)]
+
+
+def test_each_worker_gets_its_kind_and_the_bulk_is_shared() -> None:
+    phases = registration_phases(40, 4, 2, "w")
+    plans = [worker_plans(phase, 4) for phase in phases]
+    assert [spec[1] for spec in plans[0][0]] == ["w0", "w1", "w2", "w3"]
+    assert all(not plan[0] and not plan[1] for plan in plans[1::2]), "bulk phases"
+    assert [plan[1][0][1] for plan in plans[2::2][:2]] == ["w4", "w5"], "one sample each"
+    bulk = [spec for plan in plans for worker in plan[2:] for spec in worker]
+    assert len(bulk) == 34
+    assert all(spec in plan[2 + spec[0] % 2] for plan in plans for spec in plan[2] + plan[3])
+    assert {len(plan[2]) - len(plan[3]) for plan in plans[1::2]} <= {-1, 0, 1}
