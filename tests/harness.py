@@ -23,22 +23,67 @@ from twisted_chat.protocol import ChatFactory
 QUIET = dict(flood_rate=0.0, idle_timeout=0.0, nick_timeout=0.0, fanout_delay=0.0)
 
 
+class SocketTransport(StringTransport):
+    """
+    A L{StringTransport} that holds what arrives while reading is paused,
+    as a socket's kernel buffer does, and hands it to the protocol on the
+    turn after reading resumes, as a reactor would.  (With L{Clock}, "the
+    turn after" is a call scheduled then: it runs before calls scheduled
+    later for the same time.)
+    """
+
+    def __init__(self, clock: Clock, protocol: Any, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.clock = clock
+        self.protocol = protocol
+        self.unread = b""
+        self.reads = 0
+
+    def arrive(self, data: bytes) -> None:
+        if self.producerState == "paused":
+            self.unread += data
+        else:
+            self.read(data)
+
+    def resumeProducing(self) -> None:
+        super().resumeProducing()
+        if self.unread:
+            self.clock.callLater(0, self._read_unread)
+
+    def _read_unread(self) -> None:
+        if self.unread and self.producerState != "paused":
+            data, self.unread = self.unread, b""
+            self.read(data)
+
+    def read(self, data: bytes) -> None:
+        """The protocol reads C{data} now."""
+        self.reads += 1
+        self.protocol.dataReceived(data)
+
+
 class Conn:
-    def __init__(self, harness: Harness, protocol: Any, transport: StringTransport) -> None:
+    def __init__(self, harness: Harness, protocol: Any, transport: SocketTransport) -> None:
         self.harness = harness
         self.protocol = protocol
         self.transport = transport
         self.closed = False
 
     def send_raw(self, data: bytes) -> None:
-        self.protocol.dataReceived(data)
+        self.transport.read(data)
         self.harness.clock.advance(0)
 
     def send(self, *lines: str | bytes) -> None:
-        data = b"".join(
-            (line.encode() if isinstance(line, str) else line) + b"\r\n" for line in lines
-        )
-        self.send_raw(data)
+        """The protocol reads C{lines} now, whether its transport is paused or not."""
+        self.send_raw(_crlf(lines))
+
+    def arrive(self, *lines: str | bytes) -> None:
+        """C{lines} reach the socket: read now, or when reading resumes."""
+        self.transport.arrive(_crlf(lines))
+        self.harness.clock.advance(0)
+
+    @property
+    def reading(self) -> bool:
+        return self.transport.producerState != "paused"
 
     def take(self) -> list[str]:
         """The lines received since the last take, without CRLF."""
@@ -66,6 +111,10 @@ class Conn:
         return self.protocol.user
 
 
+def _crlf(lines: tuple[str | bytes, ...]) -> bytes:
+    return b"".join((line.encode() if isinstance(line, str) else line) + b"\r\n" for line in lines)
+
+
 class Harness:
     def __init__(self, **config: Any) -> None:
         settings = {**QUIET, **config}
@@ -82,7 +131,7 @@ class Harness:
             IPv4Address("TCP", host, next(self._ports)) if host is not None else UNIXAddress(None)
         )
         protocol = self.factory.buildProtocol(address)
-        transport = StringTransport(peerAddress=address)
+        transport = SocketTransport(self.clock, protocol, peerAddress=address)
         protocol.makeConnection(transport)
         conn = Conn(self, protocol, transport)
         self.conns.append(conn)

@@ -230,6 +230,91 @@ def test_half_close_in_a_quiet_lobby_is_a_disconnect() -> None:
     assert "alice" not in h.hub.online
 
 
+# -- a sender that keeps the lobby busy is read once per fan-out --------------
+
+
+def test_a_line_now_and_then_leaves_its_sender_alone() -> None:
+    h = paced()
+    alice, bob = h.user("alice"), h.user("bob")
+    quiet(h)
+    alice.arrive("MSG hi")  # into a quiet lobby: out at once
+    assert bob.take() == [msg(h, "alice", "hi")]
+    assert alice.reading
+
+
+def test_a_sender_whose_line_waits_is_not_read_until_the_gap_ends() -> None:
+    h = paced()
+    alice, bob = two_waiting(h, ("alice", "bob"))
+    assert not alice.reading, "its next lines could not go out before the gap ends"
+    assert bob.reading
+    h.clock.advance(WINDOW)
+    assert bob.take() == [msg(h, "alice", "two", h.clock.seconds() - WINDOW)]
+    assert alice.reading, "it sent nothing meanwhile: it is read as any other"
+
+
+def test_what_a_waiting_sender_sent_meanwhile_rides_with_the_fanout() -> None:
+    h = paced()
+    alice, bob, carol = two_waiting(h, ("alice", "bob", "carol"))
+    sent_two = h.clock.seconds()
+    writes = count_writes(bob)
+    reads = alice.transport.reads
+    h.clock.advance(0.0005)
+    alice.arrive("MSG three", "DM carol psst")
+    assert carol.take() == [], "not read yet: its lines wait in the kernel"
+    assert [e.text for e in h.factory.history.recent()][-1] == "two"
+    h.clock.advance(WINDOW - 0.0005)
+    gap_end = h.clock.seconds()
+    # Read when the gap ends, so handled then, and out with the waiting line.
+    assert bob.take() == [msg(h, "alice", "two", sent_two), msg(h, "alice", "three", gap_end)]
+    assert len(writes) == 1, "one fan-out for both"
+    assert carol.take() == [
+        msg(h, "alice", "two", sent_two),
+        msg(h, "alice", "three", gap_end),
+        f"MSG {format_ts(gap_end)} alice carol psst",
+    ]
+    assert alice.transport.reads - reads == 1, "what came meanwhile, read at once"
+
+
+def test_a_sender_that_keeps_the_lobby_busy_is_read_once_per_fanout() -> None:
+    h = paced()
+    alice, bob = two_waiting(h, ("alice", "bob"))
+    writes = count_writes(bob)
+    reads = alice.transport.reads
+    for i in range(40):  # 20 ms of a line every half millisecond: ten windows
+        h.clock.advance(0.0005)
+        alice.arrive(f"MSG {i}")
+    h.clock.advance(WINDOW)
+    assert 9 <= len(writes) <= 11, "a write per window"
+    assert alice.transport.reads - reads == len(writes), "read once per fan-out, not per line"
+    texts = [line.split(" ", 4)[-1] for line in bob.take()]
+    assert texts == ["two", *map(str, range(40))], "every line, in order"
+    h.clock.advance(WINDOW)
+    assert alice.reading and bob.take() == []
+
+
+def test_a_fanout_forced_early_for_order_still_reads_the_waiting_sender_later() -> None:
+    h = paced()
+    alice, bob, carol = two_waiting(h, ("alice", "bob", "carol"))
+    carol.send("DM bob hi")  # bob must see "two" first: it goes out now
+    assert bob.take()[0] == msg(h, "alice", "two")
+    assert not alice.reading, "still within the gap"
+    alice.arrive("MSG three")
+    h.clock.advance(WINDOW)
+    assert bob.take() == [msg(h, "alice", "three")], "read when the gap ended"
+    h.clock.advance(WINDOW)
+    assert alice.reading
+
+
+def test_a_busy_sender_that_leaves_is_not_read_again() -> None:
+    h = paced()
+    alice, bob = two_waiting(h, ("alice", "bob"))
+    alice.arrive("BYE")
+    alice.protocol.readConnectionLost()  # it half-closed too: the server closes
+    h.clock.advance(WINDOW)
+    assert alice.transport.unread == b"BYE\r\n", "nothing more is read from it"
+    assert bob.take()[-1].endswith("alice disconnected")
+
+
 # -- what each connection receives never depends on the pacing ----------------
 
 NICKS = ["ann", "ben", "cat"]
@@ -292,6 +377,8 @@ def run(script: list[tuple[float, int, str, int]], delay: float,
     for _ in range(20):  # the timers still due, one by one (see "wait")
         h.clock.advance(0.004)
     h.clock.advance(1)
+    open_conns = [c for c in h.conns if not (c.closed or c.transport.disconnecting)]
+    assert all(c.reading for c in open_conns), "a connection was left unread"
     return [(c.transport.value(), c.closed) for c in h.conns]
 
 

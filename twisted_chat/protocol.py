@@ -422,7 +422,10 @@ class ChatProtocol(LineReceiver):
         return self.user
 
     def do_MSG(self, command: wire.Command) -> None:
-        self.factory.hub.say(self._online(), command.text)
+        user = self._online()
+        self.factory.hub.say(user, command.text)
+        if user.state is State.LOBBY:
+            self.factory.read_after_fanout(self)
 
     def do_DM(self, command: wire.Command) -> None:
         self.factory.hub.direct(self._online(), command.words[0], command.text)
@@ -522,6 +525,8 @@ class ChatFactory(ServerFactory):
         # gathered now had to wait for it (lines are pouring in).
         self._quiet_until = 0.0
         self._held = False
+        # Connections not read until the gap ends (see read_after_fanout).
+        self._unread: set[ChatProtocol] = set()
         self._roster: bytes | None = None
         self._user_lines: dict[str, bytes] = {}  # by nick key, each encoded once
         self._history_block: bytes | None = None
@@ -608,7 +613,8 @@ class ChatFactory(ServerFactory):
         at most a fifth of the server's time, leaving the rest to reading:
         what the fan-out costs is bounded by the lobby's size, not by how
         fast lines come.  A line now and then in a big lobby is not held
-        for a fan-out that only took long because the lobby is big.
+        for a fan-out that only took long because the lobby is big.  While
+        lines wait, their senders are not read (see L{read_after_fanout}).
         """
         call = self._flush_call
         if call is not None:
@@ -616,8 +622,14 @@ class ChatFactory(ServerFactory):
             if call.active():
                 call.cancel()
         pending = self._pending
-        if not pending:
-            return
+        if pending:
+            self._fan_out(pending)
+        if self._unread:
+            # Read them again when the gap ends: they wait for it, as a
+            # lobby line from them would.
+            self._wait_for_gap(min(self._quiet_until - self.reactor.seconds(), MAX_FANOUT_WAIT))
+
+    def _fan_out(self, pending: list[bytes]) -> None:
         self._pending = []
         held, self._held = self._held, False
         window = self.config.fanout_delay
@@ -645,8 +657,49 @@ class ChatFactory(ServerFactory):
         if self._flush_call is None:
             # Capped, so that a clock set back cannot hold the lobby.
             wait = min(self._quiet_until - self.reactor.seconds(), MAX_FANOUT_WAIT)
-            self._held = wait > 0.0
-            self._flush_call = self.reactor.callLater(wait if wait > 0.0 else 0.0, self.flush)
+            if wait > 0.0:
+                self._wait_for_gap(wait)
+            else:
+                self._held = False
+                self._flush_call = self.reactor.callLater(0.0, self.flush)
+
+    def _wait_for_gap(self, wait: float) -> None:
+        """The next fan-out comes after C{wait} seconds and one more turn."""
+        self._held = True
+        self._flush_call = self.reactor.callLater(max(wait, 0.0), self._gap_over)
+
+    def _gap_over(self) -> None:
+        """
+        Read the connections left unread, then fan out on the next reactor
+        turn, once what they sent meanwhile is in.
+        """
+        self._read_again()
+        self._flush_call = self.reactor.callLater(0.0, self.flush)
+
+    def read_after_fanout(self, protocol: ChatProtocol) -> None:
+        """
+        C{protocol} sent a lobby line that waits for the gap (lines are
+        pouring in): do not read the connection again until the gap ends.
+
+        Whatever it sends meanwhile could not go out before that anyway, and
+        reading it as it comes costs the server a wake-up and a read each
+        time, which is much of what a busy lobby costs it.  Left in the
+        kernel, it is read in one go when the gap ends, on the turn before
+        the fan-out it rides with (see L{_gap_over}).  So a connection that
+        keeps the lobby busy is read about once per fan-out, and what it
+        does besides (a C{DM}, a C{PING}) waits no longer than its next
+        lobby line would: never more than L{MAX_FANOUT_WAIT}.  A line now and
+        then does not wait, and leaves its connection alone.
+        """
+        if self._held and protocol not in self._unread and not protocol.finished:
+            protocol.transport.pauseProducing()  # type: ignore[union-attr]
+            self._unread.add(protocol)
+
+    def _read_again(self) -> None:
+        unread, self._unread = self._unread, set()
+        for protocol in unread:
+            if not protocol.finished:  # one that is closing has nothing to read
+                protocol.transport.resumeProducing()  # type: ignore[union-attr]
 
     def roster(self) -> bytes:
         """The C{USER} lines and the closing C{USERS}, encoded once per change."""
