@@ -9,13 +9,14 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from twisted.internet.error import ConnectionAborted
 from twisted.python.failure import Failure
 
 from tests.harness import Conn, Harness
-from twisted_chat.config import MAX_FANOUT_WAIT
+from twisted_chat.config import MAX_FANOUT_WAIT, READERS_WAIT_MAX_LINES, READERS_WAIT_SHARE
 from twisted_chat.wire import format_ts
 
 WINDOW = 0.002
@@ -303,6 +304,49 @@ def test_a_fanout_forced_early_for_order_still_reads_the_waiting_sender_later() 
     assert bob.take() == [msg(h, "alice", "three")], "read when the gap ended"
     h.clock.advance(WINDOW)
     assert alice.reading
+
+
+def check_left_unread(h: Harness, alice: Conn, reader: Conn, left_unread: bool) -> None:
+    """After a fan-out: alice sends two lines; is she left unread after the
+    first, so that the second is read (and handled) only when the gap ends?"""
+    reader.take()
+    alice.arrive("MSG three")  # waits for the next fan-out
+    assert alice.reading is not left_unread
+    arrived = h.clock.seconds()
+    alice.arrive("MSG four")
+    h.clock.advance(MAX_FANOUT_WAIT)
+    handled = h.factory.history.recent()[-1].ts
+    assert [line.split(" ", 4)[-1] for line in reader.take()] == ["three", "four"]
+    assert (handled > arrived) is left_unread, "read when the gap ended, or as it came"
+
+
+@pytest.mark.parametrize(("lines", "left_unread"), [(READERS_WAIT_MAX_LINES, True),
+                                                   (READERS_WAIT_MAX_LINES + 1, False)])
+def test_after_a_fanout_of_many_lines_senders_are_read_as_lines_come(
+    lines: int, left_unread: bool
+) -> None:
+    """Reading put off to the gap's end would delay the next fan-out by
+    about as much as handling the lines it finds takes."""
+    h = paced()
+    alice, bob, carol = two_waiting(h, ("alice", "bob", "carol"))
+    carol.send(*[f"MSG {i}" for i in range(lines - 1)])  # with "two": `lines` wait
+    h.clock.advance(WINDOW)
+    assert len(bob.take()) == lines
+    check_left_unread(h, alice, bob, left_unread)
+
+
+@pytest.mark.parametrize(("took", "left_unread"), [(WINDOW * READERS_WAIT_SHARE * 0.9, True),
+                                                  (WINDOW * READERS_WAIT_SHARE * 2, False)])
+def test_after_a_slow_fanout_senders_are_read_as_lines_come(
+    took: float, left_unread: bool
+) -> None:
+    """A big lobby: by the next fan-out, a sender has seldom sent a second line."""
+    h = paced()
+    alice, bob, carol = two_waiting(h, ("alice", "bob", "carol"))
+    writes = count_writes(bob, on_write=lambda: h.clock.advance(took) if len(writes) == 1 else None)
+    h.clock.advance(WINDOW)  # "two" goes out, and that takes `took`
+    assert [line.split(" ", 4)[-1] for line in carol.take()] == ["two"]
+    check_left_unread(h, alice, carol, left_unread)
 
 
 def test_a_busy_sender_that_leaves_is_not_read_again() -> None:

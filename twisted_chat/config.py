@@ -27,6 +27,16 @@ MAX_FANOUT_WAIT = 0.05
 # included.
 FANOUT_QUIET_FACTOR = 4.0
 
+# A connection whose lobby line waits for the pacing is not read again until
+# the gap ends (ChatFactory.read_after_fanout), but only while the last
+# fan-out carried at most READERS_WAIT_MAX_LINES lines and took at most
+# READERS_WAIT_SHARE of --fanout-delay.  What is read at the gap's end is
+# handled before the next fan-out, which it delays (about 5 us a line here),
+# and when lines flood in, reads find several lines each anyway; in a big
+# lobby, a sender has seldom sent a second line by the next fan-out.
+READERS_WAIT_MAX_LINES = 100
+READERS_WAIT_SHARE = 0.125
+
 
 @dataclass(frozen=True, slots=True)
 class ServerConfig:

@@ -30,7 +30,13 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from twisted_chat import __version__, wire
-from twisted_chat.config import FANOUT_QUIET_FACTOR, MAX_FANOUT_WAIT, ServerConfig
+from twisted_chat.config import (
+    FANOUT_QUIET_FACTOR,
+    MAX_FANOUT_WAIT,
+    READERS_WAIT_MAX_LINES,
+    READERS_WAIT_SHARE,
+    ServerConfig,
+)
 from twisted_chat.history import Entry, History
 from twisted_chat.hub import Hub, HubError, Invitation, NickTaken, State, User
 from twisted_chat.sending import Write, backlog_meter, direct_sender
@@ -525,8 +531,10 @@ class ChatFactory(ServerFactory):
         # gathered now had to wait for it (lines are pouring in).
         self._quiet_until = 0.0
         self._held = False
-        # Connections not read until the gap ends (see read_after_fanout).
+        # Connections not read until the gap ends, and whether they may be
+        # left so (see read_after_fanout).
         self._unread: set[ChatProtocol] = set()
+        self._readers_wait = True
         self._roster: bytes | None = None
         self._user_lines: dict[str, bytes] = {}  # by nick key, each encoded once
         self._history_block: bytes | None = None
@@ -625,9 +633,14 @@ class ChatFactory(ServerFactory):
         if pending:
             self._fan_out(pending)
         if self._unread:
-            # Read them again when the gap ends: they wait for it, as a
-            # lobby line from them would.
-            self._wait_for_gap(min(self._quiet_until - self.reactor.seconds(), MAX_FANOUT_WAIT))
+            if self._readers_wait:
+                # Read them again when the gap ends: they wait for it, as a
+                # lobby line from them would.
+                self._wait_for_gap(
+                    min(self._quiet_until - self.reactor.seconds(), MAX_FANOUT_WAIT)
+                )
+            else:
+                self._read_again()
 
     def _fan_out(self, pending: list[bytes]) -> None:
         self._pending = []
@@ -651,6 +664,9 @@ class ChatFactory(ServerFactory):
             ended = self.reactor.seconds()
             took = ended - started
             self._quiet_until = ended + max(window, took * FANOUT_QUIET_FACTOR if held else took)
+            self._readers_wait = (
+                len(pending) <= READERS_WAIT_MAX_LINES and took <= window * READERS_WAIT_SHARE
+            )
 
     def _to_lobby(self, data: bytes) -> None:
         self._pending.append(data)
@@ -671,8 +687,11 @@ class ChatFactory(ServerFactory):
     def _gap_over(self) -> None:
         """
         Read the connections left unread, then fan out on the next reactor
-        turn, once what they sent meanwhile is in.
+        turn, once what they sent meanwhile is in; with none, at once.
         """
+        if not self._unread:
+            self.flush()
+            return
         self._read_again()
         self._flush_call = self.reactor.callLater(0.0, self.flush)
 
@@ -690,8 +709,22 @@ class ChatFactory(ServerFactory):
         does besides (a C{DM}, a C{PING}) waits no longer than its next
         lobby line would: never more than L{MAX_FANOUT_WAIT}.  A line now and
         then does not wait, and leaves its connection alone.
+
+        Only while the last fan-out was small and quick
+        (L{READERS_WAIT_MAX_LINES}, L{READERS_WAIT_SHARE}).  The reading put
+        off to the gap's end is done before the next fan-out, so it delays
+        it by as much as handling the lines it finds takes; when lines flood
+        in, that delay would grow with them, and reads find several lines
+        each anyway.  And in a big lobby, where the fan-out takes a good
+        part of the window, each sender has seldom sent more than one line
+        by the next one: there is nothing to save.
         """
-        if self._held and protocol not in self._unread and not protocol.finished:
+        if (
+            self._held
+            and self._readers_wait
+            and protocol not in self._unread
+            and not protocol.finished
+        ):
             protocol.transport.pauseProducing()  # type: ignore[union-attr]
             self._unread.add(protocol)
 
