@@ -46,6 +46,11 @@ class SocketTransport(StringTransport):
             self.read(data)
 
     def resumeProducing(self) -> None:
+        if self.disconnecting:
+            # As Twisted's TCP transport: nothing more is read once closing
+            # (a TLS transport would go on reading, to finish its close).
+            self.producerState = "producing"
+            return
         super().resumeProducing()
         if self.unread:
             self.clock.callLater(0, self._read_unread)

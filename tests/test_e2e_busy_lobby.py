@@ -87,3 +87,36 @@ def test_busy_senders_lose_nothing_and_are_read_again(busy_server):
     for client in clients:
         assert client.sync() == []
     assert server.problems() == []
+
+
+def test_a_tls_sender_that_leaves_while_unread_closes_cleanly(tmp_path, chat_server, connect):
+    """Its TLS close needs the server to read its answer: the server reads a
+    closing connection again at once, instead of aborting it after
+    --close-grace (3 s)."""
+    port = free_port()
+    key, cert = self_signed(tmp_path)
+    endpoint = f"ssl:{port}:privateKey={key}:certKey={cert}:interface={LOOPBACK}"
+    # A 40 ms window, so that ann's line surely comes within it.
+    chat_server("--flood-rate", "0", "--fanout-delay", "40", port=port, endpoint=endpoint)
+    context = ssl.create_default_context(cafile=str(cert))
+
+    def open_client(nick):
+        raw = socket.create_connection((LOOPBACK, port), timeout=5)
+        client = connect(port, sock=context.wrap_socket(raw, server_hostname="localhost"))
+        client.expect("HELLO")
+        client.register(nick)
+        return client
+
+    ann, ben = open_client("ann"), open_client("ben")
+    ben.sync()
+    ben.send("MSG wake")  # out at once; the lobby is then quiet for 40 ms
+    ann.expect(lambda line: line.endswith(" ben * wake"))
+    ann.send(b"MSG last\r\nBYE\r\n")  # the line waits, so ann is left unread
+    ann.expect("BYE quit")
+    started = time.monotonic()
+    raw = ann.sock.unwrap()  # our close_notify, then the server's
+    raw.settimeout(5)
+    while raw.recv(4096):
+        pass  # a reset here (an abort) raises ConnectionResetError
+    assert time.monotonic() - started < 1.0
+

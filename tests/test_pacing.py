@@ -349,14 +349,59 @@ def test_after_a_slow_fanout_senders_are_read_as_lines_come(
     check_left_unread(h, alice, carol, left_unread)
 
 
-def test_a_busy_sender_that_leaves_is_not_read_again() -> None:
+def test_a_busy_sender_that_closes_is_read_again_at_once() -> None:
+    """A TLS close completes only once the peer's answer is read."""
     h = paced()
-    alice, bob = two_waiting(h, ("alice", "bob"))
-    alice.arrive("BYE")
-    alice.protocol.readConnectionLost()  # it half-closed too: the server closes
-    h.clock.advance(WINDOW)
-    assert alice.transport.unread == b"BYE\r\n", "nothing more is read from it"
-    assert bob.take()[-1].endswith("alice disconnected")
+    alice, _bob = two_waiting(h, ("alice", "bob"))
+    assert not alice.reading
+    alice.send("BYE")  # read anyway (send() ignores the pause): the server closes
+    assert alice.transport.disconnecting
+    assert alice.reading
+
+
+def test_early_fanouts_do_not_keep_a_waiting_sender_unread() -> None:
+    """Each fan-out made early (for order, or a change of who is online)
+    moves the gap; the sender is still read within MAX_FANOUT_WAIT."""
+    h = paced()
+    alice, _bob = two_waiting(h, ("alice", "bob"))
+    left_unread_at = h.clock.seconds()
+    alice.arrive("PING still-there")
+    answered_at = None
+    for i in range(100):  # someone comes and goes every millisecond
+        h.clock.advance(0.001)
+        churn = h.connect()
+        churn.send(f"NICK n{i}")
+        churn.drop()
+        if answered_at is None and "PONG still-there" in alice.take():
+            answered_at = h.clock.seconds()
+    assert answered_at is not None
+    assert answered_at - left_unread_at <= MAX_FANOUT_WAIT + 0.001
+
+
+def test_a_paired_sender_is_never_left_unread() -> None:
+    """Its MSG goes to its partner at once: there is no fan-out to wait for."""
+    h = paced()
+    alice, bob, carol = h.user("alice"), h.user("bob"), h.user("carol")
+    alice.send("PAIR bob")
+    bob.send("ACCEPT alice")
+    quiet(h)
+    carol.send("MSG one")
+    h.clock.advance(0.0005)
+    carol.send("MSG two")  # lobby lines are waiting
+    alice.send("MSG hi bob")
+    assert not carol.reading and alice.reading
+
+
+def test_shutdown_leaves_no_gap_timer_behind() -> None:
+    """Those left unread are read again as they close, and the last lobby
+    member's leaving ends the gap's timer with a fan-out of nothing."""
+    h = paced()
+    two_waiting(h, ("alice", "bob"))
+    closed = h.factory.shutdown()
+    for conn in h.conns:
+        conn.drop()
+    assert closed.called
+    assert h.clock.getDelayedCalls() == []
 
 
 # -- what each connection receives never depends on the pacing ----------------
@@ -421,8 +466,7 @@ def run(script: list[tuple[float, int, str, int]], delay: float,
     for _ in range(20):  # the timers still due, one by one (see "wait")
         h.clock.advance(0.004)
     h.clock.advance(1)
-    open_conns = [c for c in h.conns if not (c.closed or c.transport.disconnecting)]
-    assert all(c.reading for c in open_conns), "a connection was left unread"
+    assert all(c.reading for c in h.conns if not c.closed), "a connection was left unread"
     return [(c.transport.value(), c.closed) for c in h.conns]
 
 

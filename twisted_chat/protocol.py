@@ -203,6 +203,7 @@ class ChatProtocol(LineReceiver):
         self.finished = True
         self._leave_reason = reason
         self._cancel_timers()
+        self.factory.read_now(self)
         transport = self.transport
         transport.unregisterProducer()  # type: ignore[union-attr]
         transport.loseConnection()  # type: ignore[union-attr]
@@ -527,14 +528,16 @@ class ChatFactory(ServerFactory):
         self._late: dict[User, int] = {}
         self._flush_call: IDelayedCall | None = None
         # Pacing (see flush): no lobby write before this time, unless the
-        # order of a connection's lines needs one; and whether the lines
-        # gathered now had to wait for it (lines are pouring in).
+        # order of a connection's lines needs one; and whether the pending
+        # fan-out is one that waits for it (lines are pouring in).
         self._quiet_until = 0.0
         self._held = False
-        # Connections not read until the gap ends, and whether they may be
-        # left so (see read_after_fanout).
+        # Connections not read until the gap ends (see read_after_fanout),
+        # whether they may be left so, and the latest they are read again
+        # however often an early fan-out moves the gap.
         self._unread: set[ChatProtocol] = set()
         self._readers_wait = True
+        self._read_by = 0.0
         self._roster: bytes | None = None
         self._user_lines: dict[str, bytes] = {}  # by nick key, each encoded once
         self._history_block: bytes | None = None
@@ -563,6 +566,7 @@ class ChatFactory(ServerFactory):
 
     def disconnected(self, protocol: ChatProtocol) -> None:
         self.connections.discard(protocol)
+        self._unread.discard(protocol)
         host = protocol.host
         if host is not None:
             left = self._per_host.get(host, 1) - 1
@@ -632,13 +636,14 @@ class ChatFactory(ServerFactory):
         pending = self._pending
         if pending:
             self._fan_out(pending)
+        else:
+            self._held = False
         if self._unread:
             if self._readers_wait:
                 # Read them again when the gap ends: they wait for it, as a
-                # lobby line from them would.
-                self._wait_for_gap(
-                    min(self._quiet_until - self.reactor.seconds(), MAX_FANOUT_WAIT)
-                )
+                # lobby line from them would, but never past _read_by.
+                until = min(self._quiet_until, self._read_by)
+                self._wait_for_gap(until - self.reactor.seconds())
             else:
                 self._read_again()
 
@@ -725,14 +730,25 @@ class ChatFactory(ServerFactory):
             and protocol not in self._unread
             and not protocol.finished
         ):
+            if not self._unread:
+                self._read_by = self.reactor.seconds() + MAX_FANOUT_WAIT
             protocol.transport.pauseProducing()  # type: ignore[union-attr]
             self._unread.add(protocol)
+
+    def read_now(self, protocol: ChatProtocol) -> None:
+        """
+        C{protocol} is closing: read it again at once if it was left unread.
+        A TLS close completes only once the peer's answer is read, and
+        anything the peer still sends must reach the close's end.
+        """
+        if protocol in self._unread:
+            self._unread.discard(protocol)
+            protocol.transport.resumeProducing()  # type: ignore[union-attr]
 
     def _read_again(self) -> None:
         unread, self._unread = self._unread, set()
         for protocol in unread:
-            if not protocol.finished:  # one that is closing has nothing to read
-                protocol.transport.resumeProducing()  # type: ignore[union-attr]
+            protocol.transport.resumeProducing()  # type: ignore[union-attr]
 
     def roster(self) -> bytes:
         """The C{USER} lines and the closing C{USERS}, encoded once per change."""
