@@ -378,6 +378,20 @@ def test_early_fanouts_do_not_keep_a_waiting_sender_unread() -> None:
     assert answered_at - left_unread_at <= MAX_FANOUT_WAIT + 0.001
 
 
+def test_a_clock_set_back_does_not_keep_a_sender_unread() -> None:
+    h = paced()
+    alice, bob, carol = two_waiting(h, ("alice", "bob", "carol"))
+    alice.arrive("MSG three")
+    h.clock.advance(WINDOW)  # out with "two"; alice is left unread again
+    assert not alice.reading
+    h.clock.rightNow -= 3600  # the system clock is set back an hour
+    alice.arrive("PING x")
+    bob.send("PAIR carol")
+    carol.send("ACCEPT bob")  # a change of who is where: an early flush
+    h.clock.advance(MAX_FANOUT_WAIT)
+    assert alice.reading and alice.take()[-1] == "PONG x"
+
+
 def test_a_paired_sender_is_never_left_unread() -> None:
     """Its MSG goes to its partner at once: there is no fan-out to wait for."""
     h = paced()

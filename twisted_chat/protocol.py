@@ -641,9 +641,10 @@ class ChatFactory(ServerFactory):
         if self._unread:
             if self._readers_wait:
                 # Read them again when the gap ends: they wait for it, as a
-                # lobby line from them would, but never past _read_by.
+                # lobby line from them would, but never past _read_by (and
+                # capped, so that a clock set back cannot hold them).
                 until = min(self._quiet_until, self._read_by)
-                self._wait_for_gap(until - self.reactor.seconds())
+                self._wait_for_gap(min(until - self.reactor.seconds(), MAX_FANOUT_WAIT))
             else:
                 self._read_again()
 
