@@ -24,26 +24,28 @@ ROUNDS = 40  # lines per sender, one round every millisecond or so
 DM = " ann ben after the rush"
 
 
+def tls_server(tmp_path, chat_server, connect, *options):
+    """A TLS server with C{options}, and a function that opens a client to it."""
+    port = free_port()
+    key, cert = self_signed(tmp_path)
+    endpoint = f"ssl:{port}:privateKey={key}:certKey={cert}:interface={LOOPBACK}"
+    server = chat_server(*options, port=port, endpoint=endpoint)
+    context = ssl.create_default_context(cafile=str(cert))
+
+    def open_client():
+        raw = socket.create_connection((LOOPBACK, port), timeout=5)
+        return connect(port, sock=context.wrap_socket(raw, server_hostname="localhost"))
+
+    return server, open_client
+
+
 @pytest.fixture(params=["tcp", "tls"])
 def busy_server(request, tmp_path, chat_server, connect):
     """A server without flood control, and a function that opens a client."""
+    if request.param == "tls":
+        return tls_server(tmp_path, chat_server, connect, "--flood-rate", "0")
     port = free_port()
-    if request.param == "tcp":
-        server = chat_server("--flood-rate", "0", port=port)
-
-        def open_client():
-            return connect(port)
-    else:
-        key, cert = self_signed(tmp_path)
-        endpoint = f"ssl:{port}:privateKey={key}:certKey={cert}:interface={LOOPBACK}"
-        server = chat_server("--flood-rate", "0", port=port, endpoint=endpoint)
-        context = ssl.create_default_context(cafile=str(cert))
-
-        def open_client():
-            raw = socket.create_connection((LOOPBACK, port), timeout=5)
-            return connect(port, sock=context.wrap_socket(raw, server_hostname="localhost"))
-
-    return server, open_client
+    return chat_server("--flood-rate", "0", port=port), lambda: connect(port)
 
 
 def test_busy_senders_lose_nothing_and_are_read_again(busy_server):
@@ -93,21 +95,14 @@ def test_a_tls_sender_that_leaves_while_unread_closes_cleanly(tmp_path, chat_ser
     """Its TLS close needs the server to read its answer: the server reads a
     closing connection again at once, instead of aborting it after
     --close-grace (3 s)."""
-    port = free_port()
-    key, cert = self_signed(tmp_path)
-    endpoint = f"ssl:{port}:privateKey={key}:certKey={cert}:interface={LOOPBACK}"
     # A 40 ms window, so that ann's line surely comes within it.
-    chat_server("--flood-rate", "0", "--fanout-delay", "40", port=port, endpoint=endpoint)
-    context = ssl.create_default_context(cafile=str(cert))
-
-    def open_client(nick):
-        raw = socket.create_connection((LOOPBACK, port), timeout=5)
-        client = connect(port, sock=context.wrap_socket(raw, server_hostname="localhost"))
+    _server, open_client = tls_server(
+        tmp_path, chat_server, connect, "--flood-rate", "0", "--fanout-delay", "40"
+    )
+    ann, ben = open_client(), open_client()
+    for client, nick in ((ann, "ann"), (ben, "ben")):
         client.expect("HELLO")
         client.register(nick)
-        return client
-
-    ann, ben = open_client("ann"), open_client("ben")
     ben.sync()
     ben.send("MSG wake")  # out at once; the lobby is then quiet for 40 ms
     ann.expect(lambda line: line.endswith(" ben * wake"))
@@ -119,4 +114,3 @@ def test_a_tls_sender_that_leaves_while_unread_closes_cleanly(tmp_path, chat_ser
     while raw.recv(4096):
         pass  # a reset here (an abort) raises ConnectionResetError
     assert time.monotonic() - started < 1.0
-

@@ -686,7 +686,10 @@ class ChatFactory(ServerFactory):
                 self._flush_call = self.reactor.callLater(0.0, self.flush)
 
     def _wait_for_gap(self, wait: float) -> None:
-        """The next fan-out comes after C{wait} seconds and one more turn."""
+        """
+        The next fan-out comes after C{wait} seconds (and one more turn, if
+        anyone is left unread: see L{_gap_over}).
+        """
         self._held = True
         self._flush_call = self.reactor.callLater(max(wait, 0.0), self._gap_over)
 
