@@ -21,10 +21,10 @@ from twisted.internet import reactor as _reactor
 from twisted.internet import threads
 
 from tests.serverproc import LOOPBACK, LineClient, ServerProcess
-from twisted_chat.config import ServerConfig
-from twisted_chat.history import History
-from twisted_chat.protocol import ChatFactory
-from twisted_chat.store import APPLICATION_ID, SCHEMA_VERSION, SQLiteStore
+from twisted_chat.server.config import ServerConfig
+from twisted_chat.server.history import History
+from twisted_chat.server.protocol import ChatFactory
+from twisted_chat.server.store import APPLICATION_ID, SCHEMA_VERSION, SQLiteStore
 
 pytestmark = pytest.mark.e2e
 reactor: Any = _reactor

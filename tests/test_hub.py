@@ -7,8 +7,8 @@ from typing import Any
 import pytest
 from twisted.internet.task import Clock
 
-from twisted_chat.history import Entry, History
-from twisted_chat.hub import Hub, HubError, Invitation, NickTaken, State, User
+from twisted_chat.server.history import Entry, History
+from twisted_chat.server.hub import Hub, HubError, Invitation, NickTaken, State, User
 
 
 class Recorder:

@@ -16,7 +16,7 @@ from twisted.internet.error import ConnectionAborted
 from twisted.python.failure import Failure
 
 from tests.harness import Conn, Harness
-from twisted_chat.config import MAX_FANOUT_WAIT, READERS_WAIT_MAX_LINES, READERS_WAIT_SHARE
+from twisted_chat.server.config import MAX_FANOUT_WAIT, READERS_WAIT_MAX_LINES, READERS_WAIT_SHARE
 from twisted_chat.wire import format_ts
 
 WINDOW = 0.002

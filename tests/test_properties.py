@@ -9,7 +9,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from tests.harness import Harness
-from twisted_chat.hub import Hub, State
+from twisted_chat.server.hub import Hub, State
 
 # Byte soup biased towards the protocol: real verbs, nicks, separators and
 # the characters the checks are about.

@@ -14,7 +14,7 @@ import pytest_twisted
 from twisted.internet import defer, protocol
 from twisted.internet.testing import StringTransport
 
-from twisted_chat.sending import backlog_meter, direct_sender
+from twisted_chat.server.sending import backlog_meter, direct_sender
 
 
 def test_other_transports_use_transport_write() -> None:

@@ -11,8 +11,8 @@ from twisted.application.internet import StreamServerEndpointService
 from twisted.internet.testing import MemoryReactorClock
 from twisted.python import usage
 
-from twisted_chat.history import Entry
-from twisted_chat.service import ChatService, Options, makeService
+from twisted_chat.server.history import Entry
+from twisted_chat.server.service import ChatService, Options, makeService
 
 
 def options(*argv: str) -> Options:

@@ -1,5 +1,5 @@
 """
-Unit tests of L{twisted_chat.store} on temporary files.
+Unit tests of L{twisted_chat.server.store} on temporary files.
 
 The store reports back with C{reactor.callFromThread}, so these tests run on
 the real reactor through pytest-twisted and wait on the store's Deferreds.
@@ -24,8 +24,8 @@ from twisted.internet import reactor as _reactor
 from twisted.internet.defer import Deferred, inlineCallbacks
 from twisted.internet.task import LoopingCall, deferLater
 
-from twisted_chat.history import Entry
-from twisted_chat.store import APPLICATION_ID, SCHEMA_VERSION, SQLiteStore, StoreError
+from twisted_chat.server.history import Entry
+from twisted_chat.server.store import APPLICATION_ID, SCHEMA_VERSION, SQLiteStore, StoreError
 
 reactor: Any = _reactor
 Gen = Generator[Any, Any, None]
@@ -366,8 +366,8 @@ CRASHER = textwrap.dedent(
     """
     import os, sys
     from twisted.internet import reactor
-    from twisted_chat.history import Entry
-    from twisted_chat.store import SQLiteStore
+    from twisted_chat.server.history import Entry
+    from twisted_chat.server.store import SQLiteStore
     store = SQLiteStore.open(sys.argv[1], reactor)
     store._write([Entry(1.0 + i, "alice", "x" * 200) for i in range(3000)])
     store._conn.execute("PRAGMA wal_checkpoint")
@@ -447,7 +447,7 @@ HOLDER = textwrap.dedent(
     """
     import sys
     from twisted.internet import reactor
-    from twisted_chat.store import SQLiteStore
+    from twisted_chat.server.store import SQLiteStore
     store = SQLiteStore.open(sys.argv[1], reactor)
     print("open", flush=True)
     sys.stdin.readline()

@@ -21,6 +21,8 @@ from enum import Enum
 
 CRLF = b"\r\n"
 PROTOCOL_VERSION = "chat/1"
+# The port a chat/1 server listens on and a client dials when none is given.
+DEFAULT_PORT = 7000
 
 NICK_MAX = 24
 _NICK = re.compile(r"[A-Za-z][A-Za-z0-9_-]{0,%d}\Z" % (NICK_MAX - 1))

@@ -5,7 +5,7 @@ from twisted.application.service import ServiceMaker
 
 chat = ServiceMaker(
     "twisted-chat",
-    "twisted_chat.service",
+    "twisted_chat.server.service",
     "A chat/1 terminal chat server (lobby, history, DMs, private pairs).",
     "chat",
 )

@@ -40,8 +40,7 @@ from zope.interface import provider
 from twisted_chat.client import render
 from twisted_chat.client.pipe import PipeIO
 from twisted_chat.client.protocol import ChatClient
-from twisted_chat.config import DEFAULT_PORT
-from twisted_chat.wire import is_valid_nick
+from twisted_chat.wire import DEFAULT_PORT, is_valid_nick
 
 if TYPE_CHECKING:
     from twisted_chat.client.terminal import ChatTerminal

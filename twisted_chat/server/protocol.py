@@ -30,16 +30,16 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from twisted_chat import __version__, wire
-from twisted_chat.config import (
+from twisted_chat.server.config import (
     FANOUT_QUIET_FACTOR,
     MAX_FANOUT_WAIT,
     READERS_WAIT_MAX_LINES,
     READERS_WAIT_SHARE,
     ServerConfig,
 )
-from twisted_chat.history import Entry, History
-from twisted_chat.hub import Hub, HubError, Invitation, NickTaken, State, User
-from twisted_chat.sending import Write, backlog_meter, direct_sender
+from twisted_chat.server.history import Entry, History
+from twisted_chat.server.hub import Hub, HubError, Invitation, NickTaken, State, User
+from twisted_chat.server.sending import Write, backlog_meter, direct_sender
 from twisted_chat.wire import ErrorCode, LineError
 
 if TYPE_CHECKING:
@@ -510,7 +510,7 @@ class _Refusal(Protocol):
 class ChatFactory(ServerFactory):
     """
     Builds connections, enforces the connection limits, and is the hub's
-    L{twisted_chat.hub.Listener}: every hub decision becomes lines here.
+    L{twisted_chat.server.hub.Listener}: every hub decision becomes lines here.
     """
 
     log = Logger()

@@ -1,7 +1,7 @@
 """
 The server's settings, one frozen value shared by every connection.
 
-L{twisted_chat.service.Options} fills it from the command line; tests build
+L{twisted_chat.server.service.Options} fills it from the command line; tests build
 it directly with only the fields they care about.
 """
 
@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-DEFAULT_PORT = 7000
+from twisted_chat.wire import DEFAULT_PORT
 
 # The longest a lobby line waits for the fan-out's pacing, in seconds,
 # whatever --fanout-delay says, a fan-out took, or the clock did.

@@ -16,10 +16,11 @@ from twisted.internet.defer import Deferred
 from twisted.logger import Logger
 from twisted.python import usage
 
-from twisted_chat.config import DEFAULT_PORT, MAX_FANOUT_WAIT, ServerConfig
-from twisted_chat.history import History
-from twisted_chat.protocol import ChatFactory
-from twisted_chat.store import SQLiteStore, StoreError
+from twisted_chat.server.config import MAX_FANOUT_WAIT, ServerConfig
+from twisted_chat.server.history import History
+from twisted_chat.server.protocol import ChatFactory
+from twisted_chat.server.store import SQLiteStore, StoreError
+from twisted_chat.wire import DEFAULT_PORT
 
 
 def _endpoint(description: str) -> str:

@@ -26,7 +26,7 @@ class Entry:
 
 
 class MessageStore(Protocol):
-    """Where lobby messages are kept durably (see L{twisted_chat.store})."""
+    """Where lobby messages are kept durably (see L{twisted_chat.server.store})."""
 
     def append(self, entry: Entry) -> None:
         """Queue C{entry} for writing; must not block."""

@@ -1,7 +1,7 @@
 """
 Durable lobby history in an embedded SQLite database.
 
-L{SQLiteStore} satisfies L{twisted_chat.history.MessageStore}.  The reactor
+L{SQLiteStore} satisfies L{twisted_chat.server.history.MessageStore}.  The reactor
 thread only ever puts entries on a list under a short lock; one dedicated
 writer thread owns every write.
 
@@ -61,7 +61,7 @@ from typing import Any, ClassVar, Protocol
 from twisted.internet.defer import Deferred, fail, succeed
 from twisted.logger import Logger
 
-from twisted_chat.history import Entry
+from twisted_chat.server.history import Entry
 
 __all__ = ["APPLICATION_ID", "SCHEMA_VERSION", "SQLiteStore", "StoreError"]
 
@@ -90,7 +90,7 @@ _UPGRADES: dict[int, tuple[str, ...]] = {
 _SQLITE_MAGIC = b"SQLite format 3\x00"
 _INSERT = "INSERT INTO messages (ts, nick, text) VALUES (?, ?, ?)"
 
-_log = Logger(namespace="twisted_chat.store")
+_log = Logger(namespace="twisted_chat.server.store")
 
 # Paths (resolved) with an open store in this process.  SQLite's file locks
 # are per process, and reading a locked file's header with a plain open() and

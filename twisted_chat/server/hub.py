@@ -18,7 +18,7 @@ from typing import Any, Protocol
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.logger import Logger
 
-from twisted_chat.history import Entry, History
+from twisted_chat.server.history import Entry, History
 from twisted_chat.wire import ErrorCode, nick_key
 
 
