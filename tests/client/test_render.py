@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 
-from hypothesis import given
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from twisted_chat.client import render
@@ -160,8 +160,26 @@ def test_short_lines_are_not_wrapped() -> None:
 
 
 @given(st.text(alphabet=st.sampled_from("ab c日\u0301 ")), st.integers(10, 40))
+@example("a a日日日日", 10)
+@example("a aaaaa日日", 10)
+@example("\u0301 aaa日日日a", 10)
 def test_wrap_loses_nothing_and_fits(text: str, width: int) -> None:
     line = render.info(text)
     rows = [plain(row) for row in render.wrap(line, width)]
     assert all(text_width(row) <= width for row in rows)
     assert "".join(rows).replace(" ", "") == plain(line).replace(" ", "")
+
+
+def test_wrap_cuts_a_word_that_would_not_fit_the_next_row_either() -> None:
+    # Found by hypothesis: moving "aaaaa日" down left no room for the last 日,
+    # and the row it moved to was wider than the screen.
+    rows = [plain(row) for row in render.wrap(render.info("a aaaaa日日"), 10)]
+    assert rows == ["a aaaaa日", "  日"]
+    rows = [plain(row) for row in render.wrap(render.info("\u0301 aaa日日日a"), 10)]
+    assert all(text_width(row) <= 10 for row in rows)
+
+
+def test_wrap_never_parts_a_character_from_its_combining_marks() -> None:
+    rows = [plain(row) for row in render.wrap(render.info("e\u0301" * 20), 10)]
+    assert rows[0] == "e\u0301" * 10
+    assert all(not row.lstrip().startswith("\u0301") for row in rows)

@@ -60,32 +60,57 @@ def wrap(line: Line, width: int, indent: int = 2) -> list[Line]:
     """
     Break a (cleaned) line into rows of at most C{width} columns, at spaces
     where possible; rows after the first are indented by C{indent} spaces.
+    A word longer than a row is cut, never between a character and the
+    combining marks that follow it.
     """
-    cells = [(ch, span.style) for span in line for ch in clean(span.text)]
     width = max(width, indent + 8)
-    rows: list[list[tuple[str, Style]]] = []
-    current: list[tuple[str, Style]] = []
+    pad: Cluster = ((" ", Style.PLAIN),)
+    rows: list[list[Cluster]] = []
+    current: list[Cluster] = []
     used = 0
     start = 0  # where the row's own text starts (after the indent)
-    for ch, style in cells:
-        w = cell_width(ch)
-        if used + w > width and ch == " ":
-            rows.append(current)  # break at this very space, which goes
-            current = [(" ", Style.PLAIN)] * indent
-            start = used = indent
+    for cluster in _clusters(line):
+        w = sum(cell_width(ch) for ch, _ in cluster)
+        if used + w <= width:
+            current.append(cluster)
+            used += w
             continue
-        if used + w > width and len(current) > start:
-            breaks = [i for i in range(start + 1, len(current)) if current[i][0] == " "]
-            cut = breaks[-1] if breaks else len(current)
-            rows.append(current[:cut])
-            rest = current[cut + 1 :] if breaks else []
-            current = [(" ", Style.PLAIN)] * indent + rest
-            start = indent
-            used = sum(cell_width(c) for c, _ in current)
-        current.append((ch, style))
+        if _is_space(cluster):  # break at this very space, which goes
+            rows.append(current)
+            current, used, start = [pad] * indent, indent, indent
+            continue
+        spaces = [i for i in range(start + 1, len(current)) if _is_space(current[i])]
+        word = current[spaces[-1] + 1 :] if spaces else []
+        word_width = sum(cell_width(ch) for c in word for ch, _ in c)
+        if spaces and indent + word_width + w <= width:
+            rows.append(current[: spaces[-1]])  # the word moves down
+        else:
+            rows.append(current)  # too long for any row: cut it here
+            word, word_width = [], 0
+        current, used, start = [pad] * indent + word, indent + word_width, indent
+        current.append(cluster)
         used += w
     rows.append(current)
-    return [_spans(row) for row in rows]
+    return [_spans([cell for c in row for cell in c]) for row in rows]
+
+
+Cluster = tuple[tuple[str, Style], ...]
+
+
+def _clusters(line: Line) -> list[Cluster]:
+    """The cleaned line's characters, each with the zero-width ones after it."""
+    clusters: list[Cluster] = []
+    for span in line:
+        for ch in clean(span.text):
+            if clusters and cell_width(ch) == 0:
+                clusters[-1] += ((ch, span.style),)
+            else:
+                clusters.append(((ch, span.style),))
+    return clusters
+
+
+def _is_space(cluster: Cluster) -> bool:
+    return len(cluster) == 1 and cluster[0][0] == " "
 
 
 def _spans(cells: list[tuple[str, Style]]) -> Line:
