@@ -8,14 +8,32 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from twisted_chat.client.render import Span, Style, ansi, plain
-from twisted_chat.client.sanitize import clean, decode, text_width
+from twisted_chat.client.sanitize import (
+    INVISIBLE_FILLERS,
+    MAX_MARKS,
+    clean,
+    decode,
+    text_width,
+)
 
 
 def _terminal_safe(text: str) -> bool:
     return all(
-        ch in "\u200c\u200d" or unicodedata.category(ch) not in {"Cc", "Cf", "Zl", "Zp", "Cs"}
+        ch in "\u200c\u200d"
+        or (
+            unicodedata.category(ch) not in {"Cc", "Cf", "Zl", "Zp", "Cs"}
+            and ch not in INVISIBLE_FILLERS
+        )
         for ch in text
     )
+
+
+def _most_marks_on_one_character(text: str) -> int:
+    most = run = 0
+    for ch in text:
+        run = run + 1 if text_width(ch) == 0 else 0
+        most = max(most, run)
+    return most
 
 
 def test_plain_text_is_unchanged() -> None:
@@ -75,13 +93,40 @@ def test_every_output_path_cleans() -> None:
     assert plain(line) == "\\x1b[31m\\x9b1m\\u202e"
 
 
+def test_invisible_fillers_are_escaped() -> None:
+    # Each of these is a letter or symbol that draws nothing: a message of
+    # them looked empty, and a name padded with them looked like another.
+    assert clean("\u3164") == "\\u3164"
+    assert clean("a\u115fb\u1160c") == "a\\u115fb\\u1160c"
+    assert clean("\u2800\u2800") == "\\u2800\\u2800"
+    assert clean("\uffa0!") == "\\uffa0!"
+    assert clean("x\u034fy") == "x\\u034fy"
+    # Visible Braille and Hangul stay as they are.
+    assert clean("\u2801 \ud55c\uae00") == "\u2801 \ud55c\uae00"
+
+
+def test_variation_selectors_for_emoji_are_kept() -> None:
+    assert clean("\u2764\ufe0f") == "\u2764\ufe0f"
+
+
+def test_a_pile_of_combining_marks_is_capped() -> None:
+    zalgo = "e" + "\u0301" * 300 + "x" + "\u0300\u0301"
+    assert clean(zalgo) == "e" + "\u0301" * MAX_MARKS + "x\u0300\u0301"
+    # Ordinary accents and Vietnamese double marks are untouched.
+    assert clean("Vie\u0302\u0323t") == "Vie\u0302\u0323t"
+    # Marks after an escape or a tab do not count against the one before.
+    assert clean("a\u0301\x1b\u0301") == "a\u0301\\x1b\u0301"
+
+
 @given(st.text())
 def test_cleaned_text_is_safe_and_stable(text: str) -> None:
     cleaned = clean(text)
     assert _terminal_safe(cleaned)
+    assert _most_marks_on_one_character(cleaned) <= MAX_MARKS
     assert clean(cleaned) == cleaned
 
 
 @given(st.text(alphabet=st.characters(categories=["L", "N", "P", "S", "Zs"])))
 def test_ordinary_text_survives(text: str) -> None:
+    text = "".join(ch for ch in text if ch not in INVISIBLE_FILLERS)
     assert clean(text) == text
