@@ -211,3 +211,47 @@ def test_tls_close_started_by_the_server_completes(tls_server, tls_connect):
     client.send("BYE")
     assert client.rest(timeout=5) == ["BYE quit"]
     assert time.monotonic() - started < 1.5
+
+
+def open_fds(pid: int) -> int:
+    return len(list(Path(f"/proc/{pid}/fd").iterdir()))
+
+
+def test_refused_tls_peers_that_never_answer_are_cut_off_within_the_grace(tmp_path, chat_server):
+    """Issue 14.1: connections over a limit on a TLS port, from peers that
+    never send a byte (no handshake, so no close either), are gone within
+    the close grace (3 s) and give their descriptors back, whatever the
+    peer does.  Before the fix they stayed open for good."""
+    key, cert = self_signed(tmp_path)
+    port = free_port()
+    server = chat_server(
+        "--max-per-ip", "1",
+        port=port, probe=False,
+        endpoint=f"ssl:{port}:privateKey={key}:certKey={cert}:interface={LOOPBACK}",
+    )
+    holder = socket.create_connection((LOOPBACK, port), timeout=5)  # the one allowed
+    time.sleep(0.3)
+    baseline = open_fds(server.pid)
+    refused = []
+    for _ in range(30):
+        sock = socket.create_connection((LOOPBACK, port), timeout=5)
+        refused.append(sock)
+    time.sleep(0.5)
+    assert open_fds(server.pid) >= baseline + 25  # held, while within the grace
+    deadline = time.monotonic() + 3.0 + 2.0
+    still_open = list(refused)
+    while still_open and time.monotonic() < deadline:
+        for sock in list(still_open):
+            sock.settimeout(max(deadline - time.monotonic(), 0.01))
+            try:
+                if sock.recv(4096) == b"":
+                    still_open.remove(sock)
+            except (ConnectionResetError, BrokenPipeError):
+                still_open.remove(sock)
+            except TimeoutError:
+                pass
+    assert still_open == []
+    assert open_fds(server.pid) <= baseline
+    for sock in [*refused, holder]:
+        sock.close()
+    assert server.problems() == []

@@ -296,6 +296,30 @@ def test_max_per_ip() -> None:
     assert h.connect("10.0.0.1").take()[0].startswith("HELLO ")
 
 
+def test_a_refused_peer_that_never_closes_is_aborted_after_the_grace() -> None:
+    """A TLS peer that never completes the handshake or the close would hold
+    a refused socket for good: the refusal has the same deadline as any
+    close the server starts."""
+    h = Harness(max_clients=1, close_grace=3.0)
+    h.connect()
+    refused = h.connect()
+    assert refused.transport.disconnecting
+    h.clock.advance(2.9)
+    assert not refused.transport.disconnected
+    h.clock.advance(0.1)
+    assert refused.transport.disconnected  # aborted
+    refused.protocol.connectionLost(Failure(ConnectionAborted()))
+    assert [c for c in h.clock.getDelayedCalls()] == []
+
+
+def test_a_refused_peer_that_closes_leaves_no_timer() -> None:
+    h = Harness(max_clients=1)
+    h.connect()
+    refused = h.connect()
+    refused.drop()
+    assert h.clock.getDelayedCalls() == []
+
+
 def test_refused_connections_are_not_counted() -> None:
     h = Harness(max_clients=1)
     h.connect()

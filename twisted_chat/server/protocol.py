@@ -495,16 +495,29 @@ _FULL_HELP = b"".join(_help_line(verb) for verb in wire.HELP_TEXT) + wire.line("
 
 
 class _Refusal(Protocol):
-    """What a connection over a limit talks to: two lines, then the close."""
+    """
+    What a connection over a limit talks to: two lines, then the close, and
+    an abort if the peer has not completed the close within the grace (a TLS
+    peer that never finishes the handshake or never answers the close would
+    otherwise hold the socket for good, outside every limit).
+    """
 
-    def __init__(self, why: str) -> None:
+    def __init__(self, why: str, clock: IReactorTime, grace: float) -> None:
         self.why = why
+        self.clock = clock
+        self.grace = grace
+        self._abort_call: IDelayedCall | None = None
 
     def connectionMade(self) -> None:
-        self.transport.write(  # type: ignore[union-attr]
-            wire.error(ErrorCode.SERVER_FULL, self.why) + wire.line("BYE", "full")
-        )
-        self.transport.loseConnection()  # type: ignore[union-attr]
+        transport: Any = self.transport
+        transport.write(wire.error(ErrorCode.SERVER_FULL, self.why) + wire.line("BYE", "full"))
+        transport.loseConnection()
+        self._abort_call = self.clock.callLater(self.grace, transport.abortConnection)
+
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
+        if self._abort_call is not None and self._abort_call.active():
+            self._abort_call.cancel()
+        self._abort_call = None
 
 
 class ChatFactory(ServerFactory):
@@ -553,16 +566,19 @@ class ChatFactory(ServerFactory):
         host: str | None = getattr(addr, "host", None)
         if len(self.connections) >= self.config.max_clients:
             self.log.warn("refused {host}: server full", host=host)
-            return _Refusal("the server is full; try again later")
+            return self._refuse("the server is full; try again later")
         if host is not None and self._per_host.get(host, 0) >= self.config.max_per_ip:
             self.log.warn("refused {host}: too many connections from it", host=host)
-            return _Refusal(f"too many connections from {host}")
+            return self._refuse(f"too many connections from {host}")
         protocol = ChatProtocol(self)
         protocol.host = host
         self.connections.add(protocol)
         if host is not None:
             self._per_host[host] = self._per_host.get(host, 0) + 1
         return protocol
+
+    def _refuse(self, why: str) -> Protocol:
+        return _Refusal(why, self.reactor, self.config.close_grace)
 
     def disconnected(self, protocol: ChatProtocol) -> None:
         self.connections.discard(protocol)

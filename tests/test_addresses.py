@@ -1,0 +1,210 @@
+"""
+The per-address limits as a pure module: buckets, exemptions, the
+handshake pool and the memory bound.  Time is a task.Clock.
+"""
+
+from __future__ import annotations
+
+import pytest
+from twisted.internet.task import Clock
+
+from twisted_chat.server.addresses import (
+    AddressBook,
+    AddressPolicy,
+    HandshakePool,
+    Penalty,
+    Rate,
+    Refused,
+    TokenBucket,
+    address_key,
+    networks,
+)
+from twisted_chat.server.logs import Repeats
+
+
+def book(**kw: object) -> tuple[AddressBook, Clock]:
+    clock = Clock()
+    clock.advance(1000)
+    return AddressBook(AddressPolicy(**kw), clock), clock  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
+    ("host", "key"),
+    [
+        ("192.0.2.7", "192.0.2.7"),
+        ("::ffff:192.0.2.7", "192.0.2.7"),
+        ("2001:db8:1:2:aaaa::1", "2001:db8:1:2::/64"),
+        ("2001:db8:1:2:ffff:ffff:ffff:ffff", "2001:db8:1:2::/64"),
+        ("fe80::1%eth0", "fe80::/64"),
+        ("not-an-ip", "not-an-ip"),
+    ],
+)
+def test_address_key(host: str, key: str) -> None:
+    assert address_key(host) == key
+
+
+def test_ipv6_prefix_is_a_setting() -> None:
+    assert address_key("2001:db8:1:2:3::1", 48) == "2001:db8:1::/48"
+    assert address_key("2001:db8:1:2:3::1", 128) == "2001:db8:1:2:3::1/128"
+
+
+def test_token_bucket_burst_then_rate() -> None:
+    bucket = TokenBucket(Rate(2.0, 3), now=0.0)
+    assert [bucket.take(0.0) for _ in range(4)] == [True, True, True, False]
+    assert bucket.wait(0.0) == pytest.approx(0.5)
+    assert bucket.take(0.5)
+    assert not bucket.take(0.5)
+    assert bucket.full_at(0.5) == pytest.approx(2.0)
+
+
+def test_rate_zero_is_no_limit() -> None:
+    bucket = TokenBucket(Rate(0.0, 0), now=0.0)
+    assert all(bucket.take(0.0) for _ in range(1000))
+    assert bucket.wait(0.0) == 0.0
+
+
+def test_penalty_drains_at_a_tenth_of_the_burst_per_second() -> None:
+    penalty = Penalty(20, now=0.0)
+    for _ in range(10):
+        penalty.add(0.0)
+    assert penalty.value == 10
+    assert penalty.add(1.0) == pytest.approx(10 - 2 + 1)
+    assert penalty.drained_at(1.0) == pytest.approx(1.0 + 9 * 10 / 20)
+
+
+def test_max_per_ip_counts_every_connection_of_the_address() -> None:
+    b, _ = book(max_per_ip=2, max_handshaking_per_ip=10, connect=Rate(0, 0))
+    one = b.admit("2001:db8::1")
+    two = b.admit("2001:db8::2")  # same /64: same address
+    assert one is two
+    with pytest.raises(Refused, match="too many connections from 2001:db8::/64"):
+        b.admit("2001:db8::3")
+    assert b.admit("2001:db8:0:1::1") is not None  # another /64
+    b.closed(one, handshaking=True)
+    assert b.admit("2001:db8::3") is one
+
+
+def test_handshaking_connections_per_address() -> None:
+    b, _ = book(max_per_ip=10, max_handshaking_per_ip=2, connect=Rate(0, 0))
+    a = b.admit("192.0.2.1")
+    b.admit("192.0.2.1")
+    with pytest.raises(Refused, match="still choosing a nick"):
+        b.admit("192.0.2.1")
+    b.registered(a)  # one of them got a nick: room for another
+    assert b.admit("192.0.2.1") is a
+    assert a is not None and (a.connections, a.handshaking) == (3, 2)
+
+
+def test_new_connections_per_second_and_refusals_spend_nothing() -> None:
+    b, clock = book(connect=Rate(1.0, 3), max_handshaking_per_ip=100, max_per_ip=100)
+    for _ in range(3):
+        b.admit("192.0.2.1")
+    for _ in range(50):
+        with pytest.raises(Refused, match="too many new connections"):
+            b.admit("192.0.2.1")
+    clock.advance(1.0)
+    assert b.admit("192.0.2.1") is not None  # the refusals did not push it back
+
+
+def test_exempt_addresses_have_no_record_and_no_limit() -> None:
+    b, _ = book(max_per_ip=1, exempt=networks(["127.0.0.0/8", "2001:db8::/32"]))
+    assert all(b.admit("127.0.0.9") is None for _ in range(100))
+    assert b.admit("2001:db8:5::1") is None
+    assert b.admit("::ffff:127.0.0.1") is None
+    assert b.admit("192.0.2.1") is not None
+    assert len(b) == 1
+
+
+def test_nothing_is_exempt_by_default_not_even_loopback() -> None:
+    b, _ = book(max_per_ip=1)
+    b.admit("127.0.0.1")
+    with pytest.raises(Refused):
+        b.admit("127.0.0.1")
+    b.admit("::1")
+    with pytest.raises(Refused):
+        b.admit("::1")
+
+
+def test_no_host_is_not_limited() -> None:
+    b, _ = book(max_per_ip=1)
+    assert b.admit(None) is None and b.admit(None) is None
+
+
+def test_registrations_per_second() -> None:
+    b, clock = book(register=Rate(0.5, 2))
+    record = b.admit("192.0.2.1")
+    assert b.registration_wait(record) == 0.0
+    assert b.registration_wait(record) == 0.0
+    assert b.registration_wait(record) == pytest.approx(2.0)
+    clock.advance(2.0)
+    assert b.registration_wait(record) == 0.0
+    assert b.registration_wait(None) == 0.0
+
+
+def test_lobby_lines_shared_by_the_connections_of_an_address() -> None:
+    b, clock = book(lobby=Rate(10.0, 5))
+    first = b.admit("192.0.2.1")
+    second = b.admit("192.0.2.1")
+    assert [b.lobby_line(first) for _ in range(3)] == [True] * 3
+    assert [b.lobby_line(second) for _ in range(3)] == [True, True, False]
+    clock.advance(0.1)
+    assert b.lobby_line(second)
+    assert b.lobby_line(None)
+
+
+def test_the_record_outlives_its_connections_until_it_is_quiet() -> None:
+    b, clock = book(lobby=Rate(10.0, 5), flood_burst=20)
+    record = b.admit("192.0.2.1")
+    assert record is not None
+    record.penalty.add(clock.seconds())
+    b.closed(record, handshaking=True)
+    # Back within the penalty's drain time: the same record, penalty kept.
+    clock.advance(0.2)
+    again = b.admit("192.0.2.1")
+    assert again is record and record.penalty.value > 0
+    b.closed(again, handshaking=True)
+    clock.advance(60)
+    b.record("192.0.2.99")  # any activity forgets quiet records
+    assert b.record("192.0.2.1") is not record
+
+
+def test_tracked_records_are_capped() -> None:
+    b, _ = book(max_tracked=100, connect=Rate(0.001, 1))
+    held = b.admit("198.51.100.1")
+    for i in range(1000):
+        b.closed(b.admit(f"10.{i // 250}.{i % 250}.1"), handshaking=True)
+    assert len(b) <= 101
+    assert b.record("198.51.100.1") is held  # one with a connection is never forgotten
+
+
+def test_handshake_pool_evicts_the_oldest_of_the_biggest_address() -> None:
+    pool: HandshakePool[str] = HandshakePool(limit=4)
+    for item in ("a1", "a2", "a3"):
+        pool.add("A", item)
+    pool.add("B", "b1")
+    assert pool.make_room() == ["a1"]
+    pool.discard("A", "a1")
+    pool.add("C", "c1")
+    assert len(pool) == 4
+    assert pool.make_room() == ["a2"]
+    pool.discard("A", "a2")
+    pool.discard("A", "a2")  # twice is harmless
+    assert len(pool) == 3
+    assert pool.make_room() == []
+
+
+def test_repeats_are_limited_per_address_and_kind() -> None:
+    clock = Clock()
+    repeats = Repeats(clock, window=10.0, burst=2)
+    assert [repeats.allow("a", "refused") for _ in range(5)] == [0, 0, None, None, None]
+    assert repeats.allow("b", "refused") == 0
+    assert repeats.allow("a", "sendq") == 0
+    clock.advance(10)
+    assert repeats.allow("a", "refused") == 3  # says how many were left out
+
+
+def test_repeats_remember_a_bounded_number_of_keys() -> None:
+    repeats = Repeats(Clock(), max_keys=10)
+    for i in range(100):
+        repeats.allow(str(i), "x")
+    assert len(repeats._seen) == 10

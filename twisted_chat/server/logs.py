@@ -1,0 +1,97 @@
+"""
+The server's log: one level for all its loggers (C{--log-level}, default
+C{info}), and a limiter for lines an address can cause over and over.
+
+Every server module makes its logger with L{logger}; those loggers emit
+through L{observer}, a level filter in front of Twisted's global log, so the
+level applies to the server's lines whatever twistd's own log settings are
+(twistd writes every level it is given, debug included).
+
+L{Repeats} keeps an address's repeated lines (a refused reconnect loop, a
+flood of sendq drops) from filling the log: per (address, kind) at most
+C{burst} lines per C{window} seconds; the next line let through after a
+quiet says how many were left out.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from typing import Any
+
+from twisted.logger import (
+    FilteringLogObserver,
+    Logger,
+    LogLevel,
+    LogLevelFilterPredicate,
+    globalLogPublisher,
+)
+
+LEVELS = ("debug", "info", "warn", "error", "critical")
+DEFAULT_LEVEL = "info"
+
+_predicate = LogLevelFilterPredicate(defaultLogLevel=LogLevel.levelWithName(DEFAULT_LEVEL))
+observer = FilteringLogObserver(globalLogPublisher, [_predicate])
+
+
+def set_level(name: str) -> None:
+    """Log the server's lines at C{name} (one of L{LEVELS}) and above."""
+    _predicate.setLogLevelForNamespace("", LogLevel.levelWithName(name))
+
+
+def level() -> str:
+    return str(_predicate.logLevelForNamespace("").name)
+
+
+def logger(namespace: str | None = None) -> Logger:
+    """A logger whose lines pass the server's level filter."""
+    return Logger(namespace=namespace, observer=observer)
+
+
+class Repeats:
+    """
+    Per key, at most C{burst} lines in any C{window} seconds.  Bounded: at
+    most C{max_keys} keys are remembered (the least recently used go).
+    """
+
+    def __init__(self, clock: Any, window: float = 10.0, burst: int = 3,
+                 max_keys: int = 10_000) -> None:
+        self.clock = clock
+        self.window = window
+        self.burst = burst
+        self.max_keys = max_keys
+        # key -> [window start, lines logged in it, lines left out since the last logged]
+        self._seen: OrderedDict[tuple[str, str], list[float]] = OrderedDict()
+
+    def allow(self, address: str, kind: str) -> int | None:
+        """
+        Whether to log a line: C{None} to leave it out, else how many lines
+        of this kind from this address were left out before it.
+        """
+        now = self.clock.seconds()
+        key = (address, kind)
+        seen = self._seen.get(key)
+        if seen is None or now - seen[0] >= self.window:
+            left_out = 0 if seen is None else int(seen[2])
+            self._seen[key] = [now, 1.0, 0.0]
+            self._seen.move_to_end(key)
+            while len(self._seen) > self.max_keys:
+                self._seen.popitem(last=False)
+            return left_out
+        self._seen.move_to_end(key)
+        if seen[1] < self.burst:
+            seen[1] += 1
+            left_out = int(seen[2])
+            seen[2] = 0
+            return left_out
+        seen[2] += 1
+        return None
+
+    def log(self, log: Logger, level: LogLevel, address: str, kind: str,
+            fmt: str, **kwargs: Any) -> None:
+        """C{log.emit(level, fmt, ...)} unless it is one repeat too many."""
+        left_out = self.allow(address, kind)
+        if left_out is None:
+            return
+        if left_out:
+            fmt += " ({left_out} similar lines from this address left out)"
+        log.emit(level, fmt, left_out=left_out, **kwargs)
