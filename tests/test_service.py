@@ -112,3 +112,73 @@ def test_unusable_database_stops_start_up_with_one_line(tmp_path: Path) -> None:
     assert str(e.value).startswith("twistd chat: ")
     assert str(bogus) in str(e.value)
     assert bogus.read_text() == "not a database\n"
+
+
+# -- hardening options (issue 14) ------------------------------------------------
+
+
+def test_hardening_defaults() -> None:
+    config = options().config()
+    assert config.exempt == ()
+    assert config.ipv6_prefix == 64
+    assert (config.ip_connect_rate, config.ip_connect_burst) == (1.0, 20)
+    assert (config.ip_register_rate, config.ip_register_burst) == (0.5, 10)
+    assert (config.ip_lobby_rate, config.ip_lobby_burst) == (20.0, 40)
+    assert (config.max_handshaking_per_ip, config.handshake_limit) == (5, 2500)
+    assert (config.history_bytes, config.max_invites, config.max_invites_per_ip) == (
+        65536, 10, 10)
+    assert (config.retain_messages, config.db_backlog, config.log_level) == (
+        1_000_000, 10_000, "info")
+
+
+def test_hardening_values() -> None:
+    config = options("--exempt", "127.0.0.1", "--exempt", "2001:db8::1/48",
+                     "--ipv6-prefix", "56", "--max-handshaking", "7",
+                     "--retain-messages", "0", "--log-level", "debug").config()
+    assert config.exempt == ("127.0.0.1/32", "2001:db8::/48")
+    assert (config.ipv6_prefix, config.handshake_limit) == (56, 7)
+    assert (config.retain_messages, config.log_level) == (None, "debug")
+
+
+@pytest.mark.parametrize("argv", [["--exempt", "nowhere"], ["--ipv6-prefix", "129"],
+                                  ["--log-level", "loud"], ["--db-backlog", "0"]])
+def test_bad_hardening_values_are_usage_errors(argv: list[str]) -> None:
+    with pytest.raises(usage.UsageError):
+        options(*argv)
+
+
+def test_a_max_clients_that_cannot_fit_stops_start_up(tmp_path: Path) -> None:
+    with pytest.raises(SystemExit) as e:
+        makeService(options("--max-clients", str(10**9), "--db", ":memory:"),
+                    ThreadedMemoryReactor())
+    assert str(e.value).startswith("twistd chat: --max-clients 1000000000 needs")
+
+
+def test_shutdown_with_a_database_that_cannot_be_written_has_no_unhandled_error(
+        tmp_path: Path) -> None:
+    """Issue 14.5: SIGTERM while the disk is full: the store reports what it
+    lost, and the service's stop still succeeds."""
+    import sqlite3
+
+    from twisted_chat.server.store import SQLiteStore
+
+    reactor = ThreadedMemoryReactor()
+    top = makeService(options("--db", str(tmp_path / "chat.sqlite3")), reactor)
+    top.startService()
+    service = next(iter(top))  # type: ignore[call-overload]
+    store = service.factory.history._store
+    assert isinstance(store, SQLiteStore)
+
+    def full(rows: Any) -> None:
+        raise sqlite3.OperationalError("database or disk is full")
+
+    store._insert = full  # type: ignore[method-assign]
+    service.factory.history.record(Entry(1.0, "alice", "lost"))
+    # The service itself: a MultiService's DeferredList would hide the
+    # failure from the test (and leave it unhandled).
+    outcome: list[Any] = []
+    service.stopService().addBoth(outcome.append)
+    while not outcome:  # called is true while it waits for the store
+        f, args, kwargs = reactor.from_threads.get(timeout=10)
+        f(*args, **kwargs)
+    assert outcome == [None]

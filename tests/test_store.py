@@ -628,3 +628,123 @@ def test_reactor_stays_responsive_while_every_write_takes_200ms(tmp_path: Path) 
     assert flushed_in < 1.0
     assert [r[3] for r in rows(path)] == [f"message {i}" for i in range(count)]
     assert threading.current_thread() not in writers
+
+
+# -- a failing disk, a vanished file, a bound by count (issue 14.5) ---------------
+
+
+@pytest.fixture
+def logged() -> Generator[list[dict[str, Any]], None, None]:
+    """Every log event emitted while the test runs."""
+    from twisted.logger import formatEvent, globalLogPublisher
+
+    events: list[dict[str, Any]] = []
+
+    def observe(event: dict[str, Any]) -> None:
+        events.append({**event, "text": formatEvent(event)})
+
+    globalLogPublisher.addObserver(observe)
+    yield events
+    globalLogPublisher.removeObserver(observe)
+
+
+def texts(events: list[dict[str, Any]], level: str | None = None) -> list[str]:
+    return [e["text"] for e in events if level is None or e["log_level"].name == level]
+
+
+@pytest_twisted.inlineCallbacks
+def test_a_failing_disk_holds_a_bounded_backlog_and_recovery_is_logged(
+    tmp_path: Path, logged: list[dict[str, Any]]
+) -> Gen:
+    """While writes fail, at most max_backlog messages wait (the oldest are
+    dropped, counted and logged); when the disk is back the rest are written
+    and the log says so."""
+    path = tmp_path / "chat.sqlite3"
+
+    class Full(SQLiteStore):
+        max_retry_delay = 0.05
+        failing = True
+
+        def _insert(self, rows: Sequence[tuple[float, str, str]]) -> None:
+            if self.failing:
+                raise sqlite3.OperationalError("database or disk is full")
+            super()._insert(rows)
+
+    store = Full.open(str(path), reactor, max_backlog=10)
+    assert isinstance(store, Full)
+    written = entries(30)
+    fill(store, written[:5])
+    yield deferLater(reactor, 0.3, lambda: None)  # a failed write or two
+    fill(store, written[5:])
+    yield deferLater(reactor, 0.3, lambda: None)
+    assert store.backlog == 10
+    assert store.shed == 20
+    dropped = [t for t in texts(logged, "error") if "backlog is full" in t]
+    assert len(dropped) == 1, dropped  # at most one line per interval
+    assert "dropped the 1 oldest" in dropped[0]
+    store.failing = False
+    yield timeout(store.flush())
+    recovered = [t for t in texts(logged, "warn") if "written again" in t]
+    assert len(recovered) == 1 and "10 waiting lobby message(s) stored, 20 dropped" in (
+        recovered[0]), recovered
+    yield timeout(store.close())
+    assert [r[3] for r in rows(path)] == [e.text for e in written[20:]]
+
+
+@pytest.mark.parametrize("how", ["file", "directory", "replaced"])
+@pytest_twisted.inlineCallbacks
+def test_a_database_removed_while_running_is_reported_loudly(
+    tmp_path: Path, logged: list[dict[str, Any]], how: str
+) -> Gen:
+    directory = tmp_path / "db"
+    directory.mkdir()
+    path = directory / "chat.sqlite3"
+
+    class Watchful(SQLiteStore):
+        path_check_interval = 0.05
+
+    store = Watchful.open(str(path), reactor)
+    fill(store, entries(3))
+    yield timeout(store.flush())
+    yield deferLater(reactor, 0.2, lambda: None)
+    assert texts(logged, "critical") == []
+    if how == "file":
+        for leftover in directory.iterdir():
+            leftover.unlink()
+    elif how == "directory":
+        import shutil
+
+        shutil.rmtree(directory)
+    else:
+        other = tmp_path / "other"
+        other.write_bytes(b"")
+        other.replace(path)
+    yield deferLater(reactor, 0.3, lambda: None)
+    alarms = texts(logged, "critical")
+    assert len(alarms) == 1, alarms  # once, not every check
+    assert str(path) in alarms[0]
+    assert ("replaced" if how == "replaced" else "was deleted") in alarms[0]
+    yield timeout(store.close())
+
+
+@pytest_twisted.inlineCallbacks
+def test_max_messages_keeps_only_the_newest(tmp_path: Path) -> Gen:
+    path = tmp_path / "chat.sqlite3"
+
+    class Small(SQLiteStore):
+        prune_chunk = 30  # several chunks
+
+    store = Small.open(str(path), reactor, max_messages=100)
+    written = entries(250)
+    fill(store, written)
+    for _ in range(10):
+        yield timeout(store.flush())
+    assert store.recent(1000) == written[150:]
+    yield timeout(store.close())
+    assert [r[3] for r in rows(path)] == [e.text for e in written[150:]]
+    # Kept at the next start too, before anything is written.
+    again = Small.open(str(path), reactor, max_messages=50)
+    for _ in range(3):
+        yield timeout(again.flush())
+    yield timeout(again.close())
+    assert [r[3] for r in rows(path)] == [e.text for e in written[200:]]

@@ -37,6 +37,10 @@ FANOUT_QUIET_FACTOR = 4.0
 READERS_WAIT_MAX_LINES = 100
 READERS_WAIT_SHARE = 0.125
 
+# The longest BYE text that goes out as the LEFT text, in UTF-8 bytes (cut at
+# a character boundary): a quitting user's last word reaches every member.
+MAX_QUIT_TEXT = 256
+
 
 @dataclass(frozen=True, slots=True)
 class ServerConfig:
@@ -64,3 +68,34 @@ class ServerConfig:
     # How long a peer may take to complete a close the server began (a peer
     # that stopped reading, a TLS peer that never answers) before an abort.
     close_grace: float = 3.0
+    # Hardening (issue 14; see docs/security.md).  Per source address (an
+    # IPv4 address or an IPv6 /ipv6_prefix), shared by all its connections;
+    # a rate of 0 turns that limit off.  --exempt lifts all of them.
+    exempt: tuple[str, ...] = ()
+    ipv6_prefix: int = 64
+    ip_connect_rate: float = 1.0
+    ip_connect_burst: int = 20
+    ip_register_rate: float = 0.5
+    ip_register_burst: int = 10
+    ip_lobby_rate: float = 20.0
+    ip_lobby_burst: int = 40
+    # Connections still choosing a nick: per address, and overall (None:
+    # a quarter of max_clients).
+    max_handshaking_per_ip: int = 5
+    max_handshaking: int | None = None
+    # Bytes of HISTORY lines a newcomer is sent at most (the newest that fit).
+    history_bytes: int = 64 * 1024
+    # Open invitations to one user, and from the users of one address.
+    max_invites: int = 10
+    max_invites_per_ip: int = 10
+    # The database: messages kept at most (None: no bound by count), and
+    # messages held in memory while the disk fails.
+    retain_messages: int | None = 1_000_000
+    db_backlog: int = 10_000
+    log_level: str = "info"
+
+    @property
+    def handshake_limit(self) -> int:
+        if self.max_handshaking is not None:
+            return self.max_handshaking
+        return max(self.max_clients // 4, 1)

@@ -8,14 +8,18 @@ C{BYE shutdown} to everyone and waits for their connections to close.
 
 from __future__ import annotations
 
+import dataclasses
+import sys
 from typing import Any
 
 from twisted.application import strports
 from twisted.application.service import IService, MultiService, Service
 from twisted.internet.defer import Deferred
-from twisted.logger import Logger
 from twisted.python import usage
+from twisted.python.failure import Failure
 
+from twisted_chat.server import descriptors, logs
+from twisted_chat.server.addresses import parse_network
 from twisted_chat.server.config import MAX_FANOUT_WAIT, ServerConfig
 from twisted_chat.server.history import History
 from twisted_chat.server.protocol import ChatFactory
@@ -48,6 +52,25 @@ def _non_negative(kind: type[int] | type[float]) -> Any:
 
 def _positive(kind: type[int] | type[float]) -> Any:
     return _number(kind, zero_allowed=False)
+
+
+def _prefix(value: str) -> int:
+    bits = int(value)
+    if not 1 <= bits <= 128:
+        raise ValueError(f"must be 1 to 128: {value}")
+    return bits
+
+
+_prefix.coerceDoc = "1 to 128."  # type: ignore[attr-defined]
+
+
+def _log_level(value: str) -> str:
+    if value not in logs.LEVELS:
+        raise ValueError(f"must be one of {', '.join(logs.LEVELS)}: {value}")
+    return value
+
+
+_log_level.coerceDoc = "One of " + ", ".join(logs.LEVELS) + "."  # type: ignore[attr-defined]
 
 
 _defaults = ServerConfig()
@@ -99,11 +122,59 @@ class Options(usage.Options):
         ["retain-days", None, None,
          "Delete lobby messages older than this many days (default: keep everything)",
          _positive(float)],
+        # Hardening (docs/security.md).
+        ["retain-messages", None, _defaults.retain_messages,
+         "Keep at most this many lobby messages in the database, deleting the oldest "
+         "(0: no bound by count).", _non_negative(int)],
+        ["db-backlog", None, _defaults.db_backlog,
+         "Lobby messages held in memory while the database cannot be written; past "
+         "that the oldest are dropped.", _positive(int)],
+        ["history-bytes", None, _defaults.history_bytes,
+         "Bytes of history a newcomer is sent at most (the newest messages that fit).",
+         _positive(int)],
+        ["ipv6-prefix", None, _defaults.ipv6_prefix,
+         "IPv6 addresses count as one address per prefix of this many bits.",
+         _prefix],
+        ["ip-connect-rate", None, _defaults.ip_connect_rate,
+         "New connections per second from one address (0: no limit).", _non_negative(float)],
+        ["ip-connect-burst", None, _defaults.ip_connect_burst,
+         "New connections one address may open at once.", _positive(int)],
+        ["ip-register-rate", None, _defaults.ip_register_rate,
+         "Nicks per second one address may register, all its connections together "
+         "(0: no limit).", _non_negative(float)],
+        ["ip-register-burst", None, _defaults.ip_register_burst,
+         "Nicks one address may register at once.", _positive(int)],
+        ["ip-lobby-rate", None, _defaults.ip_lobby_rate,
+         "Lobby messages per second from one address, all its connections together "
+         "(0: no limit).", _non_negative(float)],
+        ["ip-lobby-burst", None, _defaults.ip_lobby_burst,
+         "Lobby messages one address may send at once.", _positive(int)],
+        ["max-handshaking-per-ip", None, _defaults.max_handshaking_per_ip,
+         "Connections from one address that have not chosen a nick yet.", _positive(int)],
+        ["max-handshaking", None, None,
+         "Connections that have not chosen a nick yet, in all; when full, the oldest of "
+         "the address holding the most makes room [default: a quarter of --max-clients]",
+         _positive(int)],
+        ["max-invites", None, _defaults.max_invites,
+         "Open invitations one user may have received.", _positive(int)],
+        ["max-invites-per-ip", None, _defaults.max_invites_per_ip,
+         "Open invitations the users of one address may have sent, together.",
+         _positive(int)],
+        ["log-level", None, _defaults.log_level,
+         f"Least important log lines written: {', '.join(logs.LEVELS)}.", _log_level],
     ]
 
     def __init__(self) -> None:
         super().__init__()
         self["ports"] = []
+        self["exempt"] = []
+
+    def opt_exempt(self, cidr: str) -> None:
+        """An address or CIDR block (e.g. 192.0.2.10, 2001:db8::/48) without any per-address limit: --max-per-ip, connection, registration and lobby rates, handshaking connections. For a bouncer, a NAT gateway, a benchmark. Repeatable. Nothing is exempt by default, loopback included."""  # noqa: E501
+        try:
+            self["exempt"].append(str(parse_network(cidr)))
+        except ValueError as e:
+            raise usage.UsageError(f"--exempt: {e}") from None
 
     def opt_port(self, description: str) -> None:
         """Where to listen: a bare port number (TCP) or any Twisted endpoint, e.g. tcp:7000:interface=127.0.0.1, ssl:7443:privateKey=server.pem, unix:/tmp/chat.sock. Repeatable. [default: 7000]"""  # noqa: E501
@@ -134,6 +205,22 @@ class Options(usage.Options):
             fanout_delay=self["fanout-delay"] / 1000,
             db=self["db"],
             retain_days=self["retain-days"],
+            exempt=tuple(self["exempt"]),
+            ipv6_prefix=self["ipv6-prefix"],
+            ip_connect_rate=self["ip-connect-rate"],
+            ip_connect_burst=self["ip-connect-burst"],
+            ip_register_rate=self["ip-register-rate"],
+            ip_register_burst=self["ip-register-burst"],
+            ip_lobby_rate=self["ip-lobby-rate"],
+            ip_lobby_burst=self["ip-lobby-burst"],
+            max_handshaking_per_ip=self["max-handshaking-per-ip"],
+            max_handshaking=self["max-handshaking"],
+            history_bytes=self["history-bytes"],
+            max_invites=self["max-invites"],
+            max_invites_per_ip=self["max-invites-per-ip"],
+            retain_messages=self["retain-messages"] or None,
+            db_backlog=self["db-backlog"],
+            log_level=self["log-level"],
         )
 
 
@@ -147,7 +234,7 @@ class ChatService(Service):
     would not survive the fork.
     """
 
-    log = Logger()
+    log = logs.logger()
 
     def __init__(self, factory: ChatFactory) -> None:
         self.factory = factory
@@ -157,7 +244,9 @@ class ChatService(Service):
         history = self.factory.history
         try:
             store = SQLiteStore.open(config.db, self.factory.reactor,
-                                     retain_days=config.retain_days)
+                                     retain_days=config.retain_days,
+                                     max_messages=config.retain_messages,
+                                     max_backlog=config.db_backlog)
         except StoreError as e:
             # Only if the file changed since makeService checked it.  Not
             # SystemExit: after daemonizing, twistd's parent waits for the
@@ -181,7 +270,18 @@ class ChatService(Service):
                       n=len(self.factory.connections))
         closed = self.factory.shutdown()
         closed.addCallback(lambda _: self.factory.history.close())
+        closed.addErrback(self._not_saved)
         return closed
+
+    def _not_saved(self, failure: Failure) -> None:
+        """
+        The database could not take the last messages (a full disk): the
+        store has said how many were lost; the shutdown goes on, with no
+        unhandled error.
+        """
+        failure.trap(StoreError)
+        self.log.critical("shutting down without saving all of the lobby history: {error}",
+                          error=str(failure.value))
 
 
 def makeService(options: Options, reactor: Any = None) -> IService:
@@ -190,6 +290,20 @@ def makeService(options: Options, reactor: Any = None) -> IService:
 
         reactor = global_reactor
     config = options.config()
+    logs.set_level(config.log_level)
+    try:
+        fitted = descriptors.fit(config.max_clients,
+                                 chosen=config.max_clients != _defaults.max_clients)
+    except descriptors.DoesNotFit as e:
+        raise SystemExit(f"twistd chat: {e}") from None
+    log = logs.logger("twisted_chat.server.service")
+    if fitted.raised_from is not None:
+        log.info("file descriptor limit raised from {before} to {now}",
+                 before=fitted.raised_from, now=fitted.soft)
+    if fitted.warning is not None:
+        sys.stderr.write(f"twistd chat: WARNING: {fitted.warning}\n")
+        log.warn("{warning}", warning=fitted.warning)
+        config = dataclasses.replace(config, max_clients=fitted.max_clients)
     try:
         # Before twistd daemonizes, so a bad --db is one clear line on the
         # terminal; the store itself is opened after the fork (startService).

@@ -55,6 +55,7 @@ import sqlite3
 import threading
 import time
 import urllib.parse
+from collections import deque
 from collections.abc import Callable, Sequence
 from typing import Any, ClassVar, Protocol
 
@@ -132,6 +133,13 @@ class SQLiteStore:
     prune_chunk: ClassVar[int] = 5000
     #: Longest wait (seconds) between retries after a failed write.
     max_retry_delay: ClassVar[float] = 30.0
+    #: How often (seconds) the writer checks that the file it writes is
+    #: still the one at the database's path (not deleted or replaced).
+    path_check_interval: ClassVar[float] = 10.0
+    #: How often (seconds) it says so again while the file is missing.
+    path_reminder_interval: ClassVar[float] = 600.0
+    #: Least time (seconds) between two log lines about dropped messages.
+    drop_report_interval: ClassVar[float] = 10.0
 
     def __init__(
         self,
@@ -140,6 +148,8 @@ class SQLiteStore:
         name: str,
         claim: str | None,
         retain_days: float | None,
+        max_messages: int | None = None,
+        max_backlog: int = 10_000,
     ) -> None:
         """Use L{open}."""
         self._conn = conn
@@ -147,14 +157,24 @@ class SQLiteStore:
         self._name = name
         self._claim = claim
         self._retain = None if retain_days is None else retain_days * 86400.0
+        self._max_messages = max_messages or None
+        # Prune by count once this many rows went in since the last time.
+        self._trim_every = max((max_messages or 0) // 100, 1)
+        self._max_backlog = max(max_backlog, 1)
+        self._identity = _identity(name) if claim is not None else None
         self._db_lock = threading.Lock()  # the connection: writer vs. recent()
         self._cond = threading.Condition()  # guards everything below
-        self._pending: list[Entry] = []
+        self._pending: deque[Entry] = deque()
         self._pending_since = 0.0  # time.monotonic() of the oldest pending entry
         self._flushes: list[Deferred[None]] = []
         self._stopping = False
         self._stopped = False  # the writer took its last batch
         self._dropped = 0
+        # Messages dropped from a full backlog (the disk is failing): how
+        # many in all, how many the log has been told of, and when.
+        self._shed = 0
+        self._shed_reported = 0
+        self._shed_reported_at = -math.inf
         self._close_waiters: list[Deferred[None]] = []
         self._close_result: StoreError | bool | None = False  # False: not yet
         self._thread = threading.Thread(target=self._run, name=f"chat-store {name}", daemon=True)
@@ -163,7 +183,15 @@ class SQLiteStore:
     # -- start-up -----------------------------------------------------------
 
     @classmethod
-    def open(cls, path: str, reactor: _Reactor, *, retain_days: float | None = None) -> SQLiteStore:
+    def open(
+        cls,
+        path: str,
+        reactor: _Reactor,
+        *,
+        retain_days: float | None = None,
+        max_messages: int | None = None,
+        max_backlog: int = 10_000,
+    ) -> SQLiteStore:
         """
         Open or create the chat database at C{path}; blocking, for start-up.
 
@@ -171,6 +199,11 @@ class SQLiteStore:
         a file that is not a chat database, is corrupt, or is in use, with a
         L{StoreError} and without modifying it.  C{":memory:"} keeps nothing
         on disk.
+
+        @param max_messages: keep at most this many messages, deleting the
+            oldest (C{None}: no bound by count).
+        @param max_backlog: hold at most this many messages not yet written
+            (while the disk fails); past it the oldest are dropped.
         """
         if retain_days is not None and not (math.isfinite(retain_days) and retain_days > 0):
             raise ValueError(f"retain_days must be a positive number, not {retain_days!r}")
@@ -179,9 +212,9 @@ class SQLiteStore:
             conn.execute("BEGIN")
             _create(conn)
             conn.execute("COMMIT")
-            return cls(conn, reactor, path, None, retain_days)
+            return cls(conn, reactor, path, None, retain_days, max_messages, max_backlog)
         conn, shown, claim = _open_file(path)
-        return cls(conn, reactor, shown, claim, retain_days)
+        return cls(conn, reactor, shown, claim, retain_days, max_messages, max_backlog)
 
     @staticmethod
     def check(path: str) -> None:
@@ -214,21 +247,35 @@ class SQLiteStore:
     # -- the reactor side ---------------------------------------------------
 
     def append(self, entry: Entry) -> None:
-        """Queue C{entry}; never blocks on the disk."""
+        """
+        Queue C{entry}; never blocks on the disk.  While the disk fails, at
+        most C{max_backlog} messages wait: past that the oldest is dropped.
+        """
         with self._cond:
-            if not self._stopped:
-                if not self._pending:
+            if self._stopped:
+                self._dropped += 1
+                closed: int | None = self._dropped
+                report = None
+            else:
+                closed = None
+                pending = self._pending
+                if not pending:
                     self._pending_since = time.monotonic()
                     self._cond.notify()
-                self._pending.append(entry)
-                return
-            self._dropped += 1
-            dropped = self._dropped
-        _log.error(
-            "Chat database {name} is closed: lobby message not stored ({n} so far).",
-            name=self._name,
-            n=dropped,
-        )
+                pending.append(entry)
+                if len(pending) <= self._max_backlog:
+                    return
+                pending.popleft()
+                self._shed += 1
+                report = self._shed_report()
+        if report is not None:
+            _log.error("{message}", message=report)
+        if closed is not None:
+            _log.error(
+                "Chat database {name} is closed: lobby message not stored ({n} so far).",
+                name=self._name,
+                n=closed,
+            )
 
     def flush(self) -> Deferred[None]:
         """Fire once everything appended so far is committed."""
@@ -246,6 +293,38 @@ class SQLiteStore:
             self._stopping = True
             self._cond.notify()
         return self._when_closed()
+
+    @property
+    def backlog(self) -> int:
+        """Messages waiting to be written."""
+        with self._cond:
+            return len(self._pending)
+
+    @property
+    def shed(self) -> int:
+        """Messages dropped from a full backlog so far."""
+        with self._cond:
+            return self._shed
+
+    def _shed_report(self) -> str | None:
+        """
+        The line to log about dropped messages, if one is due (under
+        C{_cond}): at the first, then at most once per
+        C{drop_report_interval}.
+        """
+        now = time.monotonic()
+        if self._shed == self._shed_reported or now < (
+            self._shed_reported_at + self.drop_report_interval
+        ):
+            return None
+        new = self._shed - self._shed_reported
+        self._shed_reported = self._shed
+        self._shed_reported_at = now
+        return (
+            f"The chat database {self._name} is not being written and the backlog is full"
+            f" ({self._max_backlog} messages): dropped the {new} oldest unwritten lobby"
+            f" message(s), {self._shed} since the failure began."
+        )
 
     def _when_closed(self) -> Deferred[None]:
         if self._close_result is False:
@@ -290,23 +369,31 @@ class SQLiteStore:
 
     def _loop(self) -> StoreError | None:
         """Write batches until closed; the error of the last write, if any."""
-        next_prune = 0.0 if self._retain is not None else math.inf
+        pruning = self._retain is not None or self._max_messages is not None
+        next_prune = 0.0 if pruning else math.inf
         failures = 0
+        failing_since = 0.0
         retry_at = 0.0
+        written_since_trim = 0
+        next_check = time.monotonic() + self.path_check_interval
         while True:
             with self._cond:
                 while True:
                     now = time.monotonic()
                     if self._stopping or self._flushes or now >= next_prune:
                         break
+                    if self._identity is not None and now >= next_check:
+                        break
                     due = next_prune
+                    if self._identity is not None:
+                        due = min(due, next_check)
                     if self._pending:
                         write_at = max(self._pending_since + self.commit_interval, retry_at)
                         if now >= write_at:
                             break
                         due = min(due, write_at)
                     self._cond.wait(None if due == math.inf else due - now)
-                batch, self._pending = self._pending, []
+                batch, self._pending = list(self._pending), deque()
                 since = self._pending_since
                 flushes, self._flushes = self._flushes, []
                 stopping = self._stopping
@@ -316,6 +403,8 @@ class SQLiteStore:
                 try:
                     self._write(batch)
                 except sqlite3.Error as e:
+                    if not failures:
+                        failing_since = time.monotonic()
                     failures += 1
                     delay = min(self.max_retry_delay, 0.5 * 2 ** min(failures, 16))
                     retry_at = time.monotonic() + delay
@@ -323,15 +412,33 @@ class SQLiteStore:
                         f"Could not write {len(batch)} lobby message(s) to the chat database"
                         f" {self._name}: {e}."
                     )
+                    report = None
                     with self._cond:
-                        self._pending[:0] = batch
+                        pending = self._pending
+                        pending.extendleft(reversed(batch))
+                        over = len(pending) - self._max_backlog
+                        if over > 0:
+                            for _ in range(over):
+                                pending.popleft()
+                            self._shed += over
+                            report = self._shed_report()
                         self._pending_since = since
+                    if report:
+                        self._log_error(report)
                     next_prune = max(next_prune, retry_at)  # no busy loop
                     if not stopping:
                         self._log_error(f"{error} Retrying in {delay:g} s.")
                 else:
+                    if failures:
+                        self._recovered(len(batch), time.monotonic() - failing_since)
                     failures = 0
                     retry_at = 0.0
+                    written_since_trim += len(batch)
+                    if self._max_messages and written_since_trim >= self._trim_every:
+                        written_since_trim = 0
+                        next_prune = 0.0
+            if self._identity is not None and time.monotonic() >= next_check:
+                next_check = self._check_path()
             if error is None and time.monotonic() >= next_prune:
                 next_prune = self._prune()
             if flushes:
@@ -353,6 +460,62 @@ class SQLiteStore:
 
     def _log_error(self, message: str) -> None:
         self._reactor.callFromThread(_log.error, "{message}", message=message)
+
+    def _recovered(self, written: int, after: float) -> None:
+        """The first write after failures went through (writer thread)."""
+        with self._cond:
+            shed = self._shed
+            report = self._shed_report() if shed != self._shed_reported else None
+            self._shed = self._shed_reported = 0
+            self._shed_reported_at = -math.inf
+        if report:
+            self._log_error(report)
+        message = (
+            f"The chat database {self._name} is written again after {after:.1f} s of"
+            f" failures: {written} waiting lobby message(s) stored"
+            + (f", {shed} dropped meanwhile." if shed else ", none lost.")
+        )
+        self._reactor.callFromThread(_log.warn, "{message}", message=message)
+
+    _missing_since: float | None = None
+    _missing_told: float = 0.0
+
+    def _check_path(self) -> float:
+        """
+        Is the file being written still the one at the database's path?
+        A file deleted (or its directory) or replaced while the server
+        runs keeps taking writes that are lost at the next start: say so,
+        loudly, when it is noticed and every C{path_reminder_interval}
+        while it lasts.  Returns when to check next (writer thread).
+        """
+        now = time.monotonic()
+        try:
+            found: tuple[int, int] | None = _identity(self._name)
+        except OSError:
+            found = None
+        if found == self._identity:
+            if self._missing_since is not None:
+                self._missing_since = None
+                self._reactor.callFromThread(
+                    _log.warn, "The chat database {name} is back at its path.", name=self._name
+                )
+        elif self._missing_since is None or now - self._missing_told >= (
+            self.path_reminder_interval
+        ):
+            if self._missing_since is None:
+                self._missing_since = now
+            self._missing_told = now
+            what = "was replaced by another file" if found is not None else "was deleted"
+            self._reactor.callFromThread(
+                _log.critical,
+                "The chat database {name} {what} while the server runs: lobby messages"
+                " go on being written to the old file, which is gone at the next start,"
+                " and the history with it. Restore the file (or its directory), or stop"
+                " the server and start it on a database that is there.",
+                name=self._name,
+                what=what,
+            )
+        return now + self.path_check_interval
 
     def _write(self, batch: Sequence[Entry]) -> None:
         """Commit C{batch} in one transaction (writer thread)."""
@@ -390,18 +553,32 @@ class SQLiteStore:
                 self._log_error(f"Lobby message from {row[1]!r} not stored: {e!r}.")
 
     def _prune(self) -> float:
-        """Delete one chunk of expired rows; return when to prune next."""
-        assert self._retain is not None
-        cutoff = self._reactor.seconds() - self._retain
+        """
+        Delete one chunk of expired rows and one chunk of rows over
+        C{max_messages}; return when to prune next.  Ids only grow, so the
+        rows over the count are those more than C{max_messages} ids below
+        the newest.
+        """
+        deleted = 0
         try:
             with self._db_lock:
                 self._conn.execute("BEGIN IMMEDIATE")
                 try:
-                    deleted = self._conn.execute(
-                        "DELETE FROM messages WHERE id IN"
-                        " (SELECT id FROM messages WHERE ts < ? LIMIT ?)",
-                        (cutoff, self.prune_chunk),
-                    ).rowcount
+                    if self._retain is not None:
+                        cutoff = self._reactor.seconds() - self._retain
+                        deleted = self._conn.execute(
+                            "DELETE FROM messages WHERE id IN"
+                            " (SELECT id FROM messages WHERE ts < ? LIMIT ?)",
+                            (cutoff, self.prune_chunk),
+                        ).rowcount
+                    if self._max_messages is not None:
+                        newest = self._conn.execute("SELECT max(id) FROM messages").fetchone()[0]
+                        if newest is not None:
+                            deleted = max(deleted, self._conn.execute(
+                                "DELETE FROM messages WHERE id IN (SELECT id FROM messages"
+                                " WHERE id <= ? ORDER BY id LIMIT ?)",
+                                (newest - self._max_messages, self.prune_chunk),
+                            ).rowcount)
                     self._conn.execute("COMMIT")
                 except BaseException:
                     if self._conn.in_transaction:
@@ -413,6 +590,12 @@ class SQLiteStore:
         if deleted >= self.prune_chunk:
             return 0.0  # more to delete: go on after the next batch
         return time.monotonic() + self.prune_interval
+
+
+def _identity(path: str) -> tuple[int, int]:
+    """Which file is at C{path} now (device, inode)."""
+    st = os.stat(path)
+    return st.st_dev, st.st_ino
 
 
 def _open_file(path: str) -> tuple[sqlite3.Connection, str, str]:
