@@ -17,7 +17,7 @@ from twisted.internet.testing import StringTransport
 from twisted.python.failure import Failure
 
 from twisted_chat.server.config import ServerConfig
-from twisted_chat.server.protocol import ChatFactory
+from twisted_chat.server.factory import ChatFactory
 
 # Unit tests keep the limits and the pacing out of the way unless they test them.
 QUIET = dict(flood_rate=0.0, idle_timeout=0.0, nick_timeout=0.0, fanout_delay=0.0)

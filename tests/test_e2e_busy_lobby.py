@@ -1,7 +1,7 @@
 """
 A busy lobby on real sockets, over TCP and over TLS: senders whose lines
 come faster than the fan-out's pacing are not read while their lines wait
-(ChatFactory.read_after_fanout), and reading them again must lose nothing,
+(LobbyFanout.sent, docs/fanout.md), and reading them again must lose nothing,
 reorder nothing, and leave nobody unread.
 """
 

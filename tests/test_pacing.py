@@ -16,7 +16,7 @@ from twisted.internet.error import ConnectionAborted
 from twisted.python.failure import Failure
 
 from tests.harness import Conn, Harness
-from twisted_chat.server.config import MAX_FANOUT_WAIT, READERS_WAIT_MAX_LINES, READERS_WAIT_SHARE
+from twisted_chat.server.fanout import MAX_FANOUT_WAIT, READERS_WAIT_MAX_LINES, READERS_WAIT_SHARE
 from twisted_chat.wire import format_ts
 
 WINDOW = 0.002
@@ -36,7 +36,8 @@ def quiet(h: Harness) -> None:
 def count_writes(conn: Conn, on_write: Callable[[], None] | None = None) -> list[bytes]:
     """Record each write the protocol makes to C{conn}'s transport."""
     writes: list[bytes] = []
-    send = conn.protocol._send
+    queue = conn.protocol._queue
+    send = queue._send
 
     def recording(data: bytes) -> None:
         writes.append(data)
@@ -44,7 +45,7 @@ def count_writes(conn: Conn, on_write: Callable[[], None] | None = None) -> list
             on_write()
         send(data)
 
-    conn.protocol._send = recording
+    queue._send = recording
     return writes
 
 

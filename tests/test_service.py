@@ -32,6 +32,11 @@ def test_defaults() -> None:
     assert config.server_name == "twisted-chat"
     assert (config.db, config.retain_days) == ("chat.sqlite3", None)
     assert config.fanout_delay == pytest.approx(0.010)
+    assert config.direct_send is True
+
+
+def test_no_direct_send_turns_the_direct_path_off() -> None:
+    assert options("--no-direct-send").config().direct_send is False
 
 
 def test_ports_repeatable_and_bare_number_is_tcp() -> None:
@@ -63,7 +68,8 @@ def test_help_lists_every_option() -> None:
     for name in ["--port", "--history", "--max-line", "--invite-timeout", "--max-clients",
                  "--max-per-ip", "--show-addresses", "--server-name", "--flood-rate",
                  "--flood-burst", "--sendq", "--idle-timeout", "--ping-timeout",
-                 "--nick-timeout", "--db", "--retain-days", "--fanout-delay"]:
+                 "--nick-timeout", "--db", "--retain-days", "--fanout-delay",
+                 "--no-direct-send"]:
         assert name in text
 
 

@@ -11,32 +11,6 @@ from dataclasses import dataclass, field
 
 from twisted_chat.wire import DEFAULT_PORT
 
-# The longest a lobby line waits for the fan-out's pacing, in seconds,
-# whatever --fanout-delay says, a fan-out took, or the clock did.
-MAX_FANOUT_WAIT = 0.05
-
-# After a lobby fan-out that took d seconds, of lines that had to wait for
-# the pacing (they are pouring in), the next one waits at least this many
-# times d, so the fan-out takes at most a fifth of the server's time and
-# reading, handshakes and everything else keep the rest: a bigger lobby gets
-# bigger batches (fewer packets per line) instead of a busier server.  (After
-# a fan-out of lines that did not wait, the gap is --fanout-delay or d,
-# whichever is longer: a line now and then in a big lobby is not held.)
-# MAX_FANOUT_WAIT still bounds the wait, so past fan-outs of 12.5 ms the
-# share grows again; --fanout-delay 0 turns all of the pacing off, this
-# included.
-FANOUT_QUIET_FACTOR = 4.0
-
-# A connection whose lobby line waits for the pacing is not read again until
-# the gap ends (ChatFactory.read_after_fanout), but only while the last
-# fan-out carried at most READERS_WAIT_MAX_LINES lines and took at most
-# READERS_WAIT_SHARE of --fanout-delay.  What is read at the gap's end is
-# handled before the next fan-out, which it delays (about 5 us a line here),
-# and when lines flood in, reads find several lines each anyway; in a big
-# lobby, a sender has seldom sent a second line by the next fan-out.
-READERS_WAIT_MAX_LINES = 100
-READERS_WAIT_SHARE = 0.125
-
 # The longest BYE text that goes out as the LEFT text, in UTF-8 bytes (cut at
 # a character boundary): a quitting user's last word reaches every member.
 MAX_QUIT_TEXT = 256
@@ -59,9 +33,12 @@ class ServerConfig:
     idle_timeout: float = 120.0
     ping_timeout: float = 60.0
     nick_timeout: float = 30.0
-    # Lobby fan-out pacing, in seconds (see ChatFactory.flush); 0 writes each
+    # Lobby fan-out pacing window, in seconds (docs/fanout.md); 0 writes each
     # reactor turn's lobby lines at once.
     fanout_delay: float = 0.010
+    # Write straight to a plain TCP socket when nothing is queued for it
+    # (twisted_chat.server.sendqueue); off: always through transport.write.
+    direct_send: bool = True
     # Durable history.
     db: str = "chat.sqlite3"
     retain_days: float | None = None

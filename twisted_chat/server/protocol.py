@@ -1,157 +1,99 @@
 """
-The connection layer: one L{ChatProtocol} per connection, and the
-L{ChatFactory} that owns the L{Hub} and turns its decisions into lines.
-
-Lobby fan-out is the hottest path in the server.  A lobby message is encoded
-once, and the lobby lines are gathered (those of one reactor turn, or of
-up to 50 ms when they come fast: see L{ChatFactory.flush}) and written to
-each member in a single write, so the per-recipient cost is paid per batch
-rather than per line.  To keep every connection's view in the order the
-server handled events, anything written to a lobby member, and any change to
-who is in the lobby, first delivers the gathered lines.
+One connection: C{ChatProtocol} reads chat/1 lines, applies the per-connection
+limits, hands commands to the hub, and writes what it is given through its
+L{SendQueue}.  The lobby fan-out (L{twisted_chat.server.fanout}) and the
+factory (L{twisted_chat.server.factory}) are reached only through their
+public methods; the fan-out sees this class as a L{Member}.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, ClassVar
 
-from twisted.internet import defer
-from twisted.internet.interfaces import (
-    IDelayedCall,
-    IHalfCloseableProtocol,
-    IPushProducer,
-    IReactorTime,
-)
-from twisted.internet.protocol import Protocol, ServerFactory, connectionDone
+from twisted.internet.interfaces import IDelayedCall, IHalfCloseableProtocol, IReactorTime
+from twisted.internet.protocol import Protocol, connectionDone
 from twisted.logger import Logger
-from twisted.protocols.basic import LineReceiver
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from twisted_chat import __version__, wire
-from twisted_chat.server.config import (
-    FANOUT_QUIET_FACTOR,
-    MAX_FANOUT_WAIT,
-    READERS_WAIT_MAX_LINES,
-    READERS_WAIT_SHARE,
-    ServerConfig,
-)
-from twisted_chat.server.history import Entry, History
-from twisted_chat.server.hub import Hub, HubError, Invitation, NickTaken, State, User
-from twisted_chat.server.sending import Write, backlog_meter, direct_sender
+from twisted_chat import wire
+from twisted_chat.server.flood import Dropped, FloodMeter
+from twisted_chat.server.hub import HubError, NickTaken, State, User
+from twisted_chat.server.sendqueue import SendQueue
 from twisted_chat.wire import ErrorCode, LineError
 
 if TYPE_CHECKING:
-    from twisted.internet.interfaces import IAddress
+    from twisted_chat.server.factory import ChatFactory
 
 # Verbs allowed before READY; any other known verb is "not-ready".
 _BEFORE_READY = frozenset({"NICK", "PING", "PONG", "HELP", "BYE"})
 
 
-@implementer(IPushProducer)
-class _SendQueueWatch:
-    """
-    The transport's push producer.  Twisted pauses it once the transport
-    holds more than its buffer size (the kernel is not taking data), and
-    resumes it when the buffer has drained; in between, the connection counts
-    what it still writes, and is cut off when that passes C{--sendq}.
-    """
-
-    __slots__ = ("_protocol",)
-
-    def __init__(self, protocol: ChatProtocol) -> None:
-        self._protocol = protocol
-
-    def pauseProducing(self) -> None:
-        if self._protocol.held is None:
-            self._protocol.held = 0
-
-    def resumeProducing(self) -> None:
-        self._protocol.held = None
-
-    def stopProducing(self) -> None:
-        pass
-
-
 @implementer(IHalfCloseableProtocol)
-class ChatProtocol(LineReceiver):
+class ChatProtocol(Protocol):
     """
     One connection: NICK, then online (READY or PAIRED, as the hub says),
-    then finished.
+    then closing.
 
-    C{dataReceived} is replaced: chat/1 discards an over-long line with one
-    error and keeps the connection, where C{LineReceiver} would drop it, and
-    the scan below finds each delimiter once instead of re-splitting the
-    buffer for every line.
+    Lines end in LF or CRLF.  An over-long line is discarded with one error
+    and the connection kept (chat/1, "Limits"), and each delimiter is found
+    once however the bytes arrive.
     """
 
-    delimiter = b"\n"
     log = Logger()
-
-    # Twisted's transports pause a streaming producer past this many bytes.
-    _TRANSPORT_BUFFER = 65536
 
     def __init__(self, factory: ChatFactory) -> None:
         self.factory = factory
         self.config = factory.config
         self.clock: IReactorTime = factory.reactor
-        self.MAX_LENGTH = self.config.max_line
+        self.fanout = factory.fanout
         self.user: User | None = None
         self.address = "-"
         self.host: str | None = None
-        self.finished = False
-        # Bytes written since the transport paused us; None while it is not.
-        self.held: int | None = None
-        self._sendq_excess = max(self.config.sendq - self._TRANSPORT_BUFFER, 0)
+        self.closing = False
+        self._queue: SendQueue | None = None  # from connectionMade
         self._leave_reason = "disconnected"
         self._buffer = b""
         self._discarding = False
-        # Flood control: a token bucket, and a penalty for dropped lines.
-        self._tokens = float(self.config.flood_burst)
-        self._refilled = 0.0
-        self._penalty = 0.0
-        self._penalised = 0.0
-        self._flood_error_at: float | None = None
-        # Liveness.
+        self._flood: FloodMeter | None = None
         self._last_line = 0.0
         self._pinged_at: float | None = None
         self._idle_call: IDelayedCall | None = None
         self._nick_call: IDelayedCall | None = None
         self._abort_call: IDelayedCall | None = None  # set once a close has begun
-        self._send: Write = lambda data: None  # until connectionMade
-        self._backlog: Callable[[], int] | None = None
 
     # -- connection life ---------------------------------------------------
 
     def connectionMade(self) -> None:
-        peer = self.transport.getPeer()  # type: ignore[union-attr]
-        host = getattr(peer, "host", None)
-        port = getattr(peer, "port", None)
-        self.address = wire.format_address(host, port)
+        transport: Any = self.transport
+        peer = transport.getPeer()
+        self.address = wire.format_address(getattr(peer, "host", None), getattr(peer, "port", None))
         # Chat lines are small and latency matters: don't let Nagle hold them.
-        no_delay = getattr(self.transport, "setTcpNoDelay", None)
+        no_delay = getattr(transport, "setTcpNoDelay", None)
         if no_delay is not None:
             no_delay(True)
-        self.transport.registerProducer(_SendQueueWatch(self), True)  # type: ignore[union-attr]
-        self._send = direct_sender(self.transport)
-        self._backlog = backlog_meter(self.transport)
+        config = self.config
+        self._queue = SendQueue(transport, config.sendq, direct=config.direct_send)
+        self._queue.start()
         now = self.clock.seconds()
-        self._refilled = self._penalised = self._last_line = now
+        self._last_line = now
+        if config.flood_rate:
+            self._flood = FloodMeter(config.flood_rate, config.flood_burst, now)
         self.log.debug("connection from {address}", address=self.address)
-        if self.config.nick_timeout > 0:
-            self._nick_call = self.clock.callLater(self.config.nick_timeout, self._nick_expired)
-        if self.config.idle_timeout > 0:
-            self._idle_call = self.clock.callLater(self.config.idle_timeout, self._check_idle)
+        if config.nick_timeout > 0:
+            self._nick_call = self.clock.callLater(config.nick_timeout, self._nick_expired)
+        if config.idle_timeout > 0:
+            self._idle_call = self.clock.callLater(config.idle_timeout, self._check_idle)
         self.write(self.factory.greeting)
 
     def connectionLost(self, reason: Failure = connectionDone) -> None:
-        self.finished = True
+        self.closing = True
         self._cancel_timers()
         if self._abort_call is not None and self._abort_call.active():
             self._abort_call.cancel()
         self._abort_call = None
-        self.factory.disconnected(self)
+        self.fanout.forget(self)
+        self.factory.connection_lost(self)
         self._leave(self._leave_reason)
         self.log.debug("connection from {address} closed", address=self.address)
 
@@ -159,12 +101,11 @@ class ChatProtocol(LineReceiver):
         """
         The peer sent its last byte but may still read (C{nc -N}, a script
         piping lines in): deliver what waits for it, its own copy of a lobby
-        message included, then close as a disconnect.  Without this, lobby
-        lines still waiting for the pacing would be lost to it.
+        message included, then close as a disconnect.
         """
-        if self.finished:
+        if self.closing:
             return
-        self.factory.flush()
+        self.fanout.flush()
         self.hang_up("disconnected")
         self._leave("disconnected")
 
@@ -190,61 +131,44 @@ class ChatProtocol(LineReceiver):
     def hang_up(self, reason: str) -> None:
         """
         Close from the server's side, without telling the hub (the caller
-        does, except at shutdown, when nobody is left to tell).
-
-        The producer is unregistered first: with one registered, a TLS
-        transport never starts its close, and a TCP transport whose buffer
-        was full resumes the producer instead of closing.  A peer that does
-        not complete the close in time (one that stopped reading, or a TLS
+        does, except at shutdown, when nobody is left to tell).  A peer that
+        does not complete the close in time (one that stopped reading, a TLS
         peer that never answers the close) is aborted.
         """
         if self._abort_call is not None:
             return  # closing already
-        self.finished = True
+        self.closing = True
         self._leave_reason = reason
         self._cancel_timers()
-        self.factory.read_now(self)
-        transport = self.transport
-        transport.unregisterProducer()  # type: ignore[union-attr]
-        transport.loseConnection()  # type: ignore[union-attr]
-        self._abort_call = self.clock.callLater(
-            self.config.close_grace,
-            transport.abortConnection,  # type: ignore[union-attr]
-        )
+        self.fanout.closing(self)
+        transport: Any = self.transport
+        if self._queue is not None:
+            self._queue.stop()
+        transport.loseConnection()
+        self._abort_call = self.clock.callLater(self.config.close_grace, transport.abortConnection)
 
-    # -- output --------------------------------------------------------------
+    # -- output (the fan-out's Member) -----------------------------------------
 
     def write(self, data: bytes) -> None:
         """Send C{data} after anything addressed to the lobby before it."""
-        if self.finished:
+        if self.closing:
             return
         user = self.user
-        if user is not None and user.state is State.LOBBY and self.factory.has_pending:
-            self.factory.flush()
+        if user is not None and user.state is State.LOBBY and self.fanout.pending:
+            self.fanout.flush()
         self.deliver(data)
 
     def deliver(self, data: bytes) -> None:
         """The fan-out's write: no ordering work, only the send-queue rule."""
-        held = self.held
-        if held is None:
-            if not self.finished:
-                self._send(data)
-        elif not self.finished:
-            backlog = self._backlog
-            if backlog is not None:
-                # Plain TCP: what Twisted really holds, so a peer that reads
-                # steadily but fell behind in a burst is not cut early.
-                over = backlog() + len(data) > self.config.sendq
-            else:
-                # Elsewhere, estimate: the transport's buffer size (it paused
-                # us past that) plus what was written since.
-                held += len(data)
-                self.held = held
-                over = held > self._sendq_excess
-            if over:
-                self._overflow()
-            else:
-                self._send(data)
+        queue = self._queue
+        if not self.closing and queue is not None and not queue.write(data):
+            self._overflow()
+
+    def pause_reading(self) -> None:
+        self.transport.pauseProducing()  # type: ignore[union-attr]
+
+    def resume_reading(self) -> None:
+        self.transport.resumeProducing()  # type: ignore[union-attr]
 
     def _overflow(self) -> None:
         """
@@ -257,7 +181,7 @@ class ChatProtocol(LineReceiver):
             nick=self.user.nick if self.user else self.address,
             sendq=self.config.sendq,
         )
-        self.finished = True
+        self.closing = True
         self._leave_reason = "sendq"
         self._cancel_timers()
         self.transport.abortConnection()  # type: ignore[union-attr]
@@ -271,7 +195,7 @@ class ChatProtocol(LineReceiver):
         limit = self.config.max_line
         start = 0
         find = data.find
-        while not self.finished:
+        while not self.closing:
             newline = find(b"\n", start)
             if self._discarding:
                 if newline < 0:
@@ -283,20 +207,20 @@ class ChatProtocol(LineReceiver):
                 # A partial line may end in the CR of its terminator, hence +1.
                 if len(data) - start > limit + 1:
                     self._discarding = True
-                    self.lineLengthExceeded(b"")
+                    self._too_long()
                 elif start < len(data):
                     self._buffer = data[start:]
                 return
             stop = newline - 1 if newline > start and data[newline - 1] == 13 else newline
             if stop - start > limit:
                 start = newline + 1
-                self.lineLengthExceeded(b"")
+                self._too_long()
                 continue
             line = data[start:stop]
             start = newline + 1
-            self.lineReceived(line)
+            self.line_received(line)
 
-    def lineLengthExceeded(self, line: bytes) -> None:
+    def _too_long(self) -> None:
         """Check 1: the line is discarded whole, with one error."""
         if self._count_line():
             self.write(
@@ -305,8 +229,8 @@ class ChatProtocol(LineReceiver):
                 )
             )
 
-    def lineReceived(self, line: bytes) -> None:
-        if self.finished or not self._count_line():
+    def line_received(self, line: bytes) -> None:
+        if self.closing or not self._count_line():
             return
         try:
             text = wire.decode(line)
@@ -338,44 +262,21 @@ class ChatProtocol(LineReceiver):
         """
         now = self.clock.seconds()
         self._last_line = now
-        rate = self.config.flood_rate
-        if not rate:
+        flood = self._flood
+        if flood is None or flood.spend(now):
             return True
-        tokens = self._tokens + (now - self._refilled) * rate
-        burst = self.config.flood_burst
-        if tokens > burst:
-            tokens = burst
-        self._refilled = now
-        if tokens >= 1.0:
-            self._tokens = tokens - 1.0
-            return True
-        self._tokens = tokens
-        self._flooded(now)
-        return False
-
-    def _flooded(self, now: float) -> None:
-        """
-        A line over the limit is dropped.  Each dropped line adds one to a
-        penalty that drains at C{flood-burst / 10} per second; past
-        C{flood-burst} the client is disconnected.  In words: more than
-        C{flood-burst} lines dropped within about ten seconds.
-        """
-        burst = self.config.flood_burst
-        drained = self._penalty - (now - self._penalised) * burst / 10.0
-        self._penalty = max(drained, 0.0) + 1.0
-        self._penalised = now
-        if self._penalty > burst:
+        verdict = flood.dropped(now)
+        if verdict is Dropped.CUT:
             self._close("flood", "too many lines too fast")
-            return
-        if self._flood_error_at is None or now - self._flood_error_at >= 1.0:
-            self._flood_error_at = now
+        elif verdict is Dropped.WARN:
             self.write(
                 wire.error(
                     ErrorCode.FLOOD,
                     f"slow down: at most {self.config.flood_rate:g} lines per second "
-                    f"(bursts of {burst}); lines are being dropped",
+                    f"(bursts of {self.config.flood_burst}); lines are being dropped",
                 )
             )
+        return False
 
     def _check_idle(self) -> None:
         """
@@ -404,7 +305,7 @@ class ChatProtocol(LineReceiver):
 
     def _nick_expired(self) -> None:
         self._nick_call = None
-        if self.user is None and not self.finished:
+        if self.user is None and not self.closing:
             self._close("timeout", f"no nickname after {self.config.nick_timeout:g} seconds")
 
     # -- commands ------------------------------------------------------------
@@ -432,7 +333,7 @@ class ChatProtocol(LineReceiver):
         user = self._online()
         self.factory.hub.say(user, command.text)
         if user.state is State.LOBBY:
-            self.factory.read_after_fanout(self)
+            self.fanout.sent(self)
 
     def do_DM(self, command: wire.Command) -> None:
         self.factory.hub.direct(self._online(), command.words[0], command.text)
@@ -492,369 +393,3 @@ def _help_line(verb: str) -> bytes:
 
 
 _FULL_HELP = b"".join(_help_line(verb) for verb in wire.HELP_TEXT) + wire.line("HELP")
-
-
-class _Refusal(Protocol):
-    """
-    What a connection over a limit talks to: two lines, then the close, and
-    an abort if the peer has not completed the close within the grace (a TLS
-    peer that never finishes the handshake or never answers the close would
-    otherwise hold the socket for good, outside every limit).
-    """
-
-    def __init__(self, why: str, clock: IReactorTime, grace: float) -> None:
-        self.why = why
-        self.clock = clock
-        self.grace = grace
-        self._abort_call: IDelayedCall | None = None
-
-    def connectionMade(self) -> None:
-        transport: Any = self.transport
-        transport.write(wire.error(ErrorCode.SERVER_FULL, self.why) + wire.line("BYE", "full"))
-        transport.loseConnection()
-        self._abort_call = self.clock.callLater(self.grace, transport.abortConnection)
-
-    def connectionLost(self, reason: Failure = connectionDone) -> None:
-        if self._abort_call is not None and self._abort_call.active():
-            self._abort_call.cancel()
-        self._abort_call = None
-
-
-class ChatFactory(ServerFactory):
-    """
-    Builds connections, enforces the connection limits, and is the hub's
-    L{twisted_chat.server.hub.Listener}: every hub decision becomes lines here.
-    """
-
-    log = Logger()
-
-    def __init__(self, config: ServerConfig, reactor: Any, history: History | None = None) -> None:
-        self.config = config
-        self.reactor = reactor
-        self.history = history if history is not None else History(config.history)
-        self.hub = Hub(reactor, self.history, self, config.invite_timeout)
-        self.connections: set[ChatProtocol] = set()
-        self._per_host: dict[str, int] = {}
-        self._pending: list[bytes] = []
-        # Lobby members who came online while lines were gathered: the index
-        # in _pending from which the lines are theirs (the rest is history).
-        self._late: dict[User, int] = {}
-        self._flush_call: IDelayedCall | None = None
-        # Pacing (see flush): no lobby write before this time, unless the
-        # order of a connection's lines needs one; and whether the pending
-        # fan-out is one that waits for it (lines are pouring in).
-        self._quiet_until = 0.0
-        self._held = False
-        # Connections not read until the gap ends (see read_after_fanout),
-        # whether they may be left so, and the latest they are read again
-        # however often an early fan-out moves the gap.
-        self._unread: set[ChatProtocol] = set()
-        self._readers_wait = True
-        self._read_by = 0.0
-        self._roster: bytes | None = None
-        self._user_lines: dict[str, bytes] = {}  # by nick key, each encoded once
-        self._history_block: bytes | None = None
-        self.greeting = wire.line(
-            "HELLO",
-            wire.PROTOCOL_VERSION,
-            text=f"{config.server_name} (twisted-chat {__version__})",
-        ) + wire.line("NICK")
-
-    # -- connections -----------------------------------------------------------
-
-    def buildProtocol(self, addr: IAddress | None) -> Protocol:
-        host: str | None = getattr(addr, "host", None)
-        if len(self.connections) >= self.config.max_clients:
-            self.log.warn("refused {host}: server full", host=host)
-            return self._refuse("the server is full; try again later")
-        if host is not None and self._per_host.get(host, 0) >= self.config.max_per_ip:
-            self.log.warn("refused {host}: too many connections from it", host=host)
-            return self._refuse(f"too many connections from {host}")
-        protocol = ChatProtocol(self)
-        protocol.host = host
-        self.connections.add(protocol)
-        if host is not None:
-            self._per_host[host] = self._per_host.get(host, 0) + 1
-        return protocol
-
-    def _refuse(self, why: str) -> Protocol:
-        return _Refusal(why, self.reactor, self.config.close_grace)
-
-    def disconnected(self, protocol: ChatProtocol) -> None:
-        self.connections.discard(protocol)
-        self._unread.discard(protocol)
-        host = protocol.host
-        if host is not None:
-            left = self._per_host.get(host, 1) - 1
-            if left > 0:
-                self._per_host[host] = left
-            else:
-                self._per_host.pop(host, None)
-        if not self.connections and self._all_closed is not None:
-            closed, self._all_closed = self._all_closed, None
-            closed.callback(None)
-
-    _all_closed: defer.Deferred[None] | None = None
-
-    def shutdown(self) -> defer.Deferred[None]:
-        """
-        Say C{BYE shutdown} to everyone and close; each connection that has
-        not closed after the grace period is aborted (see L{hang_up}).
-        """
-        self.flush()
-        if not self.connections:
-            return defer.succeed(None)
-        self._all_closed = defer.Deferred()
-        protocols = list(self.connections)
-        bye = wire.line("BYE", "shutdown", text="the server is shutting down")
-        for protocol in protocols:
-            protocol.write(bye)
-        all_closed = self._all_closed
-        for protocol in protocols:
-            # Only the log sees this reason: nobody is left to tell.
-            protocol.hang_up("shutdown")
-        self.hub.close()
-        return all_closed
-
-    # -- the lobby fan-out -----------------------------------------------------
-
-    @property
-    def has_pending(self) -> bool:
-        return bool(self._pending)
-
-    def flush(self) -> None:
-        """
-        Write the lobby lines gathered so far to every lobby member.
-
-        Each write costs the kernel a packet however few lines it carries,
-        and that is most of what a delivered line costs, so the fan-out is
-        paced like Nagle's algorithm, but with a bound we choose rather than
-        the peer's delayed ACK: a line that comes while the lobby is quiet
-        goes out at the end of its reactor turn; one that comes sooner than
-        C{--fanout-delay} after the last fan-out, or sooner than that
-        fan-out took, waits for the gap to pass and goes out with every line
-        gathered by then (never more than L{MAX_FANOUT_WAIT}).  A fan-out of
-        lines that had to wait is followed by a longer gap,
-        L{FANOUT_QUIET_FACTOR} times what it took.  So when lines pour in, a
-        member gets a lobby write about once per C{--fanout-delay} (sooner
-        only where the order of its lines needs one), and the fan-out takes
-        at most a fifth of the server's time, leaving the rest to reading:
-        what the fan-out costs is bounded by the lobby's size, not by how
-        fast lines come.  A line now and then in a big lobby is not held
-        for a fan-out that only took long because the lobby is big.  While
-        lines wait, their senders are not read (see L{read_after_fanout}).
-        """
-        call = self._flush_call
-        if call is not None:
-            self._flush_call = None
-            if call.active():
-                call.cancel()
-        pending = self._pending
-        if pending:
-            self._fan_out(pending)
-        else:
-            self._held = False
-        if self._unread:
-            if self._readers_wait:
-                # Read them again when the gap ends: they wait for it, as a
-                # lobby line from them would, but never past _read_by (and
-                # capped, so that a clock set back cannot hold them).
-                until = min(self._quiet_until, self._read_by)
-                self._wait_for_gap(min(until - self.reactor.seconds(), MAX_FANOUT_WAIT))
-            else:
-                self._read_again()
-
-    def _fan_out(self, pending: list[bytes]) -> None:
-        self._pending = []
-        held, self._held = self._held, False
-        window = self.config.fanout_delay
-        started = self.reactor.seconds() if window else 0.0
-        data = pending[0] if len(pending) == 1 else b"".join(pending)
-        late = self._late
-        if not late:
-            for user in list(self.hub.lobby.values()):
-                user.conn.deliver(data)
-        else:
-            self._late = {}
-            for user in list(self.hub.lobby.values()):
-                start = late.get(user)
-                if start is None:
-                    user.conn.deliver(data)
-                elif start < len(pending):
-                    user.conn.deliver(b"".join(pending[start:]))
-        if window:
-            ended = self.reactor.seconds()
-            took = ended - started
-            self._quiet_until = ended + max(window, took * FANOUT_QUIET_FACTOR if held else took)
-            self._readers_wait = (
-                len(pending) <= READERS_WAIT_MAX_LINES and took <= window * READERS_WAIT_SHARE
-            )
-
-    def _to_lobby(self, data: bytes) -> None:
-        self._pending.append(data)
-        if self._flush_call is None:
-            # Capped, so that a clock set back cannot hold the lobby.
-            wait = min(self._quiet_until - self.reactor.seconds(), MAX_FANOUT_WAIT)
-            if wait > 0.0:
-                self._wait_for_gap(wait)
-            else:
-                self._held = False
-                self._flush_call = self.reactor.callLater(0.0, self.flush)
-
-    def _wait_for_gap(self, wait: float) -> None:
-        """
-        The next fan-out comes after C{wait} seconds (and one more turn, if
-        anyone is left unread: see L{_gap_over}).
-        """
-        self._held = True
-        self._flush_call = self.reactor.callLater(max(wait, 0.0), self._gap_over)
-
-    def _gap_over(self) -> None:
-        """
-        Read the connections left unread, then fan out on the next reactor
-        turn, once what they sent meanwhile is in; with none, at once.
-        """
-        if not self._unread:
-            self.flush()
-            return
-        self._read_again()
-        self._flush_call = self.reactor.callLater(0.0, self.flush)
-
-    def read_after_fanout(self, protocol: ChatProtocol) -> None:
-        """
-        C{protocol} sent a lobby line that waits for the gap (lines are
-        pouring in): do not read the connection again until the gap ends.
-
-        Whatever it sends meanwhile could not go out before that anyway, and
-        reading it as it comes costs the server a wake-up and a read each
-        time, which is much of what a busy lobby costs it.  Left in the
-        kernel, it is read in one go when the gap ends, on the turn before
-        the fan-out it rides with (see L{_gap_over}).  So a connection that
-        keeps the lobby busy is read about once per fan-out, and what it
-        does besides (a C{DM}, a C{PING}) waits no longer than its next
-        lobby line would: never more than L{MAX_FANOUT_WAIT}.  A line now and
-        then does not wait, and leaves its connection alone.
-
-        Only while the last fan-out was small and quick
-        (L{READERS_WAIT_MAX_LINES}, L{READERS_WAIT_SHARE}).  The reading put
-        off to the gap's end is done before the next fan-out, so it delays
-        it by as much as handling the lines it finds takes; when lines flood
-        in, that delay would grow with them, and reads find several lines
-        each anyway.  And in a big lobby, where the fan-out takes a good
-        part of the window, each sender has seldom sent more than one line
-        by the next one: there is nothing to save.
-        """
-        if (
-            self._held
-            and self._readers_wait
-            and protocol not in self._unread
-            and not protocol.finished
-        ):
-            if not self._unread:
-                self._read_by = self.reactor.seconds() + MAX_FANOUT_WAIT
-            protocol.transport.pauseProducing()  # type: ignore[union-attr]
-            self._unread.add(protocol)
-
-    def read_now(self, protocol: ChatProtocol) -> None:
-        """
-        C{protocol} is closing: read it again at once if it was left unread.
-        A TLS close completes only once the peer's answer is read, and
-        anything the peer still sends must reach the close's end.
-        """
-        if protocol in self._unread:
-            self._unread.discard(protocol)
-            protocol.transport.resumeProducing()  # type: ignore[union-attr]
-
-    def _read_again(self) -> None:
-        unread, self._unread = self._unread, set()
-        for protocol in unread:
-            protocol.transport.resumeProducing()  # type: ignore[union-attr]
-
-    def roster(self) -> bytes:
-        """The C{USER} lines and the closing C{USERS}, encoded once per change."""
-        if self._roster is None:
-            lines = self._user_lines
-            keys = self.hub.keys_in_order
-            self._roster = b"".join([lines[key] for key in keys]) + wire.line(
-                "USERS", str(len(keys))
-            )
-        return self._roster
-
-    def _user_changed(self, user: User) -> None:
-        """Encode C{user}'s USER line for its current state; drop the list."""
-        words = [user.nick, user.state.value]
-        if self.config.show_addresses:
-            words.append(user.address)
-        self._user_lines[user.key] = wire.line("USER", *words)
-        self._roster = None
-
-    def history_block(self) -> bytes:
-        """The C{HISTORY} lines a newcomer gets, encoded once per message."""
-        if self._history_block is None:
-            self._history_block = b"".join(
-                [
-                    wire.line("HISTORY", wire.format_ts(e.ts), e.nick, text=e.text)
-                    for e in self.history.recent()
-                ]
-            )
-        return self._history_block
-
-    # -- the hub's Listener ------------------------------------------------------
-
-    def roster_changing(self) -> None:  # the hub's Listener
-        self.flush()
-        self._roster = None
-
-    def lobby_message(self, entry: Entry) -> None:
-        self._history_block = None
-        self._to_lobby(wire.line("MSG", wire.format_ts(entry.ts), entry.nick, "*", text=entry.text))
-
-    def ready(self, user: User) -> None:
-        self._user_changed(user)
-        # Straight to the newcomer: a flush here would send it lines that
-        # are in its history.  joined() marks where its share begins.
-        user.conn.deliver(wire.line("READY", user.nick) + self.history_block() + self.roster())
-
-    def joined(self, ts: float, user: User) -> None:
-        """JOINED rides with the lobby's lines of this turn (the newcomer's
-        share starts after it); paired users get it directly."""
-        data = wire.line("JOINED", wire.format_ts(ts), user.nick)
-        self._to_lobby(data)
-        self._late[user] = len(self._pending)
-        hub = self.hub
-        if len(hub.lobby) != len(hub.online):
-            for other in list(hub.online.values()):
-                if other.state is State.PAIRED:
-                    other.conn.write(data)
-
-    def left(self, ts: float, user: User, reason: str, text: str) -> None:
-        self._user_lines.pop(user.key, None)
-        data = wire.line("LEFT", wire.format_ts(ts), user.nick, reason, text=text)
-        for other in list(self.hub.online.values()):
-            other.conn.write(data)
-
-    def private_message(self, ts: float, sender: User, recipient: User, text: str) -> None:
-        data = wire.line("MSG", wire.format_ts(ts), sender.nick, recipient.nick, text=text)
-        recipient.conn.write(data)
-        sender.conn.write(data)
-
-    def invited(self, invitation: Invitation) -> None:
-        inviter, invitee = invitation.inviter, invitation.invitee
-        inviter.conn.write(wire.line("PENDING", invitee.nick))
-        invitee.conn.write(wire.line("INVITE", inviter.nick))
-
-    def paired(self, user: User, partner: User) -> None:
-        self._user_changed(user)
-        user.conn.write(wire.line("PAIRED", partner.nick))
-
-    def unpaired(self, user: User, partner: User, reason: str) -> None:
-        self._user_changed(user)
-        if self.hub.is_online(partner):
-            self._user_changed(partner)
-        user.conn.write(wire.line("UNPAIRED", partner.nick, reason) + self.roster())
-
-    def declined(self, inviter: User, invitee: User, reason: str) -> None:
-        inviter.conn.write(wire.line("DECLINED", invitee.nick, reason))
-
-    def cancelled(self, invitee: User, inviter: User, reason: str) -> None:
-        invitee.conn.write(wire.line("CANCELLED", inviter.nick, reason))

@@ -20,9 +20,10 @@ from twisted.python.failure import Failure
 
 from twisted_chat.server import descriptors, logs
 from twisted_chat.server.addresses import parse_network
-from twisted_chat.server.config import MAX_FANOUT_WAIT, ServerConfig
+from twisted_chat.server.config import ServerConfig
+from twisted_chat.server.factory import ChatFactory
+from twisted_chat.server.fanout import MAX_FANOUT_WAIT
 from twisted_chat.server.history import History
-from twisted_chat.server.protocol import ChatFactory
 from twisted_chat.server.store import SQLiteStore, StoreError
 from twisted_chat.wire import DEFAULT_PORT
 
@@ -85,6 +86,9 @@ class Options(usage.Options):
     )
     optFlags = [
         ["show-addresses", None, "Show each user's host:port in USER lines."],
+        ["no-direct-send", None,
+         "Always write through Twisted's transport buffer, never straight to the "
+         "socket (the direct path reads private attributes of Twisted's TCP transport)."],
     ]
     optParameters = [
         ["server-name", None, _defaults.server_name, "The name the HELLO greeting gives."],
@@ -196,6 +200,7 @@ class Options(usage.Options):
             max_clients=self["max-clients"],
             max_per_ip=self["max-per-ip"],
             show_addresses=bool(self["show-addresses"]),
+            direct_send=not self["no-direct-send"],
             flood_rate=self["flood-rate"],
             flood_burst=self["flood-burst"],
             sendq=self["sendq"],

@@ -1,0 +1,225 @@
+"""
+C{ChatFactory}: builds connections, enforces the connection limits, and is
+the hub's L{twisted_chat.server.hub.Listener}: every hub decision becomes
+lines here.  Lobby lines go through the L{LobbyFanout} (docs/fanout.md).
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from twisted.internet import defer
+from twisted.internet.interfaces import IDelayedCall, IReactorTime
+from twisted.internet.protocol import Protocol, ServerFactory, connectionDone
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+
+from twisted_chat import __version__, wire
+from twisted_chat.server.config import ServerConfig
+from twisted_chat.server.fanout import LobbyFanout, Member
+from twisted_chat.server.history import Entry, History
+from twisted_chat.server.hub import Hub, Invitation, State, User
+from twisted_chat.server.protocol import ChatProtocol
+from twisted_chat.wire import ErrorCode
+
+if TYPE_CHECKING:
+    from twisted.internet.interfaces import IAddress
+
+
+class _Refusal(Protocol):
+    """
+    What a connection over a limit talks to: two lines, then the close, and
+    an abort if the peer has not completed the close within the grace (a TLS
+    peer that never finishes the handshake or never answers the close would
+    otherwise hold the socket for good, outside every limit).
+    """
+
+    def __init__(self, why: str, clock: IReactorTime, grace: float) -> None:
+        self.why = why
+        self.clock = clock
+        self.grace = grace
+        self._abort_call: IDelayedCall | None = None
+
+    def connectionMade(self) -> None:
+        transport: Any = self.transport
+        transport.write(wire.error(ErrorCode.SERVER_FULL, self.why) + wire.line("BYE", "full"))
+        transport.loseConnection()
+        self._abort_call = self.clock.callLater(self.grace, transport.abortConnection)
+
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
+        if self._abort_call is not None and self._abort_call.active():
+            self._abort_call.cancel()
+        self._abort_call = None
+
+
+class ChatFactory(ServerFactory):
+    """Builds connections and turns the hub's decisions into lines."""
+
+    log = Logger()
+
+    def __init__(self, config: ServerConfig, reactor: Any, history: History | None = None) -> None:
+        self.config = config
+        self.reactor = reactor
+        self.history = history if history is not None else History(config.history)
+        self.hub = Hub(reactor, self.history, self, config.invite_timeout)
+        self.connections: set[ChatProtocol] = set()
+        self._per_host: dict[str, int] = {}
+        self.fanout = LobbyFanout(reactor, self._lobby_members, config.fanout_delay)
+        self._roster: bytes | None = None
+        self._user_lines: dict[str, bytes] = {}  # by nick key, each encoded once
+        self._history_block: bytes | None = None
+        self.greeting = wire.line(
+            "HELLO",
+            wire.PROTOCOL_VERSION,
+            text=f"{config.server_name} (twisted-chat {__version__})",
+        ) + wire.line("NICK")
+
+    # -- connections -----------------------------------------------------------
+
+    def buildProtocol(self, addr: IAddress | None) -> Protocol:
+        host: str | None = getattr(addr, "host", None)
+        if len(self.connections) >= self.config.max_clients:
+            self.log.warn("refused {host}: server full", host=host)
+            return self._refuse("the server is full; try again later")
+        if host is not None and self._per_host.get(host, 0) >= self.config.max_per_ip:
+            self.log.warn("refused {host}: too many connections from it", host=host)
+            return self._refuse(f"too many connections from {host}")
+        protocol = ChatProtocol(self)
+        protocol.host = host
+        self.connections.add(protocol)
+        if host is not None:
+            self._per_host[host] = self._per_host.get(host, 0) + 1
+        return protocol
+
+    def _refuse(self, why: str) -> Protocol:
+        return _Refusal(why, self.reactor, self.config.close_grace)
+
+    def _lobby_members(self) -> list[Member]:
+        return [user.conn for user in self.hub.lobby.values()]
+
+    def connection_lost(self, protocol: ChatProtocol) -> None:
+        self.connections.discard(protocol)
+        host = protocol.host
+        if host is not None:
+            left = self._per_host.get(host, 1) - 1
+            if left > 0:
+                self._per_host[host] = left
+            else:
+                self._per_host.pop(host, None)
+        if not self.connections and self._all_closed is not None:
+            closed, self._all_closed = self._all_closed, None
+            closed.callback(None)
+
+    _all_closed: defer.Deferred[None] | None = None
+
+    def shutdown(self) -> defer.Deferred[None]:
+        """
+        Say C{BYE shutdown} to everyone and close; each connection that has
+        not closed after the grace period is aborted (see
+        L{ChatProtocol.hang_up}).
+        """
+        self.fanout.shutdown()
+        if not self.connections:
+            return defer.succeed(None)
+        self._all_closed = defer.Deferred()
+        protocols = list(self.connections)
+        bye = wire.line("BYE", "shutdown", text="the server is shutting down")
+        for protocol in protocols:
+            protocol.write(bye)
+        all_closed = self._all_closed
+        for protocol in protocols:
+            # Only the log sees this reason: nobody is left to tell.
+            protocol.hang_up("shutdown")
+        self.hub.close()
+        return all_closed
+
+    # -- what the hub's decisions become ------------------------------------------
+
+    def roster(self) -> bytes:
+        """The C{USER} lines and the closing C{USERS}, encoded once per change."""
+        if self._roster is None:
+            lines = self._user_lines
+            keys = self.hub.keys_in_order
+            self._roster = b"".join([lines[key] for key in keys]) + wire.line(
+                "USERS", str(len(keys))
+            )
+        return self._roster
+
+    def _user_changed(self, user: User) -> None:
+        """Encode C{user}'s USER line for its current state; drop the list."""
+        words = [user.nick, user.state.value]
+        if self.config.show_addresses:
+            words.append(user.address)
+        self._user_lines[user.key] = wire.line("USER", *words)
+        self._roster = None
+
+    def history_block(self) -> bytes:
+        """The C{HISTORY} lines a newcomer gets, encoded once per message."""
+        if self._history_block is None:
+            self._history_block = b"".join(
+                [
+                    wire.line("HISTORY", wire.format_ts(e.ts), e.nick, text=e.text)
+                    for e in self.history.recent()
+                ]
+            )
+        return self._history_block
+
+    # -- the hub's Listener ------------------------------------------------------
+
+    def roster_changing(self) -> None:  # the hub's Listener
+        self.fanout.flush()
+        self._roster = None
+
+    def lobby_message(self, entry: Entry) -> None:
+        self._history_block = None
+        ts = wire.format_ts(entry.ts)
+        self.fanout.add(wire.line("MSG", ts, entry.nick, "*", text=entry.text))
+
+    def ready(self, user: User) -> None:
+        self._user_changed(user)
+        # Straight to the newcomer: a flush here would send it lines that
+        # are in its history.  joined() marks where its share begins.
+        user.conn.deliver(wire.line("READY", user.nick) + self.history_block() + self.roster())
+
+    def joined(self, ts: float, user: User) -> None:
+        """JOINED rides with the lobby's lines of this turn (the newcomer's
+        share starts after it); paired users get it directly."""
+        data = wire.line("JOINED", wire.format_ts(ts), user.nick)
+        self.fanout.add_joined(data, user.conn)
+        hub = self.hub
+        if len(hub.lobby) != len(hub.online):
+            for other in list(hub.online.values()):
+                if other.state is State.PAIRED:
+                    other.conn.write(data)
+
+    def left(self, ts: float, user: User, reason: str, text: str) -> None:
+        self._user_lines.pop(user.key, None)
+        data = wire.line("LEFT", wire.format_ts(ts), user.nick, reason, text=text)
+        for other in list(self.hub.online.values()):
+            other.conn.write(data)
+
+    def private_message(self, ts: float, sender: User, recipient: User, text: str) -> None:
+        data = wire.line("MSG", wire.format_ts(ts), sender.nick, recipient.nick, text=text)
+        recipient.conn.write(data)
+        sender.conn.write(data)
+
+    def invited(self, invitation: Invitation) -> None:
+        inviter, invitee = invitation.inviter, invitation.invitee
+        inviter.conn.write(wire.line("PENDING", invitee.nick))
+        invitee.conn.write(wire.line("INVITE", inviter.nick))
+
+    def paired(self, user: User, partner: User) -> None:
+        self._user_changed(user)
+        user.conn.write(wire.line("PAIRED", partner.nick))
+
+    def unpaired(self, user: User, partner: User, reason: str) -> None:
+        self._user_changed(user)
+        if self.hub.is_online(partner):
+            self._user_changed(partner)
+        user.conn.write(wire.line("UNPAIRED", partner.nick, reason) + self.roster())
+
+    def declined(self, inviter: User, invitee: User, reason: str) -> None:
+        inviter.conn.write(wire.line("DECLINED", invitee.nick, reason))
+
+    def cancelled(self, invitee: User, inviter: User, reason: str) -> None:
+        invitee.conn.write(wire.line("CANCELLED", inviter.nick, reason))
