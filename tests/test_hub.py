@@ -6,6 +6,7 @@ from typing import Any
 
 import pytest
 from twisted.internet.task import Clock
+from twisted.logger import capturedLogs, formatEvent
 
 from twisted_chat.server.history import Entry, History
 from twisted_chat.server.hub import Hub, HubError, Invitation, NickTaken, State, User
@@ -126,3 +127,20 @@ def test_a_failed_arrival_leaves_no_ghost(world: tuple[Hub, Recorder, Clock]) ->
     assert hub.online == {} and hub.lobby == {} and hub.users() == []
     del rec.ready
     assert hub.register("alice", None).nick == "alice"  # the nick is free
+
+
+def test_message_text_is_logged_only_with_log_messages() -> None:
+    def logged(log_messages: bool) -> list[str]:
+        hub = Hub(Clock(), History(10), Recorder(), log_messages=log_messages)
+        with capturedLogs() as events:
+            a, b = hub.register("a", None), hub.register("b", None)
+            hub.say(a, "lobby words")
+            hub.direct(a, "b", "dm words")
+            hub.pair(a, "b")
+            hub.accept(b, "a")
+            hub.say(b, "paired words")
+        return [formatEvent(e) for e in events]
+
+    assert not any("words" in line for line in logged(False))
+    assert [line for line in logged(True) if "words" in line] == [
+        "lobby <a> lobby words", "private <a> to b: dm words", "private <b> to a: paired words"]

@@ -12,7 +12,13 @@ from twisted.internet.testing import MemoryReactorClock
 from twisted.python import usage
 
 from twisted_chat.server.history import Entry
-from twisted_chat.server.service import ChatService, Options, makeService
+from twisted_chat.server.service import (
+    ChatService,
+    Options,
+    PortService,
+    StartupError,
+    makeService,
+)
 
 
 def options(*argv: str) -> Options:
@@ -33,6 +39,7 @@ def test_defaults() -> None:
     assert (config.db, config.retain_days) == ("chat.sqlite3", None)
     assert config.fanout_delay == pytest.approx(0.010)
     assert config.direct_send is True
+    assert config.log_messages is False
 
 
 def test_no_direct_send_turns_the_direct_path_off() -> None:
@@ -69,7 +76,7 @@ def test_help_lists_every_option() -> None:
                  "--max-per-ip", "--show-addresses", "--server-name", "--flood-rate",
                  "--flood-burst", "--sendq", "--idle-timeout", "--ping-timeout",
                  "--nick-timeout", "--db", "--retain-days", "--fanout-delay",
-                 "--no-direct-send"]:
+                 "--no-direct-send", "--log-messages"]:
         assert name in text
 
 
@@ -95,7 +102,8 @@ def test_make_service_listens_on_every_port_and_keeps_history(tmp_path: Path) ->
     top = makeService(options("--port", "7001", "--port", "tcp:7002", "--db", db), reactor)
     services = list(top)  # type: ignore[call-overload]
     assert isinstance(services[0], ChatService)
-    assert [type(s) for s in services[1:]] == [StreamServerEndpointService] * 2
+    assert [type(s) for s in services[1:]] == [PortService] * 2
+    assert all(isinstance(s, StreamServerEndpointService) for s in services[1:])
     top.startService()
     assert sorted(port for port, *_ in reactor.tcpServers) == [7001, 7002]
     services[0].factory.history.record(Entry(1.0, "alice", "kept"))
@@ -188,3 +196,28 @@ def test_shutdown_with_a_database_that_cannot_be_written_has_no_unhandled_error(
         f, args, kwargs = reactor.from_threads.get(timeout=10)
         f(*args, **kwargs)
     assert outcome == [None]
+
+
+def test_log_messages_is_a_flag() -> None:
+    assert options("--log-messages").config().log_messages is True
+
+
+@pytest.mark.parametrize("port", ["70x0", "tcp:seven", "ssl:7443:privateKey=/nonexistent.pem"])
+def test_bad_endpoint_stops_start_up_with_one_line(port: str) -> None:
+    with pytest.raises(SystemExit) as e:
+        makeService(options("--port", port, "--db", ":memory:"), ThreadedMemoryReactor())
+    message = str(e.value)
+    assert message.startswith("twistd chat: bad --port ") and port in message
+    assert "\n" not in message
+
+
+def test_a_port_that_cannot_listen_is_a_startup_error() -> None:
+    class BusyReactor(ThreadedMemoryReactor):
+        def listenTCP(self, port: int, *args: Any, **kwargs: Any) -> Any:
+            from twisted.internet.error import CannotListenError
+            raise CannotListenError("", port, OSError(98, "Address already in use"))
+
+    top = makeService(options("--port", "7001", "--db", ":memory:"), BusyReactor())
+    with pytest.raises(StartupError) as e:
+        top.privilegedStartService()
+    assert str(e.value) == "cannot listen on tcp:7001: Address already in use"

@@ -76,3 +76,5 @@ class ServerConfig:
         if self.max_handshaking is not None:
             return self.max_handshaking
         return max(self.max_clients // 4, 1)
+    # Write lobby and private message text to the log (a privacy choice).
+    log_messages: bool = False

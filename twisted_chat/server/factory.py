@@ -61,7 +61,8 @@ class ChatFactory(ServerFactory):
         self.config = config
         self.reactor = reactor
         self.history = history if history is not None else History(config.history)
-        self.hub = Hub(reactor, self.history, self, config.invite_timeout)
+        self.hub = Hub(reactor, self.history, self, config.invite_timeout,
+                       log_messages=config.log_messages)
         self.connections: set[ChatProtocol] = set()
         self._per_host: dict[str, int] = {}
         self.fanout = LobbyFanout(reactor, self._lobby_members, config.fanout_delay)

@@ -116,11 +116,14 @@ class Hub:
         history: History,
         listener: Listener,
         invite_timeout: float = 60.0,
+        log_messages: bool = False,
     ) -> None:
         self.clock = clock
         self.history = history
         self.listener = listener
         self.invite_timeout = invite_timeout
+        # --log-messages: the text of lobby and private messages in the log.
+        self.log_messages = log_messages
         self.online: dict[str, User] = {}
         self.lobby: dict[str, User] = {}
         self._sorted_keys: list[str] = []
@@ -201,8 +204,12 @@ class Hub:
         ts = self.clock.seconds()
         partner = user.partner
         if partner is not None:
+            if self.log_messages:
+                self._log_private(user, partner, text)
             self.listener.private_message(ts, user, partner, text)
         else:
+            if self.log_messages:
+                self.log.info("lobby <{nick}> {text}", nick=user.nick, text=text)
             entry = Entry(ts, user.nick, text)
             self.history.record(entry)
             self.listener.lobby_message(entry)
@@ -210,7 +217,13 @@ class Hub:
     def direct(self, user: User, nick: str, text: str) -> None:
         """C{DM}: a private message, in the lobby or paired."""
         target = self._other(user, nick, "you cannot send a private message to yourself")
+        if self.log_messages:
+            self._log_private(user, target, text)
         self.listener.private_message(self.clock.seconds(), user, target, text)
+
+    def _log_private(self, sender: User, recipient: User, text: str) -> None:
+        self.log.info("private <{sender}> to {recipient}: {text}",
+                      sender=sender.nick, recipient=recipient.nick, text=text)
 
     def _other(self, user: User, nick: str, self_text: str) -> User:
         target = self._lookup(nick)

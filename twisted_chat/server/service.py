@@ -10,11 +10,14 @@ from __future__ import annotations
 
 import dataclasses
 import sys
+from types import TracebackType
 from typing import Any
 
-from twisted.application import strports
+from twisted.application.internet import StreamServerEndpointService
 from twisted.application.service import IService, MultiService, Service
+from twisted.internet import endpoints
 from twisted.internet.defer import Deferred
+from twisted.internet.error import CannotListenError
 from twisted.python import usage
 from twisted.python.failure import Failure
 
@@ -89,6 +92,9 @@ class Options(usage.Options):
         ["no-direct-send", None,
          "Always write through Twisted's transport buffer, never straight to the "
          "socket (the direct path reads private attributes of Twisted's TCP transport)."],
+        ["log-messages", None,
+         "Write the text of every lobby message and DM to the server's log (a privacy "
+         "choice: off by default, the log then holds who connected, not what they said)."],
     ]
     optParameters = [
         ["server-name", None, _defaults.server_name, "The name the HELLO greeting gives."],
@@ -226,6 +232,7 @@ class Options(usage.Options):
             retain_messages=self["retain-messages"] or None,
             db_backlog=self["db-backlog"],
             log_level=self["log-level"],
+            log_messages=bool(self["log-messages"]),
         )
 
 
@@ -259,8 +266,11 @@ class ChatService(Service):
             self.log.critical("{error}", error=str(e))
             raise
         history.attach(store, store.recent(history.size))
-        self.log.info("lobby history in {db}: {n} messages loaded", db=config.db,
-                      n=len(history.recent()))
+        if config.db == ":memory:":
+            self.log.info("lobby history in memory only: nothing is kept across restarts")
+        else:
+            self.log.info("lobby history: {n} messages loaded from {db}", db=config.db,
+                          n=len(history.recent()))
         super().startService()
         self.log.info(
             "chat server {name!r} starting: history {history}, max-line {max_line}",
@@ -271,7 +281,7 @@ class ChatService(Service):
 
     def stopService(self) -> Deferred[None]:
         super().stopService()
-        self.log.info("shutting down: saying BYE to {n} connections",
+        self.log.info("saying BYE to {n} connections",
                       n=len(self.factory.connections))
         closed = self.factory.shutdown()
         closed.addCallback(lambda _: self.factory.history.close())
@@ -287,6 +297,65 @@ class ChatService(Service):
         failure.trap(StoreError)
         self.log.critical("shutting down without saving all of the lobby history: {error}",
                           error=str(failure.value))
+
+
+class StartupError(Exception):
+    """The server cannot start, for a reason one line explains (no traceback)."""
+
+
+def _quiet_startup_errors() -> None:
+    """
+    Let a L{StartupError} that ends twistd print no traceback: its one line
+    is in the log already.  (Raised from C{privilegedStartService}, it must
+    stay an C{Exception}, not C{SystemExit}: after daemonizing, only an
+    exception reaches the waiting parent, which prints it, and twistd then
+    removes its pid file.)
+    """
+    previous = sys.excepthook
+    if getattr(previous, "_twisted_chat", False):
+        return
+
+    def hook(kind: type[BaseException], value: BaseException,
+             traceback: TracebackType | None) -> None:
+        if not isinstance(value, StartupError):
+            previous(kind, value, traceback)
+
+    hook._twisted_chat = True  # type: ignore[attr-defined]
+    sys.excepthook = hook
+
+
+class PortService(StreamServerEndpointService):
+    """
+    One C{--port}: like C{strports.service}, a failure to listen stops
+    start-up, but as one line naming the C{--port} (a busy port, a socket
+    path that cannot be created, a port below 1024 without the right).
+    """
+
+    log = logs.logger()
+
+    def __init__(self, description: str, endpoint: Any, factory: ChatFactory) -> None:
+        super().__init__(endpoint, factory)
+        self.description = description
+        self._raiseSynchronously = True  # as strports.service does
+
+    def privilegedStartService(self) -> None:
+        try:
+            super().privilegedStartService()
+        except (CannotListenError, OSError) as e:
+            cause = getattr(e, "socketError", e)
+            why = getattr(cause, "strerror", None) or str(cause)
+            message = f"cannot listen on {self.description}: {why}"
+            self.log.critical("twistd chat: {message}", message=message)
+            _quiet_startup_errors()
+            raise StartupError(message) from None
+
+
+def _listen_on(description: str, reactor: Any) -> Any:
+    """The endpoint C{description} names, or one clear line and exit 1."""
+    try:
+        return endpoints.serverFromString(reactor, description)
+    except Exception as e:  # ValueError, a missing key file, an unknown option...
+        raise SystemExit(f"twistd chat: bad --port {description!r}: {e}") from None
 
 
 def makeService(options: Options, reactor: Any = None) -> IService:
@@ -315,10 +384,13 @@ def makeService(options: Options, reactor: Any = None) -> IService:
         SQLiteStore.check(config.db)
     except StoreError as e:
         raise SystemExit(f"twistd chat: {e}") from None
+    # Before anything starts: a mistyped --port is one line, not a traceback.
+    ports = [(description, _listen_on(description, reactor)) for description in config.ports]
     factory = ChatFactory(config, reactor, History(config.history))
+    factory.noisy = False  # twistd says where it listens; "Starting factory" adds nothing
     top = MultiService()
     # Added first so that it stops last: the ports stop accepting, then BYE.
     ChatService(factory).setServiceParent(top)
-    for description in config.ports:
-        strports.service(description, factory, reactor=reactor).setServiceParent(top)
+    for description, endpoint in ports:
+        PortService(description, endpoint, factory).setServiceParent(top)
     return top

@@ -1,0 +1,87 @@
+"""
+The real C{twistd -n chat} when it cannot start, and what its log says.
+
+A busy port or a mistyped C{--port} is one clear line and a non-zero exit,
+never a traceback; the log says each thing once.
+"""
+
+from __future__ import annotations
+
+import signal
+import socket
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from tests.serverproc import LOOPBACK, TWISTD, LineClient, ServerProcess
+
+pytestmark = pytest.mark.e2e
+
+
+def run_twistd(tmp_path: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [TWISTD, "-n", "--pidfile=", "chat", "--db", ":memory:", *args],
+        cwd=tmp_path, stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=30,
+    )
+
+
+def test_busy_port_is_one_line_and_exit_1(tmp_path: Path) -> None:
+    with socket.socket() as busy:
+        busy.bind((LOOPBACK, 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        done = run_twistd(tmp_path, "--port", f"tcp:{port}:interface={LOOPBACK}")
+    assert done.returncode != 0
+    output = done.stdout + done.stderr
+    assert "Traceback" not in output
+    said = [line for line in output.splitlines() if "cannot listen" in line]
+    assert len(said) == 1, output
+    assert f"cannot listen on tcp:{port}:interface={LOOPBACK}: Address already in use" in said[0]
+
+
+@pytest.mark.parametrize("port", ["70x0", "tcp:7000:interfaces=1.2.3.4"])
+def test_bad_endpoint_is_one_line_on_stderr_and_exit_1(tmp_path: Path, port: str) -> None:
+    done = run_twistd(tmp_path, "--port", port)
+    assert done.returncode == 1
+    assert done.stdout == ""
+    assert done.stderr.splitlines() == [done.stderr.strip()]  # one line
+    assert done.stderr.startswith(f"twistd chat: bad --port {port!r}: ")
+
+
+def test_the_log_says_each_thing_once(tmp_path: Path) -> None:
+    server = ServerProcess(tmp_path, ["--db", ":memory:"]).start()
+    try:
+        client = LineClient(server.port)
+        client.register("alice")
+        client.send("BYE")
+        assert client.closed()
+        client.close()
+    finally:
+        assert server.stop() in (0, -signal.SIGTERM)
+    log = server.log()
+    assert ":memory::" not in log
+    assert "in memory only" in log
+    assert "Starting factory" not in log
+    assert log.count("shutting down") == 1, log  # Twisted's own "Received SIGTERM, ..."
+    assert server.problems() == []
+
+
+def test_log_messages_puts_the_text_in_the_log_only_when_asked(tmp_path: Path) -> None:
+    for flag, expected in (([], False), (["--log-messages"], True)):
+        server = ServerProcess(tmp_path, ["--db", ":memory:", *flag]).start()
+        try:
+            alice, bob = LineClient(server.port), LineClient(server.port)
+            alice.register("alice")
+            bob.register("bob")
+            alice.send("MSG in the lobby")
+            alice.send("DM bob just to you")
+            bob.expect("MSG ")
+            bob.expect("MSG ")
+            alice.close()
+            bob.close()
+        finally:
+            server.stop()
+        log = server.log()
+        assert ("lobby <alice> in the lobby" in log) is expected, log
+        assert ("private <alice> to bob: just to you" in log) is expected, log
