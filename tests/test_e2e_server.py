@@ -164,6 +164,9 @@ def test_pairing(chat_server, connect):
     ben.send("UNPAIR")
     for client, partner in ((ben, "ann"), (ann, "ben")):
         assert client.readline() == f"UNPAIRED {partner} left"
+        # The lobby line they missed while paired, replayed once.
+        missed = client.readline()
+        assert missed.startswith("HISTORY ") and missed.endswith(" cat lobby talk")
         assert [client.readline() for _ in range(4)] == [
             "USER ann lobby", "USER ben lobby", "USER cat lobby", "USERS 3"]
     # Back in the lobby, lobby messages reach them again.

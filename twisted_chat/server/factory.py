@@ -6,6 +6,7 @@ lines here.  Lobby lines go through the L{LobbyFanout} (docs/fanout.md).
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 from twisted.internet import defer
@@ -157,12 +158,7 @@ class ChatFactory(ServerFactory):
     def history_block(self) -> bytes:
         """The C{HISTORY} lines a newcomer gets, encoded once per message."""
         if self._history_block is None:
-            self._history_block = b"".join(
-                [
-                    wire.line("HISTORY", wire.format_ts(e.ts), e.nick, text=e.text)
-                    for e in self.history.recent()
-                ]
-            )
+            self._history_block = history_lines(self.history.recent())
         return self._history_block
 
     # -- the hub's Listener ------------------------------------------------------
@@ -213,14 +209,23 @@ class ChatFactory(ServerFactory):
         self._user_changed(user)
         user.conn.write(wire.line("PAIRED", partner.nick))
 
-    def unpaired(self, user: User, partner: User, reason: str) -> None:
+    def unpaired(self, user: User, partner: User, reason: str, missed: Sequence[Entry]) -> None:
         self._user_changed(user)
         if self.hub.is_online(partner):
             self._user_changed(partner)
-        user.conn.write(wire.line("UNPAIRED", partner.nick, reason) + self.roster())
+        user.conn.write(
+            wire.line("UNPAIRED", partner.nick, reason) + history_lines(missed) + self.roster()
+        )
 
     def declined(self, inviter: User, invitee: User, reason: str) -> None:
         inviter.conn.write(wire.line("DECLINED", invitee.nick, reason))
 
     def cancelled(self, invitee: User, inviter: User, reason: str) -> None:
         invitee.conn.write(wire.line("CANCELLED", inviter.nick, reason))
+
+
+def history_lines(entries: Sequence[Entry]) -> bytes:
+    """C{HISTORY} lines, oldest first: for a newcomer, or one back from a pair."""
+    return b"".join(
+        [wire.line("HISTORY", wire.format_ts(e.ts), e.nick, text=e.text) for e in entries]
+    )

@@ -8,6 +8,7 @@ start-up to fill the ring, so the reactor never waits on the disk.
 
 from __future__ import annotations
 
+import itertools
 from collections import deque
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -41,6 +42,8 @@ class History:
     ) -> None:
         self._ring: deque[Entry] = deque(initial, maxlen=size)
         self._store = store
+        # How many entries the ring has ever taken: the position of the next.
+        self._position = len(self._ring)
 
     def attach(self, store: MessageStore, entries: Iterable[Entry]) -> None:
         """
@@ -49,20 +52,40 @@ class History:
         """
         self._ring.clear()
         self._ring.extend(entries)
+        self._position += len(self._ring)
         self._store = store
 
     @property
     def size(self) -> int:
         return self._ring.maxlen or 0
 
+    @property
+    def position(self) -> int:
+        """Where the next entry will be: remember it to ask L{since} later."""
+        return self._position
+
     def record(self, entry: Entry) -> None:
         self._ring.append(entry)
+        self._position += 1
         if self._store is not None:
             self._store.append(entry)
 
     def recent(self) -> list[Entry]:
         """The last N entries, oldest first."""
         return list(self._ring)
+
+    def since(self, position: int) -> list[Entry]:
+        """
+        The entries recorded from C{position} (an earlier L{position}) on,
+        oldest first: at most the last N, those the ring still holds.
+        """
+        missed = self._position - position
+        if missed <= 0:
+            return []
+        ring = self._ring
+        if missed >= len(ring):
+            return list(ring)
+        return list(itertools.islice(ring, len(ring) - missed, None))
 
     def close(self) -> Deferred[None]:
         if self._store is None:

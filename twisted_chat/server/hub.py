@@ -11,6 +11,7 @@ injected C{IReactorTime}, so tests drive it with C{task.Clock}.
 from __future__ import annotations
 
 import bisect
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from enum import Enum
 from typing import Any, Protocol
@@ -55,6 +56,9 @@ class User:
     partner: User | None = None
     outgoing: Invitation | None = None
     incoming: dict[str, Invitation] = field(default_factory=dict)  # by inviter key
+    # While paired: the lobby history's position when the pair began, so
+    # that what the lobby said meanwhile is replayed when it ends.
+    paired_at: int = 0
 
 
 @dataclass(eq=False, slots=True)
@@ -97,8 +101,12 @@ class Listener(Protocol):
     def paired(self, user: User, partner: User) -> None:
         """PAIRED to both."""
 
-    def unpaired(self, user: User, partner: User, reason: str) -> None:
-        """To C{user}: UNPAIRED <partner> <reason>, then the user list."""
+    def unpaired(
+        self, user: User, partner: User, reason: str, missed: Sequence[Entry]
+    ) -> None:
+        """To C{user}: UNPAIRED <partner> <reason>, then C{missed} (the lobby
+        messages sent while it was paired, at most the last N, oldest first;
+        it got none of them live), then the user list."""
 
     def declined(self, inviter: User, invitee: User, reason: str) -> None:
         """To C{inviter}: its invitation ended without a pairing."""
@@ -194,8 +202,8 @@ class Hub:
             self._end(invitation, "gone")
         partner = user.partner
         if partner is not None:
-            self._separate(user, partner)
-            self.listener.unpaired(partner, user, "disconnected")
+            missed = self._separate(user, partner)
+            self.listener.unpaired(partner, user, "disconnected", missed)
 
     # -- talking -----------------------------------------------------------
 
@@ -271,10 +279,10 @@ class Hub:
         """C{UNPAIR}: leave the conversation, or withdraw one's invitation."""
         partner = user.partner
         if partner is not None:
-            self._separate(user, partner)
+            missed = self._separate(user, partner)
             self.log.info("{a} and {b} unpaired", a=user.nick, b=partner.nick)
-            self.listener.unpaired(user, partner, "left")
-            self.listener.unpaired(partner, user, "left")
+            self.listener.unpaired(user, partner, "left", missed)
+            self.listener.unpaired(partner, user, "left", missed)
         elif user.outgoing is not None:
             self._end(user.outgoing, "withdrawn")
         else:
@@ -292,9 +300,13 @@ class Hub:
         inviter, invitee = invitation.inviter, invitation.invitee
         self._detach(invitation)
         self.listener.roster_changing()
+        # Every lobby message before this point has reached both (the
+        # roster change delivered what was gathered); none after will.
+        position = self.history.position
         for one, other in ((inviter, invitee), (invitee, inviter)):
             one.state = State.PAIRED
             one.partner = other
+            one.paired_at = position
             del self.lobby[one.key]
         self.log.info("{a} and {b} paired", a=inviter.nick, b=invitee.nick)
         self.listener.paired(inviter, invitee)
@@ -305,14 +317,22 @@ class Hub:
             for other_invitation in list(one.incoming.values()):
                 self._end(other_invitation, "busy")
 
-    def _separate(self, user: User, partner: User) -> None:
-        """Both back to the lobby (or, for one who left, just unlinked)."""
+    def _separate(self, user: User, partner: User) -> list[Entry]:
+        """
+        Both back to the lobby (or, for one who left, just unlinked).
+
+        @return: the lobby messages the pair missed (the two were paired at
+            the same point), at most the last N: from here on they are in
+            the lobby and get every message live.
+        """
+        missed = self.history.since(user.paired_at)
         self.listener.roster_changing()
         for one in (user, partner):
             one.partner = None
             one.state = State.LOBBY
             if self.is_online(one):
                 self.lobby[one.key] = one
+        return missed
 
     def _expire(self, invitation: Invitation) -> None:
         invitation.timer = None
