@@ -5,8 +5,13 @@ port), with stdin piped.  Every wait is bounded.
 
 from __future__ import annotations
 
+import contextlib
+import os
 import re
 import signal
+import socket
+import threading
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -136,17 +141,125 @@ def test_server_shutdown_is_reported(
     server.stop(signal.SIGTERM)
     code, _out, err = alice.finish()
     assert code == 1
-    assert_clean_failure(err, "The server is shutting down.")
+    # Said once (the server's own text says the same thing).
+    assert err == "twisted-chat: The server is shutting down.\n"
 
 
+@pytest.mark.parametrize("unread", [False, True], ids=["clean-close", "reset"])
 def test_dropped_connection_is_reported(
+    unread: bool,
     alice_online: tuple[ServerProcess, LineClient, PipedClient],
 ) -> None:
+    # Killed with nothing unread, the server's kernel closes cleanly (FIN);
+    # killed with bytes it has not read, it resets the connection (RST). The
+    # client notices by itself: its input is still open. (When its input ends
+    # first, its BYE meets a dead server: the unit tests cover that order.)
     server, _bob, alice = alice_online
-    server.kill()
+    if unread:
+        os.kill(server.pid, signal.SIGSTOP)
+        try:
+            alice.type("this line is never read")
+            time.sleep(0.2)  # let it reach the stopped server's receive buffer
+        finally:
+            server.kill()
+    else:
+        server.kill()
+    alice.proc.wait(timeout=10)
     code, _out, err = alice.finish()
     assert code == 1
     assert_clean_failure(err, f"The connection to {LOOPBACK}:{server.port} was lost.")
+
+
+def test_no_history_keeps_a_scripts_output_quiet(
+    bob_online: tuple[ServerProcess, LineClient],
+) -> None:
+    server, bob = bob_online
+    bob.send("MSG an old message")
+    bob.sync()
+    quiet = run_client(["--no-history", "--nick", "robot", *address(server.port)], "done\n")
+    assert quiet.returncode == 0, quiet.stderr
+    assert "an old message" not in quiet.stdout
+    assert re.search(rf"{TIME} <robot> done\n", quiet.stdout)
+    noisy = run_client(["--nick", "robot", *address(server.port)], "done again\n")
+    assert re.search(rf"{TIME} <bob> an old message\n", noisy.stdout)
+
+
+@pytest.fixture
+def listener() -> Iterator[socket.socket]:
+    """A loopback port that accepts connections (in the kernel) and says nothing."""
+    with socket.socket() as sock:
+        sock.bind((LOOPBACK, 0))
+        sock.listen(8)
+        yield sock
+
+
+def test_a_silent_listener_times_out(listener: socket.socket) -> None:
+    port = listener.getsockname()[1]
+    started = time.monotonic()
+    result = run_client(["--timeout", "1", "--nick", "alice", LOOPBACK, str(port)], "hi\n")
+    assert time.monotonic() - started < 10
+    assert result.returncode == 1
+    assert_clean_failure(
+        result.stderr,
+        f"No greeting from {LOOPBACK}:{port} within 1 seconds",
+        "If it uses TLS, add --tls.",
+    )
+
+
+def test_a_tls_port_without_tls_gets_a_hint_at_once(
+    tmp_path: Path, chat_server: Callable[..., ServerProcess]
+) -> None:
+    server, _cert = _tls_server(tmp_path, chat_server)
+    started = time.monotonic()
+    result = run_client(["--nick", "alice", "localhost", str(server.port)], "hi\n")
+    assert time.monotonic() - started < 10  # not the 15 s greeting timeout
+    assert result.returncode == 1
+    assert_clean_failure(result.stderr, "If it uses TLS, add --tls.")
+
+
+def test_a_server_answering_in_tls_is_recognised(listener: socket.socket) -> None:
+    port = listener.getsockname()[1]
+
+    def answer_with_a_tls_alert() -> None:
+        conn, _ = listener.accept()
+        with conn:
+            conn.sendall(b"\x15\x03\x01\x00\x02\x02\x46")
+            conn.settimeout(5)
+            with contextlib.suppress(OSError):
+                conn.recv(100)
+
+    thread = threading.Thread(target=answer_with_a_tls_alert, daemon=True)
+    thread.start()
+    result = run_client(["--nick", "alice", LOOPBACK, str(port)], "hi\n")
+    thread.join(10)
+    assert result.returncode == 1
+    assert_clean_failure(result.stderr, "answered in TLS", "add --tls")
+
+
+def test_sigint_before_ready_exits_non_zero(listener: socket.socket) -> None:
+    port = listener.getsockname()[1]
+    client = PipedClient(["--nick", "alice", LOOPBACK, str(port)])
+    listener.settimeout(10)
+    try:
+        conn, _ = listener.accept()  # the client is connected, waiting for HELLO
+        with conn:
+            client.proc.send_signal(signal.SIGINT)
+            code, _out, err = client.finish()
+    finally:
+        client.kill()
+    assert code == 130, err
+    assert_clean_failure(err, "Interrupted")
+
+
+def test_sigint_in_a_script_says_goodbye_and_exits_non_zero(
+    alice_online: tuple[ServerProcess, LineClient, PipedClient],
+) -> None:
+    _server, bob, alice = alice_online
+    alice.proc.send_signal(signal.SIGINT)
+    assert re.fullmatch(rf"LEFT {TS} alice quit", bob.expect("LEFT"))
+    code, out, err = alice.finish()
+    assert code == 130, (out, err)
+    assert_clean_failure(err, "Interrupted")
 
 
 def _tls_server(tmp_path: Path, chat_server: Callable[..., ServerProcess]) -> Any:

@@ -90,3 +90,18 @@ def test_importing_the_client_does_not_install_a_reactor() -> None:
         [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True
     )
     assert result.stdout.strip() == "False"
+
+
+def test_timeout_and_no_history_options() -> None:
+    options = parse_options(["host"])
+    assert options.timeout == 15.0 and options.no_history is False
+    options = parse_options(["--timeout", "2.5", "--no-history", "host"])
+    assert options.timeout == 2.5 and options.no_history is True
+
+
+@pytest.mark.parametrize("value", ["0", "-1", "soon", "1e9"])
+def test_bad_timeouts_exit_2(value: str, capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exited:
+        parse_options(["--timeout", value, "host"])
+    assert exited.value.code == 2
+    assert "--timeout" in capsys.readouterr().err

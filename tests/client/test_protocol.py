@@ -32,7 +32,8 @@ def test_nick_is_asked_for_and_retried_with_the_servers_reason() -> None:
     assert s.sent() == ["NICK bob"]
     s.receive("RETRY taken bob is already online")
     shown = s.screen.take()
-    assert "The nickname bob is already taken (bob is already online)." in shown[0]
+    # Said once: the server's text repeats what the client already says.
+    assert shown[0] == "! The nickname bob is already taken by someone online."
     assert s.screen.prompt == "nickname: "
     s.type("bob2")
     assert s.sent() == ["NICK bob2"]
@@ -80,7 +81,7 @@ def test_refused_nick_option_in_a_script_fails() -> None:
     assert s.transport.disconnecting
     outcome = s.lose()
     assert outcome.code == 1
-    assert outcome.message == "The nickname bob is already taken (sorry)."
+    assert outcome.message == "The nickname bob is already taken by someone online."
 
 
 def test_input_waits_until_ready_then_goes_in_order() -> None:
@@ -158,7 +159,7 @@ def test_quit_while_connecting_cancels_the_attempt() -> None:
     s.client.cancel_connect = lambda: cancelled.append(True)
     s.client.interrupt()
     assert cancelled == [True]
-    assert s.outcomes == [Outcome(0)]
+    assert s.outcomes == [Outcome(130, "Interrupted while connecting.")]
 
 
 def test_ping_is_answered_with_the_same_token() -> None:

@@ -9,7 +9,8 @@ On a terminal (stdin and stdout both ttys) the terminal goes into raw mode and
 L{ChatTerminal} edits the input line; otherwise lines are read from stdin and
 plain text written to stdout.  Diagnostics go to stderr; the exit code is 0
 after a normal quit, 1 when the server cannot be reached, refuses TLS or drops
-the connection, and 2 for bad options.
+the connection, 2 for bad options, and 130 when interrupted (Ctrl-C, SIGINT)
+before the chat was joined, or at any time in a script.
 """
 
 from __future__ import annotations
@@ -47,6 +48,8 @@ if TYPE_CHECKING:
 
 PROGRAM = "twisted-chat"
 CLOSE_TIMEOUT = 5.0
+# Seconds to wait for the connection, then again for the server's greeting.
+DEFAULT_TIMEOUT = 15.0
 
 DESCRIPTION = """\
 Chat on a twisted-chat (chat/1) server from a terminal.
@@ -62,7 +65,8 @@ is plain text; at the end of input the client says goodbye and exits.
 Colours are used only on a terminal and never when NO_COLOR is set.
 
 Exit status: 0 after a normal quit, 1 when the server cannot be reached,
-refuses TLS or drops the connection, 2 for bad options.
+refuses TLS, does not greet in time or drops the connection, 2 for bad
+options, 130 when interrupted before the chat was joined (or in a script).
 
 examples:
   python -m twisted_chat.client chat.example.org
@@ -113,6 +117,19 @@ def build_parser() -> argparse.ArgumentParser:
         help="PEM file with the certificate authority (or self-signed server "
         "certificate) to trust for --tls",
     )
+    parser.add_argument(
+        "--timeout",
+        metavar="SECONDS",
+        type=_seconds,
+        default=DEFAULT_TIMEOUT,
+        help="give up when the connection, and then the server's greeting, take longer "
+        f"than this (default {DEFAULT_TIMEOUT:g})",
+    )
+    parser.add_argument(
+        "--no-history",
+        action="store_true",
+        help="do not show the lobby's recent messages after joining (for scripts)",
+    )
     parser.add_argument("host", metavar="HOST", help="the server's host name or address")
     parser.add_argument(
         "port",
@@ -133,6 +150,16 @@ def _port(text: str) -> int:
     if not 0 < port < 65536:
         raise argparse.ArgumentTypeError(f"port out of range: {port}")
     return port
+
+
+def _seconds(text: str) -> float:
+    try:
+        seconds = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number of seconds: {text!r}") from None
+    if not 0 < seconds <= 86400:
+        raise argparse.ArgumentTypeError(f"out of range (0 to 86400 seconds): {text}")
+    return seconds
 
 
 def parse_options(argv: Sequence[str] | None) -> argparse.Namespace:
@@ -180,7 +207,7 @@ def server_label(host: str, port: int) -> str:
 
 def make_endpoint(reactor: Any, options: argparse.Namespace) -> IStreamClientEndpoint:
     endpoint: IStreamClientEndpoint = HostnameEndpoint(
-        reactor, options.host, options.port, timeout=15
+        reactor, options.host, options.port, timeout=options.timeout
     )
     if options.tls:
         from twisted.internet.ssl import optionsForClientTLS
@@ -221,8 +248,20 @@ async def run(reactor: Any, options: argparse.Namespace) -> None:
     interactive = is_terminal()
     label = server_label(options.host, options.port)
     client = ChatClient(
-        None, nick=options.nick, interactive=interactive, server=label, clock=reactor
+        None,
+        nick=options.nick,
+        interactive=interactive,
+        server=label,
+        clock=reactor,
+        tls=options.tls,
+        probe=not options.tls,
+        greeting_timeout=options.timeout,
+        show_history=not options.no_history,
     )
+    # A SIGINT (Ctrl-C in a script's terminal, kill -INT) leaves like Ctrl-C
+    # typed on the client's own terminal, instead of stopping the reactor
+    # with exit code 0; the client decides the exit code.
+    signal.signal(signal.SIGINT, lambda signum, frame: reactor.callFromThread(client.interrupt))
     restore = _nothing
     ui: ChatTerminal | PipeIO
     if interactive:

@@ -87,6 +87,14 @@ def describe_tls_error(reason: Failure, server: str) -> str | None:
     return f"TLS connection to {server} refused: {detail}{hint}."
 
 
+def looks_like_tls(data: bytes) -> bool:
+    """
+    Whether the first bytes from a server are a TLS record (handshake, alert,
+    change-cipher-spec or data, version 3.x) rather than a line of text.
+    """
+    return len(data) >= 2 and data[0] in (0x14, 0x15, 0x16, 0x17) and data[1] == 0x03
+
+
 def describe_connect_error(reason: Failure) -> str:
     """A few words on why a connection attempt failed."""
     from twisted.internet import error
@@ -114,13 +122,27 @@ class ChatClient(LineReceiver):
         C{--nick} is refused stops with an error instead of reading the next
         line as a nickname.
     @param server: how to name the server in messages (C{host:port}).
-    @param clock: schedules the quit timeout.
+    @param clock: schedules the quit and greeting timeouts.
+    @param tls: the connection uses TLS (else a server that answers in TLS
+        gets a hint to use C{--tls}).
+    @param probe: send a C{PING} as soon as connected.  A chat server answers
+        it after its greeting; a TLS server takes it for a broken handshake and
+        closes at once, so the hint to use C{--tls} comes without a wait.
+    @param greeting_timeout: seconds to wait, once connected, for the server
+        to ask for a nickname (C{None}: for ever).
+    @param show_history: show the lobby's recent messages sent after C{READY}
+        (C{--no-history} turns it off; what was missed while paired is shown
+        regardless).
     """
 
     delimiter = b"\n"
     # Server lines may be longer than its --max-line (they add times and nicks).
     MAX_LENGTH = 1 << 20
     QUIT_TIMEOUT = 5.0
+    GREETING_TIMEOUT = 15.0
+    # Exit code after Ctrl-C (or SIGINT) before the chat was joined, or in a
+    # script: 128 + SIGINT, as shells report an interrupted command.
+    INTERRUPTED = 130
 
     _log = Logger()
 
@@ -134,12 +156,20 @@ class ChatClient(LineReceiver):
         clock: IReactorTime,
         now: Callable[[], float] = time.time,
         localtime: Callable[[float], time.struct_time] = time.localtime,
+        tls: bool = False,
+        probe: bool = False,
+        greeting_timeout: float | None = GREETING_TIMEOUT,
+        show_history: bool = True,
     ) -> None:
         self.display = display
         self.option_nick = nick
         self.interactive = interactive
         self.server = server
         self.clock = clock
+        self.tls = tls
+        self.probe = probe
+        self.greeting_timeout = greeting_timeout
+        self.show_history = show_history
         self.renderer = Renderer(lambda: self.nick, now, localtime)
         self.state = State.CONNECTING
         self.nick: str | None = None
@@ -153,10 +183,17 @@ class ChatClient(LineReceiver):
         self._tried_option_nick = False
         self._asked_nick: str | None = None
         self._unpair_requested = False
-        self._in_history = False
+        self._replay: str | None = None  # "login" or "away" while HISTORY lines come
+        self._replay_heading = False  # the heading for the lines replayed is shown
         self._users: list[UserRow] = []
         self._failure: str | None = None
         self._quit_timer: IDelayedCall | None = None
+        self._greeting_timer: IDelayedCall | None = None
+        self._heard = False  # any byte came from the server
+        self._greeted = False  # the server asked for a nickname (or said who we are)
+        self._bye_received = False
+        self._gave_up = False  # we closed the connection after an unanswered BYE
+        self._interrupted = False
 
     # -- showing -------------------------------------------------------------
 
@@ -185,7 +222,10 @@ class ChatClient(LineReceiver):
             self.display.set_prompt(self.prompt())
 
     def _set_state(self, state: State) -> None:
-        self.state = state
+        # Once leaving, stay leaving: a READY or PAIRED the server sent before
+        # it read our BYE must not make its answer look unexpected.
+        if self.state not in (State.QUITTING, State.CLOSED) or state is State.CLOSED:
+            self.state = state
         self._update_prompt()
 
     # -- the network -----------------------------------------------------------
@@ -193,7 +233,53 @@ class ChatClient(LineReceiver):
     def connectionMade(self) -> None:
         self.cancel_connect = None
         self._set_state(State.GREETING)
+        if self.greeting_timeout is not None:
+            self._greeting_timer = self.clock.callLater(
+                self.greeting_timeout, self._no_greeting
+            )
+        if self.probe:
+            self.send(Send("PING"))
         self._pump()
+
+    def _tls_hint(self) -> str:
+        return "" if self.tls else " If it uses TLS, add --tls."
+
+    def _no_greeting(self) -> None:
+        self._greeting_timer = None
+        self._failure = (
+            f"No greeting from {self.server} within {self.greeting_timeout:g} seconds: "
+            f"is it a chat server?{self._tls_hint()}"
+        )
+        self._close_now()
+
+    def _greeting_done(self) -> None:
+        self._greeted = True
+        if self._greeting_timer is not None and self._greeting_timer.active():
+            self._greeting_timer.cancel()
+        self._greeting_timer = None
+
+    def _close_now(self) -> None:
+        """Drop the connection without waiting for the peer (TLS included)."""
+        if self.transport is None:
+            return
+        abort = getattr(self.transport, "abortConnection", None)
+        if abort is not None:
+            abort()
+        else:
+            self.transport.loseConnection()
+
+    def dataReceived(self, data: bytes) -> None:
+        if not self._heard and data:
+            self._heard = True
+            if not self.tls and looks_like_tls(data):
+                self._failure = (
+                    f"{self.server} answered in TLS, not in plain text: add --tls "
+                    "to connect to it."
+                )
+                self.state = State.QUITTING
+                self._close_now()
+                return
+        super().dataReceived(data)  # type: ignore[no-untyped-call]
 
     def send(self, request: Send) -> None:
         if self.transport is not None and self.state is not State.CLOSED:
@@ -223,19 +309,32 @@ class ChatClient(LineReceiver):
     def connectionLost(self, reason: Failure | None = None) -> None:
         previous = self.state
         self.state = State.CLOSED
-        if self._quit_timer is not None and self._quit_timer.active():
-            self._quit_timer.cancel()
-        self._quit_timer = None
+        for timer in (self._quit_timer, self._greeting_timer):
+            if timer is not None and timer.active():
+                timer.cancel()
+        self._quit_timer = self._greeting_timer = None
+        tls = describe_tls_error(reason, self.server) if reason is not None else None
         if self._failure is not None:
             self._finish(Outcome(1, self._failure))
-        elif previous is State.QUITTING:
+        elif self._interrupted:
+            self._finish(Outcome(self.INTERRUPTED, self._interrupted_sentence()))
+        elif previous is State.QUITTING and (self._bye_received or self._gave_up):
             self._finish(Outcome(0))
+        elif tls is not None:
+            self._finish(Outcome(1, tls))
+        elif not self._heard:
+            self._finish(
+                Outcome(
+                    1,
+                    f"{self.server} closed the connection without a word: "
+                    f"is it a chat server?{self._tls_hint()}",
+                )
+            )
         else:
-            tls = describe_tls_error(reason, self.server) if reason is not None else None
-            if tls is not None:
-                self._finish(Outcome(1, tls))
-            else:
-                self._finish(Outcome(1, f"The connection to {self.server} was lost."))
+            # A server that is killed leaves either a clean close or a reset
+            # (when our BYE, or anything else, reached it after it died):
+            # whichever it is, the chat is over without the server's goodbye.
+            self._finish(Outcome(1, f"The connection to {self.server} was lost."))
 
     def connect_failed(self, reason: Failure) -> None:
         """The connection could not be made at all."""
@@ -264,19 +363,32 @@ class ChatClient(LineReceiver):
         self._pump()
 
     def interrupt(self) -> None:
-        """Ctrl-C: leave now; a second time, drop the connection."""
+        """
+        Ctrl-C: leave now; a second time, drop the connection.  Before the
+        chat was joined, or in a script, the exit code says it was interrupted.
+        """
         self._queue.clear()
+        if self.nick is None or not self.interactive:
+            self._interrupted = True
         if self.state is State.QUITTING and self.transport is not None:
-            self.transport.loseConnection()
+            self._close_now()
         else:
             self.quit()
+
+    def _interrupted_sentence(self) -> str:
+        if self.nick is None:
+            return "Interrupted before joining the chat."
+        return "Interrupted."
 
     def quit(self, text: str = "") -> None:
         """Say BYE and wait (a bounded time) for the server's answer."""
         self._queue.clear()
         if self.state is State.CONNECTING:
             self.state = State.CLOSED
-            self._finish(Outcome(0))
+            if self._interrupted:
+                self._finish(Outcome(self.INTERRUPTED, "Interrupted while connecting."))
+            else:
+                self._finish(Outcome(0))
             if self.cancel_connect is not None:
                 self.cancel_connect()
             return
@@ -288,8 +400,8 @@ class ChatClient(LineReceiver):
 
     def _give_up(self) -> None:
         self._quit_timer = None
-        if self.transport is not None:
-            self.transport.loseConnection()
+        self._gave_up = True
+        self._close_now()
 
     def _pump(self) -> None:
         while self._queue and self.state in (State.ASK_NICK, State.READY, State.PAIRED):
@@ -360,6 +472,7 @@ class ChatClient(LineReceiver):
         self._notice(f"Connected to {self.server}{about}.")
 
     def _on_NICK(self, event: ServerLine) -> None:
+        self._greeting_done()
         if self.state not in (State.GREETING, State.ASK_NICK, State.NICK_SENT):
             return
         if self.option_nick is not None and not self._tried_option_nick:
@@ -373,12 +486,7 @@ class ChatClient(LineReceiver):
     def _on_RETRY(self, event: ServerLine) -> None:
         if self.state is not State.NICK_SENT:
             return
-        nick = self._asked_nick or ""
-        why = event.text or event.word(0)
-        if event.word(0) == "taken":
-            said = f"The nickname {nick} is already taken ({why})."
-        else:
-            said = f"The nickname {nick!r} cannot be used ({why})."
+        said = render.retry(self._asked_nick or "", event.word(0), event.text)
         if not self.interactive and self._asked_nick == self.option_nick:
             self._failure = render.sentence(said)
             self.quit()
@@ -389,20 +497,29 @@ class ChatClient(LineReceiver):
         self._pump()
 
     def _on_READY(self, event: ServerLine) -> None:
+        self._greeting_done()
         self.nick = event.word(0)
         self._set_state(State.READY)
         self._notice(
             f"Welcome, {self.nick}! You are in the lobby. "
             "Type a message and press Enter; /help lists the commands."
         )
-        self._in_history = True
+        self._replay, self._replay_heading = "login", False
         self._pump()
 
     def _on_HISTORY(self, event: ServerLine) -> None:
-        if self._in_history:
-            self._notice("Recent messages in the lobby:")
-            self._in_history = False
+        if self._replay == "login" and not self.show_history:
+            return
+        if self._replay is not None and not self._replay_heading:
+            self._replay_heading = True
+            if self._replay == "away":
+                self._notice("While you were away, the lobby said:")
+            else:
+                self._notice("Recent messages in the lobby:")
         self._show(self.renderer.message(event.word(0), event.word(1), "*", event.text))
+
+    def _end_replay(self) -> None:
+        self._replay, self._replay_heading = None, False
 
     def _on_MSG(self, event: ServerLine) -> None:
         ts, sender, to = event.words
@@ -416,12 +533,12 @@ class ChatClient(LineReceiver):
         self._show(self.renderer.left(ts, nick, reason, event.text))
 
     def _on_USER(self, event: ServerLine) -> None:
-        self._in_history = False
+        self._end_replay()
         address = event.word(2) or None
         self._users.append(UserRow(event.word(0), event.word(1), address))
 
     def _on_USERS(self, event: ServerLine) -> None:
-        self._in_history = False
+        self._end_replay()
         rows, self._users = self._users, []
         for line in self.renderer.users(rows):
             self._show(line)
@@ -458,6 +575,8 @@ class ChatClient(LineReceiver):
         if self.state is State.PAIRED:
             self._set_state(State.READY)
         self._notice(render.unpaired(nick, reason, by_me=by_me))
+        # What the lobby said meanwhile comes next, before the user list.
+        self._replay, self._replay_heading = "away", False
 
     def _on_DECLINED(self, event: ServerLine) -> None:
         nick, reason = event.words
@@ -478,6 +597,8 @@ class ChatClient(LineReceiver):
     def _on_BYE(self, event: ServerLine) -> None:
         reason = event.word(0)
         said = render.bye(reason, event.text)
+        self._bye_received = True
+        self._greeting_done()
         if reason == "quit" and self.state is State.QUITTING:
             self._notice(said)
         elif self._failure is None:

@@ -231,11 +231,32 @@ def unpaired(nick: str, reason: str, *, by_me: bool) -> str:
     )
 
 
+def _words(text: str) -> str:
+    return " ".join("".join(ch if ch.isalnum() else " " for ch in text.lower()).split())
+
+
+def _with_detail(said: str, detail: str) -> str:
+    """C{said}, with the server's C{detail} after it unless it says the same again."""
+    if not detail.strip() or _words(detail) in _words(said):
+        return said
+    return f"{said} ({detail.strip()})"
+
+
 def bye(reason: str, text: str) -> str:
     said = BYE_REASONS.get(reason, f"The server closed the connection ({reason}).")
-    if text and reason != "quit":
-        said = f"{said} ({text})"
-    return said
+    if reason == "quit":
+        return said
+    return _with_detail(said, text)
+
+
+def retry(nick: str, reason: str, text: str) -> str:
+    """Why the server refused a nickname, in one sentence that says it once."""
+    if reason == "taken":
+        return f"The nickname {nick} is already taken by someone online."
+    if nick and nick in text:
+        # The server's text names the nick and says what is wrong with it.
+        return sentence(text[0].upper() + text[1:])
+    return sentence(_with_detail(f"The nickname {nick!r} cannot be used", text or reason))
 
 
 @dataclass(frozen=True, slots=True)
