@@ -304,3 +304,28 @@ def test_tls_to_a_plain_server_fails_clearly(
     result = run_client(["--nick", "alice", "--tls", *address(server.port)], "hi\n")
     assert result.returncode == 1
     assert_clean_failure(result.stderr, "refused", "does the server use TLS on that port?")
+
+
+def test_lobby_lines_missed_while_paired_are_shown_under_a_heading(
+    alice_online: tuple[ServerProcess, LineClient, PipedClient],
+    connect: Callable[..., LineClient],
+) -> None:
+    server, bob, alice = alice_online
+    carol = connect(server.port)
+    carol.register("carol")
+    bob.send("PAIR alice")
+    bob.expect("PENDING alice")
+    alice.type("/accept bob")
+    bob.expect("PAIRED alice")
+    carol.send("MSG did anyone see alice?")
+    carol.sync()
+    bob.send("UNPAIR")
+    bob.expect("UNPAIRED alice left")
+    bob.sync()  # alice has been sent UNPAIRED and the replay before her BYE
+    code, out, err = alice.finish()
+    assert code == 0, err
+    lines = out.splitlines()
+    back = lines.index("* bob left the private conversation. You are back in the lobby.")
+    assert lines[back + 1] == "* While you were away, the lobby said:"
+    assert re.fullmatch(rf"{TIME} <carol> did anyone see alice\?", lines[back + 2])
+    assert lines[back + 3].endswith("people online:")
