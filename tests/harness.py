@@ -1,13 +1,15 @@
 """
-Deterministic protocol harness: a L{ChatFactory} on a L{task.Clock}, with
+Deterministic protocol harness: a L{ChatFactory} on a L{TurnClock}, with
 connections on L{StringTransport}s.  Lobby lines are gathered per reactor
 turn, so L{Conn.send} advances the clock by zero to end the turn; the
-fan-out's pacing is off here (tests/test_pacing.py turns it on).
+fan-out's pacing is off here (tests/test_pacing.py turns it on, with a
+stand-in for the reactor's backlog).
 """
 
 from __future__ import annotations
 
 import itertools
+from collections.abc import Callable
 from typing import Any
 
 from twisted.internet.address import IPv4Address, UNIXAddress
@@ -21,6 +23,25 @@ from twisted_chat.server.factory import ChatFactory
 
 # Unit tests keep the limits and the pacing out of the way unless they test them.
 QUIET = dict(flood_rate=0.0, idle_timeout=0.0, nick_timeout=0.0, fanout_delay=0.0)
+
+
+class TurnClock(Clock):
+    """
+    A L{Clock} that runs calls as a reactor's turn does: each L{advance}
+    runs the calls due when it starts; a call scheduled meanwhile for the
+    same time waits for the next advance, as one scheduled from a timed call
+    waits for the reactor's next iteration.
+    """
+
+    def advance(self, amount: float) -> None:
+        self.rightNow += amount
+        self._sortCalls()
+        due = [call for call in self.calls if call.getTime() <= self.rightNow]
+        for call in due:
+            if call in self.calls:  # not cancelled by an earlier one
+                self.calls.remove(call)
+                call.called = 1
+                call.func(*call.args, **call.kw)
 
 
 class SocketTransport(StringTransport):
@@ -121,12 +142,12 @@ def _crlf(lines: tuple[str | bytes, ...]) -> bytes:
 
 
 class Harness:
-    def __init__(self, **config: Any) -> None:
+    def __init__(self, backlog: Callable[[], bool] | None = None, **config: Any) -> None:
         settings = {**QUIET, **config}
-        self.clock = Clock()
+        self.clock = TurnClock()
         self.clock.advance(1_700_000_000)  # a real-looking time for the timestamps
         self.config = ServerConfig(**settings)
-        self.factory = ChatFactory(self.config, self.clock)
+        self.factory = ChatFactory(self.config, self.clock, backlog=backlog)
         self.hub = self.factory.hub
         self._ports = itertools.count(40000)
         self.conns: list[Conn] = []

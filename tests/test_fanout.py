@@ -1,54 +1,96 @@
 """
-The fan-out module on its own: its decision rules as plain functions (no
-clock), and L{LobbyFanout} with stand-in members on a task.Clock.  What
-whole connections receive under the pacing is in tests/test_pacing.py.
+The fan-out module on its own: its decision rule as a plain function (no
+clock), the reactor probe on a real epoll, and L{LobbyFanout} with stand-in
+members.  What whole connections receive under the pacing is in
+tests/test_pacing.py.
 """
 
 from __future__ import annotations
 
-from twisted.internet.task import Clock
+import select
+import socket
+from typing import Any
 
+import pytest
+
+from tests.harness import TurnClock
 from twisted_chat.server.fanout import (
-    FANOUT_QUIET_FACTOR,
     MAX_FANOUT_WAIT,
-    READERS_WAIT_MAX_LINES,
-    READERS_WAIT_SHARE,
+    MAX_GATHER_TURNS,
     LobbyFanout,
-    capped_wait,
-    quiet_after,
-    readers_may_wait,
+    keep_gathering,
+    reactor_backlog,
 )
 
 WINDOW = 0.002
 
 
-# -- the rules ------------------------------------------------------------------
+# -- the rule ---------------------------------------------------------------------
 
 
-def test_the_gap_is_the_window_after_a_quick_fanout() -> None:
-    assert quiet_after(WINDOW, 0.0001, waited=True) == WINDOW
-    assert quiet_after(WINDOW, 0.0001, waited=False) == WINDOW
+def test_lines_go_out_at_once_when_nothing_else_waits() -> None:
+    assert not keep_gathering(first=10.0, now=10.0, turns=0, window=WINDOW, waiting=False)
 
 
-def test_a_slow_fanout_of_waiting_lines_buys_a_longer_gap() -> None:
-    assert quiet_after(WINDOW, 0.01, waited=True) == 0.01 * FANOUT_QUIET_FACTOR
+def test_lines_wait_a_turn_while_work_is_waiting() -> None:
+    assert keep_gathering(first=10.0, now=10.0, turns=0, window=WINDOW, waiting=True)
+    assert keep_gathering(first=10.0, now=10.0 + WINDOW * 0.9, turns=5, window=WINDOW,
+                          waiting=True)
 
 
-def test_a_slow_fanout_of_lines_that_did_not_wait_is_not_multiplied() -> None:
-    assert quiet_after(WINDOW, 0.01, waited=False) == 0.01
+def test_never_past_the_window() -> None:
+    assert not keep_gathering(first=10.0, now=10.0 + WINDOW, turns=1, window=WINDOW,
+                              waiting=True)
 
 
-def test_readers_wait_only_after_small_quick_fanouts() -> None:
-    quick = WINDOW * READERS_WAIT_SHARE
-    assert readers_may_wait(READERS_WAIT_MAX_LINES, quick, WINDOW)
-    assert not readers_may_wait(READERS_WAIT_MAX_LINES + 1, quick, WINDOW)
-    assert not readers_may_wait(1, quick * 1.01, WINDOW)
+def test_never_past_the_cap_whatever_the_window() -> None:
+    assert keep_gathering(first=0.0, now=MAX_FANOUT_WAIT * 0.99, turns=1, window=3600.0,
+                          waiting=True)
+    assert not keep_gathering(first=0.0, now=MAX_FANOUT_WAIT, turns=1, window=3600.0,
+                              waiting=True)
 
 
-def test_a_wait_is_capped_whatever_the_clock_did() -> None:
-    assert capped_wait(10.0, 9.999) == 10.0 - 9.999
-    assert capped_wait(3600.0, 0.0) == MAX_FANOUT_WAIT
-    assert capped_wait(0.0, 3600.0) < 0  # already over: no wait at all
+def test_a_stuck_or_set_back_clock_cannot_hold_the_lines() -> None:
+    assert not keep_gathering(first=10.0, now=10.0, turns=MAX_GATHER_TURNS, window=WINDOW,
+                              waiting=True)
+    assert not keep_gathering(first=10.0, now=9.0, turns=1, window=WINDOW, waiting=True)
+
+
+def test_zero_window_never_gathers() -> None:
+    assert not keep_gathering(first=10.0, now=10.0, turns=0, window=0.0, waiting=True)
+
+
+# -- the probe -------------------------------------------------------------------
+
+
+class EpollReactor:
+    """What the probe reads of Twisted's epoll reactor."""
+
+    def __init__(self) -> None:
+        self._poller = select.epoll()
+
+
+def test_the_probe_sees_a_readable_socket_and_consumes_nothing() -> None:
+    reactor = EpollReactor()
+    ours, peer = socket.socketpair()
+    try:
+        reactor._poller.register(ours.fileno(), select.EPOLLIN)
+        waiting = reactor_backlog(reactor)
+        assert waiting is not None
+        assert not waiting()
+        peer.send(b"MSG hi\r\n")
+        assert waiting() and waiting(), "still there: the probe reads nothing"
+        assert ours.recv(100) == b"MSG hi\r\n"
+        assert not waiting()
+    finally:
+        ours.close()
+        peer.close()
+        reactor._poller.close()
+
+
+@pytest.mark.parametrize("reactor", [object(), TurnClock()])
+def test_other_reactors_have_no_probe(reactor: Any) -> None:
+    assert reactor_backlog(reactor) is None
 
 
 # -- LobbyFanout with stand-in members -----------------------------------------------
@@ -59,28 +101,36 @@ class Stub:
 
     def __init__(self) -> None:
         self.got: list[bytes] = []
-        self.reading = True
-        self.closing = False
 
     def deliver(self, data: bytes) -> None:
         self.got.append(data)
 
-    def pause_reading(self) -> None:
-        self.reading = False
 
-    def resume_reading(self) -> None:
-        self.reading = True
+class Backlog:
+    """Work "waits" for the next C{turns} questions."""
+
+    def __init__(self) -> None:
+        self.turns = 0
+        self.asked = 0
+
+    def __call__(self) -> bool:
+        self.asked += 1
+        if self.turns:
+            self.turns -= 1
+            return True
+        return False
 
 
-def lobby(n: int, window: float = WINDOW) -> tuple[Clock, LobbyFanout, list[Stub]]:
-    clock = Clock()
+def lobby(n: int, window: float = WINDOW) -> tuple[TurnClock, LobbyFanout, list[Stub], Backlog]:
+    clock = TurnClock()
     clock.advance(1000)
     members = [Stub() for _ in range(n)]
-    return clock, LobbyFanout(clock, lambda: members, window), members
+    backlog = Backlog()
+    return clock, LobbyFanout(clock, lambda: members, window, backlog), members, backlog
 
 
-def test_a_line_goes_out_at_the_end_of_its_turn_as_one_write_per_member() -> None:
-    clock, fanout, members = lobby(2)
+def test_a_turns_lines_go_out_at_its_end_as_one_write_per_member() -> None:
+    clock, fanout, members, _ = lobby(2)
     fanout.add(b"a")
     fanout.add(b"b")
     assert fanout.pending and all(m.got == [] for m in members)
@@ -89,19 +139,48 @@ def test_a_line_goes_out_at_the_end_of_its_turn_as_one_write_per_member() -> Non
     assert all(m.got == [b"ab"] for m in members)
 
 
-def test_lines_within_the_window_wait_for_it() -> None:
-    clock, fanout, (member,) = lobby(1)
+def test_while_work_waits_the_next_turns_lines_ride_along() -> None:
+    clock, fanout, (member,), backlog = lobby(1)
+    backlog.turns = 2
+    fanout.add(b"a")
+    clock.advance(0)  # work waits: one more turn
+    fanout.add(b"b")  # read on that turn
+    clock.advance(0)  # still waiting
+    assert member.got == []
+    clock.advance(0)  # nothing waits any more
+    assert member.got == [b"ab"]
+
+
+def test_a_fanout_right_after_another_is_not_held() -> None:
+    clock, fanout, (member,), _ = lobby(1)
     fanout.add(b"a")
     clock.advance(0)
     fanout.add(b"b")
-    clock.advance(WINDOW / 2)
-    assert member.got == [b"a"]
-    clock.advance(WINDOW / 2)
+    clock.advance(0)
     assert member.got == [b"a", b"b"]
 
 
+def test_work_that_keeps_waiting_holds_lines_only_for_the_window() -> None:
+    clock, fanout, (member,), backlog = lobby(1)
+    backlog.turns = 10**6
+    fanout.add(b"a")
+    for _ in range(9):
+        clock.advance(WINDOW / 10)
+    assert member.got == [], "held while work waits, for 90% of the window"
+    clock.advance(WINDOW / 5)
+    assert member.got == [b"a"]
+
+
+def test_zero_window_never_asks_the_probe() -> None:
+    clock, fanout, (member,), backlog = lobby(1, window=0.0)
+    backlog.turns = 10
+    fanout.add(b"a")
+    clock.advance(0)
+    assert member.got == [b"a"] and backlog.asked == 0
+
+
 def test_flush_writes_at_once_and_leaves_no_timer() -> None:
-    clock, fanout, (member,) = lobby(1)
+    clock, fanout, (member,), _ = lobby(1)
     fanout.add(b"a")
     fanout.flush()
     assert member.got == [b"a"]
@@ -109,7 +188,7 @@ def test_flush_writes_at_once_and_leaves_no_timer() -> None:
 
 
 def test_a_newcomer_gets_only_the_lines_after_its_join() -> None:
-    clock, fanout, (old, new) = lobby(2)
+    clock, fanout, (old, new), _ = lobby(2)
     fanout.add(b"before ")
     fanout.add_joined(b"JOINED ", new)
     fanout.add(b"after")
@@ -119,58 +198,25 @@ def test_a_newcomer_gets_only_the_lines_after_its_join() -> None:
 
 
 def test_a_newcomer_with_nothing_after_its_join_gets_no_write() -> None:
-    clock, fanout, (old, new) = lobby(2)
+    clock, fanout, (old, new), _ = lobby(2)
     fanout.add_joined(b"JOINED", new)
     clock.advance(0)
     assert old.got == [b"JOINED"] and new.got == []
 
 
-def test_a_sender_whose_line_waits_is_paused_until_the_gap_ends() -> None:
-    clock, fanout, (sender, other) = lobby(2)
-    fanout.add(b"a")
-    clock.advance(0)
-    fanout.add(b"b")  # waits
-    fanout.sent(sender)
-    assert not sender.reading and other.reading
-    clock.advance(WINDOW)  # the gap ends: read first, fan out on the next turn
-    assert sender.reading
-    assert other.got == [b"a", b"b"]
-
-
-def test_a_sender_whose_line_does_not_wait_is_left_alone() -> None:
-    _clock, fanout, (sender,) = lobby(1)
-    fanout.add(b"a")
-    fanout.sent(sender)
-    assert sender.reading
-
-
-def test_a_closing_member_is_never_paused_and_is_read_again_when_it_closes() -> None:
-    clock, fanout, (sender, other) = lobby(2)
-    fanout.add(b"a")
-    clock.advance(0)
-    fanout.add(b"b")
-    other.closing = True
-    fanout.sent(other)
-    assert other.reading
-    fanout.sent(sender)
-    fanout.closing(sender)
-    assert sender.reading
-
-
-def test_zero_window_never_pauses_or_waits() -> None:
-    clock, fanout, (sender,) = lobby(1, window=0.0)
-    for text in (b"a", b"b", b"c"):
-        fanout.add(text)
-        fanout.sent(sender)
-        assert sender.reading
-        clock.advance(0)
-    assert sender.got == [b"a", b"b", b"c"]
-
-
 def test_shutdown_delivers_what_waits() -> None:
-    clock, fanout, (member,) = lobby(1)
+    clock, fanout, (member,), backlog = lobby(1)
+    backlog.turns = 10
     fanout.add(b"a")
     clock.advance(0)
-    fanout.add(b"b")
     fanout.shutdown()
-    assert member.got == [b"a", b"b"]
+    assert member.got == [b"a"]
+    assert clock.getDelayedCalls() == []
+
+
+def test_the_default_reactor_here_has_a_probe() -> None:
+    """twistd's default on Linux is the epoll reactor: the server paces by
+    backlog there, not only in these tests."""
+    from twisted.internet import reactor
+
+    assert reactor_backlog(reactor) is not None

@@ -33,8 +33,8 @@ class ServerConfig:
     idle_timeout: float = 120.0
     ping_timeout: float = 60.0
     nick_timeout: float = 30.0
-    # Lobby fan-out pacing window, in seconds (docs/fanout.md); 0 writes each
-    # reactor turn's lobby lines at once.
+    # The longest a lobby line is held while other work waits, in seconds
+    # (docs/fanout.md); 0 writes each reactor turn's lobby lines at once.
     fanout_delay: float = 0.010
     # Write straight to a plain TCP socket when nothing is queued for it
     # (twisted_chat.server.sendqueue); off: always through transport.write.

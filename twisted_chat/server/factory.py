@@ -17,7 +17,7 @@ from twisted.python.failure import Failure
 
 from twisted_chat import __version__, wire
 from twisted_chat.server.config import ServerConfig
-from twisted_chat.server.fanout import LobbyFanout, Member
+from twisted_chat.server.fanout import Backlog, LobbyFanout, Member, reactor_backlog
 from twisted_chat.server.history import Entry, History
 from twisted_chat.server.hub import Hub, Invitation, State, User
 from twisted_chat.server.protocol import ChatProtocol
@@ -58,7 +58,15 @@ class ChatFactory(ServerFactory):
 
     log = Logger()
 
-    def __init__(self, config: ServerConfig, reactor: Any, history: History | None = None) -> None:
+    def __init__(
+        self,
+        config: ServerConfig,
+        reactor: Any,
+        history: History | None = None,
+        backlog: Backlog | None = None,
+    ) -> None:
+        """C{backlog} tells the fan-out whether the reactor has work waiting
+        (default: L{reactor_backlog}, where the reactor can say)."""
         self.config = config
         self.reactor = reactor
         self.history = history if history is not None else History(config.history)
@@ -66,7 +74,9 @@ class ChatFactory(ServerFactory):
                        log_messages=config.log_messages)
         self.connections: set[ChatProtocol] = set()
         self._per_host: dict[str, int] = {}
-        self.fanout = LobbyFanout(reactor, self._lobby_members, config.fanout_delay)
+        if backlog is None:
+            backlog = reactor_backlog(reactor)
+        self.fanout = LobbyFanout(reactor, self._lobby_members, config.fanout_delay, backlog)
         self._roster: bytes | None = None
         self._user_lines: dict[str, bytes] = {}  # by nick key, each encoded once
         self._history_block: bytes | None = None

@@ -92,7 +92,6 @@ class ChatProtocol(Protocol):
         if self._abort_call is not None and self._abort_call.active():
             self._abort_call.cancel()
         self._abort_call = None
-        self.fanout.forget(self)
         self.factory.connection_lost(self)
         self._leave(self._leave_reason)
         self.log.debug("connection from {address} closed", address=self.address)
@@ -140,7 +139,6 @@ class ChatProtocol(Protocol):
         self.closing = True
         self._leave_reason = reason
         self._cancel_timers()
-        self.fanout.closing(self)
         transport: Any = self.transport
         if self._queue is not None:
             self._queue.stop()
@@ -163,12 +161,6 @@ class ChatProtocol(Protocol):
         queue = self._queue
         if not self.closing and queue is not None and not queue.write(data):
             self._overflow()
-
-    def pause_reading(self) -> None:
-        self.transport.pauseProducing()  # type: ignore[union-attr]
-
-    def resume_reading(self) -> None:
-        self.transport.resumeProducing()  # type: ignore[union-attr]
 
     def _overflow(self) -> None:
         """
@@ -330,10 +322,7 @@ class ChatProtocol(Protocol):
         return self.user
 
     def do_MSG(self, command: wire.Command) -> None:
-        user = self._online()
-        self.factory.hub.say(user, command.text)
-        if user.state is State.LOBBY:
-            self.fanout.sent(self)
+        self.factory.hub.say(self._online(), command.text)
 
     def do_DM(self, command: wire.Command) -> None:
         self.factory.hub.direct(self._online(), command.words[0], command.text)

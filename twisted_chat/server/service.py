@@ -122,9 +122,10 @@ class Options(usage.Options):
         ["nick-timeout", None, _defaults.nick_timeout,
          "Seconds a new connection has to choose a nick (0: forever).", _non_negative(float)],
         ["fanout-delay", None, _defaults.fanout_delay * 1000,
-         "Milliseconds a lobby line may wait to go out together with the lines after "
-         "it, when lines come fast (0: each reactor turn's lines go out at once; "
-         f"no line waits more than {MAX_FANOUT_WAIT * 1000:g} ms whatever the value).",
+         "Milliseconds a lobby line may be held, while the server has other work "
+         "waiting, to go out in one write with the lines that work brings (0: each "
+         "reactor turn's lobby lines go out at once; never more than "
+         f"{MAX_FANOUT_WAIT * 1000:g} ms). See docs/fanout.md.",
          _non_negative(float)],
         ["db", None, _defaults.db,
          "SQLite file that keeps the lobby history across restarts (:memory: keeps "
