@@ -7,6 +7,7 @@ import time
 from dataclasses import dataclass, field
 
 from twisted.conch.insults import helper, insults
+from twisted.internet.address import IPv4Address
 from twisted.internet.error import ConnectionDone
 from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
@@ -28,6 +29,7 @@ class Screen:
         self.lines: list[str] = []
         self.raw: list[Line] = []
         self.prompt: str | None = None
+        self.secret_prompt: str | None = None
 
     def show(self, line: Line) -> None:
         self.raw.append(line)
@@ -35,6 +37,12 @@ class Screen:
 
     def set_prompt(self, prompt: str) -> None:
         self.prompt = prompt
+
+    def ask_secret(self, prompt: str) -> None:
+        self.secret_prompt = prompt
+
+    def end_secret(self) -> None:
+        self.secret_prompt = None
 
     def text(self) -> str:
         return "\n".join(self.lines)
@@ -89,7 +97,12 @@ class Session:
 
 
 def session(
-    nick: str | None = "alice", *, interactive: bool = True, connect: bool = True
+    nick: str | None = "alice",
+    *,
+    interactive: bool = True,
+    connect: bool = True,
+    environ: dict[str, str] | None = None,
+    peer: str = "127.0.0.1",
 ) -> Session:
     screen = Screen()
     clock = Clock()
@@ -101,8 +114,9 @@ def session(
         clock=clock,
         now=lambda: NOW,
         localtime=time.gmtime,
+        environ=environ or {},
     )
-    transport = StringTransport()
+    transport = StringTransport(peerAddress=IPv4Address("TCP", peer, 7000))
     result = Session(client, transport, screen, clock)
     client.finished.addCallback(result.outcomes.append)
     if connect:
@@ -119,8 +133,11 @@ class Keyboard:
 
     def __init__(self, width: int = 60, height: int = 10) -> None:
         self.typed: list[str] = []
+        self.secrets: list[str] = []
         self.quits = 0
-        self.ui = ChatTerminal(self.typed.append, self._quit, colour=False)
+        self.ui = ChatTerminal(
+            self.typed.append, self._quit, colour=False, on_secret=self.secrets.append
+        )
         self.ui.width = width
         self.screen = helper.TerminalBuffer()
         self.screen.width, self.screen.height = width, height

@@ -227,3 +227,34 @@ def test_showing_before_the_terminal_is_connected_is_harmless() -> None:
     ui = ChatTerminal(lambda line: None, lambda: None, colour=False)
     ui.show(info("early"))
     ui.set_prompt("x> ")
+
+
+def test_a_password_is_never_drawn_and_the_draft_comes_back() -> None:
+    kb = Keyboard()
+    kb.ui.set_prompt("alice> ")
+    kb.keys("half a message")
+    kb.ui.ask_secret("password: ")
+    assert input_row(kb) == "password:"
+    kb.keys("hunter22")
+    kb.ui.show(info("[14:03] <bob> a message meanwhile"))
+    assert input_row(kb) == "password:"
+    assert kb.cursor()[0] == len("password: ")
+    assert "hunter22" not in "\n".join(kb.rows())
+    assert b"hunter22" not in kb.output.value()
+    kb.keys(UP)  # no history at a password prompt
+    kb.keys("\r")
+    assert kb.secrets == ["hunter22"] and kb.typed == []
+    assert input_row(kb) == "alice> half a message"
+    # The password is not in the history either.
+    kb.keys(b"\x15")  # Ctrl-U
+    kb.keys(UP)
+    assert "hunter22" not in input_row(kb)
+
+
+def test_register_lines_are_not_kept_in_the_history() -> None:
+    kb = Keyboard()
+    kb.ui.set_prompt("alice> ")
+    kb.keys("hello\r/register oops-a-password\r")
+    assert kb.typed == ["hello", "/register oops-a-password"]
+    kb.keys(UP)
+    assert input_row(kb) == "alice> hello"

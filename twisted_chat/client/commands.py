@@ -23,6 +23,8 @@ Commands:
   /accept [NICK]    accept NICK's invitation
   /reject [NICK]    decline NICK's invitation
   /unpair, /leave   leave the private conversation, or withdraw your invitation
+  /register         protect your nickname with a password (asked for, not shown)
+  /passwd           change that password (asked for, not shown)
   /help             this help
   /quit [TEXT]      leave the chat, with an optional goodbye (also /q)
   //TEXT            send a message that starts with /"""
@@ -63,13 +65,20 @@ class Local:
 
 
 @dataclass(frozen=True, slots=True)
+class Secret:
+    """Ask for a password without showing it, then send C{verb} with it."""
+
+    verb: str  # REGISTER or PASSWD
+
+
+@dataclass(frozen=True, slots=True)
 class Quit:
     """Leave: send C{BYE} with this text and wait for the server's answer."""
 
     text: str = ""
 
 
-Action = Send | Local | Quit | None
+Action = Send | Local | Quit | Secret | None
 
 _ALIASES = {
     "users": "users",
@@ -84,6 +93,9 @@ _ALIASES = {
     "leave": "unpair",
     "dm": "dm",
     "msg": "dm",
+    "register": "register",
+    "passwd": "passwd",
+    "password": "passwd",
     "help": "help",
     "h": "help",
     "?": "help",
@@ -92,6 +104,36 @@ _ALIASES = {
     "exit": "quit",
     "bye": "quit",
 }
+
+
+# Commands whose arguments would be a password: a line that starts with one
+# is never kept in the input history.
+SECRET_COMMANDS = ("register", "passwd", "password")
+
+# A password is 8 to 256 bytes of the line (chat/1, "Accounts").
+PASSWORD_MIN = 8
+PASSWORD_MAX = 256
+
+
+def is_secret_command(line: str) -> bool:
+    """Whether C{line} is C{/register}, C{/passwd}... (with or without arguments)."""
+    if not line.startswith("/"):
+        return False
+    return line[1:].split(" ", 1)[0].lower() in SECRET_COMMANDS
+
+
+def password_problem(password: str) -> str | None:
+    """Why C{password} cannot be sent as it is, or C{None}."""
+    size = len(password.encode("utf-8"))
+    if size < PASSWORD_MIN:
+        return f"A password needs at least {PASSWORD_MIN} bytes (characters, for plain ASCII)."
+    if size > PASSWORD_MAX:
+        return f"A password may have at most {PASSWORD_MAX} bytes."
+    if password[0] in " \t":
+        return "A password cannot start with a space or a tab."
+    if sendable(password) != password:
+        return "A password cannot contain control characters."
+    return None
 
 
 def sendable(text: str) -> str:
@@ -166,6 +208,15 @@ def parse_input(line: str, *, inviter: str | None = None) -> Action:
         return Send("UNPAIR")
     if command == "dm":
         return _dm(rest.lstrip(" "), f"/{name} NICK TEXT")
+    if command in ("register", "passwd"):
+        if rest.strip(" \t"):
+            # Typed where everyone behind you can read it, and kept in the
+            # history: refused, and not sent.
+            return Local(
+                f"Type /{name} alone: the password is asked for without showing it.",
+                is_error=True,
+            )
+        return Secret("REGISTER" if command == "register" else "PASSWD")
     if command == "help":
         return Local(HELP)
     if command == "quit":

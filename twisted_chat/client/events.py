@@ -17,6 +17,8 @@ SERVER_VERBS: dict[str, tuple[int, int, bool]] = {
     "NICK": (0, 0, False),
     "RETRY": (1, 1, True),
     "READY": (1, 1, False),
+    "PASS": (1, 1, False),
+    "REGISTERED": (1, 1, False),
     "HISTORY": (2, 2, True),
     "JOINED": (2, 2, False),
     "MSG": (3, 3, True),

@@ -257,6 +257,7 @@ async def run(reactor: Any, options: argparse.Namespace) -> None:
         probe=not options.tls,
         greeting_timeout=options.timeout,
         show_history=not options.no_history,
+        environ=os.environ,
     )
     # A SIGINT (Ctrl-C in a script's terminal, kill -INT) leaves like Ctrl-C
     # typed on the client's own terminal, instead of stopping the reactor
@@ -275,6 +276,9 @@ async def run(reactor: Any, options: argparse.Namespace) -> None:
         ui = PipeIO(client.user_line, client.input_ended)
         StandardIO(ui, reactor=reactor)  # type: ignore[no-untyped-call]
         start_logging(lambda text: _stderr_line(render.plain(render.info(text))))
+        # Warnings (a password sent unencrypted) go to stderr, not into the
+        # script's output.
+        client.warn = lambda text: _stderr_line(render.plain(render.info(text)))
     client.display = ui
     ui.set_prompt(client.prompt())
     if interactive:
@@ -326,7 +330,12 @@ def _start_terminal(reactor: Any, client: ChatClient) -> tuple[ChatTerminal, Cal
 
     reactor.addSystemEventTrigger("after", "shutdown", restore)
     tty.setraw(fd)
-    ui = terminal.ChatTerminal(client.user_line, client.interrupt, colour=wants_colour(os.environ))
+    ui = terminal.ChatTerminal(
+        client.user_line,
+        client.interrupt,
+        colour=wants_colour(os.environ),
+        on_secret=client.secret_line,
+    )
     ui.width, ui.height = terminal_size(sys.stdout.fileno())
     StandardIO(terminal.TerminalServer(ui), reactor=reactor)  # type: ignore[no-untyped-call]
 

@@ -44,6 +44,12 @@ class PipeIO(LineReceiver):
     def set_prompt(self, prompt: str) -> None:
         pass
 
+    def ask_secret(self, prompt: str) -> None:
+        pass  # a script's passwords come from the environment
+
+    def end_secret(self) -> None:
+        pass
+
     def lineReceived(self, line: bytes) -> None:
         if line.endswith(b"\r"):
             line = line[:-1]

@@ -14,13 +14,15 @@ exit code and, for a failure, one sentence for stderr.
 
 from __future__ import annotations
 
+import ipaddress
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from enum import Enum, auto
 from typing import Protocol as TypingProtocol
 
+from twisted.internet.address import IPv4Address, IPv6Address
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.logger import Logger
@@ -28,7 +30,15 @@ from twisted.protocols.basic import LineReceiver
 from twisted.python.failure import Failure
 
 from twisted_chat.client import render
-from twisted_chat.client.commands import KEYS_HELP, Local, Quit, Send, parse_input
+from twisted_chat.client.commands import (
+    KEYS_HELP,
+    Local,
+    Quit,
+    Secret,
+    Send,
+    parse_input,
+    password_problem,
+)
 from twisted_chat.client.events import Malformed, ServerLine, parse
 from twisted_chat.client.render import Line, Renderer, UserRow
 from twisted_chat.client.sanitize import decode
@@ -44,6 +54,15 @@ class Display(TypingProtocol):
     def set_prompt(self, prompt: str) -> None:
         """Change the input prompt (terminals only; pipes ignore it)."""
 
+    def ask_secret(self, prompt: str) -> None:
+        """
+        Read the next line without showing it or keeping it in the history,
+        for L{ChatClient.secret_line} (terminals only).
+        """
+
+    def end_secret(self) -> None:
+        """Stop reading a secret line; the half-typed line comes back."""
+
 
 @dataclass(frozen=True, slots=True)
 class Outcome:
@@ -57,7 +76,8 @@ class State(Enum):
     CONNECTING = auto()  # no connection yet
     GREETING = auto()  # connected, waiting for the server to ask for a nick
     ASK_NICK = auto()  # the server wants a nick and the user has to type one
-    NICK_SENT = auto()  # waiting for READY or RETRY
+    NICK_SENT = auto()  # waiting for READY, PASS or RETRY (also after PASS was sent)
+    ASK_PASSWORD = auto()  # the nick has an account and the user has to type its password
     READY = auto()  # in the lobby
     PAIRED = auto()  # in a private conversation
     QUITTING = auto()  # BYE sent, waiting for the server's answer
@@ -133,6 +153,10 @@ class ChatClient(LineReceiver):
     @param show_history: show the lobby's recent messages sent after C{READY}
         (C{--no-history} turns it off; what was missed while paired is shown
         regardless).
+    @param environ: where a script's passwords come from: C{CHAT_PASSWORD}
+        (to log in, and for C{/register}), C{CHAT_NEW_PASSWORD} (C{/passwd}).
+        On a terminal, passwords are typed at a prompt that does not show them.
+    @param warn: shows a warning (default: an error line on the display).
     """
 
     delimiter = b"\n"
@@ -160,6 +184,8 @@ class ChatClient(LineReceiver):
         probe: bool = False,
         greeting_timeout: float | None = GREETING_TIMEOUT,
         show_history: bool = True,
+        environ: Mapping[str, str] | None = None,
+        warn: Callable[[str], None] | None = None,
     ) -> None:
         self.display = display
         self.option_nick = nick
@@ -170,6 +196,8 @@ class ChatClient(LineReceiver):
         self.probe = probe
         self.greeting_timeout = greeting_timeout
         self.show_history = show_history
+        self.environ: Mapping[str, str] = environ if environ is not None else {}
+        self.warn = warn if warn is not None else self._error
         self.renderer = Renderer(lambda: self.nick, now, localtime)
         self.state = State.CONNECTING
         self.nick: str | None = None
@@ -194,6 +222,10 @@ class ChatClient(LineReceiver):
         self._bye_received = False
         self._gave_up = False  # we closed the connection after an unanswered BYE
         self._interrupted = False
+        # A password being asked for: (verb to send it with, first entry).
+        self._secret: tuple[str, str | None] | None = None
+        self._account_request: str | None = None  # REGISTER or PASSWD sent
+        self._warned_plain = False
 
     # -- showing -------------------------------------------------------------
 
@@ -309,6 +341,7 @@ class ChatClient(LineReceiver):
     def connectionLost(self, reason: Failure | None = None) -> None:
         previous = self.state
         self.state = State.CLOSED
+        self._cancel_secret()
         for timer in (self._quit_timer, self._greeting_timer):
             if timer is not None and timer.active():
                 timer.cancel()
@@ -456,10 +489,131 @@ class ChatClient(LineReceiver):
             self._show_local(action)
             if self.interactive and action.text.startswith("Commands:"):
                 self._show_local(Local(KEYS_HELP))
+        elif isinstance(action, Secret):
+            self._account_command(action)
         elif isinstance(action, Quit):
             self.quit(action.text)
 
+    # -- passwords -------------------------------------------------------------
+
+    def _sends_in_clear(self) -> bool:
+        """Whether a password would cross a network unencrypted."""
+        if self.tls or self.transport is None:
+            return False
+        peer = self.transport.getPeer()
+        if not isinstance(peer, IPv4Address | IPv6Address):
+            return False  # a UNIX socket, or a test's fake: stays on this machine
+        try:
+            return not ipaddress.ip_address(peer.host.split("%")[0]).is_loopback
+        except ValueError:
+            return True
+
+    def _warn_plain(self) -> None:
+        if self._warned_plain or not self._sends_in_clear():
+            return
+        self._warned_plain = True
+        self.warn(
+            f"Your password goes to {self.server} unencrypted: anyone on the way can "
+            "read it. Use --tls if the server offers it."
+        )
+
+    def _ask_secret(self, verb: str, prompt: str, first: str | None = None) -> None:
+        self._warn_plain()
+        self._secret = (verb, first)
+        if self.display is not None:
+            self.display.ask_secret(prompt)
+
+    def _cancel_secret(self) -> None:
+        if self._secret is not None:
+            self._secret = None
+            if self.display is not None:
+                self.display.end_secret()
+
+    def _send_password(self, verb: str, password: str) -> None:
+        self._warn_plain()
+        if verb != "PASS":
+            self._account_request = verb
+        self.send(Send(verb, text=password))
+
+    def secret_line(self, text: str) -> None:
+        """A line typed at a password prompt (never shown, never in the history)."""
+        pending = self._secret
+        if pending is None:
+            return
+        self._cancel_secret()
+        verb, first = pending
+        if verb == "PASS":
+            if self.state is not State.ASK_PASSWORD:
+                return
+            if not text:
+                self._notice("Choose another nickname:")
+                self._set_state(State.ASK_NICK)
+                self._pump()
+                return
+            self._send_password("PASS", text)
+            self._set_state(State.NICK_SENT)
+            return
+        if self.state not in (State.READY, State.PAIRED):
+            return
+        if not text:
+            self._notice("Nothing was sent.")
+            return
+        problem = password_problem(text)
+        if problem is not None:
+            self._error(problem + " Nothing was sent.")
+        elif first is None:
+            self._ask_secret(verb, "the same password again: ", text)
+        elif text != first:
+            self._error("The two passwords differ. Nothing was sent.")
+        else:
+            self._send_password(verb, text)
+
+    def _account_command(self, action: Secret) -> None:
+        if self.interactive:
+            prompt = "new password: " if action.verb == "PASSWD" else "password: "
+            self._ask_secret(action.verb, prompt)
+            return
+        name = "CHAT_NEW_PASSWORD" if action.verb == "PASSWD" else "CHAT_PASSWORD"
+        password = self.environ.get(name, "")
+        problem = password_problem(password) if password else f"{name} is not set."
+        if problem is not None:
+            self._error(f"{problem} Nothing was sent.")
+            return
+        self._send_password(action.verb, password)
+
     # -- what the server says --------------------------------------------------
+
+    def _on_PASS(self, event: ServerLine) -> None:
+        if self.state is not State.NICK_SENT:
+            return
+        nick = event.word(0)
+        if self.interactive:
+            self._set_state(State.ASK_PASSWORD)
+            self._notice(
+                f"The nickname {nick} has an account here: type its password (it is "
+                "not shown), or just Enter to choose another nickname."
+            )
+            self._ask_secret("PASS", f"password for {nick}: ")
+            return
+        password = self.environ.get("CHAT_PASSWORD", "")
+        if not password:
+            self._failure = (
+                f"The nickname {nick} has an account here: give its password in CHAT_PASSWORD."
+            )
+            self.quit()
+            return
+        self._send_password("PASS", password)
+
+    def _on_REGISTERED(self, event: ServerLine) -> None:
+        nick = event.word(0)
+        request, self._account_request = self._account_request, None
+        if request == "PASSWD":
+            self._notice(f"The password for {nick} was changed.")
+        else:
+            self._notice(
+                f"{nick} is now registered: from now on this nickname can only be "
+                "used with your password."
+            )
 
     def _on_HELLO(self, event: ServerLine) -> None:
         version = event.word(0)
@@ -486,12 +640,16 @@ class ChatClient(LineReceiver):
     def _on_RETRY(self, event: ServerLine) -> None:
         if self.state is not State.NICK_SENT:
             return
-        said = render.retry(self._asked_nick or "", event.word(0), event.text)
+        nick = self._asked_nick or ""
+        said = render.retry(nick, event.word(0), event.text)
         if not self.interactive and self._asked_nick == self.option_nick:
             self._failure = render.sentence(said)
             self.quit()
             return
         self._error(render.sentence(said))
+        if event.word(0) == "bad-password":
+            self._ask_for(nick)  # the server wants NICK again: ask for the password again
+            return
         self._notice("Choose another nickname:")
         self._set_state(State.ASK_NICK)
         self._pump()
@@ -620,6 +778,8 @@ class ChatClient(LineReceiver):
     def _on_ERROR(self, event: ServerLine) -> None:
         code = event.word(0)
         said = render.error_sentence(code, event.text)
+        if code in render.ACCOUNT_ERRORS:
+            self._account_request = None
         if code == "server-full":
             self._failure = said
         self._error(said)

@@ -164,7 +164,13 @@ ERRORS = {
     "bad-chars": "That line contained control characters and was not sent.",
     "flood": "You are sending too fast; that line was dropped.",
     "server-full": "The server is full; try again later.",
+    "accounts-off": "This server has no accounts.",
+    "weak-password": "The server refused that password: {text}.",
+    "registered": "That nickname is registered already; /passwd changes its password.",
+    "not-registered": "Your nickname has no account; /register makes one.",
 }
+
+ACCOUNT_ERRORS = frozenset({"accounts-off", "weak-password", "registered", "not-registered"})
 
 DECLINED = {
     "rejected": "{nick} declined your invitation.",
@@ -253,6 +259,10 @@ def retry(nick: str, reason: str, text: str) -> str:
     """Why the server refused a nickname, in one sentence that says it once."""
     if reason == "taken":
         return f"The nickname {nick} is already taken by someone online."
+    if reason == "bad-password":
+        # The server does not say whether the nick has an account (under
+        # --accounts required): neither can we.
+        return f"The password for {nick} was not accepted."
     if nick and nick in text:
         # The server's text names the nick and says what is wrong with it.
         return sentence(text[0].upper() + text[1:])

@@ -30,6 +30,7 @@ from twisted.conch.recvline import HistoricRecvLine
 from twisted.internet.defer import Deferred
 from twisted.python.failure import Failure
 
+from twisted_chat.client.commands import is_secret_command
 from twisted_chat.client.render import Line, Span, Style, ansi, plain, wrap
 from twisted_chat.client.sanitize import clean, text_width
 
@@ -63,6 +64,8 @@ class ChatTerminal(HistoricRecvLine):
     @param on_line: called with each line the user enters.
     @param on_quit: called for Ctrl-C, or Ctrl-D on an empty line.
     @param colour: use SGR colours.
+    @param on_secret: called with a line typed at a password prompt
+        (L{ask_secret}); such a line is never drawn nor kept in the history.
     """
 
     width = 80
@@ -74,9 +77,11 @@ class ChatTerminal(HistoricRecvLine):
         on_quit: Callable[[], None],
         *,
         colour: bool,
+        on_secret: Callable[[str], None] | None = None,
     ) -> None:
         self.terminal: Any = None  # set by makeConnection
         self.on_line = on_line
+        self.on_secret = on_secret
         self.on_quit = on_quit
         self.colour = colour
         self.prompt = "> "
@@ -91,6 +96,9 @@ class ChatTerminal(HistoricRecvLine):
         self._closing = False
         self._batching = False
         self._dirty = False
+        # While a password is typed: its prompt, and the line it interrupted.
+        self._secret_prompt: str | None = None
+        self._saved: tuple[list[str], int] = ([], 0)
 
     # -- set-up ------------------------------------------------------------------
 
@@ -146,6 +154,23 @@ class ChatTerminal(HistoricRecvLine):
         self.prompt = prompt
         self.draw()
 
+    def ask_secret(self, prompt: str) -> None:
+        """Read the next line without drawing it (a password)."""
+        if self._secret_prompt is None:
+            self._saved = (self.lineBuffer, self.lineBufferIndex)
+        self._secret_prompt = prompt
+        self.lineBuffer, self.lineBufferIndex = [], 0
+        self.draw()
+
+    def end_secret(self) -> None:
+        """Back to the ordinary prompt, with the line that was being typed."""
+        if self._secret_prompt is None:
+            return
+        self._secret_prompt = None
+        self.lineBuffer, self.lineBufferIndex = self._saved
+        self._saved = ([], 0)
+        self.draw()
+
     # -- drawing -----------------------------------------------------------------
 
     def _write(self, text: str) -> None:
@@ -180,6 +205,10 @@ class ChatTerminal(HistoricRecvLine):
         """Draw the prompt and the input line on the current row."""
         if self._batching:
             self._dirty = True
+            return
+        if self._secret_prompt is not None:
+            prompt = (Span(self._secret_prompt, Style.PROMPT),)
+            self._write(ERASE_ROW + (ansi(prompt) if self.colour else plain(prompt)))
             return
         visible, back = self._visible()
         prompt = (Span(self.prompt, Style.PROMPT),)
@@ -341,6 +370,8 @@ class ChatTerminal(HistoricRecvLine):
         self.draw()
 
     def handle_UP(self) -> None:
+        if self._secret_prompt is not None:
+            return
         if self.historyPosition == len(self.historyLines):
             self._draft = list(self.lineBuffer)
         if self.historyPosition > 0:
@@ -348,6 +379,8 @@ class ChatTerminal(HistoricRecvLine):
             self._set_buffer(list(self.historyLines[self.historyPosition]))
 
     def handle_DOWN(self) -> None:
+        if self._secret_prompt is not None:
+            return
         if self.historyPosition < len(self.historyLines) - 1:
             self.historyPosition += 1
             self._set_buffer(list(self.historyLines[self.historyPosition]))
@@ -357,7 +390,16 @@ class ChatTerminal(HistoricRecvLine):
 
     def handle_RETURN(self) -> None:
         line = "".join(self.lineBuffer)
-        if line.strip() and (not self.historyLines or self.historyLines[-1] != line):
+        if self._secret_prompt is not None:
+            self.lineBuffer = []
+            self.end_secret()
+            if self.on_secret is not None:
+                self.on_secret(line)
+            return
+        # A /register or /passwd line is never recalled: were a password typed
+        # after it, Up must not bring it back on screen.
+        remember = line.strip() and not is_secret_command(line)
+        if remember and (not self.historyLines or self.historyLines[-1] != line):
             self.historyLines.append(line)
             del self.historyLines[:-HISTORY_MAX]
         self.historyPosition = len(self.historyLines)

@@ -1,0 +1,222 @@
+"""
+Accounts on the client's side (chat/1, "Accounts"): the password a nick with
+an account needs, /register and /passwd, and what the server answers.
+"""
+
+from __future__ import annotations
+
+from twisted_chat.client.commands import Local, Secret, is_secret_command, parse_input
+from twisted_chat.client.protocol import Outcome, State
+
+from .helpers import Session, session
+
+SECRET = "correct horse"
+
+
+def _asked_for_password(s: Session) -> None:
+    s.receive("HELLO chat/1 x", "NICK")
+    assert s.sent() == ["NICK alice"]
+    s.receive("PASS alice")
+
+
+def test_a_terminal_asks_for_the_password_without_showing_it() -> None:
+    s = session()
+    _asked_for_password(s)
+    assert s.client.state is State.ASK_PASSWORD
+    assert s.screen.secret_prompt == "password for alice: "
+    assert "has an account here" in s.screen.lines[-1]
+    s.client.secret_line(SECRET)
+    assert s.sent() == [f"PASS {SECRET}"]
+    assert s.screen.secret_prompt is None
+    s.receive("READY alice")
+    assert s.client.state is State.READY
+    assert SECRET not in s.screen.text()
+
+
+def test_lines_typed_before_the_password_prompt_are_not_taken_for_it() -> None:
+    s = session()
+    s.type("hello everyone")  # typed while connecting: a message, not a password
+    _asked_for_password(s)
+    assert s.sent() == []
+    s.client.secret_line(SECRET)
+    s.receive("READY alice")
+    assert s.sent() == [f"PASS {SECRET}", "MSG hello everyone"]
+
+
+def test_a_wrong_password_on_a_terminal_asks_again() -> None:
+    s = session()
+    _asked_for_password(s)
+    s.client.secret_line("not the one")
+    assert s.sent() == ["PASS not the one"]
+    s.receive("RETRY bad-password wrong password, or no account for that nick; send NICK again")
+    assert "! The password for alice was not accepted." in s.screen.lines
+    assert s.sent() == ["NICK alice"]  # the server wants NICK again
+    s.receive("PASS alice")
+    assert s.screen.secret_prompt == "password for alice: "
+
+
+def test_an_empty_password_chooses_another_nick() -> None:
+    s = session()
+    _asked_for_password(s)
+    s.client.secret_line("")
+    assert s.sent() == []
+    assert s.client.state is State.ASK_NICK
+    s.type("alice2")
+    assert s.sent() == ["NICK alice2"]
+
+
+def test_a_script_takes_its_password_from_chat_password() -> None:
+    s = session(interactive=False, environ={"CHAT_PASSWORD": SECRET})
+    s.type("hello")
+    _asked_for_password(s)
+    assert s.sent() == [f"PASS {SECRET}"]
+    assert s.screen.secret_prompt is None
+    s.receive("READY alice")
+    assert s.sent() == ["MSG hello"]
+
+
+def test_a_script_without_chat_password_stops() -> None:
+    s = session(interactive=False)
+    s.type("hello")
+    _asked_for_password(s)
+    assert s.sent() == ["BYE"]  # nothing else: not the queued message
+    s.receive("BYE quit")
+    assert s.lose() == Outcome(
+        1, "The nickname alice has an account here: give its password in CHAT_PASSWORD."
+    )
+
+
+def test_a_script_with_a_wrong_password_stops() -> None:
+    s = session(interactive=False, environ={"CHAT_PASSWORD": "wrong one"})
+    _asked_for_password(s)
+    assert s.sent() == ["PASS wrong one"]
+    s.receive("RETRY bad-password wrong password, or no account for that nick")
+    assert s.sent() == ["BYE"]
+    s.receive("BYE quit")
+    assert s.lose() == Outcome(1, "The password for alice was not accepted.")
+
+
+def test_register_asks_twice_and_sends_once() -> None:
+    s = session()
+    s.ready()
+    s.type("/register")
+    assert s.screen.secret_prompt == "password: "
+    s.client.secret_line(SECRET)
+    assert s.screen.secret_prompt == "the same password again: "
+    assert s.sent() == []
+    s.client.secret_line(SECRET)
+    assert s.sent() == [f"REGISTER {SECRET}"]
+    s.receive("REGISTERED alice")
+    assert s.screen.lines[-1] == (
+        "* alice is now registered: from now on this nickname can only be used with "
+        "your password."
+    )
+    assert SECRET not in s.screen.text()
+
+
+def test_register_refuses_a_mismatch_and_a_short_password_locally() -> None:
+    s = session()
+    s.ready()
+    s.type("/register")
+    s.client.secret_line(SECRET)
+    s.client.secret_line(SECRET + "!")
+    assert s.screen.lines[-1] == "! The two passwords differ. Nothing was sent."
+    s.type("/register")
+    s.client.secret_line("short")
+    assert s.screen.lines[-1].startswith("! A password needs at least 8 bytes")
+    assert s.screen.secret_prompt is None
+    assert s.sent() == []
+
+
+def test_a_password_on_the_command_line_is_refused() -> None:
+    assert parse_input("/register hunter22") == Local(
+        "Type /register alone: the password is asked for without showing it.", is_error=True
+    )
+    assert isinstance(parse_input("/passwd new secret"), Local)
+    assert parse_input("/register") == Secret("REGISTER")
+    assert parse_input("/PASSWD") == Secret("PASSWD")
+    assert is_secret_command("/register hunter22") and is_secret_command("/Passwd")
+    assert not is_secret_command("register me") and not is_secret_command("/registered")
+    s = session()
+    s.ready()
+    s.type("/register hunter22")
+    assert s.sent() == []
+
+
+def test_passwd_then_registered() -> None:
+    s = session()
+    s.ready()
+    s.type("/passwd")
+    assert s.screen.secret_prompt == "new password: "
+    s.client.secret_line("new secret 1")
+    s.client.secret_line("new secret 1")
+    assert s.sent() == ["PASSWD new secret 1"]
+    s.receive("REGISTERED alice")
+    assert s.screen.lines[-1] == "* The password for alice was changed."
+
+
+def test_a_script_registers_with_chat_password() -> None:
+    s = session(interactive=False, environ={"CHAT_PASSWORD": SECRET})
+    s.ready()
+    s.type("/register")
+    assert s.sent() == [f"REGISTER {SECRET}"]
+    s.type("/passwd")
+    assert s.sent() == []
+    assert s.screen.lines[-1] == "! CHAT_NEW_PASSWORD is not set. Nothing was sent."
+
+
+def test_account_errors_are_sentences() -> None:
+    s = session()
+    s.ready()
+    s.receive(
+        "ERROR accounts-off this server has no accounts",
+        "ERROR weak-password a password has 8 to 256 bytes",
+        "ERROR registered alice has an account already",
+        "ERROR not-registered alice has no account",
+    )
+    assert s.screen.lines == [
+        "! This server has no accounts.",
+        "! The server refused that password: a password has 8 to 256 bytes.",
+        "! That nickname is registered already; /passwd changes its password.",
+        "! Your nickname has no account; /register makes one.",
+    ]
+
+
+def test_a_password_sent_in_clear_to_another_host_warns_once() -> None:
+    s = session(peer="198.51.100.7")
+    _asked_for_password(s)
+    warnings = [line for line in s.screen.lines if "unencrypted" in line]
+    assert warnings == [
+        "! Your password goes to chat.test:7000 unencrypted: anyone on the way can read it. "
+        "Use --tls if the server offers it."
+    ]
+    s.client.secret_line(SECRET)
+    s.receive("READY alice", "USERS 0")
+    s.type("/passwd")
+    s.client.secret_line("new secret 1")
+    s.client.secret_line("new secret 1")
+    assert sum("unencrypted" in line for line in s.screen.lines) == 1
+
+
+def test_no_warning_over_loopback_or_tls() -> None:
+    for peer, tls in (("127.0.0.1", False), ("198.51.100.7", True)):
+        s = session(peer=peer)
+        s.client.tls = tls
+        _asked_for_password(s)
+        assert not any("unencrypted" in line for line in s.screen.lines)
+
+
+def test_a_script_is_warned_on_its_warning_channel() -> None:
+    warned: list[str] = []
+    s = session(interactive=False, environ={"CHAT_PASSWORD": SECRET}, peer="198.51.100.7")
+    s.client.warn = warned.append
+    _asked_for_password(s)
+    assert len(warned) == 1 and "unencrypted" in warned[0]
+    assert not any("unencrypted" in line for line in s.screen.lines)
+
+
+def test_the_password_prompt_goes_away_when_the_connection_does() -> None:
+    s = session()
+    _asked_for_password(s)
+    s.lose()
+    assert s.screen.secret_prompt is None
