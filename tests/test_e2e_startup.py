@@ -37,7 +37,8 @@ def test_busy_port_is_one_line_and_exit_1(tmp_path: Path) -> None:
     assert "Traceback" not in output
     said = [line for line in output.splitlines() if "cannot listen" in line]
     assert len(said) == 1, output
-    assert f"cannot listen on tcp:{port}:interface={LOOPBACK}: Address already in use" in said[0]
+    assert (f"cannot listen on --port tcp:{port}:interface={LOOPBACK}: Address already in use"
+            in said[0])
 
 
 @pytest.mark.parametrize("port", ["70x0", "tcp:7000:interfaces=1.2.3.4"])

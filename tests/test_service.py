@@ -220,4 +220,4 @@ def test_a_port_that_cannot_listen_is_a_startup_error() -> None:
     top = makeService(options("--port", "7001", "--db", ":memory:"), BusyReactor())
     with pytest.raises(StartupError) as e:
         top.privilegedStartService()
-    assert str(e.value) == "cannot listen on tcp:7001: Address already in use"
+    assert str(e.value) == "cannot listen on --port tcp:7001: Address already in use"

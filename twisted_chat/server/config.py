@@ -78,3 +78,5 @@ class ServerConfig:
         return max(self.max_clients // 4, 1)
     # Write lobby and private message text to the log (a privacy choice).
     log_messages: bool = False
+    # Where to serve Prometheus metrics (an endpoint string), or None.
+    metrics: str | None = None

@@ -20,6 +20,7 @@ from twisted_chat.server.config import ServerConfig
 from twisted_chat.server.fanout import Backlog, LobbyFanout, Member, reactor_backlog
 from twisted_chat.server.history import Entry, History
 from twisted_chat.server.hub import Hub, Invitation, State, User
+from twisted_chat.server.metrics import Stats
 from twisted_chat.server.protocol import ChatProtocol
 from twisted_chat.wire import ErrorCode
 
@@ -76,7 +77,10 @@ class ChatFactory(ServerFactory):
         self._per_host: dict[str, int] = {}
         if backlog is None:
             backlog = reactor_backlog(reactor)
-        self.fanout = LobbyFanout(reactor, self._lobby_members, config.fanout_delay, backlog)
+        # Counters for --metrics; kept whether or not they are served.
+        self.stats = Stats()
+        self.fanout = LobbyFanout(reactor, self._lobby_members, config.fanout_delay, backlog,
+                                  on_batch=self.stats.fanned_out)
         self._roster: bytes | None = None
         self._user_lines: dict[str, bytes] = {}  # by nick key, each encoded once
         self._history_block: bytes | None = None
@@ -104,6 +108,7 @@ class ChatFactory(ServerFactory):
         return protocol
 
     def _refuse(self, why: str) -> Protocol:
+        self.stats.disconnected("refused")
         return _Refusal(why, self.reactor, self.config.close_grace)
 
     def _lobby_members(self) -> list[Member]:
@@ -186,7 +191,9 @@ class ChatFactory(ServerFactory):
         self._user_changed(user)
         # Straight to the newcomer: a flush here would send it lines that
         # are in its history.  joined() marks where its share begins.
-        user.conn.deliver(wire.line("READY", user.nick) + self.history_block() + self.roster())
+        block = wire.line("READY", user.nick) + self.history_block() + self.roster()
+        self.stats.wrote(block)
+        user.conn.deliver(block)
 
     def joined(self, ts: float, user: User) -> None:
         """JOINED rides with the lobby's lines of this turn (the newcomer's
@@ -207,6 +214,7 @@ class ChatFactory(ServerFactory):
 
     def private_message(self, ts: float, sender: User, recipient: User, text: str) -> None:
         data = wire.line("MSG", wire.format_ts(ts), sender.nick, recipient.nick, text=text)
+        self.stats.private_messages["pair" if sender.partner is recipient else "dm"] += 1
         recipient.conn.write(data)
         sender.conn.write(data)
 

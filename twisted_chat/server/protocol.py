@@ -47,6 +47,7 @@ class ChatProtocol(Protocol):
         self.config = factory.config
         self.clock: IReactorTime = factory.reactor
         self.fanout = factory.fanout
+        self.stats = factory.stats
         self.user: User | None = None
         self.address = "-"
         self.host: str | None = None
@@ -93,6 +94,7 @@ class ChatProtocol(Protocol):
             self._abort_call.cancel()
         self._abort_call = None
         self.factory.connection_lost(self)
+        self.stats.disconnected(self._leave_reason)
         self._leave(self._leave_reason)
         self.log.debug("connection from {address} closed", address=self.address)
 
@@ -154,6 +156,7 @@ class ChatProtocol(Protocol):
         user = self.user
         if user is not None and user.state is State.LOBBY and self.fanout.pending:
             self.fanout.flush()
+        self.stats.wrote(data)
         self.deliver(data)
 
     def deliver(self, data: bytes) -> None:

@@ -21,7 +21,7 @@ from twisted.internet.error import CannotListenError
 from twisted.python import usage
 from twisted.python.failure import Failure
 
-from twisted_chat.server import descriptors, logs
+from twisted_chat.server import descriptors, logs, metrics
 from twisted_chat.server.addresses import parse_network
 from twisted_chat.server.config import ServerConfig
 from twisted_chat.server.factory import ChatFactory
@@ -173,6 +173,10 @@ class Options(usage.Options):
          _positive(int)],
         ["log-level", None, _defaults.log_level,
          f"Least important log lines written: {', '.join(logs.LEVELS)}.", _log_level],
+        ["metrics", None, None,
+         "Serve Prometheus metrics at /metrics on this endpoint, e.g. "
+         "tcp:9108:interface=127.0.0.1 (a bare port number is TCP on every interface). "
+         "Off by default; see docs/metrics.md."],
     ]
 
     def __init__(self) -> None:
@@ -234,6 +238,7 @@ class Options(usage.Options):
             db_backlog=self["db-backlog"],
             log_level=self["log-level"],
             log_messages=bool(self["log-messages"]),
+            metrics=_endpoint(self["metrics"]) if self["metrics"] else None,
         )
 
 
@@ -251,6 +256,23 @@ class ChatService(Service):
 
     def __init__(self, factory: ChatFactory) -> None:
         self.factory = factory
+        self.store: SQLiteStore | None = None
+        self._history_base = 0  # lobby messages loaded at start, not said since
+
+    def snapshot(self) -> metrics.Snapshot:
+        """The state --metrics reports; safe to call from any thread (it
+        reads sizes only)."""
+        factory = self.factory
+        online, lobby = len(factory.hub.online), len(factory.hub.lobby)
+        store = self.store
+        return metrics.Snapshot(
+            handshaking=max(len(factory.connections) - online, 0),
+            lobby=lobby,
+            paired=max(online - lobby, 0),
+            lobby_messages=factory.history.position - self._history_base,
+            history_backlog=store.backlog if store is not None else 0,
+            history_dropped=store.shed if store is not None else 0,
+        )
 
     def startService(self) -> None:
         config = self.factory.config
@@ -267,6 +289,9 @@ class ChatService(Service):
             self.log.critical("{error}", error=str(e))
             raise
         history.attach(store, store.recent(history.size))
+        self._history_base = history.position
+        store.on_commit = self.factory.stats.commit_seconds.observe
+        self.store = store
         if config.db == ":memory:":
             self.log.info("lobby history in memory only: nothing is kept across restarts")
         else:
@@ -334,9 +359,11 @@ class PortService(StreamServerEndpointService):
 
     log = logs.logger()
 
-    def __init__(self, description: str, endpoint: Any, factory: ChatFactory) -> None:
+    def __init__(self, description: str, endpoint: Any, factory: Any,
+                 option: str = "--port") -> None:
         super().__init__(endpoint, factory)
         self.description = description
+        self.option = option
         self._raiseSynchronously = True  # as strports.service does
 
     def privilegedStartService(self) -> None:
@@ -345,18 +372,18 @@ class PortService(StreamServerEndpointService):
         except (CannotListenError, OSError) as e:
             cause = getattr(e, "socketError", e)
             why = getattr(cause, "strerror", None) or str(cause)
-            message = f"cannot listen on {self.description}: {why}"
+            message = f"cannot listen on {self.option} {self.description}: {why}"
             self.log.critical("twistd chat: {message}", message=message)
             _quiet_startup_errors()
             raise StartupError(message) from None
 
 
-def _listen_on(description: str, reactor: Any) -> Any:
+def _listen_on(description: str, reactor: Any, option: str = "--port") -> Any:
     """The endpoint C{description} names, or one clear line and exit 1."""
     try:
         return endpoints.serverFromString(reactor, description)
     except Exception as e:  # ValueError, a missing key file, an unknown option...
-        raise SystemExit(f"twistd chat: bad --port {description!r}: {e}") from None
+        raise SystemExit(f"twistd chat: bad {option} {description!r}: {e}") from None
 
 
 def makeService(options: Options, reactor: Any = None) -> IService:
@@ -387,11 +414,16 @@ def makeService(options: Options, reactor: Any = None) -> IService:
         raise SystemExit(f"twistd chat: {e}") from None
     # Before anything starts: a mistyped --port is one line, not a traceback.
     ports = [(description, _listen_on(description, reactor)) for description in config.ports]
+    scrape = _listen_on(config.metrics, reactor, "--metrics") if config.metrics else None
     factory = ChatFactory(config, reactor, History(config.history))
     factory.noisy = False  # twistd says where it listens; "Starting factory" adds nothing
     top = MultiService()
     # Added first so that it stops last: the ports stop accepting, then BYE.
-    ChatService(factory).setServiceParent(top)
+    chat = ChatService(factory)
+    chat.setServiceParent(top)
     for description, endpoint in ports:
         PortService(description, endpoint, factory).setServiceParent(top)
+    if config.metrics is not None:
+        site = metrics.metrics_site(metrics.registry_for(factory.stats, chat.snapshot))
+        PortService(config.metrics, scrape, site, "--metrics").setServiceParent(top)
     return top

@@ -126,6 +126,9 @@ class SQLiteStore:
 
     #: Longest time (seconds) a message waits before its batch is committed.
     commit_interval: ClassVar[float] = 0.1
+    #: Told how long (seconds) each successful commit took; called on the
+    #: writer thread (see twisted_chat.server.metrics).
+    on_commit: Callable[[float], None] | None = None
     #: How often (seconds) old rows are pruned when C{retain_days} is set.
     prune_interval: ClassVar[float] = 3600.0
     #: Most rows deleted per transaction, so pruning never delays new
@@ -400,6 +403,7 @@ class SQLiteStore:
                 self._stopped = stopping
             error: StoreError | None = None
             if batch:
+                began = time.monotonic()
                 try:
                     self._write(batch)
                 except sqlite3.Error as e:
@@ -429,6 +433,9 @@ class SQLiteStore:
                     if not stopping:
                         self._log_error(f"{error} Retrying in {delay:g} s.")
                 else:
+                    on_commit = self.on_commit
+                    if on_commit is not None:
+                        on_commit(time.monotonic() - began)
                     if failures:
                         self._recovered(len(batch), time.monotonic() - failing_since)
                     failures = 0

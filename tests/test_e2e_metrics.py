@@ -1,0 +1,100 @@
+"""
+C{--metrics} on the real C{twistd -n chat}: scraped over HTTP (urllib, a
+real client) before and after some chat, the values move as they should.
+"""
+
+from __future__ import annotations
+
+import time
+import urllib.request
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from tests.serverproc import LOOPBACK, LineClient, ServerProcess, free_port
+
+pytestmark = pytest.mark.e2e
+
+Values = dict[tuple[str, tuple[tuple[str, str], ...]], float]
+
+
+def scrape(port: int) -> Values:
+    with urllib.request.urlopen(f"http://{LOOPBACK}:{port}/metrics", timeout=5) as answer:
+        assert answer.status == 200
+        assert answer.headers["Content-Type"].startswith("text/plain")
+        text = answer.read().decode()
+    values: Values = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            values[(sample.name, tuple(sorted(sample.labels.items())))] = sample.value
+    return values
+
+
+def get(values: Values, name: str, **labels: str) -> float:
+    return values[(name, tuple(sorted(labels.items())))]
+
+
+def test_metrics_move_with_the_chat(tmp_path: Path,
+                                    chat_server: Callable[..., ServerProcess],
+                                    connect: Callable[..., LineClient]) -> None:
+    metrics_port = free_port()
+    server = chat_server("--db", str(tmp_path / "chat.sqlite3"),
+                         "--metrics", f"tcp:{metrics_port}:interface={LOOPBACK}")
+    before = scrape(metrics_port)
+    assert get(before, "chat_users_online") == 0
+    assert get(before, "chat_lobby_messages_total") == 0
+    assert get(before, "process_resident_memory_bytes") > 0
+
+    alice, bob, carol = (connect(server.port) for _ in range(3))
+    for client, nick in ((alice, "alice"), (bob, "bob"), (carol, "carol")):
+        client.register(nick)
+    for n in range(5):
+        carol.send(f"MSG lobby {n}")
+    carol.send("DM alice psst")
+    alice.send("PAIR bob")
+    bob.expect("INVITE alice")
+    bob.send("ACCEPT alice")
+    alice.expect("PAIRED bob")
+    alice.send("MSG just us")
+    for client in (alice, bob, carol):
+        client.sync()
+    during = scrape(metrics_port)
+    assert get(during, "chat_users_online") == 3
+    assert get(during, "chat_connections", state="paired") == 2
+    assert get(during, "chat_connections", state="lobby") == 1
+    assert get(during, "chat_pairs") == 1
+    assert get(during, "chat_lobby_messages_total") == 5
+    assert get(during, "chat_private_messages_total", kind="dm") == 1
+    assert get(during, "chat_private_messages_total", kind="pair") == 1
+    # Five lobby lines to three members at least, and more besides (user lists...).
+    assert get(during, "chat_deliveries_total") >= 15
+    assert get(during, "chat_sent_bytes_total") > get(before, "chat_sent_bytes_total")
+    assert get(during, "chat_fanout_batch_lines_count") >= 1
+    assert get(during, "chat_fanout_batch_lines_sum") >= 5
+    assert get(during, "chat_fanout_duration_seconds_count") == get(
+        during, "chat_fanout_batch_lines_count")
+
+    carol.send("BYE")
+    carol.rest()
+    deadline = time.monotonic() + 5  # the commit comes within the store's interval
+    while True:
+        after = scrape(metrics_port)
+        if get(after, "chat_history_commit_duration_seconds_count") >= 1:
+            break
+        assert time.monotonic() < deadline, "no commit reported"
+        time.sleep(0.1)
+    assert get(after, "chat_disconnects_total", reason="quit") == 1
+    assert get(after, "chat_users_online") == 2
+    assert get(after, "chat_history_backlog") == 0
+    assert get(after, "process_cpu_seconds_total") >= get(before, "process_cpu_seconds_total")
+    assert server.problems() == []
+    # No access log: scrapes leave the server's log alone.
+    assert "/metrics" not in server.log()
+
+
+def test_no_metrics_port_unless_asked(chat_server: Callable[..., ServerProcess]) -> None:
+    server = chat_server("--db", ":memory:")
+    server.wait_log("chat server 'twisted-chat' starting")
+    assert "MetricsSite starting" not in server.log()

@@ -1,0 +1,244 @@
+"""
+The metrics module on its own, and the counters the server keeps for it,
+over StringTransport and task.Clock (tests/harness.py).  The HTTP side is
+in tests/test_e2e_metrics.py.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Generator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import pytest_twisted
+from prometheus_client import generate_latest
+from twisted.internet import reactor as _reactor
+from twisted.internet.error import ConnectionAborted, ConnectionDone
+from twisted.internet.task import Clock
+from twisted.python.failure import Failure
+
+from tests.harness import Harness
+from tests.test_service import ThreadedMemoryReactor, options
+from twisted_chat.server.fanout import LobbyFanout
+from twisted_chat.server.history import Entry
+from twisted_chat.server.metrics import (
+    Buckets,
+    ChatCollector,
+    Snapshot,
+    Stats,
+    registry_for,
+)
+from twisted_chat.server.service import ChatService, PortService, makeService
+from twisted_chat.server.store import SQLiteStore
+
+reactor: Any = _reactor
+
+# -- Buckets: a histogram as Prometheus means it ----------------------------------
+
+
+def test_buckets_are_cumulative_and_less_than_or_equal() -> None:
+    buckets = Buckets((1, 5, 10))
+    for value in (0.5, 1, 3, 5, 7, 100):
+        buckets.observe(value)
+    family = buckets.family("x", "doc")
+    samples = {(s.name, s.labels.get("le")): s.value for s in family.samples}
+    assert samples[("x_bucket", "1.0")] == 2  # 0.5 and 1 (le: equal counts)
+    assert samples[("x_bucket", "5.0")] == 4
+    assert samples[("x_bucket", "10.0")] == 5
+    assert samples[("x_bucket", "+Inf")] == 6
+    assert samples[("x_count", None)] == 6
+    assert samples[("x_sum", None)] == pytest.approx(116.5)
+
+
+# -- the collector ------------------------------------------------------------------
+
+
+def scrape(stats: Stats, snapshot: Snapshot) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    registry = registry_for(stats, lambda: snapshot)
+    values = {}
+    for family in registry.collect():
+        for sample in family.samples:
+            values[(sample.name, tuple(sorted(sample.labels.items())))] = sample.value
+    return values
+
+
+def test_the_collector_reports_each_metric_from_stats_and_snapshot() -> None:
+    stats = Stats()
+    stats.fanned_out(lines=3, deliveries=30, sent=600, seconds=0.002)
+    stats.wrote(b"PONG x\r\nPONG y\r\n")
+    stats.disconnected("quit")
+    stats.disconnected("sendq")
+    stats.private_messages["dm"] += 2
+    snapshot = Snapshot(handshaking=1, lobby=8, paired=2, lobby_messages=42,
+                        history_backlog=5, history_dropped=1)
+    got = scrape(stats, snapshot)
+    assert got[("chat_connections", (("state", "handshake"),))] == 1
+    assert got[("chat_connections", (("state", "lobby"),))] == 8
+    assert got[("chat_connections", (("state", "paired"),))] == 2
+    assert got[("chat_users_online", ())] == 10
+    assert got[("chat_pairs", ())] == 1
+    assert got[("chat_lobby_messages_total", ())] == 42
+    assert got[("chat_private_messages_total", (("kind", "dm"),))] == 2
+    assert got[("chat_private_messages_total", (("kind", "pair"),))] == 0
+    assert got[("chat_deliveries_total", ())] == 32
+    assert got[("chat_sent_bytes_total", ())] == 616
+    for reason, n in (("quit", 1), ("sendq", 1), ("refused", 0), ("timeout", 0),
+                      ("flood", 0), ("disconnected", 0)):
+        assert got[("chat_disconnects_total", (("reason", reason),))] == n
+    assert got[("chat_fanout_batch_lines_count", ())] == 1
+    assert got[("chat_fanout_batch_lines_sum", ())] == 3
+    assert got[("chat_fanout_duration_seconds_sum", ())] == pytest.approx(0.002)
+    assert got[("chat_history_backlog", ())] == 5
+    assert got[("chat_history_dropped_total", ())] == 1
+    assert got[("chat_history_commit_duration_seconds_count", ())] == 0
+    # The process's own, from prometheus_client's ProcessCollector.
+    assert got[("process_cpu_seconds_total", ())] > 0
+    assert got[("process_resident_memory_bytes", ())] > 0
+
+
+def test_the_exposition_is_valid_text() -> None:
+    registry = registry_for(Stats(), lambda: Snapshot(0, 0, 0, 0, 0, 0))
+    text = generate_latest(registry).decode()
+    assert "# TYPE chat_disconnects_total counter" in text
+    assert "# TYPE chat_fanout_duration_seconds histogram" in text
+    assert isinstance(ChatCollector(Stats(), lambda: Snapshot(0, 0, 0, 0, 0, 0)).collect(),
+                      list)
+
+
+# -- the fan-out reports once per batch ------------------------------------------------
+
+
+class Member:
+    closing = False
+
+    def __init__(self) -> None:
+        self.got: list[bytes] = []
+
+    def deliver(self, data: bytes) -> None:
+        self.got.append(data)
+
+    def pause_reading(self) -> None: ...
+
+    def resume_reading(self) -> None: ...
+
+
+def test_the_fanout_reports_each_batch_once_with_exact_totals() -> None:
+    clock = Clock()
+    members = [Member() for _ in range(3)]
+    batches: list[tuple[int, int, int, float]] = []
+    ticks = iter([10.0, 10.25, 20.0, 20.5])
+    fanout = LobbyFanout(clock, lambda: members, 0.0,
+                         on_batch=lambda *a: batches.append(a), timer=lambda: next(ticks))
+    fanout.add(b"a\r\n")
+    fanout.add(b"bb\r\n")
+    clock.advance(0)
+    assert batches == [(2, 6, 21, 0.25)]  # 2 lines, 3 members, 7 bytes each
+    # A newcomer in the batch gets only what follows its JOINED: counted exactly.
+    newcomer = Member()
+    fanout.add(b"old\r\n")
+    members.append(newcomer)
+    fanout.add_joined(b"J\r\n", newcomer)
+    fanout.add(b"new\r\n")
+    clock.advance(0)
+    assert newcomer.got == [b"new\r\n"]
+    assert batches[1] == (3, 3 * 3 + 1, 3 * 13 + 5, 0.5)  # old+J+new: 13 bytes
+
+
+# -- the server's counters, over StringTransport ---------------------------------------
+
+
+def value(h: Harness, name: str, **labels: str) -> float:
+    chat = ChatService(h.factory)
+    got = scrape(h.factory.stats, chat.snapshot())
+    return got[(name, tuple(sorted(labels.items())))]
+
+
+def test_connections_users_pairs_and_messages_move_with_the_chat() -> None:
+    h = Harness()
+    alice, bob, carol = h.user("alice"), h.user("bob"), h.user("carol")
+    h.connect()  # still choosing a nick
+    assert value(h, "chat_connections", state="handshake") == 1
+    assert value(h, "chat_connections", state="lobby") == 3
+    assert value(h, "chat_users_online") == 3
+    alice.send("MSG one", "MSG two")
+    assert value(h, "chat_lobby_messages_total") == 2
+    alice.send("PAIR bob")
+    bob.send("ACCEPT alice")
+    assert value(h, "chat_pairs") == 1
+    assert value(h, "chat_connections", state="paired") == 2
+    alice.send("MSG just us")
+    carol.send("DM alice psst")
+    assert value(h, "chat_private_messages_total", kind="pair") == 1
+    assert value(h, "chat_private_messages_total", kind="dm") == 1
+    assert value(h, "chat_lobby_messages_total") == 2
+
+
+def test_deliveries_and_bytes_count_what_connections_were_handed() -> None:
+    h = Harness()
+    conns = [h.user(n) for n in ("alice", "bob", "carol")]
+    stats = h.factory.stats
+    before = (stats.deliveries, stats.bytes_out)
+    conns[0].send("MSG hello")
+    conns[1].send("PING x")
+    dave = h.connect()
+    dave.send("NICK dave")  # greeting, READY, history, user list; JOINED to the others
+    got = [c.transport.value() for c in [*conns, dave]]
+    assert stats.deliveries - before[0] == sum(g.count(b"\n") for g in got)
+    assert stats.bytes_out - before[1] == sum(len(g) for g in got)
+
+
+def test_disconnects_are_counted_by_reason() -> None:
+    h = Harness(max_clients=3, sendq=65536 + 1000, nick_timeout=5.0)
+    quitter, dropped, slow = h.user("quitter"), h.user("dropped"), h.user("slow")
+    h.connect()  # over --max-clients: refused
+    quitter.send("BYE")
+    quitter.drop()
+    dropped.protocol.connectionLost(Failure(ConnectionDone()))
+    slow.transport.producer.pauseProducing()
+    talker = h.user("talker")
+    for _ in range(3):
+        talker.send("MSG " + "x" * 400)
+    slow.protocol.connectionLost(Failure(ConnectionAborted()))
+    late = h.connect()
+    h.clock.advance(5.0)  # no nick in time
+    late.drop()
+    stats = h.factory.stats
+    assert {k: v for k, v in stats.disconnects.items() if v} == {
+        "refused": 1, "quit": 1, "disconnected": 1, "sendq": 1, "timeout": 1}
+
+
+# -- the store's commit time, and the service wiring ------------------------------------
+
+
+@pytest_twisted.inlineCallbacks
+def test_the_store_reports_each_commit(tmp_path: Path) -> Generator[Any, Any, None]:
+    store = SQLiteStore.open(str(tmp_path / "chat.sqlite3"), reactor)
+    buckets = Buckets((1.0,))
+    store.on_commit = buckets.observe
+    store.append(Entry(1.0, "a", "x"))
+    yield store.flush().addTimeout(10, reactor)
+    store.append(Entry(2.0, "a", "y"))
+    yield store.close().addTimeout(10, reactor)
+    assert sum(buckets.counts) == 2
+    assert 0 < buckets.total < 2.0
+
+
+def test_metrics_is_off_by_default_and_served_on_its_own_port() -> None:
+    assert options().config().metrics is None
+    assert options("--metrics", "9108").config().metrics == "tcp:9108"
+    reactor = ThreadedMemoryReactor()
+    top = makeService(options("--port", "7001", "--db", ":memory:",
+                              "--metrics", "tcp:9108:interface=127.0.0.1"), reactor)
+    services = list(top)  # type: ignore[call-overload]
+    assert [(s.description, s.option) for s in services if isinstance(s, PortService)] == [
+        ("tcp:7001", "--port"), ("tcp:9108:interface=127.0.0.1", "--metrics")]
+    top.privilegedStartService()
+    assert sorted(port for port, *_ in reactor.tcpServers) == [7001, 9108]
+
+
+def test_a_bad_metrics_endpoint_is_one_line() -> None:
+    with pytest.raises(SystemExit) as e:
+        makeService(options("--db", ":memory:", "--metrics", "tcp:nine"),
+                    ThreadedMemoryReactor())
+    assert str(e.value).startswith("twistd chat: bad --metrics 'tcp:nine': ")

@@ -1,0 +1,220 @@
+"""
+Prometheus metrics: C{--metrics ENDPOINT} serves them at C{/metrics}.
+
+The server always keeps a few plain counters in a L{Stats} (the fan-out adds
+to them once per batch, never per recipient or per line); a scrape reads
+them, and the sizes of the server's collections, through L{ChatCollector}.
+Nothing is computed between scrapes, and nothing here takes a lock on the
+reactor thread.
+
+A scrape runs in the reactor's thread pool (prometheus_client's Twisted
+resource is a WSGI application), so the collector only reads: integer
+attributes and C{len()} of the server's dicts and sets, which are atomic
+under the GIL.  The figures of one scrape may straddle a reactor turn; each
+is right on its own.
+
+See docs/metrics.md for what each metric means.
+"""
+
+from __future__ import annotations
+
+import bisect
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    Metric,
+)
+from prometheus_client.process_collector import ProcessCollector
+from prometheus_client.registry import Collector, CollectorRegistry
+
+# The reasons a connection ends, as the server names them (LEFT and BYE
+# reasons, plus "refused": over --max-clients or a per-address limit).
+DISCONNECT_REASONS = ("quit", "disconnected", "timeout", "flood", "sendq", "refused",
+                      "shutdown")
+
+# Lines per fan-out batch; seconds per batch; seconds per database commit.
+BATCH_LINES_BOUNDS = (1, 2, 5, 10, 20, 50, 100, 200, 500, 1000)
+FANOUT_SECONDS_BOUNDS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025,
+                         0.05, 0.1, 0.25)
+COMMIT_SECONDS_BOUNDS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25,
+                         0.5, 1.0, 2.5)
+
+
+class Buckets:
+    """
+    A histogram cheap enough for a hot path: L{observe} is a bisect over a
+    dozen bounds and two additions, with no lock.  Only one thread may
+    observe (the reactor's, or the store's writer); any may read.
+    """
+
+    __slots__ = ("bounds", "counts", "total")
+
+    def __init__(self, bounds: Sequence[float]) -> None:
+        self.bounds = tuple(bounds)
+        self.counts = [0] * (len(self.bounds) + 1)  # the last: above every bound
+        self.total = 0.0
+
+    def observe(self, value: float) -> None:
+        # Prometheus buckets are "less than or equal": the first bound >= value.
+        self.counts[bisect.bisect_left(self.bounds, value)] += 1
+        self.total += value
+
+    def family(self, name: str, documentation: str, unit: str = "") -> HistogramMetricFamily:
+        counts = list(self.counts)  # one copy, so the buckets add up
+        buckets: list[tuple[str, float]] = []
+        cumulative = 0
+        for bound, count in zip(self.bounds, counts, strict=False):
+            cumulative += count
+            buckets.append((_bound(bound), cumulative))
+        buckets.append(("+Inf", cumulative + counts[-1]))
+        return HistogramMetricFamily(name, documentation, buckets=buckets,
+                                     sum_value=self.total, unit=unit)
+
+
+def _bound(value: float) -> str:
+    return repr(float(value))
+
+
+class Stats:
+    """
+    Counters kept on the reactor thread (the store's commit times on its
+    writer thread).  Always there, whether or not metrics are served: adding
+    to them costs less than asking whether to.
+    """
+
+    __slots__ = ("bytes_out", "commit_seconds", "deliveries", "disconnects",
+                 "fanout_lines", "fanout_seconds", "private_messages")
+
+    def __init__(self) -> None:
+        # Lines and bytes handed to connections (the fan-out's and the rest).
+        self.deliveries = 0
+        self.bytes_out = 0
+        # DMs, and messages within a pair, by kind ("dm", "pair").
+        self.private_messages = {"dm": 0, "pair": 0}
+        self.disconnects = dict.fromkeys(DISCONNECT_REASONS, 0)
+        self.fanout_lines = Buckets(BATCH_LINES_BOUNDS)
+        self.fanout_seconds = Buckets(FANOUT_SECONDS_BOUNDS)
+        self.commit_seconds = Buckets(COMMIT_SECONDS_BOUNDS)
+
+    def fanned_out(self, lines: int, deliveries: int, sent: int, seconds: float) -> None:
+        """One lobby batch of C{lines} lines: C{deliveries} lines and C{sent}
+        bytes handed to the members in all, in C{seconds}.  (The fan-out's
+        L{twisted_chat.server.fanout.BatchObserver}.)"""
+        self.deliveries += deliveries
+        self.bytes_out += sent
+        self.fanout_lines.observe(lines)
+        self.fanout_seconds.observe(seconds)
+
+    def wrote(self, data: bytes) -> None:
+        """One write outside the fan-out (replies, DMs, user lists...)."""
+        self.deliveries += data.count(b"\n")
+        self.bytes_out += len(data)
+
+    def disconnected(self, reason: str) -> None:
+        disconnects = self.disconnects
+        disconnects[reason] = disconnects.get(reason, 0) + 1
+
+
+@dataclass(frozen=True, slots=True)
+class Snapshot:
+    """The server's state at scrape time, read without stopping it."""
+
+    handshaking: int  # connected, no nick yet
+    lobby: int
+    paired: int
+    lobby_messages: int  # accepted since start
+    history_backlog: int  # lobby messages not yet written to the database
+    history_dropped: int  # dropped from a full backlog while the disk failed
+
+
+class ChatCollector(Collector):
+    """Reads L{Stats} and a L{Snapshot} at each scrape; computes nothing between."""
+
+    def __init__(self, stats: Stats, snapshot: Callable[[], Snapshot]) -> None:
+        self.stats = stats
+        self.snapshot = snapshot
+
+    def collect(self) -> Iterable[Metric]:
+        return list(self._metrics())
+
+    def _metrics(self) -> Iterator[Metric]:
+        now = self.snapshot()
+        stats = self.stats
+        connections = GaugeMetricFamily(
+            "chat_connections", "Open client connections, by state.", labels=["state"])
+        for state, value in (("handshake", now.handshaking), ("lobby", now.lobby),
+                             ("paired", now.paired)):
+            connections.add_metric([state], value)
+        yield connections
+        yield GaugeMetricFamily("chat_users_online", "Users online (in the lobby or paired).",
+                                value=now.lobby + now.paired)
+        yield GaugeMetricFamily("chat_pairs", "Private conversations going on.",
+                                value=now.paired // 2)
+        yield CounterMetricFamily("chat_lobby_messages", "Lobby messages accepted.",
+                                  value=now.lobby_messages)
+        private = CounterMetricFamily(
+            "chat_private_messages",
+            "Private messages: DMs (kind=dm) and messages within a pair (kind=pair).",
+            labels=["kind"])
+        for kind, value in sorted(dict(stats.private_messages).items()):
+            private.add_metric([kind], value)
+        yield private
+        yield CounterMetricFamily("chat_deliveries",
+                                  "Lines handed to client connections.",
+                                  value=stats.deliveries)
+        yield CounterMetricFamily("chat_sent_bytes", "Bytes handed to client connections.",
+                                  value=stats.bytes_out)
+        disconnects = CounterMetricFamily(
+            "chat_disconnects", "Connections ended, by reason.", labels=["reason"])
+        for reason, value in dict(stats.disconnects).items():
+            disconnects.add_metric([reason], value)
+        yield disconnects
+        yield stats.fanout_lines.family("chat_fanout_batch_lines",
+                                        "Lines per lobby fan-out batch.")
+        yield stats.fanout_seconds.family("chat_fanout_duration_seconds",
+                                          "Time to write one lobby batch to the lobby.")
+        yield GaugeMetricFamily("chat_history_backlog",
+                                "Lobby messages waiting to be written to the database.",
+                                value=now.history_backlog)
+        yield CounterMetricFamily(
+            "chat_history_dropped",
+            "Lobby messages dropped from a full backlog while the database failed.",
+            value=now.history_dropped)
+        yield stats.commit_seconds.family("chat_history_commit_duration_seconds",
+                                          "Time of one database commit (a batch).")
+
+
+def registry_for(stats: Stats, snapshot: Callable[[], Snapshot]) -> CollectorRegistry:
+    """A registry of its own (not the global one): the chat's metrics and the
+    process's CPU, memory and descriptors."""
+    registry = CollectorRegistry(auto_describe=True)
+    registry.register(ChatCollector(stats, snapshot))
+    ProcessCollector(registry=registry)
+    return registry
+
+
+def metrics_site(registry: CollectorRegistry) -> Any:
+    """
+    A C{twisted.web} site serving C{registry} at C{/metrics}, with
+    prometheus_client's Twisted resource, and no access log (a scrape every
+    15 seconds would be most of the server's log).
+    """
+    # Imported here: prometheus_client.twisted imports the global reactor.
+    from prometheus_client.twisted import MetricsResource
+    from twisted.web.resource import Resource
+    from twisted.web.server import Site
+
+    class MetricsSite(Site):
+        noisy = False
+
+        def log(self, request: Any) -> None:
+            pass
+
+    root = Resource()
+    root.putChild(b"metrics", MetricsResource(registry=registry))
+    return MetricsSite(root)
