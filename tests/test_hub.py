@@ -144,3 +144,48 @@ def test_message_text_is_logged_only_with_log_messages() -> None:
     assert not any("words" in line for line in logged(False))
     assert [line for line in logged(True) if "words" in line] == [
         "lobby <a> lobby words", "private <a> to b: dm words", "private <b> to a: paired words"]
+
+
+# -- invitation storms (issue 14.8) --------------------------------------------
+
+
+def test_open_invitations_to_one_user_are_capped() -> None:
+    clock, rec = Clock(), Recorder()
+    hub = Hub(clock, History(10), rec, invite_timeout=30, max_invites=3)
+    victim = hub.register("victim", conn=object())
+    fans = [hub.register(f"fan{i}", conn=object()) for i in range(5)]
+    for fan in fans[:3]:
+        hub.pair(fan, "victim")
+    with pytest.raises(HubError) as e:
+        hub.pair(fans[3], "victim")
+    assert e.value.code == "busy"
+    assert "victim has 3 open invitations already" in e.value.text
+    assert fans[3].outgoing is None and len(victim.incoming) == 3
+    hub.reject(victim, "fan0")  # one ends: room for another
+    hub.pair(fans[3], "victim")
+    rec.take()
+    hub.accept(victim, "fan1")
+    # Accepting one ends the others as busy: at most max_invites - 1 of them.
+    assert [e for e in rec.take() if e[0] == "cancelled"] == [
+        ("cancelled", "victim", "fan2", "busy"), ("cancelled", "victim", "fan3", "busy")]
+
+
+def test_open_invitations_from_one_source_are_capped() -> None:
+    clock, rec = Clock(), Recorder()
+    hub = Hub(clock, History(10), rec, invite_timeout=30, max_invites_per_source=2)
+    mallory = [hub.register(f"m{i}", conn=object(), source="192.0.2.1") for i in range(3)]
+    others = [hub.register(f"u{i}", conn=object()) for i in range(4)]
+    elsewhere = hub.register("carol", conn=object(), source="198.51.100.1")
+    hub.pair(mallory[0], "u0")
+    hub.pair(mallory[1], "u1")
+    with pytest.raises(HubError) as e:
+        hub.pair(mallory[2], "u2")
+    assert e.value.code == "pending"
+    hub.pair(elsewhere, "u2")  # another address is not held back
+    hub.pair(others[3], "u2")  # nor a user with no source
+    clock.advance(30)  # the invitations time out: the count goes down
+    hub.pair(mallory[2], "u2")
+    hub.leave(mallory[2], "quit")
+    hub.pair(mallory[0], "u0")
+    hub.pair(mallory[1], "u1")
+    assert hub._sent_by_source == {"192.0.2.1": 2}

@@ -11,10 +11,6 @@ from dataclasses import dataclass, field
 
 from twisted_chat.wire import DEFAULT_PORT
 
-# The longest BYE text that goes out as the LEFT text, in UTF-8 bytes (cut at
-# a character boundary): a quitting user's last word reaches every member.
-MAX_QUIT_TEXT = 256
-
 
 @dataclass(frozen=True, slots=True)
 class ServerConfig:
@@ -62,6 +58,9 @@ class ServerConfig:
     max_handshaking: int | None = None
     # Bytes of HISTORY lines a newcomer is sent at most (the newest that fit).
     history_bytes: int = 64 * 1024
+    # The longest BYE text that goes out as the LEFT text, in UTF-8 bytes
+    # (cut at a character boundary): a quitting user's word reaches everyone.
+    max_quit_text: int = 256
     # Open invitations to one user, and from the users of one address.
     max_invites: int = 10
     max_invites_per_ip: int = 10

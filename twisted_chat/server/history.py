@@ -36,6 +36,28 @@ class MessageStore(Protocol):
         """Write everything queued, then release the store."""
 
 
+def newest_within(lines: list[bytes], limit: int) -> bytes:
+    """
+    The newest of C{lines} (oldest first) whose total size is at most
+    C{limit} bytes, joined, oldest first: what a newcomer's replay may cost.
+    Whole lines only; if even the newest does not fit, nothing.
+    """
+    total = 0
+    start = len(lines)
+    while start > 0 and total + len(lines[start - 1]) <= limit:
+        start -= 1
+        total += len(lines[start])
+    return b"".join(lines[start:])
+
+
+def clip_text(text: str, limit: int) -> str:
+    """C{text} cut to at most C{limit} UTF-8 bytes, at a character boundary."""
+    data = text.encode("utf-8", "surrogatepass")
+    if len(data) <= limit:
+        return text
+    return data[:limit].decode("utf-8", "ignore")
+
+
 class History:
     def __init__(
         self, size: int, store: MessageStore | None = None, initial: Iterable[Entry] = ()

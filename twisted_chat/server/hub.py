@@ -52,6 +52,9 @@ class User:
     key: str
     conn: Any
     address: str
+    # Who the user counts as for the limits shared by an address (the
+    # connection layer's address bucket); "" for none.
+    source: str = ""
     state: State = State.LOBBY
     partner: User | None = None
     outgoing: Invitation | None = None
@@ -125,13 +128,23 @@ class Hub:
         listener: Listener,
         invite_timeout: float = 60.0,
         log_messages: bool = False,
+        max_invites: int | None = None,
+        max_invites_per_source: int | None = None,
     ) -> None:
+        """
+        @param max_invites: open invitations one user may have received.
+        @param max_invites_per_source: open invitations the users of one
+            source (L{User.source}) may have sent, together.
+        """
         self.clock = clock
         self.history = history
         self.listener = listener
         self.invite_timeout = invite_timeout
         # --log-messages: the text of lobby and private messages in the log.
         self.log_messages = log_messages
+        self.max_invites = max_invites
+        self.max_invites_per_source = max_invites_per_source
+        self._sent_by_source: dict[str, int] = {}
         self.online: dict[str, User] = {}
         self.lobby: dict[str, User] = {}
         self._sorted_keys: list[str] = []
@@ -156,7 +169,7 @@ class Hub:
 
     # -- arriving and leaving ----------------------------------------------
 
-    def register(self, nick: str, conn: Any, address: str = "-") -> User:
+    def register(self, nick: str, conn: Any, address: str = "-", source: str = "") -> User:
         """
         Bring a user online in the lobby.
 
@@ -165,7 +178,7 @@ class Hub:
         key = nick_key(nick)
         if key in self.online:
             raise NickTaken(nick)
-        user = User(nick=nick, key=key, conn=conn, address=address)
+        user = User(nick=nick, key=key, conn=conn, address=address, source=source)
         self.online[key] = user
         self.lobby[key] = user
         bisect.insort(self._sorted_keys, key)
@@ -262,12 +275,40 @@ class Hub:
                 f"your invitation to {user.outgoing.invitee.nick} is still open; "
                 "UNPAIR withdraws it",
             )
+        self._check_invite_limits(user, target)
         invitation = Invitation(user, target)
+        if user.source:
+            self._sent_by_source[user.source] = self._sent_by_source.get(user.source, 0) + 1
         invitation.timer = self.clock.callLater(self.invite_timeout, self._expire, invitation)
         user.outgoing = invitation
         target.incoming[user.key] = invitation
         self.log.info("{inviter} invited {invitee}", inviter=user.nick, invitee=target.nick)
         self.listener.invited(invitation)
+
+    def _check_invite_limits(self, user: User, target: User) -> None:
+        """
+        An invitation storm: many users (or one address's many connections)
+        inviting one victim, who cannot refuse them wholesale.  C{busy}: the
+        invitee cannot take another now, as when it is paired; C{pending}:
+        the inviter's side has too many invitations open.
+        """
+        limit = self.max_invites
+        if limit is not None and len(target.incoming) >= limit:
+            raise HubError(
+                ErrorCode.BUSY,
+                f"{target.nick} has {limit} open invitations already; try again later",
+            )
+        limit = self.max_invites_per_source
+        if (
+            limit is not None
+            and user.source
+            and self._sent_by_source.get(user.source, 0) >= limit
+        ):
+            raise HubError(
+                ErrorCode.PENDING,
+                f"users from your address have {limit} open invitations already; "
+                "wait for one to end",
+            )
 
     def accept(self, user: User, nick: str) -> None:
         self._pair(self._invitation_from(user, nick))
@@ -342,8 +383,15 @@ class Hub:
         if invitation.timer is not None and invitation.timer.active():
             invitation.timer.cancel()
         invitation.timer = None
-        invitation.inviter.outgoing = None
-        del invitation.invitee.incoming[invitation.inviter.key]
+        inviter = invitation.inviter
+        inviter.outgoing = None
+        del invitation.invitee.incoming[inviter.key]
+        if inviter.source:
+            left = self._sent_by_source.get(inviter.source, 1) - 1
+            if left > 0:
+                self._sent_by_source[inviter.source] = left
+            else:
+                self._sent_by_source.pop(inviter.source, None)
 
     def _end(self, invitation: Invitation, reason: str) -> None:
         """End an invitation without a pairing; tell each side still online."""
