@@ -17,8 +17,8 @@ from enum import Enum
 from typing import Any, Protocol
 
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
-from twisted.logger import Logger
 
+from twisted_chat.server import logs
 from twisted_chat.server.history import Entry, History
 from twisted_chat.wire import ErrorCode, nick_key
 
@@ -119,7 +119,7 @@ class Listener(Protocol):
 
 
 class Hub:
-    log = Logger()
+    log = logs.logger()
 
     def __init__(
         self,

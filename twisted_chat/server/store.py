@@ -60,8 +60,8 @@ from collections.abc import Callable, Sequence
 from typing import Any, ClassVar, Protocol
 
 from twisted.internet.defer import Deferred, fail, succeed
-from twisted.logger import Logger
 
+from twisted_chat.server import logs
 from twisted_chat.server.history import Entry
 
 __all__ = ["APPLICATION_ID", "SCHEMA_VERSION", "SQLiteStore", "StoreError"]
@@ -91,7 +91,7 @@ _UPGRADES: dict[int, tuple[str, ...]] = {
 _SQLITE_MAGIC = b"SQLite format 3\x00"
 _INSERT = "INSERT INTO messages (ts, nick, text) VALUES (?, ?, ?)"
 
-_log = Logger(namespace="twisted_chat.server.store")
+_log = logs.logger("twisted_chat.server.store")
 
 # Paths (resolved) with an open store in this process.  SQLite's file locks
 # are per process, and reading a locked file's header with a plain open() and
