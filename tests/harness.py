@@ -22,7 +22,10 @@ from twisted_chat.server.config import ServerConfig
 from twisted_chat.server.factory import ChatFactory
 
 # Unit tests keep the limits and the pacing out of the way unless they test them.
-QUIET = dict(flood_rate=0.0, idle_timeout=0.0, nick_timeout=0.0, fanout_delay=0.0)
+QUIET = dict(flood_rate=0.0, idle_timeout=0.0, nick_timeout=0.0, fanout_delay=0.0,
+             # The per-address limits too (tests of them turn them on).
+             ip_connect_rate=0.0, ip_register_rate=0.0, ip_lobby_rate=0.0,
+             max_handshaking_per_ip=10_000)
 
 
 class TurnClock(Clock):

@@ -44,7 +44,7 @@ class ServerProcess:
 
     def __init__(self, workdir: Path, args: Sequence[str] = (), port: int | None = None,
                  endpoint: str | None = None, probe: bool = True,
-                 twistd: str = TWISTD) -> None:
+                 twistd: str = TWISTD, exempt: Sequence[str] = (LOOPBACK,)) -> None:
         """
         @param probe: wait for start-up by connecting to C{port} (the
             default); if false, or for an endpoint that is not on C{port}
@@ -52,11 +52,15 @@ class ServerProcess:
             listens instead, so that no connection is spent on the wait
             (tests of connection limits want that).
         @param twistd: the C{twistd} script to run (another environment's).
+        @param exempt: C{--exempt} values.  The tests' own clients connect
+            from 127.0.0.1, many at a time: that address is exempt from the
+            per-address limits unless a test says otherwise (tests of those
+            limits connect from other addresses in 127.0.0.0/8).
         """
         self.workdir = workdir
         self.port = port or free_port()
         self.endpoint = endpoint or f"tcp:{self.port}:interface={LOOPBACK}"
-        self.args = list(args)
+        self.args = [arg for address in exempt for arg in ("--exempt", address)] + list(args)
         self.probe = probe and not self.endpoint.startswith("unix:")
         self.twistd = twistd
         self.log_path = workdir / f"twistd-{self.port}.log"

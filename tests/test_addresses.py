@@ -133,8 +133,10 @@ def test_no_host_is_not_limited() -> None:
 def test_registrations_per_second() -> None:
     b, clock = book(register=Rate(0.5, 2))
     record = b.admit("192.0.2.1")
-    assert b.registration_wait(record) == 0.0
-    assert b.registration_wait(record) == 0.0
+    for _ in range(2):
+        assert b.registration_wait(record) == 0.0
+        assert b.registration_wait(record) == 0.0  # asking spends nothing
+        b.registered(record)
     assert b.registration_wait(record) == pytest.approx(2.0)
     clock.advance(2.0)
     assert b.registration_wait(record) == 0.0

@@ -225,7 +225,8 @@ def test_lobby_stays_responsive_while_every_write_takes_200ms(tmp_path: Path) ->
     echoes would wait 200 ms behind them and this fails.
     """
     store = SlowStore.open(str(tmp_path / "chat.sqlite3"), reactor)
-    config = ServerConfig(history=1000, flood_rate=0.0, idle_timeout=0.0, nick_timeout=0.0)
+    config = ServerConfig(history=1000, flood_rate=0.0, idle_timeout=0.0, nick_timeout=0.0,
+                          exempt=(LOOPBACK,))
     factory = ChatFactory(config, reactor, History(config.history, store, store.recent(1000)))
     port = reactor.listenTCP(0, factory, interface=LOOPBACK)
     reactor_thread = threading.current_thread()

@@ -133,7 +133,7 @@ def from_address(port: int, source: str) -> socket.socket:
 
 
 def test_max_per_ip(chat_server, connect):
-    server = chat_server("--max-per-ip", "2", probe=False)
+    server = chat_server("--max-per-ip", "2", probe=False, exempt=())
     one = hello(connect(server.port))
     two = hello(connect(server.port))
     assert_refused(connect(server.port))

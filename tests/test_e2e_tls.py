@@ -226,7 +226,7 @@ def test_refused_tls_peers_that_never_answer_are_cut_off_within_the_grace(tmp_pa
     port = free_port()
     server = chat_server(
         "--max-per-ip", "1",
-        port=port, probe=False,
+        port=port, probe=False, exempt=(),
         endpoint=f"ssl:{port}:privateKey={key}:certKey={cert}:interface={LOOPBACK}",
     )
     holder = socket.create_connection((LOOPBACK, port), timeout=5)  # the one allowed

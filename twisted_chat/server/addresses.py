@@ -36,6 +36,8 @@ from typing import Generic, TypeVar
 
 from twisted.internet.interfaces import IReactorTime
 
+from twisted_chat.server.config import ServerConfig
+
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 
@@ -167,6 +169,19 @@ class AddressPolicy:
     v6_prefix: int = 64
     max_tracked: int = 100_000
 
+    @classmethod
+    def from_config(cls, config: ServerConfig) -> AddressPolicy:
+        return cls(
+            max_per_ip=config.max_per_ip,
+            max_handshaking_per_ip=config.max_handshaking_per_ip,
+            connect=Rate(config.ip_connect_rate, config.ip_connect_burst),
+            register=Rate(config.ip_register_rate, config.ip_register_burst),
+            lobby=Rate(config.ip_lobby_rate, config.ip_lobby_burst),
+            flood_burst=config.flood_burst,
+            exempt=networks(config.exempt),
+            v6_prefix=config.ipv6_prefix,
+        )
+
 
 @dataclass(eq=False, slots=True)
 class Address:
@@ -250,9 +265,12 @@ class AddressBook:
         return record
 
     def registered(self, record: Address | None) -> None:
-        """A connection of C{record} left the handshake (it has a nick)."""
-        if record is not None and record.handshaking > 0:
-            record.handshaking -= 1
+        """A connection of C{record} left the handshake with a nick: one
+        registration spent."""
+        if record is not None:
+            record.register.take(self.clock.seconds())
+            if record.handshaking > 0:
+                record.handshaking -= 1
 
     def closed(self, record: Address | None, handshaking: bool) -> None:
         """A connection of C{record} ended; C{handshaking}: it never got a nick."""
@@ -264,15 +282,14 @@ class AddressBook:
 
     def registration_wait(self, record: Address | None) -> float:
         """
-        Spend a registration token: 0.0 if there was one, else the seconds
-        until there is (nothing is spent then).
+        Seconds until C{record} may register a nick (0.0: now).  Nothing is
+        spent here: L{registered} spends, once the nick is accepted, so a
+        taken or invalid nick costs nothing.
         """
         if record is None:
             return 0.0
-        now = self.clock.seconds()
-        if record.register.take(now):
-            return 0.0
-        return max(record.register.wait(now), 0.001)
+        wait = record.register.wait(self.clock.seconds())
+        return max(wait, 0.001) if wait > 0 else 0.0
 
     def lobby_line(self, record: Address | None) -> bool:
         """Spend a lobby-line token of C{record}; false: none left."""

@@ -53,7 +53,7 @@ class ServerConfig:
     ip_lobby_rate: float = 20.0
     ip_lobby_burst: int = 40
     # Connections still choosing a nick: per address, and overall (None:
-    # a quarter of max_clients).
+    # a quarter of max_clients, but at least 16 where max_clients allows).
     max_handshaking_per_ip: int = 5
     max_handshaking: int | None = None
     # Bytes of HISTORY lines a newcomer is sent at most (the newest that fit).
@@ -69,13 +69,13 @@ class ServerConfig:
     retain_messages: int | None = 1_000_000
     db_backlog: int = 10_000
     log_level: str = "info"
+    # Write lobby and private message text to the log (a privacy choice).
+    log_messages: bool = False
+    # Where to serve Prometheus metrics (an endpoint string), or None.
+    metrics: str | None = None
 
     @property
     def handshake_limit(self) -> int:
         if self.max_handshaking is not None:
             return self.max_handshaking
-        return max(self.max_clients // 4, 1)
-    # Write lobby and private message text to the log (a privacy choice).
-    log_messages: bool = False
-    # Where to serve Prometheus metrics (an endpoint string), or None.
-    metrics: str | None = None
+        return max(self.max_clients // 4, min(self.max_clients, 16))

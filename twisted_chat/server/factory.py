@@ -12,13 +12,15 @@ from typing import TYPE_CHECKING, Any
 from twisted.internet import defer
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.internet.protocol import Protocol, ServerFactory, connectionDone
-from twisted.logger import Logger
+from twisted.logger import LogLevel
 from twisted.python.failure import Failure
 
 from twisted_chat import __version__, wire
+from twisted_chat.server import logs
+from twisted_chat.server.addresses import AddressBook, AddressPolicy, HandshakePool, Refused
 from twisted_chat.server.config import ServerConfig
 from twisted_chat.server.fanout import Backlog, LobbyFanout, Member, reactor_backlog
-from twisted_chat.server.history import Entry, History
+from twisted_chat.server.history import Entry, History, newest_within
 from twisted_chat.server.hub import Hub, Invitation, State, User
 from twisted_chat.server.metrics import Stats
 from twisted_chat.server.protocol import ChatProtocol
@@ -57,7 +59,7 @@ class _Refusal(Protocol):
 class ChatFactory(ServerFactory):
     """Builds connections and turns the hub's decisions into lines."""
 
-    log = Logger()
+    log = logs.logger()
 
     def __init__(
         self,
@@ -71,10 +73,21 @@ class ChatFactory(ServerFactory):
         self.config = config
         self.reactor = reactor
         self.history = history if history is not None else History(config.history)
-        self.hub = Hub(reactor, self.history, self, config.invite_timeout,
-                       log_messages=config.log_messages)
+        self.hub = Hub(
+            reactor,
+            self.history,
+            self,
+            config.invite_timeout,
+            log_messages=config.log_messages,
+            max_invites=config.max_invites,
+            max_invites_per_source=config.max_invites_per_ip,
+        )
         self.connections: set[ChatProtocol] = set()
-        self._per_host: dict[str, int] = {}
+        # Per-address limits (docs/security.md), and the connections still
+        # choosing a nick, overall.
+        self.addresses = AddressBook(AddressPolicy.from_config(config), reactor)
+        self.handshaking: HandshakePool[ChatProtocol] = HandshakePool(config.handshake_limit)
+        self.repeats = logs.Repeats(reactor)
         if backlog is None:
             backlog = reactor_backlog(reactor)
         # Counters for --metrics; kept whether or not they are served.
@@ -95,34 +108,45 @@ class ChatFactory(ServerFactory):
     def buildProtocol(self, addr: IAddress | None) -> Protocol:
         host: str | None = getattr(addr, "host", None)
         if len(self.connections) >= self.config.max_clients:
-            self.log.warn("refused {host}: server full", host=host)
-            return self._refuse("the server is full; try again later")
-        if host is not None and self._per_host.get(host, 0) >= self.config.max_per_ip:
-            self.log.warn("refused {host}: too many connections from it", host=host)
-            return self._refuse(f"too many connections from {host}")
+            return self._refuse(host, "the server is full; try again later")
+        try:
+            limits = self.addresses.admit(host)
+        except Refused as e:
+            return self._refuse(host, str(e))
         protocol = ChatProtocol(self)
         protocol.host = host
+        protocol.limits = limits
+        protocol.pool_key = limits.key if limits is not None else (host or "-")
+        # A full handshake pool makes room rather than refuse: the oldest
+        # connection of the address holding most of it goes.
+        for victim in self.handshaking.make_room():
+            self.handshaking.discard(victim.pool_key, victim)
+            victim.evict()
+        self.handshaking.add(protocol.pool_key, protocol)
         self.connections.add(protocol)
-        if host is not None:
-            self._per_host[host] = self._per_host.get(host, 0) + 1
         return protocol
 
-    def _refuse(self, why: str) -> Protocol:
+    def _refuse(self, host: str | None, why: str) -> Protocol:
         self.stats.disconnected("refused")
+        key = self.addresses.key(host) if host is not None else "-"
+        self.repeats.log(self.log, LogLevel.warn, key, "refused", "refused {host}: {why}",
+                         host=host, why=why)
         return _Refusal(why, self.reactor, self.config.close_grace)
+
+    def registered(self, protocol: ChatProtocol) -> None:
+        """C{protocol} has a nick: it leaves the handshake's limits."""
+        self.addresses.registered(protocol.limits)
+        self.handshaking.discard(protocol.pool_key, protocol)
 
     def _lobby_members(self) -> list[Member]:
         return [user.conn for user in self.hub.lobby.values()]
 
     def connection_lost(self, protocol: ChatProtocol) -> None:
+        if protocol not in self.connections:
+            return
         self.connections.discard(protocol)
-        host = protocol.host
-        if host is not None:
-            left = self._per_host.get(host, 1) - 1
-            if left > 0:
-                self._per_host[host] = left
-            else:
-                self._per_host.pop(host, None)
+        self.handshaking.discard(protocol.pool_key, protocol)
+        self.addresses.closed(protocol.limits, handshaking=protocol.user is None)
         if not self.connections and self._all_closed is not None:
             closed, self._all_closed = self._all_closed, None
             closed.callback(None)
@@ -173,7 +197,10 @@ class ChatFactory(ServerFactory):
     def history_block(self) -> bytes:
         """The C{HISTORY} lines a newcomer gets, encoded once per message."""
         if self._history_block is None:
-            self._history_block = history_lines(self.history.recent())
+            # The newest that fit in --history-bytes: a newcomer's eight
+            # bytes of NICK must not buy it the whole history of long lines.
+            self._history_block = history_lines(self.history.recent(),
+                                                self.config.history_bytes)
         return self._history_block
 
     # -- the hub's Listener ------------------------------------------------------
@@ -232,7 +259,9 @@ class ChatFactory(ServerFactory):
         if self.hub.is_online(partner):
             self._user_changed(partner)
         user.conn.write(
-            wire.line("UNPAIRED", partner.nick, reason) + history_lines(missed) + self.roster()
+            wire.line("UNPAIRED", partner.nick, reason)
+            + history_lines(missed, self.config.history_bytes)
+            + self.roster()
         )
 
     def declined(self, inviter: User, invitee: User, reason: str) -> None:
@@ -242,8 +271,12 @@ class ChatFactory(ServerFactory):
         invitee.conn.write(wire.line("CANCELLED", inviter.nick, reason))
 
 
-def history_lines(entries: Sequence[Entry]) -> bytes:
-    """C{HISTORY} lines, oldest first: for a newcomer, or one back from a pair."""
-    return b"".join(
-        [wire.line("HISTORY", wire.format_ts(e.ts), e.nick, text=e.text) for e in entries]
+def history_lines(entries: Sequence[Entry], limit: int) -> bytes:
+    """
+    C{HISTORY} lines, oldest first: for a newcomer, or one back from a pair;
+    the newest whole lines that fit in C{limit} bytes (C{--history-bytes}).
+    """
+    return newest_within(
+        [wire.line("HISTORY", wire.format_ts(e.ts), e.nick, text=e.text) for e in entries],
+        limit,
     )

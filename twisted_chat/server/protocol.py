@@ -8,16 +8,20 @@ public methods; the fan-out sees this class as a L{Member}.
 
 from __future__ import annotations
 
+import math
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from twisted.internet.interfaces import IDelayedCall, IHalfCloseableProtocol, IReactorTime
 from twisted.internet.protocol import Protocol, connectionDone
-from twisted.logger import Logger
+from twisted.logger import LogLevel
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from twisted_chat import wire
+from twisted_chat.server import logs
+from twisted_chat.server.addresses import Address
 from twisted_chat.server.flood import Dropped, FloodMeter
+from twisted_chat.server.history import clip_text
 from twisted_chat.server.hub import HubError, NickTaken, State, User
 from twisted_chat.server.sendqueue import SendQueue
 from twisted_chat.wire import ErrorCode, LineError
@@ -40,7 +44,7 @@ class ChatProtocol(Protocol):
     once however the bytes arrive.
     """
 
-    log = Logger()
+    log = logs.logger()
 
     def __init__(self, factory: ChatFactory) -> None:
         self.factory = factory
@@ -51,6 +55,10 @@ class ChatProtocol(Protocol):
         self.user: User | None = None
         self.address = "-"
         self.host: str | None = None
+        # The per-address limits this connection shares (None: exempt, or
+        # no IP address), and its key in the factory's handshake pool.
+        self.limits: Address | None = None
+        self.pool_key = "-"
         self.closing = False
         self._queue: SendQueue | None = None  # from connectionMade
         self._leave_reason = "disconnected"
@@ -78,8 +86,9 @@ class ChatProtocol(Protocol):
         self._queue.start()
         now = self.clock.seconds()
         self._last_line = now
-        if config.flood_rate:
-            self._flood = FloodMeter(config.flood_rate, config.flood_burst, now)
+        # With --flood-rate 0 the meter lets every line through, but still
+        # rules on lines dropped by the per-address lobby limit.
+        self._flood = FloodMeter(config.flood_rate, config.flood_burst, now)
         self.log.debug("connection from {address}", address=self.address)
         if config.nick_timeout > 0:
             self._nick_call = self.clock.callLater(config.nick_timeout, self._nick_expired)
@@ -171,7 +180,11 @@ class ChatProtocol(Protocol):
         read).  The hub hears of it from C{connectionLost}, which Twisted
         calls on a later turn, so a fan-out in progress is not disturbed.
         """
-        self.log.info(
+        self.factory.repeats.log(
+            self.log,
+            LogLevel.info,
+            self.pool_key,
+            "sendq",
             "{nick} dropped: send queue over {sendq} bytes",
             nick=self.user.nick if self.user else self.address,
             sendq=self.config.sendq,
@@ -260,18 +273,29 @@ class ChatProtocol(Protocol):
         flood = self._flood
         if flood is None or flood.spend(now):
             return True
-        verdict = flood.dropped(now)
+        self._dropped(
+            now,
+            f"slow down: at most {self.config.flood_rate:g} lines per second "
+            f"(bursts of {self.config.flood_burst}); lines are being dropped",
+        )
+        return False
+
+    def _dropped(self, now: float, why: str) -> None:
+        """
+        A line was dropped for flooding: C{ERROR flood} at most once a
+        second, and C{BYE flood} once the penalty passes C{--flood-burst},
+        this connection's own or its address's (shared by all its
+        connections and kept across reconnects: docs/security.md).
+        """
+        assert self._flood is not None
+        verdict = self._flood.dropped(now)
+        limits = self.limits
+        if limits is not None and limits.penalty.add(now) > self.config.flood_burst:
+            verdict = Dropped.CUT
         if verdict is Dropped.CUT:
             self._close("flood", "too many lines too fast")
         elif verdict is Dropped.WARN:
-            self.write(
-                wire.error(
-                    ErrorCode.FLOOD,
-                    f"slow down: at most {self.config.flood_rate:g} lines per second "
-                    f"(bursts of {self.config.flood_burst}); lines are being dropped",
-                )
-            )
-        return False
+            self.write(wire.error(ErrorCode.FLOOD, why))
 
     def _check_idle(self) -> None:
         """
@@ -311,11 +335,26 @@ class ChatProtocol(Protocol):
         except LineError as e:
             self.write(wire.line("RETRY", "invalid", text=e.text))
             return
+        limits = self.limits
+        wait = self.factory.addresses.registration_wait(limits)
+        if wait:
+            assert limits is not None
+            self.write(
+                wire.error(
+                    ErrorCode.FLOOD,
+                    f"too many nicks registered from {limits.key} lately; "
+                    f"try again in {math.ceil(wait)} s",
+                )
+            )
+            return
         try:
-            self.user = self.factory.hub.register(nick, self, self.address)
+            self.user = self.factory.hub.register(
+                nick, self, self.address, source=limits.key if limits is not None else ""
+            )
         except NickTaken:
             self.write(wire.line("RETRY", "taken", text=f"{nick} is online already"))
             return
+        self.factory.registered(self)
         if self._nick_call is not None and self._nick_call.active():
             self._nick_call.cancel()
         self._nick_call = None
@@ -324,8 +363,23 @@ class ChatProtocol(Protocol):
         assert self.user is not None  # _dispatch lets only NICK, PING... through before
         return self.user
 
+    def evict(self) -> None:
+        """Make room in a full handshake pool (see L{ChatFactory.buildProtocol})."""
+        if not self.closing:
+            self._close("full", "too many connections are still choosing a nick; try again")
+
     def do_MSG(self, command: wire.Command) -> None:
-        self.factory.hub.say(self._online(), command.text)
+        user = self._online()
+        if user.state is State.LOBBY and not self.factory.addresses.lobby_line(self.limits):
+            config = self.config
+            self._dropped(
+                self.clock.seconds(),
+                f"slow down: at most {config.ip_lobby_rate:g} lobby messages per second "
+                f"from your address (bursts of {config.ip_lobby_burst}); "
+                "lines are being dropped",
+            )
+            return
+        self.factory.hub.say(user, command.text)
 
     def do_DM(self, command: wire.Command) -> None:
         self.factory.hub.direct(self._online(), command.words[0], command.text)
@@ -363,7 +417,7 @@ class ChatProtocol(Protocol):
     def do_BYE(self, command: wire.Command) -> None:
         self.write(wire.line("BYE", "quit"))
         self.hang_up("quit")
-        self._leave("quit", command.text)
+        self._leave("quit", clip_text(command.text, self.config.max_quit_text))
 
     _HANDLERS: ClassVar[dict[str, Any]] = {
         "MSG": do_MSG,

@@ -164,7 +164,8 @@ class Options(usage.Options):
          "Connections from one address that have not chosen a nick yet.", _positive(int)],
         ["max-handshaking", None, None,
          "Connections that have not chosen a nick yet, in all; when full, the oldest of "
-         "the address holding the most makes room [default: a quarter of --max-clients]",
+         "the address holding the most makes room [default: a quarter of --max-clients, "
+         "at least 16]",
          _positive(int)],
         ["max-invites", None, _defaults.max_invites,
          "Open invitations one user may have received.", _positive(int)],

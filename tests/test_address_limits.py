@@ -1,0 +1,200 @@
+"""
+Issue 14, wired in: the per-address limits, the handshake pool, the history
+and quit-text bounds and the invitation caps, through the real factory and
+protocol on a task.Clock (tests/harness.py).  Each test fails without the
+behaviour it names.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from twisted.logger import formatEvent, globalLogPublisher
+
+from tests.harness import Harness
+
+
+def test_the_flood_penalty_is_kept_across_reconnects() -> None:
+    """A client cut off for flooding that reconnects at once is cut off at
+    its first dropped line, not after another twenty."""
+    h = Harness(flood_rate=10.0, flood_burst=20)
+    first = h.user("first")
+    first.send(*["PING"] * 45)
+    assert first.take()[-1].startswith("BYE flood")
+    first.drop()
+    again = h.user("again")  # same address, a moment later
+    again.send(*["PING"] * 21)  # 19 tokens left after NICK: two dropped
+    lines = again.take()
+    assert lines[-1].startswith("BYE flood"), lines[-3:]
+
+
+def test_an_exempt_address_keeps_only_the_per_connection_penalty() -> None:
+    h = Harness(flood_rate=10.0, flood_burst=20, exempt=("127.0.0.0/8",))
+    first = h.user("first")
+    first.send(*["PING"] * 45)
+    first.drop()
+    again = h.user("again")
+    again.send(*["PING"] * 21)
+    assert not any(line.startswith("BYE") for line in again.take())
+
+
+def test_lobby_lines_are_limited_per_address_across_connections() -> None:
+    h = Harness(ip_lobby_rate=1.0, ip_lobby_burst=3)
+    a1, a2 = h.user("a1"), h.user("a2")
+    other = h.connect("192.0.2.9")
+    other.send("NICK other")
+    h.clear_all()
+    a1.send("MSG one", "MSG two")
+    a2.send("MSG three", "MSG four")
+    lines = a2.take()
+    assert [line for line in lines if line.startswith("ERROR")] == [
+        "ERROR flood slow down: at most 1 lobby messages per second from your address "
+        "(bursts of 3); lines are being dropped"]
+    assert sum(" * " in line for line in other.take()) == 3
+    other.send("MSG from elsewhere")  # another address is not held back
+    assert any("from elsewhere" in line for line in a1.take())
+    h.clock.advance(1.0)
+    a2.send("MSG five")
+    assert any("five" in line for line in other.take())
+
+
+def test_registrations_are_limited_per_address() -> None:
+    h = Harness(ip_register_rate=0.5, ip_register_burst=2)
+    h.user("u1")
+    second = h.connect()
+    second.take()
+    second.send(*["NICK u1"] * 5)  # taken: answered RETRY, spends nothing
+    assert all(line.startswith("RETRY taken") for line in second.take())
+    second.send("NICK u2")
+    assert second.take()[0] == "READY u2"
+    third = h.connect()
+    third.take()
+    third.send("NICK u3")
+    assert third.take() == [
+        "ERROR flood too many nicks registered from 127.0.0.1 lately; try again in 2 s"]
+    assert third.user is None
+    h.clock.advance(2.0)
+    third.send("NICK u3")
+    assert third.take()[0] == "READY u3"
+
+
+def test_new_connections_per_second_per_address() -> None:
+    h = Harness(ip_connect_rate=1.0, ip_connect_burst=2)
+    h.connect(), h.connect()
+    assert h.connect().take() == [
+        "ERROR server-full too many new connections from 127.0.0.1; slow down", "BYE full"]
+    assert h.connect("192.0.2.1").take()[0].startswith("HELLO")
+    h.clock.advance(1.0)
+    assert h.connect().take()[0].startswith("HELLO")
+
+
+def test_connections_choosing_a_nick_are_limited_per_address() -> None:
+    h = Harness(max_handshaking_per_ip=2)
+    first, _second = h.connect(), h.connect()
+    refused = h.connect()
+    assert refused.take() == [
+        "ERROR server-full too many connections from 127.0.0.1 are still choosing a nick",
+        "BYE full"]
+    first.send("NICK done")
+    assert h.connect().take()[0].startswith("HELLO")
+
+
+def test_a_full_handshake_pool_evicts_the_biggest_address_not_the_newcomer() -> None:
+    """Ten addresses holding connections that never choose a nick do not
+    keep a user from elsewhere out (issue 14.7)."""
+    h = Harness(max_clients=200, max_handshaking=50, max_handshaking_per_ip=5)
+    idle = [h.connect(f"10.0.0.{a}") for a in range(10) for _ in range(5)]
+    for conn in idle:
+        conn.take()
+    assert len(h.factory.handshaking) == 50
+    user = h.connect("192.0.2.50")
+    assert user.take()[0].startswith("HELLO")
+    evicted = [conn for conn in idle if conn.transport.disconnecting]
+    assert len(evicted) == 1 and evicted[0] is idle[0]
+    assert idle[0].take() == [
+        "BYE full too many connections are still choosing a nick; try again"]
+    user.send("NICK legit")
+    assert user.take()[0] == "READY legit"
+    idle[0].drop()
+    assert len(h.factory.handshaking) == 49
+
+
+def test_exempt_addresses_lift_max_per_ip() -> None:
+    h = Harness(max_per_ip=1, exempt=("127.0.0.0/8", "2001:db8::/32"))
+    assert all(h.connect().take()[0].startswith("HELLO") for _ in range(5))
+    h.connect("192.0.2.1")
+    assert h.connect("192.0.2.1").take()[1] == "BYE full"
+
+
+def test_max_per_ip_counts_an_ipv6_64_as_one_address() -> None:
+    h = Harness(max_per_ip=1)
+    h.connect("2001:db8:1:2::1")
+    assert h.connect("2001:db8:1:2::ffff").take() == [
+        "ERROR server-full too many connections from 2001:db8:1:2::/64", "BYE full"]
+    assert h.connect("2001:db8:1:3::1").take()[0].startswith("HELLO")
+
+
+def test_nothing_is_exempt_by_default_not_even_loopback() -> None:
+    h = Harness(max_per_ip=1)
+    h.connect("127.0.0.1")
+    assert h.connect("127.0.0.1").take()[1] == "BYE full"
+
+
+def test_history_replay_is_capped_in_bytes() -> None:
+    """NICK x must not buy the whole history of long lines (issue 14.4)."""
+    h = Harness(history=100, history_bytes=1100)
+    talker = h.user("talker")
+    for i in range(10):
+        talker.send(f"MSG {i} " + "h" * 300)
+    newcomer = h.connect()
+    newcomer.send("NICK x")
+    lines = newcomer.take()
+    history = [line for line in lines if line.startswith("HISTORY")]
+    assert [line.split(" ")[3] for line in history] == ["7", "8", "9"]
+    assert sum(len(line) + 2 for line in history) <= 1100
+
+
+def test_the_bye_text_that_goes_out_as_left_is_capped() -> None:
+    h = Harness()
+    stay, leaver = h.user("stay"), h.user("leaver")
+    leaver.send("BYE " + "é" * 2000)
+    left = stay.take()[0]
+    text = left.split(" ", 4)[4]
+    assert text == "é" * 128 and len(text.encode()) == 256
+
+
+def test_open_invitations_to_one_user_are_capped() -> None:
+    h = Harness(max_invites=2)
+    victim = h.user("victim")
+    fans = [h.user(f"fan{i}") for i in range(3)]
+    for fan in fans:
+        fan.send("PAIR victim")
+    assert fans[2].take() == [
+        "ERROR busy victim has 2 open invitations already; try again later"]
+    assert victim.take() == ["INVITE fan0", "INVITE fan1"]
+
+
+@pytest.fixture
+def logged() -> Iterator[list[str]]:
+    lines: list[str] = []
+
+    def observe(event: dict[str, Any]) -> None:
+        lines.append(formatEvent(event))
+
+    globalLogPublisher.addObserver(observe)
+    yield lines
+    globalLogPublisher.removeObserver(observe)
+
+
+def test_refusals_from_one_address_are_not_logged_every_time(logged: list[str]) -> None:
+    h = Harness(max_per_ip=1)
+    h.connect()
+    for _ in range(50):
+        h.connect()
+    refused = [line for line in logged if line.startswith("refused 127.0.0.1")]
+    assert len(refused) == 3
+    h.clock.advance(10)
+    h.connect()
+    assert logged[-1].endswith("(47 similar lines from this address left out)")
