@@ -30,6 +30,7 @@ class Screen:
         self.raw: list[Line] = []
         self.prompt: str | None = None
         self.secret_prompt: str | None = None
+        self.bells = 0
 
     def show(self, line: Line) -> None:
         self.raw.append(line)
@@ -43,6 +44,9 @@ class Screen:
 
     def end_secret(self) -> None:
         self.secret_prompt = None
+
+    def bell(self) -> None:
+        self.bells += 1
 
     def text(self) -> str:
         return "\n".join(self.lines)
@@ -131,12 +135,19 @@ class Keyboard:
     the screen a person would see (ASCII only: the emulator is byte-based).
     """
 
-    def __init__(self, width: int = 60, height: int = 10) -> None:
+    def __init__(
+        self, width: int = 60, height: int = 10, nicks: tuple[str, ...] = (), bell: bool = True
+    ) -> None:
         self.typed: list[str] = []
         self.secrets: list[str] = []
         self.quits = 0
         self.ui = ChatTerminal(
-            self.typed.append, self._quit, colour=False, on_secret=self.secrets.append
+            self.typed.append,
+            self._quit,
+            colour=False,
+            on_secret=self.secrets.append,
+            nicks=lambda: nicks,
+            bell=bell,
         )
         self.ui.width = width
         self.screen = helper.TerminalBuffer()

@@ -381,3 +381,38 @@ def test_nothing_is_sent_after_the_connection_closed() -> None:
     s.lose()
     s.type("hello")
     assert s.sent() == []
+
+
+def test_the_bell_rings_once_for_a_mention_a_private_message_or_an_invitation() -> None:
+    s = session()
+    s.ready(users=("bob",))
+    s.receive(
+        "HISTORY 2026-11-22T13:00:00.000Z bob old news for alice",  # history: no bell
+        f"MSG {TS} bob * hi all",
+        f"MSG {TS} alice * alice talking about alice",
+        f"MSG {TS} alice bob a private word of mine",
+    )
+    assert s.screen.bells == 0
+    s.receive(f"MSG {TS} bob * alice: lunch?")
+    assert s.screen.bells == 1
+    s.receive(f"MSG {TS} bob alice psst alice")  # a DM that mentions you: once
+    assert s.screen.bells == 2
+    s.receive("INVITE bob")
+    assert s.screen.bells == 3
+
+
+def test_a_script_never_rings() -> None:
+    s = session(interactive=False)
+    s.ready(users=("bob",))
+    s.receive(f"MSG {TS} bob * alice!", f"MSG {TS} bob alice psst", "INVITE bob")
+    assert s.screen.bells == 0
+
+
+def test_online_nicks_follow_the_user_list_joins_and_leaves() -> None:
+    s = session()
+    s.ready(users=("bob", "Carol"))
+    assert sorted(s.client.online_nicks()) == ["Carol", "bob"]  # not alice herself
+    s.receive(f"JOINED {TS} dave", f"LEFT {TS} bob quit")
+    assert sorted(s.client.online_nicks()) == ["Carol", "dave"]
+    s.receive("USER alice lobby", "USER eve lobby", "USERS 2")
+    assert s.client.online_nicks() == ["eve"]

@@ -183,3 +183,24 @@ def test_wrap_never_parts_a_character_from_its_combining_marks() -> None:
     rows = [plain(row) for row in render.wrap(render.info("e\u0301" * 20), 10)]
     assert rows[0] == "e\u0301" * 10
     assert all(not row.lstrip().startswith("\u0301") for row in rows)
+
+
+def test_mentions_are_whole_words_in_any_case() -> None:
+    assert render.mentions("hi alice!", "alice")
+    assert render.mentions("ALICE: lunch?", "alice")
+    assert render.mentions("ask @Alice, she knows", "alice")
+    assert not render.mentions("malice aforethought", "alice")
+    assert not render.mentions("alice_bot and alice-2 are bots", "alice")
+    assert not render.mentions("nobody here", "alice")
+
+
+def test_a_lobby_line_that_mentions_you_is_highlighted() -> None:
+    r = renderer("alice")
+    line = r.message(TS, "bob", "*", "Alice, are you there?")
+    assert line[-1] == Span("Alice, are you there?", Style.MENTION)
+    assert plain(line) == "[14:03] <bob> Alice, are you there?"
+    assert "\x1b[1;7mAlice, are you there?\x1b[0m" in ansi(line)
+    # Not your own line, not a line without your name, not a private one.
+    assert Style.MENTION not in [s.style for s in r.message(TS, "alice", "*", "alice here")]
+    assert Style.MENTION not in [s.style for s in r.message(TS, "bob", "*", "hi all")]
+    assert Style.MENTION not in [s.style for s in r.message(TS, "bob", "alice", "alice!")]

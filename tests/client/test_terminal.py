@@ -131,7 +131,7 @@ def test_utf8_input_is_assembled_into_characters() -> None:
 def test_control_keys_never_enter_the_line() -> None:
     kb = Keyboard()
     kb.keys(b"a\x00\x07\x1b[99~\x1bOQb\tc")
-    assert "".join(kb.ui.lineBuffer) == "ab c"
+    assert "".join(kb.ui.lineBuffer) == "abc"  # Tab completes (nothing here)
 
 
 def test_ctrl_c_and_ctrl_d_quit() -> None:
@@ -258,3 +258,49 @@ def test_register_lines_are_not_kept_in_the_history() -> None:
     assert kb.typed == ["hello", "/register oops-a-password"]
     kb.keys(UP)
     assert input_row(kb) == "alice> hello"
+
+
+TAB = b"\t"
+
+
+def test_tab_completes_a_nick_at_the_start_with_a_colon_and_cycles() -> None:
+    kb = Keyboard(nicks=("bob", "Bobby", "carol"))
+    kb.ui.set_prompt("alice> ")
+    kb.keys(b"bo" + TAB)
+    assert input_row(kb) == "alice> bob:"
+    assert kb.ui.lineBuffer == list("bob: ")
+    kb.keys(TAB)
+    assert kb.ui.lineBuffer == list("Bobby: ")
+    kb.keys(TAB)  # and round again
+    assert kb.ui.lineBuffer == list("bob: ")
+    kb.keys(b"hi\r")
+    assert kb.typed == ["bob: hi"]
+
+
+def test_tab_elsewhere_puts_the_nick_in_bare() -> None:
+    kb = Keyboard(nicks=("bob", "carol"))
+    kb.keys(b"ask ca" + TAB + b" about it")
+    assert "".join(kb.ui.lineBuffer) == "ask carol about it"
+
+
+def test_tab_completes_commands_and_another_key_ends_the_cycle() -> None:
+    kb = Keyboard(nicks=("bob",))
+    kb.keys(b"/pa" + TAB)
+    assert "".join(kb.ui.lineBuffer) == "/pair "
+    kb.keys(b"b" + TAB)  # a new word: completes bob, does not cycle /passwd
+    assert "".join(kb.ui.lineBuffer) == "/pair bob"
+
+
+def test_tab_with_nothing_to_complete_changes_nothing() -> None:
+    kb = Keyboard(nicks=("bob",))
+    kb.keys(b"zz" + TAB)
+    assert "".join(kb.ui.lineBuffer) == "zz"
+
+
+def test_the_bell_rings_unless_turned_off() -> None:
+    kb = Keyboard()
+    kb.ui.bell()
+    assert kb.output.value().count(b"\a") == 1
+    quiet = Keyboard(bell=False)
+    quiet.ui.bell()
+    assert b"\a" not in quiet.output.value()

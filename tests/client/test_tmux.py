@@ -12,12 +12,13 @@ import shutil
 import subprocess
 import time
 from collections.abc import Callable, Iterator
+from pathlib import Path
 
 import pytest
 
 from tests.serverproc import LOOPBACK, LineClient, ServerProcess
 
-from .clientproc import CLIENT, REPO
+from .clientproc import CLIENT, REPO, wait_until
 
 pytestmark = pytest.mark.e2e
 
@@ -196,4 +197,79 @@ def test_nick_prompt_and_private_conversation(
 
     term.key("C-c")  # Ctrl-C quits cleanly
     bob.expect("LEFT")
+    term.wait_row(r"^EXIT=0$")
+
+
+def _alice_recorded(
+    server: ServerProcess, bob: LineClient, pane: Callable[..., Pane], raw: Path, *options: str
+) -> Pane:
+    """alice in a pane, in the lobby with bob; every byte she draws goes to C{raw}."""
+    term = pane([*CLIENT, *options, "--nick", "alice", LOOPBACK, str(server.port)])
+    term.wait_row(r"^alice>$")
+    bob.expect("JOINED")
+    term.tmux("pipe-pane", "-t", "chat", "-o", f"cat >> {shlex.quote(str(raw))}")
+    return term
+
+
+def test_tab_completion_mentions_and_the_bell(
+    bob_online: tuple[ServerProcess, LineClient],
+    connect: Callable[..., LineClient],
+    pane: Callable[..., Pane],
+    tmp_path: Path,
+) -> None:
+    server, bob = bob_online
+    connect(server.port).register("bobcat")
+    bob.expect("JOINED")
+    raw = tmp_path / "pane.out"
+    term = _alice_recorded(server, bob, pane, raw)
+
+    # Tab: a nick at the start gets ": ", a second Tab cycles, a command is completed.
+    term.keys("b")
+    term.key("Tab")
+    term.wait_row(r"^alice> bob:$")
+    term.key("Tab")
+    term.wait_row(r"^alice> bobcat:$")
+    term.key("Tab")
+    term.wait_row(r"^alice> bob:$")
+    term.enter("hello")
+    line = bob.expect(lambda line: line.startswith("MSG") and " alice " in line)
+    assert re.fullmatch(rf"MSG {TS} alice \* bob: hello", line), line
+    term.keys("/us")
+    term.key("Tab")
+    term.wait_row(r"^alice> /users$")
+    term.key("C-u")
+
+    bob.send("MSG nothing for you")
+    term.wait_row(r"<bob> nothing for you$")
+    bob.send("MSG ALICE, a word?")
+    row = term.wait_row(r"<bob> ALICE, a word\?$")
+    # The mention is highlighted (reverse video), the other line is not.
+    coloured = term.screen(escapes=True)
+    assert "\x1b[7m" in coloured[row] or ";7m" in coloured[row], coloured[row]
+    assert "7m" not in coloured[row - 1].replace("\x1b[27m", "")
+    bob.send("DM alice psst")
+    term.wait_row(r"\(private\) bob -> you: psst$")
+    bob.send("PAIR alice")
+    term.wait_row(r"bob invites you")
+    bob.sync()
+    wait_until(lambda: raw.exists() and raw.read_bytes().count(b"\a") >= 3, what="3 bells")
+    time.sleep(0.3)  # a fourth bell would have arrived by now
+    assert raw.read_bytes().count(b"\a") == 3  # the mention, the DM, the invitation
+
+    term.key("C-c")
+    term.wait_row(r"^EXIT=0$")
+
+
+def test_no_bell(
+    bob_online: tuple[ServerProcess, LineClient], pane: Callable[..., Pane], tmp_path: Path
+) -> None:
+    server, bob = bob_online
+    raw = tmp_path / "pane.out"
+    term = _alice_recorded(server, bob, pane, raw, "--no-bell")
+    bob.send("MSG alice?")
+    bob.send("DM alice psst")
+    term.wait_row(r"\(private\) bob -> you: psst$")
+    time.sleep(0.3)
+    assert b"psst" in raw.read_bytes() and b"\a" not in raw.read_bytes()
+    term.key("C-c")
     term.wait_row(r"^EXIT=0$")

@@ -33,6 +33,7 @@ KEYS_HELP = """\
 Keys:
   Left, Right, Home, End (Ctrl-A, Ctrl-E), Ctrl-Left, Ctrl-Right   move
   Up, Down          earlier lines you typed
+  Tab               complete a nickname or a /command; Tab again for the next
   Ctrl-U, Ctrl-K, Ctrl-W   delete before / after the cursor, the word before
   Ctrl-L            clear the screen
   Ctrl-C, Ctrl-D    quit (Ctrl-D on an empty line)"""

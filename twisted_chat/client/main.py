@@ -130,6 +130,12 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="do not show the lobby's recent messages after joining (for scripts)",
     )
+    parser.add_argument(
+        "--no-bell",
+        action="store_true",
+        help="do not ring the terminal bell for a mention, a private message or an "
+        "invitation (it never rings in a script)",
+    )
     parser.add_argument("host", metavar="HOST", help="the server's host name or address")
     parser.add_argument(
         "port",
@@ -266,7 +272,7 @@ async def run(reactor: Any, options: argparse.Namespace) -> None:
     restore = _nothing
     ui: ChatTerminal | PipeIO
     if interactive:
-        ui, restore = _start_terminal(reactor, client)
+        ui, restore = _start_terminal(reactor, client, bell=not options.no_bell)
         if sys.stderr.isatty():
             # stderr is the screen the line editor owns: show warnings there.
             start_logging(lambda text: ui.show(render.error(text)))
@@ -311,7 +317,9 @@ async def run(reactor: Any, options: argparse.Namespace) -> None:
         raise SystemExit(outcome.code)
 
 
-def _start_terminal(reactor: Any, client: ChatClient) -> tuple[ChatTerminal, Callable[[], None]]:
+def _start_terminal(
+    reactor: Any, client: ChatClient, bell: bool
+) -> tuple[ChatTerminal, Callable[[], None]]:
     import termios
     import tty
 
@@ -335,6 +343,8 @@ def _start_terminal(reactor: Any, client: ChatClient) -> tuple[ChatTerminal, Cal
         client.interrupt,
         colour=wants_colour(os.environ),
         on_secret=client.secret_line,
+        nicks=client.online_nicks,
+        bell=bell,
     )
     ui.width, ui.height = terminal_size(sys.stdout.fileno())
     StandardIO(terminal.TerminalServer(ui), reactor=reactor)  # type: ignore[no-untyped-call]

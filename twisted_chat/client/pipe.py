@@ -50,6 +50,9 @@ class PipeIO(LineReceiver):
     def end_secret(self) -> None:
         pass
 
+    def bell(self) -> None:
+        pass  # never in a script's output
+
     def lineReceived(self, line: bytes) -> None:
         if line.endswith(b"\r"):
             line = line[:-1]

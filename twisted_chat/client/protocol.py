@@ -63,6 +63,9 @@ class Display(TypingProtocol):
     def end_secret(self) -> None:
         """Stop reading a secret line; the half-typed line comes back."""
 
+    def bell(self) -> None:
+        """Ring the terminal bell (terminals only, unless C{--no-bell})."""
+
 
 @dataclass(frozen=True, slots=True)
 class Outcome:
@@ -226,6 +229,7 @@ class ChatClient(LineReceiver):
         self._secret: tuple[str, str | None] | None = None
         self._account_request: str | None = None  # REGISTER or PASSWD sent
         self._warned_plain = False
+        self._online: dict[str, str] = {}  # nick_key -> nick, for Tab
 
     # -- showing -------------------------------------------------------------
 
@@ -581,6 +585,15 @@ class ChatClient(LineReceiver):
             return
         self._send_password(action.verb, password)
 
+    def online_nicks(self) -> list[str]:
+        """The other people online, as far as the user list and JOINED/LEFT say."""
+        me = nick_key(self.nick) if self.nick else None
+        return [nick for key, nick in self._online.items() if key != me]
+
+    def _ring(self) -> None:
+        if self.interactive and self.display is not None:
+            self.display.bell()
+
     # -- what the server says --------------------------------------------------
 
     def _on_PASS(self, event: ServerLine) -> None:
@@ -682,12 +695,18 @@ class ChatClient(LineReceiver):
     def _on_MSG(self, event: ServerLine) -> None:
         ts, sender, to = event.words
         self._show(self.renderer.message(ts, sender, to, event.text))
+        if self.nick is None or nick_key(sender) == nick_key(self.nick):
+            return
+        if to != "*" or render.mentions(event.text, self.nick):
+            self._ring()  # a private message, or a lobby line that names you
 
     def _on_JOINED(self, event: ServerLine) -> None:
+        self._online[nick_key(event.word(1))] = event.word(1)
         self._show(self.renderer.joined(event.word(0), event.word(1)))
 
     def _on_LEFT(self, event: ServerLine) -> None:
         ts, nick, reason = event.words
+        self._online.pop(nick_key(nick), None)
         self._show(self.renderer.left(ts, nick, reason, event.text))
 
     def _on_USER(self, event: ServerLine) -> None:
@@ -698,6 +717,7 @@ class ChatClient(LineReceiver):
     def _on_USERS(self, event: ServerLine) -> None:
         self._end_replay()
         rows, self._users = self._users, []
+        self._online = {nick_key(row.nick): row.nick for row in rows}
         for line in self.renderer.users(rows):
             self._show(line)
 
@@ -715,6 +735,7 @@ class ChatClient(LineReceiver):
             f"{inviter} invites you to a private conversation. "
             f"Type /accept {inviter} to accept or /reject {inviter} to decline."
         )
+        self._ring()
 
     def _on_PAIRED(self, event: ServerLine) -> None:
         self.partner = event.word(0)

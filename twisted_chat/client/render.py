@@ -10,6 +10,7 @@ text reaches the screen.
 
 from __future__ import annotations
 
+import re
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -28,6 +29,7 @@ class Style(Enum):
     NOTICE = "33"  # yellow: joins, leaves, pairing
     ERROR = "1;31"  # bold red
     PROMPT = "1"  # bold
+    MENTION = "1;7"  # bold, reverse video: a lobby line that names you
 
 
 @dataclass(frozen=True, slots=True)
@@ -276,6 +278,14 @@ class UserRow:
     address: str | None = None
 
 
+def mentions(text: str, nick: str) -> bool:
+    """Whether C{text} names C{nick} as a whole word, in any case."""
+    # A nick's own characters (letters, digits, _ and -) may not touch it:
+    # "alice-bot" and "malice" do not mention alice; "@alice:" does.
+    pattern = rf"(?<![A-Za-z0-9_-]){re.escape(nick)}(?![A-Za-z0-9_-])"
+    return re.search(pattern, text, re.IGNORECASE) is not None
+
+
 class Renderer:
     """
     Renders timestamped events.
@@ -324,6 +334,15 @@ class Renderer:
     def message(self, ts: str, sender: str, to: str, text: str) -> Line:
         """A lobby message C{<alice> hi} or a private C{(private) bob -> you: hi}."""
         if to == "*":
+            me = self._me()
+            if me is not None and not self._is_me(sender) and mentions(text, me):
+                return (
+                    self.stamp(ts),
+                    Span("<"),
+                    self.nick(sender),
+                    Span("> "),
+                    Span(text, Style.MENTION),
+                )
             return (self.stamp(ts), Span("<"), self.nick(sender), Span("> " + text))
         return (
             self.stamp(ts),

@@ -20,7 +20,7 @@ reactor has been chosen, as L{twisted_chat.client.main} does.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from functools import lru_cache
 from typing import Any
@@ -31,6 +31,7 @@ from twisted.internet.defer import Deferred
 from twisted.python.failure import Failure
 
 from twisted_chat.client.commands import is_secret_command
+from twisted_chat.client.complete import Completion, complete
 from twisted_chat.client.render import Line, Span, Style, ansi, plain, wrap
 from twisted_chat.client.sanitize import clean, text_width
 
@@ -66,6 +67,8 @@ class ChatTerminal(HistoricRecvLine):
     @param colour: use SGR colours.
     @param on_secret: called with a line typed at a password prompt
         (L{ask_secret}); such a line is never drawn nor kept in the history.
+    @param nicks: the nicknames Tab offers (see L{twisted_chat.client.complete}).
+    @param bell: whether L{bell} rings the terminal bell (C{--no-bell}).
     """
 
     width = 80
@@ -78,10 +81,14 @@ class ChatTerminal(HistoricRecvLine):
         *,
         colour: bool,
         on_secret: Callable[[str], None] | None = None,
+        nicks: Callable[[], Iterable[str]] = tuple,
+        bell: bool = True,
     ) -> None:
         self.terminal: Any = None  # set by makeConnection
         self.on_line = on_line
         self.on_secret = on_secret
+        self.nicks = nicks
+        self.ring = bell
         self.on_quit = on_quit
         self.colour = colour
         self.prompt = "> "
@@ -99,6 +106,9 @@ class ChatTerminal(HistoricRecvLine):
         # While a password is typed: its prompt, and the line it interrupted.
         self._secret_prompt: str | None = None
         self._saved: tuple[list[str], int] = ([], 0)
+        # The completion Tab is cycling through: it, the choice shown, and
+        # where the text put in ends.
+        self._completion: tuple[Completion, int, int] | None = None
 
     # -- set-up ------------------------------------------------------------------
 
@@ -153,6 +163,11 @@ class ChatTerminal(HistoricRecvLine):
     def set_prompt(self, prompt: str) -> None:
         self.prompt = prompt
         self.draw()
+
+    def bell(self) -> None:
+        """Ring the terminal bell (a mention, a private message, an invitation)."""
+        if self.ring:
+            self._write("\a")
 
     def ask_secret(self, prompt: str) -> None:
         """Read the next line without drawing it (a password)."""
@@ -234,6 +249,8 @@ class ChatTerminal(HistoricRecvLine):
     # -- keys --------------------------------------------------------------------
 
     def keystrokeReceived(self, keyID: Any, modifier: Any) -> None:
+        if keyID != b"\t":
+            self._completion = None  # any other key ends the cycling
         if modifier is ALT:
             self._alt_key(keyID)
             return
@@ -290,7 +307,23 @@ class ChatTerminal(HistoricRecvLine):
         self.draw()
 
     def handle_TAB(self) -> None:
-        self.characterReceived(" ", False)
+        """Complete a nickname or a command; Tab again offers the next choice."""
+        if self._secret_prompt is not None:
+            return
+        if self._completion is None:
+            line = "".join(self.lineBuffer)
+            found = complete(line, self.lineBufferIndex, self.nicks())
+            if found is None:
+                return
+            choice, end = 0, found.end
+        else:
+            found, choice, end = self._completion
+            choice = (choice + 1) % len(found.choices)
+        text = found.choices[choice]
+        self.lineBuffer[found.start : end] = list(text)
+        self.lineBufferIndex = found.start + len(text)
+        self._completion = (found, choice, self.lineBufferIndex)
+        self.draw()
 
     def handle_LEFT(self) -> None:
         self._move_to(self.lineBufferIndex - 1)
