@@ -210,3 +210,21 @@ def test_repeats_remember_a_bounded_number_of_keys() -> None:
     for i in range(100):
         repeats.allow(str(i), "x")
     assert len(repeats._seen) == 10
+
+
+def test_handshake_pool_finds_the_biggest_address_among_many() -> None:
+    pool: HandshakePool[str] = HandshakePool(limit=1001)
+    for i in range(997):
+        pool.add(f"single{i}", f"s{i}")
+    for item in ("b1", "b2", "b3", "b4"):
+        pool.add("big", item)
+    assert pool.make_room() == ["b1"]
+    pool.discard("big", "b1")
+    pool.add("other", "o1")
+    assert pool.make_room() == ["b2"]
+    for item in ("b2", "b3", "b4"):
+        pool.discard("big", item)
+    for item in ("x1", "x2", "x3"):
+        pool.add("x", item)
+    assert len(pool) == 1001
+    assert pool.make_room() == ["x1"]

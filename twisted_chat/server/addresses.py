@@ -167,7 +167,7 @@ class AddressPolicy:
     flood_burst: float = 20
     exempt: tuple[Network, ...] = ()
     v6_prefix: int = 64
-    max_tracked: int = 100_000
+    max_tracked: int = 20_000
 
     @classmethod
     def from_config(cls, config: ServerConfig) -> AddressPolicy:
@@ -340,19 +340,38 @@ class HandshakePool(Generic[T]):
     newcomer does not wait or get refused: the oldest connection of the
     address holding the most of the pool makes room (L{make_room}).  An
     address that fills the pool so evicts its own connections, while a user
-    from anywhere else gets in.
+    from anywhere else gets in.  Every operation is O(1): addresses are kept
+    in classes by how many they hold.
     """
 
     limit: int
     _by_key: dict[str, dict[T, None]] = field(default_factory=dict)
+    # size -> the addresses holding that many (insertion-ordered)
+    _by_size: dict[int, dict[str, None]] = field(default_factory=dict)
+    _largest: int = 0
     _count: int = 0
 
     def __len__(self) -> int:
         return self._count
 
+    def _move(self, key: str, old: int, new: int) -> None:
+        if old:
+            keys = self._by_size[old]
+            del keys[key]
+            if not keys:
+                del self._by_size[old]
+        if new:
+            self._by_size.setdefault(new, {})[key] = None
+            if new > self._largest:
+                self._largest = new
+
     def add(self, key: str, item: T) -> None:
-        self._by_key.setdefault(key, {})[item] = None
+        items = self._by_key.setdefault(key, {})
+        if item in items:
+            return
+        items[item] = None
         self._count += 1
+        self._move(key, len(items) - 1, len(items))
 
     def discard(self, key: str, item: T) -> None:
         items = self._by_key.get(key)
@@ -360,26 +379,21 @@ class HandshakePool(Generic[T]):
             return
         del items[item]
         self._count -= 1
+        self._move(key, len(items) + 1, len(items))
         if not items:
             del self._by_key[key]
 
     def make_room(self) -> list[T]:
-        """The items to evict so that one more fits (oldest of the biggest address)."""
-        victims: list[T] = []
-        over = self._count + 1 - self.limit
-        if over <= 0:
-            return victims
-        sizes = {key: len(items) for key, items in self._by_key.items()}
-        taken: dict[str, int] = {}
-        for _ in range(over):
-            key = max(sizes, key=lambda k: sizes[k], default=None)
-            if key is None or sizes[key] == 0:
-                break
-            index = taken.get(key, 0)
-            victims.append(list(self._by_key[key])[index])
-            taken[key] = index + 1
-            sizes[key] -= 1
-        return victims
+        """The items to evict so that one more fits (oldest of the biggest
+        address); the caller discards them."""
+        if self._count + 1 <= self.limit:
+            return []
+        while self._largest > 0 and self._largest not in self._by_size:
+            self._largest -= 1
+        if self._largest == 0:
+            return []
+        key = next(iter(self._by_size[self._largest]))
+        return [next(iter(self._by_key[key]))]
 
 
 def networks(values: Iterable[str]) -> tuple[Network, ...]:
