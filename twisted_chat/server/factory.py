@@ -6,7 +6,7 @@ lines here.  Lobby lines go through the L{LobbyFanout} (docs/fanout.md).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
 from twisted.internet import defer
@@ -24,6 +24,7 @@ from twisted_chat.server.history import Entry, History, newest_within
 from twisted_chat.server.hub import Hub, Invitation, State, User
 from twisted_chat.server.metrics import Stats
 from twisted_chat.server.protocol import ChatProtocol
+from twisted_chat.server.state import ChatState, LocalState
 from twisted_chat.wire import ErrorCode
 
 if TYPE_CHECKING:
@@ -56,6 +57,16 @@ class _Refusal(Protocol):
         self._abort_call = None
 
 
+def hub_options(config: ServerConfig) -> dict[str, Any]:
+    """The hub's settings from the server's (the cluster's replicas use them too)."""
+    return {
+        "invite_timeout": config.invite_timeout,
+        "log_messages": config.log_messages,
+        "max_invites": config.max_invites,
+        "max_invites_per_source": config.max_invites_per_ip,
+    }
+
+
 class ChatFactory(ServerFactory):
     """Builds connections and turns the hub's decisions into lines."""
 
@@ -67,21 +78,24 @@ class ChatFactory(ServerFactory):
         reactor: Any,
         history: History | None = None,
         backlog: Backlog | None = None,
+        state: Callable[[ChatFactory], ChatState] | None = None,
     ) -> None:
-        """C{backlog} tells the fan-out whether the reactor has work waiting
-        (default: L{reactor_backlog}, where the reactor can say)."""
+        """
+        @param backlog: tells the fan-out whether the reactor has work waiting
+            (default: L{reactor_backlog}, where the reactor can say).
+        @param state: makes where the chat's state lives, given this factory
+            (the hub's listener); by default, this process's own L{Hub}
+            (L{LocalState}); cluster mode passes its own (docs/cluster.md).
+        """
         self.config = config
         self.reactor = reactor
         self.history = history if history is not None else History(config.history)
-        self.hub = Hub(
-            reactor,
-            self.history,
-            self,
-            config.invite_timeout,
-            log_messages=config.log_messages,
-            max_invites=config.max_invites,
-            max_invites_per_source=config.max_invites_per_ip,
-        )
+        if state is None:
+            self.state: ChatState = LocalState(Hub(reactor, self.history, self,
+                                                   **hub_options(config)))
+        else:
+            self.state = state(self)
+        self.hub = self.state.hub
         self.connections: set[ChatProtocol] = set()
         # Per-address limits (docs/security.md), and the connections still
         # choosing a nick, overall.

@@ -11,6 +11,7 @@ from __future__ import annotations
 import math
 from typing import TYPE_CHECKING, Any, ClassVar
 
+from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IDelayedCall, IHalfCloseableProtocol, IReactorTime
 from twisted.internet.protocol import Protocol, connectionDone
 from twisted.logger import LogLevel
@@ -24,10 +25,15 @@ from twisted_chat.server.flood import Dropped, FloodMeter
 from twisted_chat.server.history import clip_text
 from twisted_chat.server.hub import HubError, NickTaken, State, User
 from twisted_chat.server.sendqueue import SendQueue
+from twisted_chat.server.state import ChatState, Outcome, StateUnavailable
 from twisted_chat.wire import ErrorCode, LineError
 
 if TYPE_CHECKING:
     from twisted_chat.server.factory import ChatFactory
+
+# Input held while a command is decided elsewhere (see _hold) past which
+# the connection is not read until it is.
+_HELD_INPUT = 65536
 
 # Verbs allowed before READY; any other known verb is "not-ready".
 _BEFORE_READY = frozenset({"NICK", "PING", "PONG", "HELP", "BYE"})
@@ -52,6 +58,7 @@ class ChatProtocol(Protocol):
         self.clock: IReactorTime = factory.reactor
         self.fanout = factory.fanout
         self.stats = factory.stats
+        self.state: ChatState = factory.state
         self.user: User | None = None
         self.address = "-"
         self.host: str | None = None
@@ -70,6 +77,10 @@ class ChatProtocol(Protocol):
         self._idle_call: IDelayedCall | None = None
         self._nick_call: IDelayedCall | None = None
         self._abort_call: IDelayedCall | None = None  # set once a close has begun
+        # A command is being decided elsewhere (see state.py): no more lines
+        # are handled until it is; what arrives meanwhile waits in _buffer.
+        self._waiting = False
+        self._paused_for_answer = False
 
     # -- connection life ---------------------------------------------------
 
@@ -124,7 +135,7 @@ class ChatProtocol(Protocol):
 
     def _leave(self, reason: str, text: str = "") -> None:
         if self.user is not None:
-            self.factory.hub.leave(self.user, reason, text)
+            self.state.leave(self.user, reason, text)
 
     def _cancel_timers(self) -> None:
         for call in (self._idle_call, self._nick_call):
@@ -197,6 +208,12 @@ class ChatProtocol(Protocol):
     # -- input ---------------------------------------------------------------
 
     def dataReceived(self, data: bytes) -> None:
+        if self._waiting:
+            self._buffer += data
+            if len(self._buffer) > _HELD_INPUT and not self._paused_for_answer:
+                self._paused_for_answer = True
+                self.pause_reading()
+            return
         if self._buffer:
             data = self._buffer + data
             self._buffer = b""
@@ -227,6 +244,9 @@ class ChatProtocol(Protocol):
             line = data[start:stop]
             start = newline + 1
             self.line_received(line)
+            if self._waiting:
+                self._buffer = data[start:]
+                return
 
     def _too_long(self) -> None:
         """Check 1: the line is discarded whole, with one error."""
@@ -248,6 +268,35 @@ class ChatProtocol(Protocol):
         except (LineError, HubError) as e:
             self.write(wire.error(e.code, e.text))
 
+    def _hold(self, outcome: Deferred[Any] | None) -> None:
+        """
+        Handle no more lines until C{outcome} (a command decided elsewhere)
+        fires; its hub error, if any, is answered as if raised at once.
+        """
+        if outcome is None:
+            return
+        outcome.addErrback(self._command_failed)
+        if outcome.called:
+            return
+        self._waiting = True
+        outcome.addBoth(self._decided)
+
+    def _command_failed(self, failure: Failure) -> None:
+        error = failure.value
+        if not isinstance(error, HubError):
+            failure.raiseException()
+        assert isinstance(error, HubError)
+        self.write(wire.error(error.code, error.text))
+
+    def _decided(self, result: object) -> None:
+        self._waiting = False
+        if self._paused_for_answer:
+            self._paused_for_answer = False
+            if not self.closing:
+                self.resume_reading()
+        if self._buffer and not self.closing:
+            self.dataReceived(b"")
+
     def _dispatch(self, verb: str, rest: str) -> None:
         user = self.user
         if user is None:
@@ -259,7 +308,7 @@ class ChatProtocol(Protocol):
         elif verb == "NICK":
             raise LineError(ErrorCode.ALREADY_READY, f"you are already {user.nick}")
         command = wire.parse_args(verb, rest)
-        self._HANDLERS[verb](self, command)
+        self._hold(self._HANDLERS[verb](self, command))
 
     # -- limits --------------------------------------------------------------
 
@@ -347,17 +396,30 @@ class ChatProtocol(Protocol):
                 )
             )
             return
-        try:
-            self.user = self.factory.hub.register(
-                nick, self, self.address, source=limits.key if limits is not None else ""
-            )
-        except NickTaken:
-            self.write(wire.line("RETRY", "taken", text=f"{nick} is online already"))
-            return
+        registered = self.state.register(
+            nick, self, self.address, source=limits.key if limits is not None else ""
+        )
+        registered.addCallbacks(self._registered, self._not_registered, errbackArgs=(nick,))
+        self._hold(registered)
+
+    def _registered(self, user: User) -> None:
+        self.user = user
         self.factory.registered(self)
         if self._nick_call is not None and self._nick_call.active():
             self._nick_call.cancel()
         self._nick_call = None
+
+    def _not_registered(self, failure: Failure, nick: str) -> None:
+        if isinstance(failure.value, NickTaken):
+            self.write(wire.line("RETRY", "taken", text=f"{nick} is online already"))
+        elif isinstance(failure.value, StateUnavailable):
+            self.write(wire.line(
+                "RETRY", "unavailable",
+                text="the chat cannot check that nick now (its cluster store is out of "
+                "reach); try again in a moment",
+            ))
+        else:
+            failure.raiseException()
 
     def _online(self) -> User:
         assert self.user is not None  # _dispatch lets only NICK, PING... through before
@@ -368,7 +430,7 @@ class ChatProtocol(Protocol):
         if not self.closing:
             self._close("full", "too many connections are still choosing a nick; try again")
 
-    def do_MSG(self, command: wire.Command) -> None:
+    def do_MSG(self, command: wire.Command) -> Outcome:
         user = self._online()
         if user.state is State.LOBBY and not self.factory.addresses.lobby_line(self.limits):
             config = self.config
@@ -378,26 +440,26 @@ class ChatProtocol(Protocol):
                 f"from your address (bursts of {config.ip_lobby_burst}); "
                 "lines are being dropped",
             )
-            return
-        self.factory.hub.say(user, command.text)
+            return None
+        return self.state.say(user, command.text)
 
-    def do_DM(self, command: wire.Command) -> None:
-        self.factory.hub.direct(self._online(), command.words[0], command.text)
+    def do_DM(self, command: wire.Command) -> Outcome:
+        return self.state.direct(self._online(), command.words[0], command.text)
 
     def do_USERS(self, command: wire.Command) -> None:
         self.write(self.factory.roster())
 
-    def do_PAIR(self, command: wire.Command) -> None:
-        self.factory.hub.pair(self._online(), command.words[0])
+    def do_PAIR(self, command: wire.Command) -> Outcome:
+        return self.state.pair(self._online(), command.words[0])
 
-    def do_ACCEPT(self, command: wire.Command) -> None:
-        self.factory.hub.accept(self._online(), command.words[0])
+    def do_ACCEPT(self, command: wire.Command) -> Outcome:
+        return self.state.accept(self._online(), command.words[0])
 
-    def do_REJECT(self, command: wire.Command) -> None:
-        self.factory.hub.reject(self._online(), command.words[0])
+    def do_REJECT(self, command: wire.Command) -> Outcome:
+        return self.state.reject(self._online(), command.words[0])
 
-    def do_UNPAIR(self, command: wire.Command) -> None:
-        self.factory.hub.unpair(self._online())
+    def do_UNPAIR(self, command: wire.Command) -> Outcome:
+        return self.state.unpair(self._online())
 
     def do_PING(self, command: wire.Command) -> None:
         self.write(wire.line("PONG", text=command.text))

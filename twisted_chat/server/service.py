@@ -178,6 +178,13 @@ class Options(usage.Options):
          "Serve Prometheus metrics at /metrics on this endpoint, e.g. "
          "tcp:9108:interface=127.0.0.1 (a bare port number is TCP on every interface). "
          "Off by default; see docs/metrics.md."],
+        ["redis", None, None,
+         "Cluster mode: share the chat with every server on this Redis "
+         "(redis://[:password@]host[:port][/db], rediss://... for TLS, "
+         "unix:///path/to/socket); --db is not used then. See docs/cluster.md."],
+        ["node-timeout", None, 15.0,
+         "Cluster mode: seconds after which the others take a silent server for dead "
+         "and its users as disconnected.", _positive(float)],
     ]
 
     def __init__(self) -> None:
@@ -407,6 +414,8 @@ def makeService(options: Options, reactor: Any = None) -> IService:
         sys.stderr.write(f"twistd chat: WARNING: {fitted.warning}\n")
         log.warn("{warning}", warning=fitted.warning)
         config = dataclasses.replace(config, max_clients=fitted.max_clients)
+    if options["redis"]:
+        return _cluster_service(options, config, reactor)
     try:
         # Before twistd daemonizes, so a bad --db is one clear line on the
         # terminal; the store itself is opened after the fork (startService).
@@ -427,4 +436,21 @@ def makeService(options: Options, reactor: Any = None) -> IService:
     if config.metrics is not None:
         site = metrics.metrics_site(metrics.registry_for(factory.stats, chat.snapshot))
         PortService(config.metrics, scrape, site, "--metrics").setServiceParent(top)
+    return top
+
+
+def _cluster_service(options: Options, config: ServerConfig, reactor: Any) -> IService:
+    """C{--redis}: the state lives in the cluster (see docs/cluster.md)."""
+    from twisted_chat.server.cluster.redislog import parse_url
+    from twisted_chat.server.cluster.service import ClusterService, cluster_factory
+
+    try:
+        target = parse_url(options["redis"])
+    except ValueError as e:
+        raise SystemExit(f"twistd chat: --redis: {e}") from None
+    factory, redis = cluster_factory(config, reactor, target, options["node-timeout"])
+    top = MultiService()
+    ClusterService(factory, redis).setServiceParent(top)
+    for description in config.ports:
+        strports.service(description, factory, reactor=reactor).setServiceParent(top)
     return top

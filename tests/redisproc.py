@@ -1,0 +1,81 @@
+"""
+A private C{redis-server} for the cluster tests: on a free loopback port,
+in a temporary folder, stopped by its pid.  Never a system instance.
+"""
+
+from __future__ import annotations
+
+import shutil
+import signal
+import socket
+import subprocess
+import time
+from pathlib import Path
+
+from tests.serverproc import LOOPBACK, free_port
+
+REDIS_SERVER = shutil.which("redis-server")
+
+
+class RedisServer:
+    def __init__(self, workdir: Path, port: int | None = None, password: str | None = None,
+                 persist: bool = True) -> None:
+        self.workdir = workdir / "redis"
+        self.workdir.mkdir(exist_ok=True)
+        self.port = port or free_port()
+        self.password = password
+        self.persist = persist
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        auth = f":{self.password}@" if self.password else ""
+        return f"redis://{auth}{LOOPBACK}:{self.port}/0"
+
+    def start(self) -> RedisServer:
+        assert REDIS_SERVER is not None, "redis-server is not installed"
+        args = [REDIS_SERVER, "--port", str(self.port), "--bind", LOOPBACK,
+                "--dir", str(self.workdir), "--daemonize", "no", "--save", "",
+                "--appendonly", "yes" if self.persist else "no",
+                "--appendfsync", "always", "--logfile", str(self.workdir / "redis.log")]
+        if self.password:
+            args += ["--requirepass", self.password]
+        self.proc = subprocess.Popen(args, stdin=subprocess.DEVNULL,
+                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                with socket.create_connection((LOOPBACK, self.port), timeout=0.5):
+                    return self
+            except OSError:
+                if time.monotonic() > deadline or self.proc.poll() is not None:
+                    raise RuntimeError("redis-server did not start") from None
+                time.sleep(0.02)
+
+    def stop(self, sig: int = signal.SIGTERM) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(sig)
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(5)
+        self.proc = None
+
+    def wipe(self) -> None:
+        """Forget the data on disk (the next start is an empty Redis)."""
+        assert self.proc is None
+        shutil.rmtree(self.workdir)
+        self.workdir.mkdir()
+
+    def command(self, *args: str) -> str:
+        """One command through redis-cli's wire format, answered as text (tests only)."""
+        parts = [f"${len(a.encode())}\r\n{a}\r\n" for a in args]
+        payload = f"*{len(args)}\r\n" + "".join(parts)
+        with socket.create_connection((LOOPBACK, self.port), timeout=5) as s:
+            if self.password:
+                auth = f"*2\r\n$4\r\nAUTH\r\n${len(self.password)}\r\n{self.password}\r\n"
+                s.sendall(auth.encode())
+                s.recv(100)
+            s.sendall(payload.encode())
+            return s.recv(65536).decode(errors="replace")

@@ -1,0 +1,504 @@
+"""
+The Redis side of a cluster node.
+
+Keys (all under C{chat:}):
+  - C{chat:events}: the stream of events, the cluster's one order.  Each node
+    appends with C{XADD} (one per command) and reads with C{XREAD BLOCK} on a
+    connection of its own; the entry's id is the event's time.
+  - C{chat:node:<id>}: a node's lease, renewed by its heartbeat; a node whose
+    lease has expired is declared dead by whichever node notices first.
+  - C{chat:snapshot}: the state as of some event id (JSON, see
+    L{Replica.snapshot}), written by each node every L{SNAPSHOT_INTERVAL}
+    seconds; a starting node loads it and reads the stream after it.  The
+    stream is trimmed to the snapshot before the last one.
+  - C{chat:history}: every lobby message (a sorted set scored by time),
+    written by the sender's node, pruned by C{--retain-days}.
+  - C{chat:epoch}: a random value set once; when it changes, Redis lost
+    its data.
+
+The client is txredisapi's protocol (non-blocking, Twisted-native), on
+connections this module makes itself through Twisted endpoints, so that
+C{redis://}, C{rediss://} (TLS) and C{unix://} URLs all work and the
+reconnection (backoff, resending what was not acknowledged) is ours.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import random
+import urllib.parse
+from collections import deque
+from dataclasses import dataclass
+from typing import Any
+
+import txredisapi  # type: ignore[import-untyped]
+from twisted.internet import defer, endpoints
+from twisted.internet.defer import Deferred
+from twisted.internet.interfaces import IDelayedCall
+from twisted.logger import Logger
+
+from twisted_chat.server.cluster.node import ClusterState
+from twisted_chat.server.cluster.replica import id_key
+from twisted_chat.server.history import Entry
+
+__all__ = ["RedisLog", "RedisTarget", "parse_url"]
+
+STREAM = "chat:events"
+SNAPSHOT = "chat:snapshot"
+HISTORY = "chat:history"
+EPOCH = "chat:epoch"
+LEASE = "chat:node:"
+SNAPSHOT_INTERVAL = 10.0
+READ_BLOCK_MS = 2000
+READ_COUNT = 2000
+BACKOFF_FIRST = 0.2
+BACKOFF_MAX = 5.0
+
+
+@dataclass(frozen=True, slots=True)
+class RedisTarget:
+    endpoint: str  # a Twisted client endpoint description
+    password: str | None
+    username: str | None
+    db: int
+    display: str  # the URL without its password, for the log
+
+
+def _escape(value: str) -> str:
+    return value.replace("\\", "\\\\").replace(":", "\\:")
+
+
+def parse_url(url: str) -> RedisTarget:
+    """
+    C{redis://[[user]:password@]host[:port][/db]}, C{rediss://...} (TLS,
+    the server's certificate checked against the system's trust store), or
+    C{unix://[[user]:password@]/path/to/socket[?db=N]}.  A C{password=} query
+    parameter works too.
+
+    @raise ValueError: with a sentence saying what is wrong.
+    """
+    parts = urllib.parse.urlsplit(url)
+    query = urllib.parse.parse_qs(parts.query)
+    password = parts.password or (query.get("password") or [""])[0] or None
+    if password is not None:
+        password = urllib.parse.unquote(password)
+    username = urllib.parse.unquote(parts.username) if parts.username else None
+    db_text = (query.get("db") or [""])[0]
+    scheme = parts.scheme.lower()
+    if scheme in ("redis", "rediss"):
+        if not parts.hostname:
+            raise ValueError(f"{url!r} has no host")
+        path = parts.path.strip("/")
+        db_text = path or db_text
+        try:
+            port = parts.port or 6379
+        except ValueError:
+            raise ValueError(f"{url!r} has a bad port") from None
+        host = _escape(parts.hostname)
+        kind = "tls" if scheme == "rediss" else "tcp"
+        endpoint = f"{kind}:{host}:{port}"
+        shown = f"{scheme}://{parts.hostname}:{port}"
+    elif scheme == "unix":
+        if not parts.path:
+            raise ValueError(f"{url!r} has no socket path")
+        endpoint = f"unix:{_escape(parts.path)}"
+        shown = f"unix://{parts.path}"
+    else:
+        raise ValueError(f"{url!r}: the scheme must be redis://, rediss:// or unix://")
+    try:
+        db = int(db_text or 0)
+    except ValueError:
+        raise ValueError(f"{url!r}: the database must be a number") from None
+    return RedisTarget(endpoint, password, username, db, f"{shown}/{db}")
+
+
+class _NoFactory:
+    """What txredisapi's protocol asks of its factory when AUTH or SELECT fails."""
+
+    isLazy = False
+
+    def __init__(self) -> None:
+        self.error: str | None = None
+
+    def stopTrying(self) -> None:
+        pass
+
+    def connectionError(self, message: str) -> None:
+        self.error = message
+
+
+class RedisLog:
+    """
+    The node's two Redis connections (commands; the blocking stream read),
+    kept up with backoff, and everything the node does with them.
+    """
+
+    log = Logger()
+
+    def __init__(
+        self,
+        target: RedisTarget,
+        state: ClusterState,
+        reactor: Any,
+        node_timeout: float,
+        retain_days: float | None = None,
+    ) -> None:
+        self.target = target
+        self.state = state
+        self.reactor = reactor
+        self.node_timeout = node_timeout
+        self.retain_days = retain_days
+        # The lease outlives a missed heartbeat or two, and a dead node's
+        # lease expires, and is noticed, within node_timeout.
+        self.lease_ms = int(node_timeout * 1000 * 2 / 3)
+        self.heartbeat = node_timeout / 6
+        self._cmd: Any = None
+        self._reader: Any = None
+        self._generation = 0
+        self._attempt = 0
+        self._retry: IDelayedCall | None = None
+        self._beat: IDelayedCall | None = None
+        self._up_since: float | None = None
+        self._down_since: float | None = None
+        self._epoch: str | None = None
+        self._started = False  # the snapshot has been loaded
+        self._stopped = False
+        # Commands sent or to send, oldest first, until acknowledged.
+        self._unacked: deque[tuple[Any, ...]] = deque()
+        self._snapshot_at = 0.0
+        self._snapshot_id = ""
+        self._trim_to: str | None = None
+        self._declared: set[str] = set()
+        self._ready: Deferred[None] = Deferred()
+        state.events = self
+
+    # -- starting, reconnecting -------------------------------------------------
+
+    def start(self) -> Deferred[None]:
+        """Connect; fires once the node has the cluster's state (however
+        long Redis takes to be reachable: it retries with backoff)."""
+        self._connect()
+        return self._ready
+
+    def _connect(self) -> None:
+        self._retry = None
+        if self._stopped:
+            return
+        self._generation += 1
+        generation = self._generation
+        d = defer.ensureDeferred(self._open(generation))
+        d.addErrback(self._failed, generation)
+
+    async def _new_connection(self) -> Any:
+        t = self.target
+        factory = _NoFactory()
+        proto = txredisapi.RedisProtocol(
+            charset="utf-8", password=t.password, dbid=t.db or None,
+            convertNumbers=False, username=t.username,
+        )
+        proto.factory = factory
+        endpoint = endpoints.clientFromString(  # type: ignore[no-untyped-call]
+            self.reactor, t.endpoint
+        )
+        connected = proto.whenConnected()
+        await endpoints.connectProtocol(endpoint, proto)  # type: ignore[no-untyped-call]
+        lost = proto.whenDisconnected()
+        await defer.DeferredList([connected, lost], fireOnOneCallback=True)
+        if not proto._ready:
+            raise ConnectionError(factory.error or "the connection closed during set-up")
+        return proto
+
+    async def _open(self, generation: int) -> None:
+        cmd = await self._new_connection()
+        reader = await self._new_connection()
+        if generation != self._generation or self._stopped:
+            cmd.transport.loseConnection()
+            reader.transport.loseConnection()
+            return
+        self._cmd, self._reader = cmd, reader
+        for proto in (cmd, reader):
+            proto.whenDisconnected().addCallback(lambda _, g=generation: self._lost(g))
+        await self._restore(cmd)
+        await cmd.execute_command("SET", LEASE + self.state.node, "1", "PX", self.lease_ms)
+        self._attempt = 0
+        was_down = self._down_since
+        self._up_since = self.reactor.seconds()
+        self._down_since = None
+        self.state.available = True
+        if was_down is None:
+            self.log.info("cluster: connected to {redis} as node {node}",
+                          redis=self.target.display, node=self.state.node)
+        else:
+            self.log.info("cluster: Redis is back after {s:.1f} s; registrations open again",
+                          s=self._up_since - was_down)
+        self._send_unacked()
+        self._schedule_beat(0.0)
+        self._read(generation)
+        if not self._ready.called:
+            self._ready.callback(None)
+
+    async def _restore(self, cmd: Any) -> None:
+        """On the first connection, load the snapshot and the history; on
+        each, check that Redis still has the cluster's data."""
+        await cmd.execute_command("SET", EPOCH, "%016x" % random.getrandbits(64), "NX")
+        epoch = await cmd.execute_command("GET", EPOCH)
+        if self._epoch is not None and epoch != self._epoch:
+            self.log.error(
+                "cluster: Redis lost its data (a new epoch); this node keeps its "
+                "users but the cluster's shared state restarts empty"
+            )
+            # The log restarts: resent events could never be applied again.
+            self._unacked.clear()
+            self.state.replica.last_id = "0-0"
+        self._epoch = epoch
+        if self._started:
+            return
+        replica = self.state.replica
+        snapshot = await cmd.execute_command("GET", SNAPSHOT)
+        if snapshot:
+            missing = await self._trimmed_after(cmd)
+            if missing is not None and id_key(missing) > id_key(json.loads(snapshot)["id"]):
+                raise ConnectionError("the snapshot is older than the stream; retrying")
+            replica.restore(snapshot)
+        else:
+            missing = await self._trimmed_after(cmd)
+            if missing is not None and missing != "0-0":
+                raise ConnectionError("the stream was trimmed and no snapshot is there yet")
+        await self._load_history(cmd, replica.last_id)
+        self._started = True
+        self.log.info(
+            "cluster: state loaded as of event {id}: {n} users online",
+            id=replica.last_id, n=len(replica.members),
+        )
+
+    async def _trimmed_after(self, cmd: Any) -> str | None:
+        try:
+            info = await cmd.execute_command("XINFO", "STREAM", STREAM)
+        except txredisapi.ResponseError:
+            return None  # no stream yet
+        fields = dict(zip(info[::2], info[1::2], strict=False))
+        value = fields.get("max-deleted-entry-id")
+        return None if value is None else str(value)
+
+    async def _load_history(self, cmd: Any, upto: str) -> None:
+        history = self.state.replica.hub.history
+        size = history.size
+        entries: list[Entry] = []
+        if size:
+            top = id_key(upto)
+            rows = await cmd.execute_command(
+                "ZREVRANGEBYSCORE", HISTORY, top[0], "-inf", "WITHSCORES",
+                "LIMIT", 0, size + 64,
+            )
+            found: list[tuple[tuple[int, int], Entry]] = []
+            for member, score in zip(rows[::2], rows[1::2], strict=False):
+                seq_text, _, body = str(member).partition(" ")
+                key = (int(float(score)), int(seq_text))
+                if key > top and upto != "0-0":
+                    continue
+                nick, text = json.loads(body)
+                found.append((key, Entry(key[0] / 1000.0, nick, text)))
+            found.sort(key=lambda pair: pair[0])
+            entries = [entry for _, entry in found[-size:]]
+        history.attach(_HistoryStore(self), entries)
+
+    def _failed(self, failure: Any, generation: int) -> None:
+        if generation != self._generation:
+            return
+        self._note_down(failure.getErrorMessage())
+        self._drop_connections()
+        self._schedule_retry()
+
+    def _lost(self, generation: int) -> None:
+        if generation != self._generation or self._stopped:
+            return
+        self._generation += 1
+        self._note_down("connection lost")
+        self._drop_connections()
+        self._schedule_retry()
+
+    def _note_down(self, why: str) -> None:
+        self.state.available = False
+        if self._down_since is None:
+            self._down_since = self.reactor.seconds()
+            self._up_since = None
+            self.log.error(
+                "cluster: Redis at {redis} unreachable ({why}); new registrations are "
+                "refused, reconnecting with backoff", redis=self.target.display, why=why,
+            )
+
+    def _drop_connections(self) -> None:
+        for proto in (self._cmd, self._reader):
+            if proto is not None and proto.transport is not None:
+                proto.transport.abortConnection()
+        self._cmd = self._reader = None
+        if self._beat is not None and self._beat.active():
+            self._beat.cancel()
+        self._beat = None
+
+    def _schedule_retry(self) -> None:
+        if self._stopped or self._retry is not None:
+            return
+        delay = min(BACKOFF_FIRST * 2 ** self._attempt, BACKOFF_MAX)
+        self._attempt += 1
+        self._retry = self.reactor.callLater(delay * random.uniform(0.8, 1.2), self._connect)
+
+    # -- appending ---------------------------------------------------------------
+
+    def append(self, event: str) -> None:
+        self._queue(("XADD", STREAM, "*", "e", event))
+
+    def _queue(self, command: tuple[Any, ...]) -> None:
+        self._unacked.append(command)
+        if self._cmd is not None and self.state.available:
+            self._send(command)
+
+    def _send_unacked(self) -> None:
+        for command in list(self._unacked):
+            self._send(command)
+
+    def _send(self, command: tuple[Any, ...]) -> None:
+        generation = self._generation
+        d = self._cmd.execute_command(*command)
+        d.addCallbacks(self._acked, self._not_acked, (generation,), None, (generation,))
+
+    def _acked(self, result: object, generation: int) -> None:
+        if generation == self._generation and self._unacked:
+            self._unacked.popleft()
+
+    def _not_acked(self, failure: Any, generation: int) -> None:
+        if failure.check(txredisapi.ResponseError):
+            # Redis refused the command itself: resending would not help.
+            self.log.error("cluster: Redis refused a write: {e}", e=failure.getErrorMessage())
+            self._acked(None, generation)
+        # Otherwise the connection went: everything unacknowledged is resent.
+
+    # -- reading -------------------------------------------------------------------
+
+    def _read(self, generation: int) -> None:
+        reader = self._reader
+        if reader is None or generation != self._generation:
+            return
+        d = reader.execute_command(
+            "XREAD", "COUNT", READ_COUNT, "BLOCK", READ_BLOCK_MS,
+            "STREAMS", STREAM, self.state.replica.last_id,
+        )
+        d.addCallbacks(self._got, self._read_failed, (generation,), None, (generation,))
+
+    def _got(self, reply: Any, generation: int) -> None:
+        if generation != self._generation:
+            return
+        if reply:
+            batch = []
+            for eid, fields in reply[0][1]:
+                try:
+                    event = json.loads(fields[1])
+                except (ValueError, IndexError, TypeError):
+                    self.log.warn("cluster: skipped a malformed event {eid}", eid=eid)
+                    event = {}
+                batch.append((str(eid), event))
+            self.state.deliver(batch)
+        self._read(generation)
+
+    def _read_failed(self, failure: Any, generation: int) -> None:
+        if generation == self._generation and not failure.check(txredisapi.ConnectionError):
+            self.log.failure("cluster: reading the stream failed", failure)
+            self._lost(generation)
+
+    # -- heartbeat, liveness, snapshots ------------------------------------------------
+
+    def _schedule_beat(self, delay: float) -> None:
+        self._beat = self.reactor.callLater(delay, self._heartbeat)
+
+    def _heartbeat(self) -> None:
+        self._beat = None
+        d = defer.ensureDeferred(self._beat_once())
+        d.addErrback(lambda f: self.log.debug("heartbeat: {e}", e=f.getErrorMessage()))
+        if self._cmd is not None:
+            self._schedule_beat(self.heartbeat)
+
+    async def _beat_once(self) -> None:
+        cmd = self._cmd
+        if cmd is None or self._stopped:
+            return
+        state = self.state
+        await cmd.execute_command("SET", LEASE + state.node, "1", "PX", self.lease_ms)
+        now = self.reactor.seconds()
+        # Judge the others only after holding the connection for a whole lease:
+        # after an outage every lease may have lapsed, its owner alive.
+        if self._up_since is not None and now - self._up_since >= self.lease_ms / 1000:
+            others = sorted(state.replica.nodes() - {state.node})
+            self._declared &= set(others)
+            if others:
+                leases = await cmd.execute_command("MGET", *[LEASE + n for n in others])
+                for node, lease in zip(others, leases, strict=True):
+                    if lease is None and node not in self._declared:
+                        self._declared.add(node)
+                        self.log.warn("cluster: node {node} missed its lease; it is dead",
+                                      node=node)
+                        state.node_dead(node)
+        if now - self._snapshot_at >= SNAPSHOT_INTERVAL:
+            await self._snapshot(cmd, now)
+
+    async def _snapshot(self, cmd: Any, now: float) -> None:
+        self._snapshot_at = now
+        replica = self.state.replica
+        if replica.last_id == self._snapshot_id or replica.last_id == "0-0":
+            return
+        await cmd.execute_command("SET", SNAPSHOT, replica.snapshot())
+        if self._trim_to is not None:
+            await cmd.execute_command("XTRIM", STREAM, "MINID", "~", self._trim_to)
+        self._trim_to = self._snapshot_id or None
+        self._snapshot_id = replica.last_id
+        if self.retain_days is not None:
+            cutoff = int((now - self.retain_days * 86400) * 1000)
+            await cmd.execute_command("ZREMRANGEBYSCORE", HISTORY, "-inf", f"({cutoff}")
+
+    # -- the history's store (MessageStore) ----------------------------------------------
+
+    def append_entry(self, entry: Entry) -> None:
+        current = self.state.replica.current
+        if current is None or current[1] != self.state.node:
+            return  # the sender's node writes it
+        ms, seq = id_key(current[0])
+        member = f"{seq:08d} " + json.dumps([entry.nick, entry.text], ensure_ascii=False)
+        self._queue(("ZADD", HISTORY, ms, member))
+
+    # -- stopping --------------------------------------------------------------------
+
+    async def stop(self, grace: float = 3.0) -> None:
+        """Write what is queued (within C{grace} seconds), drop the lease, close."""
+        deadline = self.reactor.seconds() + grace
+        while self._unacked and self._cmd is not None and self.reactor.seconds() < deadline:
+            await _sleep(self.reactor, 0.02)
+        self._stopped = True
+        if self._retry is not None and self._retry.active():
+            self._retry.cancel()
+        self._retry = None
+        cmd = self._cmd
+        if cmd is not None:
+            with contextlib.suppress(Exception):
+                await cmd.execute_command("DEL", LEASE + self.state.node)
+        self._generation += 1
+        self._drop_connections()
+        self.state.cancel_timers()
+
+
+class _HistoryStore:
+    """The history's durable store (L{MessageStore}) in cluster mode."""
+
+    def __init__(self, log: RedisLog) -> None:
+        self._log = log
+
+    def append(self, entry: Entry) -> None:
+        self._log.append_entry(entry)
+
+    def close(self) -> Deferred[None]:
+        return defer.succeed(None)
+
+
+def _sleep(reactor: Any, seconds: float) -> Deferred[None]:
+    d: Deferred[None] = Deferred()
+    reactor.callLater(seconds, d.callback, None)
+    return d

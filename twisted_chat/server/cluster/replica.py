@@ -1,0 +1,305 @@
+"""
+One node's replica of the cluster's state: a L{Hub} to which every event of
+the cluster's log is applied, in the log's order.
+
+Applying is deterministic: the hub's clock is a L{task.Clock} moved to each
+event's time (the log's, not this machine's), invitation timers fire when an
+event's time passes them (any node appends a C{tick} event when one is due),
+and users are named in events by their registration's event id (C{uid}), so
+every replica reaches the same decisions.  Only the lines differ: each
+node's listener writes to its own connections; a user on another node has a
+L{RemoteConn}, whose writes go nowhere.
+
+Events are JSON objects.  Every event has C{t} (its type), C{n} (the node
+that appended it) and C{k} (that node's sequence number: an event whose
+C{k} is not above the last one applied from its node is a resend and is
+skipped).  Types: C{reg} (nick, a: address), C{leave} (u, r: reason,
+x: text), C{say} (u, x), C{dm} (u, to, x), C{pair} (u, to, it: the
+invitation timeout), C{acc} / C{rej} (u, to), C{unp} (u), C{tick}, and
+C{dead} (node: every user of that node leaves, disconnected).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from twisted.internet.task import Clock
+from twisted.logger import Logger
+
+from twisted_chat.server.history import History
+from twisted_chat.server.hub import Hub, HubError, Listener, NickTaken, User
+
+__all__ = ["Answers", "Member", "RemoteConn", "Replica", "event_seconds"]
+
+_log = Logger(namespace="twisted_chat.server.cluster.replica")
+
+
+def event_seconds(eid: str) -> float:
+    """A stream id's time (Redis's clock, milliseconds) in POSIX seconds."""
+    return int(eid.split("-", 1)[0]) / 1000.0
+
+
+def id_key(eid: str) -> tuple[int, int]:
+    ms, _, seq = eid.partition("-")
+    return int(ms), int(seq or 0)
+
+
+class RemoteConn:
+    """The connection of a user on another node: nothing is written here."""
+
+    __slots__ = ("node",)
+    finished = False
+
+    def __init__(self, node: str) -> None:
+        self.node = node
+
+    def write(self, data: bytes) -> None:
+        pass
+
+    def deliver(self, data: bytes) -> None:
+        pass
+
+
+@dataclass(slots=True)
+class Member:
+    user: User
+    node: str
+    uid: str
+
+
+class Answers(Protocol):
+    """What the replica tells its own node about the node's own events."""
+
+    def conn_for(self, k: int) -> Any:
+        """The connection whose registration is event C{k}, or C{None}."""
+
+    def decided(self, k: int, result: object) -> None:
+        """Event C{k} was applied: C{result} is a L{User} (a registration),
+        an exception (L{HubError}, L{NickTaken}) or C{None}."""
+
+    def orphaned(self, user: User) -> None:
+        """A user of this node came online with no connection to hold it."""
+
+    def lost(self) -> None:
+        """The cluster declared this node dead: its users are gone."""
+
+
+class Replica:
+    def __init__(
+        self,
+        node: str,
+        listener: Listener,
+        history: History,
+        invite_timeout: float,
+        answers: Answers,
+    ) -> None:
+        self.node = node
+        self.clock = Clock()
+        self.hub = Hub(self.clock, history, listener, invite_timeout)
+        self.answers = answers
+        self.members: dict[str, Member] = {}  # by uid
+        self.uids: dict[User, str] = {}
+        self.last_id = "0-0"
+        self.last_k: dict[str, int] = {}  # by node
+        # The event being applied (id, node), for the history's durable write.
+        self.current: tuple[str, str] | None = None
+
+    # -- applying ------------------------------------------------------------
+
+    def apply(self, eid: str, event: dict[str, Any]) -> None:
+        origin = str(event.get("n", ""))
+        k = int(event.get("k", 0))
+        self.last_id = eid
+        if k <= self.last_k.get(origin, 0):
+            return  # a resend of an event applied already
+        self.last_k[origin] = k
+        now = event_seconds(eid)
+        if now > self.clock.seconds():
+            self.clock.advance(now - self.clock.seconds())  # due invitations expire
+        handler = self._HANDLERS.get(str(event.get("t")))
+        result: object = None
+        self.current = (eid, origin)
+        try:
+            if handler is not None:
+                result = handler(self, eid, origin, k, event)
+        except (HubError, NickTaken) as e:
+            result = e
+        except Exception:
+            _log.failure("applying event {eid} {event!r}", eid=eid, event=event)
+        finally:
+            self.current = None
+        if origin == self.node:
+            self.answers.decided(k, result)
+
+    def _member(self, event: dict[str, Any]) -> User | None:
+        member = self.members.get(str(event.get("u")))
+        if member is None or not self.hub.is_online(member.user):
+            return None
+        return member.user
+
+    def _register(self, eid: str, origin: str, k: int, event: dict[str, Any]) -> User:
+        conn = self.answers.conn_for(k) if origin == self.node else None
+        orphan = conn is None or getattr(conn, "finished", False)
+        user = self.hub.register(
+            str(event["nick"]), RemoteConn(origin) if conn is None else conn,
+            str(event.get("a", "-")),
+        )
+        self._add(user, origin, eid)
+        if orphan and origin == self.node:
+            self.answers.orphaned(user)
+        return user
+
+    def _add(self, user: User, node: str, uid: str) -> None:
+        self.members[uid] = Member(user, node, uid)
+        self.uids[user] = uid
+
+    def _leave(self, eid: str, origin: str, k: int, event: dict[str, Any]) -> None:
+        user = self._member(event)
+        if user is not None:
+            self._gone(user, str(event.get("r", "disconnected")), str(event.get("x", "")))
+
+    def _gone(self, user: User, reason: str, text: str) -> None:
+        self.hub.leave(user, reason, text)
+        uid = self.uids.pop(user, None)
+        if uid is not None:
+            self.members.pop(uid, None)
+
+    def _say(self, eid: str, origin: str, k: int, event: dict[str, Any]) -> None:
+        user = self._member(event)
+        if user is not None:
+            self.hub.say(user, str(event["x"]))
+
+    def _dm(self, eid: str, origin: str, k: int, event: dict[str, Any]) -> None:
+        user = self._member(event)
+        if user is not None:
+            self.hub.direct(user, str(event["to"]), str(event["x"]))
+
+    def _pair(self, eid: str, origin: str, k: int, event: dict[str, Any]) -> None:
+        user = self._member(event)
+        if user is not None:
+            hub = self.hub
+            saved, hub.invite_timeout = hub.invite_timeout, float(event.get("it", 60.0))
+            try:
+                hub.pair(user, str(event["to"]))
+            finally:
+                hub.invite_timeout = saved
+
+    def _accept(self, eid: str, origin: str, k: int, event: dict[str, Any]) -> None:
+        user = self._member(event)
+        if user is not None:
+            self.hub.accept(user, str(event["to"]))
+
+    def _reject(self, eid: str, origin: str, k: int, event: dict[str, Any]) -> None:
+        user = self._member(event)
+        if user is not None:
+            self.hub.reject(user, str(event["to"]))
+
+    def _unpair(self, eid: str, origin: str, k: int, event: dict[str, Any]) -> None:
+        user = self._member(event)
+        if user is not None:
+            self.hub.unpair(user)
+
+    def _tick(self, eid: str, origin: str, k: int, event: dict[str, Any]) -> None:
+        pass  # moving the clock was all
+
+    def _dead(self, eid: str, origin: str, k: int, event: dict[str, Any]) -> None:
+        node = str(event["node"])
+        gone = sorted(
+            (m for m in self.members.values() if m.node == node), key=lambda m: m.user.key
+        )
+        for member in gone:
+            self._gone(member.user, "disconnected", "")
+        if gone:
+            _log.info("node {node} is gone: {n} users left", node=node, n=len(gone))
+        if node == self.node:
+            self.answers.lost()
+
+    _HANDLERS: dict[str, Callable[[Replica, str, str, int, dict[str, Any]], Any]] = {
+        "reg": _register,
+        "leave": _leave,
+        "say": _say,
+        "dm": _dm,
+        "pair": _pair,
+        "acc": _accept,
+        "rej": _reject,
+        "unp": _unpair,
+        "tick": _tick,
+        "dead": _dead,
+    }
+
+    # -- queries ---------------------------------------------------------------
+
+    def nodes(self) -> set[str]:
+        """The nodes that have users online."""
+        return {m.node for m in self.members.values()}
+
+    def next_due(self) -> float | None:
+        """When the next invitation expires (log time), if any is open."""
+        calls = self.clock.getDelayedCalls()
+        return min(call.getTime() for call in calls) if calls else None
+
+    # -- snapshots ---------------------------------------------------------------
+
+    def snapshot(self) -> str:
+        """The state after C{last_id}, as JSON (see L{restore})."""
+        hub = self.hub
+        users = [
+            [m.uid, m.node, m.user.nick, m.user.address]
+            for m in sorted(self.members.values(), key=lambda m: id_key(m.uid))
+        ]
+        pairs = []
+        invites = []
+        for m in sorted(self.members.values(), key=lambda m: id_key(m.uid)):
+            partner = m.user.partner
+            if partner is not None and m.user.key < partner.key:
+                pairs.append([m.uid, self.uids[partner]])
+        # Timers in the clock's own order, so that ties fire as they would.
+        for call in self.clock.getDelayedCalls():
+            args = getattr(call, "args", ())
+            invitation = args[0] if args else None
+            inviter = getattr(invitation, "inviter", None)
+            invitee = getattr(invitation, "invitee", None)
+            if inviter in self.uids and invitee in self.uids:
+                invites.append([self.uids[inviter], self.uids[invitee], call.getTime()])
+        return json.dumps(
+            {
+                "id": self.last_id,
+                "now": self.clock.seconds(),
+                "k": self.last_k,
+                "users": users,
+                "pairs": pairs,
+                "invites": invites,
+                "timeout": hub.invite_timeout,
+            },
+            separators=(",", ":"),
+        )
+
+    def restore(self, text: str) -> None:
+        """
+        Take the state of a L{snapshot} (into an empty replica).  Users come
+        online, pair and invite through the hub's own commands, so the
+        listener learns of them as usual (their connections are remote).
+        """
+        data = json.loads(text)
+        hub = self.hub
+        self.clock.advance(float(data["now"]) - self.clock.seconds())
+        self.last_id = str(data["id"])
+        self.last_k = {str(n): int(k) for n, k in data["k"].items()}
+        by_uid: dict[str, User] = {}
+        for uid, node, nick, address in data["users"]:
+            user = hub.register(nick, RemoteConn(node), address)
+            self._add(user, node, uid)
+            by_uid[uid] = user
+        for a, b in data["pairs"]:
+            hub.pair(by_uid[a], by_uid[b].nick)
+            hub.pair(by_uid[b], by_uid[a].nick)
+        saved = hub.invite_timeout
+        try:
+            for inviter, invitee, due in data["invites"]:
+                hub.invite_timeout = float(due) - self.clock.seconds()
+                hub.pair(by_uid[inviter], by_uid[invitee].nick)
+        finally:
+            hub.invite_timeout = saved

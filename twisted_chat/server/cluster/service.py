@@ -1,0 +1,81 @@
+"""
+C{twistd chat --redis URL}: the factory on a L{ClusterState}, and the
+service that connects to Redis at start and leaves the cluster at stop.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from twisted.application.service import Service
+from twisted.internet import defer
+from twisted.internet.defer import Deferred
+from twisted.logger import Logger
+
+from twisted_chat import wire
+from twisted_chat.server.cluster.node import ClusterState, new_node_id
+from twisted_chat.server.cluster.redislog import RedisLog, RedisTarget
+from twisted_chat.server.config import ServerConfig
+from twisted_chat.server.history import History
+from twisted_chat.server.protocol import ChatFactory
+
+__all__ = ["ClusterService", "cluster_factory"]
+
+
+def cluster_factory(
+    config: ServerConfig, reactor: Any, target: RedisTarget, node_timeout: float
+) -> tuple[ChatFactory, RedisLog]:
+    holder: list[ClusterState] = []
+
+    def build(factory: ChatFactory) -> ClusterState:
+        state = ClusterState(
+            new_node_id(), factory, factory.history, config.invite_timeout, reactor
+        )
+        holder.append(state)
+        return state
+
+    factory = ChatFactory(config, reactor, History(config.history), state=build)
+    state = holder[0]
+    redis = RedisLog(target, state, reactor, node_timeout, retain_days=config.retain_days)
+
+    def lost() -> None:
+        bye = "this server lost its place in the cluster"
+        for protocol in list(factory.connections):
+            if protocol.user is not None:
+                protocol.write(wire.line("BYE", "shutdown", text=bye))
+                protocol.hang_up("shutdown")
+
+    state.on_lost = lost
+    return factory, redis
+
+
+class ClusterService(Service):
+    """Connects to Redis at start (in the background: until then, NICK is
+    answered C{RETRY unavailable}); at stop, leaves the cluster at once."""
+
+    log = Logger()
+
+    def __init__(self, factory: ChatFactory, redis: RedisLog) -> None:
+        self.factory = factory
+        self.redis = redis
+
+    def startService(self) -> None:
+        super().startService()
+        self.log.info(
+            "chat server {name!r} starting in cluster mode: Redis {redis}",
+            name=self.factory.config.server_name, redis=self.redis.target.display,
+        )
+        self.redis.start()
+
+    def stopService(self) -> Deferred[None]:
+        super().stopService()
+        state = self.redis.state
+        self.log.info("shutting down: saying BYE to {n} connections; leaving the cluster",
+                      n=len(self.factory.connections))
+        state.stopping()
+        closed = self.factory.shutdown()
+        return defer.ensureDeferred(self._finish(closed))
+
+    async def _finish(self, closed: Deferred[None]) -> None:
+        await closed
+        await self.redis.stop()

@@ -1,0 +1,99 @@
+"""
+Where the chat's state lives: the seam between the connection layer and the
+L{Hub}.
+
+The connection layer sends every state-changing command through a
+L{ChatState}.  L{LocalState}, the default, is today's single server: the
+commands go straight to this process's hub and are decided at once.  The
+cluster (L{twisted_chat.server.cluster}) is another implementation: a command
+is decided when the cluster's shared log hands it back, so its answer comes
+later.
+
+So a command either is decided before the call returns (it returns C{None},
+or raises L{HubError} / L{NickTaken} as the hub does), or returns a
+C{Deferred} that fires once it is decided (with the same errors as failures).
+A connection handles none of its later lines before then, so each
+connection's commands are decided one after another, in the order it sent
+them, exactly as on one server.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Protocol, TypeAlias
+
+from twisted.internet.defer import Deferred, fail, succeed
+
+from twisted_chat.server.hub import Hub, NickTaken, User
+
+__all__ = ["ChatState", "LocalState", "Outcome", "StateUnavailable"]
+
+#: What a command returns: C{None} when it was decided at once.
+Outcome: TypeAlias = "Deferred[None] | None"
+
+
+class StateUnavailable(Exception):
+    """The state cannot take a new user now (the cluster's store is out of reach)."""
+
+
+class ChatState(Protocol):
+    """The commands the connection layer sends; see the module docstring."""
+
+    hub: Hub
+
+    def register(self, nick: str, conn: Any, address: str, source: str = "") -> Deferred[User]:
+        """Bring C{nick} online; fails with L{NickTaken} or L{StateUnavailable}."""
+
+    def leave(self, user: User, reason: str, text: str = "") -> None:
+        """Take C{user} offline (no answer: the connection is going)."""
+
+    def say(self, user: User, text: str) -> Outcome: ...
+
+    def direct(self, user: User, nick: str, text: str) -> Outcome: ...
+
+    def pair(self, user: User, nick: str) -> Outcome: ...
+
+    def accept(self, user: User, nick: str) -> Outcome: ...
+
+    def reject(self, user: User, nick: str) -> Outcome: ...
+
+    def unpair(self, user: User) -> Outcome: ...
+
+
+class LocalState:
+    """One server: the commands are this process's hub's method calls."""
+
+    def __init__(self, hub: Hub) -> None:
+        self.hub = hub
+
+    def register(self, nick: str, conn: Any, address: str, source: str = "") -> Deferred[User]:
+        try:
+            return succeed(self.hub.register(nick, conn, address, source=source))
+        except NickTaken as e:
+            return fail(e)
+
+    def leave(self, user: User, reason: str, text: str = "") -> None:
+        self.hub.leave(user, reason, text)
+
+    def say(self, user: User, text: str) -> Outcome:
+        self.hub.say(user, text)
+        return None
+
+    def direct(self, user: User, nick: str, text: str) -> Outcome:
+        self.hub.direct(user, nick, text)
+        return None
+
+    def pair(self, user: User, nick: str) -> Outcome:
+        self.hub.pair(user, nick)
+        return None
+
+    def accept(self, user: User, nick: str) -> Outcome:
+        self.hub.accept(user, nick)
+        return None
+
+    def reject(self, user: User, nick: str) -> Outcome:
+        self.hub.reject(user, nick)
+        return None
+
+    def unpair(self, user: User) -> Outcome:
+        self.hub.unpair(user)
+        return None
