@@ -245,7 +245,6 @@ class Replica:
 
     def snapshot(self) -> str:
         """The state after C{last_id}, as JSON (see L{restore})."""
-        hub = self.hub
         users = [
             [m.uid, m.node, m.user.nick, m.user.address]
             for m in sorted(self.members.values(), key=lambda m: id_key(m.uid))
@@ -272,7 +271,6 @@ class Replica:
                 "users": users,
                 "pairs": pairs,
                 "invites": invites,
-                "timeout": hub.invite_timeout,
             },
             separators=(",", ":"),
         )

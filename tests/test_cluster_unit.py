@@ -1,0 +1,335 @@
+"""
+Cluster mode, deterministically: several nodes (each a real L{ChatFactory}
+on a L{ClusterState}) on one L{Clock}, their events in an in-memory log that
+stands for the Redis stream.  The decisive check is differential: the same
+commands, in the log's order, give every user exactly the lines one server
+gives (tests/harness.py), however the users are spread over the nodes.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+from typing import Any
+
+import pytest
+from twisted.internet.task import Clock
+
+from tests.harness import QUIET, Conn, Harness, SocketTransport
+from twisted_chat.server.cluster.node import ClusterState
+from twisted_chat.server.config import ServerConfig
+from twisted_chat.server.history import History
+from twisted_chat.server.protocol import ChatFactory
+
+START = 1_700_000_000
+
+
+class MemoryLog:
+    """The cluster's one order: ids are the clock's milliseconds, as Redis's."""
+
+    def __init__(self, clock: Clock) -> None:
+        self.clock = clock
+        self.entries: list[tuple[str, dict[str, Any]]] = []
+        self._last = (0, 0)
+
+    def add(self, event: str) -> None:
+        ms = int(round(self.clock.seconds() * 1000))
+        last_ms, last_seq = self._last
+        self._last = (ms, 0) if ms > last_ms else (last_ms, last_seq + 1)
+        self.entries.append((f"{self._last[0]}-{self._last[1]}", json.loads(event)))
+
+
+class NodeLog:
+    def __init__(self, shared: MemoryLog) -> None:
+        self.shared = shared
+
+    def append(self, event: str) -> None:
+        self.shared.add(event)
+
+
+class Node(Harness):
+    """A L{Harness} whose factory keeps its state in the cluster."""
+
+    def __init__(self, cluster: Cluster, name: str, **config: Any) -> None:
+        self.clock = cluster.clock
+        self.config = ServerConfig(**{**QUIET, **config})
+        self.cluster = cluster
+
+        def build(factory: ChatFactory) -> ClusterState:
+            state = ClusterState(name, factory, factory.history, self.config.invite_timeout,
+                                 self.clock)
+            state.events = NodeLog(cluster.log)
+            state.available = True
+            return state
+
+        self.factory = ChatFactory(self.config, self.clock, History(self.config.history),
+                                   state=build)
+        self.state: ClusterState = self.factory.state  # type: ignore[assignment]
+        self.hub = self.factory.hub
+        self.cursor = 0
+        self._ports = iter(range(40000 + 1000 * len(cluster.nodes), 41000 + 1000 * 20))
+        self.conns: list[Conn] = []
+
+    def user(self, nick: str) -> Conn:
+        conn = self.connect()
+        conn.send(f"NICK {nick}")
+        self.cluster.pump()
+        lines = conn.take()
+        assert f"READY {nick}" in lines, lines
+        self.cluster.clear_all()
+        return conn
+
+
+class Cluster:
+    def __init__(self, n: int, **config: Any) -> None:
+        self.clock = Clock()
+        self.clock.advance(START)
+        self.log = MemoryLog(self.clock)
+        self.nodes: list[Node] = []
+        for i in range(n):
+            self.nodes.append(Node(self, f"node{i}", **config))
+
+    def pump(self) -> None:
+        """Every node applies every event appended so far (and what they
+        append meanwhile), then the reactor turn ends."""
+        moved = True
+        while moved:
+            moved = False
+            for node in self.nodes:
+                batch = self.log.entries[node.cursor:]
+                if batch:
+                    node.cursor += len(batch)
+                    node.state.deliver(batch)
+                    moved = True
+            self.clock.advance(0)
+
+    def clear_all(self) -> None:
+        for node in self.nodes:
+            node.clear_all()
+
+
+def test_nick_race_exactly_one_ready() -> None:
+    cluster = Cluster(2)
+    a = cluster.nodes[0].connect()
+    b = cluster.nodes[1].connect()
+    a.take(), b.take()
+    a.send("NICK bob")
+    b.send("NICK Bob")
+    assert a.take() == b.take() == []  # nothing is decided before the log says
+    cluster.pump()
+    first, second = a.take(), b.take()
+    assert first[0] == "READY bob"
+    assert second == ["RETRY taken Bob is online already"]
+    b.send("NICK carol")
+    cluster.pump()
+    assert b.take()[0] == "READY carol"
+
+
+def test_lines_after_nick_wait_for_the_answer() -> None:
+    """A client that sends NICK and MSG at once gets READY, then its message."""
+    cluster = Cluster(2)
+    a = cluster.nodes[0].connect()
+    a.take()
+    a.send_raw(b"NICK ann\r\nMSG hi\r\n")
+    cluster.pump()
+    cluster.pump()
+    lines = a.take()
+    assert lines[0] == "READY ann"
+    assert lines[-1].endswith("ann * hi"), lines
+
+
+def test_lobby_one_order_with_echo_and_users_everywhere() -> None:
+    cluster = Cluster(3)
+    users = [cluster.nodes[i % 3].user(f"u{i}") for i in range(6)]
+    for round_ in range(3):
+        for i, conn in enumerate(users):
+            conn.send(f"MSG round {round_} from {i}")
+    cluster.pump()
+    seen = [[line for line in conn.take() if line.startswith("MSG")] for conn in users]
+    assert len(seen[0]) == 18
+    assert all(s == seen[0] for s in seen)
+    for conn in users:
+        conn.send("USERS")
+    lists = [conn.take() for conn in users]
+    assert lists[0][-1] == "USERS 6"
+    assert all(x == lists[0] for x in lists)
+
+
+def test_node_dead_ends_users_pairs_and_invitations() -> None:
+    cluster = Cluster(2)
+    n0, n1 = cluster.nodes
+    alice, bob = n0.user("alice"), n1.user("bob")
+    carol, dave = n0.user("carol"), n1.user("dave")
+    alice.send("PAIR bob")
+    cluster.pump()
+    bob.send("ACCEPT alice")
+    cluster.pump()
+    dave.send("PAIR carol")
+    cluster.pump()
+    cluster.clear_all()
+    n1.state.node_dead("node0")
+    cluster.pump()
+    bob_lines = bob.take()
+    assert any(line.split()[2:] == ["alice", "disconnected"] for line in bob_lines
+               if line.startswith("LEFT")), bob_lines
+    assert "UNPAIRED alice disconnected" in bob_lines
+    assert "DECLINED carol gone" in dave.take()
+    assert sorted(n1.hub.online) == ["bob", "dave"]
+    again = n1.connect()
+    again.send("NICK alice")
+    cluster.pump()
+    assert "READY alice" in again.take()
+
+
+def test_invitation_expires_through_a_tick() -> None:
+    cluster = Cluster(2, invite_timeout=5.0)
+    a, b = cluster.nodes[0].user("a"), cluster.nodes[1].user("b")
+    a.send("PAIR b")
+    cluster.pump()
+    cluster.clear_all()
+    cluster.clock.advance(4.9)
+    cluster.pump()
+    assert a.take() == b.take() == []
+    cluster.clock.advance(0.2)
+    cluster.pump()
+    assert a.take() == ["DECLINED b timeout"]
+    assert b.take() == ["CANCELLED a timeout"]
+
+
+def test_snapshot_restores_the_same_state() -> None:
+    cluster = Cluster(2, invite_timeout=30.0)
+    n0, n1 = cluster.nodes
+    a, b, c = n0.user("a"), n1.user("b"), n1.user("c")
+    a.send("PAIR b")
+    cluster.pump()
+    b.send("ACCEPT a")
+    cluster.pump()
+    c.send("PAIR a")  # a is busy: an error, nothing changes
+    cluster.pump()
+    d = n0.user("d")
+    c.send("PAIR d")
+    cluster.pump()
+    snapshot = n1.state.replica.snapshot()
+    late = Node(cluster, "node9")
+    late.state.replica.restore(snapshot)
+    late.cursor = len(cluster.log.entries)
+    cluster.nodes.append(late)
+    assert late.state.replica.snapshot() == snapshot
+    cluster.clear_all()
+    # The restored replica decides what the others decide.
+    cluster.clock.advance(31)
+    cluster.pump()
+    assert c.take() == ["DECLINED d timeout"]
+    assert late.state.replica.snapshot() == n0.state.replica.snapshot()
+
+
+VERBS = ["MSG", "MSG", "MSG", "DM", "PAIR", "ACCEPT", "REJECT", "UNPAIR", "USERS", "BYE",
+         "NICK", "WAIT"]
+
+
+def _commands(rng: random.Random, count: int) -> list[tuple[int, str]]:
+    """(user slot, line) pairs; a slot whose user left comes back with NICK."""
+    nicks = [f"n{i}" for i in range(8)]
+    out = []
+    for step in range(count):
+        slot = rng.randrange(len(nicks))
+        verb = rng.choice(VERBS)
+        other = rng.choice(nicks)
+        line = {
+            "MSG": f"MSG hello {step}",
+            "DM": f"DM {other} psst {step}",
+            "PAIR": f"PAIR {other}",
+            "ACCEPT": f"ACCEPT {other}",
+            "REJECT": f"REJECT {other}",
+            "UNPAIR": "UNPAIR",
+            "USERS": "USERS",
+            "BYE": f"BYE bye {step}",
+            "NICK": f"NICK {nicks[slot]}",
+            "WAIT": "WAIT",
+        }[verb]
+        out.append((slot, line))
+    return out
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_cluster_gives_every_user_what_one_server_gives(seed: int) -> None:
+    rng = random.Random(seed)
+    commands = _commands(rng, 400)
+    batch_sizes = [rng.choice([1, 1, 2, 3, 5]) for _ in commands]
+    single = Harness(invite_timeout=3.0)
+    single.clock.advance(START - single.clock.seconds())
+    cluster = Cluster(3, invite_timeout=3.0)
+
+    def run(make: Any, settle: Any, clock: Clock) -> dict[int, list[str]]:
+        conns: dict[int, Any] = {}
+        transcripts: dict[int, list[str]] = {}
+
+        def collect() -> None:
+            for slot, conn in conns.items():
+                transcripts[slot].extend(conn.take())
+                if conn.protocol.finished and not conn.closed:
+                    conn.drop()
+
+        i = 0
+        for size in batch_sizes:
+            chunk = commands[i:i + size]
+            i += size
+            used: set[int] = set()
+            for slot, line in chunk:
+                if slot in used or line.split()[0] in ("USERS", "NICK", "BYE"):
+                    # One connection's next line waits for its last answer
+                    # in the cluster: keep the orders the same.  USERS is
+                    # (and NICK when online, BYE) are answered at once, so commands
+                    # of others sent just before it may count as after it
+                    # (they are concurrent): settle them first.
+                    settle()
+                    used.clear()
+                used.add(slot)
+                if line == "WAIT":
+                    continue
+                conn = conns.get(slot)
+                if conn is None or conn.closed or conn.protocol.finished:
+                    conn = conns[slot] = make(slot)
+                    transcripts.setdefault(slot, []).append("--new--")
+                    conn.send(f"NICK n{slot}")
+                    continue
+                conn.send(line)
+            settle()
+            collect()
+            settle()
+            clock.advance(1.0)
+            settle()
+            # The cluster applies an expiry with the first event after it (a
+            # tick TICK_SLACK later): let that happen before the next lines.
+            clock.advance(0.125)  # > TICK_SLACK; exact in binary, whole milliseconds
+            settle()
+            collect()
+        return transcripts
+
+    def make_single(slot: int) -> Any:
+        return single.connect()
+
+    def make_cluster(slot: int) -> Any:
+        return cluster.nodes[slot % 3].connect()
+
+    expected = run(make_single, lambda: single.clock.advance(0), single.clock)
+    got = run(make_cluster, cluster.pump, cluster.clock)
+    assert sum(len(lines) for lines in expected.values()) > 500
+    for slot in expected:
+        a, b = got[slot], expected[slot]
+        if a != b:
+            at = next((i for i, (x, y) in enumerate(zip(a, b, strict=False)) if x != y),
+                      min(len(a), len(b)))
+            raise AssertionError(
+                f"slot {slot} differs at {at} (seed {seed}):\n cluster {a[at - 5:at + 5]}"
+                f"\n one server {b[at - 5:at + 5]}"
+            )
+    # Nothing dangles: every replica agrees, and no invitation or pair is half-open.
+    states = {node.state.replica.snapshot().split(",", 1)[1] for node in cluster.nodes}
+    assert len(states) == 1
+    for node in cluster.nodes:
+        for user in node.hub.online.values():
+            if user.partner is not None:
+                assert user.partner.partner is user
+            if user.outgoing is not None:
+                assert node.hub.is_online(user.outgoing.invitee)
