@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 from twisted.internet.task import Clock
 
-from tests.harness import QUIET, Conn, Harness, SocketTransport
+from tests.harness import QUIET, Conn, Harness
 from twisted_chat.server.cluster.node import ClusterState
 from twisted_chat.server.config import ServerConfig
 from twisted_chat.server.history import History
@@ -33,7 +33,7 @@ class MemoryLog:
         self._last = (0, 0)
 
     def add(self, event: str) -> None:
-        ms = int(round(self.clock.seconds() * 1000))
+        ms = round(self.clock.seconds() * 1000)
         last_ms, last_seq = self._last
         self._last = (ms, 0) if ms > last_ms else (last_ms, last_seq + 1)
         self.entries.append((f"{self._last[0]}-{self._last[1]}", json.loads(event)))
@@ -159,7 +159,8 @@ def test_node_dead_ends_users_pairs_and_invitations() -> None:
     cluster = Cluster(2)
     n0, n1 = cluster.nodes
     alice, bob = n0.user("alice"), n1.user("bob")
-    carol, dave = n0.user("carol"), n1.user("dave")
+    n0.user("carol")
+    dave = n1.user("dave")
     alice.send("PAIR bob")
     cluster.pump()
     bob.send("ACCEPT alice")
@@ -206,7 +207,7 @@ def test_snapshot_restores_the_same_state() -> None:
     cluster.pump()
     c.send("PAIR a")  # a is busy: an error, nothing changes
     cluster.pump()
-    d = n0.user("d")
+    n0.user("d")
     c.send("PAIR d")
     cluster.pump()
     snapshot = n1.state.replica.snapshot()
