@@ -1,0 +1,311 @@
+"""
+Cluster mode end to end: a private redis-server and three real
+C{twistd -n chat --redis ...} nodes on loopback, clients spread over them.
+"""
+
+from __future__ import annotations
+
+import random
+import signal
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.redisproc import REDIS_SERVER, RedisServer
+from tests.serverproc import LineClient, ServerProcess
+
+pytestmark = [
+    pytest.mark.e2e,
+    pytest.mark.skipif(REDIS_SERVER is None, reason="redis-server is not installed"),
+]
+
+NODE_TIMEOUT = 3.0
+
+
+class Cluster:
+    def __init__(self, tmp: Path, redis: RedisServer) -> None:
+        self.tmp = tmp
+        self.redis = redis
+        self.nodes: list[ServerProcess] = []
+        self.clients: list[LineClient] = []
+
+    def node(self, *args: str) -> ServerProcess:
+        server = ServerProcess(
+            self.tmp, ["--redis", self.redis.url, "--node-timeout", str(NODE_TIMEOUT), *args]
+        ).start()
+        server.wait_log("cluster: connected to")
+        self.nodes.append(server)
+        return server
+
+    def connect(self, server: ServerProcess, timeout: float = 5.0) -> LineClient:
+        client = LineClient(server.port, timeout=timeout)
+        self.clients.append(client)
+        return client
+
+    def user(self, server: ServerProcess, nick: str) -> LineClient:
+        client = self.connect(server)
+        client.register(nick)
+        return client
+
+
+@pytest.fixture
+def cluster(tmp_path: Path) -> Iterator[Callable[..., Cluster]]:
+    made: list[Cluster] = []
+
+    def make(n: int = 3, *args: str, password: str | None = None) -> Cluster:
+        redis = RedisServer(tmp_path, password=password).start()
+        c = Cluster(tmp_path, redis)
+        made.append(c)
+        for _ in range(n):
+            c.node(*args)
+        return c
+
+    yield make
+    for c in made:
+        for client in c.clients:
+            client.close()
+        for server in c.nodes:
+            server.kill()
+        c.redis.stop(signal.SIGKILL)
+        for server in c.nodes:
+            assert server.problems() == [], server.log()[-3000:]
+
+
+def _lobby(lines: list[str]) -> list[str]:
+    """The lobby's events as a member sees them, without the timestamps' format."""
+    out = []
+    for line in lines:
+        words = line.split(" ", 4)
+        if words[0] == "MSG" and words[3] == "*" or words[0] in ("JOINED", "LEFT"):
+            out.append(line)
+    return out
+
+
+def test_one_lobby_one_order_users_and_history(cluster: Callable[..., Cluster]) -> None:
+    c = cluster(3, "--history", "50")
+    users = [c.user(c.nodes[i % 3], f"user{i}") for i in range(6)]
+    for client in users:
+        client.sync()
+    # Everyone talks at once, from every node.
+    for round_ in range(5):
+        for i, client in enumerate(users):
+            client.send(f"MSG round {round_} from user{i}")
+    seen = []
+    for client in users:
+        lines = client.sync("done", timeout=10)
+        while sum(1 for line in lines if line.startswith("MSG")) < 30:
+            lines += client.sync("more", timeout=10)
+        seen.append([line for line in lines if line.startswith("MSG")])
+    assert len(seen[0]) == 30
+    assert all(s == seen[0] for s in seen), "every member sees one order, echo included"
+    # USERS: the same list on every node.
+    lists = []
+    for client in users:
+        client.send("USERS")
+        lists.append([line for line in client.sync() if line.startswith("USER")])
+    assert lists[0][-1] == "USERS 6"
+    assert all(x == lists[0] for x in lists)
+    # A newcomer gets the same history on any node.
+    histories = []
+    for server in c.nodes:
+        block = c.user(server, f"new{server.port}").lines
+        histories.append([line.split(" ", 2)[2] for line in block if line.startswith("HISTORY")])
+    assert histories[0] == [m.split(" ", 2)[2].replace(" * ", " ", 1) for m in seen[0]]
+    assert all(h == histories[0] for h in histories)
+    # The history survives a node's restart, and the whole cluster's.
+    for server in c.nodes:
+        server.stop()
+    again = c.node("--history", "50")
+    block = c.user(again, "late").lines
+    assert [line.split(" ", 2)[2] for line in block if line.startswith("HISTORY")] == histories[0]
+    bigger = c.node("--history", "10")
+    block = c.user(bigger, "later").lines
+    assert [line.split(" ", 2)[2] for line in block
+            if line.startswith("HISTORY")] == histories[0][-10:]
+
+
+def test_nick_race_across_nodes(cluster: Callable[..., Cluster]) -> None:
+    c = cluster(2)
+    for attempt in range(15):
+        a, b = c.connect(c.nodes[0]), c.connect(c.nodes[1])
+        a.expect("NICK")
+        b.expect("NICK")
+        a.send(f"NICK race{attempt}")
+        b.send(f"NICK RACE{attempt}")
+        answers = [a.expect(lambda line: line.startswith(("READY", "RETRY"))),
+                   b.expect(lambda line: line.startswith(("READY", "RETRY")))]
+        assert sorted(x.split()[0] for x in answers) == ["READY", "RETRY"], answers
+        assert any(x.startswith("RETRY taken") for x in answers)
+
+
+def test_dm_and_pairing_across_nodes(cluster: Callable[..., Cluster]) -> None:
+    c = cluster(3)
+    alice, bob, carol = (c.user(c.nodes[i], nick) for i, nick in enumerate(["alice", "bob",
+                                                                            "carol"]))
+    for client in (alice, bob, carol):
+        client.sync()
+    alice.send("DM bob hi bob")
+    assert alice.expect("MSG").endswith("alice bob hi bob")
+    assert bob.expect("MSG").endswith("alice bob hi bob")
+    bob.send("DM nobody x")
+    assert bob.expect("ERROR") .startswith("ERROR no-such-nick")
+    alice.send("PAIR bob")
+    assert alice.expect("PENDING") == "PENDING bob"
+    assert bob.expect("INVITE") == "INVITE alice"
+    carol.send("PAIR bob")
+    assert carol.expect("PENDING") == "PENDING bob"
+    # Two answers race: bob accepts alice, carol withdraws; the pairing ends carol's as busy.
+    bob.send("ACCEPT alice")
+    assert bob.expect("PAIRED") == "PAIRED alice"
+    assert alice.expect("PAIRED") == "PAIRED bob"
+    assert carol.expect("DECLINED") == "DECLINED bob busy"
+    carol.send("UNPAIR")
+    assert carol.expect("ERROR").startswith("ERROR not-paired")
+    alice.send("MSG just us")
+    assert bob.expect("MSG").endswith("alice bob just us")
+    carol.send("PAIR alice")
+    assert carol.expect("ERROR").startswith("ERROR busy")
+    bob.send("UNPAIR")
+    assert bob.expect("UNPAIRED") == "UNPAIRED alice left"
+    assert alice.expect("UNPAIRED") == "UNPAIRED alice left".replace("alice", "bob")
+
+
+def test_sigkill_node_users_leave_within_node_timeout(cluster: Callable[..., Cluster]) -> None:
+    c = cluster(3)
+    victim = c.nodes[1]
+    alice = c.user(c.nodes[0], "alice")
+    bob = c.user(victim, "bob")
+    dora = c.user(victim, "dora")
+    carol = c.user(c.nodes[2], "carol")
+    alice.send("PAIR bob")
+    bob.expect("INVITE")
+    bob.send("ACCEPT alice")
+    alice.expect("PAIRED")
+    carol.send("PAIR dora")
+    carol.expect("PENDING")
+    for client in (alice, carol):
+        client.sync()
+    killed = time.monotonic()
+    victim.kill()
+    left = alice.expect("LEFT", timeout=NODE_TIMEOUT + 5)
+    waited = time.monotonic() - killed
+    assert waited <= NODE_TIMEOUT + 1.0, waited
+    assert left.split()[2:4] in (["bob", "disconnected"], ["dora", "disconnected"])
+    rest = alice.sync()
+    assert "UNPAIRED bob disconnected" in [left, *rest]
+    carol_lines = carol.sync()
+    assert "DECLINED dora gone" in carol_lines
+    assert sum(1 for line in carol_lines if line.startswith("LEFT")) == 2
+    # Their nicks are free again, on any node.
+    again = c.connect(c.nodes[2])
+    again.register("bob")
+
+
+def test_clean_stop_users_get_bye_others_see_left_at_once(
+    cluster: Callable[..., Cluster],
+) -> None:
+    c = cluster(2)
+    alice = c.user(c.nodes[0], "alice")
+    bob = c.user(c.nodes[1], "bob")
+    alice.sync()
+    c.nodes[1].proc.send_signal(signal.SIGTERM)  # type: ignore[union-attr]
+    assert bob.expect("BYE").startswith("BYE shutdown")
+    left = alice.expect("LEFT", timeout=2.0)
+    assert left.split()[2:4] == ["bob", "disconnected"]
+    c.nodes[1].proc.wait(10)  # type: ignore[union-attr]
+    assert c.nodes[1].proc.returncode in (0, -signal.SIGTERM)  # type: ignore[union-attr]
+    assert "Traceback" not in c.nodes[1].log()
+
+
+def test_redis_restart_with_data_keeps_everyone(cluster: Callable[..., Cluster]) -> None:
+    c = cluster(2)
+    alice = c.user(c.nodes[0], "alice")
+    bob = c.user(c.nodes[1], "bob")
+    alice.sync()
+    c.redis.stop()
+    for server in c.nodes:
+        server.wait_log("Redis at", timeout=10)
+    # Connections stay; a newcomer is told clearly that it cannot register now.
+    newcomer = c.connect(c.nodes[0])
+    newcomer.expect("NICK")
+    newcomer.send("NICK carol")
+    assert newcomer.expect("RETRY").startswith("RETRY unavailable")
+    alice.send("PING still-here")
+    assert alice.expect("PONG") == "PONG still-here"
+    c.redis.start()
+    for server in c.nodes:
+        server.wait_log("Redis is back", timeout=15)
+    # The same users, no duplicates, and the lobby works.
+    alice.send("MSG after the outage")
+    assert bob.expect("MSG").endswith("alice * after the outage")
+    bob.send("USERS")
+    assert [line for line in bob.sync() if line.startswith("USER")] == [
+        "USER alice lobby", "USER bob lobby", "USERS 2"]
+    newcomer.send("NICK carol")
+    assert newcomer.expect("READY") == "READY carol"
+    # Leases were renewed: nobody was taken for dead after the outage.
+    time.sleep(NODE_TIMEOUT + 0.5)
+    assert not [line for line in alice.sync() if line.startswith("LEFT")]
+
+
+def test_random_actions_on_three_nodes(cluster: Callable[..., Cluster]) -> None:
+    """Many clients on three nodes do random lobby, DM and pairing actions;
+    afterwards every lobby member saw the same lobby sequence, nothing
+    dangles, and every departed nick is free."""
+    c = cluster(3, "--flood-rate", "0", "--invite-timeout", "2")
+    rng = random.Random(1515)
+    nicks = [f"r{i}" for i in range(12)]
+    clients = {nick: c.user(c.nodes[i % 3], nick) for i, nick in enumerate(nicks)}
+    for client in clients.values():
+        client.sync()
+    departed: list[str] = []
+    for step in range(300):
+        nick = rng.choice(list(clients))
+        other = rng.choice(nicks)
+        action = rng.choice(["MSG", "MSG", "MSG", "DM", "PAIR", "ACCEPT", "REJECT", "UNPAIR"])
+        line = {
+            "MSG": f"MSG m{step}",
+            "DM": f"DM {other} d{step}",
+            "PAIR": f"PAIR {other}",
+            "ACCEPT": f"ACCEPT {other}",
+            "REJECT": f"REJECT {other}",
+            "UNPAIR": "UNPAIR",
+        }[action]
+        clients[nick].send(line)
+        if step in (100, 200) and len(clients) > 4:
+            gone = rng.choice(list(clients))
+            clients.pop(gone).send("BYE")
+            departed.append(gone)
+    # Let every open invitation time out, then end every pair.
+    time.sleep(2.5)
+    for client in clients.values():
+        client.send("UNPAIR")
+    for client in clients.values():
+        client.sync("end", timeout=10)
+    # Collect what each saw since registering; compare the lobby MSG lines
+    # (only those sent while both were in the lobby are common: compare the
+    # order of the messages two members both received).
+    orders = {nick: [line.split(" ", 4)[4] for line in client.lines
+                     if line.startswith("MSG ") and line.split(" ", 4)[3] == "*"]
+              for nick, client in clients.items()}
+    ranks = {nick: {m: i for i, m in enumerate(seq)} for nick, seq in orders.items()}
+    names = list(orders)
+    for a in names:
+        for b in names:
+            common = [m for m in orders[a] if m in ranks[b]]
+            assert [ranks[b][m] for m in common] == sorted(ranks[b][m] for m in common)
+    assert sum(len(seq) for seq in orders.values()) > 100
+    # Nothing dangles: everyone is in the lobby, every node lists the same users.
+    lists = []
+    for server in c.nodes:
+        probe = c.user(server, f"probe{server.port}")
+        lists.append([line for line in probe.lines if line.startswith("USER ")
+                      and not line.startswith("USER probe")])
+    for listing in lists:
+        assert listing == lists[0]
+        assert all(line.endswith(" lobby") for line in listing), listing
+    # Every departed nick is free.
+    for nick in departed:
+        c.user(c.nodes[0], nick)
