@@ -309,3 +309,41 @@ def test_random_actions_on_three_nodes(cluster: Callable[..., Cluster]) -> None:
     # Every departed nick is free.
     for nick in departed:
         c.user(c.nodes[0], nick)
+
+
+def test_redis_restart_without_data_restores_users_and_nicks(
+    cluster: Callable[..., Cluster],
+) -> None:
+    c = cluster(2)
+    alice = c.user(c.nodes[0], "alice")
+    bob = c.user(c.nodes[1], "bob")
+    carol = c.user(c.nodes[1], "carol")
+    alice.send("PAIR bob")
+    bob.expect("INVITE")
+    bob.send("ACCEPT alice")
+    alice.expect("PAIRED")
+    for client in (alice, bob, carol):
+        client.sync()
+    c.redis.stop(signal.SIGKILL)
+    c.redis.wipe()
+    c.redis.start()
+    for server in c.nodes:
+        server.wait_log("Redis lost its data", timeout=15)
+        server.wait_log("Redis is back", timeout=15)
+    # Nobody was told anyone left; the nicks are still held, cluster-wide.
+    taker = c.connect(c.nodes[0])
+    taker.expect("NICK")
+    taker.send("NICK carol")
+    assert taker.expect("RETRY", timeout=5).startswith("RETRY taken")
+    # A node that starts after the loss learns the same users and the pair.
+    late = c.node()
+    dave = c.user(late, "dave")
+    assert [line for line in dave.lines if line.startswith("USER")] == [
+        "USER alice paired", "USER bob paired", "USER carol lobby", "USER dave lobby",
+        "USERS 4"]
+    alice.send("MSG still paired")
+    assert bob.expect("MSG").endswith("alice bob still paired")
+    carol.send("MSG lobby works")
+    assert dave.expect("MSG").endswith("carol * lobby works")
+    for client in (alice, bob, carol):
+        assert not [line for line in client.sync() if line.startswith("LEFT")]

@@ -131,6 +131,11 @@ class ClusterState:
         C{dead} for the same node finds nobody left)."""
         self._append({"t": "dead", "node": node})
 
+    def hello(self) -> None:
+        """Redis lost its data: tell the new log who this node's users are
+        (before anything this node still has to resend)."""
+        self._append({"t": "hello", "users": self.replica.local_users()})
+
     def stopping(self) -> None:
         """
         This node stops cleanly: its users leave the cluster at once, in one

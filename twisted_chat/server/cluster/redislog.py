@@ -245,12 +245,19 @@ class RedisLog:
         epoch = await cmd.execute_command("GET", EPOCH)
         if self._epoch is not None and epoch != self._epoch:
             self.log.error(
-                "cluster: Redis lost its data (a new epoch); this node keeps its "
-                "users but the cluster's shared state restarts empty"
+                "cluster: Redis lost its data (a new epoch); this node announces its "
+                "users again, and resends what it had not had acknowledged"
             )
-            # The log restarts: resent events could never be applied again.
-            self._unacked.clear()
+            # The new stream starts from scratch; what this node still has to
+            # send goes after its users' list.
             self.state.replica.last_id = "0-0"
+            self._snapshot_id = ""
+            self._trim_to = None
+            self._snapshot_at = 0.0
+            waiting = list(self._unacked)
+            self._unacked.clear()
+            self.state.hello()
+            self._unacked.extend(waiting)
         self._epoch = epoch
         if self._started:
             return

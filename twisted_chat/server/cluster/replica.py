@@ -16,7 +16,8 @@ C{k} is not above the last one applied from its node is a resend and is
 skipped).  Types: C{reg} (nick, a: address), C{leave} (u, r: reason,
 x: text), C{say} (u, x), C{dm} (u, to, x), C{pair} (u, to, it: the
 invitation timeout), C{acc} / C{rej} (u, to), C{unp} (u), C{tick}, and
-C{dead} (node: every user of that node leaves, disconnected).
+C{dead} (node: every user of that node leaves, disconnected), C{hello}
+(users: the node's users, after Redis lost its data).
 """
 
 from __future__ import annotations
@@ -205,6 +206,45 @@ class Replica:
     def _tick(self, eid: str, origin: str, k: int, event: dict[str, Any]) -> None:
         pass  # moving the clock was all
 
+    def _hello(self, eid: str, origin: str, k: int, event: dict[str, Any]) -> None:
+        """
+        After Redis lost its data, each node says which of its users are
+        online: the cluster's view of that node becomes exactly that (users
+        missing from it leave; users the replica does not know come online).
+        """
+        listed = {str(u[0]): (str(u[1]), str(u[2])) for u in event["users"]}
+        partners = {str(u[0]): str(u[3]) for u in event["users"] if len(u) > 3 and u[3]}
+        stale = sorted(
+            (m for m in self.members.values() if m.node == origin and m.uid not in listed),
+            key=lambda m: m.user.key,
+        )
+        for member in stale:
+            self._gone(member.user, "disconnected", "")
+        for uid, (nick, address) in sorted(listed.items()):
+            if uid in self.members:
+                continue
+            try:
+                user = self.hub.register(nick, RemoteConn(origin), address)
+            except NickTaken:
+                _log.warn("node {node} holds {nick}, which is online elsewhere",
+                          node=origin, nick=nick)
+                continue
+            self._add(user, origin, uid)
+        # Pairs across nodes come back once both sides have been listed.
+        for uid, partner_uid in sorted(partners.items()):
+            one, other = self.members.get(uid), self.members.get(partner_uid)
+            if one is None or other is None or one.user.partner is other.user:
+                continue
+            if one.user.partner is None and other.user.partner is None:
+                self._restore_pair(one.user, other.user)
+
+    def _restore_pair(self, a: User, b: User) -> None:
+        for one in (a, b):
+            if one.outgoing is not None:
+                self.hub.unpair(one)  # withdraws it
+        self.hub.pair(a, b.nick)
+        self.hub.pair(b, a.nick)
+
     def _dead(self, eid: str, origin: str, k: int, event: dict[str, Any]) -> None:
         node = str(event["node"])
         gone = sorted(
@@ -227,10 +267,20 @@ class Replica:
         "rej": _reject,
         "unp": _unpair,
         "tick": _tick,
+        "hello": _hello,
         "dead": _dead,
     }
 
     # -- queries ---------------------------------------------------------------
+
+    def local_users(self) -> list[list[Any]]:
+        """This node's users, as a C{hello} event lists them."""
+        return [
+            [m.uid, m.user.nick, m.user.address,
+             self.uids.get(m.user.partner, "") if m.user.partner is not None else ""]
+            for m in self.members.values()
+            if m.node == self.node
+        ]
 
     def nodes(self) -> set[str]:
         """The nodes that have users online."""
@@ -292,8 +342,7 @@ class Replica:
             self._add(user, node, uid)
             by_uid[uid] = user
         for a, b in data["pairs"]:
-            hub.pair(by_uid[a], by_uid[b].nick)
-            hub.pair(by_uid[b], by_uid[a].nick)
+            self._restore_pair(by_uid[a], by_uid[b])
         saved = hub.invite_timeout
         try:
             for inviter, invitee, due in data["invites"]:
