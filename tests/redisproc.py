@@ -19,13 +19,20 @@ REDIS_SERVER = shutil.which("redis-server")
 
 class RedisServer:
     def __init__(self, workdir: Path, port: int | None = None, password: str | None = None,
-                 persist: bool = True) -> None:
+                 persist: bool = True, unixsocket: bool = False) -> None:
         self.workdir = workdir / "redis"
         self.workdir.mkdir(exist_ok=True)
         self.port = port or free_port()
         self.password = password
         self.persist = persist
+        self.socket = self.workdir / "redis.sock" if unixsocket else None
         self.proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def unix_url(self) -> str:
+        assert self.socket is not None
+        auth = f":{self.password}@" if self.password else ""
+        return f"unix://{auth}{self.socket}?db=3"
 
     @property
     def url(self) -> str:
@@ -40,6 +47,8 @@ class RedisServer:
                 "--appendfsync", "always", "--logfile", str(self.workdir / "redis.log")]
         if self.password:
             args += ["--requirepass", self.password]
+        if self.socket is not None:
+            args += ["--unixsocket", str(self.socket), "--unixsocketperm", "700"]
         self.proc = subprocess.Popen(args, stdin=subprocess.DEVNULL,
                                      stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         deadline = time.monotonic() + 10

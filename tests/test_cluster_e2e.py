@@ -73,16 +73,6 @@ def cluster(tmp_path: Path) -> Iterator[Callable[..., Cluster]]:
             assert server.problems() == [], server.log()[-3000:]
 
 
-def _lobby(lines: list[str]) -> list[str]:
-    """The lobby's events as a member sees them, without the timestamps' format."""
-    out = []
-    for line in lines:
-        words = line.split(" ", 4)
-        if words[0] == "MSG" and words[3] == "*" or words[0] in ("JOINED", "LEFT"):
-            out.append(line)
-    return out
-
-
 def test_one_lobby_one_order_users_and_history(cluster: Callable[..., Cluster]) -> None:
     c = cluster(3, "--history", "50")
     users = [c.user(c.nodes[i % 3], f"user{i}") for i in range(6)]
@@ -177,7 +167,7 @@ def test_sigkill_node_users_leave_within_node_timeout(cluster: Callable[..., Clu
     victim = c.nodes[1]
     alice = c.user(c.nodes[0], "alice")
     bob = c.user(victim, "bob")
-    dora = c.user(victim, "dora")
+    c.user(victim, "dora")
     carol = c.user(c.nodes[2], "carol")
     alice.send("PAIR bob")
     bob.expect("INVITE")
@@ -347,3 +337,30 @@ def test_redis_restart_without_data_restores_users_and_nicks(
     assert dave.expect("MSG").endswith("carol * lobby works")
     for client in (alice, bob, carol):
         assert not [line for line in client.sync() if line.startswith("LEFT")]
+
+
+def test_unix_socket_url_with_password(tmp_path: Path) -> None:
+    redis = RedisServer(tmp_path, password="s3cret:/x", unixsocket=True).start()
+    nodes: list[ServerProcess] = []
+    clients: list[LineClient] = []
+    try:
+        url = redis.unix_url.replace("s3cret:/x", "s3cret%3A%2Fx")
+        for _ in range(2):
+            node = ServerProcess(tmp_path, ["--redis", url]).start()
+            node.wait_log("cluster: connected to")
+            nodes.append(node)
+        a, b = LineClient(nodes[0].port), LineClient(nodes[1].port)
+        clients += [a, b]
+        a.register("alice")
+        assert "USER alice lobby" in b.register("bob")
+        assert "redis.sock" in nodes[0].log() and "s3cret" not in nodes[0].log()
+        wrong = ServerProcess(tmp_path, ["--redis", redis.unix_url.replace("s3cret:/x", "no")])
+        nodes.append(wrong.start())
+        wrong.wait_log("unreachable")
+        assert "could not auth" in wrong.log() or "WRONGPASS" in wrong.log()
+    finally:
+        for client in clients:
+            client.close()
+        for node in nodes:
+            node.kill()
+        redis.stop()

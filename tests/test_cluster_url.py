@@ -1,0 +1,31 @@
+"""C{--redis} URLs: what each form means, and clear refusals."""
+
+from __future__ import annotations
+
+import pytest
+
+from twisted_chat.server.cluster.redislog import parse_url
+from twisted_chat.server.service import Options, makeService
+
+
+def test_redis_url_forms() -> None:
+    t = parse_url("redis://127.0.0.1:6380/2")
+    assert (t.endpoint, t.password, t.db) == ("tcp:127.0.0.1:6380", None, 2)
+    t = parse_url("redis://:pa%3Ass@example.org")
+    assert (t.endpoint, t.password, t.db) == ("tcp:example.org:6379", "pa:ss", 0)
+    assert "pa" not in t.display
+    t = parse_url("rediss://user:pw@redis.example.org:6390/1")
+    assert (t.endpoint, t.username, t.password, t.db) == (
+        "tls:redis.example.org:6390", "user", "pw", 1)
+    t = parse_url("unix:///run/redis/redis.sock?db=4&password=pw")
+    assert (t.endpoint, t.password, t.db) == ("unix:/run/redis/redis.sock", "pw", 4)
+
+
+@pytest.mark.parametrize("url", ["http://x", "redis://", "unix://", "redis://h:99999999",
+                                 "redis://h/notanumber"])
+def test_bad_redis_urls_are_refused_at_start(url: str) -> None:
+    options = Options()
+    options.parseOptions(["--redis", url])
+    with pytest.raises(SystemExit) as e:
+        makeService(options)
+    assert "--redis" in str(e.value)
