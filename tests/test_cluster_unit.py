@@ -18,8 +18,8 @@ from twisted.internet.task import Clock
 from tests.harness import QUIET, Conn, Harness
 from twisted_chat.server.cluster.node import ClusterState
 from twisted_chat.server.config import ServerConfig
+from twisted_chat.server.factory import ChatFactory
 from twisted_chat.server.history import History
-from twisted_chat.server.protocol import ChatFactory
 
 START = 1_700_000_000
 
@@ -268,7 +268,7 @@ def test_cluster_gives_every_user_what_one_server_gives(seed: int) -> None:
         def collect() -> None:
             for slot, conn in conns.items():
                 transcripts[slot].extend(conn.take())
-                if conn.protocol.finished and not conn.closed:
+                if conn.protocol.closing and not conn.closed:
                     conn.drop()
 
         i = 0
@@ -289,7 +289,7 @@ def test_cluster_gives_every_user_what_one_server_gives(seed: int) -> None:
                 if line == "WAIT":
                     continue
                 conn = conns.get(slot)
-                if conn is None or conn.closed or conn.protocol.finished:
+                if conn is None or conn.closed or conn.protocol.closing:
                     conn = conns[slot] = make(slot)
                     transcripts.setdefault(slot, []).append("--new--")
                     conn.send(f"NICK n{slot}")

@@ -49,10 +49,13 @@ def id_key(eid: str) -> tuple[int, int]:
 
 
 class RemoteConn:
-    """The connection of a user on another node: nothing is written here."""
+    """
+    The connection of a user on another node: nothing is written here (its
+    own node writes to it).  A fan-out L{Member} that is never read.
+    """
 
     __slots__ = ("node",)
-    finished = False
+    closing = False
 
     def __init__(self, node: str) -> None:
         self.node = node
@@ -61,6 +64,12 @@ class RemoteConn:
         pass
 
     def deliver(self, data: bytes) -> None:
+        pass
+
+    def pause_reading(self) -> None:
+        pass
+
+    def resume_reading(self) -> None:
         pass
 
 
@@ -143,7 +152,7 @@ class Replica:
 
     def _register(self, eid: str, origin: str, k: int, event: dict[str, Any]) -> User:
         conn = self.answers.conn_for(k) if origin == self.node else None
-        orphan = conn is None or getattr(conn, "finished", False)
+        orphan = conn is None or getattr(conn, "closing", False)
         user = self.hub.register(
             str(event["nick"]), RemoteConn(origin) if conn is None else conn,
             str(event.get("a", "-")),

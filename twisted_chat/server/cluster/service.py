@@ -16,8 +16,8 @@ from twisted_chat import wire
 from twisted_chat.server.cluster.node import ClusterState, new_node_id
 from twisted_chat.server.cluster.redislog import RedisLog, RedisTarget
 from twisted_chat.server.config import ServerConfig
+from twisted_chat.server.factory import ChatFactory
 from twisted_chat.server.history import History
-from twisted_chat.server.protocol import ChatFactory
 
 __all__ = ["ClusterService", "cluster_factory"]
 
