@@ -448,9 +448,11 @@ def _cluster_service(options: Options, config: ServerConfig, reactor: Any) -> IS
         target = parse_url(options["redis"])
     except ValueError as e:
         raise SystemExit(f"twistd chat: --redis: {e}") from None
+    ports = [(description, _listen_on(description, reactor)) for description in config.ports]
     factory, redis = cluster_factory(config, reactor, target, options["node-timeout"])
+    factory.noisy = False
     top = MultiService()
     ClusterService(factory, redis).setServiceParent(top)
-    for description in config.ports:
-        strports.service(description, factory, reactor=reactor).setServiceParent(top)
+    for description, endpoint in ports:
+        PortService(description, endpoint, factory).setServiceParent(top)
     return top

@@ -48,11 +48,12 @@ class ClusterState:
         history: History,
         invite_timeout: float,
         reactor: IReactorTime,
+        log_messages: bool = False,
     ) -> None:
         self.node = node
         self.reactor = reactor
         self.invite_timeout = invite_timeout
-        self.replica = Replica(node, listener, history, invite_timeout, self)
+        self.replica = Replica(node, listener, history, invite_timeout, self, log_messages)
         self.hub: Hub = self.replica.hub
         self.events: EventLog | None = None
         #: Whether new users may register (the log is reachable).

@@ -105,10 +105,11 @@ class Replica:
         history: History,
         invite_timeout: float,
         answers: Answers,
+        log_messages: bool = False,
     ) -> None:
         self.node = node
         self.clock = Clock()
-        self.hub = Hub(self.clock, history, listener, invite_timeout)
+        self.hub = Hub(self.clock, history, listener, invite_timeout, log_messages=log_messages)
         self.answers = answers
         self.members: dict[str, Member] = {}  # by uid
         self.uids: dict[User, str] = {}

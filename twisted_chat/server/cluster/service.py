@@ -29,7 +29,8 @@ def cluster_factory(
 
     def build(factory: ChatFactory) -> ClusterState:
         state = ClusterState(
-            new_node_id(), factory, factory.history, config.invite_timeout, reactor
+            new_node_id(), factory, factory.history, config.invite_timeout, reactor,
+            log_messages=config.log_messages,
         )
         holder.append(state)
         return state
