@@ -181,13 +181,14 @@ def test_sigkill_node_users_leave_within_node_timeout(cluster: Callable[..., Clu
     victim.kill()
     left = alice.expect("LEFT", timeout=NODE_TIMEOUT + 5)
     waited = time.monotonic() - killed
-    assert waited <= NODE_TIMEOUT + 1.0, waited
+    # The lease lives 2/3 of the timeout and is checked every 1/6: the rest
+    # is margin for a loaded machine.
+    assert waited <= NODE_TIMEOUT + 1.5, waited
     assert left.split()[2:4] in (["bob", "disconnected"], ["dora", "disconnected"])
-    rest = alice.sync()
-    assert "UNPAIRED bob disconnected" in [left, *rest]
-    carol_lines = carol.sync()
-    assert "DECLINED dora gone" in carol_lines
-    assert sum(1 for line in carol_lines if line.startswith("LEFT")) == 2
+    assert alice.expect("UNPAIRED") == "UNPAIRED bob disconnected"
+    # Each node applies the death when it reads it: wait for carol's too.
+    carol.expect("DECLINED dora gone", timeout=NODE_TIMEOUT + 5)
+    assert sum(1 for line in carol.lines if line.startswith("LEFT")) == 2
     # Their nicks are free again, on any node.
     again = c.connect(c.nodes[2])
     again.register("bob")
