@@ -212,7 +212,7 @@ class ChatProtocol(Protocol):
             self._buffer += data
             if len(self._buffer) > _HELD_INPUT and not self._paused_for_answer:
                 self._paused_for_answer = True
-                self.pause_reading()
+                self.transport.pauseProducing()  # type: ignore[union-attr]
             return
         if self._buffer:
             data = self._buffer + data
@@ -293,7 +293,7 @@ class ChatProtocol(Protocol):
         if self._paused_for_answer:
             self._paused_for_answer = False
             if not self.closing:
-                self.resume_reading()
+                self.transport.resumeProducing()  # type: ignore[union-attr]
         if self._buffer and not self.closing:
             self.dataReceived(b"")
 

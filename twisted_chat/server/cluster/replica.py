@@ -51,7 +51,7 @@ def id_key(eid: str) -> tuple[int, int]:
 class RemoteConn:
     """
     The connection of a user on another node: nothing is written here (its
-    own node writes to it).  A fan-out L{Member} that is never read.
+    own node writes to it).  A fan-out L{Member}.
     """
 
     __slots__ = ("node",)
@@ -66,11 +66,6 @@ class RemoteConn:
     def deliver(self, data: bytes) -> None:
         pass
 
-    def pause_reading(self) -> None:
-        pass
-
-    def resume_reading(self) -> None:
-        pass
 
 
 @dataclass(slots=True)
