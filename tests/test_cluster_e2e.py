@@ -21,19 +21,24 @@ pytestmark = [
     pytest.mark.skipif(REDIS_SERVER is None, reason="redis-server is not installed"),
 ]
 
+# Short for the tests that wait for a death; the others use a longer one, so
+# that a node stalled by a loaded machine is not taken for dead.
 NODE_TIMEOUT = 3.0
+CALM_TIMEOUT = 10.0
 
 
 class Cluster:
-    def __init__(self, tmp: Path, redis: RedisServer) -> None:
+    def __init__(self, tmp: Path, redis: RedisServer, node_timeout: float) -> None:
         self.tmp = tmp
         self.redis = redis
+        self.node_timeout = node_timeout
         self.nodes: list[ServerProcess] = []
         self.clients: list[LineClient] = []
 
     def node(self, *args: str) -> ServerProcess:
         server = ServerProcess(
-            self.tmp, ["--redis", self.redis.url, "--node-timeout", str(NODE_TIMEOUT), *args]
+            self.tmp,
+            ["--redis", self.redis.url, "--node-timeout", str(self.node_timeout), *args],
         ).start()
         server.wait_log("cluster: connected to")
         self.nodes.append(server)
@@ -54,9 +59,9 @@ class Cluster:
 def cluster(tmp_path: Path) -> Iterator[Callable[..., Cluster]]:
     made: list[Cluster] = []
 
-    def make(n: int = 3, *args: str, password: str | None = None) -> Cluster:
-        redis = RedisServer(tmp_path, password=password).start()
-        c = Cluster(tmp_path, redis)
+    def make(n: int = 3, *args: str, node_timeout: float = CALM_TIMEOUT) -> Cluster:
+        redis = RedisServer(tmp_path).start()
+        c = Cluster(tmp_path, redis, node_timeout)
         made.append(c)
         for _ in range(n):
             c.node(*args)
@@ -104,10 +109,17 @@ def test_one_lobby_one_order_users_and_history(cluster: Callable[..., Cluster]) 
         histories.append([line.split(" ", 2)[2] for line in block if line.startswith("HISTORY")])
     assert histories[0] == [m.split(" ", 2)[2].replace(" * ", " ", 1) for m in seen[0]]
     assert all(h == histories[0] for h in histories)
-    # The history survives a node's restart, and the whole cluster's.
+    # The history survives a node's restart, and the whole cluster's; the
+    # node that starts then loads a snapshot (with users in it) and the
+    # stream after it.
+    deadline = time.monotonic() + 2 * CALM_TIMEOUT
+    while ":1" not in c.redis.command("EXISTS", "chat:snapshot"):
+        assert time.monotonic() < deadline, "no snapshot was written"
+        time.sleep(0.1)
     for server in c.nodes:
         server.stop()
     again = c.node("--history", "50")
+    assert ": 0 users online" not in again.log()
     block = c.user(again, "late").lines
     assert [line.split(" ", 2)[2] for line in block if line.startswith("HISTORY")] == histories[0]
     bigger = c.node("--history", "10")
@@ -163,7 +175,7 @@ def test_dm_and_pairing_across_nodes(cluster: Callable[..., Cluster]) -> None:
 
 
 def test_sigkill_node_users_leave_within_node_timeout(cluster: Callable[..., Cluster]) -> None:
-    c = cluster(3)
+    c = cluster(3, node_timeout=NODE_TIMEOUT)
     victim = c.nodes[1]
     alice = c.user(c.nodes[0], "alice")
     bob = c.user(victim, "bob")
@@ -211,7 +223,7 @@ def test_clean_stop_users_get_bye_others_see_left_at_once(
 
 
 def test_redis_restart_with_data_keeps_everyone(cluster: Callable[..., Cluster]) -> None:
-    c = cluster(2)
+    c = cluster(2, node_timeout=NODE_TIMEOUT)
     alice = c.user(c.nodes[0], "alice")
     bob = c.user(c.nodes[1], "bob")
     alice.sync()

@@ -263,16 +263,19 @@ class RedisLog:
             return
         replica = self.state.replica
         snapshot = await cmd.execute_command("GET", SNAPSHOT)
+        missing = await self._trimmed_after(cmd)
+        upto = "0-0"
         if snapshot:
-            missing = await self._trimmed_after(cmd)
-            if missing is not None and id_key(missing) > id_key(json.loads(snapshot)["id"]):
+            upto = str(json.loads(snapshot)["id"])
+            if missing is not None and id_key(missing) > id_key(upto):
                 raise ConnectionError("the snapshot is older than the stream; retrying")
+        elif missing is not None and missing != "0-0":
+            raise ConnectionError("the stream was trimmed and no snapshot is there yet")
+        # The history first: the users the snapshot brings online are shown
+        # to the listener, which may cache what a newcomer is sent.
+        await self._load_history(cmd, upto)
+        if snapshot:
             replica.restore(snapshot)
-        else:
-            missing = await self._trimmed_after(cmd)
-            if missing is not None and missing != "0-0":
-                raise ConnectionError("the stream was trimmed and no snapshot is there yet")
-        await self._load_history(cmd, replica.last_id)
         self._started = True
         self.log.info(
             "cluster: state loaded as of event {id}: {n} users online",
@@ -449,10 +452,10 @@ class RedisLog:
             await self._snapshot(cmd, now)
 
     async def _snapshot(self, cmd: Any, now: float) -> None:
-        self._snapshot_at = now
         replica = self.state.replica
         if replica.last_id == self._snapshot_id or replica.last_id == "0-0":
             return
+        self._snapshot_at = now
         await cmd.execute_command("SET", SNAPSHOT, replica.snapshot())
         if self._trim_to is not None:
             await cmd.execute_command("XTRIM", STREAM, "MINID", "~", self._trim_to)
