@@ -18,7 +18,7 @@ from twisted.internet.task import Clock
 from tests.harness import QUIET, Conn, Harness
 from twisted_chat.server.cluster.node import ClusterState
 from twisted_chat.server.config import ServerConfig
-from twisted_chat.server.factory import ChatFactory
+from twisted_chat.server.factory import ChatFactory, hub_options
 from twisted_chat.server.history import History
 
 START = 1_700_000_000
@@ -56,7 +56,7 @@ class Node(Harness):
         self.cluster = cluster
 
         def build(factory: ChatFactory) -> ClusterState:
-            state = ClusterState(name, factory, factory.history, self.config.invite_timeout,
+            state = ClusterState(name, factory, factory.history, hub_options(self.config),
                                  self.clock)
             state.events = NodeLog(cluster.log)
             state.available = True

@@ -46,14 +46,15 @@ class ClusterState:
         node: str,
         listener: Listener,
         history: History,
-        invite_timeout: float,
+        hub_options: dict[str, Any],
         reactor: IReactorTime,
-        log_messages: bool = False,
     ) -> None:
+        """@param hub_options: the L{Hub}'s keyword arguments (all replicas
+        of a cluster must be given the same)."""
         self.node = node
         self.reactor = reactor
-        self.invite_timeout = invite_timeout
-        self.replica = Replica(node, listener, history, invite_timeout, self, log_messages)
+        self.invite_timeout = float(hub_options.get("invite_timeout", 60.0))
+        self.replica = Replica(node, listener, history, self, hub_options)
         self.hub: Hub = self.replica.hub
         self.events: EventLog | None = None
         #: Whether new users may register (the log is reachable).
@@ -82,10 +83,10 @@ class ClusterState:
         self._pending[k] = (conn, d)
         return d
 
-    def register(self, nick: str, conn: Any, address: str) -> Deferred[User]:
+    def register(self, nick: str, conn: Any, address: str, source: str = "") -> Deferred[User]:
         if not self.available or self.closing:
             return fail(StateUnavailable())
-        return self._ask({"t": "reg", "nick": nick, "a": address}, conn)
+        return self._ask({"t": "reg", "nick": nick, "a": address, "s": source}, conn)
 
     def leave(self, user: User, reason: str, text: str = "") -> None:
         uid = self.replica.uids.get(user)

@@ -98,13 +98,12 @@ class Replica:
         node: str,
         listener: Listener,
         history: History,
-        invite_timeout: float,
         answers: Answers,
-        log_messages: bool = False,
+        hub_options: dict[str, Any] | None = None,
     ) -> None:
         self.node = node
         self.clock = Clock()
-        self.hub = Hub(self.clock, history, listener, invite_timeout, log_messages=log_messages)
+        self.hub = Hub(self.clock, history, listener, **(hub_options or {}))
         self.answers = answers
         self.members: dict[str, Member] = {}  # by uid
         self.uids: dict[User, str] = {}
@@ -151,7 +150,7 @@ class Replica:
         orphan = conn is None or getattr(conn, "closing", False)
         user = self.hub.register(
             str(event["nick"]), RemoteConn(origin) if conn is None else conn,
-            str(event.get("a", "-")),
+            str(event.get("a", "-")), source=str(event.get("s", "")),
         )
         self._add(user, origin, eid)
         if orphan and origin == self.node:
@@ -217,7 +216,8 @@ class Replica:
         online: the cluster's view of that node becomes exactly that (users
         missing from it leave; users the replica does not know come online).
         """
-        listed = {str(u[0]): (str(u[1]), str(u[2])) for u in event["users"]}
+        listed = {str(u[0]): (str(u[1]), str(u[2]), str(u[4]) if len(u) > 4 else "")
+                  for u in event["users"]}
         partners = {str(u[0]): str(u[3]) for u in event["users"] if len(u) > 3 and u[3]}
         stale = sorted(
             (m for m in self.members.values() if m.node == origin and m.uid not in listed),
@@ -225,11 +225,11 @@ class Replica:
         )
         for member in stale:
             self._gone(member.user, "disconnected", "")
-        for uid, (nick, address) in sorted(listed.items()):
+        for uid, (nick, address, source) in sorted(listed.items()):
             if uid in self.members:
                 continue
             try:
-                user = self.hub.register(nick, RemoteConn(origin), address)
+                user = self.hub.register(nick, RemoteConn(origin), address, source=source)
             except NickTaken:
                 _log.warn("node {node} holds {nick}, which is online elsewhere",
                           node=origin, nick=nick)
@@ -282,7 +282,8 @@ class Replica:
         """This node's users, as a C{hello} event lists them."""
         return [
             [m.uid, m.user.nick, m.user.address,
-             self.uids.get(m.user.partner, "") if m.user.partner is not None else ""]
+             self.uids.get(m.user.partner, "") if m.user.partner is not None else "",
+             m.user.source]
             for m in self.members.values()
             if m.node == self.node
         ]
@@ -301,7 +302,7 @@ class Replica:
     def snapshot(self) -> str:
         """The state after C{last_id}, as JSON (see L{restore})."""
         users = [
-            [m.uid, m.node, m.user.nick, m.user.address]
+            [m.uid, m.node, m.user.nick, m.user.address, m.user.source]
             for m in sorted(self.members.values(), key=lambda m: id_key(m.uid))
         ]
         pairs = []
@@ -342,8 +343,9 @@ class Replica:
         self.last_id = str(data["id"])
         self.last_k = {str(n): int(k) for n, k in data["k"].items()}
         by_uid: dict[str, User] = {}
-        for uid, node, nick, address in data["users"]:
-            user = hub.register(nick, RemoteConn(node), address)
+        for uid, node, nick, address, *rest in data["users"]:
+            user = hub.register(nick, RemoteConn(node), address,
+                                source=rest[0] if rest else "")
             self._add(user, node, uid)
             by_uid[uid] = user
         for a, b in data["pairs"]:

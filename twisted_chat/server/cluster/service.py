@@ -16,7 +16,7 @@ from twisted_chat import wire
 from twisted_chat.server.cluster.node import ClusterState, new_node_id
 from twisted_chat.server.cluster.redislog import RedisLog, RedisTarget
 from twisted_chat.server.config import ServerConfig
-from twisted_chat.server.factory import ChatFactory
+from twisted_chat.server.factory import ChatFactory, hub_options
 from twisted_chat.server.history import History
 
 __all__ = ["ClusterService", "cluster_factory"]
@@ -28,10 +28,8 @@ def cluster_factory(
     holder: list[ClusterState] = []
 
     def build(factory: ChatFactory) -> ClusterState:
-        state = ClusterState(
-            new_node_id(), factory, factory.history, config.invite_timeout, reactor,
-            log_messages=config.log_messages,
-        )
+        state = ClusterState(new_node_id(), factory, factory.history, hub_options(config),
+                             reactor)
         holder.append(state)
         return state
 
