@@ -6,7 +6,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-MAIN = ["chat", "ngircd", "inspircd"]
+MAIN = ["chat", "chat-before", "ngircd", "inspircd"]
+RATIO_TO = ["chat-before", "ngircd", "inspircd"]
 VARIANTS = ["chat", "chat-nopace", "chat-memdb", "chat-noflood", "chat-bare"]
 
 
@@ -130,6 +131,8 @@ def markdown(results: dict[str, Any], png: str | None) -> str:
         f"Machine: {results['machine']['cpus']} CPUs, Python {results['machine']['python']}, "
         f"kernel {results['machine']['kernel']}. Each server pinned to CPU 0 (`taskset -c 0`),"
         " the generator's processes to CPU 1; loopback only. "
+        + ("With contention: a CPU-bound process shared CPU 0 with each server. "
+           if results.get("contention") else "") +
         f"{plan['senders']} senders among the clients, latency read by {plan['samples']} "
         f"sample receivers, {plan['duration']} s per rate step, steps x{plan['step_factor']}. "
         f"Whole run: {results.get('seconds', 0):.0f} s.",
@@ -150,7 +153,7 @@ def markdown(results: dict[str, Any], png: str | None) -> str:
                   f" {plan.get('light_duration', 0)} s.",
                   ""]
         lines += table(results, MAIN, fixed_rows(), lambda s, c=c: s["fanout"].get(str(c)),
-                       ["ngircd", "inspircd"])
+                       RATIO_TO)
         lines.append("")
     if any("idle" in s for s in servers.values()):
         lines += [f"## Idle scale: {plan['idle_clients']:,} registered clients", "",
@@ -160,8 +163,7 @@ def markdown(results: dict[str, Any], png: str | None) -> str:
                   "until the 001 welcome, no channel joined (joining one channel with every "
                   "client made both IRC servers take minutes). So this table favours IRC.",
                   ""]
-        lines += table(results, MAIN, idle_rows(), lambda s: s.get("idle"),
-                       ["ngircd", "inspircd"])
+        lines += table(results, MAIN, idle_rows(), lambda s: s.get("idle"), RATIO_TO)
         lines.append("")
     if sum(1 for k in VARIANTS if k in servers) > 1:
         lines += ["## What each feature of our server costs", ""]

@@ -59,6 +59,8 @@ class ServerSpec:
     dialect: str  # "chat/1" or "irc"
     kind: str  # "chat", "ngircd" or "inspircd"
     extra: list[str] = field(default_factory=list)  # extra options for our server
+    # Our server from another source tree (a baseline): put first on sys.path.
+    tree: Path | None = None
 
     def argv(self, port: int, workdir: Path) -> list[str]:
         if self.kind == "chat":
@@ -109,10 +111,13 @@ class RunningServer:
         argv = spec.argv(self.port, self.workdir)
         if cpu is not None and shutil.which("taskset"):
             argv = ["taskset", "-c", str(cpu), *argv]
+        env = None
+        if spec.tree is not None:
+            env = {**os.environ, "PYTHONPATH": str(spec.tree)}
         self.log = open(self.workdir / "server.out", "wb")  # noqa: SIM115
         self.proc = subprocess.Popen(
             argv, stdin=subprocess.DEVNULL, stdout=self.log, stderr=subprocess.STDOUT,
-            start_new_session=True, cwd=self.workdir)
+            start_new_session=True, cwd=self.workdir, env=env)
         self.pid = self.proc.pid  # taskset execs the server: same pid
         self.max_rss = 0
         try:
@@ -161,6 +166,27 @@ class RunningServer:
             self.proc.wait(10)
         self.log.close()
         shutil.rmtree(self.workdir, ignore_errors=True)
+
+
+class Contention:
+    """
+    A CPU-bound process pinned to C{cpu} (the servers' core), so that the
+    server under test shares its core as on a busy host or a VM.  Bounded:
+    it ends by itself after C{limit} seconds, and L{stop} ends it sooner.
+    """
+
+    def __init__(self, cpu: int = 0, limit: float = 900.0) -> None:
+        argv = [sys.executable, "-c",
+                f"import time\nend = time.monotonic() + {limit}\n"
+                "while time.monotonic() < end:\n    sum(range(1000))\n"]
+        if shutil.which("taskset"):
+            argv = ["taskset", "-c", str(cpu), *argv]
+        self.proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, start_new_session=True)
+
+    def stop(self) -> None:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(self.proc.pid, signal.SIGKILL)
+        self.proc.wait(10)
 
 
 def free_port() -> int:
