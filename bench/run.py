@@ -99,8 +99,6 @@ def server_specs(quick: bool, only: list[str] | None,
                  baseline: Path | None = None) -> list[ServerSpec]:
     opts = chat_options()
     flood = GENEROUS_FLOOD if "--flood-rate" in opts else []
-    if "--exempt" in opts:  # the generator's addresses: no per-address limits
-        flood = [*flood, "--exempt", "127.0.0.0/8"]
     specs = []
     # our server as deployed: its defaults (durable history when it has --db),
     # flood control on but generous enough not to cut the senders

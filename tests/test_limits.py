@@ -266,6 +266,39 @@ def test_sendq_cut_does_not_disturb_the_fan_out_in_progress() -> None:
     assert carol.take() == [f"MSG {ts(h)} alice * " + "y" * 100]
 
 
+def test_a_peer_that_takes_nothing_for_sendq_timeout_is_dropped() -> None:
+    """Below --sendq, but its output has not drained for --sendq-timeout."""
+    h = Harness(sendq_timeout=8.0)
+    alice, bob = h.user("alice"), h.user("bob")
+    bob.transport.producer.pauseProducing()  # the kernel stopped taking bob's data
+    alice.send("MSG hi")
+    for _ in range(9):  # the watch looks every 2 s: it sees the stall at 2 s
+        h.clock.advance(1.0)
+    assert not bob.transport.disconnected
+    h.clock.advance(1.0)  # 8 s after it was first seen
+    assert bob.transport.disconnected
+    assert not alice.transport.disconnected
+    bob.protocol.connectionLost(Failure(ConnectionAborted()))
+    h.clock.advance(0)
+    assert alice.take()[-1] == f"LEFT {ts(h)} bob sendq"
+
+
+def test_a_peer_that_drains_now_and_then_is_not_dropped() -> None:
+    h = Harness(sendq_timeout=8.0)
+    alice, bob = h.user("alice"), h.user("bob")
+    producer = bob.transport.producer
+    for _ in range(30):
+        producer.pauseProducing()
+        alice.send("MSG " + "x" * 400)
+        h.clock.advance(1.0)
+        producer.resumeProducing()  # the kernel took it, at last
+        h.clock.advance(1.0)
+    assert not bob.transport.disconnected
+    alice.drop()
+    bob.drop()
+    assert h.clock.getDelayedCalls() == [], "the watch's timer ends with the last connection"
+
+
 # -- connection limits ---------------------------------------------------------
 
 

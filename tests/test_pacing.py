@@ -41,16 +41,15 @@ def paced() -> tuple[Harness, Work]:
 def count_writes(conn: Conn, on_write: Callable[[], None] | None = None) -> list[bytes]:
     """Record each write the protocol makes to C{conn}'s transport."""
     writes: list[bytes] = []
-    queue = conn.protocol._queue
-    send = queue._send
+    write = conn.transport.write
 
     def recording(data: bytes) -> None:
         writes.append(data)
         if on_write is not None:
             on_write()
-        send(data)
+        write(data)
 
-    queue._send = recording
+    conn.transport.write = recording  # type: ignore[method-assign]
     return writes
 
 

@@ -1,8 +1,10 @@
 """
 The send queue: the direct-send path on a real loopback TCP connection, the
 fallback for every other transport (or when Twisted lacks what the direct
-path reads, or the operator turns it off), and the --sendq rule on each.
-What clients see of the rule is in tests/test_limits.py.
+path reads, or the operator turns it off), the --sendq rule counting the
+kernel's bytes, the fixed socket send buffer, and the drain watch.  What
+clients see of the rules is in tests/test_limits.py and
+tests/test_e2e_limits.py.
 """
 
 from __future__ import annotations
@@ -14,23 +16,32 @@ from typing import Any
 import pytest
 import pytest_twisted
 from twisted.internet import defer, protocol
+from twisted.internet.abstract import FileDescriptor
+from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
 
 from twisted_chat.server import sendqueue
-from twisted_chat.server.sendqueue import SendQueue, backlog_meter, buffer_size, direct_sender
+from twisted_chat.server.sendqueue import (
+    DrainWatch,
+    SendQueue,
+    buffer_size,
+    kernel_queued,
+    stalled,
+)
+
+# -- transports that are not plain TCP --------------------------------------------
 
 
 def test_other_transports_use_transport_write() -> None:
     transport = StringTransport()
-    write = direct_sender(transport)
-    write(b"hello")
+    queue = SendQueue(transport, limit=1 << 20)
+    assert not queue.direct
+    assert queue.write(b"hello")
     assert transport.value() == b"hello"
-    assert backlog_meter(transport) is None  # the caller has to estimate
+    assert queue.held() == 0  # no socket under it, nothing paused
 
 
 def test_the_buffer_size_is_read_from_the_transport() -> None:
-    from twisted.internet.abstract import FileDescriptor
-
     transport = StringTransport()
     assert buffer_size(transport) == FileDescriptor.bufferSize  # Twisted's default
     transport.bufferSize = 1234  # type: ignore[attr-defined]
@@ -47,14 +58,18 @@ def test_without_a_meter_the_queue_estimates_from_the_buffer_size() -> None:
     transport = StringTransport()
     transport.bufferSize = 100  # type: ignore[attr-defined]
     queue = SendQueue(transport, limit=150)
-    assert not queue.direct
     assert queue.write(b"x" * 1000), "not paused: Twisted buffers what it must"
     queue.pauseProducing()  # the transport holds more than its 100 bytes
+    assert queue.held() == 100
     assert queue.write(b"y" * 50)  # 100 + 50: at the limit
     assert not queue.write(b"z"), "past it: the caller cuts the connection"
     assert transport.value() == b"x" * 1000 + b"y" * 50
     queue.resumeProducing()  # drained
+    assert queue.held() == 0
     assert queue.write(b"z" * 500)
+
+
+# -- plain TCP on loopback ---------------------------------------------------------
 
 
 class Accepted(protocol.Protocol):
@@ -78,45 +93,35 @@ def loopback() -> Iterator[Any]:
     port.stopListening()
 
 
-def read_exactly(sock: socket.socket, n: int) -> bytes:
-    data = b""
-    while len(data) < n:
-        chunk = sock.recv(n - len(data))
-        assert chunk, "closed early"
-        data += chunk
-    return data
-
-
 @pytest_twisted.inlineCallbacks
 def test_sends_at_once_when_nothing_is_queued(loopback: Any) -> Any:
     factory, client = loopback
     server = yield factory.accepted
-    write = direct_sender(server.transport)
-    assert write is not server.transport.write  # the fast path was chosen
-    write(b"now\r\n")
+    queue = SendQueue(server.transport, limit=1 << 20)
+    assert queue.direct
+    assert queue.write(b"now\r\n")
     # Sent without the reactor running: nothing was left in Twisted's buffer.
     assert server.transport._tempDataLen == 0
-    assert read_exactly(client, 5) == b"now\r\n"
+    assert client.recv(100) == b"now\r\n"
     server.transport.loseConnection()
 
 
 @pytest_twisted.inlineCallbacks
-def test_what_the_kernel_does_not_take_is_queued_in_order(loopback: Any) -> Any:
-    factory, client = loopback
-    server = yield factory.accepted
-    server.transport.getHandle().setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
-    write = direct_sender(server.transport)
-    big = bytes(range(256)) * 8192  # 2 MiB: far more than the socket buffers hold
-    write(big)
-    assert server.transport._tempDataLen > 0, "the rest went to Twisted's buffer"
-    meter = backlog_meter(server.transport)
-    assert meter is not None
-    held = meter()
-    assert 0 < held < len(big)
-    write(b"after")  # must not overtake the queued part
+def test_what_the_kernel_does_not_take_is_queued_in_order_and_counted(loopback: Any) -> Any:
     from twisted.internet import reactor
     from twisted.internet.task import deferLater
 
+    factory, client = loopback
+    server = yield factory.accepted
+    queue = SendQueue(server.transport, limit=1 << 30, sndbuf=4096)
+    big = bytes(range(256)) * 8192  # 2 MiB: far more than the socket buffers hold
+    assert queue.write(big)
+    twisted_share = queue.twisted_held()
+    kernel_share = kernel_queued(server.transport.getHandle())
+    assert 0 < twisted_share < len(big), "the rest went to Twisted's buffer"
+    assert kernel_share > 0, "and the kernel holds what the peer has not taken"
+    assert queue.held() == twisted_share + kernel_share
+    assert queue.write(b"after")  # must not overtake the queued part
     client.setblocking(False)
     received = bytearray()
     for _ in range(20000):  # bounded: let the reactor drain Twisted's buffer
@@ -127,7 +132,45 @@ def test_what_the_kernel_does_not_take_is_queued_in_order(loopback: Any) -> Any:
         if len(received) >= len(big) + 5:
             break
     assert bytes(received) == big + b"after"
-    assert meter() == 0  # all sent: nothing held any more
+    for _ in range(200):  # the last ACK may take a moment
+        if queue.held() == 0:
+            break
+        yield deferLater(reactor, 0.005, lambda: None)
+    assert queue.held() == 0, "all delivered: nothing held any more"
+    server.transport.loseConnection()
+
+
+@pytest_twisted.inlineCallbacks
+def test_the_limit_counts_the_kernels_bytes(loopback: Any, monkeypatch: pytest.MonkeyPatch) -> Any:
+    factory, _client = loopback
+    server = yield factory.accepted
+    transport = server.transport
+    SendQueue(transport, limit=1 << 30, sndbuf=16384).write(b"x" * 300_000)
+    twisted_share = SendQueue(transport, limit=1 << 30).twisted_held()
+    kernel_share = kernel_queued(transport.getHandle())
+    assert twisted_share > 0 and kernel_share > 1000
+    line = b"y" * 100
+    # Room for Twisted's share and the line, not for the kernel's share too.
+    tight = SendQueue(transport, limit=twisted_share + len(line) + kernel_share // 2)
+    assert not tight.write(line)
+    roomy = SendQueue(transport, limit=twisted_share + len(line) + kernel_share + 10)
+    assert roomy.write(line)
+    # Where the kernel cannot be asked, only Twisted's share counts.
+    monkeypatch.setattr(sendqueue, "SIOCOUTQ", None)
+    blind = SendQueue(transport, limit=twisted_share + 2 * len(line) + kernel_share // 2)
+    assert blind.write(line)
+    transport.abortConnection()
+
+
+@pytest_twisted.inlineCallbacks
+def test_the_send_buffer_is_fixed_and_at_most_half_the_limit(loopback: Any) -> Any:
+    factory, _client = loopback
+    server = yield factory.accepted
+    sock = server.transport.getHandle()
+    SendQueue(server.transport, limit=1 << 20, sndbuf=32768)
+    assert sock.getsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF) == 2 * 32768  # Linux doubles
+    SendQueue(server.transport, limit=40000, sndbuf=32768)
+    assert sock.getsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF) == 40000
     server.transport.loseConnection()
 
 
@@ -140,8 +183,6 @@ def test_without_the_private_attributes_the_queue_falls_back(
     factory, _client = loopback
     server = yield factory.accepted
     monkeypatch.setattr(sendqueue, "_PRIVATE", (*sendqueue._PRIVATE, "_gone_in_this_twisted"))
-    assert direct_sender(server.transport) == server.transport.write
-    assert backlog_meter(server.transport) is None
     queue = SendQueue(server.transport, limit=buffer_size(server.transport) + 10)
     assert not queue.direct
     assert queue.write(b"hi\r\n")
@@ -161,3 +202,70 @@ def test_the_operator_can_turn_the_direct_path_off(loopback: Any) -> Any:
     queue.write(b"later\r\n")
     assert server.transport._tempDataLen == 7, "left to the reactor's next turn"
     server.transport.loseConnection()
+
+
+# -- output that does not drain ------------------------------------------------------
+
+
+def test_nothing_held_is_never_stalled() -> None:
+    assert stalled(held=0, delivered=5, last=5, since=1.0, now=100.0, timeout=10) == (None, False)
+
+
+def test_a_stall_starts_when_bytes_are_held_and_nothing_moved() -> None:
+    assert stalled(held=10, delivered=5, last=5, since=None, now=3.0, timeout=10) == (3.0, False)
+
+
+def test_any_byte_taken_restarts_the_stall() -> None:
+    assert stalled(held=10, delivered=6, last=5, since=1.0, now=50.0, timeout=10) == (50.0, False)
+
+
+def test_held_without_progress_for_the_timeout_is_over() -> None:
+    assert stalled(held=10, delivered=5, last=5, since=1.0, now=10.9, timeout=10) == (1.0, False)
+    assert stalled(held=10, delivered=5, last=5, since=1.0, now=11.0, timeout=10) == (1.0, True)
+
+
+class Stuck:
+    """A stand-in queue: C{held} bytes held of C{written} handed to it."""
+
+    def __init__(self, held: int) -> None:
+        self.written = 1000
+        self._held = held
+        self.last_delivered = 0
+        self.stalled_since: float | None = None
+
+    def held(self) -> int:
+        return self._held
+
+
+def watched(*queues: Stuck, timeout: float = 8.0) -> tuple[Clock, DrainWatch, list[Stuck]]:
+    clock = Clock()
+    watch = DrainWatch(clock, timeout)
+    dropped: list[Stuck] = []
+    for queue in queues:
+        watch.watch(queue, lambda q=queue: dropped.append(q))  # type: ignore[arg-type,misc]
+    return clock, watch, dropped
+
+
+def test_the_watch_drops_a_stalled_queue_within_a_quarter_past_the_timeout() -> None:
+    stuck, fine, empty = Stuck(held=500), Stuck(held=500), Stuck(held=0)
+    clock, _watch, dropped = watched(stuck, fine, empty)
+    for _ in range(4):
+        clock.advance(2.0)
+        fine.written += 10  # its peer takes some, and more comes
+    assert dropped == []
+    clock.advance(2.0)  # stalled since the first look, 8 s ago
+    assert dropped == [stuck]
+    for _ in range(20):
+        clock.advance(2.0)
+        fine.written += 10
+    assert dropped == [stuck], "progress and emptiness are never dropped"
+
+
+def test_the_watch_keeps_no_timer_without_queues_and_none_when_off() -> None:
+    queue = Stuck(held=0)
+    clock, watch, _ = watched(queue)
+    assert len(clock.getDelayedCalls()) == 1, "one timer for every queue"
+    watch.forget(queue)  # type: ignore[arg-type]
+    assert clock.getDelayedCalls() == []
+    clock, _, _ = watched(Stuck(held=5), timeout=0.0)
+    assert clock.getDelayedCalls() == []

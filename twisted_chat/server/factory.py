@@ -24,6 +24,7 @@ from twisted_chat.server.history import Entry, History, newest_within
 from twisted_chat.server.hub import Hub, Invitation, State, User
 from twisted_chat.server.metrics import Stats
 from twisted_chat.server.protocol import ChatProtocol
+from twisted_chat.server.sendqueue import DrainWatch
 from twisted_chat.server.state import ChatState, LocalState
 from twisted_chat.wire import ErrorCode
 
@@ -108,6 +109,7 @@ class ChatFactory(ServerFactory):
         self.stats = Stats()
         self.fanout = LobbyFanout(reactor, self._lobby_members, config.fanout_delay, backlog,
                                   on_batch=self.stats.fanned_out)
+        self.drain = DrainWatch(reactor, config.sendq_timeout)
         self._roster: bytes | None = None
         self._user_lines: dict[str, bytes] = {}  # by nick key, each encoded once
         self._history_block: bytes | None = None

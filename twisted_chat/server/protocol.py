@@ -93,8 +93,10 @@ class ChatProtocol(Protocol):
         if no_delay is not None:
             no_delay(True)
         config = self.config
-        self._queue = SendQueue(transport, config.sendq, direct=config.direct_send)
-        self._queue.start()
+        self._queue = queue = SendQueue(transport, config.sendq, direct=config.direct_send,
+                                        sndbuf=config.sndbuf)
+        queue.start()
+        self.factory.drain.watch(queue, self._stalled)
         now = self.clock.seconds()
         self._last_line = now
         # With --flood-rate 0 the meter lets every line through, but still
@@ -113,6 +115,8 @@ class ChatProtocol(Protocol):
         if self._abort_call is not None and self._abort_call.active():
             self._abort_call.cancel()
         self._abort_call = None
+        if self._queue is not None:
+            self.factory.drain.forget(self._queue)
         self.factory.connection_lost(self)
         self.stats.disconnected(self._leave_reason)
         self._leave(self._leave_reason)
@@ -191,14 +195,23 @@ class ChatProtocol(Protocol):
         read).  The hub hears of it from C{connectionLost}, which Twisted
         calls on a later turn, so a fan-out in progress is not disturbed.
         """
+        self._cut(f"send queue over {self.config.sendq} bytes")
+
+    def _stalled(self) -> None:
+        """The peer took none of what is held for it for --sendq-timeout."""
+        self._cut(f"output not drained for {self.config.sendq_timeout:g} seconds")
+
+    def _cut(self, why: str) -> None:
+        if self.closing:
+            return
         self.factory.repeats.log(
             self.log,
             LogLevel.info,
             self.pool_key,
             "sendq",
-            "{nick} dropped: send queue over {sendq} bytes",
+            "{nick} dropped: {why}",
             nick=self.user.nick if self.user else self.address,
-            sendq=self.config.sendq,
+            why=why,
         )
         self.closing = True
         self._leave_reason = "sendq"

@@ -1,36 +1,44 @@
 """
 One connection's send queue: how its bytes reach the transport, how many are
-held for it, and the C{--sendq} rule (docs/fanout.md, "The send queue").
+held for it wherever they sit (Twisted's buffer and the kernel's), and the
+rules that bound them: C{--sendq}, C{--sndbuf} and C{--sendq-timeout}.  The
+design is in docs/fanout.md, "The send queue".
 
-Twisted's C{transport.write} never sends at once: it buffers, has the reactor
-watch the socket for writability and sends on the next iteration, two
-C{epoll_ctl} calls and a dispatch per recipient per turn, the largest share
-of what a delivered line costs.  On a plain TCP transport the queue sends
-straight away when Twisted holds nothing for it (so order is kept), and hands
-whatever the kernel did not take to C{transport.write}, which then works as
-usual: its buffer, its producer pausing, its error handling.
-
-That path reads three attributes of Twisted's C{FileDescriptor} that are not
-public API (C{dataBuffer}, C{offset}, C{_tempDataLen}).  Where they are
-missing, on any other transport (TLS, UNIX sockets, test transports), or when
-the operator turns it off (C{--no-direct-send}), the queue uses plain
-C{transport.write} and estimates what is held.
+On a plain TCP transport the queue sends straight away when Twisted holds
+nothing for it (order is kept), and hands what the kernel did not take to
+C{transport.write}, which then works as usual.  That path reads attributes of
+Twisted's C{FileDescriptor} that are not public API (C{dataBuffer},
+C{offset}, C{_tempDataLen}); where they are missing, on other transports
+(TLS, test transports), or with C{--no-direct-send}, the queue writes with
+C{transport.write} and estimates Twisted's share from its pausing.
 """
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
+import socket
+import sys
 from collections.abc import Callable
 from typing import Any
 
 from twisted.internet import tcp
 from twisted.internet.abstract import FileDescriptor
-from twisted.internet.interfaces import IPushProducer
+from twisted.internet.interfaces import IDelayedCall, IPushProducer, IReactorTime
 from zope.interface import implementer
-
-Write = Callable[[bytes], None]
 
 # The attributes of Twisted's TCP transport the direct path reads.
 _PRIVATE = ("dataBuffer", "offset", "_tempDataLen", "socket")
+
+# SIOCOUTQ (Linux): the bytes in a socket's send queue not yet acknowledged
+# by the peer.  Elsewhere the kernel's share is not counted (docs/fanout.md).
+if sys.platform.startswith("linux"):
+    import termios
+
+    SIOCOUTQ: int | None = termios.TIOCOUTQ  # the same request number
+else:  # pragma: no cover - not this platform
+    SIOCOUTQ = None
+_INT = bytes(4)
 
 
 def _plain_tcp(transport: Any) -> bool:
@@ -50,84 +58,68 @@ def buffer_size(transport: Any) -> int:
     return int(FileDescriptor.bufferSize)
 
 
-def backlog_meter(transport: Any) -> Callable[[], int] | None:
-    """
-    A function telling how many bytes Twisted still holds for C{transport},
-    or C{None} where that cannot be read (then the caller has to estimate).
-    """
-    if not _plain_tcp(transport):
-        return None
-
-    def queued() -> int:
-        return int(len(transport.dataBuffer) - transport.offset + transport._tempDataLen)
-
-    return queued
+def socket_of(transport: Any) -> socket.socket | None:
+    """The kernel socket under C{transport} (under its TLS, too), if any."""
+    for candidate in (transport, getattr(transport, "transport", None)):
+        get = getattr(candidate, "getHandle", None)
+        handle = get() if get is not None else None
+        if isinstance(handle, socket.socket):
+            return handle
+    return None
 
 
-def direct_sender(transport: Any) -> Write:
-    """The fastest correct way to write to C{transport}."""
-    if not _plain_tcp(transport):
-        write: Write = transport.write
-        return write
-    send = transport.socket.send
-    buffered_write: Write = transport.write
-
-    def write_now(data: bytes) -> None:
-        if (
-            transport._tempDataLen
-            or transport.offset != len(transport.dataBuffer)
-            or not transport.connected
-            or transport.disconnecting
-        ):
-            buffered_write(data)  # keep the order behind what is already queued
-            return
-        try:
-            sent = send(data)
-        except (BlockingIOError, InterruptedError):
-            sent = 0
-        except OSError:
-            # Let Twisted find the error on its own path and close as usual.
-            buffered_write(data)
-            return
-        if sent < len(data):
-            buffered_write(data[sent:])
-
-    return write_now
+def kernel_queued(sock: socket.socket | None) -> int:
+    """Bytes the kernel holds for C{sock} that the peer has not acknowledged
+    (0 where that cannot be asked)."""
+    if sock is None or SIOCOUTQ is None:
+        return 0
+    try:
+        return int.from_bytes(fcntl.ioctl(sock.fileno(), SIOCOUTQ, _INT), sys.byteorder)
+    except (OSError, ValueError):
+        return 0
 
 
 @implementer(IPushProducer)
 class SendQueue:
     """
-    The bytes held for one connection, bounded by C{limit} (C{--sendq}).
+    The bytes held for one connection, bounded by C{limit} (C{--sendq}),
+    counted wherever they sit: Twisted's buffer and the kernel's send queue.
 
-    It is the transport's push producer: Twisted pauses it once the
-    transport holds more than its buffer size (the kernel is not taking
-    data), and resumes it once that drained.  While paused, every write
-    checks the limit: where Twisted's buffer can be read, against what it
-    really holds; elsewhere against its buffer size plus what was written
-    since the pause.  L{write} returns C{False} for a write that would pass
-    the limit (and does not write it): the caller cuts the connection.
+    While Twisted holds nothing the kernel took everything, and the kernel's
+    share is bounded by the socket's send buffer, fixed at C{sndbuf} (and at
+    most half the limit; the kernel counts double).  Once Twisted holds
+    bytes, every write checks Twisted's share plus the kernel's against the
+    limit.  Where Twisted's buffer cannot be read, Twisted's share is
+    estimated: its buffer size once it paused this producer, plus what was
+    written since.  L{write} returns C{False} for a write that would pass the
+    limit (and does not write it): the caller cuts the connection.
     """
 
-    __slots__ = ("_excess", "_held", "_limit", "_meter", "_send", "_transport")
+    __slots__ = ("_bufsize", "_direct", "_excess", "_limit", "_paused", "_sock", "_transport",
+                 "last_delivered", "stalled_since", "written")
 
-    def __init__(self, transport: Any, limit: int, direct: bool = True) -> None:
+    def __init__(self, transport: Any, limit: int, direct: bool = True, sndbuf: int = 0) -> None:
         self._transport = transport
         self._limit = limit
-        self._excess = max(limit - buffer_size(transport), 0)
-        # Bytes written since the transport paused us; None while it is not.
-        self._held: int | None = None
-        if direct:
-            self._send = direct_sender(transport)
-            self._meter = backlog_meter(transport)
-        else:
-            self._send = transport.write
-            self._meter = None
+        self._bufsize = buffer_size(transport)
+        self._excess = max(limit - self._bufsize, 0)
+        self._paused: int | None = None  # bytes written since Twisted paused us
+        self._direct = direct and _plain_tcp(transport)
+        self._sock = socket_of(transport)
+        if sndbuf and self._sock is not None:
+            with contextlib.suppress(OSError):
+                self._sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF,
+                                      max(min(sndbuf, limit // 2), 1024))
+        self.written = 0  # every byte handed to the queue
+        # For DrainWatch: what had been delivered when it last looked, and
+        # since when nothing has been (None: nothing is held).
+        self.last_delivered = 0
+        self.stalled_since: float | None = None
 
     @property
     def direct(self) -> bool:
         """Whether writes go straight to the socket when nothing is queued."""
-        return self._meter is not None
+        return self._direct
 
     def start(self) -> None:
         self._transport.registerProducer(self, True)
@@ -138,33 +130,126 @@ class SendQueue:
         the producer instead of closing."""
         self._transport.unregisterProducer()
 
+    def twisted_held(self) -> int:
+        """Bytes Twisted holds (an estimate where it cannot be read)."""
+        t = self._transport
+        if self._direct:
+            return int(len(t.dataBuffer) - t.offset + t._tempDataLen)
+        paused = self._paused
+        return 0 if paused is None else self._bufsize + paused
+
+    def held(self) -> int:
+        """Bytes held for the connection: Twisted's and the kernel's."""
+        return self.twisted_held() + kernel_queued(self._sock)
+
     def write(self, data: bytes) -> bool:
-        held = self._held
-        if held is None:
-            self._send(data)
+        self.written += len(data)
+        t = self._transport
+        if self._direct:
+            queued = t._tempDataLen or t.offset != len(t.dataBuffer)
+            if not queued and t.connected and not t.disconnecting:
+                try:
+                    sent = t.socket.send(data)
+                except (BlockingIOError, InterruptedError):
+                    sent = 0
+                except OSError:
+                    # Let Twisted find the error on its own path and close.
+                    t.write(data)
+                    return True
+                if sent < len(data):
+                    t.write(data[sent:])
+                return True
+            if queued and self.held() + len(data) > self._limit:
+                return False
+            t.write(data)
             return True
-        meter = self._meter
-        if meter is not None:
-            # What Twisted really holds, so a peer that reads steadily but
-            # fell behind in a burst is not cut early.
-            over = meter() + len(data) > self._limit
-        else:
-            held += len(data)
-            self._held = held
-            over = held > self._excess
-        if over:
-            return False
-        self._send(data)
+        paused = self._paused
+        if paused is not None:
+            paused += len(data)
+            self._paused = paused
+            if paused + kernel_queued(self._sock) > self._excess:
+                return False
+        t.write(data)
         return True
 
     # -- IPushProducer ------------------------------------------------------------
 
     def pauseProducing(self) -> None:
-        if self._held is None:
-            self._held = 0
+        if self._paused is None:
+            self._paused = 0
 
     def resumeProducing(self) -> None:
-        self._held = None
+        self._paused = None
 
     def stopProducing(self) -> None:
         pass
+
+
+# -- output that does not drain ---------------------------------------------------
+
+
+def stalled(
+    held: int, delivered: int, last: int, since: float | None, now: float, timeout: float
+) -> tuple[float | None, bool]:
+    """
+    One look at a queue: C{held} bytes held, C{delivered} in all so far
+    (C{last} at the previous look, when it had been stalled C{since}).
+    Returns when its stall began (C{None}: it is not stalled) and whether it
+    has lasted C{timeout}: output that has not drained that long.
+    """
+    if held == 0:
+        return None, False
+    if since is None or delivered != last:
+        return now, False
+    return since, now - since >= timeout
+
+
+class DrainWatch:
+    """
+    One timer for every connection: each C{timeout / 4} seconds it looks at
+    every send queue, and calls the C{on_stall} of each whose peer has taken
+    none of the bytes held for it for C{timeout} seconds (L{stalled}).
+    C{timeout} 0 turns it off.
+    """
+
+    __slots__ = ("_call", "_clock", "_queues", "_timeout")
+
+    def __init__(self, clock: IReactorTime, timeout: float) -> None:
+        self._clock = clock
+        self._timeout = timeout
+        self._queues: dict[SendQueue, Callable[[], None]] = {}
+        self._call: IDelayedCall | None = None
+
+    def watch(self, queue: SendQueue, on_stall: Callable[[], None]) -> None:
+        if not self._timeout:
+            return
+        self._queues[queue] = on_stall
+        if self._call is None:
+            self._call = self._clock.callLater(self._timeout / 4, self._look)
+
+    def forget(self, queue: SendQueue) -> None:
+        self._queues.pop(queue, None)
+        if not self._queues and self._call is not None:
+            if self._call.active():
+                self._call.cancel()
+            self._call = None
+
+    def _look(self) -> None:
+        self._call = None
+        now = self._clock.seconds()
+        timeout = self._timeout
+        dropped = []
+        for queue, on_stall in self._queues.items():
+            held = queue.held()
+            delivered = queue.written - held
+            since, over = stalled(held, delivered, queue.last_delivered, queue.stalled_since,
+                                  now, timeout)
+            queue.stalled_since = since
+            queue.last_delivered = delivered
+            if over:
+                dropped.append((queue, on_stall))
+        for queue, on_stall in dropped:
+            self.forget(queue)
+            on_stall()
+        if self._queues and self._call is None:
+            self._call = self._clock.callLater(timeout / 4, self._look)

@@ -113,8 +113,15 @@ class Options(usage.Options):
         ["flood-burst", None, _defaults.flood_burst,
          "Lines a connection may send at once before the rate applies.", _positive(int)],
         ["sendq", None, _defaults.sendq,
-         "Bytes the server holds for a connection that is not reading before it "
-         "drops it.", _positive(int)],
+         "Bytes the server holds for a connection that is not reading (its share in "
+         "the kernel included, where the platform tells) before it drops it.",
+         _positive(int)],
+        ["sndbuf", None, _defaults.sndbuf,
+         "Each socket's kernel send buffer, in bytes, fixed (at most half of --sendq; "
+         "0: leave it to the kernel's autotuning).", _non_negative(int)],
+        ["sendq-timeout", None, _defaults.sendq_timeout,
+         "Seconds a connection's peer may take none of the bytes held for it before "
+         "it is dropped (0: never).", _non_negative(float)],
         ["idle-timeout", None, _defaults.idle_timeout,
          "Seconds of silence before the server sends PING (0: never).", _non_negative(float)],
         ["ping-timeout", None, _defaults.ping_timeout,
@@ -223,6 +230,8 @@ class Options(usage.Options):
             flood_rate=self["flood-rate"],
             flood_burst=self["flood-burst"],
             sendq=self["sendq"],
+            sndbuf=self["sndbuf"],
+            sendq_timeout=self["sendq-timeout"],
             idle_timeout=self["idle-timeout"],
             ping_timeout=self["ping-timeout"],
             nick_timeout=self["nick-timeout"],
