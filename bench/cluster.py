@@ -17,6 +17,7 @@ import contextlib
 import datetime as dt
 import json
 import shutil
+import socket
 import subprocess
 import sys
 import tempfile
@@ -51,6 +52,23 @@ class Redis:
 
     def cpu(self) -> float:
         return cpu_seconds(self.proc.pid)
+
+    def command(self, *args: str) -> str:
+        parts = "".join(f"${len(a.encode())}\r\n{a}\r\n" for a in args)
+        with socket.create_connection(("127.0.0.1", self.port), timeout=5) as sock:
+            sock.sendall(f"*{len(args)}\r\n{parts}".encode())
+            time.sleep(0.05)
+            return sock.recv(1 << 20).decode(errors="replace")
+
+    def commandstats(self) -> dict[str, dict[str, float]]:
+        """Redis's own count and CPU time (us) per command since the last reset."""
+        out: dict[str, dict[str, float]] = {}
+        for line in self.command("INFO", "commandstats").splitlines():
+            if line.startswith("cmdstat_"):
+                name, _, rest = line.partition(":")
+                fields = dict(kv.split("=", 1) for kv in rest.split(","))
+                out[name[8:]] = {"calls": float(fields["calls"]), "usec": float(fields["usec"])}
+        return out
 
     def stop(self) -> None:
         self.proc.terminate()
@@ -119,8 +137,17 @@ def measure(kind: str, clients: int, light_rate: float, heavy_rate: float,
     with setup(kind, clients, senders=10, samples=8) as (nodes, gen, redis):
         for name, rate in (("light", light_rate), ("heavy", heavy_rate)):
             r0 = redis.cpu() if redis else 0.0
+            if redis:
+                redis.command("CONFIG", "RESETSTAT")
             res = scenarios.one_rate(nodes, gen, clients, rate, duration, 3.0)  # type: ignore[arg-type]
             r1 = redis.cpu() if redis else 0.0
+            if redis:
+                stats = redis.commandstats()
+                res["redis_commands"] = stats
+                res["redis_commands_per_message"] = (
+                    sum(x["calls"] for x in stats.values()) / res["sent"] if res["sent"] else None)
+                res["redis_command_us_per_message"] = (
+                    sum(x["usec"] for x in stats.values()) / res["sent"] if res["sent"] else None)
             res["redis_cpu_s"] = r1 - r0
             res["redis_us_per_message"] = ((r1 - r0) / res["sent"] * 1e6
                                            if redis and res["sent"] else None)
@@ -130,8 +157,9 @@ def measure(kind: str, clients: int, light_rate: float, heavy_rate: float,
 
 def table(results: list[dict[str, Any]]) -> str:
     rows = ["| setup | load | offered deliveries/s | delivered/s | delivered | p50 ms | p99 ms "
-            "| node CPU us/delivery | Redis CPU us/message |",
-            "|---|---|---|---|---|---|---|---|---|"]
+            "| node CPU us/delivery | Redis CPU us/message | Redis commands/message "
+            "| Redis in-command us/message |",
+            "|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in results:
         for name in ("light", "heavy"):
             x = r[name]
@@ -141,10 +169,16 @@ def table(results: list[dict[str, Any]]) -> str:
             rows.append(
                 f"| {r['kind']} | {name} {x['rate']:g} msg/s | {x['offered_deliveries_per_s']:.0f} "
                 f"| {x['lines_per_s']:.0f} | {x['fraction']:.3f} | {lat['p50']:.2f} "
-                f"| {lat['p99']:.2f} | {us:.2f} | {'-' if rus is None else f'{rus:.0f}'} |"
+                f"| {lat['p99']:.2f} | {us:.2f} | {'-' if rus is None else f'{rus:.0f}'} "
+                f"| {_num(x.get('redis_commands_per_message'))} "
+                f"| {_num(x.get('redis_command_us_per_message'))} |"
                 if us is not None and lat["p50"] is not None else
-                f"| {r['kind']} | {name} | - | - | - | - | - | - | - |")
+                f"| {r['kind']} | {name} | - | - | - | - | - | - | - | - | - |")
     return "\n".join(rows)
+
+
+def _num(x: float | None) -> str:
+    return "-" if x is None else f"{x:.1f}"
 
 
 def main(argv: list[str] | None = None) -> int:
