@@ -198,6 +198,9 @@ class Options(usage.Options):
         super().__init__()
         self["ports"] = []
         self["exempt"] = []
+        self["web"] = []
+        self["web-origins"] = []
+        self["trust-proxy"] = []
 
     def opt_exempt(self, cidr: str) -> None:
         """An address or CIDR block (e.g. 192.0.2.10, 2001:db8::/48) without any per-address limit: --max-per-ip, connection, registration and lobby rates, handshaking connections. For a bouncer, a NAT gateway, a benchmark. Repeatable. Nothing is exempt by default, loopback included."""  # noqa: E501
@@ -211,6 +214,24 @@ class Options(usage.Options):
         self["ports"].append(_endpoint(description))
 
     opt_p = opt_port
+
+    def opt_web(self, description: str) -> None:
+        """Also serve the web client (page at /, WebSocket at /chat) here: a bare port number (TCP) or any Twisted endpoint, e.g. tcp:8080:interface=127.0.0.1 or ssl:8443:privateKey=server.pem. Repeatable. [default: off]"""  # noqa: E501
+        self["web"].append(_endpoint(description))
+
+    def opt_web_origin(self, origin: str) -> None:
+        """An origin (scheme://host[:port]) whose pages may open the WebSocket besides the page's own, or * for any. Repeatable."""  # noqa: E501
+        self["web-origins"].append(origin)
+
+    def opt_trust_proxy(self, proxies: str) -> None:
+        """A reverse proxy (address or network, e.g. 127.0.0.1 or 10.0.0.0/8; comma-separated) whose X-Forwarded-For names the web client's address for per-address limits. Repeatable."""  # noqa: E501
+        from twisted_chat.web.config import parse_networks
+
+        try:
+            parse_networks([proxies])
+        except ValueError as e:
+            raise usage.UsageError(f"--trust-proxy: {e}") from None
+        self["trust-proxy"].append(proxies)
 
     def postOptions(self) -> None:
         if not self["ports"]:
@@ -445,6 +466,8 @@ def makeService(options: Options, reactor: Any = None) -> IService:
     if config.metrics is not None:
         site = metrics.metrics_site(metrics.registry_for(factory.stats, chat.snapshot))
         PortService(config.metrics, scrape, site, "--metrics").setServiceParent(top)
+    if options["web"]:
+        _add_web(top, options, factory, reactor)
     return top
 
 
@@ -465,3 +488,19 @@ def _cluster_service(options: Options, config: ServerConfig, reactor: Any) -> IS
     for description, endpoint in ports:
         PortService(description, endpoint, factory).setServiceParent(top)
     return top
+
+
+def _add_web(top: MultiService, options: Options, factory: ChatFactory, reactor: Any) -> None:
+    """C{--web}: the page and its WebSocket, into the same hub (twisted_chat.web)."""
+    from twisted_chat.web.config import WebConfig, max_message_for, parse_networks
+    from twisted_chat.web.site import web_site
+
+    web = WebConfig(
+        origins=tuple(options["web-origins"]),
+        trusted_proxies=parse_networks(options["trust-proxy"]),
+        max_message=max_message_for(factory.config.max_line),
+    )
+    site = web_site(factory, factory.config.max_line, web, reactor=reactor)
+    for description in options["web"]:
+        endpoint = _listen_on(description, reactor, "--web")
+        PortService(description, endpoint, site, "--web").setServiceParent(top)

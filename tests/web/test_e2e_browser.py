@@ -1,0 +1,408 @@
+"""
+The web client end to end: the real C{twistd -n chat --web ...}, headless
+Chromium (Debian's C{chromium}) driven by Selenium through Debian's
+C{chromium-driver}, and raw chat/1 TCP clients in the same lobby.
+
+Every wait is bounded (WebDriverWait, LineClient timeouts).  The browser
+runs in the Asia/Kolkata time zone (UTC+05:30), so a timestamp shown in
+the viewer's local time differs from the server's UTC in hours and minutes.
+Screenshots go to build/web-e2e/ (untracked).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import time
+from collections.abc import Callable, Iterator
+from datetime import UTC, datetime, timedelta, timezone
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.serverproc import LOOPBACK, LineClient, ServerProcess, free_port, wait_for_port
+
+webdriver = pytest.importorskip("selenium.webdriver")
+from selenium.common.exceptions import NoAlertPresentException  # noqa: E402
+from selenium.webdriver.chrome.service import Service  # noqa: E402
+from selenium.webdriver.common.by import By  # noqa: E402
+from selenium.webdriver.common.keys import Keys  # noqa: E402
+from selenium.webdriver.support.ui import WebDriverWait  # noqa: E402
+
+CHROMEDRIVER = "/usr/bin/chromedriver"
+CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+ARTIFACTS = Path(__file__).resolve().parents[2] / "build" / "web-e2e"
+XSS = "<img src=x onerror=alert(1)>"
+TZ = "Asia/Kolkata"
+KOLKATA = timezone(timedelta(hours=5, minutes=30))
+WAIT = 10.0
+
+pytestmark = [
+    pytest.mark.e2e,
+    pytest.mark.skipif(not os.path.exists(CHROMEDRIVER),
+                       reason="needs Debian's chromium and chromium-driver (.ci/run has them)"),
+]
+
+
+class WebServer:
+    """The chat server with --web, restartable on the same ports and database."""
+
+    def __init__(self, workdir: Path, *args: str) -> None:
+        self.workdir = workdir
+        self.web_port = free_port()
+        self.args = ["--web", f"tcp:{self.web_port}:interface={LOOPBACK}",
+                     "--db", str(workdir / "chat.sqlite3"), *args]
+        self.server = ServerProcess(workdir, self.args)
+        self.port = self.server.port
+
+    @property
+    def url(self) -> str:
+        return f"http://{LOOPBACK}:{self.web_port}/"
+
+    def start(self) -> WebServer:
+        self.server.start()
+        wait_for_port(self.web_port, proc=self.server.proc)
+        return self
+
+    def restart(self) -> None:
+        # twistd ends by re-raising the signal that stopped it.
+        assert self.server.stop() in (0, -signal.SIGTERM)
+        self.server = ServerProcess(self.workdir, self.args, port=self.port)
+        self.start()
+
+
+@pytest.fixture
+def web(tmp_path: Path) -> Iterator[WebServer]:
+    server = WebServer(tmp_path).start()
+    yield server
+    problems = server.server.problems()
+    server.server.kill()
+    assert not problems, problems
+
+
+@pytest.fixture
+def tcp(web: WebServer, connect: Callable[..., LineClient]) -> Callable[[str], LineClient]:
+    """A raw chat/1 client in the lobby as C{nick}."""
+
+    def online(nick: str) -> LineClient:
+        client = connect(web.port)
+        client.register(nick)
+        return client
+
+    return online
+
+
+@pytest.fixture
+def browser(tmp_path: Path) -> Iterator[Callable[..., Any]]:
+    drivers: list[Any] = []
+
+    def launch(width: int = 1200, height: int = 800, phone: bool = False) -> Any:
+        options = webdriver.ChromeOptions()
+        options.binary_location = CHROMIUM
+        if phone:  # a headless window is at least 500 px wide: emulate the phone
+            options.add_experimental_option("mobileEmulation", {
+                "deviceMetrics": {"width": width, "height": height, "pixelRatio": 2.0}})
+        for flag in ("--headless=new", "--no-sandbox", "--disable-gpu",
+                     "--disable-dev-shm-usage", "--disable-background-networking",
+                     "--disable-component-update", "--disable-sync", "--no-first-run",
+                     "--disable-default-apps", f"--window-size={width},{height}",
+                     f"--user-data-dir={tmp_path / f'chromium-{len(drivers)}'}"):
+            options.add_argument(flag)
+        service = Service(CHROMEDRIVER, env={**os.environ, "TZ": TZ})
+        driver = webdriver.Chrome(service=service, options=options)
+        driver.set_page_load_timeout(WAIT)
+        drivers.append(driver)
+        return driver
+
+    os.environ.setdefault("SE_OFFLINE", "true")  # Selenium Manager downloads nothing
+    yield launch
+    for driver in drivers:
+        driver.quit()
+
+
+# -- page helpers -------------------------------------------------------------------
+
+
+def wait(driver: Any, condition: Callable[[Any], Any], timeout: float = WAIT) -> Any:
+    return WebDriverWait(driver, timeout, poll_frequency=0.05).until(condition)
+
+
+def nick_field(driver: Any) -> Any:
+    """The nick prompt's field, once the page is connected."""
+    return wait(driver, lambda d: _enabled(d, "nick-submit")
+                and d.find_element(By.ID, "nick-input"))
+
+
+def join(driver: Any, web: WebServer, nick: str) -> None:
+    driver.get(web.url)
+    field = nick_field(driver)
+    field.clear()
+    field.send_keys(nick, Keys.ENTER)
+    wait(driver, lambda d: d.find_element(By.ID, "me-nick").get_attribute("textContent") == nick)
+
+
+def _enabled(driver: Any, element_id: str) -> bool:
+    return bool(driver.find_element(By.ID, element_id).is_enabled())
+
+
+def say(driver: Any, text: str) -> None:
+    field = wait(driver, lambda d: _enabled(d, "composer-input")
+                 and d.find_element(By.ID, "composer-input"))
+    field.send_keys(text, Keys.ENTER)
+
+
+def pane(driver: Any, conv: str) -> Any:
+    return driver.find_element(By.CSS_SELECTOR, f'.pane[data-conv="{conv}"]')
+
+
+def texts(driver: Any, conv: str = "lobby") -> list[str]:
+    """The message texts shown in a conversation, in order."""
+    script = ("return Array.from(document.querySelectorAll("
+              "'.pane[data-conv=\"' + arguments[0] + '\"] .msg-text')).map(e => e.textContent)")
+    return list(driver.execute_script(script, conv))
+
+
+def notices(driver: Any, conv: str = "lobby") -> list[str]:
+    script = ("return Array.from(document.querySelectorAll("
+              "'.pane[data-conv=\"' + arguments[0] + '\"] .notice')).map(e => e.textContent)")
+    return list(driver.execute_script(script, conv))
+
+
+def wait_texts(driver: Any, expected: list[str], conv: str = "lobby") -> None:
+    try:
+        wait(driver, lambda d: texts(d, conv)[-len(expected):] == expected)
+    except Exception:
+        raise AssertionError(f"{conv}: wanted {expected}, shown {texts(driver, conv)}") from None
+
+
+def lobby_lines(client: LineClient, n: int) -> list[str]:
+    """The next C{n} lobby messages' texts seen by a TCP client."""
+    out = []
+    while len(out) < n:
+        line = client.expect("MSG ")
+        parts = line.split(" ", 4)
+        if parts[3] == "*":
+            out.append(f"{parts[2]}: {parts[4]}")
+    return out
+
+
+def screenshot(driver: Any, name: str) -> Path:
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    path = ARTIFACTS / name
+    driver.save_screenshot(str(path))
+    return path
+
+
+# -- scenarios -------------------------------------------------------------------------
+
+
+def test_two_pages_and_a_tcp_client_chat_together(
+    web: WebServer, browser: Callable[..., Any], tcp: Callable[[str], LineClient]
+) -> None:
+    carol = tcp("carol")
+    alice, bob = browser(), browser()
+    join(alice, web, "alice")
+    join(bob, web, "bob")
+    wait(alice, lambda d: "bob joined the chat" in " ".join(notices(d)))
+
+    say(alice, "hi from alice")
+    assert lobby_lines(carol, 1) == ["alice: hi from alice"]
+    say(bob, "hi from bob")
+    assert lobby_lines(carol, 1) == ["bob: hi from bob"]
+    carol.send("MSG hi from carol")
+    # A burst from each, interleaved: everyone sees one order.
+    for i in range(3):
+        say(alice, f"alice {i}")
+        carol.send(f"MSG carol {i}")
+    for page in (alice, bob):
+        try:
+            wait(page, lambda d: len(texts(d)) == 9)
+        except Exception:
+            raise AssertionError(texts(page)) from None
+    seen_by_carol = ["alice: hi from alice", "bob: hi from bob", *lobby_lines(carol, 7)]
+    shown = texts(alice)
+    assert shown == texts(bob)
+    assert [line.split(": ", 1)[1] for line in seen_by_carol] == shown
+    assert shown[:3] == ["hi from alice", "hi from bob", "hi from carol"]
+    assert [t for t in shown if t.startswith("alice ")] == ["alice 0", "alice 1", "alice 2"]
+    assert [t for t in shown if t.startswith("carol ")] == ["carol 0", "carol 1", "carol 2"]
+
+    # Up recalls what was sent.
+    field = alice.find_element(By.ID, "composer-input")
+    field.send_keys(Keys.ARROW_UP)
+    assert field.get_attribute("value") == "alice 2"
+    field.send_keys(Keys.ARROW_UP)
+    assert field.get_attribute("value") == "alice 1"
+    field.send_keys(Keys.ESCAPE)
+
+    # The sidebar lists everyone.
+    users = [e.text.split("\n")[0] for e in bob.find_elements(By.CSS_SELECTOR, "#user-list li")]
+    assert users == ["alice", "bob", "carol"] or [u.split()[0] for u in users] == [
+        "alice", "bob", "carol"]
+
+
+def test_history_on_load_in_local_time(
+    web: WebServer, browser: Callable[..., Any], tcp: Callable[[str], LineClient]
+) -> None:
+    carol = tcp("carol")
+    carol.send("MSG first, before anyone")
+    carol.send("MSG second, before anyone")
+    stamps = [carol.expect("MSG ").split()[1] for _ in range(2)]
+    alice = browser()
+    join(alice, web, "alice")
+    wait_texts(alice, ["first, before anyone", "second, before anyone"])
+    times = alice.find_elements(By.CSS_SELECTOR, '.pane[data-conv="lobby"] .msg time')
+    server_time = datetime.strptime(stamps[0], "%Y-%m-%dT%H:%M:%S.%fZ").replace(tzinfo=UTC)
+    local = server_time.astimezone(KOLKATA)
+    # The viewer's time (in the locale's 12- or 24-hour style), not UTC.
+    shown = times[0].text
+    assert shown in {local.strftime("%H:%M"), local.strftime("%I:%M %p"),
+                     local.strftime("%I:%M %p").lstrip("0")}, shown
+    assert server_time.strftime("%H:%M") not in shown
+
+
+def test_direct_messages(
+    web: WebServer, browser: Callable[..., Any], tcp: Callable[[str], LineClient]
+) -> None:
+    carol = tcp("carol")
+    alice = browser()
+    join(alice, web, "alice")
+    wait(alice, lambda d: d.find_elements(By.CSS_SELECTOR, '#user-list li[data-nick="carol"]'))
+    alice.find_element(By.CSS_SELECTOR, '#user-list li[data-nick="carol"]').click()
+    wait(alice, lambda d: d.find_element(By.ID, "conv-name").text == "@carol")
+    say(alice, "just for you")
+    line = carol.expect("MSG ")
+    assert line.split(" ", 4)[2:] == ["alice", "carol", "just for you"]
+    wait_texts(alice, ["just for you"], conv="dm:carol")
+    # Back in the lobby, carol's answer shows as unread on the DM.
+    alice.find_element(By.CSS_SELECTOR, '#channel-list li[data-conv="lobby"]').click()
+    carol.send("DM alice got it")
+    wait(alice, lambda d: d.find_elements(By.CSS_SELECTOR, '#dm-list li.unread .badge'))
+    assert "(1)" in alice.title
+    alice.find_element(By.CSS_SELECTOR, '#dm-list li[data-conv="dm:carol"]').click()
+    wait_texts(alice, ["just for you", "got it"], conv="dm:carol")
+    assert texts(alice) == []  # nothing of it in the lobby
+
+
+def test_invitation_accepted_by_button_and_the_private_conversation(
+    web: WebServer, browser: Callable[..., Any], tcp: Callable[[str], LineClient]
+) -> None:
+    carol = tcp("carol")
+    alice = browser()
+    join(alice, web, "alice")
+    carol.expect("JOINED ")
+
+    # First an invitation rejected by button.
+    carol.send("PAIR alice")
+    carol.expect("PENDING alice")
+    reject = wait(alice, lambda d: d.find_element(By.CSS_SELECTOR, '[data-invite="carol"] .reject'))
+    reject.click()
+    assert carol.expect("DECLINED ") == "DECLINED alice rejected"
+    wait(alice, lambda d: not d.find_elements(By.CSS_SELECTOR, "[data-invite]"))
+
+    carol.send("PAIR alice")
+    accept = wait(alice, lambda d: d.find_element(By.CSS_SELECTOR, '[data-invite="carol"] .accept'))
+    screenshot(alice, "invitation.png")
+    accept.click()
+    assert carol.expect("PAIRED ") == "PAIRED alice"
+    wait(alice, lambda d: "Private conversation with carol"
+         in d.find_element(By.ID, "conv-name").text)
+    # Paired users are marked in the sidebar.
+    wait(alice, lambda d: d.find_elements(By.CSS_SELECTOR, '#user-list li[data-nick="carol"] .tag'))
+    say(alice, "only you and me")
+    assert carol.expect("MSG ").split(" ", 4)[2:] == ["alice", "carol", "only you and me"]
+    carol.send("MSG indeed")
+    wait_texts(alice, ["only you and me", "indeed"], conv="dm:carol")
+
+    alice.find_element(By.ID, "leave-button").click()
+    assert carol.expect("UNPAIRED ") == "UNPAIRED alice left"
+    wait(alice, lambda d: d.find_element(By.ID, "conv-name").text == "# lobby")
+    say(alice, "back in the lobby")
+    assert lobby_lines(carol, 1) == ["alice: back in the lobby"]
+
+
+def test_xss_attempt_shows_as_text_and_runs_nothing(
+    web: WebServer, browser: Callable[..., Any], tcp: Callable[[str], LineClient]
+) -> None:
+    carol = tcp("carol")
+    alice = browser()
+    alice.get(web.url)
+    field = nick_field(alice)
+    # The nick: the server's RETRY invalid, shown as text.
+    field.send_keys(XSS, Keys.ENTER)
+    wait(alice, lambda d: d.find_element(By.ID, "nick-error").text)
+    # And the server's "taken".
+    field.clear()
+    field.send_keys("carol", Keys.ENTER)
+    wait(alice, lambda d: "carol is online already" in d.find_element(By.ID, "nick-error").text)
+    field.clear()
+    field.send_keys("alice", Keys.ENTER)
+    wait(alice, lambda d: d.find_element(By.ID, "me-nick").get_attribute("textContent") == "alice")
+
+    carol.send(f"MSG {XSS}")
+    say(alice, f"and mine: {XSS} <script>alert(2)</script>")
+    wait_texts(alice, [XSS, f"and mine: {XSS} <script>alert(2)</script>"])
+    assert not alice.find_elements(By.CSS_SELECTOR, "#messages img, #messages script")
+    time.sleep(0.3)  # give a handler, had one been created, the time to run
+    with pytest.raises(NoAlertPresentException):
+        alice.switch_to.alert.text  # noqa: B018
+    # The raw client got the text back verbatim.
+    assert lobby_lines(carol, 2) == [f"carol: {XSS}",
+                                    f"alice: and mine: {XSS} <script>alert(2)</script>"]
+
+
+def test_server_restart_and_the_page_reconnects_by_itself(
+    web: WebServer, browser: Callable[..., Any]
+) -> None:
+    alice = browser()
+    join(alice, web, "alice")
+    say(alice, "before the restart")
+    wait_texts(alice, ["before the restart"])
+
+    web.restart()
+    wait(alice, lambda d: d.find_element(By.ID, "banner").is_displayed())
+    banner = alice.find_element(By.ID, "banner-text").text
+    assert "restarting" in banner or "Reconnecting" in banner
+
+    carol = LineClient(web.port)
+    try:
+        carol.register("carol")
+        # alice comes back under her nick, by herself.
+        assert carol.expect("JOINED ", timeout=20).split()[2] == "alice"
+        say(alice, "after the restart")
+        assert lobby_lines(carol, 1) == ["alice: after the restart"]
+        # The history is not shown twice.
+        assert texts(alice).count("before the restart") == 1
+    finally:
+        carol.close()
+
+
+def test_phone_width_layout_and_screenshots(
+    web: WebServer, browser: Callable[..., Any], tcp: Callable[[str], LineClient]
+) -> None:
+    carol = tcp("carol")
+    dave = tcp("dave")
+    carol.send("MSG Morning! Anyone up for lunch at noon?")
+    dave.send("MSG Sure. The usual place? https://example.org/menu")
+    alice = browser()
+    join(alice, web, "alice")
+    say(alice, f"Yes! Also, this shows as text: {XSS}")
+    carol.send("MSG Great, see you there")
+    wait_texts(alice, ["Great, see you there"])
+    dave.send("PAIR alice")
+    wait(alice, lambda d: d.find_elements(By.CSS_SELECTOR, '[data-invite="dave"]'))
+    screenshot(alice, "web.png")
+
+    phone = browser(width=390, height=844, phone=True)
+    join(phone, web, "bob")
+    sidebar = phone.find_element(By.ID, "sidebar")
+    wait(phone, lambda d: sidebar.rect["x"] + sidebar.rect["width"] <= 0)  # off screen
+    composer = phone.find_element(By.ID, "composer-input")
+    assert composer.is_displayed()
+    assert composer.rect["x"] + composer.rect["width"] <= 390
+    screenshot(phone, "phone.png")
+    phone.find_element(By.ID, "menu-button").click()
+    wait(phone, lambda d: sidebar.rect["x"] >= 0)
+    screenshot(phone, "phone-menu.png")

@@ -1,0 +1,394 @@
+"""
+The WebSocket-to-chat/1 adapter without a network: frames in (masked, as a
+browser sends them), lines to the hub, lines out as frames; the chat
+server's factory on a task.Clock (tests/harness.py), the WebSocket's TCP
+side a StringTransport.
+"""
+
+from __future__ import annotations
+
+import itertools
+from typing import Any
+
+import pytest
+from twisted.internet.address import IPv4Address
+from twisted.internet.error import ConnectionDone
+from twisted.internet.testing import StringTransport
+from twisted.python.failure import Failure
+
+from tests.harness import Conn, Harness
+from tests.web import wsframes as ws
+from twisted_chat.web.config import WebConfig, parse_networks
+from twisted_chat.web.gateway import (
+    ChatWebSocketFactory,
+    FrameCache,
+    encode_frames,
+)
+
+_ports = itertools.count(50000)
+
+
+def make_gateway(h: Harness, **web: Any) -> ChatWebSocketFactory:
+    factory = ChatWebSocketFactory(h.factory, h.config.max_line, WebConfig(**web),
+                                   headers={"X-Content-Type-Options": "nosniff"},
+                                   reactor=h.clock)
+    # No autobahn timers: they run on txaio's global loop, not on the Clock.
+    factory.setProtocolOptions(openHandshakeTimeout=0, closeHandshakeTimeout=0)
+    return factory
+
+
+class TCPTransport(StringTransport):
+    """As Twisted's TCP and TLS transports: unregistering no producer is fine."""
+
+    def unregisterProducer(self) -> None:
+        self.producer = None
+        self.streaming = None
+
+
+class WsConn:
+    """A browser's WebSocket to the gateway, on a StringTransport."""
+
+    def __init__(self, h: Harness, gateway: ChatWebSocketFactory, peer: str = "127.0.0.1",
+                 **handshake: Any) -> None:
+        self.h = h
+        address = IPv4Address("TCP", peer, next(_ports))
+        self.socket = gateway.buildProtocol(address)
+        self.transport = TCPTransport(peerAddress=address)
+        self.socket.makeConnection(self.transport)
+        request, accept = ws.handshake(**handshake)
+        self.socket.dataReceived(request)
+        head, _, rest = self.transport.value().partition(b"\r\n\r\n")
+        self.response = head.decode()
+        self.transport.clear()
+        self.buffer = rest
+        self.opened = self.response.startswith("HTTP/1.1 101")
+        if self.opened:
+            assert f"Sec-WebSocket-Accept: {accept.decode()}" in self.response
+        self.closes: list[int] = []
+        self.lost = False
+
+    def send_frame(self, data: bytes) -> None:
+        self.socket.dataReceived(data)
+        self.h.clock.advance(0)
+
+    def send(self, *lines: str | bytes) -> None:
+        for line in lines:
+            self.send_frame(ws.text(line))
+
+    def frames(self) -> list[tuple[int, bytes]]:
+        data = self.buffer + self.transport.value()
+        self.transport.clear()
+        frames, self.buffer = ws.parse(data)
+        self.closes += [ws.close_code(p) for op, p in frames if op == ws.CLOSE]
+        return frames
+
+    def take(self) -> list[str]:
+        """The text messages received since the last take."""
+        out = []
+        for op, payload in self.frames():
+            if op == ws.TEXT:
+                out.append(payload.decode())
+        return out
+
+    def lose(self) -> None:
+        """The TCP connection under the WebSocket ends."""
+        if not self.lost:
+            self.lost = True
+            self.socket.connectionLost(Failure(ConnectionDone()))
+            self.h.clock.advance(0)
+
+    def register(self, nick: str) -> list[str]:
+        self.take()
+        self.send(f"NICK {nick}")
+        return self.take()
+
+
+def tcp_and_browser(h: Harness, gateway: ChatWebSocketFactory) -> tuple[Conn, WsConn]:
+    """bob on TCP and alice in a browser, both in the lobby, output cleared."""
+    bob = h.user("bob")
+    alice = WsConn(h, gateway)
+    alice.register("alice")
+    bob.take()
+    return bob, alice
+
+
+@pytest.fixture
+def h() -> Harness:
+    return Harness()
+
+
+@pytest.fixture
+def gateway(h: Harness) -> ChatWebSocketFactory:
+    return make_gateway(h)
+
+
+def ts(h: Harness) -> str:
+    from twisted_chat.wire import format_ts
+
+    return format_ts(h.clock.seconds())
+
+
+# -- frames in, lines to the hub, lines out as frames --------------------------
+
+
+def test_greeting_is_one_text_frame_per_line(h: Harness, gateway: ChatWebSocketFactory) -> None:
+    conn = WsConn(h, gateway)
+    assert conn.opened, conn.response
+    frames = conn.frames()
+    assert frames == [(ws.TEXT, b"HELLO chat/1 twisted-chat (twisted-chat 0.1.0)"),
+                      (ws.TEXT, b"NICK")]
+
+
+def test_security_headers_on_the_upgrade(h: Harness, gateway: ChatWebSocketFactory) -> None:
+    conn = WsConn(h, gateway)
+    assert "X-Content-Type-Options: nosniff" in conn.response
+
+
+def test_a_browser_is_one_more_connection_to_the_same_hub(
+    h: Harness, gateway: ChatWebSocketFactory
+) -> None:
+    bob = h.user("bob")
+    alice = WsConn(h, gateway)
+    assert alice.register("alice") == ["READY alice", "USER alice lobby", "USER bob lobby",
+                                       "USERS 2"]
+    assert bob.take() == [f"JOINED {ts(h)} alice"]
+    assert "alice" in h.hub.lobby or any(u.nick == "alice" for u in h.hub.lobby.values())
+
+    alice.send("MSG hello from the browser")
+    line = f"MSG {ts(h)} alice * hello from the browser"
+    assert bob.take() == [line]
+    assert alice.take() == [line]
+
+    bob.send("MSG hi alice", "DM alice psst")
+    assert alice.take() == [f"MSG {ts(h)} bob * hi alice", f"MSG {ts(h)} bob alice psst"]
+
+
+def test_errors_are_the_tcp_errors(h: Harness, gateway: ChatWebSocketFactory) -> None:
+    alice = WsConn(h, gateway)
+    alice.take()
+    alice.send("MSG too early", "FROB", "NICK 1bad")
+    lines = alice.take()
+    assert lines[0].startswith("ERROR not-ready ")
+    assert lines[1].startswith("ERROR unknown-command ")
+    assert lines[2].startswith("RETRY invalid ")
+    alice.send("NICK alice")
+    alice.take()
+    alice.send("DM nobody hi")
+    assert alice.take()[0].startswith("ERROR no-such-nick ")
+
+
+def test_one_message_is_one_line_even_with_a_newline_inside(
+    h: Harness, gateway: ChatWebSocketFactory
+) -> None:
+    bob, alice = tcp_and_browser(h, gateway)
+    alice.send("MSG one\nMSG two")
+    assert alice.take()[0].startswith("ERROR bad-chars ")
+    assert bob.take() == []
+    # A terminator at the end, as a hand-written client may add, is tolerated.
+    alice.send("MSG three\r\n", "MSG four\n")
+    assert bob.take() == [f"MSG {ts(h)} alice * three", f"MSG {ts(h)} alice * four"]
+
+
+def test_a_line_over_max_line_is_the_tcp_error_and_the_socket_stays(
+    h: Harness, gateway: ChatWebSocketFactory
+) -> None:
+    alice = WsConn(h, gateway)
+    alice.register("alice")
+    alice.send("MSG " + "x" * h.config.max_line)
+    assert alice.take()[0].startswith("ERROR too-long ")
+    alice.send("PING still-here")
+    assert alice.take() == ["PONG still-here"]
+    assert alice.closes == []
+
+
+def test_a_batch_is_framed_once_for_every_member(h: Harness, gateway: ChatWebSocketFactory) -> None:
+    """Encode-once: the fan-out's batch object is framed by the first member only."""
+    members = [WsConn(h, gateway) for _ in range(5)]
+    for i, member in enumerate(members):
+        member.register(f"user{i}")
+    tcp = h.user("tcp")
+    for member in members:
+        member.take()
+    before = gateway.cache.encoded
+    # Three lines in one reactor turn are one batch.
+    tcp.transport.read(b"MSG a\r\nMSG b\r\nMSG c\r\n")
+    h.clock.advance(0)
+    assert gateway.cache.encoded - before == 1
+    raw = {member.transport.value() for member in members}
+    assert len(raw) == 1  # the same bytes for everyone
+    expected = [f"MSG {ts(h)} tcp * {x}" for x in "abc"]
+    for member in members:
+        assert member.take() == expected
+
+
+def test_frame_cache_is_keyed_on_identity_not_value() -> None:
+    calls: list[bytes] = []
+
+    def encode(data: bytes) -> bytes:
+        calls.append(data)
+        return encode_frames(data)
+
+    cache = FrameCache(size=2, encode=encode)
+    batch = b"MSG x\r\n"
+    same_value = bytes(bytearray(batch))
+    assert cache.frames(batch) == cache.frames(batch)
+    assert len(calls) == 1
+    cache.frames(same_value)  # equal but another object: framed again, still right
+    assert len(calls) == 2
+    cache.frames(b"one\r\n")
+    cache.frames(b"two\r\n")
+    cache.frames(batch)  # evicted by then
+    assert len(calls) == 5
+
+
+def test_encode_frames_matches_rfc6455() -> None:
+    long_line = b"x" * 300
+    frames, rest = ws.parse(encode_frames(b"A\r\n" + long_line + b"\r\n"))
+    assert rest == b""
+    assert frames == [(ws.TEXT, b"A"), (ws.TEXT, long_line)]
+
+
+# -- frames the chat cannot take ------------------------------------------------
+
+
+def test_binary_message_closes_1003_and_costs_nothing_else(
+    h: Harness, gateway: ChatWebSocketFactory
+) -> None:
+    bob, alice = tcp_and_browser(h, gateway)
+    alice.send_frame(ws.frame(b"\x00\x01", opcode=ws.BINARY))
+    frames = alice.frames()
+    assert [op for op, _ in frames] == [ws.CLOSE]
+    assert alice.closes == [1003]
+    # Not a line: no ERROR, nothing to the hub.
+    # Nothing more is read from it.
+    alice.send("MSG after the close")
+    assert bob.take() == []
+    alice.send_frame(ws.frame(b"\x03\xe8", opcode=ws.CLOSE))
+    alice.lose()
+    assert bob.take() == [f"LEFT {ts(h)} alice disconnected"]
+
+
+def test_invalid_utf8_closes_1007(h: Harness, gateway: ChatWebSocketFactory) -> None:
+    alice = WsConn(h, gateway)
+    alice.register("alice")
+    alice.send_frame(ws.frame(b"MSG \xff\xfe"))
+    frames = alice.frames()
+    assert [op for op, _ in frames] == [ws.CLOSE]
+    assert alice.closes == [1007]
+
+
+def test_oversized_message_closes_1009_before_it_is_read(
+    h: Harness, gateway: ChatWebSocketFactory
+) -> None:
+    alice = WsConn(h, gateway)
+    alice.register("alice")
+    # Only the header: the gateway refuses on the claimed length.
+    alice.send_frame(ws.frame(b"", length=gateway.web.max_message + 1)[:14])
+    assert alice.closes == [] and [op for op, _ in alice.frames()] == [ws.CLOSE]
+    assert alice.closes == [1009]
+
+
+# -- the same limits --------------------------------------------------------------
+
+
+def test_flood_control_applies(h: Harness) -> None:
+    h = Harness(flood_rate=1.0, flood_burst=2)
+    gateway = make_gateway(h)
+    alice = WsConn(h, gateway)
+    alice.take()
+    alice.send("PING 1", "PING 2", "PING 3")
+    lines = alice.take()
+    assert lines[:2] == ["PONG 1", "PONG 2"]
+    assert lines[2].startswith("ERROR flood ")
+
+
+def test_per_address_limit_counts_browsers_and_tcp_together(h: Harness) -> None:
+    h = Harness(max_per_ip=1)
+    gateway = make_gateway(h)
+    h.connect(host="127.0.0.1")
+    alice = WsConn(h, gateway, peer="127.0.0.1")
+    assert alice.take() == ["ERROR server-full too many connections from 127.0.0.1", "BYE full"]
+    assert alice.closes == [1000]
+    other = WsConn(h, gateway, peer="10.0.0.2")
+    assert other.take()[0].startswith("HELLO ")
+
+
+def test_sendq_applies(h: Harness) -> None:
+    h = Harness(sendq=70_000)
+    gateway = make_gateway(h)
+    bob, alice = tcp_and_browser(h, gateway)
+    # The kernel stops taking alice's data: Twisted pauses her producer.
+    alice.transport.producer.pauseProducing()
+    for i in range(20):
+        bob.send("MSG " + f"{i} " + "y" * 1000)
+    assert alice.transport.disconnecting
+    alice.lose()
+    assert bob.take()[-1] == f"LEFT {ts(h)} alice sendq"
+
+
+def test_nick_timeout_applies(h: Harness) -> None:
+    h = Harness(nick_timeout=30.0)
+    gateway = make_gateway(h)
+    alice = WsConn(h, gateway)
+    alice.take()
+    h.clock.advance(30)
+    assert alice.take() == ["BYE timeout no nickname after 30 seconds"]
+    assert alice.closes == [1000]
+
+
+def test_bye_closes_1000_and_others_see_left(h: Harness, gateway: ChatWebSocketFactory) -> None:
+    bob, alice = tcp_and_browser(h, gateway)
+    alice.send("BYE see you")
+    assert alice.take() == ["BYE quit"]
+    assert alice.closes == [1000]
+    assert bob.take() == [f"LEFT {ts(h)} alice quit see you"]
+    alice.send_frame(ws.frame(b"\x03\xe8", opcode=ws.CLOSE))
+    assert alice.transport.disconnecting
+    alice.lose()
+    assert bob.take() == []
+
+
+def test_browser_going_away_is_a_disconnect(h: Harness, gateway: ChatWebSocketFactory) -> None:
+    bob, alice = tcp_and_browser(h, gateway)
+    alice.lose()
+    assert bob.take() == [f"LEFT {ts(h)} alice disconnected"]
+    assert not h.factory.connections - {bob.protocol}
+
+
+# -- who may connect, from where ------------------------------------------------
+
+
+def test_other_origin_is_refused(h: Harness, gateway: ChatWebSocketFactory) -> None:
+    conn = WsConn(h, gateway, host="chat.example:8080", origin="http://evil.example")
+    assert conn.response.startswith("HTTP/1.1 403")
+    assert not h.factory.connections
+
+
+@pytest.mark.parametrize("origin", [None, "http://chat.example:8080", "https://CHAT.example:8080"])
+def test_same_origin_or_no_origin_is_let_in(h: Harness, gateway: ChatWebSocketFactory,
+                                            origin: str | None) -> None:
+    assert WsConn(h, gateway, host="chat.example:8080", origin=origin).opened
+
+
+def test_web_origin_allows_another(h: Harness) -> None:
+    gateway = make_gateway(h, origins=("https://friends.example",))
+    assert WsConn(h, gateway, origin="https://friends.example").opened
+    assert not WsConn(h, gateway, origin="https://friends.example:444").opened
+
+
+def test_forwarded_for_is_believed_only_from_trusted_proxies(h: Harness) -> None:
+    h = Harness(max_per_ip=1, show_addresses=True)
+    gateway = make_gateway(h, trusted_proxies=parse_networks(["10.0.0.1"]))
+    proxied = {"X-Forwarded-For": "203.0.113.9"}
+    first = WsConn(h, gateway, peer="10.0.0.1", extra=proxied)
+    assert first.register("alice")[0] == "READY alice"
+    assert h.hub.online["alice"].address.startswith("203.0.113.9:")
+    # A second browser behind the same proxy, another client: let in.
+    second = WsConn(h, gateway, peer="10.0.0.1", extra={"X-Forwarded-For": "203.0.113.10"})
+    assert second.take()[0].startswith("HELLO ")
+    # The same client again: over its limit.
+    third = WsConn(h, gateway, peer="10.0.0.1", extra=proxied)
+    assert third.take()[0] == "ERROR server-full too many connections from 203.0.113.9"
+    # An untrusted peer's header is ignored: its own address counts.
+    spoof = WsConn(h, gateway, peer="198.51.100.7", extra=proxied)
+    assert spoof.take()[0].startswith("HELLO ")

@@ -1,0 +1,84 @@
+"""
+The client's side of RFC 6455, written out here so the gateway's tests do
+not check autobahn's frames with autobahn: masked frames to send, the
+server's (unmasked) frames parsed back.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import os
+import struct
+
+TEXT, BINARY, CLOSE, PING, PONG = 1, 2, 8, 9, 10
+_GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
+
+
+def handshake(host: str = "chat.example:8080", origin: str | None = "http://chat.example:8080",
+              extra: dict[str, str] | None = None) -> tuple[bytes, bytes]:
+    """The upgrade request, and the Sec-WebSocket-Accept it must get."""
+    key = base64.b64encode(os.urandom(16))
+    headers = {
+        "Host": host,
+        "Upgrade": "websocket",
+        "Connection": "Upgrade",
+        "Sec-WebSocket-Key": key.decode(),
+        "Sec-WebSocket-Version": "13",
+    }
+    if origin is not None:
+        headers["Origin"] = origin
+    headers.update(extra or {})
+    request = "GET /chat HTTP/1.1\r\n" + "".join(f"{k}: {v}\r\n" for k, v in headers.items())
+    accept = base64.b64encode(hashlib.sha1(key + _GUID).digest())
+    return (request + "\r\n").encode(), accept
+
+
+def frame(payload: bytes, opcode: int = TEXT, fin: bool = True,
+          length: int | None = None) -> bytes:
+    """A masked client frame (C{length} may claim more than is sent)."""
+    n = len(payload) if length is None else length
+    head = bytes([(0x80 if fin else 0) | opcode])
+    if n <= 125:
+        head += bytes([0x80 | n])
+    elif n <= 0xFFFF:
+        head += bytes([0x80 | 126]) + struct.pack("!H", n)
+    else:
+        head += bytes([0x80 | 127]) + struct.pack("!Q", n)
+    mask = os.urandom(4)
+    return head + mask + bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
+
+
+def text(line: str | bytes) -> bytes:
+    return frame(line.encode() if isinstance(line, str) else line)
+
+
+def parse(data: bytes) -> tuple[list[tuple[int, bytes]], bytes]:
+    """Whole server frames in C{data} as (opcode, payload), and what is left."""
+    frames = []
+    i = 0
+    while len(data) - i >= 2:
+        b0, b1 = data[i], data[i + 1]
+        assert b0 & 0x80, "the server does not fragment"
+        assert not b1 & 0x80, "server frames are not masked"
+        n = b1 & 0x7F
+        j = i + 2
+        if n == 126:
+            if len(data) - j < 2:
+                break
+            (n,) = struct.unpack("!H", data[j : j + 2])
+            j += 2
+        elif n == 127:
+            if len(data) - j < 8:
+                break
+            (n,) = struct.unpack("!Q", data[j : j + 8])
+            j += 8
+        if len(data) - j < n:
+            break
+        frames.append((b0 & 0x0F, data[j : j + n]))
+        i = j + n
+    return frames, data[i:]
+
+
+def close_code(payload: bytes) -> int:
+    return int(struct.unpack("!H", payload[:2])[0])

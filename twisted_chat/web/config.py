@@ -1,0 +1,122 @@
+"""
+The web gateway's settings and the rules that need no network: which
+origins may open the WebSocket, and which address a client is counted
+under when it comes through a reverse proxy.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from collections.abc import Sequence
+from dataclasses import dataclass
+from urllib.parse import urlsplit
+
+from twisted_chat.server.addresses import Network, parse_network
+
+
+
+@dataclass(frozen=True, slots=True)
+class WebConfig:
+    """What the gateway needs beyond the chat server's own settings."""
+
+    # Origins (scheme://host[:port]) allowed besides the page's own; "*": any.
+    origins: tuple[str, ...] = ()
+    # Proxies whose X-Forwarded-For is believed (addresses or networks).
+    trusted_proxies: tuple[Network, ...] = ()
+    # The largest WebSocket message accepted; a larger one closes with 1009.
+    # Lines longer than --max-line but within this get ERROR too-long.
+    max_message: int = 16384
+
+
+def max_message_for(max_line: int) -> int:
+    """
+    The WebSocket message limit for a server whose longest line is
+    C{max_line}: four times it, at least 16 KiB.  An over-long line still
+    gets the chat's own C{ERROR too-long}; only something far beyond any
+    line (a paste of a file, an attack) costs the connection.
+    """
+    return max(4 * max_line, 16384)
+
+
+def parse_networks(descriptions: Sequence[str]) -> tuple[Network, ...]:
+    """C{--trust-proxy} values: addresses or CIDR networks, comma-separated."""
+    networks: list[Network] = []
+    for description in descriptions:
+        for part in description.split(","):
+            part = part.strip()
+            if part:
+                networks.append(parse_network(part))
+    return tuple(networks)
+
+
+def _parse_ip(text: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
+    text = text.strip()
+    if text.startswith("[") and "]" in text:  # [v6]:port
+        text = text[1 : text.index("]")]
+    elif text.count(":") == 1:  # v4:port
+        text = text.split(":", 1)[0]
+    try:
+        return ipaddress.ip_address(text)
+    except ValueError:
+        return None
+
+
+def _trusted(host: str | None, proxies: Sequence[Network]) -> bool:
+    if host is None or not proxies:
+        return False
+    ip = _parse_ip(host)
+    return ip is not None and any(ip in network for network in proxies)
+
+
+def client_host(peer_host: str | None, forwarded_for: str | None,
+                proxies: Sequence[Network]) -> str | None:
+    """
+    The address a WebSocket's per-address limits count against.
+
+    The TCP peer's, unless the peer is a trusted proxy: then the
+    C{X-Forwarded-For} list is read from the right (each proxy appends the
+    address it received from), skipping trusted proxies, and the first
+    address that is not one is the client.  A malformed entry stops the walk:
+    the last trusted hop is used, since nothing left of it can be believed.
+    """
+    if not _trusted(peer_host, proxies) or not forwarded_for:
+        return peer_host
+    host = peer_host
+    for entry in reversed(forwarded_for.split(",")):
+        ip = _parse_ip(entry)
+        if ip is None:
+            return host
+        host = str(ip)
+        if not any(ip in network for network in proxies):
+            return host
+    return host
+
+
+def origin_allowed(origin: str | None, host: str | None, allowed: Sequence[str]) -> bool:
+    """
+    The WebSocket's Origin check.  A browser always sends C{Origin}; a
+    request without one is not from a page (a command-line client), so
+    there is no other site's page to protect the user from, and it is let
+    in.  Otherwise the origin's host and port must be the C{Host} the page
+    was served from, or the origin one of C{--web-origin}'s (or that be
+    C{*}).  The scheme is not compared: behind a TLS-terminating proxy the
+    page is https while this server sees http.
+    """
+    if origin is None:
+        return True
+    origin = origin.strip().lower()
+    if "*" in allowed or origin in (o.rstrip("/").lower() for o in allowed):
+        return True
+    if origin == "null" or not host:
+        return False
+    parts = urlsplit(origin)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        return False
+    default = 443 if parts.scheme == "https" else 80
+    origin_port = parts.port or default
+    served = urlsplit(f"//{host.strip().lower()}")
+    try:
+        host_port = served.port
+    except ValueError:
+        return False
+    return served.hostname == parts.hostname and (host_port or default) == origin_port

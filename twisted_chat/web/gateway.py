@@ -1,0 +1,282 @@
+"""
+The WebSocket gateway: each browser is one more chat/1 connection.
+
+A WebSocket text message is one chat/1 line, in both directions.  The
+gateway does not speak chat/1 itself: for each WebSocket it builds the same
+connection protocol a TCP client gets, from the same factory (so the same
+per-address and total limits apply), and drives it through
+L{WebSocketTransport}, an C{ITransport} whose C{write} turns the lines the
+server writes into text frames.  Flood control, C{--sendq}, the idle and
+nick timeouts, the maximum line, history, DMs and pairing are therefore the
+TCP client's, line for line.
+
+The lobby fan-out hands the same C{bytes} object to every member.  Here that
+batch is framed once (L{FrameCache}, keyed on the object's identity) and the
+same frame bytes are written to every WebSocket member: server-to-client
+frames are not masked, so they are the same for everyone.  No compression
+is negotiated, which is what makes that possible.
+
+Frames the chat cannot take are refused with a close code and cost nothing
+else: a binary message gets 1003, invalid UTF-8 1007 and a message larger
+than L{WebConfig.max_message} 1009 (the last two from autobahn, with
+C{failByDrop=False} so that it sends the code instead of dropping the TCP
+connection).  A text message longer than C{--max-line} but within the
+WebSocket limit is the TCP client's C{ERROR too-long}.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from typing import Any
+
+from autobahn.twisted.websocket import WebSocketServerFactory, WebSocketServerProtocol
+from autobahn.websocket.protocol import PreparedMessage
+from autobahn.websocket.types import ConnectionDeny, ConnectionRequest
+from twisted.internet.address import IPv4Address, IPv6Address
+from twisted.internet.error import ConnectionDone
+from twisted.internet.interfaces import IPushProducer, ITransport
+from twisted.internet.protocol import ServerFactory
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from zope.interface import implementer
+
+from twisted_chat.web.config import WebConfig, client_host, origin_allowed
+
+# Close codes (RFC 6455, 7.4.1).
+CLOSE_NORMAL = 1000
+CLOSE_UNSUPPORTED = 1003  # a binary message
+CLOSE_POLICY = 1008
+
+Address = IPv4Address | IPv6Address
+
+_log = Logger()  # not `log`: autobahn's protocols have their own
+
+
+
+def encode_frames(data: bytes) -> bytes:
+    """
+    The text frames for C{data}, one or more chat/1 lines (CRLF-terminated,
+    as the server writes them): one frame per line, without its terminator.
+    """
+    lines = data.split(b"\r\n")
+    if lines and not lines[-1]:
+        lines.pop()
+    return b"".join(
+        [PreparedMessage(line, False, False, True).payloadHybi for line in lines]
+    )
+
+
+class FrameCache:
+    """
+    The frames of the last few batches written, keyed on the identity of the
+    batch's C{bytes} object: the fan-out writes one object to every member,
+    so the first WebSocket member frames it and the others reuse the frames.
+    The cache holds the batches it keys on, so an identity is never reused
+    while it is in the cache.
+    """
+
+    def __init__(self, size: int = 8, encode: Callable[[bytes], bytes] = encode_frames) -> None:
+        self._size = size
+        self._encode = encode
+        self._entries: list[tuple[bytes, bytes]] = []
+        self.encoded = 0  # batches framed; a test counts them
+
+    def frames(self, data: bytes) -> bytes:
+        for batch, frames in self._entries:
+            if batch is data:
+                return frames
+        frames = self._encode(data)
+        self.encoded += 1
+        entries = self._entries
+        if len(entries) >= self._size:
+            del entries[0]
+        entries.append((data, frames))
+        return frames
+
+
+@implementer(ITransport, IPushProducer)
+class WebSocketTransport:
+    """
+    What the chat connection protocol sees as its transport: lines written
+    go out as text frames; a close is a WebSocket close; the producer calls
+    (the send-queue watch, reading paused during the fan-out's gap) go to
+    the TCP (or TLS) transport underneath.
+    """
+
+    def __init__(self, socket: ChatWebSocket, address: Address | None) -> None:
+        self._socket = socket
+        self._address = address
+        self.closing = False
+        self.disconnecting = False  # ITransport users look at it
+
+    # -- writing ---------------------------------------------------------------
+
+    def write(self, data: bytes) -> None:
+        if not self.closing:
+            self._socket.send_frames(self._socket.cache.frames(data))
+
+    def writeSequence(self, data: Iterable[bytes]) -> None:
+        self.write(b"".join(data))
+
+    # -- closing ---------------------------------------------------------------
+
+    def loseConnection(self) -> None:
+        """A WebSocket close (code 1000): the BYE line before it says why."""
+        if not self.closing:
+            self.closing = self.disconnecting = True
+            self._socket.close_normally()
+
+    def abortConnection(self) -> None:
+        self.closing = self.disconnecting = True
+        self._socket.abort()
+
+    # -- addresses ---------------------------------------------------------------
+
+    def getPeer(self) -> Any:
+        if self._address is not None:
+            return self._address
+        return self._socket.tcp.getPeer()
+
+    def getHost(self) -> Any:
+        return self._socket.tcp.getHost()
+
+    def setTcpNoDelay(self, enabled: bool) -> None:
+        no_delay = getattr(self._socket.transport, "setTcpNoDelay", None)
+        if no_delay is not None:
+            no_delay(enabled)
+
+    # -- flow control ------------------------------------------------------------
+
+    def registerProducer(self, producer: Any, streaming: bool) -> None:
+        self._socket.tcp.registerProducer(producer, streaming)
+
+    def unregisterProducer(self) -> None:
+        self._socket.tcp.unregisterProducer()
+
+    def pauseProducing(self) -> None:
+        self._socket.tcp.pauseProducing()
+
+    def resumeProducing(self) -> None:
+        self._socket.tcp.resumeProducing()
+
+    def stopProducing(self) -> None:
+        self.abortConnection()
+
+
+class ChatWebSocket(WebSocketServerProtocol):
+    """One browser: the WebSocket side of one chat connection."""
+    factory: ChatWebSocketFactory
+
+    # The chat connection (the server's ChatProtocol, or its refusal).
+    chat: Any = None
+    _client: Address | None = None
+    _refused = False
+
+    @property
+    def tcp(self) -> Any:
+        """The TCP (or TLS) transport under the WebSocket."""
+        return self.transport
+
+    @property
+    def cache(self) -> FrameCache:
+        return self.factory.cache
+
+    def onConnect(self, request: ConnectionRequest) -> tuple[None, dict[str, str]]:
+        config = self.factory.web
+        origin = request.headers.get("origin")
+        if not origin_allowed(origin, request.headers.get("host"), config.origins):
+            _log.info("WebSocket refused: origin {origin!r} not allowed", origin=origin)
+            raise ConnectionDeny(ConnectionDeny.FORBIDDEN, "origin not allowed")
+        peer = self.tcp.getPeer()
+        peer_host: str | None = getattr(peer, "host", None)
+        host = client_host(peer_host, request.headers.get("x-forwarded-for"),
+                           config.trusted_proxies)
+        if host is not None:
+            port = getattr(peer, "port", 0) if host == peer_host else 0
+            kind = IPv6Address if ":" in host else IPv4Address
+            self._client = kind("TCP", host, port)
+        return None, dict(self.factory.headers)
+
+    def onOpen(self) -> None:
+        # twisted.web's HTTP channel is still the TCP transport's producer;
+        # the chat connection registers its own (the send-queue watch).
+        self.tcp.unregisterProducer()
+        chat = self.factory.chat.buildProtocol(self._client)
+        if chat is None:
+            self.close_normally()
+            return
+        self.chat = chat
+        chat.makeConnection(WebSocketTransport(self, self._client))
+
+    def onMessage(self, payload: bytes, isBinary: bool) -> None:
+        chat = self.chat
+        if chat is None or self._refused:
+            return
+        if isBinary:
+            self._refuse(CLOSE_UNSUPPORTED, "binary messages are not accepted: send text")
+            return
+        # One message is one line; a terminator a hand-written client may
+        # add is tolerated, as on TCP.
+        if payload.endswith(b"\n"):
+            payload = payload[:-2] if payload.endswith(b"\r\n") else payload[:-1]
+        receive = getattr(chat, "lineReceived", None)
+        if receive is None:
+            return  # a refusal (server full): it has said why and closes
+        if len(payload) > self.factory.max_line:
+            chat.lineLengthExceeded(b"")
+        else:
+            receive(payload)
+
+    def onClose(self, wasClean: bool, code: int | None, reason: str | None) -> None:
+        chat, self.chat = self.chat, None
+        if chat is not None:
+            chat.connectionLost(Failure(ConnectionDone()))
+
+    # -- used by WebSocketTransport --------------------------------------------
+
+    def send_frames(self, frames: bytes) -> None:
+        if self.state == self.STATE_OPEN:
+            self.sendData(frames)
+
+    def close_normally(self) -> None:
+        if self.state == self.STATE_OPEN:
+            self.sendClose(CLOSE_NORMAL)
+
+    def abort(self) -> None:
+        self.dropConnection(abort=True)
+
+    def _refuse(self, code: int, reason: str) -> None:
+        """Close with C{code}; nothing more from this socket is read."""
+        self._refused = True
+        _log.info("WebSocket from {peer} closed ({code}): {reason}",
+                      peer=self.peer, code=code, reason=reason)
+        self.sendCloseFrame(code=code, reasonUtf8=reason.encode()[:123])
+
+
+class ChatWebSocketFactory(WebSocketServerFactory):
+    """
+    Builds L{ChatWebSocket}s that connect to C{chat}, the chat server's
+    factory (any C{ServerFactory} whose protocols take lines through
+    C{lineReceived} and write lines to their transport).
+    """
+
+    protocol = ChatWebSocket  # type: ignore[assignment]
+
+    def __init__(self, chat: ServerFactory, max_line: int, web: WebConfig,
+                 headers: dict[str, str] | None = None, reactor: Any = None) -> None:
+        super().__init__(reactor=reactor)
+        self.chat = chat
+        self.max_line = max_line
+        self.web = web
+        self.headers = headers or {}
+        self.cache = FrameCache()
+        self.setProtocolOptions(
+            # Send 1007/1009 instead of dropping the TCP connection.
+            failByDrop=False,
+            maxMessagePayloadSize=web.max_message,
+            maxFramePayloadSize=web.max_message,
+            # The chat's own PING/PONG and timeouts cover liveness.
+            autoPingInterval=0,
+            # No compression: frames are built once for every member.
+            perMessageCompressionAccept=lambda offers: None,
+        )

@@ -1,0 +1,856 @@
+// twisted-chat web client. Plain JavaScript, no build step, no dependencies.
+//
+// The page speaks chat/1 over a WebSocket at /chat: each text message is one
+// line, in both directions (see docs/web.md). Everything that comes from the
+// network is put into the page with textContent / createTextNode, never as
+// HTML: a nick or message like <img src=x onerror=alert(1)> shows literally.
+"use strict";
+
+(() => {
+  // -- small helpers ---------------------------------------------------------
+
+  const $ = (id) => document.getElementById(id);
+
+  function el(tag, className, text) {
+    const node = document.createElement(tag);
+    if (className) node.className = className;
+    if (text !== undefined) node.textContent = text;
+    return node;
+  }
+
+  // chat/1: VERB, then single-word arguments separated by one or more spaces,
+  // then free text (verbatim from its first non-space character).
+  // parse(line, n) gives the first n words (the verb counts) and the rest.
+  function parse(line, words) {
+    let rest = line;
+    const out = [];
+    for (let i = 0; i < words; i++) {
+      rest = rest.replace(/^ +/, "");
+      const space = rest.indexOf(" ");
+      if (space < 0) {
+        out.push(rest);
+        rest = "";
+      } else {
+        out.push(rest.slice(0, space));
+        rest = rest.slice(space + 1);
+      }
+    }
+    out.push(rest.replace(/^ +/, ""));
+    return out;
+  }
+
+  const key = (nick) => nick.toLowerCase();
+  const NICK_RE = /^[A-Za-z][A-Za-z0-9_-]{0,23}$/;
+
+  function colorFor(nick) {
+    let h = 0;
+    for (const ch of key(nick)) h = (h * 31 + ch.codePointAt(0)) >>> 0;
+    return `hsl(${h % 360}, 55%, 45%)`;
+  }
+
+  function localTime(ts) {
+    return ts.toLocaleTimeString([], { hour: "2-digit", minute: "2-digit" });
+  }
+
+  function dayLabel(ts) {
+    const today = new Date();
+    const yesterday = new Date(today.getTime() - 86400000);
+    if (ts.toDateString() === today.toDateString()) return "Today";
+    if (ts.toDateString() === yesterday.toDateString()) return "Yesterday";
+    return ts.toLocaleDateString([], { weekday: "long", year: "numeric", month: "long", day: "numeric" });
+  }
+
+  // Text with http(s) links made clickable; both built as DOM nodes.
+  function richText(text) {
+    const frag = document.createDocumentFragment();
+    const re = /\bhttps?:\/\/[^\s<>"']+/g;
+    let last = 0;
+    for (const m of text.matchAll(re)) {
+      let url = m[0].replace(/[.,;:!?)\]]+$/, "");
+      if (m.index > last) frag.append(document.createTextNode(text.slice(last, m.index)));
+      const a = el("a", null, url);
+      a.href = url;
+      a.target = "_blank";
+      a.rel = "noopener noreferrer";
+      frag.append(a);
+      last = m.index + url.length;
+    }
+    if (last < text.length) frag.append(document.createTextNode(text.slice(last)));
+    return frag;
+  }
+
+  // -- state -------------------------------------------------------------------
+
+  const state = {
+    ws: null,
+    me: null, // the nick the server accepted
+    wanted: localStorage.getItem("twisted-chat.nick") || "",
+    password: null,
+    autoJoin: false, // rejoin under `wanted` when the server asks for a nick
+    online: false,
+    leaving: false, // we sent BYE: do not reconnect
+    byeReason: null,
+    attempt: 0,
+    retryTimer: null,
+    retryAt: 0,
+    countdown: null,
+    takenRetries: 0,
+    users: new Map(), // key -> {nick, state}
+    pendingUsers: null,
+    partner: null, // nick while in a private conversation
+    pendingTo: null, // nick we invited
+    invites: new Map(), // inviter key -> card element
+    convs: new Map(), // "lobby" | "dm:<key>" -> conversation
+    active: "lobby",
+    sent: [],
+    recall: -1,
+    draft: "",
+    seenLobby: new Set(),
+    lastLine: 0,
+    keepalive: null,
+    rosterTimer: null,
+    serverName: "",
+  };
+
+  // -- conversations -----------------------------------------------------------
+
+  function conversation(id, peer) {
+    let conv = state.convs.get(id);
+    if (conv) return conv;
+    const pane = el("div", "pane");
+    pane.dataset.conv = id;
+    pane.hidden = true;
+    $("messages").append(pane);
+    conv = { id, peer: peer || null, pane, unread: 0, lastFrom: null, lastTime: 0, lastDay: null, item: null };
+    state.convs.set(id, conv);
+    if (id === "lobby") {
+      const empty = el("div", "empty", "No messages yet. Say hello!");
+      pane.append(empty);
+      conv.empty = empty;
+    }
+    renderConvList();
+    return conv;
+  }
+
+  const lobby = () => conversation("lobby");
+  const dmId = (nick) => "dm:" + key(nick);
+
+  function dm(nick) {
+    const conv = conversation(dmId(nick), nick);
+    conv.peer = nick; // keep the owner's spelling
+    return conv;
+  }
+
+  function atBottom(container) {
+    return container.scrollHeight - container.scrollTop - container.clientHeight < 60;
+  }
+
+  function append(conv, node, ts, countsUnread) {
+    if (conv.empty) {
+      conv.empty.remove();
+      conv.empty = null;
+    }
+    const box = $("messages");
+    const stick = conv.id !== state.active || atBottom(box);
+    const day = ts.toDateString();
+    if (day !== conv.lastDay) {
+      conv.pane.append(el("div", "day", dayLabel(ts)));
+      conv.lastDay = day;
+      conv.lastFrom = null;
+    }
+    conv.pane.append(node);
+    if (conv.id === state.active) {
+      if (stick) box.scrollTop = box.scrollHeight;
+      if (countsUnread && document.hidden) bumpTitle(1);
+    } else if (countsUnread) {
+      conv.unread += 1;
+      bumpTitle(1);
+      renderConvList();
+    }
+  }
+
+  function addMessage(conv, ts, from, text) {
+    const first = conv.lastFrom !== key(from) || ts - conv.lastTime > 5 * 60 * 1000;
+    const row = el("div", "msg" + (first ? " first" : "") + (state.me && key(from) === key(state.me) ? " mine" : ""));
+    const avatar = el("div", "avatar", from.slice(0, 1));
+    avatar.style.background = colorFor(from);
+    const body = el("div", "msg-body");
+    const head = el("div", "msg-head");
+    const nick = el("span", "nick", from);
+    nick.style.color = colorFor(from);
+    const time = el("time", "time", localTime(ts));
+    time.dateTime = ts.toISOString();
+    time.title = ts.toLocaleString();
+    head.append(nick, time);
+    const textNode = el("div", "msg-text");
+    textNode.append(richText(text));
+    body.append(head, textNode);
+    row.append(avatar, body);
+    row.title = ts.toLocaleString();
+    const mine = state.me && key(from) === key(state.me);
+    append(conv, row, ts, !mine);
+    conv.lastFrom = key(from);
+    conv.lastTime = ts.getTime();
+  }
+
+  function notice(conv, text, opts = {}) {
+    const ts = opts.ts || new Date();
+    const row = el("div", "notice" + (opts.error ? " error" : ""));
+    if (!opts.error) {
+      const time = el("time", "time", localTime(ts));
+      time.title = ts.toLocaleString();
+      row.append(time);
+    }
+    row.append(document.createTextNode(text));
+    append(conv, row, ts, false);
+    conv.lastFrom = null;
+  }
+
+  const current = () => state.convs.get(state.active) || lobby();
+
+  function show(id) {
+    const conv = state.convs.get(id) || lobby();
+    state.active = conv.id;
+    for (const c of state.convs.values()) c.pane.hidden = c !== conv;
+    if (conv.unread) {
+      bumpTitle(-conv.unread);
+      conv.unread = 0;
+    }
+    renderConvList();
+    renderHeader();
+    $("app").classList.remove("menu-open");
+    const box = $("messages");
+    box.scrollTop = box.scrollHeight;
+    if (state.online) $("composer-input").focus();
+  }
+
+  let titleUnread = 0;
+  function bumpTitle(n) {
+    titleUnread = Math.max(0, titleUnread + n);
+    const base = state.serverName || "twisted-chat";
+    document.title = (titleUnread ? `(${titleUnread}) ` : "") + base;
+  }
+
+  document.addEventListener("visibilitychange", () => {
+    if (!document.hidden && current().unread === 0) {
+      titleUnread = [...state.convs.values()].reduce((n, c) => n + c.unread, 0);
+      bumpTitle(0);
+    }
+  });
+
+  // -- sidebar and header ------------------------------------------------------
+
+  function convItem(conv, label, prefix) {
+    const li = el("li", conv.id === state.active ? "active" : "");
+    li.dataset.conv = conv.id;
+    if (conv.unread) li.classList.add("unread");
+    li.append(el("span", "prefix", prefix));
+    li.append(el("span", "conv-label", label));
+    if (conv.peer && state.partner && key(conv.peer) === key(state.partner)) {
+      li.append(el("span", "tag", "private"));
+    }
+    if (conv.unread) li.append(el("span", "badge", String(conv.unread)));
+    li.addEventListener("click", () => show(conv.id));
+    return li;
+  }
+
+  function renderConvList() {
+    const channels = $("channel-list");
+    const dms = $("dm-list");
+    channels.replaceChildren();
+    dms.replaceChildren();
+    for (const conv of state.convs.values()) {
+      if (conv.id === "lobby") channels.append(convItem(conv, "lobby", "#"));
+      else dms.append(convItem(conv, conv.peer, "@"));
+    }
+    if (!dms.children.length) dms.append(el("li", "hint", "Pick someone under Online to message them."));
+  }
+
+  function renderUsers() {
+    const list = $("user-list");
+    list.replaceChildren();
+    const users = [...state.users.values()].sort((a, b) => key(a.nick).localeCompare(key(b.nick)));
+    for (const user of users) {
+      const isMe = state.me && key(user.nick) === key(state.me);
+      const li = el("li", "user");
+      li.dataset.nick = user.nick;
+      li.append(el("span", "dot " + (user.state === "paired" ? "paired" : "online")));
+      li.append(el("span", "conv-label", user.nick));
+      if (user.state === "paired") li.append(el("span", "tag", "paired"));
+      if (isMe) li.append(el("span", "you", "you"));
+      li.title = user.state === "paired" ? `${user.nick} is in a private conversation` : `Message ${user.nick}`;
+      if (!isMe) li.addEventListener("click", () => show(dm(user.nick).id));
+      list.append(li);
+    }
+    $("user-count").textContent = `— ${users.length}`;
+    renderHeader();
+  }
+
+  function renderHeader() {
+    const conv = current();
+    const name = $("conv-name");
+    const topic = $("conv-topic");
+    const invite = $("invite-button");
+    const leave = $("leave-button");
+    const input = $("composer-input");
+    const main = document.querySelector(".main");
+    invite.hidden = true;
+    leave.hidden = true;
+    main.classList.remove("private");
+    input.disabled = !state.online;
+    if (conv.id === "lobby") {
+      name.textContent = "# lobby";
+      topic.textContent = state.partner
+        ? `You are in a private conversation with ${state.partner}; lobby messages will be shown when you leave it.`
+        : `Everyone on ${state.serverName || "this server"} · ${state.users.size} online`;
+      input.placeholder = state.partner ? "Leave the private conversation to write in the lobby" : "Message #lobby";
+      if (state.partner) input.disabled = true;
+      return;
+    }
+    const peer = conv.peer;
+    const online = state.users.has(key(peer));
+    const isPartner = state.partner && key(state.partner) === key(peer);
+    if (isPartner) {
+      main.classList.add("private");
+      name.textContent = `🔒 Private conversation with ${peer}`;
+      topic.textContent = "Only the two of you; nothing here is kept in the history.";
+      leave.hidden = false;
+      leave.textContent = "Leave conversation";
+      input.placeholder = `Message ${peer} (private)`;
+    } else {
+      name.textContent = `@${peer}`;
+      topic.textContent = online ? "Direct message" : `${peer} is offline`;
+      input.placeholder = online ? `Message @${peer}` : `${peer} is offline`;
+      if (!online) input.disabled = true;
+      if (state.pendingTo && key(state.pendingTo) === key(peer)) {
+        leave.hidden = false;
+        leave.textContent = "Cancel invitation";
+      } else if (online && !state.partner) {
+        invite.hidden = false;
+      }
+    }
+  }
+
+  // -- invitations ---------------------------------------------------------------
+
+  function inviteCard(id, text, buttons) {
+    const card = el("div", "invite");
+    card.dataset.invite = id;
+    card.append(el("span", "invite-text", text));
+    for (const [label, cls, action] of buttons) {
+      const b = el("button", cls, label);
+      b.type = "button";
+      b.addEventListener("click", action);
+      card.append(b);
+    }
+    $("invitations").append(card);
+    return card;
+  }
+
+  function dropInvite(nick) {
+    const card = state.invites.get(key(nick));
+    if (card) card.remove();
+    state.invites.delete(key(nick));
+  }
+
+  function clearPendingCard() {
+    const card = document.querySelector('[data-invite="pending"]');
+    if (card) card.remove();
+  }
+
+  // -- the connection ----------------------------------------------------------------
+
+  function send(line) {
+    if (state.ws && state.ws.readyState === WebSocket.OPEN) {
+      state.ws.send(line);
+      return true;
+    }
+    return false;
+  }
+
+  function socketUrl() {
+    const scheme = location.protocol === "https:" ? "wss://" : "ws://";
+    return scheme + location.host + "/chat";
+  }
+
+  function connect() {
+    clearTimeout(state.retryTimer);
+    clearInterval(state.countdown);
+    state.retryTimer = null;
+    let ws;
+    try {
+      ws = new WebSocket(socketUrl());
+    } catch (e) {
+      scheduleReconnect();
+      return;
+    }
+    state.ws = ws;
+    state.byeReason = null;
+    ws.onmessage = (event) => {
+      if (ws !== state.ws) return;
+      state.lastLine = Date.now();
+      for (const line of String(event.data).split(/\r?\n/)) if (line) handle(line);
+    };
+    ws.onclose = () => {
+      if (ws !== state.ws) return;
+      closed();
+    };
+  }
+
+  function closed() {
+    const wasOnline = state.online;
+    state.online = false;
+    state.ws = null;
+    clearInterval(state.keepalive);
+    clearInterval(state.rosterTimer);
+    $("nick-submit").disabled = true;
+    renderHeader();
+    if (state.leaving) {
+      banner("You left the chat.", "Join again");
+      return;
+    }
+    if (wasOnline) {
+      notice(lobby(), "Disconnected from the server.", { error: true });
+      state.autoJoin = true;
+    }
+    scheduleReconnect();
+  }
+
+  function scheduleReconnect() {
+    // 1, 2, 4, 8, 16, 30 seconds (with jitter), reset once the server says READY.
+    const base = Math.min(30, 2 ** state.attempt);
+    const delay = base * 1000 * (0.75 + Math.random() * 0.5);
+    state.attempt += 1;
+    state.retryAt = Date.now() + delay;
+    const why = state.byeReason === "shutdown" ? "The server is restarting." : "Disconnected.";
+    const tick = () => {
+      const s = Math.max(0, Math.ceil((state.retryAt - Date.now()) / 1000));
+      banner(`${why} Reconnecting in ${s} s…`, "Reconnect now");
+    };
+    tick();
+    clearInterval(state.countdown);
+    state.countdown = setInterval(tick, 1000);
+    state.retryTimer = setTimeout(() => {
+      clearInterval(state.countdown);
+      banner(`${why} Reconnecting…`, null);
+      connect();
+    }, delay);
+  }
+
+  function banner(text, button, ok) {
+    const b = $("banner");
+    if (!text) {
+      b.hidden = true;
+      return;
+    }
+    b.hidden = false;
+    b.classList.toggle("ok", !!ok);
+    $("banner-text").textContent = text;
+    const retry = $("banner-retry");
+    retry.hidden = !button;
+    if (button) retry.textContent = button;
+  }
+
+  $("banner-retry").addEventListener("click", () => {
+    if (state.leaving) {
+      state.leaving = false;
+      state.autoJoin = true;
+      state.attempt = 0;
+    }
+    banner(null);
+    connect();
+  });
+
+  function joined() {
+    state.online = true;
+    state.attempt = 0;
+    state.takenRetries = 0;
+    state.autoJoin = false;
+    localStorage.setItem("twisted-chat.nick", state.me);
+    $("login").hidden = true;
+    $("app").hidden = false;
+    $("me-nick").textContent = state.me;
+    if (!$("banner").hidden) {
+      banner("Connected.", null, true);
+      setTimeout(() => { if (state.online) banner(null); }, 2000);
+    }
+    clearInterval(state.keepalive);
+    // A connection that went silent (a dead network) is noticed here: the
+    // server answers PING at once, so no line for 20 s after one is a loss.
+    state.keepalive = setInterval(() => {
+      if (!state.ws) return;
+      if (Date.now() - state.lastLine > 65000) {
+        state.ws.close();
+        closed();
+      } else if (Date.now() - state.lastLine > 45000) {
+        send("PING keepalive");
+      }
+    }, 10000);
+    // Who is paired changes without a notice to us: refresh the list now and then.
+    clearInterval(state.rosterTimer);
+    state.rosterTimer = setInterval(() => send("USERS"), 30000);
+    renderHeader();
+    show(state.active);
+  }
+
+  // -- lines from the server --------------------------------------------------------
+
+  function handle(line) {
+    const verb = parse(line, 1)[0].toUpperCase();
+    const ts = (s) => {
+      const d = new Date(s);
+      return isNaN(d) ? new Date() : d;
+    };
+    switch (verb) {
+      case "HELLO": {
+        const [, , text] = parse(line, 2);
+        const m = /^(.*?)\s*\(twisted-chat/.exec(text);
+        state.serverName = (m && m[1]) || text;
+        $("server-name").textContent = `on ${state.serverName}`;
+        $("workspace-name").textContent = state.serverName;
+        bumpTitle(0);
+        break;
+      }
+      case "NICK": // the server asks for a nickname
+        if (state.autoJoin && state.wanted) {
+          send("NICK " + state.wanted);
+        } else {
+          showLogin();
+        }
+        break;
+      case "PASS": {
+        if (state.autoJoin && state.password) {
+          send("PASS " + state.password);
+        } else {
+          showLogin(true);
+        }
+        break;
+      }
+      case "RETRY": {
+        const [, reason, text] = parse(line, 2);
+        if (reason === "taken" && state.autoJoin && state.takenRetries < 40) {
+          // Our old connection may still be online until the server notices it is gone.
+          state.takenRetries += 1;
+          banner(`Waiting for ${state.wanted} to be free (${text})…`, null);
+          setTimeout(() => send("NICK " + state.wanted), 3000);
+          break;
+        }
+        state.autoJoin = false;
+        state.password = null;
+        showLogin(false, text || reason);
+        break;
+      }
+      case "READY": {
+        const [, nick] = parse(line, 1);
+        state.me = nick;
+        state.wanted = nick;
+        state.users = new Map();
+        state.pendingUsers = [];
+        joined();
+        break;
+      }
+      case "HISTORY": {
+        const [, t, from, text] = parse(line, 3);
+        lobbyMessage(ts(t), from, text, t);
+        break;
+      }
+      case "USER": {
+        const [, nick, st] = parse(line, 3);
+        (state.pendingUsers || (state.pendingUsers = [])).push({ nick, state: st });
+        break;
+      }
+      case "USERS": {
+        state.users = new Map((state.pendingUsers || []).map((u) => [key(u.nick), u]));
+        state.pendingUsers = null;
+        renderUsers();
+        break;
+      }
+      case "MSG": {
+        const [, t, from, to, text] = parse(line, 4);
+        if (to === "*") {
+          lobbyMessage(ts(t), from, text, t);
+        } else {
+          const peer = state.me && key(from) === key(state.me) ? to : from;
+          addMessage(dm(peer), ts(t), from, text);
+        }
+        break;
+      }
+      case "JOINED": {
+        const [, t, nick] = parse(line, 2);
+        state.users.set(key(nick), { nick, state: "lobby" });
+        renderUsers();
+        notice(lobby(), `${nick} joined the chat`, { ts: ts(t) });
+        break;
+      }
+      case "LEFT": {
+        const [, t, nick, reason, text] = parse(line, 4);
+        state.users.delete(key(nick));
+        renderUsers();
+        const why = { quit: "left", disconnected: "disconnected", timeout: "timed out", flood: "was disconnected for flooding", sendq: "was disconnected (not reading)" }[reason] || `left (${reason})`;
+        const msg = `${nick} ${why}` + (text ? `: ${text}` : "");
+        notice(lobby(), msg, { ts: ts(t) });
+        const conv = state.convs.get(dmId(nick));
+        if (conv) notice(conv, msg, { ts: ts(t) });
+        dropInvite(nick);
+        break;
+      }
+      case "INVITE": {
+        const [, from] = parse(line, 1);
+        dropInvite(from);
+        const card = inviteCard(key(from), `${from} invites you to a private conversation.`, [
+          ["Accept", "accept", () => send("ACCEPT " + from)],
+          ["Reject", "reject", () => { send("REJECT " + from); dropInvite(from); }],
+        ]);
+        state.invites.set(key(from), card);
+        notice(lobby(), `${from} invited you to a private conversation.`);
+        bumpTitle(document.hidden ? 1 : 0);
+        break;
+      }
+      case "PENDING": {
+        const [, to] = parse(line, 1);
+        state.pendingTo = to;
+        clearPendingCard();
+        inviteCard("pending", `Waiting for ${to} to accept your invitation…`, [
+          ["Cancel", "cancel", () => send("UNPAIR")],
+        ]);
+        renderHeader();
+        break;
+      }
+      case "PAIRED": {
+        const [, partner] = parse(line, 1);
+        state.partner = partner;
+        state.pendingTo = null;
+        clearPendingCard();
+        for (const nick of [...state.invites.keys()]) dropInvite(nick);
+        const conv = dm(partner);
+        notice(conv, `You are now in a private conversation with ${partner}.`);
+        const me = state.users.get(key(state.me));
+        if (me) me.state = "paired";
+        const other = state.users.get(key(partner));
+        if (other) other.state = "paired";
+        renderUsers();
+        show(conv.id);
+        break;
+      }
+      case "UNPAIRED": {
+        const [, partner, reason] = parse(line, 2);
+        const conv = dm(partner);
+        const why = reason === "disconnected" ? `${partner} disconnected` : `The private conversation with ${partner} ended`;
+        notice(conv, `${why}. You are back in the lobby.`);
+        state.partner = null;
+        state.pendingUsers = [];
+        renderConvList();
+        if (state.active === conv.id) show("lobby");
+        else renderHeader();
+        break;
+      }
+      case "DECLINED": {
+        const [, to, reason] = parse(line, 2);
+        state.pendingTo = null;
+        clearPendingCard();
+        const text = {
+          rejected: `${to} declined your invitation.`,
+          withdrawn: `You withdrew your invitation to ${to}.`,
+          timeout: `Your invitation to ${to} expired.`,
+          busy: `${to} is busy in another conversation.`,
+          gone: `${to} is no longer online.`,
+        }[reason] || `Your invitation to ${to} ended (${reason}).`;
+        notice(current(), text);
+        renderHeader();
+        break;
+      }
+      case "CANCELLED": {
+        const [, from, reason] = parse(line, 2);
+        if (state.invites.has(key(from))) {
+          dropInvite(from);
+          const text = {
+            withdrawn: `${from} withdrew the invitation.`,
+            timeout: `The invitation from ${from} expired.`,
+            busy: `The invitation from ${from} ended (busy).`,
+            gone: `${from} is no longer online.`,
+            rejected: `You declined ${from}'s invitation.`,
+          }[reason] || `The invitation from ${from} ended (${reason}).`;
+          notice(current(), text);
+        }
+        break;
+      }
+      case "ERROR": {
+        const [, code, text] = parse(line, 2);
+        if (!state.online) {
+          $("nick-error").textContent = text;
+          if (code === "server-full") banner(text, null);
+        } else {
+          notice(current(), text, { error: true });
+        }
+        break;
+      }
+      case "BYE": {
+        const [, reason, text] = parse(line, 2);
+        state.byeReason = reason;
+        if (reason === "quit") state.leaving = true;
+        if (state.online) {
+          const why = { shutdown: "The server is shutting down.", timeout: "Disconnected: no activity.", flood: "Disconnected for sending too fast.", quit: "You left the chat." }[reason] || `Disconnected (${reason}).`;
+          notice(lobby(), why + (text && reason !== "shutdown" ? ` ${text}` : ""), { error: reason !== "quit" });
+        }
+        break;
+      }
+      case "PING": {
+        const [, text] = parse(line, 1);
+        send(text ? "PONG " + text : "PONG");
+        break;
+      }
+      case "HELP": {
+        const [, text] = parse(line, 1);
+        if (text) notice(current(), text);
+        break;
+      }
+      case "REGISTERED": {
+        const [, nick] = parse(line, 1);
+        notice(current(), `The nick ${nick} is now protected by your password.`);
+        break;
+      }
+      default:
+        break; // PONG and anything newer than this page
+    }
+  }
+
+  function lobbyMessage(ts, from, text, rawTs) {
+    // History after a reconnection or a private conversation repeats what we
+    // may have shown already: each message is shown once.
+    const id = `${rawTs} ${from} ${text}`;
+    if (state.seenLobby.has(id)) return;
+    state.seenLobby.add(id);
+    addMessage(lobby(), ts, from, text);
+  }
+
+  // -- the nick prompt ------------------------------------------------------------------
+
+  let askPassword = false;
+
+  function showLogin(password, error) {
+    $("login").hidden = false;
+    $("app").hidden = true;
+    banner(null);
+    askPassword = !!password;
+    const input = $("nick-input");
+    const submit = $("nick-submit");
+    submit.disabled = false;
+    if (askPassword) {
+      $("login-title").textContent = `Password for ${state.wanted}`;
+      input.type = "password";
+      input.value = "";
+      input.placeholder = "password";
+      $("nick-input").labels[0].textContent = "Password";
+    } else {
+      $("login-title").textContent = "Join the chat";
+      input.type = "text";
+      input.placeholder = "e.g. alice";
+      $("nick-input").labels[0].textContent = "Nickname";
+      if (!input.value) input.value = state.wanted;
+    }
+    $("nick-error").textContent = error || "";
+    input.focus();
+    input.select();
+  }
+
+  $("nick-form").addEventListener("submit", (event) => {
+    event.preventDefault();
+    const value = $("nick-input").value;
+    if (askPassword) {
+      state.password = value;
+      send("PASS " + value);
+      return;
+    }
+    // The server judges the nick (RETRY invalid / taken shows its words).
+    const nick = value.trim();
+    if (!nick) return;
+    $("nick-error").textContent = "";
+    state.wanted = nick;
+    state.leaving = false;
+    if (!send("NICK " + nick)) $("nick-error").textContent = "Not connected yet; trying again…";
+  });
+
+  // -- the composer ----------------------------------------------------------------------
+
+  function submitMessage(text) {
+    if (!text.trim()) return;
+    const conv = current();
+    let line = null;
+    const cmd = /^\/(\w+)\s*(.*)$/.exec(text);
+    if (cmd) {
+      const [, name, rest] = cmd;
+      const [arg, body] = parse(rest, 1);
+      switch (name.toLowerCase()) {
+        case "help": line = rest ? "HELP " + rest : "HELP"; break;
+        case "quit": line = rest ? "BYE " + rest : "BYE"; break;
+        case "dm": case "msg": line = `DM ${arg} ${body}`; if (arg && NICK_RE.test(arg)) show(dm(arg).id); break;
+        case "invite": case "pair": line = "PAIR " + arg; break;
+        case "leave": case "unpair": line = "UNPAIR"; break;
+        case "users": line = "USERS"; break;
+        default:
+          notice(conv, `Unknown command /${name}. Try /help, /dm NICK TEXT, /invite NICK, /leave, /quit.`, { error: true });
+          return;
+      }
+    } else if (conv.id === "lobby") {
+      line = "MSG " + text;
+    } else if (state.partner && key(state.partner) === key(conv.peer)) {
+      line = "MSG " + text; // the private conversation
+    } else {
+      line = `DM ${conv.peer} ${text}`;
+    }
+    if (send(line)) {
+      state.sent.push(text);
+      if (state.sent.length > 100) state.sent.shift();
+    } else {
+      notice(conv, "Not connected: the message was not sent.", { error: true });
+    }
+  }
+
+  $("composer").addEventListener("submit", (event) => {
+    event.preventDefault();
+    const input = $("composer-input");
+    const text = input.value.replace(/[\r\n]+/g, " ");
+    submitMessage(text);
+    input.value = "";
+    state.recall = -1;
+  });
+
+  $("composer-input").addEventListener("keydown", (event) => {
+    const input = event.target;
+    if (event.key === "ArrowUp" && state.sent.length && (state.recall >= 0 || !input.value)) {
+      event.preventDefault();
+      if (state.recall < 0) {
+        state.draft = input.value;
+        state.recall = state.sent.length;
+      }
+      state.recall = Math.max(0, state.recall - 1);
+      input.value = state.sent[state.recall];
+    } else if (event.key === "ArrowDown" && state.recall >= 0) {
+      event.preventDefault();
+      state.recall += 1;
+      if (state.recall >= state.sent.length) {
+        state.recall = -1;
+        input.value = state.draft;
+      } else {
+        input.value = state.sent[state.recall];
+      }
+    } else if (event.key === "Escape") {
+      state.recall = -1;
+      input.value = "";
+    }
+  });
+
+  $("leave-button").addEventListener("click", () => send("UNPAIR"));
+  $("invite-button").addEventListener("click", () => {
+    const conv = current();
+    if (conv.peer) send("PAIR " + conv.peer);
+  });
+  $("menu-button").addEventListener("click", () => $("app").classList.toggle("menu-open"));
+  $("messages").addEventListener("click", () => $("app").classList.remove("menu-open"));
+
+  // -- start -------------------------------------------------------------------------------
+
+  lobby();
+  show("lobby");
+  connect();
+})();
