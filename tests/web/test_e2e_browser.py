@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import signal
 import time
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta, timezone
@@ -22,7 +21,8 @@ from typing import Any
 
 import pytest
 
-from tests.serverproc import LOOPBACK, LineClient, ServerProcess, free_port, wait_for_port
+from tests.serverproc import LineClient
+from tests.web.webserver import WebServer
 
 webdriver = pytest.importorskip("selenium.webdriver")
 from selenium.common.exceptions import NoAlertPresentException  # noqa: E402
@@ -44,42 +44,6 @@ pytestmark = [
     pytest.mark.skipif(not os.path.exists(CHROMEDRIVER),
                        reason="needs Debian's chromium and chromium-driver (.ci/run has them)"),
 ]
-
-
-class WebServer:
-    """The chat server with --web, restartable on the same ports and database."""
-
-    def __init__(self, workdir: Path, *args: str) -> None:
-        self.workdir = workdir
-        self.web_port = free_port()
-        self.args = ["--web", f"tcp:{self.web_port}:interface={LOOPBACK}",
-                     "--db", str(workdir / "chat.sqlite3"), *args]
-        self.server = ServerProcess(workdir, self.args)
-        self.port = self.server.port
-
-    @property
-    def url(self) -> str:
-        return f"http://{LOOPBACK}:{self.web_port}/"
-
-    def start(self) -> WebServer:
-        self.server.start()
-        wait_for_port(self.web_port, proc=self.server.proc)
-        return self
-
-    def restart(self) -> None:
-        # twistd ends by re-raising the signal that stopped it.
-        assert self.server.stop() in (0, -signal.SIGTERM)
-        self.server = ServerProcess(self.workdir, self.args, port=self.port)
-        self.start()
-
-
-@pytest.fixture
-def web(tmp_path: Path) -> Iterator[WebServer]:
-    server = WebServer(tmp_path).start()
-    yield server
-    problems = server.server.problems()
-    server.server.kill()
-    assert not problems, problems
 
 
 @pytest.fixture

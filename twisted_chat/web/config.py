@@ -14,7 +14,6 @@ from urllib.parse import urlsplit
 from twisted_chat.server.addresses import Network, parse_network
 
 
-
 @dataclass(frozen=True, slots=True)
 class WebConfig:
     """What the gateway needs beyond the chat server's own settings."""

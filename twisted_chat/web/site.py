@@ -16,7 +16,7 @@ from typing import Any
 
 from autobahn.twisted.resource import WebSocketResource
 from twisted.internet.protocol import ServerFactory
-from twisted.web import resource, server, static
+from twisted.web import pages, resource, server, static
 
 from twisted_chat.web.config import WebConfig
 from twisted_chat.web.gateway import ChatWebSocketFactory
@@ -73,8 +73,8 @@ class _Files(static.File):
 
     contentTypes = _CONTENT_TYPES
 
-    def directoryListing(self) -> resource.Resource:
-        return resource.NoResource()
+    def directoryListing(self) -> resource.IResource:
+        return pages.notFound()
 
     def createSimilarFile(self, path: str) -> static.File:
         f = _Files(path, self.defaultType, self.ignoredExts, self.registry)
@@ -94,10 +94,10 @@ class _Root(resource.Resource):
         self.putChild(b"static", files)
         self.putChild(b"chat", socket)
 
-    def getChild(self, path: bytes, request: server.Request) -> resource.Resource:
+    def getChild(self, path: bytes, request: server.Request) -> resource.IResource:
         if path == b"":
             return self._page
-        return resource.NoResource()
+        return pages.notFound()
 
 
 class WebSite(server.Site):

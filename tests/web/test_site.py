@@ -1,0 +1,170 @@
+"""
+The web client's HTTP side (the real server: headers, page, files), the
+rules without a network (origin, X-Forwarded-For), and makeService's
+--web, --web-origin and --trust-proxy on a MemoryReactor.
+"""
+
+from __future__ import annotations
+
+import http.client
+import ipaddress
+import re
+
+import pytest
+from twisted.internet.testing import MemoryReactorClock
+from twisted.python import usage
+
+from tests.serverproc import LOOPBACK
+from tests.test_service import options
+from tests.web.webserver import WebServer
+from twisted_chat.server.service import makeService
+from twisted_chat.web.config import (
+    client_host,
+    max_message_for,
+    origin_allowed,
+    parse_networks,
+)
+from twisted_chat.web.site import STATIC, WebSite
+
+
+def get(web: WebServer, path: str, host: str = "chat.example:8080") -> tuple[str, bytes]:
+    """One GET to the real server; the head (status line and headers) and body."""
+    connection = http.client.HTTPConnection(LOOPBACK, web.web_port, timeout=5)
+    try:
+        connection.putrequest("GET", path, skip_host=True)
+        connection.putheader("Host", host)
+        connection.endheaders()
+        response = connection.getresponse()
+        head = f"HTTP/1.1 {response.status}\r\n" + "".join(
+            f"{k}: {v}\r\n" for k, v in response.getheaders())
+        return head, response.read()
+    finally:
+        connection.close()
+
+
+def header(head: str, name: str) -> str:
+    for line in head.split("\r\n")[1:]:
+        key, _, value = line.partition(": ")
+        if key.lower() == name.lower():
+            return value
+    raise AssertionError(f"no {name} in {head}")
+
+
+@pytest.mark.e2e
+def test_security_headers_on_every_response(web: WebServer) -> None:
+    for path in ["/", "/static/app.js", "/static/style.css", "/nope", "/static/nope.js"]:
+        head, _ = get(web, path)
+        csp = header(head, "Content-Security-Policy")
+        directives = dict(d.strip().split(" ", 1) for d in csp.split(";"))
+        assert directives["default-src"] == "'none'"
+        assert directives["script-src"] == "'self'"
+        assert directives["frame-ancestors"] == "'none'"
+        # Its own WebSocket only.
+        assert directives["connect-src"] == (
+            "'self' ws://chat.example:8080 wss://chat.example:8080")
+        assert header(head, "X-Content-Type-Options") == "nosniff"
+        assert header(head, "X-Frame-Options") == "DENY"
+
+
+@pytest.mark.e2e
+def test_a_strange_host_header_is_not_put_in_the_policy(web: WebServer) -> None:
+    head, _ = get(web, "/", host="evil.example; script-src *")
+    csp = header(head, "Content-Security-Policy")
+    assert "evil" not in csp and "connect-src 'self';" in csp
+
+
+@pytest.mark.e2e
+def test_page_and_static_files(web: WebServer) -> None:
+    head, body = get(web, "/")
+    assert head.startswith("HTTP/1.1 200")
+    assert header(head, "Content-Type") == "text/html; charset=utf-8"
+    assert body == (STATIC / "index.html").read_bytes()
+    head, body = get(web, "/static/app.js")
+    assert header(head, "Content-Type") == "text/javascript; charset=utf-8"
+    assert body == (STATIC / "app.js").read_bytes()
+    assert get(web, "/nope")[0].startswith("HTTP/1.1 404")
+    assert get(web, "/static/../service.py")[0].split()[1] in ("400", "404")
+
+
+def test_the_page_loads_nothing_from_elsewhere_and_uses_no_inline_script() -> None:
+    html = (STATIC / "index.html").read_text()
+    assert "http://" not in html and "https://" not in html
+    assert not re.search(r"<script(?![^>]*\bsrc=)", html)  # inline script
+    assert not re.search(r"\son[a-z]+\s*=", html)  # inline event handlers
+    assert not re.search(r"\sstyle\s*=", html)
+    js = (STATIC / "app.js").read_text()
+    assert "innerHTML" not in js and "insertAdjacentHTML" not in js
+    assert "document.write" not in js and "eval(" not in js
+
+
+# -- rules without a network ----------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("origin", "host", "allowed", "ok"),
+    [
+        (None, "a.example", (), True),  # not a browser
+        ("http://a.example", "a.example", (), True),
+        ("https://a.example", "a.example:443", (), True),
+        ("http://a.example:8080", "a.example:8080", (), True),
+        ("http://a.example:8081", "a.example:8080", (), False),
+        ("http://evil.example", "a.example", (), False),
+        ("null", "a.example", (), False),
+        ("http://a.example.evil.example", "a.example", (), False),
+        ("https://b.example", "a.example", ("https://b.example",), True),
+        ("https://b.example", "a.example", ("https://B.example/",), True),
+        ("https://c.example", "a.example", ("*",), True),
+    ],
+)
+def test_origin_rule(origin: str | None, host: str, allowed: tuple[str, ...], ok: bool) -> None:
+    assert origin_allowed(origin, host, allowed) is ok
+
+
+def test_forwarded_for_rule() -> None:
+    proxies = parse_networks(["10.0.0.0/8, 127.0.0.1"])
+    assert client_host("192.0.2.1", "203.0.113.5", proxies) == "192.0.2.1"
+    assert client_host("10.1.2.3", "203.0.113.5", proxies) == "203.0.113.5"
+    # Chains: the rightmost address that is not a trusted proxy.
+    assert client_host("127.0.0.1", "198.51.100.1, 203.0.113.5, 10.9.9.9",
+                       proxies) == "203.0.113.5"
+    # A malformed entry: the last hop that could be believed.
+    assert client_host("127.0.0.1", "203.0.113.5, garbage", proxies) == "127.0.0.1"
+    assert client_host("127.0.0.1", "", proxies) == "127.0.0.1"
+    assert client_host("127.0.0.1", "[2001:db8::1]:443", proxies) == "2001:db8::1"
+    assert client_host(None, "203.0.113.5", proxies) is None
+    assert parse_networks(["::1"]) == (ipaddress.ip_network("::1"),)
+
+
+def test_message_limit_leaves_room_for_over_long_lines() -> None:
+    assert max_message_for(4096) == 16384
+    assert max_message_for(100) == 16384
+    assert max_message_for(10000) == 40000
+
+
+# -- options --------------------------------------------------------------------------
+
+
+def test_web_is_off_by_default_and_repeatable() -> None:
+    reactor = MemoryReactorClock()
+    top = makeService(options("--port", "7001", "--db", ":memory:"), reactor)
+    top.startService()
+    assert [port for port, *_ in reactor.tcpServers] == [7001]
+
+    reactor = MemoryReactorClock()
+    top = makeService(options("--port", "7001", "--db", ":memory:", "--web", "8080",
+                              "--web", "tcp:8081:interface=127.0.0.1",
+                              "--web-origin", "https://friends.example",
+                              "--trust-proxy", "127.0.0.1"), reactor)
+    top.startService()
+    servers = {port: factory for port, factory, *_ in reactor.tcpServers}
+    assert sorted(servers) == [7001, 8080, 8081]
+    site = servers[8080]
+    assert isinstance(site, WebSite) and site is servers[8081]
+    assert site.gateway.chat is servers[7001]  # the same hub
+    assert site.gateway.web.origins == ("https://friends.example",)
+    assert site.gateway.web.trusted_proxies == (ipaddress.ip_network("127.0.0.1/32"),)
+
+
+def test_bad_trust_proxy_is_a_usage_error() -> None:
+    with pytest.raises(usage.UsageError):
+        options("--trust-proxy", "not-an-address")
