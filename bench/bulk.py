@@ -85,6 +85,7 @@ def bulk_main(conn: Connection, out: Connection, dialect_name: str, cpu: int | N
         with contextlib.suppress(OSError):
             os.sched_setaffinity(0, {cpu})
     dialect = DIALECTS[dialect_name]
+    mark = dialect.line_mark
     ep = select.epoll()
     cmd_fd = conn.fileno()
     ep.register(cmd_fd, select.EPOLLIN)
@@ -206,7 +207,7 @@ def bulk_main(conn: Connection, out: Connection, dialect_name: str, cpu: int | N
                 except OSError:
                     n = 0
                 if n:
-                    lines += rbuf.count(b"\n", 0, n)
+                    lines += rbuf.count(mark, 0, n)
                     if rbuf.find(b"PING", 0, n) >= 0 or b"PING" in c.tail + rbuf[:8]:
                         c.pings(c.tail + bytes(rbuf[:n]))
                     c.tail = bytes(rbuf[max(0, n - 8):n])
@@ -225,7 +226,7 @@ def bulk_main(conn: Connection, out: Connection, dialect_name: str, cpu: int | N
                     finish_one(c, False, "ConnectionError:None")
                 drop(fd, c)
                 continue
-            lines += data.count(b"\n")
+            lines += data.count(mark)
             if c.handshake(data):
                 shaking.pop(fd, None)
                 if job is not None:

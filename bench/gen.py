@@ -59,7 +59,7 @@ class Client(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         w = self.w
-        w.lines += data.count(b"\n")
+        w.lines += data.count(w.dialect.line_mark)
         if self.phase == 2:
             if self.sample:
                 now = time.monotonic_ns()
@@ -158,6 +158,7 @@ class Worker:
             return {"sent": 0, "t0": time.monotonic(), "t1": time.monotonic(), "blocked": 0}
         prefix = self.dialect.msg_prefix()
         tail = b"~ " + PAD + b"\r\n"
+        framed, encode = self.dialect.framed, self.dialect.encode
         n = len(senders)
         sent = 0
         blocked = 0
@@ -180,7 +181,8 @@ class Worker:
                     blocked += 1  # the server is not reading: the rate is not offered
                     sent += 1
                     continue
-                t.write(b"%s~%d%s" % (prefix, mono(), tail))
+                line = b"%s~%d%s" % (prefix, mono(), tail)
+                t.write(encode(line) if framed else line)
                 sent += 1
             await asyncio.sleep(0.001)
         return {"sent": sent - blocked, "blocked": blocked, "t0": t0, "t1": time.monotonic()}

@@ -392,3 +392,30 @@ def test_forwarded_for_is_believed_only_from_trusted_proxies(h: Harness) -> None
     # An untrusted peer's header is ignored: its own address counts.
     spoof = WsConn(h, gateway, peer="198.51.100.7", extra=proxied)
     assert spoof.take()[0].startswith("HELLO ")
+
+
+# -- the benchmark's WebSocket clients speak what the gateway takes -------------------
+
+
+def test_bench_websocket_dialect(h: Harness, gateway: ChatWebSocketFactory) -> None:
+    from bench.dialects import DIALECTS
+
+    dialect = DIALECTS["chat/1-ws"]
+    bob = h.user("bob")
+    address = IPv4Address("TCP", "127.0.0.1", next(_ports))
+    socket = gateway.buildProtocol(address)
+    transport = TCPTransport(peerAddress=address)
+    socket.makeConnection(transport)
+    socket.dataReceived(dialect.register("load1"))
+    assert dialect.first_marker in transport.value()
+    socket.dataReceived(dialect.after_registered("load1"))
+    h.clock.advance(0)
+    assert dialect.done_marker in transport.value()
+    transport.clear()
+    bob.take()
+    socket.dataReceived(dialect.encode(b"MSG ~123456789~ " + b"x" * 32 + b"\r\n"))
+    h.clock.advance(0)
+    assert bob.take() == [f"MSG {ts(h)} load1 * ~123456789~ " + "x" * 32]
+    bob.send("MSG one", "MSG two")
+    # One line_mark per line received.
+    assert transport.value().count(dialect.line_mark) == 3

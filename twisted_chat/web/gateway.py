@@ -40,6 +40,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
+from twisted_chat.server.sending import Write, direct_sender
 from twisted_chat.web.config import WebConfig, client_host, origin_allowed
 
 # Close codes (RFC 6455, 7.4.1).
@@ -169,6 +170,7 @@ class ChatWebSocket(WebSocketServerProtocol):
 
     # The chat connection (the server's ChatProtocol, or its refusal).
     chat: Any = None
+    _write_frames: Write  # not _send: autobahn has one
     _client: Address | None = None
     _refused = False
 
@@ -201,6 +203,10 @@ class ChatWebSocket(WebSocketServerProtocol):
         # twisted.web's HTTP channel is still the TCP transport's producer;
         # the chat connection registers its own (the send-queue watch).
         self.tcp.unregisterProducer()
+        # Frames go straight to the socket when nothing is queued before
+        # them, as the chat's own lines do on TCP (autobahn's sendData would
+        # be transport.write, a buffered write and two epoll_ctl calls).
+        self._write_frames = direct_sender(self.tcp)
         chat = self.factory.chat.buildProtocol(self._client)
         if chat is None:
             self.close_normally()
@@ -236,7 +242,7 @@ class ChatWebSocket(WebSocketServerProtocol):
 
     def send_frames(self, frames: bytes) -> None:
         if self.state == self.STATE_OPEN:
-            self.sendData(frames)
+            self._write_frames(frames)
 
     def close_normally(self) -> None:
         if self.state == self.STATE_OPEN:
