@@ -29,7 +29,7 @@ _ports = itertools.count(50000)
 
 
 def make_gateway(h: Harness, **web: Any) -> ChatWebSocketFactory:
-    factory = ChatWebSocketFactory(h.factory, h.config.max_line, WebConfig(**web),
+    factory = ChatWebSocketFactory(h.factory, WebConfig(**web),
                                    headers={"X-Content-Type-Options": "nosniff"},
                                    reactor=h.clock)
     # No autobahn timers: they run on txaio's global loop, not on the Clock.

@@ -261,6 +261,19 @@ class ChatProtocol(Protocol):
                 self._buffer = data[start:]
                 return
 
+    def message_received(self, line: bytes) -> None:
+        """
+        One whole line from a transport that frames messages itself (the web
+        client's WebSocket: twisted_chat.web.gateway): the length check
+        C{dataReceived} makes, then the line.
+        """
+        if self.closing:
+            return
+        if len(line) > self.config.max_line:
+            self._too_long()
+        else:
+            self.line_received(line)
+
     def _too_long(self) -> None:
         """Check 1: the line is discarded whole, with one error."""
         if self._count_line():

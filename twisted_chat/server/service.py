@@ -500,7 +500,7 @@ def _add_web(top: MultiService, options: Options, factory: ChatFactory, reactor:
         trusted_proxies=parse_networks(options["trust-proxy"]),
         max_message=max_message_for(factory.config.max_line),
     )
-    site = web_site(factory, factory.config.max_line, web, reactor=reactor)
+    site = web_site(factory, web, reactor=reactor)
     for description in options["web"]:
         endpoint = _listen_on(description, reactor, "--web")
         PortService(description, endpoint, site, "--web").setServiceParent(top)

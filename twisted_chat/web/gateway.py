@@ -40,7 +40,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from twisted_chat.server.sending import Write, direct_sender
+from twisted_chat.server.sendqueue import Write, buffer_size, direct_sender
 from twisted_chat.web.config import WebConfig, client_host, origin_allowed
 
 # Close codes (RFC 6455, 7.4.1).
@@ -141,6 +141,11 @@ class WebSocketTransport:
     def getHost(self) -> Any:
         return self._socket.tcp.getHost()
 
+    @property
+    def bufferSize(self) -> int:
+        """What the TCP (or TLS) transport buffers before it pauses its producer."""
+        return buffer_size(self._socket.tcp)
+
     def setTcpNoDelay(self, enabled: bool) -> None:
         no_delay = getattr(self._socket.transport, "setTcpNoDelay", None)
         if no_delay is not None:
@@ -225,12 +230,8 @@ class ChatWebSocket(WebSocketServerProtocol):
         # add is tolerated, as on TCP.
         if payload.endswith(b"\n"):
             payload = payload[:-2] if payload.endswith(b"\r\n") else payload[:-1]
-        receive = getattr(chat, "lineReceived", None)
-        if receive is None:
-            return  # a refusal (server full): it has said why and closes
-        if len(payload) > self.factory.max_line:
-            chat.lineLengthExceeded(b"")
-        else:
+        receive = getattr(chat, "message_received", None)
+        if receive is not None:  # else a refusal (server full): it said why and closes
             receive(payload)
 
     def onClose(self, wasClean: bool, code: int | None, reason: str | None) -> None:
@@ -263,16 +264,15 @@ class ChatWebSocketFactory(WebSocketServerFactory):
     """
     Builds L{ChatWebSocket}s that connect to C{chat}, the chat server's
     factory (any C{ServerFactory} whose protocols take lines through
-    C{lineReceived} and write lines to their transport).
+    C{message_received} and write lines to their transport).
     """
 
     protocol = ChatWebSocket  # type: ignore[assignment]
 
-    def __init__(self, chat: ServerFactory, max_line: int, web: WebConfig,
+    def __init__(self, chat: ServerFactory, web: WebConfig,
                  headers: dict[str, str] | None = None, reactor: Any = None) -> None:
         super().__init__(reactor=reactor)
         self.chat = chat
-        self.max_line = max_line
         self.web = web
         self.headers = headers or {}
         self.cache = FrameCache()

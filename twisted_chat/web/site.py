@@ -108,11 +108,11 @@ class WebSite(server.Site):
         self.gateway = gateway
 
 
-def web_site(chat: ServerFactory, max_line: int, web: WebConfig, reactor: Any = None,
+def web_site(chat: ServerFactory, web: WebConfig, reactor: Any = None,
              static_dir: Path = STATIC) -> WebSite:
     """The site for C{--web}: the page and a WebSocket into C{chat}."""
     gateway = ChatWebSocketFactory(
-        chat, max_line, web, headers=security_headers(None), reactor=reactor
+        chat, web, headers=security_headers(None), reactor=reactor
     )
     files = _Files(str(static_dir), defaultType="application/octet-stream")
     page = _Files(str(static_dir / "index.html"))
