@@ -279,6 +279,7 @@ def test_invitation_accepted_by_button_and_the_private_conversation(
     assert carol.expect("MSG ").split(" ", 4)[2:] == ["alice", "carol", "only you and me"]
     carol.send("MSG indeed")
     wait_texts(alice, ["only you and me", "indeed"], conv="dm:carol")
+    screenshot(alice, "private.png")
 
     alice.find_element(By.ID, "leave-button").click()
     assert carol.expect("UNPAIRED ") == "UNPAIRED alice left"

@@ -312,7 +312,7 @@
     const isPartner = state.partner && key(state.partner) === key(peer);
     if (isPartner) {
       main.classList.add("private");
-      name.textContent = `🔒 Private conversation with ${peer}`;
+      name.textContent = `Private conversation with ${peer}`;
       topic.textContent = "Only the two of you; nothing here is kept in the history.";
       leave.hidden = false;
       leave.textContent = "Leave conversation";
@@ -599,7 +599,11 @@
         dropInvite(from);
         const card = inviteCard(key(from), `${from} invites you to a private conversation.`, [
           ["Accept", "accept", () => send("ACCEPT " + from)],
-          ["Reject", "reject", () => { send("REJECT " + from); dropInvite(from); }],
+          ["Reject", "reject", () => {
+            send("REJECT " + from);
+            dropInvite(from);
+            notice(current(), `You declined ${from}'s invitation.`);
+          }],
         ]);
         state.invites.set(key(from), card);
         notice(lobby(), `${from} invited you to a private conversation.`);
