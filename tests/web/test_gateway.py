@@ -189,6 +189,12 @@ def test_one_message_is_one_line_even_with_a_newline_inside(
     assert bob.take() == [f"MSG {ts(h)} alice * three", f"MSG {ts(h)} alice * four"]
 
 
+def test_a_message_in_fragments_is_one_line(h: Harness, gateway: ChatWebSocketFactory) -> None:
+    bob, alice = tcp_and_browser(h, gateway)
+    alice.send_frame(ws.frame(b"MSG frag", fin=False) + ws.frame(b"mented", opcode=0))
+    assert bob.take() == [f"MSG {ts(h)} alice * fragmented"]
+
+
 def test_a_line_over_max_line_is_the_tcp_error_and_the_socket_stays(
     h: Harness, gateway: ChatWebSocketFactory
 ) -> None:
