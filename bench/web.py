@@ -87,16 +87,15 @@ def main(argv: list[str] | None = None) -> None:
                 steps.append(step)
                 print(row(step), flush=True)
     print()
-    print("WebSocket / TCP, median over rounds:")
+    print("WebSocket / TCP, mean over rounds:")
     summary = []
     for rate in rates:
-        def med(mode: str, key: str, rate: float = rate) -> float:
-            values = sorted(_get(s, key) for s in steps if s["mode"] == mode
-                            and s["rate"] == rate)
-            return values[len(values) // 2]
+        def mean(mode: str, key: str, rate: float = rate) -> float:
+            values = [_get(s, key) for s in steps if s["mode"] == mode and s["rate"] == rate]
+            return sum(values) / len(values)
         line = {"rate": rate}
         for key in ("server_us_per_line", "latency_ms.p50", "latency_ms.p99"):
-            tcp, ws = med("tcp", key), med("ws", key)
+            tcp, ws = mean("tcp", key), mean("ws", key)
             line[key] = {"tcp": tcp, "ws": ws, "ratio": ws / tcp if tcp else None}
         summary.append(line)
         print(f"  {rate:g} msg/s: CPU/line {line['server_us_per_line']['ratio']:.2f}x "

@@ -91,6 +91,10 @@ def test_fresh_install_lists_chat(fresh_venv, tmp_path):
     plugins = list((venv / "lib").glob("python3*/site-packages/twisted/plugins/"
                                        "twisted_chat_plugin.py"))
     assert plugins, "the plugin module was not installed"
+    # The web client's page is package data: it ships in the wheel.
+    for name in ("index.html", "app.js", "style.css", "favicon.svg"):
+        assert list((venv / "lib").glob(
+            f"python3*/site-packages/twisted_chat/web/static/{name}")), name
 
 
 @pytest.mark.e2e
