@@ -254,6 +254,7 @@ def test_invitation_accepted_by_button_and_the_private_conversation(
     web: WebServer, browser: Callable[..., Any], tcp: Callable[[str], LineClient]
 ) -> None:
     carol = tcp("carol")
+    dave = tcp("dave")
     alice = browser()
     join(alice, web, "alice")
     carol.expect("JOINED ")
@@ -280,10 +281,15 @@ def test_invitation_accepted_by_button_and_the_private_conversation(
     carol.send("MSG indeed")
     wait_texts(alice, ["only you and me", "indeed"], conv="dm:carol")
     screenshot(alice, "private.png")
+    # The lobby goes on without alice meanwhile.
+    dave.send("MSG said while you were away")
+    dave.expect("MSG ")
 
     alice.find_element(By.ID, "leave-button").click()
     assert carol.expect("UNPAIRED ") == "UNPAIRED alice left"
     wait(alice, lambda d: d.find_element(By.ID, "conv-name").text == "# lobby")
+    # What she missed comes back with the end of the pair ("Coming back to the lobby").
+    wait_texts(alice, ["said while you were away"])
     say(alice, "back in the lobby")
     assert lobby_lines(carol, 1) == ["alice: back in the lobby"]
 
