@@ -250,8 +250,21 @@
       li.append(el("span", "tag", "private"));
     }
     if (conv.unread) li.append(el("span", "badge", String(conv.unread)));
-    li.addEventListener("click", () => show(conv.id));
+    activate(li, () => show(conv.id));
     return li;
+  }
+
+  // A list item that works like a button, from the mouse or the keyboard.
+  function activate(li, action) {
+    li.tabIndex = 0;
+    li.setAttribute("role", "button");
+    li.addEventListener("click", action);
+    li.addEventListener("keydown", (event) => {
+      if (event.key === "Enter" || event.key === " ") {
+        event.preventDefault();
+        action();
+      }
+    });
   }
 
   function renderConvList() {
@@ -279,7 +292,7 @@
       if (user.state === "paired") li.append(el("span", "tag", "paired"));
       if (isMe) li.append(el("span", "you", "you"));
       li.title = user.state === "paired" ? `${user.nick} is in a private conversation` : `Message ${user.nick}`;
-      if (!isMe) li.addEventListener("click", () => show(dm(user.nick).id));
+      if (!isMe) activate(li, () => show(dm(user.nick).id));
       list.append(li);
     }
     $("user-count").textContent = `— ${users.length}`;
@@ -546,6 +559,12 @@
         state.wanted = nick;
         state.users = new Map();
         state.pendingUsers = [];
+        // A new connection: whatever pair or invitation the old one had is over.
+        state.partner = null;
+        state.pendingTo = null;
+        clearPendingCard();
+        for (const inviter of [...state.invites.keys()]) dropInvite(inviter);
+        renderConvList();
         joined();
         break;
       }
