@@ -487,6 +487,8 @@ def _cluster_service(options: Options, config: ServerConfig, reactor: Any) -> IS
     ClusterService(factory, redis).setServiceParent(top)
     for description, endpoint in ports:
         PortService(description, endpoint, factory).setServiceParent(top)
+    if options["web"]:
+        _add_web(top, options, factory, reactor)
     return top
 
 

@@ -26,6 +26,7 @@ WebSocket limit is the TCP client's C{ERROR too-long}.
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Callable, Iterable
 from typing import Any
 
@@ -40,7 +41,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from twisted_chat.server.sendqueue import Write, buffer_size, direct_sender
+from twisted_chat.server.sendqueue import SendQueue, buffer_size
 from twisted_chat.web.config import WebConfig, client_host, origin_allowed
 
 # Close codes (RFC 6455, 7.4.1).
@@ -146,6 +147,12 @@ class WebSocketTransport:
         """What the TCP (or TLS) transport buffers before it pauses its producer."""
         return buffer_size(self._socket.tcp)
 
+    def getHandle(self) -> Any:
+        """The socket under the WebSocket: the send queue counts the kernel's
+        share of what is held, and sizes its buffer (--sndbuf)."""
+        get = getattr(self._socket.tcp, "getHandle", None)
+        return get() if get is not None else None
+
     def setTcpNoDelay(self, enabled: bool) -> None:
         no_delay = getattr(self._socket.transport, "setTcpNoDelay", None)
         if no_delay is not None:
@@ -175,7 +182,7 @@ class ChatWebSocket(WebSocketServerProtocol):
 
     # The chat connection (the server's ChatProtocol, or its refusal).
     chat: Any = None
-    _write_frames: Write  # not _send: autobahn has one
+    _write_frames: Callable[[bytes], bool]  # not _send: autobahn has one
     _client: Address | None = None
     _refused = False
 
@@ -210,8 +217,10 @@ class ChatWebSocket(WebSocketServerProtocol):
         self.tcp.unregisterProducer()
         # Frames go straight to the socket when nothing is queued before
         # them, as the chat's own lines do on TCP (autobahn's sendData would
-        # be transport.write, a buffered write and two epoll_ctl calls).
-        self._write_frames = direct_sender(self.tcp)
+        # be transport.write, a buffered write and two epoll_ctl calls).  A
+        # send queue with no limit of its own does that: --sendq is the chat
+        # connection's queue's to enforce (it sits on WebSocketTransport).
+        self._write_frames = SendQueue(self.tcp, sys.maxsize).write
         chat = self.factory.chat.buildProtocol(self._client)
         if chat is None:
             self.close_normally()
