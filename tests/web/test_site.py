@@ -168,3 +168,8 @@ def test_web_is_off_by_default_and_repeatable() -> None:
 def test_bad_trust_proxy_is_a_usage_error() -> None:
     with pytest.raises(usage.UsageError):
         options("--trust-proxy", "not-an-address")
+
+
+def test_a_bad_web_endpoint_is_one_line() -> None:
+    with pytest.raises(SystemExit, match=r"^twistd chat: bad --web 'nonsense:1'"):
+        makeService(options("--db", ":memory:", "--web", "nonsense:1"), MemoryReactorClock())

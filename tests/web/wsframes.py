@@ -9,7 +9,9 @@ from __future__ import annotations
 import base64
 import hashlib
 import os
+import socket
 import struct
+import time
 
 TEXT, BINARY, CLOSE, PING, PONG = 1, 2, 8, 9, 10
 _GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
@@ -53,11 +55,12 @@ def text(line: str | bytes) -> bytes:
     return frame(line.encode() if isinstance(line, str) else line)
 
 
-def parse(data: bytes) -> tuple[list[tuple[int, bytes]], bytes]:
-    """Whole server frames in C{data} as (opcode, payload), and what is left."""
-    frames = []
+def parse(data: bytes, limit: int | None = None) -> tuple[list[tuple[int, bytes]], bytes]:
+    """Whole server frames in C{data} (at most C{limit}) as (opcode, payload),
+    and what is left."""
+    frames: list[tuple[int, bytes]] = []
     i = 0
-    while len(data) - i >= 2:
+    while len(data) - i >= 2 and (limit is None or len(frames) < limit):
         b0, b1 = data[i], data[i + 1]
         assert b0 & 0x80, "the server does not fragment"
         assert not b1 & 0x80, "server frames are not masked"
@@ -82,3 +85,56 @@ def parse(data: bytes) -> tuple[list[tuple[int, bytes]], bytes]:
 
 def close_code(payload: bytes) -> int:
     return int(struct.unpack("!H", payload[:2])[0])
+
+
+class WsClient:
+    """A blocking WebSocket client for e2e tests; every wait is bounded."""
+
+    def __init__(self, port: int, host: str = "127.0.0.1", timeout: float = 5.0) -> None:
+        self.sock = socket.create_connection((host, port), timeout=timeout)
+        self.timeout = timeout
+        request, accept = handshake(host=f"{host}:{port}", origin=f"http://{host}:{port}")
+        self.sock.sendall(request)
+        data = b""
+        while b"\r\n\r\n" not in data:
+            chunk = self.sock.recv(65536)
+            if not chunk:
+                raise EOFError("closed during the upgrade")
+            data += chunk
+        head, _, self.buffer = data.partition(b"\r\n\r\n")
+        assert head.startswith(b"HTTP/1.1 101") and accept in head, head
+
+    def send(self, line: str) -> None:
+        self.sock.sendall(text(line))
+
+    def readline(self) -> str:
+        """The next text message (answering nothing else)."""
+        deadline = time.monotonic() + self.timeout
+        while True:
+            frames, rest = parse(self.buffer, limit=1)
+            if frames:
+                self.buffer = rest
+                op, payload = frames[0]
+                if op == TEXT:
+                    return payload.decode()
+                continue
+            self.sock.settimeout(max(deadline - time.monotonic(), 0.01))
+            chunk = self.sock.recv(65536)
+            if not chunk:
+                raise EOFError("connection closed")
+            self.buffer += chunk
+
+    def expect(self, prefix: str) -> str:
+        while True:
+            line = self.readline()
+            if line.startswith(prefix):
+                return line
+
+    def register(self, nick: str) -> None:
+        self.expect("NICK")
+        self.send(f"NICK {nick}")
+        self.expect(f"READY {nick}")
+        self.expect("USERS ")
+
+    def close(self) -> None:
+        self.sock.close()
