@@ -377,3 +377,25 @@ def test_unix_socket_url_with_password(tmp_path: Path) -> None:
         for node in nodes:
             node.kill()
         redis.stop()
+
+
+def test_node_started_before_redis_refuses_nicks_then_joins(tmp_path: Path) -> None:
+    redis = RedisServer(tmp_path)  # not started yet
+    node = ServerProcess(tmp_path, ["--redis", redis.url]).start()
+    client = LineClient(node.port)
+    try:
+        node.wait_log("unreachable")
+        client.expect("NICK")
+        client.send("NICK early")
+        assert client.expect("RETRY").startswith("RETRY unavailable")
+        redis.start()
+        node.wait_log("Redis is back", timeout=15)
+        client.send("NICK early")
+        assert client.expect("READY") == "READY early"
+        # Each transition is logged once, however many retries it took.
+        assert node.log().count("unreachable") == 1
+        assert "Starting factory" not in node.log().split("starting in cluster mode")[1]
+    finally:
+        client.close()
+        node.kill()
+        redis.stop()

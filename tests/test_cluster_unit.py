@@ -334,3 +334,41 @@ def test_cluster_gives_every_user_what_one_server_gives(seed: int) -> None:
                 assert user.partner.partner is user
             if user.outgoing is not None:
                 assert node.hub.is_online(user.outgoing.invitee)
+
+
+def test_a_node_declared_dead_while_alive_drops_its_users_and_goes_on() -> None:
+    cluster = Cluster(2)
+    n0, n1 = cluster.nodes
+    alice, bob = n0.user("alice"), n1.user("bob")
+    lost: list[str] = []
+    n0.state.on_lost = lambda: lost.append(n0.state.node)
+    n1.state.node_dead("node0")  # as after node0 missed its lease
+    cluster.pump()
+    assert lost and lost[0] != "node0"  # a new identity for what it does next
+    assert "LEFT" in bob.take()[0]
+    assert sorted(n0.hub.online) == sorted(n1.hub.online) == ["bob"]
+    alice.take()
+    # The node still works, under its new name, for new users.
+    carol = n0.user("carol")
+    carol.send("DM bob hello")
+    cluster.pump()
+    assert bob.take()[-1].endswith("carol bob hello")
+
+
+def test_input_waits_while_a_command_is_decided() -> None:
+    cluster = Cluster(1)
+    node = cluster.nodes[0]
+    ann = node.user("ann")
+    ann.send("MSG one")
+    assert ann.reading
+    # Much more arrives before the answer: held, then the reading pauses.
+    ann.transport.read(b"MSG more\r\n" * 8000)
+    assert not ann.reading
+    assert [line for line in ann.take() if line.startswith("MSG")] == []
+    for _ in range(8002):
+        cluster.pump()
+        if ann.reading and not ann.protocol._waiting:
+            break
+    lines = [line for line in ann.take() if line.startswith("MSG")]
+    assert len(lines) == 8001 and lines[0].endswith("ann * one")
+    assert ann.reading

@@ -36,6 +36,7 @@ import txredisapi  # type: ignore[import-untyped]
 from twisted.internet import defer, endpoints
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IDelayedCall
+from twisted.internet.protocol import Factory
 from twisted.logger import Logger
 
 from twisted_chat.server.cluster.node import ClusterState
@@ -128,6 +129,18 @@ class _NoFactory:
         self.error = message
 
 
+class _OneConnection(Factory):
+    """Hands out one protocol; quiet (no "Starting factory" line per retry)."""
+
+    noisy = False
+
+    def __init__(self, proto: Any) -> None:
+        self.proto = proto
+
+    def buildProtocol(self, addr: Any) -> Any:
+        return self.proto
+
+
 class RedisLog:
     """
     The node's two Redis connections (commands; the blocking stream read),
@@ -202,7 +215,7 @@ class RedisLog:
             self.reactor, t.endpoint
         )
         connected = proto.whenConnected()
-        await endpoints.connectProtocol(endpoint, proto)  # type: ignore[no-untyped-call]
+        await endpoint.connect(_OneConnection(proto))
         lost = proto.whenDisconnected()
         await defer.DeferredList([connected, lost], fireOnOneCallback=True)
         if not proto._ready:
