@@ -19,13 +19,16 @@ REDIS_SERVER = shutil.which("redis-server")
 
 class RedisServer:
     def __init__(self, workdir: Path, port: int | None = None, password: str | None = None,
-                 persist: bool = True, unixsocket: bool = False) -> None:
+                 persist: bool = True, unixsocket: bool = False,
+                 tls: tuple[Path, Path] | None = None) -> None:
+        """@param tls: (key, certificate) PEM files: TLS only, on C{port}."""
         self.workdir = workdir / "redis"
         self.workdir.mkdir(exist_ok=True)
         self.port = port or free_port()
         self.password = password
         self.persist = persist
         self.socket = self.workdir / "redis.sock" if unixsocket else None
+        self.tls = tls
         self.proc: subprocess.Popen[bytes] | None = None
 
     @property
@@ -41,7 +44,13 @@ class RedisServer:
 
     def start(self) -> RedisServer:
         assert REDIS_SERVER is not None, "redis-server is not installed"
-        args = [REDIS_SERVER, "--port", str(self.port), "--bind", LOOPBACK,
+        ports = ["--port", str(self.port)]
+        if self.tls is not None:
+            key, cert = self.tls
+            ports = ["--port", "0", "--tls-port", str(self.port), "--tls-key-file", str(key),
+                     "--tls-cert-file", str(cert), "--tls-ca-cert-file", str(cert),
+                     "--tls-auth-clients", "no"]
+        args = [REDIS_SERVER, *ports, "--bind", LOOPBACK,
                 "--dir", str(self.workdir), "--daemonize", "no", "--save", "",
                 "--appendonly", "yes" if self.persist else "no",
                 "--appendfsync", "always", "--logfile", str(self.workdir / "redis.log")]

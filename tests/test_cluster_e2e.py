@@ -399,3 +399,32 @@ def test_node_started_before_redis_refuses_nicks_then_joins(tmp_path: Path) -> N
         client.close()
         node.kill()
         redis.stop()
+
+
+def test_rediss_url_with_a_private_ca(tmp_path: Path) -> None:
+    from tests.test_e2e_tls import self_signed
+
+    key, cert = self_signed(tmp_path)
+    redis = RedisServer(tmp_path, password="pw", tls=(key, cert)).start()
+    nodes: list[ServerProcess] = []
+    clients: list[LineClient] = []
+    try:
+        url = f"rediss://:pw@localhost:{redis.port}/0?ca={cert}"
+        for _ in range(2):
+            node = ServerProcess(tmp_path, ["--redis", url]).start()
+            node.wait_log("cluster: connected to")
+            nodes.append(node)
+        a, b = LineClient(nodes[0].port), LineClient(nodes[1].port)
+        clients += [a, b]
+        a.register("alice")
+        assert "USER alice lobby" in b.register("bob")
+        # Without the CA, the certificate is not trusted: no connection.
+        untrusted = ServerProcess(tmp_path, ["--redis", url.split("?")[0]]).start()
+        nodes.append(untrusted)
+        untrusted.wait_log("unreachable")
+    finally:
+        for client in clients:
+            client.close()
+        for node in nodes:
+            node.kill()
+        redis.stop()

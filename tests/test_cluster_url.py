@@ -15,14 +15,15 @@ def test_redis_url_forms() -> None:
     assert (t.endpoint, t.password, t.db) == ("tcp:example.org:6379", "pa:ss", 0)
     assert "pa" not in t.display
     t = parse_url("rediss://user:pw@redis.example.org:6390/1")
-    assert (t.endpoint, t.username, t.password, t.db) == (
-        "tls:redis.example.org:6390", "user", "pw", 1)
+    assert (t.endpoint, t.username, t.password, t.db, t.tls_host, t.ca) == (
+        "tcp:redis.example.org:6390", "user", "pw", 1, "redis.example.org", None)
+    assert parse_url("rediss://h/0?ca=/etc/ca.pem").ca == "/etc/ca.pem"
     t = parse_url("unix:///run/redis/redis.sock?db=4&password=pw")
     assert (t.endpoint, t.password, t.db) == ("unix:/run/redis/redis.sock", "pw", 4)
 
 
 @pytest.mark.parametrize("url", ["http://x", "redis://", "unix://", "redis://h:99999999",
-                                 "redis://h/notanumber"])
+                                 "redis://h/notanumber", "redis://h/0?ca=/x.pem"])
 def test_bad_redis_urls_are_refused_at_start(url: str) -> None:
     options = Options()
     options.parseOptions(["--redis", url])

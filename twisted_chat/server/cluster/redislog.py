@@ -33,7 +33,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import txredisapi  # type: ignore[import-untyped]
-from twisted.internet import defer, endpoints
+from twisted.internet import defer, endpoints, ssl
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IDelayedCall
 from twisted.internet.protocol import Factory
@@ -59,11 +59,25 @@ BACKOFF_MAX = 5.0
 
 @dataclass(frozen=True, slots=True)
 class RedisTarget:
-    endpoint: str  # a Twisted client endpoint description
+    endpoint: str  # a Twisted client endpoint description (TCP or UNIX)
     password: str | None
     username: str | None
     db: int
     display: str  # the URL without its password, for the log
+    tls_host: str | None = None  # rediss://: the name the certificate must carry
+    ca: str | None = None  # rediss://...?ca=FILE: trust this CA, not the system's
+
+    def connect_to(self, reactor: Any) -> Any:
+        """The endpoint to Redis (with TLS around it for rediss://)."""
+        endpoint = endpoints.clientFromString(reactor, self.endpoint)  # type: ignore[no-untyped-call]
+        if self.tls_host is None:
+            return endpoint
+        trust = None
+        if self.ca is not None:
+            with open(self.ca, "rb") as f:
+                trust = ssl.Certificate.loadPEM(f.read())
+        options = ssl.optionsForClientTLS(self.tls_host, trustRoot=trust)
+        return endpoints.wrapClientTLS(options, endpoint)
 
 
 def _escape(value: str) -> str:
@@ -75,7 +89,8 @@ def parse_url(url: str) -> RedisTarget:
     C{redis://[[user]:password@]host[:port][/db]}, C{rediss://...} (TLS,
     the server's certificate checked against the system's trust store), or
     C{unix://[[user]:password@]/path/to/socket[?db=N]}.  A C{password=} query
-    parameter works too.
+    parameter works too; C{ca=FILE} (PEM) makes a rediss:// connection trust
+    that certificate authority instead of the system's.
 
     @raise ValueError: with a sentence saying what is wrong.
     """
@@ -96,9 +111,7 @@ def parse_url(url: str) -> RedisTarget:
             port = parts.port or 6379
         except ValueError:
             raise ValueError(f"{url!r} has a bad port") from None
-        host = _escape(parts.hostname)
-        kind = "tls" if scheme == "rediss" else "tcp"
-        endpoint = f"{kind}:{host}:{port}"
+        endpoint = f"tcp:{_escape(parts.hostname)}:{port}"
         shown = f"{scheme}://{parts.hostname}:{port}"
     elif scheme == "unix":
         if not parts.path:
@@ -111,7 +124,12 @@ def parse_url(url: str) -> RedisTarget:
         db = int(db_text or 0)
     except ValueError:
         raise ValueError(f"{url!r}: the database must be a number") from None
-    return RedisTarget(endpoint, password, username, db, f"{shown}/{db}")
+    tls = scheme == "rediss"
+    ca = (query.get("ca") or [""])[0] or None
+    if ca is not None and not tls:
+        raise ValueError(f"{url!r}: ca= is for rediss:// only")
+    return RedisTarget(endpoint, password, username, db, f"{shown}/{db}",
+                       tls_host=parts.hostname if tls else None, ca=ca)
 
 
 class _NoFactory:
@@ -211,9 +229,7 @@ class RedisLog:
             convertNumbers=False, username=t.username,
         )
         proto.factory = factory
-        endpoint = endpoints.clientFromString(  # type: ignore[no-untyped-call]
-            self.reactor, t.endpoint
-        )
+        endpoint = t.connect_to(self.reactor)
         connected = proto.whenConnected()
         await endpoint.connect(_OneConnection(proto))
         lost = proto.whenDisconnected()
