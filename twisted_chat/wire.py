@@ -50,6 +50,10 @@ class ErrorCode(str, Enum):
     BAD_CHARS = "bad-chars"
     FLOOD = "flood"
     SERVER_FULL = "server-full"
+    ACCOUNTS_OFF = "accounts-off"
+    WEAK_PASSWORD = "weak-password"
+    REGISTERED = "registered"
+    NOT_REGISTERED = "not-registered"
 
 
 class LineError(Exception):
@@ -97,6 +101,10 @@ CLIENT_VERBS: dict[str, Grammar] = {
     "HELP": Grammar(0, 1, Text.NONE),
     "BYE": Grammar(0, 0, Text.OPTIONAL),
 }
+
+# A password is this many bytes of the line (UTF-8), else weak-password.
+PASSWORD_MIN_BYTES = 8
+PASSWORD_MAX_BYTES = 256
 
 
 @dataclass(frozen=True, slots=True)

@@ -1,0 +1,326 @@
+"""
+The accounts store, the password hash, the twisted.cred checker and portal,
+the failure limiter and the password threads (twisted_chat.server.accounts,
+twisted_chat.server.login).
+"""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+import stat
+import threading
+from pathlib import Path
+from typing import Any
+
+import pytest
+import pytest_twisted
+from twisted.cred.credentials import UsernamePassword
+from twisted.cred.error import UnauthorizedLogin
+from twisted.internet import defer
+from twisted.internet.task import Clock
+
+from twisted_chat.server import accounts as accounts_module
+from twisted_chat.server.accounts import (
+    AccountChecker,
+    AccountExists,
+    AccountStore,
+    AccountStoreError,
+    IAccount,
+    Mode,
+    NoSuchAccount,
+    accounts_path,
+    hash_password,
+    password_problem,
+    portal,
+    verify_password,
+)
+from twisted_chat.server.addresses import networks
+from twisted_chat.server.login import Accounts, FailureLimiter, PasswordWork, WorkBusy
+
+# Cheap parameters for tests that hash many times (the format carries them).
+FAST = dict(n=2**4, r=1, p=1)
+
+
+def inline(f: Any, *args: Any) -> defer.Deferred[Any]:
+    return defer.execute(f, *args)
+
+
+# -- passwords -------------------------------------------------------------
+
+
+def test_hash_is_salted_scrypt_and_verifies() -> None:
+    one = hash_password(b"correct horse")
+    two = hash_password(b"correct horse")
+    assert one != two  # a fresh salt each time
+    scheme, n, r, p, salt, key = one.split("$")
+    assert (scheme, n, r, p) == ("scrypt", str(2**14), "8", "1")
+    assert b"correct horse" not in one.encode()
+    assert verify_password(b"correct horse", one)
+    assert verify_password(b"correct horse", two)
+    assert not verify_password(b"correct horsE", one)
+    assert not verify_password(b"", one)
+
+
+@pytest.mark.parametrize("bad", ["", "scrypt$1$2", "md5$a$b$c$d$e", "scrypt$x$8$1$AA==$AA=="])
+def test_malformed_hash_never_matches(bad: str) -> None:
+    assert not verify_password(b"whatever1", bad)
+
+
+def test_password_length_rule_counts_bytes() -> None:
+    assert password_problem(b"1234567") is not None
+    assert password_problem(b"12345678") is None
+    assert password_problem("éééé".encode()) is None  # 4 characters, 8 bytes
+    assert password_problem(b"x" * 256) is None
+    assert password_problem(b"x" * 257) is not None
+
+
+# -- the store ---------------------------------------------------------------
+
+
+def test_accounts_path_is_beside_the_database() -> None:
+    assert accounts_path("chat.sqlite3") == "chat.accounts.sqlite3"
+    assert accounts_path("/var/lib/chat/chat.sqlite3") == "/var/lib/chat/chat.accounts.sqlite3"
+    assert accounts_path("data/chatdb") == "data/chatdb.accounts"
+    assert accounts_path(".hidden") == ".hidden.accounts"
+    assert accounts_path(":memory:") == ":memory:"
+
+
+@pytest.fixture(params=["file", "memory"])
+def store(request: Any, tmp_path: Path) -> AccountStore:
+    if request.param == "memory":
+        return AccountStore(":memory:")
+    return AccountStore(str(tmp_path / "chat.accounts.sqlite3"))
+
+
+def test_store_add_get_case_insensitive(store: AccountStore) -> None:
+    assert store.get("alice") is None
+    store.add("AlIcE", "h1")
+    account = store.get("alice")
+    assert account is not None
+    assert (account.nick, account.password_hash) == ("AlIcE", "h1")
+    assert store.exists("ALICE")
+    with pytest.raises(AccountExists):
+        store.add("alice", "h2")
+    assert store.get("alice").password_hash == "h1"  # type: ignore[union-attr]
+
+
+def test_store_set_remove_list(store: AccountStore) -> None:
+    with pytest.raises(NoSuchAccount):
+        store.set_hash("bob", "x")
+    with pytest.raises(NoSuchAccount):
+        store.remove("bob")
+    store.add("bob", "h1")
+    store.add("Alice", "h2")
+    store.set_hash("BOB", "h3")
+    assert [(a.nick, a.password_hash) for a in store.list()] == [("Alice", "h2"), ("bob", "h3")]
+    store.remove("bob")
+    assert [a.nick for a in store.list()] == ["Alice"]
+    assert store.get("bob") is None
+
+
+def test_reads_do_not_create_the_file(tmp_path: Path) -> None:
+    path = tmp_path / "a.sqlite3"
+    store = AccountStore(str(path))
+    assert store.get("alice") is None
+    assert store.list() == []
+    with pytest.raises(NoSuchAccount):
+        store.remove("alice")
+    assert not path.exists()
+
+
+def test_file_is_private_wal_and_held_by_nobody(tmp_path: Path) -> None:
+    """
+    The design: the file is opened per operation (nothing holds it), in WAL
+    mode, readable by its owner only; another process's change is seen by
+    the next read.
+    """
+    path = tmp_path / "chat.accounts.sqlite3"
+    server = AccountStore(str(path))
+    server.check()
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    with sqlite3.connect(path) as conn:
+        assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    # "The operator's tool", another store on the same file, adds an account
+    # while an outside reader holds a read transaction open: WAL lets both on.
+    reader = sqlite3.connect(path)
+    reader.execute("BEGIN")
+    reader.execute("SELECT count(*) FROM accounts").fetchone()
+    AccountStore(str(path)).add("alice", "h")
+    assert server.exists("alice")  # the very next read sees it
+    reader.close()
+    # Nothing keeps the file open: an exclusive lock can be taken at once.
+    probe = sqlite3.connect(path, timeout=0)
+    probe.execute("BEGIN EXCLUSIVE")
+    probe.rollback()
+    probe.close()
+
+
+def test_not_an_accounts_file_is_refused(tmp_path: Path) -> None:
+    other = tmp_path / "other.sqlite3"
+    with sqlite3.connect(other) as conn:
+        conn.execute("CREATE TABLE t (x)")
+    with pytest.raises(AccountStoreError, match="not a twisted-chat accounts file"):
+        AccountStore(str(other)).check()
+    junk = tmp_path / "junk"
+    junk.write_bytes(b"this is not sqlite" * 100)
+    with pytest.raises(AccountStoreError, match="junk"):
+        AccountStore(str(junk)).get("alice")
+
+
+def test_unwritable_place_is_one_clear_error(tmp_path: Path) -> None:
+    with pytest.raises(AccountStoreError, match="cannot create accounts file"):
+        AccountStore(str(tmp_path / "no" / "such" / "dir.sqlite3")).check()
+
+
+# -- twisted.cred ---------------------------------------------------------------
+
+
+@pytest.fixture
+def cred_store(tmp_path: Path) -> AccountStore:
+    store = AccountStore(str(tmp_path / "chat.accounts.sqlite3"))
+    store.add("Alice", hash_password(b"sekrit-pw", **FAST))
+    return store
+
+
+def _login(store: AccountStore, nick: str, password: bytes) -> Any:
+    p = portal(AccountChecker(store, inline))
+    d = p.login(UsernamePassword(nick.encode(), password), None, IAccount)
+    results: list[Any] = []
+    d.addBoth(results.append)
+    return results[0]
+
+
+def test_portal_logs_in_with_right_password(cred_store: AccountStore) -> None:
+    interface, avatar, logout = _login(cred_store, "alice", b"sekrit-pw")
+    assert interface is IAccount
+    assert IAccount.providedBy(avatar)
+    assert avatar.nick == "Alice"  # as the account spells it
+    logout()
+
+
+def test_wrong_password_and_no_account_fail_alike(
+    cred_store: AccountStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Both check one scrypt hash (a dummy one for no account) and fail the same way."""
+    checked: list[str] = []
+    real = accounts_module.verify_password
+
+    def spy(password: bytes, encoded: str) -> bool:
+        checked.append(encoded)
+        return real(password, encoded)
+
+    monkeypatch.setattr(accounts_module, "verify_password", spy)
+    wrong = _login(cred_store, "alice", b"not-the-pw")
+    missing = _login(cred_store, "nobody", b"not-the-pw")
+    assert wrong.check(UnauthorizedLogin) and missing.check(UnauthorizedLogin)
+    assert str(wrong.value) == str(missing.value)
+    assert len(checked) == 2
+    assert all(encoded.startswith("scrypt$") for encoded in checked)
+    assert checked[1] != cred_store.get("alice").password_hash  # type: ignore[union-attr]
+    # The dummy hash has the default (slow) parameters, as real accounts do.
+    assert checked[1].split("$")[1:4] == [str(2**14), "8", "1"]
+
+
+def test_checker_runs_through_the_runner(cred_store: AccountStore) -> None:
+    """The whole check (file and hash) runs where the runner says, nowhere else."""
+    jobs: list[tuple[Any, tuple[Any, ...]]] = []
+
+    def held(f: Any, *args: Any) -> defer.Deferred[Any]:
+        jobs.append((f, args))
+        return defer.Deferred()
+
+    checker = AccountChecker(cred_store, held)
+    d = checker.requestAvatarId(UsernamePassword(b"alice", b"sekrit-pw"))
+    assert not d.called and len(jobs) == 1
+    f, args = jobs[0]
+    assert f(*args) == "Alice"
+
+
+# -- the failure limiter -----------------------------------------------------------
+
+
+def test_limiter_burst_then_one_per_period() -> None:
+    clock = Clock()
+    limiter = FailureLimiter(clock, burst=3, every=60.0)
+    for _ in range(3):
+        assert limiter.allows("alice")
+        limiter.failed("alice")
+    assert not limiter.allows("alice")
+    assert limiter.allows("bob")
+    clock.advance(59.9)
+    assert not limiter.allows("alice")
+    clock.advance(0.1)
+    assert limiter.allows("alice")
+    limiter.failed("alice")
+    assert not limiter.allows("alice")
+    clock.advance(180)
+    assert limiter.level("alice") == 0.0
+
+
+def test_limiter_memory_is_bounded() -> None:
+    clock = Clock()
+    limiter = FailureLimiter(clock, burst=3, every=1.0, max_keys=100)
+    for i in range(1000):
+        limiter.failed(f"n{i}")
+        clock.advance(0.01)
+    assert len(limiter) <= 100
+    assert limiter.level("n999") > 0  # the newest are kept
+
+
+def test_failures_count_per_address_ipv6_by_prefix_exempt_not_at_all() -> None:
+    clock = Clock()
+    store = AccountStore(":memory:")
+    work = PasswordWork(clock)  # never started: nothing runs here
+    accounts = Accounts(Mode.REQUIRED, store, clock, work,
+                        exempt=networks(["192.0.2.0/24"]), v6_prefix=64)
+    key = accounts.address_key
+    assert key("198.51.100.7") == "198.51.100.7"
+    assert key("2001:db8:1:2:aaaa::1") == key("2001:db8:1:2:ffff::9")
+    assert key("2001:db8:1:2::1") != key("2001:db8:1:3::1")
+    assert key(None) == "-"
+    assert key("192.0.2.55") is None  # exempt (a NAT gateway, a bouncer)
+    for i in range(10):
+        accounts.failed(f"n{i}", "192.0.2.55")
+        accounts.failed(f"n{i}", "198.51.100.7")
+    assert accounts.may_try("other", "192.0.2.55")
+    assert not accounts.may_try("other", "198.51.100.7")
+    for _ in range(5):
+        accounts.failed("n1", "192.0.2.55")
+    assert not accounts.may_try("n1", "192.0.2.55")  # the nick limit still holds
+
+
+# -- the password threads -------------------------------------------------------------
+
+
+@pytest_twisted.inlineCallbacks
+def test_password_work_runs_off_the_reactor_thread_and_is_bounded() -> Any:
+    from twisted.internet import reactor
+
+    work = PasswordWork(reactor, threads=2, limit=2)
+    work.start()
+    try:
+        gate = threading.Event()
+        first = work.run(gate.wait, 5)
+        second = work.run(threading.get_ident)
+        assert work.full
+        with pytest.raises(WorkBusy):
+            work.run(threading.get_ident)
+        ident = yield second
+        assert ident != threading.get_ident()
+        looked_up = yield work.lookup(threading.get_ident)  # never refused
+        assert looked_up != threading.get_ident()
+        gate.set()
+        yield first
+        assert work.pending == 0 and not work.full
+    finally:
+        work.stop()
+
+
+def test_no_password_in_store_file(tmp_path: Path) -> None:
+    path = tmp_path / "chat.accounts.sqlite3"
+    store = AccountStore(str(path))
+    store.add("alice", hash_password(b"plain-text-pw", **FAST))
+    data = b"".join(p.read_bytes() for p in tmp_path.iterdir())
+    assert b"plain-text-pw" not in data
+    assert os.path.exists(path)

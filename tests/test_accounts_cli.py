@@ -1,0 +1,146 @@
+"""
+The operator's tool, C{python -m twisted_chat.accounts}, run as a real
+process: passwords from standard input or a terminal, never the command line.
+"""
+
+from __future__ import annotations
+
+import os
+import pty
+import select
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from twisted_chat.server.accounts import AccountStore, verify_password
+
+TOOL = [sys.executable, "-m", "twisted_chat.accounts"]
+
+
+def tool(tmp_path: Path, *args: str, stdin: str = "") -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [*TOOL, *args], input=stdin, capture_output=True, text=True, cwd=tmp_path, timeout=60,
+    )
+
+
+def store(tmp_path: Path) -> AccountStore:
+    return AccountStore(str(tmp_path / "chat.accounts.sqlite3"))
+
+
+def test_add_list_passwd_remove(tmp_path: Path) -> None:
+    done = tool(tmp_path, "add", "Alice", stdin="first-password\n")
+    assert done.returncode == 0, done.stderr
+    assert done.stdout == "added an account for Alice\n"
+    assert "first-password" not in done.stdout + done.stderr
+    account = store(tmp_path).get("alice")
+    assert account is not None and verify_password(b"first-password", account.password_hash)
+    # --db names the server's database; the default is the server's default.
+    listed = tool(tmp_path, "list", "--db", "chat.sqlite3")
+    assert listed.returncode == 0
+    assert listed.stdout.startswith("Alice\tcreated ")
+    changed = tool(tmp_path, "passwd", "alice", stdin="second-password\r\n")
+    assert changed.returncode == 0, changed.stderr
+    account = store(tmp_path).get("alice")
+    assert account is not None and verify_password(b"second-password", account.password_hash)
+    removed = tool(tmp_path, "remove", "ALICE")
+    assert removed.returncode == 0 and removed.stdout == "removed the account of ALICE\n"
+    assert tool(tmp_path, "list").stdout == ""
+
+
+def test_other_db_path(tmp_path: Path) -> None:
+    (tmp_path / "data").mkdir()
+    done = tool(tmp_path, "add", "--db", "data/team.sqlite3", "bob", stdin="bobs-password\n")
+    assert done.returncode == 0, done.stderr
+    assert AccountStore(str(tmp_path / "data" / "team.accounts.sqlite3")).exists("bob")
+
+
+@pytest.mark.parametrize(
+    ("args", "stdin", "message"),
+    [
+        (("add", "alice"), "short\n", "8 to 256 bytes"),
+        (("add", "alice"), "", "8 to 256 bytes"),
+        (("add", "alice"), "x" * 257 + "\n", "8 to 256 bytes"),
+        (("add", "1bad"), "good-password\n", "not a valid nick"),
+        (("passwd", "nobody"), "good-password\n", "nobody has no account"),
+        (("remove", "nobody"), "", "nobody has no account"),
+        (("add", "--db", ":memory:", "alice"), "good-password\n", ":memory:"),
+    ],
+)
+def test_failures_are_one_line_and_exit_1(
+    tmp_path: Path, args: tuple[str, ...], stdin: str, message: str
+) -> None:
+    done = tool(tmp_path, *args, stdin=stdin)
+    assert done.returncode == 1
+    assert message in done.stderr
+    assert done.stderr.count("\n") == 1 and "Traceback" not in done.stderr
+    assert not store(tmp_path).exists("alice")
+
+
+def test_add_twice_refused(tmp_path: Path) -> None:
+    assert tool(tmp_path, "add", "alice", stdin="first-password\n").returncode == 0
+    again = tool(tmp_path, "add", "ALICE", stdin="other-password\n")
+    assert again.returncode == 1 and "has an account already" in again.stderr
+    account = store(tmp_path).get("alice")
+    assert account is not None and verify_password(b"first-password", account.password_hash)
+
+
+def test_no_password_option_exists(tmp_path: Path) -> None:
+    done = tool(tmp_path, "add", "alice", "--password", "on-the-command-line")
+    assert done.returncode == 2  # argparse: unknown argument
+    assert not store(tmp_path).exists("alice")
+    assert "--password" not in tool(tmp_path, "add", "--help").stdout
+
+
+PROMPTS = [b"New password: ", b"Again: "]
+
+
+def _run_on_terminal(tmp_path: Path, args: list[str], typed: list[str]) -> tuple[int, str]:
+    """Run the tool on a pseudo-terminal, typing each of C{typed} at its prompt."""
+    pid, fd = pty.fork()
+    if pid == 0:  # the child
+        os.chdir(tmp_path)
+        os.execv(sys.executable, [*TOOL, *args])
+    output = b""
+    deadline = time.monotonic() + 30
+    answers = list(zip(PROMPTS, typed, strict=False))
+    try:
+        while time.monotonic() < deadline:
+            ready, _, _ = select.select([fd], [], [], 0.1)
+            if not ready:
+                continue
+            try:
+                chunk = os.read(fd, 1024)
+            except OSError:  # EIO: the child closed the terminal
+                break
+            if not chunk:
+                break
+            output += chunk
+            # Typed only once the prompt is out: the tool flushes the terminal's
+            # input before each prompt, as getpass does.
+            if answers and output.endswith(answers[0][0]):
+                os.write(fd, answers.pop(0)[1].encode() + b"\n")
+    finally:
+        os.close(fd)
+        if time.monotonic() >= deadline:
+            os.kill(pid, signal.SIGKILL)
+    _, status = os.waitpid(pid, 0)
+    return os.waitstatus_to_exitcode(status), output.decode(errors="replace")
+
+
+def test_terminal_asks_twice_without_echo(tmp_path: Path) -> None:
+    code, output = _run_on_terminal(tmp_path, ["add", "alice"], ["typed-password"] * 2)
+    assert code == 0, output
+    assert "New password:" in output and "Again:" in output
+    assert "typed-password" not in output  # not echoed
+    account = store(tmp_path).get("alice")
+    assert account is not None and verify_password(b"typed-password", account.password_hash)
+
+
+def test_terminal_mismatch_changes_nothing(tmp_path: Path) -> None:
+    code, output = _run_on_terminal(tmp_path, ["add", "alice"], ["typed-password", "other-one"])
+    assert code == 1 and "differ" in output
+    assert not store(tmp_path).exists("alice")

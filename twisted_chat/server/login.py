@@ -1,0 +1,492 @@
+"""
+The accounts side of a connection: C{NICK} -> C{PASS <nick>} -> C{PASS} ->
+C{READY}, and C{REGISTER} / C{PASSWD} once online (PROTOCOL.md, "Accounts").
+
+L{Accounts} is the server-wide part: the mode, the C{twisted.cred} portal
+over the accounts file (L{twisted_chat.server.accounts}), the password
+threads and the failure limits.  L{Login} is one connection's part; it talks
+to its connection only through the small L{Connection} interface, so the
+connection layer needs a handful of lines to use it.
+
+Threads.  Every file read and every hash runs on L{PasswordWork}, a thread
+pool of its own (two threads by default, the reactor's shared pool is left
+to name resolution), never on the reactor thread.  At most
+L{LoginLimits.max_pending} hashing jobs are queued or running server-wide,
+and a connection has at most one job at a time, so a flood of C{PASS} lines
+cannot queue unbounded work: a line that would pass the bound is discarded
+with C{ERROR flood} (the line-level flood answer of chat/1) and may be sent
+again.  The lookup of whether a nick has an account (under C{open}, at each
+C{NICK}) only reads the file, and is bounded by the connections themselves.
+
+Failed attempts.  Each wrong password (or, under C{required}, a nick with
+no account: the two are the same failure) adds one to a leaky bucket for the
+nick and one for the address (an IPv6 address counts by its C{--ipv6-prefix},
+a /64 by default; an address under C{--exempt} is not limited), draining
+at one per L{LoginLimits.nick_every} / L{LoginLimits.address_every} seconds.
+An attempt made while either bucket is full is not checked at all: after
+L{LoginLimits.flood_delay} seconds the connection gets C{BYE flood} and is
+closed.  The defaults: 5 failures per nick (then one a minute) and 10 per
+address (then one per 30 seconds), a 3-second delay.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, Protocol, TypeVar
+
+from twisted.cred.credentials import UsernamePassword
+from twisted.cred.error import UnauthorizedLogin
+from twisted.internet import defer, threads
+from twisted.internet.interfaces import IDelayedCall, IReactorTime
+from twisted.python.failure import Failure
+from twisted.python.threadpool import ThreadPool
+
+from twisted_chat import wire
+from twisted_chat.server import logs
+from twisted_chat.server.accounts import (
+    AccountChecker,
+    AccountExists,
+    AccountStore,
+    AccountStoreError,
+    IAccount,
+    Mode,
+    NoSuchAccount,
+    hash_password,
+    password_problem,
+    portal,
+)
+from twisted_chat.server.addresses import AddressBook, AddressPolicy, Network
+from twisted_chat.wire import ErrorCode, LineError, nick_key
+
+__all__ = ["Accounts", "Connection", "Login", "LoginLimits", "PasswordWork"]
+
+_log = logs.logger("twisted_chat.server.login")
+
+T = TypeVar("T")
+
+# The answer to a failed login: the same text whether the password was
+# wrong or (under --accounts required) the nick has no account.
+BAD_PASSWORD_TEXT = "wrong password, or no account for that nick; send NICK again"
+
+
+@dataclass(frozen=True, slots=True)
+class LoginLimits:
+    """The documented defaults of the failure limits and the password threads."""
+
+    nick_burst: int = 5  # failures in a row on one nick
+    nick_every: float = 60.0  # then one more per this many seconds
+    address_burst: int = 10  # failures in a row from one address
+    address_every: float = 30.0
+    flood_delay: float = 3.0  # an attempt over a limit waits this long for BYE flood
+    max_pending: int = 64  # password jobs queued or running, server-wide
+    threads: int = 2
+
+
+class FailureLimiter:
+    """
+    Failures per key as leaky buckets: each failure adds one, and the level
+    drains by one every C{every} seconds.  A key may try again while its
+    level is at most C{burst - 1}.  At most C{max_keys} keys are kept
+    (drained buckets are forgotten first, then the oldest).
+    """
+
+    def __init__(
+        self, clock: IReactorTime, burst: int, every: float, max_keys: int = 100_000
+    ) -> None:
+        self._clock = clock
+        self.burst = burst
+        self.every = every
+        self.max_keys = max_keys
+        self._levels: dict[str, tuple[float, float]] = {}  # key -> (level, when)
+
+    def level(self, key: str) -> float:
+        entry = self._levels.get(key)
+        if entry is None:
+            return 0.0
+        level, when = entry
+        return max(level - (self._clock.seconds() - when) / self.every, 0.0)
+
+    def allows(self, key: str) -> bool:
+        return self.level(key) <= self.burst - 1
+
+    def failed(self, key: str) -> None:
+        level = self.level(key) + 1.0
+        self._levels.pop(key, None)  # re-inserted last: the dict is oldest first
+        self._levels[key] = (level, self._clock.seconds())
+        if len(self._levels) > self.max_keys:
+            self._forget()
+
+    def _forget(self) -> None:
+        for key in [k for k in self._levels if self.level(k) == 0.0]:
+            del self._levels[key]
+        while len(self._levels) > self.max_keys:
+            del self._levels[next(iter(self._levels))]
+
+    def __len__(self) -> int:
+        return len(self._levels)
+
+
+class WorkBusy(Exception):
+    """The password threads have as much work waiting as they may."""
+
+
+class PasswordWork:
+    """
+    The password threads: a dedicated pool and a bound on the jobs queued or
+    running in it.  Started and stopped with the server (after twistd has
+    daemonized: threads do not survive a fork).
+    """
+
+    def __init__(self, reactor: Any, threads: int = 2, limit: int = 64) -> None:
+        self._reactor = reactor
+        self.limit = limit
+        self.pending = 0
+        self._pool = ThreadPool(minthreads=0, maxthreads=threads, name="chat-passwords")
+
+    @property
+    def full(self) -> bool:
+        return self.pending >= self.limit
+
+    def start(self) -> None:
+        self._pool.start()
+
+    def stop(self) -> None:
+        self._pool.stop()
+
+    def run(self, f: Callable[..., T], *args: Any) -> defer.Deferred[T]:
+        """A job that hashes: refused with L{WorkBusy} when L{full}."""
+        if self.full:
+            raise WorkBusy()
+        self.pending += 1
+        d = self.lookup(f, *args)
+
+        def done(result: Any) -> Any:
+            self.pending -= 1
+            return result
+
+        d.addBoth(done)
+        return d
+
+    def lookup(self, f: Callable[..., T], *args: Any) -> defer.Deferred[T]:
+        """
+        A job that only reads the file (well under a millisecond): not
+        counted against the bound, since a burst of newcomers (each
+        connection has at most one job) must not be refused for it.
+        """
+        return threads.deferToThreadPool(self._reactor, self._pool, f, *args)
+
+
+class Work(Protocol):
+    """What L{Accounts} needs from L{PasswordWork} (tests run jobs inline)."""
+
+    @property
+    def full(self) -> bool: ...
+
+    def run(self, f: Callable[..., T], *args: Any) -> defer.Deferred[T]: ...
+
+    def lookup(self, f: Callable[..., T], *args: Any) -> defer.Deferred[T]: ...
+
+
+class Accounts:
+    """The server-wide part of accounts; one per factory, absent when C{off}."""
+
+    def __init__(
+        self,
+        mode: Mode,
+        store: AccountStore,
+        clock: IReactorTime,
+        work: Work,
+        limits: LoginLimits | None = None,
+        exempt: tuple[Network, ...] = (),
+        v6_prefix: int = 64,
+    ) -> None:
+        assert mode is not Mode.OFF
+        self.mode = mode
+        self.store = store
+        self.clock = clock
+        self.work = work
+        self.limits = limits = limits if limits is not None else LoginLimits()
+        self.portal = portal(AccountChecker(store, work.run))
+        self.by_nick = FailureLimiter(clock, limits.nick_burst, limits.nick_every)
+        self.by_address = FailureLimiter(clock, limits.address_burst, limits.address_every)
+        # Only its address keys and --exempt are used (it is the rest of the
+        # per-address limits' book, docs/security.md).
+        self._addresses = AddressBook(AddressPolicy(exempt=exempt, v6_prefix=v6_prefix), clock)
+
+    def address_key(self, host: str | None) -> str | None:
+        """The failure limit's key for C{host}; C{None}: not limited (exempt)."""
+        if host is None:
+            return "-"
+        if self._addresses.exempt(host):
+            return None
+        return self._addresses.key(host)
+
+    def may_try(self, nick: str, host: str | None) -> bool:
+        address = self.address_key(host)
+        return self.by_nick.allows(nick_key(nick)) and (
+            address is None or self.by_address.allows(address)
+        )
+
+    def failed(self, nick: str, host: str | None) -> None:
+        self.by_nick.failed(nick_key(nick))
+        address = self.address_key(host)
+        if address is not None:
+            self.by_address.failed(address)
+
+    def login(self, connection: Connection) -> Login:
+        return Login(self, connection)
+
+
+class Connection(Protocol):
+    """What L{Login} needs from its connection."""
+
+    @property
+    def closing(self) -> bool:
+        """Whether the connection is closing or closed."""
+
+    @property
+    def host(self) -> str | None: ...
+
+    @property
+    def address(self) -> str: ...
+
+    def online_nick(self) -> str | None:
+        """The nick the connection holds, or C{None} before C{READY}."""
+
+    def nick_taken(self, nick: str) -> bool:
+        """Whether C{nick} is online (on another connection)."""
+
+    def admit(self, nick: str) -> bool:
+        """
+        Bring the connection online as C{nick}; if the nick was taken
+        meanwhile, answer C{RETRY taken} and return false.
+        """
+
+    def write(self, data: bytes) -> None: ...
+
+    def close(self, reason: str, text: str) -> None:
+        """Say C{BYE reason text} and close."""
+
+    def hold_input(self) -> None:
+        """Handle no more lines (nor read) until L{release_input}."""
+
+    def release_input(self) -> None:
+        """Handle the lines that waited, and read again."""
+
+
+class Login:
+    """
+    One connection's accounts state.  Its methods are called for lines that
+    passed the wire checks; a rule broken raises L{LineError} (one C{ERROR}).
+
+    While a job of this connection runs (a lookup, a check, a change), the
+    connection's later lines wait unread (L{Connection.hold_input}): a
+    connection's lines are handled in order, so C{NICK alice} then C{PING}
+    gets C{PASS alice} or C{READY alice} before C{PONG}, as without accounts.
+    """
+
+    def __init__(self, accounts: Accounts, connection: Connection) -> None:
+        self._accounts = accounts
+        self._conn = connection
+        self._asked: str | None = None  # the nick whose password was asked for
+        self._busy = False  # a job runs (or BYE flood is coming): input is held
+        self._closing: IDelayedCall | None = None
+        # The key of the nick this connection proved it may use (by its
+        # password, or by registering it): the only one it may PASSWD.
+        self._proved: str | None = None
+
+    def lost(self) -> None:
+        """The connection is gone: drop a pending C{BYE flood}."""
+        if self._closing is not None and self._closing.active():
+            self._closing.cancel()
+        self._closing = None
+
+    def _start(self) -> None:
+        self._busy = True
+        self._conn.hold_input()
+
+    def _done(self) -> None:
+        """The job's answer is written: handle the lines that waited."""
+        self._busy = False
+        if not self._conn.closing:
+            self._conn.release_input()
+
+    def _check_idle(self) -> None:
+        # Input is held while busy, so this only guards a caller's mistake.
+        if self._busy:
+            raise LineError(ErrorCode.NOT_READY, "wait for the answer to your last line")
+
+    # -- before READY ---------------------------------------------------------
+
+    def nick(self, nick: str) -> None:
+        """A well-formed C{NICK} before C{READY}."""
+        self._check_idle()
+        self._asked = None
+        if self._conn.nick_taken(nick):
+            self._conn.write(wire.line("RETRY", "taken", text=f"{nick} is online already"))
+            return
+        if self._accounts.mode is Mode.REQUIRED:
+            self._ask(nick)  # every nick, so that which ones exist is not told
+            return
+        self._start()
+        lookup = self._accounts.work.lookup(self._accounts.store.exists, nick)
+        lookup.addCallbacks(self._looked_up, self._lookup_failed, callbackArgs=(nick,),
+                            errbackArgs=(nick,))
+
+    def _looked_up(self, exists: bool, nick: str) -> None:
+        if not self._conn.closing:
+            if exists:
+                self._ask(nick)
+            else:
+                self._conn.admit(nick)
+        self._done()
+
+    def _lookup_failed(self, failure: Failure, nick: str) -> None:
+        # Fail closed: without the file, a nick might have an account.
+        _log.failure("could not look up the account of {nick}", failure, nick=nick)
+        self._looked_up(True, nick)
+
+    def _ask(self, nick: str) -> None:
+        self._asked = nick
+        self._conn.write(wire.line("PASS", nick))
+
+    def password(self, password: str) -> None:
+        """C{PASS}: the rest of the line is the password."""
+        self._check_idle()
+        nick = self._asked
+        if nick is None:
+            raise LineError(ErrorCode.NOT_READY, "no password was asked for; send NICK first")
+        secret = password.encode("utf-8")
+        problem = password_problem(secret)
+        if problem is not None:
+            raise LineError(ErrorCode.WEAK_PASSWORD, problem)
+        accounts = self._accounts
+        if not accounts.may_try(nick, self._conn.host):
+            self._flooded(nick)
+            return
+        if accounts.work.full:
+            raise LineError(ErrorCode.FLOOD, "the server is busy; send PASS again in a moment")
+        self._start()
+        credentials = UsernamePassword(nick.encode("utf-8"), secret)
+        d = accounts.portal.login(credentials, None, IAccount)
+        d.addCallbacks(self._logged_in, self._login_failed, errbackArgs=(nick,))
+
+    def _logged_in(self, result: tuple[Any, Any, Callable[[], None]]) -> None:
+        self._asked = None
+        nick: str = result[1].nick
+        if not self._conn.closing and self._conn.admit(nick):
+            self._proved = nick_key(nick)
+            _log.info("{nick} logged in with its password from {address}", nick=nick,
+                      address=self._conn.address)
+        self._done()
+
+    def _login_failed(self, failure: Failure, nick: str) -> None:
+        self._asked = None
+        if not self._conn.closing:
+            self._answer_failure(failure, nick)
+        self._done()
+
+    def _answer_failure(self, failure: Failure, nick: str) -> None:
+        if isinstance(failure.value, UnauthorizedLogin):
+            self._accounts.failed(nick, self._conn.host)
+            _log.info("failed login as {nick} from {address}", nick=nick,
+                      address=self._conn.address)
+            self._conn.write(wire.line("RETRY", "bad-password", text=BAD_PASSWORD_TEXT))
+        elif isinstance(failure.value, WorkBusy):
+            self._asked = nick
+            self._conn.write(wire.error(ErrorCode.FLOOD,
+                                        "the server is busy; send PASS again in a moment"))
+        else:
+            _log.failure("could not check the password of {nick}", failure, nick=nick)
+            self._conn.write(wire.line(
+                "RETRY", "bad-password",
+                text="the server could not check the password now; try again later"))
+
+    def _flooded(self, nick: str) -> None:
+        """Over a failure limit: no check; after the delay, C{BYE flood}."""
+        _log.warn("too many failed logins as {nick} or from {address}: closing",
+                  nick=nick, address=self._conn.address)
+        self._asked = None
+        self._start()  # nothing more is read meanwhile
+        self._closing = self._accounts.clock.callLater(
+            self._accounts.limits.flood_delay,
+            self._conn.close, "flood", "too many failed logins; try again later",
+        )
+
+    # -- after READY --------------------------------------------------------------
+
+    def register(self, password: str) -> None:
+        """C{REGISTER}: give the nick this connection holds an account."""
+        nick = self._online()
+        secret = self._new_password(password)
+        if self._accounts.mode is Mode.REQUIRED:
+            raise LineError(ErrorCode.REGISTERED,
+                            "on this server, accounts are made by its operator")
+        if self._proved == nick_key(nick):
+            raise LineError(ErrorCode.REGISTERED, f"{nick} has an account already")
+        self._change(self._add, nick, secret)
+
+    def passwd(self, password: str) -> None:
+        """C{PASSWD}: change the password of the account of the nick held."""
+        nick = self._online()
+        secret = self._new_password(password)
+        if self._proved != nick_key(nick):
+            raise LineError(
+                ErrorCode.NOT_REGISTERED,
+                f"you did not log in to {nick} with a password: REGISTER it first "
+                "(or, if it has an account, log in again with its password)",
+            )
+        self._change(self._set, nick, secret)
+
+    def _online(self) -> str:
+        self._check_idle()
+        nick = self._conn.online_nick()
+        assert nick is not None  # the connection lets REGISTER/PASSWD through only online
+        return nick
+
+    def _new_password(self, password: str) -> bytes:
+        secret = password.encode("utf-8")
+        problem = password_problem(secret)
+        if problem is not None:
+            raise LineError(ErrorCode.WEAK_PASSWORD, problem)
+        return secret
+
+    def _change(self, job: Callable[[str, bytes], None], nick: str, secret: bytes) -> None:
+        try:
+            d = self._accounts.work.run(job, nick, secret)
+        except WorkBusy:
+            raise LineError(ErrorCode.FLOOD, "the server is busy; send it again in a moment") \
+                from None
+        self._start()
+        d.addCallbacks(self._changed, self._change_failed, callbackArgs=(nick,),
+                       errbackArgs=(nick,))
+
+    # On the password threads:
+    def _add(self, nick: str, secret: bytes) -> None:
+        self._accounts.store.add(nick, hash_password(secret))
+
+    def _set(self, nick: str, secret: bytes) -> None:
+        self._accounts.store.set_hash(nick, hash_password(secret))
+
+    def _changed(self, _: None, nick: str) -> None:
+        self._proved = nick_key(nick)
+        _log.info("account {nick}: password set", nick=nick)
+        self._conn.write(wire.line("REGISTERED", nick))
+        self._done()
+
+    def _change_failed(self, failure: Failure, nick: str) -> None:
+        value = failure.value
+        if isinstance(value, AccountExists):
+            self._conn.write(wire.error(ErrorCode.REGISTERED, f"{nick} has an account already"))
+        elif isinstance(value, NoSuchAccount):
+            self._conn.write(wire.error(ErrorCode.NOT_REGISTERED, f"{nick} has no account"))
+        else:
+            if isinstance(value, AccountStoreError):
+                _log.error("account {nick}: {error}", nick=nick, error=str(value))
+            else:
+                _log.failure("account {nick}: could not set the password", failure, nick=nick)
+            self._conn.write(wire.error(
+                ErrorCode.NOT_REGISTERED,
+                "the server could not store the password now; try again later"))
+        self._done()
