@@ -671,7 +671,7 @@ def test_help_lists_every_command_then_bare_help(h: Harness) -> None:
     assert lines[-1] == "HELP"
     verbs = [line.split()[1] for line in lines[:-1]]
     assert verbs == ["NICK", "MSG", "DM", "USERS", "PAIR", "ACCEPT", "REJECT", "UNPAIR",
-                     "PING", "PONG", "HELP", "BYE"]
+                     "PING", "PONG", "HELP", "BYE", "PASS", "REGISTER", "PASSWD"]
 
 
 def test_help_on_one_verb(h: Harness) -> None:

@@ -100,6 +100,11 @@ CLIENT_VERBS: dict[str, Grammar] = {
     "PONG": Grammar(0, 0, Text.OPTIONAL),
     "HELP": Grammar(0, 1, Text.NONE),
     "BYE": Grammar(0, 0, Text.OPTIONAL),
+    # Accounts: the password is the rest of the line (spaces inside and at
+    # the end kept); its length rule is the verb's own (weak-password).
+    "PASS": Grammar(0, 0, Text.OPTIONAL),
+    "REGISTER": Grammar(0, 0, Text.OPTIONAL),
+    "PASSWD": Grammar(0, 0, Text.OPTIONAL),
 }
 
 # A password is this many bytes of the line (UTF-8), else weak-password.
@@ -220,6 +225,9 @@ USAGE: dict[str, str] = {
     "PONG": "PONG [<token>]",
     "HELP": "HELP [<verb>]",
     "BYE": "BYE [<text>]",
+    "PASS": "PASS <password>",
+    "REGISTER": "REGISTER <password>",
+    "PASSWD": "PASSWD <new password>",
 }
 
 HELP_TEXT: dict[str, str] = {
@@ -235,6 +243,9 @@ HELP_TEXT: dict[str, str] = {
     "PONG": "answer the server's PING",
     "HELP": "this help; HELP <verb> for one command",
     "BYE": "leave the server",
+    "PASS": "give your nick's password when the server asks for it (PASS <nick>)",
+    "REGISTER": "protect the nick you hold with a password (8-256 bytes)",
+    "PASSWD": "change the password of the nick you hold",
 }
 
 

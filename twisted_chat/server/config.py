@@ -79,6 +79,9 @@ class ServerConfig:
     log_messages: bool = False
     # Where to serve Prometheus metrics (an endpoint string), or None.
     metrics: str | None = None
+    # Accounts (see twisted_chat.server.login): open, required or off; the
+    # accounts file goes beside --db (twisted_chat.server.accounts).
+    accounts: str = "open"
 
     @property
     def handshake_limit(self) -> int:

@@ -22,6 +22,7 @@ from twisted_chat.server.config import ServerConfig
 from twisted_chat.server.fanout import Backlog, LobbyFanout, Member, reactor_backlog
 from twisted_chat.server.history import Entry, History, newest_within
 from twisted_chat.server.hub import Hub, Invitation, State, User
+from twisted_chat.server.login import Accounts
 from twisted_chat.server.metrics import Stats
 from twisted_chat.server.protocol import ChatProtocol
 from twisted_chat.server.sendqueue import DrainWatch
@@ -80,6 +81,7 @@ class ChatFactory(ServerFactory):
         history: History | None = None,
         backlog: Backlog | None = None,
         state: Callable[[ChatFactory], ChatState] | None = None,
+        accounts: Accounts | None = None,
     ) -> None:
         """
         @param backlog: tells the fan-out whether the reactor has work waiting
@@ -90,6 +92,8 @@ class ChatFactory(ServerFactory):
         """
         self.config = config
         self.reactor = reactor
+        # None: accounts are off (PASS, REGISTER and PASSWD: accounts-off).
+        self.accounts = accounts
         self.history = history if history is not None else History(config.history)
         if state is None:
             self.state: ChatState = LocalState(Hub(reactor, self.history, self,

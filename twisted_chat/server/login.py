@@ -37,8 +37,8 @@ from typing import Any, Protocol, TypeVar
 
 from twisted.cred.credentials import UsernamePassword
 from twisted.cred.error import UnauthorizedLogin
-from twisted.internet import defer, threads
-from twisted.internet.interfaces import IDelayedCall, IReactorTime
+from twisted.internet import defer, task, threads
+from twisted.internet.interfaces import IReactorTime
 from twisted.python.failure import Failure
 from twisted.python.threadpool import ThreadPool
 
@@ -257,10 +257,11 @@ class Connection(Protocol):
     def nick_taken(self, nick: str) -> bool:
         """Whether C{nick} is online (on another connection)."""
 
-    def admit(self, nick: str) -> bool:
+    def admit(self, nick: str) -> defer.Deferred[bool]:
         """
-        Bring the connection online as C{nick}; if the nick was taken
-        meanwhile, answer C{RETRY taken} and return false.
+        Bring the connection online as C{nick}: fires true once it is (its
+        C{READY} written), or false once C{RETRY taken} is (the nick was
+        taken meanwhile).
         """
 
     def write(self, data: bytes) -> None: ...
@@ -268,92 +269,75 @@ class Connection(Protocol):
     def close(self, reason: str, text: str) -> None:
         """Say C{BYE reason text} and close."""
 
-    def hold_input(self) -> None:
-        """Handle no more lines (nor read) until L{release_input}."""
 
-    def release_input(self) -> None:
-        """Handle the lines that waited, and read again."""
+# What a Login method returns: None when its answer is written already, else
+# a Deferred that fires (never fails) once it is.  The connection handles no
+# more of its lines until then, so a connection's lines are answered in order
+# (NICK then PING gets PASS or READY before PONG, as without accounts).
+Answer = defer.Deferred[Any] | None
+
+
+def _cancelled(failure: Failure) -> Failure | None:
+    """The connection went before its C{BYE flood}: nothing to do."""
+    return None if isinstance(failure.value, defer.CancelledError) else failure
 
 
 class Login:
     """
     One connection's accounts state.  Its methods are called for lines that
     passed the wire checks; a rule broken raises L{LineError} (one C{ERROR}).
-
-    While a job of this connection runs (a lookup, a check, a change), the
-    connection's later lines wait unread (L{Connection.hold_input}): a
-    connection's lines are handled in order, so C{NICK alice} then C{PING}
-    gets C{PASS alice} or C{READY alice} before C{PONG}, as without accounts.
     """
 
     def __init__(self, accounts: Accounts, connection: Connection) -> None:
         self._accounts = accounts
         self._conn = connection
         self._asked: str | None = None  # the nick whose password was asked for
-        self._busy = False  # a job runs (or BYE flood is coming): input is held
-        self._closing: IDelayedCall | None = None
+        self._closing: defer.Deferred[None] | None = None  # BYE flood to come
         # The key of the nick this connection proved it may use (by its
         # password, or by registering it): the only one it may PASSWD.
         self._proved: str | None = None
 
     def lost(self) -> None:
         """The connection is gone: drop a pending C{BYE flood}."""
-        if self._closing is not None and self._closing.active():
-            self._closing.cancel()
-        self._closing = None
-
-    def _start(self) -> None:
-        self._busy = True
-        self._conn.hold_input()
-
-    def _done(self) -> None:
-        """The job's answer is written: handle the lines that waited."""
-        self._busy = False
-        if not self._conn.closing:
-            self._conn.release_input()
-
-    def _check_idle(self) -> None:
-        # Input is held while busy, so this only guards a caller's mistake.
-        if self._busy:
-            raise LineError(ErrorCode.NOT_READY, "wait for the answer to your last line")
+        closing, self._closing = self._closing, None
+        if closing is not None and not closing.called:
+            closing.cancel()
 
     # -- before READY ---------------------------------------------------------
 
-    def nick(self, nick: str) -> None:
+    def nick(self, nick: str) -> Answer:
         """A well-formed C{NICK} before C{READY}."""
-        self._check_idle()
         self._asked = None
         if self._conn.nick_taken(nick):
             self._conn.write(wire.line("RETRY", "taken", text=f"{nick} is online already"))
-            return
+            return None
         if self._accounts.mode is Mode.REQUIRED:
             self._ask(nick)  # every nick, so that which ones exist is not told
-            return
-        self._start()
+            return None
         lookup = self._accounts.work.lookup(self._accounts.store.exists, nick)
         lookup.addCallbacks(self._looked_up, self._lookup_failed, callbackArgs=(nick,),
                             errbackArgs=(nick,))
+        return lookup
 
-    def _looked_up(self, exists: bool, nick: str) -> None:
-        if not self._conn.closing:
-            if exists:
-                self._ask(nick)
-            else:
-                self._conn.admit(nick)
-        self._done()
+    def _looked_up(self, exists: bool, nick: str) -> Answer:
+        if self._conn.closing:
+            return None
+        if exists:
+            self._ask(nick)
+            return None
+        return self._conn.admit(nick)
 
-    def _lookup_failed(self, failure: Failure, nick: str) -> None:
+    def _lookup_failed(self, failure: Failure, nick: str) -> Answer:
         # Fail closed: without the file, a nick might have an account.
         _log.failure("could not look up the account of {nick}", failure, nick=nick)
-        self._looked_up(True, nick)
+        return self._looked_up(True, nick)
 
     def _ask(self, nick: str) -> None:
         self._asked = nick
         self._conn.write(wire.line("PASS", nick))
 
-    def password(self, password: str) -> None:
+    def password(self, password: str) -> Answer:
         """C{PASS}: the rest of the line is the password."""
-        self._check_idle()
         nick = self._asked
         if nick is None:
             raise LineError(ErrorCode.NOT_READY, "no password was asked for; send NICK first")
@@ -363,31 +347,31 @@ class Login:
             raise LineError(ErrorCode.WEAK_PASSWORD, problem)
         accounts = self._accounts
         if not accounts.may_try(nick, self._conn.host):
-            self._flooded(nick)
-            return
+            return self._flooded(nick)
         if accounts.work.full:
             raise LineError(ErrorCode.FLOOD, "the server is busy; send PASS again in a moment")
-        self._start()
         credentials = UsernamePassword(nick.encode("utf-8"), secret)
         d = accounts.portal.login(credentials, None, IAccount)
         d.addCallbacks(self._logged_in, self._login_failed, errbackArgs=(nick,))
+        return d
 
-    def _logged_in(self, result: tuple[Any, Any, Callable[[], None]]) -> None:
+    def _logged_in(self, result: tuple[Any, Any, Callable[[], None]]) -> Answer:
         self._asked = None
         nick: str = result[1].nick
-        if not self._conn.closing and self._conn.admit(nick):
+        if self._conn.closing:
+            return None
+        return self._conn.admit(nick).addCallback(self._admitted, nick)
+
+    def _admitted(self, admitted: bool, nick: str) -> None:
+        if admitted:
             self._proved = nick_key(nick)
             _log.info("{nick} logged in with its password from {address}", nick=nick,
                       address=self._conn.address)
-        self._done()
 
     def _login_failed(self, failure: Failure, nick: str) -> None:
         self._asked = None
-        if not self._conn.closing:
-            self._answer_failure(failure, nick)
-        self._done()
-
-    def _answer_failure(self, failure: Failure, nick: str) -> None:
+        if self._conn.closing:
+            return
         if isinstance(failure.value, UnauthorizedLogin):
             self._accounts.failed(nick, self._conn.host)
             _log.info("failed login as {nick} from {address}", nick=nick,
@@ -403,20 +387,22 @@ class Login:
                 "RETRY", "bad-password",
                 text="the server could not check the password now; try again later"))
 
-    def _flooded(self, nick: str) -> None:
+    def _flooded(self, nick: str) -> Answer:
         """Over a failure limit: no check; after the delay, C{BYE flood}."""
         _log.warn("too many failed logins as {nick} or from {address}: closing",
                   nick=nick, address=self._conn.address)
         self._asked = None
-        self._start()  # nothing more is read meanwhile
-        self._closing = self._accounts.clock.callLater(
-            self._accounts.limits.flood_delay,
+        closing = task.deferLater(
+            self._accounts.clock, self._accounts.limits.flood_delay,
             self._conn.close, "flood", "too many failed logins; try again later",
         )
+        closing.addErrback(_cancelled)
+        self._closing = closing
+        return closing  # nothing more is handled meanwhile
 
     # -- after READY --------------------------------------------------------------
 
-    def register(self, password: str) -> None:
+    def register(self, password: str) -> Answer:
         """C{REGISTER}: give the nick this connection holds an account."""
         nick = self._online()
         secret = self._new_password(password)
@@ -425,9 +411,9 @@ class Login:
                             "on this server, accounts are made by its operator")
         if self._proved == nick_key(nick):
             raise LineError(ErrorCode.REGISTERED, f"{nick} has an account already")
-        self._change(self._add, nick, secret)
+        return self._change(self._add, nick, secret)
 
-    def passwd(self, password: str) -> None:
+    def passwd(self, password: str) -> Answer:
         """C{PASSWD}: change the password of the account of the nick held."""
         nick = self._online()
         secret = self._new_password(password)
@@ -437,10 +423,9 @@ class Login:
                 f"you did not log in to {nick} with a password: REGISTER it first "
                 "(or, if it has an account, log in again with its password)",
             )
-        self._change(self._set, nick, secret)
+        return self._change(self._set, nick, secret)
 
     def _online(self) -> str:
-        self._check_idle()
         nick = self._conn.online_nick()
         assert nick is not None  # the connection lets REGISTER/PASSWD through only online
         return nick
@@ -452,15 +437,15 @@ class Login:
             raise LineError(ErrorCode.WEAK_PASSWORD, problem)
         return secret
 
-    def _change(self, job: Callable[[str, bytes], None], nick: str, secret: bytes) -> None:
+    def _change(self, job: Callable[[str, bytes], None], nick: str, secret: bytes) -> Answer:
         try:
             d = self._accounts.work.run(job, nick, secret)
         except WorkBusy:
             raise LineError(ErrorCode.FLOOD, "the server is busy; send it again in a moment") \
                 from None
-        self._start()
         d.addCallbacks(self._changed, self._change_failed, callbackArgs=(nick,),
                        errbackArgs=(nick,))
+        return d
 
     # On the password threads:
     def _add(self, nick: str, secret: bytes) -> None:
@@ -473,7 +458,6 @@ class Login:
         self._proved = nick_key(nick)
         _log.info("account {nick}: password set", nick=nick)
         self._conn.write(wire.line("REGISTERED", nick))
-        self._done()
 
     def _change_failed(self, failure: Failure, nick: str) -> None:
         value = failure.value
@@ -489,4 +473,3 @@ class Login:
             self._conn.write(wire.error(
                 ErrorCode.NOT_REGISTERED,
                 "the server could not store the password now; try again later"))
-        self._done()

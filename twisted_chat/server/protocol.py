@@ -24,6 +24,7 @@ from twisted_chat.server.addresses import Address
 from twisted_chat.server.flood import Dropped, FloodMeter
 from twisted_chat.server.history import clip_text
 from twisted_chat.server.hub import HubError, NickTaken, State, User
+from twisted_chat.server.login import Answer, Login
 from twisted_chat.server.sendqueue import SendQueue
 from twisted_chat.server.state import ChatState, Outcome, StateUnavailable
 from twisted_chat.wire import ErrorCode, LineError
@@ -36,7 +37,11 @@ if TYPE_CHECKING:
 _HELD_INPUT = 65536
 
 # Verbs allowed before READY; any other known verb is "not-ready".
-_BEFORE_READY = frozenset({"NICK", "PING", "PONG", "HELP", "BYE"})
+_BEFORE_READY = frozenset({"NICK", "PASS", "PING", "PONG", "HELP", "BYE"})
+# Verbs allowed only before READY: after it, "already-ready".
+_ONLY_BEFORE_READY = frozenset({"NICK", "PASS"})
+# The accounts verbs: "accounts-off" in every state when accounts are off.
+_ACCOUNT_VERBS = frozenset({"PASS", "REGISTER", "PASSWD"})
 
 
 @implementer(IHalfCloseableProtocol)
@@ -81,6 +86,10 @@ class ChatProtocol(Protocol):
         # are handled until it is; what arrives meanwhile waits in _buffer.
         self._waiting = False
         self._paused_for_answer = False
+        # The accounts handshake and verbs (twisted_chat.server.login); None
+        # when accounts are off.  What it waits for is held like a command.
+        accounts = factory.accounts
+        self.login: Login | None = accounts.login(self) if accounts is not None else None
 
     # -- connection life ---------------------------------------------------
 
@@ -119,6 +128,8 @@ class ChatProtocol(Protocol):
             self.factory.drain.forget(self._queue)
         self.factory.connection_lost(self)
         self.stats.disconnected(self._leave_reason)
+        if self.login is not None:
+            self.login.lost()
         self._leave(self._leave_reason)
         self.log.debug("connection from {address} closed", address=self.address)
 
@@ -325,13 +336,15 @@ class ChatProtocol(Protocol):
 
     def _dispatch(self, verb: str, rest: str) -> None:
         user = self.user
+        if verb in _ACCOUNT_VERBS and self.login is None:
+            raise LineError(ErrorCode.ACCOUNTS_OFF, "this server has no accounts")
         if user is None:
             if verb not in _BEFORE_READY:
                 raise LineError(ErrorCode.NOT_READY, "choose a nickname first: NICK <nick>")
             if verb == "NICK":
                 self._nick(rest)
                 return
-        elif verb == "NICK":
+        elif verb in _ONLY_BEFORE_READY:
             raise LineError(ErrorCode.ALREADY_READY, f"you are already {user.nick}")
         command = wire.parse_args(verb, rest)
         self._hold(self._HANDLERS[verb](self, command))
@@ -422,20 +435,30 @@ class ChatProtocol(Protocol):
                 )
             )
             return
+        if self.login is not None:
+            self._hold(self.login.nick(nick))  # it calls admit() once the nick may be used
+        else:
+            self._hold(self.admit(nick))
+
+    def admit(self, nick: str) -> Deferred[bool]:
+        """Go online as C{nick} (true), or answer C{RETRY taken} (false)."""
+        limits = self.limits
         registered = self.state.register(
             nick, self, self.address, source=limits.key if limits is not None else ""
         )
-        registered.addCallbacks(self._registered, self._not_registered, errbackArgs=(nick,))
-        self._hold(registered)
+        return registered.addCallbacks(
+            self._registered, self._not_registered, errbackArgs=(nick,)
+        )
 
-    def _registered(self, user: User) -> None:
+    def _registered(self, user: User) -> bool:
         self.user = user
         self.factory.registered(self)
         if self._nick_call is not None and self._nick_call.active():
             self._nick_call.cancel()
         self._nick_call = None
+        return True
 
-    def _not_registered(self, failure: Failure, nick: str) -> None:
+    def _not_registered(self, failure: Failure, nick: str) -> bool:
         if isinstance(failure.value, NickTaken):
             self.write(wire.line("RETRY", "taken", text=f"{nick} is online already"))
         elif isinstance(failure.value, StateUnavailable):
@@ -446,6 +469,19 @@ class ChatProtocol(Protocol):
             ))
         else:
             failure.raiseException()
+        return False
+
+    # -- the rest of what the accounts handshake needs (login.Connection) ---------
+
+    def nick_taken(self, nick: str) -> bool:
+        return wire.nick_key(nick) in self.factory.hub.online
+
+    def online_nick(self) -> str | None:
+        return self.user.nick if self.user is not None else None
+
+    def close(self, reason: str, text: str) -> None:
+        if not self.closing:
+            self._close(reason, text)
 
     def _online(self) -> User:
         assert self.user is not None  # _dispatch lets only NICK, PING... through before
@@ -502,6 +538,19 @@ class ChatProtocol(Protocol):
         else:
             self.write(_FULL_HELP)
 
+    def _login(self) -> Login:
+        assert self.login is not None  # _dispatch answers accounts-off first
+        return self.login
+
+    def do_PASS(self, command: wire.Command) -> Answer:
+        return self._login().password(command.text)
+
+    def do_REGISTER(self, command: wire.Command) -> Answer:
+        return self._login().register(command.text)
+
+    def do_PASSWD(self, command: wire.Command) -> Answer:
+        return self._login().passwd(command.text)
+
     def do_BYE(self, command: wire.Command) -> None:
         self.write(wire.line("BYE", "quit"))
         self.hang_up("quit")
@@ -519,6 +568,9 @@ class ChatProtocol(Protocol):
         "PONG": do_PONG,
         "HELP": do_HELP,
         "BYE": do_BYE,
+        "PASS": do_PASS,
+        "REGISTER": do_REGISTER,
+        "PASSWD": do_PASSWD,
     }
 
 

@@ -22,11 +22,19 @@ from twisted.python import usage
 from twisted.python.failure import Failure
 
 from twisted_chat.server import descriptors, logs, metrics
-from twisted_chat.server.addresses import parse_network
+from twisted_chat.server.accounts import (
+    MEMORY,
+    AccountStore,
+    AccountStoreError,
+    Mode,
+    accounts_path,
+)
+from twisted_chat.server.addresses import networks, parse_network
 from twisted_chat.server.config import ServerConfig
 from twisted_chat.server.factory import ChatFactory
 from twisted_chat.server.fanout import MAX_FANOUT_WAIT
 from twisted_chat.server.history import History
+from twisted_chat.server.login import Accounts, LoginLimits, PasswordWork
 from twisted_chat.server.store import SQLiteStore, StoreError
 from twisted_chat.wire import DEFAULT_PORT
 
@@ -76,6 +84,15 @@ def _log_level(value: str) -> str:
 
 _log_level.coerceDoc = "One of " + ", ".join(logs.LEVELS) + "."  # type: ignore[attr-defined]
 
+
+def _accounts_mode(value: str) -> str:
+    try:
+        return Mode(value).value
+    except ValueError:
+        raise ValueError(f"must be open, required or off: {value}") from None
+
+
+_accounts_mode.coerceDoc = "One of open, required, off."  # type: ignore[attr-defined]
 
 _defaults = ServerConfig()
 
@@ -192,6 +209,13 @@ class Options(usage.Options):
         ["node-timeout", None, 15.0,
          "Cluster mode: seconds after which the others take a silent server for dead "
          "and its users as disconnected.", _positive(float)],
+        ["accounts", None, _defaults.accounts,
+         "Nicks protected by passwords: 'open' (anyone may REGISTER the nick they "
+         "hold), 'required' (only nicks with an account may log in; the operator "
+         "makes them with 'python -m twisted_chat.accounts add --db DB NICK') or "
+         "'off'. Accounts live in a file beside --db (chat.sqlite3 -> "
+         "chat.accounts.sqlite3). Passwords cross the network: use a TLS --port.",
+         _accounts_mode],
     ]
 
     def __init__(self) -> None:
@@ -236,6 +260,16 @@ class Options(usage.Options):
     def postOptions(self) -> None:
         if not self["ports"]:
             self["ports"] = [f"tcp:{DEFAULT_PORT}"]
+        if self["accounts"] == Mode.REQUIRED.value and self["db"] == MEMORY:
+            raise usage.UsageError(
+                "--accounts required needs a --db file: the accounts file goes beside it, "
+                "where 'python -m twisted_chat.accounts' can add accounts"
+            )
+        if self["accounts"] == Mode.REQUIRED.value and self["redis"]:
+            raise usage.UsageError(
+                "--accounts required cannot be used with --redis: accounts are not "
+                "shared between cluster nodes yet"
+            )
 
     def config(self) -> ServerConfig:
         return ServerConfig(
@@ -277,6 +311,7 @@ class Options(usage.Options):
             log_level=self["log-level"],
             log_messages=bool(self["log-messages"]),
             metrics=_endpoint(self["metrics"]) if self["metrics"] else None,
+            accounts=self["accounts"],
         )
 
 
@@ -292,8 +327,9 @@ class ChatService(Service):
 
     log = logs.logger()
 
-    def __init__(self, factory: ChatFactory) -> None:
+    def __init__(self, factory: ChatFactory, work: PasswordWork | None = None) -> None:
         self.factory = factory
+        self.work = work  # the password threads, when accounts are on
         self.store: SQLiteStore | None = None
         self._history_base = 0  # lobby messages loaded at start, not said since
 
@@ -314,6 +350,8 @@ class ChatService(Service):
 
     def startService(self) -> None:
         config = self.factory.config
+        if self.work is not None:
+            self.work.start()  # here, not before: threads do not survive the fork
         history = self.factory.history
         try:
             store = SQLiteStore.open(config.db, self.factory.reactor,
@@ -350,7 +388,14 @@ class ChatService(Service):
         closed = self.factory.shutdown()
         closed.addCallback(lambda _: self.factory.history.close())
         closed.addErrback(self._not_saved)
+        if self.work is not None:
+            closed.addBoth(self._stop_work)
         return closed
+
+    def _stop_work(self, result: object) -> object:
+        assert self.work is not None
+        self.work.stop()  # after the last connection: no check is left to answer
+        return result
 
     def _not_saved(self, failure: Failure) -> None:
         """
@@ -445,6 +490,8 @@ def makeService(options: Options, reactor: Any = None) -> IService:
         log.warn("{warning}", warning=fitted.warning)
         config = dataclasses.replace(config, max_clients=fitted.max_clients)
     if options["redis"]:
+        if config.accounts != Mode.OFF.value:
+            log.info("accounts are off in cluster mode (not shared between nodes yet)")
         return _cluster_service(options, config, reactor)
     try:
         # Before twistd daemonizes, so a bad --db is one clear line on the
@@ -455,11 +502,12 @@ def makeService(options: Options, reactor: Any = None) -> IService:
     # Before anything starts: a mistyped --port is one line, not a traceback.
     ports = [(description, _listen_on(description, reactor)) for description in config.ports]
     scrape = _listen_on(config.metrics, reactor, "--metrics") if config.metrics else None
-    factory = ChatFactory(config, reactor, History(config.history))
+    accounts, work = _accounts(config, reactor)
+    factory = ChatFactory(config, reactor, History(config.history), accounts=accounts)
     factory.noisy = False  # twistd says where it listens; "Starting factory" adds nothing
     top = MultiService()
     # Added first so that it stops last: the ports stop accepting, then BYE.
-    chat = ChatService(factory)
+    chat = ChatService(factory, work)
     chat.setServiceParent(top)
     for description, endpoint in ports:
         PortService(description, endpoint, factory).setServiceParent(top)
@@ -506,3 +554,20 @@ def _add_web(top: MultiService, options: Options, factory: ChatFactory, reactor:
     for description in options["web"]:
         endpoint = _listen_on(description, reactor, "--web")
         PortService(description, endpoint, site, "--web").setServiceParent(top)
+
+
+def _accounts(config: ServerConfig, reactor: Any) -> tuple[Accounts | None, PasswordWork | None]:
+    """The accounts and their password threads, or none when they are off."""
+    mode = Mode(config.accounts)
+    if mode is Mode.OFF:
+        return None, None
+    store = AccountStore(accounts_path(config.db))
+    try:
+        store.check()  # creates it; opened again for each check, so no lock is held
+    except AccountStoreError as e:
+        raise SystemExit(f"twistd chat: {e}") from None
+    limits = LoginLimits()
+    work = PasswordWork(reactor, limits.threads, limits.max_pending)
+    accounts = Accounts(mode, store, reactor, work, limits,
+                        exempt=networks(config.exempt), v6_prefix=config.ipv6_prefix)
+    return accounts, work

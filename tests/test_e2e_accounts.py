@@ -1,0 +1,150 @@
+"""
+Accounts end to end: the real C{twistd -n chat} on loopback, real password
+threads and real scrypt, and the operator's tool run while the server runs.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from tests.serverproc import LineClient, ServerProcess
+
+pytestmark = pytest.mark.e2e
+Start = Callable[..., ServerProcess]
+Connect = Callable[..., LineClient]
+
+PW = "first-password"
+
+
+def tool(cwd: Path, *args: str, stdin: str = "") -> None:
+    done = subprocess.run(
+        [sys.executable, "-m", "twisted_chat.accounts", *args],
+        input=stdin, capture_output=True, text=True, cwd=cwd, timeout=60,
+    )
+    assert done.returncode == 0, done.stderr
+
+
+def hello(connect: Connect, port: int) -> LineClient:
+    client = connect(port)
+    client.expect("HELLO ")
+    client.expect("NICK")
+    return client
+
+
+def attempt(connect: Connect, port: int, nick: str, password: str) -> tuple[LineClient, str]:
+    """NICK and PASS on a new connection: the connection and the answer."""
+    client = hello(connect, port)
+    client.send(f"NICK {nick}")
+    assert client.readline() == f"PASS {nick}"
+    client.send(f"PASS {password}")
+    return client, client.readline()
+
+
+def log_in(connect: Connect, port: int, nick: str, password: str) -> LineClient:
+    client, answer = attempt(connect, port, nick, password)
+    assert answer == f"READY {nick}"
+    client.expect("USERS ")
+    return client
+
+
+def refused(connect: Connect, port: int, nick: str, password: str) -> str:
+    client, answer = attempt(connect, port, nick, password)
+    client.send("BYE")
+    client.expect("BYE quit")
+    return answer
+
+
+def test_register_then_the_nick_needs_its_password(
+    tmp_path: Path, chat_server: Start, connect: Connect
+) -> None:
+    server = chat_server()  # --accounts open is the default
+    alice = hello(connect, server.port)
+    alice.send("NICK alice")
+    assert alice.readline() == "READY alice"
+    alice.expect("USERS ")
+    alice.send(f"REGISTER {PW}")
+    assert alice.readline() == "REGISTERED alice"
+    alice.send("PASSWD second-password")
+    assert alice.readline() == "REGISTERED alice"
+    alice.send("BYE")
+    alice.expect("BYE quit")
+    assert refused(connect, server.port, "ALICE", PW).startswith("RETRY bad-password ")
+    log_in(connect, server.port, "alice", "second-password")
+    assert (tmp_path / "chat.accounts.sqlite3").exists()
+    server.stop()
+    assert server.problems() == []
+    log = server.log()
+    assert "failed login as ALICE" in log and "alice logged in with its password" in log
+    assert PW not in log and "second-password" not in log
+
+
+def test_operator_changes_count_at_next_login_while_running(
+    tmp_path: Path, chat_server: Start, connect: Connect
+) -> None:
+    server = chat_server()
+    tool(tmp_path, "add", "bob", stdin=f"{PW}\n")  # the server is running
+    bob = log_in(connect, server.port, "bob", PW)
+    tool(tmp_path, "passwd", "bob", stdin="changed-password\n")
+    bob.send("BYE")
+    bob.expect("BYE quit")
+    assert refused(connect, server.port, "bob", PW).startswith("RETRY bad-password ")
+    bob = log_in(connect, server.port, "bob", "changed-password")
+    bob.send("BYE")
+    bob.expect("BYE quit")
+    tool(tmp_path, "remove", "bob")
+    free = hello(connect, server.port)
+    free.send("NICK bob")
+    assert free.readline() == "READY bob"  # no account: no password
+
+
+def test_required_mode(tmp_path: Path, chat_server: Start, connect: Connect) -> None:
+    tool(tmp_path, "add", "alice", stdin=f"{PW}\n")  # the server is stopped
+    server = chat_server("--accounts", "required")
+    ghost = refused(connect, server.port, "ghost", "any-password")
+    wrong = refused(connect, server.port, "alice", "any-password")
+    assert ghost == wrong and ghost.startswith("RETRY bad-password ")
+    alice = log_in(connect, server.port, "alice", PW)
+    alice.send("REGISTER other-password")
+    assert alice.readline().startswith("ERROR registered ")
+    other = hello(connect, server.port)
+    other.send("NICK alice")
+    assert other.readline().startswith("RETRY taken ")  # before any password
+
+
+def test_failed_logins_end_in_bye_flood(chat_server: Start, connect: Connect) -> None:
+    server = chat_server("--accounts", "required")
+    for _ in range(5):
+        assert refused(connect, server.port, "alice", "wrong-password").startswith(
+            "RETRY bad-password ")
+    client = hello(connect, server.port)
+    client.send("NICK alice")
+    client.readline()
+    started = time.monotonic()
+    client.send("PASS wrong-password")
+    assert client.readline(timeout=10).startswith("BYE flood ")
+    assert time.monotonic() - started >= 2.5  # the answer was delayed
+    assert client.closed()
+
+
+def test_accounts_off(chat_server: Start, connect: Connect) -> None:
+    server = chat_server("--accounts", "off", "--db", ":memory:")
+    client = hello(connect, server.port)
+    client.send(f"PASS {PW}")
+    assert client.readline().startswith("ERROR accounts-off ")
+    client.send("NICK alice")
+    assert client.readline() == "READY alice"
+
+
+def test_required_without_a_database_file_is_refused(tmp_path: Path) -> None:
+    server = ServerProcess(tmp_path, ["--accounts", "required", "--db", ":memory:"])
+    server.start(wait=False)
+    assert server.proc is not None
+    server.proc.wait(30)
+    assert server.proc.returncode != 0
+    assert "--accounts required needs a --db file" in server.output()

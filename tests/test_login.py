@@ -1,0 +1,572 @@
+"""
+The accounts handshake and verbs over StringTransport (PROTOCOL.md,
+"Accounts"), time from a task.Clock, the password threads replaced by a
+runner that runs jobs inline or holds them until told.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+from twisted.internet import defer
+from twisted.logger import LogEvent, formatEvent, globalLogPublisher
+
+from tests.harness import Conn, Harness
+from twisted_chat.server import accounts as accounts_module
+from twisted_chat.server.accounts import AccountStore, Mode, hash_password
+from twisted_chat.server.login import BAD_PASSWORD_TEXT, Accounts, LoginLimits
+
+PW = "sekrit-pw"
+# Cheap scrypt parameters: the format carries them, verify reads them back.
+FAST = dict(n=2**4, r=1, p=1)
+
+
+class InlineWork:
+    """Runs each job at once, counting them."""
+
+    def __init__(self) -> None:
+        self.jobs = 0
+        self.full = False
+
+    def run(self, f: Any, *args: Any) -> defer.Deferred[Any]:
+        self.jobs += 1
+        return defer.execute(f, *args)
+
+    lookup = run
+
+
+class HeldWork:
+    """Holds each job until L{release}; full at C{limit} held jobs."""
+
+    def __init__(self, limit: int = 100) -> None:
+        self.limit = limit
+        self.held: list[tuple[bool, Any, tuple[Any, ...], defer.Deferred[Any]]] = []
+
+    @property
+    def full(self) -> bool:
+        return sum(counted for counted, *_ in self.held) >= self.limit
+
+    def run(self, f: Any, *args: Any, counted: bool = True) -> defer.Deferred[Any]:
+        d: defer.Deferred[Any] = defer.Deferred()
+        self.held.append((counted, f, args, d))
+        return d
+
+    def lookup(self, f: Any, *args: Any) -> defer.Deferred[Any]:
+        return self.run(f, *args, counted=False)
+
+    def release(self) -> None:
+        held, self.held = self.held, []
+        for _, f, args, d in held:
+            try:
+                d.callback(f(*args))
+            except Exception as e:
+                d.errback(e)
+
+
+@pytest.fixture(autouse=True)
+def fast_hashes(monkeypatch: pytest.MonkeyPatch) -> None:
+    """REGISTER/PASSWD hash with cheap parameters in these tests."""
+    real = accounts_module.hash_password
+    monkeypatch.setattr(
+        "twisted_chat.server.login.hash_password", lambda pw: real(pw, **FAST)
+    )
+    monkeypatch.setattr(accounts_module, "_dummy_hash", real(b"dummy", **FAST))
+
+
+def harness(
+    mode: Mode = Mode.OPEN,
+    work: Any = None,
+    limits: LoginLimits | None = None,
+    store: AccountStore | None = None,
+    **config: Any,
+) -> Harness:
+    h = Harness(**config)
+    h.store = store if store is not None else AccountStore(":memory:")  # type: ignore[attr-defined]
+    h.work = work if work is not None else InlineWork()  # type: ignore[attr-defined]
+    h.factory.accounts = Accounts(mode, h.store, h.clock, h.work, limits)  # type: ignore[attr-defined]
+    return h
+
+
+def add(h: Harness, nick: str, password: str = PW) -> None:
+    h.store.add(nick, hash_password(password.encode(), **FAST))  # type: ignore[attr-defined]
+
+
+def fresh(h: Harness, host: str = "127.0.0.1") -> Conn:
+    conn = h.connect(host)
+    conn.take()
+    return conn
+
+
+def login(h: Harness, nick: str, password: str = PW) -> Conn:
+    conn = fresh(h)
+    conn.send(f"NICK {nick}")
+    assert conn.take() == [f"PASS {nick}"]
+    conn.send(f"PASS {password}")
+    assert conn.take()[0] == f"READY {nick}"
+    return conn
+
+
+# -- the handshake ---------------------------------------------------------------
+
+
+def test_open_nick_without_account_needs_no_password() -> None:
+    h = harness()
+    conn = fresh(h)
+    conn.send("NICK alice")
+    assert conn.take() == ["READY alice", "USER alice lobby", "USERS 1"]
+
+
+def test_register_then_reconnect_needs_the_password() -> None:
+    h = harness()
+    alice = fresh(h)
+    alice.send("NICK alice")
+    alice.take()
+    alice.send(f"REGISTER {PW}")
+    assert alice.take() == ["REGISTERED alice"]
+    alice.send("BYE")
+    alice.drop()
+    again = fresh(h)
+    again.send("NICK ALICE")
+    assert again.take() == ["PASS ALICE"]
+    assert again.user is None
+    again.send("PASS wrong-password")
+    assert again.take() == [f"RETRY bad-password {BAD_PASSWORD_TEXT}"]
+    assert again.user is None
+    again.send("PASS " + PW)  # the password was not asked again: NICK first
+    assert again.take_one().startswith("ERROR not-ready ")
+    again.send("NICK Alice")
+    assert again.take() == ["PASS Alice"]
+    again.send(f"PASS {PW}")
+    assert again.take() == ["READY alice", "USER alice lobby", "USERS 1"]  # as registered
+
+
+def test_taken_comes_before_any_password() -> None:
+    h = harness()
+    add(h, "alice")
+    login(h, "alice")
+    jobs = h.work.jobs  # type: ignore[attr-defined]
+    other = fresh(h)
+    other.send("NICK alice")
+    line = other.take_one()
+    assert line.startswith("RETRY taken ")
+    assert h.work.jobs == jobs  # type: ignore[attr-defined]  # no lookup, no check
+
+
+def test_taken_while_the_password_was_checked() -> None:
+    h = harness(work=HeldWork())
+    add(h, "alice")
+    one = fresh(h)
+    one.send("NICK alice")
+    h.work.release()  # type: ignore[attr-defined]  # the lookup
+    assert one.take() == ["PASS alice"]
+    one.send(f"PASS {PW}")
+    assert one.take() == []  # the check is running
+    h.store.remove("alice")  # type: ignore[attr-defined]
+    two = fresh(h)
+    two.send("NICK alice")
+    h.work.release()  # type: ignore[attr-defined]  # one's check (fails now), two's lookup
+    assert two.take()[0] == "READY alice"
+    assert one.take()[0].startswith("RETRY bad-password ")
+
+
+def test_required_asks_every_nick_and_answers_alike() -> None:
+    h = harness(Mode.REQUIRED)
+    add(h, "alice")
+    real, ghost = fresh(h), fresh(h)
+    real.send("NICK alice")
+    ghost.send("NICK ghost")
+    assert real.take() == ["PASS alice"]
+    assert ghost.take() == ["PASS ghost"]
+    real.send("PASS wrong-password")
+    ghost.send("PASS wrong-password")
+    assert real.take() == ghost.take() == [f"RETRY bad-password {BAD_PASSWORD_TEXT}"]
+    assert h.work.jobs == 2  # type: ignore[attr-defined]  # both went through a check
+    real.send("NICK alice")
+    real.send(f"PASS {PW}")
+    assert real.take()[1] == "READY alice"
+
+
+def test_required_needs_no_lookup_before_asking() -> None:
+    """Under required, NICK is answered without touching the file: no timing to tell."""
+    h = harness(Mode.REQUIRED, work=HeldWork())
+    conn = fresh(h)
+    conn.send("NICK ghost")
+    assert conn.take() == ["PASS ghost"]
+    assert h.work.held == []  # type: ignore[attr-defined]
+
+
+def test_a_new_nick_abandons_the_asked_one() -> None:
+    h = harness()
+    add(h, "alice")
+    conn = fresh(h)
+    conn.send("NICK alice")
+    assert conn.take() == ["PASS alice"]
+    conn.send("NICK bob")
+    assert conn.take()[0] == "READY bob"
+
+
+def test_pass_states() -> None:
+    h = harness()
+    conn = fresh(h)
+    conn.send(f"PASS {PW}")
+    assert conn.take_one().startswith("ERROR not-ready ")
+    conn.send(f"REGISTER {PW}", f"PASSWD {PW}")
+    assert [line.split()[1] for line in conn.take()] == ["not-ready", "not-ready"]
+    conn.send("NICK bob")
+    conn.take()
+    conn.send(f"PASS {PW}")
+    assert conn.take_one().startswith("ERROR already-ready ")
+
+
+def test_lines_wait_in_order_while_a_check_runs() -> None:
+    """A connection's lines are handled in order: later ones wait for the answer."""
+    h = harness(work=HeldWork())
+    add(h, "alice")
+    conn = fresh(h)
+    conn.send("NICK alice", "PING one")
+    assert conn.take() == []
+    h.work.release()  # type: ignore[attr-defined]
+    assert conn.take() == ["PASS alice", "PONG one"]
+    conn.send(f"PASS {PW}", "PING two", "USERS")
+    assert conn.take() == []
+    assert len(h.work.held) == 1  # type: ignore[attr-defined]
+    h.work.release()  # type: ignore[attr-defined]
+    assert conn.take() == ["READY alice", "USER alice lobby", "USERS 1", "PONG two",
+                           "USER alice lobby", "USERS 1"]
+
+
+def test_lines_that_arrive_during_a_check_are_handled_after_it() -> None:
+    h = harness(work=HeldWork())
+    conn = fresh(h)
+    conn.arrive("NICK bob")
+    conn.arrive("PING late")
+    assert conn.take() == []
+    h.work.release()  # type: ignore[attr-defined]
+    assert conn.take() == ["READY bob", "USER bob lobby", "USERS 1", "PONG late"]
+
+
+def test_a_full_password_queue_discards_the_line_with_flood() -> None:
+    h = harness(work=HeldWork(limit=1))
+    add(h, "alice")
+    add(h, "bob")
+    conns = {}
+    for nick in ("alice", "bob"):
+        conns[nick] = fresh(h)
+        conns[nick].send(f"NICK {nick}")
+        h.work.release()  # type: ignore[attr-defined]  # the lookup, not counted
+        assert conns[nick].take() == [f"PASS {nick}"]
+    conns["alice"].send(f"PASS {PW}")  # its check fills the queue
+    conns["bob"].send(f"PASS {PW}")
+    assert conns["bob"].take_one().startswith("ERROR flood ")
+    assert len(h.work.held) == 1  # type: ignore[attr-defined]  # nothing queued for bob
+    newcomer = fresh(h)
+    newcomer.send("NICK carol")  # a lookup is never refused
+    h.work.release()  # type: ignore[attr-defined]
+    assert newcomer.take()[0] == "READY carol"
+    assert conns["alice"].take()[0] == "READY alice"
+    conns["bob"].send(f"PASS {PW}")  # still asked: send it again
+    h.work.release()  # type: ignore[attr-defined]
+    assert conns["bob"].take()[0] == "READY bob"
+
+
+def test_nick_timeout_covers_the_whole_handshake() -> None:
+    h = harness(work=HeldWork(), nick_timeout=30.0)
+    add(h, "alice")
+    slow = fresh(h)
+    slow.send("NICK alice")
+    h.work.release()  # type: ignore[attr-defined]
+    assert slow.take() == ["PASS alice"]
+    checking = fresh(h)
+    checking.send("NICK alice")
+    h.work.release()  # type: ignore[attr-defined]
+    checking.take()
+    h.clock.advance(29)
+    checking.send(f"PASS {PW}")  # the check is still running when time is up
+    h.clock.advance(1)
+    for conn in (slow, checking):
+        lines = conn.take()
+        assert lines[-1].startswith("BYE timeout "), lines
+        assert conn.transport.disconnecting
+    h.work.release()  # type: ignore[attr-defined]  # the check ends after the close
+    assert checking.take() == [] and checking.user is None
+    assert "alice" not in h.hub.online
+
+
+def test_nick_timer_stops_once_ready() -> None:
+    h = harness(nick_timeout=30.0)
+    add(h, "alice")
+    conn = login(h, "alice")
+    h.clock.advance(60)
+    assert not any(line.startswith("BYE") for line in conn.take())
+
+
+# -- REGISTER and PASSWD ---------------------------------------------------------------
+
+
+@pytest.mark.parametrize("verb", ["PASS", "REGISTER", "PASSWD"])
+@pytest.mark.parametrize("password", ["", "1234567", "x" * 257, "ééé"])
+def test_weak_passwords(verb: str, password: str) -> None:
+    h = harness()
+    add(h, "alice")
+    conn = fresh(h)
+    if verb == "PASS":
+        conn.send("NICK alice")
+    else:
+        conn.send("NICK bob")
+    conn.take()
+    conn.send(f"{verb} {password}".rstrip())
+    assert conn.take_one().startswith("ERROR weak-password ")
+    assert h.work.jobs == 1  # type: ignore[attr-defined]  # the NICK lookup only
+
+
+def test_password_bounds_count_bytes_and_keep_inner_spaces() -> None:
+    h = harness()
+    bob = fresh(h)
+    bob.send("NICK bob")
+    bob.take()
+    bob.send("REGISTER éééé")  # 8 bytes
+    assert bob.take() == ["REGISTERED bob"]
+    bob.send("PASSWD " + "x" * 256)
+    assert bob.take() == ["REGISTERED bob"]
+    bob.send("PASSWD  two words  ")  # leading spaces separate, the rest is it
+    assert bob.take() == ["REGISTERED bob"]
+    bob.drop()
+    conn = fresh(h)
+    conn.send("NICK bob", "PASS two words")
+    assert conn.take()[-1].startswith("RETRY bad-password ")
+    conn.send("NICK bob", "PASS two words  ")
+    assert conn.take()[1] == "READY bob"
+
+
+def test_register_rules() -> None:
+    h = harness()
+    add(h, "alice")
+    alice = login(h, "alice")
+    alice.take()
+    alice.send(f"REGISTER {PW}")
+    assert alice.take_one().startswith("ERROR registered ")
+    bob = fresh(h)
+    bob.send("NICK bob")
+    bob.take()
+    add(h, "BOB")  # the operator made one meanwhile
+    bob.send(f"REGISTER {PW}")
+    assert bob.take_one().startswith("ERROR registered ")
+
+
+def test_register_under_required_is_the_operators() -> None:
+    h = harness(Mode.REQUIRED)
+    add(h, "alice")
+    alice = login(h, "alice")
+    alice.take()
+    alice.send("REGISTER other-password")
+    assert alice.take_one().startswith("ERROR registered ")
+
+
+def test_passwd_changes_the_password() -> None:
+    h = harness()
+    add(h, "alice")
+    alice = login(h, "alice")
+    alice.take()
+    alice.send("PASSWD new-password")
+    assert alice.take() == ["REGISTERED alice"]
+    alice.drop()
+    old = fresh(h)
+    old.send("NICK alice", f"PASS {PW}")
+    assert old.take()[-1].startswith("RETRY bad-password ")
+    login(h, "alice", "new-password")
+
+
+def test_passwd_needs_an_account_proved_on_this_connection() -> None:
+    h = harness()
+    bob = fresh(h)
+    bob.send("NICK bob")
+    bob.take()
+    bob.send("PASSWD new-password")
+    assert bob.take_one().startswith("ERROR not-registered ")
+    add(h, "bob")  # the operator protects bob; this connection never proved it
+    bob.send("PASSWD new-password")
+    assert bob.take_one().startswith("ERROR not-registered ")
+    bob.send(f"REGISTER {PW}")
+    assert bob.take_one().startswith("ERROR registered ")
+
+
+def test_passwd_after_the_operator_removed_the_account() -> None:
+    h = harness()
+    add(h, "alice")
+    alice = login(h, "alice")
+    alice.take()
+    h.store.remove("alice")  # type: ignore[attr-defined]
+    alice.send("PASSWD new-password")
+    assert alice.take_one().startswith("ERROR not-registered ")
+
+
+def test_register_runs_on_the_password_threads() -> None:
+    h = harness(work=HeldWork())
+    bob = fresh(h)
+    bob.send("NICK bob")
+    h.work.release()  # type: ignore[attr-defined]
+    bob.take()
+    bob.send(f"REGISTER {PW}", "PASSWD new-password")
+    assert bob.take() == [] and not h.store.exists("bob")  # type: ignore[attr-defined]
+    assert len(h.work.held) == 1  # type: ignore[attr-defined]  # one change at a time
+    h.work.release()  # type: ignore[attr-defined]
+    assert bob.take() == ["REGISTERED bob"]  # and PASSWD is now running
+    assert h.store.exists("bob")  # type: ignore[attr-defined]
+    h.work.release()  # type: ignore[attr-defined]
+    assert bob.take() == ["REGISTERED bob"]
+
+
+@pytest.mark.parametrize("line", [f"PASS {PW}", f"REGISTER {PW}", f"PASSWD {PW}"])
+def test_accounts_off(line: str) -> None:
+    h = Harness()  # no Accounts: off
+    conn = h.connect()
+    conn.take()
+    conn.send(line)
+    assert conn.take_one().startswith("ERROR accounts-off ")
+    conn.send("NICK alice")
+    assert conn.take()[0] == "READY alice"
+    conn.send(line)
+    assert conn.take_one().startswith("ERROR accounts-off ")
+
+
+def test_help_lists_the_account_verbs() -> None:
+    h = harness()
+    conn = fresh(h)
+    conn.send("HELP")
+    verbs = [line.split()[1] for line in conn.take()[:-1]]
+    assert {"PASS", "REGISTER", "PASSWD"} <= set(verbs)
+    conn.send("HELP passwd")
+    assert conn.take()[0].startswith("HELP PASSWD <new password> - ")
+
+
+# -- failed attempts ---------------------------------------------------------------
+
+
+LIMITS = LoginLimits(nick_burst=3, nick_every=60.0, address_burst=5, address_every=30.0,
+                     flood_delay=3.0)
+
+
+def fail(h: Harness, nick: str, host: str = "127.0.0.1") -> Conn:
+    conn = fresh(h, host)
+    conn.send(f"NICK {nick}", "PASS wrong-password")
+    return conn
+
+
+def test_nick_limit_delays_then_bye_flood() -> None:
+    h = harness(limits=LIMITS)
+    add(h, "alice")
+    for i in range(3):
+        conn = fail(h, "alice", f"10.0.0.{i}")
+        assert conn.take()[-1] == f"RETRY bad-password {BAD_PASSWORD_TEXT}"
+    jobs = h.work.jobs  # type: ignore[attr-defined]
+    conn = fresh(h, "10.0.0.9")
+    conn.send("NICK alice", f"PASS {PW}")  # even the right password: not checked now
+    assert conn.take() == ["PASS alice"]
+    assert h.work.jobs == jobs + 1  # type: ignore[attr-defined]  # the lookup, no check
+    conn.send("NICK alice")  # nothing more is handled while it waits
+    assert conn.take() == []
+    h.clock.advance(2.9)
+    assert conn.take() == [] and not conn.transport.disconnecting
+    h.clock.advance(0.1)
+    assert conn.take() == ["BYE flood too many failed logins; try again later"]
+    assert conn.transport.disconnecting
+    # Another nick from the same addresses is not affected; alice after a minute is.
+    fresh(h, "10.0.0.1").send("NICK bob")
+    h.clock.advance(60)
+    login(h, "alice")
+
+
+def test_address_limit_covers_every_nick() -> None:
+    h = harness(Mode.REQUIRED, limits=LIMITS)
+    for i in range(5):
+        assert fail(h, f"nick{i}", "10.0.0.1").take()[-1].startswith("RETRY bad-password ")
+    over = fail(h, "other", "10.0.0.1")
+    h.clock.advance(3)
+    assert over.take()[-1].startswith("BYE flood ")
+    assert fail(h, "other", "10.0.0.2").take()[-1].startswith("RETRY bad-password ")
+    h.clock.advance(30)
+    assert fail(h, "another", "10.0.0.1").take()[-1].startswith("RETRY bad-password ")
+
+
+def test_over_limit_connection_that_leaves_is_forgotten() -> None:
+    h = harness(limits=LIMITS)
+    add(h, "alice")
+    for _ in range(3):
+        fail(h, "alice", "10.0.0.1")
+    conn = fail(h, "alice", "10.0.0.2")
+    conn.drop()
+    assert h.clock.getDelayedCalls() == [] or all(
+        not c.active() for c in h.clock.getDelayedCalls()
+    )
+
+
+def test_default_limits_are_the_documented_ones() -> None:
+    limits = LoginLimits()
+    assert (limits.nick_burst, limits.nick_every) == (5, 60.0)
+    assert (limits.address_burst, limits.address_every) == (10, 30.0)
+    assert limits.flood_delay == 3.0
+    assert (limits.max_pending, limits.threads) == (64, 2)
+
+
+# -- passwords are never logged or echoed ----------------------------------------------
+
+
+def test_no_password_in_any_line_or_log_event(tmp_path: Path) -> None:
+    events: list[LogEvent] = []
+    globalLogPublisher.addObserver(events.append)
+    try:
+        h = harness(limits=LIMITS, store=AccountStore(str(tmp_path / "a.sqlite3")))
+        secrets_ = ["first-secret", "second-secret", "wrong-secret", "short", "x" * 300]
+        bob = fresh(h)
+        bob.send("NICK bob", f"REGISTER {secrets_[0]}", f"PASSWD {secrets_[1]}",
+                 f"REGISTER {secrets_[0]}", "PASSWD short", f"PASSWD {secrets_[4]}")
+        bob.drop()
+        for _ in range(4):
+            conn = fresh(h)
+            conn.send("NICK bob", f"PASS {secrets_[2]}", "PASS short", "pass " + secrets_[2])
+        h.clock.advance(5)
+        conn = fresh(h)
+        conn.send("NICK bob", "PASS second-secret")
+        h.clock.advance(100)
+        good = fresh(h)
+        good.send("NICK bob", "PASS second-secret", "PASS second-secret")
+        assert "READY bob" in good.take()
+        sent = b"".join(c.transport.value() for c in h.conns).decode()
+        logged = "\n".join(formatEvent(e) + repr(e) for e in events)
+    finally:
+        globalLogPublisher.removeObserver(events.append)
+    assert "REGISTERED bob" in sent and "RETRY bad-password" in sent
+    assert "failed login as bob" in logged
+    for secret in secrets_:
+        assert secret not in sent
+        assert secret not in logged
+
+
+# -- options -------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--accounts", "required", "--db", ":memory:"], "needs a --db file"),
+        (["--accounts", "required", "--redis", "redis://127.0.0.1:1/0"], "--redis"),
+        (["--accounts", "sometimes"], "must be open, required or off"),
+    ],
+)
+def test_accounts_options_refused(args: list[str], message: str) -> None:
+    from twisted.python import usage
+
+    from twisted_chat.server.service import Options
+
+    with pytest.raises(usage.UsageError, match=message):
+        Options().parseOptions(args)
+
+
+def test_accounts_option_default_is_open() -> None:
+    from twisted_chat.server.service import Options
+
+    options = Options()
+    options.parseOptions([])
+    assert options.config().accounts == "open"
