@@ -429,3 +429,15 @@ def test_rediss_url_with_a_private_ca(tmp_path: Path) -> None:
         for node in nodes:
             node.kill()
         redis.stop()
+
+
+def test_show_addresses_across_nodes(cluster: Callable[..., Cluster]) -> None:
+    c = cluster(2, "--show-addresses")
+    alice = c.user(c.nodes[0], "alice")
+    bob = c.user(c.nodes[1], "bob")
+    alice_address = "127.0.0.1:%d" % alice.sock.getsockname()[1]
+    bob_address = "127.0.0.1:%d" % bob.sock.getsockname()[1]
+    for client in (alice, bob):
+        client.send("USERS")
+        assert [line for line in client.sync() if line.startswith("USER")] == [
+            f"USER alice lobby {alice_address}", f"USER bob lobby {bob_address}", "USERS 2"]
