@@ -437,6 +437,7 @@ def test_show_addresses_across_nodes(cluster: Callable[..., Cluster]) -> None:
     bob = c.user(c.nodes[1], "bob")
     alice_address = "127.0.0.1:%d" % alice.sock.getsockname()[1]
     bob_address = "127.0.0.1:%d" % bob.sock.getsockname()[1]
+    alice.expect("JOINED")  # node 0 has applied bob's registration (USERS is local)
     for client in (alice, bob):
         client.send("USERS")
         assert [line for line in client.sync() if line.startswith("USER")] == [
