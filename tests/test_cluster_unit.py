@@ -372,3 +372,25 @@ def test_input_waits_while_a_command_is_decided() -> None:
     lines = [line for line in ann.take() if line.startswith("MSG")]
     assert len(lines) == 8001 and lines[0].endswith("ann * one")
     assert ann.reading
+
+
+def test_half_close_waits_for_the_commands_before_it() -> None:
+    """A script piping lines in (C{nc -N}) gets, as from one server, its READY
+    and its own lobby message before the close."""
+    cluster = Cluster(2)
+    other = cluster.nodes[1].user("other")
+    conn = cluster.nodes[0].connect()
+    conn.take()
+    conn.send_raw(b"NICK script\r\nMSG hello\r\n")
+    conn.protocol.readConnectionLost()
+    assert not conn.protocol.closing
+    for _ in range(4):
+        cluster.pump()
+    lines = conn.take()
+    assert lines[0] == "READY script"
+    assert lines[-1].endswith("script * hello")
+    assert conn.protocol.closing
+    conn.drop()
+    cluster.pump()
+    assert [line.split()[2:] for line in other.take() if line.startswith(("LEFT", "MSG"))] == [
+        ["script", "*", "hello"], ["script", "disconnected"]]

@@ -86,6 +86,7 @@ class ChatProtocol(Protocol):
         # are handled until it is; what arrives meanwhile waits in _buffer.
         self._waiting = False
         self._paused_for_answer = False
+        self._input_ended = False  # the peer half-closed while a command waited
         # The accounts handshake and verbs (twisted_chat.server.login); None
         # when accounts are off.  What it waits for is held like a command.
         accounts = factory.accounts
@@ -140,6 +141,12 @@ class ChatProtocol(Protocol):
         message included, then close as a disconnect.
         """
         if self.closing:
+            return
+        if self._waiting:
+            # A command is still being decided elsewhere (cluster mode), and
+            # lines may wait behind it: handle them all first, as one server
+            # would have before this call (see _decided).
+            self._input_ended = True
             return
         self.fanout.flush()
         self.hang_up("disconnected")
@@ -333,6 +340,8 @@ class ChatProtocol(Protocol):
                 self.transport.resumeProducing()  # type: ignore[union-attr]
         if self._buffer and not self.closing:
             self.dataReceived(b"")
+        if self._input_ended and not self._waiting:
+            self.readConnectionLost()
 
     def _dispatch(self, verb: str, rest: str) -> None:
         user = self.user
