@@ -196,7 +196,7 @@ def test_sigkill_node_users_leave_within_node_timeout(cluster: Callable[..., Clu
     waited = time.monotonic() - killed
     # The lease lives 2/3 of the timeout and is checked every 1/6: the rest
     # is margin for a loaded machine.
-    assert waited <= NODE_TIMEOUT + 1.5, waited
+    assert waited <= NODE_TIMEOUT + 2.5, waited
     assert left.split()[2:4] in (["bob", "disconnected"], ["dora", "disconnected"])
     assert alice.expect("UNPAIRED") == "UNPAIRED bob disconnected"
     # Each node applies the death when it reads it: wait for carol's too.
