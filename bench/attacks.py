@@ -225,6 +225,116 @@ def reconnect(server_args: list[str], twistd: str, pythonpath: str | None,
         server.stop()
 
 
+_MEMBERS = """
+import asyncio, socket, sys, time
+port, count, seconds = int(sys.argv[1]), int(sys.argv[2]), float(sys.argv[3])
+async def member(i):
+    sock = socket.socket(); sock.setblocking(False)
+    sock.bind((f"127.0.31.{i // 10 + 1}", 0))
+    await asyncio.get_running_loop().sock_connect(sock, ("127.0.0.1", port))
+    r, w = await asyncio.open_connection(sock=sock, limit=1 << 20)
+    w.write(f"NICK m{i}\\r\\n".encode())
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        try:
+            if not await asyncio.wait_for(r.read(1 << 16), 1):
+                return
+        except asyncio.TimeoutError:
+            pass
+    w.close()
+async def main():
+    tasks = []
+    for i in range(count):
+        tasks.append(asyncio.create_task(member(i)))
+        if i % 10 == 9:
+            await asyncio.sleep(0.05)
+    print("ready", flush=True)
+    await asyncio.gather(*tasks, return_exceptions=True)
+asyncio.run(main())
+"""
+
+_BYSTANDER = """
+import socket, statistics, sys, time
+port, seconds = int(sys.argv[1]), float(sys.argv[2])
+s = socket.create_connection(("127.0.0.1", port), timeout=10,
+                             source_address=("127.0.32.1", 0))
+f = s.makefile("rb")
+s.sendall(b"NICK bystander\\r\\n")
+while not f.readline().startswith(b"USERS "):
+    pass
+rtts = []
+deadline = time.monotonic() + seconds
+n = 0
+while time.monotonic() < deadline:
+    n += 1
+    started = time.monotonic()
+    s.sendall(b"PING b%d\\r\\n" % n)
+    while True:
+        line = f.readline()
+        if not line or line.startswith(b"PONG b%d" % n):
+            break
+    rtts.append(time.monotonic() - started)
+    time.sleep(0.15)  # under --flood-rate (10 lines/s)
+rtts.sort()
+print(round(statistics.median(rtts) * 1000, 1), round(rtts[int(len(rtts) * 0.9)] * 1000, 1))
+"""
+
+
+def crowd(server_args: list[str], twistd: str, pythonpath: str | None,
+          seconds: float = 6.0) -> dict[str, Any]:
+    """14.3: 300 members (30 addresses) read the lobby; a bystander pings every
+    150 ms while 20 reconnect loops (connect, NICK, 18 MSG, BYE) run from one
+    address.  The members and the bystander are processes of their own."""
+    server = Server(server_args, twistd, pythonpath)
+    try:
+        members = subprocess.Popen(
+            [sys.executable, "-c", _MEMBERS, str(server.port), "300", str(seconds + 12)],
+            stdout=subprocess.PIPE, text=True)
+        assert members.stdout is not None
+        members.stdout.readline()  # ready
+        time.sleep(1.0)
+        done = subprocess.run(
+            [sys.executable, "-c", _BYSTANDER, str(server.port), "2"],
+            capture_output=True, text=True, timeout=30)
+        quiet = done.stdout.split()
+        if len(quiet) != 2:
+            raise RuntimeError(f"bystander: {done.stdout} {done.stderr[-2000:]}")
+        bystander = subprocess.Popen(
+            [sys.executable, "-c", _BYSTANDER.replace("bystander", "bystander2")
+             .replace("127.0.32.1", "127.0.32.2"), str(server.port), str(seconds)],
+            stdout=subprocess.PIPE, text=True)
+
+        async def loops() -> None:
+            deadline = time.monotonic() + seconds
+
+            async def loop(i: int) -> None:
+                n = 0
+                while time.monotonic() < deadline:
+                    n += 1
+                    try:
+                        r, w = await open_from("127.0.0.3", server.port)
+                        w.write(f"NICK L{i}x{n}\r\n".encode()
+                                + b"".join(b"MSG spam %d\r\n" % k for k in range(18))
+                                + b"BYE\r\n")
+                        with contextlib.suppress(asyncio.TimeoutError):
+                            await asyncio.wait_for(r.read(), 2)
+                        w.close()
+                    except (TimeoutError, OSError):
+                        await asyncio.sleep(0.01)
+
+            await asyncio.gather(*(loop(i) for i in range(20)))
+
+        asyncio.run(loops())
+        busy = bystander.communicate(timeout=60)[0].split()
+        members.kill()
+        members.wait(5)
+        return {"attack": "crowd", "members": 300,
+                "bystander_ping_ms_quiet": {"median": float(quiet[0]), "p90": float(quiet[1])},
+                "bystander_ping_ms_attack": {"median": float(busy[0]), "p90": float(busy[1])}}
+    finally:
+        server.stop()
+
+
 def amplification(server_args: list[str], twistd: str, pythonpath: str | None
                   ) -> dict[str, Any]:
     """14.4: history of 100 lines of 4,000 bytes, then NICK x; a BYE of 4,000 characters."""
@@ -419,6 +529,7 @@ def invitations(server_args: list[str], twistd: str, pythonpath: str | None
 ATTACKS: dict[str, Callable[..., dict[str, Any]]] = {
     "refused-tls": refused_tls,
     "reconnect": reconnect,
+    "crowd": crowd,
     "amplification": amplification,
     "full-disk": full_disk,
     "descriptors": descriptors,
