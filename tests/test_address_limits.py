@@ -198,3 +198,16 @@ def test_refusals_from_one_address_are_not_logged_every_time(logged: list[str]) 
     h.clock.advance(10)
     h.connect()
     assert logged[-1].endswith("(47 similar lines from this address left out)")
+
+
+def test_the_replay_after_a_pair_ends_is_capped_in_bytes_too() -> None:
+    h = Harness(history=100, history_bytes=1100)
+    alice, bob, talker = h.user("alice"), h.user("bob"), h.user("talker")
+    alice.send("PAIR bob")
+    bob.send("ACCEPT alice")
+    for i in range(10):
+        talker.send(f"MSG {i} " + "h" * 300)
+    h.clear_all()
+    alice.send("UNPAIR")
+    replay = [line for line in alice.take() if line.startswith("HISTORY")]
+    assert [line.split(" ")[3] for line in replay] == ["7", "8", "9"]
