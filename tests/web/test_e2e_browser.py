@@ -388,3 +388,28 @@ def test_phone_width_layout_and_screenshots(
     phone.find_element(By.ID, "menu-button").click()
     wait(phone, lambda d: sidebar.rect["x"] >= 0)
     screenshot(phone, "phone-menu.png")
+
+
+def test_a_nick_with_an_account_asks_for_its_password(
+    web: WebServer, browser: Callable[..., Any], tcp: Callable[[str], LineClient]
+) -> None:
+    owner = tcp("alice")
+    owner.send("REGISTER correct horse battery")
+    assert owner.expect("REGISTERED ") == "REGISTERED alice"
+    owner.send("BYE")
+    owner.expect("BYE ")
+    alice = browser()
+    alice.get(web.url)
+    field = nick_field(alice)
+    field.send_keys("alice", Keys.ENTER)
+    wait(alice, lambda d: d.find_element(By.ID, "login-title").text == "Password for alice")
+    assert field.get_attribute("type") == "password"
+    field.send_keys("wrong password", Keys.ENTER)
+    wait(alice, lambda d: d.find_element(By.ID, "nick-error").text)
+    assert field.get_attribute("type") == "text"  # back to the nick
+    field.clear()
+    field.send_keys("alice", Keys.ENTER)
+    wait(alice, lambda d: d.find_element(By.ID, "login-title").text == "Password for alice")
+    field.send_keys("correct horse battery", Keys.ENTER)
+    wait(alice, lambda d: d.find_element(By.ID, "me-nick").get_attribute("textContent")
+         == "alice")
