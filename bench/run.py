@@ -95,8 +95,8 @@ def chat_options() -> set[str]:
     return opts
 
 
-def server_specs(quick: bool, only: list[str] | None,
-                 baseline: Path | None = None) -> list[ServerSpec]:
+def server_specs(quick: bool, only: list[str] | None, baseline: Path | None = None,
+                 variants: list[str] | None = None) -> list[ServerSpec]:
     opts = chat_options()
     flood = GENEROUS_FLOOD if "--flood-rate" in opts else []
     specs = []
@@ -105,6 +105,10 @@ def server_specs(quick: bool, only: list[str] | None,
     specs.append(ServerSpec("chat", "twisted-chat (defaults" + (", history db" if "--db" in opts
                                                                  else "") + ", limits on)",
                             "chat/1", "chat", list(flood)))
+    for variant in variants or []:
+        name, _, options = variant.partition("=")
+        specs.append(ServerSpec(f"chat-{name}", f"twisted-chat {options}", "chat/1", "chat",
+                                [*flood, *options.split()]))
     if baseline is not None:
         specs.append(ServerSpec("chat-before", f"twisted-chat from {baseline.name}", "chat/1",
                                 "chat", list(flood), tree=baseline.resolve()))
@@ -232,6 +236,8 @@ def main(argv: list[str] | None = None) -> int:
                     help="a CPU-bound process shares CPU 0 with each server under test")
     ap.add_argument("--baseline", type=Path, default=None,
                     help="also run our server from this source tree, as chat-before")
+    ap.add_argument("--variant", action="append", default=[], metavar="NAME=OPTIONS",
+                    help="also run our server with these options, as chat-NAME (repeatable)")
     ap.add_argument("--servers", default=None, help="comma-separated keys to run")
     ap.add_argument("--skip-idle", action="store_true")
     ap.add_argument("--clients", default=None, help="comma-separated fan-out client counts")
@@ -258,7 +264,7 @@ def main(argv: list[str] | None = None) -> int:
     }
     only = args.servers.split(",") if args.servers else None
     failures = 0
-    for spec in server_specs(args.quick, only, args.baseline):
+    for spec in server_specs(args.quick, only, args.baseline, args.variant):
         entry: dict[str, Any] = {"label": spec.label, "dialect": spec.dialect,
                                  "options": spec.extra, "fanout": {}}
         results["servers"][spec.key] = entry
