@@ -148,3 +148,23 @@ def test_required_without_a_database_file_is_refused(tmp_path: Path) -> None:
     server.proc.wait(30)
     assert server.proc.returncode != 0
     assert "--accounts required needs a --db file" in server.output()
+
+
+def test_a_script_that_half_closes_gets_every_answer(
+    tmp_path: Path, chat_server: Start
+) -> None:
+    """C{printf 'NICK ..\\nPASS ..\\nMSG ..\\n' | nc -N}: the lines after NICK wait for
+    the password check and are all answered before the close."""
+    import socket
+
+    tool(tmp_path, "add", "bot", stdin="bot-password\n")
+    server = chat_server()
+    with socket.create_connection(("127.0.0.1", server.port), timeout=10) as sock:
+        sock.sendall(b"NICK bot\r\nPASS bot-password\r\nMSG hello from a script\r\n")
+        sock.shutdown(socket.SHUT_WR)
+        data = b""
+        while chunk := sock.recv(65536):
+            data += chunk
+    lines = data.decode().splitlines()
+    assert lines[2:4] == ["PASS bot", "READY bot"]
+    assert lines[-1].endswith(" bot * hello from a script")
