@@ -570,3 +570,12 @@ def test_accounts_option_default_is_open() -> None:
     options = Options()
     options.parseOptions([])
     assert options.config().accounts == "open"
+
+
+def test_help_text_names_the_option_and_tls() -> None:
+    from twisted_chat.server.service import Options
+
+    text = " ".join(str(Options()).split())
+    assert "--accounts=" in text
+    assert "open" in text and "required" in text and "TLS" in text
+    assert "python -m twisted_chat.accounts add" in text
