@@ -36,7 +36,12 @@ def test_quick_mode(tmp_path: Path) -> None:
         assert fixed["machine_cpu_s"] >= fixed["server_cpu_s"] > 0, fixed
         lat = fixed["latency_ms"]
         assert lat["samples"] > 0 and 0 < lat["p50"] <= lat["p99"] <= lat["max"]
-        assert run["sustained"]["deliveries_per_s"] > 0
+        # The search starts from the fixed rate: it finds a rate that holds
+        # exactly when the fixed step held (on a loaded machine even 200
+        # msgs/s may miss p99 <= 100 ms; that is a measurement, not rot).
+        sustained = run["sustained"]
+        assert (sustained["deliveries_per_s"] > 0) == fixed["held"], (sustained, fixed)
+        assert fixed["held"] or sustained["stopped_by"] == fixed["why"] != "", sustained
         light = run["light"]
         # measured, not planned: the light run really was the lighter load
         assert 0 < light["lines_per_s"] < fixed["lines_per_s"], (light, fixed)
