@@ -23,7 +23,10 @@ def client_env() -> dict[str, str]:
 
 
 def run_client(
-    args: Sequence[str], stdin: str = "", timeout: float = 20.0
+    args: Sequence[str],
+    stdin: str = "",
+    timeout: float = 20.0,
+    env: dict[str, str] | None = None,
 ) -> subprocess.CompletedProcess[str]:
     """Run a piped client to completion (bounded)."""
     return subprocess.run(
@@ -33,7 +36,7 @@ def run_client(
         text=True,
         timeout=timeout,
         cwd=REPO,
-        env=client_env(),
+        env=client_env() if env is None else env,
     )
 
 

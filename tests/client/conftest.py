@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import shutil
+from collections.abc import Callable, Iterator
 
 import pytest
 
 from tests.serverproc import LineClient, ServerProcess
+
+from .tmuxpane import Pane
 
 
 @pytest.fixture
@@ -18,3 +21,19 @@ def bob_online(
     bob = connect(server.port)
     bob.register("bob")
     return server, bob
+
+
+@pytest.fixture
+def pane() -> Iterator[Callable[..., Pane]]:
+    if shutil.which("tmux") is None:
+        pytest.skip("tmux is not installed (.ci/run installs it)")
+    panes: list[Pane] = []
+
+    def start(command: list[str], **env: str) -> Pane:
+        p = Pane(command, env)
+        panes.append(p)
+        return p
+
+    yield start
+    for p in panes:
+        p.kill()

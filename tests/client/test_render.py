@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 
-from hypothesis import example, given, settings
+from hypothesis import example, given
 from hypothesis import strategies as st
 
 from twisted_chat.client import render
