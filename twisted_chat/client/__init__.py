@@ -7,6 +7,7 @@ It speaks chat/1 over TCP or TLS on the Twisted reactor.  The modules:
   - L{events}: splits the server's lines into verb, words and free text;
   - L{render}: turns events into human-readable lines (plain or coloured);
   - L{commands}: parses what the user types (C{/pair bob}, C{@bob hi}, ...);
+  - L{complete}: what Tab completes (nicknames and commands);
   - L{protocol}: the connection to the server and the client's state;
   - L{terminal}: the interactive line editor on a terminal (conch insults);
   - L{pipe}: plain line input and output when stdin is not a terminal;
