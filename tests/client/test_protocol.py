@@ -84,6 +84,43 @@ def test_refused_nick_option_in_a_script_fails() -> None:
     assert outcome.message == "The nickname bob is already taken by someone online."
 
 
+def test_nick_dropped_for_flood_asks_again_on_a_terminal() -> None:
+    """Over the server's per-address registration limit, NICK is answered
+    with ERROR flood and not looked at: the person can try again."""
+    s = session("bob", interactive=True)
+    s.receive("HELLO chat/1 x", "NICK")
+    assert s.sent() == ["NICK bob"]
+    s.screen.take()
+    s.receive("ERROR flood too many nicks registered from 10.0.0.1 lately; try again in 2 s")
+    assert s.client.state is State.ASK_NICK
+    assert s.screen.prompt == "nickname: "
+    assert "try again in 2 s" in " ".join(s.screen.take())
+    s.type("bob")
+    assert s.sent() == ["NICK bob"]
+    s.receive("READY bob")
+    assert s.client.state is State.READY
+
+
+def test_nick_dropped_for_flood_in_a_script_fails() -> None:
+    s = session("bob", interactive=False)
+    s.type("hello everyone")
+    s.receive("HELLO chat/1 x", "NICK")
+    assert s.sent() == ["NICK bob"]
+    s.receive("ERROR flood too many nicks registered from 10.0.0.1 lately; try again in 2 s")
+    assert s.sent() == ["BYE"]  # the queued message is not sent, nor taken as a nick
+    s.receive("BYE quit")
+    outcome = s.lose()
+    assert outcome.code == 1
+    assert outcome.message is not None and "try again in 2 s" in outcome.message
+
+
+def test_flood_after_ready_changes_nothing() -> None:
+    s = session("bob")
+    s.receive("HELLO chat/1 x", "NICK", "READY bob")
+    s.receive("ERROR flood slow down")
+    assert s.client.state is State.READY
+
+
 def test_input_waits_until_ready_then_goes_in_order() -> None:
     s = session("alice", connect=False)
     s.type("first", "/users", "second")

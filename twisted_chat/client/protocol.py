@@ -803,4 +803,24 @@ class ChatClient(LineReceiver):
             self._account_request = None
         if code == "server-full":
             self._failure = said
+        if code == "flood" and self.state is State.NICK_SENT:
+            # The nick (or its password) was not looked at: too many nicks
+            # from this address lately, or too many passwords being checked.
+            reason = event.text.rstrip(".") or "too many attempts"
+            self._nick_refused(
+                render.sentence(f"The server did not look at that nickname: {reason}")
+            )
+            return
         self._error(said)
+
+    def _nick_refused(self, said: str) -> None:
+        """The server dropped our NICK or PASS unanswered: a script gives
+        up with the reason, a person is asked for a nickname again."""
+        if not self.interactive:
+            self._failure = said
+            self.quit()
+            return
+        self._error(said)
+        self._notice("Choose a nickname:")
+        self._set_state(State.ASK_NICK)
+        self._pump()
