@@ -1,5 +1,5 @@
 """
-The accounts handshake and verbs over StringTransport (PROTOCOL.md,
+The accounts handshake and verbs over StringTransport (docs/protocol.md,
 "Accounts"), time from a task.Clock, the password threads replaced by a
 runner that runs jobs inline or holds them until told.
 """

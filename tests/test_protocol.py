@@ -1,6 +1,6 @@
 """
 chat/1 over StringTransport: every verb, state, error code and pairing edge
-case of PROTOCOL.md, with time from a task.Clock.
+case of docs/protocol.md, with time from a task.Clock.
 """
 
 from __future__ import annotations

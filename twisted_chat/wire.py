@@ -1,7 +1,7 @@
 """
 The chat/1 wire format, as pure functions.
 
-Parsing a client line happens in stages because PROTOCOL.md fixes the order
+Parsing a client line happens in stages because docs/protocol.md fixes the order
 in which a bad line is diagnosed: length, encoding, characters, verb, state,
 arguments.  The state check belongs to the connection, so this module offers
 the stages around it separately: L{decode} (encoding and characters),

@@ -1,7 +1,7 @@
 """
 Split the lines a chat/1 server sends into verb, words and free text.
 
-The grammar is the one in PROTOCOL.md: single-word arguments separated by one
+The grammar is the one in docs/protocol.md: single-word arguments separated by one
 or more spaces, then, for verbs that have one, a free text that starts at the
 first non-space character after the last word and runs to the end of the line.
 Nothing here is trusted to be printable: see L{twisted_chat.client.sanitize}.

@@ -1,6 +1,6 @@
 """
 The accounts side of a connection: C{NICK} -> C{PASS <nick>} -> C{PASS} ->
-C{READY}, and C{REGISTER} / C{PASSWD} once online (PROTOCOL.md, "Accounts").
+C{READY}, and C{REGISTER} / C{PASSWD} once online (docs/protocol.md, "Accounts").
 
 L{Accounts} is the server-wide part: the mode, the C{twisted.cred} portal
 over the accounts file (L{twisted_chat.server.accounts}), the password
