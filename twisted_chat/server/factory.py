@@ -19,6 +19,7 @@ from twisted_chat import __version__, wire
 from twisted_chat.server import logs
 from twisted_chat.server.addresses import AddressBook, AddressPolicy, HandshakePool, Refused
 from twisted_chat.server.config import ServerConfig
+from twisted_chat.server.deadlines import Deadlines
 from twisted_chat.server.fanout import Backlog, LobbyFanout, Member, reactor_backlog
 from twisted_chat.server.history import Entry, History, newest_within
 from twisted_chat.server.hub import Hub, Invitation, State, User
@@ -114,6 +115,8 @@ class ChatFactory(ServerFactory):
         self.fanout = LobbyFanout(reactor, self._lobby_members, config.fanout_delay, backlog,
                                   on_batch=self.stats.fanned_out)
         self.drain = DrainWatch(reactor, config.sendq_timeout)
+        # Every connection's idle deadline, on one reactor timer.
+        self.deadlines = Deadlines(reactor)
         self._roster: bytes | None = None
         self._user_lines: dict[str, bytes] = {}  # by nick key, each encoded once
         self._history_block: bytes | None = None

@@ -79,7 +79,7 @@ class ChatProtocol(Protocol):
         self._flood: FloodMeter | None = None
         self._last_line = 0.0
         self._pinged_at: float | None = None
-        self._idle_call: IDelayedCall | None = None
+        self._idle_due: float | None = None  # on the factory's shared Deadlines
         self._nick_call: IDelayedCall | None = None
         self._abort_call: IDelayedCall | None = None  # set once a close has begun
         # A command is being decided elsewhere (see state.py): no more lines
@@ -116,7 +116,7 @@ class ChatProtocol(Protocol):
         if config.nick_timeout > 0:
             self._nick_call = self.clock.callLater(config.nick_timeout, self._nick_expired)
         if config.idle_timeout > 0:
-            self._idle_call = self.clock.callLater(config.idle_timeout, self._check_idle)
+            self._set_idle(now + config.idle_timeout)
         self.write(self.factory.greeting)
 
     def connectionLost(self, reason: Failure = connectionDone) -> None:
@@ -160,10 +160,29 @@ class ChatProtocol(Protocol):
             self.state.leave(self.user, reason, text)
 
     def _cancel_timers(self) -> None:
-        for call in (self._idle_call, self._nick_call):
-            if call is not None and call.active():
-                call.cancel()
-        self._idle_call = self._nick_call = None
+        call = self._nick_call
+        if call is not None and call.active():
+            call.cancel()
+        self._nick_call = None
+        if self._idle_due is not None:
+            self._idle_due = None
+            self.factory.deadlines.dropped()
+
+    # -- the idle deadline (twisted_chat.server.deadlines) -------------------------
+
+    def _set_idle(self, when: float) -> None:
+        self._idle_due = when
+        self.factory.deadlines.add(when, self)
+
+    def has_deadline(self, when: float) -> bool:
+        return when == self._idle_due
+
+    def deadline_reached(self, when: float) -> bool:
+        if when != self._idle_due:
+            return False
+        self._idle_due = None
+        self._check_idle()
+        return True
 
     def _close(self, reason: str, text: str) -> None:
         """End the connection from the server's side with C{BYE}."""
@@ -400,7 +419,6 @@ class ChatProtocol(Protocol):
         each line only records its time, so a busy connection costs no timer
         work per line.
         """
-        self._idle_call = None
         now = self.clock.seconds()
         pinged = self._pinged_at
         if pinged is not None and self._last_line < pinged:
@@ -413,11 +431,11 @@ class ChatProtocol(Protocol):
         # for that hair lands at this same instant again, forever on a Clock.
         due = self._last_line + self.config.idle_timeout
         if now < due:
-            self._idle_call = self.clock.callLater(due - now, self._check_idle)
+            self._set_idle(due)
             return
         self._pinged_at = now
         self.write(wire.line("PING", text=f"idle-{int(now)}"))
-        self._idle_call = self.clock.callLater(self.config.ping_timeout, self._check_idle)
+        self._set_idle(now + self.config.ping_timeout)
 
     def _nick_expired(self) -> None:
         self._nick_call = None

@@ -1,0 +1,89 @@
+"""Many connections' deadlines on one reactor timer (twisted_chat.server.deadlines)."""
+
+from __future__ import annotations
+
+import gc
+
+from twisted.internet.task import Clock
+
+from twisted_chat.server.deadlines import Deadlines
+
+
+class Owner:
+    def __init__(self, deadlines: Deadlines) -> None:
+        self.deadlines = deadlines
+        self.due: float | None = None
+        self.reached: list[float] = []
+
+    def set(self, when: float) -> None:
+        self.due = when
+        self.deadlines.add(when, self)
+
+    def drop(self) -> None:
+        self.due = None
+        self.deadlines.dropped()
+
+    def has_deadline(self, when: float) -> bool:
+        return when == self.due
+
+    def deadline_reached(self, when: float) -> bool:
+        if when != self.due:
+            return False
+        self.due = None
+        self.reached.append(when)
+        return True
+
+
+def setup(n: int) -> tuple[Clock, Deadlines, list[Owner]]:
+    clock = Clock()
+    deadlines = Deadlines(clock)
+    return clock, deadlines, [Owner(deadlines) for _ in range(n)]
+
+
+def test_many_deadlines_one_timer_each_at_its_time() -> None:
+    clock, _, owners = setup(3)
+    for i, owner in enumerate(owners):
+        owner.set(10.0 - i)
+    assert len(clock.getDelayedCalls()) == 1
+    clock.advance(8.0)
+    assert [o.reached for o in owners] == [[], [], [8.0]]
+    clock.advance(2.0)
+    assert [o.reached for o in owners] == [[10.0], [9.0], [8.0]]
+    assert clock.getDelayedCalls() == []
+
+
+def test_a_moved_or_dropped_deadline_is_not_reached() -> None:
+    clock, deadlines, (moved, dropped, kept) = setup(3)
+    moved.set(1.0)
+    dropped.set(2.0)
+    kept.set(3.0)
+    moved.set(5.0)  # the entry for 1.0 no longer answers
+    dropped.drop()
+    clock.advance(3.0)
+    assert (moved.reached, dropped.reached, kept.reached) == ([], [], [3.0])
+    clock.advance(2.0)
+    assert moved.reached == [5.0]
+    assert len(deadlines) == 0
+
+
+def test_no_timer_is_left_once_nobody_has_a_deadline() -> None:
+    clock, deadlines, owners = setup(2)
+    owners[0].set(5.0)
+    owners[1].set(7.0)
+    owners[0].drop()
+    assert [c.getTime() for c in clock.getDelayedCalls()] == [7.0], "moved to the live one"
+    owners[1].drop()
+    assert clock.getDelayedCalls() == []
+    assert len(deadlines) == 0
+
+
+def test_an_owner_that_is_gone_is_skipped_and_not_kept_alive() -> None:
+    clock, deadlines, owners = setup(2)
+    owners[0].set(1.0)
+    owners[1].set(2.0)
+    survivor = owners[1]
+    del owners[:]
+    gc.collect()  # the heap holds weak references only
+    clock.advance(2.0)
+    assert survivor.reached == [2.0]
+    assert len(deadlines) == 0
