@@ -9,16 +9,32 @@ ARGS   ?=
 # Extra pytest options: make test PYTEST_ARGS="-k pairing"
 PYTEST_ARGS ?=
 
-.PHONY: venv run test lint bench bench-quick clean
+.PHONY: venv run test lint bench bench-quick clean FORCE
 
 venv: $(STAMP)
 
-$(STAMP): pyproject.toml
+# The package's files, as the editable install last saw them (see below).
+LISTING := build/package-files
+
+$(STAMP): pyproject.toml $(LISTING)
 	$(PYTHON) scripts/mkvenv.py $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
-	# compat mode: twistd finds plugins by scanning directories on sys.path.
-	$(BIN)/python -m pip install -q -e '.[test]' --config-settings editable_mode=compat
+	# strict mode: setuptools links every file of the package into
+	# build/__editable__.*, a directory on sys.path, so twistd finds the
+	# plugin by scanning it (the default mode's import hook hides it).
+	$(BIN)/python -m pip install -q -e '.[test]' --config-settings editable_mode=strict
 	touch $(STAMP)
+
+# A strict editable install sees edits at once (the links point at the
+# files) but not a file added or removed: then this listing changes, and the
+# install is redone.
+$(LISTING): FORCE
+	@mkdir -p build
+	@find twisted_chat twisted/plugins -type f ! -path '*/__pycache__/*' ! -name '*.pyc' \
+		! -name dropin.cache | LC_ALL=C sort > $@.new
+	@if cmp -s $@.new $@; then rm $@.new; else mv $@.new $@; fi
+
+FORCE:
 
 run: $(STAMP)
 	$(BIN)/twistd -n --pidfile= chat $(ARGS)
