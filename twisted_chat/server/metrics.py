@@ -34,8 +34,9 @@ from prometheus_client.registry import Collector, CollectorRegistry
 
 # The reasons a connection ends, as the server names them (LEFT and BYE
 # reasons, plus "refused": over --max-clients or a per-address limit).
+# Always exported, at 0 until they happen; any other reason appears when it does.
 DISCONNECT_REASONS = ("quit", "disconnected", "timeout", "flood", "sendq", "refused",
-                      "shutdown")
+                      "full", "shutdown")
 
 # Lines per fan-out batch; seconds per batch; seconds per database commit.
 BATCH_LINES_BOUNDS = (1, 2, 5, 10, 20, 50, 100, 200, 500, 1000)
