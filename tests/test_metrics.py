@@ -54,9 +54,12 @@ def test_buckets_are_cumulative_and_less_than_or_equal() -> None:
 # -- the collector ------------------------------------------------------------------
 
 
-def scrape(stats: Stats, snapshot: Snapshot) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+Values = dict[tuple[str, tuple[tuple[str, str], ...]], float]
+
+
+def scrape(stats: Stats, snapshot: Snapshot) -> Values:
     registry = registry_for(stats, lambda: snapshot)
-    values = {}
+    values: Values = {}
     for family in registry.collect():
         for sample in family.samples:
             values[(sample.name, tuple(sorted(sample.labels.items())))] = sample.value
