@@ -1,0 +1,127 @@
+"""
+The web client over TLS: the real server with C{--web ssl:...} (a
+self-signed certificate made here, trusted by the test's client), the page
+and its headers over HTTPS and the chat/1 handshake over wss://.
+"""
+
+from __future__ import annotations
+
+import http.client
+import socket
+import ssl
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.serverproc import LOOPBACK, ServerProcess, free_port, wait_for_port
+from tests.test_e2e_tls import self_signed
+from tests.web import wsframes as ws
+from twisted_chat.web.site import STATIC
+
+pytestmark = pytest.mark.e2e
+
+NAME = "localhost"  # the name in the test certificate
+
+
+class TlsWebServer:
+    """The chat server with C{--web ssl:PORT:...} and the context that trusts it."""
+
+    def __init__(self, workdir: Path) -> None:
+        key, cert = self_signed(workdir)
+        self.web_port = free_port()
+        self.host = f"{NAME}:{self.web_port}"
+        self.context = ssl.create_default_context(cafile=str(cert))
+        self.server = ServerProcess(workdir, [
+            "--web", f"ssl:{self.web_port}:privateKey={key}:certKey={cert}"
+                     f":interface={LOOPBACK}",
+            "--db", str(workdir / "chat.sqlite3"),
+        ])
+
+    def start(self) -> TlsWebServer:
+        self.server.start()
+        wait_for_port(self.web_port, proc=self.server.proc)
+        return self
+
+    def connect(self) -> ssl.SSLSocket:
+        """A TLS connection that verifies the certificate and its name."""
+        raw = socket.create_connection((LOOPBACK, self.web_port), timeout=5)
+        return self.context.wrap_socket(raw, server_hostname=NAME)
+
+
+@pytest.fixture
+def tls_web(tmp_path: Path) -> Iterator[TlsWebServer]:
+    server = TlsWebServer(tmp_path).start()
+    yield server
+    problems = server.server.problems()
+    server.server.kill()
+    assert not problems, problems
+
+
+def read_message(sock: ssl.SSLSocket, buffer: bytes, deadline: float) -> tuple[str, bytes]:
+    """The next text message from the server, and what is left after it."""
+    while True:
+        frames, rest = ws.parse(buffer, limit=1)
+        if frames:
+            buffer = rest
+            opcode, payload = frames[0]
+            assert opcode != ws.CLOSE, f"closed with {ws.close_code(payload)}"
+            if opcode == ws.TEXT:
+                return payload.decode(), buffer
+            continue
+        sock.settimeout(max(deadline - time.monotonic(), 0.01))
+        chunk = sock.recv(65536)
+        if not chunk:
+            raise EOFError("connection closed")
+        buffer += chunk
+
+
+def test_web_client_over_tls_page_headers_and_wss_chat(tls_web: TlsWebServer) -> None:
+    # The page over HTTPS, verified against the test certificate.
+    https = http.client.HTTPSConnection(LOOPBACK, tls_web.web_port, timeout=5,
+                                        context=tls_web.context)
+    https.sock = tls_web.connect()  # verified as NAME, though dialled by address
+    try:
+        https.putrequest("GET", "/", skip_host=True)
+        https.putheader("Host", tls_web.host)
+        https.endheaders()
+        response = https.getresponse()
+        body = response.read()
+        assert https.sock.version() in ("TLSv1.2", "TLSv1.3")
+    finally:
+        https.close()
+    assert response.status == 200
+    assert body == (STATIC / "index.html").read_bytes()
+    assert response.getheader("X-Content-Type-Options") == "nosniff"
+    csp = response.getheader("Content-Security-Policy")
+    assert csp is not None
+    directives = dict(d.strip().split(" ", 1) for d in csp.split(";"))
+    assert directives["frame-ancestors"] == "'none'"
+    assert f"wss://{tls_web.host}" in directives["connect-src"].split()
+
+    # The chat/1 handshake over wss:// at /chat.
+    sock = tls_web.connect()
+    try:
+        request, accept = ws.handshake(host=tls_web.host, origin=f"https://{tls_web.host}")
+        sock.sendall(request)
+        deadline = time.monotonic() + 5
+        data = b""
+        while b"\r\n\r\n" not in data:
+            sock.settimeout(max(deadline - time.monotonic(), 0.01))
+            chunk = sock.recv(65536)
+            if not chunk:
+                raise EOFError("closed during the upgrade")
+            data += chunk
+        head, _, buffer = data.partition(b"\r\n\r\n")
+        assert head.startswith(b"HTTP/1.1 101") and accept in head, head
+
+        hello, buffer = read_message(sock, buffer, deadline)
+        assert hello.startswith("HELLO chat/1 "), hello
+        nick, buffer = read_message(sock, buffer, deadline)
+        assert nick.startswith("NICK"), nick
+        sock.sendall(ws.text("NICK alice"))
+        ready, buffer = read_message(sock, buffer, deadline)
+        assert ready == "READY alice", ready
+    finally:
+        sock.close()
