@@ -28,20 +28,31 @@ CALM_TIMEOUT = 10.0
 
 
 class Cluster:
-    def __init__(self, tmp: Path, redis: RedisServer, node_timeout: float) -> None:
+    def __init__(self, tmp: Path, redis: RedisServer, node_timeout: float,
+                 url: str | None = None) -> None:
         self.tmp = tmp
         self.redis = redis
+        self.url = url if url is not None else redis.url
         self.node_timeout = node_timeout
         self.nodes: list[ServerProcess] = []
         self.clients: list[LineClient] = []
+        # Nodes meant to fail (a wrong password, an untrusted certificate):
+        # killed at the end, their logs not checked.
+        self.strays: list[ServerProcess] = []
 
     def node(self, *args: str) -> ServerProcess:
         server = ServerProcess(
             self.tmp,
-            ["--redis", self.redis.url, "--node-timeout", str(self.node_timeout), *args],
+            ["--redis", self.url, "--node-timeout", str(self.node_timeout), *args],
         ).start()
         server.wait_log("cluster: connected to")
         self.nodes.append(server)
+        return server
+
+    def stray(self, url: str) -> ServerProcess:
+        """A node on C{url} that is expected never to connect."""
+        server = ServerProcess(self.tmp, ["--redis", url]).start()
+        self.strays.append(server)
         return server
 
     def connect(self, server: ServerProcess, timeout: float = 5.0) -> LineClient:
@@ -59,9 +70,11 @@ class Cluster:
 def cluster(tmp_path: Path) -> Iterator[Callable[..., Cluster]]:
     made: list[Cluster] = []
 
-    def make(n: int = 3, *args: str, node_timeout: float = CALM_TIMEOUT) -> Cluster:
-        redis = RedisServer(tmp_path).start()
-        c = Cluster(tmp_path, redis, node_timeout)
+    def make(n: int = 3, *args: str, node_timeout: float = CALM_TIMEOUT,
+             redis: RedisServer | None = None, url: str | None = None) -> Cluster:
+        if redis is None:
+            redis = RedisServer(tmp_path).start()
+        c = Cluster(tmp_path, redis, node_timeout, url)
         made.append(c)
         for _ in range(n):
             c.node(*args)
@@ -71,7 +84,7 @@ def cluster(tmp_path: Path) -> Iterator[Callable[..., Cluster]]:
     for c in made:
         for client in c.clients:
             client.close()
-        for server in c.nodes:
+        for server in c.nodes + c.strays:
             server.kill()
         c.redis.stop(signal.SIGKILL)
         for server in c.nodes:
@@ -353,31 +366,18 @@ def test_redis_restart_without_data_restores_users_and_nicks(
         assert not [line for line in client.sync() if line.startswith("LEFT")]
 
 
-def test_unix_socket_url_with_password(tmp_path: Path) -> None:
+def test_unix_socket_url_with_password(
+    tmp_path: Path, cluster: Callable[..., Cluster]
+) -> None:
     redis = RedisServer(tmp_path, password="s3cret:/x", unixsocket=True).start()
-    nodes: list[ServerProcess] = []
-    clients: list[LineClient] = []
-    try:
-        url = redis.unix_url.replace("s3cret:/x", "s3cret%3A%2Fx")
-        for _ in range(2):
-            node = ServerProcess(tmp_path, ["--redis", url]).start()
-            node.wait_log("cluster: connected to")
-            nodes.append(node)
-        a, b = LineClient(nodes[0].port), LineClient(nodes[1].port)
-        clients += [a, b]
-        a.register("alice")
-        assert "USER alice lobby" in b.register("bob")
-        assert "redis.sock" in nodes[0].log() and "s3cret" not in nodes[0].log()
-        wrong = ServerProcess(tmp_path, ["--redis", redis.unix_url.replace("s3cret:/x", "no")])
-        nodes.append(wrong.start())
-        wrong.wait_log("unreachable")
-        assert "could not auth" in wrong.log() or "WRONGPASS" in wrong.log()
-    finally:
-        for client in clients:
-            client.close()
-        for node in nodes:
-            node.kill()
-        redis.stop()
+    url = redis.unix_url.replace("s3cret:/x", "s3cret%3A%2Fx")
+    c = cluster(2, redis=redis, url=url)
+    c.user(c.nodes[0], "alice")
+    assert "USER alice lobby" in c.connect(c.nodes[1]).register("bob")
+    assert "redis.sock" in c.nodes[0].log() and "s3cret" not in c.nodes[0].log()
+    wrong = c.stray(redis.unix_url.replace("s3cret:/x", "no"))
+    wrong.wait_log("unreachable")
+    assert "could not auth" in wrong.log() or "WRONGPASS" in wrong.log()
 
 
 def test_node_started_before_redis_refuses_nicks_then_joins(tmp_path: Path) -> None:
@@ -402,33 +402,19 @@ def test_node_started_before_redis_refuses_nicks_then_joins(tmp_path: Path) -> N
         redis.stop()
 
 
-def test_rediss_url_with_a_private_ca(tmp_path: Path) -> None:
+def test_rediss_url_with_a_private_ca(
+    tmp_path: Path, cluster: Callable[..., Cluster]
+) -> None:
     from tests.test_e2e_tls import self_signed
 
     key, cert = self_signed(tmp_path)
     redis = RedisServer(tmp_path, password="pw", tls=(key, cert)).start()
-    nodes: list[ServerProcess] = []
-    clients: list[LineClient] = []
-    try:
-        url = f"rediss://:pw@localhost:{redis.port}/0?ca={cert}"
-        for _ in range(2):
-            node = ServerProcess(tmp_path, ["--redis", url]).start()
-            node.wait_log("cluster: connected to")
-            nodes.append(node)
-        a, b = LineClient(nodes[0].port), LineClient(nodes[1].port)
-        clients += [a, b]
-        a.register("alice")
-        assert "USER alice lobby" in b.register("bob")
-        # Without the CA, the certificate is not trusted: no connection.
-        untrusted = ServerProcess(tmp_path, ["--redis", url.split("?")[0]]).start()
-        nodes.append(untrusted)
-        untrusted.wait_log("unreachable")
-    finally:
-        for client in clients:
-            client.close()
-        for node in nodes:
-            node.kill()
-        redis.stop()
+    url = f"rediss://:pw@localhost:{redis.port}/0?ca={cert}"
+    c = cluster(2, redis=redis, url=url)
+    c.user(c.nodes[0], "alice")
+    assert "USER alice lobby" in c.connect(c.nodes[1]).register("bob")
+    # Without the CA, the certificate is not trusted: no connection.
+    c.stray(url.split("?")[0]).wait_log("unreachable")
 
 
 def test_show_addresses_across_nodes(cluster: Callable[..., Cluster]) -> None:
