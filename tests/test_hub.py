@@ -84,6 +84,20 @@ def test_pairing_and_timeout_use_the_injected_clock(world: tuple[Hub, Recorder, 
     assert a.outgoing is None and b.incoming == {}
 
 
+def test_an_invitation_may_carry_its_own_timeout(world: tuple[Hub, Recorder, Clock]) -> None:
+    """A cluster replica passes the origin node's --invite-timeout (or what
+    is left of it after a snapshot) instead of changing the hub's."""
+    hub, rec, clock = world
+    a, b = hub.register("a", None), hub.register("b", None)
+    rec.take()
+    hub.pair(a, "b", timeout=5)
+    clock.advance(4.9)
+    assert rec.take() == [("invited", ("a", "b"))]
+    clock.advance(0.1)
+    assert rec.take() == [("declined", "a", "b", "timeout"), ("cancelled", "b", "a", "timeout")]
+    assert hub.invite_timeout == 30
+
+
 def test_rule_violations_raise_before_changing_anything(
         world: tuple[Hub, Recorder, Clock]) -> None:
     hub, rec, _ = world

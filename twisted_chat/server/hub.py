@@ -256,8 +256,10 @@ class Hub:
 
     # -- pairing -----------------------------------------------------------
 
-    def pair(self, user: User, nick: str) -> None:
-        """C{PAIR}: invite C{nick}, or pair at once if it invited C{user}."""
+    def pair(self, user: User, nick: str, timeout: float | None = None) -> None:
+        """C{PAIR}: invite C{nick}, or pair at once if it invited C{user}.
+        The invitation stays open C{timeout} seconds (default: the hub's
+        C{invite_timeout}; a cluster replica passes the origin node's)."""
         target = self._other(user, nick, "you cannot invite yourself")
         if user.partner is not None:
             raise HubError(
@@ -279,7 +281,9 @@ class Hub:
         invitation = Invitation(user, target)
         if user.source:
             self._sent_by_source[user.source] = self._sent_by_source.get(user.source, 0) + 1
-        invitation.timer = self.clock.callLater(self.invite_timeout, self._expire, invitation)
+        if timeout is None:
+            timeout = self.invite_timeout
+        invitation.timer = self.clock.callLater(timeout, self._expire, invitation)
         user.outgoing = invitation
         target.incoming[user.key] = invitation
         self.log.info("{inviter} invited {invitee}", inviter=user.nick, invitee=target.nick)

@@ -185,12 +185,7 @@ class Replica:
     def _pair(self, eid: str, origin: str, k: int, event: dict[str, Any]) -> None:
         user = self._member(event)
         if user is not None:
-            hub = self.hub
-            saved, hub.invite_timeout = hub.invite_timeout, float(event.get("it", 60.0))
-            try:
-                hub.pair(user, str(event["to"]))
-            finally:
-                hub.invite_timeout = saved
+            self.hub.pair(user, str(event["to"]), timeout=float(event.get("it", 60.0)))
 
     def _accept(self, eid: str, origin: str, k: int, event: dict[str, Any]) -> None:
         user = self._member(event)
@@ -350,10 +345,6 @@ class Replica:
             by_uid[uid] = user
         for a, b in data["pairs"]:
             self._restore_pair(by_uid[a], by_uid[b])
-        saved = hub.invite_timeout
-        try:
-            for inviter, invitee, due in data["invites"]:
-                hub.invite_timeout = float(due) - self.clock.seconds()
-                hub.pair(by_uid[inviter], by_uid[invitee].nick)
-        finally:
-            hub.invite_timeout = saved
+        for inviter, invitee, due in data["invites"]:
+            hub.pair(by_uid[inviter], by_uid[invitee].nick,
+                     timeout=float(due) - self.clock.seconds())
