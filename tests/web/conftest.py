@@ -7,13 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from tests.web.webserver import WebServer
+from tests.web.webserver import WebServer, serving
 
 
 @pytest.fixture
 def web(tmp_path: Path) -> Iterator[WebServer]:
-    server = WebServer(tmp_path).start()
-    yield server
-    problems = server.server.problems()
-    server.server.kill()
-    assert not problems, problems
+    yield from serving(WebServer(tmp_path))

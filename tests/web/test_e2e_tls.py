@@ -15,9 +15,10 @@ from pathlib import Path
 
 import pytest
 
-from tests.serverproc import LOOPBACK, ServerProcess, free_port, wait_for_port
+from tests.serverproc import LOOPBACK
 from tests.test_e2e_tls import self_signed
 from tests.web import wsframes as ws
+from tests.web.webserver import WebServer, serving
 from twisted_chat.web.site import STATIC
 
 pytestmark = pytest.mark.e2e
@@ -25,24 +26,14 @@ pytestmark = pytest.mark.e2e
 NAME = "localhost"  # the name in the test certificate
 
 
-class TlsWebServer:
+class TlsWebServer(WebServer):
     """The chat server with C{--web ssl:PORT:...} and the context that trusts it."""
 
     def __init__(self, workdir: Path) -> None:
         key, cert = self_signed(workdir)
-        self.web_port = free_port()
+        super().__init__(workdir, scheme="ssl", options=f":privateKey={key}:certKey={cert}")
         self.host = f"{NAME}:{self.web_port}"
         self.context = ssl.create_default_context(cafile=str(cert))
-        self.server = ServerProcess(workdir, [
-            "--web", f"ssl:{self.web_port}:privateKey={key}:certKey={cert}"
-                     f":interface={LOOPBACK}",
-            "--db", str(workdir / "chat.sqlite3"),
-        ])
-
-    def start(self) -> TlsWebServer:
-        self.server.start()
-        wait_for_port(self.web_port, proc=self.server.proc)
-        return self
 
     def connect(self) -> ssl.SSLSocket:
         """A TLS connection that verifies the certificate and its name."""
@@ -52,11 +43,8 @@ class TlsWebServer:
 
 @pytest.fixture
 def tls_web(tmp_path: Path) -> Iterator[TlsWebServer]:
-    server = TlsWebServer(tmp_path).start()
-    yield server
-    problems = server.server.problems()
-    server.server.kill()
-    assert not problems, problems
+    server = TlsWebServer(tmp_path)
+    yield from serving(server)
 
 
 def read_message(sock: ssl.SSLSocket, buffer: bytes, deadline: float) -> tuple[str, bytes]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import signal
+from collections.abc import Iterator
 from pathlib import Path
 
 from tests.serverproc import LOOPBACK, ServerProcess, free_port, wait_for_port
@@ -11,10 +12,12 @@ from tests.serverproc import LOOPBACK, ServerProcess, free_port, wait_for_port
 class WebServer:
     """The chat server with --web, restartable on the same ports and database."""
 
-    def __init__(self, workdir: Path, *args: str) -> None:
+    def __init__(self, workdir: Path, *args: str, scheme: str = "tcp", options: str = "") -> None:
+        """C{scheme} and C{options}: the --web endpoint's, around its port
+        (C{ssl} and C{:privateKey=...} for TLS); always on loopback."""
         self.workdir = workdir
         self.web_port = free_port()
-        self.args = ["--web", f"tcp:{self.web_port}:interface={LOOPBACK}",
+        self.args = ["--web", f"{scheme}:{self.web_port}{options}:interface={LOOPBACK}",
                      "--db", str(workdir / "chat.sqlite3"), *args]
         self.server = ServerProcess(workdir, self.args)
         self.port = self.server.port
@@ -33,3 +36,13 @@ class WebServer:
         assert self.server.stop() in (0, -signal.SIGTERM)
         self.server = ServerProcess(self.workdir, self.args, port=self.port)
         self.start()
+
+
+def serving(server: WebServer) -> Iterator[WebServer]:
+    """A fixture's body: start C{server}, hand it over, then stop it and
+    check that its log shows no unhandled error."""
+    server.start()
+    yield server
+    problems = server.server.problems()
+    server.server.kill()
+    assert not problems, problems
