@@ -683,22 +683,24 @@ def test_help_on_one_verb(h: Harness) -> None:
     assert alice.take_one().startswith("ERROR bad-args ")
 
 
-def test_tcp_nodelay_is_set() -> None:
-    """Small chat lines must not wait for Nagle's algorithm."""
+@pytest.mark.parametrize("nodelay", [False, True])
+def test_tcp_nodelay_only_with_the_option(nodelay: bool) -> None:
+    """Nagle stays on (the kernel queues a write behind unacknowledged
+    bytes) unless --tcp-nodelay asks for every write to leave at once."""
     from twisted.internet.address import IPv4Address
     from twisted.internet.testing import StringTransport
 
     class TCPTransport(StringTransport):
-        no_delay = False
+        no_delay: bool | None = None
 
         def setTcpNoDelay(self, enabled: bool) -> None:
             self.no_delay = enabled
 
-    h = Harness()
+    h = Harness(tcp_nodelay=nodelay)
     address = IPv4Address("TCP", "127.0.0.1", 5000)
     transport = TCPTransport(peerAddress=address)
     h.factory.buildProtocol(address).makeConnection(transport)
-    assert transport.no_delay
+    assert transport.no_delay is (True if nodelay else None)
 
 
 def test_arrivals_in_one_turn_share_one_write_and_see_each_other(h: Harness) -> None:

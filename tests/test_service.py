@@ -39,11 +39,16 @@ def test_defaults() -> None:
     assert (config.db, config.retain_days) == ("chat.sqlite3", None)
     assert config.fanout_delay == pytest.approx(0.010)
     assert config.direct_send is True
+    assert config.tcp_nodelay is False
     assert config.log_messages is False
 
 
 def test_no_direct_send_turns_the_direct_path_off() -> None:
     assert options("--no-direct-send").config().direct_send is False
+
+
+def test_tcp_nodelay_option() -> None:
+    assert options("--tcp-nodelay").config().tcp_nodelay is True
 
 
 def test_ports_repeatable_and_bare_number_is_tcp() -> None:
@@ -76,7 +81,7 @@ def test_help_lists_every_option() -> None:
                  "--max-per-ip", "--show-addresses", "--server-name", "--flood-rate",
                  "--flood-burst", "--sendq", "--idle-timeout", "--ping-timeout",
                  "--nick-timeout", "--db", "--retain-days", "--fanout-delay",
-                 "--no-direct-send", "--log-messages"]:
+                 "--no-direct-send", "--tcp-nodelay", "--log-messages"]:
         assert name in text
 
 

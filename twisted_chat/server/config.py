@@ -41,6 +41,9 @@ class ServerConfig:
     # Write straight to a plain TCP socket when nothing is queued for it
     # (twisted_chat.server.sendqueue); off: always through transport.write.
     direct_send: bool = True
+    # Turn Nagle's algorithm off on every connection (docs/fanout.md,
+    # "Nagle"): off by default, as measured in docs/benchmark.md.
+    tcp_nodelay: bool = False
     # Durable history.
     db: str = "chat.sqlite3"
     retain_days: float | None = None

@@ -98,9 +98,10 @@ class ChatProtocol(Protocol):
         transport: Any = self.transport
         peer = transport.getPeer()
         self.address = wire.format_address(getattr(peer, "host", None), getattr(peer, "port", None))
-        # Chat lines are small and latency matters: don't let Nagle hold them.
+        # Nagle stays on unless --tcp-nodelay: a write behind unacknowledged
+        # bytes is only queued by the kernel (docs/fanout.md, "Nagle").
         no_delay = getattr(transport, "setTcpNoDelay", None)
-        if no_delay is not None:
+        if no_delay is not None and self.config.tcp_nodelay:
             no_delay(True)
         config = self.config
         self._queue = queue = SendQueue(transport, config.sendq, direct=config.direct_send,

@@ -109,6 +109,9 @@ class Options(usage.Options):
         ["no-direct-send", None,
          "Always write through Twisted's transport buffer, never straight to the "
          "socket (the direct path reads private attributes of Twisted's TCP transport)."],
+        ["tcp-nodelay", None,
+         "Set TCP_NODELAY on every connection: each write leaves at once, even behind "
+         "bytes the peer has not acknowledged (costs CPU per line; see docs/fanout.md)."],
         ["log-messages", None,
          "Write the text of every lobby message and DM to the server's log (a privacy "
          "choice: off by default, the log then holds who connected, not what they said)."],
@@ -282,6 +285,7 @@ class Options(usage.Options):
             max_per_ip=self["max-per-ip"],
             show_addresses=bool(self["show-addresses"]),
             direct_send=not self["no-direct-send"],
+            tcp_nodelay=bool(self["tcp-nodelay"]),
             flood_rate=self["flood-rate"],
             flood_burst=self["flood-burst"],
             sendq=self["sendq"],
