@@ -64,6 +64,8 @@ def test_the_wheel_has_the_package_and_the_plugin_only(built: tuple[Path, Path, 
                      for p in (ROOT / "twisted_chat").rglob("*.py")
                      if "__pycache__" not in p.parts)
     assert [m for m in modules if m not in names] == []
+    # The license pyproject.toml names travels with the wheel.
+    assert any(n.endswith(".dist-info/licenses/LICENSE") for n in names), names
     assert not [n for n in names if n.startswith(("tests/", "bench/", "scripts/"))]
 
 
@@ -73,7 +75,7 @@ def test_the_sdist_has_what_a_packager_needs(built: tuple[Path, Path, str]) -> N
         names = {name.split("/", 1)[1] for name in tar.getnames() if "/" in name}
     for needed in ("pyproject.toml", "README.md", "twisted/plugins/twisted_chat_plugin.py",
                    "twisted_chat/server/service.py", "contrib/twisted-chat.service",
-                   "docs/protocol.md", "docs/metrics.md"):
+                   "docs/protocol.md", "docs/metrics.md", "LICENSE"):
         assert needed in names, needed
 
 
