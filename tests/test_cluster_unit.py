@@ -43,8 +43,12 @@ class NodeLog:
     def __init__(self, shared: MemoryLog) -> None:
         self.shared = shared
 
-    def append(self, event: str) -> None:
+    def append(self, event: str) -> object:
         self.shared.add(event)
+        return None
+
+    def withdraw(self, ticket: object) -> bool:
+        return False  # written at once
 
 
 class Node(Harness):

@@ -54,6 +54,11 @@ class ErrorCode(str, Enum):
     WEAK_PASSWORD = "weak-password"
     REGISTERED = "registered"
     NOT_REGISTERED = "not-registered"
+    # Cluster mode only (docs/cluster.md): a command that waited too long
+    # for the cluster's store, not sent (unavailable) or sent but not
+    # confirmed (unconfirmed: it takes effect once when the store is back).
+    UNAVAILABLE = "unavailable"
+    UNCONFIRMED = "unconfirmed"
 
 
 class LineError(Exception):

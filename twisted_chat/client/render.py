@@ -170,6 +170,10 @@ ERRORS = {
     "weak-password": "The server refused that password: {text}.",
     "registered": "That nickname is registered already; /passwd changes its password.",
     "not-registered": "Your nickname has no account; /register makes one.",
+    "unavailable": "The server could not reach its cluster's store: that was not sent; "
+    "send it again in a moment.",
+    "unconfirmed": "The server lost touch with its cluster's store as that was sent: "
+    "it takes effect once the store is back.",
 }
 
 ACCOUNT_ERRORS = frozenset({"accounts-off", "weak-password", "registered", "not-registered"})

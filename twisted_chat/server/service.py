@@ -212,6 +212,13 @@ class Options(usage.Options):
         ["node-timeout", None, 15.0,
          "Cluster mode: seconds after which the others take a silent server for dead "
          "and its users as disconnected.", _positive(float)],
+        ["redis-wait", None, 10.0,
+         "Cluster mode: seconds a command may wait for Redis; then it is answered "
+         "ERROR unavailable (not sent) or ERROR unconfirmed (sent, not yet confirmed). "
+         "Less than --idle-timeout.", _positive(float)],
+        ["redis-queue", None, 4 * 1024 * 1024,
+         "Cluster mode: bytes of commands one server holds while they wait for Redis; "
+         "a command over it is answered ERROR unavailable at once.", _positive(int)],
         ["accounts", None, _defaults.accounts,
          "Nicks protected by passwords: 'open' (anyone may REGISTER the nick they "
          "hold), 'required' (only nicks with an account may log in; the operator "
@@ -267,6 +274,12 @@ class Options(usage.Options):
             raise usage.UsageError(
                 "--accounts required needs a --db file: the accounts file goes beside it, "
                 "where 'python -m twisted_chat.accounts' can add accounts"
+            )
+        idle = self["idle-timeout"]
+        if self["redis"] and idle > 0 and self["redis-wait"] >= idle:
+            raise usage.UsageError(
+                "--redis-wait must be less than --idle-timeout: a user waiting for "
+                "Redis is not idle"
             )
         if self["accounts"] == Mode.REQUIRED.value and self["redis"]:
             raise usage.UsageError(
@@ -533,7 +546,9 @@ def _cluster_service(options: Options, config: ServerConfig, reactor: Any) -> IS
     except ValueError as e:
         raise SystemExit(f"twistd chat: --redis: {e}") from None
     ports = [(description, _listen_on(description, reactor)) for description in config.ports]
-    factory, redis = cluster_factory(config, reactor, target, options["node-timeout"])
+    factory, redis = cluster_factory(config, reactor, target, options["node-timeout"],
+                                     wait=options["redis-wait"],
+                                     max_waiting=options["redis-queue"])
     factory.noisy = False
     top = MultiService()
     ClusterService(factory, redis).setServiceParent(top)

@@ -7,6 +7,18 @@ command returned fires then (with the hub's error, if any, as a failure).
 This module knows nothing of Redis: the log is whatever delivers the cluster's
 events in one order (L{twisted_chat.server.cluster.redislog} in production, a
 list in the unit tests).
+
+A command waits for the log at most C{wait} seconds (C{--redis-wait}); the
+node holds at most C{max_waiting} bytes of commands waiting (C{--redis-queue}).
+A command that finds that full, or whose wait ends before its event was
+written to the log, is taken back and answered "not sent" (C{RETRY
+unavailable} for a registration, C{ERROR unavailable} for the rest).  One
+whose event was written but not confirmed (Redis went away before it
+answered) may be in the log already: it is never taken back (the log resends
+it and the replicas apply it once), and its user is told C{ERROR
+unconfirmed} when the wait ends; if its decision is an error, that error is
+sent when it comes.  A registration in that state stays waiting (the
+connection's C{--nick-timeout} ends that wait).
 """
 
 from __future__ import annotations
@@ -14,18 +26,26 @@ from __future__ import annotations
 import json
 import secrets
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any, Protocol
 
 from twisted.internet.defer import Deferred, fail
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.logger import Logger
 
+from twisted_chat import wire
 from twisted_chat.server.cluster.replica import Replica
 from twisted_chat.server.history import History
-from twisted_chat.server.hub import Hub, Listener, User
+from twisted_chat.server.hub import Hub, HubError, Listener, User
 from twisted_chat.server.state import Outcome, StateUnavailable
+from twisted_chat.wire import ErrorCode
 
-__all__ = ["ClusterState", "EventLog"]
+__all__ = ["DEFAULT_MAX_WAITING", "DEFAULT_WAIT", "ClusterState", "EventLog"]
+
+#: How long a command may wait for the log (--redis-wait), and how many
+#: bytes of waiting commands a node holds (--redis-queue).
+DEFAULT_WAIT = 10.0
+DEFAULT_MAX_WAITING = 4 * 1024 * 1024
 
 # An invitation's expiry is applied by the first event past its time; the
 # node appends a tick this long after it falls due (and never more often).
@@ -33,9 +53,27 @@ TICK_SLACK = 0.02
 
 
 class EventLog(Protocol):
-    def append(self, event: str) -> None:
+    def append(self, event: str) -> object:
         """Append C{event} (JSON) to the cluster's log; in order, never lost
-        while this process lives (resent after a reconnection if need be)."""
+        while this process lives (resent after a reconnection if need be).
+        @return: a ticket for L{withdraw}."""
+
+    def withdraw(self, ticket: object) -> bool:
+        """Take back an appended event that has not been written to the log
+        yet (true); false when it may be in the log already (it stays, and
+        is applied once)."""
+
+
+@dataclass(slots=True, eq=False)
+class _Waiting:
+    """A command of this node's waiting for its event to come back."""
+
+    conn: Any
+    answer: Deferred[Any] | None  # None once told "unconfirmed"
+    ticket: object
+    size: int
+    registration: bool
+    timer: IDelayedCall | None = None
 
 
 class ClusterState:
@@ -48,11 +86,19 @@ class ClusterState:
         history: History,
         hub_options: dict[str, Any],
         reactor: IReactorTime,
+        wait: float = DEFAULT_WAIT,
+        max_waiting: int = DEFAULT_MAX_WAITING,
     ) -> None:
         """@param hub_options: the L{Hub}'s keyword arguments (all replicas
-        of a cluster must be given the same)."""
+        of a cluster must be given the same).
+        @param wait: how long a command may wait for the log (see the
+        module's docstring); C{max_waiting}: the bytes of commands waiting."""
         self.node = node
         self.reactor = reactor
+        self.wait = wait
+        self.max_waiting = max_waiting
+        #: The bytes of this node's commands waiting for the log.
+        self.waiting_bytes = 0
         self.invite_timeout = float(hub_options.get("invite_timeout", 60.0))
         self.replica = Replica(node, listener, history, self, hub_options)
         self.hub: Hub = self.replica.hub
@@ -63,25 +109,70 @@ class ClusterState:
         self.on_lost: Callable[[], None] = lambda: None
         self.closing = False
         self._k = 0
-        self._pending: dict[int, tuple[Any, Deferred[Any]]] = {}
+        self._pending: dict[int, _Waiting] = {}
         self._tick_call: IDelayedCall | None = None
         self._tick_due: float | None = None
 
     # -- the commands (ChatState) ---------------------------------------------
 
-    def _append(self, event: dict[str, Any]) -> int:
-        assert self.events is not None, "no event log attached"
+    def _encode(self, event: dict[str, Any]) -> tuple[int, str]:
         self._k += 1
         event["n"] = self.node
         event["k"] = self._k
-        self.events.append(json.dumps(event, separators=(",", ":"), ensure_ascii=False))
-        return self._k
+        return self._k, json.dumps(event, separators=(",", ":"), ensure_ascii=False)
+
+    def _append(self, event: dict[str, Any]) -> int:
+        assert self.events is not None, "no event log attached"
+        k, text = self._encode(event)
+        self.events.append(text)
+        return k
 
     def _ask(self, event: dict[str, Any], conn: Any) -> Deferred[Any]:
-        k = self._append(event)
-        d: Deferred[Any] = Deferred()
-        self._pending[k] = (conn, d)
-        return d
+        assert self.events is not None, "no event log attached"
+        registration = event["t"] == "reg"
+        k, text = self._encode(event)
+        size = len(text.encode())
+        if self.waiting_bytes + size > self.max_waiting:
+            # Never appended: the gap in this node's sequence is harmless.
+            return fail(_not_sent(
+                registration, "too many commands are waiting for it on this server",
+            ))
+        waiting = _Waiting(conn, Deferred(), self.events.append(text), size, registration)
+        self.waiting_bytes += size
+        self._pending[k] = waiting
+        waiting.timer = self.reactor.callLater(self.wait, self._waited, k)
+        assert waiting.answer is not None
+        return waiting.answer
+
+    def _waited(self, k: int) -> None:
+        """Command C{k} has waited C{wait} seconds for the log."""
+        waiting = self._pending.get(k)
+        if waiting is None or waiting.answer is None:
+            return
+        waiting.timer = None
+        assert self.events is not None
+        if self.events.withdraw(waiting.ticket):
+            self._forget(k)
+            waiting.answer.errback(_not_sent(
+                waiting.registration, f"it waited {self.wait:g} seconds for it",
+            ))
+        elif not waiting.registration:
+            answer, waiting.answer = waiting.answer, None
+            answer.errback(HubError(
+                ErrorCode.UNCONFIRMED,
+                "the chat lost touch with its store as this command was being sent; "
+                "it takes effect once when the store is back (its result then)",
+            ))
+        # A registration whose event may be in the log waits for its decision.
+
+    def _forget(self, k: int) -> _Waiting | None:
+        waiting = self._pending.pop(k, None)
+        if waiting is not None:
+            self.waiting_bytes -= waiting.size
+            if waiting.timer is not None and waiting.timer.active():
+                waiting.timer.cancel()
+            waiting.timer = None
+        return waiting
 
     def register(self, nick: str, conn: Any, address: str, source: str = "") -> Deferred[User]:
         if not self.available or self.closing:
@@ -170,19 +261,28 @@ class ClusterState:
         if self._tick_call is not None and self._tick_call.active():
             self._tick_call.cancel()
         self._tick_call = None
+        for waiting in self._pending.values():
+            if waiting.timer is not None and waiting.timer.active():
+                waiting.timer.cancel()
+            waiting.timer = None
 
     # -- Answers (the replica about this node's events) ------------------------
 
     def conn_for(self, k: int) -> Any:
         entry = self._pending.get(k)
-        return None if entry is None else entry[0]
+        return None if entry is None else entry.conn
 
     def decided(self, k: int, result: object) -> None:
-        entry = self._pending.pop(k, None)
+        entry = self._forget(k)
         if entry is None:
             return
-        d = entry[1]
-        if isinstance(result, Exception):
+        d = entry.answer
+        if d is None:
+            # Its user was told "unconfirmed": an error is still news.
+            conn = entry.conn
+            if isinstance(result, HubError) and not getattr(conn, "closing", True):
+                conn.write(wire.error(result.code, result.text))
+        elif isinstance(result, Exception):
             d.errback(result)
         else:
             d.callback(result)
@@ -194,11 +294,32 @@ class ClusterState:
         if not self.closing:
             old, self.node = self.node, new_node_id()
             self.replica.node = self.node
+            # What was waiting was its old self's: taken back where it can
+            # be.  Its users are about to be told BYE; a registration gets
+            # RETRY (one that may be in the log already can still bring its
+            # nick online under the old node, which has no lease any more:
+            # the others take it out again within --node-timeout).
+            assert self.events is not None
+            for k, waiting in list(self._pending.items()):
+                self._forget(k)
+                self.events.withdraw(waiting.ticket)
+                if waiting.registration and waiting.answer is not None:
+                    waiting.answer.errback(StateUnavailable())
             self.log.error(
                 "the cluster declared this node ({old}) dead: its users were disconnected;"
                 " going on as node {new}", old=old, new=self.node,
             )
             self.on_lost()
+
+
+def _not_sent(registration: bool, why: str) -> Exception:
+    """The answer to a command that was taken back: it has no effect."""
+    if registration:
+        return StateUnavailable()
+    return HubError(
+        ErrorCode.UNAVAILABLE,
+        f"not sent: the chat cannot reach its store ({why}); send it again in a moment",
+    )
 
 
 def new_node_id() -> str:

@@ -159,6 +159,17 @@ class _OneConnection(Factory):
         return self.proto
 
 
+class _Out:
+    """A command for Redis, until it is acknowledged; C{sent} once written
+    to a connection (from then on it may be in Redis, answered or not)."""
+
+    __slots__ = ("command", "sent")
+
+    def __init__(self, command: tuple[Any, ...]) -> None:
+        self.command = command
+        self.sent = False
+
+
 class RedisLog:
     """
     The node's two Redis connections (commands; the blocking stream read),
@@ -196,7 +207,7 @@ class RedisLog:
         self._started = False  # the snapshot has been loaded
         self._stopped = False
         # Commands sent or to send, oldest first, until acknowledged.
-        self._unacked: deque[tuple[Any, ...]] = deque()
+        self._unacked: deque[_Out] = deque()
         self._snapshot_at = 0.0
         self._snapshot_id = ""
         self._trim_to: str | None = None
@@ -385,21 +396,34 @@ class RedisLog:
 
     # -- appending ---------------------------------------------------------------
 
-    def append(self, event: str) -> None:
-        self._queue(("XADD", STREAM, "*", "e", event))
+    def append(self, event: str) -> object:
+        return self._queue(("XADD", STREAM, "*", "e", event))
 
-    def _queue(self, command: tuple[Any, ...]) -> None:
-        self._unacked.append(command)
+    def withdraw(self, ticket: object) -> bool:
+        """Take back a command not written to Redis yet (see L{EventLog})."""
+        if not isinstance(ticket, _Out) or ticket.sent:
+            return False
+        try:
+            self._unacked.remove(ticket)
+        except ValueError:
+            return False
+        return True
+
+    def _queue(self, command: tuple[Any, ...]) -> _Out:
+        out = _Out(command)
+        self._unacked.append(out)
         if self._cmd is not None and self.state.available:
-            self._send(command)
+            self._send(out)
+        return out
 
     def _send_unacked(self) -> None:
-        for command in list(self._unacked):
-            self._send(command)
+        for out in list(self._unacked):
+            self._send(out)
 
-    def _send(self, command: tuple[Any, ...]) -> None:
+    def _send(self, out: _Out) -> None:
         generation = self._generation
-        d = self._cmd.execute_command(*command)
+        out.sent = True
+        d = self._cmd.execute_command(*out.command)
         d.addCallbacks(self._acked, self._not_acked, (generation,), None, (generation,))
 
     def _acked(self, result: object, generation: int) -> None:

@@ -13,23 +13,30 @@ from twisted.internet.defer import Deferred
 from twisted.logger import Logger
 
 from twisted_chat import wire
-from twisted_chat.server.cluster.node import ClusterState, new_node_id
+from twisted_chat.server.cluster.node import (
+    DEFAULT_MAX_WAITING,
+    DEFAULT_WAIT,
+    ClusterState,
+    new_node_id,
+)
 from twisted_chat.server.cluster.redislog import RedisLog, RedisTarget
 from twisted_chat.server.config import ServerConfig
 from twisted_chat.server.factory import ChatFactory, hub_options
 from twisted_chat.server.history import History
 
-__all__ = ["ClusterService", "cluster_factory"]
+__all__ = ["ClusterService", "cluster_factory", "drop_users"]
 
 
 def cluster_factory(
-    config: ServerConfig, reactor: Any, target: RedisTarget, node_timeout: float
+    config: ServerConfig, reactor: Any, target: RedisTarget, node_timeout: float,
+    wait: float = DEFAULT_WAIT, max_waiting: int = DEFAULT_MAX_WAITING,
 ) -> tuple[ChatFactory, RedisLog]:
+    """@param wait: C{--redis-wait}; C{max_waiting}: C{--redis-queue}."""
     holder: list[ClusterState] = []
 
     def build(factory: ChatFactory) -> ClusterState:
         state = ClusterState(new_node_id(), factory, factory.history, hub_options(config),
-                             reactor)
+                             reactor, wait=wait, max_waiting=max_waiting)
         holder.append(state)
         return state
 
@@ -37,15 +44,17 @@ def cluster_factory(
     state = holder[0]
     redis = RedisLog(target, state, reactor, node_timeout, retain_days=config.retain_days)
 
-    def lost() -> None:
-        bye = "this server lost its place in the cluster"
-        for protocol in list(factory.connections):
-            if protocol.user is not None:
-                protocol.write(wire.line("BYE", "shutdown", text=bye))
-                protocol.hang_up("shutdown")
-
-    state.on_lost = lost
+    state.on_lost = lambda: drop_users(factory)
     return factory, redis
+
+
+def drop_users(factory: ChatFactory) -> None:
+    """The cluster declared this node dead: its users are told C{BYE shutdown}."""
+    bye = "this server lost its place in the cluster"
+    for protocol in list(factory.connections):
+        if protocol.user is not None:
+            protocol.write(wire.line("BYE", "shutdown", text=bye))
+            protocol.hang_up("shutdown")
 
 
 class ClusterService(Service):

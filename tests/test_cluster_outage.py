@@ -1,0 +1,383 @@
+"""
+Cluster mode while Redis is out of reach, deterministically (task.Clock,
+StringTransport): how long a command waits, what its user is told, what the
+node holds, and that nothing is reported "not sent" that may have been sent,
+nor applied twice.  The nodes are tests/test_cluster_unit.py's; one node's
+log here can go down, as the Redis side does (twisted_chat.server.cluster.
+redislog): appended while down is held unsent; written but unanswered when
+the connection went is resent when it is back.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from twisted.internet.defer import Deferred
+from twisted.internet.task import Clock
+from twisted.python import usage
+
+from tests.test_cluster_unit import Cluster, MemoryLog, Node
+from twisted_chat.server.cluster.node import ClusterState
+from twisted_chat.server.cluster.redislog import RedisLog, parse_url
+from twisted_chat.server.cluster.service import drop_users
+from twisted_chat.server.history import History
+from twisted_chat.server.service import Options
+
+WAIT = 10.0
+
+
+class Ticket:
+    def __init__(self, event: str) -> None:
+        self.event = event
+        self.sent = False
+
+
+class OutageLog:
+    """One node's way to the shared log, which can be cut."""
+
+    def __init__(self, shared: MemoryLog, state: ClusterState) -> None:
+        self.shared = shared
+        self.state = state
+        self.up = True
+        # Not acknowledged: resent, in order, when the log is back.
+        self.unacked: list[Ticket] = []
+        # While true, what is written reaches the log but its answer is lost.
+        self.answers_lost = False
+
+    def append(self, event: str) -> object:
+        ticket = Ticket(event)
+        if self.up:
+            ticket.sent = True
+            self.shared.add(event)
+            if self.answers_lost:
+                self.unacked.append(ticket)
+        else:
+            self.unacked.append(ticket)
+        return ticket
+
+    def withdraw(self, ticket: object) -> bool:
+        assert isinstance(ticket, Ticket)
+        if ticket.sent or ticket not in self.unacked:
+            return False
+        self.unacked.remove(ticket)
+        return True
+
+    def down(self) -> None:
+        self.up = False
+        self.state.available = False
+
+    def back(self) -> None:
+        self.up = True
+        self.answers_lost = False
+        self.state.available = True
+        waiting, self.unacked = self.unacked, []
+        for ticket in waiting:  # resent, as RedisLog._send_unacked
+            ticket.sent = True
+            self.shared.add(ticket.event)
+
+
+def outage(n: int = 2, **config: Any) -> tuple[Cluster, Node, OutageLog]:
+    cluster = Cluster(n, **config)
+    node = cluster.nodes[0]
+    log = OutageLog(cluster.log, node.state)
+    node.state.events = log
+    node.state.wait = WAIT
+    return cluster, node, log
+
+
+def said(lines: list[str]) -> list[str]:
+    return [line.split(" ", 4)[-1] for line in lines if line.startswith("MSG")]
+
+
+def test_a_short_outage_delays_commands_and_loses_none() -> None:
+    cluster, n0, log = outage()
+    ann, bob = n0.user("ann"), cluster.nodes[1].user("bob")
+    log.down()
+    ann.send("MSG during")
+    cluster.clock.advance(WAIT - 1)
+    assert ann.take() == [] and bob.take() == []
+    log.back()
+    cluster.pump()
+    assert said(ann.take()) == said(bob.take()) == ["during"]
+    cluster.clock.advance(WAIT)  # its timer went with it: no late answer
+    assert ann.take() == []
+    assert n0.state.waiting_bytes == 0
+
+
+def test_a_command_not_sent_in_time_is_answered_unavailable_and_never_applied() -> None:
+    cluster, n0, log = outage()
+    ann, bob = n0.user("ann"), cluster.nodes[1].user("bob")
+    log.down()
+    ann.send("MSG lost")
+    cluster.clock.advance(WAIT - 0.001)
+    assert ann.take() == []
+    cluster.clock.advance(0.001)
+    (line,) = ann.take()
+    assert line.startswith("ERROR unavailable not sent:"), line
+    assert n0.state.waiting_bytes == 0 and log.unacked == []
+    # The connection goes on; nothing of the withdrawn command ever comes.
+    ann.send("MSG again")
+    log.back()
+    cluster.pump()
+    assert said(ann.take()) == said(bob.take()) == ["again"]
+
+
+def test_lines_behind_a_waiting_command_are_answered_in_turn_within_the_wait() -> None:
+    cluster, n0, log = outage()
+    ann = n0.user("ann")
+    log.down()
+    ann.send("MSG first", "PING behind", "USERS")
+    assert ann.reading  # the connection is still read (up to _HELD_INPUT)
+    assert ann.take() == []
+    cluster.clock.advance(WAIT)
+    lines = ann.take()
+    assert lines[0].startswith("ERROR unavailable")
+    assert lines[1] == "PONG behind"
+    assert lines[-1] == "USERS 1"
+
+
+def test_sent_but_unconfirmed_is_not_reported_unsent_and_is_applied_once() -> None:
+    cluster, n0, log = outage()
+    ann, bob = n0.user("ann"), cluster.nodes[1].user("bob")
+    log.answers_lost = True  # written to the log; the connection goes before the answer
+    ann.send("MSG maybe")
+    log.down()
+    cluster.clock.advance(WAIT)
+    (line,) = ann.take()
+    assert line.startswith("ERROR unconfirmed"), line
+    # Not held any more: the connection is answered at once.
+    ann.send("PING now")
+    assert ann.take() == ["PONG now"]
+    # Back: it is resent (so in the log twice) and applied once, everywhere.
+    log.back()
+    cluster.pump()
+    assert said(ann.take()) == said(bob.take()) == ["maybe"]
+    assert n0.state.waiting_bytes == 0
+
+
+def test_unconfirmed_and_never_written_is_applied_once_when_back() -> None:
+    cluster, n0, log = outage()
+    ann, bob = n0.user("ann"), cluster.nodes[1].user("bob")
+    log.down()
+    ann.send("MSG late")
+    (ticket,) = log.unacked
+    ticket.sent = True  # written to a connection that died before it got there
+    cluster.clock.advance(WAIT)
+    assert ann.take()[0].startswith("ERROR unconfirmed")
+    log.back()
+    cluster.pump()
+    assert said(ann.take()) == said(bob.take()) == ["late"]
+
+
+def test_an_unconfirmed_command_s_error_comes_when_it_is_decided() -> None:
+    cluster, n0, log = outage()
+    ann = n0.user("ann")
+    log.down()
+    ann.send("DM nobody hello")
+    log.unacked[0].sent = True
+    cluster.clock.advance(WAIT)
+    assert ann.take()[0].startswith("ERROR unconfirmed")
+    log.back()
+    cluster.pump()
+    assert ann.take() == ["ERROR no-such-nick nobody is not online"]
+
+
+def test_later_commands_wait_behind_an_unconfirmed_one_and_keep_their_order() -> None:
+    cluster, n0, log = outage()
+    ann, bob = n0.user("ann"), cluster.nodes[1].user("bob")
+    log.answers_lost = True
+    ann.send("MSG one")
+    log.down()
+    cluster.clock.advance(WAIT)
+    ann.take()
+    ann.send("MSG two")
+    cluster.clock.advance(1)
+    log.back()
+    cluster.pump()
+    assert said(bob.take()) == ["one", "two"]
+
+
+def test_the_node_holds_at_most_max_waiting_bytes() -> None:
+    cluster, n0, log = outage(1)
+    n0.state.max_waiting = 600
+    users = [n0.user(f"u{i}") for i in range(6)]
+    log.down()
+    for user in users:
+        user.send("MSG " + "x" * 200)
+    answers = [user.take() for user in users]
+    # Each event is about 250 bytes: two fit, the others are refused at once.
+    held = [a for a in answers if a == []]
+    refused = [a for a in answers if a]
+    assert len(held) == 2, answers
+    assert all(a[0].startswith("ERROR unavailable not sent") for a in refused)
+    assert 0 < n0.state.waiting_bytes <= 600
+    assert len(log.unacked) == 2
+    cluster.clock.advance(WAIT)
+    assert n0.state.waiting_bytes == 0 and log.unacked == []
+
+
+def test_nick_while_down_is_retry_unavailable_at_once() -> None:
+    _, n0, log = outage()
+    log.down()
+    conn = n0.connect()
+    conn.take()
+    conn.send("NICK early")
+    assert conn.take()[0].startswith("RETRY unavailable")
+
+
+def test_a_registration_not_sent_in_time_is_retry_unavailable() -> None:
+    """Taken while the log was still thought reachable, never written."""
+    cluster, n0, log = outage()
+    bob = cluster.nodes[1].user("bob")
+    log.up = False  # cut, not noticed yet: available stays true
+    conn = n0.connect()
+    conn.take()
+    conn.send("NICK ann")
+    cluster.clock.advance(WAIT)
+    assert conn.take()[0].startswith("RETRY unavailable")
+    log.back()
+    cluster.pump()
+    assert bob.take() == []  # never registered: no JOINED
+    conn.send("NICK ann")
+    cluster.pump()
+    assert conn.take()[0] == "READY ann"
+
+
+def test_an_unconfirmed_registration_waits_for_its_decision() -> None:
+    cluster, n0, log = outage()
+    bob = cluster.nodes[1].user("bob")
+    conn = n0.connect()
+    conn.take()
+    log.answers_lost = True
+    conn.send("NICK ann")
+    log.down()
+    cluster.clock.advance(WAIT * 2)
+    assert conn.take() == []  # it may hold the nick already: no RETRY yet
+    log.back()
+    cluster.pump()
+    assert conn.take()[0] == "READY ann"
+    assert [line.split()[-1] for line in bob.take() if line.startswith("JOINED")] == ["ann"]
+
+
+def test_an_unconfirmed_registration_ends_with_the_nick_timeout() -> None:
+    cluster, n0, log = outage(nick_timeout=30.0)
+    bob = cluster.nodes[1].user("bob")
+    conn = n0.connect()
+    conn.take()
+    log.answers_lost = True
+    conn.send("NICK ann")
+    log.down()
+    cluster.clock.advance(30)
+    assert conn.take()[0].startswith("BYE timeout")
+    conn.drop()
+    # The registration, applied when back, finds its connection gone: the
+    # node takes the user out again; the nick is free.
+    log.back()
+    cluster.pump()
+    cluster.pump()
+    assert [line.split()[0] for line in bob.take()] == ["JOINED", "LEFT"]
+    assert "ann" not in cluster.nodes[1].hub.online
+
+
+def test_a_node_declared_dead_answers_what_waited_and_keeps_none_of_it() -> None:
+    cluster, n0, log = outage()
+    bob = cluster.nodes[1].user("bob")
+    ann = n0.user("ann")
+    n0.state.on_lost = lambda: drop_users(n0.factory)
+    log.up = False  # cut, not noticed yet
+    ann.send("MSG from the old node")
+    conn = n0.connect()
+    conn.take()
+    conn.send("NICK cat")
+    cluster.nodes[1].state.node_dead("node0")  # its lease lapsed meanwhile
+    cluster.pump()
+    assert ann.take()[0].startswith("BYE shutdown")
+    assert conn.take()[0].startswith("RETRY unavailable")
+    assert log.unacked == [] and n0.state.waiting_bytes == 0
+    log.back()
+    cluster.pump()
+    assert [line.split()[0] for line in bob.take()] == ["LEFT"]
+    conn.send("NICK cat")
+    cluster.pump()
+    assert conn.take()[0] == "READY cat"
+
+
+def test_a_waiting_user_is_not_taken_for_idle() -> None:
+    """The wait is shorter than --idle-timeout: the server never PINGs a user
+    whose command it is holding, so a held PONG cannot cost it the connection."""
+    cluster, n0, log = outage(idle_timeout=12.0, ping_timeout=5.0)
+    ann = n0.user("ann")
+    log.down()
+    ann.send("MSG quiet")
+    for _ in range(11):
+        cluster.clock.advance(1)
+    assert ann.take()[0].startswith("ERROR unavailable")
+    cluster.clock.advance(1)  # 12 s after its last line: pinged, free to answer
+    assert ann.take()[0].startswith("PING")
+    ann.send("PONG")
+    cluster.clock.advance(10)
+    assert not ann.protocol.closing
+
+
+def test_redis_wait_must_be_below_the_idle_timeout() -> None:
+    options = Options()
+    with pytest.raises(usage.UsageError, match="--redis-wait"):
+        options.parseOptions(["--redis", "redis://127.0.0.1/0", "--idle-timeout", "10",
+                              "--redis-wait", "10"])
+    options = Options()
+    options.parseOptions(["--redis", "redis://127.0.0.1/0"])
+    assert options["redis-wait"] == 10.0 and options["redis-queue"] == 4 * 1024 * 1024
+
+
+# -- the Redis side: what may be taken back ------------------------------------
+
+
+class FakeRedis:
+    """A connection's execute_command: records, never answers."""
+
+    transport = None
+
+    def __init__(self) -> None:
+        self.commands: list[tuple[Any, ...]] = []
+
+    def execute_command(self, *args: Any) -> Deferred[None]:
+        self.commands.append(args)
+        return Deferred()
+
+
+def redis_log() -> tuple[RedisLog, ClusterState]:
+    clock = Clock()
+    state = ClusterState("n", _Listener(), _history(), {}, clock)
+    return RedisLog(parse_url("redis://127.0.0.1/0"), state, clock, 15.0), state
+
+
+class _Listener:
+    def __getattr__(self, name: str) -> Any:
+        return lambda *a, **k: None
+
+
+def _history() -> History:
+    return History(10)
+
+
+def test_redislog_takes_back_only_what_it_never_wrote() -> None:
+    log, state = redis_log()
+    unsent = log.append("a")  # no connection
+    assert log.withdraw(unsent) and not log._unacked
+    first = FakeRedis()
+    log._cmd, state.available = first, True
+    written = log.append("b")
+    assert [c[-1] for c in first.commands] == ["b"]
+    # The connection goes before Redis answers: "b" may be in the stream.
+    log._lost(log._generation)
+    assert not log.withdraw(written)
+    later = log.append("c")
+    assert log.withdraw(later)
+    kept = log.append("d")
+    # Back: what was written is resent (the replicas skip a repeat), then the rest.
+    second = FakeRedis()
+    log._cmd, state.available = second, True
+    log._send_unacked()
+    assert [c[-1] for c in second.commands] == ["b", "d"]
+    assert not log.withdraw(kept)
