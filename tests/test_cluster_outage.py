@@ -15,6 +15,7 @@ from typing import Any
 import pytest
 from twisted.internet.defer import Deferred
 from twisted.internet.task import Clock
+from twisted.internet.testing import MemoryReactorClock, StringTransport
 from twisted.python import usage
 
 from tests.test_cluster_unit import Cluster, MemoryLog, Node
@@ -381,3 +382,29 @@ def test_redislog_takes_back_only_what_it_never_wrote() -> None:
     log._send_unacked()
     assert [c[-1] for c in second.commands] == ["b", "d"]
     assert not log.withdraw(kept)
+
+
+def test_a_silent_redis_is_given_up_after_the_reply_timeout() -> None:
+    """A network cut that drops packets: the connection opens (to a proxy,
+    say) but Redis never answers.  The node gives up after the reply
+    timeout, refuses registrations and retries, instead of waiting forever."""
+    reactor = MemoryReactorClock()
+    state = ClusterState("n", _Listener(), _history(), {}, reactor)
+    log = RedisLog(parse_url("redis://127.0.0.1:6399/0"), state, reactor, 15.0)
+    log.start()
+    transports = []
+    for _ in range(2):  # the command connection, then the reader
+        factory = reactor.tcpClients[-1][2]
+        proto = factory.buildProtocol(None)
+        transport = StringTransport()
+        proto.makeConnection(transport)
+        transports.append(transport)
+        reactor.advance(0)
+    assert b"chat:epoch" in transports[0].value()  # asked; never answered
+    assert log._retry is None and not state.available
+    reactor.advance(log.reply_timeout - 0.01)
+    assert log._retry is None
+    reactor.advance(0.02)
+    assert log._retry is not None  # given up: a new attempt is scheduled
+    assert all(t.disconnecting for t in transports)
+    assert log.reply_timeout == 5.0  # a third of --node-timeout

@@ -20,6 +20,12 @@ The client is txredisapi's protocol (non-blocking, Twisted-native), on
 connections this module makes itself through Twisted endpoints, so that
 C{redis://}, C{rediss://} (TLS) and C{unix://} URLs all work and the
 reconnection (backoff, resending what was not acknowledged) is ours.
+
+Every wait on Redis is bounded: a command not answered within
+L{RedisLog.reply_timeout} (the stream read: its block time more) ends the
+connection as lost (txredisapi's C{replyTimeout}), and so does a connection
+not set up within L{RedisLog.open_timeout}; so a network cut that drops
+packets silently is noticed like a closed connection.
 """
 
 from __future__ import annotations
@@ -195,6 +201,11 @@ class RedisLog:
         # lease expires, and is noticed, within node_timeout.
         self.lease_ms = int(node_timeout * 1000 * 2 / 3)
         self.heartbeat = node_timeout / 6
+        # Redis answers in milliseconds; one silent for a third of the node
+        # timeout (the lease is at risk) is taken as gone.
+        self.reply_timeout = max(node_timeout / 3, 2.0)
+        self.open_timeout = 3 * self.reply_timeout
+        self._opening: list[Any] = []  # connections being set up
         self._cmd: Any = None
         self._reader: Any = None
         self._generation = 0
@@ -230,16 +241,19 @@ class RedisLog:
         self._generation += 1
         generation = self._generation
         d = defer.ensureDeferred(self._open(generation))
+        d.addTimeout(self.open_timeout, self.reactor)
         d.addErrback(self._failed, generation)
 
-    async def _new_connection(self) -> Any:
+    async def _new_connection(self, reply_timeout: float) -> Any:
         t = self.target
         factory = _NoFactory()
         proto = txredisapi.RedisProtocol(
             charset="utf-8", password=t.password, dbid=t.db or None,
-            convertNumbers=False, username=t.username,
+            convertNumbers=False, username=t.username, replyTimeout=reply_timeout,
         )
+        proto.callLater = self.reactor.callLater  # its reply timer, on our reactor
         proto.factory = factory
+        self._opening.append(proto)
         endpoint = t.connect_to(self.reactor)
         connected = proto.whenConnected()
         await endpoint.connect(_OneConnection(proto))
@@ -250,8 +264,9 @@ class RedisLog:
         return proto
 
     async def _open(self, generation: int) -> None:
-        cmd = await self._new_connection()
-        reader = await self._new_connection()
+        cmd = await self._new_connection(self.reply_timeout)
+        reader = await self._new_connection(self.reply_timeout + READ_BLOCK_MS / 1000)
+        self._opening.clear()
         if generation != self._generation or self._stopped:
             cmd.transport.loseConnection()
             reader.transport.loseConnection()
@@ -379,10 +394,11 @@ class RedisLog:
             )
 
     def _drop_connections(self) -> None:
-        for proto in (self._cmd, self._reader):
+        for proto in (self._cmd, self._reader, *self._opening):
             if proto is not None and proto.transport is not None:
                 proto.transport.abortConnection()
         self._cmd = self._reader = None
+        self._opening.clear()
         if self._beat is not None and self._beat.active():
             self._beat.cancel()
         self._beat = None
