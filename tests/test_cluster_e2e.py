@@ -40,10 +40,13 @@ class Cluster:
         # killed at the end, their logs not checked.
         self.strays: list[ServerProcess] = []
 
-    def node(self, *args: str) -> ServerProcess:
+    def node(self, *args: str, url: str | None = None,
+             node_timeout: float | None = None) -> ServerProcess:
+        """A node on the cluster's URL (or C{url}: a proxy's, say)."""
+        timeout = self.node_timeout if node_timeout is None else node_timeout
         server = ServerProcess(
             self.tmp,
-            ["--redis", self.url, "--node-timeout", str(self.node_timeout), *args],
+            ["--redis", url or self.url, "--node-timeout", str(timeout), *args],
         ).start()
         server.wait_log("cluster: connected to")
         self.nodes.append(server)
