@@ -17,6 +17,7 @@ from twisted.internet.task import Clock
 
 from tests.harness import QUIET, Conn, Harness
 from twisted_chat.server.cluster.node import ClusterState
+from twisted_chat.server.cluster.replica import RemoteConn
 from twisted_chat.server.config import ServerConfig
 from twisted_chat.server.factory import ChatFactory, hub_options
 from twisted_chat.server.history import History
@@ -110,6 +111,16 @@ class Cluster:
     def clear_all(self) -> None:
         for node in self.nodes:
             node.clear_all()
+
+
+def check_index(cluster: Cluster) -> None:
+    """Each node's fan-out walks exactly its own users in the hub's lobby, in
+    the lobby's order, and its own online users are those of the hub."""
+    for node in cluster.nodes:
+        mine = [u for u in node.hub.online.values() if not isinstance(u.conn, RemoteConn)]
+        assert node.state.own_users() == mine
+        assert node.state.lobby_members() == [
+            u.conn for u in node.hub.lobby.values() if not isinstance(u.conn, RemoteConn)]
 
 
 def test_nick_race_exactly_one_ready() -> None:
@@ -317,8 +328,12 @@ def test_cluster_gives_every_user_what_one_server_gives(seed: int) -> None:
     def make_cluster(slot: int) -> Any:
         return cluster.nodes[slot % 3].connect()
 
+    def settle_cluster() -> None:
+        cluster.pump()
+        check_index(cluster)
+
     expected = run(make_single, lambda: single.clock.advance(0), single.clock)
-    got = run(make_cluster, cluster.pump, cluster.clock)
+    got = run(make_cluster, settle_cluster, cluster.clock)
     assert sum(len(lines) for lines in expected.values()) > 500
     for slot in expected:
         a, b = got[slot], expected[slot]

@@ -20,7 +20,7 @@ from twisted_chat.server import logs
 from twisted_chat.server.addresses import AddressBook, AddressPolicy, HandshakePool, Refused
 from twisted_chat.server.config import ServerConfig
 from twisted_chat.server.deadlines import Deadlines
-from twisted_chat.server.fanout import Backlog, LobbyFanout, Member, reactor_backlog
+from twisted_chat.server.fanout import Backlog, LobbyFanout, reactor_backlog
 from twisted_chat.server.history import Entry, History, newest_within
 from twisted_chat.server.hub import Hub, Invitation, State, User
 from twisted_chat.server.login import Accounts
@@ -112,8 +112,8 @@ class ChatFactory(ServerFactory):
             backlog = reactor_backlog(reactor)
         # Counters for --metrics; kept whether or not they are served.
         self.stats = Stats()
-        self.fanout = LobbyFanout(reactor, self._lobby_members, config.fanout_delay, backlog,
-                                  on_batch=self.stats.fanned_out)
+        self.fanout = LobbyFanout(reactor, self.state.lobby_members, config.fanout_delay,
+                                  backlog, on_batch=self.stats.fanned_out)
         self.drain = DrainWatch(reactor, config.sendq_timeout)
         # Every connection's idle deadline, on one reactor timer.
         self.deadlines = Deadlines(reactor)
@@ -160,9 +160,6 @@ class ChatFactory(ServerFactory):
         """C{protocol} has a nick: it leaves the handshake's limits."""
         self.addresses.registered(protocol.limits)
         self.handshaking.discard(protocol.pool_key, protocol)
-
-    def _lobby_members(self) -> list[Member]:
-        return [user.conn for user in self.hub.lobby.values()]
 
     def connection_lost(self, protocol: ChatProtocol) -> None:
         if protocol not in self.connections:
@@ -252,14 +249,14 @@ class ChatFactory(ServerFactory):
         self.fanout.add_joined(data, user.conn)
         hub = self.hub
         if len(hub.lobby) != len(hub.online):
-            for other in list(hub.online.values()):
+            for other in self.state.own_users():
                 if other.state is State.PAIRED:
                     other.conn.write(data)
 
     def left(self, ts: float, user: User, reason: str, text: str) -> None:
         self._user_lines.pop(user.key, None)
         data = wire.line("LEFT", wire.format_ts(ts), user.nick, reason, text=text)
-        for other in list(self.hub.online.values()):
+        for other in self.state.own_users():
             other.conn.write(data)
 
     def private_message(self, ts: float, sender: User, recipient: User, text: str) -> None:

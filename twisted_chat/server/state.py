@@ -23,6 +23,7 @@ from typing import Any, Protocol, TypeAlias
 
 from twisted.internet.defer import Deferred, fail, succeed
 
+from twisted_chat.server.fanout import Member
 from twisted_chat.server.hub import Hub, NickTaken, User
 
 __all__ = ["ChatState", "LocalState", "Outcome", "StateUnavailable"]
@@ -39,6 +40,14 @@ class ChatState(Protocol):
     """The commands the connection layer sends; see the module docstring."""
 
     hub: Hub
+
+    def lobby_members(self) -> list[Member]:
+        """The connections this process writes the lobby's lines to (the
+        fan-out's members): its own users in the lobby, in the lobby's order."""
+
+    def own_users(self) -> list[User]:
+        """The users online (in the lobby or paired) whose connections this
+        process holds."""
 
     def register(self, nick: str, conn: Any, address: str, source: str = "") -> Deferred[User]:
         """Bring C{nick} online; fails with L{NickTaken} or L{StateUnavailable}."""
@@ -64,6 +73,12 @@ class LocalState:
 
     def __init__(self, hub: Hub) -> None:
         self.hub = hub
+
+    def lobby_members(self) -> list[Member]:
+        return [user.conn for user in self.hub.lobby.values()]
+
+    def own_users(self) -> list[User]:
+        return list(self.hub.online.values())
 
     def register(self, nick: str, conn: Any, address: str, source: str = "") -> Deferred[User]:
         try:

@@ -34,7 +34,9 @@ from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.logger import Logger
 
 from twisted_chat import wire
+from twisted_chat.server.cluster.own import OwnMembers
 from twisted_chat.server.cluster.replica import Replica
+from twisted_chat.server.fanout import Member
 from twisted_chat.server.history import History
 from twisted_chat.server.hub import Hub, HubError, Listener, User
 from twisted_chat.server.state import Outcome, StateUnavailable
@@ -100,7 +102,10 @@ class ClusterState:
         #: The bytes of this node's commands waiting for the log.
         self.waiting_bytes = 0
         self.invite_timeout = float(hub_options.get("invite_timeout", 60.0))
-        self.replica = Replica(node, listener, history, self, hub_options)
+        # The replica holds every user of the cluster; this node writes to
+        # its own only, so its fan-out walks their index (own.py).
+        self.own = OwnMembers(listener)
+        self.replica = Replica(node, self.own, history, self, hub_options)
         self.hub: Hub = self.replica.hub
         self.events: EventLog | None = None
         #: Whether new users may register (the log is reachable).
@@ -114,6 +119,12 @@ class ClusterState:
         self._tick_due: float | None = None
 
     # -- the commands (ChatState) ---------------------------------------------
+
+    def lobby_members(self) -> list[Member]:
+        return self.own.lobby_members()
+
+    def own_users(self) -> list[User]:
+        return self.own.users()
 
     def _encode(self, event: dict[str, Any]) -> tuple[int, str]:
         self._k += 1

@@ -1,0 +1,150 @@
+"""
+A cluster node's fan-out walks only its own users (twisted_chat/server/cluster/own.py):
+the index follows joins, departures, pairings and returns to the lobby, and
+the connections of other nodes' users are never touched.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from tests.test_cluster_unit import Cluster, Node, check_index
+from twisted_chat.server.cluster.replica import RemoteConn
+
+
+def join(cluster: Cluster, node: Node, nick: str) -> Any:
+    """A user registered on C{node}, nobody's output cleared (unlike L{Node.user})."""
+    conn = node.connect()
+    conn.send(f"NICK {nick}")
+    cluster.pump()
+    return conn
+
+
+def pair(cluster: Cluster, inviter: Any, invitee: Any) -> None:
+    inviter.send(f"PAIR {invitee.user.nick}")
+    cluster.pump()
+    invitee.send(f"ACCEPT {inviter.user.nick}")
+    cluster.pump()
+
+
+@pytest.fixture
+def remote_calls(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """
+    Every line of the lobby's (C{MSG} to C{*}, C{JOINED}, C{LEFT}) written or
+    delivered to another node's user's connection.  (Lines addressed to one
+    user, C{READY}, C{PAIRED}, a C{DM}..., are handed to that user's
+    connection on every replica, one call each: not what is counted here.)
+    """
+    calls: list[str] = []
+
+    def record(self: RemoteConn, data: bytes) -> None:
+        for line in data.decode().splitlines():
+            words = line.split()
+            if words[0] in ("JOINED", "LEFT") or (words[0] == "MSG" and words[3] == "*"):
+                calls.append(line)
+
+    monkeypatch.setattr(RemoteConn, "deliver", record)
+    monkeypatch.setattr(RemoteConn, "write", record)
+    return calls
+
+
+def test_remote_connections_are_never_touched(remote_calls: list[str]) -> None:
+    """Lobby messages, joins, departures and pairs in a cluster of three:
+    every member gets its lines, and no node writes to another's users."""
+    cluster = Cluster(3)
+    users = [cluster.nodes[i % 3].user(f"u{i}") for i in range(9)]
+    pair(cluster, users[0], users[4])
+    for i, conn in enumerate(users):
+        conn.send(f"MSG hello from {i}")
+    cluster.pump()
+    late = join(cluster, cluster.nodes[1], "late")
+    users[8].send("BYE")
+    cluster.pump()
+    users[0].send("UNPAIR")
+    cluster.pump()
+    late.send("MSG after")
+    cluster.pump()
+    assert remote_calls == []
+    lobby = [line for line in users[1].take() if line.startswith(("MSG", "JOINED", "LEFT"))]
+    assert len(lobby) == 7 + 1 + 1 + 1  # the lobby's messages, late's JOINED, u8's LEFT, "after"
+    assert lobby == [line for line in users[2].take()
+                     if line.startswith(("MSG", "JOINED", "LEFT"))]
+    check_index(cluster)
+
+
+def test_index_follows_join_pair_unpair_leave() -> None:
+    cluster = Cluster(2)
+    n0, n1 = cluster.nodes
+    a, b = n0.user("a"), n0.user("b")
+    c, d = n1.user("c"), n1.user("d")
+    assert n0.state.lobby_members() == [a.protocol, b.protocol]
+    assert n1.state.lobby_members() == [c.protocol, d.protocol]
+    # A pair across the nodes takes one member out of each node's index.
+    pair(cluster, a, c)
+    assert n0.state.lobby_members() == [b.protocol]
+    assert n1.state.lobby_members() == [d.protocol]
+    assert n0.state.own_users() == [a.user, b.user]  # paired, still online here
+    # Back in the lobby: at the end, as in the hub's lobby.
+    c.send("UNPAIR")
+    cluster.pump()
+    assert n0.state.lobby_members() == [b.protocol, a.protocol]
+    assert n1.state.lobby_members() == [d.protocol, c.protocol]
+    # A pair on the other node leaves this node's index as it is.
+    pair(cluster, c, d)
+    assert n0.state.lobby_members() == [b.protocol, a.protocol]
+    assert n1.state.lobby_members() == []
+    # A partner that leaves sends the other back to the lobby; the one
+    # that left is out of both indexes.
+    d.send("BYE")
+    cluster.pump()
+    assert n1.state.lobby_members() == [c.protocol]
+    assert n1.state.own_users() == [c.user]
+    b.drop()
+    cluster.pump()
+    assert n0.state.lobby_members() == [a.protocol]
+    check_index(cluster)
+
+
+def test_a_paired_user_gets_joined_and_left_from_its_own_node_only(
+    remote_calls: list[str],
+) -> None:
+    """JOINED and LEFT reach paired users directly (not through the
+    fan-out): each node writes them to its own paired users."""
+    cluster = Cluster(2)
+    n0, n1 = cluster.nodes
+    a, c = n0.user("a"), n1.user("c")
+    pair(cluster, a, c)
+    cluster.clear_all()
+    join(cluster, n1, "e").send("BYE")
+    cluster.pump()
+    for conn in (a, c):
+        assert [line.split()[0] for line in conn.take()] == ["JOINED", "LEFT"]
+    assert remote_calls == []
+
+
+def test_a_node_that_starts_from_a_snapshot_has_none_of_its_users() -> None:
+    cluster = Cluster(2)
+    n0, n1 = cluster.nodes
+    n0.user("a")
+    n1.user("b")
+    late = Node(cluster, "node9")
+    late.state.replica.restore(n0.state.replica.snapshot())
+    late.cursor = len(cluster.log.entries)
+    cluster.nodes.append(late)
+    assert late.state.lobby_members() == [] and late.state.own_users() == []
+    mine = late.user("mine")
+    assert late.state.lobby_members() == [mine.protocol]
+    check_index(cluster)
+
+
+def test_a_node_declared_dead_empties_its_index() -> None:
+    cluster = Cluster(2)
+    n0, n1 = cluster.nodes
+    n0.user("a")
+    n0.user("b")
+    n1.state.node_dead("node0")
+    cluster.pump()
+    assert n0.state.lobby_members() == [] and n0.state.own_users() == []
+    check_index(cluster)

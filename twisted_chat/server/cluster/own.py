@@ -1,0 +1,98 @@
+"""
+A cluster node's own users: the index its fan-out walks.
+
+A node's replica of the hub holds every user of the cluster; a user on
+another node has a L{RemoteConn}, which writes nowhere.  The node writes
+lines only to its own users, so its lobby fan-out walks this index, not the
+hub's lobby, and a lobby message costs the node nothing per member of the
+other nodes (docs/cluster.md, "The model").
+
+L{OwnMembers} is the hub's listener on a node: it passes every call on to
+the node's own listener (the factory) and keeps the index from the calls
+that tell of a change: a newcomer (L{joined}), a departure (L{left}), a
+pairing (L{paired}) and a return to the lobby (L{unpaired}).  The hub makes
+each of those calls right after changing its lobby, and flushes the
+fan-out (L{Listener.roster_changing}) before the change, so whenever lines
+go out the index is the hub's lobby restricted to this node's users, in the
+hub's order.  A newcomer enters it only once its C{JOINED} is gathered: the
+lines gathered before are in its history (the newcomer cut).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from twisted_chat.server.cluster.replica import RemoteConn
+from twisted_chat.server.fanout import Member
+from twisted_chat.server.history import Entry
+from twisted_chat.server.hub import Invitation, Listener, User
+
+__all__ = ["OwnMembers"]
+
+
+class OwnMembers:
+    """The hub's L{Listener} in front of the node's own; see the module docstring."""
+
+    __slots__ = ("_listener", "_lobby", "_online")
+
+    def __init__(self, listener: Listener) -> None:
+        self._listener = listener
+        # Insertion-ordered, as the hub's own dicts: the same order of members.
+        self._online: dict[User, None] = {}
+        self._lobby: dict[User, Member] = {}
+
+    # -- the index -----------------------------------------------------------
+
+    def lobby_members(self) -> list[Member]:
+        """The connections of this node's users in the lobby (a copy: a
+        fan-out may outlast a change)."""
+        return list(self._lobby.values())
+
+    def users(self) -> list[User]:
+        """This node's users online, in the lobby or paired."""
+        return list(self._online)
+
+    # -- the Listener: what changes the index ----------------------------------
+
+    def joined(self, ts: float, user: User) -> None:
+        self._listener.joined(ts, user)
+        if not isinstance(user.conn, RemoteConn):
+            self._online[user] = None
+            self._lobby[user] = user.conn
+
+    def left(self, ts: float, user: User, reason: str, text: str) -> None:
+        self._online.pop(user, None)
+        self._lobby.pop(user, None)
+        self._listener.left(ts, user, reason, text)
+
+    def paired(self, user: User, partner: User) -> None:
+        self._lobby.pop(user, None)
+        self._listener.paired(user, partner)
+
+    def unpaired(self, user: User, partner: User, reason: str, missed: Sequence[Entry]) -> None:
+        self._listener.unpaired(user, partner, reason, missed)
+        if user in self._online:
+            self._lobby[user] = user.conn
+
+    # -- the Listener: passed on ------------------------------------------------
+
+    def roster_changing(self) -> None:
+        self._listener.roster_changing()
+
+    def ready(self, user: User) -> None:
+        self._listener.ready(user)
+
+    def lobby_message(self, entry: Entry) -> None:
+        self._listener.lobby_message(entry)
+
+    def private_message(self, ts: float, sender: User, recipient: User, text: str) -> None:
+        self._listener.private_message(ts, sender, recipient, text)
+
+    def invited(self, invitation: Invitation) -> None:
+        self._listener.invited(invitation)
+
+    def declined(self, inviter: User, invitee: User, reason: str) -> None:
+        self._listener.declined(inviter, invitee, reason)
+
+    def cancelled(self, invitee: User, inviter: User, reason: str) -> None:
+        self._listener.cancelled(invitee, inviter, reason)
