@@ -191,12 +191,19 @@ class RedisLog:
         reactor: Any,
         node_timeout: float,
         retain_days: float | None = None,
+        retain_messages: int | None = None,
     ) -> None:
+        """
+        @param retain_days: C{--retain-days}: the history forgets older messages.
+        @param retain_messages: C{--retain-messages}: the history keeps at
+            most this many (the newest); C{None} or 0: no bound by count.
+        """
         self.target = target
         self.state = state
         self.reactor = reactor
         self.node_timeout = node_timeout
         self.retain_days = retain_days
+        self.retain_messages = retain_messages
         # The lease outlives a missed heartbeat or two, and a dead node's
         # lease expires, and is noticed, within node_timeout.
         self.lease_ms = int(node_timeout * 1000 * 2 / 3)
@@ -327,7 +334,9 @@ class RedisLog:
         elif missing is not None and missing != "0-0":
             raise ConnectionError("the stream was trimmed and no snapshot is there yet")
         # The history first: the users the snapshot brings online are shown
-        # to the listener, which may cache what a newcomer is sent.
+        # to the listener, which may cache what a newcomer is sent.  Nothing
+        # past --retain-days is shown, as one server's start-up shows none.
+        await self._prune(cmd, self.reactor.seconds())
         await self._load_history(cmd, upto)
         if snapshot:
             replica.restore(snapshot)
@@ -517,6 +526,7 @@ class RedisLog:
                         self.log.warn("cluster: node {node} missed its lease; it is dead",
                                       node=node)
                         state.node_dead(node)
+        await self._prune(cmd, now)
         if now - self._snapshot_at >= SNAPSHOT_INTERVAL:
             await self._snapshot(cmd, now)
 
@@ -530,9 +540,21 @@ class RedisLog:
             await cmd.execute_command("XTRIM", STREAM, "MINID", "~", self._trim_to)
         self._trim_to = self._snapshot_id or None
         self._snapshot_id = replica.last_id
+
+    async def _prune(self, cmd: Any, now: float) -> None:
+        """
+        Drop the lobby messages older than C{--retain-days} at C{now} (this
+        machine's POSIX time), and all but the newest C{--retain-messages}.
+        Every node does it at start and at each heartbeat, whether or not
+        anything was said meanwhile: a quiet cluster forgets on time too,
+        and each call removes a few seconds' worth (where nothing is due,
+        an O(log n) look-up).  Both are safe for nodes to run at once.
+        """
         if self.retain_days is not None:
             cutoff = int((now - self.retain_days * 86400) * 1000)
             await cmd.execute_command("ZREMRANGEBYSCORE", HISTORY, "-inf", f"({cutoff}")
+        if self.retain_messages:
+            await cmd.execute_command("ZREMRANGEBYRANK", HISTORY, 0, -self.retain_messages - 1)
 
     # -- the history's store (MessageStore) ----------------------------------------------
 

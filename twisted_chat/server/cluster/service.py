@@ -42,7 +42,8 @@ def cluster_factory(
 
     factory = ChatFactory(config, reactor, History(config.history), state=build)
     state = holder[0]
-    redis = RedisLog(target, state, reactor, node_timeout, retain_days=config.retain_days)
+    redis = RedisLog(target, state, reactor, node_timeout, retain_days=config.retain_days,
+                     retain_messages=config.retain_messages)
 
     state.on_lost = lambda: drop_users(factory)
     return factory, redis
