@@ -34,8 +34,8 @@ def remote_calls(monkeypatch: pytest.MonkeyPatch) -> list[str]:
     """
     Every line of the lobby's (C{MSG} to C{*}, C{JOINED}, C{LEFT}) written or
     delivered to another node's user's connection.  (Lines addressed to one
-    user, C{READY}, C{PAIRED}, a C{DM}..., are handed to that user's
-    connection on every replica, one call each: not what is counted here.)
+    user, C{PAIRED}, a C{DM}..., are handed to that user's connection on
+    every replica, one call each: not what is counted here.)
     """
     calls: list[str] = []
 
@@ -148,3 +148,23 @@ def test_a_node_declared_dead_empties_its_index() -> None:
     cluster.pump()
     assert n0.state.lobby_members() == [] and n0.state.own_users() == []
     check_index(cluster)
+
+
+def test_a_newcomer_elsewhere_costs_no_ready_block(monkeypatch: pytest.MonkeyPatch) -> None:
+    """READY, the history and the user list go to a newcomer from its own
+    node only; every node's user list still has it."""
+    delivered: list[bytes] = []
+    monkeypatch.setattr(RemoteConn, "deliver", lambda self, data: delivered.append(data))
+    cluster = Cluster(2)
+    n0, n1 = cluster.nodes
+    a = n0.user("a")
+    n1.user("b")
+    late = Node(cluster, "node9")  # starts from a snapshot: both users are remote
+    late.state.replica.restore(n0.state.replica.snapshot())
+    late.cursor = len(cluster.log.entries)
+    cluster.nodes.append(late)
+    c = late.user("c")
+    assert delivered == []
+    for conn in (a, c):
+        conn.send("USERS")
+        assert conn.take() == ["USER a lobby", "USER b lobby", "USER c lobby", "USERS 3"]

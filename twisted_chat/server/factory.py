@@ -244,7 +244,11 @@ class ChatFactory(ServerFactory):
 
     def joined(self, ts: float, user: User) -> None:
         """JOINED rides with the lobby's lines of this turn (the newcomer's
-        share starts after it); paired users get it directly."""
+        share starts after it); paired users get it directly.  The user
+        list gets the newcomer's line here if L{ready} did not (a cluster
+        node is not told C{ready} for another node's newcomer)."""
+        if user.key not in self._user_lines:
+            self._user_changed(user)
         data = wire.line("JOINED", wire.format_ts(ts), user.nick)
         self.fanout.add_joined(data, user.conn)
         hub = self.hub

@@ -80,7 +80,13 @@ class OwnMembers:
         self._listener.roster_changing()
 
     def ready(self, user: User) -> None:
-        self._listener.ready(user)
+        # READY, the history and the user list are for the newcomer alone:
+        # its own node sends them.  Building them for a connection that
+        # writes nowhere cost every node the whole user list per
+        # registration elsewhere (a node restoring a snapshot of n users: n
+        # times).  The factory adds the newcomer to its list at joined().
+        if not isinstance(user.conn, RemoteConn):
+            self._listener.ready(user)
 
     def lobby_message(self, entry: Entry) -> None:
         self._listener.lobby_message(entry)
