@@ -29,6 +29,7 @@ from twisted_chat.server.accounts import (
     IAccount,
     Mode,
     NoSuchAccount,
+    SQLiteBook,
     accounts_path,
     hash_password,
     password_problem,
@@ -184,7 +185,7 @@ def cred_store(tmp_path: Path) -> AccountStore:
 
 
 def _login(store: AccountStore, nick: str, password: bytes) -> Any:
-    p = portal(AccountChecker(store, inline))
+    p = portal(AccountChecker(SQLiteBook(store, inline), inline))
     d = p.login(UsernamePassword(nick.encode(), password), None, IAccount)
     results: list[Any] = []
     d.addBoth(results.append)
@@ -223,18 +224,22 @@ def test_wrong_password_and_no_account_fail_alike(
 
 
 def test_checker_runs_through_the_runner(cred_store: AccountStore) -> None:
-    """The whole check (file and hash) runs where the runner says, nowhere else."""
-    jobs: list[tuple[Any, tuple[Any, ...]]] = []
+    """The file read and the hash run where the runner says, nowhere else."""
+    jobs: list[tuple[Any, tuple[Any, ...], defer.Deferred[Any]]] = []
 
     def held(f: Any, *args: Any) -> defer.Deferred[Any]:
-        jobs.append((f, args))
-        return defer.Deferred()
+        d: defer.Deferred[Any] = defer.Deferred()
+        jobs.append((f, args, d))
+        return d
 
-    checker = AccountChecker(cred_store, held)
-    d = checker.requestAvatarId(UsernamePassword(b"alice", b"sekrit-pw"))
-    assert not d.called and len(jobs) == 1
-    f, args = jobs[0]
-    assert f(*args) == "Alice"
+    checker = AccountChecker(SQLiteBook(cred_store, held), held)
+    result: list[Any] = []
+    checker.requestAvatarId(UsernamePassword(b"alice", b"sekrit-pw")).addBoth(result.append)
+    for _ in ("the file read", "the hash"):
+        assert not result and len(jobs) == 1
+        f, args, job = jobs.pop()
+        job.callback(f(*args))
+    assert result == ["Alice"]
 
 
 # -- the failure limiter -----------------------------------------------------------
@@ -272,7 +277,7 @@ def test_failures_count_per_address_ipv6_by_prefix_exempt_not_at_all() -> None:
     clock = Clock()
     store = AccountStore(":memory:")
     work = PasswordWork(clock)  # never started: nothing runs here
-    accounts = Accounts(Mode.REQUIRED, store, clock, work,
+    accounts = Accounts(Mode.REQUIRED, SQLiteBook(store, work.lookup), clock, work,
                         exempt=networks(["192.0.2.0/24"]), v6_prefix=64)
     key = accounts.address_key
     assert key("198.51.100.7") == "198.51.100.7"

@@ -15,8 +15,20 @@ from twisted.logger import LogEvent, formatEvent, globalLogPublisher
 
 from tests.harness import Conn, Harness
 from twisted_chat.server import accounts as accounts_module
-from twisted_chat.server.accounts import AccountStore, Mode, hash_password
-from twisted_chat.server.login import BAD_PASSWORD_TEXT, Accounts, LoginLimits
+from twisted_chat.server.accounts import (
+    AccountsUnavailable,
+    AccountStore,
+    Mode,
+    SQLiteBook,
+    hash_password,
+)
+from twisted_chat.server.login import (
+    BAD_PASSWORD_TEXT,
+    UNAVAILABLE_TEXT,
+    Accounts,
+    LoginLimits,
+    WorkBusy,
+)
 
 PW = "sekrit-pw"
 # Cheap scrypt parameters: the format carries them, verify reads them back.
@@ -24,17 +36,20 @@ FAST = dict(n=2**4, r=1, p=1)
 
 
 class InlineWork:
-    """Runs each job at once, counting them."""
+    """Runs each job at once, counting them (and the hashes among them)."""
 
     def __init__(self) -> None:
         self.jobs = 0
+        self.hashes = 0
         self.full = False
 
     def run(self, f: Any, *args: Any) -> defer.Deferred[Any]:
+        self.hashes += 1
+        return self.lookup(f, *args)
+
+    def lookup(self, f: Any, *args: Any) -> defer.Deferred[Any]:
         self.jobs += 1
         return defer.execute(f, *args)
-
-    lookup = run
 
 
 class HeldWork:
@@ -49,6 +64,8 @@ class HeldWork:
         return sum(counted for counted, *_ in self.held) >= self.limit
 
     def run(self, f: Any, *args: Any, counted: bool = True) -> defer.Deferred[Any]:
+        if counted and self.full:
+            raise WorkBusy()  # as PasswordWork does
         d: defer.Deferred[Any] = defer.Deferred()
         self.held.append((counted, f, args, d))
         return d
@@ -85,7 +102,8 @@ def harness(
     h = Harness(**config)
     h.store = store if store is not None else AccountStore(":memory:")  # type: ignore[attr-defined]
     h.work = work if work is not None else InlineWork()  # type: ignore[attr-defined]
-    h.factory.accounts = Accounts(mode, h.store, h.clock, h.work, limits)  # type: ignore[attr-defined]
+    book = SQLiteBook(h.store, h.work.lookup)  # type: ignore[attr-defined]
+    h.factory.accounts = Accounts(mode, book, h.clock, h.work, limits)  # type: ignore[attr-defined]
     return h
 
 
@@ -166,8 +184,9 @@ def test_taken_while_the_password_was_checked() -> None:
     h.store.remove("alice")  # type: ignore[attr-defined]
     two = fresh(h)
     two.send("NICK alice")
-    h.work.release()  # type: ignore[attr-defined]  # one's check (fails now), two's lookup
+    h.work.release()  # type: ignore[attr-defined]  # one's read (no account now), two's lookup
     assert two.take()[0] == "READY alice"
+    h.work.release()  # type: ignore[attr-defined]  # one's hash, against the dummy: fails
     assert one.take()[0].startswith("RETRY bad-password ")
 
 
@@ -182,7 +201,7 @@ def test_required_asks_every_nick_and_answers_alike() -> None:
     real.send("PASS wrong-password")
     ghost.send("PASS wrong-password")
     assert real.take() == ghost.take() == [f"RETRY bad-password {BAD_PASSWORD_TEXT}"]
-    assert h.work.jobs == 2  # type: ignore[attr-defined]  # both went through a check
+    assert h.work.hashes == 2  # type: ignore[attr-defined]  # both went through a check
     real.send("NICK alice")
     real.send(f"PASS {PW}")
     assert real.take()[1] == "READY alice"
@@ -230,9 +249,10 @@ def test_lines_wait_in_order_while_a_check_runs() -> None:
     h.work.release()  # type: ignore[attr-defined]
     assert conn.take() == ["PASS alice", "PONG one"]
     conn.send(f"PASS {PW}", "PING two", "USERS")
-    assert conn.take() == []
-    assert len(h.work.held) == 1  # type: ignore[attr-defined]
-    h.work.release()  # type: ignore[attr-defined]
+    for _ in ("the read of the file", "the hash"):
+        assert conn.take() == []
+        assert len(h.work.held) == 1  # type: ignore[attr-defined]
+        h.work.release()  # type: ignore[attr-defined]
     assert conn.take() == ["READY alice", "USER alice lobby", "USERS 1", "PONG two",
                            "USER alice lobby", "USERS 1"]
 
@@ -257,17 +277,30 @@ def test_a_full_password_queue_discards_the_line_with_flood() -> None:
         conns[nick].send(f"NICK {nick}")
         h.work.release()  # type: ignore[attr-defined]  # the lookup, not counted
         assert conns[nick].take() == [f"PASS {nick}"]
-    conns["alice"].send(f"PASS {PW}")  # its check fills the queue
+    conns["alice"].send(f"PASS {PW}")  # its hash fills the queue
+    h.work.release()  # type: ignore[attr-defined]  # alice's read
     conns["bob"].send(f"PASS {PW}")
     assert conns["bob"].take_one().startswith("ERROR flood ")
     assert len(h.work.held) == 1  # type: ignore[attr-defined]  # nothing queued for bob
-    newcomer = fresh(h)
-    newcomer.send("NICK carol")  # a lookup is never refused
-    h.work.release()  # type: ignore[attr-defined]
-    assert newcomer.take()[0] == "READY carol"
+    # Full only once the reads are done: the hash is refused then, the same way.
+    conns["carol"] = fresh(h)
+    add(h, "carol")
+    conns["carol"].send("NICK carol")
+    h.work.release()  # type: ignore[attr-defined]  # the lookup, alice's hash
+    conns["carol"].take()
     assert conns["alice"].take()[0] == "READY alice"
+    conns["carol"].send(f"PASS {PW}")
     conns["bob"].send(f"PASS {PW}")  # still asked: send it again
+    h.work.release()  # type: ignore[attr-defined]  # both reads: carol's hash fills it
+    assert conns["bob"].take_one().startswith("ERROR flood ")
+    newcomer = fresh(h)
+    newcomer.send("NICK dave")  # a lookup is never refused
     h.work.release()  # type: ignore[attr-defined]
+    assert newcomer.take()[0] == "READY dave"
+    assert conns["carol"].take()[0] == "READY carol"
+    conns["bob"].send(f"PASS {PW}")
+    h.work.release()  # type: ignore[attr-defined]  # the read
+    h.work.release()  # type: ignore[attr-defined]  # the hash
     assert conns["bob"].take()[0] == "READY bob"
 
 
@@ -411,9 +444,12 @@ def test_register_runs_on_the_password_threads() -> None:
     bob.send(f"REGISTER {PW}", "PASSWD new-password")
     assert bob.take() == [] and not h.store.exists("bob")  # type: ignore[attr-defined]
     assert len(h.work.held) == 1  # type: ignore[attr-defined]  # one change at a time
-    h.work.release()  # type: ignore[attr-defined]
+    h.work.release()  # type: ignore[attr-defined]  # the hash
+    assert bob.take() == [] and len(h.work.held) == 1  # type: ignore[attr-defined]
+    h.work.release()  # type: ignore[attr-defined]  # the write to the file
     assert bob.take() == ["REGISTERED bob"]  # and PASSWD is now running
     assert h.store.exists("bob")  # type: ignore[attr-defined]
+    h.work.release()  # type: ignore[attr-defined]
     h.work.release()  # type: ignore[attr-defined]
     assert bob.take() == ["REGISTERED bob"]
 
@@ -579,3 +615,70 @@ def test_help_text_names_the_option_and_tls() -> None:
     assert "--accounts=" in text
     assert "open" in text and "required" in text and "TLS" in text
     assert "python -m twisted_chat.accounts add" in text
+
+
+# -- accounts out of reach (the cluster's Redis down, a file that cannot be read) ----------
+
+
+class DownBook:
+    """An AccountBook whose store cannot be reached."""
+
+    def __init__(self) -> None:
+        self.calls = 0
+
+    def _down(self, *args: Any) -> defer.Deferred[Any]:
+        self.calls += 1
+        return defer.fail(AccountsUnavailable("the cluster's Redis is out of reach"))
+
+    get = add = set_hash = _down
+
+
+def down_harness(mode: Mode) -> Harness:
+    h = harness(mode)
+    h.book = DownBook()
+    h.factory.accounts = Accounts(mode, h.book, h.clock, h.work)
+    return h
+
+
+def test_open_nick_when_accounts_are_out_of_reach_is_retry_unavailable() -> None:
+    h = down_harness(Mode.OPEN)
+    conn = fresh(h)
+    conn.send("NICK alice", "PING after")
+    # Not READY: the nick might have an account; the lines after it wait, in order.
+    assert conn.take() == [f"RETRY unavailable {UNAVAILABLE_TEXT}", "PONG after"]
+    assert conn.user is None and "alice" not in h.factory.hub.online
+    conn.send("PASS " + PW)  # nothing was asked
+    assert conn.take_one().startswith("ERROR not-ready ")
+
+
+def test_pass_when_accounts_are_out_of_reach_is_retry_unavailable_not_a_failure() -> None:
+    h = down_harness(Mode.REQUIRED)
+    accounts = h.factory.accounts
+    for _ in range(LoginLimits().nick_burst + 2):  # more than the limit allows failures
+        conn = fresh(h)
+        conn.send("NICK alice")
+        assert conn.take() == ["PASS alice"]
+        conn.send(f"PASS {PW}")
+        assert conn.take() == [f"RETRY unavailable {UNAVAILABLE_TEXT}"]
+        assert conn.user is None
+        conn.send("PASS " + PW)  # the attempt is over: NICK again
+        assert conn.take_one().startswith("ERROR not-ready ")
+    assert accounts.by_nick.level("alice") == 0 and len(accounts.by_address) == 0
+    assert h.book.calls == LoginLimits().nick_burst + 2
+
+
+def test_register_and_passwd_when_accounts_are_out_of_reach_say_try_later() -> None:
+    h = harness()
+    add(h, "alice")
+    alice = login(h, "alice")
+    alice.take()
+    bob = fresh(h)
+    bob.send("NICK bob")
+    bob.take()
+    h.factory.accounts.book = DownBook()
+    alice.take()  # JOINED bob
+    for conn, verb in ((alice, "PASSWD"), (bob, "REGISTER")):
+        conn.send(f"{verb} new-password")
+        line = conn.take_one()
+        assert line.startswith("ERROR not-registered ") and "try again later" in line
+    assert h.factory.accounts.book.calls == 2

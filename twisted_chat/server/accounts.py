@@ -54,7 +54,7 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from enum import Enum
-from typing import Any
+from typing import Any, Protocol
 
 from twisted.cred import error as cred_error
 from twisted.cred.checkers import ICredentialsChecker
@@ -66,14 +66,18 @@ from zope.interface import Attribute, Interface, implementer
 from twisted_chat.wire import PASSWORD_MAX_BYTES, PASSWORD_MIN_BYTES, is_valid_nick, nick_key
 
 __all__ = [
+    "AccountAdmin",
+    "AccountBook",
     "AccountChecker",
     "AccountExists",
     "AccountRealm",
     "AccountStore",
     "AccountStoreError",
+    "AccountsUnavailable",
     "IAccount",
     "Mode",
     "NoSuchAccount",
+    "SQLiteBook",
     "accounts_path",
     "hash_password",
     "password_problem",
@@ -165,6 +169,10 @@ def _dummy() -> str:
 
 class AccountStoreError(Exception):
     """The accounts file cannot be used; C{str()} is one sentence naming it."""
+
+
+class AccountsUnavailable(AccountStoreError):
+    """The accounts cannot be reached now (the cluster's Redis is out of reach)."""
 
 
 class AccountExists(Exception):
@@ -389,6 +397,72 @@ class AccountStore:
         return self._run("read", False, work) or []
 
 
+# -- the server's view of a store ------------------------------------------------
+
+
+class AccountBook(Protocol):
+    """
+    Where the server's accounts live, as the server uses them: three calls
+    that return at once, with a C{Deferred}, and never block the reactor.
+    L{SQLiteBook} is the single server's file (read and written on the
+    password threads); the cluster's is in Redis
+    (L{twisted_chat.server.cluster.accounts.RedisBook}).  Hashing is not the
+    book's job: the caller hashes (on the password threads) and hands it the
+    hash.
+
+    A store that cannot be reached fails with L{AccountStoreError}
+    (L{AccountsUnavailable} when it is out of reach for now).
+    """
+
+    def get(self, nick: str) -> defer.Deferred[Account | None]:
+        """The account of C{nick} (in any case), or C{None}."""
+
+    def add(self, nick: str, password_hash: str) -> defer.Deferred[None]:
+        """Create the account, atomically: fails with L{AccountExists} if the
+        nick (in any case) has one, however many try at once."""
+
+    def set_hash(self, nick: str, password_hash: str) -> defer.Deferred[None]:
+        """Replace the hash of the nick's account, atomically: fails with
+        L{NoSuchAccount} if it has none (never re-creates a removed one)."""
+
+
+class AccountAdmin(AccountBook, Protocol):
+    """What the operator's tool needs besides (C{python -m twisted_chat.accounts})."""
+
+    def remove(self, nick: str) -> defer.Deferred[None]:
+        """Delete the account; fails with L{NoSuchAccount} if there is none."""
+
+    def list(self) -> defer.Deferred[list[Account]]:
+        """Every account, sorted by nick without regard to case."""
+
+
+class SQLiteBook:
+    """
+    An L{AccountStore} as an L{AccountBook}: each call runs through C{run}
+    (the server's password threads, which never count these quick file
+    operations against their bound; the operator's tool runs them inline).
+    """
+
+    def __init__(self, store: AccountStore, run: Callable[..., defer.Deferred[Any]]) -> None:
+        self.store = store
+        self._run = run
+
+    def get(self, nick: str) -> defer.Deferred[Account | None]:
+        return self._run(self.store.get, nick)
+
+    def add(self, nick: str, password_hash: str) -> defer.Deferred[None]:
+        return self._run(self.store.add, nick, password_hash)
+
+    def set_hash(self, nick: str, password_hash: str) -> defer.Deferred[None]:
+        return self._run(self.store.set_hash, nick, password_hash)
+
+    def remove(self, nick: str) -> defer.Deferred[None]:
+        return self._run(self.store.remove, nick)
+
+    def list(self) -> defer.Deferred[list[Account]]:
+        return self._run(self.store.list)
+
+
 # -- twisted.cred --------------------------------------------------------------
 
 
@@ -407,37 +481,41 @@ class LoggedIn:
 @implementer(ICredentialsChecker)
 class AccountChecker:
     """
-    Checks a nick and password against the accounts file; the avatar ID is
+    Checks a nick and password against an L{AccountBook}; the avatar ID is
     the nick as its account spells it.
 
-    The whole check (the file read and the hash) runs through C{run}, which
-    puts it on a thread (the server's password pool) and returns a
-    C{Deferred}; tests pass a synchronous one.  A nick without an account is
-    checked against a dummy hash, so that "no such account" and "wrong
-    password" take the same time and fail the same way.
+    The account is read from the book, then the password is checked
+    through C{run}, which puts the hash on a thread (the server's password
+    pool) and returns a C{Deferred}; tests pass a synchronous one.  A nick
+    without an account is checked against a dummy hash, so that "no such
+    account" and "wrong password" take the same time and fail the same way.
+    A book that cannot be read fails the login with its L{AccountStoreError}.
     """
 
     credentialInterfaces = (IUsernamePassword,)
 
     def __init__(
         self,
-        store: AccountStore,
+        book: AccountBook,
         run: Callable[..., defer.Deferred[Any]],
     ) -> None:
-        self.store = store
+        self.book = book
         self._run = run
 
     def requestAvatarId(self, credentials: Any) -> defer.Deferred[Any]:
         username: bytes = credentials.username
         password: bytes = credentials.password
-        return self._run(self._check, username.decode("utf-8"), password)
+        d = self.book.get(username.decode("utf-8"))
+        d.addCallback(lambda account: self._run(_check, account, password))
+        return d
 
-    def _check(self, nick: str, password: bytes) -> str:
-        account = self.store.get(nick)
-        encoded = account.password_hash if account is not None else _dummy()
-        if verify_password(password, encoded) and account is not None:
-            return account.nick
-        raise cred_error.UnauthorizedLogin("wrong password or no such account")
+
+def _check(account: Account | None, password: bytes) -> str:
+    """On a password thread: the nick, or L{UnauthorizedLogin}."""
+    encoded = account.password_hash if account is not None else _dummy()
+    if verify_password(password, encoded) and account is not None:
+        return account.nick
+    raise cred_error.UnauthorizedLogin("wrong password or no such account")
 
 
 @implementer(IRealm)

@@ -3,14 +3,16 @@ The accounts side of a connection: C{NICK} -> C{PASS <nick>} -> C{PASS} ->
 C{READY}, and C{REGISTER} / C{PASSWD} once online (docs/protocol.md, "Accounts").
 
 L{Accounts} is the server-wide part: the mode, the C{twisted.cred} portal
-over the accounts file (L{twisted_chat.server.accounts}), the password
-threads and the failure limits.  L{Login} is one connection's part; it talks
-to its connection only through the small L{Connection} interface, so the
+over the accounts' L{AccountBook} (the single server's file, or the
+cluster's Redis: L{twisted_chat.server.accounts}), the password threads and
+the failure limits.  L{Login} is one connection's part; it talks to its
+connection only through the small L{Connection} interface, so the
 connection layer needs a handful of lines to use it.
 
-Threads.  Every file read and every hash runs on L{PasswordWork}, a thread
-pool of its own (two threads by default, the reactor's shared pool is left
-to name resolution), never on the reactor thread.  At most
+Threads.  Every hash runs on L{PasswordWork}, a thread pool of its own (two
+threads by default, the reactor's shared pool is left to name resolution),
+never on the reactor thread; so does every read and write of the accounts
+file (the cluster's Redis is asked without blocking, on the reactor).  At most
 L{LoginLimits.max_pending} hashing jobs are queued or running server-wide,
 and a connection has at most one job at a time, so a flood of C{PASS} lines
 cannot queue unbounded work: a line that would pass the bound is discarded
@@ -45,10 +47,11 @@ from twisted.python.threadpool import ThreadPool
 from twisted_chat import wire
 from twisted_chat.server import logs
 from twisted_chat.server.accounts import (
+    AccountBook,
     AccountChecker,
     AccountExists,
-    AccountStore,
     AccountStoreError,
+    AccountsUnavailable,
     IAccount,
     Mode,
     NoSuchAccount,
@@ -68,6 +71,10 @@ T = TypeVar("T")
 # The answer to a failed login: the same text whether the password was
 # wrong or (under --accounts required) the nick has no account.
 BAD_PASSWORD_TEXT = "wrong password, or no account for that nick; send NICK again"
+# The answer to a NICK or PASS the accounts cannot be checked for now (their
+# file cannot be read, the cluster's Redis is out of reach): as the cluster
+# answers a NICK it cannot check, and never a failed attempt.
+UNAVAILABLE_TEXT = "the server cannot check accounts now; send NICK again in a moment"
 
 
 @dataclass(frozen=True, slots=True)
@@ -194,7 +201,7 @@ class Accounts:
     def __init__(
         self,
         mode: Mode,
-        store: AccountStore,
+        book: AccountBook,
         clock: IReactorTime,
         work: Work,
         limits: LoginLimits | None = None,
@@ -203,11 +210,11 @@ class Accounts:
     ) -> None:
         assert mode is not Mode.OFF
         self.mode = mode
-        self.store = store
+        self.book = book
         self.clock = clock
         self.work = work
         self.limits = limits = limits if limits is not None else LoginLimits()
-        self.portal = portal(AccountChecker(store, work.run))
+        self.portal = portal(AccountChecker(book, work.run))
         self.by_nick = FailureLimiter(clock, limits.nick_burst, limits.nick_every)
         self.by_address = FailureLimiter(clock, limits.address_burst, limits.address_every)
         # Only its address keys and --exempt are used (it is the rest of the
@@ -314,23 +321,27 @@ class Login:
         if self._accounts.mode is Mode.REQUIRED:
             self._ask(nick)  # every nick, so that which ones exist is not told
             return None
-        lookup = self._accounts.work.lookup(self._accounts.store.exists, nick)
+        lookup = self._accounts.book.get(nick)
         lookup.addCallbacks(self._looked_up, self._lookup_failed, callbackArgs=(nick,),
                             errbackArgs=(nick,))
         return lookup
 
-    def _looked_up(self, exists: bool, nick: str) -> Answer:
+    def _looked_up(self, account: object, nick: str) -> Answer:
         if self._conn.closing:
             return None
-        if exists:
+        if account is not None:
             self._ask(nick)
             return None
         return self._conn.admit(nick)
 
-    def _lookup_failed(self, failure: Failure, nick: str) -> Answer:
-        # Fail closed: without the file, a nick might have an account.
-        _log.failure("could not look up the account of {nick}", failure, nick=nick)
-        return self._looked_up(True, nick)
+    def _lookup_failed(self, failure: Failure, nick: str) -> None:
+        # Not READY: without the accounts, the nick might have one.
+        _store_failed(failure, "could not look up the account of {nick}", nick)
+        self._unavailable()
+
+    def _unavailable(self) -> None:
+        if not self._conn.closing:
+            self._conn.write(wire.line("RETRY", "unavailable", text=UNAVAILABLE_TEXT))
 
     def _ask(self, nick: str) -> None:
         self._asked = nick
@@ -382,10 +393,8 @@ class Login:
             self._conn.write(wire.error(ErrorCode.FLOOD,
                                         "the server is busy; send PASS again in a moment"))
         else:
-            _log.failure("could not check the password of {nick}", failure, nick=nick)
-            self._conn.write(wire.line(
-                "RETRY", "bad-password",
-                text="the server could not check the password now; try again later"))
+            _store_failed(failure, "could not check the password of {nick}", nick)
+            self._unavailable()
 
     def _flooded(self, nick: str) -> Answer:
         """Over a failure limit: no check; after the delay, C{BYE flood}."""
@@ -411,7 +420,7 @@ class Login:
                             "on this server, accounts are made by its operator")
         if self._proved == nick_key(nick):
             raise LineError(ErrorCode.REGISTERED, f"{nick} has an account already")
-        return self._change(self._add, nick, secret)
+        return self._change(self._accounts.book.add, nick, secret)
 
     def passwd(self, password: str) -> Answer:
         """C{PASSWD}: change the password of the account of the nick held."""
@@ -423,7 +432,7 @@ class Login:
                 f"you did not log in to {nick} with a password: REGISTER it first "
                 "(or, if it has an account, log in again with its password)",
             )
-        return self._change(self._set, nick, secret)
+        return self._change(self._accounts.book.set_hash, nick, secret)
 
     def _online(self) -> str:
         nick = self._conn.online_nick()
@@ -437,22 +446,19 @@ class Login:
             raise LineError(ErrorCode.WEAK_PASSWORD, problem)
         return secret
 
-    def _change(self, job: Callable[[str, bytes], None], nick: str, secret: bytes) -> Answer:
+    def _change(
+        self, store: Callable[[str, str], defer.Deferred[None]], nick: str, secret: bytes
+    ) -> Answer:
+        """Hash C{secret} on the password threads, then C{store} the hash."""
         try:
-            d = self._accounts.work.run(job, nick, secret)
+            d = self._accounts.work.run(hash_password, secret)
         except WorkBusy:
             raise LineError(ErrorCode.FLOOD, "the server is busy; send it again in a moment") \
                 from None
+        d.addCallback(lambda password_hash: store(nick, password_hash))
         d.addCallbacks(self._changed, self._change_failed, callbackArgs=(nick,),
                        errbackArgs=(nick,))
         return d
-
-    # On the password threads:
-    def _add(self, nick: str, secret: bytes) -> None:
-        self._accounts.store.add(nick, hash_password(secret))
-
-    def _set(self, nick: str, secret: bytes) -> None:
-        self._accounts.store.set_hash(nick, hash_password(secret))
 
     def _changed(self, _: None, nick: str) -> None:
         self._proved = nick_key(nick)
@@ -466,10 +472,20 @@ class Login:
         elif isinstance(value, NoSuchAccount):
             self._conn.write(wire.error(ErrorCode.NOT_REGISTERED, f"{nick} has no account"))
         else:
-            if isinstance(value, AccountStoreError):
-                _log.error("account {nick}: {error}", nick=nick, error=str(value))
-            else:
-                _log.failure("account {nick}: could not set the password", failure, nick=nick)
+            _store_failed(failure, "account {nick}: could not set the password", nick)
             self._conn.write(wire.error(
                 ErrorCode.NOT_REGISTERED,
                 "the server could not store the password now; try again later"))
+
+
+def _store_failed(failure: Failure, what: str, nick: str) -> None:
+    """Log a store that failed: one line for a store that said why (an
+    outage is logged by the cluster once: only at debug here), a traceback
+    for anything else."""
+    value = failure.value
+    if isinstance(value, AccountsUnavailable):
+        _log.debug(what + ": {error}", nick=nick, error=str(value))
+    elif isinstance(value, AccountStoreError):
+        _log.error(what + ": {error}", nick=nick, error=str(value))
+    else:
+        _log.failure(what, failure, nick=nick)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import sys
+from collections.abc import Callable
 from types import TracebackType
 from typing import Any
 
@@ -24,9 +25,11 @@ from twisted.python.failure import Failure
 from twisted_chat.server import descriptors, logs, metrics
 from twisted_chat.server.accounts import (
     MEMORY,
+    AccountBook,
     AccountStore,
     AccountStoreError,
     Mode,
+    SQLiteBook,
     accounts_path,
 )
 from twisted_chat.server.addresses import networks, parse_network
@@ -519,7 +522,7 @@ def makeService(options: Options, reactor: Any = None) -> IService:
     # Before anything starts: a mistyped --port is one line, not a traceback.
     ports = [(description, _listen_on(description, reactor)) for description in config.ports]
     scrape = _listen_on(config.metrics, reactor, "--metrics") if config.metrics else None
-    accounts, work = _accounts(config, reactor)
+    accounts, work = _accounts(config, reactor, lambda work: _sqlite_book(config, work))
     factory = ChatFactory(config, reactor, History(config.history), accounts=accounts)
     factory.noisy = False  # twistd says where it listens; "Starting factory" adds nothing
     top = MultiService()
@@ -575,18 +578,26 @@ def _add_web(top: MultiService, options: Options, factory: ChatFactory, reactor:
         PortService(description, endpoint, site, "--web").setServiceParent(top)
 
 
-def _accounts(config: ServerConfig, reactor: Any) -> tuple[Accounts | None, PasswordWork | None]:
-    """The accounts and their password threads, or none when they are off."""
+def _accounts(
+    config: ServerConfig, reactor: Any, book: Callable[[PasswordWork], AccountBook]
+) -> tuple[Accounts | None, PasswordWork | None]:
+    """The accounts (in the L{AccountBook} C{book} makes) and their password
+    threads, or none when they are off."""
     mode = Mode(config.accounts)
     if mode is Mode.OFF:
         return None, None
+    limits = LoginLimits()
+    work = PasswordWork(reactor, limits.threads, limits.max_pending)
+    accounts = Accounts(mode, book(work), reactor, work, limits,
+                        exempt=networks(config.exempt), v6_prefix=config.ipv6_prefix)
+    return accounts, work
+
+
+def _sqlite_book(config: ServerConfig, work: PasswordWork) -> AccountBook:
+    """The single server's accounts: the file beside --db, used on the password threads."""
     store = AccountStore(accounts_path(config.db))
     try:
         store.check()  # creates it; opened again for each check, so no lock is held
     except AccountStoreError as e:
         raise SystemExit(f"twistd chat: {e}") from None
-    limits = LoginLimits()
-    work = PasswordWork(reactor, limits.threads, limits.max_pending)
-    accounts = Accounts(mode, store, reactor, work, limits,
-                        exempt=networks(config.exempt), v6_prefix=config.ipv6_prefix)
-    return accounts, work
+    return SQLiteBook(store, work.lookup)
