@@ -49,7 +49,7 @@ from twisted_chat.server.cluster.node import ClusterState
 from twisted_chat.server.cluster.replica import id_key
 from twisted_chat.server.history import Entry
 
-__all__ = ["RedisLog", "RedisTarget", "parse_url"]
+__all__ = ["RedisLog", "RedisTarget", "connect", "parse_url"]
 
 STREAM = "chat:events"
 SNAPSHOT = "chat:snapshot"
@@ -176,6 +176,35 @@ class _Out:
         self.sent = False
 
 
+async def connect(target: RedisTarget, reactor: Any, reply_timeout: float | None = None,
+                  opening: list[Any] | None = None) -> Any:
+    """
+    One txredisapi connection to C{target}, authenticated and on its
+    database; fails with C{ConnectionError} (or the endpoint's error).
+
+    @param reply_timeout: txredisapi's: a reply that takes longer fails, and
+        the connection is dropped.
+    @param opening: the protocol is appended to it before it connects.
+    """
+    factory = _NoFactory()
+    proto = txredisapi.RedisProtocol(
+        charset="utf-8", password=target.password, dbid=target.db or None,
+        convertNumbers=False, username=target.username, replyTimeout=reply_timeout,
+    )
+    proto.callLater = reactor.callLater  # its reply timer, on our reactor
+    proto.factory = factory
+    if opening is not None:
+        opening.append(proto)
+    endpoint = target.connect_to(reactor)
+    connected = proto.whenConnected()
+    await endpoint.connect(_OneConnection(proto))
+    lost = proto.whenDisconnected()
+    await defer.DeferredList([connected, lost], fireOnOneCallback=True)
+    if not proto._ready:
+        raise ConnectionError(factory.error or "the connection closed during set-up")
+    return proto
+
+
 class RedisLog:
     """
     The node's two Redis connections (commands; the blocking stream read),
@@ -252,23 +281,7 @@ class RedisLog:
         d.addErrback(self._failed, generation)
 
     async def _new_connection(self, reply_timeout: float) -> Any:
-        t = self.target
-        factory = _NoFactory()
-        proto = txredisapi.RedisProtocol(
-            charset="utf-8", password=t.password, dbid=t.db or None,
-            convertNumbers=False, username=t.username, replyTimeout=reply_timeout,
-        )
-        proto.callLater = self.reactor.callLater  # its reply timer, on our reactor
-        proto.factory = factory
-        self._opening.append(proto)
-        endpoint = t.connect_to(self.reactor)
-        connected = proto.whenConnected()
-        await endpoint.connect(_OneConnection(proto))
-        lost = proto.whenDisconnected()
-        await defer.DeferredList([connected, lost], fireOnOneCallback=True)
-        if not proto._ready:
-            raise ConnectionError(factory.error or "the connection closed during set-up")
-        return proto
+        return await connect(self.target, self.reactor, reply_timeout, self._opening)
 
     async def _open(self, generation: int) -> None:
         cmd = await self._new_connection(self.reply_timeout)

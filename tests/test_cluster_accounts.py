@@ -1,0 +1,222 @@
+"""
+The cluster's accounts in Redis (L{RedisBook}): against a real, private
+redis-server (tests/redisproc.py), each "node" on a connection of its own,
+as the nodes of a cluster are; and, without Redis, what an unreachable or
+silent Redis turns into (task.Clock, no sleeps).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Awaitable, Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import pytest_twisted
+from twisted.internet import defer
+from twisted.internet.task import Clock
+
+from tests.redisproc import REDIS_SERVER, RedisServer
+from twisted_chat.server.accounts import (
+    AccountExists,
+    AccountStoreError,
+    AccountsUnavailable,
+    NoSuchAccount,
+)
+from twisted_chat.server.cluster.accounts import ACCOUNTS, RedisBook, open_book
+
+Nodes = Callable[[int], Awaitable[list[RedisBook]]]
+needs_redis = pytest.mark.skipif(REDIS_SERVER is None, reason="redis-server is not installed")
+
+
+@pytest.fixture
+def redis(tmp_path: Path) -> Iterator[RedisServer]:
+    server = RedisServer(tmp_path).start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def nodes(redis: RedisServer) -> Iterator[Nodes]:
+    """C{await nodes(n)}: n books, each on a connection of its own (as n
+    nodes), closed after the test."""
+    from twisted.internet import reactor
+
+    closes: list[Callable[[], None]] = []
+
+    async def open_books(n: int) -> list[RedisBook]:
+        books = []
+        for _ in range(n):
+            book, close = await open_book(redis.url, reactor)
+            books.append(book)
+            closes.append(close)
+        return books
+
+    yield open_books
+    for close in closes:
+        close()
+
+
+async def outcome(d: defer.Deferred[Any]) -> Any:
+    """The result, or the exception a failure carries."""
+    try:
+        return await d
+    except Exception as e:
+        return e
+
+
+@needs_redis
+@pytest_twisted.ensureDeferred
+async def test_add_get_list_set_remove(redis: RedisServer, nodes: Nodes) -> None:
+    [book] = await nodes(1)
+    assert await book.get("alice") is None
+    await book.add("Alice", "hash-1")
+    account = await book.get("ALICE")  # without regard to case
+    assert account is not None
+    assert (account.nick, account.password_hash) == ("Alice", "hash-1")
+    assert account.created == account.changed
+    with pytest.raises(AccountExists):
+        await book.add("alice", "hash-2")
+    await book.add("bob", "hash-b")
+    await book.set_hash("ALICE", "hash-3")
+    changed = await book.get("alice")
+    assert changed is not None
+    # The script keeps the nick as spelled and the creation time.
+    assert (changed.nick, changed.password_hash) == ("Alice", "hash-3")
+    assert changed.created == account.created and changed.changed >= account.changed
+    assert [a.nick for a in await book.list()] == ["Alice", "bob"]
+    await book.remove("alice")
+    with pytest.raises(NoSuchAccount):
+        await book.remove("alice")
+    with pytest.raises(NoSuchAccount):
+        await book.set_hash("alice", "hash-4")
+    assert await book.get("alice") is None  # PASSWD did not re-create it
+    assert [a.nick for a in await book.list()] == ["bob"]
+    # One hash of JSON records, keyed by the nick in lower case; no password in it.
+    record = json.loads(redis.command("HGET", ACCOUNTS, "bob").split("\r\n")[1])
+    assert record["nick"] == "bob" and record["hash"] == "hash-b"
+
+
+@needs_redis
+@pytest_twisted.ensureDeferred
+async def test_register_race_between_nodes_exactly_one_wins(nodes: Nodes) -> None:
+    """Every node sends its REGISTER before any answer comes back: one wins."""
+    books = await nodes(3)
+    for round_ in range(5):
+        nick = f"race{round_}"
+        attempts = [book.add(nick if i % 2 else nick.upper(), f"hash-{i}")
+                    for i, book in enumerate(books * 4)]
+        results = [await outcome(d) for d in attempts]
+        winners = [i for i, r in enumerate(results) if r is None]
+        assert len(winners) == 1, results
+        assert all(isinstance(r, AccountExists) for i, r in enumerate(results)
+                   if i != winners[0])
+        account = await books[0].get(nick)
+        assert account is not None and account.password_hash == f"hash-{winners[0]}"
+
+
+@needs_redis
+@pytest_twisted.ensureDeferred
+async def test_passwd_racing_a_remove_never_brings_the_account_back(nodes: Nodes) -> None:
+    """A password change sent before a removal is applied before it, whole:
+    after both, the account is gone (a read-then-write change would have
+    written the account back after the removal)."""
+    [node, tool] = await nodes(2)
+    for round_ in range(5):
+        nick = f"gone{round_}"
+        await node.add(nick, "old-hash")
+        changed = node.set_hash(nick, "new-hash")
+        removed = node.remove(nick)
+        assert await outcome(changed) is None
+        assert await outcome(removed) is None
+        assert await tool.get(nick) is None
+    # And the other way round: removed first, the change finds nothing.
+    await node.add("late", "old-hash")
+    removed = node.remove("late")
+    changed = node.set_hash("late", "new-hash")
+    assert await outcome(removed) is None
+    assert isinstance(await outcome(changed), NoSuchAccount)
+    assert await tool.get("late") is None
+
+
+@needs_redis
+@pytest_twisted.ensureDeferred
+async def test_concurrent_passwd_applied_whole_one_after_the_other(nodes: Nodes) -> None:
+    books = await nodes(2)
+    await books[0].add("carol", "hash-0")
+    before = await books[0].get("carol")
+    changes = [book.set_hash("carol", f"hash-{i}") for i, book in enumerate(books * 5)]
+    assert [await outcome(d) for d in changes] == [None] * 10
+    after = await books[1].get("carol")
+    assert before is not None and after is not None
+    assert after.password_hash in {f"hash-{i}" for i in range(10)}
+    assert (after.nick, after.created) == ("carol", before.created)
+
+
+@needs_redis
+@pytest_twisted.ensureDeferred
+async def test_redis_refusing_is_a_store_error_and_gone_is_unavailable(
+    redis: RedisServer, nodes: Nodes,
+) -> None:
+    [book] = await nodes(1)
+    redis.command("SET", ACCOUNTS, "not a hash")
+    refused = await outcome(book.get("alice"))
+    assert isinstance(refused, AccountStoreError)
+    assert not isinstance(refused, AccountsUnavailable)
+    assert "WRONGTYPE" in str(refused)
+    redis.command("DEL", ACCOUNTS)
+    redis.command("HSET", ACCOUNTS, "bad", "{not json")
+    assert isinstance(await outcome(book.get("bad")), AccountStoreError)
+    redis.stop()
+    gone = await outcome(book.get("alice"))
+    assert isinstance(gone, AccountsUnavailable)
+    from twisted.internet import reactor
+
+    with pytest.raises(AccountsUnavailable, match="cannot reach Redis"):
+        await open_book(redis.url, reactor)
+
+
+# -- without Redis: what the node's connection gives the book ----------------------
+
+
+def test_out_of_reach_is_unavailable_at_once() -> None:
+    def down(*args: Any) -> defer.Deferred[Any]:
+        return defer.fail(ConnectionError("Redis is out of reach"))
+
+    book = RedisBook(down, Clock())
+    failures: list[Any] = []
+    for d in (book.get("a"), book.add("a", "h"), book.set_hash("a", "h"), book.remove("a"),
+              book.list()):
+        d.addErrback(failures.append)
+    assert [f.check(AccountsUnavailable) for f in failures] == [AccountsUnavailable] * 5
+
+
+def test_no_answer_within_the_timeout_is_unavailable() -> None:
+    clock = Clock()
+    sent: list[tuple[Any, ...]] = []
+    answers: list[defer.Deferred[Any]] = []
+
+    def silent(*args: Any) -> defer.Deferred[Any]:
+        sent.append(args)
+        answers.append(defer.Deferred())
+        return answers[-1]
+
+    book = RedisBook(silent, clock, timeout=5.0)
+    results: list[Any] = []
+    book.get("alice").addBoth(results.append)
+    assert sent == [("HGET", ACCOUNTS, "alice")]
+    clock.advance(4.9)
+    assert results == []
+    clock.advance(0.1)
+    assert len(results) == 1 and results[0].check(AccountsUnavailable)
+    answers[0].callback(None)  # a late answer changes nothing
+    assert len(results) == 1
+
+
+def test_an_invalid_nick_is_never_sent() -> None:
+    sent: list[Any] = []
+    book = RedisBook(lambda *a: sent.append(a) or defer.succeed(1), Clock())
+    failures: list[Any] = []
+    book.add("1bad", "h").addErrback(failures.append)
+    assert sent == [] and failures[0].check(ValueError)

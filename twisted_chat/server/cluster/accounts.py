@@ -1,0 +1,172 @@
+"""
+The cluster's accounts: one account namespace for every node, in Redis.
+
+L{RedisBook} is the L{AccountBook} (and the operator tool's
+L{AccountAdmin}) on the cluster's Redis, through the node's own non-blocking
+txredisapi connection (L{RedisLog.command}); the password hashes are made
+and checked on the node's password threads, as on one server
+(L{twisted_chat.server.login}).  See docs/accounts.md.
+
+One Redis hash, C{chat:accounts}: the field is the nick in lower case (nicks
+are unique without regard to case), the value the account as JSON,
+C{{"nick", "hash", "created", "changed"}} (times in integer milliseconds).
+Each operation is one Redis command, so each is atomic on its own and none
+needs a transaction on the node's shared, pipelined connection (where a
+C{WATCH}/C{MULTI} would take in the other commands the node sends meanwhile):
+
+  - a new account (C{REGISTER}, the tool's C{add}) is C{HSETNX}: of any number
+    of nodes racing to create one nick's account, exactly one succeeds;
+  - a new password (C{PASSWD}, the tool's C{passwd}) is a Lua script that
+    replaces the hash only if the account still exists, keeping its nick and
+    creation time: a password change never re-creates an account removed
+    meanwhile, and changes that race are applied one after the other, whole;
+  - removing one is C{HDEL}; reading one C{HGET}; the list C{HGETALL}.
+
+A command that cannot be sent (Redis out of reach) or gets no answer within
+L{TIMEOUT} seconds fails with L{AccountsUnavailable}; one Redis refuses
+(out of memory under C{noeviction}, a read-only replica) with
+L{AccountStoreError}.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from typing import Any
+
+import txredisapi  # type: ignore[import-untyped]
+from twisted.internet import defer
+from twisted.internet.defer import Deferred
+from twisted.internet.interfaces import IReactorTime
+from twisted.python.failure import Failure
+
+from twisted_chat.server.accounts import (
+    Account,
+    AccountExists,
+    AccountStoreError,
+    AccountsUnavailable,
+    NoSuchAccount,
+)
+from twisted_chat.server.cluster.redislog import connect, parse_url
+from twisted_chat.wire import is_valid_nick, nick_key
+
+__all__ = ["ACCOUNTS", "TIMEOUT", "RedisBook", "open_book"]
+
+ACCOUNTS = "chat:accounts"
+#: Seconds an account command may wait for Redis's answer.
+TIMEOUT = 5.0
+
+# KEYS[1] the hash; ARGV: the nick's key, the new hash, the time (ms).
+# 1: changed; 0: no such account.  (cjson keeps integers of up to 14 digits
+# exactly: milliseconds until the year 5138.)
+_SET_HASH = """
+local current = redis.call('HGET', KEYS[1], ARGV[1])
+if not current then return 0 end
+local account = cjson.decode(current)
+account['hash'] = ARGV[2]
+account['changed'] = tonumber(ARGV[3])
+redis.call('HSET', KEYS[1], ARGV[1], cjson.encode(account))
+return 1
+"""
+
+
+def _encode(nick: str, password_hash: str, now_ms: int) -> str:
+    return json.dumps({"nick": nick, "hash": password_hash, "created": now_ms,
+                       "changed": now_ms}, separators=(",", ":"))
+
+
+def _decode(value: Any) -> Account:
+    try:
+        record = json.loads(value)
+        return Account(str(record["nick"]), str(record["hash"]),
+                       int(record["created"]) / 1000, int(record["changed"]) / 1000)
+    except (ValueError, TypeError, KeyError) as e:
+        raise AccountStoreError(f"a malformed account in Redis ({ACCOUNTS}): {e}") from None
+
+
+class RedisBook:
+    """
+    The accounts in the cluster's Redis (see the module docstring).
+
+    @param execute: sends one Redis command, returning a C{Deferred} of its
+        reply (the node's L{RedisLog.command}, or a connection's
+        C{execute_command} in the operator's tool).
+    """
+
+    def __init__(self, execute: Callable[..., Deferred[Any]], clock: IReactorTime,
+                 timeout: float = TIMEOUT) -> None:
+        self._execute = execute
+        self._clock = clock
+        self.timeout = timeout
+
+    def _command(self, *args: Any) -> Deferred[Any]:
+        d: Deferred[Any] = defer.maybeDeferred(self._execute, *args)
+        d.addTimeout(self.timeout, self._clock)
+        d.addErrback(self._failed)
+        return d
+
+    def _failed(self, failure: Failure) -> Failure:
+        value = failure.value
+        if isinstance(value, txredisapi.ResponseError):
+            raise AccountStoreError(f"Redis refused an accounts command: {value}")
+        if isinstance(value, (ConnectionError, txredisapi.ConnectionError,
+                              defer.TimeoutError)):
+            raise AccountsUnavailable(f"the cluster's Redis is out of reach ({value})")
+        return failure
+
+    def _now_ms(self) -> int:
+        return int(self._clock.seconds() * 1000)
+
+    # -- AccountBook ----------------------------------------------------------
+
+    def get(self, nick: str) -> Deferred[Account | None]:
+        d = self._command("HGET", ACCOUNTS, nick_key(nick))
+        return d.addCallback(lambda value: None if value is None else _decode(value))
+
+    def add(self, nick: str, password_hash: str) -> Deferred[None]:
+        if not is_valid_nick(nick):
+            return defer.fail(ValueError(f"{nick!r} is not a valid nick"))
+        d = self._command("HSETNX", ACCOUNTS, nick_key(nick),
+                          _encode(nick, password_hash, self._now_ms()))
+        return d.addCallback(_raise_unless_set, AccountExists, nick)
+
+    def set_hash(self, nick: str, password_hash: str) -> Deferred[None]:
+        d = self._command("EVAL", _SET_HASH, 1, ACCOUNTS, nick_key(nick), password_hash,
+                          self._now_ms())
+        return d.addCallback(_raise_unless_set, NoSuchAccount, nick)
+
+    # -- AccountAdmin ---------------------------------------------------------
+
+    def remove(self, nick: str) -> Deferred[None]:
+        d = self._command("HDEL", ACCOUNTS, nick_key(nick))
+        return d.addCallback(_raise_unless_set, NoSuchAccount, nick)
+
+    def list(self) -> Deferred[list[Account]]:
+        def accounts(reply: list[Any]) -> list[Account]:
+            pairs = sorted(zip(reply[::2], reply[1::2], strict=True))
+            return [_decode(value) for _, value in pairs]
+
+        return self._command("HGETALL", ACCOUNTS).addCallback(accounts)
+
+
+def _raise_unless_set(reply: Any, error: type[Exception], nick: str) -> None:
+    """Redis answered 1 (done) or 0 (the account was, or was not, there)."""
+    if int(reply) != 1:
+        raise error(nick)
+
+
+async def open_book(url: str, reactor: Any) -> tuple[RedisBook, Callable[[], None]]:
+    """
+    The operator's tool: a connection of its own to the cluster's Redis at
+    C{url} (as C{twistd chat --redis} takes it) and the book on it, with the
+    function that closes it.
+
+    @raise ValueError: a malformed URL.
+    @raise AccountsUnavailable: Redis cannot be reached.
+    """
+    target = parse_url(url)
+    try:
+        proto = await connect(target, reactor)
+    except Exception as e:
+        raise AccountsUnavailable(f"cannot reach Redis at {target.display}: {e}") from None
+    return RedisBook(proto.execute_command, reactor), proto.transport.loseConnection
