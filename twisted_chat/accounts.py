@@ -2,11 +2,15 @@
 The operator's accounts tool:
 
     python -m twisted_chat.accounts add|remove|list|passwd [--db chat.sqlite3] [NICK]
+    python -m twisted_chat.accounts add|remove|list|passwd --redis URL [NICK]
 
 C{--db} names the server's database, as C{twistd chat --db} does; the
 accounts are in the file beside it (C{chat.sqlite3} -> C{chat.accounts.sqlite3}),
 which the server opens for each login and never keeps locked, so this works
 with the server running or stopped, and a change counts from the next login.
+C{--redis} names a cluster's Redis, as C{twistd chat --redis} does: the
+accounts of every node of that cluster, changed the same way (one atomic
+Redis command each, L{twisted_chat.server.cluster.accounts}).
 
 A password is never taken from the command line (other users can read it
 there, and it lands in shell history): it is asked for twice on a terminal,
@@ -20,15 +24,20 @@ import argparse
 import getpass
 import sys
 import time
-from collections.abc import Sequence
-from typing import TextIO
+from collections.abc import Callable, Coroutine, Sequence
+from typing import Any, TextIO
+
+from twisted.internet import defer
+from twisted.python.failure import Failure
 
 from twisted_chat.server.accounts import (
     MEMORY,
+    AccountAdmin,
     AccountExists,
     AccountStore,
     AccountStoreError,
     NoSuchAccount,
+    SQLiteBook,
     accounts_path,
     hash_password,
     password_problem,
@@ -47,7 +56,8 @@ def _parser() -> argparse.ArgumentParser:
         prog="python -m twisted_chat.accounts",
         description=(
             "Manage the accounts (password-protected nicks) of a twisted-chat server, "
-            "running or stopped. Changes count from the next login."
+            "running or stopped, or of a whole cluster (--redis). Changes count from "
+            "the next login."
         ),
         epilog=(
             "Passwords (8 to 256 bytes) are asked for on a terminal, or read as the first "
@@ -63,9 +73,15 @@ def _parser() -> argparse.ArgumentParser:
         ("list", "list the accounts", False),
     ):
         command = commands.add_parser(name, help=helptext, description=helptext)
-        command.add_argument(
+        where = command.add_mutually_exclusive_group()
+        where.add_argument(
             "--db", default=DEFAULT_DB,
             help=f"the server's database, as given to twistd chat --db (default {DEFAULT_DB})",
+        )
+        where.add_argument(
+            "--redis", metavar="URL",
+            help="a cluster's Redis, as given to twistd chat --redis: the accounts of "
+            "every node of that cluster",
         )
         if takes_nick:
             command.add_argument("nick", metavar="NICK")
@@ -97,36 +113,95 @@ def _when(seconds: float) -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(seconds))
 
 
+async def _command(
+    book: AccountAdmin, command: str, nick: str | None, password: Callable[[], bytes],
+    stdout: TextIO,
+) -> None:
+    """One command on C{book}; C{password} reads the new password."""
+    if command == "list":
+        for account in await book.list():
+            print(f"{account.nick}\tcreated {_when(account.created)}"
+                  f"\tchanged {_when(account.changed)}", file=stdout)
+        return
+    assert nick is not None
+    if command == "remove":
+        await book.remove(nick)
+        print(f"removed the account of {nick}", file=stdout)
+        return
+    exists = await book.get(nick) is not None  # before the password is typed
+    if command == "add":
+        if exists:
+            raise AccountExists(nick)
+        await book.add(nick, hash_password(password()))
+        print(f"added an account for {nick}", file=stdout)
+        return
+    if not exists:
+        raise NoSuchAccount(nick)
+    await book.set_hash(nick, hash_password(password()))
+    print(f"changed the password of {nick}", file=stdout)
+
+
+def _on_redis(url: str, work: Callable[[AccountAdmin], Coroutine[Any, Any, None]]) -> None:
+    """Run C{work} on the accounts in the Redis at C{url}, under a reactor."""
+    from twisted.internet import reactor
+
+    from twisted_chat.server.cluster.accounts import open_book
+
+    outcome: list[object] = []
+
+    async def main() -> None:
+        book, close = await open_book(url, reactor)
+        try:
+            await work(book)
+        finally:
+            close()
+
+    def start() -> None:
+        d = defer.ensureDeferred(main())
+        d.addBoth(outcome.append)
+        d.addBoth(lambda _: reactor.stop())
+
+    reactor.callWhenRunning(start)
+    reactor.run()
+    if not outcome:  # stopped by a signal
+        raise KeyboardInterrupt
+    _raise(outcome[0])
+
+
+def _raise(result: object) -> None:
+    if isinstance(result, Failure):
+        result.raiseException()
+
+
 def run(argv: Sequence[str], stdin: TextIO, stdout: TextIO, stderr: TextIO) -> None:
     args = _parser().parse_args(argv)
-    if args.db == MEMORY:
-        raise Failed(":memory: has no accounts file: accounts made now would be lost")
-    store = AccountStore(accounts_path(args.db))
     nick: str | None = getattr(args, "nick", None)
     if nick is not None and not is_valid_nick(nick):
         raise Failed(f"{nick!r} is not a valid nick (1-24 letters, digits, _ or -, "
                      "starting with a letter)")
     try:
-        if args.command == "list":
-            for account in store.list():
-                print(f"{account.nick}\tcreated {_when(account.created)}"
-                      f"\tchanged {_when(account.changed)}", file=stdout)
+        if args.redis is not None:
+            from twisted_chat.server.cluster.redislog import parse_url
+
+            try:
+                parse_url(args.redis)
+            except ValueError as e:
+                raise Failed(f"--redis: {e}") from None
+            # The password first: a terminal's Ctrl-C must not meet a running reactor.
+            secret = (read_password(stdin, stderr)
+                      if args.command in ("add", "passwd") else b"")
+            _on_redis(args.redis,
+                      lambda book: _command(book, args.command, nick, lambda: secret, stdout))
             return
-        assert nick is not None
-        if args.command == "remove":
-            store.remove(nick)
-            print(f"removed the account of {nick}", file=stdout)
-            return
-        if args.command == "add":
-            if store.exists(nick):  # before the password is typed
-                raise AccountExists(nick)
-            store.add(nick, hash_password(read_password(stdin, stderr)))
-            print(f"added an account for {nick}", file=stdout)
-            return
-        if not store.exists(nick):
-            raise NoSuchAccount(nick)
-        store.set_hash(nick, hash_password(read_password(stdin, stderr)))
-        print(f"changed the password of {nick}", file=stdout)
+        if args.db == MEMORY:
+            raise Failed(":memory: has no accounts file: accounts made now would be lost")
+        # The file, inline: every call has its answer when it returns.
+        book = SQLiteBook(AccountStore(accounts_path(args.db)), defer.execute)
+        done: list[object] = []
+        defer.ensureDeferred(_command(
+            book, args.command, nick, lambda: read_password(stdin, stderr), stdout,
+        )).addBoth(done.append)
+        _raise(done[0])
     except AccountExists:
         raise Failed(f"{nick} has an account already (passwd changes its password)") from None
     except NoSuchAccount:
