@@ -587,7 +587,6 @@ def test_no_password_in_any_line_or_log_event(tmp_path: Path) -> None:
     ("args", "message"),
     [
         (["--accounts", "required", "--db", ":memory:"], "needs a --db file"),
-        (["--accounts", "required", "--redis", "redis://127.0.0.1:1/0"], "--redis"),
         (["--accounts", "sometimes"], "must be open, required or off"),
     ],
 )
@@ -598,6 +597,40 @@ def test_accounts_options_refused(args: list[str], message: str) -> None:
 
     with pytest.raises(usage.UsageError, match=message):
         Options().parseOptions(args)
+
+
+@pytest.mark.parametrize("mode", ["open", "required"])
+def test_cluster_mode_keeps_the_accounts_in_redis(mode: str) -> None:
+    """With --redis, accounts are on (no --db file needed) and in the
+    cluster's Redis; the password threads start and stop with the node."""
+    from twisted.internet.testing import MemoryReactorClock
+
+    from twisted_chat.server.cluster.accounts import RedisBook
+    from twisted_chat.server.cluster.service import ClusterService
+    from twisted_chat.server.service import Options, makeService
+
+    options = Options()
+    options.parseOptions(["--accounts", mode, "--db", ":memory:",
+                          "--redis", "redis://127.0.0.1:1/0", "--port", "tcp:0"])
+    top = makeService(options, MemoryReactorClock())
+    [node] = [s for s in top if isinstance(s, ClusterService)]
+    accounts = node.factory.accounts
+    assert accounts is not None and accounts.mode.value == mode
+    assert isinstance(accounts.book, RedisBook)
+    assert node.work is accounts.work
+
+
+def test_cluster_mode_accounts_off() -> None:
+    from twisted.internet.testing import MemoryReactorClock
+
+    from twisted_chat.server.cluster.service import ClusterService
+    from twisted_chat.server.service import Options, makeService
+
+    options = Options()
+    options.parseOptions(["--accounts", "off", "--redis", "redis://127.0.0.1:1/0"])
+    top = makeService(options, MemoryReactorClock())
+    [node] = [s for s in top if isinstance(s, ClusterService)]
+    assert node.factory.accounts is None and node.work is None
 
 
 def test_accounts_option_default_is_open() -> None:

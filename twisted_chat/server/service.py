@@ -227,7 +227,8 @@ class Options(usage.Options):
          "hold), 'required' (only nicks with an account may log in; the operator "
          "makes them with 'python -m twisted_chat.accounts add --db DB NICK') or "
          "'off'. Accounts live in a file beside --db (chat.sqlite3 -> "
-         "chat.accounts.sqlite3). Passwords cross the network: use a TLS --port.",
+         "chat.accounts.sqlite3), or with --redis in Redis, shared by the whole "
+         "cluster (the tool's --redis URL). Passwords cross the network: use a TLS --port.",
          _accounts_mode],
     ]
 
@@ -273,7 +274,8 @@ class Options(usage.Options):
     def postOptions(self) -> None:
         if not self["ports"]:
             self["ports"] = [f"tcp:{DEFAULT_PORT}"]
-        if self["accounts"] == Mode.REQUIRED.value and self["db"] == MEMORY:
+        if (self["accounts"] == Mode.REQUIRED.value and self["db"] == MEMORY
+                and not self["redis"]):
             raise usage.UsageError(
                 "--accounts required needs a --db file: the accounts file goes beside it, "
                 "where 'python -m twisted_chat.accounts' can add accounts"
@@ -283,11 +285,6 @@ class Options(usage.Options):
             raise usage.UsageError(
                 "--redis-wait must be less than --idle-timeout: a user waiting for "
                 "Redis is not idle"
-            )
-        if self["accounts"] == Mode.REQUIRED.value and self["redis"]:
-            raise usage.UsageError(
-                "--accounts required cannot be used with --redis: accounts are not "
-                "shared between cluster nodes yet"
             )
 
     def config(self) -> ServerConfig:
@@ -510,8 +507,6 @@ def makeService(options: Options, reactor: Any = None) -> IService:
         log.warn("{warning}", warning=fitted.warning)
         config = dataclasses.replace(config, max_clients=fitted.max_clients)
     if options["redis"]:
-        if config.accounts != Mode.OFF.value:
-            log.info("accounts are off in cluster mode (not shared between nodes yet)")
         return _cluster_service(options, config, reactor)
     try:
         # Before twistd daemonizes, so a bad --db is one clear line on the
@@ -541,6 +536,7 @@ def makeService(options: Options, reactor: Any = None) -> IService:
 
 def _cluster_service(options: Options, config: ServerConfig, reactor: Any) -> IService:
     """C{--redis}: the state lives in the cluster (see docs/cluster.md)."""
+    from twisted_chat.server.cluster.accounts import RedisBook
     from twisted_chat.server.cluster.redislog import parse_url
     from twisted_chat.server.cluster.service import ClusterService, cluster_factory
 
@@ -553,8 +549,11 @@ def _cluster_service(options: Options, config: ServerConfig, reactor: Any) -> IS
                                      wait=options["redis-wait"],
                                      max_waiting=options["redis-queue"])
     factory.noisy = False
+    # The one account namespace of the cluster: in its Redis (docs/accounts.md).
+    factory.accounts, work = _accounts(config, reactor,
+                                       lambda work: RedisBook(redis.command, reactor))
     top = MultiService()
-    ClusterService(factory, redis).setServiceParent(top)
+    ClusterService(factory, redis, work).setServiceParent(top)
     for description, endpoint in ports:
         PortService(description, endpoint, factory).setServiceParent(top)
     if options["web"]:

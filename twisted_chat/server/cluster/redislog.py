@@ -283,6 +283,17 @@ class RedisLog:
     async def _new_connection(self, reply_timeout: float) -> Any:
         return await connect(self.target, self.reactor, reply_timeout, self._opening)
 
+    def command(self, *args: Any) -> Deferred[Any]:
+        """
+        One command on the node's command connection, now (for an answer a
+        user waits for: not queued, not resent); fails with
+        C{ConnectionError} while Redis is out of reach.
+        """
+        if self._cmd is None or not self.state.available:
+            return defer.fail(ConnectionError("Redis is out of reach"))
+        d: Deferred[Any] = self._cmd.execute_command(*args)
+        return d
+
     async def _open(self, generation: int) -> None:
         cmd = await self._new_connection(self.reply_timeout)
         reader = await self._new_connection(self.reply_timeout + READ_BLOCK_MS / 1000)

@@ -23,6 +23,7 @@ from twisted_chat.server.cluster.redislog import RedisLog, RedisTarget
 from twisted_chat.server.config import ServerConfig
 from twisted_chat.server.factory import ChatFactory, hub_options
 from twisted_chat.server.history import History
+from twisted_chat.server.login import PasswordWork
 
 __all__ = ["ClusterService", "cluster_factory", "drop_users"]
 
@@ -64,12 +65,16 @@ class ClusterService(Service):
 
     log = Logger()
 
-    def __init__(self, factory: ChatFactory, redis: RedisLog) -> None:
+    def __init__(self, factory: ChatFactory, redis: RedisLog,
+                 work: PasswordWork | None = None) -> None:
         self.factory = factory
         self.redis = redis
+        self.work = work  # the password threads, when accounts are on
 
     def startService(self) -> None:
         super().startService()
+        if self.work is not None:
+            self.work.start()  # here, not before: threads do not survive the fork
         self.log.info(
             "chat server {name!r} starting in cluster mode: Redis {redis}",
             name=self.factory.config.server_name, redis=self.redis.target.display,
@@ -86,5 +91,9 @@ class ClusterService(Service):
         return defer.ensureDeferred(self._finish(closed))
 
     async def _finish(self, closed: Deferred[None]) -> None:
-        await closed
+        try:
+            await closed
+        finally:
+            if self.work is not None:
+                self.work.stop()  # after the last connection: no check is left to answer
         await self.redis.stop()
