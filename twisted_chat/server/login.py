@@ -471,6 +471,12 @@ class Login:
             self._conn.write(wire.error(ErrorCode.REGISTERED, f"{nick} has an account already"))
         elif isinstance(value, NoSuchAccount):
             self._conn.write(wire.error(ErrorCode.NOT_REGISTERED, f"{nick} has no account"))
+        elif isinstance(value, AccountsUnavailable):
+            # The cluster's answer to a command Redis could not take.
+            _store_failed(failure, "account {nick}: could not set the password", nick)
+            self._conn.write(wire.error(
+                ErrorCode.UNAVAILABLE,
+                "the accounts cannot be reached now; send it again in a moment"))
         else:
             _store_failed(failure, "account {nick}: could not set the password", nick)
             self._conn.write(wire.error(
