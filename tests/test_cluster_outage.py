@@ -408,3 +408,34 @@ def test_a_silent_redis_is_given_up_after_the_reply_timeout() -> None:
     assert log._retry is not None  # given up: a new attempt is scheduled
     assert all(t.disconnecting for t in transports)
     assert log.reply_timeout == 5.0  # a third of --node-timeout
+
+
+def test_a_web_connection_s_lines_wait_behind_its_command_too() -> None:
+    """The WebSocket gateway hands whole lines to message_received: they are
+    held behind a command being decided, as bytes from TCP are, in order
+    (NICK then MSG at once: READY, then the message, not ERROR not-ready)."""
+    cluster, n0, log = outage()
+    bob = cluster.nodes[1].user("bob")
+    web = n0.connect()
+    web.take()
+    web.protocol.message_received(b"NICK ann")
+    web.protocol.message_received(b"MSG hi")
+    web.protocol.message_received(b"PING after")
+    assert web.take() == []
+    cluster.pump()
+    cluster.pump()
+    lines = web.take()
+    assert lines[0] == "READY ann"
+    assert [line for line in lines if line.startswith(("MSG", "PONG", "ERROR"))][-2:] == [
+        lines[-2], "PONG after"]
+    assert lines[-2].endswith("ann * hi")
+    assert said(bob.take()) == ["hi"]
+    # During an outage a web connection holds at most _HELD_INPUT bytes,
+    # then its reading pauses, as on TCP.
+    log.down()
+    web.protocol.message_received(b"MSG waits")
+    for _ in range(20):
+        web.protocol.message_received(b"MSG " + b"x" * 4000)
+    assert not web.reading
+    cluster.clock.advance(WAIT)
+    assert web.take()[0].startswith("ERROR unavailable")

@@ -9,6 +9,7 @@ public methods; the fan-out sees this class as a L{Member}.
 from __future__ import annotations
 
 import math
+from collections import deque
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from twisted.internet.defer import Deferred
@@ -56,6 +57,10 @@ class ChatProtocol(Protocol):
     """
 
     log = logs.logger()
+    # Whole lines (message_received) that came while a command was being
+    # decided, and their size; made only for a connection that needs it.
+    _held: deque[bytes] | None = None
+    _held_size = 0
 
     def __init__(self, factory: ChatFactory) -> None:
         self.factory = factory
@@ -307,6 +312,16 @@ class ChatProtocol(Protocol):
         """
         if self.closing:
             return
+        if self._waiting:
+            # Held in order behind the command, as dataReceived holds bytes.
+            if self._held is None:
+                self._held = deque()
+            self._held.append(line)
+            self._held_size += len(line) + 1
+            if self._held_size > _HELD_INPUT and not self._paused_for_answer:
+                self._paused_for_answer = True
+                self.transport.pauseProducing()  # type: ignore[union-attr]
+            return
         if len(line) > self.config.max_line:
             self._too_long()
         else:
@@ -360,6 +375,11 @@ class ChatProtocol(Protocol):
                 self.transport.resumeProducing()  # type: ignore[union-attr]
         if self._buffer and not self.closing:
             self.dataReceived(b"")
+        held = self._held
+        while held and not self._waiting and not self.closing:
+            line = held.popleft()
+            self._held_size -= len(line) + 1
+            self.message_received(line)
         if self._input_ended and not self._waiting:
             self.readConnectionLost()
 
