@@ -439,3 +439,20 @@ def test_a_web_connection_s_lines_wait_behind_its_command_too() -> None:
     assert not web.reading
     cluster.clock.advance(WAIT)
     assert web.take()[0].startswith("ERROR unavailable")
+
+
+def test_a_node_that_goes_on_under_a_new_id_holds_its_lease_before_any_event() -> None:
+    """Declared dead, a node goes on under a new id: that id's lease is set
+    at once, ahead of any event of the new id on the same connection, so no
+    other node can find a member of the new id without a lease (and take the
+    node for dead again, dropping its new users)."""
+    log, state = redis_log()
+    cmd = FakeRedis()
+    log._cmd, state.available = cmd, True
+    old = state.node
+    state.lost()
+    assert state.node != old
+    state.register("erin", object(), "-")
+    lease, xadd = cmd.commands
+    assert lease[:2] == ("SET", "chat:node:" + state.node)
+    assert xadd[0] == "XADD" and '"n":"%s"' % state.node in xadd[-1]

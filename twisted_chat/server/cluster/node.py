@@ -112,6 +112,8 @@ class ClusterState:
         self.available = False
         #: Called when the cluster has declared this node dead.
         self.on_lost: Callable[[], None] = lambda: None
+        #: Called with the node's new id, before it can append anything.
+        self.on_renamed: Callable[[str], None] = lambda node: None
         self.closing = False
         self._k = 0
         self._pending: dict[int, _Waiting] = {}
@@ -305,6 +307,7 @@ class ClusterState:
         if not self.closing:
             old, self.node = self.node, new_node_id()
             self.replica.node = self.node
+            self.on_renamed(self.node)
             # What was waiting was its old self's: taken back where it can
             # be.  Its users are about to be told BYE; a registration gets
             # RETRY (one that may be in the log already can still bring its

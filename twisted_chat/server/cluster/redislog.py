@@ -261,6 +261,7 @@ class RedisLog:
         self._declared: set[str] = set()
         self._ready: Deferred[None] = Deferred()
         state.events = self
+        state.on_renamed = self._renamed
 
     # -- starting, reconnecting -------------------------------------------------
 
@@ -519,6 +520,17 @@ class RedisLog:
             self._lost(generation)
 
     # -- heartbeat, liveness, snapshots ------------------------------------------------
+
+    def _renamed(self, node: str) -> None:
+        """
+        The node goes on under a new id: its lease now, ahead (on the same
+        connection) of any event of that id, or another node could see a
+        user of the new id before its lease and take it for dead.  (With no
+        connection, the next one sets it before taking registrations.)
+        """
+        if self._cmd is not None:
+            d = self._cmd.execute_command("SET", LEASE + node, "1", "PX", self.lease_ms)
+            d.addErrback(lambda f: self.log.debug("lease: {e}", e=f.getErrorMessage()))
 
     def _schedule_beat(self, delay: float) -> None:
         self._beat = self.reactor.callLater(delay, self._heartbeat)
