@@ -19,6 +19,7 @@ from twisted.internet.task import Clock
 
 from tests.redisproc import REDIS_SERVER, RedisServer
 from twisted_chat.server.accounts import (
+    Account,
     AccountExists,
     AccountStoreError,
     AccountsUnavailable,
@@ -96,6 +97,19 @@ async def test_add_get_list_set_remove(redis: RedisServer, nodes: Nodes) -> None
     # One hash of JSON records, keyed by the nick in lower case; no password in it.
     record = json.loads(redis.command("HGET", ACCOUNTS, "bob").split("\r\n")[1])
     assert record["nick"] == "bob" and record["hash"] == "hash-b"
+
+
+@needs_redis
+@pytest_twisted.ensureDeferred
+async def test_copy_keeps_hash_and_times_and_never_overwrites(nodes: Nodes) -> None:
+    [book] = await nodes(1)
+    old = Account("Alice", "scrypt$old", 1_700_000_000.123, 1_700_000_500.456)
+    assert await book.copy(old) is True
+    assert await book.get("alice") == old
+    await book.add("bob", "bob-hash")
+    assert await book.copy(Account("BOB", "other", 1.0, 2.0)) is False
+    bob = await book.get("bob")
+    assert bob is not None and (bob.nick, bob.password_hash) == ("bob", "bob-hash")
 
 
 @needs_redis

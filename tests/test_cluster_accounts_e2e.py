@@ -21,6 +21,7 @@ from tests import test_e2e_accounts as e2e_accounts
 from tests.redisproc import REDIS_SERVER
 from tests.serverproc import LineClient, ServerProcess
 from tests.test_cluster_e2e import Cluster, cluster  # noqa: F401  (the fixture)
+from twisted_chat.server.accounts import AccountStore
 
 pytestmark = [
     pytest.mark.e2e,
@@ -219,3 +220,29 @@ def test_tool_refuses_db_and_redis_together(tmp_path: Path) -> None:
     assert done.returncode == 2 and "not allowed with" in done.stderr
     bad = tool(tmp_path, "list", "--redis", "http://x")
     assert bad.returncode == 1 and "scheme" in bad.stderr and "Traceback" not in bad.stderr
+
+
+def test_import_moves_a_single_servers_accounts_into_the_cluster(
+    cluster: Callable[..., Cluster],
+) -> None:
+    c = cluster(1)
+    [node] = c.nodes
+    for nick, password in (("Alice", "alice-password"), ("bob", "bob-password")):
+        assert tool(c.tmp, "add", nick, stdin=f"{password}\n").returncode == 0
+    assert tool(c.tmp, "add", "--redis", c.url, "BOB", stdin=f"{PW}\n").returncode == 0
+    done = tool(c.tmp, "import", "--redis", c.url)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout == "imported 1 accounts\nleft 1 as the cluster has them: bob\n"
+    # The password and the times as they were on the single server.
+    [alice] = [a for a in AccountStore(str(c.tmp / "chat.accounts.sqlite3")).list()
+               if a.nick == "Alice"]
+    listed = tool(c.tmp, "list", "--redis", c.url).stdout.splitlines()
+    assert listed[0] == tool(c.tmp, "list").stdout.splitlines()[0]
+    assert listed[1].startswith("BOB\t")
+    log_in(c, node, "Alice", "alice-password").send("BYE")
+    log_in(c, node, "BOB", PW).send("BYE")  # the cluster's own was kept
+    again = tool(c.tmp, "import", "--redis", c.url)
+    assert again.stdout == "imported 0 accounts\nleft 2 as the cluster has them: Alice bob\n"
+    assert alice.password_hash not in done.stdout + again.stdout
+    missing = tool(c.tmp, "import", "--db", "nothing.sqlite3", "--redis", c.url)
+    assert missing.returncode == 1 and "no accounts file" in missing.stderr

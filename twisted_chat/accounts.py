@@ -3,6 +3,7 @@ The operator's accounts tool:
 
     python -m twisted_chat.accounts add|remove|list|passwd [--db chat.sqlite3] [NICK]
     python -m twisted_chat.accounts add|remove|list|passwd --redis URL [NICK]
+    python -m twisted_chat.accounts import --db chat.sqlite3 --redis URL
 
 C{--db} names the server's database, as C{twistd chat --db} does; the
 accounts are in the file beside it (C{chat.sqlite3} -> C{chat.accounts.sqlite3}),
@@ -10,7 +11,8 @@ which the server opens for each login and never keeps locked, so this works
 with the server running or stopped, and a change counts from the next login.
 C{--redis} names a cluster's Redis, as C{twistd chat --redis} does: the
 accounts of every node of that cluster, changed the same way (one atomic
-Redis command each, L{twisted_chat.server.cluster.accounts}).
+Redis command each, L{twisted_chat.server.cluster.accounts}).  C{import}
+copies a single server's accounts into a cluster (moving to cluster mode).
 
 A password is never taken from the command line (other users can read it
 there, and it lands in shell history): it is asked for twice on a terminal,
@@ -22,16 +24,18 @@ from __future__ import annotations
 
 import argparse
 import getpass
+import os
 import sys
 import time
 from collections.abc import Callable, Coroutine, Sequence
-from typing import Any, TextIO
+from typing import TYPE_CHECKING, Any, TextIO
 
 from twisted.internet import defer
 from twisted.python.failure import Failure
 
 from twisted_chat.server.accounts import (
     MEMORY,
+    Account,
     AccountAdmin,
     AccountExists,
     AccountStore,
@@ -43,6 +47,9 @@ from twisted_chat.server.accounts import (
     password_problem,
 )
 from twisted_chat.wire import is_valid_nick
+
+if TYPE_CHECKING:
+    from twisted_chat.server.cluster.accounts import RedisBook
 
 DEFAULT_DB = "chat.sqlite3"
 
@@ -85,6 +92,14 @@ def _parser() -> argparse.ArgumentParser:
         )
         if takes_nick:
             command.add_argument("nick", metavar="NICK")
+    helptext = ("copy the accounts of a single server's --db into a cluster's --redis, "
+                "passwords and times as they are (a nick with an account there is left "
+                "as it is)")
+    copy = commands.add_parser("import", help=helptext, description=helptext)
+    copy.add_argument("--db", default=DEFAULT_DB,
+                      help=f"the single server's database (default {DEFAULT_DB})")
+    copy.add_argument("--redis", metavar="URL", required=True,
+                      help="the cluster's Redis, as given to twistd chat --redis")
     return parser
 
 
@@ -141,7 +156,18 @@ async def _command(
     print(f"changed the password of {nick}", file=stdout)
 
 
-def _on_redis(url: str, work: Callable[[AccountAdmin], Coroutine[Any, Any, None]]) -> None:
+async def _import(book: RedisBook, accounts: list[Account], stdout: TextIO) -> None:
+    """C{import}: each account, unless its nick has one in the cluster."""
+    kept = []
+    for account in accounts:
+        if not await book.copy(account):
+            kept.append(account.nick)
+    print(f"imported {len(accounts) - len(kept)} accounts", file=stdout)
+    if kept:
+        print(f"left {len(kept)} as the cluster has them: {' '.join(kept)}", file=stdout)
+
+
+def _on_redis(url: str, work: Callable[[RedisBook], Coroutine[Any, Any, None]]) -> None:
     """Run C{work} on the accounts in the Redis at C{url}, under a reactor."""
     from twisted.internet import reactor
 
@@ -187,6 +213,13 @@ def run(argv: Sequence[str], stdin: TextIO, stdout: TextIO, stderr: TextIO) -> N
                 parse_url(args.redis)
             except ValueError as e:
                 raise Failed(f"--redis: {e}") from None
+            if args.command == "import":
+                path = accounts_path(args.db)
+                if args.db == MEMORY or not os.path.exists(path):
+                    raise Failed(f"no accounts file {path!r} to import")
+                accounts = AccountStore(path).list()
+                _on_redis(args.redis, lambda book: _import(book, accounts, stdout))
+                return
             # The password first: a terminal's Ctrl-C must not meet a running reactor.
             secret = (read_password(stdin, stderr)
                       if args.command in ("add", "passwd") else b"")

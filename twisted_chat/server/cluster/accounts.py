@@ -70,9 +70,9 @@ return 1
 """
 
 
-def _encode(nick: str, password_hash: str, now_ms: int) -> str:
-    return json.dumps({"nick": nick, "hash": password_hash, "created": now_ms,
-                       "changed": now_ms}, separators=(",", ":"))
+def _encode(nick: str, password_hash: str, created_ms: int, changed_ms: int) -> str:
+    return json.dumps({"nick": nick, "hash": password_hash, "created": created_ms,
+                       "changed": changed_ms}, separators=(",", ":"))
 
 
 def _decode(value: Any) -> Account:
@@ -126,8 +126,9 @@ class RedisBook:
     def add(self, nick: str, password_hash: str) -> Deferred[None]:
         if not is_valid_nick(nick):
             return defer.fail(ValueError(f"{nick!r} is not a valid nick"))
+        now = self._now_ms()
         d = self._command("HSETNX", ACCOUNTS, nick_key(nick),
-                          _encode(nick, password_hash, self._now_ms()))
+                          _encode(nick, password_hash, now, now))
         return d.addCallback(_raise_unless_set, AccountExists, nick)
 
     def set_hash(self, nick: str, password_hash: str) -> Deferred[None]:
@@ -147,6 +148,19 @@ class RedisBook:
             return [_decode(value) for _, value in pairs]
 
         return self._command("HGETALL", ACCOUNTS).addCallback(accounts)
+
+    def copy(self, account: Account) -> Deferred[bool]:
+        """
+        Put an account from elsewhere (the single server's file) here as it
+        is, hash and times included, unless the nick has one already
+        (C{HSETNX}): whether it was put.
+        """
+        if not is_valid_nick(account.nick):
+            return defer.fail(ValueError(f"{account.nick!r} is not a valid nick"))
+        value = _encode(account.nick, account.password_hash, round(account.created * 1000),
+                        round(account.changed * 1000))
+        d = self._command("HSETNX", ACCOUNTS, nick_key(account.nick), value)
+        return d.addCallback(lambda reply: int(reply) == 1)
 
 
 def _raise_unless_set(reply: Any, error: type[Exception], nick: str) -> None:
