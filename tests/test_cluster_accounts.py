@@ -25,7 +25,7 @@ from twisted_chat.server.accounts import (
     AccountsUnavailable,
     NoSuchAccount,
 )
-from twisted_chat.server.cluster.accounts import ACCOUNTS, RedisBook, open_book
+from twisted_chat.server.cluster.accounts import ACCOUNTS, RedisBook, forgetful, open_book
 
 Nodes = Callable[[int], Awaitable[list[RedisBook]]]
 needs_redis = pytest.mark.skipif(REDIS_SERVER is None, reason="redis-server is not installed")
@@ -189,6 +189,31 @@ async def test_redis_refusing_is_a_store_error_and_gone_is_unavailable(
 
     with pytest.raises(AccountsUnavailable, match="cannot reach Redis"):
         await open_book(redis.url, reactor)
+
+
+@needs_redis
+@pytest_twisted.ensureDeferred
+async def test_forgetful_redis_is_named(tmp_path: Path) -> None:
+    from twisted.internet import reactor
+
+    for persist in (True, False):
+        (tmp_path / str(persist)).mkdir()
+        server = RedisServer(tmp_path / str(persist), persist=persist).start()
+        try:
+            book, close = await open_book(server.url, reactor)
+            try:
+                execute = book._execute
+                found = await forgetful(execute)
+                assert found == ([] if persist else [
+                    "no persistence (appendonly no, no save points): a Redis restart "
+                    "loses every account"])
+                server.command("CONFIG", "SET", "maxmemory-policy", "allkeys-lru")
+                found = await forgetful(execute)
+                assert found[0].startswith("maxmemory-policy is allkeys-lru, not noeviction")
+            finally:
+                close()
+        finally:
+            server.stop()
 
 
 # -- without Redis: what the node's connection gives the book ----------------------

@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 
 from tests import test_e2e_accounts as e2e_accounts
-from tests.redisproc import REDIS_SERVER
+from tests.redisproc import REDIS_SERVER, RedisServer
 from tests.serverproc import LineClient, ServerProcess
 from tests.test_cluster_e2e import Cluster, cluster  # noqa: F401  (the fixture)
 from twisted_chat.server.accounts import AccountStore
@@ -246,3 +246,17 @@ def test_import_moves_a_single_servers_accounts_into_the_cluster(
     assert alice.password_hash not in done.stdout + again.stdout
     missing = tool(c.tmp, "import", "--db", "nothing.sqlite3", "--redis", c.url)
     assert missing.returncode == 1 and "no accounts file" in missing.stderr
+
+
+def test_a_node_warns_when_redis_would_lose_the_accounts(
+    cluster: Callable[..., Cluster], tmp_path: Path,
+) -> None:
+    kept = cluster(1)
+    (tmp_path / "forgetful").mkdir()
+    forgetful = cluster(1, redis=RedisServer(tmp_path / "forgetful", persist=False).start())
+    forgetful.nodes[0].wait_log("Redis may lose the accounts: no persistence")
+    off = forgetful.node("--accounts", "off")
+    c = kept.nodes[0]
+    c.wait_log("cluster: state loaded")
+    kept.user(c, "probe").send("BYE")  # the check ran before the node took users
+    assert "Redis may lose the accounts" not in c.log() + off.log()

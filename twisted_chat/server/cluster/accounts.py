@@ -50,7 +50,7 @@ from twisted_chat.server.accounts import (
 from twisted_chat.server.cluster.redislog import connect, parse_url
 from twisted_chat.wire import is_valid_nick, nick_key
 
-__all__ = ["ACCOUNTS", "TIMEOUT", "RedisBook", "open_book"]
+__all__ = ["ACCOUNTS", "TIMEOUT", "RedisBook", "forgetful", "open_book"]
 
 ACCOUNTS = "chat:accounts"
 #: Seconds an account command may wait for Redis's answer.
@@ -167,6 +167,27 @@ def _raise_unless_set(reply: Any, error: type[Exception], nick: str) -> None:
     """Redis answered 1 (done) or 0 (the account was, or was not, there)."""
     if int(reply) != 1:
         raise error(nick)
+
+
+async def forgetful(execute: Callable[..., Deferred[Any]]) -> list[str]:
+    """
+    What in Redis's configuration could lose the accounts, which live
+    nowhere else (docs/accounts.md): an eviction policy other than
+    C{noeviction}, no persistence at all.  Empty: nothing seen.
+
+    @raise txredisapi.ResponseError: C{CONFIG} is not allowed here.
+    """
+    found = []
+    reply = await execute("CONFIG", "GET", "maxmemory-policy")
+    if reply and reply[1] != "noeviction":
+        found.append(f"maxmemory-policy is {reply[1]}, not noeviction: Redis may evict "
+                     f"{ACCOUNTS}, every account at once")
+    aof = await execute("CONFIG", "GET", "appendonly")
+    save = await execute("CONFIG", "GET", "save")
+    if aof and save and aof[1] == "no" and not save[1]:
+        found.append("no persistence (appendonly no, no save points): a Redis restart "
+                     "loses every account")
+    return found
 
 
 async def open_book(url: str, reactor: Any) -> tuple[RedisBook, Callable[[], None]]:

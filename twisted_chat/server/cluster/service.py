@@ -79,7 +79,22 @@ class ClusterService(Service):
             "chat server {name!r} starting in cluster mode: Redis {redis}",
             name=self.factory.config.server_name, redis=self.redis.target.display,
         )
-        self.redis.start()
+        ready = self.redis.start()
+        if self.factory.accounts is not None:
+            ready.addCallback(lambda _: defer.ensureDeferred(self._check_redis()))
+
+    async def _check_redis(self) -> None:
+        """Say once, at start, if Redis is set up to lose the accounts."""
+        from twisted_chat.server.cluster.accounts import forgetful
+
+        try:
+            found = await forgetful(self.redis.command)
+        except Exception as e:
+            self.log.info("cluster: cannot read Redis's configuration ({e}); make sure it "
+                          "keeps the accounts: persistence, noeviction (docs/cluster.md)", e=e)
+            return
+        for problem in found:
+            self.log.warn("cluster: Redis may lose the accounts: {problem}", problem=problem)
 
     def stopService(self) -> Deferred[None]:
         super().stopService()
