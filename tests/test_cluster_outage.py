@@ -456,3 +456,41 @@ def test_a_node_that_goes_on_under_a_new_id_holds_its_lease_before_any_event() -
     lease, xadd = cmd.commands
     assert lease[:2] == ("SET", "chat:node:" + state.node)
     assert xadd[0] == "XADD" and '"n":"%s"' % state.node in xadd[-1]
+
+
+def test_each_command_is_answered_when_its_own_wait_ends() -> None:
+    """One timer for the oldest waiting command, not one per command: each
+    is still answered exactly when its own wait ends, a command that comes
+    in as another is answered (a line held behind it) included."""
+    cluster, n0, log = outage(1)
+    ann, bob = n0.user("ann"), n0.user("bob")
+    log.down()
+    ann.send("MSG first", "MSG second")
+    cluster.clock.advance(3)
+    bob.send("MSG three seconds later")
+    cluster.clock.advance(WAIT - 3)
+    assert ann.take()[0].startswith("ERROR unavailable")  # "first"; "second" now waits
+    assert bob.take() == []
+    cluster.clock.advance(3 - 0.001)
+    assert bob.take() == []
+    cluster.clock.advance(0.001)
+    assert bob.take()[0].startswith("ERROR unavailable")
+    assert ann.take() == []
+    cluster.clock.advance(WAIT - 3)
+    assert ann.take()[0].startswith("ERROR unavailable")
+    assert n0.state.waiting_bytes == 0 and log.unacked == []
+
+
+def test_decided_commands_leave_no_timers_behind() -> None:
+    cluster, n0, log = outage(1)
+    ann = n0.user("ann")
+    cluster.clock.advance(WAIT)  # the registration's wait timer, lazily
+    timers = len(cluster.clock.getDelayedCalls())
+    for i in range(100):
+        ann.send(f"MSG {i}")
+        cluster.pump()
+    assert len(n0.state._deadlines) == 0
+    assert len(cluster.clock.getDelayedCalls()) <= timers + 1
+    cluster.clock.advance(WAIT)
+    assert len(cluster.clock.getDelayedCalls()) == timers
+    assert ann.take()[-1].endswith("ann * 99")

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import json
 import secrets
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -75,7 +76,6 @@ class _Waiting:
     ticket: object
     size: int
     registration: bool
-    timer: IDelayedCall | None = None
 
 
 class ClusterState:
@@ -117,6 +117,12 @@ class ClusterState:
         self.closing = False
         self._k = 0
         self._pending: dict[int, _Waiting] = {}
+        # When each waiting command's wait ends, oldest first (every command
+        # waits as long), and one timer for the oldest: no timer per command.
+        # Decided commands leave it from the front (they are decided in
+        # order) or when their time comes.
+        self._deadlines: deque[tuple[float, int]] = deque()
+        self._wait_call: IDelayedCall | None = None
         self._tick_call: IDelayedCall | None = None
         self._tick_due: float | None = None
 
@@ -153,16 +159,39 @@ class ClusterState:
         waiting = _Waiting(conn, Deferred(), self.events.append(text), size, registration)
         self.waiting_bytes += size
         self._pending[k] = waiting
-        waiting.timer = self.reactor.callLater(self.wait, self._waited, k)
+        due = self.reactor.seconds() + self.wait
+        self._deadlines.append((due, k))
+        if self._wait_call is None:
+            self._wait_call = self.reactor.callLater(self.wait, self._waits_end, due)
         assert waiting.answer is not None
         return waiting.answer
+
+    def _waits_end(self, at: float) -> None:
+        """The timer for the commands whose wait ends at C{at} (or before).
+        (Answering one may bring another command: C{_wait_call} is still set
+        meanwhile, so that one arms no timer; this one's next is armed below,
+        for the oldest.)"""
+        deadlines = self._deadlines
+        while deadlines and deadlines[0][0] <= at:
+            self._waited(deadlines.popleft()[1])
+        self._trim()
+        self._wait_call = None
+        if deadlines:
+            due = deadlines[0][0]
+            delay = max(due - self.reactor.seconds(), 0.0)
+            self._wait_call = self.reactor.callLater(delay, self._waits_end, due)
+
+    def _trim(self) -> None:
+        """Drop the decided commands from the front of the deadlines."""
+        deadlines, pending = self._deadlines, self._pending
+        while deadlines and deadlines[0][1] not in pending:
+            deadlines.popleft()
 
     def _waited(self, k: int) -> None:
         """Command C{k} has waited C{wait} seconds for the log."""
         waiting = self._pending.get(k)
         if waiting is None or waiting.answer is None:
             return
-        waiting.timer = None
         assert self.events is not None
         if self.events.withdraw(waiting.ticket):
             self._forget(k)
@@ -182,9 +211,8 @@ class ClusterState:
         waiting = self._pending.pop(k, None)
         if waiting is not None:
             self.waiting_bytes -= waiting.size
-            if waiting.timer is not None and waiting.timer.active():
-                waiting.timer.cancel()
-            waiting.timer = None
+            if self._deadlines and self._deadlines[0][1] == k:
+                self._trim()
         return waiting
 
     def register(self, nick: str, conn: Any, address: str, source: str = "") -> Deferred[User]:
@@ -274,10 +302,9 @@ class ClusterState:
         if self._tick_call is not None and self._tick_call.active():
             self._tick_call.cancel()
         self._tick_call = None
-        for waiting in self._pending.values():
-            if waiting.timer is not None and waiting.timer.active():
-                waiting.timer.cancel()
-            waiting.timer = None
+        if self._wait_call is not None and self._wait_call.active():
+            self._wait_call.cancel()
+        self._wait_call = None
 
     # -- Answers (the replica about this node's events) ------------------------
 
