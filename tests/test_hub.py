@@ -81,7 +81,23 @@ def test_pairing_and_timeout_use_the_injected_clock(world: tuple[Hub, Recorder, 
     assert rec.take() == [("invited", ("a", "b"))]
     clock.advance(1)
     assert rec.take() == [("declined", "a", "b", "timeout"), ("cancelled", "b", "a", "timeout")]
-    assert a.outgoing is None and b.incoming == {}
+    assert a.outgoing is None and b.incoming is None
+
+
+def test_a_user_holds_an_invitations_dict_only_while_invited(
+    world: tuple[Hub, Recorder, Clock],
+) -> None:
+    """Memory per idle connection (docs/fanout.md): no empty dict per user."""
+    hub, _, _ = world
+    a, b, c = hub.register("a", None), hub.register("b", None), hub.register("c", None)
+    assert a.incoming is None and b.incoming is None
+    hub.pair(a, "b")
+    hub.pair(c, "b")
+    assert b.incoming is not None and sorted(b.incoming) == ["a", "c"]
+    hub.reject(b, "a")
+    assert b.incoming is not None and list(b.incoming) == ["c"]
+    hub.unpair(c)  # withdrawn: the last one
+    assert b.incoming is None
 
 
 def test_an_invitation_may_carry_its_own_timeout(world: tuple[Hub, Recorder, Clock]) -> None:

@@ -61,9 +61,10 @@ def check_invariants(hub: Hub) -> None:
             assert invitation.inviter is user
             invitee = invitation.invitee
             assert online.get(invitee.key) is invitee, "an invitee is online"
-            assert invitee.incoming[user.key] is invitation
+            assert invitee.incoming is not None and invitee.incoming[user.key] is invitation
             assert invitation.timer is not None and invitation.timer.active()
-        for inviter_key, incoming in user.incoming.items():
+        assert user.incoming is None or user.incoming, "no empty invitations dict is kept"
+        for inviter_key, incoming in (user.incoming or {}).items():
             assert incoming.invitee is user
             assert online.get(inviter_key) is incoming.inviter, "an inviter is online"
             assert incoming.inviter.outgoing is incoming

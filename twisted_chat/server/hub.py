@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import bisect
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from enum import Enum
 from typing import Any, Protocol
 
@@ -58,10 +58,17 @@ class User:
     state: State = State.LOBBY
     partner: User | None = None
     outgoing: Invitation | None = None
-    incoming: dict[str, Invitation] = field(default_factory=dict)  # by inviter key
+    # Open invitations received, by inviter key; None while there are none
+    # (most users never get one: no empty dict per user).
+    incoming: dict[str, Invitation] | None = None
     # While paired: the lobby history's position when the pair began, so
     # that what the lobby said meanwhile is replayed when it ends.
     paired_at: int = 0
+
+
+def _received(user: User) -> list[Invitation]:
+    """A copy of C{user}'s open invitations received (ending one changes them)."""
+    return list(user.incoming.values()) if user.incoming else []
 
 
 @dataclass(eq=False, slots=True)
@@ -211,7 +218,7 @@ class Hub:
         self.listener.left(self.clock.seconds(), user, reason, text)
         if user.outgoing is not None:
             self._end(user.outgoing, "gone")
-        for invitation in list(user.incoming.values()):
+        for invitation in _received(user):
             self._end(invitation, "gone")
         partner = user.partner
         if partner is not None:
@@ -285,6 +292,8 @@ class Hub:
             timeout = self.invite_timeout
         invitation.timer = self.clock.callLater(timeout, self._expire, invitation)
         user.outgoing = invitation
+        if target.incoming is None:
+            target.incoming = {}
         target.incoming[user.key] = invitation
         self.log.info("{inviter} invited {invitee}", inviter=user.nick, invitee=target.nick)
         self.listener.invited(invitation)
@@ -297,7 +306,7 @@ class Hub:
         the inviter's side has too many invitations open.
         """
         limit = self.max_invites
-        if limit is not None and len(target.incoming) >= limit:
+        if limit is not None and len(_received(target)) >= limit:
             raise HubError(
                 ErrorCode.BUSY,
                 f"{target.nick} has {limit} open invitations already; try again later",
@@ -334,7 +343,7 @@ class Hub:
             raise HubError(ErrorCode.NOT_PAIRED, "you are not paired and have no open invitation")
 
     def _invitation_from(self, user: User, nick: str) -> Invitation:
-        invitation = user.incoming.get(nick_key(nick))
+        invitation = user.incoming.get(nick_key(nick)) if user.incoming else None
         if invitation is None:
             raise HubError(ErrorCode.NO_INVITE, f"you have no open invitation from {nick}")
         return invitation
@@ -359,7 +368,7 @@ class Hub:
         for one in (inviter, invitee):
             if one.outgoing is not None:
                 self._end(one.outgoing, "busy")
-            for other_invitation in list(one.incoming.values()):
+            for other_invitation in _received(one):
                 self._end(other_invitation, "busy")
 
     def _separate(self, user: User, partner: User) -> list[Entry]:
@@ -389,7 +398,11 @@ class Hub:
         invitation.timer = None
         inviter = invitation.inviter
         inviter.outgoing = None
-        del invitation.invitee.incoming[inviter.key]
+        invitee = invitation.invitee
+        assert invitee.incoming is not None
+        del invitee.incoming[inviter.key]
+        if not invitee.incoming:
+            invitee.incoming = None
         if inviter.source:
             left = self._sent_by_source.get(inviter.source, 1) - 1
             if left > 0:
