@@ -3,35 +3,33 @@
 from __future__ import annotations
 
 import gc
+import weakref
 
 from twisted.internet.task import Clock
 
-from twisted_chat.server.deadlines import Deadlines
+from twisted_chat.server.deadlines import Deadline, Deadlines
 
 
 class Owner:
     def __init__(self, deadlines: Deadlines) -> None:
         self.deadlines = deadlines
-        self.due: float | None = None
+        self.due: Deadline | None = None
         self.reached: list[float] = []
 
     def set(self, when: float) -> None:
-        self.due = when
-        self.deadlines.add(when, self)
+        if self.due is not None:
+            self.deadlines.drop(self.due)
+        self.due = self.deadlines.add(when, self)
 
     def drop(self) -> None:
+        assert self.due is not None
+        self.deadlines.drop(self.due)
         self.due = None
-        self.deadlines.dropped()
 
-    def has_deadline(self, when: float) -> bool:
-        return when == self.due
-
-    def deadline_reached(self, when: float) -> bool:
-        if when != self.due:
-            return False
+    def deadline_reached(self, when: float) -> None:
+        assert self.due is not None and self.due.when == when
         self.due = None
         self.reached.append(when)
-        return True
 
 
 def setup(n: int) -> tuple[Clock, Deadlines, list[Owner]]:
@@ -77,13 +75,24 @@ def test_no_timer_is_left_once_nobody_has_a_deadline() -> None:
     assert len(deadlines) == 0
 
 
-def test_an_owner_that_is_gone_is_skipped_and_not_kept_alive() -> None:
+def test_a_dropped_deadline_does_not_keep_its_owner_alive() -> None:
     clock, deadlines, owners = setup(2)
-    owners[0].set(1.0)
-    owners[1].set(2.0)
-    survivor = owners[1]
-    del owners[:]
-    gc.collect()  # the heap holds weak references only
-    clock.advance(2.0)
-    assert survivor.reached == [2.0]
+    owners[0].set(5.0)
+    owners[1].set(1.0)
+    gone = weakref.ref(owners[0])
+    owners[0].drop()  # as a connection does when it closes
+    del owners[0]
+    gc.collect()
+    assert gone() is None, "the entry waiting in the heap forgot its owner"
+    assert len(deadlines) == 2
+    clock.advance(5.0)
+    assert owners[0].reached == [1.0]
     assert len(deadlines) == 0
+
+
+def test_an_entry_is_small() -> None:
+    """Memory per idle connection (docs/fanout.md): a slotted entry, no dict."""
+    _, deadlines, (owner,) = setup(1)
+    entry = deadlines.add(1.0, owner)
+    assert not hasattr(entry, "__dict__")
+    assert not hasattr(entry, "__weakref__")

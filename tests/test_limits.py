@@ -147,9 +147,11 @@ def test_the_idle_timer_pings_when_due_even_where_the_difference_rounds_short() 
     h = Harness(idle_timeout=0.02, ping_timeout=0.01)
     h.clock.advance(0.01)
     alice = h.user("alice")
-    due = alice.protocol._idle_due
+    idle = alice.protocol._idle
+    assert idle is not None
+    due = idle.when
     assert due - h.clock.seconds() < 0.02  # the rounding this test is about
-    alice.protocol._idle_due = None  # the timer is run by hand below
+    alice.protocol._cancel_timers()  # the timer is run by hand below
     h.clock.advance(due - h.clock.seconds())
     assert h.clock.seconds() == due
     alice.protocol._check_idle()

@@ -1,13 +1,11 @@
 """
 Many connections' deadlines on one reactor timer (docs/fanout.md, "Memory
-per connection"): an idle connection costs a heap entry (a tuple, a float
-and a weak reference) instead of a C{DelayedCall} of its own.
+per connection"): an idle connection costs one small heap entry (a
+L{Deadline}: its time and its owner) instead of a C{DelayedCall} of its own.
 """
 
 from __future__ import annotations
 
-import itertools
-import weakref
 from heapq import heappop, heappush
 from typing import Protocol
 
@@ -15,39 +13,52 @@ from twisted.internet.interfaces import IDelayedCall, IReactorTime
 
 
 class Owner(Protocol):
-    def deadline_reached(self, when: float) -> bool:
-        """C{when} came: act if it is still this owner's deadline, and say
-        whether it was (a deadline the owner dropped or moved is not)."""
-
-    def has_deadline(self, when: float) -> bool:
-        """Whether C{when} is still a deadline of this owner."""
+    def deadline_reached(self, when: float) -> None:
+        """Its deadline C{when} came (one it dropped never does)."""
 
 
-Entry = tuple[float, int, "weakref.ReferenceType[Owner]"]
+class Deadline:
+    """
+    One owner's deadline, as the heap holds it.  Dropping it forgets the
+    owner at once, so a closed connection is not kept alive by an entry that
+    waits for its turn to leave the heap.
+    """
+
+    __slots__ = ("owner", "when")
+
+    def __init__(self, when: float, owner: Owner) -> None:
+        self.when = when
+        self.owner: Owner | None = owner
+
+    def __lt__(self, other: Deadline) -> bool:
+        return self.when < other.when
 
 
 class Deadlines:
     """
-    A heap of C{(when, seq, weak owner)}.  An owner that drops or moves a
-    deadline just stops answering to it (lazy removal), and calls L{dropped}
-    so that dead entries at the head go at once: the one reactor timer is
-    always for a live deadline, and none is left once nobody has one.
+    A heap of L{Deadline}s.  A dropped deadline stays in the heap without an
+    owner until it reaches the head (lazy removal); dead entries at the head
+    go at once, so the one reactor timer is always for a live deadline, and
+    none is left once nobody has one.
     """
 
-    __slots__ = ("_call", "_clock", "_heap", "_seq")
+    __slots__ = ("_call", "_clock", "_heap")
 
     def __init__(self, clock: IReactorTime) -> None:
         self._clock = clock
-        self._heap: list[Entry] = []
-        self._seq = itertools.count()
+        self._heap: list[Deadline] = []
         self._call: IDelayedCall | None = None
 
-    def add(self, when: float, owner: Owner) -> None:
-        heappush(self._heap, (when, next(self._seq), weakref.ref(owner)))
+    def add(self, when: float, owner: Owner) -> Deadline:
+        """C{owner}'s deadline at C{when}; keep it to L{drop} it."""
+        deadline = Deadline(when, owner)
+        heappush(self._heap, deadline)
         self._arm()
+        return deadline
 
-    def dropped(self) -> None:
-        """An owner dropped a deadline."""
+    def drop(self, deadline: Deadline) -> None:
+        """The owner no longer wants C{deadline}."""
+        deadline.owner = None
         self._arm()
 
     def __len__(self) -> int:
@@ -55,11 +66,7 @@ class Deadlines:
 
     def _arm(self) -> None:
         heap = self._heap
-        while heap:
-            when, _, ref = heap[0]
-            owner = ref()
-            if owner is not None and owner.has_deadline(when):
-                break
+        while heap and heap[0].owner is None:
             heappop(heap)
         call = self._call
         if not heap:
@@ -68,7 +75,7 @@ class Deadlines:
                 if call.active():
                     call.cancel()
             return
-        when = heap[0][0]
+        when = heap[0].when
         delay = max(when - self._clock.seconds(), 0.0)
         if call is None:
             self._call = self._clock.callLater(delay, self._fire)
@@ -79,9 +86,9 @@ class Deadlines:
         self._call = None
         heap = self._heap
         now = self._clock.seconds()
-        while heap and heap[0][0] <= now:
-            when, _, ref = heappop(heap)
-            owner = ref()
+        while heap and heap[0].when <= now:
+            deadline = heappop(heap)
+            owner, deadline.owner = deadline.owner, None
             if owner is not None:
-                owner.deadline_reached(when)
+                owner.deadline_reached(deadline.when)
         self._arm()

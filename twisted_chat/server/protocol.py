@@ -22,6 +22,7 @@ from zope.interface import implementer
 from twisted_chat import wire
 from twisted_chat.server import logs
 from twisted_chat.server.addresses import Address
+from twisted_chat.server.deadlines import Deadline
 from twisted_chat.server.flood import Dropped, FloodMeter
 from twisted_chat.server.history import clip_text
 from twisted_chat.server.hub import HubError, NickTaken, State, User
@@ -84,7 +85,7 @@ class ChatProtocol(Protocol):
         self._flood: FloodMeter | None = None
         self._last_line = 0.0
         self._pinged_at: float | None = None
-        self._idle_due: float | None = None  # on the factory's shared Deadlines
+        self._idle: Deadline | None = None  # on the factory's shared Deadlines
         self._nick_call: IDelayedCall | None = None
         self._abort_call: IDelayedCall | None = None  # set once a close has begun
         # A command is being decided elsewhere (see state.py): no more lines
@@ -170,25 +171,22 @@ class ChatProtocol(Protocol):
         if call is not None and call.active():
             call.cancel()
         self._nick_call = None
-        if self._idle_due is not None:
-            self._idle_due = None
-            self.factory.deadlines.dropped()
+        idle = self._idle
+        if idle is not None:
+            self._idle = None
+            self.factory.deadlines.drop(idle)
 
     # -- the idle deadline (twisted_chat.server.deadlines) -------------------------
 
     def _set_idle(self, when: float) -> None:
-        self._idle_due = when
-        self.factory.deadlines.add(when, self)
+        deadlines = self.factory.deadlines
+        if self._idle is not None:
+            deadlines.drop(self._idle)
+        self._idle = deadlines.add(when, self)
 
-    def has_deadline(self, when: float) -> bool:
-        return when == self._idle_due
-
-    def deadline_reached(self, when: float) -> bool:
-        if when != self._idle_due:
-            return False
-        self._idle_due = None
+    def deadline_reached(self, when: float) -> None:
+        self._idle = None
         self._check_idle()
-        return True
 
     def _close(self, reason: str, text: str) -> None:
         """End the connection from the server's side with C{BYE}."""
