@@ -237,18 +237,32 @@ class Stuck:
         return self._held
 
 
-def watched(*queues: Stuck, timeout: float = 8.0) -> tuple[Clock, DrainWatch, list[Stuck]]:
+class Conn:
+    """A stand-in connection: its queue, and the drops it was told of."""
+
+    def __init__(self, queue: Stuck, dropped: list[Stuck]) -> None:
+        self.send_queue: Stuck | None = queue
+        self._dropped = dropped
+
+    def output_stalled(self) -> None:
+        assert self.send_queue is not None
+        self._dropped.append(self.send_queue)
+        self.send_queue = None  # closing, as a dropped connection is
+
+
+def watched(*queues: Stuck, timeout: float = 8.0,
+            ) -> tuple[Clock, DrainWatch, list[Stuck], list[Conn]]:
     clock = Clock()
-    watch = DrainWatch(clock, timeout)
     dropped: list[Stuck] = []
-    for queue in queues:
-        watch.watch(queue, lambda q=queue: dropped.append(q))  # type: ignore[arg-type,misc]
-    return clock, watch, dropped
+    conns = [Conn(queue, dropped) for queue in queues]
+    watch = DrainWatch(clock, timeout, lambda: conns)  # type: ignore[arg-type,return-value]
+    watch.start()
+    return clock, watch, dropped, conns
 
 
 def test_the_watch_drops_a_stalled_queue_within_a_quarter_past_the_timeout() -> None:
     stuck, fine, empty = Stuck(held=500), Stuck(held=500), Stuck(held=0)
-    clock, _watch, dropped = watched(stuck, fine, empty)
+    clock, _watch, dropped, _ = watched(stuck, fine, empty)
     for _ in range(4):
         clock.advance(2.0)
         fine.written += 10  # its peer takes some, and more comes
@@ -261,11 +275,26 @@ def test_the_watch_drops_a_stalled_queue_within_a_quarter_past_the_timeout() -> 
     assert dropped == [stuck], "progress and emptiness are never dropped"
 
 
-def test_the_watch_keeps_no_timer_without_queues_and_none_when_off() -> None:
-    queue = Stuck(held=0)
-    clock, watch, _ = watched(queue)
+def test_the_watch_keeps_no_timer_without_connections_and_none_when_off() -> None:
+    clock, watch, _, conns = watched(Stuck(held=0))
+    watch.start()  # a second connection
     assert len(clock.getDelayedCalls()) == 1, "one timer for every queue"
-    watch.forget(queue)  # type: ignore[arg-type]
+    conns.clear()
+    clock.advance(2.0)
+    assert clock.getDelayedCalls() == [], "none left after a look finds no connection"
+    watch.start()
+    watch.stop()  # the factory's last connection went
     assert clock.getDelayedCalls() == []
-    clock, _, _ = watched(Stuck(held=5), timeout=0.0)
+    clock, _, _, _ = watched(Stuck(held=5), timeout=0.0)
     assert clock.getDelayedCalls() == []
+
+
+def test_the_watch_reads_the_connections_and_keeps_nothing_per_connection() -> None:
+    """Memory per idle connection (docs/fanout.md): no entry, no callback."""
+    clock, watch, dropped, conns = watched(timeout=8.0)
+    late = Stuck(held=500)
+    conns.append(Conn(late, dropped))  # never registered with the watch
+    assert not hasattr(watch, "__dict__")
+    for _ in range(5):
+        clock.advance(2.0)
+    assert dropped == [late]

@@ -114,7 +114,7 @@ class ChatFactory(ServerFactory):
         self.stats = Stats()
         self.fanout = LobbyFanout(reactor, self.state.lobby_members, config.fanout_delay,
                                   backlog, on_batch=self.stats.fanned_out)
-        self.drain = DrainWatch(reactor, config.sendq_timeout)
+        self.drain = DrainWatch(reactor, config.sendq_timeout, lambda: self.connections)
         # Every connection's idle deadline, on one reactor timer.
         self.deadlines = Deadlines(reactor)
         self._roster: bytes | None = None
@@ -167,6 +167,8 @@ class ChatFactory(ServerFactory):
         self.connections.discard(protocol)
         self.handshaking.discard(protocol.pool_key, protocol)
         self.addresses.closed(protocol.limits, handshaking=protocol.user is None)
+        if not self.connections:
+            self.drain.stop()
         if not self.connections and self._all_closed is not None:
             closed, self._all_closed = self._all_closed, None
             closed.callback(None)

@@ -113,7 +113,7 @@ class ChatProtocol(Protocol):
         self._queue = queue = SendQueue(transport, config.sendq, direct=config.direct_send,
                                         sndbuf=config.sndbuf)
         queue.start()
-        self.factory.drain.watch(queue, self._stalled)
+        self.factory.drain.start()
         now = self.clock.seconds()
         self._last_line = now
         # With --flood-rate 0 the meter lets every line through, but still
@@ -132,8 +132,6 @@ class ChatProtocol(Protocol):
         if self._abort_call is not None and self._abort_call.active():
             self._abort_call.cancel()
         self._abort_call = None
-        if self._queue is not None:
-            self.factory.drain.forget(self._queue)
         self.factory.connection_lost(self)
         self.stats.disconnected(self._leave_reason)
         if self.login is not None:
@@ -238,7 +236,12 @@ class ChatProtocol(Protocol):
         """
         self._cut(f"send queue over {self.config.sendq} bytes")
 
-    def _stalled(self) -> None:
+    @property
+    def send_queue(self) -> SendQueue | None:
+        """The queue the drain watch looks at (none once closing)."""
+        return None if self.closing else self._queue
+
+    def output_stalled(self) -> None:
         """The peer took none of what is held for it for --sendq-timeout."""
         self._cut(f"output not drained for {self.config.sendq_timeout:g} seconds")
 

@@ -19,8 +19,8 @@ import contextlib
 import fcntl
 import socket
 import sys
-from collections.abc import Callable
-from typing import Any
+from collections.abc import Callable, Collection
+from typing import Any, Protocol
 
 from twisted.internet import tcp
 from twisted.internet.abstract import FileDescriptor
@@ -204,42 +204,57 @@ def stalled(
     return since, now - since >= timeout
 
 
+class Watched(Protocol):
+    """What the drain watch needs of a connection."""
+
+    @property
+    def send_queue(self) -> SendQueue | None:
+        """Its queue (C{None}: none to watch, not yet or no longer)."""
+
+    def output_stalled(self) -> None:
+        """Its peer took none of its bytes for the timeout: drop it."""
+
+
 class DrainWatch:
     """
     One timer for every connection: each C{timeout / 4} seconds it looks at
-    every send queue, and calls the C{on_stall} of each whose peer has taken
-    none of the bytes held for it for C{timeout} seconds (L{stalled}).
+    the send queue of every connection C{connections()} returns (the
+    factory's own set: the watch keeps nothing per connection), and calls
+    C{output_stalled} of each whose peer has taken none of the bytes held
+    for it for C{timeout} seconds (L{stalled}).  The timer runs while there
+    are connections: L{start} when one comes, L{stop} when the last goes.
     C{timeout} 0 turns it off.
     """
 
-    __slots__ = ("_call", "_clock", "_queues", "_timeout")
+    __slots__ = ("_call", "_clock", "_connections", "_timeout")
 
-    def __init__(self, clock: IReactorTime, timeout: float) -> None:
+    def __init__(self, clock: IReactorTime, timeout: float,
+                 connections: Callable[[], Collection[Watched]]) -> None:
         self._clock = clock
         self._timeout = timeout
-        self._queues: dict[SendQueue, Callable[[], None]] = {}
+        self._connections = connections
         self._call: IDelayedCall | None = None
 
-    def watch(self, queue: SendQueue, on_stall: Callable[[], None]) -> None:
-        if not self._timeout:
-            return
-        self._queues[queue] = on_stall
-        if self._call is None:
+    def start(self) -> None:
+        """A connection came: make sure the timer runs."""
+        if self._timeout and self._call is None:
             self._call = self._clock.callLater(self._timeout / 4, self._look)
 
-    def forget(self, queue: SendQueue) -> None:
-        self._queues.pop(queue, None)
-        if not self._queues and self._call is not None:
-            if self._call.active():
-                self._call.cancel()
-            self._call = None
+    def stop(self) -> None:
+        """The last connection went: no timer is left behind."""
+        call, self._call = self._call, None
+        if call is not None and call.active():
+            call.cancel()
 
     def _look(self) -> None:
         self._call = None
         now = self._clock.seconds()
         timeout = self._timeout
         dropped = []
-        for queue, on_stall in self._queues.items():
+        for connection in self._connections():
+            queue = connection.send_queue
+            if queue is None:
+                continue
             held = queue.held()
             delivered = queue.written - held
             since, over = stalled(held, delivered, queue.last_delivered, queue.stalled_since,
@@ -247,9 +262,8 @@ class DrainWatch:
             queue.stalled_since = since
             queue.last_delivered = delivered
             if over:
-                dropped.append((queue, on_stall))
-        for queue, on_stall in dropped:
-            self.forget(queue)
-            on_stall()
-        if self._queues and self._call is None:
-            self._call = self._clock.callLater(timeout / 4, self._look)
+                dropped.append(connection)
+        for connection in dropped:
+            connection.output_stalled()
+        if self._connections():
+            self.start()
