@@ -425,6 +425,26 @@ def test_passwd_needs_an_account_proved_on_this_connection() -> None:
     assert bob.take_one().startswith("ERROR registered ")
 
 
+def test_the_accounts_state_is_let_go_once_online_with_nothing_to_keep() -> None:
+    """Memory per idle connection (docs/fanout.md): no Login per idle user,
+    but one kept where a password was proved, and one made again for
+    REGISTER, after which PASSWD works on that connection."""
+    h = harness()
+    add(h, "alice")
+    bob = fresh(h)
+    bob.send("NICK bob")
+    assert bob.take()[0] == "READY bob"
+    assert bob.protocol._account is None
+    alice = login(h, "alice")
+    assert alice.protocol._account is not None, "alice proved her password"
+    bob.take()  # JOINED alice
+    bob.send(f"REGISTER {PW}")
+    assert bob.take() == ["REGISTERED bob"]
+    assert bob.protocol._account is not None
+    bob.send("PASSWD new-password")
+    assert bob.take() == ["REGISTERED bob"]
+
+
 def test_passwd_after_the_operator_removed_the_account() -> None:
     h = harness()
     add(h, "alice")

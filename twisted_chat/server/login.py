@@ -304,6 +304,12 @@ class Login:
         # password, or by registering it): the only one it may PASSWD.
         self._proved: str | None = None
 
+    @property
+    def idle(self) -> bool:
+        """Whether this holds nothing a fresh one would not: no nick asked, no
+        pending C{BYE flood}, no password proved."""
+        return self._asked is None and self._closing is None and self._proved is None
+
     def lost(self) -> None:
         """The connection is gone: drop a pending C{BYE flood}."""
         closing, self._closing = self._closing, None

@@ -93,10 +93,10 @@ class ChatProtocol(Protocol):
         self._waiting = False
         self._paused_for_answer = False
         self._input_ended = False  # the peer half-closed while a command waited
-        # The accounts handshake and verbs (twisted_chat.server.login); None
-        # when accounts are off.  What it waits for is held like a command.
-        accounts = factory.accounts
-        self.login: Login | None = accounts.login(self) if accounts is not None else None
+        # The accounts handshake and verbs (twisted_chat.server.login), made
+        # when first needed and let go once online with nothing to keep (see
+        # _release_login).  What it waits for is held like a command.
+        self._account: Login | None = None
 
     # -- connection life ---------------------------------------------------
 
@@ -134,8 +134,8 @@ class ChatProtocol(Protocol):
         self._abort_call = None
         self.factory.connection_lost(self)
         self.stats.disconnected(self._leave_reason)
-        if self.login is not None:
-            self.login.lost()
+        if self._account is not None:
+            self._account.lost()
         self._leave(self._leave_reason)
         self.log.debug("connection from {address} closed", address=self.address)
 
@@ -354,9 +354,11 @@ class ChatProtocol(Protocol):
         fires; its hub error, if any, is answered as if raised at once.
         """
         if outcome is None:
+            self._release_login()
             return
         outcome.addErrback(self._command_failed)
         if outcome.called:
+            self._release_login()
             return
         self._waiting = True
         outcome.addBoth(self._decided)
@@ -370,6 +372,7 @@ class ChatProtocol(Protocol):
 
     def _decided(self, result: object) -> None:
         self._waiting = False
+        self._release_login()
         if self._paused_for_answer:
             self._paused_for_answer = False
             if not self.closing:
@@ -386,7 +389,7 @@ class ChatProtocol(Protocol):
 
     def _dispatch(self, verb: str, rest: str) -> None:
         user = self.user
-        if verb in _ACCOUNT_VERBS and self.login is None:
+        if verb in _ACCOUNT_VERBS and self.factory.accounts is None:
             raise LineError(ErrorCode.ACCOUNTS_OFF, "this server has no accounts")
         if user is None:
             if verb not in _BEFORE_READY:
@@ -484,8 +487,8 @@ class ChatProtocol(Protocol):
                 )
             )
             return
-        if self.login is not None:
-            self._hold(self.login.nick(nick))  # it calls admit() once the nick may be used
+        if self.factory.accounts is not None:
+            self._hold(self._login().nick(nick))  # it calls admit() once the nick may be used
         else:
             self._hold(self.admit(nick))
 
@@ -588,8 +591,24 @@ class ChatProtocol(Protocol):
             self.write(_FULL_HELP)
 
     def _login(self) -> Login:
-        assert self.login is not None  # _dispatch answers accounts-off first
-        return self.login
+        """The connection's accounts state, made when first needed."""
+        login = self._account
+        if login is None:
+            accounts = self.factory.accounts
+            assert accounts is not None  # _dispatch answers accounts-off first
+            login = self._account = accounts.login(self)
+        return login
+
+    def _release_login(self) -> None:
+        """
+        Once online, the accounts state is let go when it holds nothing (no
+        password proved, nothing pending): most connections never use it
+        again, and one that does (REGISTER) gets a fresh one, which is what
+        it would hold anyway (docs/fanout.md, "Memory per connection").
+        """
+        login = self._account
+        if login is not None and self.user is not None and login.idle:
+            self._account = None
 
     def do_PASS(self, command: wire.Command) -> Answer:
         return self._login().password(command.text)
