@@ -735,3 +735,18 @@ def test_paired_users_get_joined_at_once(h: Harness) -> None:
     dave = h.connect()
     dave.send("NICK dave")
     assert alice.take() == [f"JOINED {ts(h)} dave"]
+
+
+def test_a_connection_holds_its_slots_and_no_dict() -> None:
+    """Memory per idle connection (docs/fanout.md): ChatProtocol provides
+    IProtocol itself so that it has __slots__; nothing grows a __dict__."""
+    from twisted.internet.interfaces import IHalfCloseableProtocol, IProtocol
+    from zope.interface.verify import verifyObject
+
+    h = Harness()
+    alice = h.user("alice")
+    protocol = alice.protocol
+    assert not hasattr(protocol, "__dict__")
+    assert verifyObject(IProtocol, protocol)
+    assert IHalfCloseableProtocol.providedBy(protocol)
+    assert protocol.transport is not None and protocol.connected == 1

@@ -7,7 +7,7 @@ lines here.  Lobby lines go through the L{LobbyFanout} (docs/fanout.md).
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 from twisted.internet import defer
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
@@ -147,7 +147,9 @@ class ChatFactory(ServerFactory):
             victim.evict()
         self.handshaking.add(protocol.pool_key, protocol)
         self.connections.add(protocol)
-        return protocol
+        # It provides IProtocol without subclassing Protocol (for __slots__),
+        # which is all Twisted asks of what buildProtocol returns.
+        return cast(Protocol, protocol)
 
     def _refuse(self, host: str | None, why: str) -> Protocol:
         self.stats.disconnected("refused")

@@ -13,8 +13,14 @@ from collections import deque
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from twisted.internet.defer import Deferred
-from twisted.internet.interfaces import IDelayedCall, IHalfCloseableProtocol, IReactorTime
-from twisted.internet.protocol import Protocol, connectionDone
+from twisted.internet.interfaces import (
+    IDelayedCall,
+    IHalfCloseableProtocol,
+    IProtocol,
+    IReactorTime,
+    ITransport,
+)
+from twisted.internet.protocol import connectionDone
 from twisted.logger import LogLevel
 from twisted.python.failure import Failure
 from zope.interface import implementer
@@ -32,7 +38,10 @@ from twisted_chat.server.state import ChatState, Outcome, StateUnavailable
 from twisted_chat.wire import ErrorCode, LineError
 
 if TYPE_CHECKING:
+    from twisted_chat.server.config import ServerConfig
     from twisted_chat.server.factory import ChatFactory
+    from twisted_chat.server.fanout import LobbyFanout
+    from twisted_chat.server.metrics import Stats
 
 # Input held while a command is decided elsewhere (see _hold) past which
 # the connection is not read until it is.
@@ -46,8 +55,8 @@ _ONLY_BEFORE_READY = frozenset({"NICK", "PASS"})
 _ACCOUNT_VERBS = frozenset({"PASS", "REGISTER", "PASSWD"})
 
 
-@implementer(IHalfCloseableProtocol)
-class ChatProtocol(Protocol):
+@implementer(IProtocol, IHalfCloseableProtocol)
+class ChatProtocol:
     """
     One connection: NICK, then online (READY or PAIRED, as the hub says),
     then closing.
@@ -55,21 +64,24 @@ class ChatProtocol(Protocol):
     Lines end in LF or CRLF.  An over-long line is discarded with one error
     and the connection kept (chat/1, "Limits"), and each delimiter is found
     once however the bytes arrive.
+
+    It provides C{IProtocol} itself rather than subclass Twisted's
+    C{Protocol}, so that it can have C{__slots__}: what every connection
+    holds is the fields below and nothing else (docs/fanout.md, "Memory per
+    connection").  The factory's shared parts are read through it.
     """
 
+    __slots__ = ("_abort_call", "_account", "_buffer", "_discarding", "_flood", "_held",
+                 "_held_size", "_idle", "_input_ended", "_last_line", "_leave_reason", "_nick_call",
+                 "_paused_for_answer", "_pinged_at", "_queue", "_waiting", "address", "closing",
+                 "connected", "factory", "host", "limits", "pool_key", "transport", "user")
+
     log = logs.logger()
-    # Whole lines (message_received) that came while a command was being
-    # decided, and their size; made only for a connection that needs it.
-    _held: deque[bytes] | None = None
-    _held_size = 0
 
     def __init__(self, factory: ChatFactory) -> None:
         self.factory = factory
-        self.config = factory.config
-        self.clock: IReactorTime = factory.reactor
-        self.fanout = factory.fanout
-        self.stats = factory.stats
-        self.state: ChatState = factory.state
+        self.transport: ITransport | None = None
+        self.connected = 0
         self.user: User | None = None
         self.address = "-"
         self.host: str | None = None
@@ -93,12 +105,46 @@ class ChatProtocol(Protocol):
         self._waiting = False
         self._paused_for_answer = False
         self._input_ended = False  # the peer half-closed while a command waited
+        # Whole lines (message_received) that came while a command was being
+        # decided, and their size; the deque is made only when needed.
+        self._held: deque[bytes] | None = None
+        self._held_size = 0
         # The accounts handshake and verbs (twisted_chat.server.login), made
         # when first needed and let go once online with nothing to keep (see
         # _release_login).  What it waits for is held like a command.
         self._account: Login | None = None
 
+    # -- the factory's shared parts ------------------------------------------------
+
+    @property
+    def config(self) -> ServerConfig:
+        return self.factory.config
+
+    @property
+    def clock(self) -> IReactorTime:
+        return self.factory.reactor  # type: ignore[no-any-return]
+
+    @property
+    def fanout(self) -> LobbyFanout:
+        return self.factory.fanout
+
+    @property
+    def stats(self) -> Stats:
+        return self.factory.stats
+
+    @property
+    def state(self) -> ChatState:
+        return self.factory.state
+
     # -- connection life ---------------------------------------------------
+
+    def makeConnection(self, transport: ITransport) -> None:
+        self.connected = 1
+        self.transport = transport
+        self.connectionMade()
+
+    def logPrefix(self) -> str:
+        return self.__class__.__name__
 
     def connectionMade(self) -> None:
         transport: Any = self.transport
