@@ -25,7 +25,15 @@ from twisted_chat.server.accounts import (
     AccountsUnavailable,
     NoSuchAccount,
 )
-from twisted_chat.server.cluster.accounts import ACCOUNTS, RedisBook, forgetful, open_book
+from twisted_chat.server.cluster.accounts import (
+    ACCOUNTS,
+    FAILS,
+    RedisBook,
+    RedisFailures,
+    forgetful,
+    open_book,
+)
+from twisted_chat.server.login import LoginLimits
 
 Nodes = Callable[[int], Awaitable[list[RedisBook]]]
 needs_redis = pytest.mark.skipif(REDIS_SERVER is None, reason="redis-server is not installed")
@@ -214,6 +222,35 @@ async def test_forgetful_redis_is_named(tmp_path: Path) -> None:
                 close()
         finally:
             server.stop()
+
+
+@needs_redis
+@pytest_twisted.ensureDeferred
+async def test_failed_logins_are_counted_by_the_whole_cluster(
+    redis: RedisServer, nodes: Nodes,
+) -> None:
+    """Failures on one node count on another: the same buckets, in Redis."""
+    books = await nodes(2)
+    limits = LoginLimits()
+    a, b = (RedisFailures(book._execute, Clock(), limits) for book in books)
+    for _ in range(limits.nick_burst):
+        assert await a.allows("alice", None)
+        a.failed("alice", None)
+    assert await a.allows("bob", None)  # after the failures, on that connection
+    assert not await b.allows("alice", None)  # full, seen from the other node
+    assert await b.allows("bob", None)
+    # A drained bucket lets one more in, and expires by itself.
+    ttl = int(redis.command("PTTL", f"{FAILS}nick:alice").split(":")[1])
+    assert 0 < ttl <= limits.nick_burst * limits.nick_every * 1000
+    level, at = redis.command("HMGET", f"{FAILS}nick:alice", "level", "at").split("\r\n")[2::2]
+    redis.command("HSET", f"{FAILS}nick:alice", "at", str(int(at) - 60_000))
+    assert await b.allows("alice", None)
+    # The address bucket: many nicks from one address.
+    for i in range(limits.address_burst):
+        b.failed(f"n{i}", "198.51.100.7")
+    assert await b.allows("zed", "203.0.113.9")
+    assert not await a.allows("zed", "198.51.100.7")
+    assert limits.nick_burst - 0.01 < float(level) <= limits.nick_burst
 
 
 # -- without Redis: what the node's connection gives the book ----------------------

@@ -260,3 +260,19 @@ def test_a_node_warns_when_redis_would_lose_the_accounts(
     c.wait_log("cluster: state loaded")
     kept.user(c, "probe").send("BYE")  # the check ran before the node took users
     assert "Redis may lose the accounts" not in c.log() + off.log()
+
+
+def test_failed_logins_are_limited_across_nodes(cluster: Callable[..., Cluster]) -> None:
+    """5 failures per nick, then one a minute: wherever the guesses land."""
+    c = cluster(2)
+    a, b = c.nodes
+    owner = c.user(a, "frank")
+    owner.send(f"REGISTER {PW}")
+    assert owner.expect("REGISTERED") == "REGISTERED frank"
+    leave(owner)
+    for node in (a, b, a, b, a):  # 3 on one node, 2 on the other: each under 5
+        client, answer = attempt(c, node, "frank", "wrong-password")
+        assert answer.startswith("RETRY bad-password ")
+        leave(client)
+    client, answer = attempt(c, b, "frank", PW)  # even the right one, now
+    assert answer.startswith("BYE flood "), answer

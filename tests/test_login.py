@@ -735,3 +735,77 @@ def test_register_and_passwd_when_accounts_are_out_of_reach_are_unavailable() ->
         line = conn.take_one()
         assert line.startswith("ERROR unavailable the accounts cannot be reached now")
     assert h.factory.accounts.book.calls == 2
+
+
+# -- failure limits shared by a cluster's nodes ---------------------------------------
+
+
+class Shared:
+    """SharedFailures in a dict: what the other nodes counted too."""
+
+    def __init__(self) -> None:
+        self.counts: dict[tuple[str, str | None], int] = {}
+        self.full: set[str] = set()
+        self.answers: list[defer.Deferred[bool]] = []
+        self.down = False
+
+    def allows(self, nick: str, address: str | None) -> defer.Deferred[bool]:
+        if self.down:
+            return defer.fail(AccountsUnavailable("the cluster's Redis is out of reach"))
+        return defer.succeed(nick not in self.full and address not in self.full)
+
+    def failed(self, nick: str, address: str | None) -> None:
+        self.counts[nick, address] = self.counts.get((nick, address), 0) + 1
+
+
+def shared_harness() -> Harness:
+    h = harness(limits=LIMITS)
+    h.shared = Shared()  # type: ignore[attr-defined]
+    h.factory.accounts = Accounts(  # type: ignore[attr-defined]
+        Mode.OPEN, SQLiteBook(h.store, h.work.lookup), h.clock, h.work,  # type: ignore[attr-defined]
+        LIMITS, shared=h.shared)  # type: ignore[attr-defined]
+    return h
+
+
+def test_failures_elsewhere_in_the_cluster_count_here() -> None:
+    h = shared_harness()
+    add(h, "alice")
+    h.shared.full.add("alice")  # type: ignore[attr-defined]  # other nodes saw the failures
+    conn = fresh(h, "10.0.0.9")
+    conn.send("NICK alice", f"PASS {PW}")  # even the right password: not checked now
+    assert conn.take() == ["PASS alice"]
+    h.clock.advance(LIMITS.flood_delay)
+    assert conn.take() == ["BYE flood too many failed logins; try again later"]
+    assert h.work.hashes == 0  # type: ignore[attr-defined]
+    add(h, "carol")
+    h.shared.full.add("10.0.0.8")  # type: ignore[attr-defined]  # and by address
+    conn = fresh(h, "10.0.0.8")
+    conn.send("NICK carol", f"PASS {PW}")
+    h.clock.advance(LIMITS.flood_delay)
+    assert conn.take()[-1].startswith("BYE flood ")
+    login(h, "carol")  # from another address
+
+
+def test_failures_here_are_counted_for_the_cluster() -> None:
+    h = shared_harness()
+    add(h, "alice")
+    fail(h, "ALICE", "10.0.0.1")
+    fail(h, "alice", "127.0.0.1")
+    assert h.shared.counts == {  # type: ignore[attr-defined]
+        ("alice", "10.0.0.1"): 1, ("alice", "127.0.0.1"): 1}
+    login(h, "alice")  # a right password is not a failure
+    assert sum(h.shared.counts.values()) == 2  # type: ignore[attr-defined]
+
+
+def test_shared_counts_out_of_reach_leave_this_servers_own() -> None:
+    h = shared_harness()
+    add(h, "alice")
+    add(h, "bob")
+    h.shared.down = True  # type: ignore[attr-defined]
+    login(h, "alice")
+    for _ in range(LIMITS.nick_burst):
+        assert fail(h, "bob").take()[-1].startswith("RETRY bad-password ")
+    conn = fail(h, "bob")
+    assert conn.take() == ["PASS bob"]
+    h.clock.advance(LIMITS.flood_delay)
+    assert conn.take()[-1].startswith("BYE flood ")

@@ -28,7 +28,9 @@ at one per L{LoginLimits.nick_every} / L{LoginLimits.address_every} seconds.
 An attempt made while either bucket is full is not checked at all: after
 L{LoginLimits.flood_delay} seconds the connection gets C{BYE flood} and is
 closed.  The defaults: 5 failures per nick (then one a minute) and 10 per
-address (then one per 30 seconds), a 3-second delay.
+address (then one per 30 seconds), a 3-second delay.  In a cluster, the
+same buckets are also kept in Redis (L{SharedFailures}), so failures on
+any node count on every node.
 """
 
 from __future__ import annotations
@@ -62,7 +64,7 @@ from twisted_chat.server.accounts import (
 from twisted_chat.server.addresses import AddressBook, AddressPolicy, Network
 from twisted_chat.wire import ErrorCode, LineError, nick_key
 
-__all__ = ["Accounts", "Connection", "Login", "LoginLimits", "PasswordWork"]
+__all__ = ["Accounts", "Connection", "Login", "LoginLimits", "PasswordWork", "SharedFailures"]
 
 _log = logs.logger("twisted_chat.server.login")
 
@@ -195,6 +197,22 @@ class Work(Protocol):
     def lookup(self, f: Callable[..., T], *args: Any) -> defer.Deferred[T]: ...
 
 
+class SharedFailures(Protocol):
+    """
+    Failed attempts counted by every server of a cluster together (the
+    cluster's Redis: L{twisted_chat.server.cluster.accounts.RedisFailures}),
+    with the same buckets as L{FailureLimiter}s: so a guesser gets the
+    documented limits whichever nodes it spreads its attempts over.  Keys
+    are a nick's (lower case) and an address's (C{None}: exempt).
+    """
+
+    def allows(self, nick: str, address: str | None) -> defer.Deferred[bool]:
+        """Whether both buckets have room for one more failure."""
+
+    def failed(self, nick: str, address: str | None) -> None:
+        """Count one failure in both (sent; not waited for)."""
+
+
 class Accounts:
     """The server-wide part of accounts; one per factory, absent when C{off}."""
 
@@ -207,7 +225,11 @@ class Accounts:
         limits: LoginLimits | None = None,
         exempt: tuple[Network, ...] = (),
         v6_prefix: int = 64,
+        shared: SharedFailures | None = None,
     ) -> None:
+        """@param shared: the cluster's failure counts, besides this
+            server's own (which answer at once, and count the failures
+            made here)."""
         assert mode is not Mode.OFF
         self.mode = mode
         self.book = book
@@ -220,6 +242,7 @@ class Accounts:
         # Only its address keys and --exempt are used (it is the rest of the
         # per-address limits' book, docs/security.md).
         self._addresses = AddressBook(AddressPolicy(exempt=exempt, v6_prefix=v6_prefix), clock)
+        self.shared = shared
 
     def address_key(self, host: str | None) -> str | None:
         """The failure limit's key for C{host}; C{None}: not limited (exempt)."""
@@ -240,6 +263,8 @@ class Accounts:
         address = self.address_key(host)
         if address is not None:
             self.by_address.failed(address)
+        if self.shared is not None:
+            self.shared.failed(nick_key(nick), address)
 
     def login(self, connection: Connection) -> Login:
         return Login(self, connection)
@@ -367,8 +392,28 @@ class Login:
             return self._flooded(nick)
         if accounts.work.full:
             raise LineError(ErrorCode.FLOOD, "the server is busy; send PASS again in a moment")
+        if accounts.shared is None:
+            return self._check(nick, secret)
+        shared = accounts.shared.allows(nick_key(nick), accounts.address_key(self._conn.host))
+        shared.addErrback(self._shared_failed)
+        shared.addCallback(self._shared_said, nick, secret)
+        return shared
+
+    def _shared_failed(self, failure: Failure) -> bool:
+        # The cluster's counts cannot be read: this server's own still hold,
+        # and the check itself will say whether the accounts can be reached.
+        _log.debug("could not read the cluster's failed logins: {e}",
+                   e=failure.getErrorMessage())
+        return True
+
+    def _shared_said(self, allowed: bool, nick: str, secret: bytes) -> Answer:
+        if self._conn.closing:
+            return None
+        return self._check(nick, secret) if allowed else self._flooded(nick)
+
+    def _check(self, nick: str, secret: bytes) -> Answer:
         credentials = UsernamePassword(nick.encode("utf-8"), secret)
-        d = accounts.portal.login(credentials, None, IAccount)
+        d = self._accounts.portal.login(credentials, None, IAccount)
         d.addCallbacks(self._logged_in, self._login_failed, errbackArgs=(nick,))
         return d
 

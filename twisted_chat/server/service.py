@@ -37,7 +37,7 @@ from twisted_chat.server.config import ServerConfig
 from twisted_chat.server.factory import ChatFactory
 from twisted_chat.server.fanout import MAX_FANOUT_WAIT
 from twisted_chat.server.history import History
-from twisted_chat.server.login import Accounts, LoginLimits, PasswordWork
+from twisted_chat.server.login import Accounts, LoginLimits, PasswordWork, SharedFailures
 from twisted_chat.server.store import SQLiteStore, StoreError
 from twisted_chat.wire import DEFAULT_PORT
 
@@ -536,7 +536,7 @@ def makeService(options: Options, reactor: Any = None) -> IService:
 
 def _cluster_service(options: Options, config: ServerConfig, reactor: Any) -> IService:
     """C{--redis}: the state lives in the cluster (see docs/cluster.md)."""
-    from twisted_chat.server.cluster.accounts import RedisBook
+    from twisted_chat.server.cluster.accounts import RedisBook, RedisFailures
     from twisted_chat.server.cluster.redislog import parse_url
     from twisted_chat.server.cluster.service import ClusterService, cluster_factory
 
@@ -550,8 +550,9 @@ def _cluster_service(options: Options, config: ServerConfig, reactor: Any) -> IS
                                      max_waiting=options["redis-queue"])
     factory.noisy = False
     # The one account namespace of the cluster: in its Redis (docs/accounts.md).
-    factory.accounts, work = _accounts(config, reactor,
-                                       lambda work: RedisBook(redis.command, reactor))
+    factory.accounts, work = _accounts(
+        config, reactor, lambda work: RedisBook(redis.command, reactor),
+        lambda limits: RedisFailures(redis.command, reactor, limits))
     top = MultiService()
     ClusterService(factory, redis, work).setServiceParent(top)
     for description, endpoint in ports:
@@ -578,17 +579,20 @@ def _add_web(top: MultiService, options: Options, factory: ChatFactory, reactor:
 
 
 def _accounts(
-    config: ServerConfig, reactor: Any, book: Callable[[PasswordWork], AccountBook]
+    config: ServerConfig, reactor: Any, book: Callable[[PasswordWork], AccountBook],
+    shared: Callable[[LoginLimits], SharedFailures] | None = None,
 ) -> tuple[Accounts | None, PasswordWork | None]:
-    """The accounts (in the L{AccountBook} C{book} makes) and their password
-    threads, or none when they are off."""
+    """The accounts (in the L{AccountBook} C{book} makes; with the failure
+    counts C{shared} makes, in a cluster) and their password threads, or
+    none when they are off."""
     mode = Mode(config.accounts)
     if mode is Mode.OFF:
         return None, None
     limits = LoginLimits()
     work = PasswordWork(reactor, limits.threads, limits.max_pending)
     accounts = Accounts(mode, book(work), reactor, work, limits,
-                        exempt=networks(config.exempt), v6_prefix=config.ipv6_prefix)
+                        exempt=networks(config.exempt), v6_prefix=config.ipv6_prefix,
+                        shared=shared(limits) if shared is not None else None)
     return accounts, work
 
 

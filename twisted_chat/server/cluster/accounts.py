@@ -48,9 +48,10 @@ from twisted_chat.server.accounts import (
     NoSuchAccount,
 )
 from twisted_chat.server.cluster.redislog import connect, parse_url
+from twisted_chat.server.login import LoginLimits
 from twisted_chat.wire import is_valid_nick, nick_key
 
-__all__ = ["ACCOUNTS", "TIMEOUT", "RedisBook", "forgetful", "open_book"]
+__all__ = ["ACCOUNTS", "FAILS", "TIMEOUT", "RedisBook", "RedisFailures", "forgetful", "open_book"]
 
 ACCOUNTS = "chat:accounts"
 #: Seconds an account command may wait for Redis's answer.
@@ -161,6 +162,71 @@ class RedisBook:
                         round(account.changed * 1000))
         d = self._command("HSETNX", ACCOUNTS, nick_key(account.nick), value)
         return d.addCallback(lambda reply: int(reply) == 1)
+
+
+#: Failed logins, one leaky bucket per nick and per address (login.py's).
+FAILS = "chat:fails:"
+
+# KEYS: the buckets; ARGV[1]: "check" or "fail", then each bucket's burst and
+# its period in milliseconds.  Time is Redis's own (one clock for all nodes).
+# "check": 1 when every bucket has room for one more failure, else 0;
+# "fail": adds one to each, and lets a bucket expire once it has drained.
+_BUCKETS = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local room = 1
+for i, key in ipairs(KEYS) do
+  local burst = tonumber(ARGV[2 * i])
+  local every = tonumber(ARGV[2 * i + 1])
+  local state = redis.call('HMGET', key, 'level', 'at')
+  local level = 0
+  if state[1] then
+    level = math.max(tonumber(state[1]) - (now - tonumber(state[2])) / every, 0)
+  end
+  if ARGV[1] == 'fail' then
+    level = level + 1
+    redis.call('HSET', key, 'level', tostring(level), 'at', tostring(now))
+    redis.call('PEXPIRE', key, math.ceil(level * every))
+  elseif level > burst - 1 then
+    room = 0
+  end
+end
+return room
+"""
+
+
+class RedisFailures:
+    """
+    L{twisted_chat.server.login.SharedFailures} in the cluster's Redis: the
+    same leaky buckets as each node's own (L{LoginLimits}), one Redis hash
+    each (C{chat:fails:nick:<nick>}, C{chat:fails:address:<key>}), updated and
+    read by one Lua script on Redis's clock, expiring once drained (so they
+    take no memory once a guesser stops).
+    """
+
+    def __init__(self, execute: Callable[..., Deferred[Any]], clock: IReactorTime,
+                 limits: LoginLimits, timeout: float = TIMEOUT) -> None:
+        self._book = RedisBook(execute, clock, timeout)  # its command, timeout and errors
+        self.limits = limits
+
+    def _buckets(self, nick: str, address: str | None) -> tuple[list[str], list[Any]]:
+        limits = self.limits
+        keys = [f"{FAILS}nick:{nick}"]
+        args: list[Any] = [limits.nick_burst, int(limits.nick_every * 1000)]
+        if address is not None:
+            keys.append(f"{FAILS}address:{address}")
+            args += [limits.address_burst, int(limits.address_every * 1000)]
+        return keys, args
+
+    def _run(self, what: str, nick: str, address: str | None) -> Deferred[Any]:
+        keys, args = self._buckets(nick, address)
+        return self._book._command("EVAL", _BUCKETS, len(keys), *keys, what, *args)
+
+    def allows(self, nick: str, address: str | None) -> Deferred[bool]:
+        return self._run("check", nick, address).addCallback(lambda room: int(room) == 1)
+
+    def failed(self, nick: str, address: str | None) -> None:
+        self._run("fail", nick, address).addErrback(lambda _: None)  # best effort
 
 
 def _raise_unless_set(reply: Any, error: type[Exception], nick: str) -> None:
