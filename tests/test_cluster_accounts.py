@@ -210,7 +210,7 @@ async def test_forgetful_redis_is_named(tmp_path: Path) -> None:
         try:
             book, close = await open_book(server.url, reactor)
             try:
-                execute = book._execute
+                execute = book.execute
                 found = await forgetful(execute)
                 assert found == ([] if persist else [
                     "no persistence (appendonly no, no save points): a Redis restart "
@@ -232,7 +232,7 @@ async def test_failed_logins_are_counted_by_the_whole_cluster(
     """Failures on one node count on another: the same buckets, in Redis."""
     books = await nodes(2)
     limits = LoginLimits()
-    a, b = (RedisFailures(book._execute, Clock(), limits) for book in books)
+    a, b = (RedisFailures(book.execute, Clock(), limits) for book in books)
     for _ in range(limits.nick_burst):
         assert await a.allows("alice", None)
         a.failed("alice", None)

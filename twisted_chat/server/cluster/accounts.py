@@ -96,12 +96,13 @@ class RedisBook:
 
     def __init__(self, execute: Callable[..., Deferred[Any]], clock: IReactorTime,
                  timeout: float = TIMEOUT) -> None:
-        self._execute = execute
+        self.execute = execute
         self._clock = clock
         self.timeout = timeout
 
-    def _command(self, *args: Any) -> Deferred[Any]:
-        d: Deferred[Any] = defer.maybeDeferred(self._execute, *args)
+    def command(self, *args: Any) -> Deferred[Any]:
+        """One Redis command, with the accounts' timeout and errors."""
+        d: Deferred[Any] = defer.maybeDeferred(self.execute, *args)
         d.addTimeout(self.timeout, self._clock)
         d.addErrback(self._failed)
         return d
@@ -121,26 +122,26 @@ class RedisBook:
     # -- AccountBook ----------------------------------------------------------
 
     def get(self, nick: str) -> Deferred[Account | None]:
-        d = self._command("HGET", ACCOUNTS, nick_key(nick))
+        d = self.command("HGET", ACCOUNTS, nick_key(nick))
         return d.addCallback(lambda value: None if value is None else _decode(value))
 
     def add(self, nick: str, password_hash: str) -> Deferred[None]:
         if not is_valid_nick(nick):
             return defer.fail(ValueError(f"{nick!r} is not a valid nick"))
         now = self._now_ms()
-        d = self._command("HSETNX", ACCOUNTS, nick_key(nick),
+        d = self.command("HSETNX", ACCOUNTS, nick_key(nick),
                           _encode(nick, password_hash, now, now))
         return d.addCallback(_raise_unless_set, AccountExists, nick)
 
     def set_hash(self, nick: str, password_hash: str) -> Deferred[None]:
-        d = self._command("EVAL", _SET_HASH, 1, ACCOUNTS, nick_key(nick), password_hash,
+        d = self.command("EVAL", _SET_HASH, 1, ACCOUNTS, nick_key(nick), password_hash,
                           self._now_ms())
         return d.addCallback(_raise_unless_set, NoSuchAccount, nick)
 
     # -- AccountAdmin ---------------------------------------------------------
 
     def remove(self, nick: str) -> Deferred[None]:
-        d = self._command("HDEL", ACCOUNTS, nick_key(nick))
+        d = self.command("HDEL", ACCOUNTS, nick_key(nick))
         return d.addCallback(_raise_unless_set, NoSuchAccount, nick)
 
     def list(self) -> Deferred[list[Account]]:
@@ -148,7 +149,7 @@ class RedisBook:
             pairs = sorted(zip(reply[::2], reply[1::2], strict=True))
             return [_decode(value) for _, value in pairs]
 
-        return self._command("HGETALL", ACCOUNTS).addCallback(accounts)
+        return self.command("HGETALL", ACCOUNTS).addCallback(accounts)
 
     def copy(self, account: Account) -> Deferred[bool]:
         """
@@ -160,7 +161,7 @@ class RedisBook:
             return defer.fail(ValueError(f"{account.nick!r} is not a valid nick"))
         value = _encode(account.nick, account.password_hash, round(account.created * 1000),
                         round(account.changed * 1000))
-        d = self._command("HSETNX", ACCOUNTS, nick_key(account.nick), value)
+        d = self.command("HSETNX", ACCOUNTS, nick_key(account.nick), value)
         return d.addCallback(lambda reply: int(reply) == 1)
 
 
@@ -206,7 +207,7 @@ class RedisFailures:
 
     def __init__(self, execute: Callable[..., Deferred[Any]], clock: IReactorTime,
                  limits: LoginLimits, timeout: float = TIMEOUT) -> None:
-        self._book = RedisBook(execute, clock, timeout)  # its command, timeout and errors
+        self._redis = RedisBook(execute, clock, timeout)  # for its command()
         self.limits = limits
 
     def _buckets(self, nick: str, address: str | None) -> tuple[list[str], list[Any]]:
@@ -220,7 +221,7 @@ class RedisFailures:
 
     def _run(self, what: str, nick: str, address: str | None) -> Deferred[Any]:
         keys, args = self._buckets(nick, address)
-        return self._book._command("EVAL", _BUCKETS, len(keys), *keys, what, *args)
+        return self._redis.command("EVAL", _BUCKETS, len(keys), *keys, what, *args)
 
     def allows(self, nick: str, address: str | None) -> Deferred[bool]:
         return self._run("check", nick, address).addCallback(lambda room: int(room) == 1)
