@@ -21,6 +21,7 @@ from twisted_chat.server.addresses import AddressBook, AddressPolicy, HandshakeP
 from twisted_chat.server.config import ServerConfig
 from twisted_chat.server.deadlines import Deadlines
 from twisted_chat.server.fanout import Backlog, LobbyFanout, reactor_backlog
+from twisted_chat.server.flood import FloodMeter
 from twisted_chat.server.history import Entry, History, newest_within
 from twisted_chat.server.hub import Hub, Invitation, State, User
 from twisted_chat.server.login import Accounts
@@ -110,6 +111,8 @@ class ChatFactory(ServerFactory):
         self.repeats = logs.Repeats(reactor)
         if backlog is None:
             backlog = reactor_backlog(reactor)
+        # Flood control's rule; each connection holds only its own count.
+        self.flood = FloodMeter(config.flood_rate, config.flood_burst)
         # Counters for --metrics; kept whether or not they are served.
         self.stats = Stats()
         self.fanout = LobbyFanout(reactor, self.state.lobby_members, config.fanout_delay,

@@ -1,11 +1,18 @@
 """
 Flood control for one connection: a token bucket, and a penalty for the
 lines it drops (docs/protocol.md, "Limits").  Pure: time is passed in.
+
+The rule (L{FloodMeter}) is one object shared by every connection.  A
+connection holds only its token count, refilled since its last line, and
+once it has had a line dropped its L{Flooding} record: an idle connection
+costs one float here (docs/fanout.md, "Memory per connection").
 """
 
 from __future__ import annotations
 
 from enum import Enum
+
+from twisted_chat.server.addresses import Penalty
 
 
 class Dropped(Enum):
@@ -16,50 +23,61 @@ class Dropped(Enum):
     CUT = "cut"  # too many dropped: disconnect
 
 
+class Flooding:
+    """
+    What one connection's dropped lines left: their penalty (one each,
+    draining at C{burst / 10} per second) and when it was last warned.
+    """
+
+    __slots__ = ("error_at", "penalty")
+
+    def __init__(self, burst: int, now: float) -> None:
+        self.penalty = Penalty(burst, now)
+        self.error_at: float | None = None
+
+
 class FloodMeter:
     """
     C{rate} lines a second, in bursts of up to C{burst}.  Each dropped line
     adds one to a penalty that drains at C{burst / 10} per second; past
     C{burst} the client is cut off.  In words: more than C{burst} lines
-    dropped within about ten seconds.
+    dropped within about ten seconds.  C{rate} 0 lets every line through.
     """
 
-    __slots__ = ("_burst", "_error_at", "_penalised", "_penalty", "_rate", "_refilled", "_tokens")
+    __slots__ = ("burst", "full", "rate")
 
-    def __init__(self, rate: float, burst: int, now: float) -> None:
-        self._rate = rate
-        self._burst = burst
-        self._tokens = float(burst)
-        self._refilled = now
-        self._penalty = 0.0
-        self._penalised = now
-        self._error_at: float | None = None
+    def __init__(self, rate: float, burst: int) -> None:
+        self.rate = rate
+        self.burst = burst
+        self.full = float(burst)  # a new connection's tokens
 
-    def spend(self, now: float) -> bool:
-        """A line came at C{now}: whether it may be handled."""
-        rate = self._rate
+    def spend(self, tokens: float, since: float, now: float) -> tuple[bool, float]:
+        """
+        A line came at C{now} to a connection that had C{tokens} at C{since}
+        (a new one has C{burst}): whether it may be handled, and the tokens
+        the connection has after it.
+        """
+        rate = self.rate
         if not rate:
-            return True
-        tokens = self._tokens + (now - self._refilled) * rate
-        burst = self._burst
+            return True, tokens
+        tokens += (now - since) * rate
+        burst = self.burst
         if tokens > burst:
             tokens = burst
-        self._refilled = now
         if tokens >= 1.0:
-            self._tokens = tokens - 1.0
-            return True
-        self._tokens = tokens
-        return False
+            return True, tokens - 1.0
+        return False, tokens
 
-    def dropped(self, now: float) -> Dropped:
-        """A line was dropped at C{now}."""
-        burst = self._burst
-        drained = self._penalty - (now - self._penalised) * burst / 10.0
-        self._penalty = max(drained, 0.0) + 1.0
-        self._penalised = now
-        if self._penalty > burst:
-            return Dropped.CUT
-        if self._error_at is None or now - self._error_at >= 1.0:
-            self._error_at = now
-            return Dropped.WARN
-        return Dropped.QUIET
+    def dropped(self, flooding: Flooding | None, now: float) -> tuple[Dropped, Flooding]:
+        """A line was dropped at C{now}: what to do, and the connection's
+        record of it (made at its first dropped line)."""
+        burst = self.burst
+        if flooding is None:
+            flooding = Flooding(burst, now)
+        if flooding.penalty.add(now) > burst:
+            return Dropped.CUT, flooding
+        error_at = flooding.error_at
+        if error_at is None or now - error_at >= 1.0:
+            flooding.error_at = now
+            return Dropped.WARN, flooding
+        return Dropped.QUIET, flooding

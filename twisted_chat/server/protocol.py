@@ -29,7 +29,7 @@ from twisted_chat import wire
 from twisted_chat.server import logs
 from twisted_chat.server.addresses import Address
 from twisted_chat.server.deadlines import Deadline
-from twisted_chat.server.flood import Dropped, FloodMeter
+from twisted_chat.server.flood import Dropped, Flooding
 from twisted_chat.server.history import clip_text
 from twisted_chat.server.hub import HubError, NickTaken, State, User
 from twisted_chat.server.login import Answer, Login
@@ -71,9 +71,10 @@ class ChatProtocol:
     connection").  The factory's shared parts are read through it.
     """
 
-    __slots__ = ("_abort_call", "_account", "_buffer", "_discarding", "_flood", "_held",
+    __slots__ = ("_abort_call", "_account", "_buffer", "_discarding", "_flooding", "_held",
                  "_held_size", "_idle", "_input_ended", "_last_line", "_leave_reason", "_nick_call",
-                 "_paused_for_answer", "_pinged_at", "_queue", "_waiting", "address", "closing",
+                 "_paused_for_answer", "_pinged_at", "_queue", "_tokens", "_waiting", "address",
+                 "closing",
                  "connected", "factory", "host", "limits", "pool_key", "transport", "user")
 
     log = logs.logger()
@@ -94,7 +95,11 @@ class ChatProtocol:
         self._leave_reason = "disconnected"
         self._buffer = b""
         self._discarding = False
-        self._flood: FloodMeter | None = None
+        # Flood control (twisted_chat.server.flood, the factory's meter): the
+        # tokens left at the last line, and what dropped lines left (made at
+        # the first one).
+        self._tokens = 0.0
+        self._flooding: Flooding | None = None
         self._last_line = 0.0
         self._pinged_at: float | None = None
         self._idle: Deadline | None = None  # on the factory's shared Deadlines
@@ -164,7 +169,7 @@ class ChatProtocol:
         self._last_line = now
         # With --flood-rate 0 the meter lets every line through, but still
         # rules on lines dropped by the per-address lobby limit.
-        self._flood = FloodMeter(config.flood_rate, config.flood_burst, now)
+        self._tokens = self.factory.flood.full
         self.log.debug("connection from {address}", address=self.address)
         if config.nick_timeout > 0:
             self._nick_call = self.clock.callLater(config.nick_timeout, self._nick_expired)
@@ -456,9 +461,9 @@ class ChatProtocol:
         @return: whether the line may be handled.
         """
         now = self.clock.seconds()
-        self._last_line = now
-        flood = self._flood
-        if flood is None or flood.spend(now):
+        since, self._last_line = self._last_line, now
+        allowed, self._tokens = self.factory.flood.spend(self._tokens, since, now)
+        if allowed:
             return True
         self._dropped(
             now,
@@ -474,8 +479,7 @@ class ChatProtocol:
         this connection's own or its address's (shared by all its
         connections and kept across reconnects: docs/security.md).
         """
-        assert self._flood is not None
-        verdict = self._flood.dropped(now)
+        verdict, self._flooding = self.factory.flood.dropped(self._flooding, now)
         limits = self.limits
         if limits is not None and limits.penalty.add(now) > self.config.flood_burst:
             verdict = Dropped.CUT

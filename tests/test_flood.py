@@ -1,0 +1,44 @@
+"""Flood control's rule (twisted_chat.server.flood), with plain numbers."""
+
+from __future__ import annotations
+
+from tests.harness import Harness
+from twisted_chat.server.flood import Dropped, FloodMeter
+
+
+def test_a_burst_then_the_rate() -> None:
+    meter = FloodMeter(rate=2.0, burst=3)
+    tokens, at = meter.full, 0.0
+    verdicts = []
+    for _ in range(4):
+        allowed, tokens = meter.spend(tokens, at, 0.0)
+        verdicts.append(allowed)
+    assert verdicts == [True, True, True, False]
+    assert meter.spend(tokens, 0.0, 0.5) == (True, 0.0), "one token back in half a second"
+    assert meter.spend(0.0, 0.0, 100.0) == (True, 2.0), "never more than the burst"
+
+
+def test_rate_zero_lets_every_line_through() -> None:
+    meter = FloodMeter(rate=0.0, burst=3)
+    assert meter.spend(0.0, 0.0, 0.0) == (True, 0.0)
+
+
+def test_dropped_lines_warn_once_a_second_and_cut_past_the_burst() -> None:
+    meter = FloodMeter(rate=1.0, burst=3)
+    verdict, flooding = meter.dropped(None, 0.0)
+    assert verdict is Dropped.WARN
+    assert meter.dropped(flooding, 0.5) == (Dropped.QUIET, flooding)
+    assert meter.dropped(flooding, 1.0) == (Dropped.WARN, flooding)
+    assert meter.dropped(flooding, 1.0) == (Dropped.CUT, flooding), "a fourth within the drain"
+
+
+def test_an_idle_connection_holds_a_count_and_no_flood_record() -> None:
+    """Memory per idle connection (docs/fanout.md): the rule is shared; the
+    record of dropped lines is made at the first one."""
+    h = Harness(flood_rate=1.0, flood_burst=2)
+    alice = h.user("alice")
+    protocol = alice.protocol
+    assert protocol._flooding is None
+    assert h.factory.flood is not None
+    alice.send("PING a", "PING b", "PING c")
+    assert protocol._flooding is not None
