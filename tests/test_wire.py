@@ -108,3 +108,10 @@ def test_parse_never_raises_anything_but_line_error(text: str) -> None:
             wire.parse_args(*split)
     except LineError:
         pass
+
+
+def test_a_nick_in_key_form_is_its_own_key() -> None:
+    """One string per user where the nick is already lower case."""
+    nick = "".join(["ali", "ce"])
+    assert wire.nick_key(nick) is nick
+    assert wire.nick_key("Alice") == "alice"

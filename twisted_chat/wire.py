@@ -131,8 +131,11 @@ def is_valid_nick(nick: str) -> bool:
 
 
 def nick_key(nick: str) -> str:
-    """The form under which nicks are compared: ASCII case does not count."""
-    return nick.lower()
+    """The form under which nicks are compared: ASCII case does not count.
+    A nick already in that form is its own key (one string per user, not
+    two: docs/fanout.md, "Memory per connection")."""
+    key = nick.lower()
+    return nick if key == nick else key
 
 
 def is_blank(text: str) -> bool:
