@@ -298,3 +298,9 @@ def test_the_watch_reads_the_connections_and_keeps_nothing_per_connection() -> N
     for _ in range(5):
         clock.advance(2.0)
     assert dropped == [late]
+
+
+def test_a_queue_holds_its_slots_and_no_dict() -> None:
+    """Memory per idle connection (docs/fanout.md): one per connection."""
+    queue = SendQueue(StringTransport(), limit=1 << 20)
+    assert not hasattr(queue, "__dict__")

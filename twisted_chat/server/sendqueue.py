@@ -95,14 +95,13 @@ class SendQueue:
     limit (and does not write it): the caller cuts the connection.
     """
 
-    __slots__ = ("_bufsize", "_direct", "_excess", "_limit", "_paused", "_sock", "_transport",
+    __slots__ = ("_bufsize", "_direct", "_limit", "_paused", "_sock", "_transport",
                  "last_delivered", "stalled_since", "written")
 
     def __init__(self, transport: Any, limit: int, direct: bool = True, sndbuf: int = 0) -> None:
         self._transport = transport
         self._limit = limit
         self._bufsize = buffer_size(transport)
-        self._excess = max(limit - self._bufsize, 0)
         self._paused: int | None = None  # bytes written since Twisted paused us
         self._direct = direct and _plain_tcp(transport)
         self._sock = socket_of(transport)
@@ -167,7 +166,9 @@ class SendQueue:
         if paused is not None:
             paused += len(data)
             self._paused = paused
-            if paused + kernel_queued(self._sock) > self._excess:
+            # Past Twisted's buffer, what the limit leaves (computed here, on
+            # this rare path, rather than held as one more int per queue).
+            if paused + kernel_queued(self._sock) > max(self._limit - self._bufsize, 0):
                 return False
         t.write(data)
         return True
