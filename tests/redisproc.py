@@ -67,6 +67,7 @@ class RedisServer:
                     return self
             except OSError:
                 if time.monotonic() > deadline or self.proc.poll() is not None:
+                    self.stop(signal.SIGKILL)  # never left running
                     raise RuntimeError("redis-server did not start") from None
                 time.sleep(0.02)
 

@@ -74,10 +74,14 @@ class ServerProcess:
             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True,
         )
         if wait:
-            if self.probe:
-                wait_for_port(self.port, proc=self.proc)
-            else:
-                self.wait_log(" starting on ")
+            try:
+                if self.probe:
+                    wait_for_port(self.port, proc=self.proc)
+                else:
+                    self.wait_log(" starting on ")
+            except BaseException:
+                self.kill()  # a server that never came up is not left running
+                raise
         return self
 
     def wait_log(self, text: str, timeout: float = 15.0) -> None:

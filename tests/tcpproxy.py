@@ -36,8 +36,12 @@ class Proxy:
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
             text=True, bufsize=1,
         )
-        word, port = self._answer().split()
-        assert word == "listening", word
+        try:
+            word, port = self._answer().split()
+            assert word == "listening", word
+        except BaseException:
+            self.stop()  # a proxy that never answered is not left running
+            raise
         self.port = int(port)
 
     def _answer(self, timeout: float = 10.0) -> str:

@@ -48,8 +48,8 @@ class Cluster:
             self.tmp,
             ["--redis", url or self.url, "--node-timeout", str(timeout), *args],
         ).start()
+        self.nodes.append(server)  # stopped at the end even if it never connects
         server.wait_log("cluster: connected to")
-        self.nodes.append(server)
         return server
 
     def stray(self, url: str) -> ServerProcess:
