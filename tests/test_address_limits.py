@@ -11,6 +11,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
+from twisted.internet import defer
 from twisted.logger import formatEvent, globalLogPublisher
 
 from tests.harness import Harness
@@ -211,3 +212,51 @@ def test_the_replay_after_a_pair_ends_is_capped_in_bytes_too() -> None:
     alice.send("UNPAIR")
     replay = [line for line in alice.take() if line.startswith("HISTORY")]
     assert [line.split(" ")[3] for line in replay] == ["7", "8", "9"]
+
+
+class HeldRegistrations:
+    """The one server's state, but each registration is decided only when
+    released, as in cluster mode; a connection that closed meanwhile gets
+    its user taken out again, as the replica's orphan path does."""
+
+    def __init__(self, state: Any) -> None:
+        self.state = state
+        self.held: list[tuple[str, Any, str, str, defer.Deferred[Any]]] = []
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.state, name)
+
+    def register(self, nick: str, conn: Any, address: str, source: str = "") -> Any:
+        d: defer.Deferred[Any] = defer.Deferred()
+        self.held.append((nick, conn, address, source, d))
+        return d
+
+    def release(self) -> None:
+        held, self.held = self.held, []
+        for nick, conn, address, source, d in held:
+            user = self.state.hub.register(nick, conn, address, source=source)
+            if conn.closing:
+                self.state.leave(user, "disconnected")
+            d.callback(user)
+
+
+def test_a_registration_decided_after_its_connection_closed_frees_no_other_slot() -> None:
+    """connection_lost gave the slot back already: the late registration
+    must not give back another connection's too."""
+    h = Harness(max_handshaking_per_ip=2)
+    held = HeldRegistrations(h.factory.state)
+    h.factory.state = held  # type: ignore[assignment]
+    gone, waiting = h.connect(), h.connect()
+    gone.send("NICK gone")
+    gone.drop()  # before its registration is decided
+    held.release()
+    assert "gone" not in h.hub.online  # the orphan was taken out
+    # One connection from the address is still choosing a nick: one more may.
+    assert h.connect().take()[0].startswith("HELLO")
+    refused = h.connect()
+    assert refused.take()[-1] == "BYE full"
+    assert gone.user is None
+    waiting.take()
+    waiting.send("NICK waiting")
+    held.release()
+    assert waiting.take()[0] == "READY waiting"

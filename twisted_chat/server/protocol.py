@@ -553,6 +553,12 @@ class ChatProtocol:
         )
 
     def _registered(self, user: User) -> bool:
+        if self.closing:
+            # Decided after the connection closed (cluster mode): its user is
+            # the state's to take out (the replica's orphan path), and
+            # connection_lost already took it out of the handshake's counts;
+            # counting it as registered would free another connection's slot.
+            return False
         self.user = user
         self.factory.registered(self)
         if self._nick_call is not None and self._nick_call.active():
