@@ -68,6 +68,14 @@ class OutageLog:
         self.up = False
         self.state.available = False
 
+    def new_epoch(self) -> None:
+        """Redis lost its data: as RedisLog._restore, the node's hello goes
+        first, then what it still had waiting (held while down)."""
+        assert not self.up
+        waiting, self.unacked = self.unacked, []
+        self.state.hello()
+        self.unacked.extend(waiting)
+
     def back(self) -> None:
         self.up = True
         self.answers_lost = False
@@ -494,3 +502,31 @@ def test_decided_commands_leave_no_timers_behind() -> None:
     cluster.clock.advance(WAIT)
     assert len(cluster.clock.getDelayedCalls()) == timers
     assert ann.take()[-1].endswith("ann * 99")
+
+
+def test_what_waited_through_a_new_epoch_takes_effect_once_after_the_hello() -> None:
+    """Redis lost its data while a leave and a MSG waited: the node's hello
+    goes first but is numbered after them; both still take effect, once,
+    on every replica (not skipped as resends of something older)."""
+    cluster, n0, log = outage()
+    ann, cat = n0.user("ann"), n0.user("cat")
+    bob = cluster.nodes[1].user("bob")
+    log.down()
+    ann.send("MSG during")
+    cat.drop()  # its leave waits too
+    log.new_epoch()
+    log.back()
+    cluster.pump()
+    cluster.pump()
+    seen = bob.take()
+    assert said(ann.take()) == said(seen) == ["during"]
+    assert [line.split()[2] for line in seen if line.startswith("LEFT")] == ["cat"]
+    for node in cluster.nodes:
+        assert "cat" not in node.hub.online
+        assert "ann" in node.hub.online and "bob" in node.hub.online
+    assert n0.state._pending == {} and n0.state.waiting_bytes == 0
+    # The hello is not applied again if it is resent (its ack lost).
+    hello = next(e for _, e in cluster.log.entries if e["t"] == "hello")
+    for node in cluster.nodes:
+        node.state.deliver([("%d-0" % (cluster.clock.seconds() * 1000 + 1), hello)])
+        assert "cat" not in node.hub.online

@@ -13,7 +13,8 @@ L{RemoteConn}, whose writes go nowhere.
 Events are JSON objects.  Every event has C{t} (its type), C{n} (the node
 that appended it) and C{k} (that node's sequence number: an event whose
 C{k} is not above the last one applied from its node is a resend and is
-skipped).  Types: C{reg} (nick, a: address), C{leave} (u, r: reason,
+skipped; a C{hello} is checked against its node's hellos only, see
+L{Replica.apply}).  Types: C{reg} (nick, a: address), C{leave} (u, r: reason,
 x: text), C{say} (u, x), C{dm} (u, to, x), C{pair} (u, to, it: the
 invitation timeout), C{acc} / C{rej} (u, to), C{unp} (u), C{tick}, and
 C{dead} (node: every user of that node leaves, disconnected), C{hello}
@@ -36,6 +37,9 @@ from twisted_chat.server.hub import Hub, HubError, Listener, NickTaken, User
 __all__ = ["Answers", "Member", "RemoteConn", "Replica", "event_seconds"]
 
 _log = Logger(namespace="twisted_chat.server.cluster.replica")
+
+#: C{last_k}'s key for a node's last C{hello} (a node id has no C{:}).
+HELLO = "hello:"
 
 
 def event_seconds(eid: str) -> float:
@@ -118,9 +122,17 @@ class Replica:
         origin = str(event.get("n", ""))
         k = int(event.get("k", 0))
         self.last_id = eid
-        if k <= self.last_k.get(origin, 0):
+        if event.get("t") == "hello":
+            # Written ahead of the commands its node still had waiting, but
+            # numbered after them: checked against the node's hellos only,
+            # so that those commands (above the node's last_k) still apply.
+            if k <= self.last_k.get(HELLO + origin, 0):
+                return  # a resend of a hello applied already
+            self.last_k[HELLO + origin] = k
+        elif k <= self.last_k.get(origin, 0):
             return  # a resend of an event applied already
-        self.last_k[origin] = k
+        else:
+            self.last_k[origin] = k
         now = event_seconds(eid)
         if now > self.clock.seconds():
             self.clock.advance(now - self.clock.seconds())  # due invitations expire
