@@ -16,15 +16,17 @@ from twisted.logger import LogEvent, formatEvent, globalLogPublisher
 from tests.harness import Conn, Harness
 from twisted_chat.server import accounts as accounts_module
 from twisted_chat.server.accounts import (
-    AccountsUnavailable,
     AccountStore,
+    AccountsUnavailable,
     Mode,
     SQLiteBook,
     hash_password,
 )
+from twisted_chat.server.cluster.accounts import RedisBook
 from twisted_chat.server.login import (
     BAD_PASSWORD_TEXT,
     UNAVAILABLE_TEXT,
+    UNCHECKED_TEXT,
     Accounts,
     LoginLimits,
     WorkBusy,
@@ -674,7 +676,9 @@ def test_help_text_names_the_option_and_tls() -> None:
 
 
 class DownBook:
-    """An AccountBook whose store cannot be reached."""
+    """An AccountBook whose store cannot be reached: the cluster's."""
+
+    retry_unavailable = True
 
     def __init__(self) -> None:
         self.calls = 0
@@ -735,6 +739,49 @@ def test_register_and_passwd_when_accounts_are_out_of_reach_are_unavailable() ->
         line = conn.take_one()
         assert line.startswith("ERROR unavailable the accounts cannot be reached now")
     assert h.factory.accounts.book.calls == 2
+
+
+def unreadable_harness(mode: Mode, tmp_path: Path) -> Harness:
+    """One server whose accounts file cannot be read."""
+    path = tmp_path / "accounts.sqlite3"
+    path.write_bytes(b"this is not an SQLite file, let alone an accounts file" * 100)
+    return harness(mode, store=AccountStore(str(path)))
+
+
+def test_one_server_fails_closed_on_an_unreadable_file_open_nick_asks_the_password(
+        tmp_path: Path) -> None:
+    """The contract has no RETRY unavailable: without the file, the nick
+    might have an account, so its password is asked, and the check fails."""
+    h = unreadable_harness(Mode.OPEN, tmp_path)
+    accounts = h.factory.accounts
+    conn = fresh(h)
+    conn.send("NICK alice", "PING after")
+    assert conn.take() == ["PASS alice", "PONG after"]
+    assert conn.user is None and "alice" not in h.factory.hub.online
+    conn.send(f"PASS {PW}")
+    assert conn.take() == [f"RETRY bad-password {UNCHECKED_TEXT}"]
+    assert conn.user is None
+    # Not a failed attempt: nothing was checked.
+    assert accounts.by_nick.level("alice") == 0 and len(accounts.by_address) == 0
+
+
+def test_one_server_fails_closed_on_an_unreadable_file_pass_is_bad_password(
+        tmp_path: Path) -> None:
+    h = unreadable_harness(Mode.REQUIRED, tmp_path)
+    accounts = h.factory.accounts
+    for _ in range(LoginLimits().nick_burst + 2):  # more than the limit allows failures
+        conn = fresh(h)
+        conn.send("NICK alice")
+        assert conn.take() == ["PASS alice"]
+        conn.send(f"PASS {PW}")
+        assert conn.take() == [f"RETRY bad-password {UNCHECKED_TEXT}"]
+        assert conn.user is None
+    assert accounts.by_nick.level("alice") == 0 and len(accounts.by_address) == 0
+
+
+def test_the_books_say_which_answer_they_want() -> None:
+    assert SQLiteBook.retry_unavailable is False
+    assert RedisBook.retry_unavailable is True
 
 
 # -- failure limits shared by a cluster's nodes ---------------------------------------

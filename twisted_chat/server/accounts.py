@@ -414,6 +414,13 @@ class AccountBook(Protocol):
     (L{AccountsUnavailable} when it is out of reach for now).
     """
 
+    #: How a C{NICK} or C{PASS} the book could not answer is answered.
+    #: C{True}: C{RETRY unavailable}, the cluster's addition to the protocol
+    #: (docs/protocol.md).  C{False}: as the protocol has it for one server,
+    #: failing closed with the contract's own answers: the password is asked
+    #: (C{NICK}), C{RETRY bad-password} (C{PASS}).  Never C{READY}.
+    retry_unavailable: bool
+
     def get(self, nick: str) -> defer.Deferred[Account | None]:
         """The account of C{nick} (in any case), or C{None}."""
 
@@ -442,6 +449,9 @@ class SQLiteBook:
     (the server's password threads, which never count these quick file
     operations against their bound; the operator's tool runs them inline).
     """
+
+    #: One server: its protocol has no C{RETRY unavailable}.
+    retry_unavailable = False
 
     def __init__(self, store: AccountStore, run: Callable[..., defer.Deferred[Any]]) -> None:
         self.store = store

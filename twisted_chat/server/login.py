@@ -73,10 +73,13 @@ T = TypeVar("T")
 # The answer to a failed login: the same text whether the password was
 # wrong or (under --accounts required) the nick has no account.
 BAD_PASSWORD_TEXT = "wrong password, or no account for that nick; send NICK again"
-# The answer to a NICK or PASS the accounts cannot be checked for now (their
-# file cannot be read, the cluster's Redis is out of reach): as the cluster
-# answers a NICK it cannot check, and never a failed attempt.
+# The cluster's answer to a NICK or PASS the accounts cannot be checked for
+# now (its Redis is out of reach): as it answers a NICK it cannot check, and
+# never a failed attempt.  Only where the book says so (retry_unavailable).
 UNAVAILABLE_TEXT = "the server cannot check accounts now; send NICK again in a moment"
+# One server's answer to a PASS it could not check (its protocol has no
+# RETRY unavailable): the contract's RETRY bad-password, with this text.
+UNCHECKED_TEXT = "the server could not check the password now; try again later"
 
 
 @dataclass(frozen=True, slots=True)
@@ -365,10 +368,14 @@ class Login:
             return None
         return self._conn.admit(nick)
 
-    def _lookup_failed(self, failure: Failure, nick: str) -> None:
+    def _lookup_failed(self, failure: Failure, nick: str) -> Answer:
         # Not READY: without the accounts, the nick might have one.
         _store_failed(failure, "could not look up the account of {nick}", nick)
-        self._unavailable()
+        if self._accounts.book.retry_unavailable:
+            self._unavailable()
+            return None
+        # One server: fail closed, as if it had one (its check fails too).
+        return self._looked_up(True, nick)
 
     def _unavailable(self) -> None:
         if not self._conn.closing:
@@ -444,8 +451,12 @@ class Login:
             self._conn.write(wire.error(ErrorCode.FLOOD,
                                         "the server is busy; send PASS again in a moment"))
         else:
+            # Not a failed attempt: nothing was checked.
             _store_failed(failure, "could not check the password of {nick}", nick)
-            self._unavailable()
+            if self._accounts.book.retry_unavailable:
+                self._unavailable()
+            else:
+                self._conn.write(wire.line("RETRY", "bad-password", text=UNCHECKED_TEXT))
 
     def _flooded(self, nick: str) -> Answer:
         """Over a failure limit: no check; after the delay, C{BYE flood}."""

@@ -94,6 +94,9 @@ class RedisBook:
         C{execute_command} in the operator's tool).
     """
 
+    #: The cluster answers a NICK or PASS it cannot check RETRY unavailable.
+    retry_unavailable = True
+
     def __init__(self, execute: Callable[..., Deferred[Any]], clock: IReactorTime,
                  timeout: float = TIMEOUT) -> None:
         self.execute = execute
