@@ -6,7 +6,7 @@ an account needs, /register and /passwd, and what the server answers.
 from __future__ import annotations
 
 from twisted_chat.client.commands import Local, Secret, is_secret_command, parse_input
-from twisted_chat.client.protocol import Outcome, State
+from twisted_chat.client.protocol import ChatClient, Outcome, State
 
 from .helpers import Session, session
 
@@ -220,3 +220,20 @@ def test_the_password_prompt_goes_away_when_the_connection_does() -> None:
     _asked_for_password(s)
     s.lose()
     assert s.screen.secret_prompt is None
+
+
+def test_a_password_that_cannot_be_checked_now_is_sent_again_later() -> None:
+    """PASS answered RETRY unavailable (the accounts are out of reach): not
+    a wrong password; NICK goes again a little later, then the password."""
+    s = session(interactive=False, environ={"CHAT_PASSWORD": SECRET})
+    _asked_for_password(s)
+    assert s.sent() == [f"PASS {SECRET}"]
+    s.receive("RETRY unavailable the server cannot check accounts now; send NICK again in a moment")
+    assert s.sent() == []
+    assert "not accepted" not in s.screen.text()
+    s.clock.advance(ChatClient.UNAVAILABLE_DELAY)
+    assert s.sent() == ["NICK alice"]
+    s.receive("PASS alice")
+    assert s.sent() == [f"PASS {SECRET}"]
+    s.receive("READY alice")
+    assert s.client.state is State.READY

@@ -453,3 +453,74 @@ def test_online_nicks_follow_the_user_list_joins_and_leaves() -> None:
     assert sorted(s.client.online_nicks()) == ["Carol", "dave"]
     s.receive("USER alice lobby", "USER eve lobby", "USERS 2")
     assert s.client.online_nicks() == ["eve"]
+
+
+UNAVAILABLE = (
+    "RETRY unavailable the chat cannot check that nick now (its cluster store is out of "
+    "reach); try again in a moment"
+)
+
+
+def test_unavailable_sends_the_same_nick_again_later_in_a_script() -> None:
+    """RETRY unavailable (cluster mode, Redis out of reach) is not about the
+    nick: the client says so and sends the same NICK again a little later."""
+    s = session("bob", interactive=False)
+    s.type("hello")
+    s.receive("HELLO chat/1 x", "NICK")
+    assert s.sent() == ["NICK bob"]
+    s.screen.take()
+    s.receive(UNAVAILABLE)
+    shown = " ".join(s.screen.take())
+    assert "briefly unavailable" in shown and "again in 3 seconds" in shown
+    assert "another nickname" not in shown and "cannot be used" not in shown
+    assert s.client.state is State.NICK_SENT and not s.outcomes
+    s.clock.advance(ChatClient.UNAVAILABLE_DELAY - 0.1)
+    assert s.sent() == []  # the queued message is not sent, nor taken as a nick
+    s.clock.advance(0.1)
+    assert s.sent() == ["NICK bob"]
+    s.receive("READY bob")
+    assert s.sent() == ["MSG hello"]
+    assert s.client.state is State.READY
+
+
+def test_unavailable_on_a_terminal_keeps_the_typed_nick() -> None:
+    s = session(None)
+    s.receive("HELLO chat/1 x", "NICK")
+    s.type("bob")
+    assert s.sent() == ["NICK bob"]
+    s.receive(UNAVAILABLE)
+    assert s.screen.prompt != "nickname: "
+    s.clock.advance(ChatClient.UNAVAILABLE_DELAY)
+    assert s.sent() == ["NICK bob"]
+    s.receive("READY bob")
+    assert s.screen.prompt == "bob> "
+
+
+def test_unavailable_is_tried_a_bounded_number_of_times() -> None:
+    s = session("bob", interactive=False)
+    s.receive("HELLO chat/1 x", "NICK")
+    assert s.sent() == ["NICK bob"]
+    for _ in range(ChatClient.UNAVAILABLE_TRIES):
+        s.receive(UNAVAILABLE)
+        s.clock.advance(ChatClient.UNAVAILABLE_DELAY)
+        assert s.sent() == ["NICK bob"]
+    s.receive(UNAVAILABLE)
+    assert s.sent() == ["BYE"]
+    s.receive("BYE quit")
+    outcome = s.lose()
+    assert outcome.code == 1
+    assert outcome.message.startswith("The server is briefly unavailable")
+    assert outcome.message.endswith(f"Gave up after {ChatClient.UNAVAILABLE_TRIES + 1} tries.")
+
+
+def test_quitting_while_waiting_to_send_the_nick_again() -> None:
+    s = session("bob")
+    s.receive("HELLO chat/1 x", "NICK")
+    s.sent()
+    s.receive(UNAVAILABLE)
+    s.client.interrupt()  # Ctrl-C while waiting
+    assert s.sent() == ["BYE"]
+    s.clock.advance(ChatClient.UNAVAILABLE_DELAY)
+    assert s.sent() == []  # no NICK after BYE
+    s.receive("BYE quit")
+    assert s.lose().code == ChatClient.INTERRUPTED

@@ -167,6 +167,12 @@ class ChatClient(LineReceiver):
     MAX_LENGTH = 1 << 20
     QUIT_TIMEOUT = 5.0
     GREETING_TIMEOUT = 15.0
+    # RETRY unavailable (the server cannot check nicks or passwords for a
+    # moment, e.g. its Redis is out of reach): send the same NICK again this
+    # many seconds later, at most this many times in a row; 5 tries 3 s apart
+    # fit in the server's default --nick-timeout of 30 s.
+    UNAVAILABLE_DELAY = 3.0
+    UNAVAILABLE_TRIES = 5
     # Exit code after Ctrl-C (or SIGINT) before the chat was joined, or in a
     # script: 128 + SIGINT, as shells report an interrupted command.
     INTERRUPTED = 130
@@ -220,6 +226,8 @@ class ChatClient(LineReceiver):
         self._failure: str | None = None
         self._quit_timer: IDelayedCall | None = None
         self._greeting_timer: IDelayedCall | None = None
+        self._nick_again_timer: IDelayedCall | None = None
+        self._unavailable_tries = 0  # RETRY unavailable answers in a row
         self._heard = False  # any byte came from the server
         self._greeted = False  # the server asked for a nickname (or said who we are)
         self._bye_received = False
@@ -346,10 +354,10 @@ class ChatClient(LineReceiver):
         previous = self.state
         self.state = State.CLOSED
         self._cancel_secret()
-        for timer in (self._quit_timer, self._greeting_timer):
+        for timer in (self._quit_timer, self._greeting_timer, self._nick_again_timer):
             if timer is not None and timer.active():
                 timer.cancel()
-        self._quit_timer = self._greeting_timer = None
+        self._quit_timer = self._greeting_timer = self._nick_again_timer = None
         tls = describe_tls_error(reason, self.server) if reason is not None else None
         if self._failure is not None:
             self._finish(Outcome(1, self._failure))
@@ -468,6 +476,7 @@ class ChatClient(LineReceiver):
                 self._show_local(action)
             self._error("Choose a nickname first.")
             return
+        self._unavailable_tries = 0
         self._ask_for(nick)
 
     def _ask_for(self, nick: str) -> None:
@@ -655,6 +664,10 @@ class ChatClient(LineReceiver):
             return
         nick = self._asked_nick or ""
         said = render.retry(nick, event.word(0), event.text)
+        if event.word(0) == "unavailable":
+            self._unavailable(nick, said)
+            return
+        self._unavailable_tries = 0
         if not self.interactive and self._asked_nick == self.option_nick:
             self._failure = render.sentence(said)
             self.quit()
@@ -667,8 +680,43 @@ class ChatClient(LineReceiver):
         self._set_state(State.ASK_NICK)
         self._pump()
 
+    def _unavailable(self, nick: str, said: str) -> None:
+        """
+        RETRY unavailable: nothing is wrong with the nick (or the password);
+        the server cannot check it for a moment.  Send the same NICK again a
+        little later (the server asks for the password again if it needs it),
+        a bounded number of times; then a script stops and a person is asked
+        for a nickname again.
+        """
+        self._unavailable_tries += 1
+        if self._unavailable_tries > self.UNAVAILABLE_TRIES:
+            tries = self.UNAVAILABLE_TRIES + 1
+            if not self.interactive and nick == self.option_nick:
+                self._failure = f"{said} Gave up after {tries} tries."
+                self.quit()
+                return
+            self._error(render.sentence(said))
+            self._unavailable_tries = 0
+            self._notice(f"Still unavailable after {tries} tries: type a nickname to try again:")
+            self._set_state(State.ASK_NICK)
+            self._pump()
+            return
+        delay = self.UNAVAILABLE_DELAY
+        self._notice(
+            f"{said} Sending the nickname {nick} again in {delay:g} seconds "
+            f"(try {self._unavailable_tries} of {self.UNAVAILABLE_TRIES})."
+        )
+        # Stay in NICK_SENT: typed lines wait, as they do for any answer.
+        self._nick_again_timer = self.clock.callLater(delay, self._nick_again, nick)
+
+    def _nick_again(self, nick: str) -> None:
+        self._nick_again_timer = None
+        if self.state is State.NICK_SENT:  # not if the user quit meanwhile
+            self._ask_for(nick)
+
     def _on_READY(self, event: ServerLine) -> None:
         self._greeting_done()
+        self._unavailable_tries = 0
         self.nick = event.word(0)
         self._set_state(State.READY)
         self._notice(

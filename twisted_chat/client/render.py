@@ -265,6 +265,9 @@ def retry(nick: str, reason: str, text: str) -> str:
     """Why the server refused a nickname, in one sentence that says it once."""
     if reason == "taken":
         return f"The nickname {nick} is already taken by someone online."
+    if reason == "unavailable":
+        # Not about the nick: the server cannot check it for a moment.
+        return sentence(_with_detail("The server is briefly unavailable", text))
     if reason == "bad-password":
         # The server does not say whether the nick has an account (under
         # --accounts required): neither can we.
