@@ -95,6 +95,7 @@
     retryAt: 0,
     countdown: null,
     takenRetries: 0,
+    unavailableRetries: 0, // RETRY unavailable answers in a row
     users: new Map(), // key -> {nick, state}
     pendingUsers: null,
     partner: null, // nick while in a private conversation
@@ -478,6 +479,7 @@
     state.online = true;
     state.attempt = 0;
     state.takenRetries = 0;
+    state.unavailableRetries = 0;
     state.autoJoin = false;
     localStorage.setItem("twisted-chat.nick", state.me);
     $("login").hidden = true;
@@ -548,8 +550,23 @@
           setTimeout(() => send("NICK " + state.wanted), 3000);
           break;
         }
+        if (reason === "unavailable" && state.wanted && state.unavailableRetries < 10) {
+          // Not about the nick or the password: the server cannot check them
+          // for a moment (cluster mode, Redis out of reach). Send the same
+          // NICK again 3 s later (the stored password answers PASS), at most
+          // 10 times in a row; keep the nick and the password.
+          state.unavailableRetries += 1;
+          state.autoJoin = true;
+          banner(`The server is briefly unavailable (${text || reason}); trying again…`, null);
+          const ws = state.ws;
+          setTimeout(() => {
+            if (ws === state.ws && !state.online) send("NICK " + state.wanted);
+          }, 3000);
+          break;
+        }
+        state.unavailableRetries = 0;
         state.autoJoin = false;
-        state.password = null;
+        if (reason !== "unavailable") state.password = null;
         showLogin(false, text || reason);
         break;
       }
@@ -790,6 +807,7 @@
     $("nick-error").textContent = "";
     state.wanted = nick;
     state.leaving = false;
+    state.unavailableRetries = 0;
     if (!send("NICK " + nick)) $("nick-error").textContent = "Not connected yet; trying again…";
   });
 
