@@ -413,3 +413,57 @@ def test_a_nick_with_an_account_asks_for_its_password(
     field.send_keys("correct horse battery", Keys.ENTER)
     wait(alice, lambda d: d.find_element(By.ID, "me-nick").get_attribute("textContent")
          == "alice")
+
+
+# A WebSocket stand-in, installed before app.js runs, playing a cluster node
+# whose Redis is out of reach for one PASS: the page's own lines are kept in
+# window.sentLines.
+_UNAVAILABLE_SERVER = r"""
+(() => {
+  window.sentLines = [];
+  let passes = 0;
+  class FakeSocket {
+    static OPEN = 1;
+    constructor() {
+      this.readyState = 1;
+      setTimeout(() => this.say("HELLO chat/1 fake (twisted-chat 0)", "NICK"), 0);
+    }
+    say(...lines) {
+      setTimeout(() => { for (const data of lines) this.onmessage({data}); }, 0);
+    }
+    send(line) {
+      window.sentLines.push(line);
+      if (line.startsWith("NICK ")) this.say("PASS alice");
+      else if (line.startsWith("PASS ") && ++passes === 1)
+        this.say("RETRY unavailable the server cannot check accounts now");
+      else if (line.startsWith("PASS ")) this.say("READY alice", "USER alice lobby", "USERS 1");
+    }
+    close() {}
+  }
+  window.WebSocket = FakeSocket;
+})();
+"""
+
+
+def test_unavailable_sends_the_nick_again_and_keeps_the_password(
+    web: WebServer, browser: Callable[..., Any]
+) -> None:
+    """RETRY unavailable is not a refused nick or password: the page says the
+    server is briefly unavailable and sends the same NICK (then the password
+    it holds) again a few seconds later, without asking."""
+    page = browser()
+    page.execute_cdp_cmd("Page.addScriptToEvaluateOnNewDocument",
+                         {"source": _UNAVAILABLE_SERVER})
+    page.get(web.url)
+    field = nick_field(page)
+    field.clear()
+    field.send_keys("alice", Keys.ENTER)
+    wait(page, lambda d: d.find_element(By.ID, "login-title").text == "Password for alice")
+    field.send_keys("correct horse battery", Keys.ENTER)
+    wait(page, lambda d: "briefly unavailable"
+         in d.find_element(By.ID, "banner-text").get_attribute("textContent"))
+    assert page.find_element(By.ID, "nick-error").text == ""
+    wait(page, lambda d: d.find_element(By.ID, "me-nick").get_attribute("textContent")
+         == "alice")
+    assert page.execute_script("return window.sentLines") == [
+        "NICK alice", "PASS correct horse battery", "NICK alice", "PASS correct horse battery"]
