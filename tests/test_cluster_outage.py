@@ -10,10 +10,12 @@ the connection went is resent when it is back.
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import pytest
-from twisted.internet.defer import Deferred
+import txredisapi  # type: ignore[import-untyped]
+from twisted.internet.defer import Deferred, fail, succeed
 from twisted.internet.task import Clock
 from twisted.internet.testing import MemoryReactorClock, StringTransport
 from twisted.python import usage
@@ -530,3 +532,68 @@ def test_what_waited_through_a_new_epoch_takes_effect_once_after_the_hello() -> 
     for node in cluster.nodes:
         node.state.deliver([("%d-0" % (cluster.clock.seconds() * 1000 + 1), hello)])
         assert "cat" not in node.hub.online
+
+
+class AnsweringRedis(FakeRedis):
+    """A connection that answers every command at once (the stream read:
+    never), as a Redis with no data."""
+
+    def whenDisconnected(self) -> Deferred[None]:
+        return Deferred()
+
+    def execute_command(self, *args: Any) -> Deferred[Any]:
+        self.commands.append(args)
+        if args[0] == "XREAD":
+            return Deferred()
+        if args[0] == "XINFO":
+            return fail(txredisapi.ResponseError("ERR no such key"))
+        if args[0] == "ZREVRANGEBYSCORE":
+            return succeed([])
+        if args[:2] == ("GET", "chat:epoch"):
+            return succeed("e")
+        return succeed(None)
+
+
+def test_an_invitation_due_during_an_outage_expires_once_redis_is_back() -> None:
+    """The tick for an invitation falls due while Redis is out of reach: it
+    is dropped then, and armed again when the log opens, so the invitation
+    expires in a quiet cluster too (no event comes to re-arm it)."""
+    log, state = redis_log()
+    clock = log.reactor
+    reachable = True
+    conns: list[AnsweringRedis] = []
+
+    async def new_connection(reply_timeout: float) -> AnsweringRedis:
+        if not reachable:
+            raise ConnectionError("refused")
+        conns.append(AnsweringRedis())
+        return conns[-1]
+
+    log._new_connection = new_connection  # type: ignore[method-assign]
+    log.start()
+    assert state.available
+    state.deliver([
+        ("1000-0", {"t": "reg", "n": "m", "k": 1, "nick": "ann"}),
+        ("1000-1", {"t": "reg", "n": "m", "k": 2, "nick": "bob"}),
+        ("1000-2", {"t": "pair", "n": "m", "k": 3, "u": "1000-0", "to": "bob", "it": 5}),
+    ])
+    assert state.replica.next_due() == 6.0
+    reachable = False
+    log._lost(log._generation)
+    for _ in range(100):  # 10 s: the tick falls due and is dropped
+        clock.advance(0.1)
+    assert not state.available
+    reachable = True
+    for _ in range(60):
+        clock.advance(0.1)
+    assert state.available
+
+    def ticks() -> list[Any]:
+        return [c for conn in conns for c in conn.commands
+                if c[0] == "XADD" and '"t":"tick"' in c[-1]]
+
+    (tick,) = ticks()
+    # Applied (at its log time, past the due one): the invitation expires.
+    state.deliver([("7000-0", json.loads(tick[-1]))])
+    assert state.replica.next_due() is None
+    assert state.hub.online["ann"].outgoing is None

@@ -125,6 +125,8 @@ class ClusterState:
         self._wait_call: IDelayedCall | None = None
         self._tick_call: IDelayedCall | None = None
         self._tick_due: float | None = None
+        # A tick that fell due while the log was out of reach (its due time).
+        self._tick_dropped: float | None = None
 
     # -- the commands (ChatState) ---------------------------------------------
 
@@ -270,6 +272,20 @@ class ClusterState:
         (before anything this node still has to resend)."""
         self._append({"t": "hello", "users": self.replica.local_users()})
 
+    def log_open(self) -> None:
+        """The log is reachable (again): registrations are taken, and a
+        tick dropped while it was not (see L{_tick}) is appended now (in a
+        quiet cluster no event would arm it again, and invitations would
+        stop expiring); after this turn, behind what the log resends."""
+        self.available = True
+        due, self._tick_dropped = self._tick_dropped, None
+        if due is None or self.closing:
+            return
+        if self._tick_call is not None and self._tick_call.active():
+            self._tick_call.cancel()
+        self._tick_due = due
+        self._tick_call = self.reactor.callLater(0, self._tick)
+
     def stopping(self) -> None:
         """
         This node stops cleanly: its users leave the cluster at once, in one
@@ -293,10 +309,13 @@ class ClusterState:
         self._tick_call = self.reactor.callLater(delay, self._tick)
 
     def _tick(self) -> None:
-        self._tick_call = None
-        self._tick_due = None
-        if self.available and not self.closing:
+        due, self._tick_call, self._tick_due = self._tick_due, None, None
+        if self.closing:
+            return
+        if self.available:
             self._append({"t": "tick"})
+        else:
+            self._tick_dropped = due  # log_open appends it
 
     def cancel_timers(self) -> None:
         if self._tick_call is not None and self._tick_call.active():

@@ -312,7 +312,7 @@ class RedisLog:
         was_down = self._down_since
         self._up_since = self.reactor.seconds()
         self._down_since = None
-        self.state.available = True
+        self.state.log_open()
         if was_down is None:
             self.log.info("cluster: connected to {redis} as node {node}",
                           redis=self.target.display, node=self.state.node)
