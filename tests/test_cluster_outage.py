@@ -18,6 +18,7 @@ import txredisapi  # type: ignore[import-untyped]
 from twisted.internet.defer import Deferred, fail, succeed
 from twisted.internet.task import Clock
 from twisted.internet.testing import MemoryReactorClock, StringTransport
+from twisted.logger import Logger, LogLevel
 from twisted.python import usage
 
 from tests.test_cluster_unit import Cluster, MemoryLog, Node
@@ -25,7 +26,10 @@ from twisted_chat.server.cluster.node import ClusterState
 from twisted_chat.server.cluster.redislog import RedisLog, parse_url
 from twisted_chat.server.cluster.service import drop_users
 from twisted_chat.server.history import History
+from twisted_chat.server.hub import HubError
 from twisted_chat.server.service import Options
+from twisted_chat.server.state import StateUnavailable
+from twisted_chat.wire import ErrorCode
 
 WAIT = 10.0
 
@@ -597,3 +601,41 @@ def test_an_invitation_due_during_an_outage_expires_once_redis_is_back() -> None
     state.deliver([("7000-0", json.loads(tick[-1]))])
     assert state.replica.next_due() is None
     assert state.hub.online["ann"].outgoing is None
+
+
+def test_a_write_redis_refuses_is_answered_unavailable_and_forgotten() -> None:
+    """MISCONF, OOM, READONLY: Redis answers the XADD with an error; the
+    event is not in the log and never will be.  Its command is answered
+    "not sent" (RETRY for a registration), not left to an ERROR
+    unconfirmed, and the node holds nothing of it; the refusal is logged
+    once, not once per command."""
+    log, state = redis_log()
+    logged: list[dict[str, Any]] = []
+    log.log = Logger(observer=logged.append)
+    cmd = FakeRedis()
+    replies: list[Deferred[Any]] = []
+
+    def execute_command(*args: Any) -> Deferred[Any]:
+        cmd.commands.append(args)
+        replies.append(Deferred())
+        return replies[-1]
+
+    cmd.execute_command = execute_command  # type: ignore[method-assign]
+    log._cmd, state.available = cmd, True
+    state.deliver([("1000-0", {"t": "reg", "n": "m", "k": 1, "nick": "ann"})])
+    ann = state.hub.online["ann"]
+    registration = state.register("erin", object(), "-")
+    message = state.say(ann, "hi")
+    assert isinstance(message, Deferred)
+    results: list[Any] = []
+    registration.addErrback(results.append)
+    message.addErrback(results.append)
+    for reply in replies:
+        reply.errback(txredisapi.ResponseError("MISCONF Redis is configured to save"))
+    erin, hi = (r.value for r in results)
+    assert isinstance(erin, StateUnavailable)
+    assert isinstance(hi, HubError) and hi.code == ErrorCode.UNAVAILABLE
+    assert state._pending == {} and state.waiting_bytes == 0 and not log._unacked
+    assert [e["log_level"] for e in logged] == [LogLevel.error]
+    # Nothing is left to answer "unconfirmed" later.
+    log.reactor.advance(WAIT * 2)

@@ -262,6 +262,32 @@ class ClusterState:
             apply(eid, event)
         self._schedule_tick()
 
+    def refused(self, event: str) -> None:
+        """
+        The log refused C{event} itself (Redis answered an error to the
+        write: it is not in the log and never will be): the command is
+        forgotten and its user answered "not sent" (C{RETRY unavailable}
+        for a registration, C{ERROR unavailable} for the rest), also when
+        it had been told C{ERROR unconfirmed} already.
+        """
+        try:
+            data = json.loads(event)
+        except ValueError:
+            return
+        if not isinstance(data, dict) or data.get("n") != self.node:
+            return
+        waiting = self._forget(int(data.get("k", 0)))
+        if waiting is None:
+            return
+        why = "it refused to store it"
+        if waiting.answer is not None:
+            answer, waiting.answer = waiting.answer, None
+            answer.errback(_not_sent(waiting.registration, why))
+        elif not getattr(waiting.conn, "closing", True):
+            error = _not_sent(False, why)
+            assert isinstance(error, HubError)
+            waiting.conn.write(wire.error(error.code, error.text))
+
     def node_dead(self, node: str) -> None:
         """Tell the cluster that C{node} is gone (idempotent: a second
         C{dead} for the same node finds nobody left)."""

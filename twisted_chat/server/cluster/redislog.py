@@ -255,6 +255,7 @@ class RedisLog:
         self._stopped = False
         # Commands sent or to send, oldest first, until acknowledged.
         self._unacked: deque[_Out] = deque()
+        self._refusing = False  # Redis refused the last write (said once)
         self._snapshot_at = 0.0
         self._snapshot_id = ""
         self._trim_to: str | None = None
@@ -474,17 +475,26 @@ class RedisLog:
         generation = self._generation
         out.sent = True
         d = self._cmd.execute_command(*out.command)
-        d.addCallbacks(self._acked, self._not_acked, (generation,), None, (generation,))
+        d.addCallbacks(self._acked, self._not_acked, (generation,), None, (generation, out))
 
     def _acked(self, result: object, generation: int) -> None:
         if generation == self._generation and self._unacked:
             self._unacked.popleft()
+            self._refusing = False
 
-    def _not_acked(self, failure: Any, generation: int) -> None:
+    def _not_acked(self, failure: Any, generation: int, out: _Out) -> None:
         if failure.check(txredisapi.ResponseError):
-            # Redis refused the command itself: resending would not help.
-            self.log.error("cluster: Redis refused a write: {e}", e=failure.getErrorMessage())
-            self._acked(None, generation)
+            # Redis refused the command itself (MISCONF, OOM, READONLY):
+            # resending would not help.  Said once until a write succeeds
+            # again, not once per command.
+            if not self._refusing:
+                self.log.error("cluster: Redis refused a write: {e}",
+                               e=failure.getErrorMessage())
+            if generation == self._generation and self._unacked:
+                self._unacked.popleft()
+            self._refusing = True
+            if out.command[0] == "XADD":
+                self.state.refused(out.command[-1])  # never applied: its command is answered
         # Otherwise the connection went: everything unacknowledged is resent.
 
     # -- reading -------------------------------------------------------------------
