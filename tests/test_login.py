@@ -710,18 +710,24 @@ def test_open_nick_when_accounts_are_out_of_reach_is_retry_unavailable() -> None
 
 def test_pass_when_accounts_are_out_of_reach_is_retry_unavailable_not_a_failure() -> None:
     h = down_harness(Mode.REQUIRED)
+    unchecked_passwords_are_not_failures(h, f"RETRY unavailable {UNAVAILABLE_TEXT}")
+    assert h.book.calls == LoginLimits().nick_burst + 2
+
+
+def unchecked_passwords_are_not_failures(h: Harness, answer: str) -> None:
+    """More PASS attempts than the failure limit allows, none of them
+    checked: each is answered C{answer}, and none counts as a failure."""
     accounts = h.factory.accounts
-    for _ in range(LoginLimits().nick_burst + 2):  # more than the limit allows failures
+    for _ in range(LoginLimits().nick_burst + 2):
         conn = fresh(h)
         conn.send("NICK alice")
         assert conn.take() == ["PASS alice"]
         conn.send(f"PASS {PW}")
-        assert conn.take() == [f"RETRY unavailable {UNAVAILABLE_TEXT}"]
+        assert conn.take() == [answer]
         assert conn.user is None
         conn.send("PASS " + PW)  # the attempt is over: NICK again
         assert conn.take_one().startswith("ERROR not-ready ")
     assert accounts.by_nick.level("alice") == 0 and len(accounts.by_address) == 0
-    assert h.book.calls == LoginLimits().nick_burst + 2
 
 
 def test_register_and_passwd_when_accounts_are_out_of_reach_are_unavailable() -> None:
@@ -768,15 +774,7 @@ def test_one_server_fails_closed_on_an_unreadable_file_open_nick_asks_the_passwo
 def test_one_server_fails_closed_on_an_unreadable_file_pass_is_bad_password(
         tmp_path: Path) -> None:
     h = unreadable_harness(Mode.REQUIRED, tmp_path)
-    accounts = h.factory.accounts
-    for _ in range(LoginLimits().nick_burst + 2):  # more than the limit allows failures
-        conn = fresh(h)
-        conn.send("NICK alice")
-        assert conn.take() == ["PASS alice"]
-        conn.send(f"PASS {PW}")
-        assert conn.take() == [f"RETRY bad-password {UNCHECKED_TEXT}"]
-        assert conn.user is None
-    assert accounts.by_nick.level("alice") == 0 and len(accounts.by_address) == 0
+    unchecked_passwords_are_not_failures(h, f"RETRY bad-password {UNCHECKED_TEXT}")
 
 
 def test_the_books_say_which_answer_they_want() -> None:

@@ -306,7 +306,7 @@ class Hub:
         the inviter's side has too many invitations open.
         """
         limit = self.max_invites
-        if limit is not None and len(_received(target)) >= limit:
+        if limit is not None and len(target.incoming or ()) >= limit:
             raise HubError(
                 ErrorCode.BUSY,
                 f"{target.nick} has {limit} open invitations already; try again later",
