@@ -146,6 +146,7 @@ def test_hardening_defaults() -> None:
     assert (config.max_handshaking_per_ip, config.handshake_limit) == (5, 2500)
     assert (config.history_bytes, config.max_invites, config.max_invites_per_ip) == (
         65536, 10, 10)
+    assert (config.sndbuf, config.sendq) == (131072, 1 << 20)
     assert (config.retain_messages, config.db_backlog, config.log_level) == (
         1_000_000, 10_000, "info")
 
