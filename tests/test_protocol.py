@@ -5,7 +5,12 @@ case of docs/protocol.md, with time from a task.Clock.
 
 from __future__ import annotations
 
+import socket
+from typing import Any
+
 import pytest
+import pytest_twisted
+from twisted.internet.task import deferLater
 
 from tests.harness import Conn, Harness
 from twisted_chat.wire import format_ts
@@ -735,6 +740,36 @@ def test_paired_users_get_joined_at_once(h: Harness) -> None:
     dave = h.connect()
     dave.send("NICK dave")
     assert alice.take() == [f"JOINED {ts(h)} dave"]
+
+
+@pytest_twisted.inlineCallbacks
+def test_a_tcp_connection_is_named_by_its_address_alone() -> Any:
+    """Memory per idle connection (docs/fanout.md): Twisted's TCP transport
+    would hold a log prefix and a repr of its own, about 80 bytes each; both
+    are the protocol's address string, which names the connection as well."""
+    from twisted.internet import reactor
+
+    from twisted_chat.server.config import ServerConfig
+    from twisted_chat.server.factory import ChatFactory
+
+    factory = ChatFactory(ServerConfig(idle_timeout=0.0, nick_timeout=0.0), reactor)
+    port = reactor.listenTCP(0, factory, interface="127.0.0.1")
+    client = socket.create_connection(("127.0.0.1", port.getHost().port), timeout=5)
+    try:
+        for _ in range(500):  # bounded: at most 5 s of reactor turns
+            if factory.connections:
+                break
+            yield deferLater(reactor, 0.01, lambda: None)
+        (proto,) = factory.connections
+        name = f"127.0.0.1:{client.getsockname()[1]}"
+        assert proto.address == name
+        assert proto.transport.logstr is proto.address
+        assert proto.transport.logPrefix() == name
+        assert repr(proto.transport) == name
+    finally:
+        client.close()
+        yield port.stopListening()
+        yield deferLater(reactor, 0.05, lambda: None)
 
 
 def test_a_connection_holds_its_slots_and_no_dict() -> None:

@@ -12,6 +12,7 @@ import math
 from collections import deque
 from typing import TYPE_CHECKING, Any, ClassVar
 
+from twisted.internet import tcp
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import (
     IDelayedCall,
@@ -155,6 +156,11 @@ class ChatProtocol:
         transport: Any = self.transport
         peer = transport.getPeer()
         self.address = wire.format_address(getattr(peer, "host", None), getattr(peer, "port", None))
+        if type(transport) is tcp.Server:
+            # Twisted's TCP transport names the connection in two strings of
+            # its own, its log prefix and its repr; the address names it as
+            # well and is held anyway (docs/fanout.md, "Memory per connection").
+            transport.logstr = transport.repstr = self.address
         # Nagle stays on unless --tcp-nodelay: a write behind unacknowledged
         # bytes is only queued by the kernel (docs/fanout.md, "Nagle").
         no_delay = getattr(transport, "setTcpNoDelay", None)
