@@ -382,9 +382,8 @@ class ClusterState:
             self.on_renamed(self.node)
             # What was waiting was its old self's: taken back where it can
             # be.  Its users are about to be told BYE; a registration gets
-            # RETRY (one that may be in the log already can still bring its
-            # nick online under the old node, which has no lease any more:
-            # the others take it out again within --node-timeout).
+            # RETRY (one that reaches the log after the death is skipped by
+            # every replica: the old id is dead).
             assert self.events is not None
             for k, waiting in list(self._pending.items()):
                 self._forget(k)

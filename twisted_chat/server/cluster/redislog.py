@@ -336,9 +336,9 @@ class RedisLog:
                 "cluster: Redis lost its data (a new epoch); this node announces its "
                 "users again, and resends what it had not had acknowledged"
             )
-            # The new stream starts from scratch; what this node still has to
-            # send goes after its users' list.
-            self.state.replica.last_id = "0-0"
+            # The new stream starts from scratch (no dead node ids either);
+            # what this node still has to send goes after its users' list.
+            self.state.replica.new_epoch()
             self._snapshot_id = ""
             self._trim_to = None
             self._snapshot_at = 0.0

@@ -19,6 +19,14 @@ x: text), C{say} (u, x), C{dm} (u, to, x), C{pair} (u, to, it: the
 invitation timeout), C{acc} / C{rej} (u, to), C{unp} (u), C{tick}, and
 C{dead} (node: every user of that node leaves, disconnected), C{hello}
 (users: the node's users, after Redis lost its data).
+
+A node id declared dead stays dead: every event of that id the log has
+after its C{dead} (a registration the node sent before it learnt of its
+death, a resend, anything) is skipped, by every replica alike.  Node ids are random and new at
+every start and after every death (L{node.new_node_id}), never reused, so the
+set forgets an id L{DEAD_KEEP} seconds (log time) after its death.  A new
+epoch (Redis lost its data, and with it every C{dead} event) starts with an
+empty set (L{Replica.new_epoch}).
 """
 
 from __future__ import annotations
@@ -40,6 +48,11 @@ _log = Logger(namespace="twisted_chat.server.cluster.replica")
 
 #: C{last_k}'s key for a node's last C{hello} (a node id has no C{:}).
 HELLO = "hello:"
+
+#: How long (log time) a dead node id is remembered: an event of that id
+#: reaching the log later than this after its death (its node cut off from
+#: Redis for that long, resending then) is applied again.
+DEAD_KEEP = 24 * 3600.0
 
 
 def event_seconds(eid: str) -> float:
@@ -113,6 +126,8 @@ class Replica:
         self.uids: dict[User, str] = {}
         self.last_id = "0-0"
         self.last_k: dict[str, int] = {}  # by node
+        # The node ids declared dead, with when (log time), oldest first.
+        self.dead: dict[str, float] = {}
         # The event being applied (id, node), for the history's durable write.
         self.current: tuple[str, str] | None = None
 
@@ -122,6 +137,8 @@ class Replica:
         origin = str(event.get("n", ""))
         k = int(event.get("k", 0))
         self.last_id = eid
+        if origin in self.dead:
+            return  # its node was declared dead before the log had it
         if event.get("t") == "hello":
             # Written ahead of the commands its node still had waiting, but
             # numbered after them: checked against the node's hellos only,
@@ -259,6 +276,8 @@ class Replica:
 
     def _dead(self, eid: str, origin: str, k: int, event: dict[str, Any]) -> None:
         node = str(event["node"])
+        self._forget_dead(self.clock.seconds() - DEAD_KEEP)
+        self.dead.setdefault(node, self.clock.seconds())
         gone = sorted(
             (m for m in self.members.values() if m.node == node), key=lambda m: m.user.key
         )
@@ -268,6 +287,30 @@ class Replica:
             _log.info("node {node} is gone: {n} users left", node=node, n=len(gone))
         if node == self.node:
             self.answers.lost()
+
+    def _forget_dead(self, before: float) -> None:
+        """Forget the ids declared dead before C{before} (and their sequence
+        numbers: nothing of theirs is applied again), oldest first."""
+        dead = self.dead
+        while dead:
+            node, when = next(iter(dead.items()))
+            if when >= before:
+                break
+            del dead[node]
+            self.last_k.pop(node, None)
+            self.last_k.pop(HELLO + node, None)
+
+    def new_epoch(self) -> None:
+        """
+        Redis lost its data: the stream starts again from nothing, and so
+        does the set of dead ids, which every replica, and every node started
+        afterwards (which reads the new stream from its start), derives from
+        the new stream alone.  A node declared dead before the loss that never
+        learnt it (its C{dead} event was lost) goes on under its id: its
+        C{hello} brings its users back.
+        """
+        self.last_id = "0-0"
+        self.dead.clear()
 
     _HANDLERS: dict[str, Callable[[Replica, str, str, int, dict[str, Any]], Any]] = {
         "reg": _register,
@@ -334,6 +377,7 @@ class Replica:
                 "id": self.last_id,
                 "now": self.clock.seconds(),
                 "k": self.last_k,
+                "dead": list(self.dead.items()),
                 "users": users,
                 "pairs": pairs,
                 "invites": invites,
@@ -352,6 +396,7 @@ class Replica:
         self.clock.advance(float(data["now"]) - self.clock.seconds())
         self.last_id = str(data["id"])
         self.last_k = {str(n): int(k) for n, k in data["k"].items()}
+        self.dead = {str(n): float(when) for n, when in data.get("dead", [])}
         by_uid: dict[str, User] = {}
         for uid, node, nick, address, *rest in data["users"]:
             user = hub.register(nick, RemoteConn(node), address,
