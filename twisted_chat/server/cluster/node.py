@@ -19,6 +19,14 @@ it and the replicas apply it once), and its user is told C{ERROR
 unconfirmed} when the wait ends; if its decision is an error, that error is
 sent when it comes.  A registration in that state stays waiting (the
 connection's C{--nick-timeout} ends that wait).
+
+The events the node appends for itself, not for a command (a user's
+C{leave}, a C{dead}, a C{tick}, a C{hello}), are never lost while the process
+lives: while the log is out of reach they wait in it (L{EventLog.append});
+one the log refuses (L{refused}) is kept, at most one per user (a
+C{leave}), per node (a C{dead}), one C{tick} and one C{hello}, and appended
+again every L{KEPT_RETRY} seconds, under a new sequence number (so that no
+replica takes it for a resend of something older) until the log takes it.
 """
 
 from __future__ import annotations
@@ -53,6 +61,9 @@ DEFAULT_MAX_WAITING = 4 * 1024 * 1024
 # An invitation's expiry is applied by the first event past its time; the
 # node appends a tick this long after it falls due (and never more often).
 TICK_SLACK = 0.02
+
+#: How often the node appends again the events of its own the log refused.
+KEPT_RETRY = 1.0
 
 
 class EventLog(Protocol):
@@ -127,6 +138,10 @@ class ClusterState:
         self._tick_due: float | None = None
         # A tick that fell due while the log was out of reach (its due time).
         self._tick_dropped: float | None = None
+        # This node's own events the log refused (not a command's), to be
+        # appended again: by what they are about, oldest first.
+        self._kept: dict[str, dict[str, Any]] = {}
+        self._kept_call: IDelayedCall | None = None
 
     # -- the commands (ChatState) ---------------------------------------------
 
@@ -268,16 +283,19 @@ class ClusterState:
         write: it is not in the log and never will be): the command is
         forgotten and its user answered "not sent" (C{RETRY unavailable}
         for a registration, C{ERROR unavailable} for the rest), also when
-        it had been told C{ERROR unconfirmed} already.
+        it had been told C{ERROR unconfirmed} already.  An event of the
+        node's own (not a command's) is kept and appended again later
+        (L{_keep}).
         """
         try:
             data = json.loads(event)
         except ValueError:
             return
-        if not isinstance(data, dict) or data.get("n") != self.node:
+        if not isinstance(data, dict):
             return
-        waiting = self._forget(int(data.get("k", 0)))
+        waiting = self._forget(int(data.get("k", 0))) if data.get("n") == self.node else None
         if waiting is None:
+            self._keep(data)  # none of a command's: one of the node's own
             return
         why = "it refused to store it"
         if waiting.answer is not None:
@@ -287,6 +305,53 @@ class ClusterState:
             error = _not_sent(False, why)
             assert isinstance(error, HubError)
             waiting.conn.write(wire.error(error.code, error.text))
+
+    def _keep(self, event: dict[str, Any]) -> None:
+        """Keep an event of the node's own that the log refused, to append it
+        again (see L{refused}).  At most one per user, per node, one tick and
+        one hello; a command's (answered already) or a user's of a former id
+        of this node (gone with it) is not kept."""
+        kind = event.get("t")
+        if kind == "leave":
+            key = f"leave:{event.get('u')}"
+        elif kind == "dead":
+            key = f"dead:{event.get('node')}"
+        elif kind in ("tick", "hello"):
+            key = str(kind)
+        else:
+            return
+        if kind in ("leave", "hello") and event.get("n") != self.node:
+            return
+        event.pop("n", None)
+        event.pop("k", None)
+        self._kept.setdefault(key, event)  # the first made (a leave's reason)
+        if self._kept_call is None:
+            self._kept_call = self.reactor.callLater(KEPT_RETRY, self._append_kept)
+
+    def _append_kept(self) -> None:
+        """Append again what the log refused, in the order it was made, each
+        under a new sequence number (a refusal is an answer: it is not in the
+        log, and under its old number a replica would skip it if anything
+        newer of this node's was applied meanwhile).  What has become moot
+        meanwhile is dropped; a hello lists the node's users as they are
+        now.  What the log refuses again comes back through L{refused}.
+        (Each of these events is idempotent, a second leave or dead finding
+        nobody: one that did reach the log on an earlier connection, its
+        answer lost and its resend refused, is harmless appended again.)"""
+        self._kept_call = None
+        kept, self._kept = self._kept, {}
+        replica = self.replica
+        for event in kept.values():
+            kind = event["t"]
+            if kind == "leave" and event.get("u") not in replica.members:
+                continue  # gone meanwhile (its node declared dead, say)
+            if kind == "dead" and event.get("node") in replica.dead:
+                continue  # declared dead meanwhile
+            if kind == "tick" and replica.next_due() is None:
+                continue  # nothing left to fall due
+            if kind == "hello":
+                event = {"t": "hello", "users": replica.local_users()}
+            self._append(event)
 
     def node_dead(self, node: str) -> None:
         """Tell the cluster that C{node} is gone (idempotent: a second
@@ -344,6 +409,9 @@ class ClusterState:
             self._tick_dropped = due  # log_open appends it
 
     def cancel_timers(self) -> None:
+        if self._kept_call is not None and self._kept_call.active():
+            self._kept_call.cancel()
+        self._kept_call = None
         if self._tick_call is not None and self._tick_call.active():
             self._tick_call.cancel()
         self._tick_call = None

@@ -1,0 +1,195 @@
+"""
+The events a node appends for itself, not for a command (a user's C{leave},
+a C{dead}, a C{tick}, a C{hello}), that Redis refuses (C{MISCONF}, C{OOM},
+C{READONLY}): kept, at most one per user, per node, one tick and one hello,
+and appended again every C{KEPT_RETRY} seconds under a new sequence number
+until Redis takes them, while commands go on being sent and answered.
+Deterministic: the node's L{RedisLog} on a fake Redis connection whose every
+answer the test gives, and a L{task.Clock}.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import txredisapi  # type: ignore[import-untyped]
+from twisted.internet.defer import Deferred
+
+from tests.test_cluster_outage import FakeRedis, redis_log
+from twisted_chat.server.cluster.node import KEPT_RETRY, ClusterState
+from twisted_chat.server.cluster.redislog import RedisLog
+from twisted_chat.server.hub import User
+
+
+class AnsweredRedis(FakeRedis):
+    """Records every command; the test answers each (in order, as Redis)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.replies: list[Deferred[Any]] = []
+        self.answered = 0
+
+    def execute_command(self, *args: Any) -> Deferred[Any]:
+        self.commands.append(args)
+        self.replies.append(Deferred())
+        return self.replies[-1]
+
+    def answer(self, refuse: bool = False) -> dict[str, Any]:
+        """Answer the oldest unanswered command: taken or refused; its
+        event, if it is an XADD."""
+        i = self.answered
+        self.answered += 1
+        if refuse:
+            self.replies[i].errback(txredisapi.ResponseError("OOM command not allowed"))
+        else:
+            self.replies[i].callback(f"{i}-0")
+        command = self.commands[i]
+        return dict(json.loads(command[-1])) if command[0] == "XADD" else {}
+
+    def answer_all(self, refuse: bool = False) -> list[dict[str, Any]]:
+        return [self.answer(refuse) for _ in range(len(self.replies) - self.answered)]
+
+    def events(self, since: int = 0) -> list[dict[str, Any]]:
+        return [json.loads(c[-1]) for c in self.commands[since:] if c[0] == "XADD"]
+
+
+class _Conn:
+    closing = False
+
+    def write(self, data: bytes) -> None:
+        pass
+
+
+def connected() -> tuple[RedisLog, ClusterState, AnsweredRedis]:
+    log, state = redis_log()
+    redis = AnsweredRedis()
+    log._cmd, state.available = redis, True
+    return log, state, redis
+
+
+def applied(state: ClusterState, event: dict[str, Any], at: float = 1000.0) -> None:
+    """The event comes back from the stream (ids past the replica's)."""
+    ms = max(int(at * 1000), int(state.replica.last_id.split("-")[0]) + 1)
+    state.deliver([(f"{ms}-0", event)])
+
+
+def own_user(state: ClusterState, redis: AnsweredRedis, nick: str) -> User:
+    state.register(nick, _Conn(), "-")
+    applied(state, redis.answer())
+    return state.hub.online[nick]
+
+
+def test_a_refused_leave_is_appended_again_until_redis_takes_it() -> None:
+    log, state, redis = connected()
+    clock = log.reactor
+    ann, bob = own_user(state, redis, "ann"), own_user(state, redis, "bob")
+    state.leave(ann, "quit", "bye")
+    first = redis.answer(refuse=True)
+    assert first["t"] == "leave"
+    # Commands are not held up meanwhile: bob's message goes at once, and is
+    # decided (and answered) when it comes back.
+    said = state.say(bob, "hello")
+    assert isinstance(said, Deferred)
+    results: list[Any] = []
+    said.addBoth(results.append)
+    applied(state, redis.answer())
+    assert results == [None]
+    # Redis still refuses: kept, and tried again every KEPT_RETRY seconds.
+    clock.advance(KEPT_RETRY - 0.01)
+    assert redis.answered == len(redis.replies)  # nothing new yet
+    clock.advance(0.02)
+    second = redis.answer(refuse=True)
+    clock.advance(KEPT_RETRY)
+    third = redis.answer()
+    assert [e["t"] for e in (first, second, third)] == ["leave"] * 3
+    assert {e["u"] for e in (first, second, third)} == {first["u"]}
+    # Each time under a new number, above the message applied since: no
+    # replica takes it for a resend of something older.
+    assert first["k"] < state.replica.last_k["n"] < second["k"] < third["k"]
+    assert "ann" in state.hub.online
+    applied(state, third)
+    assert sorted(state.hub.online) == ["bob"]
+    # Taken: nothing more is sent.
+    clock.advance(10 * KEPT_RETRY)
+    assert redis.answered == len(redis.replies)
+    assert state._kept == {} and state._kept_call is None
+
+
+def test_a_refused_dead_and_tick_are_kept_once_each_and_appended_again() -> None:
+    log, state, redis = connected()
+    clock = log.reactor
+    state.deliver([
+        ("1000000-0", {"t": "reg", "n": "m", "k": 1, "nick": "ann"}),
+        ("1000000-1", {"t": "reg", "n": "o", "k": 1, "nick": "cat"}),
+        ("1000000-2", {"t": "reg", "n": "m", "k": 2, "nick": "bob"}),
+        ("1000000-3", {"t": "pair", "n": "m", "k": 3, "u": "1000000-0", "to": "bob",
+                       "it": 5}),
+    ])
+    state.node_dead("m")
+    state.node_dead("m")
+    state.node_dead("o")
+    clock.advance(5.1)  # the invitation falls due: a tick
+    clock.advance(5.1)
+    assert [e["t"] for e in redis.answer_all(refuse=True)] == ["dead", "dead", "dead", "tick"]
+    assert len(state._kept) == 3  # one per node, one tick
+    # Node o is declared dead by someone else meanwhile: its dead is moot.
+    applied(state, {"t": "dead", "n": "p", "k": 1, "node": "o"})
+    clock.advance(KEPT_RETRY)
+    again = redis.answer_all()
+    assert [(e["t"], e.get("node")) for e in again] == [("dead", "m"), ("tick", None)]
+    for event in again:
+        applied(state, event, at=1006.0)
+    assert sorted(state.hub.online) == []
+    assert state.replica.next_due() is None
+    assert state._kept == {} and state._kept_call is None
+
+
+def test_a_node_declared_dead_keeps_no_leave_of_its_former_users() -> None:
+    """Its users are gone with its old id: their refused leaves are moot
+    (and a leave of the old id refused after the rename is not kept); its
+    refused dead of another node is not."""
+    log, state, redis = connected()
+    clock = log.reactor
+    ann = own_user(state, redis, "ann")
+    applied(state, {"t": "reg", "n": "m", "k": 1, "nick": "cat"})
+    state.leave(ann, "quit")
+    state.node_dead("m")
+    redis.answer(refuse=True)  # the leave
+    old = state.node
+    applied(state, {"t": "dead", "n": "p", "k": 1, "node": old})
+    assert state.node != old
+    redis.answer_all(refuse=True)  # the dead of m, and the new id's lease
+    clock.advance(KEPT_RETRY)
+    assert [(e["t"], e["n"], e.get("node")) for e in redis.events(len(redis.replies) - 1)
+            ] == [("dead", state.node, "m")]
+
+
+def test_a_refused_hello_is_appended_again_with_the_users_as_they_are() -> None:
+    """After a new epoch: the hello Redis refused lists, when it is appended
+    again, the node's users then (not one who has left meanwhile)."""
+    log, state, redis = connected()
+    clock = log.reactor
+    ann, bob = own_user(state, redis, "ann"), own_user(state, redis, "bob")
+    state.hello()
+    listed = redis.answer(refuse=True)["users"]
+    assert sorted(u[1] for u in listed) == ["ann", "bob"]
+    state.leave(ann, "quit")
+    applied(state, redis.answer())
+    clock.advance(KEPT_RETRY)
+    (hello,) = redis.answer_all()
+    assert hello["t"] == "hello" and [u[1] for u in hello["users"]] == ["bob"]
+    assert bob in state.hub.online.values()
+
+
+def test_kept_events_are_one_per_user() -> None:
+    """The bound: a user's leave refused twice (its connection's end, then
+    its orphaned registration, say) is kept once."""
+    log, state, redis = connected()
+    ann = own_user(state, redis, "ann")
+    state.leave(ann, "quit")
+    state.leave(ann, "disconnected")
+    redis.answer_all(refuse=True)
+    assert list(state._kept) == ["leave:" + state.replica.uids[ann]]
+    log.reactor.advance(KEPT_RETRY)
+    assert [(e["t"], e["r"]) for e in redis.answer_all()] == [("leave", "quit")]
