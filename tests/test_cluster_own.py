@@ -12,6 +12,7 @@ import pytest
 
 from tests.test_cluster_unit import Cluster, Node, check_index
 from twisted_chat.server.cluster.replica import RemoteConn
+from twisted_chat.server.fanout import LobbyFanout
 
 
 def join(cluster: Cluster, node: Node, nick: str) -> Any:
@@ -168,3 +169,32 @@ def test_a_newcomer_elsewhere_costs_no_ready_block(monkeypatch: pytest.MonkeyPat
     for conn in (a, c):
         conn.send("USERS")
         assert conn.take() == ["USER a lobby", "USER b lobby", "USER c lobby", "USERS 3"]
+
+
+def test_a_newcomer_elsewhere_takes_no_late_path(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A user registering on another node gets nothing from this node: its
+    JOINED rides this node's batch as any lobby line does, not on the late
+    path meant for a newcomer of this node (which cuts the batch per member)."""
+    late: list[tuple[Any, Any]] = []
+    add_joined = LobbyFanout.add_joined
+
+    def spy(fanout: LobbyFanout, data: bytes, newcomer: Any) -> None:
+        late.append((fanout, newcomer))
+        add_joined(fanout, data, newcomer)
+
+    monkeypatch.setattr(LobbyFanout, "add_joined", spy)
+    cluster = Cluster(2)
+    n0, n1 = cluster.nodes
+    a = n0.user("a")
+    newcomer = n1.connect()
+    newcomer.take()
+    late.clear()
+    a.send("MSG before")
+    newcomer.send("NICK b")
+    cluster.pump()
+    # Only b's own node marks where b's share of the batch begins.
+    assert late == [(n1.factory.fanout, newcomer.protocol)]
+    # Node 0's member gets the whole batch, in the log's order.
+    assert [line.split()[0] for line in a.take()] == ["MSG", "JOINED"]
+    lines = newcomer.take()
+    assert lines[0] == "READY b" and not any(line.startswith("MSG") for line in lines)

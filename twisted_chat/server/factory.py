@@ -257,7 +257,12 @@ class ChatFactory(ServerFactory):
         if user.key not in self._user_lines:
             self._user_changed(user)
         data = wire.line("JOINED", wire.format_ts(ts), user.nick)
-        self.fanout.add_joined(data, user.conn)
+        if self.state.holds(user):
+            self.fanout.add_joined(data, user.conn)
+        else:
+            # Another node's newcomer gets nothing from this one: there is
+            # no share to cut, and the batch keeps the fan-out's fast path.
+            self.fanout.add(data)
         hub = self.hub
         if len(hub.lobby) != len(hub.online):
             for other in self.state.own_users():

@@ -49,6 +49,11 @@ class ChatState(Protocol):
         """The users online (in the lobby or paired) whose connections this
         process holds."""
 
+    def holds(self, user: User) -> bool:
+        """Whether this process holds C{user}'s connection (writes its
+        lines): every user on one server; in a cluster, not a user of
+        another node, whose own node tells it what it is told."""
+
     def register(self, nick: str, conn: Any, address: str, source: str = "") -> Deferred[User]:
         """Bring C{nick} online; fails with L{NickTaken} or L{StateUnavailable}."""
 
@@ -79,6 +84,9 @@ class LocalState:
 
     def own_users(self) -> list[User]:
         return list(self.hub.online.values())
+
+    def holds(self, user: User) -> bool:
+        return True
 
     def register(self, nick: str, conn: Any, address: str, source: str = "") -> Deferred[User]:
         try:

@@ -44,7 +44,7 @@ from twisted.logger import Logger
 
 from twisted_chat import wire
 from twisted_chat.server.cluster.own import OwnMembers
-from twisted_chat.server.cluster.replica import Replica
+from twisted_chat.server.cluster.replica import RemoteConn, Replica
 from twisted_chat.server.fanout import Member
 from twisted_chat.server.history import History
 from twisted_chat.server.hub import Hub, HubError, Listener, User
@@ -150,6 +150,9 @@ class ClusterState:
 
     def own_users(self) -> list[User]:
         return self.own.users()
+
+    def holds(self, user: User) -> bool:
+        return not isinstance(user.conn, RemoteConn)
 
     def _encode(self, event: dict[str, Any]) -> tuple[int, str]:
         self._k += 1
