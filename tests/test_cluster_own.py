@@ -12,6 +12,7 @@ import pytest
 
 from tests.test_cluster_unit import Cluster, Node, check_index
 from twisted_chat.server.cluster.replica import RemoteConn
+from twisted_chat.server.factory import ChatFactory
 from twisted_chat.server.fanout import LobbyFanout
 
 
@@ -198,3 +199,53 @@ def test_a_newcomer_elsewhere_takes_no_late_path(monkeypatch: pytest.MonkeyPatch
     assert [line.split()[0] for line in a.take()] == ["MSG", "JOINED"]
     lines = newcomer.take()
     assert lines[0] == "READY b" and not any(line.startswith("MSG") for line in lines)
+
+
+def test_a_pair_ending_elsewhere_builds_nothing_here(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A pair that ends on another node (UNPAIR, or a partner leaving) or
+    across nodes: no node builds an UNPAIRED block (the missed lines, the
+    user list) for a user of another node; the list is right when asked."""
+    written: list[bytes] = []
+    monkeypatch.setattr(RemoteConn, "write", lambda self, data: written.append(data))
+    rosters: list[ChatFactory] = []
+    roster = ChatFactory.roster
+
+    def spy(factory: ChatFactory) -> bytes:
+        rosters.append(factory)
+        return roster(factory)
+
+    monkeypatch.setattr(ChatFactory, "roster", spy)
+    cluster = Cluster(2)
+    n0, n1 = cluster.nodes
+    a, b = n0.user("a"), n0.user("b")
+    c, d, e = n1.user("c"), n1.user("d"), n1.user("e")
+    pair(cluster, c, d)
+    pair(cluster, a, e)
+    b.send("MSG while they talk")
+    cluster.pump()
+    cluster.clear_all()
+    written.clear()
+    rosters.clear()
+    c.send("UNPAIR")  # a pair of node 1's users ends
+    cluster.pump()
+    assert n0.factory not in rosters
+    for conn in (c, d):
+        lines = conn.take()
+        assert lines[0].startswith("UNPAIRED") and lines[-1] == "USERS 5", lines
+        assert any(line.endswith("while they talk") for line in lines), lines
+    pair(cluster, c, d)
+    rosters.clear()
+    d.drop()  # and a partner leaving
+    cluster.pump()
+    assert n0.factory not in rosters
+    assert "UNPAIRED d disconnected" in c.take()
+    e.send("UNPAIR")  # across the nodes: each node tells its own user
+    cluster.pump()
+    assert [f for f in rosters if f is n0.factory] == [n0.factory]
+    assert [line for line in a.take() if line.startswith("UNPAIRED")] == ["UNPAIRED e left"]
+    assert not [data for data in written if b"UNPAIRED" in data]
+    cluster.clear_all()
+    b.send("USERS")
+    assert b.take() == ["USER a lobby", "USER b lobby", "USER c lobby", "USER e lobby",
+                        "USERS 4"]
+    check_index(cluster)

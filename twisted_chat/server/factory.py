@@ -294,6 +294,10 @@ class ChatFactory(ServerFactory):
         self._user_changed(user)
         if self.hub.is_online(partner):
             self._user_changed(partner)
+        if not self.state.holds(user):
+            # Its own node tells it; the missed lines and the user list are
+            # not built here for a connection that writes nowhere.
+            return
         user.conn.write(
             wire.line("UNPAIRED", partner.nick, reason)
             + history_lines(missed, self.config.history_bytes)
