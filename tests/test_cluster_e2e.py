@@ -431,3 +431,45 @@ def test_show_addresses_across_nodes(cluster: Callable[..., Cluster]) -> None:
         client.send("USERS")
         assert [line for line in client.sync() if line.startswith("USER")] == [
             f"USER alice lobby {alice_address}", f"USER bob lobby {bob_address}", "USERS 2"]
+
+
+def test_metrics_on_each_node_are_its_own(cluster: Callable[..., Cluster]) -> None:
+    """--metrics on two real nodes, scraped over HTTP: each node's chat_*
+    figures are its own users' and messages; chat_cluster_* the cluster's."""
+    from tests.serverproc import LOOPBACK, free_port
+    from tests.test_cluster_metrics import per_node
+    from tests.test_e2e_metrics import scrape
+
+    c = cluster(0)
+    ports = [free_port(), free_port()]
+    n0, n1 = (c.node("--metrics", f"tcp:{port}:interface={LOOPBACK}") for port in ports)
+    alice = c.user(n0, "alice")
+    bob, carol = c.user(n1, "bob"), c.user(n1, "carol")
+    alice.send("MSG hello")
+    bob.send("DM alice psst")
+    seen = {alice.expect("MSG").split(" ", 2)[2] for _ in range(2)}
+    assert seen == {"alice * hello", "bob alice psst"}
+    for client in (bob, carol):  # (bob's copy of its DM may come before)
+        client.expect(lambda line: line.startswith("MSG") and line.endswith("alice * hello"))
+    for client in (alice, bob, carol):
+        client.sync()
+    got = [scrape(port) for port in ports]
+    assert per_node(got, "chat_users_online") == [1, 2]
+    assert per_node(got, "chat_lobby_messages_total") == [1, 0]
+    assert per_node(got, "chat_private_messages_total", kind="dm") == [0, 1]
+    # The node's own commands: NICK and MSG; two NICKs and a DM.
+    assert per_node(got, "chat_cluster_decision_duration_seconds_count") == [2, 3]
+    assert per_node(got, "chat_cluster_users_online") == [3, 3]
+    assert per_node(got, "chat_cluster_nodes_with_users") == [2, 2]
+    assert per_node(got, "chat_cluster_redis_up") == [1, 1]
+    assert min(per_node(got, "chat_cluster_events_read_total")) >= 5  # 3 NICKs, MSG, DM
+    assert not [name for values in got for name, _ in values if name.startswith("chat_history")]
+    carol.send("BYE")
+    carol.rest()
+    deadline = time.monotonic() + 5
+    while per_node(got, "chat_cluster_users_online") != [2, 2]:
+        assert time.monotonic() < deadline, "carol's departure was not applied everywhere"
+        time.sleep(0.05)
+        got = [scrape(port) for port in ports]
+    assert per_node(got, "chat_users_online") == [1, 1]
+    assert per_node(got, "chat_disconnects_total", reason="quit") == [0, 1]

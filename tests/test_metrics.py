@@ -73,8 +73,8 @@ def test_the_collector_reports_each_metric_from_stats_and_snapshot() -> None:
     stats.disconnected("quit")
     stats.disconnected("sendq")
     stats.private_messages["dm"] += 2
-    snapshot = Snapshot(handshaking=1, lobby=8, paired=2, lobby_messages=42,
-                        history_backlog=5, history_dropped=1)
+    stats.lobby_messages = 42
+    snapshot = Snapshot(handshaking=1, lobby=8, paired=2, history_backlog=5, history_dropped=1)
     got = scrape(stats, snapshot)
     assert got[("chat_connections", (("state", "handshake"),))] == 1
     assert got[("chat_connections", (("state", "lobby"),))] == 8
@@ -101,12 +101,23 @@ def test_the_collector_reports_each_metric_from_stats_and_snapshot() -> None:
 
 
 def test_the_exposition_is_valid_text() -> None:
-    registry = registry_for(Stats(), lambda: Snapshot(0, 0, 0, 0, 0, 0))
+    registry = registry_for(Stats(), lambda: Snapshot(0, 0, 0, 0, 0))
     text = generate_latest(registry).decode()
     assert "# TYPE chat_disconnects_total counter" in text
     assert "# TYPE chat_fanout_duration_seconds histogram" in text
-    assert isinstance(ChatCollector(Stats(), lambda: Snapshot(0, 0, 0, 0, 0, 0)).collect(),
+    assert isinstance(ChatCollector(Stats(), lambda: Snapshot(0, 0, 0, 0, 0)).collect(),
                       list)
+
+
+def test_no_history_metrics_where_there_is_no_database() -> None:
+    """A cluster node keeps its history in Redis: no chat_history_* at all
+    (rather than a backlog forever 0 that an alert would trust)."""
+    names = {name for name, _ in scrape(Stats(), Snapshot(1, 2, 0, None))}
+    assert "chat_users_online" in names
+    assert not [name for name in names if name.startswith("chat_history")]
+    names = {name for name, _ in scrape(Stats(), Snapshot(1, 2, 0, 0))}
+    assert {"chat_history_backlog", "chat_history_dropped_total",
+            "chat_history_commit_duration_seconds_count"} <= names
 
 
 # -- the fan-out reports once per batch ------------------------------------------------
@@ -227,11 +238,14 @@ def test_the_store_reports_each_commit(tmp_path: Path) -> Generator[Any, Any, No
     assert 0 < buckets.total < 2.0
 
 
-def test_metrics_is_off_by_default_and_served_on_its_own_port() -> None:
+@pytest.mark.parametrize("store", [("--db", ":memory:"), ("--redis", "redis://127.0.0.1:1/0")],
+                         ids=["one server", "cluster node"])
+def test_metrics_is_off_by_default_and_served_on_its_own_port(store: tuple[str, str]) -> None:
+    """Also on a cluster node (--redis), where it was refused at first."""
     assert options().config().metrics is None
     assert options("--metrics", "9108").config().metrics == "tcp:9108"
     reactor = ThreadedMemoryReactor()
-    top = makeService(options("--port", "7001", "--db", ":memory:",
+    top = makeService(options("--port", "7001", *store,
                               "--metrics", "tcp:9108:interface=127.0.0.1"), reactor)
     services = list(top)  # type: ignore[call-overload]
     assert [(s.description, s.option) for s in services if isinstance(s, PortService)] == [

@@ -227,11 +227,3 @@ def test_a_port_that_cannot_listen_is_a_startup_error() -> None:
     with pytest.raises(StartupError) as e:
         top.privilegedStartService()
     assert str(e.value) == "cannot listen on --port tcp:7001: Address already in use"
-
-
-def test_metrics_with_redis_is_refused_not_ignored() -> None:
-    """A cluster node does not serve --metrics yet: say so at start."""
-    with pytest.raises(usage.UsageError, match="--metrics"):
-        Options().parseOptions(["--redis", "redis://127.0.0.1/0",
-                                "--metrics", "tcp:9108:interface=127.0.0.1"])
-    Options().parseOptions(["--metrics", "tcp:9108:interface=127.0.0.1"])

@@ -238,6 +238,9 @@ class ChatFactory(ServerFactory):
 
     def lobby_message(self, entry: Entry) -> None:
         self._history_block = None
+        sender = self.hub.online.get(wire.nick_key(entry.nick))
+        if sender is not None and self.state.holds(sender):
+            self.stats.lobby_messages += 1  # one of this process's users said it
         ts = wire.format_ts(entry.ts)
         self.fanout.add(wire.line("MSG", ts, entry.nick, "*", text=entry.text))
 
@@ -277,7 +280,8 @@ class ChatFactory(ServerFactory):
 
     def private_message(self, ts: float, sender: User, recipient: User, text: str) -> None:
         data = wire.line("MSG", wire.format_ts(ts), sender.nick, recipient.nick, text=text)
-        self.stats.private_messages["pair" if sender.partner is recipient else "dm"] += 1
+        if self.state.holds(sender):
+            self.stats.private_messages["pair" if sender.partner is recipient else "dm"] += 1
         recipient.conn.write(data)
         sender.conn.write(data)
 

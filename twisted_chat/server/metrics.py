@@ -89,13 +89,15 @@ class Stats:
     """
 
     __slots__ = ("bytes_out", "commit_seconds", "deliveries", "disconnects",
-                 "fanout_lines", "fanout_seconds", "private_messages")
+                 "fanout_lines", "fanout_seconds", "lobby_messages", "private_messages")
 
     def __init__(self) -> None:
         # Lines and bytes handed to connections (the fan-out's and the rest).
         self.deliveries = 0
         self.bytes_out = 0
-        # DMs, and messages within a pair, by kind ("dm", "pair").
+        # Messages this process's users sent (a cluster node's own users):
+        # to the lobby, and DMs and messages within a pair, by kind ("dm", "pair").
+        self.lobby_messages = 0
         self.private_messages = {"dm": 0, "pair": 0}
         self.disconnects = dict.fromkeys(DISCONNECT_REASONS, 0)
         self.fanout_lines = Buckets(BATCH_LINES_BOUNDS)
@@ -123,14 +125,16 @@ class Stats:
 
 @dataclass(frozen=True, slots=True)
 class Snapshot:
-    """The server's state at scrape time, read without stopping it."""
+    """The server's state at scrape time, read without stopping it: its own
+    connections and users (a cluster node's, not the cluster's)."""
 
     handshaking: int  # connected, no nick yet
     lobby: int
     paired: int
-    lobby_messages: int  # accepted since start
-    history_backlog: int  # lobby messages not yet written to the database
-    history_dropped: int  # dropped from a full backlog while the disk failed
+    # Lobby messages not yet written to the database; None: no database
+    # here (a cluster node: the history is in Redis), no chat_history_*.
+    history_backlog: int | None
+    history_dropped: int = 0  # dropped from a full backlog while the disk failed
 
 
 class ChatCollector(Collector):
@@ -154,13 +158,18 @@ class ChatCollector(Collector):
         yield connections
         yield GaugeMetricFamily("chat_users_online", "Users online (in the lobby or paired).",
                                 value=now.lobby + now.paired)
-        yield GaugeMetricFamily("chat_pairs", "Private conversations going on.",
-                                value=now.paired // 2)
-        yield CounterMetricFamily("chat_lobby_messages", "Lobby messages accepted.",
-                                  value=now.lobby_messages)
+        # Halves: a pair across two cluster nodes counts 0.5 on each, so
+        # that the sum over the nodes is the cluster's (one server: whole pairs).
+        yield GaugeMetricFamily("chat_pairs", "Private conversations going on "
+                                "(a pair across two cluster nodes: one half on each).",
+                                value=now.paired / 2)
+        yield CounterMetricFamily("chat_lobby_messages",
+                                  "Lobby messages accepted from this server's users.",
+                                  value=stats.lobby_messages)
         private = CounterMetricFamily(
             "chat_private_messages",
-            "Private messages: DMs (kind=dm) and messages within a pair (kind=pair).",
+            "Private messages from this server's users: DMs (kind=dm) and messages "
+            "within a pair (kind=pair).",
             labels=["kind"])
         for kind, value in sorted(dict(stats.private_messages).items()):
             private.add_metric([kind], value)
@@ -179,6 +188,8 @@ class ChatCollector(Collector):
                                         "Lines per lobby fan-out batch.")
         yield stats.fanout_seconds.family("chat_fanout_duration_seconds",
                                           "Time to write one lobby batch to the lobby.")
+        if now.history_backlog is None:
+            return
         yield GaugeMetricFamily("chat_history_backlog",
                                 "Lobby messages waiting to be written to the database.",
                                 value=now.history_backlog)
@@ -190,11 +201,15 @@ class ChatCollector(Collector):
                                           "Time of one database commit (a batch).")
 
 
-def registry_for(stats: Stats, snapshot: Callable[[], Snapshot]) -> CollectorRegistry:
-    """A registry of its own (not the global one): the chat's metrics and the
-    process's CPU, memory and descriptors."""
+def registry_for(stats: Stats, snapshot: Callable[[], Snapshot],
+                 *more: Collector) -> CollectorRegistry:
+    """A registry of its own (not the global one): the chat's metrics, the
+    process's CPU, memory and descriptors, and C{more} (a cluster node's
+    gauges of the cluster)."""
     registry = CollectorRegistry(auto_describe=True)
     registry.register(ChatCollector(stats, snapshot))
+    for collector in more:
+        registry.register(collector)
     ProcessCollector(registry=registry)
     return registry
 

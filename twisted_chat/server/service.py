@@ -280,10 +280,6 @@ class Options(usage.Options):
                 "--accounts required needs a --db file: the accounts file goes beside it, "
                 "where 'python -m twisted_chat.accounts' can add accounts"
             )
-        if self["redis"] and self["metrics"]:
-            # Refused rather than ignored: the cluster's counts are not wired
-            # to the metrics yet (docs/cluster.md, "Not done").
-            raise usage.UsageError("--metrics is not available with --redis yet")
         idle = self["idle-timeout"]
         if self["redis"] and idle > 0 and self["redis-wait"] >= idle:
             raise usage.UsageError(
@@ -352,22 +348,14 @@ class ChatService(Service):
         self.factory = factory
         self.work = work  # the password threads, when accounts are on
         self.store: SQLiteStore | None = None
-        self._history_base = 0  # lobby messages loaded at start, not said since
 
     def snapshot(self) -> metrics.Snapshot:
         """The state --metrics reports; safe to call from any thread (it
         reads sizes only)."""
-        factory = self.factory
-        online, lobby = len(factory.hub.online), len(factory.hub.lobby)
         store = self.store
-        return metrics.Snapshot(
-            handshaking=max(len(factory.connections) - online, 0),
-            lobby=lobby,
-            paired=max(online - lobby, 0),
-            lobby_messages=factory.history.position - self._history_base,
-            history_backlog=store.backlog if store is not None else 0,
-            history_dropped=store.shed if store is not None else 0,
-        )
+        if store is None:
+            return chat_snapshot(self.factory, 0)
+        return chat_snapshot(self.factory, store.backlog, store.shed)
 
     def startService(self) -> None:
         config = self.factory.config
@@ -386,7 +374,6 @@ class ChatService(Service):
             self.log.critical("{error}", error=str(e))
             raise
         history.attach(store, store.recent(history.size))
-        self._history_base = history.position
         store.on_commit = self.factory.stats.commit_seconds.observe
         self.store = store
         if config.db == ":memory:":
@@ -427,6 +414,24 @@ class ChatService(Service):
         failure.trap(StoreError)
         self.log.critical("shutting down without saving all of the lobby history: {error}",
                           error=str(failure.value))
+
+
+def chat_snapshot(factory: ChatFactory, history_backlog: int | None = None,
+                  history_dropped: int = 0) -> metrics.Snapshot:
+    """
+    What C{--metrics} reads of C{factory} at a scrape, from the scrape's
+    thread: sizes only.  This process's connections and users (on a cluster
+    node, its own, not its replica's of the whole cluster).
+    @param history_backlog: the database's; C{None} where there is none.
+    """
+    online, lobby = factory.state.counts()
+    return metrics.Snapshot(
+        handshaking=max(len(factory.connections) - online, 0),
+        lobby=lobby,
+        paired=max(online - lobby, 0),
+        history_backlog=history_backlog,
+        history_dropped=history_dropped,
+    )
 
 
 class StartupError(Exception):
@@ -549,6 +554,7 @@ def _cluster_service(options: Options, config: ServerConfig, reactor: Any) -> IS
     except ValueError as e:
         raise SystemExit(f"twistd chat: --redis: {e}") from None
     ports = [(description, _listen_on(description, reactor)) for description in config.ports]
+    scrape = _listen_on(config.metrics, reactor, "--metrics") if config.metrics else None
     factory, redis = cluster_factory(config, reactor, target, options["node-timeout"],
                                      wait=options["redis-wait"],
                                      max_waiting=options["redis-queue"])
@@ -561,6 +567,14 @@ def _cluster_service(options: Options, config: ServerConfig, reactor: Any) -> IS
     ClusterService(factory, redis, work).setServiceParent(top)
     for description, endpoint in ports:
         PortService(description, endpoint, factory).setServiceParent(top)
+    if config.metrics is not None:
+        # The node's own figures, and the cluster's under chat_cluster_*.
+        from twisted_chat.server.cluster.metrics import ClusterCollector
+
+        registry = metrics.registry_for(factory.stats, lambda: chat_snapshot(factory),
+                                        ClusterCollector(redis.state))
+        site = metrics.metrics_site(registry)
+        PortService(config.metrics, scrape, site, "--metrics").setServiceParent(top)
     if options["web"]:
         _add_web(top, options, factory, reactor)
     return top

@@ -54,6 +54,10 @@ class ChatState(Protocol):
         lines): every user on one server; in a cluster, not a user of
         another node, whose own node tells it what it is told."""
 
+    def counts(self) -> tuple[int, int]:
+        """This process's users online, and of them those in the lobby.
+        Read from any thread (C{--metrics}): sizes only."""
+
     def register(self, nick: str, conn: Any, address: str, source: str = "") -> Deferred[User]:
         """Bring C{nick} online; fails with L{NickTaken} or L{StateUnavailable}."""
 
@@ -87,6 +91,9 @@ class LocalState:
 
     def holds(self, user: User) -> bool:
         return True
+
+    def counts(self) -> tuple[int, int]:
+        return len(self.hub.online), len(self.hub.lobby)
 
     def register(self, nick: str, conn: Any, address: str, source: str = "") -> Deferred[User]:
         try:

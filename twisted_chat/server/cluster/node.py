@@ -48,10 +48,15 @@ from twisted_chat.server.cluster.replica import RemoteConn, Replica
 from twisted_chat.server.fanout import Member
 from twisted_chat.server.history import History
 from twisted_chat.server.hub import Hub, HubError, Listener, User
+from twisted_chat.server.metrics import Buckets
 from twisted_chat.server.state import Outcome, StateUnavailable
 from twisted_chat.wire import ErrorCode
 
 __all__ = ["DEFAULT_MAX_WAITING", "DEFAULT_WAIT", "ClusterState", "EventLog"]
+
+# Seconds from a command to its decision (--metrics), up to --redis-wait's default.
+DECISION_SECONDS_BOUNDS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25,
+                           0.5, 1.0, 2.5, 5.0, 10.0)
 
 #: How long a command may wait for the log (--redis-wait), and how many
 #: bytes of waiting commands a node holds (--redis-queue).
@@ -87,6 +92,7 @@ class _Waiting:
     ticket: object
     size: int
     registration: bool
+    since: float  # when it was asked (the reactor's time)
 
 
 class ClusterState:
@@ -142,6 +148,12 @@ class ClusterState:
         # appended again: by what they are about, oldest first.
         self._kept: dict[str, dict[str, Any]] = {}
         self._kept_call: IDelayedCall | None = None
+        # For --metrics (cluster/metrics.py): events handed over by the log
+        # (resends included) and the reads that brought them; how long this
+        # node's commands took to be decided.
+        self.events_read = 0
+        self.batches_read = 0
+        self.decision_seconds = Buckets(DECISION_SECONDS_BOUNDS)
 
     # -- the commands (ChatState) ---------------------------------------------
 
@@ -150,6 +162,9 @@ class ClusterState:
 
     def own_users(self) -> list[User]:
         return self.own.users()
+
+    def counts(self) -> tuple[int, int]:
+        return self.own.counts()
 
     def holds(self, user: User) -> bool:
         return not isinstance(user.conn, RemoteConn)
@@ -176,10 +191,12 @@ class ClusterState:
             return fail(_not_sent(
                 registration, "too many commands are waiting for it on this server",
             ))
-        waiting = _Waiting(conn, Deferred(), self.events.append(text), size, registration)
+        now = self.reactor.seconds()
+        waiting = _Waiting(conn, Deferred(), self.events.append(text), size, registration,
+                           now)
         self.waiting_bytes += size
         self._pending[k] = waiting
-        due = self.reactor.seconds() + self.wait
+        due = now + self.wait
         self._deadlines.append((due, k))
         if self._wait_call is None:
             self._wait_call = self.reactor.callLater(self.wait, self._waits_end, due)
@@ -278,6 +295,8 @@ class ClusterState:
         apply = self.replica.apply
         for eid, event in batch:
             apply(eid, event)
+        self.events_read += len(batch)
+        self.batches_read += 1
         self._schedule_tick()
 
     def refused(self, event: str) -> None:
@@ -432,6 +451,7 @@ class ClusterState:
         entry = self._forget(k)
         if entry is None:
             return
+        self.decision_seconds.observe(self.reactor.seconds() - entry.since)
         d = entry.answer
         if d is None:
             # Its user was told "unconfirmed": an error is still news.

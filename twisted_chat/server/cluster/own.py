@@ -16,6 +16,10 @@ fan-out (L{Listener.roster_changing}) before the change, so whenever lines
 go out the index is the hub's lobby restricted to this node's users, in the
 hub's order.  A newcomer enters it only once its C{JOINED} is gathered: the
 lines gathered before are in its history (the newcomer cut).
+
+For C{--metrics} it also counts the other nodes' users online by node
+(L{OwnMembers.remote}), and says how many of its own are online and in the
+lobby (L{OwnMembers.counts}), sizes a scrape's thread may read.
 """
 
 from __future__ import annotations
@@ -33,13 +37,15 @@ __all__ = ["OwnMembers"]
 class OwnMembers:
     """The hub's L{Listener} in front of the node's own; see the module docstring."""
 
-    __slots__ = ("_listener", "_lobby", "_online")
+    __slots__ = ("_listener", "_lobby", "_online", "remote")
 
     def __init__(self, listener: Listener) -> None:
         self._listener = listener
         # Insertion-ordered, as the hub's own dicts: the same order of members.
         self._online: dict[User, None] = {}
         self._lobby: dict[User, Member] = {}
+        #: The users of other nodes online, by node (read by --metrics).
+        self.remote: dict[str, int] = {}
 
     # -- the index -----------------------------------------------------------
 
@@ -52,15 +58,30 @@ class OwnMembers:
         """This node's users online, in the lobby or paired."""
         return list(self._online)
 
+    def counts(self) -> tuple[int, int]:
+        """This node's users online, and of them those in the lobby (sizes
+        only: read from any thread)."""
+        return len(self._online), len(self._lobby)
+
     # -- the Listener: what changes the index ----------------------------------
 
     def joined(self, ts: float, user: User) -> None:
         self._listener.joined(ts, user)
-        if not isinstance(user.conn, RemoteConn):
+        conn = user.conn
+        if isinstance(conn, RemoteConn):
+            self.remote[conn.node] = self.remote.get(conn.node, 0) + 1
+        else:
             self._online[user] = None
-            self._lobby[user] = user.conn
+            self._lobby[user] = conn
 
     def left(self, ts: float, user: User, reason: str, text: str) -> None:
+        conn = user.conn
+        if isinstance(conn, RemoteConn):
+            n = self.remote.get(conn.node, 0) - 1
+            if n > 0:
+                self.remote[conn.node] = n
+            else:
+                self.remote.pop(conn.node, None)
         self._online.pop(user, None)
         self._lobby.pop(user, None)
         self._listener.left(ts, user, reason, text)

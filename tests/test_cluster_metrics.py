@@ -1,0 +1,189 @@
+"""
+C{--metrics} on a cluster node (twisted_chat/server/cluster/metrics.py): each
+node reports its own connections, users and messages under the single
+server's names, and the cluster's figures only under C{chat_cluster_*}; over
+the deterministic cluster of tests/test_cluster_unit.py.  The HTTP side on
+real nodes is in tests/test_cluster_e2e.py.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from tests.test_cluster_own import join, pair
+from tests.test_cluster_unit import Cluster, Node
+from tests.test_e2e_metrics import get
+from tests.test_metrics import Values
+from twisted_chat.server.cluster.metrics import ClusterCollector
+from twisted_chat.server.metrics import registry_for
+from twisted_chat.server.service import chat_snapshot
+
+
+def scrape(node: Node) -> Values:
+    """What the node's --metrics would serve (the registry _cluster_service builds)."""
+    factory = node.factory
+    registry = registry_for(factory.stats, lambda: chat_snapshot(factory),
+                            ClusterCollector(node.state))
+    values: Values = {}
+    for family in registry.collect():
+        for sample in family.samples:
+            values[(sample.name, tuple(sorted(sample.labels.items())))] = sample.value
+    return values
+
+
+def per_node(scrapes: list[Values], name: str, **labels: str) -> list[float]:
+    """One metric's value in each node's scrape."""
+    return [get(values, name, **labels) for values in scrapes]
+
+
+def test_each_node_reports_its_own_users_connections_and_messages() -> None:
+    cluster = Cluster(2)
+    n0, n1 = cluster.nodes
+    a, b = n0.user("a"), n0.user("b")
+    c, d, e = n1.user("c"), n1.user("d"), n1.user("e")
+    n1.connect()  # still choosing a nick, on node 1
+    pair(cluster, a, c)  # across the nodes
+    pair(cluster, d, e)  # on node 1
+    b.send("MSG one", "MSG two")
+    cluster.pump()
+    d.send("MSG just us")
+    b.send("DM c psst")
+    cluster.pump()
+    got = [scrape(n0), scrape(n1)]
+    # The node's own, under the single server's names.
+    assert per_node(got, "chat_users_online") == [2, 3]
+    assert per_node(got, "chat_connections", state="handshake") == [0, 1]
+    assert per_node(got, "chat_connections", state="lobby") == [1, 0]
+    assert per_node(got, "chat_connections", state="paired") == [1, 3]
+    # A pair across the nodes is half of one on each: the sum is the cluster's.
+    assert per_node(got, "chat_pairs") == [0.5, 1.5]
+    assert per_node(got, "chat_lobby_messages_total") == [2, 0]
+    assert per_node(got, "chat_private_messages_total", kind="dm") == [1, 0]
+    assert per_node(got, "chat_private_messages_total", kind="pair") == [0, 1]
+    # Decided commands of each node's own users: NICK a, NICK b, PAIR c,
+    # two MSGs and a DM; NICK c, d, e, ACCEPT, PAIR, ACCEPT and a MSG.
+    assert per_node(got, "chat_cluster_decision_duration_seconds_count") == [6, 7]
+    # The cluster's, named as such, the same on every node.
+    assert per_node(got, "chat_cluster_users_online") == [5, 5]
+    assert per_node(got, "chat_cluster_pairs") == [2, 2]
+    assert per_node(got, "chat_cluster_nodes_with_users") == [2, 2]
+    assert per_node(got, "chat_cluster_redis_up") == [1, 1]
+    events = len(cluster.log.entries)
+    assert per_node(got, "chat_cluster_events_read_total") == [events, events]
+    assert all(1 <= reads <= events for reads in per_node(got, "chat_cluster_event_reads_total"))
+    # No database on a node: no chat_history_*.
+    assert not [name for name, _ in got[0] if name.startswith("chat_history")]
+
+
+def test_deliveries_and_disconnects_are_the_nodes_own() -> None:
+    """Lines go only to a node's own connections, and only its own
+    connections end there: a lobby message from node 0 counts its deliveries
+    on each node per member of that node."""
+    cluster = Cluster(2)
+    n0, n1 = cluster.nodes
+    a = n0.user("a")
+    n1.user("b")
+    n1.user("c")
+    stats = [n.factory.stats for n in (n0, n1)]
+    before = [(s.deliveries, s.bytes_out) for s in stats]
+    a.send("MSG hi")
+    cluster.pump()
+    added = [(s.deliveries - lines, s.bytes_out - sent)
+             for s, (lines, sent) in zip(stats, before, strict=True)]
+    # One line: to a (its echo) on node 0; to b and c on node 1.
+    assert [lines for lines, _ in added] == [1, 2]
+    assert added[1][1] == 2 * added[0][1] > 0
+    a.send("BYE")
+    a.drop()
+    cluster.pump()
+    assert get(scrape(n0), "chat_disconnects_total", reason="quit") == 1
+    assert get(scrape(n1), "chat_disconnects_total", reason="quit") == 0
+    assert get(scrape(n1), "chat_cluster_nodes_with_users") == 1
+    assert get(scrape(n0), "chat_cluster_nodes_with_users") == 1
+
+
+def test_nodes_with_users_follow_joins_departures_and_a_dead_node() -> None:
+    cluster = Cluster(3)
+    n0, n1, n2 = cluster.nodes
+    assert get(scrape(n0), "chat_cluster_nodes_with_users") == 0
+    n1.user("b")
+    assert get(scrape(n0), "chat_cluster_nodes_with_users") == 1
+    n0.user("a")
+    late = join(cluster, n2, "c")
+    assert per_node([scrape(n) for n in cluster.nodes], "chat_cluster_nodes_with_users") \
+        == [3, 3, 3]
+    late.send("BYE")
+    late.drop()
+    cluster.pump()
+    assert per_node([scrape(n) for n in cluster.nodes], "chat_cluster_nodes_with_users") \
+        == [2, 2, 2]
+    n0.state.node_dead("node1")
+    cluster.pump()
+    assert get(scrape(n0), "chat_cluster_nodes_with_users") == 1
+    assert get(scrape(n0), "chat_cluster_users_online") == 1
+
+
+def test_decision_time_and_redis_up() -> None:
+    cluster = Cluster(2)
+    n0, _ = cluster.nodes
+    a = n0.user("a")
+    a.send("MSG slow")  # appended now, read back 3 ms later
+    cluster.clock.advance(0.003)
+    cluster.pump()
+    got = scrape(n0)
+    assert get(got, "chat_cluster_decision_duration_seconds_sum") == pytest.approx(0.003, abs=1e-6)
+    assert get(got, "chat_cluster_decision_duration_seconds_bucket", le="0.0025") == 1  # NICK
+    assert get(got, "chat_cluster_decision_duration_seconds_bucket", le="0.005") == 2
+    n0.state.available = False  # Redis out of reach
+    assert get(scrape(n0), "chat_cluster_redis_up") == 0
+
+
+
+WALKED = "a scrape walked a collection the reactor changes"
+
+
+class _NoWalk(dict[Any, Any]):
+    """A dict that may be sized and asked, never walked."""
+
+    def __iter__(self) -> Iterator[Any]:
+        raise AssertionError(WALKED)
+
+    def keys(self) -> Any:
+        raise AssertionError(WALKED)
+
+    def values(self) -> Any:
+        raise AssertionError(WALKED)
+
+    def items(self) -> Any:
+        raise AssertionError(WALKED)
+
+
+class _NoWalkSet(set[Any]):
+    def __iter__(self) -> Iterator[Any]:
+        raise AssertionError(WALKED)
+
+
+def test_a_scrape_reads_sizes_only() -> None:
+    """The scrape runs on a thread of its own while the reactor changes the
+    users: it may read sizes and counters, never walk a dict or set (one
+    changing size under it would fail the scrape)."""
+    cluster = Cluster(2)
+    n0, n1 = cluster.nodes
+    a = n0.user("a")
+    pair(cluster, a, n1.user("b"))
+    n0.user("c")
+    own = n0.state.own
+    own._online, own._lobby, own.remote = (
+        _NoWalk(own._online), _NoWalk(own._lobby), _NoWalk(own.remote))
+    hub = n0.hub
+    hub.online, hub.lobby = _NoWalk(hub.online), _NoWalk(hub.lobby)
+    n0.factory.connections = _NoWalkSet(n0.factory.connections)
+    n0.state.replica.members = _NoWalk(n0.state.replica.members)
+    got = scrape(n0)
+    assert get(got, "chat_users_online") == 2
+    assert get(got, "chat_pairs") == 0.5
+    assert get(got, "chat_cluster_users_online") == 3
+    assert get(got, "chat_cluster_nodes_with_users") == 2
