@@ -23,7 +23,7 @@ from twisted.python import usage
 
 from tests.test_cluster_unit import Cluster, MemoryLog, Node
 from twisted_chat.server.cluster.node import ClusterState
-from twisted_chat.server.cluster.redislog import RedisLog, parse_url
+from twisted_chat.server.cluster.redislog import APPEND_SHA, RedisLog, parse_url
 from twisted_chat.server.cluster.service import drop_users
 from twisted_chat.server.history import History
 from twisted_chat.server.hub import HubError
@@ -467,9 +467,9 @@ def test_a_node_that_goes_on_under_a_new_id_holds_its_lease_before_any_event() -
     state.lost()
     assert state.node != old
     state.register("erin", object(), "-")
-    lease, xadd = cmd.commands
+    lease, append = cmd.commands
     assert lease[:2] == ("SET", "chat:node:" + state.node)
-    assert xadd[0] == "XADD" and '"n":"%s"' % state.node in xadd[-1]
+    assert append[:2] == ("EVALSHA", APPEND_SHA) and '"n":"%s"' % state.node in append[-1]
 
 
 def test_each_command_is_answered_when_its_own_wait_ends() -> None:
@@ -539,15 +539,15 @@ def test_what_waited_through_a_new_epoch_takes_effect_once_after_the_hello() -> 
 
 
 class AnsweringRedis(FakeRedis):
-    """A connection that answers every command at once (the stream read:
-    never), as a Redis with no data."""
+    """A connection that answers every command at once (the stream's
+    catch-up read: never), as a Redis with no data."""
 
     def whenDisconnected(self) -> Deferred[None]:
         return Deferred()
 
     def execute_command(self, *args: Any) -> Deferred[Any]:
         self.commands.append(args)
-        if args[0] == "XREAD":
+        if args[0] == "XRANGE":
             return Deferred()
         if args[0] == "XINFO":
             return fail(txredisapi.ResponseError("ERR no such key"))
@@ -567,7 +567,7 @@ def test_an_invitation_due_during_an_outage_expires_once_redis_is_back() -> None
     reachable = True
     conns: list[AnsweringRedis] = []
 
-    async def new_connection(reply_timeout: float) -> AnsweringRedis:
+    async def new_connection(reply_timeout: float, subscriber: bool = False) -> AnsweringRedis:
         if not reachable:
             raise ConnectionError("refused")
         conns.append(AnsweringRedis())
@@ -594,7 +594,7 @@ def test_an_invitation_due_during_an_outage_expires_once_redis_is_back() -> None
 
     def ticks() -> list[Any]:
         return [c for conn in conns for c in conn.commands
-                if c[0] == "XADD" and '"t":"tick"' in c[-1]]
+                if c[:2] == ("EVALSHA", APPEND_SHA) and '"t":"tick"' in c[-1]]
 
     (tick,) = ticks()
     # Applied (at its log time, past the due one): the invitation expires.
@@ -604,7 +604,7 @@ def test_an_invitation_due_during_an_outage_expires_once_redis_is_back() -> None
 
 
 def test_a_write_redis_refuses_is_answered_unavailable_and_forgotten() -> None:
-    """MISCONF, OOM, READONLY: Redis answers the XADD with an error; the
+    """MISCONF, OOM, READONLY: Redis answers the append with an error; the
     event is not in the log and never will be.  Its command is answered
     "not sent" (RETRY for a registration), not left to an ERROR
     unconfirmed, and the node holds nothing of it; the refusal is logged

@@ -18,7 +18,7 @@ from twisted.internet.defer import Deferred
 
 from tests.test_cluster_outage import FakeRedis, redis_log
 from twisted_chat.server.cluster.node import KEPT_RETRY, ClusterState
-from twisted_chat.server.cluster.redislog import RedisLog
+from twisted_chat.server.cluster.redislog import APPEND_SHA, RedisLog
 from twisted_chat.server.hub import User
 
 
@@ -37,7 +37,7 @@ class AnsweredRedis(FakeRedis):
 
     def answer(self, refuse: bool = False) -> dict[str, Any]:
         """Answer the oldest unanswered command: taken or refused; its
-        event, if it is an XADD."""
+        event, if it is an append."""
         i = self.answered
         self.answered += 1
         if refuse:
@@ -45,13 +45,14 @@ class AnsweredRedis(FakeRedis):
         else:
             self.replies[i].callback(f"{i}-0")
         command = self.commands[i]
-        return dict(json.loads(command[-1])) if command[0] == "XADD" else {}
+        return dict(json.loads(command[-1])) if command[:2] == ("EVALSHA", APPEND_SHA) else {}
 
     def answer_all(self, refuse: bool = False) -> list[dict[str, Any]]:
         return [self.answer(refuse) for _ in range(len(self.replies) - self.answered)]
 
     def events(self, since: int = 0) -> list[dict[str, Any]]:
-        return [json.loads(c[-1]) for c in self.commands[since:] if c[0] == "XADD"]
+        return [json.loads(c[-1]) for c in self.commands[since:]
+                if c[:2] == ("EVALSHA", APPEND_SHA)]
 
 
 class _Conn:

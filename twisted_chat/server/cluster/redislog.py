@@ -3,8 +3,9 @@ The Redis side of a cluster node.
 
 Keys (all under C{chat:}):
   - C{chat:events}: the stream of events, the cluster's one order.  Each node
-    appends with C{XADD} (one per command) and reads with C{XREAD BLOCK} on a
-    connection of its own; the entry's id is the event's time.
+    appends with one script (L{APPEND}: C{XADD}, then C{PUBLISH} of the
+    event with its id and the id it follows on the channel C{chat:live:<db>});
+    the entry's id is the event's time.
   - C{chat:node:<id>}: a node's lease, renewed by its heartbeat; a node whose
     lease has expired is declared dead by whichever node notices first.
   - C{chat:snapshot}: the state as of some event id (JSON, see
@@ -16,21 +17,34 @@ Keys (all under C{chat:}):
   - C{chat:epoch}: a random value set once; when it changes, Redis lost
     its data.
 
+Reading: every node subscribes to the channel on a connection of its own
+and applies the events published there, in the channel's order (Redis runs
+one script at a time and queues what they publish in that order, so the
+channel's order is the stream's).  After (re)subscribing, and whenever an
+event does not follow the last one the node applied, the node first catches
+up from the stream itself (C{XRANGE}, on its command connection), then goes
+on with the channel, skipping what it has applied already.  So a lobby
+message costs Redis the same commands whatever the number of nodes: one
+script and the history's C{ZADD}; Redis still writes each event to each
+node's connection.
+
 The client is txredisapi's protocol (non-blocking, Twisted-native), on
 connections this module makes itself through Twisted endpoints, so that
 C{redis://}, C{rediss://} (TLS) and C{unix://} URLs all work and the
 reconnection (backoff, resending what was not acknowledged) is ours.
 
 Every wait on Redis is bounded: a command not answered within
-L{RedisLog.reply_timeout} (the stream read: its block time more) ends the
-connection as lost (txredisapi's C{replyTimeout}), and so does a connection
-not set up within L{RedisLog.open_timeout}; so a network cut that drops
-packets silently is noticed like a closed connection.
+L{RedisLog.reply_timeout} ends the connection as lost (txredisapi's
+C{replyTimeout}), and so does a connection not set up within
+L{RedisLog.open_timeout}; the subscribed connection is sent a C{PING} at
+every heartbeat.  So a network cut that drops packets silently is noticed
+like a closed connection.
 """
 
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import random
 import urllib.parse
@@ -52,15 +66,37 @@ from twisted_chat.server.history import Entry
 __all__ = ["RedisLog", "RedisTarget", "connect", "parse_url"]
 
 STREAM = "chat:events"
+# The pub/sub channel is "chat:live:<db>": channels are not a database's
+# (two clusters on one Redis, in two databases, must not hear each other).
+CHANNEL = "chat:live"
 SNAPSHOT = "chat:snapshot"
 HISTORY = "chat:history"
 EPOCH = "chat:epoch"
 LEASE = "chat:node:"
 SNAPSHOT_INTERVAL = 10.0
-READ_BLOCK_MS = 2000
 READ_COUNT = 2000
 BACKOFF_FIRST = 0.2
 BACKOFF_MAX = 5.0
+
+#: Appends one event (ARGV[2]) to the stream (KEYS[1]) and publishes it on
+#: the channel (ARGV[1]) as "<the id it follows> <its id> <event>"; returns
+#: its id.  The entry it follows is the stream's last (never trimmed: the
+#: stream is trimmed below a snapshot's event).
+APPEND = """
+local last = redis.call('XREVRANGE', KEYS[1], '+', '-', 'COUNT', 1)
+local prev = '0-0'
+if last[1] then prev = last[1][1] end
+local id = redis.call('XADD', KEYS[1], '*', 'e', ARGV[2])
+redis.call('PUBLISH', ARGV[1], prev .. ' ' .. id .. ' ' .. ARGV[2])
+return id
+"""
+
+def _sha(script: str) -> str:
+    return hashlib.sha1(script.encode()).hexdigest()
+
+
+APPEND_SHA = _sha(APPEND)
+SCRIPTS = (APPEND,)
 
 
 @dataclass(frozen=True, slots=True)
@@ -176,8 +212,18 @@ class _Out:
         self.sent = False
 
 
+class _Subscriber(txredisapi.SubscriberProtocol):  # type: ignore[misc]
+    """A subscribed connection: hands each message's text to C{heard}."""
+
+    def heard(self, message: str) -> None:
+        pass
+
+    def messageReceived(self, pattern: Any, channel: Any, message: Any) -> None:
+        self.heard(message)
+
+
 async def connect(target: RedisTarget, reactor: Any, reply_timeout: float | None = None,
-                  opening: list[Any] | None = None) -> Any:
+                  opening: list[Any] | None = None, subscriber: bool = False) -> Any:
     """
     One txredisapi connection to C{target}, authenticated and on its
     database; fails with C{ConnectionError} (or the endpoint's error).
@@ -185,9 +231,12 @@ async def connect(target: RedisTarget, reactor: Any, reply_timeout: float | None
     @param reply_timeout: txredisapi's: a reply that takes longer fails, and
         the connection is dropped.
     @param opening: the protocol is appended to it before it connects.
+    @param subscriber: for C{SUBSCRIBE} (a L{_Subscriber}; it can then run
+        only C{PING} and the pub/sub commands).
     """
     factory = _NoFactory()
-    proto = txredisapi.RedisProtocol(
+    kind = _Subscriber if subscriber else txredisapi.RedisProtocol
+    proto = kind(
         charset="utf-8", password=target.password, dbid=target.db or None,
         convertNumbers=False, username=target.username, replyTimeout=reply_timeout,
     )
@@ -207,8 +256,8 @@ async def connect(target: RedisTarget, reactor: Any, reply_timeout: float | None
 
 class RedisLog:
     """
-    The node's two Redis connections (commands; the blocking stream read),
-    kept up with backoff, and everything the node does with them.
+    The node's two Redis connections (commands; the subscription to the
+    events), kept up with backoff, and everything the node does with them.
     """
 
     log = Logger()
@@ -228,6 +277,7 @@ class RedisLog:
             most this many (the newest); C{None} or 0: no bound by count.
         """
         self.target = target
+        self.channel = f"{CHANNEL}:{target.db}"
         self.state = state
         self.reactor = reactor
         self.node_timeout = node_timeout
@@ -260,6 +310,13 @@ class RedisLog:
         self._snapshot_id = ""
         self._trim_to: str | None = None
         self._declared: set[str] = set()
+        # Events heard on the channel, not applied yet: (the id each follows,
+        # its id, its text), in the channel's order.
+        self._heard: deque[tuple[str, str, str]] = deque()
+        self._catching_up = False  # reading the stream; the channel waits
+        # Whether the replica has caught up with the stream since the
+        # connection (re)opened: its snapshots are written only then.
+        self._caught_up = False
         self._ready: Deferred[None] = Deferred()
         state.events = self
         state.on_renamed = self._renamed
@@ -282,8 +339,9 @@ class RedisLog:
         d.addTimeout(self.open_timeout, self.reactor)
         d.addErrback(self._failed, generation)
 
-    async def _new_connection(self, reply_timeout: float) -> Any:
-        return await connect(self.target, self.reactor, reply_timeout, self._opening)
+    async def _new_connection(self, reply_timeout: float, subscriber: bool = False) -> Any:
+        return await connect(self.target, self.reactor, reply_timeout, self._opening,
+                             subscriber=subscriber)
 
     def command(self, *args: Any) -> Deferred[Any]:
         """
@@ -298,7 +356,7 @@ class RedisLog:
 
     async def _open(self, generation: int) -> None:
         cmd = await self._new_connection(self.reply_timeout)
-        reader = await self._new_connection(self.reply_timeout + READ_BLOCK_MS / 1000)
+        reader = await self._new_connection(self.reply_timeout, subscriber=True)
         self._opening.clear()
         if generation != self._generation or self._stopped:
             cmd.transport.loseConnection()
@@ -307,8 +365,13 @@ class RedisLog:
         self._cmd, self._reader = cmd, reader
         for proto in (cmd, reader):
             proto.whenDisconnected().addCallback(lambda _, g=generation: self._lost(g))
+        self._heard.clear()
+        # What the channel brings waits until the stream has been read.
+        self._catching_up, self._caught_up = True, False
         await self._restore(cmd)
         await cmd.execute_command("SET", LEASE + self.state.node, "1", "PX", self.lease_ms)
+        for script in SCRIPTS:  # a restarted Redis has none
+            await cmd.execute_command("SCRIPT", "LOAD", script)
         self._attempt = 0
         was_down = self._down_since
         self._up_since = self.reactor.seconds()
@@ -322,7 +385,12 @@ class RedisLog:
                           s=self._up_since - was_down)
         self._send_unacked()
         self._schedule_beat(0.0)
-        self._read(generation)
+        # Subscribed first, then the stream read from the replica's last
+        # event: together they miss nothing (what the read returns, the
+        # channel's copy of is skipped).
+        reader.heard = lambda message, g=generation: self._hear(message, g)
+        await reader.execute_command("SUBSCRIBE", self.channel)
+        self._catch_up(generation)
         if not self._ready.called:
             self._ready.callback(None)
 
@@ -347,8 +415,11 @@ class RedisLog:
             self.state.hello()
             self._unacked.extend(waiting)
         self._epoch = epoch
-        if self._started:
-            return
+        if not self._started:
+            await self._load(cmd)
+
+    async def _load(self, cmd: Any) -> None:
+        """The snapshot and the history, into an empty replica."""
         replica = self.state.replica
         snapshot = await cmd.execute_command("GET", SNAPSHOT)
         missing = await self._trimmed_after(cmd)
@@ -448,7 +519,8 @@ class RedisLog:
     # -- appending ---------------------------------------------------------------
 
     def append(self, event: str) -> object:
-        return self._queue(("XADD", STREAM, "*", "e", event))
+        # The event last: what a refusal hands back (see _not_acked).
+        return self._queue(("EVALSHA", APPEND_SHA, 1, STREAM, self.channel, event))
 
     def withdraw(self, ticket: object) -> bool:
         """Take back a command not written to Redis yet (see L{EventLog})."""
@@ -483,6 +555,13 @@ class RedisLog:
             self._refusing = False
 
     def _not_acked(self, failure: Any, generation: int, out: _Out) -> None:
+        if failure.check(txredisapi.ResponseError) and "NOSCRIPT" in failure.getErrorMessage():
+            # Redis forgot the scripts (SCRIPT FLUSH) without closing the
+            # connection: a new one loads them, and everything is resent.
+            if generation == self._generation:
+                self.log.warn("cluster: Redis forgot the append script; reconnecting")
+                self._lost(generation)
+            return
         if failure.check(txredisapi.ResponseError):
             # Redis refused the command itself (MISCONF, OOM, READONLY):
             # resending would not help.  Said once until a write succeeds
@@ -493,41 +572,109 @@ class RedisLog:
             if generation == self._generation and self._unacked:
                 self._unacked.popleft()
             self._refusing = True
-            if out.command[0] == "XADD":
+            if out.command[0] == "EVALSHA":
                 self.state.refused(out.command[-1])  # never applied: its command is answered
         # Otherwise the connection went: everything unacknowledged is resent.
 
     # -- reading -------------------------------------------------------------------
 
-    def _read(self, generation: int) -> None:
-        reader = self._reader
-        if reader is None or generation != self._generation:
-            return
-        d = reader.execute_command(
-            "XREAD", "COUNT", READ_COUNT, "BLOCK", READ_BLOCK_MS,
-            "STREAMS", STREAM, self.state.replica.last_id,
-        )
-        d.addCallbacks(self._got, self._read_failed, (generation,), None, (generation,))
-
-    def _got(self, reply: Any, generation: int) -> None:
+    def _hear(self, message: str, generation: int) -> None:
+        """An event published on the channel: C{<the id it follows> <its id> <event>}."""
         if generation != self._generation:
             return
-        if reply:
-            batch = []
-            for eid, fields in reply[0][1]:
-                try:
-                    event = json.loads(fields[1])
-                except (ValueError, IndexError, TypeError):
-                    self.log.warn("cluster: skipped a malformed event {eid}", eid=eid)
-                    event = {}
-                batch.append((str(eid), event))
+        prev, _, rest = str(message).partition(" ")
+        eid, _, text = rest.partition(" ")
+        try:
+            id_key(prev), id_key(eid)
+        except ValueError:
+            self.log.warn("cluster: skipped a malformed message on {channel}",
+                          channel=self.channel)
+            return
+        self._heard.append((prev, eid, text))
+        if not self._catching_up:
+            self._apply_heard(generation)
+
+    def _apply_heard(self, generation: int, read: bool = False) -> None:
+        """
+        Apply what the channel brought, in its order, as long as each event
+        follows the last one applied; one that does not (the node missed
+        one: published while it was not subscribed yet, say) sends it to
+        the stream first.  What it has applied already is skipped.
+
+        @param read: the stream has just been read to its end: what was
+            published after that read follows it, so an event that does not
+            is not the stream's (someone else's on the channel), and is
+            dropped rather than read for again and again.
+        """
+        heard = self._heard
+        last = id_key(self.state.replica.last_id)
+        batch = []
+        while heard:
+            prev, eid, text = heard[0]
+            key = id_key(eid)
+            if key <= last:
+                heard.popleft()  # read from the stream already
+                continue
+            if id_key(prev) != last:
+                if not read:
+                    break
+                heard.popleft()
+                self.log.warn("cluster: skipped event {eid} heard on {channel}: it is not "
+                              "in the stream", eid=eid, channel=self.channel)
+                continue
+            heard.popleft()
+            batch.append((eid, self._parse(eid, text)))
+            last = key
+        if batch:
             self.state.deliver(batch)
-        self._read(generation)
+        if heard and not self._catching_up:
+            self._catch_up(generation)
+
+    def _catch_up(self, generation: int) -> None:
+        """Read the stream from the replica's last event on; the channel's
+        events wait meanwhile, and are applied after it."""
+        self._catching_up = True
+        d = defer.ensureDeferred(self._read_stream(generation))
+        d.addErrback(self._read_failed, generation)
+
+    async def _read_stream(self, generation: int) -> None:
+        while True:
+            cmd = self._cmd
+            if cmd is None or generation != self._generation:
+                return
+            last = self.state.replica.last_id
+            entries = await cmd.execute_command(
+                "XRANGE", STREAM, "(" + last, "+", "COUNT", READ_COUNT,
+            )
+            if generation != self._generation:
+                return
+            batch = [(str(eid), self._parse(str(eid), fields[1])) for eid, fields in entries]
+            if batch:
+                self.state.deliver(batch)
+            if len(entries) < READ_COUNT:
+                break
+        self._catching_up = False
+        self._caught_up = True
+        self._apply_heard(generation, read=True)
+
+    def _parse(self, eid: str, text: object) -> dict[str, Any]:
+        try:
+            event = json.loads(str(text))
+        except ValueError:
+            event = None
+        if not isinstance(event, dict):
+            self.log.warn("cluster: skipped a malformed event {eid}", eid=eid)
+            return {}
+        return event
 
     def _read_failed(self, failure: Any, generation: int) -> None:
-        if generation == self._generation and not failure.check(txredisapi.ConnectionError):
+        if generation != self._generation or failure.check(txredisapi.ConnectionError):
+            return  # the connection went: _lost has it
+        if failure.check(ConnectionError):
+            self.log.warn("cluster: {why}", why=failure.getErrorMessage())
+        else:
             self.log.failure("cluster: reading the stream failed", failure)
-            self._lost(generation)
+        self._lost(generation)
 
     # -- heartbeat, liveness, snapshots ------------------------------------------------
 
@@ -557,6 +704,12 @@ class RedisLog:
         if cmd is None or self._stopped:
             return
         state = self.state
+        reader = self._reader
+        if reader is not None:
+            # A quiet channel says nothing: a connection that went silently
+            # (a cut that drops packets) is noticed by its PING's timeout.
+            ping = reader.execute_command("PING")
+            ping.addErrback(lambda f: self.log.debug("ping: {e}", e=f.getErrorMessage()))
         await cmd.execute_command("SET", LEASE + state.node, "1", "PX", self.lease_ms)
         now = self.reactor.seconds()
         # Judge the others only after holding the connection for a whole lease:
@@ -573,7 +726,7 @@ class RedisLog:
                                       node=node)
                         state.node_dead(node)
         await self._prune(cmd, now)
-        if now - self._snapshot_at >= SNAPSHOT_INTERVAL:
+        if now - self._snapshot_at >= SNAPSHOT_INTERVAL and self._caught_up:
             await self._snapshot(cmd, now)
 
     async def _snapshot(self, cmd: Any, now: float) -> None:

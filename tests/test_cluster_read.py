@@ -1,0 +1,397 @@
+"""
+How a cluster node reads the cluster's events (twisted_chat.server.cluster.
+redislog), deterministically: nodes (L{RedisLog} on a L{ClusterState}) on one
+Redis kept in memory (L{MemoryRedis}: the stream, the channel, the keys; the
+scripts run as Redis runs them, one at a time), and a L{Clock}.
+
+- A lobby message costs Redis the same commands whatever the number of nodes:
+  one append script and the history's ZADD; the nodes hear it on the channel.
+- Every node applies every event once, in the stream's order, also when it
+  missed one on the channel, when the channel brings events while it reads
+  the stream, and after a reconnection.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections import Counter, deque
+from typing import Any
+
+import txredisapi  # type: ignore[import-untyped]
+from twisted.internet.defer import Deferred, fail, succeed
+from twisted.internet.task import Clock
+
+from twisted_chat.server.cluster.node import ClusterState
+from twisted_chat.server.cluster.redislog import (
+    APPEND_SHA,
+    CHANNEL,
+    SCRIPTS,
+    RedisLog,
+    parse_url,
+)
+from twisted_chat.server.cluster.replica import id_key
+from twisted_chat.server.history import History
+from twisted_chat.server.hub import User
+
+# -- one Redis, in memory -----------------------------------------------------------
+
+
+class MemoryRedis:
+    """
+    The commands a node sends, as Redis answers them (for one database, one
+    stream, one channel).  Replies come at once; what is published is
+    queued per subscriber and handed over at L{pump} (another connection's
+    bytes arrive in a later turn).  C{hold_reads}: the stream reads
+    (C{XRANGE}) are answered (as of when they ran) only at L{release}.
+    """
+
+    def __init__(self, clock: Clock) -> None:
+        self.clock = clock
+        self.stream: list[tuple[str, str, str]] = []  # (id, event, the id it follows)
+        self.last = (0, 0)
+        self.keys: dict[str, str] = {}
+        self.history: dict[str, int] = {}  # member: score
+        self.subscribers: list[FakeConnection] = []
+        self.calls: Counter[str] = Counter()
+        self.hold_reads = False
+        self.held: list[tuple[Deferred[Any], Any]] = []
+        self.scripts = {APPEND_SHA}
+
+    def connection(self, subscriber: bool = False) -> FakeConnection:
+        return FakeConnection(self, subscriber)
+
+    # -- the data ---------------------------------------------------------------
+
+    def trim(self, minid: str) -> None:
+        """XTRIM MINID: every entry below C{minid} goes."""
+        self.stream = [x for x in self.stream if id_key(x[0]) >= id_key(minid)]
+
+    def publish(self, message: str) -> None:
+        for conn in self.subscribers:
+            if not conn.closed:
+                conn.inbox.append(message)
+
+    def pump(self) -> None:
+        """Hand every subscriber what was published for it, in order."""
+        while any(c.inbox and not c.closed for c in self.subscribers):
+            for conn in list(self.subscribers):
+                while conn.inbox and not conn.closed:
+                    conn.heard(conn.inbox.popleft())
+
+    def release(self) -> None:
+        held, self.held = self.held, []
+        for d, reply in held:
+            d.callback(reply)
+
+    def events(self) -> list[dict[str, Any]]:
+        return [json.loads(e) for _, e, _ in self.stream]
+
+    # -- the commands ---------------------------------------------------------------
+
+    def run(self, conn: FakeConnection, args: tuple[Any, ...]) -> Deferred[Any]:
+        name = str(args[0]).upper()
+        if name == "EVALSHA":
+            name = {APPEND_SHA: "append"}[args[1]]
+        self.calls[name] += 1
+        if conn.subscriber:
+            assert name in ("SUBSCRIBE", "PING"), f"{name} on a subscribed connection"
+            if name == "SUBSCRIBE":
+                self.subscribers.append(conn)
+                return succeed(["subscribe", CHANNEL, 1])
+            return succeed(["pong", ""])
+        if args[0] == "EVALSHA" and args[1] not in self.scripts:
+            return fail(txredisapi.ResponseError("NOSCRIPT No matching script"))
+        reply = getattr(self, "_" + name.lower().replace("-", "_"))(*args[1:])
+        if isinstance(reply, Deferred):
+            return reply
+        if name == "XRANGE" and self.hold_reads:
+            d: Deferred[Any] = Deferred()
+            self.held.append((d, reply))
+            return d
+        return succeed(reply)
+
+    def _append(self, sha: str, nkeys: int, key: str, channel: str, event: str) -> str:
+        prev = self.stream[-1][0] if self.stream else "0-0"
+        ms = max(int(self.clock.seconds() * 1000), self.last[0])
+        seq = self.last[1] + 1 if ms == self.last[0] else 0
+        self.last = (ms, seq)
+        eid = f"{ms}-{seq}"
+        self.stream.append((eid, event, prev))
+        self.publish(f"{prev} {eid} {event}")
+        return eid
+
+    def _xinfo(self, sub: str, key: str) -> Any:
+        if not self.stream:
+            return fail(txredisapi.ResponseError("ERR no such key"))
+        return ["length", len(self.stream), "max-deleted-entry-id", "0-0"]
+
+    def _xrange(self, key: str, start: str, end: str, count_word: str, count: int) -> Any:
+        assert start.startswith("(") and end == "+"
+        after = [[eid, ["e", e]] for eid, e, _ in self.stream
+                 if id_key(eid) > id_key(start[1:])]
+        return after[:count]
+
+    def _script(self, sub: str, script: str) -> str:
+        sha = hashlib.sha1(script.encode()).hexdigest()
+        self.scripts.add(sha)
+        return sha
+
+    def _set(self, key: str, value: str, *options: Any) -> str | None:
+        if "NX" in options and key in self.keys:
+            return None
+        self.keys[key] = value
+        return "OK"
+
+    def _get(self, key: str) -> str | None:
+        return self.keys.get(key)
+
+    def _del(self, *keys: str) -> int:
+        return sum(self.keys.pop(k, None) is not None for k in keys)
+
+    def _mget(self, *keys: str) -> list[str | None]:
+        return [self.keys.get(k) for k in keys]
+
+    def _xtrim(self, key: str, how: str, approx: str, minid: str) -> int:
+        before = len(self.stream)
+        self.trim(minid)
+        return before - len(self.stream)
+
+    def _zadd(self, key: str, score: int, member: str) -> int:
+        self.history[member] = int(score)
+        return 1
+
+    def _zrevrangebyscore(self, key: str, top: int, bottom: str, *rest: Any) -> list[Any]:
+        rows = sorted(((s, m) for m, s in self.history.items() if s <= int(top)), reverse=True)
+        return [x for s, m in rows for x in (m, str(s))]
+
+
+class FakeTransport:
+    def __init__(self, conn: FakeConnection) -> None:
+        self.conn = conn
+
+    def abortConnection(self) -> None:
+        self.conn.drop()
+
+    loseConnection = abortConnection
+
+
+class FakeConnection:
+    def __init__(self, redis: MemoryRedis, subscriber: bool) -> None:
+        self.transport = FakeTransport(self)
+        self.redis = redis
+        self.subscriber = subscriber
+        self.closed = False
+        self.inbox: deque[str] = deque()
+        self._lost: list[Deferred[None]] = []
+
+    def heard(self, message: str) -> None:
+        pass
+
+    def whenDisconnected(self) -> Deferred[None]:
+        self._lost.append(Deferred())
+        return self._lost[-1]
+
+    def execute_command(self, *args: Any) -> Deferred[Any]:
+        if self.closed:
+            return fail(txredisapi.ConnectionError("Not connected"))
+        return self.redis.run(self, args)
+
+    def drop(self) -> None:
+        if not self.closed:
+            self.closed = True
+            for d in self._lost:
+                d.callback(None)
+
+
+# -- nodes --------------------------------------------------------------------------
+
+
+class Conn:
+    """A user's connection on its own node: records what it is written."""
+
+    closing = False
+
+    def __init__(self) -> None:
+        self.data: list[bytes] = []
+
+    def write(self, data: bytes) -> None:
+        self.data.append(data)
+
+    deliver = write
+
+
+class Recorder:
+    """The node's listener: what the hub tells it."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[str, tuple[Any, ...]]] = []
+
+    def __getattr__(self, name: str) -> Any:
+        if name.startswith("_"):
+            raise AttributeError(name)
+        return lambda *args: self.calls.append((name, args))
+
+    def said(self) -> list[str]:
+        return [args[0].text for name, args in self.calls if name == "lobby_message"]
+
+    def departed(self) -> list[str]:
+        return [args[1].nick for name, args in self.calls if name == "left"]
+
+
+class Node:
+    def __init__(self, redis: MemoryRedis, clock: Clock, name: str) -> None:
+        self.redis = redis
+        self.reachable = True
+        self.listener = Recorder()
+        self.state = ClusterState(name, self.listener, History(10), {}, clock)
+        self.log = RedisLog(parse_url("redis://127.0.0.1/0"), self.state, clock, 15.0)
+        self.conns: list[FakeConnection] = []
+
+        async def new_connection(reply_timeout: float, subscriber: bool = False) -> Any:
+            if not self.reachable:
+                raise ConnectionError("refused")
+            self.conns.append(redis.connection(subscriber))
+            return self.conns[-1]
+
+        self.log._new_connection = new_connection  # type: ignore[method-assign]
+        self.log.start()
+
+    def user(self, nick: str) -> User:
+        d = self.state.register(nick, Conn(), "-")
+        users: list[User] = []
+        d.addCallback(users.append)
+        self.redis.pump()
+        return users[0]
+
+    def cut(self) -> None:
+        self.reachable = False
+        for conn in self.conns:
+            if not conn.closed:
+                conn.drop()
+
+    def nicks(self) -> list[str]:
+        return sorted(self.state.hub.online)
+
+
+def cluster(n: int) -> tuple[MemoryRedis, Clock, list[Node]]:
+    clock = Clock()
+    clock.advance(1_700_000_000)
+    redis = MemoryRedis(clock)
+    nodes = [Node(redis, clock, f"n{i}") for i in range(n)]
+    clock.advance(0)  # their first heartbeats (the next: in 2.5 s)
+    redis.pump()
+    return redis, clock, nodes
+
+
+def say(node: Node, user: User, *texts: str) -> None:
+    for text in texts:
+        node.state.say(user, text)
+        node.redis.clock.advance(0.001)
+    node.redis.pump()
+
+
+# -- the tests ------------------------------------------------------------------------
+
+
+def test_a_lobby_message_costs_redis_the_same_commands_whatever_the_nodes() -> None:
+    """One append script and the history's ZADD per lobby message, with one
+    node or eight: no node reads the stream while it keeps up (before, every
+    node sent an XREAD per event)."""
+    per_message = []
+    for n in (1, 8):
+        redis, _, nodes = cluster(n)
+        ann = nodes[0].user("ann")
+        before = Counter(redis.calls)
+        say(nodes[0], ann, *[f"m{i}" for i in range(20)])
+        for node in nodes:
+            assert node.listener.said() == [f"m{i}" for i in range(20)]
+        spent = Counter(redis.calls)
+        spent.subtract(before)
+        per_message.append({name: count / 20 for name, count in spent.items() if count})
+    assert per_message[0] == per_message[1] == {"append": 1.0, "ZADD": 1.0}
+
+
+def test_a_node_that_missed_a_channel_message_reads_it_from_the_stream() -> None:
+    """An event that does not follow the last one applied (the one between
+    never reached this node) sends the node to the stream: it applies the
+    missing one, then the rest, each once, in the stream's order."""
+    redis, _, (n0, n1) = cluster(2)
+    ann = n0.user("ann")
+    reader = next(c for c in n1.conns if c.subscriber)
+    reads = redis.calls["XRANGE"]
+    say(n0, ann, "one")
+    n0.state.say(ann, "two")
+    reader.inbox.clear()  # n1 never hears "two" on the channel
+    say(n0, ann, "three", "four")
+    assert n0.listener.said() == n1.listener.said() == ["one", "two", "three", "four"]
+    assert redis.calls["XRANGE"] == reads + 1  # n1's, for "two"
+    assert n1.state.replica.last_id == redis.stream[-1][0]
+
+
+def test_a_message_on_the_channel_that_is_not_in_the_stream_is_dropped() -> None:
+    """Someone else's message on the channel (it follows nothing the
+    stream has): one read of the stream shows it is not there; it is
+    dropped, not read for again and again, and nothing else is lost."""
+    redis, _, (n0,) = cluster(1)
+    ann = n0.user("ann")
+    reads = redis.calls["XRANGE"]
+    redis.publish('1-0 9999999999999-0 {"t":"say","n":"x","k":1,"u":"1-0","x":"forged"}')
+    say(n0, ann, "real")
+    assert redis.calls["XRANGE"] == reads + 1
+    assert n0.listener.said() == ["real"]
+    say(n0, ann, "still real")
+    assert n0.listener.said() == ["real", "still real"]
+    assert redis.calls["XRANGE"] == reads + 1
+
+
+def test_what_the_channel_brings_while_the_stream_is_read_is_applied_after_it_once() -> None:
+    """The stream read is in flight while the channel brings events, some of
+    which the read returns too: each is applied once, in order."""
+    redis, _, (n0, n1) = cluster(2)
+    ann = n0.user("ann")
+    reader = next(c for c in n1.conns if c.subscriber)
+    say(n0, ann, "one")
+    n0.state.say(ann, "two")
+    reader.inbox.clear()
+    redis.hold_reads = True
+    say(n0, ann, "three")  # n1 goes to the stream (it returns two, three)
+    say(n0, ann, "four", "five")  # heard while the read is in flight
+    assert n1.listener.said() == ["one"]
+    redis.hold_reads = False
+    redis.release()
+    assert n1.listener.said() == ["one", "two", "three", "four", "five"]
+    say(n0, ann, "six")
+    assert n0.listener.said() == n1.listener.said()
+
+
+def test_after_a_reconnection_a_node_reads_what_it_missed_then_the_channel() -> None:
+    redis, clock, (n0, n1) = cluster(2)
+    ann = n0.user("ann")
+    n1.user("bob")
+    n1.cut()
+    say(n0, ann, "while n1 is away", "still away")
+    n1.reachable = True
+    clock.advance(1)  # its retry
+    say(n0, ann, "back")
+    redis.pump()
+    assert n1.listener.said() == n0.listener.said() == [
+        "while n1 is away", "still away", "back"]
+    assert n1.nicks() == n0.nicks() == ["ann", "bob"]
+
+
+def test_the_scripts_are_loaded_on_every_connection_and_a_lost_one_reconnects() -> None:
+    """A restarted Redis has no scripts: each connection loads them before
+    appending.  One that forgets them (SCRIPT FLUSH) makes the node
+    reconnect, and the append is resent, applied once."""
+    redis, clock, (n0,) = cluster(1)
+    assert redis.calls["SCRIPT"] == len(SCRIPTS)
+    ann = n0.user("ann")
+    redis.scripts.clear()
+    n0.state.say(ann, "after the flush")
+    assert n0.listener.said() == []
+    clock.advance(1)
+    redis.pump()
+    assert n0.listener.said() == ["after the flush"]
+    assert redis.calls["SCRIPT"] == 2 * len(SCRIPTS)
+
