@@ -13,7 +13,7 @@ from collections.abc import Callable, Iterator
 import pytest
 
 from tests.redisproc import REDIS_SERVER, RedisServer
-from tests.serverproc import LOOPBACK, LineClient
+from tests.serverproc import LOOPBACK, LineClient, ServerProcess
 from tests.tcpproxy import Proxy
 from tests.test_cluster_e2e import Cluster
 from tests.test_cluster_e2e import cluster as cluster_fixture
@@ -47,6 +47,22 @@ def proxy() -> Iterator[Callable[[RedisServer], Proxy]]:
 
 def proxied(p: Proxy) -> str:
     return f"redis://{LOOPBACK}:{p.port}/0"
+
+
+def register_once_back(o: Cluster, server: ServerProcess, nick: str,
+                       timeout: float = 10.0) -> LineClient:
+    """Register C{nick} on a node that is getting back to Redis: C{RETRY
+    unavailable} until it is (within C{timeout} s)."""
+    client = o.connect(server)
+    client.expect("NICK")
+    deadline = time.monotonic() + timeout
+    while True:
+        client.send(f"NICK {nick}")
+        answer = client.expect(lambda line: line.startswith(("READY", "RETRY")))
+        if answer == f"READY {nick}":
+            return client
+        assert answer.startswith("RETRY unavailable") and time.monotonic() < deadline, answer
+        time.sleep(0.2)
 
 
 def lobby(client: LineClient) -> list[str]:
@@ -182,16 +198,7 @@ def test_network_cut_node_is_declared_dead_and_comes_back_as_a_new_node(
         assert client.closed(timeout=5)
     cut.wait_log("going on as node", timeout=5)
     # And it goes on as a new node: a new user registers and chats.
-    erin = o.connect(cut)
-    erin.expect("NICK")
-    deadline = time.monotonic() + 10
-    while True:
-        erin.send("NICK erin")
-        answer = erin.expect(lambda line: line.startswith(("READY", "RETRY")))
-        if answer == "READY erin":
-            break
-        assert answer.startswith("RETRY unavailable") and time.monotonic() < deadline, answer
-        time.sleep(0.2)
+    erin = register_once_back(o, cut, "erin")
     erin.send("MSG hello from the cut node")
     assert bob.expect("MSG").endswith("erin * hello from the cut node")
     bob.send("DM erin welcome back")

@@ -9,6 +9,10 @@ scripts run as Redis runs them, one at a time), and a L{Clock}.
 - Every node applies every event once, in the stream's order, also when it
   missed one on the channel, when the channel brings events while it reads
   the stream, and after a reconnection.
+- A node whose next events the stream no longer holds (trimmed past its last
+  one while it was cut off) goes on as a new node from the snapshot: its
+  users are told BYE, its old id is declared dead, its replica and history
+  are the cluster's again.
 """
 
 from __future__ import annotations
@@ -19,13 +23,14 @@ from collections import Counter, deque
 from typing import Any
 
 import txredisapi  # type: ignore[import-untyped]
-from twisted.internet.defer import Deferred, fail, succeed
+from twisted.internet.defer import Deferred, ensureDeferred, fail, succeed
 from twisted.internet.task import Clock
 
 from twisted_chat.server.cluster.node import ClusterState
 from twisted_chat.server.cluster.redislog import (
     APPEND_SHA,
     CHANNEL,
+    SAVE_SNAPSHOT_SHA,
     SCRIPTS,
     RedisLog,
     parse_url,
@@ -56,7 +61,7 @@ class MemoryRedis:
         self.calls: Counter[str] = Counter()
         self.hold_reads = False
         self.held: list[tuple[Deferred[Any], Any]] = []
-        self.scripts = {APPEND_SHA}
+        self.scripts = {APPEND_SHA, SAVE_SNAPSHOT_SHA}
 
     def connection(self, subscriber: bool = False) -> FakeConnection:
         return FakeConnection(self, subscriber)
@@ -92,7 +97,7 @@ class MemoryRedis:
     def run(self, conn: FakeConnection, args: tuple[Any, ...]) -> Deferred[Any]:
         name = str(args[0]).upper()
         if name == "EVALSHA":
-            name = {APPEND_SHA: "append"}[args[1]]
+            name = {APPEND_SHA: "append", SAVE_SNAPSHOT_SHA: "save-snapshot"}[args[1]]
         self.calls[name] += 1
         if conn.subscriber:
             assert name in ("SUBSCRIBE", "PING"), f"{name} on a subscribed connection"
@@ -121,16 +126,18 @@ class MemoryRedis:
         self.publish(f"{prev} {eid} {event}")
         return eid
 
-    def _xinfo(self, sub: str, key: str) -> Any:
-        if not self.stream:
-            return fail(txredisapi.ResponseError("ERR no such key"))
-        return ["length", len(self.stream), "max-deleted-entry-id", "0-0"]
-
     def _xrange(self, key: str, start: str, end: str, count_word: str, count: int) -> Any:
         assert start.startswith("(") and end == "+"
-        after = [[eid, ["e", e]] for eid, e, _ in self.stream
+        after = [[eid, ["e", e, "p", p]] for eid, e, p in self.stream
                  if id_key(eid) > id_key(start[1:])]
         return after[:count]
+
+    def _save_snapshot(self, sha: str, nkeys: int, key: str, text: str, eid: str) -> int:
+        old = self.keys.get(key)
+        if old is not None and id_key(json.loads(old)["id"]) >= id_key(eid):
+            return 0
+        self.keys[key] = text
+        return 1
 
     def _script(self, sub: str, script: str) -> str:
         sha = hashlib.sha1(script.encode()).hexdigest()
@@ -247,6 +254,10 @@ class Node:
         self.state = ClusterState(name, self.listener, History(10), {}, clock)
         self.log = RedisLog(parse_url("redis://127.0.0.1/0"), self.state, clock, 15.0)
         self.conns: list[FakeConnection] = []
+        self.lost = 0
+        self.reloaded = 0
+        self.state.on_lost = self._on_lost
+        self.state.on_reloaded = self._on_reloaded
 
         async def new_connection(reply_timeout: float, subscriber: bool = False) -> Any:
             if not self.reachable:
@@ -256,6 +267,12 @@ class Node:
 
         self.log._new_connection = new_connection  # type: ignore[method-assign]
         self.log.start()
+
+    def _on_lost(self) -> None:
+        self.lost += 1
+
+    def _on_reloaded(self) -> None:
+        self.reloaded += 1
 
     def user(self, nick: str) -> User:
         d = self.state.register(nick, Conn(), "-")
@@ -378,6 +395,54 @@ def test_after_a_reconnection_a_node_reads_what_it_missed_then_the_channel() -> 
     assert n1.listener.said() == n0.listener.said() == [
         "while n1 is away", "still away", "back"]
     assert n1.nicks() == n0.nicks() == ["ann", "bob"]
+    assert n1.lost == 0
+
+
+def test_a_node_whose_next_events_were_trimmed_goes_on_as_a_new_node() -> None:
+    """
+    n1 is cut off; meanwhile bob leaves, carol arrives, ann talks, and the
+    stream is trimmed up to a snapshot written after all that (the
+    heartbeat's trim, once the node has been away long enough).  Back, n1
+    cannot read what it missed: it tells its users BYE (on_lost), takes a
+    new id, declares its old one dead (the others drop its users: its lease
+    may never have lapsed), and goes on from the snapshot: the same users
+    and history as the others, and it takes new users under its new id.
+    """
+    redis, clock, (n0, n1) = cluster(2)
+    ann, bob = n0.user("ann"), n0.user("bob")
+    n1.user("dora")
+    say(n0, ann, "before")
+    old = n1.state.node
+    n1.cut()
+    n0.state.leave(bob, "disconnected")
+    n0.user("carol")
+    say(n0, ann, "during one", "during two")
+    ensureDeferred(n0.log._snapshot(n0.log._cmd, clock.seconds()))  # its heartbeat's
+    snap_id = json.loads(redis.keys["chat:snapshot"])["id"]
+    assert snap_id == redis.stream[-1][0]
+    redis.trim(snap_id)
+    n1.reachable = True
+    clock.advance(1)
+    redis.pump()
+    assert n1.lost == 1 and n1.state.node != old
+    assert {"t": "dead", "node": old, "n": n1.state.node} in [
+        {k: e[k] for k in ("t", "node", "n") if k in e} for e in redis.events()]
+    # The others drop n1's old users; n1's replica is the cluster's again.
+    assert "dora" in n0.listener.departed()
+    assert n0.nicks() == n1.nicks() == ["ann", "carol"]
+    assert n1.state.replica.last_id == n0.state.replica.last_id
+    # Its history is the cluster's (the messages it never heard included),
+    # and what its listener built from the old one is dropped.
+    assert [e.text for e in n1.state.hub.history.recent()] == ["before", "during one",
+                                                                "during two"]
+    assert n1.reloaded == 2  # at start, and now
+    # It goes on: a newcomer on n1 is known everywhere, under the new id.
+    erin = n1.user("erin")
+    say(n1, erin, "hello again")
+    assert n0.listener.said()[-1] == n1.listener.said()[-1] == "hello again"
+    assert n0.state.replica.members[n0.state.replica.uids[n0.state.hub.online["erin"]]].node \
+        == n1.state.node
+    assert n0.nicks() == n1.nicks() == ["ann", "carol", "erin"]
 
 
 def test_the_scripts_are_loaded_on_every_connection_and_a_lost_one_reconnects() -> None:

@@ -1,13 +1,16 @@
 """
-How cluster nodes read the cluster's events, end to end: the script on a
-real redis-server, and what a lobby message costs Redis with three real
-nodes.  Every wait is bounded.
+How cluster nodes read the cluster's events, end to end: the scripts on a
+real redis-server, what a lobby message costs Redis with three real nodes,
+and a node cut off (tests/tcpproxy.py) while the stream is trimmed past what
+it applied.  Every wait is bounded.
 """
 
 from __future__ import annotations
 
+import json
 import re
 import socket
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -15,16 +18,25 @@ import pytest
 
 from tests.redisproc import REDIS_SERVER, RedisServer
 from tests.serverproc import LOOPBACK
+from tests.tcpproxy import Proxy
 from tests.test_cluster_e2e import Cluster
 from tests.test_cluster_e2e import cluster as cluster_fixture
-from twisted_chat.server.cluster.redislog import APPEND, CHANNEL
+from tests.test_cluster_outage_e2e import proxied, register_once_back
+from tests.test_cluster_outage_e2e import proxy as proxy_fixture
+from twisted_chat.server.cluster.redislog import (
+    APPEND,
+    CHANNEL,
+    SAVE_SNAPSHOT,
+    SNAPSHOT_INTERVAL,
+)
 
 pytestmark = [
     pytest.mark.e2e,
     pytest.mark.skipif(REDIS_SERVER is None, reason="redis-server is not installed"),
 ]
 
-cluster = cluster_fixture  # the fixture, shared
+cluster = cluster_fixture  # the fixtures, shared
+proxy = proxy_fixture
 
 
 class Resp:
@@ -89,19 +101,33 @@ def test_the_scripts_do_what_the_nodes_rely_on(tmp_path: Any) -> None:
     try:
         r, sub = Resp(redis.port), Resp(redis.port)
         assert sub("SUBSCRIBE", CHANNEL) == ["subscribe", CHANNEL, 1]
-        # The append: the event in the stream, and on the channel with the
-        # id it follows ("0-0": the first) and its own, in the stream's order.
+        # The append: the event in the stream with the id it follows ("0-0":
+        # the first), and on the channel with both, in the stream's order.
         ids = [r("EVAL", APPEND, 1, "chat:events", CHANNEL, f'{{"x":{i}}}') for i in range(3)]
         follows = ["0-0", *ids[:2]]
         heard = [sub.reply() for _ in range(3)]
         assert heard == [["message", CHANNEL, f'{prev} {eid} {{"x":{i}}}']
                          for i, (prev, eid) in enumerate(zip(follows, ids, strict=True))]
-        entries = [[eid, ["e", f'{{"x":{i}}}']] for i, eid in enumerate(ids)]
+        entries = [[eid, ["e", f'{{"x":{i}}}', "p", prev]]
+                   for i, (prev, eid) in enumerate(zip(follows, ids, strict=True))]
         assert r("XRANGE", "chat:events", "-", "+") == entries
         # A PING on the subscribed connection is answered (the node's check).
         assert sub("PING") == ["pong", ""]
-        # What a node reads to catch up: the entries after its last one.
+        # What a node reads to catch up: the entries after its last one; the
+        # first names the one it follows, also once that one was trimmed.
         assert r("XRANGE", "chat:events", "(" + ids[0], "+", "COUNT", 1) == entries[1:2]
+        r("XTRIM", "chat:events", "MINID", ids[2])
+        assert r("XRANGE", "chat:events", "(" + ids[0], "+") == entries[2:]
+        # The snapshot: set over an older one, never over a newer one.
+        def snap(eid: str) -> str:
+            return json.dumps({"id": eid, "now": 0}, separators=(",", ":"))
+
+        assert r("EVAL", SAVE_SNAPSHOT, 1, "chat:snapshot", snap(ids[1]), ids[1]) == 1
+        assert r("EVAL", SAVE_SNAPSHOT, 1, "chat:snapshot", snap(ids[0]), ids[0]) == 0
+        assert r("EVAL", SAVE_SNAPSHOT, 1, "chat:snapshot", snap(ids[1]), ids[1]) == 0
+        assert r("GET", "chat:snapshot") == snap(ids[1])
+        assert r("EVAL", SAVE_SNAPSHOT, 1, "chat:snapshot", snap(ids[2]), ids[2]) == 1
+        assert r("GET", "chat:snapshot") == snap(ids[2])
         r.close()
         sub.close()
     finally:
@@ -133,3 +159,72 @@ def test_a_lobby_message_costs_redis_the_same_commands_with_three_nodes(
     # The appends, and at most a snapshot per node (the heartbeat's, every
     # 10 s) and a catch-up or two: nothing per node per message.
     assert 30 <= spent["evalsha"] <= 30 + 3 * 2, spent
+
+
+def _last_id(redis: RedisServer) -> str:
+    conn = Resp(redis.port)
+    try:
+        (entry,) = conn("XREVRANGE", "chat:events", "+", "-", "COUNT", 1)
+        return str(entry[0])
+    finally:
+        conn.close()
+
+
+def _key(eid: str) -> tuple[int, int]:
+    ms, _, seq = eid.partition("-")
+    return int(ms), int(seq)
+
+
+def test_a_node_cut_off_past_the_trimmed_stream_goes_on_as_a_new_node(
+    cluster: Callable[..., Cluster], proxy: Callable[[RedisServer], Proxy],
+) -> None:
+    """
+    One node is cut off from Redis (connections reset) for less than its
+    lease, so nobody takes it for dead; meanwhile bob talks and leaves a
+    snapshot behind, and the stream is trimmed up to it (what the nodes'
+    heartbeat does two snapshots on).  Back, the node cannot read what it
+    missed: its user is told BYE shutdown, the others see her leave, and it
+    goes on as a new node with the cluster's state and history.
+    """
+    node_timeout = 40.0  # a lease of 26 s: longer than the cut
+    o = cluster(1, node_timeout=node_timeout)
+    (n1,) = o.nodes
+    between = proxy(o.redis)
+    cut = o.node(url=proxied(between))
+    alice, bob = o.user(cut, "alice"), o.user(n1, "bob")
+    for client in (alice, bob):
+        client.sync()
+    between.do("cut")
+    cut.wait_log("unreachable", timeout=5)
+    # Two events after the last the cut node applied: the stream is trimmed
+    # up to the second (the snapshot's), so the first is gone.
+    bob.send("MSG while you were away")
+    bob.send("MSG still away")
+    bob.expect(lambda line: line.endswith("still away"))
+    missed = _last_id(o.redis)
+    # n1 writes a snapshot every SNAPSHOT_INTERVAL s (at a heartbeat).
+    deadline = time.monotonic() + SNAPSHOT_INTERVAL + node_timeout / 6 + 5
+    while True:
+        text = o.redis.command("GET", "chat:snapshot")
+        found = re.search(r'\{"id":"(\d+-\d+)"', text)
+        if found and _key(found[1]) >= _key(missed):
+            break
+        assert time.monotonic() < deadline, "no snapshot after the message"
+        time.sleep(0.2)
+    o.redis.command("XTRIM", "chat:events", "MINID", found[1])
+    between.do("heal")
+    assert alice.expect("BYE", timeout=15).startswith("BYE shutdown")
+    assert alice.closed(timeout=5)
+    cut.wait_log("missed events", timeout=5)
+    # Its old id is declared dead at once (its lease had not lapsed).
+    left = bob.expect(lambda line: line.startswith("LEFT") and " alice " in line, timeout=5)
+    assert left.split()[3] == "disconnected"
+    # It goes on: a newcomer there gets the cluster's history (the message
+    # the node never heard included) and user list, and can talk.
+    erin = register_once_back(o, cut, "erin")
+    block = erin.sync()
+    assert [line.split(" ", 2)[2] for line in block if line.startswith("HISTORY")] == [
+        "bob while you were away", "bob still away"], block
+    assert [line for line in block if line.startswith("USER")][-1] == "USERS 2", block
+    erin.send("MSG hello from the node that came back")
+    assert bob.expect("MSG").endswith("erin * hello from the node that came back")

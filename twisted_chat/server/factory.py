@@ -230,6 +230,11 @@ class ChatFactory(ServerFactory):
                                                 self.config.history_bytes)
         return self._history_block
 
+    def history_replaced(self) -> None:
+        """The history's entries were replaced (a cluster node that loads
+        them again, docs/cluster.md): the newcomers' block is built anew."""
+        self._history_block = None
+
     # -- the hub's Listener ------------------------------------------------------
 
     def roster_changing(self) -> None:  # the hub's Listener

@@ -131,6 +131,10 @@ class ClusterState:
         self.on_lost: Callable[[], None] = lambda: None
         #: Called with the node's new id, before it can append anything.
         self.on_renamed: Callable[[str], None] = lambda node: None
+        #: Called when the replica and the history have been loaded (at
+        #: start, and again after L{missed}): what the listener built from
+        #: the history before is stale.
+        self.on_reloaded: Callable[[], None] = lambda: None
         self.closing = False
         self._k = 0
         self._pending: dict[int, _Waiting] = {}
@@ -468,24 +472,53 @@ class ClusterState:
 
     def lost(self) -> None:
         if not self.closing:
-            old, self.node = self.node, new_node_id()
-            self.replica.node = self.node
-            self.on_renamed(self.node)
-            # What was waiting was its old self's: taken back where it can
-            # be.  Its users are about to be told BYE; a registration gets
-            # RETRY (one that reaches the log after the death is skipped by
-            # every replica: the old id is dead).
-            assert self.events is not None
-            for k, waiting in list(self._pending.items()):
-                self._forget(k)
-                self.events.withdraw(waiting.ticket)
-                if waiting.registration and waiting.answer is not None:
-                    waiting.answer.errback(StateUnavailable())
+            old = self._rename()
             self.log.error(
                 "the cluster declared this node ({old}) dead: its users were disconnected;"
                 " going on as node {new}", old=old, new=self.node,
             )
             self.on_lost()
+
+    def missed(self) -> None:
+        """
+        The log no longer holds events this node has not applied (it was
+        cut off from the log, or behind it, for longer than the log keeps
+        them): its replica cannot be trusted, and neither can what its users
+        were shown.  It goes on as a lost node does: its users are told
+        C{BYE shutdown}, it takes a new id, and it tells the cluster that its
+        old id is dead (the others may not have declared it so: its lease
+        may have been renewed all along).  The replica is emptied, for the
+        log to load the snapshot into it (L{Replica.restore}).
+        """
+        old = self._rename()
+        self.log.error(
+            "this node ({old}) missed events the cluster no longer keeps: its users were "
+            "disconnected; going on as node {new}", old=old, new=self.node,
+        )
+        self.on_lost()
+        if not self.closing:
+            self._append({"t": "dead", "node": old})
+        if self._tick_call is not None and self._tick_call.active():
+            self._tick_call.cancel()  # the restored replica arms its own
+        self._tick_call = self._tick_due = self._tick_dropped = None
+        self.replica.clear()
+
+    def _rename(self) -> str:
+        """Take a new id; return the old one."""
+        old, self.node = self.node, new_node_id()
+        self.replica.node = self.node
+        self.on_renamed(self.node)
+        # What was waiting was its old self's: taken back where it can
+        # be.  Its users are about to be told BYE; a registration gets
+        # RETRY (one that reaches the log after the death is skipped by
+        # every replica: the old id is dead).
+        assert self.events is not None
+        for k, waiting in list(self._pending.items()):
+            self._forget(k)
+            self.events.withdraw(waiting.ticket)
+            if waiting.registration and waiting.answer is not None:
+                waiting.answer.errback(StateUnavailable())
+        return old
 
 
 def _not_sent(registration: bool, why: str) -> Exception:

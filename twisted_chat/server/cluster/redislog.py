@@ -10,8 +10,9 @@ Keys (all under C{chat:}):
     lease has expired is declared dead by whichever node notices first.
   - C{chat:snapshot}: the state as of some event id (JSON, see
     L{Replica.snapshot}), written by each node every L{SNAPSHOT_INTERVAL}
-    seconds; a starting node loads it and reads the stream after it.  The
-    stream is trimmed to the snapshot before the last one.
+    seconds, only over an older one (L{SAVE_SNAPSHOT}); a starting node loads
+    it and reads the stream after it.  The stream is trimmed to the snapshot
+    before the last one.
   - C{chat:history}: every lobby message (a sorted set scored by time),
     written by the sender's node, pruned by C{--retain-days}.
   - C{chat:epoch}: a random value set once; when it changes, Redis lost
@@ -26,7 +27,10 @@ up from the stream itself (C{XRANGE}, on its command connection), then goes
 on with the channel, skipping what it has applied already.  So a lobby
 message costs Redis the same commands whatever the number of nodes: one
 script and the history's C{ZADD}; Redis still writes each event to each
-node's connection.
+node's connection.  A node whose next event the stream no longer holds (it
+was cut off, or behind, for longer than the stream keeps events past the
+last snapshot) cannot trust its replica: it goes on as a new node from the
+snapshot (L{ClusterState.missed}).
 
 The client is txredisapi's protocol (non-blocking, Twisted-native), on
 connections this module makes itself through Twisted endpoints, so that
@@ -78,25 +82,45 @@ READ_COUNT = 2000
 BACKOFF_FIRST = 0.2
 BACKOFF_MAX = 5.0
 
-#: Appends one event (ARGV[2]) to the stream (KEYS[1]) and publishes it on
-#: the channel (ARGV[1]) as "<the id it follows> <its id> <event>"; returns
-#: its id.  The entry it follows is the stream's last (never trimmed: the
-#: stream is trimmed below a snapshot's event).
+#: Appends one event (ARGV[2]) to the stream (KEYS[1]), with the id of the
+#: entry it follows ("0-0": none) as field p, and publishes it on the
+#: channel (ARGV[1]) as "<the id it follows> <its id> <event>"; returns its
+#: id.  The entry it follows is the stream's last (never trimmed: the stream
+#: is trimmed below a snapshot's event).  A reader that finds the first
+#: entry after its last one following another has missed what was trimmed
+#: (Redis 7.0's XINFO max-deleted-entry-id does not move on XTRIM).
 APPEND = """
 local last = redis.call('XREVRANGE', KEYS[1], '+', '-', 'COUNT', 1)
 local prev = '0-0'
 if last[1] then prev = last[1][1] end
-local id = redis.call('XADD', KEYS[1], '*', 'e', ARGV[2])
+local id = redis.call('XADD', KEYS[1], '*', 'e', ARGV[2], 'p', prev)
 redis.call('PUBLISH', ARGV[1], prev .. ' ' .. id .. ' ' .. ARGV[2])
 return id
 """
+
+#: Sets the snapshot (KEYS[1]) to ARGV[1], the state as of event ARGV[2],
+#: unless the one there is as recent or more (a node that lags behind does
+#: not put back an older one: the stream may be trimmed past it already).
+#: Returns 1 if set.  Only the start of the one there is read.
+SAVE_SNAPSHOT = """
+local head = redis.call('GETRANGE', KEYS[1], 0, 63)
+local oms, oseq = string.match(head, '^{"id":"(%d+)%-(%d+)"')
+if oms then
+  local nms, nseq = string.match(ARGV[2], '^(%d+)%-(%d+)$')
+  oms, oseq, nms, nseq = tonumber(oms), tonumber(oseq), tonumber(nms), tonumber(nseq)
+  if oms > nms or (oms == nms and oseq >= nseq) then return 0 end
+end
+redis.call('SET', KEYS[1], ARGV[1])
+return 1
+"""
+
 
 def _sha(script: str) -> str:
     return hashlib.sha1(script.encode()).hexdigest()
 
 
-APPEND_SHA = _sha(APPEND)
-SCRIPTS = (APPEND,)
+APPEND_SHA, SAVE_SNAPSHOT_SHA = _sha(APPEND), _sha(SAVE_SNAPSHOT)
+SCRIPTS = (APPEND, SAVE_SNAPSHOT)
 
 
 @dataclass(frozen=True, slots=True)
@@ -302,6 +326,7 @@ class RedisLog:
         self._down_since: float | None = None
         self._epoch: str | None = None
         self._started = False  # the snapshot has been loaded
+        self._loaded_id: str | None = None  # the event it was loaded as of
         self._stopped = False
         # Commands sent or to send, oldest first, until acknowledged.
         self._unacked: deque[_Out] = deque()
@@ -422,14 +447,13 @@ class RedisLog:
         """The snapshot and the history, into an empty replica."""
         replica = self.state.replica
         snapshot = await cmd.execute_command("GET", SNAPSHOT)
-        missing = await self._trimmed_after(cmd)
-        upto = "0-0"
-        if snapshot:
-            upto = str(json.loads(snapshot)["id"])
-            if missing is not None and id_key(missing) > id_key(upto):
-                raise ConnectionError("the snapshot is older than the stream; retrying")
-        elif missing is not None and missing != "0-0":
-            raise ConnectionError("the stream was trimmed and no snapshot is there yet")
+        upto = str(json.loads(snapshot)["id"]) if snapshot else "0-0"
+        first = await cmd.execute_command("XRANGE", STREAM, "(" + upto, "+", "COUNT", 1)
+        if first and not _follows(first[0], upto):
+            raise ConnectionError(
+                "the snapshot is older than the stream; retrying" if snapshot
+                else "the stream was trimmed and no snapshot is there yet"
+            )
         # The history first: the users the snapshot brings online are shown
         # to the listener, which may cache what a newcomer is sent.  Nothing
         # past --retain-days is shown, as one server's start-up shows none.
@@ -437,20 +461,13 @@ class RedisLog:
         await self._load_history(cmd, upto)
         if snapshot:
             replica.restore(snapshot)
+        self.state.on_reloaded()
         self._started = True
+        self._loaded_id = replica.last_id
         self.log.info(
             "cluster: state loaded as of event {id}: {n} users online",
             id=replica.last_id, n=len(replica.members),
         )
-
-    async def _trimmed_after(self, cmd: Any) -> str | None:
-        try:
-            info = await cmd.execute_command("XINFO", "STREAM", STREAM)
-        except txredisapi.ResponseError:
-            return None  # no stream yet
-        fields = dict(zip(info[::2], info[1::2], strict=False))
-        value = fields.get("max-deleted-entry-id")
-        return None if value is None else str(value)
 
     async def _load_history(self, cmd: Any, upto: str) -> None:
         history = self.state.replica.hub.history
@@ -648,6 +665,17 @@ class RedisLog:
             )
             if generation != self._generation:
                 return
+            if entries and not _follows(entries[0], last):
+                # The events between the replica's last and this one are
+                # gone from the stream (trimmed).
+                if last == self._loaded_id:
+                    # Nothing applied since the snapshot was loaded: it is
+                    # older than the stream (trimmed meanwhile); load again.
+                    self.state.replica.clear()
+                    self._started = False
+                    raise ConnectionError("the snapshot is older than the stream; retrying")
+                await self._missed(cmd, last, str(entries[0][0]))
+                continue
             batch = [(str(eid), self._parse(str(eid), fields[1])) for eid, fields in entries]
             if batch:
                 self.state.deliver(batch)
@@ -666,6 +694,22 @@ class RedisLog:
             self.log.warn("cluster: skipped a malformed event {eid}", eid=eid)
             return {}
         return event
+
+    async def _missed(self, cmd: Any, last: str, first: str) -> None:
+        """
+        The replica's next events are gone (the stream was trimmed past its
+        last one while this node was cut off or behind): it cannot be
+        trusted.  The node goes on as a new one from the snapshot (see
+        L{ClusterState.missed}: its users are told C{BYE}).
+        """
+        self.log.error(
+            "cluster: this node was cut off or behind for longer than the stream keeps "
+            "events: it applied {last}, the stream now goes on only at {first}, after "
+            "events it never read; starting again from the snapshot", last=last, first=first,
+        )
+        self._started = self._caught_up = False
+        self.state.missed()
+        await self._load(cmd)
 
     def _read_failed(self, failure: Any, generation: int) -> None:
         if generation != self._generation or failure.check(txredisapi.ConnectionError):
@@ -734,7 +778,8 @@ class RedisLog:
         if replica.last_id == self._snapshot_id or replica.last_id == "0-0":
             return
         self._snapshot_at = now
-        await cmd.execute_command("SET", SNAPSHOT, replica.snapshot())
+        await cmd.execute_command("EVALSHA", SAVE_SNAPSHOT_SHA, 1, SNAPSHOT,
+                                  replica.snapshot(), replica.last_id)
         if self._trim_to is not None:
             await cmd.execute_command("XTRIM", STREAM, "MINID", "~", self._trim_to)
         self._trim_to = self._snapshot_id or None
@@ -783,6 +828,17 @@ class RedisLog:
         self._generation += 1
         self._drop_connections()
         self.state.cancel_timers()
+
+
+def _follows(entry: Any, last: str) -> bool:
+    """Whether a stream entry ([id, fields]) follows the entry C{last}: its
+    field C{p} (see L{APPEND}) names it.  An entry without one (appended
+    otherwise) is taken to."""
+    fields = entry[1]
+    for name, value in zip(fields[::2], fields[1::2], strict=False):
+        if name == "p":
+            return id_key(str(value)) == id_key(last)
+    return True
 
 
 class _HistoryStore:

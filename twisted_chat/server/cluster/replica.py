@@ -352,6 +352,26 @@ class Replica:
 
     # -- snapshots ---------------------------------------------------------------
 
+    def clear(self) -> None:
+        """
+        Take every user out, as a replica that missed events does before it
+        L{restore}s a snapshot: through the hub, so that the listener
+        forgets them too.  This node's users go first (their connections are
+        closing): the departures of the others are then written to nobody.
+        """
+        ordered = sorted(self.members.values(),
+                         key=lambda m: (isinstance(m.user.conn, RemoteConn), id_key(m.uid)))
+        for member in ordered:
+            if self.hub.is_online(member.user):
+                self.hub.leave(member.user, "disconnected")
+        self.members.clear()
+        self.uids.clear()
+        for call in self.clock.getDelayedCalls():
+            call.cancel()  # none should be left: every invitation ended
+        self.last_id = "0-0"
+        self.last_k = {}
+        self.dead = {}
+
     def snapshot(self) -> str:
         """The state after C{last_id}, as JSON (see L{restore})."""
         users = [

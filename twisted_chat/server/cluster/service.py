@@ -47,6 +47,7 @@ def cluster_factory(
                      retain_messages=config.retain_messages)
 
     state.on_lost = lambda: drop_users(factory)
+    state.on_reloaded = factory.history_replaced
     return factory, redis
 
 
