@@ -542,6 +542,8 @@ class AnsweringRedis(FakeRedis):
     """A connection that answers every command at once (the stream's
     catch-up read: never), as a Redis with no data."""
 
+    epoch = "e"
+
     def whenDisconnected(self) -> Deferred[None]:
         return Deferred()
 
@@ -554,7 +556,9 @@ class AnsweringRedis(FakeRedis):
         if args[0] == "ZREVRANGEBYSCORE":
             return succeed([])
         if args[:2] == ("GET", "chat:epoch"):
-            return succeed("e")
+            return succeed(self.epoch)
+        if args[0] == "XADD":
+            return succeed("%d-0" % len(self.commands))
         return succeed(None)
 
 

@@ -19,16 +19,21 @@ from twisted.internet.defer import Deferred
 from tests.test_cluster_outage import FakeRedis, redis_log
 from twisted_chat.server.cluster.node import KEPT_RETRY, ClusterState
 from twisted_chat.server.cluster.redislog import APPEND_SHA, RedisLog
+from twisted_chat.server.cluster.replica import id_key
 from twisted_chat.server.hub import User
 
 
 class AnsweredRedis(FakeRedis):
-    """Records every command; the test answers each (in order, as Redis)."""
+    """Records every command; the test answers each (in order, as Redis).
+    An append taken is given a stream id past every one given or applied so
+    far (the others' events the test applies are in the stream too)."""
 
-    def __init__(self) -> None:
+    def __init__(self, state: ClusterState | None = None) -> None:
         super().__init__()
         self.replies: list[Deferred[Any]] = []
         self.answered = 0
+        self.state = state
+        self.last_ms = 0
 
     def execute_command(self, *args: Any) -> Deferred[Any]:
         self.commands.append(args)
@@ -37,15 +42,23 @@ class AnsweredRedis(FakeRedis):
 
     def answer(self, refuse: bool = False) -> dict[str, Any]:
         """Answer the oldest unanswered command: taken or refused; its
-        event, if it is an append."""
+        event, if it is an append (with the id Redis gave it as C{_id}, for
+        L{applied})."""
         i = self.answered
         self.answered += 1
+        command = self.commands[i]
+        event = dict(json.loads(command[-1])) if command[:2] == ("EVALSHA", APPEND_SHA) else {}
         if refuse:
             self.replies[i].errback(txredisapi.ResponseError("OOM command not allowed"))
-        else:
-            self.replies[i].callback(f"{i}-0")
-        command = self.commands[i]
-        return dict(json.loads(command[-1])) if command[:2] == ("EVALSHA", APPEND_SHA) else {}
+            return event
+        if not event:
+            self.replies[i].callback(1)
+            return event
+        applied_ms = 0 if self.state is None else id_key(self.state.replica.last_id)[0]
+        self.last_ms = max(self.last_ms, applied_ms, 999_999) + 1
+        event["_id"] = f"{self.last_ms}-0"
+        self.replies[i].callback(event["_id"])
+        return event
 
     def answer_all(self, refuse: bool = False) -> list[dict[str, Any]]:
         return [self.answer(refuse) for _ in range(len(self.replies) - self.answered)]
@@ -64,14 +77,17 @@ class _Conn:
 
 def connected() -> tuple[RedisLog, ClusterState, AnsweredRedis]:
     log, state = redis_log()
-    redis = AnsweredRedis()
+    redis = AnsweredRedis(state)
     log._cmd, state.available = redis, True
     return log, state, redis
 
 
 def applied(state: ClusterState, event: dict[str, Any], at: float = 1000.0) -> None:
-    """The event comes back from the stream (ids past the replica's)."""
-    ms = max(int(at * 1000), int(state.replica.last_id.split("-")[0]) + 1)
+    """The event comes back from the stream (ids past the replica's; not
+    before the one Redis gave it, if it was taken through L{AnsweredRedis})."""
+    event = dict(event)
+    taken = id_key(str(event.pop("_id", "0-0")))[0]
+    ms = max(int(at * 1000), id_key(state.replica.last_id)[0] + 1, taken)
     state.deliver([(f"{ms}-0", event)])
 
 
@@ -194,3 +210,108 @@ def test_kept_events_are_one_per_user() -> None:
     assert list(state._kept) == ["leave:" + state.replica.uids[ann]]
     log.reactor.advance(KEPT_RETRY)
     assert [(e["t"], e["r"]) for e in redis.answer_all()] == [("leave", "quit")]
+
+
+# -- a hello appended again goes after every event of its node's ---------------
+#
+# A hello says "this node's users are exactly these": appended behind an
+# event of its node's that the replica it was built from had not applied,
+# it undoes that event on every replica (a user who left comes back, one
+# who registered is taken out).  So it waits until the log is caught up.
+
+
+def refused_hello(nicks: tuple[str, ...]) -> tuple[RedisLog, ClusterState, AnsweredRedis]:
+    log, state, redis = connected()
+    for nick in nicks:
+        own_user(state, redis, nick)
+    state.hello()
+    assert redis.answer(refuse=True)["t"] == "hello"
+    assert list(state._kept) == ["hello"]
+    return log, state, redis
+
+
+def listed(hello: dict[str, Any]) -> list[str]:
+    assert hello["t"] == "hello"
+    return sorted(u[1] for u in hello["users"])
+
+
+def test_a_kept_hello_waits_for_a_leave_taken_meanwhile_to_be_applied() -> None:
+    log, state, redis = refused_hello(("ann", "bob"))
+    clock = log.reactor
+    state.leave(state.hub.online["bob"], "quit")
+    clock.advance(KEPT_RETRY)  # the leave is not answered yet
+    assert redis.answered == len(redis.replies) - 1
+    leave = redis.answer()  # Redis takes it; the replica has not read it
+    clock.advance(KEPT_RETRY)
+    assert redis.answered == len(redis.replies)  # nothing sent
+    applied(state, leave)
+    assert sorted(state.hub.online) == ["ann"]
+    clock.advance(KEPT_RETRY)
+    (hello,) = redis.answer_all()
+    assert listed(hello) == ["ann"]
+    applied(state, hello)
+    assert sorted(state.hub.online) == ["ann"]  # bob is not back
+    assert state._kept == {} and state._kept_call is None
+
+
+def test_a_kept_hello_waits_for_a_registration_taken_meanwhile_to_be_applied() -> None:
+    log, state, redis = refused_hello(("ann",))
+    clock = log.reactor
+    answer = state.register("cat", _Conn(), "-")
+    registration = redis.answer()
+    clock.advance(KEPT_RETRY)
+    assert redis.answered == len(redis.replies)
+    applied(state, registration)
+    assert answer.called and "cat" in state.hub.online
+    clock.advance(KEPT_RETRY)
+    (hello,) = redis.answer_all()
+    assert listed(hello) == ["ann", "cat"]
+    applied(state, hello)
+    assert sorted(state.hub.online) == ["ann", "cat"]  # cat is not taken out
+
+
+def test_a_kept_hello_is_not_queued_while_redis_is_out_of_reach() -> None:
+    """The retry falls due during an outage, behind a leave that waits in
+    the queue: it is not queued behind it (to be resent after it, listing
+    the user), but appended once the leave is back from the log."""
+    log, state, _ = refused_hello(("ann", "bob"))
+    clock = log.reactor
+    log._cmd, state.available = None, False  # the connection goes
+    state.leave(state.hub.online["bob"], "quit")  # waits in the queue
+    clock.advance(KEPT_RETRY)
+    assert len(log._unacked) == 1
+    again = AnsweredRedis(state)
+    log._cmd, state.available = again, True
+    log._send_unacked()
+    (leave,) = again.answer_all()
+    assert leave["t"] == "leave"
+    clock.advance(KEPT_RETRY)
+    assert again.answered == len(again.replies)  # not yet: the leave is unread
+    applied(state, leave)
+    clock.advance(KEPT_RETRY)
+    (hello,) = again.answer_all()
+    assert listed(hello) == ["ann"]
+    applied(state, hello)
+    assert sorted(state.hub.online) == ["ann"]
+
+
+def test_a_kept_hello_is_dropped_when_the_node_goes_on_under_a_new_id() -> None:
+    """Its users went with the old id; the new one has none to announce
+    (and an empty hello of the new id would be harmless, but is moot)."""
+    log, state, redis = refused_hello(("ann",))
+    old = state.node
+    applied(state, {"t": "dead", "n": "p", "k": 1, "node": old})
+    assert state.node != old
+    redis.answer_all()  # the new id's lease
+    log.reactor.advance(KEPT_RETRY)
+    assert redis.answered == len(redis.replies)
+    assert state._kept == {} and state._kept_call is None
+
+
+def test_a_new_epoch_s_hello_replaces_a_kept_one() -> None:
+    log, state, redis = refused_hello(("ann",))
+    state.hello()  # Redis lost its data (again): RedisLog._restore
+    assert listed(redis.answer()) == ["ann"]
+    log.reactor.advance(KEPT_RETRY)
+    assert redis.answered == len(redis.replies)
+    assert state._kept == {}

@@ -27,6 +27,9 @@ one the log refuses (L{refused}) is kept, at most one per user (a
 C{leave}), per node (a C{dead}), one C{tick} and one C{hello}, and appended
 again every L{KEPT_RETRY} seconds, under a new sequence number (so that no
 replica takes it for a resend of something older) until the log takes it.
+A C{hello} says "this node's users are exactly these": it is appended again
+only once nothing of this node's is on its way to the log or in it unread
+(L{ClusterState.own_events_read}), so that it lists them as of the log's end.
 """
 
 from __future__ import annotations
@@ -135,6 +138,10 @@ class ClusterState:
         #: start, and again after L{missed}): what the listener built from
         #: the history before is stale.
         self.on_reloaded: Callable[[], None] = lambda: None
+        #: Whether the log is open and holds no event of this node's that
+        #: the replica has not applied, nor will (none is being written):
+        #: then an event appended now goes after all of them.
+        self.own_events_read: Callable[[], bool] = lambda: self.available
         self.closing = False
         self._k = 0
         self._pending: dict[int, _Waiting] = {}
@@ -348,7 +355,8 @@ class ClusterState:
             return
         if kind in ("leave", "hello") and event.get("n") != self.node:
             return
-        event.pop("n", None)
+        if kind != "hello":
+            event.pop("n", None)  # a hello keeps the id it is about (see _append_kept)
         event.pop("k", None)
         self._kept.setdefault(key, event)  # the first made (a leave's reason)
         if self._kept_call is None:
@@ -360,15 +368,25 @@ class ClusterState:
         log, and under its old number a replica would skip it if anything
         newer of this node's was applied meanwhile).  What has become moot
         meanwhile is dropped; a hello lists the node's users as they are
-        now.  What the log refuses again comes back through L{refused}.
+        now, and goes only once the node has read back all of its own
+        events the log has (L{own_events_read}: a leave taken but not yet
+        applied, say, must not come after a hello still listing the user):
+        until then it stays kept.  What the
+        log refuses again comes back through L{refused}.
         (Each of these events is idempotent, a second leave or dead finding
         nobody: one that did reach the log on an earlier connection, its
         answer lost and its resend refused, is harmless appended again.)"""
         self._kept_call = None
         kept, self._kept = self._kept, {}
         replica = self.replica
-        for event in kept.values():
+        for key, event in kept.items():
             kind = event["t"]
+            if kind == "hello":
+                if event.get("n") != self.node or self.closing:
+                    continue  # about a former id of this node's, or it is leaving
+                if not self.own_events_read():
+                    self._kept[key] = event
+                    continue
             if kind == "leave" and event.get("u") not in replica.members:
                 continue  # gone meanwhile (its node declared dead, say)
             if kind == "dead" and event.get("node") in replica.dead:
@@ -378,6 +396,8 @@ class ClusterState:
             if kind == "hello":
                 event = {"t": "hello", "users": replica.local_users()}
             self._append(event)
+        if self._kept and self._kept_call is None:
+            self._kept_call = self.reactor.callLater(KEPT_RETRY, self._append_kept)
 
     def node_dead(self, node: str) -> None:
         """Tell the cluster that C{node} is gone (idempotent: a second
@@ -386,7 +406,9 @@ class ClusterState:
 
     def hello(self) -> None:
         """Redis lost its data: tell the new log who this node's users are
-        (before anything this node still has to resend)."""
+        (before anything this node still has to resend); a hello kept from
+        before is moot."""
+        self._kept.pop("hello", None)
         self._append({"t": "hello", "users": self.replica.local_users()})
 
     def log_open(self) -> None:

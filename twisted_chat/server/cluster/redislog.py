@@ -120,6 +120,7 @@ def _sha(script: str) -> str:
 
 
 APPEND_SHA, SAVE_SNAPSHOT_SHA = _sha(APPEND), _sha(SAVE_SNAPSHOT)
+APPENDING = ("EVALSHA", APPEND_SHA)  # how an append's command starts
 SCRIPTS = (APPEND, SAVE_SNAPSHOT)
 
 
@@ -342,9 +343,12 @@ class RedisLog:
         # Whether the replica has caught up with the stream since the
         # connection (re)opened: its snapshots are written only then.
         self._caught_up = False
+        # The id of the last event of this node's that Redis took (this epoch).
+        self._taken: str | None = None
         self._ready: Deferred[None] = Deferred()
         state.events = self
         state.on_renamed = self._renamed
+        state.own_events_read = self._own_events_read
 
     # -- starting, reconnecting -------------------------------------------------
 
@@ -435,6 +439,7 @@ class RedisLog:
             self._snapshot_id = ""
             self._trim_to = None
             self._snapshot_at = 0.0
+            self._taken = None
             waiting = list(self._unacked)
             self._unacked.clear()
             self.state.hello()
@@ -564,12 +569,24 @@ class RedisLog:
         generation = self._generation
         out.sent = True
         d = self._cmd.execute_command(*out.command)
-        d.addCallbacks(self._acked, self._not_acked, (generation,), None, (generation, out))
+        d.addCallbacks(self._acked, self._not_acked, (generation, out), None, (generation, out))
 
-    def _acked(self, result: object, generation: int) -> None:
+    def _acked(self, result: object, generation: int, out: _Out) -> None:
         if generation == self._generation and self._unacked:
             self._unacked.popleft()
             self._refusing = False
+        if out.command[:2] == APPENDING:
+            self._taken = str(result)  # the event's id
+
+    def _own_events_read(self) -> bool:
+        """See L{ClusterState.own_events_read}: no event of this node's is
+        queued or unanswered, and the replica has applied the last Redis took."""
+        if self._cmd is None or not self.state.available:
+            return False
+        if any(out.command[:2] == APPENDING for out in self._unacked):
+            return False
+        taken = self._taken
+        return taken is None or id_key(self.state.replica.last_id) >= id_key(taken)
 
     def _not_acked(self, failure: Any, generation: int, out: _Out) -> None:
         if failure.check(txredisapi.ResponseError) and "NOSCRIPT" in failure.getErrorMessage():
