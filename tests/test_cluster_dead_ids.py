@@ -13,8 +13,10 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from tests.test_cluster_outage import outage
+from tests.test_cluster_outage import AnsweringRedis, outage, redis_log
+from tests.test_cluster_refused import _Conn, applied, connected
 from tests.test_cluster_unit import Cluster, Node
+from twisted_chat.server.cluster.redislog import APPEND_SHA
 from twisted_chat.server.cluster.replica import DEAD_KEEP, HELLO
 
 
@@ -161,9 +163,89 @@ def test_a_new_epoch_starts_with_no_dead_ids() -> None:
     assert "ann" not in n1.hub.online and "node0" in n1.state.replica.dead
     n1.state.replica.new_epoch()
     assert n1.state.replica.dead == {} and n1.state.replica.last_id == "0-0"
+    assert "node0" not in n1.state.replica.last_k  # nor its sequence numbers
     started = Node(cluster, "node9")
     hello = {"t": "hello", "n": "node0", "k": 100,
              "users": [[uid, "ann", "127.0.0.1", "", ""]]}
     for node in (n1, started):
         node.state.deliver([("%d-0" % (cluster.clock.seconds() * 1000 + 1), hello)])
         assert "ann" in node.hub.online
+
+
+# -- through the node's RedisLog ---------------------------------------------------
+
+APPENDING = ("EVALSHA", APPEND_SHA)  # an event's append
+
+
+def test_a_node_going_on_under_a_new_id_judges_again_the_nodes_it_declared() -> None:
+    """Node A declares X dead, but X had declared A dead first: A's dead(X),
+    of a dead id, is skipped by every replica.  A goes on under a new id and
+    declares X again at its next heartbeat (in a two-node cluster nobody
+    else would: X's users would stay online, their nicks held, for good)."""
+    log, state, redis = connected()
+    applied(state, {"t": "reg", "n": "x", "k": 1, "nick": "xena"})
+    log._up_since = -1e9  # connected for longer than a lease
+
+    def beat() -> list[dict[str, Any]]:
+        """A heartbeat, every lease missing: the events it appends."""
+        log._heartbeat()
+        assert log._beat is not None
+        log._beat.cancel()
+        sent = []
+        while redis.answered < len(redis.replies):
+            command = redis.commands[redis.answered]
+            if command[0] == "MGET":
+                redis.replies[redis.answered].callback([None] * (len(command) - 1))
+                redis.answered += 1
+            elif command[:2] == APPENDING:
+                sent.append(redis.answer())
+            else:
+                redis.answer()
+        return sent
+
+    (dead_x,) = beat()
+    assert (dead_x["t"], dead_x["node"]) == ("dead", "x")
+    old = state.node
+    applied(state, {"t": "dead", "n": "x", "k": 2, "node": old})  # first in the log
+    applied(state, dead_x)  # skipped: its sender is dead
+    assert state.node != old and "xena" in state.hub.online
+    (again,) = beat()
+    assert (again["t"], again["node"], again["n"]) == ("dead", "x", state.node)
+    applied(state, again)
+    assert "xena" not in state.hub.online
+
+
+def test_a_new_epoch_seen_on_reconnecting_empties_the_dead_ids() -> None:
+    """RedisLog._restore on a Redis with a new epoch: the replica forgets the
+    dead ids and their sequence numbers (a replica started afterwards reads
+    the new stream from nothing), and the node's hello goes first."""
+    log, state = redis_log()
+    conns: list[AnsweringRedis] = []
+    epoch = "e"
+
+    async def new_connection(reply_timeout: float, subscriber: bool = False) -> AnsweringRedis:
+        conns.append(AnsweringRedis())
+        conns[-1].epoch = epoch
+        return conns[-1]
+
+    log._new_connection = new_connection  # type: ignore[method-assign]
+    log.start()
+    assert state.available
+    state.register("ann", _Conn(), "-")
+    (reg,) = [c for c in conns[0].commands if c[:2] == APPENDING]
+    state.deliver([
+        ("1000-0", json.loads(reg[-1])),
+        ("1000-1", {"t": "reg", "n": "x", "k": 1, "nick": "xena"}),
+        ("1000-2", {"t": "hello", "n": "x", "k": 2, "users": []}),
+        ("1000-3", {"t": "dead", "n": "p", "k": 1, "node": "x"}),
+    ])
+    replica = state.replica
+    assert list(replica.dead) == ["x"] and {"x", HELLO + "x"} <= set(replica.last_k)
+    epoch = "f"  # Redis restarted without its data
+    log._lost(log._generation)
+    log.reactor.advance(1.0)  # the reconnection's backoff
+    assert state.available and len(conns) == 4
+    assert replica.dead == {} and replica.last_id == "0-0"
+    assert not {"x", HELLO + "x"} & set(replica.last_k)
+    hello = next(json.loads(c[-1]) for c in conns[2].commands if c[:2] == APPENDING)
+    assert hello["t"] == "hello" and [u[1] for u in hello["users"]] == ["ann"]

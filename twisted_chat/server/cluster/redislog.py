@@ -745,7 +745,10 @@ class RedisLog:
         connection) of any event of that id, or another node could see a
         user of the new id before its lease and take it for dead.  (With no
         connection, the next one sets it before taking registrations.)
+        The nodes it declared dead are judged again: a C{dead} its old id
+        sent after its own death is skipped by every replica.
         """
+        self._declared.clear()
         if self._cmd is not None:
             d = self._cmd.execute_command("SET", LEASE + node, "1", "PX", self.lease_ms)
             d.addErrback(lambda f: self.log.debug("lease: {e}", e=f.getErrorMessage()))

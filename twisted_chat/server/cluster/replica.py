@@ -303,14 +303,15 @@ class Replica:
     def new_epoch(self) -> None:
         """
         Redis lost its data: the stream starts again from nothing, and so
-        does the set of dead ids, which every replica, and every node started
+        does the set of dead ids (their sequence numbers forgotten with them,
+        as after L{DEAD_KEEP}), which every replica, and every node started
         afterwards (which reads the new stream from its start), derives from
         the new stream alone.  A node declared dead before the loss that never
         learnt it (its C{dead} event was lost) goes on under its id: its
         C{hello} brings its users back.
         """
         self.last_id = "0-0"
-        self.dead.clear()
+        self._forget_dead(float("inf"))
 
     _HANDLERS: dict[str, Callable[[Replica, str, str, int, dict[str, Any]], Any]] = {
         "reg": _register,
