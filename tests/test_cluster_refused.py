@@ -14,7 +14,7 @@ import json
 from typing import Any
 
 import txredisapi  # type: ignore[import-untyped]
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import Deferred, ensureDeferred
 
 from tests.test_cluster_outage import FakeRedis, redis_log
 from twisted_chat.server.cluster.node import KEPT_RETRY, ClusterState
@@ -315,3 +315,43 @@ def test_a_new_epoch_s_hello_replaces_a_kept_one() -> None:
     log.reactor.advance(KEPT_RETRY)
     assert redis.answered == len(redis.replies)
     assert state._kept == {}
+
+
+# -- stopping ---------------------------------------------------------------------
+
+
+def _stop_ticks(log: RedisLog, seconds: float) -> None:
+    for _ in range(round(seconds / 0.02)):
+        log.reactor.advance(0.02)
+
+
+def test_stop_waits_within_its_grace_for_a_refused_dead_to_be_taken() -> None:
+    """SIGTERM: the node's own dead (its users leave at once for the others)
+    is refused; stop appends it again before it drops its lease."""
+    log, state, redis = connected()
+    own_user(state, redis, "ann")
+    state.stopping()
+    assert redis.answer(refuse=True)["t"] == "dead"
+    stopped = ensureDeferred(log.stop(grace=3.0))
+    _stop_ticks(log, KEPT_RETRY + 0.04)
+    assert not stopped.called
+    dead = redis.answer()  # appended again, before anything else
+    assert (dead["t"], dead["node"]) == ("dead", state.node)
+    _stop_ticks(log, 0.04)
+    assert redis.commands[-1] == ("DEL", "chat:node:" + state.node)
+    redis.answer()
+    assert stopped.called
+
+
+def test_stop_waits_for_refused_events_no_longer_than_its_grace() -> None:
+    log, state, redis = connected()
+    own_user(state, redis, "ann")
+    state.stopping()
+    stopped = ensureDeferred(log.stop(grace=3.0))
+    for _ in range(3):
+        redis.answer_all(refuse=True)
+        _stop_ticks(log, KEPT_RETRY)
+    # At the end of the grace, with the third try unanswered: the lease goes.
+    assert [c[0] for c in redis.commands[-2:]] == ["EVALSHA", "DEL"]
+    redis.answer_all()
+    assert stopped.called and state._kept_call is None

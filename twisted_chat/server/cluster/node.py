@@ -399,6 +399,10 @@ class ClusterState:
         if self._kept and self._kept_call is None:
             self._kept_call = self.reactor.callLater(KEPT_RETRY, self._append_kept)
 
+    def keeping(self) -> bool:
+        """Whether events the log refused are kept, to be appended again."""
+        return bool(self._kept)
+
     def node_dead(self, node: str) -> None:
         """Tell the cluster that C{node} is gone (idempotent: a second
         C{dead} for the same node finds nobody left)."""
@@ -433,6 +437,7 @@ class ClusterState:
         """
         if not self.closing:
             self.closing = True
+            self._kept.pop("hello", None)  # its users leave with the dead
             self._append({"t": "dead", "node": self.node})
 
     def _schedule_tick(self) -> None:

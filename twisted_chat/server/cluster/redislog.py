@@ -833,9 +833,11 @@ class RedisLog:
     # -- stopping --------------------------------------------------------------------
 
     async def stop(self, grace: float = 3.0) -> None:
-        """Write what is queued (within C{grace} seconds), drop the lease, close."""
+        """Write what is queued, and what Redis refused and the node appends
+        again (within C{grace} seconds), drop the lease, close."""
         deadline = self.reactor.seconds() + grace
-        while self._unacked and self._cmd is not None and self.reactor.seconds() < deadline:
+        while ((self._unacked or self.state.keeping()) and self._cmd is not None
+               and self.reactor.seconds() < deadline):
             await _sleep(self.reactor, 0.02)
         self._stopped = True
         if self._retry is not None and self._retry.active():
