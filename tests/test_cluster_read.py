@@ -132,6 +132,13 @@ class MemoryRedis:
                  if id_key(eid) > id_key(start[1:])]
         return after[:count]
 
+    def _xrevrange(self, key: str, end: str, start: str, count_word: str, count: int) -> Any:
+        assert (end, start) == ("+", "-")
+        return [[eid, ["e", e, "p", p]] for eid, e, p in reversed(self.stream)][:count]
+
+    def _getrange(self, key: str, start: int, end: int) -> str:
+        return self.keys.get(key, "")[start:end + 1]
+
     def _save_snapshot(self, sha: str, nkeys: int, key: str, text: str, eid: str) -> int:
         old = self.keys.get(key)
         if old is not None and id_key(json.loads(old)["id"]) >= id_key(eid):

@@ -474,6 +474,11 @@ class ClusterState:
 
     # -- Answers (the replica about this node's events) ------------------------
 
+    def first_waiting(self) -> int | None:
+        """The sequence number of this node's oldest command still waiting
+        for its decision, if any."""
+        return min(self._pending, default=None)
+
     def conn_for(self, k: int) -> Any:
         entry = self._pending.get(k)
         return None if entry is None else entry.conn

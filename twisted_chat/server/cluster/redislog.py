@@ -30,7 +30,10 @@ script and the history's C{ZADD}; Redis still writes each event to each
 node's connection.  A node whose next event the stream no longer holds (it
 was cut off, or behind, for longer than the stream keeps events past the
 last snapshot) cannot trust its replica: it goes on as a new node from the
-snapshot (L{ClusterState.missed}).
+snapshot (L{ClusterState.missed}).  One whose last event is gone from the
+stream while what follows follows an older one (Redis lost its last
+events, its epoch kept) keeps its users and announces them again, as at a
+new epoch (L{RedisLog._tail_lost}).
 
 The client is txredisapi's protocol (non-blocking, Twisted-native), on
 connections this module makes itself through Twisted endpoints, so that
@@ -51,6 +54,7 @@ import contextlib
 import hashlib
 import json
 import random
+import re
 import urllib.parse
 from collections import deque
 from dataclasses import dataclass
@@ -328,6 +332,11 @@ class RedisLog:
         self._epoch: str | None = None
         self._started = False  # the snapshot has been loaded
         self._loaded_id: str | None = None  # the event it was loaded as of
+        # Whether an event of this node's was sent since the snapshot was loaded.
+        self._sent_since_load = False
+        # The stream's last entry, when a read found that Redis lost the
+        # events after it (see _tail_lost).
+        self._lost_tail: str | None = None
         self._stopped = False
         # Commands sent or to send, oldest first, until acknowledged.
         self._unacked: deque[_Out] = deque()
@@ -436,17 +445,74 @@ class RedisLog:
             # The new stream starts from scratch (no dead node ids either);
             # what this node still has to send goes after its users' list.
             self.state.replica.new_epoch()
-            self._snapshot_id = ""
-            self._trim_to = None
-            self._snapshot_at = 0.0
-            self._taken = None
-            waiting = list(self._unacked)
-            self._unacked.clear()
-            self.state.hello()
-            self._unacked.extend(waiting)
+            self._lost_tail = None
+            self._announce()
+        elif self._started:
+            lost, self._lost_tail = self._lost_tail, None
+            if lost is None:
+                # The last event the replica applied, or the last of this
+                # node's that Redis took (the node may not have read it yet).
+                reached = max(self.state.replica.last_id, self._taken or "0-0", key=id_key)
+                lost = await self._lost_after(cmd, reached)
+            if lost is not None:
+                await self._tail_lost(cmd, lost)
         self._epoch = epoch
         if not self._started:
             await self._load(cmd)
+
+    async def _lost_after(self, cmd: Any, reached: str) -> str | None:
+        """If the stream lost entry C{reached} (Redis lost its last events),
+        the last entry it kept before it; else C{None} (it is there, or it
+        was trimmed: the stream goes on after it as it went on then)."""
+        if reached == "0-0":
+            return None
+        after = await cmd.execute_command("XRANGE", STREAM, "(" + reached, "+", "COUNT", 1)
+        if after:
+            prev = _follows_id(after[0])
+            return prev if prev is not None and id_key(prev) < id_key(reached) else None
+        tail = await cmd.execute_command("XREVRANGE", STREAM, "+", "-", "COUNT", 1)
+        end = str(tail[0][0]) if tail else "0-0"
+        return end if id_key(end) < id_key(reached) else None
+
+    async def _tail_lost(self, cmd: Any, end: str) -> None:
+        """
+        Redis lost the stream's last events, its epoch kept (a crash lost
+        the last second that C{appendfsync everysec} had not written, say):
+        the stream goes on after C{end}, the last entry it kept, and this
+        replica applied events after it that no replica started from now on
+        will see.  Handled as a new epoch is: this node's users stay, and a
+        C{hello} (before anything it still has to resend) makes every
+        replica's view of them this node's; the dead ids of the lost events
+        are forgotten (a replica started now never saw them).
+        """
+        replica = self.state.replica
+        self.log.error(
+            "cluster: Redis lost the stream's last events (this node applied {last}, the "
+            "stream ends at {end}); this node announces its users again, and resends "
+            "what it had not had acknowledged", last=replica.last_id, end=end,
+        )
+        replica.lost_tail(end)
+        # A snapshot as of a lost event (kept while the events were not:
+        # not with an append-only file) would stop every node from starting.
+        head = await cmd.execute_command("GETRANGE", SNAPSHOT, 0, 63)
+        found = re.match(r'\{"id":"(\d+-\d+)"', str(head or ""))
+        if found and id_key(found.group(1)) > id_key(end):
+            await cmd.execute_command("DEL", SNAPSHOT)
+        self._loaded_id = None
+        self._announce()
+
+    def _announce(self) -> None:
+        """After Redis lost events (all, or its last ones): this node's
+        snapshots and trims start afresh, and its users' list (a C{hello})
+        goes ahead of what it still has to send."""
+        self._snapshot_id = ""
+        self._trim_to = None
+        self._snapshot_at = 0.0
+        self._taken = None
+        waiting = list(self._unacked)
+        self._unacked.clear()
+        self.state.hello()
+        self._unacked.extend(waiting)
 
     async def _load(self, cmd: Any) -> None:
         """The snapshot and the history, into an empty replica."""
@@ -469,10 +535,32 @@ class RedisLog:
         self.state.on_reloaded()
         self._started = True
         self._loaded_id = replica.last_id
+        self._sent_since_load = any(out.sent and out.command[:2] == APPENDING
+                                    for out in self._unacked)
         self.log.info(
             "cluster: state loaded as of event {id}: {n} users online",
             id=replica.last_id, n=len(replica.members),
         )
+        await self._check_loaded(cmd)
+
+    async def _check_loaded(self, cmd: Any) -> None:
+        """What the snapshot just loaded says of this node: that it was
+        declared dead (it goes on under a new id), or that it applied an
+        event of this node's that the node has not read back (its answer
+        would never come; the node goes on as one that missed events)."""
+        state, replica = self.state, self.state.replica
+        if state.node in replica.dead:
+            state.lost()
+            return
+        k = state.first_waiting()
+        if k is not None and k <= replica.last_k.get(state.node, 0):
+            self.log.error(
+                "cluster: the snapshot holds event {k} of this node's ({node}), which it "
+                "never read back; starting again from the snapshot", k=k, node=state.node,
+            )
+            self._started = self._caught_up = False
+            state.missed()
+            await self._load(cmd)
 
     async def _load_history(self, cmd: Any, upto: str) -> None:
         history = self.state.replica.hub.history
@@ -503,11 +591,11 @@ class RedisLog:
         self._drop_connections()
         self._schedule_retry()
 
-    def _lost(self, generation: int) -> None:
+    def _lost(self, generation: int, why: str = "connection lost") -> None:
         if generation != self._generation or self._stopped:
             return
         self._generation += 1
-        self._note_down("connection lost")
+        self._note_down(why)
         self._drop_connections()
         self._schedule_retry()
 
@@ -568,6 +656,8 @@ class RedisLog:
     def _send(self, out: _Out) -> None:
         generation = self._generation
         out.sent = True
+        if out.command[:2] == APPENDING:
+            self._sent_since_load = True
         d = self._cmd.execute_command(*out.command)
         d.addCallbacks(self._acked, self._not_acked, (generation, out), None, (generation, out))
 
@@ -682,16 +772,30 @@ class RedisLog:
             )
             if generation != self._generation:
                 return
-            if entries and not _follows(entries[0], last):
+            prev = _follows_id(entries[0]) if entries else None
+            if prev is not None and id_key(prev) < id_key(last):
+                # The first entry after the replica's last follows an older
+                # one: Redis lost the replica's last events (a crash lost
+                # the stream's tail, entries deleted): announce this node's
+                # users again, on a new connection (see _restore).
+                self._lost_tail = prev
+                raise ConnectionError(
+                    f"Redis lost the stream's last events (this node applied {last}, the "
+                    f"stream goes on after {prev}); reconnecting to announce its users again"
+                )
+            if prev is not None and id_key(prev) != id_key(last):
                 # The events between the replica's last and this one are
                 # gone from the stream (trimmed).
-                if last == self._loaded_id:
-                    # Nothing applied since the snapshot was loaded: it is
-                    # older than the stream (trimmed meanwhile); load again.
+                if last == self._loaded_id and not self._sent_since_load:
+                    # Nothing applied since the snapshot was loaded, nor
+                    # sent (nothing of this node's can be in what was
+                    # trimmed): the snapshot is older than the stream
+                    # (trimmed meanwhile); load a newer one (_load then
+                    # checks what it says of this node).
                     self.state.replica.clear()
                     self._started = False
                     raise ConnectionError("the snapshot is older than the stream; retrying")
-                await self._missed(cmd, last, str(entries[0][0]))
+                await self._missed(cmd, last, str(entries[0][0]), prev)
                 continue
             batch = [(str(eid), self._parse(str(eid), fields[1])) for eid, fields in entries]
             if batch:
@@ -712,17 +816,19 @@ class RedisLog:
             return {}
         return event
 
-    async def _missed(self, cmd: Any, last: str, first: str) -> None:
+    async def _missed(self, cmd: Any, last: str, first: str, prev: str) -> None:
         """
         The replica's next events are gone (the stream was trimmed past its
-        last one while this node was cut off or behind): it cannot be
-        trusted.  The node goes on as a new one from the snapshot (see
-        L{ClusterState.missed}: its users are told C{BYE}).
+        last one while this node was cut off or behind, or, just after a
+        load, the part trimmed may hold something of this node's): it
+        cannot be trusted.  The node goes on as a new one from the snapshot
+        (see L{ClusterState.missed}: its users are told C{BYE}).
         """
         self.log.error(
-            "cluster: this node was cut off or behind for longer than the stream keeps "
-            "events: it applied {last}, the stream now goes on only at {first}, after "
-            "events it never read; starting again from the snapshot", last=last, first=first,
+            "cluster: events this node never read were trimmed from the stream (it was "
+            "cut off or behind for longer than the stream keeps events): it applied "
+            "{last}, the stream now goes on only at {first}, which follows {prev}; "
+            "starting again from the snapshot", last=last, first=first, prev=prev,
         )
         self._started = self._caught_up = False
         self.state.missed()
@@ -733,8 +839,9 @@ class RedisLog:
             return  # the connection went: _lost has it
         if failure.check(ConnectionError):
             self.log.warn("cluster: {why}", why=failure.getErrorMessage())
-        else:
-            self.log.failure("cluster: reading the stream failed", failure)
+            self._lost(generation, failure.getErrorMessage())
+            return
+        self.log.failure("cluster: reading the stream failed", failure)
         self._lost(generation)
 
     # -- heartbeat, liveness, snapshots ------------------------------------------------
@@ -775,6 +882,13 @@ class RedisLog:
             ping = reader.execute_command("PING")
             ping.addErrback(lambda f: self.log.debug("ping: {e}", e=f.getErrorMessage()))
         await cmd.execute_command("SET", LEASE + state.node, "1", "PX", self.lease_ms)
+        if self._epoch is not None and await cmd.execute_command("GET", EPOCH) != self._epoch:
+            # FLUSHDB or FLUSHALL without a restart: the connections stay,
+            # so the new epoch is seen (and handled) on a new one.
+            if cmd is self._cmd:
+                self.log.warn("cluster: Redis's epoch key changed or is gone; reconnecting")
+                self._lost(self._generation, "Redis lost its data (FLUSHDB?)")
+            return
         now = self.reactor.seconds()
         # Judge the others only after holding the connection for a whole lease:
         # after an outage every lease may have lapsed, its owner alive.
@@ -798,8 +912,18 @@ class RedisLog:
         if replica.last_id == self._snapshot_id or replica.last_id == "0-0":
             return
         self._snapshot_at = now
-        await cmd.execute_command("EVALSHA", SAVE_SNAPSHOT_SHA, 1, SNAPSHOT,
-                                  replica.snapshot(), replica.last_id)
+        try:
+            await cmd.execute_command("EVALSHA", SAVE_SNAPSHOT_SHA, 1, SNAPSHOT,
+                                      replica.snapshot(), replica.last_id)
+        except txredisapi.ResponseError as e:
+            if "NOSCRIPT" not in str(e):
+                raise
+            # Redis forgot the scripts (SCRIPT FLUSH): as for an append
+            # (_not_acked), a new connection loads them.
+            if cmd is self._cmd:
+                self.log.warn("cluster: Redis forgot the snapshot script; reconnecting")
+                self._lost(self._generation, "Redis forgot the snapshot script")
+            return
         if self._trim_to is not None:
             await cmd.execute_command("XTRIM", STREAM, "MINID", "~", self._trim_to)
         self._trim_to = self._snapshot_id or None
@@ -856,11 +980,18 @@ def _follows(entry: Any, last: str) -> bool:
     """Whether a stream entry ([id, fields]) follows the entry C{last}: its
     field C{p} (see L{APPEND}) names it.  An entry without one (appended
     otherwise) is taken to."""
+    prev = _follows_id(entry)
+    return prev is None or id_key(prev) == id_key(last)
+
+
+def _follows_id(entry: Any) -> str | None:
+    """The id of the entry a stream entry ([id, fields]) follows (its field
+    C{p}), or C{None} if it has none."""
     fields = entry[1]
     for name, value in zip(fields[::2], fields[1::2], strict=False):
         if name == "p":
-            return id_key(str(value)) == id_key(last)
-    return True
+            return str(value)
+    return None
 
 
 class _HistoryStore:

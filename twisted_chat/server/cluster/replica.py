@@ -313,6 +313,20 @@ class Replica:
         self.last_id = "0-0"
         self._forget_dead(float("inf"))
 
+    def lost_tail(self, end: str) -> None:
+        """
+        Redis lost the stream's events after C{end} (its epoch kept): the
+        stream goes on after C{end}, and the node ids this replica learnt
+        were dead from the lost events (declared after C{end}'s time) are
+        forgotten, as a replica started now never learns of them.  (What
+        else the lost events did here, the nodes' C{hello}s correct.)
+        """
+        self.last_id = end
+        after = event_seconds(end) if end != "0-0" else 0.0
+        for node, when in list(self.dead.items()):
+            if when > after:
+                del self.dead[node]
+
     _HANDLERS: dict[str, Callable[[Replica, str, str, int, dict[str, Any]], Any]] = {
         "reg": _register,
         "leave": _leave,

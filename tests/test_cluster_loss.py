@@ -1,0 +1,267 @@
+"""
+A cluster node when Redis loses part of what it had (deterministic, on the
+L{MemoryRedis} and L{Node} fakes of test_cluster_read):
+
+- a node that loaded a snapshot older than the stream reloads a newer one
+  only if nothing of its own can be in what was trimmed; and what the new
+  snapshot says of it (its id declared dead) is acted on, so it never goes
+  on under an id every replica skips;
+- Redis losing the stream's last events (a crash with appendfsync everysec,
+  its epoch kept), or all its data without a restart (FLUSHDB): the nodes
+  keep their users' connections and announce them again, and a node
+  started afterwards agrees with the running ones;
+- a snapshot script Redis forgot makes the node reconnect (it loads it).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from twisted.internet.task import Clock
+
+from tests.test_cluster_read import SCRIPTS, Conn, MemoryRedis, Node, cluster, say
+
+
+def _one_node_with_a_snapshot() -> tuple[MemoryRedis, Clock, Node, Any]:
+    clock = Clock()
+    clock.advance(1_700_000_000)
+    redis = MemoryRedis(clock)
+    n0 = Node(redis, clock, "n0")
+    clock.advance(0)
+    redis.pump()
+    ann = n0.user("ann")
+    say(n0, ann, "a")
+    clock.advance(11)  # n0's heartbeats: a snapshot
+    redis.pump()
+    assert "chat:snapshot" in redis.keys
+    return redis, clock, n0, ann
+
+
+def _lapse_and_trim(redis: MemoryRedis, clock: Clock, n0: Node, ann: Any, n1: Node,
+                    lapse: bool = True) -> str:
+    """n1 is cut off; its lease lapses, n0 declares it dead (unless not
+    C{lapse}), and 40 s of lobby messages make n0 snapshot and trim past
+    n1's loaded snapshot."""
+    old = n1.state.node
+    if lapse:
+        redis.keys.pop("chat:node:" + old)  # MemoryRedis ignores PX: the lease lapses
+        if old not in n0.state.replica.nodes():
+            n0.state.node_dead(old)  # no user to be judged by: declared all the same
+    for i in range(16):
+        say(n0, ann, f"m{i}")
+        clock.advance(2.5)
+        redis.pump()
+    assert (old in n0.state.replica.dead) == lapse
+    first = redis.stream[0][2]
+    assert first != n1.state.replica.last_id  # trimmed past what n1 loaded
+    return old
+
+
+def _back(redis: MemoryRedis, clock: Clock, *nodes: Node) -> None:
+    for node in nodes:
+        node.reachable = True
+    for _ in range(10):
+        clock.advance(1)
+        redis.pump()
+
+
+def _a_newcomer_on_n1_is_known_everywhere(
+        redis: MemoryRedis, clock: Clock, n0: Node, n1: Node) -> None:
+    """n1's next registration is answered (not skipped as a dead id's) and
+    known on n0 too."""
+    amy: list[Any] = []
+    n1.state.register("amy", Conn(), "-").addBoth(amy.append)
+    clock.advance(0.01)
+    redis.pump()
+    assert [type(a).__name__ for a in amy] == ["User"]
+    assert n0.nicks() == n1.nicks() == ["amy", "ann"]
+
+
+def test_a_node_that_sent_a_registration_after_loading_does_not_reload_as_if_unseen() -> None:
+    """n1 loads the snapshot, sends NICK zed (Redis takes it, n1 never hears
+    it) and is cut off; n0 declares it dead, the stream is trimmed past
+    both.  Back, n1 must not reload the newer snapshot under its old id
+    (every replica skips that id: a zombie whose registrations are never
+    answered): it goes the missed() way, under a new id, and its next
+    registration is answered and known everywhere."""
+    redis, clock, n0, ann = _one_node_with_a_snapshot()
+    n1 = Node(redis, clock, "n1")
+    clock.advance(0)
+    redis.pump()
+    loaded = n1.state.replica.last_id
+    answers: list[Any] = []
+    n1.state.register("zed", Conn(), "-").addBoth(answers.append)
+    n1.cut()  # Redis took the NICK; n1 never heard it
+    redis.pump()
+    assert "zed" in n0.nicks() and n1.state.replica.last_id == loaded
+    old = _lapse_and_trim(redis, clock, n0, ann, n1)
+    _back(redis, clock, n1)
+    assert n1.state.node != old
+    assert n1.lost == 1
+    assert "zed" not in n1.nicks() and "zed" not in n0.nicks()
+    _a_newcomer_on_n1_is_known_everywhere(redis, clock, n0, n1)
+
+
+def test_a_registration_sent_after_loading_and_trimmed_is_not_held_for_good() -> None:
+    """As above, n1's lease kept (nobody declares it dead): the newer
+    snapshot holds zed as n1's user, whose answer n1 would never get (a
+    remote user on its own node, the nick held for good).  n1 goes the
+    missed() way: new id, its old one declared dead, zed free everywhere."""
+    redis, clock, n0, ann = _one_node_with_a_snapshot()
+    n1 = Node(redis, clock, "n1")
+    clock.advance(0)
+    redis.pump()
+    n1.state.register("zed", Conn(), "-")
+    n1.cut()
+    redis.pump()
+    old = _lapse_and_trim(redis, clock, n0, ann, n1, lapse=False)
+    assert "zed" in n0.nicks()
+    _back(redis, clock, n1)
+    assert n1.state.node != old and n1.lost == 1
+    assert "zed" not in n1.nicks() and "zed" not in n0.nicks()
+    _a_newcomer_on_n1_is_known_everywhere(redis, clock, n0, n1)
+
+
+def test_a_node_declared_dead_before_the_snapshot_it_reloads_takes_a_new_id() -> None:
+    """n1 loaded and sent nothing: the trimmed part holds nothing of its
+    own but its death (n0 declared it dead).  It reloads the newer snapshot,
+    which lists its id as dead: it goes on under a new id, and what it
+    sends next is applied everywhere (not skipped as the dead id's)."""
+    redis, clock, n0, ann = _one_node_with_a_snapshot()
+    n1 = Node(redis, clock, "n1")
+    clock.advance(0)
+    redis.pump()
+    n1.cut()
+    old = _lapse_and_trim(redis, clock, n0, ann, n1)
+    _back(redis, clock, n1)
+    assert n1.state.node != old and n1.lost == 1
+    _a_newcomer_on_n1_is_known_everywhere(redis, clock, n0, n1)
+
+
+def _lose_tail(redis: MemoryRedis, entries: int) -> None:
+    """Redis loses the stream's last entries (its epoch and id counter kept)."""
+    del redis.stream[-entries:]
+
+
+def _nobody_told_bye_and_a_new_node_agrees(
+        redis: MemoryRedis, clock: Clock, n0: Node, n1: Node, bob: Any,
+        nicks: list[str]) -> Node:
+    """The lobby goes on (bob on n1 speaks), nobody was told BYE, and a
+    node started now shows the same users as the running ones."""
+    say(n1, bob, "after")
+    assert n0.lost == n1.lost == 0
+    assert n0.listener.said()[-1] == n1.listener.said()[-1] == "after"
+    n2 = Node(redis, clock, "n2")
+    clock.advance(0)
+    redis.pump()
+    assert n0.nicks() == n1.nicks() == n2.nicks() == nicks
+    return n2
+
+
+def test_redis_losing_the_streams_last_events_keeps_every_users_connection() -> None:
+    """A Redis crash loses the stream's last second (appendfsync everysec),
+    its epoch kept: ann's "lost" message, carol's registration on n0, and
+    bob2's leave on n1, all applied by both nodes.  No node tells its users
+    BYE; each announces its users again; the lobby goes on; and a node
+    started afterwards agrees with the running ones."""
+    redis, clock, (n0, n1) = cluster(2)
+    ann, bob = n0.user("ann"), n1.user("bob")
+    bob2 = n1.user("bob2")
+    say(n0, ann, "kept")
+    n0.user("carol")
+    n1.state.leave(bob2, "quit")
+    say(n0, ann, "lost")
+    redis.pump()
+    assert n0.nicks() == n1.nicks() == ["ann", "bob", "carol"]
+    _lose_tail(redis, 3)  # carol's registration, bob2's leave, "lost"
+    n0.cut()
+    n1.cut()  # the restart
+    _back(redis, clock, n0, n1)
+    n2 = _nobody_told_bye_and_a_new_node_agrees(redis, clock, n0, n1, bob,
+                                                ["ann", "bob", "carol"])
+    assert n0.state.replica.last_id == n1.state.replica.last_id == n2.state.replica.last_id
+    # Every replica names the same users by the same ids, on the same nodes.
+    views = [sorted((uid, m.node, m.user.nick) for uid, m in n.state.replica.members.items())
+             for n in (n0, n1, n2)]
+    assert views[0] == views[1] == views[2]
+    carol = n2.state.hub.online["carol"]
+    assert n2.state.replica.members[n2.state.replica.uids[carol]].node == n0.state.node
+
+
+def test_a_lost_tail_is_noticed_from_the_channel_without_a_reconnection() -> None:
+    """The stream's last entries go (deleted) while the nodes stay
+    connected: the next event follows an entry older than the nodes' last
+    (its field p); they announce their users again, nobody is told BYE."""
+    redis, clock, (n0, n1) = cluster(2)
+    ann, bob = n0.user("ann"), n1.user("bob")
+    say(n0, ann, "one", "two")
+    _lose_tail(redis, 1)
+    say(n0, ann, "three")
+    clock.advance(1)
+    redis.pump()
+    say(n1, bob, "four")
+    assert n0.lost == n1.lost == 0
+    assert n0.nicks() == n1.nicks() == ["ann", "bob"]
+    assert n0.listener.said()[-1] == n1.listener.said()[-1] == "four"
+    hellos = [e["n"] for e in redis.events() if e["t"] == "hello"]
+    assert sorted(hellos) == sorted([n0.state.node, n1.state.node])
+
+
+def test_flushdb_without_a_restart_takes_the_new_epoch_path() -> None:
+    """FLUSHDB (or FLUSHALL) while the nodes stay connected: at their next
+    heartbeat they see the epoch key gone, reconnect, see a new epoch and
+    announce their users; nobody is told BYE, and a node started afterwards
+    agrees."""
+    redis, clock, (n0, n1) = cluster(2)
+    ann, bob = n0.user("ann"), n1.user("bob")
+    say(n0, ann, "before")
+    redis.stream.clear()
+    redis.keys.clear()
+    redis.history.clear()
+    redis.last = (0, 0)
+    for _ in range(4):
+        clock.advance(1)
+        redis.pump()
+    _nobody_told_bye_and_a_new_node_agrees(redis, clock, n0, n1, bob, ["ann", "bob"])
+
+
+def test_a_snapshot_script_redis_forgot_makes_the_node_reconnect() -> None:
+    """SCRIPT FLUSH just before a snapshot: the node reconnects (loading
+    the scripts again) rather than logging it at debug level and never
+    writing a snapshot again."""
+    redis, clock, (n0,) = cluster(1)
+    ann = n0.user("ann")
+    say(n0, ann, "a")
+    redis.scripts.clear()
+    clock.advance(2.5)  # the heartbeat's snapshot: NOSCRIPT
+    assert "chat:snapshot" not in redis.keys
+    clock.advance(1)  # the reconnection
+    redis.pump()
+    assert redis.calls["SCRIPT"] == 2 * len(SCRIPTS)
+    clock.advance(10)
+    redis.pump()
+    assert "chat:snapshot" in redis.keys
+
+
+def test_a_node_whose_own_lost_event_it_never_read_announces_its_users_too() -> None:
+    """Redis took n0's registration of zed and lost it; n1 had applied it,
+    n0 not yet (it lagged on the channel).  n0's replica is not past the
+    stream's end, but the event Redis took is: n0 announces its users too,
+    so n1 drops zed, and a node started afterwards agrees."""
+    redis, clock, (n0, n1) = cluster(2)
+    n0.user("ann")
+    n1.user("bob")
+    n0.state.register("zed", Conn(), "-")
+    reader = next(c for c in n0.conns if c.subscriber and not c.closed)
+    reader.inbox.clear()  # n0 never hears it
+    redis.pump()
+    assert n1.nicks() == ["ann", "bob", "zed"] and n0.nicks() == ["ann", "bob"]
+    _lose_tail(redis, 1)
+    n0.cut()
+    n1.cut()
+    _back(redis, clock, n0, n1)
+    n2 = Node(redis, clock, "n2")
+    clock.advance(0)
+    redis.pump()
+    assert n0.nicks() == n1.nicks() == n2.nicks() == ["ann", "bob"]
+    assert n0.lost == n1.lost == 0
