@@ -265,3 +265,27 @@ def test_a_node_whose_own_lost_event_it_never_read_announces_its_users_too() -> 
     redis.pump()
     assert n0.nicks() == n1.nicks() == n2.nicks() == ["ann", "bob"]
     assert n0.lost == n1.lost == 0
+
+
+def test_a_node_behind_a_lost_tail_still_applies_the_kept_events_it_had_not_read() -> None:
+    """A node that had not heard the last kept events when Redis lost the
+    ones after them goes on from where it was, not from the stream's end:
+    a lobby line and an invitation that the stream kept reach its replica
+    too (found in review: it used to jump to the end and skip them)."""
+    redis, clock, (n0, n1) = cluster(2)
+    n0.user("ann")
+    bob = n1.user("bob")
+    reader = next(c for c in n0.conns if c.subscriber and not c.closed)
+    n1.state.say(bob, "kept message")  # kept in the stream
+    n1.state.pair(bob, "ann")  # kept: an invitation to ann
+    n0.state.register("zed", Conn(), "-")  # n0's own event: lost
+    reader.inbox.clear()  # n0 lags: it heard none of the three
+    redis.pump()
+    _lose_tail(redis, 1)
+    n0.cut()
+    n1.cut()
+    _back(redis, clock, n0, n1)
+    assert any("kept message" in line for line in n0.listener.said())
+    assert n0.listener.said() == n1.listener.said()
+    invitations = [node.state.hub.online["bob"].outgoing for node in (n0, n1)]
+    assert [(i.inviter.nick, i.invitee.nick) for i in invitations if i] == [("bob", "ann")] * 2

@@ -319,9 +319,12 @@ class Replica:
         stream goes on after C{end}, and the node ids this replica learnt
         were dead from the lost events (declared after C{end}'s time) are
         forgotten, as a replica started now never learns of them.  (What
-        else the lost events did here, the nodes' C{hello}s correct.)
+        else the lost events did here, the nodes' C{hello}s correct.)  A
+        replica that had not read up to C{end} goes on from where it was: it
+        still has the kept events before C{end} to apply.
         """
-        self.last_id = end
+        if end == "0-0" or id_key(end) < id_key(self.last_id):
+            self.last_id = end
         after = event_seconds(end) if end != "0-0" else 0.0
         for node, when in list(self.dead.items()):
             if when > after:
