@@ -359,7 +359,11 @@ class ClusterState:
             event.pop("n", None)  # a hello keeps the id it is about (see _append_kept)
         event.pop("k", None)
         self._kept.setdefault(key, event)  # the first made (a leave's reason)
-        if self._kept_call is None:
+        self._retry_kept()
+
+    def _retry_kept(self) -> None:
+        """Append what is kept again in L{KEPT_RETRY} seconds (one timer)."""
+        if self._kept and self._kept_call is None:
             self._kept_call = self.reactor.callLater(KEPT_RETRY, self._append_kept)
 
     def _append_kept(self) -> None:
@@ -396,8 +400,7 @@ class ClusterState:
             if kind == "hello":
                 event = {"t": "hello", "users": replica.local_users()}
             self._append(event)
-        if self._kept and self._kept_call is None:
-            self._kept_call = self.reactor.callLater(KEPT_RETRY, self._append_kept)
+        self._retry_kept()
 
     def keeping(self) -> bool:
         """Whether events the log refused are kept, to be appended again."""

@@ -680,11 +680,9 @@ class RedisLog:
 
     def _not_acked(self, failure: Any, generation: int, out: _Out) -> None:
         if failure.check(txredisapi.ResponseError) and "NOSCRIPT" in failure.getErrorMessage():
-            # Redis forgot the scripts (SCRIPT FLUSH) without closing the
-            # connection: a new one loads them, and everything is resent.
+            # Everything unacknowledged is resent on the new connection.
             if generation == self._generation:
-                self.log.warn("cluster: Redis forgot the append script; reconnecting")
-                self._lost(generation)
+                self._scripts_forgotten("append")
             return
         if failure.check(txredisapi.ResponseError):
             # Redis refused the command itself (MISCONF, OOM, READONLY):
@@ -699,6 +697,12 @@ class RedisLog:
             if out.command[0] == "EVALSHA":
                 self.state.refused(out.command[-1])  # never applied: its command is answered
         # Otherwise the connection went: everything unacknowledged is resent.
+
+    def _scripts_forgotten(self, which: str) -> None:
+        """Redis forgot the scripts (SCRIPT FLUSH) without closing the
+        connection: a new connection loads them."""
+        self.log.warn("cluster: Redis forgot the {which} script; reconnecting", which=which)
+        self._lost(self._generation, f"Redis forgot the {which} script")
 
     # -- reading -------------------------------------------------------------------
 
@@ -918,11 +922,8 @@ class RedisLog:
         except txredisapi.ResponseError as e:
             if "NOSCRIPT" not in str(e):
                 raise
-            # Redis forgot the scripts (SCRIPT FLUSH): as for an append
-            # (_not_acked), a new connection loads them.
             if cmd is self._cmd:
-                self.log.warn("cluster: Redis forgot the snapshot script; reconnecting")
-                self._lost(self._generation, "Redis forgot the snapshot script")
+                self._scripts_forgotten("snapshot")
             return
         if self._trim_to is not None:
             await cmd.execute_command("XTRIM", STREAM, "MINID", "~", self._trim_to)
