@@ -194,8 +194,9 @@ def test_a_node_going_on_under_a_new_id_judges_again_the_nodes_it_declared() -> 
         sent = []
         while redis.answered < len(redis.replies):
             command = redis.commands[redis.answered]
-            if command[0] == "MGET":
-                redis.replies[redis.answered].callback([None] * (len(command) - 1))
+            if command[0] in ("MGET", "SMEMBERS"):
+                redis.replies[redis.answered].callback([None] * (len(command) - 1)
+                                                       if command[0] == "MGET" else [])
                 redis.answered += 1
             elif command[:2] == APPENDING:
                 sent.append(redis.answer())

@@ -473,3 +473,31 @@ def test_metrics_on_each_node_are_its_own(cluster: Callable[..., Cluster]) -> No
         got = [scrape(port) for port in ports]
     assert per_node(got, "chat_users_online") == [1, 1]
     assert per_node(got, "chat_disconnects_total", reason="quit") == [0, 1]
+
+
+def test_metrics_count_live_nodes_without_users(cluster: Callable[..., Cluster]) -> None:
+    """chat_cluster_nodes on real nodes: two nodes with no users are both
+    counted (chat_cluster_nodes_with_users sees none); a node killed is no
+    longer counted once its lease has lapsed."""
+    from tests.serverproc import LOOPBACK, free_port
+    from tests.test_cluster_metrics import per_node
+    from tests.test_e2e_metrics import scrape
+    from tests.test_metrics import Values
+
+    c = cluster(0, node_timeout=3.0)  # leases of 2 s, heartbeats every 0.5 s
+    ports = [free_port(), free_port()]
+    _, n1 = (c.node("--metrics", f"tcp:{port}:interface={LOOPBACK}") for port in ports)
+
+    def until(want: list[float], which: list[int]) -> list[Values]:
+        deadline = time.monotonic() + 10
+        while True:
+            got = [scrape(ports[i]) for i in which]
+            if per_node(got, "chat_cluster_nodes") == want:
+                return got
+            assert time.monotonic() < deadline, per_node(got, "chat_cluster_nodes")
+            time.sleep(0.1)
+
+    got = until([2, 2], [0, 1])
+    assert per_node(got, "chat_cluster_nodes_with_users") == [0, 0]
+    n1.kill()
+    until([1], [0])

@@ -14,6 +14,8 @@ from typing import Any
 import pytest
 
 from tests.test_cluster_own import join, pair
+from tests.test_cluster_read import Node as RedisNode
+from tests.test_cluster_read import cluster as redis_cluster
 from tests.test_cluster_unit import Cluster, Node
 from tests.test_e2e_metrics import get
 from tests.test_metrics import Values
@@ -140,6 +142,50 @@ def test_decision_time_and_redis_up() -> None:
     n0.state.available = False  # Redis out of reach
     assert get(scrape(n0), "chat_cluster_redis_up") == 0
 
+
+
+def cluster_gauge(node: RedisNode, name: str) -> float:
+    """One chat_cluster_* gauge, as a scrape of a node on the Redis fakes reads it."""
+    for family in ClusterCollector(node.state).collect():
+        if family.name == name:
+            return float(family.samples[0].value)
+    raise AssertionError(f"no {name}")
+
+
+def test_live_nodes_are_counted_with_or_without_users() -> None:
+    """chat_cluster_nodes counts every node whose lease is alive, users or
+    not (read by the heartbeat, which each node's own lease write lists in
+    chat:nodes); a node whose lease lapsed is not counted, and is counted
+    again once it is back; nor is a node id declared dead whose lease lingers."""
+    redis, clock, nodes = redis_cluster(3)
+    n0, n1, n2 = nodes
+    n0.user("ann")  # n1 and n2 have no users
+    clock.advance(2.5)  # a heartbeat each
+    redis.pump()
+    assert [cluster_gauge(n, "chat_cluster_nodes") for n in nodes] == [3, 3, 3]
+    assert [cluster_gauge(n, "chat_cluster_nodes_with_users") for n in nodes] == [1, 1, 1]
+    n2.cut()  # no heartbeat from n2 from now on
+    redis.keys.pop("chat:node:" + n2.state.node)  # MemoryRedis ignores PX: the lease lapses
+    clock.advance(2.5)
+    redis.pump()
+    assert [cluster_gauge(n, "chat_cluster_nodes") for n in (n0, n1)] == [2, 2]
+    assert redis.sets["chat:nodes"] == {n0.state.node, n1.state.node}
+    n2.reachable = True
+    for _ in range(4):  # its reconnection, then its heartbeat
+        clock.advance(1)
+        redis.pump()
+    clock.advance(2.5)
+    redis.pump()
+    assert [cluster_gauge(n, "chat_cluster_nodes") for n in nodes] == [3, 3, 3]
+    old = n2.state.node
+    n1.state.node_dead(old)  # declared dead: n2 goes on under a new id
+    redis.pump()
+    for _ in range(2):  # every node's heartbeat after n2's (its new id listed)
+        clock.advance(2.5)
+        redis.pump()
+    assert n2.state.node != old and "chat:node:" + old in redis.keys  # until it expires
+    assert redis.sets["chat:nodes"] == {n0.state.node, n1.state.node, n2.state.node, old}
+    assert [cluster_gauge(n, "chat_cluster_nodes") for n in nodes] == [3, 3, 3]
 
 
 WALKED = "a scrape walked a collection the reactor changes"

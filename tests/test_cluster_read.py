@@ -56,6 +56,7 @@ class MemoryRedis:
         self.stream: list[tuple[str, str, str]] = []  # (id, event, the id it follows)
         self.last = (0, 0)
         self.keys: dict[str, str] = {}
+        self.sets: dict[str, set[str]] = {}
         self.history: dict[str, int] = {}  # member: score
         self.subscribers: list[FakeConnection] = []
         self.calls: Counter[str] = Counter()
@@ -165,6 +166,21 @@ class MemoryRedis:
 
     def _mget(self, *keys: str) -> list[str | None]:
         return [self.keys.get(k) for k in keys]
+
+    def _sadd(self, key: str, *members: str) -> int:
+        known = self.sets.setdefault(key, set())
+        added = set(members) - known
+        known |= added
+        return len(added)
+
+    def _smembers(self, key: str) -> list[str]:
+        return sorted(self.sets.get(key, ()))
+
+    def _srem(self, key: str, *members: str) -> int:
+        known = self.sets.get(key, set())
+        gone = known & set(members)
+        known -= gone
+        return len(gone)
 
     def _xtrim(self, key: str, how: str, approx: str, minid: str) -> int:
         before = len(self.stream)

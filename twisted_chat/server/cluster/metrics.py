@@ -48,6 +48,11 @@ class ClusterCollector(Collector):
             "(a node with none is not seen).",
             value=nodes_with_users(state))
         yield GaugeMetricFamily(
+            "chat_cluster_nodes",
+            "Cluster nodes alive (their lease in Redis renewed), with users or not, this "
+            "one included, as of this node's last heartbeat.",
+            value=state.live_nodes)
+        yield GaugeMetricFamily(
             "chat_cluster_redis_up",
             "1 while this node is connected to Redis (registrations are taken), else 0.",
             value=1 if state.available else 0)

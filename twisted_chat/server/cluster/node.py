@@ -165,6 +165,9 @@ class ClusterState:
         self.events_read = 0
         self.batches_read = 0
         self.decision_seconds = Buckets(DECISION_SECONDS_BOUNDS)
+        #: The cluster's live nodes, this one included, as of the log's last
+        #: look at their leases (0 before it looked).
+        self.live_nodes = 0
 
     # -- the commands (ChatState) ---------------------------------------------
 

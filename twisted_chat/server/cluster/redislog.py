@@ -8,6 +8,9 @@ Keys (all under C{chat:}):
     the entry's id is the event's time.
   - C{chat:node:<id>}: a node's lease, renewed by its heartbeat; a node whose
     lease has expired is declared dead by whichever node notices first.
+  - C{chat:nodes}: the ids of the nodes (a set): each node adds its own at
+    every heartbeat, and takes out those whose lease has expired; with their
+    leases, the live nodes, users or not (C{--metrics}).
   - C{chat:snapshot}: the state as of some event id (JSON, see
     L{Replica.snapshot}), written by each node every L{SNAPSHOT_INTERVAL}
     seconds, only over an older one (L{SAVE_SNAPSHOT}); a starting node loads
@@ -81,6 +84,7 @@ SNAPSHOT = "chat:snapshot"
 HISTORY = "chat:history"
 EPOCH = "chat:epoch"
 LEASE = "chat:node:"
+NODES = "chat:nodes"
 SNAPSHOT_INTERVAL = 10.0
 READ_COUNT = 2000
 BACKOFF_FIRST = 0.2
@@ -894,22 +898,42 @@ class RedisLog:
                 self._lost(self._generation, "Redis lost its data (FLUSHDB?)")
             return
         now = self.reactor.seconds()
-        # Judge the others only after holding the connection for a whole lease:
-        # after an outage every lease may have lapsed, its owner alive.
-        if self._up_since is not None and now - self._up_since >= self.lease_ms / 1000:
-            others = sorted(state.replica.nodes() - {state.node})
-            self._declared &= set(others)
-            if others:
-                leases = await cmd.execute_command("MGET", *[LEASE + n for n in others])
-                for node, lease in zip(others, leases, strict=True):
-                    if lease is None and node not in self._declared:
-                        self._declared.add(node)
-                        self.log.warn("cluster: node {node} missed its lease; it is dead",
-                                      node=node)
-                        state.node_dead(node)
+        await self._leases(cmd, now)
         await self._prune(cmd, now)
         if now - self._snapshot_at >= SNAPSHOT_INTERVAL and self._caught_up:
             await self._snapshot(cmd, now)
+
+    async def _leases(self, cmd: Any, now: float) -> None:
+        """
+        The others' leases: the nodes listed in C{chat:nodes} (every node
+        adds itself at each heartbeat) and those with users.  Counts the
+        live ones (C{--metrics}: L{ClusterState.live_nodes}), takes the
+        lapsed ones out of the list (a node cut off adds itself again when
+        it is back), and declares dead a node with users whose lease has
+        lapsed.
+        """
+        state = self.state
+        me = state.node
+        await cmd.execute_command("SADD", NODES, me)
+        listed = {str(node) for node in await cmd.execute_command("SMEMBERS", NODES)}
+        with_users = state.replica.nodes() - {me}
+        others = sorted((listed | with_users) - {me})
+        leases = await cmd.execute_command("MGET", *[LEASE + n for n in others]) if others else []
+        alive = {node for node, lease in zip(others, leases, strict=True) if lease is not None}
+        # A renamed node's former id keeps its lease a while: it was declared dead.
+        state.live_nodes = 1 + len(alive - state.replica.dead.keys())
+        lapsed = sorted(listed - alive - {me})
+        if lapsed:
+            await cmd.execute_command("SREM", NODES, *lapsed)
+        # Judge the others only after holding the connection for a whole lease:
+        # after an outage every lease may have lapsed, its owner alive.
+        if self._up_since is None or now - self._up_since < self.lease_ms / 1000:
+            return
+        self._declared &= with_users
+        for node in sorted(with_users - alive - self._declared):
+            self._declared.add(node)
+            self.log.warn("cluster: node {node} missed its lease; it is dead", node=node)
+            state.node_dead(node)
 
     async def _snapshot(self, cmd: Any, now: float) -> None:
         replica = self.state.replica
