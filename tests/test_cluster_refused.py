@@ -40,13 +40,16 @@ class AnsweredRedis(FakeRedis):
         self.replies.append(Deferred())
         return self.replies[-1]
 
-    def answer(self, refuse: bool = False) -> dict[str, Any]:
-        """Answer the oldest unanswered command: taken or refused; its
-        event, if it is an append (with the id Redis gave it as C{_id}, for
-        L{applied})."""
+    def answer(self, refuse: bool = False, value: Any = None) -> dict[str, Any]:
+        """Answer the oldest unanswered command: taken or refused (or with
+        C{value}, for a read); its event, if it is an append (with the id
+        Redis gave it as C{_id}, for L{applied})."""
         i = self.answered
         self.answered += 1
         command = self.commands[i]
+        if value is not None:
+            self.replies[i].callback(value)
+            return {}
         event = dict(json.loads(command[-1])) if command[:2] == ("EVALSHA", APPEND_SHA) else {}
         if refuse:
             self.replies[i].errback(txredisapi.ResponseError("OOM command not allowed"))

@@ -142,6 +142,9 @@ class ClusterState:
         #: the replica has not applied, nor will (none is being written):
         #: then an event appended now goes after all of them.
         self.own_events_read: Callable[[], bool] = lambda: self.available
+        #: Called after each batch of events is applied (the log settles
+        #: then what waited for the replica to read that far).
+        self.on_applied: Callable[[], None] = lambda: None
         self.closing = False
         self._k = 0
         self._pending: dict[int, _Waiting] = {}
@@ -312,6 +315,7 @@ class ClusterState:
         self.events_read += len(batch)
         self.batches_read += 1
         self._schedule_tick()
+        self.on_applied()
 
     def refused(self, event: str) -> None:
         """
@@ -321,7 +325,11 @@ class ClusterState:
         for a registration, C{ERROR unavailable} for the rest), also when
         it had been told C{ERROR unconfirmed} already.  An event of the
         node's own (not a command's) is kept and appended again later
-        (L{_keep}).
+        (L{_keep}).  A resend refused whose first copy (its answer lost
+        with a connection) may be in the log is handed over only once the
+        replica has applied the log up to where it ended after the refusal:
+        a command whose first copy was there has been decided by then, and
+        its refusal finds nothing to answer.
         """
         try:
             data = json.loads(event)

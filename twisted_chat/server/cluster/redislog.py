@@ -236,13 +236,26 @@ class _OneConnection(Factory):
 
 class _Out:
     """A command for Redis, until it is acknowledged; C{sent} once written
-    to a connection (from then on it may be in Redis, answered or not)."""
+    to a connection (from then on it may be in Redis, answered or not);
+    C{resent} once written to a later one (the first copy's answer was lost
+    with its connection: Redis may have taken it)."""
 
-    __slots__ = ("command", "sent")
+    __slots__ = ("command", "resent", "sent")
 
     def __init__(self, command: tuple[Any, ...]) -> None:
         self.command = command
         self.sent = False
+        self.resent = False
+
+
+@dataclass(slots=True)
+class _Doubt:
+    """An append of this node's that Redis refused when it was sent again
+    (C{text}, the event), whose first copy may be in the stream; C{end}: the
+    stream's last id, read after the refusal (C{None} until known)."""
+
+    text: str
+    end: str | None = None
 
 
 class _Subscriber(txredisapi.SubscriberProtocol):  # type: ignore[misc]
@@ -358,10 +371,16 @@ class RedisLog:
         self._caught_up = False
         # The id of the last event of this node's that Redis took (this epoch).
         self._taken: str | None = None
+        # Resends Redis refused whose first copy may be in the stream (see
+        # _doubt), oldest first; and the connection on which the stream's
+        # end was asked for them (one question at a time).
+        self._doubtful: list[_Doubt] = []
+        self._end_asked: int | None = None
         self._ready: Deferred[None] = Deferred()
         state.events = self
         state.on_renamed = self._renamed
         state.own_events_read = self._own_events_read
+        state.on_applied = self._settle
 
     # -- starting, reconnecting -------------------------------------------------
 
@@ -654,11 +673,20 @@ class RedisLog:
         return out
 
     def _send_unacked(self) -> None:
+        """On a new connection: send what is not acknowledged, then ask
+        again where the stream ends for the refused resends still in doubt
+        (what was read on the connection that went may be stale: Redis may
+        have lost its last events since)."""
         for out in list(self._unacked):
             self._send(out)
+        for doubt in self._doubtful:
+            doubt.end = None
+        self._end_asked = None
+        self._ask_end()
 
     def _send(self, out: _Out) -> None:
         generation = self._generation
+        out.resent = out.sent
         out.sent = True
         if out.command[:2] == APPENDING:
             self._sent_since_load = True
@@ -679,6 +707,8 @@ class RedisLog:
             return False
         if any(out.command[:2] == APPENDING for out in self._unacked):
             return False
+        if self._doubtful:
+            return False  # a refused resend's first copy may be unread
         taken = self._taken
         return taken is None or id_key(self.state.replica.last_id) >= id_key(taken)
 
@@ -698,9 +728,75 @@ class RedisLog:
             if generation == self._generation and self._unacked:
                 self._unacked.popleft()
             self._refusing = True
-            if out.command[0] == "EVALSHA":
-                self.state.refused(out.command[-1])  # never applied: its command is answered
+            if out.command[:2] == APPENDING:
+                if out.resent:
+                    self._doubt(out.command[-1])
+                else:
+                    self.state.refused(out.command[-1])  # not in the stream: answered
         # Otherwise the connection went: everything unacknowledged is resent.
+
+    # -- a refused resend whose first copy may be in the stream ---------------------
+
+    def _doubt(self, event: str) -> None:
+        """
+        Redis refused an append that had been sent before, on a connection
+        that went before Redis answered: the first copy may be in the stream
+        (Redis took it, its answer was lost), to be applied when the replica
+        reads it.  So the refusal is not handed to the node at once (its
+        command would be answered "not sent" and take effect all the same):
+        the node asks where the stream ends now (one C{XREVRANGE}: a read,
+        which Redis answers while it refuses writes; the first copy, if
+        any, is at or before that end), and hands the refusal over
+        (L{ClusterState.refused}) only once the replica has applied events up
+        to there (L{_settle}).  If the first copy was there, its command was
+        decided by then, as any other, and the refusal finds nothing left to
+        answer; if not, it is answered "not sent" then.  Meanwhile no kept
+        C{hello} goes out (L{_own_events_read}): behind that first copy, it
+        would undo it.
+        """
+        self._doubtful.append(_Doubt(event))
+        self._ask_end()
+
+    def _ask_end(self) -> None:
+        """Ask where the stream ends for the doubts that do not know yet
+        (one question per connection at a time: every refusal answered
+        before its answer was for a command Redis ran before it)."""
+        cmd = self._cmd
+        if (cmd is None or self._end_asked == self._generation
+                or all(doubt.end is not None for doubt in self._doubtful)):
+            return
+        generation = self._end_asked = self._generation
+        d = cmd.execute_command("XREVRANGE", STREAM, "+", "-", "COUNT", 1)
+        d.addCallbacks(self._end_read, self._end_failed, (generation,), None, (generation,))
+
+    def _end_read(self, entries: Any, generation: int) -> None:
+        if generation != self._generation:
+            return  # asked again on the next connection
+        self._end_asked = None
+        end = str(entries[0][0]) if entries else "0-0"
+        for doubt in self._doubtful:
+            if doubt.end is None:
+                doubt.end = end
+        self._settle()
+
+    def _end_failed(self, failure: Any, generation: int) -> None:
+        if generation == self._generation:
+            self._end_asked = None  # asked again at the next heartbeat
+        self.log.debug("the stream's end: {e}", e=failure.getErrorMessage())
+
+    def _settle(self) -> None:
+        """Hand over the refusals in doubt whose stream end the replica has
+        reached (after each batch of events applied)."""
+        if not self._doubtful:
+            return
+        last = id_key(self.state.replica.last_id)
+        settled = [doubt for doubt in self._doubtful
+                   if doubt.end is not None and id_key(doubt.end) <= last]
+        if not settled:
+            return
+        self._doubtful = [doubt for doubt in self._doubtful if doubt not in settled]
+        for doubt in settled:
+            self.state.refused(doubt.text)
 
     def _scripts_forgotten(self, which: str) -> None:
         """Redis forgot the scripts (SCRIPT FLUSH) without closing the
@@ -889,6 +985,7 @@ class RedisLog:
             # (a cut that drops packets) is noticed by its PING's timeout.
             ping = reader.execute_command("PING")
             ping.addErrback(lambda f: self.log.debug("ping: {e}", e=f.getErrorMessage()))
+        self._ask_end()  # if the last question failed
         await cmd.execute_command("SET", LEASE + state.node, "1", "PX", self.lease_ms)
         if self._epoch is not None and await cmd.execute_command("GET", EPOCH) != self._epoch:
             # FLUSHDB or FLUSHALL without a restart: the connections stay,
@@ -985,8 +1082,8 @@ class RedisLog:
         """Write what is queued, and what Redis refused and the node appends
         again (within C{grace} seconds), drop the lease, close."""
         deadline = self.reactor.seconds() + grace
-        while ((self._unacked or self.state.keeping()) and self._cmd is not None
-               and self.reactor.seconds() < deadline):
+        while ((self._unacked or self._doubtful or self.state.keeping())
+               and self._cmd is not None and self.reactor.seconds() < deadline):
             await _sleep(self.reactor, 0.02)
         self._stopped = True
         if self._retry is not None and self._retry.active():

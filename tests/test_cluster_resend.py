@@ -1,0 +1,206 @@
+"""
+What Redis refuses after a lost connection, and the history writes it
+refuses, deterministically (the node's L{RedisLog} on a fake Redis whose
+every answer the test gives, and a L{task.Clock}):
+
+  - an append sent on a connection that went before Redis answered (Redis
+    may have taken it: its first copy may be in the stream), sent again on
+    the next connection and refused there, is not answered "not sent" while
+    the first copy may still come: the node reads where the stream ends
+    after the refusal and decides once its replica has applied up to there
+    (the command took effect: its answer as usual; it did not: C{ERROR
+    unavailable}); and a kept C{hello} waits meanwhile.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import pytest
+from twisted.internet.defer import Deferred
+
+from tests.test_cluster_read import Conn
+from tests.test_cluster_refused import AnsweredRedis, applied, connected, listed, refused_hello
+from twisted_chat.server.cluster.node import KEPT_RETRY, ClusterState
+from twisted_chat.server.cluster.redislog import STREAM, RedisLog
+from twisted_chat.server.cluster.replica import id_key
+from twisted_chat.server.hub import HubError, User
+from twisted_chat.server.state import StateUnavailable
+from twisted_chat.wire import ErrorCode
+
+END = ("XREVRANGE", STREAM, "+", "-", "COUNT", 1)
+
+
+def user(state: ClusterState, redis: AnsweredRedis, nick: str) -> User:
+    state.register(nick, Conn(), "-")
+    applied(state, redis.answer())
+    return state.hub.online[nick]
+
+
+def reconnected(log: RedisLog, state: ClusterState) -> AnsweredRedis:
+    """The connection goes before Redis answered what was sent on it (as
+    RedisLog._lost); a new one opens, and what was not acknowledged is sent
+    again on it (as RedisLog._open)."""
+    log._lost(log._generation)
+    assert log._retry is not None
+    log._retry.cancel()  # the test opens the next connection itself
+    log._retry = None
+    again = AnsweredRedis(state)
+    log._cmd, state.available = again, True
+    log._send_unacked()
+    return again
+
+
+def next_id(state: ClusterState, ahead: int = 5) -> str:
+    return f"{id_key(state.replica.last_id)[0] + ahead}-0"
+
+
+def entry(eid: str, event: dict[str, Any]) -> list[Any]:
+    """A stream entry as XREVRANGE returns it."""
+    return [eid, ["e", json.dumps(event), "p", "0-0"]]
+
+
+def outcome(d: Any) -> list[Any]:
+    assert isinstance(d, Deferred)
+    results: list[Any] = []
+    d.addBoth(results.append)
+    return results
+
+
+def refused_resend(command: str = "say") -> tuple[RedisLog, ClusterState, User, list[Any],
+                                                  dict[str, Any], AnsweredRedis]:
+    """Ann's lobby line (or a NICK) is sent, the connection goes before
+    Redis answers, and Redis refuses it sent again on the next one: the
+    node, ann, the command's outcome, its event (the first copy, which the
+    test may have Redis have taken) and the new connection."""
+    log, state, redis = connected()
+    ann = user(state, redis, "ann")
+    results = outcome(state.say(ann, "hi") if command == "say"
+                      else state.register("cat", Conn(), "-"))
+    first = json.loads(redis.commands[-1][-1])
+    again = reconnected(log, state)
+    assert json.loads(again.commands[0][-1]) == first  # sent again
+    again.answer(refuse=True)
+    return log, state, ann, results, first, again
+
+
+@pytest.mark.parametrize("command", ["say", "register"])
+def test_a_refused_resend_whose_first_copy_redis_took_is_decided_not_unavailable(
+    command: str,
+) -> None:
+    """The lobby line (or NICK) reached the stream, its answer lost with the
+    connection; its resend is refused: it is answered as decided when the
+    replica applies the first copy (the echo, READY), never "not sent"."""
+    log, state, ann, results, first, again = refused_resend(command)
+    assert results == []  # not "not sent": it may be in the stream
+    assert again.commands[-1] == END
+    end = next_id(state)
+    again.answer(value=[entry(end, first)])
+    assert results == []  # the replica has not read that far
+    state.deliver([(end, first)])  # the catch-up read brings the first copy
+    if command == "say":
+        assert results == [None]
+        assert ann.conn.data == []  # no ERROR
+    else:
+        assert results == [state.hub.online["cat"]]
+    assert state._pending == {} and state.waiting_bytes == 0
+    assert log._doubtful == [] and state._kept == {}
+
+
+def test_a_refused_resend_not_in_the_stream_is_unavailable_once_read_past_it() -> None:
+    log, state, _, results, _, again = refused_resend()  # Redis never had it
+    end = next_id(state)
+    other = {"t": "tick", "n": "o", "k": 1}
+    again.answer(value=[entry(end, other)])
+    assert results == []
+    state.deliver([(end, other)])
+    (error,) = (r.value for r in results)
+    assert isinstance(error, HubError) and error.code == ErrorCode.UNAVAILABLE
+    assert "not sent" in error.text
+    assert state._pending == {} and state.waiting_bytes == 0 and log._doubtful == []
+
+
+def test_a_refused_resend_is_answered_at_once_when_the_replica_is_past_the_end() -> None:
+    """Nothing in the stream past what the replica applied: no first copy."""
+    _, state, _, results, _, again = refused_resend("register")
+    assert results == []
+    again.answer(value=[entry(state.replica.last_id, {})])
+    (error,) = (r.value for r in results)
+    assert isinstance(error, StateUnavailable)
+
+
+def test_a_refused_resend_told_unconfirmed_gets_its_error_only_if_not_sent() -> None:
+    """Its wait ended (ERROR unconfirmed) before the refusal was settled: the
+    first copy came, so nothing more is written to its user."""
+    log, state, ann, results, first, again = refused_resend()
+    log.reactor.advance(state.wait)
+    (error,) = (r.value for r in results)
+    assert error.code == ErrorCode.UNCONFIRMED
+    end = next_id(state)
+    again.answer(value=[entry(end, first)])
+    state.deliver([(end, first)])
+    assert ann.conn.data == [] and state._pending == {}
+
+
+def test_the_stream_s_end_is_asked_again_on_the_next_connection() -> None:
+    """The connection goes before the end was read (or after: Redis may have
+    lost its last events since): asked again on the next one."""
+    log, state, _, results, first, again = refused_resend()
+    assert again.commands[-1] == END
+    third = reconnected(log, state)  # nothing left to resend; the end asked again
+    assert third.commands == [END]
+    end = next_id(state)
+    third.answer(value=[entry(end, first)])
+    state.deliver([(end, first)])
+    assert results == [None] and log._doubtful == []
+
+
+def test_one_question_for_the_refusals_answered_before_it() -> None:
+    """Two resends refused: one XREVRANGE (Redis ran both before it)."""
+    log, state, redis = connected()
+    ann, bob = user(state, redis, "ann"), user(state, redis, "bob")
+    one, two = outcome(state.say(ann, "one")), outcome(state.say(bob, "two"))
+    again = reconnected(log, state)
+    again.answer(refuse=True)
+    again.answer(refuse=True)
+    assert again.commands.count(END) == 1
+    again.answer(value=[entry(state.replica.last_id, {})])
+    assert [r.value.code for r in one + two] == [ErrorCode.UNAVAILABLE] * 2
+
+
+def test_a_kept_hello_waits_for_a_refused_resend_s_first_copy() -> None:
+    """A leave taken by Redis, its answer lost, its resend refused: the
+    kept hello is not appended before the replica has read the leave (it
+    would list the user, and bring them back after it)."""
+    log, state, redis = refused_hello(("ann", "bob"))
+    clock = log.reactor
+    state.leave(state.hub.online["bob"], "quit")
+    leave = json.loads(redis.commands[-1][-1])  # taken; its answer lost
+    again = reconnected(log, state)
+    again.answer(refuse=True)
+    clock.advance(KEPT_RETRY)
+    assert again.commands == [again.commands[0], END]  # no hello
+    end = next_id(state)
+    again.answer(value=[entry(end, leave)])
+    clock.advance(KEPT_RETRY)
+    assert len(again.commands) == 2  # not read yet: still no hello
+    state.deliver([(end, leave)])
+    assert sorted(state.hub.online) == ["ann"]
+    clock.advance(KEPT_RETRY)
+    (hello,) = again.answer_all()
+    assert listed(hello) == ["ann"]  # the refused leave was moot: not appended again
+    applied(state, hello)
+    assert sorted(state.hub.online) == ["ann"]
+    assert state._kept == {} and log._doubtful == []
+
+
+def test_a_refusal_on_its_first_sending_is_answered_at_once() -> None:
+    """Sent once, on the connection that answered: Redis's answer is sure."""
+    log, state, redis = connected()
+    ann = user(state, redis, "ann")
+    results = outcome(state.say(ann, "hi"))
+    redis.answer(refuse=True)
+    (error,) = (r.value for r in results)
+    assert error.code == ErrorCode.UNAVAILABLE
+    assert END not in redis.commands and log._doubtful == []
