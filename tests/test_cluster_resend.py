@@ -9,7 +9,9 @@ every answer the test gives, and a L{task.Clock}):
     the first copy may still come: the node reads where the stream ends
     after the refusal and decides once its replica has applied up to there
     (the command took effect: its answer as usual; it did not: C{ERROR
-    unavailable}); and a kept C{hello} waits meanwhile.
+    unavailable}); and a kept C{hello} waits meanwhile;
+  - a history write (C{ZADD}) Redis refuses is kept and written again, the
+    same member and score, until Redis takes it, within a bound.
 """
 
 from __future__ import annotations
@@ -18,12 +20,13 @@ import json
 from typing import Any
 
 import pytest
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import Deferred, ensureDeferred
+from twisted.logger import Logger, LogLevel
 
 from tests.test_cluster_read import Conn
 from tests.test_cluster_refused import AnsweredRedis, applied, connected, listed, refused_hello
 from twisted_chat.server.cluster.node import KEPT_RETRY, ClusterState
-from twisted_chat.server.cluster.redislog import STREAM, RedisLog
+from twisted_chat.server.cluster.redislog import HISTORY, STREAM, RedisLog, _HistoryStore
 from twisted_chat.server.cluster.replica import id_key
 from twisted_chat.server.hub import HubError, User
 from twisted_chat.server.state import StateUnavailable
@@ -204,3 +207,90 @@ def test_a_refusal_on_its_first_sending_is_answered_at_once() -> None:
     (error,) = (r.value for r in results)
     assert error.code == ErrorCode.UNAVAILABLE
     assert END not in redis.commands and log._doubtful == []
+
+
+# -- a refused history write is written again -------------------------------------------
+
+
+def with_history(max_waiting: int | None = None) -> tuple[RedisLog, ClusterState,
+                                                          AnsweredRedis, User]:
+    log, state, redis = connected()
+    if max_waiting is not None:
+        state.max_waiting = max_waiting
+    state.replica.hub.history.attach(_HistoryStore(log), [])
+    return log, state, redis, user(state, redis, "ann")
+
+
+def said(state: ClusterState, redis: AnsweredRedis, ann: User, text: str) -> tuple[Any, ...]:
+    """Ann says C{text}; Redis takes it; applied: its history write is sent."""
+    state.say(ann, text)
+    applied(state, redis.answer())
+    zadd = redis.commands[-1]
+    assert zadd[:2] == ("ZADD", HISTORY) and text in zadd[3]
+    return zadd
+
+
+def test_a_refused_history_write_is_written_again_until_redis_takes_it() -> None:
+    log, state, redis, ann = with_history()
+    clock = log.reactor
+    zadd = said(state, redis, ann, "hello")
+    redis.answer(refuse=True)
+    clock.advance(KEPT_RETRY - 0.01)
+    assert redis.answered == len(redis.replies)
+    clock.advance(0.02)
+    assert redis.commands[-1] == zadd  # the same score and member: idempotent
+    redis.answer(refuse=True)
+    clock.advance(KEPT_RETRY)
+    assert redis.commands[-1] == zadd
+    redis.answer()
+    clock.advance(10 * KEPT_RETRY)
+    assert redis.answered == len(redis.replies)
+    assert not log.keeping_history() and log._history_call is None
+
+
+def test_refused_history_writes_are_written_again_together_and_in_order() -> None:
+    log, state, redis, ann = with_history()
+    first = said(state, redis, ann, "one")
+    redis.answer(refuse=True)
+    second = said(state, redis, ann, "two")
+    redis.answer(refuse=True)
+    log.reactor.advance(KEPT_RETRY)
+    assert redis.commands[-1] == ("ZADD", HISTORY, *first[2:], *second[2:])
+    redis.answer()
+    assert not log.keeping_history()
+
+
+def test_kept_history_writes_are_bounded_by_redis_queue_the_oldest_dropped() -> None:
+    """The bound: --redis-queue bytes (counted apart from the commands
+    waiting); past it the oldest kept write is dropped, and the log says so
+    once, then how many when Redis takes the history's writes again."""
+    log, state, redis, ann = with_history(max_waiting=300)
+    logged: list[dict[str, Any]] = []
+    log.log = Logger(observer=logged.append)
+    zadds = []
+    for n in range(4):
+        zadds.append(said(state, redis, ann, f"message {n} " + "x" * 80))
+        redis.answer(refuse=True)
+    assert len(log._history_kept) == 2 and log._history_bytes <= 300
+    log.reactor.advance(KEPT_RETRY)
+    assert redis.commands[-1] == ("ZADD", HISTORY, *zadds[2][2:], *zadds[3][2:])
+    redis.answer()
+    dropped = [e for e in logged if "dropped" in e["log_format"]]
+    assert [e["log_level"] for e in dropped] == [LogLevel.error, LogLevel.warn]
+    assert dropped[-1]["n"] == 2
+
+
+def test_stop_waits_within_its_grace_for_a_refused_history_write() -> None:
+    log, state, redis, ann = with_history()
+    zadd = said(state, redis, ann, "last words")
+    redis.answer(refuse=True)
+    stopped = ensureDeferred(log.stop(grace=3.0))
+    for _ in range(round((KEPT_RETRY + 0.04) / 0.02)):
+        log.reactor.advance(0.02)
+    assert not stopped.called and redis.commands[-1] == zadd
+    redis.answer()
+    for _ in range(3):
+        log.reactor.advance(0.02)
+    assert redis.commands[-1] == ("DEL", "chat:node:" + state.node)
+    redis.answer()
+    assert stopped.called

@@ -70,7 +70,7 @@ from twisted.internet.interfaces import IDelayedCall
 from twisted.internet.protocol import Factory
 from twisted.logger import Logger
 
-from twisted_chat.server.cluster.node import ClusterState
+from twisted_chat.server.cluster.node import KEPT_RETRY, ClusterState
 from twisted_chat.server.cluster.replica import id_key
 from twisted_chat.server.history import Entry
 
@@ -87,6 +87,8 @@ LEASE = "chat:node:"
 NODES = "chat:nodes"
 SNAPSHOT_INTERVAL = 10.0
 READ_COUNT = 2000
+# The most messages one history write that is written again holds.
+HISTORY_BATCH = 500
 BACKOFF_FIRST = 0.2
 BACKOFF_MAX = 5.0
 
@@ -376,6 +378,13 @@ class RedisLog:
         # end was asked for them (one question at a time).
         self._doubtful: list[_Doubt] = []
         self._end_asked: int | None = None
+        # History writes Redis refused, to write again (see _keep_history):
+        # member -> score, oldest first; their bytes; the messages dropped
+        # at the bound since the last write taken; the retry's timer.
+        self._history_kept: dict[str, int] = {}
+        self._history_bytes = 0
+        self._history_dropped = 0
+        self._history_call: IDelayedCall | None = None
         self._ready: Deferred[None] = Deferred()
         state.events = self
         state.on_renamed = self._renamed
@@ -699,6 +708,11 @@ class RedisLog:
             self._refusing = False
         if out.command[:2] == APPENDING:
             self._taken = str(result)  # the event's id
+        elif (out.command[0] == "ZADD" and self._history_dropped
+              and not self._history_kept and self._history_call is None):
+            self.log.warn("cluster: Redis takes the history's writes again; {n} lobby "
+                          "messages were dropped from it", n=self._history_dropped)
+            self._history_dropped = 0
 
     def _own_events_read(self) -> bool:
         """See L{ClusterState.own_events_read}: no event of this node's is
@@ -733,6 +747,8 @@ class RedisLog:
                     self._doubt(out.command[-1])
                 else:
                     self.state.refused(out.command[-1])  # not in the stream: answered
+            elif out.command[0] == "ZADD":
+                self._keep_history(out.command)
         # Otherwise the connection went: everything unacknowledged is resent.
 
     # -- a refused resend whose first copy may be in the stream ---------------------
@@ -797,6 +813,55 @@ class RedisLog:
         self._doubtful = [doubt for doubt in self._doubtful if doubt not in settled]
         for doubt in settled:
             self.state.refused(doubt.text)
+
+    # -- a refused history write is written again ---------------------------------
+
+    def _keep_history(self, command: tuple[Any, ...]) -> None:
+        """
+        Redis refused a history write (C{ZADD}): the message was shown to
+        everyone, so it is kept and written again every L{KEPT_RETRY}
+        seconds until Redis takes it (the same members and scores: writing
+        one twice changes nothing).  A node keeps at most C{--redis-queue}
+        bytes of them (the bound of its commands waiting for Redis, counted
+        apart): past it, the oldest are dropped, and the log says so.
+        """
+        bound = self.state.max_waiting
+        for score, member in zip(command[2::2], command[3::2], strict=True):
+            if member in self._history_kept:
+                continue
+            self._history_kept[member] = int(score)
+            self._history_bytes += _history_size(member)
+        while self._history_bytes > bound and self._history_kept:
+            oldest = next(iter(self._history_kept))
+            del self._history_kept[oldest]
+            self._history_bytes -= _history_size(oldest)
+            if not self._history_dropped:
+                self.log.error(
+                    "cluster: Redis refuses the history's writes, and this node keeps at "
+                    "most {n} bytes of them: the oldest are dropped from the history",
+                    n=bound,
+                )
+            self._history_dropped += 1
+        if self._history_kept and self._history_call is None:
+            self._history_call = self.reactor.callLater(KEPT_RETRY, self._write_history)
+
+    def _write_history(self) -> None:
+        """Write again the history writes Redis refused (see L{_keep_history}),
+        in commands of at most L{HISTORY_BATCH} messages; what Redis refuses
+        again comes back to L{_keep_history}."""
+        self._history_call = None
+        kept, self._history_kept = self._history_kept, {}
+        self._history_bytes = 0
+        rows = list(kept.items())
+        for i in range(0, len(rows), HISTORY_BATCH):
+            args: list[Any] = []
+            for member, score in rows[i:i + HISTORY_BATCH]:
+                args += [score, member]
+            self._queue(("ZADD", HISTORY, *args))
+
+    def keeping_history(self) -> bool:
+        """Whether history writes Redis refused are kept, to be written again."""
+        return bool(self._history_kept)
 
     def _scripts_forgotten(self, which: str) -> None:
         """Redis forgot the scripts (SCRIPT FLUSH) without closing the
@@ -1082,13 +1147,14 @@ class RedisLog:
         """Write what is queued, and what Redis refused and the node appends
         again (within C{grace} seconds), drop the lease, close."""
         deadline = self.reactor.seconds() + grace
-        while ((self._unacked or self._doubtful or self.state.keeping())
+        while ((self._unacked or self._doubtful or self._history_kept or self.state.keeping())
                and self._cmd is not None and self.reactor.seconds() < deadline):
             await _sleep(self.reactor, 0.02)
         self._stopped = True
-        if self._retry is not None and self._retry.active():
-            self._retry.cancel()
-        self._retry = None
+        for call in (self._retry, self._history_call):
+            if call is not None and call.active():
+                call.cancel()
+        self._retry = self._history_call = None
         cmd = self._cmd
         if cmd is not None:
             with contextlib.suppress(Exception):
@@ -1096,6 +1162,11 @@ class RedisLog:
         self._generation += 1
         self._drop_connections()
         self.state.cancel_timers()
+
+
+def _history_size(member: str) -> int:
+    """What a kept history write counts against its bound (its score too)."""
+    return len(member.encode()) + 16
 
 
 def _follows(entry: Any, last: str) -> bool:
