@@ -15,11 +15,13 @@ L{MemoryRedis} and L{Node} fakes of test_cluster_read):
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 from twisted.internet.task import Clock
 
 from tests.test_cluster_read import SCRIPTS, Conn, MemoryRedis, Node, cluster, say
+from twisted_chat.server.cluster.replica import id_key
 
 
 def _one_node_with_a_snapshot() -> tuple[MemoryRedis, Clock, Node, Any]:
@@ -289,3 +291,43 @@ def test_a_node_behind_a_lost_tail_still_applies_the_kept_events_it_had_not_read
     assert n0.listener.said() == n1.listener.said()
     invitations = [node.state.hub.online["bob"].outgoing for node in (n0, n1)]
     assert [(i.inviter.nick, i.invitee.nick) for i in invitations if i] == [("bob", "ann")] * 2
+
+
+def test_a_node_that_sees_a_loss_late_keeps_the_snapshot_written_after_it() -> None:
+    """Two nodes see one lost tail: n0 first (it deletes the snapshot as of
+    a lost event and writes one after the loss), n1 later (it was cut off).
+    n1 must not delete n0's new snapshot (its event is in the stream: it is
+    valid; it used to go, being newer than the kept end), so a node started
+    then loads it at once rather than waiting for the next one."""
+    redis, clock, (n0, n1) = cluster(2)
+    ann = n0.user("ann")
+    n1.user("bob")
+    say(n0, ann, "kept", "lost")
+    clock.advance(10)  # the heartbeats: a snapshot as of "lost"
+    redis.pump()
+    stale = json.loads(redis.keys["chat:snapshot"])["id"]
+    assert stale == redis.stream[-1][0]
+    n1.cut()
+    _lose_tail(redis, 1)  # "lost", and the snapshot's event with it
+    say(n0, ann, "after")  # n0 sees the loss: deletes the stale snapshot
+    for _ in range(4):  # and writes one after the loss at its next heartbeat
+        clock.advance(1)
+        redis.pump()
+    assert redis.deleted == [stale]
+    fresh = json.loads(redis.keys["chat:snapshot"])["id"]
+    assert id_key(fresh) > id_key(stale) and fresh in [eid for eid, _, _ in redis.stream]
+    n1.reachable = True
+    for _ in range(100):  # n1's reconnection (within its backoff): it sees the loss
+        clock.advance(0.1)
+        redis.pump()
+        if n1.state.available:
+            break
+    assert n1.state.available and n1.lost == 0
+    assert redis.deleted == [stale]  # n0's snapshot after the loss was not deleted
+    kept = json.loads(redis.keys["chat:snapshot"])["id"]
+    assert id_key(kept) >= id_key(fresh) and kept in [eid for eid, _, _ in redis.stream]
+    n2 = Node(redis, clock, "n2")
+    clock.advance(0)
+    redis.pump()
+    assert n2.state.replica.last_id == n0.state.replica.last_id
+    assert n2.reloaded == 1 and n0.nicks() == n1.nicks() == n2.nicks() == ["ann", "bob"]

@@ -7,15 +7,23 @@ started afterwards shows the same users as the running ones.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
+from pathlib import Path
 
 import pytest
 
-from tests.redisproc import REDIS_SERVER
+from tests.redisproc import REDIS_SERVER, RedisServer
 from tests.serverproc import LineClient
 from tests.test_cluster_e2e import Cluster
 from tests.test_cluster_e2e import cluster as cluster_fixture
 from tests.test_cluster_read_e2e import Resp
+from twisted_chat.server.cluster.redislog import (
+    APPEND,
+    CHANNEL,
+    DROP_LOST_SNAPSHOT,
+    SAVE_SNAPSHOT,
+)
 
 pytestmark = [
     pytest.mark.e2e,
@@ -84,3 +92,42 @@ def test_flushdb_under_running_nodes_takes_the_new_epoch_path(
         server.wait_log("Redis lost its data", timeout=15)
         server.wait_log("Redis is back", timeout=15)
     _everyone_stays(c, [alice, bob], ["alice", "bob"])
+
+
+def test_the_lost_snapshot_script_deletes_only_a_snapshot_of_a_lost_event(
+    tmp_path: Path,
+) -> None:
+    """DROP_LOST_SNAPSHOT on a real Redis, two nodes' writes interleaved
+    as they race at a lost tail: the snapshot as of a lost event goes; the
+    one a node wrote after the loss (its event in the stream) stays when
+    the other node, seeing the same loss, runs the script after it; so does
+    one at or before the kept end."""
+    redis = RedisServer(tmp_path).start()
+    r = Resp(redis.port)
+    try:
+        def snap(eid: str) -> str:
+            return json.dumps({"id": eid, "now": 0}, separators=(",", ":"))
+
+        def drop(end: str) -> int:
+            return int(r("EVAL", DROP_LOST_SNAPSHOT, 2, "chat:snapshot", "chat:events", end))
+
+        ids = [r("EVAL", APPEND, 1, "chat:events", CHANNEL, f'{{"x":{i}}}') for i in range(3)]
+        end = ids[0]
+        assert drop(end) == 0  # no snapshot
+        assert r("EVAL", SAVE_SNAPSHOT, 1, "chat:snapshot", snap(ids[2]), ids[2]) == 1
+        assert r("XDEL", "chat:events", ids[1], ids[2]) == 2  # the tail is lost
+        # Node A sees the loss: the snapshot is as of a lost event.
+        assert drop(end) == 1 and r("GET", "chat:snapshot") is None
+        # A goes on: an event after the loss, a snapshot as of it.
+        after = r("EVAL", APPEND, 1, "chat:events", CHANNEL, '{"x":3}')
+        assert r("EVAL", SAVE_SNAPSHOT, 1, "chat:snapshot", snap(after), after) == 1
+        # Node B sees the same loss (the same kept end) later: A's stays.
+        assert drop(end) == 0 and r("GET", "chat:snapshot") == snap(after)
+        # At or before the kept end: stays, also when its event was trimmed.
+        r("DEL", "chat:snapshot")
+        r("SET", "chat:snapshot", snap(end))
+        r("XTRIM", "chat:events", "MINID", after)
+        assert drop(end) == 0 and r("GET", "chat:snapshot") == snap(end)
+    finally:
+        r.close()
+        redis.stop()

@@ -30,6 +30,7 @@ from twisted_chat.server.cluster.node import ClusterState
 from twisted_chat.server.cluster.redislog import (
     APPEND_SHA,
     CHANNEL,
+    DROP_LOST_SNAPSHOT,
     SAVE_SNAPSHOT_SHA,
     SCRIPTS,
     RedisLog,
@@ -57,6 +58,7 @@ class MemoryRedis:
         self.last = (0, 0)
         self.keys: dict[str, str] = {}
         self.sets: dict[str, set[str]] = {}
+        self.deleted: list[str] = []  # the snapshots deleted (their ids), in order
         self.history: dict[str, int] = {}  # member: score
         self.subscribers: list[FakeConnection] = []
         self.calls: Counter[str] = Counter()
@@ -99,6 +101,8 @@ class MemoryRedis:
         name = str(args[0]).upper()
         if name == "EVALSHA":
             name = {APPEND_SHA: "append", SAVE_SNAPSHOT_SHA: "save-snapshot"}[args[1]]
+        elif name == "EVAL":
+            name = {DROP_LOST_SNAPSHOT: "drop-lost-snapshot"}[args[1]]
         self.calls[name] += 1
         if conn.subscriber:
             assert name in ("SUBSCRIBE", "PING"), f"{name} on a subscribed connection"
@@ -147,6 +151,20 @@ class MemoryRedis:
         self.keys[key] = text
         return 1
 
+    def _drop_lost_snapshot(self, script: str, nkeys: int, key: str, stream: str,
+                            end: str) -> int:
+        """DROP_LOST_SNAPSHOT: the snapshot goes if it is as of an event
+        after C{end} that the stream does not hold."""
+        old = self.keys.get(key)
+        if old is None:
+            return 0
+        sid = json.loads(old)["id"]
+        if id_key(sid) <= id_key(end) or any(eid == sid for eid, _, _ in self.stream):
+            return 0
+        del self.keys[key]
+        self.deleted.append(sid)
+        return 1
+
     def _script(self, sub: str, script: str) -> str:
         sha = hashlib.sha1(script.encode()).hexdigest()
         self.scripts.add(sha)
@@ -162,6 +180,8 @@ class MemoryRedis:
         return self.keys.get(key)
 
     def _del(self, *keys: str) -> int:
+        if "chat:snapshot" in keys and "chat:snapshot" in self.keys:
+            self.deleted.append(json.loads(self.keys["chat:snapshot"])["id"])
         return sum(self.keys.pop(k, None) is not None for k in keys)
 
     def _mget(self, *keys: str) -> list[str | None]:

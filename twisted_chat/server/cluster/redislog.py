@@ -57,7 +57,6 @@ import contextlib
 import hashlib
 import json
 import random
-import re
 import urllib.parse
 from collections import deque
 from dataclasses import dataclass
@@ -121,6 +120,26 @@ if oms then
   if oms > nms or (oms == nms and oseq >= nseq) then return 0 end
 end
 redis.call('SET', KEYS[1], ARGV[1])
+return 1
+"""
+
+
+#: At a lost tail: deletes the snapshot (KEYS[1]) if it is as of a lost
+#: event, one after the stream's (KEYS[2]) kept end ARGV[1] that the stream
+#: does not hold; returns 1 if deleted.  One script, so that of two nodes
+#: that see the loss, neither deletes the snapshot the other wrote after
+#: it (as of an event the stream holds): it is valid.  Run with EVAL (not
+#: loaded: a Redis that lost events may have restarted without scripts).
+DROP_LOST_SNAPSHOT = """
+local head = redis.call('GETRANGE', KEYS[1], 0, 63)
+local id = string.match(head, '^{"id":"(%d+%-%d+)"')
+if not id then return 0 end
+local ms, seq = string.match(id, '^(%d+)%-(%d+)$')
+local ems, eseq = string.match(ARGV[1], '^(%d+)%-(%d+)$')
+ms, seq, ems, eseq = tonumber(ms), tonumber(seq), tonumber(ems), tonumber(eseq)
+if ms < ems or (ms == ems and seq <= eseq) then return 0 end
+if redis.call('XRANGE', KEYS[2], id, id)[1] then return 0 end
+redis.call('DEL', KEYS[1])
 return 1
 """
 
@@ -525,11 +544,9 @@ class RedisLog:
         )
         replica.lost_tail(end)
         # A snapshot as of a lost event (kept while the events were not:
-        # not with an append-only file) would stop every node from starting.
-        head = await cmd.execute_command("GETRANGE", SNAPSHOT, 0, 63)
-        found = re.match(r'\{"id":"(\d+-\d+)"', str(head or ""))
-        if found and id_key(found.group(1)) > id_key(end):
-            await cmd.execute_command("DEL", SNAPSHOT)
+        # not with an append-only file) would stop every node from starting;
+        # one another node wrote after the loss is kept (DROP_LOST_SNAPSHOT).
+        await cmd.execute_command("EVAL", DROP_LOST_SNAPSHOT, 2, SNAPSHOT, STREAM, end)
         self._loaded_id = None
         self._announce()
 
