@@ -18,6 +18,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
+from twisted.internet.defer import ensureDeferred
 from twisted.internet.task import Clock
 
 from tests.test_cluster_read import SCRIPTS, Conn, MemoryRedis, Node, cluster, say
@@ -331,3 +332,161 @@ def test_a_node_that_sees_a_loss_late_keeps_the_snapshot_written_after_it() -> N
     redis.pump()
     assert n2.state.replica.last_id == n0.state.replica.last_id
     assert n2.reloaded == 1 and n0.nicks() == n1.nicks() == n2.nicks() == ["ann", "bob"]
+
+
+def _restart_behind(redis: MemoryRedis, lost: int, behind_ms: int) -> str:
+    """Redis loses the stream's last C{lost} entries and comes back with
+    only the kept ones and its clock C{behind_ms} behind (set back): the
+    next ids start right after the kept end, at or below the lost ones.
+    Returns the kept end."""
+    _lose_tail(redis, lost)
+    end = redis.stream[-1][0]
+    redis.last = id_key(end)
+    redis.clock_behind_ms = behind_ms
+    return end
+
+
+def test_events_after_a_loss_with_ids_below_the_lost_ones_are_not_skipped() -> None:
+    """Redis loses the last events and its clock is set back: the events
+    after the loss get ids at or below those the nodes applied.  Each node
+    sees from the channel that the first one follows an entry older than
+    its last (it is not the copy of one it read): a lost tail, the same
+    path as any (its users announced again, nobody told BYE), and the
+    events after the loss are applied, not skipped (they used to be, in
+    silence: their ids were not above the node's last)."""
+    redis, clock, (n0, n1) = cluster(2)
+    ann, bob = n0.user("ann"), n1.user("bob")
+    say(n0, ann, "kept")
+    n1.user("carol")  # lost: applied by both nodes
+    say(n0, ann, "lost one", "lost two")
+    applied = n0.state.replica.last_id
+    end = _restart_behind(redis, 3, 60_000)
+    say(n1, bob, "after")  # its id is above the kept end, below the lost ones
+    assert id_key(end) < id_key(redis.stream[-1][0]) <= id_key(applied)
+    for _ in range(5):
+        clock.advance(1)
+        redis.pump()
+    say(n0, ann, "later")
+    assert n0.lost == n1.lost == 0
+    for node in (n0, n1):
+        assert node.listener.said()[-2:] == ["after", "later"]
+    assert sorted(e["n"] for e in redis.events() if e["t"] == "hello") == sorted(
+        [n0.state.node, n1.state.node])
+    # carol's registration was lost: n1's hello brings her back everywhere.
+    n2 = _nobody_told_bye_and_a_new_node_agrees(redis, clock, n0, n1, bob,
+                                                ["ann", "bob", "carol"])
+    assert n0.state.replica.last_id == n1.state.replica.last_id == n2.state.replica.last_id
+
+
+def test_an_event_with_the_id_of_a_lost_one_is_not_taken_for_it() -> None:
+    """The first event after the loss gets exactly the id of the first lost
+    one, and follows the same entry: the node that applied the lost one
+    still sees it is another event (its text), not the copy of one it read."""
+    redis, clock, (n0, n1) = cluster(2)
+    ann, bob = n0.user("ann"), n1.user("bob")
+    n0.state.say(ann, "kept")
+    n0.state.say(ann, "lost")  # in the same millisecond as the kept end
+    redis.pump()
+    lost_id = redis.stream[-1][0]
+    _restart_behind(redis, 1, 60_000)
+    n1.state.say(bob, "after")
+    redis.pump()
+    assert redis.stream[-1][0] == lost_id  # the same id, after the same entry
+    for _ in range(5):
+        clock.advance(1)
+        redis.pump()
+    assert n0.lost == n1.lost == 0
+    assert n0.listener.said()[-1] == n1.listener.said()[-1] == "after"
+    hellos = [e["n"] for e in redis.events() if e["t"] == "hello"]
+    assert sorted(hellos) == sorted([n0.state.node, n1.state.node])
+
+
+def test_the_channels_copies_of_what_a_node_read_are_no_loss() -> None:
+    """A node that read events from the stream (it missed one on the
+    channel) gets their copies from the channel afterwards, at or below its
+    last: they are skipped as read, not taken for a lost tail (no
+    reconnection)."""
+    redis, _, (n0, n1) = cluster(2)
+    ann = n0.user("ann")
+    n1.user("bob")
+    reader = next(c for c in n1.conns if c.subscriber and not c.closed)
+    say(n0, ann, "one")
+    n0.state.say(ann, "two")
+    reader.inbox.clear()  # n1 never hears "two"
+    n0.state.say(ann, "three")
+    n0.state.say(ann, "four")
+    # n1 hears "three" only, reads the stream (two, three, four); the
+    # channel's "four" comes after the read.
+    reader.heard(reader.inbox.popleft())
+    assert n1.listener.said() == ["one", "two", "three", "four"]
+    subscribed = redis.calls["SUBSCRIBE"]
+    redis.pump()
+    say(n0, ann, "five")
+    assert n1.listener.said() == n0.listener.said() == ["one", "two", "three", "four", "five"]
+    assert redis.calls["SUBSCRIBE"] == subscribed
+
+
+def test_what_the_channel_brought_before_a_reload_is_no_loss() -> None:
+    """A node reading the stream finds its next events trimmed and goes on
+    from a snapshot newer than what the channel brought meanwhile: those
+    events are in the snapshot, not a lost tail (no second reconnection,
+    no second BYE)."""
+    redis, clock, (n0, n1) = cluster(2)
+    ann = n0.user("ann")
+    n1.user("dora")
+    n1.cut()
+    say(n0, ann, "while away", "trimmed")
+    ensureDeferred(n0.log._snapshot(n0.log._cmd, clock.seconds()))
+    redis.trim(json.loads(redis.keys["chat:snapshot"])["id"])  # past n1's next events
+    redis.hold_catch_ups = True
+    n1.reachable = True
+    clock.advance(1)  # n1 reconnects: its read of the stream is held
+    assert redis.held
+    subscribed = redis.calls["SUBSCRIBE"]
+    say(n0, ann, "heard during the read")  # on n1's channel, waiting
+    clock.advance(0.1)
+    ensureDeferred(n0.log._snapshot(n0.log._cmd, clock.seconds()))  # it holds that one
+    redis.hold_catch_ups = False
+    while redis.held:
+        redis.release()
+    redis.pump()
+    assert n1.lost == 1  # the one reload: what it missed was trimmed
+    assert redis.calls["SUBSCRIBE"] == subscribed  # no reconnection
+    say(n0, ann, "after")
+    assert n1.lost == 1 and redis.calls["SUBSCRIBE"] == subscribed
+    assert n1.listener.said()[-1] == "after"
+    assert n0.nicks() == n1.nicks() == ["ann"]
+
+
+def test_a_node_back_after_a_loss_sees_its_last_id_taken_by_another_event() -> None:
+    """Redis restarts without the last two events and with its clock set
+    back: n0 comes back first and appends under the very ids the lost
+    events had, so n1's last id is in the stream again, another event
+    under it, and the next one follows it.  n1, back, compares the entry
+    under its last id with the one it applied: a lost tail (its users
+    announced again, nobody told BYE), and it applies what came after,
+    rather than going on as if nothing was lost (and skipping it)."""
+    redis, clock, (n0, n1) = cluster(2)
+    ann, bob = n0.user("ann"), n1.user("bob")
+    # All in one millisecond: the ids after the loss are the lost ones'.
+    n0.state.say(ann, "kept")
+    n1.state.say(bob, "lost one")
+    n0.state.say(ann, "lost two")
+    redis.pump()
+    applied = n1.state.replica.last_id
+    n0.cut()
+    n1.cut()  # the restart
+    _restart_behind(redis, 2, 60_000)
+    n0.reachable = True
+    for _ in range(3):  # n0 back: it announces its users, under "lost one"'s id
+        clock.advance(1)
+        redis.pump()
+    n0.state.say(ann, "after one")  # under "lost two"'s id: n1's last
+    n0.state.say(ann, "after two")
+    redis.pump()
+    assert redis.stream[-2][0] == applied
+    assert n1.state.replica.last_id == applied
+    _back(redis, clock, n1)
+    assert n0.lost == n1.lost == 0
+    assert n1.listener.said()[-2:] == n0.listener.said()[-2:] == ["after one", "after two"]
+    assert n1.state.node in [e["n"] for e in redis.events() if e["t"] == "hello"]

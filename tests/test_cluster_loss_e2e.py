@@ -24,6 +24,7 @@ from twisted_chat.server.cluster.redislog import (
     DROP_LOST_SNAPSHOT,
     SAVE_SNAPSHOT,
 )
+from twisted_chat.server.cluster.replica import id_key
 
 pytestmark = [
     pytest.mark.e2e,
@@ -48,6 +49,30 @@ def _everyone_stays(c: Cluster, clients: list[LineClient], nicks: list[str]) -> 
     assert newcomer.expect("MSG", timeout=10).endswith("heard by the newcomer")
 
 
+def _kept_then_two_to_lose(c: Cluster) -> tuple[LineClient, LineClient]:
+    """alice on node 0 and bob on node 1; alice says three lobby lines
+    (the last two to be lost), seen by bob."""
+    alice, bob = c.user(c.nodes[0], "alice"), c.user(c.nodes[1], "bob")
+    for client in (alice, bob):
+        client.sync()
+    alice.send("MSG kept")
+    alice.send("MSG lost one")
+    alice.send("MSG lost two")
+    bob.expect(lambda line: line.endswith("lost two"), timeout=10)
+    return alice, bob
+
+
+def _a_lost_tail_seen(c: Cluster, clients: list[LineClient], line_end: str) -> None:
+    """Every client gets the lobby line after the loss, every node says it
+    saw a lost tail (not missed events), and everyone stays."""
+    for client in clients:
+        client.expect(lambda line: line.endswith(line_end), timeout=15)
+    for server in c.nodes:
+        server.wait_log("Redis lost the stream's last events", timeout=10)
+        assert "missed events" not in server.log()
+    _everyone_stays(c, clients, ["alice", "bob"])
+
+
 def test_the_streams_last_entries_lost_under_running_nodes(
     cluster: Callable[..., Cluster],
 ) -> None:
@@ -56,13 +81,7 @@ def test_the_streams_last_entries_lost_under_running_nodes(
     entry than the nodes applied; they say why, keep their users, announce
     them again, and the lobby goes on."""
     c = cluster(2)
-    alice, bob = c.user(c.nodes[0], "alice"), c.user(c.nodes[1], "bob")
-    for client in (alice, bob):
-        client.sync()
-    alice.send("MSG kept")
-    alice.send("MSG lost one")
-    alice.send("MSG lost two")
-    bob.expect(lambda line: line.endswith("lost two"), timeout=10)
+    alice, bob = _kept_then_two_to_lose(c)
     r = Resp(c.redis.port)
     try:
         last = r("XREVRANGE", "chat:events", "+", "-", "COUNT", 2)
@@ -70,12 +89,7 @@ def test_the_streams_last_entries_lost_under_running_nodes(
     finally:
         r.close()
     bob.send("MSG after")
-    for client in (alice, bob):
-        client.expect(lambda line: line.endswith("bob * after"), timeout=15)
-    for server in c.nodes:
-        server.wait_log("Redis lost the stream's last events", timeout=10)
-        assert "missed events" not in server.log()
-    _everyone_stays(c, [alice, bob], ["alice", "bob"])
+    _a_lost_tail_seen(c, [alice, bob], "bob * after")
 
 
 def test_flushdb_under_running_nodes_takes_the_new_epoch_path(
@@ -131,3 +145,37 @@ def test_the_lost_snapshot_script_deletes_only_a_snapshot_of_a_lost_event(
     finally:
         r.close()
         redis.stop()
+
+
+def test_events_after_a_loss_with_ids_below_the_lost_ones_are_applied(
+    cluster: Callable[..., Cluster],
+) -> None:
+    """Redis comes back without the stream's last entries and with its
+    clock set back: the next event gets an id below the lost ones (here
+    written as the append script writes it: XADD with the id it follows as
+    field p, and PUBLISH).  The running nodes, which applied the lost
+    ones, take it for what it is, a lost tail: they say so, keep their
+    users, and apply it (it used to be skipped in silence)."""
+    c = cluster(2)
+    alice, bob = _kept_then_two_to_lose(c)
+    r = Resp(c.redis.port)
+    try:
+        entries = r("XRANGE", "chat:events", "-", "+")
+        kept = entries[:-2]
+        end = kept[-1][0]
+        # A Redis restarted from a file without the last second: the stream
+        # is what was kept, and its last id the kept end's.
+        r("DEL", "chat:events")
+        for eid, fields in kept:
+            r("XADD", "chat:events", eid, *fields)
+        uid = next(eid for eid, fields in kept
+                   if json.loads(fields[1]).get("nick") == "alice")
+        event = json.dumps({"t": "say", "n": "feed", "k": 1, "u": uid, "x": "below"},
+                           separators=(",", ":"))
+        ms, seq = end.split("-")
+        eid = r("XADD", "chat:events", f"{ms}-{int(seq) + 1}", "e", event, "p", end)
+        assert all(id_key(lost[0]) >= id_key(eid) for lost in entries[-2:])  # at or below
+        r("PUBLISH", f"{CHANNEL}:0", f"{end} {eid} {event}")
+    finally:
+        r.close()
+    _a_lost_tail_seen(c, [alice, bob], "alice * below")

@@ -31,6 +31,7 @@ from twisted_chat.server.cluster.redislog import (
     APPEND_SHA,
     CHANNEL,
     DROP_LOST_SNAPSHOT,
+    READ_COUNT,
     SAVE_SNAPSHOT_SHA,
     SCRIPTS,
     RedisLog,
@@ -49,13 +50,15 @@ class MemoryRedis:
     stream, one channel).  Replies come at once; what is published is
     queued per subscriber and handed over at L{pump} (another connection's
     bytes arrive in a later turn).  C{hold_reads}: the stream reads
-    (C{XRANGE}) are answered (as of when they ran) only at L{release}.
+    (C{XRANGE}) are answered (as of when they ran) only at L{release};
+    C{hold_catch_ups}: only the catch-up reads (C{COUNT} L{READ_COUNT}).
     """
 
     def __init__(self, clock: Clock) -> None:
         self.clock = clock
         self.stream: list[tuple[str, str, str]] = []  # (id, event, the id it follows)
         self.last = (0, 0)
+        self.clock_behind_ms = 0  # Redis's clock behind the test's (set back)
         self.keys: dict[str, str] = {}
         self.sets: dict[str, set[str]] = {}
         self.deleted: list[str] = []  # the snapshots deleted (their ids), in order
@@ -63,6 +66,7 @@ class MemoryRedis:
         self.subscribers: list[FakeConnection] = []
         self.calls: Counter[str] = Counter()
         self.hold_reads = False
+        self.hold_catch_ups = False  # the same, for the catch-up reads only
         self.held: list[tuple[Deferred[Any], Any]] = []
         self.scripts = {APPEND_SHA, SAVE_SNAPSHOT_SHA}
 
@@ -115,7 +119,8 @@ class MemoryRedis:
         reply = getattr(self, "_" + name.lower().replace("-", "_"))(*args[1:])
         if isinstance(reply, Deferred):
             return reply
-        if name == "XRANGE" and self.hold_reads:
+        if name == "XRANGE" and (self.hold_reads
+                                 or (self.hold_catch_ups and args[-1] == READ_COUNT)):
             d: Deferred[Any] = Deferred()
             self.held.append((d, reply))
             return d
@@ -123,7 +128,7 @@ class MemoryRedis:
 
     def _append(self, sha: str, nkeys: int, key: str, channel: str, event: str) -> str:
         prev = self.stream[-1][0] if self.stream else "0-0"
-        ms = max(int(self.clock.seconds() * 1000), self.last[0])
+        ms = max(int(self.clock.seconds() * 1000) - self.clock_behind_ms, self.last[0])
         seq = self.last[1] + 1 if ms == self.last[0] else 0
         self.last = (ms, seq)
         eid = f"{ms}-{seq}"
@@ -131,8 +136,12 @@ class MemoryRedis:
         self.publish(f"{prev} {eid} {event}")
         return eid
 
-    def _xrange(self, key: str, start: str, end: str, count_word: str, count: int) -> Any:
-        assert start.startswith("(") and end == "+"
+    def _xrange(self, key: str, start: str, end: str, count_word: str = "COUNT",
+                count: int = 1 << 30) -> Any:
+        if not start.startswith("("):  # one entry, by its id
+            assert end == start
+            return [[eid, ["e", e, "p", p]] for eid, e, p in self.stream if eid == start]
+        assert end == "+"
         after = [[eid, ["e", e, "p", p]] for eid, e, p in self.stream
                  if id_key(eid) > id_key(start[1:])]
         return after[:count]

@@ -386,6 +386,14 @@ class RedisLog:
         # Events heard on the channel, not applied yet: (the id each follows,
         # its id, its text), in the channel's order.
         self._heard: deque[tuple[str, str, str]] = deque()
+        # The entries this node applied from the stream whose copies the
+        # channel may still bring (the id each follows and its text, by
+        # id, in the stream's order): the only events at or below the last
+        # one applied that the channel may bring (see _apply_heard).
+        self._read: dict[str, tuple[str, str]] = {}
+        # The last entry applied (its id, the id it follows, its text): is
+        # it still the stream's (see _lost_after)?
+        self._applied: tuple[str, str, str] | None = None
         self._catching_up = False  # reading the stream; the channel waits
         # Whether the replica has caught up with the stream since the
         # connection (re)opened: its snapshots are written only then.
@@ -455,6 +463,7 @@ class RedisLog:
         for proto in (cmd, reader):
             proto.whenDisconnected().addCallback(lambda _, g=generation: self._lost(g))
         self._heard.clear()
+        self._read.clear()
         # What the channel brings waits until the stream has been read.
         self._catching_up, self._caught_up = True, False
         await self._restore(cmd)
@@ -517,6 +526,15 @@ class RedisLog:
         was trimmed: the stream goes on after it as it went on then)."""
         if reached == "0-0":
             return None
+        applied = self._applied
+        if applied is not None and applied[0] == reached:
+            at = await cmd.execute_command("XRANGE", STREAM, reached, reached)
+            if at and (_follows_id(at[0]) or "", str(at[0][1][1])) != applied[1:]:
+                # Another event under the id of the last one this node
+                # applied (the events after a loss got ids at or below the
+                # lost ones: Redis's clock set back, a failover): the stream
+                # goes on after the one that event follows.
+                return _follows_id(at[0]) or "0-0"
         after = await cmd.execute_command("XRANGE", STREAM, "(" + reached, "+", "COUNT", 1)
         if after:
             prev = _follows_id(after[0])
@@ -558,6 +576,7 @@ class RedisLog:
         self._trim_to = None
         self._snapshot_at = 0.0
         self._taken = None
+        self._applied = None
         waiting = list(self._unacked)
         self._unacked.clear()
         self.state.hello()
@@ -919,10 +938,14 @@ class RedisLog:
         heard = self._heard
         last = id_key(self.state.replica.last_id)
         batch = []
+        behind: tuple[str, str] | None = None
         while heard:
             prev, eid, text = heard[0]
             key = id_key(eid)
             if key <= last:
+                if not self._read_already(eid, prev, text):
+                    behind = (eid, prev)
+                    break
                 heard.popleft()  # read from the stream already
                 continue
             if id_key(prev) != last:
@@ -934,11 +957,38 @@ class RedisLog:
                 continue
             heard.popleft()
             batch.append((eid, self._parse(eid, text)))
+            self._applied = (eid, prev, text)
             last = key
+            # The channel is past what was read: none of it comes again.
+            self._read.clear()
         if batch:
             self.state.deliver(batch)
+        if behind is not None:
+            # An event at or below the last one applied that is not the
+            # copy of one read: the stream's tail that this node applied
+            # is gone, and the events after the loss got ids at or below
+            # it (Redis's clock set back, a failover): a lost tail.
+            eid, prev = behind
+            self._tail_gone(generation, self.state.replica.last_id, prev,
+                            f"event {eid} after {prev}, at or below it")
+            return
         if heard and not self._catching_up:
             self._catch_up(generation)
+
+    def _read_already(self, eid: str, prev: str, text: str) -> bool:
+        """Whether an event the channel brings, at or below the last one
+        applied, is the copy of one this node read from the stream (the same
+        id, following the same one, the same text); what was read up to it
+        is forgotten (the channel brings the rest after it)."""
+        read = self._read
+        if read.get(eid) != (prev, text):
+            return False
+        while read:
+            first = next(iter(read))
+            del read[first]
+            if first == eid:
+                break
+        return True
 
     def _catch_up(self, generation: int) -> None:
         """Read the stream from the replica's last event on; the channel's
@@ -962,13 +1012,9 @@ class RedisLog:
             if prev is not None and id_key(prev) < id_key(last):
                 # The first entry after the replica's last follows an older
                 # one: Redis lost the replica's last events (a crash lost
-                # the stream's tail, entries deleted): announce this node's
-                # users again, on a new connection (see _restore).
-                self._lost_tail = prev
-                raise ConnectionError(
-                    f"Redis lost the stream's last events (this node applied {last}, the "
-                    f"stream goes on after {prev}); reconnecting to announce its users again"
-                )
+                # the stream's tail, entries deleted).
+                self._tail_gone(generation, last, prev, "the stream goes on")
+                return
             if prev is not None and id_key(prev) != id_key(last):
                 # The events between the replica's last and this one are
                 # gone from the stream (trimmed).
@@ -982,8 +1028,14 @@ class RedisLog:
                     self._started = False
                     raise ConnectionError("the snapshot is older than the stream; retrying")
                 await self._missed(cmd, last, str(entries[0][0]), prev)
+                # What the channel brought so far is in the snapshot loaded
+                # or in the stream read next: none of it is news.
+                self._heard.clear()
                 continue
             batch = [(str(eid), self._parse(str(eid), fields[1])) for eid, fields in entries]
+            for eid, fields in entries:
+                self._read[str(eid)] = (_follows_id([eid, fields]) or "", str(fields[1]))
+                self._applied = (str(eid), *self._read[str(eid)])
             if batch:
                 self.state.deliver(batch)
             if len(entries) < READ_COUNT:
@@ -991,6 +1043,18 @@ class RedisLog:
         self._catching_up = False
         self._caught_up = True
         self._apply_heard(generation, read=True)
+
+    def _tail_gone(self, generation: int, last: str, prev: str, seen: str) -> None:
+        """
+        Redis lost the stream's events after C{prev} that this replica
+        applied (up to C{last}): announce this node's users again, on a new
+        connection (see L{_restore}).  C{seen}: what showed it.
+        """
+        self._lost_tail = prev
+        why = (f"Redis lost the stream's last events (this node applied {last}, {seen} "
+               f"after {prev}); reconnecting to announce its users again")
+        self.log.warn("cluster: {why}", why=why)
+        self._lost(generation, why)
 
     def _parse(self, eid: str, text: object) -> dict[str, Any]:
         try:
