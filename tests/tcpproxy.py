@@ -1,7 +1,7 @@
 """
 A TCP proxy for the cluster tests, run as a subprocess (Twisted), loopback
 only: C{python -m tests.tcpproxy TARGET_PORT} prints C{listening PORT}, then
-obeys one word a line on stdin, answering C{ok WORD} once done:
+obeys one order a line on stdin, answering C{ok ORDER} once done:
 
   - C{cut}: every connection is aborted (the peers see a reset) and new ones
     are aborted as soon as they are accepted, as a host that is down.
@@ -13,6 +13,12 @@ obeys one word a line on stdin, answering C{ok WORD} once done:
     target answers is thrown away (a reply lost on its way back).  The
     connections muted are aborted at C{heal} (their replies are missing).
   - C{heal}: forward again.
+  - C{refuse N TEXT}: the N-th piece a client sends that holds C{TEXT}
+    (counted from now on; C{TEXT} without spaces) is held until the target,
+    a Redis, refuses writes (the proxy sets its C{min-replicas-to-write} to
+    1, with no replica, on a connection of its own), then forwarded: as if
+    Redis began refusing just then.  What the client sends after it waits
+    behind it.
 
 L{Proxy} drives it from a test: every wait is bounded.
 """
@@ -64,7 +70,7 @@ class Proxy:
 
 
 def main(target_port: int) -> None:
-    from twisted.internet import protocol, reactor, stdio
+    from twisted.internet import defer, protocol, reactor, stdio
     from twisted.protocols.basic import LineReceiver
 
     class Pair:
@@ -75,6 +81,7 @@ def main(target_port: int) -> None:
             self.outbound: Any = None
             self.early: list[bytes] = []  # from the client before the target answered
             self.muted = False
+            self.held: list[bytes] | None = None  # until the target refuses writes
 
         def transports(self) -> list[Any]:
             return [p.transport for p in (self.inbound, self.outbound)
@@ -86,6 +93,32 @@ def main(target_port: int) -> None:
 
     pairs: set[Pair] = set()
     mode = ["open"]
+    # refuse N TEXT: [how many more pieces holding TEXT, TEXT]
+    armed: list[Any] = []
+
+    class RefuseWrites(protocol.Protocol):
+        """Tells the target to refuse writes; fires C{done} once it has."""
+
+        def __init__(self) -> None:
+            self.done: Any = defer.Deferred()
+
+        def connectionMade(self) -> None:
+            args = [b"CONFIG", b"SET", b"min-replicas-to-write", b"1"]
+            self.transport.write(b"*%d\r\n" % len(args) + b"".join(
+                b"$%d\r\n%s\r\n" % (len(a), a) for a in args))
+
+        def dataReceived(self, data: bytes) -> None:
+            self.transport.loseConnection()
+            if not self.done.called:
+                self.done.callback(data)
+
+        def connectionLost(self, reason: Any = None) -> None:
+            if not self.done.called:
+                self.done.callback(None)
+
+    def refuse_writes() -> Any:
+        d = protocol.ClientCreator(reactor, RefuseWrites).connectTCP(LOOPBACK, target_port)
+        return d.addCallback(lambda proto: proto.done)
 
     class Outbound(protocol.Protocol):
         pair: Pair
@@ -134,10 +167,29 @@ def main(target_port: int) -> None:
                 .addErrback(lambda _: self.transport.abortConnection())
 
         def dataReceived(self, data: bytes) -> None:
+            pair = self.pair
+            if pair.held is not None:
+                pair.held.append(data)
+                return
+            if armed and armed[1] in data:
+                armed[0] -= 1
+                if armed[0] == 0:
+                    armed.clear()
+                    pair.held = [data]
+                    refuse_writes().addBoth(lambda _: self.release())
+                    return
+            self.forward(data)
+
+        def forward(self, data: bytes) -> None:
             if self.pair.outbound is None:
                 self.pair.early.append(data)
-            else:
+            elif self.pair.outbound.transport is not None:
                 self.pair.outbound.transport.write(data)
+
+        def release(self) -> None:
+            held, self.pair.held = self.pair.held or [], None
+            for data in held:
+                self.forward(data)
 
         def connectionLost(self, reason: Any = None) -> None:
             pair = getattr(self, "pair", None)
@@ -152,7 +204,10 @@ def main(target_port: int) -> None:
 
         def lineReceived(self, line: bytes) -> None:
             word = line.decode().strip()
-            if word == "cut":
+            if word.startswith("refuse "):
+                _, count, text = word.split(" ", 2)
+                armed[:] = [int(count), text.encode()]
+            elif word == "cut":
                 mode[0] = "cut"
                 for pair in list(pairs):
                     pair.close()
