@@ -27,7 +27,8 @@ HISTORY = "chat:history"
 
 def said(redis: RedisServer, when: float, seq: int, nick: str, text: str) -> None:
     """A lobby message in the cluster's history as its sender's node writes it."""
-    member = f"{seq:08d} " + json.dumps([nick, text], ensure_ascii=False)
+    ms = int(when * 1000)
+    member = f"{seq:08d} " + json.dumps([nick, text, ms], ensure_ascii=False)
     assert ":1" in redis.command("ZADD", HISTORY, str(int(when * 1000)), member)
 
 
@@ -35,7 +36,7 @@ def kept(redis: RedisServer) -> list[str]:
     """The history's messages, oldest first, as "nick text"."""
     reply = redis.command("ZRANGE", HISTORY, "0", "-1").split("\r\n")
     members = [line for line in reply[1:] if line and not line.startswith("$")]
-    return [" ".join(json.loads(m.split(" ", 1)[1])) for m in members]
+    return [" ".join(json.loads(m.split(" ", 1)[1])[:2]) for m in members]
 
 
 def shown(client_lines: list[str]) -> list[str]:
@@ -117,3 +118,18 @@ def test_retain_messages_bounds_the_history(cluster: Callable[..., Cluster]) -> 
     # A node that starts now shows what is kept.
     late = c.node("--history", "50")
     assert shown(c.user(late, "bob").lines) == [f"alice m{i}" for i in range(3, 7)]
+
+
+def test_a_line_said_again_is_kept_again(cluster: Callable[..., Cluster]) -> None:
+    """The same nick and text twice are two messages in Redis's history (a
+    sorted set holds a member once: the node writes each message's time
+    into it), as in one server's database."""
+    c = cluster(1)
+    alice = c.user(c.nodes[0], "alice")
+    say(alice, ["same", "same", "other", "same"])
+    deadline = time.monotonic() + 5
+    while len(kept(c.redis)) < 4:
+        assert time.monotonic() < deadline, kept(c.redis)
+        time.sleep(0.05)
+    assert kept(c.redis) == ["alice same", "alice same", "alice other", "alice same"]
+

@@ -294,3 +294,27 @@ def test_stop_waits_within_its_grace_for_a_refused_history_write() -> None:
     assert redis.commands[-1] == ("DEL", "chat:node:" + state.node)
     redis.answer()
     assert stopped.called
+
+
+def test_a_line_said_again_is_another_history_member() -> None:
+    """A sorted set holds a member once: each message's member carries its
+    time, or the second "hi" would only move the first."""
+    log, state, redis, ann = with_history()
+    members = []
+    for _ in range(2):
+        members.append(said(state, redis, ann, "hi")[3])
+        redis.answer()
+    assert members[0] != members[1]
+    assert [json.loads(m.split(" ", 1)[1])[:2] for m in members] == [["ann", "hi"]] * 2
+
+
+def test_the_history_loads_members_with_and_without_their_time() -> None:
+    """Members as an earlier version wrote them ([nick, text]) load too."""
+    log, state, redis = connected()
+    rows = ["00000000 " + json.dumps(["old", "before"]), "1000",
+            "00000000 " + json.dumps(["new", "after", 2000]), "2000"]
+    loading = ensureDeferred(log._load_history(redis, "3000-0"))
+    redis.answer(value=rows)
+    assert loading.called
+    assert [(e.ts, e.nick, e.text) for e in state.replica.hub.history.recent()] == [
+        (1.0, "old", "before"), (2.0, "new", "after")]

@@ -16,7 +16,8 @@ Keys (all under C{chat:}):
     seconds, only over an older one (L{SAVE_SNAPSHOT}); a starting node loads
     it and reads the stream after it.  The stream is trimmed to the snapshot
     before the last one.
-  - C{chat:history}: every lobby message (a sorted set scored by time),
+  - C{chat:history}: every lobby message (a sorted set scored by time, each
+    member the event's sequence number and C{[nick, text, time]} in JSON),
     written by the sender's node, pruned by C{--retain-days}.
   - C{chat:epoch}: a random value set once; when it changes, Redis lost
     its data.
@@ -646,7 +647,7 @@ class RedisLog:
                 key = (int(float(score)), int(seq_text))
                 if key > top and upto != "0-0":
                     continue
-                nick, text = json.loads(body)
+                nick, text = json.loads(body)[:2]  # then its time (see append_entry)
                 found.append((key, Entry(key[0] / 1000.0, nick, text)))
             found.sort(key=lambda pair: pair[0])
             entries = [entry for _, entry in found[-size:]]
@@ -1219,7 +1220,11 @@ class RedisLog:
         if current is None or current[1] != self.state.node:
             return  # the sender's node writes it
         ms, seq = id_key(current[0])
-        member = f"{seq:08d} " + json.dumps([entry.nick, entry.text], ensure_ascii=False)
+        # A sorted set holds a member once: the event's time is in it too,
+        # or a line said again (the same nick and text) would replace the
+        # one before.  The sequence number first: one millisecond's
+        # messages sort in the stream's order.
+        member = f"{seq:08d} " + json.dumps([entry.nick, entry.text, ms], ensure_ascii=False)
         self._queue(("ZADD", HISTORY, ms, member))
 
     # -- stopping --------------------------------------------------------------------
