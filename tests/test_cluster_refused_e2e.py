@@ -77,13 +77,15 @@ def test_a_line_whose_answer_was_lost_and_resend_refused_reaches_everyone_once(
     alice, bob = c.user(n0, "alice"), c.user(n1, "bob")
     for client in (alice, bob):
         client.sync()
-    # The line's append reaches Redis, its answer is lost; the connection
-    # goes (heal aborts it), and Redis refuses the append sent again.
+    # The line's append reaches Redis, its answer is lost (muted, then the
+    # connection cut, whenever the answer reached the proxy); the node
+    # reconnects, and Redis refuses the append sent again.
     between.do("refuse 2 resent-line")
     between.do("mute")
     alice.send("MSG resent-line")
     assert bob.expect("MSG").endswith("alice * resent-line")  # Redis took it
     try:
+        between.do("cut")
         between.do("heal")
         n0.wait_log("Redis refused a write", timeout=10)
         # The first copy is applied when the node reads the stream: the
