@@ -21,7 +21,7 @@ from typing import Any
 from twisted.internet.defer import ensureDeferred
 from twisted.internet.task import Clock
 
-from tests.test_cluster_read import SCRIPTS, Conn, MemoryRedis, Node, cluster, say
+from tests.test_cluster_read import SCRIPTS, Conn, MemoryRedis, Node, cluster, now, say
 from twisted_chat.server.cluster.replica import id_key
 
 
@@ -481,8 +481,8 @@ def test_a_node_back_after_a_loss_sees_its_last_id_taken_by_another_event() -> N
     for _ in range(3):  # n0 back: it announces its users, under "lost one"'s id
         clock.advance(1)
         redis.pump()
-    n0.state.say(ann, "after one")  # under "lost two"'s id: n1's last
-    n0.state.say(ann, "after two")
+    n0.state.say(now(ann), "after one")  # under "lost two"'s id: n1's last
+    n0.state.say(now(ann), "after two")
     redis.pump()
     assert redis.stream[-2][0] == applied
     assert n1.state.replica.last_id == applied

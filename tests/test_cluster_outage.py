@@ -540,9 +540,12 @@ def test_what_waited_through_a_new_epoch_takes_effect_once_after_the_hello() -> 
 
 class AnsweringRedis(FakeRedis):
     """A connection that answers every command at once (the stream's
-    catch-up read: never), as a Redis with no data."""
+    catch-up read: never), as a Redis with no data; C{end}: the stream's
+    last entry, as C{XREVRANGE} shows it (the events a test hands its node
+    directly, kept: nothing was lost)."""
 
     epoch = "e"
+    end: str | None = None
 
     def whenDisconnected(self) -> Deferred[None]:
         return Deferred()
@@ -555,6 +558,8 @@ class AnsweringRedis(FakeRedis):
             return succeed([]) if args[-1] == 1 else Deferred()
         if args[0] == "ZREVRANGEBYSCORE":
             return succeed([])
+        if args[0] == "XREVRANGE" and self.end is not None:
+            return succeed([[self.end, ["e", "{}", "p", "0-0"]]])
         if args[:2] == ("GET", "chat:epoch"):
             return succeed(self.epoch)
         if args[:2] == ("EVALSHA", APPEND_SHA):
@@ -575,6 +580,7 @@ def test_an_invitation_due_during_an_outage_expires_once_redis_is_back() -> None
         if not reachable:
             raise ConnectionError("refused")
         conns.append(AnsweringRedis())
+        conns[-1].end = "1000-2"  # the events below: kept
         return conns[-1]
 
     log._new_connection = new_connection  # type: ignore[method-assign]

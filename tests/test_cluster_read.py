@@ -267,12 +267,15 @@ class FakeConnection:
 
 
 class Conn:
-    """A user's connection on its own node: records what it is written."""
+    """A user's connection on its own node: records what it is written;
+    C{user} is its user as its node last told it (a connection's protocol
+    holds it so: a rebuilt replica gives it a new L{User} object)."""
 
     closing = False
 
     def __init__(self) -> None:
         self.data: list[bytes] = []
+        self.user: User | None = None
 
     def write(self, data: bytes) -> None:
         self.data.append(data)
@@ -310,6 +313,7 @@ class Node:
         self.reloaded = 0
         self.state.on_lost = self._on_lost
         self.state.on_reloaded = self._on_reloaded
+        self.state.on_rebound = _rebind
 
         async def new_connection(reply_timeout: float, subscriber: bool = False) -> Any:
             if not self.reachable:
@@ -327,10 +331,12 @@ class Node:
         self.reloaded += 1
 
     def user(self, nick: str) -> User:
-        d = self.state.register(nick, Conn(), "-")
+        conn = Conn()
+        d = self.state.register(nick, conn, "-")
         users: list[User] = []
         d.addCallback(users.append)
         self.redis.pump()
+        conn.user = users[0]
         return users[0]
 
     def cut(self) -> None:
@@ -341,6 +347,17 @@ class Node:
 
     def nicks(self) -> list[str]:
         return sorted(self.state.hub.online)
+
+
+def _rebind(conn: Any, user: User) -> None:
+    if isinstance(conn, Conn):
+        conn.user = user
+
+
+def now(user: User) -> User:
+    """C{user} as its connection holds it now (see L{Conn})."""
+    conn = user.conn
+    return conn.user if isinstance(conn, Conn) and conn.user is not None else user
 
 
 def cluster(n: int) -> tuple[MemoryRedis, Clock, list[Node]]:
@@ -354,6 +371,7 @@ def cluster(n: int) -> tuple[MemoryRedis, Clock, list[Node]]:
 
 
 def say(node: Node, user: User, *texts: str) -> None:
+    user = now(user)
     for text in texts:
         node.state.say(user, text)
         node.redis.clock.advance(0.001)

@@ -235,6 +235,16 @@ class ChatFactory(ServerFactory):
         them again, docs/cluster.md): the newcomers' block is built anew."""
         self._history_block = None
 
+    def state_replaced(self) -> None:
+        """The hub and the history changed without telling this listener
+        (a cluster node's replica rebuilt after Redis lost data): the user
+        list and the newcomers' block are built anew."""
+        self._history_block = None
+        self._user_lines = {}
+        for user in self.hub.online.values():
+            self._user_changed(user)
+        self._roster = None
+
     # -- the hub's Listener ------------------------------------------------------
 
     def roster_changing(self) -> None:  # the hub's Listener

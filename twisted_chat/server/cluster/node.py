@@ -50,7 +50,7 @@ from twisted_chat.server.cluster.own import OwnMembers
 from twisted_chat.server.cluster.replica import RemoteConn, Replica
 from twisted_chat.server.fanout import Member
 from twisted_chat.server.history import History
-from twisted_chat.server.hub import Hub, HubError, Listener, User
+from twisted_chat.server.hub import Hub, HubError, Listener, State, User
 from twisted_chat.server.metrics import Buckets
 from twisted_chat.server.state import Outcome, StateUnavailable
 from twisted_chat.wire import ErrorCode
@@ -138,6 +138,16 @@ class ClusterState:
         #: start, and again after L{missed}): what the listener built from
         #: the history before is stale.
         self.on_reloaded: Callable[[], None] = lambda: None
+        #: Called when the replica changed without telling the listener
+        #: (rebuilt after a loss, a hello's quiet part): what the listener
+        #: built from it (the user list, the history) is stale.
+        self.on_rebuilt: Callable[[], None] = lambda: None
+        #: Called with a connection of this node's and the L{User} it is
+        #: now (the replica was rebuilt: the hub holds a new object).
+        self.on_rebound: Callable[[Any, User], None] = lambda conn, user: None
+        #: Called with a connection of this node's to end (after its BYE
+        #: line): its user's nick went to someone else while Redis lost data.
+        self.on_displaced: Callable[[Any], None] = lambda conn: None
         #: Whether the log is open and holds no event of this node's that
         #: the replica has not applied, nor will (none is being written):
         #: then an event appended now goes after all of them.
@@ -175,13 +185,25 @@ class ClusterState:
     # -- the commands (ChatState) ---------------------------------------------
 
     def lobby_members(self) -> list[Member]:
-        return self.own.lobby_members()
+        members = self.own.lobby_members()
+        detached = self.replica.detached
+        if detached:
+            # Until its hello brings them back, they hear the lobby as before.
+            members += [d.conn for d in detached.values() if d.user.state is State.LOBBY]
+        return members
 
     def own_users(self) -> list[User]:
-        return self.own.users()
+        users = self.own.users()
+        detached = self.replica.detached
+        if detached:
+            users += [d.user for d in detached.values()]
+        return users
 
     def counts(self) -> tuple[int, int]:
-        return self.own.counts()
+        online, lobby = self.own.counts()
+        detached = list(self.replica.detached.values())
+        return (online + len(detached),
+                lobby + sum(d.user.state is State.LOBBY for d in detached))
 
     def holds(self, user: User) -> bool:
         return not isinstance(user.conn, RemoteConn)
@@ -282,6 +304,10 @@ class ClusterState:
 
     def _command(self, user: User, event: dict[str, Any]) -> Outcome:
         uid = self.replica.uids.get(user)
+        if uid is None and self.replica.detached:
+            # Redis lost data and the replica was rebuilt without this user:
+            # its command goes after this node's hello, which brings it back.
+            uid = self.replica.detached_uid(user)
         if uid is None:
             return None  # the cluster has taken this user offline meanwhile
         event["u"] = uid
@@ -422,12 +448,30 @@ class ClusterState:
         C{dead} for the same node finds nobody left)."""
         self._append({"t": "dead", "node": node})
 
-    def hello(self) -> None:
-        """Redis lost its data: tell the new log who this node's users are
-        (before anything this node still has to resend); a hello kept from
+    def hello(self, users: list[list[Any]] | None = None) -> None:
+        """Redis lost data: tell the log who this node's users are (C{users},
+        as L{rebuild} returned them; by default as the replica has them),
+        before anything this node still has to resend; a hello kept from
         before is moot."""
         self._kept.pop("hello", None)
-        self._append({"t": "hello", "users": self.replica.local_users()})
+        if users is None:
+            users = self.replica.local_users()
+        self._append({"t": "hello", "users": users})
+
+    def rebuild(self, snapshot: str | None,
+                entries: list[tuple[str, dict[str, Any]]]) -> list[list[Any]]:
+        """
+        Redis lost events this node's replica applied: rebuild it from what
+        Redis kept (L{Replica.rebuild}); this node's users keep their
+        connections.  Returns this node's users as they were (for its
+        hello).  Invitations' ticks are armed again from the rebuilt state.
+        """
+        if self._tick_call is not None and self._tick_call.active():
+            self._tick_call.cancel()
+        self._tick_call = self._tick_due = None
+        users = self.replica.rebuild(snapshot, entries)
+        self._schedule_tick()
+        return users
 
     def log_open(self) -> None:
         """The log is reachable (again): registrations are taken, and a
@@ -516,6 +560,23 @@ class ClusterState:
     def orphaned(self, user: User) -> None:
         self.leave(user, "disconnected")
 
+    def rebound(self, conn: Any, user: User) -> None:
+        self.on_rebound(conn, user)
+
+    def displaced(self, conn: Any, nick: str) -> None:
+        if getattr(conn, "closing", True):
+            return
+        conn.write(wire.line(
+            "BYE", "shutdown",
+            text=f"the chat's store lost data and {nick} is someone else's now; "
+            "connect again with another nick",
+        ))
+        self.on_displaced(conn)
+
+    def rebuilt(self) -> None:
+        self.own.reindex(self.hub)
+        self.on_rebuilt()
+
     def lost(self) -> None:
         if not self.closing:
             old = self._rename()
@@ -553,6 +614,7 @@ class ClusterState:
         """Take a new id; return the old one."""
         old, self.node = self.node, new_node_id()
         self.replica.node = self.node
+        self.replica.detached.clear()  # told BYE with the others (on_lost)
         self.on_renamed(self.node)
         # What was waiting was its old self's: taken back where it can
         # be.  Its users are about to be told BYE; a registration gets

@@ -29,7 +29,7 @@ from collections.abc import Sequence
 from twisted_chat.server.cluster.replica import RemoteConn
 from twisted_chat.server.fanout import Member
 from twisted_chat.server.history import Entry
-from twisted_chat.server.hub import Invitation, Listener, User
+from twisted_chat.server.hub import Hub, Invitation, Listener, User
 
 __all__ = ["OwnMembers"]
 
@@ -62,6 +62,23 @@ class OwnMembers:
         """This node's users online, and of them those in the lobby (sizes
         only: read from any thread)."""
         return len(self._online), len(self._lobby)
+
+    def reindex(self, hub: Hub) -> None:
+        """Build the index again from C{hub}, which changed without telling
+        this listener (a replica rebuilt after a loss, a C{hello}'s quiet
+        part): its lobby's order, restricted to this node's users."""
+        remote: dict[str, int] = {}
+        online: dict[User, None] = {}
+        for user in hub.online.values():
+            conn = user.conn
+            if isinstance(conn, RemoteConn):
+                remote[conn.node] = remote.get(conn.node, 0) + 1
+            else:
+                online[user] = None
+        self._online = online
+        self._lobby = {user: user.conn for user in hub.lobby.values()
+                       if not isinstance(user.conn, RemoteConn)}
+        self.remote = remote
 
     # -- the Listener: what changes the index ----------------------------------
 

@@ -500,14 +500,16 @@ class RedisLog:
         epoch = await cmd.execute_command("GET", EPOCH)
         if self._epoch is not None and epoch != self._epoch:
             self.log.error(
-                "cluster: Redis lost its data (a new epoch); this node announces its "
-                "users again, and resends what it had not had acknowledged"
+                "cluster: Redis lost its data (a new epoch); this node rebuilds its state "
+                "from nothing, announces its users again, and resends what it had not had "
+                "acknowledged"
             )
-            # The new stream starts from scratch (no dead node ids either);
-            # what this node still has to send goes after its users' list.
-            self.state.replica.new_epoch()
+            # The new stream starts from scratch (no dead node ids either),
+            # and so does every replica: what Redis kept is nothing.  What
+            # this node still has to send goes after its users' list.
             self._lost_tail = None
-            self._announce()
+            self.state.replica.hub.history.attach(_HistoryStore(self), [])
+            self._announce(self.state.rebuild(None, []))
         elif self._started:
             lost, self._lost_tail = self._lost_tail, None
             if lost is None:
@@ -548,31 +550,96 @@ class RedisLog:
         """
         Redis lost the stream's last events, its epoch kept (a crash lost
         the last second that C{appendfsync everysec} had not written, say):
-        the stream goes on after C{end}, the last entry it kept, and this
-        replica applied events after it that no replica started from now on
-        will see.  Handled as a new epoch is: this node's users stay, and a
+        the stream goes on after C{end}, the last entry it kept.  A replica
+        that applied events after it is rebuilt from what Redis kept (the
+        snapshot at or before C{end}, the stream up to it), as a node
+        starting now builds it: every replica is then the same function of
+        what Redis kept (L{ClusterState.rebuild}).  One that had not read up
+        to C{end} applied nothing that was lost: it applies the kept events
+        it has not read first.  Either way this node's users stay, and a
         C{hello} (before anything it still has to resend) makes every
-        replica's view of them this node's; the dead ids of the lost events
-        are forgotten (a replica started now never saw them).
+        replica's view of them this node's.
         """
         replica = self.state.replica
         self.log.error(
             "cluster: Redis lost the stream's last events (this node applied {last}, the "
-            "stream ends at {end}); this node announces its users again, and resends "
-            "what it had not had acknowledged", last=replica.last_id, end=end,
+            "stream ends at {end}); this node rebuilds its state from what Redis kept, "
+            "announces its users again, and resends what it had not had acknowledged",
+            last=replica.last_id, end=end,
         )
-        replica.lost_tail(end)
         # A snapshot as of a lost event (kept while the events were not:
         # not with an append-only file) would stop every node from starting;
         # one another node wrote after the loss is kept (DROP_LOST_SNAPSHOT).
         await cmd.execute_command("EVAL", DROP_LOST_SNAPSHOT, 2, SNAPSHOT, STREAM, end)
         self._loaded_id = None
-        self._announce()
+        users = None
+        if id_key(replica.last_id) > id_key(end):
+            kept = await self._kept_state(cmd, end)
+            if kept is None:
+                self.log.error(
+                    "cluster: what Redis kept cannot be read back (no snapshot at or "
+                    "before {end}, and the stream does not start at the beginning): this "
+                    "node goes on with its state; the nodes may disagree on what the lost "
+                    "events did", end=end,
+                )
+                replica.lost_tail(end)
+            else:
+                snapshot, entries, history = kept
+                replica.hub.history.attach(_HistoryStore(self), history)
+                users = self.state.rebuild(snapshot, entries)
+        else:
+            replica.shown = None  # what its users saw is what it applied
+            await self._read_kept(cmd, end)
+        self._announce(users)
 
-    def _announce(self) -> None:
+    async def _kept_state(
+        self, cmd: Any, end: str,
+    ) -> tuple[str | None, list[tuple[str, dict[str, Any]]], list[Entry]] | None:
+        """What Redis kept up to C{end}: the snapshot at or before it (or
+        none), the stream's entries after the snapshot up to C{end}, and the
+        history before them, as a node starting now reads them; C{None} if
+        the stream does not go back to the snapshot (or to its start)."""
+        snapshot = await cmd.execute_command("GET", SNAPSHOT)
+        upto = str(json.loads(snapshot)["id"]) if snapshot else "0-0"
+        if id_key(upto) > id_key(end):
+            snapshot, upto = None, "0-0"  # as of a lost event
+        entries: list[tuple[str, dict[str, Any]]] = []
+        last = upto
+        while id_key(last) < id_key(end):
+            rows = await cmd.execute_command("XRANGE", STREAM, "(" + last, "+",
+                                             "COUNT", READ_COUNT)
+            if not rows or (not entries and not _follows(rows[0], upto)):
+                return None
+            for eid, fields in rows:
+                if id_key(str(eid)) > id_key(end):
+                    break
+                entries.append((str(eid), self._parse(str(eid), fields[1])))
+            last = str(rows[-1][0])
+        if (entries[-1][0] if entries else upto) != end:
+            return None  # the kept end is not in the stream (deleted meanwhile)
+        return snapshot, entries, await self._history_entries(cmd, upto)
+
+    async def _read_kept(self, cmd: Any, end: str) -> None:
+        """Apply the kept events up to C{end} that this replica has not read
+        (it lagged when Redis lost what came after), so that its hello lists
+        its users as of the kept end."""
+        while id_key(self.state.replica.last_id) < id_key(end):
+            last = self.state.replica.last_id
+            rows = await cmd.execute_command("XRANGE", STREAM, "(" + last, "+",
+                                             "COUNT", READ_COUNT)
+            if not rows or not _follows(rows[0], last):
+                return  # trimmed past it: the catch-up after this sees it
+            batch = [(str(eid), self._parse(str(eid), fields[1])) for eid, fields in rows
+                     if id_key(str(eid)) <= id_key(end)]
+            if not batch:
+                return
+            self.state.deliver(batch)
+
+    def _announce(self, users: list[list[Any]] | None = None) -> None:
         """After Redis lost events (all, or its last ones): this node's
-        snapshots and trims start afresh, and its users' list (a C{hello})
-        goes ahead of what it still has to send."""
+        snapshots and trims start afresh, and its users' list (a C{hello}:
+        C{users}, or as the replica has them) goes ahead of what it still
+        has to send."""
         self._snapshot_id = ""
         self._trim_to = None
         self._snapshot_at = 0.0
@@ -580,7 +647,7 @@ class RedisLog:
         self._applied = None
         waiting = list(self._unacked)
         self._unacked.clear()
-        self.state.hello()
+        self.state.hello(users)
         self._unacked.extend(waiting)
 
     async def _load(self, cmd: Any) -> None:
@@ -632,26 +699,31 @@ class RedisLog:
             await self._load(cmd)
 
     async def _load_history(self, cmd: Any, upto: str) -> None:
-        history = self.state.replica.hub.history
-        size = history.size
-        entries: list[Entry] = []
-        if size:
-            top = id_key(upto)
-            rows = await cmd.execute_command(
-                "ZREVRANGEBYSCORE", HISTORY, top[0], "-inf", "WITHSCORES",
-                "LIMIT", 0, size + 64,
-            )
-            found: list[tuple[tuple[int, int], Entry]] = []
-            for member, score in zip(rows[::2], rows[1::2], strict=False):
-                seq_text, _, body = str(member).partition(" ")
-                key = (int(float(score)), int(seq_text))
-                if key > top and upto != "0-0":
-                    continue
-                nick, text = json.loads(body)[:2]  # then its time (see append_entry)
-                found.append((key, Entry(key[0] / 1000.0, nick, text)))
-            found.sort(key=lambda pair: pair[0])
-            entries = [entry for _, entry in found[-size:]]
-        history.attach(_HistoryStore(self), entries)
+        """The history, as of event C{upto}, into the replica's hub."""
+        self.state.replica.hub.history.attach(
+            _HistoryStore(self), await self._history_entries(cmd, upto))
+
+    async def _history_entries(self, cmd: Any, upto: str) -> list[Entry]:
+        """The newest lobby messages of the history (as many as this node
+        shows) at or before event C{upto}: those before the snapshot of
+        C{upto} (the stream has those after it)."""
+        size = self.state.replica.hub.history.size
+        if not size:
+            return []
+        top = id_key(upto)
+        rows = await cmd.execute_command(
+            "ZREVRANGEBYSCORE", HISTORY, top[0], "-inf", "WITHSCORES", "LIMIT", 0, size + 64,
+        )
+        found: list[tuple[tuple[int, int], Entry]] = []
+        for member, score in zip(rows[::2], rows[1::2], strict=False):
+            seq_text, _, body = str(member).partition(" ")
+            key = (int(float(score)), int(seq_text))
+            if key > top and upto != "0-0":
+                continue
+            nick, text = json.loads(body)[:2]  # then its time (see append_entry)
+            found.append((key, Entry(key[0] / 1000.0, nick, text)))
+        found.sort(key=lambda pair: pair[0])
+        return [entry for _, entry in found[-size:]]
 
     def _failed(self, failure: Any, generation: int) -> None:
         if generation != self._generation:
@@ -1217,8 +1289,8 @@ class RedisLog:
 
     def append_entry(self, entry: Entry) -> None:
         current = self.state.replica.current
-        if current is None or current[1] != self.state.node:
-            return  # the sender's node writes it
+        if current is None or current[1] != self.state.node or self.state.replica.replaying:
+            return  # the sender's node writes it (once: not when rebuilding)
         ms, seq = id_key(current[0])
         # A sorted set holds a member once: the event's time is in it too,
         # or a line said again (the same nick and text) would replace the

@@ -32,17 +32,18 @@ empty set (L{Replica.new_epoch}).
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, Protocol
 
 from twisted.internet.task import Clock
 from twisted.logger import Logger
 
-from twisted_chat.server.history import History
-from twisted_chat.server.hub import Hub, HubError, Listener, NickTaken, User
+from twisted_chat.server.history import Entry, History
+from twisted_chat.server.hub import Hub, HubError, Invitation, Listener, NickTaken, User
 
-__all__ = ["Answers", "Member", "RemoteConn", "Replica", "event_seconds"]
+__all__ = ["Answers", "Detached", "Member", "RemoteConn", "Replica", "event_seconds"]
 
 _log = Logger(namespace="twisted_chat.server.cluster.replica")
 
@@ -92,6 +93,63 @@ class Member:
     uid: str
 
 
+@dataclass(slots=True)
+class Detached:
+    """
+    A user of this node whose connection is held but whom the replica,
+    rebuilt after a loss (L{Replica.rebuild}), does not have (its
+    registration was lost, or a lost event had it come back): it comes back
+    when this node's C{hello} is applied.  C{user} is the L{User} the
+    connection holds (no longer the hub's); C{row} its line in the hello.
+    """
+
+    conn: Any
+    user: User
+    row: list[Any]
+
+
+class _Silent:
+    """A hub listener that tells nobody: while a replica replays events its
+    node's users have seen (L{Replica.rebuild}), or applies a C{hello}'s
+    change they have seen already."""
+
+    def roster_changing(self) -> None:
+        pass
+
+    def ready(self, user: User) -> None:
+        pass
+
+    def joined(self, ts: float, user: User) -> None:
+        pass
+
+    def left(self, ts: float, user: User, reason: str, text: str) -> None:
+        pass
+
+    def lobby_message(self, entry: Entry) -> None:
+        pass
+
+    def private_message(self, ts: float, sender: User, recipient: User, text: str) -> None:
+        pass
+
+    def invited(self, invitation: Invitation) -> None:
+        pass
+
+    def paired(self, user: User, partner: User) -> None:
+        pass
+
+    def unpaired(self, user: User, partner: User, reason: str, missed: Sequence[Entry]) -> None:
+        pass
+
+    def declined(self, inviter: User, invitee: User, reason: str) -> None:
+        pass
+
+    def cancelled(self, invitee: User, inviter: User, reason: str) -> None:
+        pass
+
+
+_SILENT = _Silent()
+
+
 class Answers(Protocol):
     """What the replica tells its own node about the node's own events."""
 
@@ -107,6 +165,19 @@ class Answers(Protocol):
 
     def lost(self) -> None:
         """The cluster declared this node dead: its users are gone."""
+
+    def rebound(self, conn: Any, user: User) -> None:
+        """After a rebuild, the connection C{conn} of this node's is C{user}'s
+        (a new L{User} object, of the same id, the hub holds now)."""
+
+    def displaced(self, conn: Any, nick: str) -> None:
+        """After a rebuild, this node's C{hello} could not bring back the
+        user of C{conn}: C{nick} is someone else's now (decided in the log's
+        order, alike on every replica).  Its connection is to end."""
+
+    def rebuilt(self) -> None:
+        """The hub changed without telling the listener (a rebuild, a
+        C{hello}'s quiet part): what the node built from it is stale."""
 
 
 class Replica:
@@ -130,6 +201,20 @@ class Replica:
         self.dead: dict[str, float] = {}
         # The event being applied (id, node), for the history's durable write.
         self.current: tuple[str, str] | None = None
+        #: After a rebuild: this node's users whose connections it holds but
+        #: whom the rebuilt replica does not have (until its hello), by uid.
+        self.detached: dict[str, Detached] = {}
+        #: After a rebuild: what this node's users were shown before it (who
+        #: was online, by uid, with the partner's uid or ""), updated by the
+        #: hellos applied since; a hello's change they were shown already is
+        #: applied quietly.  None when no rebuild made the two differ.
+        self.shown: dict[str, str] | None = None
+        #: Whether events this node applied before are being applied again
+        #: (L{rebuild}): nothing is answered, nothing is written.
+        self.replaying = False
+        # During a rebuild: this node's held connections, by uid.
+        self._attach: dict[str, Any] = {}
+        self._hushed = False
 
     # -- applying ------------------------------------------------------------
 
@@ -165,7 +250,7 @@ class Replica:
             _log.failure("applying event {eid} {event!r}", eid=eid, event=event)
         finally:
             self.current = None
-        if origin == self.node:
+        if origin == self.node and not self.replaying:
             self.answers.decided(k, result)
 
     def _member(self, event: dict[str, Any]) -> User | None:
@@ -175,14 +260,18 @@ class Replica:
         return member.user
 
     def _register(self, eid: str, origin: str, k: int, event: dict[str, Any]) -> User:
-        conn = self.answers.conn_for(k) if origin == self.node else None
+        conn = None
+        if origin == self.node:
+            conn = self.answers.conn_for(k)
+            if conn is None:
+                conn = self._attach.get(eid)  # a rebuild's replay
         orphan = conn is None or getattr(conn, "closing", False)
         user = self.hub.register(
             str(event["nick"]), RemoteConn(origin) if conn is None else conn,
             str(event.get("a", "-")), source=str(event.get("s", "")),
         )
         self._add(user, origin, eid)
-        if orphan and origin == self.node:
+        if orphan and origin == self.node and not self.replaying:
             self.answers.orphaned(user)
         return user
 
@@ -236,36 +325,89 @@ class Replica:
 
     def _hello(self, eid: str, origin: str, k: int, event: dict[str, Any]) -> None:
         """
-        After Redis lost its data, each node says which of its users are
-        online: the cluster's view of that node becomes exactly that (users
-        missing from it leave; users the replica does not know come online).
+        After Redis lost data, each node says which of its users are online:
+        the cluster's view of that node becomes exactly that (users missing
+        from it leave; users the replica does not have come online, unless
+        their nick is someone else's by now; their pairs come back).
+
+        On a node that rebuilt its replica (L{shown}), what its users were
+        shown already (a user online, a pair) is applied without a line; on
+        the hello's own node, a listed user it holds the connection of
+        (L{detached}) gets it back, or, its nick taken meanwhile, is
+        L{Answers.displaced}.
         """
         listed = {str(u[0]): (str(u[1]), str(u[2]), str(u[4]) if len(u) > 4 else "")
                   for u in event["users"]}
         partners = {str(u[0]): str(u[3]) for u in event["users"] if len(u) > 3 and u[3]}
+        own = origin == self.node
+        shown = self.shown
+        self._hushed = False
         stale = sorted(
             (m for m in self.members.values() if m.node == origin and m.uid not in listed),
             key=lambda m: m.user.key,
         )
         for member in stale:
-            self._gone(member.user, "disconnected", "")
+            with self._quietly(shown is not None and member.uid not in shown):
+                self._gone(member.user, "disconnected", "")
+            if shown is not None:
+                shown.pop(member.uid, None)
         for uid, (nick, address, source) in sorted(listed.items()):
             if uid in self.members:
                 continue
+            held = self.detached.pop(uid, None) if own else None
+            conn: Any = RemoteConn(origin)
+            if held is not None:
+                conn = held.conn
+            elif own and uid in self._attach:
+                conn = self._attach[uid]  # a rebuild's replay
             try:
-                user = self.hub.register(nick, RemoteConn(origin), address, source=source)
+                with self._quietly(shown is not None and uid in shown):
+                    user = self.hub.register(nick, conn, address, source=source)
             except NickTaken:
                 _log.warn("node {node} holds {nick}, which is online elsewhere",
                           node=origin, nick=nick)
+                if held is not None and not self.replaying:
+                    self.answers.displaced(held.conn, nick)
                 continue
             self._add(user, origin, uid)
+            if shown is not None:
+                shown.setdefault(uid, "")
+            if held is not None and not self.replaying:
+                self.answers.rebound(held.conn, user)
+                if getattr(held.conn, "closing", False):
+                    self.answers.orphaned(user)  # it went meanwhile
         # Pairs across nodes come back once both sides have been listed.
         for uid, partner_uid in sorted(partners.items()):
             one, other = self.members.get(uid), self.members.get(partner_uid)
             if one is None or other is None or one.user.partner is other.user:
                 continue
             if one.user.partner is None and other.user.partner is None:
-                self._restore_pair(one.user, other.user)
+                seen = (shown is not None and shown.get(uid) == partner_uid
+                        and shown.get(partner_uid) == uid)
+                with self._quietly(seen):
+                    self._restore_pair(one.user, other.user)
+                if shown is not None:
+                    shown[uid], shown[partner_uid] = partner_uid, uid
+        if self._hushed and not self.replaying:
+            self.answers.rebuilt()
+        self._hushed = False
+
+    @contextmanager
+    def _quietly(self, quiet: bool = True) -> Iterator[None]:
+        """Apply what follows without telling the listener (if C{quiet}),
+        after what it had gathered goes out."""
+        hub = self.hub
+        if not quiet or hub.listener is _SILENT:
+            yield
+            return
+        listener = hub.listener
+        listener.roster_changing()
+        hub.listener = _SILENT
+        self._hushed = True
+        try:
+            yield
+        finally:
+            hub.listener = listener
 
     def _restore_pair(self, a: User, b: User) -> None:
         for one in (a, b):
@@ -285,7 +427,7 @@ class Replica:
             self._gone(member.user, "disconnected", "")
         if gone:
             _log.info("node {node} is gone: {n} users left", node=node, n=len(gone))
-        if node == self.node:
+        if node == self.node and not self.replaying:
             self.answers.lost()
 
     def _forget_dead(self, before: float) -> None:
@@ -315,13 +457,14 @@ class Replica:
 
     def lost_tail(self, end: str) -> None:
         """
-        Redis lost the stream's events after C{end} (its epoch kept): the
-        stream goes on after C{end}, and the node ids this replica learnt
-        were dead from the lost events (declared after C{end}'s time) are
-        forgotten, as a replica started now never learns of them.  (What
-        else the lost events did here, the nodes' C{hello}s correct.)  A
-        replica that had not read up to C{end} goes on from where it was: it
-        still has the kept events before C{end} to apply.
+        Redis lost the stream's events after C{end} (its epoch kept) and
+        what it kept cannot be read back to L{rebuild} from (a snapshot
+        newer than the kept end, deleted by hand with a stream trimmed
+        behind it): the fallback.  The stream goes on after C{end}, and the
+        node ids this replica learnt were dead from the lost events
+        (declared after C{end}'s time: one in C{end}'s own millisecond is
+        kept) are forgotten; what else the lost events did here stays, for
+        the C{hello}s to correct where they can.
         """
         if end == "0-0" or id_key(end) < id_key(self.last_id):
             self.last_id = end
@@ -354,7 +497,7 @@ class Replica:
              m.user.source]
             for m in self.members.values()
             if m.node == self.node
-        ]
+        ] + [list(d.row) for d in self.detached.values()]
 
     def nodes(self) -> set[str]:
         """The nodes that have users online."""
@@ -389,6 +532,72 @@ class Replica:
         self.last_id = "0-0"
         self.last_k = {}
         self.dead = {}
+        self.detached = {}
+        self.shown = None
+
+    def rebuild(self, snapshot: str | None, entries: Sequence[tuple[str, dict[str, Any]]]
+                ) -> list[list[Any]]:
+        """
+        Redis lost events this replica applied (its last ones, or all of its
+        data): make the replica what a node starting now builds from what
+        Redis kept, C{snapshot} (as of an event at or before the kept end;
+        C{None}: none) and the kept C{entries} after it up to that end (for
+        a new epoch: neither), so that every replica is the same function of
+        what Redis kept, whatever this one had applied of what was lost.
+
+        All of it was applied here before: it is applied again without a
+        line to anyone (L{_Silent}) and without an answer to this node.
+        This node's connections are then bound to their users where the
+        rebuilt replica has them (L{Answers.rebound}); the others are
+        L{detached} until this node's C{hello} brings them back.  L{shown}
+        keeps what this node's users were shown, for the hellos.
+
+        @return: this node's users as they were before (its C{hello}).
+        """
+        rows = self.local_users()
+        shown = {uid: (self.uids.get(m.user.partner, "") if m.user.partner is not None else "")
+                 for uid, m in self.members.items()}
+        shown.update((uid, str(d.row[3]) if len(d.row) > 3 else "")
+                     for uid, d in self.detached.items())
+        held: dict[str, tuple[Any, User]] = {
+            uid: (d.conn, d.user) for uid, d in self.detached.items()}
+        for uid, m in self.members.items():
+            if m.node == self.node and not isinstance(m.user.conn, RemoteConn):
+                held[uid] = (m.user.conn, m.user)
+        by_uid = {str(row[0]): row for row in rows}
+        hub = self.hub
+        listener = hub.listener
+        listener.roster_changing()  # what the lobby was sent goes out first
+        hub.listener = _SILENT
+        self.replaying = True
+        try:
+            self.clear()
+            self.clock.advance(-self.clock.seconds())  # as a new replica's
+            self._attach = {uid: conn for uid, (conn, _) in held.items()}
+            if snapshot is not None:
+                self.restore(snapshot)
+            for eid, event in entries:
+                self.apply(eid, event)
+        finally:
+            hub.listener = listener
+            self.replaying = False
+            self._attach = {}
+        for uid, (conn, user) in held.items():
+            member = self.members.get(uid)
+            if member is not None and member.user.conn is conn:
+                self.answers.rebound(conn, member.user)
+            else:
+                self.detached[uid] = Detached(conn, user, by_uid[uid])
+        self.shown = shown
+        self.answers.rebuilt()
+        return rows
+
+    def detached_uid(self, user: User) -> str | None:
+        """The id of a L{detached} user, by the L{User} its connection holds."""
+        for uid, held in self.detached.items():
+            if held.user is user:
+                return uid
+        return None
 
     def snapshot(self) -> str:
         """The state after C{last_id}, as JSON (see L{restore})."""
@@ -437,7 +646,8 @@ class Replica:
         self.dead = {str(n): float(when) for n, when in data.get("dead", [])}
         by_uid: dict[str, User] = {}
         for uid, node, nick, address, *rest in data["users"]:
-            user = hub.register(nick, RemoteConn(node), address,
+            conn = self._attach.get(uid) if node == self.node else None  # a rebuild's
+            user = hub.register(nick, RemoteConn(node) if conn is None else conn, address,
                                 source=rest[0] if rest else "")
             self._add(user, node, uid)
             by_uid[uid] = user

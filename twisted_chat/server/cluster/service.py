@@ -23,7 +23,9 @@ from twisted_chat.server.cluster.redislog import RedisLog, RedisTarget
 from twisted_chat.server.config import ServerConfig
 from twisted_chat.server.factory import ChatFactory, hub_options
 from twisted_chat.server.history import History
+from twisted_chat.server.hub import User
 from twisted_chat.server.login import PasswordWork
+from twisted_chat.server.protocol import ChatProtocol
 
 __all__ = ["ClusterService", "cluster_factory", "drop_users"]
 
@@ -48,7 +50,24 @@ def cluster_factory(
 
     state.on_lost = lambda: drop_users(factory)
     state.on_reloaded = factory.history_replaced
+    state.on_rebuilt = factory.state_replaced
+    state.on_rebound = rebind
+    state.on_displaced = hang_up
     return factory, redis
+
+
+def rebind(conn: Any, user: User) -> None:
+    """After a rebuild (docs/cluster.md), a connection holds its user as the
+    replica has it now."""
+    if isinstance(conn, ChatProtocol):
+        conn.user = user
+
+
+def hang_up(conn: Any) -> None:
+    """End a connection that was told C{BYE shutdown} (its nick went to
+    someone else while Redis lost data)."""
+    if isinstance(conn, ChatProtocol):
+        conn.hang_up("shutdown")
 
 
 def drop_users(factory: ChatFactory) -> None:
