@@ -2,12 +2,17 @@
 Redis losing part of its data under running nodes, end to end (real
 redis-server, real nodes; every wait bounded): the stream's last entries
 deleted, and FLUSHDB without a restart.  Nobody is told BYE, and a node
-started afterwards shows the same users as the running ones.
+started afterwards shows the same users as the running ones; a nick whose
+registration was lost and that a lagging node gives to someone else is
+decided alike on every node.
 """
 
 from __future__ import annotations
 
 import json
+import os
+import signal
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -179,3 +184,83 @@ def test_events_after_a_loss_with_ids_below_the_lost_ones_are_applied(
     finally:
         r.close()
     _a_lost_tail_seen(c, [alice, bob], "alice * below")
+def _pubsub_clients(r: Resp, channel: str, want: int, timeout: float = 15.0) -> None:
+    deadline = time.monotonic() + timeout
+    while r("PUBSUB", "NUMSUB", channel)[1] != want:
+        assert time.monotonic() < deadline, f"not {want} subscribers on {channel}"
+        time.sleep(0.05)
+
+
+def test_a_lost_nick_taken_on_a_lagging_node_is_decided_alike_everywhere(
+    cluster: Callable[..., Cluster],
+) -> None:
+    """
+    Three nodes.  n2 lags (stopped, its subscription cut) while carol
+    registers on n0; Redis then loses carol's registration (the stream's
+    last entry deleted).  n2, back, never had carol: NICK carol there is
+    READY, and is the first event after the loss.  n0 and n1, which had
+    applied the lost registration, rebuild from what Redis kept and decide
+    it as n2 did: n0's carol is told BYE shutdown at its hello, every
+    node's USERS agree, and every member gets the lobby's lines in one
+    order (the new carol's included).  (A long --node-timeout: no snapshot
+    lands between the loss and its notice, and n2's stop is not a death.)
+    """
+    c = cluster(3, node_timeout=60.0)
+    n0, n1, n2 = c.nodes
+    alice, bob, dan = c.user(n0, "alice"), c.user(n1, "bob"), c.user(n2, "dan")
+    for client in (alice, bob, dan):
+        client.sync()
+    r = Resp(c.redis.port)
+    try:
+        channel = "chat:live:0"
+        _pubsub_clients(r, channel, 3)
+        os.kill(n2.pid, signal.SIGSTOP)
+        try:
+            r("CLIENT", "KILL", "TYPE", "pubsub")  # n2 hears nothing more
+            _pubsub_clients(r, channel, 2)  # n0 and n1 subscribed again
+            old_carol = c.user(n0, "carol")
+            bob.expect(lambda line: line.startswith("JOINED") and line.endswith("carol"),
+                       timeout=10)
+            ((eid, fields),) = r("XREVRANGE", "chat:events", "+", "-", "COUNT", 1)
+            assert json.loads(fields[fields.index("e") + 1])["nick"] == "carol"
+            assert r("XDEL", "chat:events", eid) == 1
+            snapshot = r("GET", "chat:snapshot")
+            if snapshot is not None and id_key(json.loads(snapshot)["id"]) >= id_key(eid):
+                r("DEL", "chat:snapshot")  # written after it: a crash loses it too
+        finally:
+            os.kill(n2.pid, signal.SIGCONT)
+    finally:
+        r.close()
+    n2.wait_log("Redis is back", timeout=15)
+    new_carol = c.connect(n2)
+    new_carol.expect("NICK")
+    new_carol.send("NICK carol")
+    new_carol.expect("READY carol", timeout=10)
+    for server in (n0, n1):
+        server.wait_log("Redis lost the stream's last events", timeout=15)
+
+    clients = [alice, bob, dan, new_carol]
+    texts = []
+    for i, client in enumerate(clients):  # one at a time: one order
+        text = f"said {i}"
+        texts.append(text)
+        client.send(f"MSG {text}")
+        client.expect(lambda line, t=text: line.startswith("MSG") and line.endswith(t),
+                      timeout=10)
+    for client in clients:
+        if not any(line.endswith(texts[-1]) for line in client.lines):
+            client.expect(lambda line: line.endswith(texts[-1]), timeout=10)
+    lobby = [[line.split(" ", 2)[2] for line in client.lines
+              if line.startswith(("MSG", "JOINED", "LEFT")) and "said" in line]
+             for client in clients]
+    assert all(seen == lobby[0] for seen in lobby), lobby
+    assert [entry.rsplit(" ", 1)[-1] for entry in lobby[0]] == [t.split()[-1] for t in texts]
+    users = []
+    for client in clients:
+        client.send("USERS")
+        client.expect("USERS", timeout=10)
+        users.append([line for line in client.lines[-5:] if line.startswith("USER")])
+    assert all(u == users[0] for u in users), users
+    assert users[0][-1] == "USERS 4"
+    assert old_carol.expect("BYE", timeout=15).startswith("BYE shutdown")
+    assert old_carol.closed(timeout=10)
