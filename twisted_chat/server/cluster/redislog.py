@@ -36,8 +36,9 @@ was cut off, or behind, for longer than the stream keeps events past the
 last snapshot) cannot trust its replica: it goes on as a new node from the
 snapshot (L{ClusterState.missed}).  One whose last event is gone from the
 stream while what follows follows an older one (Redis lost its last
-events, its epoch kept) keeps its users and announces them again, as at a
-new epoch (L{RedisLog._tail_lost}).
+events, its epoch kept), or that sees a new epoch, rebuilds its replica
+from what Redis kept, keeps its users and announces them again
+(L{RedisLog._tail_lost}, L{ClusterState.rebuild}).
 
 The client is txredisapi's protocol (non-blocking, Twisted-native), on
 connections this module makes itself through Twisted endpoints, so that

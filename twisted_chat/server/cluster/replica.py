@@ -24,9 +24,13 @@ A node id declared dead stays dead: every event of that id the log has
 after its C{dead} (a registration the node sent before it learnt of its
 death, a resend, anything) is skipped, by every replica alike.  Node ids are random and new at
 every start and after every death (L{node.new_node_id}), never reused, so the
-set forgets an id L{DEAD_KEEP} seconds (log time) after its death.  A new
-epoch (Redis lost its data, and with it every C{dead} event) starts with an
-empty set (L{Replica.new_epoch}).
+set forgets an id L{DEAD_KEEP} seconds (log time) after its death.
+
+When Redis loses events a replica applied (its last ones, or all of its
+data: a new epoch), the replica is rebuilt from what Redis kept
+(L{Replica.rebuild}), as a node starting then builds it, so that every
+replica decides what follows alike; its node's C{hello} then brings back
+its users the kept state lacks (L{Replica.detached}).
 """
 
 from __future__ import annotations
