@@ -216,3 +216,39 @@ def test_own_users_keep_their_connections_and_are_not_sent_the_replay_again() ->
     assert n0.nicks() == n1.nicks() == ["ann", "bob", "dora"]
     assert isinstance(now(dora), User) and now(dora) is n0.state.hub.online["dora"]
     assert _state(n0) == _state(n1)
+
+
+def test_a_node_back_after_another_wrote_a_snapshot_past_the_loss_rebuilds_from_it() -> None:
+    """A cluster that has run a while (its stream trimmed behind its
+    snapshots); Redis restarts without its last events (bob's invitation
+    to ann, applied by both nodes).  n0 is back first, rebuilds, and a
+    snapshot interval later writes a snapshot after the loss (over the one
+    Redis kept) before n1 is back.  n1 rebuilds from that snapshot (what
+    Redis kept as of an event after the loss), not from its own state with
+    the lost invitation in it: it agrees with n0 and with a node started
+    afterwards."""
+    redis, clock, (n0, n1) = cluster(2)
+    ann, bob = n0.user("ann"), n1.user("bob")
+    for text in ("one", "two", "three"):
+        say(n0, ann, text)
+        _settle(redis, clock, 11)  # snapshots; the stream trimmed behind them
+    assert redis.stream[0][2] != "0-0"
+    end = redis.stream[-1][0]
+    n1.state.pair(bob, "ann")
+    redis.pump()
+    assert now(bob).outgoing is not None and n0.state.hub.online["ann"].incoming
+    del redis.stream[-1:]
+    n0.cut()
+    n1.cut()
+    n0.reachable = True
+    _settle(redis, clock, 12)  # n0 back: rebuilt, its hello, then a snapshot
+    snap_id = json.loads(redis.keys["chat:snapshot"])["id"]
+    assert snap_id > end and snap_id in [eid for eid, _, _ in redis.stream]
+    n1.reachable = True
+    _settle(redis, clock, 5)
+    n2 = Node(redis, clock, "n2")
+    _settle(redis, clock, 1)
+    state = _three_agree(n0, n1, n2)
+    assert state["invitations"] == state["invites"] == []
+    assert [nick for _, nick, _ in state["users"]] == ["ann", "bob"]
+    assert n0.lost == n1.lost == 0

@@ -599,11 +599,22 @@ class RedisLog:
         """What Redis kept up to C{end}: the snapshot at or before it (or
         none), the stream's entries after the snapshot up to C{end}, and the
         history before them, as a node starting now reads them; C{None} if
-        the stream does not go back to the snapshot (or to its start)."""
+        the stream does not go back to the snapshot (or to its start).
+
+        A snapshot past C{end} is one a node that saw the loss first wrote
+        after it (one as of a lost event was just dropped): it is what Redis
+        kept as of an event after the loss, and every replica had that state
+        there; it is taken with no entries (the catch-up reads on from it),
+        unless it holds an event of this node's still waiting for its
+        answer (which would never come: C{None})."""
         snapshot = await cmd.execute_command("GET", SNAPSHOT)
         upto = str(json.loads(snapshot)["id"]) if snapshot else "0-0"
         if id_key(upto) > id_key(end):
-            snapshot, upto = None, "0-0"  # as of a lost event
+            assert snapshot is not None
+            k = self.state.first_waiting()
+            if k is not None and k <= int(json.loads(snapshot)["k"].get(self.state.node, 0)):
+                return None
+            return snapshot, [], await self._history_entries(cmd, upto)
         entries: list[tuple[str, dict[str, Any]]] = []
         last = upto
         while id_key(last) < id_key(end):
@@ -640,10 +651,14 @@ class RedisLog:
         """After Redis lost events (all, or its last ones): this node's
         snapshots and trims start afresh, and its users' list (a C{hello}:
         C{users}, or as the replica has them) goes ahead of what it still
-        has to send."""
+        has to send.  The first snapshot after it comes a whole interval
+        later: until then the snapshot Redis kept (at or before the kept
+        end) stays, for the nodes that see the same loss later to rebuild
+        from what Redis kept (one written after the loss would have this
+        node's events after it, see L{_kept_state})."""
         self._snapshot_id = ""
         self._trim_to = None
-        self._snapshot_at = 0.0
+        self._snapshot_at = self.reactor.seconds()
         self._taken = None
         self._applied = None
         waiting = list(self._unacked)
