@@ -16,7 +16,9 @@ from typing import Any
 
 from twisted.internet.task import Clock
 
-from tests.test_cluster_read import Conn, MemoryRedis, Node, cluster, now, say
+from tests.test_cluster_read import Conn, MemoryRedis, Node, Recorder, cluster, now, say
+from twisted_chat.server.cluster.node import ClusterState
+from twisted_chat.server.history import History
 from twisted_chat.server.hub import User
 
 
@@ -252,3 +254,20 @@ def test_a_node_back_after_another_wrote_a_snapshot_past_the_loss_rebuilds_from_
     assert state["invitations"] == state["invites"] == []
     assert [nick for _, nick, _ in state["users"]] == ["ann", "bob"]
     assert n0.lost == n1.lost == 0
+
+
+def test_the_fallbacks_lost_tail_forgets_a_dead_by_its_event_not_its_second() -> None:
+    """Where what Redis kept cannot be read back, a replica goes on with its
+    state (Replica.lost_tail): a dead id declared by a lost event is still
+    forgotten when it shares the kept end's millisecond (it was kept: its
+    time was not after the end's), and one declared by a kept event in that
+    millisecond stays."""
+    state = ClusterState("me", Recorder(), History(10), {}, Clock())
+    state.deliver([
+        ("1000-0", {"t": "dead", "n": "a", "k": 1, "node": "kept-dead"}),
+        ("1000-1", {"t": "tick", "n": "a", "k": 2}),
+        ("1000-2", {"t": "dead", "n": "a", "k": 3, "node": "lost-dead"}),
+    ])
+    assert sorted(state.replica.dead) == ["kept-dead", "lost-dead"]
+    state.replica.lost_tail("1000-1")
+    assert sorted(state.replica.dead) == ["kept-dead"]

@@ -218,6 +218,9 @@ class Replica:
         self.replaying = False
         # During a rebuild: this node's held connections, by uid.
         self._attach: dict[str, Any] = {}
+        # The event that declared each dead id, where this replica applied
+        # it (not one a snapshot brought): for L{lost_tail}.
+        self._dead_by: dict[str, str] = {}
         self._hushed = False
 
     # -- applying ------------------------------------------------------------
@@ -423,7 +426,9 @@ class Replica:
     def _dead(self, eid: str, origin: str, k: int, event: dict[str, Any]) -> None:
         node = str(event["node"])
         self._forget_dead(self.clock.seconds() - DEAD_KEEP)
-        self.dead.setdefault(node, self.clock.seconds())
+        if node not in self.dead:
+            self.dead[node] = self.clock.seconds()
+            self._dead_by[node] = eid
         gone = sorted(
             (m for m in self.members.values() if m.node == node), key=lambda m: m.user.key
         )
@@ -443,6 +448,7 @@ class Replica:
             if when >= before:
                 break
             del dead[node]
+            self._dead_by.pop(node, None)
             self.last_k.pop(node, None)
             self.last_k.pop(HELLO + node, None)
 
@@ -465,17 +471,20 @@ class Replica:
         what it kept cannot be read back to L{rebuild} from (a snapshot
         newer than the kept end, deleted by hand with a stream trimmed
         behind it): the fallback.  The stream goes on after C{end}, and the
-        node ids this replica learnt were dead from the lost events
-        (declared after C{end}'s time: one in C{end}'s own millisecond is
-        kept) are forgotten; what else the lost events did here stays, for
-        the C{hello}s to correct where they can.
+        node ids this replica learnt were dead from the lost events (by
+        the id of the C{dead} event it applied, or, for one a snapshot
+        brought, declared after C{end}'s time) are forgotten; what else the
+        lost events did here stays, for the C{hello}s to correct where they
+        can.
         """
         if end == "0-0" or id_key(end) < id_key(self.last_id):
             self.last_id = end
         after = event_seconds(end) if end != "0-0" else 0.0
         for node, when in list(self.dead.items()):
-            if when > after:
+            by = self._dead_by.get(node)
+            if (id_key(by) > id_key(end)) if by is not None else when > after:
                 del self.dead[node]
+                self._dead_by.pop(node, None)
 
     _HANDLERS: dict[str, Callable[[Replica, str, str, int, dict[str, Any]], Any]] = {
         "reg": _register,
@@ -536,6 +545,7 @@ class Replica:
         self.last_id = "0-0"
         self.last_k = {}
         self.dead = {}
+        self._dead_by = {}
         self.detached = {}
         self.shown = None
 
