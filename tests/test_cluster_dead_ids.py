@@ -14,7 +14,7 @@ import json
 from typing import Any
 
 from tests.test_cluster_outage import AnsweringRedis, outage, redis_log
-from tests.test_cluster_refused import _Conn, applied, connected
+from tests.test_cluster_refused import _Conn, applied, connected, heartbeat
 from tests.test_cluster_unit import Cluster, Node
 from twisted_chat.server.cluster.redislog import APPEND_SHA
 from twisted_chat.server.cluster.replica import DEAD_KEEP, HELLO
@@ -186,31 +186,13 @@ def test_a_node_going_on_under_a_new_id_judges_again_the_nodes_it_declared() -> 
     applied(state, {"t": "reg", "n": "x", "k": 1, "nick": "xena"})
     log._up_since = -1e9  # connected for longer than a lease
 
-    def beat() -> list[dict[str, Any]]:
-        """A heartbeat, every lease missing: the events it appends."""
-        log._heartbeat()
-        assert log._beat is not None
-        log._beat.cancel()
-        sent = []
-        while redis.answered < len(redis.replies):
-            command = redis.commands[redis.answered]
-            if command[0] in ("MGET", "SMEMBERS"):
-                redis.replies[redis.answered].callback([None] * (len(command) - 1)
-                                                       if command[0] == "MGET" else [])
-                redis.answered += 1
-            elif command[:2] == APPENDING:
-                sent.append(redis.answer())
-            else:
-                redis.answer()
-        return sent
-
-    (dead_x,) = beat()
+    (dead_x,) = heartbeat(log, redis)
     assert (dead_x["t"], dead_x["node"]) == ("dead", "x")
     old = state.node
     applied(state, {"t": "dead", "n": "x", "k": 2, "node": old})  # first in the log
     applied(state, dead_x)  # skipped: its sender is dead
     assert state.node != old and "xena" in state.hub.online
-    (again,) = beat()
+    (again,) = heartbeat(log, redis)
     assert (again["t"], again["node"], again["n"]) == ("dead", "x", state.node)
     applied(state, again)
     assert "xena" not in state.hub.online

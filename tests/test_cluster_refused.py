@@ -94,6 +94,28 @@ def applied(state: ClusterState, event: dict[str, Any], at: float = 1000.0) -> N
     state.deliver([(f"{ms}-0", event)])
 
 
+def heartbeat(log: RedisLog, redis: AnsweredRedis,
+              refuse_lease: bool = False) -> list[dict[str, Any]]:
+    """One heartbeat of the node's, every other lease missing (Redis
+    refusing the node's own lease, if C{refuse_lease}): the events it
+    appends, each taken."""
+    log._heartbeat()
+    assert log._beat is not None
+    log._beat.cancel()
+    sent = []
+    while redis.answered < len(redis.replies):
+        command = redis.commands[redis.answered]
+        if command[0] == "SET" and refuse_lease:
+            redis.answer(refuse=True)
+        elif command[0] in ("MGET", "SMEMBERS"):
+            redis.answer(value=[None] * (len(command) - 1) if command[0] == "MGET" else [])
+        elif command[:2] == ("EVALSHA", APPEND_SHA):
+            sent.append(redis.answer())
+        else:
+            redis.answer()
+    return sent
+
+
 def own_user(state: ClusterState, redis: AnsweredRedis, nick: str) -> User:
     state.register(nick, _Conn(), "-")
     applied(state, redis.answer())
@@ -358,3 +380,27 @@ def test_stop_waits_for_refused_events_no_longer_than_its_grace() -> None:
     assert [c[0] for c in redis.commands[-2:]] == ["EVALSHA", "DEL"]
     redis.answer_all()
     assert stopped.called and state._kept_call is None
+
+
+# -- leases Redis refuses to renew ----------------------------------------------------
+
+
+def test_after_a_refused_lease_the_others_are_judged_only_a_lease_later() -> None:
+    """While Redis refuses writes, no node renews its lease: when it takes
+    them again, the others' leases may all have lapsed, their owners alive
+    and about to renew.  A node judges them only once it has held its own
+    lease for a whole lease time again (as after an outage), not at its
+    first heartbeat back, which would declare every other node dead."""
+    log, state, redis = connected()
+    clock = log.reactor
+    applied(state, {"t": "reg", "n": "x", "k": 1, "nick": "xena"})
+    log._up_since = -1e9  # connected for longer than a lease
+
+    assert heartbeat(log, redis, refuse_lease=True) == []
+    clock.advance(log.heartbeat)
+    assert heartbeat(log, redis) == []  # writes taken again: x's lease lapsed meanwhile
+    clock.advance(log.lease_ms / 1000 - 0.01)
+    assert heartbeat(log, redis) == []  # x renews within a lease time, if alive
+    clock.advance(0.02)
+    (dead,) = heartbeat(log, redis)  # a whole lease time later, still missing: dead
+    assert (dead["t"], dead["node"]) == ("dead", "x")

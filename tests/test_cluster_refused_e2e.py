@@ -127,3 +127,27 @@ def test_a_message_whose_history_write_was_refused_is_in_a_newcomer_s_history(
     block = c.user(later, "newcomer").lines
     assert [line.split(" ", 2)[2] for line in block
             if line.startswith("HISTORY")] == ["alice kept-line"]
+
+
+def test_nobody_is_declared_dead_for_leases_lapsed_while_redis_refused_writes(
+    cluster: Callable[..., Cluster],
+) -> None:
+    """Writes refused for longer than a lease (2 s with --node-timeout 3):
+    every lease lapses, its node alive.  When Redis takes writes again, no
+    node takes another for dead at its first heartbeat back."""
+    c = cluster(2, node_timeout=3)
+    n0, n1 = c.nodes
+    alice, bob = c.user(n0, "alice"), c.user(n1, "bob")
+    for client in (alice, bob):
+        client.sync()
+    assert "+OK" in c.redis.command("CONFIG", "SET", "min-replicas-to-write", "1")
+    try:
+        time.sleep(3)  # every lease lapses
+        assert c.redis.command("KEYS", "chat:node:*").startswith("*0")  # all lapsed
+    finally:
+        writes_taken(c)
+    time.sleep(3)  # a lease time and more: every node renewed and judged
+    for client in (alice, bob):
+        assert [line for line in client.sync() if line.startswith(("LEFT", "BYE"))] == []
+    for server in (n0, n1):
+        assert "missed its lease" not in server.log()

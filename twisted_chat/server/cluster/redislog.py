@@ -1221,7 +1221,17 @@ class RedisLog:
             ping = reader.execute_command("PING")
             ping.addErrback(lambda f: self.log.debug("ping: {e}", e=f.getErrorMessage()))
         self._ask_end()  # if the last question failed
-        await cmd.execute_command("SET", LEASE + state.node, "1", "PX", self.lease_ms)
+        try:
+            await cmd.execute_command("SET", LEASE + state.node, "1", "PX", self.lease_ms)
+        except txredisapi.ResponseError:
+            # Redis refuses writes (MISCONF, OOM, READONLY): nobody's lease
+            # is renewed meanwhile, so every one may lapse with its owner
+            # alive.  As after an outage, the others are judged only once
+            # this node has held its lease for a whole lease time again.
+            self._up_since = None
+            raise
+        if self._up_since is None:
+            self._up_since = self.reactor.seconds()
         if self._epoch is not None and await cmd.execute_command("GET", EPOCH) != self._epoch:
             # FLUSHDB or FLUSHALL without a restart: the connections stay,
             # so the new epoch is seen (and handled) on a new one.
