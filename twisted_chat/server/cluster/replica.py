@@ -18,7 +18,9 @@ L{Replica.apply}).  Types: C{reg} (nick, a: address), C{leave} (u, r: reason,
 x: text), C{say} (u, x), C{dm} (u, to, x), C{pair} (u, to, it: the
 invitation timeout), C{acc} / C{rej} (u, to), C{unp} (u), C{tick}, and
 C{dead} (node: every user of that node leaves, disconnected), C{hello}
-(users: the node's users, after Redis lost its data).
+(users: the node's users, after Redis lost its data; a row each: id, nick,
+address, partner's id, source, and the invitee's id of its outgoing
+invitation: see L{Replica._hello}).
 
 A node id declared dead stays dead: every event of that id the log has
 after its C{dead} (a registration the node sent before it learnt of its
@@ -53,6 +55,12 @@ _log = Logger(namespace="twisted_chat.server.cluster.replica")
 
 #: C{last_k}'s key for a node's last C{hello} (a node id has no C{:}).
 HELLO = "hello:"
+
+#: How long (log time) a C{hello}'s word on a user's partner counts
+#: against another node's C{hello} listing that user as its partner (the
+#: nodes that see one loss say hello within seconds of each other; a later
+#: pairing of the same two users is decided by the events in between).
+CLAIM_KEEP = 60.0
 
 #: How long (log time) a dead node id is remembered: an event of that id
 #: reaching the log later than this after its death (its node cut off from
@@ -213,6 +221,15 @@ class Replica:
         #: hellos applied since; a hello's change they were shown already is
         #: applied quietly.  None when no rebuild made the two differ.
         self.shown: dict[str, str] | None = None
+        #: With L{shown}: the outgoing invitations they were shown (inviter's
+        #: uid: invitee's uid), and each user's state in the replica when
+        #: that was recorded (partner's uid, invitee's uid): a user whose
+        #: state changed since was shown the change (L{seen}).
+        self.shown_out: dict[str, str] = {}
+        self._base: dict[str, tuple[str, str]] = {}
+        #: What the C{hello}s applied said of each listed user's partner (its
+        #: uid or ""), with when (log time): see L{_hello}.
+        self.claims: dict[str, tuple[str, float]] = {}
         #: Whether events this node applied before are being applied again
         #: (L{rebuild}): nothing is answered, nothing is written.
         self.replaying = False
@@ -296,6 +313,7 @@ class Replica:
         uid = self.uids.pop(user, None)
         if uid is not None:
             self.members.pop(uid, None)
+            self.claims.pop(uid, None)
 
     def _say(self, eid: str, origin: str, k: int, event: dict[str, Any]) -> None:
         user = self._member(event)
@@ -337,15 +355,27 @@ class Replica:
         from it leave; users the replica does not have come online, unless
         their nick is someone else's by now; their pairs come back).
 
+        A row with a sixth field (its user's outgoing invitation, by the
+        invitee's uid, "" for none) also says the user's pair and invitation
+        as its node's users were shown them, and that is what the replica
+        makes them (L{_correct}): a pair the row does not list ends, an
+        outgoing invitation it does not list is withdrawn.  (A row without
+        it, from an older node: its pair comes back, nothing ends.)  A pair
+        a row lists comes back unless the partner's own node said otherwise
+        (L{claims}); an invitation a row lists that the replica lacks (made
+        in the lost second) stays gone.
+
         On a node that rebuilt its replica (L{shown}), what its users were
-        shown already (a user online, a pair) is applied without a line; on
-        the hello's own node, a listed user it holds the connection of
-        (L{detached}) gets it back, or, its nick taken meanwhile, is
-        L{Answers.displaced}.
+        shown already (a user online, a pair, an invitation's end) is
+        applied without a line; on the hello's own node, a listed user it
+        holds the connection of (L{detached}) gets it back, or, its nick
+        taken meanwhile, is L{Answers.displaced}.
         """
+        rows = event["users"]
         listed = {str(u[0]): (str(u[1]), str(u[2]), str(u[4]) if len(u) > 4 else "")
-                  for u in event["users"]}
-        partners = {str(u[0]): str(u[3]) for u in event["users"] if len(u) > 3 and u[3]}
+                  for u in rows}
+        partners = {str(u[0]): str(u[3]) for u in rows if len(u) > 3 and u[3]}
+        told = {str(u[0]): (str(u[3]), str(u[5])) for u in rows if len(u) > 5}
         own = origin == self.node
         shown = self.shown
         self._hushed = False
@@ -383,21 +413,130 @@ class Replica:
                 self.answers.rebound(held.conn, user)
                 if getattr(held.conn, "closing", False):
                     self.answers.orphaned(user)  # it went meanwhile
-        # Pairs across nodes come back once both sides have been listed.
-        for uid, partner_uid in sorted(partners.items()):
-            one, other = self.members.get(uid), self.members.get(partner_uid)
-            if one is None or other is None or one.user.partner is other.user:
-                continue
-            if one.user.partner is None and other.user.partner is None:
-                seen = (shown is not None and shown.get(uid) == partner_uid
-                        and shown.get(partner_uid) == uid)
-                with self._quietly(seen):
-                    self._restore_pair(one.user, other.user)
-                if shown is not None:
-                    shown[uid], shown[partner_uid] = partner_uid, uid
+        view = {uid: list(self.seen(uid)) for uid in self.members}
+        self._correct(told, view)
+        self._rejoin(partners, told, view)
+        if shown is not None:
+            # (Only for the users it had: one it lacks was not shown online.)
+            for uid, (partner, invitee) in view.items():
+                if uid in self.members and uid in shown:
+                    self._saw(uid, partner, invitee)
         if self._hushed and not self.replaying:
             self.answers.rebuilt()
         self._hushed = False
+
+    def _correct(self, told: dict[str, tuple[str, str]], view: dict[str, list[str]]) -> None:
+        """The pairs and outgoing invitations a hello's rows (C{told}: uid:
+        (partner's uid, invitee's uid)) do not list end: a pair as when one
+        side sends C{UNPAIR} (both back to the lobby, C{UNPAIRED <partner>
+        left}), an invitation as withdrawn.  Each is applied quietly on a
+        node whose own users among the two were shown that end already
+        (C{view}, updated here)."""
+        members, uids = self.members, self.uids
+        for uid, (partner, _) in sorted(told.items()):
+            member = members.get(uid)
+            if member is None or member.user.partner is None:
+                continue
+            other = uids[member.user.partner]
+            if other != partner:
+                with self._quietly(self._pair_seen(view, uid, other, False)):
+                    self.hub.unpair(member.user)
+                view[uid][0] = view[other][0] = ""
+        for uid, (_, invitee) in sorted(told.items()):
+            member = members.get(uid)
+            outgoing = member.user.outgoing if member is not None else None
+            if outgoing is None or member is None:
+                continue
+            other = uids[outgoing.invitee]
+            if other != invitee:
+                # Both sides read the invitation off the inviter's view.
+                with self._quietly(bool(self._mine(uid, other)) and view[uid][1] != other):
+                    self.hub.unpair(member.user)  # withdraws it
+                view[uid][1] = ""
+        now = self.clock.seconds()
+        for uid, (partner, _) in told.items():
+            self.claims[uid] = (partner, now)
+
+    def _rejoin(self, partners: dict[str, str], told: dict[str, tuple[str, str]],
+                view: dict[str, list[str]]) -> None:
+        """The pairs a hello lists that the replica lacks come back (quietly
+        where this node's users among the two were shown them), unless the
+        partner's own node said otherwise in a hello not older than
+        L{CLAIM_KEEP} (a lagging node's hello, listing a pair the other
+        side's node ended, brings nothing back).  A listed user of this
+        node that was shown a pair that does not come back is told it
+        ended (C{UNPAIRED <partner> left}), as when the partner leaves it."""
+        members = self.members
+        since = self.clock.seconds() - CLAIM_KEEP
+        for uid in [u for u, (_, when) in self.claims.items() if when < since]:
+            del self.claims[uid]
+        for uid, partner_uid in sorted(partners.items()):
+            one, other = members.get(uid), members.get(partner_uid)
+            if one is None or other is None or one.user.partner is other.user:
+                continue
+            if one.user.partner is not None or other.user.partner is not None:
+                continue
+            claim = self.claims.get(partner_uid)
+            if claim is not None and claim[0] != uid:
+                continue  # its node said it is not paired with this one
+            with self._quietly(self._pair_seen(view, uid, partner_uid, True)):
+                self._restore_pair(one.user, other.user)
+            view[uid][:] = [partner_uid, ""]
+            view[partner_uid][:] = [uid, ""]
+        for uid, (partner_uid, _) in sorted(told.items()):
+            one, other = members.get(uid), members.get(partner_uid)
+            if (one is None or other is None or one.node != self.node
+                    or one.user.partner is other.user or view[uid][0] != partner_uid):
+                continue
+            view[uid][0] = ""
+            if not self.replaying:
+                listener = self.hub.listener
+                listener.roster_changing()
+                listener.unpaired(one.user, other.user, "left", [])
+
+    def _mine(self, *uids: str) -> list[str]:
+        """Which of C{uids} are this node's users."""
+        members = self.members
+        return [uid for uid in uids
+                if (m := members.get(uid)) is not None and m.node == self.node]
+
+    def _pair_seen(self, view: dict[str, list[str]], a: str, b: str, paired: bool) -> bool:
+        """Whether this node's users among C{a} and C{b} (some) were shown
+        the two paired (C{paired}) or not: a change to that is quiet here."""
+        mine = self._mine(a, b)
+        return bool(mine) and all(
+            (view[uid][0] == (b if uid == a else a)) == paired for uid in mine)
+
+    def seen(self, uid: str) -> tuple[str, str]:
+        """What this node's users were shown of user C{uid}'s partner and
+        outgoing invitation (uids, "" for none): after a rebuild, L{shown}
+        where the replica has not changed them since; else the replica's."""
+        state = self._state(uid)
+        shown = self.shown
+        if shown is not None and uid in shown and self._base.get(uid, state) == state:
+            return shown[uid], self.shown_out.get(uid, "")
+        return state
+
+    def _state(self, uid: str) -> tuple[str, str]:
+        member = self.members.get(uid)
+        if member is None:
+            return "", ""
+        user = member.user
+        partner = self.uids.get(user.partner, "") if user.partner is not None else ""
+        invitee = (self.uids.get(user.outgoing.invitee, "")
+                   if user.outgoing is not None else "")
+        return partner, invitee
+
+    def _saw(self, uid: str, partner: str, invitee: str) -> None:
+        """Record in L{shown} what this node's users were shown of C{uid}."""
+        if self.shown is None:
+            return
+        self.shown[uid] = partner
+        if invitee:
+            self.shown_out[uid] = invitee
+        else:
+            self.shown_out.pop(uid, None)
+        self._base[uid] = self._state(uid)
 
     @contextmanager
     def _quietly(self, quiet: bool = True) -> Iterator[None]:
@@ -503,14 +642,15 @@ class Replica:
     # -- queries ---------------------------------------------------------------
 
     def local_users(self) -> list[list[Any]]:
-        """This node's users, as a C{hello} event lists them."""
-        return [
-            [m.uid, m.user.nick, m.user.address,
-             self.uids.get(m.user.partner, "") if m.user.partner is not None else "",
-             m.user.source]
-            for m in self.members.values()
-            if m.node == self.node
-        ] + [list(d.row) for d in self.detached.values()]
+        """This node's users, as a C{hello} event lists them: with their
+        partner and outgoing invitation as they were shown them (L{seen})."""
+        rows = []
+        for m in self.members.values():
+            if m.node == self.node:
+                partner, invitee = self.seen(m.uid)
+                rows.append([m.uid, m.user.nick, m.user.address, partner, m.user.source,
+                             invitee])
+        return rows + [list(d.row) for d in self.detached.values()]
 
     def nodes(self) -> set[str]:
         """The nodes that have users online."""
@@ -548,6 +688,9 @@ class Replica:
         self._dead_by = {}
         self.detached = {}
         self.shown = None
+        self.shown_out = {}
+        self._base = {}
+        self.claims = {}
 
     def rebuild(self, snapshot: str | None, entries: Sequence[tuple[str, dict[str, Any]]]
                 ) -> list[list[Any]]:
@@ -569,10 +712,10 @@ class Replica:
         @return: this node's users as they were before (its C{hello}).
         """
         rows = self.local_users()
-        shown = {uid: (self.uids.get(m.user.partner, "") if m.user.partner is not None else "")
-                 for uid, m in self.members.items()}
-        shown.update((uid, str(d.row[3]) if len(d.row) > 3 else "")
-                     for uid, d in self.detached.items())
+        seen = {uid: self.seen(uid) for uid in self.members}
+        seen.update((uid, (str(d.row[3]) if len(d.row) > 3 else "",
+                           str(d.row[5]) if len(d.row) > 5 else ""))
+                    for uid, d in self.detached.items())
         held: dict[str, tuple[Any, User]] = {
             uid: (d.conn, d.user) for uid, d in self.detached.items()}
         for uid, m in self.members.items():
@@ -602,7 +745,11 @@ class Replica:
                 self.answers.rebound(conn, member.user)
             else:
                 self.detached[uid] = Detached(conn, user, by_uid[uid])
-        self.shown = shown
+        # What was shown, against the rebuilt state: a user the hellos bring
+        # back starts with neither partner nor invitation.
+        self.shown = {uid: partner for uid, (partner, _) in seen.items()}
+        self.shown_out = {uid: invitee for uid, (_, invitee) in seen.items() if invitee}
+        self._base = {uid: self._state(uid) for uid in seen}
         self.answers.rebuilt()
         return rows
 
@@ -642,6 +789,8 @@ class Replica:
                 "users": users,
                 "pairs": pairs,
                 "invites": invites,
+                "claims": sorted([uid, partner, when]
+                                 for uid, (partner, when) in self.claims.items()),
             },
             separators=(",", ":"),
         )
@@ -667,6 +816,8 @@ class Replica:
             by_uid[uid] = user
         for a, b in data["pairs"]:
             self._restore_pair(by_uid[a], by_uid[b])
+        self.claims = {str(uid): (str(partner), float(when))
+                       for uid, partner, when in data.get("claims", [])}
         for inviter, invitee, due in data["invites"]:
             hub.pair(by_uid[inviter], by_uid[invitee].nick,
                      timeout=float(due) - self.clock.seconds())

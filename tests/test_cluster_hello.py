@@ -1,0 +1,312 @@
+"""
+After Redis lost its last events, a node's C{hello} is authoritative for
+its own users' pair and outgoing invitation as they were shown to them
+(deterministic, on the L{MemoryRedis} and L{Node} fakes of
+test_cluster_read, three replicas as in test_cluster_rebuild): a pair or an
+invitation ended in the lost second stays ended on every replica (the
+rebuilt state, from what Redis kept, has it open), its users get the line
+of the end once (never again where they were shown it), and a node that
+lagged behind the lost end tells its user then.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from twisted.internet.task import Clock
+
+from tests.test_cluster_read import MemoryRedis, Node, cluster, now, say
+from tests.test_cluster_rebuild import _lag, _settle, _three_agree
+from twisted_chat.server.cluster.node import ClusterState
+from twisted_chat.server.history import History
+from twisted_chat.server.hub import HubError, User
+from twisted_chat.wire import ErrorCode
+
+
+def _told(node: Node, name: str, nick: str) -> list[tuple[Any, ...]]:
+    """The listener calls C{name} for C{nick} (its first argument) on C{node}."""
+    return [args for n, args in node.listener.calls if n == name and args[0].nick == nick]
+
+
+def _paired(redis: MemoryRedis, a: tuple[Node, User], b: tuple[Node, User]) -> None:
+    (na, ua), (nb, ub) = a, b
+    na.state.pair(now(ua), ub.nick)
+    redis.pump()
+    nb.state.accept(now(ub), ua.nick)
+    redis.pump()
+    assert now(ua).partner is not None
+
+
+def _snapshot(redis: MemoryRedis, clock: Clock) -> None:
+    clock.advance(11)  # the heartbeats: a snapshot, before the lost events
+    redis.pump()
+    assert "chat:snapshot" in redis.keys
+
+
+def _after_the_loss(redis: MemoryRedis, clock: Clock) -> Node:
+    """n2 starts after the loss and registers carol: the first event after
+    it, which the others see follow an entry older than their last."""
+    n2 = Node(redis, clock, "n2")
+    clock.advance(0)
+    redis.pump()
+    n2.user("carol")
+    _settle(redis, clock)
+    return n2
+
+
+def _hellos(redis: MemoryRedis, clock: Clock, n1: Node, first: str) -> Node:
+    """n1, which lagged and lost a line of its own, is cut off; it sees the
+    loss when it is back (its line is not in the stream) and says hello as
+    it lagged.  C{first}: whose hello the log has first, n1's (the first
+    event after the loss) or n0's (n2 starting and registering carol makes
+    n0 see the loss while n1 is away; n1's hello, built before it reads
+    n0's, comes next).  Returns n2, started after the loss."""
+    n1.cut()
+    if first == "n1":
+        n1.reachable = True
+        _settle(redis, clock)
+        n2 = Node(redis, clock, "n2")
+        _settle(redis, clock, 1)
+    else:
+        n2 = _after_the_loss(redis, clock)
+        n1.reachable = True
+        _settle(redis, clock)
+    hellos = [e["n"] for e in redis.events() if e["t"] == "hello"]
+    assert hellos == (["n1", "n0"] if first == "n1" else ["n0", "n1"])
+    return n2
+
+
+def _in_the_lobby(nodes: list[Node], *speakers: tuple[Node, User]) -> None:
+    """Each speaker's lobby line reaches every node's lobby, and its own
+    node's fan-out has it in the lobby."""
+    for node, user in speakers:
+        assert now(user).conn in node.state.lobby_members()
+        say(node, user, f"{user.nick} is in the lobby")
+        for other in nodes:
+            assert other.listener.said()[-1] == f"{user.nick} is in the lobby"
+
+
+def test_a_pair_of_two_nodes_ended_in_the_lost_second_stays_ended() -> None:
+    """ann (n0) and bob (n1) pair; a snapshot; ann's UNPAIR is applied by
+    both nodes (both told UNPAIRED), then lost.  The rebuilt replicas have
+    the pair again (as does n2, started after the loss); the hellos end it:
+    every replica agrees they are unpaired, their lobby lines reach the
+    lobby, and neither is told UNPAIRED (or PAIRED) again."""
+    redis, clock, (n0, n1) = cluster(2)
+    ann, bob = n0.user("ann"), n1.user("bob")
+    _paired(redis, (n0, ann), (n1, bob))
+    _snapshot(redis, clock)
+    n0.state.unpair(now(ann))
+    redis.pump()
+    assert len(_told(n0, "unpaired", "ann")) == len(_told(n1, "unpaired", "bob")) == 1
+    del redis.stream[-1:]
+
+    n2 = _after_the_loss(redis, clock)
+
+    state = _three_agree(n0, n1, n2)
+    assert state["pairs"] == [] and state["invitations"] == []
+    assert [nick for _, nick, _ in state["users"]] == ["ann", "bob", "carol"]
+    _in_the_lobby([n0, n1, n2], (n0, ann), (n1, bob))
+    assert len(_told(n0, "unpaired", "ann")) == len(_told(n1, "unpaired", "bob")) == 1
+    assert len(_told(n0, "paired", "ann")) == len(_told(n1, "paired", "bob")) == 1
+
+
+def test_a_pair_of_one_node_ended_in_the_lost_second_stays_ended() -> None:
+    """The same with ann and bob both on n0 (dave on n1)."""
+    redis, clock, (n0, n1) = cluster(2)
+    ann, bob = n0.user("ann"), n0.user("bob")
+    dave = n1.user("dave")
+    _paired(redis, (n0, ann), (n0, bob))
+    _snapshot(redis, clock)
+    n0.state.unpair(now(bob))
+    redis.pump()
+    del redis.stream[-1:]
+
+    n2 = _after_the_loss(redis, clock)
+
+    state = _three_agree(n0, n1, n2)
+    assert state["pairs"] == []
+    _in_the_lobby([n0, n1, n2], (n0, ann), (n0, bob), (n1, dave))
+    assert len(_told(n0, "unpaired", "ann")) == len(_told(n0, "unpaired", "bob")) == 1
+    assert len(_told(n0, "paired", "ann")) == len(_told(n0, "paired", "bob")) == 1
+
+
+@pytest.mark.parametrize("ending", ["withdrawn", "rejected"])
+def test_an_invitation_ended_in_the_lost_second_cannot_be_accepted(ending: str) -> None:
+    """ann (n0) invites bob (n1); a snapshot; the invitation ends (ann
+    withdraws it, or bob rejects it), applied by both nodes, then lost.
+    After the hellos no replica has it: bob's ACCEPT is ERROR no-invite,
+    and neither side is told of the end again."""
+    redis, clock, (n0, n1) = cluster(2)
+    ann, bob = n0.user("ann"), n1.user("bob")
+    n0.state.pair(ann, "bob")
+    redis.pump()
+    _snapshot(redis, clock)
+    if ending == "withdrawn":
+        n0.state.unpair(now(ann))
+    else:
+        n1.state.reject(now(bob), "ann")
+    redis.pump()
+    assert len(_told(n0, "declined", "ann")) == len(_told(n1, "cancelled", "bob")) == 1
+    del redis.stream[-1:]
+
+    n2 = _after_the_loss(redis, clock)
+
+    state = _three_agree(n0, n1, n2)
+    assert state["invitations"] == state["invites"] == []
+    answers: list[Any] = []
+    n1.state.accept(now(bob), "ann").addBoth(answers.append)
+    redis.pump()
+    assert isinstance(answers[0].value, HubError)
+    assert answers[0].value.code == ErrorCode.NO_INVITE
+    assert len(_told(n0, "declined", "ann")) == len(_told(n1, "cancelled", "bob")) == 1
+    assert _three_agree(n0, n1, n2) == state
+
+
+def test_a_node_that_lagged_behind_the_lost_end_tells_its_user_then() -> None:
+    """ann (n0) and bob (n1) pair; ann's UNPAIR is applied by n0 (ann told
+    UNPAIRED) but not by n1, which lagged (bob still shown the pair), then
+    lost.  n1 never applied anything lost (it sees no loss); n0's hello
+    ends the pair: bob is told UNPAIRED ann left then (once), ann not again,
+    and every replica agrees."""
+    redis, clock, (n0, n1) = cluster(2)
+    ann, bob = n0.user("ann"), n1.user("bob")
+    _paired(redis, (n0, ann), (n1, bob))
+    _snapshot(redis, clock)
+    n0.state.unpair(now(ann))
+    _lag(n1)
+    redis.pump()
+    assert len(_told(n0, "unpaired", "ann")) == 1 and _told(n1, "unpaired", "bob") == []
+    del redis.stream[-1:]
+
+    n2 = _after_the_loss(redis, clock)
+
+    state = _three_agree(n0, n1, n2)
+    assert state["pairs"] == []
+    assert [args[1:3] for args in _told(n1, "unpaired", "bob")] == [
+        (n1.state.hub.online["ann"], "left")]
+    assert len(_told(n0, "unpaired", "ann")) == 1
+    _in_the_lobby([n0, n1, n2], (n0, ann), (n1, bob))
+
+
+@pytest.mark.parametrize("first", ["n0", "n1"])
+def test_a_lagging_nodes_stale_hello_does_not_bring_the_pair_back(first: str) -> None:
+    """As above, but n1 lost an event of its own (dave's line, taken by
+    Redis, never read back) and was cut off, so it sees the loss too, when
+    it is back, and says hello as it lagged: bob still with ann (built
+    before it reads n0's hello, if that came first).  Whichever hello the
+    log has first, n0's (ann with nobody) decides for ann: the pair stays
+    ended, bob is told once, ann never again, and all replicas agree."""
+    redis, clock, (n0, n1) = cluster(2)
+    ann, bob = n0.user("ann"), n1.user("bob")
+    dave = n1.user("dave")
+    _paired(redis, (n0, ann), (n1, bob))
+    _snapshot(redis, clock)
+    n0.state.unpair(now(ann))
+    n1.state.say(now(dave), "lost")
+    _lag(n1)
+    redis.pump()
+    del redis.stream[-2:]
+
+    n2 = _hellos(redis, clock, n1, first)
+    hellos = [e for e in redis.events() if e["t"] == "hello"]
+    ann_uid = n0.state.replica.uids[now(ann)]
+    assert [row[3] for e in hellos for row in e["users"] if row[1] == "bob"] == [ann_uid]
+
+    state = _three_agree(n0, n1, n2)
+    assert state["pairs"] == []
+    assert len(_told(n1, "unpaired", "bob")) == 1
+    assert len(_told(n0, "unpaired", "ann")) == 1
+    assert len(_told(n1, "paired", "bob")) == 1
+    _in_the_lobby([n0, n1, n2], (n0, ann), (n1, bob))
+
+
+def test_an_older_hello_without_invitations_is_applied_as_before() -> None:
+    """A hello whose rows have no sixth field (an older node of this
+    version) neither ends pairs nor withdraws invitations: as before; one
+    with it does both.  What it said of each user is in the snapshot."""
+    state = ClusterState("me", _Quiet(), History(10), {}, Clock())
+    state.deliver([
+        ("1000-0", {"t": "reg", "n": "a", "k": 1, "nick": "ann"}),
+        ("1000-1", {"t": "reg", "n": "b", "k": 1, "nick": "bob"}),
+        ("1000-2", {"t": "reg", "n": "b", "k": 2, "nick": "carol"}),
+        ("1000-3", {"t": "pair", "n": "a", "k": 2, "u": "1000-0", "to": "bob"}),
+        ("1000-4", {"t": "acc", "n": "b", "k": 3, "u": "1000-1", "to": "ann"}),
+        ("1000-5", {"t": "reg", "n": "a", "k": 3, "nick": "dave"}),
+        ("1000-6", {"t": "pair", "n": "b", "k": 4, "u": "1000-2", "to": "dave"}),
+    ])
+    hub = state.hub
+    assert hub.online["ann"].partner is hub.online["bob"]
+    state.deliver([("1001-0", {"t": "hello", "n": "b", "k": 5, "users": [
+        ["1000-1", "bob", "-", "", ""], ["1000-2", "carol", "-", "", ""]]})])
+    assert hub.online["ann"].partner is hub.online["bob"]
+    assert hub.online["carol"].outgoing is not None
+    state.deliver([("1002-0", {"t": "hello", "n": "b", "k": 6, "users": [
+        ["1000-1", "bob", "-", "", "", ""], ["1000-2", "carol", "-", "", "", ""]]})])
+    assert hub.online["ann"].partner is None and hub.online["carol"].outgoing is None
+    # What the hellos said counts for a node started from a snapshot too.
+    later = ClusterState("other", _Quiet(), History(10), {}, Clock())
+    later.replica.restore(state.replica.snapshot())
+    assert later.replica.claims == state.replica.claims
+    assert sorted(later.replica.claims) == ["1000-1", "1000-2"]
+
+
+class _Quiet:
+    def __getattr__(self, name: str) -> Any:
+        return lambda *args: None
+
+
+def test_a_pair_made_in_the_lost_second_comes_back_quietly() -> None:
+    """bob (n1) invites ann (n0); a snapshot; ann accepts, applied by both
+    nodes (both told PAIRED), then lost: the hellos bring the pair back,
+    with no line again, and what ann says goes to bob."""
+    redis, clock, (n0, n1) = cluster(2)
+    ann, bob = n0.user("ann"), n1.user("bob")
+    n1.state.pair(bob, "ann")
+    redis.pump()
+    _snapshot(redis, clock)
+    n0.state.accept(now(ann), "bob")
+    redis.pump()
+    del redis.stream[-1:]
+
+    n2 = _after_the_loss(redis, clock)
+
+    state = _three_agree(n0, n1, n2)
+    assert len({tuple(p) for p in state["pairs"]}) == 1 and state["invitations"] == []
+    assert len(_told(n0, "paired", "ann")) == len(_told(n1, "paired", "bob")) == 1
+    n0.state.say(now(ann), "to bob")
+    redis.pump()
+    private = [args for name, args in n1.listener.calls if name == "private_message"]
+    assert [(a[1].nick, a[2].nick, a[3]) for a in private] == [("ann", "bob", "to bob")]
+
+
+@pytest.mark.parametrize("first", ["n0", "n1"])
+def test_a_pair_made_in_the_lost_second_a_lagging_node_never_showed(first: str) -> None:
+    """bob (n1) invites ann (n0); ann accepts: n0 applies it (ann told
+    PAIRED), n1 lagged (bob still shown his invitation), and lost it with a
+    line of its own (so it says hello when it is back).  Whichever hello
+    the log has first, the pair is not kept against bob's node's word: every
+    replica ends with them unpaired, and ann, shown the pair, is told it
+    ended, once (UNPAIRED bob left); bob is told of no pair, or of the pair
+    and its end."""
+    redis, clock, (n0, n1) = cluster(2)
+    ann, bob = n0.user("ann"), n1.user("bob")
+    dave = n1.user("dave")
+    n1.state.pair(bob, "ann")
+    redis.pump()
+    _snapshot(redis, clock)
+    n0.state.accept(now(ann), "bob")
+    n1.state.say(now(dave), "lost")
+    _lag(n1)
+    redis.pump()
+    assert len(_told(n0, "paired", "ann")) == 1 and _told(n1, "paired", "bob") == []
+    del redis.stream[-2:]
+    n2 = _hellos(redis, clock, n1, first)
+
+    state = _three_agree(n0, n1, n2)
+    assert state["pairs"] == []
+    assert [args[1:3] for args in _told(n0, "unpaired", "ann")] == [
+        (n0.state.hub.online["bob"], "left")]
+    assert len(_told(n1, "paired", "bob")) == len(_told(n1, "unpaired", "bob"))
+    _in_the_lobby([n0, n1, n2], (n0, ann), (n1, bob))
