@@ -38,6 +38,16 @@ def _paired(redis: MemoryRedis, a: tuple[Node, User], b: tuple[Node, User]) -> N
     assert now(ua).partner is not None
 
 
+def _ended_then_lost(redis: MemoryRedis, clock: Clock, a: tuple[Node, User],
+                     b: tuple[Node, User]) -> None:
+    """a and b pair; a snapshot; a's UNPAIR, applied by every node, lost."""
+    _paired(redis, a, b)
+    _snapshot(redis, clock)
+    a[0].state.unpair(now(a[1]))
+    redis.pump()
+    del redis.stream[-1:]
+
+
 def _snapshot(redis: MemoryRedis, clock: Clock) -> None:
     clock.advance(11)  # the heartbeats: a snapshot, before the lost events
     redis.pump()
@@ -117,11 +127,7 @@ def test_a_pair_of_one_node_ended_in_the_lost_second_stays_ended() -> None:
     redis, clock, (n0, n1) = cluster(2)
     ann, bob = n0.user("ann"), n0.user("bob")
     dave = n1.user("dave")
-    _paired(redis, (n0, ann), (n0, bob))
-    _snapshot(redis, clock)
-    n0.state.unpair(now(bob))
-    redis.pump()
-    del redis.stream[-1:]
+    _ended_then_lost(redis, clock, (n0, bob), (n0, ann))
 
     n2 = _after_the_loss(redis, clock)
 
@@ -310,3 +316,34 @@ def test_a_pair_made_in_the_lost_second_a_lagging_node_never_showed(first: str) 
         (n0.state.hub.online["bob"], "left")]
     assert len(_told(n1, "paired", "bob")) == len(_told(n1, "unpaired", "bob"))
     _in_the_lobby([n0, n1, n2], (n0, ann), (n1, bob))
+
+
+def test_the_lobby_line_applied_before_the_hello_reaches_the_ended_pair() -> None:
+    """The first events after the loss are carol's (n2): her registration,
+    then a lobby line, decided before any hello, against the rebuilt state
+    in which ann and bob are paired again.  Shown the pair's end, they are
+    still in their node's lobby fan-out (not in the other's), so the line
+    reaches them; after the hellos, once (the fan-out's own index)."""
+    redis, clock, (n0, n1) = cluster(2)
+    ann, bob = n0.user("ann"), n1.user("bob")
+    _ended_then_lost(redis, clock, (n0, ann), (n1, bob))
+    heard: dict[str, list[Any]] = {}
+    for node, user in ((n0, ann), (n1, bob)):
+        def hear(entry: Any, node: Node = node, nick: str = user.nick) -> None:
+            if entry.text.startswith("first"):
+                mine = [m for m in node.state.lobby_members()
+                        if m.user is not None and m.user.nick == nick]
+                heard.setdefault(entry.text, []).append((nick, len(mine)))
+        node.listener.lobby_message = hear  # type: ignore[method-assign]
+    n2 = Node(redis, clock, "n2")
+    clock.advance(0)
+    redis.pump()
+    carol = n2.user("carol")
+    say(n2, carol, "first after the loss")
+    _settle(redis, clock)
+    say(n2, carol, "first after the hellos")
+
+    assert _three_agree(n0, n1, n2)["pairs"] == []
+    assert {text: sorted(who) for text, who in heard.items()} == {
+        "first after the loss": [("ann", 1), ("bob", 1)],
+        "first after the hellos": [("ann", 1), ("bob", 1)]}

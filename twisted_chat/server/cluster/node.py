@@ -190,6 +190,11 @@ class ClusterState:
         if detached:
             # Until its hello brings them back, they hear the lobby as before.
             members += [d.conn for d in detached.values() if d.user.state is State.LOBBY]
+        hearing = self.replica.hearing
+        if hearing:
+            # Shown their pair end in events Redis lost: the lobby's until a
+            # hello ends the pair here too (or anything else does).
+            members += [user.conn for user in hearing.values() if user.partner is not None]
         return members
 
     def own_users(self) -> list[User]:

@@ -230,6 +230,10 @@ class Replica:
         #: What the C{hello}s applied said of each listed user's partner (its
         #: uid or ""), with when (log time): see L{_hello}.
         self.claims: dict[str, tuple[str, float]] = {}
+        #: After a rebuild: this node's users the rebuilt replica pairs but
+        #: who were shown their pair end (in the lost events), by uid: until
+        #: a hello ends it here too, they still hear the lobby.
+        self.hearing: dict[str, User] = {}
         #: Whether events this node applied before are being applied again
         #: (L{rebuild}): nothing is answered, nothing is written.
         self.replaying = False
@@ -421,9 +425,19 @@ class Replica:
             for uid, (partner, invitee) in view.items():
                 if uid in self.members and uid in shown:
                     self._saw(uid, partner, invitee)
+        self._hear_lobby()
         if self._hushed and not self.replaying:
             self.answers.rebuilt()
         self._hushed = False
+
+    def _hear_lobby(self) -> None:
+        """Set L{hearing} anew from L{shown}."""
+        if self.shown is None:
+            self.hearing = {}
+            return
+        self.hearing = {uid: m.user for uid, m in self.members.items()
+                        if m.node == self.node and m.user.partner is not None
+                        and self.seen(uid)[0] == ""}
 
     def _correct(self, told: dict[str, tuple[str, str]], view: dict[str, list[str]]) -> None:
         """The pairs and outgoing invitations a hello's rows (C{told}: uid:
@@ -439,6 +453,8 @@ class Replica:
                 continue
             other = uids[member.user.partner]
             if other != partner:
+                self.hearing.pop(uid, None)  # back in the lobby, as the index
+                self.hearing.pop(other, None)
                 with self._quietly(self._pair_seen(view, uid, other, False)):
                     self.hub.unpair(member.user)
                 view[uid][0] = view[other][0] = ""
@@ -691,6 +707,7 @@ class Replica:
         self.shown_out = {}
         self._base = {}
         self.claims = {}
+        self.hearing = {}
 
     def rebuild(self, snapshot: str | None, entries: Sequence[tuple[str, dict[str, Any]]]
                 ) -> list[list[Any]]:
@@ -750,6 +767,7 @@ class Replica:
         self.shown = {uid: partner for uid, (partner, _) in seen.items()}
         self.shown_out = {uid: invitee for uid, (_, invitee) in seen.items() if invitee}
         self._base = {uid: self._state(uid) for uid in seen}
+        self._hear_lobby()
         self.answers.rebuilt()
         return rows
 
