@@ -453,8 +453,6 @@ class Replica:
                 continue
             other = uids[member.user.partner]
             if other != partner:
-                self.hearing.pop(uid, None)  # back in the lobby, as the index
-                self.hearing.pop(other, None)
                 with self._quietly(self._pair_seen(view, uid, other, False)):
                     self.hub.unpair(member.user)
                 view[uid][0] = view[other][0] = ""
