@@ -264,3 +264,42 @@ def test_a_lost_nick_taken_on_a_lagging_node_is_decided_alike_everywhere(
     assert users[0][-1] == "USERS 4"
     assert old_carol.expect("BYE", timeout=15).startswith("BYE shutdown")
     assert old_carol.closed(timeout=10)
+
+
+def test_a_pair_ended_in_the_lost_tail_stays_ended(cluster: Callable[..., Cluster]) -> None:
+    """alice (node 0) and bob (node 1) pair, then alice's UNPAIR (both told
+    UNPAIRED) is lost from the stream: carol's lobby line after the loss
+    reaches them, the hellos end the pair again, and what each then says
+    goes to the lobby (carol hears it), with no second UNPAIRED."""
+    c = cluster(2)
+    alice, bob = c.user(c.nodes[0], "alice"), c.user(c.nodes[1], "bob")
+    carol = c.user(c.nodes[0], "carol")
+    alice.send("PAIR bob")
+    bob.expect("INVITE alice", timeout=10)
+    bob.send("ACCEPT alice")
+    alice.expect("PAIRED bob", timeout=10)
+    alice.send("UNPAIR")
+    alice.expect("UNPAIRED bob left", timeout=10)
+    bob.expect("UNPAIRED alice left", timeout=10)
+    r = Resp(c.redis.port)
+    try:
+        (eid, fields), = r("XREVRANGE", "chat:events", "+", "-", "COUNT", 1)
+        assert json.loads(fields[1])["t"] == "unp"
+        assert r("XDEL", "chat:events", eid) == 1
+    finally:
+        r.close()
+    carol.send("MSG after the loss")
+    for client in (alice, bob, carol):
+        client.expect(lambda line: line.startswith("MSG") and line.endswith("after the loss"),
+                      timeout=15)
+    for server in c.nodes:
+        server.wait_log("Redis lost the stream's last events", timeout=10)
+    for speaker, text in ((alice, "alice in the lobby"), (bob, "bob in the lobby")):
+        speaker.send(f"MSG {text}")
+        for client in (alice, bob, carol):
+            client.expect(lambda line, t=text: line.startswith("MSG") and line.endswith(t),
+                          timeout=15)
+    for client in (alice, bob):
+        lines = client.sync()
+        assert [line for line in client.lines if line.startswith("UNPAIRED")] == [
+            "UNPAIRED bob left" if client is alice else "UNPAIRED alice left"], lines
