@@ -457,8 +457,12 @@ class ClusterState:
         """Redis lost data: tell the log who this node's users are (C{users},
         as L{rebuild} returned them; by default as the replica has them),
         before anything this node still has to resend; a hello kept from
-        before is moot."""
+        before is moot.  None once the node is stopping: its C{dead} takes
+        its users out (a hello ahead of it would show the nodes that had
+        not shown them a C{JOINED}, then a C{LEFT})."""
         self._kept.pop("hello", None)
+        if self.closing:
+            return
         if users is None:
             users = self.replica.local_users()
         self._append({"t": "hello", "users": users})

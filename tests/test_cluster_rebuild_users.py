@@ -1,0 +1,53 @@
+"""
+What a node owes its own users around a rebuild after Redis lost data
+(deterministic, on the L{MemoryRedis} and L{Node} fakes of test_cluster_read;
+found in review of the rebuild):
+
+- a node stopping while it rebuilds sends no C{hello} ahead of its C{dead}
+  (the nodes that had not shown its users would see them come and go);
+- a detached user (its registration lost) who quits before its node's
+  C{hello} leaves with its own reason and text, not "disconnected";
+- a second loss before the C{hello} (the hello lost) does not show the
+  detached users again (no second C{READY}, no C{JOINED} on their node);
+- a command Redis took and then lost is answered (C{ERROR unavailable}),
+  never left waiting: its bytes are freed and a later rebuild from a
+  snapshot written after the loss is not refused because of it.
+"""
+
+from __future__ import annotations
+
+from tests.test_cluster_read import cluster, now, say
+from tests.test_cluster_rebuild import _lag, _register, _settle
+
+
+def test_a_node_stopping_during_a_rebuild_sends_no_hello_ahead_of_its_dead() -> None:
+    """dora's registration on n0 is lost (n1 never applied it); n0 sees the
+    loss and, while it reads what Redis kept, is told to stop (SIGTERM).
+    Its last event is its C{dead}, with no C{hello} before it: n1's users,
+    who never saw dora, see neither C{JOINED dora} nor C{LEFT dora}."""
+    redis, clock, (n0, n1) = cluster(2)
+    ann, bob = n0.user("ann"), n1.user("bob")
+    say(n1, bob, "kept")
+    _, answers = _register(n0, "dora")
+    n0.state.say(ann, "lost")
+    _lag(n1)  # n1 never hears dora's registration, nor "lost"
+    redis.pump()
+    assert [type(a).__name__ for a in answers] == ["User"]
+    del redis.stream[-2:]  # Redis loses them
+    assert "dora" in n0.nicks() and "dora" not in n1.nicks()
+    say(n1, bob, "after")  # n0 sees the loss: it rebuilds
+    redis.hold_reads = True
+    clock.advance(1)  # n0 reconnects: reading what Redis kept
+    assert redis.held
+    n0.state.stopping()  # SIGTERM meanwhile
+    redis.hold_reads = False
+    redis.release()
+    _settle(redis, clock)
+
+    mine = [e["t"] for e in redis.events() if e.get("n") == n0.state.node]
+    assert mine[-1] == "dead"
+    assert "hello" not in mine
+    assert "dora" not in n1.listener.departed()
+    joined = [args[1].nick for name, args in n1.listener.calls if name == "joined"]
+    assert "dora" not in joined
+    assert n1.nicks() == ["bob"]
