@@ -51,3 +51,35 @@ def test_a_node_stopping_during_a_rebuild_sends_no_hello_ahead_of_its_dead() -> 
     joined = [args[1].nick for name, args in n1.listener.calls if name == "joined"]
     assert "dora" not in joined
     assert n1.nicks() == ["bob"]
+
+
+def test_a_detached_user_who_quits_before_the_hello_leaves_with_its_text() -> None:
+    """dora's registration on n0 is lost; n0 rebuilds, and its hello is on
+    its way when dora sends C{BYE see you} (then her connection closes).
+    The hello brings her back, then she leaves: everyone sees
+    C{LEFT dora quit see you}, not C{LEFT dora disconnected}."""
+    redis, clock, (n0, n1) = cluster(2)
+    ann, bob = n0.user("ann"), n1.user("bob")
+    say(n1, bob, "kept")
+    dora = n0.user("dora")
+    say(n1, bob, "lost")
+    del redis.stream[-2:]  # dora's registration, "lost"
+    say(n1, bob, "after")  # the loss is noticed; both rebuild
+    redis.hold_reads = True
+    clock.advance(1)
+    redis.release()  # n0 rebuilt; its hello sent, not read back yet
+    assert n0.state.replica.detached_uid(now(dora)) is not None
+    assert "dora" not in n0.nicks()
+    dora.conn.closing = True  # C: BYE see you; the connection closes
+    n0.state.leave(now(dora), "quit", "see you")
+    n0.state.leave(now(dora), "quit", "")  # its connectionLost
+    redis.hold_reads = False
+    redis.release()
+    _settle(redis, clock)
+
+    for node in (n0, n1):
+        left = [(a[1].nick, a[2], a[3]) for name, a in node.listener.calls if name == "left"]
+        assert left[-1] == ("dora", "quit", "see you")
+        assert ("dora", "disconnected", "") not in left
+        assert node.nicks() == ["ann", "bob"]
+    assert n0.state._left_detached == {}

@@ -172,6 +172,10 @@ class ClusterState:
         # appended again: by what they are about, oldest first.
         self._kept: dict[str, dict[str, Any]] = {}
         self._kept_call: IDelayedCall | None = None
+        # Detached users (Redis lost their registration) who left before
+        # their node's hello brought them back: how (reason, text), by uid,
+        # for their leave once it has (see orphaned).
+        self._left_detached: dict[str, tuple[str, str]] = {}
         # For --metrics (cluster/metrics.py): events handed over by the log
         # (resends included) and the reads that brought them; how long this
         # node's commands took to be decided.
@@ -302,9 +306,17 @@ class ClusterState:
         return self._ask({"t": "reg", "nick": nick, "a": address, "s": source}, conn)
 
     def leave(self, user: User, reason: str, text: str = "") -> None:
+        if self.closing:
+            return  # this whole node is leaving (see stop)
         uid = self.replica.uids.get(user)
-        if uid is None or self.closing:
-            return  # gone already, or this whole node is leaving (see stop)
+        if uid is None:
+            detached = self.replica.detached_uid(user) if self.replica.detached else None
+            if detached is not None:
+                # Its node's hello brings it back, its connection gone by
+                # then: it leaves then (orphaned), as it left (the first
+                # word on it: BYE's text, not the connection's loss after it).
+                self._left_detached.setdefault(detached, (reason, text))
+            return  # else gone already
         self._append({"t": "leave", "u": uid, "r": reason, "x": text})
 
     def _command(self, user: User, event: dict[str, Any]) -> Outcome:
@@ -567,12 +579,17 @@ class ClusterState:
             d.callback(result)
 
     def orphaned(self, user: User) -> None:
-        self.leave(user, "disconnected")
+        how = self._left_detached.pop(self.replica.uids.get(user, ""), None)
+        self.leave(user, *(how or ("disconnected", "")))
 
     def rebound(self, conn: Any, user: User) -> None:
         self.on_rebound(conn, user)
 
     def displaced(self, conn: Any, nick: str) -> None:
+        # (A hello brings back or displaces its detached users one by one:
+        # those still detached are the ones it has not come to yet.)
+        self._left_detached = {uid: how for uid, how in self._left_detached.items()
+                               if uid in self.replica.detached}
         if getattr(conn, "closing", True):
             return
         conn.write(wire.line(
@@ -624,6 +641,7 @@ class ClusterState:
         old, self.node = self.node, new_node_id()
         self.replica.node = self.node
         self.replica.detached.clear()  # told BYE with the others (on_lost)
+        self._left_detached.clear()
         self.on_renamed(self.node)
         # What was waiting was its old self's: taken back where it can
         # be.  Its users are about to be told BYE; a registration gets
