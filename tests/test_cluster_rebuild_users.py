@@ -83,3 +83,47 @@ def test_a_detached_user_who_quits_before_the_hello_leaves_with_its_text() -> No
         assert ("dora", "disconnected", "") not in left
         assert node.nicks() == ["ann", "bob"]
     assert n0.state._left_detached == {}
+
+
+def test_a_second_loss_before_the_hello_does_not_show_detached_users_again() -> None:
+    """dora's registration on n0 is lost: n0 rebuilds (dora detached) and
+    Redis takes its hello, then loses it too before n0 read it back (n0
+    lagged: it takes the path of a node that applied nothing lost).  Its
+    next hello brings dora back without a second C{READY} to her and
+    without C{JOINED dora} to n0's users, who saw her all along; n1, which
+    had applied her registration, does not show her again either."""
+    redis, clock, (n0, n1) = cluster(2)
+    ann, bob = n0.user("ann"), n1.user("bob")
+    say(n1, bob, "kept")
+    dora = n0.user("dora")
+    del redis.stream[-1:]  # loss 1: dora's registration
+    n0.cut()
+    n1.cut()
+    n0.reachable = True
+    redis.hold_reads = True
+    clock.advance(1)  # n0 back: reads what Redis kept
+    for _ in range(5):  # rebuilt; its hello taken; its catch-up held
+        if redis.events()[-1]["t"] == "hello":
+            break
+        redis.release()
+    assert n0.state.replica.detached_uid(now(dora)) is not None
+    assert redis.events()[-1]["t"] == "hello"
+    del redis.stream[-1:]  # loss 2: the hello
+    n0.cut()
+    n0.reachable = True
+    redis.hold_reads = False
+    redis.release()
+    _settle(redis, clock)
+    n1.reachable = True
+    _settle(redis, clock)
+
+    assert n0.nicks() == n1.nicks() == ["ann", "bob", "dora"]
+    assert n0.state.replica.detached == {}
+    for node in (n0, n1):
+        joined = [a[1].nick for name, a in node.listener.calls if name == "joined"]
+        assert joined.count("dora") == 1, (node.state.node, joined)
+        assert "dora" not in node.listener.departed()
+    readies = [a[0].nick for name, a in n0.listener.calls if name == "ready"]
+    assert readies.count("dora") == 1
+    say(n0, ann, "still here")
+    assert n1.listener.said()[-1] == "still here"
