@@ -263,10 +263,13 @@ class _Quiet:
         return lambda *args: None
 
 
-def test_a_pair_made_in_the_lost_second_comes_back_quietly() -> None:
+def test_a_pair_made_in_the_lost_second_comes_back_once_both_nodes_list_it() -> None:
     """bob (n1) invites ann (n0); a snapshot; ann accepts, applied by both
-    nodes (both told PAIRED), then lost: the hellos bring the pair back,
-    with no line again, and what ann says goes to bob."""
+    nodes (both told PAIRED), then lost.  The pair comes back when the
+    second node's hello lists it too; until then the first node's user is
+    not left in the lobby believing itself paired: it is told UNPAIRED
+    <partner> disconnected, then PAIRED again.  The other is told nothing
+    more.  Afterwards what ann says goes to bob."""
     redis, clock, (n0, n1) = cluster(2)
     ann, bob = n0.user("ann"), n1.user("bob")
     n1.state.pair(bob, "ann")
@@ -280,7 +283,14 @@ def test_a_pair_made_in_the_lost_second_comes_back_quietly() -> None:
 
     state = _three_agree(n0, n1, n2)
     assert len({tuple(p) for p in state["pairs"]}) == 1 and state["invitations"] == []
-    assert len(_told(n0, "paired", "ann")) == len(_told(n1, "paired", "bob")) == 1
+    first = next(e["n"] for e in redis.events() if e["t"] == "hello")
+    (told_node, nick, partner), (other_node, other_nick, _) = sorted(
+        [(n0, "ann", "bob"), (n1, "bob", "ann")], key=lambda x: x[0].state.node != first)
+    assert [(a[1].nick, a[2]) for a in _told(told_node, "unpaired", nick)] == [
+        (partner, "disconnected")]
+    assert len(_told(told_node, "paired", nick)) == 2
+    assert _told(other_node, "unpaired", other_nick) == []
+    assert len(_told(other_node, "paired", other_nick)) == 1
     n0.state.say(now(ann), "to bob")
     redis.pump()
     private = [args for name, args in n1.listener.calls if name == "private_message"]
@@ -294,8 +304,8 @@ def test_a_pair_made_in_the_lost_second_a_lagging_node_never_showed(first: str) 
     line of its own (so it says hello when it is back).  Whichever hello
     the log has first, the pair is not kept against bob's node's word: every
     replica ends with them unpaired, and ann, shown the pair, is told it
-    ended, once (UNPAIRED bob left); bob is told of no pair, or of the pair
-    and its end."""
+    ended, once (UNPAIRED bob disconnected); bob is told of no pair.  (bob's
+    invitation, which he was still shown, is open.)"""
     redis, clock, (n0, n1) = cluster(2)
     ann, bob = n0.user("ann"), n1.user("bob")
     dave = n1.user("dave")
@@ -313,8 +323,8 @@ def test_a_pair_made_in_the_lost_second_a_lagging_node_never_showed(first: str) 
     state = _three_agree(n0, n1, n2)
     assert state["pairs"] == []
     assert [args[1:3] for args in _told(n0, "unpaired", "ann")] == [
-        (n0.state.hub.online["bob"], "left")]
-    assert len(_told(n1, "paired", "bob")) == len(_told(n1, "unpaired", "bob"))
+        (n0.state.hub.online["bob"], "disconnected")]
+    assert _told(n1, "paired", "bob") == _told(n1, "unpaired", "bob") == []
     _in_the_lobby([n0, n1, n2], (n0, ann), (n1, bob))
 
 
@@ -358,3 +368,145 @@ def test_the_lobby_line_applied_before_the_hello_reaches_the_ended_pair() -> Non
             if text.startswith("first")} == {
         "first after the loss": [("ann", 1), ("bob", 1)],
         "first after the hellos": [("ann", 1), ("bob", 1)]}
+
+
+def _unpaired_before(node: Node, nick: str, text: str) -> list[tuple[str, str]]:
+    """What C{nick} was told UNPAIRED (partner, reason) before its line
+    C{text} reached the lobby, on C{node}."""
+    told = []
+    for name, args in node.listener.calls:
+        if name == "lobby_message" and args[0].text == text:
+            return told
+        if name == "unpaired" and args[0].nick == nick:
+            told.append((args[1].nick, args[2]))
+    raise AssertionError(f"{text!r} never reached the lobby")
+
+
+def test_after_a_new_epoch_a_pair_across_nodes_ends_until_both_list_it() -> None:
+    """ann (n0) and bob (n1) are paired; Redis restarts without its data;
+    n0 is back first: its hello cannot bring the pair back (bob is not
+    online yet), so ann is told UNPAIRED bob disconnected, before anything
+    she says goes to the lobby (found in review: she was left in the
+    lobby, shown PAIRED, and her private lines went to everyone).  When n1
+    is back and lists bob with ann, the pair comes back: ann is told PAIRED
+    bob, bob (shown it all along) nothing."""
+    redis, clock, (n0, n1) = cluster(2)
+    ann, bob = n0.user("ann"), n1.user("bob")
+    n0.user("dan")
+    _paired(redis, (n0, ann), (n1, bob))
+    n0.cut()
+    n1.cut()
+    redis.stream.clear()
+    redis.keys.clear()
+    redis.history.clear()
+    redis.last = (0, 0)
+    n0.reachable = True
+    _settle(redis, clock, 1)
+    say(n0, ann, "ann in the lobby")
+    assert _unpaired_before(n0, "ann", "ann in the lobby") == [("bob", "disconnected")]
+    n1.reachable = True
+    _settle(redis, clock, 3)
+    n2 = Node(redis, clock, "n2")
+    _settle(redis, clock, 1)
+
+    state = _three_agree(n0, n1, n2)
+    assert len({tuple(p) for p in state["pairs"]}) == 1
+    assert now(ann).partner is not None and now(ann).partner.nick == "bob"
+    assert len(_told(n0, "paired", "ann")) == 2
+    assert len(_told(n1, "paired", "bob")) == 1 and _told(n1, "unpaired", "bob") == []
+
+
+def test_a_user_paired_with_a_lost_registration_is_told_the_pair_ended() -> None:
+    """carol registers on n1, invites ann (n0), ann accepts: all lost, and
+    n1 stays away.  n0's hello lists ann with carol, whom no replica has:
+    ann is told UNPAIRED carol disconnected before her next line goes to
+    the lobby (found in review)."""
+    redis, clock, (n0, n1) = cluster(2)
+    ann = n0.user("ann")
+    say(n0, ann, "kept")
+    carol = n1.user("carol")
+    n1.state.pair(now(carol), "ann")
+    redis.pump()
+    n0.state.accept(now(ann), "carol")
+    redis.pump()
+    del redis.stream[-3:]
+    n1.cut()
+    n0.cut()
+    n0.reachable = True
+    _settle(redis, clock)
+    assert "carol" not in n0.nicks()
+    say(n0, ann, "ann in the lobby")
+    assert _unpaired_before(n0, "ann", "ann in the lobby") == [("carol", "disconnected")]
+
+
+def test_a_pair_brought_back_quietly_still_tells_the_third_users_invitation_ended() -> None:
+    """ann and bob (n0) pair in the lost second; n0 is away; carol (n1)
+    invites ann after the loss.  n0's hello brings ann and bob back
+    quietly (they were shown the pair), which ends carol's invitation as
+    busy: both sides of it are told (found in review: neither was)."""
+    redis, clock, (n0, n1) = cluster(2)
+    ann, bob = n0.user("ann"), n0.user("bob")
+    carol = n1.user("carol")
+    say(n0, ann, "kept")
+    _paired(redis, (n0, ann), (n0, bob))
+    del redis.stream[-2:]
+    n0.cut()
+    n1.cut()
+    n1.reachable = True
+    _settle(redis, clock, 2)
+    n1.state.pair(now(carol), "ann")
+    _settle(redis, clock, 1)
+    n0.reachable = True
+    _settle(redis, clock)
+
+    assert now(ann).partner is now(bob) and now(carol).outgoing is None
+    assert [(a[1].nick, a[2]) for a in _told(n1, "declined", "carol")] == [("ann", "busy")]
+    assert [(a[1].nick, a[2]) for a in _told(n0, "cancelled", "ann")] == [("carol", "busy")]
+    assert len(_told(n0, "paired", "ann")) == 1  # not again
+
+
+def test_a_user_who_came_after_a_rebuild_is_seen_leaving_at_a_later_hello() -> None:
+    """n0 rebuilt after a first loss; w registers on n1 afterwards (n0's
+    users see it arrive); at a second loss, which n0 never sees (it lagged
+    behind w's lost leave), n1's hello drops w: n0's users see w leave
+    (found in review: what n0 recorded at the first rebuild made it quiet)."""
+    redis, clock, (n0, n1) = cluster(2)
+    ann, bob = n0.user("ann"), n1.user("bob")
+    say(n1, bob, "kept", "lost")
+    del redis.stream[-1:]
+    say(n0, ann, "after")
+    _settle(redis, clock)
+    assert n0.state.replica.shown is not None
+    w = n1.user("w")
+    _settle(redis, clock)
+    n1.state.leave(now(w), "quit")
+    _lag(n0)
+    redis.pump()
+    del redis.stream[-1:]
+    say(n0, ann, "after the second")
+    _settle(redis, clock)
+    assert "w" not in n0.nicks() and n0.nicks() == n1.nicks()
+    assert n0.listener.departed() == ["w"]
+
+
+def test_a_pair_ended_after_the_loss_is_not_brought_back_by_a_late_hello() -> None:
+    """ann (n0) and bob (n1) are paired; a lost line; n1 is back first and
+    bob sends UNPAIR; n0 is back later and its hello (as ann was shown:
+    with bob) comes after that UNPAIR: the pair stays ended, ann is told
+    once (found in review: it came back)."""
+    redis, clock, (n0, n1) = cluster(2)
+    ann, bob = n0.user("ann"), n1.user("bob")
+    _paired(redis, (n0, ann), (n1, bob))
+    say(n1, bob, "lost")
+    del redis.stream[-1:]
+    n0.cut()
+    n1.cut()
+    n1.reachable = True
+    _settle(redis, clock, 2)
+    n1.state.unpair(now(bob))
+    _settle(redis, clock, 1)
+    n0.reachable = True
+    _settle(redis, clock, 5)  # its backoff (with jitter) may reach 3.2 s
+    assert [e["n"] for e in redis.events() if e["t"] == "hello"] == ["n1", "n0"]
+    assert now(ann).partner is None and now(bob).partner is None
+    assert [(a[1].nick, a[2]) for a in _told(n0, "unpaired", "ann")] == [("bob", "left")]

@@ -48,6 +48,7 @@ from twisted.logger import Logger
 
 from twisted_chat.server.history import Entry, History
 from twisted_chat.server.hub import Hub, HubError, Invitation, Listener, NickTaken, User
+from twisted_chat.wire import nick_key
 
 __all__ = ["Answers", "Detached", "Member", "RemoteConn", "Replica", "event_seconds"]
 
@@ -61,6 +62,11 @@ HELLO = "hello:"
 #: nodes that see one loss say hello within seconds of each other; a later
 #: pairing of the same two users is decided by the events in between).
 CLAIM_KEEP = 60.0
+
+#: How long (log time) after a rebuild what its node's users were shown
+#: (L{Replica.shown}) decides whether a hello's change is told them: the
+#: hellos of one loss come within seconds; after that, every change is.
+SHOWN_KEEP = 60.0
 
 #: How long (log time) a dead node id is remembered: an event of that id
 #: reaching the log later than this after its death (its node cut off from
@@ -162,6 +168,62 @@ class _Silent:
 _SILENT = _Silent()
 
 
+class _Between:
+    """
+    A hub listener that passes everything on but what two users, C{a} and
+    C{b}, are told of each other while a pair of theirs is brought back
+    (L{Replica._restore_pair}: an invitation between them, its end, and, if
+    C{quiet}, the pairing): what the pairing does to others (an invitation
+    of a third user's ended C{busy}, told on both sides) is told as usual.
+    """
+
+    def __init__(self, listener: Listener, a: User, b: User, quiet: bool) -> None:
+        self._listener = listener
+        self._two = {a, b}
+        self._quiet = quiet
+
+    def _theirs(self, one: User, other: User) -> bool:
+        return {one, other} == self._two
+
+    def roster_changing(self) -> None:
+        self._listener.roster_changing()
+
+    def ready(self, user: User) -> None:
+        self._listener.ready(user)
+
+    def joined(self, ts: float, user: User) -> None:
+        self._listener.joined(ts, user)
+
+    def left(self, ts: float, user: User, reason: str, text: str) -> None:
+        self._listener.left(ts, user, reason, text)
+
+    def lobby_message(self, entry: Entry) -> None:
+        self._listener.lobby_message(entry)
+
+    def private_message(self, ts: float, sender: User, recipient: User, text: str) -> None:
+        self._listener.private_message(ts, sender, recipient, text)
+
+    def invited(self, invitation: Invitation) -> None:
+        if not self._theirs(invitation.inviter, invitation.invitee):
+            self._listener.invited(invitation)
+
+    def paired(self, user: User, partner: User) -> None:
+        if not (self._quiet and self._theirs(user, partner)):
+            self._listener.paired(user, partner)
+
+    def unpaired(self, user: User, partner: User, reason: str, missed: Sequence[Entry]) -> None:
+        if not self._theirs(user, partner):
+            self._listener.unpaired(user, partner, reason, missed)
+
+    def declined(self, inviter: User, invitee: User, reason: str) -> None:
+        if not self._theirs(inviter, invitee):
+            self._listener.declined(inviter, invitee, reason)
+
+    def cancelled(self, invitee: User, inviter: User, reason: str) -> None:
+        if not self._theirs(invitee, inviter):
+            self._listener.cancelled(invitee, inviter, reason)
+
+
 class Answers(Protocol):
     """What the replica tells its own node about the node's own events."""
 
@@ -234,6 +296,12 @@ class Replica:
         #: who were shown their pair end (in the lost events), by uid: until
         #: a hello ends it here too, they still hear the lobby.
         self.hearing: dict[str, User] = {}
+        #: When (log time) L{shown} expires (L{SHOWN_KEEP} after the first
+        #: event applied after the rebuild); the nicks the replica had
+        #: before it, by uid (to tell a user its partner's pair ended when
+        #: the partner is not back).
+        self._shown_until: float | None = None
+        self._nicks: dict[str, str] = {}
         #: Whether events this node applied before are being applied again
         #: (L{rebuild}): nothing is answered, nothing is written.
         self.replaying = False
@@ -266,6 +334,13 @@ class Replica:
         now = event_seconds(eid)
         if now > self.clock.seconds():
             self.clock.advance(now - self.clock.seconds())  # due invitations expire
+        if self.shown is not None and not self.replaying:
+            if self._shown_until is None:
+                self._shown_until = self.clock.seconds() + SHOWN_KEEP
+            elif self.clock.seconds() > self._shown_until:
+                self._forget_shown()
+        if self.claims and event.get("t") in self._PAIRING:
+            self._drop_claims(event)
         handler = self._HANDLERS.get(str(event.get("t")))
         result: object = None
         self.current = (eid, origin)
@@ -280,6 +355,29 @@ class Replica:
             self.current = None
         if origin == self.node and not self.replaying:
             self.answers.decided(k, result)
+
+    _PAIRING = frozenset(("pair", "acc", "rej", "unp"))
+
+    def _drop_claims(self, event: dict[str, Any]) -> None:
+        """A pairing command changes what the hellos said of its user, its
+        partner and the user it names: their words no longer count."""
+        member = self.members.get(str(event.get("u")))
+        if member is None:
+            return
+        user = member.user
+        target = self.hub.online.get(nick_key(str(event.get("to", ""))))
+        for one in (user, user.partner, target):
+            if one is not None and one in self.uids:
+                self.claims.pop(self.uids[one], None)
+
+    def _forget_shown(self) -> None:
+        """From now on every change is told (see L{SHOWN_KEEP})."""
+        self.shown = None
+        self.shown_out = {}
+        self._base = {}
+        self.hearing = {}
+        self._shown_until = None
+        self._nicks = {}
 
     def _member(self, event: dict[str, Any]) -> User | None:
         member = self.members.get(str(event.get("u")))
@@ -299,6 +397,8 @@ class Replica:
             str(event.get("a", "-")), source=str(event.get("s", "")),
         )
         self._add(user, origin, eid)
+        if self.shown is not None:
+            self._saw(eid, "", "")  # its JOINED (or READY) was written
         if orphan and origin == self.node and not self.replaying:
             self.answers.orphaned(user)
         return user
@@ -318,6 +418,10 @@ class Replica:
         if uid is not None:
             self.members.pop(uid, None)
             self.claims.pop(uid, None)
+            if self.shown is not None:
+                self.shown.pop(uid, None)
+                self.shown_out.pop(uid, None)
+                self._base.pop(uid, None)
 
     def _say(self, eid: str, origin: str, k: int, event: dict[str, Any]) -> None:
         user = self._member(event)
@@ -473,13 +577,23 @@ class Replica:
 
     def _rejoin(self, partners: dict[str, str], told: dict[str, tuple[str, str]],
                 view: dict[str, list[str]]) -> None:
-        """The pairs a hello lists that the replica lacks come back (quietly
-        where this node's users among the two were shown them), unless the
-        partner's own node said otherwise in a hello not older than
-        L{CLAIM_KEEP} (a lagging node's hello, listing a pair the other
-        side's node ended, brings nothing back).  A listed user of this
-        node that was shown a pair that does not come back is told it
-        ended (C{UNPAIRED <partner> left}), as when the partner leaves it."""
+        """
+        A pair a hello lists that the replica lacks comes back once both
+        users are online and free and each one's node has listed the other
+        in a hello not older than L{CLAIM_KEEP} (its word is dropped by a
+        pairing command of either since: L{_drop_claims}); quietly where
+        this node's users among the two were shown it (L{_bring_back}).
+        (A row of an older node's hello, without the invitation field: as
+        before, on its word alone.)
+
+        A listed user of this node shown a pair the replica does not have
+        now (its partner not back yet, or never: a registration lost with
+        the data; paired elsewhere; its node not listing it) is told it
+        ended, C{UNPAIRED <partner> disconnected}, as when a partner
+        disconnects: never left in the lobby believing itself paired.  Its
+        hello's word stays: if the partner's node lists it later, the pair
+        comes back (C{PAIRED} again).
+        """
         members = self.members
         since = self.clock.seconds() - CLAIM_KEEP
         for uid in [u for u, (_, when) in self.claims.items() if when < since]:
@@ -490,23 +604,53 @@ class Replica:
                 continue
             if one.user.partner is not None or other.user.partner is not None:
                 continue
-            claim = self.claims.get(partner_uid)
-            if claim is not None and claim[0] != uid:
-                continue  # its node said it is not paired with this one
-            with self._quietly(self._pair_seen(view, uid, partner_uid, True)):
-                self._restore_pair(one.user, other.user)
+            if uid in told:
+                claim = self.claims.get(partner_uid)
+                if claim is None or claim[0] != uid:
+                    continue  # its node has not said so (or said otherwise)
+            self._bring_back(one.user, other.user,
+                             self._pair_seen(view, uid, partner_uid, True))
             view[uid][:] = [partner_uid, ""]
             view[partner_uid][:] = [uid, ""]
         for uid, (partner_uid, _) in sorted(told.items()):
             one, other = members.get(uid), members.get(partner_uid)
-            if (one is None or other is None or one.node != self.node
-                    or one.user.partner is other.user or view[uid][0] != partner_uid):
+            if (one is None or one.node != self.node or not partner_uid
+                    or view[uid][0] != partner_uid
+                    or (other is not None and one.user.partner is other.user)):
                 continue
             view[uid][0] = ""
-            if not self.replaying:
+            partner = other.user if other is not None else self._stand_in(partner_uid)
+            if partner is not None and not self.replaying:
                 listener = self.hub.listener
                 listener.roster_changing()
-                listener.unpaired(one.user, other.user, "left", [])
+                listener.unpaired(one.user, partner, "disconnected", [])
+
+    def _stand_in(self, uid: str) -> User | None:
+        """A user the replica had before its rebuild and does not have now,
+        for its nick in a line (no hub holds it)."""
+        nick = self._nicks.get(uid)
+        if nick is None:
+            return None
+        return User(nick=nick, key=nick_key(nick), conn=RemoteConn(""), address="-")
+
+    def _bring_back(self, a: User, b: User, quiet: bool) -> None:
+        """Pair C{a} and C{b} again (L{_restore_pair}) without the lines of
+        the mechanics between them (an invitation, its end) and, if
+        C{quiet}, of the pairing; what it does to others (their invitations
+        to or from the two end C{busy}, or withdrawn) is told as usual."""
+        hub = self.hub
+        listener = hub.listener
+        if listener is _SILENT:
+            self._restore_pair(a, b)
+            return
+        listener.roster_changing()
+        hub.listener = _Between(listener, a, b, quiet)
+        if quiet:
+            self._hushed = True  # the index learns of the pairing by a reindex
+        try:
+            self._restore_pair(a, b)
+        finally:
+            hub.listener = listener
 
     def _mine(self, *uids: str) -> list[str]:
         """Which of C{uids} are this node's users."""
@@ -701,11 +845,8 @@ class Replica:
         self.dead = {}
         self._dead_by = {}
         self.detached = {}
-        self.shown = None
-        self.shown_out = {}
-        self._base = {}
         self.claims = {}
-        self.hearing = {}
+        self._forget_shown()
 
     def rebuild(self, snapshot: str | None, entries: Sequence[tuple[str, dict[str, Any]]]
                 ) -> list[list[Any]]:
@@ -727,6 +868,8 @@ class Replica:
         @return: this node's users as they were before (its C{hello}).
         """
         rows = self.local_users()
+        nicks = {uid: m.user.nick for uid, m in self.members.items()}
+        nicks.update((uid, d.user.nick) for uid, d in self.detached.items())
         seen = {uid: self.seen(uid) for uid in self.members}
         seen.update((uid, (str(d.row[3]) if len(d.row) > 3 else "",
                            str(d.row[5]) if len(d.row) > 5 else ""))
@@ -765,6 +908,8 @@ class Replica:
         self.shown = {uid: partner for uid, (partner, _) in seen.items()}
         self.shown_out = {uid: invitee for uid, (_, invitee) in seen.items() if invitee}
         self._base = {uid: self._state(uid) for uid in seen}
+        self._nicks = nicks
+        self._shown_until = None
         self._hear_lobby()
         self.answers.rebuilt()
         return rows
