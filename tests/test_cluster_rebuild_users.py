@@ -16,8 +16,17 @@ found in review of the rebuild):
 
 from __future__ import annotations
 
-from tests.test_cluster_read import cluster, now, say
-from tests.test_cluster_rebuild import _lag, _register, _settle
+from typing import Any
+
+from tests.test_cluster_read import Node, cluster, now, say
+from tests.test_cluster_rebuild import _lag, _lines, _register, _settle, _three_agree
+from twisted_chat.server.state import Outcome
+
+
+def _ask(outcome: Outcome, answers: list[Any]) -> None:
+    """Gather a command's answer (its result, or a failure)."""
+    assert outcome is not None
+    outcome.addBoth(answers.append)
 
 
 def test_a_node_stopping_during_a_rebuild_sends_no_hello_ahead_of_its_dead() -> None:
@@ -59,7 +68,8 @@ def test_a_detached_user_who_quits_before_the_hello_leaves_with_its_text() -> No
     The hello brings her back, then she leaves: everyone sees
     C{LEFT dora quit see you}, not C{LEFT dora disconnected}."""
     redis, clock, (n0, n1) = cluster(2)
-    ann, bob = n0.user("ann"), n1.user("bob")
+    n0.user("ann")
+    bob = n1.user("bob")
     say(n1, bob, "kept")
     dora = n0.user("dora")
     say(n1, bob, "lost")
@@ -127,3 +137,125 @@ def test_a_second_loss_before_the_hello_does_not_show_detached_users_again() -> 
     assert readies.count("dora") == 1
     say(n0, ann, "still here")
     assert n1.listener.said()[-1] == "still here"
+
+
+def test_a_command_redis_took_then_lost_is_answered_unavailable() -> None:
+    """ann's MSG on n0: Redis takes it (n1 shows it), n0 lags behind it,
+    and Redis, restarting, loses it; n0's wait ends first (C{ERROR
+    unconfirmed}).  When n0 sees the loss it answers it C{ERROR
+    unavailable} (it will never take effect: no replica has it, and nothing
+    resends what Redis took) and holds nothing for it any more."""
+    redis, clock, (n0, n1) = cluster(2)
+    ann, bob = n0.user("ann"), n1.user("bob")
+    say(n1, bob, "kept")
+    got: list[Any] = []
+    _ask(n0.state.say(ann, "taken then lost"), got)
+    _lag(n0)  # n0 never hears it; n1 does
+    redis.pump()
+    assert n1.listener.said()[-1] == "taken then lost"
+    assert n0.state.first_waiting() is not None
+    del redis.stream[-1:]
+    n0.cut()
+    n1.cut()
+    clock.advance(11)  # n0's wait ends: ERROR unconfirmed
+    assert [f.value.code.value for f in got] == ["unconfirmed"]
+    n0.reachable = n1.reachable = True
+    _settle(redis, clock)
+
+    assert n0.state.first_waiting() is None
+    assert n0.state.waiting_bytes == 0
+    errors = [line for line in _lines(ann.conn) if line.startswith("ERROR ")]
+    assert len(errors) == 1 and errors[0].startswith("ERROR unavailable lost:")
+    say(n1, bob, "after")
+    assert n0.listener.said()[-1] == "after"
+    assert "taken then lost" not in n0.listener.said()
+
+
+def test_a_command_redis_took_then_lost_is_answered_while_its_user_waits() -> None:
+    """The same, seen before the command's wait ends (Redis lost all of
+    its data, a new epoch): its user, still waiting, is answered C{ERROR
+    unavailable} (a C{NICK}, C{RETRY unavailable}) at once; a command
+    sent meanwhile and not taken yet is resent and takes effect."""
+    redis, clock, (n0, n1) = cluster(2)
+    ann = n0.user("ann")
+    n1.user("bob")
+    got: list[Any] = []
+    _ask(n0.state.say(ann, "taken then lost"), got)
+    _, registered = _register(n0, "carol")
+    _lag(n0)
+    redis.pump()
+    assert "carol" in n1.nicks() and got == registered == []
+    n0.cut()
+    n1.cut()
+    resent: list[Any] = []
+    _ask(n0.state.say(ann, "sent while Redis is away"), resent)
+    redis.stream.clear()
+    redis.keys.clear()
+    redis.history.clear()
+    redis.last = (0, 0)
+    n0.reachable = n1.reachable = True
+    _settle(redis, clock, 2)
+
+    assert [f.value.code.value for f in got] == ["unavailable"]
+    assert "lost:" in got[0].value.text
+    assert [type(f.value).__name__ for f in registered] == ["StateUnavailable"]
+    assert n0.state.first_waiting() is None and n0.state.waiting_bytes == 0
+    assert n0.nicks() == n1.nicks() == ["ann", "bob"]
+    assert len(resent) == 1 and not hasattr(resent[0], "value")
+    assert n1.listener.said()[-1] == "sent while Redis is away"
+
+
+def test_after_a_lost_command_is_answered_a_later_loss_rebuilds_from_the_snapshot() -> None:
+    """A command Redis took and lost no longer holds n0's first waiting
+    command back: at a later loss that n0 sees late, after n1 wrote a
+    snapshot past it, n0 rebuilds from that snapshot (before, the lost
+    command, still waiting and older than n0's events the snapshot holds,
+    made n0 refuse it and go on with the lost events' state)."""
+    redis, clock, (n0, n1) = cluster(2)
+    ann, bob = n0.user("ann"), n1.user("bob")
+    n0.state.say(ann, "taken then lost")
+    _lag(n0)
+    redis.pump()
+    del redis.stream[-1:]  # loss 1
+    n0.cut()
+    n1.cut()
+    n0.reachable = n1.reachable = True
+    _settle(redis, clock, 15)
+    say(n0, ann, "after loss 1")  # n0's events past the lost one's number
+    _settle(redis, clock, 11)
+    n1.state.pair(now(bob), "ann")  # loss 2: an invitation both applied
+    redis.pump()
+    assert now(bob).outgoing is not None and now(ann).incoming
+    del redis.stream[-1:]
+    n0.cut()
+    n1.cut()
+    n1.reachable = True
+    _settle(redis, clock, 12)  # n1 rebuilds, then writes a snapshot past loss 2
+    n0.reachable = True
+    _settle(redis, clock, 5)
+    n2 = Node(redis, clock, "n2")
+    _settle(redis, clock, 1)
+    state = _three_agree(n0, n1, n2)
+    assert state["invitations"] == state["invites"] == []
+    assert not now(ann).incoming
+    assert n0.lost == n1.lost == 0
+
+
+def test_a_command_taken_after_the_loss_on_a_connection_that_outlived_it_takes_effect() -> None:
+    """Entries deleted by hand: n0's connection outlives the loss, and its
+    next MSG is taken after it (after the kept end, like the lost event).
+    It is in the stream: n0, seeing the loss, does not answer it as lost;
+    it takes effect, once, and its user gets its echo."""
+    redis, clock, (n0, n1) = cluster(2)
+    ann, bob = n0.user("ann"), n1.user("bob")
+    say(n1, bob, "kept", "lost")
+    del redis.stream[-1:]
+    got: list[Any] = []
+    _ask(n0.state.say(ann, "taken after the loss"), got)
+    _settle(redis, clock)
+
+    assert len(got) == 1 and not hasattr(got[0], "value")
+    assert n0.state.first_waiting() is None
+    assert [line for line in _lines(ann.conn) if line.startswith("ERROR ")] == []
+    for node in (n0, n1):
+        assert node.listener.said().count("taken after the loss") == 1

@@ -18,7 +18,9 @@ answered) may be in the log already: it is never taken back (the log resends
 it and the replicas apply it once), and its user is told C{ERROR
 unconfirmed} when the wait ends; if its decision is an error, that error is
 sent when it comes.  A registration in that state stays waiting (the
-connection's C{--nick-timeout} ends that wait).
+connection's C{--nick-timeout} ends that wait).  One that Redis took and
+then lost (L{lost_commands}) is answered as not sent when the log sees the
+loss: it takes effect nowhere.
 
 The events the node appends for itself, not for a command (a user's
 C{leave}, a C{dead}, a C{tick}, a C{hello}), are never lost while the process
@@ -37,7 +39,7 @@ from __future__ import annotations
 import json
 import secrets
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -384,14 +386,42 @@ class ClusterState:
         if waiting is None:
             self._keep(data)  # none of a command's: one of the node's own
             return
-        why = "it refused to store it"
+        self._answer(waiting, _not_sent(waiting.registration, "it refused to store it"))
+
+    def _answer(self, waiting: _Waiting, error: Exception) -> None:
+        """Answer a forgotten command with C{error}: its user waits for it,
+        or, told C{ERROR unconfirmed} already, is sent it as a line (a
+        registration is never told that)."""
         if waiting.answer is not None:
             answer, waiting.answer = waiting.answer, None
-            answer.errback(_not_sent(waiting.registration, why))
-        elif not getattr(waiting.conn, "closing", True):
-            error = _not_sent(False, why)
-            assert isinstance(error, HubError)
+            answer.errback(error)
+        elif isinstance(error, HubError) and not getattr(waiting.conn, "closing", True):
             waiting.conn.write(wire.error(error.code, error.text))
+
+    def waiting_tickets(self) -> list[object]:
+        """The log's tickets of this node's commands waiting for a decision."""
+        return [waiting.ticket for waiting in self._pending.values()]
+
+    def lost_commands(self, tickets: Iterable[object]) -> None:
+        """
+        Redis lost the events of these commands (by their tickets) after
+        taking them, before this node's replica applied them: no replica
+        will (those that did before the loss are rebuilt without them), and
+        the log does not resend what Redis took.  Each is forgotten and
+        answered: C{ERROR unavailable} (C{RETRY unavailable} for a
+        registration), also after an C{ERROR unconfirmed}, whose "exactly
+        once" Redis broke: it has no effect (though the nodes that applied
+        it before the loss showed its lines).
+        """
+        lost = set(tickets)
+        for k, waiting in list(self._pending.items()):
+            if waiting.ticket in lost:
+                self._forget(k)
+                self._answer(waiting, StateUnavailable() if waiting.registration else HubError(
+                    ErrorCode.UNAVAILABLE,
+                    "lost: the chat's store lost it after taking it, so it has no effect "
+                    "(some may have seen it before the loss); send it again",
+                ))
 
     def _keep(self, event: dict[str, Any]) -> None:
         """Keep an event of the node's own that the log refused, to append it

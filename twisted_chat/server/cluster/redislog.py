@@ -261,14 +261,16 @@ class _Out:
     """A command for Redis, until it is acknowledged; C{sent} once written
     to a connection (from then on it may be in Redis, answered or not);
     C{resent} once written to a later one (the first copy's answer was lost
-    with its connection: Redis may have taken it)."""
+    with its connection: Redis may have taken it); C{taken}, for an append,
+    the id Redis gave its event."""
 
-    __slots__ = ("command", "resent", "sent")
+    __slots__ = ("command", "resent", "sent", "taken")
 
     def __init__(self, command: tuple[Any, ...]) -> None:
         self.command = command
         self.sent = False
         self.resent = False
+        self.taken: str | None = None
 
 
 @dataclass(slots=True)
@@ -509,6 +511,7 @@ class RedisLog:
             # and so does every replica: what Redis kept is nothing.  What
             # this node still has to send goes after its users' list.
             self._lost_tail = None
+            await self._answer_lost(cmd, None)
             self.state.replica.hub.history.attach(_HistoryStore(self), [])
             self._announce(self.state.rebuild(None, []))
         elif self._started:
@@ -572,6 +575,7 @@ class RedisLog:
         # not with an append-only file) would stop every node from starting;
         # one another node wrote after the loss is kept (DROP_LOST_SNAPSHOT).
         await cmd.execute_command("EVAL", DROP_LOST_SNAPSHOT, 2, SNAPSHOT, STREAM, end)
+        await self._answer_lost(cmd, end)
         self._loaded_id = None
         users = None
         if id_key(replica.last_id) > id_key(end):
@@ -596,6 +600,37 @@ class RedisLog:
             # the hello that brings them back must not show them again.
             await self._read_kept(cmd, end)
         self._announce(users)
+
+    async def _answer_lost(self, cmd: Any, end: str | None) -> None:
+        """
+        Redis lost the stream's events after C{end} (C{None}: all of them, a
+        new epoch): this node's commands among them that it had taken (it
+        acknowledged them, so nothing resends them) and the replica had not
+        applied yet are answered now (L{ClusterState.lost_commands}), never
+        left waiting for a decision no replica will make.  One taken after
+        C{end} that the stream still has (taken after the loss, on a
+        connection that outlived it) is not lost: the catch-up applies it
+        (each is looked up by its id, all at once: one round trip).
+        """
+        state = self.state
+        # Not written yet, or not acknowledged: resent.  At or before the
+        # kept end: applied, or to be.
+        lost = [ticket for ticket in state.waiting_tickets()
+                if isinstance(ticket, _Out) and ticket.taken is not None
+                and (end is None or id_key(ticket.taken) > id_key(end))]
+        if end is not None and lost:
+            found = await defer.gatherResults(
+                [cmd.execute_command("XRANGE", STREAM, out.taken, out.taken) for out in lost],
+                consumeErrors=True,
+            )
+            lost = [out for out, at in zip(lost, found, strict=True)
+                    if not (at and str(at[0][1][1]) == out.command[-1])]
+        if lost:
+            self.log.error(
+                "cluster: Redis lost {n} commands of this node's users after taking them; "
+                "they are answered as not taking effect", n=len(lost),
+            )
+            state.lost_commands(lost)
 
     async def _kept_state(
         self, cmd: Any, end: str,
@@ -836,7 +871,7 @@ class RedisLog:
             self._unacked.popleft()
             self._refusing = False
         if out.command[:2] == APPENDING:
-            self._taken = str(result)  # the event's id
+            self._taken = out.taken = str(result)  # the event's id
         elif (out.command[0] == "ZADD" and self._history_dropped
               and not self._history_kept and self._history_call is None):
             self.log.warn("cluster: Redis takes the history's writes again; {n} lobby "
