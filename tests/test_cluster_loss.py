@@ -18,7 +18,8 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from twisted.internet.defer import ensureDeferred
+import txredisapi  # type: ignore[import-untyped]
+from twisted.internet.defer import ensureDeferred, fail
 from twisted.internet.task import Clock
 
 from tests.test_cluster_read import SCRIPTS, Conn, MemoryRedis, Node, cluster, now, say
@@ -426,11 +427,9 @@ def test_the_channels_copies_of_what_a_node_read_are_no_loss() -> None:
     assert redis.calls["SUBSCRIBE"] == subscribed
 
 
-def test_what_the_channel_brought_before_a_reload_is_no_loss() -> None:
-    """A node reading the stream finds its next events trimmed and goes on
-    from a snapshot newer than what the channel brought meanwhile: those
-    events are in the snapshot, not a lost tail (no second reconnection,
-    no second BYE)."""
+def _back_to_a_trimmed_stream() -> tuple[MemoryRedis, Clock, Node, Node, Any]:
+    """n1 was cut off while the stream was trimmed past its next events;
+    it reconnects, and its read of the stream is held."""
     redis, clock, (n0, n1) = cluster(2)
     ann = n0.user("ann")
     n1.user("dora")
@@ -442,6 +441,15 @@ def test_what_the_channel_brought_before_a_reload_is_no_loss() -> None:
     n1.reachable = True
     clock.advance(1)  # n1 reconnects: its read of the stream is held
     assert redis.held
+    return redis, clock, n0, n1, ann
+
+
+def test_what_the_channel_brought_before_a_reload_is_no_loss() -> None:
+    """A node reading the stream finds its next events trimmed and goes on
+    from a snapshot newer than what the channel brought meanwhile: those
+    events are in the snapshot, not a lost tail (no second reconnection,
+    no second BYE)."""
+    redis, clock, n0, n1, ann = _back_to_a_trimmed_stream()
     subscribed = redis.calls["SUBSCRIBE"]
     say(n0, ann, "heard during the read")  # on n1's channel, waiting
     clock.advance(0.1)
@@ -456,6 +464,125 @@ def test_what_the_channel_brought_before_a_reload_is_no_loss() -> None:
     assert n1.lost == 1 and redis.calls["SUBSCRIBE"] == subscribed
     assert n1.listener.said()[-1] == "after"
     assert n0.nicks() == n1.nicks() == ["ann"]
+
+
+def _reload_with_a_copy_in_flight(after: bool) -> tuple[MemoryRedis, Clock, Node, Node, Any]:
+    """n1, back after a cut, finds its next events trimmed and reloads the
+    snapshot n0 wrote as of "in flight", whose channel copy is still in
+    n1's socket (a node behind): it reaches n1 only after the reload, and
+    so does "after the snapshot" (read from the stream meanwhile) if
+    C{after}; if not, Redis refuses writes meanwhile (n1's C{dead} for its
+    old id is not in the stream either: the snapshot's event is the last
+    n1 applied).  Returns once the reload is done, the copies unheard."""
+    redis, clock, n0, n1, ann = _back_to_a_trimmed_stream()
+    n0.state.say(ann, "in flight")  # published; not handed to n1 yet
+    r0 = next(c for c in n0.conns if c.subscriber and not c.closed)
+    while r0.inbox:
+        r0.heard(r0.inbox.popleft())
+    clock.advance(0.1)
+    ensureDeferred(n0.log._snapshot(n0.log._cmd, clock.seconds()))  # holds "in flight"
+    if after:
+        clock.advance(0.1)
+        n0.state.say(ann, "after the snapshot")
+        while r0.inbox:
+            r0.heard(r0.inbox.popleft())
+    else:
+        redis._append = _refusing  # type: ignore[method-assign,assignment]
+    redis.hold_catch_ups = False
+    while redis.held:
+        redis.release()
+    assert n1.lost == 1  # the one reload: what it missed was trimmed
+    if not after:
+        assert n1.state.replica.last_id == redis.stream[-1][0]
+    r1 = next(c for c in n1.conns if c.subscriber and not c.closed)
+    assert r1.inbox  # "in flight" reaches n1 only now
+    return redis, clock, n0, n1, ann
+
+
+def _refusing(*args: Any) -> Any:
+    return fail(txredisapi.ResponseError("MISCONF disk full"))
+
+
+def _no_second_loss(redis: MemoryRedis, clock: Clock, n0: Node, n1: Node, ann: Any,
+                    subscribed: int, hellos: int) -> None:
+    """n1 took no copy for a loss: no reconnection, no snapshot check, no
+    hello, no second BYE; and it goes on (a line after is heard once)."""
+    for _ in range(3):
+        clock.advance(1)
+        redis.pump()
+    say(n0, ann, "later")
+    assert n1.lost == 1
+    assert redis.calls["SUBSCRIBE"] == subscribed
+    assert redis.calls["drop-lost-snapshot"] == 0
+    assert sum(e["t"] == "hello" for e in redis.events()) == hellos
+    assert n1.listener.said().count("later") == 1
+    assert n1.state.replica.last_id == n0.state.replica.last_id
+
+
+def test_a_channel_message_still_in_flight_at_a_reload_is_no_loss() -> None:
+    """As test_what_the_channel_brought_before_a_reload_is_no_loss, but the
+    channel's copy of the event the new snapshot is as of reaches n1 only
+    after the reload (and after n1 read the next event from the stream):
+    the copy of an event in the snapshot, not a lost tail.  (It was taken
+    for one: a reconnection, a rebuild from the snapshot with no entries,
+    and the event read after it shown to n1's users twice.)"""
+    redis, clock, n0, n1, ann = _reload_with_a_copy_in_flight(after=True)
+    subscribed = redis.calls["SUBSCRIBE"]
+    redis.pump()
+    assert n1.listener.said().count("after the snapshot") == 1  # shown once to n1's users
+    _no_second_loss(redis, clock, n0, n1, ann, subscribed, hellos=0)
+
+
+def test_the_copy_of_the_reloaded_snapshot_s_own_event_is_no_loss() -> None:
+    """The same with nothing after the snapshot: the last event n1 applied
+    is the snapshot's (n1 reads it from the stream as it loads)."""
+    redis, clock, n0, n1, ann = _reload_with_a_copy_in_flight(after=False)
+    subscribed = redis.calls["SUBSCRIBE"]
+    redis.pump()
+    del redis._append  # Redis takes writes again
+    _no_second_loss(redis, clock, n0, n1, ann, subscribed, hellos=0)
+
+
+def test_someone_else_s_message_below_the_last_event_applied_is_no_loss() -> None:
+    """A message on the channel, at or below the last event applied, that
+    the stream does not hold, while the stream still holds that last event:
+    someone else's message, dropped (it was taken for a lost tail)."""
+    redis, clock, (n0, n1) = cluster(2)
+    ann = n0.user("ann")
+    n1.user("bob")
+    say(n0, ann, "one", "two")
+    first, last = redis.stream[-2][0], redis.stream[-1][0]
+    subscribed = redis.calls["SUBSCRIBE"]
+    redis.publish(f'{first} {last} {{"t":"say","n":"x","k":1,"u":"{first}","x":"forged"}}')
+    for _ in range(3):
+        clock.advance(1)
+        redis.pump()
+    say(n0, ann, "three")
+    assert n0.listener.said() == n1.listener.said() == ["one", "two", "three"]
+    assert redis.calls["SUBSCRIBE"] == subscribed and n0.lost == n1.lost == 0
+    assert [e for e in redis.events() if e["t"] == "hello"] == []
+
+
+def test_a_loss_seen_while_the_stream_holds_the_last_event_applied_rebuilds_nothing() -> None:
+    """Whatever showed a lost tail (here a false alarm, straight), a node
+    whose last applied event the stream still holds (the same id, after
+    the same entry, the same text) lost nothing it applied: it does not
+    rebuild from an end below it (it would apply again, out loud, what it
+    applied after that end) and announces nothing."""
+    redis, clock, (n0, n1) = cluster(2)
+    ann = n0.user("ann")
+    n1.user("bob")
+    say(n0, ann, "one", "two")
+    end = redis.stream[-3][0]  # before "one"
+    n1.log._tail_gone(n1.log._generation, n1.state.replica.last_id, end, "a false alarm")
+    for _ in range(3):
+        clock.advance(1)
+        redis.pump()
+    say(n0, ann, "three")
+    assert n1.listener.said() == n0.listener.said() == ["one", "two", "three"]
+    assert redis.calls["drop-lost-snapshot"] == 0
+    assert [e for e in redis.events() if e["t"] == "hello"] == []
+    assert n0.lost == n1.lost == 0
 
 
 def test_a_node_back_after_a_loss_sees_its_last_id_taken_by_another_event() -> None:

@@ -516,6 +516,15 @@ class RedisLog:
             self._announce(self.state.rebuild(None, []))
         elif self._started:
             lost, self._lost_tail = self._lost_tail, None
+            if lost is not None and await self._holds_applied(cmd):
+                # The stream still holds the last event this replica
+                # applied: whatever showed a loss, nothing it applied is
+                # lost (rebuilt from an end below it, it would apply its
+                # last events again, out loud).  Its own events Redis took
+                # are checked as on any reconnection.
+                self.log.warn("cluster: the stream still holds event {last}, the last this "
+                              "node applied: no loss", last=self.state.replica.last_id)
+                lost = None
             if lost is None:
                 # The last event the replica applied, or the last of this
                 # node's that Redis took (the node may not have read it yet).
@@ -536,7 +545,7 @@ class RedisLog:
         applied = self._applied
         if applied is not None and applied[0] == reached:
             at = await cmd.execute_command("XRANGE", STREAM, reached, reached)
-            if at and (_follows_id(at[0]) or "", str(at[0][1][1])) != applied[1:]:
+            if at and _content(at[0]) != applied[1:]:
                 # Another event under the id of the last one this node
                 # applied (the events after a loss got ids at or below the
                 # lost ones: Redis's clock set back, a failover): the stream
@@ -716,6 +725,10 @@ class RedisLog:
                 "the snapshot is older than the stream; retrying" if snapshot
                 else "the stream was trimmed and no snapshot is there yet"
             )
+        # The snapshot's event, as the stream has it: what this replica
+        # applies last (see _holds_applied, _lost_after).
+        at = await cmd.execute_command("XRANGE", STREAM, upto, upto) if snapshot else []
+        self._applied = (upto, *_content(at[0])) if at else None
         # The history first: the users the snapshot brings online are shown
         # to the listener, which may cache what a newcomer is sent.  Nothing
         # past --retain-days is shown, as one server's start-up shows none.
@@ -1066,13 +1079,13 @@ class RedisLog:
         heard = self._heard
         last = id_key(self.state.replica.last_id)
         batch = []
-        behind: tuple[str, str] | None = None
+        behind: tuple[str, str, str] | None = None
         while heard:
             prev, eid, text = heard[0]
             key = id_key(eid)
             if key <= last:
                 if not self._read_already(eid, prev, text):
-                    behind = (eid, prev)
+                    behind = (prev, eid, text)
                     break
                 heard.popleft()  # read from the stream already
                 continue
@@ -1093,15 +1106,62 @@ class RedisLog:
             self.state.deliver(batch)
         if behind is not None:
             # An event at or below the last one applied that is not the
-            # copy of one read: the stream's tail that this node applied
-            # is gone, and the events after the loss got ids at or below
-            # it (Redis's clock set back, a failover): a lost tail.
-            eid, prev = behind
-            self._tail_gone(generation, self.state.replica.last_id, prev,
-                            f"event {eid} after {prev}, at or below it")
+            # copy of one read: the copy of one a snapshot loaded since
+            # brought (still in the socket when it was loaded), or the
+            # stream's tail that this node applied is gone and the events
+            # after the loss got ids at or below it (Redis's clock set
+            # back, a failover).  The stream tells which; the channel
+            # waits meanwhile.
+            self._catching_up = True
+            d = defer.ensureDeferred(self._check_behind(generation, *behind, read))
+            d.addErrback(self._read_failed, generation)
             return
         if heard and not self._catching_up:
             self._catch_up(generation)
+
+    async def _check_behind(self, generation: int, prev: str, eid: str, text: str,
+                            read: bool) -> None:
+        """
+        The channel brought event C{eid} (after C{prev}), at or below the
+        last one applied, and not the copy of one read from the stream.  If
+        the stream still holds the last event this replica applied, nothing
+        it applied was lost (the stream's ids only grow: an event after a
+        loss cannot come before one the stream kept): C{eid} is the copy of
+        an event a reloaded snapshot holds (or someone else's message), and
+        is skipped.  Else Redis lost the stream's tail (L{_tail_gone}).
+        Off the normal path: losses are rare, and so are such copies.
+        """
+        cmd = self._cmd
+        if cmd is None or generation != self._generation:
+            return
+        last = self.state.replica.last_id
+        if not await self._holds_applied(cmd):
+            if generation == self._generation:
+                self._tail_gone(generation, last, prev,
+                                f"event {eid} after {prev}, at or below it")
+            return
+        found = await cmd.execute_command("XRANGE", STREAM, eid, eid)
+        if generation != self._generation:
+            return
+        self._heard.popleft()
+        if not found or _content(found[0]) != (prev, text):
+            self.log.warn("cluster: skipped event {eid} heard on {channel}: it is not "
+                          "in the stream", eid=eid, channel=self.channel)
+        self._catching_up = False
+        self._apply_heard(generation, read)
+
+    async def _holds_applied(self, cmd: Any) -> bool:
+        """Whether the stream still holds the last event this replica
+        applied: the same id, after the same entry, the same text (each
+        entry names the one it follows, so the stream up to it is what the
+        replica applied).  False when the replica does not know that
+        event's text (its last came otherwise: a rebuild)."""
+        applied = self._applied
+        last = self.state.replica.last_id
+        if applied is None or applied[0] != last:
+            return False
+        at = await cmd.execute_command("XRANGE", STREAM, last, last)
+        return bool(at) and _content(at[0]) == applied[1:]
 
     def _read_already(self, eid: str, prev: str, text: str) -> bool:
         """Whether an event the channel brings, at or below the last one
@@ -1398,6 +1458,12 @@ def _follows(entry: Any, last: str) -> bool:
     otherwise) is taken to."""
     prev = _follows_id(entry)
     return prev is None or id_key(prev) == id_key(last)
+
+
+def _content(entry: Any) -> tuple[str, str]:
+    """What tells a stream entry ([id, fields]) from another event under
+    its id: the id of the entry it follows and its text."""
+    return _follows_id(entry) or "", str(entry[1][1])
 
 
 def _follows_id(entry: Any) -> str | None:
