@@ -512,6 +512,7 @@ class RedisLog:
             # this node still has to send goes after its users' list.
             self._lost_tail = None
             await self._answer_lost(cmd, None)
+            self._drop_lost_history(None)
             self.state.replica.hub.history.attach(_HistoryStore(self), [])
             self._announce(self.state.rebuild(None, []))
         elif self._started:
@@ -585,6 +586,7 @@ class RedisLog:
         # one another node wrote after the loss is kept (DROP_LOST_SNAPSHOT).
         await cmd.execute_command("EVAL", DROP_LOST_SNAPSHOT, 2, SNAPSHOT, STREAM, end)
         await self._answer_lost(cmd, end)
+        self._drop_lost_history(end)
         self._loaded_id = None
         users = None
         if id_key(replica.last_id) > id_key(end):
@@ -1035,6 +1037,46 @@ class RedisLog:
             for member, score in rows[i:i + HISTORY_BATCH]:
                 args += [score, member]
             self._queue(("ZADD", HISTORY, *args))
+
+    def _drop_lost_history(self, end: str | None) -> None:
+        """
+        Redis lost the stream's events after C{end} (C{None}: all of its
+        data, a new epoch): their lobby lines are in no history (a node
+        started now shows none of them), so the history writes this node
+        keeps or has not had acknowledged for them are dropped, not written
+        into the history Redis has now (a node started later would show
+        them, the running ones not).  A member names its event: the score
+        is its millisecond, the member starts with its sequence number.
+        Called before anything is sent on the new connection.
+        """
+        top = None if end is None else id_key(end)
+
+        def lost(score: Any, member: Any) -> bool:
+            return top is None or (int(score), int(str(member).partition(" ")[0])) > top
+
+        dropped = 0
+        for member, score in list(self._history_kept.items()):
+            if lost(score, member):
+                del self._history_kept[member]
+                self._history_bytes -= _history_size(member)
+                dropped += 1
+        if not self._history_kept and self._history_call is not None:
+            if self._history_call.active():
+                self._history_call.cancel()
+            self._history_call = None
+        for out in list(self._unacked):
+            if out.command[:2] != ("ZADD", HISTORY):
+                continue
+            pairs = list(zip(out.command[2::2], out.command[3::2], strict=True))
+            kept = [x for pair in pairs if not lost(*pair) for x in pair]
+            dropped += len(pairs) - len(kept) // 2
+            if not kept:
+                self._unacked.remove(out)
+            else:
+                out.command = ("ZADD", HISTORY, *kept)
+        if dropped:
+            self.log.warn("cluster: {n} lobby messages whose events Redis lost are not "
+                          "written to the history", n=dropped)
 
     def keeping_history(self) -> bool:
         """Whether history writes Redis refused are kept, to be written again."""
