@@ -20,10 +20,11 @@ import json
 from typing import Any
 
 import pytest
-from twisted.internet.defer import Deferred, ensureDeferred
+import txredisapi  # type: ignore[import-untyped]
+from twisted.internet.defer import Deferred, ensureDeferred, fail
 from twisted.logger import Logger, LogLevel
 
-from tests.test_cluster_read import Conn
+from tests.test_cluster_read import Conn, cluster, say
 from tests.test_cluster_refused import AnsweredRedis, applied, connected, listed, refused_hello
 from twisted_chat.server.cluster.node import KEPT_RETRY, ClusterState
 from twisted_chat.server.cluster.redislog import HISTORY, STREAM, RedisLog, _HistoryStore
@@ -196,6 +197,42 @@ def test_a_kept_hello_waits_for_a_refused_resend_s_first_copy() -> None:
     applied(state, hello)
     assert sorted(state.hub.online) == ["ann"]
     assert state._kept == {} and log._doubtful == []
+
+
+def test_a_refused_resend_is_settled_by_a_reload_past_its_end() -> None:
+    """n1's lobby line reaches the stream, its answer lost with the
+    connection (n1 cut off); meanwhile the stream is trimmed past n1's next
+    events, and Redis refuses writes.  Back, n1's resend is refused (a
+    doubt; the stream's end read), then it reloads the newer snapshot (it
+    missed events): past the doubt's end.  Nothing follows (Redis refuses
+    every write, n1's own dead for its old id too): the doubt is settled at
+    the reload, not left open (a kept hello blocked, stop() waiting its
+    whole grace) until some event is applied."""
+    redis, clock, (n0, n1) = cluster(2)
+    ann = n0.user("ann")
+    bob = n1.user("bob")
+    real = redis._append
+
+    def taken_unanswered(*args: Any) -> Any:
+        real(*args)
+        return Deferred()
+
+    redis._append = taken_unanswered  # type: ignore[method-assign,assignment]
+    n1.state.say(bob, "answer lost")
+    n1.cut()
+    redis._append = real  # type: ignore[method-assign]
+    say(n0, ann, "while away")
+    ensureDeferred(n0.log._snapshot(n0.log._cmd, clock.seconds()))
+    redis.trim(redis.stream[-1][0])  # past n1's next events
+    redis._append = lambda *args: fail(  # type: ignore[method-assign,assignment]
+        txredisapi.ResponseError("MISCONF disk full"))
+    n1.reachable = True
+    clock.advance(1)  # n1 reconnects: resend refused, end read, reload
+    redis.pump()
+    assert n1.lost == 1  # it reloaded (its users told BYE)
+    assert id_key(n1.state.replica.last_id) >= id_key(redis.stream[-1][0])
+    assert n1.log._doubtful == []
+    assert n1.log._own_events_read()  # nothing holds a hello back
 
 
 def test_a_refusal_on_its_first_sending_is_answered_at_once() -> None:

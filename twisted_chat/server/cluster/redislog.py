@@ -1313,6 +1313,12 @@ class RedisLog:
         self._started = self._caught_up = False
         self.state.missed()
         await self._load(cmd)
+        # The refusals in doubt whose stream end the snapshot is past are
+        # settled now, not at the next event applied (in a quiet cluster
+        # there may be none for long; and while Redis refuses writes, there
+        # is none).  A rebuild (L{_tail_lost}) needs no such call: it is
+        # made on a new connection, which asks every doubt's end again.
+        self._settle()
 
     def _read_failed(self, failure: Any, generation: int) -> None:
         if generation != self._generation or failure.check(txredisapi.ConnectionError):
