@@ -621,6 +621,11 @@ class Replica:
             view[uid][0] = ""
             partner = other.user if other is not None else self._stand_in(partner_uid)
             if partner is not None and not self.replaying:
+                if self._hushed:
+                    # What the hello did quietly so far first (the user list
+                    # the line ends with must have the users it brought back).
+                    self.answers.rebuilt()
+                    self._hushed = False
                 listener = self.hub.listener
                 listener.roster_changing()
                 listener.unpaired(one.user, partner, "disconnected", [])
