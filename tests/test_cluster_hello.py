@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 from twisted.internet.task import Clock
 
-from tests.test_cluster_read import MemoryRedis, Node, cluster, now, say
+from tests.test_cluster_read import MemoryRedis, Node, Recorder, cluster, now, say
 from tests.test_cluster_rebuild import _lag, _settle, _three_agree
 from twisted_chat.server.cluster.node import ClusterState
 from twisted_chat.server.history import History
@@ -510,3 +510,69 @@ def test_a_pair_ended_after_the_loss_is_not_brought_back_by_a_late_hello() -> No
     assert [e["n"] for e in redis.events() if e["t"] == "hello"] == ["n1", "n0"]
     assert now(ann).partner is None and now(bob).partner is None
     assert [(a[1].nick, a[2]) for a in _told(n0, "unpaired", "ann")] == [("bob", "left")]
+
+
+class _Picture(Recorder):
+    """A listener that, like the factory, builds its user list from what it
+    is told (C{ready}, C{joined}, C{left}) or rebuilds it from the hub
+    (C{on_rebuilt}), and needs it whole to tell a user its pair ended."""
+
+    hub: Any = None
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.known: set[str] = set()
+        self.stale: list[set[str]] = []
+
+    def ready(self, user: User) -> None:
+        self.calls.append(("ready", (user,)))
+        self.known.add(user.key)
+
+    def joined(self, ts: float, user: User) -> None:
+        self.calls.append(("joined", (ts, user)))
+        self.known.add(user.key)
+
+    def left(self, ts: float, user: User, reason: str, text: str) -> None:
+        self.calls.append(("left", (ts, user, reason, text)))
+        self.known.discard(user.key)
+
+    def unpaired(self, user: User, partner: User, reason: str, missed: Any) -> None:
+        self.calls.append(("unpaired", (user, partner, reason, missed)))
+        missing = set(self.hub.online) - self.known
+        if missing:
+            self.stale.append(missing)
+
+    def rebuilt(self) -> None:
+        self.known = set(self.hub.online)
+
+
+def test_a_hello_tells_a_pair_end_with_the_whole_user_list(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """After a new epoch, n0's hello brings ann and dan back quietly (they
+    were shown online) and tells ann her pair with bob (n1, not back yet)
+    ended: that UNPAIRED block carries the user list, which must already
+    hold ann and dan (found by the e2e test: the factory raised KeyError
+    building it, and the hello was not applied on that node)."""
+    monkeypatch.setattr("tests.test_cluster_read.Recorder", _Picture)
+    redis, clock, (n0, n1) = cluster(2)
+    for node in (n0, n1):
+        picture = node.listener
+        assert isinstance(picture, _Picture)
+        picture.hub = node.state.replica.hub
+        node.state.on_rebuilt = picture.rebuilt
+    ann, bob = n0.user("ann"), n1.user("bob")
+    n0.user("dan")
+    _paired(redis, (n0, ann), (n1, bob))
+    n0.cut()
+    n1.cut()
+    redis.stream.clear()
+    redis.keys.clear()
+    redis.history.clear()
+    redis.last = (0, 0)
+    n0.reachable = True
+    _settle(redis, clock, 1)
+    assert [args[1].nick for args in _told(n0, "unpaired", "ann")] == ["bob"]
+    picture = n0.listener
+    assert isinstance(picture, _Picture)
+    assert picture.stale == []
+    assert picture.known == set(picture.hub.online) == {"ann", "dan"}
