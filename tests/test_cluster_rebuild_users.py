@@ -4,7 +4,8 @@ What a node owes its own users around a rebuild after Redis lost data
 found in review of the rebuild):
 
 - a node stopping while it rebuilds sends no C{hello} ahead of its C{dead}
-  (the nodes that had not shown its users would see them come and go);
+  (the nodes that had not shown its users would see them come and go): its
+  C{dead} lists them, so the nodes that had shown them see them leave;
 - a detached user (its registration lost) who quits before its node's
   C{hello} leaves with its own reason and text, not "disconnected";
 - a second loss before the C{hello} (the hello lost) does not show the
@@ -260,3 +261,35 @@ def test_a_command_taken_after_the_loss_on_a_connection_that_outlived_it_takes_e
     assert [line for line in _lines(ann.conn) if line.startswith("ERROR ")] == []
     for node in (n0, n1):
         assert node.listener.said().count("taken after the loss") == 1
+
+
+def test_a_node_stopping_during_a_rebuild_shows_its_users_leave_where_they_were_shown() -> None:
+    """The same stop during a rebuild, where n1 had applied dora's lost
+    registration (its users saw C{JOINED dora}) and rebuilt without her:
+    n0's C{dead} lists its users, so n1 brings dora back quietly and shows
+    her leave with n0's other users (C{LEFT dora disconnected}), never a
+    user shown online who never leaves."""
+    redis, clock, (n0, n1) = cluster(2)
+    ann, bob = n0.user("ann"), n1.user("bob")
+    say(n1, bob, "kept")
+    n0.user("dora")  # n1 applies it too
+    say(n0, ann, "lost")
+    del redis.stream[-2:]  # dora's registration and "lost"
+    assert "dora" in n1.nicks()
+    say(n1, bob, "after")  # both see the loss: both rebuild
+    redis.hold_reads = True
+    clock.advance(1)
+    assert redis.held
+    n0.state.stopping()
+    redis.hold_reads = False
+    redis.release()
+    _settle(redis, clock)
+
+    mine = [e["t"] for e in redis.events() if e.get("n") == n0.state.node]
+    assert "hello" not in mine
+    assert n1.nicks() == ["bob"]
+    assert sorted(n1.listener.departed()) == ["ann", "dora"]
+    joined = [args[1].nick for name, args in n1.listener.calls if name == "joined"]
+    assert joined.count("dora") == 1
+    assert n0.state.node not in n1.state.own.remote
+

@@ -499,14 +499,16 @@ class ClusterState:
         """Redis lost data: tell the log who this node's users are (C{users},
         as L{rebuild} returned them; by default as the replica has them),
         before anything this node still has to resend; a hello kept from
-        before is moot.  None once the node is stopping: its C{dead} takes
-        its users out (a hello ahead of it would show the nodes that had
-        not shown them a C{JOINED}, then a C{LEFT})."""
+        before is moot."""
         self._kept.pop("hello", None)
-        if self.closing:
-            return
         if users is None:
             users = self.replica.local_users()
+        if self.closing:
+            # Its dead takes its users out: listed in one, they leave where
+            # they were shown online (Replica._shown_back), where a hello
+            # ahead of it would show the others a JOINED, then a LEFT.
+            self._append({"t": "dead", "node": self.node, "users": users})
+            return
         self._append({"t": "hello", "users": users})
 
     def rebuild(self, snapshot: str | None,

@@ -17,7 +17,8 @@ skipped; a C{hello} is checked against its node's hellos only, see
 L{Replica.apply}).  Types: C{reg} (nick, a: address), C{leave} (u, r: reason,
 x: text), C{say} (u, x), C{dm} (u, to, x), C{pair} (u, to, it: the
 invitation timeout), C{acc} / C{rej} (u, to), C{unp} (u), C{tick}, and
-C{dead} (node: every user of that node leaves, disconnected), C{hello}
+C{dead} (node: every user of that node leaves, disconnected; users, from
+a node stopping before its hello: see L{Replica._shown_back}), C{hello}
 (users: the node's users, after Redis lost its data; a row each: id, nick,
 address, partner's id, source, and the invitee's id of its outgoing
 invitation: see L{Replica._hello}).
@@ -731,6 +732,8 @@ class Replica:
         if node not in self.dead:
             self.dead[node] = self.clock.seconds()
             self._dead_by[node] = eid
+        if node != self.node:
+            self._shown_back(node, event.get("users", []))
         gone = sorted(
             (m for m in self.members.values() if m.node == node), key=lambda m: m.user.key
         )
@@ -740,6 +743,35 @@ class Replica:
             _log.info("node {node} is gone: {n} users left", node=node, n=len(gone))
         if node == self.node and not self.replaying:
             self.answers.lost()
+
+    def _shown_back(self, node: str, rows: list[list[Any]]) -> None:
+        """
+        A node that stops before its C{hello} after a loss is applied lists
+        its users in its C{dead} instead (C{rows}, as a hello's): those this
+        replica lacks (their registration lost) but whose arrival its users
+        were shown (L{shown}) come back quietly, to leave with the others
+        (C{LEFT <nick> disconnected}); the rest stay unknown here (no
+        C{JOINED} for a user who is leaving at once).
+        """
+        shown = self.shown
+        if shown is None:
+            return
+        back = False
+        for row in rows:
+            uid = str(row[0])
+            if uid in self.members or uid not in shown:
+                continue
+            try:
+                with self._quietly():
+                    user = self.hub.register(str(row[1]), RemoteConn(node), str(row[2]),
+                                             source=str(row[4]) if len(row) > 4 else "")
+            except NickTaken:
+                continue  # someone else's now: that one stays
+            self._add(user, node, uid)
+            back = True
+        if back and not self.replaying:
+            self.answers.rebuilt()  # the listener knows them before they leave
+        self._hushed = False
 
     def _forget_dead(self, before: float) -> None:
         """Forget the ids declared dead before C{before} (and their sequence
