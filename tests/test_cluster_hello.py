@@ -517,7 +517,11 @@ class _Picture(Recorder):
     is told (C{ready}, C{joined}, C{left}) or rebuilds it from the hub
     (C{on_rebuilt}), and needs it whole to tell a user its pair ended."""
 
-    hub: Any = None
+    state: Any = None  # the node's ClusterState (a rebuild gives it a new hub)
+
+    @property
+    def hub(self) -> Any:
+        return self.state.replica.hub
 
     def __init__(self) -> None:
         super().__init__()
@@ -538,12 +542,26 @@ class _Picture(Recorder):
 
     def unpaired(self, user: User, partner: User, reason: str, missed: Any) -> None:
         self.calls.append(("unpaired", (user, partner, reason, missed)))
+        if self.state is None:
+            return  # a node that checks nothing
         missing = set(self.hub.online) - self.known
         if missing:
             self.stale.append(missing)
 
     def rebuilt(self) -> None:
         self.known = set(self.hub.online)
+
+
+def _pictured(monkeypatch: pytest.MonkeyPatch) -> tuple[MemoryRedis, Clock, list[Node]]:
+    """Two nodes whose listeners are L{_Picture}s."""
+    monkeypatch.setattr("tests.test_cluster_read.Recorder", _Picture)
+    redis, clock, nodes = cluster(2)
+    for node in nodes:
+        picture = node.listener
+        assert isinstance(picture, _Picture)
+        picture.state = node.state
+        node.state.on_rebuilt = picture.rebuilt
+    return redis, clock, nodes
 
 
 def test_a_hello_tells_a_pair_end_with_the_whole_user_list(
@@ -553,13 +571,7 @@ def test_a_hello_tells_a_pair_end_with_the_whole_user_list(
     ended: that UNPAIRED block carries the user list, which must already
     hold ann and dan (found by the e2e test: the factory raised KeyError
     building it, and the hello was not applied on that node)."""
-    monkeypatch.setattr("tests.test_cluster_read.Recorder", _Picture)
-    redis, clock, (n0, n1) = cluster(2)
-    for node in (n0, n1):
-        picture = node.listener
-        assert isinstance(picture, _Picture)
-        picture.hub = node.state.replica.hub
-        node.state.on_rebuilt = picture.rebuilt
+    redis, clock, (n0, n1) = _pictured(monkeypatch)
     ann, bob = n0.user("ann"), n1.user("bob")
     n0.user("dan")
     _paired(redis, (n0, ann), (n1, bob))
@@ -576,3 +588,31 @@ def test_a_hello_tells_a_pair_end_with_the_whole_user_list(
     assert isinstance(picture, _Picture)
     assert picture.stale == []
     assert picture.known == set(picture.hub.online) == {"ann", "dan"}
+
+
+def test_a_hellos_loud_unpair_after_a_quiet_registration_has_the_whole_user_list(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Lost tail: dan registers on n0 (both nodes apply it), then ann (n0)
+    sends UNPAIR to bob (n1): n0 applies it, n1 lags.  On n1, n0's hello
+    brings dan back quietly (n1 showed him), then ends ann and bob's pair
+    out loud (bob was shown the pair): the UNPAIRED block's user list must
+    hold dan (found in review: KeyError in the factory, the rest of the
+    hello not applied on n1, whose replica then differed)."""
+    redis, clock, (n0, n1) = _pictured(monkeypatch)
+    ann, bob = n0.user("ann"), n1.user("bob")
+    _paired(redis, (n0, ann), (n1, bob))
+    _snapshot(redis, clock)
+    n0.user("dan")
+    n0.state.unpair(now(ann))
+    _lag(n1)
+    redis.pump()
+    assert _told(n1, "unpaired", "bob") == []
+    del redis.stream[-2:]
+
+    n2 = _after_the_loss(redis, clock)
+    state = _three_agree(n0, n1, n2)
+    assert state["pairs"] == []
+    assert len(_told(n1, "unpaired", "bob")) == 1
+    picture = n1.listener
+    assert isinstance(picture, _Picture)
+    assert picture.stale == []

@@ -42,7 +42,7 @@ import json
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, Protocol, cast
 
 from twisted.internet.task import Clock
 from twisted.logger import Logger
@@ -167,6 +167,25 @@ class _Silent:
 
 
 _SILENT = _Silent()
+
+
+class _SyncFirst:
+    """
+    The hub's listener after a C{hello}'s quiet change (L{Replica._quietly}):
+    the listener was not told of it, so what it built from the hub (the user
+    list, the index of this node's users) is stale.  Before it is told
+    anything out loud, that is built again, once (L{Replica._synced}):
+    an C{UNPAIRED} block carries the user list.  Quiet changes in a row pay
+    nothing; only a loud one after them does.
+    """
+
+    def __init__(self, replica: Replica, listener: Listener) -> None:
+        self.replica = replica
+        self.listener = listener
+
+    def __getattr__(self, name: str) -> Any:
+        self.replica._synced()
+        return getattr(self.listener, name)
 
 
 class _Between:
@@ -531,9 +550,7 @@ class Replica:
                 if uid in self.members and uid in shown:
                     self._saw(uid, partner, invitee)
         self._hear_lobby()
-        if self._hushed and not self.replaying:
-            self.answers.rebuilt()
-        self._hushed = False
+        self._synced()
 
     def _hear_lobby(self) -> None:
         """Set L{hearing} anew from L{shown}."""
@@ -622,11 +639,9 @@ class Replica:
             view[uid][0] = ""
             partner = other.user if other is not None else self._stand_in(partner_uid)
             if partner is not None and not self.replaying:
-                if self._hushed:
-                    # What the hello did quietly so far first (the user list
-                    # the line ends with must have the users it brought back).
-                    self.answers.rebuilt()
-                    self._hushed = False
+                # What the hello did quietly so far first (the user list the
+                # line ends with must have the users it brought back).
+                self._synced()
                 listener = self.hub.listener
                 listener.roster_changing()
                 listener.unpaired(one.user, partner, "disconnected", [])
@@ -645,10 +660,12 @@ class Replica:
         C{quiet}, of the pairing; what it does to others (their invitations
         to or from the two end C{busy}, or withdrawn) is told as usual."""
         hub = self.hub
-        listener = hub.listener
-        if listener is _SILENT:
+        if hub.listener is _SILENT:
             self._restore_pair(a, b)
             return
+        if not quiet:
+            self._synced()  # what it says out loud needs the listener's picture
+        listener = self._unwrapped()
         listener.roster_changing()
         hub.listener = _Between(listener, a, b, quiet)
         if quiet:
@@ -656,7 +673,7 @@ class Replica:
         try:
             self._restore_pair(a, b)
         finally:
-            hub.listener = listener
+            hub.listener = self._after_quiet(listener) if quiet else listener
 
     def _mine(self, *uids: str) -> list[str]:
         """Which of C{uids} are this node's users."""
@@ -710,14 +727,34 @@ class Replica:
         if not quiet or hub.listener is _SILENT:
             yield
             return
-        listener = hub.listener
+        listener = self._unwrapped()
         listener.roster_changing()
         hub.listener = _SILENT
         self._hushed = True
         try:
             yield
         finally:
-            hub.listener = listener
+            hub.listener = self._after_quiet(listener)
+
+    def _after_quiet(self, listener: Listener) -> Listener:
+        """The hub's listener after a quiet change: L{_SyncFirst}."""
+        return cast(Listener, _SyncFirst(self, listener))
+
+    def _unwrapped(self) -> Listener:
+        """The hub's listener, a pending L{_SyncFirst} taken off (not run)."""
+        listener = self.hub.listener
+        if isinstance(listener, _SyncFirst):
+            listener = listener.listener
+            self.hub.listener = listener
+        return listener
+
+    def _synced(self) -> None:
+        """The listener told of the quiet changes (L{Answers.rebuilt}), if
+        there were any since it last was."""
+        self._unwrapped()
+        if self._hushed and not self.replaying:
+            self.answers.rebuilt()
+        self._hushed = False
 
     def _restore_pair(self, a: User, b: User) -> None:
         for one in (a, b):
