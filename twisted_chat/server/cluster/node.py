@@ -330,6 +330,11 @@ class ClusterState:
         if uid is None:
             return None  # the cluster has taken this user offline meanwhile
         event["u"] = uid
+        if event["t"] == "say":
+            # Where its sender meant it to go: the partner its client was
+            # shown (its uid), or the lobby (""); a replica where that is no
+            # longer so delivers it nowhere (Replica._say).
+            event["p"] = self.replica.seen(uid)[0]
         return self._ask(event, user.conn)
 
     def say(self, user: User, text: str) -> Outcome:

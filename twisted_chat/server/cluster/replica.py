@@ -15,7 +15,8 @@ that appended it) and C{k} (that node's sequence number: an event whose
 C{k} is not above the last one applied from its node is a resend and is
 skipped; a C{hello} is checked against its node's hellos only, see
 L{Replica.apply}).  Types: C{reg} (nick, a: address), C{leave} (u, r: reason,
-x: text), C{say} (u, x), C{dm} (u, to, x), C{pair} (u, to, it: the
+x: text), C{say} (u, x, p: where its sender meant it to go, see
+L{Replica._say}), C{dm} (u, to, x), C{pair} (u, to, it: the
 invitation timeout), C{acc} / C{rej} (u, to), C{unp} (u), C{tick}, and
 C{dead} (node: every user of that node leaves, disconnected; users, from
 a node stopping before its hello: see L{Replica._shown_back}), C{hello}
@@ -49,7 +50,7 @@ from twisted.logger import Logger
 
 from twisted_chat.server.history import Entry, History
 from twisted_chat.server.hub import Hub, HubError, Invitation, Listener, NickTaken, User
-from twisted_chat.wire import nick_key
+from twisted_chat.wire import ErrorCode, nick_key
 
 __all__ = ["Answers", "Detached", "Member", "RemoteConn", "Replica", "event_seconds"]
 
@@ -67,6 +68,8 @@ CLAIM_KEEP = 60.0
 #: How long (log time) after a rebuild what its node's users were shown
 #: (L{Replica.shown}) decides whether a hello's change is told them: the
 #: hellos of one loss come within seconds; after that, every change is.
+#: Never before the node's own hello is applied, though late (kept after a
+#: refusal): that hello lists what its users were shown (L{local_users}).
 SHOWN_KEEP = 60.0
 
 #: How long (log time) a dead node id is remembered: an event of that id
@@ -322,6 +325,9 @@ class Replica:
         #: the partner is not back).
         self._shown_until: float | None = None
         self._nicks: dict[str, str] = {}
+        # Whether this node's own hello was applied since the rebuild
+        # (L{shown} is kept until it is).
+        self._greeted = False
         #: Whether events this node applied before are being applied again
         #: (L{rebuild}): nothing is answered, nothing is written.
         self.replaying = False
@@ -357,7 +363,7 @@ class Replica:
         if self.shown is not None and not self.replaying:
             if self._shown_until is None:
                 self._shown_until = self.clock.seconds() + SHOWN_KEEP
-            elif self.clock.seconds() > self._shown_until:
+            elif self.clock.seconds() > self._shown_until and self._greeted:
                 self._forget_shown()
         if self.claims and event.get("t") in self._PAIRING:
             self._drop_claims(event)
@@ -398,6 +404,7 @@ class Replica:
         self.hearing = {}
         self._shown_until = None
         self._nicks = {}
+        self._greeted = False
 
     def _member(self, event: dict[str, Any]) -> User | None:
         member = self.members.get(str(event.get("u")))
@@ -444,9 +451,35 @@ class Replica:
                 self._base.pop(uid, None)
 
     def _say(self, eid: str, origin: str, k: int, event: dict[str, Any]) -> None:
+        """A C{MSG}: to the lobby, or to the partner while paired; but only
+        where its sender's client was shown it would go when it was sent
+        (C{p}: the partner's uid, "" for the lobby; an event without it, of
+        an older node: wherever the replica says).  Otherwise (Redis lost
+        the pairing, or a pairing command came first in the log) it goes
+        nowhere, on every replica alike, and its sender is told it was not
+        sent: a line typed to a partner never reaches the lobby and its
+        history, nor a lobby line a partner."""
         user = self._member(event)
-        if user is not None:
-            self.hub.say(user, str(event["x"]))
+        if user is None:
+            return
+        meant = event.get("p")
+        if meant is not None:
+            partner = self.uids.get(user.partner, "") if user.partner is not None else ""
+            if partner != meant:
+                raise HubError(ErrorCode.UNAVAILABLE, self._not_sent(str(meant), user))
+        self.hub.say(user, str(event["x"]))
+
+    def _not_sent(self, meant: str, user: User) -> str:
+        """Why a C{MSG} meant for C{meant}'s pair (or the lobby) went nowhere."""
+        if meant:
+            member = self.members.get(meant)
+            nick = member.user.nick if member is not None else self._nicks.get(meant)
+            return (f"not sent: you were not paired with {nick or 'your partner'} "
+                    "when it came to be delivered (the pair ended, or the chat's store "
+                    "lost it); send it again")
+        assert user.partner is not None
+        return (f"not sent: it was meant for the lobby and you were paired with "
+                f"{user.partner.nick} when it came to be delivered; send it again")
 
     def _dm(self, eid: str, origin: str, k: int, event: dict[str, Any]) -> None:
         user = self._member(event)
@@ -506,6 +539,8 @@ class Replica:
         told = {str(u[0]): (str(u[3]), str(u[5])) for u in rows if len(u) > 5}
         own = origin == self.node
         shown = self.shown
+        if own and shown is not None and not self.replaying:
+            self._greeted = True  # shown may expire now (SHOWN_KEEP)
         self._hushed = False
         stale = sorted(
             (m for m in self.members.values() if m.node == origin and m.uid not in listed),
@@ -984,6 +1019,7 @@ class Replica:
         self._base = {uid: self._state(uid) for uid in seen}
         self._nicks = nicks
         self._shown_until = None
+        self._greeted = False
         self._hear_lobby()
         self.answers.rebuilt()
         return rows

@@ -1,0 +1,197 @@
+"""
+A lobby/pair message (C{MSG}) goes only where its sender's client was shown
+it would go when it was sent: the partner it was shown, or the lobby.  Where
+the log decides otherwise (Redis lost the pairing, a refused or late
+C{hello}, a pairing command of the other side first in the log) it goes
+nowhere, on every replica alike, and its sender is told C{ERROR
+unavailable}: a line typed to a partner never reaches the lobby or
+C{chat:history}.  And what a node's users were shown is kept until the
+node's own C{hello} is applied, however late (L{replica.SHOWN_KEEP}).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+import txredisapi  # type: ignore[import-untyped]
+from twisted.internet.defer import Deferred, fail
+
+from tests.test_cluster_hello import _snapshot, _told
+from tests.test_cluster_read import MemoryRedis, Node, cluster, now, say
+from tests.test_cluster_rebuild import _settle
+from twisted_chat.server.hub import HubError, User
+from twisted_chat.wire import ErrorCode
+
+
+def _outcome(d: Any) -> list[Any]:
+    got: list[Any] = []
+    assert isinstance(d, Deferred)
+    d.addBoth(got.append)
+    return got
+
+
+def _not_sent(got: list[Any], *words: str) -> None:
+    """The command was answered C{ERROR unavailable} naming C{words}."""
+    assert len(got) == 1
+    error = got[0].value
+    assert isinstance(error, HubError) and error.code is ErrorCode.UNAVAILABLE
+    for word in words:
+        assert word in error.text
+
+
+def _nowhere(redis: MemoryRedis, nodes: list[Node], text: str) -> None:
+    """C{text} reached nobody, on any node, nor the history."""
+    for node in nodes:
+        for name, args in node.listener.calls:
+            if name == "lobby_message":
+                assert args[0].text != text
+            if name == "private_message":
+                assert args[3] != text
+    assert not any(text in m for m in redis.history)
+
+
+def _accepted_then_lost(redis: MemoryRedis, clock: Any, n0: Node, n1: Node) -> User:
+    """bob (n1) invites ann (n0); a snapshot; ann accepts (both shown
+    PAIRED), and Redis loses the acceptance."""
+    ann, bob = n0.user("ann"), n1.user("bob")
+    n1.state.pair(bob, "ann")
+    redis.pump()
+    _snapshot(redis, clock)
+    n0.state.accept(now(ann), "bob")
+    redis.pump()
+    assert now(ann).partner is not None
+    del redis.stream[-1:]
+    return ann
+
+
+def _refuse_hellos(monkeypatch: pytest.MonkeyPatch, redis: MemoryRedis, node: str,
+                   times: list[int]) -> None:
+    """Redis refuses C{node}'s hellos (OOM) while C{times[0]} > 0 (counted down)."""
+    real = redis._append
+
+    def append(sha: str, nkeys: int, key: str, channel: str, event: str) -> object:
+        if times[0] > 0 and '"t":"hello"' in event and f'"n":"{node}"' in event:
+            times[0] -= 1
+            return fail(txredisapi.ResponseError("OOM command not allowed"))
+        return real(sha, nkeys, key, channel, event)
+
+    monkeypatch.setattr(redis, "_append", append)
+
+
+def test_a_private_line_sent_while_the_hello_is_refused_reaches_nobody(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """A pair made in the lost second: ann's client was shown PAIRED, the
+    rebuilt replicas have her in the lobby.  Redis refuses n0's hello once
+    (kept, appended again a second later); ann's MSG, meant for bob, is
+    decided first: it goes nowhere (not the lobby, not chat:history) and
+    ann is told it was not sent (she was not paired with bob then).  n0's
+    hello, applied later, brings the pair back (both nodes list it)."""
+    redis, clock, (n0, n1) = cluster(2)
+    ann = _accepted_then_lost(redis, clock, n0, n1)
+    times = [1]
+    _refuse_hellos(monkeypatch, redis, "n0", times)
+    n2 = Node(redis, clock, "n2")
+    clock.advance(0)
+    redis.pump()
+    n2.user("carol")
+    for _ in range(5):  # half a second: n0 rebuilt, its hello refused
+        clock.advance(0.1)
+        redis.pump()
+    assert times == [0] and n0.state.replica.shown is not None
+    got = _outcome(n0.state.say(now(ann), "for bob only"))
+    redis.pump()
+    _settle(redis, clock)
+    _not_sent(got, "not paired with bob")
+    _nowhere(redis, [n0, n1, n2], "for bob only")
+    # Then n0's hello, with n1's, brings the pair back (ann was shown it).
+    partner = now(ann).partner
+    assert partner is not None and partner.nick == "bob"
+
+
+def test_a_private_line_sent_during_the_outage_reaches_nobody() -> None:
+    """Redis restarts having lost ann's ACCEPT; ann (shown PAIRED) says a
+    line while n0 is cut off; n0 reconnects: its hello (telling ann UNPAIRED
+    bob disconnected) then her held line, meant for bob, decided with ann in
+    the lobby: it goes nowhere and she is told so."""
+    redis, clock, (n0, n1) = cluster(2)
+    ann = _accepted_then_lost(redis, clock, n0, n1)
+    n0.cut()
+    n1.cut()
+    got = _outcome(n0.state.say(now(ann), "for bob only"))
+    n0.reachable = True  # n0 first: its hello, then ann's held line
+    _settle(redis, clock)
+    n1.reachable = True
+    _settle(redis, clock)
+    _not_sent(got, "not paired with bob")
+    _nowhere(redis, [n0, n1], "for bob only")
+    assert _told(n0, "unpaired", "ann")
+
+
+def test_a_line_to_a_partner_who_unpaired_first_in_the_log_reaches_nobody() -> None:
+    """No loss: bob's UNPAIR and ann's MSG (sent before n0 applied it, so
+    meant for bob) race; the log has the UNPAIR first: her line goes to
+    neither bob nor the lobby, and she is told it was not sent."""
+    redis, _, (n0, n1) = cluster(2)
+    ann, bob = n0.user("ann"), n1.user("bob")
+    n0.state.pair(ann, "bob")
+    redis.pump()
+    n1.state.accept(now(bob), "ann")
+    redis.pump()
+    n1.state.unpair(now(bob))
+    got = _outcome(n0.state.say(now(ann), "for bob only"))
+    redis.pump()
+    _not_sent(got, "not paired with bob")
+    _nowhere(redis, [n0, n1], "for bob only")
+    say(n0, ann, "to the lobby now")  # as she is told UNPAIRED
+    assert "to the lobby now" in n1.listener.said()
+
+
+def test_a_lobby_line_decided_after_an_accept_reaches_nobody() -> None:
+    """ann (in the lobby, her invitation to bob open) says a lobby line as
+    bob's ACCEPT is on its way: the log has the ACCEPT first; her line goes
+    to neither the lobby nor bob, and she is told why."""
+    redis, _, (n0, n1) = cluster(2)
+    ann, bob = n0.user("ann"), n1.user("bob")
+    n0.state.pair(ann, "bob")
+    redis.pump()
+    n1.state.accept(now(bob), "ann")
+    got = _outcome(n0.state.say(now(ann), "to everyone"))
+    redis.pump()
+    _not_sent(got, "meant for the lobby", "paired with bob")
+    _nowhere(redis, [n0, n1], "to everyone")
+
+
+def test_a_hello_kept_past_shown_keep_still_says_what_was_shown(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """As in the first test, Redis refuses n0's hello for over a minute
+    (SHOWN_KEEP) while n1's lines go on: what ann was shown (PAIRED bob) is
+    kept until n0's own hello is applied, so that hello lists her with bob
+    and she is told her pair ended (never left in the lobby believing
+    herself paired)."""
+    redis, clock, (n0, n1) = cluster(2)
+    dave = n1.user("dave")
+    ann = _accepted_then_lost(redis, clock, n0, n1)
+    times = [10**6]
+    _refuse_hellos(monkeypatch, redis, "n0", times)
+    n2 = Node(redis, clock, "n2")
+    clock.advance(0)
+    redis.pump()
+    n2.user("carol")
+    _settle(redis, clock, 1)
+    for i in range(14):  # 70 s of dave's lines
+        clock.advance(5)
+        say(n1, dave, f"line {i}")
+        _settle(redis, clock, 0)
+    times[0] = 0
+    _settle(redis, clock, 3)
+    rows = [row for e in redis.events() if e["t"] == "hello" and e["n"] == "n0"
+            for row in e["users"] if row[1] == "ann"]
+    assert rows and rows[-1][3] != ""  # the hello says ann was shown a pair
+    assert _told(n0, "unpaired", "ann")
+    assert now(ann).partner is None
+    # After its own hello, shown ends at its time (SHOWN_KEEP) as before.
+    clock.advance(61)
+    say(n1, dave, "later")
+    _settle(redis, clock, 0)
+    assert n0.state.replica.shown is None
