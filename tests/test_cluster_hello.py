@@ -19,6 +19,7 @@ from twisted.internet.task import Clock
 from tests.test_cluster_read import MemoryRedis, Node, Recorder, cluster, now, say
 from tests.test_cluster_rebuild import _lag, _settle, _three_agree
 from twisted_chat.server.cluster.node import ClusterState
+from twisted_chat.server.cluster.replica import _SyncFirst
 from twisted_chat.server.history import History
 from twisted_chat.server.hub import HubError, User
 from twisted_chat.wire import ErrorCode
@@ -616,3 +617,19 @@ def test_a_hellos_loud_unpair_after_a_quiet_registration_has_the_whole_user_list
     picture = n1.listener
     assert isinstance(picture, _Picture)
     assert picture.stale == []
+
+
+def test_a_rebuild_restores_the_real_listener_not_a_pending_sync() -> None:
+    """A quiet change with no loud one after it leaves a sync pending in the
+    hub (L{_SyncFirst}); a rebuild then builds everything anew and puts the
+    real listener back, not the pending sync (found in review: it saved
+    and restored the proxy)."""
+    redis, _clock, (n0, _n1) = cluster(2)
+    n0.user("ann")
+    redis.pump()
+    replica = n0.state.replica
+    with replica._quietly():
+        pass
+    assert isinstance(replica.hub.listener, _SyncFirst)
+    replica.rebuild(None, [])
+    assert replica.hub.listener is n0.state.own

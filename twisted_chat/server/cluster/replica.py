@@ -841,8 +841,9 @@ class Replica:
                 continue  # someone else's now: that one stays
             self._add(user, node, uid)
             back = True
-        if back and not self.replaying:
-            self.answers.rebuilt()  # the listener knows them before they leave
+        if back:
+            self._synced()  # the listener knows them before they leave
+        self._unwrapped()
         self._hushed = False
 
     def _forget_dead(self, before: float) -> None:
@@ -990,7 +991,7 @@ class Replica:
                 held[uid] = (m.user.conn, m.user)
         by_uid = {str(row[0]): row for row in rows}
         hub = self.hub
-        listener = hub.listener
+        listener = self._unwrapped()  # a pending sync is moot: all is built anew
         listener.roster_changing()  # what the lobby was sent goes out first
         hub.listener = _SILENT
         self.replaying = True
