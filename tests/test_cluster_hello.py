@@ -49,6 +49,20 @@ def _ended_then_lost(redis: MemoryRedis, clock: Clock, a: tuple[Node, User],
     del redis.stream[-1:]
 
 
+def _accepted_then_lost(redis: MemoryRedis, clock: Clock, n0: Node, n1: Node) -> User:
+    """bob (n1) invites ann (n0); a snapshot; ann accepts (both shown
+    PAIRED), and Redis loses the acceptance."""
+    ann, bob = n0.user("ann"), n1.user("bob")
+    n1.state.pair(bob, "ann")
+    redis.pump()
+    _snapshot(redis, clock)
+    n0.state.accept(now(ann), "bob")
+    redis.pump()
+    assert now(ann).partner is not None
+    del redis.stream[-1:]
+    return ann
+
+
 def _snapshot(redis: MemoryRedis, clock: Clock) -> None:
     clock.advance(11)  # the heartbeats: a snapshot, before the lost events
     redis.pump()
@@ -272,13 +286,7 @@ def test_a_pair_made_in_the_lost_second_comes_back_once_both_nodes_list_it() -> 
     <partner> disconnected, then PAIRED again.  The other is told nothing
     more.  Afterwards what ann says goes to bob."""
     redis, clock, (n0, n1) = cluster(2)
-    ann, bob = n0.user("ann"), n1.user("bob")
-    n1.state.pair(bob, "ann")
-    redis.pump()
-    _snapshot(redis, clock)
-    n0.state.accept(now(ann), "bob")
-    redis.pump()
-    del redis.stream[-1:]
+    ann = _accepted_then_lost(redis, clock, n0, n1)
 
     n2 = _after_the_loss(redis, clock)
 
@@ -383,6 +391,20 @@ def _unpaired_before(node: Node, nick: str, text: str) -> list[tuple[str, str]]:
     raise AssertionError(f"{text!r} never reached the lobby")
 
 
+def _flushed_with_n0_back(redis: MemoryRedis, clock: Clock, n0: Node, n1: Node) -> User:
+    """ann and dan on n0, bob on n1, ann paired with bob; Redis loses all its
+    data while both nodes are cut off; n0 is back first (n1 is not)."""
+    ann, bob = n0.user("ann"), n1.user("bob")
+    n0.user("dan")
+    _paired(redis, (n0, ann), (n1, bob))
+    n0.cut()
+    n1.cut()
+    redis.flushdb()
+    n0.reachable = True
+    _settle(redis, clock, 1)
+    return ann
+
+
 def test_after_a_new_epoch_a_pair_across_nodes_ends_until_both_list_it() -> None:
     """ann (n0) and bob (n1) are paired; Redis restarts without its data;
     n0 is back first: its hello cannot bring the pair back (bob is not
@@ -392,17 +414,7 @@ def test_after_a_new_epoch_a_pair_across_nodes_ends_until_both_list_it() -> None
     is back and lists bob with ann, the pair comes back: ann is told PAIRED
     bob, bob (shown it all along) nothing."""
     redis, clock, (n0, n1) = cluster(2)
-    ann, bob = n0.user("ann"), n1.user("bob")
-    n0.user("dan")
-    _paired(redis, (n0, ann), (n1, bob))
-    n0.cut()
-    n1.cut()
-    redis.stream.clear()
-    redis.keys.clear()
-    redis.history.clear()
-    redis.last = (0, 0)
-    n0.reachable = True
-    _settle(redis, clock, 1)
+    ann = _flushed_with_n0_back(redis, clock, n0, n1)
     say(n0, ann, "ann in the lobby")
     assert _unpaired_before(n0, "ann", "ann in the lobby") == [("bob", "disconnected")]
     n1.reachable = True
@@ -573,17 +585,7 @@ def test_a_hello_tells_a_pair_end_with_the_whole_user_list(
     hold ann and dan (found by the e2e test: the factory raised KeyError
     building it, and the hello was not applied on that node)."""
     redis, clock, (n0, n1) = _pictured(monkeypatch)
-    ann, bob = n0.user("ann"), n1.user("bob")
-    n0.user("dan")
-    _paired(redis, (n0, ann), (n1, bob))
-    n0.cut()
-    n1.cut()
-    redis.stream.clear()
-    redis.keys.clear()
-    redis.history.clear()
-    redis.last = (0, 0)
-    n0.reachable = True
-    _settle(redis, clock, 1)
+    _flushed_with_n0_back(redis, clock, n0, n1)
     assert [args[1].nick for args in _told(n0, "unpaired", "ann")] == ["bob"]
     picture = n0.listener
     assert isinstance(picture, _Picture)

@@ -219,10 +219,7 @@ def test_flushdb_without_a_restart_takes_the_new_epoch_path() -> None:
     redis, clock, (n0, n1) = cluster(2)
     ann, bob = n0.user("ann"), n1.user("bob")
     say(n0, ann, "before")
-    redis.stream.clear()
-    redis.keys.clear()
-    redis.history.clear()
-    redis.last = (0, 0)
+    redis.flushdb()
     for _ in range(4):
         clock.advance(1)
         redis.pump()

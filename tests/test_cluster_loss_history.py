@@ -76,10 +76,7 @@ def test_a_kept_history_write_is_dropped_when_redis_loses_all_its_data() -> None
     refusing = _refusing_history(redis)
     say(n0, ann, "before the loss")
     assert n0.log.keeping_history()
-    redis.stream.clear()
-    redis.keys.clear()
-    redis.history.clear()
-    redis.last = (0, 0)
+    redis.flushdb()
     refusing[0] = False
     _restart(redis, clock, [n0, n1], seconds=25)  # a snapshot after the loss too
     assert not n0.log.keeping_history()

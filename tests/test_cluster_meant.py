@@ -17,10 +17,10 @@ import pytest
 import txredisapi  # type: ignore[import-untyped]
 from twisted.internet.defer import Deferred, fail
 
-from tests.test_cluster_hello import _snapshot, _told
+from tests.test_cluster_hello import _accepted_then_lost, _told
 from tests.test_cluster_read import MemoryRedis, Node, cluster, now, say
 from tests.test_cluster_rebuild import _settle
-from twisted_chat.server.hub import HubError, User
+from twisted_chat.server.hub import HubError
 from twisted_chat.wire import ErrorCode
 
 
@@ -49,20 +49,6 @@ def _nowhere(redis: MemoryRedis, nodes: list[Node], text: str) -> None:
             if name == "private_message":
                 assert args[3] != text
     assert not any(text in m for m in redis.history)
-
-
-def _accepted_then_lost(redis: MemoryRedis, clock: Any, n0: Node, n1: Node) -> User:
-    """bob (n1) invites ann (n0); a snapshot; ann accepts (both shown
-    PAIRED), and Redis loses the acceptance."""
-    ann, bob = n0.user("ann"), n1.user("bob")
-    n1.state.pair(bob, "ann")
-    redis.pump()
-    _snapshot(redis, clock)
-    n0.state.accept(now(ann), "bob")
-    redis.pump()
-    assert now(ann).partner is not None
-    del redis.stream[-1:]
-    return ann
 
 
 def _refuse_hellos(monkeypatch: pytest.MonkeyPatch, redis: MemoryRedis, node: str,

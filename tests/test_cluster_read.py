@@ -70,6 +70,14 @@ class MemoryRedis:
         self.held: list[tuple[Deferred[Any], Any]] = []
         self.scripts = {APPEND_SHA, SAVE_SNAPSHOT_SHA}
 
+
+    def flushdb(self) -> None:
+        """C{FLUSHDB} (or a restart without its data): everything goes, the
+        epoch included, and ids start again from nothing."""
+        self.stream.clear()
+        self.keys.clear()
+        self.history.clear()
+        self.last = (0, 0)
     def connection(self, subscriber: bool = False) -> FakeConnection:
         return FakeConnection(self, subscriber)
 

@@ -128,10 +128,7 @@ def test_a_new_epoch_then_a_conflicting_nick_on_a_node_started_after_it() -> Non
     n0.state.pair(ann, "bob")  # an invitation, gone with the data
     redis.pump()
     say(n0, ann, "before")
-    redis.stream.clear()
-    redis.keys.clear()
-    redis.history.clear()
-    redis.last = (0, 0)
+    redis.flushdb()
     clock.advance(0.5)
     n2 = Node(redis, clock, "n2")
     clock.advance(0)

@@ -191,10 +191,7 @@ def test_a_command_redis_took_then_lost_is_answered_while_its_user_waits() -> No
     n1.cut()
     resent: list[Any] = []
     _ask(n0.state.say(ann, "sent while Redis is away"), resent)
-    redis.stream.clear()
-    redis.keys.clear()
-    redis.history.clear()
-    redis.last = (0, 0)
+    redis.flushdb()
     n0.reachable = n1.reachable = True
     _settle(redis, clock, 2)
 
