@@ -239,7 +239,7 @@ class ChatFactory(ServerFactory):
         """The hub and the history changed without telling this listener
         (a cluster node's replica rebuilt after Redis lost data): the user
         list and the newcomers' block are built anew."""
-        self._history_block = None
+        self.history_replaced()
         self._user_lines = {}
         for user in self.hub.online.values():
             self._user_changed(user)

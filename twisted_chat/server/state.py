@@ -43,7 +43,9 @@ class ChatState(Protocol):
 
     def lobby_members(self) -> list[Member]:
         """The connections this process writes the lobby's lines to (the
-        fan-out's members): its own users in the lobby, in the lobby's order."""
+        fan-out's members): its own users in the lobby, in the lobby's order
+        (in a cluster that lost data in Redis, also, after them, its users
+        the rebuilt replica lacks or still pairs: docs/cluster.md)."""
 
     def own_users(self) -> list[User]:
         """The users online (in the lobby or paired) whose connections this
@@ -56,7 +58,9 @@ class ChatState(Protocol):
 
     def counts(self) -> tuple[int, int]:
         """This process's users online, and of them those in the lobby.
-        Read from any thread (C{--metrics}): sizes only."""
+        Read from any thread (C{--metrics}): sizes only (a cluster node that
+        lost data in Redis also copies its few detached users, in one step
+        under the GIL)."""
 
     def register(self, nick: str, conn: Any, address: str, source: str = "") -> Deferred[User]:
         """Bring C{nick} online; fails with L{NickTaken} or L{StateUnavailable}."""

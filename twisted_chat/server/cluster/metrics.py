@@ -58,12 +58,13 @@ class ClusterCollector(Collector):
             value=1 if state.available else 0)
         yield CounterMetricFamily(
             "chat_cluster_events_read",
-            "Events this node read from the cluster's stream and applied (a resend is "
-            "read and skipped).",
+            "Events this node read from the cluster's channel or stream and applied (a "
+            "resend is read and skipped).",
             value=state.events_read)
         yield CounterMetricFamily(
             "chat_cluster_event_reads",
-            "Reads of the cluster's stream that returned events.",
+            "Batches of events applied: what the channel brought at once, or a read of "
+            "the stream (a catch-up).",
             value=state.batches_read)
         yield GaugeMetricFamily(
             "chat_cluster_waiting_bytes",
@@ -81,5 +82,6 @@ def nodes_with_users(state: ClusterState) -> int:
     closed before its answer is held under this node's id as another's
     would be, for one event: counted once.)"""
     remote = state.own.remote
-    mine = state.counts()[0] > 0 and state.node not in remote
+    mine = (state.own.counts()[0] > 0 or bool(state.replica.detached)) \
+        and state.node not in remote
     return len(remote) + (1 if mine else 0)

@@ -658,11 +658,11 @@ class RedisLog:
         unless it holds an event of this node's still waiting for its
         answer (which would never come: C{None})."""
         snapshot = await cmd.execute_command("GET", SNAPSHOT)
-        upto = str(json.loads(snapshot)["id"]) if snapshot else "0-0"
-        if id_key(upto) > id_key(end):
-            assert snapshot is not None
+        data = json.loads(snapshot) if snapshot else None
+        upto = str(data["id"]) if data is not None else "0-0"
+        if data is not None and id_key(upto) > id_key(end):
             k = self.state.first_waiting()
-            if k is not None and k <= int(json.loads(snapshot)["k"].get(self.state.node, 0)):
+            if k is not None and k <= int(data["k"].get(self.state.node, 0)):
                 return None
             return snapshot, [], await self._history_entries(cmd, upto)
         entries: list[tuple[str, dict[str, Any]]] = []

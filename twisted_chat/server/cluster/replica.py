@@ -859,19 +859,6 @@ class Replica:
             self.last_k.pop(node, None)
             self.last_k.pop(HELLO + node, None)
 
-    def new_epoch(self) -> None:
-        """
-        Redis lost its data: the stream starts again from nothing, and so
-        does the set of dead ids (their sequence numbers forgotten with them,
-        as after L{DEAD_KEEP}), which every replica, and every node started
-        afterwards (which reads the new stream from its start), derives from
-        the new stream alone.  A node declared dead before the loss that never
-        learnt it (its C{dead} event was lost) goes on under its id: its
-        C{hello} brings its users back.
-        """
-        self.last_id = "0-0"
-        self._forget_dead(float("inf"))
-
     def lost_tail(self, end: str) -> None:
         """
         Redis lost the stream's events after C{end} (its epoch kept) and
@@ -938,8 +925,9 @@ class Replica:
         """
         Take every user out, as a replica that missed events does before it
         L{restore}s a snapshot: through the hub, so that the listener
-        forgets them too.  This node's users go first (their connections are
-        closing): the departures of the others are then written to nobody.
+        forgets them too.  This node's users go first (after L{missed} their
+        connections are closing: the departures of the others are then
+        written to nobody; in a L{rebuild} the listener is silent).
         """
         ordered = sorted(self.members.values(),
                          key=lambda m: (isinstance(m.user.conn, RemoteConn), id_key(m.uid)))
@@ -981,8 +969,7 @@ class Replica:
         nicks = {uid: m.user.nick for uid, m in self.members.items()}
         nicks.update((uid, d.user.nick) for uid, d in self.detached.items())
         seen = {uid: self.seen(uid) for uid in self.members}
-        seen.update((uid, (str(d.row[3]) if len(d.row) > 3 else "",
-                           str(d.row[5]) if len(d.row) > 5 else ""))
+        seen.update((uid, (str(d.row[3]), str(d.row[5])))  # local_users' rows
                     for uid, d in self.detached.items())
         held: dict[str, tuple[Any, User]] = {
             uid: (d.conn, d.user) for uid, d in self.detached.items()}
@@ -1019,8 +1006,6 @@ class Replica:
         self.shown_out = {uid: invitee for uid, (_, invitee) in seen.items() if invitee}
         self._base = {uid: self._state(uid) for uid in seen}
         self._nicks = nicks
-        self._shown_until = None
-        self._greeted = False
         self._hear_lobby()
         self.answers.rebuilt()
         return rows
