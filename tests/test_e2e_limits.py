@@ -128,6 +128,35 @@ def test_a_reader_whose_bytes_sit_in_the_kernel_is_dropped_when_they_do_not_drai
     assert server.problems() == []
 
 
+def test_a_reader_that_falls_behind_but_reads_is_never_dropped_for_a_stall(
+    chat_server, connect
+):
+    """
+    The kernel holds bytes for the reader the whole time (it reads one line
+    for every two sent), for three times --sendq-timeout; but its peer takes
+    some between every two looks of the drain watch (on the direct path the
+    watch reads the kernel's count of acknowledged bytes), so it stays.
+    """
+    server = chat_server("--flood-rate", "0", "--sendq-timeout", "1", "--sndbuf", "65536")
+    reader, talker = stuck_reader_and_talker(server, connect)
+    reader.expect("JOINED ")
+    text = "v" * 1000
+    sent = 0
+    for i in range(30):  # about 3 s
+        for _ in range(2):
+            talker.send(f"MSG {sent} {text}")
+            talker.expect(lambda line, n=sent: f" talker * {n} v" in line)
+            sent += 1
+        time.sleep(0.1)
+        assert re.fullmatch(rf"MSG {TS} talker \* {i} v+", reader.readline())
+    for i in range(30, sent):  # it catches up: nothing lost
+        assert re.fullmatch(rf"MSG {TS} talker \* {i} v+", reader.readline())
+    talker.send("USERS")
+    assert talker.expect(lambda line: line.startswith("USERS ")) == "USERS 2"
+    assert "output not drained" not in server.log()
+    assert server.problems() == []
+
+
 # -- connection limits -----------------------------------------------------
 
 

@@ -220,3 +220,48 @@ def test_the_default_reactor_here_has_a_probe() -> None:
     from twisted.internet import reactor
 
     assert reactor_backlog(reactor) is not None
+
+
+# -- the batch writer ----------------------------------------------------------------
+
+
+def test_a_batch_writer_serves_members_and_deliver_gets_only_the_rest() -> None:
+    """write_all (the send queue's direct pass in the server) takes each
+    batch first; members it returns get the batch through C{deliver}, and
+    the batch is counted for everyone."""
+    clock = TurnClock()
+    members = [Stub() for _ in range(4)]
+    passes: list[tuple[list[Stub], bytes]] = []
+    batches: list[tuple[int, int, int]] = []
+
+    def write_all(ms: Any, data: bytes) -> list[Stub]:
+        ms = list(ms)
+        passes.append((ms, data))
+        return ms[1::2]  # it could not write to the 2nd and 4th
+
+    fanout = LobbyFanout(clock, lambda: members, WINDOW, None, write_all=write_all,
+                         on_batch=lambda lines, deliveries, sent, _s: batches.append(
+                             (lines, deliveries, sent)))
+    fanout.add(b"a")
+    fanout.add(b"b")
+    clock.advance(0)
+    assert passes == [(members, b"ab")]
+    assert [m.got for m in members] == [[], [b"ab"], [], [b"ab"]]
+    assert batches == [(2, 8, 8)]
+
+
+def test_a_newcomers_batch_does_not_go_through_the_batch_writer() -> None:
+    clock = TurnClock()
+    old, new = Stub(), Stub()
+    passes: list[bytes] = []
+
+    def write_all(ms: Any, data: bytes) -> list[Stub]:
+        passes.append(data)
+        return []
+
+    fanout = LobbyFanout(clock, lambda: [old, new], WINDOW, None, write_all=write_all)
+    fanout.add_joined(b"JOINED ", new)
+    fanout.add(b"after")
+    clock.advance(0)
+    assert passes == [], "the cut is per member: each gets its own part"
+    assert old.got == [b"JOINED after"] and new.got == [b"after"]

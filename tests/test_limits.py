@@ -236,6 +236,7 @@ def test_slow_reader_cut_at_sendq() -> None:
     assert not bob.transport.disconnected
     alice.send("MSG " + "x" * 400)  # past 1000 bytes held
     assert bob.transport.disconnected
+    assert bob.protocol.send_queue is None, "out of the drain watch and the direct pass"
     assert not alice.transport.disconnected
     held = len(bob.transport.value())
     alice.send("MSG more")  # nothing more is queued for bob

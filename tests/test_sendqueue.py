@@ -25,8 +25,10 @@ from twisted_chat.server.sendqueue import (
     DrainWatch,
     SendQueue,
     buffer_size,
+    kernel_acked,
     kernel_queued,
     stalled,
+    write_direct,
 )
 
 # -- transports that are not plain TCP --------------------------------------------
@@ -106,6 +108,24 @@ def test_sends_at_once_when_nothing_is_queued(loopback: Any) -> Any:
     server.transport.loseConnection()
 
 
+@defer.inlineCallbacks
+def drain(client: socket.socket, n: int) -> Any:
+    """Read C{n} bytes, letting the reactor drain Twisted's buffer meanwhile."""
+    from twisted.internet import reactor
+    from twisted.internet.task import deferLater
+
+    client.setblocking(False)
+    received = bytearray()
+    for _ in range(20000):  # bounded
+        try:
+            received += client.recv(1 << 20)
+        except BlockingIOError:
+            yield deferLater(reactor, 0, lambda: None)
+        if len(received) >= n:
+            break
+    return bytes(received)
+
+
 @pytest_twisted.inlineCallbacks
 def test_what_the_kernel_does_not_take_is_queued_in_order_and_counted(loopback: Any) -> Any:
     from twisted.internet import reactor
@@ -122,16 +142,8 @@ def test_what_the_kernel_does_not_take_is_queued_in_order_and_counted(loopback: 
     assert kernel_share > 0, "and the kernel holds what the peer has not taken"
     assert queue.held() == twisted_share + kernel_share
     assert queue.write(b"after")  # must not overtake the queued part
-    client.setblocking(False)
-    received = bytearray()
-    for _ in range(20000):  # bounded: let the reactor drain Twisted's buffer
-        try:
-            received += client.recv(1 << 20)
-        except BlockingIOError:
-            yield deferLater(reactor, 0, lambda: None)
-        if len(received) >= len(big) + 5:
-            break
-    assert bytes(received) == big + b"after"
+    received = yield drain(client, len(big) + 5)
+    assert received == big + b"after"
     for _ in range(200):  # the last ACK may take a moment
         if queue.held() == 0:
             break
@@ -204,6 +216,159 @@ def test_the_operator_can_turn_the_direct_path_off(loopback: Any) -> Any:
     server.transport.loseConnection()
 
 
+@pytest_twisted.inlineCallbacks
+def test_a_direct_queue_counts_what_the_peer_took_from_the_kernel(loopback: Any) -> Any:
+    """The direct pass keeps no count of what it writes: on a direct queue
+    the drain watch's "delivered" is the kernel's count of acknowledged
+    bytes, which moves only when the peer takes them."""
+    from twisted.internet import reactor
+    from twisted.internet.task import deferLater
+
+    factory, client = loopback
+    server = yield factory.accepted
+    queue = SendQueue(server.transport, limit=1 << 20)
+    before = queue.delivered(queue.held())
+    assert write_direct([Member(queue)], b"x" * 1000) == []
+    assert queue.written == 0, "the direct pass counts nothing itself"
+    got = b""
+    while len(got) < 1000:
+        got += client.recv(2000)
+    for _ in range(200):  # bounded: the ACK may take a moment
+        if queue.held() == 0:
+            break
+        yield deferLater(reactor, 0.005, lambda: None)
+    assert queue.delivered(0) - before == 1000 == kernel_acked(server.transport.getHandle())
+    server.transport.loseConnection()
+
+
+def test_where_the_kernel_cannot_be_asked_delivered_is_written_minus_held(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(sendqueue, "ACKED_AT", None)
+    queue = SendQueue(StringTransport(), limit=1 << 20)
+    assert queue.write(b"x" * 10)
+    assert queue.delivered(4) == 6
+    assert kernel_acked(socket.socket()) == 0
+
+
+# -- the fan-out's direct pass ---------------------------------------------------------
+
+
+class Member:
+    """What the direct pass reads of a connection: its queue (C{None}:
+    closing), and C{deliver} for what it returns."""
+
+    def __init__(self, queue: SendQueue | None) -> None:
+        self.send_queue = queue
+
+
+@pytest.fixture
+def three() -> Iterator[tuple[list[socket.socket], defer.Deferred[list[Any]]]]:
+    """Three loopback clients, and a Deferred firing with the server-side
+    protocols, in connect order; all closed afterwards."""
+    from twisted.internet import reactor
+
+    accepted: list[Any] = []
+    ready: defer.Deferred[list[Any]] = defer.Deferred()
+
+    class One(protocol.Protocol):
+        def connectionMade(self) -> None:
+            accepted.append(self)
+            if len(accepted) == 3:
+                ready.callback(list(accepted))
+
+    port = reactor.listenTCP(  # type: ignore[attr-defined]
+        0, protocol.Factory.forProtocol(One), interface="127.0.0.1")
+    clients = []
+    for _ in range(3):
+        c = socket.socket()
+        c.connect(("127.0.0.1", port.getHost().port))
+        c.settimeout(5)
+        clients.append(c)
+    yield clients, ready
+    for server in accepted:
+        server.transport.abortConnection()
+    for c in clients:
+        c.close()
+    port.stopListening()
+
+
+def read_exactly(client: socket.socket, n: int) -> bytes:
+    got = b""
+    for _ in range(10000):  # bounded
+        if len(got) >= n:
+            break
+        got += client.recv(n - len(got))
+    return got
+
+
+@pytest_twisted.inlineCallbacks
+def test_the_direct_pass_writes_each_queue_once_and_returns_the_others(three: Any) -> Any:
+    clients, ready = three
+    servers = yield ready
+    tcp = [Member(SendQueue(s.transport, limit=1 << 20)) for s in servers]
+    other = Member(SendQueue(StringTransport(), limit=1 << 20))  # TLS, a test transport
+    closing = Member(None)
+    rest = write_direct([tcp[0], other, tcp[1], closing, tcp[2]], b"line\r\n")
+    assert rest == [other, closing], "in order, for the caller's deliver()"
+    assert all(s.transport._tempDataLen == 0 for s in servers), "sent, not buffered"
+    assert [read_exactly(c, 6) for c in clients] == [b"line\r\n"] * 3
+    assert other.send_queue is not None and other.send_queue.held() == 0
+
+
+@pytest_twisted.inlineCallbacks
+def test_a_send_that_fails_in_the_pass_harms_nobody_else(three: Any) -> Any:
+    """A send raising in the middle of the pass (here: a closed socket)
+    does not stop it or repeat anyone's copy; that member's bytes go to
+    its transport's own path, which finds the error or sends them."""
+    from twisted.internet import reactor
+    from twisted.internet.task import deferLater
+
+    clients, ready = three
+    servers = yield ready
+    members = [Member(SendQueue(s.transport, limit=1 << 20)) for s in servers]
+    middle = members[1].send_queue
+    assert middle is not None
+    dead = socket.socket()
+    dead.close()
+    middle.sock_now = dead  # its send raises OSError (EBADF)
+    assert write_direct(members, b"once\r\n") == []
+    assert middle.sock_now is None, "the next write waits for Twisted's buffer"
+    assert servers[1].transport._tempDataLen == 6, "handed to Twisted"
+    for _ in range(200):  # bounded: the reactor's next turns write it
+        if middle.twisted_held() == 0:
+            break
+        yield deferLater(reactor, 0.005, lambda: None)
+    assert [read_exactly(c, 6) for c in clients] == [b"once\r\n"] * 3
+    for c in clients:
+        c.setblocking(False)
+        with pytest.raises(BlockingIOError):
+            c.recv(100)  # nothing twice
+
+
+@pytest_twisted.inlineCallbacks
+def test_what_the_pass_could_not_send_stays_in_order(loopback: Any) -> Any:
+    """A send that takes part of a batch leaves the rest to Twisted; until
+    Twisted's buffer drains the queue is not in the pass, so later lines
+    go behind the rest; once drained, a write puts it back in the pass."""
+
+    factory, client = loopback
+    server = yield factory.accepted
+    queue = SendQueue(server.transport, limit=1 << 30, sndbuf=4096)
+    member = Member(queue)
+    big = bytes(range(256)) * 4096  # 1 MiB: more than the socket buffers hold
+    assert write_direct([member], big) == []
+    assert queue.sock_now is None and queue.twisted_held() > 0
+    assert write_direct([member], b"after") == [member], "left to deliver()"
+    assert queue.write(b"after")  # what deliver() does: behind the rest
+    received = yield drain(client, len(big) + 5)
+    assert received == big + b"after"
+    assert queue.twisted_held() == 0
+    assert queue.write(b"!")
+    assert queue.sock_now is server.transport.getHandle(), "back in the pass"
+    server.transport.loseConnection()
+
+
 # -- output that does not drain ------------------------------------------------------
 
 
@@ -235,6 +400,9 @@ class Stuck:
 
     def held(self) -> int:
         return self._held
+
+    def delivered(self, held: int) -> int:
+        return self.written - held
 
 
 class Conn:

@@ -27,7 +27,7 @@ from twisted_chat.server.hub import Hub, Invitation, State, User
 from twisted_chat.server.login import Accounts
 from twisted_chat.server.metrics import Stats
 from twisted_chat.server.protocol import ChatProtocol
-from twisted_chat.server.sendqueue import DrainWatch
+from twisted_chat.server.sendqueue import DrainWatch, write_direct
 from twisted_chat.server.state import ChatState, LocalState
 from twisted_chat.wire import ErrorCode
 
@@ -116,7 +116,8 @@ class ChatFactory(ServerFactory):
         # Counters for --metrics; kept whether or not they are served.
         self.stats = Stats()
         self.fanout = LobbyFanout(reactor, self.state.lobby_members, config.fanout_delay,
-                                  backlog, on_batch=self.stats.fanned_out)
+                                  backlog, on_batch=self.stats.fanned_out,
+                                  write_all=write_direct)
         self.drain = DrainWatch(reactor, config.sendq_timeout, lambda: self.connections)
         # Every connection's idle deadline, on one reactor timer.
         self.deadlines = Deadlines(reactor)

@@ -31,6 +31,10 @@ Backlog = Callable[[], bool]
 # members in all, seconds the writes took (see twisted_chat.server.metrics).
 BatchObserver = Callable[[int, int, int, float], None]
 
+# Writes a batch to the members it can in one pass, and returns the others
+# (see twisted_chat.server.sendqueue.write_direct).
+WriteAll = Callable[[Collection[Any], bytes], Collection[Any]]
+
 
 class Member(Protocol):
     """What the fan-out needs of a connection."""
@@ -89,10 +93,12 @@ class LobbyFanout:
     in one write per fan-out: at the end of the reactor turn that brought the
     first of them, or, while the reactor has other work waiting, after the
     turns that do it (docs/fanout.md).  C{window} 0 turns the gathering off.
+    C{write_all}, where given, writes each batch to the members it can
+    before the others' C{deliver} is called.
     """
 
     __slots__ = ("_backlog", "_call", "_clock", "_first", "_late", "_members", "_on_batch",
-                 "_pending", "_timer", "_turns", "_window")
+                 "_pending", "_timer", "_turns", "_window", "_write_all")
 
     def __init__(
         self,
@@ -102,6 +108,7 @@ class LobbyFanout:
         backlog: Backlog | None = None,
         on_batch: BatchObserver | None = None,
         timer: Callable[[], float] = time.perf_counter,
+        write_all: WriteAll | None = None,
     ) -> None:
         self._clock = clock
         self._members = members
@@ -109,6 +116,7 @@ class LobbyFanout:
         self._backlog = backlog if window else None
         self._on_batch = on_batch
         self._timer = timer
+        self._write_all = write_all
         self._pending: list[bytes] = []
         # Members who joined while lines were gathered: the index in
         # _pending from which the lines are theirs (the rest is history).
@@ -165,9 +173,10 @@ class LobbyFanout:
         late = self._late
         members = self._members()
         if not late:
-            for member in members:
-                member.deliver(data)
             deliveries, sent = len(pending) * len(members), len(data) * len(members)
+            write_all = self._write_all
+            for member in members if write_all is None else write_all(members, data):
+                member.deliver(data)
         else:
             # Someone joined while the lines were gathered: the rare path,
             # where what each member got is added up as it goes.

@@ -74,9 +74,10 @@ class ChatProtocol:
 
     __slots__ = ("_abort_call", "_account", "_buffer", "_discarding", "_flooding", "_held",
                  "_held_size", "_idle", "_input_ended", "_last_line", "_leave_reason", "_nick_call",
-                 "_paused_for_answer", "_pinged_at", "_queue", "_tokens", "_waiting", "address",
+                 "_paused_for_answer", "_pinged_at", "_tokens", "_waiting", "address",
                  "closing",
-                 "connected", "factory", "host", "limits", "pool_key", "transport", "user")
+                 "connected", "factory", "host", "limits", "pool_key", "send_queue", "transport",
+                 "user")
 
     log = logs.logger()
 
@@ -92,7 +93,9 @@ class ChatProtocol:
         self.limits: Address | None = None
         self.pool_key = "-"
         self.closing = False
-        self._queue: SendQueue | None = None  # from connectionMade
+        # From connectionMade until closing (the drain watch and the
+        # fan-out's direct pass skip a connection without one).
+        self.send_queue: SendQueue | None = None
         self._leave_reason = "disconnected"
         self._buffer = b""
         self._discarding = False
@@ -167,7 +170,7 @@ class ChatProtocol:
         if no_delay is not None and self.config.tcp_nodelay:
             no_delay(True)
         config = self.config
-        self._queue = queue = SendQueue(transport, config.sendq, direct=config.direct_send,
+        self.send_queue = queue = SendQueue(transport, config.sendq, direct=config.direct_send,
                                         sndbuf=config.sndbuf)
         queue.start()
         self.factory.drain.start()
@@ -185,6 +188,7 @@ class ChatProtocol:
 
     def connectionLost(self, reason: Failure = connectionDone) -> None:
         self.closing = True
+        self.send_queue = None
         self._cancel_timers()
         if self._abort_call is not None and self._abort_call.active():
             self._abort_call.cancel()
@@ -262,8 +266,9 @@ class ChatProtocol:
         self._leave_reason = reason
         self._cancel_timers()
         transport: Any = self.transport
-        if self._queue is not None:
-            self._queue.stop()
+        queue, self.send_queue = self.send_queue, None
+        if queue is not None:
+            queue.stop()
         transport.loseConnection()
         self._abort_call = self.clock.callLater(self.config.close_grace, transport.abortConnection)
 
@@ -281,8 +286,8 @@ class ChatProtocol:
 
     def deliver(self, data: bytes) -> None:
         """The fan-out's write: no ordering work, only the send-queue rule."""
-        queue = self._queue
-        if not self.closing and queue is not None and not queue.write(data):
+        queue = self.send_queue  # None once closing
+        if queue is not None and not queue.write(data):
             self._overflow()
 
     def _overflow(self) -> None:
@@ -292,11 +297,6 @@ class ChatProtocol:
         calls on a later turn, so a fan-out in progress is not disturbed.
         """
         self._cut(f"send queue over {self.config.sendq} bytes")
-
-    @property
-    def send_queue(self) -> SendQueue | None:
-        """The queue the drain watch looks at (none once closing)."""
-        return None if self.closing else self._queue
 
     def output_stalled(self) -> None:
         """The peer took none of what is held for it for --sendq-timeout."""
@@ -315,6 +315,7 @@ class ChatProtocol:
             why=why,
         )
         self.closing = True
+        self.send_queue = None
         self._leave_reason = "sendq"
         self._cancel_timers()
         self.transport.abortConnection()  # type: ignore[union-attr]

@@ -10,7 +10,9 @@ C{transport.write}, which then works as usual.  That path reads attributes of
 Twisted's C{FileDescriptor} that are not public API (C{dataBuffer},
 C{offset}, C{_tempDataLen}); where they are missing, on other transports
 (TLS, test transports), or with C{--no-direct-send}, the queue writes with
-C{transport.write} and estimates Twisted's share from its pausing.
+C{transport.write} and estimates Twisted's share from its pausing.  The
+fan-out sends a batch to every queue on the direct path at once with
+L{write_direct}, without a Python call per member.
 """
 
 from __future__ import annotations
@@ -18,9 +20,12 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import socket
+import struct
 import sys
-from collections.abc import Callable, Collection
-from typing import Any, Protocol
+from collections.abc import Callable, Collection, Iterable
+from itertools import repeat
+from operator import attrgetter
+from typing import Any, Protocol, cast
 
 from twisted.internet import tcp
 from twisted.internet.abstract import FileDescriptor
@@ -36,9 +41,14 @@ if sys.platform.startswith("linux"):
     import termios
 
     SIOCOUTQ: int | None = termios.TIOCOUTQ  # the same request number
+    # Where Linux's struct tcp_info holds tcpi_bytes_acked (a u64, since
+    # Linux 4.1): the bytes of the stream the peer has acknowledged.
+    ACKED_AT: int | None = 120
 else:  # pragma: no cover - not this platform
     SIOCOUTQ = None
+    ACKED_AT = None
 _INT = bytes(4)
+_ACKED = struct.Struct("=Q")
 
 
 def _plain_tcp(transport: Any) -> bool:
@@ -68,6 +78,18 @@ def socket_of(transport: Any) -> socket.socket | None:
     return None
 
 
+def kernel_acked(sock: socket.socket | None) -> int:
+    """Bytes written to C{sock} that its peer has acknowledged so far (0
+    where that cannot be asked)."""
+    if sock is None or ACKED_AT is None:
+        return 0
+    try:
+        info = sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, ACKED_AT + _ACKED.size)
+        return int(_ACKED.unpack_from(info, ACKED_AT)[0])
+    except (OSError, ValueError, struct.error):
+        return 0
+
+
 def kernel_queued(sock: socket.socket | None) -> int:
     """Bytes the kernel holds for C{sock} that the peer has not acknowledged
     (0 where that cannot be asked)."""
@@ -93,10 +115,13 @@ class SendQueue:
     estimated: its buffer size once it paused this producer, plus what was
     written since.  L{write} returns C{False} for a write that would pass the
     limit (and does not write it): the caller cuts the connection.
+
+    C{sock_now} is the socket while a write may go straight to it (the
+    direct path, Twisted holding nothing): what L{write_direct} sends on.
     """
 
     __slots__ = ("_bufsize", "_direct", "_limit", "_paused", "_sock", "_transport",
-                 "last_delivered", "stalled_since", "written")
+                 "last_delivered", "sock_now", "stalled_since", "written")
 
     def __init__(self, transport: Any, limit: int, direct: bool = True, sndbuf: int = 0) -> None:
         self._transport = transport
@@ -109,7 +134,10 @@ class SendQueue:
             with contextlib.suppress(OSError):
                 self._sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF,
                                       max(min(sndbuf, limit // 2), 1024))
-        self.written = 0  # every byte handed to the queue
+        # Bytes handed to write(); the direct pass does not count its own,
+        # and on direct queues delivered() asks the kernel instead.
+        self.written = 0
+        self.sock_now = self._sock if self._direct and ACKED_AT is not None else None
         # For DrainWatch: what had been delivered when it last looked, and
         # since when nothing has been (None: nothing is held).
         self.last_delivered = 0
@@ -141,6 +169,16 @@ class SendQueue:
         """Bytes held for the connection: Twisted's and the kernel's."""
         return self.twisted_held() + kernel_queued(self._sock)
 
+    def delivered(self, held: int) -> int:
+        """
+        Bytes the peer has taken so far, C{held} being L{held}'s answer: on
+        a direct queue the kernel's count of acknowledged bytes (which the
+        direct pass needs no bookkeeping for), elsewhere written minus held.
+        """
+        if self._direct and ACKED_AT is not None:
+            return kernel_acked(self._sock)
+        return self.written - held
+
     def write(self, data: bytes) -> bool:
         self.written += len(data)
         t = self._transport
@@ -149,14 +187,14 @@ class SendQueue:
             if not queued and t.connected and not t.disconnecting:
                 try:
                     sent = t.socket.send(data)
-                except (BlockingIOError, InterruptedError):
-                    sent = 0
                 except OSError:
-                    # Let Twisted find the error on its own path and close.
-                    t.write(data)
-                    return True
+                    # Full (BlockingIOError) or interrupted: Twisted sends it
+                    # later; any other error Twisted finds on its own path.
+                    sent = 0
                 if sent < len(data):
-                    t.write(data[sent:])
+                    self.took(data, sent)
+                elif self.sock_now is None and ACKED_AT is not None:
+                    self.sock_now = self._sock  # Twisted's buffer drained
                 return True
             if queued and self.held() + len(data) > self._limit:
                 return False
@@ -173,6 +211,12 @@ class SendQueue:
         t.write(data)
         return True
 
+    def took(self, data: bytes, sent: int) -> None:
+        """A direct send of C{data} took only C{sent} bytes: Twisted holds
+        the rest, and writes wait behind it until it drains."""
+        self.sock_now = None
+        self._transport.write(data[sent:] if sent else data)
+
     # -- IPushProducer ------------------------------------------------------------
 
     def pauseProducing(self) -> None:
@@ -184,6 +228,61 @@ class SendQueue:
 
     def stopProducing(self) -> None:
         pass
+
+
+# -- the fan-out's direct pass ------------------------------------------------------
+
+
+class Sending(Protocol):
+    """What L{write_direct} needs of a connection."""
+
+    @property
+    def send_queue(self) -> SendQueue | None:
+        """Its queue (C{None}: write through C{deliver}, e.g. closing)."""
+
+
+_sock_now: Callable[[Any], socket.socket | None] = attrgetter("send_queue.sock_now")
+_send: Callable[[socket.socket, bytes], int] = socket.socket.send
+
+
+def _sock_or_none(member: Sending) -> socket.socket | None:
+    queue = member.send_queue
+    return None if queue is None else queue.sock_now
+
+
+def write_direct(members: Iterable[Sending], data: bytes) -> list[Any]:
+    """
+    Send C{data} to every member whose queue may write straight to its
+    socket, in one pass of C-level calls (no Python frame per member), and
+    return the others, for the caller to C{deliver} to.  A send that takes
+    part of C{data}, or fails, is finished by its queue's own path
+    (L{SendQueue.took}).  docs/fanout.md, "The direct pass".
+    """
+    members = list(members)
+    try:
+        found = list(map(_sock_now, members))
+    except AttributeError:  # a member without a queue (closing)
+        found = [_sock_or_none(m) for m in members]
+    rest: list[Any] = []
+    if None in found:
+        rest = [m for m, s in zip(members, found, strict=True) if s is None]
+        members = [m for m, s in zip(members, found, strict=True) if s is not None]
+    socks = cast(list[socket.socket], found if not rest else [s for s in found if s is not None])
+    results: list[int] = []
+    while len(results) < len(socks):
+        try:
+            # list.extend keeps what it appended when a send raises, so the
+            # failing member is the one at len(results).
+            results.extend(map(_send, socks[len(results):] if results else socks, repeat(data)))
+        except OSError:
+            results.append(0)
+    n = len(data)
+    if results.count(n) != len(results):
+        for member, sent in zip(members, results, strict=True):
+            queue = member.send_queue
+            if sent != n and queue is not None:
+                queue.took(data, sent)
+    return rest
 
 
 # -- output that does not drain ---------------------------------------------------
@@ -257,7 +356,7 @@ class DrainWatch:
             if queue is None:
                 continue
             held = queue.held()
-            delivered = queue.written - held
+            delivered = queue.delivered(held) if held else queue.last_delivered
             since, over = stalled(held, delivered, queue.last_delivered, queue.stalled_since,
                                   now, timeout)
             queue.stalled_since = since
