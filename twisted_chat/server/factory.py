@@ -117,7 +117,7 @@ class ChatFactory(ServerFactory):
         self.stats = Stats()
         self.fanout = LobbyFanout(reactor, self.state.lobby_members, config.fanout_delay,
                                   backlog, on_batch=self.stats.fanned_out,
-                                  write_all=write_direct)
+                                  write_all=write_direct if config.direct_send else None)
         self.drain = DrainWatch(reactor, config.sendq_timeout, lambda: self.connections)
         # Every connection's idle deadline, on one reactor timer.
         self.deadlines = Deadlines(reactor)

@@ -37,7 +37,9 @@ WriteAll = Callable[[Collection[Any], bytes], Collection[Any]]
 
 
 class Member(Protocol):
-    """What the fan-out needs of a connection."""
+    """What the fan-out needs of a connection (a batch writer given to it,
+    such as the send queues' direct pass, may read more of the members it
+    can write to and return the others)."""
 
     def deliver(self, data: bytes) -> None:
         """Send C{data} (subject only to the connection's send queue)."""

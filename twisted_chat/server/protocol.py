@@ -285,7 +285,8 @@ class ChatProtocol:
         self.deliver(data)
 
     def deliver(self, data: bytes) -> None:
-        """The fan-out's write: no ordering work, only the send-queue rule."""
+        """The fan-out's write (for members its direct pass does not
+        take): no ordering work, only the send-queue rule."""
         queue = self.send_queue  # None once closing
         if queue is not None and not queue.write(data):
             self._overflow()

@@ -86,8 +86,27 @@ def kernel_acked(sock: socket.socket | None) -> int:
     try:
         info = sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, ACKED_AT + _ACKED.size)
         return int(_ACKED.unpack_from(info, ACKED_AT)[0])
-    except (OSError, ValueError, struct.error):
+    except (OSError, ValueError, AttributeError, struct.error):
         return 0
+
+
+_acked_known: bool | None = None  # whether this kernel reports tcpi_bytes_acked
+
+
+def acked_known(sock: socket.socket) -> bool:
+    """
+    Whether the kernel reports the bytes its peers acknowledged (Linux 4.1
+    and later): asked once, of the first TCP socket.  Where it does not,
+    queues count what they write and the direct pass is off.
+    """
+    global _acked_known
+    if _acked_known is None:
+        try:
+            info = sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, 256)
+            _acked_known = ACKED_AT is not None and len(info) >= ACKED_AT + _ACKED.size
+        except (OSError, AttributeError):
+            _acked_known = False
+    return _acked_known
 
 
 def kernel_queued(sock: socket.socket | None) -> int:
@@ -120,13 +139,12 @@ class SendQueue:
     direct path, Twisted holding nothing): what L{write_direct} sends on.
     """
 
-    __slots__ = ("_bufsize", "_direct", "_limit", "_paused", "_sock", "_transport",
+    __slots__ = ("_counted", "_direct", "_limit", "_paused", "_sock", "_transport",
                  "last_delivered", "sock_now", "stalled_since", "written")
 
     def __init__(self, transport: Any, limit: int, direct: bool = True, sndbuf: int = 0) -> None:
         self._transport = transport
         self._limit = limit
-        self._bufsize = buffer_size(transport)
         self._paused: int | None = None  # bytes written since Twisted paused us
         self._direct = direct and _plain_tcp(transport)
         self._sock = socket_of(transport)
@@ -135,9 +153,11 @@ class SendQueue:
                 self._sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF,
                                       max(min(sndbuf, limit // 2), 1024))
         # Bytes handed to write(); the direct pass does not count its own,
-        # and on direct queues delivered() asks the kernel instead.
+        # so on its queues (not _counted) delivered() asks the kernel.
         self.written = 0
-        self.sock_now = self._sock if self._direct and ACKED_AT is not None else None
+        self._counted = not (self._direct and self._sock is not None
+                             and acked_known(self._sock))
+        self.sock_now = None if self._counted else self._sock
         # For DrainWatch: what had been delivered when it last looked, and
         # since when nothing has been (None: nothing is held).
         self.last_delivered = 0
@@ -163,7 +183,10 @@ class SendQueue:
         if self._direct:
             return int(len(t.dataBuffer) - t.offset + t._tempDataLen)
         paused = self._paused
-        return 0 if paused is None else self._bufsize + paused
+        # Twisted's buffer size is read here, on this rare path, rather than
+        # held as one more int per queue (docs/fanout.md, "Memory per
+        # connection").
+        return 0 if paused is None else buffer_size(t) + paused
 
     def held(self) -> int:
         """Bytes held for the connection: Twisted's and the kernel's."""
@@ -175,9 +198,9 @@ class SendQueue:
         a direct queue the kernel's count of acknowledged bytes (which the
         direct pass needs no bookkeeping for), elsewhere written minus held.
         """
-        if self._direct and ACKED_AT is not None:
-            return kernel_acked(self._sock)
-        return self.written - held
+        if self._counted:
+            return self.written - held
+        return kernel_acked(self._sock)
 
     def write(self, data: bytes) -> bool:
         self.written += len(data)
@@ -188,12 +211,12 @@ class SendQueue:
                 try:
                     sent = t.socket.send(data)
                 except OSError:
-                    # Full (BlockingIOError) or interrupted: Twisted sends it
-                    # later; any other error Twisted finds on its own path.
+                    # Full (BlockingIOError): Twisted sends it later; any
+                    # other error Twisted finds on its own path.
                     sent = 0
                 if sent < len(data):
                     self.took(data, sent)
-                elif self.sock_now is None and ACKED_AT is not None:
+                elif self.sock_now is None and not self._counted:
                     self.sock_now = self._sock  # Twisted's buffer drained
                 return True
             if queued and self.held() + len(data) > self._limit:
@@ -206,7 +229,7 @@ class SendQueue:
             self._paused = paused
             # Past Twisted's buffer, what the limit leaves (computed here, on
             # this rare path, rather than held as one more int per queue).
-            if paused + kernel_queued(self._sock) > max(self._limit - self._bufsize, 0):
+            if paused + kernel_queued(self._sock) > max(self._limit - buffer_size(t), 0):
                 return False
         t.write(data)
         return True
@@ -245,8 +268,8 @@ _sock_now: Callable[[Any], socket.socket | None] = attrgetter("send_queue.sock_n
 _send: Callable[[socket.socket, bytes], int] = socket.socket.send
 
 
-def _sock_or_none(member: Sending) -> socket.socket | None:
-    queue = member.send_queue
+def _sock_or_none(member: Any) -> socket.socket | None:
+    queue = getattr(member, "send_queue", None)
     return None if queue is None else queue.sock_now
 
 
@@ -261,7 +284,7 @@ def write_direct(members: Iterable[Sending], data: bytes) -> list[Any]:
     members = list(members)
     try:
         found = list(map(_sock_now, members))
-    except AttributeError:  # a member without a queue (closing)
+    except AttributeError:  # a member without a queue (closing, or not ours to write)
         found = [_sock_or_none(m) for m in members]
     rest: list[Any] = []
     if None in found:
