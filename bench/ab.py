@@ -3,15 +3,18 @@ Interleaved A/B runs of one fan-out step, for questions the full run is too
 noisy to answer from one sample.
 
     .venv/bin/python -m bench.ab --servers chat,ngircd --clients 100 --rate 2000 \\
-        --rounds 4 [--variant "chat-fd3=--fanout-delay 3"] [--out FILE]
+        --rounds 4 [--variant "chat-fd3=--fanout-delay 3"] [--baseline TREE] [--out FILE]
 
 Each round starts every server in turn (fresh, pinned to CPU 0 as in the
 full run), connects the clients, and measures one step at ``--rate`` room
 messages/s with the full run's own code (L{bench.scenarios.one_rate}).  A
 variant is our server with its defaults (as the ``chat`` column) plus more
-options.  It prints a line per measurement and a summary: per server the
-mean and range of server µs per line and of p50, and the ratio of the means
-to the first server.  ``--out`` also writes that output to a file.
+options; ``--baseline TREE`` adds our server from another source tree as
+``chat-before``.  It prints a line per measurement and a summary: per server
+the mean and range of server µs per line and of p50, the ratio of the means
+to the first server, and the server's user and system µs per line apart
+(the interpreter's cost against the kernel's).  ``--out`` also writes that
+output to a file.
 """
 
 from __future__ import annotations
@@ -43,11 +46,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--seconds", type=float, default=3.0)
     ap.add_argument("--rounds", type=int, default=4)
     ap.add_argument("--out", type=Path, default=None)
+    ap.add_argument("--baseline", type=Path, default=None,
+                    help="also our server from this source tree, as chat-before")
     args = ap.parse_args(argv)
     if not 1 <= args.rounds <= 20 or not 0 < args.seconds <= 30:
         ap.error("--rounds must be 1 to 20 and --seconds at most 30")
     raise_nofile()
-    specs = {s.key: s for s in server_specs(False, None)}
+    specs = {s.key: s for s in server_specs(False, None, baseline=args.baseline)}
     for v in args.variant:
         key, _, options = v.partition("=")
         specs[key] = replace(specs["chat"], key=key, label=f"twisted-chat {options}",
@@ -70,19 +75,25 @@ def main(argv: list[str] | None = None) -> int:
             res = measure(specs[k], args.clients, args.rate, args.seconds)
             results[k].append(res)
             lat = res["latency_ms"]
+            split = res.get("server_user_sys_us_per_line")
+            apart = f", user {split[0]:.3f} sys {split[1]:.3f}" if split else ""
             say(f"round {r + 1} {k:14s} server {res['server_us_per_line']:.3f} us/line "
-                f"(CPU {res['server_cpu_share'] * 100:.1f} %), machine "
+                f"(CPU {res['server_cpu_share'] * 100:.1f} %{apart}), machine "
                 f"{res['machine_us_per_line']:.3f} us/line, generator "
                 f"{res['gen_cpu_share'] * 100:.0f} %, delivered {res['fraction'] * 100:.1f} %, "
                 f"p50 {lat['p50']:.2f} p99 {lat['p99']:.2f} ms")
     base = statistics.mean(r["server_us_per_line"] for r in results[keys[0]])
+    splits = {k: [r["server_user_sys_us_per_line"] for r in results[k]
+                  if r.get("server_user_sys_us_per_line")] for k in keys}
     say("summary (server us/line: mean [min-max], ratio of means to the first; p50 ms mean):")
     for k in keys:
         per_line = [r["server_us_per_line"] for r in results[k]]
         p50 = [r["latency_ms"]["p50"] for r in results[k]]
         say(f"  {k:14s} {statistics.mean(per_line):.3f} [{min(per_line):.3f}-"
             f"{max(per_line):.3f}] {statistics.mean(per_line) / base:.2f}x; "
-            f"p50 {statistics.mean(p50):.2f}")
+            f"p50 {statistics.mean(p50):.2f}" + (
+                f"; user {statistics.mean(s[0] for s in splits[k]):.3f} sys "
+                f"{statistics.mean(s[1] for s in splits[k]):.3f} us/line" if splits[k] else ""))
     if args.out is not None:
         args.out.write_text("\n".join(out) + "\n")
     return 0

@@ -68,6 +68,8 @@ def one_rate(srv: RunningServer, gen: Generator, clients: int, rate: float,
     settle(gen, 3.0, 0.2)
     gen.snapshot(take_latency=True)  # drop latency samples from before
     s0 = gen.snapshot()
+    split = getattr(srv, "cpu_split", None)  # a cluster's servers have none
+    u0 = split() if split is not None else None
     c0 = srv.cpu()
     m0 = machine_busy_seconds()
     rss0 = srv.rss()
@@ -81,6 +83,7 @@ def one_rate(srv: RunningServer, gen: Generator, clients: int, rate: float,
     sent = gen.send_result(duration + 30.0)
     s1 = gen.snapshot()
     c1 = srv.cpu()
+    u1 = split() if split is not None else None
     m1 = machine_busy_seconds()
     # drain: wait until the counts stop growing or every copy arrived
     expected = sent["sent"] * copies
@@ -118,6 +121,11 @@ def one_rate(srv: RunningServer, gen: Generator, clients: int, rate: float,
         "server_cpu_s": server_cpu,
         "server_cpu_share": server_cpu / window if window > 0 else 0.0,
         "server_us_per_line": server_cpu / in_window * 1e6 if in_window else None,
+        # the same, user and system time apart (ticks of 10 ms: read them as
+        # +-10 ms over the window)
+        "server_user_sys_us_per_line": (
+            [(u1[i] - u0[i]) / in_window * 1e6 for i in (0, 1)]
+            if u0 is not None and u1 is not None and in_window else None),
         "gen_cpu_share": gen_cpu / window if window > 0 else 0.0,
         "machine_cpu_s": m1 - m0,
         "machine_us_per_line": (m1 - m0) / in_window * 1e6 if in_window else None,

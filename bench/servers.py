@@ -26,12 +26,17 @@ CLK_TCK = os.sysconf("SC_CLK_TCK")
 PAGE = os.sysconf("SC_PAGE_SIZE")
 
 
-def cpu_seconds(pid: int) -> float:
-    """utime + stime of one process, from /proc/PID/stat."""
+def cpu_times(pid: int) -> tuple[float, float]:
+    """utime and stime of one process, from /proc/PID/stat."""
     with open(f"/proc/{pid}/stat", "rb") as f:
         raw = f.read()
     fields = raw[raw.rindex(b")") + 2:].split()
-    return (int(fields[11]) + int(fields[12])) / CLK_TCK
+    return int(fields[11]) / CLK_TCK, int(fields[12]) / CLK_TCK
+
+
+def cpu_seconds(pid: int) -> float:
+    """utime + stime of one process, from /proc/PID/stat."""
+    return sum(cpu_times(pid))
 
 
 def machine_busy_seconds() -> float:
@@ -146,6 +151,11 @@ class RunningServer:
 
     def cpu(self) -> float:
         return cpu_seconds(self.pid)
+
+    def cpu_split(self) -> tuple[float, float]:
+        """User and system CPU seconds apart: what the interpreter costs
+        against what the kernel does for it."""
+        return cpu_times(self.pid)
 
     def rss(self) -> int:
         value = rss_bytes(self.pid)
