@@ -353,6 +353,7 @@ def test_the_direct_pass_writes_each_queue_once_and_returns_the_others(three: An
     assert all(s.transport._tempDataLen == 0 for s in servers), "sent, not buffered"
     assert [read_exactly(c, 6) for c in clients] == [b"line\r\n"] * 3
     assert other.send_queue is not None and other.send_queue.held() == 0
+    assert write_direct([other, closing], b"x") == [other, closing]
 
 
 @pytest_twisted.inlineCallbacks

@@ -287,6 +287,8 @@ def write_direct(members: Iterable[Sending], data: bytes) -> list[Any]:
     except AttributeError:  # a member without a queue (closing, or not ours to write)
         found = [_sock_or_none(m) for m in members]
     rest: list[Any] = []
+    if found.count(None) == len(found):  # none on the direct path (TLS, web)
+        return members
     if None in found:
         rest = [m for m, s in zip(members, found, strict=True) if s is None]
         members = [m for m, s in zip(members, found, strict=True) if s is not None]
