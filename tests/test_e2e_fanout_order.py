@@ -11,14 +11,13 @@ reorder them).
 from __future__ import annotations
 
 import re
-import socket
 import threading
 import time
 
 import pytest
 
-from tests.serverproc import LOOPBACK, LineClient
-from tests.test_e2e_limits import hello, registered
+from tests.serverproc import LineClient
+from tests.test_e2e_limits import registered, small_buffer_client
 
 pytestmark = pytest.mark.e2e
 
@@ -41,13 +40,7 @@ def read_alices(client: LineClient, n: int, pause: float = 0.0) -> list[tuple[st
 
 def test_a_slow_reader_gets_every_line_in_order(chat_server, connect):
     server = chat_server("--flood-rate", "0", "--sndbuf", "4096")
-    sock = socket.socket()
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
-    sock.settimeout(10)
-    sock.connect((LOOPBACK, server.port))
-    bob = hello(connect(server.port, sock=sock))
-    bob.send("NICK bob")
-    bob.expect("USERS ")
+    bob = small_buffer_client(server, connect, "bob", rcvbuf=4096)
     alice = registered(connect, server.port, "alice")
     carol = registered(connect, server.port, "carol")
     bob.expect("JOINED ")  # alice

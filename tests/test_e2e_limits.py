@@ -43,16 +43,22 @@ SENDQ = 200_000
 RSS_GROWTH_BOUND_KIB = 6 * MIB
 
 
+def small_buffer_client(server, connect, nick: str, rcvbuf: int = 2048) -> LineClient:
+    """A registered client whose socket's receive buffer is C{rcvbuf}."""
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
+    sock.settimeout(5)
+    sock.connect((LOOPBACK, server.port))
+    client = hello(connect(server.port, sock=sock))
+    client.send(f"NICK {nick}")
+    client.expect("USERS ")
+    return client
+
+
 def stuck_reader_and_talker(server, connect) -> tuple[LineClient, LineClient]:
     """A reader with a tiny receive buffer that never reads once registered,
     and a talker."""
-    sock = socket.socket()
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 2048)
-    sock.settimeout(5)
-    sock.connect((LOOPBACK, server.port))
-    reader = hello(connect(server.port, sock=sock))
-    reader.send("NICK reader")
-    reader.expect("USERS ")
+    reader = small_buffer_client(server, connect, "reader")
     return reader, registered(connect, server.port, "talker")
 
 
