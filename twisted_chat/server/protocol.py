@@ -187,9 +187,7 @@ class ChatProtocol:
         self.write(self.factory.greeting)
 
     def connectionLost(self, reason: Failure = connectionDone) -> None:
-        self.closing = True
-        self.send_queue = None
-        self._cancel_timers()
+        self._closing()
         if self._abort_call is not None and self._abort_call.active():
             self._abort_call.cancel()
         self._abort_call = None
@@ -224,6 +222,14 @@ class ChatProtocol:
     def _leave(self, reason: str, text: str = "") -> None:
         if self.user is not None:
             self.state.leave(self.user, reason, text)
+
+    def _closing(self) -> SendQueue | None:
+        """Nothing more is written or timed for this connection: its send
+        queue, returned, is out of the drain watch and the direct pass."""
+        self.closing = True
+        self._cancel_timers()
+        queue, self.send_queue = self.send_queue, None
+        return queue
 
     def _cancel_timers(self) -> None:
         call = self._nick_call
@@ -262,13 +268,11 @@ class ChatProtocol:
         """
         if self._abort_call is not None:
             return  # closing already
-        self.closing = True
         self._leave_reason = reason
-        self._cancel_timers()
-        transport: Any = self.transport
-        queue, self.send_queue = self.send_queue, None
+        queue = self._closing()
         if queue is not None:
             queue.stop()
+        transport: Any = self.transport
         transport.loseConnection()
         self._abort_call = self.clock.callLater(self.config.close_grace, transport.abortConnection)
 
@@ -315,10 +319,8 @@ class ChatProtocol:
             nick=self.user.nick if self.user else self.address,
             why=why,
         )
-        self.closing = True
-        self.send_queue = None
         self._leave_reason = "sendq"
-        self._cancel_timers()
+        self._closing()
         self.transport.abortConnection()  # type: ignore[union-attr]
 
     # -- input ---------------------------------------------------------------

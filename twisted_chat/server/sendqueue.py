@@ -286,13 +286,14 @@ def write_direct(members: Iterable[Sending], data: bytes) -> list[Any]:
         found = list(map(_sock_now, members))
     except AttributeError:  # a member without a queue (closing, or not ours to write)
         found = [_sock_or_none(m) for m in members]
-    rest: list[Any] = []
     if found.count(None) == len(found):  # none on the direct path (TLS, web)
         return members
-    if None in found:
+    rest: list[Any] = []
+    if None in found:  # some are not: keep those apart, in order
         rest = [m for m, s in zip(members, found, strict=True) if s is None]
         members = [m for m, s in zip(members, found, strict=True) if s is not None]
-    socks = cast(list[socket.socket], found if not rest else [s for s in found if s is not None])
+        found = [s for s in found if s is not None]
+    socks = cast(list[socket.socket], found)
     results: list[int] = []
     while len(results) < len(socks):
         try:
