@@ -17,7 +17,7 @@ import pytest
 from twisted.internet.task import Clock
 
 from tests.test_cluster_read import MemoryRedis, Node, Recorder, cluster, now, say
-from tests.test_cluster_rebuild import _lag, _settle, _three_agree
+from tests.test_cluster_rebuild import _lag, _late_agree, _settle, _three_agree
 from twisted_chat.server.cluster.node import ClusterState
 from twisted_chat.server.cluster.replica import _SyncFirst
 from twisted_chat.server.history import History
@@ -419,10 +419,7 @@ def test_after_a_new_epoch_a_pair_across_nodes_ends_until_both_list_it() -> None
     assert _unpaired_before(n0, "ann", "ann in the lobby") == [("bob", "disconnected")]
     n1.reachable = True
     _settle(redis, clock, 3)
-    n2 = Node(redis, clock, "n2")
-    _settle(redis, clock, 1)
-
-    state = _three_agree(n0, n1, n2)
+    state = _late_agree(redis, clock, n0, n1)
     assert len({tuple(p) for p in state["pairs"]}) == 1
     assert now(ann).partner is not None and now(ann).partner.nick == "bob"
     assert len(_told(n0, "paired", "ann")) == 2

@@ -69,6 +69,13 @@ def _three_agree(*nodes: Node) -> dict[str, Any]:
     return states[0]
 
 
+def _late_agree(redis: MemoryRedis, clock: Clock, n0: Node, n1: Node) -> dict[str, Any]:
+    """A third node starts after it all: the three replicas agree."""
+    n2 = Node(redis, clock, "n2")
+    _settle(redis, clock, 1)
+    return _three_agree(n0, n1, n2)
+
+
 def test_a_lost_tail_then_a_conflicting_nick_on_a_lagging_node_all_replicas_agree() -> None:
     """
     n0 applied the lost events (carol's registration on n0, ann's invitation
@@ -164,9 +171,7 @@ def test_a_dead_lost_in_the_kept_ends_millisecond_is_forgotten() -> None:
     del redis.stream[-1:]
     say(n1, bob, "after")
     _settle(redis, clock)
-    n2 = Node(redis, clock, "n2")
-    _settle(redis, clock, 1)
-    state = _three_agree(n0, n1, n2)
+    state = _late_agree(redis, clock, n0, n1)
     assert "gone-node" not in state["dead"]
 
 
@@ -246,9 +251,7 @@ def test_a_node_back_after_another_wrote_a_snapshot_past_the_loss_rebuilds_from_
     assert snap_id > end and snap_id in [eid for eid, _, _ in redis.stream]
     n1.reachable = True
     _settle(redis, clock, 5)
-    n2 = Node(redis, clock, "n2")
-    _settle(redis, clock, 1)
-    state = _three_agree(n0, n1, n2)
+    state = _late_agree(redis, clock, n0, n1)
     assert state["invitations"] == state["invites"] == []
     assert [nick for _, nick, _ in state["users"]] == ["ann", "bob"]
     assert n0.lost == n1.lost == 0

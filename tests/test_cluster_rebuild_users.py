@@ -19,8 +19,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from tests.test_cluster_read import Node, cluster, now, say
-from tests.test_cluster_rebuild import _lag, _lines, _register, _settle, _three_agree
+from tests.test_cluster_read import cluster, now, say
+from tests.test_cluster_rebuild import _lag, _late_agree, _lines, _register, _settle
 from twisted_chat.server.state import Outcome
 
 
@@ -232,9 +232,7 @@ def test_after_a_lost_command_is_answered_a_later_loss_rebuilds_from_the_snapsho
     _settle(redis, clock, 12)  # n1 rebuilds, then writes a snapshot past loss 2
     n0.reachable = True
     _settle(redis, clock, 5)
-    n2 = Node(redis, clock, "n2")
-    _settle(redis, clock, 1)
-    state = _three_agree(n0, n1, n2)
+    state = _late_agree(redis, clock, n0, n1)
     assert state["invitations"] == state["invites"] == []
     assert not now(ann).incoming
     assert n0.lost == n1.lost == 0

@@ -336,7 +336,7 @@ def test_stop_waits_within_its_grace_for_a_refused_history_write() -> None:
 def test_a_line_said_again_is_another_history_member() -> None:
     """A sorted set holds a member once: each message's member carries its
     time, or the second "hi" would only move the first."""
-    log, state, redis, ann = with_history()
+    _, state, redis, ann = with_history()
     members = []
     for _ in range(2):
         members.append(said(state, redis, ann, "hi")[3])

@@ -312,7 +312,7 @@ class ClusterState:
             return  # this whole node is leaving (see stop)
         uid = self.replica.uids.get(user)
         if uid is None:
-            detached = self.replica.detached_uid(user) if self.replica.detached else None
+            detached = self.replica.detached_uid(user)
             if detached is not None:
                 # Its node's hello brings it back, its connection gone by
                 # then: it leaves then (orphaned), as it left (the first
@@ -323,7 +323,7 @@ class ClusterState:
 
     def _command(self, user: User, event: dict[str, Any]) -> Outcome:
         uid = self.replica.uids.get(user)
-        if uid is None and self.replica.detached:
+        if uid is None:
             # Redis lost data and the replica was rebuilt without this user:
             # its command goes after this node's hello, which brings it back.
             uid = self.replica.detached_uid(user)
@@ -516,7 +516,7 @@ class ClusterState:
             return
         self._append({"t": "hello", "users": users})
 
-    def rebuild(self, snapshot: str | None,
+    def rebuild(self, snapshot: dict[str, Any] | None,
                 entries: list[tuple[str, dict[str, Any]]]) -> list[list[Any]]:
         """
         Redis lost events this node's replica applied: rebuild it from what
@@ -524,9 +524,7 @@ class ClusterState:
         connections.  Returns this node's users as they were (for its
         hello).  Invitations' ticks are armed again from the rebuilt state.
         """
-        if self._tick_call is not None and self._tick_call.active():
-            self._tick_call.cancel()
-        self._tick_call = self._tick_due = None
+        self._cancel_tick()
         users = self.replica.rebuild(snapshot, entries)
         self._schedule_tick()
         return users
@@ -540,8 +538,7 @@ class ClusterState:
         due, self._tick_dropped = self._tick_dropped, None
         if due is None or self.closing:
             return
-        if self._tick_call is not None and self._tick_call.active():
-            self._tick_call.cancel()
+        self._cancel_tick()
         self._tick_due = due
         self._tick_call = self.reactor.callLater(0, self._tick)
 
@@ -568,6 +565,11 @@ class ClusterState:
         self._tick_due = due
         self._tick_call = self.reactor.callLater(delay, self._tick)
 
+    def _cancel_tick(self) -> None:
+        call, self._tick_call, self._tick_due = self._tick_call, None, None
+        if call is not None and call.active():
+            call.cancel()
+
     def _tick(self) -> None:
         due, self._tick_call, self._tick_due = self._tick_due, None, None
         if self.closing:
@@ -581,9 +583,7 @@ class ClusterState:
         if self._kept_call is not None and self._kept_call.active():
             self._kept_call.cancel()
         self._kept_call = None
-        if self._tick_call is not None and self._tick_call.active():
-            self._tick_call.cancel()
-        self._tick_call = None
+        self._cancel_tick()
         if self._wait_call is not None and self._wait_call.active():
             self._wait_call.cancel()
         self._wait_call = None
@@ -668,9 +668,8 @@ class ClusterState:
         self.on_lost()
         if not self.closing:
             self._append({"t": "dead", "node": old})
-        if self._tick_call is not None and self._tick_call.active():
-            self._tick_call.cancel()  # the restored replica arms its own
-        self._tick_call = self._tick_due = self._tick_dropped = None
+        self._cancel_tick()  # the restored replica arms its own
+        self._tick_dropped = None
         self.replica.clear()
 
     def _rename(self) -> str:

@@ -635,7 +635,7 @@ class RedisLog:
                 consumeErrors=True,
             )
             lost = [out for out, at in zip(lost, found, strict=True)
-                    if not (at and str(at[0][1][1]) == out.command[-1])]
+                    if not (at and _content(at[0])[1] == out.command[-1])]
         if lost:
             self.log.error(
                 "cluster: Redis lost {n} commands of this node's users after taking them; "
@@ -645,7 +645,7 @@ class RedisLog:
 
     async def _kept_state(
         self, cmd: Any, end: str,
-    ) -> tuple[str | None, list[tuple[str, dict[str, Any]]], list[Entry]] | None:
+    ) -> tuple[dict[str, Any] | None, list[tuple[str, dict[str, Any]]], list[Entry]] | None:
         """What Redis kept up to C{end}: the snapshot at or before it (or
         none), the stream's entries after the snapshot up to C{end}, and the
         history before them, as a node starting now reads them; C{None} if
@@ -664,7 +664,7 @@ class RedisLog:
             k = self.state.first_waiting()
             if k is not None and k <= int(data["k"].get(self.state.node, 0)):
                 return None
-            return snapshot, [], await self._history_entries(cmd, upto)
+            return data, [], await self._history_entries(cmd, upto)
         entries: list[tuple[str, dict[str, Any]]] = []
         last = upto
         while id_key(last) < id_key(end):
@@ -679,7 +679,7 @@ class RedisLog:
             last = str(rows[-1][0])
         if (entries[-1][0] if entries else upto) != end:
             return None  # the kept end is not in the stream (deleted meanwhile)
-        return snapshot, entries, await self._history_entries(cmd, upto)
+        return data, entries, await self._history_entries(cmd, upto)
 
     async def _read_kept(self, cmd: Any, end: str) -> None:
         """Apply the kept events up to C{end} that this replica has not read
@@ -720,7 +720,8 @@ class RedisLog:
         """The snapshot and the history, into an empty replica."""
         replica = self.state.replica
         snapshot = await cmd.execute_command("GET", SNAPSHOT)
-        upto = str(json.loads(snapshot)["id"]) if snapshot else "0-0"
+        data = json.loads(snapshot) if snapshot else None
+        upto = str(data["id"]) if data is not None else "0-0"
         first = await cmd.execute_command("XRANGE", STREAM, "(" + upto, "+", "COUNT", 1)
         if first and not _follows(first[0], upto):
             raise ConnectionError(
@@ -729,15 +730,15 @@ class RedisLog:
             )
         # The snapshot's event, as the stream has it: what this replica
         # applies last (see _holds_applied, _lost_after).
-        at = await cmd.execute_command("XRANGE", STREAM, upto, upto) if snapshot else []
+        at = await cmd.execute_command("XRANGE", STREAM, upto, upto) if data else []
         self._applied = (upto, *_content(at[0])) if at else None
         # The history first: the users the snapshot brings online are shown
         # to the listener, which may cache what a newcomer is sent.  Nothing
         # past --retain-days is shown, as one server's start-up shows none.
         await self._prune(cmd, self.reactor.seconds())
         await self._load_history(cmd, upto)
-        if snapshot:
-            replica.restore(snapshot)
+        if data is not None:
+            replica.restore(data)
         self.state.on_reloaded()
         self._started = True
         self._loaded_id = replica.last_id

@@ -208,23 +208,8 @@ class _Between:
     def _theirs(self, one: User, other: User) -> bool:
         return {one, other} == self._two
 
-    def roster_changing(self) -> None:
-        self._listener.roster_changing()
-
-    def ready(self, user: User) -> None:
-        self._listener.ready(user)
-
-    def joined(self, ts: float, user: User) -> None:
-        self._listener.joined(ts, user)
-
-    def left(self, ts: float, user: User, reason: str, text: str) -> None:
-        self._listener.left(ts, user, reason, text)
-
-    def lobby_message(self, entry: Entry) -> None:
-        self._listener.lobby_message(entry)
-
-    def private_message(self, ts: float, sender: User, recipient: User, text: str) -> None:
-        self._listener.private_message(ts, sender, recipient, text)
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._listener, name)  # what is not held back below
 
     def invited(self, invitation: Invitation) -> None:
         if not self._theirs(invitation.inviter, invitation.invitee):
@@ -463,10 +448,8 @@ class Replica:
         if user is None:
             return
         meant = event.get("p")
-        if meant is not None:
-            partner = self.uids.get(user.partner, "") if user.partner is not None else ""
-            if partner != meant:
-                raise HubError(ErrorCode.UNAVAILABLE, self._not_sent(str(meant), user))
+        if meant is not None and self._partner_uid(user) != meant:
+            raise HubError(ErrorCode.UNAVAILABLE, self._not_sent(str(meant), user))
         self.hub.say(user, str(event["x"]))
 
     def _not_sent(self, meant: str, user: User) -> str:
@@ -702,7 +685,7 @@ class Replica:
             self._synced()  # what it says out loud needs the listener's picture
         listener = self._unwrapped()
         listener.roster_changing()
-        hub.listener = _Between(listener, a, b, quiet)
+        hub.listener = cast(Listener, _Between(listener, a, b, quiet))
         if quiet:
             self._hushed = True  # the index learns of the pairing by a reindex
         try:
@@ -738,10 +721,13 @@ class Replica:
         if member is None:
             return "", ""
         user = member.user
-        partner = self.uids.get(user.partner, "") if user.partner is not None else ""
         invitee = (self.uids.get(user.outgoing.invitee, "")
                    if user.outgoing is not None else "")
-        return partner, invitee
+        return self._partner_uid(user), invitee
+
+    def _partner_uid(self, user: User) -> str:
+        """The uid of C{user}'s partner, "" in the lobby."""
+        return self.uids.get(user.partner, "") if user.partner is not None else ""
 
     def _saw(self, uid: str, partner: str, invitee: str) -> None:
         """Record in L{shown} what this node's users were shown of C{uid}."""
@@ -946,12 +932,13 @@ class Replica:
         self.claims = {}
         self._forget_shown()
 
-    def rebuild(self, snapshot: str | None, entries: Sequence[tuple[str, dict[str, Any]]]
+    def rebuild(self, snapshot: dict[str, Any] | None,
+                entries: Sequence[tuple[str, dict[str, Any]]]
                 ) -> list[list[Any]]:
         """
         Redis lost events this replica applied (its last ones, or all of its
         data): make the replica what a node starting now builds from what
-        Redis kept, C{snapshot} (as of an event at or before the kept end;
+        Redis kept, C{snapshot} (parsed; as of an event at or before the kept end;
         C{None}: none) and the kept C{entries} after it up to that end (for
         a new epoch: neither), so that every replica is the same function of
         what Redis kept, whatever this one had applied of what was lost.
@@ -1052,13 +1039,14 @@ class Replica:
             separators=(",", ":"),
         )
 
-    def restore(self, text: str) -> None:
+    def restore(self, snapshot: str | dict[str, Any]) -> None:
         """
-        Take the state of a L{snapshot} (into an empty replica).  Users come
-        online, pair and invite through the hub's own commands, so the
-        listener learns of them as usual (their connections are remote).
+        Take the state of a L{snapshot} (its JSON, or that parsed already)
+        into an empty replica.  Users come online, pair and invite through
+        the hub's own commands, so the listener learns of them as usual
+        (their connections are remote).
         """
-        data = json.loads(text)
+        data = json.loads(snapshot) if isinstance(snapshot, str) else snapshot
         hub = self.hub
         self.clock.advance(float(data["now"]) - self.clock.seconds())
         self.last_id = str(data["id"])
