@@ -52,6 +52,8 @@ class MemoryRedis:
     bytes arrive in a later turn).  C{hold_reads}: the stream reads
     (C{XRANGE}) are answered (as of when they ran) only at L{release};
     C{hold_catch_ups}: only the catch-up reads (C{COUNT} L{READ_COUNT}).
+    C{refuse_appends}: the append script is refused (C{MISCONF}), as Redis
+    refuses writes after a failed background save.
     """
 
     def __init__(self, clock: Clock) -> None:
@@ -67,6 +69,7 @@ class MemoryRedis:
         self.calls: Counter[str] = Counter()
         self.hold_reads = False
         self.hold_catch_ups = False  # the same, for the catch-up reads only
+        self.refuse_appends = False
         self.held: list[tuple[Deferred[Any], Any]] = []
         self.scripts = {APPEND_SHA, SAVE_SNAPSHOT_SHA}
 
@@ -124,6 +127,9 @@ class MemoryRedis:
             return succeed(["pong", ""])
         if args[0] == "EVALSHA" and args[1] not in self.scripts:
             return fail(txredisapi.ResponseError("NOSCRIPT No matching script"))
+        if name == "append" and self.refuse_appends:
+            return fail(txredisapi.ResponseError("MISCONF Redis is configured to save RDB "
+                                                 "snapshots, but it is unable to persist"))
         reply = getattr(self, "_" + name.lower().replace("-", "_"))(*args[1:])
         if isinstance(reply, Deferred):
             return reply

@@ -3,7 +3,8 @@ What a node owes its own users around a rebuild after Redis lost data
 (deterministic, on the L{MemoryRedis} and L{Node} fakes of test_cluster_read;
 found in review of the rebuild):
 
-- a node stopping while it rebuilds sends no C{hello} ahead of its C{dead}
+- a node stopping while it rebuilds, or with its C{hello} kept after a
+  refusal, sends no C{hello} ahead of its C{dead}
   (the nodes that had not shown its users would see them come and go): its
   C{dead} lists them, so the nodes that had shown them see them leave;
 - a detached user (its registration lost) who quits before its node's
@@ -19,7 +20,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from tests.test_cluster_read import cluster, now, say
+from twisted.internet.task import Clock
+
+from tests.test_cluster_read import MemoryRedis, Node, cluster, now, say
 from tests.test_cluster_rebuild import _lag, _late_agree, _lines, _register, _settle
 from twisted_chat.server.state import Outcome
 
@@ -258,12 +261,10 @@ def test_a_command_taken_after_the_loss_on_a_connection_that_outlived_it_takes_e
         assert node.listener.said().count("taken after the loss") == 1
 
 
-def test_a_node_stopping_during_a_rebuild_shows_its_users_leave_where_they_were_shown() -> None:
-    """The same stop during a rebuild, where n1 had applied dora's lost
-    registration (its users saw C{JOINED dora}) and rebuilt without her:
-    n0's C{dead} lists its users, so n1 brings dora back quietly and shows
-    her leave with n0's other users (C{LEFT dora disconnected}), never a
-    user shown online who never leaves."""
+def _dora_lost_where_n1_showed_her() -> tuple[MemoryRedis, Clock, Node, Node]:
+    """ann and dora on n0, bob on n1; n1 applied dora's registration (its
+    users saw C{JOINED dora}), then Redis lost it and a message of ann's;
+    bob's next message shows both nodes the loss (both rebuild)."""
     redis, clock, (n0, n1) = cluster(2)
     ann, bob = n0.user("ann"), n1.user("bob")
     say(n1, bob, "kept")
@@ -271,7 +272,27 @@ def test_a_node_stopping_during_a_rebuild_shows_its_users_leave_where_they_were_
     say(n0, ann, "lost")
     del redis.stream[-2:]  # dora's registration and "lost"
     assert "dora" in n1.nicks()
-    say(n1, bob, "after")  # both see the loss: both rebuild
+    say(n1, bob, "after")
+    return redis, clock, n0, n1
+
+
+def _left_with_n0_where_shown(n0: Node, n1: Node) -> None:
+    """n1 showed dora leave with ann (C{LEFT dora disconnected}), once,
+    never C{JOINED dora} again, and holds nobody of n0's."""
+    assert n1.nicks() == ["bob"]
+    assert sorted(n1.listener.departed()) == ["ann", "dora"]
+    joined = [args[1].nick for name, args in n1.listener.calls if name == "joined"]
+    assert joined.count("dora") == 1
+    assert n0.state.node not in n1.state.own.remote
+
+
+def test_a_node_stopping_during_a_rebuild_shows_its_users_leave_where_they_were_shown() -> None:
+    """The same stop during a rebuild, where n1 had applied dora's lost
+    registration (its users saw C{JOINED dora}) and rebuilt without her:
+    n0's C{dead} lists its users, so n1 brings dora back quietly and shows
+    her leave with n0's other users (C{LEFT dora disconnected}), never a
+    user shown online who never leaves."""
+    redis, clock, n0, n1 = _dora_lost_where_n1_showed_her()
     redis.hold_reads = True
     clock.advance(1)
     assert redis.held
@@ -282,9 +303,30 @@ def test_a_node_stopping_during_a_rebuild_shows_its_users_leave_where_they_were_
 
     mine = [e["t"] for e in redis.events() if e.get("n") == n0.state.node]
     assert "hello" not in mine
-    assert n1.nicks() == ["bob"]
-    assert sorted(n1.listener.departed()) == ["ann", "dora"]
-    joined = [args[1].nick for name, args in n1.listener.calls if name == "joined"]
-    assert joined.count("dora") == 1
-    assert n0.state.node not in n1.state.own.remote
+    _left_with_n0_where_shown(n0, n1)
 
+
+def test_a_node_stopping_with_its_hello_kept_shows_its_users_leave_where_they_were_shown() -> None:
+    """The stop comes later: n0 rebuilt and its hello went, but Redis
+    refused it (C{MISCONF}) and n0 keeps it, to append it again; SIGTERM
+    then, Redis taking writes again meanwhile.  The kept hello is moot
+    (n0's users leave with its C{dead}), and n0 still holds dora detached
+    (no replica has her back): its C{dead} lists its users, so n1, which
+    rebuilt without her, shows her leave with ann, and her nick is free
+    (before, the C{dead} listed nobody: n1's users saw C{JOINED dora} and
+    never C{LEFT dora}); no C{hello} of n0's reaches the stream."""
+    redis, clock, n0, n1 = _dora_lost_where_n1_showed_her()
+    redis.refuse_appends = True  # the nodes' hellos are refused
+    _settle(redis, clock, 2)
+    assert "hello" in n0.state._kept
+    assert "dora" not in n1.nicks() and "dora" not in n1.listener.departed()
+    n0.state.stopping()
+    redis.refuse_appends = False
+    _settle(redis, clock)
+
+    dead = [e for e in redis.events()
+            if e.get("n") == n0.state.node and e["t"] in ("hello", "dead")]
+    assert [e["t"] for e in dead] == ["dead"]
+    assert sorted(row[1] for row in dead[0]["users"]) == ["ann", "dora"]
+    _left_with_n0_where_shown(n0, n1)
+    assert n1.user("dora").nick == "dora"  # the nick is free

@@ -546,12 +546,20 @@ class ClusterState:
         """
         This node stops cleanly: its users leave the cluster at once, in one
         event (C{LEFT <nick> disconnected} for the others), and no more
-        commands are taken.
+        commands are taken.  A hello kept (Redis refused it) is dropped: the
+        C{dead} takes the users out.  While its replica holds detached users
+        (their registrations lost; only its hello brings them back on the
+        others, and it may not have: kept, refused in doubt), the C{dead}
+        lists its users, as L{hello} does for a node stopping during a
+        rebuild, so that those the others were shown online leave there too.
         """
         if not self.closing:
             self.closing = True
-            self._kept.pop("hello", None)  # its users leave with the dead
-            self._append({"t": "dead", "node": self.node})
+            self._kept.pop("hello", None)
+            event: dict[str, Any] = {"t": "dead", "node": self.node}
+            if self.replica.detached:
+                event["users"] = self.replica.local_users()
+            self._append(event)
 
     def _schedule_tick(self) -> None:
         due = self.replica.next_due()
