@@ -14,10 +14,12 @@ from __future__ import annotations
 import json
 from typing import Any
 
+from twisted.internet.defer import ensureDeferred
 from twisted.internet.task import Clock
 
 from tests.test_cluster_read import Conn, MemoryRedis, Node, Recorder, cluster, now, say
 from twisted_chat.server.cluster.node import ClusterState
+from twisted_chat.server.cluster.redislog import READ_COUNT
 from twisted_chat.server.history import History
 from twisted_chat.server.hub import User
 
@@ -272,3 +274,29 @@ def test_the_fallbacks_lost_tail_forgets_a_dead_by_its_event_not_its_second() ->
     assert sorted(state.replica.dead) == ["kept-dead", "lost-dead"]
     state.replica.lost_tail("1000-1")
     assert sorted(state.replica.dead) == ["kept-dead"]
+
+
+def test_what_redis_kept_is_read_back_only_if_each_page_follows_the_one_before() -> None:
+    """What Redis kept is read back in pages of L{READ_COUNT} entries: each
+    page goes on from the one before (as the catch-up's pages must), not
+    only the first from the snapshot.  With the first entry of the second
+    page deleted by hand, the kept events cannot be read back (C{None}: the
+    fallback, which says so), never rebuilt across the hole."""
+    redis, _, (n0,) = cluster(1)
+    redis.keys.pop("chat:snapshot", None)
+    redis.stream.clear()
+    prev = "0-0"
+    for i in range(READ_COUNT + 2):
+        eid = f"{1_000 + i}-0"
+        redis.stream.append((eid, json.dumps({"t": "tick", "n": "x", "k": i + 1}), prev))
+        prev = eid
+    end = redis.stream[-1][0]
+
+    def kept() -> Any:
+        got: list[Any] = []
+        ensureDeferred(n0.log._kept_state(n0.log._cmd, end)).addCallback(got.append)
+        return got[0]
+
+    assert len(kept()[1]) == READ_COUNT + 2
+    del redis.stream[READ_COUNT]
+    assert kept() is None

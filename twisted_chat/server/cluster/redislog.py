@@ -649,7 +649,8 @@ class RedisLog:
         """What Redis kept up to C{end}: the snapshot at or before it (or
         none), the stream's entries after the snapshot up to C{end}, and the
         history before them, as a node starting now reads them; C{None} if
-        the stream does not go back to the snapshot (or to its start).
+        the stream does not go back to the snapshot (or to its start), or
+        does not go on from it to C{end} without a gap.
 
         A snapshot past C{end} is one a node that saw the loss first wrote
         after it (one as of a lost event was just dropped): it is what Redis
@@ -668,34 +669,36 @@ class RedisLog:
         entries: list[tuple[str, dict[str, Any]]] = []
         last = upto
         while id_key(last) < id_key(end):
-            rows = await cmd.execute_command("XRANGE", STREAM, "(" + last, "+",
-                                             "COUNT", READ_COUNT)
-            if not rows or (not entries and not _follows(rows[0], upto)):
-                return None
-            for eid, fields in rows:
-                if id_key(str(eid)) > id_key(end):
-                    break
-                entries.append((str(eid), self._parse(str(eid), fields[1])))
-            last = str(rows[-1][0])
-        if (entries[-1][0] if entries else upto) != end:
+            page = await self._kept_page(cmd, last, end)
+            if not page:
+                return None  # the stream does not go on from there up to the end
+            entries += page
+            last = page[-1][0]
+        if last != end:
             return None  # the kept end is not in the stream (deleted meanwhile)
         return data, entries, await self._history_entries(cmd, upto)
 
     async def _read_kept(self, cmd: Any, end: str) -> None:
         """Apply the kept events up to C{end} that this replica has not read
         (it lagged when Redis lost what came after), so that its hello lists
-        its users as of the kept end."""
+        its users as of the kept end.  (Trimmed past its last one: the
+        catch-up after this sees it.)"""
         while id_key(self.state.replica.last_id) < id_key(end):
-            last = self.state.replica.last_id
-            rows = await cmd.execute_command("XRANGE", STREAM, "(" + last, "+",
-                                             "COUNT", READ_COUNT)
-            if not rows or not _follows(rows[0], last):
-                return  # trimmed past it: the catch-up after this sees it
-            batch = [(str(eid), self._parse(str(eid), fields[1])) for eid, fields in rows
-                     if id_key(str(eid)) <= id_key(end)]
-            if not batch:
+            page = await self._kept_page(cmd, self.state.replica.last_id, end)
+            if not page:
                 return
-            self.state.deliver(batch)
+            self.state.deliver(page)
+
+    async def _kept_page(self, cmd: Any, last: str, end: str) -> list[tuple[str, dict[str, Any]]]:
+        """The stream's next entries after C{last} up to C{end} (at most
+        L{READ_COUNT}), parsed; none if the first one after C{last} does not
+        follow it (trimmed or deleted past it) or is past C{end}."""
+        rows = await cmd.execute_command("XRANGE", STREAM, "(" + last, "+",
+                                         "COUNT", READ_COUNT)
+        if not rows or not _follows(rows[0], last):
+            return []
+        return [(str(eid), self._parse(str(eid), fields[1])) for eid, fields in rows
+                if id_key(str(eid)) <= id_key(end)]
 
     def _announce(self, users: list[list[Any]] | None = None) -> None:
         """After Redis lost events (all, or its last ones): this node's
