@@ -517,7 +517,8 @@ class RedisLog:
             self._announce(self.state.rebuild(None, []))
         elif self._started:
             lost, self._lost_tail = self._lost_tail, None
-            if lost is not None and await self._holds_applied(cmd):
+            held = lost is not None and await self._holds_applied(cmd)
+            if held:
                 # The stream still holds the last event this replica
                 # applied: whatever showed a loss, nothing it applied is
                 # lost (rebuilt from an end below it, it would apply its
@@ -530,21 +531,23 @@ class RedisLog:
                 # The last event the replica applied, or the last of this
                 # node's that Redis took (the node may not have read it yet).
                 reached = max(self.state.replica.last_id, self._taken or "0-0", key=id_key)
-                lost = await self._lost_after(cmd, reached)
+                lost = await self._lost_after(cmd, reached, held)
             if lost is not None:
                 await self._tail_lost(cmd, lost)
         self._epoch = epoch
         if not self._started:
             await self._load(cmd)
 
-    async def _lost_after(self, cmd: Any, reached: str) -> str | None:
+    async def _lost_after(self, cmd: Any, reached: str, held: bool = False) -> str | None:
         """If the stream lost entry C{reached} (Redis lost its last events),
         the last entry it kept before it; else C{None} (it is there, or it
-        was trimmed: the stream goes on after it as it went on then)."""
+        was trimmed: the stream goes on after it as it went on then).
+        C{held}: the stream was just found to hold the last event the
+        replica applied (L{_holds_applied}), which is not read again."""
         if reached == "0-0":
             return None
         applied = self._applied
-        if applied is not None and applied[0] == reached:
+        if not held and applied is not None and applied[0] == reached:
             at = await cmd.execute_command("XRANGE", STREAM, reached, reached)
             if at and _content(at[0]) != applied[1:]:
                 # Another event under the id of the last one this node
