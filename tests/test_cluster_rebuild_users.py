@@ -6,7 +6,8 @@ found in review of the rebuild):
 - a node stopping while it rebuilds, or with its C{hello} kept after a
   refusal, sends no C{hello} ahead of its C{dead}
   (the nodes that had not shown its users would see them come and go): its
-  C{dead} lists them, so the nodes that had shown them see them leave;
+  C{dead} lists them, so the nodes that had shown them see them leave (so
+  does the C{dead} of a node that stops before it saw the loss);
 - a detached user (its registration lost) who quits before its node's
   C{hello} leaves with its own reason and text, not "disconnected";
 - a second loss before the C{hello} (the hello lost) does not show the
@@ -24,6 +25,7 @@ from twisted.internet.task import Clock
 
 from tests.test_cluster_read import MemoryRedis, Node, cluster, now, say
 from tests.test_cluster_rebuild import _lag, _late_agree, _lines, _register, _settle
+from twisted_chat.server.hub import User
 from twisted_chat.server.state import Outcome
 
 
@@ -261,10 +263,10 @@ def test_a_command_taken_after_the_loss_on_a_connection_that_outlived_it_takes_e
         assert node.listener.said().count("taken after the loss") == 1
 
 
-def _dora_lost_where_n1_showed_her() -> tuple[MemoryRedis, Clock, Node, Node]:
-    """ann and dora on n0, bob on n1; n1 applied dora's registration (its
-    users saw C{JOINED dora}), then Redis lost it and a message of ann's;
-    bob's next message shows both nodes the loss (both rebuild)."""
+def _dora_lost_where_n1_showed_her() -> tuple[MemoryRedis, Clock, Node, Node, User]:
+    """ann and dora on n0, bob on n1 (returned); n1 applied dora's
+    registration (its users saw C{JOINED dora}), then Redis lost it and a
+    message of ann's.  Neither node has seen the loss yet."""
     redis, clock, (n0, n1) = cluster(2)
     ann, bob = n0.user("ann"), n1.user("bob")
     say(n1, bob, "kept")
@@ -272,8 +274,7 @@ def _dora_lost_where_n1_showed_her() -> tuple[MemoryRedis, Clock, Node, Node]:
     say(n0, ann, "lost")
     del redis.stream[-2:]  # dora's registration and "lost"
     assert "dora" in n1.nicks()
-    say(n1, bob, "after")
-    return redis, clock, n0, n1
+    return redis, clock, n0, n1, bob
 
 
 def _left_with_n0_where_shown(n0: Node, n1: Node) -> None:
@@ -292,7 +293,8 @@ def test_a_node_stopping_during_a_rebuild_shows_its_users_leave_where_they_were_
     n0's C{dead} lists its users, so n1 brings dora back quietly and shows
     her leave with n0's other users (C{LEFT dora disconnected}), never a
     user shown online who never leaves."""
-    redis, clock, n0, n1 = _dora_lost_where_n1_showed_her()
+    redis, clock, n0, n1, bob = _dora_lost_where_n1_showed_her()
+    say(n1, bob, "after")  # both see the loss: both rebuild
     redis.hold_reads = True
     clock.advance(1)
     assert redis.held
@@ -310,12 +312,13 @@ def test_a_node_stopping_with_its_hello_kept_shows_its_users_leave_where_they_we
     """The stop comes later: n0 rebuilt and its hello went, but Redis
     refused it (C{MISCONF}) and n0 keeps it, to append it again; SIGTERM
     then, Redis taking writes again meanwhile.  The kept hello is moot
-    (n0's users leave with its C{dead}), and n0 still holds dora detached
-    (no replica has her back): its C{dead} lists its users, so n1, which
-    rebuilt without her, shows her leave with ann, and her nick is free
-    (before, the C{dead} listed nobody: n1's users saw C{JOINED dora} and
-    never C{LEFT dora}); no C{hello} of n0's reaches the stream."""
-    redis, clock, n0, n1 = _dora_lost_where_n1_showed_her()
+    (n0's users leave with its C{dead}), and no replica has dora back:
+    n0's C{dead} lists its users, so n1, which rebuilt without her, shows
+    her leave with ann, and her nick is free (before, that C{dead} listed
+    nobody: n1's users saw C{JOINED dora} and never C{LEFT dora}); no
+    C{hello} of n0's reaches the stream."""
+    redis, clock, n0, n1, bob = _dora_lost_where_n1_showed_her()
+    say(n1, bob, "after")  # both see the loss: both rebuild
     redis.refuse_appends = True  # the nodes' hellos are refused
     _settle(redis, clock, 2)
     assert "hello" in n0.state._kept
@@ -330,3 +333,21 @@ def test_a_node_stopping_with_its_hello_kept_shows_its_users_leave_where_they_we
     assert sorted(row[1] for row in dead[0]["users"]) == ["ann", "dora"]
     _left_with_n0_where_shown(n0, n1)
     assert n1.user("dora").nick == "dora"  # the nick is free
+
+
+def test_a_node_stopping_before_it_sees_a_loss_shows_its_users_leave_where_they_were_shown(
+) -> None:
+    """n0 stops (SIGTERM) before it has seen the loss of dora's registration
+    (no event since): its C{dead}, the first event after the loss, shows
+    n1 the loss; n1 rebuilds without dora, then applies the C{dead}, which
+    lists n0's users as n0's replica has them (dora too), so n1 shows her
+    leave with ann (before, that C{dead} listed nobody: C{JOINED dora},
+    never C{LEFT dora}; the C{dead} with users n0 sent after it saw the
+    loss was skipped, n0's id being dead by then)."""
+    redis, clock, n0, n1, _ = _dora_lost_where_n1_showed_her()
+    n0.state.stopping()
+    _settle(redis, clock)
+
+    dead = [e for e in redis.events() if e.get("n") == n0.state.node and e["t"] == "dead"]
+    assert sorted(row[1] for row in dead[0]["users"]) == ["ann", "dora"]
+    _left_with_n0_where_shown(n0, n1)

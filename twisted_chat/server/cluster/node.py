@@ -546,20 +546,19 @@ class ClusterState:
         """
         This node stops cleanly: its users leave the cluster at once, in one
         event (C{LEFT <nick> disconnected} for the others), and no more
-        commands are taken.  A hello kept (Redis refused it) is dropped: the
-        C{dead} takes the users out.  While its replica holds detached users
-        (their registrations lost; only its hello brings them back on the
-        others, and it may not have: kept, refused in doubt), the C{dead}
-        lists its users, as L{hello} does for a node stopping during a
-        rebuild, so that those the others were shown online leave there too.
+        commands are taken.  The C{dead} lists its users, as L{hello} does
+        for a node stopping during a rebuild: a replica rebuilt after Redis
+        lost data may lack some whose arrival its users were shown (their
+        registrations lost), and this node cannot tell whether its hello
+        brought them back there (kept after a refusal, or not sent: the node
+        had not seen the loss yet); listed, they leave there too
+        (L{Replica._shown_back}; elsewhere the list is not looked at).  A
+        kept hello is moot: the C{dead} takes the users out.
         """
         if not self.closing:
             self.closing = True
             self._kept.pop("hello", None)
-            event: dict[str, Any] = {"t": "dead", "node": self.node}
-            if self.replica.detached:
-                event["users"] = self.replica.local_users()
-            self._append(event)
+            self._append({"t": "dead", "node": self.node, "users": self.replica.local_users()})
 
     def _schedule_tick(self) -> None:
         due = self.replica.next_due()

@@ -19,7 +19,7 @@ x: text), C{say} (u, x, p: where its sender meant it to go, see
 L{Replica._say}), C{dm} (u, to, x), C{pair} (u, to, it: the
 invitation timeout), C{acc} / C{rej} (u, to), C{unp} (u), C{tick}, and
 C{dead} (node: every user of that node leaves, disconnected; users, from
-a node stopping before its hello: see L{Replica._shown_back}), C{hello}
+a node stopping: its users, see L{Replica._shown_back}), C{hello}
 (users: the node's users, after Redis lost its data; a row each: id, nick,
 address, partner's id, source, and the invitee's id of its outgoing
 invitation: see L{Replica._hello}).
@@ -804,10 +804,11 @@ class Replica:
 
     def _shown_back(self, node: str, rows: list[list[Any]]) -> None:
         """
-        A node that stops before its C{hello} after a loss is applied lists
-        its users in its C{dead} instead (C{rows}, as a hello's): those this
-        replica lacks (their registration lost) but whose arrival its users
-        were shown (L{shown}) come back quietly, to leave with the others
+        A node that stops lists its users in its C{dead} (C{rows}, as a
+        hello's; for one stopping before its C{hello} after a loss is
+        applied, or before it saw the loss): those this replica lacks
+        (their registration lost) but whose arrival its users were shown
+        (L{shown}) come back quietly, to leave with the others
         (C{LEFT <nick> disconnected}); the rest stay unknown here (no
         C{JOINED} for a user who is leaving at once).
         """
