@@ -39,6 +39,34 @@ def wait_for_port(
     raise TimeoutError(f"nothing listening on {LOOPBACK}:{port} after {timeout}s")
 
 
+def process_state(pid: int) -> str:
+    """
+    What a process that does not stop is doing, from C{/proc}: its signal
+    masks (is the signal pending, blocked, caught?) and, per thread, its
+    state, where it sleeps in the kernel and its system call.  For the
+    message of a test that timed out waiting for it.
+    """
+    base = Path(f"/proc/{pid}")
+    lines: list[str] = []
+    try:
+        lines += [line for line in (base / "status").read_text().splitlines()
+                  if line.startswith(("State:", "SigQ:", "SigPnd:", "ShdPnd:", "SigBlk:",
+                                      "SigIgn:", "SigCgt:", "Threads:"))]
+        for task in sorted((base / "task").iterdir(), key=lambda t: int(t.name)):
+            fields = {}
+            for name in ("comm", "wchan", "syscall"):
+                try:
+                    fields[name] = (task / name).read_text().strip()
+                except OSError as e:
+                    fields[name] = f"({e.strerror})"
+            stat = (task / "stat").read_text()
+            fields["state"] = stat[stat.rindex(")") + 2:].split()[0]
+            lines.append(f"thread {task.name}: " + ", ".join(f"{k} {v}" for k, v in fields.items()))
+    except OSError as e:
+        lines.append(f"(reading /proc/{pid}: {e})")
+    return "\n".join(lines)
+
+
 class ServerProcess:
     """C{twistd -n chat} on C{127.0.0.1:port}, run in C{workdir}."""
 
@@ -108,9 +136,14 @@ class ServerProcess:
             try:
                 self.proc.wait(timeout)
             except subprocess.TimeoutExpired:
+                state = process_state(self.proc.pid)
                 os.killpg(self.proc.pid, signal.SIGKILL)
                 self.proc.wait(5)
-                raise
+                raise TimeoutError(
+                    f"twistd (pid {self.proc.pid}) did not exit within {timeout}s of"
+                    f" signal {sig}; what it was doing then:\n{state}\nits output:\n"
+                    f"{self.output()[-2000:]}\nthe end of its log:\n{self.log()[-2000:]}"
+                ) from None
         return self.proc.returncode
 
     def output(self) -> str:
