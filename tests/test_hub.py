@@ -219,3 +219,49 @@ def test_open_invitations_from_one_source_are_capped() -> None:
     hub.pair(mallory[0], "u0")
     hub.pair(mallory[1], "u1")
     assert hub._sent_by_source == {"192.0.2.1": 2}
+
+
+def test_the_lobby_state_lists_its_members_anew_only_when_the_lobby_changed(
+        world: tuple[Hub, Recorder, Clock]) -> None:
+    """LocalState hands the fan-out the same tuple while the lobby stays as
+    it was (the direct pass keeps its work for it), and a new, right one
+    after every kind of change: arrival, failed arrival, pairing, return
+    from a pair, departure."""
+    from twisted_chat.server.state import LocalState
+
+    hub, rec, _ = world
+    state = LocalState(hub)
+    listed: list[tuple[Any, ...]] = []
+
+    def check() -> None:
+        members = state.lobby_members()
+        assert members == tuple(u.conn for u in hub.lobby.values())
+        assert state.lobby_members() is members, "unchanged: the same tuple"
+        listed.append(tuple(members))
+
+    a = hub.register("a", conn="A")
+    check()
+    b, c = hub.register("b", conn="B"), hub.register("c", conn="C")
+    check()
+    hub.say(a, "no change")
+    hub.pair(a, "b")  # an invitation changes nothing in the lobby
+    assert state.lobby_members() == ("A", "B", "C")
+    hub.accept(b, "a")
+    check()
+
+    def broken(user: User) -> None:
+        state.lobby_members()  # listed with the newcomer in it
+        raise ZeroDivisionError
+
+    rec.ready = broken  # type: ignore[method-assign]
+    with pytest.raises(ZeroDivisionError):
+        hub.register("d", conn="D")
+    check()
+    del rec.ready
+    hub.unpair(a)
+    check()
+    hub.leave(c, "quit")
+    check()
+    hub.leave(a, "quit")
+    check()
+    assert listed == [("A",), ("A", "B", "C"), ("C",), ("C",), ("C", "A", "B"), ("A", "B"), ("B",)]

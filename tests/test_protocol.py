@@ -10,6 +10,7 @@ from typing import Any
 
 import pytest
 import pytest_twisted
+from twisted.internet import defer
 from twisted.internet.task import deferLater
 
 from tests.harness import Conn, Harness
@@ -785,3 +786,60 @@ def test_a_connection_holds_its_slots_and_no_dict() -> None:
     assert verifyObject(IProtocol, protocol)
     assert IHalfCloseableProtocol.providedBy(protocol)
     assert protocol.transport is not None and protocol.connected == 1
+
+
+@pytest_twisted.inlineCallbacks
+def test_a_closing_connection_gets_no_lobby_line_from_the_direct_pass() -> Any:
+    """Once the server hangs up on a connection whose user is still in the
+    lobby (the hub hears of it later), a lobby line fanned out in the same
+    turn does not reach its socket: the fan-out's direct pass, which keeps
+    its list of sockets while the lobby stays the same, drops it."""
+    from twisted.internet import reactor
+    from twisted.internet.task import deferLater
+
+    from twisted_chat.server.config import ServerConfig
+    from twisted_chat.server.factory import ChatFactory
+
+    factory = ChatFactory(ServerConfig(idle_timeout=0.0, nick_timeout=0.0), reactor)
+    port = reactor.listenTCP(0, factory, interface="127.0.0.1")
+    clients: list[socket.socket] = []
+
+    @defer.inlineCallbacks
+    def read_until(client: socket.socket, token: bytes) -> Any:
+        got = b""
+        for _ in range(500):  # bounded: at most 5 s of reactor turns
+            try:
+                chunk = client.recv(65536)
+            except BlockingIOError:
+                yield deferLater(reactor, 0.01, lambda: None)
+                continue
+            got += chunk
+            if token in got or not chunk:
+                break
+        return got
+
+    try:
+        for nick in ("alice", "bob"):
+            client = socket.create_connection(("127.0.0.1", port.getHost().port), timeout=5)
+            client.setblocking(False)
+            clients.append(client)
+            yield read_until(client, b"\r\n")
+            client.sendall(f"NICK {nick}\r\n".encode())
+            yield read_until(client, b"USERS ")
+        factory.fanout.flush()
+        bob = next(p for p in factory.connections if p.user and p.user.nick == "bob")
+        factory.fanout.add(b"MSG 0 carol * before\r\n")
+        factory.fanout.flush()
+        bob.hang_up("test")
+        assert bob.user.nick in factory.hub.lobby, "the hub has not heard yet"
+        factory.fanout.add(b"MSG 0 carol * after\r\n")
+        factory.fanout.flush()
+        to_bob = yield read_until(clients[1], b"never")
+        assert b"before" in to_bob and b"after" not in to_bob
+        to_alice = yield read_until(clients[0], b"after")
+        assert b"after" in to_alice
+    finally:
+        for client in clients:
+            client.close()
+        yield port.stopListening()
+        yield deferLater(reactor, 0.05, lambda: None)

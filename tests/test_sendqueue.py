@@ -22,6 +22,7 @@ from twisted.internet.testing import StringTransport
 
 from twisted_chat.server import sendqueue
 from twisted_chat.server.sendqueue import (
+    DirectPass,
     DrainWatch,
     SendQueue,
     buffer_size,
@@ -407,6 +408,73 @@ def test_what_the_pass_could_not_send_stays_in_order(loopback: Any) -> Any:
     assert queue.write(b"!")
     assert queue.sock_now is server.transport.getHandle(), "back in the pass"
     server.transport.loseConnection()
+
+
+@pytest_twisted.inlineCallbacks
+def test_a_steady_lobby_is_sorted_once(three: Any, monkeypatch: pytest.MonkeyPatch) -> Any:
+    """The same member list, and no queue changed: the pass sends on the
+    sockets it found last time, without looking at the members again; a new
+    list is looked at."""
+    clients, ready = three
+    servers = yield ready
+    members = tuple(Member(SendQueue(s.transport, limit=1 << 20)) for s in servers)
+    looked: list[int] = []
+    partition = sendqueue.partition
+
+    def counted(ms: Any) -> Any:
+        looked.append(len(ms))
+        return partition(ms)
+
+    monkeypatch.setattr(sendqueue, "partition", counted)
+    direct = DirectPass()
+    for n in range(3):
+        assert direct(members, b"line %d\r\n" % n) == []
+    assert looked == [3]
+    assert direct(members[:2], b"two\r\n") == []
+    assert looked == [3, 2]
+    expected = [b"line 0\r\nline 1\r\nline 2\r\ntwo\r\n"] * 2 + [b"line 0\r\nline 1\r\nline 2\r\n"]
+    assert [read_exactly(c, len(e)) for c, e in zip(clients, expected, strict=True)] == expected
+
+
+@pytest_twisted.inlineCallbacks
+def test_the_pass_leaves_out_a_queue_behind_twisteds_buffer_until_it_drains(
+        loopback: Any) -> Any:
+    """Over the same member list: a send cut short takes the queue out of
+    the next pass (its lines go behind the rest, through deliver()), and a
+    write that finds Twisted's buffer drained puts it back."""
+    factory, client = loopback
+    server = yield factory.accepted
+    queue = SendQueue(server.transport, limit=1 << 30, sndbuf=4096)
+    members = (Member(queue),)
+    direct = DirectPass()
+    big = bytes(range(256)) * 4096  # 1 MiB: more than the socket buffers hold
+    assert direct(members, big) == []
+    assert queue.twisted_held() > 0
+    assert direct(members, b"after") == [members[0]], "left to deliver()"
+    assert queue.write(b"after")  # what deliver() does: behind the rest
+    received = yield drain(client, len(big) + 5)
+    assert received == big + b"after"
+    assert queue.write(b"!")  # Twisted's buffer is empty: back on the direct path
+    assert direct(members, b"?") == [], "back in the pass"
+    assert read_exactly(client, 2) == b"!?"
+    server.transport.loseConnection()
+
+
+@pytest_twisted.inlineCallbacks
+def test_the_pass_leaves_out_a_closing_connection(three: Any) -> Any:
+    clients, ready = three
+    servers = yield ready
+    queues = [SendQueue(s.transport, limit=1 << 20) for s in servers]
+    members = tuple(Member(q) for q in queues)
+    direct = DirectPass()
+    assert direct(members, b"a\r\n") == []
+    queues[1].retire()
+    assert direct(members, b"b\r\n") == [members[1]]
+    assert [read_exactly(c, 6) for c in clients[::2]] == [b"a\r\nb\r\n"] * 2
+    assert read_exactly(clients[1], 3) == b"a\r\n"
+    clients[1].setblocking(False)
+    with pytest.raises(BlockingIOError):
+        clients[1].recv(100)  # nothing after it began to close
 
 
 # -- output that does not drain ------------------------------------------------------

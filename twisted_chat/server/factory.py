@@ -27,7 +27,7 @@ from twisted_chat.server.hub import Hub, Invitation, State, User
 from twisted_chat.server.login import Accounts
 from twisted_chat.server.metrics import Stats
 from twisted_chat.server.protocol import ChatProtocol
-from twisted_chat.server.sendqueue import DrainWatch, write_direct
+from twisted_chat.server.sendqueue import DirectPass, DrainWatch
 from twisted_chat.server.state import ChatState, LocalState
 from twisted_chat.wire import ErrorCode
 
@@ -117,7 +117,7 @@ class ChatFactory(ServerFactory):
         self.stats = Stats()
         self.fanout = LobbyFanout(reactor, self.state.lobby_members, config.fanout_delay,
                                   backlog, on_batch=self.stats.fanned_out,
-                                  write_all=write_direct if config.direct_send else None)
+                                  write_all=DirectPass() if config.direct_send else None)
         self.drain = DrainWatch(reactor, config.sendq_timeout, lambda: self.connections)
         # Every connection's idle deadline, on one reactor timer.
         self.deadlines = Deadlines(reactor)

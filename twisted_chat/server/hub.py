@@ -154,6 +154,9 @@ class Hub:
         self._sent_by_source: dict[str, int] = {}
         self.online: dict[str, User] = {}
         self.lobby: dict[str, User] = {}
+        # Changes of the lobby's membership so far: a list of its members
+        # made at one count is still right at the same count.
+        self.lobby_changes = 0
         self._sorted_keys: list[str] = []
 
     # -- queries -----------------------------------------------------------
@@ -188,6 +191,7 @@ class Hub:
         user = User(nick=nick, key=key, conn=conn, address=address, source=source)
         self.online[key] = user
         self.lobby[key] = user
+        self.lobby_changes += 1
         bisect.insort(self._sorted_keys, key)
         self.log.info("{nick} is ready from {address}", nick=nick, address=address)
         try:
@@ -198,6 +202,7 @@ class Hub:
             # offline: undo, rather than leave a ghost holding the nick.
             del self.online[key]
             del self.lobby[key]
+            self.lobby_changes += 1
             self._sorted_keys.remove(key)
             raise
         return user
@@ -212,7 +217,8 @@ class Hub:
             return
         self.listener.roster_changing()
         del self.online[user.key]
-        self.lobby.pop(user.key, None)
+        if self.lobby.pop(user.key, None) is not None:
+            self.lobby_changes += 1
         del self._sorted_keys[bisect.bisect_left(self._sorted_keys, user.key)]
         self.log.info("{nick} left ({reason})", nick=user.nick, reason=reason)
         self.listener.left(self.clock.seconds(), user, reason, text)
@@ -362,6 +368,7 @@ class Hub:
             one.partner = other
             one.paired_at = position
             del self.lobby[one.key]
+            self.lobby_changes += 1
         self.log.info("{a} and {b} paired", a=inviter.nick, b=invitee.nick)
         self.listener.paired(inviter, invitee)
         self.listener.paired(invitee, inviter)
@@ -386,6 +393,7 @@ class Hub:
             one.state = State.LOBBY
             if self.is_online(one):
                 self.lobby[one.key] = one
+                self.lobby_changes += 1
         return missed
 
     def _expire(self, invitation: Invitation) -> None:

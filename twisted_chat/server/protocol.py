@@ -229,6 +229,8 @@ class ChatProtocol:
         self.closing = True
         self._cancel_timers()
         queue, self.send_queue = self.send_queue, None
+        if queue is not None:
+            queue.retire()
         return queue
 
     def _cancel_timers(self) -> None:

@@ -22,10 +22,10 @@ import fcntl
 import socket
 import struct
 import sys
-from collections.abc import Callable, Collection, Iterable
+from collections.abc import Callable, Collection, Iterable, Sequence
 from itertools import repeat
 from operator import attrgetter
-from typing import Any, Protocol, cast
+from typing import Any, ClassVar, Protocol, cast
 
 from twisted.internet import tcp
 from twisted.internet.abstract import FileDescriptor
@@ -137,7 +137,12 @@ class SendQueue:
 
     C{sock_now} is the socket while a write may go straight to it (the
     direct path, Twisted holding nothing): what L{write_direct} sends on.
+    Every change of it after the queue is made adds one to the class's
+    L{generation}, which tells a L{DirectPass} to look at its members again.
     """
+
+    #: Changes of any queue's C{sock_now} so far (see L{DirectPass}).
+    generation: ClassVar[int] = 0
 
     __slots__ = ("_counted", "_direct", "_limit", "_paused", "_sock", "_transport",
                  "last_delivered", "sock_now", "stalled_since", "written")
@@ -218,6 +223,7 @@ class SendQueue:
                     self.took(data, sent)
                 elif self.sock_now is None and not self._counted:
                     self.sock_now = self._sock  # Twisted's buffer drained
+                    SendQueue.generation += 1
                 return True
             if queued and self.held() + len(data) > self._limit:
                 return False
@@ -238,7 +244,15 @@ class SendQueue:
         """A direct send of C{data} took only C{sent} bytes: Twisted holds
         the rest, and writes wait behind it until it drains."""
         self.sock_now = None
+        SendQueue.generation += 1
         self._transport.write(data[sent:] if sent else data)
+
+    def retire(self) -> None:
+        """The connection is closing: nothing more goes straight to its
+        socket (the direct pass drops it)."""
+        if self.sock_now is not None:
+            self.sock_now = None
+            SendQueue.generation += 1
 
     # -- IPushProducer ------------------------------------------------------------
 
@@ -273,13 +287,10 @@ def _sock_or_none(member: Any) -> socket.socket | None:
     return None if queue is None else queue.sock_now
 
 
-def write_direct(members: Iterable[Sending], data: bytes) -> list[Any]:
+def partition(members: Iterable[Sending]) -> tuple[list[Any], list[socket.socket], list[Any]]:
     """
-    Send C{data} to every member whose queue may write straight to its
-    socket, in one pass of C-level calls (no Python frame per member), and
-    return the others, for the caller to C{deliver} to.  A send that takes
-    part of C{data}, or fails, is finished by its queue's own path
-    (L{SendQueue.took}).  docs/fanout.md, "The direct pass".
+    C{members} apart: those whose queue may write straight to its socket,
+    their sockets, and the others, each in the members' order.
     """
     members = list(members)
     try:
@@ -287,13 +298,21 @@ def write_direct(members: Iterable[Sending], data: bytes) -> list[Any]:
     except AttributeError:  # a member without a queue (closing, or not ours to write)
         found = [_sock_or_none(m) for m in members]
     if found.count(None) == len(found):  # none on the direct path (TLS, web)
-        return members
-    rest: list[Any] = []
-    if None in found:  # some are not: keep those apart, in order
-        rest = [m for m, s in zip(members, found, strict=True) if s is None]
-        members = [m for m, s in zip(members, found, strict=True) if s is not None]
-        found = [s for s in found if s is not None]
-    socks = cast(list[socket.socket], found)
+        return [], [], members
+    if None not in found:
+        return members, cast(list[socket.socket], found), []
+    rest = [m for m, s in zip(members, found, strict=True) if s is None]
+    direct = [m for m, s in zip(members, found, strict=True) if s is not None]
+    return direct, [s for s in found if s is not None], rest
+
+
+def send_all(members: Sequence[Sending], socks: Sequence[socket.socket], data: bytes) -> None:
+    """
+    Send C{data} on each of C{socks} (those of C{members}' queues), in one
+    pass of C-level calls (no Python frame per member).  A send that takes
+    part of C{data}, or fails, is finished by its queue's own path
+    (L{SendQueue.took}).
+    """
     results: list[int] = []
     while len(results) < len(socks):
         try:
@@ -303,12 +322,52 @@ def write_direct(members: Iterable[Sending], data: bytes) -> list[Any]:
         except OSError:
             results.append(0)
     n = len(data)
-    if results.count(n) != len(results):
+    if sum(results) != n * len(results):  # each took at most n: someone took less
         for member, sent in zip(members, results, strict=True):
             queue = member.send_queue
             if sent != n and queue is not None:
                 queue.took(data, sent)
+
+
+def write_direct(members: Iterable[Sending], data: bytes) -> list[Any]:
+    """
+    Send C{data} to every member whose queue may write straight to its
+    socket (L{send_all}), and return the others, for the caller to
+    C{deliver} to.  docs/fanout.md, "The direct pass".
+    """
+    direct, socks, rest = partition(members)
+    if socks:
+        send_all(direct, socks, data)
     return rest
+
+
+class DirectPass:
+    """
+    L{write_direct} for one fan-out, which keeps the members' L{partition}
+    from one batch to the next while it cannot have changed: the same
+    member list (the same object: the lobby state makes a new one when the
+    lobby changes) and no queue's C{sock_now} changed since
+    (L{SendQueue.generation}).  A steady lobby then costs no Python work per
+    member at all.  It holds the last batch's members until the next batch.
+    """
+
+    __slots__ = ("_direct", "_generation", "_members", "_rest", "_socks")
+
+    def __init__(self) -> None:
+        self._members: object = None
+        self._generation = -1
+        self._direct: list[Any] = []
+        self._socks: list[socket.socket] = []
+        self._rest: list[Any] = []
+
+    def __call__(self, members: Collection[Sending], data: bytes) -> list[Any]:
+        if members is not self._members or self._generation != SendQueue.generation:
+            self._direct, self._socks, self._rest = partition(members)
+            self._members = members
+            self._generation = SendQueue.generation
+        if self._socks:
+            send_all(self._direct, self._socks, data)  # may change the generation
+        return self._rest
 
 
 # -- output that does not drain ---------------------------------------------------

@@ -19,6 +19,7 @@ them, exactly as on one server.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any, Protocol, TypeAlias
 
 from twisted.internet.defer import Deferred, fail, succeed
@@ -41,7 +42,7 @@ class ChatState(Protocol):
 
     hub: Hub
 
-    def lobby_members(self) -> list[Member]:
+    def lobby_members(self) -> Sequence[Member]:
         """The connections this process writes the lobby's lines to (the
         fan-out's members): its own users in the lobby, in the lobby's order
         (in a cluster that lost data in Redis, also, after them, its users
@@ -86,9 +87,17 @@ class LocalState:
 
     def __init__(self, hub: Hub) -> None:
         self.hub = hub
+        self._members: tuple[Member, ...] = ()
+        self._members_at = -1  # the hub's lobby_changes when they were listed
 
-    def lobby_members(self) -> list[Member]:
-        return [user.conn for user in self.hub.lobby.values()]
+    def lobby_members(self) -> Sequence[Member]:
+        """The same tuple while the lobby does not change, so that the
+        fan-out's direct pass can tell it did not (sendqueue.DirectPass)."""
+        hub = self.hub
+        if self._members_at != hub.lobby_changes:
+            self._members = tuple([user.conn for user in hub.lobby.values()])
+            self._members_at = hub.lobby_changes
+        return self._members
 
     def own_users(self) -> list[User]:
         return list(self.hub.online.values())
