@@ -237,8 +237,31 @@ def test_pass_states() -> None:
     assert [line.split()[1] for line in conn.take()] == ["not-ready", "not-ready"]
     conn.send("NICK bob")
     conn.take()
+    # chat/1: "PASS when no password was asked is ERROR not-ready", online too.
     conn.send(f"PASS {PW}")
-    assert conn.take_one().startswith("ERROR already-ready ")
+    assert conn.take_one().startswith("ERROR not-ready ")
+    conn.send("PASS")  # the state is checked before the arguments
+    assert conn.take_one().startswith("ERROR not-ready ")
+
+
+@pytest.mark.parametrize("mode", [Mode.OPEN, Mode.REQUIRED])
+def test_pass_after_a_password_login_is_not_ready(mode: Mode) -> None:
+    """Online after a password was asked and given: none is asked now,
+    in the lobby or paired."""
+    h = harness(mode)
+    add(h, "alice")
+    add(h, "bob")
+    alice = login(h, "alice")
+    alice.send(f"PASS {PW}")
+    assert alice.take_one() == "ERROR not-ready no password was asked for: you are already alice"
+    bob = login(h, "bob")
+    alice.send("PAIR bob")
+    bob.send("ACCEPT alice")
+    alice.take()
+    bob.take()
+    assert h.factory.hub.online["alice"].partner is not None
+    alice.send(f"PASS {PW}")  # paired
+    assert alice.take_one().startswith("ERROR not-ready ")
 
 
 def test_lines_wait_in_order_while_a_check_runs() -> None:

@@ -50,8 +50,6 @@ _HELD_INPUT = 65536
 
 # Verbs allowed before READY; any other known verb is "not-ready".
 _BEFORE_READY = frozenset({"NICK", "PASS", "PING", "PONG", "HELP", "BYE"})
-# Verbs allowed only before READY: after it, "already-ready".
-_ONLY_BEFORE_READY = frozenset({"NICK", "PASS"})
 # The accounts verbs: "accounts-off" in every state when accounts are off.
 _ACCOUNT_VERBS = frozenset({"PASS", "REGISTER", "PASSWD"})
 
@@ -460,8 +458,13 @@ class ChatProtocol:
             if verb == "NICK":
                 self._nick(rest)
                 return
-        elif verb in _ONLY_BEFORE_READY:
+        elif verb == "NICK":
             raise LineError(ErrorCode.ALREADY_READY, f"you are already {user.nick}")
+        elif verb == "PASS":
+            # chat/1: PASS when no password was asked is not-ready, in every
+            # state (online, no password is ever asked).
+            raise LineError(ErrorCode.NOT_READY,
+                            f"no password was asked for: you are already {user.nick}")
         command = wire.parse_args(verb, rest)
         self._hold(self._HANDLERS[verb](self, command))
 
