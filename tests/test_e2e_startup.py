@@ -50,6 +50,19 @@ def test_bad_endpoint_is_one_line_on_stderr_and_exit_1(tmp_path: Path, port: str
     assert done.stderr.startswith(f"twistd chat: bad --port {port!r}: ")
 
 
+@pytest.mark.parametrize("option", ["--port", "--web", "--metrics"])
+def test_a_port_number_out_of_range_is_one_line_on_stderr_and_exit_1(
+    tmp_path: Path, option: str
+) -> None:
+    """Not the bind's OverflowError traceback (README: a --port that is not
+    a valid endpoint stops start-up with one line saying which)."""
+    done = run_twistd(tmp_path, option, "99999")
+    assert done.returncode == 1
+    assert done.stdout == ""
+    assert done.stderr == (f"twistd chat: bad {option} 'tcp:99999': "
+                           "port 99999 is out of range (0-65535)\n")
+
+
 def test_the_log_says_each_thing_once(tmp_path: Path) -> None:
     server = ServerProcess(tmp_path, ["--db", ":memory:"]).start()
     try:

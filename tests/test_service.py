@@ -227,3 +227,48 @@ def test_a_port_that_cannot_listen_is_a_startup_error() -> None:
     with pytest.raises(StartupError) as e:
         top.privilegedStartService()
     assert str(e.value) == "cannot listen on --port tcp:7001: Address already in use"
+
+
+@pytest.mark.parametrize(
+    ("argv", "shown"),
+    [
+        (["--port", "99999"], "--port 'tcp:99999': port 99999"),
+        (["--port", "tcp6:70000:interface=\\:\\:1"], "port 70000"),
+        (["--port", "tcp:port=65536"], "port 65536"),
+        (["--web", "99999"], "--web 'tcp:99999': port 99999"),
+        (["--metrics", "99999"], "--metrics 'tcp:99999': port 99999"),
+    ],
+)
+def test_a_port_number_out_of_range_stops_start_up_with_one_line(
+    tmp_path: Path, argv: list[str], shown: str
+) -> None:
+    """Before anything is made (not even the accounts file beside --db), not
+    at the bind, where it would be an OverflowError's traceback."""
+    db = tmp_path / "chat.sqlite3"
+    with pytest.raises(SystemExit) as e:
+        makeService(options(*argv, "--db", str(db)), ThreadedMemoryReactor())
+    message = str(e.value)
+    assert message.startswith("twistd chat: bad --") and shown in message
+    assert message.endswith(" is out of range (0-65535)") and "\n" not in message
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_the_highest_and_lowest_port_numbers_are_accepted() -> None:
+    reactor = ThreadedMemoryReactor()
+    top = makeService(options("--port", "65535", "--port", "tcp:0", "--db", ":memory:"), reactor)
+    assert [type(s) for s in list(top)[1:]] == [PortService] * 2  # type: ignore[call-overload]
+
+
+def test_an_overflow_at_the_bind_is_a_startup_error() -> None:
+    """An endpoint type the option check does not know, binding a port out of
+    range: one line too, as for a busy port."""
+    from twisted.internet import defer
+
+    class Overflowing:
+        def listen(self, factory: Any) -> Any:
+            return defer.fail(OverflowError("bind(): port must be 0-65535."))
+
+    service = PortService("other:99999", Overflowing(), object())
+    with pytest.raises(StartupError) as e:
+        service.privilegedStartService()
+    assert str(e.value) == "cannot listen on --port other:99999: bind(): port must be 0-65535."

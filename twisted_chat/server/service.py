@@ -478,7 +478,9 @@ class PortService(StreamServerEndpointService):
     def privilegedStartService(self) -> None:
         try:
             super().privilegedStartService()
-        except (CannotListenError, OSError) as e:
+        except (CannotListenError, OSError, OverflowError) as e:
+            # OverflowError: a port number out of range that _listen_on
+            # could not see (an endpoint type it does not know).
             cause = getattr(e, "socketError", e)
             why = getattr(cause, "strerror", None) or str(cause)
             message = f"cannot listen on {self.option} {self.description}: {why}"
@@ -487,12 +489,24 @@ class PortService(StreamServerEndpointService):
             raise StartupError(message) from None
 
 
+# Twisted's endpoints that listen on a TCP port number, which they keep as
+# C{_port}: the parser takes any integer, and only the bind finds one out of
+# range (an OverflowError, not a CannotListenError).
+_TCP_ENDPOINTS = (endpoints.TCP4ServerEndpoint, endpoints.TCP6ServerEndpoint,
+                  endpoints.SSL4ServerEndpoint)
+
+
 def _listen_on(description: str, reactor: Any, option: str = "--port") -> Any:
     """The endpoint C{description} names, or one clear line and exit 1."""
     try:
-        return endpoints.serverFromString(reactor, description)
+        endpoint = endpoints.serverFromString(reactor, description)
     except Exception as e:  # ValueError, a missing key file, an unknown option...
         raise SystemExit(f"twistd chat: bad {option} {description!r}: {e}") from None
+    port = getattr(endpoint, "_port", None) if isinstance(endpoint, _TCP_ENDPOINTS) else None
+    if isinstance(port, int) and not 0 <= port <= 65535:
+        raise SystemExit(f"twistd chat: bad {option} {description!r}: "
+                         f"port {port} is out of range (0-65535)")
+    return endpoint
 
 
 def makeService(options: Options, reactor: Any = None) -> IService:
@@ -517,15 +531,17 @@ def makeService(options: Options, reactor: Any = None) -> IService:
         config = dataclasses.replace(config, max_clients=fitted.max_clients)
     if options["redis"]:
         return _cluster_service(options, config, reactor)
+    # Before anything starts or is made (the database, the accounts file): a
+    # mistyped --port is one line, not a traceback.
+    ports = [(description, _listen_on(description, reactor)) for description in config.ports]
+    scrape = _listen_on(config.metrics, reactor, "--metrics") if config.metrics else None
+    web = _web_endpoints(options, reactor)
     try:
         # Before twistd daemonizes, so a bad --db is one clear line on the
         # terminal; the store itself is opened after the fork (startService).
         SQLiteStore.check(config.db)
     except StoreError as e:
         raise SystemExit(f"twistd chat: {e}") from None
-    # Before anything starts: a mistyped --port is one line, not a traceback.
-    ports = [(description, _listen_on(description, reactor)) for description in config.ports]
-    scrape = _listen_on(config.metrics, reactor, "--metrics") if config.metrics else None
     accounts, work = _accounts(config, reactor, lambda work: _sqlite_book(config, work))
     factory = ChatFactory(config, reactor, History(config.history), accounts=accounts)
     factory.noisy = False  # twistd says where it listens; "Starting factory" adds nothing
@@ -538,8 +554,8 @@ def makeService(options: Options, reactor: Any = None) -> IService:
     if config.metrics is not None:
         site = metrics.metrics_site(metrics.registry_for(factory.stats, chat.snapshot))
         PortService(config.metrics, scrape, site, "--metrics").setServiceParent(top)
-    if options["web"]:
-        _add_web(top, options, factory, reactor)
+    if web:
+        _add_web(top, options, factory, reactor, web)
     return top
 
 
@@ -555,6 +571,7 @@ def _cluster_service(options: Options, config: ServerConfig, reactor: Any) -> IS
         raise SystemExit(f"twistd chat: --redis: {e}") from None
     ports = [(description, _listen_on(description, reactor)) for description in config.ports]
     scrape = _listen_on(config.metrics, reactor, "--metrics") if config.metrics else None
+    web = _web_endpoints(options, reactor)
     factory, redis = cluster_factory(config, reactor, target, options["node-timeout"],
                                      wait=options["redis-wait"],
                                      max_waiting=options["redis-queue"])
@@ -575,12 +592,19 @@ def _cluster_service(options: Options, config: ServerConfig, reactor: Any) -> IS
                                         ClusterCollector(redis.state))
         site = metrics.metrics_site(registry)
         PortService(config.metrics, scrape, site, "--metrics").setServiceParent(top)
-    if options["web"]:
-        _add_web(top, options, factory, reactor)
+    if web:
+        _add_web(top, options, factory, reactor, web)
     return top
 
 
-def _add_web(top: MultiService, options: Options, factory: ChatFactory, reactor: Any) -> None:
+def _web_endpoints(options: Options, reactor: Any) -> list[tuple[str, Any]]:
+    """Each C{--web} and its endpoint, checked before anything is made."""
+    return [(description, _listen_on(description, reactor, "--web"))
+            for description in options["web"]]
+
+
+def _add_web(top: MultiService, options: Options, factory: ChatFactory, reactor: Any,
+             listening: list[tuple[str, Any]]) -> None:
     """C{--web}: the page and its WebSocket, into the same hub (twisted_chat.web)."""
     from twisted_chat.web.config import WebConfig, max_message_for, parse_networks
     from twisted_chat.web.site import web_site
@@ -591,8 +615,7 @@ def _add_web(top: MultiService, options: Options, factory: ChatFactory, reactor:
         max_message=max_message_for(factory.config.max_line),
     )
     site = web_site(factory, web, reactor=reactor)
-    for description in options["web"]:
-        endpoint = _listen_on(description, reactor, "--web")
+    for description, endpoint in listening:
         PortService(description, endpoint, site, "--web").setServiceParent(top)
 
 
