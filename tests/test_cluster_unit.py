@@ -134,7 +134,8 @@ def test_nick_race_exactly_one_ready() -> None:
     cluster.pump()
     first, second = a.take(), b.take()
     assert first[0] == "READY bob"
-    assert second == ["RETRY taken Bob is online already"]
+    # The user who got it, as it spelled the nick (chat/1), not b's NICK.
+    assert second == ["RETRY taken bob is online already"]
     b.send("NICK carol")
     cluster.pump()
     assert b.take()[0] == "READY carol"

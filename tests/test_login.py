@@ -174,14 +174,45 @@ def test_taken_comes_before_any_password() -> None:
     assert h.work.jobs == jobs  # type: ignore[attr-defined]  # no lookup, no check
 
 
-def test_taken_while_the_password_was_checked() -> None:
-    h = harness(work=HeldWork())
+@pytest.mark.parametrize("mode", [Mode.OPEN, Mode.REQUIRED])
+def test_taken_names_the_nick_as_its_owner_spelled_it(mode: Mode) -> None:
+    h = harness(mode)
+    add(h, "Alice")
+    login(h, "Alice")
+    other = fresh(h)
+    other.send("NICK ALICE")
+    assert other.take() == ["RETRY taken Alice is online already"]
+
+
+def checking(h: Harness) -> Conn:
+    """A connection whose right password for alice is being checked (with
+    L{HeldWork}: nothing of the check has run yet)."""
     add(h, "alice")
     one = fresh(h)
     one.send("NICK alice")
     h.work.release()  # type: ignore[attr-defined]  # the lookup
     assert one.take() == ["PASS alice"]
     one.send(f"PASS {PW}")
+    return one
+
+
+def test_taken_after_a_lookup_names_the_winner_as_spelled() -> None:
+    """A nick taken while a NICK's lookup ran: the RETRY taken names the
+    user who got it, as spelled, not the NICK's words."""
+    h = harness(work=HeldWork())
+    one = checking(h)
+    h.work.release()  # type: ignore[attr-defined]  # the account's read; the hash waits
+    h.store.remove("alice")  # type: ignore[attr-defined]
+    two = fresh(h)
+    two.send("NICK ALICE")  # nobody online yet: its lookup waits behind one's hash
+    h.work.release()  # type: ignore[attr-defined]  # one's hash, then two's lookup
+    assert one.take()[0] == "READY alice"
+    assert two.take() == ["RETRY taken alice is online already"]
+
+
+def test_taken_while_the_password_was_checked() -> None:
+    h = harness(work=HeldWork())
+    one = checking(h)
     assert one.take() == []  # the check is running
     h.store.remove("alice")  # type: ignore[attr-defined]
     two = fresh(h)

@@ -61,8 +61,8 @@ def test_nick_taken_without_regard_to_case(h: Harness, taken: str) -> None:
     conn = h.connect()
     conn.take()
     conn.send(f"NICK {taken}")
-    line = conn.take_one()
-    assert line.startswith("RETRY taken ")
+    # Named as its owner spelled it (chat/1), not as the NICK had it.
+    assert conn.take() == ["RETRY taken bob is online already"]
     assert conn.user is None
 
 
@@ -79,6 +79,29 @@ def test_nick_invalid_gets_retry_invalid(h: Harness, line: str) -> None:
     assert reply.startswith("RETRY invalid "), reply
     conn.send("NICK fine")  # no new prompt needed: the next NICK just works
     assert conn.take()[0] == "READY fine"
+
+
+def test_texts_naming_an_online_user_use_the_owners_spelling(h: Harness) -> None:
+    """Whatever case the nick was typed in, every line naming an online user
+    (replies and error texts alike) spells it as its owner does."""
+    alice, bob, carol = h.user("Alice"), h.user("Bob"), h.user("carol")
+    h.clear_all()
+    bob.send("ACCEPT ALICE", "REJECT aLICE")
+    assert bob.take() == ["ERROR no-invite you have no open invitation from Alice"] * 2
+    bob.send("ACCEPT nobody")  # not online: there is no owner's spelling to use
+    assert bob.take() == ["ERROR no-invite you have no open invitation from nobody"]
+    carol.send("PAIR BOB")
+    assert carol.take() == ["PENDING Bob"]
+    carol.send("PAIR ALICE")
+    assert carol.take() == [
+        "ERROR pending your invitation to Bob is still open; UNPAIR withdraws it"]
+    bob.send("ACCEPT CAROL")
+    h.clear_all()
+    alice.send("PAIR BOB", "DM CAROL hi")
+    assert alice.take() == ["ERROR busy Bob is in a private conversation",
+                            f"MSG {ts(h)} Alice carol hi"]
+    bob.send("PAIR ALICE")
+    assert bob.take() == ["ERROR busy you are paired with carol; UNPAIR first"]
 
 
 def test_nick_rules_accept_boundaries(h: Harness) -> None:

@@ -38,7 +38,12 @@ class HubError(Exception):
 
 
 class NickTaken(Exception):
-    """The nick is online already (compared without regard to case)."""
+    """The nick is online already (compared without regard to case);
+    C{nick} is the online user's, as its owner spelled it."""
+
+    def __init__(self, nick: str) -> None:
+        super().__init__(nick)
+        self.nick = nick
 
 
 @dataclass(eq=False, slots=True)
@@ -186,8 +191,9 @@ class Hub:
         @raise NickTaken: someone online has that nick already.
         """
         key = nick_key(nick)
-        if key in self.online:
-            raise NickTaken(nick)
+        holder = self.online.get(key)
+        if holder is not None:
+            raise NickTaken(holder.nick)
         user = User(nick=nick, key=key, conn=conn, address=address, source=source)
         self.online[key] = user
         self.lobby[key] = user
@@ -351,7 +357,9 @@ class Hub:
     def _invitation_from(self, user: User, nick: str) -> Invitation:
         invitation = user.incoming.get(nick_key(nick)) if user.incoming else None
         if invitation is None:
-            raise HubError(ErrorCode.NO_INVITE, f"you have no open invitation from {nick}")
+            online = self._lookup(nick)  # named as its owner spells it, if online
+            raise HubError(ErrorCode.NO_INVITE, "you have no open invitation from "
+                           f"{online.nick if online is not None else nick}")
         return invitation
 
     def _pair(self, invitation: Invitation) -> None:

@@ -289,8 +289,9 @@ class Connection(Protocol):
     def online_nick(self) -> str | None:
         """The nick the connection holds, or C{None} before C{READY}."""
 
-    def nick_taken(self, nick: str) -> bool:
-        """Whether C{nick} is online (on another connection)."""
+    def holder(self, nick: str) -> str | None:
+        """The nick of the user online as C{nick} (without regard to case),
+        as its owner spelled it, or C{None} when nobody is."""
 
     def admit(self, nick: str) -> defer.Deferred[bool]:
         """
@@ -310,6 +311,12 @@ class Connection(Protocol):
 # more of its lines until then, so a connection's lines are answered in order
 # (NICK then PING gets PASS or READY before PONG, as without accounts).
 Answer = defer.Deferred[Any] | None
+
+
+def retry_taken(nick: str) -> bytes:
+    """C{RETRY taken}: C{nick} is the online user's, as its owner spelled it
+    (chat/1: the server always writes a nick so), not as the NICK had it."""
+    return wire.line("RETRY", "taken", text=f"{nick} is online already")
 
 
 def _cancelled(failure: Failure) -> Failure | None:
@@ -349,8 +356,9 @@ class Login:
     def nick(self, nick: str) -> Answer:
         """A well-formed C{NICK} before C{READY}."""
         self._asked = None
-        if self._conn.nick_taken(nick):
-            self._conn.write(wire.line("RETRY", "taken", text=f"{nick} is online already"))
+        holder = self._conn.holder(nick)
+        if holder is not None:
+            self._conn.write(retry_taken(holder))
             return None
         if self._accounts.mode is Mode.REQUIRED:
             self._ask(nick)  # every nick, so that which ones exist is not told

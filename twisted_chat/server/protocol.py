@@ -33,7 +33,7 @@ from twisted_chat.server.deadlines import Deadline
 from twisted_chat.server.flood import Dropped, Flooding
 from twisted_chat.server.history import clip_text
 from twisted_chat.server.hub import HubError, NickTaken, State, User
-from twisted_chat.server.login import Answer, Login
+from twisted_chat.server.login import Answer, Login, retry_taken
 from twisted_chat.server.sendqueue import SendQueue
 from twisted_chat.server.state import ChatState, Outcome, StateUnavailable
 from twisted_chat.wire import ErrorCode, LineError
@@ -563,9 +563,7 @@ class ChatProtocol:
         registered = self.state.register(
             nick, self, self.address, source=limits.key if limits is not None else ""
         )
-        return registered.addCallbacks(
-            self._registered, self._not_registered, errbackArgs=(nick,)
-        )
+        return registered.addCallbacks(self._registered, self._not_registered)
 
     def _registered(self, user: User) -> bool:
         if self.closing:
@@ -581,9 +579,9 @@ class ChatProtocol:
         self._nick_call = None
         return True
 
-    def _not_registered(self, failure: Failure, nick: str) -> bool:
+    def _not_registered(self, failure: Failure) -> bool:
         if isinstance(failure.value, NickTaken):
-            self.write(wire.line("RETRY", "taken", text=f"{nick} is online already"))
+            self.write(retry_taken(failure.value.nick))
         elif isinstance(failure.value, StateUnavailable):
             self.write(wire.line(
                 "RETRY", "unavailable",
@@ -596,8 +594,9 @@ class ChatProtocol:
 
     # -- the rest of what the accounts handshake needs (login.Connection) ---------
 
-    def nick_taken(self, nick: str) -> bool:
-        return wire.nick_key(nick) in self.factory.hub.online
+    def holder(self, nick: str) -> str | None:
+        user = self.factory.hub.online.get(wire.nick_key(nick))
+        return user.nick if user is not None else None
 
     def online_nick(self) -> str | None:
         return self.user.nick if self.user is not None else None
