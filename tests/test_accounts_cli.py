@@ -44,11 +44,13 @@ def test_add_list_passwd_remove(tmp_path: Path) -> None:
     assert listed.stdout.startswith("Alice\tcreated ")
     changed = tool(tmp_path, "passwd", "alice", stdin="second-password\r\n")
     assert changed.returncode == 0, changed.stderr
+    assert changed.stdout == "changed the password of Alice\n"  # as its owner spelled it
     account = store(tmp_path).get("alice")
     assert account is not None and verify_password(b"second-password", account.password_hash)
     removed = tool(tmp_path, "remove", "ALICE")
-    assert removed.returncode == 0 and removed.stdout == "removed the account of ALICE\n"
-    assert tool(tmp_path, "list").stdout == ""
+    assert removed.returncode == 0 and removed.stdout == "removed the account of Alice\n"
+    emptied = tool(tmp_path, "list")  # the file is there, with no account in it
+    assert (emptied.returncode, emptied.stdout, emptied.stderr) == (0, "", "")
 
 
 def test_other_db_path(tmp_path: Path) -> None:
@@ -83,9 +85,28 @@ def test_failures_are_one_line_and_exit_1(
 def test_add_twice_refused(tmp_path: Path) -> None:
     assert tool(tmp_path, "add", "alice", stdin="first-password\n").returncode == 0
     again = tool(tmp_path, "add", "ALICE", stdin="other-password\n")
-    assert again.returncode == 1 and "has an account already" in again.stderr
+    assert again.returncode == 1
+    assert again.stderr == ("twisted_chat.accounts: alice has an account already "
+                            "(passwd changes its password)\n")
     account = store(tmp_path).get("alice")
     assert account is not None and verify_password(b"first-password", account.password_hash)
+
+
+@pytest.mark.parametrize("db", ["nothere.sqlite3", "/nonexistent/x.sqlite3"])
+@pytest.mark.parametrize("command", [("list",), ("passwd", "alice"), ("remove", "alice")])
+def test_a_db_with_no_accounts_file_is_said_not_made(
+    tmp_path: Path, db: str, command: tuple[str, ...]
+) -> None:
+    """A mistyped --db is not an empty list: one line on stderr, exit 1,
+    and no file made (neither the accounts file nor its folder)."""
+    done = tool(tmp_path, command[0], "--db", db, *command[1:], stdin="good-password\n")
+    assert (done.returncode, done.stdout) == (1, "")
+    path = db.replace(".sqlite3", ".accounts.sqlite3")
+    assert done.stderr.startswith("twisted_chat.accounts: ")
+    assert f"there is no accounts file {path!r} for --db {db!r}" in done.stderr
+    assert done.stderr.count("\n") == 1
+    assert list(tmp_path.iterdir()) == []
+    assert not os.path.exists("/nonexistent")
 
 
 def test_no_password_option_exists(tmp_path: Path) -> None:

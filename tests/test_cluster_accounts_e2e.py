@@ -136,6 +136,7 @@ def test_required_accounts_made_by_the_tool_work_on_every_node(
     # The tool's passwd and remove count at the next login, on any node.
     changed = tool(c.tmp, "passwd", "--redis", c.url, "dora", stdin="other-password\n")
     assert changed.returncode == 0, changed.stderr
+    assert changed.stdout == "changed the password of Dora\n"  # as its owner spelled it
     leave(dora)
     # No account, a wrong password, the old one: the same answer, on either node.
     for node, nick, password in ((a, "nobody", PW), (b, "Dora", "wrong-password"),
@@ -145,7 +146,7 @@ def test_required_accounts_made_by_the_tool_work_on_every_node(
         leave(client)
     log_in(c, a, "Dora", "other-password").send("BYE")
     removed = tool(c.tmp, "remove", "--redis", c.url, "DORA")
-    assert removed.returncode == 0 and removed.stdout == "removed the account of DORA\n"
+    assert removed.returncode == 0 and removed.stdout == "removed the account of Dora\n"
     client, answer = attempt(c, b, "dora", "other-password")
     assert answer.startswith("RETRY bad-password ")
     assert tool(c.tmp, "list", "--redis", c.url).stdout == ""

@@ -139,21 +139,23 @@ async def _command(
                   f"\tchanged {_when(account.changed)}", file=stdout)
         return
     assert nick is not None
-    if command == "remove":
-        await book.remove(nick)
-        print(f"removed the account of {nick}", file=stdout)
-        return
-    exists = await book.get(nick) is not None  # before the password is typed
+    # Before the password is typed; and an account is named as its owner
+    # spelled it, whatever case NICK was typed in.
+    held = await book.get(nick)
     if command == "add":
-        if exists:
-            raise AccountExists(nick)
+        if held is not None:
+            raise AccountExists(held.nick)
         await book.add(nick, hash_password(password()))
         print(f"added an account for {nick}", file=stdout)
         return
-    if not exists:
+    if held is None:
         raise NoSuchAccount(nick)
+    if command == "remove":
+        await book.remove(nick)
+        print(f"removed the account of {held.nick}", file=stdout)
+        return
     await book.set_hash(nick, hash_password(password()))
-    print(f"changed the password of {nick}", file=stdout)
+    print(f"changed the password of {held.nick}", file=stdout)
 
 
 async def _import(book: RedisBook, accounts: list[Account], stdout: TextIO) -> None:
@@ -228,15 +230,23 @@ def run(argv: Sequence[str], stdin: TextIO, stdout: TextIO, stderr: TextIO) -> N
             return
         if args.db == MEMORY:
             raise Failed(":memory: has no accounts file: accounts made now would be lost")
+        path = accounts_path(args.db)
+        if args.command != "add" and not os.path.exists(path):
+            # Only add makes the file.  Saying "no accounts" (an empty list,
+            # "has no account") would hide a mistyped --db; and the file is
+            # not made here.
+            missing = (f"there is no accounts file {path!r} for --db {args.db!r} "
+                       "(is that the server's --db? only add makes the file)")
+            raise Failed(f"{nick} has no account: {missing}" if nick else missing)
         # The file, inline: every call has its answer when it returns.
-        book = SQLiteBook(AccountStore(accounts_path(args.db)), defer.execute)
+        book = SQLiteBook(AccountStore(path), defer.execute)
         done: list[object] = []
         defer.ensureDeferred(_command(
             book, args.command, nick, lambda: read_password(stdin, stderr), stdout,
         )).addBoth(done.append)
         _raise(done[0])
-    except AccountExists:
-        raise Failed(f"{nick} has an account already (passwd changes its password)") from None
+    except AccountExists as e:
+        raise Failed(f"{e} has an account already (passwd changes its password)") from None
     except NoSuchAccount:
         raise Failed(f"{nick} has no account") from None
     except AccountStoreError as e:
