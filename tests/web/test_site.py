@@ -23,6 +23,7 @@ from twisted_chat.web.config import (
     max_message_for,
     origin_allowed,
     parse_networks,
+    parse_origin,
 )
 from twisted_chat.web.site import STATIC, WebSite
 
@@ -163,6 +164,31 @@ def test_web_is_off_by_default_and_repeatable() -> None:
     assert site.gateway.chat is servers[7001]  # the same hub
     assert site.gateway.web.origins == ("https://friends.example",)
     assert site.gateway.web.trusted_proxies == (ipaddress.ip_network("127.0.0.1/32"),)
+
+
+@pytest.mark.parametrize("origin", [
+    "*", "https://friends.example", "http://friends.example:8080", "https://Friends.Example/",
+    "http://[2001:db8::1]:8080", "http://192.0.2.7", "chrome-extension://abcdefgh",
+])
+def test_web_origin_takes_an_origin_or_a_star(origin: str) -> None:
+    assert parse_origin(origin) == origin
+    assert options("--web-origin", origin)["web-origins"] == [origin]
+
+
+@pytest.mark.parametrize("origin", [
+    "foo", "friends.example", "friends.example:443", "https://", "https:///x", "null", "",
+    "https://friends.example/page", "https://friends.example?x", "https://friends.example#x",
+    "https://user@friends.example", "https://friends.example:99999",
+    "https://friends.example:x", "https://friends.example:", " https://friends.example",
+    "https://friends .example", "1https://friends.example", "**",
+])
+def test_a_malformed_web_origin_is_a_usage_error(origin: str) -> None:
+    """--help says scheme://host[:port] or *: another value could never match
+    a browser's Origin, so it is refused, not silently kept."""
+    with pytest.raises(usage.UsageError) as e:
+        options("--web-origin", origin)
+    assert str(e.value) == (f"--web-origin: {origin!r} is not * or an origin "
+                            "scheme://host[:port] (e.g. https://example.org)")
 
 
 def test_bad_trust_proxy_is_a_usage_error() -> None:

@@ -259,7 +259,12 @@ class Options(usage.Options):
 
     def opt_web_origin(self, origin: str) -> None:
         """An origin (scheme://host[:port]) whose pages may open the WebSocket besides the page's own, or * for any. Repeatable."""  # noqa: E501
-        self["web-origins"].append(origin)
+        from twisted_chat.web.config import parse_origin
+
+        try:
+            self["web-origins"].append(parse_origin(origin))
+        except ValueError as e:
+            raise usage.UsageError(f"--web-origin: {e}") from None
 
     def opt_trust_proxy(self, proxies: str) -> None:
         """A reverse proxy (address or network, e.g. 127.0.0.1 or 10.0.0.0/8; comma-separated) whose X-Forwarded-For names the web client's address for per-address limits. Repeatable."""  # noqa: E501

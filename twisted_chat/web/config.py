@@ -7,6 +7,7 @@ under when it comes through a reverse proxy.
 from __future__ import annotations
 
 import ipaddress
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from urllib.parse import urlsplit
@@ -35,6 +36,36 @@ def max_message_for(max_line: int) -> int:
     line (a paste of a file, an attack) costs the connection.
     """
     return max(4 * max_line, 16384)
+
+
+_SCHEME = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*\Z")
+
+
+def parse_origin(value: str) -> str:
+    """
+    A C{--web-origin} value: C{*}, or an origin as a browser sends it,
+    C{scheme://host[:port]} (a trailing C{/} allowed, as L{origin_allowed}
+    ignores it).  Anything else could never match an C{Origin} header, so
+    it is refused rather than silently allowing nobody.
+
+    @raise ValueError: naming what is wrong.
+    """
+    if value == "*":
+        return value
+    problem = f"{value!r} is not * or an origin scheme://host[:port] (e.g. https://example.org)"
+    if "://" not in value or any(c.isspace() for c in value):
+        raise ValueError(problem)
+    parts = urlsplit(value)
+    try:
+        parts.port  # noqa: B018  (raises for a port that is not 0-65535)
+    except ValueError:
+        raise ValueError(problem) from None
+    if (not _SCHEME.match(parts.scheme) or not parts.hostname
+            or "@" in parts.netloc or parts.netloc.endswith(":")
+            or parts.path not in ("", "/") or parts.query or parts.fragment
+            or value.endswith(("?", "#"))):
+        raise ValueError(problem)
+    return value
 
 
 def parse_networks(descriptions: Sequence[str]) -> tuple[Network, ...]:
