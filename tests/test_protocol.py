@@ -258,6 +258,21 @@ def test_verbs_case_insensitive_and_leading_spaces(h: Harness) -> None:
     assert alice.take_one() == f"MSG {ts(h)} alice * hi"
 
 
+def test_spaces_around_a_verb_without_free_text_are_tolerated(h: Harness) -> None:
+    """chat/1: spaces before the verb and after the last argument of a verb
+    without free text are tolerated (a tab is not a space)."""
+    bob = h.user("bob")
+    alice = h.connect()
+    alice.take()
+    alice.send("  NICK alice   ")
+    assert alice.take()[0] == "READY alice"
+    h.clear_all()
+    alice.send(" PAIR  bob  ", "  UNPAIR  ", "USERS\t")
+    assert alice.take() == ["PENDING bob", "DECLINED bob withdrawn",
+                            "ERROR unknown-command unknown command 'USERS\\t'; try HELP"]
+    assert bob.take() == ["INVITE alice", "CANCELLED alice withdrawn"]
+
+
 def test_direct_message_to_recipient_and_sender_copy(h: Harness) -> None:
     alice, bob, carol = (h.user(n) for n in ("alice", "bob", "carol"))
     alice.send("DM BOB  psst  ")
