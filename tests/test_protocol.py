@@ -6,11 +6,13 @@ case of docs/protocol.md, with time from a task.Clock.
 from __future__ import annotations
 
 import socket
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
 import pytest_twisted
 from twisted.internet import defer
+from twisted.internet.defer import Deferred
 from twisted.internet.task import deferLater
 
 from tests.harness import Conn, Harness
@@ -826,58 +828,113 @@ def test_a_connection_holds_its_slots_and_no_dict() -> None:
     assert protocol.transport is not None and protocol.connected == 1
 
 
-@pytest_twisted.inlineCallbacks
-def test_a_closing_connection_gets_no_lobby_line_from_the_direct_pass() -> Any:
-    """Once the server hangs up on a connection whose user is still in the
-    lobby (the hub hears of it later), a lobby line fanned out in the same
-    turn does not reach its socket: the fan-out's direct pass, which keeps
-    its list of sockets while the lobby stays the same, drops it."""
+@defer.inlineCallbacks
+def read_until(client: socket.socket, token: bytes) -> Any:
+    """What a non-blocking C{client} reads until C{token} or the end, while
+    the reactor turns (at most 5 s of turns)."""
     from twisted.internet import reactor
-    from twisted.internet.task import deferLater
+
+    got = b""
+    for _ in range(500):  # bounded
+        try:
+            chunk = client.recv(65536)
+        except BlockingIOError:
+            yield deferLater(reactor, 0.01, lambda: None)
+            continue
+        got += chunk
+        if token in got or not chunk:
+            break
+    return got
+
+
+@pytest.fixture
+def two_on_tcp() -> Iterator[Callable[..., Deferred[tuple[Any, list[socket.socket]]]]]:
+    """A real ChatFactory on loopback, in this process; calling the fixture
+    with config options registers alice and bob on it over TCP and gives
+    the factory and their client sockets (non-blocking, receive buffers
+    of 4 KB), all closed afterwards."""
+    from twisted.internet import reactor
 
     from twisted_chat.server.config import ServerConfig
     from twisted_chat.server.factory import ChatFactory
 
-    factory = ChatFactory(ServerConfig(idle_timeout=0.0, nick_timeout=0.0), reactor)
-    port = reactor.listenTCP(0, factory, interface="127.0.0.1")
+    ports: list[Any] = []
     clients: list[socket.socket] = []
 
     @defer.inlineCallbacks
-    def read_until(client: socket.socket, token: bytes) -> Any:
-        got = b""
-        for _ in range(500):  # bounded: at most 5 s of reactor turns
-            try:
-                chunk = client.recv(65536)
-            except BlockingIOError:
-                yield deferLater(reactor, 0.01, lambda: None)
-                continue
-            got += chunk
-            if token in got or not chunk:
-                break
-        return got
-
-    try:
+    def start(**options: Any) -> Any:
+        factory = ChatFactory(ServerConfig(idle_timeout=0.0, nick_timeout=0.0, **options),
+                              reactor)
+        port = reactor.listenTCP(0, factory, interface="127.0.0.1")
+        ports.append(port)
         for nick in ("alice", "bob"):
             client = socket.create_connection(("127.0.0.1", port.getHost().port), timeout=5)
+            client.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
             client.setblocking(False)
             clients.append(client)
             yield read_until(client, b"\r\n")
             client.sendall(f"NICK {nick}\r\n".encode())
             yield read_until(client, b"USERS ")
+        return factory, list(clients)
+
+    yield start
+    for client in clients:
+        client.close()
+    for port in ports:
+        port.stopListening()
+
+
+@pytest_twisted.inlineCallbacks
+def test_a_closing_connection_gets_no_lobby_line_from_the_direct_pass(two_on_tcp: Any) -> Any:
+    """Once the server hangs up on a connection whose user is still in the
+    lobby (the hub hears of it later), a lobby line fanned out in the same
+    turn does not reach its socket: the fan-out's direct pass, which keeps
+    its list of sockets while the lobby stays the same, drops it."""
+    factory, clients = yield two_on_tcp()
+    factory.fanout.flush()
+    bob = next(p for p in factory.connections if p.user and p.user.nick == "bob")
+    factory.fanout.add(b"MSG 0 carol * before\r\n")
+    factory.fanout.flush()
+    bob.hang_up("test")
+    assert bob.user.nick in factory.hub.lobby, "the hub has not heard yet"
+    factory.fanout.add(b"MSG 0 carol * after\r\n")
+    factory.fanout.flush()
+    to_bob = yield read_until(clients[1], b"never")
+    assert b"before" in to_bob and b"after" not in to_bob
+    to_alice = yield read_until(clients[0], b"after")
+    assert b"after" in to_alice
+
+
+@pytest_twisted.inlineCallbacks
+def test_a_member_that_was_cut_and_left_is_not_kept_alive(two_on_tcp: Any) -> Any:
+    """The lists the fan-out keeps between batches (the lobby state's tuple,
+    the direct pass's sort) let go of a departed connection at once, not at
+    the next lobby line: a slow reader cut at --sendq leaves with up to
+    --sendq bytes in its transport's buffer.  (Outside twistd, Twisted's
+    log buffer still holds the connection's log events: only lists and
+    tuples are looked for.)"""
+    import contextlib
+    import gc
+
+    from twisted.internet import reactor
+
+    factory, clients = yield two_on_tcp(sendq=256 * 1024, sndbuf=4096, sendq_timeout=0.0)
+    bob = next(p for p in factory.connections if p.user and p.user.nick == "bob")
+    for i in range(400):  # bounded; bob does not read, alice does
+        factory.fanout.add(b"MSG 0 carol * " + b"x" * 1000 + b"\r\n")
         factory.fanout.flush()
-        bob = next(p for p in factory.connections if p.user and p.user.nick == "bob")
-        factory.fanout.add(b"MSG 0 carol * before\r\n")
-        factory.fanout.flush()
-        bob.hang_up("test")
-        assert bob.user.nick in factory.hub.lobby, "the hub has not heard yet"
-        factory.fanout.add(b"MSG 0 carol * after\r\n")
-        factory.fanout.flush()
-        to_bob = yield read_until(clients[1], b"never")
-        assert b"before" in to_bob and b"after" not in to_bob
-        to_alice = yield read_until(clients[0], b"after")
-        assert b"after" in to_alice
-    finally:
-        for client in clients:
-            client.close()
-        yield port.stopListening()
-        yield deferLater(reactor, 0.05, lambda: None)
+        if bob.closing:
+            break
+        if i % 20 == 0:
+            with contextlib.suppress(BlockingIOError):
+                while clients[0].recv(1 << 20):
+                    pass
+            yield deferLater(reactor, 0.01, lambda: None)
+    assert bob.closing, "cut at --sendq"
+    for _ in range(100):  # bounded: the abort's connectionLost comes on a later turn
+        if "bob" not in factory.hub.online:
+            break
+        yield deferLater(reactor, 0.01, lambda: None)
+    assert "bob" not in factory.hub.online
+    gc.collect()
+    assert [r for r in gc.get_referrers(bob) if isinstance(r, (list, tuple))] == []

@@ -115,9 +115,10 @@ class ChatFactory(ServerFactory):
         self.flood = FloodMeter(config.flood_rate, config.flood_burst)
         # Counters for --metrics; kept whether or not they are served.
         self.stats = Stats()
+        self._direct_pass = DirectPass() if config.direct_send else None
         self.fanout = LobbyFanout(reactor, self.state.lobby_members, config.fanout_delay,
                                   backlog, on_batch=self.stats.fanned_out,
-                                  write_all=DirectPass() if config.direct_send else None)
+                                  write_all=self._direct_pass)
         self.drain = DrainWatch(reactor, config.sendq_timeout, lambda: self.connections)
         # Every connection's idle deadline, on one reactor timer.
         self.deadlines = Deadlines(reactor)
@@ -290,6 +291,12 @@ class ChatFactory(ServerFactory):
 
     def left(self, ts: float, user: User, reason: str, text: str) -> None:
         self._user_lines.pop(user.key, None)
+        # The lobby's lists kept between batches let go of the departed
+        # connection now, not at the next lobby line (its transport may
+        # still buffer up to --sendq bytes).
+        self.state.forget_members()
+        if self._direct_pass is not None:
+            self._direct_pass.forget()
         data = wire.line("LEFT", wire.format_ts(ts), user.nick, reason, text=text)
         for other in self.state.own_users():
             other.conn.write(data)

@@ -348,7 +348,8 @@ class DirectPass:
     member list (the same object: the lobby state makes a new one when the
     lobby changes) and no queue's C{sock_now} changed since
     (L{SendQueue.generation}).  A steady lobby then costs no Python work per
-    member at all.  It holds the last batch's members until the next batch.
+    member at all.  It holds the last batch's members until the next batch
+    or L{forget}.
     """
 
     __slots__ = ("_direct", "_generation", "_members", "_rest", "_socks")
@@ -359,6 +360,12 @@ class DirectPass:
         self._direct: list[Any] = []
         self._socks: list[socket.socket] = []
         self._rest: list[Any] = []
+
+    def forget(self) -> None:
+        """Let go of the members (one left: its connection, and what its
+        transport still buffers, are not kept alive until the next batch)."""
+        self._members = None
+        self._direct, self._socks, self._rest = [], [], []
 
     def __call__(self, members: Collection[Sending], data: bytes) -> list[Any]:
         if members is not self._members or self._generation != SendQueue.generation:

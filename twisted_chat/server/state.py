@@ -48,6 +48,10 @@ class ChatState(Protocol):
         (in a cluster that lost data in Redis, also, after them, its users
         the rebuilt replica lacks or still pairs: docs/cluster.md)."""
 
+    def forget_members(self) -> None:
+        """A user left: let go of any list of connections kept for
+        L{lobby_members}, so that the departed one is not kept alive."""
+
     def own_users(self) -> list[User]:
         """The users online (in the lobby or paired) whose connections this
         process holds."""
@@ -98,6 +102,9 @@ class LocalState:
             self._members = tuple([user.conn for user in hub.lobby.values()])
             self._members_at = hub.lobby_changes
         return self._members
+
+    def forget_members(self) -> None:
+        self._members, self._members_at = (), -1
 
     def own_users(self) -> list[User]:
         return list(self.hub.online.values())

@@ -190,6 +190,9 @@ class ClusterState:
 
     # -- the commands (ChatState) ---------------------------------------------
 
+    def forget_members(self) -> None:
+        pass  # lobby_members makes a new list each time: nothing is kept
+
     def lobby_members(self) -> list[Member]:
         members = self.own.lobby_members()
         detached = self.replica.detached
