@@ -167,7 +167,7 @@ def test_web_is_off_by_default_and_repeatable() -> None:
 
 
 @pytest.mark.parametrize("origin", [
-    "*", "https://friends.example", "http://friends.example:8080", "https://Friends.Example/",
+    "*", "https://friends.example", "http://friends.example:8080",
     "http://[2001:db8::1]:8080", "http://192.0.2.7", "chrome-extension://abcdefgh",
 ])
 def test_web_origin_takes_an_origin_or_a_star(origin: str) -> None:
@@ -175,12 +175,31 @@ def test_web_origin_takes_an_origin_or_a_star(origin: str) -> None:
     assert options("--web-origin", origin)["web-origins"] == [origin]
 
 
+@pytest.mark.parametrize(("given", "kept"), [
+    ("https://Friends.Example/", "https://friends.example"),
+    ("HTTPS://friends.example", "https://friends.example"),
+    ("https://friends.example:443", "https://friends.example"),
+    ("http://friends.example:80/", "http://friends.example"),
+    ("http://friends.example:443", "http://friends.example:443"),
+    ("http://friends.example:080", "http://friends.example"),
+    ("http://friends.example:08080", "http://friends.example:8080"),
+    ("http://[2001:DB8::1]:80", "http://[2001:db8::1]"),
+])
+def test_a_web_origin_is_kept_as_a_browser_writes_it(given: str, kept: str) -> None:
+    """The Origin check compares strings, and a browser leaves out a default
+    port and writes the scheme and host in lower case: a value given
+    otherwise would never match."""
+    assert parse_origin(given) == kept
+    assert options("--web-origin", given)["web-origins"] == [kept]
+    assert origin_allowed(kept, "elsewhere.example", [parse_origin(given)])
+
+
 @pytest.mark.parametrize("origin", [
     "foo", "friends.example", "friends.example:443", "https://", "https:///x", "null", "",
     "https://friends.example/page", "https://friends.example?x", "https://friends.example#x",
     "https://user@friends.example", "https://friends.example:99999",
     "https://friends.example:x", "https://friends.example:", " https://friends.example",
-    "https://friends .example", "1https://friends.example", "**",
+    "https://friends .example", "1https://friends.example", "**", "http://[::1",
 ])
 def test_a_malformed_web_origin_is_a_usage_error(origin: str) -> None:
     """--help says scheme://host[:port] or *: another value could never match

@@ -44,9 +44,12 @@ _SCHEME = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*\Z")
 def parse_origin(value: str) -> str:
     """
     A C{--web-origin} value: C{*}, or an origin as a browser sends it,
-    C{scheme://host[:port]} (a trailing C{/} allowed, as L{origin_allowed}
-    ignores it).  Anything else could never match an C{Origin} header, so
-    it is refused rather than silently allowing nobody.
+    C{scheme://host[:port]} (a trailing C{/} allowed).  Anything else could
+    never match an C{Origin} header, so it is refused rather than silently
+    allowing nobody.  Returned as a browser writes it, since
+    L{origin_allowed} compares strings: lower case, no trailing C{/}, no
+    default port (C{https://Example.org:443/} is C{https://example.org}),
+    the port without leading zeros.
 
     @raise ValueError: naming what is wrong.
     """
@@ -55,9 +58,9 @@ def parse_origin(value: str) -> str:
     problem = f"{value!r} is not * or an origin scheme://host[:port] (e.g. https://example.org)"
     if "://" not in value or any(c.isspace() for c in value):
         raise ValueError(problem)
-    parts = urlsplit(value)
     try:
-        parts.port  # noqa: B018  (raises for a port that is not 0-65535)
+        parts = urlsplit(value)
+        port = parts.port  # raises for a port that is not 0-65535, or a bad IPv6 host
     except ValueError:
         raise ValueError(problem) from None
     if (not _SCHEME.match(parts.scheme) or not parts.hostname
@@ -65,7 +68,17 @@ def parse_origin(value: str) -> str:
             or parts.path not in ("", "/") or parts.query or parts.fragment
             or value.endswith(("?", "#"))):
         raise ValueError(problem)
-    return value
+    scheme = parts.scheme.lower()
+    host = parts.hostname
+    if ":" in host:
+        host = f"[{host}]"  # an IPv6 address, as it stands in a URL
+    if port is None or _DEFAULT_PORTS.get(scheme) == port:
+        return f"{scheme}://{host}"
+    return f"{scheme}://{host}:{port}"
+
+
+# The ports a browser leaves out of an Origin (RFC 6454, 6.1).
+_DEFAULT_PORTS = {"http": 80, "https": 443, "ws": 80, "wss": 443}
 
 
 def parse_networks(descriptions: Sequence[str]) -> tuple[Network, ...]:
