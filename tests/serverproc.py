@@ -54,13 +54,14 @@ def process_state(pid: int) -> str:
                                       "SigIgn:", "SigCgt:", "Threads:"))]
         for task in sorted((base / "task").iterdir(), key=lambda t: int(t.name)):
             fields = {}
-            for name in ("comm", "wchan", "syscall"):
+            for name in ("comm", "wchan", "syscall", "stat"):
                 try:
                     fields[name] = (task / name).read_text().strip()
-                except OSError as e:
+                except OSError as e:  # the thread ended meanwhile, say
                     fields[name] = f"({e.strerror})"
-            stat = (task / "stat").read_text()
-            fields["state"] = stat[stat.rindex(")") + 2:].split()[0]
+            stat = fields.pop("stat")
+            if ")" in stat:
+                fields["state"] = stat[stat.rindex(")") + 2:].split()[0]
             lines.append(f"thread {task.name}: " + ", ".join(f"{k} {v}" for k, v in fields.items()))
     except OSError as e:
         lines.append(f"(reading /proc/{pid}: {e})")
@@ -138,7 +139,10 @@ class ServerProcess:
             except subprocess.TimeoutExpired:
                 state = process_state(self.proc.pid)
                 os.killpg(self.proc.pid, signal.SIGKILL)
-                self.proc.wait(5)
+                try:
+                    self.proc.wait(5)
+                except subprocess.TimeoutExpired:
+                    state += "\n(and it did not die within 5 s of SIGKILL either)"
                 raise TimeoutError(
                     f"twistd (pid {self.proc.pid}) did not exit within {timeout}s of"
                     f" signal {sig}; what it was doing then:\n{state}\nits output:\n"
