@@ -32,7 +32,7 @@ Backlog = Callable[[], bool]
 BatchObserver = Callable[[int, int, int, float], None]
 
 # Writes a batch to the members it can in one pass, and returns the others
-# (see twisted_chat.server.sendqueue.write_direct).
+# (see twisted_chat.server.sendqueue.DirectPass).
 WriteAll = Callable[[Collection[Any], bytes], Collection[Any]]
 
 

@@ -12,7 +12,7 @@ C{offset}, C{_tempDataLen}); where they are missing, on other transports
 (TLS, test transports), or with C{--no-direct-send}, the queue writes with
 C{transport.write} and estimates Twisted's share from its pausing.  The
 fan-out sends a batch to every queue on the direct path at once with
-L{write_direct}, without a Python call per member.
+L{DirectPass}, without a Python call per member.
 """
 
 from __future__ import annotations
@@ -136,7 +136,7 @@ class SendQueue:
     limit (and does not write it): the caller cuts the connection.
 
     C{sock_now} is the socket while a write may go straight to it (the
-    direct path, Twisted holding nothing): what L{write_direct} sends on.
+    direct path, Twisted holding nothing): what L{DirectPass} sends on.
     Every change of it after the queue is made adds one to the class's
     L{generation}, which tells a L{DirectPass} to look at its members again.
     """
@@ -271,7 +271,7 @@ class SendQueue:
 
 
 class Sending(Protocol):
-    """What L{write_direct} needs of a connection."""
+    """What L{DirectPass} needs of a connection."""
 
     @property
     def send_queue(self) -> SendQueue | None:
@@ -329,22 +329,13 @@ def send_all(members: Sequence[Sending], socks: Sequence[socket.socket], data: b
                 queue.took(data, sent)
 
 
-def write_direct(members: Iterable[Sending], data: bytes) -> list[Any]:
-    """
-    Send C{data} to every member whose queue may write straight to its
-    socket (L{send_all}), and return the others, for the caller to
-    C{deliver} to.  docs/fanout.md, "The direct pass".
-    """
-    direct, socks, rest = partition(members)
-    if socks:
-        send_all(direct, socks, data)
-    return rest
-
-
 class DirectPass:
     """
-    L{write_direct} for one fan-out, which keeps the members' L{partition}
-    from one batch to the next while it cannot have changed: the same
+    The fan-out's batch writer: it sends each batch to every member whose
+    queue may write straight to its socket (L{send_all}) and returns the
+    others, for the caller to C{deliver} to (docs/fanout.md, "The direct
+    pass").  It keeps the members' L{partition} from one batch to the next
+    while it cannot have changed: the same
     member list (the same object: the lobby state makes a new one when the
     lobby changes) and no queue's C{sock_now} changed since
     (L{SendQueue.generation}).  A steady lobby then costs no Python work per

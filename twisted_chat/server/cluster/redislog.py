@@ -538,7 +538,7 @@ class RedisLog:
         if not self._started:
             await self._load(cmd)
 
-    async def _lost_after(self, cmd: Any, reached: str, held: bool = False) -> str | None:
+    async def _lost_after(self, cmd: Any, reached: str, held: bool) -> str | None:
         """If the stream lost entry C{reached} (Redis lost its last events),
         the last entry it kept before it; else C{None} (it is there, or it
         was trimmed: the stream goes on after it as it went on then).
