@@ -10,7 +10,8 @@ full run), connects the clients, and measures one step at ``--rate`` room
 messages/s with the full run's own code (L{bench.scenarios.one_rate}).  A
 variant is our server with its defaults (as the ``chat`` column) plus more
 options; ``--baseline TREE`` adds our server from another source tree as
-``chat-before``.  It prints a line per measurement and a summary: per server
+``chat-before``; the key ``floor`` is the platform's floor (L{bench.floor}:
+our fan-out and send path, no chat logic).  It prints a line per measurement and a summary: per server
 the mean and range of server µs per line and of p50, the ratio of the means
 to the first server, and the server's user and system µs per line apart
 (the interpreter's cost against the kernel's).  ``--out`` also writes that
@@ -28,7 +29,7 @@ from typing import Any
 
 from bench import scenarios
 from bench.run import FULL, raise_nofile, room, server_specs
-from bench.servers import ServerSpec
+from bench.servers import BENCH, ServerSpec
 
 
 def measure(spec: ServerSpec, clients: int, rate: float, seconds: float) -> dict[str, Any]:
@@ -53,6 +54,9 @@ def main(argv: list[str] | None = None) -> int:
         ap.error("--rounds must be 1 to 20 and --seconds at most 30")
     raise_nofile()
     specs = {s.key: s for s in server_specs(False, None, baseline=args.baseline)}
+    # The platform's floor (bench/floor.py): only here, not in the full run.
+    specs["floor"] = ServerSpec("floor", "the platform's floor (bench/floor.py)", "chat/1",
+                                "floor", tree=BENCH.parent)
     for v in args.variant:
         key, _, options = v.partition("=")
         specs[key] = replace(specs["chat"], key=key, label=f"twisted-chat {options}",

@@ -62,7 +62,7 @@ class ServerSpec:
     key: str  # column name in the results
     label: str
     dialect: str  # "chat/1" or "irc"
-    kind: str  # "chat", "ngircd" or "inspircd"
+    kind: str  # "chat", "ngircd", "inspircd" or "floor" (bench/floor.py)
     extra: list[str] = field(default_factory=list)  # extra options for our server
     # Our server from another source tree (a baseline): put first on sys.path.
     tree: Path | None = None
@@ -75,6 +75,8 @@ class ServerSpec:
             return [twistd, "-n", "--pidfile=", "-l", str(workdir / "twistd.log"), "chat",
                     "--port", f"tcp:{port}:interface=127.0.0.1", "--exempt", "127.0.0.0/8",
                     *self.extra]
+        if self.kind == "floor":
+            return [sys.executable, "-m", "bench.floor", str(port)]
         if self.kind == "ngircd":
             conf = workdir / "ngircd.conf"
             text = (BENCH / "irc" / "ngircd.conf.in").read_text()
@@ -101,6 +103,8 @@ class ServerSpec:
                                  timeout=60)
             if not any(line.split()[:1] == ["chat"] for line in out.stdout.splitlines()):
                 return "the chat twistd plugin is not installed yet"
+            return None
+        if self.kind == "floor":
             return None
         exe = {"ngircd": "ngircd", "inspircd": "inspircd"}[self.kind]
         if shutil.which(exe) is None and not os.path.exists(f"/usr/sbin/{exe}"):
