@@ -308,6 +308,61 @@ def test_flood_control_applies(h: Harness) -> None:
     assert lines[2].startswith("ERROR flood ")
 
 
+def ping(payload: bytes = b"are you there") -> bytes:
+    return ws.frame(payload, opcode=ws.PING)
+
+
+def split(conn: WsConn) -> tuple[list[bytes], list[str]]:
+    """The PONG payloads and the text messages received since the last look."""
+    frames = conn.frames()
+    return ([p for op, p in frames if op == ws.PONG],
+            [p.decode() for op, p in frames if op == ws.TEXT])
+
+
+def test_an_occasional_ping_gets_its_pong() -> None:
+    h = Harness(flood_rate=1.0, flood_burst=2)
+    alice = WsConn(h, make_gateway(h))
+    alice.register("alice")
+    for _ in range(5):
+        alice.send_frame(ping(b"x" * 125))
+        assert split(alice) == ([b"x" * 125], [])
+        h.clock.advance(1)
+    assert alice.closes == []
+
+
+def test_pings_spend_flood_tokens_and_a_ping_flood_is_cut(h: Harness) -> None:
+    h = Harness(flood_rate=1.0, flood_burst=5)
+    gateway = make_gateway(h)
+    bob, alice = tcp_and_browser(h, gateway)
+    # A peer that pings as fast as it can and reads nothing: one read.
+    alice.send_frame(ping(b"x" * 125) * 10_000)
+    assert len(alice.transport.value()) < 2_000  # four PONGs and three lines
+    pongs, lines = split(alice)
+    assert pongs == [b"x" * 125] * 4  # the burst of five, less NICK's token
+    assert lines[0].startswith("ERROR flood ")
+    assert lines[-1] == "BYE flood too many lines too fast"
+    assert alice.closes == [1000]
+    alice.lose()
+    assert bob.take()[-1] == f"LEFT {ts(h)} alice flood"
+
+
+def test_no_pong_is_queued_for_a_peer_that_does_not_read() -> None:
+    h = Harness(flood_rate=1.0, flood_burst=5, sendq_timeout=30.0)
+    gateway = make_gateway(h)
+    alice = WsConn(h, gateway)
+    alice.register("alice")
+    # The kernel stops taking alice's data: Twisted pauses her producer.
+    alice.transport.producer.pauseProducing()
+    # Pings within the flood rate: no flood, but no PONG either.
+    for _ in range(20):
+        alice.send_frame(ping(b"x" * 125))
+        h.clock.advance(1)
+    assert alice.transport.value() == b""
+    # She still reads nothing: --sendq-timeout cuts her, as on TCP.
+    h.clock.advance(30)
+    assert alice.transport.disconnecting
+
+
 def test_per_address_limit_counts_browsers_and_tcp_together(h: Harness) -> None:
     h = Harness(max_per_ip=1)
     gateway = make_gateway(h)

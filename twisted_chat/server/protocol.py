@@ -389,6 +389,17 @@ class ChatProtocol:
         else:
             self.line_received(line)
 
+    def control_received(self) -> bool:
+        """
+        A control message with no line in it, from a transport that has
+        them (a WebSocket ping: twisted_chat.web.gateway): it counts as a
+        line for the idle timer and flood control, so a peer that sends
+        them too fast is warned and cut like one that sends lines too fast.
+
+        @return: whether it may be answered.
+        """
+        return not self.closing and self._count_line()
+
     def _too_long(self) -> None:
         """Check 1: the line is discarded whole, with one error."""
         if self._count_line():

@@ -49,6 +49,10 @@ CLOSE_NORMAL = 1000
 CLOSE_UNSUPPORTED = 1003  # a binary message
 CLOSE_POLICY = 1008
 
+# A PONG is not queued behind more than this many bytes that Twisted already
+# holds for the socket: a peer that pings without reading gets no more.
+PONG_HELD_LIMIT = 4096
+
 Address = IPv4Address | IPv6Address
 
 _log = Logger()  # not `log`: autobahn's protocols have their own
@@ -183,6 +187,7 @@ class ChatWebSocket(WebSocketServerProtocol):
     # The chat connection (the server's ChatProtocol, or its refusal).
     chat: Any = None
     _write_frames: Callable[[bytes], bool]  # not _send: autobahn has one
+    _frames_queue: SendQueue | None = None
     _client: Address | None = None
     _refused = False
 
@@ -220,7 +225,8 @@ class ChatWebSocket(WebSocketServerProtocol):
         # be transport.write, a buffered write and two epoll_ctl calls).  A
         # send queue with no limit of its own does that: --sendq is the chat
         # connection's queue's to enforce (it sits on WebSocketTransport).
-        self._write_frames = SendQueue(self.tcp, sys.maxsize).write
+        self._frames_queue = SendQueue(self.tcp, sys.maxsize)
+        self._write_frames = self._frames_queue.write
         chat = self.factory.chat.buildProtocol(self._client)
         if chat is None:
             self.close_normally()
@@ -256,6 +262,38 @@ class ChatWebSocket(WebSocketServerProtocol):
         receive = getattr(chat, "message_received", None)
         if receive is not None:  # else a refusal (server full): it said why and closes
             receive(payload)
+
+    def onPing(self, payload: bytes) -> None:
+        """
+        A ping (autobahn's own answers every one, written past every limit):
+        it costs a flood token, as a line does, so that a peer that pings
+        too fast gets C{ERROR flood} and then C{BYE flood}; and it gets its
+        PONG only while Twisted holds at most L{PONG_HELD_LIMIT} bytes for
+        the socket, so that a peer that pings without reading cannot make
+        the server hold PONGs for it (a stalled reader is then cut by
+        C{--sendq} and C{--sendq-timeout} as usual).
+        """
+        if self.state != self.STATE_OPEN:
+            return
+        charge = getattr(self.chat, "control_received", None)
+        if charge is None or not charge():
+            return  # a refusal (it closes), a closing connection, or a flood
+        if self.twisted_held() > PONG_HELD_LIMIT:
+            return
+        self.sendPong(payload)
+
+    def twisted_held(self) -> int:
+        """
+        Bytes Twisted holds for the socket: read from the TCP transport's
+        buffer where the gateway's queue can, and at least what the chat
+        connection's send queue estimates (its buffer size once Twisted has
+        paused it, elsewhere, e.g. under TLS).
+        """
+        held = 0 if self._frames_queue is None else self._frames_queue.twisted_held()
+        queue = getattr(self.chat, "send_queue", None)
+        if queue is not None:
+            held = max(held, queue.twisted_held())
+        return held
 
     def onClose(self, wasClean: bool, code: int | None, reason: str | None) -> None:
         chat, self.chat = self.chat, None
