@@ -166,6 +166,20 @@ def test_web_is_off_by_default_and_repeatable() -> None:
     assert site.gateway.web.trusted_proxies == (ipaddress.ip_network("127.0.0.1/32"),)
 
 
+def test_web_timeout_option() -> None:
+    def site_of(*args: str) -> WebSite:
+        reactor = MemoryReactorClock()
+        makeService(options("--db", ":memory:", "--web", "8080", *args), reactor).startService()
+        site = {port: factory for port, factory, *_ in reactor.tcpServers}[8080]
+        assert isinstance(site, WebSite)
+        return site
+
+    assert site_of().web.timeout == 30.0
+    assert site_of("--web-timeout", "7.5").web.timeout == 7.5
+    with pytest.raises(usage.UsageError):
+        options("--web-timeout", "0")
+
+
 @pytest.mark.parametrize("origin", [
     "*", "https://friends.example", "http://friends.example:8080",
     "http://[2001:db8::1]:8080", "http://192.0.2.7", "chrome-extension://abcdefgh",

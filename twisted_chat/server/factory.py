@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any, cast
+from typing import Protocol as Structural
 
 from twisted.internet import defer
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
@@ -35,23 +36,40 @@ if TYPE_CHECKING:
     from twisted.internet.interfaces import IAddress
 
 
+class Handshaking(Structural):
+    """What the handshake pool holds: a connection that has no nick yet."""
+
+    pool_key: str
+
+    def __hash__(self) -> int: ...
+
+    def evict(self) -> None:
+        """Close it, to make room in the pool."""
+
+
 class _Refusal(Protocol):
     """
-    What a connection over a limit talks to: two lines, then the close, and
-    an abort if the peer has not completed the close within the grace (a TLS
-    peer that never finishes the handshake or never answers the close would
-    otherwise hold the socket for good, outside every limit).
+    What a connection over a limit talks to: two lines (or C{message}),
+    then the close, and an abort if the peer has not completed the close
+    within the grace (a TLS peer that never finishes the handshake or never
+    answers the close would otherwise hold the socket for good, outside
+    every limit).
     """
 
-    def __init__(self, why: str, clock: IReactorTime, grace: float) -> None:
+    def __init__(self, why: str, clock: IReactorTime, grace: float,
+                 message: bytes | None = None) -> None:
         self.why = why
         self.clock = clock
         self.grace = grace
+        self.message = message
         self._abort_call: IDelayedCall | None = None
 
     def connectionMade(self) -> None:
         transport: Any = self.transport
-        transport.write(wire.error(ErrorCode.SERVER_FULL, self.why) + wire.line("BYE", "full"))
+        message = self.message
+        if message is None:
+            message = wire.error(ErrorCode.SERVER_FULL, self.why) + wire.line("BYE", "full")
+        transport.write(message)
         transport.loseConnection()
         self._abort_call = self.clock.callLater(self.grace, transport.abortConnection)
 
@@ -59,6 +77,9 @@ class _Refusal(Protocol):
         if self._abort_call is not None and self._abort_call.active():
             self._abort_call.cancel()
         self._abort_call = None
+
+
+FULL = "the server is full; try again later"
 
 
 def hub_options(config: ServerConfig) -> dict[str, Any]:
@@ -104,10 +125,14 @@ class ChatFactory(ServerFactory):
             self.state = state(self)
         self.hub = self.state.hub
         self.connections: set[ChatProtocol] = set()
+        # Connections that count against --max-clients but are not chat
+        # connections (yet): the web port's HTTP connections
+        # (twisted_chat.web.admission).
+        self.other_connections = 0
         # Per-address limits (docs/security.md), and the connections still
         # choosing a nick, overall.
         self.addresses = AddressBook(AddressPolicy.from_config(config), reactor)
-        self.handshaking: HandshakePool[ChatProtocol] = HandshakePool(config.handshake_limit)
+        self.handshaking: HandshakePool[Handshaking] = HandshakePool(config.handshake_limit)
         self.repeats = logs.Repeats(reactor)
         if backlog is None:
             backlog = reactor_backlog(reactor)
@@ -135,33 +160,42 @@ class ChatFactory(ServerFactory):
 
     def buildProtocol(self, addr: IAddress | None) -> Protocol:
         host: str | None = getattr(addr, "host", None)
-        if len(self.connections) >= self.config.max_clients:
-            return self._refuse(host, "the server is full; try again later")
+        if len(self.connections) + self.other_connections >= self.config.max_clients:
+            return self.refusal(host, FULL)
         try:
             limits = self.addresses.admit(host)
         except Refused as e:
-            return self._refuse(host, str(e))
+            return self.refusal(host, str(e))
         protocol = ChatProtocol(self)
         protocol.host = host
         protocol.limits = limits
         protocol.pool_key = limits.key if limits is not None else (host or "-")
         # A full handshake pool makes room rather than refuse: the oldest
         # connection of the address holding most of it goes.
-        for victim in self.handshaking.make_room():
-            self.handshaking.discard(victim.pool_key, victim)
-            victim.evict()
+        self.make_room()
         self.handshaking.add(protocol.pool_key, protocol)
         self.connections.add(protocol)
         # It provides IProtocol without subclassing Protocol (for __slots__),
         # which is all Twisted asks of what buildProtocol returns.
         return cast(Protocol, protocol)
 
-    def _refuse(self, host: str | None, why: str) -> Protocol:
+    def make_room(self) -> None:
+        """Before one more joins a full handshake pool: evict its victims."""
+        for victim in self.handshaking.make_room():
+            self.handshaking.discard(victim.pool_key, victim)
+            victim.evict()
+
+    def refusal(self, host: str | None, why: str, message: bytes | None = None) -> Protocol:
+        """
+        A connection from C{host} refused for C{why}, logged and counted:
+        the protocol that tells it (C{message}, by default C{ERROR
+        server-full} and C{BYE full}) and closes.
+        """
         self.stats.disconnected("refused")
         key = self.addresses.key(host) if host is not None else "-"
         self.repeats.log(self.log, LogLevel.warn, key, "refused", "refused {host}: {why}",
                          host=host, why=why)
-        return _Refusal(why, self.reactor, self.config.close_grace)
+        return _Refusal(why, self.reactor, self.config.close_grace, message)
 
     def registered(self, protocol: ChatProtocol) -> None:
         """C{protocol} has a nick: it leaves the handshake's limits."""

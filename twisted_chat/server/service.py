@@ -230,6 +230,10 @@ class Options(usage.Options):
          "chat.accounts.sqlite3), or with --redis in Redis, shared by the whole "
          "cluster (the tool's --redis URL). Passwords cross the network: use a TLS --port.",
          _accounts_mode],
+        ["web-timeout", None, 30.0,
+         "Seconds an HTTP connection to --web may last until its WebSocket upgrade, "
+         "however it sends (a slow request, a kept-alive connection); then it is closed.",
+         _positive(float)],
     ]
 
     def __init__(self) -> None:
@@ -618,6 +622,7 @@ def _add_web(top: MultiService, options: Options, factory: ChatFactory, reactor:
         origins=tuple(options["web-origins"]),
         trusted_proxies=parse_networks(options["trust-proxy"]),
         max_message=max_message_for(factory.config.max_line),
+        timeout=options["web-timeout"],
     )
     site = web_site(factory, web, reactor=reactor)
     for description, endpoint in listening:

@@ -26,6 +26,9 @@ class WebConfig:
     # The largest WebSocket message accepted; a larger one closes with 1009.
     # Lines longer than --max-line but within this get ERROR too-long.
     max_message: int = 16384
+    # Seconds an HTTP connection may last before its WebSocket upgrade,
+    # however it sends (--web-timeout; twisted_chat.web.admission).
+    timeout: float = 30.0
 
 
 def max_message_for(max_line: int) -> int:
@@ -104,7 +107,8 @@ def _parse_ip(text: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None
         return None
 
 
-def _trusted(host: str | None, proxies: Sequence[Network]) -> bool:
+def trusted(host: str | None, proxies: Sequence[Network]) -> bool:
+    """Whether C{host} is one of the trusted proxies C{proxies}."""
     if host is None or not proxies:
         return False
     ip = _parse_ip(host)
@@ -122,7 +126,7 @@ def client_host(peer_host: str | None, forwarded_for: str | None,
     address that is not one is the client.  A malformed entry stops the walk:
     the last trusted hop is used, since nothing left of it can be believed.
     """
-    if not _trusted(peer_host, proxies) or not forwarded_for:
+    if not trusted(peer_host, proxies) or not forwarded_for:
         return peer_host
     host = peer_host
     for entry in reversed(forwarded_for.split(",")):

@@ -5,6 +5,11 @@ files under C{/static/}, and the WebSocket at C{/chat}, all on one port.
 Every response carries the security headers (L{security_headers}): a
 Content-Security-Policy that lets the page run only its own scripts and
 styles and connect only to its own WebSocket, C{nosniff}, and no framing.
+
+Each HTTP connection is counted against the chat server's connection limits
+from the moment it is accepted, until its WebSocket upgrade or its close
+(L{twisted_chat.web.admission}), and lasts at most C{--web-timeout} seconds
+before the upgrade, whatever it sends (L{_Channel}).
 """
 
 from __future__ import annotations
@@ -15,9 +20,15 @@ from pathlib import Path
 from typing import Any
 
 from autobahn.twisted.resource import WebSocketResource
-from twisted.internet.protocol import ServerFactory
-from twisted.web import pages, resource, server, static
+from twisted.internet.interfaces import IDelayedCall
+from twisted.internet.protocol import Protocol, connectionDone
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from twisted.web import http, pages, resource, server, static
 
+from twisted_chat.server.addresses import Refused
+from twisted_chat.server.factory import ChatFactory
+from twisted_chat.web.admission import WebGate
 from twisted_chat.web.config import WebConfig
 from twisted_chat.web.gateway import ChatWebSocketFactory
 
@@ -56,6 +67,73 @@ def security_headers(host: str | None) -> dict[str, str]:
         "Referrer-Policy": "no-referrer",
         "Cross-Origin-Opener-Policy": "same-origin",
     }
+
+
+_log = Logger()
+
+# What an HTTP connection over a limit is told before the close.
+REFUSED = (b"HTTP/1.1 503 Service Unavailable\r\nConnection: close\r\n"
+           b"Content-Type: text/plain; charset=utf-8\r\nContent-Length: 16\r\n\r\n"
+           b"Server is full.\n")
+
+
+class _Channel(http.HTTPChannel):
+    """
+    One HTTP connection to the web port: counted by the site's L{WebGate}
+    from its accept until it closes or upgrades to the WebSocket, and
+    aborted C{timeout} seconds after its accept if it has not upgraded by
+    then, however it sends (Twisted's own timeout is reset by every byte
+    received: one header byte every 50 s held a socket for days).
+    """
+
+    site: WebSite
+    pool_key = "-"
+    _deadline: IDelayedCall | None = None
+
+    def connectionMade(self) -> None:
+        super().connectionMade()
+        timeout = self.site.web.timeout
+        if timeout > 0:
+            self._deadline = self.callLater(timeout, self._expired)
+
+    def _expired(self) -> None:
+        self._deadline = None
+        self.site.gate.release(self)
+        transport: Any = self.transport
+        if transport is not None:
+            _log.info("HTTP connection from {peer} aborted: not upgraded within {timeout:g} s",
+                      peer=transport.getPeer(), timeout=self.site.web.timeout)
+            transport.abortConnection()
+
+    def upgrading(self) -> None:
+        """Its WebSocket upgrade is being rendered: the chat connection
+        made for it is counted and timed from now on."""
+        deadline, self._deadline = self._deadline, None
+        if deadline is not None and deadline.active():
+            deadline.cancel()
+        self.site.gate.release(self)
+
+    def evict(self) -> None:
+        """Make room in a full handshake pool."""
+        self.upgrading()
+        transport: Any = self.transport
+        if transport is not None:
+            transport.abortConnection()
+
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
+        self.upgrading()
+        super().connectionLost(reason)
+
+
+class _Socket(WebSocketResource):
+    """The WebSocket at C{/chat}: its connection leaves the site's counts
+    when its upgrade is rendered (the chat's take over)."""
+
+    def render(self, request: server.Request) -> Any:
+        channel = request.channel
+        if isinstance(channel, _Channel):
+            channel.upgrading()
+        return super().render(request)
 
 
 class _Request(server.Request):
@@ -102,13 +180,32 @@ class _Root(resource.Resource):
 
 class WebSite(server.Site):
     requestFactory = _Request
+    # HTTP/1.1 only (a WebSocket upgrade is one), on a channel that counts
+    # and times its connection.
+    protocol = _Channel  # type: ignore[assignment]
 
-    def __init__(self, root: resource.Resource, gateway: ChatWebSocketFactory) -> None:
+    def __init__(self, root: resource.Resource, gateway: ChatWebSocketFactory,
+                 chat: ChatFactory, web: WebConfig) -> None:
         super().__init__(root)
         self.gateway = gateway
+        self.chat = chat
+        self.web = web
+        self.gate = WebGate(chat, web.trusted_proxies)
+
+    def buildProtocol(self, addr: Any) -> Any:
+        """A connection to the web port, counted from now (or refused: a
+        503 and the close, as the chat port refuses)."""
+        host: str | None = getattr(addr, "host", None)
+        channel = super().buildProtocol(addr)
+        try:
+            self.gate.admit(channel, host)
+        except Refused as e:
+            refusal: Protocol = self.chat.refusal(host, str(e), REFUSED)
+            return refusal
+        return channel
 
 
-def web_site(chat: ServerFactory, web: WebConfig, reactor: Any = None,
+def web_site(chat: ChatFactory, web: WebConfig, reactor: Any = None,
              static_dir: Path = STATIC) -> WebSite:
     """The site for C{--web}: the page and a WebSocket into C{chat}."""
     gateway = ChatWebSocketFactory(
@@ -116,8 +213,8 @@ def web_site(chat: ServerFactory, web: WebConfig, reactor: Any = None,
     )
     files = _Files(str(static_dir), defaultType="application/octet-stream")
     page = _Files(str(static_dir / "index.html"))
-    root = _Root(page, files, WebSocketResource(gateway))
-    site = WebSite(root, gateway)
+    root = _Root(page, files, _Socket(gateway))
+    site = WebSite(root, gateway, chat, web)
     if reactor is not None:
         site.reactor = reactor
     return site

@@ -1,0 +1,179 @@
+"""
+The web port's HTTP connections before they are chat connections
+(twisted_chat.web.admission, twisted_chat.web.site): counted from accept
+with the chat's own limits, TCP and web together; an absolute deadline on
+the HTTP side that bytes received do not reset; the upgrade hands the count
+over to the chat connection.  The site on a task.Clock, connections on
+StringTransports.
+"""
+
+from __future__ import annotations
+
+import itertools
+from typing import Any
+
+from twisted.internet.address import IPv4Address
+from twisted.internet.error import ConnectionDone
+from twisted.python.failure import Failure
+
+from tests.harness import Harness
+from tests.web import wsframes as ws
+from tests.web.test_gateway import TCPTransport
+from twisted_chat.web.config import WebConfig, parse_networks
+from twisted_chat.web.site import WebSite, web_site
+
+_ports = itertools.count(30000)
+
+
+def make_site(h: Harness, **web: Any) -> WebSite:
+    site = web_site(h.factory, WebConfig(**web), reactor=h.clock)
+    # No autobahn timers: they run on txaio's global loop, not on the Clock.
+    site.gateway.setProtocolOptions(openHandshakeTimeout=0, closeHandshakeTimeout=0)
+    return site
+
+
+class HTTPConn:
+    """One TCP connection to the web port."""
+
+    def __init__(self, h: Harness, site: WebSite, peer: str = "192.0.2.1") -> None:
+        self.h = h
+        address = IPv4Address("TCP", peer, next(_ports))
+        self.protocol = site.buildProtocol(address)
+        self.transport = TCPTransport(peerAddress=address)
+        self.transport.protocol = self.protocol  # autobahn takes it over at the upgrade
+        self.protocol.makeConnection(self.transport)
+        self.lost = False
+
+    @property
+    def refused(self) -> bool:
+        return self.transport.value().startswith(b"HTTP/1.1 503 ")
+
+    @property
+    def aborted(self) -> bool:
+        return bool(self.transport.disconnecting)
+
+    def send(self, data: bytes) -> None:
+        self.transport.protocol.dataReceived(data)
+        self.h.clock.advance(0)
+
+    def upgrade(self, **handshake: Any) -> list[str]:
+        request, _ = ws.handshake(**handshake)
+        self.send(request)
+        head, _, rest = self.transport.value().partition(b"\r\n\r\n")
+        assert head.startswith(b"HTTP/1.1 101 "), head
+        frames, _ = ws.parse(rest)
+        self.transport.clear()
+        return [p.decode() for op, p in frames if op == ws.TEXT]
+
+    def lose(self) -> None:
+        if not self.lost:
+            self.lost = True
+            self.transport.protocol.connectionLost(Failure(ConnectionDone()))
+            self.h.clock.advance(0)
+
+
+def test_web_connections_count_against_max_per_ip_from_accept() -> None:
+    h = Harness(max_per_ip=3)
+    site = make_site(h)
+    held = [HTTPConn(h, site) for _ in range(3)]
+    assert not any(c.refused for c in held)
+    fourth = HTTPConn(h, site)
+    assert fourth.refused and fourth.transport.disconnecting
+    # TCP and web connections of one address are counted together.
+    assert h.connect(host="192.0.2.1").take() == [
+        "ERROR server-full too many connections from 192.0.2.1", "BYE full"]
+    # Another address is not affected; a closed connection frees its place.
+    assert not HTTPConn(h, site, peer="192.0.2.2").refused
+    held[0].lose()
+    assert not HTTPConn(h, site).refused
+
+
+def test_web_connections_count_as_handshaking() -> None:
+    h = Harness(max_handshaking_per_ip=2)
+    site = make_site(h)
+    assert not any(HTTPConn(h, site).refused for _ in range(2))
+    assert HTTPConn(h, site).refused
+    assert h.connect(host="192.0.2.1").take()[0].endswith("are still choosing a nick")
+
+
+def test_web_connections_count_against_max_clients() -> None:
+    h = Harness(max_clients=2)
+    site = make_site(h)
+    first, _second = HTTPConn(h, site, "192.0.2.1"), HTTPConn(h, site, "192.0.2.2")
+    assert HTTPConn(h, site, "192.0.2.3").refused
+    assert h.connect(host="192.0.2.4").take() == [
+        "ERROR server-full the server is full; try again later", "BYE full"]
+    first.lose()
+    assert not HTTPConn(h, site, "192.0.2.3").refused
+
+
+def test_a_full_handshake_pool_evicts_the_oldest_of_the_biggest_address() -> None:
+    h = Harness(max_handshaking=3)
+    site = make_site(h)
+    oldest, _next = HTTPConn(h, site, "192.0.2.1"), HTTPConn(h, site, "192.0.2.1")
+    other = HTTPConn(h, site, "192.0.2.2")
+    newcomer = h.connect(host="192.0.2.3")  # a TCP user from elsewhere gets in
+    assert newcomer.take()[0].startswith("HELLO ")
+    assert oldest.aborted and not other.aborted
+    oldest.lose()
+    assert len(site.gate) == 2
+
+
+def test_a_slow_request_is_aborted_at_the_deadline_whatever_it_sends() -> None:
+    h = Harness()
+    site = make_site(h, timeout=30.0)
+    slow = HTTPConn(h, site)
+    slow.send(b"GET /chat HTTP/1.1\r\n")
+    for _ in range(2):  # one header byte every 14 s: Twisted's idle timer is reset
+        h.clock.advance(14)
+        slow.send(b"X")
+    assert not slow.aborted
+    h.clock.advance(2)
+    assert slow.aborted
+    slow.lose()
+    assert len(site.gate) == 0 and h.factory.other_connections == 0
+
+
+def test_an_idle_kept_alive_connection_is_aborted_at_the_deadline() -> None:
+    h = Harness()
+    site = make_site(h, timeout=30.0)
+    conn = HTTPConn(h, site)
+    conn.send(b"GET /nope HTTP/1.1\r\nHost: chat.example\r\n\r\n")
+    assert conn.transport.value().startswith(b"HTTP/1.1 404 ")
+    h.clock.advance(30)
+    assert conn.aborted
+
+
+def test_the_upgrade_hands_the_count_to_the_chat_connection() -> None:
+    # One connection allowed from the address: the WebSocket's HTTP side
+    # and its chat connection are one connection, not two.
+    h = Harness(max_per_ip=1, max_handshaking_per_ip=1)
+    site = make_site(h, timeout=30.0)
+    browser = HTTPConn(h, site)
+    assert browser.upgrade()[0].startswith("HELLO ")
+    assert len(site.gate) == 0 and h.factory.other_connections == 0
+    assert len(h.factory.connections) == 1
+    # The HTTP deadline no longer applies: the chat's own timeouts do.
+    h.clock.advance(100)
+    assert not browser.aborted
+    assert HTTPConn(h, site).refused  # the chat connection holds the address's place
+    browser.lose()
+    assert len(h.factory.connections) == 0
+    assert not HTTPConn(h, site).refused
+
+
+def test_a_trusted_proxy_is_not_counted_as_one_address() -> None:
+    h = Harness(max_per_ip=2, max_handshaking_per_ip=2)
+    site = make_site(h, trusted_proxies=parse_networks(["10.0.0.1"]))
+    proxied = [HTTPConn(h, site, peer="10.0.0.1") for _ in range(5)]
+    assert not any(c.refused for c in proxied)
+    # Each user's address is counted at the upgrade, from X-Forwarded-For.
+    forwarded = {"X-Forwarded-For": "198.51.100.7"}
+    assert proxied[0].upgrade(extra=forwarded)[0].startswith("HELLO ")
+    assert proxied[1].upgrade(extra=forwarded)[0].startswith("HELLO ")
+    assert proxied[2].upgrade(extra=forwarded) == [
+        "ERROR server-full too many connections from 198.51.100.7", "BYE full"]
+    # An untrusted peer is counted as itself.
+    assert HTTPConn(h, site, peer="10.0.0.2").refused is False
+    assert HTTPConn(h, site, peer="10.0.0.2").refused is False
+    assert HTTPConn(h, site, peer="10.0.0.2").refused
