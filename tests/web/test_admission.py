@@ -177,3 +177,18 @@ def test_a_trusted_proxy_is_not_counted_as_one_address() -> None:
     assert HTTPConn(h, site, peer="10.0.0.2").refused is False
     assert HTTPConn(h, site, peer="10.0.0.2").refused is False
     assert HTTPConn(h, site, peer="10.0.0.2").refused
+
+
+# -- --web-host ------------------------------------------------------------------
+
+
+def test_a_request_for_another_host_gets_421_and_opens_no_websocket() -> None:
+    h = Harness()
+    site = make_site(h, hosts=("chat.example",))
+    evil = HTTPConn(h, site)
+    request, _ = ws.handshake(host="evil.example:8080", origin="http://evil.example:8080")
+    evil.send(request)
+    assert evil.transport.value().startswith(b"HTTP/1.1 421 Misdirected Request\r\n")
+    assert len(h.factory.connections) == 0
+    good = HTTPConn(h, site)
+    assert good.upgrade(host="chat.example:8080")[0].startswith("HELLO ")

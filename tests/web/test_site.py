@@ -9,6 +9,7 @@ from __future__ import annotations
 import http.client
 import ipaddress
 import re
+from pathlib import Path
 
 import pytest
 from twisted.internet.testing import MemoryReactorClock
@@ -16,14 +17,16 @@ from twisted.python import usage
 
 from tests.serverproc import LOOPBACK
 from tests.test_service import options
-from tests.web.webserver import WebServer
+from tests.web.webserver import WebServer, serving
 from twisted_chat.server.service import makeService
 from twisted_chat.web.config import (
     client_host,
+    host_allowed,
     max_message_for,
     origin_allowed,
     parse_networks,
     parse_origin,
+    parse_web_host,
 )
 from twisted_chat.web.site import STATIC, WebSite
 
@@ -75,6 +78,20 @@ def test_a_strange_host_header_is_not_put_in_the_policy(web: WebServer) -> None:
 
 
 @pytest.mark.e2e
+def test_web_host_answers_only_its_names(tmp_path: Path) -> None:
+    server = WebServer(tmp_path, "--web-host", "chat.example", "--web-host", "127.0.0.1")
+    for web in serving(server):
+        for host in ["chat.example", f"chat.example:{web.web_port}", "CHAT.example.",
+                     f"127.0.0.1:{web.web_port}"]:
+            assert get(web, "/", host)[0].startswith("HTTP/1.1 200"), host
+        for path in ["/", "/static/app.js", "/nope", "/chat"]:
+            head, body = get(web, path, f"evil.example:{web.web_port}")
+            assert head.startswith("HTTP/1.1 421"), (path, head)
+            assert header(head, "X-Frame-Options") == "DENY"
+            assert b"host name" in body
+
+
+@pytest.mark.e2e
 def test_page_and_static_files(web: WebServer) -> None:
     head, body = get(web, "/")
     assert head.startswith("HTTP/1.1 200")
@@ -119,6 +136,45 @@ def test_the_page_loads_nothing_from_elsewhere_and_uses_no_inline_script() -> No
 )
 def test_origin_rule(origin: str | None, host: str, allowed: tuple[str, ...], ok: bool) -> None:
     assert origin_allowed(origin, host, allowed) is ok
+
+
+@pytest.mark.parametrize(
+    "host, hosts, ok",
+    [
+        (None, (), True),
+        ("evil.example:8080", (), True),  # no --web-host: any
+        ("chat.example", ("chat.example",), True),
+        ("chat.example:8080", ("chat.example",), True),
+        ("Chat.Example.:8080", ("chat.example",), True),
+        ("evil.example:8080", ("chat.example",), False),
+        ("chat.example.evil.example", ("chat.example",), False),
+        (None, ("chat.example",), False),
+        ("", ("chat.example",), False),
+        ("127.0.0.1:8080", ("127.0.0.1",), True),
+        ("[::1]:8080", ("::1",), True),
+        ("[::1]", ("::1",), True),
+        ("[::1]:8080", ("chat.example",), False),
+        ("chat.example:8080:9", ("chat.example",), False),
+    ],
+)
+def test_host_rule(host: str | None, hosts: tuple[str, ...], ok: bool) -> None:
+    assert host_allowed(host, hosts) is ok
+
+
+@pytest.mark.parametrize("given, kept", [
+    ("chat.example", "chat.example"), ("Chat.Example.", "chat.example"),
+    ("localhost", "localhost"), ("192.0.2.7", "192.0.2.7"), ("[::1]", "::1"), ("::1", "::1"),
+])
+def test_web_host_values(given: str, kept: str) -> None:
+    assert parse_web_host(given) == kept
+    assert options("--web-host", given)["web-hosts"] == [kept]
+
+
+@pytest.mark.parametrize("value", ["", "chat.example:8080", "http://chat.example", "a b",
+                                   "*.example", "-bad.example"])
+def test_a_bad_web_host_is_a_usage_error(value: str) -> None:
+    with pytest.raises(usage.UsageError, match="--web-host"):
+        options("--web-host", value)
 
 
 def test_forwarded_for_rule() -> None:
@@ -175,6 +231,9 @@ def test_web_timeout_option() -> None:
         return site
 
     assert site_of().web.timeout == 30.0
+    assert site_of().web.hosts == ()
+    assert site_of("--web-host", "a.example", "--web-host", "B.example").web.hosts == (
+        "a.example", "b.example")
     assert site_of("--web-timeout", "7.5").web.timeout == 7.5
     with pytest.raises(usage.UsageError):
         options("--web-timeout", "0")

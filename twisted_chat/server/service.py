@@ -243,6 +243,7 @@ class Options(usage.Options):
         self["web"] = []
         self["web-origins"] = []
         self["trust-proxy"] = []
+        self["web-hosts"] = []
 
     def opt_exempt(self, cidr: str) -> None:
         """An address or CIDR block (e.g. 192.0.2.10, 2001:db8::/48) without any per-address limit: --max-per-ip, connection, registration and lobby rates, handshaking connections. For a bouncer, a NAT gateway, a benchmark. Repeatable. Nothing is exempt by default, loopback included."""  # noqa: E501
@@ -269,6 +270,15 @@ class Options(usage.Options):
             self["web-origins"].append(parse_origin(origin))
         except ValueError as e:
             raise usage.UsageError(f"--web-origin: {e}") from None
+
+    def opt_web_host(self, name: str) -> None:
+        """A host name (or IP address) the web port answers to, e.g. chat.example.org; requests for any other Host get 421, the WebSocket included (against DNS rebinding). Repeatable. [default: any]"""  # noqa: E501
+        from twisted_chat.web.config import parse_web_host
+
+        try:
+            self["web-hosts"].append(parse_web_host(name))
+        except ValueError as e:
+            raise usage.UsageError(f"--web-host: {e}") from None
 
     def opt_trust_proxy(self, proxies: str) -> None:
         """A reverse proxy (address or network, e.g. 127.0.0.1 or 10.0.0.0/8; comma-separated) whose X-Forwarded-For names the web client's address for per-address limits. Repeatable."""  # noqa: E501
@@ -623,6 +633,7 @@ def _add_web(top: MultiService, options: Options, factory: ChatFactory, reactor:
         trusted_proxies=parse_networks(options["trust-proxy"]),
         max_message=max_message_for(factory.config.max_line),
         timeout=options["web-timeout"],
+        hosts=tuple(options["web-hosts"]),
     )
     site = web_site(factory, web, reactor=reactor)
     for description, endpoint in listening:

@@ -26,6 +26,9 @@ class WebConfig:
     # The largest WebSocket message accepted; a larger one closes with 1009.
     # Lines longer than --max-line but within this get ERROR too-long.
     max_message: int = 16384
+    # The host names (and addresses) the web port answers to, as
+    # parse_web_host keeps them; empty: any (--web-host).
+    hosts: tuple[str, ...] = ()
     # Seconds an HTTP connection may last before its WebSocket upgrade,
     # however it sends (--web-timeout; twisted_chat.web.admission).
     timeout: float = 30.0
@@ -137,6 +140,62 @@ def client_host(peer_host: str | None, forwarded_for: str | None,
         if not any(ip in network for network in proxies):
             return host
     return host
+
+
+_HOST_NAME = re.compile(r"[a-z0-9_]([a-z0-9_-]*[a-z0-9_])?(\.[a-z0-9_]([a-z0-9_-]*[a-z0-9_])?)*\Z")
+
+
+def _host_name(text: str) -> str | None:
+    """C{text} (a name or an IP address, an IPv6 one in brackets or not)
+    as it is compared: lower case, without brackets or a trailing dot;
+    C{None} if it is neither."""
+    text = text.strip().lower()
+    if text.startswith("[") and text.endswith("]"):
+        text = text[1:-1]
+    try:
+        return str(ipaddress.ip_address(text))
+    except ValueError:
+        pass
+    if text.endswith("."):
+        text = text[:-1]
+    if not text or len(text) > 253 or not _HOST_NAME.match(text):
+        return None
+    return text
+
+
+def parse_web_host(value: str) -> str:
+    """
+    A C{--web-host} value: a host name (C{chat.example.org}, C{localhost})
+    or an IP address (C{192.0.2.7}, C{::1}), without a port.
+
+    @raise ValueError: naming what is wrong.
+    """
+    name = _host_name(value)
+    if name is None:
+        raise ValueError(f"{value!r} is not a host name or an IP address "
+                         "(e.g. chat.example.org, 192.0.2.7; no port)")
+    return name
+
+
+def host_allowed(host: str | None, hosts: Sequence[str]) -> bool:
+    """
+    Whether a request with the C{Host} header C{host} is answered: always
+    when C{hosts} (C{--web-host}) is empty; else when its name (the port
+    left out) is one of them.  A page whose name is rebound in DNS to this
+    server's address (DNS rebinding) sends its own name here.
+    """
+    if not hosts:
+        return True
+    if not host:
+        return False
+    host = host.strip()
+    if host.startswith("["):  # [v6]:port
+        name = host[: host.find("]") + 1]
+    elif host.count(":") == 1:  # name:port
+        name = host.split(":", 1)[0]
+    else:
+        name = host
+    return _host_name(name) in hosts
 
 
 def origin_allowed(origin: str | None, host: str | None, allowed: Sequence[str]) -> bool:

@@ -29,7 +29,7 @@ from twisted.web import http, pages, resource, server, static
 from twisted_chat.server.addresses import Refused
 from twisted_chat.server.factory import ChatFactory
 from twisted_chat.web.admission import WebGate
-from twisted_chat.web.config import WebConfig
+from twisted_chat.web.config import WebConfig, host_allowed
 from twisted_chat.web.gateway import ChatWebSocketFactory
 
 STATIC = Path(str(resources.files("twisted_chat.web") / "static"))
@@ -137,12 +137,24 @@ class _Socket(WebSocketResource):
 
 
 class _Request(server.Request):
-    """A request whose response, whatever it is (404s included), is secured."""
+    """
+    A request whose response, whatever it is (404s included), is secured;
+    one whose C{Host} is not one of C{--web-host}'s gets C{421}, whatever
+    its path (the WebSocket's included).
+    """
 
     def process(self) -> None:
-        host = self.getHeader(b"host")
-        for name, value in security_headers(host.decode("latin-1") if host else None).items():
+        raw = self.getHeader(b"host")
+        host = raw.decode("latin-1") if raw else None
+        for name, value in security_headers(host).items():
             self.setHeader(name, value)
+        site: Any = getattr(self.channel, "site", None)
+        if site is not None and not host_allowed(host, site.web.hosts):
+            self.setResponseCode(421, b"Misdirected Request")
+            self.setHeader("Content-Type", "text/plain; charset=utf-8")
+            self.write(b"This server does not answer to that host name.\n")
+            self.finish()
+            return
         super().process()
 
 
