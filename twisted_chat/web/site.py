@@ -22,10 +22,11 @@ from typing import Any
 from autobahn.twisted.resource import WebSocketResource
 from twisted.internet.interfaces import IDelayedCall
 from twisted.internet.protocol import Protocol, connectionDone
-from twisted.logger import Logger
+from twisted.logger import LogLevel
 from twisted.python.failure import Failure
 from twisted.web import http, pages, resource, server, static
 
+from twisted_chat.server import logs
 from twisted_chat.server.addresses import Refused
 from twisted_chat.server.factory import ChatFactory
 from twisted_chat.web.admission import WebGate
@@ -69,7 +70,7 @@ def security_headers(host: str | None) -> dict[str, str]:
     }
 
 
-_log = Logger()
+_log = logs.logger()
 
 # What an HTTP connection over a limit is told before the close.
 REFUSED = (b"HTTP/1.1 503 Service Unavailable\r\nConnection: close\r\n"
@@ -101,8 +102,11 @@ class _Channel(http.HTTPChannel):
         self.site.gate.release(self)
         transport: Any = self.transport
         if transport is not None:
-            _log.info("HTTP connection from {peer} aborted: not upgraded within {timeout:g} s",
-                      peer=transport.getPeer(), timeout=self.site.web.timeout)
+            # At most a few lines per address and 10 s (a slowloris is many).
+            self.site.chat.repeats.log(
+                _log, LogLevel.info, self.pool_key, "web-timeout",
+                "HTTP connection from {peer} closed: not upgraded to the WebSocket "
+                "within {timeout:g} s", peer=transport.getPeer(), timeout=self.site.web.timeout)
             transport.abortConnection()
 
     def upgrading(self) -> None:
