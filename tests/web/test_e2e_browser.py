@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import os
 import shutil
+import subprocess
+import sys
 import time
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta, timezone
@@ -411,8 +413,7 @@ def test_a_nick_with_an_account_asks_for_its_password(
     field.send_keys("alice", Keys.ENTER)
     wait(alice, lambda d: d.find_element(By.ID, "login-title").text == "Password for alice")
     field.send_keys("correct horse battery", Keys.ENTER)
-    wait(alice, lambda d: d.find_element(By.ID, "me-nick").get_attribute("textContent")
-         == "alice")
+    logged_in(alice, "alice")
 
 
 # A WebSocket stand-in, installed before app.js runs, playing a cluster node
@@ -467,3 +468,112 @@ def test_unavailable_sends_the_nick_again_and_keeps_the_password(
          == "alice")
     assert page.execute_script("return window.sentLines") == [
         "NICK alice", "PASS correct horse battery", "NICK alice", "PASS correct horse battery"]
+
+
+# Installed before app.js runs: the real WebSocket, with the page's own lines
+# kept in window.sentLines, the server's in window.gotLines, and the number
+# of sockets opened in window.sockets.
+_RECORDER = r"""
+(() => {
+  window.sentLines = [];
+  window.gotLines = [];
+  window.sockets = 0;
+  const Real = window.WebSocket;
+  class Recording extends Real {
+    constructor(...args) {
+      super(...args);
+      window.sockets += 1;
+      this.addEventListener("message", (e) => window.gotLines.push(String(e.data)));
+    }
+    send(line) {
+      window.sentLines.push(line);
+      super.send(line);
+    }
+  }
+  window.WebSocket = Recording;
+})();
+"""
+
+
+def recording(driver: Any) -> Any:
+    """C{driver}, whose pages keep what they send and receive (L{_RECORDER})."""
+    driver.execute_cdp_cmd("Page.addScriptToEvaluateOnNewDocument", {"source": _RECORDER})
+    return driver
+
+
+def sent(driver: Any) -> list[str]:
+    return list(driver.execute_script("return window.sentLines"))
+
+
+def field_values(driver: Any) -> list[str]:
+    """The value of every input on the page, hidden or not."""
+    return list(driver.execute_script(
+        "return Array.from(document.querySelectorAll('input')).map(e => e.value)"))
+
+
+def registered(tcp: Callable[[str], LineClient], nick: str, password: str) -> None:
+    owner = tcp(nick)
+    owner.send(f"REGISTER {password}")
+    assert owner.expect("REGISTERED ") == f"REGISTERED {nick}"
+    owner.send("BYE")
+    owner.expect("BYE ")
+
+
+def password_prompt(driver: Any, web: WebServer, nick: str) -> Any:
+    """The field, once the page asks for C{nick}'s password."""
+    driver.get(web.url)
+    field = nick_field(driver)
+    field.clear()
+    field.send_keys(nick, Keys.ENTER)
+    wait(driver, lambda d: d.find_element(By.ID, "login-title").text == f"Password for {nick}")
+    return field
+
+
+def logged_in(driver: Any, nick: str) -> None:
+    wait(driver, lambda d: d.find_element(By.ID, "me-nick").get_attribute("textContent") == nick)
+
+
+def test_a_wrong_password_is_never_shown_nor_sent_as_a_nick(
+    web: WebServer, browser: Callable[..., Any], tcp: Callable[[str], LineClient]
+) -> None:
+    """After RETRY bad-password the nick prompt holds the nick (as text), not
+    what was typed as the password; Join sends the nick."""
+    registered(tcp, "alice", "correct horse battery")
+    alice = recording(browser())
+    field = password_prompt(alice, web, "alice")
+    assert field.get_attribute("type") == "password"
+    field.send_keys("Secret-wrong-42", Keys.ENTER)
+    wait(alice, lambda d: d.find_element(By.ID, "nick-error").text)
+    assert field.get_attribute("type") == "text"
+    assert field.get_attribute("value") == "alice"
+    assert "Secret-wrong-42" not in field_values(alice)
+    field.send_keys(Keys.ENTER)  # Join again, as it stands
+    wait(alice, lambda d: d.find_element(By.ID, "login-title").text == "Password for alice")
+    assert sent(alice) == ["NICK alice", "PASS Secret-wrong-42", "NICK alice"]
+    field.send_keys("correct horse battery", Keys.ENTER)
+    logged_in(alice, "alice")
+    assert "correct horse battery" not in field_values(alice)  # not left in the page
+
+
+def test_a_password_changed_by_the_operator_is_not_shown_on_the_rejoin(
+    web: WebServer, browser: Callable[..., Any], tcp: Callable[[str], LineClient]
+) -> None:
+    """The page rejoins by itself with the password it holds; when the
+    operator has changed it meanwhile, the nick prompt comes back holding the
+    nick, not the old password."""
+    registered(tcp, "alice", "correct horse battery")
+    alice = recording(browser())
+    field = password_prompt(alice, web, "alice")
+    field.send_keys("correct horse battery", Keys.ENTER)
+    logged_in(alice, "alice")
+    subprocess.run(
+        [sys.executable, "-m", "twisted_chat.accounts", "passwd",
+         "--db", str(web.workdir / "chat.sqlite3"), "alice"],
+        input=b"another password 9\n", check=True, timeout=WAIT, capture_output=True)
+    web.restart()
+    wait(alice, lambda d: d.find_element(By.ID, "login").is_displayed()
+         and d.find_element(By.ID, "nick-error").text)
+    assert field.get_attribute("type") == "text"
+    assert field.get_attribute("value") == "alice"
+    assert "correct horse battery" not in field_values(alice)
+    assert sent(alice)[-2:] == ["NICK alice", "PASS correct horse battery"]  # the rejoin

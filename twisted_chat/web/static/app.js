@@ -771,8 +771,10 @@
     $("login").hidden = false;
     $("app").hidden = true;
     banner(null);
-    askPassword = !!password;
     const input = $("nick-input");
+    // The field held (or may hold) a password: it is never shown as text.
+    const wasPassword = askPassword || input.type === "password";
+    askPassword = !!password;
     const submit = $("nick-submit");
     submit.disabled = false;
     if (askPassword) {
@@ -783,10 +785,10 @@
       $("nick-input").labels[0].textContent = "Password";
     } else {
       $("login-title").textContent = "Join the chat";
+      if (wasPassword || !input.value) input.value = state.wanted;
       input.type = "text";
       input.placeholder = "e.g. alice";
       $("nick-input").labels[0].textContent = "Nickname";
-      if (!input.value) input.value = state.wanted;
     }
     $("nick-error").textContent = error || "";
     input.focus();
@@ -797,7 +799,9 @@
     event.preventDefault();
     const value = $("nick-input").value;
     if (askPassword) {
+      // Held for a rejoin (it answers PASS), never left in the page.
       state.password = value;
+      $("nick-input").value = "";
       send("PASS " + value);
       return;
     }
