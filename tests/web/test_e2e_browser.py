@@ -24,7 +24,7 @@ from typing import Any
 import pytest
 
 from tests.serverproc import LineClient
-from tests.web.webserver import WebServer
+from tests.web.webserver import WebServer, serving
 
 webdriver = pytest.importorskip("selenium.webdriver")
 from selenium.common.exceptions import NoAlertPresentException  # noqa: E402
@@ -154,6 +154,17 @@ def lobby_lines(client: LineClient, n: int) -> list[str]:
     return out
 
 
+def recalled(driver: Any, times: int) -> list[str]:
+    """What the composer shows after each of C{times} Up presses (then Escape)."""
+    field = driver.find_element(By.ID, "composer-input")
+    shown = []
+    for _ in range(times):
+        field.send_keys(Keys.ARROW_UP)
+        shown.append(field.get_attribute("value"))
+    field.send_keys(Keys.ESCAPE)
+    return shown
+
+
 def screenshot(driver: Any, name: str) -> Path:
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
     path = ARTIFACTS / name
@@ -196,12 +207,7 @@ def test_two_pages_and_a_tcp_client_chat_together(
     assert [t for t in shown if t.startswith("carol ")] == ["carol 0", "carol 1", "carol 2"]
 
     # Up recalls what was sent.
-    field = alice.find_element(By.ID, "composer-input")
-    field.send_keys(Keys.ARROW_UP)
-    assert field.get_attribute("value") == "alice 2"
-    field.send_keys(Keys.ARROW_UP)
-    assert field.get_attribute("value") == "alice 1"
-    field.send_keys(Keys.ESCAPE)
+    assert recalled(alice, 2) == ["alice 2", "alice 1"]
 
     # The sidebar lists everyone.
     users = [e.text.split("\n")[0] for e in bob.find_elements(By.CSS_SELECTOR, "#user-list li")]
@@ -577,3 +583,108 @@ def test_a_password_changed_by_the_operator_is_not_shown_on_the_rejoin(
     assert field.get_attribute("value") == "alice"
     assert "correct horse battery" not in field_values(alice)
     assert sent(alice)[-2:] == ["NICK alice", "PASS correct horse battery"]  # the rejoin
+
+
+def account_dialog(driver: Any, command: str, first: str, again: str | None = None) -> None:
+    """Type C{command} (/register, /passwd) and give the dialog C{first}, then
+    C{again} (C{first} unless given) as the password and its repetition."""
+    say(driver, command)
+    new = wait(driver, lambda d: d.find_element(By.ID, "password-dialog").is_displayed()
+               and d.find_element(By.ID, "password-new"))
+    assert new.get_attribute("type") == "password"
+    assert driver.switch_to.active_element == new
+    retype(driver, first, again)
+
+
+def retype(driver: Any, first: str, again: str | None = None) -> None:
+    driver.find_element(By.ID, "password-new").send_keys(first)
+    repeat = driver.find_element(By.ID, "password-again")
+    assert repeat.get_attribute("type") == "password"
+    repeat.send_keys(first if again is None else again, Keys.ENTER)
+
+
+def dialog_error(driver: Any, words: str) -> None:
+    wait(driver, lambda d: words in d.find_element(By.ID, "password-error").text)
+    assert driver.find_element(By.ID, "password-dialog").is_displayed()
+
+
+def wait_notice(driver: Any, words: str) -> None:
+    try:
+        wait(driver, lambda d: any(words in text for text in notices(d)))
+    except Exception:
+        raise AssertionError(f"wanted {words!r}, shown {notices(driver)}") from None
+
+
+def test_register_and_passwd_from_the_page(
+    web: WebServer, browser: Callable[..., Any], connect: Callable[..., LineClient]
+) -> None:
+    alice = recording(browser())
+    join(alice, web, "alice")
+    say(alice, "hello")
+    say(alice, "/help")  # the page's own commands, /register and /passwd among them
+    wait_notice(alice, "/register — protect your nickname with a password")
+    wait_notice(alice, "/passwd — change that password")
+    # PASSWD without an account: the server's not-registered, in words.
+    account_dialog(alice, "/passwd", "some password 1")
+    wait_notice(alice, "Your nickname has no account; /register makes one.")
+    # A password typed on the command line is refused and not sent.
+    say(alice, "/register hunter2222")
+    wait_notice(alice, "Type /register alone")
+    # Checked in the dialog, in UTF-8 bytes: 4 characters may be 8 bytes, 130 are too many.
+    account_dialog(alice, "/register", "short")
+    dialog_error(alice, "at least 8 bytes")
+    retype(alice, "é" * 130)
+    dialog_error(alice, "at most 256 bytes")
+    retype(alice, "correct horse 1", "correct horse 2")
+    dialog_error(alice, "The two passwords differ.")
+    screenshot(alice, "register.png")
+    assert [e.get_attribute("value") for e in alice.find_elements(
+        By.CSS_SELECTOR, "#password-dialog input")] == ["", ""]
+    retype(alice, "correct horse 1")
+    wait_notice(alice, "alice is now registered")
+    assert not alice.find_element(By.ID, "password-dialog").is_displayed()
+    account_dialog(alice, "/passwd", "éééé")
+    wait_notice(alice, "The password for alice was changed.")
+    # REGISTER for a nick that has an account: the server's registered, in words.
+    account_dialog(alice, "/register", "third password")
+    wait_notice(alice, "Your nickname is registered already")
+    assert [line for line in sent(alice) if not line.startswith(("PING", "PONG", "USERS"))] == [
+        "NICK alice", "MSG hello", "PASSWD some password 1", "REGISTER correct horse 1",
+        "PASSWD éééé", "REGISTER third password"]
+    # No password on screen, in a field, or in what Up recalls.
+    page = alice.execute_script("return document.body.textContent")
+    for secret in ("some password 1", "hunter2222", "correct horse", "éééé", "third password"):
+        assert secret not in page
+        assert secret not in field_values(alice)
+    assert recalled(alice, 2) == ["hello", "hello"]  # the first line sent, and no other
+
+    # The page holds the new password as it holds a login's: it rejoins by itself.
+    web.restart()
+    wait(alice, lambda d: d.execute_script("return window.gotLines").count("READY alice") == 2)
+    assert sent(alice)[-2:] == ["NICK alice", "PASS éééé"]
+    assert not alice.find_element(By.ID, "login").is_displayed()
+
+    # A fresh connection for alice is asked for the password, the changed one.
+    say(alice, "/quit")
+    wait(alice, lambda d: "You left the chat." in d.find_element(By.ID, "banner-text").text)
+    other = connect(web.port)
+    other.expect("NICK")
+    for password, answer in (("correct horse 1", "RETRY bad-password"), ("éééé", "READY alice")):
+        other.send("NICK alice")
+        assert other.expect("PASS") == "PASS alice"
+        other.send(f"PASS {password}")
+        other.expect(answer)
+
+
+@pytest.fixture
+def web_accounts_off(tmp_path: Path) -> Iterator[WebServer]:
+    yield from serving(WebServer(tmp_path, "--accounts", "off"))
+
+
+def test_register_where_accounts_are_off(
+    web_accounts_off: WebServer, browser: Callable[..., Any]
+) -> None:
+    alice = browser()
+    join(alice, web_accounts_off, "alice")
+    account_dialog(alice, "/register", "correct horse 1")
+    wait_notice(alice, "This server has no accounts.")

@@ -85,7 +85,8 @@
     ws: null,
     me: null, // the nick the server accepted
     wanted: localStorage.getItem("twisted-chat.nick") || "",
-    password: null,
+    password: null, // answers PASS on a rejoin: the login's, or the last REGISTERED one
+    accountRequest: null, // {verb, password}: REGISTER / PASSWD sent, its answer awaited
     autoJoin: false, // rejoin under `wanted` when the server asks for a nick
     online: false,
     leaving: false, // we sent BYE: do not reconnect
@@ -417,6 +418,8 @@
     state.ws = null;
     clearInterval(state.keepalive);
     clearInterval(state.rosterTimer);
+    state.accountRequest = null;
+    closePasswordDialog();
     $("nick-submit").disabled = true;
     renderHeader();
     if (state.leaving) {
@@ -719,6 +722,9 @@
         if (!state.online) {
           $("nick-error").textContent = text;
           if (code === "server-full") banner(text, null);
+        } else if (ACCOUNT_ERRORS[code]) {
+          state.accountRequest = null;
+          notice(current(), ACCOUNT_ERRORS[code](text), { error: true });
         } else {
           notice(current(), text, { error: true });
         }
@@ -746,7 +752,13 @@
       }
       case "REGISTERED": {
         const [, nick] = parse(line, 1);
-        notice(current(), `The nick ${nick} is now protected by your password.`);
+        const request = state.accountRequest;
+        state.accountRequest = null;
+        // Remembered as a login's password is: a rejoin answers PASS with it.
+        if (request) state.password = request.password;
+        notice(current(), request && request.verb === "PASSWD"
+          ? `The password for ${nick} was changed.`
+          : `${nick} is now registered: from now on this nickname can only be used with your password.`);
         break;
       }
       default:
@@ -815,6 +827,100 @@
     if (!send("NICK " + nick)) $("nick-error").textContent = "Not connected yet; trying again…";
   });
 
+  // -- accounts: /register and /passwd -------------------------------------------------------
+
+  const ACCOUNT_ERRORS = {
+    "accounts-off": () => "This server has no accounts.",
+    "weak-password": (text) => `The server refused that password${text ? ": " + text : ""}.`,
+    registered: () => "Your nickname is registered already; /passwd changes its password.",
+    "not-registered": () => "Your nickname has no account; /register makes one.",
+  };
+
+  // Why the server would refuse this password (PROTOCOL.md "Accounts": 8 to
+  // 256 bytes of the line; the line's free text starts at its first
+  // non-space character and has no control characters), or null.
+  function passwordProblem(password) {
+    const size = new TextEncoder().encode(password).length;
+    if (size < 8) return "A password needs at least 8 bytes (characters, for plain ASCII).";
+    if (size > 256) return "A password may have at most 256 bytes.";
+    if (/^[ \t]/.test(password)) return "A password cannot start with a space or a tab.";
+    if (/[\x00-\x08\x0a-\x1f\x7f-\x9f\u2028\u2029]/.test(password)) {
+      return "A password cannot contain control characters.";
+    }
+    return null;
+  }
+
+  let accountVerb = null; // "REGISTER" | "PASSWD" while the dialog is open
+
+  function askAccountPassword(verb) {
+    if (!state.online) {
+      notice(current(), "Not connected: nothing was sent.", { error: true });
+      return;
+    }
+    accountVerb = verb;
+    $("password-title").textContent = verb === "REGISTER"
+      ? `Protect ${state.me} with a password`
+      : `A new password for ${state.me}`;
+    $("password-about").textContent = verb === "REGISTER"
+      ? "From then on, this nickname can only be used with the password."
+      : "The password of your nickname is changed to this one.";
+    $("password-submit").textContent = verb === "REGISTER" ? "Register" : "Change";
+    $("password-new").value = "";
+    $("password-again").value = "";
+    $("password-error").textContent = "";
+    $("password-dialog").showModal();
+    $("password-new").focus();
+  }
+
+  function closePasswordDialog() {
+    accountVerb = null;
+    $("password-new").value = "";
+    $("password-again").value = "";
+    const dialog = $("password-dialog");
+    if (dialog.open) dialog.close();
+  }
+
+  $("password-form").addEventListener("submit", (event) => {
+    event.preventDefault();
+    const first = $("password-new").value;
+    const again = $("password-again").value;
+    const problem = passwordProblem(first) || (first !== again ? "The two passwords differ." : null);
+    if (problem) {
+      $("password-error").textContent = problem + " Nothing was sent.";
+      $("password-new").value = "";
+      $("password-again").value = "";
+      $("password-new").focus();
+      return;
+    }
+    const verb = accountVerb;
+    closePasswordDialog();
+    if (!verb) return;
+    if (send(verb + " " + first)) {
+      state.accountRequest = { verb, password: first };
+    } else {
+      notice(current(), "Not connected: nothing was sent.", { error: true });
+    }
+    if (state.online) $("composer-input").focus();
+  });
+  $("password-cancel").addEventListener("click", () => {
+    closePasswordDialog();
+    $("composer-input").focus();
+  });
+  // Escape closes the dialog by itself: the fields are emptied all the same.
+  $("password-dialog").addEventListener("close", closePasswordDialog);
+
+  const HELP = [
+    "Commands:",
+    "/dm NICK TEXT — a direct message to NICK (also /msg)",
+    "/invite NICK — invite NICK to a private conversation (also /pair)",
+    "/leave — leave the private conversation, or withdraw your invitation (also /unpair)",
+    "/users — who is online",
+    "/register — protect your nickname with a password (asked for twice, not shown)",
+    "/passwd — change that password (also /password)",
+    "/quit [TEXT] — leave, with an optional goodbye",
+    "/help VERB — the server's help on a chat/1 verb",
+  ];
+
   // -- the composer ----------------------------------------------------------------------
 
   function submitMessage(text) {
@@ -826,14 +932,29 @@
       const [, name, rest] = cmd;
       const [arg, body] = parse(rest, 1);
       switch (name.toLowerCase()) {
-        case "help": line = rest ? "HELP " + rest : "HELP"; break;
+        case "help":
+          if (!rest) {
+            for (const text of HELP) notice(conv, text);
+            return;
+          }
+          line = "HELP " + rest;
+          break;
         case "quit": line = rest ? "BYE " + rest : "BYE"; break;
         case "dm": case "msg": line = `DM ${arg} ${body}`; if (arg && NICK_RE.test(arg)) show(dm(arg).id); break;
         case "invite": case "pair": line = "PAIR " + arg; break;
         case "leave": case "unpair": line = "UNPAIR"; break;
         case "users": line = "USERS"; break;
+        case "register": case "passwd": case "password":
+          // Never the password on the command line (on screen, in the history
+          // Up recalls): a dialog asks for it; the command is not kept either.
+          if (rest.trim()) {
+            notice(conv, `Type /${name} alone: the password is asked for without showing it. Nothing was sent.`, { error: true });
+          } else {
+            askAccountPassword(name.toLowerCase() === "register" ? "REGISTER" : "PASSWD");
+          }
+          return;
         default:
-          notice(conv, `Unknown command /${name}. Try /help, /dm NICK TEXT, /invite NICK, /leave, /quit.`, { error: true });
+          notice(conv, `Unknown command /${name}. Try /help, /dm NICK TEXT, /invite NICK, /leave, /register, /quit.`, { error: true });
           return;
       }
     } else if (conv.id === "lobby") {
