@@ -27,7 +27,7 @@ from tests.serverproc import LineClient
 from tests.web.webserver import WebServer, serving
 
 webdriver = pytest.importorskip("selenium.webdriver")
-from selenium.common.exceptions import NoAlertPresentException  # noqa: E402
+from selenium.common.exceptions import NoAlertPresentException, TimeoutException  # noqa: E402
 from selenium.webdriver.chrome.service import Service  # noqa: E402
 from selenium.webdriver.common.by import By  # noqa: E402
 from selenium.webdriver.common.keys import Keys  # noqa: E402
@@ -163,6 +163,23 @@ def recalled(driver: Any, times: int) -> list[str]:
         shown.append(field.get_attribute("value"))
     field.send_keys(Keys.ESCAPE)
     return shown
+
+
+def watch_banner(driver: Any) -> None:
+    """From now on, keep every text the banner shows, however briefly."""
+    driver.execute_script("""
+        window.bannerTexts = [];
+        new MutationObserver(() => window.bannerTexts.push(
+            document.getElementById('banner').hidden ? '' :
+            document.getElementById('banner-text').textContent)
+        ).observe(document.getElementById('banner'),
+                  {attributes: true, childList: true, subtree: true, characterData: true});
+    """)
+
+
+def banners(driver: Any) -> list[str]:
+    """The banner's texts since L{watch_banner} ('' when hidden)."""
+    return list(driver.execute_script("return window.bannerTexts"))
 
 
 def screenshot(driver: Any, name: str) -> Path:
@@ -344,17 +361,10 @@ def test_server_restart_and_the_page_reconnects_by_itself(
 
     # Every text the banner shows, however briefly (the page may be back
     # before the restart below returns).
-    alice.execute_script("""
-        window.bannerTexts = [];
-        new MutationObserver(() => window.bannerTexts.push(
-            document.getElementById('banner').hidden ? '' :
-            document.getElementById('banner-text').textContent)
-        ).observe(document.getElementById('banner'),
-                  {attributes: true, childList: true, subtree: true, characterData: true});
-    """)
+    watch_banner(alice)
     web.restart()
-    wait(alice, lambda d: "Connected." in d.execute_script("return window.bannerTexts"))
-    shown = alice.execute_script("return window.bannerTexts")
+    wait(alice, lambda d: "Connected." in banners(d))
+    shown = banners(alice)
     assert any("The server is restarting. Reconnecting" in text for text in shown), shown
 
     carol = LineClient(web.port)
@@ -478,18 +488,21 @@ def test_unavailable_sends_the_nick_again_and_keeps_the_password(
 
 # Installed before app.js runs: the real WebSocket, with the page's own lines
 # kept in window.sentLines, the server's in window.gotLines, and the number
-# of sockets opened in window.sockets.
+# of sockets opened and closed in window.sockets and window.closes (counted
+# before the page's own handlers run).
 _RECORDER = r"""
 (() => {
   window.sentLines = [];
   window.gotLines = [];
   window.sockets = 0;
+  window.closes = 0;
   const Real = window.WebSocket;
   class Recording extends Real {
     constructor(...args) {
       super(...args);
       window.sockets += 1;
       this.addEventListener("message", (e) => window.gotLines.push(String(e.data)));
+      this.addEventListener("close", () => { window.closes += 1; });
     }
     send(line) {
       window.sentLines.push(line);
@@ -688,3 +701,119 @@ def test_register_where_accounts_are_off(
     join(alice, web_accounts_off, "alice")
     account_dialog(alice, "/register", "correct horse 1")
     wait_notice(alice, "This server has no accounts.")
+
+
+NICK_TIMEOUT = 2.0
+
+
+@pytest.fixture
+def web_idle(tmp_path: Path) -> Iterator[WebServer]:
+    """A server that closes a connection with no nick after NICK_TIMEOUT seconds."""
+    yield from serving(WebServer(tmp_path, "--nick-timeout", f"{NICK_TIMEOUT:g}"))
+
+
+def count(driver: Any, name: str) -> int:
+    return int(driver.execute_script(f"return window.{name}"))
+
+
+def timed_out(driver: Any, times: int) -> None:
+    """Wait until the server has closed the page's C{times}th connection
+    for its nick timeout."""
+    wait(driver, lambda d: count(d, "closes") == times, timeout=NICK_TIMEOUT + WAIT)
+    byes = [line for line in driver.execute_script("return window.gotLines")
+            if line.startswith("BYE ")]
+    assert len(byes) == times and byes[-1].startswith("BYE timeout"), byes
+
+
+def left_alone(driver: Any) -> None:
+    """Nothing tells the user of a closed prompt, and nothing reconnects by
+    itself (the backoff's first retry comes within 1.25 s)."""
+    assert driver.find_element(By.ID, "nick-submit").is_enabled()
+    assert not driver.find_element(By.ID, "banner").is_displayed()
+    opened = count(driver, "sockets")
+    with pytest.raises(TimeoutException):
+        wait(driver, lambda d: count(d, "sockets") > opened, timeout=2.5)
+    assert not [text for text in banners(driver) if text]
+
+
+def test_a_nick_prompt_left_alone_is_not_a_disconnection(
+    web_idle: WebServer, browser: Callable[..., Any]
+) -> None:
+    """Past --nick-timeout the prompt stays as it is (no banner, Join
+    enabled, no reconnection on a timer); coming back to the field connects
+    again without selecting (so replacing) what was typed; Join connects too."""
+    page = recording(browser())
+    page.get(web_idle.url)
+    field = nick_field(page)
+    watch_banner(page)
+    field.clear()
+    field.send_keys("ali")
+    timed_out(page, 1)
+    left_alone(page)
+    assert field.get_attribute("value") == "ali"
+
+    page.execute_script("document.activeElement.blur()")
+    field.click()  # the user is back: connect
+    wait(page, lambda d: count(d, "sockets") == 2)
+    field.send_keys("ce")
+    wait(page, lambda d: d.execute_script("return window.gotLines").count("NICK") == 2)
+    assert page.execute_script("const f = document.getElementById('nick-input');"
+                               "return [f.selectionStart, f.selectionEnd]") == [5, 5]
+    assert field.get_attribute("value") == "alice"
+
+    timed_out(page, 2)
+    left_alone(page)
+    field.send_keys(Keys.ENTER)  # Join on a closed prompt: connects, then sends the nick
+    logged_in(page, "alice")
+    assert sent(page) == ["NICK alice"]
+    assert not [text for text in banners(page) if text]
+
+
+def test_a_password_prompt_left_alone_keeps_what_is_typed(
+    web_idle: WebServer, browser: Callable[..., Any], connect: Callable[..., LineClient]
+) -> None:
+    owner = connect(web_idle.port)
+    owner.register("alice")
+    owner.send("REGISTER correct horse battery")
+    owner.expect("REGISTERED ")
+    owner.send("BYE")
+    owner.expect("BYE ")
+    page = recording(browser())
+    field = password_prompt(page, web_idle, "alice")
+    watch_banner(page)
+    field.send_keys("correct horse")
+    timed_out(page, 1)
+    left_alone(page)
+    assert field.get_attribute("type") == "password"
+    assert field.get_attribute("value") == "correct horse"
+    assert page.find_element(By.ID, "login-title").text == "Password for alice"
+    # Typing connects again; the server's PASS prompt keeps what is being typed.
+    field.send_keys(" batt")
+    wait(page, lambda d: d.execute_script("return window.gotLines").count("PASS alice") == 2)
+    assert field.get_attribute("value") == "correct horse batt"
+    field.send_keys("ery")
+    timed_out(page, 2)
+    left_alone(page)
+    field.send_keys(Keys.ENTER)  # Join on a closed prompt: NICK, then the password
+    logged_in(page, "alice")
+    assert sent(page) == ["NICK alice", "NICK alice", "NICK alice", "PASS correct horse battery"]
+
+
+def test_the_backoff_starts_again_once_the_server_says_hello(
+    web: WebServer, browser: Callable[..., Any]
+) -> None:
+    page = recording(browser())
+    page.get(web.url)
+    nick_field(page)
+    watch_banner(page)
+    web.stop()
+    # Two failed connections: the next retry is 2 s away (4 s without the first success).
+    wait(page, lambda d: any("Disconnected. Reconnecting in" in text for text in banners(d)))
+    web.start()
+    wait(page, lambda d: count(d, "sockets") >= 3 and d.execute_script(
+        "return window.gotLines").count("NICK") == 2, timeout=WAIT)
+    page.execute_script("window.bannerTexts = []")
+    web.stop()
+    wait(page, lambda d: any("Reconnecting in" in text for text in banners(d)))
+    first = next(text for text in banners(page) if "Reconnecting in" in text)
+    assert first.endswith(("in 1 s…", "in 2 s…")), first  # the backoff's first step again

@@ -31,10 +31,14 @@ class WebServer:
         wait_for_port(self.web_port, proc=self.server.proc)
         return self
 
-    def restart(self) -> None:
+    def stop(self) -> None:
+        """Stop the server; L{start} brings it back on the same ports and database."""
         # twistd ends by re-raising the signal that stopped it.
         assert self.server.stop() in (0, -signal.SIGTERM)
         self.server = ServerProcess(self.workdir, self.args, port=self.port)
+
+    def restart(self) -> None:
+        self.stop()
         self.start()
 
 

@@ -88,6 +88,10 @@
     password: null, // answers PASS on a rejoin: the login's, or the last REGISTERED one
     accountRequest: null, // {verb, password}: REGISTER / PASSWD sent, its answer awaited
     autoJoin: false, // rejoin under `wanted` when the server asks for a nick
+    // The server closed the nick prompt for --nick-timeout (nobody used it):
+    // not a disconnection; the next use of the prompt connects again.
+    idle: false,
+    queued: null, // "nick" | "pass": submitted while not connected, sent on the prompt
     online: false,
     leaving: false, // we sent BYE: do not reconnect
     byeReason: null,
@@ -389,6 +393,7 @@
   }
 
   function connect() {
+    state.idle = false;
     clearTimeout(state.retryTimer);
     clearInterval(state.countdown);
     state.retryTimer = null;
@@ -429,6 +434,13 @@
     if (wasOnline) {
       notice(lobby(), "Disconnected from the server.", { error: true });
       state.autoJoin = true;
+    } else if (state.byeReason === "timeout" && !state.autoJoin) {
+      // A prompt left alone past the server's --nick-timeout: nothing to
+      // show, no backoff; Join stays usable and connects (wakeUp).
+      state.idle = true;
+      banner(null);
+      $("nick-submit").disabled = false;
+      return;
     }
     scheduleReconnect();
   }
@@ -468,6 +480,11 @@
     if (button) retry.textContent = button;
   }
 
+  // The user is back at a prompt the server closed for inactivity: connect.
+  function wakeUp() {
+    if (state.idle && !state.ws) connect();
+  }
+
   $("banner-retry").addEventListener("click", () => {
     if (state.leaving) {
       state.leaving = false;
@@ -484,6 +501,8 @@
     state.takenRetries = 0;
     state.unavailableRetries = 0;
     state.autoJoin = false;
+    state.queued = null;
+    askPassword = false;
     localStorage.setItem("twisted-chat.nick", state.me);
     $("login").hidden = true;
     $("app").hidden = false;
@@ -527,19 +546,25 @@
         $("server-name").textContent = `on ${state.serverName}`;
         $("workspace-name").textContent = state.serverName;
         bumpTitle(0);
+        state.attempt = 0; // the server is back: the next loss starts the backoff again
         break;
       }
       case "NICK": // the server asks for a nickname
-        if (state.autoJoin && state.wanted) {
+        // A rejoin; a nick Join sent while not connected; or a new connection
+        // under the password prompt (the nick was given already).
+        if ((state.autoJoin || state.queued || askPassword) && state.wanted) {
           send("NICK " + state.wanted);
+          if (state.queued === "nick") state.queued = null;
         } else {
           showLogin();
         }
         break;
       case "PASS": {
-        if (state.autoJoin && state.password) {
+        if ((state.autoJoin || state.queued === "pass") && state.password) {
+          state.queued = null;
           send("PASS " + state.password);
         } else {
+          state.queued = null;
           showLogin(true);
         }
         break;
@@ -569,6 +594,7 @@
         }
         state.unavailableRetries = 0;
         state.autoJoin = false;
+        state.queued = null;
         if (reason !== "unavailable") state.password = null;
         showLogin(false, text || reason);
         break;
@@ -778,6 +804,7 @@
   // -- the nick prompt ------------------------------------------------------------------
 
   let askPassword = false;
+  let edited = false; // typed in since the last Join: not to be selected (replaced) again
 
   function showLogin(password, error) {
     $("login").hidden = false;
@@ -792,7 +819,8 @@
     if (askPassword) {
       $("login-title").textContent = `Password for ${state.wanted}`;
       input.type = "password";
-      input.value = "";
+      // A new connection under the password prompt keeps what is being typed.
+      if (!wasPassword) input.value = "";
       input.placeholder = "password";
       $("nick-input").labels[0].textContent = "Password";
     } else {
@@ -804,17 +832,27 @@
     }
     $("nick-error").textContent = error || "";
     input.focus();
-    input.select();
+    if (!edited) input.select();
   }
+
+  $("nick-input").addEventListener("input", () => {
+    edited = true;
+    wakeUp();
+  });
+  $("nick-input").addEventListener("focus", wakeUp);
 
   $("nick-form").addEventListener("submit", (event) => {
     event.preventDefault();
     const value = $("nick-input").value;
+    edited = false;
     if (askPassword) {
       // Held for a rejoin (it answers PASS), never left in the page.
       state.password = value;
       $("nick-input").value = "";
-      send("PASS " + value);
+      if (!send("PASS " + value)) {
+        state.queued = "pass"; // NICK, then this, once connected
+        wakeUp();
+      }
       return;
     }
     // The server judges the nick (RETRY invalid / taken shows its words).
@@ -824,7 +862,10 @@
     state.wanted = nick;
     state.leaving = false;
     state.unavailableRetries = 0;
-    if (!send("NICK " + nick)) $("nick-error").textContent = "Not connected yet; trying again…";
+    if (!send("NICK " + nick)) {
+      state.queued = "nick"; // sent when the server asks for it
+      wakeUp();
+    }
   });
 
   // -- accounts: /register and /passwd -------------------------------------------------------
