@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from tests.serverproc import LOOPBACK
-from tests.web.webserver import WebServer, serving
+from tests.web.webserver import WebServer, served
 
 pytestmark = pytest.mark.e2e
 
@@ -45,7 +45,7 @@ def closed_within(sock: socket.socket, seconds: float) -> bytes | None:
 def test_web_connections_are_counted_from_accept_and_timed_out(tmp_path: Path) -> None:
     server = WebServer(tmp_path, "--max-per-ip", "2", "--web-timeout", "2",
                        "--nick-timeout", "30")
-    for web in serving(server):
+    with served(server) as web:
         held = [from_client(web.web_port) for _ in range(2)]
         held[0].sendall(b"GET / HTTP/1.1\r\n")
         refused = from_client(web.web_port)

@@ -17,7 +17,7 @@ from twisted.python import usage
 
 from tests.serverproc import LOOPBACK
 from tests.test_service import options
-from tests.web.webserver import WebServer, serving
+from tests.web.webserver import WebServer, served
 from twisted_chat.server.service import makeService
 from twisted_chat.web.config import (
     client_host,
@@ -80,7 +80,7 @@ def test_a_strange_host_header_is_not_put_in_the_policy(web: WebServer) -> None:
 @pytest.mark.e2e
 def test_web_host_answers_only_its_names(tmp_path: Path) -> None:
     server = WebServer(tmp_path, "--web-host", "chat.example", "--web-host", "127.0.0.1")
-    for web in serving(server):
+    with served(server) as web:
         for host in ["chat.example", f"chat.example:{web.web_port}", "CHAT.example.",
                      f"127.0.0.1:{web.web_port}"]:
             assert get(web, "/", host)[0].startswith("HTTP/1.1 200"), host

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import signal
 from collections.abc import Iterator
 from pathlib import Path
@@ -44,9 +45,17 @@ class WebServer:
 
 def serving(server: WebServer) -> Iterator[WebServer]:
     """A fixture's body: start C{server}, hand it over, then stop it and
-    check that its log shows no unhandled error."""
+    check that its log shows no unhandled error.  It is stopped whatever
+    happened meanwhile (a test's own use goes through L{served})."""
     server.start()
-    yield server
-    problems = server.server.problems()
-    server.server.kill()
+    try:
+        yield server
+    finally:
+        problems = server.server.problems()
+        server.server.kill()
     assert not problems, problems
+
+
+# In a test's body: `with served(server) as web:` stops it when the body
+# fails too (a `for` over serving() would leave it running).
+served = contextlib.contextmanager(serving)
