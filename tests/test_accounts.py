@@ -286,13 +286,28 @@ def test_failures_count_per_address_ipv6_by_prefix_exempt_not_at_all() -> None:
     assert key(None) == "-"
     assert key("192.0.2.55") is None  # exempt (a NAT gateway, a bouncer)
     for i in range(10):
-        accounts.failed(f"n{i}", "192.0.2.55")
-        accounts.failed(f"n{i}", "198.51.100.7")
-    assert accounts.may_try("other", "192.0.2.55")
-    assert not accounts.may_try("other", "198.51.100.7")
-    for _ in range(5):
-        accounts.failed("n1", "192.0.2.55")
-    assert not accounts.may_try("n1", "192.0.2.55")  # the nick limit still holds
+        assert accounts.reserve(f"n{i}", "192.0.2.55") is not None
+        assert accounts.reserve(f"n{i}", "198.51.100.7") is not None
+    assert accounts.reserve("other", "192.0.2.55") is not None
+    assert accounts.reserve("other2", "198.51.100.7") is None
+    for _ in range(3):
+        assert accounts.reserve("n1", "192.0.2.55") is not None
+    assert accounts.reserve("n1", "192.0.2.55") is None  # the nick limit still holds
+
+
+def test_a_reserved_failure_given_back_leaves_the_buckets_as_they_were() -> None:
+    clock = Clock()
+    store = AccountStore(":memory:")
+    work = PasswordWork(clock)
+    accounts = Accounts(Mode.REQUIRED, SQLiteBook(store, work.lookup), clock, work)
+    attempts = [accounts.reserve("alice", "198.51.100.7") for _ in range(5)]
+    assert None not in attempts
+    assert accounts.reserve("alice", "198.51.100.8") is None  # 5 counted already
+    for attempt in attempts:
+        assert attempt is not None
+        accounts.give_back(attempt)
+    assert len(accounts.by_nick) == len(accounts.by_address) == 0
+    assert accounts.reserve("alice", "198.51.100.8") is not None
 
 
 # -- the password threads -------------------------------------------------------------

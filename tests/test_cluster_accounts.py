@@ -229,28 +229,51 @@ async def test_forgetful_redis_is_named(tmp_path: Path) -> None:
 async def test_failed_logins_are_counted_by_the_whole_cluster(
     redis: RedisServer, nodes: Nodes,
 ) -> None:
-    """Failures on one node count on another: the same buckets, in Redis."""
+    """Failures on one node count on another: the same buckets, in Redis,
+    taken before the check and given back when it was no failure."""
     books = await nodes(2)
     limits = LoginLimits()
     a, b = (RedisFailures(book.execute, Clock(), limits) for book in books)
     for _ in range(limits.nick_burst):
-        assert await a.allows("alice", None)
-        a.failed("alice", None)
-    assert await a.allows("bob", None)  # after the failures, on that connection
-    assert not await b.allows("alice", None)  # full, seen from the other node
-    assert await b.allows("bob", None)
+        assert await a.take("alice", None)
+    assert await a.take("bob", None)  # after the failures, on that connection
+    assert not await b.take("alice", None)  # full, seen from the other node
+    assert await b.take("bob", None)
     # A drained bucket lets one more in, and expires by itself.
     ttl = int(redis.command("PTTL", f"{FAILS}nick:alice").split(":")[1])
     assert 0 < ttl <= limits.nick_burst * limits.nick_every * 1000
     level, at = redis.command("HMGET", f"{FAILS}nick:alice", "level", "at").split("\r\n")[2::2]
     redis.command("HSET", f"{FAILS}nick:alice", "at", str(int(at) - 60_000))
-    assert await b.allows("alice", None)
+    assert await b.take("alice", None)
+    assert not await a.take("alice", None)
     # The address bucket: many nicks from one address.
     for i in range(limits.address_burst):
-        b.failed(f"n{i}", "198.51.100.7")
-    assert await b.allows("zed", "203.0.113.9")
-    assert not await a.allows("zed", "198.51.100.7")
+        assert await b.take(f"n{i}", "198.51.100.7")
+    assert await b.take("zed", "203.0.113.9")
+    assert not await a.take("zed", "198.51.100.7")
     assert limits.nick_burst - 0.01 < float(level) <= limits.nick_burst
+    # A take refused by one bucket counts in none.
+    assert redis.command("EXISTS", f"{FAILS}nick:zed").strip() == ":1"  # from 203.0.113.9
+    assert not await a.take("yann", "198.51.100.7")
+    assert redis.command("EXISTS", f"{FAILS}nick:yann").strip() == ":0"
+    # Given back: a bucket drained to nothing is gone.
+    b.give_back("bob", None)
+    a.give_back("bob", None)
+    await b.take("carl", None)  # the gives were sent before it on the same connections
+    await a.take("carl", None)
+    assert redis.command("EXISTS", f"{FAILS}nick:bob").strip() == ":0"
+
+
+@needs_redis
+@pytest_twisted.ensureDeferred
+async def test_parallel_takes_on_many_nodes_get_at_most_the_room(nodes: Nodes) -> None:
+    """PASS lines racing on several nodes: at most the nick's room is taken."""
+    books = await nodes(4)
+    limits = LoginLimits()
+    failures = [RedisFailures(book.execute, Clock(), limits) for book in books]
+    taken = await defer.gatherResults(
+        [f.take("alice", f"198.51.100.{i}") for i in range(5) for f in failures])
+    assert sum(taken) == limits.nick_burst
 
 
 # -- without Redis: what the node's connection gives the book ----------------------

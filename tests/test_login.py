@@ -349,6 +349,8 @@ def test_a_full_password_queue_discards_the_line_with_flood() -> None:
     conns["bob"].send(f"PASS {PW}")  # still asked: send it again
     h.work.release()  # type: ignore[attr-defined]  # both reads: carol's hash fills it
     assert conns["bob"].take_one().startswith("ERROR flood ")
+    # Neither of bob's was checked: no failure counted for them.
+    assert h.factory.accounts.by_nick.level("bob") == 0
     newcomer = fresh(h)
     newcomer.send("NICK dave")  # a lookup is never refused
     h.work.release()  # type: ignore[attr-defined]
@@ -602,6 +604,58 @@ def test_address_limit_covers_every_nick() -> None:
     assert fail(h, "another", "10.0.0.1").take()[-1].startswith("RETRY bad-password ")
 
 
+def checked_at_once(h: Harness, nicks: list[str], hosts: list[str]) -> list[str]:
+    """Each nick from its host on a connection of its own, all asked; then
+    every one's PASS (a wrong password) sent before any check has
+    answered: what each got, once the checks and the flood delay are over,
+    and how many were checked."""
+    conns = []
+    for nick, host in zip(nicks, hosts, strict=True):
+        conn = fresh(h, host)
+        conn.send(f"NICK {nick}")
+        h.work.release()  # type: ignore[attr-defined]  # the lookup (under open)
+        assert conn.take() == [f"PASS {nick}"]
+        conns.append(conn)
+    for conn in conns:
+        conn.send("PASS wrong-password")
+    checked = len(h.work.held)  # type: ignore[attr-defined]  # each check's read
+    h.work.release()  # type: ignore[attr-defined]  # the reads
+    h.work.release()  # type: ignore[attr-defined]  # the hashes
+    h.clock.advance(h.factory.accounts.limits.flood_delay)
+    answers = [" ".join(conn.take()[-1].split()[:2]) for conn in conns]
+    assert answers.count("RETRY bad-password") == checked
+    return answers
+
+
+def test_parallel_attempts_on_one_nick_check_at_most_its_limit() -> None:
+    """PASS lines for one nick on many connections (and addresses) at the
+    same moment: the failure is counted when the check starts, so only the
+    documented 5 are checked, not every one (64 were, before)."""
+    h = harness(work=HeldWork())
+    add(h, "alice")
+    n = LoginLimits().nick_burst + 3
+    answers = checked_at_once(h, ["alice"] * n, [f"10.0.0.{i}" for i in range(n)])
+    assert answers == ["RETRY bad-password"] * (n - 3) + ["BYE flood"] * 3
+
+
+def test_parallel_attempts_from_one_address_check_at_most_its_limit() -> None:
+    h = harness(Mode.REQUIRED, work=HeldWork())
+    n = LoginLimits().address_burst + 3
+    answers = checked_at_once(h, [f"nick{i}" for i in range(n)], ["10.0.0.1"] * n)
+    assert answers == ["RETRY bad-password"] * (n - 3) + ["BYE flood"] * 3
+
+
+def test_right_passwords_are_never_failures() -> None:
+    """The failure counted when a check starts is given back when the
+    password was right: an owner may log in any number of times."""
+    h = harness(limits=LIMITS)
+    add(h, "alice")
+    for _ in range(LIMITS.nick_burst + 2):
+        login(h, "alice").drop()
+    accounts = h.factory.accounts
+    assert accounts.by_nick.level("alice") == 0 and len(accounts.by_address) == 0
+
+
 def test_over_limit_connection_that_leaves_is_forgotten() -> None:
     h = harness(limits=LIMITS)
     add(h, "alice")
@@ -848,13 +902,18 @@ class Shared:
         self.answers: list[defer.Deferred[bool]] = []
         self.down = False
 
-    def allows(self, nick: str, address: str | None) -> defer.Deferred[bool]:
+    def take(self, nick: str, address: str | None) -> defer.Deferred[bool]:
         if self.down:
             return defer.fail(AccountsUnavailable("the cluster's Redis is out of reach"))
-        return defer.succeed(nick not in self.full and address not in self.full)
-
-    def failed(self, nick: str, address: str | None) -> None:
+        if nick in self.full or address in self.full:
+            return defer.succeed(False)
         self.counts[nick, address] = self.counts.get((nick, address), 0) + 1
+        return defer.succeed(True)
+
+    def give_back(self, nick: str, address: str | None) -> None:
+        self.counts[nick, address] -= 1
+        if not self.counts[nick, address]:
+            del self.counts[nick, address]
 
 
 def shared_harness() -> Harness:
@@ -883,6 +942,10 @@ def test_failures_elsewhere_in_the_cluster_count_here() -> None:
     h.clock.advance(LIMITS.flood_delay)
     assert conn.take()[-1].startswith("BYE flood ")
     login(h, "carol")  # from another address
+    # Refused by the cluster: not checked, so nothing stays counted here.
+    accounts = h.factory.accounts
+    assert accounts.by_nick.level("alice") == accounts.by_nick.level("carol") == 0
+    assert len(accounts.by_address) == 0
 
 
 def test_failures_here_are_counted_for_the_cluster() -> None:

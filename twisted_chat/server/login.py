@@ -28,15 +28,19 @@ at one per L{LoginLimits.nick_every} / L{LoginLimits.address_every} seconds.
 An attempt made while either bucket is full is not checked at all: after
 L{LoginLimits.flood_delay} seconds the connection gets C{BYE flood} and is
 closed.  The defaults: 5 failures per nick (then one a minute) and 10 per
-address (then one per 30 seconds), a 3-second delay.  In a cluster, the
-same buckets are also kept in Redis (L{SharedFailures}), so failures on
-any node count on every node.
+address (then one per 30 seconds), a 3-second delay.  The failure is counted
+when the check starts, not when its answer comes (it is given back if the
+password was right, or nothing could be checked): so however many
+connections send C{PASS} for one nick at the same moment, at most the
+bucket's room is checked.  In a cluster, the same buckets are also kept in
+Redis (L{SharedFailures}), taken the same way, so failures on any node count
+on every node.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Protocol, TypeVar
 
 from twisted.cred.credentials import UsernamePassword
@@ -129,6 +133,16 @@ class FailureLimiter:
         if len(self._levels) > self.max_keys:
             self._forget()
 
+    def forgive(self, key: str) -> None:
+        """Take back one failure (one counted before it was known to be one)."""
+        if key not in self._levels:
+            return
+        level = self.level(key) - 1.0
+        if level <= 0.0:
+            del self._levels[key]
+        else:
+            self._levels[key] = (level, self._clock.seconds())
+
     def _forget(self) -> None:
         for key in [k for k in self._levels if self.level(k) == 0.0]:
             del self._levels[key]
@@ -209,11 +223,25 @@ class SharedFailures(Protocol):
     are a nick's (lower case) and an address's (C{None}: exempt).
     """
 
-    def allows(self, nick: str, address: str | None) -> defer.Deferred[bool]:
-        """Whether both buckets have room for one more failure."""
+    def take(self, nick: str, address: str | None) -> defer.Deferred[bool]:
+        """
+        If both buckets have room for one more failure, count one in each
+        and fire true; else fire false, counting nothing.  Atomic: of any
+        number of takes at once, on any nodes, at most the room succeed.
+        """
 
-    def failed(self, nick: str, address: str | None) -> None:
-        """Count one failure in both (sent; not waited for)."""
+    def give_back(self, nick: str, address: str | None) -> None:
+        """Take back one failure from both, one L{take} counted (the
+        password was right, or was not checked): sent, not waited for."""
+
+
+@dataclass(frozen=True, slots=True)
+class Attempt:
+    """One C{PASS} being checked: the failure counted for it in advance."""
+
+    nick: str  # the nick's key
+    address: str | None  # the address's key; None: exempt
+    shared: bool = False  # counted in the cluster's buckets too
 
 
 class Accounts:
@@ -255,19 +283,32 @@ class Accounts:
             return None
         return self._addresses.key(host)
 
-    def may_try(self, nick: str, host: str | None) -> bool:
+    def reserve(self, nick: str, host: str | None) -> Attempt | None:
+        """
+        An attempt at C{nick} from C{host}, its failure counted now, before
+        the check (so that attempts made meanwhile see it), or C{None} when
+        the nick's or the address's bucket is full.  Each attempt is either
+        a failure, or L{give_back} is called for it.
+        """
+        key = nick_key(nick)
         address = self.address_key(host)
-        return self.by_nick.allows(nick_key(nick)) and (
-            address is None or self.by_address.allows(address)
-        )
-
-    def failed(self, nick: str, host: str | None) -> None:
-        self.by_nick.failed(nick_key(nick))
-        address = self.address_key(host)
+        if not self.by_nick.allows(key) or (
+            address is not None and not self.by_address.allows(address)
+        ):
+            return None
+        self.by_nick.failed(key)
         if address is not None:
             self.by_address.failed(address)
-        if self.shared is not None:
-            self.shared.failed(nick_key(nick), address)
+        return Attempt(key, address)
+
+    def give_back(self, attempt: Attempt) -> None:
+        """The attempt was not a failure: the password was right, or nothing
+        could be checked."""
+        self.by_nick.forgive(attempt.nick)
+        if attempt.address is not None:
+            self.by_address.forgive(attempt.address)
+        if attempt.shared and self.shared is not None:
+            self.shared.give_back(attempt.nick, attempt.address)
 
     def login(self, connection: Connection) -> Login:
         return Login(self, connection)
@@ -403,37 +444,47 @@ class Login:
         if problem is not None:
             raise LineError(ErrorCode.WEAK_PASSWORD, problem)
         accounts = self._accounts
-        if not accounts.may_try(nick, self._conn.host):
+        attempt = accounts.reserve(nick, self._conn.host)
+        if attempt is None:
             return self._flooded(nick)
         if accounts.work.full:
+            accounts.give_back(attempt)
             raise LineError(ErrorCode.FLOOD, "the server is busy; send PASS again in a moment")
         if accounts.shared is None:
-            return self._check(nick, secret)
-        shared = accounts.shared.allows(nick_key(nick), accounts.address_key(self._conn.host))
+            return self._check(attempt, nick, secret)
+        shared = accounts.shared.take(attempt.nick, attempt.address)
         shared.addErrback(self._shared_failed)
-        shared.addCallback(self._shared_said, nick, secret)
+        shared.addCallback(self._shared_said, attempt, nick, secret)
         return shared
 
-    def _shared_failed(self, failure: Failure) -> bool:
-        # The cluster's counts cannot be read: this server's own still hold,
+    def _shared_failed(self, failure: Failure) -> None:
+        # The cluster's counts cannot be used: this server's own still hold,
         # and the check itself will say whether the accounts can be reached.
-        _log.debug("could not read the cluster's failed logins: {e}",
+        _log.debug("could not count in the cluster's failed logins: {e}",
                    e=failure.getErrorMessage())
-        return True
 
-    def _shared_said(self, allowed: bool, nick: str, secret: bytes) -> Answer:
-        if self._conn.closing:
-            return None
-        return self._check(nick, secret) if allowed else self._flooded(nick)
+    def _shared_said(
+        self, taken: bool | None, attempt: Attempt, nick: str, secret: bytes
+    ) -> Answer:
+        """C{taken}: whether the cluster's buckets had room (and now count
+        the attempt); C{None}: they could not be asked."""
+        if taken:
+            attempt = replace(attempt, shared=True)
+        if self._conn.closing or taken is False:
+            self._accounts.give_back(attempt)  # not checked
+            return None if self._conn.closing else self._flooded(nick)
+        return self._check(attempt, nick, secret)
 
-    def _check(self, nick: str, secret: bytes) -> Answer:
+    def _check(self, attempt: Attempt, nick: str, secret: bytes) -> Answer:
         credentials = UsernamePassword(nick.encode("utf-8"), secret)
         d = self._accounts.portal.login(credentials, None, IAccount)
-        d.addCallbacks(self._logged_in, self._login_failed, errbackArgs=(nick,))
+        d.addCallbacks(self._logged_in, self._login_failed, callbackArgs=(attempt,),
+                       errbackArgs=(nick, attempt))
         return d
 
-    def _logged_in(self, result: tuple[Any, Any, Callable[[], None]]) -> Answer:
+    def _logged_in(self, result: tuple[Any, Any, Callable[[], None]], attempt: Attempt) -> Answer:
         self._asked = None
+        self._accounts.give_back(attempt)  # the right password: no failure
         nick: str = result[1].nick
         if self._conn.closing:
             return None
@@ -445,12 +496,14 @@ class Login:
             _log.info("{nick} logged in with its password from {address}", nick=nick,
                       address=self._conn.address)
 
-    def _login_failed(self, failure: Failure, nick: str) -> None:
+    def _login_failed(self, failure: Failure, nick: str, attempt: Attempt) -> None:
         self._asked = None
+        wrong = isinstance(failure.value, UnauthorizedLogin)
+        if not wrong:
+            self._accounts.give_back(attempt)  # nothing was checked: not a failure
         if self._conn.closing:
-            return
-        if isinstance(failure.value, UnauthorizedLogin):
-            self._accounts.failed(nick, self._conn.host)
+            return  # a wrong password counts all the same
+        if wrong:
             _log.info("failed login as {nick} from {address}", nick=nick,
                       address=self._conn.address)
             self._conn.write(wire.line("RETRY", "bad-password", text=BAD_PASSWORD_TEXT))

@@ -171,14 +171,17 @@ class RedisBook:
 #: Failed logins, one leaky bucket per nick and per address (login.py's).
 FAILS = "chat:fails:"
 
-# KEYS: the buckets; ARGV[1]: "check" or "fail", then each bucket's burst and
+# KEYS: the buckets; ARGV[1]: "take" or "give", then each bucket's burst and
 # its period in milliseconds.  Time is Redis's own (one clock for all nodes).
-# "check": 1 when every bucket has room for one more failure, else 0;
-# "fail": adds one to each, and lets a bucket expire once it has drained.
+# "take": when every bucket has room for one more failure, adds one to each
+# and answers 1; else changes nothing and answers 0 (one script: atomic, so
+# of any number of takes at once, at most the room succeed).
+# "give": takes one back from each (a bucket that drains to 0 is deleted).
+# A bucket expires once it has drained.
 _BUCKETS = """
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-local room = 1
+local levels = {}
 for i, key in ipairs(KEYS) do
   local burst = tonumber(ARGV[2 * i])
   local every = tonumber(ARGV[2 * i + 1])
@@ -187,15 +190,25 @@ for i, key in ipairs(KEYS) do
   if state[1] then
     level = math.max(tonumber(state[1]) - (now - tonumber(state[2])) / every, 0)
   end
-  if ARGV[1] == 'fail' then
-    level = level + 1
+  if ARGV[1] == 'take' and level > burst - 1 then
+    return 0
+  end
+  levels[i] = level
+end
+for i, key in ipairs(KEYS) do
+  local every = tonumber(ARGV[2 * i + 1])
+  local level = levels[i] + 1
+  if ARGV[1] == 'give' then
+    level = levels[i] - 1
+  end
+  if level <= 0 then
+    redis.call('DEL', key)
+  else
     redis.call('HSET', key, 'level', tostring(level), 'at', tostring(now))
     redis.call('PEXPIRE', key, math.ceil(level * every))
-  elseif level > burst - 1 then
-    room = 0
   end
 end
-return room
+return 1
 """
 
 
@@ -203,9 +216,9 @@ class RedisFailures:
     """
     L{twisted_chat.server.login.SharedFailures} in the cluster's Redis: the
     same leaky buckets as each node's own (L{LoginLimits}), one Redis hash
-    each (C{chat:fails:nick:<nick>}, C{chat:fails:address:<key>}), updated and
-    read by one Lua script on Redis's clock, expiring once drained (so they
-    take no memory once a guesser stops).
+    each (C{chat:fails:nick:<nick>}, C{chat:fails:address:<key>}), taken and
+    given back by one Lua script on Redis's clock, expiring once drained (so
+    they take no memory once a guesser stops).
     """
 
     def __init__(self, execute: Callable[..., Deferred[Any]], clock: IReactorTime,
@@ -226,11 +239,11 @@ class RedisFailures:
         keys, args = self._buckets(nick, address)
         return self._redis.command("EVAL", _BUCKETS, len(keys), *keys, what, *args)
 
-    def allows(self, nick: str, address: str | None) -> Deferred[bool]:
-        return self._run("check", nick, address).addCallback(lambda room: int(room) == 1)
+    def take(self, nick: str, address: str | None) -> Deferred[bool]:
+        return self._run("take", nick, address).addCallback(lambda room: int(room) == 1)
 
-    def failed(self, nick: str, address: str | None) -> None:
-        self._run("fail", nick, address).addErrback(lambda _: None)  # best effort
+    def give_back(self, nick: str, address: str | None) -> None:
+        self._run("give", nick, address).addErrback(lambda _: None)  # best effort
 
 
 def _raise_unless_set(reply: Any, error: type[Exception], nick: str) -> None:
