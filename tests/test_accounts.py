@@ -25,6 +25,7 @@ from twisted_chat.server.accounts import (
     AccountChecker,
     AccountExists,
     AccountStore,
+    AccountsFull,
     AccountStoreError,
     IAccount,
     Mode,
@@ -344,3 +345,25 @@ def test_no_password_in_store_file(tmp_path: Path) -> None:
     data = b"".join(p.read_bytes() for p in tmp_path.iterdir())
     assert b"plain-text-pw" not in data
     assert os.path.exists(path)
+
+
+# -- the bound on accounts -------------------------------------------------------
+
+
+@pytest.mark.parametrize("path", [":memory:", "file"])
+def test_add_bounded_by_most(tmp_path: Path, path: str) -> None:
+    store = AccountStore(path if path == ":memory:" else str(tmp_path / "a.sqlite3"))
+    password_hash = hash_password(b"plain-text-pw", **FAST)
+    store.add("alice", password_hash, most=2)
+    store.add("bob", password_hash, most=2)
+    with pytest.raises(AccountsFull):
+        store.add("carol", password_hash, most=2)
+    with pytest.raises(AccountExists):  # a nick that has one is told so, full or not
+        store.add("BOB", password_hash, most=2)
+    assert store.count() == 2 and not store.exists("carol")
+    store.add("carol", password_hash)  # no bound: the operator's tool
+    assert store.count() == 3
+    store.remove("alice")
+    with pytest.raises(AccountsFull):
+        store.add("dave", password_hash, most=2)
+    store.add("dave", password_hash, most=3)

@@ -21,6 +21,7 @@ from tests.redisproc import REDIS_SERVER, RedisServer
 from twisted_chat.server.accounts import (
     Account,
     AccountExists,
+    AccountsFull,
     AccountStoreError,
     AccountsUnavailable,
     NoSuchAccount,
@@ -118,6 +119,24 @@ async def test_copy_keeps_hash_and_times_and_never_overwrites(nodes: Nodes) -> N
     assert await book.copy(Account("BOB", "other", 1.0, 2.0)) is False
     bob = await book.get("bob")
     assert bob is not None and (bob.nick, bob.password_hash) == ("bob", "bob-hash")
+
+
+@needs_redis
+@pytest_twisted.ensureDeferred
+async def test_add_bounded_by_most_even_racing(nodes: Nodes) -> None:
+    """REGISTER's bound on the accounts, counted in the same step as the
+    creation: nodes racing for the last places make no more than the bound."""
+    books = await nodes(3)
+    await books[0].add("alice", "scrypt$h")  # the tool's: no bound
+    results = await defer.DeferredList(
+        [book.add(f"n{i}{j}", "scrypt$h", most=4) for i, book in enumerate(books)
+         for j in range(3)], consumeErrors=True)
+    made = [ok for ok, _ in results]
+    assert sum(made) == 3
+    assert all(isinstance(r.value, AccountsFull) for ok, r in results if not ok)
+    assert len(await books[1].list()) == 4
+    assert isinstance(await outcome(books[2].add("ALICE", "scrypt$h", most=4)), AccountExists)
+    await books[2].add("extra", "scrypt$h")  # the tool's: no bound
 
 
 @needs_redis

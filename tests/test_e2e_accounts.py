@@ -103,6 +103,26 @@ def test_operator_changes_count_at_next_login_while_running(
     assert free.readline() == "READY bob"  # no account: no password
 
 
+def test_register_beyond_max_accounts_is_server_full(
+    tmp_path: Path, chat_server: Start, connect: Connect
+) -> None:
+    tool(tmp_path, "add", "alice", stdin=f"{PW}\n")
+    server = chat_server("--max-accounts", "2")
+    for nick, answer in (("bob", "REGISTERED bob"), ("carol", "ERROR server-full ")):
+        client = hello(connect, server.port)
+        client.send(f"NICK {nick}")
+        assert client.readline() == f"READY {nick}"
+        client.expect("USERS ")
+        client.send(f"REGISTER {PW}")
+        assert client.readline().startswith(answer)
+    client.send("PING still-here")  # the connection stays
+    assert client.readline() == "PONG still-here"
+    tool(tmp_path, "add", "dave", stdin=f"{PW}\n")  # the operator's tool is not bound
+    server.stop()
+    assert server.problems() == []
+    assert "account carol not made: there are --max-accounts 2 accounts" in server.log()
+
+
 def test_required_mode(tmp_path: Path, chat_server: Start, connect: Connect) -> None:
     tool(tmp_path, "add", "alice", stdin=f"{PW}\n")  # the server is stopped
     server = chat_server("--accounts", "required")

@@ -99,13 +99,15 @@ def harness(
     work: Any = None,
     limits: LoginLimits | None = None,
     store: AccountStore | None = None,
+    max_accounts: int = 100_000,
     **config: Any,
 ) -> Harness:
     h = Harness(**config)
     h.store = store if store is not None else AccountStore(":memory:")  # type: ignore[attr-defined]
     h.work = work if work is not None else InlineWork()  # type: ignore[attr-defined]
     book = SQLiteBook(h.store, h.work.lookup)  # type: ignore[attr-defined]
-    h.factory.accounts = Accounts(mode, book, h.clock, h.work, limits)  # type: ignore[attr-defined]
+    h.factory.accounts = Accounts(mode, book, h.clock, h.work, limits,  # type: ignore[attr-defined]
+                                  max_accounts=max_accounts)
     return h
 
 
@@ -444,6 +446,43 @@ def test_register_rules() -> None:
     add(h, "BOB")  # the operator made one meanwhile
     bob.send(f"REGISTER {PW}")
     assert bob.take_one().startswith("ERROR registered ")
+
+
+def test_register_beyond_max_accounts_is_server_full_and_the_connection_stays() -> None:
+    h = harness(max_accounts=2)
+    add(h, "alice")  # the operator's
+    bob = fresh(h)
+    bob.send("NICK bob", f"REGISTER {PW}")
+    assert bob.take()[-1] == "REGISTERED bob"
+    carol = fresh(h)
+    carol.send("NICK carol", f"REGISTER {PW}", "PING still-here")
+    lines = carol.take()
+    assert lines[-2:] == [
+        "ERROR server-full this server keeps no more accounts; "
+        "ask its operator to remove unused ones",
+        "PONG still-here"]
+    assert not h.store.exists("carol") and h.store.count() == 2  # type: ignore[attr-defined]
+    bob.take()  # JOINED carol
+    bob.send(f"REGISTER {PW}")  # a nick with one is told so, full or not
+    assert bob.take_one().startswith("ERROR registered ")
+    h.store.remove("alice")  # type: ignore[attr-defined]
+    carol.send(f"REGISTER {PW}")
+    assert carol.take() == ["REGISTERED carol"]
+
+
+def test_max_accounts_option() -> None:
+    from twisted.python import usage
+
+    from twisted_chat.server.service import Options
+
+    options = Options()
+    options.parseOptions([])
+    assert options.config().max_accounts == 100_000
+    options = Options()
+    options.parseOptions(["--max-accounts", "7"])
+    assert options.config().max_accounts == 7
+    with pytest.raises(usage.UsageError):
+        Options().parseOptions(["--max-accounts", "0"])
 
 
 def test_register_under_required_is_the_operators() -> None:
@@ -791,7 +830,7 @@ class DownBook:
     def __init__(self) -> None:
         self.calls = 0
 
-    def _down(self, *args: Any) -> defer.Deferred[Any]:
+    def _down(self, *args: Any, **kwargs: Any) -> defer.Deferred[Any]:
         self.calls += 1
         return defer.fail(AccountsUnavailable("the cluster's Redis is out of reach"))
 

@@ -73,6 +73,7 @@ __all__ = [
     "AccountRealm",
     "AccountStore",
     "AccountStoreError",
+    "AccountsFull",
     "AccountsUnavailable",
     "IAccount",
     "Mode",
@@ -181,6 +182,10 @@ class AccountExists(Exception):
 
 class NoSuchAccount(Exception):
     """The nick has no account."""
+
+
+class AccountsFull(Exception):
+    """There are as many accounts as a new one may join (C{--max-accounts})."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -346,13 +351,23 @@ class AccountStore:
     def exists(self, nick: str) -> bool:
         return self.get(nick) is not None
 
-    def add(self, nick: str, password_hash: str) -> None:
-        """@raise AccountExists: the nick (in any case) has an account."""
+    def add(self, nick: str, password_hash: str, most: int | None = None) -> None:
+        """
+        @param most: refuse it if there are this many accounts already
+            (C{None}: no bound; the operator's tool).
+        @raise AccountExists: the nick (in any case) has an account.
+        @raise AccountsFull: there are C{most} accounts (or more) already.
+        """
         if not is_valid_nick(nick):
             raise ValueError(f"{nick!r} is not a valid nick")
         now = time.time()
 
         def work(conn: sqlite3.Connection) -> None:
+            # Counted in the write transaction: no other writer meanwhile.
+            if most is not None and self._count(conn) >= most:
+                if _has(conn, nick):
+                    raise AccountExists(nick)
+                raise AccountsFull(nick)
             try:
                 conn.execute(
                     "INSERT INTO accounts (key, nick, hash, created, changed)"
@@ -363,6 +378,15 @@ class AccountStore:
                 raise AccountExists(nick) from None
 
         self._run("write", True, work, write=True)
+
+    @staticmethod
+    def _count(conn: sqlite3.Connection) -> int:
+        count: int = conn.execute("SELECT count(*) FROM accounts").fetchone()[0]
+        return count
+
+    def count(self) -> int:
+        """How many accounts there are."""
+        return self._run("read", False, self._count) or 0
 
     def set_hash(self, nick: str, password_hash: str) -> None:
         """@raise NoSuchAccount: the nick has no account."""
@@ -397,6 +421,11 @@ class AccountStore:
         return self._run("read", False, work) or []
 
 
+def _has(conn: sqlite3.Connection, nick: str) -> bool:
+    row = conn.execute("SELECT 1 FROM accounts WHERE key = ?", (nick_key(nick),)).fetchone()
+    return row is not None
+
+
 # -- the server's view of a store ------------------------------------------------
 
 
@@ -424,9 +453,13 @@ class AccountBook(Protocol):
     def get(self, nick: str) -> defer.Deferred[Account | None]:
         """The account of C{nick} (in any case), or C{None}."""
 
-    def add(self, nick: str, password_hash: str) -> defer.Deferred[None]:
+    def add(
+        self, nick: str, password_hash: str, most: int | None = None
+    ) -> defer.Deferred[None]:
         """Create the account, atomically: fails with L{AccountExists} if the
-        nick (in any case) has one, however many try at once."""
+        nick (in any case) has one, however many try at once; with
+        L{AccountsFull} if there are C{most} accounts already (C{None}: no
+        bound), counted atomically with the creation."""
 
     def set_hash(self, nick: str, password_hash: str) -> defer.Deferred[None]:
         """Replace the hash of the nick's account, atomically: fails with
@@ -460,8 +493,10 @@ class SQLiteBook:
     def get(self, nick: str) -> defer.Deferred[Account | None]:
         return self._run(self.store.get, nick)
 
-    def add(self, nick: str, password_hash: str) -> defer.Deferred[None]:
-        return self._run(self.store.add, nick, password_hash)
+    def add(
+        self, nick: str, password_hash: str, most: int | None = None
+    ) -> defer.Deferred[None]:
+        return self._run(self.store.add, nick, password_hash, most)
 
     def set_hash(self, nick: str, password_hash: str) -> defer.Deferred[None]:
         return self._run(self.store.set_hash, nick, password_hash)

@@ -85,6 +85,9 @@ class ServerConfig:
     # Accounts (see twisted_chat.server.login): open, required or off; the
     # accounts file goes beside --db (twisted_chat.server.accounts).
     accounts: str = "open"
+    # The most accounts REGISTER makes (the accounts file, or Redis, grows
+    # by each): docs/security.md.  The operator's tool is not bound by it.
+    max_accounts: int = 100_000
 
     @property
     def handshake_limit(self) -> int:

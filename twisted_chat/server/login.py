@@ -41,6 +41,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, replace
+from functools import partial
 from typing import Any, Protocol, TypeVar
 
 from twisted.cred.credentials import UsernamePassword
@@ -56,6 +57,7 @@ from twisted_chat.server.accounts import (
     AccountBook,
     AccountChecker,
     AccountExists,
+    AccountsFull,
     AccountStoreError,
     AccountsUnavailable,
     IAccount,
@@ -257,12 +259,16 @@ class Accounts:
         exempt: tuple[Network, ...] = (),
         v6_prefix: int = 64,
         shared: SharedFailures | None = None,
+        max_accounts: int = 100_000,
     ) -> None:
         """@param shared: the cluster's failure counts, besides this
             server's own (which answer at once, and count the failures
-            made here)."""
+            made here).
+        @param max_accounts: C{REGISTER} makes no account beyond this many
+            (C{--max-accounts}; the operator's tool is not bound by it)."""
         assert mode is not Mode.OFF
         self.mode = mode
+        self.max_accounts = max_accounts
         self.book = book
         self.clock = clock
         self.work = work
@@ -543,7 +549,8 @@ class Login:
                             "on this server, accounts are made by its operator")
         if self._proved == nick_key(nick):
             raise LineError(ErrorCode.REGISTERED, f"{nick} has an account already")
-        return self._change(self._accounts.book.add, nick, secret)
+        accounts = self._accounts
+        return self._change(partial(accounts.book.add, most=accounts.max_accounts), nick, secret)
 
     def passwd(self, password: str) -> Answer:
         """C{PASSWD}: change the password of the account of the nick held."""
@@ -592,6 +599,12 @@ class Login:
         value = failure.value
         if isinstance(value, AccountExists):
             self._conn.write(wire.error(ErrorCode.REGISTERED, f"{nick} has an account already"))
+        elif isinstance(value, AccountsFull):
+            _log.warn("account {nick} not made: there are --max-accounts {most} accounts",
+                      nick=nick, most=self._accounts.max_accounts)
+            self._conn.write(wire.error(
+                ErrorCode.SERVER_FULL,
+                "this server keeps no more accounts; ask its operator to remove unused ones"))
         elif isinstance(value, NoSuchAccount):
             self._conn.write(wire.error(ErrorCode.NOT_REGISTERED, f"{nick} has no account"))
         elif isinstance(value, AccountsUnavailable):

@@ -234,6 +234,10 @@ class Options(usage.Options):
          "Seconds an HTTP connection to --web may last until its WebSocket upgrade, "
          "however it sends (a slow request, a kept-alive connection); then it is closed.",
          _positive(float)],
+        ["max-accounts", None, _defaults.max_accounts,
+         "The most accounts there may be for REGISTER to make one (each takes about "
+         "200 bytes on disk); beyond it REGISTER is answered ERROR server-full. The "
+         "operator's tool is not bound by it.", _positive(int)],
     ]
 
     def __init__(self) -> None:
@@ -348,6 +352,7 @@ class Options(usage.Options):
             log_messages=bool(self["log-messages"]),
             metrics=_endpoint(self["metrics"]) if self["metrics"] else None,
             accounts=self["accounts"],
+            max_accounts=self["max-accounts"],
         )
 
 
@@ -654,7 +659,8 @@ def _accounts(
     work = PasswordWork(reactor, limits.threads, limits.max_pending)
     accounts = Accounts(mode, book(work), reactor, work, limits,
                         exempt=networks(config.exempt), v6_prefix=config.ipv6_prefix,
-                        shared=shared(limits) if shared is not None else None)
+                        shared=shared(limits) if shared is not None else None,
+                        max_accounts=config.max_accounts)
     return accounts, work
 
 

@@ -15,7 +15,9 @@ needs a transaction on the node's shared, pipelined connection (where a
 C{WATCH}/C{MULTI} would take in the other commands the node sends meanwhile):
 
   - a new account (C{REGISTER}, the tool's C{add}) is C{HSETNX}: of any number
-    of nodes racing to create one nick's account, exactly one succeeds;
+    of nodes racing to create one nick's account, exactly one succeeds (a
+    C{REGISTER}'s is a Lua script that also counts the accounts, C{HLEN},
+    against C{--max-accounts}, in the same atomic step);
   - a new password (C{PASSWD}, the tool's C{passwd}) is a Lua script that
     replaces the hash only if the account still exists, keeping its nick and
     creation time: a password change never re-creates an account removed
@@ -43,6 +45,7 @@ from twisted.python.failure import Failure
 from twisted_chat.server.accounts import (
     Account,
     AccountExists,
+    AccountsFull,
     AccountStoreError,
     AccountsUnavailable,
     NoSuchAccount,
@@ -67,6 +70,16 @@ local account = cjson.decode(current)
 account['hash'] = ARGV[2]
 account['changed'] = tonumber(ARGV[3])
 redis.call('HSET', KEYS[1], ARGV[1], cjson.encode(account))
+return 1
+"""
+
+
+# KEYS[1] the hash; ARGV: the nick's key, the account, the most accounts.
+# 1: created; 0: the nick has one; -1: there are that many accounts already.
+_ADD_BOUNDED = """
+if redis.call('HEXISTS', KEYS[1], ARGV[1]) == 1 then return 0 end
+if redis.call('HLEN', KEYS[1]) >= tonumber(ARGV[3]) then return -1 end
+redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
 return 1
 """
 
@@ -128,12 +141,16 @@ class RedisBook:
         d = self.command("HGET", ACCOUNTS, nick_key(nick))
         return d.addCallback(lambda value: None if value is None else _decode(value))
 
-    def add(self, nick: str, password_hash: str) -> Deferred[None]:
+    def add(self, nick: str, password_hash: str, most: int | None = None) -> Deferred[None]:
         if not is_valid_nick(nick):
             return defer.fail(ValueError(f"{nick!r} is not a valid nick"))
         now = self._now_ms()
-        d = self.command("HSETNX", ACCOUNTS, nick_key(nick),
-                          _encode(nick, password_hash, now, now))
+        value = _encode(nick, password_hash, now, now)
+        if most is None:
+            d = self.command("HSETNX", ACCOUNTS, nick_key(nick), value)
+        else:
+            d = self.command("EVAL", _ADD_BOUNDED, 1, ACCOUNTS, nick_key(nick), value, most)
+            d.addCallback(_raise_if_full, nick)
         return d.addCallback(_raise_unless_set, AccountExists, nick)
 
     def set_hash(self, nick: str, password_hash: str) -> Deferred[None]:
@@ -244,6 +261,12 @@ class RedisFailures:
 
     def give_back(self, nick: str, address: str | None) -> None:
         self._run("give", nick, address).addErrback(lambda _: None)  # best effort
+
+
+def _raise_if_full(reply: Any, nick: str) -> Any:
+    if int(reply) == -1:
+        raise AccountsFull(nick)
+    return reply
 
 
 def _raise_unless_set(reply: Any, error: type[Exception], nick: str) -> None:
