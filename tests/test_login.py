@@ -542,14 +542,23 @@ def test_the_accounts_state_is_let_go_once_online_with_nothing_to_keep() -> None
     assert bob.take() == ["REGISTERED bob"]
 
 
-def test_passwd_after_the_operator_removed_the_account() -> None:
+def test_passwd_and_register_after_the_operator_removed_the_account() -> None:
+    """The nick has no account now: PASSWD says so, and REGISTER makes one,
+    whatever this connection proved before (it said 'registered' while
+    PASSWD said 'not-registered')."""
     h = harness()
-    add(h, "alice")
-    alice = login(h, "alice")
+    add(h, "Alice")
+    alice = login(h, "Alice")
     alice.take()
     h.store.remove("alice")  # type: ignore[attr-defined]
     alice.send("PASSWD new-password")
     assert alice.take_one().startswith("ERROR not-registered ")
+    alice.send("REGISTER new-password")
+    assert alice.take() == ["REGISTERED Alice"]
+    alice.send("PASSWD newer-password")
+    assert alice.take() == ["REGISTERED Alice"]
+    alice.drop()
+    login(h, "Alice", "newer-password")
 
 
 def test_register_runs_on_the_password_threads() -> None:

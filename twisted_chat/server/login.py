@@ -547,8 +547,8 @@ class Login:
         if self._accounts.mode is Mode.REQUIRED:
             raise LineError(ErrorCode.REGISTERED,
                             "on this server, accounts are made by its operator")
-        if self._proved == nick_key(nick):
-            raise LineError(ErrorCode.REGISTERED, f"{nick} has an account already")
+        # Not answered from what this connection proved: the operator may
+        # have removed the account since.  The book knows (AccountExists).
         accounts = self._accounts
         return self._change(partial(accounts.book.add, most=accounts.max_accounts), nick, secret)
 
