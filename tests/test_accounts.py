@@ -338,6 +338,58 @@ def test_password_work_runs_off_the_reactor_thread_and_is_bounded() -> Any:
         work.stop()
 
 
+class InlinePool:
+    """A ThreadPool that runs each job at once (on this thread), recording it."""
+
+    def __init__(self) -> None:
+        self.started = False
+        self.ran: list[Any] = []
+
+    def start(self) -> None:
+        self.started = True
+
+    def stop(self) -> None:
+        self.started = False
+
+    def callInThreadWithCallback(self, on_result: Any, f: Any, *args: Any) -> None:
+        assert self.started
+        self.ran.append(f)
+        on_result(True, f(*args))
+
+
+class InlineReactor:
+    def callFromThread(self, f: Any, *args: Any) -> None:
+        f(*args)
+
+
+def test_the_dummy_hash_is_made_at_start_on_the_password_threads(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Under required, the first check of a nick with no account took twice
+    as long (the dummy hash was made then): it told that the nick has none."""
+    monkeypatch.setattr(accounts_module, "_dummy_hash", None)
+    hashes: list[bytes] = []
+    real = accounts_module.hash_password
+
+    def counted(password: bytes) -> str:
+        hashes.append(password)
+        return real(password, **FAST)
+
+    monkeypatch.setattr(accounts_module, "hash_password", counted)
+    pool = InlinePool()
+    work = PasswordWork(InlineReactor(), pool=pool)  # type: ignore[arg-type]
+    assert accounts_module._dummy_hash is None  # not before the threads start
+    work.start()
+    assert accounts_module._dummy_hash is not None and len(hashes) == 1
+    assert pool.ran == [accounts_module.make_dummy_hash]  # on the password threads
+    checker = AccountChecker(SQLiteBook(AccountStore(":memory:"), work.lookup), work.run)
+    failed: list[Any] = []
+    checker.requestAvatarId(UsernamePassword(b"ghost", b"any-password")).addErrback(
+        failed.append)
+    assert failed[0].check(UnauthorizedLogin)
+    assert len(hashes) == 1  # the first check made no hash: only checked one
+
+
 def test_no_password_in_store_file(tmp_path: Path) -> None:
     path = tmp_path / "chat.accounts.sqlite3"
     store = AccountStore(str(path))

@@ -81,6 +81,7 @@ __all__ = [
     "SQLiteBook",
     "accounts_path",
     "hash_password",
+    "make_dummy_hash",
     "password_problem",
     "portal",
     "verify_password",
@@ -151,8 +152,10 @@ def verify_password(password: bytes, encoded: str) -> bool:
 
 
 # A hash no password matches in practice, checked when a nick has no account
-# so that the answer takes as long as for a wrong password (made once, lazily:
-# it costs one hash).
+# so that the answer takes as long as for a wrong password.  Made once, by
+# make_dummy_hash at the server's start (it costs one hash: made at the first
+# such check, that check would take twice as long, and tell the nick has no
+# account); made at first use where nothing made it before.
 _dummy_hash: str | None = None
 _dummy_lock = threading.Lock()
 
@@ -163,6 +166,12 @@ def _dummy() -> str:
         if _dummy_hash is None:
             _dummy_hash = hash_password(secrets.token_bytes(32))
         return _dummy_hash
+
+
+def make_dummy_hash() -> None:
+    """Make the hash a nick with no account is checked against, now (one
+    hash of work: the server runs it on its password threads at start)."""
+    _dummy()
 
 
 # -- storage -----------------------------------------------------------------

@@ -64,6 +64,7 @@ from twisted_chat.server.accounts import (
     Mode,
     NoSuchAccount,
     hash_password,
+    make_dummy_hash,
     password_problem,
     portal,
 )
@@ -166,11 +167,15 @@ class PasswordWork:
     daemonized: threads do not survive a fork).
     """
 
-    def __init__(self, reactor: Any, threads: int = 2, limit: int = 64) -> None:
+    def __init__(
+        self, reactor: Any, threads: int = 2, limit: int = 64, pool: ThreadPool | None = None
+    ) -> None:
+        """@param pool: the threads (tests: one that runs jobs inline)."""
         self._reactor = reactor
         self.limit = limit
         self.pending = 0
-        self._pool = ThreadPool(minthreads=0, maxthreads=threads, name="chat-passwords")
+        self._pool = pool if pool is not None else ThreadPool(
+            minthreads=0, maxthreads=threads, name="chat-passwords")
 
     @property
     def full(self) -> bool:
@@ -178,6 +183,10 @@ class PasswordWork:
 
     def start(self) -> None:
         self._pool.start()
+        # The first job: the dummy hash, before any check needs it (made by
+        # that check, it would make it take twice as long).
+        self.lookup(make_dummy_hash).addErrback(
+            lambda f: _log.failure("could not make the dummy hash", f))
 
     def stop(self) -> None:
         self._pool.stop()
