@@ -580,6 +580,28 @@ def test_register_runs_on_the_password_threads() -> None:
     assert bob.take() == ["REGISTERED bob"]
 
 
+def test_register_whose_connection_went_before_its_hash_stores_nothing() -> None:
+    """The nick was free once the connection went, and someone else took it
+    without a password: the late REGISTER must not give it an account."""
+    h = harness(work=HeldWork())
+    bob = fresh(h)
+    bob.send("NICK bob")
+    h.work.release()  # type: ignore[attr-defined]  # the lookup
+    bob.take()
+    bob.send(f"REGISTER {PW}")  # its hash is held
+    bob.drop()  # reset: the connection is gone at once, the nick free
+    other = fresh(h)
+    other.send("NICK bob")
+    h.work.release()  # type: ignore[attr-defined]  # bob's hash, other's lookup
+    assert other.take()[0] == "READY bob"
+    h.work.release()  # type: ignore[attr-defined]  # anything left
+    assert h.work.held == [] and not h.store.exists("bob")  # type: ignore[attr-defined]
+    other.send("REGISTER other-password")
+    h.work.release()  # type: ignore[attr-defined]  # the hash
+    h.work.release()  # type: ignore[attr-defined]  # the write
+    assert other.take() == ["REGISTERED bob"]
+
+
 @pytest.mark.parametrize("line", [f"PASS {PW}", f"REGISTER {PW}", f"PASSWD {PW}"])
 def test_accounts_off(line: str) -> None:
     h = Harness()  # no Accounts: off

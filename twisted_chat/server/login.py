@@ -588,16 +588,26 @@ class Login:
     def _change(
         self, store: Callable[[str, str], defer.Deferred[None]], nick: str, secret: bytes
     ) -> Answer:
-        """Hash C{secret} on the password threads, then C{store} the hash."""
+        """Hash C{secret} on the password threads, then C{store} the hash
+        if the connection is still open (so still holds C{nick})."""
         try:
             d = self._accounts.work.run(hash_password, secret)
         except WorkBusy:
             raise LineError(ErrorCode.FLOOD, "the server is busy; send it again in a moment") \
                 from None
-        d.addCallback(lambda password_hash: store(nick, password_hash))
+        d.addCallback(self._store, store, nick)
         d.addCallbacks(self._changed, self._change_failed, callbackArgs=(nick,),
                        errbackArgs=(nick,))
         return d
+
+    def _store(
+        self, password_hash: str, store: Callable[[str, str], defer.Deferred[None]], nick: str
+    ) -> defer.Deferred[None]:
+        if self._conn.closing:
+            # Its nick is free since the connection went (someone else may
+            # hold it, without a password), and nobody is told the answer.
+            raise _Closed()
+        return store(nick, password_hash)
 
     def _changed(self, _: None, nick: str) -> None:
         self._proved = nick_key(nick)
@@ -606,7 +616,9 @@ class Login:
 
     def _change_failed(self, failure: Failure, nick: str) -> None:
         value = failure.value
-        if isinstance(value, AccountExists):
+        if isinstance(value, _Closed):
+            _log.info("account {nick}: nothing changed, the connection closed first", nick=nick)
+        elif isinstance(value, AccountExists):
             self._conn.write(wire.error(ErrorCode.REGISTERED, f"{nick} has an account already"))
         elif isinstance(value, AccountsFull):
             _log.warn("account {nick} not made: there are --max-accounts {most} accounts",
@@ -627,6 +639,10 @@ class Login:
             self._conn.write(wire.error(
                 ErrorCode.NOT_REGISTERED,
                 "the server could not store the password now; try again later"))
+
+
+class _Closed(Exception):
+    """A C{REGISTER}'s or C{PASSWD}'s connection closed before its hash was made."""
 
 
 def _store_failed(failure: Failure, what: str, nick: str) -> None:
