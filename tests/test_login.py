@@ -151,7 +151,7 @@ def test_register_then_reconnect_needs_the_password() -> None:
     alice.drop()
     again = fresh(h)
     again.send("NICK ALICE")
-    assert again.take() == ["PASS ALICE"]
+    assert again.take() == ["PASS alice"]
     assert again.user is None
     again.send("PASS wrong-password")
     assert again.take() == [f"RETRY bad-password {BAD_PASSWORD_TEXT}"]
@@ -159,7 +159,7 @@ def test_register_then_reconnect_needs_the_password() -> None:
     again.send("PASS " + PW)  # the password was not asked again: NICK first
     assert again.take_one().startswith("ERROR not-ready ")
     again.send("NICK Alice")
-    assert again.take() == ["PASS Alice"]
+    assert again.take() == ["PASS alice"]
     again.send(f"PASS {PW}")
     assert again.take() == ["READY alice", "USER alice lobby", "USERS 1"]  # as registered
 
@@ -184,6 +184,22 @@ def test_taken_names_the_nick_as_its_owner_spelled_it(mode: Mode) -> None:
     other = fresh(h)
     other.send("NICK ALICE")
     assert other.take() == ["RETRY taken Alice is online already"]
+
+
+@pytest.mark.parametrize(("mode", "asked"), [(Mode.OPEN, "PASS Alice"),
+                                             (Mode.REQUIRED, "PASS aLICE")])
+def test_pass_names_the_nick_as_its_owner_spelled_it_under_open_only(
+        mode: Mode, asked: str) -> None:
+    """Under open, as chat/1 writes every nick (that it has an account is
+    no secret there); under required, as typed: the account's spelling
+    would tell that it exists."""
+    h = harness(mode)
+    add(h, "Alice")
+    conn = fresh(h)
+    conn.send("NICK aLICE")
+    assert conn.take() == [asked]
+    conn.send(f"PASS {PW}")
+    assert conn.take()[0] == "READY Alice"
 
 
 def checking(h: Harness) -> Conn:

@@ -54,6 +54,7 @@ from twisted.python.threadpool import ThreadPool
 from twisted_chat import wire
 from twisted_chat.server import logs
 from twisted_chat.server.accounts import (
+    Account,
     AccountBook,
     AccountChecker,
     AccountExists,
@@ -417,7 +418,9 @@ class Login:
             self._conn.write(retry_taken(holder))
             return None
         if self._accounts.mode is Mode.REQUIRED:
-            self._ask(nick)  # every nick, so that which ones exist is not told
+            # Every nick, as typed (the account's spelling would tell that
+            # it exists), so that which ones exist is not told.
+            self._ask(nick)
             return None
         lookup = self._accounts.book.get(nick)
         lookup.addCallbacks(self._looked_up, self._lookup_failed, callbackArgs=(nick,),
@@ -427,7 +430,12 @@ class Login:
     def _looked_up(self, account: object, nick: str) -> Answer:
         if self._conn.closing:
             return None
-        if account is not None:
+        if isinstance(account, Account):
+            # As its owner spelled it (chat/1 writes every nick so); under
+            # open, that it has an account is no secret.
+            self._ask(account.nick)
+            return None
+        if account is not None:  # could not be looked up: it might have one
             self._ask(nick)
             return None
         return self._conn.admit(nick)
