@@ -194,7 +194,7 @@ class NoSuchAccount(Exception):
 
 
 class AccountsFull(Exception):
-    """There are as many accounts as a new one may join (C{--max-accounts})."""
+    """There are C{--max-accounts} accounts already: C{REGISTER} makes no more."""
 
 
 @dataclass(frozen=True, slots=True)
