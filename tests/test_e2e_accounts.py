@@ -125,7 +125,7 @@ def test_register_beyond_max_accounts_is_server_full(
     tool(tmp_path, "add", "dave", stdin=f"{PW}\n")  # the operator's tool is not bound
     server.stop()
     assert server.problems() == []
-    assert "account carol not made: there are --max-accounts 2 accounts" in server.log()
+    assert "account carol not made: there are --max-accounts 2 accounts " in server.log()
 
 
 def test_required_mode(tmp_path: Path, chat_server: Start, connect: Connect) -> None:

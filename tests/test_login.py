@@ -25,6 +25,7 @@ from twisted_chat.server.accounts import (
 from twisted_chat.server.cluster.accounts import RedisBook
 from twisted_chat.server.login import (
     BAD_PASSWORD_TEXT,
+    FULL_LOG_EVERY,
     UNAVAILABLE_TEXT,
     UNCHECKED_TEXT,
     Accounts,
@@ -484,6 +485,28 @@ def test_register_beyond_max_accounts_is_server_full_and_the_connection_stays() 
     h.store.remove("alice")  # type: ignore[attr-defined]
     carol.send(f"REGISTER {PW}")
     assert carol.take() == ["REGISTERED carol"]
+
+
+def test_max_accounts_is_logged_once_per_ten_minutes() -> None:
+    events: list[LogEvent] = []
+    globalLogPublisher.addObserver(events.append)
+    try:
+        h = harness(max_accounts=1)
+        add(h, "alice")
+        bob = fresh(h)
+        bob.send("NICK bob")
+        bob.take()
+        for _ in range(3):
+            bob.send(f"REGISTER {PW}")
+            assert bob.take_one().startswith("ERROR server-full ")
+        h.clock.advance(FULL_LOG_EVERY)
+        bob.send(f"REGISTER {PW}")
+        bob.take()
+    finally:
+        globalLogPublisher.removeObserver(events.append)
+    said = [e for e in events if "--max-accounts" in formatEvent(e)]
+    assert len(said) == 2
+    assert formatEvent(said[0]).startswith("account bob not made: there are --max-accounts 1 ")
 
 
 def test_max_accounts_option() -> None:

@@ -88,6 +88,8 @@ UNAVAILABLE_TEXT = "the server cannot check accounts now; send NICK again in a m
 # One server's answer to a PASS it could not check (its protocol has no
 # RETRY unavailable): the contract's RETRY bad-password, with this text.
 UNCHECKED_TEXT = "the server could not check the password now; try again later"
+# The log says REGISTER is refused for --max-accounts at most this often.
+FULL_LOG_EVERY = 600.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -279,6 +281,7 @@ class Accounts:
         assert mode is not Mode.OFF
         self.mode = mode
         self.max_accounts = max_accounts
+        self._full_said: float | None = None  # when the log last said so
         self.book = book
         self.clock = clock
         self.work = work
@@ -328,6 +331,16 @@ class Accounts:
 
     def login(self, connection: Connection) -> Login:
         return Login(self, connection)
+
+    def full(self, nick: str) -> None:
+        """A C{REGISTER} was refused for C{--max-accounts}: logged at most
+        once per L{FULL_LOG_EVERY} seconds (each refusal is a peer's line)."""
+        now = self.clock.seconds()
+        if self._full_said is None or now - self._full_said >= FULL_LOG_EVERY:
+            self._full_said = now
+            _log.warn("account {nick} not made: there are --max-accounts {most} accounts "
+                      "(REGISTER refused until some are removed; said once per {every} s)",
+                      nick=nick, most=self.max_accounts, every=FULL_LOG_EVERY)
 
 
 class Connection(Protocol):
@@ -629,8 +642,7 @@ class Login:
         elif isinstance(value, AccountExists):
             self._conn.write(wire.error(ErrorCode.REGISTERED, f"{nick} has an account already"))
         elif isinstance(value, AccountsFull):
-            _log.warn("account {nick} not made: there are --max-accounts {most} accounts",
-                      nick=nick, most=self._accounts.max_accounts)
+            self._accounts.full(nick)
             self._conn.write(wire.error(
                 ErrorCode.SERVER_FULL,
                 "this server keeps no more accounts; ask its operator to remove unused ones"))
