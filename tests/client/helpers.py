@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import calendar
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from twisted.conch.insults import helper, insults
@@ -31,6 +32,7 @@ class Screen:
         self.prompt: str | None = None
         self.secret_prompt: str | None = None
         self.bells = 0
+        self.forgotten: list[str] = []
 
     def show(self, line: Line) -> None:
         self.raw.append(line)
@@ -47,6 +49,9 @@ class Screen:
 
     def bell(self) -> None:
         self.bells += 1
+
+    def forget(self, lines: Sequence[str]) -> None:
+        self.forgotten.extend(lines)
 
     def text(self) -> str:
         return "\n".join(self.lines)

@@ -33,14 +33,35 @@ def test_a_terminal_asks_for_the_password_without_showing_it() -> None:
     assert SECRET not in s.screen.text()
 
 
-def test_lines_typed_before_the_password_prompt_are_not_taken_for_it() -> None:
+def test_lines_typed_before_the_password_prompt_are_not_sent() -> None:
+    """One of them may be the password, typed ahead by someone who knows it
+    is asked for: it must not reach the lobby, nor stay in the history."""
     s = session()
-    s.type("hello everyone")  # typed while connecting: a message, not a password
+    s.type("hello everyone")  # typed while connecting
     _asked_for_password(s)
     assert s.sent() == []
+    assert s.screen.forgotten == ["hello everyone"]
+    assert s.screen.lines[-2] == (
+        "* 1 line typed before the password prompt was not sent (it could be the "
+        "password); type it again once you are in."
+    )
     s.client.secret_line(SECRET)
     s.receive("READY alice")
-    assert s.sent() == [f"PASS {SECRET}", "MSG hello everyone"]
+    assert s.sent() == [f"PASS {SECRET}"]
+
+
+def test_a_password_typed_ahead_of_its_prompt_is_not_posted_to_the_lobby() -> None:
+    s = session("bob")
+    s.receive("HELLO chat/1 test", "NICK")
+    assert s.sent() == ["NICK bob"]
+    s.type("hunter2222")  # typed while waiting (no prompt yet)
+    s.receive("PASS bob")
+    s.client.secret_line("hunter2222")  # typed again at the password prompt
+    assert s.sent() == ["PASS hunter2222"]
+    s.receive("READY bob", "USER bob lobby", "USERS 1")
+    assert "MSG hunter2222" not in s.sent()
+    assert "hunter2222" not in s.screen.text()
+    assert s.screen.forgotten == ["hunter2222"]
 
 
 def test_a_wrong_password_on_a_terminal_asks_again() -> None:

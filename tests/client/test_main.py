@@ -6,7 +6,13 @@ from pathlib import Path
 
 import pytest
 
-from twisted_chat.client.main import DEFAULT_PORT, parse_options, server_label, wants_colour
+from twisted_chat.client.main import (
+    DEFAULT_PORT,
+    log_observer,
+    parse_options,
+    server_label,
+    wants_colour,
+)
 
 
 def test_defaults() -> None:
@@ -105,3 +111,34 @@ def test_bad_timeouts_exit_2(value: str, capsys: pytest.CaptureFixture[str]) -> 
         parse_options(["--timeout", value, "host"])
     assert exited.value.code == 2
     assert "--timeout" in capsys.readouterr().err
+
+
+def test_an_unhandled_error_is_shown_as_one_line_without_its_traceback() -> None:
+    """The reactor logs an exception that escaped a protocol as a legacy
+    "Unhandled Error" event whose text is the whole traceback."""
+    import io
+    import sys
+    import warnings
+
+    from twisted.logger import LogBeginner, Logger, LogPublisher
+    from twisted.python import log as legacy
+    from twisted.python.failure import Failure
+
+    shown: list[str] = []
+    publisher = LogPublisher(log_observer(shown.append))
+    beginner = LogBeginner(publisher, io.StringIO(), sys, warnings)
+    old_style = legacy.LogPublisher(
+        observerPublisher=publisher, publishPublisher=publisher, logBeginner=beginner
+    )
+    try:
+        raise OverflowError("timestamp out of range for platform time_t")
+    except OverflowError:
+        failure = Failure()
+    old_style.msg(failure=failure, isError=1, why="Unhandled Error")
+    Logger(observer=publisher).failure("could not handle a server line", failure)
+    Logger(observer=publisher).warn("dropping a server line of {n} bytes", n=5)
+    assert shown == [
+        "Unhandled Error: timestamp out of range for platform time_t",
+        "could not handle a server line: timestamp out of range for platform time_t",
+        "dropping a server line of 5 bytes",
+    ]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from OpenSSL import SSL
 from twisted.internet.error import ConnectionLost, ConnectionRefusedError, DNSLookupError
+from twisted.logger import capturedLogs
 from twisted.python.failure import Failure
 
 from twisted_chat.client.protocol import ChatClient, Outcome, State
@@ -362,6 +363,43 @@ def test_malformed_lines_are_shown_not_fatal() -> None:
     s.ready()
     s.receive("MSG onlyone", f"MSG {TS} bob * still fine")
     assert s.screen.lines == ["(server) MSG onlyone", "[14:03] <bob> still fine"]
+
+
+def test_a_timestamp_out_of_range_shows_the_arrival_time() -> None:
+    """A fraction of 300 digits, or a year past the calendar, made
+    localtime() overflow: the exception ended the session."""
+    s = session()
+    s.ready()
+    for bad in ("2026-01-01T00:00:00." + "9" * 300 + "Z", "2026-01-01T00:00:00.9" + "9" * 30):
+        for line in (
+            f"MSG {bad} bob * hi",
+            f"JOINED {bad} bob",
+            f"LEFT {bad} bob quit",
+            f"HISTORY {bad} bob hi",
+        ):
+            s.receive(line)  # raised OverflowError
+    assert s.screen.take()[:4] == [
+        "[14:03] <bob> hi",
+        "[14:03] * bob joined",
+        "[14:03] * bob left (quit)",
+        "[14:03] <bob> hi",
+    ]
+    assert s.client.state is State.READY and not s.transport.disconnecting
+
+
+def test_a_line_the_client_cannot_handle_is_shown_and_the_session_goes_on() -> None:
+    s = session()
+    s.ready()
+
+    def broken(event: object) -> None:
+        raise RuntimeError("a bug")
+
+    s.client._on_JOINED = broken  # type: ignore[method-assign]
+    with capturedLogs() as events:
+        s.receive(f"JOINED {TS} bob", f"MSG {TS} bob * still here")
+    assert s.screen.take() == [f"(server) JOINED {TS} bob", "[14:03] <bob> still here"]
+    assert s.client.state is State.READY
+    assert [e["log_failure"].getErrorMessage() for e in events] == ["a bug"]
 
 
 def test_lost_connection_fails() -> None:

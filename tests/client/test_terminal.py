@@ -260,6 +260,19 @@ def test_register_lines_are_not_kept_in_the_history() -> None:
     assert input_row(kb) == "alice> hello"
 
 
+def test_forgotten_lines_leave_the_history() -> None:
+    kb = Keyboard()
+    kb.ui.set_prompt("> ")
+    kb.keys("first\rhunter2222\rthird\r")
+    kb.ui.forget(["hunter2222", "never typed"])
+    kb.keys(UP)
+    assert input_row(kb) == "> third"
+    kb.keys(UP)
+    assert input_row(kb) == "> first"
+    kb.keys(UP)
+    assert input_row(kb) == "> first"
+
+
 TAB = b"\t"
 
 

@@ -223,21 +223,31 @@ def make_endpoint(reactor: Any, options: argparse.Namespace) -> IStreamClientEnd
     return endpoint
 
 
-def start_logging(show: Callable[[str], None], verbose: bool = False) -> None:
-    """Send warnings and errors (not Twisted's chatter) to C{show}."""
+def log_observer(show: Callable[[str], None]) -> ILogObserver:
+    """An observer that shows each event as one line: never a traceback."""
 
     @provider(ILogObserver)
     def observer(event: dict[str, Any]) -> None:
         text = formatEvent(event)
-        failure = event.get("log_failure")
+        # The reactor's "Unhandled Error" (a legacy event) keeps its failure
+        # under "failure"; Logger.failure under "log_failure".
+        failure = event.get("log_failure", event.get("failure"))
+        if isinstance(failure, Failure) or event.get("isError"):
+            # An error's text may carry a whole traceback: its first line only.
+            text = text.strip().split("\n", 1)[0]
         if isinstance(failure, Failure):
             text = f"{text}: {failure.getErrorMessage()}" if text else failure.getErrorMessage()
         show(text)
 
+    return observer  # type: ignore[no-any-return]  # @provider loses the type
+
+
+def start_logging(show: Callable[[str], None], verbose: bool = False) -> None:
+    """Send warnings and errors (not Twisted's chatter) to C{show}."""
     level = LogLevel.debug if verbose else LogLevel.warn
     predicate = LogLevelFilterPredicate(defaultLogLevel=level)
     globalLogBeginner.beginLoggingTo(
-        [FilteringLogObserver(observer, [predicate])], redirectStandardIO=False
+        [FilteringLogObserver(log_observer(show), [predicate])], redirectStandardIO=False
     )
 
 

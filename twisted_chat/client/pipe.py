@@ -9,7 +9,7 @@ server's last answers are still printed.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IHalfCloseableProtocol
@@ -49,6 +49,9 @@ class PipeIO(LineReceiver):
 
     def end_secret(self) -> None:
         pass
+
+    def forget(self, lines: Sequence[str]) -> None:
+        pass  # no input history
 
     def bell(self) -> None:
         pass  # never in a script's output

@@ -17,7 +17,7 @@ from __future__ import annotations
 import ipaddress
 import time
 from collections import deque
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from enum import Enum, auto
 from typing import Protocol as TypingProtocol
@@ -62,6 +62,12 @@ class Display(TypingProtocol):
 
     def end_secret(self) -> None:
         """Stop reading a secret line; the half-typed line comes back."""
+
+    def forget(self, lines: Sequence[str]) -> None:
+        """
+        Drop these typed lines from the input history (one of them may be a
+        password typed ahead of its prompt; terminals only).
+        """
 
     def bell(self) -> None:
         """Ring the terminal bell (terminals only, unless C{--no-bell})."""
@@ -344,7 +350,13 @@ class ChatClient(LineReceiver):
             self._show(render.info(f"(server) {raw}"))
             return
         handler = getattr(self, f"_on_{event.verb}")
-        handler(event)
+        try:
+            handler(event)
+        except Exception:
+            # A line this client cannot cope with is a bug here or a hostile
+            # server: show the line, keep the session, never a traceback.
+            self._log.failure("could not handle a server line")
+            self._show(render.info(f"(server) {raw}"))
 
     def lineLengthExceeded(self, line: bytes) -> None:
         self._log.warn("dropping a server line of {n} bytes", n=len(line))
@@ -610,6 +622,7 @@ class ChatClient(LineReceiver):
             return
         nick = event.word(0)
         if self.interactive:
+            self._drop_typed_ahead()
             self._set_state(State.ASK_PASSWORD)
             self._notice(
                 f"The nickname {nick} has an account here: type its password (it is "
@@ -625,6 +638,25 @@ class ChatClient(LineReceiver):
             self.quit()
             return
         self._send_password("PASS", password)
+
+    def _drop_typed_ahead(self) -> None:
+        """
+        Lines typed before a password prompt are not sent: one of them may be
+        the password, typed ahead by someone who knows it is asked for.
+        """
+        if not self._queue:
+            return
+        dropped = list(self._queue)
+        self._queue.clear()
+        if self.display is not None:
+            self.display.forget(dropped)
+        count = len(dropped)
+        lines = "1 line" if count == 1 else f"{count} lines"
+        verb = "was" if count == 1 else "were"
+        self._notice(
+            f"{lines} typed before the password prompt {verb} not sent (it could be the "
+            "password); type it again once you are in."
+        )
 
     def _on_REGISTERED(self, event: ServerLine) -> None:
         nick = event.word(0)

@@ -320,10 +320,11 @@ class Renderer:
     def stamp(self, ts: str) -> Span:
         """C{[14:03] }, with the date for a message from another day."""
         try:
-            seconds = parse_ts(ts)
-        except (ValueError, OverflowError):
-            seconds = self._now()
-        when = self._localtime(seconds)
+            when = self._localtime(parse_ts(ts))
+        except (ValueError, OverflowError, OSError):
+            # Unreadable, or out of the calendar's range: a hostile server
+            # can send any "timestamp".  Show the time it arrived.
+            when = self._localtime(self._now())
         today = self._localtime(self._now())
         if when[:3] == today[:3]:
             shown = time.strftime("%H:%M", when)

@@ -20,7 +20,7 @@ reactor has been chosen, as L{twisted_chat.client.main} does.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from functools import lru_cache
 from typing import Any
@@ -185,6 +185,15 @@ class ChatTerminal(HistoricRecvLine):
         self.lineBuffer, self.lineBufferIndex = self._saved
         self._saved = ([], 0)
         self.draw()
+
+    def forget(self, lines: Sequence[str]) -> None:
+        """Drop these lines from the history Up recalls (the latest copy of each)."""
+        for line in lines:
+            for i in range(len(self.historyLines) - 1, -1, -1):
+                if self.historyLines[i] == line:
+                    del self.historyLines[i]
+                    break
+        self.historyPosition = min(self.historyPosition, len(self.historyLines))
 
     # -- drawing -----------------------------------------------------------------
 
