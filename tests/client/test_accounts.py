@@ -117,6 +117,20 @@ def test_a_script_with_a_wrong_password_stops() -> None:
     assert s.lose() == Outcome(1, "The password for alice was not accepted.")
 
 
+def test_a_script_whose_nick_came_from_its_input_stops_at_a_wrong_password() -> None:
+    """It used to send NICK and the same wrong CHAT_PASSWORD again after each
+    refusal, until the server's BYE flood, which locks the nick's owner out."""
+    s = session(None, interactive=False, environ={"CHAT_PASSWORD": "wrongpassw"})
+    s.receive("HELLO chat/1 test", "NICK")
+    s.type("alice", "hello")
+    s.receive("PASS alice")
+    assert s.sent() == ["NICK alice", "PASS wrongpassw"]
+    s.receive("RETRY bad-password wrong password")
+    assert s.sent() == ["BYE"]
+    s.receive("BYE quit")
+    assert s.lose() == Outcome(1, "The password for alice was not accepted.")
+
+
 def test_register_asks_twice_and_sends_once() -> None:
     s = session()
     s.ready()

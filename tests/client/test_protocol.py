@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 from OpenSSL import SSL
 from twisted.internet.error import ConnectionLost, ConnectionRefusedError, DNSLookupError
 from twisted.logger import capturedLogs
@@ -83,6 +84,18 @@ def test_refused_nick_option_in_a_script_fails() -> None:
     outcome = s.lose()
     assert outcome.code == 1
     assert outcome.message == "The nickname bob is already taken by someone online."
+
+
+def test_a_refused_nick_from_a_scripts_input_fails() -> None:
+    """Its next line is a message, not another nickname."""
+    s = session(None, interactive=False)
+    s.receive("HELLO chat/1 x", "NICK")
+    s.type("bob", "hello everyone")
+    assert s.sent() == ["NICK bob"]
+    s.receive("RETRY taken sorry")
+    assert s.sent() == ["BYE"]
+    s.receive("BYE quit")
+    assert s.lose() == Outcome(1, "The nickname bob is already taken by someone online.")
 
 
 def test_nick_dropped_for_flood_asks_again_on_a_terminal() -> None:
@@ -534,9 +547,14 @@ def test_unavailable_on_a_terminal_keeps_the_typed_nick() -> None:
     assert s.screen.prompt == "bob> "
 
 
-def test_unavailable_is_tried_a_bounded_number_of_times() -> None:
-    s = session("bob", interactive=False)
+@pytest.mark.parametrize("option", ["bob", None])
+def test_unavailable_is_tried_a_bounded_number_of_times(option: str | None) -> None:
+    """Then a script stops, whether its nick came from --nick or its input."""
+    s = session(option, interactive=False)
     s.receive("HELLO chat/1 x", "NICK")
+    if option is None:
+        s.type("bob")
+    s.type("hello")
     assert s.sent() == ["NICK bob"]
     for _ in range(ChatClient.UNAVAILABLE_TRIES):
         s.receive(UNAVAILABLE)

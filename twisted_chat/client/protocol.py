@@ -148,8 +148,8 @@ class ChatClient(LineReceiver):
     @param nick: the nickname to ask for (from C{--nick}), or C{None} to ask
         the user.
     @param interactive: C{True} on a terminal.  A script (C{False}) whose
-        C{--nick} is refused stops with an error instead of reading the next
-        line as a nickname.
+        nickname (C{--nick} or its first line) or password is refused stops
+        with an error instead of reading the next line as a nickname.
     @param server: how to name the server in messages (C{host:port}).
     @param clock: schedules the quit and greeting timeouts.
     @param tls: the connection uses TLS (else a server that answers in TLS
@@ -700,7 +700,10 @@ class ChatClient(LineReceiver):
             self._unavailable(nick, said)
             return
         self._unavailable_tries = 0
-        if not self.interactive and self._asked_nick == self.option_nick:
+        if not self.interactive:
+            # A script gives up: its next input lines are messages, not
+            # nicknames, and its CHAT_PASSWORD would only be wrong again (each
+            # try counts against the nick, whose owner would be locked out).
             self._failure = render.sentence(said)
             self.quit()
             return
@@ -723,7 +726,7 @@ class ChatClient(LineReceiver):
         self._unavailable_tries += 1
         if self._unavailable_tries > self.UNAVAILABLE_TRIES:
             tries = self.UNAVAILABLE_TRIES + 1
-            if not self.interactive and nick == self.option_nick:
+            if not self.interactive:
                 self._failure = f"{said} Gave up after {tries} tries."
                 self.quit()
                 return
