@@ -76,6 +76,78 @@ def test_a_wrong_password_on_a_terminal_asks_again() -> None:
     assert s.screen.secret_prompt == "password for alice: "
 
 
+def test_a_password_the_server_refuses_at_login_is_asked_for_again() -> None:
+    """An ERROR (not a RETRY) answering PASS left the client waiting, with no
+    prompt, until the server's --nick-timeout closed the connection."""
+    s = session("bob")
+    s.receive("HELLO chat/1 test", "NICK")
+    s.sent()
+    s.receive("PASS bob")
+    s.client.secret_line("long enough")
+    assert s.sent() == ["PASS long enough"]
+    s.screen.take()
+    s.receive("ERROR weak-password a password is 8 to 256 bytes long")
+    assert s.client.state in (State.ASK_PASSWORD, State.ASK_NICK)
+    assert s.client.state is State.ASK_PASSWORD
+    assert s.screen.secret_prompt == "password for bob: "
+    assert s.screen.take() == [
+        "! The server refused that password: a password is 8 to 256 bytes long."
+    ]
+    s.receive("ERROR flood the server is busy; send PASS again in a moment")
+    assert s.sent() == []  # not while the prompt is up
+    s.client.secret_line("the right one")
+    assert s.sent() == ["PASS the right one"]
+    s.receive("ERROR flood the server is busy; send PASS again in a moment")
+    assert s.screen.take()[-1] == (
+        "! The server did not check that password: the server is busy; send PASS again "
+        "in a moment."
+    )
+    s.client.secret_line("the right one")
+    assert s.sent() == ["PASS the right one"]
+    s.receive("READY bob")
+    assert s.client.state is State.READY
+
+
+def test_a_password_too_short_to_send_is_asked_for_again_at_once() -> None:
+    s = session("bob")
+    s.receive("HELLO chat/1 test", "NICK")
+    s.sent()
+    s.receive("PASS bob")
+    s.screen.take()
+    s.client.secret_line("short")
+    assert s.sent() == []
+    assert s.client.state is State.ASK_PASSWORD
+    assert s.screen.secret_prompt == "password for bob: "
+    assert s.screen.take() == [
+        "! A password needs at least 8 bytes (characters, for plain ASCII). Nothing was sent."
+    ]
+
+
+def test_a_script_whose_password_cannot_be_sent_stops_at_once() -> None:
+    s = session(interactive=False, environ={"CHAT_PASSWORD": "short"})
+    s.type("hello")
+    _asked_for_password(s)
+    assert s.sent() == ["BYE"]
+    s.receive("BYE quit")
+    assert s.lose() == Outcome(
+        1,
+        "The password in CHAT_PASSWORD cannot be used: A password needs at least 8 bytes "
+        "(characters, for plain ASCII).",
+    )
+
+
+def test_a_script_whose_password_the_server_refuses_stops_at_once() -> None:
+    s = session(interactive=False, environ={"CHAT_PASSWORD": "long enough"})
+    _asked_for_password(s)
+    assert s.sent() == ["PASS long enough"]
+    s.receive("ERROR weak-password a password is 8 to 256 bytes long")
+    assert s.sent() == ["BYE"]
+    s.receive("BYE quit")
+    assert s.lose() == Outcome(
+        1, "The server refused that password: a password is 8 to 256 bytes long."
+    )
+
+
 def test_an_empty_password_chooses_another_nick() -> None:
     s = session()
     _asked_for_password(s)

@@ -98,6 +98,57 @@ def test_a_refused_nick_from_a_scripts_input_fails() -> None:
     assert s.lose() == Outcome(1, "The nickname bob is already taken by someone online.")
 
 
+def test_a_nick_that_cannot_be_valid_is_refused_before_sending() -> None:
+    """A nick over the server's --max-line (or with control characters) was
+    answered ERROR too-long (bad-chars), not RETRY: the client waited."""
+    s = session(None)
+    s.receive("HELLO chat/1 test", "NICK")
+    s.screen.take()
+    s.type("n" * 5000)
+    s.sent()
+    s.receive("ERROR too-long line over 4096 bytes")
+    assert s.client.state is State.ASK_NICK
+    s.screen.take()
+    s.type("ab\x01c")
+    assert s.sent() == []
+    assert s.client.state is State.ASK_NICK and s.screen.prompt == "nickname: "
+    assert s.screen.take() == [
+        "! 'ab\\x01c' is not a valid nickname (1 to 24 letters, digits, _ or -, starting "
+        "with a letter).",
+        "* Choose a nickname:",
+    ]
+    s.type("bob")
+    assert s.sent() == ["NICK bob"]
+
+
+def test_any_error_answering_nick_asks_for_a_nickname_again() -> None:
+    s = session(None)
+    s.receive("HELLO chat/1 test", "NICK")
+    s.type("bob")
+    assert s.sent() == ["NICK bob"]
+    s.screen.take()
+    s.receive("ERROR bad-chars control characters")  # say, a server with other rules
+    assert s.client.state is State.ASK_NICK
+    assert s.screen.take() == [
+        "! That line contained control characters and was not sent.",
+        "* Choose a nickname:",
+    ]
+
+
+def test_a_script_whose_nick_cannot_be_valid_stops_at_once() -> None:
+    s = session(None, interactive=False)
+    s.receive("HELLO chat/1 test", "NICK")
+    s.type("n" * 5000, "hello")
+    assert s.sent() == ["BYE"]
+    s.receive("BYE quit")
+    outcome = s.lose()
+    assert outcome.code == 1
+    assert outcome.message == (
+        f"{'n' * 30 + '...'!r} is not a valid nickname (1 to 24 letters, digits, _ or -, "
+        "starting with a letter)."
+    )
+
+
 def test_nick_dropped_for_flood_asks_again_on_a_terminal() -> None:
     """Over the server's per-address registration limit, NICK is answered
     with ERROR flood and not looked at: the person can try again."""

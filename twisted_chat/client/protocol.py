@@ -42,7 +42,7 @@ from twisted_chat.client.commands import (
 from twisted_chat.client.events import Malformed, ServerLine, parse
 from twisted_chat.client.render import Line, Renderer, UserRow
 from twisted_chat.client.sanitize import decode
-from twisted_chat.wire import PROTOCOL_VERSION, nick_key
+from twisted_chat.wire import PROTOCOL_VERSION, is_valid_nick, nick_key
 
 
 class Display(TypingProtocol):
@@ -225,6 +225,7 @@ class ChatClient(LineReceiver):
         self._eof = False
         self._tried_option_nick = False
         self._asked_nick: str | None = None
+        self._pass_sent = False  # the last login line sent was PASS, not NICK
         self._unpair_requested = False
         self._replay: str | None = None  # "login" or "away" while HISTORY lines come
         self._replay_heading = False  # the heading for the lines replayed is shown
@@ -488,11 +489,22 @@ class ChatClient(LineReceiver):
                 self._show_local(action)
             self._error("Choose a nickname first.")
             return
+        if not is_valid_nick(nick):
+            # The server would answer ERROR too-long or bad-chars (not RETRY)
+            # for some of these; say it here, in the words --nick uses.
+            shown = nick if len(nick) <= 30 else nick[:30] + "..."
+            said = (
+                f"{shown!r} is not a valid nickname (1 to 24 letters, digits, _ or -, "
+                "starting with a letter)."
+            )
+            self._nick_refused(said)
+            return
         self._unavailable_tries = 0
         self._ask_for(nick)
 
     def _ask_for(self, nick: str) -> None:
         self._asked_nick = nick
+        self._pass_sent = False
         self.send(Send("NICK", (nick,)))
         self._set_state(State.NICK_SENT)
 
@@ -575,7 +587,13 @@ class ChatClient(LineReceiver):
                 self._set_state(State.ASK_NICK)
                 self._pump()
                 return
+            problem = password_problem(text)
+            if problem is not None:
+                self._error(f"{problem} Nothing was sent.")
+                self._ask_password()
+                return
             self._send_password("PASS", text)
+            self._pass_sent = True
             self._set_state(State.NICK_SENT)
             return
         if self.state not in (State.READY, State.PAIRED):
@@ -623,12 +641,11 @@ class ChatClient(LineReceiver):
         nick = event.word(0)
         if self.interactive:
             self._drop_typed_ahead()
-            self._set_state(State.ASK_PASSWORD)
             self._notice(
                 f"The nickname {nick} has an account here: type its password (it is "
                 "not shown), or just Enter to choose another nickname."
             )
-            self._ask_secret("PASS", f"password for {nick}: ")
+            self._ask_password()
             return
         password = self.environ.get("CHAT_PASSWORD", "")
         if not password:
@@ -637,7 +654,18 @@ class ChatClient(LineReceiver):
             )
             self.quit()
             return
+        problem = password_problem(password)
+        if problem is not None:
+            self._failure = f"The password in CHAT_PASSWORD cannot be used: {problem}"
+            self.quit()
+            return
         self._send_password("PASS", password)
+        self._pass_sent = True
+
+    def _ask_password(self) -> None:
+        """The password prompt for the nick asked for (on a terminal)."""
+        self._set_state(State.ASK_PASSWORD)
+        self._ask_secret("PASS", f"password for {self._asked_nick}: ")
 
     def _drop_typed_ahead(self) -> None:
         """
@@ -886,15 +914,36 @@ class ChatClient(LineReceiver):
             self._account_request = None
         if code == "server-full":
             self._failure = said
-        if code == "flood" and self.state is State.NICK_SENT:
-            # The nick (or its password) was not looked at: too many nicks
-            # from this address lately, or too many passwords being checked.
-            reason = event.text.rstrip(".") or "too many attempts"
-            self._nick_refused(
-                render.sentence(f"The server did not look at that nickname: {reason}")
-            )
+        if self.state is State.NICK_SENT:
+            self._login_error(code, event.text, said)
             return
         self._error(said)
+
+    def _login_error(self, code: str, text: str, said: str) -> None:
+        """
+        An C{ERROR} answering our C{NICK} or C{PASS}: the server did not take
+        it, and waits for another.  A refused password is asked for again
+        (the server still asks for it); a refused nick, a nickname.
+        """
+        if self._pass_sent:
+            if code == "flood":
+                # Too many passwords being checked: the server asks to send
+                # PASS again in a moment.
+                said = render.sentence(
+                    f"The server did not check that password: {text.rstrip('.') or 'busy'}"
+                )
+            if not self.interactive:
+                self._failure = said
+                self.quit()
+                return
+            self._error(said)
+            self._ask_password()
+            return
+        if code == "flood":
+            # Not looked at: too many nicks from this address lately.
+            reason = text.rstrip(".") or "too many attempts"
+            said = render.sentence(f"The server did not look at that nickname: {reason}")
+        self._nick_refused(said)
 
     def _nick_refused(self, said: str) -> None:
         """The server dropped our NICK or PASS unanswered: a script gives
