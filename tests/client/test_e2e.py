@@ -63,6 +63,24 @@ def assert_clean_failure(err: str, *fragments: str) -> None:
         assert fragment in lines[0], err
 
 
+def test_a_40_line_report_arrives_whole_under_the_default_flood_control(
+    bob_online: tuple[ServerProcess, LineClient],
+) -> None:
+    """Written at once, 22 of the 40 lines were dropped and the script was
+    cut off with BYE flood (the server's defaults: 10 lines/s, bursts of 20)."""
+    server, watcher = bob_online
+    report = "".join(f"report line {n}\n" for n in range(1, 41))
+    args = ["--nick", "reporter", "--no-history", *address(server.port)]
+    result = run_client(args, report, timeout=40)
+    assert result.returncode == 0, result.stderr
+    assert result.stderr == ""
+    assert re.fullmatch(rf"JOINED {TS} reporter", watcher.readline())
+    for n in range(1, 41):
+        assert re.fullmatch(rf"MSG {TS} reporter \* report line {n}", watcher.readline())
+    assert re.fullmatch(rf"LEFT {TS} reporter quit", watcher.readline())
+    assert "too fast" not in result.stdout
+
+
 def test_piped_client_sends_a_message_and_quits(
     bob_online: tuple[ServerProcess, LineClient],
 ) -> None:

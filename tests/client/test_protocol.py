@@ -404,7 +404,10 @@ def test_server_errors_are_one_sentence() -> None:
     s.receive("ERROR no-such-nick no user called zed")
     assert s.screen.take() == ["! Nobody by that name is online."]
     s.receive("ERROR flood slow down")
-    assert s.screen.take() == ["! You are sending too fast; that line was dropped."]
+    assert s.screen.take() == [
+        "! You are sending too fast; that line was dropped.",
+        "* Sending at most 2.5 lines per second from now on.",
+    ]
 
 
 def test_hostile_text_from_the_server_is_cleaned() -> None:

@@ -40,6 +40,7 @@ from twisted_chat.client.commands import (
     password_problem,
 )
 from twisted_chat.client.events import Malformed, ServerLine, parse
+from twisted_chat.client.pace import Pacer
 from twisted_chat.client.render import Line, Renderer, UserRow
 from twisted_chat.client.sanitize import decode
 from twisted_chat.wire import PROTOCOL_VERSION, is_valid_nick, nick_key
@@ -234,6 +235,9 @@ class ChatClient(LineReceiver):
         self._quit_timer: IDelayedCall | None = None
         self._greeting_timer: IDelayedCall | None = None
         self._nick_again_timer: IDelayedCall | None = None
+        # Lines go no faster than the server's flood control lets them.
+        self._pacer = Pacer(clock.seconds)
+        self._pace_timer: IDelayedCall | None = None
         self._unavailable_tries = 0  # RETRY unavailable answers in a row
         self._heard = False  # any byte came from the server
         self._greeted = False  # the server asked for a nickname (or said who we are)
@@ -335,6 +339,7 @@ class ChatClient(LineReceiver):
     def send(self, request: Send) -> None:
         if self.transport is not None and self.state is not State.CLOSED:
             self.transport.write(request.encode())
+            self._pacer.spend()
 
     def lineReceived(self, data: bytes) -> None:
         if data.endswith(b"\r"):
@@ -367,10 +372,12 @@ class ChatClient(LineReceiver):
         previous = self.state
         self.state = State.CLOSED
         self._cancel_secret()
-        for timer in (self._quit_timer, self._greeting_timer, self._nick_again_timer):
+        timers = (self._quit_timer, self._greeting_timer, self._nick_again_timer, self._pace_timer)
+        for timer in timers:
             if timer is not None and timer.active():
                 timer.cancel()
         self._quit_timer = self._greeting_timer = self._nick_again_timer = None
+        self._pace_timer = None
         tls = describe_tls_error(reason, self.server) if reason is not None else None
         if self._failure is not None:
             self._finish(Outcome(1, self._failure))
@@ -463,6 +470,8 @@ class ChatClient(LineReceiver):
 
     def _pump(self) -> None:
         while self._queue and self.state in (State.ASK_NICK, State.READY, State.PAIRED):
+            if self.state is not State.ASK_NICK and self._must_wait():
+                return  # the rest goes when the pacer lets it
             line = self._queue.popleft()
             if self.state is State.ASK_NICK:
                 self._nick_input(line)
@@ -475,6 +484,20 @@ class ChatClient(LineReceiver):
         elif self.state is State.ASK_NICK:
             self._failure = "The input ended before a nickname was accepted."
             self.quit()
+
+    def _must_wait(self) -> bool:
+        """Whether the next line must wait for the pacer (a paste, a script)."""
+        if self._pace_timer is not None:
+            return True
+        wait = self._pacer.wait()
+        if wait <= 0:
+            return False
+        self._pace_timer = self.clock.callLater(max(wait, 0.001), self._paced)
+        return True
+
+    def _paced(self) -> None:
+        self._pace_timer = None
+        self._pump()
 
     def _nick_input(self, line: str) -> None:
         nick = line.strip()
@@ -918,6 +941,10 @@ class ChatClient(LineReceiver):
             self._login_error(code, event.text, said)
             return
         self._error(said)
+        if code == "flood" and self._pacer.slow_down(event.text):
+            rate = self._pacer.rate
+            lines = "line" if rate == 1 else "lines"
+            self._notice(f"Sending at most {rate:g} {lines} per second from now on.")
 
     def _login_error(self, code: str, text: str, said: str) -> None:
         """
