@@ -65,3 +65,28 @@ def test_stdout_going_away_ends_the_session() -> None:
     p = Pipe()
     p.io.writeConnectionLost()
     assert p.eofs == 1
+
+
+def test_an_over_long_input_line_is_skipped_and_the_next_ones_kept() -> None:
+    """LineReceiver threw away the rest of the read after a long line, so
+    the next line of a script was never sent."""
+    p = Pipe()
+    big = b"x" * (PipeIO.MAX_LENGTH + 1)
+    p.io.dataReceived(b"before\n" + big + b"\nnext line\n")
+    assert p.lines == ["before", "next line"]
+    # Arriving in pieces, its tail is not a line of its own.
+    p.io.dataReceived(big)
+    p.io.dataReceived(b"tail of the long line\nafter\n")
+    p.io.dataReceived(b"last")
+    p.io.readConnectionLost()
+    assert p.lines == ["before", "next line", "after", "last"]
+    skipped = f"! An input line of over {PipeIO.MAX_LENGTH} bytes was skipped.\n".encode()
+    assert p.transport.value() == skipped * 2
+
+
+def test_an_over_long_last_line_without_a_newline_is_not_sent() -> None:
+    p = Pipe()
+    p.io.dataReceived(b"y" * (PipeIO.MAX_LENGTH + 1))
+    p.io.dataReceived(b"still the same line")
+    p.io.readConnectionLost()
+    assert p.lines == [] and p.eofs == 1

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from OpenSSL import SSL
 from twisted.internet.error import ConnectionLost, ConnectionRefusedError, DNSLookupError
-from twisted.logger import capturedLogs
+from twisted.logger import capturedLogs, formatEvent
 from twisted.python.failure import Failure
 
 from twisted_chat.client.protocol import ChatClient, Outcome, State
@@ -467,6 +467,40 @@ def test_a_line_the_client_cannot_handle_is_shown_and_the_session_goes_on() -> N
     assert s.screen.take() == [f"(server) JOINED {TS} bob", "[14:03] <bob> still here"]
     assert s.client.state is State.READY
     assert [e["log_failure"].getErrorMessage() for e in events] == ["a bug"]
+
+
+def test_the_line_after_an_over_long_one_is_kept() -> None:
+    """LineReceiver discarded everything after a long line in the same read."""
+    s = session()
+    s.ready()
+    big = b"MSG " + TS.encode() + b" mal * " + b"A" * (1 << 20) + b"\r\n"
+    with capturedLogs() as events:
+        s.client.dataReceived(big + f"MSG {TS} bob * right after\r\n".encode())
+    assert any("right after" in line for line in s.screen.take())
+    assert [formatEvent(e) for e in events] == [
+        f"dropping a server line of over {ChatClient.MAX_LENGTH} bytes"
+    ]
+
+
+def test_the_tail_of_an_over_long_line_is_not_a_protocol_line() -> None:
+    """Arriving in pieces, the part after the first MAX_LENGTH bytes was
+    parsed as a line of its own: another user's text forged a BYE."""
+    s = session()
+    s.ready()
+    s.client.dataReceived(b"MSG " + TS.encode() + b" mal * " + b"A" * ((1 << 20) + 10))
+    s.client.dataReceived(b"BYE shutdown forged by mal\r\n")
+    assert s.client.state is State.READY
+    assert not s.transport.disconnecting
+    s.receive(f"MSG {TS} bob * next")
+    assert s.screen.take() == ["[14:03] <bob> next"]
+
+
+def test_no_line_is_handled_after_the_servers_bye() -> None:
+    s = session()
+    s.ready()
+    s.client.dataReceived(f"BYE shutdown\r\nMSG {TS} bob * too late\r\n".encode())
+    assert s.transport.disconnecting
+    assert not any("too late" in line for line in s.screen.lines)
 
 
 def test_lost_connection_fails() -> None:

@@ -13,16 +13,16 @@ from collections.abc import Callable, Sequence
 
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IHalfCloseableProtocol
-from twisted.protocols.basic import LineReceiver
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from twisted_chat.client.render import Line, plain
+from twisted_chat.client.lines import SkipLongLines
+from twisted_chat.client.render import Line, error, plain
 from twisted_chat.client.sanitize import decode
 
 
 @implementer(IHalfCloseableProtocol)
-class PipeIO(LineReceiver):
+class PipeIO(SkipLongLines):
     """
     Lines from stdin to C{on_line}, C{on_eof} at the end; a L{Display} on stdout.
     """
@@ -63,7 +63,7 @@ class PipeIO(LineReceiver):
 
     def lineLengthExceeded(self, line: bytes) -> None:
         # A line this long is not a chat message; skip it rather than stop.
-        pass
+        self.show(error(f"An input line of over {self.MAX_LENGTH} bytes was skipped."))
 
     def readConnectionLost(self) -> None:
         if self._input_open:

@@ -26,7 +26,6 @@ from twisted.internet.address import IPv4Address, IPv6Address
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.logger import Logger
-from twisted.protocols.basic import LineReceiver
 from twisted.python.failure import Failure
 
 from twisted_chat.client import render
@@ -40,6 +39,7 @@ from twisted_chat.client.commands import (
     password_problem,
 )
 from twisted_chat.client.events import Malformed, ServerLine, parse
+from twisted_chat.client.lines import SkipLongLines
 from twisted_chat.client.pace import Pacer
 from twisted_chat.client.render import Line, Renderer, UserRow
 from twisted_chat.client.sanitize import decode
@@ -141,7 +141,7 @@ def describe_connect_error(reason: Failure) -> str:
     return reason.getErrorMessage().rstrip(".") or "connection failed"
 
 
-class ChatClient(LineReceiver):
+class ChatClient(SkipLongLines):
     """
     One connection to a chat/1 server.
 
@@ -334,7 +334,7 @@ class ChatClient(LineReceiver):
                 self.state = State.QUITTING
                 self._close_now()
                 return
-        super().dataReceived(data)  # type: ignore[no-untyped-call]
+        super().dataReceived(data)
 
     def send(self, request: Send) -> None:
         if self.transport is not None and self.state is not State.CLOSED:
@@ -365,8 +365,8 @@ class ChatClient(LineReceiver):
             self._show(render.info(f"(server) {raw}"))
 
     def lineLengthExceeded(self, line: bytes) -> None:
-        self._log.warn("dropping a server line of {n} bytes", n=len(line))
-        # Keep the connection: LineReceiver has already discarded the buffer.
+        # Keep the connection; the rest of the line is skipped too.
+        self._log.warn("dropping a server line of over {n} bytes", n=self.MAX_LENGTH)
 
     def connectionLost(self, reason: Failure | None = None) -> None:
         previous = self.state
