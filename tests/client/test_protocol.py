@@ -10,7 +10,7 @@ from twisted.python.failure import Failure
 
 from twisted_chat.client.protocol import ChatClient, Outcome, State
 
-from .helpers import TS, session
+from .helpers import TS, Session, session
 
 
 def test_handshake_with_nick_option() -> None:
@@ -367,6 +367,40 @@ def test_partner_leaves_or_disconnects() -> None:
         "[14:03] * bob left (connection lost)",
         "* bob disconnected. You are back in the lobby.",
     ]
+
+
+def _bob_pairs_and_leaves(s: Session) -> None:
+    s.receive("INVITE bob")
+    s.type("/accept")
+    s.receive("PAIRED bob")
+    s.screen.take()
+    s.receive("UNPAIRED bob left")
+    assert any("bob left the private conversation" in line for line in s.screen.take())
+
+
+@pytest.mark.parametrize("answer", ["ERROR not-paired you are not paired", None])
+def test_an_unpair_that_left_nothing_is_not_taken_for_a_later_leave(answer: str | None) -> None:
+    """After an /unpair answered ERROR not-paired (or typed in the lobby with
+    no invitation out), the partner of a later conversation leaving read as
+    "You left"."""
+    s = session()
+    s.ready(users=("bob",))
+    s.type("/unpair")
+    if answer is not None:
+        s.receive(answer)
+    _bob_pairs_and_leaves(s)
+
+
+def test_an_unpair_that_crossed_a_rejection_is_not_taken_for_a_later_leave() -> None:
+    """/unpair to withdraw an invitation that bob rejected meanwhile: the
+    server answers ERROR not-paired, and the flag must not outlive it."""
+    s = session()
+    s.ready(users=("bob",))
+    s.type("/pair bob")
+    s.receive("PENDING bob")
+    s.type("/unpair")
+    s.receive("DECLINED bob rejected", "ERROR not-paired you are not paired")
+    _bob_pairs_and_leaves(s)
 
 
 def test_two_invitations_need_a_nick_to_accept() -> None:

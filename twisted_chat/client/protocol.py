@@ -542,7 +542,8 @@ class ChatClient(SkipLongLines):
         sole = self.invites[0] if len(self.invites) == 1 else None
         action = parse_input(line, inviter=sole)
         if isinstance(action, Send):
-            if action.verb == "UNPAIR":
+            if action.verb == "UNPAIR" and (self.state is State.PAIRED or self.invited):
+                # Only then can the server's next UNPAIRED be our doing.
                 self._unpair_requested = True
             self.send(action)
         elif isinstance(action, Local):
@@ -935,6 +936,8 @@ class ChatClient(SkipLongLines):
         said = render.error_sentence(code, event.text)
         if code in render.ACCOUNT_ERRORS:
             self._account_request = None
+        if code == "not-paired":
+            self._unpair_requested = False  # our /unpair had nothing to leave
         if code == "server-full":
             self._failure = said
         if self.state is State.NICK_SENT:
