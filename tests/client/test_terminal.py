@@ -8,6 +8,7 @@ from twisted.internet.error import ConnectionLost
 from twisted.python.failure import Failure
 
 from twisted_chat.client.render import error, info, notice
+from twisted_chat.client.terminal import MIN_ROOM
 
 from .helpers import Keyboard
 
@@ -317,3 +318,39 @@ def test_the_bell_rings_unless_turned_off() -> None:
     quiet = Keyboard(bell=False)
     quiet.ui.bell()
     assert b"\a" not in quiet.output.value()
+
+
+def _last_row_drawn(kb: Keyboard) -> str:
+    out = kb.output.value().decode()
+    return re.sub(r"\x1b\[[0-9;]*[A-Za-z]", "", out.rsplit("\r\x1b[K", 1)[1])
+
+
+def test_the_input_row_fits_a_terminal_narrower_than_the_prompt() -> None:
+    """A row wider than the terminal wraps, and ERASE_ROW erases only its last
+    physical row: each keystroke left a copy of the prompt on the screen."""
+    kb = Keyboard(width=45, height=12)
+    kb.ui.width = 45
+    prompt = "a" * 24 + " -> " + "b" * 24 + "> "
+    kb.ui.set_prompt(prompt)
+    kb.keys("x")
+    kb.keys("y")
+    shown = _last_row_drawn(kb)
+    assert len(shown) < 45, len(shown)
+    assert shown == "…" + prompt[-(45 - 1 - MIN_ROOM - 1) :] + "xy"  # "…aaaaa -> bbb...> xy"
+    kb.ui.width = 30
+    kb.ui.ask_secret("password for " + "c" * 24 + ": ")  # 39 columns
+    assert len(_last_row_drawn(kb)) < 30
+
+
+def test_a_resize_gives_the_whole_prompt_back_and_uses_the_real_width() -> None:
+    kb = Keyboard(width=80, height=12)
+    prompt = "a" * 24 + " -> " + "b" * 24 + "> "
+    kb.ui.set_prompt(prompt)
+    kb.ui.terminalSize(12, 12)  # was raised to 20 columns
+    assert kb.ui.width == 12
+    assert len(_last_row_drawn(kb)) < 12
+    kb.ui.terminalSize(6, 12)  # no room for any prompt: the text alone
+    kb.keys("abcdefghij")
+    assert _last_row_drawn(kb) == "fghij"
+    kb.ui.terminalSize(80, 12)
+    assert _last_row_drawn(kb) == prompt + "abcdefghij"

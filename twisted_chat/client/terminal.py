@@ -36,8 +36,32 @@ from twisted_chat.client.render import Line, Span, Style, ansi, plain, wrap
 from twisted_chat.client.sanitize import clean, text_width
 
 ERASE_ROW = "\r\x1b[K"
+# Columns the input row keeps for the text typed, however long the prompt:
+# a longer prompt is cut at its start ("…bob> ") to leave them.
+MIN_ROOM = 8
 ALT: object = insults.ServerProtocol.ALT  # type: ignore[attr-defined]  # set in a loop
 HISTORY_MAX = 500
+
+
+def fit_prompt(prompt: str, width: int) -> str:
+    """
+    C{prompt} (cleaned), cut at its start if need be so that it leaves
+    L{MIN_ROOM} columns, and one for the cursor, on a row C{width} wide: the
+    row must never wrap, or each redraw leaves a copy of it on the screen.
+    """
+    shown = clean(prompt)
+    fits = width - 1 - MIN_ROOM
+    if text_width(shown) <= fits:
+        return shown
+    kept: list[str] = []
+    used = 1  # the "…"
+    for ch in reversed(shown):
+        w = _cell(ch)[1]
+        if used + w > fits:
+            break
+        kept.append(ch)
+        used += w
+    return "…" + "".join(reversed(kept)) if fits >= 1 else ""
 
 
 @lru_cache(maxsize=4096)
@@ -147,7 +171,7 @@ class ChatTerminal(HistoricRecvLine):
         self.mode = "typeover"
 
     def terminalSize(self, width: int, height: int) -> None:
-        self.width = max(width, 20)
+        self.width = max(width, 1)  # the real width: the input row must fit it
         self.height = height
         self.draw()
 
@@ -205,7 +229,7 @@ class ChatTerminal(HistoricRecvLine):
     def _visible(self) -> tuple[str, int]:
         """The part of the buffer on screen and how far the cursor is from its end."""
         buffer = self.lineBuffer
-        room = max(self.width - text_width(clean(self.prompt)) - 1, 8)
+        room = max(self.width - text_width(fit_prompt(self.prompt, self.width)) - 1, 1)
         index = self.lineBufferIndex
         # Nothing more than 2 * room characters before the cursor can be on
         # screen (a character is at most 2 columns): look no further back, so
@@ -231,11 +255,11 @@ class ChatTerminal(HistoricRecvLine):
             self._dirty = True
             return
         if self._secret_prompt is not None:
-            prompt = (Span(self._secret_prompt, Style.PROMPT),)
+            prompt = (Span(fit_prompt(self._secret_prompt, self.width), Style.PROMPT),)
             self._write(ERASE_ROW + (ansi(prompt) if self.colour else plain(prompt)))
             return
         visible, back = self._visible()
-        prompt = (Span(self.prompt, Style.PROMPT),)
+        prompt = (Span(fit_prompt(self.prompt, self.width), Style.PROMPT),)
         shown = ansi(prompt) if self.colour else plain(prompt)
         out = ERASE_ROW + shown + visible
         if back:
