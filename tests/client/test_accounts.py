@@ -203,6 +203,18 @@ def test_a_script_whose_nick_came_from_its_input_stops_at_a_wrong_password() -> 
     assert s.lose() == Outcome(1, "The password for alice was not accepted.")
 
 
+def test_cut_off_after_failed_logins_says_so() -> None:
+    """BYE flood answering a password is about failed logins, not about
+    lines sent too fast."""
+    s = session()
+    _asked_for_password(s)
+    s.client.secret_line("guess number 6")
+    s.receive("BYE flood too many failed logins; try again later")
+    assert s.lose() == Outcome(
+        1, "The server closed the connection after too many failed logins; try again later."
+    )
+
+
 def test_register_asks_twice_and_sends_once() -> None:
     s = session()
     s.ready()

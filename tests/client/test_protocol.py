@@ -557,6 +557,7 @@ def test_full_server() -> None:
     s = session()
     s.receive("ERROR server-full too many connections", "BYE full")
     assert s.lose() == Outcome(1, "The server is full; try again later.")
+    assert s.screen.lines == []  # said once: on stderr, not on the screen as well
 
 
 def test_tls_failure_is_named() -> None:

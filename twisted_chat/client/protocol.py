@@ -910,7 +910,8 @@ class ChatClient(SkipLongLines):
 
     def _on_BYE(self, event: ServerLine) -> None:
         reason = event.word(0)
-        said = render.bye(reason, event.text)
+        at_login = self.state is State.NICK_SENT and self._pass_sent
+        said = render.bye(reason, event.text, after_password=at_login)
         self._bye_received = True
         self._greeting_done()
         if reason == "quit" and self.state is State.QUITTING:
@@ -939,7 +940,8 @@ class ChatClient(SkipLongLines):
         if code == "not-paired":
             self._unpair_requested = False  # our /unpair had nothing to leave
         if code == "server-full":
-            self._failure = said
+            self._failure = said  # said once, on the way out (BYE full follows)
+            return
         if self.state is State.NICK_SENT:
             self._login_error(code, event.text, said)
             return

@@ -254,8 +254,14 @@ def _with_detail(said: str, detail: str) -> str:
     return f"{said} ({detail.strip()})"
 
 
-def bye(reason: str, text: str) -> str:
+def bye(reason: str, text: str, *, after_password: bool = False) -> str:
+    """
+    Why the server closed the connection.  C{after_password}: it answers a
+    login password, so C{flood} means too many failed logins, not lines.
+    """
     said = BYE_REASONS.get(reason, f"The server closed the connection ({reason}).")
+    if reason == "flood" and after_password:
+        said = "The server closed the connection after too many failed logins; try again later."
     if reason == "quit":
         return said
     return _with_detail(said, text)
