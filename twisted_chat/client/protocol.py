@@ -6,7 +6,9 @@ the user types (L{ChatClient.user_line}) and shows what happens through a
 L{Display}: the terminal line editor or plain output on a pipe.  Input that
 arrives before the server is ready for it (a script's lines, or a line typed
 while connecting) waits in a queue and is sent in order once the server has
-accepted the nickname.
+accepted the nickname, no faster than the server's flood control allows
+(L{twisted_chat.client.pace}).  On a terminal, lines typed before a password
+prompt are dropped instead: one of them may be the password.
 
 When the session ends, L{ChatClient.finished} fires with an L{Outcome}: the
 exit code and, for a failure, one sentence for stderr.
