@@ -112,12 +112,13 @@ def test_a_password_too_short_to_send_is_asked_for_again_at_once() -> None:
     s = session("bob")
     s.receive("HELLO chat/1 test", "NICK")
     s.sent()
-    s.receive("PASS bob")
+    s.receive("PASS Bob")  # the nick as its account spells it
+    assert s.screen.secret_prompt == "password for Bob: "
     s.screen.take()
     s.client.secret_line("short")
     assert s.sent() == []
     assert s.client.state is State.ASK_PASSWORD
-    assert s.screen.secret_prompt == "password for bob: "
+    assert s.screen.secret_prompt == "password for Bob: "
     assert s.screen.take() == [
         "! A password needs at least 8 bytes (characters, for plain ASCII). Nothing was sent."
     ]

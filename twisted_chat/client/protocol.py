@@ -229,6 +229,7 @@ class ChatClient(SkipLongLines):
         self._tried_option_nick = False
         self._asked_nick: str | None = None
         self._pass_sent = False  # the last login line sent was PASS, not NICK
+        self._password_for: str | None = None  # the nick in the server's PASS
         self._unpair_requested = False
         self._replay: str | None = None  # "login" or "away" while HISTORY lines come
         self._replay_heading = False  # the heading for the lines replayed is shown
@@ -664,7 +665,7 @@ class ChatClient(SkipLongLines):
     def _on_PASS(self, event: ServerLine) -> None:
         if self.state is not State.NICK_SENT:
             return
-        nick = event.word(0)
+        nick = self._password_for = event.word(0)  # as the account spells it
         if self.interactive:
             self._drop_typed_ahead()
             self._notice(
@@ -691,7 +692,7 @@ class ChatClient(SkipLongLines):
     def _ask_password(self) -> None:
         """The password prompt for the nick asked for (on a terminal)."""
         self._set_state(State.ASK_PASSWORD)
-        self._ask_secret("PASS", f"password for {self._asked_nick}: ")
+        self._ask_secret("PASS", f"password for {self._password_for}: ")
 
     def _drop_typed_ahead(self) -> None:
         """
