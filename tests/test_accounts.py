@@ -390,6 +390,19 @@ def test_the_dummy_hash_is_made_at_start_on_the_password_threads(
     assert len(hashes) == 1  # the first check made no hash: only checked one
 
 
+def test_the_password_threads_never_keep_the_process_alive() -> None:
+    """From its start the pool has a thread (the dummy hash): were it not a
+    daemon, a process that started the service and never stopped it (the
+    option tests) would wait for it at exit, for ever."""
+    work = PasswordWork(InlineReactor())
+    try:
+        work.start()
+        threads = work._pool.threads
+        assert threads and all(t.daemon for t in threads)
+    finally:
+        work.stop()
+
+
 def test_no_password_in_store_file(tmp_path: Path) -> None:
     path = tmp_path / "chat.accounts.sqlite3"
     store = AccountStore(str(path))

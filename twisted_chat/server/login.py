@@ -39,6 +39,7 @@ on every node.
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from functools import partial
@@ -163,6 +164,23 @@ class WorkBusy(Exception):
     """The password threads have as much work waiting as they may."""
 
 
+class _DaemonThread(threading.Thread):
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.daemon = True
+
+
+class _PasswordThreads(ThreadPool):
+    """
+    Twisted's pool with daemon threads: the server stops them at shutdown
+    (after the last check), but a process that never does (a test that
+    starts the service and not its stop) must still exit, and the pool
+    has a thread from its start on (the dummy hash).
+    """
+
+    threadFactory = _DaemonThread
+
+
 class PasswordWork:
     """
     The password threads: a dedicated pool and a bound on the jobs queued or
@@ -177,7 +195,7 @@ class PasswordWork:
         self._reactor = reactor
         self.limit = limit
         self.pending = 0
-        self._pool = pool if pool is not None else ThreadPool(
+        self._pool = pool if pool is not None else _PasswordThreads(
             minthreads=0, maxthreads=threads, name="chat-passwords")
 
     @property
