@@ -302,6 +302,21 @@ def test_account_errors_are_sentences() -> None:
     ]
 
 
+def test_a_server_that_keeps_no_more_accounts_refuses_register_and_the_session_goes_on() -> None:
+    s = session(interactive=False, environ={"CHAT_PASSWORD": SECRET})
+    s.ready()
+    s.type("/register")
+    s.receive("ERROR server-full this server keeps no more accounts; ask its operator")
+    assert s.screen.lines[-1] == (
+        "! The nickname was not registered: this server keeps no more accounts; "
+        "ask its operator.")
+    s.type("hello")
+    assert s.sent()[-1] == "MSG hello"
+    s.type("/quit")
+    s.receive("BYE quit")
+    assert s.lose() == Outcome(0), "not the refusal of a full server"
+
+
 def test_a_password_sent_in_clear_to_another_host_warns_once() -> None:
     s = session(peer="198.51.100.7")
     _asked_for_password(s)

@@ -943,8 +943,13 @@ class ChatClient(SkipLongLines):
         if code == "not-paired":
             self._unpair_requested = False  # our /unpair had nothing to leave
         if code == "server-full":
-            self._failure = said  # said once, on the way out (BYE full follows)
-            return
+            if self.state not in (State.READY, State.PAIRED):
+                self._failure = said  # said once, on the way out (BYE full follows)
+                return
+            # Online, it answers REGISTER: the server keeps no more accounts
+            # (--max-accounts), and the connection stays.
+            self._account_request = None
+            said = render.sentence(f"The nickname was not registered: {event.text}")
         if self.state is State.NICK_SENT:
             self._login_error(code, event.text, said)
             return
