@@ -12,6 +12,7 @@ from __future__ import annotations
 import itertools
 from typing import Any
 
+import pytest
 from twisted.internet.address import IPv4Address
 from twisted.internet.error import ConnectionDone
 from twisted.python.failure import Failure
@@ -51,6 +52,11 @@ class HTTPConn:
     @property
     def aborted(self) -> bool:
         return bool(self.transport.disconnecting)
+
+    @property
+    def killed(self) -> bool:
+        """Aborted, not only closed (a TLS close waits for the peer)."""
+        return bool(self.transport.disconnected)
 
     def send(self, data: bytes) -> None:
         self.transport.protocol.dataReceived(data)
@@ -160,6 +166,50 @@ def test_the_upgrade_hands_the_count_to_the_chat_connection() -> None:
     browser.lose()
     assert len(h.factory.connections) == 0
     assert not HTTPConn(h, site).refused
+
+
+# A request to /chat that autobahn refuses: the socket is autobahn's (the
+# channel's transport is None), but it is counted until it closes, and a
+# peer that never completes the close (a TLS peer that never sends
+# close_notify: the StringTransport never reports the close) is aborted.
+REFUSED_UPGRADES = {
+    "no Upgrade": b"GET /chat HTTP/1.1\r\nHost: 127.0.0.1:8080\r\n\r\n",
+    "foreign Origin": ws.handshake(origin="http://evil.example")[0],
+    "bad version": ws.handshake(extra={"Sec-WebSocket-Version": "99"})[0],
+}
+
+
+@pytest.mark.parametrize("request_bytes", REFUSED_UPGRADES.values(), ids=REFUSED_UPGRADES)
+def test_a_refused_upgrade_stays_counted_until_it_closes(request_bytes: bytes) -> None:
+    h = Harness(max_per_ip=1, max_handshaking_per_ip=1, close_grace=3.0)
+    site = make_site(h, timeout=30.0)
+    refused = HTTPConn(h, site)
+    refused.send(request_bytes)
+    assert not refused.transport.value().startswith(b"HTTP/1.1 101 ")
+    assert refused.aborted and not refused.killed  # a close: under TLS it waits for the peer
+    assert len(site.gate) == 1 and h.factory.other_connections == 1
+    assert HTTPConn(h, site).refused  # it still holds the address's place
+    h.clock.advance(3)
+    assert refused.killed  # aborted close_grace later
+    assert len(h.factory.connections) == 0
+    refused.lose()
+    assert len(site.gate) == 0 and h.factory.other_connections == 0
+    assert not HTTPConn(h, site).refused
+
+
+def test_a_refused_upgrade_is_aborted_at_the_deadline_at_the_latest() -> None:
+    h = Harness(close_grace=100.0)
+    site = make_site(h, timeout=5.0)
+    refused = HTTPConn(h, site)
+    refused.send(REFUSED_UPGRADES["no Upgrade"])
+    h.clock.advance(4.9)
+    assert not refused.killed
+    h.clock.advance(0.1)
+    assert refused.killed
+    assert len(site.gate) == 0 and h.factory.other_connections == 0
+    refused.lose()
+    h.clock.advance(100)
+    assert h.factory.other_connections == 0
 
 
 def test_a_trusted_proxy_is_not_counted_as_one_address() -> None:

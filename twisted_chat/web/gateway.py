@@ -35,8 +35,8 @@ from autobahn.websocket.protocol import PreparedMessage
 from autobahn.websocket.types import ConnectionDeny, ConnectionRequest
 from twisted.internet.address import IPv4Address, IPv6Address
 from twisted.internet.error import ConnectionDone
-from twisted.internet.interfaces import IPushProducer, ITransport
-from twisted.internet.protocol import ServerFactory
+from twisted.internet.interfaces import IDelayedCall, IPushProducer, ITransport
+from twisted.internet.protocol import ServerFactory, connectionDone
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
@@ -190,6 +190,12 @@ class ChatWebSocket(WebSocketServerProtocol):
     _frames_queue: SendQueue | None = None
     _client: Address | None = None
     _refused = False
+    # Called once the upgrade has succeeded (the chat connection counts the
+    # socket from then on) and when the socket closes: what counted it
+    # until then (the web port's HTTP connection it came from) stops.
+    handover: Callable[[], None] | None = None
+    # A refused upgrade's abort, close_grace after its response.
+    _grace: IDelayedCall | None = None
 
     @property
     def tcp(self) -> Any:
@@ -216,7 +222,13 @@ class ChatWebSocket(WebSocketServerProtocol):
             self._client = kind("TCP", host, port)
         return None, dict(self.factory.headers)
 
+    def _hand_over(self) -> None:
+        handover, self.handover = self.handover, None
+        if handover is not None:
+            handover()
+
     def onOpen(self) -> None:
+        self._hand_over()
         # twisted.web's HTTP channel is still the TCP transport's producer;
         # the chat connection registers its own (the send-queue watch).
         self.tcp.unregisterProducer()
@@ -300,6 +312,30 @@ class ChatWebSocket(WebSocketServerProtocol):
         if chat is not None:
             chat.connectionLost(Failure(ConnectionDone()))
 
+    def dropConnection(self, abort: bool = False) -> None:
+        """
+        An upgrade autobahn refused (no C{Upgrade}, a bad key, a disallowed
+        origin) ends with a close that, under TLS, waits for the peer's
+        close_notify: the socket is aborted C{close_grace} seconds later if
+        it is still open, as a refused chat connection is.
+        """
+        refused = not abort and self.state in (self.STATE_CONNECTING,
+                                               self.STATE_PROXY_CONNECTING)
+        transport: Any = self.transport
+        super().dropConnection(abort)
+        if refused and transport is not None and self._grace is None:
+            self._grace = self.factory.reactor.callLater(
+                self.factory.close_grace, transport.abortConnection)
+
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
+        grace, self._grace = self._grace, None
+        if grace is not None and grace.active():
+            grace.cancel()
+        try:
+            super().connectionLost(reason)
+        finally:
+            self._hand_over()
+
     # -- used by WebSocketTransport --------------------------------------------
 
     def send_frames(self, frames: bytes) -> None:
@@ -331,10 +367,14 @@ class ChatWebSocketFactory(WebSocketServerFactory):
     protocol = ChatWebSocket  # type: ignore[assignment]
 
     def __init__(self, chat: ServerFactory, web: WebConfig,
-                 headers: dict[str, str] | None = None, reactor: Any = None) -> None:
+                 headers: dict[str, str] | None = None, reactor: Any = None,
+                 close_grace: float = 3.0) -> None:
         super().__init__(reactor=reactor)
         self.chat = chat
         self.web = web
+        # Seconds a refused upgrade's socket is given to close (the chat
+        # server's --close-grace).
+        self.close_grace = close_grace
         self.headers = headers or {}
         self.cache = FrameCache()
         self.setProtocolOptions(

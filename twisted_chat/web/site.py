@@ -90,6 +90,8 @@ class _Channel(http.HTTPChannel):
     site: WebSite
     pool_key = "-"
     _deadline: IDelayedCall | None = None
+    # The transport the WebSocket took over (the channel's own is None then).
+    taken: Any = None
 
     def connectionMade(self) -> None:
         super().connectionMade()
@@ -100,7 +102,7 @@ class _Channel(http.HTTPChannel):
     def _expired(self) -> None:
         self._deadline = None
         self.site.gate.release(self)
-        transport: Any = self.transport
+        transport: Any = self.transport or self.taken
         if transport is not None:
             # At most a few lines per address and 10 s (a slowloris is many).
             self.site.chat.repeats.log(
@@ -110,8 +112,8 @@ class _Channel(http.HTTPChannel):
             transport.abortConnection()
 
     def upgrading(self) -> None:
-        """Its WebSocket upgrade is being rendered: the chat connection
-        made for it is counted and timed from now on."""
+        """Its WebSocket upgrade succeeded (the chat connection made for it
+        is counted and timed from now on), or it closed."""
         deadline, self._deadline = self._deadline, None
         if deadline is not None and deadline.active():
             deadline.cancel()
@@ -120,7 +122,7 @@ class _Channel(http.HTTPChannel):
     def evict(self) -> None:
         """Make room in a full handshake pool."""
         self.upgrading()
-        transport: Any = self.transport
+        transport: Any = self.transport or self.taken
         if transport is not None:
             transport.abortConnection()
 
@@ -129,15 +131,41 @@ class _Channel(http.HTTPChannel):
         super().connectionLost(reason)
 
 
+class _Handover:
+    """The gateway as one upgrade's C{_Socket} sees it: the socket it builds
+    ends C{channel}'s count when its upgrade succeeds, or when it closes."""
+
+    def __init__(self, gateway: ChatWebSocketFactory, channel: _Channel) -> None:
+        self._gateway = gateway
+        self._channel = channel
+
+    def buildProtocol(self, addr: Any) -> Any:
+        socket: Any = self._gateway.buildProtocol(addr)
+        if socket is not None:
+            socket.handover = self._channel.upgrading
+        return socket
+
+
 class _Socket(WebSocketResource):
-    """The WebSocket at C{/chat}: its connection leaves the site's counts
-    when its upgrade is rendered (the chat's take over)."""
+    """
+    The WebSocket at C{/chat}.  autobahn takes the connection over from
+    the HTTP channel here, before it has looked at the request: the channel
+    keeps counting it, and its deadline keeps running (on the taken-over
+    transport), until the upgrade succeeds or the socket closes.  A request
+    autobahn refuses (no C{Upgrade}, a bad key, a disallowed origin) is
+    therefore still counted, and aborted at C{--web-timeout} at the latest.
+    """
+
+    def __init__(self, gateway: ChatWebSocketFactory) -> None:
+        super().__init__(gateway)
+        self._gateway = gateway
 
     def render(self, request: server.Request) -> Any:
         channel = request.channel
-        if isinstance(channel, _Channel):
-            channel.upgrading()
-        return super().render(request)
+        if not isinstance(channel, _Channel):
+            return super().render(request)
+        channel.taken = channel.transport
+        return WebSocketResource(_Handover(self._gateway, channel)).render(request)
 
 
 class _Request(server.Request):
@@ -225,7 +253,8 @@ def web_site(chat: ChatFactory, web: WebConfig, reactor: Any = None,
              static_dir: Path = STATIC) -> WebSite:
     """The site for C{--web}: the page and a WebSocket into C{chat}."""
     gateway = ChatWebSocketFactory(
-        chat, web, headers=security_headers(None), reactor=reactor
+        chat, web, headers=security_headers(None), reactor=reactor,
+        close_grace=chat.config.close_grace,
     )
     files = _Files(str(static_dir), defaultType="application/octet-stream")
     page = _Files(str(static_dir / "index.html"))
