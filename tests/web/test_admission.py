@@ -20,8 +20,9 @@ from twisted.python.failure import Failure
 from tests.harness import Harness
 from tests.web import wsframes as ws
 from tests.web.test_gateway import TCPTransport
+from twisted_chat.web.admission import HTTP_PER_BROWSER
 from twisted_chat.web.config import WebConfig, parse_networks
-from twisted_chat.web.site import WebSite, web_site
+from twisted_chat.web.site import KEEPALIVE_IDLE, WebSite, web_site
 
 _ports = itertools.count(30000)
 
@@ -78,28 +79,43 @@ class HTTPConn:
             self.h.clock.advance(0)
 
 
-def test_web_connections_count_against_max_per_ip_from_accept() -> None:
-    h = Harness(max_per_ip=3)
+def test_web_connections_count_per_address_by_their_own_cap_from_accept() -> None:
+    # HTTP_PER_BROWSER per user --max-per-ip allows: 6 here.
+    h = Harness(max_per_ip=1)
     site = make_site(h)
-    held = [HTTPConn(h, site) for _ in range(3)]
+    held = [HTTPConn(h, site) for _ in range(HTTP_PER_BROWSER)]
     assert not any(c.refused for c in held)
-    fourth = HTTPConn(h, site)
-    assert fourth.refused and fourth.transport.disconnecting
-    # TCP and web connections of one address are counted together.
-    assert h.connect(host="192.0.2.1").take() == [
-        "ERROR server-full too many connections from 192.0.2.1", "BYE full"]
+    over = HTTPConn(h, site)
+    assert over.refused and over.transport.disconnecting
     # Another address is not affected; a closed connection frees its place.
     assert not HTTPConn(h, site, peer="192.0.2.2").refused
     held[0].lose()
     assert not HTTPConn(h, site).refused
 
 
-def test_web_connections_count_as_handshaking() -> None:
-    h = Harness(max_handshaking_per_ip=2)
+def test_web_connections_are_not_users_nor_nick_choosers() -> None:
+    # A browser's page holds HTTP connections besides its WebSocket: they
+    # count neither in --max-per-ip nor in --max-handshaking-per-ip, so
+    # they never refuse a user (the rule that refused a second browser
+    # behind one address).
+    h = Harness(max_per_ip=2, max_handshaking_per_ip=1)
     site = make_site(h)
-    assert not any(HTTPConn(h, site).refused for _ in range(2))
+    pages = [HTTPConn(h, site) for _ in range(4)]
+    assert not any(c.refused for c in pages)
+    assert h.connect(host="192.0.2.1").take()[0].startswith("HELLO ")  # a nick chooser
+    h.conns[-1].send("NICK alice")
+    assert HTTPConn(h, site).upgrade()[0].startswith("HELLO ")  # a second user
+    assert site.gate.held_by("192.0.2.1") == 4
+
+
+def test_web_connections_spend_the_address_connection_rate() -> None:
+    h = Harness(ip_connect_rate=1.0, ip_connect_burst=3)
+    site = make_site(h)
+    assert not any(HTTPConn(h, site).refused for _ in range(3))
     assert HTTPConn(h, site).refused
-    assert h.connect(host="192.0.2.1").take()[0].endswith("are still choosing a nick")
+    assert h.connect(host="192.0.2.1").take()[0].endswith("slow down")
+    h.clock.advance(1)
+    assert not HTTPConn(h, site).refused
 
 
 def test_web_connections_count_against_max_clients() -> None:
@@ -140,14 +156,39 @@ def test_a_slow_request_is_aborted_at_the_deadline_whatever_it_sends() -> None:
     assert len(site.gate) == 0 and h.factory.other_connections == 0
 
 
-def test_an_idle_kept_alive_connection_is_aborted_at_the_deadline() -> None:
+def test_an_idle_kept_alive_connection_is_closed_soon_after_its_response() -> None:
     h = Harness()
     site = make_site(h, timeout=30.0)
     conn = HTTPConn(h, site)
     conn.send(b"GET /nope HTTP/1.1\r\nHost: chat.example\r\n\r\n")
     assert conn.transport.value().startswith(b"HTTP/1.1 404 ")
+    h.clock.advance(KEEPALIVE_IDLE - 0.1)
+    assert not conn.aborted
+    h.clock.advance(0.1)
+    assert conn.aborted and not conn.killed  # a close (FIN, or close_notify)
+    # A TLS peer that never completes the close: aborted at the deadline.
+    h.clock.advance(30 - KEEPALIVE_IDLE - 0.1)
+    assert not conn.killed
+    h.clock.advance(0.1)
+    assert conn.killed
+
+
+def test_a_request_on_a_kept_alive_connection_restarts_its_idle_time() -> None:
+    h = Harness()
+    site = make_site(h, timeout=30.0)
+    conn = HTTPConn(h, site)
+    request = b"GET /nope HTTP/1.1\r\nHost: chat.example\r\n\r\n"
+    conn.send(request)
+    h.clock.advance(KEEPALIVE_IDLE - 1)
+    conn.send(request)  # the page's next file
+    h.clock.advance(KEEPALIVE_IDLE - 1)
+    assert not conn.aborted
+    # A request being received is not idle: only the deadline bounds it.
+    conn.send(b"GET /nope HTTP/1.1\r\n")
+    h.clock.advance(KEEPALIVE_IDLE + 1)
+    assert not conn.aborted
     h.clock.advance(30)
-    assert conn.aborted
+    assert conn.killed
 
 
 def test_the_upgrade_hands_the_count_to_the_chat_connection() -> None:
@@ -159,13 +200,16 @@ def test_the_upgrade_hands_the_count_to_the_chat_connection() -> None:
     assert browser.upgrade()[0].startswith("HELLO ")
     assert len(site.gate) == 0 and h.factory.other_connections == 0
     assert len(h.factory.connections) == 1
+    assert site.gate.held_by("192.0.2.1") == 0
     # The HTTP deadline no longer applies: the chat's own timeouts do.
     h.clock.advance(100)
     assert not browser.aborted
-    assert HTTPConn(h, site).refused  # the chat connection holds the address's place
+    # The chat connection holds the address's place: a second one is refused.
+    assert HTTPConn(h, site).upgrade() == [
+        "ERROR server-full too many connections from 192.0.2.1", "BYE full"]
     browser.lose()
     assert len(h.factory.connections) == 0
-    assert not HTTPConn(h, site).refused
+    assert HTTPConn(h, site).upgrade()[0].startswith("HELLO ")
 
 
 # A request to /chat that autobahn refuses: the socket is autobahn's (the
@@ -188,13 +232,13 @@ def test_a_refused_upgrade_stays_counted_until_it_closes(request_bytes: bytes) -
     assert not refused.transport.value().startswith(b"HTTP/1.1 101 ")
     assert refused.aborted and not refused.killed  # a close: under TLS it waits for the peer
     assert len(site.gate) == 1 and h.factory.other_connections == 1
-    assert HTTPConn(h, site).refused  # it still holds the address's place
+    assert site.gate.held_by("192.0.2.1") == 1  # it still holds its place
     h.clock.advance(3)
     assert refused.killed  # aborted close_grace later
     assert len(h.factory.connections) == 0
     refused.lose()
     assert len(site.gate) == 0 and h.factory.other_connections == 0
-    assert not HTTPConn(h, site).refused
+    assert site.gate.held_by("192.0.2.1") == 0
 
 
 def test_a_refused_upgrade_is_aborted_at_the_deadline_at_the_latest() -> None:
@@ -224,8 +268,8 @@ def test_a_trusted_proxy_is_not_counted_as_one_address() -> None:
     assert proxied[2].upgrade(extra=forwarded) == [
         "ERROR server-full too many connections from 198.51.100.7", "BYE full"]
     # An untrusted peer is counted as itself.
-    assert HTTPConn(h, site, peer="10.0.0.2").refused is False
-    assert HTTPConn(h, site, peer="10.0.0.2").refused is False
+    for _ in range(2 * HTTP_PER_BROWSER):
+        assert HTTPConn(h, site, peer="10.0.0.2").refused is False
     assert HTTPConn(h, site, peer="10.0.0.2").refused
 
 

@@ -258,11 +258,16 @@ class AddressBook:
             raise Refused(f"too many connections from {record.key}")
         if record.handshaking >= p.max_handshaking_per_ip:
             raise Refused(f"too many connections from {record.key} are still choosing a nick")
-        if not record.connect.take(self.clock.seconds()):
-            raise Refused(f"too many new connections from {record.key}; slow down")
+        self.spend_connect(record)
         record.connections += 1
         record.handshaking += 1
         return record
+
+    def spend_connect(self, record: Address) -> None:
+        """One new connection of C{record}: spend a token of its connection
+        rate, or raise L{Refused}."""
+        if not record.connect.take(self.clock.seconds()):
+            raise Refused(f"too many new connections from {record.key}; slow down")
 
     def registered(self, record: Address | None) -> None:
         """A connection of C{record} left the handshake with a nick: one

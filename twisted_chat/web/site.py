@@ -78,18 +78,25 @@ REFUSED = (b"HTTP/1.1 503 Service Unavailable\r\nConnection: close\r\n"
            b"Server is full.\n")
 
 
+# Seconds a kept-alive HTTP connection may wait for its next request after a
+# response (a browser's page load makes its requests back to back).
+KEEPALIVE_IDLE = 5.0
+
+
 class _Channel(http.HTTPChannel):
     """
     One HTTP connection to the web port: counted by the site's L{WebGate}
     from its accept until it closes or upgrades to the WebSocket, and
     aborted C{timeout} seconds after its accept if it has not upgraded by
     then, however it sends (Twisted's own timeout is reset by every byte
-    received: one header byte every 50 s held a socket for days).
+    received: one header byte every 50 s held a socket for days); closed
+    L{KEEPALIVE_IDLE} seconds after a response if no request follows.
     """
 
     site: WebSite
     pool_key = "-"
     _deadline: IDelayedCall | None = None
+    _idle: IDelayedCall | None = None
     # The transport the WebSocket took over (the channel's own is None then).
     taken: Any = None
 
@@ -119,6 +126,32 @@ class _Channel(http.HTTPChannel):
             deadline.cancel()
         self.site.gate.release(self)
 
+    def dataReceived(self, data: bytes) -> None:
+        self._stop_idle()
+        super().dataReceived(data)
+
+    def requestDone(self, request: Any) -> None:
+        """A response is complete: a kept-alive connection that then waits,
+        with nothing to answer, is closed L{KEEPALIVE_IDLE} seconds later
+        (a browser keeps its idle ones open; each is counted)."""
+        super().requestDone(request)
+        if (self.transport is not None and self.persistent and not self._handlingRequest
+                and not self.requests and self._idle is None):
+            self._idle = self.callLater(KEEPALIVE_IDLE, self._idle_expired)
+
+    def _idle_expired(self) -> None:
+        self._idle = None
+        transport: Any = self.transport
+        if transport is not None:
+            # A close: under TLS it waits for the peer's close_notify, and
+            # the deadline aborts it at the latest.
+            transport.loseConnection()
+
+    def _stop_idle(self) -> None:
+        idle, self._idle = self._idle, None
+        if idle is not None and idle.active():
+            idle.cancel()
+
     def evict(self) -> None:
         """Make room in a full handshake pool."""
         self.upgrading()
@@ -127,6 +160,7 @@ class _Channel(http.HTTPChannel):
             transport.abortConnection()
 
     def connectionLost(self, reason: Failure = connectionDone) -> None:
+        self._stop_idle()
         self.upgrading()
         super().connectionLost(reason)
 
