@@ -24,7 +24,7 @@ from typing import Any
 import pytest
 
 from tests.serverproc import LineClient
-from tests.web.webserver import WebServer, serving
+from tests.web.webserver import WebServer, served, serving
 
 webdriver = pytest.importorskip("selenium.webdriver")
 from selenium.common.exceptions import NoAlertPresentException, TimeoutException  # noqa: E402
@@ -230,6 +230,35 @@ def test_two_pages_and_a_tcp_client_chat_together(
     users = [e.text.split("\n")[0] for e in bob.find_elements(By.CSS_SELECTOR, "#user-list li")]
     assert users == ["alice", "bob", "carol"] or [u.split()[0] for u in users] == [
         "alice", "bob", "carol"]
+
+
+def test_three_browsers_from_one_address_all_join_under_the_default_limits(
+    tmp_path: Path, browser: Callable[..., Any]
+) -> None:
+    # Three people behind one NAT: three browser profiles (three connection
+    # pools, each keeping its page's HTTP connections open after the load),
+    # one address, nothing exempt, every limit at its default.  All three
+    # pages wait at the prompt together before anyone joins.
+    with served(WebServer(tmp_path, exempt=())) as web:
+        pages = [browser() for _ in range(3)]
+        for page in pages:
+            page.get(web.url)
+        for i, page in enumerate(pages):
+            try:
+                nick_field(page)
+            except Exception:
+                body = page.find_element(By.TAG_NAME, "body").text
+                raise AssertionError(f"browser {i} has no prompt: {body!r}") from None
+        for i, page in enumerate(pages):
+            field = nick_field(page)
+            field.send_keys(f"user{i}", Keys.ENTER)
+            wait(page, lambda d, i=i: d.find_element(By.ID, "me-nick")
+                 .get_attribute("textContent") == f"user{i}")
+        wait(pages[0], lambda d: "user2 joined the chat" in " ".join(notices(d)))
+        say(pages[2], "all three in")
+        for page in pages:
+            wait_texts(page, ["all three in"])
+        assert "refused" not in web.server.log()
 
 
 def test_history_on_load_in_local_time(

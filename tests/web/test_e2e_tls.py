@@ -10,7 +10,7 @@ import http.client
 import socket
 import ssl
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import pytest
@@ -18,7 +18,9 @@ import pytest
 from tests.serverproc import LOOPBACK
 from tests.test_e2e_tls import self_signed
 from tests.web import wsframes as ws
-from tests.web.webserver import WebServer, serving
+from tests.web.webserver import WebServer, served, serving
+from twisted_chat.server.config import ServerConfig
+from twisted_chat.web.admission import HTTP_PER_BROWSER
 from twisted_chat.web.site import STATIC
 
 pytestmark = pytest.mark.e2e
@@ -29,9 +31,10 @@ NAME = "localhost"  # the name in the test certificate
 class TlsWebServer(WebServer):
     """The chat server with C{--web ssl:PORT:...} and the context that trusts it."""
 
-    def __init__(self, workdir: Path) -> None:
+    def __init__(self, workdir: Path, *args: str, exempt: Sequence[str] = (LOOPBACK,)) -> None:
         key, cert = self_signed(workdir)
-        super().__init__(workdir, scheme="ssl", options=f":privateKey={key}:certKey={cert}")
+        super().__init__(workdir, *args, scheme="ssl",
+                         options=f":privateKey={key}:certKey={cert}", exempt=exempt)
         self.host = f"{NAME}:{self.web_port}"
         self.context = ssl.create_default_context(cafile=str(cert))
 
@@ -113,3 +116,56 @@ def test_web_client_over_tls_page_headers_and_wss_chat(tls_web: TlsWebServer) ->
         assert ready == "READY alice", ready
     finally:
         sock.close()
+
+
+def read_head(sock: ssl.SSLSocket) -> bytes:
+    """An HTTP response's head (what the server sent up to its blank line)."""
+    data = b""
+    deadline = time.monotonic() + 5
+    while b"\r\n\r\n" not in data:
+        sock.settimeout(max(deadline - time.monotonic(), 0.01))
+        chunk = sock.recv(65536)
+        if not chunk:
+            break
+        data += chunk
+    return data.partition(b"\r\n\r\n")[0]
+
+
+def test_refused_upgrades_stay_counted_until_aborted_though_close_notify_never_comes(
+    tmp_path: Path
+) -> None:
+    # /chat requests autobahn refuses (no Upgrade: its status page; a
+    # foreign Origin: 403), from a peer that never answers the server's
+    # close_notify: each holds a place until the server aborts it,
+    # close_grace after its response (long before --web-timeout).
+    grace = ServerConfig().close_grace
+    server = TlsWebServer(tmp_path, "--max-per-ip", "1", "--web-timeout", "60", exempt=())
+    with served(server) as web:
+        held = []
+        for i in range(HTTP_PER_BROWSER):
+            sock = web.connect()
+            if i % 2:
+                sock.sendall(ws.handshake(host=web.host, origin="https://evil.example")[0])
+                assert read_head(sock).startswith(b"HTTP/1.1 403 ")
+            else:
+                sock.sendall(f"GET /chat HTTP/1.1\r\nHost: {web.host}\r\n\r\n".encode())
+                assert read_head(sock).startswith(b"HTTP/1.1 200 ")
+            held.append(sock)
+        answered = time.monotonic()
+        over = web.connect()
+        assert read_head(over).startswith(b"HTTP/1.1 503 ")
+        over.close()
+        # Polled (a refused connection spends no token of the address's rate).
+        while True:
+            fresh = web.connect()
+            fresh.sendall(f"GET /nope HTTP/1.1\r\nHost: {web.host}\r\n\r\n".encode())
+            head = read_head(fresh)
+            fresh.close()
+            if not head.startswith(b"HTTP/1.1 503 "):
+                break
+            assert time.monotonic() - answered < grace + 10, "refused upgrades still held"
+            time.sleep(0.25)
+        assert head.startswith(b"HTTP/1.1 404 "), head
+        assert time.monotonic() - answered > grace - 1
+        for sock in held:
+            sock.close()

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import signal
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 from tests.serverproc import LOOPBACK, ServerProcess, free_port, wait_for_port
@@ -13,14 +13,18 @@ from tests.serverproc import LOOPBACK, ServerProcess, free_port, wait_for_port
 class WebServer:
     """The chat server with --web, restartable on the same ports and database."""
 
-    def __init__(self, workdir: Path, *args: str, scheme: str = "tcp", options: str = "") -> None:
+    def __init__(self, workdir: Path, *args: str, scheme: str = "tcp", options: str = "",
+                 exempt: Sequence[str] = (LOOPBACK,)) -> None:
         """C{scheme} and C{options}: the --web endpoint's, around its port
-        (C{ssl} and C{:privateKey=...} for TLS); always on loopback."""
+        (C{ssl} and C{:privateKey=...} for TLS); always on loopback.
+        C{exempt}: the C{--exempt} values (loopback unless a test of the
+        per-address limits says otherwise)."""
         self.workdir = workdir
         self.web_port = free_port()
         self.args = ["--web", f"{scheme}:{self.web_port}{options}:interface={LOOPBACK}",
                      "--db", str(workdir / "chat.sqlite3"), *args]
-        self.server = ServerProcess(workdir, self.args)
+        self.exempt = tuple(exempt)
+        self.server = ServerProcess(workdir, self.args, exempt=self.exempt)
         self.port = self.server.port
 
     @property
@@ -36,7 +40,8 @@ class WebServer:
         """Stop the server; L{start} brings it back on the same ports and database."""
         # twistd ends by re-raising the signal that stopped it.
         assert self.server.stop() in (0, -signal.SIGTERM)
-        self.server = ServerProcess(self.workdir, self.args, port=self.port)
+        self.server = ServerProcess(self.workdir, self.args, port=self.port,
+                                    exempt=self.exempt)
 
     def restart(self) -> None:
         self.stop()
