@@ -20,6 +20,7 @@ from tests.harness import Conn, Harness
 from tests.web import wsframes as ws
 from twisted_chat.web.config import WebConfig, parse_networks
 from twisted_chat.web.gateway import (
+    PONG_RETRY,
     ChatWebSocketFactory,
     FrameCache,
     encode_frames,
@@ -353,14 +354,40 @@ def test_no_pong_is_queued_for_a_peer_that_does_not_read() -> None:
     alice.register("alice")
     # The kernel stops taking alice's data: Twisted pauses her producer.
     alice.transport.producer.pauseProducing()
-    # Pings within the flood rate: no flood, but no PONG either.
-    for _ in range(20):
-        alice.send_frame(ping(b"x" * 125))
+    # Pings within the flood rate: no flood, but no PONG either (only the
+    # latest ping's payload is kept, for when she drains).
+    for i in range(20):
+        alice.send_frame(ping(b"%03d" % i + b"x" * 122))
         h.clock.advance(1)
     assert alice.transport.value() == b""
+    assert alice.socket._pending_pong == b"019" + b"x" * 122
     # She still reads nothing: --sendq-timeout cuts her, as on TCP.
     h.clock.advance(30)
     assert alice.transport.disconnecting
+
+
+def test_a_ping_during_a_burst_gets_its_pong_once_the_socket_drains() -> None:
+    # RFC 6455 5.5.2: a ping gets a pong (a keepalive that misses it
+    # closes, 1011).  One sent while Twisted holds a burst for the socket
+    # is answered once it drains, with the latest ping's payload, once.
+    h = Harness(flood_rate=1.0, flood_burst=5)
+    alice = WsConn(h, make_gateway(h))
+    alice.register("alice")
+    alice.transport.producer.pauseProducing()  # Twisted holds a burst
+    alice.send_frame(ping(b"first"))
+    alice.send_frame(ping(b"latest"))
+    h.clock.advance(PONG_RETRY * 4)
+    assert split(alice) == ([], [])
+    alice.transport.producer.resumeProducing()  # drained
+    h.clock.advance(PONG_RETRY)
+    assert split(alice) == ([b"latest"], [])
+    h.clock.advance(PONG_RETRY * 4)
+    assert split(alice) == ([], [])
+    # A ping while nothing is held is answered at once, as before.
+    h.clock.advance(1)
+    alice.send_frame(ping(b"now"))
+    assert split(alice) == ([b"now"], [])
+    assert alice.closes == []
 
 
 def test_per_address_limit_counts_browsers_and_tcp_together(h: Harness) -> None:

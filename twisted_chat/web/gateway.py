@@ -50,8 +50,11 @@ CLOSE_UNSUPPORTED = 1003  # a binary message
 CLOSE_POLICY = 1008
 
 # A PONG is not queued behind more than this many bytes that Twisted already
-# holds for the socket: a peer that pings without reading gets no more.
+# holds for the socket: the latest ping's is kept (one per connection, at most
+# 125 bytes) and sent once Twisted holds no more than this, looked at every
+# PONG_RETRY seconds.
 PONG_HELD_LIMIT = 4096
+PONG_RETRY = 0.25
 
 Address = IPv4Address | IPv6Address
 
@@ -196,6 +199,9 @@ class ChatWebSocket(WebSocketServerProtocol):
     handover: Callable[[], None] | None = None
     # A refused upgrade's abort, close_grace after its response.
     _grace: IDelayedCall | None = None
+    # The latest ping's payload, while its PONG waits for the socket to drain.
+    _pending_pong: bytes | None = None
+    _pong_call: IDelayedCall | None = None
 
     @property
     def tcp(self) -> Any:
@@ -280,18 +286,33 @@ class ChatWebSocket(WebSocketServerProtocol):
         A ping (autobahn's own answers every one, written past every limit):
         it costs a flood token, as a line does, so that a peer that pings
         too fast gets C{ERROR flood} and then C{BYE flood}; and it gets its
-        PONG only while Twisted holds at most L{PONG_HELD_LIMIT} bytes for
-        the socket, so that a peer that pings without reading cannot make
-        the server hold PONGs for it (a stalled reader is then cut by
-        C{--sendq} and C{--sendq-timeout} as usual).
+        PONG once Twisted holds at most L{PONG_HELD_LIMIT} bytes for the
+        socket: until then only the latest ping's payload is kept, so that
+        a peer that pings without reading cannot make the server hold PONGs
+        for it (a stalled reader is then cut by C{--sendq} and
+        C{--sendq-timeout} as usual), and one that reads a burst slowly
+        still gets its PONG (a keepalive that misses it closes).
         """
         if self.state != self.STATE_OPEN:
             return
         charge = getattr(self.chat, "control_received", None)
         if charge is None or not charge():
             return  # a refusal (it closes), a closing connection, or a flood
-        if self.twisted_held() > PONG_HELD_LIMIT:
+        self._pending_pong = payload  # only the latest is answered (RFC 6455 5.5.3)
+        self._send_pong()
+
+    def _send_pong(self) -> None:
+        """The pending PONG, if Twisted holds little enough for the socket;
+        else a look again in L{PONG_RETRY} seconds."""
+        self._pong_call = None
+        payload = self._pending_pong
+        if payload is None or self.state != self.STATE_OPEN:
+            self._pending_pong = None
             return
+        if self.twisted_held() > PONG_HELD_LIMIT:
+            self._pong_call = self.factory.reactor.callLater(PONG_RETRY, self._send_pong)
+            return
+        self._pending_pong = None
         self.sendPong(payload)
 
     def twisted_held(self) -> int:
@@ -328,9 +349,11 @@ class ChatWebSocket(WebSocketServerProtocol):
                 self.factory.close_grace, transport.abortConnection)
 
     def connectionLost(self, reason: Failure = connectionDone) -> None:
-        grace, self._grace = self._grace, None
-        if grace is not None and grace.active():
-            grace.cancel()
+        self._pending_pong = None
+        for call in (self._grace, self._pong_call):
+            if call is not None and call.active():
+                call.cancel()
+        self._grace = self._pong_call = None
         try:
             super().connectionLost(reason)
         finally:
