@@ -29,6 +29,7 @@ from tests.web.webserver import WebServer, served, serving
 webdriver = pytest.importorskip("selenium.webdriver")
 from selenium.common.exceptions import NoAlertPresentException, TimeoutException  # noqa: E402
 from selenium.webdriver.chrome.service import Service  # noqa: E402
+from selenium.webdriver.common.action_chains import ActionChains  # noqa: E402
 from selenium.webdriver.common.by import By  # noqa: E402
 from selenium.webdriver.common.keys import Keys  # noqa: E402
 from selenium.webdriver.support.ui import WebDriverWait  # noqa: E402
@@ -51,6 +52,11 @@ pytestmark = [
 @pytest.fixture
 def tcp(web: WebServer, connect: Callable[..., LineClient]) -> Callable[[str], LineClient]:
     """A raw chat/1 client in the lobby as C{nick}."""
+    return tcp_on(web, connect)
+
+
+def tcp_on(web: WebServer, connect: Callable[..., LineClient]) -> Callable[[str], LineClient]:
+    """L{tcp}, for any server C{web}."""
 
     def online(nick: str) -> LineClient:
         client = connect(web.port)
@@ -801,12 +807,7 @@ def test_a_nick_prompt_left_alone_is_not_a_disconnection(
 def test_a_password_prompt_left_alone_keeps_what_is_typed(
     web_idle: WebServer, browser: Callable[..., Any], connect: Callable[..., LineClient]
 ) -> None:
-    owner = connect(web_idle.port)
-    owner.register("alice")
-    owner.send("REGISTER correct horse battery")
-    owner.expect("REGISTERED ")
-    owner.send("BYE")
-    owner.expect("BYE ")
+    registered(tcp_on(web_idle, connect), "alice", "correct horse battery")
     page = recording(browser())
     field = password_prompt(page, web_idle, "alice")
     watch_banner(page)
@@ -816,16 +817,277 @@ def test_a_password_prompt_left_alone_keeps_what_is_typed(
     assert field.get_attribute("type") == "password"
     assert field.get_attribute("value") == "correct horse"
     assert page.find_element(By.ID, "login-title").text == "Password for alice"
-    # Typing connects again; the server's PASS prompt keeps what is being typed.
-    field.send_keys(" batt")
-    wait(page, lambda d: d.execute_script("return window.gotLines").count("PASS alice") == 2)
-    assert field.get_attribute("value") == "correct horse batt"
-    field.send_keys("ery")
-    timed_out(page, 2)
+    # Typing does not connect (a new connection's answer would change the
+    # prompt under the password being typed): Join does.
+    field.send_keys(" battery")
     left_alone(page)
+    assert field.get_attribute("value") == "correct horse battery"
     field.send_keys(Keys.ENTER)  # Join on a closed prompt: NICK, then the password
     logged_in(page, "alice")
-    assert sent(page) == ["NICK alice", "NICK alice", "NICK alice", "PASS correct horse battery"]
+    assert sent(page) == ["NICK alice", "NICK alice", "PASS correct horse battery"]
+
+
+def typed(driver: Any, text: str) -> None:
+    """C{text} typed key by key into whatever has the focus (if anything), as
+    a user does, at about 30 keys a second."""
+    for char in text:
+        ActionChains(driver).send_keys(char).perform()
+        time.sleep(0.03)
+
+
+def nowhere(driver: Any, secret: str) -> None:
+    """No piece of C{secret} (typed into a password field) is in a field or
+    was sent but as PASS, and no half of it is on the page."""
+    pieces = {secret[i:i + 3] for i in range(len(secret) - 2)}
+    assert not [value for value in field_values(driver)
+                if any(piece in value for piece in pieces)], field_values(driver)
+    assert not [line for line in sent(driver) if not line.startswith("PASS ")
+                and any(piece in line for piece in pieces)], sent(driver)
+    page = driver.execute_script("return document.body.textContent")
+    half = len(secret) // 2
+    assert secret[:half] not in page and secret[half:] not in page
+
+
+def test_a_password_typed_on_a_closed_prompt_stays_a_password(
+    web_idle: WebServer, browser: Callable[..., Any], connect: Callable[..., LineClient]
+) -> None:
+    """The review's case: the prompt is left past --nick-timeout, meanwhile
+    the nick logs in from elsewhere, then the user types the password. The
+    keys do not connect (a new connection's RETRY taken would turn the field
+    into the nick, as text, under the user's fingers); Join does, and the
+    nick prompt that comes back holds the nick only."""
+    registered(tcp_on(web_idle, connect), "dave", "correct horse battery")
+    page = recording(browser())
+    field = password_prompt(page, web_idle, "dave")
+    watch_banner(page)
+    timed_out(page, 1)
+    elsewhere = tcp_login(web_idle, "dave", "correct horse battery")
+    try:
+        page.execute_script("document.activeElement.blur()")
+        field.click()  # back at the prompt: the focus does not connect
+        typed(page, "horsebattery1")
+        left_alone(page)
+        assert field.get_attribute("type") == "password"
+        assert field.get_attribute("value") == "horsebattery1"
+        field.send_keys(Keys.ENTER)
+        wait(page, lambda d: "dave is online already" in d.find_element(By.ID, "nick-error").text)
+        assert field.get_attribute("type") == "text"
+        assert field.get_attribute("value") == "dave"
+        nowhere(page, "horsebattery1")
+        assert sent(page) == ["NICK dave", "NICK dave"]
+    finally:
+        elsewhere.close()
+
+
+def tcp_login(web: WebServer, nick: str, password: str) -> LineClient:
+    client = LineClient(web.port)
+    client.expect("NICK")
+    client.send(f"NICK {nick}")
+    client.expect("PASS")
+    client.send(f"PASS {password}")
+    client.expect("READY ")
+    return client
+
+
+def test_a_password_being_typed_is_not_moved_into_the_composer(
+    web: WebServer, browser: Callable[..., Any], tcp: Callable[[str], LineClient]
+) -> None:
+    """The prompt asks dave's password; the server restarts without dave's
+    account meanwhile: the page's rejoin is READY at once, while the user
+    types. What was typed is dropped, and the focus does not go to the
+    composer: the rest of the password is not a lobby message."""
+    registered(tcp, "dave", "correct horse battery")
+    page = recording(browser())
+    field = password_prompt(page, web, "dave")
+    field.send_keys("horse")
+    web.stop()
+    subprocess.run(
+        [sys.executable, "-m", "twisted_chat.accounts", "remove",
+         "--db", str(web.workdir / "chat.sqlite3"), "dave"],
+        check=True, timeout=WAIT, capture_output=True)
+    web.start()
+    logged_in(page, "dave")
+    assert page.switch_to.active_element.get_attribute("id") != "composer-input"
+    typed(page, "battery1")
+    nowhere(page, "horsebattery1")
+    assert sent(page) == ["NICK dave", "NICK dave"]
+    # The composer works once the user goes there.
+    say(page, "hello")
+    assert sent(page)[-1] == "MSG hello"
+
+
+# A WebSocket stand-in, installed before app.js runs: each line the page
+# sends is answered with the next batch window.answers (set by the test)
+# holds for that exact line, if any; the page's lines are kept in
+# window.sentLines, the connections opened counted in window.sockets, and
+# window.drop() ends the current connection as a server's shutdown does.
+_SCRIPTED_SERVER = r"""
+(() => {
+  window.sentLines = [];
+  window.answers = {};
+  window.sockets = 0;
+  let current = null;
+  class FakeSocket {
+    static OPEN = 1;
+    constructor() {
+      this.readyState = 1;
+      current = this;
+      window.sockets += 1;
+      this.say("HELLO chat/1 fake (twisted-chat 0)", "NICK");
+    }
+    say(...lines) {
+      setTimeout(() => { for (const data of lines) this.onmessage({data}); }, 0);
+    }
+    send(line) {
+      window.sentLines.push(line);
+      const batch = (window.answers[line] || []).shift();
+      if (batch) this.say(...batch);
+    }
+    close() {}
+  }
+  window.drop = () => {
+    const ws = current;
+    ws.onmessage({data: "BYE shutdown"});
+    ws.readyState = 3;
+    ws.onclose();
+  };
+  window.WebSocket = FakeSocket;
+})();
+"""
+
+
+def scripted(driver: Any, web: WebServer, answers: dict[str, list[list[str]]]) -> Any:
+    """C{driver} on a page whose server answers each line it sends with the
+    next batch of C{answers} for that line (L{_SCRIPTED_SERVER})."""
+    driver.execute_cdp_cmd("Page.addScriptToEvaluateOnNewDocument",
+                           {"source": _SCRIPTED_SERVER})
+    driver.get(web.url)
+    nick_field(driver)
+    driver.execute_script("window.answers = arguments[0]", answers)
+    return driver
+
+
+def dropped(driver: Any) -> None:
+    """The scripted connection ends; wait until the page has connected again
+    (after its backoff's first step) and the prompt is usable."""
+    opened = count(driver, "sockets")
+    driver.execute_script("window.drop()")
+    wait(driver, lambda d: count(d, "sockets") == opened + 1 and _enabled(d, "nick-submit"),
+         timeout=WAIT + 2)
+
+
+def join_as(driver: Any, nick: str) -> Any:
+    field = nick_field(driver)
+    field.clear()
+    field.send_keys(nick, Keys.ENTER)
+    return field
+
+
+def title(driver: Any, text: str, timeout: float = WAIT) -> None:
+    wait(driver, lambda d: d.find_element(By.ID, "login-title").text == text, timeout=timeout)
+
+
+def test_a_password_being_typed_is_not_shown_when_the_prompt_changes(
+    web: WebServer, browser: Callable[..., Any]
+) -> None:
+    """The connection under the password prompt is lost; the page's
+    reconnection is answered RETRY taken while the user types: what was
+    typed is dropped, the field is not focused (the next keys land nowhere,
+    not in the nick as text), and nothing of it is sent."""
+    page = scripted(browser(), web, {
+        "NICK dave": [["PASS dave"], ["RETRY taken dave is online already"]]})
+    field = join_as(page, "dave")
+    title(page, "Password for dave")
+    typed(page, "horse")
+    page.execute_script("window.drop()")
+    wait(page, lambda d: "dave is online already" in d.find_element(By.ID, "nick-error").text,
+         timeout=WAIT + 2)
+    assert page.switch_to.active_element != field
+    typed(page, "battery1")
+    assert field.get_attribute("type") == "text"
+    assert field.get_attribute("value") == "dave"
+    nowhere(page, "horsebattery1")
+    assert sent(page) == ["NICK dave", "NICK dave"]
+
+
+UNAVAILABLE = "RETRY unavailable the server cannot check accounts now"
+
+
+def test_a_held_password_is_sent_for_its_own_nick_only(
+    web: WebServer, browser: Callable[..., Any]
+) -> None:
+    """The page gives up after RETRY unavailable answers, holding alice's
+    password. The user joins as bob: bob's PASS prompt is not answered with
+    alice's password. Then as alice again: the password was dropped with the
+    change of nick, so alice's PASS prompt is the user's too."""
+    # The page gives up at the eleventh in a row (bob's count has one already).
+    page = scripted(browser(), web, {
+        "NICK alice": [["PASS alice"], [UNAVAILABLE], ["PASS alice"]],
+        "PASS alices-secret-pw": [[UNAVAILABLE] * 11],
+        "NICK bob": [[UNAVAILABLE], ["PASS bob"], [UNAVAILABLE] * 10],
+    })
+    field = join_as(page, "alice")
+    title(page, "Password for alice")
+    field.send_keys("alices-secret-pw", Keys.ENTER)
+    title(page, "Join the chat")
+    assert "cannot check accounts" in page.find_element(By.ID, "nick-error").text
+    dropped(page)  # a new connection: the page's retries on the old one are void
+
+    join_as(page, "bob")  # unavailable, then (3 s later) asked bob's password
+    title(page, "Password for bob", timeout=WAIT + 3)
+    dropped(page)  # the reconnection sends NICK bob: the page gives up again
+    title(page, "Join the chat")
+    dropped(page)
+
+    join_as(page, "alice")  # unavailable, then asked alice's password
+    title(page, "Password for alice", timeout=WAIT + 3)
+    assert [line for line in sent(page) if line.startswith("PASS ")] == ["PASS alices-secret-pw"]
+
+
+def test_a_held_password_does_not_answer_another_nicks_prompt(
+    web: WebServer, browser: Callable[..., Any]
+) -> None:
+    """The page holds alice's password for its rejoins; a rejoin whose
+    server asks the password of another nick (PASS bob) is not answered
+    with it: the prompt is the user's."""
+    page = scripted(browser(), web, {
+        "NICK alice": [["PASS alice"], ["PASS bob"]],
+        "PASS alices-secret-pw": [["READY alice", "USERS 0"]],
+    })
+    field = join_as(page, "alice")
+    title(page, "Password for alice")
+    field.send_keys("alices-secret-pw", Keys.ENTER)
+    logged_in(page, "alice")
+    page.execute_script("window.drop()")  # the page rejoins by itself
+    wait(page, lambda d: d.find_element(By.ID, "login").is_displayed()
+         and _enabled(d, "nick-submit"), timeout=WAIT + 2)
+    assert field.get_attribute("type") == "password"
+    assert sent(page) == ["NICK alice", "PASS alices-secret-pw", "NICK alice"]
+
+
+def test_a_rejoin_asked_for_a_password_and_left_alone_is_not_a_disconnection(
+    web_idle: WebServer, browser: Callable[..., Any]
+) -> None:
+    """carol joins with no account; the server restarts with one for carol:
+    the page's rejoin is asked for the password it does not have. The prompt
+    is the user's now: left past --nick-timeout, no banner and no
+    reconnection on a timer."""
+    page = recording(browser())
+    join(page, web_idle, "carol")
+    web_idle.stop()
+    subprocess.run(
+        [sys.executable, "-m", "twisted_chat.accounts", "add",
+         "--db", str(web_idle.workdir / "chat.sqlite3"), "carol"],
+        input=b"correct horse battery\n", check=True, timeout=WAIT, capture_output=True)
+    web_idle.start()
+    title(page, "Password for carol", timeout=WAIT + 5)
+    watch_banner(page)
+    closes = count(page, "closes")
+    wait(page, lambda d: count(d, "closes") == closes + 1, timeout=NICK_TIMEOUT + WAIT)
+    assert page.execute_script("return window.gotLines")[-1].startswith("BYE timeout")
+    left_alone(page)
+    page.find_element(By.ID, "nick-input").send_keys("correct horse battery", Keys.ENTER)
+    logged_in(page, "carol")
 
 
 def test_the_backoff_starts_again_once_the_server_says_hello(

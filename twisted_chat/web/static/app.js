@@ -85,7 +85,9 @@
     ws: null,
     me: null, // the nick the server accepted
     wanted: localStorage.getItem("twisted-chat.nick") || "",
-    password: null, // answers PASS on a rejoin: the login's, or the last REGISTERED one
+    // {nick, value}: answers PASS <nick> by itself for that nick only (a
+    // rejoin, a Join on a closed prompt): the login's, or the last REGISTERED one.
+    password: null,
     accountRequest: null, // {verb, password}: REGISTER / PASSWD sent, its answer awaited
     autoJoin: false, // rejoin under `wanted` when the server asks for a nick
     // The server closed the nick prompt for --nick-timeout (nobody used it):
@@ -214,7 +216,7 @@
 
   const current = () => state.convs.get(state.active) || lobby();
 
-  function show(id) {
+  function show(id, focus = true) {
     const conv = state.convs.get(id) || lobby();
     state.active = conv.id;
     for (const c of state.convs.values()) c.pane.hidden = c !== conv;
@@ -227,7 +229,7 @@
     $("app").classList.remove("menu-open");
     const box = $("messages");
     box.scrollTop = box.scrollHeight;
-    if (state.online) $("composer-input").focus();
+    if (state.online && focus) $("composer-input").focus();
   }
 
   let titleUnread = 0;
@@ -496,6 +498,10 @@
   });
 
   function joined() {
+    // READY while a password was being typed (a new connection's NICK was
+    // enough): what was typed is dropped, and the focus stays off the
+    // composer, so that the next keys are not a lobby message.
+    const interrupted = dropTypedPassword();
     state.online = true;
     state.attempt = 0;
     state.takenRetries = 0;
@@ -527,7 +533,7 @@
     clearInterval(state.rosterTimer);
     state.rosterTimer = setInterval(() => send("USERS"), 30000);
     renderHeader();
-    show(state.active);
+    show(state.active, !interrupted);
   }
 
   // -- lines from the server --------------------------------------------------------
@@ -560,11 +566,17 @@
         }
         break;
       case "PASS": {
-        if ((state.autoJoin || state.queued === "pass") && state.password) {
+        // Answered by itself only with a password held for this very nick.
+        const [, nick] = parse(line, 1);
+        const held = state.password;
+        if ((state.autoJoin || state.queued === "pass") && held && key(held.nick) === key(nick || state.wanted)) {
           state.queued = null;
-          send("PASS " + state.password);
+          send("PASS " + held.value);
         } else {
+          // The prompt is the user's now: left alone past --nick-timeout it
+          // is not a disconnection (closed()), whatever brought it here.
           state.queued = null;
+          state.autoJoin = false;
           showLogin(true);
         }
         break;
@@ -603,6 +615,7 @@
         const [, nick] = parse(line, 1);
         state.me = nick;
         state.wanted = nick;
+        if (state.password && key(state.password.nick) !== key(nick)) state.password = null;
         state.users = new Map();
         state.pendingUsers = [];
         // A new connection: whatever pair or invitation the old one had is over.
@@ -781,7 +794,7 @@
         const request = state.accountRequest;
         state.accountRequest = null;
         // Remembered as a login's password is: a rejoin answers PASS with it.
-        if (request) state.password = request.password;
+        if (request) state.password = { nick: nick || state.me, value: request.password };
         notice(current(), request && request.verb === "PASSWD"
           ? `The password for ${nick} was changed.`
           : `${nick} is now registered: from now on this nickname can only be used with your password.`);
@@ -813,6 +826,10 @@
     const input = $("nick-input");
     // The field held (or may hold) a password: it is never shown as text.
     const wasPassword = askPassword || input.type === "password";
+    // A password being typed when the prompt turns back to the nick (a new
+    // connection's RETRY): dropped, and the field is not focused, so that
+    // the next keys land nowhere rather than in the nick, as text.
+    const interrupted = !password && dropTypedPassword();
     askPassword = !!password;
     const submit = $("nick-submit");
     submit.disabled = false;
@@ -831,23 +848,44 @@
       $("nick-input").labels[0].textContent = "Nickname";
     }
     $("nick-error").textContent = error || "";
+    if (interrupted) {
+      edited = false;
+      return;
+    }
     input.focus();
     if (!edited) input.select();
   }
 
+  // What is in the password field and not sent is dropped (never shown, never
+  // sent but as PASS) and the field loses the focus; true if there was some.
+  function dropTypedPassword() {
+    const input = $("nick-input");
+    if (input.type !== "password" || !input.value) return false;
+    input.value = "";
+    input.blur();
+    return true;
+  }
+
+  // Back at a prompt the server closed: a nick prompt connects again on the
+  // first key or focus. A password prompt does not: a new connection's
+  // answer (RETRY taken, READY) would change the prompt under the password
+  // being typed. Join connects (queued), and the password is sent when the
+  // server asks PASS for that nick.
   $("nick-input").addEventListener("input", () => {
     edited = true;
-    wakeUp();
+    if (!askPassword) wakeUp();
   });
-  $("nick-input").addEventListener("focus", wakeUp);
+  $("nick-input").addEventListener("focus", () => {
+    if (!askPassword) wakeUp();
+  });
 
   $("nick-form").addEventListener("submit", (event) => {
     event.preventDefault();
     const value = $("nick-input").value;
     edited = false;
     if (askPassword) {
-      // Held for a rejoin (it answers PASS), never left in the page.
-      state.password = value;
+      // Held for a rejoin (it answers PASS for this nick), never left in the page.
+      state.password = { nick: state.wanted, value };
       $("nick-input").value = "";
       if (!send("PASS " + value)) {
         state.queued = "pass"; // NICK, then this, once connected
@@ -859,6 +897,8 @@
     const nick = value.trim();
     if (!nick) return;
     $("nick-error").textContent = "";
+    // A held password belongs to its nick: another nick drops it.
+    if (state.password && key(state.password.nick) !== key(nick)) state.password = null;
     state.wanted = nick;
     state.leaving = false;
     state.unavailableRetries = 0;
