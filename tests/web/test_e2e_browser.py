@@ -1090,6 +1090,34 @@ def test_a_rejoin_asked_for_a_password_and_left_alone_is_not_a_disconnection(
     logged_in(page, "carol")
 
 
+def test_an_empty_error_line_is_not_shown(
+    web: WebServer, browser: Callable[..., Any]
+) -> None:
+    """The login card's and the password dialog's error lines take no room
+    and show no box until there is an error; the chat's error notices keep
+    their box."""
+    page = browser()
+    page.get(web.url)
+    nick_field(page)
+    assert not page.find_element(By.ID, "nick-error").is_displayed()
+    join_as(page, "9lives")  # RETRY invalid: the card's error is a line of text, not a box
+    error = wait(page, lambda d: d.find_element(By.ID, "nick-error").is_displayed()
+                 and d.find_element(By.ID, "nick-error"))
+    assert error.value_of_css_property("background-color") == "rgba(0, 0, 0, 0)"
+    assert error.value_of_css_property("padding") == "0px"
+    join_as(page, "alice")
+    logged_in(page, "alice")
+    say(page, "/register hunter2222")
+    wait_notice(page, "Type /register alone")
+    box = page.find_element(By.CSS_SELECTOR, ".notice.error")
+    assert box.value_of_css_property("padding") == "6px 10px"
+    assert box.value_of_css_property("background-color") != "rgba(0, 0, 0, 0)"
+    say(page, "/register")
+    wait(page, lambda d: d.find_element(By.ID, "password-dialog").is_displayed())
+    assert not page.find_element(By.ID, "password-error").is_displayed()
+    screenshot(page, "register-empty.png")
+
+
 def test_the_backoff_starts_again_once_the_server_says_hello(
     web: WebServer, browser: Callable[..., Any]
 ) -> None:
