@@ -1118,6 +1118,27 @@ def test_an_empty_error_line_is_not_shown(
     screenshot(page, "register-empty.png")
 
 
+def test_enter_in_the_dialogs_first_field_goes_to_the_second(
+    web: WebServer, browser: Callable[..., Any]
+) -> None:
+    """Enter in the first password field, with the second empty, moves on to
+    the second (no error, nothing emptied); a real mismatch still empties both."""
+    page = recording(browser())
+    join(page, web, "alice")
+    say(page, "/register")
+    first = wait(page, lambda d: d.find_element(By.ID, "password-dialog").is_displayed()
+                 and d.find_element(By.ID, "password-new"))
+    typed(page, "correct horse 1\n")
+    again = page.find_element(By.ID, "password-again")
+    assert page.switch_to.active_element == again
+    assert page.find_element(By.ID, "password-error").text == ""
+    assert first.get_attribute("value") == "correct horse 1"
+    typed(page, "correct horse 1\n")
+    wait_notice(page, "alice is now registered")
+    assert [line for line in sent(page) if line.startswith("REGISTER")] == [
+        "REGISTER correct horse 1"]
+
+
 def test_the_backoff_starts_again_once_the_server_says_hello(
     web: WebServer, browser: Callable[..., Any]
 ) -> None:

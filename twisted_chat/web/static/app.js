@@ -983,6 +983,14 @@
     }
     if (state.online) $("composer-input").focus();
   });
+  // Enter in the first field goes on to the second while that one is empty
+  // (as Tab would), rather than submitting half a form.
+  $("password-new").addEventListener("keydown", (event) => {
+    if (event.key === "Enter" && !event.isComposing && !$("password-again").value) {
+      event.preventDefault();
+      $("password-again").focus();
+    }
+  });
   $("password-cancel").addEventListener("click", () => {
     closePasswordDialog();
     $("composer-input").focus();
