@@ -738,6 +738,25 @@ def test_register_where_accounts_are_off(
     wait_notice(alice, "This server has no accounts.")
 
 
+@pytest.fixture
+def web_one_account(tmp_path: Path) -> Iterator[WebServer]:
+    yield from serving(WebServer(tmp_path, "--max-accounts", "1"))
+
+
+def test_register_on_a_server_that_keeps_no_more_accounts(
+    web_one_account: WebServer, browser: Callable[..., Any]
+) -> None:
+    alice, bob = browser(), browser()
+    join(alice, web_one_account, "alice")
+    account_dialog(alice, "/register", "correct horse 1")
+    wait_notice(alice, "alice is now registered")
+    join(bob, web_one_account, "bob")
+    account_dialog(bob, "/register", "correct horse 2")
+    wait_notice(bob, "The nickname was not registered: this server keeps no more accounts")
+    say(bob, "still here")  # the connection stays
+    wait_texts(alice, ["still here"])
+
+
 NICK_TIMEOUT = 2.0
 
 

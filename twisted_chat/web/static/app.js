@@ -915,6 +915,9 @@
     "weak-password": (text) => `The server refused that password${text ? ": " + text : ""}.`,
     registered: () => "Your nickname is registered already; /passwd changes its password.",
     "not-registered": () => "Your nickname has no account; /register makes one.",
+    // Once online it answers REGISTER only: the server keeps no more accounts
+    // (--max-accounts); the connection stays.
+    "server-full": (text) => `The nickname was not registered${text ? ": " + text : ""}.`,
   };
 
   // Why the server would refuse this password (PROTOCOL.md "Accounts": 8 to
