@@ -186,6 +186,11 @@ def markdown(results: dict[str, Any], png: str | None) -> str:
 
 
 def plot(results: dict[str, Any], path: Path) -> bool:
+    """Latency against offered load, one panel per fan-out size, to
+    C{path}; C{False} (no file) without matplotlib or without a fan-out
+    size in the plan (C{--clients 0}: the idle scale only)."""
+    if not results["plan"]["fan_clients"]:
+        return False
     try:
         import matplotlib
         matplotlib.use("Agg")
