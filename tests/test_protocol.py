@@ -815,7 +815,8 @@ def test_a_tcp_connection_is_named_by_its_address_alone() -> Any:
 
 def test_a_connection_holds_its_slots_and_no_dict() -> None:
     """Memory per idle connection (docs/fanout.md): ChatProtocol provides
-    IProtocol itself so that it has __slots__; nothing grows a __dict__."""
+    IProtocol itself so that it has __slots__; nothing grows a __dict__,
+    its Session (the commands, twisted_chat.server.session) neither."""
     from twisted.internet.interfaces import IHalfCloseableProtocol, IProtocol
     from zope.interface.verify import verifyObject
 
@@ -823,6 +824,7 @@ def test_a_connection_holds_its_slots_and_no_dict() -> None:
     alice = h.user("alice")
     protocol = alice.protocol
     assert not hasattr(protocol, "__dict__")
+    assert not hasattr(protocol.session, "__dict__")
     assert verifyObject(IProtocol, protocol)
     assert IHalfCloseableProtocol.providedBy(protocol)
     assert protocol.transport is not None and protocol.connected == 1
