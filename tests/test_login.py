@@ -570,13 +570,14 @@ def test_the_accounts_state_is_let_go_once_online_with_nothing_to_keep() -> None
     bob = fresh(h)
     bob.send("NICK bob")
     assert bob.take()[0] == "READY bob"
-    assert bob.protocol.session.login is None
+    assert bob.protocol.handshake is None  # so no Login either
     alice = login(h, "alice")
-    assert alice.protocol.session.login is not None, "alice proved her password"
+    handshake = alice.protocol.handshake
+    assert handshake is not None and handshake.login is not None, "alice proved her password"
     bob.take()  # JOINED alice
     bob.send(f"REGISTER {PW}")
     assert bob.take() == ["REGISTERED bob"]
-    assert bob.protocol.session.login is not None
+    assert bob.protocol.handshake is not None and bob.protocol.handshake.login is not None
     bob.send("PASSWD new-password")
     assert bob.take() == ["REGISTERED bob"]
 

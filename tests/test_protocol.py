@@ -815,16 +815,19 @@ def test_a_tcp_connection_is_named_by_its_address_alone() -> Any:
 
 def test_a_connection_holds_its_slots_and_no_dict() -> None:
     """Memory per idle connection (docs/fanout.md): ChatProtocol provides
-    IProtocol itself so that it has __slots__; nothing grows a __dict__,
-    its Session (the commands, twisted_chat.server.session) neither."""
+    IProtocol itself so that it has __slots__; nothing grows a __dict__, nor
+    the session's Handshake while there is one, and once online there is none
+    (the commands are one Session per server: twisted_chat.server.session)."""
     from twisted.internet.interfaces import IHalfCloseableProtocol, IProtocol
     from zope.interface.verify import verifyObject
 
-    h = Harness()
+    h = Harness(nick_timeout=30.0)
+    choosing = h.connect().protocol  # its NICK deadline is the handshake's
+    assert choosing.handshake is not None and not hasattr(choosing.handshake, "__dict__")
     alice = h.user("alice")
     protocol = alice.protocol
     assert not hasattr(protocol, "__dict__")
-    assert not hasattr(protocol.session, "__dict__")
+    assert protocol.handshake is None, "let go once online"
     assert verifyObject(IProtocol, protocol)
     assert IHalfCloseableProtocol.providedBy(protocol)
     assert protocol.transport is not None and protocol.connected == 1

@@ -1,8 +1,9 @@
 """
-The chat/1 session (twisted_chat.server.session) without a transport: a
-L{Session} on a stand-in for its connection, the L{Connection} interface, and
-a real L{ChatFactory} (its hub and state) on a L{Clock}.  What the session
-asks of its connection is recorded; nothing here frames bytes.
+The chat/1 session (twisted_chat.server.session) without a transport: the
+factory's L{Session} (a real L{ChatFactory}, its hub and state, on a
+L{Clock}) with stand-ins for connections, through the L{Connection}
+interface.  What the session asks of a connection is recorded; nothing here
+frames bytes.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from twisted_chat import wire
 from twisted_chat.server.config import ServerConfig
 from twisted_chat.server.factory import ChatFactory, hub_options
 from twisted_chat.server.hub import Hub, HubError, User
-from twisted_chat.server.session import Session
+from twisted_chat.server.session import Handshake
 from twisted_chat.server.state import LocalState, Outcome
 from twisted_chat.wire import ErrorCode
 
@@ -26,9 +27,10 @@ class StandIn:
     """A L{twisted_chat.server.session.Connection} that records what it is asked."""
 
     def __init__(self, factory: ChatFactory, host: str = "192.0.2.7") -> None:
-        self.factory = factory
+        self.session = factory.session
         self.clock: Clock = factory.reactor
         self.user: User | None = None
+        self.handshake: Handshake | None = None
         self.closing = False
         self.host = host
         self.address = f"{host}:40000"
@@ -38,7 +40,6 @@ class StandIn:
         self.closed: list[tuple[str, str, str]] = []
         self.dropped_lines: list[tuple[float, str]] = []
         self.waiting: list[Deferred[Any]] = []
-        self.session = Session(self)
 
     def write(self, data: bytes) -> None:
         self.written.append(data)
@@ -62,7 +63,7 @@ class StandIn:
     def send(self, *lines: str) -> None:
         """The connection framed C{lines} and let them through its limits."""
         for line in lines:
-            self.session.line_received(line.encode())
+            self.session.line_received(self, line.encode())
 
     def lines(self) -> list[str]:
         """What was written since the last call, as lines without CRLF."""
@@ -80,7 +81,7 @@ def factory(state: Any = None, **config: Any) -> ChatFactory:
 
 def online(chat: ChatFactory, nick: str) -> StandIn:
     conn = StandIn(chat)
-    conn.session.line_received(f"NICK {nick}".encode())
+    conn.send(f"NICK {nick}")
     assert conn.user is not None and conn.user.nick == nick
     return conn
 
@@ -99,12 +100,12 @@ def test_before_nick_only_the_handshake_verbs_are_answered() -> None:
 def test_nick_goes_online_through_the_connection() -> None:
     chat = factory()
     conn = StandIn(chat)
-    conn.session.line_received(b"NICK alice")
+    conn.send("NICK alice")
     assert conn.user is not None and conn.user.nick == "alice"
-    assert conn.user.conn is conn, "the hub's user is the connection, not the session"
+    assert conn.user.conn is conn, "the hub's user is the connection"
     assert chat.hub.online["alice"] is conn.user
     assert conn.delivered[0].startswith(b"READY alice\r\n")
-    conn.session.line_received(b"NICK other")
+    conn.send("NICK other")
     assert conn.lines() == ["ERROR already-ready you are already alice"]
 
 
@@ -112,7 +113,7 @@ def test_a_taken_nick_is_answered_retry() -> None:
     chat = factory()
     online(chat, "alice")
     conn = StandIn(chat)
-    conn.session.line_received(b"NICK ALICE")
+    conn.send("NICK ALICE")
     assert conn.user is None
     assert conn.lines() == ["RETRY taken alice is online already"]
 
@@ -120,7 +121,7 @@ def test_a_taken_nick_is_answered_retry() -> None:
 def test_the_nick_deadline_closes_through_the_connection() -> None:
     chat = factory(nick_timeout=30.0)
     conn = StandIn(chat)
-    conn.session.started()
+    conn.session.started(conn)
     chat.reactor.advance(29.9)
     assert conn.closed == []
     chat.reactor.advance(0.1)
@@ -131,8 +132,10 @@ def test_the_nick_deadline_closes_through_the_connection() -> None:
 def test_going_online_ends_the_nick_deadline() -> None:
     chat = factory(nick_timeout=30.0)
     conn = StandIn(chat)
-    conn.session.started()
-    conn.session.line_received(b"NICK alice")
+    conn.session.started(conn)
+    assert conn.handshake is not None and conn.handshake.nick_call is not None
+    conn.send("NICK alice")
+    assert conn.handshake is None, "nothing is held for a connection once online"
     chat.reactor.advance(0)  # the fan-out's turn (JOINED alice)
     assert chat.reactor.getDelayedCalls() == []
     chat.reactor.advance(31)
@@ -142,15 +145,25 @@ def test_going_online_ends_the_nick_deadline() -> None:
 def test_stopped_cancels_the_nick_deadline() -> None:
     chat = factory(nick_timeout=30.0)
     conn = StandIn(chat)
-    conn.session.started()
-    conn.session.stopped()
+    conn.session.started(conn)
+    conn.session.stopped(conn)
     assert chat.reactor.getDelayedCalls() == []
+
+
+def test_no_nick_deadline_no_handshake() -> None:
+    """Without --nick-timeout and accounts, no connection's session holds anything."""
+    chat = factory()
+    conn = StandIn(chat)
+    conn.session.started(conn)
+    assert conn.handshake is None
+    conn.send("NICK alice")
+    assert conn.handshake is None
 
 
 def test_bye_closes_with_the_clipped_farewell() -> None:
     chat = factory(max_quit_text=5)
     conn = online(chat, "alice")
-    conn.session.line_received("BYE ééé bye".encode())
+    conn.send("BYE ééé bye")
     # The connection writes BYE quit itself; the hub hears the clipped text.
     assert conn.closed == [("quit", "", "éé")]
     assert conn.lines() == []
@@ -173,9 +186,9 @@ def test_online_commands_are_written_through_the_connection() -> None:
 def test_a_lobby_line_over_the_address_limit_goes_to_flood_control() -> None:
     chat = factory(ip_lobby_rate=1.0, ip_lobby_burst=1)
     conn = online(chat, "alice")
-    conn.session.line_received(b"MSG one")
+    conn.send("MSG one")
     assert conn.dropped_lines == []
-    conn.session.line_received(b"MSG two")
+    conn.send("MSG two")
     assert conn.dropped_lines == [(
         chat.reactor.seconds(),
         "slow down: at most 1 lobby messages per second from your address (bursts of 1); "
@@ -202,7 +215,7 @@ def test_a_command_decided_elsewhere_holds_the_connection() -> None:
     state = chat.state
     assert isinstance(state, Deciding)
     conn = online(chat, "alice")
-    conn.session.line_received(b"MSG later")
+    conn.send("MSG later")
     (outcome,) = state.said
     assert conn.waiting == [outcome], "the connection holds its later lines"
     outcome.errback(HubError(ErrorCode.BAD_ARGS, "decided against"))
@@ -212,6 +225,6 @@ def test_a_command_decided_elsewhere_holds_the_connection() -> None:
 def test_a_command_decided_at_once_does_not_hold() -> None:
     chat = factory()
     conn = online(chat, "alice")
-    conn.session.line_received(b"MSG now")
+    conn.send("MSG now")
     assert conn.waiting == []
 

@@ -29,6 +29,7 @@ from twisted_chat.server.login import Accounts
 from twisted_chat.server.metrics import Stats
 from twisted_chat.server.protocol import ChatProtocol
 from twisted_chat.server.sendqueue import DirectPass, DrainWatch
+from twisted_chat.server.session import Session
 from twisted_chat.server.state import ChatState, LocalState
 from twisted_chat.wire import ErrorCode
 
@@ -138,6 +139,8 @@ class ChatFactory(ServerFactory):
             backlog = reactor_backlog(reactor)
         # Flood control's rule; each connection holds only its own count.
         self.flood = FloodMeter(config.flood_rate, config.flood_burst)
+        # The chat/1 commands of every connection (docs/fanout.md, "Module layout").
+        self.session = Session(self)
         # Counters for --metrics; kept whether or not they are served.
         self.stats = Stats()
         self._direct_pass = DirectPass() if config.direct_send else None

@@ -1,9 +1,9 @@
 """
 One connection (docs/fanout.md, "Module layout"): C{ChatProtocol} frames
-chat/1 lines, applies the per-connection limits, hands each line to its
-L{Session} (the commands), and writes through its L{SendQueue}.  The fan-out
-sees it as a L{twisted_chat.server.fanout.Member}, the session as a
-L{twisted_chat.server.session.Connection}.
+chat/1 lines, applies the per-connection limits, hands each line to the
+factory's L{Session} (the commands), and writes through its L{SendQueue}.
+The fan-out sees it as a L{twisted_chat.server.fanout.Member}, the session
+as a L{twisted_chat.server.session.Connection}.
 """
 
 from __future__ import annotations
@@ -32,12 +32,12 @@ from twisted_chat.server.deadlines import Deadline
 from twisted_chat.server.flood import Dropped, Flooding
 from twisted_chat.server.hub import State, User
 from twisted_chat.server.sendqueue import SendQueue
-from twisted_chat.server.session import Session
 from twisted_chat.wire import ErrorCode
 
 if TYPE_CHECKING:
     from twisted_chat.server.config import ServerConfig
     from twisted_chat.server.factory import ChatFactory
+    from twisted_chat.server.session import Handshake
 
 # Input held while a command is decided elsewhere (see wait_for) past which
 # the connection is not read until it is.
@@ -58,7 +58,7 @@ class ChatProtocol:
     __slots__ = ("_abort_call", "_buffer", "_discarding", "_flooding", "_held", "_held_size",
                  "_idle", "_input_ended", "_last_line", "_leave_reason", "_paused_for_answer",
                  "_pinged_at", "_tokens", "_waiting", "address", "closing", "connected",
-                 "factory", "host", "limits", "pool_key", "send_queue", "session", "transport",
+                 "factory", "handshake", "host", "limits", "pool_key", "send_queue", "transport",
                  "user")
 
     log = logs.logger()
@@ -67,8 +67,8 @@ class ChatProtocol:
         self.factory = factory
         self.transport: ITransport | None = None
         self.connected = 0
-        self.session = Session(self)
         self.user: User | None = None  # set by online()
+        self.handshake: Handshake | None = None  # the session's, while it has one
         self.address = "-"
         self.host: str | None = None
         # The per-address limits it shares (None: exempt, or no IP address),
@@ -138,7 +138,7 @@ class ChatProtocol:
         # rules on lines dropped by the per-address lobby limit.
         self._tokens = self.factory.flood.full
         self.log.debug("connection from {address}", address=self.address)
-        self.session.started()  # the NICK deadline
+        self.factory.session.started(self)  # the NICK deadline
         if config.idle_timeout > 0:
             self._set_idle(now + config.idle_timeout)
         self.write(self.factory.greeting)
@@ -150,7 +150,7 @@ class ChatProtocol:
         self._abort_call = None
         self.factory.connection_lost(self)
         self.factory.stats.disconnected(self._leave_reason)
-        self.session.lost()
+        self.factory.session.lost(self)
         self._leave(self._leave_reason)
         self.log.debug("connection from {address} closed", address=self.address)
 
@@ -208,7 +208,7 @@ class ChatProtocol:
         return queue
 
     def _cancel_timers(self) -> None:
-        self.session.stopped()
+        self.factory.session.stopped(self)
         idle = self._idle
         if idle is not None:
             self._idle = None
@@ -330,7 +330,7 @@ class ChatProtocol:
     def line_received(self, line: bytes) -> None:
         if self.closing or not self._count_line():
             return
-        self.session.line_received(line)
+        self.factory.session.line_received(self, line)
 
     def wait_for(self, outcome: Deferred[Any]) -> None:
         """Handle no more lines until C{outcome} (a command decided
@@ -345,7 +345,7 @@ class ChatProtocol:
 
     def _decided(self, result: object) -> None:
         self._waiting = False
-        self.session.decided()
+        self.factory.session.decided(self)
         if self._paused_for_answer:
             self._paused_for_answer = False
             if not self.closing:

@@ -1,7 +1,7 @@
 """
-One connection's chat/1 session: the commands of a line the connection has
-framed and let through its limits (docs/protocol.md), decided by the chat's
-state (L{twisted_chat.server.state}).  It knows its connection only through
+The chat/1 session: the commands of a line a connection has framed and let
+through its limits (docs/protocol.md), decided by the chat's state
+(L{twisted_chat.server.state}).  It knows a connection only through
 L{Connection}, and writes nothing but through it (docs/fanout.md, "Module
 layout").
 """
@@ -26,7 +26,7 @@ from twisted_chat.wire import ErrorCode, LineError
 if TYPE_CHECKING:
     from twisted_chat.server.factory import ChatFactory
 
-__all__ = ["Connection", "Session"]
+__all__ = ["Connection", "Handshake", "Session"]
 
 # Verbs allowed before READY; any other known verb is "not-ready".
 _BEFORE_READY = frozenset({"NICK", "PASS", "PING", "PONG", "HELP", "BYE"})
@@ -35,15 +35,14 @@ _ACCOUNT_VERBS = frozenset({"PASS", "REGISTER", "PASSWD"})
 
 
 class Connection(Protocol):
-    """What a L{Session} needs of its connection (the server's is
+    """What the L{Session} needs of a connection (the server's is
     L{twisted_chat.server.protocol.ChatProtocol})."""
 
     # The hub's user once online (see online()); None before.
     user: User | None
-
-    @property
-    def factory(self) -> ChatFactory:
-        """The server's shared parts: its config, state, accounts, addresses."""
+    # The session's own state for this connection while it has some (its
+    # L{Handshake}); the connection only holds it.
+    handshake: Handshake | None
 
     @property
     def closing(self) -> bool:
@@ -81,45 +80,53 @@ class Connection(Protocol):
 
 class Session:
     """
-    NICK, then online (READY or PAIRED, as the hub says): each framed line
-    is answered here.  It holds its connection, the NICK deadline and the
-    accounts state (L{Login}: made when first needed, let go once online with
-    nothing to keep; docs/fanout.md, "Memory per connection"), and is the
-    L{Login}'s L{twisted_chat.server.login.Connection}.
+    The chat/1 session of every connection of one server: NICK, then online
+    (READY or PAIRED, as the hub says), each framed line answered here.  One
+    per server, like the flood rule: what one connection's session holds is
+    its L{Handshake}, and only while it has one (docs/fanout.md, "Memory per
+    connection").  The server's shared parts are read through the factory.
     """
 
-    __slots__ = ("_nick_call", "conn", "login")
+    def __init__(self, factory: ChatFactory) -> None:
+        self.factory = factory
 
-    def __init__(self, conn: Connection) -> None:
-        self.conn = conn
-        self.login: Login | None = None
-        self._nick_call: IDelayedCall | None = None
+    # -- a connection's life ---------------------------------------------------
 
-    def started(self) -> None:
-        """The connection is made: a nick is due within --nick-timeout."""
-        timeout = self.conn.factory.config.nick_timeout
+    def started(self, conn: Connection) -> None:
+        """C{conn} is made: a nick is due within --nick-timeout."""
+        timeout = self.factory.config.nick_timeout
         if timeout > 0:
-            self._nick_call = self.conn.clock.callLater(timeout, self._nick_expired)
+            handshake = conn.handshake = Handshake(self, conn)
+            handshake.nick_call = conn.clock.callLater(timeout, handshake.nick_expired)
 
-    def stopped(self) -> None:
-        """The connection is closing: nothing more is timed."""
-        call = self._nick_call
-        if call is not None and call.active():
-            call.cancel()
-        self._nick_call = None
+    def stopped(self, conn: Connection) -> None:
+        """C{conn} is closing: nothing more is timed."""
+        handshake = conn.handshake
+        if handshake is not None:
+            handshake.stop()
 
-    def _nick_expired(self) -> None:
-        self._nick_call = None
-        conn = self.conn
-        if conn.user is None and not conn.closing:
-            timeout = conn.factory.config.nick_timeout
-            conn.close("timeout", f"no nickname after {timeout:g} seconds")
+    def lost(self, conn: Connection) -> None:
+        """C{conn} is gone."""
+        handshake = conn.handshake
+        if handshake is not None and handshake.login is not None:
+            handshake.login.lost()
+
+    def decided(self, conn: Connection) -> None:
+        """
+        A command of C{conn}'s is decided.  Once online, its handshake is let
+        go when it holds nothing (no password proved, nothing pending): most
+        connections never use it again, and one that does (REGISTER) gets a
+        fresh one, which is what it would hold anyway.
+        """
+        handshake = conn.handshake
+        if handshake is not None and conn.user is not None and (
+                handshake.login is None or handshake.login.idle):
+            conn.handshake = None
 
     # -- a line ----------------------------------------------------------------
 
-    def line_received(self, line: bytes) -> None:
-        """One chat/1 line the connection let through its limits."""
-        conn = self.conn
+    def line_received(self, conn: Connection, line: bytes) -> None:
+        """One chat/1 line C{conn} let through its limits."""
         try:
             text = wire.decode(line)
             split = wire.split_verb(text)
@@ -127,13 +134,13 @@ class Session:
                 return
             verb, rest = split
             user = conn.user
-            if verb in _ACCOUNT_VERBS and conn.factory.accounts is None:
+            if verb in _ACCOUNT_VERBS and self.factory.accounts is None:
                 raise LineError(ErrorCode.ACCOUNTS_OFF, "this server has no accounts")
             if user is None:
                 if verb not in _BEFORE_READY:
                     raise LineError(ErrorCode.NOT_READY, "choose a nickname first: NICK <nick>")
                 if verb == "NICK":
-                    self._nick(rest)
+                    self._nick(conn, rest)
                     return
             elif verb == "NICK":
                 raise LineError(ErrorCode.ALREADY_READY, f"you are already {user.nick}")
@@ -143,58 +150,41 @@ class Session:
                 raise LineError(ErrorCode.NOT_READY,
                                 f"no password was asked for: you are already {user.nick}")
             command = wire.parse_args(verb, rest)
-            self._hold(self._HANDLERS[verb](self, command))
+            self._hold(conn, self._HANDLERS[verb](self, conn, command))
         except (LineError, HubError) as e:
             conn.write(wire.error(e.code, e.text))
 
-    def _hold(self, outcome: Deferred[Any] | None) -> None:
+    def _hold(self, conn: Connection, outcome: Deferred[Any] | None) -> None:
         """
         Handle no more lines until C{outcome} (a command decided elsewhere)
         fires; its hub error, if any, is answered as if raised at once.
         """
         if outcome is None:
-            self.decided()
+            self.decided(conn)
             return
-        outcome.addErrback(self._command_failed)
+        outcome.addErrback(self._command_failed, conn)
         if outcome.called:
-            self.decided()
+            self.decided(conn)
             return
-        self.conn.wait_for(outcome)
+        conn.wait_for(outcome)
 
-    def _command_failed(self, failure: Failure) -> None:
+    def _command_failed(self, failure: Failure, conn: Connection) -> None:
         error = failure.value
         if not isinstance(error, HubError):
             failure.raiseException()
         assert isinstance(error, HubError)
-        self.conn.write(wire.error(error.code, error.text))
-
-    def decided(self) -> None:
-        """
-        A command is decided.  Once online, the accounts state is let go when
-        it holds nothing (no password proved, nothing pending): most
-        connections never use it again, and one that does (REGISTER) gets a
-        fresh one, which is what it would hold anyway.
-        """
-        login = self.login
-        if login is not None and self.conn.user is not None and login.idle:
-            self.login = None
-
-    def lost(self) -> None:
-        """The connection is gone."""
-        if self.login is not None:
-            self.login.lost()
+        conn.write(wire.error(error.code, error.text))
 
     # -- the handshake ---------------------------------------------------------
 
-    def _nick(self, rest: str) -> None:
-        conn = self.conn
+    def _nick(self, conn: Connection, rest: str) -> None:
         try:
             nick = wire.parse_args("NICK", rest).words[0]
         except LineError as e:
             conn.write(wire.line("RETRY", "invalid", text=e.text))
             return
         limits = conn.limits
-        wait = conn.factory.addresses.registration_wait(limits)
+        wait = self.factory.addresses.registration_wait(limits)
         if wait:
             assert limits is not None
             conn.write(
@@ -205,36 +195,37 @@ class Session:
                 )
             )
             return
-        if conn.factory.accounts is not None:
-            self._hold(self._login().nick(nick))  # it calls admit() once the nick may be used
+        if self.factory.accounts is not None:
+            # The login calls admit() once the nick may be used.
+            self._hold(conn, self._login(conn).nick(nick))
         else:
-            self._hold(self.admit(nick))
+            self._hold(conn, self.admit(conn, nick))
 
-    def admit(self, nick: str) -> Deferred[bool]:
-        """Go online as C{nick} (true), or answer C{RETRY taken} (false)."""
-        conn = self.conn
+    def admit(self, conn: Connection, nick: str) -> Deferred[bool]:
+        """Bring C{conn} online as C{nick} (true), or answer C{RETRY taken} (false)."""
         limits = conn.limits
-        registered = conn.factory.state.register(
+        registered = self.factory.state.register(
             nick, conn, conn.address, source=limits.key if limits is not None else ""
         )
-        return registered.addCallbacks(self._registered, self._not_registered)
+        return registered.addCallbacks(self._registered, self._not_registered,
+                                       callbackArgs=(conn,), errbackArgs=(conn,))
 
-    def _registered(self, user: User) -> bool:
-        if self.conn.closing:
+    def _registered(self, user: User, conn: Connection) -> bool:
+        if conn.closing:
             # Decided after the connection closed (cluster mode): its user is
             # the state's to take out (the replica's orphan path), and
             # connection_lost already took it out of the handshake's counts;
             # counting it as registered would free another connection's slot.
             return False
-        self.conn.online(user)
-        self.stopped()
+        conn.online(user)
+        self.stopped(conn)
         return True
 
-    def _not_registered(self, failure: Failure) -> bool:
+    def _not_registered(self, failure: Failure, conn: Connection) -> bool:
         if isinstance(failure.value, NickTaken):
-            self.conn.write(retry_taken(failure.value.nick))
+            conn.write(retry_taken(failure.value.nick))
         elif isinstance(failure.value, StateUnavailable):
-            self.conn.write(wire.line(
+            conn.write(wire.line(
                 "RETRY", "unavailable",
                 text="the chat cannot check that nick now (its cluster store is out of "
                 "reach); try again in a moment",
@@ -243,55 +234,28 @@ class Session:
             failure.raiseException()
         return False
 
-    # -- the rest of what the accounts handshake needs (login.Connection) ---------
-
-    @property
-    def closing(self) -> bool:
-        return self.conn.closing
-
-    @property
-    def host(self) -> str | None:
-        return self.conn.host
-
-    @property
-    def address(self) -> str:
-        return self.conn.address
-
     def holder(self, nick: str) -> str | None:
-        user = self.conn.factory.hub.online.get(wire.nick_key(nick))
+        """The nick of the user online as C{nick}, as its owner spelled it."""
+        user = self.factory.hub.online.get(wire.nick_key(nick))
         return user.nick if user is not None else None
 
-    def online_nick(self) -> str | None:
-        user = self.conn.user
-        return user.nick if user is not None else None
-
-    def write(self, data: bytes) -> None:
-        self.conn.write(data)
-
-    def close(self, reason: str, text: str) -> None:
-        if not self.conn.closing:
-            self.conn.close(reason, text)
-
-    def _login(self) -> Login:
-        """The connection's accounts state, made when first needed."""
-        login = self.login
+    def _login(self, conn: Connection) -> Login:
+        """C{conn}'s accounts state, made when first needed."""
+        handshake = conn.handshake
+        if handshake is None:
+            handshake = conn.handshake = Handshake(self, conn)
+        login = handshake.login
         if login is None:
-            accounts = self.conn.factory.accounts
+            accounts = self.factory.accounts
             assert accounts is not None  # line_received answers accounts-off first
-            login = self.login = accounts.login(self)
+            login = handshake.login = accounts.login(handshake)
         return login
 
     # -- commands once online --------------------------------------------------
 
-    def _online(self) -> User:
-        user = self.conn.user
-        assert user is not None  # line_received lets only NICK, PING... through before
-        return user
-
-    def do_MSG(self, command: wire.Command) -> Outcome:
-        user = self._online()
-        conn = self.conn
-        factory = conn.factory
+    def do_MSG(self, conn: Connection, command: wire.Command) -> Outcome:
+        user = _online(conn)
+        factory = self.factory
         if user.state is State.LOBBY and not factory.addresses.lobby_line(conn.limits):
             config = factory.config
             conn.dropped(
@@ -303,51 +267,50 @@ class Session:
             return None
         return factory.state.say(user, command.text)
 
-    def do_DM(self, command: wire.Command) -> Outcome:
-        return self.conn.factory.state.direct(self._online(), command.words[0], command.text)
+    def do_DM(self, conn: Connection, command: wire.Command) -> Outcome:
+        return self.factory.state.direct(_online(conn), command.words[0], command.text)
 
-    def do_USERS(self, command: wire.Command) -> None:
-        self.conn.write(self.conn.factory.roster())
+    def do_USERS(self, conn: Connection, command: wire.Command) -> None:
+        conn.write(self.factory.roster())
 
-    def do_PAIR(self, command: wire.Command) -> Outcome:
-        return self.conn.factory.state.pair(self._online(), command.words[0])
+    def do_PAIR(self, conn: Connection, command: wire.Command) -> Outcome:
+        return self.factory.state.pair(_online(conn), command.words[0])
 
-    def do_ACCEPT(self, command: wire.Command) -> Outcome:
-        return self.conn.factory.state.accept(self._online(), command.words[0])
+    def do_ACCEPT(self, conn: Connection, command: wire.Command) -> Outcome:
+        return self.factory.state.accept(_online(conn), command.words[0])
 
-    def do_REJECT(self, command: wire.Command) -> Outcome:
-        return self.conn.factory.state.reject(self._online(), command.words[0])
+    def do_REJECT(self, conn: Connection, command: wire.Command) -> Outcome:
+        return self.factory.state.reject(_online(conn), command.words[0])
 
-    def do_UNPAIR(self, command: wire.Command) -> Outcome:
-        return self.conn.factory.state.unpair(self._online())
+    def do_UNPAIR(self, conn: Connection, command: wire.Command) -> Outcome:
+        return self.factory.state.unpair(_online(conn))
 
-    def do_PING(self, command: wire.Command) -> None:
-        self.conn.write(wire.line("PONG", text=command.text))
+    def do_PING(self, conn: Connection, command: wire.Command) -> None:
+        conn.write(wire.line("PONG", text=command.text))
 
-    def do_PONG(self, command: wire.Command) -> None:
+    def do_PONG(self, conn: Connection, command: wire.Command) -> None:
         pass  # it already counted as a line for the idle timer
 
-    def do_HELP(self, command: wire.Command) -> None:
+    def do_HELP(self, conn: Connection, command: wire.Command) -> None:
         if command.words:
             verb = command.words[0].upper()
             if verb not in wire.HELP_TEXT:
                 raise LineError(ErrorCode.BAD_ARGS, f"no help for {command.words[0]!r}; try HELP")
-            self.conn.write(_help_line(verb) + wire.line("HELP"))
+            conn.write(_help_line(verb) + wire.line("HELP"))
         else:
-            self.conn.write(_FULL_HELP)
+            conn.write(_FULL_HELP)
 
-    def do_PASS(self, command: wire.Command) -> Answer:
-        return self._login().password(command.text)
+    def do_PASS(self, conn: Connection, command: wire.Command) -> Answer:
+        return self._login(conn).password(command.text)
 
-    def do_REGISTER(self, command: wire.Command) -> Answer:
-        return self._login().register(command.text)
+    def do_REGISTER(self, conn: Connection, command: wire.Command) -> Answer:
+        return self._login(conn).register(command.text)
 
-    def do_PASSWD(self, command: wire.Command) -> Answer:
-        return self._login().passwd(command.text)
+    def do_PASSWD(self, conn: Connection, command: wire.Command) -> Answer:
+        return self._login(conn).passwd(command.text)
 
-    def do_BYE(self, command: wire.Command) -> None:
-        conn = self.conn
-        conn.close("quit", farewell=clip_text(command.text, conn.factory.config.max_quit_text))
+    def do_BYE(self, conn: Connection, command: wire.Command) -> None:
+        conn.close("quit", farewell=clip_text(command.text, self.factory.config.max_quit_text))
 
     _HANDLERS: ClassVar[dict[str, Any]] = {
         "MSG": do_MSG,
@@ -365,6 +328,74 @@ class Session:
         "REGISTER": do_REGISTER,
         "PASSWD": do_PASSWD,
     }
+
+
+def _online(conn: Connection) -> User:
+    user = conn.user
+    assert user is not None  # line_received lets only NICK, PING... through before
+    return user
+
+
+class Handshake:
+    """
+    One connection's session state while it has some: the NICK deadline, and
+    the accounts state (L{Login}), made when first needed; let go once online
+    with nothing to keep (L{Session.decided}).  It is the L{Login}'s
+    L{twisted_chat.server.login.Connection}.
+    """
+
+    __slots__ = ("conn", "login", "nick_call", "session")
+
+    def __init__(self, session: Session, conn: Connection) -> None:
+        self.session = session
+        self.conn = conn
+        self.login: Login | None = None
+        self.nick_call: IDelayedCall | None = None
+
+    def nick_expired(self) -> None:
+        self.nick_call = None
+        conn = self.conn
+        if conn.user is None and not conn.closing:
+            timeout = self.session.factory.config.nick_timeout
+            conn.close("timeout", f"no nickname after {timeout:g} seconds")
+
+    def stop(self) -> None:
+        """Cancel the NICK deadline."""
+        call = self.nick_call
+        if call is not None and call.active():
+            call.cancel()
+        self.nick_call = None
+
+    # -- login.Connection ----------------------------------------------------------
+
+    @property
+    def closing(self) -> bool:
+        return self.conn.closing
+
+    @property
+    def host(self) -> str | None:
+        return self.conn.host
+
+    @property
+    def address(self) -> str:
+        return self.conn.address
+
+    def online_nick(self) -> str | None:
+        user = self.conn.user
+        return user.nick if user is not None else None
+
+    def holder(self, nick: str) -> str | None:
+        return self.session.holder(nick)
+
+    def admit(self, nick: str) -> Deferred[bool]:
+        return self.session.admit(self.conn, nick)
+
+    def write(self, data: bytes) -> None:
+        self.conn.write(data)
+
+    def close(self, reason: str, text: str) -> None:
+        if not self.conn.closing:
+            self.conn.close(reason, text)
 
 
 def _help_line(verb: str) -> bytes:
