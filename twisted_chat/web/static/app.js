@@ -920,7 +920,7 @@
     "server-full": (text) => `The nickname was not registered${text ? ": " + text : ""}.`,
   };
 
-  // Why the server would refuse this password (PROTOCOL.md "Accounts": 8 to
+  // Why the server would refuse this password (docs/protocol.md, "Accounts": 8 to
   // 256 bytes of the line; the line's free text starts at its first
   // non-space character and has no control characters), or null.
   function passwordProblem(password) {
