@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from enum import Enum
 
 from twisted_chat.client.sanitize import cell_width, clean, text_width
-from twisted_chat.wire import nick_key, parse_ts
+from twisted_chat.wire import NICK_MAX, nick_key, parse_ts
 
 
 class Style(Enum):
@@ -123,6 +123,27 @@ def _spans(cells: list[tuple[str, Style]]) -> Line:
         else:
             spans.append(Span(ch, style))
     return tuple(spans)
+
+
+def cut(text: str, width: int) -> str:
+    """
+    C{text} cleaned, in at most C{width} columns: a longer one is cut and ends
+    with C{…}.  Only the start of C{text} is looked at, so that a hostile
+    server's megabyte-long nick costs no more than a short one.
+    """
+    look = 4 * width + 4  # a character is at least a column, or a mark (at most 4)
+    shown = clean(text[:look])
+    if len(text) <= look and text_width(shown) <= width:
+        return shown
+    kept: list[str] = []
+    used = 1  # the "…"
+    for ch in shown:
+        w = cell_width(ch)
+        if used + w > width:
+            break
+        kept.append(ch)
+        used += w
+    return "".join(kept) + "…"
 
 
 def notice(text: str) -> Line:
@@ -382,8 +403,12 @@ class Renderer:
         head = notice(f"{count} {'person' if count == 1 else 'people'} online:")
         if not rows:
             return [head]
-        names = [row.nick + (" (you)" if self._is_me(row.nick) else "") for row in rows]
-        width = max(text_width(clean(n)) for n in [*names, "NICK"]) + 2
+        # A chat/1 nick has at most NICK_MAX characters: a longer one (from a
+        # hostile server) is cut, so that it cannot widen every row.
+        names = [
+            cut(row.nick, NICK_MAX) + (" (you)" if self._is_me(row.nick) else "") for row in rows
+        ]
+        width = max(text_width(n) for n in [*names, "NICK"]) + 2
         with_addr = any(row.address for row in rows)
         lines: list[Line] = [head]
         header = "  " + "NICK".ljust(width) + "STATUS"
@@ -391,7 +416,7 @@ class Renderer:
             header = header.ljust(width + 2 + 28) + "ADDRESS"
         lines.append(info(header))
         for row, name in zip(rows, names, strict=True):
-            pad = " " * (width - text_width(clean(name)))
+            pad = " " * (width - text_width(name))
             state = USER_STATES.get(row.state, row.state)
             cells: list[Span] = [Span("  "), Span(name, self.nick(row.nick).style), Span(pad)]
             if with_addr:

@@ -49,9 +49,13 @@ def fit_prompt(prompt: str, width: int) -> str:
     L{MIN_ROOM} columns, and one for the cursor, on a row C{width} wide: the
     row must never wrap, or each redraw leaves a copy of it on the screen.
     """
-    shown = clean(prompt)
     fits = width - 1 - MIN_ROOM
-    if text_width(shown) <= fits:
+    # Only the end of a prompt can be shown: a hostile server's megabyte-long
+    # partner nick must not be cleaned and measured on every key.
+    look = 4 * max(width, 1) + 4
+    cut = len(prompt) > look
+    shown = clean(prompt[-look:])
+    if not cut and text_width(shown) <= fits:
         return shown
     kept: list[str] = []
     used = 1  # the "…"
