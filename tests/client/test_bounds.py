@@ -13,7 +13,7 @@ from twisted_chat.client import terminal
 from twisted_chat.client.render import Renderer, UserRow, plain
 from twisted_chat.client.sanitize import clean, text_width
 
-from .helpers import NOW, session
+from .helpers import NOW, TS, session
 
 
 def renderer(me: str | None = "eve") -> Renderer:
@@ -66,3 +66,86 @@ def test_a_huge_prompt_is_fitted_from_its_end_only(monkeypatch: pytest.MonkeyPat
     assert max(cleaned) < 1000, cleaned
     # A prompt that fits is left whole.
     assert terminal.fit_prompt("eve -> bob> ", 60) == "eve -> bob> "
+
+
+# -- M: what the server sends is not held without bound ---------------------------
+
+
+def test_the_server_is_not_read_while_stdout_cannot_take_more() -> None:
+    s = session("eve", interactive=False)
+    s.ready("eve")
+    display = s.client.reading.hand("display")  # main registers it with stdout
+    display.pauseProducing()  # stdout's buffer is full: | sleep, a pager
+    assert s.transport.producerState == "paused"
+    display.resumeProducing()
+    assert s.transport.producerState == "producing"
+
+
+def test_the_server_is_not_read_while_the_socket_cannot_take_more() -> None:
+    # A server that sends PINGs and never reads the PONGs: once the socket's
+    # buffer is full, the client stops reading (no more PONGs pile up).
+    s = session("eve", interactive=False)
+    s.ready("eve")
+    socket = s.transport.producer
+    assert socket is not None and s.transport.streaming
+    s.receive("PING " + "x" * 1000)
+    assert s.sent() == ["PONG " + "x" * 1000]
+    socket.pauseProducing()  # what Twisted does when the buffer is over 64 KiB
+    assert s.transport.producerState == "paused"
+    # Both full: the server is read again only once both have room.
+    display = s.client.reading.hand("display")
+    display.pauseProducing()
+    socket.resumeProducing()
+    assert s.transport.producerState == "paused"
+    display.resumeProducing()
+    assert s.transport.producerState == "producing"
+
+
+def test_lines_wait_while_the_socket_cannot_take_more() -> None:
+    s = session("robot", interactive=False)
+    s.ready("robot")
+    socket = s.transport.producer
+    socket.pauseProducing()
+    s.type("backup finished")
+    s.clock.advance(10)
+    assert s.sent() == []
+    socket.resumeProducing()  # drained
+    assert s.sent() == ["MSG backup finished"]
+
+
+def test_user_lines_without_users_are_not_kept_without_bound() -> None:
+    s = session("eve", interactive=False)
+    s.ready("eve")
+    many = s.client.USERS_MAX + 500
+    s.client.dataReceived(b"".join(b"USER u%d lobby\r\n" % i for i in range(many)))
+    assert len(s.client._users) == s.client.USERS_MAX
+    s.screen.take()
+    s.receive(f"USERS {many}")
+    shown = s.screen.lines
+    assert shown[0] == f"* {many} people online:"
+    assert shown[-1] == "  ... and 500 more, not shown"
+    assert len(s.client.online_nicks()) == s.client.USERS_MAX
+
+
+def test_user_line_fields_are_kept_short() -> None:
+    s = session("eve", interactive=False)
+    s.ready("eve")
+    s.receive(f"USER {'n' * 500_000} {'s' * 300_000} {'a' * 200_000}")
+    (row,) = s.client._users
+    assert (len(row.nick), len(row.state), len(row.address or "")) == (100, 100, 100)
+
+
+def test_joined_nicks_known_for_tab_are_bounded_and_valid() -> None:
+    s = session("eve", interactive=False)
+    s.ready("eve")
+    s.client.USERS_MAX = 50  # type: ignore[misc]
+    s.receive(*[f"JOINED {TS} u{i}" for i in range(80)], f"JOINED {TS} {'x' * 30}")
+    assert len(s.client.online_nicks()) == 49  # 50 with eve
+    assert f"u{49}" not in s.client.online_nicks()
+
+
+def test_invitations_kept_are_bounded() -> None:
+    s = session("eve", interactive=False)
+    s.ready("eve")
+    s.receive(*[f"INVITE u{i}" for i in range(300)])
+    assert len(s.client.invites) == s.client.INVITES_MAX

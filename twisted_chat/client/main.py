@@ -281,8 +281,9 @@ async def run(reactor: Any, options: argparse.Namespace) -> None:
     signal.signal(signal.SIGINT, lambda signum, frame: reactor.callFromThread(client.interrupt))
     restore = _nothing
     ui: ChatTerminal | PipeIO
+    stdio: StandardIO
     if interactive:
-        ui, restore = _start_terminal(reactor, client, bell=not options.no_bell)
+        ui, restore, stdio = _start_terminal(reactor, client, bell=not options.no_bell)
         if sys.stderr.isatty():
             # stderr is the screen the line editor owns: show warnings there.
             start_logging(lambda text: ui.show(render.error(text)))
@@ -290,12 +291,15 @@ async def run(reactor: Any, options: argparse.Namespace) -> None:
             start_logging(lambda text: _stderr_line(render.plain(render.info(text))))
     else:
         ui = PipeIO(client.user_line, client.input_ended)
-        StandardIO(ui, reactor=reactor)  # type: ignore[no-untyped-call]
+        stdio = StandardIO(ui, reactor=reactor)  # type: ignore[no-untyped-call]
         start_logging(lambda text: _stderr_line(render.plain(render.info(text))))
         # Warnings (a password sent unencrypted) go to stderr, not into the
         # script's output.
         client.warn = lambda text: _stderr_line(render.plain(render.info(text)))
     client.display = ui
+    # While stdout cannot take more (a pager, a stalled terminal), the
+    # server's connection is not read (twisted_chat.client.flow).
+    stdio.registerProducer(client.reading.hand("display"), True)  # type: ignore[no-untyped-call]
     ui.set_prompt(client.prompt())
     if interactive:
         ui.show(render.notice(f"Connecting to {label}..."))
@@ -312,6 +316,8 @@ async def run(reactor: Any, options: argparse.Namespace) -> None:
         client.connect_failed(Failure())  # type: ignore[no-untyped-call]
     outcome = await client.finished
 
+    # Else a drained stdout would resume the producer instead of closing.
+    stdio.unregisterProducer()  # type: ignore[no-untyped-call]
     closing = ui.close()
     timeout = reactor.callLater(CLOSE_TIMEOUT, closing.cancel)
     try:
@@ -329,7 +335,7 @@ async def run(reactor: Any, options: argparse.Namespace) -> None:
 
 def _start_terminal(
     reactor: Any, client: ChatClient, bell: bool
-) -> tuple[ChatTerminal, Callable[[], None]]:
+) -> tuple[ChatTerminal, Callable[[], None], StandardIO]:
     import termios
     import tty
 
@@ -357,13 +363,13 @@ def _start_terminal(
         bell=bell,
     )
     ui.width, ui.height = terminal_size(sys.stdout.fileno())
-    StandardIO(terminal.TerminalServer(ui), reactor=reactor)  # type: ignore[no-untyped-call]
+    stdio = StandardIO(terminal.TerminalServer(ui), reactor=reactor)  # type: ignore[no-untyped-call]
 
     def resized() -> None:
         ui.terminalSize(*terminal_size(sys.stdout.fileno()))
 
     signal.signal(signal.SIGWINCH, lambda signum, frame: reactor.callFromThread(resized))
-    return ui, restore
+    return ui, restore, stdio
 
 
 def main(argv: Sequence[str] | None = None) -> NoReturn:

@@ -23,10 +23,11 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from enum import Enum, auto
 from typing import Protocol as TypingProtocol
+from typing import cast
 
 from twisted.internet.address import IPv4Address, IPv6Address
 from twisted.internet.defer import Deferred
-from twisted.internet.interfaces import IDelayedCall, IReactorTime
+from twisted.internet.interfaces import IConsumer, IDelayedCall, IPushProducer, IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
@@ -41,6 +42,7 @@ from twisted_chat.client.commands import (
     password_problem,
 )
 from twisted_chat.client.events import Malformed, ServerLine, parse
+from twisted_chat.client.flow import Valve
 from twisted_chat.client.lines import SkipLongLines
 from twisted_chat.client.pace import Pacer
 from twisted_chat.client.render import Line, Renderer, UserRow
@@ -185,6 +187,13 @@ class ChatClient(SkipLongLines):
     # Exit code after Ctrl-C (or SIGINT) before the chat was joined, or in a
     # script: 128 + SIGINT, as shells report an interrupted command.
     INTERRUPTED = 130
+    # What a server's lines can make the client keep: people in the user list
+    # being gathered (USER lines until USERS) and known for Tab (five times
+    # the server's default --max-clients), each field of a USER line (a real
+    # nick has 24 characters), and open invitations to the user.
+    USERS_MAX = 50_000
+    FIELD_MAX = 100
+    INVITES_MAX = 100
 
     _log = Logger()
 
@@ -234,6 +243,7 @@ class ChatClient(SkipLongLines):
         self._replay: str | None = None  # "login" or "away" while HISTORY lines come
         self._replay_heading = False  # the heading for the lines replayed is shown
         self._users: list[UserRow] = []
+        self._users_left_out = 0  # USER lines over USERS_MAX
         self._failure: str | None = None
         self._quit_timer: IDelayedCall | None = None
         self._greeting_timer: IDelayedCall | None = None
@@ -252,6 +262,9 @@ class ChatClient(SkipLongLines):
         self._account_request: str | None = None  # REGISTER or PASSWD sent
         self._warned_plain = False
         self._online: dict[str, str] = {}  # nick_key -> nick, for Tab
+        # The server's connection is not read while stdout ("display") or the
+        # connection itself ("socket") cannot take more (twisted_chat.client.flow).
+        self.reading = Valve()
 
     # -- showing -------------------------------------------------------------
 
@@ -290,6 +303,14 @@ class ChatClient(SkipLongLines):
 
     def connectionMade(self) -> None:
         self.cancel_connect = None
+        if self.transport is not None:
+            # What we write waits in the socket's buffer: when it is full (a
+            # server that does not read its PONGs), stop reading the server,
+            # and send queued lines only once it has room again.
+            # (TCP and TLS transports are both.)
+            self.reading.attach(cast(IPushProducer, self.transport))
+            socket = cast(IConsumer, self.transport)
+            socket.registerProducer(self.reading.hand("socket", self._pump), True)
         self._set_state(State.GREETING)
         if self.greeting_timeout is not None:
             self._greeting_timer = self.clock.callLater(
@@ -474,7 +495,7 @@ class ChatClient(SkipLongLines):
     def _pump(self) -> None:
         while self._queue and self.state in (State.ASK_NICK, State.READY, State.PAIRED):
             if self.state is not State.ASK_NICK and self._must_wait():
-                return  # the rest goes when the pacer lets it
+                break  # the rest goes when the pacer lets it
             line = self._queue.popleft()
             if self.state is State.ASK_NICK:
                 self._nick_input(line)
@@ -490,7 +511,7 @@ class ChatClient(SkipLongLines):
 
     def _must_wait(self) -> bool:
         """Whether the next line must wait for the pacer (a paste, a script)."""
-        if self._pace_timer is not None:
+        if self._pace_timer is not None or self.reading.held("socket"):
             return True
         wait = self._pacer.wait()
         if wait <= 0:
@@ -839,7 +860,7 @@ class ChatClient(SkipLongLines):
             self._ring()  # a private message, or a lobby line that names you
 
     def _on_JOINED(self, event: ServerLine) -> None:
-        self._online[nick_key(event.word(1))] = event.word(1)
+        self._know(event.word(1))
         self._show(self.renderer.joined(event.word(0), event.word(1)))
 
     def _on_LEFT(self, event: ServerLine) -> None:
@@ -849,14 +870,26 @@ class ChatClient(SkipLongLines):
 
     def _on_USER(self, event: ServerLine) -> None:
         self._end_replay()
-        address = event.word(2) or None
-        self._users.append(UserRow(event.word(0), event.word(1), address))
+        if len(self._users) >= self.USERS_MAX:
+            self._users_left_out += 1
+            return
+        nick, state, address = (event.word(i)[: self.FIELD_MAX] for i in range(3))
+        self._users.append(UserRow(nick, state, address or None))
+
+    def _know(self, nick: str) -> None:
+        """Offer C{nick} for Tab (a valid one, while fewer than USERS_MAX are known)."""
+        key = nick_key(nick)
+        if is_valid_nick(nick) and (key in self._online or len(self._online) < self.USERS_MAX):
+            self._online[key] = nick
 
     def _on_USERS(self, event: ServerLine) -> None:
         self._end_replay()
         rows, self._users = self._users, []
-        self._online = {nick_key(row.nick): row.nick for row in rows}
-        for line in self.renderer.users(rows):
+        left_out, self._users_left_out = self._users_left_out, 0
+        self._online = {}
+        for row in rows:
+            self._know(row.nick)
+        for line in self.renderer.users(rows, left_out):
             self._show(line)
 
     def _on_PENDING(self, event: ServerLine) -> None:
@@ -867,7 +900,8 @@ class ChatClient(SkipLongLines):
 
     def _on_INVITE(self, event: ServerLine) -> None:
         inviter = event.word(0)
-        if nick_key(inviter) not in (nick_key(n) for n in self.invites):
+        known = nick_key(inviter) in (nick_key(n) for n in self.invites)
+        if not known and len(self.invites) < self.INVITES_MAX:
             self.invites.append(inviter)
         self._notice(
             f"{inviter} invites you to a private conversation. "

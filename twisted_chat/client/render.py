@@ -397,9 +397,12 @@ class Renderer:
             why = f"{why}: {text}"
         return (self.stamp(ts), Span(f"* {nick} left ({why})", Style.NOTICE))
 
-    def users(self, rows: Sequence[UserRow]) -> list[Line]:
-        """The user list as a small table, one line per person."""
-        count = len(rows)
+    def users(self, rows: Sequence[UserRow], left_out: int = 0) -> list[Line]:
+        """
+        The user list as a small table, one line per person, and a last line
+        for the C{left_out} people the client did not keep.
+        """
+        count = len(rows) + left_out
         head = notice(f"{count} {'person' if count == 1 else 'people'} online:")
         if not rows:
             return [head]
@@ -424,4 +427,6 @@ class Renderer:
             else:
                 cells.append(Span(state))
             lines.append(tuple(cells))
+        if left_out:
+            lines.append(info(f"  ... and {left_out} more, not shown"))
         return lines

@@ -1,0 +1,90 @@
+"""
+The real client against a flooding loopback peer: what it holds stays bounded
+(review rev3cli M).  Every wait is bounded.
+"""
+
+from __future__ import annotations
+
+import select
+import socket
+import subprocess
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import pytest
+
+from tests.serverproc import LOOPBACK
+
+from .clientproc import CLIENT, REPO, client_env
+
+pytestmark = pytest.mark.e2e
+
+MIB = 1 << 20
+
+
+def rss_kib(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1])
+    raise AssertionError("no VmRSS")
+
+
+@contextmanager
+def client_of_a_peer(
+    hello: bytes, stdout: int | None = subprocess.PIPE
+) -> Iterator[tuple[subprocess.Popen[bytes], socket.socket]]:
+    """A piped client (--nick eve) connected to a peer that sends C{hello} after NICK."""
+    with socket.socket() as listener:
+        listener.bind((LOOPBACK, 0))
+        listener.listen(1)
+        listener.settimeout(15)
+        port = listener.getsockname()[1]
+        proc = subprocess.Popen(
+            [*CLIENT, "--nick", "eve", "--no-history", LOOPBACK, str(port)],
+            stdin=subprocess.PIPE,
+            stdout=stdout,
+            stderr=subprocess.PIPE,
+            cwd=REPO,
+            env=client_env(),
+        )
+        try:
+            conn, _ = listener.accept()
+            with conn:
+                conn.sendall(b"HELLO chat/1 peer\r\nNICK\r\n")
+                conn.settimeout(15)
+                assert conn.recv(100).startswith(b"PING")  # the client's probe first
+                conn.sendall(hello)
+                yield proc, conn
+        finally:
+            proc.kill()
+            proc.communicate(timeout=10)
+
+
+def offer(write: Callable[[bytes], int], fd: int, chunk: bytes, limit: int) -> int:
+    """Write C{chunk}s to C{fd} until C{limit} bytes, or until it blocks for 2 s."""
+    written = 0
+    deadline = time.monotonic() + 60
+    while written < limit and time.monotonic() < deadline:
+        if not select.select([], [fd], [], 2.0)[1]:
+            break  # blocked for 2 s: the other end stopped reading
+        written += write(chunk)
+    return written
+
+
+def test_a_client_whose_stdout_is_not_read_stops_reading_the_server() -> None:
+    # `client | sleep 60`: stdout is a pipe nobody reads.  The client stops
+    # reading the server once stdout's buffer is full, so the server's sends
+    # block (and its --sendq would drop the client) instead of the client
+    # holding everything in memory.
+    limit = 160 * MIB
+    with client_of_a_peer(b"READY eve\r\nUSER eve lobby\r\nUSERS 1\r\n") as (proc, conn):
+        line = b"MSG 2026-11-22T14:03:05.123Z bob * " + b"x" * 4000 + b"\r\n"
+        conn.setblocking(False)
+        sent = offer(conn.send, conn.fileno(), line * 64, limit)
+        rss = rss_kib(proc.pid)
+    # Kernel buffers on loopback (up to 4 MiB + 32 MiB here) and the 64 KiB
+    # pipe and buffers: far under what was offered.
+    assert sent < limit // 2, sent
+    assert rss < 120 * 1024, rss

@@ -1,0 +1,85 @@
+"""
+Back-pressure: the client stops reading what it cannot pass on.
+
+Twisted's consumers (a socket's or stdout's write buffer) call
+C{pauseProducing} on the producer registered with them when their buffer is
+over its bound (64 KiB), and C{resumeProducing} once it has drained.  A
+L{Valve} lets several such consumers hold one producer: it stays paused while
+any of them is full.  The client uses one for the server's connection: it
+stops reading the socket while stdout cannot take more (a pager, a stalled
+terminal, C{| sleep}) and while the socket cannot take more of what the client
+writes (a server that sends PINGs and never reads the PONGs).  The server's
+own send queue then bounds what waits for the client.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from twisted.internet.interfaces import IPushProducer
+from zope.interface import implementer
+
+
+class Valve:
+    """
+    Pauses a producer while any consumer holding it is full.
+
+    @ivar producer: what is paused (set later, once it exists, with
+        L{attach}); C{None} until then.
+    """
+
+    def __init__(self) -> None:
+        self.producer: IPushProducer | None = None
+        self._held: set[str] = set()
+
+    def attach(self, producer: IPushProducer) -> None:
+        """Start pausing C{producer}: at once if a consumer is full already."""
+        self.producer = producer
+        if self._held:
+            producer.pauseProducing()
+
+    def hand(self, name: str, on_resume: Callable[[], object] | None = None) -> IPushProducer:
+        """
+        The producer to register with one consumer, named C{name}; C{on_resume}
+        is called when that consumer has room again.
+        """
+        return _Hand(self, name, on_resume)
+
+    def held(self, name: str) -> bool:
+        """Whether consumer C{name} is full."""
+        return name in self._held
+
+    def hold(self, name: str) -> None:
+        if not self._held and self.producer is not None:
+            self.producer.pauseProducing()
+        self._held.add(name)
+
+    def release(self, name: str) -> None:
+        if name not in self._held:
+            return
+        self._held.discard(name)
+        if not self._held and self.producer is not None:
+            self.producer.resumeProducing()
+
+
+@implementer(IPushProducer)
+class _Hand:
+    """What one consumer sees of a L{Valve}."""
+
+    def __init__(self, valve: Valve, name: str, on_resume: Callable[[], object] | None) -> None:
+        self._valve = valve
+        self._name = name
+        self._on_resume = on_resume
+
+    def pauseProducing(self) -> None:
+        self._valve.hold(self._name)
+
+    def resumeProducing(self) -> None:
+        self._valve.release(self._name)
+        if self._on_resume is not None:
+            self._on_resume()
+
+    def stopProducing(self) -> None:
+        # The consumer went away (stdout closed, the socket lost): it holds
+        # nothing any more; ending the session is the client's business.
+        self._valve.release(self._name)
