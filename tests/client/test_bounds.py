@@ -8,12 +8,14 @@ from __future__ import annotations
 import time
 
 import pytest
+from twisted.internet.testing import StringTransport
 
 from twisted_chat.client import terminal
+from twisted_chat.client.pipe import PipeIO
 from twisted_chat.client.render import Renderer, UserRow, plain
 from twisted_chat.client.sanitize import clean, text_width
 
-from .helpers import NOW, TS, session
+from .helpers import NOW, TS, Session, session
 
 
 def renderer(me: str | None = "eve") -> Renderer:
@@ -149,3 +151,82 @@ def test_invitations_kept_are_bounded() -> None:
     s.ready("eve")
     s.receive(*[f"INVITE u{i}" for i in range(300)])
     assert len(s.client.invites) == s.client.INVITES_MAX
+
+
+# -- E: a script's stdin is read only as fast as its lines go ---------------------
+
+
+def piped(nick: str = "robot") -> tuple[Session, PipeIO, StringTransport]:
+    """A script's session: its stdin and stdout are a PipeIO on a StringTransport."""
+    s = session(nick, interactive=False)
+    pipe = PipeIO(s.client.user_line, s.client.input_ended)
+    stdio = StringTransport()
+    pipe.makeConnection(stdio)
+    s.client.input = pipe
+    return s, pipe, stdio
+
+
+def test_a_scripts_input_is_not_read_while_the_queue_is_full() -> None:
+    s, pipe, stdio = piped()
+    s.ready("robot")
+    count = 3000
+    pipe.dataReceived(b"".join(b"log line %d\n" % i for i in range(count)))  # one big read
+    queue_max = s.client.QUEUE_MAX
+    assert stdio.producerState == "paused"
+    assert len(s.client._queue) == queue_max  # the rest waits, unread, in the pipe
+    sent: list[str] = s.sent()
+    most = 0
+    for _ in range(1000):  # 3000 lines at 5 a second: 600 s
+        s.clock.advance(1)
+        sent += s.sent()
+        most = max(most, len(s.client._queue))
+        if len(sent) == count:
+            break
+    assert most <= queue_max
+    assert stdio.producerState == "producing"
+    assert sent == [f"MSG log line {i}" for i in range(count)]  # in order, none lost
+    pipe.readConnectionLost()
+    assert s.sent() == ["BYE"]
+
+
+def test_reading_resumes_once_half_the_queue_has_gone() -> None:
+    s, pipe, stdio = piped()
+    s.ready("robot")
+    queue_max = s.client.QUEUE_MAX
+    pipe.dataReceived(b"x\n" * (queue_max + 20))  # (the first few go at once)
+    assert stdio.producerState == "paused"
+    waits = []
+    for _ in range(1000):
+        s.clock.advance(1)
+        waits.append(len(s.client._queue))
+        if stdio.producerState == "producing":
+            break
+    assert stdio.producerState == "producing"
+    assert min(waits) >= queue_max // 2 - 5  # not drained dry before reading again
+
+
+def test_lines_pasted_over_the_bound_are_not_sent_and_said_so() -> None:
+    # On a terminal, stdin is not paused (Ctrl-C must get through): lines past
+    # the bound are dropped, with one error line, and counted at the end.
+    s = session("carol")
+    s.ready("carol")
+    queue_max = s.client.QUEUE_MAX
+    total = queue_max + 20
+    s.type(*[f"line {i}" for i in range(total)])
+    sent = s.sent()  # the pacer's burst went at once
+    assert len(s.client._queue) == queue_max
+    kept = len(sent) + queue_max
+    said = s.screen.take()
+    assert said == [
+        f"! {queue_max} lines are waiting to be sent: what you type or paste now is not "
+        "sent until they have gone."
+    ]
+    for _ in range(1000):
+        s.clock.advance(1)
+        sent += s.sent()
+        if not s.client._queue:
+            break
+    assert sent == [f"MSG line {i}" for i in range(kept)]
+    assert s.screen.take() == [
+        f"* {total - kept} lines typed or pasted while {queue_max} waited were not sent."
+    ]

@@ -5,6 +5,7 @@ The real client against a flooding loopback peer: what it holds stays bounded
 
 from __future__ import annotations
 
+import os
 import select
 import socket
 import subprocess
@@ -71,6 +72,25 @@ def offer(write: Callable[[bytes], int], fd: int, chunk: bytes, limit: int) -> i
             break  # blocked for 2 s: the other end stopped reading
         written += write(chunk)
     return written
+
+
+def test_a_scripts_stdin_is_read_only_as_fast_as_its_lines_go() -> None:
+    # `seq 1 3000000 | client`: the pacer sends 5 lines a second; the client
+    # reads stdin only while fewer than 1000 lines wait.
+    limit = 64 * MIB
+    with client_of_a_peer(b"READY eve\r\nUSER eve lobby\r\nUSERS 1\r\n", subprocess.DEVNULL) as (
+        proc,
+        _conn,
+    ):
+        assert proc.stdin is not None
+        fd = proc.stdin.fileno()
+        os.set_blocking(fd, False)
+        chunk = b"".join(b"log line %08d\n" % i for i in range(4096))
+        written = offer(lambda data: os.write(fd, data), fd, chunk, limit)
+        rss = rss_kib(proc.pid)
+    # The pipe (64 KiB), one read and 1000 lines: far under what was offered.
+    assert written < 4 * MIB, written
+    assert rss < 120 * 1024, rss
 
 
 def test_a_client_whose_stdout_is_not_read_stops_reading_the_server() -> None:

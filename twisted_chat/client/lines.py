@@ -30,6 +30,11 @@ class SkipLongLines(LineReceiver):
         delimiter = self.delimiter
         start = 0
         while True:
+            if self.paused:
+                # pauseProducing (LineReceiver's): the lines not handled yet
+                # wait here until resumeProducing hands them over.
+                self._buffer = buffer[start:]
+                return
             end = buffer.find(delimiter, start)
             if end < 0:
                 break

@@ -292,6 +292,8 @@ async def run(reactor: Any, options: argparse.Namespace) -> None:
     else:
         ui = PipeIO(client.user_line, client.input_ended)
         stdio = StandardIO(ui, reactor=reactor)  # type: ignore[no-untyped-call]
+        # A script's stdin is not read while the client holds QUEUE_MAX lines.
+        client.input = ui
         start_logging(lambda text: _stderr_line(render.plain(render.info(text))))
         # Warnings (a password sent unencrypted) go to stderr, not into the
         # script's output.

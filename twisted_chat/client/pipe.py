@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 
 from twisted.internet.defer import Deferred
-from twisted.internet.interfaces import IHalfCloseableProtocol
+from twisted.internet.interfaces import IHalfCloseableProtocol, IPushProducer
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
@@ -21,10 +21,14 @@ from twisted_chat.client.render import Line, error, plain
 from twisted_chat.client.sanitize import decode
 
 
-@implementer(IHalfCloseableProtocol)
+@implementer(IHalfCloseableProtocol, IPushProducer)
 class PipeIO(SkipLongLines):
     """
     Lines from stdin to C{on_line}, C{on_eof} at the end; a L{Display} on stdout.
+
+    As a producer (LineReceiver's C{pauseProducing}/C{resumeProducing}), it
+    stops reading stdin, and handing over the lines already read, while the
+    client holds as many lines as it may (L{ChatClient.QUEUE_MAX}).
     """
 
     delimiter = b"\n"

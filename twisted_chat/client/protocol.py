@@ -187,6 +187,10 @@ class ChatClient(SkipLongLines):
     # Exit code after Ctrl-C (or SIGINT) before the chat was joined, or in a
     # script: 128 + SIGINT, as shells report an interrupted command.
     INTERRUPTED = 130
+    # Lines that wait to be sent (a script's input, a paste): at this many, a
+    # script's stdin is no longer read until half of them have gone; on a
+    # terminal the lines typed or pasted meanwhile are not sent.
+    QUEUE_MAX = 1000
     # What a server's lines can make the client keep: people in the user list
     # being gathered (USER lines until USERS) and known for Tab (five times
     # the server's default --max-clients), each field of a USER line (a real
@@ -265,6 +269,10 @@ class ChatClient(SkipLongLines):
         # The server's connection is not read while stdout ("display") or the
         # connection itself ("socket") cannot take more (twisted_chat.client.flow).
         self.reading = Valve()
+        # A script's stdin, paused while QUEUE_MAX lines wait (None: a terminal).
+        self.input: IPushProducer | None = None
+        self._input_paused = False
+        self._not_queued = 0  # lines not queued on a terminal: too many waited
 
     # -- showing -------------------------------------------------------------
 
@@ -443,8 +451,38 @@ class ChatClient(SkipLongLines):
 
     def user_line(self, line: str) -> None:
         """A line the user typed (or a script wrote)."""
+        if len(self._queue) >= self.QUEUE_MAX and self.input is None:
+            self._not_queued += 1
+            if self._not_queued == 1:
+                self._error(
+                    f"{self.QUEUE_MAX} lines are waiting to be sent: what you type or paste "
+                    "now is not sent until they have gone."
+                )
+            return
         self._queue.append(line)
+        full = len(self._queue) >= self.QUEUE_MAX
+        if full and self.input is not None and not self._input_paused:
+            self._input_paused = True
+            self.input.pauseProducing()
         self._pump()
+
+    def _queue_room(self) -> None:
+        """Once half the queue has gone, read a script's input again."""
+        if len(self._queue) > self.QUEUE_MAX // 2:
+            return
+        if self._input_paused:
+            self._input_paused = False
+            # Later, not from inside _pump: resuming hands over the lines
+            # already read, which come back here.
+            self.clock.callLater(0, self._resume_input)
+        if self._not_queued and not self._queue:
+            count, self._not_queued = self._not_queued, 0
+            lines = "1 line" if count == 1 else f"{count} lines"
+            self._notice(f"{lines} typed or pasted while {self.QUEUE_MAX} waited were not sent.")
+
+    def _resume_input(self) -> None:
+        if self.input is not None and not self._input_paused:
+            self.input.resumeProducing()
 
     def input_ended(self) -> None:
         """End of input: leave once everything before it has been sent."""
@@ -501,6 +539,7 @@ class ChatClient(SkipLongLines):
                 self._nick_input(line)
             else:
                 self._command_input(line)
+        self._queue_room()
         if not self._eof or self._queue:
             return
         if self.state in (State.READY, State.PAIRED):
