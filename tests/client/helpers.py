@@ -185,4 +185,8 @@ class _Tee(StringTransport):
 
     def write(self, data: bytes) -> None:
         super().write(data)
+        # conch's emulator cannot parse the bracketed paste mode's switches
+        # (CSI ? 2004 h/l): a real terminal can.
+        for mode in (b"\x1b[?2004h", b"\x1b[?2004l"):
+            data = data.replace(mode, b"")
         self.emulator.dataReceived(data)

@@ -15,7 +15,7 @@ from twisted_chat.client.pipe import PipeIO
 from twisted_chat.client.render import Renderer, UserRow, plain
 from twisted_chat.client.sanitize import clean, text_width
 
-from .helpers import NOW, TS, Session, session
+from .helpers import NOW, TS, Keyboard, Session, session
 
 
 def renderer(me: str | None = "eve") -> Renderer:
@@ -230,3 +230,44 @@ def test_lines_pasted_over_the_bound_are_not_sent_and_said_so() -> None:
     assert s.screen.take() == [
         f"* {total - kept} lines typed or pasted while {queue_max} waited were not sent."
     ]
+
+
+# -- R: a TAB in pasted text is text ---------------------------------------------
+
+
+def test_a_tab_inside_pasted_text_is_not_the_completion_key() -> None:
+    # A terminal without bracketed paste: the paste comes in one read.
+    k = Keyboard(width=60, nicks=("bobby",))
+    k.keys("name\tscore\rbo\t12\r")
+    assert k.typed == ["name\tscore", "bo\t12"]
+
+
+def test_a_tab_in_a_bracketed_paste_is_text_even_at_its_end() -> None:
+    k = Keyboard(width=60, nicks=("bobby",))
+    assert terminal.PASTE_MODE_ON.encode() in k.output.value()  # asked for at start
+    k.keys("\x1b[200~")
+    k.keys("bo\t")  # a paste may come in several reads
+    k.keys("\x1b[201~")
+    assert k.ui.lineBuffer == list("bo\t")
+    assert k.rows()[0] == "> bo"  # the TAB is shown as a space
+    k.keys("\r")
+    assert k.typed == ["bo\t"]
+    k.keys("bo\t")  # typed again, after the paste: the Tab key
+    assert "".join(k.ui.lineBuffer) == "bobby: "
+
+
+def test_a_typed_tab_still_completes() -> None:
+    k = Keyboard(width=60, nicks=("bobby",))
+    k.keys("bo")
+    k.keys("\t")
+    assert "".join(k.ui.lineBuffer) == "bobby: "
+    k.keys("\x15")  # Ctrl-U
+    k.keys("bo\t")  # typed fast, or while the client was busy: Tab comes last
+    assert "".join(k.ui.lineBuffer) == "bobby: "
+
+
+def test_bracketed_paste_mode_is_turned_off_at_the_end() -> None:
+    k = Keyboard(width=60)
+    k.output.clear()
+    k.ui.close()
+    assert k.output.value().startswith(terminal.PASTE_MODE_OFF.encode())

@@ -1,6 +1,7 @@
 """
 The real client against a flooding loopback peer: what it holds stays bounded
-(review rev3cli M).  Every wait is bounded.
+(review rev3cli M and E), and a TAB pasted into a real terminal (tmux) is text
+(review rev3cli R).  Every wait is bounded.
 """
 
 from __future__ import annotations
@@ -16,9 +17,10 @@ from pathlib import Path
 
 import pytest
 
-from tests.serverproc import LOOPBACK
+from tests.serverproc import LOOPBACK, LineClient, ServerProcess
 
 from .clientproc import CLIENT, REPO, client_env
+from .tmuxpane import Pane
 
 pytestmark = pytest.mark.e2e
 
@@ -108,3 +110,24 @@ def test_a_client_whose_stdout_is_not_read_stops_reading_the_server() -> None:
     # pipe and buffers: far under what was offered.
     assert sent < limit // 2, sent
     assert rss < 120 * 1024, rss
+
+
+@pytest.mark.parametrize("bracketed", [True, False], ids=["bracketed", "plain"])
+def test_a_tab_in_text_pasted_into_a_real_terminal_is_sent_as_pasted(
+    bracketed: bool, bob_online: tuple[ServerProcess, LineClient], pane: Callable[..., Pane]
+) -> None:
+    # tmux's paste-buffer -p marks the paste (the client asks for bracketed
+    # paste); without -p the paste is one read with the TAB inside it.  bob
+    # is online, so "bo<TAB>" would complete to "bob: " as typed keys.
+    server, bob = bob_online
+    term = pane([*CLIENT, "--nick", "alice", LOOPBACK, str(server.port)])
+    term.wait_row(r"^alice>$")
+    bob.expect("JOINED")
+    term.tmux("set-buffer", "-b", "tabs", "name\tscore\nbo\t12\n")
+    term.tmux("paste-buffer", "-b", "tabs", "-t", "chat", *(["-p"] if bracketed else []))
+    first = bob.expect(lambda line: line.startswith("MSG") and " alice " in line)
+    second = bob.expect(lambda line: line.startswith("MSG") and " alice " in line)
+    assert first.endswith(" alice * name\tscore"), first
+    assert second.endswith(" alice * bo\t12"), second
+    term.enter("/quit")
+    term.wait_row(r"^EXIT=0$")

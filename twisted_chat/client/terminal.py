@@ -36,6 +36,12 @@ from twisted_chat.client.render import Line, Span, Style, ansi, plain, wrap
 from twisted_chat.client.sanitize import clean, text_width
 
 ERASE_ROW = "\r\x1b[K"
+# Bracketed paste (xterm's mode 2004): the terminal marks pasted text with
+# PASTE_START and PASTE_END, so that a TAB in it is text, not the Tab key.
+PASTE_MODE_ON = "\x1b[?2004h"
+PASTE_MODE_OFF = "\x1b[?2004l"
+PASTE_START = b"\x1b[200~"
+PASTE_END = b"\x1b[201~"
 # Columns the input row keeps for the text typed, however long the prompt:
 # a longer prompt is cut at its start ("…bob> ") to leave them.
 MIN_ROOM = 8
@@ -137,6 +143,11 @@ class ChatTerminal(HistoricRecvLine):
         # The completion Tab is cycling through: it, the choice shown, and
         # where the text put in ends.
         self._completion: tuple[Completion, int, int] | None = None
+        # A TAB is text, not the Tab key, inside a bracketed paste, and when
+        # more than TABs follow it in the same read (a paste in a terminal
+        # without bracketed paste): this many TABs of the current read.
+        self._pasting = False
+        self.tabs_as_text = 0
 
     # -- set-up ------------------------------------------------------------------
 
@@ -166,6 +177,7 @@ class ChatTerminal(HistoricRecvLine):
         # Unlike RecvLine, do not reset the terminal: what was on the screen
         # before the client started stays there.
         self.mode = "insert"
+        self._write(PASTE_MODE_ON)
         self.draw()
 
     def setInsertMode(self) -> None:
@@ -286,6 +298,11 @@ class ChatTerminal(HistoricRecvLine):
     # -- keys --------------------------------------------------------------------
 
     def keystrokeReceived(self, keyID: Any, modifier: Any) -> None:
+        if keyID == b"\t" and (self._pasting or self.tabs_as_text > 0):
+            self.tabs_as_text = max(self.tabs_as_text - 1, 0)
+            self._completion = None
+            self.characterReceived("\t", False)
+            return
         if keyID != b"\t":
             self._completion = None  # any other key ends the cycling
         if modifier is ALT:
@@ -483,6 +500,9 @@ class ChatTerminal(HistoricRecvLine):
     def unhandledControlSequence(self, seq: bytes) -> None:
         # Keys insults does not name: cursor keys in application mode
         # (ESC O A, which insults reports as ESC [ O A) and Ctrl-Left/Right.
+        if seq in (PASTE_START, PASTE_END):
+            self._pasting = seq == PASTE_START
+            return
         handler = {
             b"\x1b[OA": self.handle_UP,
             b"\x1b[OB": self.handle_DOWN,
@@ -502,7 +522,7 @@ class ChatTerminal(HistoricRecvLine):
 
     def close(self) -> Deferred[None]:
         """Erase the input row, flush, and let go of the terminal."""
-        self._write(ERASE_ROW)
+        self._write(PASTE_MODE_OFF + ERASE_ROW)
         self._closing = True
         transport = getattr(self.terminal, "transport", None)
         if transport is not None and not self.closed.called:
@@ -530,4 +550,10 @@ class TerminalServer(insults.ServerProtocol):
 
     def dataReceived(self, data: bytes) -> None:
         with self.ui.batch():
-            super().dataReceived(data)  # type: ignore[no-untyped-call]
+            # Typed, Tab comes alone or last in a read; a TAB with more than
+            # TABs after it in the same read was pasted.
+            self.ui.tabs_as_text = data.rstrip(b"\t").count(b"\t")
+            try:
+                super().dataReceived(data)  # type: ignore[no-untyped-call]
+            finally:
+                self.ui.tabs_as_text = 0
