@@ -16,6 +16,7 @@ before the chat was joined, or at any time in a script.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import re
 import signal
@@ -352,6 +353,10 @@ def _start_terminal(
         nonlocal restored
         if not restored:
             restored = True
+            # Bracketed paste off (ChatTerminal.close says so too; not if the
+            # reactor stopped before it).
+            with contextlib.suppress(OSError):
+                os.write(sys.stdout.fileno(), terminal.PASTE_MODE_OFF.encode())
             termios.tcsetattr(fd, termios.TCSADRAIN, saved)
 
     reactor.addSystemEventTrigger("after", "shutdown", restore)
