@@ -711,7 +711,10 @@ class RedisLog:
         later: until then the snapshot Redis kept (at or before the kept
         end) stays, for the nodes that see the same loss later to rebuild
         from what Redis kept (one written after the loss would have this
-        node's events after it, see L{_kept_state})."""
+        node's events after it, see L{_kept_state}).  The nodes this node
+        declared dead are judged again: their C{dead} may be among what was
+        lost, their users online again in the rebuilt replica."""
+        self._declared.clear()
         self._snapshot_id = ""
         self._trim_to = None
         self._snapshot_at = self.reactor.seconds()

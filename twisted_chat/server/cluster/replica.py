@@ -191,6 +191,34 @@ class _SyncFirst:
         return getattr(self.listener, name)
 
 
+class _NotShownLeaving:
+    """
+    The hub's listener while a user leaves whom this node's users were not
+    shown online (after a rebuild, L{Replica.shown}: they were shown its
+    departure before, in events Redis lost, or never its arrival): its
+    C{LEFT} is not told (again); what its going does to others (their
+    invitation to or from it, their pair with it, ending) is, once the
+    listener's picture, stale without that C{LEFT}, is built again
+    (L{Replica._synced}).
+    """
+
+    def __init__(self, replica: Replica, listener: Listener, user: User) -> None:
+        self._replica = replica
+        self._listener = listener
+        self._user = user
+
+    def __getattr__(self, name: str) -> Any:
+        self._replica._synced()
+        return getattr(self._listener, name)
+
+    def left(self, ts: float, user: User, reason: str, text: str) -> None:
+        if user is self._user:
+            self._replica._hushed = True  # the index learns of it by a reindex
+            return
+        self._replica._synced()
+        self._listener.left(ts, user, reason, text)
+
+
 class _Between:
     """
     A hub listener that passes everything on but what two users, C{a} and
@@ -425,7 +453,19 @@ class Replica:
             self._gone(user, str(event.get("r", "disconnected")), str(event.get("x", "")))
 
     def _gone(self, user: User, reason: str, text: str) -> None:
-        self.hub.leave(user, reason, text)
+        """C{user} leaves; out loud, but for its C{LEFT} where this node's
+        users were not shown it online (L{_NotShownLeaving})."""
+        hub = self.hub
+        shown = self.shown
+        if shown is None or self.uids.get(user) in shown or hub.listener is _SILENT:
+            hub.leave(user, reason, text)
+        else:
+            listener = self._unwrapped()
+            hub.listener = cast(Listener, _NotShownLeaving(self, listener, user))
+            try:
+                hub.leave(user, reason, text)
+            finally:
+                hub.listener = self._after_quiet(listener) if self._hushed else listener
         uid = self.uids.pop(user, None)
         if uid is not None:
             self.members.pop(uid, None)
@@ -530,8 +570,7 @@ class Replica:
             key=lambda m: m.user.key,
         )
         for member in stale:
-            with self._quietly(shown is not None and member.uid not in shown):
-                self._gone(member.user, "disconnected", "")
+            self._gone(member.user, "disconnected", "")
             if shown is not None:
                 shown.pop(member.uid, None)
         for uid, (nick, address, source) in sorted(listed.items()):
