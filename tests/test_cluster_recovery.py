@@ -71,3 +71,69 @@ def test_a_node_whose_dead_redis_lost_is_declared_dead_again() -> None:
     n0.state.register("zed", Conn(), "-").addBoth(zed.append)
     redis.pump()
     assert [type(z).__name__ for z in zed] == ["User"]
+
+
+def _back(redis: MemoryRedis, clock: Clock, *nodes: Node) -> None:
+    for node in nodes:
+        node.reachable = True
+    _beats(redis, clock, 10)
+
+
+def _left(node: Node, nick: str) -> list[tuple[str, str]]:
+    """The departures of C{nick} node's listener was told: (reason, text)."""
+    return [(a[2], a[3]) for name, a in node.listener.calls
+            if name == "left" and a[1].nick == nick]
+
+
+def _alice_quits_unread() -> tuple[MemoryRedis, Clock, list[Node]]:
+    """ann and alice on n0, bob on n1; alice quits (BYE, then her closed
+    connection: two leave events), which n1 applies and n0, lagging on the
+    channel, never hears."""
+    redis, clock, (n0, n1) = cluster(2)
+    n0.user("ann")
+    alice = n0.user("alice")
+    n1.user("bob")
+    conn = alice.conn
+    assert isinstance(conn, Conn)
+    conn.closing = True
+    n0.state.leave(alice, "quit", "gone")
+    n0.state.leave(alice, "disconnected")
+    reader = next(c for c in n0.conns if c.subscriber and not c.closed)
+    reader.inbox.clear()  # n0 lags: it never hears them
+    redis.pump()
+    return redis, clock, [n0, n1]
+
+
+def test_a_leave_redis_lost_before_its_node_read_it_is_not_undone_by_the_hello() -> None:
+    """revclu F9: alice (n0) quits; Redis takes both of n0's leave events
+    (BYE's, then the closed connection's), n1 applies them (bob is shown
+    LEFT alice quit gone), n0 has not read them yet (it lags), and Redis
+    loses them.  n0's hello, built from its replica, lists alice again: she
+    must leave right after it, as she left (she used to stay online on every
+    node for good, her nick held), shown leaving once on each node."""
+    redis, clock, (n0, n1) = _alice_quits_unread()
+    assert n1.nicks() == ["ann", "bob"] and n0.nicks() == ["alice", "ann", "bob"]
+    del redis.stream[-2:]  # Redis loses both
+    n0.cut()
+    n1.cut()  # the restart
+    _back(redis, clock, n0, n1)
+    n2 = Node(redis, clock, "n2")
+    clock.advance(0)
+    redis.pump()
+    assert n0.nicks() == n1.nicks() == n2.nicks() == ["ann", "bob"]
+    assert _left(n0, "alice") == _left(n1, "alice") == [("quit", "gone")]
+    assert n0.lost == n1.lost == 0
+
+
+def test_a_leave_lost_with_all_of_redis_s_data_is_told_as_it_was_made() -> None:
+    """The same when Redis restarts empty (a new epoch): the hello brings
+    alice back (her registration lost too), and she leaves right after as
+    she left, C{quit gone} (not C{disconnected}), on every node."""
+    redis, clock, (n0, n1) = _alice_quits_unread()
+    redis.flushdb()
+    n0.cut()
+    n1.cut()
+    _back(redis, clock, n0, n1)
+    assert n0.nicks() == n1.nicks() == ["ann", "bob"]
+    assert _left(n0, "alice") == [("quit", "gone")]
+    assert _left(n1, "alice")[-1] == ("quit", "gone")

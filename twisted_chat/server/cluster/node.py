@@ -178,6 +178,11 @@ class ClusterState:
         # their node's hello brought them back: how (reason, text), by uid,
         # for their leave once it has (see orphaned).
         self._left_detached: dict[str, tuple[str, str]] = {}
+        # This node's users whose leave was appended and not yet applied:
+        # how they left (reason, text), by uid.  Redis may lose that leave
+        # after taking it (nothing resends it): after this node's hello,
+        # which lists them as its replica still has them, they leave again.
+        self._leaving: dict[str, tuple[str, str]] = {}
         # For --metrics (cluster/metrics.py): events handed over by the log
         # (resends included) and the reads that brought them; how long this
         # node's commands took to be decided.
@@ -322,6 +327,7 @@ class ClusterState:
                 # word on it: BYE's text, not the connection's loss after it).
                 self._left_detached.setdefault(detached, (reason, text))
             return  # else gone already
+        self._leaving.setdefault(uid, (reason, text))  # the first word on it
         self._append({"t": "leave", "u": uid, "r": reason, "x": text})
 
     def _command(self, user: User, event: dict[str, Any]) -> Outcome:
@@ -367,6 +373,10 @@ class ClusterState:
             apply(eid, event)
         self.events_read += len(batch)
         self.batches_read += 1
+        if self._leaving:
+            replica = self.replica
+            self._leaving = {uid: how for uid, how in self._leaving.items()
+                             if uid in replica.members or uid in replica.detached}
         self._schedule_tick()
         self.on_applied()
 
@@ -519,6 +529,24 @@ class ClusterState:
             return
         self._append({"t": "hello", "users": users})
 
+    def leave_again(self) -> None:
+        """
+        After L{hello}, and after what this node still has to resend (its
+        sequence numbers are older, and a replica skips an event numbered
+        below one of its node's it applied): a user whose leave Redis lost
+        (taken, not yet read back here: the replica still has it, and so
+        did the hello) leaves again, as it left.  One whose leave was still
+        on its way finds nobody the second time.  (One the rebuild detached
+        leaves when the hello brings it back: L{orphaned}.)
+        """
+        if self.closing:
+            return  # its dead takes its users out
+        members = self.replica.members
+        for uid, (reason, text) in list(self._leaving.items()):
+            member = members.get(uid)
+            if member is not None and member.node == self.node:
+                self._append({"t": "leave", "u": uid, "r": reason, "x": text})
+
     def rebuild(self, snapshot: dict[str, Any] | None,
                 entries: list[tuple[str, dict[str, Any]]]) -> list[list[Any]]:
         """
@@ -626,7 +654,8 @@ class ClusterState:
             d.callback(result)
 
     def orphaned(self, user: User) -> None:
-        how = self._left_detached.pop(self.replica.uids.get(user, ""), None)
+        uid = self.replica.uids.get(user, "")
+        how = self._left_detached.pop(uid, None) or self._leaving.get(uid)
         self.leave(user, *(how or ("disconnected", "")))
 
     def rebound(self, conn: Any, user: User) -> None:
@@ -688,6 +717,7 @@ class ClusterState:
         self.replica.node = self.node
         self.replica.detached.clear()  # told BYE with the others (on_lost)
         self._left_detached.clear()
+        self._leaving.clear()
         self.on_renamed(self.node)
         # What was waiting was its old self's: taken back where it can
         # be.  Its users are about to be told BYE; a registration gets

@@ -724,6 +724,7 @@ class RedisLog:
         self._unacked.clear()
         self.state.hello(users)
         self._unacked.extend(waiting)
+        self.state.leave_again()
 
     async def _load(self, cmd: Any) -> None:
         """The snapshot and the history, into an empty replica."""
