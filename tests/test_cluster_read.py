@@ -80,7 +80,9 @@ class MemoryRedis:
         self.stream.clear()
         self.keys.clear()
         self.history.clear()
+        self.sets.clear()
         self.last = (0, 0)
+
     def connection(self, subscriber: bool = False) -> FakeConnection:
         return FakeConnection(self, subscriber)
 

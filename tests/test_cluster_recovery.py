@@ -137,3 +137,44 @@ def test_a_leave_lost_with_all_of_redis_s_data_is_told_as_it_was_made() -> None:
     assert n0.nicks() == n1.nicks() == ["ann", "bob"]
     assert _left(n0, "alice") == [("quit", "gone")]
     assert _left(n1, "alice")[-1] == ("quit", "gone")
+
+
+def test_the_users_of_a_node_that_died_as_redis_lost_its_data_are_shown_leaving() -> None:
+    """revclu F3: n0 (alice, carol) dies, and Redis restarts empty before
+    n0 is declared dead.  n1 rebuilds from nothing and n0 never says hello:
+    once n1 finds n0's lease missing (a lease time after it is back), bob is
+    shown alice and carol leave (he was shown them online; they used to stay
+    so in his client for good, while USERS no longer listed them)."""
+    redis, clock, (n0, n1) = cluster(2)
+    n0.user("alice")
+    n0.user("carol")
+    n1.user("bob")
+    _dies(redis, n0)
+    redis.flushdb()
+    _beats(redis, clock, 5)  # n1 sees the new epoch, rebuilds, says hello
+    assert n1.nicks() == ["bob"] and n1.listener.departed() == []
+    _beats(redis, clock, 20)
+    assert n1.listener.departed() == ["alice", "carol"]
+    assert n1.nicks() == ["bob"] and n1.state.replica.unseen == {}
+    _beats(redis, clock, 20)
+    assert n1.listener.departed() == ["alice", "carol"]  # once
+
+
+def test_a_user_whose_node_says_hello_without_it_is_shown_leaving() -> None:
+    """n1 lags: it has not read alice's leave (n0) when Redis restarts
+    empty.  n0's hello does not list her (n0 applied her leave): bob (n1),
+    who was never shown her leave, is shown it now, once (her node lives:
+    no lease lapses to tell it otherwise)."""
+    redis, clock, (n0, n1) = cluster(2)
+    alice = n0.user("alice")
+    n1.user("bob")
+    reader = next(c for c in n1.conns if c.subscriber and not c.closed)
+    n0.state.leave(alice, "quit", "bye")
+    reader.inbox.clear()  # n1 lags: it never hears it
+    redis.pump()
+    assert n0.nicks() == ["bob"] and n1.nicks() == ["alice", "bob"]
+    redis.flushdb()
+    _beats(redis, clock, 30)
+    assert n0.nicks() == n1.nicks() == ["bob"]
+    assert n1.listener.departed() == ["alice"]
+    assert n0.lost == n1.lost == 0

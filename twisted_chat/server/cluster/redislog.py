@@ -1410,13 +1410,16 @@ class RedisLog:
         live ones (C{--metrics}: L{ClusterState.live_nodes}), takes the
         lapsed ones out of the list (a node cut off adds itself again when
         it is back), and declares dead a node with users whose lease has
-        lapsed.
+        lapsed (or with users this node's users were shown online before
+        Redis lost their registrations: L{Replica.unseen}).
         """
         state = self.state
         me = state.node
         await cmd.execute_command("SADD", NODES, me)
         listed = {str(node) for node in await cmd.execute_command("SMEMBERS", NODES)}
-        with_users = state.replica.nodes() - {me}
+        # (And the nodes of users shown online here before Redis lost their
+        # registrations: their node, if dead, never says hello.)
+        with_users = (state.replica.nodes() | state.replica.unseen_nodes()) - {me}
         others = sorted((listed | with_users) - {me})
         leases = await cmd.execute_command("MGET", *[LEASE + n for n in others]) if others else []
         alive = {node for node, lease in zip(others, leases, strict=True) if lease is not None}

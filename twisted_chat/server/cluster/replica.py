@@ -130,6 +130,11 @@ class Detached:
     row: list[Any]
 
 
+def _stand_in(nick: str) -> User:
+    """A user no hub holds (gone in events Redis lost), for its nick in a line."""
+    return User(nick=nick, key=nick_key(nick), conn=RemoteConn(""), address="-")
+
+
 class _Silent:
     """A hub listener that tells nobody: while a replica replays events its
     node's users have seen (L{Replica.rebuild}), or applies a C{hello}'s
@@ -338,6 +343,14 @@ class Replica:
         #: the partner is not back).
         self._shown_until: float | None = None
         self._nicks: dict[str, str] = {}
+        #: After a rebuild: the users of other nodes this node's users were
+        #: shown online that the rebuilt replica lacks (their registration
+        #: lost, or all of Redis's data), by uid: (node, nick).  Each is
+        #: shown leaving (C{LEFT <nick> disconnected}) when its node is
+        #: declared dead (the log judges the leases of their nodes:
+        #: L{unseen_nodes}) or says hello without it; one back online, or
+        #: whose nick someone else took, is dropped.
+        self.unseen: dict[str, tuple[str, str]] = {}
         # Whether this node's own hello was applied since the rebuild
         # (L{shown} is kept until it is).
         self._greeted = False
@@ -446,6 +459,27 @@ class Replica:
     def _add(self, user: User, node: str, uid: str) -> None:
         self.members[uid] = Member(user, node, uid)
         self.uids[user] = uid
+        if self.unseen:
+            # Back, or its nick someone else's: no LEFT for it.
+            self.unseen = {u: (n, nick) for u, (n, nick) in self.unseen.items()
+                           if u != uid and nick_key(nick) != user.key}
+
+    def _unseen_leave(self, node: str) -> None:
+        """The users of C{node} in L{unseen}, but those back online meanwhile,
+        are shown leaving, as when their node dies (not while replaying)."""
+        gone = sorted((uid, nick) for uid, (n, nick) in self.unseen.items() if n == node)
+        if not gone:
+            return
+        for uid, _ in gone:
+            del self.unseen[uid]
+        if self.replaying:
+            return
+        self._synced()  # the listener's picture first (its user list)
+        listener = self.hub.listener
+        for _, nick in gone:
+            if nick_key(nick) not in self.hub.online:
+                listener.roster_changing()
+                listener.left(self.clock.seconds(), _stand_in(nick), "disconnected", "")
 
     def _leave(self, eid: str, origin: str, k: int, event: dict[str, Any]) -> None:
         user = self._member(event)
@@ -598,6 +632,7 @@ class Replica:
                 self.answers.rebound(held.conn, user)
                 if getattr(held.conn, "closing", False):
                     self.answers.orphaned(user)  # it went meanwhile
+        self._unseen_leave(origin)  # the rest of its users, not listed: gone
         view = {uid: list(self.seen(uid)) for uid in self.members}
         self._correct(told, view)
         self._rejoin(partners, told, view)
@@ -707,9 +742,7 @@ class Replica:
         """A user the replica had before its rebuild and does not have now,
         for its nick in a line (no hub holds it)."""
         nick = self._nicks.get(uid)
-        if nick is None:
-            return None
-        return User(nick=nick, key=nick_key(nick), conn=RemoteConn(""), address="-")
+        return None if nick is None else _stand_in(nick)
 
     def _bring_back(self, a: User, b: User, quiet: bool) -> None:
         """Pair C{a} and C{b} again (L{_restore_pair}) without the lines of
@@ -836,6 +869,7 @@ class Replica:
         )
         for member in gone:
             self._gone(member.user, "disconnected", "")
+        self._unseen_leave(node)
         if gone:
             _log.info("node {node} is gone: {n} users left", node=node, n=len(gone))
         if node == self.node and not self.replaying:
@@ -937,6 +971,10 @@ class Replica:
         """The nodes that have users online."""
         return {m.node for m in self.members.values()}
 
+    def unseen_nodes(self) -> set[str]:
+        """The nodes of the users in L{unseen}: their leases are judged too."""
+        return {node for node, _ in self.unseen.values()}
+
     def next_due(self) -> float | None:
         """When the next invitation expires (log time), if any is open.
         Asked after every batch of events, so not a walk over every open
@@ -970,6 +1008,7 @@ class Replica:
         self._dead_by = {}
         self.detached = {}
         self.claims = {}
+        self.unseen = {}
         self._forget_shown()
 
     def rebuild(self, snapshot: dict[str, Any] | None,
@@ -1004,6 +1043,9 @@ class Replica:
             if m.node == self.node and not isinstance(m.user.conn, RemoteConn):
                 held[uid] = (m.user.conn, m.user)
         by_uid = {str(row[0]): row for row in rows}
+        unseen = dict(self.unseen)  # not back since an earlier rebuild
+        unseen.update((uid, (m.node, m.user.nick)) for uid, m in self.members.items()
+                      if m.node != self.node)
         hub = self.hub
         listener = self._unwrapped()  # a pending sync is moot: all is built anew
         listener.roster_changing()  # what the lobby was sent goes out first
@@ -1033,6 +1075,7 @@ class Replica:
         self.shown_out = {uid: invitee for uid, (_, invitee) in seen.items() if invitee}
         self._base = {uid: self._state(uid) for uid in seen}
         self._nicks = nicks
+        self.unseen = {uid: row for uid, row in unseen.items() if uid not in self.members}
         self._hear_lobby()
         self.answers.rebuilt()
         return rows
