@@ -178,3 +178,33 @@ def test_a_user_whose_node_says_hello_without_it_is_shown_leaving() -> None:
     assert n0.nicks() == n1.nicks() == ["bob"]
     assert n1.listener.departed() == ["alice"]
     assert n0.lost == n1.lost == 0
+
+
+def test_a_pair_that_outlives_a_rebuild_replays_the_lines_from_before_the_snapshot() -> None:
+    """revclu F7: alice (n0) and bob (n1) are paired while carol says lines
+    before and after a snapshot; Redis loses the last one, and n0 rebuilds
+    from the snapshot.  When bob ends the pair, alice's "Coming back to the
+    lobby" replay has every lobby line since the pairing that Redis kept,
+    those before the snapshot included (they used to be missing: the
+    restored pair counted from the snapshot's point)."""
+    redis, clock, (n0, n1) = cluster(2)
+    alice, bob, carol = n0.user("alice"), n1.user("bob"), n0.user("carol")
+    say(n0, carol, "before the pair")
+    n0.state.pair(alice, "bob")
+    redis.pump()
+    n1.state.accept(bob, "alice")
+    redis.pump()
+    assert now(alice).partner is not None
+    say(n0, carol, "before-0", "before-1")
+    _beats(redis, clock, 11)  # a snapshot
+    assert "chat:snapshot" in redis.keys
+    say(n0, carol, "after-0", "to be lost")
+    del redis.stream[-1:]
+    say(n0, carol, "after the loss")  # n0 and n1 see the loss, rebuild
+    _beats(redis, clock, 3)
+    assert n0.lost == n1.lost == 0
+    n1.state.unpair(now(bob))
+    redis.pump()
+    replays = [[e.text for e in a[3]] for name, a in n0.listener.calls
+               if name == "unpaired" and a[0].nick == "alice"]
+    assert replays == [["before-0", "before-1", "after-0", "after the loss"]]

@@ -1094,11 +1094,19 @@ class Replica:
             for m in sorted(self.members.values(), key=lambda m: id_key(m.uid))
         ]
         pairs = []
+        # How many lobby lines each pair (by its first uid) has missed so
+        # far: a replica restoring it counts its start back from there in
+        # the history it loaded, for the replay when the pair ends (not
+        # from the snapshot's point).  A key of its own: "pairs" keeps its
+        # shape.
+        missed = []
+        position = self.hub.history.position
         invites = []
         for m in sorted(self.members.values(), key=lambda m: id_key(m.uid)):
             partner = m.user.partner
             if partner is not None and m.user.key < partner.key:
                 pairs.append([m.uid, self.uids[partner]])
+                missed.append([m.uid, position - m.user.paired_at])
         # Timers in the clock's own order, so that ties fire as they would.
         for call in self.clock.getDelayedCalls():
             args = getattr(call, "args", ())
@@ -1115,6 +1123,7 @@ class Replica:
                 "dead": list(self.dead.items()),
                 "users": users,
                 "pairs": pairs,
+                "missed": missed,
                 "invites": invites,
                 "claims": sorted([uid, partner, when]
                                  for uid, (partner, when) in self.claims.items()),
@@ -1144,6 +1153,11 @@ class Replica:
             by_uid[uid] = user
         for a, b in data["pairs"]:
             self._restore_pair(by_uid[a], by_uid[b])
+        position = hub.history.position  # the history is loaded first
+        for a, n in data.get("missed", []):
+            one = by_uid[a]
+            if one.partner is not None:
+                one.paired_at = one.partner.paired_at = max(position - int(n), 0)
         self.claims = {str(uid): (str(partner), float(when))
                        for uid, partner, when in data.get("claims", [])}
         for inviter, invitee, due in data["invites"]:
