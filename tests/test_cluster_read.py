@@ -232,9 +232,12 @@ class MemoryRedis:
         self.trim(minid)
         return before - len(self.stream)
 
-    def _zadd(self, key: str, score: int, member: str) -> int:
-        self.history[member] = int(score)
-        return 1
+    def _zadd(self, key: str, *pairs: Any) -> int:
+        added = 0
+        for score, member in zip(pairs[::2], pairs[1::2], strict=True):
+            added += member not in self.history
+            self.history[member] = int(score)
+        return added
 
     def _zrevrangebyscore(self, key: str, top: int, bottom: str, *rest: Any) -> list[Any]:
         rows = sorted(((s, m) for m, s in self.history.items() if s <= int(top)), reverse=True)

@@ -14,6 +14,7 @@ on the L{MemoryRedis} and L{Node} fakes of test_cluster_read):
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 from twisted.internet.task import Clock
@@ -208,3 +209,31 @@ def test_a_pair_that_outlives_a_rebuild_replays_the_lines_from_before_the_snapsh
     replays = [[e.text for e in a[3]] for name, a in n0.listener.calls
                if name == "unpaired" and a[0].nick == "alice"]
     assert replays == [["before-0", "before-1", "after-0", "after the loss"]]
+
+
+def test_a_node_started_while_the_senders_node_lags_has_the_line_in_its_history() -> None:
+    """revclu F1: alice's node n0 lags on the channel (it has not applied
+    her "lagged" line: only the sender's node writes a line to the history
+    as it applies it); n1 applied it and writes a snapshot past it.  n2,
+    started now, loads that snapshot and the history up to it: "lagged" is
+    in its newcomers' HISTORY (it used to be missing there for as long as
+    n2 ran), because the snapshot's writer wrote its last lines to the
+    history first."""
+    redis, clock, (n0, n1) = cluster(2)
+    alice = n0.user("alice")
+    n1.user("bob")
+    say(n0, alice, "first")
+    reader = next(c for c in n0.conns if c.subscriber and not c.closed)
+    n0.state.say(now(alice), "lagged").addErrback(lambda f: None)  # unconfirmed, later
+    reader.inbox.clear()  # n0 never hears it (until a read)
+    redis.pump()
+    assert n1.listener.said() == ["first", "lagged"] and n0.listener.said() == ["first"]
+    for _ in range(44):  # the snapshots: n1's is past "lagged"
+        clock.advance(0.25)
+        redis.pump()
+    snapshot = json.loads(redis.keys["chat:snapshot"])
+    assert snapshot["id"] == redis.stream[-1][0]
+    n2 = Node(redis, clock, "n2")
+    clock.advance(0)
+    redis.pump()
+    assert [e.text for e in n2.state.hub.history.recent()] == ["first", "lagged"]

@@ -1443,6 +1443,13 @@ class RedisLog:
         if replica.last_id == self._snapshot_id or replica.last_id == "0-0":
             return
         self._snapshot_at = now
+        rows = self._recent_rows(now)
+        if rows:
+            # The history first, up to the snapshot's event: the sender's
+            # node writes each line, but a node loading this snapshot reads
+            # the history up to it, and the sender's node may lag (the same
+            # rows: writing one twice changes nothing).
+            await cmd.execute_command("ZADD", HISTORY, *rows)
         try:
             await cmd.execute_command("EVALSHA", SAVE_SNAPSHOT_SHA, 1, SNAPSHOT,
                                       replica.snapshot(), replica.last_id)
@@ -1456,6 +1463,21 @@ class RedisLog:
             await cmd.execute_command("XTRIM", STREAM, "MINID", "~", self._trim_to)
         self._trim_to = self._snapshot_id or None
         self._snapshot_id = replica.last_id
+
+    def _recent_rows(self, now: float) -> list[Any]:
+        """The replica's last lobby lines (L{Replica.recent}) as C{ZADD}'s
+        arguments, but those L{_prune} drops (so none comes back)."""
+        recent = list(self.state.replica.recent)
+        if self.retain_messages:
+            recent = recent[-self.retain_messages:]
+        cutoff = (None if self.retain_days is None
+                  else int((now - self.retain_days * 86400) * 1000))
+        rows: list[Any] = []
+        for eid, nick, text in recent:
+            ms, member = _history_row(eid, nick, text)
+            if cutoff is None or ms >= cutoff:
+                rows += [ms, member]
+        return rows
 
     async def _prune(self, cmd: Any, now: float) -> None:
         """
@@ -1478,13 +1500,7 @@ class RedisLog:
         current = self.state.replica.current
         if current is None or current[1] != self.state.node or self.state.replica.replaying:
             return  # the sender's node writes it (once: not when rebuilding)
-        ms, seq = id_key(current[0])
-        # A sorted set holds a member once: the event's time is in it too,
-        # or a line said again (the same nick and text) would replace the
-        # one before.  The sequence number first: one millisecond's
-        # messages sort in the stream's order.
-        member = f"{seq:08d} " + json.dumps([entry.nick, entry.text, ms], ensure_ascii=False)
-        self._queue(("ZADD", HISTORY, ms, member))
+        self._queue(("ZADD", HISTORY, *_history_row(current[0], entry.nick, entry.text)))
 
     # -- stopping --------------------------------------------------------------------
 
@@ -1507,6 +1523,16 @@ class RedisLog:
         self._generation += 1
         self._drop_connections()
         self.state.cancel_timers()
+
+
+def _history_row(eid: str, nick: str, text: str) -> tuple[int, str]:
+    """A lobby line of event C{eid} in the history: its score and member.
+    A sorted set holds a member once: the event's time is in it too, or a
+    line said again (the same nick and text) would replace the one before.
+    The sequence number first: one millisecond's messages sort in the
+    stream's order.  (The same line makes the same row on every node.)"""
+    ms, seq = id_key(eid)
+    return ms, f"{seq:08d} " + json.dumps([nick, text, ms], ensure_ascii=False)
 
 
 def _history_size(member: str) -> int:

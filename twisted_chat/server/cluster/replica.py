@@ -40,6 +40,7 @@ its users the kept state lacks (L{Replica.detached}).
 from __future__ import annotations
 
 import json
+from collections import deque
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -316,6 +317,12 @@ class Replica:
         self.dead: dict[str, float] = {}
         # The event being applied (id, node), for the history's durable write.
         self.current: tuple[str, str] | None = None
+        #: The last lobby lines applied, as many as the history shows: (event
+        #: id, nick, text).  A node writes them to the history as it writes
+        #: a snapshot: the sender's node, which writes each, may not have
+        #: applied it yet (it lags), and a node loading that snapshot reads
+        #: the history up to it.
+        self.recent: deque[tuple[str, str, str]] = deque(maxlen=history.size)
         #: After a rebuild: this node's users whose connections it holds but
         #: whom the rebuilt replica does not have (until its hello), by uid.
         self.detached: dict[str, Detached] = {}
@@ -524,7 +531,10 @@ class Replica:
         meant = event.get("p")
         if meant is not None and self._partner_uid(user) != meant:
             raise HubError(ErrorCode.UNAVAILABLE, self._not_sent(str(meant), user))
-        self.hub.say(user, str(event["x"]))
+        text = str(event["x"])
+        self.hub.say(user, text)
+        if user.partner is None:
+            self.recent.append((eid, user.nick, text))
 
     def _not_sent(self, meant: str, user: User) -> str:
         """Why a C{MSG} meant for C{meant}'s pair (or the lobby) went nowhere."""
@@ -1000,6 +1010,7 @@ class Replica:
                 self.hub.leave(member.user, "disconnected")
         self.members.clear()
         self.uids.clear()
+        self.recent.clear()
         for call in self.clock.getDelayedCalls():
             call.cancel()  # none should be left: every invitation ended
         self.last_id = "0-0"
