@@ -47,7 +47,7 @@ def test_a_node_that_died_as_redis_restarted_empty_has_its_users_shown_leaving(
     dead.  b rebuilds from nothing; a never says hello: bob, who was shown
     alice and carol online, is shown them leave once b finds a's lease
     missing (he used to be told nothing, for good)."""
-    c = cluster(2, node_timeout=3.0)
+    c = cluster(2, node_timeout=6.0)
     a, b = c.nodes
     c.user(a, "alice")
     c.user(a, "carol")
