@@ -123,6 +123,17 @@ def is_secret_command(line: str) -> bool:
     return line[1:].split(" ", 1)[0].lower() in SECRET_COMMANDS
 
 
+# Commands that change whom plain text goes to (the lobby or a partner).
+_PAIRING_COMMANDS = ("pair", "accept", "unpair")
+
+
+def changes_pairing(line: str) -> bool:
+    """Whether C{line} is C{/pair}, C{/accept} or C{/unpair} (or an alias)."""
+    if not line.startswith("/") or line.startswith("//"):
+        return False
+    return _ALIASES.get(line[1:].split(" ", 1)[0].lower()) in _PAIRING_COMMANDS
+
+
 def password_problem(password: str) -> str | None:
     """Why C{password} cannot be sent as it is, or C{None}."""
     size = len(password.encode("utf-8"))

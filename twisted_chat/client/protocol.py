@@ -8,7 +8,10 @@ arrives before the server is ready for it (a script's lines, or a line typed
 while connecting) waits in a queue and is sent in order once the server has
 accepted the nickname, no faster than the server's flood control allows
 (L{twisted_chat.client.pace}).  On a terminal, lines typed before a password
-prompt are dropped instead: one of them may be the password.
+prompt are dropped instead: one of them may be the password.  A line waits
+with whom it was typed for: text typed for a partner is never sent to the
+lobby (nor lobby text to a partner) when the pair ends, or begins, before its
+turn comes.
 
 When the session ends, L{ChatClient.finished} fires with an L{Outcome}: the
 exit code and, for a failure, one sentence for stderr.
@@ -38,6 +41,7 @@ from twisted_chat.client.commands import (
     Quit,
     Secret,
     Send,
+    changes_pairing,
     parse_input,
     password_problem,
 )
@@ -84,6 +88,35 @@ class Outcome:
 
     code: int
     message: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class _Typed:
+    """
+    A line the user typed, waiting for its turn, and whom it was typed for:
+    C{to} is the partner on screen then (C{None}: the lobby).  A line that
+    follows a waiting C{/pair}, C{/accept} or C{/unpair} (C{after_pairing})
+    goes wherever that command leads.
+    """
+
+    line: str
+    to: str | None
+    after_pairing: bool
+
+
+def _lines(count: int) -> tuple[str, str]:
+    """C{("1 line", "was")}, or C{("N lines", "were")}."""
+    return ("1 line", "was") if count == 1 else (f"{count} lines", "were")
+
+
+def _is_text(line: str) -> bool:
+    """Whether C{line} is a message to whoever one is talking to (not a command)."""
+    action = parse_input(line)
+    return isinstance(action, Send) and action.verb == "MSG"
+
+
+# What the server answers a PAIR or ACCEPT that pairs nobody (chat/1, "Pairing").
+PAIRING_ERRORS = frozenset({"no-such-nick", "self", "busy", "no-invite", "pending"})
 
 
 class State(Enum):
@@ -237,7 +270,7 @@ class ChatClient(SkipLongLines):
         self.invited: str | None = None  # my open invitation
         self.finished: Deferred[Outcome] = Deferred()
         self.cancel_connect: Callable[[], object] | None = None
-        self._queue: deque[str] = deque()
+        self._queue: deque[_Typed] = deque()
         self._eof = False
         self._tried_option_nick = False
         self._asked_nick: str | None = None
@@ -264,6 +297,8 @@ class ChatClient(SkipLongLines):
         # A password being asked for: (verb to send it with, first entry).
         self._secret: tuple[str, str | None] | None = None
         self._account_request: str | None = None  # REGISTER or PASSWD sent
+        # ACCEPT or PAIR sent and not answered yet: a PAIRED now is our doing.
+        self._joining = False
         self._warned_plain = False
         self._online: dict[str, str] = {}  # nick_key -> nick, for Tab
         # The server's connection is not read while stdout ("display") or the
@@ -459,7 +494,10 @@ class ChatClient(SkipLongLines):
                     "now is not sent until they have gone."
                 )
             return
-        self._queue.append(line)
+        last = self._queue[-1] if self._queue else None
+        after_pairing = last is not None and (last.after_pairing or changes_pairing(last.line))
+        to = self.partner if self.state is State.PAIRED else None
+        self._queue.append(_Typed(line, to, after_pairing))
         full = len(self._queue) >= self.QUEUE_MAX
         if full and self.input is not None and not self._input_paused:
             self._input_paused = True
@@ -534,7 +572,7 @@ class ChatClient(SkipLongLines):
         while self._queue and self.state in (State.ASK_NICK, State.READY, State.PAIRED):
             if self.state is not State.ASK_NICK and self._must_wait():
                 break  # the rest goes when the pacer lets it
-            line = self._queue.popleft()
+            line = self._queue.popleft().line
             if self.state is State.ASK_NICK:
                 self._nick_input(line)
             else:
@@ -608,6 +646,8 @@ class ChatClient(SkipLongLines):
             if action.verb == "UNPAIR" and (self.state is State.PAIRED or self.invited):
                 # Only then can the server's next UNPAIRED be our doing.
                 self._unpair_requested = True
+            if action.verb in ("ACCEPT", "PAIR"):
+                self._joining = True
             self.send(action)
         elif isinstance(action, Local):
             self._show_local(action)
@@ -761,17 +801,40 @@ class ChatClient(SkipLongLines):
         """
         if not self._queue:
             return
-        dropped = list(self._queue)
+        dropped = [typed.line for typed in self._queue]
         self._queue.clear()
         if self.display is not None:
             self.display.forget(dropped)
-        count = len(dropped)
-        lines = "1 line" if count == 1 else f"{count} lines"
-        verb = "was" if count == 1 else "were"
+        lines, verb = _lines(len(dropped))
         self._notice(
             f"{lines} typed before the password prompt {verb} not sent (it could be the "
             "password); type it again once you are in."
         )
+
+    def _drop_meant_elsewhere(self, why: str) -> None:
+        """
+        The conversation changed (a pair ended, or began not by our
+        C{/accept}) while lines typed for another one wait: their text is not
+        sent where it was not meant to go, and the user is told.  Commands
+        still go, and so does what follows a waiting C{/pair}, C{/accept} or
+        C{/unpair} (that command decides where it goes).
+        """
+        to = nick_key(self.partner) if self.state is State.PAIRED and self.partner else None
+        kept: deque[_Typed] = deque()
+        dropped: list[_Typed] = []
+        for typed in self._queue:
+            meant = nick_key(typed.to) if typed.to is not None else None
+            if meant != to and not typed.after_pairing and _is_text(typed.line):
+                dropped.append(typed)
+            else:
+                kept.append(typed)
+        if not dropped:
+            return
+        self._queue = kept
+        self._queue_room()  # a script's input may read again
+        lines, verb = _lines(len(dropped))
+        whom = dropped[0].to or "the lobby"
+        self._notice(f"{lines} typed for {whom} {verb} not sent: {why}.")
 
     def _on_REGISTERED(self, event: ServerLine) -> None:
         nick = event.word(0)
@@ -932,6 +995,7 @@ class ChatClient(SkipLongLines):
             self._show(line)
 
     def _on_PENDING(self, event: ServerLine) -> None:
+        self._joining = False  # a PAIRED from now on is the invitee's doing
         self.invited = event.word(0)
         self._notice(
             f"Invitation sent to {self.invited}; waiting for an answer (/unpair withdraws it)."
@@ -952,11 +1016,15 @@ class ChatClient(SkipLongLines):
         self.partner = event.word(0)
         self.invited = None
         self._forget_invite(self.partner)
+        ours, self._joining = self._joining, False
         self._set_state(State.PAIRED)
         self._notice(
             f"You are now in a private conversation with {self.partner}. "
             f"What you type goes to {self.partner} only; /unpair leaves."
         )
+        if not ours:
+            # Our invitation was accepted while lines typed for the lobby wait.
+            self._drop_meant_elsewhere(f"you are now talking with {self.partner} only")
 
     def _on_UNPAIRED(self, event: ServerLine) -> None:
         nick, reason = event.words
@@ -965,6 +1033,10 @@ class ChatClient(SkipLongLines):
         if self.state is State.PAIRED:
             self._set_state(State.READY)
         self._notice(render.unpaired(nick, reason, by_me=by_me))
+        if not by_me:
+            # (After our /unpair, all that waits was typed after it: it went
+            # first.  It goes to the lobby, as it would have without a wait.)
+            self._drop_meant_elsewhere("the private conversation ended")
         # What the lobby said meanwhile comes next, before the user list.
         self._replay, self._replay_heading = "away", False
 
@@ -1015,6 +1087,8 @@ class ChatClient(SkipLongLines):
             self._account_request = None
         if code == "not-paired":
             self._unpair_requested = False  # our /unpair had nothing to leave
+        if code in PAIRING_ERRORS:
+            self._joining = False
         if code == "server-full":
             if self.state not in (State.READY, State.PAIRED):
                 self._failure = said  # said once, on the way out (BYE full follows)

@@ -1,0 +1,120 @@
+"""
+A line the user typed goes only where it was typed for (review rev3cli
+K).  What cannot go where it was meant is dropped, and the user is
+told how many lines:
+
+- a line typed for a partner never goes to the lobby (nor a lobby line to a
+  partner) when the pair ends or begins while the pacer holds it.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from .helpers import Session, session
+
+PASSWORD = "hunter2222"
+
+
+def msgs(lines: list[str]) -> list[str]:
+    return [line for line in lines if line.startswith("MSG ")]
+
+
+def run_pacer(s: Session, seconds: float = 20) -> list[str]:
+    """What the client sends while the pacer lets its queue go."""
+    sent = s.sent()
+    for _ in range(round(seconds / 0.5)):
+        s.clock.advance(0.5)
+        sent += s.sent()
+    return sent
+
+
+# -- K: lines that wait in the pacer when a pair ends or begins -----------------
+
+
+@pytest.mark.parametrize("reason", ["left", "disconnected"])
+def test_lines_typed_for_the_partner_do_not_go_to_the_lobby_when_the_pair_ends(
+    reason: str,
+) -> None:
+    s = session("alice")
+    s.ready("alice", users=("dave",))
+    s.receive("PAIRED dave")
+    s.sent()
+    s.type(*[f"private line {i}" for i in range(30)])  # a paste for dave
+    assert len(s.sent()) == 9  # the burst (NICK took one); the pacer holds 21
+    s.screen.take()
+    s.receive(f"UNPAIRED dave {reason}", "USER alice lobby", "USERS 1")
+    assert "* 21 lines typed for dave were not sent: the private conversation ended." in (
+        s.screen.lines
+    )
+    assert msgs(run_pacer(s)) == []
+    s.type("now for the lobby")
+    assert s.sent() == ["MSG now for the lobby"]
+
+
+def test_commands_that_wait_still_go_when_the_pair_ends() -> None:
+    s = session("alice")
+    s.ready("alice", users=("dave",))
+    s.receive("PAIRED dave")
+    s.type(*[f"private line {i}" for i in range(12)], "/users", "@dave see you")
+    s.sent()
+    s.receive("UNPAIRED dave left")
+    assert run_pacer(s) == ["USERS", "DM dave see you"]
+
+
+def test_after_our_own_unpair_what_waits_goes_to_the_lobby() -> None:
+    """What was typed after /unpair (it went first) is for the lobby, as it
+    would have been without a wait."""
+    s = session("alice")
+    s.ready("alice", users=("dave",))
+    s.receive("PAIRED dave")
+    s.sent()
+    s.type(*[f"private line {i}" for i in range(8)], "/unpair", "back in the lobby")
+    assert s.sent()[-1] == "UNPAIR"
+    s.receive("UNPAIRED dave left")
+    assert run_pacer(s) == ["MSG back in the lobby"]
+
+
+def test_what_follows_a_waiting_unpair_goes_where_the_unpair_leads() -> None:
+    s = session("alice")
+    s.ready("alice", users=("dave",))
+    s.type("/pair dave")
+    s.receive("PENDING dave")
+    s.type(*[f"filler {i}" for i in range(8)], "lobby 1", "/unpair", "lobby 2")
+    assert len(s.sent()) == 9  # PAIR and 8 fillers: "lobby 1" and the rest wait
+    s.receive("PAIRED dave")  # dave accepts meanwhile
+    assert s.screen.lines[-1] == (
+        "* 1 line typed for the lobby was not sent: you are now talking with dave only."
+    )
+    s.clock.advance(0.2)
+    assert s.sent() == ["UNPAIR"]
+    s.receive("UNPAIRED dave left")
+    assert run_pacer(s) == ["MSG lobby 2"]
+
+
+def test_a_script_that_accepts_then_talks_talks_to_its_partner() -> None:
+    s = session("robot", interactive=False)
+    s.ready("robot", users=("dave",))
+    s.receive("INVITE dave")
+    s.type(*[f"report line {i}" for i in range(9)], "/accept", "hi dave")
+    s.sent()
+    s.clock.advance(0.2)
+    assert s.sent() == ["ACCEPT dave"]
+    s.receive("PAIRED dave")
+    assert run_pacer(s) == ["MSG hi dave"]
+
+
+def test_lobby_lines_do_not_go_to_someone_who_accepts_our_invitation_meanwhile() -> None:
+    s = session("alice")
+    s.ready("alice", users=("dave",))
+    s.type("/pair dave")
+    assert s.sent() == ["PAIR dave"]
+    s.receive("PENDING dave")
+    s.type(*[f"lobby line {i}" for i in range(20)])
+    assert len(s.sent()) == 8
+    s.screen.take()
+    s.receive("PAIRED dave")
+    assert "* 12 lines typed for the lobby were not sent: you are now talking with dave only." in (
+        s.screen.lines
+    )
+    assert run_pacer(s) == []
