@@ -33,6 +33,7 @@ class Screen:
         self.secret_prompt: str | None = None
         self.bells = 0
         self.forgotten: list[str] = []
+        self.typing = ""  # a line half-typed (not entered), for drop_typing
 
     def show(self, line: Line) -> None:
         self.raw.append(line)
@@ -52,6 +53,10 @@ class Screen:
 
     def forget(self, lines: Sequence[str]) -> None:
         self.forgotten.extend(lines)
+
+    def drop_typing(self) -> bool:
+        had, self.typing = bool(self.typing.strip()), ""
+        return had
 
     def text(self) -> str:
         return "\n".join(self.lines)

@@ -1,17 +1,19 @@
 """
 A line the user typed goes only where it was typed for (review rev3cli
-K).  What cannot go where it was meant is dropped, and the user is
+K, H).  What cannot go where it was meant is dropped, and the user is
 told how many lines:
 
 - a line typed for a partner never goes to the lobby (nor a lobby line to a
-  partner) when the pair ends or begins while the pacer holds it.
+  partner) when the pair ends or begins while the pacer holds it;
+- a line half-typed when the login password prompt opens does not come back
+  after it.
 """
 
 from __future__ import annotations
 
 import pytest
 
-from .helpers import Session, session
+from .helpers import Keyboard, Session, session
 
 PASSWORD = "hunter2222"
 
@@ -118,3 +120,46 @@ def test_lobby_lines_do_not_go_to_someone_who_accepts_our_invitation_meanwhile()
         s.screen.lines
     )
     assert run_pacer(s) == []
+
+
+# -- H: the line half-typed when a password prompt opens ------------------------
+
+
+def _on_a_terminal(nick: str) -> tuple[Session, Keyboard]:
+    s = session(nick, connect=False)
+    k = Keyboard(width=60)
+    k.ui.on_line = s.client.user_line
+    k.ui.on_secret = s.client.secret_line
+    s.client.display = k.ui
+    s.client.makeConnection(s.transport)
+    return s, k
+
+
+def test_a_half_typed_line_before_the_login_prompt_does_not_come_back() -> None:
+    s, k = _on_a_terminal("bob")
+    s.receive("HELLO chat/1 test", "NICK")
+    assert s.sent() == ["NICK bob"]
+    k.keys("hunter22")  # typed ahead, no Enter yet, when the server's PASS comes
+    s.receive("PASS bob")
+    k.keys(PASSWORD + "\r")
+    assert s.sent() == [f"PASS {PASSWORD}"]
+    s.receive("READY bob")
+    assert k.ui.lineBuffer == []
+    assert not any("hunter22" in row for row in k.rows()), k.rows()
+    screen = " ".join(row.strip() for row in k.rows())
+    assert "The line you were typing before the password prompt was cleared" in screen
+    k.keys("\r")
+    assert msgs(s.sent()) == []
+
+
+def test_lines_and_a_half_typed_line_are_counted_in_one_sentence() -> None:
+    s = session("bob")
+    s.receive("HELLO chat/1 test", "NICK")
+    s.sent()
+    s.type("hello", "again")
+    s.screen.typing = "hunt"
+    s.receive("PASS bob")
+    assert (
+        "* 2 lines typed before the password prompt were not sent and the line you were "
+        "typing was cleared (it could be the password); type it again once you are in."
+    ) in s.screen.lines

@@ -54,6 +54,9 @@ class PipeIO(SkipLongLines):
     def end_secret(self) -> None:
         pass
 
+    def drop_typing(self) -> bool:
+        return False  # nothing is typed on a pipe but whole lines
+
     def forget(self, lines: Sequence[str]) -> None:
         pass  # no input history
 

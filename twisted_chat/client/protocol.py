@@ -72,6 +72,13 @@ class Display(TypingProtocol):
     def end_secret(self) -> None:
         """Stop reading a secret line; the half-typed line comes back."""
 
+    def drop_typing(self) -> bool:
+        """
+        Clear the line being typed (not yet entered; at a password prompt,
+        the one it interrupted): it may be a password typed ahead of its
+        prompt.  Whether there was any (terminals only).
+        """
+
     def forget(self, lines: Sequence[str]) -> None:
         """
         Drop these typed lines from the input history (one of them may be a
@@ -767,7 +774,7 @@ class ChatClient(SkipLongLines):
             return
         nick = self._password_for = event.word(0)  # as the account spells it
         if self.interactive:
-            self._drop_typed_ahead()
+            self._drop_typed_ahead("before the password prompt")
             self._notice(
                 f"The nickname {nick} has an account here: type its password (it is "
                 "not shown), or just Enter to choose another nickname."
@@ -794,22 +801,34 @@ class ChatClient(SkipLongLines):
         self._set_state(State.ASK_PASSWORD)
         self._ask_secret("PASS", f"password for {self._password_for}: ")
 
-    def _drop_typed_ahead(self) -> None:
+    def _drop_typed_ahead(self, when: str, again: str | None = None) -> None:
         """
-        Lines typed before a password prompt are not sent: one of them may be
-        the password, typed ahead by someone who knows it is asked for.
+        Lines typed before a password prompt (or a nickname prompt asked
+        again, or while a password was checked) are not sent, nor is the line
+        half-typed then: one of them may be the password, typed ahead by
+        someone who knows it is asked for.  C{when} says when they were typed.
         """
-        if not self._queue:
+        if not self.interactive:
             return
         dropped = [typed.line for typed in self._queue]
         self._queue.clear()
+        half = False
         if self.display is not None:
-            self.display.forget(dropped)
-        lines, verb = _lines(len(dropped))
-        self._notice(
-            f"{lines} typed before the password prompt {verb} not sent (it could be the "
-            "password); type it again once you are in."
-        )
+            half = self.display.drop_typing()
+            if dropped:
+                self.display.forget(dropped)
+        if not dropped and not half:
+            return
+        said = []
+        if dropped:
+            lines, verb = _lines(len(dropped))
+            said.append(f"{lines} typed {when} {verb} not sent")
+        if half:
+            typing = "the line you were typing" if dropped else "The line you were typing"
+            said.append(f"{typing}{'' if dropped else ' ' + when} was cleared")
+        if again is None:
+            again = "once you are in" if self.nick is None else "afterwards"
+        self._notice(f"{' and '.join(said)} (it could be the password); type it again {again}.")
 
     def _drop_meant_elsewhere(self, why: str) -> None:
         """

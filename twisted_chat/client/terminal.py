@@ -226,6 +226,23 @@ class ChatTerminal(HistoricRecvLine):
         self._saved = ([], 0)
         self.draw()
 
+    def drop_typing(self) -> bool:
+        """
+        Clear the line being typed, or the one a password prompt interrupted
+        (and the draft Up put aside): it may be a password typed ahead of its
+        prompt.  Whether it held anything but spaces.
+        """
+        if self._secret_prompt is not None:
+            chars = self._saved[0]
+            self._saved = ([], 0)
+        else:
+            chars = self.lineBuffer
+            self._set_buffer([])
+        had = bool("".join(chars).strip() or "".join(self._draft).strip())
+        self._draft = []
+        self.historyPosition = len(self.historyLines)
+        return had
+
     def forget(self, lines: Sequence[str]) -> None:
         """Drop these lines from the history Up recalls (the latest copy of each)."""
         for line in lines:
