@@ -1,17 +1,23 @@
 """
 A line the user typed goes only where it was typed for (review rev3cli
-K, H).  What cannot go where it was meant is dropped, and the user is
+K, H, J).  What cannot go where it was meant is dropped, and the user is
 told how many lines:
 
 - a line typed for a partner never goes to the lobby (nor a lobby line to a
   partner) when the pair ends or begins while the pacer holds it;
 - a line half-typed when the login password prompt opens does not come back
-  after it.
+  after it;
+- a line typed while the server checks a nickname is never taken as the next
+  nickname.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import pytest
+
+from twisted_chat.client.protocol import ChatClient, State
 
 from .helpers import Keyboard, Session, session
 
@@ -163,3 +169,56 @@ def test_lines_and_a_half_typed_line_are_counted_in_one_sentence() -> None:
         "* 2 lines typed before the password prompt were not sent and the line you were "
         "typing was cleared (it could be the password); type it again once you are in."
     ) in s.screen.lines
+
+
+# -- J: the nickname prompt again --------------------------------------------
+
+
+def _retry_taken(s: Session) -> None:
+    s.receive("RETRY taken bob is online")
+
+
+def _error_answering_nick(s: Session) -> None:
+    s.receive("ERROR flood too many nicknames from your address; try again in 20 s")
+
+
+def _unavailable_until_given_up(s: Session) -> None:
+    for _ in range(ChatClient.UNAVAILABLE_TRIES):
+        s.receive("RETRY unavailable the server cannot check nicks now")
+        s.clock.advance(ChatClient.UNAVAILABLE_DELAY)
+        assert s.sent() == ["NICK bob"]
+    s.receive("RETRY unavailable the server cannot check nicks now")
+
+
+@pytest.mark.parametrize(
+    "answer", [_retry_taken, _error_answering_nick, _unavailable_until_given_up]
+)
+def test_a_password_typed_ahead_is_not_sent_as_the_next_nickname(
+    answer: Callable[[Session], None],
+) -> None:
+    """A user whose ghost connection still holds the nick types the password
+    ahead of the prompt they expect; the prompt that comes is for a nickname:
+    the password was sent as NICK, and announced to everyone."""
+    s = session("bob")
+    s.receive("HELLO chat/1 test", "NICK")
+    assert s.sent() == ["NICK bob"]
+    s.type(PASSWORD)
+    answer(s)
+    assert s.client.state is State.ASK_NICK
+    assert s.sent() == []
+    assert s.screen.forgotten == [PASSWORD]
+    assert (
+        "* 1 line typed before the nickname prompt was not sent (it could be the password); "
+        "type it again once you are in."
+    ) in s.screen.lines
+    assert s.screen.lines[-1].endswith(":")  # the prompt's words come last
+    s.type("bob2")
+    assert s.sent() == ["NICK bob2"]
+
+
+def test_the_first_nickname_prompt_still_takes_a_line_typed_while_connecting() -> None:
+    s = session(None)
+    s.type("alice")
+    s.receive("HELLO chat/1 test", "NICK")
+    assert s.sent() == ["NICK alice"]
+    assert s.screen.forgotten == []

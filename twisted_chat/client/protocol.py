@@ -8,10 +8,10 @@ arrives before the server is ready for it (a script's lines, or a line typed
 while connecting) waits in a queue and is sent in order once the server has
 accepted the nickname, no faster than the server's flood control allows
 (L{twisted_chat.client.pace}).  On a terminal, lines typed before a password
-prompt are dropped instead: one of them may be the password.  A line waits
-with whom it was typed for: text typed for a partner is never sent to the
-lobby (nor lobby text to a partner) when the pair ends, or begins, before its
-turn comes.
+prompt, or before the nickname prompt comes back, are dropped instead: one of
+them may be the password.  A line waits with whom it was typed for: text typed
+for a partner is never sent to the lobby (nor lobby text to a partner) when
+the pair ends, or begins, before its turn comes.
 
 When the session ends, L{ChatClient.finished} fires with an L{Outcome}: the
 exit code and, for a failure, one sentence for stderr.
@@ -717,9 +717,7 @@ class ChatClient(SkipLongLines):
             if self.state is not State.ASK_PASSWORD:
                 return
             if not text:
-                self._notice("Choose another nickname:")
-                self._set_state(State.ASK_NICK)
-                self._pump()
+                self._ask_nick_again("Choose another nickname:")
                 return
             problem = password_problem(text)
             if problem is not None:
@@ -855,6 +853,14 @@ class ChatClient(SkipLongLines):
         whom = dropped[0].to or "the lobby"
         self._notice(f"{lines} typed for {whom} {verb} not sent: {why}.")
 
+    def _ask_nick_again(self, said: str) -> None:
+        """The nickname prompt again (on a terminal): what was typed while
+        the last one was checked is not taken as the next nickname."""
+        self._drop_typed_ahead("before the nickname prompt")
+        self._notice(said)
+        self._set_state(State.ASK_NICK)
+        self._pump()
+
     def _on_REGISTERED(self, event: ServerLine) -> None:
         nick = event.word(0)
         request, self._account_request = self._account_request, None
@@ -908,9 +914,7 @@ class ChatClient(SkipLongLines):
         if event.word(0) == "bad-password":
             self._ask_for(nick)  # the server wants NICK again: ask for the password again
             return
-        self._notice("Choose another nickname:")
-        self._set_state(State.ASK_NICK)
-        self._pump()
+        self._ask_nick_again("Choose another nickname:")
 
     def _unavailable(self, nick: str, said: str) -> None:
         """
@@ -929,9 +933,9 @@ class ChatClient(SkipLongLines):
                 return
             self._error(render.sentence(said))
             self._unavailable_tries = 0
-            self._notice(f"Still unavailable after {tries} tries: type a nickname to try again:")
-            self._set_state(State.ASK_NICK)
-            self._pump()
+            self._ask_nick_again(
+                f"Still unavailable after {tries} tries: type a nickname to try again:"
+            )
             return
         delay = self.UNAVAILABLE_DELAY
         self._notice(
@@ -1159,6 +1163,4 @@ class ChatClient(SkipLongLines):
             self.quit()
             return
         self._error(said)
-        self._notice("Choose a nickname:")
-        self._set_state(State.ASK_NICK)
-        self._pump()
+        self._ask_nick_again("Choose a nickname:")
