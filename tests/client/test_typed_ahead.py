@@ -1,6 +1,6 @@
 """
 A line the user typed goes only where it was typed for (review rev3cli
-K, H, J).  What cannot go where it was meant is dropped, and the user is
+J, K, A, B, H).  What cannot go where it was meant is dropped, and the user is
 told how many lines:
 
 - a line typed for a partner never goes to the lobby (nor a lobby line to a
@@ -8,7 +8,9 @@ told how many lines:
 - a line half-typed when the login password prompt opens does not come back
   after it;
 - a line typed while the server checks a nickname is never taken as the next
-  nickname.
+  nickname;
+- a line typed before a password prompt that the pacer opens late, or while
+  the password is checked, is never posted.
 """
 
 from __future__ import annotations
@@ -222,3 +224,85 @@ def test_the_first_nickname_prompt_still_takes_a_line_typed_while_connecting() -
     s.receive("HELLO chat/1 test", "NICK")
     assert s.sent() == ["NICK alice"]
     assert s.screen.forgotten == []
+
+
+# -- A: a /register prompt that the pacer opens late ----------------------------
+
+
+def test_a_password_typed_ahead_of_a_paced_register_prompt_is_not_posted() -> None:
+    s = session("alice")
+    s.ready("alice")
+    s.sent()
+    s.type(*[f"pasted line {i}" for i in range(12)])  # 10 go, 2 wait
+    s.type("/register")
+    s.type(PASSWORD)  # typed expecting the prompt, which waits behind the paste
+    assert s.screen.secret_prompt is None
+    sent = run_pacer(s)
+    assert f"MSG {PASSWORD}" not in sent
+    assert msgs(sent) == [f"MSG pasted line {i}" for i in range(12)]
+    assert s.screen.secret_prompt == "password: "
+    assert s.screen.forgotten == [PASSWORD]  # Up does not bring it back
+    assert (
+        "* 1 line typed before the password prompt was not sent (it could be the password); "
+        "type it again afterwards."
+    ) in s.screen.lines
+    s.client.secret_line(PASSWORD)
+    s.client.secret_line(PASSWORD)
+    assert s.sent() == [f"REGISTER {PASSWORD}"]
+
+
+def test_a_half_typed_line_does_not_come_back_after_a_paced_register_prompt() -> None:
+    s, k = _on_a_terminal("alice")
+    s.ready("alice")
+    paste = "".join(f"pasted line {i}\r" for i in range(12))
+    k.keys(paste + "/register\r" + "hunter2")  # half-typed when the prompt opens
+    run_pacer(s)
+    assert k.ui._secret_prompt == "password: "
+    k.keys("\r")  # just Enter: nothing is registered
+    assert k.ui.lineBuffer == []
+    assert not any("hunter2" in row for row in k.rows()), k.rows()
+
+
+# -- B: the password prompt again after ERROR flood (busy) ----------------------
+
+
+def test_a_line_typed_while_the_password_is_checked_is_not_posted_after_error_flood_busy() -> None:
+    s = session("bob")
+    s.receive("HELLO chat/1 test", "NICK")
+    assert s.sent() == ["NICK bob"]
+    s.receive("PASS bob")
+    s.client.secret_line(PASSWORD)
+    assert s.sent() == [f"PASS {PASSWORD}"]
+    s.type(PASSWORD)  # the check takes a while; the prompt is "> "
+    s.receive("ERROR flood the server is busy; send PASS again in a moment")
+    assert s.screen.secret_prompt == "password for bob: "
+    assert s.screen.forgotten == [PASSWORD]
+    s.client.secret_line(PASSWORD)
+    assert s.sent() == [f"PASS {PASSWORD}"]
+    s.receive("READY bob", "USER bob lobby", "USERS 1")
+    assert msgs(run_pacer(s, 2)) == []
+
+
+def test_a_line_typed_while_the_password_is_checked_is_not_posted_after_ready() -> None:
+    s = session("bob")
+    s.receive("HELLO chat/1 test", "NICK", "PASS bob")
+    s.client.secret_line(PASSWORD)
+    assert s.sent() == ["NICK bob", f"PASS {PASSWORD}"]
+    s.type(PASSWORD)  # the check takes a while; the prompt is "> "
+    s.receive("READY bob", "USER bob lobby", "USERS 1")
+    assert msgs(run_pacer(s, 2)) == []
+    assert s.screen.forgotten == [PASSWORD]
+    assert (
+        "* 1 line typed while the password was checked was not sent (it could be the "
+        "password); type it again now."
+    ) in s.screen.lines
+
+
+def test_a_line_typed_while_connecting_still_goes_after_ready_without_a_password() -> None:
+    s = session("bob")
+    s.type("hello everyone")
+    s.receive("HELLO chat/1 test", "NICK")
+    assert s.sent() == ["NICK bob"]
+    s.type("and again")
+    s.receive("READY bob")
+    assert s.sent() == ["MSG hello everyone", "MSG and again"]

@@ -689,6 +689,7 @@ class ChatClient(SkipLongLines):
         )
 
     def _ask_secret(self, verb: str, prompt: str, first: str | None = None) -> None:
+        self._drop_typed_ahead("before the password prompt")
         self._warn_plain()
         self._secret = (verb, first)
         if self.display is not None:
@@ -959,6 +960,9 @@ class ChatClient(SkipLongLines):
             f"Welcome, {self.nick}! You are in the lobby. "
             "Type a message and press Enter; /help lists the commands."
         )
+        if self._pass_sent:
+            # What was typed while the password was checked may be it again.
+            self._drop_typed_ahead("while the password was checked", "now")
         self._replay, self._replay_heading = "login", False
         self._pump()
 
