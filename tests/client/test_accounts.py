@@ -5,6 +5,8 @@ an account needs, /register and /passwd, and what the server answers.
 
 from __future__ import annotations
 
+import pytest
+
 from twisted_chat.client.commands import Local, Secret, is_secret_command, parse_input
 from twisted_chat.client.protocol import ChatClient, Outcome, State
 
@@ -372,3 +374,28 @@ def test_a_password_that_cannot_be_checked_now_is_sent_again_later() -> None:
     assert s.sent() == [f"PASS {SECRET}"]
     s.receive("READY alice")
     assert s.client.state is State.READY
+
+
+@pytest.mark.parametrize(
+    ("command", "said"),
+    [
+        ("/register", "alice was not registered; try /register again in a moment."),
+        ("/passwd", "your password was not changed; try /passwd again in a moment."),
+    ],
+)
+def test_a_busy_server_answering_register_or_passwd_says_what_was_not_done(
+    command: str, said: str
+) -> None:
+    """ERROR flood "the server is busy" (too many passwords being hashed)
+    was said as "You are sending too fast; that line was dropped"."""
+    s = session(
+        interactive=False, environ={"CHAT_PASSWORD": SECRET, "CHAT_NEW_PASSWORD": SECRET}
+    )
+    s.ready()
+    s.type(command)
+    assert len(s.sent()) == 1
+    s.receive("ERROR flood the server is busy; send it again in a moment")
+    assert s.screen.take() == [f"! The server is busy: {said}"]
+    assert s.client._account_request is None
+    s.receive("ERROR flood at most 10 lines per second (bursts of 20)")
+    assert s.screen.take()[0] == "! You are sending too fast; that line was dropped."

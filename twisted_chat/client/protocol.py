@@ -1116,6 +1116,8 @@ class ChatClient(SkipLongLines):
             self._unpair_requested = False  # our /unpair had nothing to leave
         if code in PAIRING_ERRORS:
             self._joining = False
+        if code == "flood" and self._account_request is not None and "busy" in event.text:
+            said = self._account_not_done()
         if code == "server-full":
             if self.state not in (State.READY, State.PAIRED):
                 self._failure = said  # said once, on the way out (BYE full follows)
@@ -1132,6 +1134,20 @@ class ChatClient(SkipLongLines):
             rate = self._pacer.rate
             lines = "line" if rate == 1 else "lines"
             self._notice(f"Sending at most {rate:g} {lines} per second from now on.")
+
+    def _account_not_done(self) -> str:
+        """
+        C{ERROR flood} "the server is busy" answering C{REGISTER} or
+        C{PASSWD}: too many passwords being hashed, so it was not done.
+        """
+        request, self._account_request = self._account_request, None
+        if request == "PASSWD":
+            return (
+                "The server is busy: your password was not changed; try /passwd again in a moment."
+            )
+        return (
+            f"The server is busy: {self.nick} was not registered; try /register again in a moment."
+        )
 
     def _login_error(self, code: str, text: str, said: str) -> None:
         """
