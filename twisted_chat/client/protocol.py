@@ -962,6 +962,7 @@ class ChatClient(SkipLongLines):
         )
         if self._pass_sent:
             # What was typed while the password was checked may be it again.
+            self._pass_sent = False
             self._drop_typed_ahead("while the password was checked", "now")
         self._replay, self._replay_heading = "login", False
         self._pump()

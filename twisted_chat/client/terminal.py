@@ -240,6 +240,7 @@ class ChatTerminal(HistoricRecvLine):
             self._set_buffer([])
         had = bool("".join(chars).strip() or "".join(self._draft).strip())
         self._draft = []
+        self._completion = None
         self.historyPosition = len(self.historyLines)
         return had
 
