@@ -18,7 +18,9 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import pytest
+from twisted.internet.testing import StringTransport
 
+from twisted_chat.client.pipe import PipeIO
 from twisted_chat.client.protocol import ChatClient, State
 
 from .helpers import Keyboard, Session, session
@@ -306,3 +308,20 @@ def test_a_line_typed_while_connecting_still_goes_after_ready_without_a_password
     s.type("and again")
     s.receive("READY bob")
     assert s.sent() == ["MSG hello everyone", "MSG and again"]
+
+
+def test_a_scripts_input_is_read_again_once_its_lines_for_the_partner_are_dropped() -> None:
+    s = session("robot", interactive=False)
+    pipe = PipeIO(s.client.user_line, s.client.input_ended)
+    stdio = StringTransport()
+    pipe.makeConnection(stdio)
+    s.client.input = pipe
+    s.ready("robot", users=("dave",))
+    s.receive("PAIRED dave")
+    pipe.dataReceived(b"for dave\n" * (s.client.QUEUE_MAX + 20))
+    assert stdio.producerState == "paused"
+    s.sent()
+    s.receive("UNPAIRED dave left")
+    assert not s.client._queue
+    s.clock.advance(0)
+    assert stdio.producerState == "producing"
