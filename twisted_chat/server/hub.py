@@ -275,10 +275,13 @@ class Hub:
 
     # -- pairing -----------------------------------------------------------
 
-    def pair(self, user: User, nick: str, timeout: float | None = None) -> None:
+    def pair(self, user: User, nick: str, timeout: float | None = None,
+             limits: tuple[int | None, int | None] | None = None) -> None:
         """C{PAIR}: invite C{nick}, or pair at once if it invited C{user}.
         The invitation stays open C{timeout} seconds (default: the hub's
-        C{invite_timeout}; a cluster replica passes the origin node's)."""
+        C{invite_timeout}); C{limits} are C{(max_invites,
+        max_invites_per_source)} (default: the hub's).  A cluster replica
+        passes the origin node's, so that every replica decides alike."""
         target = self._other(user, nick, "you cannot invite yourself")
         if user.partner is not None:
             raise HubError(
@@ -296,7 +299,9 @@ class Hub:
                 f"your invitation to {user.outgoing.invitee.nick} is still open; "
                 "UNPAIR withdraws it",
             )
-        self._check_invite_limits(user, target)
+        if limits is None:
+            limits = (self.max_invites, self.max_invites_per_source)
+        self._check_invite_limits(user, target, *limits)
         invitation = Invitation(user, target)
         if user.source:
             self._sent_by_source[user.source] = self._sent_by_source.get(user.source, 0) + 1
@@ -310,20 +315,21 @@ class Hub:
         self.log.info("{inviter} invited {invitee}", inviter=user.nick, invitee=target.nick)
         self.listener.invited(invitation)
 
-    def _check_invite_limits(self, user: User, target: User) -> None:
+    def _check_invite_limits(self, user: User, target: User, max_invites: int | None,
+                             max_per_source: int | None) -> None:
         """
         An invitation storm: many users (or one address's many connections)
         inviting one victim, who cannot refuse them wholesale.  C{busy}: the
         invitee cannot take another now, as when it is paired; C{pending}:
         the inviter's side has too many invitations open.
         """
-        limit = self.max_invites
+        limit = max_invites
         if limit is not None and len(target.incoming or ()) >= limit:
             raise HubError(
                 ErrorCode.BUSY,
                 f"{target.nick} has {limit} open invitations already; try again later",
             )
-        limit = self.max_invites_per_source
+        limit = max_per_source
         if (
             limit is not None
             and user.source

@@ -123,7 +123,11 @@ class ClusterState:
         self.max_waiting = max_waiting
         #: The bytes of this node's commands waiting for the log.
         self.waiting_bytes = 0
+        # Carried in each PAIR event: the inviter's node's values decide it
+        # on every replica, whatever the others' options (a rolling change).
         self.invite_timeout = float(hub_options.get("invite_timeout", 60.0))
+        self.invite_limits = (hub_options.get("max_invites"),
+                              hub_options.get("max_invites_per_source"))
         # The replica holds every user of the cluster; this node writes to
         # its own only, so its fan-out walks their index (own.py).
         self.own = OwnMembers(listener)
@@ -353,7 +357,9 @@ class ClusterState:
         return self._command(user, {"t": "dm", "to": nick, "x": text})
 
     def pair(self, user: User, nick: str) -> Outcome:
-        return self._command(user, {"t": "pair", "to": nick, "it": self.invite_timeout})
+        max_invites, max_per_source = self.invite_limits
+        return self._command(user, {"t": "pair", "to": nick, "it": self.invite_timeout,
+                                    "mi": max_invites, "ms": max_per_source})
 
     def accept(self, user: User, nick: str) -> Outcome:
         return self._command(user, {"t": "acc", "to": nick})

@@ -84,6 +84,11 @@ def event_seconds(eid: str) -> float:
     return int(eid.split("-", 1)[0]) / 1000.0
 
 
+def _limit(value: object) -> int | None:
+    """An invitation limit as a PAIR event carries it (null: none)."""
+    return None if value is None else int(str(value))
+
+
 def id_key(eid: str) -> tuple[int, int]:
     ms, _, seq = eid.partition("-")
     return int(ms), int(seq or 0)
@@ -556,7 +561,12 @@ class Replica:
     def _pair(self, eid: str, origin: str, k: int, event: dict[str, Any]) -> None:
         user = self._member(event)
         if user is not None:
-            self.hub.pair(user, str(event["to"]), timeout=float(event.get("it", 60.0)))
+            # The inviter's node's limits (an event without them: this hub's).
+            limits = None
+            if "mi" in event:
+                limits = (_limit(event["mi"]), _limit(event.get("ms")))
+            self.hub.pair(user, str(event["to"]), timeout=float(event.get("it", 60.0)),
+                          limits=limits)
 
     def _accept(self, eid: str, origin: str, k: int, event: dict[str, Any]) -> None:
         user = self._member(event)

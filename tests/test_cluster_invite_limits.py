@@ -1,0 +1,86 @@
+"""
+Nodes with different C{--max-invites} / C{--max-invites-per-ip} (a rolling
+change of them) still decide each C{PAIR} alike: the inviter's node's
+limits travel in its event, as C{--invite-timeout} does, so every replica
+reaches the same state and nobody is left in a half-open pair (review
+revclu F5).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from tests.test_cluster_unit import Cluster, Node
+
+
+def _cluster(*configs: dict[str, Any]) -> Cluster:
+    cluster = Cluster(0)
+    for i, config in enumerate(configs):
+        cluster.nodes.append(Node(cluster, f"node{i}", **config))
+    return cluster
+
+
+def _same_state(cluster: Cluster) -> None:
+    first = cluster.nodes[0].state.replica.snapshot()
+    for node in cluster.nodes[1:]:
+        assert node.state.replica.snapshot() == first
+
+
+def test_max_invites_of_the_inviters_node_decides_everywhere() -> None:
+    cluster = _cluster({"max_invites": 1}, {})
+    a, b = cluster.nodes
+    alice = a.user("alice")
+    bob, carol = b.user("bob"), b.user("carol")
+    carol.send("PAIR bob")
+    cluster.pump()
+    assert bob.take() == ["INVITE carol"]
+    alice.send("PAIR bob")  # node A's limit: bob has 1 open already
+    cluster.pump()
+    assert alice.take() == ["ERROR busy bob has 1 open invitations already; try again later"]
+    assert bob.take() == []  # node B's replica refused it too
+    bob.send("ACCEPT alice")
+    cluster.pump()
+    assert bob.take()[0].startswith("ERROR no-invite")
+    _same_state(cluster)
+    # The other way round: B's inviter, under B's limit (10), is taken on A too.
+    dave = b.user("dave")
+    dave.send("PAIR bob")
+    cluster.pump()
+    assert dave.take() == ["PENDING bob"]
+    assert bob.take() == ["INVITE dave"]
+    bob.send("ACCEPT dave")
+    cluster.pump()
+    assert "PAIRED dave" in bob.take()
+    alice.send("USERS")
+    assert "USER bob paired" in alice.take()
+    _same_state(cluster)
+
+
+def test_max_invites_per_ip_of_the_inviters_node_decides_everywhere() -> None:
+    # Every test connection comes from 127.0.0.1: one source for all.
+    cluster = _cluster({"max_invites_per_ip": 1}, {})
+    a, b = cluster.nodes
+    alice = a.user("alice")
+    b.user("bob")
+    carol, dave = b.user("carol"), b.user("dave")
+    carol.send("PAIR bob")
+    cluster.pump()
+    assert carol.take() == ["PENDING bob"]
+    alice.send("PAIR dave")  # node A's limit: the address has 1 open already
+    cluster.pump()
+    assert alice.take() == ["ERROR pending users from your address have 1 open "
+                            "invitations already; wait for one to end"]
+    assert dave.take() == []
+    dave.send("ACCEPT alice")
+    cluster.pump()
+    assert dave.take()[0].startswith("ERROR no-invite")
+    _same_state(cluster)
+    # B's user, under B's limit (10), invites on A's replica too.
+    dave.send("PAIR alice")
+    cluster.pump()
+    assert dave.take() == ["PENDING alice"]
+    assert alice.take() == ["INVITE dave"]
+    alice.send("ACCEPT dave")
+    cluster.pump()
+    assert "PAIRED dave" in alice.take()
+    _same_state(cluster)
