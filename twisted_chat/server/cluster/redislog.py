@@ -59,6 +59,7 @@ import contextlib
 import hashlib
 import json
 import random
+import re
 import urllib.parse
 from collections import deque
 from dataclasses import dataclass
@@ -182,6 +183,11 @@ def _escape(value: str) -> str:
     return value.replace("\\", "\\\\").replace(":", "\\:")
 
 
+_URL_PARAMETERS = ("password", "ca", "db")
+# Redis's SELECT takes an int; its databases are numbered from 0.
+_DB = re.compile(r"[0-9]{1,9}")
+
+
 def parse_url(url: str) -> RedisTarget:
     """
     C{redis://[[user]:password@]host[:port][/db]}, C{rediss://...} (TLS,
@@ -190,10 +196,28 @@ def parse_url(url: str) -> RedisTarget:
     parameter works too; C{ca=FILE} (PEM) makes a rediss:// connection trust
     that certificate authority instead of the system's.
 
+    The whole URL is checked here, so that a mistake stops the start rather
+    than leaving a node that retries for ever: a database number from 0
+    on, a port from 1, known query parameters (each once), no fragment.
+
     @raise ValueError: with a sentence saying what is wrong.
     """
     parts = urllib.parse.urlsplit(url)
-    query = urllib.parse.parse_qs(parts.query)
+    try:
+        pairs = urllib.parse.parse_qsl(parts.query, keep_blank_values=True,
+                                       strict_parsing=bool(parts.query))
+    except ValueError:
+        raise ValueError(f"{url!r} has a malformed query") from None
+    names = [name for name, _ in pairs]
+    for name in names:
+        if name not in _URL_PARAMETERS:
+            raise ValueError(f"{url!r}: unknown parameter {name!r} (known: "
+                             f"{', '.join(_URL_PARAMETERS)})")
+        if names.count(name) > 1:
+            raise ValueError(f"{url!r}: {name}= is given twice")
+    if parts.fragment:
+        raise ValueError(f"{url!r} has a '#' (in a password, write it %23)")
+    query = {name: [value] for name, value in pairs}
     password = parts.password or (query.get("password") or [""])[0] or None
     if password is not None:
         password = urllib.parse.unquote(password)
@@ -203,25 +227,32 @@ def parse_url(url: str) -> RedisTarget:
     if scheme in ("redis", "rediss"):
         if not parts.hostname:
             raise ValueError(f"{url!r} has no host")
-        path = parts.path.strip("/")
+        path = parts.path[1:]
+        if path and db_text:
+            raise ValueError(f"{url!r}: the database is given twice (path and db=)")
         db_text = path or db_text
         try:
-            port = parts.port or 6379
+            port = parts.port
         except ValueError:
             raise ValueError(f"{url!r} has a bad port") from None
+        if port == 0:
+            raise ValueError(f"{url!r} has a bad port")
+        port = port or 6379
         endpoint = f"tcp:{_escape(parts.hostname)}:{port}"
         shown = f"{scheme}://{parts.hostname}:{port}"
     elif scheme == "unix":
         if not parts.path:
             raise ValueError(f"{url!r} has no socket path")
+        if parts.hostname:
+            raise ValueError(f"{url!r}: unix:// takes no host (unix:///path/to/socket)")
         endpoint = f"unix:{_escape(parts.path)}"
         shown = f"unix://{parts.path}"
     else:
         raise ValueError(f"{url!r}: the scheme must be redis://, rediss:// or unix://")
-    try:
-        db = int(db_text or 0)
-    except ValueError:
-        raise ValueError(f"{url!r}: the database must be a number") from None
+    if not _DB.fullmatch(db_text or "0"):
+        raise ValueError(f"{url!r}: the database must be a number from 0 (Redis has "
+                         "0 to 15 unless configured otherwise)")
+    db = int(db_text or 0)
     tls = scheme == "rediss"
     ca = (query.get("ca") or [""])[0] or None
     if ca is not None and not tls:
