@@ -93,6 +93,8 @@ READ_COUNT = 2000
 HISTORY_BATCH = 500
 BACKOFF_FIRST = 0.2
 BACKOFF_MAX = 5.0
+# While the node stops (its grace, see RedisLog.stop), it retries this often.
+STOP_RETRY = 0.2
 
 #: Appends one event (ARGV[2]) to the stream (KEYS[1]), with the id of the
 #: entry it follows ("0-0": none) as field p, and publishes it on the
@@ -411,6 +413,7 @@ class RedisLog:
         # events after it (see _tail_lost).
         self._lost_tail: str | None = None
         self._stopped = False
+        self._stopping = False  # within stop()'s grace
         # Commands sent or to send, oldest first, until acknowledged.
         self._unacked: deque[_Out] = deque()
         self._refusing = False  # Redis refused the last write (said once)
@@ -875,7 +878,8 @@ class RedisLog:
     def _schedule_retry(self) -> None:
         if self._stopped or self._retry is not None:
             return
-        delay = min(BACKOFF_FIRST * 2 ** self._attempt, BACKOFF_MAX)
+        delay = min(BACKOFF_FIRST * 2 ** self._attempt,
+                    STOP_RETRY if self._stopping else BACKOFF_MAX)
         self._attempt += 1
         self._retry = self.reactor.callLater(delay * random.uniform(0.8, 1.2), self._connect)
 
@@ -1537,10 +1541,22 @@ class RedisLog:
 
     async def stop(self, grace: float = 3.0) -> None:
         """Write what is queued, and what Redis refused and the node appends
-        again (within C{grace} seconds), drop the lease, close."""
+        again (within C{grace} seconds), drop the lease, close.  Redis out
+        of reach meanwhile (restarting, say) is waited for too, within the
+        grace, retrying every L{STOP_RETRY} seconds: the node's C{dead}
+        frees its users' nicks at once, where a lost one would leave them
+        held until the others find its lease missing.  A node that never
+        got the cluster's state (no users, nothing of its own to tell)
+        does not wait for Redis."""
         deadline = self.reactor.seconds() + grace
+        self._stopping = True
+        if self._retry is not None and self._retry.active():
+            self._retry.cancel()
+            self._retry = None
+            self._schedule_retry()  # soon, not after the backoff
         while ((self._unacked or self._doubtful or self._history_kept or self.state.keeping())
-               and self._cmd is not None and self.reactor.seconds() < deadline):
+               and (self._cmd is not None or self._started)
+               and self.reactor.seconds() < deadline):
             await _sleep(self.reactor, 0.02)
         self._stopped = True
         for call in (self._retry, self._history_call):
