@@ -8,20 +8,11 @@ with the Redis connection faked.
 from __future__ import annotations
 
 import json
-from typing import Any
 
-from twisted.internet.defer import Deferred, ensureDeferred, succeed
+from twisted.internet.defer import ensureDeferred
 
-from tests.test_cluster_outage import FakeRedis, redis_log
+from tests.test_cluster_outage import AnsweringRedis, redis_log
 from twisted_chat.server.cluster.redislog import APPEND_SHA, STOP_RETRY, RedisLog
-
-
-class AnsweringRedis(FakeRedis):
-    """A connection's execute_command: records, and answers at once."""
-
-    def execute_command(self, *args: Any) -> Deferred[Any]:
-        self.commands.append(args)
-        return succeed("1700000000000-0" if args[:2] == ("EVALSHA", APPEND_SHA) else None)
 
 
 def _down(log: RedisLog, redis_back: list[bool]) -> list[AnsweringRedis]:
