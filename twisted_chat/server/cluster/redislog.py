@@ -1441,12 +1441,15 @@ class RedisLog:
     async def _leases(self, cmd: Any, now: float) -> None:
         """
         The others' leases: the nodes listed in C{chat:nodes} (every node
-        adds itself at each heartbeat) and those with users.  Counts the
+        adds itself at each heartbeat) and those the replica knows
+        (L{Replica.known_nodes}: with users, or with events applied; and
+        the nodes of users this node's users were shown online before
+        Redis lost their registrations: L{Replica.unseen}).  Counts the
         live ones (C{--metrics}: L{ClusterState.live_nodes}), takes the
         lapsed ones out of the list (a node cut off adds itself again when
-        it is back), and declares dead a node with users whose lease has
-        lapsed (or with users this node's users were shown online before
-        Redis lost their registrations: L{Replica.unseen}).
+        it is back), and declares dead a known node whose lease has lapsed
+        (one without users too: its entry in the replicas goes with its
+        id, a day later).
         """
         state = self.state
         me = state.node
@@ -1454,8 +1457,8 @@ class RedisLog:
         listed = {str(node) for node in await cmd.execute_command("SMEMBERS", NODES)}
         # (And the nodes of users shown online here before Redis lost their
         # registrations: their node, if dead, never says hello.)
-        with_users = (state.replica.nodes() | state.replica.unseen_nodes()) - {me}
-        others = sorted((listed | with_users) - {me})
+        known = (state.replica.known_nodes() | state.replica.unseen_nodes()) - {me}
+        others = sorted((listed | known) - {me})
         leases = await cmd.execute_command("MGET", *[LEASE + n for n in others]) if others else []
         alive = {node for node, lease in zip(others, leases, strict=True) if lease is not None}
         # A renamed node's former id keeps its lease a while: it was declared dead.
@@ -1467,8 +1470,8 @@ class RedisLog:
         # after an outage every lease may have lapsed, its owner alive.
         if self._up_since is None or now - self._up_since < self.lease_ms / 1000:
             return
-        self._declared &= with_users
-        for node in sorted(with_users - alive - self._declared):
+        self._declared &= known
+        for node in sorted(known - alive - self._declared):
             self._declared.add(node)
             self.log.warn("cluster: node {node} missed its lease; it is dead", node=node)
             state.node_dead(node)

@@ -995,6 +995,15 @@ class Replica:
         """The nodes of the users in L{unseen}: their leases are judged too."""
         return {node for node, _ in self.unseen.values()}
 
+    def known_nodes(self) -> set[str]:
+        """The nodes with users online, and those not declared dead whose
+        events this replica applied (their sequence numbers, L{last_k}):
+        whose lease to watch.  One that dies without users is declared
+        dead too, so that its sequence number is forgotten with its id
+        (L{DEAD_KEEP}) instead of staying in every replica and snapshot."""
+        applied = {node.removeprefix(HELLO) for node in self.last_k}
+        return (applied - self.dead.keys() - {""}) | self.nodes()
+
     def next_due(self) -> float | None:
         """When the next invitation expires (log time), if any is open.
         Asked after every batch of events, so not a walk over every open
