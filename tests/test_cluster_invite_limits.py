@@ -84,3 +84,34 @@ def test_max_invites_per_ip_of_the_inviters_node_decides_everywhere() -> None:
     cluster.pump()
     assert "PAIRED dave" in alice.take()
     _same_state(cluster)
+
+
+def test_a_snapshot_with_more_invitations_than_this_node_allows_is_restored() -> None:
+    """A node whose --max-invites is lower than the one that let the
+    invitations be made restores them all (a start, a rebuild), as every
+    other replica has them, and the pairs the snapshot holds."""
+    cluster = _cluster({}, {})
+    b = cluster.nodes[1]
+    bob = b.user("bob")
+    inviters = [b.user(f"u{i}") for i in range(3)]
+    for conn in inviters:
+        conn.send("PAIR bob")
+    cluster.pump()
+    assert bob.take() == ["INVITE u0", "INVITE u1", "INVITE u2"]
+    snapshot = b.state.replica.snapshot()
+    for limits in ({"max_invites": 1}, {"max_invites_per_ip": 1}):
+        late = Node(cluster, "late", **limits)
+        late.state.replica.restore(snapshot)
+        assert late.state.replica.snapshot() == snapshot
+
+
+def test_a_pair_brought_back_is_not_refused_by_the_limits() -> None:
+    cluster = _cluster({"max_invites": 1, "max_invites_per_ip": 1})
+    (a,) = cluster.nodes
+    a.user("ann"), a.user("bob")
+    carol = a.user("carol")
+    carol.send("PAIR bob")  # bob has 1 open; the address has 1 out
+    cluster.pump()
+    hub = a.state.replica.hub
+    a.state.replica._restore_pair(hub.online["ann"], hub.online["bob"])
+    assert hub.online["ann"].partner is hub.online["bob"]

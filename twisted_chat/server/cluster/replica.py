@@ -84,6 +84,11 @@ def event_seconds(eid: str) -> float:
     return int(eid.split("-", 1)[0]) / 1000.0
 
 
+# What is restored (a snapshot's invitations, a pair a hello brings back)
+# was decided already, under its inviter's node's limits: none applies.
+NO_LIMITS: tuple[int | None, int | None] = (None, None)
+
+
 def _limit(value: object) -> int | None:
     """An invitation limit as a PAIR event carries it (null: none)."""
     return None if value is None else int(str(value))
@@ -873,7 +878,7 @@ class Replica:
         for one in (a, b):
             if one.outgoing is not None:
                 self.hub.unpair(one)  # withdraws it
-        self.hub.pair(a, b.nick)
+        self.hub.pair(a, b.nick, limits=NO_LIMITS)  # a pair that was: no limit applies
         self.hub.pair(b, a.nick)
 
     def _dead(self, eid: str, origin: str, k: int, event: dict[str, Any]) -> None:
@@ -1192,4 +1197,4 @@ class Replica:
                        for uid, partner, when in data.get("claims", [])}
         for inviter, invitee, due in data["invites"]:
             hub.pair(by_uid[inviter], by_uid[invitee].nick,
-                     timeout=float(due) - self.clock.seconds())
+                     timeout=float(due) - self.clock.seconds(), limits=NO_LIMITS)
