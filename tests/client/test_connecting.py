@@ -84,6 +84,59 @@ def test_the_probe_is_a_ping_right_after_connecting() -> None:
     assert not any("PONG" in line for line in s.screen.lines)
 
 
+def test_a_script_does_not_wait_for_ever_for_the_answer_to_its_nick() -> None:
+    # review rev3cli G: the server reads NICK and says nothing more.
+    s = session("robot", interactive=False)
+    s.receive("HELLO chat/1 test", "NICK")
+    assert s.sent() == ["NICK robot"]
+    s.type("backup finished")
+    s.client.input_ended()
+    s.clock.advance(ChatClient.GREETING_TIMEOUT - 0.1)
+    assert not s.transport.disconnecting
+    s.clock.advance(0.2)
+    assert s.transport.disconnecting
+    assert s.lose() == Outcome(
+        1, "No answer from chat.test:7000 to the nickname within 15 seconds."
+    )
+
+
+def test_nor_for_the_answer_to_its_password() -> None:
+    s = session("robot", interactive=False, environ={"CHAT_PASSWORD": "hunter2222"})
+    s.receive("HELLO chat/1 test", "NICK")
+    s.clock.advance(ChatClient.GREETING_TIMEOUT - 1)
+    s.receive("PASS robot")  # an answer: the wait starts again for the password
+    assert s.sent() == ["NICK robot", "PASS hunter2222"]
+    s.clock.advance(ChatClient.GREETING_TIMEOUT - 0.1)
+    assert not s.transport.disconnecting
+    s.clock.advance(0.2)
+    assert s.lose() == Outcome(
+        1, "No answer from chat.test:7000 to the password within 15 seconds."
+    )
+
+
+def test_a_person_gets_the_same_bound_but_not_while_typing_a_password() -> None:
+    s = session("bob")
+    s.receive("HELLO chat/1 test", "NICK")
+    s.receive("PASS bob")
+    s.clock.advance(3600)  # at the password prompt: the person takes their time
+    assert not s.transport.disconnecting
+    s.client.secret_line("hunter2222")
+    assert s.sent() == ["NICK bob", "PASS hunter2222"]
+    s.clock.advance(ChatClient.GREETING_TIMEOUT + 0.1)
+    assert s.transport.disconnecting
+
+
+def test_answers_stop_the_wait() -> None:
+    s = session("robot", interactive=False)
+    s.receive("HELLO chat/1 test", "NICK", "RETRY unavailable later")
+    s.clock.advance(ChatClient.UNAVAILABLE_DELAY)  # NICK again: its own wait
+    assert s.sent() == ["NICK robot", "NICK robot"]
+    s.receive("READY robot", "USER robot lobby", "USERS 1")
+    s.clock.advance(3600)
+    assert not s.transport.disconnecting
+    assert s.client.state is State.READY
+
+
 def test_ctrl_c_while_connecting_exits_non_zero() -> None:
     s = session(connect=False)
     s.client.cancel_connect = lambda: None

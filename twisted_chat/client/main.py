@@ -49,7 +49,8 @@ if TYPE_CHECKING:
 
 PROGRAM = "twisted-chat"
 CLOSE_TIMEOUT = 5.0
-# Seconds to wait for the connection, then again for the server's greeting.
+# Seconds to wait for the connection, then again for the server's greeting,
+# and for its answer to each nickname or password sent.
 DEFAULT_TIMEOUT = 15.0
 
 DESCRIPTION = """\
@@ -123,8 +124,8 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="SECONDS",
         type=_seconds,
         default=DEFAULT_TIMEOUT,
-        help="give up when the connection, and then the server's greeting, take longer "
-        f"than this (default {DEFAULT_TIMEOUT:g})",
+        help="give up when the connection, the server's greeting, or its answer to a "
+        f"nickname or password takes longer than this (default {DEFAULT_TIMEOUT:g})",
     )
     parser.add_argument(
         "--no-history",

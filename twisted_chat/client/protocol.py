@@ -203,7 +203,8 @@ class ChatClient(SkipLongLines):
         it after its greeting; a TLS server takes it for a broken handshake and
         closes at once, so the hint to use C{--tls} comes without a wait.
     @param greeting_timeout: seconds to wait, once connected, for the server
-        to ask for a nickname (C{None}: for ever).
+        to ask for a nickname, and then for its answer to each nickname or
+        password sent (C{None}: for ever).
     @param show_history: show the lobby's recent messages sent after C{READY}
         (C{--no-history} turns it off; what was missed while paired is shown
         regardless).
@@ -292,6 +293,7 @@ class ChatClient(SkipLongLines):
         self._quit_timer: IDelayedCall | None = None
         self._greeting_timer: IDelayedCall | None = None
         self._nick_again_timer: IDelayedCall | None = None
+        self._answer_timer: IDelayedCall | None = None  # for a NICK or PASS sent
         # Lines go no faster than the server's flood control lets them.
         self._pacer = Pacer(clock.seconds)
         self._pace_timer: IDelayedCall | None = None
@@ -347,6 +349,8 @@ class ChatClient(SkipLongLines):
         # it read our BYE must not make its answer look unexpected.
         if self.state not in (State.QUITTING, State.CLOSED) or state is State.CLOSED:
             self.state = state
+        if self.state is not State.NICK_SENT:
+            self._answered()
         self._update_prompt()
 
     # -- the network -----------------------------------------------------------
@@ -386,6 +390,33 @@ class ChatClient(SkipLongLines):
         if self._greeting_timer is not None and self._greeting_timer.active():
             self._greeting_timer.cancel()
         self._greeting_timer = None
+
+    def _await_answer(self, what: str) -> None:
+        """
+        A C{NICK} or C{PASS} was sent: the server answers it (C{READY}, C{PASS},
+        C{RETRY}, C{ERROR} or C{BYE}) within C{greeting_timeout} seconds, or
+        the client gives up.  A server that stopped, or never answers, would
+        otherwise keep a script waiting for ever.
+        """
+        self._answered()
+        if self.greeting_timeout is not None:
+            self._answer_timer = self.clock.callLater(
+                self.greeting_timeout, self._no_answer, what
+            )
+
+    def _answered(self) -> None:
+        if self._answer_timer is not None and self._answer_timer.active():
+            self._answer_timer.cancel()
+        self._answer_timer = None
+
+    def _no_answer(self, what: str) -> None:
+        self._answer_timer = None
+        if self._failure is None:
+            self._failure = (
+                f"No answer from {self.server} to the {what} within "
+                f"{self.greeting_timeout:g} seconds."
+            )
+        self._close_now()
 
     def _close_now(self) -> None:
         """Drop the connection without waiting for the peer (TLS included)."""
@@ -446,12 +477,18 @@ class ChatClient(SkipLongLines):
         previous = self.state
         self.state = State.CLOSED
         self._cancel_secret()
-        timers = (self._quit_timer, self._greeting_timer, self._nick_again_timer, self._pace_timer)
+        timers = (
+            self._quit_timer,
+            self._greeting_timer,
+            self._nick_again_timer,
+            self._pace_timer,
+            self._answer_timer,
+        )
         for timer in timers:
             if timer is not None and timer.active():
                 timer.cancel()
         self._quit_timer = self._greeting_timer = self._nick_again_timer = None
-        self._pace_timer = None
+        self._pace_timer = self._answer_timer = None
         tls = describe_tls_error(reason, self.server) if reason is not None else None
         if self._failure is not None:
             self._finish(Outcome(1, self._failure))
@@ -638,6 +675,7 @@ class ChatClient(SkipLongLines):
         self._pass_sent = False
         self.send(Send("NICK", (nick,)))
         self._set_state(State.NICK_SENT)
+        self._await_answer("nickname")
 
     def _show_local(self, action: Local) -> None:
         if action.is_error:
@@ -728,6 +766,7 @@ class ChatClient(SkipLongLines):
             self._send_password("PASS", text)
             self._pass_sent = True
             self._set_state(State.NICK_SENT)
+            self._await_answer("password")
             return
         if self.state not in (State.READY, State.PAIRED):
             return
@@ -794,6 +833,7 @@ class ChatClient(SkipLongLines):
             return
         self._send_password("PASS", password)
         self._pass_sent = True
+        self._await_answer("password")
 
     def _ask_password(self) -> None:
         """The password prompt for the nick asked for (on a terminal)."""
@@ -925,6 +965,7 @@ class ChatClient(SkipLongLines):
         a bounded number of times; then a script stops and a person is asked
         for a nickname again.
         """
+        self._answered()  # the next NICK, sent later, waits for its own answer
         self._unavailable_tries += 1
         if self._unavailable_tries > self.UNAVAILABLE_TRIES:
             tries = self.UNAVAILABLE_TRIES + 1
