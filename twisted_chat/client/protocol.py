@@ -494,8 +494,18 @@ class ChatClient(SkipLongLines):
             self._finish(Outcome(1, self._failure))
         elif self._interrupted:
             self._finish(Outcome(self.INTERRUPTED, self._interrupted_sentence()))
-        elif previous is State.QUITTING and (self._bye_received or self._gave_up):
+        elif previous is State.QUITTING and self._bye_received:
             self._finish(Outcome(0))
+        elif previous is State.QUITTING and self._gave_up:
+            # Without the server's answer nothing says that the last lines
+            # arrived: not a normal quit (docs/client.md, exit status).
+            self._finish(
+                Outcome(
+                    1,
+                    f"No answer from {self.server} to the goodbye within "
+                    f"{self.QUIT_TIMEOUT:g} seconds.",
+                )
+            )
         elif tls is not None:
             self._finish(Outcome(1, tls))
         elif not self._heard:
