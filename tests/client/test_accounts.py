@@ -10,7 +10,7 @@ import pytest
 from twisted_chat.client.commands import Local, Secret, is_secret_command, parse_input
 from twisted_chat.client.protocol import ChatClient, Outcome, State
 
-from .helpers import Session, session
+from .helpers import TS, Session, session
 
 SECRET = "correct horse"
 
@@ -314,6 +314,7 @@ def test_a_server_that_keeps_no_more_accounts_refuses_register_and_the_session_g
         "ask its operator.")
     s.type("hello")
     assert s.sent()[-1] == "MSG hello"
+    s.receive(f"MSG {TS} alice * hello")  # the server's copy: accepted
     s.type("/quit")
     s.receive("BYE quit")
     assert s.lose() == Outcome(0), "not the refusal of a full server"

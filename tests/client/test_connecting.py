@@ -221,6 +221,21 @@ def test_an_unanswered_bye_is_not_a_normal_quit() -> None:
     )
 
 
+def test_a_scripts_message_without_a_copy_back_is_reported_with_an_unanswered_bye() -> None:
+    # review rev3cli O: the server read everything and answered nothing.
+    s = session("robot", interactive=False)
+    s.ready("robot")
+    s.type("backup finished")
+    s.client.input_ended()
+    assert s.sent() == ["MSG backup finished", "BYE"]
+    s.clock.advance(ChatClient.QUIT_TIMEOUT)
+    assert s.lose() == Outcome(
+        1,
+        "No answer from chat.test:7000 to the goodbye within 5 seconds. "
+        "The message sent was not confirmed by the server.",
+    )
+
+
 def test_things_are_said_once() -> None:
     # The server's own words are kept only when they add something.
     assert render.bye("shutdown", "the server is shutting down") == "The server is shutting down."

@@ -8,10 +8,10 @@ from __future__ import annotations
 import pytest
 
 from twisted_chat.client.pace import BURST, MIN_RATE, RATE, Pacer, server_limits
-from twisted_chat.client.protocol import State
+from twisted_chat.client.protocol import Outcome, State
 from twisted_chat.server.flood import FloodMeter
 
-from .helpers import Session, session
+from .helpers import TS, Session, session
 
 STEP = 0.05
 
@@ -100,6 +100,74 @@ def test_a_line_sent_after_a_dropped_one_is_not_lost_and_nothing_runs_after_the_
     s.lose()
     assert s.client.state is State.CLOSED
     assert s.clock.getDelayedCalls() == []
+
+
+def serve_tightly(s: Session, meter: FloodMeter, seconds: float) -> list[str]:
+    """
+    Run the clock for C{seconds} as a server with this flood control would
+    answer: a copy of each message it takes, C{ERROR flood} for the first line
+    it drops in a second (the others silently), C{BYE quit} for C{BYE}.  The
+    message lines it dropped.
+    """
+    tokens, since, told, dropped = meter.full - 1, 0.0, -1.0, []  # NICK was one line
+    for _ in range(round(seconds / STEP)):
+        for line in s.sent():
+            at = s.clock.seconds()
+            allowed, tokens = meter.spend(tokens, since, at)
+            since = at
+            if line == "BYE":
+                s.receive("BYE quit")
+            elif not allowed:
+                dropped.append(line)
+                if at - told >= 1:
+                    told = at
+                    s.receive(
+                        "ERROR flood slow down: at most 2 lines per second (bursts of 5); "
+                        "lines are being dropped"
+                    )
+            elif line.startswith("MSG "):
+                s.receive(f"MSG {TS} {s.client.nick} * {line[4:]}")
+        s.clock.advance(STEP)
+    return dropped
+
+
+def test_a_script_whose_lines_a_tighter_server_dropped_says_how_many_and_exits_1() -> None:
+    """review rev3cli P: with --flood-rate 2 --flood-burst 5 a 40-line script
+    lost 5 lines, was told of "that line" once, and exited 0."""
+    s = session("reporter", interactive=False)
+    s.ready("reporter")
+    s.type(*(f"report line {n}" for n in range(1, 41)))
+    s.client.input_ended()
+    dropped = serve_tightly(s, FloodMeter(2, 5), 60)
+    assert len(dropped) == 5
+    assert s.screen.text().count("that line was dropped") == 1  # one ERROR for five
+    assert s.lose() == Outcome(
+        1,
+        "5 of the 40 messages sent were not accepted by the server "
+        "(it dropped lines sent too fast).",
+    )
+
+
+def test_the_same_script_under_the_default_flood_control_exits_0() -> None:
+    s = session("reporter", interactive=False)
+    s.ready("reporter")
+    s.type(*(f"report line {n}" for n in range(1, 41)))
+    s.client.input_ended()
+    assert serve_tightly(s, FloodMeter(10, 20), 30) == []
+    assert s.lose() == Outcome(0)
+
+
+def test_messages_without_a_copy_back_are_counted_whatever_ends_the_session() -> None:
+    s = session("robot", interactive=False)
+    s.ready("robot")
+    s.type("one", "two")
+    s.receive(f"MSG {TS} robot * one")
+    s.receive("BYE shutdown")
+    assert s.lose() == Outcome(
+        1,
+        "The server is shutting down. 1 of the 2 messages sent were not confirmed by the "
+        "server.",
+    )
 
 
 def test_what_the_server_says_of_its_limits() -> None:

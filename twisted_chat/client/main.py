@@ -8,9 +8,10 @@ L{StandardIO}.  No threads, no blocking reads.
 On a terminal (stdin and stdout both ttys) the terminal goes into raw mode and
 L{ChatTerminal} edits the input line; otherwise lines are read from stdin and
 plain text written to stdout.  Diagnostics go to stderr; the exit code is 0
-after a normal quit, 1 when the server cannot be reached, refuses TLS or drops
-the connection, 2 for bad options, and 130 when interrupted (Ctrl-C, SIGINT)
-before the chat was joined, or at any time in a script.
+after a normal quit, 1 when the server cannot be reached, refuses TLS, does
+not answer in time or drops the connection, or did not accept messages sent,
+2 for bad options, and 130 when interrupted (Ctrl-C, SIGINT) before the chat
+was joined, or at any time in a script.
 """
 
 from __future__ import annotations
@@ -67,7 +68,8 @@ is plain text; at the end of input the client says goodbye and exits.
 Colours are used only on a terminal and never when NO_COLOR is set.
 
 Exit status: 0 after a normal quit, 1 when the server cannot be reached,
-refuses TLS, does not greet in time or drops the connection, 2 for bad
+refuses TLS, does not answer in time or drops the connection, or when
+messages sent were not accepted (the client says how many), 2 for bad
 options, 130 when interrupted before the chat was joined (or in a script).
 
 examples:

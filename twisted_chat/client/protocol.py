@@ -185,6 +185,10 @@ def describe_connect_error(reason: Failure) -> str:
     return reason.getErrorMessage().rstrip(".") or "connection failed"
 
 
+def _sentences(first: str, then: str | None) -> str:
+    return first if then is None else f"{first} {then}"
+
+
 class ChatClient(SkipLongLines):
     """
     One connection to a chat/1 server.
@@ -302,6 +306,13 @@ class ChatClient(SkipLongLines):
         self._greeted = False  # the server asked for a nickname (or said who we are)
         self._bye_received = False
         self._gave_up = False  # we closed the connection after an unanswered BYE
+        self._bye_answered = False  # the server answered our BYE
+        # MSG and DM lines sent, and the server's copies of them back (the
+        # sender gets one for each message it accepts): the difference was
+        # dropped (flood control) or refused, and is said at the end.
+        self._messages_sent = 0
+        self._messages_echoed = 0
+        self._flood_dropped = False  # ERROR flood answered a line once online
         self._interrupted = False
         # A password being asked for: (verb to send it with, first entry).
         self._secret: tuple[str, str | None] | None = None
@@ -445,6 +456,8 @@ class ChatClient(SkipLongLines):
         if self.transport is not None and self.state is not State.CLOSED:
             self.transport.write(request.encode())
             self._pacer.spend()
+            if request.verb in ("MSG", "DM"):
+                self._messages_sent += 1
 
     def lineReceived(self, data: bytes) -> None:
         if data.endswith(b"\r"):
@@ -490,22 +503,23 @@ class ChatClient(SkipLongLines):
         self._quit_timer = self._greeting_timer = self._nick_again_timer = None
         self._pace_timer = self._answer_timer = None
         tls = describe_tls_error(reason, self.server) if reason is not None else None
+        losses = self._losses()
         if self._failure is not None:
-            self._finish(Outcome(1, self._failure))
+            self._finish(Outcome(1, _sentences(self._failure, losses)))
         elif self._interrupted:
-            self._finish(Outcome(self.INTERRUPTED, self._interrupted_sentence()))
+            self._finish(
+                Outcome(self.INTERRUPTED, _sentences(self._interrupted_sentence(), losses))
+            )
         elif previous is State.QUITTING and self._bye_received:
-            self._finish(Outcome(0))
+            self._finish(Outcome(1, losses) if losses else Outcome(0))
         elif previous is State.QUITTING and self._gave_up:
             # Without the server's answer nothing says that the last lines
             # arrived: not a normal quit (docs/client.md, exit status).
-            self._finish(
-                Outcome(
-                    1,
-                    f"No answer from {self.server} to the goodbye within "
-                    f"{self.QUIT_TIMEOUT:g} seconds.",
-                )
+            said = (
+                f"No answer from {self.server} to the goodbye within "
+                f"{self.QUIT_TIMEOUT:g} seconds."
             )
+            self._finish(Outcome(1, _sentences(said, losses)))
         elif tls is not None:
             self._finish(Outcome(1, tls))
         elif not self._heard:
@@ -520,7 +534,29 @@ class ChatClient(SkipLongLines):
             # A server that is killed leaves either a clean close or a reset
             # (when our BYE, or anything else, reached it after it died):
             # whichever it is, the chat is over without the server's goodbye.
-            self._finish(Outcome(1, f"The connection to {self.server} was lost."))
+            lost = f"The connection to {self.server} was lost."
+            self._finish(Outcome(1, _sentences(lost, losses)))
+
+    def _losses(self) -> str | None:
+        """
+        What the user sent that may not have arrived, in a sentence, or
+        C{None}: messages the server sent no copy of back.  Once it answered
+        our C{BYE} (it answers lines in order) they were not accepted:
+        dropped by its flood control, or refused with an C{ERROR}.
+        """
+        sent, missing = self._messages_sent, self._messages_sent - self._messages_echoed
+        if missing <= 0:
+            return None
+        taken = "accepted" if self._bye_answered else "confirmed"
+        if sent == 1:
+            said = f"The message sent was not {taken} by the server"
+        elif missing == sent:
+            said = f"None of the {sent} messages sent was {taken} by the server"
+        else:
+            said = f"{missing} of the {sent} messages sent were not {taken} by the server"
+        if self._flood_dropped:
+            said += " (it dropped lines sent too fast)"
+        return said + "."
 
     def connect_failed(self, reason: Failure) -> None:
         """The connection could not be made at all."""
@@ -1035,7 +1071,10 @@ class ChatClient(SkipLongLines):
     def _on_MSG(self, event: ServerLine) -> None:
         ts, sender, to = event.words
         self._show(self.renderer.message(ts, sender, to, event.text))
-        if self.nick is None or nick_key(sender) == nick_key(self.nick):
+        if self.nick is None:
+            return
+        if nick_key(sender) == nick_key(self.nick):
+            self._messages_echoed += 1  # the server took one of ours
             return
         if to != "*" or render.mentions(event.text, self.nick):
             self._ring()  # a private message, or a lobby line that names you
@@ -1142,6 +1181,7 @@ class ChatClient(SkipLongLines):
         self._bye_received = True
         self._greeting_done()
         if reason == "quit" and self.state is State.QUITTING:
+            self._bye_answered = True  # after every line we sent before it
             self._notice(said)
         elif self._failure is None:
             self._failure = said
@@ -1182,6 +1222,8 @@ class ChatClient(SkipLongLines):
             self._login_error(code, event.text, said)
             return
         self._error(said)
+        if code == "flood" and "busy" not in event.text:
+            self._flood_dropped = True
         if code == "flood" and self._pacer.slow_down(event.text):
             rate = self._pacer.rate
             lines = "line" if rate == 1 else "lines"
