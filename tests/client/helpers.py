@@ -151,6 +151,7 @@ class Keyboard:
         self.typed: list[str] = []
         self.secrets: list[str] = []
         self.quits = 0
+        self.eofs = 0
         self.ui = ChatTerminal(
             self.typed.append,
             self._quit,
@@ -158,6 +159,7 @@ class Keyboard:
             on_secret=self.secrets.append,
             nicks=lambda: nicks,
             bell=bell,
+            on_eof=self._eof,
         )
         self.ui.width = width
         self.screen = helper.TerminalBuffer()
@@ -170,6 +172,9 @@ class Keyboard:
 
     def _quit(self) -> None:
         self.quits += 1
+
+    def _eof(self) -> None:
+        self.eofs += 1
 
     def keys(self, data: bytes | str) -> None:
         self.server.dataReceived(data.encode("utf-8") if isinstance(data, str) else data)

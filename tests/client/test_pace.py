@@ -8,7 +8,7 @@ from __future__ import annotations
 import pytest
 
 from twisted_chat.client.pace import BURST, MIN_RATE, RATE, Pacer, server_limits
-from twisted_chat.client.protocol import Outcome, State
+from twisted_chat.client.protocol import ChatClient, Outcome, State
 from twisted_chat.server.flood import FloodMeter
 
 from .helpers import TS, Session, session
@@ -168,6 +168,100 @@ def test_messages_without_a_copy_back_are_counted_whatever_ends_the_session() ->
         "The server is shutting down. 1 of the 2 messages sent were not confirmed by the "
         "server.",
     )
+
+
+def echo(s: Session, seconds: float) -> list[str]:
+    """Run the clock as a server that takes every line; what was sent."""
+    out: list[str] = []
+    for _ in range(round(seconds / STEP)):
+        for line in s.sent():
+            out.append(line)
+            if line.startswith("MSG "):
+                s.receive(f"MSG {TS} {s.client.nick} * {line[4:]}")
+            elif line == "BYE":
+                s.receive("BYE quit")
+        s.clock.advance(STEP)
+    return out
+
+
+def test_ctrl_d_after_a_paste_sends_what_waits_then_leaves() -> None:
+    """review rev3cli L: Ctrl-D right after a 30-line paste sent 11 lines,
+    dropped 19 without a word, and exited 0."""
+    s = session("carol")
+    s.ready("carol")
+    pasted = [f"report line {n}" for n in range(30)]
+    s.type(*pasted)
+    s.screen.take()
+    s.client.end_of_typing()  # Ctrl-D on the empty line
+    assert s.screen.take() == [
+        "* Sending the 21 lines still waiting (about 5 s), then leaving; "
+        "Ctrl-C leaves now without them."
+    ]
+    sent = echo(s, 10)
+    assert sent == [f"MSG {p}" for p in pasted] + ["BYE"]
+    assert s.lose() == Outcome(0)
+
+
+def test_ctrl_c_after_a_paste_says_how_many_lines_were_not_sent() -> None:
+    s = session("carol")
+    s.ready("carol")
+    s.type(*(f"report line {n}" for n in range(30)))
+    assert len(echo(s, STEP)) == BURST - 1  # NICK was one
+    s.client.interrupt()  # Ctrl-C: leave now
+    assert echo(s, STEP) == ["BYE"]
+    assert s.lose() == Outcome(
+        130, "Interrupted. 21 lines still waiting to be sent were not sent."
+    )
+
+
+def test_a_second_ctrl_d_leaves_now() -> None:
+    s = session("carol")
+    s.ready("carol")
+    s.type(*(f"report line {n}" for n in range(30)))
+    s.client.end_of_typing()
+    sent = echo(s, 1)  # the burst, then 5 a second
+    s.client.end_of_typing()
+    sent += echo(s, STEP)
+    assert sent[-1] == "BYE" and len(sent) - 1 == BURST - 1 + 5
+    assert s.lose() == Outcome(
+        130, "Interrupted. 16 lines still waiting to be sent were not sent."
+    )
+
+
+def test_ctrl_d_sends_for_a_bounded_time_then_counts_the_rest() -> None:
+    s = session("carol")
+    s.ready("carol")
+    s.receive("ERROR flood at most 1 line per second (bursts of 1)")  # down to 0.5/s
+    s.type(*(f"report line {n}" for n in range(100)))
+    s.client.end_of_typing()
+    sent = echo(s, ChatClient.DRAIN_TIMEOUT + 1)
+    assert sent[-1] == "BYE"
+    messages = len(sent) - 1
+    assert 0 < messages < 100
+    outcome = s.lose()
+    assert outcome == Outcome(
+        1, f"{100 - messages} lines still waiting to be sent were not sent."
+    )
+
+
+def test_lines_waiting_when_the_server_ends_the_session_are_counted() -> None:
+    s = session("carol", interactive=False)
+    s.ready("carol")
+    s.type(*(f"report line {n}" for n in range(30)))
+    assert len(echo(s, STEP)) == BURST - 1
+    s.receive("BYE shutdown")
+    assert s.lose() == Outcome(
+        1, "The server is shutting down. 21 lines still waiting to be sent were not sent."
+    )
+
+
+def test_ctrl_d_with_nothing_waiting_is_ctrl_c() -> None:
+    s = session("carol")
+    s.ready("carol")
+    s.client.end_of_typing()
+    assert s.sent() == ["BYE"]
+    s.receive("BYE quit")
+    assert s.lose() == Outcome(0)
 
 
 def test_what_the_server_says_of_its_limits() -> None:

@@ -136,16 +136,16 @@ def test_control_keys_never_enter_the_line() -> None:
     assert "".join(kb.ui.lineBuffer) == "abc"  # Tab completes (nothing here)
 
 
-def test_ctrl_c_and_ctrl_d_quit() -> None:
+def test_ctrl_c_quits_and_ctrl_d_on_an_empty_line_ends_the_input() -> None:
     kb = Keyboard()
     kb.keys(b"x\x04")  # Ctrl-D on a non-empty line deletes forward
-    assert kb.quits == 0
+    assert kb.quits == kb.eofs == 0
     kb.keys(LEFT + b"\x04")
-    assert kb.ui.lineBuffer == [] and kb.quits == 0
-    kb.keys(b"\x04")
-    assert kb.quits == 1
+    assert kb.ui.lineBuffer == [] and kb.quits == kb.eofs == 0
+    kb.keys(b"\x04")  # review rev3cli L: the end of input, not "leave now"
+    assert (kb.quits, kb.eofs) == (0, 1)
     kb.keys(b"typing\x03")
-    assert kb.quits == 2
+    assert (kb.quits, kb.eofs) == (1, 1)
 
 
 def test_long_lines_scroll_sideways_instead_of_wrapping() -> None:

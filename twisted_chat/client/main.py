@@ -371,6 +371,7 @@ def _start_terminal(
         on_secret=client.secret_line,
         nicks=client.online_nicks,
         bell=bell,
+        on_eof=client.end_of_typing,
     )
     ui.width, ui.height = terminal_size(sys.stdout.fileno())
     stdio = StandardIO(terminal.TerminalServer(ui), reactor=reactor)  # type: ignore[no-untyped-call]

@@ -20,6 +20,7 @@ exit code and, for a failure, one sentence for stderr.
 from __future__ import annotations
 
 import ipaddress
+import math
 import time
 from collections import deque
 from collections.abc import Callable, Mapping, Sequence
@@ -230,7 +231,8 @@ class ChatClient(SkipLongLines):
     UNAVAILABLE_DELAY = 3.0
     UNAVAILABLE_TRIES = 5
     # Exit code after Ctrl-C (or SIGINT) before the chat was joined, or in a
-    # script: 128 + SIGINT, as shells report an interrupted command.
+    # script, or with typed lines still waiting: 128 + SIGINT, as shells
+    # report an interrupted command.
     INTERRUPTED = 130
     # Lines that wait to be sent (a script's input, a paste): at this many, a
     # script's stdin is no longer read until half of them have gone; on a
@@ -243,6 +245,9 @@ class ChatClient(SkipLongLines):
     USERS_MAX = 50_000
     FIELD_MAX = 100
     INVITES_MAX = 100
+    # Ctrl-D with lines still waiting (a paste the pacer holds): they go out
+    # for at most this many seconds, then the client leaves without the rest.
+    DRAIN_TIMEOUT = 60.0
 
     _log = Logger()
 
@@ -284,6 +289,8 @@ class ChatClient(SkipLongLines):
         self.cancel_connect: Callable[[], object] | None = None
         self._queue: deque[_Typed] = deque()
         self._eof = False
+        self._unsent = 0  # lines that waited and were dropped once online
+        self._drain_timer: IDelayedCall | None = None
         self._tried_option_nick = False
         self._asked_nick: str | None = None
         self._pass_sent = False  # the last login line sent was PASS, not NICK
@@ -306,6 +313,7 @@ class ChatClient(SkipLongLines):
         self._greeted = False  # the server asked for a nickname (or said who we are)
         self._bye_received = False
         self._gave_up = False  # we closed the connection after an unanswered BYE
+        self._said_bye = False  # we sent BYE (lines typed after it are not counted)
         self._bye_answered = False  # the server answered our BYE
         # MSG and DM lines sent, and the server's copies of them back (the
         # sender gets one for each message it accepts): the difference was
@@ -496,12 +504,15 @@ class ChatClient(SkipLongLines):
             self._nick_again_timer,
             self._pace_timer,
             self._answer_timer,
+            self._drain_timer,
         )
         for timer in timers:
             if timer is not None and timer.active():
                 timer.cancel()
         self._quit_timer = self._greeting_timer = self._nick_again_timer = None
-        self._pace_timer = self._answer_timer = None
+        self._pace_timer = self._answer_timer = self._drain_timer = None
+        if not self._said_bye:
+            self._drop_queue()  # the session ended under lines waiting: counted
         tls = describe_tls_error(reason, self.server) if reason is not None else None
         losses = self._losses()
         if self._failure is not None:
@@ -544,9 +555,14 @@ class ChatClient(SkipLongLines):
         our C{BYE} (it answers lines in order) they were not accepted:
         dropped by its flood control, or refused with an C{ERROR}.
         """
+        unsent = None
+        if self._unsent:
+            lines = "1 line" if self._unsent == 1 else f"{self._unsent} lines"
+            verb = "was" if self._unsent == 1 else "were"
+            unsent = f"{lines} still waiting to be sent {verb} not sent."
         sent, missing = self._messages_sent, self._messages_sent - self._messages_echoed
         if missing <= 0:
-            return None
+            return unsent
         taken = "accepted" if self._bye_answered else "confirmed"
         if sent == 1:
             said = f"The message sent was not {taken} by the server"
@@ -556,7 +572,7 @@ class ChatClient(SkipLongLines):
             said = f"{missing} of the {sent} messages sent were not {taken} by the server"
         if self._flood_dropped:
             said += " (it dropped lines sent too fast)"
-        return said + "."
+        return _sentences(said + ".", unsent)
 
     def connect_failed(self, reason: Failure) -> None:
         """The connection could not be made at all."""
@@ -617,13 +633,39 @@ class ChatClient(SkipLongLines):
         self._eof = True
         self._pump()
 
+    def end_of_typing(self) -> None:
+        """
+        Ctrl-D on an empty line: the end of input, as for a script.  Lines
+        still waiting for the pacer (a paste) go out first, for at most
+        L{DRAIN_TIMEOUT} seconds, then BYE.  With nothing waiting, or a second
+        time, it is Ctrl-C.
+        """
+        if self._eof or not self._queue or self.state not in (State.READY, State.PAIRED):
+            self.interrupt()
+            return
+        count = len(self._queue)
+        lines = "the line" if count == 1 else f"the {count} lines"
+        seconds = min(math.ceil(count / self._pacer.rate), self.DRAIN_TIMEOUT)
+        self._notice(
+            f"Sending {lines} still waiting (about {seconds:g} s), then leaving; "
+            "Ctrl-C leaves now without them."
+        )
+        self._drain_timer = self.clock.callLater(self.DRAIN_TIMEOUT, self._drained)
+        self.input_ended()
+
+    def _drained(self) -> None:
+        """Ctrl-D's time is up: leave without what still waits (it is counted)."""
+        self._drain_timer = None
+        self._drop_queue()
+        self.quit()
+
     def interrupt(self) -> None:
         """
         Ctrl-C: leave now; a second time, drop the connection.  Before the
-        chat was joined, or in a script, the exit code says it was interrupted.
+        chat was joined, or in a script, or when typed lines still waited
+        (they are dropped, and counted), the exit code says it was interrupted.
         """
-        self._queue.clear()
-        if self.nick is None or not self.interactive:
+        if self._drop_queue() or self.nick is None or not self.interactive:
             self._interrupted = True
         if self.state is State.QUITTING and self.transport is not None:
             self._close_now()
@@ -635,9 +677,25 @@ class ChatClient(SkipLongLines):
             return "Interrupted before joining the chat."
         return "Interrupted."
 
-    def quit(self, text: str = "") -> None:
-        """Say BYE and wait (a bounded time) for the server's answer."""
+    def _drop_queue(self) -> int:
+        """
+        Drop the lines still waiting to be sent; once online they are counted
+        and said at the end (none is lost silently).  How many.
+        """
+        count = len(self._queue) if self.nick is not None else 0
         self._queue.clear()
+        self._unsent += count
+        return count
+
+    def quit(self, text: str = "") -> None:
+        """
+        Say BYE and wait (a bounded time) for the server's answer.  Lines
+        after a C{/quit} are not sent: it is the end the user asked for.
+        """
+        self._queue.clear()
+        if self._drain_timer is not None and self._drain_timer.active():
+            self._drain_timer.cancel()
+        self._drain_timer = None
         if self.state is State.CONNECTING:
             self.state = State.CLOSED
             if self._interrupted:
@@ -650,6 +708,7 @@ class ChatClient(SkipLongLines):
         if self.state in (State.QUITTING, State.CLOSED):
             return
         self.send(Send("BYE", text=text))
+        self._said_bye = True
         self._set_state(State.QUITTING)
         self._quit_timer = self.clock.callLater(self.QUIT_TIMEOUT, self._give_up)
 

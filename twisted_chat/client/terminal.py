@@ -97,12 +97,14 @@ class ChatTerminal(HistoricRecvLine):
     The line editor and screen of the interactive client.
 
     @param on_line: called with each line the user enters.
-    @param on_quit: called for Ctrl-C, or Ctrl-D on an empty line.
+    @param on_quit: called for Ctrl-C (and Ctrl-D on an empty line, unless
+        C{on_eof} is given).
     @param colour: use SGR colours.
     @param on_secret: called with a line typed at a password prompt
         (L{ask_secret}); such a line is never drawn nor kept in the history.
     @param nicks: the nicknames Tab offers (see L{twisted_chat.client.complete}).
     @param bell: whether L{bell} rings the terminal bell (C{--no-bell}).
+    @param on_eof: called for Ctrl-D on an empty line: the end of input.
     """
 
     width = 80
@@ -117,8 +119,10 @@ class ChatTerminal(HistoricRecvLine):
         on_secret: Callable[[str], None] | None = None,
         nicks: Callable[[], Iterable[str]] = tuple,
         bell: bool = True,
+        on_eof: Callable[[], None] | None = None,
     ) -> None:
         self.terminal: Any = None  # set by makeConnection
+        self.on_eof = on_eof if on_eof is not None else on_quit
         self.on_line = on_line
         self.on_secret = on_secret
         self.nicks = nicks
@@ -466,7 +470,7 @@ class ChatTerminal(HistoricRecvLine):
         if self.lineBuffer:
             self.handle_DELETE()
         else:
-            self.on_quit()
+            self.on_eof()
 
     def _set_buffer(self, chars: list[str]) -> None:
         self.lineBuffer = list(chars)
