@@ -205,7 +205,7 @@ def test_ctrl_d_after_a_paste_sends_what_waits_then_leaves() -> None:
 def test_ctrl_c_after_a_paste_says_how_many_lines_were_not_sent() -> None:
     s = session("carol")
     s.ready("carol")
-    s.type(*(f"report line {n}" for n in range(30)))
+    s.type(*(f"report line {n}" for n in range(30)), "", " \t")  # blank lines send nothing
     assert len(echo(s, STEP)) == BURST - 1  # NICK was one
     s.client.interrupt()  # Ctrl-C: leave now
     assert echo(s, STEP) == ["BYE"]
@@ -258,6 +258,7 @@ def test_lines_waiting_when_the_server_ends_the_session_are_counted() -> None:
 def test_ctrl_d_with_nothing_waiting_is_ctrl_c() -> None:
     s = session("carol")
     s.ready("carol")
+    s.type(*([""] * 12))  # blank lines: nothing to wait for
     s.client.end_of_typing()
     assert s.sent() == ["BYE"]
     s.receive("BYE quit")

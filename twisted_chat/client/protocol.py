@@ -45,6 +45,7 @@ from twisted_chat.client.commands import (
     changes_pairing,
     parse_input,
     password_problem,
+    sendable,
 )
 from twisted_chat.client.events import Malformed, ServerLine, parse
 from twisted_chat.client.flow import Valve
@@ -640,10 +641,10 @@ class ChatClient(SkipLongLines):
         L{DRAIN_TIMEOUT} seconds, then BYE.  With nothing waiting, or a second
         time, it is Ctrl-C.
         """
-        if self._eof or not self._queue or self.state not in (State.READY, State.PAIRED):
+        if self._eof or not self._waiting() or self.state not in (State.READY, State.PAIRED):
             self.interrupt()
             return
-        count = len(self._queue)
+        count = self._waiting()
         lines = "the line" if count == 1 else f"the {count} lines"
         seconds = min(math.ceil(count / self._pacer.rate), self.DRAIN_TIMEOUT)
         self._notice(
@@ -677,12 +678,16 @@ class ChatClient(SkipLongLines):
             return "Interrupted before joining the chat."
         return "Interrupted."
 
+    def _waiting(self) -> int:
+        """The lines waiting to be sent, blank ones (which send nothing) left out."""
+        return sum(1 for typed in self._queue if sendable(typed.line).strip(" \t"))
+
     def _drop_queue(self) -> int:
         """
         Drop the lines still waiting to be sent; once online they are counted
         and said at the end (none is lost silently).  How many.
         """
-        count = len(self._queue) if self.nick is not None else 0
+        count = self._waiting() if self.nick is not None else 0
         self._queue.clear()
         self._unsent += count
         return count
