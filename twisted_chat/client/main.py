@@ -11,7 +11,8 @@ plain text written to stdout.  Diagnostics go to stderr; the exit code is 0
 after a normal quit, 1 when the server cannot be reached, refuses TLS, does
 not answer in time or drops the connection, or did not accept messages sent,
 2 for bad options, and 130 when interrupted (Ctrl-C, SIGINT) before the chat
-was joined, or at any time in a script.
+was joined, with typed lines still waiting to go out, or at any time in a
+script.
 """
 
 from __future__ import annotations
@@ -70,7 +71,9 @@ Colours are used only on a terminal and never when NO_COLOR is set.
 Exit status: 0 after a normal quit, 1 when the server cannot be reached,
 refuses TLS, does not answer in time or drops the connection, or when
 messages sent were not accepted (the client says how many), 2 for bad
-options, 130 when interrupted before the chat was joined (or in a script).
+options, 130 when interrupted before the chat was joined, with typed lines
+still waiting to go out (the client says how many), or in a script.
+Ctrl-D on an empty line sends the lines still waiting, then leaves.
 
 examples:
   python -m twisted_chat.client chat.example.org
