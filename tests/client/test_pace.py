@@ -165,7 +165,7 @@ def test_messages_without_a_copy_back_are_counted_whatever_ends_the_session() ->
     s.receive("BYE shutdown")
     assert s.lose() == Outcome(
         1,
-        "The server is shutting down. 1 of the 2 messages sent were not confirmed by the "
+        "The server is shutting down. 1 of the 2 messages sent was not confirmed by the "
         "server.",
     )
 

@@ -570,7 +570,8 @@ class ChatClient(SkipLongLines):
         elif missing == sent:
             said = f"None of the {sent} messages sent was {taken} by the server"
         else:
-            said = f"{missing} of the {sent} messages sent were not {taken} by the server"
+            verb = "was" if missing == 1 else "were"
+            said = f"{missing} of the {sent} messages sent {verb} not {taken} by the server"
         if self._flood_dropped:
             said += " (it dropped lines sent too fast)"
         return _sentences(said + ".", unsent)
