@@ -361,10 +361,10 @@ class FakeRedis:
         return Deferred()
 
 
-def redis_log() -> tuple[RedisLog, ClusterState]:
+def redis_log(node_timeout: float = 15.0) -> tuple[RedisLog, ClusterState]:
     clock = Clock()
     state = ClusterState("n", _Listener(), _history(), {}, clock)
-    return RedisLog(parse_url("redis://127.0.0.1/0"), state, clock, 15.0), state
+    return RedisLog(parse_url("redis://127.0.0.1/0"), state, clock, node_timeout), state
 
 
 class _Listener:

@@ -78,8 +78,8 @@ class _Conn:
         pass
 
 
-def connected() -> tuple[RedisLog, ClusterState, AnsweredRedis]:
-    log, state = redis_log()
+def connected(node_timeout: float = 15.0) -> tuple[RedisLog, ClusterState, AnsweredRedis]:
+    log, state = redis_log(node_timeout)
     redis = AnsweredRedis(state)
     log._cmd, state.available = redis, True
     return log, state, redis

@@ -93,6 +93,7 @@ READ_COUNT = 2000
 HISTORY_BATCH = 500
 BACKOFF_FIRST = 0.2
 BACKOFF_MAX = 5.0
+BACKOFF_JITTER = 0.2  # each wait drawn within this fraction of its length
 # While the node stops (its grace, see RedisLog.stop), it retries this often.
 STOP_RETRY = 0.2
 
@@ -391,6 +392,12 @@ class RedisLog:
         # lease expires, and is noticed, within node_timeout.
         self.lease_ms = int(node_timeout * 1000 * 2 / 3)
         self.heartbeat = node_timeout / 6
+        # After an outage (or at start) the others are judged only once this
+        # node has held its lease this long: a whole lease, and at least as
+        # long as a live node's reconnection backoff may keep it away after
+        # Redis is back (with a short --node-timeout the lease is shorter).
+        self.judge_after = max(self.lease_ms / 1000,
+                               BACKOFF_MAX * (1 + BACKOFF_JITTER) + self.heartbeat)
         # Redis answers in milliseconds; one silent for a third of the node
         # timeout (the lease is at risk) is taken as gone.
         self.reply_timeout = max(node_timeout / 3, 2.0)
@@ -881,7 +888,8 @@ class RedisLog:
         delay = min(BACKOFF_FIRST * 2 ** self._attempt,
                     STOP_RETRY if self._stopping else BACKOFF_MAX)
         self._attempt += 1
-        self._retry = self.reactor.callLater(delay * random.uniform(0.8, 1.2), self._connect)
+        jitter = random.uniform(1 - BACKOFF_JITTER, 1 + BACKOFF_JITTER)
+        self._retry = self.reactor.callLater(delay * jitter, self._connect)
 
     # -- appending ---------------------------------------------------------------
 
@@ -1420,7 +1428,7 @@ class RedisLog:
             # Redis refuses writes (MISCONF, OOM, READONLY): nobody's lease
             # is renewed meanwhile, so every one may lapse with its owner
             # alive.  As after an outage, the others are judged only once
-            # this node has held its lease for a whole lease time again.
+            # this node has held its lease for judge_after again.
             self._up_since = None
             raise
         if self._up_since is None:
@@ -1466,9 +1474,9 @@ class RedisLog:
         lapsed = sorted(listed - alive - {me})
         if lapsed:
             await cmd.execute_command("SREM", NODES, *lapsed)
-        # Judge the others only after holding the connection for a whole lease:
+        # Judge the others only after holding the connection for judge_after:
         # after an outage every lease may have lapsed, its owner alive.
-        if self._up_since is None or now - self._up_since < self.lease_ms / 1000:
+        if self._up_since is None or now - self._up_since < self.judge_after:
             return
         self._declared &= known
         for node in sorted(known - alive - self._declared):
