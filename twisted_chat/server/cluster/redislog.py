@@ -94,6 +94,22 @@ HISTORY_BATCH = 500
 BACKOFF_FIRST = 0.2
 BACKOFF_MAX = 5.0
 BACKOFF_JITTER = 0.2  # each wait drawn within this fraction of its length
+
+
+def judging_wait(lease: float, heartbeat: float, after_outage: bool) -> float:
+    """
+    How long a node holds its lease, once connected, before it judges the
+    others' leases: a whole lease (after an outage every lease may have
+    lapsed with its owner alive), and after an outage also the longest
+    reconnection backoff and a heartbeat, in which a live node may still be
+    getting back (a short C{--node-timeout} makes the lease shorter than
+    that).  A node that reached Redis at once has no outage to wait out.
+    """
+    if not after_outage:
+        return lease
+    return max(lease, BACKOFF_MAX * (1 + BACKOFF_JITTER) + heartbeat)
+
+
 # While the node stops (its grace, see RedisLog.stop), it retries this often.
 STOP_RETRY = 0.2
 
@@ -392,12 +408,9 @@ class RedisLog:
         # lease expires, and is noticed, within node_timeout.
         self.lease_ms = int(node_timeout * 1000 * 2 / 3)
         self.heartbeat = node_timeout / 6
-        # After an outage (or at start) the others are judged only once this
-        # node has held its lease this long: a whole lease, and at least as
-        # long as a live node's reconnection backoff may keep it away after
-        # Redis is back (with a short --node-timeout the lease is shorter).
-        self.judge_after = max(self.lease_ms / 1000,
-                               BACKOFF_MAX * (1 + BACKOFF_JITTER) + self.heartbeat)
+        # How long this node holds its lease before it judges the others'
+        # (see judging_wait), as of its last connection.
+        self._judge_wait = self.lease_ms / 1000
         # Redis answers in milliseconds; one silent for a third of the node
         # timeout (the lease is at risk) is taken as gone.
         self.reply_timeout = max(node_timeout / 3, 2.0)
@@ -518,6 +531,8 @@ class RedisLog:
         self._attempt = 0
         was_down = self._down_since
         self._up_since = self.reactor.seconds()
+        self._judge_wait = judging_wait(self.lease_ms / 1000, self.heartbeat,
+                                        after_outage=was_down is not None)
         self._down_since = None
         self.state.log_open()
         if was_down is None:
@@ -1428,7 +1443,7 @@ class RedisLog:
             # Redis refuses writes (MISCONF, OOM, READONLY): nobody's lease
             # is renewed meanwhile, so every one may lapse with its owner
             # alive.  As after an outage, the others are judged only once
-            # this node has held its lease for judge_after again.
+            # this node has held its lease for a whole lease time again.
             self._up_since = None
             raise
         if self._up_since is None:
@@ -1476,7 +1491,7 @@ class RedisLog:
             await cmd.execute_command("SREM", NODES, *lapsed)
         # Judge the others only after holding the connection for judge_after:
         # after an outage every lease may have lapsed, its owner alive.
-        if self._up_since is None or now - self._up_since < self.judge_after:
+        if self._up_since is None or now - self._up_since < self._judge_wait:
             return
         self._declared &= known
         for node in sorted(known - alive - self._declared):
