@@ -271,3 +271,53 @@ def test_bracketed_paste_mode_is_turned_off_at_the_end() -> None:
     k.output.clear()
     k.ui.close()
     assert k.output.value().startswith(terminal.PASTE_MODE_OFF.encode())
+
+
+# -- rev4cli F1: the goodbye's answer is read even while stdout is full ------------
+
+
+def test_the_answer_to_the_goodbye_is_read_while_stdout_is_full() -> None:
+    # A script piped into a pager or a slow reader: stdout is full when its
+    # input ends.  The server answers at once; the client must read it, not
+    # give up on the goodbye after 5 s and blame the server (review rev4cli F1).
+    s = session("robot", interactive=False)
+    s.ready("robot")
+    s.type("hi")
+    display = s.client.reading.hand("display")  # main registers it with stdout
+    display.pauseProducing()
+    assert s.transport.producerState == "paused"
+    s.client.input_ended()
+    assert s.sent() == ["MSG hi", "BYE"]
+    assert s.transport.producerState == "producing"  # read on, stdout full or not
+    s.clock.advance(1)
+    s.receive(f"MSG {TS} robot * hi", "BYE quit")
+    outcome = s.lose()
+    assert outcome.code == 0, outcome
+    assert outcome.message is None
+    # stdout filling again later does not stop the reading either.
+    display.resumeProducing()
+    display.pauseProducing()
+    assert s.transport.producerState == "producing"
+
+
+def test_what_is_read_after_the_goodbye_while_stdout_is_full_is_bounded() -> None:
+    # A server that keeps sending after the client's BYE cannot fill memory:
+    # past QUIT_READ_MAX bytes, stdout holds the reading again, and the
+    # goodbye's 5 s end it (exit 1, no answer).
+    s = session("robot", interactive=False)
+    s.ready("robot")
+    s.client.reading.hand("display").pauseProducing()
+    s.client.quit()
+    assert s.sent() == ["BYE"]
+    assert s.transport.producerState == "producing"
+    chunk = b"HELP " + b"x" * (1 << 20) + b"\r\n"
+    for _ in range(s.client.QUIT_READ_MAX // len(chunk)):
+        s.client.dataReceived(chunk)
+    assert s.transport.producerState == "producing"
+    s.client.dataReceived(chunk)
+    assert s.transport.producerState == "paused"
+    s.clock.advance(s.client.QUIT_TIMEOUT)
+    outcome = s.lose()
+    assert outcome.code == 1
+    assert outcome.message == "No answer from chat.test:7000 to the goodbye within 5 seconds."
+

@@ -9,7 +9,9 @@ any of them is full.  The client uses one for the server's connection: it
 stops reading the socket while stdout cannot take more (a pager, a stalled
 terminal, C{| sleep}) and while the socket cannot take more of what the client
 writes (a server that sends PINGs and never reads the PONGs).  The server's
-own send queue then bounds what waits for the client.
+own send queue then bounds what waits for the client.  Once the client has
+said goodbye, stdout no longer holds the socket (L{Valve.ignore}): the server
+closes right after its answer, which must be read.
 """
 
 from __future__ import annotations
@@ -31,12 +33,14 @@ class Valve:
     def __init__(self) -> None:
         self.producer: IPushProducer | None = None
         self._held: set[str] = set()
+        self._ignored: set[str] = set()  # full or not, they hold nothing
+        self._paused = False
 
     def attach(self, producer: IPushProducer) -> None:
         """Start pausing C{producer}: at once if a consumer is full already."""
         self.producer = producer
-        if self._held:
-            producer.pauseProducing()
+        self._paused = False
+        self._update()
 
     def hand(self, name: str, on_resume: Callable[[], object] | None = None) -> IPushProducer:
         """
@@ -50,15 +54,31 @@ class Valve:
         return name in self._held
 
     def hold(self, name: str) -> None:
-        if not self._held and self.producer is not None:
-            self.producer.pauseProducing()
         self._held.add(name)
+        self._update()
 
     def release(self, name: str) -> None:
-        if name not in self._held:
-            return
         self._held.discard(name)
-        if not self._held and self.producer is not None:
+        self._update()
+
+    def ignore(self, name: str) -> None:
+        """Consumer C{name} no longer holds the producer, even when full."""
+        self._ignored.add(name)
+        self._update()
+
+    def heed(self, name: str) -> None:
+        """Consumer C{name} holds the producer again while it is full."""
+        self._ignored.discard(name)
+        self._update()
+
+    def _update(self) -> None:
+        paused = bool(self._held - self._ignored)
+        if self.producer is None or paused == self._paused:
+            return
+        self._paused = paused
+        if paused:
+            self.producer.pauseProducing()
+        else:
             self.producer.resumeProducing()
 
 

@@ -249,6 +249,11 @@ class ChatClient(SkipLongLines):
     # Ctrl-D with lines still waiting (a paste the pacer holds): they go out
     # for at most this many seconds, then the client leaves without the rest.
     DRAIN_TIMEOUT = 60.0
+    # Once the client said goodbye, the server's last lines are read even
+    # while stdout is full (its answer must be seen; it closes right after),
+    # up to this many bytes: the server's own send queue (1 MiB by default)
+    # and the kernel's buffers hold less.
+    QUIT_READ_MAX = 16 * 1024 * 1024
 
     _log = Logger()
 
@@ -306,6 +311,7 @@ class ChatClient(SkipLongLines):
         self._greeting_timer: IDelayedCall | None = None
         self._nick_again_timer: IDelayedCall | None = None
         self._answer_timer: IDelayedCall | None = None  # for a NICK or PASS sent
+        self._read_after_bye = 0  # bytes read after BYE while stdout was full
         # Lines go no faster than the server's flood control lets them.
         self._pacer = Pacer(clock.seconds)
         self._pace_timer: IDelayedCall | None = None
@@ -449,6 +455,10 @@ class ChatClient(SkipLongLines):
             self.transport.loseConnection()
 
     def dataReceived(self, data: bytes) -> None:
+        if self._said_bye and self.reading.held("display"):
+            self._read_after_bye += len(data)
+            if self._read_after_bye > self.QUIT_READ_MAX:
+                self.reading.heed("display")  # enough: stdout's turn again
         if not self._heard and data:
             self._heard = True
             if not self.tls and looks_like_tls(data):
@@ -715,6 +725,10 @@ class ChatClient(SkipLongLines):
             return
         self.send(Send("BYE", text=text))
         self._said_bye = True
+        # The server's answer, and the lines before it, are read even while
+        # stdout is full (a pager, a slow pipe): else the goodbye would seem
+        # unanswered.  Bounded: the server closes after its answer.
+        self.reading.ignore("display")
         self._set_state(State.QUITTING)
         self._quit_timer = self.clock.callLater(self.QUIT_TIMEOUT, self._give_up)
 
