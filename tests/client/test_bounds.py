@@ -321,3 +321,46 @@ def test_what_is_read_after_the_goodbye_while_stdout_is_full_is_bounded() -> Non
     assert outcome.code == 1
     assert outcome.message == "No answer from chat.test:7000 to the goodbye within 5 seconds."
 
+
+# -- rev4cli F2: lines do not wait for ever on a server that stopped reading --------
+
+
+def test_a_finite_script_ends_when_the_server_stops_reading() -> None:
+    s = session("robot", interactive=False)
+    s.ready("robot")
+    for i in range(30):
+        s.type(f"report line {i}")  # a burst of 10 with the NICK: 9 go, 21 wait
+    assert len(s.sent()) == 9
+    # Over 64 KiB wait in the socket's buffer: the server stopped reading.
+    s.transport.producer.pauseProducing()
+    s.client.input_ended()
+    s.clock.advance(s.client.greeting_timeout - 0.5)  # --timeout, 15 s here
+    assert s.sent() == [] and not s.transport.disconnecting
+    s.clock.advance(1)
+    assert s.transport.disconnecting  # given up, not waiting for ever
+    outcome = s.lose()
+    assert outcome.code == 1
+    assert outcome.message == (
+        "chat.test:7000 did not read what the client sent for 15 seconds. "
+        "None of the 9 messages sent was confirmed by the server. "
+        "21 lines still waiting to be sent were not sent."
+    )
+
+
+def test_a_server_that_reads_slowly_is_not_given_up() -> None:
+    # Each time the socket's buffer drains, the server gets --timeout again.
+    s = session("robot", interactive=False)
+    s.ready("robot")
+    for i in range(60):
+        s.type(f"report line {i}")
+    assert len(s.sent()) == 9
+    socket = s.transport.producer
+    for _ in range(4):
+        socket.pauseProducing()
+        s.clock.advance(s.client.greeting_timeout - 1)
+        socket.resumeProducing()  # drained: 10 more go at once
+        assert len(s.sent()) == 10 and not s.transport.disconnecting
+    s.client.input_ended()
+    for _ in range(10):
+        s.clock.advance(1)
+    assert s.sent()[-2:] == ["MSG report line 59", "BYE"]

@@ -130,7 +130,8 @@ def build_parser() -> argparse.ArgumentParser:
         type=_seconds,
         default=DEFAULT_TIMEOUT,
         help="give up when the connection, the server's greeting, or its answer to a "
-        f"nickname or password takes longer than this (default {DEFAULT_TIMEOUT:g})",
+        "nickname or password takes longer than this, or when the server takes nothing "
+        f"the client sends for this long (default {DEFAULT_TIMEOUT:g})",
     )
     parser.add_argument(
         "--no-history",

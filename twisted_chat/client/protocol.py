@@ -209,8 +209,9 @@ class ChatClient(SkipLongLines):
         it after its greeting; a TLS server takes it for a broken handshake and
         closes at once, so the hint to use C{--tls} comes without a wait.
     @param greeting_timeout: seconds to wait, once connected, for the server
-        to ask for a nickname, and then for its answer to each nickname or
-        password sent (C{None}: for ever).
+        to ask for a nickname, then for its answer to each nickname or
+        password sent, and for it to take what the client writes while lines
+        wait on a full socket buffer (C{None}: for ever).
     @param show_history: show the lobby's recent messages sent after C{READY}
         (C{--no-history} turns it off; what was missed while paired is shown
         regardless).
@@ -311,6 +312,9 @@ class ChatClient(SkipLongLines):
         self._greeting_timer: IDelayedCall | None = None
         self._nick_again_timer: IDelayedCall | None = None
         self._answer_timer: IDelayedCall | None = None  # for a NICK or PASS sent
+        # Lines wait while the socket's buffer is full: the server must take
+        # some within greeting_timeout, or the client gives up.
+        self._stall_timer: IDelayedCall | None = None
         self._read_after_bye = 0  # bytes read after BYE while stdout was full
         # Lines go no faster than the server's flood control lets them.
         self._pacer = Pacer(clock.seconds)
@@ -390,7 +394,7 @@ class ChatClient(SkipLongLines):
             # (TCP and TLS transports are both.)
             self.reading.attach(cast(IPushProducer, self.transport))
             socket = cast(IConsumer, self.transport)
-            socket.registerProducer(self.reading.hand("socket", self._pump), True)
+            socket.registerProducer(self.reading.hand("socket", self._socket_room), True)
         self._set_state(State.GREETING)
         if self.greeting_timeout is not None:
             self._greeting_timer = self.clock.callLater(
@@ -516,12 +520,14 @@ class ChatClient(SkipLongLines):
             self._pace_timer,
             self._answer_timer,
             self._drain_timer,
+            self._stall_timer,
         )
         for timer in timers:
             if timer is not None and timer.active():
                 timer.cancel()
         self._quit_timer = self._greeting_timer = self._nick_again_timer = None
         self._pace_timer = self._answer_timer = self._drain_timer = None
+        self._stall_timer = None
         if not self._said_bye:
             self._drop_queue()  # the session ended under lines waiting: counted
         tls = describe_tls_error(reason, self.server) if reason is not None else None
@@ -729,6 +735,9 @@ class ChatClient(SkipLongLines):
         # stdout is full (a pager, a slow pipe): else the goodbye would seem
         # unanswered.  Bounded: the server closes after its answer.
         self.reading.ignore("display")
+        if self._stall_timer is not None and self._stall_timer.active():
+            self._stall_timer.cancel()  # the goodbye's own time bounds it now
+        self._stall_timer = None
         self._set_state(State.QUITTING)
         self._quit_timer = self.clock.callLater(self.QUIT_TIMEOUT, self._give_up)
 
@@ -757,7 +766,11 @@ class ChatClient(SkipLongLines):
 
     def _must_wait(self) -> bool:
         """Whether the next line must wait for the pacer (a paste, a script)."""
-        if self._pace_timer is not None or self.reading.held("socket"):
+        if self.reading.held("socket"):
+            if self._stall_timer is None and self.greeting_timeout is not None:
+                self._stall_timer = self.clock.callLater(self.greeting_timeout, self._stalled)
+            return True
+        if self._pace_timer is not None:
             return True
         wait = self._pacer.wait()
         if wait <= 0:
@@ -768,6 +781,27 @@ class ChatClient(SkipLongLines):
     def _paced(self) -> None:
         self._pace_timer = None
         self._pump()
+
+    def _socket_room(self) -> None:
+        """The socket's buffer has drained: the server reads again."""
+        if self._stall_timer is not None and self._stall_timer.active():
+            self._stall_timer.cancel()
+        self._stall_timer = None
+        self._pump()
+
+    def _stalled(self) -> None:
+        """
+        Lines waited C{greeting_timeout} seconds for a server that took
+        nothing the client sent: give up (they are counted), rather than
+        keep a script waiting for ever.
+        """
+        self._stall_timer = None
+        if self._failure is None:
+            self._failure = (
+                f"{self.server} did not read what the client sent for "
+                f"{self.greeting_timeout:g} seconds."
+            )
+        self._close_now()
 
     def _nick_input(self, line: str) -> None:
         nick = line.strip()
