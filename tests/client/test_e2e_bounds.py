@@ -10,6 +10,7 @@ import os
 import select
 import socket
 import subprocess
+import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -62,6 +63,8 @@ def client_of_a_peer(
                 yield proc, conn
         finally:
             proc.kill()
+            if proc.stdin is not None and proc.stdin.closed:
+                proc.stdin = None  # the test ended the input
             proc.communicate(timeout=10)
 
 
@@ -131,3 +134,48 @@ def test_a_tab_in_text_pasted_into_a_real_terminal_is_sent_as_pasted(
     assert second.endswith(" alice * bo\t12"), second
     term.enter("/quit")
     term.wait_row(r"^EXIT=0$")
+
+
+
+def test_a_script_whose_stdout_is_read_late_ends_well_with_all_its_output() -> None:
+    # `client | (sleep 12; cat)`: stdout is full when the script's input ends.
+    # The client still reads the server's answer to its BYE (exit 0, not "No
+    # answer ... to the goodbye"), and waits for stdout to take every line
+    # instead of cutting them 5 s later (review rev4cli F1).
+    count = 400  # about 800 KB: far over stdout's pipe and buffer (128 KiB)
+    lines = b"".join(
+        b"MSG 2026-11-22T14:03:05.123Z bob * %04d " % i + b"x" * 2000 + b"\r\n"
+        for i in range(count)
+    )
+    with client_of_a_peer(b"READY eve\r\nUSER eve lobby\r\nUSERS 1\r\n") as (proc, conn):
+        assert proc.stdin is not None and proc.stdout is not None and proc.stderr is not None
+        conn.settimeout(30)
+        failed: list[OSError] = []
+
+        def send_lines() -> None:
+            try:
+                conn.sendall(lines)  # blocks while the client does not read
+            except OSError as e:
+                failed.append(e)
+
+        sender = threading.Thread(target=send_lines, daemon=True)
+        sender.start()
+        time.sleep(1)  # the client reads until stdout is full
+        proc.stdin.close()  # end of input: BYE
+        heard = b""
+        while b"BYE" not in heard:
+            chunk = conn.recv(4096)
+            assert chunk, heard
+            heard += chunk
+        sender.join(30)
+        if not failed:
+            conn.sendall(b"BYE quit\r\n")  # the answer, after everything before it
+        conn.close()
+        time.sleep(12)  # past the goodbye's 5 s and the old 5 s cut of the output
+        out = proc.stdout.read().decode()
+        rc = proc.wait(timeout=15)
+        err = proc.stderr.read().decode()
+    assert not failed, failed
+    assert (rc, err) == (0, "")
+    assert len([row for row in out.splitlines() if "<bob>" in row]) == count
+    assert out.splitlines()[-1] == "* Goodbye."

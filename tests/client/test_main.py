@@ -5,12 +5,20 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from twisted.internet.abstract import FileDescriptor
+from twisted.internet.defer import Deferred
+from twisted.internet.task import Clock
+from twisted.internet.testing import MemoryReactorClock
 
 from twisted_chat.client.main import (
     DEFAULT_PORT,
+    OUTPUT_TIMEOUT,
     log_observer,
+    output_cut,
     parse_options,
     server_label,
+    unwritten,
+    wait_for_output,
     wants_colour,
 )
 
@@ -142,3 +150,51 @@ def test_an_unhandled_error_is_shown_as_one_line_without_its_traceback() -> None
         "could not handle a server line: timestamp out of range for platform time_t",
         "dropping a server line of 5 bytes",
     ]
+
+
+# -- review rev4cli F1: a script's output is not cut silently at the end ----------
+
+
+def test_a_scripts_output_is_waited_for_while_stdout_takes_some() -> None:
+    # `client | less`, read slowly: the session is over, the output is not.
+    clock, closing = Clock(), Deferred[None]()
+    left = [300_000]
+    done: list[int | None] = []
+    wait_for_output(clock, closing, lambda: left[0]).addCallback(done.append)
+    for _ in range(5):  # stdout takes a little every 50 s: never given up
+        clock.advance(OUTPUT_TIMEOUT - 10)
+        left[0] -= 1000
+    clock.advance(1)
+    assert done == [] and not closing.called
+    closing.callback(None)  # all written, stdout closed
+    assert done == [None]
+    assert clock.getDelayedCalls() == []
+
+
+def test_a_scripts_output_stdout_does_not_take_is_counted() -> None:
+    clock, closing = Clock(), Deferred[None]()
+    done: list[int | None] = []
+    wait_for_output(clock, closing, lambda: 81_920).addCallback(done.append)
+    clock.advance(OUTPUT_TIMEOUT - 1)
+    assert done == []
+    clock.advance(1)
+    assert done == [81_920]
+    assert closing.called  # cancelled: the process may end
+    assert output_cut(81_920) == (
+        "81920 bytes of output were not written: stdout took nothing for 60 seconds."
+    )
+    assert output_cut(-1) == "Some output was not written: stdout took nothing for 60 seconds."
+
+
+def test_what_stdout_has_not_taken_is_measured() -> None:
+    class Stdio:
+        _writer: FileDescriptor | None = None
+
+    stdio = Stdio()
+    assert unwritten(stdio) == 0  # closed: nothing waits
+    writer = FileDescriptor(reactor=MemoryReactorClock())
+    writer.connected = True
+    writer.write(b"x" * 1000)
+    stdio._writer = writer
+    assert unwritten(stdio) == 1000
+    assert unwritten(object()) == 0

@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING, Any, NoReturn
 
 from twisted.internet import defer, task
 from twisted.internet.endpoints import HostnameEndpoint, connectProtocol, wrapClientTLS
-from twisted.internet.interfaces import IStreamClientEndpoint
+from twisted.internet.interfaces import IDelayedCall, IReactorTime, IStreamClientEndpoint
 from twisted.internet.stdio import StandardIO
 from twisted.logger import (
     FilteringLogObserver,
@@ -50,7 +50,12 @@ if TYPE_CHECKING:
     from twisted_chat.client.terminal import ChatTerminal
 
 PROGRAM = "twisted-chat"
+# At the end, a terminal gets this long to take the last output.
 CLOSE_TIMEOUT = 5.0
+# A script's output that stdout has not taken when the session ends (a pager,
+# a slow pipe) is waited for as long as stdout takes some of it at least this
+# often; what is left then is not written, and said on stderr (exit 1).
+OUTPUT_TIMEOUT = 60.0
 # Seconds to wait for the connection, then again for the server's greeting,
 # and for its answer to each nickname or password sent.
 DEFAULT_TIMEOUT = 15.0
@@ -69,8 +74,10 @@ is plain text; at the end of input the client says goodbye and exits.
 Colours are used only on a terminal and never when NO_COLOR is set.
 
 Exit status: 0 after a normal quit, 1 when the server cannot be reached,
-refuses TLS, does not answer in time or drops the connection, or when
-messages sent were not accepted (the client says how many), 2 for bad
+refuses TLS, does not answer (or read) in time or drops the connection,
+when messages sent were not accepted (the client says how many), or when
+stdout took none of a script's last output for 60 s (not cut silently: the
+client says how much was not written), 2 for bad
 options, 130 when interrupted before the chat was joined, with typed lines
 still waiting to go out (the client says how many), or in a script.
 Ctrl-D on an empty line sends the lines still waiting, then leaves.
@@ -268,6 +275,74 @@ def _nothing() -> None:
     pass
 
 
+def unwritten(stdio: object) -> int | None:
+    """
+    The bytes written to C{stdio} (a L{StandardIO}) that stdout has not taken
+    yet, or C{None} when it cannot tell.
+    """
+    writer = getattr(stdio, "_writer", None)  # a FileDescriptor; None once closed
+    if writer is None:
+        return 0
+    try:
+        return int(len(writer.dataBuffer) - writer.offset + writer._tempDataLen)
+    except (AttributeError, TypeError):
+        return None
+
+
+def wait_for_output(
+    clock: IReactorTime,
+    closing: defer.Deferred[None],
+    pending: Callable[[], int | None],
+    timeout: float = OUTPUT_TIMEOUT,
+    step: float = 1.0,
+) -> defer.Deferred[int | None]:
+    """
+    Wait for C{closing} (stdout flushed and closed) as long as stdout takes
+    some of what C{pending} says waits at least every C{timeout} seconds.
+    Fires with C{None} once closed, or, when stdout took nothing for that
+    long, with the bytes it did not take (C{-1}: unknown) after cancelling
+    C{closing}.
+    """
+    result: defer.Deferred[int | None] = defer.Deferred()
+    last = pending()
+    since = clock.seconds()
+    poll: IDelayedCall | None = None
+
+    def check() -> None:
+        nonlocal last, since, poll
+        poll = None
+        now = pending()
+        if now is not None and last is not None and now < last:
+            since = clock.seconds()  # stdout took some
+        last = now
+        if clock.seconds() - since < timeout:
+            poll = clock.callLater(step, check)
+            return
+        result.callback(None if now == 0 else -1 if now is None else now)
+        closing.cancel()
+
+    def closed(ignored: object) -> None:
+        if poll is not None and poll.active():
+            poll.cancel()
+        if not result.called:
+            result.callback(None)
+
+    poll = clock.callLater(step, check)
+    closing.addBoth(closed)
+    return result
+
+
+def output_cut(left: int) -> str:
+    """What is said on stderr when a script's output was not all written."""
+    if left < 0:
+        what = "Some output was"
+    elif left == 1:
+        what = "1 byte of output was"
+    else:
+        what = f"{left} bytes of output were"
+    return f"{what} not written: stdout took nothing for {OUTPUT_TIMEOUT:g} seconds."
+
+
 async def run(reactor: Any, options: argparse.Namespace) -> None:
     interactive = is_terminal()
     label = server_label(options.host, options.port)
@@ -329,18 +404,28 @@ async def run(reactor: Any, options: argparse.Namespace) -> None:
     # Else a drained stdout would resume the producer instead of closing.
     stdio.unregisterProducer()  # type: ignore[no-untyped-call]
     closing = ui.close()
-    timeout = reactor.callLater(CLOSE_TIMEOUT, closing.cancel)
-    try:
-        await closing
-    except defer.CancelledError:
-        pass
+    left: int | None = None
+    if interactive:
+        timeout = reactor.callLater(CLOSE_TIMEOUT, closing.cancel)
+        try:
+            await closing
+        except defer.CancelledError:
+            pass
+        else:
+            timeout.cancel()
     else:
-        timeout.cancel()
+        # A script's output is not cut silently: stdout gets the time it
+        # takes, as long as it takes some (docs/client.md, "Scripts and pipes").
+        left = await wait_for_output(reactor, closing, lambda: unwritten(stdio))
     restore()
+    code = outcome.code
     if outcome.message:
         _stderr_line(render.plain(render.info(outcome.message)))
-    if outcome.code:
-        raise SystemExit(outcome.code)
+    if left is not None:
+        _stderr_line(output_cut(left))
+        code = code or 1
+    if code:
+        raise SystemExit(code)
 
 
 def _start_terminal(
