@@ -186,6 +186,20 @@ def test_a_scripts_output_stdout_does_not_take_is_counted() -> None:
     assert output_cut(-1) == "Some output was not written: stdout took nothing for 60 seconds."
 
 
+def test_a_stdout_that_went_away_is_not_waited_for() -> None:
+    # `client | head -1`: head exits, the next write fails (EPIPE), and
+    # Twisted drops the writer without closing; nothing is owed any more,
+    # so the wait ends at the next look, not after OUTPUT_TIMEOUT (review
+    # rev5cli G1: 60 s, and Ctrl-C did nothing meanwhile).
+    clock, closing = Clock(), Deferred[None]()
+    done: list[int | None] = []
+    wait_for_output(clock, closing, lambda: 0).addCallback(done.append)
+    clock.advance(1)
+    assert done == [None]
+    assert closing.called  # cancelled: the process may end
+    assert clock.getDelayedCalls() == []
+
+
 def test_what_stdout_has_not_taken_is_measured() -> None:
     class Stdio:
         _writer: FileDescriptor | None = None

@@ -299,9 +299,11 @@ def wait_for_output(
     """
     Wait for C{closing} (stdout flushed and closed) as long as stdout takes
     some of what C{pending} says waits at least every C{timeout} seconds.
-    Fires with C{None} once closed, or, when stdout took nothing for that
-    long, with the bytes it did not take (C{-1}: unknown) after cancelling
-    C{closing}.
+    Fires with C{None} once closed, or once nothing waits and still the
+    close has not come (stdout went away: C{| head} exited, and Twisted
+    dropped the writer without closing), or, when stdout took nothing for
+    that long, with the bytes it did not take (C{-1}: unknown); in the last
+    two cases after cancelling C{closing}.
     """
     result: defer.Deferred[int | None] = defer.Deferred()
     last = pending()
@@ -315,7 +317,7 @@ def wait_for_output(
         if now is not None and last is not None and now < last:
             since = clock.seconds()  # stdout took some
         last = now
-        if clock.seconds() - since < timeout:
+        if now != 0 and clock.seconds() - since < timeout:
             poll = clock.callLater(step, check)
             return
         result.callback(None if now == 0 else -1 if now is None else now)
