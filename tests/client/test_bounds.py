@@ -173,13 +173,13 @@ def test_a_scripts_input_is_not_read_while_the_queue_is_full() -> None:
     pipe.dataReceived(b"".join(b"log line %d\n" % i for i in range(count)))  # one big read
     queue_max = s.client.QUEUE_MAX
     assert stdio.producerState == "paused"
-    assert len(s.client._queue) == queue_max  # the rest waits, unread, in the pipe
+    assert len(s.client.outbox) == queue_max  # the rest waits, unread, in the pipe
     sent: list[str] = s.sent()
     most = 0
     for _ in range(1000):  # 3000 lines at 5 a second: 600 s
         s.clock.advance(1)
         sent += s.sent()
-        most = max(most, len(s.client._queue))
+        most = max(most, len(s.client.outbox))
         if len(sent) == count:
             break
     assert most <= queue_max
@@ -198,7 +198,7 @@ def test_reading_resumes_once_half_the_queue_has_gone() -> None:
     waits = []
     for _ in range(1000):
         s.clock.advance(1)
-        waits.append(len(s.client._queue))
+        waits.append(len(s.client.outbox))
         if stdio.producerState == "producing":
             break
     assert stdio.producerState == "producing"
@@ -214,7 +214,7 @@ def test_lines_pasted_over_the_bound_are_not_sent_and_said_so() -> None:
     total = queue_max + 20
     s.type(*[f"line {i}" for i in range(total)])
     sent = s.sent()  # the pacer's burst went at once
-    assert len(s.client._queue) == queue_max
+    assert len(s.client.outbox) == queue_max
     kept = len(sent) + queue_max
     said = s.screen.take()
     assert said == [
@@ -224,7 +224,7 @@ def test_lines_pasted_over_the_bound_are_not_sent_and_said_so() -> None:
     for _ in range(1000):
         s.clock.advance(1)
         sent += s.sent()
-        if not s.client._queue:
+        if not s.client.outbox:
             break
     assert sent == [f"MSG line {i}" for i in range(kept)]
     assert s.screen.take() == [

@@ -61,7 +61,7 @@ def test_a_paste_on_a_terminal_is_paced_in_order() -> None:
     pasted = [f"line {n}" for n in range(30)]
     s.type(*pasted, "/users", "last")
     first = s.sent()
-    assert len(first) == BURST - 1 and s.client._queue  # NICK was one; the rest waits
+    assert len(first) == BURST - 1 and s.client.outbox  # NICK was one; the rest waits
     sent = [line for _, line in drain(s, 10)]
     assert first + sent == [f"MSG {p}" for p in pasted] + ["USERS", "MSG last"]
 

@@ -322,6 +322,6 @@ def test_a_scripts_input_is_read_again_once_its_lines_for_the_partner_are_droppe
     assert stdio.producerState == "paused"
     s.sent()
     s.receive("UNPAIRED dave left")
-    assert not s.client._queue
+    assert not s.client.outbox
     s.clock.advance(0)
     assert stdio.producerState == "producing"

@@ -9,6 +9,7 @@ It speaks chat/1 over TCP or TLS on the Twisted reactor.  The modules:
   - L{commands}: parses what the user types (C{/pair bob}, C{@bob hi}, ...);
   - L{complete}: what Tab completes (nicknames and commands);
   - L{protocol}: the connection to the server and the client's state;
+  - L{outbox}: the lines waiting to be sent, their pace and their counts;
   - L{terminal}: the interactive line editor on a terminal (conch insults);
   - L{pipe}: plain line input and output when stdin is not a terminal;
   - L{main}: options, connecting, and the exit code.

@@ -11,7 +11,8 @@ accepted the nickname, no faster than the server's flood control allows
 prompt, or before the nickname prompt comes back, are dropped instead: one of
 them may be the password.  A line waits with whom it was typed for: text typed
 for a partner is never sent to the lobby (nor lobby text to a partner) when
-the pair ends, or begins, before its turn comes.
+the pair ends, or begins, before its turn comes.  The queue, its pacing and
+its counts are an L{Outbox} (L{twisted_chat.client.outbox}).
 
 When the session ends, L{ChatClient.finished} fires with an L{Outcome}: the
 exit code and, for a failure, one sentence for stderr.
@@ -22,7 +23,6 @@ from __future__ import annotations
 import ipaddress
 import math
 import time
-from collections import deque
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from enum import Enum, auto
@@ -42,15 +42,13 @@ from twisted_chat.client.commands import (
     Quit,
     Secret,
     Send,
-    changes_pairing,
     parse_input,
     password_problem,
-    sendable,
 )
 from twisted_chat.client.events import Malformed, ServerLine, parse
 from twisted_chat.client.flow import Valve
 from twisted_chat.client.lines import SkipLongLines
-from twisted_chat.client.pace import Pacer
+from twisted_chat.client.outbox import QUEUE_MAX, Outbox, Typed
 from twisted_chat.client.render import Line, Renderer, UserRow
 from twisted_chat.client.sanitize import decode
 from twisted_chat.wire import PROTOCOL_VERSION, is_valid_nick, nick_key
@@ -97,20 +95,6 @@ class Outcome:
 
     code: int
     message: str | None = None
-
-
-@dataclass(frozen=True, slots=True)
-class _Typed:
-    """
-    A line the user typed, waiting for its turn, and whom it was typed for:
-    C{to} is the partner on screen then (C{None}: the lobby).  A line that
-    follows a waiting C{/pair}, C{/accept} or C{/unpair} (C{after_pairing})
-    goes wherever that command leads.
-    """
-
-    line: str
-    to: str | None
-    after_pairing: bool
 
 
 def _lines(count: int) -> tuple[str, str]:
@@ -236,10 +220,8 @@ class ChatClient(SkipLongLines):
     # script, or with typed lines still waiting: 128 + SIGINT, as shells
     # report an interrupted command.
     INTERRUPTED = 130
-    # Lines that wait to be sent (a script's input, a paste): at this many, a
-    # script's stdin is no longer read until half of them have gone; on a
-    # terminal the lines typed or pasted meanwhile are not sent.
-    QUEUE_MAX = 1000
+    # Lines that wait to be sent (twisted_chat.client.outbox).
+    QUEUE_MAX = QUEUE_MAX
     # What a server's lines can make the client keep: people in the user list
     # being gathered (USER lines until USERS) and known for Tab (five times
     # the server's default --max-clients), each field of a USER line (a real
@@ -294,9 +276,7 @@ class ChatClient(SkipLongLines):
         self.invited: str | None = None  # my open invitation
         self.finished: Deferred[Outcome] = Deferred()
         self.cancel_connect: Callable[[], object] | None = None
-        self._queue: deque[_Typed] = deque()
         self._eof = False
-        self._unsent = 0  # lines that waited and were dropped once online
         self._drain_timer: IDelayedCall | None = None
         self._tried_option_nick = False
         self._asked_nick: str | None = None
@@ -312,13 +292,7 @@ class ChatClient(SkipLongLines):
         self._greeting_timer: IDelayedCall | None = None
         self._nick_again_timer: IDelayedCall | None = None
         self._answer_timer: IDelayedCall | None = None  # for a NICK or PASS sent
-        # Lines wait while the socket's buffer is full: the server must take
-        # some within greeting_timeout, or the client gives up.
-        self._stall_timer: IDelayedCall | None = None
         self._read_after_bye = 0  # bytes read after BYE while stdout was full
-        # Lines go no faster than the server's flood control lets them.
-        self._pacer = Pacer(clock.seconds)
-        self._pace_timer: IDelayedCall | None = None
         self._unavailable_tries = 0  # RETRY unavailable answers in a row
         self._heard = False  # any byte came from the server
         self._greeted = False  # the server asked for a nickname (or said who we are)
@@ -326,12 +300,6 @@ class ChatClient(SkipLongLines):
         self._gave_up = False  # we closed the connection after an unanswered BYE
         self._said_bye = False  # we sent BYE (lines typed after it are not counted)
         self._bye_answered = False  # the server answered our BYE
-        # MSG and DM lines sent, and the server's copies of them back (the
-        # sender gets one for each message it accepts): the difference was
-        # dropped (flood control) or refused, and is said at the end.
-        self._messages_sent = 0
-        self._messages_echoed = 0
-        self._flood_dropped = False  # ERROR flood answered a line once online
         self._interrupted = False
         # A password being asked for: (verb to send it with, first entry).
         self._secret: tuple[str, str | None] | None = None
@@ -343,10 +311,26 @@ class ChatClient(SkipLongLines):
         # The server's connection is not read while stdout ("display") or the
         # connection itself ("socket") cannot take more (twisted_chat.client.flow).
         self.reading = Valve()
-        # A script's stdin, paused while QUEUE_MAX lines wait (None: a terminal).
-        self.input: IPushProducer | None = None
-        self._input_paused = False
-        self._not_queued = 0  # lines not queued on a terminal: too many waited
+        # What the user typed, waiting to be sent: paced, held while the
+        # socket is full (for at most greeting_timeout without the server
+        # taking any), and counted when it does not arrive.
+        self.outbox = Outbox(
+            clock,
+            go=self._pump,
+            stalled=self._stalled,
+            socket_full=lambda: self.reading.held("socket"),
+            stall_timeout=greeting_timeout,
+            limit=self.QUEUE_MAX,
+        )
+
+    @property
+    def input(self) -> IPushProducer | None:
+        """A script's stdin, paused while QUEUE_MAX lines wait (None: a terminal)."""
+        return self.outbox.input
+
+    @input.setter
+    def input(self, producer: IPushProducer | None) -> None:
+        self.outbox.input = producer
 
     # -- showing -------------------------------------------------------------
 
@@ -394,7 +378,7 @@ class ChatClient(SkipLongLines):
             # (TCP and TLS transports are both.)
             self.reading.attach(cast(IPushProducer, self.transport))
             socket = cast(IConsumer, self.transport)
-            socket.registerProducer(self.reading.hand("socket", self._socket_room), True)
+            socket.registerProducer(self.reading.hand("socket", self.outbox.socket_room), True)
         self._set_state(State.GREETING)
         if self.greeting_timeout is not None:
             self._greeting_timer = self.clock.callLater(
@@ -478,9 +462,7 @@ class ChatClient(SkipLongLines):
     def send(self, request: Send) -> None:
         if self.transport is not None and self.state is not State.CLOSED:
             self.transport.write(request.encode())
-            self._pacer.spend()
-            if request.verb in ("MSG", "DM"):
-                self._messages_sent += 1
+            self.outbox.sent(request.verb)
 
     def lineReceived(self, data: bytes) -> None:
         if data.endswith(b"\r"):
@@ -517,21 +499,19 @@ class ChatClient(SkipLongLines):
             self._quit_timer,
             self._greeting_timer,
             self._nick_again_timer,
-            self._pace_timer,
             self._answer_timer,
             self._drain_timer,
-            self._stall_timer,
         )
         for timer in timers:
             if timer is not None and timer.active():
                 timer.cancel()
         self._quit_timer = self._greeting_timer = self._nick_again_timer = None
-        self._pace_timer = self._answer_timer = self._drain_timer = None
-        self._stall_timer = None
+        self._answer_timer = self._drain_timer = None
+        self.outbox.stop()
         if not self._said_bye:
             self._drop_queue()  # the session ended under lines waiting: counted
         tls = describe_tls_error(reason, self.server) if reason is not None else None
-        losses = self._losses()
+        losses = self.outbox.losses(self._bye_answered)
         if self._failure is not None:
             self._finish(Outcome(1, _sentences(self._failure, losses)))
         elif self._interrupted:
@@ -565,33 +545,6 @@ class ChatClient(SkipLongLines):
             lost = f"The connection to {self.server} was lost."
             self._finish(Outcome(1, _sentences(lost, losses)))
 
-    def _losses(self) -> str | None:
-        """
-        What the user sent that may not have arrived, in a sentence, or
-        C{None}: messages the server sent no copy of back.  Once it answered
-        our C{BYE} (it answers lines in order) they were not accepted:
-        dropped by its flood control, or refused with an C{ERROR}.
-        """
-        unsent = None
-        if self._unsent:
-            lines = "1 line" if self._unsent == 1 else f"{self._unsent} lines"
-            verb = "was" if self._unsent == 1 else "were"
-            unsent = f"{lines} still waiting to be sent {verb} not sent."
-        sent, missing = self._messages_sent, self._messages_sent - self._messages_echoed
-        if missing <= 0:
-            return unsent
-        taken = "accepted" if self._bye_answered else "confirmed"
-        if sent == 1:
-            said = f"The message sent was not {taken} by the server"
-        elif missing == sent:
-            said = f"None of the {sent} messages sent was {taken} by the server"
-        else:
-            verb = "was" if missing == 1 else "were"
-            said = f"{missing} of the {sent} messages sent {verb} not {taken} by the server"
-        if self._flood_dropped:
-            said += " (it dropped lines sent too fast)"
-        return _sentences(said + ".", unsent)
-
     def connect_failed(self, reason: Failure) -> None:
         """The connection could not be made at all."""
         self.state = State.CLOSED
@@ -610,41 +563,22 @@ class ChatClient(SkipLongLines):
 
     def user_line(self, line: str) -> None:
         """A line the user typed (or a script wrote)."""
-        if len(self._queue) >= self.QUEUE_MAX and self.input is None:
-            self._not_queued += 1
-            if self._not_queued == 1:
+        to = self.partner if self.state is State.PAIRED else None
+        if not self.outbox.add(line, to):
+            if self.outbox.refused == 1:
                 self._error(
                     f"{self.QUEUE_MAX} lines are waiting to be sent: what you type or paste "
                     "now is not sent until they have gone."
                 )
             return
-        last = self._queue[-1] if self._queue else None
-        after_pairing = last is not None and (last.after_pairing or changes_pairing(last.line))
-        to = self.partner if self.state is State.PAIRED else None
-        self._queue.append(_Typed(line, to, after_pairing))
-        full = len(self._queue) >= self.QUEUE_MAX
-        if full and self.input is not None and not self._input_paused:
-            self._input_paused = True
-            self.input.pauseProducing()
         self._pump()
 
     def _queue_room(self) -> None:
         """Once half the queue has gone, read a script's input again."""
-        if len(self._queue) > self.QUEUE_MAX // 2:
-            return
-        if self._input_paused:
-            self._input_paused = False
-            # Later, not from inside _pump: resuming hands over the lines
-            # already read, which come back here.
-            self.clock.callLater(0, self._resume_input)
-        if self._not_queued and not self._queue:
-            count, self._not_queued = self._not_queued, 0
+        count = self.outbox.room()
+        if count:
             lines = "1 line" if count == 1 else f"{count} lines"
             self._notice(f"{lines} typed or pasted while {self.QUEUE_MAX} waited were not sent.")
-
-    def _resume_input(self) -> None:
-        if self.input is not None and not self._input_paused:
-            self.input.resumeProducing()
 
     def input_ended(self) -> None:
         """End of input: leave once everything before it has been sent."""
@@ -658,12 +592,12 @@ class ChatClient(SkipLongLines):
         L{DRAIN_TIMEOUT} seconds, then BYE.  With nothing waiting, or a second
         time, it is Ctrl-C.
         """
-        if self._eof or not self._waiting() or self.state not in (State.READY, State.PAIRED):
+        waiting = self.outbox.waiting()
+        if self._eof or not waiting or self.state not in (State.READY, State.PAIRED):
             self.interrupt()
             return
-        count = self._waiting()
-        lines = "the line" if count == 1 else f"the {count} lines"
-        seconds = min(math.ceil(count / self._pacer.rate), self.DRAIN_TIMEOUT)
+        lines = "the line" if waiting == 1 else f"the {waiting} lines"
+        seconds = min(math.ceil(waiting / self.outbox.rate), self.DRAIN_TIMEOUT)
         self._notice(
             f"Sending {lines} still waiting (about {seconds:g} s), then leaving; "
             "Ctrl-C leaves now without them."
@@ -695,26 +629,19 @@ class ChatClient(SkipLongLines):
             return "Interrupted before joining the chat."
         return "Interrupted."
 
-    def _waiting(self) -> int:
-        """The lines waiting to be sent, blank ones (which send nothing) left out."""
-        return sum(1 for typed in self._queue if sendable(typed.line).strip(" \t"))
-
     def _drop_queue(self) -> int:
         """
         Drop the lines still waiting to be sent; once online they are counted
         and said at the end (none is lost silently).  How many.
         """
-        count = self._waiting() if self.nick is not None else 0
-        self._queue.clear()
-        self._unsent += count
-        return count
+        return self.outbox.drop(counted=self.nick is not None)
 
     def quit(self, text: str = "") -> None:
         """
         Say BYE and wait (a bounded time) for the server's answer.  Lines
         after a C{/quit} are not sent: it is the end the user asked for.
         """
-        self._queue.clear()
+        self.outbox.discard()
         if self._drain_timer is not None and self._drain_timer.active():
             self._drain_timer.cancel()
         self._drain_timer = None
@@ -735,9 +662,7 @@ class ChatClient(SkipLongLines):
         # stdout is full (a pager, a slow pipe): else the goodbye would seem
         # unanswered.  Bounded: the server closes after its answer.
         self.reading.ignore("display")
-        if self._stall_timer is not None and self._stall_timer.active():
-            self._stall_timer.cancel()  # the goodbye's own time bounds it now
-        self._stall_timer = None
+        self.outbox.cancel_stall()  # the goodbye's own time bounds it now
         self._set_state(State.QUITTING)
         self._quit_timer = self.clock.callLater(self.QUIT_TIMEOUT, self._give_up)
 
@@ -747,16 +672,18 @@ class ChatClient(SkipLongLines):
         self._close_now()
 
     def _pump(self) -> None:
-        while self._queue and self.state in (State.ASK_NICK, State.READY, State.PAIRED):
-            if self.state is not State.ASK_NICK and self._must_wait():
-                break  # the rest goes when the pacer lets it
-            line = self._queue.popleft().line
+        while self.state in (State.ASK_NICK, State.READY, State.PAIRED):
+            # At the nickname prompt lines go at once; then no faster than
+            # the pacer lets them, and not while the socket is full.
+            line = self.outbox.next_line(paced=self.state is not State.ASK_NICK)
+            if line is None:
+                break  # the rest goes when the outbox lets it
             if self.state is State.ASK_NICK:
                 self._nick_input(line)
             else:
                 self._command_input(line)
         self._queue_room()
-        if not self._eof or self._queue:
+        if not self._eof or self.outbox:
             return
         if self.state in (State.READY, State.PAIRED):
             self.quit()
@@ -764,38 +691,12 @@ class ChatClient(SkipLongLines):
             self._failure = "The input ended before a nickname was accepted."
             self.quit()
 
-    def _must_wait(self) -> bool:
-        """Whether the next line must wait for the pacer (a paste, a script)."""
-        if self.reading.held("socket"):
-            if self._stall_timer is None and self.greeting_timeout is not None:
-                self._stall_timer = self.clock.callLater(self.greeting_timeout, self._stalled)
-            return True
-        if self._pace_timer is not None:
-            return True
-        wait = self._pacer.wait()
-        if wait <= 0:
-            return False
-        self._pace_timer = self.clock.callLater(max(wait, 0.001), self._paced)
-        return True
-
-    def _paced(self) -> None:
-        self._pace_timer = None
-        self._pump()
-
-    def _socket_room(self) -> None:
-        """The socket's buffer has drained: the server reads again."""
-        if self._stall_timer is not None and self._stall_timer.active():
-            self._stall_timer.cancel()
-        self._stall_timer = None
-        self._pump()
-
     def _stalled(self) -> None:
         """
         Lines waited C{greeting_timeout} seconds for a server that took
         nothing the client sent: give up (they are counted), rather than
         keep a script waiting for ever.
         """
-        self._stall_timer = None
         if self._failure is None:
             self._failure = (
                 f"{self.server} did not read what the client sent for "
@@ -1008,8 +909,7 @@ class ChatClient(SkipLongLines):
         """
         if not self.interactive:
             return
-        dropped = [typed.line for typed in self._queue]
-        self._queue.clear()
+        dropped = self.outbox.take_all()
         half = False
         if self.display is not None:
             half = self.display.drop_typing()
@@ -1037,17 +937,14 @@ class ChatClient(SkipLongLines):
         C{/unpair} (that command decides where it goes).
         """
         to = nick_key(self.partner) if self.state is State.PAIRED and self.partner else None
-        kept: deque[_Typed] = deque()
-        dropped: list[_Typed] = []
-        for typed in self._queue:
+
+        def elsewhere(typed: Typed) -> bool:
             meant = nick_key(typed.to) if typed.to is not None else None
-            if meant != to and not typed.after_pairing and _is_text(typed.line):
-                dropped.append(typed)
-            else:
-                kept.append(typed)
+            return meant != to and not typed.after_pairing and _is_text(typed.line)
+
+        dropped = self.outbox.drop_where(elsewhere)
         if not dropped:
             return
-        self._queue = kept
         self._queue_room()  # a script's input may read again
         lines, verb = _lines(len(dropped))
         whom = dropped[0].to or "the lobby"
@@ -1187,7 +1084,7 @@ class ChatClient(SkipLongLines):
         if self.nick is None:
             return
         if nick_key(sender) == nick_key(self.nick):
-            self._messages_echoed += 1  # the server took one of ours
+            self.outbox.echoed()  # the server took one of ours
             return
         if to != "*" or render.mentions(event.text, self.nick):
             self._ring()  # a private message, or a lobby line that names you
@@ -1335,10 +1232,8 @@ class ChatClient(SkipLongLines):
             self._login_error(code, event.text, said)
             return
         self._error(said)
-        if code == "flood" and "busy" not in event.text:
-            self._flood_dropped = True
-        if code == "flood" and self._pacer.slow_down(event.text):
-            rate = self._pacer.rate
+        rate = self.outbox.flood(event.text) if code == "flood" else None
+        if rate is not None:
             lines = "line" if rate == 1 else "lines"
             self._notice(f"Sending at most {rate:g} {lines} per second from now on.")
 

@@ -1,0 +1,275 @@
+"""
+The outbox on its own (twisted_chat.client.outbox): order, pacing, the wait
+on a full socket, the bound on what waits, and the counts said at the end.
+A fake clock throughout; no network, no client.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import pytest
+from twisted.internet.interfaces import IPushProducer
+from twisted.internet.task import Clock
+from zope.interface import implementer
+
+from twisted_chat.client.outbox import Outbox
+from twisted_chat.client.pace import BURST, RATE
+
+
+@implementer(IPushProducer)
+class Stdin:
+    """A script's stdin: only whether it is paused."""
+
+    def __init__(self) -> None:
+        self.paused = False
+
+    def pauseProducing(self) -> None:
+        self.paused = True
+
+    def resumeProducing(self) -> None:
+        self.paused = False
+
+    def stopProducing(self) -> None:
+        pass
+
+
+@dataclass
+class Rig:
+    """An L{Outbox} on a fake clock, with what it called back."""
+
+    clock: Clock = field(default_factory=Clock)
+    full: bool = False  # the socket's buffer
+    goes: int = 0
+    stalls: int = 0
+    outbox: Outbox = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.outbox = self.make()
+
+    def make(self, stall_timeout: float | None = 15.0, limit: int = 1000) -> Outbox:
+        self.outbox = Outbox(
+            self.clock,
+            go=self._go,
+            stalled=self._stalled,
+            socket_full=lambda: self.full,
+            stall_timeout=stall_timeout,
+            limit=limit,
+        )
+        return self.outbox
+
+    def _go(self) -> None:
+        self.goes += 1
+
+    def _stalled(self) -> None:
+        self.stalls += 1
+
+    def take(self, paced: bool = True) -> list[str]:
+        """Every line that may go now, as the client's loop takes them."""
+        lines = []
+        while (line := self.outbox.next_line(paced)) is not None:
+            self.outbox.sent("MSG")
+            lines.append(line)
+        return lines
+
+
+def test_lines_go_in_order_a_burst_then_at_the_pacers_rate() -> None:
+    r = Rig()
+    for i in range(BURST + 3):
+        assert r.outbox.add(f"line {i}", None)
+    assert r.take() == [f"line {i}" for i in range(BURST)]
+    assert len(r.outbox) == 3 and r.goes == 0
+    r.clock.advance(1 / RATE)
+    assert r.goes == 1  # the pacer lets the next one go: the client takes it
+    assert r.take() == [f"line {BURST}"]
+    r.clock.advance(1 / RATE)
+    assert r.take() == [f"line {BURST + 1}"]
+
+
+def test_at_the_nickname_prompt_lines_are_not_paced() -> None:
+    r = Rig()
+    r.full = True
+    for i in range(BURST + 3):
+        r.outbox.add(f"line {i}", None)
+    assert len(r.take(paced=False)) == BURST + 3
+    assert r.clock.getDelayedCalls() == []  # neither the pacer's nor the stall's timer
+
+
+def test_lines_wait_on_a_full_socket_and_go_once_it_drains() -> None:
+    r = Rig()
+    r.outbox.add("hello", None)
+    r.full = True
+    assert r.take() == []
+    r.clock.advance(10)
+    assert r.stalls == 0
+    r.full = False
+    r.outbox.socket_room()
+    assert r.goes == 1
+    assert r.take() == ["hello"]
+    r.clock.advance(60)
+    assert r.stalls == 0  # drained: the stall's timer is gone
+    assert r.clock.getDelayedCalls() == []
+
+
+def test_a_socket_that_never_drains_stalls_after_the_timeout() -> None:
+    r = Rig()
+    r.outbox.add("hello", None)
+    r.full = True
+    r.take()
+    r.take()  # looking again does not start the time again
+    r.clock.advance(15 - 0.5)
+    assert r.stalls == 0
+    r.clock.advance(0.5)
+    assert r.stalls == 1
+    assert len(r.outbox) == 1  # the lines are the client's to count
+
+
+def test_without_a_timeout_lines_wait_on_a_full_socket_for_ever() -> None:
+    r = Rig()
+    r.make(stall_timeout=None)
+    r.outbox.add("hello", None)
+    r.full = True
+    assert r.take() == []
+    assert r.clock.getDelayedCalls() == []
+
+
+def test_cancel_stall_and_stop_leave_no_timer() -> None:
+    r = Rig()
+    r.outbox.add("hello", None)
+    r.full = True
+    r.take()
+    r.outbox.cancel_stall()  # BYE was sent: its own timeout bounds the wait
+    r.clock.advance(60)
+    assert r.stalls == 0
+    r.full = False
+    for i in range(BURST + 1):
+        r.outbox.add(f"line {i}", None)
+    r.take()
+    assert r.clock.getDelayedCalls() != []  # the pacer's
+    r.outbox.stop()
+    assert r.clock.getDelayedCalls() == []
+
+
+def test_a_scripts_input_is_paused_at_the_limit_and_read_again_at_half() -> None:
+    r = Rig()
+    r.make(limit=10)
+    stdin = r.outbox.input = Stdin()
+    for i in range(10):
+        assert r.outbox.add(f"line {i}", None)  # a script's lines are never refused
+    assert stdin.paused
+    r.outbox.next_line(paced=False)
+    assert r.outbox.room() == 0
+    r.clock.advance(0)
+    assert stdin.paused  # 9 wait: more than half
+    for _ in range(4):
+        r.outbox.next_line(paced=False)
+    r.outbox.room()
+    assert stdin.paused  # resumed later, not from inside the client's loop
+    r.clock.advance(0)
+    assert not stdin.paused
+
+
+def test_on_a_terminal_lines_over_the_limit_are_refused_and_counted_once_empty() -> None:
+    r = Rig()
+    r.make(limit=4)
+    for i in range(4):
+        assert r.outbox.add(f"line {i}", None)
+    assert not r.outbox.add("five", None)
+    assert not r.outbox.add("six", None)
+    assert r.outbox.refused == 2
+    r.take(paced=False)
+    assert len(r.outbox) == 0
+    assert r.outbox.room() == 2  # said once...
+    assert r.outbox.room() == 0  # ...and only once
+    assert r.outbox.refused == 0
+
+
+def test_a_line_after_a_waiting_pairing_command_is_tagged() -> None:
+    r = Rig()
+    r.outbox.add("hi all", None)
+    r.outbox.add("/pair bob", None)
+    r.outbox.add("hi bob", None)
+    r.outbox.add("still for bob", None)
+    assert [(t.line, t.to, t.after_pairing) for t in r.outbox] == [
+        ("hi all", None, False),
+        ("/pair bob", None, False),
+        ("hi bob", None, True),
+        ("still for bob", None, True),
+    ]
+
+
+def test_drop_where_keeps_the_order_of_the_rest() -> None:
+    r = Rig()
+    for line, to in [("a", "bob"), ("b", None), ("c", "bob"), ("d", None)]:
+        r.outbox.add(line, to)
+    dropped = r.outbox.drop_where(lambda typed: typed.to is not None)
+    assert [t.line for t in dropped] == ["a", "c"]
+    assert [t.line for t in r.outbox] == ["b", "d"]
+    assert r.outbox.drop_where(lambda typed: False) == []
+    assert r.outbox.losses(bye_answered=True) is None  # not counted
+
+
+def test_dropped_lines_are_counted_blank_ones_left_out() -> None:
+    r = Rig()
+    for line in ["one", "  ", "two", "/users"]:
+        r.outbox.add(line, None)
+    assert r.outbox.waiting() == 3
+    assert r.outbox.drop(counted=True) == 3
+    assert len(r.outbox) == 0
+    r.outbox.add("before joining", None)
+    assert r.outbox.drop(counted=False) == 0
+    r.outbox.add("after /quit", None)
+    r.outbox.discard()
+    assert r.outbox.take_all() == []
+    assert r.outbox.losses(bye_answered=True) == (
+        "3 lines still waiting to be sent were not sent."
+    )
+
+
+def test_take_all_hands_back_the_lines_uncounted() -> None:
+    r = Rig()
+    r.outbox.add("secret", None)
+    r.outbox.add("more", None)
+    assert r.outbox.take_all() == ["secret", "more"]
+    assert len(r.outbox) == 0
+    assert r.outbox.losses(bye_answered=False) is None
+
+
+@pytest.mark.parametrize(
+    ("sent", "echoed", "answered", "said"),
+    [
+        (3, 3, True, None),
+        (1, 0, True, "The message sent was not accepted by the server."),
+        (2, 0, False, "None of the 2 messages sent was confirmed by the server."),
+        (5, 4, True, "1 of the 5 messages sent was not accepted by the server."),
+        (5, 2, False, "3 of the 5 messages sent were not confirmed by the server."),
+    ],
+)
+def test_messages_without_the_servers_copy_are_counted(
+    sent: int, echoed: int, answered: bool, said: str | None
+) -> None:
+    r = Rig()
+    for _ in range(sent):
+        r.outbox.sent("MSG")
+    r.outbox.sent("PONG")  # not a message
+    for _ in range(echoed):
+        r.outbox.echoed()
+    assert r.outbox.losses(bye_answered=answered) == said
+
+
+def test_error_flood_slows_down_and_marks_the_loss_unless_busy() -> None:
+    r = Rig()
+    r.outbox.sent("DM")
+    assert r.outbox.flood("the server is busy; send it again in a moment") is None
+    assert r.outbox.rate == RATE
+    assert r.outbox.losses(bye_answered=True) == (
+        "The message sent was not accepted by the server."
+    )
+    assert r.outbox.flood("at most 10 lines per second (bursts of 20)") == RATE / 2
+    assert r.outbox.rate == RATE / 2
+    r.outbox.add("left", None)
+    r.outbox.drop(counted=True)
+    assert r.outbox.losses(bye_answered=True) == (
+        "The message sent was not accepted by the server (it dropped lines sent too "
+        "fast). 1 line still waiting to be sent was not sent."
+    )

@@ -1,0 +1,291 @@
+"""
+What the client has to send: typed-ahead lines waiting for their turn, how
+fast they go, what holds them, and what never arrived.
+
+The design is in docs/client.md ("Scripts and pipes", "Exit status and
+errors"); L{Outbox} is the queue behind L{ChatClient.user_line}.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+
+from twisted.internet.interfaces import IDelayedCall, IPushProducer, IReactorTime
+
+from twisted_chat.client.commands import changes_pairing, sendable
+from twisted_chat.client.pace import Pacer
+
+# Lines that wait to be sent (a script's input, a paste): at this many, a
+# script's stdin is no longer read until half of them have gone; on a
+# terminal the lines typed or pasted meanwhile are not sent.
+QUEUE_MAX = 1000
+
+
+@dataclass(frozen=True, slots=True)
+class Typed:
+    """
+    A line the user typed, waiting for its turn, and whom it was typed for:
+    C{to} is the partner on screen then (C{None}: the lobby).  A line that
+    follows a waiting C{/pair}, C{/accept} or C{/unpair} (C{after_pairing})
+    goes wherever that command leads.
+    """
+
+    line: str
+    to: str | None
+    after_pairing: bool
+
+
+class Outbox:
+    """
+    The lines waiting to be sent, in order, and the counts of what was sent.
+
+    A line leaves with L{next_line} when the pacer (the server's flood
+    control) and the socket's buffer let it.  When they did not, and then
+    do, C{go} is called: the client takes the next lines again.  While the
+    socket's buffer is full (C{socket_full}) the lines wait, for at most
+    C{stall_timeout} seconds before it drains; then C{stalled} is called.
+
+    @param clock: schedules the pacer's and the stall's timers.
+    @param go: the pacer or the socket lets lines go again.
+    @param stalled: the server took nothing for C{stall_timeout} seconds
+        while lines waited on a full socket.
+    @param socket_full: whether the socket's buffer is full.
+    @param stall_timeout: seconds (C{None}: lines wait for ever).
+    @param limit: at most this many lines wait (L{QUEUE_MAX}).
+
+    @ivar input: a script's stdin, paused while C{limit} lines wait
+        (C{None}: a terminal, where lines over the limit are refused).
+    """
+
+    def __init__(
+        self,
+        clock: IReactorTime,
+        *,
+        go: Callable[[], None],
+        stalled: Callable[[], None],
+        socket_full: Callable[[], bool],
+        stall_timeout: float | None,
+        limit: int = QUEUE_MAX,
+    ) -> None:
+        self._clock = clock
+        self._go = go
+        self._on_stalled = stalled
+        self._socket_full = socket_full
+        self.stall_timeout = stall_timeout
+        self.limit = limit
+        self.input: IPushProducer | None = None
+        self._queue: deque[Typed] = deque()
+        self._input_paused = False
+        self._refused = 0  # lines not queued on a terminal: too many waited
+        self._unsent = 0  # lines that waited and were dropped once online
+        # Lines go no faster than the server's flood control lets them.
+        self._pacer = Pacer(clock.seconds)
+        self._pace_timer: IDelayedCall | None = None
+        # Lines wait while the socket's buffer is full: the server must take
+        # some within stall_timeout, or the client gives up.
+        self._stall_timer: IDelayedCall | None = None
+        # MSG and DM lines sent, and the server's copies of them back (the
+        # sender gets one for each message it accepts): the difference was
+        # dropped (flood control) or refused, and is said at the end.
+        self._messages_sent = 0
+        self._messages_echoed = 0
+        self._flood_dropped = False  # ERROR flood answered a line once online
+
+    def __len__(self) -> int:
+        return len(self._queue)
+
+    def __iter__(self) -> Iterator[Typed]:
+        return iter(self._queue)
+
+    # -- lines in --------------------------------------------------------------
+
+    def add(self, line: str, to: str | None) -> bool:
+        """
+        Queue a line typed for C{to} (C{None}: the lobby).  On a terminal,
+        while C{limit} lines wait, it is refused (counted, and said by the
+        client).  Whether it was queued.
+        """
+        if len(self._queue) >= self.limit and self.input is None:
+            self._refused += 1
+            return False
+        last = self._queue[-1] if self._queue else None
+        after_pairing = last is not None and (last.after_pairing or changes_pairing(last.line))
+        self._queue.append(Typed(line, to, after_pairing))
+        full = len(self._queue) >= self.limit
+        if full and self.input is not None and not self._input_paused:
+            self._input_paused = True
+            self.input.pauseProducing()
+        return True
+
+    @property
+    def refused(self) -> int:
+        """Lines refused since the queue was last empty (terminals only)."""
+        return self._refused
+
+    def room(self) -> int:
+        """
+        Once half the queue has gone, read a script's input again.  Once it
+        is empty, the lines refused meanwhile are said: how many (0: nothing
+        to say).
+        """
+        if len(self._queue) > self.limit // 2:
+            return 0
+        if self._input_paused:
+            self._input_paused = False
+            # Later, not from inside the client's loop: resuming hands over
+            # the lines already read, which come back to add.
+            self._clock.callLater(0, self._resume_input)
+        if self._refused and not self._queue:
+            count, self._refused = self._refused, 0
+            return count
+        return 0
+
+    def _resume_input(self) -> None:
+        if self.input is not None and not self._input_paused:
+            self.input.resumeProducing()
+
+    # -- lines out -------------------------------------------------------------
+
+    def next_line(self, paced: bool) -> str | None:
+        """
+        The next line to send, if one waits and may go now; C{paced}: it
+        waits for the pacer and for room in the socket (not at the nickname
+        prompt).  When it must wait, C{go} is called once it may.
+        """
+        if not self._queue or (paced and self._must_wait()):
+            return None
+        return self._queue.popleft().line
+
+    def _must_wait(self) -> bool:
+        if self._socket_full():
+            if self._stall_timer is None and self.stall_timeout is not None:
+                self._stall_timer = self._clock.callLater(self.stall_timeout, self._stalled)
+            return True
+        if self._pace_timer is not None:
+            return True
+        wait = self._pacer.wait()
+        if wait <= 0:
+            return False
+        self._pace_timer = self._clock.callLater(max(wait, 0.001), self._paced)
+        return True
+
+    def _paced(self) -> None:
+        self._pace_timer = None
+        self._go()
+
+    def socket_room(self) -> None:
+        """The socket's buffer has drained: the server reads again."""
+        self.cancel_stall()
+        self._go()
+
+    def _stalled(self) -> None:
+        self._stall_timer = None
+        self._on_stalled()
+
+    def cancel_stall(self) -> None:
+        """Lines no longer wait on the socket (it drained, or BYE was sent)."""
+        if self._stall_timer is not None and self._stall_timer.active():
+            self._stall_timer.cancel()
+        self._stall_timer = None
+
+    def stop(self) -> None:
+        """The connection is gone: no more timers."""
+        self.cancel_stall()
+        if self._pace_timer is not None and self._pace_timer.active():
+            self._pace_timer.cancel()
+        self._pace_timer = None
+
+    # -- lines not sent ----------------------------------------------------------
+
+    def waiting(self) -> int:
+        """The lines waiting to be sent, blank ones (which send nothing) left out."""
+        return sum(1 for typed in self._queue if sendable(typed.line).strip(" \t"))
+
+    def drop(self, counted: bool) -> int:
+        """
+        Drop the lines still waiting to be sent; when C{counted} (once
+        online) they are said at the end (none is lost silently).  How many.
+        """
+        count = self.waiting() if counted else 0
+        self._queue.clear()
+        self._unsent += count
+        return count
+
+    def discard(self) -> None:
+        """Drop the lines still waiting, uncounted (after C{/quit})."""
+        self._queue.clear()
+
+    def take_all(self) -> list[str]:
+        """Drop the lines still waiting, uncounted: they are what the client says."""
+        lines = [typed.line for typed in self._queue]
+        self._queue.clear()
+        return lines
+
+    def drop_where(self, unwanted: Callable[[Typed], bool]) -> list[Typed]:
+        """Drop the waiting lines C{unwanted} picks, uncounted; the others keep their order."""
+        kept: deque[Typed] = deque()
+        dropped: list[Typed] = []
+        for typed in self._queue:
+            (dropped if unwanted(typed) else kept).append(typed)
+        if dropped:
+            self._queue = kept
+        return dropped
+
+    # -- what was sent -------------------------------------------------------------
+
+    def sent(self, verb: str) -> None:
+        """A line was written (any line: the server's flood control counts them all)."""
+        self._pacer.spend()
+        if verb in ("MSG", "DM"):
+            self._messages_sent += 1
+
+    def echoed(self) -> None:
+        """The server sent back its copy of one of our messages: it took it."""
+        self._messages_echoed += 1
+
+    @property
+    def rate(self) -> float:
+        """Lines a second the pacer lets go."""
+        return self._pacer.rate
+
+    def flood(self, text: str) -> float | None:
+        """
+        C{ERROR flood} with C{text}, once online: a line was dropped (unless
+        the server was only busy), and the pacer slows down.  The new rate,
+        or C{None} if it did not change.
+        """
+        if "busy" not in text:
+            self._flood_dropped = True
+        if self._pacer.slow_down(text):
+            return self._pacer.rate
+        return None
+
+    def losses(self, bye_answered: bool) -> str | None:
+        """
+        What the user sent that may not have arrived, in a sentence, or
+        C{None}: messages the server sent no copy of back.  Once it answered
+        our C{BYE} (C{bye_answered}: it answers lines in order) they were not
+        accepted: dropped by its flood control, or refused with an C{ERROR}.
+        """
+        unsent = None
+        if self._unsent:
+            lines = "1 line" if self._unsent == 1 else f"{self._unsent} lines"
+            verb = "was" if self._unsent == 1 else "were"
+            unsent = f"{lines} still waiting to be sent {verb} not sent."
+        sent, missing = self._messages_sent, self._messages_sent - self._messages_echoed
+        if missing <= 0:
+            return unsent
+        taken = "accepted" if bye_answered else "confirmed"
+        if sent == 1:
+            said = f"The message sent was not {taken} by the server"
+        elif missing == sent:
+            said = f"None of the {sent} messages sent was {taken} by the server"
+        else:
+            verb = "was" if missing == 1 else "were"
+            said = f"{missing} of the {sent} messages sent {verb} not {taken} by the server"
+        if self._flood_dropped:
+            said += " (it dropped lines sent too fast)"
+        said += "."
+        return said if unsent is None else f"{said} {unsent}"
