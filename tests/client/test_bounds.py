@@ -6,11 +6,16 @@ hold or do stays bounded (review rev3cli C, M, E and R).
 from __future__ import annotations
 
 import time
+from typing import Any
 
 import pytest
-from twisted.internet.testing import StringTransport
+from twisted.internet.abstract import FileDescriptor
+from twisted.internet.protocol import Protocol
+from twisted.internet.testing import MemoryReactorClock, StringTransport
+from twisted.protocols.tls import TLSMemoryBIOProtocol
 
 from twisted_chat.client import terminal
+from twisted_chat.client.flow import buffered
 from twisted_chat.client.pipe import PipeIO
 from twisted_chat.client.render import Renderer, UserRow, plain
 from twisted_chat.client.sanitize import clean, text_width
@@ -230,6 +235,96 @@ def test_lines_pasted_over_the_bound_are_not_sent_and_said_so() -> None:
     assert s.screen.take() == [
         f"* {total - kept} lines typed or pasted while {queue_max} waited were not sent."
     ]
+
+
+# -- rev5cli G3: a server that reads slowly, but reads, is not given up ------------
+
+
+def socket_holding(s: Session, size: int) -> None:
+    """
+    Make the session's transport show what a TCP connection's buffer shows
+    (Twisted's FileDescriptor, as flow.buffered reads it): C{size} bytes the
+    kernel has not taken.  The server reading N bytes is C{offset += N}.
+    """
+    transport: Any = s.transport
+    transport.dataBuffer, transport.offset, transport._tempDataLen = b"x" * size, 0, 0
+
+
+def server_reads(s: Session, count: int) -> None:
+    """The kernel takes C{count} bytes of what the socket holds (L{socket_holding})."""
+    transport: Any = s.transport
+    transport.offset += count
+
+
+def stalled_script(s: Session) -> None:
+    """A script whose lines wait on a socket holding 70,000 bytes."""
+    s.ready("robot")
+    for i in range(30):
+        s.type(f"report line {i}")  # a burst of 10 with the NICK: 9 go, 21 wait
+    assert len(s.sent()) == 9
+    socket_holding(s, 70_000)
+    s.transport.producer.pauseProducing()  # over 64 KiB: Twisted pauses us
+    s.client.input_ended()
+
+
+def test_what_the_socket_holds_is_measured_through_tls_too() -> None:
+    tcp = FileDescriptor(reactor=MemoryReactorClock())
+    tcp.connected = True
+    tcp.write(b"x" * 1000)
+    assert buffered(tcp) == 1000
+    tls = TLSMemoryBIOProtocol(None, Protocol())
+    tls.transport = tcp  # what makeConnection sets: the encrypted bytes wait below
+    assert buffered(tls) == 1000
+    assert buffered(StringTransport()) is None  # cannot tell
+    assert buffered(None) is None
+
+
+def test_a_server_that_reads_slowly_but_steadily_is_not_given_up() -> None:
+    # Twisted says the socket has room again only once its buffer is empty;
+    # a server that takes 1000 bytes every 5 s never lets it empty, but it
+    # reads: it used to be cut after --timeout all the same (review rev5cli G3).
+    s = session("robot", interactive=False)
+    stalled_script(s)
+    for _ in range(20):  # 100 s: over 6 times --timeout
+        s.clock.advance(5)
+        server_reads(s, 1000)
+        assert not s.transport.disconnecting
+    assert s.sent() == []  # still held while the buffer is full
+    s.transport.producer.resumeProducing()  # it drained at last
+    sent = []
+    for _ in range(10):
+        s.clock.advance(1)
+        sent += s.sent()
+    assert sent == [f"MSG report line {i}" for i in range(9, 30)] + ["BYE"]
+
+
+def test_a_server_that_takes_nothing_is_given_up_after_the_timeout() -> None:
+    s = session("robot", interactive=False)
+    stalled_script(s)
+    for _ in range(14):
+        s.clock.advance(1)
+    assert not s.transport.disconnecting
+    s.clock.advance(1)  # --timeout, 15 s, and the kernel took nothing
+    assert s.transport.disconnecting
+    assert s.lose().message == (
+        "chat.test:7000 did not read what the client sent for 15 seconds. "
+        "None of the 9 messages sent was confirmed by the server. "
+        "21 lines still waiting to be sent were not sent."
+    )
+
+
+def test_the_timeout_counts_from_the_last_bytes_the_server_took() -> None:
+    s = session("robot", interactive=False)
+    stalled_script(s)
+    for _ in range(3):
+        s.clock.advance(1)
+    server_reads(s, 100)  # then nothing more
+    for _ in range(15):  # seen at 4 s: given up 15 s later, not at 15 s
+        s.clock.advance(1)
+        assert not s.transport.disconnecting
+    s.clock.advance(1)
+    assert s.transport.disconnecting
+    assert s.lose().code == 1
 
 
 # -- R: a TAB in pasted text is text ---------------------------------------------

@@ -40,6 +40,7 @@ class Rig:
 
     clock: Clock = field(default_factory=Clock)
     full: bool = False  # the socket's buffer
+    held: int | None = None  # what it holds (None: cannot tell)
     goes: int = 0
     stalls: int = 0
     outbox: Outbox = field(init=False)
@@ -53,6 +54,7 @@ class Rig:
             go=self._go,
             stalled=self._stalled,
             socket_full=lambda: self.full,
+            unwritten=lambda: self.held,
             stall_timeout=stall_timeout,
             limit=limit,
         )
@@ -122,6 +124,34 @@ def test_a_socket_that_never_drains_stalls_after_the_timeout() -> None:
     r.clock.advance(0.5)
     assert r.stalls == 1
     assert len(r.outbox) == 1  # the lines are the client's to count
+
+
+def test_a_socket_the_kernel_takes_some_of_does_not_stall() -> None:
+    # The buffer never drains (the server reads slowly), but it shrinks.
+    r = Rig(full=True, held=70_000)
+    r.outbox.add("hello", None)
+    r.take()
+    for second in range(1, 61):
+        r.clock.advance(1)
+        if second % 10 == 0:
+            r.held = 70_000 - 10 * second  # 100 bytes every 10 s
+    assert r.stalls == 0
+    assert len(r.clock.getDelayedCalls()) == 1  # one look at a time
+
+
+def test_the_stall_counts_from_the_last_bytes_taken() -> None:
+    r = Rig(full=True, held=70_000)
+    r.outbox.add("hello", None)
+    r.take()
+    r.clock.advance(5)
+    r.held = 69_000  # taken between the looks at 5 s and 6 s
+    r.clock.advance(1)
+    r.held = 69_500  # more written (a password typed): not progress
+    r.clock.advance(15 - 0.5)
+    assert r.stalls == 0
+    r.clock.advance(0.5)
+    assert r.stalls == 1  # 15 s after the look that saw the last progress
+    assert r.clock.getDelayedCalls() == []
 
 
 def test_without_a_timeout_lines_wait_on_a_full_socket_for_ever() -> None:

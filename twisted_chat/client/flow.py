@@ -11,12 +11,15 @@ terminal, C{| sleep}) and while the socket cannot take more of what the client
 writes (a server that sends PINGs and never reads the PONGs).  The server's
 own send queue then bounds what waits for the client.  Once the client has
 said goodbye, stdout no longer holds the socket (L{Valve.ignore}): the server
-closes right after its answer, which must be read.
+closes right after its answer, which must be read.  L{buffered} says how much
+such a buffer still holds, to tell a consumer that takes some, however slowly,
+from one that takes nothing.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
 from twisted.internet.interfaces import IPushProducer
 from zope.interface import implementer
@@ -103,3 +106,22 @@ class _Hand:
         # The consumer went away (stdout closed, the socket lost): it holds
         # nothing any more; ending the session is the client's business.
         self._valve.release(self._name)
+
+
+def buffered(consumer: object) -> int | None:
+    """
+    The bytes written to C{consumer} that Twisted still holds, not yet taken
+    by the kernel, or C{None} when it cannot tell.  Twisted keeps no public
+    count: this reads a L{twisted.internet.abstract.FileDescriptor}'s buffer
+    (a TCP connection, stdout), below a TLS layer if there is one (its
+    C{transport} is the TCP connection, which holds the encrypted bytes).
+    """
+    layer: Any = consumer
+    for _ in range(3):  # TLS over TCP is two layers; more would be a surprise
+        try:
+            return int(len(layer.dataBuffer) - layer.offset + layer._tempDataLen)
+        except (AttributeError, TypeError):
+            layer = getattr(layer, "transport", None)
+            if layer is None:
+                return None
+    return None

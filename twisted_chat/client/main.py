@@ -42,6 +42,7 @@ from twisted.python.failure import Failure
 from zope.interface import provider
 
 from twisted_chat.client import render
+from twisted_chat.client.flow import buffered
 from twisted_chat.client.pipe import PipeIO
 from twisted_chat.client.protocol import ChatClient
 from twisted_chat.wire import DEFAULT_PORT, is_valid_nick
@@ -283,10 +284,7 @@ def unwritten(stdio: object) -> int | None:
     writer = getattr(stdio, "_writer", None)  # a FileDescriptor; None once closed
     if writer is None:
         return 0
-    try:
-        return int(len(writer.dataBuffer) - writer.offset + writer._tempDataLen)
-    except (AttributeError, TypeError):
-        return None
+    return buffered(writer)
 
 
 def wait_for_output(

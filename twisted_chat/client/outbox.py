@@ -44,20 +44,29 @@ class Outbox:
     A line leaves with L{next_line} when the pacer (the server's flood
     control) and the socket's buffer let it.  When they did not, and then
     do, C{go} is called: the client takes the next lines again.  While the
-    socket's buffer is full (C{socket_full}) the lines wait, for at most
-    C{stall_timeout} seconds before it drains; then C{stalled} is called.
+    socket's buffer is full (C{socket_full}) the lines wait, as long as the
+    kernel takes some of what the socket holds (C{unwritten}) at least every
+    C{stall_timeout} seconds: a server that reads slowly but steadily may
+    never let the buffer drain.  After C{stall_timeout} seconds in which it
+    took nothing, C{stalled} is called.
 
     @param clock: schedules the pacer's and the stall's timers.
     @param go: the pacer or the socket lets lines go again.
     @param stalled: the server took nothing for C{stall_timeout} seconds
         while lines waited on a full socket.
     @param socket_full: whether the socket's buffer is full.
+    @param unwritten: the bytes the socket holds, not yet taken by the
+        kernel (C{None}: it cannot tell, and the time is counted from when
+        the lines started to wait).
     @param stall_timeout: seconds (C{None}: lines wait for ever).
     @param limit: at most this many lines wait (L{QUEUE_MAX}).
 
     @ivar input: a script's stdin, paused while C{limit} lines wait
         (C{None}: a terminal, where lines over the limit are refused).
     """
+
+    # While lines wait on a full socket, how often what it holds is looked at.
+    STALL_STEP = 1.0
 
     def __init__(
         self,
@@ -66,6 +75,7 @@ class Outbox:
         go: Callable[[], None],
         stalled: Callable[[], None],
         socket_full: Callable[[], bool],
+        unwritten: Callable[[], int | None],
         stall_timeout: float | None,
         limit: int = QUEUE_MAX,
     ) -> None:
@@ -73,6 +83,7 @@ class Outbox:
         self._go = go
         self._on_stalled = stalled
         self._socket_full = socket_full
+        self._unwritten = unwritten
         self.stall_timeout = stall_timeout
         self.limit = limit
         self.input: IPushProducer | None = None
@@ -84,8 +95,11 @@ class Outbox:
         self._pacer = Pacer(clock.seconds)
         self._pace_timer: IDelayedCall | None = None
         # Lines wait while the socket's buffer is full: the server must take
-        # some within stall_timeout, or the client gives up.
+        # some of it at least every stall_timeout seconds, or the client
+        # gives up.  What it holds is looked at every STALL_STEP seconds.
         self._stall_timer: IDelayedCall | None = None
+        self._stall_since = 0.0  # when the kernel was last seen taking some
+        self._stall_held: int | None = None  # what the socket held at the last look
         # MSG and DM lines sent, and the server's copies of them back (the
         # sender gets one for each message it accepts): the difference was
         # dropped (flood control) or refused, and is said at the end.
@@ -161,7 +175,9 @@ class Outbox:
     def _must_wait(self) -> bool:
         if self._socket_full():
             if self._stall_timer is None and self.stall_timeout is not None:
-                self._stall_timer = self._clock.callLater(self.stall_timeout, self._stalled)
+                self._stall_since = self._clock.seconds()
+                self._stall_held = self._unwritten()
+                self._stall_look_later()
             return True
         if self._pace_timer is not None:
             return True
@@ -180,8 +196,28 @@ class Outbox:
         self.cancel_stall()
         self._go()
 
-    def _stalled(self) -> None:
+    def _stall_look_later(self) -> None:
+        assert self.stall_timeout is not None
+        left = self._stall_since + self.stall_timeout - self._clock.seconds()
+        self._stall_timer = self._clock.callLater(
+            max(min(self.STALL_STEP, left), 0.0), self._stall_look
+        )
+
+    def _stall_look(self) -> None:
+        """
+        Lines still wait on a full socket: if the kernel took some of what
+        it holds since the last look, the server reads (slowly), and the
+        time starts again; after C{stall_timeout} seconds without, give up.
+        """
         self._stall_timer = None
+        assert self.stall_timeout is not None
+        held = self._unwritten()
+        if held is not None and self._stall_held is not None and held < self._stall_held:
+            self._stall_since = self._clock.seconds()
+        self._stall_held = held
+        if self._clock.seconds() - self._stall_since < self.stall_timeout:
+            self._stall_look_later()
+            return
         self._on_stalled()
 
     def cancel_stall(self) -> None:

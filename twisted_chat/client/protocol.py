@@ -46,7 +46,7 @@ from twisted_chat.client.commands import (
     password_problem,
 )
 from twisted_chat.client.events import Malformed, ServerLine, parse
-from twisted_chat.client.flow import Valve
+from twisted_chat.client.flow import Valve, buffered
 from twisted_chat.client.lines import SkipLongLines
 from twisted_chat.client.outbox import QUEUE_MAX, Outbox, Typed
 from twisted_chat.client.render import Line, Renderer, UserRow
@@ -312,13 +312,14 @@ class ChatClient(SkipLongLines):
         # connection itself ("socket") cannot take more (twisted_chat.client.flow).
         self.reading = Valve()
         # What the user typed, waiting to be sent: paced, held while the
-        # socket is full (for at most greeting_timeout without the server
-        # taking any), and counted when it does not arrive.
+        # socket is full (for at most greeting_timeout seconds in which the
+        # server takes none of it), and counted when it does not arrive.
         self.outbox = Outbox(
             clock,
             go=self._pump,
             stalled=self._stalled,
             socket_full=lambda: self.reading.held("socket"),
+            unwritten=lambda: buffered(self.transport),
             stall_timeout=greeting_timeout,
             limit=self.QUEUE_MAX,
         )
@@ -693,9 +694,9 @@ class ChatClient(SkipLongLines):
 
     def _stalled(self) -> None:
         """
-        Lines waited C{greeting_timeout} seconds for a server that took
-        nothing the client sent: give up (they are counted), rather than
-        keep a script waiting for ever.
+        Lines waited on a full socket, and for C{greeting_timeout} seconds
+        the server took none of what the client sent: give up (they are
+        counted), rather than keep a script waiting for ever.
         """
         if self._failure is None:
             self._failure = (
