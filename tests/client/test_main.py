@@ -183,7 +183,7 @@ def test_a_scripts_output_stdout_does_not_take_is_counted() -> None:
     assert output_cut(81_920) == (
         "81920 bytes of output were not written: stdout took nothing for 60 seconds."
     )
-    assert output_cut(-1) == "Some output was not written: stdout took nothing for 60 seconds."
+    assert output_cut(1) == "1 byte of output was not written: stdout took nothing for 60 seconds."
 
 
 def test_a_stdout_that_went_away_is_not_waited_for() -> None:
@@ -211,4 +211,33 @@ def test_what_stdout_has_not_taken_is_measured() -> None:
     writer.write(b"x" * 1000)
     stdio._writer = writer
     assert unwritten(stdio) == 1000
-    assert unwritten(object()) == 0
+    # Not a StandardIO it can look into (Windows' has no _writer): unknown,
+    # not "nothing waits" (review rev5cli G2).
+    assert unwritten(object()) is None
+
+
+def test_output_that_cannot_be_measured_is_waited_for_and_not_said_to_be_lost() -> None:
+    # Where the client cannot see stdout's buffer, it can neither see stdout
+    # take some nor tell "nothing waits" (stdout gone) from "unknown": it
+    # used to end the wait after 1 s as if stdout had gone, the output cut
+    # silently; or, with a writer it could not read, to say that stdout
+    # "took nothing" and that output "was not written", neither of which it
+    # knew (review rev5cli G2).  Now it waits OUTPUT_TIMEOUT in all.
+    clock, closing = Clock(), Deferred[None]()
+    done: list[int | None] = []
+    wait_for_output(clock, closing, lambda: unwritten(object())).addCallback(done.append)
+    clock.advance(OUTPUT_TIMEOUT - 1)
+    assert done == [] and not closing.called
+    clock.advance(1)
+    assert done == [-1]
+    assert closing.called  # cancelled: the process may end
+    assert output_cut(-1) == (
+        "Some output may not have been written: stdout had not taken it all after 60 seconds."
+    )
+    # Closed in time: nothing is said.
+    clock, closing, done = Clock(), Deferred[None](), []
+    wait_for_output(clock, closing, lambda: unwritten(object())).addCallback(done.append)
+    clock.advance(30)
+    closing.callback(None)
+    assert done == [None]
+    assert clock.getDelayedCalls() == []

@@ -276,12 +276,19 @@ def _nothing() -> None:
     pass
 
 
+_NO_WRITER = object()
+
+
 def unwritten(stdio: object) -> int | None:
     """
     The bytes written to C{stdio} (a L{StandardIO}) that stdout has not taken
     yet, or C{None} when it cannot tell.
     """
-    writer = getattr(stdio, "_writer", None)  # a FileDescriptor; None once closed
+    writer = getattr(stdio, "_writer", _NO_WRITER)  # a FileDescriptor; None once closed
+    if writer is _NO_WRITER:
+        # Not POSIX's StandardIO (Windows' has no _writer): unknown, not
+        # "nothing waits", which would end the wait as if stdout went away.
+        return None
     if writer is None:
         return 0
     return buffered(writer)
@@ -300,8 +307,10 @@ def wait_for_output(
     Fires with C{None} once closed, or once nothing waits and still the
     close has not come (stdout went away: C{| head} exited, and Twisted
     dropped the writer without closing), or, when stdout took nothing for
-    that long, with the bytes it did not take (C{-1}: unknown); in the last
-    two cases after cancelling C{closing}.
+    that long, with the bytes it did not take; in the last two cases after
+    cancelling C{closing}.  When C{pending} cannot tell (C{None}), no
+    progress can be seen: the wait is C{timeout} seconds in all, and it
+    fires with C{-1}.
     """
     result: defer.Deferred[int | None] = defer.Deferred()
     last = pending()
@@ -333,13 +342,17 @@ def wait_for_output(
 
 
 def output_cut(left: int) -> str:
-    """What is said on stderr when a script's output was not all written."""
+    """
+    What is said on stderr when a script's output was not all written
+    (C{left} bytes; C{-1}: how much, and whether stdout took any of it
+    meanwhile, could not be told).
+    """
     if left < 0:
-        what = "Some output was"
-    elif left == 1:
-        what = "1 byte of output was"
-    else:
-        what = f"{left} bytes of output were"
+        return (
+            "Some output may not have been written: stdout had not taken it all "
+            f"after {OUTPUT_TIMEOUT:g} seconds."
+        )
+    what = "1 byte of output was" if left == 1 else f"{left} bytes of output were"
     return f"{what} not written: stdout took nothing for {OUTPUT_TIMEOUT:g} seconds."
 
 
