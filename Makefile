@@ -31,7 +31,7 @@ $(STAMP): pyproject.toml $(LISTING)
 $(LISTING): FORCE
 	@mkdir -p build
 	@find twisted_chat twisted/plugins -type f ! -path '*/__pycache__/*' ! -name '*.pyc' \
-		! -name dropin.cache | LC_ALL=C sort > $@.new
+		! -name dropin.cache ! -name '*.so' | LC_ALL=C sort > $@.new
 	@if cmp -s $@.new $@; then rm $@.new; else mv $@.new $@; fi
 
 FORCE:

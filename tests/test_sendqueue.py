@@ -292,6 +292,18 @@ def test_the_kernel_is_asked_once_whether_it_counts_acked_bytes(
 # -- the fan-out's direct pass ---------------------------------------------------------
 
 
+@pytest.fixture(params=["c", "python"])
+def send_loop(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """The direct pass's tests run on both of send_all's loops: the C
+    extension (built by every install with a C compiler, CI's included, so
+    its absence fails here) and the map over socket.send it falls back to."""
+    if request.param == "c":
+        assert sendqueue.send_many is not None, "the C extension _sendmany was not built"
+    else:
+        monkeypatch.setattr(sendqueue, "send_many", None)
+    return str(request.param)
+
+
 def write_direct(members: Any, data: bytes) -> Any:
     """One batch through a new DirectPass: the pass with nothing kept."""
     return DirectPass()(members, data)
@@ -345,6 +357,7 @@ def read_exactly(client: socket.socket, n: int) -> bytes:
     return got
 
 
+@pytest.mark.usefixtures("send_loop")
 @pytest_twisted.inlineCallbacks
 def test_the_direct_pass_writes_each_queue_once_and_returns_the_others(three: Any) -> Any:
     clients, ready = three
@@ -361,6 +374,7 @@ def test_the_direct_pass_writes_each_queue_once_and_returns_the_others(three: An
     assert write_direct([other, closing], b"x") == [other, closing]
 
 
+@pytest.mark.usefixtures("send_loop")
 @pytest_twisted.inlineCallbacks
 def test_a_send_that_fails_in_the_pass_harms_nobody_else(three: Any) -> Any:
     """A send raising in the middle of the pass (here: a closed socket)
@@ -391,6 +405,7 @@ def test_a_send_that_fails_in_the_pass_harms_nobody_else(three: Any) -> Any:
             c.recv(100)  # nothing twice
 
 
+@pytest.mark.usefixtures("send_loop")
 @pytest_twisted.inlineCallbacks
 def test_what_the_pass_could_not_send_stays_in_order(loopback: Any) -> Any:
     """A send that takes part of a batch leaves the rest to Twisted; until
@@ -414,6 +429,7 @@ def test_what_the_pass_could_not_send_stays_in_order(loopback: Any) -> Any:
     server.transport.loseConnection()
 
 
+@pytest.mark.usefixtures("send_loop")
 @pytest_twisted.inlineCallbacks
 def test_a_steady_lobby_is_sorted_once(three: Any, monkeypatch: pytest.MonkeyPatch) -> Any:
     """The same member list, and no queue changed: the pass sends on the
@@ -440,6 +456,7 @@ def test_a_steady_lobby_is_sorted_once(three: Any, monkeypatch: pytest.MonkeyPat
     assert [read_exactly(c, len(e)) for c, e in zip(clients, expected, strict=True)] == expected
 
 
+@pytest.mark.usefixtures("send_loop")
 @pytest_twisted.inlineCallbacks
 def test_the_pass_leaves_out_a_queue_behind_twisteds_buffer_until_it_drains(
         loopback: Any) -> Any:
@@ -464,6 +481,7 @@ def test_the_pass_leaves_out_a_queue_behind_twisteds_buffer_until_it_drains(
     server.transport.loseConnection()
 
 
+@pytest.mark.usefixtures("send_loop")
 @pytest_twisted.inlineCallbacks
 def test_the_pass_leaves_out_a_closing_connection(three: Any) -> Any:
     clients, ready = three
@@ -479,6 +497,63 @@ def test_the_pass_leaves_out_a_closing_connection(three: Any) -> Any:
     clients[1].setblocking(False)
     with pytest.raises(BlockingIOError):
         clients[1].recv(100)  # nothing after it began to close
+
+
+# -- the C send loop itself (twisted_chat/server/_sendmany.c) --------------------------
+
+
+@pytest.fixture
+def c_send_many() -> Any:
+    assert sendqueue.send_many is not None, "the C extension _sendmany was not built"
+    return sendqueue.send_many
+
+
+@pytest.fixture
+def pairs() -> Iterator[list[tuple[socket.socket, socket.socket]]]:
+    made = [socket.socketpair() for _ in range(3)]
+    for a, _b in made:
+        a.setblocking(False)
+    yield made
+    for a, b in made:
+        a.close()
+        b.close()
+
+
+def test_the_c_loop_answers_none_when_every_socket_took_everything(
+        c_send_many: Any, pairs: list[tuple[socket.socket, socket.socket]]) -> None:
+    assert c_send_many([a for a, _ in pairs], b"hello\r\n") is None
+    assert c_send_many((a for a, _ in pairs), memoryview(b"!")) is None, "any iterable, any buffer"
+    assert c_send_many([], b"x") is None
+    assert [b.recv(100) for _, b in pairs] == [b"hello\r\n!"] * 3
+
+
+def test_the_c_loop_counts_a_short_send_and_a_failed_one(
+        c_send_many: Any, pairs: list[tuple[socket.socket, socket.socket]]) -> None:
+    """A full socket takes part (or none: 0), a closed one (fileno -1)
+    takes none; the others still get everything, and the answer says who
+    took what, in order."""
+    full, closed, fine = (a for a, _ in pairs)
+    full.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
+    while True:  # bounded by the socket's buffer
+        try:
+            full.send(b"x" * 1024)
+        except BlockingIOError:
+            break
+    closed.close()
+    data = b"y" * 100
+    assert c_send_many([full, closed, fine], data) == [0, 0, 100]
+    assert pairs[2][1].recv(200) == data
+
+
+def test_the_c_loop_refuses_what_is_not_sockets_and_bytes(c_send_many: Any) -> None:
+    with pytest.raises(TypeError):
+        c_send_many(5, b"x")
+    with pytest.raises(TypeError):
+        c_send_many([], "text")
+    with pytest.raises(TypeError):
+        c_send_many([])
+    with pytest.raises(AttributeError):
+        c_send_many([object()], b"x")
 
 
 # -- output that does not drain ------------------------------------------------------

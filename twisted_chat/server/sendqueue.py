@@ -32,6 +32,13 @@ from twisted.internet.abstract import FileDescriptor
 from twisted.internet.interfaces import IDelayedCall, IPushProducer, IReactorTime
 from zope.interface import implementer
 
+_SendMany = Callable[[Sequence[socket.socket], bytes], "list[int] | None"]
+send_many: _SendMany | None
+try:
+    from twisted_chat.server._sendmany import send_many
+except ImportError:  # not built (installed without a C compiler): send_all's map
+    send_many = None
+
 # The attributes of Twisted's TCP transport the direct path reads.
 _PRIVATE = ("dataBuffer", "offset", "_tempDataLen", "socket")
 
@@ -309,24 +316,33 @@ def partition(members: Iterable[Sending]) -> tuple[list[Any], list[socket.socket
 def send_all(members: Sequence[Sending], socks: Sequence[socket.socket], data: bytes) -> None:
     """
     Send C{data} on each of C{socks} (those of C{members}' queues), in one
-    pass of C-level calls (no Python frame per member).  A send that takes
-    part of C{data}, or fails, is finished by its queue's own path
-    (L{SendQueue.took}).
+    pass with no Python frame per member: the C loop of L{_sendmany} where
+    it was built (one release of the GIL for the whole batch), else a C{map}
+    over C{socket.send}.  A send that takes part of C{data}, or fails, is
+    finished by its queue's own path (L{SendQueue.took}).
     """
-    results: list[int] = []
-    while len(results) < len(socks):
-        try:
-            # list.extend keeps what it appended when a send raises, so the
-            # failing member is the one at len(results).
-            results.extend(map(_send, socks[len(results):] if results else socks, repeat(data)))
-        except OSError:
-            results.append(0)
     n = len(data)
-    if sum(results) != n * len(results):  # each took at most n: someone took less
-        for member, sent in zip(members, results, strict=True):
-            queue = member.send_queue
-            if sent != n and queue is not None:
-                queue.took(data, sent)
+    if send_many is not None:
+        taken = send_many(socks, data)
+        if taken is None:
+            return
+        results = taken
+    else:
+        results = []
+        while len(results) < len(socks):
+            try:
+                # list.extend keeps what it appended when a send raises, so
+                # the failing member is the one at len(results).
+                results.extend(map(_send, socks[len(results):] if results else socks,
+                                   repeat(data)))
+            except OSError:
+                results.append(0)
+        if sum(results) == n * len(results):  # each took at most n: no one took less
+            return
+    for member, sent in zip(members, results, strict=True):
+        queue = member.send_queue
+        if sent != n and queue is not None:
+            queue.took(data, sent)
 
 
 class DirectPass:
