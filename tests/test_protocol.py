@@ -943,3 +943,15 @@ def test_a_member_that_was_cut_and_left_is_not_kept_alive(two_on_tcp: Any) -> An
     assert "bob" not in factory.hub.online
     gc.collect()
     assert [r for r in gc.get_referrers(bob) if isinstance(r, (list, tuple))] == []
+
+
+def test_closing_twice_says_bye_and_leaves_once(h: Harness) -> None:
+    """close() is idempotent: a second call (two rules firing in one turn)
+    sends no second BYE, and the others see the user leave once."""
+    alice, bob = h.user("alice"), h.user("bob")
+    alice.protocol.close("timeout", "idle")
+    alice.protocol.close("flood")
+    h.clock.advance(0)
+    assert [line for line in alice.take() if line.startswith("BYE")] == ["BYE timeout idle"]
+    left = [line for line in bob.take() if line.startswith("LEFT")]
+    assert len(left) == 1 and left[0].endswith(" alice timeout"), left
