@@ -105,3 +105,26 @@ def test_the_wheel_in_a_fresh_venv(built: tuple[Path, Path, str], tmp_path: Path
         assert missing == []
     else:
         assert not (installed / "web").exists()
+
+
+def test_a_strict_editable_install_without_a_c_compiler(tmp_path: Path) -> None:
+    """The C send loop is optional: with no working C compiler (CC=false;
+    missing Python headers fail the same compile) the strict editable
+    install, `make venv`'s, still succeeds (setuptools once failed it,
+    linking a built file that did not exist) and the server's package
+    imports with the loop in Python (send_many None)."""
+    venv = tmp_path / "venv"
+    run([sys.executable, "-m", "venv", str(venv)], timeout=120)
+    source = tmp_path / "src"
+    shutil.copytree(ROOT, source, ignore=_ignore)  # without the checkout's built .so
+    python = str(venv / "bin" / "python")
+    run([python, "-m", "pip", "--disable-pip-version-check", "install", "-q",
+         "-e", str(source), "--config-settings", "editable_mode=strict"],
+        timeout=PIP_TIMEOUT, cwd=tmp_path, env={"CC": "false"})
+    built = sorted(p.name for p in (source / "twisted_chat" / "server").glob("_sendmany*"))
+    assert built == ["_sendmany.c", "_sendmany.pyi"], "nothing was compiled"
+    said = run([python, "-c", "from twisted_chat.server import sendqueue; "
+                "print(sendqueue.send_many); print(sendqueue.__file__)"], cwd=tmp_path)
+    loop, where = said.split()
+    assert loop == "None"
+    assert Path(where).resolve().is_relative_to(source.resolve()), "the editable install's"
