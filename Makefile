@@ -16,7 +16,9 @@ venv: $(STAMP)
 # The package's files, as the editable install last saw them (see below).
 LISTING := build/package-files
 
-$(STAMP): pyproject.toml $(LISTING)
+# setup.py and the C source: the install builds the C extension, and only a
+# new install rebuilds it (a strict editable install links the built .so).
+$(STAMP): pyproject.toml setup.py twisted_chat/server/_sendmany.c $(LISTING)
 	$(PYTHON) scripts/mkvenv.py $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 	# strict mode: setuptools links every file of the package into
@@ -54,3 +56,4 @@ bench-quick: $(STAMP)
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache .mypy_cache .ruff_cache
+	rm -f twisted_chat/server/*.so
