@@ -9,8 +9,10 @@ from typing import Any
 import pytest
 from twisted.application.internet import StreamServerEndpointService
 from twisted.internet.testing import MemoryReactorClock
+from twisted.logger import formatEvent, globalLogPublisher
 from twisted.python import usage
 
+from twisted_chat.server import sendqueue
 from twisted_chat.server.history import Entry
 from twisted_chat.server.service import (
     ChatService,
@@ -206,6 +208,32 @@ def test_shutdown_with_a_database_that_cannot_be_written_has_no_unhandled_error(
 
 def test_log_messages_is_a_flag() -> None:
     assert options("--log-messages").config().log_messages is True
+
+
+@pytest.mark.parametrize(("argv", "built", "said"), [
+    ([], True, "C (twisted_chat.server._sendmany)"),
+    ([], False, "Python (the C extension twisted_chat.server._sendmany was not built: "),
+    (["--no-direct-send"], True, "none (--no-direct-send: "),
+])
+def test_the_log_at_start_says_which_send_loop_the_fan_out_uses(
+        monkeypatch: pytest.MonkeyPatch, argv: list[str], built: bool, said: str) -> None:
+    """An install hides whether it built the C send loop (pip shows a
+    build's output only when it fails): the log says, once."""
+    monkeypatch.setattr(sendqueue, "send_many", (lambda socks, data: None) if built else None)
+    lines: list[str] = []
+
+    def observe(event: dict[str, Any]) -> None:
+        if event.get("log_namespace") == "twisted_chat.server.service":
+            lines.append(str(formatEvent(event)))
+
+    globalLogPublisher.addObserver(observe)
+    try:
+        makeService(options("--db", ":memory:", *argv), ThreadedMemoryReactor())
+    finally:
+        globalLogPublisher.removeObserver(observe)
+    loops = [line for line in lines if line.startswith("fan-out send loop: ")]
+    assert len(loops) == 1, lines
+    assert loops[0].removeprefix("fan-out send loop: ").startswith(said), loops
 
 
 @pytest.mark.parametrize("port", ["70x0", "tcp:seven", "ssl:7443:privateKey=/nonexistent.pem"])

@@ -345,6 +345,21 @@ def send_all(members: Sequence[Sending], socks: Sequence[socket.socket], data: b
             queue.took(data, sent)
 
 
+def send_loop(direct: bool) -> str:
+    """
+    Which loop the fan-out's direct pass sends with (L{send_all}), for the
+    server's log at start: the C one, the Python one (the extension was not
+    built, which an install does not show), or none (C{--no-direct-send},
+    C{direct} false).
+    """
+    if not direct:
+        return "none (--no-direct-send: every write goes through Twisted)"
+    if send_many is None:
+        return ("Python (the C extension twisted_chat.server._sendmany was not built: "
+                "install with a C compiler and Python's headers for the C loop)")
+    return "C (twisted_chat.server._sendmany)"
+
+
 class DirectPass:
     """
     The fan-out's batch writer: it sends each batch to every member whose

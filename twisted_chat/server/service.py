@@ -38,6 +38,7 @@ from twisted_chat.server.factory import ChatFactory
 from twisted_chat.server.fanout import MAX_FANOUT_WAIT
 from twisted_chat.server.history import History
 from twisted_chat.server.login import Accounts, LoginLimits, PasswordWork, SharedFailures
+from twisted_chat.server.sendqueue import send_loop
 from twisted_chat.server.store import SQLiteStore, StoreError
 from twisted_chat.wire import DEFAULT_PORT
 
@@ -553,6 +554,7 @@ def makeService(options: Options, reactor: Any = None) -> IService:
         sys.stderr.write(f"twistd chat: WARNING: {fitted.warning}\n")
         log.warn("{warning}", warning=fitted.warning)
         config = dataclasses.replace(config, max_clients=fitted.max_clients)
+    log.info("fan-out send loop: {loop}", loop=send_loop(config.direct_send))
     if options["redis"]:
         return _cluster_service(options, config, reactor)
     # Before anything starts or is made (the database, the accounts file): a
