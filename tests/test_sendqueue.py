@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import os
 import socket
+import subprocess
+import sys
 from collections.abc import Iterator
 from typing import Any
 
@@ -567,6 +569,40 @@ def test_the_c_loop_counts_a_short_send_and_a_failed_one(
     data = b"y" * 100
     assert c_send_many([full, closed, fine], data) == [0, 0, 100]
     assert pairs[2][1].recv(200) == data
+
+
+# Run in a child: before the fix, the C loop read the list's items after a
+# fileno() had freed them, and crashed the interpreter.
+_CLEARING = """
+import socket
+from twisted_chat.server._sendmany import send_many
+
+class Clearing:  # a socket whose fileno() empties the list it is in
+    def __init__(self, into, sock):
+        self.into, self.sock = into, sock
+    def fileno(self):
+        self.into.clear()
+        return self.sock.fileno()
+
+pairs = [socket.socketpair() for _ in range(3)]
+answers, got = set(), [0, 0, 0]
+for _ in range(100):
+    socks = []
+    socks.extend(Clearing(socks, pairs[i % 3][0]) for i in range(30))
+    answers.add(send_many(socks, b"x"))
+    got = [n + len(b.recv(100)) for n, (_, b) in zip(got, pairs)]
+print(answers, got)
+"""
+
+
+def test_the_c_loop_survives_a_fileno_that_changes_the_list(c_send_many: Any) -> None:
+    """A fileno() may run any Python code: here it empties the list being
+    sent to, which frees the other members.  The loop sends to every member
+    the list had when the call began (its own tuple of them)."""
+    done = subprocess.run([sys.executable, "-c", _CLEARING], capture_output=True, text=True,
+                          stdin=subprocess.DEVNULL, timeout=60)
+    assert done.returncode == 0, (done.returncode, done.stderr[-2000:])
+    assert done.stdout.splitlines() == ["{None} [1000, 1000, 1000]"]
 
 
 def test_the_c_loop_refuses_what_is_not_sockets_and_bytes(c_send_many: Any) -> None:

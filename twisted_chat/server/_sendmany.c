@@ -29,7 +29,13 @@ send_many(PyObject *Py_UNUSED(module), PyObject *const *args, Py_ssize_t nargs)
         PyErr_SetString(PyExc_TypeError, "send_many(sockets, data) takes 2 arguments");
         return NULL;
     }
-    PyObject *socks = PySequence_Fast(args[0], "send_many: sockets must be a sequence");
+    /*
+     * A tuple of its own, not the caller's list: a fileno() may run Python
+     * code that changes the list (PySequence_Fast's items would then point
+     * at freed objects), and the tuple's references keep every socket
+     * alive while the GIL is released.
+     */
+    PyObject *socks = PySequence_Tuple(args[0]);
     if (socks == NULL)
         return NULL;
     Py_buffer data;
@@ -37,8 +43,7 @@ send_many(PyObject *Py_UNUSED(module), PyObject *const *args, Py_ssize_t nargs)
         Py_DECREF(socks);
         return NULL;
     }
-    Py_ssize_t n = PySequence_Fast_GET_SIZE(socks);
-    PyObject **items = PySequence_Fast_ITEMS(socks);
+    Py_ssize_t n = PyTuple_GET_SIZE(socks);
     int *fds = PyMem_Malloc((size_t)(n ? n : 1) * sizeof(int));
     Py_ssize_t *sent = PyMem_Malloc((size_t)(n ? n : 1) * sizeof(Py_ssize_t));
     PyObject *result = NULL;
@@ -47,7 +52,7 @@ send_many(PyObject *Py_UNUSED(module), PyObject *const *args, Py_ssize_t nargs)
         goto done;
     }
     for (Py_ssize_t i = 0; i < n; i++) {
-        PyObject *fd = PyObject_CallMethodNoArgs(items[i], fileno_name);
+        PyObject *fd = PyObject_CallMethodNoArgs(PyTuple_GET_ITEM(socks, i), fileno_name);
         if (fd == NULL)
             goto done;
         long v = PyLong_AsLong(fd);
