@@ -67,6 +67,7 @@ def test_the_wheel_has_the_package_and_the_plugin_only(built: tuple[Path, Path, 
     # The license pyproject.toml names travels with the wheel.
     assert any(n.endswith(".dist-info/licenses/LICENSE") for n in names), names
     assert not [n for n in names if n.startswith(("tests/", "bench/", "scripts/"))]
+    assert not [n for n in names if n.endswith(".c")], "C sources belong in the sdist only"
 
 
 def test_the_sdist_has_what_a_packager_needs(built: tuple[Path, Path, str]) -> None:
@@ -75,7 +76,8 @@ def test_the_sdist_has_what_a_packager_needs(built: tuple[Path, Path, str]) -> N
         names = {name.split("/", 1)[1] for name in tar.getnames() if "/" in name}
     for needed in ("pyproject.toml", "README.md", "twisted/plugins/twisted_chat_plugin.py",
                    "twisted_chat/server/service.py", "contrib/twisted-chat.service",
-                   "docs/protocol.md", "docs/metrics.md", "LICENSE"):
+                   "docs/protocol.md", "docs/metrics.md", "LICENSE",
+                   "setup.py", "twisted_chat/server/_sendmany.c"):
         assert needed in names, needed
 
 
