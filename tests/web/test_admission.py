@@ -9,6 +9,7 @@ StringTransports.
 
 from __future__ import annotations
 
+import io
 import itertools
 from typing import Any
 
@@ -286,3 +287,54 @@ def test_a_request_for_another_host_gets_421_and_opens_no_websocket() -> None:
     assert len(h.factory.connections) == 0
     good = HTTPConn(h, site)
     assert good.upgrade(host="chat.example:8080")[0].startswith("HELLO ")
+
+
+# -- what one connection's requests may cost ---------------------------------------
+
+
+def responses(conn: HTTPConn) -> list[bytes]:
+    """The status lines the connection got, in order."""
+    return [line for line in conn.transport.value().split(b"\r\n")
+            if line.startswith(b"HTTP/1.1 ")]
+
+
+NOT_ALLOWED = b"HTTP/1.1 405 Method Not Allowed"
+TOO_LARGE = b"HTTP/1.1 413 Content Too Large"
+
+
+@pytest.mark.parametrize(("head", "status"), [
+    # Twisted wrote a body over 100 kB to a temporary file, for --web-timeout.
+    (b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 100000000000\r\n", NOT_ALLOWED),
+    (b"PUT /static/app.js HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n", NOT_ALLOWED),
+    (b"GET / HTTP/1.1\r\nHost: x\r\nContent-Length: 100000000000\r\n", TOO_LARGE),
+    (b"GET /chat HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n"
+     b"Expect: 100-continue\r\n", TOO_LARGE),
+])
+def test_a_request_with_a_body_is_refused_before_its_body_is_read(
+    head: bytes, status: bytes, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    spooled: list[int] = []
+    monkeypatch.setattr("twisted.web.http.tempfile.TemporaryFile",
+                        lambda: spooled.append(1) or io.BytesIO())
+    h = Harness()
+    site = make_site(h, timeout=30.0)
+    conn = HTTPConn(h, site)
+    conn.send(head + b"\r\n" + b"1000\r\n" + b"x" * 200_000)
+    assert responses(conn) == [status]  # no 100 Continue after it
+    assert b"\r\nConnection: close\r\n" in conn.transport.value()
+    assert b"\r\nX-Frame-Options: DENY\r\n" in conn.transport.value()
+    assert conn.aborted and not spooled
+    assert len(h.factory.connections) == 0  # not upgraded either
+    # A TLS peer that never completes the close is aborted after the close grace.
+    h.clock.advance(h.config.close_grace)
+    assert conn.killed
+
+
+def test_a_request_without_a_body_is_answered_as_before() -> None:
+    h = Harness()
+    site = make_site(h, timeout=30.0)
+    conn = HTTPConn(h, site)
+    conn.send(b"GET /nope HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n\r\n"
+              b"HEAD / HTTP/1.1\r\nHost: x\r\n\r\n")
+    assert [r.split(b" ")[1] for r in responses(conn)] == [b"404", b"200"]
+    assert not conn.aborted

@@ -3,11 +3,14 @@ The web port's limits on the real server (twistd -n chat --web): HTTP
 connections are counted per address from accept, by their own cap (not as
 users: the address's chat connection still gets in); an unfinished request
 is closed at --web-timeout however it trickles in, and an idle kept-alive
-connection KEEPALIVE_IDLE seconds after its response.
+connection KEEPALIVE_IDLE seconds after its response; a request body is
+refused unread.
 """
 
 from __future__ import annotations
 
+import contextlib
+import os
 import socket
 import time
 from pathlib import Path
@@ -85,3 +88,30 @@ def test_web_connections_are_counted_from_accept_and_timed_out(tmp_path: Path) -
             kept.close()
         for sock in [*held, refused, chat, again]:
             sock.close()
+
+
+def spooled(pid: int) -> int:
+    """Bytes the server holds in deleted files (Twisted's request-body spool)."""
+    total = 0
+    for fd in os.listdir(f"/proc/{pid}/fd"):
+        try:
+            if os.readlink(f"/proc/{pid}/fd/{fd}").endswith(" (deleted)"):
+                total += os.stat(f"/proc/{pid}/fd/{fd}").st_size
+        except OSError:
+            pass  # closed meanwhile
+    return total
+
+
+def test_a_request_body_is_refused_unread(tmp_path: Path) -> None:
+    with served(WebServer(tmp_path, exempt=())) as web:
+        # A body streamed after a huge Content-Length: Twisted wrote any body
+        # over 100 kB to a temporary file, for --web-timeout (1.7 GB in 8 s).
+        post = from_client(web.web_port)
+        post.sendall(b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 100000000000\r\n\r\n")
+        chunk = b"x" * (1 << 20)
+        with contextlib.suppress(OSError):  # refused: the server stopped reading and closed
+            for _ in range(64):  # at most 64 MB
+                post.sendall(chunk)
+        assert spooled(web.server.pid) < 1 << 20
+        assert (closed_within(post, 5) or b"").startswith(b"HTTP/1.1 405 ")
+        post.close()

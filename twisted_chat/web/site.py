@@ -10,12 +10,18 @@ Each HTTP connection is counted against the chat server's connection limits
 from the moment it is accepted, until its WebSocket upgrade or its close
 (L{twisted_chat.web.admission}), and lasts at most C{--web-timeout} seconds
 before the upgrade, whatever it sends (L{_Channel}).
+
+What one connection may make the server do is bounded too: a request with
+a body is refused before its body is read (the site needs only C{GET} and
+C{HEAD}; Twisted spooled any body over 100 kB to a temporary file:
+L{_Request}).
 """
 
 from __future__ import annotations
 
 import re
 from importlib import resources
+from io import BytesIO
 from pathlib import Path
 from typing import Any
 
@@ -78,6 +84,18 @@ REFUSED = (b"HTTP/1.1 503 Service Unavailable\r\nConnection: close\r\n"
            b"Server is full.\n")
 
 
+def _refusal(status: bytes, host: str | None, allow: bool) -> bytes:
+    """The whole response to a request refused before its body is read."""
+    body = b"This server takes no request body.\n"
+    headers = {**security_headers(host), "Connection": "close",
+               "Content-Type": "text/plain; charset=utf-8",
+               "Content-Length": str(len(body))}
+    if allow:
+        headers["Allow"] = "GET, HEAD"
+    head = "".join(f"{name}: {value}\r\n" for name, value in headers.items())
+    return b"HTTP/1.1 " + status + b"\r\n" + head.encode("latin-1") + b"\r\n" + body
+
+
 # Seconds a kept-alive HTTP connection may wait for its next request after a
 # response (a browser's page load makes its requests back to back).
 KEEPALIVE_IDLE = 5.0
@@ -97,6 +115,9 @@ class _Channel(http.HTTPChannel):
     pool_key = "-"
     _deadline: IDelayedCall | None = None
     _idle: IDelayedCall | None = None
+    # The abort of a refused request's close, if the peer does not complete it.
+    _grace: IDelayedCall | None = None
+    _refused = False
     # The transport the WebSocket took over (the channel's own is None then).
     taken: Any = None
 
@@ -127,8 +148,27 @@ class _Channel(http.HTTPChannel):
         self.site.gate.release(self)
 
     def dataReceived(self, data: bytes) -> None:
+        if self._refused:
+            return  # under TLS, reading goes on until the peer's close_notify
         self._stop_idle()
         super().dataReceived(data)
+        if self._refused:
+            self.clearLineBuffer()  # the rest of the read the refused request came in
+
+    def refuse(self, response: bytes) -> None:
+        """Answer C{response} to the request being received and close,
+        reading nothing more; abort the close C{close_grace} seconds later
+        if the peer has not completed it (under TLS it waits for the peer's
+        close_notify), as a refused chat connection's is."""
+        transport: Any = self.transport
+        if self._refused or transport is None:
+            return
+        self._refused = True
+        self.persistent = False
+        transport.write(response)
+        self.loseConnection()
+        self._grace = self.callLater(self.site.chat.config.close_grace,
+                                     transport.abortConnection)
 
     def requestDone(self, request: Any) -> None:
         """A response is complete: a kept-alive connection that then waits,
@@ -161,6 +201,9 @@ class _Channel(http.HTTPChannel):
 
     def connectionLost(self, reason: Failure = connectionDone) -> None:
         self._stop_idle()
+        grace, self._grace = self._grace, None
+        if grace is not None and grace.active():
+            grace.cancel()
         self.upgrading()
         super().connectionLost(reason)
 
@@ -206,8 +249,29 @@ class _Request(server.Request):
     """
     A request whose response, whatever it is (404s included), is secured;
     one whose C{Host} is not one of C{--web-host}'s gets C{421}, whatever
-    its path (the WebSocket's included).
+    its path (the WebSocket's included).  One with a body is refused before
+    the body is read: C{405} for a method other than C{GET} and C{HEAD},
+    else C{413}.
     """
+
+    def gotLength(self, length: int | None) -> None:
+        """The headers are in: a body (a length other than 0; C{None} is
+        chunked) is refused before any of it is read or buffered."""
+        if length == 0:
+            super().gotLength(length)
+            return
+        self.content = BytesIO()  # stays empty
+        # allHeadersReceived answers this after gotLength: no "100 Continue"
+        # after the refusal.
+        self.requestHeaders.removeHeader(b"expect")
+        channel: Any = self.channel
+        method = getattr(channel, "_command", None)  # not given to the request yet
+        allowed = method in (b"GET", b"HEAD")
+        status = b"413 Content Too Large" if allowed else b"405 Method Not Allowed"
+        raw = self.getHeader(b"host")
+        response = _refusal(status, raw.decode("latin-1") if raw else None, not allowed)
+        if isinstance(channel, _Channel):
+            channel.refuse(response)
 
     def process(self) -> None:
         raw = self.getHeader(b"host")
