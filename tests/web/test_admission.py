@@ -23,7 +23,7 @@ from tests.web import wsframes as ws
 from tests.web.test_gateway import TCPTransport
 from twisted_chat.web.admission import HTTP_PER_BROWSER
 from twisted_chat.web.config import WebConfig, parse_networks
-from twisted_chat.web.site import KEEPALIVE_IDLE, WebSite, web_site
+from twisted_chat.web.site import KEEPALIVE_IDLE, MAX_REQUESTS, WebSite, web_site
 
 _ports = itertools.count(30000)
 
@@ -338,3 +338,29 @@ def test_a_request_without_a_body_is_answered_as_before() -> None:
               b"HEAD / HTTP/1.1\r\nHost: x\r\n\r\n")
     assert [r.split(b" ")[1] for r in responses(conn)] == [b"404", b"200"]
     assert not conn.aborted
+
+
+def test_requests_are_not_logged() -> None:
+    # Each request wrote an access-log line, its User-Agent included: one
+    # kept-alive connection pipelining 404s with an 8 KB User-Agent grew
+    # the log by 132 MB in 10 s (twistd keeps every rotated file).
+    h = Harness()
+    site = make_site(h, timeout=30.0)
+    site.logFile = log = io.StringIO()
+    conn = HTTPConn(h, site)
+    conn.send(b"GET /nope HTTP/1.1\r\nHost: x\r\nUser-Agent: " + b"A" * 8000 + b"\r\n\r\n")
+    assert responses(conn) == [b"HTTP/1.1 404 Not Found"]
+    assert log.getvalue() == ""
+
+
+def test_a_connection_answers_a_bounded_number_of_requests() -> None:
+    # A pipeliner got every request answered on one connection, held for
+    # it when it did not read.
+    h = Harness()
+    site = make_site(h, timeout=30.0)
+    conn = HTTPConn(h, site)
+    conn.send(b"GET /nope HTTP/1.1\r\nHost: x\r\n\r\n" * (MAX_REQUESTS + 5))
+    assert responses(conn) == [b"HTTP/1.1 404 Not Found"] * MAX_REQUESTS
+    last = conn.transport.value().rpartition(b"HTTP/1.1 404 ")[2]
+    assert b"\r\nConnection: close\r\n" in last.partition(b"\r\n\r\n")[0]
+    assert conn.aborted

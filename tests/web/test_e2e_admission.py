@@ -4,7 +4,7 @@ connections are counted per address from accept, by their own cap (not as
 users: the address's chat connection still gets in); an unfinished request
 is closed at --web-timeout however it trickles in, and an idle kept-alive
 connection KEEPALIVE_IDLE seconds after its response; a request body is
-refused unread.
+refused unread, a connection answers MAX_REQUESTS requests, none is logged.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ import pytest
 from tests.serverproc import LOOPBACK
 from tests.web.webserver import WebServer, served
 from twisted_chat.web.admission import HTTP_PER_BROWSER
-from twisted_chat.web.site import KEEPALIVE_IDLE
+from twisted_chat.web.site import KEEPALIVE_IDLE, MAX_REQUESTS
 
 pytestmark = pytest.mark.e2e
 
@@ -115,3 +115,22 @@ def test_a_request_body_is_refused_unread(tmp_path: Path) -> None:
         assert spooled(web.server.pid) < 1 << 20
         assert (closed_within(post, 5) or b"").startswith(b"HTTP/1.1 405 ")
         post.close()
+
+
+def test_pipelined_requests_are_bounded_and_not_logged(tmp_path: Path) -> None:
+    with served(WebServer(tmp_path, exempt=())) as web:
+        # Pipelined requests with an 8 KB User-Agent: each wrote a log line
+        # (the log grew 132 MB in 10 s); one connection answered them all.
+        log = web.server.log_path
+        before = sum(f.stat().st_size for f in log.parent.glob(log.name + "*"))
+        pipe = from_client(web.web_port)
+        request = (b"GET /nope HTTP/1.1\r\nHost: x\r\nUser-Agent: " + b"A" * 8000
+                   + b"\r\n\r\n")
+        with contextlib.suppress(OSError):  # closed after MAX_REQUESTS
+            pipe.sendall(request * (MAX_REQUESTS + 20))
+        answers = closed_within(pipe, 5) or b""
+        pipe.close()
+        assert answers.count(b"HTTP/1.1 404 ") == MAX_REQUESTS
+        time.sleep(0.2)  # the log's writes of this turn
+        after = sum(f.stat().st_size for f in log.parent.glob(log.name + "*"))
+        assert after - before < 4096

@@ -13,8 +13,9 @@ before the upgrade, whatever it sends (L{_Channel}).
 
 What one connection may make the server do is bounded too: a request with
 a body is refused before its body is read (the site needs only C{GET} and
-C{HEAD}; Twisted spooled any body over 100 kB to a temporary file:
-L{_Request}).
+C{HEAD}; Twisted spooled any body over 100 kB to a temporary file), a
+connection answers at most L{MAX_REQUESTS} requests, and requests are not
+written to the log (L{_Request}).
 """
 
 from __future__ import annotations
@@ -84,6 +85,13 @@ REFUSED = (b"HTTP/1.1 503 Service Unavailable\r\nConnection: close\r\n"
            b"Server is full.\n")
 
 
+# Requests one HTTP connection is answered; the last is answered with
+# "Connection: close" and the connection closed after it.  A page load makes
+# about 4, spread over the browser's connections; a pipeliner that does not
+# read gets no more than this many responses held for it.
+MAX_REQUESTS = 20
+
+
 def _refusal(status: bytes, host: str | None, allow: bool) -> bytes:
     """The whole response to a request refused before its body is read."""
     body = b"This server takes no request body.\n"
@@ -108,7 +116,8 @@ class _Channel(http.HTTPChannel):
     aborted C{timeout} seconds after its accept if it has not upgraded by
     then, however it sends (Twisted's own timeout is reset by every byte
     received: one header byte every 50 s held a socket for days); closed
-    L{KEEPALIVE_IDLE} seconds after a response if no request follows.
+    L{KEEPALIVE_IDLE} seconds after a response if no request follows;
+    closed after its L{MAX_REQUESTS}th response.
     """
 
     site: WebSite
@@ -118,6 +127,7 @@ class _Channel(http.HTTPChannel):
     # The abort of a refused request's close, if the peer does not complete it.
     _grace: IDelayedCall | None = None
     _refused = False
+    _requests = 0
     # The transport the WebSocket took over (the channel's own is None then).
     taken: Any = None
 
@@ -154,6 +164,15 @@ class _Channel(http.HTTPChannel):
         super().dataReceived(data)
         if self._refused:
             self.clearLineBuffer()  # the rest of the read the refused request came in
+
+    def checkPersistence(self, request: Any, version: bytes) -> bool:
+        """Kept alive for at most L{MAX_REQUESTS} requests."""
+        self._requests += 1
+        persistent: bool = super().checkPersistence(request, version)
+        if persistent and self._requests >= MAX_REQUESTS:
+            request.responseHeaders.setRawHeaders(b"Connection", [b"close"])
+            return False
+        return persistent
 
     def refuse(self, response: bytes) -> None:
         """Answer C{response} to the request being received and close,
@@ -333,6 +352,10 @@ class WebSite(server.Site):
         self.chat = chat
         self.web = web
         self.gate = WebGate(chat, web.trusted_proxies)
+
+    def log(self, request: http.Request) -> None:
+        """No access log: each request wrote a line, its User-Agent
+        included, and one pipelining connection filled the disk."""
 
     def buildProtocol(self, addr: Any) -> Any:
         """A connection to the web port, counted from now (or refused: a
