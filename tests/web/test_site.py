@@ -104,6 +104,27 @@ def test_page_and_static_files(web: WebServer) -> None:
     assert get(web, "/static/../service.py")[0].split()[1] in ("400", "404")
 
 
+@pytest.mark.e2e
+def test_a_page_load_fits_one_connection_and_ranges_are_ignored(web: WebServer) -> None:
+    connection = http.client.HTTPConnection(LOOPBACK, web.web_port, timeout=5)
+    try:
+        for path in ["/", "/static/app.js", "/static/style.css", "/static/favicon.svg"]:
+            connection.request("GET", path)
+            response = connection.getresponse()
+            assert response.status == 200 and response.read()
+            assert response.getheader("Connection") is None  # kept alive
+        # 300 ranges of the whole file were 300 copies of it (12 MB for a
+        # 1 kB request); 1500 a ValueError in Twisted, logged as critical.
+        app = (STATIC / "app.js").read_bytes()
+        for ranges in ["0-9", ",".join(["0-"] * 300), ",".join(["0-"] * 1500)]:
+            connection.request("GET", "/static/app.js", headers={"Range": f"bytes={ranges}"})
+            response = connection.getresponse()
+            assert (response.status, response.getheader("Accept-Ranges")) == (200, "none")
+            assert response.read() == app
+    finally:
+        connection.close()
+
+
 def test_the_page_loads_nothing_from_elsewhere_and_uses_no_inline_script() -> None:
     html = (STATIC / "index.html").read_text()
     assert "http://" not in html and "https://" not in html

@@ -14,8 +14,8 @@ before the upgrade, whatever it sends (L{_Channel}).
 What one connection may make the server do is bounded too: a request with
 a body is refused before its body is read (the site needs only C{GET} and
 C{HEAD}; Twisted spooled any body over 100 kB to a temporary file), a
-connection answers at most L{MAX_REQUESTS} requests, and requests are not
-written to the log (L{_Request}).
+connection answers at most L{MAX_REQUESTS} requests, requests are not
+written to the log, and C{Range} is ignored (L{_Request}).
 """
 
 from __future__ import annotations
@@ -270,7 +270,9 @@ class _Request(server.Request):
     one whose C{Host} is not one of C{--web-host}'s gets C{421}, whatever
     its path (the WebSocket's included).  One with a body is refused before
     the body is read: C{405} for a method other than C{GET} and C{HEAD},
-    else C{413}.
+    else C{413}.  C{Range} is ignored: the files are small, and Twisted
+    answered each range of a multi-range request with its own copy (300
+    ranges of C{0-} were 12 MB for a 1 kB request).
     """
 
     def gotLength(self, length: int | None) -> None:
@@ -293,6 +295,7 @@ class _Request(server.Request):
             channel.refuse(response)
 
     def process(self) -> None:
+        self.requestHeaders.removeHeader(b"range")
         raw = self.getHeader(b"host")
         host = raw.decode("latin-1") if raw else None
         for name, value in security_headers(host).items():
@@ -308,9 +311,17 @@ class _Request(server.Request):
 
 
 class _Files(static.File):
-    """The static directory: files only, no listings."""
+    """The static directory: files only, no listings, no ranges (L{_Request})."""
 
     contentTypes = _CONTENT_TYPES
+
+    def render_GET(self, request: server.Request) -> Any:
+        result = super().render_GET(request)
+        if request.responseHeaders.hasHeader(b"accept-ranges"):
+            request.responseHeaders.setRawHeaders(b"accept-ranges", [b"none"])
+        return result
+
+    render_HEAD = render_GET
 
     def directoryListing(self) -> resource.IResource:
         return pages.notFound()
