@@ -347,6 +347,37 @@ def test_pings_spend_flood_tokens_and_a_ping_flood_is_cut(h: Harness) -> None:
     assert bob.take()[-1] == f"LEFT {ts(h)} alice flood"
 
 
+@pytest.mark.parametrize("flood", [
+    # The gateway sends no pings: every pong is unsolicited.
+    ws.frame(b"", opcode=ws.PONG) * 10_000,
+    # Fragments of one message, empty: it never ends.
+    ws.frame(b"", fin=False) + ws.frame(b"", opcode=0, fin=False) * 10_000,
+])
+def test_a_flood_of_frames_without_a_line_is_cut(flood: bytes) -> None:
+    # They cost nothing: 2.58 M empty pongs in 11 s took 6.3 s of the
+    # server's CPU, and were never cut.
+    h = Harness(flood_rate=1.0, flood_burst=5)
+    bob, alice = tcp_and_browser(h, make_gateway(h))
+    alice.send_frame(flood)
+    _, lines = split(alice)
+    assert lines[0].startswith("ERROR flood ")
+    assert lines[-1] == "BYE flood too many lines too fast"
+    assert alice.closes == [1000]
+    alice.lose()
+    assert bob.take()[-1] == f"LEFT {ts(h)} alice flood"
+
+
+def test_each_frame_after_a_message_s_first_spends_a_flood_token() -> None:
+    h = Harness(flood_rate=1.0, flood_burst=5)
+    bob, alice = tcp_and_browser(h, make_gateway(h))  # NICK spent one token of five
+    # Three frames: two tokens for the fragments after the first, one for the line.
+    alice.send_frame(ws.frame(b"MSG a", fin=False) + ws.frame(b" b", opcode=0, fin=False)
+                     + ws.frame(b" c", opcode=0))
+    alice.send("MSG d", "MSG e")
+    assert bob.take() == [f"MSG {ts(h)} alice * a b c", f"MSG {ts(h)} alice * d"]
+    assert alice.take()[-1].startswith("ERROR flood ")
+
+
 def test_no_pong_is_queued_for_a_peer_that_does_not_read() -> None:
     h = Harness(flood_rate=1.0, flood_burst=5, sendq_timeout=30.0)
     gateway = make_gateway(h)
