@@ -8,6 +8,7 @@ side a StringTransport.
 from __future__ import annotations
 
 import itertools
+import tracemalloc
 from typing import Any
 
 import pytest
@@ -376,6 +377,30 @@ def test_each_frame_after_a_message_s_first_spends_a_flood_token() -> None:
     alice.send("MSG d", "MSG e")
     assert bob.take() == [f"MSG {ts(h)} alice * a b c", f"MSG {ts(h)} alice * d"]
     assert alice.take()[-1].startswith("ERROR flood ")
+
+
+def test_a_message_in_many_fragments_holds_no_more_than_a_line() -> None:
+    # 16,000 one-byte fragments were 16,000 bytes objects (680 kB for one
+    # connection), where TCP holds at most --max-line bytes.
+    h = Harness()  # flood control off: only the bytes held bound it here
+    bob, alice = tcp_and_browser(h, make_gateway(h))
+    fragments = ws.frame(b"M", fin=False) + ws.frame(b"x", opcode=0, fin=False) * 16_000
+    tracemalloc.start()
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        alice.send_frame(fragments)
+        held = tracemalloc.get_traced_memory()[0] - before
+    finally:
+        tracemalloc.stop()
+    assert held < 2 * h.config.max_line
+    alice.send_frame(ws.frame(b"", opcode=0))
+    assert alice.take()[0].startswith("ERROR too-long ")  # as on TCP; the socket stays
+    # A line of --max-line bytes with its terminator, in fragments, is whole.
+    line = b"MSG " + b"y" * (h.config.max_line - 4)
+    alice.send_frame(ws.frame(line[:100], fin=False) + ws.frame(line[100:], opcode=0, fin=False)
+                     + ws.frame(b"\r\n", opcode=0))
+    assert bob.take() == [f"MSG {ts(h)} alice * {line[4:].decode()}"]
+    assert alice.closes == []
 
 
 def test_no_pong_is_queued_for_a_peer_that_does_not_read() -> None:

@@ -256,6 +256,8 @@ def test_web_timeout_option() -> None:
     assert site_of("--web-host", "a.example", "--web-host", "B.example").web.hosts == (
         "a.example", "b.example")
     assert site_of("--web-timeout", "7.5").web.timeout == 7.5
+    web = site_of("--max-line", "1000").web  # a message is held up to a line
+    assert (web.max_line, web.max_message) == (1000, 16384)
     with pytest.raises(usage.UsageError):
         options("--web-timeout", "0")
 

@@ -638,6 +638,7 @@ def _add_web(top: MultiService, options: Options, factory: ChatFactory, reactor:
     web = WebConfig(
         origins=tuple(options["web-origins"]),
         trusted_proxies=parse_networks(options["trust-proxy"]),
+        max_line=factory.config.max_line,
         max_message=max_message_for(factory.config.max_line),
         timeout=options["web-timeout"],
         hosts=tuple(options["web-hosts"]),

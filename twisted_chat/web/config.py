@@ -23,6 +23,9 @@ class WebConfig:
     origins: tuple[str, ...] = ()
     # Proxies whose X-Forwarded-For is believed (addresses or networks).
     trusted_proxies: tuple[Network, ...] = ()
+    # The chat server's longest line (--max-line): of a message being
+    # received, no more than this (and a terminator) is kept.
+    max_line: int = 4096
     # The largest WebSocket message accepted; a larger one closes with 1009.
     # Lines longer than --max-line but within this get ERROR too-long.
     max_message: int = 16384

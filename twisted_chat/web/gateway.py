@@ -21,7 +21,8 @@ else: a binary message gets 1003, invalid UTF-8 1007 and a message larger
 than L{WebConfig.max_message} 1009 (the last two from autobahn, with
 C{failByDrop=False} so that it sends the code instead of dropping the TCP
 connection).  A text message longer than C{--max-line} but within the
-WebSocket limit is the TCP client's C{ERROR too-long}.
+WebSocket limit is the TCP client's C{ERROR too-long}; as on TCP, no more
+of it than C{--max-line} (and a terminator) is kept while it arrives.
 
 Every frame costs what a line costs: a message's first frame is its line,
 and each frame after it, each ping and each (unsolicited) pong spends a
@@ -47,6 +48,11 @@ from zope.interface import implementer
 
 from twisted_chat.server.sendqueue import SendQueue, buffer_size
 from twisted_chat.web.config import WebConfig, client_host, origin_allowed
+
+# Bytes of a message kept beyond --max-line: a terminator (CRLF) the
+# gateway drops, and one more, so that a message cut short is still longer
+# than a line and gets ERROR too-long.
+MESSAGE_SLACK = 3
 
 # Close codes (RFC 6455, 7.4.1).
 CLOSE_NORMAL = 1000
@@ -206,8 +212,9 @@ class ChatWebSocket(WebSocketServerProtocol):
     # The latest ping's payload, while its PONG waits for the socket to drain.
     _pending_pong: bytes | None = None
     _pong_call: IDelayedCall | None = None
-    # The message being received: its frames so far, and whether a flood
-    # dropped it.
+    # The message being received: at most --max-line + MESSAGE_SLACK bytes
+    # of it, its frames so far, and whether a flood dropped it.
+    _message: bytearray | None = None
     _frames = 0
     _dropped = False
 
@@ -266,8 +273,15 @@ class ChatWebSocket(WebSocketServerProtocol):
         # autobahn's formats a debug log line's arguments on every read.
         self._dataReceived(data)
 
+    # autobahn keeps each chunk of a message as its own bytes object, however
+    # small (16,000 one-byte fragments held 680 kB): here the
+    # message is one bytearray of at most --max-line + MESSAGE_SLACK bytes.
+    # autobahn still enforces the WebSocket limit (1009) on the whole length.
+
     def onMessageBegin(self, isBinary: bool) -> None:
-        super().onMessageBegin(isBinary)
+        self.message_is_binary = isBinary
+        self.message_data_total_length = 0  # autobahn's 1009 check adds to it
+        self._message = bytearray()
         self._frames = 0
         self._dropped = False
 
@@ -283,13 +297,25 @@ class ChatWebSocket(WebSocketServerProtocol):
             if charge is not None and not charge():
                 self._dropped = True
 
+    def onMessageFrameData(self, payload: bytes) -> None:
+        message = self._message
+        if message is not None:
+            room = self.factory.web.max_line + MESSAGE_SLACK - len(message)
+            if room >= len(payload):
+                message += payload
+            elif room > 0:
+                message += payload[:room]
+
+    def onMessageFrameEnd(self) -> None:
+        self.frame_data = None  # type: ignore[assignment]
+
     def onMessageEnd(self) -> None:
         # autobahn's also fires a "message" event, a Deferred per message
         # for listeners this protocol does not have; about a third of what
         # reading a message costs.
-        if not self.failedByMe and not self._dropped:
-            self.onMessage(b"".join(self.message_data), self.message_is_binary)
-        self.message_data = None  # type: ignore[assignment]
+        message, self._message = self._message, None
+        if message is not None and not self.failedByMe and not self._dropped:
+            self.onMessage(bytes(message), self.message_is_binary)
 
     def onMessage(self, payload: bytes, isBinary: bool) -> None:
         chat = self.chat
