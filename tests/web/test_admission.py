@@ -3,8 +3,9 @@ The web port's HTTP connections before they are chat connections
 (twisted_chat.web.admission, twisted_chat.web.site): counted from accept
 with the chat's own limits, TCP and web together; an absolute deadline on
 the HTTP side that bytes received do not reset; the upgrade hands the count
-over to the chat connection.  The site on a task.Clock, connections on
-StringTransports.
+over to the chat connection; what one connection's requests may cost (no
+body read, no log line, a bounded number).  The site on a task.Clock,
+connections on StringTransports.
 """
 
 from __future__ import annotations
