@@ -23,16 +23,17 @@ from twisted.internet.abstract import FileDescriptor
 from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
 
+from twisted_chat import tcpinfo
 from twisted_chat.server import sendqueue
 from twisted_chat.server.sendqueue import (
     DirectPass,
     DrainWatch,
     SendQueue,
     buffer_size,
-    kernel_acked,
     kernel_queued,
     stalled,
 )
+from twisted_chat.tcpinfo import kernel_acked
 
 # -- transports that are not plain TCP --------------------------------------------
 
@@ -253,7 +254,7 @@ def test_where_the_kernel_cannot_be_asked_delivered_is_written_minus_held(
     queue = SendQueue(StringTransport(), limit=1 << 20)  # no socket: TLS, tests
     assert queue.write(b"x" * 10)
     assert queue.delivered(4) == 6
-    monkeypatch.setattr(sendqueue, "ACKED_AT", None)
+    monkeypatch.setattr(tcpinfo, "ACKED_AT", None)
     with socket.socket() as sock:
         assert kernel_acked(sock) == 0
 
@@ -266,7 +267,7 @@ def test_a_kernel_without_the_acked_count_keeps_the_count_and_no_direct_pass(
     counts what it writes, and the direct pass leaves it to deliver()."""
     factory, client = loopback
     server = yield factory.accepted
-    monkeypatch.setattr(sendqueue, "_acked_known", False)
+    monkeypatch.setattr(tcpinfo, "_acked_known", False)
     queue = SendQueue(server.transport, limit=1 << 20)
     assert queue.direct and queue.sock_now is None
     member = Member(queue)
@@ -281,15 +282,15 @@ def test_a_kernel_without_the_acked_count_keeps_the_count_and_no_direct_pass(
 def test_the_kernel_is_asked_once_whether_it_counts_acked_bytes(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    monkeypatch.setattr(sendqueue, "_acked_known", None)
+    monkeypatch.setattr(tcpinfo, "_acked_known", None)
     with socket.socket() as sock:
-        assert sendqueue.acked_known(sock) is True  # Linux 4.1 and later
-    monkeypatch.setattr(sendqueue, "_acked_known", None)
-    monkeypatch.setattr(sendqueue, "ACKED_AT", 10_000)  # past what any kernel reports
+        assert tcpinfo.acked_known(sock) is True  # Linux 4.1 and later
+    monkeypatch.setattr(tcpinfo, "_acked_known", None)
+    monkeypatch.setattr(tcpinfo, "ACKED_AT", 10_000)  # past what any kernel reports
     with socket.socket() as sock:
-        assert sendqueue.acked_known(sock) is False
+        assert tcpinfo.acked_known(sock) is False
     with socket.socket() as sock:
-        assert sendqueue.acked_known(sock) is False, "remembered"
+        assert tcpinfo.acked_known(sock) is False, "remembered"
 
 
 # -- the fan-out's direct pass ---------------------------------------------------------

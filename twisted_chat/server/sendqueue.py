@@ -20,7 +20,6 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import socket
-import struct
 import sys
 from collections.abc import Callable, Collection, Iterable, Sequence
 from itertools import repeat
@@ -31,6 +30,8 @@ from twisted.internet import tcp
 from twisted.internet.abstract import FileDescriptor
 from twisted.internet.interfaces import IDelayedCall, IPushProducer, IReactorTime
 from zope.interface import implementer
+
+from twisted_chat.tcpinfo import acked_known, kernel_acked, socket_of
 
 _SendMany = Callable[[Sequence[socket.socket], bytes], "list[int] | None"]
 send_many: _SendMany | None
@@ -48,14 +49,9 @@ if sys.platform.startswith("linux"):
     import termios
 
     SIOCOUTQ: int | None = termios.TIOCOUTQ  # the same request number
-    # Where Linux's struct tcp_info holds tcpi_bytes_acked (a u64, since
-    # Linux 4.1): the bytes of the stream the peer has acknowledged.
-    ACKED_AT: int | None = 120
 else:  # pragma: no cover - not this platform
     SIOCOUTQ = None
-    ACKED_AT = None
 _INT = bytes(4)
-_ACKED = struct.Struct("=Q")
 
 
 def _plain_tcp(transport: Any) -> bool:
@@ -73,47 +69,6 @@ def buffer_size(transport: Any) -> int:
         if isinstance(size, int) and size > 0:
             return size
     return int(FileDescriptor.bufferSize)
-
-
-def socket_of(transport: Any) -> socket.socket | None:
-    """The kernel socket under C{transport} (under its TLS, too), if any."""
-    for candidate in (transport, getattr(transport, "transport", None)):
-        get = getattr(candidate, "getHandle", None)
-        handle = get() if get is not None else None
-        if isinstance(handle, socket.socket):
-            return handle
-    return None
-
-
-def kernel_acked(sock: socket.socket | None) -> int:
-    """Bytes written to C{sock} that its peer has acknowledged so far (0
-    where that cannot be asked)."""
-    if sock is None or ACKED_AT is None:
-        return 0
-    try:
-        info = sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, ACKED_AT + _ACKED.size)
-        return int(_ACKED.unpack_from(info, ACKED_AT)[0])
-    except (OSError, ValueError, AttributeError, struct.error):
-        return 0
-
-
-_acked_known: bool | None = None  # whether this kernel reports tcpi_bytes_acked
-
-
-def acked_known(sock: socket.socket) -> bool:
-    """
-    Whether the kernel reports the bytes its peers acknowledged (Linux 4.1
-    and later): asked once, of the first TCP socket.  Where it does not,
-    queues count what they write and the direct pass is off.
-    """
-    global _acked_known
-    if _acked_known is None:
-        try:
-            info = sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, 256)
-            _acked_known = ACKED_AT is not None and len(info) >= ACKED_AT + _ACKED.size
-        except (OSError, AttributeError):
-            _acked_known = False
-    return _acked_known
 
 
 def kernel_queued(sock: socket.socket | None) -> int:
