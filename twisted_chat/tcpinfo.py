@@ -2,7 +2,8 @@
 What the kernel says of a TCP connection that Twisted does not: the socket
 under a transport (under its TLS, too), and how many of the bytes written to
 it the peer has acknowledged (Linux's C{TCP_INFO}).  The server's send queues
-count what reached their members with it (docs/fanout.md).
+count what reached their members with it (docs/fanout.md); the client tells a
+server that reads slowly from one that reads nothing (docs/client.md).
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ if sys.platform.startswith("linux"):
 else:  # pragma: no cover - not this platform
     ACKED_AT = None
 _ACKED = struct.Struct("=Q")
+_TCP_FAMILIES = (socket.AF_INET, socket.AF_INET6)
 
 
 def socket_of(transport: Any) -> socket.socket | None:
@@ -61,3 +63,17 @@ def acked_known(sock: socket.socket) -> bool:
             _acked_known = False
     return _acked_known
 
+
+def peer_acked(transport: Any) -> int | None:
+    """
+    The bytes written to C{transport} that the peer has acknowledged so far
+    (below TLS: the encrypted bytes), or C{None} where the kernel cannot
+    tell: not Linux 4.1 or later, or no TCP socket under the transport.
+    The count only grows: what is written meanwhile does not lower it.
+    """
+    sock = socket_of(transport)
+    if sock is None or sock.family not in _TCP_FAMILIES or sock.type != socket.SOCK_STREAM:
+        return None
+    if not acked_known(sock):
+        return None
+    return kernel_acked(sock)

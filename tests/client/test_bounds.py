@@ -5,17 +5,22 @@ hold or do stays bounded (review rev3cli C, M, E and R).
 
 from __future__ import annotations
 
+import socket
+import struct
 import time
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
+from OpenSSL import SSL
 from twisted.internet.abstract import FileDescriptor
 from twisted.internet.protocol import Protocol
 from twisted.internet.testing import MemoryReactorClock, StringTransport
 from twisted.protocols.tls import TLSMemoryBIOProtocol
 
+from twisted_chat import tcpinfo
 from twisted_chat.client import terminal
-from twisted_chat.client.flow import buffered
+from twisted_chat.client.flow import buffered, taken
 from twisted_chat.client.pipe import PipeIO
 from twisted_chat.client.render import Renderer, UserRow, plain
 from twisted_chat.client.sanitize import clean, text_width
@@ -240,29 +245,56 @@ def test_lines_pasted_over_the_bound_are_not_sent_and_said_so() -> None:
 # -- rev5cli G3: a server that reads slowly, but reads, is not given up ------------
 
 
-def socket_holding(s: Session, size: int) -> None:
+class AckedSocket(socket.socket):
     """
-    Make the session's transport show what a TCP connection's buffer shows
+    A TCP socket, never connected, whose C{TCP_INFO} says the peer has
+    acknowledged C{acked} bytes: what Linux tells of a real connection.  The
+    server reading N bytes is C{acked += N}; what the client writes does not
+    change it (and Twisted's buffer, above the kernel's, need not shrink).
+    """
+
+    acked = 0
+
+    def getsockopt(self, level: int, option: int, buflen: int = 0) -> Any:
+        if (level, option) != (socket.IPPROTO_TCP, socket.TCP_INFO):
+            return super().getsockopt(level, option, buflen)
+        assert tcpinfo.ACKED_AT is not None
+        info = bytes(tcpinfo.ACKED_AT) + struct.pack("=Q", self.acked)
+        return info.ljust(max(buflen, 256), b"\0")[:buflen]
+
+
+@pytest.fixture
+def acked(monkeypatch: pytest.MonkeyPatch) -> Iterator[AckedSocket]:
+    """The socket under the sessions' transports (their getHandle()): see L{stalled_script}."""
+    if tcpinfo.ACKED_AT is None:
+        pytest.skip("the kernel tells the bytes acknowledged on Linux only")
+    monkeypatch.setattr(tcpinfo, "_acked_known", None)  # asked of this socket
+    with AckedSocket() as sock:
+        yield sock
+
+
+def socket_holding(transport: Any, size: int) -> None:
+    """
+    Make C{transport} show what a TCP connection's buffer shows
     (Twisted's FileDescriptor, as flow.buffered reads it): C{size} bytes the
-    kernel has not taken.  The server reading N bytes is C{offset += N}.
+    kernel has not taken.  Where the kernel cannot tell what its peer
+    acknowledged, the kernel taking N bytes is C{offset += N}.
     """
-    transport: Any = s.transport
     transport.dataBuffer, transport.offset, transport._tempDataLen = b"x" * size, 0, 0
 
 
-def server_reads(s: Session, count: int) -> None:
-    """The kernel takes C{count} bytes of what the socket holds (L{socket_holding})."""
-    transport: Any = s.transport
-    transport.offset += count
-
-
-def stalled_script(s: Session) -> None:
-    """A script whose lines wait on a socket holding 70,000 bytes."""
+def stalled_script(s: Session, sock: AckedSocket | None) -> None:
+    """
+    A script whose lines wait on a full socket: C{sock} under the transport
+    (C{None}: no socket, only Twisted's buffer, holding 70,000 bytes).
+    """
+    if sock is not None:
+        s.transport.getHandle = lambda: sock  # type: ignore[attr-defined]
     s.ready("robot")
     for i in range(30):
         s.type(f"report line {i}")  # a burst of 10 with the NICK: 9 go, 21 wait
     assert len(s.sent()) == 9
-    socket_holding(s, 70_000)
+    socket_holding(s.transport, 70_000)  # Twisted's: it stays full (the kernel's is below)
     s.transport.producer.pauseProducing()  # over 64 KiB: Twisted pauses us
     s.client.input_ended()
 
@@ -279,15 +311,35 @@ def test_what_the_socket_holds_is_measured_through_tls_too() -> None:
     assert buffered(None) is None
 
 
-def test_a_server_that_reads_slowly_but_steadily_is_not_given_up() -> None:
+def test_what_the_server_took_is_asked_of_the_kernel_through_tls_too(
+    acked: AckedSocket,
+) -> None:
+    acked.acked = 5000
+    tcp: Any = StringTransport()
+    tcp.getHandle = lambda: acked
+    assert taken(tcp) == 5000
+    tls = TLSMemoryBIOProtocol(None, Protocol())
+    tls.transport = tcp  # what makeConnection sets, with the OpenSSL connection:
+    tls._tlsConnection = SSL.Connection(SSL.Context(SSL.TLS_METHOD))  # its getHandle()
+    assert taken(tls) == 5000
+    with socket.socket(socket.AF_UNIX) as unix:
+        tcp.getHandle = lambda: unix
+        assert taken(tcp) is None  # not TCP: the kernel tells nothing
+    socket_holding(tcp, 300)
+    assert taken(tcp) == -300  # what Twisted holds, counted down
+    assert taken(StringTransport()) is None
+
+
+def test_a_server_that_reads_slowly_but_steadily_is_not_given_up(acked: AckedSocket) -> None:
     # Twisted says the socket has room again only once its buffer is empty;
-    # a server that takes 1000 bytes every 5 s never lets it empty, but it
-    # reads: it used to be cut after --timeout all the same (review rev5cli G3).
+    # a server that takes 1000 bytes every 5 s never lets it empty (the
+    # kernel's buffer below takes them), but it reads: it used to be cut
+    # after --timeout all the same (review rev5cli G3, and of eecdc09).
     s = session("robot", interactive=False)
-    stalled_script(s)
+    stalled_script(s, acked)
     for _ in range(20):  # 100 s: over 6 times --timeout
         s.clock.advance(5)
-        server_reads(s, 1000)
+        acked.acked += 1000
         assert not s.transport.disconnecting
     assert s.sent() == []  # still held while the buffer is full
     s.transport.producer.resumeProducing()  # it drained at last
@@ -298,13 +350,30 @@ def test_a_server_that_reads_slowly_but_steadily_is_not_given_up() -> None:
     assert sent == [f"MSG report line {i}" for i in range(9, 30)] + ["BYE"]
 
 
-def test_a_server_that_takes_nothing_is_given_up_after_the_timeout() -> None:
+def test_what_the_client_writes_while_lines_wait_does_not_hide_the_servers_reads(
+    acked: AckedSocket,
+) -> None:
+    # Answers to the server's PINGs (or a password) add to what the socket
+    # holds as fast as a slow server takes it: the bytes it acknowledged
+    # still grow, and the connection is kept.
     s = session("robot", interactive=False)
-    stalled_script(s)
-    for _ in range(14):
+    stalled_script(s, acked)
+    for i in range(20):  # 100 s
+        s.clock.advance(5)
+        s.receive(f"PING {i:0100d}")  # read with the last bytes before the pause
+        assert s.sent() == [f"PONG {i:0100d}"]
+        acked.acked += 50  # the server took less than the client wrote
+        assert not s.transport.disconnecting
+
+
+def test_a_server_that_takes_nothing_is_given_up_after_the_timeout(acked: AckedSocket) -> None:
+    s = session("robot", interactive=False)
+    stalled_script(s, acked)
+    for i in range(14):
         s.clock.advance(1)
+        s.receive(f"PING {i}")  # the client writes: the server still takes nothing
     assert not s.transport.disconnecting
-    s.clock.advance(1)  # --timeout, 15 s, and the kernel took nothing
+    s.clock.advance(1)  # --timeout, 15 s, and the server took nothing
     assert s.transport.disconnecting
     assert s.lose().message == (
         "chat.test:7000 did not read what the client sent for 15 seconds. "
@@ -313,12 +382,22 @@ def test_a_server_that_takes_nothing_is_given_up_after_the_timeout() -> None:
     )
 
 
-def test_the_timeout_counts_from_the_last_bytes_the_server_took() -> None:
+@pytest.mark.parametrize("kernel", [True, False], ids=["acked", "twisted-buffer"])
+def test_the_timeout_counts_from_the_last_bytes_the_server_took(
+    kernel: bool, request: pytest.FixtureRequest
+) -> None:
+    # Where the kernel cannot tell what its peer acknowledged (not Linux),
+    # Twisted's buffer shrinking is the sign.
+    sock: AckedSocket | None = request.getfixturevalue("acked") if kernel else None
     s = session("robot", interactive=False)
-    stalled_script(s)
+    stalled_script(s, sock)
     for _ in range(3):
         s.clock.advance(1)
-    server_reads(s, 100)  # then nothing more
+    if sock is not None:
+        sock.acked += 100  # then nothing more
+    else:
+        transport: Any = s.transport
+        transport.offset += 100
     for _ in range(15):  # seen at 4 s: given up 15 s later, not at 15 s
         s.clock.advance(1)
         assert not s.transport.disconnecting

@@ -40,7 +40,7 @@ class Rig:
 
     clock: Clock = field(default_factory=Clock)
     full: bool = False  # the socket's buffer
-    held: int | None = None  # what it holds (None: cannot tell)
+    taken: int | None = None  # what the server acknowledged (None: cannot tell)
     goes: int = 0
     stalls: int = 0
     outbox: Outbox = field(init=False)
@@ -54,7 +54,7 @@ class Rig:
             go=self._go,
             stalled=self._stalled,
             socket_full=lambda: self.full,
-            unwritten=lambda: self.held,
+            taken=lambda: self.taken,
             stall_timeout=stall_timeout,
             limit=limit,
         )
@@ -126,32 +126,55 @@ def test_a_socket_that_never_drains_stalls_after_the_timeout() -> None:
     assert len(r.outbox) == 1  # the lines are the client's to count
 
 
-def test_a_socket_the_kernel_takes_some_of_does_not_stall() -> None:
-    # The buffer never drains (the server reads slowly), but it shrinks.
-    r = Rig(full=True, held=70_000)
+def test_a_socket_the_server_takes_some_of_does_not_stall() -> None:
+    # The buffer never drains (the server reads slowly), but it takes some.
+    r = Rig(full=True, taken=5000)
     r.outbox.add("hello", None)
     r.take()
     for second in range(1, 61):
         r.clock.advance(1)
         if second % 10 == 0:
-            r.held = 70_000 - 10 * second  # 100 bytes every 10 s
+            r.taken = 5000 + 10 * second  # 100 bytes every 10 s
     assert r.stalls == 0
     assert len(r.clock.getDelayedCalls()) == 1  # one look at a time
 
 
 def test_the_stall_counts_from_the_last_bytes_taken() -> None:
-    r = Rig(full=True, held=70_000)
+    r = Rig(full=True, taken=5000)
     r.outbox.add("hello", None)
     r.take()
     r.clock.advance(5)
-    r.held = 69_000  # taken between the looks at 5 s and 6 s
+    r.taken = 6000  # taken between the looks at 5 s and 6 s
     r.clock.advance(1)
-    r.held = 69_500  # more written (a password typed): not progress
     r.clock.advance(15 - 0.5)
     assert r.stalls == 0
     r.clock.advance(0.5)
     assert r.stalls == 1  # 15 s after the look that saw the last progress
     assert r.clock.getDelayedCalls() == []
+
+
+def test_a_count_that_does_not_grow_is_not_progress() -> None:
+    # Where only Twisted's buffer can be read, its count falls as the
+    # client writes more (a password typed): that is not the server reading.
+    r = Rig(full=True, taken=-70_000)
+    r.outbox.add("hello", None)
+    r.take()
+    r.clock.advance(5)
+    r.taken = -70_500
+    r.clock.advance(10 - 0.5)
+    assert r.stalls == 0
+    r.clock.advance(0.5)
+    assert r.stalls == 1  # 15 s after the lines started to wait
+
+
+def test_where_nothing_can_be_seen_the_time_runs_from_the_start_of_the_wait() -> None:
+    r = Rig(full=True, taken=None)
+    r.outbox.add("hello", None)
+    r.take()
+    r.clock.advance(15 - 0.5)
+    assert r.stalls == 0
+    r.clock.advance(0.5)
+    assert r.stalls == 1
 
 
 def test_without_a_timeout_lines_wait_on_a_full_socket_for_ever() -> None:

@@ -12,8 +12,9 @@ writes (a server that sends PINGs and never reads the PONGs).  The server's
 own send queue then bounds what waits for the client.  Once the client has
 said goodbye, stdout no longer holds the socket (L{Valve.ignore}): the server
 closes right after its answer, which must be read.  L{buffered} says how much
-such a buffer still holds, to tell a consumer that takes some, however slowly,
-from one that takes nothing.
+such a buffer still holds, and L{taken} how much of what the client sent the
+server has taken: to tell a consumer that takes some, however slowly, from
+one that takes nothing.
 """
 
 from __future__ import annotations
@@ -23,6 +24,8 @@ from typing import Any
 
 from twisted.internet.interfaces import IPushProducer
 from zope.interface import implementer
+
+from twisted_chat.tcpinfo import peer_acked
 
 
 class Valve:
@@ -125,3 +128,21 @@ def buffered(consumer: object) -> int | None:
             if layer is None:
                 return None
     return None
+
+
+def taken(transport: object) -> int | None:
+    """
+    A count that grows each time the peer takes some of what was written to
+    C{transport}, or C{None} when that cannot be seen.  Where the kernel says
+    (Linux, TCP, below TLS too): the bytes the peer acknowledged, which what
+    the client writes meanwhile does not change.  Elsewhere: the bytes Twisted
+    still holds (L{buffered}), counted down; a weaker sign, as the kernel's
+    own buffer sits below Twisted's (Linux takes more from Twisted only once
+    the peer has read a good part of it) and as what the client writes
+    meanwhile adds to it.
+    """
+    acked = peer_acked(transport)
+    if acked is not None:
+        return acked
+    held = buffered(transport)
+    return None if held is None else -held

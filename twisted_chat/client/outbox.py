@@ -45,7 +45,7 @@ class Outbox:
     control) and the socket's buffer let it.  When they did not, and then
     do, C{go} is called: the client takes the next lines again.  While the
     socket's buffer is full (C{socket_full}) the lines wait, as long as the
-    kernel takes some of what the socket holds (C{unwritten}) at least every
+    server takes some of what the client sent (C{taken} grows) at least every
     C{stall_timeout} seconds: a server that reads slowly but steadily may
     never let the buffer drain.  After C{stall_timeout} seconds in which it
     took nothing, C{stalled} is called.
@@ -55,9 +55,10 @@ class Outbox:
     @param stalled: the server took nothing for C{stall_timeout} seconds
         while lines waited on a full socket.
     @param socket_full: whether the socket's buffer is full.
-    @param unwritten: the bytes the socket holds, not yet taken by the
-        kernel (C{None}: it cannot tell, and the time is counted from when
-        the lines started to wait).
+    @param taken: a count that grows whenever the server takes some of what
+        the client sent (L{twisted_chat.client.flow.taken}; C{None}: it
+        cannot tell, and the time is counted from when the lines started to
+        wait).
     @param stall_timeout: seconds (C{None}: lines wait for ever).
     @param limit: at most this many lines wait (L{QUEUE_MAX}).
 
@@ -65,7 +66,7 @@ class Outbox:
         (C{None}: a terminal, where lines over the limit are refused).
     """
 
-    # While lines wait on a full socket, how often what it holds is looked at.
+    # While lines wait on a full socket, how often what the server took is looked at.
     STALL_STEP = 1.0
 
     def __init__(
@@ -75,7 +76,7 @@ class Outbox:
         go: Callable[[], None],
         stalled: Callable[[], None],
         socket_full: Callable[[], bool],
-        unwritten: Callable[[], int | None],
+        taken: Callable[[], int | None],
         stall_timeout: float | None,
         limit: int = QUEUE_MAX,
     ) -> None:
@@ -83,7 +84,7 @@ class Outbox:
         self._go = go
         self._on_stalled = stalled
         self._socket_full = socket_full
-        self._unwritten = unwritten
+        self._taken = taken
         self.stall_timeout = stall_timeout
         self.limit = limit
         self.input: IPushProducer | None = None
@@ -96,10 +97,10 @@ class Outbox:
         self._pace_timer: IDelayedCall | None = None
         # Lines wait while the socket's buffer is full: the server must take
         # some of it at least every stall_timeout seconds, or the client
-        # gives up.  What it holds is looked at every STALL_STEP seconds.
+        # gives up.  What it took is looked at every STALL_STEP seconds.
         self._stall_timer: IDelayedCall | None = None
-        self._stall_since = 0.0  # when the kernel was last seen taking some
-        self._stall_held: int | None = None  # what the socket held at the last look
+        self._stall_since = 0.0  # when the server was last seen taking some
+        self._stall_taken: int | None = None  # what it had taken at the last look
         # MSG and DM lines sent, and the server's copies of them back (the
         # sender gets one for each message it accepts): the difference was
         # dropped (flood control) or refused, and is said at the end.
@@ -176,7 +177,7 @@ class Outbox:
         if self._socket_full():
             if self._stall_timer is None and self.stall_timeout is not None:
                 self._stall_since = self._clock.seconds()
-                self._stall_held = self._unwritten()
+                self._stall_taken = self._taken()
                 self._stall_look_later()
             return True
         if self._pace_timer is not None:
@@ -205,16 +206,16 @@ class Outbox:
 
     def _stall_look(self) -> None:
         """
-        Lines still wait on a full socket: if the kernel took some of what
-        it holds since the last look, the server reads (slowly), and the
-        time starts again; after C{stall_timeout} seconds without, give up.
+        Lines still wait on a full socket: if the server took some of what
+        the client sent since the last look, it reads (slowly), and the time
+        starts again; after C{stall_timeout} seconds without, give up.
         """
         self._stall_timer = None
         assert self.stall_timeout is not None
-        held = self._unwritten()
-        if held is not None and self._stall_held is not None and held < self._stall_held:
+        taken = self._taken()
+        if taken is not None and self._stall_taken is not None and taken > self._stall_taken:
             self._stall_since = self._clock.seconds()
-        self._stall_held = held
+        self._stall_taken = taken
         if self._clock.seconds() - self._stall_since < self.stall_timeout:
             self._stall_look_later()
             return

@@ -46,7 +46,7 @@ from twisted_chat.client.commands import (
     password_problem,
 )
 from twisted_chat.client.events import Malformed, ServerLine, parse
-from twisted_chat.client.flow import Valve, buffered
+from twisted_chat.client.flow import Valve, taken
 from twisted_chat.client.lines import SkipLongLines
 from twisted_chat.client.outbox import QUEUE_MAX, Outbox, Typed
 from twisted_chat.client.render import Line, Renderer, UserRow
@@ -319,7 +319,7 @@ class ChatClient(SkipLongLines):
             go=self._pump,
             stalled=self._stalled,
             socket_full=lambda: self.reading.held("socket"),
-            unwritten=lambda: buffered(self.transport),
+            taken=lambda: taken(self.transport),
             stall_timeout=greeting_timeout,
             limit=self.QUEUE_MAX,
         )
