@@ -13,6 +13,7 @@ from twisted.internet.testing import MemoryReactorClock
 from twisted_chat.client.main import (
     DEFAULT_PORT,
     OUTPUT_TIMEOUT,
+    build_parser,
     log_observer,
     output_cut,
     parse_options,
@@ -21,6 +22,14 @@ from twisted_chat.client.main import (
     wait_for_output,
     wants_colour,
 )
+
+
+def test_help_gives_both_ways_stdout_ends_a_script_with_status_1() -> None:
+    # review of the rev5cli G2 fix: the status table and --help named only
+    # stdout taking nothing, not the wait where that cannot be measured.
+    text = " ".join(build_parser().format_help().split())
+    assert "stdout took none of a script's last output for 60 s" in text
+    assert "where that cannot be measured, had not taken it all after 60 s" in text
 
 
 def test_defaults() -> None:

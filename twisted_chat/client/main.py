@@ -77,10 +77,11 @@ Colours are used only on a terminal and never when NO_COLOR is set.
 Exit status: 0 after a normal quit, 1 when the server cannot be reached,
 refuses TLS, does not answer (or read) in time or drops the connection,
 when messages sent were not accepted (the client says how many), or when
-stdout took none of a script's last output for 60 s (not cut silently: the
-client says how much was not written), 2 for bad
-options, 130 when interrupted before the chat was joined, with typed lines
-still waiting to go out (the client says how many), or in a script.
+stdout took none of a script's last output for 60 s or, where that cannot be
+measured, had not taken it all after 60 s (not cut silently: the client says
+what was not written), 2 for bad options, 130 when interrupted before the
+chat was joined, with typed lines still waiting to go out (the client says
+how many), or in a script.
 Ctrl-D on an empty line sends the lines still waiting, then leaves.
 
 examples:
