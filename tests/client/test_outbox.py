@@ -222,6 +222,44 @@ def test_a_scripts_input_is_paused_at_the_limit_and_read_again_at_half() -> None
     assert not stdin.paused
 
 
+def half_gone(r: Rig) -> Stdin:
+    """A script's 10 lines filled the outbox (limit 10), then 5 went: stdin is read again later."""
+    r.make(limit=10)
+    stdin = r.outbox.input = Stdin()
+    for i in range(10):
+        r.outbox.add(f"line {i}", None)
+    for _ in range(5):
+        r.outbox.next_line(paced=False)
+    r.outbox.room()
+    return stdin
+
+
+def test_a_connection_lost_before_stdin_is_read_again_leaves_it_paused() -> None:
+    # Half the queue went, and the connection was lost in the same reactor
+    # turn: the session is over, its script's input is not read again.
+    r = Rig()
+    stdin = half_gone(r)
+    assert len(r.clock.getDelayedCalls()) == 1  # stdin, read again later
+    r.outbox.stop()
+    assert r.clock.getDelayedCalls() == []
+    r.clock.advance(1)
+    assert stdin.paused
+
+
+def test_stdin_paused_again_before_it_was_read_again_is_read_again_once() -> None:
+    r = Rig()
+    stdin = half_gone(r)
+    for i in range(5):
+        r.outbox.add(f"more {i}", None)  # lines already read: full again
+    assert stdin.paused
+    for _ in range(5):
+        r.outbox.next_line(paced=False)
+    r.outbox.room()
+    assert len(r.clock.getDelayedCalls()) == 1
+    r.clock.advance(0)
+    assert not stdin.paused and r.clock.getDelayedCalls() == []
+
+
 def test_on_a_terminal_lines_over_the_limit_are_refused_and_counted_once_empty() -> None:
     r = Rig()
     r.make(limit=4)

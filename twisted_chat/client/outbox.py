@@ -90,6 +90,7 @@ class Outbox:
         self.input: IPushProducer | None = None
         self._queue: deque[Typed] = deque()
         self._input_paused = False
+        self._resume_call: IDelayedCall | None = None  # stdin read again, later
         self._refused = 0  # lines not queued on a terminal: too many waited
         self._unsent = 0  # lines that waited and were dropped once online
         # Lines go no faster than the server's flood control lets them.
@@ -150,14 +151,17 @@ class Outbox:
         if self._input_paused:
             self._input_paused = False
             # Later, not from inside the client's loop: resuming hands over
-            # the lines already read, which come back to add.
-            self._clock.callLater(0, self._resume_input)
+            # the lines already read, which come back to add.  (Cancelled by
+            # stop: a connection lost meanwhile reads no more of it.)
+            if self._resume_call is None:
+                self._resume_call = self._clock.callLater(0, self._resume_input)
         if self._refused and not self._queue:
             count, self._refused = self._refused, 0
             return count
         return 0
 
     def _resume_input(self) -> None:
+        self._resume_call = None
         if self.input is not None and not self._input_paused:
             self.input.resumeProducing()
 
@@ -228,11 +232,12 @@ class Outbox:
         self._stall_timer = None
 
     def stop(self) -> None:
-        """The connection is gone: no more timers."""
+        """The connection is gone: no more timers, and a script's input stays as it is."""
         self.cancel_stall()
-        if self._pace_timer is not None and self._pace_timer.active():
-            self._pace_timer.cancel()
-        self._pace_timer = None
+        for call in (self._pace_timer, self._resume_call):
+            if call is not None and call.active():
+                call.cancel()
+        self._pace_timer = self._resume_call = None
 
     # -- lines not sent ----------------------------------------------------------
 
