@@ -293,6 +293,24 @@ def test_the_kernel_is_asked_once_whether_it_counts_acked_bytes(
         assert tcpinfo.acked_known(sock) is False, "remembered"
 
 
+def test_a_closed_socket_does_not_decide_whether_the_kernel_reports_acks(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Asked first of a socket already closed (EBADF), the answer is "no"
+    for it, but not remembered: the next live socket is asked."""
+    monkeypatch.setattr(tcpinfo, "_acked_known", None)
+    closed = socket.socket()
+    closed.close()
+    assert tcpinfo.acked_known(closed) is False
+
+    class Transport:  # what Twisted's TCP transport offers of its socket
+        def getHandle(self) -> socket.socket:
+            return closed
+
+    assert tcpinfo.peer_acked(Transport()) is None
+    with socket.socket() as sock:
+        assert tcpinfo.acked_known(sock) is True  # Linux 4.1 and later
+
+
 # -- the fan-out's direct pass ---------------------------------------------------------
 
 

@@ -8,6 +8,7 @@ server that reads slowly from one that reads nothing (docs/client.md).
 
 from __future__ import annotations
 
+import errno
 import socket
 import struct
 import sys
@@ -59,7 +60,11 @@ def acked_known(sock: socket.socket) -> bool:
         try:
             info = sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, 256)
             _acked_known = ACKED_AT is not None and len(info) >= ACKED_AT + _ACKED.size
-        except (OSError, AttributeError):
+        except OSError as e:
+            if e.errno == errno.EBADF:
+                return False  # a closed socket says nothing of the kernel: ask again
+            _acked_known = False
+        except AttributeError:
             _acked_known = False
     return _acked_known
 
@@ -72,7 +77,8 @@ def peer_acked(transport: Any) -> int | None:
     The count only grows: what is written meanwhile does not lower it.
     """
     sock = socket_of(transport)
-    if sock is None or sock.family not in _TCP_FAMILIES or sock.type != socket.SOCK_STREAM:
+    if (sock is None or sock.fileno() == -1
+            or sock.family not in _TCP_FAMILIES or sock.type != socket.SOCK_STREAM):
         return None
     if not acked_known(sock):
         return None

@@ -15,6 +15,7 @@ across a network (1.5 KB segments) does.
 
 from __future__ import annotations
 
+import contextlib
 import socket
 import ssl
 import subprocess
@@ -27,10 +28,16 @@ from pathlib import Path
 import pytest
 
 from tests.serverproc import LOOPBACK
+from twisted_chat import tcpinfo
 
 from .clientproc import CLIENT, REPO, client_env
 
-pytestmark = pytest.mark.e2e
+pytestmark = [
+    pytest.mark.e2e,
+    # Elsewhere the client can only watch its own buffer (docs/client.md),
+    # which a slow reader does not drain.
+    pytest.mark.skipif(tcpinfo.ACKED_AT is None, reason="the kernel reports no acked bytes"),
+]
 
 TIMEOUT = 3  # the client's --timeout, seconds
 # What the script sends: far more than Twisted's buffer (64 KiB) and the
@@ -79,6 +86,9 @@ def script_of_a_peer(
                 conn = context.wrap_socket(conn, server_side=True)
             # The bytes as they come, encrypted or not (a second handle).
             raw = socket.fromfd(conn.fileno(), conn.family, conn.type)
+            # It shares conn's non-blocking descriptor (settimeout above):
+            # give it a timeout of its own, or an empty buffer raises.
+            raw.settimeout(1)
             with conn, raw:
                 conn.sendall(b"HELLO chat/1 peer\r\nNICK\r\n")
                 heard = b""
@@ -112,7 +122,8 @@ def test_a_server_that_reads_slowly_keeps_the_connection(tls: bool, tmp_path: Pa
         while time.monotonic() - start < 3.5 * TIMEOUT:
             time.sleep(0.25)
             assert proc.poll() is None, (proc.stderr.read() if proc.stderr else b"").decode()
-            taken += len(raw.recv(256))
+            with contextlib.suppress(TimeoutError):  # nothing yet: the client's bytes are late
+                taken += len(raw.recv(256))
         assert 0 < taken < len(LINE)  # it read, but far from everything
 
 
@@ -128,4 +139,6 @@ def test_a_server_that_reads_nothing_is_given_up_after_the_timeout(
         err = proc.stderr.read().decode()
     assert rc == 1
     assert f"did not read what the client sent for {TIMEOUT} seconds." in err, err
-    assert TIMEOUT - 1 < took < TIMEOUT + 3, took
+    # Not before the timeout; the upper bound only catches "never" (a loaded
+    # CI machine delays the client's look and its exit by seconds).
+    assert TIMEOUT - 1 < took < TIMEOUT + 6, took
