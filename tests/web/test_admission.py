@@ -331,6 +331,17 @@ def test_a_request_with_a_body_is_refused_before_its_body_is_read(
     assert conn.killed
 
 
+def test_a_head_with_a_body_is_refused_without_a_body() -> None:
+    """The answer to a HEAD carries no body, a refusal's included."""
+    h = Harness()
+    site = make_site(h, timeout=30.0)
+    conn = HTTPConn(h, site)
+    conn.send(b"HEAD /static/app.js HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\n\r\nabc")
+    assert responses(conn) == [TOO_LARGE]
+    assert conn.transport.value().endswith(b"\r\n\r\n"), conn.transport.value()
+    assert conn.aborted
+
+
 def test_a_request_without_a_body_is_answered_as_before() -> None:
     h = Harness()
     site = make_site(h, timeout=30.0)

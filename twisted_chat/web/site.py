@@ -92,16 +92,19 @@ REFUSED = (b"HTTP/1.1 503 Service Unavailable\r\nConnection: close\r\n"
 MAX_REQUESTS = 20
 
 
-def _refusal(status: bytes, host: str | None, allow: bool) -> bytes:
-    """The whole response to a request refused before its body is read."""
+def _refusal(status: bytes, host: str | None, allow: bool, head: bool = False) -> bytes:
+    """The whole response to a request refused before its body is read (to
+    a C{HEAD}, C{head}: the same headers, and no body, as HTTP requires)."""
     body = b"This server takes no request body.\n"
     headers = {**security_headers(host), "Connection": "close",
                "Content-Type": "text/plain; charset=utf-8",
                "Content-Length": str(len(body))}
+    if head:
+        body = b""
     if allow:
         headers["Allow"] = "GET, HEAD"
-    head = "".join(f"{name}: {value}\r\n" for name, value in headers.items())
-    return b"HTTP/1.1 " + status + b"\r\n" + head.encode("latin-1") + b"\r\n" + body
+    lines = "".join(f"{name}: {value}\r\n" for name, value in headers.items())
+    return b"HTTP/1.1 " + status + b"\r\n" + lines.encode("latin-1") + b"\r\n" + body
 
 
 # Seconds a kept-alive HTTP connection may wait for its next request after a
@@ -290,7 +293,8 @@ class _Request(server.Request):
         allowed = method in (b"GET", b"HEAD")
         status = b"413 Content Too Large" if allowed else b"405 Method Not Allowed"
         raw = self.getHeader(b"host")
-        response = _refusal(status, raw.decode("latin-1") if raw else None, not allowed)
+        response = _refusal(status, raw.decode("latin-1") if raw else None, not allowed,
+                            head=method == b"HEAD")
         if isinstance(channel, _Channel):
             channel.refuse(response)
 
