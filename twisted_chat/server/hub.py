@@ -323,21 +323,19 @@ class Hub:
         invitee cannot take another now, as when it is paired; C{pending}:
         the inviter's side has too many invitations open.
         """
-        limit = max_invites
-        if limit is not None and len(target.incoming or ()) >= limit:
+        if max_invites is not None and len(target.incoming or ()) >= max_invites:
             raise HubError(
                 ErrorCode.BUSY,
-                f"{target.nick} has {limit} open invitations already; try again later",
+                f"{target.nick} has {max_invites} open invitations already; try again later",
             )
-        limit = max_per_source
         if (
-            limit is not None
+            max_per_source is not None
             and user.source
-            and self._sent_by_source.get(user.source, 0) >= limit
+            and self._sent_by_source.get(user.source, 0) >= max_per_source
         ):
             raise HubError(
                 ErrorCode.PENDING,
-                f"users from your address have {limit} open invitations already; "
+                f"users from your address have {max_per_source} open invitations already; "
                 "wait for one to end",
             )
 

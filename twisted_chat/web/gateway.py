@@ -292,10 +292,15 @@ class ChatWebSocket(WebSocketServerProtocol):
         them too fast is cut with C{BYE flood}."""
         super().onMessageFrameBegin(length)
         self._frames += 1
-        if self._frames > 1:
-            charge = getattr(self.chat, "control_received", None)
-            if charge is not None and not charge():
-                self._dropped = True
+        if self._frames > 1 and not self._charge():
+            self._dropped = True
+
+    def _charge(self) -> bool:
+        """A frame that carries no line spends a flood token, as a line
+        does (L{ChatProtocol.control_received}): whether it may be acted
+        on.  Not before the chat connection exists (a refusal: it closes)."""
+        charge = getattr(self.chat, "control_received", None)
+        return charge is not None and bool(charge())
 
     def onMessageFrameData(self, payload: bytes) -> None:
         message = self._message
@@ -346,8 +351,7 @@ class ChatWebSocket(WebSocketServerProtocol):
         """
         if self.state != self.STATE_OPEN:
             return
-        charge = getattr(self.chat, "control_received", None)
-        if charge is None or not charge():
+        if not self._charge():
             return  # a refusal (it closes), a closing connection, or a flood
         self._pending_pong = payload  # only the latest is answered (RFC 6455 5.5.3)
         self._send_pong()
@@ -357,9 +361,7 @@ class ChatWebSocket(WebSocketServerProtocol):
         flood token as a ping does (empty pongs sent as fast as one peer
         could took 6.3 s of the server's CPU in 11 s, for nothing)."""
         if self.state == self.STATE_OPEN:
-            charge = getattr(self.chat, "control_received", None)
-            if charge is not None:
-                charge()
+            self._charge()
 
     def _send_pong(self) -> None:
         """The pending PONG, if Twisted holds little enough for the socket;
