@@ -414,6 +414,68 @@ def test_server_restart_and_the_page_reconnects_by_itself(
         carol.close()
 
 
+def same_millisecond(client: LineClient, text: str, n: int = 3) -> int:
+    """C{client} sends C{n} lobby lines C{text} in one packet until the
+    server stamps all C{n} with one millisecond (the first packet, nearly
+    always); the number of lines sent in all."""
+    sent = 0
+    for _ in range(10):
+        client.send(f"MSG {text}\r\n".encode() * n)
+        sent += n
+        stamps = {client.expect("MSG ").split(" ", 2)[1] for _ in range(n)}
+        if len(stamps) == 1:
+            return sent
+    raise AssertionError(f"no packet of {n} lines within one millisecond")
+
+
+def test_identical_lobby_lines_each_show_and_a_reconnection_repeats_none(
+    web: WebServer, browser: Callable[..., Any], tcp: Callable[[str], LineClient]
+) -> None:
+    """Three identical lines (same millisecond, nick and text) are three
+    messages, live; the history the page's reconnection replays holds them
+    all again, and the page shows none of them twice (and drops none)."""
+    carol = tcp("carol")
+    alice = recording(browser())
+    join(alice, web, "alice")
+    carol.expect("JOINED ")
+    times = same_millisecond(carol, "+1")
+    wait_texts(alice, ["+1"] * times)
+
+    web.restart()
+    wait(alice, lambda d: d.execute_script("return window.gotLines").count("READY alice") == 2)
+    carol = tcp("carol")
+    carol.send("MSG after the restart")
+    wait_texts(alice, ["+1"] * times + ["after the restart"])
+    assert texts(alice) == ["+1"] * times + ["after the restart"]
+    got = alice.execute_script("return window.gotLines")
+    replayed = got[got.index("READY alice", got.index("READY alice") + 1):]
+    assert sum(1 for line in replayed
+               if line.startswith("HISTORY ") and line.endswith(" carol +1")) == times
+
+
+def test_identical_lines_replayed_after_a_pair_ends_each_show(
+    web: WebServer, browser: Callable[..., Any], tcp: Callable[[str], LineClient]
+) -> None:
+    """What the lobby said while alice was paired comes back when the pair
+    ends: identical lines there are each shown too."""
+    carol, dave = tcp("carol"), tcp("dave")
+    alice = browser()
+    join(alice, web, "alice")
+    carol.expect("JOINED ")
+    dave.send("MSG +1")  # live, seen by alice: the replay is not held against it
+    dave.expect("MSG ")
+    wait_texts(alice, ["+1"])
+    carol.send("PAIR alice")
+    wait(alice, lambda d: d.find_element(By.CSS_SELECTOR, '[data-invite="carol"] .accept')).click()
+    assert carol.expect("PAIRED ") == "PAIRED alice"
+    times = same_millisecond(dave, "+1")
+    carol.send("UNPAIR")
+    carol.expect("UNPAIRED ")
+    wait_texts(alice, ["+1"] * (1 + times))
+    time.sleep(0.2)  # a line shown twice would be there by now
+    assert texts(alice) == ["+1"] * (1 + times)
+
+
 def test_phone_width_layout_and_screenshots(
     web: WebServer, browser: Callable[..., Any], tcp: Callable[[str], LineClient]
 ) -> None:

@@ -113,7 +113,13 @@
     sent: [],
     recall: -1,
     draft: "",
-    seenLobby: new Set(),
+    // "ts nick text" -> how many lobby messages with these three the page
+    // shows: identical lines (a "+1" pasted three times in one millisecond)
+    // are distinct messages, and each counts.
+    shownLobby: new Map(),
+    // While a new connection's READY block replays the history: what the
+    // page showed before it, each count consumed by one replayed line.
+    replaySkip: null,
     lastLine: 0,
     keepalive: null,
     rosterTimer: null,
@@ -623,13 +629,16 @@
         state.pendingTo = null;
         clearPendingCard();
         for (const inviter of [...state.invites.keys()]) dropInvite(inviter);
+        // The history that follows may repeat what the page showed on an
+        // earlier connection (a reconnection): those lines are not shown again.
+        state.replaySkip = new Map(state.shownLobby);
         renderConvList();
         joined();
         break;
       }
       case "HISTORY": {
         const [, t, from, text] = parse(line, 3);
-        lobbyMessage(ts(t), from, text, t);
+        lobbyMessage(ts(t), from, text, t, state.replaySkip);
         break;
       }
       case "USER": {
@@ -638,6 +647,7 @@
         break;
       }
       case "USERS": {
+        state.replaySkip = null; // the end of a READY block
         state.users = new Map((state.pendingUsers || []).map((u) => [key(u.nick), u]));
         state.pendingUsers = null;
         renderUsers();
@@ -805,12 +815,19 @@
     }
   }
 
-  function lobbyMessage(ts, from, text, rawTs) {
-    // History after a reconnection or a private conversation repeats what we
-    // may have shown already: each message is shown once.
+  // A lobby message, live or replayed. Only the history of a new
+  // connection's READY block (skip: what the page showed before it) can
+  // repeat one already shown: each line there consumes one of those it
+  // matches. Live lines, and the replay after UNPAIRED (only what was said
+  // while paired), are always shown: the server never sends one twice.
+  function lobbyMessage(ts, from, text, rawTs, skip) {
     const id = `${rawTs} ${from} ${text}`;
-    if (state.seenLobby.has(id)) return;
-    state.seenLobby.add(id);
+    const left = skip ? skip.get(id) || 0 : 0;
+    if (left > 0) {
+      skip.set(id, left - 1);
+      return;
+    }
+    state.shownLobby.set(id, (state.shownLobby.get(id) || 0) + 1);
     addMessage(lobby(), ts, from, text);
   }
 
