@@ -299,9 +299,53 @@ def test_account_errors_are_sentences() -> None:
     assert s.screen.lines == [
         "! This server has no accounts.",
         "! The server refused that password: a password has 8 to 256 bytes.",
-        "! That nickname is registered already; /passwd changes its password.",
-        "! Your nickname has no account; /register makes one.",
+        "! The nickname was not registered: alice has an account already.",
+        "! Nothing was changed: alice has no account.",
     ]
+
+
+@pytest.mark.parametrize(
+    ("command", "error", "said"),
+    [
+        # The operator made alice's account while she was online: not hers
+        # to change until she logs in with it (PASSWD), nor to make (REGISTER).
+        ("/passwd", "ERROR not-registered you did not log in to alice with a password: "
+         "REGISTER it first (or, if it has an account, log in again with its password)",
+         "The password was not changed: you did not log in to alice with a password: "
+         "REGISTER it first (or, if it has an account, log in again with its password)."),
+        ("/register", "ERROR registered alice has an account already",
+         "The nickname was not registered: alice has an account already."),
+        ("/register", "ERROR registered on this server, accounts are made by its operator",
+         "The nickname was not registered: on this server, accounts are made by its "
+         "operator."),
+        # The server could not store the password: nothing says the nick has no account.
+        ("/passwd", "ERROR not-registered the server could not store the password now; "
+         "try again later",
+         "The password was not changed: the server could not store the password now; "
+         "try again later."),
+        ("/register", "ERROR not-registered the server could not store the password now; "
+         "try again later",
+         "The nickname was not registered: the server could not store the password now; "
+         "try again later."),
+        ("/passwd", "ERROR not-registered alice has no account",
+         "The password was not changed: alice has no account."),
+    ],
+)
+def test_registered_and_not_registered_say_what_was_not_done_and_the_servers_reason(
+    command: str, error: str, said: str
+) -> None:
+    """The fixed sentences ("Your nickname has no account; /register makes
+    one", "/passwd changes its password") were false for some of the
+    server's reasons, and sent the user from /passwd to /register and back."""
+    s = session(
+        interactive=False, environ={"CHAT_PASSWORD": SECRET, "CHAT_NEW_PASSWORD": SECRET}
+    )
+    s.ready()
+    s.type(command)
+    assert len(s.sent()) == 1
+    s.receive(error)
+    assert s.screen.take() == [f"! {said}"]
+    assert s.client._account_request is None
 
 
 def test_a_server_that_keeps_no_more_accounts_refuses_register_and_the_session_goes_on() -> None:

@@ -444,6 +444,34 @@ def test_server_errors_are_one_sentence() -> None:
     ]
 
 
+@pytest.mark.parametrize(
+    ("error", "said"),
+    [
+        ("ERROR busy bob has 10 open invitations already; try again later",
+         "The invitation was not sent: bob has 10 open invitations already; try again later."),
+        ("ERROR busy bob is in a private conversation",
+         "The invitation was not sent: bob is in a private conversation."),
+        ("ERROR pending users from your address have 10 open invitations already; "
+         "wait for one to end",
+         "The invitation was not sent: users from your address have 10 open invitations "
+         "already; wait for one to end."),
+        ("ERROR pending your invitation to carol is still open; UNPAIR withdraws it",
+         "The invitation was not sent: your invitation to carol is still open; "
+         "UNPAIR withdraws it."),
+    ],
+)
+def test_busy_and_pending_say_the_servers_reason(error: str, said: str) -> None:
+    """busy and pending have more reasons than the pairing's: a fixed
+    sentence ("One of you is already in a private conversation", "You
+    already have an invitation out") was false for the invitation limits."""
+    s = session()
+    s.ready()
+    s.type("/pair bob")
+    assert s.sent() == ["PAIR bob"]
+    s.receive(error)
+    assert s.screen.take()[-1] == f"! {said}"
+
+
 def test_hostile_text_from_the_server_is_cleaned() -> None:
     s = session()
     s.ready()

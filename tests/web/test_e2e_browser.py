@@ -734,9 +734,10 @@ def test_register_and_passwd_from_the_page(
     say(alice, "/help")  # the page's own commands, /register and /passwd among them
     wait_notice(alice, "/register — protect your nickname with a password")
     wait_notice(alice, "/passwd — change that password")
-    # PASSWD without an account: the server's not-registered, in words.
+    # PASSWD without an account: the server's not-registered, and its reason.
     account_dialog(alice, "/passwd", "some password 1")
-    wait_notice(alice, "Your nickname has no account; /register makes one.")
+    wait_notice(alice, "The password was not changed: you did not log in to alice with a "
+                "password")
     # A password typed on the command line is refused and not sent.
     say(alice, "/register hunter2222")
     wait_notice(alice, "Type /register alone")
@@ -755,9 +756,9 @@ def test_register_and_passwd_from_the_page(
     assert not alice.find_element(By.ID, "password-dialog").is_displayed()
     account_dialog(alice, "/passwd", "éééé")
     wait_notice(alice, "The password for alice was changed.")
-    # REGISTER for a nick that has an account: the server's registered, in words.
+    # REGISTER for a nick that has an account: the server's registered, and its reason.
     account_dialog(alice, "/register", "third password")
-    wait_notice(alice, "Your nickname is registered already")
+    wait_notice(alice, "The nickname was not registered: alice has an account already.")
     assert [line for line in sent(alice) if not line.startswith(("PING", "PONG", "USERS"))] == [
         "NICK alice", "MSG hello", "PASSWD some password 1", "REGISTER correct horse 1",
         "PASSWD éééé", "REGISTER third password"]
@@ -784,6 +785,52 @@ def test_register_and_passwd_from_the_page(
         assert other.expect("PASS") == "PASS alice"
         other.send(f"PASS {password}")
         other.expect(answer)
+
+
+STORE_FAILED = "the server could not store the password now; try again later"
+
+
+def test_busy_pending_registered_and_not_registered_show_the_servers_reason(
+    web: WebServer, browser: Callable[..., Any]
+) -> None:
+    """The codes have more reasons than one: a fixed sentence ("Your
+    nickname has no account; /register makes one") was false for a password
+    the server could not store, and sent the user from /passwd to /register
+    and back. The page says what was not done, then the server's reason."""
+    page = scripted(browser(), web, {
+        "NICK alice": [["READY alice", "USERS 0"]],
+        "PAIR bob": [["ERROR busy bob has 10 open invitations already; try again later"]],
+        "PAIR carol": [["ERROR pending users from your address have 10 open invitations "
+                        "already; wait for one to end"]],
+        "REGISTER correct horse 1": [
+            ["ERROR registered on this server, accounts are made by its operator"],
+            [f"ERROR not-registered {STORE_FAILED}"]],
+        "PASSWD correct horse 1": [
+            [f"ERROR not-registered {STORE_FAILED}"],
+            ["ERROR not-registered you did not log in to alice with a password: REGISTER it "
+             "first (or, if it has an account, log in again with its password)"]],
+    })
+    join_as(page, "alice")
+    logged_in(page, "alice")
+    say(page, "/invite bob")
+    wait_notice(page, "bob has 10 open invitations already; try again later")
+    say(page, "/invite carol")
+    wait_notice(page, "users from your address have 10 open invitations already; "
+                "wait for one to end")
+    shown = [
+        ("/register", "The nickname was not registered: on this server, accounts are made "
+         "by its operator."),
+        ("/passwd", f"The password was not changed: {STORE_FAILED}."),
+        ("/register", f"The nickname was not registered: {STORE_FAILED}."),
+        ("/passwd", "The password was not changed: you did not log in to alice with a "
+         "password: REGISTER it first (or, if it has an account, log in again with its "
+         "password)."),
+    ]
+    for command, said in shown:
+        account_dialog(page, command, "correct horse 1")
+        wait_notice(page, said)
+    errors = [n for n in notices(page) if n.startswith(("The nickname", "The password"))]
+    assert errors == [said for _, said in shown]
 
 
 @pytest.fixture

@@ -1214,6 +1214,7 @@ class ChatClient(SkipLongLines):
         code = event.word(0)
         said = render.error_sentence(code, event.text)
         if code in render.ACCOUNT_ERRORS:
+            said = render.account_error(code, event.text, self._account_request)
             self._account_request = None
         if code == "not-paired":
             self._unpair_requested = False  # our /unpair had nothing to leave

@@ -178,8 +178,10 @@ ERRORS = {
     "already-ready": "You already have a nickname.",
     "no-such-nick": "Nobody by that name is online.",
     "self": "You cannot do that to yourself.",
-    "busy": "One of you is already in a private conversation.",
-    "pending": "You already have an invitation out; /unpair withdraws it.",
+    # busy and pending answer PAIR only, for more reasons than one (the
+    # server's invitation limits among them): the server's text says which.
+    "busy": "The invitation was not sent: {text}.",
+    "pending": "The invitation was not sent: {text}.",
     "no-invite": "There is no open invitation from that person.",
     "not-paired": "You are not in a private conversation and have no invitation out.",
     "too-long": "That line was too long for the server and was not sent.",
@@ -189,8 +191,11 @@ ERRORS = {
     "server-full": "The server is full; try again later.",
     "accounts-off": "This server has no accounts.",
     "weak-password": "The server refused that password: {text}.",
-    "registered": "That nickname is registered already; /passwd changes its password.",
-    "not-registered": "Your nickname has no account; /register makes one.",
+    # registered answers REGISTER only; not-registered answers PASSWD or
+    # REGISTER (an account this connection did not prove, a password the
+    # server could not store): the server's text says why (account_error).
+    "registered": "The nickname was not registered: {text}.",
+    "not-registered": "Nothing was changed: {text}.",
     "unavailable": "The server could not reach its cluster's store: that was not sent; "
     "send it again in a moment.",
     "unconfirmed": "The server lost touch with its cluster's store as that was sent: "
@@ -198,6 +203,9 @@ ERRORS = {
 }
 
 ACCOUNT_ERRORS = frozenset({"accounts-off", "weak-password", "registered", "not-registered"})
+
+# What a REGISTER or a PASSWD the server refused did not do.
+NOT_DONE = {"REGISTER": "The nickname was not registered", "PASSWD": "The password was not changed"}
 
 DECLINED = {
     "rejected": "{nick} declined your invitation.",
@@ -242,6 +250,16 @@ def error_sentence(code: str, text: str) -> str:
     if template is None:
         return sentence(f"Server error ({code}): {text}" if text else f"Server error: {code}")
     return sentence(template.format(text=text.rstrip(".") or code))
+
+
+def account_error(code: str, text: str, request: str | None) -> str:
+    """C{ERROR registered} or C{not-registered} answering C{request}
+    (C{REGISTER}, C{PASSWD}, or None if unknown): what was not done, then
+    the server's reason; any other code as L{error_sentence} says it."""
+    lead = NOT_DONE.get(request or "")
+    if lead is None or code not in ("registered", "not-registered"):
+        return error_sentence(code, text)
+    return sentence(f"{lead}: {text.rstrip('.') or code}")
 
 
 def _reason_text(table: dict[str, str], reason: str, nick: str, fallback: str) -> str:

@@ -772,8 +772,9 @@
           $("nick-error").textContent = text;
           if (code === "server-full") banner(text, null);
         } else if (ACCOUNT_ERRORS[code]) {
+          const request = state.accountRequest;
           state.accountRequest = null;
-          notice(current(), ACCOUNT_ERRORS[code](text), { error: true });
+          notice(current(), ACCOUNT_ERRORS[code](text, request && request.verb), { error: true });
         } else {
           notice(current(), text, { error: true });
         }
@@ -930,12 +931,25 @@
   const ACCOUNT_ERRORS = {
     "accounts-off": () => "This server has no accounts.",
     "weak-password": (text) => `The server refused that password${text ? ": " + text : ""}.`,
-    registered: () => "Your nickname is registered already; /passwd changes its password.",
-    "not-registered": () => "Your nickname has no account; /register makes one.",
+    // The code alone does not say why: registered also answers REGISTER on
+    // a server whose operator makes the accounts, and not-registered a
+    // password the server could not store, or an account this connection
+    // did not prove (made by the operator meanwhile). What was not done
+    // (verb: what the page sent), then the server's reason.
+    registered: (text, verb) => notDone(verb || "REGISTER", text),
+    "not-registered": (text, verb) => notDone(verb, text),
     // Once online it answers REGISTER only: the server keeps no more accounts
     // (--max-accounts); the connection stays.
     "server-full": (text) => `The nickname was not registered${text ? ": " + text : ""}.`,
   };
+
+  function notDone(verb, text) {
+    const lead = {
+      REGISTER: "The nickname was not registered",
+      PASSWD: "The password was not changed",
+    }[verb] || "Nothing was changed";
+    return `${lead}${text ? ": " + text.replace(/\.$/, "") : ""}.`;
+  }
 
   // Why the server would refuse this password (docs/protocol.md, "Accounts": 8 to
   // 256 bytes of the line; the line's free text starts at its first
