@@ -101,6 +101,20 @@ def test_penalty_drains_so_a_slightly_fast_client_is_not_cut() -> None:
     assert not alice.transport.disconnecting
 
 
+def test_over_long_lines_count_too() -> None:
+    """An over-long line is a complete line too: it spends a token, whether
+    it arrives whole or in pieces (discarded as it comes)."""
+    h = flood_harness(max_line=10)
+    alice = h.user("alice")  # NICK spent one token: 19 left
+    long = b"MSG " + b"x" * 20
+    alice.send_raw((long + b"\r\n") * 18)
+    alice.send_raw(long)  # over the limit before its end: discarded from here
+    alice.send_raw(b"yyy\r\n")
+    assert alice.take() == ["ERROR too-long lines may be at most 10 bytes"] * 19
+    alice.send("PING")
+    assert alice.take_one().startswith("ERROR flood ")
+
+
 def test_flood_rate_zero_disables() -> None:
     h = Harness(flood_rate=0)
     alice = h.user("alice")
@@ -130,6 +144,18 @@ def test_activity_postpones_the_ping() -> None:
     alice = h.user("alice")
     h.clock.advance(100)
     alice.send("PONG")  # any line counts
+    h.clock.advance(100)
+    assert alice.take() == []
+    h.clock.advance(20)
+    assert alice.take_one().startswith("PING ")
+
+
+def test_an_over_long_line_postpones_the_ping() -> None:
+    h = Harness(idle_timeout=120, ping_timeout=60, max_line=10)
+    alice = h.user("alice")
+    h.clock.advance(100)
+    alice.send_raw(b"MSG " + b"x" * 20 + b"\r\n")
+    assert alice.take_one().startswith("ERROR too-long ")
     h.clock.advance(100)
     assert alice.take() == []
     h.clock.advance(20)

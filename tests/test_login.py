@@ -294,6 +294,23 @@ def test_pass_states() -> None:
     assert conn.take_one().startswith("ERROR not-ready ")
 
 
+def test_a_pass_when_none_was_asked_is_not_ready_before_its_length_is_weak() -> None:
+    """The state (check 5) comes before the verb's own rules (7): a bare or
+    short PASS before NICK, or after RETRY bad-password, is not-ready, not
+    weak-password."""
+    h = harness()
+    add(h, "alice")
+    conn = fresh(h)
+    conn.send("PASS", "PASS short")
+    assert [line.split()[1] for line in conn.take()] == ["not-ready", "not-ready"]
+    conn.send("NICK alice")
+    assert conn.take() == ["PASS alice"]
+    conn.send("PASS wrong-password")
+    assert conn.take() == [f"RETRY bad-password {BAD_PASSWORD_TEXT}"]
+    conn.send("PASS", "PASS short")
+    assert [line.split()[1] for line in conn.take()] == ["not-ready", "not-ready"]
+
+
 @pytest.mark.parametrize("mode", [Mode.OPEN, Mode.REQUIRED])
 def test_pass_after_a_password_login_is_not_ready(mode: Mode) -> None:
     """Online after a password was asked and given: none is asked now,
@@ -531,6 +548,9 @@ def test_register_under_required_is_the_operators() -> None:
     alice.take()
     alice.send("REGISTER other-password")
     assert alice.take_one().startswith("ERROR registered ")
+    # The password's length is checked first (docs/protocol.md, "Accounts").
+    alice.send("REGISTER short")
+    assert alice.take_one().startswith("ERROR weak-password ")
 
 
 def test_passwd_changes_the_password() -> None:

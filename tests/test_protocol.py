@@ -511,6 +511,7 @@ def test_busy(h: Harness) -> None:
     ("PAIR alice", "self"), ("PAIR nobody", "no-such-nick"), ("PAIR", "bad-args"),
     ("PAIR a b", "bad-args"), ("PAIR -x", "bad-args"),
     ("ACCEPT bob", "no-invite"), ("REJECT bob", "no-invite"), ("ACCEPT nobody", "no-invite"),
+    ("REJECT nobody", "no-invite"),
     ("ACCEPT", "bad-args"), ("UNPAIR", "not-paired"), ("UNPAIR now", "bad-args"),
 ])
 def test_pairing_errors(h: Harness, line: str, code: str) -> None:
@@ -658,6 +659,7 @@ def test_check_order_length_before_encoding() -> None:
     (b"\xffMSG hi", "bad-encoding"),
     (b"MSG \x1b[31mred", "bad-chars"),
     (b"MSG a\rb", "bad-chars"),
+    (b"MSG c\r", "bad-chars"),  # CR CR LF: only the CR right before the LF is the terminator's
     (b"MSG a\x00b", "bad-chars"),
     (b"MSG del\x7f", "bad-chars"),
     ("MSG c1\u0085".encode(), "bad-chars"),
