@@ -522,6 +522,21 @@ def test_pairing_errors(h: Harness, line: str, code: str) -> None:
     assert alice.take_one().startswith(f"ERROR {code} ")
 
 
+def test_unpair_with_only_incoming_invitations_is_not_paired(h: Harness) -> None:
+    """An invitation received is not UNPAIR's to withdraw (REJECT declines
+    it): bob, invited, is told so, and alice's invitation stays open."""
+    alice, bob = h.user("alice"), h.user("bob")
+    alice.send("PAIR bob")
+    h.clear_all()
+    bob.send("UNPAIR")
+    assert bob.take() == [
+        "ERROR not-paired you are not paired and have sent no invitation "
+        "(REJECT declines one you received)"]
+    assert alice.take() == []
+    bob.send("ACCEPT alice")
+    assert alice.take() == ["PAIRED bob"]
+
+
 def test_accept_while_paired_is_no_invite(h: Harness) -> None:
     alice, bob, _carol = (h.user(n) for n in ("alice", "bob", "carol"))
     pair(h, alice, bob)

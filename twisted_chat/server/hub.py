@@ -355,6 +355,10 @@ class Hub:
             self.listener.unpaired(partner, user, "left", missed)
         elif user.outgoing is not None:
             self._end(user.outgoing, "withdrawn")
+        elif user.incoming:
+            # Invitations received are REJECT's to decline, not UNPAIR's.
+            raise HubError(ErrorCode.NOT_PAIRED, "you are not paired and have sent no "
+                           "invitation (REJECT declines one you received)")
         else:
             raise HubError(ErrorCode.NOT_PAIRED, "you are not paired and have no open invitation")
 
