@@ -6,6 +6,7 @@ runner that runs jobs inline or holds them until told.
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -398,6 +399,53 @@ def test_a_full_password_queue_discards_the_line_with_flood() -> None:
     assert conns["bob"].take()[0] == "READY bob"
 
 
+def test_one_address_cannot_fill_the_password_pool() -> None:
+    """An address has at most max_pending_per_address (8) password jobs
+    queued or running, whatever its connections send: 20 PASS lines and a
+    REGISTER from one address filled the whole queue, and another address's
+    PASS was turned away as busy."""
+    limits = replace(LoginLimits(), address_burst=100)  # the failure limit out of the way
+    h = harness(work=HeldWork(limit=20), limits=limits, max_per_ip=50)
+    share = limits.max_pending_per_address
+    victim = fresh(h, "10.0.0.2")
+    add(h, "victim")
+    victim.send("NICK victim")
+    h.work.release()  # type: ignore[attr-defined]  # the lookup
+    assert victim.take() == ["PASS victim"]
+    crowd = []
+    for i in range(20):
+        add(h, f"nick{i}")
+        conn = fresh(h, "10.0.0.1")
+        conn.send(f"NICK nick{i}")
+        h.work.release()  # type: ignore[attr-defined]
+        assert conn.take() == [f"PASS nick{i}"]
+        crowd.append(conn)
+    online = fresh(h, "10.0.0.1")
+    online.send("NICK someone")
+    h.work.release()  # type: ignore[attr-defined]
+    assert online.take()[0] == "READY someone"
+    for conn in crowd:
+        conn.send("PASS wrong-password")
+    busy = ("ERROR flood too much password work from your address at once; "
+            "send PASS again in a moment")
+    assert [conn.take() for conn in crowd] == [[]] * share + [[busy]] * (20 - share)
+    online.send(f"REGISTER {PW}")
+    h.work.release()  # type: ignore[attr-defined]  # the reads, the lookup: 8 hashes queued
+    assert online.take() == [busy.replace("PASS", "REGISTER")]
+    assert len(h.work.held) == share  # type: ignore[attr-defined]
+    assert h.factory.accounts.working("10.0.0.1") == share
+    victim.send(f"PASS {PW}")  # another address: queued, not busy
+    assert victim.take() == []
+    h.work.release()  # type: ignore[attr-defined]  # the 8 hashes, the victim's read
+    h.work.release()  # type: ignore[attr-defined]  # the victim's hash
+    assert victim.take()[0] == "READY victim"
+    assert h.factory.accounts.working("10.0.0.1") == 0
+    crowd[-1].send("PASS wrong-password")  # the share is free again
+    h.work.release()  # type: ignore[attr-defined]
+    h.work.release()  # type: ignore[attr-defined]
+    assert crowd[-1].take()[-1].startswith("RETRY bad-password ")
+
+
 def test_nick_timeout_covers_the_whole_handshake() -> None:
     h = harness(work=HeldWork(), nick_timeout=30.0)
     add(h, "alice")
@@ -541,6 +589,64 @@ def test_max_accounts_option() -> None:
         Options().parseOptions(["--max-accounts", "0"])
 
 
+def test_register_for_a_nick_with_an_account_costs_no_hash() -> None:
+    """REGISTER repeated by a nick with an account (or one the operator
+    made) is answered from a lookup: each one cost a scrypt hash before."""
+    h = harness()
+    bob = fresh(h)
+    bob.send("NICK bob", f"REGISTER {PW}")
+    assert bob.take()[-1] == "REGISTERED bob"
+    assert h.work.hashes == 1  # type: ignore[attr-defined]
+    for _ in range(5):
+        bob.send(f"REGISTER {PW}")
+        assert bob.take() == ["ERROR registered bob has an account already"]
+    carol = fresh(h, "10.0.0.3")
+    carol.send("NICK carol")
+    carol.take()
+    add(h, "Carol")  # the operator made one meanwhile
+    carol.send(f"REGISTER {PW}")
+    assert carol.take() == ["ERROR registered carol has an account already"]
+    assert h.work.hashes == 1  # type: ignore[attr-defined]
+    # Nor do they spend the address's hashes (REGISTER and PASSWD, 3 in a row).
+    bob.take()  # JOINED carol
+    bob.send("PASSWD new-password-1", "PASSWD new-password-2")
+    assert bob.take() == ["REGISTERED bob"] * 2
+
+
+def test_register_and_passwd_are_rate_limited_per_address() -> None:
+    """Each REGISTER or PASSWD costs a hash: 3 in a row per address, then one
+    per 10 s, over all the address's connections; another address is not
+    held back."""
+    h = harness()
+    limits = h.factory.accounts.limits
+    assert (limits.hash_burst, limits.hash_every) == (3, 10.0)
+    alice, bob = fresh(h, "10.0.0.1"), fresh(h, "10.0.0.1")
+    alice.send("NICK alice", f"REGISTER {PW}", "PASSWD new-password")
+    assert alice.take()[-2:] == ["REGISTERED alice"] * 2
+    bob.send("NICK bob", f"REGISTER {PW}")
+    assert bob.take()[-1] == "REGISTERED bob"
+    bob.send("PASSWD new-password", "PING still-here")
+    assert bob.take() == [
+        "ERROR flood too many REGISTER and PASSWD from your address lately (each costs a "
+        "password hash: 3 in a row, then one per 10 s); send PASSWD again in 10 s",
+        "PONG still-here"]
+    alice.take()  # JOINED bob
+    h.clock.advance(4)
+    alice.send(f"REGISTER {PW}")  # counted before the lookup
+    assert alice.take_one().endswith("send REGISTER again in 6 s")
+    assert h.work.hashes == 3  # type: ignore[attr-defined]
+    carol = fresh(h, "10.0.0.2")
+    carol.send("NICK carol", f"REGISTER {PW}")
+    assert carol.take()[-1] == "REGISTERED carol"
+    h.clock.advance(6)
+    bob.take()  # JOINED carol
+    bob.send("PASSWD new-password")
+    assert bob.take() == ["REGISTERED bob"]
+    bob.send("PASSWD newer-password")
+    assert bob.take_one().startswith("ERROR flood ")
+    assert h.work.hashes == 5  # type: ignore[attr-defined]
+
+
 def test_register_under_required_is_the_operators() -> None:
     h = harness(Mode.REQUIRED)
     add(h, "alice")
@@ -630,6 +736,8 @@ def test_register_runs_on_the_password_threads() -> None:
     bob.send(f"REGISTER {PW}", "PASSWD new-password")
     assert bob.take() == [] and not h.store.exists("bob")  # type: ignore[attr-defined]
     assert len(h.work.held) == 1  # type: ignore[attr-defined]  # one change at a time
+    h.work.release()  # type: ignore[attr-defined]  # the lookup: no account yet
+    assert bob.take() == [] and len(h.work.held) == 1  # type: ignore[attr-defined]
     h.work.release()  # type: ignore[attr-defined]  # the hash
     assert bob.take() == [] and len(h.work.held) == 1  # type: ignore[attr-defined]
     h.work.release()  # type: ignore[attr-defined]  # the write to the file
@@ -648,7 +756,8 @@ def test_register_whose_connection_went_before_its_hash_stores_nothing() -> None
     bob.send("NICK bob")
     h.work.release()  # type: ignore[attr-defined]  # the lookup
     bob.take()
-    bob.send(f"REGISTER {PW}")  # its hash is held
+    bob.send(f"REGISTER {PW}")
+    h.work.release()  # type: ignore[attr-defined]  # its lookup; its hash is held
     bob.drop()  # reset: the connection is gone at once, the nick free
     other = fresh(h)
     other.send("NICK bob")
@@ -657,6 +766,7 @@ def test_register_whose_connection_went_before_its_hash_stores_nothing() -> None
     h.work.release()  # type: ignore[attr-defined]  # anything left
     assert h.work.held == [] and not h.store.exists("bob")  # type: ignore[attr-defined]
     other.send("REGISTER other-password")
+    h.work.release()  # type: ignore[attr-defined]  # the lookup
     h.work.release()  # type: ignore[attr-defined]  # the hash
     h.work.release()  # type: ignore[attr-defined]  # the write
     assert other.take() == ["REGISTERED bob"]
@@ -769,7 +879,10 @@ def test_parallel_attempts_on_one_nick_check_at_most_its_limit() -> None:
 
 
 def test_parallel_attempts_from_one_address_check_at_most_its_limit() -> None:
-    h = harness(Mode.REQUIRED, work=HeldWork())
+    # The address's share of the password queue (8) is below its failure
+    # limit (10): lifted here, so that only the failures are counted.
+    limits = replace(LoginLimits(), max_pending_per_address=100)
+    h = harness(Mode.REQUIRED, work=HeldWork(), limits=limits)
     n = LoginLimits().address_burst + 3
     answers = checked_at_once(h, [f"nick{i}" for i in range(n)], ["10.0.0.1"] * n)
     assert answers == ["RETRY bad-password"] * (n - 3) + ["BYE flood"] * 3
@@ -804,6 +917,8 @@ def test_default_limits_are_the_documented_ones() -> None:
     assert (limits.address_burst, limits.address_every) == (10, 30.0)
     assert limits.flood_delay == 3.0
     assert (limits.max_pending, limits.threads) == (64, 2)
+    assert limits.max_pending_per_address == 8
+    assert (limits.hash_burst, limits.hash_every) == (3, 10.0)
 
 
 # -- passwords are never logged or echoed ----------------------------------------------

@@ -17,8 +17,15 @@ L{LoginLimits.max_pending} hashing jobs are queued or running server-wide,
 and a connection has at most one job at a time, so a flood of C{PASS} lines
 cannot queue unbounded work: a line that would pass the bound is discarded
 with C{ERROR flood} (the line-level flood answer of chat/1) and may be sent
-again.  The lookup of whether a nick has an account (under C{open}, at each
-C{NICK}) only reads the file, and is bounded by the connections themselves.
+again.  Of these, one address (keyed as the failure limits below) has at
+most L{LoginLimits.max_pending_per_address}, so that a few addresses cannot
+fill the queue and have everyone's C{PASS} turned away.  C{REGISTER} and
+C{PASSWD} make a new hash each: at most L{LoginLimits.hash_burst} in a row
+per address, then one per L{LoginLimits.hash_every} seconds (C{ERROR
+flood} over it); a C{REGISTER} for a nick with an account is answered from
+a lookup, without a hash.  The lookup of whether a nick has an account
+(under C{open}, at each C{NICK}) only reads the file, and is bounded by the
+connections themselves.
 
 Failed attempts.  Each wrong password (or, under C{required}, a nick with
 no account: the two are the same failure) adds one to a leaky bucket for the
@@ -39,6 +46,7 @@ on every node.
 
 from __future__ import annotations
 
+import math
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, replace
@@ -89,6 +97,10 @@ UNAVAILABLE_TEXT = "the server cannot check accounts now; send NICK again in a m
 # One server's answer to a PASS it could not check (its protocol has no
 # RETRY unavailable): the contract's RETRY bad-password, with this text.
 UNCHECKED_TEXT = "the server could not check the password now; try again later"
+# The answer to a password job over the address's share of the queue
+# (LoginLimits.max_pending_per_address), the command's name after it.
+ADDRESS_BUSY_TEXT = ("too much password work from your address at once; "
+                     "send {verb} again in a moment")
 # The log says REGISTER is refused for --max-accounts at most this often.
 FULL_LOG_EVERY = 600.0
 
@@ -103,6 +115,13 @@ class LoginLimits:
     address_every: float = 30.0
     flood_delay: float = 3.0  # an attempt over a limit waits this long for BYE flood
     max_pending: int = 64  # password jobs queued or running, server-wide
+    # ... of which one address may have at most this many: a few addresses
+    # cannot fill the queue and turn everyone's PASS away as busy.
+    max_pending_per_address: int = 8
+    # The new hashes REGISTER and PASSWD make (about 50 ms of CPU each):
+    # this many in a row from one address, then one per hash_every seconds.
+    hash_burst: int = 3
+    hash_every: float = 10.0
     threads: int = 2
 
 
@@ -307,6 +326,11 @@ class Accounts:
         self.portal = portal(AccountChecker(book, work.run))
         self.by_nick = FailureLimiter(clock, limits.nick_burst, limits.nick_every)
         self.by_address = FailureLimiter(clock, limits.address_burst, limits.address_every)
+        # Not failures: the hashes REGISTER and PASSWD made, per address (the
+        # same leaky bucket is a token bucket of hash_burst, one back per
+        # hash_every seconds).
+        self.hashes = FailureLimiter(clock, limits.hash_burst, limits.hash_every)
+        self._working: dict[str, int] = {}  # address -> its password jobs now
         # Only its address keys and --exempt are used (it is the rest of the
         # per-address limits' book, docs/security.md).
         self._addresses = AddressBook(AddressPolicy(exempt=exempt, v6_prefix=v6_prefix), clock)
@@ -346,6 +370,50 @@ class Accounts:
             self.by_address.forgive(attempt.address)
         if attempt.shared and self.shared is not None:
             self.shared.give_back(attempt.nick, attempt.address)
+
+    def spend_hash(self, address: str | None) -> float:
+        """
+        One new hash (C{REGISTER}, C{PASSWD}) from C{address} (C{None}:
+        exempt, not limited): 0 when it may be made, and is counted now;
+        else how many seconds until it may.
+        """
+        if address is None:
+            return 0.0
+        if not self.hashes.allows(address):
+            return (self.hashes.level(address) - (self.hashes.burst - 1)) * self.hashes.every
+        self.hashes.failed(address)
+        return 0.0
+
+    def unspend_hash(self, address: str | None) -> None:
+        """The hash L{spend_hash} counted was not made after all."""
+        if address is not None:
+            self.hashes.forgive(address)
+
+    def start_work(self, address: str | None) -> bool:
+        """
+        Whether C{address} (C{None}: exempt) may start one more password job
+        (a C{PASS} check, a C{REGISTER} or C{PASSWD} hash): false when it
+        has L{LoginLimits.max_pending_per_address} already.  Each true is
+        followed by one L{end_work}.
+        """
+        if address is None:
+            return True
+        working = self._working.get(address, 0)
+        if working >= self.limits.max_pending_per_address:
+            return False
+        self._working[address] = working + 1
+        return True
+
+    def end_work(self, address: str | None) -> None:
+        if address is None:
+            return
+        working = self._working.pop(address) - 1
+        if working:
+            self._working[address] = working
+
+    def working(self, address: str) -> int:
+        """The password jobs C{address} has queued or running now."""
+        return self._working.get(address, 0)
 
     def login(self, connection: Connection) -> Login:
         return Login(self, connection)
@@ -504,6 +572,9 @@ class Login:
         if accounts.work.full:
             accounts.give_back(attempt)
             raise LineError(ErrorCode.FLOOD, "the server is busy; send PASS again in a moment")
+        if not accounts.start_work(attempt.address):
+            accounts.give_back(attempt)
+            raise LineError(ErrorCode.FLOOD, ADDRESS_BUSY_TEXT.format(verb="PASS"))
         if accounts.shared is None:
             return self._check(attempt, nick, secret)
         shared = accounts.shared.take(attempt.nick, attempt.address)
@@ -525,6 +596,7 @@ class Login:
         if taken:
             attempt = replace(attempt, shared=True)
         if self._conn.closing or taken is False:
+            self._accounts.end_work(attempt.address)
             self._accounts.give_back(attempt)  # not checked
             return None if self._conn.closing else self._flooded(nick)
         return self._check(attempt, nick, secret)
@@ -532,6 +604,7 @@ class Login:
     def _check(self, attempt: Attempt, nick: str, secret: bytes) -> Answer:
         credentials = UsernamePassword(nick.encode("utf-8"), secret)
         d = self._accounts.portal.login(credentials, None, IAccount)
+        d.addBoth(_work_ended, self._accounts, attempt.address)
         d.addCallbacks(self._logged_in, self._login_failed, callbackArgs=(attempt,),
                        errbackArgs=(nick, attempt))
         return d
@@ -595,10 +668,29 @@ class Login:
         if self._accounts.mode is Mode.REQUIRED:
             raise LineError(ErrorCode.REGISTERED,
                             "on this server, accounts are made by its operator")
+        address = self._spend_hash("REGISTER")
         # Not answered from what this connection proved: the operator may
-        # have removed the account since.  The book knows (AccountExists).
+        # have removed the account since.  Looked up before any hash, so
+        # that a REGISTER repeated for a nick with an account costs a read,
+        # not a hash; the book's add stays the atomic check (AccountExists)
+        # for REGISTERs that race.
+        lookup = self._accounts.book.get(nick)
+        lookup.addCallbacks(self._register_looked_up, self._not_hashed,
+                            callbackArgs=(nick, secret, address), errbackArgs=(nick, address))
+        return lookup
+
+    def _register_looked_up(
+        self, account: Account | None, nick: str, secret: bytes, address: str | None
+    ) -> Answer:
+        if account is not None:
+            self._accounts.unspend_hash(address)
+            if not self._conn.closing:
+                self._conn.write(wire.error(ErrorCode.REGISTERED,
+                                            f"{nick} has an account already"))
+            return None
         accounts = self._accounts
-        return self._change(partial(accounts.book.add, most=accounts.max_accounts), nick, secret)
+        return self._change(partial(accounts.book.add, most=accounts.max_accounts), nick,
+                            secret, address, "REGISTER")
 
     def passwd(self, password: str) -> Answer:
         """C{PASSWD}: change the password of the account of the nick held."""
@@ -610,7 +702,24 @@ class Login:
                 f"you did not log in to {nick} with a password: REGISTER it first "
                 "(or, if it has an account, log in again with its password)",
             )
-        return self._change(self._accounts.book.set_hash, nick, secret)
+        address = self._spend_hash("PASSWD")
+        return self._change(self._accounts.book.set_hash, nick, secret, address, "PASSWD")
+
+    def _spend_hash(self, verb: str) -> str | None:
+        """Count one new hash for this connection's address (its key: None
+        when exempt), or raise C{ERROR flood} when it made its share lately."""
+        accounts = self._accounts
+        address = accounts.address_key(self._conn.host)
+        wait = accounts.spend_hash(address)
+        if wait:
+            limits = accounts.limits
+            raise LineError(
+                ErrorCode.FLOOD,
+                f"too many REGISTER and PASSWD from your address lately (each costs a "
+                f"password hash: {limits.hash_burst} in a row, then one per "
+                f"{limits.hash_every:g} s); send {verb} again in {math.ceil(round(wait, 6))} s",
+            )
+        return address
 
     def _online(self) -> str:
         nick = self._conn.online_nick()
@@ -625,19 +734,41 @@ class Login:
         return secret
 
     def _change(
-        self, store: Callable[[str, str], defer.Deferred[None]], nick: str, secret: bytes
+        self, store: Callable[[str, str], defer.Deferred[None]], nick: str, secret: bytes,
+        address: str | None, verb: str,
     ) -> Answer:
-        """Hash C{secret} on the password threads, then C{store} the hash
-        if the connection is still open (so still holds C{nick})."""
+        """Hash C{secret} on the password threads (one job of C{address}),
+        then C{store} the hash if the connection is still open (so still
+        holds C{nick}).  Its answer is written, never raised: this may run
+        once a lookup is over."""
+        accounts = self._accounts
+        if self._conn.closing:
+            accounts.unspend_hash(address)
+            return None
+        if not accounts.start_work(address):
+            accounts.unspend_hash(address)
+            self._conn.write(wire.error(ErrorCode.FLOOD, ADDRESS_BUSY_TEXT.format(verb=verb)))
+            return None
         try:
-            d = self._accounts.work.run(hash_password, secret)
+            d = accounts.work.run(hash_password, secret)
         except WorkBusy:
-            raise LineError(ErrorCode.FLOOD, "the server is busy; send it again in a moment") \
-                from None
+            accounts.end_work(address)
+            accounts.unspend_hash(address)
+            self._conn.write(wire.error(ErrorCode.FLOOD,
+                                        "the server is busy; send it again in a moment"))
+            return None
+        d.addBoth(_work_ended, accounts, address)
         d.addCallback(self._store, store, nick)
         d.addCallbacks(self._changed, self._change_failed, callbackArgs=(nick,),
                        errbackArgs=(nick,))
         return d
+
+    def _not_hashed(self, failure: Failure, nick: str, address: str | None) -> None:
+        """The account could not be looked up: no hash made, and the answer
+        is the one a failed store gets."""
+        self._accounts.unspend_hash(address)
+        if not self._conn.closing:
+            self._change_failed(failure, nick)
 
     def _store(
         self, password_hash: str, store: Callable[[str, str], defer.Deferred[None]], nick: str
@@ -677,6 +808,12 @@ class Login:
             self._conn.write(wire.error(
                 ErrorCode.NOT_REGISTERED,
                 "the server could not store the password now; try again later"))
+
+
+def _work_ended(result: T, accounts: Accounts, address: str | None) -> T:
+    """A password job of C{address} is over (L{Accounts.start_work})."""
+    accounts.end_work(address)
+    return result
 
 
 class _Closed(Exception):
