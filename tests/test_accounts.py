@@ -338,6 +338,31 @@ def test_password_work_runs_off_the_reactor_thread_and_is_bounded() -> Any:
         work.stop()
 
 
+@pytest_twisted.inlineCallbacks
+def test_file_jobs_never_wait_behind_the_hashes() -> Any:
+    """A NICK's lookup (and a PASS's read) ran on the hashing threads: with
+    both busy and hashes queued behind them, every newcomer waited for the
+    queue (1.3 s measured). The file has threads of its own."""
+    from twisted.internet import reactor
+
+    work = PasswordWork(reactor, threads=2, limit=8)
+    work.start()
+    gate = threading.Event()
+    try:
+        busy = [work.run(gate.wait, 10) for _ in range(4)]  # two running, two queued
+        looked_up = work.lookup(threading.get_ident)
+        looked_up.addTimeout(5, reactor)
+        ident = yield looked_up  # while every hash waits
+        assert ident != threading.get_ident()
+        assert not any(d.called for d in busy)
+        gate.set()
+        yield defer.gatherResults(busy)
+        assert work.pending == 0
+    finally:
+        gate.set()
+        work.stop()
+
+
 class InlinePool:
     """A ThreadPool that runs each job at once (on this thread), recording it."""
 

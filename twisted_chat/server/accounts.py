@@ -488,8 +488,9 @@ class AccountAdmin(AccountBook, Protocol):
 class SQLiteBook:
     """
     An L{AccountStore} as an L{AccountBook}: each call runs through C{run}
-    (the server's password threads, which never count these quick file
-    operations against their bound; the operator's tool runs them inline).
+    (the server's accounts-file threads, beside the password threads: these
+    quick file operations never wait behind a hash, nor count against the
+    hashes' bound; the operator's tool runs them inline).
     """
 
     #: One server: its protocol has no C{RETRY unavailable}.

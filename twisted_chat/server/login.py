@@ -11,8 +11,9 @@ connection layer needs a handful of lines to use it.
 
 Threads.  Every hash runs on L{PasswordWork}, a thread pool of its own (two
 threads by default, the reactor's shared pool is left to name resolution),
-never on the reactor thread; so does every read and write of the accounts
-file (the cluster's Redis is asked without blocking, on the reactor).  At most
+never on the reactor thread; every read and write of the accounts file runs
+on two threads of its own beside them, so that it never waits behind the
+hashes (the cluster's Redis is asked without blocking, on the reactor).  At most
 L{LoginLimits.max_pending} hashing jobs are queued or running server-wide,
 and a connection has at most one job at a time, so a flood of C{PASS} lines
 cannot queue unbounded work: a line that would pass the bound is discarded
@@ -203,19 +204,28 @@ class _PasswordThreads(ThreadPool):
 class PasswordWork:
     """
     The password threads: a dedicated pool and a bound on the jobs queued or
-    running in it.  Started and stopped with the server (after twistd has
-    daemonized: threads do not survive a fork).
+    running in it; and the accounts file's own threads beside it, for the
+    quick reads and writes (L{lookup}), so that a queue full of hashes does
+    not hold up every C{NICK}'s lookup.  Started and stopped with the server
+    (after twistd has daemonized: threads do not survive a fork).
     """
 
     def __init__(
-        self, reactor: Any, threads: int = 2, limit: int = 64, pool: ThreadPool | None = None
+        self, reactor: Any, threads: int = 2, limit: int = 64, pool: ThreadPool | None = None,
+        files: ThreadPool | None = None,
     ) -> None:
-        """@param pool: the threads (tests: one that runs jobs inline)."""
+        """@param pool: the hashing threads (tests: one that runs jobs inline).
+        @param files: the accounts file's threads (default: C{pool} when
+            given, else two of their own)."""
         self._reactor = reactor
         self.limit = limit
         self.pending = 0
         self._pool = pool if pool is not None else _PasswordThreads(
             minthreads=0, maxthreads=threads, name="chat-passwords")
+        if files is None:
+            files = pool if pool is not None else _PasswordThreads(
+                minthreads=0, maxthreads=2, name="chat-accounts-file")
+        self._files = files
 
     @property
     def full(self) -> bool:
@@ -223,20 +233,24 @@ class PasswordWork:
 
     def start(self) -> None:
         self._pool.start()
+        if self._files is not self._pool:
+            self._files.start()
         # The first job: the dummy hash, before any check needs it (made by
         # that check, it would make it take twice as long).
-        self.lookup(make_dummy_hash).addErrback(
+        threads.deferToThreadPool(self._reactor, self._pool, make_dummy_hash).addErrback(
             lambda f: _log.failure("could not make the dummy hash", f))
 
     def stop(self) -> None:
         self._pool.stop()
+        if self._files is not self._pool:
+            self._files.stop()
 
     def run(self, f: Callable[..., T], *args: Any) -> defer.Deferred[T]:
         """A job that hashes: refused with L{WorkBusy} when L{full}."""
         if self.full:
             raise WorkBusy()
         self.pending += 1
-        d = self.lookup(f, *args)
+        d = threads.deferToThreadPool(self._reactor, self._pool, f, *args)
 
         def done(result: Any) -> Any:
             self.pending -= 1
@@ -247,11 +261,12 @@ class PasswordWork:
 
     def lookup(self, f: Callable[..., T], *args: Any) -> defer.Deferred[T]:
         """
-        A job that only reads the file (well under a millisecond): not
-        counted against the bound, since a burst of newcomers (each
-        connection has at most one job) must not be refused for it.
+        A job that only reads or writes the file (well under a millisecond),
+        on the file's threads: not queued behind the hashes, and not counted
+        against the bound, since a burst of newcomers (each connection has
+        at most one job) must not be refused for it.
         """
-        return threads.deferToThreadPool(self._reactor, self._pool, f, *args)
+        return threads.deferToThreadPool(self._reactor, self._files, f, *args)
 
 
 class Work(Protocol):
