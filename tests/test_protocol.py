@@ -651,6 +651,25 @@ def test_too_long_one_error_however_it_arrives_and_connection_kept() -> None:
     ]
 
 
+def test_a_line_without_newline_holds_at_most_max_line() -> None:
+    """A peer that never sends a newline: what is kept of its partial line
+    stays within max_line + 1 bytes (a CR may end it), the rest is
+    discarded as it comes, and ERROR too-long is said once, at once.
+    Unbounded, the buffer grew with every read, each read copying all of
+    it (quadratic CPU)."""
+    h = Harness(max_line=50)
+    alice = h.user("alice")
+    for i in range(100):
+        alice.send_raw(b"MSG " + b"z" * 36)  # 40 bytes
+        assert len(alice.protocol._buffer) <= 51, i
+        if i == 0:
+            assert alice.take() == []
+        if i == 1:  # 80 bytes of one line so far, and no newline yet
+            assert alice.take() == ["ERROR too-long lines may be at most 50 bytes"]
+    alice.send_raw(b"\r\nMSG after\r\n")
+    assert alice.take() == [f"MSG {ts(h)} alice * after"]
+
+
 def test_too_long_inside_one_chunk() -> None:
     h = Harness(max_line=10)
     alice = h.user("alice")
