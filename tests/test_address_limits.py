@@ -15,6 +15,7 @@ from twisted.internet import defer
 from twisted.logger import formatEvent, globalLogPublisher
 
 from tests.harness import Harness
+from twisted_chat.server import logs
 
 
 def test_the_flood_penalty_is_kept_across_reconnects() -> None:
@@ -199,6 +200,31 @@ def test_refusals_from_one_address_are_not_logged_every_time(logged: list[str]) 
     h.clock.advance(10)
     h.connect()
     assert logged[-1].endswith("(47 similar lines from this address left out)")
+
+
+def test_invitation_churn_is_not_logged_every_time(logged: list[str]) -> None:
+    """PAIR/UNPAIR loops within the flood rate wrote two info lines a
+    cycle ("invited", "ended"): 8.5 KiB/s of log from one address. They
+    are debug lines now, left out at the default --log-level info."""
+    h = Harness()
+    spammer, victim = h.user("spammer"), h.user("victim")
+    for _ in range(50):
+        spammer.send("PAIR victim", "UNPAIR")
+    victim.send("PAIR spammer")
+    h.clock.advance(h.config.invite_timeout)  # one that expires
+    assert len(victim.take()) >= 100  # each one still reached the victim
+
+    def invitations() -> list[str]:
+        return [line for line in logged if " invited " in line or "invitation " in line]
+
+    assert logs.level() == "info" and invitations() == []
+    logs.set_level("debug")
+    try:
+        spammer.send("PAIR victim", "UNPAIR")
+    finally:
+        logs.set_level("info")
+    assert invitations() == ["spammer invited victim",
+                             "invitation spammer -> victim ended: withdrawn"]
 
 
 def test_the_replay_after_a_pair_ends_is_capped_in_bytes_too() -> None:

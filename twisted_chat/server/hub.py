@@ -312,7 +312,11 @@ class Hub:
         if target.incoming is None:
             target.incoming = {}
         target.incoming[user.key] = invitation
-        self.log.info("{inviter} invited {invitee}", inviter=user.nick, invitee=target.nick)
+        # At debug, as the invitation's end: a PAIR/UNPAIR loop, within the
+        # flood rate, wrote two info lines a cycle (8.5 KiB/s from one
+        # address), and the invitation limits bound how many are open, not
+        # how many are made.  A pairing is logged at info.
+        self.log.debug("{inviter} invited {invitee}", inviter=user.nick, invitee=target.nick)
         self.listener.invited(invitation)
 
     def _check_invite_limits(self, user: User, target: User, max_invites: int | None,
@@ -438,7 +442,7 @@ class Hub:
         """End an invitation without a pairing; tell each side still online."""
         self._detach(invitation)
         inviter, invitee = invitation.inviter, invitation.invitee
-        self.log.info(
+        self.log.debug(  # at debug, as its start (PAIR)
             "invitation {inviter} -> {invitee} ended: {reason}",
             inviter=inviter.nick,
             invitee=invitee.nick,
