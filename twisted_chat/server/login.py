@@ -386,18 +386,19 @@ class Accounts:
         if attempt.shared and self.shared is not None:
             self.shared.give_back(attempt.nick, attempt.address)
 
-    def spend_hash(self, address: str | None) -> float:
-        """
-        One new hash (C{REGISTER}, C{PASSWD}) from C{address} (C{None}:
-        exempt, not limited): 0 when it may be made, and is counted now;
-        else how many seconds until it may.
-        """
-        if address is None:
+    def hash_wait(self, address: str | None) -> float:
+        """How many seconds until C{address} (C{None}: exempt, not limited)
+        may have one more new hash made (C{REGISTER}, C{PASSWD}); 0: now."""
+        if address is None or self.hashes.allows(address):
             return 0.0
-        if not self.hashes.allows(address):
-            return (self.hashes.level(address) - (self.hashes.burst - 1)) * self.hashes.every
-        self.hashes.failed(address)
-        return 0.0
+        return (self.hashes.level(address) - (self.hashes.burst - 1)) * self.hashes.every
+
+    def spend_hash(self, address: str | None) -> float:
+        """L{hash_wait}, and when it is 0, the hash counted now."""
+        wait = self.hash_wait(address)
+        if not wait and address is not None:
+            self.hashes.failed(address)
+        return wait
 
     def unspend_hash(self, address: str | None) -> None:
         """The hash L{spend_hash} counted was not made after all."""
@@ -683,27 +684,35 @@ class Login:
         if self._accounts.mode is Mode.REQUIRED:
             raise LineError(ErrorCode.REGISTERED,
                             "on this server, accounts are made by its operator")
-        address = self._spend_hash("REGISTER")
+        accounts = self._accounts
+        address = accounts.address_key(self._conn.host)
+        wait = accounts.hash_wait(address)
+        if wait:
+            raise _too_many_hashes("REGISTER", wait, accounts.limits)
         # Not answered from what this connection proved: the operator may
         # have removed the account since.  Looked up before any hash, so
         # that a REGISTER repeated for a nick with an account costs a read,
-        # not a hash; the book's add stays the atomic check (AccountExists)
-        # for REGISTERs that race.
-        lookup = self._accounts.book.get(nick)
+        # not a hash (nor one of the address's hashes); the book's add
+        # stays the atomic check (AccountExists) for REGISTERs that race.
+        lookup = accounts.book.get(nick)
         lookup.addCallbacks(self._register_looked_up, self._not_hashed,
-                            callbackArgs=(nick, secret, address), errbackArgs=(nick, address))
+                            callbackArgs=(nick, secret, address), errbackArgs=(nick,))
         return lookup
 
     def _register_looked_up(
         self, account: Account | None, nick: str, secret: bytes, address: str | None
     ) -> Answer:
+        if self._conn.closing:
+            return None
         if account is not None:
-            self._accounts.unspend_hash(address)
-            if not self._conn.closing:
-                self._conn.write(wire.error(ErrorCode.REGISTERED,
-                                            f"{nick} has an account already"))
+            self._conn.write(wire.error(ErrorCode.REGISTERED, f"{nick} has an account already"))
             return None
         accounts = self._accounts
+        wait = accounts.spend_hash(address)  # again: others of the address may have meanwhile
+        if wait:
+            error = _too_many_hashes("REGISTER", wait, accounts.limits)
+            self._conn.write(wire.error(error.code, error.text))
+            return None
         return self._change(partial(accounts.book.add, most=accounts.max_accounts), nick,
                             secret, address, "REGISTER")
 
@@ -717,24 +726,12 @@ class Login:
                 f"you did not log in to {nick} with a password: REGISTER it first "
                 "(or, if it has an account, log in again with its password)",
             )
-        address = self._spend_hash("PASSWD")
-        return self._change(self._accounts.book.set_hash, nick, secret, address, "PASSWD")
-
-    def _spend_hash(self, verb: str) -> str | None:
-        """Count one new hash for this connection's address (its key: None
-        when exempt), or raise C{ERROR flood} when it made its share lately."""
         accounts = self._accounts
         address = accounts.address_key(self._conn.host)
         wait = accounts.spend_hash(address)
         if wait:
-            limits = accounts.limits
-            raise LineError(
-                ErrorCode.FLOOD,
-                f"too many REGISTER and PASSWD from your address lately (each costs a "
-                f"password hash: {limits.hash_burst} in a row, then one per "
-                f"{limits.hash_every:g} s); send {verb} again in {math.ceil(round(wait, 6))} s",
-            )
-        return address
+            raise _too_many_hashes("PASSWD", wait, accounts.limits)
+        return self._change(accounts.book.set_hash, nick, secret, address, "PASSWD")
 
     def _online(self) -> str:
         nick = self._conn.online_nick()
@@ -778,10 +775,9 @@ class Login:
                        errbackArgs=(nick,))
         return d
 
-    def _not_hashed(self, failure: Failure, nick: str, address: str | None) -> None:
+    def _not_hashed(self, failure: Failure, nick: str) -> None:
         """The account could not be looked up: no hash made, and the answer
         is the one a failed store gets."""
-        self._accounts.unspend_hash(address)
         if not self._conn.closing:
             self._change_failed(failure, nick)
 
@@ -823,6 +819,16 @@ class Login:
             self._conn.write(wire.error(
                 ErrorCode.NOT_REGISTERED,
                 "the server could not store the password now; try again later"))
+
+
+def _too_many_hashes(verb: str, wait: float, limits: LoginLimits) -> LineError:
+    """The answer to a C{REGISTER} or C{PASSWD} over the address's new hashes."""
+    return LineError(
+        ErrorCode.FLOOD,
+        f"too many REGISTER and PASSWD from your address lately (each costs a "
+        f"password hash: {limits.hash_burst} in a row, then one per "
+        f"{limits.hash_every:g} s); send {verb} again in {math.ceil(round(wait, 6))} s",
+    )
 
 
 def _work_ended(result: T, accounts: Accounts, address: str | None) -> T:
