@@ -292,7 +292,7 @@ class ChatFactory(ServerFactory):
 
     def lobby_message(self, entry: Entry) -> None:
         self._history_block = None
-        sender = self.hub.online.get(wire.nick_key(entry.nick))
+        sender = self.hub.find(entry.nick)
         if sender is not None and self.state.holds(sender):
             self.stats.lobby_messages += 1  # one of this process's users said it
         ts = wire.format_ts(entry.ts)

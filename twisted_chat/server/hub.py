@@ -179,7 +179,8 @@ class Hub:
     def is_online(self, user: User) -> bool:
         return self.online.get(user.key) is user
 
-    def _lookup(self, nick: str) -> User | None:
+    def find(self, nick: str) -> User | None:
+        """The user online as C{nick} (compared without regard to case), if any."""
         return self.online.get(nick_key(nick))
 
     # -- arriving and leaving ----------------------------------------------
@@ -266,7 +267,7 @@ class Hub:
                       sender=sender.nick, recipient=recipient.nick, text=text)
 
     def _other(self, user: User, nick: str, self_text: str) -> User:
-        target = self._lookup(nick)
+        target = self.find(nick)
         if target is user:
             raise HubError(ErrorCode.SELF, self_text)
         if target is None:
@@ -369,7 +370,7 @@ class Hub:
     def _invitation_from(self, user: User, nick: str) -> Invitation:
         invitation = user.incoming.get(nick_key(nick)) if user.incoming else None
         if invitation is None:
-            online = self._lookup(nick)  # named as its owner spells it, if online
+            online = self.find(nick)  # named as its owner spells it, if online
             raise HubError(ErrorCode.NO_INVITE, "you have no open invitation from "
                            f"{online.nick if online is not None else nick}")
         return invitation

@@ -236,7 +236,7 @@ class Session:
 
     def holder(self, nick: str) -> str | None:
         """The nick of the user online as C{nick}, as its owner spelled it."""
-        user = self.factory.hub.online.get(wire.nick_key(nick))
+        user = self.factory.hub.find(nick)
         return user.nick if user is not None else None
 
     def _login(self, conn: Connection) -> Login:

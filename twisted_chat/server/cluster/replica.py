@@ -434,7 +434,7 @@ class Replica:
         if member is None:
             return
         user = member.user
-        target = self.hub.online.get(nick_key(str(event.get("to", ""))))
+        target = self.hub.find(str(event.get("to", "")))
         for one in (user, user.partner, target):
             if one is not None and one in self.uids:
                 self.claims.pop(self.uids[one], None)
