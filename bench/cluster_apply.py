@@ -28,7 +28,7 @@ from twisted.internet.task import Clock
 
 from twisted_chat.server.cluster.node import ClusterState
 from twisted_chat.server.config import ServerConfig
-from twisted_chat.server.factory import ChatFactory, hub_options
+from twisted_chat.server.factory import ChatFactory, hub_settings
 from twisted_chat.server.history import History
 
 
@@ -64,7 +64,7 @@ def build(local: int, remote: int) -> tuple[ClusterState, ChatFactory, list[Sink
     states: list[ClusterState] = []
 
     def make(factory: ChatFactory) -> ClusterState:
-        state = ClusterState("me", factory, factory.history, hub_options(config), clock)
+        state = ClusterState("me", factory, factory.history, hub_settings(config), clock)
         states.append(state)
         return state
 

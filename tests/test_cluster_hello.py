@@ -21,7 +21,7 @@ from tests.test_cluster_rebuild import _lag, _late_agree, _settle, _three_agree
 from twisted_chat.server.cluster.node import ClusterState
 from twisted_chat.server.cluster.replica import _SyncFirst
 from twisted_chat.server.history import History
-from twisted_chat.server.hub import HubError, User
+from twisted_chat.server.hub import HubError, HubSettings, User
 from twisted_chat.wire import ErrorCode
 
 
@@ -247,7 +247,7 @@ def test_an_older_hello_without_invitations_is_applied_as_before() -> None:
     """A hello whose rows have no sixth field (an older node of this
     version) neither ends pairs nor withdraws invitations: as before; one
     with it does both.  What it said of each user is in the snapshot."""
-    state = ClusterState("me", _Quiet(), History(10), {}, Clock())
+    state = ClusterState("me", _Quiet(), History(10), HubSettings(), Clock())
     state.deliver([
         ("1000-0", {"t": "reg", "n": "a", "k": 1, "nick": "ann"}),
         ("1000-1", {"t": "reg", "n": "b", "k": 1, "nick": "bob"}),
@@ -267,7 +267,7 @@ def test_an_older_hello_without_invitations_is_applied_as_before() -> None:
         ["1000-1", "bob", "-", "", "", ""], ["1000-2", "carol", "-", "", "", ""]]})])
     assert hub.online["ann"].partner is None and hub.online["carol"].outgoing is None
     # What the hellos said counts for a node started from a snapshot too.
-    later = ClusterState("other", _Quiet(), History(10), {}, Clock())
+    later = ClusterState("other", _Quiet(), History(10), HubSettings(), Clock())
     later.replica.restore(state.replica.snapshot())
     assert later.replica.claims == state.replica.claims
     assert sorted(later.replica.claims) == ["1000-1", "1000-2"]

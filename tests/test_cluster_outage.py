@@ -26,7 +26,7 @@ from twisted_chat.server.cluster.node import ClusterState
 from twisted_chat.server.cluster.redislog import APPEND_SHA, RedisLog, parse_url
 from twisted_chat.server.cluster.service import drop_users
 from twisted_chat.server.history import History
-from twisted_chat.server.hub import HubError
+from twisted_chat.server.hub import HubError, HubSettings
 from twisted_chat.server.service import Options
 from twisted_chat.server.state import StateUnavailable
 from twisted_chat.wire import ErrorCode
@@ -363,7 +363,7 @@ class FakeRedis:
 
 def redis_log(node_timeout: float = 15.0) -> tuple[RedisLog, ClusterState]:
     clock = Clock()
-    state = ClusterState("n", _Listener(), _history(), {}, clock)
+    state = ClusterState("n", _Listener(), _history(), HubSettings(), clock)
     return RedisLog(parse_url("redis://127.0.0.1/0"), state, clock, node_timeout), state
 
 
@@ -403,7 +403,7 @@ def test_a_silent_redis_is_given_up_after_the_reply_timeout() -> None:
     say) but Redis never answers.  The node gives up after the reply
     timeout, refuses registrations and retries, instead of waiting forever."""
     reactor = MemoryReactorClock()
-    state = ClusterState("n", _Listener(), _history(), {}, reactor)
+    state = ClusterState("n", _Listener(), _history(), HubSettings(), reactor)
     log = RedisLog(parse_url("redis://127.0.0.1:6399/0"), state, reactor, 15.0)
     log.start()
     transports = []

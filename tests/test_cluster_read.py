@@ -39,7 +39,7 @@ from twisted_chat.server.cluster.redislog import (
 )
 from twisted_chat.server.cluster.replica import id_key
 from twisted_chat.server.history import History
-from twisted_chat.server.hub import User
+from twisted_chat.server.hub import HubSettings, User
 
 # -- one Redis, in memory -----------------------------------------------------------
 
@@ -325,7 +325,7 @@ class Node:
         self.redis = redis
         self.reachable = True
         self.listener = Recorder()
-        self.state = ClusterState(name, self.listener, History(10), {}, clock)
+        self.state = ClusterState(name, self.listener, History(10), HubSettings(), clock)
         self.log = RedisLog(parse_url("redis://127.0.0.1/0"), self.state, clock, 15.0)
         self.conns: list[FakeConnection] = []
         self.lost = 0

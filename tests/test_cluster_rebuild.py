@@ -21,7 +21,7 @@ from tests.test_cluster_read import Conn, MemoryRedis, Node, Recorder, cluster, 
 from twisted_chat.server.cluster.node import ClusterState
 from twisted_chat.server.cluster.redislog import READ_COUNT
 from twisted_chat.server.history import History
-from twisted_chat.server.hub import User
+from twisted_chat.server.hub import HubSettings, User
 
 
 def _state(node: Node) -> dict[str, Any]:
@@ -265,7 +265,7 @@ def test_the_fallbacks_lost_tail_forgets_a_dead_by_its_event_not_its_second() ->
     forgotten when it shares the kept end's millisecond (it was kept: its
     time was not after the end's), and one declared by a kept event in that
     millisecond stays."""
-    state = ClusterState("me", Recorder(), History(10), {}, Clock())
+    state = ClusterState("me", Recorder(), History(10), HubSettings(), Clock())
     state.deliver([
         ("1000-0", {"t": "dead", "n": "a", "k": 1, "node": "kept-dead"}),
         ("1000-1", {"t": "tick", "n": "a", "k": 2}),

@@ -19,7 +19,7 @@ from tests.harness import QUIET, Conn, Harness
 from twisted_chat.server.cluster.node import ClusterState
 from twisted_chat.server.cluster.replica import RemoteConn
 from twisted_chat.server.config import ServerConfig
-from twisted_chat.server.factory import ChatFactory, hub_options
+from twisted_chat.server.factory import ChatFactory, hub_settings
 from twisted_chat.server.history import History
 
 START = 1_700_000_000
@@ -61,7 +61,7 @@ class Node(Harness):
         self.cluster = cluster
 
         def build(factory: ChatFactory) -> ClusterState:
-            state = ClusterState(name, factory, factory.history, hub_options(self.config),
+            state = ClusterState(name, factory, factory.history, hub_settings(self.config),
                                  self.clock)
             state.events = NodeLog(cluster.log)
             state.available = True

@@ -9,7 +9,7 @@ from twisted.internet.task import Clock
 from twisted.logger import capturedLogs, formatEvent
 
 from twisted_chat.server.history import Entry, History
-from twisted_chat.server.hub import Hub, HubError, Invitation, NickTaken, State, User
+from twisted_chat.server.hub import Hub, HubError, HubSettings, Invitation, NickTaken, State, User
 
 
 class Recorder:
@@ -41,7 +41,7 @@ def _show(value: Any) -> Any:
 def world() -> tuple[Hub, Recorder, Clock]:
     clock = Clock()
     recorder = Recorder()
-    return Hub(clock, History(10), recorder, invite_timeout=30), recorder, clock
+    return Hub(clock, History(10), recorder, HubSettings(invite_timeout=30)), recorder, clock
 
 
 def test_register_and_lobby_message(world: tuple[Hub, Recorder, Clock]) -> None:
@@ -161,7 +161,7 @@ def test_a_failed_arrival_leaves_no_ghost(world: tuple[Hub, Recorder, Clock]) ->
 
 def test_message_text_is_logged_only_with_log_messages() -> None:
     def logged(log_messages: bool) -> list[str]:
-        hub = Hub(Clock(), History(10), Recorder(), log_messages=log_messages)
+        hub = Hub(Clock(), History(10), Recorder(), HubSettings(log_messages=log_messages))
         with capturedLogs() as events:
             a, b = hub.register("a", None), hub.register("b", None)
             hub.say(a, "lobby words")
@@ -181,7 +181,7 @@ def test_message_text_is_logged_only_with_log_messages() -> None:
 
 def test_open_invitations_to_one_user_are_capped() -> None:
     clock, rec = Clock(), Recorder()
-    hub = Hub(clock, History(10), rec, invite_timeout=30, max_invites=3)
+    hub = Hub(clock, History(10), rec, HubSettings(invite_timeout=30, max_invites=3))
     victim = hub.register("victim", conn=object())
     fans = [hub.register(f"fan{i}", conn=object()) for i in range(5)]
     for fan in fans[:3]:
@@ -202,7 +202,8 @@ def test_open_invitations_to_one_user_are_capped() -> None:
 
 def test_open_invitations_from_one_source_are_capped() -> None:
     clock, rec = Clock(), Recorder()
-    hub = Hub(clock, History(10), rec, invite_timeout=30, max_invites_per_source=2)
+    hub = Hub(clock, History(10), rec,
+              HubSettings(invite_timeout=30, max_invites_per_source=2))
     mallory = [hub.register(f"m{i}", conn=object(), source="192.0.2.1") for i in range(3)]
     others = [hub.register(f"u{i}", conn=object()) for i in range(4)]
     elsewhere = hub.register("carol", conn=object(), source="198.51.100.1")

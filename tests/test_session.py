@@ -16,7 +16,7 @@ from twisted.internet.task import Clock
 from tests.harness import QUIET
 from twisted_chat import wire
 from twisted_chat.server.config import ServerConfig
-from twisted_chat.server.factory import ChatFactory, hub_options
+from twisted_chat.server.factory import ChatFactory, hub_settings
 from twisted_chat.server.hub import Hub, HubError, User
 from twisted_chat.server.session import Handshake
 from twisted_chat.server.state import LocalState, Outcome
@@ -201,7 +201,7 @@ class Deciding(LocalState):
     """A state whose lobby lines are decided later (as a cluster's are)."""
 
     def __init__(self, chat: ChatFactory) -> None:
-        super().__init__(Hub(chat.reactor, chat.history, chat, **hub_options(chat.config)))
+        super().__init__(Hub(chat.reactor, chat.history, chat, hub_settings(chat.config)))
         self.said: list[Deferred[None]] = []
 
     def say(self, user: User, text: str) -> Outcome:

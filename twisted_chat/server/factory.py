@@ -24,7 +24,7 @@ from twisted_chat.server.deadlines import Deadlines
 from twisted_chat.server.fanout import Backlog, LobbyFanout, reactor_backlog
 from twisted_chat.server.flood import FloodMeter
 from twisted_chat.server.history import Entry, History, newest_within
-from twisted_chat.server.hub import Hub, Invitation, State, User
+from twisted_chat.server.hub import Hub, HubSettings, Invitation, State, User
 from twisted_chat.server.login import Accounts
 from twisted_chat.server.metrics import Stats
 from twisted_chat.server.protocol import ChatProtocol
@@ -83,14 +83,14 @@ class _Refusal(Protocol):
 FULL = "the server is full; try again later"
 
 
-def hub_options(config: ServerConfig) -> dict[str, Any]:
+def hub_settings(config: ServerConfig) -> HubSettings:
     """The hub's settings from the server's (the cluster's replicas use them too)."""
-    return {
-        "invite_timeout": config.invite_timeout,
-        "log_messages": config.log_messages,
-        "max_invites": config.max_invites,
-        "max_invites_per_source": config.max_invites_per_ip,
-    }
+    return HubSettings(
+        invite_timeout=config.invite_timeout,
+        log_messages=config.log_messages,
+        max_invites=config.max_invites,
+        max_invites_per_source=config.max_invites_per_ip,
+    )
 
 
 class ChatFactory(ServerFactory):
@@ -121,7 +121,7 @@ class ChatFactory(ServerFactory):
         self.history = history if history is not None else History(config.history)
         if state is None:
             self.state: ChatState = LocalState(Hub(reactor, self.history, self,
-                                                   **hub_options(config)))
+                                                   hub_settings(config)))
         else:
             self.state = state(self)
         self.hub = self.state.hub

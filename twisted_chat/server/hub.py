@@ -130,6 +130,25 @@ class Listener(Protocol):
         """To C{invitee}: an invitation it had ended without a pairing."""
 
 
+@dataclass(frozen=True, slots=True)
+class HubSettings:
+    """
+    The hub's options (a cluster gives every replica the same).
+
+    @ivar invite_timeout: seconds an invitation stays open.
+    @ivar log_messages: the text of lobby and private messages in the log
+        (--log-messages).
+    @ivar max_invites: open invitations one user may have received.
+    @ivar max_invites_per_source: open invitations the users of one source
+        (L{User.source}) may have sent, together.
+    """
+
+    invite_timeout: float = 60.0
+    log_messages: bool = False
+    max_invites: int | None = None
+    max_invites_per_source: int | None = None
+
+
 class Hub:
     log = logs.logger()
 
@@ -138,24 +157,15 @@ class Hub:
         clock: IReactorTime,
         history: History,
         listener: Listener,
-        invite_timeout: float = 60.0,
-        log_messages: bool = False,
-        max_invites: int | None = None,
-        max_invites_per_source: int | None = None,
+        settings: HubSettings = HubSettings(),
     ) -> None:
-        """
-        @param max_invites: open invitations one user may have received.
-        @param max_invites_per_source: open invitations the users of one
-            source (L{User.source}) may have sent, together.
-        """
         self.clock = clock
         self.history = history
         self.listener = listener
-        self.invite_timeout = invite_timeout
-        # --log-messages: the text of lobby and private messages in the log.
-        self.log_messages = log_messages
-        self.max_invites = max_invites
-        self.max_invites_per_source = max_invites_per_source
+        self.invite_timeout = settings.invite_timeout
+        self.log_messages = settings.log_messages
+        self.max_invites = settings.max_invites
+        self.max_invites_per_source = settings.max_invites_per_source
         self._sent_by_source: dict[str, int] = {}
         self.online: dict[str, User] = {}
         self.lobby: dict[str, User] = {}

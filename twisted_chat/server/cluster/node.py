@@ -52,7 +52,7 @@ from twisted_chat.server.cluster.own import OwnMembers
 from twisted_chat.server.cluster.replica import RemoteConn, Replica
 from twisted_chat.server.fanout import Member
 from twisted_chat.server.history import History
-from twisted_chat.server.hub import Hub, HubError, Listener, State, User
+from twisted_chat.server.hub import Hub, HubError, HubSettings, Listener, State, User
 from twisted_chat.server.metrics import Buckets
 from twisted_chat.server.state import Outcome, StateUnavailable
 from twisted_chat.wire import ErrorCode
@@ -108,13 +108,13 @@ class ClusterState:
         node: str,
         listener: Listener,
         history: History,
-        hub_options: dict[str, Any],
+        settings: HubSettings,
         reactor: IReactorTime,
         wait: float = DEFAULT_WAIT,
         max_waiting: int = DEFAULT_MAX_WAITING,
     ) -> None:
-        """@param hub_options: the L{Hub}'s keyword arguments (all replicas
-        of a cluster must be given the same).
+        """@param settings: the L{Hub}'s (all replicas of a cluster must be
+        given the same).
         @param wait: how long a command may wait for the log (see the
         module's docstring); C{max_waiting}: the bytes of commands waiting."""
         self.node = node
@@ -123,15 +123,14 @@ class ClusterState:
         self.max_waiting = max_waiting
         #: The bytes of this node's commands waiting for the log.
         self.waiting_bytes = 0
-        # Carried in each PAIR event: the inviter's node's values decide it
-        # on every replica, whatever the others' options (a rolling change).
-        self.invite_timeout = float(hub_options.get("invite_timeout", 60.0))
-        self.invite_limits = (hub_options.get("max_invites"),
-                              hub_options.get("max_invites_per_source"))
+        # The invitation's settings are carried in each PAIR event: the
+        # inviter's node's values decide it on every replica, whatever the
+        # others' options (a rolling change).
+        self.settings = settings
         # The replica holds every user of the cluster; this node writes to
         # its own only, so its fan-out walks their index (own.py).
         self.own = OwnMembers(listener)
-        self.replica = Replica(node, self.own, history, self, hub_options)
+        self.replica = Replica(node, self.own, history, self, settings)
         self.hub: Hub = self.replica.hub
         self.events: EventLog | None = None
         #: Whether new users may register (the log is reachable).
@@ -357,9 +356,10 @@ class ClusterState:
         return self._command(user, {"t": "dm", "to": nick, "x": text})
 
     def pair(self, user: User, nick: str) -> Outcome:
-        max_invites, max_per_source = self.invite_limits
-        return self._command(user, {"t": "pair", "to": nick, "it": self.invite_timeout,
-                                    "mi": max_invites, "ms": max_per_source})
+        settings = self.settings
+        return self._command(user, {"t": "pair", "to": nick, "it": settings.invite_timeout,
+                                    "mi": settings.max_invites,
+                                    "ms": settings.max_invites_per_source})
 
     def accept(self, user: User, nick: str) -> Outcome:
         return self._command(user, {"t": "acc", "to": nick})

@@ -50,7 +50,15 @@ from twisted.internet.task import Clock
 from twisted.logger import Logger
 
 from twisted_chat.server.history import Entry, History
-from twisted_chat.server.hub import Hub, HubError, Invitation, Listener, NickTaken, User
+from twisted_chat.server.hub import (
+    Hub,
+    HubError,
+    HubSettings,
+    Invitation,
+    Listener,
+    NickTaken,
+    User,
+)
 from twisted_chat.wire import ErrorCode, nick_key
 
 __all__ = ["Answers", "Detached", "Member", "RemoteConn", "Replica", "event_seconds"]
@@ -313,11 +321,11 @@ class Replica:
         listener: Listener,
         history: History,
         answers: Answers,
-        hub_options: dict[str, Any] | None = None,
+        settings: HubSettings,
     ) -> None:
         self.node = node
         self.clock = Clock()
-        self.hub = Hub(self.clock, history, listener, **(hub_options or {}))
+        self.hub = Hub(self.clock, history, listener, settings)
         self.answers = answers
         self.members: dict[str, Member] = {}  # by uid
         self.uids: dict[User, str] = {}

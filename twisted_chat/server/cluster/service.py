@@ -21,7 +21,7 @@ from twisted_chat.server.cluster.node import (
 )
 from twisted_chat.server.cluster.redislog import RedisLog, RedisTarget
 from twisted_chat.server.config import ServerConfig
-from twisted_chat.server.factory import ChatFactory, hub_options
+from twisted_chat.server.factory import ChatFactory, hub_settings
 from twisted_chat.server.history import History
 from twisted_chat.server.hub import User
 from twisted_chat.server.login import PasswordWork
@@ -38,7 +38,7 @@ def cluster_factory(
     holder: list[ClusterState] = []
 
     def build(factory: ChatFactory) -> ClusterState:
-        state = ClusterState(new_node_id(), factory, factory.history, hub_options(config),
+        state = ClusterState(new_node_id(), factory, factory.history, hub_settings(config),
                              reactor, wait=wait, max_waiting=max_waiting)
         holder.append(state)
         return state
