@@ -61,15 +61,19 @@ class ErrorCode(str, Enum):
     UNCONFIRMED = "unconfirmed"
 
 
-class LineError(Exception):
-    """
-    A line that fails one of the checks; it is answered with one C{ERROR}.
-    """
+class Refusal(Exception):
+    """A line or command refused by a rule; answered with C{ERROR code text}."""
 
     def __init__(self, code: ErrorCode, text: str) -> None:
         super().__init__(code, text)
         self.code = code
         self.text = text
+
+
+class LineError(Refusal):
+    """
+    A line that fails one of the checks; it is answered with one C{ERROR}.
+    """
 
 
 class Text(Enum):

@@ -20,7 +20,7 @@ from twisted.internet.interfaces import IDelayedCall, IReactorTime
 
 from twisted_chat.server import logs
 from twisted_chat.server.history import Entry, History
-from twisted_chat.wire import ErrorCode, nick_key
+from twisted_chat.wire import ErrorCode, Refusal, nick_key
 
 
 class State(str, Enum):
@@ -28,13 +28,8 @@ class State(str, Enum):
     PAIRED = "paired"
 
 
-class HubError(Exception):
-    """A command that breaks a rule; answered with C{ERROR code text}."""
-
-    def __init__(self, code: ErrorCode, text: str) -> None:
-        super().__init__(code, text)
-        self.code = code
-        self.text = text
+class HubError(Refusal):
+    """A command that breaks a rule of the chat's (L{Refusal})."""
 
 
 class NickTaken(Exception):

@@ -18,10 +18,10 @@ from twisted.python.failure import Failure
 from twisted_chat import wire
 from twisted_chat.server.addresses import Address
 from twisted_chat.server.history import clip_text
-from twisted_chat.server.hub import HubError, NickTaken, State, User
+from twisted_chat.server.hub import NickTaken, State, User
 from twisted_chat.server.login import Answer, Login, retry_taken
 from twisted_chat.server.state import Outcome, StateUnavailable
-from twisted_chat.wire import ErrorCode, LineError
+from twisted_chat.wire import ErrorCode, LineError, Refusal
 
 if TYPE_CHECKING:
     from twisted_chat.server.factory import ChatFactory
@@ -151,13 +151,14 @@ class Session:
                                 f"no password was asked for: you are already {user.nick}")
             command = wire.parse_args(verb, rest)
             self._hold(conn, self._HANDLERS[verb](self, conn, command))
-        except (LineError, HubError) as e:
+        except Refusal as e:
             conn.write(wire.error(e.code, e.text))
 
     def _hold(self, conn: Connection, outcome: Deferred[Any] | None) -> None:
         """
         Handle no more lines until C{outcome} (a command decided elsewhere)
-        fires; its hub error, if any, is answered as if raised at once.
+        fires; its refusal (a hub error), if any, is answered as if raised
+        at once.
         """
         if outcome is None:
             self.decided(conn)
@@ -170,9 +171,9 @@ class Session:
 
     def _command_failed(self, failure: Failure, conn: Connection) -> None:
         error = failure.value
-        if not isinstance(error, HubError):
+        if not isinstance(error, Refusal):
             failure.raiseException()
-        assert isinstance(error, HubError)
+        assert isinstance(error, Refusal)
         conn.write(wire.error(error.code, error.text))
 
     # -- the handshake ---------------------------------------------------------
