@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import io
 import itertools
+from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -129,6 +130,34 @@ def test_web_connections_count_against_max_clients() -> None:
         "ERROR server-full the server is full; try again later", "BYE full"]
     first.lose()
     assert not HTTPConn(h, site, "192.0.2.3").refused
+
+
+@pytest.mark.parametrize("tcp", range(4))
+def test_the_web_gate_and_the_chat_port_are_full_at_the_same_count(tcp: int) -> None:
+    # One rule (ChatFactory.is_full): whatever the mix of chat and web
+    # connections, the next of either kind is refused at --max-clients and
+    # admitted below it.
+    h = Harness(max_clients=3)
+    site = make_site(h)
+    hosts = (f"192.0.2.{i}" for i in itertools.count(1))
+    leave: list[Callable[[], None]] = []
+    for _ in range(tcp):
+        conn = h.connect(host=next(hosts))
+        assert conn.take()[0].startswith("HELLO ")
+        leave.append(conn.drop)
+    for _ in range(3 - tcp):
+        page = HTTPConn(h, site, next(hosts))
+        assert not page.refused
+        leave.append(page.lose)
+    assert HTTPConn(h, site, next(hosts)).refused
+    assert h.connect(host=next(hosts)).take() == [
+        "ERROR server-full the server is full; try again later", "BYE full"]
+    leave[0]()
+    assert h.connect(host=next(hosts)).take()[0].startswith("HELLO ")
+    assert HTTPConn(h, site, next(hosts)).refused
+    leave[1]()
+    assert not HTTPConn(h, site, next(hosts)).refused
+    assert h.connect(host=next(hosts)).take()[0].startswith("ERROR server-full ")
 
 
 def test_a_full_handshake_pool_evicts_the_oldest_of_the_biggest_address() -> None:

@@ -128,7 +128,7 @@ class ChatFactory(ServerFactory):
         self.connections: set[ChatProtocol] = set()
         # Connections that count against --max-clients but are not chat
         # connections (yet): the web port's HTTP connections
-        # (twisted_chat.web.admission).
+        # (twisted_chat.web.admission; see hold_other).
         self.other_connections = 0
         # Per-address limits (docs/security.md), and the connections still
         # choosing a nick, overall.
@@ -163,7 +163,7 @@ class ChatFactory(ServerFactory):
 
     def buildProtocol(self, addr: IAddress | None) -> Protocol:
         host: str | None = getattr(addr, "host", None)
-        if len(self.connections) + self.other_connections >= self.config.max_clients:
+        if self.is_full():
             return self.refusal(host, FULL)
         try:
             limits = self.addresses.admit(host)
@@ -181,6 +181,27 @@ class ChatFactory(ServerFactory):
         # It provides IProtocol without subclassing Protocol (for __slots__),
         # which is all Twisted asks of what buildProtocol returns.
         return cast(Protocol, protocol)
+
+    def is_full(self) -> bool:
+        """Whether --max-clients is reached: the chat connections and the
+        others (L{hold_other}) together."""
+        return len(self.connections) + self.other_connections >= self.config.max_clients
+
+    def hold_other(self, connection: Handshaking) -> None:
+        """
+        Count C{connection}, which is not a chat connection (yet), against
+        --max-clients and in the handshake pool under its C{pool_key}; a
+        full pool makes room first, as for a chat connection.  The caller
+        has checked L{is_full}.
+        """
+        self.make_room()
+        self.handshaking.add(connection.pool_key, connection)
+        self.other_connections += 1
+
+    def release_other(self, connection: Handshaking) -> None:
+        """C{connection}, held by L{hold_other}, counts no more."""
+        self.handshaking.discard(connection.pool_key, connection)
+        self.other_connections -= 1
 
     def make_room(self) -> None:
         """Before one more joins a full handshake pool: evict its victims."""

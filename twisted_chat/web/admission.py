@@ -71,7 +71,7 @@ class WebGate:
         C{pool_key}; or raise L{Refused}, counting nothing.
         """
         chat = self.chat
-        if len(chat.connections) + chat.other_connections >= chat.config.max_clients:
+        if chat.is_full():
             raise Refused(FULL)
         record = None if trusted(host, self.proxies) else chat.addresses.record(host)
         key = None
@@ -82,9 +82,7 @@ class WebGate:
             chat.addresses.spend_connect(record)
             self._counts[key] = self.held_by(key) + 1
         connection.pool_key = key if key is not None else (host or "-")
-        chat.make_room()
-        chat.handshaking.add(connection.pool_key, connection)
-        chat.other_connections += 1
+        chat.hold_other(connection)
         self._held[connection] = key
 
     def release(self, connection: Handshaking) -> None:
@@ -98,6 +96,4 @@ class WebGate:
                 self._counts[key] = left
             else:
                 self._counts.pop(key, None)
-        chat = self.chat
-        chat.handshaking.discard(connection.pool_key, connection)
-        chat.other_connections -= 1
+        self.chat.release_other(connection)
