@@ -41,11 +41,13 @@ from autobahn.websocket.types import ConnectionDeny, ConnectionRequest
 from twisted.internet.address import IPv4Address, IPv6Address
 from twisted.internet.error import ConnectionDone
 from twisted.internet.interfaces import IDelayedCall, IPushProducer, ITransport
-from twisted.internet.protocol import ServerFactory, connectionDone
+from twisted.internet.protocol import Protocol, connectionDone
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
+from twisted_chat.server.factory import ChatFactory
+from twisted_chat.server.protocol import ChatProtocol
 from twisted_chat.server.sendqueue import SendQueue, buffer_size
 from twisted_chat.web.config import WebConfig, client_host, origin_allowed
 
@@ -197,8 +199,13 @@ class ChatWebSocket(WebSocketServerProtocol):
     """One browser: the WebSocket side of one chat connection."""
     factory: ChatWebSocketFactory
 
-    # The chat connection (the server's ChatProtocol, or its refusal).
-    chat: Any = None
+    # What the chat factory built at the upgrade: the chat connection, or a
+    # refusal (over a limit), which only writes why and closes.  Both are
+    # told of the close.
+    _built: Protocol | None = None
+    # The chat connection (None before the upgrade, after the close, and
+    # for a refusal).
+    chat: ChatProtocol | None = None
     _write_frames: Callable[[bytes], bool]  # not _send: autobahn has one
     _frames_queue: SendQueue | None = None
     _client: Address | None = None
@@ -260,12 +267,9 @@ class ChatWebSocket(WebSocketServerProtocol):
         # connection's queue's to enforce (it sits on WebSocketTransport).
         self._frames_queue = SendQueue(self.tcp, sys.maxsize)
         self._write_frames = self._frames_queue.write
-        chat = self.factory.chat.buildProtocol(self._client)
-        if chat is None:
-            self.close_normally()
-            return
-        self.chat = chat
-        chat.makeConnection(WebSocketTransport(self, self._client))
+        built = self._built = self.factory.chat.buildProtocol(self._client)
+        self.chat = built if isinstance(built, ChatProtocol) else None
+        built.makeConnection(WebSocketTransport(self, self._client))
 
     # -- autobahn's per-message path, trimmed ---------------------------------
 
@@ -299,8 +303,8 @@ class ChatWebSocket(WebSocketServerProtocol):
         """A frame that carries no line spends a flood token, as a line
         does (L{ChatProtocol.control_received}): whether it may be acted
         on.  Not before the chat connection exists (a refusal: it closes)."""
-        charge = getattr(self.chat, "control_received", None)
-        return charge is not None and bool(charge())
+        chat = self.chat
+        return chat is not None and chat.control_received()
 
     def onMessageFrameData(self, payload: bytes) -> None:
         message = self._message
@@ -323,8 +327,7 @@ class ChatWebSocket(WebSocketServerProtocol):
             self.onMessage(bytes(message), self.message_is_binary)
 
     def onMessage(self, payload: bytes, isBinary: bool) -> None:
-        chat = self.chat
-        if chat is None or self._refused:
+        if self._built is None or self._refused:
             return
         if isBinary:
             self._refuse(CLOSE_UNSUPPORTED, "binary messages are not accepted: send text")
@@ -333,9 +336,9 @@ class ChatWebSocket(WebSocketServerProtocol):
         # add is tolerated, as on TCP.
         if payload.endswith(b"\n"):
             payload = payload[:-2] if payload.endswith(b"\r\n") else payload[:-1]
-        receive = getattr(chat, "message_received", None)
-        if receive is not None:  # else a refusal (server full): it said why and closes
-            receive(payload)
+        chat = self.chat
+        if chat is not None:  # else a refusal (server full): it said why and closes
+            chat.message_received(payload)
 
     def onPing(self, payload: bytes) -> None:
         """
@@ -385,15 +388,15 @@ class ChatWebSocket(WebSocketServerProtocol):
         paused it, elsewhere, e.g. under TLS).
         """
         held = 0 if self._frames_queue is None else self._frames_queue.twisted_held()
-        queue = getattr(self.chat, "send_queue", None)
+        queue = None if self.chat is None else self.chat.send_queue
         if queue is not None:
             held = max(held, queue.twisted_held())
         return held
 
     def onClose(self, wasClean: bool, code: int | None, reason: str | None) -> None:
-        chat, self.chat = self.chat, None
-        if chat is not None:
-            chat.connectionLost(Failure(ConnectionDone()))
+        built, self._built, self.chat = self._built, None, None
+        if built is not None:
+            built.connectionLost(Failure(ConnectionDone()))
 
     def dropConnection(self, abort: bool = False) -> None:
         """
@@ -445,13 +448,12 @@ class ChatWebSocket(WebSocketServerProtocol):
 class ChatWebSocketFactory(WebSocketServerFactory):
     """
     Builds L{ChatWebSocket}s that connect to C{chat}, the chat server's
-    factory (any C{ServerFactory} whose protocols take lines through
-    C{message_received} and write lines to their transport).
+    factory: each WebSocket is one of its connections.
     """
 
     protocol = ChatWebSocket  # type: ignore[assignment]
 
-    def __init__(self, chat: ServerFactory, web: WebConfig,
+    def __init__(self, chat: ChatFactory, web: WebConfig,
                  headers: dict[str, str] | None = None, reactor: Any = None,
                  close_grace: float = 3.0) -> None:
         super().__init__(reactor=reactor)
