@@ -14,6 +14,7 @@ from collections.abc import Callable
 from types import TracebackType
 from typing import Any
 
+from prometheus_client.registry import CollectorRegistry
 from twisted.application.internet import StreamServerEndpointService
 from twisted.application.service import IService, MultiService, Service
 from twisted.internet import endpoints
@@ -557,11 +558,7 @@ def makeService(options: Options, reactor: Any = None) -> IService:
     log.info("fan-out send loop: {loop}", loop=send_loop(config.direct_send))
     if options["redis"]:
         return _cluster_service(options, config, reactor)
-    # Before anything starts or is made (the database, the accounts file): a
-    # mistyped --port is one line, not a traceback.
-    ports = [(description, _listen_on(description, reactor)) for description in config.ports]
-    scrape = _listen_on(config.metrics, reactor, "--metrics") if config.metrics else None
-    web = _web_endpoints(options, reactor)
+    listeners = _Listeners.check(options, config, reactor)
     try:
         # Before twistd daemonizes, so a bad --db is one clear line on the
         # terminal; the store itself is opened after the fork (startService).
@@ -570,18 +567,11 @@ def makeService(options: Options, reactor: Any = None) -> IService:
         raise SystemExit(f"twistd chat: {e}") from None
     accounts, work = _accounts(config, reactor, lambda work: _sqlite_book(config, work))
     factory = ChatFactory(config, reactor, History(config.history), accounts=accounts)
-    factory.noisy = False  # twistd says where it listens; "Starting factory" adds nothing
     top = MultiService()
-    # Added first so that it stops last: the ports stop accepting, then BYE.
     chat = ChatService(factory, work)
     chat.setServiceParent(top)
-    for description, endpoint in ports:
-        PortService(description, endpoint, factory).setServiceParent(top)
-    if config.metrics is not None:
-        site = metrics.metrics_site(metrics.registry_for(factory.stats, chat.snapshot))
-        PortService(config.metrics, scrape, site, "--metrics").setServiceParent(top)
-    if web:
-        _add_web(top, options, factory, reactor, web)
+    listeners.add(top, options, factory, reactor,
+                  lambda: metrics.registry_for(factory.stats, chat.snapshot))
     return top
 
 
@@ -595,38 +585,66 @@ def _cluster_service(options: Options, config: ServerConfig, reactor: Any) -> IS
         target = parse_url(options["redis"])
     except ValueError as e:
         raise SystemExit(f"twistd chat: --redis: {e}") from None
-    ports = [(description, _listen_on(description, reactor)) for description in config.ports]
-    scrape = _listen_on(config.metrics, reactor, "--metrics") if config.metrics else None
-    web = _web_endpoints(options, reactor)
+    listeners = _Listeners.check(options, config, reactor)
     factory, redis = cluster_factory(config, reactor, target, options["node-timeout"],
                                      wait=options["redis-wait"],
                                      max_waiting=options["redis-queue"])
-    factory.noisy = False
     # The one account namespace of the cluster: in its Redis (docs/accounts.md).
     factory.accounts, work = _accounts(
         config, reactor, lambda work: RedisBook(redis.command, reactor),
         lambda limits: RedisFailures(redis.command, reactor, limits))
     top = MultiService()
     ClusterService(factory, redis, work).setServiceParent(top)
-    for description, endpoint in ports:
-        PortService(description, endpoint, factory).setServiceParent(top)
-    if config.metrics is not None:
-        # The node's own figures, and the cluster's under chat_cluster_*.
+
+    def registry() -> CollectorRegistry:
+        """The node's own figures, and the cluster's under chat_cluster_*."""
         from twisted_chat.server.cluster.metrics import ClusterCollector
 
-        registry = metrics.registry_for(factory.stats, lambda: chat_snapshot(factory),
-                                        ClusterCollector(redis.state))
-        site = metrics.metrics_site(registry)
-        PortService(config.metrics, scrape, site, "--metrics").setServiceParent(top)
-    if web:
-        _add_web(top, options, factory, reactor, web)
+        return metrics.registry_for(factory.stats, lambda: chat_snapshot(factory),
+                                    ClusterCollector(redis.state))
+
+    listeners.add(top, options, factory, reactor, registry)
     return top
 
 
-def _web_endpoints(options: Options, reactor: Any) -> list[tuple[str, Any]]:
-    """Each C{--web} and its endpoint, checked before anything is made."""
-    return [(description, _listen_on(description, reactor, "--web"))
-            for description in options["web"]]
+@dataclasses.dataclass(frozen=True)
+class _Listeners:
+    """Each C{--port}, C{--metrics} and C{--web}, with its endpoint."""
+
+    ports: list[tuple[str, Any]]
+    scrape: tuple[str, Any] | None  # --metrics
+    web: list[tuple[str, Any]]
+
+    @classmethod
+    def check(cls, options: Options, config: ServerConfig, reactor: Any) -> _Listeners:
+        """Every endpoint, checked before anything starts or is made (the
+        database, the accounts file, the cluster's connection): a mistyped
+        one is one line, not a traceback."""
+        return cls(
+            ports=[(description, _listen_on(description, reactor))
+                   for description in config.ports],
+            scrape=((config.metrics, _listen_on(config.metrics, reactor, "--metrics"))
+                    if config.metrics else None),
+            web=[(description, _listen_on(description, reactor, "--web"))
+                 for description in options["web"]],
+        )
+
+    def add(self, top: MultiService, options: Options, factory: ChatFactory, reactor: Any,
+            registry: Callable[[], CollectorRegistry]) -> None:
+        """
+        One L{PortService} each, into C{top} after the service that holds
+        the chat (so that they stop first: the ports stop accepting, then
+        BYE); C{--metrics} serves the registry C{registry} makes.
+        """
+        factory.noisy = False  # twistd says where it listens; "Starting factory" adds nothing
+        for description, endpoint in self.ports:
+            PortService(description, endpoint, factory).setServiceParent(top)
+        if self.scrape is not None:
+            description, endpoint = self.scrape
+            site = metrics.metrics_site(registry())
+            PortService(description, endpoint, site, "--metrics").setServiceParent(top)
+        if self.web:
+            _add_web(top, options, factory, reactor, self.web)
 
 
 def _add_web(top: MultiService, options: Options, factory: ChatFactory, reactor: Any,
