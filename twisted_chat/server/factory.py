@@ -19,6 +19,7 @@ from twisted.python.failure import Failure
 from twisted_chat import __version__, wire
 from twisted_chat.server import logs
 from twisted_chat.server.addresses import AddressBook, AddressPolicy, HandshakePool, Refused
+from twisted_chat.server.closing import close_within
 from twisted_chat.server.config import ServerConfig
 from twisted_chat.server.deadlines import Deadlines
 from twisted_chat.server.fanout import Backlog, LobbyFanout, reactor_backlog
@@ -52,9 +53,7 @@ class _Refusal(Protocol):
     """
     What a connection over a limit talks to: two lines (or C{message}),
     then the close, and an abort if the peer has not completed the close
-    within the grace (a TLS peer that never finishes the handshake or never
-    answers the close would otherwise hold the socket for good, outside
-    every limit).
+    within the grace (L{close_within}).
     """
 
     def __init__(self, why: str, clock: IReactorTime, grace: float,
@@ -71,8 +70,7 @@ class _Refusal(Protocol):
         if message is None:
             message = wire.error(ErrorCode.SERVER_FULL, self.why) + wire.line("BYE", "full")
         transport.write(message)
-        transport.loseConnection()
-        self._abort_call = self.clock.callLater(self.grace, transport.abortConnection)
+        self._abort_call = close_within(transport, self.clock, self.grace)
 
     def connectionLost(self, reason: Failure = connectionDone) -> None:
         if self._abort_call is not None and self._abort_call.active():

@@ -28,6 +28,7 @@ from zope.interface import implementer
 from twisted_chat import wire
 from twisted_chat.server import logs
 from twisted_chat.server.addresses import Address
+from twisted_chat.server.closing import close_within
 from twisted_chat.server.deadlines import Deadline
 from twisted_chat.server.flood import Dropped, Flooding
 from twisted_chat.server.hub import State, User
@@ -184,9 +185,8 @@ class ChatProtocol:
 
     def hang_up(self, reason: str) -> None:
         """Close from the server's side, without telling the hub (the caller
-        does, except at shutdown, when nobody is left to tell).  A peer that
-        does not complete the close in time (one that stopped reading, a TLS
-        peer that never answers the close) is aborted."""
+        does, except at shutdown, when nobody is left to tell), and abort a
+        peer that does not complete the close in time (L{close_within})."""
         if self._abort_call is not None:
             return  # closing already
         self._leave_reason = reason
@@ -194,8 +194,7 @@ class ChatProtocol:
         if queue is not None:
             queue.stop()
         transport: Any = self.transport
-        transport.loseConnection()
-        self._abort_call = self.clock.callLater(self.config.close_grace, transport.abortConnection)
+        self._abort_call = close_within(transport, self.clock, self.config.close_grace)
 
     def _closing(self) -> SendQueue | None:
         """Nothing more is written or timed for this connection: its send

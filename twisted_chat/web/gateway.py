@@ -46,6 +46,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
+from twisted_chat.server.closing import close_within
 from twisted_chat.server.factory import ChatFactory
 from twisted_chat.server.protocol import ChatProtocol
 from twisted_chat.server.sendqueue import SendQueue, buffer_size
@@ -402,16 +403,17 @@ class ChatWebSocket(WebSocketServerProtocol):
         """
         An upgrade autobahn refused (no C{Upgrade}, a bad key, a disallowed
         origin) ends with a close that, under TLS, waits for the peer's
-        close_notify: the socket is aborted C{close_grace} seconds later if
-        it is still open, as a refused chat connection is.
+        close_notify: as a refused chat connection's, it is aborted if the
+        peer does not complete it in time (L{close_within}).
         """
         refused = not abort and self.state in (self.STATE_CONNECTING,
                                                self.STATE_PROXY_CONNECTING)
         transport: Any = self.transport
-        super().dropConnection(abort)
         if refused and transport is not None and self._grace is None:
-            self._grace = self.factory.reactor.callLater(
-                self.factory.close_grace, transport.abortConnection)
+            self._grace = close_within(transport, self.factory.reactor,
+                                       self.factory.close_grace, super().dropConnection)
+        else:
+            super().dropConnection(abort)
 
     def connectionLost(self, reason: Failure = connectionDone) -> None:
         self._pending_pong = None

@@ -35,6 +35,7 @@ from twisted.web import http, pages, resource, server, static
 
 from twisted_chat.server import logs
 from twisted_chat.server.addresses import Refused
+from twisted_chat.server.closing import close_within
 from twisted_chat.server.factory import ChatFactory
 from twisted_chat.web.admission import WebGate
 from twisted_chat.web.config import WebConfig, host_allowed
@@ -179,18 +180,16 @@ class _Channel(http.HTTPChannel):
 
     def refuse(self, response: bytes) -> None:
         """Answer C{response} to the request being received and close,
-        reading nothing more; abort the close C{close_grace} seconds later
-        if the peer has not completed it (under TLS it waits for the peer's
-        close_notify), as a refused chat connection's is."""
+        reading nothing more, as a refused chat connection does (the close
+        then an abort: L{close_within})."""
         transport: Any = self.transport
         if self._refused or transport is None:
             return
         self._refused = True
         self.persistent = False
         transport.write(response)
-        self.loseConnection()
-        self._grace = self.callLater(self.site.chat.config.close_grace,
-                                     transport.abortConnection)
+        self._grace = close_within(transport, self.site.reactor,
+                                   self.site.chat.config.close_grace, self.loseConnection)
 
     def requestDone(self, request: Any) -> None:
         """A response is complete: a kept-alive connection that then waits,
