@@ -6,7 +6,9 @@ C{twistd -n chat --redis ...} nodes on loopback, clients spread over them.
 from __future__ import annotations
 
 import random
+import select
 import signal
+import socket
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -14,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from tests.redisproc import REDIS_SERVER, RedisServer
-from tests.serverproc import LineClient, ServerProcess
+from tests.serverproc import LOOPBACK, LineClient, ServerProcess
 
 pytestmark = [
     pytest.mark.e2e,
@@ -189,6 +191,55 @@ def test_dm_and_pairing_across_nodes(cluster: Callable[..., Cluster]) -> None:
     bob.send("UNPAIR")
     assert bob.expect("UNPAIRED") == "UNPAIRED alice left"
     assert alice.expect("UNPAIRED") == "UNPAIRED alice left".replace("alice", "bob")
+
+
+def _lines_then_close(port: int, watcher: LineClient, nick: str) -> list[str]:
+    """A script's connection: C{NICK}, 20 lobby lines and C{BYE} in one
+    write, then a close with the greeting unread (so an RST, a full close,
+    not a half-close); what C{watcher} sees of it, up to its C{LEFT}."""
+    sock = socket.create_connection((LOOPBACK, port), timeout=5)
+    try:
+        # The greeting is there, unread: the close below is an RST.
+        assert select.select([sock], [], [], 5)[0]
+        sock.sendall(f"NICK {nick}\r\n".encode()
+                     + b"".join(b"MSG line%d\r\n" % i for i in range(20)) + b"BYE done\r\n")
+    finally:
+        sock.close()
+    seen = []
+    while True:
+        line = watcher.expect(lambda line: line.startswith(("MSG", "LEFT")), timeout=15)
+        seen.append(line.split(" ", 2)[2])
+        if line.startswith("LEFT"):
+            return seen
+
+
+def test_lines_sent_just_before_a_close_are_handled_as_on_one_server(
+        cluster: Callable[..., Cluster], tmp_path: Path) -> None:
+    """A client that writes its lines and closes at once (a script, a bot):
+    every line held behind its NICK while the cluster decides it is still
+    handled, and the others see it leave as its BYE says, as one server
+    does (rev-clu F1).  (Its 22 lines at once are more than the default
+    --flood-burst.)"""
+    flood = ("--flood-burst", "40")
+    expected = [*(f"{{nick}} * line{i}" for i in range(20)), "{nick} quit done"]
+    single = ServerProcess(tmp_path, ["--db", ":memory:", *flood]).start()
+    try:
+        watcher = LineClient(single.port)
+        watcher.register("watcher")
+        nick = "script0"
+        assert _lines_then_close(single.port, watcher, nick) == [
+            line.replace("{nick}", nick) for line in expected]
+        watcher.close()
+    finally:
+        single.kill()
+    c = cluster(2, *flood)
+    watcher = c.user(c.nodes[1], "watcher")
+    for attempt in range(3):
+        nick = f"script{attempt + 1}"
+        assert _lines_then_close(c.nodes[0].port, watcher, nick) == [
+            line.replace("{nick}", nick) for line in expected]
+    for server in c.nodes:
+        server.stop()
 
 
 def test_sigkill_node_users_leave_within_node_timeout(cluster: Callable[..., Cluster]) -> None:

@@ -414,3 +414,25 @@ def test_half_close_waits_for_the_commands_before_it() -> None:
     cluster.pump()
     assert [line.split()[2:] for line in other.take() if line.startswith(("LEFT", "MSG"))] == [
         ["script", "*", "hello"], ["script", "disconnected"]]
+
+
+def test_a_full_close_after_lines_handles_them_as_one_server_does() -> None:
+    """A client that writes NICK, lines and BYE and closes at once, its close
+    a full one (an RST: the server's READY hit a closed socket): every line
+    held behind its NICK is still decided, in order, and it leaves as its
+    BYE says, as on one server (docs/cluster.md; rev-clu F1)."""
+    cluster = Cluster(2)
+    other = cluster.nodes[1].user("other")
+    conn = cluster.nodes[0].connect()
+    conn.take()
+    conn.send("NICK script", *(f"MSG line{i}" for i in range(20)), "BYE done")
+    conn.drop()
+    assert not conn.protocol.closing
+    for _ in range(25):
+        cluster.pump()
+    seen = [line.split(" ", 2)[2] for line in other.take()]
+    assert seen == ["script", *(f"script * line{i}" for i in range(20)), "script quit done"]
+    assert conn.protocol.closing
+    assert conn.protocol not in cluster.nodes[0].factory.connections
+    assert "script" not in cluster.nodes[0].hub.online
+    assert "script" not in cluster.nodes[1].hub.online

@@ -991,3 +991,120 @@ def test_closing_twice_says_bye_and_leaves_once(h: Harness) -> None:
     assert [line for line in alice.take() if line.startswith("BYE")] == ["BYE timeout idle"]
     left = [line for line in bob.take() if line.startswith("LEFT")]
     assert len(left) == 1 and left[0].endswith(" alice timeout"), left
+
+
+# -- lines held behind a command decided elsewhere, then the connection lost ----
+
+
+def _first_command_waits(h: Harness, monkeypatch: pytest.MonkeyPatch,
+                         verb: str = "say") -> list[Deferred[None]]:
+    """The first C{verb} of the state is decided later (as a cluster's
+    command is, when Redis hands it back): fire the returned list's
+    Deferred to decide it."""
+    state: Any = h.factory.state
+    real = getattr(state, verb)
+    pending: list[Deferred[None]] = []
+
+    def command(*args: Any) -> Any:
+        if pending:
+            return real(*args)
+        decided: Deferred[None] = Deferred()
+        decided.addCallback(lambda _: real(*args))
+        pending.append(decided)
+        return decided
+
+    monkeypatch.setattr(state, verb, command)
+    return pending
+
+
+def _lines_then_lost(h: Harness, send: Callable[[Conn], None]) -> tuple[list[str], Conn]:
+    """What a watcher sees of a user who sends lines and closes at once."""
+    watcher = h.user("watcher")
+    conn = h.user("script")
+    send(conn)
+    conn.drop()
+    return watcher.take(), conn
+
+
+@pytest.mark.parametrize("framing", ["bytes", "messages"])
+def test_lines_held_behind_a_waiting_command_are_handled_after_the_connection_is_lost(
+        monkeypatch: pytest.MonkeyPatch, framing: str) -> None:
+    """A client that sends lines and closes at once (a script, a browser tab
+    closed right after sending), its close coming as a full close (an RST,
+    a WebSocket close frame): the lines held behind a command that waits
+    (a cluster's Redis) are still handled, in order, with nothing written
+    to the gone peer, and the user leaves as its BYE says, exactly as when
+    the command is decided at once (one server)."""
+    lines = ("MSG one", "MSG two", "DM watcher three", "USERS", "BYE done")
+
+    def send(conn: Conn) -> None:
+        if framing == "bytes":
+            conn.send(*lines)
+        else:
+            for line in lines:
+                conn.protocol.message_received(line.encode())
+
+    one = Harness()
+    expected, _ = _lines_then_lost(one, send)
+    h = Harness()
+    pending = _first_command_waits(h, monkeypatch)
+    before, conn = _lines_then_lost(h, send)
+    assert before == []  # nothing decided yet, and the user has not left
+    assert not conn.protocol.closing and "script" in h.hub.online
+    assert conn.protocol in h.factory.connections
+    conn.transport.clear()
+    pending[0].callback(None)
+    h.clock.advance(0)
+    seen = h.conns[0].take()
+    assert seen == expected
+    assert [line.split(" ", 2)[0] for line in seen] == ["MSG", "MSG", "MSG", "LEFT"]
+    assert seen[-1].endswith(" script quit done")
+    assert conn.transport.value() == b""  # the peer is gone: nothing was written
+    assert conn.protocol.closing and conn.protocol not in h.factory.connections
+    assert "script" not in h.hub.online
+    assert {k: n for k, n in h.factory.stats.disconnects.items() if n} == {"quit": 1}
+    assert not h.clock.getDelayedCalls()
+
+
+def test_lines_held_behind_a_waiting_command_without_bye_leave_as_disconnected(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    h = Harness()
+    pending = _first_command_waits(h, monkeypatch)
+    before, conn = _lines_then_lost(h, lambda conn: conn.send("MSG one", "MSG two", "MSG thr"))
+    assert before == []
+    pending[0].callback(None)
+    h.clock.advance(0)
+    seen = h.conns[0].take()
+    assert [line.split(" ", 3)[-1] for line in seen] == [
+        "* one", "* two", "* thr", "disconnected"]
+    assert conn.protocol not in h.factory.connections
+    assert {k: n for k, n in h.factory.stats.disconnects.items() if n} == {"disconnected": 1}
+
+
+def test_a_connection_lost_with_nothing_held_leaves_at_once(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """The command alone waits: the user leaves now (its leave goes after the
+    command in the cluster's order), as before."""
+    h = Harness()
+    pending = _first_command_waits(h, monkeypatch)
+    before, conn = _lines_then_lost(h, lambda conn: conn.send("MSG one"))
+    assert before == [f"LEFT {ts(h)} script disconnected"]
+    assert conn.protocol.closing and conn.protocol not in h.factory.connections
+    pending[0].callback(None)
+    h.clock.advance(0)
+
+
+def test_a_server_shutdown_ends_a_connection_whose_held_lines_wait(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """The lost connection still counts until its lines are handled: a
+    shutdown meanwhile ends it (nothing is left to write to)."""
+    h = Harness()
+    pending = _first_command_waits(h, monkeypatch)
+    _, conn = _lines_then_lost(h, lambda conn: conn.send("MSG one", "MSG two"))
+    h.factory.shutdown()
+    h.clock.advance(0)
+    assert conn.protocol.closing and conn.protocol not in h.factory.connections
+    assert h.factory.stats.disconnects["shutdown"] == 1
+    assert conn.transport.value() == b""
+    assert not pending[0].called
+    h.clock.advance(h.config.close_grace)

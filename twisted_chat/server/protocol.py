@@ -9,6 +9,7 @@ as a L{twisted_chat.server.session.Connection}.
 from __future__ import annotations
 
 from collections import deque
+from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any
 
 from twisted.internet import tcp
@@ -93,7 +94,7 @@ class ChatProtocol:
         # meanwhile waits in _buffer, or whole in _held (message_received).
         self._waiting = False
         self._paused_for_answer = False
-        self._input_ended = False  # the peer half-closed while a command waited
+        self._input_ended = False  # the peer half-closed (or went) while a command waited
         self._held: deque[bytes] | None = None  # made only when needed
         self._held_size = 0
 
@@ -145,6 +146,25 @@ class ChatProtocol:
         self.write(self.factory.greeting)
 
     def connectionLost(self, reason: Failure = connectionDone) -> None:
+        if self._waiting and not self.closing and (self._buffer or self._held):
+            # The peer sent lines and closed (an RST, a WebSocket close frame)
+            # while a command they wait behind is decided elsewhere (cluster
+            # mode, an account's password check): they are handled as one
+            # server handles them, in order, with nothing written, and the
+            # connection ends after them (_Gone): with its BYE's reason and
+            # text if they hold one.  What is held is bounded (_HELD_INPUT),
+            # and nothing more comes.
+            self._input_ended = True
+            queue, self.send_queue = self.send_queue, None
+            if queue is not None:
+                queue.retire()
+            self.transport = _Gone(self.clock, self._lost)
+            return
+        self._lost()
+
+    def _lost(self) -> None:
+        """The connection is over: out of the factory's counts, its user
+        gone from the chat."""
         self._closing()
         if self._abort_call is not None and self._abort_call.active():
             self._abort_call.cancel()
@@ -217,8 +237,8 @@ class ChatProtocol:
 
     def write(self, data: bytes) -> None:
         """Send C{data} after anything addressed to the lobby before it."""
-        if self.closing:
-            return
+        if self.send_queue is None:
+            return  # closing, or the peer gone while its last lines are handled
         user = self.user
         if user is not None and user.state is State.LOBBY and self.factory.fanout.pending:
             self.factory.fanout.flush()
@@ -428,3 +448,50 @@ class ChatProtocol:
         """Make room in a full handshake pool (see L{ChatFactory.buildProtocol})."""
         if not self.closing:
             self.close("full", "too many connections are still choosing a nick; try again")
+
+
+@implementer(ITransport)
+class _Gone:
+    """
+    The transport of a connection whose peer has gone while lines it sent
+    wait behind a command (see L{ChatProtocol.connectionLost}): nothing is
+    read or written any more; the close the server makes once the lines are
+    handled (their C{BYE}, the end of the input, a limit, a shutdown) ends
+    the connection on the next turn, as Twisted would, after its caller has
+    told the hub why (C{close} leaves with the C{BYE}'s text after
+    C{hang_up}).
+    """
+
+    __slots__ = ("_clock", "_end")
+
+    disconnecting = True
+
+    def __init__(self, clock: IReactorTime, end: Callable[[], None]) -> None:
+        self._clock = clock
+        self._end: Callable[[], None] | None = end
+
+    def loseConnection(self) -> None:
+        end, self._end = self._end, None
+        if end is not None:
+            self._clock.callLater(0, end)
+
+    def abortConnection(self) -> None:
+        self.loseConnection()
+
+    def pauseProducing(self) -> None:
+        pass
+
+    def resumeProducing(self) -> None:
+        pass
+
+    def write(self, data: bytes) -> None:
+        pass
+
+    def writeSequence(self, data: Iterable[bytes]) -> None:
+        pass
+
+    def getPeer(self) -> Any:
+        return None
+
+    def getHost(self) -> Any:
+        return None
