@@ -11,6 +11,7 @@ import socket
 import subprocess
 import time
 from pathlib import Path
+from typing import Any
 
 from tests.serverproc import LOOPBACK, free_port
 
@@ -98,3 +99,41 @@ class RedisServer:
                 s.recv(100)
             s.sendall(payload.encode())
             return s.recv(65536).decode(errors="replace")
+
+    def call(self, *args: object) -> Any:
+        """One command, its whole reply parsed (tests only): an int, a
+        str, None, an error as L{RedisReplyError}, or a list of those."""
+        parts = [str(a).encode() for a in args]
+        payload = b"*%d\r\n" % len(parts) + b"".join(
+            b"$%d\r\n%s\r\n" % (len(p), p) for p in parts)
+        with socket.create_connection((LOOPBACK, self.port), timeout=5) as s:
+            reader = s.makefile("rb")
+            if self.password:
+                s.sendall(b"*2\r\n$4\r\nAUTH\r\n$%d\r\n%s\r\n"
+                          % (len(self.password), self.password.encode()))
+                reader.readline()
+            s.sendall(payload)
+            return _reply(reader)
+
+
+class RedisReplyError(Exception):
+    """An error reply (C{-ERR ...})."""
+
+
+def _reply(reader: Any) -> Any:
+    line = reader.readline()
+    kind, rest = line[:1], line[1:-2].decode()
+    if kind == b"+":
+        return rest
+    if kind == b"-":
+        return RedisReplyError(rest)
+    if kind == b":":
+        return int(rest)
+    if kind == b"$":
+        if int(rest) < 0:
+            return None
+        data = reader.read(int(rest) + 2)
+        return data[:-2].decode()
+    if kind == b"*":
+        return None if int(rest) < 0 else [_reply(reader) for _ in range(int(rest))]
+    raise ValueError(f"not a reply: {line!r}")

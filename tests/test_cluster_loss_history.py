@@ -11,7 +11,6 @@ whose event Redis kept is still written.
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
 import pytest
@@ -20,6 +19,7 @@ from twisted.internet.defer import Deferred, fail
 from twisted.internet.task import Clock
 
 from tests.test_cluster_read import MemoryRedis, Node, cluster, say
+from twisted_chat.server.cluster.redislog import _history_entry
 
 
 def _texts(node: Node) -> list[str]:
@@ -28,7 +28,7 @@ def _texts(node: Node) -> list[str]:
 
 def _in_redis(redis: MemoryRedis) -> list[str]:
     """The lines of Redis's history."""
-    return [json.loads(member.split(" ", 1)[1])[1] for member in redis.history]
+    return [_history_entry(member)[2] for member in redis.history]
 
 
 def _refusing_history(redis: MemoryRedis) -> list[bool]:

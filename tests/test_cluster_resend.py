@@ -27,7 +27,15 @@ from twisted.logger import Logger, LogLevel
 from tests.test_cluster_read import Conn, cluster, say
 from tests.test_cluster_refused import AnsweredRedis, applied, connected, listed, refused_hello
 from twisted_chat.server.cluster.node import KEPT_RETRY, ClusterState
-from twisted_chat.server.cluster.redislog import HISTORY, STREAM, RedisLog, _HistoryStore
+from twisted_chat.server.cluster.redislog import (
+    HISTORY,
+    HISTORY_OVERHEAD,
+    STREAM,
+    RedisLog,
+    _history_entry,
+    _history_row,
+    _HistoryStore,
+)
 from twisted_chat.server.cluster.replica import id_key
 from twisted_chat.server.hub import HubError, User
 from twisted_chat.server.state import StateUnavailable
@@ -342,16 +350,36 @@ def test_a_line_said_again_is_another_history_member() -> None:
         members.append(said(state, redis, ann, "hi")[3])
         redis.answer()
     assert members[0] != members[1]
-    assert [json.loads(m.split(" ", 1)[1])[:2] for m in members] == [["ann", "hi"]] * 2
+    assert [_history_entry(m)[1:] for m in members] == [("ann", "hi")] * 2
 
 
 def test_the_history_loads_members_with_and_without_their_time() -> None:
-    """Members as an earlier version wrote them ([nick, text]) load too."""
+    """Members as earlier versions wrote them ([nick, text], then [nick,
+    text, time] in JSON) load too, and each event's line once if it is
+    there in two forms (nodes of two versions during a rolling upgrade)."""
     log, state, redis = connected()
     rows = ["00000000 " + json.dumps(["old", "before"]), "1000",
-            "00000000 " + json.dumps(["new", "after", 2000]), "2000"]
+            "00000000 " + json.dumps(["new", "after", 2000]), "2000",
+            "00000000 2000 new after", "2000",
+            "00000001 2000 now  two  spaces \"quoted\"", "2000"]
     loading = ensureDeferred(log._load_history(redis, "3000-0"))
     redis.answer(value=rows)
     assert loading.called
     assert [(e.ts, e.nick, e.text) for e in state.replica.hub.history.recent()] == [
-        (1.0, "old", "before"), (2.0, "new", "after")]
+        (1.0, "old", "before"), (2.0, "new", "after"), (2.0, "now", ' two  spaces "quoted"')]
+
+
+def test_a_snapshot_writes_again_only_the_lines_the_byte_bound_keeps() -> None:
+    """As it writes a snapshot, a node writes its last lobby lines to the
+    history again; with --retain-bytes only the newest that fit in it, so
+    that none the byte bound removed comes back (behind the bound's count:
+    it would count the history again, for nothing)."""
+    log, state, _ = connected()
+    lines = [(f"{1000 + i}-0", "ann", f"line {i} " + "x" * 200) for i in range(6)]
+    state.replica.recent.extend(lines)
+    cost = [len(_history_row(*line)[1].encode()) + HISTORY_OVERHEAD for line in lines]
+    log.retain_bytes = sum(cost[-4:]) + 1
+    rows = log._recent_rows(2.0)
+    assert rows == [x for line in lines[-4:] for x in _history_row(*line)]
+    log.retain_bytes = None
+    assert log._recent_rows(2.0) == [x for line in lines for x in _history_row(*line)]

@@ -169,6 +169,11 @@ class Options(usage.Options):
         ["retain-messages", None, _defaults.retain_messages,
          "Keep at most this many lobby messages in the database, deleting the oldest "
          "(0: no bound by count).", _non_negative(int)],
+        ["retain-bytes", None, 256 * 1024 * 1024,
+         "Cluster mode: keep at most this many bytes of lobby messages in Redis's "
+         "history, deleting the oldest (a message counts its text and nick plus 124 "
+         "bytes; Redis takes up to about 1.25 times that; 0: no bound by bytes).",
+         _non_negative(int)],
         ["db-backlog", None, _defaults.db_backlog,
          "Lobby messages held in memory while the database cannot be written; past "
          "that the oldest are dropped.", _positive(int)],
@@ -588,7 +593,8 @@ def _cluster_service(options: Options, config: ServerConfig, reactor: Any) -> IS
     listeners = _Listeners.check(options, config, reactor)
     factory, redis = cluster_factory(config, reactor, target, options["node-timeout"],
                                      wait=options["redis-wait"],
-                                     max_waiting=options["redis-queue"])
+                                     max_waiting=options["redis-queue"],
+                                     retain_bytes=options["retain-bytes"] or None)
     # The one account namespace of the cluster: in its Redis (docs/accounts.md).
     factory.accounts, work = _accounts(
         config, reactor, lambda work: RedisBook(redis.command, reactor),

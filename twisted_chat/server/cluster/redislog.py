@@ -17,8 +17,12 @@ Keys (all under C{chat:}):
     it and reads the stream after it.  The stream is trimmed to the snapshot
     before the last one.
   - C{chat:history}: every lobby message (a sorted set scored by time, each
-    member the event's sequence number and C{[nick, text, time]} in JSON),
-    written by the sender's node, pruned by C{--retain-days}.
+    member C{<sequence number> <time> <nick> <text>}: L{_history_row};
+    C{<sequence number> [nick, text, time]} in JSON before, still read),
+    written by the sender's node, pruned by C{--retain-days},
+    C{--retain-messages} and C{--retain-bytes} (L{PRUNE_HISTORY}).
+  - C{chat:history:size}: what the pruning counted of the history (a hash:
+    C{bytes}, C{members}, and C{upto}, the score up to which it counted).
   - C{chat:epoch}: a random value set once; when it changes, Redis lost
     its data.
 
@@ -84,6 +88,7 @@ STREAM = "chat:events"
 CHANNEL = "chat:live"
 SNAPSHOT = "chat:snapshot"
 HISTORY = "chat:history"
+HISTORY_SIZE = "chat:history:size"
 EPOCH = "chat:epoch"
 LEASE = "chat:node:"
 NODES = "chat:nodes"
@@ -91,6 +96,17 @@ SNAPSHOT_INTERVAL = 10.0
 READ_COUNT = 2000
 # The most messages one history write that is written again holds.
 HISTORY_BATCH = 500
+# The most messages, and bytes of them, one run of PRUNE_HISTORY reads
+# (counts or removes): a few milliseconds of Redis's time.
+PRUNE_BATCH = 1000
+PRUNE_BATCH_BYTES = 1 << 20
+# What the byte bound counts for a message beyond its member's bytes: about
+# what Redis adds to each (measured on Redis 7.0: a member of 132 bytes
+# takes 246; the allocator rounds larger ones up by up to a quarter more).
+HISTORY_OVERHEAD = 100
+# How old (ms) a history member is when the byte bound counts it (see
+# PRUNE_HISTORY): every node has written its lines of that time by then.
+HISTORY_SETTLE_MS = 30_000
 BACKOFF_FIRST = 0.2
 BACKOFF_MAX = 5.0
 BACKOFF_JITTER = 0.2  # each wait drawn within this fraction of its length
@@ -163,6 +179,109 @@ if ms < ems or (ms == ems and seq <= eseq) then return 0 end
 if redis.call('XRANGE', KEYS[2], id, id)[1] then return 0 end
 redis.call('DEL', KEYS[1])
 return 1
+"""
+
+
+#: Prunes the history (KEYS[1]) and keeps count of its bytes in KEYS[2]
+#: (see HISTORY_SIZE): ARGV[1] the oldest score kept ('': no bound by
+#: time), ARGV[2] the most members kept (0: none), ARGV[3] the most bytes
+#: kept (0: none), ARGV[4] and ARGV[5] the most members and member bytes
+#: one run reads (removing, counting; read 100 at a time: Redis hands a
+#: script a large reply slowly), ARGV[6] the bytes a member counts beyond
+#: its own, ARGV[7] how many milliseconds old (by Redis's clock) a member
+#: is when it is counted.  Each run removes the oldest members past the
+#: time and past the count; counts the members written since the last run
+#: (those scored above 'upto' and at least ARGV[7] old: by then every node
+#: has written its lines of that time, as a node writes a line as it
+#: applies it; a millisecond's members together); then removes the oldest
+#: while the bytes counted are over the bound.  A member written at or
+#: below 'upto' after it was counted (a write Redis refused, taken later),
+#: or one removed otherwise (an older node's pruning, by hand), makes the
+#: members counted differ from those there: the count then starts again
+#: from the oldest (until it is done, fewer bytes are counted than there
+#: are: nothing is removed for bytes not counted).  Returns {removed,
+#: bytes counted, 1 if more is due to go, 1 if more is to be counted}.
+#: Safe for nodes to run at once (a script runs alone).
+PRUNE_HISTORY = """
+local cutoff, most, most_bytes = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3])
+local batch, batch_bytes = tonumber(ARGV[4]), tonumber(ARGV[5])
+local extra, settle = tonumber(ARGV[6]), tonumber(ARGV[7])
+local size = redis.call('HMGET', KEYS[2], 'bytes', 'members', 'upto')
+local total, counted, upto = tonumber(size[1]) or 0, tonumber(size[2]) or 0, size[3]
+local read, read_bytes, chunk = 0, 0, math.min(batch, 100)
+local removed, card = 0, redis.call('ZCARD', KEYS[1])
+local function spent()
+  return read >= batch or read_bytes >= batch_bytes
+end
+-- The oldest n go (those up to 'upto' were counted), or with 'bound' only
+-- as many as bring the bytes counted down to it; within the run's reads.
+local function remove(n, bound)
+  while n > 0 and not spent() do
+    local head = redis.call('ZRANGE', KEYS[1], 0, math.min(n, chunk) - 1, 'WITHSCORES')
+    local k = 0
+    for i = 1, #head, 2 do
+      if bound and total <= bound then break end
+      k = k + 1
+      read, read_bytes = read + 1, read_bytes + #head[i]
+      if upto and tonumber(head[i + 1]) <= tonumber(upto) then
+        total, counted = total - #head[i] - extra, counted - 1
+      end
+    end
+    if k == 0 then return end
+    redis.call('ZREMRANGEBYRANK', KEYS[1], 0, k - 1)
+    removed, card, n = removed + k, card - k, n - k
+    if k < #head / 2 then return end
+  end
+end
+-- Past the time, past the count.
+local drop = 0
+if cutoff ~= '' then drop = redis.call('ZCOUNT', KEYS[1], '-inf', '(' .. cutoff) end
+if most > 0 and card - most > drop then drop = card - most end
+local dropping = 0
+if drop > 0 then
+  remove(drop)
+  if removed < drop then dropping = 1 end
+end
+-- What was written since the last run, once old enough.
+local now = redis.call('TIME')
+local horizon = tonumber(now[1]) * 1000 + math.floor(tonumber(now[2]) / 1000) - settle
+local counting = 0
+local function count(member)
+  total, counted = total + #member + extra, counted + 1
+  read, read_bytes = read + 1, read_bytes + #member
+end
+while not spent() do
+  local low = '-inf'
+  if upto then low = '(' .. upto end
+  local rows = redis.call('ZRANGEBYSCORE', KEYS[1], low, horizon, 'WITHSCORES', 'LIMIT', 0, chunk)
+  if #rows == 0 then break end
+  local last = rows[#rows]
+  for i = 1, #rows, 2 do
+    if rows[i + 1] ~= last then count(rows[i]) end
+  end
+  for _, member in ipairs(redis.call('ZRANGEBYSCORE', KEYS[1], last, last)) do
+    count(member)
+  end
+  upto = last
+  if #rows < 2 * chunk then break end
+end
+local low = '-inf'
+if upto then low = '(' .. upto end
+if #redis.call('ZRANGEBYSCORE', KEYS[1], low, horizon, 'LIMIT', 0, 1) > 0 then counting = 1 end
+if upto and counted ~= redis.call('ZCOUNT', KEYS[1], '-inf', upto) then
+  -- Written or removed behind the count's back: count again from the oldest.
+  redis.call('DEL', KEYS[2])
+  total, counted, upto, counting = 0, 0, nil, 1
+end
+-- Over the bytes.
+if most_bytes > 0 and total > most_bytes then
+  remove(card, most_bytes)
+  if total > most_bytes and card > 0 then dropping = 1 end
+end
+if upto then
+  redis.call('HSET', KEYS[2], 'bytes', total, 'members', counted, 'upto', upto)
+end
+return {removed, total, dropping, counting}
 """
 
 
@@ -391,11 +510,15 @@ class RedisLog:
         node_timeout: float,
         retain_days: float | None = None,
         retain_messages: int | None = None,
+        retain_bytes: int | None = None,
     ) -> None:
         """
         @param retain_days: C{--retain-days}: the history forgets older messages.
         @param retain_messages: C{--retain-messages}: the history keeps at
             most this many (the newest); C{None} or 0: no bound by count.
+        @param retain_bytes: C{--retain-bytes}: the history keeps at most
+            this many bytes of messages (the newest, as L{PRUNE_HISTORY}
+            counts them); C{None} or 0: no bound by bytes.
         """
         self.target = target
         self.channel = f"{CHANNEL}:{target.db}"
@@ -404,6 +527,7 @@ class RedisLog:
         self.node_timeout = node_timeout
         self.retain_days = retain_days
         self.retain_messages = retain_messages
+        self.retain_bytes = retain_bytes
         # The lease outlives a missed heartbeat or two, and a dead node's
         # lease expires, and is noticed, within node_timeout.
         self.lease_ms = int(node_timeout * 1000 * 2 / 3)
@@ -801,7 +925,7 @@ class RedisLog:
         # The history first: the users the snapshot brings online are shown
         # to the listener, which may cache what a newcomer is sent.  Nothing
         # past --retain-days is shown, as one server's start-up shows none.
-        await self._prune(cmd, self.reactor.seconds())
+        await self._prune(cmd, self.reactor.seconds(), rounds=0)
         await self._load_history(cmd, upto)
         if data is not None:
             replica.restore(data)
@@ -851,16 +975,16 @@ class RedisLog:
         rows = await cmd.execute_command(
             "ZREVRANGEBYSCORE", HISTORY, top[0], "-inf", "WITHSCORES", "LIMIT", 0, size + 64,
         )
-        found: list[tuple[tuple[int, int], Entry]] = []
+        found: dict[tuple[int, int], Entry] = {}
         for member, score in zip(rows[::2], rows[1::2], strict=False):
-            seq_text, _, body = str(member).partition(" ")
-            key = (int(float(score)), int(seq_text))
+            seq, nick, text = _history_entry(str(member))
+            key = (int(float(score)), seq)
             if key > top and upto != "0-0":
                 continue
-            nick, text = json.loads(body)[:2]  # then its time (see append_entry)
-            found.append((key, Entry(key[0] / 1000.0, nick, text)))
-        found.sort(key=lambda pair: pair[0])
-        return [entry for _, entry in found[-size:]]
+            # One event's line once, also if written in both forms (by nodes
+            # of two versions during a rolling upgrade).
+            found[key] = Entry(key[0] / 1000.0, nick, text)
+        return [found[key] for key in sorted(found)[-size:]]
 
     def _failed(self, failure: Any, generation: int) -> None:
         if generation != self._generation:
@@ -1534,26 +1658,53 @@ class RedisLog:
         cutoff = (None if self.retain_days is None
                   else int((now - self.retain_days * 86400) * 1000))
         rows: list[Any] = []
-        for eid, nick, text in recent:
+        room = self.retain_bytes or None
+        for eid, nick, text in reversed(recent):
             ms, member = _history_row(eid, nick, text)
+            if room is not None:
+                # The newest that fit in --retain-bytes alone (the byte
+                # bound keeps no older one: one written again behind its
+                # count would make it count again).
+                room -= len(member.encode()) + HISTORY_OVERHEAD
+                if room < 0:
+                    break
             if cutoff is None or ms >= cutoff:
-                rows += [ms, member]
+                rows += [member, ms]
+        rows.reverse()
         return rows
 
-    async def _prune(self, cmd: Any, now: float) -> None:
+    async def _prune(self, cmd: Any, now: float, rounds: int = 4) -> None:
         """
         Drop the lobby messages older than C{--retain-days} at C{now} (this
-        machine's POSIX time), and all but the newest C{--retain-messages}.
-        Every node does it at start and at each heartbeat, whether or not
-        anything was said meanwhile: a quiet cluster forgets on time too,
-        and each call removes a few seconds' worth (where nothing is due,
-        an O(log n) look-up).  Both are safe for nodes to run at once.
+        machine's POSIX time), all but the newest C{--retain-messages}, and
+        the oldest while the history holds more than C{--retain-bytes}
+        (L{PRUNE_HISTORY}, which also counts the bytes of what was written
+        since it last ran).  Every node does it at start and at each
+        heartbeat, whether or not anything was said meanwhile: a quiet
+        cluster forgets on time too, and each call removes a few seconds'
+        worth (where nothing is due, a few O(log n) look-ups).  Safe for
+        nodes to run at once.  A run handles at most L{PRUNE_BATCH}
+        messages; a call makes up to C{rounds} runs while there is more to
+        do (at start, C{rounds} 0: as many as it takes to remove what is
+        due, as it shows nothing pruned; the count goes on at heartbeats).
         """
-        if self.retain_days is not None:
-            cutoff = int((now - self.retain_days * 86400) * 1000)
-            await cmd.execute_command("ZREMRANGEBYSCORE", HISTORY, "-inf", f"({cutoff}")
-        if self.retain_messages:
-            await cmd.execute_command("ZREMRANGEBYRANK", HISTORY, 0, -self.retain_messages - 1)
+        if not (self.retain_days is not None or self.retain_messages or self.retain_bytes):
+            return
+        cutoff = ("" if self.retain_days is None
+                  else str(int((now - self.retain_days * 86400) * 1000)))
+        done = 0
+        while True:
+            # EVAL, not loaded: the restore prunes before the scripts are
+            # loaded (a few kB a heartbeat; Redis keeps it compiled).
+            _, _, dropping, counting = await cmd.execute_command(
+                "EVAL", PRUNE_HISTORY, 2, HISTORY, HISTORY_SIZE, cutoff,
+                self.retain_messages or 0, self.retain_bytes or 0, PRUNE_BATCH,
+                PRUNE_BATCH_BYTES, HISTORY_OVERHEAD, HISTORY_SETTLE_MS)
+            done += 1
+            if not dropping and (not counting or not rounds):
+                return
+            if rounds and done >= rounds:
+                return
 
     # -- the history's store (MessageStore) ----------------------------------------------
 
@@ -1599,13 +1750,27 @@ class RedisLog:
 
 
 def _history_row(eid: str, nick: str, text: str) -> tuple[int, str]:
-    """A lobby line of event C{eid} in the history: its score and member.
-    A sorted set holds a member once: the event's time is in it too, or a
-    line said again (the same nick and text) would replace the one before.
-    The sequence number first: one millisecond's messages sort in the
-    stream's order.  (The same line makes the same row on every node.)"""
+    """A lobby line of event C{eid} in the history: its score and member,
+    C{<sequence number> <time> <nick> <text>} (a nick has no space; the
+    text is the rest, as said: no escaping makes it longer).  A sorted set
+    holds a member once: the event's time is in it too, or a line said
+    again (the same nick and text) would replace the one before.  The
+    sequence number first: one millisecond's messages sort in the stream's
+    order.  (The same line makes the same row on every node.)"""
     ms, seq = id_key(eid)
-    return ms, f"{seq:08d} " + json.dumps([nick, text, ms], ensure_ascii=False)
+    return ms, f"{seq:08d} {ms} {nick} {text}"
+
+
+def _history_entry(member: str) -> tuple[int, str, str]:
+    """A history member's sequence number, nick and text: as L{_history_row}
+    writes it, or as it wrote it before (C{<sequence number> [nick, text,
+    time]} in JSON)."""
+    seq_text, _, body = member.partition(" ")
+    if body.startswith("["):
+        nick, text = json.loads(body)[:2]
+    else:
+        _, nick, text = body.split(" ", 2)
+    return int(seq_text), nick, text
 
 
 def _history_size(member: str) -> int:

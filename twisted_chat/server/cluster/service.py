@@ -33,8 +33,10 @@ __all__ = ["ClusterService", "cluster_factory", "drop_users"]
 def cluster_factory(
     config: ServerConfig, reactor: Any, target: RedisTarget, node_timeout: float,
     wait: float = DEFAULT_WAIT, max_waiting: int = DEFAULT_MAX_WAITING,
+    retain_bytes: int | None = None,
 ) -> tuple[ChatFactory, RedisLog]:
-    """@param wait: C{--redis-wait}; C{max_waiting}: C{--redis-queue}."""
+    """@param wait: C{--redis-wait}; C{max_waiting}: C{--redis-queue};
+    C{retain_bytes}: C{--retain-bytes}."""
     holder: list[ClusterState] = []
 
     def build(factory: ChatFactory) -> ClusterState:
@@ -46,7 +48,7 @@ def cluster_factory(
     factory = ChatFactory(config, reactor, History(config.history), state=build)
     state = holder[0]
     redis = RedisLog(target, state, reactor, node_timeout, retain_days=config.retain_days,
-                     retain_messages=config.retain_messages)
+                     retain_messages=config.retain_messages, retain_bytes=retain_bytes)
 
     state.on_lost = lambda: drop_users(factory)
     state.on_reloaded = factory.history_replaced
