@@ -1108,3 +1108,25 @@ def test_a_server_shutdown_ends_a_connection_whose_held_lines_wait(
     assert conn.transport.value() == b""
     assert not pending[0].called
     h.clock.advance(h.config.close_grace)
+
+
+def test_input_held_behind_a_waiting_command_is_at_most_the_limit_and_one_read(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """What docs/cluster.md says a connection holds while a command waits
+    (outside --redis-queue): reading pauses once more than 64 KiB is held,
+    so at most that and one read (Twisted reads up to 64 KiB at a time)."""
+    h = Harness()
+    pending = _first_command_waits(h, monkeypatch)
+    conn = h.user("script")
+    conn.send("MSG first")
+    read = b"MSG " + b"x" * 1000 + b"\r\n"
+    chunk = read * (65536 // len(read))  # a read's worth of whole lines
+    conn.transport.arrive(chunk)
+    assert conn.reading
+    conn.transport.arrive(chunk)
+    assert not conn.reading
+    conn.transport.arrive(chunk)  # stays in the socket
+    assert len(conn.protocol._buffer) == 2 * len(chunk) <= 2 * 65536
+    pending[0].callback(None)
+    h.clock.advance(0)
+    assert conn.reading
