@@ -1,14 +1,17 @@
 """
 How cluster nodes read the cluster's events, end to end: the scripts on a
 real redis-server, what a lobby message costs Redis with three real nodes,
-and a node cut off (tests/tcpproxy.py) while the stream is trimmed past what
-it applied.  Every wait is bounded.
+a node that Redis drops from the channel for lagging behind it, and a node
+cut off (tests/tcpproxy.py) while the stream is trimmed past what it
+applied.  Every wait is bounded.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import re
+import signal
 import socket
 import time
 from collections.abc import Callable
@@ -228,3 +231,46 @@ def test_a_node_cut_off_past_the_trimmed_stream_goes_on_as_a_new_node(
     assert [line for line in block if line.startswith("USER")][-1] == "USERS 2", block
     erin.send("MSG hello from the node that came back")
     assert bob.expect("MSG").endswith("erin * hello from the node that came back")
+
+
+def test_a_node_dropped_from_the_channel_catches_up_from_the_stream(
+        cluster: Callable[..., Cluster]) -> None:
+    """docs/cluster.md, "How Redis must be configured": a node that falls
+    behind the channel past Redis's client-output-buffer-limit for pub/sub
+    is disconnected by Redis, and catches up from the stream when it
+    reconnects: its users miss nothing, see nothing out of order, and
+    nobody is shown leaving (rev-clu F6).  Node B is stopped (SIGSTOP, well
+    within its lease) and Redis drops the subscribers (CLIENT KILL: what
+    the limit does; reaching it for real takes tens of MB here, the kernel's
+    buffers on loopback first) while node A's user says 200 lines: B hears
+    none of them on the channel.  (A, dropped too, subscribes again first.)"""
+    c = cluster(2, "--flood-rate", "0")
+    a, b = c.nodes
+    sender = c.user(a, "sender")
+    watcher = c.user(b, "watcher")
+    for client in (sender, watcher):
+        client.sync()
+    texts = [f"line{i:03d} " + "x" * 200 for i in range(200)]
+    channel = f"{CHANNEL}:0"
+    r = Resp(c.redis.port)
+    os.kill(b.pid, signal.SIGSTOP)
+    try:
+        assert r("CLIENT", "KILL", "TYPE", "pubsub") == 2
+        deadline = time.monotonic() + 15
+        while r("PUBSUB", "NUMSUB", channel)[1] != 1:  # A's again, not B's
+            assert time.monotonic() < deadline, "node A did not subscribe again"
+            time.sleep(0.05)
+        for text in texts:
+            sender.send(f"MSG {text}")
+            assert sender.expect("MSG", timeout=10).endswith(f"sender * {text}")
+    finally:
+        os.kill(b.pid, signal.SIGCONT)
+        r.close()
+    seen = [watcher.expect(lambda line: line.startswith(("MSG", "LEFT", "BYE")), timeout=15)
+            for _ in texts]
+    assert [line.split(" ", 4)[4] for line in seen] == texts
+    b.wait_log("unreachable", timeout=10)
+    b.wait_log("Redis is back after", timeout=15)
+    for client in (sender, watcher):
+        rest = client.sync(timeout=10)
+        assert not [line for line in rest if line.startswith(("LEFT", "BYE", "MSG"))], rest
