@@ -220,8 +220,9 @@ class Options(usage.Options):
          "(redis://[:password@]host[:port][/db], rediss://... for TLS, "
          "unix:///path/to/socket); --db is not used then. See docs/cluster.md."],
         ["node-timeout", None, 15.0,
-         "Cluster mode: seconds after which the others take a silent server for dead "
-         "and its users as disconnected.", _positive(float)],
+         "Cluster mode: seconds within which the others find a dead server dead and "
+         "its users disconnected. A server stalled for more than half of it may be "
+         "taken for dead (its lease lasts 2/3 of it, renewed every 1/6).", _positive(float)],
         ["redis-wait", None, 10.0,
          "Cluster mode: seconds a command may wait for Redis; then it is answered "
          "ERROR unavailable (not sent) or ERROR unconfirmed (sent, not yet confirmed). "
