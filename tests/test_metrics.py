@@ -259,3 +259,34 @@ def test_a_bad_metrics_endpoint_is_one_line() -> None:
         makeService(options("--db", ":memory:", "--metrics", "tcp:nine"),
                     ThreadedMemoryReactor())
     assert str(e.value).startswith("twistd chat: bad --metrics 'tcp:nine': ")
+
+
+@pytest_twisted.inlineCallbacks
+def test_messages_dropped_by_the_store_reach_the_metric_and_stay_after_recovery(
+    tmp_path: Path,
+) -> Generator[Any, Any, None]:
+    """ChatService.snapshot reads the store's drop count into
+    chat_history_dropped_total, which does not go back when the disk does."""
+    from twisted.internet.task import deferLater
+
+    from tests.test_store import FullDisk
+
+    h = Harness()
+    chat = ChatService(h.factory)
+    store = FullDisk.open(str(tmp_path / "chat.sqlite3"), reactor, max_backlog=4)
+    assert isinstance(store, FullDisk)
+    chat.store = store
+    try:
+        for i in range(10):
+            store.append(Entry(1.0 + i, "a", f"m{i}"))
+        yield deferLater(reactor, 0.3, lambda: None)
+        during = scrape(h.factory.stats, chat.snapshot())
+        assert during[("chat_history_dropped_total", ())] == 6
+        assert during[("chat_history_backlog", ())] == 4
+        store.failing = False
+        yield store.flush().addTimeout(10, reactor)
+        after = scrape(h.factory.stats, chat.snapshot())
+        assert after[("chat_history_dropped_total", ())] == 6
+        assert after[("chat_history_backlog", ())] == 0
+    finally:
+        yield store.close().addTimeout(10, reactor)

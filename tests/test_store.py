@@ -51,6 +51,18 @@ def fill(store: SQLiteStore, items: Sequence[Entry]) -> None:
         store.append(entry)
 
 
+class FullDisk(SQLiteStore):
+    """A store whose writes fail (a full disk) while C{failing} is true."""
+
+    max_retry_delay = 0.05
+    failing = True
+
+    def _insert(self, rows: Sequence[tuple[float, str, str]]) -> None:
+        if self.failing:
+            raise sqlite3.OperationalError("database or disk is full")
+        super()._insert(rows)
+
+
 def rows(path: Path) -> list[tuple[int, float, str, str]]:
     """Every row of a closed database, read with a plain connection."""
     conn = sqlite3.connect(path)
@@ -661,17 +673,8 @@ def test_a_failing_disk_holds_a_bounded_backlog_and_recovery_is_logged(
     and the log says so."""
     path = tmp_path / "chat.sqlite3"
 
-    class Full(SQLiteStore):
-        max_retry_delay = 0.05
-        failing = True
-
-        def _insert(self, rows: Sequence[tuple[float, str, str]]) -> None:
-            if self.failing:
-                raise sqlite3.OperationalError("database or disk is full")
-            super()._insert(rows)
-
-    store = Full.open(str(path), reactor, max_backlog=10)
-    assert isinstance(store, Full)
+    store = FullDisk.open(str(path), reactor, max_backlog=10)
+    assert isinstance(store, FullDisk)
     written = entries(30)
     fill(store, written[:5])
     yield deferLater(reactor, 0.3, lambda: None)  # a failed write or two
@@ -689,6 +692,42 @@ def test_a_failing_disk_holds_a_bounded_backlog_and_recovery_is_logged(
         recovered[0]), recovered
     yield timeout(store.close())
     assert [r[3] for r in rows(path)] == [e.text for e in written[20:]]
+
+
+@pytest_twisted.inlineCallbacks
+def test_the_dropped_count_never_goes_back_when_the_disk_recovers(
+    tmp_path: Path, logged: list[dict[str, Any]]
+) -> Gen:
+    """C{shed} is exported as the counter chat_history_dropped_total: a
+    recovery starts the log's "since the failure began" count again, but
+    not it (a counter that went back to 0 between two scrapes would hide
+    the loss from an alert on its increase)."""
+
+    class Full(FullDisk):
+        drop_report_interval = 0.0
+
+    store = Full.open(str(tmp_path / "chat.sqlite3"), reactor, max_backlog=10)
+    assert isinstance(store, Full)
+    fill(store, entries(30))
+    yield deferLater(reactor, 0.3, lambda: None)
+    assert store.shed == 20
+    store.failing = False
+    yield timeout(store.flush())
+    assert store.shed == 20  # the disk is back: the total stays
+    store.failing = True  # a second failure: 15 more, 5 of them dropped
+    fill(store, entries(15, start=30))
+    yield deferLater(reactor, 0.3, lambda: None)
+    assert store.shed == 25
+    store.failing = False
+    yield timeout(store.flush())
+    yield timeout(store.close())
+    assert store.shed == 25
+    # The log's count is per failure: the second one's lines say 5, not 25.
+    recovered = [t for t in texts(logged, "warn") if "written again" in t]
+    assert len(recovered) == 2, recovered
+    assert "20 dropped" in recovered[0] and "5 dropped" in recovered[1], recovered
+    dropped = [t for t in texts(logged, "error") if "backlog is full" in t]
+    assert "5 since the failure began" in dropped[-1], dropped
 
 
 @pytest.mark.parametrize("how", ["file", "directory", "replaced"])

@@ -174,8 +174,12 @@ class SQLiteStore:
         self._stopped = False  # the writer took its last batch
         self._dropped = 0
         # Messages dropped from a full backlog (the disk is failing): how
-        # many in all, how many the log has been told of, and when.
+        # many since this failure began, how many the log has been told of,
+        # and when; all three start again when the disk recovers.
         self._shed = 0
+        # ... and how many since the store opened, which only grows (the
+        # chat_history_dropped_total counter: it must never go back).
+        self._shed_total = 0
         self._shed_reported = 0
         self._shed_reported_at = -math.inf
         self._close_waiters: list[Deferred[None]] = []
@@ -270,6 +274,7 @@ class SQLiteStore:
                     return
                 pending.popleft()
                 self._shed += 1
+                self._shed_total += 1
                 report = self._shed_report()
         if report is not None:
             _log.error("{message}", message=report)
@@ -305,9 +310,10 @@ class SQLiteStore:
 
     @property
     def shed(self) -> int:
-        """Messages dropped from a full backlog so far."""
+        """Messages dropped from a full backlog since the store opened: only
+        grows (a disk that recovers starts the log's count again, not this)."""
         with self._cond:
-            return self._shed
+            return self._shed_total
 
     def _shed_report(self) -> str | None:
         """
@@ -425,6 +431,7 @@ class SQLiteStore:
                             for _ in range(over):
                                 pending.popleft()
                             self._shed += over
+                            self._shed_total += over
                             report = self._shed_report()
                         self._pending_since = since
                     if report:
