@@ -77,6 +77,67 @@ def test_bad_values_are_usage_errors(argv: list[str]) -> None:
         options(*argv)
 
 
+def _options_of(kind: type) -> list[str]:
+    """The options whose coercer takes a number of C{kind}, found from the
+    Options class itself: an option added later is covered too."""
+    return [p[0] for p in Options.optParameters
+            if len(p) > 4 and getattr(p[4], "kind", None) is kind]
+
+
+FLOAT_OPTIONS = _options_of(float)
+INT_OPTIONS = _options_of(int)
+
+
+def test_the_number_options_are_found() -> None:
+    assert {"invite-timeout", "flood-rate", "sendq-timeout", "fanout-delay", "retain-days",
+            "ip-connect-rate", "node-timeout", "redis-wait", "web-timeout"} <= set(
+        FLOAT_OPTIONS)
+    assert {"max-clients", "sendq", "history", "max-accounts"} <= set(INT_OPTIONS)
+
+
+@pytest.mark.parametrize("value", ["nan", "NaN", "inf", "-inf", "1e400", "-1"])
+@pytest.mark.parametrize("name", FLOAT_OPTIONS)
+def test_every_float_option_refuses_what_is_not_a_finite_non_negative_number(
+    name: str, value: str
+) -> None:
+    """nan passed every comparison: a traceback on each connection
+    (--sendq-timeout), each PAIR (--invite-timeout), every line dropped
+    (--flood-rate).  One usage line naming the option instead."""
+    with pytest.raises(usage.UsageError) as e:
+        options(f"--{name}", value)
+    assert str(e.value).startswith(f"--{name}: "), str(e.value)
+    assert "\n" not in str(e.value)
+    assert repr(value) in str(e.value)
+
+
+@pytest.mark.parametrize("name", FLOAT_OPTIONS)
+def test_every_float_option_takes_a_plain_number(name: str) -> None:
+    value = options(f"--{name}", "2.5")[name]
+    assert value == 2.5 and isinstance(value, float)
+
+
+@pytest.mark.parametrize(("argv", "message"), [
+    (["--sendq", "x"], "--sendq: not an integer: 'x'"),
+    (["--max-clients", "1.5"], "--max-clients: not an integer: '1.5'"),
+    (["--max-clients", "inf"], "--max-clients: not an integer: 'inf'"),
+    (["--flood-rate", "fast"], "--flood-rate: not a number: 'fast'"),
+    (["--retain-days", "0"], "--retain-days: must be positive: '0'"),
+    (["--history", "-1"], "--history: must not be negative: '-1'"),
+    (["--ipv6-prefix", "129"], "--ipv6-prefix: must be 1 to 128: 129"),
+])
+def test_a_bad_value_names_its_option(argv: list[str], message: str) -> None:
+    with pytest.raises(usage.UsageError) as e:
+        options(*argv)
+    assert str(e.value) == message
+
+
+def test_every_coerced_option_names_itself_when_it_refuses() -> None:
+    for parameter in Options.optParameters:
+        if len(parameter) > 4 and parameter[4] is not None:
+            with pytest.raises(usage.UsageError, match=f"^--{parameter[0]}: "):
+                options(f"--{parameter[0]}", "\x00")
+
+
 def test_help_lists_every_option() -> None:
     text = str(Options())
     for name in ["--port", "--history", "--max-line", "--invite-timeout", "--max-clients",

@@ -9,6 +9,7 @@ C{BYE shutdown} to everyone and waits for their connections to close.
 from __future__ import annotations
 
 import dataclasses
+import math
 import sys
 from collections.abc import Callable
 from types import TracebackType
@@ -50,16 +51,30 @@ def _endpoint(description: str) -> str:
 
 
 def _number(kind: type[int] | type[float], zero_allowed: bool) -> Any:
-    """A usage.Options coercer: a number of C{kind}, positive or at least 0."""
+    """
+    A usage.Options coercer: a number of C{kind}, positive or at least 0,
+    and finite (C{nan} and C{inf} would pass every comparison and then break
+    a timer or a rate at the first connection).  Its C{kind} attribute says
+    which (the tests find the float options by it).
+    """
     rule = "must not be negative" if zero_allowed else "must be positive"
+    what = "an integer" if kind is int else "a number"
 
     def coerce(value: str) -> int | float:
-        number = kind(value)
+        try:
+            number = kind(value)
+        except ValueError:
+            raise ValueError(f"not {what}: {value!r}") from None
+        if not math.isfinite(number):
+            raise ValueError(f"must be a finite number: {value!r}")
         if number < 0 or (number == 0 and not zero_allowed):
-            raise ValueError(f"{rule}: {value}")
+            raise ValueError(f"{rule}: {value!r}")
         return number
 
-    coerce.coerceDoc = rule.capitalize() + "."  # type: ignore[attr-defined]
+    finite = "" if kind is int else "finite and "
+    adjective = "not negative" if zero_allowed else "positive"
+    coerce.coerceDoc = f"Must be {finite}{adjective}."  # type: ignore[attr-defined]
+    coerce.kind = kind  # type: ignore[attr-defined]
     return coerce
 
 
@@ -69,6 +84,32 @@ def _non_negative(kind: type[int] | type[float]) -> Any:
 
 def _positive(kind: type[int] | type[float]) -> Any:
     return _number(kind, zero_allowed=False)
+
+
+def _named(parameters: list[list[Any]]) -> list[list[Any]]:
+    """
+    C{optParameters} whose coercers name their option when they refuse a
+    value ("--sendq: not an integer: 'x'"), where Twisted alone says
+    "Parameter type enforcement failed" and leaves the operator to guess
+    which option of a long command line it means.
+    """
+    named = []
+    for parameter in parameters:
+        if len(parameter) > 4 and parameter[4] is not None:
+            parameter = [*parameter[:4], _naming(parameter[0], parameter[4])]
+        named.append(parameter)
+    return named
+
+
+def _naming(name: str, coerce: Callable[[str], Any]) -> Callable[[str], Any]:
+    def named(value: str) -> Any:
+        try:
+            return coerce(value)
+        except ValueError as e:
+            raise usage.UsageError(f"--{name}: {e}") from None
+
+    named.__dict__.update(coerce.__dict__)  # coerceDoc, kind
+    return named
 
 
 def _prefix(value: str) -> int:
@@ -121,7 +162,7 @@ class Options(usage.Options):
          "Write the text of every lobby message and DM to the server's log (a privacy "
          "choice: off by default, the log then holds who connected, not what they said)."],
     ]
-    optParameters = [
+    optParameters = _named([
         ["server-name", None, _defaults.server_name, "The name the HELLO greeting gives."],
         ["history", None, _defaults.history, "Lobby messages a newcomer is shown.",
          _non_negative(int)],
@@ -246,7 +287,7 @@ class Options(usage.Options):
          "The most accounts there may be for REGISTER to make one (each takes about "
          "200 bytes on disk); beyond it REGISTER is answered ERROR server-full. The "
          "operator's tool is not bound by it.", _positive(int)],
-    ]
+    ])
 
     def __init__(self) -> None:
         super().__init__()
