@@ -290,3 +290,23 @@ def test_messages_dropped_by_the_store_reach_the_metric_and_stay_after_recovery(
         assert after[("chat_history_backlog", ())] == 0
     finally:
         yield store.close().addTimeout(10, reactor)
+
+
+def test_a_connection_cut_for_its_send_queue_is_not_recounted_at_shutdown() -> None:
+    """Cut for sendq (aborted, its connectionLost on a later turn), then a
+    shutdown (or a cluster's drop_users) in between: it stays a sendq, for
+    the metric and for the others' LEFT."""
+    h = Harness(sendq=65536 + 1000)
+    slow, talker = h.user("slow"), h.user("talker")
+    slow.transport.producer.pauseProducing()
+    for _ in range(3):
+        talker.send("MSG " + "x" * 400)
+    assert slow.protocol.closing  # cut; Twisted has not called connectionLost yet
+    heard: list[tuple[str, str]] = []
+    leave = h.factory.state.leave
+    h.factory.state.leave = lambda user, reason, *a: (  # type: ignore[method-assign]
+        heard.append((user.nick, reason)), leave(user, reason, *a))[-1]
+    h.factory.shutdown()
+    slow.protocol.connectionLost(Failure(ConnectionAborted()))
+    assert {k: v for k, v in h.factory.stats.disconnects.items() if v} == {"sendq": 1}
+    assert ("slow", "sendq") in heard, heard  # what the hub tells the others

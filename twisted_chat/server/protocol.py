@@ -207,8 +207,11 @@ class ChatProtocol:
         """Close from the server's side, without telling the hub (the caller
         does, except at shutdown, when nobody is left to tell), and abort a
         peer that does not complete the close in time (L{close_within})."""
-        if self._abort_call is not None:
-            return  # closing already
+        if self._abort_call is not None or self.closing:
+            # Closing already: hung up, or cut (_cut) for its send queue,
+            # whose reason stays (a shutdown before its connectionLost is
+            # not what ended it).
+            return
         self._leave_reason = reason
         queue = self._closing()
         if queue is not None:
