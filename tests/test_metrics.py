@@ -222,6 +222,31 @@ def test_disconnects_are_counted_by_reason() -> None:
         "refused": 1, "quit": 1, "disconnected": 1, "sendq": 1, "timeout": 1}
 
 
+def test_full_flood_and_shutdown_are_counted_by_reason() -> None:
+    """The reasons test_disconnects_are_counted_by_reason does not reach:
+    a handshake-pool eviction (full), a flooder (flood), and the BYE
+    shutdown, each through its connectionLost to the metric."""
+    h = Harness(max_clients=200, max_handshaking=2, flood_rate=10.0, flood_burst=20)
+    flooder, stays = h.user("flooder"), h.user("stays")
+    flooder.send(*["PING"] * 19)
+    flooder.send(*["MSG spam"] * 21)
+    assert flooder.take()[-1].startswith("BYE flood")
+    flooder.drop()
+    oldest = h.connect("10.0.0.1")
+    nickless = [h.connect("10.0.0.1"),
+                h.connect("192.0.2.50")]  # the pool is full: the biggest address's oldest goes
+    assert oldest.take()[-1].startswith("BYE full")
+    oldest.drop()
+    h.factory.shutdown()
+    for conn in [stays, *nickless]:
+        conn.drop()
+    assert value(h, "chat_disconnects_total", reason="full") == 1
+    assert value(h, "chat_disconnects_total", reason="flood") == 1
+    assert value(h, "chat_disconnects_total", reason="shutdown") == 3  # stays, 2 nickless
+    assert {k: v for k, v in h.factory.stats.disconnects.items() if v} == {
+        "full": 1, "flood": 1, "shutdown": 3}
+
+
 # -- the store's commit time, and the service wiring ------------------------------------
 
 
