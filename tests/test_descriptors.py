@@ -66,3 +66,19 @@ def test_a_chosen_max_clients_that_does_not_fit_is_refused() -> None:
 def test_no_room_at_all_is_refused_even_for_the_default() -> None:
     with pytest.raises(DoesNotFit, match="too few for any connection"):
         fit(10000, chosen=False, limits=FakeLimits(32, 32))
+
+
+def test_the_metrics_ports_connections_are_kept_out_of_the_chats_share() -> None:
+    """With --metrics its connections (metrics.METRICS_DESCRIPTORS) come
+    out of the budget, as the server's own files do: they cannot take the
+    descriptors the chat port's users need."""
+    from twisted_chat.server.metrics import METRICS_DESCRIPTORS
+
+    assert fit(1024 - RESERVED, chosen=True, limits=FakeLimits(1024, 1024)).warning is None
+    room = 1024 - RESERVED - METRICS_DESCRIPTORS
+    with pytest.raises(DoesNotFit, match=f"its --metrics connections included.*at most {room}"):
+        fit(1024 - RESERVED, chosen=True, limits=FakeLimits(1024, 1024),
+            metrics=METRICS_DESCRIPTORS)
+    lowered = fit(10000, chosen=False, limits=FakeLimits(1024, 1024),
+                  metrics=METRICS_DESCRIPTORS)
+    assert lowered.max_clients == room

@@ -5,6 +5,7 @@ real client) before and after some chat, the values move as they should.
 
 from __future__ import annotations
 
+import sys
 import time
 import urllib.request
 from collections.abc import Callable
@@ -98,3 +99,64 @@ def test_no_metrics_port_unless_asked(chat_server: Callable[..., ServerProcess])
     server = chat_server("--db", ":memory:")
     server.wait_log("chat server 'twisted-chat' starting")
     assert "MetricsSite starting" not in server.log()
+
+
+def test_held_metrics_connections_leave_the_chat_its_descriptors(
+        tmp_path: Path, chat_server: Callable[..., ServerProcess]) -> None:
+    """A peer holding 150 connections to the metrics port of a server with
+    200 descriptors and --max-clients 100: it gets MAX_METRICS_CONNECTIONS,
+    the rest are closed at once, and 60 chat users are all greeted (before,
+    the metrics port took the descriptors and Twisted closed chat users
+    without a word); a scrape still works once the holder lets go."""
+    import socket
+    import stat
+
+    from tests.serverproc import TWISTD
+    from twisted_chat.server.metrics import MAX_METRICS_CONNECTIONS
+
+    limited = tmp_path / "twistd-200"  # twistd with 200 descriptors, hard limit too
+    limited.write_text(
+        f"#!{sys.executable}\n"
+        "import os, resource, sys\n"
+        "resource.setrlimit(resource.RLIMIT_NOFILE, (200, 200))\n"
+        f"os.execv({TWISTD!r}, [{TWISTD!r}, *sys.argv[1:]])\n")
+    limited.chmod(limited.stat().st_mode | stat.S_IXUSR)
+    metrics_port = free_port()
+    server = chat_server("--db", ":memory:", "--max-clients", "100",
+                         "--metrics", f"tcp:{metrics_port}:interface={LOOPBACK}",
+                         twistd=str(limited))
+    held: list[socket.socket] = []
+    chats: list[socket.socket] = []
+    try:
+        for _ in range(150):
+            held.append(socket.create_connection((LOOPBACK, metrics_port), timeout=5))
+        time.sleep(0.5)
+        open_ones = 0
+        for conn in held:
+            conn.settimeout(0.5)
+            try:
+                open_ones += conn.recv(1) != b""  # b"": closed by the server
+            except TimeoutError:
+                open_ones += 1  # still open, nothing to read
+            except ConnectionResetError:
+                pass
+        assert open_ones == MAX_METRICS_CONNECTIONS
+        greeted = 0
+        for _ in range(60):
+            conn = socket.create_connection((LOOPBACK, server.port), timeout=5)
+            chats.append(conn)
+            greeted += conn.recv(100).startswith(b"HELLO")
+        assert greeted == 60
+    finally:
+        for conn in held + chats:
+            conn.close()
+    deadline = time.monotonic() + 5
+    while True:  # the server sees the closes on its next turns
+        try:
+            assert get(scrape(metrics_port), "chat_users_online") == 0
+            break
+        except OSError:
+            assert time.monotonic() < deadline
+            time.sleep(0.1)
+    assert "EMFILE" not in server.log()
+    assert server.problems() == []

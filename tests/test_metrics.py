@@ -335,3 +335,81 @@ def test_a_connection_cut_for_its_send_queue_is_not_recounted_at_shutdown() -> N
     slow.protocol.connectionLost(Failure(ConnectionAborted()))
     assert {k: v for k, v in h.factory.stats.disconnects.items() if v} == {"sendq": 1}
     assert ("slow", "sendq") in heard, heard  # what the hub tells the others
+
+
+# -- the metrics port's limits ----------------------------------------------------------
+
+
+def metrics_connection(site: Any, port: int) -> tuple[Any, Any] | None:
+    """One accepted connection to C{site}: its channel and transport, or
+    None if the site refused it (Twisted closes the socket then)."""
+    from twisted.internet.address import IPv4Address
+    from twisted.internet.testing import StringTransport
+
+    address = IPv4Address("TCP", "127.0.0.1", port)
+    channel = site.buildProtocol(address)
+    if channel is None:
+        return None
+    transport = StringTransport(peerAddress=address)
+    channel.makeConnection(transport)
+    return channel, transport
+
+
+def test_the_metrics_port_serves_a_few_connections_at_once() -> None:
+    """Beyond MAX_METRICS_CONNECTIONS a new connection is closed at its
+    accept; a closed one makes room."""
+    from twisted_chat.server.metrics import MAX_METRICS_CONNECTIONS, metrics_site
+
+    site = metrics_site(registry_for(Stats(), lambda: Snapshot(0, 0, 0, None)), Clock())
+    held = [metrics_connection(site, 40000 + n) for n in range(MAX_METRICS_CONNECTIONS)]
+    assert all(held)
+    assert metrics_connection(site, 41000) is None  # the N+1th
+    assert metrics_connection(site, 41001) is None
+    channel, _ = held[0]  # type: ignore[misc]
+    channel.connectionLost(Failure(ConnectionDone()))
+    assert metrics_connection(site, 41002) is not None
+    assert metrics_connection(site, 41003) is None
+
+
+def test_a_metrics_connection_lasts_at_most_its_timeout_however_it_sends() -> None:
+    """Twisted's own timeout starts again at each byte: one header byte a
+    second would hold a slot for ever.  This one counts from the accept."""
+    from twisted_chat.server.metrics import METRICS_TIMEOUT, metrics_site
+
+    clock = Clock()
+    site = metrics_site(registry_for(Stats(), lambda: Snapshot(0, 0, 0, None)), clock)
+    got = metrics_connection(site, 40000)
+    assert got is not None
+    channel, transport = got
+    for byte in b"GET /metrics HTTP/1.1\r\n"[:int(METRICS_TIMEOUT) - 1]:
+        channel.dataReceived(bytes([byte]))
+        clock.advance(1.0)
+        assert not transport.disconnecting
+    clock.advance(1.0)
+    assert transport.disconnecting  # aborted (StringTransport: disconnecting)
+    channel.connectionLost(Failure(ConnectionAborted()))
+    assert not site.open and not clock.getDelayedCalls()
+
+
+@pytest.mark.parametrize(("endpoint", "warned"), [
+    ("9108", True), ("tcp:9108", True), ("tcp:9108:interface=0.0.0.0", True),
+    ("tcp6:9108:interface=\\:\\:", True), ("tcp:9108:interface=127.0.0.1", False),
+    ("tcp6:9108:interface=\\:\\:1", False), ("unix:/tmp/metrics.sock", False)])
+def test_a_metrics_port_on_every_interface_is_one_warning_at_start(
+    endpoint: str, warned: bool,
+) -> None:
+    from twisted.logger import formatEvent, globalLogPublisher
+
+    lines: list[str] = []
+
+    def observe(event: dict[str, Any]) -> None:
+        if event.get("log_level") is not None and event["log_level"].name == "warn":
+            lines.append(str(formatEvent(event)))
+
+    globalLogPublisher.addObserver(observe)
+    try:
+        makeService(options("--db", ":memory:", "--metrics", endpoint), ThreadedMemoryReactor())
+    finally:
+        globalLogPublisher.removeObserver(observe)
+    said = [line for line in lines if "--metrics listens on every interface" in line]
+    assert len(said) == (1 if warned else 0), lines

@@ -48,13 +48,17 @@ class Fit:
     warning: str | None  # said loudly at start when max_clients was lowered
 
 
-def fit(max_clients: int, chosen: bool, limits: Limits | None = None) -> Fit:
+def fit(max_clients: int, chosen: bool, limits: Limits | None = None,
+        metrics: int = 0) -> Fit:
     """
     Raise the soft descriptor limit as far as allowed, then check that
     C{max_clients} connections fit.
 
     @param chosen: the operator gave C{--max-clients} (refuse if it does
         not fit) rather than leaving the default (lower it, with a warning).
+    @param metrics: descriptors the C{--metrics} port may hold besides
+        (L{twisted_chat.server.metrics.METRICS_DESCRIPTORS}; 0 without it),
+        kept out of the chat's share as L{RESERVED} is.
     @raise DoesNotFit: it does not fit and was chosen, or nothing fits.
     """
     if limits is None:
@@ -62,13 +66,14 @@ def fit(max_clients: int, chosen: bool, limits: Limits | None = None) -> Fit:
 
         limits = resource
     nofile = limits.RLIMIT_NOFILE
+    reserved = RESERVED + metrics
     soft, hard = limits.getrlimit(nofile)
     before = soft
     target = hard
     if hard == limits.RLIM_INFINITY:
         target = max(soft, _UNLIMITED_ASK)
     if soft != limits.RLIM_INFINITY and soft < target:
-        for ask in (target, max_clients + RESERVED):
+        for ask in (target, max_clients + reserved):
             if ask <= soft:
                 continue
             try:
@@ -78,12 +83,13 @@ def fit(max_clients: int, chosen: bool, limits: Limits | None = None) -> Fit:
             soft = ask
             break
     raised = before if soft != before else None
-    if soft == limits.RLIM_INFINITY or max_clients + RESERVED <= soft:
+    if soft == limits.RLIM_INFINITY or max_clients + reserved <= soft:
         return Fit(max_clients, soft, hard, raised, None)
-    room = soft - RESERVED
+    room = soft - reserved
+    besides = ", its --metrics connections included" if metrics else ""
     advice = (
-        f"--max-clients {max_clients} needs {max_clients + RESERVED} file descriptors"
-        f" ({RESERVED} for the server itself), but this process may open only {soft}"
+        f"--max-clients {max_clients} needs {max_clients + reserved} file descriptors"
+        f" ({reserved} for the server itself{besides}), but this process may open only {soft}"
         f" (hard limit {'unlimited' if hard == limits.RLIM_INFINITY else hard}; raise it"
         " with 'ulimit -n' or LimitNOFILE=)"
     )

@@ -31,6 +31,8 @@ from prometheus_client.core import (
 )
 from prometheus_client.process_collector import ProcessCollector
 from prometheus_client.registry import Collector, CollectorRegistry
+from twisted.internet.protocol import connectionDone
+from twisted.python.failure import Failure
 
 # The reasons a connection ends, as the server names them (LEFT and BYE
 # reasons, plus "refused": over --max-clients or a per-address limit).
@@ -214,23 +216,100 @@ def registry_for(stats: Stats, snapshot: Callable[[], Snapshot],
     return registry
 
 
-def metrics_site(registry: CollectorRegistry) -> Any:
+# The metrics port's limits (docs/security.md).  A scraper needs one
+# connection, kept alive or not; whoever else can reach the port gets no more
+# than these, so the chat port's descriptors and the reactor stay the chat's.
+#: Connections served at once; one more is closed as soon as it is accepted.
+MAX_METRICS_CONNECTIONS = 8
+#: Seconds a connection may last from its accept, however it sends (Twisted's
+#: own idle timeout is reset by every byte); a scrape takes milliseconds, and
+#: a scraper that keeps its connection alive opens another.  Also the idle
+#: timeout.
+METRICS_TIMEOUT = 10.0
+#: Descriptors the metrics port may hold, for the budget of
+#: L{twisted_chat.server.descriptors}: its connections and the one it has
+#: just accepted to close.
+METRICS_DESCRIPTORS = MAX_METRICS_CONNECTIONS + 1
+
+
+def metrics_site(registry: CollectorRegistry, reactor: Any = None,
+                 max_connections: int = MAX_METRICS_CONNECTIONS,
+                 timeout: float = METRICS_TIMEOUT) -> Any:
     """
     A C{twisted.web} site serving C{registry} at C{/metrics}, with
     prometheus_client's Twisted resource, and no access log (a scrape every
-    15 seconds would be most of the server's log).
+    15 seconds would be most of the server's log); at most
+    C{max_connections} at once, each for at most C{timeout} seconds.
     """
     # Imported here: prometheus_client.twisted imports the global reactor.
     from prometheus_client.twisted import MetricsResource
+    from twisted.web.http import HTTPChannel
     from twisted.web.resource import Resource
     from twisted.web.server import Site
 
+    class MetricsChannel(HTTPChannel):
+        """One metrics connection: counted by its site while it is open,
+        aborted C{timeout} seconds after its accept."""
+
+        site: MetricsSite
+        _deadline: Any = None
+
+        def connectionMade(self) -> None:
+            super().connectionMade()
+            self._deadline = self.callLater(self.site.lifetime, self._expired)
+
+        def _expired(self) -> None:
+            self._deadline = None
+            transport: Any = self.transport
+            if transport is not None:
+                transport.abortConnection()
+
+        def connectionLost(self, reason: Failure = connectionDone) -> None:
+            deadline, self._deadline = self._deadline, None
+            if deadline is not None and deadline.active():
+                deadline.cancel()
+            self.site.open.discard(self)
+            super().connectionLost(reason)
+
     class MetricsSite(Site):
         noisy = False
+        protocol = MetricsChannel  # type: ignore[assignment]  # HTTP/1.1 only
+
+        def __init__(self) -> None:
+            root = Resource()
+            root.putChild(b"metrics", MetricsResource(registry=registry))
+            super().__init__(root, timeout=timeout, **(
+                {"reactor": reactor} if reactor is not None else {}))
+            self.lifetime = timeout
+            self.open: set[MetricsChannel] = set()
+
+        def buildProtocol(self, addr: Any) -> Any:
+            if len(self.open) >= max_connections:
+                return None  # Twisted closes the socket at once
+            channel = super().buildProtocol(addr)
+            self.open.add(channel)
+            return channel
 
         def log(self, request: Any) -> None:
             pass
 
-    root = Resource()
-    root.putChild(b"metrics", MetricsResource(registry=registry))
-    return MetricsSite(root)
+    return MetricsSite()
+
+
+def exposed(endpoint: Any) -> str | None:
+    """
+    The warning to log at start if the metrics port's C{endpoint} listens
+    on every interface (a bare C{--metrics PORT}, or C{tcp:PORT} without
+    C{interface=}): anyone who can reach the host may read the metrics.
+    """
+    from twisted.internet import endpoints
+
+    if not isinstance(endpoint, (endpoints.TCP4ServerEndpoint, endpoints.TCP6ServerEndpoint,
+                                 endpoints.SSL4ServerEndpoint)):
+        return None  # a UNIX socket: its file's permissions decide
+    interface = getattr(endpoint, "_interface", "")
+    if interface not in ("", "0.0.0.0", "::"):
+        return None
+    return ("--metrics listens on every interface: anyone who can reach this host may "
+            "read the metrics; bind it to loopback (tcp:PORT:interface=127.0.0.1) or "
+            "firewall it (docs/security.md)")

@@ -254,7 +254,8 @@ class Options(usage.Options):
          f"Least important log lines written: {', '.join(logs.LEVELS)}.", _log_level],
         ["metrics", None, None,
          "Serve Prometheus metrics at /metrics on this endpoint, e.g. "
-         "tcp:9108:interface=127.0.0.1 (a bare port number is TCP on every interface). "
+         "tcp:9108:interface=127.0.0.1 (a bare port number is TCP on every interface: "
+         "a warning at start). At most 8 connections at once, 10 s each. "
          "Off by default; see docs/metrics.md."],
         ["redis", None, None,
          "Cluster mode: share the chat with every server on this Redis "
@@ -591,7 +592,8 @@ def makeService(options: Options, reactor: Any = None) -> IService:
     logs.set_level(config.log_level)
     try:
         fitted = descriptors.fit(config.max_clients,
-                                 chosen=config.max_clients != _defaults.max_clients)
+                                 chosen=config.max_clients != _defaults.max_clients,
+                                 metrics=metrics.METRICS_DESCRIPTORS if config.metrics else 0)
     except descriptors.DoesNotFit as e:
         raise SystemExit(f"twistd chat: {e}") from None
     log = logs.logger("twisted_chat.server.service")
@@ -688,8 +690,13 @@ class _Listeners:
         for description, endpoint in self.ports:
             PortService(description, endpoint, factory).setServiceParent(top)
         if self.scrape is not None:
+            # With the limits of metrics.metrics_site, and a warning at
+            # start when it listens on every interface.
             description, endpoint = self.scrape
-            site = metrics.metrics_site(registry())
+            warning = metrics.exposed(endpoint)
+            if warning is not None:
+                logs.logger("twisted_chat.server.service").warn("{warning}", warning=warning)
+            site = metrics.metrics_site(registry(), reactor)
             PortService(description, endpoint, site, "--metrics").setServiceParent(top)
         if self.web:
             _add_web(top, options, factory, reactor, self.web)
