@@ -405,3 +405,30 @@ def test_a_connection_answers_a_bounded_number_of_requests() -> None:
     last = conn.transport.value().rpartition(b"HTTP/1.1 404 ")[2]
     assert b"\r\nConnection: close\r\n" in last.partition(b"\r\n\r\n")[0]
     assert conn.aborted
+
+
+def test_http_connections_and_their_refusals_have_their_own_metrics() -> None:
+    """HTTP connections count against --max-clients: they show as
+    chat_connections{state="http"} (every other gauge read low while page
+    loads filled the server), and their refusals as
+    chat_disconnects_total{reason="refused_http"}, apart from refused chat
+    connections; an upgrade moves the connection to the chat's gauges."""
+    from tests.test_metrics import value
+
+    h = Harness(max_clients=3)
+    site = make_site(h)
+    page, socket = HTTPConn(h, site), HTTPConn(h, site)
+    assert value(h, "chat_connections", state="http") == 2
+    assert value(h, "chat_connections", state="handshake") == 0
+    chat = h.connect()  # the third connection: a chat one
+    assert HTTPConn(h, site).refused  # the fourth, over --max-clients
+    refused_chat = h.connect()
+    assert value(h, "chat_disconnects_total", reason="refused_http") == 1
+    assert value(h, "chat_disconnects_total", reason="refused") == 1
+    assert refused_chat.take()[-1].startswith("BYE full")
+    socket.upgrade()
+    assert value(h, "chat_connections", state="http") == 1
+    assert value(h, "chat_connections", state="handshake") == 2  # chat, the WebSocket
+    page.lose()
+    chat.drop()
+    assert value(h, "chat_connections", state="http") == 0

@@ -207,13 +207,15 @@ class ChatFactory(ServerFactory):
             self.handshaking.discard(victim.pool_key, victim)
             victim.evict()
 
-    def refusal(self, host: str | None, why: str, message: bytes | None = None) -> Protocol:
+    def refusal(self, host: str | None, why: str, message: bytes | None = None,
+                counted: str = "refused") -> Protocol:
         """
-        A connection from C{host} refused for C{why}, logged and counted:
+        A connection from C{host} refused for C{why}, logged and counted
+        (as C{counted}: the web port's HTTP connections are told apart):
         the protocol that tells it (C{message}, by default C{ERROR
         server-full} and C{BYE full}) and closes.
         """
-        self.stats.disconnected("refused")
+        self.stats.disconnected(counted)
         key = self.addresses.key(host) if host is not None else "-"
         self.repeats.log(self.log, LogLevel.warn, key, "refused", "refused {host}: {why}",
                          host=host, why=why)

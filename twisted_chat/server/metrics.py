@@ -35,10 +35,12 @@ from twisted.internet.protocol import connectionDone
 from twisted.python.failure import Failure
 
 # The reasons a connection ends, as the server names them (LEFT and BYE
-# reasons, plus "refused": over --max-clients or a per-address limit).
+# reasons, plus "refused": a chat connection over --max-clients or a
+# per-address limit, and "refused_http": an HTTP connection to --web refused
+# at its accept, 503, for the same limits).
 # Always exported, at 0 until they happen; any other reason appears when it does.
 DISCONNECT_REASONS = ("quit", "disconnected", "timeout", "flood", "sendq", "refused",
-                      "full", "shutdown")
+                      "refused_http", "full", "shutdown")
 
 # Lines per fan-out batch; seconds per batch; seconds per database commit.
 BATCH_LINES_BOUNDS = (1, 2, 5, 10, 20, 50, 100, 200, 500, 1000)
@@ -137,6 +139,9 @@ class Snapshot:
     # here (a cluster node: the history is in Redis), no chat_history_*.
     history_backlog: int | None
     history_dropped: int = 0  # dropped from a full backlog while the disk failed
+    # HTTP connections to --web not (yet) upgraded to the WebSocket: they
+    # count against --max-clients with the chat connections.
+    http: int = 0
 
 
 class ChatCollector(Collector):
@@ -153,9 +158,11 @@ class ChatCollector(Collector):
         now = self.snapshot()
         stats = self.stats
         connections = GaugeMetricFamily(
-            "chat_connections", "Open client connections, by state.", labels=["state"])
+            "chat_connections", "Open client connections, by state (http: HTTP "
+            "connections to the web port, not yet WebSockets; all count against "
+            "--max-clients).", labels=["state"])
         for state, value in (("handshake", now.handshaking), ("lobby", now.lobby),
-                             ("paired", now.paired)):
+                             ("paired", now.paired), ("http", now.http)):
             connections.add_metric([state], value)
         yield connections
         yield GaugeMetricFamily("chat_users_online", "Users online (in the lobby or paired).",

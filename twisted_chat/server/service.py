@@ -505,6 +505,7 @@ def chat_snapshot(factory: ChatFactory, history_backlog: int | None = None,
         paired=max(online - lobby, 0),
         history_backlog=history_backlog,
         history_dropped=history_dropped,
+        http=factory.other_connections,
     )
 
 

@@ -379,7 +379,7 @@ class WebSite(server.Site):
         try:
             self.gate.admit(channel, host)
         except Refused as e:
-            refusal: Protocol = self.chat.refusal(host, str(e), REFUSED)
+            refusal: Protocol = self.chat.refusal(host, str(e), REFUSED, "refused_http")
             return refusal
         return channel
 
