@@ -204,7 +204,7 @@ class Options(usage.Options):
          "SQLite file that keeps the lobby history across restarts (:memory: keeps "
          "nothing on disk)."],
         ["retain-days", None, None,
-         "Delete lobby messages older than this many days (default: keep everything)",
+         "Delete lobby messages older than this many days [default: keep everything]",
          _positive(float)],
         # Hardening (docs/security.md).
         ["retain-messages", None, _defaults.retain_messages,
