@@ -41,6 +41,27 @@ def test_busy_port_is_one_line_and_exit_1(tmp_path: Path) -> None:
             in said[0])
 
 
+@pytest.mark.parametrize("option", ["--port", "--metrics", "--web"])
+def test_a_busy_port_leaves_no_database_behind(tmp_path: Path, option: str) -> None:
+    """The default --db and its accounts file were made in the working
+    directory before the bind failed; now the busy port is found first."""
+    with socket.socket() as busy:
+        busy.bind((LOOPBACK, 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        args = [option, f"tcp:{port}:interface={LOOPBACK}"]
+        if option != "--port":
+            args += ["--port", f"tcp:0:interface={LOOPBACK}"]
+        done = subprocess.run([TWISTD, "-n", "--pidfile=", "chat", *args], cwd=tmp_path,
+                              stdin=subprocess.DEVNULL, capture_output=True, text=True,
+                              timeout=30)
+    assert done.returncode == 1
+    assert "Traceback" not in done.stdout + done.stderr
+    assert done.stderr == (f"twistd chat: cannot listen on {option} "
+                           f"tcp:{port}:interface={LOOPBACK}: Address already in use\n")
+    assert sorted(p.name for p in tmp_path.iterdir()) == []
+
+
 @pytest.mark.parametrize("port", ["70x0", "tcp:7000:interfaces=1.2.3.4"])
 def test_bad_endpoint_is_one_line_on_stderr_and_exit_1(tmp_path: Path, port: str) -> None:
     done = run_twistd(tmp_path, "--port", port)

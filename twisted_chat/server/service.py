@@ -9,7 +9,9 @@ C{BYE shutdown} to everyone and waits for their connections to close.
 from __future__ import annotations
 
 import dataclasses
+import errno
 import math
+import socket
 import sys
 from collections.abc import Callable
 from types import TracebackType
@@ -581,7 +583,37 @@ def _listen_on(description: str, reactor: Any, option: str = "--port") -> Any:
     if isinstance(port, int) and not 0 <= port <= 65535:
         raise SystemExit(f"twistd chat: bad {option} {description!r}: "
                          f"port {port} is out of range (0-65535)")
+    if port and reactor is _global_reactor():
+        _not_busy(description, endpoint, port, option)
     return endpoint
+
+
+def _global_reactor() -> Any:
+    from twisted.internet import reactor
+
+    return reactor
+
+
+def _not_busy(description: str, endpoint: Any, port: int, option: str) -> None:
+    """
+    A TCP port another process listens on stops start-up now, before the
+    database and accounts files are made (the listening itself comes after
+    them, and would leave them behind in a directory the operator did not
+    mean).  A trial bind with the options Twisted's own uses
+    (C{SO_REUSEADDR}), closed at once; any other failure is left to the
+    real bind, which says it as it always has.
+    """
+    interface = getattr(endpoint, "_interface", "")
+    family = socket.AF_INET6 if (isinstance(endpoint, endpoints.TCP6ServerEndpoint)
+                                 or ":" in interface) else socket.AF_INET
+    try:
+        with socket.socket(family, socket.SOCK_STREAM) as trial:
+            trial.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            trial.bind((interface, port))
+    except OSError as e:
+        if e.errno == errno.EADDRINUSE:
+            raise SystemExit(f"twistd chat: cannot listen on {option} {description}: "
+                             f"{e.strerror}") from None
 
 
 def makeService(options: Options, reactor: Any = None) -> IService:
