@@ -257,7 +257,8 @@ class Options(usage.Options):
         ["metrics", None, None,
          "Serve Prometheus metrics at /metrics on this endpoint, e.g. "
          "tcp:9108:interface=127.0.0.1 (a bare port number is TCP on every interface: "
-         "a warning at start). At most 8 connections at once, 10 s each. "
+         f"a warning at start). At most {metrics.MAX_METRICS_CONNECTIONS} connections at "
+         f"once, {metrics.METRICS_TIMEOUT:g} s each. "
          "Off by default; see docs/metrics.md."],
         ["redis", None, None,
          "Cluster mode: share the chat with every server on this Redis "
