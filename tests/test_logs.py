@@ -2,13 +2,23 @@
 
 from __future__ import annotations
 
+import ast
+import importlib
+import pkgutil
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
-from twisted.logger import globalLogPublisher
+from twisted.logger import Logger, globalLogPublisher
+from twisted.python.failure import Failure
 
+import twisted_chat.server
+import twisted_chat.web
+from tests.test_cluster_outage import redis_log
 from twisted_chat.server import logs
+
+PACKAGES = (twisted_chat.server, twisted_chat.web)
 
 
 @pytest.fixture
@@ -52,3 +62,61 @@ def test_a_class_logger_keeps_the_filter() -> None:
         log = logs.logger()
 
     assert Thing().log.observer is logs.observer
+
+
+def test_a_module_logger_is_named_after_its_module() -> None:
+    assert logs.logger().namespace == __name__
+    assert logs.logger("x.y").namespace == "x.y"
+
+
+def test_no_server_or_web_module_makes_a_logger_of_its_own() -> None:
+    """Only logs.py calls Logger(): any other logger would skip --log-level."""
+    calls = []
+    for package in PACKAGES:
+        for path in Path(package.__path__[0]).rglob("*.py"):
+            if path.name == "logs.py" and path.parent.name == "server":
+                continue
+            for node in ast.walk(ast.parse(path.read_text(), str(path))):
+                if isinstance(node, ast.Call):
+                    name = getattr(node.func, "id", getattr(node.func, "attr", None))
+                    if name == "Logger":
+                        calls.append(f"{path}:{node.lineno}")
+    assert calls == []
+
+
+def test_every_module_and_class_logger_goes_through_the_filter() -> None:
+    loggers = {}
+    for package in PACKAGES:
+        for info in pkgutil.walk_packages(package.__path__, package.__name__ + "."):
+            module = importlib.import_module(info.name)
+            for name, value in vars(module).items():
+                if isinstance(value, Logger):
+                    loggers[f"{info.name}.{name}"] = value
+                elif isinstance(value, type) and value.__module__ == info.name:
+                    for attr, member in vars(value).items():
+                        if isinstance(member, Logger):
+                            loggers[f"{info.name}.{name}.{attr}"] = member
+    assert "twisted_chat.server.cluster.redislog.RedisLog.log" in loggers
+    assert "twisted_chat.web.gateway._log" in loggers
+    assert {name for name, log in loggers.items() if log.observer is not logs.observer} == set()
+
+
+def test_a_cluster_debug_line_is_left_out_by_default() -> None:
+    events: list[tuple[str, str]] = []
+
+    def observe(event: dict[str, Any]) -> None:
+        if event.get("log_namespace", "").startswith("twisted_chat.server.cluster"):
+            events.append((event["log_level"].name, event["log_format"]))
+
+    log, _ = redis_log()
+    unreachable = Failure(ConnectionError("Redis is unreachable"))
+    globalLogPublisher.addObserver(observe)
+    try:
+        log._end_failed(unreachable, log._generation)
+        assert events == []
+        logs.set_level("debug")
+        log._end_failed(unreachable, log._generation)
+    finally:
+        globalLogPublisher.removeObserver(observe)
+        logs.set_level(logs.DEFAULT_LEVEL)
+    assert events == [("debug", "the stream's end: {e}")]

@@ -15,10 +15,12 @@ import pytest
 from twisted.internet.address import IPv4Address
 from twisted.internet.error import ConnectionDone
 from twisted.internet.testing import StringTransport
+from twisted.logger import formatEvent, globalLogPublisher
 from twisted.python.failure import Failure
 
 from tests.harness import Conn, Harness
 from tests.web import wsframes as ws
+from twisted_chat.server import logs
 from twisted_chat.web.config import WebConfig, parse_networks
 from twisted_chat.web.gateway import (
     PONG_RETRY,
@@ -506,6 +508,27 @@ def test_other_origin_is_refused(h: Harness, gateway: ChatWebSocketFactory) -> N
     conn = WsConn(h, gateway, host="chat.example:8080", origin="http://evil.example")
     assert conn.response.startswith("HTTP/1.1 403")
     assert not h.factory.connections
+
+
+def test_the_gateway_s_lines_keep_the_log_level(h: Harness,
+                                                 gateway: ChatWebSocketFactory) -> None:
+    lines: list[str] = []
+
+    def observe(event: dict[str, Any]) -> None:
+        if event.get("log_namespace") == "twisted_chat.web.gateway":
+            lines.append(formatEvent(event))
+
+    globalLogPublisher.addObserver(observe)
+    try:
+        logs.set_level("warn")
+        WsConn(h, gateway, host="chat.example:8080", origin="http://evil.example")
+        assert lines == []
+        logs.set_level("info")
+        WsConn(h, gateway, host="chat.example:8080", origin="http://evil.example")
+    finally:
+        globalLogPublisher.removeObserver(observe)
+        logs.set_level(logs.DEFAULT_LEVEL)
+    assert lines == ["WebSocket refused: origin 'http://evil.example' not allowed"]
 
 
 @pytest.mark.parametrize("origin", [None, "http://chat.example:8080", "https://CHAT.example:8080"])

@@ -2,10 +2,11 @@
 The server's log: one level for all its loggers (C{--log-level}, default
 C{info}), and a limiter for lines an address can cause over and over.
 
-Every server module makes its logger with L{logger}; those loggers emit
-through L{observer}, a level filter in front of Twisted's global log, so the
-level applies to the server's lines whatever twistd's own log settings are
-(twistd writes every level it is given, debug included).
+Every module of the server and of its web gateway makes its logger with
+L{logger} (tests/test_logs.py checks); those loggers emit through
+L{observer}, a level filter in front of Twisted's global log, so the level
+applies to the server's lines whatever twistd's own log settings are (twistd
+writes every level it is given, debug included).
 
 L{Repeats} keeps an address's repeated lines (a refused reconnect loop, a
 flood of sendq drops) from filling the log: per (address, kind) at most
@@ -15,6 +16,7 @@ quiet says how many were left out.
 
 from __future__ import annotations
 
+import sys
 from collections import OrderedDict
 from typing import Any
 
@@ -43,7 +45,13 @@ def level() -> str:
 
 
 def logger(namespace: str | None = None) -> Logger:
-    """A logger whose lines pass the server's level filter."""
+    """
+    A logger whose lines pass the server's level filter.  Without
+    C{namespace} it is the calling module's name (Twisted's own default would
+    name this module); as a class attribute it becomes C{module.Class}.
+    """
+    if namespace is None:
+        namespace = str(sys._getframe(1).f_globals.get("__name__", "<unknown>"))
     return Logger(namespace=namespace, observer=observer)
 
 

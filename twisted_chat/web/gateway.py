@@ -42,10 +42,10 @@ from twisted.internet.address import IPv4Address, IPv6Address
 from twisted.internet.error import ConnectionDone
 from twisted.internet.interfaces import IDelayedCall, IPushProducer, ITransport
 from twisted.internet.protocol import Protocol, connectionDone
-from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
+from twisted_chat.server import logs
 from twisted_chat.server.closing import close_within
 from twisted_chat.server.factory import ChatFactory
 from twisted_chat.server.protocol import ChatProtocol
@@ -71,7 +71,7 @@ PONG_RETRY = 0.25
 
 Address = IPv4Address | IPv6Address
 
-_log = Logger()  # not `log`: autobahn's protocols have their own
+_log = logs.logger()  # not `log`: autobahn's protocols have their own
 
 
 

@@ -45,9 +45,9 @@ from typing import Any, Protocol
 
 from twisted.internet.defer import Deferred, fail
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
-from twisted.logger import Logger
 
 from twisted_chat import wire
+from twisted_chat.server import logs
 from twisted_chat.server.cluster.own import OwnMembers
 from twisted_chat.server.cluster.replica import RemoteConn, Replica
 from twisted_chat.server.fanout import Member
@@ -101,7 +101,7 @@ class _Waiting:
 
 
 class ClusterState:
-    log = Logger()
+    log = logs.logger()
 
     def __init__(
         self,

@@ -74,8 +74,8 @@ from twisted.internet import defer, endpoints, ssl
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IDelayedCall
 from twisted.internet.protocol import Factory
-from twisted.logger import Logger
 
+from twisted_chat.server import logs
 from twisted_chat.server.cluster.node import KEPT_RETRY, ClusterState
 from twisted_chat.server.cluster.replica import id_key
 from twisted_chat.server.history import Entry
@@ -500,7 +500,7 @@ class RedisLog:
     events), kept up with backoff, and everything the node does with them.
     """
 
-    log = Logger()
+    log = logs.logger()
 
     def __init__(
         self,

@@ -47,8 +47,8 @@ from dataclasses import dataclass
 from typing import Any, Protocol, cast
 
 from twisted.internet.task import Clock
-from twisted.logger import Logger
 
+from twisted_chat.server import logs
 from twisted_chat.server.history import Entry, History
 from twisted_chat.server.hub import (
     Hub,
@@ -63,7 +63,7 @@ from twisted_chat.wire import ErrorCode, nick_key
 
 __all__ = ["Answers", "Detached", "Member", "RemoteConn", "Replica", "event_seconds"]
 
-_log = Logger(namespace="twisted_chat.server.cluster.replica")
+_log = logs.logger("twisted_chat.server.cluster.replica")
 
 #: C{last_k}'s key for a node's last C{hello} (a node id has no C{:}).
 HELLO = "hello:"

@@ -10,9 +10,9 @@ from typing import Any
 from twisted.application.service import Service
 from twisted.internet import defer
 from twisted.internet.defer import Deferred
-from twisted.logger import Logger
 
 from twisted_chat import wire
+from twisted_chat.server import logs
 from twisted_chat.server.cluster.node import (
     DEFAULT_MAX_WAITING,
     DEFAULT_WAIT,
@@ -85,7 +85,7 @@ class ClusterService(Service):
     """Connects to Redis at start (in the background: until then, NICK is
     answered C{RETRY unavailable}); at stop, leaves the cluster at once."""
 
-    log = Logger()
+    log = logs.logger()
 
     def __init__(self, factory: ChatFactory, redis: RedisLog,
                  work: PasswordWork | None = None) -> None:
