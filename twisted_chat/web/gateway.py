@@ -462,7 +462,7 @@ class ChatWebSocketFactory(WebSocketServerFactory):
         self.chat = chat
         self.web = web
         # Seconds a refused upgrade's socket is given to close (the chat
-        # server's --close-grace).
+        # server's ServerConfig.close_grace, 3 s).
         self.close_grace = close_grace
         self.headers = headers or {}
         self.cache = FrameCache()
