@@ -252,6 +252,7 @@ class AccountStore:
 
     @classmethod
     def for_db(cls, db: str) -> AccountStore:
+        """The accounts of the server whose history is C{db} (L{accounts_path})."""
         return cls(accounts_path(db))
 
     def _fail(self, what: str, e: BaseException) -> AccountStoreError:

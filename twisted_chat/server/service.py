@@ -34,7 +34,6 @@ from twisted_chat.server.accounts import (
     AccountStoreError,
     Mode,
     SQLiteBook,
-    accounts_path,
 )
 from twisted_chat.server.addresses import networks, parse_network
 from twisted_chat.server.config import ServerConfig
@@ -453,7 +452,7 @@ class ChatService(Service):
         history.attach(store, store.recent(history.size))
         store.on_commit = self.factory.stats.commit_seconds.observe
         self.store = store
-        if config.db == ":memory:":
+        if config.db == MEMORY:
             self.log.info("lobby history in memory only: nothing is kept across restarts")
         else:
             self.log.info("lobby history: {n} messages loaded from {db}", db=config.db,
@@ -776,7 +775,7 @@ def _accounts(
 
 def _sqlite_book(config: ServerConfig, work: PasswordWork) -> AccountBook:
     """The single server's accounts: the file beside --db, used on the password threads."""
-    store = AccountStore(accounts_path(config.db))
+    store = AccountStore.for_db(config.db)
     try:
         store.check()  # creates it; opened again for each check, so no lock is held
     except AccountStoreError as e:

@@ -60,7 +60,6 @@ MESSAGE_SLACK = 3
 # Close codes (RFC 6455, 7.4.1).
 CLOSE_NORMAL = 1000
 CLOSE_UNSUPPORTED = 1003  # a binary message
-CLOSE_POLICY = 1008
 
 # A PONG is not queued behind more than this many bytes that Twisted already
 # holds for the socket: the latest ping's is kept (one per connection, at most

@@ -1272,7 +1272,8 @@ class RedisLog:
                           "written to the history", n=dropped)
 
     def keeping_history(self) -> bool:
-        """Whether history writes Redis refused are kept, to be written again."""
+        """Whether history writes Redis refused are kept, to be written again
+        (for the tests: the node itself reads C{_history_kept})."""
         return bool(self._history_kept)
 
     def _scripts_forgotten(self, which: str) -> None:
