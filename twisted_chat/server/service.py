@@ -1,9 +1,11 @@
 """
 C{twistd chat}: command-line options and the service tree.
 
-The tree is a C{MultiService}: one C{strports} service per C{--port} (a bind
-failure stops start-up) and a L{ChatService} whose C{stopService} says
-C{BYE shutdown} to everyone and waits for their connections to close.
+The tree is a C{MultiService}: a L{ChatService} (with C{--redis}, the
+cluster's C{ClusterService}) whose C{stopService} says C{BYE shutdown} to
+everyone and waits for their connections to close, then one L{PortService}
+per C{--port}, C{--metrics} and C{--web}.  Every endpoint is parsed before
+anything is made, and a bind failure stops start-up with one line.
 """
 
 from __future__ import annotations
