@@ -351,14 +351,11 @@ class SQLiteStore:
             _release(self._claim)
         self._close_result = error
         waiters, self._close_waiters = self._close_waiters, []
-        for d in waiters:
-            if error is None:
-                d.callback(None)
-            else:
-                d.errback(error)
+        self._fire(waiters, error)
 
-    def _fire(self, flushes: Sequence[Deferred[None]], error: StoreError | None) -> None:
-        for d in flushes:
+    def _fire(self, waiting: Sequence[Deferred[None]], error: StoreError | None) -> None:
+        """Fire each of C{waiting} with C{error}, or with C{None} if there is none."""
+        for d in waiting:
             if error is None:
                 d.callback(None)
             else:
