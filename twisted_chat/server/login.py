@@ -577,10 +577,7 @@ class Login:
         nick = self._asked
         if nick is None:
             raise LineError(ErrorCode.NOT_READY, "no password was asked for; send NICK first")
-        secret = password.encode("utf-8")
-        problem = password_problem(secret)
-        if problem is not None:
-            raise LineError(ErrorCode.WEAK_PASSWORD, problem)
+        secret = self._secret(password)
         accounts = self._accounts
         attempt = accounts.reserve(nick, self._conn.host)
         if attempt is None:
@@ -680,7 +677,7 @@ class Login:
     def register(self, password: str) -> Answer:
         """C{REGISTER}: give the nick this connection holds an account."""
         nick = self._online()
-        secret = self._new_password(password)
+        secret = self._secret(password)
         if self._accounts.mode is Mode.REQUIRED:
             raise LineError(ErrorCode.REGISTERED,
                             "on this server, accounts are made by its operator")
@@ -719,7 +716,7 @@ class Login:
     def passwd(self, password: str) -> Answer:
         """C{PASSWD}: change the password of the account of the nick held."""
         nick = self._online()
-        secret = self._new_password(password)
+        secret = self._secret(password)
         if self._proved != nick_key(nick):
             raise LineError(
                 ErrorCode.NOT_REGISTERED,
@@ -738,7 +735,8 @@ class Login:
         assert nick is not None  # the connection lets REGISTER/PASSWD through only online
         return nick
 
-    def _new_password(self, password: str) -> bytes:
+    def _secret(self, password: str) -> bytes:
+        """C{password}'s bytes, or the C{WEAK_PASSWORD} error if it is out of bounds."""
         secret = password.encode("utf-8")
         problem = password_problem(secret)
         if problem is not None:
