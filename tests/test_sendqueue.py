@@ -21,7 +21,7 @@ import pytest_twisted
 from twisted.internet import defer, protocol
 from twisted.internet.abstract import FileDescriptor
 from twisted.internet.task import Clock
-from twisted.internet.testing import StringTransport
+from twisted.internet.testing import MemoryReactorClock, StringTransport
 
 from twisted_chat import tcpinfo
 from twisted_chat.server import sendqueue
@@ -30,10 +30,9 @@ from twisted_chat.server.sendqueue import (
     DrainWatch,
     SendQueue,
     buffer_size,
-    kernel_queued,
     stalled,
 )
-from twisted_chat.tcpinfo import kernel_acked
+from twisted_chat.tcpinfo import kernel_acked, kernel_queued
 
 # -- transports that are not plain TCP --------------------------------------------
 
@@ -172,7 +171,7 @@ def test_the_limit_counts_the_kernels_bytes(loopback: Any, monkeypatch: pytest.M
     roomy = SendQueue(transport, limit=twisted_share + len(line) + kernel_share + 10)
     assert roomy.write(line)
     # Where the kernel cannot be asked, only Twisted's share counts.
-    monkeypatch.setattr(sendqueue, "SIOCOUTQ", None)
+    monkeypatch.setattr(tcpinfo, "SIOCOUTQ", None)
     blind = SendQueue(transport, limit=twisted_share + 2 * len(line) + kernel_share // 2)
     assert blind.write(line)
     transport.abortConnection()
@@ -291,6 +290,17 @@ def test_the_kernel_is_asked_once_whether_it_counts_acked_bytes(
         assert tcpinfo.acked_known(sock) is False
     with socket.socket() as sock:
         assert tcpinfo.acked_known(sock) is False, "remembered"
+
+
+def test_twisted_s_buffer_is_read_where_it_exists() -> None:
+    fd = FileDescriptor(reactor=MemoryReactorClock())
+    fd.connected = True
+    fd.write(b"x" * 1000)
+    assert tcpinfo.twisted_buffered(fd) == 1000
+    fd.dataBuffer, fd.offset = b"y" * 500, 100  # being sent; the kernel took 100
+    assert tcpinfo.twisted_buffered(fd) == 1400
+    with pytest.raises(AttributeError):  # not a FileDescriptor: the caller falls back
+        tcpinfo.twisted_buffered(StringTransport())
 
 
 def test_a_closed_socket_does_not_decide_whether_the_kernel_reports_acks(

@@ -1,14 +1,17 @@
 """
-What the kernel says of a TCP connection that Twisted does not: the socket
-under a transport (under its TLS, too), and how many of the bytes written to
-it the peer has acknowledged (Linux's C{TCP_INFO}).  The server's send queues
-count what reached their members with it (docs/fanout.md); the client tells a
-server that reads slowly from one that reads nothing (docs/client.md).
+What Twisted and the kernel hold for a TCP connection, which Twisted does not
+tell: the bytes in Twisted's buffer (L{twisted_buffered}), the socket under a
+transport (under its TLS, too), the bytes in the kernel's send queue
+(L{kernel_queued}, Linux's C{SIOCOUTQ}) and how many of the bytes written the
+peer has acknowledged (L{peer_acked}, Linux's C{TCP_INFO}).  The server's send
+queues bound and count what they hold with them (docs/fanout.md); the client
+tells a server that reads slowly from one that reads nothing (docs/client.md).
 """
 
 from __future__ import annotations
 
 import errno
+import fcntl
 import socket
 import struct
 import sys
@@ -23,6 +26,28 @@ else:  # pragma: no cover - not this platform
 _ACKED = struct.Struct("=Q")
 _TCP_FAMILIES = (socket.AF_INET, socket.AF_INET6)
 
+# SIOCOUTQ (Linux): the bytes in a socket's send queue not yet acknowledged
+# by the peer.  Elsewhere the kernel's share is not counted (docs/fanout.md).
+if sys.platform.startswith("linux"):
+    import termios
+
+    SIOCOUTQ: int | None = termios.TIOCOUTQ  # the same request number
+else:  # pragma: no cover - not this platform
+    SIOCOUTQ = None
+_INT = bytes(4)
+
+
+def twisted_buffered(fd: Any) -> int:
+    """
+    The bytes written to C{fd}, a Twisted
+    L{FileDescriptor<twisted.internet.abstract.FileDescriptor>} (a TCP
+    connection, stdout), that Twisted still holds, not yet taken by the
+    kernel.  Twisted keeps no public count: this reads its attributes
+    C{dataBuffer}, C{offset} and C{_tempDataLen}, which are not public API,
+    and raises C{AttributeError} (or C{TypeError}) where they are missing.
+    """
+    return int(len(fd.dataBuffer) - fd.offset + fd._tempDataLen)
+
 
 def socket_of(transport: Any) -> socket.socket | None:
     """The kernel socket under C{transport} (under its TLS, too), if any."""
@@ -32,6 +57,17 @@ def socket_of(transport: Any) -> socket.socket | None:
         if isinstance(handle, socket.socket):
             return handle
     return None
+
+
+def kernel_queued(sock: socket.socket | None) -> int:
+    """Bytes the kernel holds for C{sock} that the peer has not acknowledged
+    (0 where that cannot be asked)."""
+    if sock is None or SIOCOUTQ is None:
+        return 0
+    try:
+        return int.from_bytes(fcntl.ioctl(sock.fileno(), SIOCOUTQ, _INT), sys.byteorder)
+    except (OSError, ValueError):
+        return 0
 
 
 def kernel_acked(sock: socket.socket | None) -> int:

@@ -25,7 +25,7 @@ from typing import Any
 from twisted.internet.interfaces import IPushProducer
 from zope.interface import implementer
 
-from twisted_chat.tcpinfo import peer_acked
+from twisted_chat.tcpinfo import peer_acked, twisted_buffered
 
 
 class Valve:
@@ -114,15 +114,15 @@ class _Hand:
 def buffered(consumer: object) -> int | None:
     """
     The bytes written to C{consumer} that Twisted still holds, not yet taken
-    by the kernel, or C{None} when it cannot tell.  Twisted keeps no public
-    count: this reads a L{twisted.internet.abstract.FileDescriptor}'s buffer
-    (a TCP connection, stdout), below a TLS layer if there is one (its
-    C{transport} is the TCP connection, which holds the encrypted bytes).
+    by the kernel (L{twisted_buffered}), or C{None} when it cannot tell: a
+    Twisted C{FileDescriptor}'s buffer (a TCP connection, stdout), below a
+    TLS layer if there is one (its C{transport} is the TCP connection, which
+    holds the encrypted bytes).
     """
     layer: Any = consumer
     for _ in range(3):  # TLS over TCP is two layers; more would be a surprise
         try:
-            return int(len(layer.dataBuffer) - layer.offset + layer._tempDataLen)
+            return twisted_buffered(layer)
         except (AttributeError, TypeError):
             layer = getattr(layer, "transport", None)
             if layer is None:

@@ -8,19 +8,17 @@ On a plain TCP transport the queue sends straight away when Twisted holds
 nothing for it (order is kept), and hands what the kernel did not take to
 C{transport.write}, which then works as usual.  That path reads attributes of
 Twisted's C{FileDescriptor} that are not public API (C{dataBuffer},
-C{offset}, C{_tempDataLen}); where they are missing, on other transports
-(TLS, test transports), or with C{--no-direct-send}, the queue writes with
-C{transport.write} and estimates Twisted's share from its pausing.  The
-fan-out sends a batch to every queue on the direct path at once with
-L{DirectPass}, without a Python call per member.
+C{offset}, C{_tempDataLen}: L{twisted_buffered}); where they are missing, on
+other transports (TLS, test transports), or with C{--no-direct-send}, the
+queue writes with C{transport.write} and estimates Twisted's share from its
+pausing.  The fan-out sends a batch to every queue on the direct path at once
+with L{DirectPass}, without a Python call per member.
 """
 
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import socket
-import sys
 from collections.abc import Callable, Collection, Iterable, Sequence
 from itertools import repeat
 from operator import attrgetter
@@ -31,7 +29,13 @@ from twisted.internet.abstract import FileDescriptor
 from twisted.internet.interfaces import IDelayedCall, IPushProducer, IReactorTime
 from zope.interface import implementer
 
-from twisted_chat.tcpinfo import acked_known, kernel_acked, socket_of
+from twisted_chat.tcpinfo import (
+    acked_known,
+    kernel_acked,
+    kernel_queued,
+    socket_of,
+    twisted_buffered,
+)
 
 _SendMany = Callable[[Sequence[socket.socket], bytes], "list[int] | None"]
 send_many: _SendMany | None
@@ -42,16 +46,6 @@ except ImportError:  # not built (installed without a C compiler): send_all's ma
 
 # The attributes of Twisted's TCP transport the direct path reads.
 _PRIVATE = ("dataBuffer", "offset", "_tempDataLen", "socket")
-
-# SIOCOUTQ (Linux): the bytes in a socket's send queue not yet acknowledged
-# by the peer.  Elsewhere the kernel's share is not counted (docs/fanout.md).
-if sys.platform.startswith("linux"):
-    import termios
-
-    SIOCOUTQ: int | None = termios.TIOCOUTQ  # the same request number
-else:  # pragma: no cover - not this platform
-    SIOCOUTQ = None
-_INT = bytes(4)
 
 
 def _plain_tcp(transport: Any) -> bool:
@@ -69,17 +63,6 @@ def buffer_size(transport: Any) -> int:
         if isinstance(size, int) and size > 0:
             return size
     return int(FileDescriptor.bufferSize)
-
-
-def kernel_queued(sock: socket.socket | None) -> int:
-    """Bytes the kernel holds for C{sock} that the peer has not acknowledged
-    (0 where that cannot be asked)."""
-    if sock is None or SIOCOUTQ is None:
-        return 0
-    try:
-        return int.from_bytes(fcntl.ioctl(sock.fileno(), SIOCOUTQ, _INT), sys.byteorder)
-    except (OSError, ValueError):
-        return 0
 
 
 @implementer(IPushProducer)
@@ -148,7 +131,7 @@ class SendQueue:
         """Bytes Twisted holds (an estimate where it cannot be read)."""
         t = self._transport
         if self._direct:
-            return int(len(t.dataBuffer) - t.offset + t._tempDataLen)
+            return twisted_buffered(t)
         paused = self._paused
         # Twisted's buffer size is read here, on this rare path, rather than
         # held as one more int per queue (docs/fanout.md, "Memory per
@@ -173,6 +156,7 @@ class SendQueue:
         self.written += len(data)
         t = self._transport
         if self._direct:
+            # twisted_buffered(t) != 0, read inline: this runs on every write.
             queued = t._tempDataLen or t.offset != len(t.dataBuffer)
             if not queued and t.connected and not t.disconnecting:
                 try:
