@@ -74,6 +74,7 @@ from twisted.internet import defer, endpoints, ssl
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IDelayedCall
 from twisted.internet.protocol import Factory
+from twisted.internet.task import deferLater
 
 from twisted_chat.server import logs
 from twisted_chat.server.cluster.node import KEPT_RETRY, ClusterState
@@ -489,6 +490,8 @@ async def connect(target: RedisTarget, reactor: Any, reply_timeout: float | None
     await endpoint.connect(_OneConnection(proto))
     lost = proto.whenDisconnected()
     await defer.DeferredList([connected, lost], fireOnOneCallback=True)
+    # txredisapi's private flag, set once AUTH and SELECT succeeded (its
+    # public `connected` is set before they are sent).
     if not proto._ready:
         raise ConnectionError(factory.error or "the connection closed during set-up")
     return proto
@@ -1735,7 +1738,7 @@ class RedisLog:
         while ((self._unacked or self._doubtful or self._history_kept or self.state.keeping())
                and (self._cmd is not None or self._started)
                and self.reactor.seconds() < deadline):
-            await _sleep(self.reactor, 0.02)
+            await deferLater(self.reactor, 0.02)
         self._stopped = True
         for call in (self._retry, self._history_call):
             if call is not None and call.active():
@@ -1814,9 +1817,3 @@ class _HistoryStore:
 
     def close(self) -> Deferred[None]:
         return defer.succeed(None)
-
-
-def _sleep(reactor: Any, seconds: float) -> Deferred[None]:
-    d: Deferred[None] = Deferred()
-    reactor.callLater(seconds, d.callback, None)
-    return d
