@@ -50,7 +50,7 @@ class ServerConfig:
     # How long a peer may take to complete a close the server began (a peer
     # that stopped reading, a TLS peer that never answers) before an abort.
     close_grace: float = 3.0
-    # Hardening (issue 14; see docs/security.md).  Per source address (an
+    # Hardening (see docs/security.md).  Per source address (an
     # IPv4 address or an IPv6 /ipv6_prefix), shared by all its connections;
     # a rate of 0 turns that limit off.  --exempt lifts all of them.
     exempt: tuple[str, ...] = ()
