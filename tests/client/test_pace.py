@@ -1,6 +1,7 @@
 """
 Pacing: a script's lines, or a paste, go no faster than the server's flood
-control lets them (docs/protocol.md, "Flood rule"), and none is lost.
+control lets them (docs/protocol.md, "Limits": the flood rule), and none is
+lost.
 """
 
 from __future__ import annotations

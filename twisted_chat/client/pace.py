@@ -4,11 +4,12 @@ control.
 
 A chat/1 server drops lines over its C{--flood-rate} (default 10 a second, in
 bursts of C{--flood-burst} 20) and cuts off a client that keeps it up
-(docs/protocol.md, "Flood rule").  A script (C{... < report.txt}) or a paste
-writes many lines at once: the client sends them at half the documented
-defaults, and slower once the server says, with C{ERROR flood}, that lines
-were dropped (its text names its limits: "at most 10 lines per second (bursts
-of 20)").  Lines that must wait are kept, in order, never dropped.
+(docs/protocol.md, "Limits": the flood rule).  A script (C{... < report.txt})
+or a paste writes many lines at once: the client sends them at half the
+documented defaults, and slower once the server says, with C{ERROR flood},
+that lines were dropped (its text names its limits: "at most 10 lines per
+second (bursts of 20)").  Lines that must wait are kept, in order, never
+dropped.
 """
 
 from __future__ import annotations

@@ -29,7 +29,7 @@ class ServerConfig:
     # The socket's send buffer, fixed (0: the kernel's autotuning, which on
     # loopback and fast LANs grows it to megabytes per connection), and how
     # long a connection's output may stall before it is dropped (0: never).
-    # See docs/fanout.md, "The send queue" (why 128 KiB, not 64).
+    # See docs/fanout.md, "Why 128 KiB" (not 64).
     sndbuf: int = 128 * 1024
     sendq_timeout: float = 60.0
     idle_timeout: float = 120.0

@@ -18,7 +18,7 @@ from typing import Any, Protocol
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 
 # The longest a lobby line is held for the lines behind it, in seconds,
-# whatever --fanout-delay says (docs/fanout.md, "Bounds").
+# whatever --fanout-delay says (docs/fanout.md, "Pacing by backlog").
 MAX_FANOUT_WAIT = 0.05
 
 # The most reactor turns a fan-out is put off by, whatever the clock says:
