@@ -10,6 +10,11 @@ It speaks chat/1 over TCP or TLS on the Twisted reactor.  The modules:
   - L{complete}: what Tab completes (nicknames and commands);
   - L{protocol}: the connection to the server and the client's state;
   - L{outbox}: the lines waiting to be sent, their pace and their counts;
+  - L{pace}: the token bucket that keeps sending under the server's flood
+    control;
+  - L{flow}: back-pressure: stops reading the server while stdout or the
+    connection cannot take more;
+  - L{lines}: line splitting that skips an over-long line (server and pipe);
   - L{terminal}: the interactive line editor on a terminal (conch insults);
   - L{pipe}: plain line input and output when stdin is not a terminal;
   - L{main}: options, connecting, and the exit code.

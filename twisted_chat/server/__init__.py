@@ -1,6 +1,37 @@
-"""The chat/1 server: the domain (hub), the wire side (protocol), and the service.
+"""
+The chat/1 server (C{twistd chat}).
 
-Layers, inside out: L{hub} decides (no sockets, no bytes, time injected);
-L{protocol} turns one connection's bytes into hub calls and hub events into lines;
-L{service} reads the options and builds the service tree that twistd runs.
+Inside out (docs/fanout.md, "Module layout"):
+
+  - L{hub}: who is online, the lobby, invitations and pairs; no sockets, no
+    bytes, time injected; every consequence goes out through its C{Listener};
+  - L{history}: the lobby history a newcomer is shown, a ring in memory in
+    front of an optional durable store;
+  - L{state}: the seam every command goes through: L{state.LocalState} (this
+    process's hub) or, in a cluster, L{cluster.node.ClusterState};
+  - L{session}: the chat/1 commands of a framed line, decided through the
+    state; it knows a connection only as L{session.Connection};
+  - L{login}: a connection's accounts side (C{PASS}, C{REGISTER},
+    C{PASSWD}), hashing on threads of its own;
+  - L{protocol}: one connection: framing, its limits, its writes, its close;
+  - L{factory}: builds connections, enforces the connection limits, and is
+    the hub's C{Listener}: every hub decision becomes lines there;
+  - L{fanout}: when lobby lines leave (gathering, pacing by backlog);
+  - L{sendqueue}: a connection's send queue and the direct pass of a batch to
+    every member (in C where C{_sendmany} was built);
+  - L{flood}: the per-connection token bucket and flood penalty; pure;
+  - L{deadlines}: every connection's idle deadline on one reactor timer;
+  - L{closing}: how the server ends a connection (chat or web): the close,
+    then an abort after the grace;
+  - L{addresses}: the limits per source address, shared by its connections;
+  - L{service}: C{twistd chat}'s options and the service tree;
+  - L{config}: the settings, one frozen value;
+  - L{store}: durable lobby history in SQLite, written by a thread of its own;
+  - L{accounts}: the accounts file (salted scrypt hashes), no reactor in it;
+  - L{metrics}: the Prometheus counters and collector;
+  - L{logs}: the C{--log-level} filter every logger goes through, and the
+    limiter of an address's repeated lines;
+  - L{descriptors}: fitting C{--max-clients} to the file descriptor limit;
+  - L{cluster}: cluster mode (C{--redis}): the same hub, replicated through
+    Redis.
 """
