@@ -413,3 +413,41 @@ def test_a_metrics_port_on_every_interface_is_one_warning_at_start(
         globalLogPublisher.removeObserver(observe)
     said = [line for line in lines if "--metrics listens on every interface" in line]
     assert len(said) == (1 if warned else 0), lines
+
+
+@pytest.mark.parametrize("announce", [b"Content-Length: 100000000000",
+                                      b"Transfer-Encoding: chunked"])
+def test_a_scrape_that_announces_a_body_is_refused_unread(announce: bytes) -> None:
+    """Twisted spools a request body to a temporary file as it comes: on the
+    metrics port (no scrape has a body) one is refused before any of it is
+    read, with 413, and nothing after it is read."""
+    from twisted_chat.server.metrics import metrics_site
+
+    site = metrics_site(registry_for(Stats(), lambda: Snapshot(0, 0, 0, None)), Clock())
+    got = metrics_connection(site, 40000)
+    assert got is not None
+    channel, transport = got
+    channel.dataReceived(b"POST /metrics HTTP/1.1\r\nHost: x\r\n" + announce + b"\r\n\r\n"
+                         + b"x" * 65536)
+    channel.dataReceived(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")  # ignored
+    answer = transport.value()
+    assert answer.startswith(b"HTTP/1.1 413 ")
+    assert answer.count(b"HTTP/1.1") == 1
+    assert answer.endswith(b"\r\n\r\nThe metrics port takes no request body.\n")
+    assert transport.disconnecting
+    assert all(request.content.tell() == 0 for request in channel.requests)
+
+
+def test_a_request_with_an_empty_body_is_answered() -> None:
+    """Content-Length: 0 is no body: the request is served (here a path
+    with nothing at it, answered at once: /metrics is answered from the
+    global reactor's thread pool, which a unit test does not run)."""
+    from twisted_chat.server.metrics import metrics_site
+
+    site = metrics_site(registry_for(Stats(), lambda: Snapshot(0, 0, 0, None)), Clock())
+    got = metrics_connection(site, 40000)
+    assert got is not None
+    channel, transport = got
+    channel.dataReceived(b"GET /nothing HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n\r\n")
+    assert transport.value().startswith(b"HTTP/1.1 404 ")
+    assert not transport.disconnecting

@@ -21,6 +21,7 @@ from __future__ import annotations
 import bisect
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
+from io import BytesIO
 from typing import Any
 
 from prometheus_client.core import (
@@ -239,6 +240,13 @@ METRICS_TIMEOUT = 10.0
 METRICS_DESCRIPTORS = MAX_METRICS_CONNECTIONS + 1
 
 
+# The answer to a scrape that announces a body (see metrics_site).
+_REFUSAL_TEXT = b"The metrics port takes no request body.\n"
+_BODY_REFUSED = (b"HTTP/1.1 413 Content Too Large\r\nConnection: close\r\n"
+                 b"Content-Type: text/plain; charset=utf-8\r\n"
+                 b"Content-Length: %d\r\n\r\n%s" % (len(_REFUSAL_TEXT), _REFUSAL_TEXT))
+
+
 def metrics_site(registry: CollectorRegistry, reactor: Any = None,
                  max_connections: int = MAX_METRICS_CONNECTIONS,
                  timeout: float = METRICS_TIMEOUT) -> Any:
@@ -252,7 +260,20 @@ def metrics_site(registry: CollectorRegistry, reactor: Any = None,
     from prometheus_client.twisted import MetricsResource
     from twisted.web.http import HTTPChannel
     from twisted.web.resource import Resource
-    from twisted.web.server import Site
+    from twisted.web.server import Request, Site
+
+    class MetricsRequest(Request):
+        """A scrape has no body: a request that announces one (a length
+        other than 0, or chunked) is refused before any of it is read, as
+        on the web port; Twisted would otherwise spool it to a file."""
+
+        def gotLength(self, length: int | None) -> None:
+            if length == 0:
+                super().gotLength(length)
+                return
+            self.content = BytesIO()  # stays empty
+            channel: Any = self.channel
+            channel.refuse()
 
     class MetricsChannel(HTTPChannel):
         """One metrics connection: counted by its site while it is open,
@@ -260,10 +281,28 @@ def metrics_site(registry: CollectorRegistry, reactor: Any = None,
 
         site: MetricsSite
         _deadline: Any = None
+        _refused = False
 
         def connectionMade(self) -> None:
             super().connectionMade()
             self._deadline = self.callLater(self.site.lifetime, self._expired)
+
+        def dataReceived(self, data: bytes) -> None:
+            if not self._refused:
+                super().dataReceived(data)
+            if self._refused:
+                self.clearLineBuffer()  # the rest of the read it came in
+
+        def refuse(self) -> None:
+            """Answer 413 to the request being received and close, reading
+            nothing more (the deadline aborts a close the peer holds up)."""
+            transport: Any = self.transport
+            if self._refused or transport is None:
+                return
+            self._refused = True
+            self.persistent = False
+            transport.write(_BODY_REFUSED)
+            transport.loseConnection()
 
         def _expired(self) -> None:
             self._deadline = None
@@ -281,6 +320,7 @@ def metrics_site(registry: CollectorRegistry, reactor: Any = None,
     class MetricsSite(Site):
         noisy = False
         protocol = MetricsChannel  # type: ignore[assignment]  # HTTP/1.1 only
+        requestFactory = MetricsRequest
 
         def __init__(self) -> None:
             root = Resource()
