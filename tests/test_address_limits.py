@@ -286,3 +286,66 @@ def test_a_registration_decided_after_its_connection_closed_frees_no_other_slot(
     waiting.send("NICK waiting")
     held.release()
     assert waiting.take()[0] == "READY waiting"
+
+
+def _crowd(h: Harness, count: int) -> None:
+    """C{count} users online, each from an address of its own, nicks of 24
+    characters: a user list of about 36 bytes a user."""
+    for i in range(count):
+        conn = h.connect(f"10.0.{i // 250}.{i % 250 + 1}")
+        conn.send(f"NICK crowd{i:05d}-xxxxxxxxxxxxx")
+    h.clear_all()
+
+
+def test_users_replies_are_bounded_per_connection() -> None:
+    """USERS costs one flood token per 4096 bytes of the user list (at most
+    the burst): 30 of them within the line rate get a few lists, the rest
+    ERROR flood, and the bytes sent stay within the line rate's worth."""
+    h = Harness(flood_rate=8.0, flood_burst=20)
+    _crowd(h, 500)
+    roster = h.factory.roster()
+    assert 16384 < len(roster) <= 20480  # five tokens a list
+    asker = h.user("asker")  # 19 tokens after NICK
+    got: list[str] = []
+    for _ in range(30):
+        asker.send("USERS")
+        got += asker.take()
+        h.clock.advance(0.125)  # the line rate: each line's token comes back
+    replies = got.count("USERS 501")
+    refused = [line for line in got if line.startswith("ERROR")]
+    assert replies == 4, replies  # 19 tokens: 5, 5, 5, 4 (+ the refill), then none
+    assert len(refused) == 26
+    assert all(line.startswith("ERROR flood slow down: USERS costs one line per 4096 bytes")
+               for line in refused), refused[0]
+    assert not any(line.startswith("BYE") for line in got)
+    h.clock.advance(5 / 8)  # five tokens back: one more list
+    asker.send("USERS")
+    assert asker.take()[-1] == "USERS 501"
+
+
+def test_a_small_user_list_costs_only_its_line() -> None:
+    h = Harness(flood_rate=8.0, flood_burst=20)
+    asker = h.user("asker")
+    for _ in range(19):
+        asker.send("USERS")
+    assert asker.take().count("USERS 1") == 19
+
+
+def test_pair_and_accept_pay_for_the_user_list_the_pair_s_end_sends() -> None:
+    """PAIR, ACCEPT, UNPAIR sends both the user list: each side's consent
+    pays for its copy, so pair cycles buy no more lists than USERS."""
+    h = Harness(flood_rate=8.0, flood_burst=20)
+    _crowd(h, 500)
+    alice, bob = h.user("alice"), h.user("bob")
+    lists = 0
+    for _ in range(10):
+        alice.send("PAIR bob")
+        bob.send("ACCEPT alice")
+        alice.send("UNPAIR")
+        lines = alice.take() + bob.take()
+        lists += lines.count("USERS 502")
+        h.clock.advance(0.125)
+    # alice: 19 tokens, and each cycle costs her PAIR (5) and UNPAIR (1),
+    # bob his ACCEPT (5); refills of one token a cycle: three pairs.
+    assert lists == 6, lists
+    assert sum(line.startswith("ERROR flood") for line in lines) >= 1

@@ -23,6 +23,18 @@ def test_rate_zero_lets_every_line_through() -> None:
     assert meter.spend(0.0, 0.0, 0.0) == (True, 0.0)
 
 
+def test_a_reply_costs_a_token_per_4096_bytes_at_most_the_burst() -> None:
+    meter = FloodMeter(rate=10.0, burst=20)
+    assert meter.charge(5.0, 0) == (True, 5.0), "the line's own token pays for a small reply"
+    assert meter.charge(5.0, 4096) == (True, 5.0)
+    assert meter.charge(5.0, 4097) == (True, 4.0)
+    assert meter.charge(5.0, 6 * 4096) == (True, 0.0)
+    assert meter.charge(5.0, 6 * 4096 + 1) == (False, 5.0), "refused: nothing more spent"
+    assert meter.charge(19.0, 10**6) == (True, 0.0), "a full bucket buys any reply"
+    assert meter.charge(18.9, 10**6) == (False, 18.9)
+    assert FloodMeter(rate=0.0, burst=20).charge(0.0, 10**6) == (True, 0.0)
+
+
 def test_dropped_lines_warn_once_a_second_and_cut_past_the_burst() -> None:
     meter = FloodMeter(rate=1.0, burst=3)
     verdict, flooding = meter.dropped(None, 0.0)

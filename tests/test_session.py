@@ -54,6 +54,9 @@ class StandIn:
     def dropped(self, now: float, why: str) -> None:
         self.dropped_lines.append((now, why))
 
+    def charge(self, size: int) -> bool:
+        return True
+
     def wait_for(self, outcome: Deferred[Any]) -> None:
         self.waiting.append(outcome)
 

@@ -14,6 +14,10 @@ from enum import Enum
 
 from twisted_chat.server.addresses import Penalty
 
+#: A reply bigger than a line (the user list) costs one flood token per
+#: this many bytes of it (docs/security.md, "Amplification").
+REPLY_BYTES = 4096
+
 
 class Dropped(Enum):
     """What to do about a line dropped for flooding."""
@@ -66,6 +70,23 @@ class FloodMeter:
             tokens = burst
         if tokens >= 1.0:
             return True, tokens - 1.0
+        return False, tokens
+
+    def charge(self, tokens: float, size: int) -> tuple[bool, float]:
+        """
+        A reply of C{size} bytes to a line that has just spent its token,
+        the connection having C{tokens} left: one token per L{REPLY_BYTES}
+        of it, the line's own included, and at most C{burst} (a reply that
+        big needs a full bucket, so it can still be had).  Whether it may be
+        sent, and the tokens left: a refused reply spends nothing more.
+        """
+        if not self.rate:
+            return True, tokens
+        extra = min(-(-size // REPLY_BYTES), self.burst) - 1
+        if extra <= 0:
+            return True, tokens
+        if tokens >= extra:
+            return True, tokens - extra
         return False, tokens
 
     def dropped(self, flooding: Flooding | None, now: float) -> tuple[Dropped, Flooding]:

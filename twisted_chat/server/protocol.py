@@ -396,6 +396,12 @@ class ChatProtocol:
                      f"(bursts of {self.config.flood_burst}); lines are being dropped")
         return False
 
+    def charge(self, size: int) -> bool:
+        """A reply of C{size} bytes to the line just counted costs the flood
+        tokens of its size (L{FloodMeter.charge}): whether it may be sent."""
+        allowed, self._tokens = self.factory.flood.charge(self._tokens, size)
+        return allowed
+
     def dropped(self, now: float, why: str) -> None:
         """A line was dropped for flooding: C{ERROR flood} at most once a
         second, and C{BYE flood} once the penalty passes C{--flood-burst},

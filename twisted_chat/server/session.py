@@ -17,6 +17,7 @@ from twisted.python.failure import Failure
 
 from twisted_chat import wire
 from twisted_chat.server.addresses import Address
+from twisted_chat.server.flood import REPLY_BYTES
 from twisted_chat.server.history import clip_text
 from twisted_chat.server.hub import NickTaken, State, User
 from twisted_chat.server.login import Answer, Login, retry_taken
@@ -69,6 +70,10 @@ class Connection(Protocol):
 
     def dropped(self, now: float, why: str) -> None:
         """A line was dropped for flooding: warn with C{why}, or cut."""
+
+    def charge(self, size: int) -> bool:
+        """The line just let through asks for a reply of C{size} bytes:
+        whether its flood tokens pay for it (they are spent if so)."""
 
     def wait_for(self, outcome: Deferred[Any]) -> None:
         """Frame no more lines until C{outcome} fires, then tell
@@ -272,13 +277,36 @@ class Session:
         return self.factory.state.direct(_online(conn), command.words[0], command.text)
 
     def do_USERS(self, conn: Connection, command: wire.Command) -> None:
-        conn.write(self.factory.roster())
+        roster = self.factory.roster()
+        self._charge(conn, roster, "USERS")
+        conn.write(roster)
+
+    def _charge(self, conn: Connection, roster: bytes, verb: str) -> None:
+        """
+        The user list is the one reply bigger than a line that a line can
+        ask for again and again: USERS, and PAIR or ACCEPT, since each pair
+        that ends sends each side of it the list after UNPAIRED.  Each
+        costs the flood tokens of the list's size (docs/security.md,
+        "Amplification"), or is answered C{ERROR flood} and not done.
+        """
+        if not conn.charge(len(roster)):
+            config = self.factory.config
+            raise LineError(
+                ErrorCode.FLOOD,
+                f"slow down: {verb} costs one line per {REPLY_BYTES} bytes of the user list "
+                f"({len(roster)} bytes now), at most {config.flood_burst}, at "
+                f"{config.flood_rate:g} lines per second; try again in a moment",
+            )
 
     def do_PAIR(self, conn: Connection, command: wire.Command) -> Outcome:
-        return self.factory.state.pair(_online(conn), command.words[0])
+        user = _online(conn)
+        self._charge(conn, self.factory.roster(), "PAIR")
+        return self.factory.state.pair(user, command.words[0])
 
     def do_ACCEPT(self, conn: Connection, command: wire.Command) -> Outcome:
-        return self.factory.state.accept(_online(conn), command.words[0])
+        user = _online(conn)
+        self._charge(conn, self.factory.roster(), "ACCEPT")
+        return self.factory.state.accept(user, command.words[0])
 
     def do_REJECT(self, conn: Connection, command: wire.Command) -> Outcome:
         return self.factory.state.reject(_online(conn), command.words[0])
