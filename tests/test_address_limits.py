@@ -349,3 +349,36 @@ def test_pair_and_accept_pay_for_the_user_list_the_pair_s_end_sends() -> None:
     # bob his ACCEPT (5); refills of one token a cycle: three pairs.
     assert lists == 6, lists
     assert sum(line.startswith("ERROR flood") for line in lines) >= 1
+
+
+def test_many_senders_cannot_cut_a_recipient_for_sendq() -> None:
+    """Private lines to a reader more than half of --sendq behind are
+    refused to their senders with ERROR busy: twenty senders, each within
+    its limits, no longer push it over --sendq (rev-bounds F8)."""
+    sendq = 2 * 65536 + 8000  # half: 69,536; a paused transport holds 65,536 + what follows
+    h = Harness(sendq=sendq, max_per_ip=30)
+    victim = h.user("victim")
+    senders = [h.user(f"sender{i}") for i in range(20)]
+    victim.transport.producer.pauseProducing()  # the kernel stopped taking its data
+    text = "x" * 1000
+    for _ in range(10):
+        for sender in senders:
+            sender.send(f"DM victim {text}")
+    assert not victim.transport.disconnected
+    queue = victim.protocol.send_queue
+    assert queue is not None and queue.held() <= sendq // 2 + 1100
+    answers = [line for sender in senders for line in sender.take()]
+    refused = [line for line in answers if line.startswith("ERROR")]
+    assert len(refused) == 200 - 4, len(refused)  # four (of 1,050 bytes) got in before the half
+    assert set(refused) == {
+        "ERROR busy victim is not reading fast enough to take more private messages; "
+        "try again later"}
+    senders[0].send("PAIR victim")
+    assert senders[0].take() == [
+        "ERROR busy victim is not reading fast enough to take more invitations; "
+        "try again later"]
+    victim.transport.producer.resumeProducing()  # it read what was held
+    senders[0].send("DM victim back")
+    assert senders[0].take()[-1].endswith("sender0 victim back")
+    senders[1].send("PAIR victim")
+    assert senders[1].take() == ["PENDING victim"]

@@ -57,6 +57,9 @@ class StandIn:
     def charge(self, size: int) -> bool:
         return True
 
+    def backed_up(self) -> bool:
+        return False
+
     def wait_for(self, outcome: Deferred[Any]) -> None:
         self.waiting.append(outcome)
 

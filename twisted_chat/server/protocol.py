@@ -261,6 +261,14 @@ class ChatProtocol:
         calls on a later turn, so a fan-out in progress is not disturbed."""
         self._cut(f"send queue over {self.config.sendq} bytes")
 
+    def backed_up(self) -> bool:
+        """Whether more than half of C{--sendq} is held for the peer: a
+        reader that far behind is sent no more private lines (the session
+        refuses them to their senders), so that many senders cannot push it
+        over C{--sendq} and get it cut."""
+        queue = self.send_queue
+        return queue is not None and queue.held() > self.config.sendq // 2
+
     def output_stalled(self) -> None:
         """The peer took none of what is held for it for --sendq-timeout."""
         self._cut(f"output not drained for {self.config.sendq_timeout:g} seconds")

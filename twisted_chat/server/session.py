@@ -75,6 +75,10 @@ class Connection(Protocol):
         """The line just let through asks for a reply of C{size} bytes:
         whether its flood tokens pay for it (they are spent if so)."""
 
+    def backed_up(self) -> bool:
+        """Whether its peer is so far behind reading that private lines to
+        it are refused to their senders."""
+
     def wait_for(self, outcome: Deferred[Any]) -> None:
         """Frame no more lines until C{outcome} fires, then tell
         L{Session.decided} and go on with what arrived meanwhile."""
@@ -274,7 +278,26 @@ class Session:
         return factory.state.say(user, command.text)
 
     def do_DM(self, conn: Connection, command: wire.Command) -> Outcome:
-        return self.factory.state.direct(_online(conn), command.words[0], command.text)
+        user = _online(conn)
+        nick = command.words[0]
+        self._not_backed_up(user, nick, "private messages")
+        return self.factory.state.direct(user, nick, command.text)
+
+    def _not_backed_up(self, user: User, nick: str, what: str) -> None:
+        """
+        A private line (DM, INVITE) for a user of this process whose peer
+        is more than half of --sendq behind is refused to its sender with
+        C{ERROR busy}: otherwise many senders, each within its own limits,
+        could push the recipient over --sendq and get it cut.
+        """
+        target = self.factory.hub.find(nick)
+        if (target is not None and target is not user and self.factory.state.holds(target)
+                and target.conn.backed_up()):
+            raise LineError(
+                ErrorCode.BUSY,
+                f"{target.nick} is not reading fast enough to take more {what}; "
+                "try again later",
+            )
 
     def do_USERS(self, conn: Connection, command: wire.Command) -> None:
         roster = self.factory.roster()
@@ -301,6 +324,7 @@ class Session:
     def do_PAIR(self, conn: Connection, command: wire.Command) -> Outcome:
         user = _online(conn)
         self._charge(conn, self.factory.roster(), "PAIR")
+        self._not_backed_up(user, command.words[0], "invitations")
         return self.factory.state.pair(user, command.words[0])
 
     def do_ACCEPT(self, conn: Connection, command: wire.Command) -> Outcome:
