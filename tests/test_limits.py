@@ -463,3 +463,53 @@ def test_completed_close_leaves_no_abort_timer() -> None:
     alice.send("BYE")
     alice.drop()
     assert h.clock.getDelayedCalls() == []
+
+
+def _recording(conn: object) -> list[bytes]:
+    """The objects the connection's transport is handed, as well as written."""
+    transport = conn.transport  # type: ignore[attr-defined]
+    objects: list[bytes] = []
+    write = transport.write
+
+    def record(data: bytes) -> None:
+        objects.append(data)
+        write(data)
+
+    transport.write = record
+    return objects
+
+
+def test_the_ready_and_unpaired_blocks_are_shared_parts_not_a_copy_each() -> None:
+    """The history and the user list go out as the factory's own objects,
+    so that many peers that do not read hold one copy of them between them
+    (rev-bounds F3); the bytes are the same as one block's."""
+    h = Harness(history=100)
+    talker = h.user("talker")
+    for i in range(5):
+        talker.send(f"MSG line {i}")
+    newcomers = []
+    for nick in ("n1", "n2"):
+        conn = h.connect()
+        conn.take()  # the greeting
+        objects = _recording(conn)
+        conn.send(f"NICK {nick}")
+        newcomers.append((conn, objects))
+    (_, got1), (n2, got2) = newcomers
+    assert got1[1] is got2[1] is h.factory.history_block()
+    assert n2.take() == (
+        ["READY n2"] + [f"HISTORY {ts(h)} talker line {i}" for i in range(5)]
+        + ["USER n1 lobby", "USER n2 lobby", "USER talker lobby", "USERS 3"])
+    assert got2[2] is h.factory.roster()
+
+    alice, bob = h.user("alice"), h.user("bob")
+    alice.send("PAIR bob")
+    bob.send("ACCEPT alice")
+    talker.send("MSG while away")
+    seen_a, seen_b = _recording(alice), _recording(bob)
+    h.clear_all()
+    alice.send("UNPAIR")
+    assert seen_a[1] is seen_b[1], "the replay: one object for both sides"
+    assert seen_a[2] is seen_b[2] is h.factory.roster(), "the user list too"
+    users = [f"USER {n} lobby" for n in ("alice", "bob", "n1", "n2", "talker")] + ["USERS 5"]
+    assert alice.take() == ["UNPAIRED bob left", f"HISTORY {ts(h)} talker while away", *users]
+    assert bob.take() == ["UNPAIRED alice left", f"HISTORY {ts(h)} talker while away", *users]

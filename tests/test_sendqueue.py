@@ -156,6 +156,53 @@ def test_what_the_kernel_does_not_take_is_queued_in_order_and_counted(loopback: 
 
 
 @pytest_twisted.inlineCallbacks
+def test_parts_go_in_one_send_and_what_waits_keeps_the_shared_objects(
+        loopback: Any, monkeypatch: pytest.MonkeyPatch) -> Any:
+    """write_parts: one sendmsg of every part; of what the kernel does not
+    take, each untouched part waits in Twisted's buffer as the same object
+    (a shared user list stays one object for every peer that does not
+    read), and the bytes arrive in order, as one write of their join."""
+    factory, client = loopback
+    server = yield factory.accepted
+    queue = SendQueue(server.transport, limit=1 << 30, sndbuf=4096)
+    sends: list[int] = []
+    real = server.transport.socket
+
+    class Counting:
+        def __getattr__(self, name: str) -> Any:
+            return getattr(real, name)
+
+        def sendmsg(self, buffers: Any) -> int:
+            sends.append(len(buffers))
+            return real.sendmsg(buffers)
+
+    monkeypatch.setattr(server.transport, "socket", Counting())
+    head, big, tail = b"UNPAIRED bob left\r\n", bytes(range(256)) * 4096, b"x" * 500_000
+    assert queue.write_parts([head, big, tail])
+    assert sends == [3]
+    waiting = server.transport._tempDataBuffer
+    assert waiting[-1] is tail, "the untouched part waits by reference"
+    assert 0 < queue.twisted_held() < len(head + big + tail)
+    monkeypatch.setattr(server.transport, "socket", real)
+    assert queue.write(b"after")
+    received = yield drain(client, len(head + big + tail) + 5)
+    assert received == head + big + tail + b"after"
+    server.transport.loseConnection()
+
+
+def test_parts_on_other_transports_are_written_one_by_one_within_the_limit() -> None:
+    transport = StringTransport()
+    written: list[bytes] = []
+    transport.write = written.append  # type: ignore[method-assign]
+    queue = SendQueue(transport, limit=100)
+    parts = [b"a" * 10, b"b" * 20]
+    assert queue.write_parts(parts)
+    assert written[0] is parts[0] and written[1] is parts[1]
+    queue.pauseProducing()  # Twisted's buffer is full: the limit is counted
+    assert not queue.write_parts([b"c", b"d" * 100])
+
+
+@pytest_twisted.inlineCallbacks
 def test_the_limit_counts_the_kernels_bytes(loopback: Any, monkeypatch: pytest.MonkeyPatch) -> Any:
     factory, _client = loopback
     server = yield factory.accepted

@@ -47,6 +47,12 @@ class StandIn:
     def deliver(self, data: bytes) -> None:
         self.delivered.append(data)
 
+    def deliver_parts(self, parts: list[bytes]) -> None:
+        self.delivered.append(b"".join(parts))
+
+    def write_parts(self, parts: list[bytes]) -> None:
+        self.written.append(b"".join(parts))
+
     def close(self, reason: str, text: str = "", farewell: str = "") -> None:
         self.closed.append((reason, text, farewell))
         self.closing = True

@@ -151,6 +151,8 @@ class ChatFactory(ServerFactory):
         self._roster: bytes | None = None
         self._user_lines: dict[str, bytes] = {}  # by nick key, each encoded once
         self._history_block: bytes | None = None
+        # The last pair's end: the hub's list of missed entries, and its lines.
+        self._missed: tuple[Sequence[Entry], bytes] | None = None
         self.greeting = wire.line(
             "HELLO",
             wire.PROTOCOL_VERSION,
@@ -278,8 +280,12 @@ class ChatFactory(ServerFactory):
         words = [user.nick, user.state.value]
         if self.config.show_addresses:
             words.append(user.address)
-        self._user_lines[user.key] = wire.line("USER", *words)
-        self._roster = None
+        line = wire.line("USER", *words)
+        if self._user_lines.get(user.key) != line:
+            # Unchanged, the list stays the same object (both sides of a
+            # pair that ends are sent one list: see unpaired).
+            self._user_lines[user.key] = line
+            self._roster = None
 
     def history_block(self) -> bytes:
         """The C{HISTORY} lines a newcomer gets, encoded once per message."""
@@ -323,9 +329,14 @@ class ChatFactory(ServerFactory):
         self._user_changed(user)
         # Straight to the newcomer: a flush here would send it lines that
         # are in its history.  joined() marks where its share begins.
-        block = wire.line("READY", user.nick) + self.history_block() + self.roster()
-        self.stats.wrote(block)
-        user.conn.deliver(block)
+        # In parts, not one block per newcomer: the history and the list
+        # are the objects every newcomer (and USERS) is sent, so a peer
+        # that does not read holds references to them, not a copy.
+        parts = [part for part in (wire.line("READY", user.nick), self.history_block(),
+                                   self.roster()) if part]
+        for part in parts:
+            self.stats.wrote(part)
+        user.conn.deliver_parts(parts)
 
     def joined(self, ts: float, user: User) -> None:
         """JOINED rides with the lobby's lines of this turn (the newcomer's
@@ -383,11 +394,21 @@ class ChatFactory(ServerFactory):
             # Its own node tells it; the missed lines and the user list are
             # not built here for a connection that writes nowhere.
             return
-        user.conn.write(
-            wire.line("UNPAIRED", partner.nick, reason)
-            + history_lines(missed, self.config.history_bytes)
-            + self.roster()
-        )
+        # In parts, as in ready(): the two sides of a pair are sent the same
+        # replay and list objects.
+        user.conn.write_parts([part for part in (
+            wire.line("UNPAIRED", partner.nick, reason), self._missed_block(missed), self.roster(),
+        ) if part])
+
+    def _missed_block(self, missed: Sequence[Entry]) -> bytes:
+        """The HISTORY lines of C{missed}, made once for both sides of a pair
+        (the hub passes both the same list), and for the next pair that
+        missed the same lines (pairs that began and ended between the same
+        two lobby lines)."""
+        last = self._missed
+        if last is None or (last[0] is not missed and last[0] != missed):
+            last = self._missed = (missed, history_lines(missed, self.config.history_bytes))
+        return last[1]
 
     def declined(self, inviter: User, invitee: User, reason: str) -> None:
         inviter.conn.write(wire.line("DECLINED", invitee.nick, reason))

@@ -9,7 +9,7 @@ as a L{twisted_chat.server.session.Connection}.
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from typing import TYPE_CHECKING, Any
 
 from twisted.internet import tcp
@@ -247,6 +247,25 @@ class ChatProtocol:
             self.factory.fanout.flush()
         self.factory.stats.wrote(data)
         self.deliver(data)
+
+    def write_parts(self, parts: Sequence[bytes]) -> None:
+        """L{write} of C{b"".join(parts)}, without the join (see
+        L{SendQueue.write_parts}): shared parts stay shared."""
+        if self.send_queue is None:
+            return  # as in write()
+        user = self.user
+        if user is not None and user.state is State.LOBBY and self.factory.fanout.pending:
+            self.factory.fanout.flush()
+        wrote = self.factory.stats.wrote
+        for part in parts:
+            wrote(part)
+        self.deliver_parts(parts)
+
+    def deliver_parts(self, parts: Sequence[bytes]) -> None:
+        """L{deliver} of C{b"".join(parts)}, without the join."""
+        queue = self.send_queue
+        if queue is not None and not queue.write_parts(parts):
+            self._overflow()
 
     def deliver(self, data: bytes) -> None:
         """The fan-out's write (for members its direct pass does not

@@ -186,6 +186,37 @@ class SendQueue:
         t.write(data)
         return True
 
+    def write_parts(self, parts: Sequence[bytes]) -> bool:
+        """
+        C{parts}, in order, as one L{write}, without joining them: on the
+        direct path with nothing queued, one C{sendmsg} of them all, and what
+        the kernel did not take goes to Twisted's buffer part by part, each
+        untouched part by reference.  Parts shared by many connections (the
+        user list, the history block) then stay one object in memory for
+        every peer that does not read them, rather than a copy each.
+        """
+        t = self._transport
+        if (self._direct and not (t._tempDataLen or t.offset != len(t.dataBuffer))
+                and t.connected and not t.disconnecting):
+            self.written += sum(map(len, parts))
+            try:
+                sent = t.socket.sendmsg(parts)
+            except OSError:
+                sent = 0  # as in write(): Twisted sends it, or finds the error
+            for i, part in enumerate(parts):
+                if sent >= len(part):
+                    sent -= len(part)
+                    continue
+                self.took(part, sent)
+                for rest in parts[i + 1:]:
+                    t.write(rest)
+                return True
+            if self.sock_now is None and not self._counted:
+                self.sock_now = self._sock  # Twisted's buffer drained
+                SendQueue.generation += 1
+            return True
+        return all(self.write(part) for part in parts)  # stops at the first over the limit
+
     def took(self, data: bytes, sent: int) -> None:
         """A direct send of C{data} took only C{sent} bytes: Twisted holds
         the rest, and writes wait behind it until it drains."""
