@@ -37,8 +37,8 @@ def test_a_chosen_max_clients_over_the_descriptor_limit_refuses_to_start(tmp_pat
     out, err = proc.communicate(timeout=30)
     assert proc.returncode == 1
     assert "Traceback" not in out + err
-    assert err.startswith("twistd chat: --max-clients 1000 needs 1064 file descriptors"), err
-    assert "lower --max-clients to at most 192" in err
+    assert err.startswith("twistd chat: --max-clients 1000 needs 1080 file descriptors"), err
+    assert "lower --max-clients to at most 176" in err
 
 
 @pytest.mark.skipif(PRLIMIT is None, reason="no prlimit here")
@@ -54,7 +54,7 @@ def test_the_default_max_clients_is_lowered_loudly_to_fit(tmp_path: Path):
         proc.send_signal(signal.SIGTERM)
         out, err = proc.communicate(timeout=15)
     said = seen + out + err
-    assert "serving at most 192 connections" in said, said
+    assert "serving at most 176 connections" in said, said
     assert "WARNING" in err
 
 

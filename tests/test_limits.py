@@ -11,6 +11,7 @@ from twisted.internet.error import ConnectionAborted
 from twisted.python.failure import Failure
 
 from tests.harness import Harness
+from twisted_chat.server.descriptors import REFUSALS_CLOSING
 from twisted_chat.wire import format_ts
 
 
@@ -371,6 +372,31 @@ def test_a_refused_peer_that_never_closes_is_aborted_after_the_grace() -> None:
     assert refused.transport.disconnected  # aborted
     refused.protocol.connectionLost(Failure(ConnectionAborted()))
     assert [c for c in h.clock.getDelayedCalls()] == []
+
+
+def test_refusals_waiting_for_their_close_are_bounded() -> None:
+    """Refused peers that never complete the close (TLS) each hold a socket
+    for the grace, outside --max-clients: at most REFUSALS_CLOSING of them
+    wait; the next refusal is aborted at once (rev-bounds F5)."""
+    h = Harness(max_clients=1, close_grace=3.0)
+    h.connect()
+    waiting = [h.connect() for _ in range(REFUSALS_CLOSING)]
+    assert all(c.transport.disconnecting and not c.transport.disconnected for c in waiting)
+    over = h.connect()
+    assert over.transport.disconnected, "aborted at once"
+    over.protocol.connectionLost(Failure(ConnectionAborted()))
+    assert h.factory.closing_refusals.count == REFUSALS_CLOSING
+    waiting[0].drop()  # one completes its close: room for one more to wait
+    again = h.connect()
+    assert again.transport.disconnecting and not again.transport.disconnected
+    assert h.connect().transport.disconnected
+    h.clock.advance(3.0)
+    for conn in [*waiting[1:], again]:
+        assert conn.transport.disconnected  # the grace's abort
+        conn.protocol.connectionLost(Failure(ConnectionAborted()))
+    assert h.factory.closing_refusals.count == 0
+    assert h.clock.getDelayedCalls() == []
+    assert not h.connect().transport.disconnected, "waits its grace again"
 
 
 def test_a_refused_peer_that_closes_leaves_no_timer() -> None:

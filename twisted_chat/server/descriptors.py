@@ -16,8 +16,15 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Protocol
 
-#: Descriptors kept for the server itself besides one per connection.
-RESERVED = 64
+#: Refused connections that may wait out their close grace at once (a TLS
+#: peer that never answers holds its socket that long); past it, a refusal
+#: is aborted at once (L{twisted_chat.server.factory.ChatFactory.refusal}).
+REFUSALS_CLOSING = 16
+
+#: Descriptors kept besides one per connection: 64 for the server itself
+#: (listening sockets, the database and its log, the reactor, the log
+#: file), and the refused connections still closing.
+RESERVED = 64 + REFUSALS_CLOSING
 
 # Where the hard limit is "unlimited", the soft one cannot be set to that on
 # Linux (it is capped by fs.nr_open); ask for this much instead.
@@ -89,7 +96,8 @@ def fit(max_clients: int, chosen: bool, limits: Limits | None = None,
     besides = ", its --metrics connections included" if metrics else ""
     advice = (
         f"--max-clients {max_clients} needs {max_clients + reserved} file descriptors"
-        f" ({reserved} for the server itself{besides}), but this process may open only {soft}"
+        f" ({reserved} for the server itself and refused connections still closing{besides}),"
+        f" but this process may open only {soft}"
         f" (hard limit {'unlimited' if hard == limits.RLIM_INFINITY else hard}; raise it"
         " with 'ulimit -n' or LimitNOFILE=)"
     )

@@ -22,6 +22,7 @@ from twisted_chat.server.addresses import AddressBook, AddressPolicy, HandshakeP
 from twisted_chat.server.closing import close_within
 from twisted_chat.server.config import ServerConfig
 from twisted_chat.server.deadlines import Deadlines
+from twisted_chat.server.descriptors import REFUSALS_CLOSING
 from twisted_chat.server.fanout import Backlog, LobbyFanout, reactor_backlog
 from twisted_chat.server.flood import FloodMeter
 from twisted_chat.server.history import Entry, History, newest_within
@@ -57,11 +58,12 @@ class _Refusal(Protocol):
     """
 
     def __init__(self, why: str, clock: IReactorTime, grace: float,
-                 message: bytes | None = None) -> None:
+                 message: bytes | None = None, closing: Closing | None = None) -> None:
         self.why = why
         self.clock = clock
         self.grace = grace
         self.message = message
+        self.closing = closing if closing is not None else Closing()
         self._abort_call: IDelayedCall | None = None
 
     def connectionMade(self) -> None:
@@ -70,12 +72,34 @@ class _Refusal(Protocol):
         if message is None:
             message = wire.error(ErrorCode.SERVER_FULL, self.why) + wire.line("BYE", "full")
         transport.write(message)
+        closing = self.closing
+        if closing.count >= closing.limit:
+            # As many refusals as may wait out the grace already do (refused
+            # TLS peers that never answer: one address held 1,087 sockets so):
+            # this one is aborted now, its lines most likely unsent.
+            transport.abortConnection()
+            return
+        closing.count += 1
         self._abort_call = close_within(transport, self.clock, self.grace)
 
     def connectionLost(self, reason: Failure = connectionDone) -> None:
-        if self._abort_call is not None and self._abort_call.active():
-            self._abort_call.cancel()
+        if self._abort_call is not None:
+            self.closing.count -= 1
+            if self._abort_call.active():
+                self._abort_call.cancel()
         self._abort_call = None
+
+
+class Closing:
+    """The refused connections waiting out their close grace: C{count} of at
+    most C{limit} (L{descriptors.REFUSALS_CLOSING}, counted in the
+    descriptors kept besides --max-clients)."""
+
+    __slots__ = ("count", "limit")
+
+    def __init__(self, limit: int = REFUSALS_CLOSING) -> None:
+        self.count = 0
+        self.limit = limit
 
 
 FULL = "the server is full; try again later"
@@ -133,6 +157,8 @@ class ChatFactory(ServerFactory):
         self.addresses = AddressBook(AddressPolicy.from_config(config), reactor)
         self.handshaking: HandshakePool[Handshaking] = HandshakePool(config.handshake_limit)
         self.repeats = logs.Repeats(reactor)
+        # Refused connections waiting out their close grace (_Refusal).
+        self.closing_refusals = Closing()
         if backlog is None:
             backlog = reactor_backlog(reactor)
         # Flood control's rule; each connection holds only its own count.
@@ -221,7 +247,7 @@ class ChatFactory(ServerFactory):
         key = self.addresses.key(host) if host is not None else "-"
         self.repeats.log(self.log, LogLevel.warn, key, "refused", "refused {host}: {why}",
                          host=host, why=why)
-        return _Refusal(why, self.reactor, self.config.close_grace, message)
+        return _Refusal(why, self.reactor, self.config.close_grace, message, self.closing_refusals)
 
     def registered(self, protocol: ChatProtocol) -> None:
         """C{protocol} has a nick: it leaves the handshake's limits."""
