@@ -25,7 +25,7 @@ from twisted_chat.server.factory import ChatFactory
 QUIET = dict(flood_rate=0.0, idle_timeout=0.0, nick_timeout=0.0, fanout_delay=0.0,
              # The per-address limits too (tests of them turn them on).
              ip_connect_rate=0.0, ip_register_rate=0.0, ip_lobby_rate=0.0,
-             max_handshaking_per_ip=10_000, sendq_timeout=0.0)
+             max_handshaking_per_ip=10_000, sendq_timeout=0.0, sendq_total=0)
 
 
 class TurnClock(Clock):

@@ -539,3 +539,34 @@ def test_the_ready_and_unpaired_blocks_are_shared_parts_not_a_copy_each() -> Non
     users = [f"USER {n} lobby" for n in ("alice", "bob", "n1", "n2", "talker")] + ["USERS 5"]
     assert alice.take() == ["UNPAIRED bob left", f"HISTORY {ts(h)} talker while away", *users]
     assert bob.take() == ["UNPAIRED alice left", f"HISTORY {ts(h)} talker while away", *users]
+
+
+def test_output_held_for_all_connections_is_bounded() -> None:
+    """--sendq-total: once a second, when the server holds more than it for
+    all connections together, those holding the most are cut as sendq until
+    the rest fit; each stays under its own --sendq (rev-bounds F3)."""
+    paused = 65536  # what a paused test transport counts as held (Twisted's buffer size)
+    h = Harness(sendq_total=3 * paused + 5000)
+    a, b, c, talker = h.user("a"), h.user("b"), h.user("c"), h.user("talker")
+    for conn in (a, b, c):
+        conn.transport.producer.pauseProducing()  # none of them reads
+    talker.send("DM b " + "x" * 2000, "DM b " + "x" * 2000)  # b: about 4,100 more
+    h.clock.advance(1.0)
+    assert not any(conn.transport.disconnected for conn in (a, b, c)), "within the budget"
+    talker.send("DM b " + "x" * 2000)  # now over it
+    h.clock.advance(1.0)
+    assert b.transport.disconnected, "the biggest holder goes"
+    assert not a.transport.disconnected and not c.transport.disconnected, "the rest fit"
+    talker.take()
+    b.protocol.connectionLost(Failure(ConnectionAborted()))
+    h.clock.advance(0)
+    assert talker.take() == [f"LEFT {ts(h)} b sendq"]
+    for conn in (a, c, talker):
+        conn.drop()
+    assert h.clock.getDelayedCalls() == [], "no timer without connections"
+
+
+def test_without_sendq_total_there_is_no_budget_timer() -> None:
+    h = Harness(sendq_total=0)
+    h.user("a")
+    assert h.clock.getDelayedCalls() == []

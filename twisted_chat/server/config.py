@@ -32,6 +32,10 @@ class ServerConfig:
     # See docs/fanout.md, "Why 128 KiB" (not 64).
     sndbuf: int = 128 * 1024
     sendq_timeout: float = 60.0
+    # The bytes the server itself may hold for all connections together,
+    # checked once a second (0: no bound but --max-clients x --sendq):
+    # docs/security.md, "Output held in all".
+    sendq_total: int = 256 * 1024 * 1024
     idle_timeout: float = 120.0
     ping_timeout: float = 60.0
     nick_timeout: float = 30.0

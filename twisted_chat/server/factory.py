@@ -30,7 +30,7 @@ from twisted_chat.server.hub import Hub, HubSettings, Invitation, State, User
 from twisted_chat.server.login import Accounts
 from twisted_chat.server.metrics import Stats
 from twisted_chat.server.protocol import ChatProtocol
-from twisted_chat.server.sendqueue import DirectPass, DrainWatch
+from twisted_chat.server.sendqueue import DirectPass, DrainWatch, OutputBudget
 from twisted_chat.server.session import Session
 from twisted_chat.server.state import ChatState, LocalState
 from twisted_chat.wire import ErrorCode
@@ -172,6 +172,7 @@ class ChatFactory(ServerFactory):
                                   backlog, on_batch=self.stats.fanned_out,
                                   write_all=self._direct_pass)
         self.drain = DrainWatch(reactor, config.sendq_timeout, lambda: self.connections)
+        self.output_budget = OutputBudget(reactor, config.sendq_total, lambda: self.connections)
         # Every connection's idle deadline, on one reactor timer.
         self.deadlines = Deadlines(reactor)
         self._roster: bytes | None = None
@@ -262,6 +263,7 @@ class ChatFactory(ServerFactory):
         self.addresses.closed(protocol.limits, handshaking=protocol.user is None)
         if not self.connections:
             self.drain.stop()
+            self.output_budget.stop()
         if not self.connections and self._all_closed is not None:
             closed, self._all_closed = self._all_closed, None
             closed.callback(None)

@@ -134,6 +134,7 @@ class ChatProtocol:
                                         sndbuf=config.sndbuf)
         queue.start()
         self.factory.drain.start()
+        self.factory.output_budget.start()
         now = self.clock.seconds()
         self._last_line = now
         # With --flood-rate 0 the meter lets every line through, but still
@@ -287,6 +288,11 @@ class ChatProtocol:
         over C{--sendq} and get it cut."""
         queue = self.send_queue
         return queue is not None and queue.held() > self.config.sendq // 2
+
+    def output_over_budget(self) -> None:
+        """It holds the most of what the server holds for all connections,
+        which is over --sendq-total."""
+        self._cut(f"output held for all connections over {self.config.sendq_total} bytes")
 
     def output_stalled(self) -> None:
         """The peer took none of what is held for it for --sendq-timeout."""

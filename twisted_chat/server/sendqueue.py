@@ -399,7 +399,33 @@ class Watched(Protocol):
         """Its peer took none of its bytes for the timeout: drop it."""
 
 
-class DrainWatch:
+class _Periodic:
+    """A timer for every connection that runs while there are some: L{start}
+    when one comes, L{stop} when the last goes; C{period} 0 turns it off."""
+
+    __slots__ = ("_call", "_clock", "_period")
+
+    def __init__(self, clock: IReactorTime, period: float) -> None:
+        self._clock = clock
+        self._period = period
+        self._call: IDelayedCall | None = None
+
+    def start(self) -> None:
+        """A connection came: make sure the timer runs."""
+        if self._period and self._call is None:
+            self._call = self._clock.callLater(self._period, self._look)
+
+    def stop(self) -> None:
+        """The last connection went: no timer is left behind."""
+        call, self._call = self._call, None
+        if call is not None and call.active():
+            call.cancel()
+
+    def _look(self) -> None:
+        raise NotImplementedError
+
+
+class DrainWatch(_Periodic):
     """
     One timer for every connection: each C{timeout / 4} seconds it looks at
     the send queue of every connection C{connections()} returns (the
@@ -410,25 +436,13 @@ class DrainWatch:
     C{timeout} 0 turns it off.
     """
 
-    __slots__ = ("_call", "_clock", "_connections", "_timeout")
+    __slots__ = ("_connections", "_timeout")
 
     def __init__(self, clock: IReactorTime, timeout: float,
                  connections: Callable[[], Collection[Watched]]) -> None:
-        self._clock = clock
+        super().__init__(clock, timeout / 4)
         self._timeout = timeout
         self._connections = connections
-        self._call: IDelayedCall | None = None
-
-    def start(self) -> None:
-        """A connection came: make sure the timer runs."""
-        if self._timeout and self._call is None:
-            self._call = self._clock.callLater(self._timeout / 4, self._look)
-
-    def stop(self) -> None:
-        """The last connection went: no timer is left behind."""
-        call, self._call = self._call, None
-        if call is not None and call.active():
-            call.cancel()
 
     def _look(self) -> None:
         self._call = None
@@ -451,3 +465,66 @@ class DrainWatch:
             connection.output_stalled()
         if self._connections():
             self.start()
+
+
+# -- output held for all connections ------------------------------------------------
+
+
+class Budgeted(Protocol):
+    """What the output budget needs of a connection."""
+
+    @property
+    def send_queue(self) -> SendQueue | None:
+        """Its queue (C{None}: none to count, not yet or no longer)."""
+
+    def output_over_budget(self) -> None:
+        """It holds the most of an output over C{--sendq-total}: drop it."""
+
+
+class OutputBudget(_Periodic):
+    """
+    C{--sendq-total}: the bytes the server itself holds for all connections
+    together (Twisted's buffers, L{SendQueue.twisted_held}; the kernel's
+    share is bounded apart, by C{--sndbuf}).  One timer for every
+    connection, each C{period} seconds while there are connections: when
+    the sum is over C{budget}, the connections holding the most are dropped
+    (C{output_over_budget}) until the rest fit.  Each connection's own bound
+    stays C{--sendq}; this bounds their sum, which is otherwise
+    C{--max-clients} x C{--sendq} (docs/security.md, "Output held in all").
+    C{budget} 0 turns it off.  A sum over the budget between two looks is
+    not seen until the next: the bound is the budget plus what one period
+    brings, each connection still at most C{--sendq}.
+    """
+
+    __slots__ = ("_budget", "_connections")
+
+    def __init__(self, clock: IReactorTime, budget: int,
+                 connections: Callable[[], Collection[Budgeted]], period: float = 1.0) -> None:
+        super().__init__(clock, period if budget else 0.0)
+        self._budget = budget
+        self._connections = connections
+
+    def _look(self) -> None:
+        self._call = None
+        holding: list[tuple[int, Budgeted]] = []
+        total = 0
+        for connection in self._connections():
+            queue = connection.send_queue
+            if queue is not None:
+                held = queue.twisted_held()
+                if held:
+                    holding.append((held, connection))
+                    total += held
+        if total > self._budget:
+            holding.sort(key=_first, reverse=True)
+            for held, connection in holding:
+                if total <= self._budget:
+                    break
+                connection.output_over_budget()
+                total -= held
+        if self._connections():
+            self.start()
+
+
+def _first(pair: tuple[int, Any]) -> int:
+    return pair[0]

@@ -191,6 +191,11 @@ class Options(usage.Options):
         ["sendq-timeout", None, _defaults.sendq_timeout,
          "Seconds a connection's peer may take none of the bytes held for it before "
          "it is dropped (0: never).", _non_negative(float)],
+        ["sendq-total", None, _defaults.sendq_total,
+         "Bytes the server itself may hold for all connections together (its own "
+         "buffers, not the kernel's), checked once a second; over it, the connections "
+         "holding the most are dropped (0: no bound but --max-clients x --sendq).",
+         _non_negative(int)],
         ["idle-timeout", None, _defaults.idle_timeout,
          "Seconds of silence before the server sends PING (0: never).", _non_negative(float)],
         ["ping-timeout", None, _defaults.ping_timeout,
@@ -381,6 +386,7 @@ class Options(usage.Options):
             sendq=self["sendq"],
             sndbuf=self["sndbuf"],
             sendq_timeout=self["sendq-timeout"],
+            sendq_total=self["sendq-total"],
             idle_timeout=self["idle-timeout"],
             ping_timeout=self["ping-timeout"],
             nick_timeout=self["nick-timeout"],
