@@ -107,8 +107,9 @@ def nick_field(driver: Any) -> Any:
                 and d.find_element(By.ID, "nick-input"))
 
 
-def join(driver: Any, web: WebServer, nick: str) -> None:
-    driver.get(web.url)
+def join(driver: Any, web: WebServer, nick: str, query: str = "") -> None:
+    """C{driver} joins as C{nick} on the page at C{web.url + query}."""
+    driver.get(web.url + query)
     field = nick_field(driver)
     field.clear()
     field.send_keys(nick, Keys.ENTER)
@@ -1285,3 +1286,278 @@ def test_the_backoff_starts_again_once_the_server_says_hello(
     wait(page, lambda d: any("Reconnecting in" in text for text in banners(d)))
     first = next(text for text in banners(page) if "Reconnecting in" in text)
     assert first.endswith(("in 1 s…", "in 2 s…")), first  # the backoff's first step again
+
+
+# -- flood control and the user list (docs/web.md, "Flood control and the user list") --
+
+
+def crowd(connect: Callable[..., LineClient], port: int, n: int) -> None:
+    """C{n} users in the lobby, with the longest nicks (24 characters), who
+    read nothing: each user list then has 37 bytes a user."""
+    for i in range(n):
+        connect(port).send(f"NICK crowd{i:019d}")
+
+
+def user_count(client: LineClient, n: int) -> list[str]:
+    """The user list once it has C{n} users (C{client} asks again, a
+    bounded number of times, until it has): its lines."""
+    for _ in range(50):
+        client.send("USERS")
+        block = []
+        while not block or not block[-1].startswith("USERS "):
+            line = client.readline()
+            if line.startswith("USER"):
+                block.append(line)
+        if block[-1] == f"USERS {n}":
+            return block
+        time.sleep(0.5)  # the list's price in flood tokens is back by then
+    raise AssertionError(f"never {n} users: {block[-1]}")
+
+
+# Installed after _RECORDER: once window.burstOnPoll is N, the page's next
+# USERS is followed, in the next task, by N lobby lines submitted from the
+# composer as fast as the page takes them (a user typing, or pasting line
+# after line, right after a roster poll); window.burstDone is then true.
+_BURST_AFTER_POLL = r"""
+(() => {
+  const Recording = window.WebSocket;
+  window.burstOnPoll = 0;
+  window.burstDone = false;
+  class Bursting extends Recording {
+    send(line) {
+      super.send(line);
+      const n = window.burstOnPoll;
+      if (line !== "USERS" || !n) return;
+      window.burstOnPoll = 0;
+      setTimeout(() => {
+        const input = document.getElementById("composer-input");
+        const form = document.getElementById("composer");
+        for (let i = 0; i < n; i++) {
+          input.value = `burst ${i}`;
+          form.requestSubmit();
+        }
+        window.burstDone = true;
+      }, 0);
+    }
+  }
+  window.WebSocket = Bursting;
+})();
+"""
+
+
+def burst(driver: Any, n: int, prefix: str = "burst") -> None:
+    """C{n} lobby lines from the composer, in one go (one task: as fast as
+    the page takes them)."""
+    driver.execute_script("""
+        const input = document.getElementById("composer-input");
+        const form = document.getElementById("composer");
+        for (let i = 0; i < arguments[0]; i++) {
+          input.value = `${arguments[1]} ${i}`;
+          form.requestSubmit();
+        }""", n, prefix)
+
+
+def lobby_lines_within(client: LineClient, n: int, timeout: float) -> list[str]:
+    """Up to C{n} lobby messages' texts seen by C{client} within C{timeout}."""
+    out: list[str] = []
+    deadline = time.monotonic() + timeout
+    try:
+        while len(out) < n:
+            line = client.readline(max(deadline - time.monotonic(), 0.001))
+            parts = line.split(" ", 4)
+            if parts[0] == "MSG" and parts[3] == "*":
+                out.append(f"{parts[2]}: {parts[4]}")
+    except TimeoutError:
+        pass
+    return out
+
+
+def errors(driver: Any) -> list[str]:
+    """The ERROR lines the page got (L{_RECORDER})."""
+    return [line for line in driver.execute_script("return window.gotLines")
+            if line.startswith("ERROR")]
+
+
+def test_a_roster_poll_in_a_big_lobby_costs_no_line_of_a_burst_right_after_it(
+    web: WebServer, browser: Callable[..., Any], connect: Callable[..., LineClient],
+    tcp: Callable[[str], LineClient]
+) -> None:
+    """The page's USERS costs 3 flood tokens here (a list over 8 KiB); a
+    burst of --flood-burst lines (20, the default) right after it would
+    lose 3 of them to ERROR flood had the page sent it as it came.  The
+    page holds what the tokens do not cover and sends it as they come back:
+    every line arrives, in order, and no ERROR reaches the page."""
+    crowd(connect, web.port, 300)
+    carol = tcp("carol")
+    size = sum(len(line) + 2 for line in user_count(carol, 301))
+    assert size > 2 * 4096, size  # USERS costs 3 tokens
+    alice = recording(browser())
+    alice.execute_cdp_cmd("Page.addScriptToEvaluateOnNewDocument", {"source": _BURST_AFTER_POLL})
+    join(alice, web, "alice", "?roster=1")
+    alice.execute_script("window.burstOnPoll = 20")
+    # The list costs 3 tokens: polled every 3 s (1 s x 3).
+    wait(alice, lambda d: d.execute_script("return window.burstDone"), timeout=WAIT)
+    got = lobby_lines_within(carol, 20, timeout=WAIT)
+    assert errors(alice) == []
+    assert got == [f"alice: burst {i}" for i in range(20)]
+    wait_texts(alice, [f"burst {i}" for i in range(20)])
+    assert sent(alice).count("USERS") >= 1
+
+
+def test_the_page_paces_its_lines_by_the_servers_own_flood_rule(
+    tmp_path: Path, browser: Callable[..., Any], connect: Callable[..., LineClient]
+) -> None:
+    """The server writes its --flood-rate and --flood-burst into the page:
+    a burst of 10 lines on a server that takes 4 at once, then 2 a second,
+    all arrive (the page holds the rest and sends it at that rate)."""
+    with served(WebServer(tmp_path, "--flood-rate", "2", "--flood-burst", "4")) as web:
+        carol = tcp_on(web, connect)("carol")
+        alice = recording(browser())
+        join(alice, web, "alice")
+        rule = alice.execute_script(
+            "return [document.documentElement.dataset.floodRate,"
+            " document.documentElement.dataset.floodBurst]")
+        assert rule == ["2", "4"]
+        started = time.monotonic()
+        burst(alice, 10, "paced")
+        got = lobby_lines_within(carol, 10, timeout=WAIT)
+        took = time.monotonic() - started
+        assert errors(alice) == []
+        assert got == [f"alice: paced {i}" for i in range(10)]
+        # The page keeps 1 token in hand (2 a second x 0.5 s): 3 at once,
+        # then one every 0.5 s.
+        assert took >= 3.0, took
+
+
+def test_lines_held_when_the_connection_closes_are_told(
+    tmp_path: Path, browser: Callable[..., Any]
+) -> None:
+    """Lines the page still holds for the flood tokens when the connection
+    closes are not sent: the page says how many."""
+    with served(WebServer(tmp_path, "--flood-rate", "0.2", "--flood-burst", "2")) as web:
+        alice = browser()
+        join(alice, web, "alice")
+        burst(alice, 4, "held")
+        wait_texts(alice, ["held 0"])
+        web.stop()
+        wait(alice, lambda d: any("were not sent: the connection closed first" in text
+                                  for text in notices(d)))
+        # One or two of the four went (the page had spent a token on NICK);
+        # the next would have gone 5 s later (0.2 a second).
+        told = [t for t in notices(alice) if "were not sent" in t]
+        shown = texts(alice)
+        assert told == [f"{4 - len(shown)} lines were not sent: the connection closed first."]
+        assert shown in (["held 0"], ["held 0", "held 1"])
+
+
+def has_tag(driver: Any, nick: str) -> bool:
+    """Whether the sidebar shows C{nick} as paired."""
+    return bool(driver.find_elements(
+        By.CSS_SELECTOR, f'#user-list li[data-nick="{nick}"] .tag'))
+
+
+def paired(client: LineClient, other: LineClient, nick: str, other_nick: str) -> None:
+    client.send(f"PAIR {other_nick}")
+    other.expect(f"INVITE {nick}")
+    other.send(f"ACCEPT {nick}")
+    client.expect(f"PAIRED {other_nick}")
+
+
+def test_the_roster_shows_who_else_pairs_and_unpairs_within_the_poll_interval(
+    web: WebServer, browser: Callable[..., Any], tcp: Callable[[str], LineClient]
+) -> None:
+    """No line tells the page that two others paired or unpaired: it asks
+    USERS again, here every second (?roster=1; 30 s by default)."""
+    carol, dave = tcp("carol"), tcp("dave")
+    alice = recording(browser())
+    join(alice, web, "alice", "?roster=1")
+    wait(alice, lambda d: d.find_elements(By.CSS_SELECTOR, '#user-list li[data-nick="dave"]'))
+    paired(carol, dave, "carol", "dave")
+    # The bound: the interval, and the page's tick (1 s each here).
+    wait(alice, lambda d: has_tag(d, "carol") and has_tag(d, "dave"), timeout=5)
+    dave.send("UNPAIR")
+    carol.expect("UNPAIRED dave left")
+    wait(alice, lambda d: not has_tag(d, "carol") and not has_tag(d, "dave"), timeout=5)
+    assert errors(alice) == []
+
+
+def test_a_pair_ending_an_invitation_as_busy_shows_at_once(
+    web: WebServer, browser: Callable[..., Any], tcp: Callable[[str], LineClient]
+) -> None:
+    """DECLINED busy and CANCELLED busy (the other side got paired with
+    someone else) mark that side paired at once, without waiting for the
+    next list (30 s away here)."""
+    carol, dave, erin, frank = tcp("carol"), tcp("dave"), tcp("erin"), tcp("frank")
+    alice = recording(browser())
+    join(alice, web, "alice")
+    wait(alice, lambda d: d.find_elements(By.CSS_SELECTOR, '#user-list li[data-nick="frank"]'))
+    # alice's invitation to carol ends: carol paired with dave.
+    say(alice, "/invite carol")
+    carol.expect("INVITE alice")
+    paired(carol, dave, "carol", "dave")
+    wait(alice, lambda d: has_tag(d, "carol"))
+    # erin's invitation to alice ends: erin paired with frank.
+    erin.send("PAIR alice")
+    wait(alice, lambda d: d.find_elements(By.CSS_SELECTOR, '[data-invite="erin"]'))
+    paired(frank, erin, "frank", "erin")
+    wait(alice, lambda d: has_tag(d, "erin"))
+    # Nothing told the page about dave and frank: no list was asked for.
+    assert not has_tag(alice, "dave") and not has_tag(alice, "frank")
+    assert "USERS" not in sent(alice)
+
+
+# Installed before app.js runs: document.visibilityState and document.hidden
+# follow window.shown (true unless set), so that a test can hide the page.
+_HIDEABLE = r"""
+(() => {
+  window.shown = true;
+  Object.defineProperty(document, "visibilityState", {
+    configurable: true, get: () => (window.shown ? "visible" : "hidden")});
+  Object.defineProperty(document, "hidden", {configurable: true, get: () => !window.shown});
+})();
+"""
+
+
+def show_page(driver: Any, shown: bool) -> None:
+    driver.execute_script(
+        "window.shown = arguments[0]; document.dispatchEvent(new Event('visibilitychange'))",
+        shown)
+
+
+def test_a_hidden_page_asks_for_no_list_and_asks_at_once_when_shown(
+    web: WebServer, browser: Callable[..., Any], tcp: Callable[[str], LineClient]
+) -> None:
+    carol, dave = tcp("carol"), tcp("dave")
+    alice = recording(browser())
+    alice.execute_cdp_cmd("Page.addScriptToEvaluateOnNewDocument", {"source": _HIDEABLE})
+    join(alice, web, "alice", "?roster=1")
+    wait(alice, lambda d: sent(d).count("USERS") >= 1)  # polling, once a second
+    show_page(alice, False)
+    polls = sent(alice).count("USERS")
+    paired(carol, dave, "carol", "dave")
+    time.sleep(3)  # three polls' worth, had the page polled
+    assert sent(alice).count("USERS") == polls
+    assert not has_tag(alice, "carol")
+    show_page(alice, True)
+    # At once: the same task as the event (the poll was due long ago).
+    assert sent(alice).count("USERS") == polls + 1
+    wait(alice, lambda d: has_tag(d, "carol") and has_tag(d, "dave"))
+
+
+def test_opening_the_drawer_asks_for_an_old_list(
+    web: WebServer, browser: Callable[..., Any], tcp: Callable[[str], LineClient]
+) -> None:
+    """At phone width the list is in a drawer: opening it asks for a list
+    older than a third of the poll interval (10 s by default; 3 s here,
+    with polls every 9 s)."""
+    carol, dave = tcp("carol"), tcp("dave")
+    phone = recording(browser(width=390, height=844, phone=True))
+    join(phone, web, "bob", "?roster=9")
+    joined_at = time.monotonic()
+    paired(carol, dave, "carol", "dave")
+    time.sleep(max(0.0, joined_at + 3.5 - time.monotonic()))
+    assert "USERS" not in sent(phone)
+    phone.find_element(By.ID, "menu-button").click()
+    assert sent(phone).count("USERS") == 1
+    wait(phone, lambda d: has_tag(d, "carol") and has_tag(d, "dave"), timeout=3)
+    assert time.monotonic() - joined_at < 9  # before the periodic poll

@@ -18,6 +18,7 @@ from twisted.python import usage
 from tests.serverproc import LOOPBACK
 from tests.test_service import ThreadedMemoryReactor, options
 from tests.web.webserver import WebServer, served
+from twisted_chat.server.config import ServerConfig
 from twisted_chat.server.service import makeService
 from twisted_chat.web.config import (
     client_host,
@@ -28,7 +29,7 @@ from twisted_chat.web.config import (
     parse_origin,
     parse_web_host,
 )
-from twisted_chat.web.site import STATIC, WebSite
+from twisted_chat.web.site import STATIC, WebSite, render_page
 
 
 def get(web: WebServer, path: str, host: str = "chat.example:8080") -> tuple[str, bytes]:
@@ -102,6 +103,29 @@ def test_page_and_static_files(web: WebServer) -> None:
     assert body == (STATIC / "app.js").read_bytes()
     assert get(web, "/nope")[0].startswith("HTTP/1.1 404")
     assert get(web, "/static/../service.py")[0].split()[1] in ("400", "404")
+
+
+@pytest.mark.e2e
+def test_the_page_carries_the_servers_flood_rule(tmp_path: Path) -> None:
+    # The page paces its own lines by it (docs/web.md, "Flood control and
+    # the user list"); the file itself has the defaults.
+    with served(WebServer(tmp_path, "--flood-rate", "2.5", "--flood-burst", "7")) as web:
+        head, body = get(web, "/")
+    assert head.startswith("HTTP/1.1 200")
+    assert header(head, "Content-Type") == "text/html; charset=utf-8"
+    html = (STATIC / "index.html").read_bytes()
+    assert body == html.replace(b'data-flood-rate="10" data-flood-burst="20"',
+                                b'data-flood-rate="2.5" data-flood-burst="7"', 1)
+    assert body != html
+
+
+def test_the_page_file_has_the_default_flood_rule() -> None:
+    html = (STATIC / "index.html").read_bytes()
+    config = ServerConfig()
+    assert render_page(html, config.flood_rate, config.flood_burst) == html
+    assert render_page(html, 0.0, 1).count(b'data-flood-rate="0" data-flood-burst="1"') == 1
+    with pytest.raises(ValueError, match="data-flood-rate"):
+        render_page(b"<!DOCTYPE html>\n<html lang=\"en\">\n", 10.0, 20)
 
 
 @pytest.mark.e2e

@@ -337,6 +337,37 @@ class _Files(static.File):
         return f
 
 
+# The server's flood rule, written into the page's <html> element: the page
+# paces its own lines by it (docs/web.md, "Flood control and the user list").
+_FLOOD_RULE = re.compile(rb'<html([^>]*?) data-flood-rate="[^"]*" data-flood-burst="[^"]*"')
+
+
+def render_page(html: bytes, flood_rate: float, flood_burst: int) -> bytes:
+    """C{index.html} with the chat server's C{--flood-rate} and
+    C{--flood-burst} in its C{data-flood-rate} and C{data-flood-burst}
+    (the file has the defaults, so the defaults serve it byte for byte)."""
+    rule = f' data-flood-rate="{flood_rate:g}" data-flood-burst="{flood_burst:d}"'.encode()
+    page, found = _FLOOD_RULE.subn(lambda m: b"<html" + m.group(1) + rule, html, count=1)
+    if not found:
+        raise ValueError("index.html has no data-flood-rate and data-flood-burst on <html>")
+    return page
+
+
+class _Page(resource.Resource):
+    """C{/}: the page, rendered once (L{render_page})."""
+
+    def __init__(self, body: bytes) -> None:
+        super().__init__()
+        self._body = body
+
+    def render_GET(self, request: server.Request) -> bytes:
+        request.setHeader(b"Content-Type", _CONTENT_TYPES[".html"].encode())
+        request.setHeader(b"Cache-Control", b"no-cache")
+        return self._body
+
+    render_HEAD = render_GET
+
+
 class _Root(resource.Resource):
     """C{/} is the page; C{/chat} the WebSocket; C{/static/...} its files."""
 
@@ -392,7 +423,9 @@ def web_site(chat: ChatFactory, web: WebConfig, reactor: Any = None,
         close_grace=chat.config.close_grace,
     )
     files = _Files(str(static_dir), defaultType="application/octet-stream")
-    page = _Files(str(static_dir / "index.html"))
+    config = chat.config
+    page = _Page(render_page((static_dir / "index.html").read_bytes(),
+                             config.flood_rate, config.flood_burst))
     root = _Root(page, files, _Socket(gateway))
     site = WebSite(root, gateway, chat, web)
     if reactor is not None:

@@ -250,6 +250,7 @@
       titleUnread = [...state.convs.values()].reduce((n, c) => n + c.unread, 0);
       bumpTitle(0);
     }
+    if (!document.hidden) pollRoster(); // not asked while hidden: now, if due
   });
 
   // -- sidebar and header ------------------------------------------------------
@@ -387,13 +388,187 @@
 
   // -- the connection ----------------------------------------------------------------
 
+  // A line for the server: sent now, or held (in order) until the flood
+  // tokens it needs are back (flush). False if not connected.
   function send(line) {
-    if (state.ws && state.ws.readyState === WebSocket.OPEN) {
-      state.ws.send(line);
-      return true;
-    }
-    return false;
+    const ws = state.ws;
+    if (!ws || ws.readyState !== WebSocket.OPEN) return false;
+    outbox.queue.push(line);
+    flush();
+    return true;
   }
+
+  // -- flood control: the page's own pacing ------------------------------------------
+  //
+  // Every line the page sends spends one of the server's flood tokens
+  // (--flood-rate a second, in bursts of --flood-burst), and USERS, PAIR and
+  // ACCEPT one token per 4096 bytes of the user list (docs/protocol.md,
+  // "Limits this server sets", 13). A line that finds too few is dropped
+  // with ERROR flood. The server writes its rule into the page
+  // (<html data-flood-rate data-flood-burst>); the page counts the tokens
+  // it spends and holds a line that would find too few, in order, until
+  // they are back: its own lines (the roster poll above all) never cost the
+  // user a line of theirs (docs/web.md, "Flood control and the user list").
+
+  const REPLY_BYTES = 4096; // the server's price of the user list: a token per this many bytes
+  // Seconds the network may bunch the page's lines by (a delayed packet
+  // lets the next ones catch up with it): the server may then see a burst
+  // rate x this bigger than the page sent, so the page keeps that many
+  // tokens in hand.
+  const FLOOD_JITTER = 0.5;
+  const flood = (() => {
+    const data = document.documentElement.dataset;
+    const rate = Number(data.floodRate);
+    const burst = Number(data.floodBurst);
+    // Without the server's rule (a page saved to disk), its defaults.
+    if (!(data.floodRate && Number.isFinite(rate) && rate >= 0 && Number.isInteger(burst) && burst >= 1)) {
+      return { rate: 10, burst: 20, room: 15 };
+    }
+    return { rate, burst, room: Math.max(1, burst - rate * FLOOD_JITTER) };
+  })();
+
+  const outbox = {
+    queue: [], // lines held until the tokens they need are back
+    tokens: flood.room, // the page's count, at `at` (at most flood.room)
+    at: 0,
+    lastSent: -Infinity,
+    timer: null,
+  };
+
+  function resetOutbox() {
+    clearTimeout(outbox.timer);
+    outbox.timer = null;
+    const held = outbox.queue.length;
+    outbox.queue = [];
+    outbox.tokens = flood.room; // a new connection starts with a full bucket
+    outbox.at = performance.now();
+    outbox.lastSent = -Infinity;
+    return held;
+  }
+
+  function tokensAt(now) {
+    if (!flood.rate) return Infinity;
+    return Math.min(flood.room, outbox.tokens + ((now - outbox.at) / 1000) * flood.rate);
+  }
+
+  // The tokens a line costs: one, or for USERS, PAIR and ACCEPT the user
+  // list's price (its size estimated from the list the page holds, rounded up).
+  function costOf(line) {
+    const verb = parse(line, 1)[0].toUpperCase();
+    if (verb !== "USERS" && verb !== "PAIR" && verb !== "ACCEPT") return 1;
+    return Math.min(flood.burst, Math.max(1, Math.ceil(rosterBytes() / REPLY_BYTES)));
+  }
+
+  // Milliseconds before a line of `cost` tokens may go (0: now).
+  function waitFor(cost, now) {
+    if (!flood.rate) return 0;
+    if (cost <= flood.room) {
+      const have = tokensAt(now);
+      return have >= cost ? 0 : Math.ceil(((cost - have) / flood.rate) * 1000);
+    }
+    // More than the page keeps in hand (a list near burst x 4 KiB): only
+    // once the server's bucket is surely full, the page having sent nothing
+    // for as long as it takes to fill.
+    return Math.max(0, Math.ceil(outbox.lastSent + (flood.burst / flood.rate + FLOOD_JITTER) * 1000 - now));
+  }
+
+  function flush() {
+    clearTimeout(outbox.timer);
+    outbox.timer = null;
+    while (outbox.queue.length) {
+      const ws = state.ws;
+      if (!ws || ws.readyState !== WebSocket.OPEN) return; // closed() empties the queue
+      const now = performance.now();
+      const cost = costOf(outbox.queue[0]);
+      const ms = waitFor(cost, now);
+      if (ms > 0) {
+        outbox.timer = setTimeout(flush, ms);
+        return;
+      }
+      outbox.tokens = Math.max(0, tokensAt(now) - cost);
+      outbox.at = now;
+      outbox.lastSent = now;
+      ws.send(outbox.queue.shift());
+    }
+    pollRoster(); // a poll waits for an empty queue
+  }
+
+  // -- the user list: kept current, asked for when cheap ------------------------------
+  //
+  // JOINED and LEFT keep the list, and some lines tell a pair: the page's
+  // own PAIRED, its UNPAIRED (the list follows it), DECLINED and CANCELLED
+  // busy (the other side got paired). No line tells who else pairs or
+  // unpairs, so the page asks USERS now and then: ROSTER_BASE after the last
+  // list, times its price in tokens for a list over 4 KiB (at most x4), and
+  // only when that is cheap: the page shown, no line held, every token back
+  // (nothing sent for a second or two). A poll overdue by ROSTER_BASE more
+  // goes anyway (the outbox holds what follows it, if need be). A page shown
+  // again asks at once when its list is due; opening the drawer, when its
+  // list is older than ROSTER_LOOK.
+
+  const ROSTER_BASE = (() => {
+    // ?roster=SECONDS (at least 1) sets it, for tests; 30 s otherwise.
+    const s = Number(new URLSearchParams(location.search).get("roster"));
+    return Number.isFinite(s) && s >= 1 ? s * 1000 : 30000;
+  })();
+  const ROSTER_MAX_FACTOR = 4;
+  const ROSTER_LOOK = ROSTER_BASE / 3;
+
+  const roster = {
+    at: 0, // when the last list ended (performance.now())
+    price: 1, // its price in tokens
+    extra: 0, // bytes per USER line beyond "USER <nick> <state>\r\n" (addresses)
+    askedAt: -Infinity, // when the page sent USERS; its list is not in yet
+  };
+
+  // The user list's size as the server would send it now, from the list the
+  // page holds, rounded up (someone's JOINED may still be on its way).
+  function rosterBytes() {
+    let size = 8 + String(state.users.size).length; // USERS <count>\r\n
+    for (const user of state.users.values()) {
+      // USER <nick> lobby\r\n, or paired
+      size += 13 + user.nick.length + (user.state === "paired" ? 1 : 0) + roster.extra;
+    }
+    return Math.ceil(size * 1.02) + 256;
+  }
+
+  // A user list ended (USERS <count>): what it cost, and when it came.
+  function rosterReceived(users, line) {
+    let bytes = line.length + 2;
+    let bare = 0;
+    for (const user of users) {
+      bytes += user.bytes;
+      bare += 13 + user.nick.length + (user.state === "paired" ? 1 : 0);
+    }
+    roster.extra = users.length ? Math.max(0, (bytes - line.length - 2 - bare) / users.length) : 0;
+    roster.price = Math.min(flood.burst, Math.max(1, Math.ceil(bytes / REPLY_BYTES)));
+    roster.at = performance.now();
+    roster.askedAt = -Infinity;
+  }
+
+  // Ask USERS if it is due and cheap (see above); `look`: the user opened
+  // the drawer, so it goes now if the list is older than ROSTER_LOOK.
+  function pollRoster(look = false) {
+    if (!state.online || !state.ws || state.leaving) return;
+    if (document.visibilityState === "hidden") return;
+    const now = performance.now();
+    if (now - roster.askedAt < ROSTER_BASE) return;
+    const due = roster.at + (look ? ROSTER_LOOK : ROSTER_BASE * Math.min(ROSTER_MAX_FACTOR, roster.price));
+    if (now < due) return;
+    const cheap = !outbox.queue.length && tokensAt(now) >= flood.room && waitFor(costOf("USERS"), now) === 0;
+    if (!cheap && !look && now < due + ROSTER_BASE) return;
+    roster.askedAt = now;
+    send("USERS");
+  }
+
+  function markPaired(nick) {
+    const user = state.users.get(key(nick));
+    if (user && user.state !== "paired") {
+      user.state = "paired";
+      renderUsers();
+    }
+  }
+
 
   function socketUrl() {
     const scheme = location.protocol === "https:" ? "wss://" : "ws://";
@@ -405,6 +580,7 @@
     clearTimeout(state.retryTimer);
     clearInterval(state.countdown);
     state.retryTimer = null;
+    resetOutbox();
     let ws;
     try {
       ws = new WebSocket(socketUrl());
@@ -431,6 +607,7 @@
     state.ws = null;
     clearInterval(state.keepalive);
     clearInterval(state.rosterTimer);
+    const held = resetOutbox();
     state.accountRequest = null;
     closePasswordDialog();
     $("nick-submit").disabled = true;
@@ -441,6 +618,7 @@
     }
     if (wasOnline) {
       notice(lobby(), "Disconnected from the server.", { error: true });
+      if (held) notice(lobby(), `${held === 1 ? "One line was" : held + " lines were"} not sent: the connection closed first.`, { error: true });
       state.autoJoin = true;
     } else if (state.byeReason === "timeout" && !state.autoJoin) {
       // A prompt left alone past the server's --nick-timeout: nothing to
@@ -535,9 +713,10 @@
         send("PING keepalive");
       }
     }, 10000);
-    // Who is paired changes without a notice to us: refresh the list now and then.
+    // Who else is paired changes without a notice to us: the list is asked
+    // for again now and then, when that is cheap (pollRoster).
     clearInterval(state.rosterTimer);
-    state.rosterTimer = setInterval(() => send("USERS"), 30000);
+    state.rosterTimer = setInterval(pollRoster, 1000);
     renderHeader();
     show(state.active, !interrupted);
   }
@@ -643,13 +822,15 @@
       }
       case "USER": {
         const [, nick, st] = parse(line, 3);
-        (state.pendingUsers || (state.pendingUsers = [])).push({ nick, state: st });
+        (state.pendingUsers || (state.pendingUsers = [])).push({ nick, state: st, bytes: line.length + 2 });
         break;
       }
       case "USERS": {
         state.replaySkip = null; // the end of a READY block
-        state.users = new Map((state.pendingUsers || []).map((u) => [key(u.nick), u]));
+        const users = state.pendingUsers || [];
+        state.users = new Map(users.map((u) => [key(u.nick), u]));
         state.pendingUsers = null;
+        rosterReceived(users, line);
         renderUsers();
         break;
       }
@@ -740,6 +921,8 @@
         const [, to, reason] = parse(line, 2);
         state.pendingTo = null;
         clearPendingCard();
+        // Not us (our PAIRED came first): they got paired with someone else.
+        if (reason === "busy" && !state.partner) markPaired(to);
         const text = {
           rejected: `${to} declined your invitation.`,
           withdrawn: `You withdrew your invitation to ${to}.`,
@@ -753,6 +936,7 @@
       }
       case "CANCELLED": {
         const [, from, reason] = parse(line, 2);
+        if (reason === "busy" && !state.partner) markPaired(from); // as DECLINED busy
         if (state.invites.has(key(from))) {
           dropInvite(from);
           const text = {
@@ -1134,7 +1318,10 @@
     const conv = current();
     if (conv.peer) send("PAIR " + conv.peer);
   });
-  $("menu-button").addEventListener("click", () => $("app").classList.toggle("menu-open"));
+  $("menu-button").addEventListener("click", () => {
+    // The drawer (phone width) shows who is online: an old list is asked for again.
+    if ($("app").classList.toggle("menu-open")) pollRoster(true);
+  });
   $("messages").addEventListener("click", () => $("app").classList.remove("menu-open"));
 
   // -- start -------------------------------------------------------------------------------
