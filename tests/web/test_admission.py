@@ -23,6 +23,7 @@ from twisted.python.failure import Failure
 from tests.harness import Harness
 from tests.web import wsframes as ws
 from tests.web.test_gateway import TCPTransport
+from twisted_chat.server.descriptors import REFUSALS_CLOSING
 from twisted_chat.web.admission import HTTP_PER_BROWSER
 from twisted_chat.web.config import WebConfig, parse_networks
 from twisted_chat.web.site import KEEPALIVE_IDLE, MAX_REQUESTS, WebSite, web_site
@@ -285,6 +286,41 @@ def test_a_refused_upgrade_is_aborted_at_the_deadline_at_the_latest() -> None:
     refused.lose()
     h.clock.advance(100)
     assert h.factory.other_connections == 0
+
+
+def test_refused_web_connections_and_upgrades_share_the_refusal_budget() -> None:
+    """An upgrade the chat server refuses (over --max-per-ip: ERROR
+    server-full, BYE full, a close frame) and a connection the web port
+    refuses at accept (a 503) wait out the close grace as a refused chat
+    connection does, in the same budget (docs/protocol.md, limit 15):
+    while REFUSALS_CLOSING of them wait, the next is aborted at once.
+    Their peers never complete the close (a TLS peer without close_notify:
+    the StringTransport never reports the close)."""
+    h = Harness(max_per_ip=1, ip_connect_burst=1000, close_grace=3.0)
+    site = make_site(h)
+    h.connect(host="192.0.2.1").send("NICK alice")  # the address's one user
+    upgrades = []
+    for _ in range(REFUSALS_CLOSING - HTTP_PER_BROWSER):
+        conn = HTTPConn(h, site)
+        assert conn.upgrade() == ["ERROR server-full too many connections from 192.0.2.1",
+                                  "BYE full"]
+        upgrades.append(conn)
+    assert not any(c.killed for c in upgrades)  # closing: a close frame, then the wait
+    held = [HTTPConn(h, site) for _ in range(HTTP_PER_BROWSER)]  # the address's HTTP cap
+    refused = [HTTPConn(h, site) for _ in range(HTTP_PER_BROWSER + 2)]
+    assert all(c.refused for c in refused)
+    assert h.factory.closing_refusals.count == REFUSALS_CLOSING
+    assert [c.killed for c in refused] == [False] * HTTP_PER_BROWSER + [True, True]
+    held[0].lose()
+    late = HTTPConn(h, site)
+    assert late.upgrade()[0].startswith("ERROR server-full ")
+    assert late.killed  # the budget is spent: aborted at once
+    h.clock.advance(3)
+    waiting = upgrades + refused[:HTTP_PER_BROWSER]
+    assert all(c.killed for c in waiting)  # aborted after the grace
+    for conn in [*waiting, *refused[HTTP_PER_BROWSER:], late]:
+        conn.lose()
+    assert h.factory.closing_refusals.count == 0
 
 
 def test_a_trusted_proxy_is_not_counted_as_one_address() -> None:

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.serverproc import LOOPBACK
+from tests.serverproc import LOOPBACK, LineClient
 from tests.test_e2e_tls import self_signed
 from tests.web import wsframes as ws
 from tests.web.webserver import WebServer, served, serving
@@ -92,9 +92,15 @@ def test_web_client_over_tls_page_headers_and_wss_chat(tls_web: TlsWebServer) ->
     assert f"wss://{tls_web.host}" in directives["connect-src"].split()
 
     # The chat/1 handshake over wss:// at /chat.
-    sock = tls_web.connect()
+    wss_user(tls_web, "alice").close()
+
+
+def wss_user(web: TlsWebServer, nick: str) -> ssl.SSLSocket:
+    """A wss:// connection to /chat that joined as C{nick} (what follows
+    READY is left unread)."""
+    sock = web.connect()
     try:
-        request, accept = ws.handshake(host=tls_web.host, origin=f"https://{tls_web.host}")
+        request, accept = ws.handshake(host=web.host, origin=f"https://{web.host}")
         sock.sendall(request)
         deadline = time.monotonic() + 5
         data = b""
@@ -109,13 +115,42 @@ def test_web_client_over_tls_page_headers_and_wss_chat(tls_web: TlsWebServer) ->
 
         hello, buffer = read_message(sock, buffer, deadline)
         assert hello.startswith("HELLO chat/1 "), hello
-        nick, buffer = read_message(sock, buffer, deadline)
-        assert nick.startswith("NICK"), nick
-        sock.sendall(ws.text("NICK alice"))
+        prompt, buffer = read_message(sock, buffer, deadline)
+        assert prompt.startswith("NICK"), prompt
+        sock.sendall(ws.text(f"NICK {nick}"))
         ready, buffer = read_message(sock, buffer, deadline)
-        assert ready == "READY alice", ready
-    finally:
+        assert ready == f"READY {nick}", ready
+    except BaseException:
         sock.close()
+        raise
+    return sock
+
+
+def test_a_close_the_browser_started_and_never_completes_over_tls_is_aborted(
+    tls_web: TlsWebServer
+) -> None:
+    """A wss:// peer sends a close frame (as a page closing its socket
+    does) and never answers the server's close_notify: it is aborted
+    close_grace after the server's answer, and its user leaves.  Before,
+    the gateway never aborted it: alice stayed online, her nick taken and
+    her connection slots held, for good."""
+    grace = ServerConfig().close_grace
+    carol = LineClient(tls_web.port)
+    try:
+        carol.register("carol")
+        sock = wss_user(tls_web, "alice")
+        try:
+            assert carol.expect("JOINED ").split()[2] == "alice"
+            sock.sendall(ws.frame(b"\x03\xe8", opcode=ws.CLOSE))  # 1000, then nothing read
+            closed = time.monotonic()
+            left = carol.expect("LEFT ", timeout=grace + 5)
+            waited = time.monotonic() - closed
+        finally:
+            sock.close()
+        assert left.split()[2:4] == ["alice", "disconnected"], left
+        assert waited > grace - 1, waited  # the TLS close did wait for the peer
+    finally:
+        carol.close()
 
 
 def read_head(sock: ssl.SSLSocket) -> bytes:

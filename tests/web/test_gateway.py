@@ -586,3 +586,36 @@ def test_bench_websocket_dialect(h: Harness, gateway: ChatWebSocketFactory) -> N
     bob.send("MSG one", "MSG two")
     # One line_mark per line received.
     assert transport.value().count(dialect.line_mark) == 3
+
+
+def test_a_close_the_browser_started_and_never_completes_is_aborted() -> None:
+    """The browser sends a close frame: the gateway answers it and closes
+    the TCP connection, a close that waits (under TLS, for the peer's
+    close_notify; on TCP, for the peer to read what is queued).  A peer
+    that never completes it is aborted after the close grace, as any
+    chat connection's close is, and leaves.  Before, autobahn held itself
+    closed and skipped every abort: after 400 s alice was still online."""
+    h = Harness(idle_timeout=120, ping_timeout=60, close_grace=3.0)
+    gateway = make_gateway(h)
+    bob, alice = tcp_and_browser(h, gateway)
+    alice.send_frame(ws.frame(b"\x03\xe8", opcode=ws.CLOSE))  # 1000
+    assert alice.frames() == [(ws.CLOSE, b"\x03\xe8")]  # the answer
+    assert alice.transport.disconnecting and not alice.transport.disconnected
+    h.clock.advance(2.9)
+    assert not alice.transport.disconnected
+    h.clock.advance(0.1)
+    assert alice.transport.disconnected  # aborted
+    alice.lose()
+    assert bob.take() == [f"LEFT {ts(h)} alice disconnected"]
+    assert h.hub.find("alice") is None
+
+
+def test_a_timely_close_leaves_no_abort_behind() -> None:
+    h = Harness(close_grace=3.0)
+    gateway = make_gateway(h)
+    bob, alice = tcp_and_browser(h, gateway)
+    alice.send_frame(ws.frame(b"\x03\xe8", opcode=ws.CLOSE))
+    alice.lose()  # the close completed at once
+    assert bob.take() == [f"LEFT {ts(h)} alice disconnected"]
+    h.clock.advance(3)
+    assert not alice.transport.disconnected

@@ -3,8 +3,9 @@ How the server ends a connection: the close, then an abort if the peer has
 not completed it within the grace (L{ServerConfig.close_grace}, 3 s).  A
 peer that stopped reading, or a TLS peer that never finishes the handshake
 or never answers the close (close_notify), would otherwise hold the socket
-for good, outside every limit.  The chat connection, a refused one, and the
-web port's refused requests and upgrades all close this way.
+for good, outside every limit.  The chat connection, a refused one, the
+web port's refused requests and upgrades, and a WebSocket close the browser
+started all close this way.
 """
 
 from __future__ import annotations

@@ -214,7 +214,8 @@ class ChatWebSocket(WebSocketServerProtocol):
     # socket from then on) and when the socket closes: what counted it
     # until then (the web port's HTTP connection it came from) stops.
     handover: Callable[[], None] | None = None
-    # A refused upgrade's abort, close_grace after its response.
+    # The abort of a close autobahn made (a refused upgrade's, or the answer
+    # to the peer's close frame), close_grace after it.
     _grace: IDelayedCall | None = None
     # The latest ping's payload, while its PONG waits for the socket to drain.
     _pending_pong: bytes | None = None
@@ -400,15 +401,21 @@ class ChatWebSocket(WebSocketServerProtocol):
 
     def dropConnection(self, abort: bool = False) -> None:
         """
-        An upgrade autobahn refused (no C{Upgrade}, a bad key, a disallowed
-        origin) ends with a close that, under TLS, waits for the peer's
-        close_notify: as a refused chat connection's, it is aborted if the
-        peer does not complete it in time (L{close_within}).
+        autobahn ends a connection with a close rather than an abort where
+        it is in the right: an upgrade it refused (no C{Upgrade}, a bad
+        key, a disallowed origin), its answer to the peer's close frame,
+        a second protocol error during the closing handshake.  That close
+        waits, under TLS for the peer's close_notify, on any transport for
+        the peer to read what is queued: as a chat connection's close, it
+        is aborted if the peer does not complete it in time
+        (L{close_within}).  autobahn holds itself closed from then on and
+        skips every later abort, the chat connection's own included: a
+        peer that sent a close frame and never completed the TCP (or TLS)
+        close kept its user online, and its connection slots, for good.
         """
-        refused = not abort and self.state in (self.STATE_CONNECTING,
-                                               self.STATE_PROXY_CONNECTING)
         transport: Any = self.transport
-        if refused and transport is not None and self._grace is None:
+        if (not abort and self.state != self.STATE_CLOSED and transport is not None
+                and self._grace is None):
             self._grace = close_within(transport, self.factory.reactor,
                                        self.factory.close_grace, super().dropConnection)
         else:
