@@ -649,3 +649,99 @@ def test_a_write_redis_refuses_is_answered_unavailable_and_forgotten() -> None:
     assert [e["log_level"] for e in logged] == [LogLevel.error]
     # Nothing is left to answer "unconfirmed" later.
     log.reactor.advance(WAIT * 2)
+
+
+def _held(node: Node) -> int:
+    """What a node's connections hold behind their commands, counted from them."""
+    return sum(len(p._buffer) + p._held_size for p in node.factory.connections if p._waiting)
+
+
+def test_the_input_held_behind_waiting_commands_is_bounded_node_wide() -> None:
+    """During an outage each connection holds what it sends behind its
+    waiting command: 64 KiB and one read at most on its own, and no more
+    than --redis-queue for all of them together (counted apart from the
+    commands).  Past that, the connections waiting are not read (the
+    kernel keeps what they send: nothing is dropped) until the node holds
+    half of it again; then everything is handled, in order."""
+    limit, chunk, senders = 200_000, 8192, 16
+    cluster, n0, log = outage(2, max_per_ip=100)
+    n0.factory.held_input.limit = limit
+    bob = cluster.nodes[1].user("bob")
+    users = [n0.user(f"u{i}") for i in range(senders)]
+    # About 90 KiB from each.
+    lines = {i: [f"u{i} line {j} " + "x" * 3000 for j in range(30)] for i in range(senders)}
+    data = {i: "".join(f"MSG {line}\r\n" for line in lines[i]).encode() for i in lines}
+    log.down()
+    for user in users:
+        user.send("MSG first")
+    most = 0
+    for start in range(0, len(data[0]), chunk):  # one chunk from each in turn
+        for i, user in enumerate(users):
+            user.transport.arrive(data[i][start:start + chunk])
+            cluster.clock.advance(0)
+            most = max(most, _held(n0))
+            assert n0.factory.held_input.total == _held(n0)
+    # Past the limit, only the read that crossed it (16 x 90 KiB without).
+    assert limit < most <= limit + chunk, most
+    held = n0.factory.held_input
+    assert held.over and held.paused
+    assert sum(not user.reading for user in users) >= senders - limit // (64 * 1024)
+    assert sum(len(user.transport.unread) for user in users) > 0  # in the "kernel"
+    # Redis is back: every line comes through, in each sender's order.
+    log.back()
+    for _ in range(100):
+        cluster.pump()
+        cluster.clock.advance(0)
+    got = said(bob.take())
+    assert got.count("first") == senders
+    for i in range(senders):
+        assert [text for text in got if text.startswith(f"u{i} ")] == lines[i]
+    assert held.total == 0 and not held.over and not held.paused
+    assert all(user.reading for user in users)
+
+
+def test_past_the_bound_only_connections_with_a_command_waiting_are_not_read() -> None:
+    """Past the node's bound on held input: a connection with no command
+    waiting is read and answered as ever; one whose command starts waiting
+    is not read until it is decided; one paused while its command waited is
+    read again once it holds nothing and waits for nothing, the node still
+    over its bound.  A web connection's held lines count too."""
+    cluster, n0, log = outage(1)
+    n0.factory.held_input.limit = 100_000
+    heavy = [n0.user(f"h{i}") for i in range(2)]
+    quiet, idle = n0.user("quiet"), n0.user("idle")
+    web = n0.user("web")
+    log.down()
+    quiet.send("MSG waits alone")
+    web.send("MSG first")
+    web.protocol.message_received(b"MSG " + b"w" * 3000)
+    for user in heavy:
+        user.send("MSG first")
+    assert n0.factory.held_input.total == 3000 + 5
+    for user in heavy:
+        user.arrive(*[f"MSG {'y' * 4000}" for _ in range(15)])  # 60 KiB each
+    held = n0.factory.held_input
+    assert held.over and held.total == _held(n0) > 100_000
+    assert not quiet.reading and not any(user.reading for user in heavy)
+    # The web connection's TCP reading is paused through its transport.
+    assert web.protocol in held.paused
+    idle.send("PING still")
+    assert idle.take() == ["PONG still"]
+    idle.send("MSG now waits")
+    assert not idle.reading  # paused at once, holding nothing
+    quiet.arrive("PING later")
+    assert quiet.take() == []  # in the "kernel"
+    cluster.clock.advance(WAIT)
+    # quiet's command was answered: it holds nothing, waits for nothing, and
+    # is read again (the PING the "kernel" kept).
+    answer, pong = quiet.take()
+    assert answer.startswith("ERROR unavailable") and pong == "PONG later"
+    assert quiet.reading
+    # The heavy ones handled one more line each and wait again, holding the rest.
+    assert held.over and not any(user.reading for user in heavy)
+    log.back()
+    for _ in range(50):
+        cluster.pump()
+        cluster.clock.advance(0)
+    assert held.total == 0 and not held.paused
+    assert all(user.reading for user in (*heavy, quiet, idle))

@@ -1113,8 +1113,9 @@ def test_a_server_shutdown_ends_a_connection_whose_held_lines_wait(
 def test_input_held_behind_a_waiting_command_is_at_most_the_limit_and_one_read(
         monkeypatch: pytest.MonkeyPatch) -> None:
     """What docs/cluster.md says a connection holds while a command waits
-    (outside --redis-queue): reading pauses once more than 64 KiB is held,
-    so at most that and one read (Twisted reads up to 64 KiB at a time)."""
+    (on its own; all together are bounded too: test_cluster_outage.py):
+    reading pauses once more than 64 KiB is held, so at most that and one
+    read (Twisted reads up to 64 KiB at a time)."""
     h = Harness()
     pending = _first_command_waits(h, monkeypatch)
     conn = h.user("script")

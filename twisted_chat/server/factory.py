@@ -29,7 +29,7 @@ from twisted_chat.server.history import Entry, History, newest_within
 from twisted_chat.server.hub import Hub, HubSettings, Invitation, State, User
 from twisted_chat.server.login import Accounts
 from twisted_chat.server.metrics import Stats
-from twisted_chat.server.protocol import ChatProtocol
+from twisted_chat.server.protocol import HELD_INPUT_TOTAL, ChatProtocol, HeldInput
 from twisted_chat.server.sendqueue import DirectPass, DrainWatch, OutputBudget
 from twisted_chat.server.session import Session
 from twisted_chat.server.state import ChatState, LocalState
@@ -148,6 +148,9 @@ class ChatFactory(ServerFactory):
             self.state = state(self)
         self.hub = self.state.hub
         self.connections: set[ChatProtocol] = set()
+        # The input they hold behind commands decided elsewhere, all together
+        # (a cluster node's --redis-queue: cluster_factory sets it).
+        self.held_input = HeldInput(HELD_INPUT_TOTAL, lambda: self.connections)
         # Connections that count against --max-clients but are not chat
         # connections (yet): the web port's HTTP connections
         # (twisted_chat.web.admission; see hold_other).

@@ -45,6 +45,16 @@ if TYPE_CHECKING:
 # the connection is not read until it is.
 _HELD_INPUT = 65536
 
+#: What all connections together may hold behind commands decided elsewhere
+#: (L{HeldInput}): a cluster node's is its --redis-queue.
+HELD_INPUT_TOTAL = 4 * 1024 * 1024
+
+# Why a connection's reading is paused (ChatProtocol._paused, bits): it holds
+# more than _HELD_INPUT itself; the server's connections hold more than
+# HeldInput.limit together.
+_PAUSED_OWN = 1
+_PAUSED_NODE = 2
+
 
 @implementer(IProtocol, IHalfCloseableProtocol)
 class ChatProtocol:
@@ -57,8 +67,8 @@ class ChatProtocol:
     shared parts are read through it.
     """
 
-    __slots__ = ("_abort_call", "_buffer", "_discarding", "_flooding", "_held", "_held_size",
-                 "_idle", "_input_ended", "_last_line", "_leave_reason", "_paused_for_answer",
+    __slots__ = ("_abort_call", "_buffer", "_charged", "_discarding", "_flooding", "_held",
+                 "_held_size", "_idle", "_input_ended", "_last_line", "_leave_reason", "_paused",
                  "_pinged_at", "_tokens", "_waiting", "address", "closing", "connected",
                  "factory", "handshake", "host", "limits", "pool_key", "send_queue", "transport",
                  "user")
@@ -93,7 +103,9 @@ class ChatProtocol:
         # A command is being decided elsewhere (wait_for): what arrives
         # meanwhile waits in _buffer, or whole in _held (message_received).
         self._waiting = False
-        self._paused_for_answer = False
+        self._paused = 0  # _PAUSED_OWN | _PAUSED_NODE: why reading is paused
+        # What of it is counted in the factory's HeldInput (_count_held).
+        self._charged = 0
         self._input_ended = False  # the peer half-closed (or went) while a command waited
         self._held: deque[bytes] | None = None  # made only when needed
         self._held_size = 0
@@ -170,6 +182,10 @@ class ChatProtocol:
         if self._abort_call is not None and self._abort_call.active():
             self._abort_call.cancel()
         self._abort_call = None
+        # What it held behind a command is never handled now: let it go.
+        self._buffer, self._held, self._held_size = b"", None, 0
+        self._count_held()
+        self.factory.held_input.forget(self)
         self.factory.connection_lost(self)
         self.factory.stats.disconnected(self._leave_reason)
         self.factory.session.lost(self)
@@ -314,6 +330,7 @@ class ChatProtocol:
         if self._waiting:
             self._buffer += data
             self._held_over(len(self._buffer))
+            self._count_held()
             return
         if self._buffer:
             data = self._buffer + data
@@ -347,6 +364,8 @@ class ChatProtocol:
             self.line_received(line)
             if self._waiting:
                 self._buffer = data[start:]
+                if start < len(data):
+                    self._count_held()
                 return
 
     def message_received(self, line: bytes) -> None:
@@ -362,6 +381,7 @@ class ChatProtocol:
             self._held.append(line)
             self._held_size += len(line) + 1
             self._held_over(self._held_size)
+            self._count_held()
             return
         if len(line) > self.config.max_line:
             self._too_long()
@@ -391,20 +411,56 @@ class ChatProtocol:
         """Handle no more lines until C{outcome} (a command decided
         elsewhere) fires; what arrives meanwhile waits, in order."""
         self._waiting = True
+        held = self.factory.held_input
+        if held.over:
+            # What it read now would be held: it is read again once this
+            # command is decided, or the server holds less (HeldInput).
+            held.pause(self)
         outcome.addBoth(self._decided)
 
     def _held_over(self, size: int) -> None:
-        if size > _HELD_INPUT and not self._paused_for_answer:
-            self._paused_for_answer = True
+        if size > _HELD_INPUT and not self._paused & _PAUSED_OWN:
+            self._pause(_PAUSED_OWN)
+
+    def _pause(self, why: int) -> None:
+        """Stop reading for C{why} (a L{_PAUSED_OWN} or L{_PAUSED_NODE})."""
+        paused = self._paused
+        self._paused = paused | why
+        if not paused and not self.closing:
             self.transport.pauseProducing()  # type: ignore[union-attr]
+
+    def _resume(self, why: int) -> None:
+        """C{why} no longer holds; read again if nothing else pauses it."""
+        paused = self._paused
+        self._paused = paused & ~why
+        if paused and not self._paused and not self.closing:
+            self.transport.resumeProducing()  # type: ignore[union-attr]
+
+    def node_pause(self) -> None:
+        """The server's connections hold too much input (L{HeldInput})."""
+        self._pause(_PAUSED_NODE)
+
+    def node_resume(self) -> None:
+        self._resume(_PAUSED_NODE)
+
+    def held_or_waiting(self) -> bool:
+        """Whether what it read now would be held (L{HeldInput})."""
+        return self._waiting
+
+    def _count_held(self) -> None:
+        """Bring what the factory's L{HeldInput} counts for it up to date:
+        the input it holds while a command is decided elsewhere."""
+        size = len(self._buffer) + self._held_size if self._waiting else 0
+        delta = size - self._charged
+        if delta:
+            self._charged = size
+            self.factory.held_input.change(self, delta)
 
     def _decided(self, result: object) -> None:
         self._waiting = False
         self.factory.session.decided(self)
-        if self._paused_for_answer:
-            self._paused_for_answer = False
-            if not self.closing:
-                self.transport.resumeProducing()  # type: ignore[union-attr]
+        if self._paused & _PAUSED_OWN:
+            self._resume(_PAUSED_OWN)
         if self._buffer and not self.closing:
             self.dataReceived(b"")
         held = self._held
@@ -412,6 +468,11 @@ class ChatProtocol:
             line = held.popleft()
             self._held_size -= len(line) + 1
             self.message_received(line)
+        self._count_held()
+        if self._paused & _PAUSED_NODE and not self._waiting:
+            # It holds nothing and waits for nothing: its next read is
+            # handled as it comes, as any connection's.
+            self.factory.held_input.release(self)
         if self._input_ended and not self._waiting:
             self.readConnectionLost()
 
@@ -490,6 +551,66 @@ class ChatProtocol:
         """Make room in a full handshake pool (see L{ChatFactory.buildProtocol})."""
         if not self.closing:
             self.close("full", "too many connections are still choosing a nick; try again")
+
+
+class HeldInput:
+    """
+    The input all of a server's connections hold behind commands decided
+    elsewhere (L{ChatProtocol.wait_for}: in cluster mode nearly every
+    command waits for Redis), and its bound, C{limit} bytes (a cluster
+    node's C{--redis-queue}, counted apart from the commands).  Each
+    connection holds at most L{_HELD_INPUT} plus one read on its own; past
+    C{limit} for all of them, no connection with a command waiting is read
+    (TCP's backpressure: what it sends waits in the kernel, nothing is
+    dropped) until it holds nothing and waits for nothing again, or until
+    the total is back to half of C{limit}.  What a connection read before it
+    was paused is kept: at most one read (64 KiB) each beyond C{limit}.
+    Nothing is done per line unless a connection holds input.
+    """
+
+    __slots__ = ("_connections", "limit", "over", "paused", "total")
+
+    def __init__(self, limit: int, connections: Callable[[], Iterable[ChatProtocol]]) -> None:
+        self.limit = limit
+        self._connections = connections
+        self.total = 0
+        self.over = False  # past the limit, and not yet back to half of it
+        # The connections it paused, in the order it paused them.
+        self.paused: dict[ChatProtocol, None] = {}
+
+    def change(self, conn: ChatProtocol, delta: int) -> None:
+        """C{conn} holds C{delta} bytes more (or fewer)."""
+        total = self.total = self.total + delta
+        if total > self.limit:
+            if not self.over:
+                self.over = True
+                # Every connection waiting for a command would hold what it
+                # reads next: none is read.
+                for other in list(self._connections()):
+                    if other.held_or_waiting():
+                        self.pause(other)
+            if delta > 0:
+                self.pause(conn)
+        elif self.over and total <= self.limit // 2:
+            self.over = False
+            paused, self.paused = self.paused, {}
+            for other in paused:
+                other.node_resume()
+
+    def pause(self, conn: ChatProtocol) -> None:
+        if conn not in self.paused:
+            self.paused[conn] = None
+            conn.node_pause()
+
+    def release(self, conn: ChatProtocol) -> None:
+        """C{conn} holds nothing and waits for nothing: it may be read."""
+        if conn in self.paused:
+            del self.paused[conn]
+            conn.node_resume()
+
+    def forget(self, conn: ChatProtocol) -> None:
+        """C{conn} is gone."""
+        self.paused.pop(conn, None)
 
 
 @implementer(ITransport)

@@ -280,7 +280,10 @@ class Options(usage.Options):
          "Less than --idle-timeout.", _positive(float)],
         ["redis-queue", None, 4 * 1024 * 1024,
          "Cluster mode: bytes of commands one server holds while they wait for Redis; "
-         "a command over it is answered ERROR unavailable at once.", _positive(int)],
+         "a command over it is answered ERROR unavailable at once. The input its "
+         "connections hold behind those commands is bounded by as many bytes, counted "
+         "apart: past it, connections with a command waiting are not read until it "
+         "is decided.", _positive(int)],
         ["accounts", None, _defaults.accounts,
          "Nicks protected by passwords: 'open' (anyone may REGISTER the nick they "
          "hold), 'required' (only nicks with an account may log in; the operator "

@@ -46,6 +46,9 @@ def cluster_factory(
         return state
 
     factory = ChatFactory(config, reactor, History(config.history), state=build)
+    # What its connections hold behind commands waiting for Redis is bounded
+    # as the commands are, counted apart (docs/cluster.md).
+    factory.held_input.limit = max_waiting
     state = holder[0]
     redis = RedisLog(target, state, reactor, node_timeout, retain_days=config.retain_days,
                      retain_messages=config.retain_messages, retain_bytes=retain_bytes)
