@@ -23,6 +23,16 @@ C{max_tracked} records without connections are kept at all (the least
 recently active go first; forgetting one only forgets its history, which
 favours the attacker by one fresh burst).
 
+In cluster mode the lobby-line and registration buckets are the cluster's
+(L{AddressBook.share}): each node judges a line at once by its own copy of
+the address's bucket, and brings that copy in line with the cluster's
+bucket, in Redis, every L{SHARE_INTERVAL} seconds while the address spends
+there (one call for every address that spent), and at once when the
+address spends there after a quiet while (twice L{SHARE_INTERVAL}: its copy
+may be stale, the address may have spent on other nodes meanwhile); what
+comes for that copy while it is being reconciled waits for the answer.
+See docs/cluster.md, "Options", for what that lets through.
+
 Everything here is pure: no sockets, time from an injected clock.
 """
 
@@ -32,13 +42,20 @@ import ipaddress
 from collections import OrderedDict
 from collections.abc import Hashable, Iterable
 from dataclasses import dataclass, field
-from typing import Generic, TypeVar
+from typing import Generic, Protocol, TypeVar
 
-from twisted.internet.interfaces import IReactorTime
+from twisted.internet.defer import Deferred
+from twisted.internet.interfaces import IDelayedCall, IReactorTime
+from twisted.python.failure import Failure
 
 from twisted_chat.server.config import ServerConfig
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+#: Seconds between a cluster node's reports of what its addresses spent; its
+#: copy of an address's bucket counts as up to date for twice that after the
+#: cluster's answer (so that one spending all along never finds it stale).
+SHARE_INTERVAL = 0.2
 
 
 def parse_network(text: str) -> Network:
@@ -116,6 +133,12 @@ class TokenBucket:
         missing = 1.0 - self._refill(now)
         return max(missing / self._rate.per_second, 0.0)
 
+    def set(self, tokens: float, now: float) -> None:
+        """Hold C{tokens} now (the cluster's count: below 0 when the address
+        owes what several nodes let through at once)."""
+        self._tokens = min(tokens, float(self._rate.burst))
+        self._stamp = now
+
     def full_at(self, now: float) -> float:
         """When the bucket will be full again."""
         if not self._rate.limited:
@@ -183,6 +206,35 @@ class AddressPolicy:
         )
 
 
+class Shared:
+    """
+    A node's account, for one bucket of one address, of what the cluster's
+    copy (L{SharedBuckets}) has not been told, and of when it last heard it.
+    """
+
+    __slots__ = ("asking", "fresh_until", "unsent", "waiting")
+
+    def __init__(self) -> None:
+        self.unsent = 0  # tokens spent here since the last report was sent
+        self.fresh_until = float("-inf")  # the copy counts as up to date until then
+        self.asking = False  # a report is on its way
+        # What waits for that report's answer (see AddressBook.lobby_line).
+        self.waiting: list[Deferred[None]] | None = None
+
+    def answered(self) -> Deferred[None]:
+        """Fires when the report on its way is answered (or fails)."""
+        d: Deferred[None] = Deferred()
+        if self.waiting is None:
+            self.waiting = []
+        self.waiting.append(d)
+        return d
+
+    def settled(self) -> None:
+        waiting, self.waiting = self.waiting, None
+        for d in waiting or ():
+            d.callback(None)
+
+
 @dataclass(eq=False, slots=True)
 class Address:
     """What one address has and has spent; shared by all its connections."""
@@ -194,6 +246,27 @@ class Address:
     penalty: Penalty
     connections: int = 0
     handshaking: int = 0
+    # In cluster mode (AddressBook.share), the lobby and registration
+    # buckets' account with the cluster's copies (made when first spent).
+    lobby_shared: Shared | None = None
+    register_shared: Shared | None = None
+
+
+#: The two buckets the cluster shares, by the name L{SharedBuckets} gets.
+LOBBY = "lobby"
+REGISTER = "register"
+
+
+class SharedBuckets(Protocol):
+    """The cluster's copy of the addresses' buckets (a cluster node's:
+    L{twisted_chat.server.cluster.budgets.RedisBuckets})."""
+
+    def spend(self, items: list[tuple[str, str, int, float]]) -> Deferred[list[float]]:
+        """For each C{(bucket, address key, tokens spent, rate per second)},
+        add what was spent to the cluster's bucket (which drains at the
+        rate) and return its level: the tokens taken and not yet refilled,
+        cluster-wide, this report's included (above the burst when the
+        address owes)."""
 
 
 class Refused(Exception):
@@ -208,6 +281,18 @@ class AddressBook:
         self.clock = clock
         # Least recently active first.
         self._records: OrderedDict[str, Address] = OrderedDict()
+        # Cluster mode (share): the cluster's buckets, the records whose
+        # spending is to be reported at the next report, and its timer.
+        self._shared: SharedBuckets | None = None
+        self.interval = SHARE_INTERVAL
+        self._due: dict[tuple[Address, str], None] = {}
+        self._report_call: IDelayedCall | None = None
+
+    def share(self, buckets: SharedBuckets, interval: float = SHARE_INTERVAL) -> None:
+        """Cluster mode: the lobby-line and registration buckets are the
+        cluster's, kept by C{buckets} (see the module's docstring)."""
+        self._shared = buckets
+        self.interval = interval
 
     def __len__(self) -> int:
         return len(self._records)
@@ -273,7 +358,10 @@ class AddressBook:
         """A connection of C{record} left the handshake with a nick: one
         registration spent."""
         if record is not None:
-            record.register.take(self.clock.seconds())
+            now = self.clock.seconds()
+            record.register.take(now)
+            if self._shared is not None and self.policy.register.limited:
+                self._spent(record, REGISTER, now)
             if record.handshaking > 0:
                 record.handshaking -= 1
 
@@ -285,20 +373,136 @@ class AddressBook:
         if handshaking and record.handshaking > 0:
             record.handshaking -= 1
 
-    def registration_wait(self, record: Address | None) -> float:
+    def registration_wait(self, record: Address | None) -> float | Deferred[None]:
         """
         Seconds until C{record} may register a nick (0.0: now).  Nothing is
         spent here: L{registered} spends, once the nick is accepted, so a
-        taken or invalid nick costs nothing.
+        taken or invalid nick costs nothing.  In cluster mode, a C{Deferred}
+        when this node's copy of the bucket is stale: it fires once the
+        cluster has been heard (ask again then); the registration waits for
+        Redis anyway.
         """
         if record is None:
             return 0.0
-        wait = record.register.wait(self.clock.seconds())
+        now = self.clock.seconds()
+        if self._shared is not None and self.policy.register.limited:
+            shared = self._shared_for(record, REGISTER)
+            if now >= shared.fresh_until and not shared.asking:
+                self._report([(record, REGISTER)])
+            if shared.asking:
+                return shared.answered()
+        wait = record.register.wait(now)
         return max(wait, 0.001) if wait > 0 else 0.0
 
-    def lobby_line(self, record: Address | None) -> bool:
-        """Spend a lobby-line token of C{record}; false: none left."""
-        return record is None or record.lobby.take(self.clock.seconds())
+    def lobby_line(self, record: Address | None) -> bool | Deferred[None]:
+        """
+        Spend a lobby-line token of C{record}; false: none left.  In cluster
+        mode this node's copy of the bucket may not know yet what the address
+        spent on other nodes (see the module's docstring): a stale copy lets
+        one line through and is reconciled at once, and a line that comes
+        while that is on its way gets a C{Deferred} that fires once it is
+        answered (a round trip on the connection its own line's event takes
+        anyway): ask again then.
+        """
+        if record is None:
+            return True
+        now = self.clock.seconds()
+        shared = record.lobby_shared
+        if shared is not None and shared.asking and now >= shared.fresh_until:
+            return shared.answered()
+        if not record.lobby.take(now):
+            return False
+        if self._shared is not None and self.policy.lobby.limited:
+            self._spent(record, LOBBY, now)
+        return True
+
+    # -- cluster mode: the cluster's copy of the buckets ------------------------------
+
+    def _shared_for(self, record: Address, bucket: str) -> Shared:
+        shared = record.lobby_shared if bucket == LOBBY else record.register_shared
+        if shared is None:
+            shared = Shared()
+            if bucket == LOBBY:
+                record.lobby_shared = shared
+            else:
+                record.register_shared = shared
+        return shared
+
+    def _spent(self, record: Address, bucket: str, now: float) -> None:
+        """C{record} spent a token of C{bucket} here: reported with the
+        next report, or now if this node's copy is stale."""
+        shared = self._shared_for(record, bucket)
+        shared.unsent += 1
+        if now >= shared.fresh_until and not shared.asking and (record, bucket) not in self._due:
+            # Not heard for two intervals (or never): the address may have
+            # spent elsewhere meanwhile.  (One spending here all along is
+            # reported with the others, every interval.)
+            self._report([(record, bucket)])
+        else:
+            self._due[record, bucket] = None
+            if self._report_call is None:
+                self._report_call = self.clock.callLater(self.interval, self._report_due)
+
+    def _report_due(self) -> None:
+        """Every SHARE_INTERVAL while addresses spend: one report for all."""
+        self._report_call = None
+        due, self._due = self._due, {}
+        items = []
+        for record, bucket in due:
+            shared = self._shared_for(record, bucket)
+            if shared.asking:
+                self._due[record, bucket] = None  # the next report takes it
+            elif shared.unsent:
+                items.append((record, bucket))
+        if items:
+            self._report(items)
+        if self._due:
+            self._report_call = self.clock.callLater(self.interval, self._report_due)
+
+    def _report(self, items: list[tuple[Address, str]]) -> None:
+        """Tell the cluster what C{items} spent here; set each copy to the
+        cluster's count when it answers.  If it cannot (Redis out of reach),
+        what was spent is not told again: the copies go on as this node's
+        own until the next report gets through."""
+        assert self._shared is not None
+        policy = self.policy
+        sent: list[tuple[Address, str, Shared]] = []
+        request: list[tuple[str, str, int, float]] = []
+        for record, bucket in items:
+            shared = self._shared_for(record, bucket)
+            rate = policy.lobby if bucket == LOBBY else policy.register
+            sent.append((record, bucket, shared))
+            request.append((bucket, record.key, shared.unsent, rate.per_second))
+            shared.unsent = 0
+            shared.asking = True
+        self._shared.spend(request).addCallbacks(self._reported, self._not_reported,
+                                                 callbackArgs=(sent,), errbackArgs=(sent,))
+
+    def _reported(self, levels: list[float], sent: list[tuple[Address, str, Shared]]) -> None:
+        now = self.clock.seconds()
+        for (record, bucket, shared), level in zip(sent, levels, strict=True):
+            shared.asking = False
+            shared.fresh_until = now + 2 * self.interval
+            rate = self.policy.lobby if bucket == LOBBY else self.policy.register
+            tokens = rate.burst - level - shared.unsent
+            (record.lobby if bucket == LOBBY else record.register).set(tokens, now)
+            shared.settled()
+
+    def _not_reported(self, failure: Failure, sent: list[tuple[Address, str, Shared]]) -> None:
+        # The copies go on as the node's own for an interval, then try again.
+        until = self.clock.seconds() + self.interval
+        for _, _, shared in sent:
+            shared.asking = False
+            shared.fresh_until = until
+            shared.settled()
+
+    def stop_sharing(self) -> None:
+        """No more reports (the node is stopping)."""
+        self._shared = None
+        if self._report_call is not None and self._report_call.active():
+            self._report_call.cancel()
+        self._report_call = None
+        self._due.clear()
 
     def _quiet_at(self, record: Address, now: float) -> float:
         """When C{record} holds nothing a fresh record would not."""

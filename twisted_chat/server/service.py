@@ -238,12 +238,12 @@ class Options(usage.Options):
          "New connections one address may open at once.", _positive(int)],
         ["ip-register-rate", None, _defaults.ip_register_rate,
          "Nicks per second one address may register, all its connections together "
-         "(0: no limit).", _non_negative(float)],
+         "(in cluster mode, on all nodes; 0: no limit).", _non_negative(float)],
         ["ip-register-burst", None, _defaults.ip_register_burst,
          "Nicks one address may register at once.", _positive(int)],
         ["ip-lobby-rate", None, _defaults.ip_lobby_rate,
          "Lobby messages per second from one address, all its connections together "
-         "(0: no limit).", _non_negative(float)],
+         "(in cluster mode, on all nodes; 0: no limit).", _non_negative(float)],
         ["ip-lobby-burst", None, _defaults.ip_lobby_burst,
          "Lobby messages one address may send at once.", _positive(int)],
         ["max-handshaking-per-ip", None, _defaults.max_handshaking_per_ip,

@@ -193,8 +193,17 @@ class Session:
         except LineError as e:
             conn.write(wire.line("RETRY", "invalid", text=e.text))
             return
+        self._hold(conn, self._nick_allowed(conn, nick))
+
+    def _nick_allowed(self, conn: Connection, nick: str) -> Deferred[Any] | None:
+        """C{nick} is valid: within its address's registrations, on to the
+        login or the state."""
         limits = conn.limits
         wait = self.factory.addresses.registration_wait(limits)
+        if isinstance(wait, Deferred):
+            # Cluster mode: the address's count is being asked for.
+            return wait.addCallback(
+                lambda _: None if conn.closing else self._nick_allowed(conn, nick))
         if wait:
             assert limits is not None
             conn.write(
@@ -204,12 +213,11 @@ class Session:
                     f"try again in {math.ceil(wait)} s",
                 )
             )
-            return
+            return None
         if self.factory.accounts is not None:
             # The login calls admit() once the nick may be used.
-            self._hold(conn, self._login(conn).nick(nick))
-        else:
-            self._hold(conn, self.admit(conn, nick))
+            return self._login(conn).nick(nick)
+        return self.admit(conn, nick)
 
     def admit(self, conn: Connection, nick: str) -> Deferred[bool]:
         """Bring C{conn} online as C{nick} (true), or answer C{RETRY taken} (false)."""
@@ -266,15 +274,22 @@ class Session:
     def do_MSG(self, conn: Connection, command: wire.Command) -> Outcome:
         user = _online(conn)
         factory = self.factory
-        if user.state is State.LOBBY and not factory.addresses.lobby_line(conn.limits):
-            config = factory.config
-            conn.dropped(
-                conn.clock.seconds(),
-                f"slow down: at most {config.ip_lobby_rate:g} lobby messages per second "
-                f"from your address (bursts of {config.ip_lobby_burst}); "
-                "lines are being dropped",
-            )
-            return None
+        if user.state is State.LOBBY:
+            allowed = factory.addresses.lobby_line(conn.limits)
+            if allowed is not True:
+                if allowed is not False:
+                    # Cluster mode: the address's count is being asked for
+                    # (a round trip); the line is judged again then.
+                    return allowed.addCallback(
+                        lambda _: None if conn.closing else self.do_MSG(conn, command))
+                config = factory.config
+                conn.dropped(
+                    conn.clock.seconds(),
+                    f"slow down: at most {config.ip_lobby_rate:g} lobby messages per second "
+                    f"from your address (bursts of {config.ip_lobby_burst}); "
+                    "lines are being dropped",
+                )
+                return None
         return factory.state.say(user, command.text)
 
     def do_DM(self, conn: Connection, command: wire.Command) -> Outcome:

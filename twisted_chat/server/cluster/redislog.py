@@ -25,6 +25,9 @@ Keys (all under C{chat:}):
     C{bytes}, C{members}, and C{upto}, the score up to which it counted).
   - C{chat:epoch}: a random value set once; when it changes, Redis lost
     its data.
+  - (Not this module's: C{chat:accounts} and C{chat:fails:*},
+    L{twisted_chat.server.cluster.accounts}; C{chat:ip:*}, the addresses'
+    lobby and registration buckets, L{twisted_chat.server.cluster.budgets}.)
 
 Reading: every node subscribes to the channel on a connection of its own
 and applies the events published there, in the channel's order (Redis runs

@@ -13,6 +13,7 @@ from twisted.internet.defer import Deferred
 
 from twisted_chat import wire
 from twisted_chat.server import logs
+from twisted_chat.server.cluster.budgets import RedisBuckets
 from twisted_chat.server.cluster.node import (
     DEFAULT_MAX_WAITING,
     DEFAULT_WAIT,
@@ -52,6 +53,8 @@ def cluster_factory(
     state = holder[0]
     redis = RedisLog(target, state, reactor, node_timeout, retain_days=config.retain_days,
                      retain_messages=config.retain_messages, retain_bytes=retain_bytes)
+    # An address's lobby lines and registrations are counted cluster-wide.
+    factory.addresses.share(RedisBuckets(redis.command, reactor))
 
     state.on_lost = lambda: drop_users(factory)
     state.on_reloaded = factory.history_replaced
@@ -127,6 +130,7 @@ class ClusterService(Service):
         self.log.info("shutting down: saying BYE to {n} connections; leaving the cluster",
                       n=len(self.factory.connections))
         state.stopping()
+        self.factory.addresses.stop_sharing()
         closed = self.factory.shutdown()
         return defer.ensureDeferred(self._finish(closed))
 

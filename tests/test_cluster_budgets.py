@@ -1,0 +1,413 @@
+"""
+The per-address lobby-line and registration budgets of a cluster
+(L{AddressBook.share}): each node judges at once by its own copy of an
+address's bucket and reconciles it with the cluster's every
+L{SHARE_INTERVAL} while the address spends there, and at once when its copy
+is stale.  Deterministic: the cluster's buckets are L{FakeBuckets} (Redis's
+script, in Python, on the test's clock); the nodes are AddressBooks, or the
+cluster tests' nodes (tests/test_cluster_unit.py).  The script itself runs
+against a real redis-server at the end.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import pytest_twisted
+from twisted.internet import defer
+from twisted.internet.defer import Deferred
+from twisted.internet.task import Clock
+
+from tests.redisproc import REDIS_SERVER, RedisServer
+from tests.test_cluster_unit import START, Cluster
+from twisted_chat.server.addresses import (
+    LOBBY,
+    REGISTER,
+    SHARE_INTERVAL,
+    Address,
+    AddressBook,
+    AddressPolicy,
+    Rate,
+    networks,
+)
+from twisted_chat.server.cluster.budgets import BUCKETS, RedisBuckets
+
+HOST = "192.0.2.7"
+
+
+class FakeBuckets:
+    """The cluster's buckets (cluster/budgets.py's script) on the test's clock.
+    While C{held}, answers wait in C{pending} (a round trip in flight)."""
+
+    def __init__(self, clock: Clock) -> None:
+        self.clock = clock
+        self.levels: dict[tuple[str, str], tuple[float, float]] = {}
+        self.calls: list[list[tuple[str, str, int, float]]] = []
+        self.held = False
+        self.pending: list[tuple[list[tuple[str, str, int, float]], Deferred[list[float]]]] = []
+        self.down = False
+
+    def spend(self, items: list[tuple[str, str, int, float]]) -> Deferred[list[float]]:
+        self.calls.append(items)
+        if self.down:
+            return defer.fail(ConnectionError("Redis is out of reach"))
+        d: Deferred[list[float]] = Deferred()
+        if self.held:
+            self.pending.append((items, d))
+        else:
+            d.callback(self._apply(items))
+        return d
+
+    def answer(self) -> None:
+        pending, self.pending = self.pending, []
+        for items, d in pending:
+            d.callback(self._apply(items))
+
+    def _apply(self, items: list[tuple[str, str, int, float]]) -> list[float]:
+        now = self.clock.seconds()
+        levels = []
+        for bucket, key, spent, rate in items:
+            level, at = self.levels.get((bucket, key), (0.0, now))
+            level = max(level - (now - at) * rate, 0.0)
+            if spent:
+                level += spent
+                self.levels[bucket, key] = (level, now)
+            levels.append(level)
+        return levels
+
+
+def nodes(n: int = 2, shared: bool = True, **policy: Any
+          ) -> tuple[list[AddressBook], FakeBuckets, Clock]:
+    clock = Clock()
+    clock.advance(START)
+    buckets = FakeBuckets(clock)
+    books = [AddressBook(AddressPolicy(**policy), clock) for _ in range(n)]
+    if shared:
+        for book in books:
+            book.share(buckets)
+    return books, buckets, clock
+
+
+def record(book: AddressBook, host: str = HOST) -> Address:
+    found = book.record(host)
+    assert found is not None
+    return found
+
+
+def lines(book: AddressBook, n: int, host: str = HOST) -> int:
+    """C{n} lobby lines from C{host} at once: how many were let through.
+    (None waits here: the fake cluster answers at once unless held.)"""
+    limits = record(book, host)
+    results = [book.lobby_line(limits) for _ in range(n)]
+    assert all(isinstance(result, bool) for result in results), results
+    return sum(result is True for result in results)
+
+
+@pytest.mark.parametrize("shared", [True, False])
+def test_an_address_moving_to_another_node_does_not_get_a_new_burst(shared: bool) -> None:
+    """The address spends its burst on node A; a moment later (one report
+    later) on node B.  B's copy of its bucket is stale: B lets one line
+    through on it and reconciles at once; the rest are judged by the
+    cluster's count, which has nothing left.  Per node (as before), B gave a
+    whole burst again."""
+    (a, b), buckets, clock = nodes(2, shared, lobby=Rate(1.0, 5))
+    assert lines(a, 10) == 5
+    clock.advance(SHARE_INTERVAL)
+    if not shared:
+        assert lines(b, 10) == 5
+        return
+    assert buckets.levels[LOBBY, HOST][0] == pytest.approx(4.8)  # 1 at once, 4 with the report
+    assert lines(b, 10) == 1
+    assert lines(a, 10) == 0  # A's copy is fresh, and had nothing left
+    # From then on the cluster's rate, whichever node the lines go to: a
+    # stale copy lets one line through at most on what it holds itself.
+    got = 0
+    for i in range(100):
+        clock.advance(0.05)
+        got += lines((a, b)[i % 2], 1)
+    assert 4 <= got <= 5 + 1, got  # 5 s at 1/s, less the one B owed
+@pytest.mark.parametrize("shared", [True, False])
+def test_a_steady_flood_on_two_nodes_gets_the_cluster_s_rate(shared: bool) -> None:
+    """Both nodes try a line every 10 ms for 20 s: the cluster lets through
+    the burst and the rate once, plus what the nodes let through before
+    they heard of each other's lines (paid back); per node, twice it."""
+    (a, b), _, clock = nodes(2, shared, lobby=Rate(2.0, 4))
+    got = 0
+    for _ in range(2000):
+        got += lines(a, 1) + lines(b, 1)
+        clock.advance(0.01)
+    budget = 4 + 2.0 * 20
+    if shared:
+        assert budget <= got <= budget + 4 + 2, got
+    else:
+        assert got >= 2 * budget - 2, got
+
+
+def test_bursts_on_two_nodes_within_one_interval_are_owed_after() -> None:
+    """What the bound is: lines reaching two nodes within one report
+    interval can get up to a burst through each (their copies had not heard
+    of each other's lines yet); the cluster's bucket then counts them all,
+    and the address owes the excess: nothing more anywhere until its bucket
+    has refilled past it."""
+    (a, b), buckets, clock = nodes(2, lobby=Rate(1.0, 5))
+    # A: one reported at once (a stale copy), four more for the next report;
+    # B, stale too: one at once, and the cluster's count has only A's first.
+    assert lines(a, 10) == 5
+    assert lines(b, 10) == 4
+    clock.advance(SHARE_INTERVAL)
+    assert buckets.levels[LOBBY, HOST][0] == pytest.approx(9 - SHARE_INTERVAL)
+    got = 0
+    for i in range(80):  # 4 s: what was owed
+        clock.advance(0.05)
+        got += lines((a, b)[i % 2], 1)
+    # At most the one line a stale copy lets through on what it holds
+    # itself (A's copy took its count before B's report), where each node
+    # gave 4 on its own.
+    assert got <= 1, got
+    for i in range(40):
+        clock.advance(0.05)
+        got += lines((a, b)[i % 2], 1)
+    # 6.2 s in all: 9 + got against 5 + 6.2 for one server.
+    assert 9 + got <= 5 + 6.2 + 4 + 1, got
+
+
+def test_a_line_waits_only_while_a_stale_copy_is_reconciled() -> None:
+    """Redis's answer in flight.  A stale copy lets its first line through
+    at once and is reconciled; a line that comes meanwhile (another
+    connection of the address: one connection's next line waits for its
+    first anyway, in cluster mode) waits for the answer, then is judged by
+    the cluster's count.  A fresh copy judges at once, a report on its way
+    or not."""
+    (a, b), buckets, clock = nodes(2, lobby=Rate(1.0, 5))
+    buckets.held = True
+    ra, rb = record(a), record(b)
+    assert a.lobby_line(ra) is True
+    assert buckets.calls == [[(LOBBY, HOST, 1, 1.0)]]
+    waiting = a.lobby_line(ra)
+    assert isinstance(waiting, Deferred) and not waiting.called
+    buckets.answer()  # the cluster: 1 taken
+    assert waiting.called
+    assert lines(a, 2) == 2  # fresh now: at once, reported with the next report
+    clock.advance(SHARE_INTERVAL)
+    assert buckets.calls[-1] == [(LOBBY, HOST, 2, 1.0)] and buckets.pending
+    assert lines(a, 1) == 1  # judged at once, the report on its way
+    buckets.answer()
+    # B: stale, and A's last line not reported yet: B lets one through on
+    # its own copy, the next waits, and then has the cluster's count (3.8
+    # taken of 5: the cluster does not know A's last line yet).
+    assert b.lobby_line(rb) is True
+    waiting = b.lobby_line(rb)
+    assert isinstance(waiting, Deferred)
+    buckets.answer()
+    assert buckets.levels[LOBBY, HOST][0] == pytest.approx(3.8)
+    assert lines(b, 5) == 1
+    clock.advance(SHARE_INTERVAL)
+    buckets.answer()
+    assert lines(a, 5) + lines(b, 5) == 0
+
+
+def test_one_report_per_interval_for_every_address_that_spent() -> None:
+    """While addresses spend on fresh copies, a node sends one report per
+    interval for all of them, not one per line."""
+    (a,), buckets, clock = nodes(1, lobby=Rate(10.0, 20))
+    hosts = [f"192.0.2.{i}" for i in range(1, 31)]
+    for host in hosts:
+        lines(a, 1, host)  # stale: one report each (the first lines after a quiet while)
+    assert len(buckets.calls) == 30
+    for _ in range(5):
+        clock.advance(SHARE_INTERVAL / 4)
+        for host in hosts:
+            lines(a, 2, host)
+    clock.advance(SHARE_INTERVAL)
+    # Over those 1.25 intervals: one or two reports, each of the 30 addresses.
+    reports = buckets.calls[30:]
+    assert 1 <= len(reports) <= 2 and all(len(items) == 30 for items in reports)
+    assert sum(spent for items in reports for _, _, spent, _ in items) == 300
+    clock.advance(10 * SHARE_INTERVAL)
+    assert buckets.calls[30:] == reports and clock.getDelayedCalls() == []
+
+
+def test_no_work_when_the_limit_is_off_or_the_address_exempt() -> None:
+    (a,), buckets, clock = nodes(1, lobby=Rate(0.0, 5), register=Rate(0.0, 5))
+    assert lines(a, 50) == 50
+    limits = record(a)
+    assert a.registration_wait(limits) == 0.0
+    a.registered(limits)
+    (e,), exempt_buckets, exempt_clock = nodes(1, lobby=Rate(1.0, 5),
+                                               exempt=networks(["192.0.2.0/24"]))
+    assert e.record(HOST) is None
+    assert all(e.lobby_line(None) for _ in range(50))
+    assert e.registration_wait(None) == 0.0
+    e.registered(None)
+    assert buckets.calls == [] and exempt_buckets.calls == []
+    assert clock.getDelayedCalls() == [] and exempt_clock.getDelayedCalls() == []
+
+
+def test_registrations_are_counted_cluster_wide() -> None:
+    """NICK is judged by the node's copy; a stale copy is reconciled as the
+    NICK is taken (nothing spent yet: a taken nick spends nothing), so the
+    registration is judged by the cluster's count from the next NICK on."""
+    (a, b), buckets, clock = nodes(2, register=Rate(0.5, 3))
+    ra, rb = record(a), record(b)
+    for _ in range(3):
+        assert a.registration_wait(ra) == 0.0
+        a.registered(ra)
+    assert a.registration_wait(ra) > 0
+    clock.advance(SHARE_INTERVAL)
+    assert buckets.levels[REGISTER, HOST][0] == 3
+    # On B, a while later: its first look reconciles, and B's copy is
+    # the cluster's: nothing left.
+    clock.advance(0.5)
+    rb.register.take(clock.seconds())  # (whatever B's own copy had)
+    b.registration_wait(rb)
+    assert b.registration_wait(rb) == pytest.approx(1.5, abs=0.01)
+
+
+def test_redis_out_of_reach_leaves_each_node_its_own_bucket() -> None:
+    """No answer from the cluster (Redis down): each copy goes on as the
+    node's own; nothing is told twice when it is back."""
+    (a, b), buckets, clock = nodes(2, lobby=Rate(1.0, 5))
+    buckets.down = True
+    assert lines(a, 10) == 5 and lines(b, 10) == 5
+    assert a.registration_wait(record(a)) == 0.0  # judged at once, by A's own copy
+    clock.advance(SHARE_INTERVAL)
+    buckets.down = False
+    clock.advance(5.0)
+    assert lines(a, 10) == 5  # stale: reconciled with what the cluster heard (nothing)
+    clock.advance(SHARE_INTERVAL)
+    # A's first (at once), then its four others: nothing of the outage.
+    assert buckets.levels[LOBBY, HOST][0] == pytest.approx(5 - SHARE_INTERVAL)
+
+
+# -- through the chat: two cluster nodes (tests/test_cluster_unit.py) -----------
+
+
+def test_msg_on_two_nodes_from_one_address_is_held_to_one_budget() -> None:
+    """Users of one address on two nodes: the lobby lines over the
+    address's budget are answered ERROR flood on either node, by the
+    cluster's count."""
+    cluster = Cluster(2, ip_lobby_rate=1.0, ip_lobby_burst=3)
+    buckets = FakeBuckets(cluster.clock)
+    for node in cluster.nodes:
+        node.factory.addresses.share(buckets)
+    ann, bob = cluster.nodes[0].user("ann"), cluster.nodes[1].user("bob")
+    watcher = cluster.nodes[1].user("watcher")
+    for i in range(5):
+        ann.send(f"MSG a{i}")
+        cluster.pump()
+    cluster.clock.advance(SHARE_INTERVAL)
+    for i in range(5):
+        bob.send(f"MSG b{i}")
+        cluster.pump()
+    said = [line.split(" ", 4)[-1] for line in watcher.take() if line.startswith("MSG")]
+    assert said == ["a0", "a1", "a2", "b0"]
+    assert any(line.startswith("ERROR flood") for line in bob.take())
+
+
+def test_a_lobby_line_waiting_for_the_count_is_judged_by_it() -> None:
+    """Two connections of one address on a node whose copy is stale: the
+    first line goes through and the copy is reconciled; the other's line,
+    meanwhile, waits for the answer, is judged by the cluster's count
+    (ERROR flood here), and if its sender has gone by then is dropped
+    without a word."""
+    cluster = Cluster(2, ip_lobby_rate=1.0, ip_lobby_burst=2)
+    buckets = FakeBuckets(cluster.clock)
+    for node in cluster.nodes:
+        node.factory.addresses.share(buckets)
+    ann = cluster.nodes[0].user("ann")
+    watcher = cluster.nodes[0].user("watcher")
+    b1, b2, b3 = (cluster.nodes[1].user(nick) for nick in ("b1", "b2", "b3"))
+    ann.send("MSG a0")
+    cluster.pump()
+    cluster.clock.advance(SHARE_INTERVAL)  # the cluster: 1 taken of 2
+    buckets.held = True
+    b1.send("MSG b1 says")  # B's copy is stale: its own judges, and it asks
+    b2.send("MSG b2 waits")
+    b3.send("MSG b3 goes")
+    cluster.pump()
+    waiting = ("ERROR", "PONG")
+    assert not [line for line in b2.take() + b3.take() if line.startswith(waiting)]
+    b3.drop()
+    buckets.answer()  # 2 taken of 2
+    cluster.pump()
+    said = [line.split(" ", 4)[-1] for line in watcher.take() if line.startswith("MSG")]
+    assert said == ["a0", "b1 says"]
+    (refused,) = [line for line in b2.take() if line.startswith("ERROR")]
+    assert refused.startswith("ERROR flood slow down: at most 1 lobby messages per second")
+
+
+def test_nick_on_another_node_is_held_to_the_address_s_registrations() -> None:
+    """Two registrations from one address on node 0 spend its burst; a NICK
+    from it on node 1, whose copy is stale, waits for the cluster's count
+    (a round trip, as the registration itself does) and is answered ERROR
+    flood by it.  One server's rule, one budget for the cluster."""
+    cluster = Cluster(2, ip_register_rate=0.5, ip_register_burst=2)
+    buckets = FakeBuckets(cluster.clock)
+    for node in cluster.nodes:
+        node.factory.addresses.share(buckets)
+    cluster.nodes[0].user("ann")
+    cluster.nodes[0].user("amy")
+    cluster.clock.advance(SHARE_INTERVAL)
+    buckets.held = True
+    late = cluster.nodes[1].connect()
+    late.take()
+    late.send("NICK bea", "PING behind")
+    cluster.pump()
+    assert late.take() == []  # waiting for the cluster's count
+    buckets.answer()
+    cluster.pump()
+    refused, pong = late.take()
+    assert refused.startswith("ERROR flood too many nicks registered from 127.0.0.1")
+    assert pong == "PONG behind"
+
+
+# -- the script, against a real redis-server -----------------------------------
+
+
+needs_redis = pytest.mark.skipif(REDIS_SERVER is None, reason="redis-server is not installed")
+
+
+@pytest.fixture
+def redis(tmp_path: Path) -> Iterator[RedisServer]:
+    server = RedisServer(tmp_path, persist=False).start()
+    yield server
+    server.stop()
+
+
+@needs_redis
+@pytest_twisted.ensureDeferred
+async def test_the_script_adds_drains_and_expires(redis: RedisServer) -> None:
+    from twisted.internet import reactor
+
+    from twisted_chat.server.cluster.redislog import connect, parse_url
+
+    proto = await connect(parse_url(redis.url), reactor)
+    try:
+        buckets = RedisBuckets(proto.execute_command, reactor)
+        first = await buckets.spend([(LOBBY, HOST, 3, 0.001), (REGISTER, HOST, 0, 0.5)])
+        assert first[0] == pytest.approx(3, abs=0.01) and first[1] == 0
+        again = await buckets.spend([(LOBBY, HOST, 2, 0.001), (LOBBY, "2001:db8::/64", 1, 1.0)])
+        assert again[0] == pytest.approx(5, abs=0.01) and again[1] == pytest.approx(1)
+        # Reading spends nothing and writes nothing.
+        assert (await buckets.spend([(LOBBY, HOST, 0, 0.001)]))[0] == pytest.approx(5, abs=0.01)
+        assert redis.call("EXISTS", f"{BUCKETS}{REGISTER}:{HOST}") == 0
+        # Expires once drained: 5 tokens at 0.001/s, 1 at 1/s.
+        assert 4_990_000 <= redis.call("PTTL", f"{BUCKETS}{LOBBY}:{HOST}") <= 5_000_001
+        assert 0 < redis.call("PTTL", f"{BUCKETS}{LOBBY}:2001:db8::/64") <= 1001
+        # Drained at the rate, on Redis's clock.
+        fast = await buckets.spend([(LOBBY, "198.51.100.1", 4, 100.0)])
+        assert fast[0] == pytest.approx(4, abs=0.5)
+        await deferLater(reactor, 0.03)
+        drained = await buckets.spend([(LOBBY, "198.51.100.1", 0, 100.0)])
+        assert drained[0] <= 1.5
+    finally:
+        proto.transport.loseConnection()
+
+
+def deferLater(reactor: Any, seconds: float) -> Deferred[None]:
+    from twisted.internet.task import deferLater as later
+
+    return later(reactor, seconds)

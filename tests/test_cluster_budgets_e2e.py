@@ -1,0 +1,69 @@
+"""
+Two real nodes and a real redis-server: one address's lobby lines are held
+to one budget for the whole cluster, not one per node (review rev-clu F3;
+the rules deterministically: tests/test_cluster_budgets.py).  Everything
+stopped by the cluster fixture.
+"""
+
+from __future__ import annotations
+
+import socket
+import time
+from collections.abc import Callable
+
+import pytest
+
+from tests.redisproc import REDIS_SERVER
+from tests.serverproc import LOOPBACK, LineClient
+from tests.test_cluster_e2e import Cluster
+from tests.test_cluster_e2e import cluster as cluster_fixture
+
+pytestmark = [
+    pytest.mark.e2e,
+    pytest.mark.skipif(REDIS_SERVER is None, reason="redis-server is not installed"),
+]
+
+cluster = cluster_fixture
+
+# Not the tests' 127.0.0.1, which the nodes exempt from the per-address limits.
+SOURCE = "127.0.0.5"
+
+
+def user_from(c: Cluster, port: int, nick: str) -> LineClient:
+    sock = socket.socket()
+    sock.settimeout(5)
+    sock.bind((SOURCE, 0))
+    sock.connect((LOOPBACK, port))
+    client = LineClient(port, sock=sock)
+    c.clients.append(client)
+    client.register(nick)
+    return client
+
+
+def test_one_address_gets_one_lobby_budget_on_two_nodes(
+    cluster: Callable[..., Cluster],
+) -> None:
+    """An address sends 10 lobby lines on node A, then, 0.4 s later, 10 on
+    node B, with --ip-lobby-rate 0.5 --ip-lobby-burst 5: the cluster lets
+    through its burst, and at most one line more on B (B's copy of the
+    bucket had not heard of A's lines: it lets one through, then has the
+    cluster's count), where two nodes each gave a burst before (10)."""
+    c = cluster(2, "--ip-lobby-rate", "0.5", "--ip-lobby-burst", "5")
+    a, b = c.nodes
+    watcher = c.user(a, "watcher")
+    ann, bob = user_from(c, a.port, "ann"), user_from(c, b.port, "bob")
+    watcher.sync()
+    started = time.monotonic()
+    for i in range(10):
+        ann.send(f"MSG ann{i}")
+    ann.sync()  # each line handled (in order: the PING after the last)
+    time.sleep(0.4)  # more than one report interval (0.2 s)
+    for i in range(10):
+        bob.send(f"MSG bob{i}")
+    bob.sync()
+    elapsed = time.monotonic() - started
+    assert elapsed < 1.0, elapsed  # within a second: 0.5 tokens refilled at most
+    said = [line.split(" ", 4)[-1] for line in watcher.sync() if line.startswith("MSG")]
+    assert said[:5] == [f"ann{i}" for i in range(5)], said
+    assert len(said) <= 5 + 1, said
+    assert any(line.startswith("ERROR flood") for line in bob.lines)
