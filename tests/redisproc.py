@@ -115,6 +115,37 @@ class RedisServer:
             s.sendall(payload)
             return _reply(reader)
 
+    def connect(self) -> Connection:
+        """A connection kept open, for many commands (tests only)."""
+        return Connection(self)
+
+
+class Connection:
+    """One connection to a L{RedisServer}: commands one at a time or many
+    in one write (a pipeline), each reply parsed as L{RedisServer.call}'s."""
+
+    def __init__(self, server: RedisServer) -> None:
+        self.sock = socket.create_connection((LOOPBACK, server.port), timeout=30)
+        self.reader = self.sock.makefile("rb")
+        if server.password:
+            self.call("AUTH", server.password)
+
+    def call(self, *args: object) -> Any:
+        return self.pipeline([args])[0]
+
+    def pipeline(self, commands: list[tuple[object, ...]]) -> list[Any]:
+        payload = []
+        for args in commands:
+            parts = [a if isinstance(a, bytes) else str(a).encode() for a in args]
+            payload.append(b"*%d\r\n" % len(parts) + b"".join(
+                b"$%d\r\n%s\r\n" % (len(p), p) for p in parts))
+        self.sock.sendall(b"".join(payload))
+        return [_reply(self.reader) for _ in commands]
+
+    def close(self) -> None:
+        self.reader.close()
+        self.sock.close()
+
 
 class RedisReplyError(Exception):
     """An error reply (C{-ERR ...})."""

@@ -19,7 +19,7 @@ from twisted.internet.defer import Deferred, fail
 from twisted.internet.task import Clock
 
 from tests.test_cluster_read import MemoryRedis, Node, cluster, say
-from twisted_chat.server.cluster.redislog import _history_entry
+from twisted_chat.server.cluster.redislog import HISTORY_WRITING, _history_entry
 
 
 def _texts(node: Node) -> list[str]:
@@ -34,15 +34,15 @@ def _in_redis(redis: MemoryRedis) -> list[str]:
 def _refusing_history(redis: MemoryRedis) -> list[bool]:
     """Redis refuses the history's writes (MISCONF: the disk is full) while
     the returned flag is set."""
-    real = redis._zadd
+    real = redis._history_add
     refusing = [True]
 
-    def zadd(*args: Any) -> Any:
+    def history_add(*args: Any) -> Any:
         if refusing[0]:
             return fail(txredisapi.ResponseError("MISCONF disk full"))
         return real(*args)
 
-    redis._zadd = zadd  # type: ignore[method-assign,assignment]
+    redis._history_add = history_add  # type: ignore[method-assign,assignment]
     return refusing
 
 
@@ -127,13 +127,13 @@ def test_a_history_write_whose_answer_was_lost_is_not_sent_again_for_a_lost_even
     ann = n0.user("ann")
     n1.user("bob")
     say(n0, ann, "kept")
-    real = redis._zadd
-    redis._zadd = lambda *args: Deferred()  # type: ignore[method-assign,assignment]
-    say(n0, ann, "lost")  # its ZADD never answered
-    assert any(out.command[0] == "ZADD" for out in n0.log._unacked)
+    real = redis._history_add
+    redis._history_add = lambda *args: Deferred()  # type: ignore[method-assign,assignment]
+    say(n0, ann, "lost")  # its history write never answered
+    assert any(out.command[:2] == HISTORY_WRITING for out in n0.log._unacked)
     del redis.stream[-1:]  # the restart lost "lost"
-    redis._zadd = real  # type: ignore[method-assign]
+    redis._history_add = real  # type: ignore[method-assign]
     _restart(redis, clock, [n0, n1])
-    assert not any(out.command[0] == "ZADD" for out in n0.log._unacked)
+    assert not any(out.command[:2] == HISTORY_WRITING for out in n0.log._unacked)
     assert _in_redis(redis) == ["kept"]
     assert _one_history(redis, clock, n0, n1) == ["kept"]

@@ -141,8 +141,8 @@ def test_a_lobby_message_costs_redis_the_same_commands_with_three_nodes(
     cluster: Callable[..., Cluster],
 ) -> None:
     """With three nodes, each lobby message is one append script and one
-    ZADD: no node reads the stream while it keeps up (before: an XREAD per
-    node per message)."""
+    history write (a script: one ZADD): no node reads the stream while it
+    keeps up (before: an XREAD per node per message)."""
     c = cluster(3)
     users = [c.user(server, f"u{i}") for i, server in enumerate(c.nodes)]
     for client in users:
@@ -158,10 +158,13 @@ def test_a_lobby_message_costs_redis_the_same_commands_with_three_nodes(
     after = commandstats(c.redis)
     spent = {name: after.get(name, 0) - before.get(name, 0) for name in after}
     assert spent.get("xread", 0) == 0
-    assert spent["zadd"] == 30
-    # The appends, and at most a snapshot per node (the heartbeat's, every
-    # 10 s) and a catch-up or two: nothing per node per message.
-    assert 30 <= spent["evalsha"] <= 30 + 3 * 2, spent
+    # The appends and the history's writes, and at most a snapshot or two
+    # per node (the heartbeat's, every 10 s: its save, and its history
+    # write of the node's last lines, a ZADD each): nothing per node per
+    # message.
+    snapshots = spent["evalsha"] - 2 * 30
+    assert 0 <= snapshots <= 3 * 2 * 2, spent
+    assert spent["zadd"] == 30 or (snapshots and spent["zadd"] > 30), spent
 
 
 def _last_id(redis: RedisServer) -> str:

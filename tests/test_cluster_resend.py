@@ -10,7 +10,7 @@ every answer the test gives, and a L{task.Clock}):
     after the refusal and decides once its replica has applied up to there
     (the command took effect: its answer as usual; it did not: C{ERROR
     unavailable}); and a kept C{hello} waits meanwhile;
-  - a history write (C{ZADD}) Redis refuses is kept and written again, the
+  - a history write (L{HISTORY_ADD}) Redis refuses is kept and written again, the
     same member and score, until Redis takes it, within a bound.
 """
 
@@ -28,13 +28,15 @@ from tests.test_cluster_read import Conn, cluster, say
 from tests.test_cluster_refused import AnsweredRedis, applied, connected, listed, refused_hello
 from twisted_chat.server.cluster.node import KEPT_RETRY, ClusterState
 from twisted_chat.server.cluster.redislog import (
-    HISTORY,
     HISTORY_OVERHEAD,
+    HISTORY_WRITING,
     STREAM,
     RedisLog,
     _history_entry,
     _history_row,
     _HistoryStore,
+    history_rows,
+    history_write,
 )
 from twisted_chat.server.cluster.replica import id_key
 from twisted_chat.server.hub import HubError, User
@@ -270,9 +272,9 @@ def said(state: ClusterState, redis: AnsweredRedis, ann: User, text: str) -> tup
     """Ann says C{text}; Redis takes it; applied: its history write is sent."""
     state.say(ann, text)
     applied(state, redis.answer())
-    zadd = redis.commands[-1]
-    assert zadd[:2] == ("ZADD", HISTORY) and text in zadd[3]
-    return zadd
+    write = redis.commands[-1]
+    assert write[:2] == HISTORY_WRITING and text in history_rows(write)[0][1]
+    return write
 
 
 def test_a_refused_history_write_is_written_again_until_redis_takes_it() -> None:
@@ -300,7 +302,8 @@ def test_refused_history_writes_are_written_again_together_and_in_order() -> Non
     second = said(state, redis, ann, "two")
     redis.answer(refuse=True)
     log.reactor.advance(KEPT_RETRY)
-    assert redis.commands[-1] == ("ZADD", HISTORY, *first[2:], *second[2:])
+    assert redis.commands[-1] == history_write(
+        [x for write in (first, second) for row in history_rows(write) for x in row])
     redis.answer()
     assert not log.keeping_history()
 
@@ -318,7 +321,8 @@ def test_kept_history_writes_are_bounded_by_redis_queue_the_oldest_dropped() -> 
         redis.answer(refuse=True)
     assert len(log._history_kept) == 2 and log._history_bytes <= 300
     log.reactor.advance(KEPT_RETRY)
-    assert redis.commands[-1] == ("ZADD", HISTORY, *zadds[2][2:], *zadds[3][2:])
+    assert redis.commands[-1] == history_write(
+        [x for write in zadds[2:] for row in history_rows(write) for x in row])
     redis.answer()
     dropped = [e for e in logged if "dropped" in e["log_format"]]
     assert [e["log_level"] for e in dropped] == [LogLevel.error, LogLevel.warn]
@@ -347,7 +351,7 @@ def test_a_line_said_again_is_another_history_member() -> None:
     _, state, redis, ann = with_history()
     members = []
     for _ in range(2):
-        members.append(said(state, redis, ann, "hi")[3])
+        members.append(history_rows(said(state, redis, ann, "hi"))[0][1])
         redis.answer()
     assert members[0] != members[1]
     assert [_history_entry(m)[1:] for m in members] == [("ann", "hi")] * 2
@@ -372,8 +376,8 @@ def test_the_history_loads_members_with_and_without_their_time() -> None:
 def test_a_snapshot_writes_again_only_the_lines_the_byte_bound_keeps() -> None:
     """As it writes a snapshot, a node writes its last lobby lines to the
     history again; with --retain-bytes only the newest that fit in it, so
-    that none the byte bound removed comes back (behind the bound's count:
-    it would count the history again, for nothing)."""
+    that none the byte bound removed comes back (to be counted and removed
+    again, for nothing)."""
     log, state, _ = connected()
     lines = [(f"{1000 + i}-0", "ann", f"line {i} " + "x" * 200) for i in range(6)]
     state.replica.recent.extend(lines)

@@ -19,10 +19,12 @@ Keys (all under C{chat:}):
   - C{chat:history}: every lobby message (a sorted set scored by time, each
     member C{<sequence number> <time> <nick> <text>}: L{_history_row};
     C{<sequence number> [nick, text, time]} in JSON before, still read),
-    written by the sender's node, pruned by C{--retain-days},
+    written by the sender's node (L{HISTORY_ADD}), pruned by C{--retain-days},
     C{--retain-messages} and C{--retain-bytes} (L{PRUNE_HISTORY}).
-  - C{chat:history:size}: what the pruning counted of the history (a hash:
-    C{bytes}, C{members}, and C{upto}, the score up to which it counted).
+  - C{chat:history:size}: the count of the history's bytes, for
+    C{--retain-bytes} (a hash: C{bytes}, C{members}, and C{upto}, the score
+    up to which they are counted, C{+inf} once all are), kept by the
+    history's writes and the pruning.
   - C{chat:epoch}: a random value set once; when it changes, Redis lost
     its data.
   - (Not this module's: C{chat:accounts} and C{chat:fails:*},
@@ -37,8 +39,8 @@ event does not follow the last one the node applied, the node first catches
 up from the stream itself (C{XRANGE}, on its command connection), then goes
 on with the channel, skipping what it has applied already.  So a lobby
 message costs Redis the same commands whatever the number of nodes: one
-script and the history's C{ZADD}; Redis still writes each event to each
-node's connection.  A node whose next event the stream no longer holds (it
+script and the history's write (L{HISTORY_ADD}); Redis still writes each
+event to each node's connection.  A node whose next event the stream no longer holds (it
 was cut off, or behind, for longer than the stream keeps events past the
 last snapshot) cannot trust its replica: it goes on as a new node from the
 snapshot (L{ClusterState.missed}).  One whose last event is gone from the
@@ -69,6 +71,7 @@ import random
 import re
 import urllib.parse
 from collections import deque
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -108,9 +111,9 @@ PRUNE_BATCH_BYTES = 1 << 20
 # what Redis adds to each (measured on Redis 7.0: a member of 132 bytes
 # takes 246; the allocator rounds larger ones up by up to a quarter more).
 HISTORY_OVERHEAD = 100
-# How old (ms) a history member is when the byte bound counts it (see
-# PRUNE_HISTORY): every node has written its lines of that time by then.
-HISTORY_SETTLE_MS = 30_000
+# The share of a heartbeat one node's pruning may take (runs of
+# PRUNE_HISTORY one after another while more is due; see _prune).
+PRUNE_SHARE = 0.2
 BACKOFF_FIRST = 0.2
 BACKOFF_MAX = 5.0
 BACKOFF_JITTER = 0.2  # each wait drawn within this fraction of its length
@@ -186,55 +189,116 @@ return 1
 """
 
 
-#: Prunes the history (KEYS[1]) and keeps count of its bytes in KEYS[2]
-#: (see HISTORY_SIZE): ARGV[1] the oldest score kept ('': no bound by
+#: Writes lobby messages into the history (KEYS[1]) and counts their bytes
+#: in KEYS[2] (see HISTORY_SIZE): ARGV[1] the bytes a member counts beyond
+#: its own, then each message's score and member.  A member not there yet
+#: is added (one there already, written twice, changes nothing) and, if
+#: the count covers its score (at or below 'upto', see PRUNE_HISTORY),
+#: counted.  Returns how many were added.  Not flagged allow-oom: Redis
+#: out of memory refuses it as it would the ZADD (see _keep_history).
+HISTORY_ADD = """
+local upto = redis.call('HGET', KEYS[2], 'upto')
+local limit = nil
+if upto == '+inf' then limit = math.huge
+elseif upto == '-inf' then limit = -math.huge
+elseif upto then limit = tonumber(upto) end
+local extra = tonumber(ARGV[1])
+local added, bytes, members = 0, 0, 0
+for i = 2, #ARGV, 2 do
+  if redis.call('ZADD', KEYS[1], 'NX', ARGV[i], ARGV[i + 1]) == 1 then
+    added = added + 1
+    if limit and tonumber(ARGV[i]) <= limit then
+      bytes, members = bytes + #ARGV[i + 1] + extra, members + 1
+    end
+  end
+end
+if members > 0 then
+  redis.call('HINCRBY', KEYS[2], 'bytes', bytes)
+  redis.call('HINCRBY', KEYS[2], 'members', members)
+end
+return added
+"""
+
+
+#: Prunes the history (KEYS[1]) and keeps its count of bytes (KEYS[2], see
+#: HISTORY_SIZE) right: ARGV[1] the oldest score kept ('': no bound by
 #: time), ARGV[2] the most members kept (0: none), ARGV[3] the most bytes
 #: kept (0: none), ARGV[4] and ARGV[5] the most members and member bytes
 #: one run reads (removing, counting; read 100 at a time: Redis hands a
 #: script a large reply slowly), ARGV[6] the bytes a member counts beyond
-#: its own, ARGV[7] how many milliseconds old (by Redis's clock) a member
-#: is when it is counted.  Each run removes the oldest members past the
-#: time and past the count; counts the members written since the last run
-#: (those scored above 'upto' and at least ARGV[7] old: by then every node
-#: has written its lines of that time, as a node writes a line as it
-#: applies it; a millisecond's members together); then removes the oldest
-#: while the bytes counted are over the bound.  A member written at or
-#: below 'upto' after it was counted (a write Redis refused, taken later),
-#: or one removed otherwise (an older node's pruning, by hand), makes the
-#: members counted differ from those there: the count then starts again
-#: from the oldest (until it is done, fewer bytes are counted than there
-#: are: nothing is removed for bytes not counted).  Returns {removed,
-#: bytes counted, 1 if more is due to go, 1 if more is to be counted}.
-#: Safe for nodes to run at once (a script runs alone).
-PRUNE_HISTORY = """
+#: its own.  The count ('bytes', 'members') is of the members scored at or
+#: below 'upto' ('-inf': none yet; '+inf': all of them); HISTORY_ADD adds
+#: those it writes there, and this script subtracts those it removes, so
+#: once 'upto' is '+inf' the count is exact at every write, without
+#: reading anything again.  Each run: checks the count against the history
+#: (a member written or removed otherwise, by hand or by a node of an
+#: earlier version, makes them differ: the count starts again from
+#: nothing); removes the oldest members past the time and past the count
+#: (without reading them when nothing is counted); counts on from 'upto'
+#: (a millisecond's members together) while 'upto' is not '+inf' and
+#: there is a bound in bytes (none: no count is started, one there is
+#: kept up); removes the oldest while the bytes counted are over the bound,
+#: before counting on (within the run's reads, the removal first) and after
+#: (the members counted are the oldest: nothing is removed for bytes not
+#: counted yet).  Returns {removed, bytes counted, 1 if more is due to
+#: go, 1 if more is to be counted}.  Safe for nodes to run at once (a
+#: script runs alone); flagged allow-oom: a Redis out of memory (under
+#: noeviction) must still let the history shrink.
+PRUNE_HISTORY = """#!lua flags=allow-oom
 local cutoff, most, most_bytes = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3])
-local batch, batch_bytes = tonumber(ARGV[4]), tonumber(ARGV[5])
-local extra, settle = tonumber(ARGV[6]), tonumber(ARGV[7])
+local batch, batch_bytes, extra = tonumber(ARGV[4]), tonumber(ARGV[5]), tonumber(ARGV[6])
 local size = redis.call('HMGET', KEYS[2], 'bytes', 'members', 'upto')
 local total, counted, upto = tonumber(size[1]) or 0, tonumber(size[2]) or 0, size[3]
+local card = redis.call('ZCARD', KEYS[1])
+local changed = false
+if upto then
+  local there = card
+  if upto == '-inf' then there = 0
+  elseif upto ~= '+inf' then there = redis.call('ZCOUNT', KEYS[1], '-inf', upto) end
+  if counted ~= there then
+    -- Written or removed behind the count's back: count again from nothing.
+    redis.call('DEL', KEYS[2])
+    total, counted, upto = 0, 0, nil
+  end
+end
+if not upto and most_bytes > 0 then
+  total, counted, upto, changed = 0, 0, '-inf', true
+end
+local function level()
+  if upto == '+inf' then return math.huge end
+  if upto == '-inf' then return -math.huge end
+  return tonumber(upto)
+end
 local read, read_bytes, chunk = 0, 0, math.min(batch, 100)
-local removed, card = 0, redis.call('ZCARD', KEYS[1])
+local removed = 0
 local function spent()
   return read >= batch or read_bytes >= batch_bytes
 end
--- The oldest n go (those up to 'upto' were counted), or with 'bound' only
--- as many as bring the bytes counted down to it; within the run's reads.
+-- The oldest n go, or with 'bound' only as many as bring the bytes counted
+-- down to it; within the run's reads.  Read (to be subtracted) only where
+-- a count is kept.
 local function remove(n, bound)
+  local limit = level()
   while n > 0 and not spent() do
-    local head = redis.call('ZRANGE', KEYS[1], 0, math.min(n, chunk) - 1, 'WITHSCORES')
     local k = 0
-    for i = 1, #head, 2 do
-      if bound and total <= bound then break end
-      k = k + 1
-      read, read_bytes = read + 1, read_bytes + #head[i]
-      if upto and tonumber(head[i + 1]) <= tonumber(upto) then
-        total, counted = total - #head[i] - extra, counted - 1
+    if upto then
+      local head = redis.call('ZRANGE', KEYS[1], 0, math.min(n, chunk) - 1, 'WITHSCORES')
+      for i = 1, #head, 2 do
+        if bound and total <= bound then break end
+        k = k + 1
+        read, read_bytes = read + 1, read_bytes + #head[i]
+        if tonumber(head[i + 1]) <= limit then
+          total, counted = total - #head[i] - extra, counted - 1
+        end
       end
+    else
+      k = math.min(n, batch - read)
+      read = read + k
     end
     if k == 0 then return end
     redis.call('ZREMRANGEBYRANK', KEYS[1], 0, k - 1)
-    removed, card, n = removed + k, card - k, n - k
-    if k < #head / 2 then return end
+    removed, card, n, changed = removed + k, card - k, n - k, true
+    if bound and total <= bound then return end
   end
 end
 -- Past the time, past the count.
@@ -246,43 +310,46 @@ if drop > 0 then
   remove(drop)
   if removed < drop then dropping = 1 end
 end
--- What was written since the last run, once old enough.
-local now = redis.call('TIME')
-local horizon = tonumber(now[1]) * 1000 + math.floor(tonumber(now[2]) / 1000) - settle
+-- Over the bytes counted (before counting on, which would take the run's
+-- reads while a count is under way).
+local function over()
+  if upto and most_bytes > 0 and total > most_bytes then
+    remove(card, most_bytes)
+  end
+end
+over()
+-- Counting on, where a count is started and not done.
 local counting = 0
-local function count(member)
-  total, counted = total + #member + extra, counted + 1
-  read, read_bytes = read + 1, read_bytes + #member
-end
-while not spent() do
-  local low = '-inf'
-  if upto then low = '(' .. upto end
-  local rows = redis.call('ZRANGEBYSCORE', KEYS[1], low, horizon, 'WITHSCORES', 'LIMIT', 0, chunk)
-  if #rows == 0 then break end
-  local last = rows[#rows]
-  for i = 1, #rows, 2 do
-    if rows[i + 1] ~= last then count(rows[i]) end
+if upto and upto ~= '+inf' and most_bytes > 0 then
+  local function count(member)
+    total, counted = total + #member + extra, counted + 1
+    read, read_bytes = read + 1, read_bytes + #member
   end
-  for _, member in ipairs(redis.call('ZRANGEBYSCORE', KEYS[1], last, last)) do
-    count(member)
+  while not spent() do
+    local low = '-inf'
+    if upto ~= '-inf' then low = '(' .. upto end
+    local rows = redis.call('ZRANGEBYSCORE', KEYS[1], low, '+inf', 'WITHSCORES', 'LIMIT', 0, chunk)
+    changed = true
+    if #rows < 2 * chunk then
+      for i = 1, #rows, 2 do count(rows[i]) end
+      upto = '+inf'
+      break
+    end
+    local last = rows[#rows]
+    for i = 1, #rows, 2 do
+      if rows[i + 1] ~= last then count(rows[i]) end
+    end
+    for _, member in ipairs(redis.call('ZRANGEBYSCORE', KEYS[1], last, last)) do
+      count(member)
+    end
+    upto = last
   end
-  upto = last
-  if #rows < 2 * chunk then break end
+  if upto ~= '+inf' then counting = 1 end
 end
-local low = '-inf'
-if upto then low = '(' .. upto end
-if #redis.call('ZRANGEBYSCORE', KEYS[1], low, horizon, 'LIMIT', 0, 1) > 0 then counting = 1 end
-if upto and counted ~= redis.call('ZCOUNT', KEYS[1], '-inf', upto) then
-  -- Written or removed behind the count's back: count again from the oldest.
-  redis.call('DEL', KEYS[2])
-  total, counted, upto, counting = 0, 0, nil, 1
-end
--- Over the bytes.
-if most_bytes > 0 and total > most_bytes then
-  remove(card, most_bytes)
-  if total > most_bytes and card > 0 then dropping = 1 end
-end
-if upto then
+-- Over the bytes counted now.
+over()
+if upto and most_bytes > 0 and total > most_bytes then dropping = 1 end
+if upto and changed then
   redis.call('HSET', KEYS[2], 'bytes', total, 'members', counted, 'upto', upto)
 end
 return {removed, total, dropping, counting}
@@ -294,8 +361,38 @@ def _sha(script: str) -> str:
 
 
 APPEND_SHA, SAVE_SNAPSHOT_SHA = _sha(APPEND), _sha(SAVE_SNAPSHOT)
+HISTORY_ADD_SHA = _sha(HISTORY_ADD)
 APPENDING = ("EVALSHA", APPEND_SHA)  # how an append's command starts
-SCRIPTS = (APPEND, SAVE_SNAPSHOT)
+HISTORY_WRITING = ("EVALSHA", HISTORY_ADD_SHA)  # how a history write's starts
+SCRIPTS = (APPEND, SAVE_SNAPSHOT, HISTORY_ADD)
+
+
+def history_write(rows: Sequence[Any]) -> tuple[Any, ...]:
+    """The command that writes history rows (score, member, score, member,
+    ...: see L{_history_row}) into the history and its count (L{HISTORY_ADD})."""
+    return (*HISTORY_WRITING, 2, HISTORY, HISTORY_SIZE, HISTORY_OVERHEAD, *rows)
+
+
+def history_rows(command: tuple[Any, ...]) -> list[tuple[Any, Any]]:
+    """A history write's (L{history_write}) rows, as (score, member) pairs."""
+    rows = command[len(HISTORY_WRITING) + 4:]
+    return list(zip(rows[::2], rows[1::2], strict=True))
+
+
+def prune_again(dropping: bool, counting: bool, spent: float, budget: float | None) -> bool:
+    """
+    Whether L{RedisLog._prune} runs L{PRUNE_HISTORY} once more: while a run
+    says more is due to go or to be counted, and the runs so far took less
+    than C{budget} seconds (C{None}: at start, as long as it takes).  Each
+    run is short (L{PRUNE_BATCH}); many of them, one after another, remove
+    whatever a heartbeat brought at any rate Redis can take writes at (a
+    run removes 1,000 messages or 1 MiB in a few milliseconds), while the
+    budget keeps a backlog (a bound lowered, a count started again) from
+    taking Redis's time for long: it goes on at the next heartbeat.
+    """
+    if not (dropping or counting):
+        return False
+    return budget is None or spent < budget
 
 
 @dataclass(frozen=True, slots=True)
@@ -600,6 +697,7 @@ class RedisLog:
         self._history_bytes = 0
         self._history_dropped = 0
         self._history_call: IDelayedCall | None = None
+        self._pruning = False  # a heartbeat's _prune runs
         self._ready: Deferred[None] = Deferred()
         state.events = self
         state.on_renamed = self._renamed
@@ -931,7 +1029,7 @@ class RedisLog:
         # The history first: the users the snapshot brings online are shown
         # to the listener, which may cache what a newcomer is sent.  Nothing
         # past --retain-days is shown, as one server's start-up shows none.
-        await self._prune(cmd, self.reactor.seconds(), rounds=0)
+        await self._prune(cmd, self.reactor.seconds(), start=True)
         await self._load_history(cmd, upto)
         if data is not None:
             replica.restore(data)
@@ -1086,7 +1184,7 @@ class RedisLog:
             self._refusing = False
         if out.command[:2] == APPENDING:
             self._taken = out.taken = str(result)  # the event's id
-        elif (out.command[0] == "ZADD" and self._history_dropped
+        elif (out.command[:2] == HISTORY_WRITING and self._history_dropped
               and not self._history_kept and self._history_call is None):
             self.log.warn("cluster: Redis takes the history's writes again; {n} lobby "
                           "messages were dropped from it", n=self._history_dropped)
@@ -1125,7 +1223,7 @@ class RedisLog:
                     self._doubt(out.command[-1])
                 else:
                     self.state.refused(out.command[-1])  # not in the stream: answered
-            elif out.command[0] == "ZADD":
+            elif out.command[:2] == HISTORY_WRITING:
                 self._keep_history(out.command)
         # Otherwise the connection went: everything unacknowledged is resent.
 
@@ -1196,7 +1294,7 @@ class RedisLog:
 
     def _keep_history(self, command: tuple[Any, ...]) -> None:
         """
-        Redis refused a history write (C{ZADD}): the message was shown to
+        Redis refused a history write (L{HISTORY_ADD}): the message was shown to
         everyone, so it is kept and written again every L{KEPT_RETRY}
         seconds until Redis takes it (the same members and scores: writing
         one twice changes nothing).  A node keeps at most C{--redis-queue}
@@ -1204,7 +1302,7 @@ class RedisLog:
         apart): past it, the oldest are dropped, and the log says so.
         """
         bound = self.state.max_waiting
-        for score, member in zip(command[2::2], command[3::2], strict=True):
+        for score, member in history_rows(command):
             if member in self._history_kept:
                 continue
             self._history_kept[member] = int(score)
@@ -1235,7 +1333,7 @@ class RedisLog:
             args: list[Any] = []
             for member, score in rows[i:i + HISTORY_BATCH]:
                 args += [score, member]
-            self._queue(("ZADD", HISTORY, *args))
+            self._queue(history_write(args))
 
     def _drop_lost_history(self, end: str | None) -> None:
         """
@@ -1264,15 +1362,15 @@ class RedisLog:
                 self._history_call.cancel()
             self._history_call = None
         for out in list(self._unacked):
-            if out.command[:2] != ("ZADD", HISTORY):
+            if out.command[:2] != HISTORY_WRITING:
                 continue
-            pairs = list(zip(out.command[2::2], out.command[3::2], strict=True))
+            pairs = history_rows(out.command)
             kept = [x for pair in pairs if not lost(*pair) for x in pair]
             dropped += len(pairs) - len(kept) // 2
             if not kept:
                 self._unacked.remove(out)
             else:
-                out.command = ("ZADD", HISTORY, *kept)
+                out.command = history_write(kept)
         if dropped:
             self.log.warn("cluster: {n} lobby messages whose events Redis lost are not "
                           "written to the history", n=dropped)
@@ -1636,13 +1734,13 @@ class RedisLog:
             return
         self._snapshot_at = now
         rows = self._recent_rows(now)
-        if rows:
-            # The history first, up to the snapshot's event: the sender's
-            # node writes each line, but a node loading this snapshot reads
-            # the history up to it, and the sender's node may lag (the same
-            # rows: writing one twice changes nothing).
-            await cmd.execute_command("ZADD", HISTORY, *rows)
         try:
+            if rows:
+                # The history first, up to the snapshot's event: the sender's
+                # node writes each line, but a node loading this snapshot
+                # reads the history up to it, and the sender's node may lag
+                # (the same rows: writing one twice changes nothing).
+                await cmd.execute_command(*history_write(rows))
             await cmd.execute_command("EVALSHA", SAVE_SNAPSHOT_SHA, 1, SNAPSHOT,
                                       replica.snapshot(), replica.last_id)
         except txredisapi.ResponseError as e:
@@ -1657,8 +1755,9 @@ class RedisLog:
         self._snapshot_id = replica.last_id
 
     def _recent_rows(self, now: float) -> list[Any]:
-        """The replica's last lobby lines (L{Replica.recent}) as C{ZADD}'s
-        arguments, but those L{_prune} drops (so none comes back)."""
+        """The replica's last lobby lines (L{Replica.recent}) as a history
+        write's rows (L{history_write}), but those L{_prune} drops (so none
+        comes back)."""
         recent = list(self.state.replica.recent)
         if self.retain_messages:
             recent = recent[-self.retain_messages:]
@@ -1670,8 +1769,8 @@ class RedisLog:
             ms, member = _history_row(eid, nick, text)
             if room is not None:
                 # The newest that fit in --retain-bytes alone (the byte
-                # bound keeps no older one: one written again behind its
-                # count would make it count again).
+                # bound keeps no older one: one written again would be
+                # counted and removed again, for nothing).
                 room -= len(member.encode()) + HISTORY_OVERHEAD
                 if room < 0:
                     break
@@ -1680,38 +1779,45 @@ class RedisLog:
         rows.reverse()
         return rows
 
-    async def _prune(self, cmd: Any, now: float, rounds: int = 4) -> None:
+    async def _prune(self, cmd: Any, now: float, start: bool = False) -> None:
         """
         Drop the lobby messages older than C{--retain-days} at C{now} (this
         machine's POSIX time), all but the newest C{--retain-messages}, and
         the oldest while the history holds more than C{--retain-bytes}
-        (L{PRUNE_HISTORY}, which also counts the bytes of what was written
-        since it last ran).  Every node does it at start and at each
-        heartbeat, whether or not anything was said meanwhile: a quiet
-        cluster forgets on time too, and each call removes a few seconds'
-        worth (where nothing is due, a few O(log n) look-ups).  Safe for
-        nodes to run at once.  A run handles at most L{PRUNE_BATCH}
-        messages; a call makes up to C{rounds} runs while there is more to
-        do (at start, C{rounds} 0: as many as it takes to remove what is
-        due, as it shows nothing pruned; the count goes on at heartbeats).
+        (L{PRUNE_HISTORY}; the bytes are counted as they are written,
+        L{HISTORY_ADD}).  Every node does it at start and at each heartbeat,
+        whether or not anything was said meanwhile: a quiet cluster forgets
+        on time too (where nothing is due, a few O(log n) look-ups).  Safe
+        for nodes to run at once.  A run handles at most L{PRUNE_BATCH}
+        messages; a call makes runs one after another while more is due
+        (L{prune_again}): for at most L{PRUNE_SHARE} of a heartbeat, and
+        at start (C{start}) until nothing is due, as it shows nothing
+        pruned.  A heartbeat's call is skipped while the last one still runs.
         """
         if not (self.retain_days is not None or self.retain_messages or self.retain_bytes):
             return
-        cutoff = ("" if self.retain_days is None
-                  else str(int((now - self.retain_days * 86400) * 1000)))
-        done = 0
-        while True:
-            # EVAL, not loaded: the restore prunes before the scripts are
-            # loaded (a few kB a heartbeat; Redis keeps it compiled).
-            _, _, dropping, counting = await cmd.execute_command(
-                "EVAL", PRUNE_HISTORY, 2, HISTORY, HISTORY_SIZE, cutoff,
-                self.retain_messages or 0, self.retain_bytes or 0, PRUNE_BATCH,
-                PRUNE_BATCH_BYTES, HISTORY_OVERHEAD, HISTORY_SETTLE_MS)
-            done += 1
-            if not dropping and (not counting or not rounds):
+        if not start:
+            if self._pruning:
                 return
-            if rounds and done >= rounds:
-                return
+            self._pruning = True
+        try:
+            cutoff = ("" if self.retain_days is None
+                      else str(int((now - self.retain_days * 86400) * 1000)))
+            began = self.reactor.seconds()
+            budget = None if start else self.heartbeat * PRUNE_SHARE
+            while True:
+                # EVAL, not loaded: the restore prunes before the scripts
+                # are loaded (a few kB a run; Redis keeps it compiled).
+                _, _, dropping, counting = await cmd.execute_command(
+                    "EVAL", PRUNE_HISTORY, 2, HISTORY, HISTORY_SIZE, cutoff,
+                    self.retain_messages or 0, self.retain_bytes or 0, PRUNE_BATCH,
+                    PRUNE_BATCH_BYTES, HISTORY_OVERHEAD)
+                if not prune_again(bool(dropping), bool(counting),
+                                   self.reactor.seconds() - began, budget):
+                    return
+        finally:
+            if not start:
+                self._pruning = False
 
     # -- the history's store (MessageStore) ----------------------------------------------
 
@@ -1719,7 +1825,7 @@ class RedisLog:
         current = self.state.replica.current
         if current is None or current[1] != self.state.node or self.state.replica.replaying:
             return  # the sender's node writes it (once: not when rebuilding)
-        self._queue(("ZADD", HISTORY, *_history_row(current[0], entry.nick, entry.text)))
+        self._queue(history_write(_history_row(current[0], entry.nick, entry.text)))
 
     # -- stopping --------------------------------------------------------------------
 
