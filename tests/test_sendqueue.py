@@ -28,6 +28,7 @@ from twisted_chat.server import sendqueue
 from twisted_chat.server.sendqueue import (
     DirectPass,
     DrainWatch,
+    OutputBudget,
     SendQueue,
     buffer_size,
     stalled,
@@ -729,7 +730,8 @@ class Stuck:
 
 
 class Conn:
-    """A stand-in connection: its queue, and the drops it was told of."""
+    """A stand-in connection: its queue, and the drops it was told of (by
+    the drain watch or the output budget)."""
 
     def __init__(self, queue: Stuck, dropped: list[Stuck]) -> None:
         self.send_queue: Stuck | None = queue
@@ -739,6 +741,8 @@ class Conn:
         assert self.send_queue is not None
         self._dropped.append(self.send_queue)
         self.send_queue = None  # closing, as a dropped connection is
+
+    output_over_budget = output_stalled
 
 
 def watched(*queues: Stuck, timeout: float = 8.0,
@@ -795,3 +799,95 @@ def test_a_queue_holds_its_slots_and_no_dict() -> None:
     """Memory per idle connection (docs/fanout.md): one per connection."""
     queue = SendQueue(StringTransport(), limit=1 << 20)
     assert not hasattr(queue, "__dict__")
+
+
+# -- output held for all connections: who goes first ---------------------------------
+
+
+class Holding:
+    """A stand-in queue for the output budget: C{held} bytes in Twisted's
+    buffers; C{taken}, what its peer took so far (L{SendQueue.progress})."""
+
+    def __init__(self, held: int, taken: int = 0) -> None:
+        self.held = held
+        self.taken = taken
+
+    def twisted_held(self) -> int:
+        return self.held
+
+    def progress(self) -> int:
+        return self.taken
+
+
+def budgeted(budget: int, *queues: Holding) -> tuple[Clock, list[Any], list[Conn]]:
+    clock = Clock()
+    dropped: list[Any] = []
+    conns = [Conn(queue, dropped) for queue in queues]  # type: ignore[arg-type]
+    OutputBudget(clock, budget, lambda: conns).start()  # type: ignore[arg-type,return-value]
+    return clock, dropped, conns
+
+
+def test_over_the_budget_the_stalled_go_before_the_draining() -> None:
+    """rev10-fix2 F4: a peer that took nothing since the last look goes
+    before bigger ones still draining (slow readers, not the non-readers a
+    burst was aimed past); among each, the biggest first."""
+    stalled_small, stalled_big = Holding(20, taken=7), Holding(30, taken=7)
+    slow, slower = Holding(30), Holding(30)
+    clock, dropped, _ = budgeted(130, stalled_small, stalled_big, slow, slower)
+    clock.advance(1.0)  # 110: within it; each one's progress noted
+    assert dropped == []
+    slow.held, slow.taken = 60, 5_000  # a burst came; both read, slowly
+    slower.held, slower.taken = 50, 1_000
+    clock.advance(1.0)  # 160: 30 too many
+    assert dropped == [stalled_big]
+    slow.held, slow.taken = 90, 9_000
+    slower.taken = 2_000
+    clock.advance(1.0)  # 160 again: the other stalled one is not enough
+    assert dropped == [stalled_big, stalled_small, slow]
+
+
+def test_a_queue_not_seen_holding_before_is_not_taken_for_stalled() -> None:
+    """Its progress is unknown: it ranks with the draining, by size."""
+    old, new = Holding(10, taken=3), Holding(50)
+    clock, dropped, conns = budgeted(55, old)
+    clock.advance(1.0)
+    conns.append(Conn(new, dropped))  # type: ignore[arg-type]
+    clock.advance(1.0)  # 60: old is stalled, new unknown
+    assert dropped == [old]
+    new.held = 70
+    clock.advance(1.0)  # 70: new took nothing since the last look
+    assert dropped == [old, new]
+
+
+@pytest_twisted.inlineCallbacks
+def test_progress_is_what_the_peer_acknowledged_also_while_twisted_is_paused(
+        loopback: Any) -> Any:
+    """On the paused estimate (TLS, --no-direct-send) written minus held
+    does not move while the peer drains Twisted's buffer; the kernel's count
+    of acknowledged bytes does: the output budget tells a slow reader from
+    a stalled one by it."""
+    from twisted.internet import reactor
+    from twisted.internet.task import deferLater
+
+    factory, client = loopback
+    server = yield factory.accepted
+    queue = SendQueue(server.transport, limit=1 << 24, direct=False, sndbuf=65536)
+    queue.start()
+    for _ in range(40):
+        assert queue.write(b"x" * 16384)
+    assert queue.twisted_held() > 0, "paused: Twisted holds more than its buffer size"
+    for _ in range(5):  # Twisted fills the kernel's buffer
+        yield deferLater(reactor, 0.01, lambda: None)
+    before = queue.progress()
+    got = yield drain(client, 200_000)
+    assert len(got) >= 200_000
+    for _ in range(5):  # and fills it again, from what it holds
+        yield deferLater(reactor, 0.01, lambda: None)
+    for _ in range(1000):  # bounded: the ACKs may take a moment
+        if queue.progress() - before >= 200_000:
+            break
+        yield deferLater(reactor, 0.005, lambda: None)
+    assert queue.progress() - before >= 200_000
+    assert queue.twisted_held() > 0, "still paused: the estimate saw nothing leave"
+    queue.stop()
+    server.transport.abortConnection()

@@ -306,8 +306,8 @@ class ChatProtocol:
         return queue is not None and queue.held() > self.config.sendq // 2
 
     def output_over_budget(self) -> None:
-        """It holds the most of what the server holds for all connections,
-        which is over --sendq-total."""
+        """It is first to go (stalled, or holding the most) of what the server
+        holds for all connections, which is over --sendq-total."""
         self._cut(f"output held for all connections over {self.config.sendq_total} bytes")
 
     def output_stalled(self) -> None:

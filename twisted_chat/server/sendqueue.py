@@ -33,6 +33,7 @@ from twisted_chat.tcpinfo import (
     acked_known,
     kernel_acked,
     kernel_queued,
+    peer_acked,
     socket_of,
     twisted_buffered,
 )
@@ -151,6 +152,19 @@ class SendQueue:
         if self._counted:
             return self.written - held
         return kernel_acked(self._sock)
+
+    def progress(self) -> int:
+        """
+        A count that grows when, and only when, the peer takes bytes: the
+        kernel's count of the bytes the peer acknowledged where it tells it
+        (under TLS too: the encrypted bytes), else L{delivered} (which, on
+        Twisted's paused estimate, sees only what leaves the kernel).  For
+        L{OutputBudget}: which connections drained since it last looked.
+        """
+        if not self._counted:
+            return kernel_acked(self._sock)
+        acked = peer_acked(self._transport)
+        return self.delivered(self.held()) if acked is None else acked
 
     def write(self, data: bytes) -> bool:
         self.written += len(data)
@@ -478,7 +492,7 @@ class Budgeted(Protocol):
         """Its queue (C{None}: none to count, not yet or no longer)."""
 
     def output_over_budget(self) -> None:
-        """It holds the most of an output over C{--sendq-total}: drop it."""
+        """It is first to go of an output over C{--sendq-total}: drop it."""
 
 
 class OutputBudget(_Periodic):
@@ -487,37 +501,51 @@ class OutputBudget(_Periodic):
     together (Twisted's buffers, L{SendQueue.twisted_held}; the kernel's
     share is bounded apart, by C{--sndbuf}).  One timer for every
     connection, each C{period} seconds while there are connections: when
-    the sum is over C{budget}, the connections holding the most are dropped
-    (C{output_over_budget}) until the rest fit.  Each connection's own bound
-    stays C{--sendq}; this bounds their sum, which is otherwise
-    C{--max-clients} x C{--sendq} (docs/security.md, "Output held in all").
-    C{budget} 0 turns it off.  A sum over the budget between two looks is
-    not seen until the next: the bound is the budget plus what one period
-    brings, each connection still at most C{--sendq}.
+    the sum is over C{budget}, connections are dropped
+    (C{output_over_budget}) until the rest fit: first those whose peer took
+    nothing since the last look (L{SendQueue.progress} unchanged: stalled),
+    the biggest first, then those still draining, the biggest first.  A
+    connection that held nothing at the last look has not been seen
+    stalled.  Each connection's own bound stays C{--sendq}; this bounds
+    their sum, which is otherwise C{--max-clients} x C{--sendq}
+    (docs/security.md, "Output held in all").  C{budget} 0 turns it off.
+    A sum over the budget between two looks is not seen until the next: the
+    bound is the budget plus what one period brings, each connection still
+    at most C{--sendq}.  What it keeps between looks is the progress of the
+    connections that held something at the last (nothing per connection
+    otherwise).
     """
 
-    __slots__ = ("_budget", "_connections")
+    __slots__ = ("_budget", "_connections", "_progress")
 
     def __init__(self, clock: IReactorTime, budget: int,
                  connections: Callable[[], Collection[Budgeted]], period: float = 1.0) -> None:
         super().__init__(clock, period if budget else 0.0)
         self._budget = budget
         self._connections = connections
+        self._progress: dict[SendQueue, int] = {}
+
+    def stop(self) -> None:
+        super().stop()
+        self._progress = {}
 
     def _look(self) -> None:
         self._call = None
-        holding: list[tuple[int, Budgeted]] = []
+        last, progress = self._progress, {}
+        holding: list[tuple[bool, int, Budgeted]] = []
         total = 0
         for connection in self._connections():
             queue = connection.send_queue
             if queue is not None:
                 held = queue.twisted_held()
                 if held:
-                    holding.append((held, connection))
+                    now = progress[queue] = queue.progress()
+                    holding.append((last.get(queue) == now, held, connection))
                     total += held
+        self._progress = progress
         if total > self._budget:
-            holding.sort(key=_first, reverse=True)
-            for held, connection in holding:
+            holding.sort(key=_rank, reverse=True)
+            for _, held, connection in holding:
                 if total <= self._budget:
                     break
                 connection.output_over_budget()
@@ -526,5 +554,6 @@ class OutputBudget(_Periodic):
             self.start()
 
 
-def _first(pair: tuple[int, Any]) -> int:
-    return pair[0]
+def _rank(holder: tuple[bool, int, Any]) -> tuple[bool, int]:
+    """Which goes first (the greatest): stalled, then the most held."""
+    return holder[0], holder[1]

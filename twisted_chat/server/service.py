@@ -193,8 +193,9 @@ class Options(usage.Options):
          "it is dropped (0: never).", _non_negative(float)],
         ["sendq-total", None, _defaults.sendq_total,
          "Bytes the server itself may hold for all connections together (its own "
-         "buffers, not the kernel's), checked once a second; over it, the connections "
-         "holding the most are dropped (0: no bound but --max-clients x --sendq).",
+         "buffers, not the kernel's), checked once a second; over it, connections are "
+         "dropped, those whose peers took nothing since the last check first, then "
+         "those holding the most (0: no bound but --max-clients x --sendq).",
          _non_negative(int)],
         ["idle-timeout", None, _defaults.idle_timeout,
          "Seconds of silence before the server sends PING (0: never).", _non_negative(float)],
