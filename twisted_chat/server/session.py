@@ -303,7 +303,9 @@ class Session:
         A private line (DM, INVITE) for a user of this process whose peer
         is more than half of --sendq behind is refused to its sender with
         C{ERROR busy}: otherwise many senders, each within its own limits,
-        could push the recipient over --sendq and get it cut.
+        could push the recipient over --sendq and get it cut.  In cluster
+        mode only the recipient's node knows what it holds for it: senders
+        on other nodes are not refused (docs/cluster.md says why).
         """
         target = self.factory.hub.find(nick)
         if (target is not None and target is not user and self.factory.state.holds(target)
