@@ -9,7 +9,8 @@ from twisted.internet.error import ConnectionDone, ConnectionLost
 from twisted.python.failure import Failure
 
 from twisted_chat.client import render
-from twisted_chat.client.protocol import ChatClient, Outcome, State, looks_like_tls
+from twisted_chat.client.diagnose import looks_like_tls
+from twisted_chat.client.protocol import ChatClient, Outcome, State
 
 from .helpers import TS, session
 
