@@ -14,8 +14,9 @@ from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
 from twisted.python.failure import Failure
 
-from twisted_chat.client.protocol import ChatClient, Outcome
+from twisted_chat.client.protocol import ChatClient
 from twisted_chat.client.render import Line, plain
+from twisted_chat.client.session import Outcome
 from twisted_chat.client.terminal import ChatTerminal, TerminalServer
 
 # 2026-11-22 14:03:00 UTC; tests render times in UTC (localtime=time.gmtime).

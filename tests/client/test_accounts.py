@@ -8,7 +8,8 @@ from __future__ import annotations
 import pytest
 
 from twisted_chat.client.commands import Local, Secret, is_secret_command, parse_input
-from twisted_chat.client.protocol import ChatClient, Outcome, State
+from twisted_chat.client.protocol import ChatClient
+from twisted_chat.client.session import Outcome, State
 
 from .helpers import TS, Session, session
 

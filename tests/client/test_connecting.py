@@ -10,7 +10,8 @@ from twisted.python.failure import Failure
 
 from twisted_chat.client import render
 from twisted_chat.client.diagnose import looks_like_tls
-from twisted_chat.client.protocol import ChatClient, Outcome, State
+from twisted_chat.client.protocol import ChatClient
+from twisted_chat.client.session import Outcome, State
 
 from .helpers import TS, session
 

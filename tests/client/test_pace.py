@@ -9,7 +9,8 @@ from __future__ import annotations
 import pytest
 
 from twisted_chat.client.pace import BURST, MIN_RATE, RATE, Pacer, server_limits
-from twisted_chat.client.protocol import ChatClient, Outcome, State
+from twisted_chat.client.protocol import ChatClient
+from twisted_chat.client.session import Outcome, State
 from twisted_chat.server.flood import FloodMeter
 
 from .helpers import TS, Session, session

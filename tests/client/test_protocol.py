@@ -8,7 +8,8 @@ from twisted.internet.error import ConnectionLost, ConnectionRefusedError, DNSLo
 from twisted.logger import capturedLogs, formatEvent
 from twisted.python.failure import Failure
 
-from twisted_chat.client.protocol import ChatClient, Outcome, State
+from twisted_chat.client.protocol import ChatClient
+from twisted_chat.client.session import Outcome, State
 
 from .helpers import TS, Session, session
 

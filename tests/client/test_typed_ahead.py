@@ -21,7 +21,8 @@ import pytest
 from twisted.internet.testing import StringTransport
 
 from twisted_chat.client.pipe import PipeIO
-from twisted_chat.client.protocol import ChatClient, State
+from twisted_chat.client.protocol import ChatClient
+from twisted_chat.client.session import State
 
 from .helpers import Keyboard, Session, session
 

@@ -24,7 +24,8 @@ from twisted_chat.client.sanitize import decode
 @implementer(IHalfCloseableProtocol, IPushProducer)
 class PipeIO(SkipLongLines):
     """
-    Lines from stdin to C{on_line}, C{on_eof} at the end; a L{Display} on stdout.
+    Lines from stdin to C{on_line}, C{on_eof} at the end; a
+    L{twisted_chat.client.display.Display} on stdout.
 
     As a producer (LineReceiver's C{pauseProducing}/C{resumeProducing}), it
     stops reading stdin, and handing over the lines already read, while the

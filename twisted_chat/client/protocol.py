@@ -23,10 +23,7 @@ from __future__ import annotations
 import ipaddress
 import math
 import time
-from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
-from enum import Enum, auto
-from typing import Protocol as TypingProtocol
+from collections.abc import Callable, Mapping
 from typing import cast
 
 from twisted.internet.address import IPv4Address, IPv6Address
@@ -46,56 +43,15 @@ from twisted_chat.client.commands import (
     password_problem,
 )
 from twisted_chat.client.diagnose import describe_connect_error, describe_tls_error, looks_like_tls
+from twisted_chat.client.display import Display
 from twisted_chat.client.events import Malformed, ServerLine, parse
 from twisted_chat.client.flow import Valve, taken
 from twisted_chat.client.lines import SkipLongLines
 from twisted_chat.client.outbox import QUEUE_MAX, Outbox, Typed
 from twisted_chat.client.render import Line, Renderer, UserRow
 from twisted_chat.client.sanitize import decode
+from twisted_chat.client.session import INTERRUPTED, Ending, Outcome, State
 from twisted_chat.wire import PROTOCOL_VERSION, is_valid_nick, nick_key
-
-
-class Display(TypingProtocol):
-    """Where the client shows things: a terminal or a pipe."""
-
-    def show(self, line: Line) -> None:
-        """Show one line (it is cleaned on output)."""
-
-    def set_prompt(self, prompt: str) -> None:
-        """Change the input prompt (terminals only; pipes ignore it)."""
-
-    def ask_secret(self, prompt: str) -> None:
-        """
-        Read the next line without showing it or keeping it in the history,
-        for L{ChatClient.secret_line} (terminals only).
-        """
-
-    def end_secret(self) -> None:
-        """Stop reading a secret line; the half-typed line comes back."""
-
-    def drop_typing(self) -> bool:
-        """
-        Clear the line being typed (not yet entered; at a password prompt,
-        the one it interrupted): it may be a password typed ahead of its
-        prompt.  Whether there was any (terminals only).
-        """
-
-    def forget(self, lines: Sequence[str]) -> None:
-        """
-        Drop these typed lines from the input history (one of them may be a
-        password typed ahead of its prompt; terminals only).
-        """
-
-    def bell(self) -> None:
-        """Ring the terminal bell (terminals only, unless C{--no-bell})."""
-
-
-@dataclass(frozen=True, slots=True)
-class Outcome:
-    """How the session ended: the exit code and a sentence for stderr."""
-
-    code: int
-    message: str | None = None
 
 
 def _lines(count: int) -> tuple[str, str]:
@@ -111,22 +67,6 @@ def _is_text(line: str) -> bool:
 
 # What the server answers a PAIR or ACCEPT that pairs nobody (chat/1, "Pairing").
 PAIRING_ERRORS = frozenset({"no-such-nick", "self", "busy", "no-invite", "pending"})
-
-
-class State(Enum):
-    CONNECTING = auto()  # no connection yet
-    GREETING = auto()  # connected, waiting for the server to ask for a nick
-    ASK_NICK = auto()  # the server wants a nick and the user has to type one
-    NICK_SENT = auto()  # waiting for READY, PASS or RETRY (also after PASS was sent)
-    ASK_PASSWORD = auto()  # the nick has an account and the user has to type its password
-    READY = auto()  # in the lobby
-    PAIRED = auto()  # in a private conversation
-    QUITTING = auto()  # BYE sent, waiting for the server's answer
-    CLOSED = auto()
-
-
-def _sentences(first: str, then: str | None) -> str:
-    return first if then is None else f"{first} {then}"
 
 
 class ChatClient(SkipLongLines):
@@ -170,10 +110,7 @@ class ChatClient(SkipLongLines):
     # fit in the server's default --nick-timeout of 30 s.
     UNAVAILABLE_DELAY = 3.0
     UNAVAILABLE_TRIES = 5
-    # Exit code after Ctrl-C (or SIGINT) before the chat was joined, or in a
-    # script, or with typed lines still waiting: 128 + SIGINT, as shells
-    # report an interrupted command.
-    INTERRUPTED = 130
+    INTERRUPTED = INTERRUPTED  # (twisted_chat.client.session)
     # Lines that wait to be sent (twisted_chat.client.outbox).
     QUEUE_MAX = QUEUE_MAX
     # What a server's lines can make the client keep: people in the user list
@@ -241,20 +178,15 @@ class ChatClient(SkipLongLines):
         self._replay_heading = False  # the heading for the lines replayed is shown
         self._users: list[UserRow] = []
         self._users_left_out = 0  # USER lines over USERS_MAX
-        self._failure: str | None = None
+        # A failure, Ctrl-C, the goodbye: told as an Outcome at the end.
+        self.ending = Ending()
         self._quit_timer: IDelayedCall | None = None
         self._greeting_timer: IDelayedCall | None = None
         self._nick_again_timer: IDelayedCall | None = None
         self._answer_timer: IDelayedCall | None = None  # for a NICK or PASS sent
         self._read_after_bye = 0  # bytes read after BYE while stdout was full
         self._unavailable_tries = 0  # RETRY unavailable answers in a row
-        self._heard = False  # any byte came from the server
         self._greeted = False  # the server asked for a nickname (or said who we are)
-        self._bye_received = False
-        self._gave_up = False  # we closed the connection after an unanswered BYE
-        self._said_bye = False  # we sent BYE (lines typed after it are not counted)
-        self._bye_answered = False  # the server answered our BYE
-        self._interrupted = False
         # A password being asked for: (verb to send it with, first entry).
         self._secret: tuple[str, str | None] | None = None
         self._account_request: str | None = None  # REGISTER or PASSWD sent
@@ -348,7 +280,7 @@ class ChatClient(SkipLongLines):
 
     def _no_greeting(self) -> None:
         self._greeting_timer = None
-        self._failure = (
+        self.ending.failure = (
             f"No greeting from {self.server} within {self.greeting_timeout:g} seconds: "
             f"is it a chat server?{self._tls_hint()}"
         )
@@ -380,8 +312,8 @@ class ChatClient(SkipLongLines):
 
     def _no_answer(self, what: str) -> None:
         self._answer_timer = None
-        if self._failure is None:
-            self._failure = (
+        if self.ending.failure is None:
+            self.ending.failure = (
                 f"No answer from {self.server} to the {what} within "
                 f"{self.greeting_timeout:g} seconds."
             )
@@ -398,14 +330,14 @@ class ChatClient(SkipLongLines):
             self.transport.loseConnection()
 
     def dataReceived(self, data: bytes) -> None:
-        if self._said_bye and self.reading.held("display"):
+        if self.ending.said_bye and self.reading.held("display"):
             self._read_after_bye += len(data)
             if self._read_after_bye > self.QUIT_READ_MAX:
                 self.reading.heed("display")  # enough: stdout's turn again
-        if not self._heard and data:
-            self._heard = True
+        if not self.ending.heard and data:
+            self.ending.heard = True
             if not self.tls and looks_like_tls(data):
-                self._failure = (
+                self.ending.failure = (
                     f"{self.server} answered in TLS, not in plain text: add --tls "
                     "to connect to it."
                 )
@@ -463,42 +395,19 @@ class ChatClient(SkipLongLines):
         self._quit_timer = self._greeting_timer = self._nick_again_timer = None
         self._answer_timer = self._drain_timer = None
         self.outbox.stop()
-        if not self._said_bye:
+        if not self.ending.said_bye:
             self._drop_queue()  # the session ended under lines waiting: counted
         tls = describe_tls_error(reason, self.server) if reason is not None else None
-        losses = self.outbox.losses(self._bye_answered)
-        if self._failure is not None:
-            self._finish(Outcome(1, _sentences(self._failure, losses)))
-        elif self._interrupted:
-            self._finish(
-                Outcome(self.INTERRUPTED, _sentences(self._interrupted_sentence(), losses))
-            )
-        elif previous is State.QUITTING and self._bye_received:
-            self._finish(Outcome(1, losses) if losses else Outcome(0))
-        elif previous is State.QUITTING and self._gave_up:
-            # Without the server's answer nothing says that the last lines
-            # arrived: not a normal quit (docs/client.md, exit status).
-            said = (
-                f"No answer from {self.server} to the goodbye within "
-                f"{self.QUIT_TIMEOUT:g} seconds."
-            )
-            self._finish(Outcome(1, _sentences(said, losses)))
-        elif tls is not None:
-            self._finish(Outcome(1, tls))
-        elif not self._heard:
-            self._finish(
-                Outcome(
-                    1,
-                    f"{self.server} closed the connection without a word: "
-                    f"is it a chat server?{self._tls_hint()}",
-                )
-            )
-        else:
-            # A server that is killed leaves either a clean close or a reset
-            # (when our BYE, or anything else, reached it after it died):
-            # whichever it is, the chat is over without the server's goodbye.
-            lost = f"The connection to {self.server} was lost."
-            self._finish(Outcome(1, _sentences(lost, losses)))
+        outcome = self.ending.outcome(
+            self.server,
+            quitting=previous is State.QUITTING,
+            joined=self.nick is not None,
+            tls_error=tls,
+            losses=self.outbox.losses(self.ending.bye_answered),
+            tls_hint=self._tls_hint(),
+            quit_timeout=self.QUIT_TIMEOUT,
+        )
+        self._finish(outcome)
 
     def connect_failed(self, reason: Failure) -> None:
         """The connection could not be made at all."""
@@ -573,16 +482,11 @@ class ChatClient(SkipLongLines):
         (they are dropped, and counted), the exit code says it was interrupted.
         """
         if self._drop_queue() or self.nick is None or not self.interactive:
-            self._interrupted = True
+            self.ending.interrupted = True
         if self.state is State.QUITTING and self.transport is not None:
             self._close_now()
         else:
             self.quit()
-
-    def _interrupted_sentence(self) -> str:
-        if self.nick is None:
-            return "Interrupted before joining the chat."
-        return "Interrupted."
 
     def _drop_queue(self) -> int:
         """
@@ -602,7 +506,7 @@ class ChatClient(SkipLongLines):
         self._drain_timer = None
         if self.state is State.CONNECTING:
             self.state = State.CLOSED
-            if self._interrupted:
+            if self.ending.interrupted:
                 self._finish(Outcome(self.INTERRUPTED, "Interrupted while connecting."))
             else:
                 self._finish(Outcome(0))
@@ -612,7 +516,7 @@ class ChatClient(SkipLongLines):
         if self.state in (State.QUITTING, State.CLOSED):
             return
         self.send(Send("BYE", text=text))
-        self._said_bye = True
+        self.ending.said_bye = True
         # The server's answer, and the lines before it, are read even while
         # stdout is full (a pager, a slow pipe): else the goodbye would seem
         # unanswered.  Bounded: the server closes after its answer.
@@ -623,7 +527,7 @@ class ChatClient(SkipLongLines):
 
     def _give_up(self) -> None:
         self._quit_timer = None
-        self._gave_up = True
+        self.ending.gave_up = True
         self._close_now()
 
     def _pump(self) -> None:
@@ -643,7 +547,7 @@ class ChatClient(SkipLongLines):
         if self.state in (State.READY, State.PAIRED):
             self.quit()
         elif self.state is State.ASK_NICK:
-            self._failure = "The input ended before a nickname was accepted."
+            self.ending.failure = "The input ended before a nickname was accepted."
             self.quit()
 
     def _stalled(self) -> None:
@@ -652,8 +556,8 @@ class ChatClient(SkipLongLines):
         the server took none of what the client sent: give up (they are
         counted), rather than keep a script waiting for ever.
         """
-        if self._failure is None:
-            self._failure = (
+        if self.ending.failure is None:
+            self.ending.failure = (
                 f"{self.server} did not read what the client sent for "
                 f"{self.greeting_timeout:g} seconds."
             )
@@ -836,14 +740,14 @@ class ChatClient(SkipLongLines):
             return
         password = self.environ.get("CHAT_PASSWORD", "")
         if not password:
-            self._failure = (
+            self.ending.failure = (
                 f"The nickname {nick} has an account here: give its password in CHAT_PASSWORD."
             )
             self.quit()
             return
         problem = password_problem(password)
         if problem is not None:
-            self._failure = f"The password in CHAT_PASSWORD cannot be used: {problem}"
+            self.ending.failure = f"The password in CHAT_PASSWORD cannot be used: {problem}"
             self.quit()
             return
         self._send_password("PASS", password)
@@ -959,7 +863,7 @@ class ChatClient(SkipLongLines):
             # A script gives up: its next input lines are messages, not
             # nicknames, and its CHAT_PASSWORD would only be wrong again (each
             # try counts against the nick, whose owner would be locked out).
-            self._failure = render.sentence(said)
+            self.ending.failure = render.sentence(said)
             self.quit()
             return
         self._error(render.sentence(said))
@@ -981,7 +885,7 @@ class ChatClient(SkipLongLines):
         if self._unavailable_tries > self.UNAVAILABLE_TRIES:
             tries = self.UNAVAILABLE_TRIES + 1
             if not self.interactive:
-                self._failure = f"{said} Gave up after {tries} tries."
+                self.ending.failure = f"{said} Gave up after {tries} tries."
                 self.quit()
                 return
             self._error(render.sentence(said))
@@ -1143,13 +1047,13 @@ class ChatClient(SkipLongLines):
         reason = event.word(0)
         at_login = self.state is State.NICK_SENT and self._pass_sent
         said = render.bye(reason, event.text, after_password=at_login)
-        self._bye_received = True
+        self.ending.bye_received = True
         self._greeting_done()
         if reason == "quit" and self.state is State.QUITTING:
-            self._bye_answered = True  # after every line we sent before it
+            self.ending.bye_answered = True  # after every line we sent before it
             self._notice(said)
-        elif self._failure is None:
-            self._failure = said
+        elif self.ending.failure is None:
+            self.ending.failure = said
         self._set_state(State.QUITTING)
         if self.transport is not None:
             self.transport.loseConnection()
@@ -1178,7 +1082,7 @@ class ChatClient(SkipLongLines):
             said = self._account_not_done()
         if code == "server-full":
             if self.state not in (State.READY, State.PAIRED):
-                self._failure = said  # said once, on the way out (BYE full follows)
+                self.ending.failure = said  # said once, on the way out (BYE full follows)
                 return
             # Online, it answers REGISTER: the server keeps no more accounts
             # (--max-accounts), and the connection stays.
@@ -1221,7 +1125,7 @@ class ChatClient(SkipLongLines):
                     f"The server did not check that password: {text.rstrip('.') or 'busy'}"
                 )
             if not self.interactive:
-                self._failure = said
+                self.ending.failure = said
                 self.quit()
                 return
             self._error(said)
@@ -1237,7 +1141,7 @@ class ChatClient(SkipLongLines):
         """The server dropped our NICK or PASS unanswered: a script gives
         up with the reason, a person is asked for a nickname again."""
         if not self.interactive:
-            self._failure = said
+            self.ending.failure = said
             self.quit()
             return
         self._error(said)
