@@ -128,29 +128,29 @@ def test_lines_wait_while_the_socket_cannot_take_more() -> None:
 def test_user_lines_without_users_are_not_kept_without_bound() -> None:
     s = session("eve", interactive=False)
     s.ready("eve")
-    many = s.client.USERS_MAX + 500
+    many = s.client.roster.USERS_MAX + 500
     s.client.dataReceived(b"".join(b"USER u%d lobby\r\n" % i for i in range(many)))
-    assert len(s.client._users) == s.client.USERS_MAX
+    assert len(s.client.roster._rows) == s.client.roster.USERS_MAX
     s.screen.take()
     s.receive(f"USERS {many}")
     shown = s.screen.lines
     assert shown[0] == f"* {many} people online:"
     assert shown[-1] == "  ... and 500 more, not shown"
-    assert len(s.client.online_nicks()) == s.client.USERS_MAX
+    assert len(s.client.online_nicks()) == s.client.roster.USERS_MAX
 
 
 def test_user_line_fields_are_kept_short() -> None:
     s = session("eve", interactive=False)
     s.ready("eve")
     s.receive(f"USER {'n' * 500_000} {'s' * 300_000} {'a' * 200_000}")
-    (row,) = s.client._users
+    (row,) = s.client.roster._rows
     assert (len(row.nick), len(row.state), len(row.address or "")) == (100, 100, 100)
 
 
 def test_joined_nicks_known_for_tab_are_bounded_and_valid() -> None:
     s = session("eve", interactive=False)
     s.ready("eve")
-    s.client.USERS_MAX = 50  # type: ignore[misc]
+    s.client.roster.USERS_MAX = 50  # type: ignore[misc]
     s.receive(*[f"JOINED {TS} u{i}" for i in range(80)], f"JOINED {TS} {'x' * 30}")
     assert len(s.client.online_nicks()) == 49  # 50 with eve
     assert f"u{49}" not in s.client.online_nicks()
@@ -160,7 +160,7 @@ def test_invitations_kept_are_bounded() -> None:
     s = session("eve", interactive=False)
     s.ready("eve")
     s.receive(*[f"INVITE u{i}" for i in range(300)])
-    assert len(s.client.invites) == s.client.INVITES_MAX
+    assert len(s.client.roster.invites) == s.client.roster.INVITES_MAX
 
 
 # -- E: a script's stdin is read only as fast as its lines go ---------------------

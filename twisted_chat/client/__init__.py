@@ -10,6 +10,7 @@ It speaks chat/1 over TCP or TLS on the Twisted reactor.  The modules:
   - L{complete}: what Tab completes (nicknames and commands);
   - L{protocol}: the connection to the server and the client's state;
   - L{session}: the session's states, and how it ended (the exit code);
+  - L{roster}: who is online (for Tab), the user list, the invitations;
   - L{display}: what the client shows things on (a terminal or a pipe);
   - L{diagnose}: why a connection failed, in one sentence;
   - L{outbox}: the lines waiting to be sent, their pace and their counts;

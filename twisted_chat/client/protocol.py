@@ -48,7 +48,8 @@ from twisted_chat.client.events import Malformed, ServerLine, parse
 from twisted_chat.client.flow import Valve, taken
 from twisted_chat.client.lines import SkipLongLines
 from twisted_chat.client.outbox import QUEUE_MAX, Outbox, Typed
-from twisted_chat.client.render import Line, Renderer, UserRow
+from twisted_chat.client.render import Line, Renderer
+from twisted_chat.client.roster import Roster
 from twisted_chat.client.sanitize import decode
 from twisted_chat.client.session import INTERRUPTED, Ending, Outcome, State
 from twisted_chat.wire import PROTOCOL_VERSION, is_valid_nick, nick_key
@@ -113,13 +114,6 @@ class ChatClient(SkipLongLines):
     INTERRUPTED = INTERRUPTED  # (twisted_chat.client.session)
     # Lines that wait to be sent (twisted_chat.client.outbox).
     QUEUE_MAX = QUEUE_MAX
-    # What a server's lines can make the client keep: people in the user list
-    # being gathered (USER lines until USERS) and known for Tab (five times
-    # the server's default --max-clients), each field of a USER line (a real
-    # nick has 24 characters), and open invitations to the user.
-    USERS_MAX = 50_000
-    FIELD_MAX = 100
-    INVITES_MAX = 100
     # Ctrl-D with lines still waiting (a paste the pacer holds): they go out
     # for at most this many seconds, then the client leaves without the rest.
     DRAIN_TIMEOUT = 60.0
@@ -163,8 +157,8 @@ class ChatClient(SkipLongLines):
         self.state = State.CONNECTING
         self.nick: str | None = None
         self.partner: str | None = None
-        self.invites: list[str] = []  # open invitations to me, oldest first
-        self.invited: str | None = None  # my open invitation
+        # Who is online (for Tab), the user list gathered, the invitations.
+        self.roster = Roster()
         self.finished: Deferred[Outcome] = Deferred()
         self.cancel_connect: Callable[[], object] | None = None
         self._eof = False
@@ -176,8 +170,6 @@ class ChatClient(SkipLongLines):
         self._unpair_requested = False
         self._replay: str | None = None  # "login" or "away" while HISTORY lines come
         self._replay_heading = False  # the heading for the lines replayed is shown
-        self._users: list[UserRow] = []
-        self._users_left_out = 0  # USER lines over USERS_MAX
         # A failure, Ctrl-C, the goodbye: told as an Outcome at the end.
         self.ending = Ending()
         self._quit_timer: IDelayedCall | None = None
@@ -193,7 +185,6 @@ class ChatClient(SkipLongLines):
         # ACCEPT or PAIR sent and not answered yet: a PAIRED now is our doing.
         self._joining = False
         self._warned_plain = False
-        self._online: dict[str, str] = {}  # nick_key -> nick, for Tab
         # The server's connection is not read while stdout ("display") or the
         # connection itself ("socket") cannot take more (twisted_chat.client.flow).
         self.reading = Valve()
@@ -604,10 +595,9 @@ class ChatClient(SkipLongLines):
             self._show(render.info(text))
 
     def _command_input(self, line: str) -> None:
-        sole = self.invites[0] if len(self.invites) == 1 else None
-        action = parse_input(line, inviter=sole)
+        action = parse_input(line, inviter=self.roster.sole_inviter())
         if isinstance(action, Send):
-            if action.verb == "UNPAIR" and (self.state is State.PAIRED or self.invited):
+            if action.verb == "UNPAIR" and (self.state is State.PAIRED or self.roster.invited):
                 # Only then can the server's next UNPAIRED be our doing.
                 self._unpair_requested = True
             if action.verb in ("ACCEPT", "PAIR"):
@@ -717,8 +707,7 @@ class ChatClient(SkipLongLines):
 
     def online_nicks(self) -> list[str]:
         """The other people online, as far as the user list and JOINED/LEFT say."""
-        me = nick_key(self.nick) if self.nick else None
-        return [nick for key, nick in self._online.items() if key != me]
+        return self.roster.online_nicks(self.nick)
 
     def _ring(self) -> None:
         if self.interactive and self.display is not None:
@@ -949,50 +938,34 @@ class ChatClient(SkipLongLines):
             self._ring()  # a private message, or a lobby line that names you
 
     def _on_JOINED(self, event: ServerLine) -> None:
-        self._know(event.word(1))
+        self.roster.joined(event.word(1))
         self._show(self.renderer.joined(event.word(0), event.word(1)))
 
     def _on_LEFT(self, event: ServerLine) -> None:
         ts, nick, reason = event.words
-        self._online.pop(nick_key(nick), None)
+        self.roster.left(nick)
         self._show(self.renderer.left(ts, nick, reason, event.text))
 
     def _on_USER(self, event: ServerLine) -> None:
         self._end_replay()
-        if len(self._users) >= self.USERS_MAX:
-            self._users_left_out += 1
-            return
-        nick, state, address = (event.word(i)[: self.FIELD_MAX] for i in range(3))
-        self._users.append(UserRow(nick, state, address or None))
-
-    def _know(self, nick: str) -> None:
-        """Offer C{nick} for Tab (a valid one, while fewer than USERS_MAX are known)."""
-        key = nick_key(nick)
-        if is_valid_nick(nick) and (key in self._online or len(self._online) < self.USERS_MAX):
-            self._online[key] = nick
+        self.roster.user(event.word(0), event.word(1), event.word(2))
 
     def _on_USERS(self, event: ServerLine) -> None:
         self._end_replay()
-        rows, self._users = self._users, []
-        left_out, self._users_left_out = self._users_left_out, 0
-        self._online = {}
-        for row in rows:
-            self._know(row.nick)
+        rows, left_out = self.roster.users()
         for line in self.renderer.users(rows, left_out):
             self._show(line)
 
     def _on_PENDING(self, event: ServerLine) -> None:
         self._joining = False  # a PAIRED from now on is the invitee's doing
-        self.invited = event.word(0)
+        invitee = self.roster.invited = event.word(0)
         self._notice(
-            f"Invitation sent to {self.invited}; waiting for an answer (/unpair withdraws it)."
+            f"Invitation sent to {invitee}; waiting for an answer (/unpair withdraws it)."
         )
 
     def _on_INVITE(self, event: ServerLine) -> None:
         inviter = event.word(0)
-        known = nick_key(inviter) in (nick_key(n) for n in self.invites)
-        if not known and len(self.invites) < self.INVITES_MAX:
-            self.invites.append(inviter)
+        self.roster.invite(inviter)
         self._notice(
             f"{inviter} invites you to a private conversation. "
             f"Type /accept {inviter} to accept or /reject {inviter} to decline."
@@ -1001,8 +974,8 @@ class ChatClient(SkipLongLines):
 
     def _on_PAIRED(self, event: ServerLine) -> None:
         self.partner = event.word(0)
-        self.invited = None
-        self._forget_invite(self.partner)
+        self.roster.invited = None
+        self.roster.forget_invite(self.partner)
         ours, self._joining = self._joining, False
         self._set_state(State.PAIRED)
         self._notice(
@@ -1031,17 +1004,13 @@ class ChatClient(SkipLongLines):
         nick, reason = event.words
         if reason == "withdrawn":
             self._unpair_requested = False
-        if self.invited is not None and nick_key(self.invited) == nick_key(nick):
-            self.invited = None
+        self.roster.declined(nick)
         self._notice(render.declined(nick, reason))
 
     def _on_CANCELLED(self, event: ServerLine) -> None:
         nick, reason = event.words
-        self._forget_invite(nick)
+        self.roster.forget_invite(nick)
         self._notice(render.cancelled(nick, reason))
-
-    def _forget_invite(self, nick: str) -> None:
-        self.invites = [n for n in self.invites if nick_key(n) != nick_key(nick)]
 
     def _on_BYE(self, event: ServerLine) -> None:
         reason = event.word(0)

@@ -1,0 +1,87 @@
+"""
+Whom the client knows of: the people online (for Tab), the user list being
+gathered, and the open invitations.  Each is bounded, whatever a server
+sends (docs/client.md, "Safe to read").
+"""
+
+from __future__ import annotations
+
+from twisted_chat.client.render import UserRow
+from twisted_chat.wire import is_valid_nick, nick_key
+
+
+class Roster:
+    """
+    The people and invitations the server's lines told of.
+
+    @ivar invites: the open invitations to the user, oldest first.
+    @ivar invited: the user's own open invitation (C{None}: none).
+    """
+
+    # What a server's lines can make the client keep: people in the user list
+    # being gathered (USER lines until USERS) and known for Tab (five times
+    # the server's default --max-clients), each field of a USER line (a real
+    # nick has 24 characters), and open invitations to the user.
+    USERS_MAX = 50_000
+    FIELD_MAX = 100
+    INVITES_MAX = 100
+
+    def __init__(self) -> None:
+        self.invites: list[str] = []
+        self.invited: str | None = None
+        self._rows: list[UserRow] = []  # USER lines until USERS
+        self._left_out = 0  # USER lines over USERS_MAX
+        self._online: dict[str, str] = {}  # nick_key -> nick, for Tab
+
+    def user(self, nick: str, state: str, address: str) -> None:
+        """A C{USER} line: one more row of the list being gathered."""
+        if len(self._rows) >= self.USERS_MAX:
+            self._left_out += 1
+            return
+        nick, state, address = (field[: self.FIELD_MAX] for field in (nick, state, address))
+        self._rows.append(UserRow(nick, state, address or None))
+
+    def users(self) -> tuple[list[UserRow], int]:
+        """
+        C{USERS}: the list gathered is complete, and is who is online now.
+        Its rows, and how many more were left out.
+        """
+        rows, self._rows = self._rows, []
+        left_out, self._left_out = self._left_out, 0
+        self._online = {}
+        for row in rows:
+            self.joined(row.nick)
+        return rows, left_out
+
+    def joined(self, nick: str) -> None:
+        """Offer C{nick} for Tab (a valid one, while fewer than USERS_MAX are known)."""
+        key = nick_key(nick)
+        if is_valid_nick(nick) and (key in self._online or len(self._online) < self.USERS_MAX):
+            self._online[key] = nick
+
+    def left(self, nick: str) -> None:
+        self._online.pop(nick_key(nick), None)
+
+    def online_nicks(self, me: str | None) -> list[str]:
+        """The people online other than C{me}."""
+        mine = nick_key(me) if me else None
+        return [nick for key, nick in self._online.items() if key != mine]
+
+    def invite(self, inviter: str) -> None:
+        """An invitation to the user (one per inviter, at most INVITES_MAX kept)."""
+        known = nick_key(inviter) in (nick_key(n) for n in self.invites)
+        if not known and len(self.invites) < self.INVITES_MAX:
+            self.invites.append(inviter)
+
+    def forget_invite(self, nick: str) -> None:
+        """C{nick}'s invitation to the user is over."""
+        self.invites = [n for n in self.invites if nick_key(n) != nick_key(nick)]
+
+    def sole_inviter(self) -> str | None:
+        """Who invited the user, if exactly one open invitation (a bare C{/accept})."""
+        return self.invites[0] if len(self.invites) == 1 else None
+
+    def declined(self, nick: str) -> None:
+        """C{nick} declined (or the user withdrew) the user's invitation."""
+        if self.invited is not None and nick_key(self.invited) == nick_key(nick):
+            self.invited = None
