@@ -346,7 +346,7 @@ def test_registered_and_not_registered_say_what_was_not_done_and_the_servers_rea
     assert len(s.sent()) == 1
     s.receive(error)
     assert s.screen.take() == [f"! {said}"]
-    assert s.client._account_request is None
+    assert s.client.passwords.request is None
 
 
 def test_a_server_that_keeps_no_more_accounts_refuses_register_and_the_session_goes_on() -> None:
@@ -442,6 +442,6 @@ def test_a_busy_server_answering_register_or_passwd_says_what_was_not_done(
     assert len(s.sent()) == 1
     s.receive("ERROR flood the server is busy; send it again in a moment")
     assert s.screen.take() == [f"! The server is busy: {said}"]
-    assert s.client._account_request is None
+    assert s.client.passwords.request is None
     s.receive("ERROR flood at most 10 lines per second (bursts of 20)")
     assert s.screen.take()[0] == "! You are sending too fast; that line was dropped."

@@ -20,13 +20,11 @@ exit code and, for a failure, one sentence for stderr.
 
 from __future__ import annotations
 
-import ipaddress
 import math
 import time
 from collections.abc import Callable, Mapping
 from typing import cast
 
-from twisted.internet.address import IPv4Address, IPv6Address
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IConsumer, IDelayedCall, IPushProducer, IReactorTime
 from twisted.logger import Logger
@@ -48,6 +46,7 @@ from twisted_chat.client.events import Malformed, ServerLine, parse
 from twisted_chat.client.flow import Valve, taken
 from twisted_chat.client.lines import SkipLongLines
 from twisted_chat.client.outbox import QUEUE_MAX, Outbox, Typed
+from twisted_chat.client.passwords import Passwords
 from twisted_chat.client.render import Line, Renderer
 from twisted_chat.client.roster import Roster
 from twisted_chat.client.sanitize import decode
@@ -152,7 +151,7 @@ class ChatClient(SkipLongLines):
         self.greeting_timeout = greeting_timeout
         self.show_history = show_history
         self.environ: Mapping[str, str] = environ if environ is not None else {}
-        self.warn = warn if warn is not None else self._error
+        self.warn = warn if warn is not None else self.error
         self.renderer = Renderer(lambda: self.nick, now, localtime)
         self.state = State.CONNECTING
         self.nick: str | None = None
@@ -179,12 +178,10 @@ class ChatClient(SkipLongLines):
         self._read_after_bye = 0  # bytes read after BYE while stdout was full
         self._unavailable_tries = 0  # RETRY unavailable answers in a row
         self._greeted = False  # the server asked for a nickname (or said who we are)
-        # A password being asked for: (verb to send it with, first entry).
-        self._secret: tuple[str, str | None] | None = None
-        self._account_request: str | None = None  # REGISTER or PASSWD sent
         # ACCEPT or PAIR sent and not answered yet: a PAIRED now is our doing.
         self._joining = False
-        self._warned_plain = False
+        # The password prompt, and /register and /passwd.
+        self.passwords = Passwords(self)
         # The server's connection is not read while stdout ("display") or the
         # connection itself ("socket") cannot take more (twisted_chat.client.flow).
         self.reading = Valve()
@@ -216,10 +213,10 @@ class ChatClient(SkipLongLines):
         if self.display is not None:
             self.display.show(line)
 
-    def _notice(self, text: str) -> None:
+    def notice(self, text: str) -> None:
         self._show(render.notice(text))
 
-    def _error(self, text: str) -> None:
+    def error(self, text: str) -> None:
         self._show(render.error(text))
 
     def prompt(self) -> str:
@@ -372,7 +369,7 @@ class ChatClient(SkipLongLines):
     def connectionLost(self, reason: Failure | None = None) -> None:
         previous = self.state
         self.state = State.CLOSED
-        self._cancel_secret()
+        self.passwords.cancel()
         timers = (
             self._quit_timer,
             self._greeting_timer,
@@ -421,7 +418,7 @@ class ChatClient(SkipLongLines):
         to = self.partner if self.state is State.PAIRED else None
         if not self.outbox.add(line, to):
             if self.outbox.refused == 1:
-                self._error(
+                self.error(
                     f"{self.QUEUE_MAX} lines are waiting to be sent: what you type or paste "
                     "now is not sent until they have gone."
                 )
@@ -433,7 +430,7 @@ class ChatClient(SkipLongLines):
         count = self.outbox.room()
         if count:
             lines = "1 line" if count == 1 else f"{count} lines"
-            self._notice(f"{lines} typed or pasted while {self.QUEUE_MAX} waited were not sent.")
+            self.notice(f"{lines} typed or pasted while {self.QUEUE_MAX} waited were not sent.")
 
     def input_ended(self) -> None:
         """End of input: leave once everything before it has been sent."""
@@ -453,7 +450,7 @@ class ChatClient(SkipLongLines):
             return
         lines = "the line" if waiting == 1 else f"the {waiting} lines"
         seconds = min(math.ceil(waiting / self.outbox.rate), self.DRAIN_TIMEOUT)
-        self._notice(
+        self.notice(
             f"Sending {lines} still waiting (about {seconds:g} s), then leaving; "
             "Ctrl-C leaves now without them."
         )
@@ -565,7 +562,7 @@ class ChatClient(SkipLongLines):
                 return
             if isinstance(action, Local):
                 self._show_local(action)
-            self._error("Choose a nickname first.")
+            self.error("Choose a nickname first.")
             return
         if not is_valid_nick(nick):
             # The server would answer ERROR too-long or bad-chars (not RETRY)
@@ -589,7 +586,7 @@ class ChatClient(SkipLongLines):
 
     def _show_local(self, action: Local) -> None:
         if action.is_error:
-            self._error(action.text)
+            self.error(action.text)
             return
         for text in action.text.splitlines():
             self._show(render.info(text))
@@ -608,102 +605,33 @@ class ChatClient(SkipLongLines):
             if self.interactive and action.text.startswith("Commands:"):
                 self._show_local(Local(KEYS_HELP))
         elif isinstance(action, Secret):
-            self._account_command(action)
+            self.passwords.command(action)
         elif isinstance(action, Quit):
             self.quit(action.text)
 
-    # -- passwords -------------------------------------------------------------
-
-    def _sends_in_clear(self) -> bool:
-        """Whether a password would cross a network unencrypted."""
-        if self.tls or self.transport is None:
-            return False
-        peer = self.transport.getPeer()
-        if not isinstance(peer, IPv4Address | IPv6Address):
-            return False  # a UNIX socket, or a test's fake: stays on this machine
-        try:
-            return not ipaddress.ip_address(peer.host.split("%")[0]).is_loopback
-        except ValueError:
-            return True
-
-    def _warn_plain(self) -> None:
-        if self._warned_plain or not self._sends_in_clear():
-            return
-        self._warned_plain = True
-        self.warn(
-            f"Your password goes to {self.server} unencrypted: anyone on the way can "
-            "read it. Use --tls if the server offers it."
-        )
-
-    def _ask_secret(self, verb: str, prompt: str, first: str | None = None) -> None:
-        self._drop_typed_ahead("before the password prompt")
-        self._warn_plain()
-        self._secret = (verb, first)
-        if self.display is not None:
-            self.display.ask_secret(prompt)
-
-    def _cancel_secret(self) -> None:
-        if self._secret is not None:
-            self._secret = None
-            if self.display is not None:
-                self.display.end_secret()
-
-    def _send_password(self, verb: str, password: str) -> None:
-        self._warn_plain()
-        if verb != "PASS":
-            self._account_request = verb
-        self.send(Send(verb, text=password))
-
     def secret_line(self, text: str) -> None:
         """A line typed at a password prompt (never shown, never in the history)."""
-        pending = self._secret
+        pending = self.passwords.take()
         if pending is None:
             return
-        self._cancel_secret()
         verb, first = pending
-        if verb == "PASS":
-            if self.state is not State.ASK_PASSWORD:
-                return
-            if not text:
-                self._ask_nick_again("Choose another nickname:")
-                return
-            problem = password_problem(text)
-            if problem is not None:
-                self._error(f"{problem} Nothing was sent.")
-                self._ask_password()
-                return
-            self._send_password("PASS", text)
-            self._pass_sent = True
-            self._set_state(State.NICK_SENT)
-            self._await_answer("password")
+        if verb != "PASS":
+            self.passwords.typed(verb, first, text)
             return
-        if self.state not in (State.READY, State.PAIRED):
+        if self.state is not State.ASK_PASSWORD:
             return
         if not text:
-            self._notice("Nothing was sent.")
+            self._ask_nick_again("Choose another nickname:")
             return
         problem = password_problem(text)
         if problem is not None:
-            self._error(problem + " Nothing was sent.")
-        elif first is None:
-            self._ask_secret(verb, "the same password again: ", text)
-        elif text != first:
-            self._error("The two passwords differ. Nothing was sent.")
-        else:
-            self._send_password(verb, text)
-
-    def _account_command(self, action: Secret) -> None:
-        if self.interactive:
-            prompt = "new password: " if action.verb == "PASSWD" else "password: "
-            self._ask_secret(action.verb, prompt)
+            self.error(f"{problem} Nothing was sent.")
+            self._ask_password()
             return
-        name = "CHAT_NEW_PASSWORD" if action.verb == "PASSWD" else "CHAT_PASSWORD"
-        password = self.environ.get(name, "")
-        problem = password_problem(password) if password else f"{name} is not set."
-        if problem is not None:
-            self._error(f"{problem} Nothing was sent.")
-            return
-        self._send_password(action.verb, password)
+        self.passwords.send("PASS", text)
+        self._pass_sent = True
+        self._set_state(State.NICK_SENT)
+        self._await_answer("password")
 
     def online_nicks(self) -> list[str]:
         """The other people online, as far as the user list and JOINED/LEFT say."""
@@ -720,8 +648,8 @@ class ChatClient(SkipLongLines):
             return
         nick = self._password_for = event.word(0)  # as the account spells it
         if self.interactive:
-            self._drop_typed_ahead("before the password prompt")
-            self._notice(
+            self.drop_typed_ahead("before the password prompt")
+            self.notice(
                 f"The nickname {nick} has an account here: type its password (it is "
                 "not shown), or just Enter to choose another nickname."
             )
@@ -739,16 +667,16 @@ class ChatClient(SkipLongLines):
             self.ending.failure = f"The password in CHAT_PASSWORD cannot be used: {problem}"
             self.quit()
             return
-        self._send_password("PASS", password)
+        self.passwords.send("PASS", password)
         self._pass_sent = True
         self._await_answer("password")
 
     def _ask_password(self) -> None:
         """The password prompt for the nick asked for (on a terminal)."""
         self._set_state(State.ASK_PASSWORD)
-        self._ask_secret("PASS", f"password for {self._password_for}: ")
+        self.passwords.ask("PASS", f"password for {self._password_for}: ")
 
-    def _drop_typed_ahead(self, when: str, again: str | None = None) -> None:
+    def drop_typed_ahead(self, when: str, again: str | None = None) -> None:
         """
         Lines typed before a password prompt (or a nickname prompt asked
         again, or while a password was checked) are not sent, nor is the line
@@ -774,7 +702,7 @@ class ChatClient(SkipLongLines):
             said.append(f"{typing}{'' if dropped else ' ' + when} was cleared")
         if again is None:
             again = "once you are in" if self.nick is None else "afterwards"
-        self._notice(f"{' and '.join(said)} (it could be the password); type it again {again}.")
+        self.notice(f"{' and '.join(said)} (it could be the password); type it again {again}.")
 
     def _drop_meant_elsewhere(self, why: str) -> None:
         """
@@ -796,36 +724,28 @@ class ChatClient(SkipLongLines):
         self._queue_room()  # a script's input may read again
         lines, verb = _lines(len(dropped))
         whom = dropped[0].to or "the lobby"
-        self._notice(f"{lines} typed for {whom} {verb} not sent: {why}.")
+        self.notice(f"{lines} typed for {whom} {verb} not sent: {why}.")
 
     def _ask_nick_again(self, said: str) -> None:
         """The nickname prompt again (on a terminal): what was typed while
         the last one was checked is not taken as the next nickname."""
-        self._drop_typed_ahead("before the nickname prompt")
-        self._notice(said)
+        self.drop_typed_ahead("before the nickname prompt")
+        self.notice(said)
         self._set_state(State.ASK_NICK)
         self._pump()
 
     def _on_REGISTERED(self, event: ServerLine) -> None:
-        nick = event.word(0)
-        request, self._account_request = self._account_request, None
-        if request == "PASSWD":
-            self._notice(f"The password for {nick} was changed.")
-        else:
-            self._notice(
-                f"{nick} is now registered: from now on this nickname can only be "
-                "used with your password."
-            )
+        self.passwords.registered(event.word(0))
 
     def _on_HELLO(self, event: ServerLine) -> None:
         version = event.word(0)
         if version != PROTOCOL_VERSION:
-            self._error(
+            self.error(
                 f"The server speaks {version}, this client {PROTOCOL_VERSION}; "
                 "some things may not work."
             )
         about = f", running {event.text}" if event.text else ""
-        self._notice(f"Connected to {self.server}{about}.")
+        self.notice(f"Connected to {self.server}{about}.")
 
     def _on_NICK(self, event: ServerLine) -> None:
         self._greeting_done()
@@ -835,7 +755,7 @@ class ChatClient(SkipLongLines):
             self._tried_option_nick = True
             self._ask_for(self.option_nick)
             return
-        self._notice("Choose a nickname (letters, digits, _ and -, starting with a letter):")
+        self.notice("Choose a nickname (letters, digits, _ and -, starting with a letter):")
         self._set_state(State.ASK_NICK)
         self._pump()
 
@@ -855,7 +775,7 @@ class ChatClient(SkipLongLines):
             self.ending.failure = render.sentence(said)
             self.quit()
             return
-        self._error(render.sentence(said))
+        self.error(render.sentence(said))
         if event.word(0) == "bad-password":
             self._ask_for(nick)  # the server wants NICK again: ask for the password again
             return
@@ -877,14 +797,14 @@ class ChatClient(SkipLongLines):
                 self.ending.failure = f"{said} Gave up after {tries} tries."
                 self.quit()
                 return
-            self._error(render.sentence(said))
+            self.error(render.sentence(said))
             self._unavailable_tries = 0
             self._ask_nick_again(
                 f"Still unavailable after {tries} tries: type a nickname to try again:"
             )
             return
         delay = self.UNAVAILABLE_DELAY
-        self._notice(
+        self.notice(
             f"{said} Sending the nickname {nick} again in {delay:g} seconds "
             f"(try {self._unavailable_tries} of {self.UNAVAILABLE_TRIES})."
         )
@@ -901,14 +821,14 @@ class ChatClient(SkipLongLines):
         self._unavailable_tries = 0
         self.nick = event.word(0)
         self._set_state(State.READY)
-        self._notice(
+        self.notice(
             f"Welcome, {self.nick}! You are in the lobby. "
             "Type a message and press Enter; /help lists the commands."
         )
         if self._pass_sent:
             # What was typed while the password was checked may be it again.
             self._pass_sent = False
-            self._drop_typed_ahead("while the password was checked", "now")
+            self.drop_typed_ahead("while the password was checked", "now")
         self._replay, self._replay_heading = "login", False
         self._pump()
 
@@ -918,9 +838,9 @@ class ChatClient(SkipLongLines):
         if self._replay is not None and not self._replay_heading:
             self._replay_heading = True
             if self._replay == "away":
-                self._notice("While you were away, the lobby said:")
+                self.notice("While you were away, the lobby said:")
             else:
-                self._notice("Recent messages in the lobby:")
+                self.notice("Recent messages in the lobby:")
         self._show(self.renderer.message(event.word(0), event.word(1), "*", event.text))
 
     def _end_replay(self) -> None:
@@ -959,14 +879,14 @@ class ChatClient(SkipLongLines):
     def _on_PENDING(self, event: ServerLine) -> None:
         self._joining = False  # a PAIRED from now on is the invitee's doing
         invitee = self.roster.invited = event.word(0)
-        self._notice(
+        self.notice(
             f"Invitation sent to {invitee}; waiting for an answer (/unpair withdraws it)."
         )
 
     def _on_INVITE(self, event: ServerLine) -> None:
         inviter = event.word(0)
         self.roster.invite(inviter)
-        self._notice(
+        self.notice(
             f"{inviter} invites you to a private conversation. "
             f"Type /accept {inviter} to accept or /reject {inviter} to decline."
         )
@@ -978,7 +898,7 @@ class ChatClient(SkipLongLines):
         self.roster.forget_invite(self.partner)
         ours, self._joining = self._joining, False
         self._set_state(State.PAIRED)
-        self._notice(
+        self.notice(
             f"You are now in a private conversation with {self.partner}. "
             f"What you type goes to {self.partner} only; /unpair leaves."
         )
@@ -992,7 +912,7 @@ class ChatClient(SkipLongLines):
         self.partner = None
         if self.state is State.PAIRED:
             self._set_state(State.READY)
-        self._notice(render.unpaired(nick, reason, by_me=by_me))
+        self.notice(render.unpaired(nick, reason, by_me=by_me))
         if not by_me:
             # (After our /unpair, all that waits was typed after it: it went
             # first.  It goes to the lobby, as it would have without a wait.)
@@ -1005,12 +925,12 @@ class ChatClient(SkipLongLines):
         if reason == "withdrawn":
             self._unpair_requested = False
         self.roster.declined(nick)
-        self._notice(render.declined(nick, reason))
+        self.notice(render.declined(nick, reason))
 
     def _on_CANCELLED(self, event: ServerLine) -> None:
         nick, reason = event.words
         self.roster.forget_invite(nick)
-        self._notice(render.cancelled(nick, reason))
+        self.notice(render.cancelled(nick, reason))
 
     def _on_BYE(self, event: ServerLine) -> None:
         reason = event.word(0)
@@ -1020,7 +940,7 @@ class ChatClient(SkipLongLines):
         self._greeting_done()
         if reason == "quit" and self.state is State.QUITTING:
             self.ending.bye_answered = True  # after every line we sent before it
-            self._notice(said)
+            self.notice(said)
         elif self.ending.failure is None:
             self.ending.failure = said
         self._set_state(State.QUITTING)
@@ -1039,46 +959,29 @@ class ChatClient(SkipLongLines):
 
     def _on_ERROR(self, event: ServerLine) -> None:
         code = event.word(0)
-        said = render.error_sentence(code, event.text)
-        if code in render.ACCOUNT_ERRORS:
-            said = render.account_error(code, event.text, self._account_request)
-            self._account_request = None
+        said = self.passwords.refused(code, event.text)
+        if said is None:
+            said = render.error_sentence(code, event.text)
         if code == "not-paired":
             self._unpair_requested = False  # our /unpair had nothing to leave
         if code in PAIRING_ERRORS:
             self._joining = False
-        if code == "flood" and self._account_request is not None and "busy" in event.text:
-            said = self._account_not_done()
         if code == "server-full":
             if self.state not in (State.READY, State.PAIRED):
                 self.ending.failure = said  # said once, on the way out (BYE full follows)
                 return
             # Online, it answers REGISTER: the server keeps no more accounts
             # (--max-accounts), and the connection stays.
-            self._account_request = None
+            self.passwords.request = None
             said = render.sentence(f"The nickname was not registered: {event.text}")
         if self.state is State.NICK_SENT:
             self._login_error(code, event.text, said)
             return
-        self._error(said)
+        self.error(said)
         rate = self.outbox.flood(event.text) if code == "flood" else None
         if rate is not None:
             lines = "line" if rate == 1 else "lines"
-            self._notice(f"Sending at most {rate:g} {lines} per second from now on.")
-
-    def _account_not_done(self) -> str:
-        """
-        C{ERROR flood} "the server is busy" answering C{REGISTER} or
-        C{PASSWD}: too many passwords being hashed, so it was not done.
-        """
-        request, self._account_request = self._account_request, None
-        if request == "PASSWD":
-            return (
-                "The server is busy: your password was not changed; try /passwd again in a moment."
-            )
-        return (
-            f"The server is busy: {self.nick} was not registered; try /register again in a moment."
-        )
+            self.notice(f"Sending at most {rate:g} {lines} per second from now on.")
 
     def _login_error(self, code: str, text: str, said: str) -> None:
         """
@@ -1097,7 +1000,7 @@ class ChatClient(SkipLongLines):
                 self.ending.failure = said
                 self.quit()
                 return
-            self._error(said)
+            self.error(said)
             self._ask_password()
             return
         if code == "flood":
@@ -1113,5 +1016,5 @@ class ChatClient(SkipLongLines):
             self.ending.failure = said
             self.quit()
             return
-        self._error(said)
+        self.error(said)
         self._ask_nick_again("Choose a nickname:")

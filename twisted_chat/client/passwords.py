@@ -1,0 +1,200 @@
+"""
+Passwords on the client: the prompt that reads one unseen, the warning when
+one would cross a network unencrypted, a script's passwords from its
+environment, and C{/register} and C{/passwd} with their answers
+(docs/client.md, "Accounts").  The login's own C{PASS} is asked for and
+sent here too; what follows it is L{twisted_chat.client.login}'s.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from collections.abc import Callable, Mapping
+from typing import Protocol
+
+from twisted.internet.address import IPv4Address, IPv6Address
+from twisted.internet.interfaces import ITransport
+
+from twisted_chat.client import render
+from twisted_chat.client.commands import Secret, Send, password_problem
+from twisted_chat.client.display import Display
+from twisted_chat.client.session import State
+
+
+class Client(Protocol):
+    """What L{Passwords} needs from its client."""
+
+    @property
+    def display(self) -> Display | None: ...
+
+    @property
+    def transport(self) -> ITransport | None: ...
+
+    @property
+    def tls(self) -> bool: ...
+
+    @property
+    def server(self) -> str: ...
+
+    @property
+    def interactive(self) -> bool: ...
+
+    @property
+    def environ(self) -> Mapping[str, str]: ...
+
+    @property
+    def state(self) -> State: ...
+
+    @property
+    def nick(self) -> str | None: ...
+
+    @property
+    def warn(self) -> Callable[[str], None]:
+        """Shows a warning (once: a password sent unencrypted)."""
+
+    def send(self, request: Send) -> None: ...
+
+    def notice(self, text: str) -> None: ...
+
+    def error(self, text: str) -> None: ...
+
+    def drop_typed_ahead(self, when: str, again: str | None = None) -> None:
+        """Drop what was typed ahead of a prompt: it may be the password."""
+
+
+class Passwords:
+    """
+    One session's passwords.
+
+    @ivar request: the C{REGISTER} or C{PASSWD} sent and not answered yet.
+    """
+
+    def __init__(self, client: Client) -> None:
+        self._client = client
+        self.request: str | None = None
+        # The password being asked for: (verb to send it with, first entry).
+        self._asking: tuple[str, str | None] | None = None
+        self._warned = False
+
+    def _sends_in_clear(self) -> bool:
+        """Whether a password would cross a network unencrypted."""
+        transport = self._client.transport
+        if self._client.tls or transport is None:
+            return False
+        peer = transport.getPeer()
+        if not isinstance(peer, IPv4Address | IPv6Address):
+            return False  # a UNIX socket, or a test's fake: stays on this machine
+        try:
+            return not ipaddress.ip_address(peer.host.split("%")[0]).is_loopback
+        except ValueError:
+            return True
+
+    def _warn_plain(self) -> None:
+        if self._warned or not self._sends_in_clear():
+            return
+        self._warned = True
+        self._client.warn(
+            f"Your password goes to {self._client.server} unencrypted: anyone on the way can "
+            "read it. Use --tls if the server offers it."
+        )
+
+    def ask(self, verb: str, prompt: str, first: str | None = None) -> None:
+        """Read the next line unseen (L{Display.ask_secret}), for C{verb}."""
+        self._client.drop_typed_ahead("before the password prompt")
+        self._warn_plain()
+        self._asking = (verb, first)
+        display = self._client.display
+        if display is not None:
+            display.ask_secret(prompt)
+
+    def cancel(self) -> None:
+        """Stop asking (the half-typed line comes back)."""
+        if self._asking is not None:
+            self._asking = None
+            display = self._client.display
+            if display is not None:
+                display.end_secret()
+
+    def take(self) -> tuple[str, str | None] | None:
+        """
+        A line was typed at the prompt, which ends: what it was asked for
+        (the verb and the first entry), or C{None} if nothing was.
+        """
+        asking = self._asking
+        self.cancel()
+        return asking
+
+    def send(self, verb: str, password: str) -> None:
+        self._warn_plain()
+        if verb != "PASS":
+            self.request = verb
+        self._client.send(Send(verb, text=password))
+
+    def command(self, action: Secret) -> None:
+        """C{/register} or C{/passwd}: asked for twice, or a script's from its environment."""
+        if self._client.interactive:
+            prompt = "new password: " if action.verb == "PASSWD" else "password: "
+            self.ask(action.verb, prompt)
+            return
+        name = "CHAT_NEW_PASSWORD" if action.verb == "PASSWD" else "CHAT_PASSWORD"
+        password = self._client.environ.get(name, "")
+        problem = password_problem(password) if password else f"{name} is not set."
+        if problem is not None:
+            self._client.error(f"{problem} Nothing was sent.")
+            return
+        self.send(action.verb, password)
+
+    def typed(self, verb: str, first: str | None, text: str) -> None:
+        """A password typed for C{/register} or C{/passwd} (L{take})."""
+        if self._client.state not in (State.READY, State.PAIRED):
+            return
+        if not text:
+            self._client.notice("Nothing was sent.")
+            return
+        problem = password_problem(text)
+        if problem is not None:
+            self._client.error(problem + " Nothing was sent.")
+        elif first is None:
+            self.ask(verb, "the same password again: ", text)
+        elif text != first:
+            self._client.error("The two passwords differ. Nothing was sent.")
+        else:
+            self.send(verb, text)
+
+    def registered(self, nick: str) -> None:
+        """C{REGISTERED}: the C{REGISTER} or C{PASSWD} was done."""
+        request, self.request = self.request, None
+        if request == "PASSWD":
+            self._client.notice(f"The password for {nick} was changed.")
+        else:
+            self._client.notice(
+                f"{nick} is now registered: from now on this nickname can only be "
+                "used with your password."
+            )
+
+    def refused(self, code: str, text: str) -> str | None:
+        """
+        The sentence for an C{ERROR} that answers C{REGISTER} or C{PASSWD},
+        or C{None} if it does not.
+        """
+        if code in render.ACCOUNT_ERRORS:
+            request, self.request = self.request, None
+            return render.account_error(code, text, request)
+        if code == "flood" and self.request is not None and "busy" in text:
+            return self._not_done()
+        return None
+
+    def _not_done(self) -> str:
+        """
+        C{ERROR flood} "the server is busy" answering C{REGISTER} or
+        C{PASSWD}: too many passwords being hashed, so it was not done.
+        """
+        request, self.request = self.request, None
+        if request == "PASSWD":
+            return (
+                "The server is busy: your password was not changed; try /passwd again in a moment."
+            )
+        return (
+            f"The server is busy: {self._client.nick} was not registered; "
+            "try /register again in a moment."
+        )
