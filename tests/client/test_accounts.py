@@ -8,7 +8,7 @@ from __future__ import annotations
 import pytest
 
 from twisted_chat.client.commands import Local, Secret, is_secret_command, parse_input
-from twisted_chat.client.protocol import ChatClient
+from twisted_chat.client.login import Login
 from twisted_chat.client.session import Outcome, State
 
 from .helpers import TS, Session, session
@@ -414,7 +414,7 @@ def test_a_password_that_cannot_be_checked_now_is_sent_again_later() -> None:
     s.receive("RETRY unavailable the server cannot check accounts now; send NICK again in a moment")
     assert s.sent() == []
     assert "not accepted" not in s.screen.text()
-    s.clock.advance(ChatClient.UNAVAILABLE_DELAY)
+    s.clock.advance(Login.UNAVAILABLE_DELAY)
     assert s.sent() == ["NICK alice"]
     s.receive("PASS alice")
     assert s.sent() == [f"PASS {SECRET}"]

@@ -10,6 +10,7 @@ from twisted.python.failure import Failure
 
 from twisted_chat.client import render
 from twisted_chat.client.diagnose import looks_like_tls
+from twisted_chat.client.login import Login
 from twisted_chat.client.protocol import ChatClient
 from twisted_chat.client.session import Outcome, State
 
@@ -131,7 +132,7 @@ def test_a_person_gets_the_same_bound_but_not_while_typing_a_password() -> None:
 def test_answers_stop_the_wait() -> None:
     s = session("robot", interactive=False)
     s.receive("HELLO chat/1 test", "NICK", "RETRY unavailable later")
-    s.clock.advance(ChatClient.UNAVAILABLE_DELAY)  # NICK again: its own wait
+    s.clock.advance(Login.UNAVAILABLE_DELAY)  # NICK again: its own wait
     assert s.sent() == ["NICK robot", "NICK robot"]
     s.receive("READY robot", "USER robot lobby", "USERS 1")
     s.clock.advance(3600)

@@ -8,6 +8,7 @@ from twisted.internet.error import ConnectionLost, ConnectionRefusedError, DNSLo
 from twisted.logger import capturedLogs, formatEvent
 from twisted.python.failure import Failure
 
+from twisted_chat.client.login import Login
 from twisted_chat.client.protocol import ChatClient
 from twisted_chat.client.session import Outcome, State
 
@@ -677,7 +678,7 @@ def test_unavailable_sends_the_same_nick_again_later_in_a_script() -> None:
     assert "briefly unavailable" in shown and "again in 3 seconds" in shown
     assert "another nickname" not in shown and "cannot be used" not in shown
     assert s.client.state is State.NICK_SENT and not s.outcomes
-    s.clock.advance(ChatClient.UNAVAILABLE_DELAY - 0.1)
+    s.clock.advance(Login.UNAVAILABLE_DELAY - 0.1)
     assert s.sent() == []  # the queued message is not sent, nor taken as a nick
     s.clock.advance(0.1)
     assert s.sent() == ["NICK bob"]
@@ -693,7 +694,7 @@ def test_unavailable_on_a_terminal_keeps_the_typed_nick() -> None:
     assert s.sent() == ["NICK bob"]
     s.receive(UNAVAILABLE)
     assert s.screen.prompt != "nickname: "
-    s.clock.advance(ChatClient.UNAVAILABLE_DELAY)
+    s.clock.advance(Login.UNAVAILABLE_DELAY)
     assert s.sent() == ["NICK bob"]
     s.receive("READY bob")
     assert s.screen.prompt == "bob> "
@@ -708,9 +709,9 @@ def test_unavailable_is_tried_a_bounded_number_of_times(option: str | None) -> N
         s.type("bob")
     s.type("hello")
     assert s.sent() == ["NICK bob"]
-    for _ in range(ChatClient.UNAVAILABLE_TRIES):
+    for _ in range(Login.UNAVAILABLE_TRIES):
         s.receive(UNAVAILABLE)
-        s.clock.advance(ChatClient.UNAVAILABLE_DELAY)
+        s.clock.advance(Login.UNAVAILABLE_DELAY)
         assert s.sent() == ["NICK bob"]
     s.receive(UNAVAILABLE)
     assert s.sent() == ["BYE"]
@@ -718,7 +719,7 @@ def test_unavailable_is_tried_a_bounded_number_of_times(option: str | None) -> N
     outcome = s.lose()
     assert outcome.code == 1
     assert outcome.message.startswith("The server is briefly unavailable")
-    assert outcome.message.endswith(f"Gave up after {ChatClient.UNAVAILABLE_TRIES + 1} tries.")
+    assert outcome.message.endswith(f"Gave up after {Login.UNAVAILABLE_TRIES + 1} tries.")
 
 
 def test_quitting_while_waiting_to_send_the_nick_again() -> None:
@@ -728,7 +729,7 @@ def test_quitting_while_waiting_to_send_the_nick_again() -> None:
     s.receive(UNAVAILABLE)
     s.client.interrupt()  # Ctrl-C while waiting
     assert s.sent() == ["BYE"]
-    s.clock.advance(ChatClient.UNAVAILABLE_DELAY)
+    s.clock.advance(Login.UNAVAILABLE_DELAY)
     assert s.sent() == []  # no NICK after BYE
     s.receive("BYE quit")
     assert s.lose().code == ChatClient.INTERRUPTED

@@ -20,8 +20,8 @@ from collections.abc import Callable
 import pytest
 from twisted.internet.testing import StringTransport
 
+from twisted_chat.client.login import Login
 from twisted_chat.client.pipe import PipeIO
-from twisted_chat.client.protocol import ChatClient
 from twisted_chat.client.session import State
 
 from .helpers import Keyboard, Session, session
@@ -188,9 +188,9 @@ def _error_answering_nick(s: Session) -> None:
 
 
 def _unavailable_until_given_up(s: Session) -> None:
-    for _ in range(ChatClient.UNAVAILABLE_TRIES):
+    for _ in range(Login.UNAVAILABLE_TRIES):
         s.receive("RETRY unavailable the server cannot check nicks now")
-        s.clock.advance(ChatClient.UNAVAILABLE_DELAY)
+        s.clock.advance(Login.UNAVAILABLE_DELAY)
         assert s.sent() == ["NICK bob"]
     s.receive("RETRY unavailable the server cannot check nicks now")
 

@@ -10,6 +10,7 @@ It speaks chat/1 over TCP or TLS on the Twisted reactor.  The modules:
   - L{complete}: what Tab completes (nicknames and commands);
   - L{protocol}: the connection to the server and the client's state;
   - L{session}: the session's states, and how it ended (the exit code);
+  - L{login}: C{NICK}, and C{PASS}, until the server says C{READY};
   - L{passwords}: the password prompt, the unencrypted warning, C{/register}
     and C{/passwd};
   - L{roster}: who is online (for Tab), the user list, the invitations;

@@ -38,20 +38,20 @@ from twisted_chat.client.commands import (
     Secret,
     Send,
     parse_input,
-    password_problem,
 )
 from twisted_chat.client.diagnose import describe_connect_error, describe_tls_error, looks_like_tls
 from twisted_chat.client.display import Display
 from twisted_chat.client.events import Malformed, ServerLine, parse
 from twisted_chat.client.flow import Valve, taken
 from twisted_chat.client.lines import SkipLongLines
+from twisted_chat.client.login import Login
 from twisted_chat.client.outbox import QUEUE_MAX, Outbox, Typed
 from twisted_chat.client.passwords import Passwords
 from twisted_chat.client.render import Line, Renderer
 from twisted_chat.client.roster import Roster
 from twisted_chat.client.sanitize import decode
 from twisted_chat.client.session import INTERRUPTED, Ending, Outcome, State
-from twisted_chat.wire import PROTOCOL_VERSION, is_valid_nick, nick_key
+from twisted_chat.wire import PROTOCOL_VERSION, nick_key
 
 
 def _lines(count: int) -> tuple[str, str]:
@@ -104,12 +104,6 @@ class ChatClient(SkipLongLines):
     MAX_LENGTH = 1 << 20
     QUIT_TIMEOUT = 5.0
     GREETING_TIMEOUT = 15.0
-    # RETRY unavailable (the server cannot check nicks or passwords for a
-    # moment, e.g. its Redis is out of reach): send the same NICK again this
-    # many seconds later, at most this many times in a row; 5 tries 3 s apart
-    # fit in the server's default --nick-timeout of 30 s.
-    UNAVAILABLE_DELAY = 3.0
-    UNAVAILABLE_TRIES = 5
     INTERRUPTED = INTERRUPTED  # (twisted_chat.client.session)
     # Lines that wait to be sent (twisted_chat.client.outbox).
     QUEUE_MAX = QUEUE_MAX
@@ -162,10 +156,6 @@ class ChatClient(SkipLongLines):
         self.cancel_connect: Callable[[], object] | None = None
         self._eof = False
         self._drain_timer: IDelayedCall | None = None
-        self._tried_option_nick = False
-        self._asked_nick: str | None = None
-        self._pass_sent = False  # the last login line sent was PASS, not NICK
-        self._password_for: str | None = None  # the nick in the server's PASS
         self._unpair_requested = False
         self._replay: str | None = None  # "login" or "away" while HISTORY lines come
         self._replay_heading = False  # the heading for the lines replayed is shown
@@ -173,15 +163,14 @@ class ChatClient(SkipLongLines):
         self.ending = Ending()
         self._quit_timer: IDelayedCall | None = None
         self._greeting_timer: IDelayedCall | None = None
-        self._nick_again_timer: IDelayedCall | None = None
-        self._answer_timer: IDelayedCall | None = None  # for a NICK or PASS sent
         self._read_after_bye = 0  # bytes read after BYE while stdout was full
-        self._unavailable_tries = 0  # RETRY unavailable answers in a row
         self._greeted = False  # the server asked for a nickname (or said who we are)
         # ACCEPT or PAIR sent and not answered yet: a PAIRED now is our doing.
         self._joining = False
         # The password prompt, and /register and /passwd.
         self.passwords = Passwords(self)
+        # NICK, and PASS, until READY.
+        self.login = Login(self, self.passwords)
         # The server's connection is not read while stdout ("display") or the
         # connection itself ("socket") cannot take more (twisted_chat.client.flow).
         self.reading = Valve()
@@ -190,7 +179,7 @@ class ChatClient(SkipLongLines):
         # server takes none of it), and counted when it does not arrive.
         self.outbox = Outbox(
             clock,
-            go=self._pump,
+            go=self.pump,
             stalled=self._stalled,
             socket_full=lambda: self.reading.held("socket"),
             taken=lambda: taken(self.transport),
@@ -233,13 +222,13 @@ class ChatClient(SkipLongLines):
         if self.display is not None:
             self.display.set_prompt(self.prompt())
 
-    def _set_state(self, state: State) -> None:
+    def set_state(self, state: State) -> None:
         # Once leaving, stay leaving: a READY or PAIRED the server sent before
         # it read our BYE must not make its answer look unexpected.
         if self.state not in (State.QUITTING, State.CLOSED) or state is State.CLOSED:
             self.state = state
         if self.state is not State.NICK_SENT:
-            self._answered()
+            self.login.answered()
         self._update_prompt()
 
     # -- the network -----------------------------------------------------------
@@ -254,14 +243,14 @@ class ChatClient(SkipLongLines):
             self.reading.attach(cast(IPushProducer, self.transport))
             socket = cast(IConsumer, self.transport)
             socket.registerProducer(self.reading.hand("socket", self.outbox.socket_room), True)
-        self._set_state(State.GREETING)
+        self.set_state(State.GREETING)
         if self.greeting_timeout is not None:
             self._greeting_timer = self.clock.callLater(
                 self.greeting_timeout, self._no_greeting
             )
         if self.probe:
             self.send(Send("PING"))
-        self._pump()
+        self.pump()
 
     def _tls_hint(self) -> str:
         return "" if self.tls else " If it uses TLS, add --tls."
@@ -272,7 +261,7 @@ class ChatClient(SkipLongLines):
             f"No greeting from {self.server} within {self.greeting_timeout:g} seconds: "
             f"is it a chat server?{self._tls_hint()}"
         )
-        self._close_now()
+        self.close_now()
 
     def _greeting_done(self) -> None:
         self._greeted = True
@@ -280,34 +269,7 @@ class ChatClient(SkipLongLines):
             self._greeting_timer.cancel()
         self._greeting_timer = None
 
-    def _await_answer(self, what: str) -> None:
-        """
-        A C{NICK} or C{PASS} was sent: the server answers it (C{READY}, C{PASS},
-        C{RETRY}, C{ERROR} or C{BYE}) within C{greeting_timeout} seconds, or
-        the client gives up.  A server that stopped, or never answers, would
-        otherwise keep a script waiting for ever.
-        """
-        self._answered()
-        if self.greeting_timeout is not None:
-            self._answer_timer = self.clock.callLater(
-                self.greeting_timeout, self._no_answer, what
-            )
-
-    def _answered(self) -> None:
-        if self._answer_timer is not None and self._answer_timer.active():
-            self._answer_timer.cancel()
-        self._answer_timer = None
-
-    def _no_answer(self, what: str) -> None:
-        self._answer_timer = None
-        if self.ending.failure is None:
-            self.ending.failure = (
-                f"No answer from {self.server} to the {what} within "
-                f"{self.greeting_timeout:g} seconds."
-            )
-        self._close_now()
-
-    def _close_now(self) -> None:
+    def close_now(self) -> None:
         """Drop the connection without waiting for the peer (TLS included)."""
         if self.transport is None:
             return
@@ -330,7 +292,7 @@ class ChatClient(SkipLongLines):
                     "to connect to it."
                 )
                 self.state = State.QUITTING
-                self._close_now()
+                self.close_now()
                 return
         super().dataReceived(data)
 
@@ -373,15 +335,13 @@ class ChatClient(SkipLongLines):
         timers = (
             self._quit_timer,
             self._greeting_timer,
-            self._nick_again_timer,
-            self._answer_timer,
             self._drain_timer,
         )
         for timer in timers:
             if timer is not None and timer.active():
                 timer.cancel()
-        self._quit_timer = self._greeting_timer = self._nick_again_timer = None
-        self._answer_timer = self._drain_timer = None
+        self._quit_timer = self._greeting_timer = self._drain_timer = None
+        self.login.stop()
         self.outbox.stop()
         if not self.ending.said_bye:
             self._drop_queue()  # the session ended under lines waiting: counted
@@ -423,7 +383,7 @@ class ChatClient(SkipLongLines):
                     "now is not sent until they have gone."
                 )
             return
-        self._pump()
+        self.pump()
 
     def _queue_room(self) -> None:
         """Once half the queue has gone, read a script's input again."""
@@ -435,7 +395,7 @@ class ChatClient(SkipLongLines):
     def input_ended(self) -> None:
         """End of input: leave once everything before it has been sent."""
         self._eof = True
-        self._pump()
+        self.pump()
 
     def end_of_typing(self) -> None:
         """
@@ -472,7 +432,7 @@ class ChatClient(SkipLongLines):
         if self._drop_queue() or self.nick is None or not self.interactive:
             self.ending.interrupted = True
         if self.state is State.QUITTING and self.transport is not None:
-            self._close_now()
+            self.close_now()
         else:
             self.quit()
 
@@ -510,15 +470,15 @@ class ChatClient(SkipLongLines):
         # unanswered.  Bounded: the server closes after its answer.
         self.reading.ignore("display")
         self.outbox.cancel_stall()  # the goodbye's own time bounds it now
-        self._set_state(State.QUITTING)
+        self.set_state(State.QUITTING)
         self._quit_timer = self.clock.callLater(self.QUIT_TIMEOUT, self._give_up)
 
     def _give_up(self) -> None:
         self._quit_timer = None
         self.ending.gave_up = True
-        self._close_now()
+        self.close_now()
 
-    def _pump(self) -> None:
+    def pump(self) -> None:
         while self.state in (State.ASK_NICK, State.READY, State.PAIRED):
             # At the nickname prompt lines go at once; then no faster than
             # the pacer lets them, and not while the socket is full.
@@ -526,7 +486,7 @@ class ChatClient(SkipLongLines):
             if line is None:
                 break  # the rest goes when the outbox lets it
             if self.state is State.ASK_NICK:
-                self._nick_input(line)
+                self.login.typed(line)
             else:
                 self._command_input(line)
         self._queue_room()
@@ -549,42 +509,9 @@ class ChatClient(SkipLongLines):
                 f"{self.server} did not read what the client sent for "
                 f"{self.greeting_timeout:g} seconds."
             )
-        self._close_now()
+        self.close_now()
 
-    def _nick_input(self, line: str) -> None:
-        nick = line.strip()
-        if not nick:
-            return
-        if nick.startswith("/"):
-            action = parse_input(nick)
-            if isinstance(action, Quit):
-                self.quit(action.text)
-                return
-            if isinstance(action, Local):
-                self._show_local(action)
-            self.error("Choose a nickname first.")
-            return
-        if not is_valid_nick(nick):
-            # The server would answer ERROR too-long or bad-chars (not RETRY)
-            # for some of these; say it here, in the words --nick uses.
-            shown = nick if len(nick) <= 30 else nick[:30] + "..."
-            said = (
-                f"{shown!r} is not a valid nickname (1 to 24 letters, digits, _ or -, "
-                "starting with a letter)."
-            )
-            self._nick_refused(said)
-            return
-        self._unavailable_tries = 0
-        self._ask_for(nick)
-
-    def _ask_for(self, nick: str) -> None:
-        self._asked_nick = nick
-        self._pass_sent = False
-        self.send(Send("NICK", (nick,)))
-        self._set_state(State.NICK_SENT)
-        self._await_answer("nickname")
-
-    def _show_local(self, action: Local) -> None:
+    def show_local(self, action: Local) -> None:
         if action.is_error:
             self.error(action.text)
             return
@@ -601,9 +528,9 @@ class ChatClient(SkipLongLines):
                 self._joining = True
             self.send(action)
         elif isinstance(action, Local):
-            self._show_local(action)
+            self.show_local(action)
             if self.interactive and action.text.startswith("Commands:"):
-                self._show_local(Local(KEYS_HELP))
+                self.show_local(Local(KEYS_HELP))
         elif isinstance(action, Secret):
             self.passwords.command(action)
         elif isinstance(action, Quit):
@@ -615,23 +542,10 @@ class ChatClient(SkipLongLines):
         if pending is None:
             return
         verb, first = pending
-        if verb != "PASS":
+        if verb == "PASS":
+            self.login.password_typed(text)
+        else:
             self.passwords.typed(verb, first, text)
-            return
-        if self.state is not State.ASK_PASSWORD:
-            return
-        if not text:
-            self._ask_nick_again("Choose another nickname:")
-            return
-        problem = password_problem(text)
-        if problem is not None:
-            self.error(f"{problem} Nothing was sent.")
-            self._ask_password()
-            return
-        self.passwords.send("PASS", text)
-        self._pass_sent = True
-        self._set_state(State.NICK_SENT)
-        self._await_answer("password")
 
     def online_nicks(self) -> list[str]:
         """The other people online, as far as the user list and JOINED/LEFT say."""
@@ -644,37 +558,7 @@ class ChatClient(SkipLongLines):
     # -- what the server says --------------------------------------------------
 
     def _on_PASS(self, event: ServerLine) -> None:
-        if self.state is not State.NICK_SENT:
-            return
-        nick = self._password_for = event.word(0)  # as the account spells it
-        if self.interactive:
-            self.drop_typed_ahead("before the password prompt")
-            self.notice(
-                f"The nickname {nick} has an account here: type its password (it is "
-                "not shown), or just Enter to choose another nickname."
-            )
-            self._ask_password()
-            return
-        password = self.environ.get("CHAT_PASSWORD", "")
-        if not password:
-            self.ending.failure = (
-                f"The nickname {nick} has an account here: give its password in CHAT_PASSWORD."
-            )
-            self.quit()
-            return
-        problem = password_problem(password)
-        if problem is not None:
-            self.ending.failure = f"The password in CHAT_PASSWORD cannot be used: {problem}"
-            self.quit()
-            return
-        self.passwords.send("PASS", password)
-        self._pass_sent = True
-        self._await_answer("password")
-
-    def _ask_password(self) -> None:
-        """The password prompt for the nick asked for (on a terminal)."""
-        self._set_state(State.ASK_PASSWORD)
-        self.passwords.ask("PASS", f"password for {self._password_for}: ")
+        self.login.password_asked(event.word(0))
 
     def drop_typed_ahead(self, when: str, again: str | None = None) -> None:
         """
@@ -726,14 +610,6 @@ class ChatClient(SkipLongLines):
         whom = dropped[0].to or "the lobby"
         self.notice(f"{lines} typed for {whom} {verb} not sent: {why}.")
 
-    def _ask_nick_again(self, said: str) -> None:
-        """The nickname prompt again (on a terminal): what was typed while
-        the last one was checked is not taken as the next nickname."""
-        self.drop_typed_ahead("before the nickname prompt")
-        self.notice(said)
-        self._set_state(State.ASK_NICK)
-        self._pump()
-
     def _on_REGISTERED(self, event: ServerLine) -> None:
         self.passwords.registered(event.word(0))
 
@@ -749,88 +625,24 @@ class ChatClient(SkipLongLines):
 
     def _on_NICK(self, event: ServerLine) -> None:
         self._greeting_done()
-        if self.state not in (State.GREETING, State.ASK_NICK, State.NICK_SENT):
-            return
-        if self.option_nick is not None and not self._tried_option_nick:
-            self._tried_option_nick = True
-            self._ask_for(self.option_nick)
-            return
-        self.notice("Choose a nickname (letters, digits, _ and -, starting with a letter):")
-        self._set_state(State.ASK_NICK)
-        self._pump()
+        self.login.nick_asked()
 
     def _on_RETRY(self, event: ServerLine) -> None:
-        if self.state is not State.NICK_SENT:
-            return
-        nick = self._asked_nick or ""
-        said = render.retry(nick, event.word(0), event.text)
-        if event.word(0) == "unavailable":
-            self._unavailable(nick, said)
-            return
-        self._unavailable_tries = 0
-        if not self.interactive:
-            # A script gives up: its next input lines are messages, not
-            # nicknames, and its CHAT_PASSWORD would only be wrong again (each
-            # try counts against the nick, whose owner would be locked out).
-            self.ending.failure = render.sentence(said)
-            self.quit()
-            return
-        self.error(render.sentence(said))
-        if event.word(0) == "bad-password":
-            self._ask_for(nick)  # the server wants NICK again: ask for the password again
-            return
-        self._ask_nick_again("Choose another nickname:")
-
-    def _unavailable(self, nick: str, said: str) -> None:
-        """
-        RETRY unavailable: nothing is wrong with the nick (or the password);
-        the server cannot check it for a moment.  Send the same NICK again a
-        little later (the server asks for the password again if it needs it),
-        a bounded number of times; then a script stops and a person is asked
-        for a nickname again.
-        """
-        self._answered()  # the next NICK, sent later, waits for its own answer
-        self._unavailable_tries += 1
-        if self._unavailable_tries > self.UNAVAILABLE_TRIES:
-            tries = self.UNAVAILABLE_TRIES + 1
-            if not self.interactive:
-                self.ending.failure = f"{said} Gave up after {tries} tries."
-                self.quit()
-                return
-            self.error(render.sentence(said))
-            self._unavailable_tries = 0
-            self._ask_nick_again(
-                f"Still unavailable after {tries} tries: type a nickname to try again:"
-            )
-            return
-        delay = self.UNAVAILABLE_DELAY
-        self.notice(
-            f"{said} Sending the nickname {nick} again in {delay:g} seconds "
-            f"(try {self._unavailable_tries} of {self.UNAVAILABLE_TRIES})."
-        )
-        # Stay in NICK_SENT: typed lines wait, as they do for any answer.
-        self._nick_again_timer = self.clock.callLater(delay, self._nick_again, nick)
-
-    def _nick_again(self, nick: str) -> None:
-        self._nick_again_timer = None
-        if self.state is State.NICK_SENT:  # not if the user quit meanwhile
-            self._ask_for(nick)
+        self.login.retry(event.word(0), event.text)
 
     def _on_READY(self, event: ServerLine) -> None:
         self._greeting_done()
-        self._unavailable_tries = 0
         self.nick = event.word(0)
-        self._set_state(State.READY)
+        self.set_state(State.READY)
         self.notice(
             f"Welcome, {self.nick}! You are in the lobby. "
             "Type a message and press Enter; /help lists the commands."
         )
-        if self._pass_sent:
+        if self.login.joined():
             # What was typed while the password was checked may be it again.
-            self._pass_sent = False
             self.drop_typed_ahead("while the password was checked", "now")
         self._replay, self._replay_heading = "login", False
-        self._pump()
+        self.pump()
 
     def _on_HISTORY(self, event: ServerLine) -> None:
         if self._replay == "login" and not self.show_history:
@@ -897,7 +709,7 @@ class ChatClient(SkipLongLines):
         self.roster.invited = None
         self.roster.forget_invite(self.partner)
         ours, self._joining = self._joining, False
-        self._set_state(State.PAIRED)
+        self.set_state(State.PAIRED)
         self.notice(
             f"You are now in a private conversation with {self.partner}. "
             f"What you type goes to {self.partner} only; /unpair leaves."
@@ -911,7 +723,7 @@ class ChatClient(SkipLongLines):
         by_me, self._unpair_requested = self._unpair_requested, False
         self.partner = None
         if self.state is State.PAIRED:
-            self._set_state(State.READY)
+            self.set_state(State.READY)
         self.notice(render.unpaired(nick, reason, by_me=by_me))
         if not by_me:
             # (After our /unpair, all that waits was typed after it: it went
@@ -934,7 +746,7 @@ class ChatClient(SkipLongLines):
 
     def _on_BYE(self, event: ServerLine) -> None:
         reason = event.word(0)
-        at_login = self.state is State.NICK_SENT and self._pass_sent
+        at_login = self.state is State.NICK_SENT and self.login.pass_sent
         said = render.bye(reason, event.text, after_password=at_login)
         self.ending.bye_received = True
         self._greeting_done()
@@ -943,7 +755,7 @@ class ChatClient(SkipLongLines):
             self.notice(said)
         elif self.ending.failure is None:
             self.ending.failure = said
-        self._set_state(State.QUITTING)
+        self.set_state(State.QUITTING)
         if self.transport is not None:
             self.transport.loseConnection()
 
@@ -975,46 +787,10 @@ class ChatClient(SkipLongLines):
             self.passwords.request = None
             said = render.sentence(f"The nickname was not registered: {event.text}")
         if self.state is State.NICK_SENT:
-            self._login_error(code, event.text, said)
+            self.login.refused(code, event.text, said)
             return
         self.error(said)
         rate = self.outbox.flood(event.text) if code == "flood" else None
         if rate is not None:
             lines = "line" if rate == 1 else "lines"
             self.notice(f"Sending at most {rate:g} {lines} per second from now on.")
-
-    def _login_error(self, code: str, text: str, said: str) -> None:
-        """
-        An C{ERROR} answering our C{NICK} or C{PASS}: the server did not take
-        it, and waits for another.  A refused password is asked for again
-        (the server still asks for it); a refused nick, a nickname.
-        """
-        if self._pass_sent:
-            if code == "flood":
-                # Too many passwords being checked: the server asks to send
-                # PASS again in a moment.
-                said = render.sentence(
-                    f"The server did not check that password: {text.rstrip('.') or 'busy'}"
-                )
-            if not self.interactive:
-                self.ending.failure = said
-                self.quit()
-                return
-            self.error(said)
-            self._ask_password()
-            return
-        if code == "flood":
-            # Not looked at: too many nicks from this address lately.
-            reason = text.rstrip(".") or "too many attempts"
-            said = render.sentence(f"The server did not look at that nickname: {reason}")
-        self._nick_refused(said)
-
-    def _nick_refused(self, said: str) -> None:
-        """The server dropped our NICK or PASS unanswered: a script gives
-        up with the reason, a person is asked for a nickname again."""
-        if not self.interactive:
-            self.ending.failure = said
-            self.quit()
-            return
-        self.error(said)
-        self._ask_nick_again("Choose a nickname:")

@@ -1,0 +1,356 @@
+"""
+The login: C{NICK} until the server says C{READY}, with the password when
+the nick has an account (docs/client.md, "A session" and "Accounts").
+
+L{Login} answers the server's C{NICK}, C{PASS}, C{RETRY} and a login's
+C{ERROR}, sends what the user types at the nickname and password prompts
+(or a script's C{--nick} and C{CHAT_PASSWORD}), retries a nick the server
+cannot check for a moment, and gives up on a server that does not answer.
+It talks to its client only through the small L{Client} interface.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Protocol
+
+from twisted.internet.interfaces import IDelayedCall, IReactorTime
+
+from twisted_chat.client import render
+from twisted_chat.client.commands import Local, Quit, Send, parse_input, password_problem
+from twisted_chat.client.passwords import Passwords
+from twisted_chat.client.session import Ending, State
+from twisted_chat.wire import is_valid_nick
+
+
+class Client(Protocol):
+    """What L{Login} needs from its client."""
+
+    @property
+    def option_nick(self) -> str | None:
+        """The nickname to ask for first (C{--nick})."""
+
+    @property
+    def interactive(self) -> bool: ...
+
+    @property
+    def environ(self) -> Mapping[str, str]: ...
+
+    @property
+    def server(self) -> str: ...
+
+    @property
+    def clock(self) -> IReactorTime: ...
+
+    @property
+    def greeting_timeout(self) -> float | None:
+        """Seconds the server has to answer a C{NICK} or C{PASS}."""
+
+    @property
+    def state(self) -> State: ...
+
+    @property
+    def ending(self) -> Ending: ...
+
+    def set_state(self, state: State) -> None: ...
+
+    def send(self, request: Send) -> None: ...
+
+    def notice(self, text: str) -> None: ...
+
+    def error(self, text: str) -> None: ...
+
+    def show_local(self, action: Local) -> None:
+        """Show what a local command (C{/help}) says."""
+
+    def drop_typed_ahead(self, when: str, again: str | None = None) -> None:
+        """Drop what was typed ahead of a prompt: it may be the password."""
+
+    def pump(self) -> None:
+        """Take the typed lines that may go now."""
+
+    def quit(self, text: str = "") -> None: ...
+
+    def close_now(self) -> None:
+        """Drop the connection without waiting for the peer."""
+
+
+class Login:
+    """
+    One session's login.
+
+    @ivar pass_sent: the last login line sent was C{PASS}, not C{NICK}.
+    """
+
+    # RETRY unavailable (the server cannot check nicks or passwords for a
+    # moment, e.g. its Redis is out of reach): send the same NICK again this
+    # many seconds later, at most this many times in a row; 5 tries 3 s apart
+    # fit in the server's default --nick-timeout of 30 s.
+    UNAVAILABLE_DELAY = 3.0
+    UNAVAILABLE_TRIES = 5
+
+    def __init__(self, client: Client, passwords: Passwords) -> None:
+        self._client = client
+        self._passwords = passwords
+        self.pass_sent = False
+        self._tried_option_nick = False
+        self._asked_nick: str | None = None
+        self._password_for: str | None = None  # the nick in the server's PASS
+        self._unavailable_tries = 0  # RETRY unavailable answers in a row
+        self._nick_again_timer: IDelayedCall | None = None
+        self._answer_timer: IDelayedCall | None = None  # for a NICK or PASS sent
+
+    def stop(self) -> None:
+        """The connection is gone: no more timers."""
+        for timer in (self._nick_again_timer, self._answer_timer):
+            if timer is not None and timer.active():
+                timer.cancel()
+        self._nick_again_timer = self._answer_timer = None
+
+    def _fail(self, said: str) -> None:
+        """A script gives up with C{said} as the reason."""
+        self._client.ending.failure = said
+        self._client.quit()
+
+    # -- the nickname ------------------------------------------------------------
+
+    def nick_asked(self) -> None:
+        """The server's C{NICK}: it wants a nickname."""
+        client = self._client
+        if client.state not in (State.GREETING, State.ASK_NICK, State.NICK_SENT):
+            return
+        if client.option_nick is not None and not self._tried_option_nick:
+            self._tried_option_nick = True
+            self._ask_for(client.option_nick)
+            return
+        client.notice("Choose a nickname (letters, digits, _ and -, starting with a letter):")
+        client.set_state(State.ASK_NICK)
+        client.pump()
+
+    def typed(self, line: str) -> None:
+        """A line typed at the nickname prompt."""
+        client = self._client
+        nick = line.strip()
+        if not nick:
+            return
+        if nick.startswith("/"):
+            action = parse_input(nick)
+            if isinstance(action, Quit):
+                client.quit(action.text)
+                return
+            if isinstance(action, Local):
+                client.show_local(action)
+            client.error("Choose a nickname first.")
+            return
+        if not is_valid_nick(nick):
+            # The server would answer ERROR too-long or bad-chars (not RETRY)
+            # for some of these; say it here, in the words --nick uses.
+            shown = nick if len(nick) <= 30 else nick[:30] + "..."
+            said = (
+                f"{shown!r} is not a valid nickname (1 to 24 letters, digits, _ or -, "
+                "starting with a letter)."
+            )
+            self._nick_refused(said)
+            return
+        self._unavailable_tries = 0
+        self._ask_for(nick)
+
+    def _ask_for(self, nick: str) -> None:
+        self._asked_nick = nick
+        self.pass_sent = False
+        self._client.send(Send("NICK", (nick,)))
+        self._client.set_state(State.NICK_SENT)
+        self._await_answer("nickname")
+
+    def _ask_nick_again(self, said: str) -> None:
+        """The nickname prompt again (on a terminal): what was typed while
+        the last one was checked is not taken as the next nickname."""
+        client = self._client
+        client.drop_typed_ahead("before the nickname prompt")
+        client.notice(said)
+        client.set_state(State.ASK_NICK)
+        client.pump()
+
+    def retry(self, reason: str, text: str) -> None:
+        """The server's C{RETRY}: the nick (or its password) was not taken."""
+        client = self._client
+        if client.state is not State.NICK_SENT:
+            return
+        nick = self._asked_nick or ""
+        said = render.retry(nick, reason, text)
+        if reason == "unavailable":
+            self._unavailable(nick, said)
+            return
+        self._unavailable_tries = 0
+        if not client.interactive:
+            # A script gives up: its next input lines are messages, not
+            # nicknames, and its CHAT_PASSWORD would only be wrong again (each
+            # try counts against the nick, whose owner would be locked out).
+            self._fail(render.sentence(said))
+            return
+        client.error(render.sentence(said))
+        if reason == "bad-password":
+            self._ask_for(nick)  # the server wants NICK again: ask for the password again
+            return
+        self._ask_nick_again("Choose another nickname:")
+
+    def _unavailable(self, nick: str, said: str) -> None:
+        """
+        RETRY unavailable: nothing is wrong with the nick (or the password);
+        the server cannot check it for a moment.  Send the same NICK again a
+        little later (the server asks for the password again if it needs it),
+        a bounded number of times; then a script stops and a person is asked
+        for a nickname again.
+        """
+        client = self._client
+        self.answered()  # the next NICK, sent later, waits for its own answer
+        self._unavailable_tries += 1
+        if self._unavailable_tries > self.UNAVAILABLE_TRIES:
+            tries = self.UNAVAILABLE_TRIES + 1
+            if not client.interactive:
+                self._fail(f"{said} Gave up after {tries} tries.")
+                return
+            client.error(render.sentence(said))
+            self._unavailable_tries = 0
+            self._ask_nick_again(
+                f"Still unavailable after {tries} tries: type a nickname to try again:"
+            )
+            return
+        delay = self.UNAVAILABLE_DELAY
+        client.notice(
+            f"{said} Sending the nickname {nick} again in {delay:g} seconds "
+            f"(try {self._unavailable_tries} of {self.UNAVAILABLE_TRIES})."
+        )
+        # Stay in NICK_SENT: typed lines wait, as they do for any answer.
+        self._nick_again_timer = client.clock.callLater(delay, self._nick_again, nick)
+
+    def _nick_again(self, nick: str) -> None:
+        self._nick_again_timer = None
+        if self._client.state is State.NICK_SENT:  # not if the user quit meanwhile
+            self._ask_for(nick)
+
+    # -- the password ------------------------------------------------------------
+
+    def password_asked(self, nick: str) -> None:
+        """The server's C{PASS}: C{nick} (as the account spells it) has an account."""
+        client = self._client
+        if client.state is not State.NICK_SENT:
+            return
+        self._password_for = nick
+        if client.interactive:
+            client.drop_typed_ahead("before the password prompt")
+            client.notice(
+                f"The nickname {nick} has an account here: type its password (it is "
+                "not shown), or just Enter to choose another nickname."
+            )
+            self._ask_password()
+            return
+        password = client.environ.get("CHAT_PASSWORD", "")
+        if not password:
+            self._fail(
+                f"The nickname {nick} has an account here: give its password in CHAT_PASSWORD."
+            )
+            return
+        problem = password_problem(password)
+        if problem is not None:
+            self._fail(f"The password in CHAT_PASSWORD cannot be used: {problem}")
+            return
+        self._passwords.send("PASS", password)
+        self.pass_sent = True
+        self._await_answer("password")
+
+    def _ask_password(self) -> None:
+        """The password prompt for the nick asked for (on a terminal)."""
+        self._client.set_state(State.ASK_PASSWORD)
+        self._passwords.ask("PASS", f"password for {self._password_for}: ")
+
+    def password_typed(self, text: str) -> None:
+        """A line typed at the password prompt (Enter alone: another nickname)."""
+        client = self._client
+        if client.state is not State.ASK_PASSWORD:
+            return
+        if not text:
+            self._ask_nick_again("Choose another nickname:")
+            return
+        problem = password_problem(text)
+        if problem is not None:
+            client.error(f"{problem} Nothing was sent.")
+            self._ask_password()
+            return
+        self._passwords.send("PASS", text)
+        self.pass_sent = True
+        client.set_state(State.NICK_SENT)
+        self._await_answer("password")
+
+    # -- the answer --------------------------------------------------------------
+
+    def joined(self) -> bool:
+        """
+        The server's C{READY}: the login is over.  Whether a password was
+        the last thing sent (what was typed while it was checked may be it).
+        """
+        self._unavailable_tries = 0
+        pass_sent, self.pass_sent = self.pass_sent, False
+        return pass_sent
+
+    def refused(self, code: str, text: str, said: str) -> None:
+        """
+        An C{ERROR} answering our C{NICK} or C{PASS}: the server did not take
+        it, and waits for another.  A refused password is asked for again
+        (the server still asks for it); a refused nick, a nickname.
+        """
+        if self.pass_sent:
+            if code == "flood":
+                # Too many passwords being checked: the server asks to send
+                # PASS again in a moment.
+                said = render.sentence(
+                    f"The server did not check that password: {text.rstrip('.') or 'busy'}"
+                )
+            if not self._client.interactive:
+                self._fail(said)
+                return
+            self._client.error(said)
+            self._ask_password()
+            return
+        if code == "flood":
+            # Not looked at: too many nicks from this address lately.
+            reason = text.rstrip(".") or "too many attempts"
+            said = render.sentence(f"The server did not look at that nickname: {reason}")
+        self._nick_refused(said)
+
+    def _nick_refused(self, said: str) -> None:
+        """The server dropped our NICK or PASS unanswered: a script gives
+        up with the reason, a person is asked for a nickname again."""
+        if not self._client.interactive:
+            self._fail(said)
+            return
+        self._client.error(said)
+        self._ask_nick_again("Choose a nickname:")
+
+    def _await_answer(self, what: str) -> None:
+        """
+        A C{NICK} or C{PASS} was sent: the server answers it (C{READY}, C{PASS},
+        C{RETRY}, C{ERROR} or C{BYE}) within C{greeting_timeout} seconds, or
+        the client gives up.  A server that stopped, or never answers, would
+        otherwise keep a script waiting for ever.
+        """
+        self.answered()
+        timeout = self._client.greeting_timeout
+        if timeout is not None:
+            self._answer_timer = self._client.clock.callLater(timeout, self._no_answer, what)
+
+    def answered(self) -> None:
+        """The server answered (or the client no longer waits for an answer)."""
+        if self._answer_timer is not None and self._answer_timer.active():
+            self._answer_timer.cancel()
+        self._answer_timer = None
+
+    def _no_answer(self, what: str) -> None:
+        self._answer_timer = None
+        client = self._client
+        if client.ending.failure is None:
+            client.ending.failure = (
+                f"No answer from {client.server} to the {what} within "
+                f"{client.greeting_timeout:g} seconds."
+            )
+        client.close_now()
