@@ -160,7 +160,7 @@ def test_invitations_kept_are_bounded() -> None:
     s = session("eve", interactive=False)
     s.ready("eve")
     s.receive(*[f"INVITE u{i}" for i in range(300)])
-    assert len(s.client.roster.invites) == s.client.roster.INVITES_MAX
+    assert len(s.client.pairing.invites) == s.client.pairing.INVITES_MAX
 
 
 # -- E: a script's stdin is read only as fast as its lines go ---------------------

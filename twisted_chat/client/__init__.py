@@ -13,7 +13,8 @@ It speaks chat/1 over TCP or TLS on the Twisted reactor.  The modules:
   - L{login}: C{NICK}, and C{PASS}, until the server says C{READY};
   - L{passwords}: the password prompt, the unencrypted warning, C{/register}
     and C{/passwd};
-  - L{roster}: who is online (for Tab), the user list, the invitations;
+  - L{roster}: who is online (for Tab), and the user list;
+  - L{pairing}: the private conversation: the partner and the invitations;
   - L{display}: what the client shows things on (a terminal or a pipe);
   - L{diagnose}: why a connection failed, in one sentence;
   - L{outbox}: the lines waiting to be sent, their pace and their counts;

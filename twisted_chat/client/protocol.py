@@ -46,6 +46,7 @@ from twisted_chat.client.flow import Valve, taken
 from twisted_chat.client.lines import SkipLongLines
 from twisted_chat.client.login import Login
 from twisted_chat.client.outbox import QUEUE_MAX, Outbox, Typed
+from twisted_chat.client.pairing import Pairing
 from twisted_chat.client.passwords import Passwords
 from twisted_chat.client.render import Line, Renderer
 from twisted_chat.client.roster import Roster
@@ -63,10 +64,6 @@ def _is_text(line: str) -> bool:
     """Whether C{line} is a message to whoever one is talking to (not a command)."""
     action = parse_input(line)
     return isinstance(action, Send) and action.verb == "MSG"
-
-
-# What the server answers a PAIR or ACCEPT that pairs nobody (chat/1, "Pairing").
-PAIRING_ERRORS = frozenset({"no-such-nick", "self", "busy", "no-invite", "pending"})
 
 
 class ChatClient(SkipLongLines):
@@ -149,14 +146,14 @@ class ChatClient(SkipLongLines):
         self.renderer = Renderer(lambda: self.nick, now, localtime)
         self.state = State.CONNECTING
         self.nick: str | None = None
-        self.partner: str | None = None
-        # Who is online (for Tab), the user list gathered, the invitations.
+        # Who is online (for Tab), and the user list being gathered.
         self.roster = Roster()
+        # The partner, and the invitations.
+        self.pairing = Pairing()
         self.finished: Deferred[Outcome] = Deferred()
         self.cancel_connect: Callable[[], object] | None = None
         self._eof = False
         self._drain_timer: IDelayedCall | None = None
-        self._unpair_requested = False
         self._replay: str | None = None  # "login" or "away" while HISTORY lines come
         self._replay_heading = False  # the heading for the lines replayed is shown
         # A failure, Ctrl-C, the goodbye: told as an Outcome at the end.
@@ -165,8 +162,6 @@ class ChatClient(SkipLongLines):
         self._greeting_timer: IDelayedCall | None = None
         self._read_after_bye = 0  # bytes read after BYE while stdout was full
         self._greeted = False  # the server asked for a nickname (or said who we are)
-        # ACCEPT or PAIR sent and not answered yet: a PAIRED now is our doing.
-        self._joining = False
         # The password prompt, and /register and /passwd.
         self.passwords = Passwords(self)
         # NICK, and PASS, until READY.
@@ -212,8 +207,9 @@ class ChatClient(SkipLongLines):
         """The input prompt for the current state."""
         if self.state is State.ASK_NICK:
             return "nickname: "
-        if self.state is State.PAIRED and self.nick and self.partner:
-            return f"{self.nick} -> {self.partner}> "
+        partner = self.pairing.partner
+        if self.state is State.PAIRED and self.nick and partner:
+            return f"{self.nick} -> {partner}> "
         if self.nick and self.state is State.READY:
             return f"{self.nick}> "
         return "> "
@@ -375,7 +371,7 @@ class ChatClient(SkipLongLines):
 
     def user_line(self, line: str) -> None:
         """A line the user typed (or a script wrote)."""
-        to = self.partner if self.state is State.PAIRED else None
+        to = self.pairing.partner if self.state is State.PAIRED else None
         if not self.outbox.add(line, to):
             if self.outbox.refused == 1:
                 self.error(
@@ -519,13 +515,9 @@ class ChatClient(SkipLongLines):
             self._show(render.info(text))
 
     def _command_input(self, line: str) -> None:
-        action = parse_input(line, inviter=self.roster.sole_inviter())
+        action = parse_input(line, inviter=self.pairing.sole_inviter())
         if isinstance(action, Send):
-            if action.verb == "UNPAIR" and (self.state is State.PAIRED or self.roster.invited):
-                # Only then can the server's next UNPAIRED be our doing.
-                self._unpair_requested = True
-            if action.verb in ("ACCEPT", "PAIR"):
-                self._joining = True
+            self.pairing.sending(action.verb, paired=self.state is State.PAIRED)
             self.send(action)
         elif isinstance(action, Local):
             self.show_local(action)
@@ -596,7 +588,8 @@ class ChatClient(SkipLongLines):
         still go, and so does what follows a waiting C{/pair}, C{/accept} or
         C{/unpair} (that command decides where it goes).
         """
-        to = nick_key(self.partner) if self.state is State.PAIRED and self.partner else None
+        partner = self.pairing.partner
+        to = nick_key(partner) if self.state is State.PAIRED and partner else None
 
         def elsewhere(typed: Typed) -> bool:
             meant = nick_key(typed.to) if typed.to is not None else None
@@ -689,15 +682,15 @@ class ChatClient(SkipLongLines):
             self._show(line)
 
     def _on_PENDING(self, event: ServerLine) -> None:
-        self._joining = False  # a PAIRED from now on is the invitee's doing
-        invitee = self.roster.invited = event.word(0)
+        invitee = event.word(0)
+        self.pairing.pending(invitee)
         self.notice(
             f"Invitation sent to {invitee}; waiting for an answer (/unpair withdraws it)."
         )
 
     def _on_INVITE(self, event: ServerLine) -> None:
         inviter = event.word(0)
-        self.roster.invite(inviter)
+        self.pairing.invite(inviter)
         self.notice(
             f"{inviter} invites you to a private conversation. "
             f"Type /accept {inviter} to accept or /reject {inviter} to decline."
@@ -705,23 +698,20 @@ class ChatClient(SkipLongLines):
         self._ring()
 
     def _on_PAIRED(self, event: ServerLine) -> None:
-        self.partner = event.word(0)
-        self.roster.invited = None
-        self.roster.forget_invite(self.partner)
-        ours, self._joining = self._joining, False
+        partner = event.word(0)
+        ours = self.pairing.paired(partner)
         self.set_state(State.PAIRED)
         self.notice(
-            f"You are now in a private conversation with {self.partner}. "
-            f"What you type goes to {self.partner} only; /unpair leaves."
+            f"You are now in a private conversation with {partner}. "
+            f"What you type goes to {partner} only; /unpair leaves."
         )
         if not ours:
             # Our invitation was accepted while lines typed for the lobby wait.
-            self._drop_meant_elsewhere(f"you are now talking with {self.partner} only")
+            self._drop_meant_elsewhere(f"you are now talking with {partner} only")
 
     def _on_UNPAIRED(self, event: ServerLine) -> None:
         nick, reason = event.words
-        by_me, self._unpair_requested = self._unpair_requested, False
-        self.partner = None
+        by_me = self.pairing.unpaired()
         if self.state is State.PAIRED:
             self.set_state(State.READY)
         self.notice(render.unpaired(nick, reason, by_me=by_me))
@@ -734,14 +724,12 @@ class ChatClient(SkipLongLines):
 
     def _on_DECLINED(self, event: ServerLine) -> None:
         nick, reason = event.words
-        if reason == "withdrawn":
-            self._unpair_requested = False
-        self.roster.declined(nick)
+        self.pairing.declined(nick, reason)
         self.notice(render.declined(nick, reason))
 
     def _on_CANCELLED(self, event: ServerLine) -> None:
         nick, reason = event.words
-        self.roster.forget_invite(nick)
+        self.pairing.cancelled(nick)
         self.notice(render.cancelled(nick, reason))
 
     def _on_BYE(self, event: ServerLine) -> None:
@@ -774,10 +762,7 @@ class ChatClient(SkipLongLines):
         said = self.passwords.refused(code, event.text)
         if said is None:
             said = render.error_sentence(code, event.text)
-        if code == "not-paired":
-            self._unpair_requested = False  # our /unpair had nothing to leave
-        if code in PAIRING_ERRORS:
-            self._joining = False
+        self.pairing.refused(code)
         if code == "server-full":
             if self.state not in (State.READY, State.PAIRED):
                 self.ending.failure = said  # said once, on the way out (BYE full follows)

@@ -1,7 +1,7 @@
 """
-Whom the client knows of: the people online (for Tab), the user list being
-gathered, and the open invitations.  Each is bounded, whatever a server
-sends (docs/client.md, "Safe to read").
+Whom the client knows of: the people online (for Tab) and the user list
+being gathered.  Both are bounded, whatever a server sends (docs/client.md,
+"Safe to read").
 """
 
 from __future__ import annotations
@@ -11,24 +11,16 @@ from twisted_chat.wire import is_valid_nick, nick_key
 
 
 class Roster:
-    """
-    The people and invitations the server's lines told of.
-
-    @ivar invites: the open invitations to the user, oldest first.
-    @ivar invited: the user's own open invitation (C{None}: none).
-    """
+    """The people the server's lines told of."""
 
     # What a server's lines can make the client keep: people in the user list
     # being gathered (USER lines until USERS) and known for Tab (five times
     # the server's default --max-clients), each field of a USER line (a real
-    # nick has 24 characters), and open invitations to the user.
+    # nick has 24 characters).
     USERS_MAX = 50_000
     FIELD_MAX = 100
-    INVITES_MAX = 100
 
     def __init__(self) -> None:
-        self.invites: list[str] = []
-        self.invited: str | None = None
         self._rows: list[UserRow] = []  # USER lines until USERS
         self._left_out = 0  # USER lines over USERS_MAX
         self._online: dict[str, str] = {}  # nick_key -> nick, for Tab
@@ -66,22 +58,3 @@ class Roster:
         """The people online other than C{me}."""
         mine = nick_key(me) if me else None
         return [nick for key, nick in self._online.items() if key != mine]
-
-    def invite(self, inviter: str) -> None:
-        """An invitation to the user (one per inviter, at most INVITES_MAX kept)."""
-        known = nick_key(inviter) in (nick_key(n) for n in self.invites)
-        if not known and len(self.invites) < self.INVITES_MAX:
-            self.invites.append(inviter)
-
-    def forget_invite(self, nick: str) -> None:
-        """C{nick}'s invitation to the user is over."""
-        self.invites = [n for n in self.invites if nick_key(n) != nick_key(nick)]
-
-    def sole_inviter(self) -> str | None:
-        """Who invited the user, if exactly one open invitation (a bare C{/accept})."""
-        return self.invites[0] if len(self.invites) == 1 else None
-
-    def declined(self, nick: str) -> None:
-        """C{nick} declined (or the user withdrew) the user's invitation."""
-        if self.invited is not None and nick_key(self.invited) == nick_key(nick):
-            self.invited = None

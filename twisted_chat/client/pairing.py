@@ -1,0 +1,87 @@
+"""
+The user's private conversation: with whom, the open invitations (to the
+user, and the user's own), and whether the server's next C{PAIRED} or
+C{UNPAIRED} is the user's doing (docs/client.md, "Commands").  No I/O: the
+client shows what these changes mean.
+"""
+
+from __future__ import annotations
+
+from twisted_chat.wire import nick_key
+
+# What the server answers a PAIR or ACCEPT that pairs nobody (chat/1, "Pairing").
+PAIRING_ERRORS = frozenset({"no-such-nick", "self", "busy", "no-invite", "pending"})
+
+
+class Pairing:
+    """
+    @ivar partner: whom the user is paired with (C{None}: the lobby).
+    @ivar invites: the open invitations to the user, oldest first (at most
+        L{INVITES_MAX}, whatever a server sends).
+    @ivar invited: the user's own open invitation (C{None}: none).
+    """
+
+    INVITES_MAX = 100
+
+    def __init__(self) -> None:
+        self.partner: str | None = None
+        self.invites: list[str] = []
+        self.invited: str | None = None
+        # ACCEPT or PAIR sent and not answered yet: a PAIRED now is our doing.
+        self._joining = False
+        self._unpair_requested = False  # an UNPAIRED now is our doing
+
+    def sending(self, verb: str, paired: bool) -> None:
+        """The user sends C{verb} (C{paired}: while in a pair)."""
+        if verb == "UNPAIR" and (paired or self.invited):
+            # Only then can the server's next UNPAIRED be our doing.
+            self._unpair_requested = True
+        if verb in ("ACCEPT", "PAIR"):
+            self._joining = True
+
+    def sole_inviter(self) -> str | None:
+        """Who invited the user, if exactly one open invitation (a bare C{/accept})."""
+        return self.invites[0] if len(self.invites) == 1 else None
+
+    def pending(self, invitee: str) -> None:
+        """C{PENDING}: the user's invitation to C{invitee} is open."""
+        self._joining = False  # a PAIRED from now on is the invitee's doing
+        self.invited = invitee
+
+    def invite(self, inviter: str) -> None:
+        """C{INVITE}: one per inviter is kept."""
+        known = nick_key(inviter) in (nick_key(n) for n in self.invites)
+        if not known and len(self.invites) < self.INVITES_MAX:
+            self.invites.append(inviter)
+
+    def paired(self, partner: str) -> bool:
+        """C{PAIRED}: whether it was the user's doing (C{/accept}, C{/pair})."""
+        self.partner = partner
+        self.invited = None
+        self.cancelled(partner)
+        ours, self._joining = self._joining, False
+        return ours
+
+    def unpaired(self) -> bool:
+        """C{UNPAIRED}: whether it was the user's doing (C{/unpair})."""
+        by_me, self._unpair_requested = self._unpair_requested, False
+        self.partner = None
+        return by_me
+
+    def declined(self, nick: str, reason: str) -> None:
+        """C{DECLINED}: C{nick} declined the user's invitation, or the user withdrew it."""
+        if reason == "withdrawn":
+            self._unpair_requested = False
+        if self.invited is not None and nick_key(self.invited) == nick_key(nick):
+            self.invited = None
+
+    def cancelled(self, nick: str) -> None:
+        """C{nick}'s invitation to the user is over."""
+        self.invites = [n for n in self.invites if nick_key(n) != nick_key(nick)]
+
+    def refused(self, code: str) -> None:
+        """An C{ERROR} C{code}: a pairing command it answers did nothing."""
+        if code == "not-paired":
+            self._unpair_requested = False  # our /unpair had nothing to leave
+        if code in PAIRING_ERRORS:
+            self._joining = False
