@@ -14,6 +14,13 @@ for a partner is never sent to the lobby (nor lobby text to a partner) when
 the pair ends, or begins, before its turn comes.  The queue, its pacing and
 its counts are an L{Outbox} (L{twisted_chat.client.outbox}).
 
+The rest has modules of its own (docs/client.md, "How it works"): the login
+(L{twisted_chat.client.login}) and passwords (L{twisted_chat.client.passwords})
+see the client through a small C{Client} interface each; the pair and who is
+online are plain state (L{twisted_chat.client.pairing},
+L{twisted_chat.client.roster}), and so is how the session is ending
+(L{twisted_chat.client.session.Ending}).
+
 When the session ends, L{ChatClient.finished} fires with an L{Outcome}: the
 exit code and, for a failure, one sentence for stderr.
 """
@@ -539,19 +546,6 @@ class ChatClient(SkipLongLines):
         else:
             self.passwords.typed(verb, first, text)
 
-    def online_nicks(self) -> list[str]:
-        """The other people online, as far as the user list and JOINED/LEFT say."""
-        return self.roster.online_nicks(self.nick)
-
-    def _ring(self) -> None:
-        if self.interactive and self.display is not None:
-            self.display.bell()
-
-    # -- what the server says --------------------------------------------------
-
-    def _on_PASS(self, event: ServerLine) -> None:
-        self.login.password_asked(event.word(0))
-
     def drop_typed_ahead(self, when: str, again: str | None = None) -> None:
         """
         Lines typed before a password prompt (or a nickname prompt asked
@@ -603,8 +597,15 @@ class ChatClient(SkipLongLines):
         whom = dropped[0].to or "the lobby"
         self.notice(f"{lines} typed for {whom} {verb} not sent: {why}.")
 
-    def _on_REGISTERED(self, event: ServerLine) -> None:
-        self.passwords.registered(event.word(0))
+    def online_nicks(self) -> list[str]:
+        """The other people online, as far as the user list and JOINED/LEFT say."""
+        return self.roster.online_nicks(self.nick)
+
+    def _ring(self) -> None:
+        if self.interactive and self.display is not None:
+            self.display.bell()
+
+    # -- what the server says --------------------------------------------------
 
     def _on_HELLO(self, event: ServerLine) -> None:
         version = event.word(0)
@@ -622,6 +623,12 @@ class ChatClient(SkipLongLines):
 
     def _on_RETRY(self, event: ServerLine) -> None:
         self.login.retry(event.word(0), event.text)
+
+    def _on_PASS(self, event: ServerLine) -> None:
+        self.login.password_asked(event.word(0))
+
+    def _on_REGISTERED(self, event: ServerLine) -> None:
+        self.passwords.registered(event.word(0))
 
     def _on_READY(self, event: ServerLine) -> None:
         self._greeting_done()
