@@ -9,6 +9,7 @@ layout").
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, ClassVar, Protocol
 
 from twisted.internet.defer import Deferred
@@ -382,7 +383,11 @@ class Session:
     def do_BYE(self, conn: Connection, command: wire.Command) -> None:
         conn.close("quit", farewell=clip_text(command.text, self.factory.config.max_quit_text))
 
-    _HANDLERS: ClassVar[dict[str, Any]] = {
+    # Each command's handler: None once it is answered, else a Deferred that
+    # fires once it is (Session._hold).
+    _HANDLERS: ClassVar[
+        dict[str, Callable[[Session, Connection, wire.Command], Deferred[Any] | None]]
+    ] = {
         "MSG": do_MSG,
         "DM": do_DM,
         "USERS": do_USERS,
