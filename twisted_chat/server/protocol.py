@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections import deque
 from collections.abc import Callable, Iterable, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol, cast
 
 from twisted.internet import tcp
 from twisted.internet.defer import Deferred
@@ -29,7 +29,7 @@ from zope.interface import implementer
 from twisted_chat import wire
 from twisted_chat.server import logs
 from twisted_chat.server.addresses import Address
-from twisted_chat.server.closing import close_within
+from twisted_chat.server.closing import Closable, close_within
 from twisted_chat.server.deadlines import Deadline
 from twisted_chat.server.flood import Dropped, Flooding
 from twisted_chat.server.hub import State, User
@@ -54,6 +54,15 @@ HELD_INPUT_TOTAL = 4 * 1024 * 1024
 # HeldInput.limit together.
 _PAUSED_OWN = 1
 _PAUSED_NODE = 2
+
+
+class _Socket(Closable, Protocol):
+    """What a connection uses of its transport beyond C{ITransport}: a TCP
+    or TLS transport (and L{_Gone}) also aborts, pauses and resumes."""
+
+    def pauseProducing(self) -> None: ...
+
+    def resumeProducing(self) -> None: ...
 
 
 @implementer(IProtocol, IHalfCloseableProtocol)
@@ -116,7 +125,11 @@ class ChatProtocol:
 
     @property
     def clock(self) -> IReactorTime:
-        return self.factory.reactor  # type: ignore[no-any-return]
+        return cast(IReactorTime, self.factory.reactor)
+
+    @property
+    def _socket(self) -> _Socket:
+        return cast(_Socket, self.transport)
 
     # -- connection life ---------------------------------------------------
 
@@ -233,8 +246,7 @@ class ChatProtocol:
         queue = self._closing()
         if queue is not None:
             queue.stop()
-        transport: Any = self.transport
-        self._abort_call = close_within(transport, self.clock, self.config.close_grace)
+        self._abort_call = close_within(self._socket, self.clock, self.config.close_grace)
 
     def _closing(self) -> SendQueue | None:
         """Nothing more is written or timed for this connection: its send
@@ -322,7 +334,7 @@ class ChatProtocol:
                                  nick=self.user.nick if self.user else self.address, why=why)
         self._leave_reason = "sendq"
         self._closing()
-        self.transport.abortConnection()  # type: ignore[union-attr]
+        self._socket.abortConnection()
 
     # -- input ---------------------------------------------------------------
 
@@ -427,14 +439,14 @@ class ChatProtocol:
         paused = self._paused
         self._paused = paused | why
         if not paused and not self.closing:
-            self.transport.pauseProducing()  # type: ignore[union-attr]
+            self._socket.pauseProducing()
 
     def _resume(self, why: int) -> None:
         """C{why} no longer holds; read again if nothing else pauses it."""
         paused = self._paused
         self._paused = paused & ~why
         if paused and not self._paused and not self.closing:
-            self.transport.resumeProducing()  # type: ignore[union-attr]
+            self._socket.resumeProducing()
 
     def node_pause(self) -> None:
         """The server's connections hold too much input (L{HeldInput})."""
