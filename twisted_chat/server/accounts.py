@@ -53,7 +53,6 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from enum import Enum
 from typing import Any, Protocol
 
 from twisted.cred import error as cred_error
@@ -63,6 +62,7 @@ from twisted.cred.portal import IRealm, Portal
 from twisted.internet import defer
 from zope.interface import Attribute, Interface, implementer
 
+from twisted_chat.server.config import Mode
 from twisted_chat.wire import PASSWORD_MAX_BYTES, PASSWORD_MIN_BYTES, is_valid_nick, nick_key
 
 __all__ = [
@@ -86,14 +86,6 @@ __all__ = [
     "portal",
     "verify_password",
 ]
-
-
-class Mode(str, Enum):
-    """The server's C{--accounts} setting."""
-
-    OPEN = "open"  # anyone may register the nick they hold
-    REQUIRED = "required"  # only nicks with an account may log in
-    OFF = "off"  # no accounts at all
 
 
 # -- passwords ---------------------------------------------------------------

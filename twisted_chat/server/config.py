@@ -8,8 +8,17 @@ it directly with only the fields they care about.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from enum import Enum
 
 from twisted_chat.wire import DEFAULT_PORT
+
+
+class Mode(str, Enum):
+    """The server's C{--accounts} setting."""
+
+    OPEN = "open"  # anyone may register the nick they hold
+    REQUIRED = "required"  # only nicks with an account may log in
+    OFF = "off"  # no accounts at all
 
 
 @dataclass(frozen=True, slots=True)
@@ -88,7 +97,7 @@ class ServerConfig:
     metrics: str | None = None
     # Accounts (see twisted_chat.server.login): open, required or off; the
     # accounts file goes beside --db (twisted_chat.server.accounts).
-    accounts: str = "open"
+    accounts: Mode = Mode.OPEN
     # The most accounts REGISTER makes (the accounts file, or Redis, grows
     # by each): docs/security.md.  The operator's tool is not bound by it.
     max_accounts: int = 100_000

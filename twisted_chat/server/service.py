@@ -285,7 +285,7 @@ class Options(usage.Options):
          "connections hold behind those commands is bounded by as many bytes, counted "
          "apart: past it, connections with a command waiting are not read until it "
          "is decided.", _positive(int)],
-        ["accounts", None, _defaults.accounts,
+        ["accounts", None, _defaults.accounts.value,
          "Nicks protected by passwords: 'open' (anyone may REGISTER the nick they "
          "hold), 'required' (only nicks with an account may log in; the operator "
          "makes them with 'python -m twisted_chat.accounts add --db DB NICK') or "
@@ -415,7 +415,7 @@ class Options(usage.Options):
             log_level=self["log-level"],
             log_messages=bool(self["log-messages"]),
             metrics=_endpoint(self["metrics"]) if self["metrics"] else None,
-            accounts=self["accounts"],
+            accounts=Mode(self["accounts"]),
             max_accounts=self["max-accounts"],
         )
 
@@ -773,7 +773,7 @@ def _accounts(
     """The accounts (in the L{AccountBook} C{book} makes; with the failure
     counts C{shared} makes, in a cluster) and their password threads, or
     none when they are off."""
-    mode = Mode(config.accounts)
+    mode = config.accounts
     if mode is Mode.OFF:
         return None, None
     limits = LoginLimits()
