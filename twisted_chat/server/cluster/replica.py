@@ -44,7 +44,7 @@ from collections import deque
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any, Protocol, cast
+from typing import Any, Protocol
 
 from twisted.internet.task import Clock
 
@@ -196,7 +196,65 @@ class _Silent:
 _SILENT = _Silent()
 
 
-class _SyncFirst:
+class _Forward:
+    """
+    A hub listener that passes every event on to C{listener}, each after
+    L{_before}; the wrappers below change what they must.  Written out, not
+    forwarded by C{__getattr__}, so that mypy checks it against L{Listener}.
+    """
+
+    def __init__(self, listener: Listener) -> None:
+        self.listener = listener
+
+    def _before(self) -> None:
+        """Called before an event is passed on."""
+
+    def roster_changing(self) -> None:
+        self._before()
+        self.listener.roster_changing()
+
+    def ready(self, user: User) -> None:
+        self._before()
+        self.listener.ready(user)
+
+    def joined(self, ts: float, user: User) -> None:
+        self._before()
+        self.listener.joined(ts, user)
+
+    def left(self, ts: float, user: User, reason: str, text: str) -> None:
+        self._before()
+        self.listener.left(ts, user, reason, text)
+
+    def lobby_message(self, entry: Entry) -> None:
+        self._before()
+        self.listener.lobby_message(entry)
+
+    def private_message(self, ts: float, sender: User, recipient: User, text: str) -> None:
+        self._before()
+        self.listener.private_message(ts, sender, recipient, text)
+
+    def invited(self, invitation: Invitation) -> None:
+        self._before()
+        self.listener.invited(invitation)
+
+    def paired(self, user: User, partner: User) -> None:
+        self._before()
+        self.listener.paired(user, partner)
+
+    def unpaired(self, user: User, partner: User, reason: str, missed: Sequence[Entry]) -> None:
+        self._before()
+        self.listener.unpaired(user, partner, reason, missed)
+
+    def declined(self, inviter: User, invitee: User, reason: str) -> None:
+        self._before()
+        self.listener.declined(inviter, invitee, reason)
+
+    def cancelled(self, invitee: User, inviter: User, reason: str) -> None:
+        self._before()
+        self.listener.cancelled(invitee, inviter, reason)
+
+
+class _SyncFirst(_Forward):
     """
     The hub's listener after a C{hello}'s quiet change (L{Replica._quietly}):
     the listener was not told of it, so what it built from the hub (the user
@@ -207,15 +265,14 @@ class _SyncFirst:
     """
 
     def __init__(self, replica: Replica, listener: Listener) -> None:
+        super().__init__(listener)
         self.replica = replica
-        self.listener = listener
 
-    def __getattr__(self, name: str) -> Any:
+    def _before(self) -> None:
         self.replica._synced()
-        return getattr(self.listener, name)
 
 
-class _NotShownLeaving:
+class _NotShownLeaving(_Forward):
     """
     The hub's listener while a user leaves whom this node's users were not
     shown online (after a rebuild, L{Replica.shown}: they were shown its
@@ -227,23 +284,21 @@ class _NotShownLeaving:
     """
 
     def __init__(self, replica: Replica, listener: Listener, user: User) -> None:
+        super().__init__(listener)
         self._replica = replica
-        self._listener = listener
         self._user = user
 
-    def __getattr__(self, name: str) -> Any:
+    def _before(self) -> None:
         self._replica._synced()
-        return getattr(self._listener, name)
 
     def left(self, ts: float, user: User, reason: str, text: str) -> None:
         if user is self._user:
             self._replica._hushed = True  # the index learns of it by a reindex
             return
-        self._replica._synced()
-        self._listener.left(ts, user, reason, text)
+        super().left(ts, user, reason, text)
 
 
-class _Between:
+class _Between(_Forward):
     """
     A hub listener that passes everything on but what two users, C{a} and
     C{b}, are told of each other while a pair of theirs is brought back
@@ -253,35 +308,32 @@ class _Between:
     """
 
     def __init__(self, listener: Listener, a: User, b: User, quiet: bool) -> None:
-        self._listener = listener
+        super().__init__(listener)
         self._two = {a, b}
         self._quiet = quiet
 
     def _theirs(self, one: User, other: User) -> bool:
         return {one, other} == self._two
 
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._listener, name)  # what is not held back below
-
     def invited(self, invitation: Invitation) -> None:
         if not self._theirs(invitation.inviter, invitation.invitee):
-            self._listener.invited(invitation)
+            super().invited(invitation)
 
     def paired(self, user: User, partner: User) -> None:
         if not (self._quiet and self._theirs(user, partner)):
-            self._listener.paired(user, partner)
+            super().paired(user, partner)
 
     def unpaired(self, user: User, partner: User, reason: str, missed: Sequence[Entry]) -> None:
         if not self._theirs(user, partner):
-            self._listener.unpaired(user, partner, reason, missed)
+            super().unpaired(user, partner, reason, missed)
 
     def declined(self, inviter: User, invitee: User, reason: str) -> None:
         if not self._theirs(inviter, invitee):
-            self._listener.declined(inviter, invitee, reason)
+            super().declined(inviter, invitee, reason)
 
     def cancelled(self, invitee: User, inviter: User, reason: str) -> None:
         if not self._theirs(invitee, inviter):
-            self._listener.cancelled(invitee, inviter, reason)
+            super().cancelled(invitee, inviter, reason)
 
 
 class Answers(Protocol):
@@ -520,7 +572,7 @@ class Replica:
             hub.leave(user, reason, text)
         else:
             listener = self._unwrapped()
-            hub.listener = cast(Listener, _NotShownLeaving(self, listener, user))
+            hub.listener = _NotShownLeaving(self, listener, user)
             try:
                 hub.leave(user, reason, text)
             finally:
@@ -790,7 +842,7 @@ class Replica:
             self._synced()  # what it says out loud needs the listener's picture
         listener = self._unwrapped()
         listener.roster_changing()
-        hub.listener = cast(Listener, _Between(listener, a, b, quiet))
+        hub.listener = _Between(listener, a, b, quiet)
         if quiet:
             self._hushed = True  # the index learns of the pairing by a reindex
         try:
@@ -864,7 +916,7 @@ class Replica:
 
     def _after_quiet(self, listener: Listener) -> Listener:
         """The hub's listener after a quiet change: L{_SyncFirst}."""
-        return cast(Listener, _SyncFirst(self, listener))
+        return _SyncFirst(self, listener)
 
     def _unwrapped(self) -> Listener:
         """The hub's listener, a pending L{_SyncFirst} taken off (not run)."""
