@@ -168,7 +168,6 @@ class ChatClient(SkipLongLines):
         self._quit_timer: IDelayedCall | None = None
         self._greeting_timer: IDelayedCall | None = None
         self._read_after_bye = 0  # bytes read after BYE while stdout was full
-        self._greeted = False  # the server asked for a nickname (or said who we are)
         # The password prompt, and /register and /passwd.
         self.passwords = Passwords(self)
         # NICK, and PASS, until READY.
@@ -267,7 +266,6 @@ class ChatClient(SkipLongLines):
         self.close_now()
 
     def _greeting_done(self) -> None:
-        self._greeted = True
         if self._greeting_timer is not None and self._greeting_timer.active():
             self._greeting_timer.cancel()
         self._greeting_timer = None
