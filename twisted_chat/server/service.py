@@ -17,7 +17,7 @@ import socket
 import sys
 from collections.abc import Callable
 from types import TracebackType
-from typing import Any
+from typing import Any, TypeVar
 
 from prometheus_client.registry import CollectorRegistry
 from twisted.application.internet import StreamServerEndpointService
@@ -46,6 +46,8 @@ from twisted_chat.server.login import Accounts, LoginLimits, PasswordWork, Share
 from twisted_chat.server.sendqueue import send_loop
 from twisted_chat.server.store import SQLiteStore, StoreError
 from twisted_chat.wire import DEFAULT_PORT
+
+_T = TypeVar("_T")
 
 
 def _endpoint(description: str) -> str:
@@ -104,12 +106,17 @@ def _named(parameters: list[list[Any]]) -> list[list[Any]]:
     return named
 
 
+def _parsed(name: str, parse: Callable[[str], _T], value: str) -> _T:
+    """C{parse(value)}; its C{ValueError} is a usage error naming C{--name}."""
+    try:
+        return parse(value)
+    except ValueError as e:
+        raise usage.UsageError(f"--{name}: {e}") from None
+
+
 def _naming(name: str, coerce: Callable[[str], Any]) -> Callable[[str], Any]:
     def named(value: str) -> Any:
-        try:
-            return coerce(value)
-        except ValueError as e:
-            raise usage.UsageError(f"--{name}: {e}") from None
+        return _parsed(name, coerce, value)
 
     named.__dict__.update(coerce.__dict__)  # coerceDoc, kind
     return named
@@ -314,10 +321,7 @@ class Options(usage.Options):
 
     def opt_exempt(self, cidr: str) -> None:
         """An address or CIDR block (e.g. 192.0.2.10, 2001:db8::/48) without any per-address limit: --max-per-ip, connection, registration and lobby rates, handshaking connections. For a bouncer, a NAT gateway, a benchmark. Repeatable. Nothing is exempt by default, loopback included."""  # noqa: E501
-        try:
-            self["exempt"].append(str(parse_network(cidr)))
-        except ValueError as e:
-            raise usage.UsageError(f"--exempt: {e}") from None
+        self["exempt"].append(str(_parsed("exempt", parse_network, cidr)))
 
     def opt_port(self, description: str) -> None:
         """Where to listen: a bare port number (TCP) or any Twisted endpoint, e.g. tcp:7000:interface=127.0.0.1, ssl:7443:privateKey=server.pem, unix:/tmp/chat.sock. Repeatable. [default: 7000]"""  # noqa: E501
@@ -333,28 +337,19 @@ class Options(usage.Options):
         """An origin (scheme://host[:port]) whose pages may open the WebSocket besides the page's own, or * for any. Repeatable."""  # noqa: E501
         from twisted_chat.web.config import parse_origin
 
-        try:
-            self["web-origins"].append(parse_origin(origin))
-        except ValueError as e:
-            raise usage.UsageError(f"--web-origin: {e}") from None
+        self["web-origins"].append(_parsed("web-origin", parse_origin, origin))
 
     def opt_web_host(self, name: str) -> None:
         """A host name (or IP address) the web port answers to, e.g. chat.example.org; requests for any other Host get 421, the WebSocket included (against DNS rebinding). Repeatable. [default: any]"""  # noqa: E501
         from twisted_chat.web.config import parse_web_host
 
-        try:
-            self["web-hosts"].append(parse_web_host(name))
-        except ValueError as e:
-            raise usage.UsageError(f"--web-host: {e}") from None
+        self["web-hosts"].append(_parsed("web-host", parse_web_host, name))
 
     def opt_trust_proxy(self, proxies: str) -> None:
         """A reverse proxy (address or network, e.g. 127.0.0.1 or 10.0.0.0/8; comma-separated) whose X-Forwarded-For names the web client's address for per-address limits. Repeatable."""  # noqa: E501
         from twisted_chat.web.config import parse_networks
 
-        try:
-            parse_networks([proxies])
-        except ValueError as e:
-            raise usage.UsageError(f"--trust-proxy: {e}") from None
+        _parsed("trust-proxy", lambda value: parse_networks([value]), proxies)  # checked
         self["trust-proxy"].append(proxies)
 
     def postOptions(self) -> None:
