@@ -29,6 +29,8 @@ Inside out (docs/fanout.md, "Module layout"):
   - L{store}: durable lobby history in SQLite, written by a thread of its own;
   - L{accounts}: the accounts file (salted scrypt hashes), no reactor in it;
   - L{metrics}: the Prometheus counters and collector;
+  - L{httpports}: what the two HTTP ports (C{--metrics}, C{--web}) share:
+    a request that announces a body is refused unread;
   - L{logs}: the C{--log-level} filter every logger goes through, and the
     limiter of an address's repeated lines;
   - L{descriptors}: fitting C{--max-clients} to the file descriptor limit;

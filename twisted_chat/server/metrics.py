@@ -21,7 +21,6 @@ from __future__ import annotations
 import bisect
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
-from io import BytesIO
 from typing import Any
 
 from prometheus_client.core import (
@@ -258,51 +257,29 @@ def metrics_site(registry: CollectorRegistry, reactor: Any = None,
     """
     # Imported here: prometheus_client.twisted imports the global reactor.
     from prometheus_client.twisted import MetricsResource
-    from twisted.web.http import HTTPChannel
     from twisted.web.resource import Resource
-    from twisted.web.server import Request, Site
+    from twisted.web.server import Site
 
-    class MetricsRequest(Request):
-        """A scrape has no body: a request that announces one (a length
-        other than 0, or chunked) is refused before any of it is read, as
-        on the web port; Twisted would otherwise spool it to a file."""
+    from twisted_chat.server.httpports import BodilessRequest, RefusingChannel
 
-        def gotLength(self, length: int | None) -> None:
-            if length == 0:
-                super().gotLength(length)
-                return
-            self.content = BytesIO()  # stays empty
-            channel: Any = self.channel
-            channel.refuse()
+    class MetricsRequest(BodilessRequest):
+        """A scrape has no body: one announced is refused unread, as on the
+        web port."""
 
-    class MetricsChannel(HTTPChannel):
+        def body_refusal(self) -> bytes:
+            return _BODY_REFUSED
+
+    class MetricsChannel(RefusingChannel):
         """One metrics connection: counted by its site while it is open,
-        aborted C{timeout} seconds after its accept."""
+        aborted C{timeout} seconds after its accept (which also ends a
+        refusal's close that the peer holds up)."""
 
         site: MetricsSite
         _deadline: Any = None
-        _refused = False
 
         def connectionMade(self) -> None:
             super().connectionMade()
             self._deadline = self.callLater(self.site.lifetime, self._expired)
-
-        def dataReceived(self, data: bytes) -> None:
-            if not self._refused:
-                super().dataReceived(data)
-            if self._refused:
-                self.clearLineBuffer()  # the rest of the read it came in
-
-        def refuse(self) -> None:
-            """Answer 413 to the request being received and close, reading
-            nothing more (the deadline aborts a close the peer holds up)."""
-            transport: Any = self.transport
-            if self._refused or transport is None:
-                return
-            self._refused = True
-            self.persistent = False
-            transport.write(_BODY_REFUSED)
-            transport.loseConnection()
 
         def _expired(self) -> None:
             self._deadline = None

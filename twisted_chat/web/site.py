@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import re
 from importlib import resources
-from io import BytesIO
 from pathlib import Path
 from typing import Any
 
@@ -37,6 +36,7 @@ from twisted_chat.server import logs
 from twisted_chat.server.addresses import Refused
 from twisted_chat.server.closing import close_within
 from twisted_chat.server.factory import ChatFactory
+from twisted_chat.server.httpports import BodilessRequest, RefusingChannel
 from twisted_chat.web.admission import WebGate
 from twisted_chat.web.config import WebConfig, host_allowed
 from twisted_chat.web.gateway import ChatWebSocketFactory
@@ -113,7 +113,7 @@ def _refusal(status: bytes, host: str | None, allow: bool, head: bool = False) -
 KEEPALIVE_IDLE = 5.0
 
 
-class _Channel(http.HTTPChannel):
+class _Channel(RefusingChannel):
     """
     One HTTP connection to the web port: counted by the site's L{WebGate}
     from its accept until it closes or upgrades to the WebSocket, and
@@ -130,7 +130,6 @@ class _Channel(http.HTTPChannel):
     _idle: IDelayedCall | None = None
     # The abort of a refused request's close, if the peer does not complete it.
     _grace: IDelayedCall | None = None
-    _refused = False
     _requests = 0
     # The transport the WebSocket took over (the channel's own is None then).
     taken: Any = None
@@ -162,12 +161,9 @@ class _Channel(http.HTTPChannel):
         self.site.gate.release(self)
 
     def dataReceived(self, data: bytes) -> None:
-        if self._refused:
-            return  # under TLS, reading goes on until the peer's close_notify
-        self._stop_idle()
+        if not self._refused:
+            self._stop_idle()
         super().dataReceived(data)
-        if self._refused:
-            self.clearLineBuffer()  # the rest of the read the refused request came in
 
     def checkPersistence(self, request: Any, version: bytes) -> bool:
         """Kept alive for at most L{MAX_REQUESTS} requests."""
@@ -178,16 +174,10 @@ class _Channel(http.HTTPChannel):
             return False
         return persistent
 
-    def refuse(self, response: bytes) -> None:
-        """Answer C{response} to the request being received and close,
-        reading nothing more, as a refused chat connection does (the close
-        then an abort: L{close_within})."""
+    def close_refused(self) -> None:
+        """As a refused chat connection closes: the close, then an abort
+        (L{close_within})."""
         transport: Any = self.transport
-        if self._refused or transport is None:
-            return
-        self._refused = True
-        self.persistent = False
-        transport.write(response)
         self._grace = close_within(transport, self.site.reactor,
                                    self.site.chat.config.close_grace, self.loseConnection)
 
@@ -266,7 +256,7 @@ class _Socket(WebSocketResource):
         return WebSocketResource(_Handover(self._gateway, channel)).render(request)
 
 
-class _Request(server.Request):
+class _Request(BodilessRequest):
     """
     A request whose response, whatever it is (404s included), is secured;
     one whose C{Host} is not one of C{--web-host}'s gets C{421}, whatever
@@ -277,25 +267,17 @@ class _Request(server.Request):
     ranges of C{0-} were 12 MB for a 1 kB request).
     """
 
-    def gotLength(self, length: int | None) -> None:
-        """The headers are in: a body (a length other than 0; C{None} is
-        chunked) is refused before any of it is read or buffered."""
-        if length == 0:
-            super().gotLength(length)
-            return
-        self.content = BytesIO()  # stays empty
+    def body_refusal(self) -> bytes:
+        """C{405} for a method other than C{GET} and C{HEAD}, else C{413}."""
         # allHeadersReceived answers this after gotLength: no "100 Continue"
         # after the refusal.
         self.requestHeaders.removeHeader(b"expect")
-        channel: Any = self.channel
-        method = getattr(channel, "_command", None)  # not given to the request yet
+        method = getattr(self.channel, "_command", None)  # not given to the request yet
         allowed = method in (b"GET", b"HEAD")
         status = b"413 Content Too Large" if allowed else b"405 Method Not Allowed"
         raw = self.getHeader(b"host")
-        response = _refusal(status, raw.decode("latin-1") if raw else None, not allowed,
-                            head=method == b"HEAD")
-        if isinstance(channel, _Channel):
-            channel.refuse(response)
+        return _refusal(status, raw.decode("latin-1") if raw else None, not allowed,
+                        head=method == b"HEAD")
 
     def process(self) -> None:
         self.requestHeaders.removeHeader(b"range")
