@@ -6,9 +6,12 @@ twisted_chat.server.login).
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sqlite3
 import stat
+import subprocess
+import sys
 import threading
 from pathlib import Path
 from typing import Any
@@ -131,31 +134,175 @@ def test_reads_do_not_create_the_file(tmp_path: Path) -> None:
     assert not path.exists()
 
 
-def test_file_is_private_wal_and_held_by_nobody(tmp_path: Path) -> None:
+def test_file_is_private_and_held_by_nobody(tmp_path: Path) -> None:
     """
-    The design: the file is opened per operation (nothing holds it), in WAL
-    mode, readable by its owner only; another process's change is seen by
-    the next read.
+    The design: the file is opened per operation (nothing holds it), in the
+    rollback journal (a read creates no file), readable by its owner only;
+    another process's change is seen by the next read.
     """
     path = tmp_path / "chat.accounts.sqlite3"
     server = AccountStore(str(path))
     server.check()
     assert stat.S_IMODE(path.stat().st_mode) == 0o600
-    with sqlite3.connect(path) as conn:
-        assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
-    # "The operator's tool", another store on the same file, adds an account
-    # while an outside reader holds a read transaction open: WAL lets both on.
-    reader = sqlite3.connect(path)
-    reader.execute("BEGIN")
-    reader.execute("SELECT count(*) FROM accounts").fetchone()
+    with contextlib.closing(sqlite3.connect(path)) as conn:
+        assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "delete"
+    # "The operator's tool", another store on the same file, adds an account:
+    # the very next read sees it.
     AccountStore(str(path)).add("alice", "h")
-    assert server.exists("alice")  # the very next read sees it
-    reader.close()
+    assert server.exists("alice")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["chat.accounts.sqlite3"]
     # Nothing keeps the file open: an exclusive lock can be taken at once.
     probe = sqlite3.connect(path, timeout=0)
     probe.execute("BEGIN EXCLUSIVE")
     probe.rollback()
     probe.close()
+
+
+_READ_WITH_NO_ROOM = """
+import os, resource, signal, sys
+from twisted_chat.server.accounts import AccountStore
+store = AccountStore(sys.argv[1])
+# No file may grow past the accounts file's size: as on a full disk, no
+# -wal, -shm or -journal can be made.
+signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+size = os.path.getsize(sys.argv[1])
+resource.setrlimit(resource.RLIMIT_FSIZE, (size, resource.RLIM_INFINITY))
+account = store.get("alice")
+print(account.nick if account else None, store.get("carol"))
+"""
+
+
+def _read_with_no_room(path: Path) -> subprocess.CompletedProcess[str]:
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path))
+    return subprocess.run([sys.executable, "-c", _READ_WITH_NO_ROOM, str(path)], env=env,
+                          capture_output=True, text=True, timeout=60)
+
+
+def test_lookups_need_no_room_on_the_disk(tmp_path: Path) -> None:
+    """
+    On a full disk every login failed, even of nicks with no account: in WAL
+    mode, the first connection after the last one closed must create the
+    -wal and -shm files (32 KiB), and nothing was left open.  In the
+    rollback journal a read creates nothing.  The full disk is a limit on
+    the size of any file the reading process writes (RLIMIT_FSIZE).
+    """
+    path = tmp_path / "chat.accounts.sqlite3"
+    store = AccountStore(str(path))
+    store.check()
+    store.add("Alice", "h")
+    done = _read_with_no_room(path)
+    assert (done.returncode, done.stdout, done.stderr) == (0, "Alice None\n", "")
+
+
+def test_a_file_made_in_wal_mode_leaves_it(tmp_path: Path) -> None:
+    """Files made before were in WAL mode: the next use takes them out of it,
+    after which lookups need no room either."""
+    path = tmp_path / "chat.accounts.sqlite3"
+    AccountStore(str(path)).add("Alice", "h")
+    with contextlib.closing(sqlite3.connect(path, isolation_level=None)) as conn:
+        assert conn.execute("PRAGMA journal_mode=WAL").fetchone()[0] == "wal"
+    assert "disk I/O error" in _read_with_no_room(path).stderr  # what the review saw
+    assert AccountStore(str(path)).exists("alice")
+    with contextlib.closing(sqlite3.connect(path)) as conn:
+        assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "delete"
+    assert _read_with_no_room(path).stdout == "Alice None\n"
+
+
+def test_a_file_never_seen_may_be_missing_or_empty_no_accounts_yet(tmp_path: Path) -> None:
+    """Before the first account (the tool's first add; a server's first
+    start, whose check makes the file), there are no accounts."""
+    path = tmp_path / "chat.accounts.sqlite3"
+    assert AccountStore(str(path)).get("alice") is None
+    assert not path.exists()
+    path.write_bytes(b"")
+    assert AccountStore(str(path)).get("alice") is None
+    assert AccountStore(str(path)).list() == []
+    assert path.read_bytes() == b""  # a read makes no schema
+    store = AccountStore(str(path))
+    store.add("alice", "h")  # made now
+    assert store.exists("alice") and store.known
+    # A server's start says whether it made the file (the log says so).
+    path.unlink()
+    assert AccountStore(str(path)).check() is True
+    path.write_bytes(b"")
+    assert AccountStore(str(path)).check() is True
+    assert AccountStore(str(path)).check() is False
+    assert AccountStore(":memory:").check() is False
+
+
+def _gone(path: Path) -> None:
+    path.rename(path.with_name("moved-away"))
+
+
+def _emptied(path: Path) -> None:
+    path.write_bytes(b"")
+
+
+def _replaced(path: Path) -> None:
+    path.unlink()
+    with contextlib.closing(sqlite3.connect(path)) as conn:
+        conn.execute("CREATE TABLE t (x)")
+
+
+def _folder_replaced_by_a_file(path: Path) -> None:
+    """A stat error other than 'no such file' (ENOTDIR): os.path.exists said
+    false for these too."""
+    path.parent.rename(path.parent.with_name("moved-away"))
+    path.parent.write_bytes(b"")
+
+
+@pytest.mark.parametrize(("change", "error"), [
+    (_gone, "it is gone"),
+    (_emptied, "it has no accounts table"),
+    (_replaced, "not a twisted-chat accounts file"),
+    (_folder_replaced_by_a_file, "cannot reach accounts file"),
+])
+def test_a_file_once_seen_never_reads_as_no_accounts(
+    tmp_path: Path, change: Any, error: str
+) -> None:
+    """
+    A server's store, once it has seen its accounts file, fails every
+    operation when the file goes, is emptied or replaced, or cannot be
+    looked at: before, it read "no accounts" (every protected nick free
+    to anyone), and a REGISTER made a new file.
+    """
+    folder = tmp_path / "data"
+    folder.mkdir()
+    path = folder / "chat.accounts.sqlite3"
+    AccountStore(str(path)).add("alice", "h")
+    server = AccountStore(str(path))
+    server.check()
+    assert server.known and server.exists("alice")
+    change(path)
+    after = sorted(p.name for p in tmp_path.rglob("*"))
+    for operation in (lambda: server.get("alice"), lambda: server.add("mallory", "h2"),
+                      lambda: server.set_hash("alice", "h2"), server.list, server.count,
+                      server.check):
+        with pytest.raises(AccountStoreError, match=error):
+            operation()
+    assert sorted(p.name for p in tmp_path.rglob("*")) == after  # nothing made
+
+
+def test_a_file_denied_to_the_server_is_an_error(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """EACCES on its folder (a wrong chmod; root is never denied, so the
+    denial is put in os.stat): an error, not a missing file."""
+    path = tmp_path / "chat.accounts.sqlite3"
+    server = AccountStore(str(path))
+    server.check()
+    real = os.stat
+
+    def denied(name: Any, *args: Any, **kwargs: Any) -> Any:
+        if os.fspath(name) == str(path):
+            raise PermissionError(13, "Permission denied", str(path))
+        return real(name, *args, **kwargs)
+
+    monkeypatch.setattr(os, "stat", denied)
+    with pytest.raises(AccountStoreError, match=r"cannot reach accounts file .*Permission denied"):
+        server.get("alice")
+    with pytest.raises(AccountStoreError, match="Permission denied"):
+        AccountStore(str(path)).get("alice")  # never seen: still not "missing"
 
 
 def test_not_an_accounts_file_is_refused(tmp_path: Path) -> None:

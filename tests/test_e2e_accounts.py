@@ -108,6 +108,52 @@ def test_operator_changes_count_at_next_login_while_running(
     assert free.readline() == "READY bob"  # no account: no password
 
 
+def test_an_accounts_file_that_goes_while_running_fails_closed(
+    tmp_path: Path, chat_server: Start, connect: Connect
+) -> None:
+    """Moved away (a backup script) or emptied while the server runs: the
+    nick was anyone's, and a REGISTER made a new file.  Now its password
+    is asked and cannot be checked, REGISTER stores nothing, and the log
+    says why; the file back, all is as before."""
+    server = chat_server()
+    tool(tmp_path, "add", "alice", stdin=f"{PW}\n")
+    path = tmp_path / "chat.accounts.sqlite3"
+    kept = path.read_bytes()
+    dave = hello(connect, server.port)  # online since before, with no account
+    dave.send("NICK dave")
+    assert dave.readline() == "READY dave"
+    dave.expect("USERS ")
+    for name, change in (("moved", lambda: path.rename(tmp_path / "moved-away")),
+                         ("emptied", lambda: path.write_bytes(b""))):
+        change()
+        client, answer = attempt(connect, server.port, "alice", PW)
+        assert answer.startswith("RETRY bad-password the server could not check "), name
+        bob = hello(connect, server.port)
+        bob.send("NICK bob")
+        assert bob.readline() == "PASS bob"  # it might have an account
+        dave.send(f"REGISTER {PW}")
+        assert dave.expect("ERROR") == ("ERROR not-registered the server could not store the "
+                                        "password now; try again later")
+        client.send("NICK carol")
+        assert client.readline() == "PASS carol"
+        for c in (client, bob):
+            c.send("BYE")
+            c.expect("BYE quit")
+        assert not path.exists() or path.read_bytes() == b"", name
+        path.write_bytes(kept)  # restored
+        log_in(connect, server.port, "alice", PW).send("BYE")
+    server.stop()
+    log = server.log()
+    # At its start there was no file: a first start, said in the log.
+    assert f"no accounts file at {path.name}: made an empty one" in log
+    assert log.count("no accounts file at") == 1  # never made again while it ran
+    assert "[twisted_chat.server.login#error] could not look up the account of bob: " \
+        "cannot use accounts file" in log
+    assert "it is gone (moved or deleted since the server saw it)" in log
+    assert "it has no accounts table" in log
+    assert server.problems() == []
+
+
 def test_register_beyond_max_accounts_is_server_full(
     tmp_path: Path, chat_server: Start, connect: Connect
 ) -> None:

@@ -1130,6 +1130,62 @@ def test_one_server_fails_closed_on_an_unreadable_file_pass_is_bad_password(
     unchecked_passwords_are_not_failures(h, f"RETRY bad-password {UNCHECKED_TEXT}")
 
 
+def gone_harness(mode: Mode, tmp_path: Path) -> tuple[Harness, Path]:
+    """One server whose accounts file (with alice's account) was there at
+    start-up (its check), and has gone since."""
+    path = tmp_path / "chat.accounts.sqlite3"
+    store = AccountStore(str(path))
+    store.check()
+    h = harness(mode, store=store)
+    add(h, "alice")
+    path.rename(tmp_path / "moved-away")
+    return h, path
+
+
+@pytest.mark.parametrize("mode", [Mode.OPEN, Mode.REQUIRED])
+def test_one_server_fails_closed_when_its_file_has_gone(mode: Mode, tmp_path: Path) -> None:
+    """
+    The file moved away (a backup script), emptied, or out of the server's
+    reach: it read as "no accounts", so alice's nick was anyone's, with
+    nothing in the log, and a REGISTER made a new file with the taker's
+    account.  Now it is the unreadable file's answer, logged as an error.
+    """
+    h, path = gone_harness(mode, tmp_path)
+    events: list[LogEvent] = []
+    globalLogPublisher.addObserver(events.append)
+    try:
+        conn = fresh(h)
+        conn.send("NICK alice")
+        assert conn.take() == ["PASS alice"]
+        conn.send(f"PASS {PW}")
+        assert conn.take() == [f"RETRY bad-password {UNCHECKED_TEXT}"]
+        assert conn.user is None and "alice" not in h.factory.hub.online
+        if mode is Mode.OPEN:
+            bob = fresh(h)
+            bob.send("NICK bob")
+            assert bob.take() == ["PASS bob"]  # bob might have an account too
+    finally:
+        globalLogPublisher.removeObserver(events.append)
+    errors = [formatEvent(e) for e in events if e["log_level"].name == "error"]
+    assert errors and all("it is gone" in text for text in errors), errors
+    assert not path.exists()
+
+
+def test_one_server_register_when_its_file_has_gone_makes_no_new_file(
+        tmp_path: Path) -> None:
+    h, path = gone_harness(Mode.OPEN, tmp_path)
+    # Online as carol while the file was there (no account: READY at once).
+    (tmp_path / "moved-away").rename(path)
+    carol = fresh(h)
+    carol.send("NICK carol")
+    assert carol.take()[0] == "READY carol"
+    path.rename(tmp_path / "moved-away")
+    carol.send(f"REGISTER {PW}")
+    assert carol.take() == [
+        "ERROR not-registered the server could not store the password now; try again later"]
+    assert not path.exists()
+
+
 def test_the_books_say_which_answer_they_want() -> None:
     assert SQLiteBook.retry_unavailable is False
     assert RedisBook.retry_unavailable is True

@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import argparse
 import getpass
-import os
 import sys
 import time
 from collections.abc import Callable, Coroutine, Sequence
@@ -217,7 +216,7 @@ def run(argv: Sequence[str], stdin: TextIO, stdout: TextIO, stderr: TextIO) -> N
                 raise Failed(f"--redis: {e}") from None
             if args.command == "import":
                 path = accounts_path(args.db)
-                if args.db == MEMORY or not os.path.exists(path):
+                if args.db == MEMORY or AccountStore(path).missing():
                     raise Failed(f"no accounts file {path!r} to import")
                 accounts = AccountStore(path).list()
                 _on_redis(args.redis, lambda book: _import(book, accounts, stdout))
@@ -231,7 +230,8 @@ def run(argv: Sequence[str], stdin: TextIO, stdout: TextIO, stderr: TextIO) -> N
         if args.db == MEMORY:
             raise Failed(":memory: has no accounts file: accounts made now would be lost")
         path = accounts_path(args.db)
-        if args.command != "add" and not os.path.exists(path):
+        store = AccountStore(path)
+        if args.command != "add" and store.missing():
             # Only add makes the file.  Saying "no accounts" (an empty list,
             # "has no account") would hide a mistyped --db; and the file is
             # not made here.
@@ -239,7 +239,7 @@ def run(argv: Sequence[str], stdin: TextIO, stdout: TextIO, stderr: TextIO) -> N
                        "(is that the server's --db? only add makes the file)")
             raise Failed(f"{nick} has no account: {missing}" if nick else missing)
         # The file, inline: every call has its answer when it returns.
-        book = SQLiteBook(AccountStore(path), defer.execute)
+        book = SQLiteBook(store, defer.execute)
         done: list[object] = []
         defer.ensureDeferred(_command(
             book, args.command, nick, lambda: read_password(stdin, stderr), stdout,

@@ -15,10 +15,12 @@ program.  Accounts must be changeable by the operator while the server runs,
 so they live in a file of their own beside it, the I{accounts file}
 (L{accounts_path}: C{chat.sqlite3} -> C{chat.accounts.sqlite3}), and that
 file is never held open: every lookup or change opens it, does one short
-transaction and closes it.  The file is in WAL mode with a busy timeout, so
-the server and the tool can both use it at any time, and a change the tool
-commits is what the server reads at the very next login, without a restart
-or a signal.  The history store's locking stays exactly as it was.
+transaction and closes it.  The file is in SQLite's rollback journal with a
+busy timeout, so the server and the tool can both use it at any time (each
+waits out the other's short transaction), a read creates no file (it needs
+no room on the disk: see L{_leave_wal}), and a change the tool commits is
+what the server reads at the very next login, without a restart or a
+signal.  The history store's locking stays exactly as it was.
 
 Opening the file per check costs well under a millisecond, next to the
 50 ms the password hash takes on purpose.
@@ -51,6 +53,7 @@ import secrets
 import sqlite3
 import threading
 import time
+import urllib.parse
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -209,6 +212,27 @@ _SCHEMA = (
     " changed REAL NOT NULL)"
 )
 MEMORY = ":memory:"
+# Why a file this store knows cannot be used (AccountStore).
+GONE = ("it is gone (moved or deleted since the server saw it): no login with a password, "
+        "and no REGISTER, until it is back")
+EMPTIED = ("it has no accounts table (emptied since it was seen as an accounts file?): no "
+           "login with a password, and no REGISTER, until it is restored")
+
+
+def _leave_wal(conn: sqlite3.Connection) -> None:
+    """
+    Take a file out of WAL mode (files made before used it), best effort:
+    in WAL mode, the first connection after the last one closed must create
+    the C{-wal} and C{-shm} files, so on a full disk nobody could even be
+    looked up; in the rollback journal a read creates no file.  Changing
+    needs the file to itself: when another process has it open, left for
+    a later connection.
+    """
+    try:
+        if conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal":
+            conn.execute("PRAGMA journal_mode=DELETE")
+    except sqlite3.OperationalError:
+        pass
 
 
 def accounts_path(db: str) -> str:
@@ -230,6 +254,15 @@ class AccountStore:
     right after (see the module's docstring), so that any number of processes
     may use it; safe to call from any thread.  C{:memory:} keeps them in one
     in-process connection instead (gone when the server stops).
+
+    A store that has not seen its file yet reads a missing or empty one as
+    "no accounts yet" (the operator's tool before the first C{add}; a
+    server's first start, whose L{check} makes it).  Once it has seen the
+    file as an accounts file (L{check}, or any operation), the file must
+    stay one: gone, out of reach, emptied or replaced by something else, it
+    is an L{AccountStoreError} for every operation, never "no accounts", so
+    the server fails closed (see docs/accounts.md, "When the file cannot be
+    used").
     """
 
     busy_timeout = 5.0
@@ -238,31 +271,59 @@ class AccountStore:
         self.path = path
         self._memory: sqlite3.Connection | None = None
         self._memory_lock = threading.Lock()
+        # Whether this store has seen the file with an accounts file's header.
+        self.known = False
+        self._made = False  # whether it gave the file its schema
         if path == MEMORY:
             self._memory = sqlite3.connect(MEMORY, check_same_thread=False)
             self._memory.execute(_SCHEMA)
+            self.known = True
 
     @classmethod
     def for_db(cls, db: str) -> AccountStore:
         """The accounts of the server whose history is C{db} (L{accounts_path})."""
         return cls(accounts_path(db))
 
-    def _fail(self, what: str, e: BaseException) -> AccountStoreError:
+    def _fail(self, what: str, e: BaseException | str) -> AccountStoreError:
         return AccountStoreError(f"cannot {what} accounts file {self.path!r}: {e}")
+
+    def _connect(self) -> sqlite3.Connection:
+        """A connection to the file, which must exist: C{mode=rw} never
+        creates it (a seam for tests)."""
+        uri = "file:" + urllib.parse.quote(self.path) + "?mode=rw"
+        return sqlite3.connect(uri, uri=True, timeout=self.busy_timeout, isolation_level=None)
+
+    def missing(self) -> bool:
+        """
+        Whether the file is not there (only ENOENT: a file that cannot be
+        looked at, EACCES on its folder, is not a missing file).
+
+        @raise AccountStoreError: it cannot be looked at.
+        """
+        try:
+            os.stat(self.path)
+        except FileNotFoundError:
+            return True
+        except OSError as e:
+            raise self._fail("reach", e) from None
+        return False
 
     @contextlib.contextmanager
     def _transaction(
         self, *, create: bool, write: bool
     ) -> Iterator[sqlite3.Connection | None]:
         """
-        One short transaction on a fresh connection (C{None}: no file yet and
-        C{create} is false, so there are no accounts).
+        One short transaction on a fresh connection (C{None}: no accounts
+        yet, a file this store never saw is missing or empty, and C{create}
+        is false).
         """
         if self._memory is not None:
             with self._memory_lock, self._memory:
                 yield self._memory
             return
-        if not os.path.exists(self.path):
+        if self.missing():
+            if self.known:
+                raise self._fail("use", GONE)
             if not create:
                 yield None
                 return
@@ -272,15 +333,19 @@ class AccountStore:
             except OSError as e:
                 raise self._fail("create", e) from None
         try:
-            conn = sqlite3.connect(self.path, timeout=self.busy_timeout, isolation_level=None)
+            conn = self._connect()
         except sqlite3.Error as e:
             raise self._fail("open", e) from None
         try:
             try:
-                self._prepare(conn)
-                conn.execute("BEGIN IMMEDIATE" if write else "BEGIN")
+                usable = self._prepare(conn, create)
+                if usable:
+                    conn.execute("BEGIN IMMEDIATE" if write else "BEGIN")
             except sqlite3.DatabaseError as e:
                 raise self._fail("use", e) from None
+            if not usable:
+                yield None
+                return
             try:
                 yield conn
             except BaseException:
@@ -293,29 +358,41 @@ class AccountStore:
         finally:
             conn.close()
 
-    def _prepare(self, conn: sqlite3.Connection) -> None:
-        """Check the file is an accounts file; give a new, empty one the schema."""
+    def _prepare(self, conn: sqlite3.Connection, create: bool) -> bool:
+        """
+        Check the file is an accounts file (then this store knows it); give
+        an empty one the schema if C{create}.  False: an empty file this
+        store never saw, read without C{create} (no accounts yet).
+        """
         app_id = conn.execute("PRAGMA application_id").fetchone()[0]
         version = conn.execute("PRAGMA user_version").fetchone()[0]
         if app_id == APPLICATION_ID and version == SCHEMA_VERSION:
-            return
+            self.known = True
+            _leave_wal(conn)
+            return True
         if app_id == APPLICATION_ID:
             raise sqlite3.DatabaseError(f"schema version {version} is not {SCHEMA_VERSION}")
         tables = conn.execute("SELECT count(*) FROM sqlite_master").fetchone()[0]
         if app_id != 0 or tables:
             raise sqlite3.DatabaseError("it is not a twisted-chat accounts file")
-        # A new file: WAL lets the tool write while the server reads.
-        conn.execute("PRAGMA journal_mode=WAL")
+        if self.known:
+            raise sqlite3.DatabaseError(EMPTIED)
+        if not create:
+            return False
+        # A new file, in the default rollback journal (see _leave_wal).
         conn.execute("BEGIN IMMEDIATE")
         try:
             if conn.execute("PRAGMA application_id").fetchone()[0] == 0:
                 conn.execute(_SCHEMA)
                 conn.execute(f"PRAGMA application_id={APPLICATION_ID}")
                 conn.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
+                self._made = True
             conn.execute("COMMIT")
         except BaseException:
             conn.execute("ROLLBACK")
             raise
+        self.known = True
+        return True
 
     def _run(
         self,
@@ -335,9 +412,13 @@ class AccountStore:
 
     # -- the operations ----------------------------------------------------
 
-    def check(self) -> None:
-        """Create the file if need be and check that it can be used."""
+    def check(self) -> bool:
+        """Create the file if need be and check that it can be used: whether
+        it was made now (there was none, or an empty one: no accounts yet)."""
+        known = self.known
         self._run("open", True, lambda conn: None, write=True)
+        return not known and self._made
+
 
     def get(self, nick: str) -> Account | None:
         def work(conn: sqlite3.Connection) -> Account | None:

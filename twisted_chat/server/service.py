@@ -784,7 +784,15 @@ def _sqlite_book(config: ServerConfig, work: PasswordWork) -> AccountBook:
     """The single server's accounts: the file beside --db, used on the password threads."""
     store = AccountStore.for_db(config.db)
     try:
-        store.check()  # creates it; opened again for each check, so no lock is held
+        # Creates it; opened again for each check, so no lock is held.  From
+        # now on the store knows the file: gone or broken, it is an error.
+        made = store.check()
     except AccountStoreError as e:
         raise SystemExit(f"twistd chat: {e}") from None
+    if made:
+        # A first start; or the file vanished while the server was stopped,
+        # which only this line can tell the operator (docs/accounts.md).
+        logs.logger("twisted_chat.server.service").info(
+            "no accounts file at {path}: made an empty one (no nick is protected yet)",
+            path=store.path)
     return SQLiteBook(store, work.lookup)
