@@ -33,6 +33,7 @@ from twisted_chat.server.accounts import (
     IAccount,
     Mode,
     NoSuchAccount,
+    PasswordChanged,
     SQLiteBook,
     accounts_path,
     hash_password,
@@ -303,6 +304,24 @@ def test_a_file_denied_to_the_server_is_an_error(
         server.get("alice")
     with pytest.raises(AccountStoreError, match="Permission denied"):
         AccountStore(str(path)).get("alice")  # never seen: still not "missing"
+
+
+def test_set_hash_expected_is_compared_in_the_change(store: AccountStore) -> None:
+    """A PASSWD changes the password only while it is the one its connection
+    proved: not once the operator reset it, or removed and re-made the account."""
+    store.add("alice", "h1")
+    store.set_hash("alice", "h2", expected="h1")
+    with pytest.raises(PasswordChanged):
+        store.set_hash("ALICE", "h3", expected="h1")
+    assert store.get("alice").password_hash == "h2"  # type: ignore[union-attr]
+    store.set_hash("alice", "operator", expected=None)  # the tool: whatever it is
+    store.remove("alice")
+    with pytest.raises(NoSuchAccount):
+        store.set_hash("alice", "h4", expected="operator")
+    store.add("alice", "new-owner")
+    with pytest.raises(PasswordChanged):
+        store.set_hash("alice", "h4", expected="operator")
+    assert store.get("alice").password_hash == "new-owner"  # type: ignore[union-attr]
 
 
 def test_not_an_accounts_file_is_refused(tmp_path: Path) -> None:

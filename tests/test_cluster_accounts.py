@@ -25,6 +25,7 @@ from twisted_chat.server.accounts import (
     AccountStoreError,
     AccountsUnavailable,
     NoSuchAccount,
+    PasswordChanged,
 )
 from twisted_chat.server.cluster.accounts import (
     ACCOUNTS,
@@ -179,6 +180,30 @@ async def test_passwd_racing_a_remove_never_brings_the_account_back(nodes: Nodes
     assert await outcome(removed) is None
     assert isinstance(await outcome(changed), NoSuchAccount)
     assert await tool.get("late") is None
+
+
+@needs_redis
+@pytest_twisted.ensureDeferred
+async def test_passwd_only_while_the_password_is_the_one_proved(nodes: Nodes) -> None:
+    """A PASSWD (expected: the hash its connection proved) after the
+    operator's reset on another node, or a remove and add, changes nothing:
+    compared in the same script as the change."""
+    [node, tool] = await nodes(2)
+    await tool.add("alice", "stolen")
+    await node.set_hash("alice", "thiefs", expected="stolen")  # its own change
+    await tool.set_hash("alice", "operators")  # the tool: whatever it was
+    with pytest.raises(PasswordChanged):
+        await node.set_hash("ALICE", "thiefs-2", expected="thiefs")
+    account = await tool.get("alice")
+    assert account is not None and account.password_hash == "operators"
+    await tool.remove("alice")
+    with pytest.raises(NoSuchAccount):
+        await node.set_hash("alice", "thiefs-2", expected="operators")
+    await tool.add("alice", "new-owners")
+    with pytest.raises(PasswordChanged):
+        await node.set_hash("alice", "thiefs-2", expected="operators")
+    account = await tool.get("alice")
+    assert account is not None and account.password_hash == "new-owners"
 
 
 @needs_redis

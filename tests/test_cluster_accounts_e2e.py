@@ -124,6 +124,28 @@ def test_register_on_one_node_log_in_on_another(cluster: Callable[..., Cluster])
     assert [line.split("\t")[0] for line in listed.stdout.splitlines()] == ["alice", "bob"]
 
 
+def test_an_operators_reset_ends_the_old_sessions_passwd_on_every_node(
+    cluster: Callable[..., Cluster],
+) -> None:
+    """A thief online on node B with a stolen password; the operator resets
+    it with the tool on the cluster's Redis: the thief's PASSWD changes
+    nothing, and the operator's password works on node A."""
+    c = cluster(2)
+    a, b = c.nodes
+    added = tool(c.tmp, "add", "--redis", c.url, "alice", stdin=f"{PW}\n")
+    assert added.returncode == 0, added.stderr
+    thief = log_in(c, b, "alice", PW)
+    reset = tool(c.tmp, "passwd", "--redis", c.url, "alice", stdin="operators-password\n")
+    assert reset.returncode == 0, reset.stderr
+    thief.send("PASSWD thiefs-password")
+    assert thief.expect("ERROR").startswith(
+        "ERROR not-registered the password was changed since you logged in")
+    leave(thief)
+    owner = log_in(c, a, "alice", "operators-password")
+    owner.send("PASSWD owners-password")  # the owner's own session may
+    assert owner.expect("REGISTERED") == "REGISTERED alice"
+
+
 def test_required_accounts_made_by_the_tool_work_on_every_node(
     cluster: Callable[..., Cluster],
 ) -> None:

@@ -108,6 +108,30 @@ def test_operator_changes_count_at_next_login_while_running(
     assert free.readline() == "READY bob"  # no account: no password
 
 
+def test_an_operators_reset_ends_the_old_sessions_passwd(
+    tmp_path: Path, chat_server: Start, connect: Connect
+) -> None:
+    """The operator resets a stolen password (passwd, or remove then add)
+    while the thief is online: the thief's PASSWD no longer takes the
+    account back, and the operator's password works."""
+    server = chat_server()
+    tool(tmp_path, "add", "alice", stdin=f"{PW}\n")
+    thief = log_in(connect, server.port, "alice", PW)
+    tool(tmp_path, "passwd", "alice", stdin="operators-password\n")
+    thief.send("PASSWD thiefs-password")
+    assert thief.readline().startswith("ERROR not-registered the password was changed since ")
+    thief.send("BYE")
+    thief.expect("BYE quit")
+    thief = log_in(connect, server.port, "alice", "operators-password")
+    tool(tmp_path, "remove", "alice")
+    tool(tmp_path, "add", "alice", stdin="new-owners-password\n")
+    thief.send("PASSWD thiefs-password")
+    assert thief.readline().startswith("ERROR not-registered the password was changed since ")
+    thief.send("BYE")
+    thief.expect("BYE quit")
+    log_in(connect, server.port, "alice", "new-owners-password")
+
+
 def test_an_accounts_file_that_goes_while_running_fails_closed(
     tmp_path: Path, chat_server: Start, connect: Connect
 ) -> None:

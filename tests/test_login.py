@@ -27,6 +27,7 @@ from twisted_chat.server.cluster.accounts import RedisBook
 from twisted_chat.server.login import (
     BAD_PASSWORD_TEXT,
     FULL_LOG_EVERY,
+    PASSWORD_CHANGED_TEXT,
     UNAVAILABLE_TEXT,
     UNCHECKED_TEXT,
     Accounts,
@@ -706,6 +707,55 @@ def test_the_accounts_state_is_let_go_once_online_with_nothing_to_keep() -> None
     assert bob.protocol.handshake is not None and bob.protocol.handshake.login is not None
     bob.send("PASSWD new-password")
     assert bob.take() == ["REGISTERED bob"]
+
+
+def test_passwd_after_the_operator_reset_the_password_is_refused() -> None:
+    """
+    The operator resets a stolen password with the tool: the thief's session,
+    still online, could PASSWD and take the account back.  PASSWD changes
+    the password only while it is the one the session proved (compared in
+    the same write), and a PASSWD of its own moves what it proved along.
+    """
+    h = harness()
+    add(h, "alice")
+    thief = login(h, "alice")
+    thief.take()
+    thief.send("PASSWD thiefs-password")  # its own change: it proves the new one
+    assert thief.take() == ["REGISTERED alice"]
+    thief.send("PASSWD thiefs-password-2")
+    assert thief.take() == ["REGISTERED alice"]
+    h.store.set_hash("alice", hash_password(b"operators-pw", **FAST))  # type: ignore[attr-defined]
+    events: list[LogEvent] = []
+    globalLogPublisher.addObserver(events.append)
+    try:
+        thief.send("PASSWD thiefs-password-3", "PING after")
+        assert thief.take() == [f"ERROR not-registered {PASSWORD_CHANGED_TEXT}", "PONG after"]
+    finally:
+        globalLogPublisher.removeObserver(events.append)
+    assert any("PASSWD refused" in formatEvent(e) for e in events)
+    assert thief.user is not None  # the session stays, as documented
+    thief.drop()
+    login(h, "alice", "operators-pw").drop()
+    # Removed and made again (the nick handed to someone else): the same.
+    thief = login(h, "alice", "operators-pw")
+    thief.take()
+    h.store.remove("alice")  # type: ignore[attr-defined]
+    add(h, "alice", "new-owners-pw")
+    h.clock.advance(LoginLimits().hash_every)  # the address's hashes, used up above
+    thief.send("PASSWD thiefs-password-4")
+    assert thief.take() == [f"ERROR not-registered {PASSWORD_CHANGED_TEXT}"]
+    thief.drop()
+    login(h, "alice", "new-owners-pw")
+
+
+def test_passwd_after_register_is_checked_against_the_registered_password() -> None:
+    h = harness()
+    bob = fresh(h)
+    bob.send("NICK bob", f"REGISTER {PW}")
+    assert bob.take()[-1] == "REGISTERED bob"
+    h.store.set_hash("bob", hash_password(b"operators-pw", **FAST))  # type: ignore[attr-defined]
+    bob.send("PASSWD new-password")
+    assert bob.take() == [f"ERROR not-registered {PASSWORD_CHANGED_TEXT}"]
 
 
 def test_passwd_and_register_after_the_operator_removed_the_account() -> None:

@@ -81,6 +81,7 @@ __all__ = [
     "IAccount",
     "Mode",
     "NoSuchAccount",
+    "PasswordChanged",
     "SQLiteBook",
     "accounts_path",
     "hash_password",
@@ -186,6 +187,11 @@ class AccountExists(Exception):
 
 class NoSuchAccount(Exception):
     """The nick has no account."""
+
+
+class PasswordChanged(Exception):
+    """The account's password is not the one the caller proved any more: the
+    operator changed it, or removed the account and made it again."""
 
 
 class AccountsFull(Exception):
@@ -471,14 +477,28 @@ class AccountStore:
         """How many accounts there are."""
         return self._run("read", False, self._count) or 0
 
-    def set_hash(self, nick: str, password_hash: str) -> None:
-        """@raise NoSuchAccount: the nick has no account."""
+    def set_hash(self, nick: str, password_hash: str, expected: str | None = None) -> None:
+        """
+        @param expected: change it only if this is the account's hash now
+            (the one its user proved; C{None}: whatever it is, the tool).
+        @raise NoSuchAccount: the nick has no account.
+        @raise PasswordChanged: its hash is not C{expected}.
+        """
 
         def work(conn: sqlite3.Connection) -> bool:
-            cursor = conn.execute(
-                "UPDATE accounts SET hash = ?, changed = ? WHERE key = ?",
-                (password_hash, time.time(), nick_key(nick)),
-            )
+            key = nick_key(nick)
+            if expected is None:
+                cursor = conn.execute(
+                    "UPDATE accounts SET hash = ?, changed = ? WHERE key = ?",
+                    (password_hash, time.time(), key),
+                )
+            else:
+                cursor = conn.execute(
+                    "UPDATE accounts SET hash = ?, changed = ? WHERE key = ? AND hash = ?",
+                    (password_hash, time.time(), key, expected),
+                )
+                if cursor.rowcount == 0 and _has(conn, nick):
+                    raise PasswordChanged(nick)
             return cursor.rowcount > 0
 
         if not self._run("write", False, work, write=True):
@@ -544,9 +564,15 @@ class AccountBook(Protocol):
         L{AccountsFull} if there are C{most} accounts already (C{None}: no
         bound), counted atomically with the creation."""
 
-    def set_hash(self, nick: str, password_hash: str) -> defer.Deferred[None]:
+    def set_hash(
+        self, nick: str, password_hash: str, expected: str | None = None
+    ) -> defer.Deferred[None]:
         """Replace the hash of the nick's account, atomically: fails with
-        L{NoSuchAccount} if it has none (never re-creates a removed one)."""
+        L{NoSuchAccount} if it has none (never re-creates a removed one);
+        given C{expected}, with L{PasswordChanged} if the account's hash is
+        not that one any more (compared in the same atomic step: a session
+        cannot change a password the operator has reset since it proved
+        the old one)."""
 
 
 class AccountAdmin(AccountBook, Protocol):
@@ -582,8 +608,10 @@ class SQLiteBook:
     ) -> defer.Deferred[None]:
         return self._run(self.store.add, nick, password_hash, most)
 
-    def set_hash(self, nick: str, password_hash: str) -> defer.Deferred[None]:
-        return self._run(self.store.set_hash, nick, password_hash)
+    def set_hash(
+        self, nick: str, password_hash: str, expected: str | None = None
+    ) -> defer.Deferred[None]:
+        return self._run(self.store.set_hash, nick, password_hash, expected)
 
     def remove(self, nick: str) -> defer.Deferred[None]:
         return self._run(self.store.remove, nick)
@@ -599,12 +627,31 @@ class IAccount(Interface):
     """The avatar of a login: the account the password opened."""
 
     nick = Attribute("The nick as the account spells it.")
+    password_hash = Attribute(
+        "The hash the password was checked against: what the login proved "
+        "(a PASSWD changes the password only while it is still the account's).")
 
 
 @implementer(IAccount)
 @dataclass(frozen=True, slots=True)
 class LoggedIn:
     nick: str
+    password_hash: str | None = None
+
+
+class AvatarId(str):
+    """
+    What L{AccountChecker} fires with: the nick as its account spells it (a
+    C{str}, the avatar ID of C{twisted.cred}), carrying the hash the
+    password was checked against, for the realm's L{LoggedIn}.
+    """
+
+    password_hash: str
+
+    def __new__(cls, nick: str, password_hash: str) -> AvatarId:
+        self = super().__new__(cls, nick)
+        self.password_hash = password_hash
+        return self
 
 
 @implementer(ICredentialsChecker)
@@ -639,11 +686,12 @@ class AccountChecker:
         return d
 
 
-def _check(account: Account | None, password: bytes) -> str:
-    """On a password thread: the nick, or L{UnauthorizedLogin}."""
+def _check(account: Account | None, password: bytes) -> AvatarId:
+    """On a password thread: the nick (with the hash checked), or
+    L{UnauthorizedLogin}."""
     encoded = account.password_hash if account is not None else _dummy()
     if verify_password(password, encoded) and account is not None:
-        return account.nick
+        return AvatarId(account.nick, account.password_hash)
     raise cred_error.UnauthorizedLogin("wrong password or no such account")
 
 
@@ -656,7 +704,8 @@ class AccountRealm:
     ) -> tuple[Any, LoggedIn, Callable[[], None]]:
         if IAccount not in interfaces:
             raise NotImplementedError("only IAccount avatars")
-        return IAccount, LoggedIn(avatarId), lambda: None
+        return IAccount, LoggedIn(avatarId, getattr(avatarId, "password_hash", None)), \
+            lambda: None
 
 
 def portal(checker: AccountChecker) -> Portal:

@@ -74,6 +74,7 @@ from twisted_chat.server.accounts import (
     IAccount,
     Mode,
     NoSuchAccount,
+    PasswordChanged,
     hash_password,
     make_dummy_hash,
     password_problem,
@@ -98,6 +99,10 @@ UNAVAILABLE_TEXT = "the server cannot check accounts now; send NICK again in a m
 # One server's answer to a PASS it could not check (its protocol has no
 # RETRY unavailable): the contract's RETRY bad-password, with this text.
 UNCHECKED_TEXT = "the server could not check the password now; try again later"
+# The answer to a PASSWD whose connection proved a password the account no
+# longer has (the operator reset it, or removed the account and made it again).
+PASSWORD_CHANGED_TEXT = ("the password was changed since you logged in; log in again "
+                         "with the new one to change it")
 # The answer to a password job over the address's share of the queue
 # (LoginLimits.max_pending_per_address), the command's name after it.
 ADDRESS_BUSY_TEXT = ("too much password work from your address at once; "
@@ -508,8 +513,10 @@ class Login:
         self._asked: str | None = None  # the nick whose password was asked for
         self._closing: defer.Deferred[None] | None = None  # BYE flood to come
         # The key of the nick this connection proved it may use (by its
-        # password, or by registering it): the only one it may PASSWD.
-        self._proved: str | None = None
+        # password, or by registering it), the only one it may PASSWD, and
+        # the hash it proved: PASSWD changes the password only while that is
+        # still the account's (not once the operator has reset it).
+        self._proved: tuple[str, str] | None = None
 
     @property
     def idle(self) -> bool:
@@ -626,13 +633,15 @@ class Login:
         self._asked = None
         self._accounts.give_back(attempt)  # the right password: no failure
         nick: str = result[1].nick
+        password_hash: str | None = result[1].password_hash
         if self._conn.closing:
             return None
-        return self._conn.admit(nick).addCallback(self._admitted, nick)
+        return self._conn.admit(nick).addCallback(self._admitted, nick, password_hash)
 
-    def _admitted(self, admitted: bool, nick: str) -> None:
+    def _admitted(self, admitted: bool, nick: str, password_hash: str | None) -> None:
         if admitted:
-            self._proved = nick_key(nick)
+            if password_hash is not None:
+                self._proved = (nick_key(nick), password_hash)
             _log.info("{nick} logged in with its password from {address}", nick=nick,
                       address=self._conn.address)
 
@@ -717,7 +726,7 @@ class Login:
         """C{PASSWD}: change the password of the account of the nick held."""
         nick = self._online()
         secret = self._secret(password)
-        if self._proved != nick_key(nick):
+        if self._proved is None or self._proved[0] != nick_key(nick):
             raise LineError(
                 ErrorCode.NOT_REGISTERED,
                 f"you did not log in to {nick} with a password: REGISTER it first "
@@ -728,7 +737,9 @@ class Login:
         wait = accounts.spend_hash(address)
         if wait:
             raise _too_many_hashes("PASSWD", wait, accounts.limits)
-        return self._change(accounts.book.set_hash, nick, secret, address, "PASSWD")
+        # Compared with the account's hash in the same atomic step as the change.
+        store = partial(accounts.book.set_hash, expected=self._proved[1])
+        return self._change(store, nick, secret, address, "PASSWD")
 
     def _online(self) -> str:
         nick = self._conn.online_nick()
@@ -781,15 +792,16 @@ class Login:
 
     def _store(
         self, password_hash: str, store: Callable[[str, str], defer.Deferred[None]], nick: str
-    ) -> defer.Deferred[None]:
+    ) -> defer.Deferred[str]:
+        """Store the hash; fires with it once stored."""
         if self._conn.closing:
             # Its nick is free since the connection went (someone else may
             # hold it, without a password), and nobody is told the answer.
             raise _Closed()
-        return store(nick, password_hash)
+        return store(nick, password_hash).addCallback(lambda _: password_hash)
 
-    def _changed(self, _: None, nick: str) -> None:
-        self._proved = nick_key(nick)
+    def _changed(self, password_hash: str, nick: str) -> None:
+        self._proved = (nick_key(nick), password_hash)
         _log.info("account {nick}: password set", nick=nick)
         self._conn.write(wire.line("REGISTERED", nick))
 
@@ -806,6 +818,10 @@ class Login:
                 "this server keeps no more accounts; ask its operator to remove unused ones"))
         elif isinstance(value, NoSuchAccount):
             self._conn.write(wire.error(ErrorCode.NOT_REGISTERED, f"{nick} has no account"))
+        elif isinstance(value, PasswordChanged):
+            _log.info("account {nick}: PASSWD refused, its password was changed since "
+                      "this connection proved it", nick=nick)
+            self._conn.write(wire.error(ErrorCode.NOT_REGISTERED, PASSWORD_CHANGED_TEXT))
         elif isinstance(value, AccountsUnavailable):
             # The cluster's answer to a command Redis could not take.
             _store_failed(failure, "account {nick}: could not set the password", nick)

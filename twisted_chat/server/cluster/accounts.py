@@ -22,6 +22,8 @@ C{WATCH}/C{MULTI} would take in the other commands the node sends meanwhile):
     replaces the hash only if the account still exists, keeping its nick and
     creation time: a password change never re-creates an account removed
     meanwhile, and changes that race are applied one after the other, whole;
+    a C{PASSWD}'s only while the account's hash is still the one its
+    connection proved (not once the operator has reset it);
   - removing one is C{HDEL}; reading one C{HGET}; the list C{HGETALL}.
 
 A command that cannot be sent (Redis out of reach) or gets no answer within
@@ -49,6 +51,7 @@ from twisted_chat.server.accounts import (
     AccountStoreError,
     AccountsUnavailable,
     NoSuchAccount,
+    PasswordChanged,
 )
 from twisted_chat.server.cluster.redislog import connect, parse_url
 from twisted_chat.server.login import LoginLimits
@@ -60,13 +63,15 @@ ACCOUNTS = "chat:accounts"
 #: Seconds an account command may wait for Redis's answer.
 TIMEOUT = 5.0
 
-# KEYS[1] the hash; ARGV: the nick's key, the new hash, the time (ms).
-# 1: changed; 0: no such account.  (cjson keeps integers of up to 14 digits
-# exactly: milliseconds until the year 5138.)
+# KEYS[1] the hash; ARGV: the nick's key, the new hash, the time (ms), and
+# the hash the account must have now ('': any, the operator's tool).
+# 1: changed; 0: no such account; -1: its hash is not that one.  (cjson keeps
+# integers of up to 14 digits exactly: milliseconds until the year 5138.)
 _SET_HASH = """
 local current = redis.call('HGET', KEYS[1], ARGV[1])
 if not current then return 0 end
 local account = cjson.decode(current)
+if ARGV[4] ~= '' and account['hash'] ~= ARGV[4] then return -1 end
 account['hash'] = ARGV[2]
 account['changed'] = tonumber(ARGV[3])
 redis.call('HSET', KEYS[1], ARGV[1], cjson.encode(account))
@@ -153,9 +158,12 @@ class RedisBook:
             d.addCallback(_raise_if_full, nick)
         return d.addCallback(_raise_unless_set, AccountExists, nick)
 
-    def set_hash(self, nick: str, password_hash: str) -> Deferred[None]:
+    def set_hash(
+        self, nick: str, password_hash: str, expected: str | None = None
+    ) -> Deferred[None]:
         d = self.command("EVAL", _SET_HASH, 1, ACCOUNTS, nick_key(nick), password_hash,
-                          self._now_ms())
+                          self._now_ms(), expected or "")
+        d.addCallback(_raise_if_changed, nick)
         return d.addCallback(_raise_unless_set, NoSuchAccount, nick)
 
     # -- AccountAdmin ---------------------------------------------------------
@@ -266,6 +274,12 @@ class RedisFailures:
 def _raise_if_full(reply: Any, nick: str) -> Any:
     if int(reply) == -1:
         raise AccountsFull(nick)
+    return reply
+
+
+def _raise_if_changed(reply: Any, nick: str) -> Any:
+    if int(reply) == -1:
+        raise PasswordChanged(nick)
     return reply
 
 
