@@ -42,7 +42,13 @@ from twisted_chat.server.accounts import (
     verify_password,
 )
 from twisted_chat.server.addresses import networks
-from twisted_chat.server.login import Accounts, FailureLimiter, PasswordWork, WorkBusy
+from twisted_chat.server.login import (
+    Accounts,
+    FailureLimiter,
+    LoginLimits,
+    PasswordWork,
+    WorkBusy,
+)
 
 # Cheap parameters for tests that hash many times (the format carries them).
 FAST = dict(n=2**4, r=1, p=1)
@@ -450,7 +456,7 @@ def test_failures_count_per_address_ipv6_by_prefix_exempt_not_at_all() -> None:
     assert key("198.51.100.7") == "198.51.100.7"
     assert key("2001:db8:1:2:aaaa::1") == key("2001:db8:1:2:ffff::9")
     assert key("2001:db8:1:2::1") != key("2001:db8:1:3::1")
-    assert key(None) == "-"
+    assert key(None) is None  # a UNIX socket: no address limits (docs/security.md)
     assert key("192.0.2.55") is None  # exempt (a NAT gateway, a bouncer)
     for i in range(10):
         assert accounts.reserve(f"n{i}", "192.0.2.55") is not None
@@ -460,6 +466,27 @@ def test_failures_count_per_address_ipv6_by_prefix_exempt_not_at_all() -> None:
     for _ in range(3):
         assert accounts.reserve("n1", "192.0.2.55") is not None
     assert accounts.reserve("n1", "192.0.2.55") is None  # the nick limit still holds
+
+
+def test_unix_socket_users_share_no_address_bucket() -> None:
+    """Every UNIX-socket connection was one address ("-", in a cluster one
+    Redis key for all nodes): ten wrong guesses by anyone on the socket
+    locked every socket user out, the right password too, and nothing
+    could exempt it.  Only the per-nick limit applies there."""
+    clock = Clock()
+    work = PasswordWork(clock)
+    accounts = Accounts(Mode.OPEN, SQLiteBook(AccountStore(":memory:"), work.lookup),
+                        clock, work)
+    for i in range(LoginLimits().address_burst * 3):  # a guesser, one guess per nick
+        assert accounts.reserve(f"x{i}", None) is not None
+    attempt = accounts.reserve("alice", None)
+    assert attempt is not None and attempt.address is None
+    assert len(accounts.by_address) == 0
+    for _ in range(LoginLimits().nick_burst - 1):
+        assert accounts.reserve("alice", None) is not None
+    assert accounts.reserve("alice", None) is None  # the nick's own limit
+    assert accounts.start_work(None)  # and no share of the password work
+    assert accounts.hash_wait(None) == 0.0
 
 
 def test_a_reserved_failure_given_back_leaves_the_buckets_as_they_were() -> None:

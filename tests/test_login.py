@@ -961,6 +961,22 @@ def test_over_limit_connection_that_leaves_is_forgotten() -> None:
     )
 
 
+def test_unix_socket_users_do_not_lock_each_other_out() -> None:
+    """Ten wrong guesses from the socket (one bucket, "-", for all of its
+    users) locked every socket user out, her right password too."""
+    h = harness(limits=LIMITS)
+    add(h, "alice")
+    for i in range(LIMITS.address_burst * 2):
+        add(h, f"x{i}")
+        conn = fail(h, f"x{i}", None)  # type: ignore[arg-type]
+        assert conn.take()[-1] == f"RETRY bad-password {BAD_PASSWORD_TEXT}"
+    alice = fresh(h, None)  # type: ignore[arg-type]
+    alice.send("NICK alice")
+    assert alice.take() == ["PASS alice"]
+    alice.send(f"PASS {PW}")
+    assert alice.take()[0] == "READY alice"
+
+
 def test_default_limits_are_the_documented_ones() -> None:
     limits = LoginLimits()
     assert (limits.nick_burst, limits.nick_every) == (5, 60.0)

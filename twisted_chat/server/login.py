@@ -31,7 +31,8 @@ connections themselves.
 Failed attempts.  Each wrong password (or, under C{required}, a nick with
 no account: the two are the same failure) adds one to a leaky bucket for the
 nick and one for the address (an IPv6 address counts by its C{--ipv6-prefix},
-a /64 by default; an address under C{--exempt} is not limited), draining
+a /64 by default; an address under C{--exempt} is not limited, nor a UNIX
+socket's connection, which has no address: L{Accounts.address_key}), draining
 at one per L{LoginLimits.nick_every} / L{LoginLimits.address_every} seconds.
 An attempt made while either bucket is full is not checked at all: after
 L{LoginLimits.flood_delay} seconds the connection gets C{BYE flood} and is
@@ -357,9 +358,15 @@ class Accounts:
         self.shared = shared
 
     def address_key(self, host: str | None) -> str | None:
-        """The failure limit's key for C{host}; C{None}: not limited (exempt)."""
+        """The failure limit's key for C{host}; C{None}: not limited (exempt).
+        A connection with no address (a UNIX socket) has no address limits,
+        as for every other per-address limit (docs/security.md): all its
+        users would share one bucket (behind a local TLS terminator or a
+        bouncer, one guesser would lock out every one of them), and who may
+        connect to the socket is decided by its file's permissions.  The
+        per-nick limit still holds."""
         if host is None:
-            return "-"
+            return None
         if self._addresses.exempt(host):
             return None
         return self._addresses.key(host)
