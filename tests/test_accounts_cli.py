@@ -61,11 +61,51 @@ def test_other_db_path(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize(
+    ("stdin", "message"),
+    [
+        (b"short\n", "a password is 8 to 256 bytes long"),
+        (b"", "a password is 8 to 256 bytes long"),
+        (b"x" * 257 + b"\n", "a password is 8 to 256 bytes long"),
+        # What no client can send: the server takes a leading space for the
+        # separator, and a control character makes the line bad-chars.
+        (b" leading-space\n", "a password cannot start with a space or a tab"),
+        (b"\tleading-tab\n", "a password cannot start with a space or a tab"),
+        (b"esc\x1bsequence\n", "a password cannot contain control characters (TAB is allowed)"),
+        (b"del\x7fcharacter\n", "a password cannot contain control characters (TAB is allowed)"),
+        (b"c1\xc2\x85character\n", "a password cannot contain control characters (TAB is allowed)"),
+        (b"\xff\xfepassword123\n", "the password is not valid UTF-8"),
+    ],
+)
+@pytest.mark.parametrize("command", ["add", "passwd"])
+def test_a_password_no_client_could_send_is_refused_with_exit_2(
+    tmp_path: Path, stdin: bytes, message: str, command: str
+) -> None:
+    """The tool made accounts nobody could ever log in to (each try a failed
+    login), and a traceback on a password not in UTF-8."""
+    if command == "passwd":
+        assert tool(tmp_path, "add", "alice", stdin="first-password\n").returncode == 0
+    done = subprocess.run([*TOOL, command, "alice"], input=stdin, capture_output=True,
+                          cwd=tmp_path, timeout=60)
+    assert done.returncode == 2
+    assert done.stderr.decode() == f"twisted_chat.accounts: {message}; nothing changed\n"
+    account = store(tmp_path).get("alice")
+    if command == "add":
+        assert account is None
+    else:
+        assert account is not None and verify_password(b"first-password", account.password_hash)
+
+
+def test_inner_and_trailing_spaces_and_tabs_are_part_of_the_password(tmp_path: Path) -> None:
+    done = tool(tmp_path, "add", "alice", stdin="two\twords and a space \n")
+    assert done.returncode == 0, done.stderr
+    account = store(tmp_path).get("alice")
+    assert account is not None
+    assert verify_password(b"two\twords and a space ", account.password_hash)
+
+
+@pytest.mark.parametrize(
     ("args", "stdin", "message"),
     [
-        (("add", "alice"), "short\n", "8 to 256 bytes"),
-        (("add", "alice"), "", "8 to 256 bytes"),
-        (("add", "alice"), "x" * 257 + "\n", "8 to 256 bytes"),
         (("add", "1bad"), "good-password\n", "not a valid nick"),
         (("passwd", "nobody"), "good-password\n", "nobody has no account"),
         (("remove", "nobody"), "", "nobody has no account"),
@@ -163,5 +203,5 @@ def test_terminal_asks_twice_without_echo(tmp_path: Path) -> None:
 
 def test_terminal_mismatch_changes_nothing(tmp_path: Path) -> None:
     code, output = _run_on_terminal(tmp_path, ["add", "alice"], ["typed-password", "other-one"])
-    assert code == 1 and "differ" in output
+    assert code == 2 and "differ" in output
     assert not store(tmp_path).exists("alice")

@@ -45,7 +45,7 @@ from twisted_chat.server.accounts import (
     hash_password,
     password_problem,
 )
-from twisted_chat.wire import is_valid_nick
+from twisted_chat.wire import is_valid_nick, password_chars_problem
 
 if TYPE_CHECKING:
     from twisted_chat.server.cluster.accounts import RedisBook
@@ -55,6 +55,15 @@ DEFAULT_DB = "chat.sqlite3"
 
 class Failed(Exception):
     """One line for standard error; exit status 1."""
+
+    status = 1
+
+
+class BadPassword(Failed):
+    """A password the tool will not take (as chat/1 would not, or the two
+    typed differ): one line for standard error; exit status 2."""
+
+    status = 2
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -66,9 +75,12 @@ def _parser() -> argparse.ArgumentParser:
             "the next login."
         ),
         epilog=(
-            "Passwords (8 to 256 bytes) are asked for on a terminal, or read as the first "
-            "line of standard input; never given on the command line. The accounts file "
-            "is the --db file's name with .accounts before its extension."
+            "Passwords (8 to 256 bytes of UTF-8, not starting with a space or a tab, no "
+            "control characters: what a client can send) are asked for on a terminal, or "
+            "read as the first line of standard input; never given on the command line. "
+            "Exit status 2: the password (or the command line) was refused; 1: anything "
+            "else went wrong, nothing changed. The "
+            "accounts file is the --db file's name with .accounts before its extension."
         ),
     )
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -103,23 +115,32 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def read_password(stdin: TextIO, stderr: TextIO) -> bytes:
-    """A new password: asked twice on a terminal, else the first line of stdin."""
-    if stdin.isatty():
-        first = getpass.getpass("New password: ", stream=stderr)
-        again = getpass.getpass("Again: ", stream=stderr)
-        if first != again:
-            raise Failed("the two passwords differ; nothing changed")
-        password = first
-    else:
-        password = stdin.readline()
-        if password.endswith("\n"):
-            password = password[:-1]
-        if password.endswith("\r"):
-            password = password[:-1]
-    secret = password.encode("utf-8")
-    problem = password_problem(secret)
+    """
+    A new password: asked twice on a terminal, else the first line of stdin.
+    Held to what a client can send (L{password_problem}'s length,
+    L{password_chars_problem}), else L{BadPassword}.
+    """
+    try:
+        if stdin.isatty():
+            first = getpass.getpass("New password: ", stream=stderr)
+            again = getpass.getpass("Again: ", stream=stderr)
+            if first != again:
+                raise BadPassword("the two passwords differ; nothing changed")
+            password = first
+        else:
+            password = stdin.readline()
+            if password.endswith("\n"):
+                password = password[:-1]
+            if password.endswith("\r"):
+                password = password[:-1]
+        # Strict: a terminal or pipe not in UTF-8 gives surrogates (or fails
+        # to decode), never a password the server would compare equal.
+        secret = password.encode("utf-8")
+    except UnicodeError:
+        raise BadPassword("the password is not valid UTF-8; nothing changed") from None
+    problem = password_problem(secret) or password_chars_problem(password)
     if problem is not None:
-        raise Failed(f"{problem}; nothing changed")
+        raise BadPassword(f"{problem}; nothing changed")
     return secret
 
 
@@ -258,7 +279,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         run(sys.argv[1:] if argv is None else argv, sys.stdin, sys.stdout, sys.stderr)
     except Failed as e:
         print(f"twisted_chat.accounts: {e}", file=sys.stderr)
-        return 1
+        return e.status
     except KeyboardInterrupt:
         print("", file=sys.stderr)
         return 130

@@ -121,6 +121,21 @@ PASSWORD_MIN_BYTES = 8
 PASSWORD_MAX_BYTES = 256
 
 
+def password_chars_problem(password: str) -> str | None:
+    """
+    Why no client can send C{password} as the text of a C{PASS} line, or
+    C{None}: a line with a control character is C{ERROR bad-chars}, and a
+    space before the text is taken as the separator (the clients refuse a
+    leading tab too).  The operator's tool holds passwords to it, as the
+    clients do, so that no account is made with one nobody can log in with.
+    """
+    if password[:1] in (" ", "\t"):
+        return "a password cannot start with a space or a tab"
+    if _BAD_CHARS.search(password) is not None:
+        return "a password cannot contain control characters (TAB is allowed)"
+    return None
+
+
 @dataclass(frozen=True, slots=True)
 class Command:
     """A client line that passed every check this module can make."""
