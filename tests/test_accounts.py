@@ -74,6 +74,18 @@ def test_hash_is_salted_scrypt_and_verifies() -> None:
     assert not verify_password(b"", one)
 
 
+def test_the_documented_hash_parameters_are_the_ones_stored() -> None:
+    """docs/accounts.md states the parameters each hash is stored with, and
+    that they are below OWASP's minimum (it once said they were OWASP's)."""
+    text = (Path(__file__).parent.parent / "docs" / "accounts.md").read_text()
+    n, r, p = hash_password(b"correct horse").split("$")[1:4]
+    assert int(n) == accounts_module.SCRYPT_N
+    stated = f"N=2^{int(n).bit_length() - 1}, r={r}, p={p}"
+    assert f"16-byte random salt per password, {stated} (16 MiB" in text
+    assert f"**The cost is below OWASP's minimum, on purpose.** {stated} are" in text
+    assert "OWASP give" not in (accounts_module.__doc__ or "")
+
+
 @pytest.mark.parametrize("bad", ["", "scrypt$1$2", "md5$a$b$c$d$e", "scrypt$x$8$1$AA==$AA=="])
 def test_malformed_hash_never_matches(bad: str) -> None:
     assert not verify_password(b"whatever1", bad)

@@ -33,8 +33,11 @@ recommended alternative.  scrypt is in Python's standard library (backed by
 OpenSSL), so the server gains no compiled dependency to build, audit and keep
 up to date, and every Python 3.11 has it.  The parameters are stored with each
 hash (C{scrypt$N$r$p$salt$hash}), so they can be raised later without
-breaking existing accounts; the defaults (N=2**14, r=8, p=1: 16 MiB and about
-50 ms a check) are the ones Python's documentation and OWASP give.
+breaking existing accounts.  The defaults (N=2**14, r=8, p=1: 16 MiB and
+about 50 ms a check) are scrypt's 2009 parameters for interactive logins,
+below OWASP's current minimum (N=2**17, or N=2**14 with p=5): a choice of
+login latency and hashing-flood headroom over offline cost, with the
+numbers in docs/accounts.md ("The hash").
 
 The checker and the realm follow C{twisted.cred}: L{AccountChecker} is an
 C{ICredentialsChecker} for C{IUsernamePassword}, L{AccountRealm} turns the
