@@ -70,9 +70,12 @@ def tcp_on(web: WebServer, connect: Callable[..., LineClient]) -> Callable[[str]
 def browser(tmp_path: Path) -> Iterator[Callable[..., Any]]:
     drivers: list[Any] = []
 
-    def launch(width: int = 1200, height: int = 800, phone: bool = False) -> Any:
+    def launch(width: int = 1200, height: int = 800, phone: bool = False,
+               prefs: dict[str, Any] | None = None) -> Any:
         options = webdriver.ChromeOptions()
         options.binary_location = CHROMIUM
+        if prefs:  # the profile's settings (site data blocked...)
+            options.add_experimental_option("prefs", prefs)
         if phone:  # a headless window is at least 500 px wide: emulate the phone
             options.add_experimental_option("mobileEmulation", {
                 "deviceMetrics": {"width": width, "height": height, "pixelRatio": 2.0}})
@@ -487,6 +490,9 @@ def test_phone_width_layout_and_screenshots(
     alice = browser()
     join(alice, web, "alice")
     say(alice, f"Yes! Also, this shows as text: {XSS}")
+    # alice's line reaches the server before carol's is sent (typed into
+    # the page, it could otherwise come after it on a loaded machine).
+    assert f"alice: Yes! Also, this shows as text: {XSS}" in lobby_lines(carol, 3)
     carol.send("MSG Great, see you there")
     wait_texts(alice, ["Great, see you there"])
     dave.send("PAIR alice")
@@ -1561,3 +1567,265 @@ def test_opening_the_drawer_asks_for_an_old_list(
     assert sent(phone).count("USERS") == 1
     wait(phone, lambda d: has_tag(d, "carol") and has_tag(d, "dave"), timeout=3)
     assert time.monotonic() - joined_at < 9  # before the periodic poll
+
+
+# -- what is typed, and where it goes ------------------------------------------------
+
+
+def composer(driver: Any) -> Any:
+    return driver.find_element(By.ID, "composer-input")
+
+
+def conv_name(driver: Any, text: str) -> None:
+    wait(driver, lambda d: d.find_element(By.ID, "conv-name").text == text)
+
+
+def accepted(driver: Any, client: LineClient, nick: str) -> None:
+    """C{client} (C{nick}) invites the page, whose user accepts by button."""
+    client.send(f"PAIR {driver.find_element(By.ID, 'me-nick').get_attribute('textContent')}")
+    wait(driver, lambda d: d.find_element(
+        By.CSS_SELECTOR, f'[data-invite="{nick}"] .accept')).click()
+    assert client.expect("PAIRED ").startswith("PAIRED ")
+    conv_name(driver, f"Private conversation with {nick}")
+
+
+def test_a_private_reply_being_typed_stays_private_when_the_pair_ends(
+    web: WebServer, browser: Callable[..., Any], tcp: Callable[[str], LineClient]
+) -> None:
+    """alice types a reply to carol; carol ends the pair meanwhile and the
+    page goes back to the lobby by itself. The reply stays in carol's
+    conversation (Enter in the lobby sends nothing), comes back there, and
+    goes to carol alone. The lobby says that the pair ended."""
+    carol, dave = tcp("carol"), tcp("dave")
+    alice = recording(browser())
+    join(alice, web, "alice")
+    accepted(alice, carol, "carol")
+    reply = "my new phone number is 555-0100"
+    composer(alice).send_keys(reply)
+    carol.send("UNPAIR")
+    carol.expect("UNPAIRED ")
+    conv_name(alice, "# lobby")
+    wait_notice(alice, "Your private conversation with carol ended.")
+    assert composer(alice).get_attribute("value") == ""
+    composer(alice).send_keys(Keys.ENTER)  # sends nothing
+    say(alice, "back in the lobby")
+    assert lobby_lines(dave, 1) == ["alice: back in the lobby"]  # the first lobby line
+    assert not [line for line in sent(alice) if reply in line]
+    alice.find_element(By.CSS_SELECTOR, '#dm-list li[data-conv="dm:carol"]').click()
+    conv_name(alice, "@carol")
+    assert composer(alice).get_attribute("value") == reply
+    composer(alice).send_keys(Keys.ENTER)
+    dm = carol.expect(lambda line: line.startswith("MSG ") and line.split(" ", 4)[3] != "*")
+    assert dm.split(" ", 4)[2:] == ["alice", "carol", reply]
+
+
+def test_a_lobby_line_being_typed_does_not_go_to_the_partner(
+    web: WebServer, browser: Callable[..., Any], tcp: Callable[[str], LineClient]
+) -> None:
+    """alice invites carol, then types a lobby line; carol accepts meanwhile
+    and the page opens the private conversation. The line stays in the
+    lobby's composer: Enter there sends carol nothing, and the line is back
+    when alice returns to the lobby."""
+    carol = tcp("carol")
+    alice = recording(browser())
+    join(alice, web, "alice")
+    say(alice, "/invite carol")
+    carol.expect("INVITE alice")
+    line = "everyone: meeting moved to 3pm"
+    composer(alice).send_keys(line)
+    carol.send("ACCEPT alice")
+    carol.expect("PAIRED alice")
+    conv_name(alice, "Private conversation with carol")
+    assert composer(alice).get_attribute("value") == ""
+    composer(alice).send_keys(Keys.ENTER)  # sends nothing
+    say(alice, "hi carol")
+    assert carol.expect("MSG ").split(" ", 4)[2:] == ["alice", "carol", "hi carol"]
+    assert not [sent_line for sent_line in sent(alice) if line in sent_line]
+    alice.find_element(By.ID, "leave-button").click()
+    conv_name(alice, "# lobby")
+    assert composer(alice).get_attribute("value") == line
+
+
+def test_quit_forgets_the_password_and_join_again_asks_for_it(
+    web: WebServer, browser: Callable[..., Any], tcp: Callable[[str], LineClient]
+) -> None:
+    """After /quit, "Join again" (the next person at a shared computer)
+    is asked for the password: the page no longer holds it."""
+    registered(tcp, "alice", "correct horse battery")
+    alice = recording(browser())
+    field = password_prompt(alice, web, "alice")
+    field.send_keys("correct horse battery", Keys.ENTER)
+    logged_in(alice, "alice")
+    say(alice, "/quit bye, leaving the library computer")
+    retry = wait(alice, lambda d: "You left the chat." in d.find_element(By.ID, "banner-text").text
+                 and d.find_element(By.ID, "banner-retry"))
+    retry.click()
+    title(alice, "Password for alice")
+    assert [line for line in sent(alice) if line.startswith(("NICK", "PASS", "BYE"))] == [
+        "NICK alice", "PASS correct horse battery", "BYE bye, leaving the library computer",
+        "NICK alice"]
+    assert field.get_attribute("type") == "password"
+
+
+def test_the_page_works_with_site_data_blocked(
+    web: WebServer, browser: Callable[..., Any], tcp: Callable[[str], LineClient]
+) -> None:
+    """Cookies and site data blocked (the browser's setting): localStorage
+    throws. The page joins and chats all the same; it remembers no nick."""
+    carol = tcp("carol")
+    alice = browser(prefs={"profile.default_content_setting_values.cookies": 2})
+    alice.get(web.url)
+    assert alice.execute_script(
+        "try { localStorage.getItem('x'); return 'usable' } catch (e) { return e.name }"
+    ) == "SecurityError"
+    join(alice, web, "alice")
+    say(alice, "hello without storage")
+    assert lobby_lines(carol, 1) == ["alice: hello without storage"]
+    wait_texts(alice, ["hello without storage"])
+    alice.refresh()
+    assert nick_field(alice).get_attribute("value") == ""  # nothing remembered
+
+
+# -- a long lobby ----------------------------------------------------------------------
+
+
+MAX_ROWS = 2000  # app.js: the rows a conversation keeps
+
+# Installed before app.js runs: every read of the message list's layout
+# (scrollHeight, scrollTop, clientHeight of #messages, each of which makes
+# the browser lay out the page at once) is counted in window.layoutReads.
+_LAYOUT_READS = r"""
+(() => {
+  window.layoutReads = 0;
+  for (const name of ["scrollHeight", "scrollTop", "clientHeight"]) {
+    const real = Object.getOwnPropertyDescriptor(Element.prototype, name);
+    Object.defineProperty(Element.prototype, name, {
+      configurable: true,
+      enumerable: real.enumerable,
+      get() {
+        if (this.id === "messages") window.layoutReads += 1;
+        return real.get.call(this);
+      },
+      set: real.set && function (value) { real.set.call(this, value); },
+    });
+  }
+})();
+"""
+
+
+def rows(driver: Any, conv: str = "lobby") -> list[str]:
+    """The class of each element of a conversation's pane, in order."""
+    return list(driver.execute_script(
+        "return Array.from(document.querySelector('.pane[data-conv=\"' + arguments[0] + '\"]')"
+        ".children).map(e => e.className)", conv))
+
+
+def test_a_long_lobby_keeps_its_last_rows_and_the_page_keeps_up(
+    tmp_path: Path, browser: Callable[..., Any], connect: Callable[..., LineClient]
+) -> None:
+    """3,000 lobby lines in bursts of 500 (flood control off): the page
+    shows them all as they come, reads the layout once a frame rather than
+    once a line, and keeps the last 2,000 rows (the oldest go, the day
+    separator stays on top). A reconnection's history (all 3,000 lines
+    here) shows none of the lines again, not even those the page let go."""
+    server = WebServer(tmp_path, "--flood-rate", "0", "--history", "5000",
+                       "--history-bytes", "1000000")
+    with served(server) as web:
+        alice = recording(browser())
+        alice.execute_cdp_cmd("Page.addScriptToEvaluateOnNewDocument",
+                              {"source": _LAYOUT_READS})
+        join(alice, web, "alice")
+        carol = tcp_on(web, connect)("carol")
+        wait_notice(alice, "carol joined the chat")
+        before = count(alice, "layoutReads")
+        started = time.monotonic()
+        for start in range(0, 3000, 500):
+            carol.send("".join(f"MSG line {i}\r\n" for i in range(start, start + 500)))
+            assert lobby_lines(carol, 500)[-1] == f"carol: line {start + 499}"
+        wait(alice, lambda d: texts(d)[-1:] == ["line 2999"], timeout=30)
+        took = time.monotonic() - started
+        reads = count(alice, "layoutReads") - before
+        shown = rows(alice)
+        assert len([c for c in shown if c != "day"]) == MAX_ROWS
+        assert shown[0] == "day" and shown[1] == "msg first"
+        assert texts(alice) == [f"line {i}" for i in range(1000, 3000)]
+        # Each line read the layout 4 times (a forced layout each time it
+        # had changed): 12,000 reads, growing with the rows shown.
+        assert reads < 3000 / 4, reads
+        assert count(alice, "sockets") == 1  # never dropped (for --sendq)
+        assert took < 30
+
+        web.restart()
+        wait(alice, lambda d: d.execute_script("return window.gotLines").count("READY alice") == 2)
+        carol = tcp_on(web, connect)("carol")
+        carol.send("MSG after the restart")
+        wait_texts(alice, ["after the restart"])
+        # Nothing again; the notices since (the disconnection, carol back)
+        # took the room of the oldest lines.
+        shown_texts = texts(alice)
+        first = 3000 - (len(shown_texts) - 1)
+        assert 1000 < first < 1010, first
+        assert shown_texts == [f"line {i}" for i in range(first, 3000)] + ["after the restart"]
+
+
+# -- the end of a pair ---------------------------------------------------------------
+
+
+def lobby_rows(driver: Any, conv: str = "lobby") -> list[str]:
+    """Each message and notice of a conversation, in order: C{msg: TEXT},
+    C{notice: TEXT} (without its time)."""
+    return list(driver.execute_script("""
+        return Array.from(document.querySelectorAll(
+            '.pane[data-conv="' + arguments[0] + '"] > .msg, '
+            + '.pane[data-conv="' + arguments[0] + '"] > .notice')).map((e) =>
+          e.classList.contains("msg") ? "msg: " + e.querySelector(".msg-text").textContent
+                                      : "notice: " + e.lastChild.textContent)""", conv))
+
+
+def test_the_lobby_after_a_pair_shows_its_lines_and_joins_in_their_order(
+    web: WebServer, browser: Callable[..., Any], tcp: Callable[[str], LineClient]
+) -> None:
+    """While alice is paired, dave writes, erin joins, dave writes again and
+    carol (the partner) drops. Back in the lobby, the page shows it all in
+    that order (the lines come in the replay after UNPAIRED, the join and
+    the leave came live), then that the pair ended."""
+    carol, dave = tcp("carol"), tcp("dave")
+    alice = recording(browser())
+    join(alice, web, "alice")
+    accepted(alice, carol, "carol")
+    # Each in a millisecond of its own (the server's times tell the order;
+    # two in one millisecond could be either way).
+    dave.send("MSG 1) waiting for erin")
+    dave.expect("MSG ")
+    time.sleep(0.01)
+    tcp("erin")
+    dave.expect("JOINED ")
+    time.sleep(0.01)
+    dave.send("MSG 2) erin is here")
+    dave.expect("MSG ")
+    time.sleep(0.01)
+    carol.close()
+    conv_name(alice, "# lobby")
+    wait_notice(alice, "Your private conversation with carol ended.")
+    assert lobby_rows(alice) == [
+        "notice: carol invited you to a private conversation.",
+        "msg: 1) waiting for erin",
+        "notice: erin joined the chat",
+        "msg: 2) erin is here",
+        "notice: carol disconnected",
+        "notice: Your private conversation with carol ended.",
+    ]
+
+
+def test_a_server_restart_ends_the_private_conversation_in_words(
+    web: WebServer, browser: Callable[..., Any], tcp: Callable[[str], LineClient]
+) -> None:
+    carol = tcp("carol")
+    alice = recording(browser())
+    join(alice, web, "alice")
+    accepted(alice, carol, "carol")
+    web.restart()
+    wait(alice, lambda d: d.execute_script("return window.gotLines").count("READY alice") == 2)
+    conv_name(alice, "@carol")
+    assert lobby_rows(alice, "dm:carol")[-1] == (
+        "notice: The private conversation ended: the connection to the server was lost.")

@@ -79,12 +79,31 @@
     return frag;
   }
 
+  // The nick last used is remembered in the browser, when it lets the page:
+  // with site data blocked, localStorage throws (SecurityError), and the
+  // page works the same, remembering nothing.
+  function stored(name) {
+    try {
+      return localStorage.getItem(name);
+    } catch (e) {
+      return null;
+    }
+  }
+
+  function store(name, value) {
+    try {
+      localStorage.setItem(name, value);
+    } catch (e) {
+      // not remembered
+    }
+  }
+
   // -- state -------------------------------------------------------------------
 
   const state = {
     ws: null,
     me: null, // the nick the server accepted
-    wanted: localStorage.getItem("twisted-chat.nick") || "",
+    wanted: stored("twisted-chat.nick") || "",
     // {nick, value}: answers PASS <nick> by itself for that nick only (a
     // rejoin, a Join on a closed prompt): the login's, or the last REGISTERED one.
     password: null,
@@ -115,8 +134,18 @@
     draft: "",
     // "ts nick text" -> how many lobby messages with these three the page
     // shows: identical lines (a "+1" pasted three times in one millisecond)
-    // are distinct messages, and each counts.
+    // are distinct messages, and each counts. Kept for the last MAX_ROWS
+    // lobby messages (shownOrder: [id, time] oldest first); shownFloor: the
+    // time of the newest one forgotten (a replayed line up to it was shown).
     shownLobby: new Map(),
+    shownOrder: [],
+    shownFloor: -Infinity,
+    // Lobby notices (joins, leaves) while paired: shown when the pair ends,
+    // in time order among the lobby lines replayed then ({ts, text}).
+    heldNotices: [],
+    // The partner whose pair just ended, told in the lobby once the
+    // replay after UNPAIRED is shown (at its user list).
+    unpairedFrom: null,
     // While a new connection's READY block replays the history: what the
     // page showed before it, each count consumed by one replayed line.
     replaySkip: null,
@@ -135,7 +164,10 @@
     pane.dataset.conv = id;
     pane.hidden = true;
     $("messages").append(pane);
-    conv = { id, peer: peer || null, pane, unread: 0, lastFrom: null, lastTime: 0, lastDay: null, item: null };
+    // draft: what was typed in its composer and not sent, kept while
+    // another conversation is shown; rows: its messages and notices.
+    conv = { id, peer: peer || null, pane, unread: 0, lastFrom: null, lastTime: 0, lastDay: null,
+      item: null, draft: "", rows: 0 };
     state.convs.set(id, conv);
     if (id === "lobby") {
       const empty = el("div", "empty", "No messages yet. Say hello!");
@@ -159,13 +191,48 @@
     return container.scrollHeight - container.scrollTop - container.clientHeight < 60;
   }
 
+  // Rows (messages and notices) a conversation keeps: past it, the oldest
+  // go, with their day separators (docs/web.md). A page open for days, or
+  // under a burst, stays as fast as a new one.
+  const MAX_ROWS = 2000;
+
+  // Whether the view follows the bottom, decided by the first line of a
+  // frame added to the conversation shown, and scrolled once by the frame:
+  // the layout is read once a frame, not once a line (a line cost 35 ms
+  // at 14,500 rows when each one read it).
+  let stick = null;
+  function follow(box) {
+    if (stick !== null) return;
+    stick = atBottom(box);
+    requestAnimationFrame(() => {
+      if (stick) box.scrollTop = box.scrollHeight;
+      stick = null;
+    });
+  }
+
+  // The oldest rows over MAX_ROWS leave; the day separator of the oldest
+  // row kept stays above it, and that row shows its author.
+  function trim(conv) {
+    const pane = conv.pane;
+    let day = null;
+    while (conv.rows > MAX_ROWS && pane.firstElementChild) {
+      const node = pane.firstElementChild;
+      if (node.classList.contains("day")) day = node;
+      else conv.rows -= 1;
+      node.remove();
+    }
+    const first = pane.firstElementChild;
+    if (!first || first.classList.contains("day")) return;
+    if (day) pane.prepend(day);
+    if (first.classList.contains("msg")) first.classList.add("first");
+  }
+
   function append(conv, node, ts, countsUnread) {
     if (conv.empty) {
       conv.empty.remove();
       conv.empty = null;
     }
-    const box = $("messages");
-    const stick = conv.id !== state.active || atBottom(box);
+    if (conv.id === state.active) follow($("messages"));
     const day = ts.toDateString();
     if (day !== conv.lastDay) {
       conv.pane.append(el("div", "day", dayLabel(ts)));
@@ -173,8 +240,9 @@
       conv.lastFrom = null;
     }
     conv.pane.append(node);
+    conv.rows += 1;
+    if (conv.rows > MAX_ROWS) trim(conv);
     if (conv.id === state.active) {
-      if (stick) box.scrollTop = box.scrollHeight;
       if (countsUnread && document.hidden) bumpTitle(1);
     } else if (countsUnread) {
       conv.unread += 1;
@@ -224,6 +292,18 @@
 
   function show(id, focus = true) {
     const conv = state.convs.get(id) || lobby();
+    // What is being typed belongs to the conversation it was typed in: a
+    // switch, the user's or one PAIRED or UNPAIRED makes, keeps it there and
+    // brings back the shown one's. A private reply never lands in the
+    // lobby's composer, nor a lobby line in the partner's.
+    const input = $("composer-input");
+    const was = state.convs.get(state.active);
+    if (was && was !== conv) {
+      was.draft = input.value;
+      input.value = conv.draft;
+      conv.draft = "";
+      state.recall = -1;
+    }
     state.active = conv.id;
     for (const c of state.convs.values()) c.pane.hidden = c !== conv;
     if (conv.unread) {
@@ -329,7 +409,7 @@
     if (conv.id === "lobby") {
       name.textContent = "# lobby";
       topic.textContent = state.partner
-        ? `You are in a private conversation with ${state.partner}; lobby messages will be shown when you leave it.`
+        ? `You are in a private conversation with ${state.partner}; the lobby's messages, joins and leaves will be shown when you leave it.`
         : `Everyone on ${state.serverName || "this server"} · ${state.users.size} online`;
       input.placeholder = state.partner ? "Leave the private conversation to write in the lobby" : "Message #lobby";
       if (state.partner) input.disabled = true;
@@ -617,6 +697,7 @@
       return;
     }
     if (wasOnline) {
+      showHeldNotices(); // what happened before it
       notice(lobby(), "Disconnected from the server.", { error: true });
       if (held) notice(lobby(), `${held === 1 ? "One line was" : held + " lines were"} not sent: the connection closed first.`, { error: true });
       state.autoJoin = true;
@@ -693,7 +774,7 @@
     state.autoJoin = false;
     state.queued = null;
     askPassword = false;
-    localStorage.setItem("twisted-chat.nick", state.me);
+    store("twisted-chat.nick", state.me);
     $("login").hidden = true;
     $("app").hidden = false;
     $("me-nick").textContent = state.me;
@@ -803,7 +884,13 @@
         if (state.password && key(state.password.nick) !== key(nick)) state.password = null;
         state.users = new Map();
         state.pendingUsers = [];
-        // A new connection: whatever pair or invitation the old one had is over.
+        // A new connection: whatever pair or invitation the old one had is
+        // over, and the pair's conversation says so.
+        showHeldNotices();
+        state.unpairedFrom = null;
+        if (state.partner) {
+          notice(dm(state.partner), "The private conversation ended: the connection to the server was lost.");
+        }
         state.partner = null;
         state.pendingTo = null;
         clearPendingCard();
@@ -832,6 +919,11 @@
         state.pendingUsers = null;
         rosterReceived(users, line);
         renderUsers();
+        if (state.unpairedFrom) {
+          showHeldNotices();
+          notice(lobby(), `Your private conversation with ${state.unpairedFrom} ended.`);
+          state.unpairedFrom = null;
+        }
         break;
       }
       case "MSG": {
@@ -848,7 +940,7 @@
         const [, t, nick] = parse(line, 2);
         state.users.set(key(nick), { nick, state: "lobby" });
         renderUsers();
-        notice(lobby(), `${nick} joined the chat`, { ts: ts(t) });
+        lobbyNotice(`${nick} joined the chat`, ts(t));
         break;
       }
       case "LEFT": {
@@ -857,7 +949,7 @@
         renderUsers();
         const why = { quit: "left", disconnected: "disconnected", timeout: "timed out", flood: "was disconnected for flooding", sendq: "was disconnected (not reading)" }[reason] || `left (${reason})`;
         const msg = `${nick} ${why}` + (text ? `: ${text}` : "");
-        notice(lobby(), msg, { ts: ts(t) });
+        lobbyNotice(msg, ts(t));
         const conv = state.convs.get(dmId(nick));
         if (conv) notice(conv, msg, { ts: ts(t) });
         dropInvite(nick);
@@ -912,6 +1004,9 @@
         notice(conv, `${why}. You are back in the lobby.`);
         state.partner = null;
         state.pendingUsers = [];
+        // Told in the lobby after the lines missed meanwhile (the replay
+        // that follows, up to its user list).
+        state.unpairedFrom = partner;
         renderConvList();
         if (state.active === conv.id) show("lobby");
         else renderHeader();
@@ -967,7 +1062,13 @@
       case "BYE": {
         const [, reason, text] = parse(line, 2);
         state.byeReason = reason;
-        if (reason === "quit") state.leaving = true;
+        if (reason === "quit") {
+          // The user left (/quit): nothing reconnects, and the password is
+          // forgotten, so that "Join again" asks for it (the next person at
+          // this computer is not logged in as this one).
+          state.leaving = true;
+          state.password = null;
+        }
         if (state.online) {
           const why = { shutdown: "The server is shutting down.", timeout: "Disconnected: no activity.", flood: "Disconnected for sending too fast.", quit: "You left the chat." }[reason] || `Disconnected (${reason}).`;
           notice(lobby(), why + (text && reason !== "shutdown" ? ` ${text}` : ""), { error: reason !== "quit" });
@@ -1007,13 +1108,45 @@
   // while paired), are always shown: the server never sends one twice.
   function lobbyMessage(ts, from, text, rawTs, skip) {
     const id = `${rawTs} ${from} ${text}`;
+    if (skip && ts.getTime() <= state.shownFloor) return; // older than what the page remembers
     const left = skip ? skip.get(id) || 0 : 0;
     if (left > 0) {
       skip.set(id, left - 1);
       return;
     }
     state.shownLobby.set(id, (state.shownLobby.get(id) || 0) + 1);
+    state.shownOrder.push([id, ts.getTime()]);
+    if (state.shownOrder.length > MAX_ROWS) {
+      const [old, time] = state.shownOrder.shift();
+      const n = state.shownLobby.get(old) - 1;
+      if (n > 0) state.shownLobby.set(old, n);
+      else state.shownLobby.delete(old);
+      state.shownFloor = Math.max(state.shownFloor, time);
+    }
+    showHeldNotices(ts);
     addMessage(lobby(), ts, from, text);
+  }
+
+  // A join or leave in the lobby: shown now, or, while paired (the lobby's
+  // lines wait for the pair's end), held and shown among them then.
+  function lobbyNotice(text, ts) {
+    if (!state.partner) {
+      notice(lobby(), text, { ts });
+      return;
+    }
+    state.heldNotices.push({ ts, text });
+    if (state.heldNotices.length > MAX_ROWS) state.heldNotices.shift();
+  }
+
+  // The held notices up to `until` (all of them without it), in time order.
+  function showHeldNotices(until) {
+    const held = state.heldNotices;
+    let n = 0;
+    while (n < held.length && (!until || held[n].ts.getTime() <= until.getTime())) {
+      notice(lobby(), held[n].text, { ts: held[n].ts });
+      n += 1;
+    }
+    if (n) held.splice(0, n);
   }
 
   // -- the nick prompt ------------------------------------------------------------------
