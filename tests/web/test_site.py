@@ -106,6 +106,26 @@ def test_page_and_static_files(web: WebServer) -> None:
 
 
 @pytest.mark.e2e
+def test_the_page_and_its_files_are_revalidated_on_every_use(web: WebServer) -> None:
+    # Without Cache-Control a browser reuses them for a tenth of their age
+    # without asking: an upgraded server kept serving the old script.
+    for path in ["/", "/static/app.js", "/static/style.css", "/static/favicon.svg"]:
+        head, _ = get(web, path)
+        assert head.startswith("HTTP/1.1 200"), (path, head)
+        assert header(head, "Cache-Control") == "no-cache", path
+    # Revalidated: unchanged, a 304 without the body.
+    head, _ = get(web, "/static/app.js")
+    connection = http.client.HTTPConnection(LOOPBACK, web.web_port, timeout=5)
+    try:
+        connection.request("GET", "/static/app.js",
+                           headers={"If-Modified-Since": header(head, "Last-Modified")})
+        response = connection.getresponse()
+        assert response.status == 304 and response.read() == b""
+    finally:
+        connection.close()
+
+
+@pytest.mark.e2e
 def test_the_page_carries_the_servers_flood_rule(tmp_path: Path) -> None:
     # The page paces its own lines by it (docs/web.md, "Flood control and
     # the user list"); the file itself has the defaults.

@@ -296,11 +296,16 @@ class _Request(BodilessRequest):
 
 
 class _Files(static.File):
-    """The static directory: files only, no listings, no ranges (L{_Request})."""
+    """The static directory: files only, no listings, no ranges (L{_Request}).
+    Each file is revalidated on every use (C{no-cache}: a 304 while it is
+    unchanged): without it a browser reused them for a tenth of their age
+    without asking, so an upgraded server kept serving the old script, or
+    a new page with an old script."""
 
     contentTypes = _CONTENT_TYPES
 
     def render_GET(self, request: server.Request) -> Any:
+        request.setHeader(b"Cache-Control", b"no-cache")
         result = super().render_GET(request)
         if request.responseHeaders.hasHeader(b"accept-ranges"):
             request.responseHeaders.setRawHeaders(b"accept-ranges", [b"none"])
