@@ -1829,3 +1829,25 @@ def test_a_server_restart_ends_the_private_conversation_in_words(
     conv_name(alice, "@carol")
     assert lobby_rows(alice, "dm:carol")[-1] == (
         "notice: The private conversation ended: the connection to the server was lost.")
+
+
+def test_a_link_shows_its_bidi_controls_rather_than_obey_them(
+    web: WebServer, browser: Callable[..., Any], tcp: Callable[[str], LineClient]
+) -> None:
+    """U+202E (right-to-left override) in a link made
+    https://files.example/\\u202Efdp.exe show as .../exe.pdf: the link shows
+    the control as [U+202E] and goes where it says; it is isolated, so an
+    override before it leaves it as it is."""
+    carol = tcp("carol")
+    alice = browser()
+    join(alice, web, "alice")
+    carol.send("MSG invoice: https://files.example/\u202efdp.exe")
+    carol.send("MSG \u202e see https://example.org/abc")
+    wait(alice, lambda d: len(d.find_elements(By.CSS_SELECTOR, ".msg-text a")) == 2)
+    links = alice.execute_script(
+        "return Array.from(document.querySelectorAll('.msg-text a'))"
+        ".map(a => [a.textContent, a.href, a.dir])")
+    assert links == [
+        ["https://files.example/[U+202E]fdp.exe", "https://files.example/%E2%80%AEfdp.exe", "ltr"],
+        ["https://example.org/abc", "https://example.org/abc", "ltr"],
+    ]

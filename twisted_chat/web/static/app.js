@@ -60,6 +60,14 @@
     return ts.toLocaleDateString([], { weekday: "long", year: "numeric", month: "long", day: "numeric" });
   }
 
+  // Bidi controls (U+200E/F, U+202A-202E, U+2066-2069) reorder the text
+  // after them: in a link they make it show another address than it goes
+  // to ("https://files.example/\u202Efdp.exe" showed as ".../exe.pdf"). A
+  // link shows each as its code point, "[U+202E]", and is isolated (dir):
+  // such a control before it does not reorder it either.
+  const BIDI = /[\u200E\u200F\u202A-\u202E\u2066-\u2069]/g;
+  const shownBidi = (text) => text.replace(BIDI, (c) => `[U+${c.codePointAt(0).toString(16).toUpperCase()}]`);
+
   // Text with http(s) links made clickable; both built as DOM nodes.
   function richText(text) {
     const frag = document.createDocumentFragment();
@@ -68,7 +76,8 @@
     for (const m of text.matchAll(re)) {
       let url = m[0].replace(/[.,;:!?)\]]+$/, "");
       if (m.index > last) frag.append(document.createTextNode(text.slice(last, m.index)));
-      const a = el("a", null, url);
+      const a = el("a", null, shownBidi(url));
+      a.dir = "ltr";
       a.href = url;
       a.target = "_blank";
       a.rel = "noopener noreferrer";
