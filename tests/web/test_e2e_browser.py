@@ -1851,3 +1851,21 @@ def test_a_link_shows_its_bidi_controls_rather_than_obey_them(
         ["https://files.example/[U+202E]fdp.exe", "https://files.example/%E2%80%AEfdp.exe", "ltr"],
         ["https://example.org/abc", "https://example.org/abc", "ltr"],
     ]
+
+
+def test_a_double_slash_sends_a_line_that_starts_with_a_slash(
+    web: WebServer, browser: Callable[..., Any], tcp: Callable[[str], LineClient]
+) -> None:
+    """As in the terminal client: "//TEXT" is the message "/TEXT"; a line
+    starting with one slash is a command, and an unknown one says how."""
+    carol = tcp("carol")
+    alice = recording(browser())
+    join(alice, web, "alice")
+    say(alice, "/etc/hosts is missing on the new box")
+    wait_notice(alice, "Unknown command /etc.")
+    wait_notice(alice, "//etc… sends a message that starts with /etc.")
+    say(alice, "//etc/hosts is missing on the new box")
+    assert lobby_lines(carol, 1) == ["alice: /etc/hosts is missing on the new box"]
+    assert [line for line in sent(alice) if line.startswith("MSG")] == [
+        "MSG /etc/hosts is missing on the new box"]
+    assert recalled(alice, 1) == ["//etc/hosts is missing on the new box"]  # as typed

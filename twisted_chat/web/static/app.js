@@ -1368,15 +1368,20 @@
     "/passwd — change that password (also /password)",
     "/quit [TEXT] — leave, with an optional goodbye",
     "/help VERB — the server's help on a chat/1 verb",
+    "//TEXT — a message that starts with / (/TEXT)",
   ];
 
   // -- the composer ----------------------------------------------------------------------
 
-  function submitMessage(text) {
-    if (!text.trim()) return;
+  function submitMessage(typed) {
+    if (!typed.trim()) return;
     const conv = current();
     let line = null;
-    const cmd = /^\/(\w+)\s*(.*)$/.exec(text);
+    // "//text" is a message "/text", as in the terminal client: a line may
+    // start with a slash ("/etc/hosts is missing").
+    const escaped = typed.startsWith("//");
+    const text = escaped ? typed.slice(1) : typed;
+    const cmd = escaped ? null : /^\/(\w+)\s*(.*)$/.exec(text);
     if (cmd) {
       const [, name, rest] = cmd;
       const [arg, body] = parse(rest, 1);
@@ -1403,7 +1408,7 @@
           }
           return;
         default:
-          notice(conv, `Unknown command /${name}. Try /help, /dm NICK TEXT, /invite NICK, /leave, /register, /quit.`, { error: true });
+          notice(conv, `Unknown command /${name}. Try /help, /dm NICK TEXT, /invite NICK, /leave, /register, /quit; //${name}… sends a message that starts with /${name}.`, { error: true });
           return;
       }
     } else if (conv.id === "lobby") {
@@ -1414,7 +1419,7 @@
       line = `DM ${conv.peer} ${text}`;
     }
     if (send(line)) {
-      state.sent.push(text);
+      state.sent.push(typed);
       if (state.sent.length > 100) state.sent.shift();
     } else {
       notice(conv, "Not connected: the message was not sent.", { error: true });
