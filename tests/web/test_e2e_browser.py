@@ -1869,3 +1869,69 @@ def test_a_double_slash_sends_a_line_that_starts_with_a_slash(
     assert [line for line in sent(alice) if line.startswith("MSG")] == [
         "MSG /etc/hosts is missing on the new box"]
     assert recalled(alice, 1) == ["//etc/hosts is missing on the new box"]  # as typed
+
+
+# -- keyboard and screen readers --------------------------------------------------------
+
+
+def test_the_closed_drawer_is_out_of_reach_and_the_menu_button_says_so(
+    web: WebServer, browser: Callable[..., Any]
+) -> None:
+    """At phone width the closed drawer was only moved off screen: its
+    entries stayed Tab stops and in the accessibility tree, and ☰ did not
+    say whether it was open."""
+    phone = browser(width=390, height=844, phone=True)
+    join(phone, web, "bob")
+    state = "return [document.getElementById('sidebar').inert," \
+            " document.getElementById('menu-button').getAttribute('aria-expanded')]"
+    assert phone.execute_script(state) == [True, "false"]
+    phone.find_element(By.ID, "menu-button").click()
+    assert phone.execute_script(state) == [False, "true"]
+    phone.find_element(By.CSS_SELECTOR, '#channel-list li[data-conv="lobby"]').send_keys(Keys.ENTER)
+    assert phone.execute_script(state) == [True, "false"]  # closed by the choice
+    desktop = browser()
+    join(desktop, web, "carol")
+    assert desktop.execute_script(state)[0] is False  # not a drawer there
+
+
+def test_the_log_shows_a_focus_ring_and_a_hidden_dm_is_announced(
+    web: WebServer, browser: Callable[..., Any], tcp: Callable[[str], LineClient]
+) -> None:
+    carol = tcp("carol")
+    alice = browser()
+    join(alice, web, "alice")
+    composer(alice).send_keys(Keys.SHIFT, Keys.TAB)  # back from the composer: the log
+    assert alice.switch_to.active_element.get_attribute("id") == "messages"
+    assert alice.execute_script(
+        "return getComputedStyle(document.getElementById('messages')).outlineStyle") == "solid"
+    carol.send("DM alice psst")
+    wait(alice, lambda d: d.find_element(By.ID, "announce")
+         .get_attribute("textContent") == "New message from carol")
+    assert alice.find_element(By.ID, "announce").get_attribute("role") == "status"
+    # The avatar's letter is not read before the nick.
+    assert alice.execute_script(
+        "return Array.from(document.querySelectorAll('.avatar'))"
+        ".map(a => a.getAttribute('aria-hidden'))") == ["true"]
+
+
+def test_the_sidebar_keeps_the_keyboard_focus_when_its_lists_change(
+    web: WebServer, browser: Callable[..., Any], tcp: Callable[[str], LineClient]
+) -> None:
+    """The lists are rebuilt on a join or an unread line: the focus stayed
+    on a removed element, which sent the next Tab back to the start."""
+    carol = tcp("carol")
+    alice = browser()
+    join(alice, web, "alice")
+    carol_item = '#user-list li[data-nick="carol"]'
+    wait(alice, lambda d: d.find_elements(By.CSS_SELECTOR, carol_item))
+    alice.execute_script(f"document.querySelector('{carol_item}').focus()")
+    tcp("dave")
+    wait(alice, lambda d: d.find_elements(By.CSS_SELECTOR, '#user-list li[data-nick="dave"]'))
+    assert alice.switch_to.active_element.get_attribute("data-nick") == "carol"
+    lobby_item = '#channel-list li[data-conv="lobby"]'
+    alice.execute_script(f"document.querySelector('{lobby_item}').focus()")
+    carol.send("DM alice psst")
+    wait(alice, lambda d: d.find_elements(By.CSS_SELECTOR, '#dm-list li.unread'))
+    assert alice.switch_to.active_element.get_attribute("data-conv") == "lobby"
+    alice.switch_to.active_element.send_keys(Keys.TAB)  # on to the next entry
+    assert alice.switch_to.active_element.get_attribute("data-conv") == "dm:carol"

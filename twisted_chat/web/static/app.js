@@ -254,6 +254,7 @@
     if (conv.id === state.active) {
       if (countsUnread && document.hidden) bumpTitle(1);
     } else if (countsUnread) {
+      if (conv.peer) announce(`New message from ${conv.peer}`);
       conv.unread += 1;
       bumpTitle(1);
       renderConvList();
@@ -264,6 +265,7 @@
     const first = conv.lastFrom !== key(from) || ts - conv.lastTime > 5 * 60 * 1000;
     const row = el("div", "msg" + (first ? " first" : "") + (state.me && key(from) === key(state.me) ? " mine" : ""));
     const avatar = el("div", "avatar", from.slice(0, 1));
+    avatar.setAttribute("aria-hidden", "true"); // the nick follows: not read twice
     avatar.style.background = colorFor(from);
     const body = el("div", "msg-body");
     const head = el("div", "msg-head");
@@ -321,7 +323,7 @@
     }
     renderConvList();
     renderHeader();
-    $("app").classList.remove("menu-open");
+    setMenu(false);
     const box = $("messages");
     box.scrollTop = box.scrollHeight;
     if (state.online && focus) $("composer-input").focus();
@@ -343,6 +345,23 @@
   });
 
   // -- sidebar and header ------------------------------------------------------
+
+  // At phone width the sidebar is a drawer, moved off screen when closed:
+  // closed, it is also inert (out of the Tab order and the accessibility
+  // tree), and the ☰ button says whether it is open (aria-expanded).
+  const phoneWidth = window.matchMedia("(max-width: 720px)");
+  function setMenu(open) {
+    $("app").classList.toggle("menu-open", open);
+    $("sidebar").inert = phoneWidth.matches && !open;
+    $("menu-button").setAttribute("aria-expanded", String(open));
+  }
+  phoneWidth.addEventListener("change", () => setMenu($("app").classList.contains("menu-open")));
+
+  // Said to a screen reader (a polite live region): a DM in a conversation
+  // not shown changes nothing else it would read out.
+  function announce(text) {
+    $("announce").textContent = text;
+  }
 
   function convItem(conv, label, prefix) {
     const li = el("li", conv.id === state.active ? "active" : "");
@@ -371,7 +390,27 @@
     });
   }
 
+  // The sidebar's lists are built anew on every change (a join, an unread
+  // line): the entry with the keyboard focus keeps it, in its new element,
+  // rather than the focus falling back to the page's start.
+  function keepFocus(list, attr, rebuild) {
+    const had = document.activeElement;
+    const value = had && list.contains(had) ? had.dataset[attr] : undefined;
+    rebuild();
+    if (value === undefined) return;
+    for (const li of list.querySelectorAll("li")) {
+      if (li.dataset[attr] === value) {
+        li.focus();
+        return;
+      }
+    }
+  }
+
   function renderConvList() {
+    keepFocus($("sidebar"), "conv", buildConvList);
+  }
+
+  function buildConvList() {
     const channels = $("channel-list");
     const dms = $("dm-list");
     channels.replaceChildren();
@@ -384,6 +423,12 @@
   }
 
   function renderUsers() {
+    keepFocus($("user-list"), "nick", buildUsers);
+    $("user-count").textContent = `— ${state.users.size}`;
+    renderHeader();
+  }
+
+  function buildUsers() {
     const list = $("user-list");
     list.replaceChildren();
     const users = [...state.users.values()].sort((a, b) => key(a.nick).localeCompare(key(b.nick)));
@@ -399,8 +444,6 @@
       if (!isMe) activate(li, () => show(dm(user.nick).id));
       list.append(li);
     }
-    $("user-count").textContent = `— ${users.length}`;
-    renderHeader();
   }
 
   function renderHeader() {
@@ -1466,10 +1509,12 @@
     if (conv.peer) send("PAIR " + conv.peer);
   });
   $("menu-button").addEventListener("click", () => {
+    const open = !$("app").classList.contains("menu-open");
+    setMenu(open);
     // The drawer (phone width) shows who is online: an old list is asked for again.
-    if ($("app").classList.toggle("menu-open")) pollRoster(true);
+    if (open) pollRoster(true);
   });
-  $("messages").addEventListener("click", () => $("app").classList.remove("menu-open"));
+  $("messages").addEventListener("click", () => setMenu(false));
 
   // -- start -------------------------------------------------------------------------------
 
