@@ -1935,3 +1935,23 @@ def test_the_sidebar_keeps_the_keyboard_focus_when_its_lists_change(
     assert alice.switch_to.active_element.get_attribute("data-conv") == "lobby"
     alice.switch_to.active_element.send_keys(Keys.TAB)  # on to the next entry
     assert alice.switch_to.active_element.get_attribute("data-conv") == "dm:carol"
+
+
+def test_the_nick_prompt_speaks_the_pages_words_not_the_protocols(
+    web: WebServer, browser: Callable[..., Any], tcp: Callable[[str], LineClient]
+) -> None:
+    """A nick with a space ("Anna Smith") showed "usage: NICK <nick>", a
+    wrong password "...; send NICK again": the page's own sentences."""
+    registered(tcp, "alice", "correct horse battery")
+    page = browser()
+    page.get(web.url)
+    field = nick_field(page)
+    field.send_keys("Anna Smith", Keys.ENTER)
+    wait(page, lambda d: d.find_element(By.ID, "nick-error").text == (
+        "A nickname is one word: letters, digits, _ and -, starting with a letter (at most 24)."))
+    field.clear()
+    field.send_keys("alice", Keys.ENTER)
+    title(page, "Password for alice")
+    field.send_keys("not the password", Keys.ENTER)
+    wait(page, lambda d: d.find_element(By.ID, "nick-error").text
+         == "Wrong password, or no account for alice.")

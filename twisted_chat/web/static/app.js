@@ -926,7 +926,7 @@
         state.autoJoin = false;
         state.queued = null;
         if (reason !== "unavailable") state.password = null;
-        showLogin(false, text || reason);
+        showLogin(false, loginError(reason, text));
         break;
       }
       case "READY": {
@@ -1202,6 +1202,19 @@
   }
 
   // -- the nick prompt ------------------------------------------------------------------
+
+  // The server's RETRY text, in the page's words where it speaks the
+  // protocol ("usage: NICK <nick>" for a nick with a space in it; "send
+  // NICK again" after a wrong password).
+  function loginError(reason, text) {
+    if (reason === "invalid" && (!text || text.startsWith("usage:"))) {
+      return "A nickname is one word: letters, digits, _ and -, starting with a letter (at most 24).";
+    }
+    if (reason === "bad-password" && /^wrong password/.test(text || "")) {
+      return `Wrong password, or no account for ${state.wanted}.`;
+    }
+    return text || reason;
+  }
 
   let askPassword = false;
   let edited = false; // typed in since the last Join: not to be selected (replaced) again
