@@ -1955,3 +1955,22 @@ def test_the_nick_prompt_speaks_the_pages_words_not_the_protocols(
     field.send_keys("not the password", Keys.ENTER)
     wait(page, lambda d: d.find_element(By.ID, "nick-error").text
          == "Wrong password, or no account for alice.")
+
+
+def test_the_private_header_names_the_partner_at_phone_width(
+    web: WebServer, browser: Callable[..., Any], tcp: Callable[[str], LineClient]
+) -> None:
+    """The title "Private conversation with …" was cut before the name at
+    390 px: there it is "carol (private)", and the button "Leave"."""
+    carol = tcp("carol")
+    phone = browser(width=390, height=844, phone=True)
+    join(phone, web, "bob")
+    carol.send("PAIR bob")
+    wait(phone, lambda d: d.find_element(
+        By.CSS_SELECTOR, '[data-invite="carol"] .accept')).click()
+    carol.expect("PAIRED bob")
+    conv_name(phone, "carol (private)")
+    assert phone.execute_script(
+        "const e = document.getElementById('conv-name'); return e.scrollWidth <= e.clientWidth")
+    assert phone.find_element(By.ID, "leave-button").text == "Leave"
+    screenshot(phone, "phone-private.png")

@@ -472,10 +472,12 @@
     const isPartner = state.partner && key(state.partner) === key(peer);
     if (isPartner) {
       main.classList.add("private");
-      name.textContent = `Private conversation with ${peer}`;
+      // At phone width the name comes first ("carol (private)", "Leave"):
+      // the long title was cut before it.
+      name.replaceChildren(el("span", "wide", "Private conversation with "), peer, el("span", "narrow", " (private)"));
       topic.textContent = "Only the two of you; nothing here is kept in the history.";
       leave.hidden = false;
-      leave.textContent = "Leave conversation";
+      leave.replaceChildren("Leave", el("span", "wide", " conversation"));
       input.placeholder = `Message ${peer} (private)`;
     } else {
       name.textContent = `@${peer}`;
