@@ -1974,3 +1974,20 @@ def test_the_private_header_names_the_partner_at_phone_width(
         "const e = document.getElementById('conv-name'); return e.scrollWidth <= e.clientWidth")
     assert phone.find_element(By.ID, "leave-button").text == "Leave"
     screenshot(phone, "phone-private.png")
+
+
+def test_a_dm_command_leaves_no_draft_behind(
+    web: WebServer, browser: Callable[..., Any], tcp: Callable[[str], LineClient]
+) -> None:
+    """/dm opens the DM's conversation while the line is being sent: the
+    line is not kept as the lobby's draft."""
+    carol = tcp("carol")
+    alice = browser()
+    join(alice, web, "alice")
+    say(alice, "/dm carol are you there?")
+    conv_name(alice, "@carol")
+    assert carol.expect("MSG ").split(" ", 4)[2:] == ["alice", "carol", "are you there?"]
+    assert composer(alice).get_attribute("value") == ""
+    alice.find_element(By.CSS_SELECTOR, '#channel-list li[data-conv="lobby"]').click()
+    conv_name(alice, "# lobby")
+    assert composer(alice).get_attribute("value") == ""

@@ -1488,8 +1488,10 @@
     event.preventDefault();
     const input = $("composer-input");
     const text = input.value.replace(/[\r\n]+/g, " ");
-    submitMessage(text);
+    // Emptied first: a command may switch conversations (/dm opens one),
+    // and the line is not a draft of the one it was typed in.
     input.value = "";
+    submitMessage(text);
     state.recall = -1;
   });
 
