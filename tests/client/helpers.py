@@ -186,6 +186,16 @@ class Keyboard:
     def cursor(self) -> tuple[int, int]:
         return self.screen.x, self.screen.y
 
+    def input_row(self) -> str:
+        return self.rows()[self.cursor()[1]]
+
+    def attach(self, client: ChatClient) -> None:
+        """Type into C{client} (as main.py wires it), which shows on this screen."""
+        self.ui.on_line = client.user_line
+        self.ui.on_secret = client.secret_line
+        client.display = self.ui
+        self.ui.set_prompt(client.prompt())
+
 
 class _Tee(StringTransport):
     """Records the bytes written and passes them to the terminal emulator."""

@@ -11,7 +11,9 @@ from twisted_chat.client.commands import Local, Secret, is_secret_command, parse
 from twisted_chat.client.login import Login
 from twisted_chat.client.session import Outcome, State
 
-from .helpers import TS, Session, session
+from .helpers import TS, Keyboard, Session, session
+
+UP = b"\x1b[A"
 
 SECRET = "correct horse"
 
@@ -246,9 +248,41 @@ def test_register_refuses_a_mismatch_and_a_short_password_locally() -> None:
     assert s.screen.lines[-1] == "! The two passwords differ. Nothing was sent."
     s.type("/register")
     s.client.secret_line("short")
+    # Asked for again before anything is said: the second entry, typed
+    # blind, is read unseen too, never posted to the lobby.
+    assert s.screen.secret_prompt == "the same password again: "
+    s.client.secret_line("short")
     assert s.screen.lines[-1].startswith("! A password needs at least 8 bytes")
     assert s.screen.secret_prompt is None
     assert s.sent() == []
+
+
+@pytest.mark.parametrize(
+    ("command", "password", "said"),
+    [
+        ("/register", "kitty12", "! A password needs at least 8 bytes"),
+        ("/passwd", "kitty12", "! A password needs at least 8 bytes"),
+        ("/register", " leading space", "! A password cannot start with a space"),
+    ],
+)
+def test_a_refused_first_password_typed_twice_never_reaches_the_lobby(
+    command: str, password: str, said: str
+) -> None:
+    """A password refused locally closed the prompt at once, so the same
+    password typed again for the confirmation was posted to the lobby (and
+    kept in the history Up recalls)."""
+    s = session()
+    s.ready()
+    kb = Keyboard()
+    kb.attach(s.client)
+    kb.keys(f"{command}\r{password}\r{password}\r")
+    assert s.sent() == []
+    rows = "\n".join(kb.rows())
+    assert rows.count(said) == 1, rows
+    assert password.strip() not in rows
+    assert kb.input_row() == "alice>"
+    kb.keys(UP)  # nothing to recall: the command is not kept, nor the password
+    assert kb.input_row() == "alice>"
 
 
 def test_a_password_on_the_command_line_is_refused() -> None:

@@ -151,11 +151,16 @@ class Passwords:
         if not text:
             self._client.notice("Nothing was sent.")
             return
-        problem = password_problem(text)
+        if first is None:
+            # Both entries are read before either is looked at: people type
+            # a password twice without looking, and were the prompt to close
+            # after a first one refused, the second, typed blind, would go to
+            # the lobby as an ordinary line.
+            self.ask(verb, "the same password again: ", text)
+            return
+        problem = password_problem(first)
         if problem is not None:
             self._client.error(problem + " Nothing was sent.")
-        elif first is None:
-            self.ask(verb, "the same password again: ", text)
         elif text != first:
             self._client.error("The two passwords differ. Nothing was sent.")
         else:
