@@ -6,6 +6,8 @@ an account needs, /register and /passwd, and what the server answers.
 from __future__ import annotations
 
 import pytest
+from twisted.internet.error import ConnectionDone
+from twisted.python.failure import Failure
 
 from twisted_chat.client.commands import Local, Secret, is_secret_command, parse_input
 from twisted_chat.client.login import Login
@@ -435,8 +437,11 @@ def test_a_script_is_warned_on_its_warning_channel() -> None:
 def test_the_password_prompt_goes_away_when_the_connection_does() -> None:
     s = session()
     _asked_for_password(s)
-    s.lose()
-    assert s.screen.secret_prompt is None
+    s.client.connectionLost(Failure(ConnectionDone()))
+    # Keys are still read unseen (see below), for nothing.
+    assert s.screen.secret_prompt == "(the session is over; Enter leaves) "
+    s.client.secret_line(SECRET)
+    assert s.sent() == []
 
 
 def test_a_password_that_cannot_be_checked_now_is_sent_again_later() -> None:
@@ -479,3 +484,61 @@ def test_a_busy_server_answering_register_or_passwd_says_what_was_not_done(
     assert s.client.passwords.request is None
     s.receive("ERROR flood at most 10 lines per second (bursts of 20)")
     assert s.screen.take()[0] == "! You are sending too fast; that line was dropped."
+
+
+def test_the_login_timing_out_at_the_password_prompt_swallows_keys_until_enter() -> None:
+    """The server's --nick-timeout ran out at the password prompt and the
+    client exited at once: the password then typed blind went to the shell
+    (its screen, and its history file)."""
+    s = session("dave")
+    s.receive("HELLO chat/1 x", "NICK")
+    s.sent()
+    s.receive("PASS dave")
+    s.screen.take()
+    s.receive("BYE timeout no nickname after 30 seconds")
+    s.client.connectionLost(Failure(ConnectionDone()))
+    assert s.outcomes == []  # not yet: the terminal stays the client's
+    assert s.screen.secret_prompt == "(the session is over; Enter leaves) "
+    assert s.screen.take() == [
+        "! The session is over: nothing you type now is shown or sent. Press Enter to leave."
+    ]
+    s.client.secret_line("DavePassw0rd")
+    assert s.sent() == []
+    assert s.outcomes == [
+        Outcome(1, "The server stopped waiting for the password (it allows 30 seconds to log in).")
+    ]
+    assert "DavePassw0rd" not in s.screen.text()
+
+
+def test_a_connection_lost_at_the_register_prompt_waits_for_enter_or_ctrl_c() -> None:
+    s = session()
+    s.ready()
+    s.type("/register")
+    s.client.connectionLost(Failure(ConnectionDone()))
+    assert s.outcomes == []
+    assert s.screen.secret_prompt == "(the session is over; Enter leaves) "
+    s.client.interrupt()  # Ctrl-C leaves at once too
+    assert s.outcomes == [Outcome(1, "The connection to chat.test:7000 was lost.")]
+
+
+def test_a_script_or_a_closed_prompt_ends_at_once() -> None:
+    s = session()
+    s.ready()
+    assert s.lose() == Outcome(1, "The connection to chat.test:7000 was lost.")
+    s = session(interactive=False)
+    s.receive("HELLO chat/1 x", "NICK", "PASS alice")
+    assert s.lose().code == 1
+
+
+def test_the_login_timeout_names_what_the_server_waited_for() -> None:
+    s = session(None)
+    s.receive("HELLO chat/1 x", "NICK", "BYE timeout no nickname after 30 seconds")
+    assert s.lose() == Outcome(
+        1, "The server stopped waiting for the nickname (it allows 30 seconds to log in)."
+    )
+    s = session()
+    s.ready()
+    s.receive("BYE timeout idle")
+    assert s.lose() == Outcome(
+        1, "The server closed the connection: no activity for too long. (idle)"
+    )

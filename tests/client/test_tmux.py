@@ -170,3 +170,27 @@ def test_no_bell(
     assert b"psst" in raw.read_bytes() and b"\a" not in raw.read_bytes()
     term.key("C-c")
     term.wait_row(r"^EXIT=0$")
+
+
+def test_a_password_typed_after_the_login_timed_out_never_reaches_the_shell(
+    chat_server: Callable[..., ServerProcess],
+    connect: Callable[..., LineClient],
+    pane: Callable[..., Pane],
+) -> None:
+    """The server's --nick-timeout ran out at the password prompt: the client
+    exited, and the password typed blind next went to the shell."""
+    server = chat_server("--nick-timeout", "2")
+    dave = connect(server.port)
+    dave.register("dave")
+    dave.send("REGISTER DavePassw0rd")
+    dave.expect("REGISTERED")
+    dave.send("BYE")
+    dave.expect("BYE")
+    term = pane([*CLIENT, "--nick", "dave", LOOPBACK, str(server.port)])
+    term.wait_row(r"^password for dave:")
+    term.wait_row(r"Enter to leave|EXIT=")  # the server has given up
+    term.enter("DavePassw0rd")
+    term.wait_row(r"^EXIT=1$")
+    screen = "\n".join(term.screen())
+    assert "DavePassw0rd" not in screen, screen
+    assert "The server stopped waiting for the password (it allows 2 seconds" in screen

@@ -115,6 +115,23 @@ class Passwords:
             if display is not None:
                 display.end_secret()
 
+    @property
+    def asking(self) -> bool:
+        """Whether a password prompt is open."""
+        return self._asking is not None
+
+    def swallow(self, prompt: str) -> None:
+        """
+        The session is over while the prompt was open: keep reading unseen,
+        with C{prompt}, but for nothing (L{take} gives C{None}).  The user
+        types blind there; were the client to exit at once, the rest of a
+        password would go to the shell, its screen and its history file.
+        """
+        self._asking = None
+        display = self._client.display
+        if display is not None:
+            display.ask_secret(prompt)
+
     def take(self) -> tuple[str, str | None] | None:
         """
         A line was typed at the prompt, which ends: what it was asked for

@@ -119,6 +119,8 @@ class ChatClient(SkipLongLines):
     # up to this many bytes: the server's own send queue (1 MiB by default)
     # and the kernel's buffers hold less.
     QUIT_READ_MAX = 16 * 1024 * 1024
+    # The prompt once the session ended while a password prompt was open.
+    SWALLOW_PROMPT = "(the session is over; Enter leaves) "
 
     _log = Logger()
 
@@ -168,6 +170,9 @@ class ChatClient(SkipLongLines):
         self._quit_timer: IDelayedCall | None = None
         self._greeting_timer: IDelayedCall | None = None
         self._read_after_bye = 0  # bytes read after BYE while stdout was full
+        # The session's outcome, held while keys are swallowed until Enter:
+        # it ended at an open password prompt (connectionLost).
+        self._swallowed: Outcome | None = None
         # The password prompt, and /register and /passwd.
         self.passwords = Passwords(self)
         # NICK, and PASS, until READY.
@@ -332,7 +337,13 @@ class ChatClient(SkipLongLines):
     def connectionLost(self, reason: Failure | None = None) -> None:
         previous = self.state
         self.state = State.CLOSED
-        self.passwords.cancel()
+        # At an open password prompt the user may be typing blind: the
+        # client waits for Enter (unseen) before it gives the terminal back.
+        swallowing = self.interactive and self.passwords.asking
+        if swallowing:
+            self.passwords.swallow(self.SWALLOW_PROMPT)
+        else:
+            self.passwords.cancel()
         timers = (
             self._quit_timer,
             self._greeting_timer,
@@ -356,6 +367,13 @@ class ChatClient(SkipLongLines):
             tls_hint=self._tls_hint(),
             quit_timeout=self.QUIT_TIMEOUT,
         )
+        if swallowing:
+            self._swallowed = outcome
+            self.error(
+                "The session is over: nothing you type now is shown or sent. "
+                "Press Enter to leave."
+            )
+            return
         self._finish(outcome)
 
     def connect_failed(self, reason: Failure) -> None:
@@ -369,6 +387,7 @@ class ChatClient(SkipLongLines):
         self._finish(Outcome(1, f"Cannot connect to {self.server}: {why}."))
 
     def _finish(self, outcome: Outcome) -> None:
+        self._swallowed = None
         if not self.finished.called:
             self.finished.callback(outcome)
 
@@ -430,6 +449,9 @@ class ChatClient(SkipLongLines):
         chat was joined, or in a script, or when typed lines still waited
         (they are dropped, and counted), the exit code says it was interrupted.
         """
+        if self._swallowed is not None:
+            self._finish(self._swallowed)  # the session is over already
+            return
         if self._drop_queue() or self.nick is None or not self.interactive:
             self.ending.interrupted = True
         if self.state is State.QUITTING and self.transport is not None:
@@ -535,6 +557,9 @@ class ChatClient(SkipLongLines):
 
     def secret_line(self, text: str) -> None:
         """A line typed at a password prompt (never shown, never in the history)."""
+        if self._swallowed is not None:
+            self._finish(self._swallowed)  # the Enter that ends what was typed blind
+            return
         pending = self.passwords.take()
         if pending is None:
             return
@@ -740,7 +765,12 @@ class ChatClient(SkipLongLines):
     def _on_BYE(self, event: ServerLine) -> None:
         reason = event.word(0)
         at_login = self.state is State.NICK_SENT and self.login.pass_sent
-        said = render.bye(reason, event.text, after_password=at_login)
+        logging_in = None
+        if at_login or self.state is State.ASK_PASSWORD:
+            logging_in = "password"
+        elif self.state in (State.GREETING, State.ASK_NICK, State.NICK_SENT):
+            logging_in = "nickname"
+        said = render.bye(reason, event.text, after_password=at_login, logging_in=logging_in)
         self.ending.bye_received = True
         self._greeting_done()
         if reason == "quit" and self.state is State.QUITTING:

@@ -293,11 +293,23 @@ def _with_detail(said: str, detail: str) -> str:
     return f"{said} ({detail.strip()})"
 
 
-def bye(reason: str, text: str, *, after_password: bool = False) -> str:
+_SECONDS = re.compile(r"\b(\d+(?:\.\d+)?) seconds?\b")
+
+
+def bye(
+    reason: str, text: str, *, after_password: bool = False, logging_in: str | None = None
+) -> str:
     """
     Why the server closed the connection.  C{after_password}: it answers a
     login password, so C{flood} means too many failed logins, not lines.
+    C{logging_in}: what the server waited for, before C{READY} ("nickname"
+    or "password"), so C{timeout} is its limit on the login (its
+    C{--nick-timeout}, which the password is typed within too), not idleness.
     """
+    if reason == "timeout" and logging_in is not None:
+        limit = _SECONDS.search(text)
+        allows = f" (it allows {limit.group(1)} seconds to log in)" if limit else ""
+        return f"The server stopped waiting for the {logging_in}{allows}."
     said = BYE_REASONS.get(reason, f"The server closed the connection ({reason}).")
     if reason == "flood" and after_password:
         said = "The server closed the connection after too many failed logins; try again later."
