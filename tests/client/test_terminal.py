@@ -356,3 +356,38 @@ def test_a_resize_gives_the_whole_prompt_back_and_uses_the_real_width() -> None:
     assert _last_row_drawn(kb) == "fghij"
     kb.ui.terminalSize(80, 12)
     assert _last_row_drawn(kb) == prompt + "abcdefghij"
+
+
+ESC = b"\x1b"
+
+
+def test_a_lone_esc_does_not_swallow_the_next_key() -> None:
+    """insults waited for ever after a lone ESC and took the next key, however
+    much later, as Alt and that key, which was then dropped: "/msg bob ..."
+    and "@bob ..." lost their first character and went to the lobby."""
+    kb = Keyboard()
+    kb.ui.set_prompt("alice> ")
+    kb.keys(ESC)
+    kb.keys("/msg bob my number\r")
+    kb.keys(ESC)
+    kb.keys("@bob the code\r")
+    kb.keys(ESC + ESC)  # twice, in one read
+    kb.keys("/quit\r")
+    assert kb.typed == ["/msg bob my number", "@bob the code", "/quit"]
+    # An escape sequence in one read is still a key, not Esc and text.
+    kb.keys(b"ab" + LEFT + b"X\r")
+    assert kb.typed[-1] == "aXb"
+
+
+def test_an_unbound_alt_key_is_the_key_itself() -> None:
+    """ESC and a key in one read (Alt-/, or Esc typed just before): the key
+    is kept, not dropped; Alt-B, Alt-F and Alt-Backspace keep their use."""
+    kb = Keyboard()
+    kb.ui.set_prompt("> ")
+    kb.keys(ESC + b"/msg bob hi\r")
+    kb.keys(ESC + b"@bob hi" + ESC + b"\r")  # Alt-Enter is Enter
+    assert kb.typed == ["/msg bob hi", "@bob hi"]
+    kb.keys(b"one two" + ESC + b"b" + b"X")
+    assert input_row(kb) == "> one Xtwo"
+    kb.keys(ESC + b"\x7f")
+    assert input_row(kb) == "> one two"

@@ -194,3 +194,29 @@ def test_a_password_typed_after_the_login_timed_out_never_reaches_the_shell(
     screen = "\n".join(term.screen())
     assert "DavePassw0rd" not in screen, screen
     assert "The server stopped waiting for the password (it allows 2 seconds" in screen
+
+
+def test_esc_then_a_private_message_stays_private(
+    bob_online: tuple[ServerProcess, LineClient],
+    connect: Callable[..., LineClient],
+    pane: Callable[..., Pane],
+) -> None:
+    """A lone Esc made the next key Alt-that-key, which was dropped: the "@"
+    of "@bob ..." went, and the private message was posted to the lobby."""
+    server, bob = bob_online
+    carol = connect(server.port)
+    carol.register("carol")
+    term = pane([*CLIENT, "--nick", "alice", LOOPBACK, str(server.port)])
+    term.wait_row(r"^alice>$")
+    carol.expect("JOINED")
+    for typed, text in (("@bob ", "the door code is 4321"), ("/msg bob ", "my number 555-0100")):
+        term.key("Escape")
+        time.sleep(0.5)  # a person's pause: the Esc arrives alone
+        term.enter(typed + text)
+        line = bob.expect(lambda line: line.startswith("MSG") and " alice " in line)
+        assert re.fullmatch(rf"MSG {TS} alice bob {text}", line), line
+    term.key("Escape")
+    time.sleep(0.5)
+    term.enter("/quit")
+    term.wait_row(r"^EXIT=0$")
+    assert not [line for line in carol.sync() if line.startswith("MSG")]

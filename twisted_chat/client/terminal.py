@@ -360,12 +360,26 @@ class ChatTerminal(HistoricRecvLine):
             self.characterReceived(char, False)
 
     def _alt_key(self, keyID: Any) -> None:
+        """
+        ESC and a key in one read: Alt and that key, or Esc pressed just
+        before it.  An Alt key with no use of its own is the key alone:
+        dropped, it could be the "/" or "@" that makes a line a command or a
+        private message, and the rest would go to the lobby.
+        """
         if keyID == b"b":
             self._word_left()
         elif keyID == b"f":
             self._word_right()
         elif keyID in (b"\x7f", b"\x08"):
             self.handle_DELETE_WORD()
+        elif keyID == b"\x1b":
+            self.handle_ESCAPE()  # Esc pressed twice
+        else:
+            self.keystrokeReceived(keyID, None)
+
+    def handle_ESCAPE(self) -> None:
+        """The Esc key (L{TerminalServer} tells it from the start of a sequence)."""
+        self._completion = None
 
     def characterReceived(self, ch: Any, moreCharactersComing: bool) -> None:
         if isinstance(ch, bytes):
@@ -577,5 +591,12 @@ class TerminalServer(insults.ServerProtocol):
             self.ui.tabs_as_text = data.rstrip(b"\t").count(b"\t")
             try:
                 super().dataReceived(data)  # type: ignore[no-untyped-call]
+                if self.state == b"escaped":
+                    # A read that ends in a lone ESC is the Esc key: a
+                    # terminal writes a whole escape sequence at once.  Left
+                    # waiting, insults would take the next key, however much
+                    # later, as Alt and that key.
+                    self.state = b"data"
+                    self.ui.handle_ESCAPE()
             finally:
                 self.ui.tabs_as_text = 0
