@@ -118,7 +118,14 @@ def session(
     connect: bool = True,
     environ: dict[str, str] | None = None,
     peer: str = "127.0.0.1",
+    watch: bool = True,
 ) -> Session:
+    """
+    A client on a fake connection.  C{watch=False}: for a test whose fake
+    server sends nothing back for many seconds (no copies of the lines sent)
+    where that is not the subject: the client does not PING it
+    (L{twisted_chat.client.liveness}, tested in test_liveness.py).
+    """
     screen = Screen()
     clock = Clock()
     client = ChatClient(
@@ -130,6 +137,7 @@ def session(
         now=lambda: NOW,
         localtime=time.gmtime,
         environ=environ or {},
+        answer_wait=ChatClient.ANSWER_WAIT if watch else None,
     )
     transport = StringTransport(peerAddress=IPv4Address("TCP", peer, 7000))
     result = Session(client, transport, screen, clock)

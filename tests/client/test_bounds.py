@@ -166,9 +166,9 @@ def test_invitations_kept_are_bounded() -> None:
 # -- E: a script's stdin is read only as fast as its lines go ---------------------
 
 
-def piped(nick: str = "robot") -> tuple[Session, PipeIO, StringTransport]:
+def piped(nick: str = "robot", watch: bool = True) -> tuple[Session, PipeIO, StringTransport]:
     """A script's session: its stdin and stdout are a PipeIO on a StringTransport."""
-    s = session(nick, interactive=False)
+    s = session(nick, interactive=False, watch=watch)
     pipe = PipeIO(s.client.user_line, s.client.input_ended)
     stdio = StringTransport()
     pipe.makeConnection(stdio)
@@ -177,7 +177,7 @@ def piped(nick: str = "robot") -> tuple[Session, PipeIO, StringTransport]:
 
 
 def test_a_scripts_input_is_not_read_while_the_queue_is_full() -> None:
-    s, pipe, stdio = piped()
+    s, pipe, stdio = piped(watch=False)  # the fake server echoes none of the lines
     s.ready("robot")
     count = 3000
     pipe.dataReceived(b"".join(b"log line %d\n" % i for i in range(count)))  # one big read
@@ -218,7 +218,7 @@ def test_reading_resumes_once_half_the_queue_has_gone() -> None:
 def test_lines_pasted_over_the_bound_are_not_sent_and_said_so() -> None:
     # On a terminal, stdin is not paused (Ctrl-C must get through): lines past
     # the bound are dropped, with one error line, and counted at the end.
-    s = session("carol")
+    s = session("carol", watch=False)  # the fake server echoes none of the lines
     s.ready("carol")
     queue_max = s.client.QUEUE_MAX
     total = queue_max + 20

@@ -41,7 +41,7 @@ def dropped_by(meter: FloodMeter, sent: list[tuple[float, str]]) -> list[str]:
 def test_a_40_line_script_stays_under_the_default_flood_control() -> None:
     """It used to write all 40 at once: the server (10 lines/s, bursts of
     20) dropped 22 of them and then cut the script off with BYE flood."""
-    s = session("reporter", interactive=False)
+    s = session("reporter", interactive=False, watch=False)  # no copies come back: not PINGed
     s.receive("HELLO chat/1 x", "NICK")
     report = [f"report line {n}" for n in range(1, 41)]
     s.type(*report)
@@ -58,7 +58,7 @@ def test_a_40_line_script_stays_under_the_default_flood_control() -> None:
 
 
 def test_a_paste_on_a_terminal_is_paced_in_order() -> None:
-    s = session()
+    s = session(watch=False)  # no copies come back: not PINGed
     s.ready()
     pasted = [f"line {n}" for n in range(30)]
     s.type(*pasted, "/users", "last")
@@ -71,7 +71,7 @@ def test_a_paste_on_a_terminal_is_paced_in_order() -> None:
 def test_error_flood_slows_down_to_half_what_the_server_names() -> None:
     """A server with tighter flood control than the defaults says its
     limits when it drops a line: the rest goes at half of them."""
-    s = session()
+    s = session(watch=False)  # no copies come back: not PINGed
     s.ready()
     s.type(*(f"line {n}" for n in range(20)))
     assert len(s.sent()) == BURST - 1  # NICK was one

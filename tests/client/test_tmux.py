@@ -5,8 +5,10 @@ typed with send-keys, and the screen is read with capture-pane.
 
 from __future__ import annotations
 
+import os
 import re
 import shlex
+import signal
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -220,3 +222,30 @@ def test_esc_then_a_private_message_stays_private(
     term.enter("/quit")
     term.wait_row(r"^EXIT=0$")
     assert not [line for line in carol.sync() if line.startswith("MSG")]
+
+
+def test_a_frozen_server_is_noticed_and_so_is_its_return(
+    bob_online: tuple[ServerProcess, LineClient], pane: Callable[..., Pane]
+) -> None:
+    """A server that stopped answering (SIGSTOP stands in for a dead network
+    path) gave no sign: the typed line left the input row and appeared nowhere."""
+    server, bob = bob_online
+    term = pane([*CLIENT, "--nick", "alice", LOOPBACK, str(server.port)])
+    term.wait_row(r"^alice>$")
+    bob.expect("JOINED")
+    os.kill(server.pid, signal.SIGSTOP)
+    try:
+        term.enter("is anyone there?")
+        term.wait_row(
+            rf"^! No answer from {re.escape(LOOPBACK)}:\d+ for \d+ seconds: the last line you",
+            timeout=20,
+        )
+        assert not any("<alice> is anyone there?" in row for row in term.screen())
+    finally:
+        os.kill(server.pid, signal.SIGCONT)
+    row = term.wait_row(r"answers again, after \d+ seconds\.$")
+    term.wait_row(r"<alice> is anyone there\?$", after=row)
+    line = bob.expect(lambda line: line.startswith("MSG") and " alice " in line)
+    assert line.endswith(" is anyone there?")
+    term.key("C-c")
+    term.wait_row(r"^EXIT=0$")

@@ -66,7 +66,7 @@ def test_lines_typed_for_the_partner_do_not_go_to_the_lobby_when_the_pair_ends(
 
 
 def test_commands_that_wait_still_go_when_the_pair_ends() -> None:
-    s = session("alice")
+    s = session("alice", watch=False)  # no copies come back: not PINGed
     s.ready("alice", users=("dave",))
     s.receive("PAIRED dave")
     s.type(*[f"private line {i}" for i in range(12)], "/users", "@dave see you")
@@ -78,7 +78,7 @@ def test_commands_that_wait_still_go_when_the_pair_ends() -> None:
 def test_after_our_own_unpair_what_waits_goes_to_the_lobby() -> None:
     """What was typed after /unpair (it went first) is for the lobby, as it
     would have been without a wait."""
-    s = session("alice")
+    s = session("alice", watch=False)  # no copies come back: not PINGed
     s.ready("alice", users=("dave",))
     s.receive("PAIRED dave")
     s.sent()
@@ -89,7 +89,7 @@ def test_after_our_own_unpair_what_waits_goes_to_the_lobby() -> None:
 
 
 def test_what_follows_a_waiting_unpair_goes_where_the_unpair_leads() -> None:
-    s = session("alice")
+    s = session("alice", watch=False)  # no copies come back: not PINGed
     s.ready("alice", users=("dave",))
     s.type("/pair dave")
     s.receive("PENDING dave")
@@ -106,7 +106,7 @@ def test_what_follows_a_waiting_unpair_goes_where_the_unpair_leads() -> None:
 
 
 def test_a_script_that_accepts_then_talks_talks_to_its_partner() -> None:
-    s = session("robot", interactive=False)
+    s = session("robot", interactive=False, watch=False)  # no copies come back: not PINGed
     s.ready("robot", users=("dave",))
     s.receive("INVITE dave")
     s.type(*[f"report line {i}" for i in range(9)], "/accept", "hi dave")

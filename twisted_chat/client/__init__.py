@@ -21,6 +21,8 @@ It speaks chat/1 over TCP or TLS on the Twisted reactor.  The modules:
   - L{outbox}: the lines waiting to be sent, their pace and their counts;
   - L{pace}: the token bucket that keeps sending under the server's flood
     control;
+  - L{liveness}: notices a server that stopped answering (C{PING}, and a
+    word to the user);
   - L{flow}: back-pressure: stops reading the server while stdout or the
     connection cannot take more;
   - L{lines}: line splitting that skips an over-long line (server and pipe);

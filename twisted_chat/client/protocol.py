@@ -19,7 +19,8 @@ The rest has modules of its own (docs/client.md, "How it works"): the login
 see the client through a small C{Client} interface each; the pair and who is
 online are plain state (L{twisted_chat.client.pairing},
 L{twisted_chat.client.roster}), and so is how the session is ending
-(L{twisted_chat.client.session.Ending}).
+(L{twisted_chat.client.session.Ending}).  L{twisted_chat.client.liveness}
+notices a server that stopped answering what the user sends.
 
 When the session ends, L{ChatClient.finished} fires with an L{Outcome}: the
 exit code and, for a failure, one sentence for stderr.
@@ -51,6 +52,7 @@ from twisted_chat.client.display import Display
 from twisted_chat.client.events import Malformed, ServerLine, parse
 from twisted_chat.client.flow import Valve, taken
 from twisted_chat.client.lines import SkipLongLines
+from twisted_chat.client.liveness import Liveness
 from twisted_chat.client.login import Login
 from twisted_chat.client.outbox import QUEUE_MAX, Outbox, Typed
 from twisted_chat.client.pairing import Pairing
@@ -101,6 +103,9 @@ class ChatClient(SkipLongLines):
         (to log in, and for C{/register}), C{CHAT_NEW_PASSWORD} (C{/passwd}).
         On a terminal, passwords are typed at a prompt that does not show them.
     @param warn: shows a warning (default: an error line on the display).
+    @param answer_wait: seconds a line sent may go unanswered, once online,
+        before the client checks with C{PING} that the server is still there
+        (L{twisted_chat.client.liveness}; C{None}: it does not).
     """
 
     delimiter = b"\n"
@@ -108,6 +113,7 @@ class ChatClient(SkipLongLines):
     MAX_LENGTH = 1 << 20
     QUIT_TIMEOUT = 5.0
     GREETING_TIMEOUT = 15.0
+    ANSWER_WAIT = Liveness.ANSWER_WAIT  # (twisted_chat.client.liveness)
     INTERRUPTED = INTERRUPTED  # (twisted_chat.client.session)
     # Lines that wait to be sent (twisted_chat.client.outbox).
     QUEUE_MAX = QUEUE_MAX
@@ -140,6 +146,7 @@ class ChatClient(SkipLongLines):
         show_history: bool = True,
         environ: Mapping[str, str] | None = None,
         warn: Callable[[str], None] | None = None,
+        answer_wait: float | None = Liveness.ANSWER_WAIT,
     ) -> None:
         self.display = display
         self.option_nick = nick
@@ -191,6 +198,17 @@ class ChatClient(SkipLongLines):
             taken=lambda: taken(self.transport),
             stall_timeout=greeting_timeout,
             limit=self.QUEUE_MAX,
+        )
+        # Whether the server still answers what the user sends, once online.
+        self.liveness = Liveness(
+            clock,
+            ping=lambda: self.send(Send("PING", text="are you there?")),
+            silent=self._silent,
+            back=self._answers_again,
+            # Not read while stdout or the socket is full (self.reading): the
+            # answer may be there, unread.
+            deaf=lambda: self.reading.held("display") or self.reading.held("socket"),
+            answer_wait=answer_wait,
         )
 
     @property
@@ -286,6 +304,8 @@ class ChatClient(SkipLongLines):
             self.transport.loseConnection()
 
     def dataReceived(self, data: bytes) -> None:
+        if data:
+            self.liveness.heard()
         if self.ending.said_bye and self.reading.held("display"):
             self._read_after_bye += len(data)
             if self._read_after_bye > self.QUIT_READ_MAX:
@@ -306,6 +326,20 @@ class ChatClient(SkipLongLines):
         if self.transport is not None and self.state is not State.CLOSED:
             self.transport.write(request.encode())
             self.outbox.sent(request.verb)
+            online = self.state in (State.READY, State.PAIRED)
+            if online and request.verb not in ("PING", "PONG", "BYE"):
+                self.liveness.sent()  # the server answers it, or sends it back
+
+    def _silent(self, seconds: float, count: int) -> None:
+        """The server has not answered the lines sent for C{seconds} (L{Liveness})."""
+        lines = "the last line you sent" if count == 1 else f"the last {count} lines you sent"
+        self.error(
+            f"No answer from {self.server} for {seconds:.0f} seconds: {lines} may not have "
+            "arrived. The client keeps waiting; Ctrl-C leaves."
+        )
+
+    def _answers_again(self, seconds: float) -> None:
+        self.notice(f"{self.server} answers again, after {seconds:.0f} seconds.")
 
     def lineReceived(self, data: bytes) -> None:
         if data.endswith(b"\r"):
@@ -355,6 +389,7 @@ class ChatClient(SkipLongLines):
         self._quit_timer = self._greeting_timer = self._drain_timer = None
         self.login.stop()
         self.outbox.stop()
+        self.liveness.stop()
         if not self.ending.said_bye:
             self._drop_queue()  # the session ended under lines waiting: counted
         tls = describe_tls_error(reason, self.server) if reason is not None else None
@@ -493,6 +528,7 @@ class ChatClient(SkipLongLines):
         # unanswered.  Bounded: the server closes after its answer.
         self.reading.ignore("display")
         self.outbox.cancel_stall()  # the goodbye's own time bounds it now
+        self.liveness.stop()  # and the server's answer to it
         self.set_state(State.QUITTING)
         self._quit_timer = self.clock.callLater(self.QUIT_TIMEOUT, self._give_up)
 
