@@ -201,6 +201,7 @@ class Keyboard:
         """Type into C{client} (as main.py wires it), which shows on this screen."""
         self.ui.on_line = client.user_line
         self.ui.on_secret = client.secret_line
+        self.ui.paste_time = client.paste_time
         client.display = self.ui
         self.ui.set_prompt(client.prompt())
 

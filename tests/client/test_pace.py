@@ -13,7 +13,7 @@ from twisted_chat.client.protocol import ChatClient
 from twisted_chat.client.session import Outcome, State
 from twisted_chat.server.flood import FloodMeter
 
-from .helpers import TS, Session, session
+from .helpers import TS, Keyboard, Session, session
 
 STEP = 0.05
 
@@ -307,3 +307,22 @@ def test_a_token_a_hair_short_after_float_refills_counts_as_one() -> None:
         if step % 4 == 0:
             assert pacer.wait() == 0
             pacer.spend()
+
+
+def test_a_long_paste_on_a_terminal_waits_for_enter_and_esc_drops_it() -> None:
+    s = session(watch=False)  # no copies come back: not PINGed
+    s.ready()
+    kb = Keyboard(width=100)
+    kb.attach(s.client)
+    paste = "".join(f"oops {i}\r" for i in range(60)).encode()
+    kb.keys(b"\x1b[200~" + paste + b"\x1b[201~")
+    assert s.sent() == []
+    assert "* You pasted 60 lines (about 12 s to send): Enter sends them, Esc drops them." in (
+        kb.rows()
+    )
+    kb.keys(b"\x1b")
+    s.clock.advance(60)
+    assert s.sent() == []
+    kb.keys(b"\x1b[200~" + paste + b"\x1b[201~")
+    kb.keys(b"\r")
+    assert s.sent() == [f"MSG oops {i}" for i in range(10)]  # then paced, as typed

@@ -391,3 +391,84 @@ def test_an_unbound_alt_key_is_the_key_itself() -> None:
     assert input_row(kb) == "> one Xtwo"
     kb.keys(ESC + b"\x7f")
     assert input_row(kb) == "> one two"
+
+
+def _paste(lines: list[str], tail: str = "") -> bytes:
+    """A bracketed paste (terminals turn its line ends into CR)."""
+    text = "".join(f"{line}\r" for line in lines) + tail
+    return b"\x1b[200~" + text.encode() + b"\x1b[201~"
+
+
+LINES = [f"line {i}" for i in range(20)]
+
+
+def test_a_long_paste_is_held_until_enter_sends_it() -> None:
+    """A paste went out line by line over many seconds, with no word and no
+    way to stop it short of quitting."""
+    kb = Keyboard(width=80)
+    kb.ui.set_prompt("alice> ")
+    kb.keys(b"\x1b[200~line 0\rline 1\r")  # a paste may come in several reads
+    kb.keys(_paste(LINES[2:])[len(b"\x1b[200~") :])
+    assert kb.typed == []
+    rows = kb.rows()
+    y = kb.cursor()[1]
+    assert rows[y - 1] == "* You pasted 20 lines: Enter sends them, Esc drops them."
+    assert rows[y] == "send the 20 pasted lines? Enter sends, Esc drops:"
+    kb.keys("x")  # only Enter, Esc or Ctrl-C answer
+    kb.keys(UP)
+    assert kb.typed == [] and kb.ui.lineBuffer == []
+    kb.keys("\r")
+    assert kb.typed == LINES
+    assert input_row(kb) == "alice>"
+    kb.keys(UP)
+    assert input_row(kb) == "alice> line 19"
+
+
+def test_esc_drops_a_held_paste_and_the_half_typed_line_stays() -> None:
+    kb = Keyboard(width=80)
+    kb.ui.set_prompt("alice> ")
+    kb.keys("draft ")
+    kb.keys(_paste(LINES, tail="and a tail"))
+    assert kb.typed == []
+    kb.keys(ESC)
+    assert kb.typed == []
+    y = kb.cursor()[1]
+    assert kb.rows()[y - 1] == "* The 20 pasted lines were dropped: none was sent."
+    assert input_row(kb) == "alice> and a tail"  # (the first pasted line began with the draft)
+    kb.keys(UP)  # the dropped lines are not recalled either
+    assert input_row(kb) == "alice> and a tail"
+
+
+def test_a_short_paste_goes_at_once_and_a_long_one_without_bracketed_paste_is_held() -> None:
+    kb = Keyboard(width=80)
+    kb.keys(_paste(LINES[:5]))
+    assert kb.typed == LINES[:5]
+    # A terminal without bracketed paste: one read with many lines.
+    kb.keys("".join(f"{line}\r" for line in LINES[5:15]))
+    assert kb.typed == LINES[:5]
+    kb.keys("".join(f"{line}\r" for line in LINES[15:]))  # more of it, read later
+    kb.keys("\r")
+    assert kb.typed == LINES
+
+
+def test_lines_pasted_after_a_register_command_are_still_read_unseen() -> None:
+    """A pasted line is entered once the paste ends: a password prompt that
+    a line before it opened still takes it."""
+    kb = Keyboard()
+    kb.ui.on_line = lambda line: (kb.typed.append(line), kb.ui.ask_secret("password: "))
+    kb.keys(_paste(["/register", "hunter2222", "hello"]))
+    assert kb.typed == ["/register", "hello"]
+    assert kb.secrets == ["hunter2222"]
+
+
+def test_a_password_prompt_drops_a_held_paste() -> None:
+    """Lines typed (or pasted) ahead of a password prompt are not sent: one
+    may be the password."""
+    kb = Keyboard(width=80)
+    kb.keys(_paste(LINES))
+    assert kb.ui.drop_typing()
+    assert input_row(kb) == ">"  # the question is gone
+    kb.ui.ask_secret("password: ")
+    kb.keys("hunter2222\r")
+    kb.keys("\r")
+    assert kb.secrets == ["hunter2222"] and kb.typed == [""]

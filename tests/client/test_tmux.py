@@ -249,3 +249,29 @@ def test_a_frozen_server_is_noticed_and_so_is_its_return(
     assert line.endswith(" is anyone there?")
     term.key("C-c")
     term.wait_row(r"^EXIT=0$")
+
+
+def test_a_long_paste_waits_for_enter_and_esc_drops_it(
+    bob_online: tuple[ServerProcess, LineClient], pane: Callable[..., Pane]
+) -> None:
+    """A paste of the wrong clipboard went out to the lobby line by line,
+    with no notice and no way to stop it short of quitting."""
+    server, bob = bob_online
+    term = pane([*CLIENT, "--nick", "alice", LOOPBACK, str(server.port)])
+    term.wait_row(r"^alice>$")
+    bob.expect("JOINED")
+    term.tmux("set-buffer", "-b", "clip", "\n".join(f"oops {i}" for i in range(20)) + "\n")
+    term.tmux("paste-buffer", "-p", "-b", "clip", "-t", "chat")
+    term.wait_row(r"^\* You pasted 20 lines \(about 4 s to send\): Enter sends them, Esc drops")
+    term.wait_row(r"^send the 20 pasted lines\? Enter sends, Esc drops:$")
+    term.key("Escape")
+    term.wait_row(r"^\* The 20 pasted lines were dropped: none was sent\.$")
+    term.wait_row(r"^alice>$")
+    assert not [line for line in bob.sync() if line.startswith("MSG")]
+    term.tmux("paste-buffer", "-p", "-b", "clip", "-t", "chat")
+    term.wait_row(r"^send the 20 pasted lines\?")
+    term.key("Enter")
+    got = [bob.expect(lambda line: line.startswith("MSG")) for _ in range(20)]
+    assert [line.split(" ", 4)[-1] for line in got] == [f"oops {i}" for i in range(20)]
+    term.key("C-c")
+    term.wait_row(r"^EXIT=0$")

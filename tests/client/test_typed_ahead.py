@@ -258,7 +258,9 @@ def test_a_half_typed_line_does_not_come_back_after_a_paced_register_prompt() ->
     s, k = _on_a_terminal("alice")
     s.ready("alice")
     paste = "".join(f"pasted line {i}\r" for i in range(12))
-    k.keys(paste + "/register\r" + "hunter2")  # half-typed when the prompt opens
+    k.keys(paste + "/register\r")
+    k.keys("\r")  # send the 13 lines pasted (held until Enter)
+    k.keys("hunter2")  # half-typed when the prompt opens
     run_pacer(s)
     assert k.ui._secret_prompt == "password: "
     k.keys("\r")  # just Enter: nothing is registered

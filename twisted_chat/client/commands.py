@@ -36,6 +36,7 @@ Keys:
   Tab               complete a nickname or a /command; Tab again for the next
   Ctrl-U, Ctrl-K, Ctrl-W   delete before / after the cursor, the word before
   Ctrl-L            clear the screen
+  Enter, Esc        after a paste of more than 5 lines: send it, drop it
   Ctrl-C, Ctrl-D    quit (Ctrl-D on an empty line)"""
 
 # Control characters a person cannot mean to send (TAB is allowed by chat/1).

@@ -475,6 +475,7 @@ def _start_terminal(
         nicks=client.online_nicks,
         bell=bell,
         on_eof=client.end_of_typing,
+        paste_time=client.paste_time,
     )
     ui.width, ui.height = terminal_size(sys.stdout.fileno())
     stdio = StandardIO(terminal.TerminalServer(ui), reactor=reactor)  # type: ignore[no-untyped-call]

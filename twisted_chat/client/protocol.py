@@ -440,6 +440,10 @@ class ChatClient(SkipLongLines):
             return
         self.pump()
 
+    def paste_time(self, count: int) -> float:
+        """About how many seconds C{count} more lines take to send (for a held paste)."""
+        return float(math.ceil((self.outbox.waiting() + count) / self.outbox.rate))
+
     def _queue_room(self) -> None:
         """Once half the queue has gone, read a script's input again."""
         count = self.outbox.room()

@@ -32,7 +32,7 @@ from twisted.python.failure import Failure
 
 from twisted_chat.client.commands import is_secret_command
 from twisted_chat.client.complete import Completion, complete
-from twisted_chat.client.render import Line, Span, Style, ansi, plain, wrap
+from twisted_chat.client.render import Line, Span, Style, ansi, notice, plain, wrap
 from twisted_chat.client.sanitize import clean, text_width
 
 ERASE_ROW = "\r\x1b[K"
@@ -47,6 +47,14 @@ PASTE_END = b"\x1b[201~"
 MIN_ROOM = 8
 ALT: object = insults.ServerProtocol.ALT  # type: ignore[attr-defined]  # set in a loop
 HISTORY_MAX = 500
+# A paste of more lines than this is held until the user says to send it
+# (Enter) or to drop it (Esc): it may be the wrong clipboard.
+PASTE_ASK = 5
+# While a paste is held, a read of more bytes than this, or with more than
+# one Enter in it, is more of it (in a terminal without bracketed paste),
+# not an answer: keys come one by one, and an escape sequence or a UTF-8
+# character takes a few bytes.
+KEYS_MAX = 8
 
 
 def fit_prompt(prompt: str, width: int) -> str:
@@ -105,6 +113,8 @@ class ChatTerminal(HistoricRecvLine):
     @param nicks: the nicknames Tab offers (see L{twisted_chat.client.complete}).
     @param bell: whether L{bell} rings the terminal bell (C{--no-bell}).
     @param on_eof: called for Ctrl-D on an empty line: the end of input.
+    @param paste_time: about how many seconds this many lines take to send
+        (said when a paste of more than L{PASTE_ASK} lines is held).
     """
 
     width = 80
@@ -120,8 +130,10 @@ class ChatTerminal(HistoricRecvLine):
         nicks: Callable[[], Iterable[str]] = tuple,
         bell: bool = True,
         on_eof: Callable[[], None] | None = None,
+        paste_time: Callable[[int], float] | None = None,
     ) -> None:
         self.terminal: Any = None  # set by makeConnection
+        self.paste_time = paste_time
         self.on_eof = on_eof if on_eof is not None else on_quit
         self.on_line = on_line
         self.on_secret = on_secret
@@ -152,6 +164,12 @@ class ChatTerminal(HistoricRecvLine):
         # without bracketed paste): this many TABs of the current read.
         self._pasting = False
         self.tabs_as_text = 0
+        # The current read is a paste (in a terminal without bracketed paste).
+        self.burst = False
+        # Lines entered in the paste being read, and a paste of more than
+        # PASTE_ASK lines held until Enter sends it or Esc drops it.
+        self._pasted: list[str] = []
+        self._held: list[str] = []
 
     # -- set-up ------------------------------------------------------------------
 
@@ -234,15 +252,17 @@ class ChatTerminal(HistoricRecvLine):
         """
         Clear the line being typed, or the one a password prompt interrupted
         (and the draft Up put aside): it may be a password typed ahead of its
-        prompt.  Whether it held anything but spaces.
+        prompt, and a paste held for confirmation.  Whether it held anything
+        but spaces.
         """
+        held, self._held = bool(self._held), []
         if self._secret_prompt is not None:
             chars = self._saved[0]
             self._saved = ([], 0)
         else:
             chars = self.lineBuffer
             self._set_buffer([])
-        had = bool("".join(chars).strip() or "".join(self._draft).strip())
+        had = bool("".join(chars).strip() or "".join(self._draft).strip() or held)
         self._draft = []
         self._completion = None
         self.historyPosition = len(self.historyLines)
@@ -292,8 +312,11 @@ class ChatTerminal(HistoricRecvLine):
         if self._batching:
             self._dirty = True
             return
-        if self._secret_prompt is not None:
-            prompt = (Span(fit_prompt(self._secret_prompt, self.width), Style.PROMPT),)
+        question = self._secret_prompt
+        if question is None and self._held:
+            question = f"send the {len(self._held)} pasted lines? Enter sends, Esc drops: "
+        if question is not None:
+            prompt = (Span(fit_prompt(question, self.width), Style.PROMPT),)
             self._write(ERASE_ROW + (ansi(prompt) if self.colour else plain(prompt)))
             return
         visible, back = self._visible()
@@ -319,7 +342,24 @@ class ChatTerminal(HistoricRecvLine):
 
     # -- keys --------------------------------------------------------------------
 
+    def _answering(self) -> bool:
+        """Whether keys answer the question about a held paste (not more of a paste)."""
+        return bool(self._held) and self._secret_prompt is None and not self._in_paste()
+
+    def _in_paste(self) -> bool:
+        return self._pasting or self.burst
+
     def keystrokeReceived(self, keyID: Any, modifier: Any) -> None:
+        if self._answering():
+            if keyID == b"\r" and modifier is not ALT:
+                self._send_held()
+            elif keyID == b"\x1b":
+                self._drop_held()  # Esc twice
+            elif keyID == b"\x03":
+                self.handle_INTERRUPT()
+            else:
+                self.bell()  # only Enter, Esc or Ctrl-C now
+            return
         if keyID == b"\t" and (self._pasting or self.tabs_as_text > 0):
             self.tabs_as_text = max(self.tabs_as_text - 1, 0)
             self._completion = None
@@ -380,6 +420,63 @@ class ChatTerminal(HistoricRecvLine):
     def handle_ESCAPE(self) -> None:
         """The Esc key (L{TerminalServer} tells it from the start of a sequence)."""
         self._completion = None
+        if self._answering():
+            self._drop_held()
+
+    # -- pastes ------------------------------------------------------------------
+
+    def start_of_read(self, data: bytes) -> None:
+        """
+        What the keys of one read are: a TAB with more than TABs after it in
+        the same read was pasted (typed, Tab comes alone or last); and, in a
+        terminal without bracketed paste, a read with more than L{PASTE_ASK}
+        lines is a paste to hold, and while one is held a read of more than
+        a few keys is more of it.
+        """
+        self.tabs_as_text = data.rstrip(b"\t").count(b"\t")
+        lines = data.count(b"\r")
+        if self._held:
+            self.burst = lines > 1 or len(data) > KEYS_MAX
+        else:
+            self.burst = lines > PASTE_ASK
+
+    def end_of_read(self) -> None:
+        """
+        The keys of one read are handled: a paste that ended (a burst, or a
+        bracketed paste closed) goes on if it has at most L{PASTE_ASK}
+        lines; a longer one is held until Enter sends it or Esc drops it.
+        """
+        self.tabs_as_text = 0
+        self.burst = False
+        if self._pasting or not self._pasted:
+            return
+        lines, self._pasted = self._pasted, []
+        if self._held:
+            self._held.extend(lines)  # more of the same paste, read later
+        elif len(lines) <= PASTE_ASK:
+            for line in lines:
+                self._enter(line)
+            return
+        else:
+            self._held = lines
+            count = len(lines)
+            seconds = self.paste_time(count) if self.paste_time is not None else None
+            about = f" (about {seconds:g} s to send)" if seconds else ""
+            self.show(
+                notice(f"You pasted {count} lines{about}: Enter sends them, Esc drops them.")
+            )
+        self.draw()
+
+    def _send_held(self) -> None:
+        lines, self._held = self._held, []
+        self.draw()
+        for line in lines:
+            self._enter(line)
+
+    def _drop_held(self) -> None:
+        count = len(self._held)
+        self._held = []
+        self.show(notice(f"The {count} pasted lines were dropped: none was sent."))
 
     def characterReceived(self, ch: Any, moreCharactersComing: bool) -> None:
         if isinstance(ch, bytes):
@@ -515,6 +612,22 @@ class ChatTerminal(HistoricRecvLine):
         line = "".join(self.lineBuffer)
         if self._secret_prompt is not None:
             self.lineBuffer = []
+            self._enter(line)
+            return
+        self._draft = []
+        self._set_buffer([])
+        if self._in_paste():
+            self._pasted.append(line)  # entered, and recalled, once the paste ends
+            return
+        self._enter(line)
+
+    def _enter(self, line: str) -> None:
+        """
+        A line is entered: kept for Up and handed over, or, at a password
+        prompt, handed over unseen.  (A pasted line is entered once the
+        paste has ended, and a password prompt may have opened meanwhile.)
+        """
+        if self._secret_prompt is not None:
             self.end_secret()
             if self.on_secret is not None:
                 self.on_secret(line)
@@ -526,8 +639,6 @@ class ChatTerminal(HistoricRecvLine):
             self.historyLines.append(line)
             del self.historyLines[:-HISTORY_MAX]
         self.historyPosition = len(self.historyLines)
-        self._draft = []
-        self._set_buffer([])
         self.lineReceived(line)
 
     def lineReceived(self, line: Any) -> None:
@@ -538,6 +649,9 @@ class ChatTerminal(HistoricRecvLine):
         # (ESC O A, which insults reports as ESC [ O A) and Ctrl-Left/Right.
         if seq in (PASTE_START, PASTE_END):
             self._pasting = seq == PASTE_START
+            return
+        if self._answering():
+            self.bell()
             return
         handler = {
             b"\x1b[OA": self.handle_UP,
@@ -586,9 +700,7 @@ class TerminalServer(insults.ServerProtocol):
 
     def dataReceived(self, data: bytes) -> None:
         with self.ui.batch():
-            # Typed, Tab comes alone or last in a read; a TAB with more than
-            # TABs after it in the same read was pasted.
-            self.ui.tabs_as_text = data.rstrip(b"\t").count(b"\t")
+            self.ui.start_of_read(data)
             try:
                 super().dataReceived(data)  # type: ignore[no-untyped-call]
                 if self.state == b"escaped":
@@ -599,4 +711,4 @@ class TerminalServer(insults.ServerProtocol):
                     self.state = b"data"
                     self.ui.handle_ESCAPE()
             finally:
-                self.ui.tabs_as_text = 0
+                self.ui.end_of_read()
