@@ -50,10 +50,15 @@ def test_wire_encoding() -> None:
 
 
 def test_accept_without_nick_uses_the_only_invitation() -> None:
-    assert parse_input("/accept", inviter="carol") == Send("ACCEPT", ("carol",))
-    assert parse_input("/reject", inviter="carol") == Send("REJECT", ("carol",))
+    assert parse_input("/accept", inviters=["carol"]) == Send("ACCEPT", ("carol",))
+    assert parse_input("/reject", inviters=["carol"]) == Send("REJECT", ("carol",))
     usage = parse_input("/accept")
     assert isinstance(usage, Local) and usage.is_error and "/accept NICK" in usage.text
+    # More than one: the user is told whom, not just the usage.
+    assert parse_input("/decline", inviters=["a", "b", "c", "d"]) == Local(
+        "4 invitations are open (a, b, c, ...): /decline a or /decline b, for instance.",
+        is_error=True,
+    )
 
 
 @pytest.mark.parametrize("typed", ["/pair", "/dm", "/dm bob", "/dm bob   ", "@bob", "@bob  "])

@@ -411,7 +411,9 @@ def test_two_invitations_need_a_nick_to_accept() -> None:
     s.receive("INVITE bob", "INVITE carol")
     s.type("/accept")
     assert s.sent() == []
-    assert s.screen.lines[-1] == "! Usage: /accept NICK"
+    assert s.screen.lines[-1] == (
+        "! 2 invitations are open (bob, carol): /accept bob or /accept carol, for instance."
+    )
     s.receive("CANCELLED carol withdrawn")
     assert s.screen.lines[-1] == "* carol withdrew the invitation."
     s.type("/reject")
@@ -437,8 +439,15 @@ def test_own_invitation_pending_declined_withdrawn() -> None:
 def test_server_errors_are_one_sentence() -> None:
     s = session()
     s.ready()
-    s.receive("ERROR no-such-nick no user called zed")
-    assert s.screen.take() == ["! Nobody by that name is online."]
+    s.receive("ERROR no-such-nick zed is not online")
+    assert s.screen.take() == ["! Not sent: zed is not online."]
+    s.receive("ERROR no-such-nick")
+    assert s.screen.take() == ["! Not sent: nobody by that name is online."]
+    s.receive("ERROR pending your invitation to bob is still open; UNPAIR withdraws it")
+    assert s.screen.take() == [
+        "! The invitation was not sent: your invitation to bob is still open; "
+        "/unpair withdraws it."
+    ]
     s.receive("ERROR flood slow down")
     assert s.screen.take() == [
         "! You are sending too fast; that line was dropped.",
@@ -459,7 +468,7 @@ def test_server_errors_are_one_sentence() -> None:
          "already; wait for one to end."),
         ("ERROR pending your invitation to carol is still open; UNPAIR withdraws it",
          "The invitation was not sent: your invitation to carol is still open; "
-         "UNPAIR withdraws it."),
+         "/unpair withdraws it."),
     ],
 )
 def test_busy_and_pending_say_the_servers_reason(error: str, said: str) -> None:
@@ -542,7 +551,7 @@ def test_the_line_after_an_over_long_one_is_kept() -> None:
         s.client.dataReceived(big + f"MSG {TS} bob * right after\r\n".encode())
     assert any("right after" in line for line in s.screen.take())
     assert [formatEvent(e) for e in events] == [
-        f"dropping a server line of over {ChatClient.MAX_LENGTH} bytes"
+        f"A server line of over {ChatClient.MAX_LENGTH} bytes was skipped."
     ]
 
 

@@ -88,8 +88,8 @@ def test_one_person() -> None:
 
 
 def test_errors_are_one_sentence() -> None:
-    assert render.error_sentence("no-such-nick", "no user 'zed' online") == (
-        "Nobody by that name is online."
+    assert render.error_sentence("no-such-nick", "zed is not online") == (
+        "Not sent: zed is not online."
     )
     assert render.error_sentence("bad-args", "usage: PAIR <nick>") == (
         "The server could not use that command: usage: PAIR <nick>."

@@ -10,6 +10,7 @@ locally with a hint; nothing is sent for them.
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from twisted_chat.wire import is_valid_nick
@@ -181,23 +182,31 @@ def _dm(rest: str, usage: str) -> Action:
     return Send("DM", (nick,), text)
 
 
-def _nick_command(verb: str, name: str, rest: str, default: str | None) -> Action:
+def _nick_command(verb: str, name: str, rest: str, inviters: Sequence[str] = ()) -> Action:
+    """C{/name NICK}; bare, the one of C{inviters} if there is only one."""
     nick = rest.strip(" \t")
     if not nick:
-        if default is None:
+        if len(inviters) > 1:
+            shown = ", ".join(inviters[:3]) + (", ..." if len(inviters) > 3 else "")
+            return Local(
+                f"{len(inviters)} invitations are open ({shown}): "
+                f"/{name} {inviters[0]} or /{name} {inviters[1]}, for instance.",
+                is_error=True,
+            )
+        if not inviters:
             return _usage(f"/{name} NICK")
-        nick = default
+        nick = inviters[0]
     if " " in nick or not is_valid_nick(nick):
         return _bad_nick(nick)
     return Send(verb, (nick,))
 
 
-def parse_input(line: str, *, inviter: str | None = None) -> Action:
+def parse_input(line: str, *, inviters: Sequence[str] = ()) -> Action:
     """
     Turn one line the user typed into an action.
 
-    @param inviter: the nick to use for a bare C{/accept} or C{/reject}: the
-        only open invitation, if there is exactly one.
+    @param inviters: who invited the user, oldest first: a bare C{/accept}
+        or C{/reject} answers the only one, and names them if there are more.
     @return: C{None} when there is nothing to do (a blank line).
     """
     line = sendable(line.rstrip("\r\n"))
@@ -212,11 +221,11 @@ def parse_input(line: str, *, inviter: str | None = None) -> Action:
     if command == "users":
         return Send("USERS")
     if command == "pair":
-        return _nick_command("PAIR", name, rest, None)
+        return _nick_command("PAIR", name, rest)
     if command == "accept":
-        return _nick_command("ACCEPT", name, rest, inviter)
+        return _nick_command("ACCEPT", name, rest, inviters)
     if command == "reject":
-        return _nick_command("REJECT", name, rest, inviter)
+        return _nick_command("REJECT", name, rest, inviters)
     if command == "unpair":
         return Send("UNPAIR")
     if command == "dm":

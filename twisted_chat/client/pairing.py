@@ -39,10 +39,6 @@ class Pairing:
         if verb in ("ACCEPT", "PAIR"):
             self._joining = True
 
-    def sole_inviter(self) -> str | None:
-        """Who invited the user, if exactly one open invitation (a bare C{/accept})."""
-        return self.invites[0] if len(self.invites) == 1 else None
-
     def pending(self, invitee: str) -> None:
         """C{PENDING}: the user's invitation to C{invitee} is open."""
         self._joining = False  # a PAIRED from now on is the invitee's doing

@@ -366,7 +366,7 @@ class ChatClient(SkipLongLines):
 
     def lineLengthExceeded(self, line: bytes) -> None:
         # Keep the connection; the rest of the line is skipped too.
-        self._log.warn("dropping a server line of over {n} bytes", n=self.MAX_LENGTH)
+        self._log.warn("A server line of over {n} bytes was skipped.", n=self.MAX_LENGTH)
 
     def connectionLost(self, reason: Failure | None = None) -> None:
         previous = self.state
@@ -582,7 +582,7 @@ class ChatClient(SkipLongLines):
             self._show(render.info(text))
 
     def _command_input(self, line: str) -> None:
-        action = parse_input(line, inviter=self.pairing.sole_inviter())
+        action = parse_input(line, inviters=self.pairing.invites)
         if isinstance(action, Send):
             self.pairing.sending(action.verb, paired=self.state is State.PAIRED)
             self.send(action)

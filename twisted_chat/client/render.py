@@ -176,7 +176,8 @@ ERRORS = {
     "bad-args": "The server could not use that command: {text}.",
     "not-ready": "Choose a nickname first.",
     "already-ready": "You already have a nickname.",
-    "no-such-nick": "Nobody by that name is online.",
+    # Answers DM, PAIR, ACCEPT, REJECT: the server's text names the nick.
+    "no-such-nick": "Not sent: {text}.",
     "self": "You cannot do that to yourself.",
     # busy and pending answer PAIR only, for more reasons than one (the
     # server's invitation limits among them): the server's text says which.
@@ -245,11 +246,20 @@ def sentence(text: str) -> str:
     return text if not text or text[-1] in ".!?" else text + "."
 
 
+# What an error's sentence says when the server's text is empty.
+_NO_TEXT = {"no-such-nick": "nobody by that name is online"}
+# The commands an invitation's refusal (busy, pending) names, as the user types them.
+_VERBS = re.compile(r"\b(UNPAIR|PAIR|ACCEPT|REJECT)\b")
+
+
 def error_sentence(code: str, text: str) -> str:
     template = ERRORS.get(code)
     if template is None:
         return sentence(f"Server error ({code}): {text}" if text else f"Server error: {code}")
-    return sentence(template.format(text=text.rstrip(".") or code))
+    text = text.rstrip(".")
+    if code in ("busy", "pending"):
+        text = _VERBS.sub(lambda verb: "/" + verb.group(1).lower(), text)
+    return sentence(template.format(text=text or _NO_TEXT.get(code, code)))
 
 
 def account_error(code: str, text: str, request: str | None) -> str:
