@@ -130,3 +130,16 @@ def test_cleaned_text_is_safe_and_stable(text: str) -> None:
 def test_ordinary_text_survives(text: str) -> None:
     text = "".join(ch for ch in text if ch not in INVISIBLE_FILLERS)
     assert clean(text) == text
+
+
+def test_emoji_newer_than_pythons_tables_are_shown_and_wide() -> None:
+    """Python 3.11 knows Unicode 14: the emoji added since (pink heart, goose,
+    shaking face) are "unassigned" to it and were shown as hex escapes."""
+    newer = "\U0001fa77 \U0001fabf \U0001fae8"
+    assert clean(f"love it {newer}") == f"love it {newer}"
+    assert text_width("\U0001fa77") == 2
+    assert text_width(clean("\U0001fc00")) == 2  # kept for emoji to come
+    # Other unassigned code points are still escaped, and so are tags.
+    assert clean("\U000e0080\U0003ffff") == "\\U000e0080\\U0003ffff"
+    assert clean("\U0001fb00") == "\U0001fb00"  # assigned (legacy computing)
+    assert text_width("\U0001fa00") == 1  # an assigned narrow chess symbol keeps its width

@@ -43,6 +43,18 @@ MAX_MARKS = 4
 # paragraph separators, surrogates, and unassigned code points.
 _ESCAPED_CATEGORIES = frozenset({"Cc", "Cf", "Zl", "Zp", "Cs", "Cn"})
 
+# Code points Unicode keeps for emoji to come (Extended_Pictographic even
+# while unassigned).  Python's tables lag behind (3.11 has Unicode 14): the
+# emoji added since, which phones send every day, are "unassigned" here.  No
+# control character will ever be given one of these, so they are shown as
+# they are, and count as wide, as emoji do.
+_EMOJI_RESERVE = ((0x1F000, 0x1FAFF), (0x1FC00, 0x1FFFD))
+
+
+def _newer_emoji(ch: str) -> bool:
+    code = ord(ch)
+    return any(low <= code <= high for low, high in _EMOJI_RESERVE)
+
 
 def _escape(ch: str) -> str:
     code = ord(ch)
@@ -58,7 +70,10 @@ def _is_unsafe(ch: str) -> bool:
         return False
     if ch in _HARMLESS_FORMAT:
         return False
-    return ch in INVISIBLE_FILLERS or unicodedata.category(ch) in _ESCAPED_CATEGORIES
+    category = unicodedata.category(ch)
+    if category == "Cn" and _newer_emoji(ch):
+        return False
+    return ch in INVISIBLE_FILLERS or category in _ESCAPED_CATEGORIES
 
 
 def clean(text: str) -> str:
@@ -107,6 +122,8 @@ def cell_width(ch: str) -> int:
         return 0
     if unicodedata.east_asian_width(ch) in ("W", "F"):
         return 2
+    if unicodedata.category(ch) == "Cn" and _newer_emoji(ch):
+        return 2  # (an emoji newer than Python's tables)
     return 1
 
 
