@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import re
 
+from hypothesis import given
+from hypothesis import strategies as st
 from twisted.internet.error import ConnectionLost
 from twisted.python.failure import Failure
 
 from twisted_chat.client.render import error, info, notice
-from twisted_chat.client.terminal import MIN_ROOM
+from twisted_chat.client.terminal import MIN_ROOM, cluster_end, cluster_start
 
 from .helpers import Keyboard
 
@@ -472,3 +474,34 @@ def test_a_password_prompt_drops_a_held_paste() -> None:
     kb.keys("hunter2222\r")
     kb.keys("\r")
     assert kb.secrets == ["hunter2222"] and kb.typed == [""]
+
+
+FAMILY = "\U0001f468\u200d\U0001f469\u200d\U0001f467"
+THUMB_TONE = "\U0001f44d\U0001f3fd"
+FLAGS = "\U0001f1eb\U0001f1f7\U0001f1e9\U0001f1ea"  # FR DE
+
+
+def test_editing_steps_over_what_the_eye_sees_as_one_character() -> None:
+    """Keys moved by code point: Backspace left a thumb without its skin
+    tone, and a letter typed inside a family emoji split it."""
+    kb = Keyboard()
+    kb.keys(f"ok {THUMB_TONE}".encode() + b"\x7f")
+    assert "".join(kb.ui.lineBuffer) == "ok "
+    kb.keys(b"\x15" + f"fam {FAMILY} end".encode() + LEFT * 5 + b"X\r")
+    assert kb.typed[-1] == f"fam X{FAMILY} end"
+    kb.keys(f"cafe\u0301 {FLAGS}".encode() + LEFT + b"\x7f" + b"\x01" + RIGHT * 4 + b"!\r")
+    assert kb.typed[-1] == "cafe\u0301! \U0001f1e9\U0001f1ea"
+    kb.keys(f"x{FAMILY}\u0301y".encode() + b"\x01" + RIGHT + b"\x1b[3~\r")  # Delete
+    assert kb.typed[-1] == "xy"
+
+
+@given(st.lists(st.sampled_from(["a", " ", "\u0301", "\u200d", "\ufe0f", "\U0001f3fd",
+                                 "\U0001f468", "\U0001f1eb", "\U0001f1f7", "\U000e0067"])))
+def test_left_and_right_stop_at_the_same_places(chars: list[str]) -> None:
+    forward = [0]
+    while forward[-1] < len(chars):
+        forward.append(cluster_end(chars, forward[-1]))
+    backward = [len(chars)]
+    while backward[-1] > 0:
+        backward.append(cluster_start(chars, backward[-1]))
+    assert forward == backward[::-1]

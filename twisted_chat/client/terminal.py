@@ -33,7 +33,7 @@ from twisted.python.failure import Failure
 from twisted_chat.client.commands import is_secret_command
 from twisted_chat.client.complete import Completion, complete
 from twisted_chat.client.render import Line, Span, Style, ansi, notice, plain, wrap
-from twisted_chat.client.sanitize import clean, text_width
+from twisted_chat.client.sanitize import cell_width, clean, text_width
 
 ERASE_ROW = "\r\x1b[K"
 # Bracketed paste (xterm's mode 2004): the terminal marks pasted text with
@@ -87,6 +87,62 @@ def _cell(ch: str) -> tuple[str, int]:
     """How one typed character is shown, and its width in columns."""
     shown = clean(ch)
     return shown, text_width(shown)
+
+
+# -- what the cursor steps over: a character as the eye sees it -------------------
+#
+# Left, Right, Backspace and Delete step over a whole grapheme cluster, so that
+# an accent, an emoji's skin tone or variation selector, or one person of a
+# family emoji (joined with ZWJ) is never split from the rest.  A few rules of
+# Unicode's (UAX #29) are enough here: marks and joiners extend the character
+# before them, a character after a ZWJ joins it, and regional indicators (the
+# letters of a flag, never joined) go in pairs.
+
+ZWJ = "\u200d"
+
+
+def _extends(ch: str) -> bool:
+    """Whether C{ch} belongs to the character before it."""
+    code = ord(ch)
+    return (
+        cell_width(ch) == 0  # combining marks, variation selectors, ZWJ, ZWNJ
+        or 0x1F3FB <= code <= 0x1F3FF  # skin tones
+        or 0xE0020 <= code <= 0xE007F  # tags (subdivision flags)
+    )
+
+
+def _regional(ch: str) -> bool:
+    return "\U0001f1e6" <= ch <= "\U0001f1ff"
+
+
+def _attached(chars: Sequence[str], index: int) -> bool:
+    """Whether C{chars[index]} belongs to the character before it."""
+    ch = chars[index]
+    return _extends(ch) or (chars[index - 1] == ZWJ and not _regional(ch))
+
+
+def cluster_end(chars: Sequence[str], index: int) -> int:
+    """Where the character as seen that starts at C{index} ends."""
+    end = index + 1
+    if _regional(chars[index]) and end < len(chars) and _regional(chars[end]):
+        end += 1  # a flag
+    while end < len(chars) and _attached(chars, end):
+        end += 1
+    return end
+
+
+def cluster_start(chars: Sequence[str], index: int) -> int:
+    """Where the character as seen that ends at C{index} starts."""
+    start = index - 1
+    while start > 0 and _attached(chars, start):
+        start -= 1
+    if start > 0 and _regional(chars[start]):
+        run = start
+        while run > 0 and _regional(chars[run - 1]):
+            run -= 1
+        if (start - run) % 2 == 1:
+            start -= 1  # the second letter of a flag
+    return max(start, 0)
 
 
 def _utf8_length(lead: int) -> int:
@@ -513,10 +569,12 @@ class ChatTerminal(HistoricRecvLine):
         self.draw()
 
     def handle_LEFT(self) -> None:
-        self._move_to(self.lineBufferIndex - 1)
+        if self.lineBufferIndex > 0:
+            self._move_to(cluster_start(self.lineBuffer, self.lineBufferIndex))
 
     def handle_RIGHT(self) -> None:
-        self._move_to(self.lineBufferIndex + 1)
+        if self.lineBufferIndex < len(self.lineBuffer):
+            self._move_to(cluster_end(self.lineBuffer, self.lineBufferIndex))
 
     def handle_HOME(self) -> None:
         self._move_to(0)
@@ -526,13 +584,16 @@ class ChatTerminal(HistoricRecvLine):
 
     def handle_BACKSPACE(self) -> None:
         if self.lineBufferIndex > 0:
-            self.lineBufferIndex -= 1
-            del self.lineBuffer[self.lineBufferIndex]
+            start = cluster_start(self.lineBuffer, self.lineBufferIndex)
+            del self.lineBuffer[start : self.lineBufferIndex]
+            self.lineBufferIndex = start
             self.draw()
 
     def handle_DELETE(self) -> None:
         if self.lineBufferIndex < len(self.lineBuffer):
-            del self.lineBuffer[self.lineBufferIndex]
+            del self.lineBuffer[
+                self.lineBufferIndex : cluster_end(self.lineBuffer, self.lineBufferIndex)
+            ]
             self.draw()
 
     def handle_KILL_LINE(self) -> None:
