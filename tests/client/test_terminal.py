@@ -495,8 +495,24 @@ def test_editing_steps_over_what_the_eye_sees_as_one_character() -> None:
     assert kb.typed[-1] == "xy"
 
 
-@given(st.lists(st.sampled_from(["a", " ", "\u0301", "\u200d", "\ufe0f", "\U0001f3fd",
-                                 "\U0001f468", "\U0001f1eb", "\U0001f1f7", "\U000e0067"])))
+@given(
+    st.lists(
+        st.sampled_from(
+            [
+                "a",
+                " ",
+                "\u0301",
+                "\u200d",
+                "\ufe0f",
+                "\U0001f3fd",
+                "\U0001f468",
+                "\U0001f1eb",
+                "\U0001f1f7",
+                "\U000e0067",
+            ]
+        )
+    )
+)
 def test_left_and_right_stop_at_the_same_places(chars: list[str]) -> None:
     forward = [0]
     while forward[-1] < len(chars):

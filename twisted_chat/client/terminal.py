@@ -518,9 +518,7 @@ class ChatTerminal(HistoricRecvLine):
             count = len(lines)
             seconds = self.paste_time(count) if self.paste_time is not None else None
             about = f" (about {seconds:g} s to send)" if seconds else ""
-            self.show(
-                notice(f"You pasted {count} lines{about}: Enter sends them, Esc drops them.")
-            )
+            self.show(notice(f"You pasted {count} lines{about}: Enter sends them, Esc drops them."))
         self.draw()
 
     def _send_held(self) -> None:
