@@ -470,6 +470,7 @@ def test_failures_count_per_address_ipv6_by_prefix_exempt_not_at_all() -> None:
     assert key("2001:db8:1:2::1") != key("2001:db8:1:3::1")
     assert key(None) is None  # a UNIX socket: no address limits (docs/security.md)
     assert key("192.0.2.55") is None  # exempt (a NAT gateway, a bouncer)
+    assert accounts.work_key("192.0.2.55") is None  # nor a share of the work
     for i in range(10):
         assert accounts.reserve(f"n{i}", "192.0.2.55") is not None
         assert accounts.reserve(f"n{i}", "198.51.100.7") is not None
@@ -484,7 +485,7 @@ def test_unix_socket_users_share_no_address_bucket() -> None:
     """Every UNIX-socket connection was one address ("-", in a cluster one
     Redis key for all nodes): ten wrong guesses by anyone on the socket
     locked every socket user out, the right password too, and nothing
-    could exempt it.  Only the per-nick limit applies there."""
+    could exempt it.  Only the per-nick failure limit applies there."""
     clock = Clock()
     work = PasswordWork(clock)
     accounts = Accounts(Mode.OPEN, SQLiteBook(AccountStore(":memory:"), work.lookup),
@@ -497,8 +498,10 @@ def test_unix_socket_users_share_no_address_bucket() -> None:
     for _ in range(LoginLimits().nick_burst - 1):
         assert accounts.reserve("alice", None) is not None
     assert accounts.reserve("alice", None) is None  # the nick's own limit
-    assert accounts.start_work(None)  # and no share of the password work
-    assert accounts.hash_wait(None) == 0.0
+    # But the socket's users together have one address's share of the
+    # password work and of the new hashes (they lock nobody out).
+    assert attempt.work == accounts.work_key(None) == "unix"
+    assert accounts.work_key("10.0.0.1") == "10.0.0.1"
 
 
 def test_a_reserved_failure_given_back_leaves_the_buckets_as_they_were() -> None:

@@ -133,6 +133,17 @@ def login(h: Harness, nick: str, password: str = PW) -> Conn:
     return conn
 
 
+def asked(h: Harness, nick: str, host: str | None = "127.0.0.1") -> Conn:
+    """A connection from C{host} whose C{NICK} of C{nick}'s account (made
+    here) was looked up by a L{HeldWork}: asked for its password."""
+    add(h, nick)
+    conn = fresh(h, host)  # type: ignore[arg-type]  # None: a UNIX socket
+    conn.send(f"NICK {nick}")
+    h.work.release()  # type: ignore[attr-defined]  # the lookup
+    assert conn.take() == [f"PASS {nick}"]
+    return conn
+
+
 # -- the handshake ---------------------------------------------------------------
 
 
@@ -408,19 +419,8 @@ def test_one_address_cannot_fill_the_password_pool() -> None:
     limits = replace(LoginLimits(), address_burst=100)  # the failure limit out of the way
     h = harness(work=HeldWork(limit=20), limits=limits, max_per_ip=50)
     share = limits.max_pending_per_address
-    victim = fresh(h, "10.0.0.2")
-    add(h, "victim")
-    victim.send("NICK victim")
-    h.work.release()  # type: ignore[attr-defined]  # the lookup
-    assert victim.take() == ["PASS victim"]
-    crowd = []
-    for i in range(20):
-        add(h, f"nick{i}")
-        conn = fresh(h, "10.0.0.1")
-        conn.send(f"NICK nick{i}")
-        h.work.release()  # type: ignore[attr-defined]
-        assert conn.take() == [f"PASS nick{i}"]
-        crowd.append(conn)
+    victim = asked(h, "victim", "10.0.0.2")
+    crowd = [asked(h, f"nick{i}", "10.0.0.1") for i in range(20)]
     online = fresh(h, "10.0.0.1")
     online.send("NICK someone")
     h.work.release()  # type: ignore[attr-defined]
@@ -975,6 +975,58 @@ def test_unix_socket_users_do_not_lock_each_other_out() -> None:
     assert alice.take() == ["PASS alice"]
     alice.send(f"PASS {PW}")
     assert alice.take()[0] == "READY alice"
+
+
+def test_unix_socket_users_together_have_one_address_share_of_the_password_work() -> None:
+    """No failure bucket for the socket, but one share of the password work:
+    with none, 70 socket users' PASS lines (held in the queue) filled all 64
+    jobs and a TCP user's right password got "the server is busy"."""
+    limits = LoginLimits()
+    h = harness(work=HeldWork(limit=limits.max_pending), limits=limits)
+    share = limits.max_pending_per_address
+    victim = asked(h, "victim", "10.0.0.2")
+    crowd = [asked(h, f"nick{i}", None) for i in range(70)]  # on the socket
+    for conn in crowd:
+        conn.send(f"PASS {PW}")
+    busy = ("ERROR flood too much password work from your address at once; "
+            "send PASS again in a moment")
+    assert [conn.take() for conn in crowd] == [[]] * share + [[busy]] * (70 - share)
+    assert h.factory.accounts.working("unix") == share  # type: ignore[attr-defined]
+    victim.send(f"PASS {PW}")  # another address: queued, not busy
+    assert victim.take() == []
+    h.work.release()  # type: ignore[attr-defined]  # the reads
+    h.work.release()  # type: ignore[attr-defined]  # the hashes
+    assert victim.take()[0] == "READY victim"
+    assert [conn.take()[0] for conn in crowd[:share]] == [
+        f"READY nick{i}" for i in range(share)]
+    assert h.factory.accounts.working("unix") == 0  # type: ignore[attr-defined]
+    assert len(h.factory.accounts.by_address) == 0  # type: ignore[attr-defined]
+
+
+def test_unix_socket_users_together_have_one_address_budget_of_new_hashes() -> None:
+    """REGISTER and PASSWD from the socket: 3 hashes in a row for all its
+    users together, then one per 10 s, as from one address (with none, the
+    socket made hashes without bound); a TCP address keeps its own."""
+    h = harness()
+    users = [fresh(h, None) for _ in range(4)]  # type: ignore[arg-type]
+    answers = []
+    for i, conn in enumerate(users):
+        conn.send(f"NICK u{i}", f"REGISTER {PW}")
+        answers.append(conn.take()[-1])
+    assert answers == ["REGISTERED u0", "REGISTERED u1", "REGISTERED u2",
+        "ERROR flood too many REGISTER and PASSWD from your address lately (each costs a "
+        "password hash: 3 in a row, then one per 10 s); send REGISTER again in 10 s"]
+    for conn in users:
+        conn.take()  # the JOINED lines of those after it
+    users[0].send("PASSWD new-password")
+    assert users[0].take_one().startswith("ERROR flood too many REGISTER and PASSWD ")
+    assert h.work.hashes == 3  # type: ignore[attr-defined]
+    carol = fresh(h, "10.0.0.2")
+    carol.send("NICK carol", f"REGISTER {PW}")
+    assert carol.take()[-1] == "REGISTERED carol"
+    h.clock.advance(10)
+    users[3].send(f"REGISTER {PW}")
+    assert users[3].take()[-1] == "REGISTERED u3"
 
 
 def test_default_limits_are_the_documented_ones() -> None:

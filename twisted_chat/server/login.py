@@ -23,16 +23,18 @@ most L{LoginLimits.max_pending_per_address}, so that a few addresses cannot
 fill the queue and have everyone's C{PASS} turned away.  C{REGISTER} and
 C{PASSWD} make a new hash each: at most L{LoginLimits.hash_burst} in a row
 per address, then one per L{LoginLimits.hash_every} seconds (C{ERROR
-flood} over it); a C{REGISTER} for a nick with an account is answered from
-a lookup, without a hash.  The lookup of whether a nick has an account
-(under C{open}, at each C{NICK}) only reads the file, and is bounded by the
-connections themselves.
+flood} over it).  For these two bounds all UNIX-socket connections together
+count as one address (L{Accounts.work_key}).  A C{REGISTER} for a nick with
+an account is answered from a lookup, without a hash.  The lookup of
+whether a nick has an account (under C{open}, at each C{NICK}) only reads
+the file, and is bounded by the connections themselves.
 
 Failed attempts.  Each wrong password (or, under C{required}, a nick with
 no account: the two are the same failure) adds one to a leaky bucket for the
 nick and one for the address (an IPv6 address counts by its C{--ipv6-prefix},
 a /64 by default; an address under C{--exempt} is not limited, nor a UNIX
-socket's connection, which has no address: L{Accounts.address_key}), draining
+socket's connection, which has no address: L{Accounts.address_key}; it still
+has the socket's share of the work above), draining
 at one per L{LoginLimits.nick_every} / L{LoginLimits.address_every} seconds.
 An attempt made while either bucket is full is not checked at all: after
 L{LoginLimits.flood_delay} seconds the connection gets C{BYE flood} and is
@@ -110,6 +112,9 @@ ADDRESS_BUSY_TEXT = ("too much password work from your address at once; "
                      "send {verb} again in a moment")
 # The log says REGISTER is refused for --max-accounts at most this often.
 FULL_LOG_EVERY = 600.0
+# The one key all connections without an address (UNIX sockets) share for the
+# password work and the new hashes (Accounts.work_key): never an address's.
+UNIX_KEY = "unix"
 
 
 @dataclass(frozen=True, slots=True)
@@ -312,7 +317,8 @@ class Attempt:
     """One C{PASS} being checked: the failure counted for it in advance."""
 
     nick: str  # the nick's key
-    address: str | None  # the address's key; None: exempt
+    address: str | None  # the address's failure key; None: exempt
+    work: str | None  # the key of its share of the password work; None: exempt
     shared: bool = False  # counted in the cluster's buckets too
 
 
@@ -359,17 +365,28 @@ class Accounts:
 
     def address_key(self, host: str | None) -> str | None:
         """The failure limit's key for C{host}; C{None}: not limited (exempt).
-        A connection with no address (a UNIX socket) has no address limits,
-        as for every other per-address limit (docs/security.md): all its
-        users would share one bucket (behind a local TLS terminator or a
-        bouncer, one guesser would lock out every one of them), and who may
-        connect to the socket is decided by its file's permissions.  The
-        per-nick limit still holds."""
+        A connection with no address (a UNIX socket) has no failure bucket
+        of an address (docs/security.md): all its users would share one
+        (behind a local TLS terminator or a bouncer, one guesser would lock
+        out every one of them), and who may connect to the socket is decided
+        by its file's permissions.  The per-nick limit still holds."""
         if host is None:
             return None
         if self._addresses.exempt(host):
             return None
         return self._addresses.key(host)
+
+    def work_key(self, host: str | None) -> str | None:
+        """The key of C{host}'s share of the password work and of its new
+        hashes (L{start_work}, L{hash_wait}); C{None}: not limited (exempt).
+        Unlike the failure limit, the connections without an address (UNIX
+        sockets) are held to these together, as one address (L{UNIX_KEY}):
+        they lock nobody out, and without them the socket's users could fill
+        the whole queue and turn every other address's C{PASS} away as busy
+        (and make hashes without bound)."""
+        if host is None:
+            return UNIX_KEY
+        return self.address_key(host)
 
     def reserve(self, nick: str, host: str | None) -> Attempt | None:
         """
@@ -387,7 +404,7 @@ class Accounts:
         self.by_nick.failed(key)
         if address is not None:
             self.by_address.failed(address)
-        return Attempt(key, address)
+        return Attempt(key, address, self.work_key(host))
 
     def give_back(self, attempt: Attempt) -> None:
         """The attempt was not a failure: the password was right, or nothing
@@ -599,7 +616,7 @@ class Login:
         if accounts.work.full:
             accounts.give_back(attempt)
             raise LineError(ErrorCode.FLOOD, "the server is busy; send PASS again in a moment")
-        if not accounts.start_work(attempt.address):
+        if not accounts.start_work(attempt.work):
             accounts.give_back(attempt)
             raise LineError(ErrorCode.FLOOD, ADDRESS_BUSY_TEXT.format(verb="PASS"))
         if accounts.shared is None:
@@ -623,7 +640,7 @@ class Login:
         if taken:
             attempt = replace(attempt, shared=True)
         if self._conn.closing or taken is False:
-            self._accounts.end_work(attempt.address)
+            self._accounts.end_work(attempt.work)
             self._accounts.give_back(attempt)  # not checked
             return None if self._conn.closing else self._flooded(nick)
         return self._check(attempt, nick, secret)
@@ -631,7 +648,7 @@ class Login:
     def _check(self, attempt: Attempt, nick: str, secret: bytes) -> Answer:
         credentials = UsernamePassword(nick.encode("utf-8"), secret)
         d = self._accounts.portal.login(credentials, None, IAccount)
-        d.addBoth(_work_ended, self._accounts, attempt.address)
+        d.addBoth(_work_ended, self._accounts, attempt.work)
         d.addCallbacks(self._logged_in, self._login_failed, callbackArgs=(attempt,),
                        errbackArgs=(nick, attempt))
         return d
@@ -698,7 +715,7 @@ class Login:
             raise LineError(ErrorCode.REGISTERED,
                             "on this server, accounts are made by its operator")
         accounts = self._accounts
-        address = accounts.address_key(self._conn.host)
+        address = accounts.work_key(self._conn.host)
         wait = accounts.hash_wait(address)
         if wait:
             raise _too_many_hashes("REGISTER", wait, accounts.limits)
@@ -740,7 +757,7 @@ class Login:
                 "(or, if it has an account, log in again with its password)",
             )
         accounts = self._accounts
-        address = accounts.address_key(self._conn.host)
+        address = accounts.work_key(self._conn.host)
         wait = accounts.spend_hash(address)
         if wait:
             raise _too_many_hashes("PASSWD", wait, accounts.limits)
