@@ -808,14 +808,14 @@ class Holding:
     """A stand-in queue for the output budget: C{held} bytes in Twisted's
     buffers; C{taken}, what its peer took so far (L{SendQueue.progress})."""
 
-    def __init__(self, held: int, taken: int = 0) -> None:
+    def __init__(self, held: int, taken: int | None = 0) -> None:
         self.held = held
         self.taken = taken
 
     def twisted_held(self) -> int:
         return self.held
 
-    def progress(self) -> int:
+    def progress(self) -> int | None:
         return self.taken
 
 
@@ -857,6 +857,135 @@ def test_a_queue_not_seen_holding_before_is_not_taken_for_stalled() -> None:
     new.held = 70
     clock.advance(1.0)  # 70: new took nothing since the last look
     assert dropped == [old, new]
+
+
+def test_a_queue_whose_progress_cannot_be_read_is_never_taken_for_stalled() -> None:
+    """rev10-s10 F2: a count that cannot move (None: no acknowledged count,
+    no readable buffer) must not decide who is cut: it ranks with the
+    draining, by size, however long it holds."""
+    unknown, stalled_one = Holding(50, taken=None), Holding(10, taken=3)
+    clock, dropped, _ = budgeted(55, unknown, stalled_one)
+    clock.advance(1.0)  # 60: neither was seen before
+    assert dropped == [unknown]
+    unknown2, big = Holding(50, taken=None), Holding(60, taken=4)
+    clock, dropped, _ = budgeted(105, unknown2, big)
+    for _ in range(3):
+        clock.advance(1.0)  # 110, each time: big is stalled, unknown2 never
+    assert dropped == [big]
+    assert SendQueue(StringTransport(), limit=1 << 20).progress() is None
+
+
+@pytest.fixture
+def unix_loopback() -> Iterator[Any]:
+    """As L{loopback}, over a UNIX socket (the server's C{--port unix:}):
+    no C{TCP_INFO} there, and the queue is not direct."""
+    import shutil
+    import tempfile
+
+    from twisted.internet import reactor
+
+    where = tempfile.mkdtemp()  # short: a socket's path is at most 107 bytes
+    path = os.path.join(where, "s")
+    factory = protocol.Factory.forProtocol(Accepted)
+    factory.accepted = defer.Deferred()  # type: ignore[attr-defined]
+    port = reactor.listenUNIX(path, factory)  # type: ignore[attr-defined]
+    clients = []
+
+    def connect() -> socket.socket:
+        client = socket.socket(socket.AF_UNIX)
+        client.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        client.connect(path)
+        clients.append(client)
+        return client
+
+    yield factory, connect
+    for client in clients:
+        client.close()
+    # The port removes its socket file once stopped: the folder after it.
+    port.stopListening().addBoth(lambda _: shutil.rmtree(where, ignore_errors=True))
+
+
+def paused_queue(server: Any) -> SendQueue:
+    """A UNIX connection's queue as the server makes it, 640 kB written."""
+    queue = SendQueue(server.transport, limit=1 << 24, direct=True, sndbuf=65536)
+    assert not queue.direct  # the direct path is plain TCP's only
+    assert tcpinfo.peer_acked(server.transport) is None
+    queue.start()
+    for _ in range(40):
+        assert queue.write(b"x" * 16384)
+    return queue
+
+
+@defer.inlineCallbacks
+def settle() -> Any:
+    """Let Twisted fill the kernel's buffers from what it holds."""
+    from twisted.internet import reactor
+    from twisted.internet.task import deferLater
+
+    for _ in range(5):
+        yield deferLater(reactor, 0.01, lambda: None)
+
+
+@pytest_twisted.inlineCallbacks
+def test_progress_moves_while_a_unix_socket_peer_reads(unix_loopback: Any) -> Any:
+    """rev10-s10 F2: on a UNIX socket (no acknowledged count) progress was
+    Twisted's paused estimate, which did not move while the peer read 200
+    kB: every UNIX-socket reader holding output was "stalled" for the
+    output budget.  Written minus Twisted's buffer minus the kernel's queue
+    moves as the peer reads, and only then."""
+    factory, connect = unix_loopback
+    client = connect()
+    server = yield factory.accepted
+    queue = paused_queue(server)
+    yield settle()
+    before = queue.progress()
+    yield settle()
+    assert queue.progress() == before  # nothing read: no move
+    got = yield drain(client, 200_000)
+    assert len(got) >= 200_000
+    yield settle()
+    after = queue.progress()
+    assert before is not None and after is not None
+    assert after - before >= 200_000
+    assert queue.twisted_held() > 0, "still paused: the estimate saw nothing leave"
+    queue.stop()
+    server.transport.abortConnection()
+
+
+@pytest_twisted.inlineCallbacks
+def test_over_the_budget_a_unix_socket_reader_stays_and_a_non_reader_goes(
+        unix_loopback: Any) -> Any:
+    """rev10-s10 F2, the output budget on two real UNIX-socket queues: the
+    one whose peer reads holds more, but the one whose peer reads nothing
+    goes first (before, both were "stalled", and the reader, bigger, went)."""
+    factory, connect = unix_loopback
+    reader_client = connect()
+    reader_server = yield factory.accepted
+    factory.accepted = defer.Deferred()
+    connect()  # never read
+    idle_server = yield factory.accepted
+    reader = paused_queue(reader_server)
+    for _ in range(20):  # more than the idle one holds
+        assert reader.write(b"y" * 16384)
+    idle = paused_queue(idle_server)
+    yield settle()
+    assert reader.twisted_held() > idle.twisted_held() > 0
+    clock = Clock()
+    dropped: list[Any] = []
+    conns = [Conn(reader, dropped), Conn(idle, dropped)]  # type: ignore[arg-type]
+    budget = reader.twisted_held() + idle.twisted_held()
+    OutputBudget(clock, budget, lambda: conns).start()  # type: ignore[arg-type,return-value]
+    clock.advance(1.0)  # within it: each one's progress noted
+    assert dropped == []
+    got = yield drain(reader_client, 200_000)
+    assert len(got) >= 200_000
+    yield settle()
+    assert reader.write(b"z" * 1000) and idle.write(b"z" * 1000)  # now over it
+    clock.advance(1.0)
+    assert dropped == [idle]
+    for queue, server in ((reader, reader_server), (idle, idle_server)):
+        queue.stop()
+        server.transport.abortConnection()
 
 
 @pytest_twisted.inlineCallbacks

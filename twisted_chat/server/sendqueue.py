@@ -153,18 +153,30 @@ class SendQueue:
             return self.written - held
         return kernel_acked(self._sock)
 
-    def progress(self) -> int:
+    def progress(self) -> int | None:
         """
-        A count that grows when, and only when, the peer takes bytes: the
-        kernel's count of the bytes the peer acknowledged where it tells it
-        (under TLS too: the encrypted bytes), else L{delivered} (which, on
-        Twisted's paused estimate, sees only what leaves the kernel).  For
-        L{OutputBudget}: which connections drained since it last looked.
+        A count that moves when, and only when, the peer takes bytes, or
+        C{None} where none can be had.  For L{OutputBudget}: which
+        connections drained since it last looked.  The kernel's count of the
+        bytes the peer acknowledged where it tells it (TCP on Linux, under
+        TLS too: the encrypted bytes); else, where Twisted's buffer can be
+        read (a UNIX socket, TCP without C{TCP_INFO}), written minus
+        Twisted's buffer minus the kernel's queue (C{SIOCOUTQ}: on a UNIX
+        socket what the peer has not read yet); else (TLS without
+        C{TCP_INFO}, other transports) C{None}: Twisted's paused estimate
+        does not move while the peer drains Twisted's buffer, so it cannot
+        tell a reader from a stalled peer.
         """
         if not self._counted:
             return kernel_acked(self._sock)
         acked = peer_acked(self._transport)
-        return self.delivered(self.held()) if acked is None else acked
+        if acked is not None:
+            return acked
+        try:
+            buffered = twisted_buffered(self._transport)
+        except (AttributeError, TypeError):
+            return None
+        return self.written - buffered - kernel_queued(self._sock)
 
     def write(self, data: bytes) -> bool:
         self.written += len(data)
@@ -506,8 +518,9 @@ class OutputBudget(_Periodic):
     nothing since the last look (L{SendQueue.progress} unchanged: stalled),
     the biggest first, then those still draining, the biggest first.  A
     connection that held nothing at the last look has not been seen
-    stalled.  Each connection's own bound stays C{--sendq}; this bounds
-    their sum, which is otherwise C{--max-clients} x C{--sendq}
+    stalled, nor has one whose progress cannot be read (C{None}).  Each
+    connection's own bound stays C{--sendq}; this bounds their sum, which
+    is otherwise C{--max-clients} x C{--sendq}
     (docs/security.md, "Output held in all").  C{budget} 0 turns it off.
     A sum over the budget between two looks is not seen until the next: the
     bound is the budget plus what one period brings, each connection still
@@ -539,8 +552,13 @@ class OutputBudget(_Periodic):
             if queue is not None:
                 held = queue.twisted_held()
                 if held:
-                    now = progress[queue] = queue.progress()
-                    holding.append((last.get(queue) == now, held, connection))
+                    now = queue.progress()
+                    # No count (None): ranked with the draining, never as
+                    # stalled (a figure that cannot move decides nothing).
+                    if now is not None:
+                        progress[queue] = now
+                    holding.append((now is not None and last.get(queue) == now, held,
+                                    connection))
                     total += held
         self._progress = progress
         if total > self._budget:
