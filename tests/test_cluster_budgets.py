@@ -2,15 +2,17 @@
 The per-address lobby-line and registration budgets of a cluster
 (L{AddressBook.share}): each node judges at once by its own copy of an
 address's bucket and reconciles it with the cluster's every
-L{SHARE_INTERVAL} while the address spends there, and at once when its copy
-is stale.  Deterministic: the cluster's buckets are L{FakeBuckets} (Redis's
-script, in Python, on the test's clock); the nodes are AddressBooks, or the
+L{SHARE_INTERVAL} while the address spends there (a stale copy's line too),
+and at once when a second line comes for a stale copy.  Deterministic: the
+cluster's buckets are L{FakeBuckets} (Redis's script, in Python, on the
+test's clock); the nodes are AddressBooks, or the
 cluster tests' nodes (tests/test_cluster_unit.py).  The script itself runs
 against a real redis-server at the end.
 """
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -33,7 +35,8 @@ from twisted_chat.server.addresses import (
     Rate,
     networks,
 )
-from twisted_chat.server.cluster.budgets import BUCKETS, RedisBuckets
+from twisted_chat.server.cluster.budgets import BUCKETS, SPEND, RedisBuckets
+from twisted_chat.server.config import ServerConfig
 
 HOST = "192.0.2.7"
 
@@ -176,17 +179,18 @@ def test_bursts_on_two_nodes_within_one_interval_are_owed_after() -> None:
 
 def test_a_line_waits_only_while_a_stale_copy_is_reconciled() -> None:
     """Redis's answer in flight.  A stale copy lets its first line through
-    at once and is reconciled; a line that comes meanwhile (another
-    connection of the address: one connection's next line waits for its
-    first anyway, in cluster mode) waits for the answer, then is judged by
-    the cluster's count.  A fresh copy judges at once, a report on its way
-    or not."""
+    at once (reported with the next report); a line that comes before that
+    report (another connection of the address: one connection's next line
+    waits for its first anyway, in cluster mode) has it reported at once,
+    waits for the answer, then is judged by the cluster's count.  A fresh
+    copy judges at once, a report on its way or not."""
     (a, b), buckets, clock = nodes(2, lobby=Rate(1.0, 5))
     buckets.held = True
     ra, rb = record(a), record(b)
     assert a.lobby_line(ra) is True
-    assert buckets.calls == [[(LOBBY, HOST, 1, 1.0)]]
+    assert buckets.calls == []  # due with the next report
     waiting = a.lobby_line(ra)
+    assert buckets.calls == [[(LOBBY, HOST, 1, 1.0)]]  # now: a line waits for it
     assert isinstance(waiting, Deferred) and not waiting.called
     buckets.answer()  # the cluster: 1 taken
     assert waiting.called
@@ -215,19 +219,42 @@ def test_one_report_per_interval_for_every_address_that_spent() -> None:
     (a,), buckets, clock = nodes(1, lobby=Rate(10.0, 20))
     hosts = [f"192.0.2.{i}" for i in range(1, 31)]
     for host in hosts:
-        lines(a, 1, host)  # stale: one report each (the first lines after a quiet while)
-    assert len(buckets.calls) == 30
+        lines(a, 1, host)  # stale copies: one line each joins the next report
+    assert buckets.calls == []
+    clock.advance(SHARE_INTERVAL)
+    assert len(buckets.calls) == 1 and len(buckets.calls[0]) == 30
     for _ in range(5):
         clock.advance(SHARE_INTERVAL / 4)
         for host in hosts:
             lines(a, 2, host)
     clock.advance(SHARE_INTERVAL)
     # Over those 1.25 intervals: one or two reports, each of the 30 addresses.
-    reports = buckets.calls[30:]
+    reports = buckets.calls[1:]
     assert 1 <= len(reports) <= 2 and all(len(items) == 30 for items in reports)
     assert sum(spent for items in reports for _, _, spent, _ in items) == 300
     clock.advance(10 * SHARE_INTERVAL)
-    assert buckets.calls[30:] == reports and clock.getDelayedCalls() == []
+    assert buckets.calls[1:] == reports and clock.getDelayedCalls() == []
+
+
+def test_lobby_lines_at_a_person_s_pace_cost_one_report_per_interval() -> None:
+    """rev10-s10 F3: 200 addresses, one lobby line each every 2 s (so every
+    copy is stale at each line), 60 s, at the default rate and burst: each
+    line was reported at once, one script each (6,000); now each joins the
+    node's next report: at most one per interval (300)."""
+    config = ServerConfig()
+    (a,), buckets, clock = nodes(1, lobby=Rate(config.ip_lobby_rate, config.ip_lobby_burst))
+    hosts = [f"198.51.100.{i}" for i in range(200)]
+    sent = 0
+    for step in range(600):  # 60 s in 0.1 s steps
+        clock.advance(0.1)
+        for i, host in enumerate(hosts):
+            if (step + i) % 20 == 0:  # each host every 2 s, spread out
+                assert a.lobby_line(record(a, host)) is True
+                sent += 1
+    clock.advance(SHARE_INTERVAL)
+    assert sent == 6000
+    assert len(buckets.calls) <= 60 / SHARE_INTERVAL + 1
+    assert sum(spent for items in buckets.calls for _, _, spent, _ in items) == sent
 
 
 def test_no_work_when_the_limit_is_off_or_the_address_exempt() -> None:
@@ -403,6 +430,44 @@ async def test_the_script_adds_drains_and_expires(redis: RedisServer) -> None:
         await deferLater(reactor, 0.03)
         drained = await buckets.spend([(LOBBY, "198.51.100.1", 0, 100.0)])
         assert drained[0] <= 1.5
+    finally:
+        proto.transport.loseConnection()
+
+
+def script_calls(redis: RedisServer) -> dict[str, int]:
+    """Redis's count of EVAL and EVALSHA commands so far (commandstats)."""
+    text = redis.call("INFO", "commandstats")
+    found = dict(re.findall(r"cmdstat_(evalsha|eval):calls=(\d+)", text))
+    return {name: int(found.get(name, 0)) for name in ("eval", "evalsha")}
+
+
+@needs_redis
+@pytest_twisted.ensureDeferred
+async def test_a_report_is_one_evalsha_and_a_forgotten_script_is_run_again(
+        redis: RedisServer) -> None:
+    """rev10-s10 F3: each report sent the script's text (EVAL, 648 bytes
+    for Redis to hash).  Now EVALSHA; a Redis that does not have it
+    (restarted, SCRIPT FLUSH; this connection loaded none) answers NOSCRIPT,
+    and that report runs the script itself, which loads it again.  A node
+    loads it with its others at each connection (redislog.SCRIPTS)."""
+    from twisted.internet import reactor
+
+    from twisted_chat.server.cluster.redislog import SCRIPTS, connect, parse_url
+
+    assert SPEND in SCRIPTS
+    proto = await connect(parse_url(redis.url), reactor)
+    try:
+        buckets = RedisBuckets(proto.execute_command, reactor)
+        first = await buckets.spend([(LOBBY, HOST, 1, 1.0)])  # not loaded: NOSCRIPT, EVAL
+        assert first[0] == pytest.approx(1, abs=0.01)
+        assert script_calls(redis) == {"eval": 1, "evalsha": 1}
+        for i in range(5):
+            await buckets.spend([(LOBBY, HOST, 1, 0.001), (LOBBY, f"198.51.100.{i}", 1, 1.0)])
+        assert script_calls(redis) == {"eval": 1, "evalsha": 6}
+        redis.call("SCRIPT", "FLUSH")
+        again = await buckets.spend([(LOBBY, HOST, 0, 0.001)])
+        assert again[0] == pytest.approx(6, abs=0.1)
+        assert script_calls(redis) == {"eval": 2, "evalsha": 7}
     finally:
         proto.transport.loseConnection()
 

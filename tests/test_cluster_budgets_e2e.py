@@ -17,6 +17,7 @@ from tests.redisproc import REDIS_SERVER
 from tests.serverproc import LOOPBACK, LineClient
 from tests.test_cluster_e2e import Cluster
 from tests.test_cluster_e2e import cluster as cluster_fixture
+from tests.test_cluster_read_e2e import commandstats
 
 pytestmark = [
     pytest.mark.e2e,
@@ -29,10 +30,10 @@ cluster = cluster_fixture
 SOURCE = "127.0.0.5"
 
 
-def user_from(c: Cluster, port: int, nick: str) -> LineClient:
+def user_from(c: Cluster, port: int, nick: str, source: str = SOURCE) -> LineClient:
     sock = socket.socket()
     sock.settimeout(5)
-    sock.bind((SOURCE, 0))
+    sock.bind((source, 0))
     sock.connect((LOOPBACK, port))
     client = LineClient(port, sock=sock)
     c.clients.append(client)
@@ -67,3 +68,33 @@ def test_one_address_gets_one_lobby_budget_on_two_nodes(
     assert said[:5] == [f"ann{i}" for i in range(5)], said
     assert len(said) <= 5 + 1, said
     assert any(line.startswith("ERROR flood") for line in bob.lines)
+
+
+def test_lobby_lines_at_a_person_s_pace_cost_no_script_each(
+    cluster: Callable[..., Cluster],
+) -> None:
+    """rev10-s10 F3: six addresses, one lobby line each every 0.8 s (each
+    line finds its address's copy stale): each line was reported at once
+    by its own EVAL (1.04 per lobby line measured); now the lines of a
+    round join one report, an EVALSHA (its script's TIME counts the
+    reports)."""
+    c = cluster(1)
+    (node,) = c.nodes
+    sources = [f"127.0.0.{i}" for i in range(10, 16)]
+    users = [user_from(c, node.port, f"p{i}", source) for i, source in enumerate(sources)]
+    for client in users:
+        client.sync()
+    time.sleep(0.8)  # the registrations' reports answered, the copies stale again
+    before = commandstats(c.redis)
+    rounds = 4
+    for r in range(rounds):
+        for client in users:
+            client.send(f"MSG round {r}")
+        for client in users:
+            client.sync()
+        time.sleep(0.8)
+    after = commandstats(c.redis)
+    spent = {name: after.get(name, 0) - before.get(name, 0) for name in after}
+    lines = rounds * len(users)
+    assert spent.get("time", 0) <= 2 * rounds, spent  # one report a round (two if split)
+    assert spent.get("eval", 0) < lines // 2, spent  # the history's prunes only

@@ -27,10 +27,12 @@ In cluster mode the lobby-line and registration buckets are the cluster's
 (L{AddressBook.share}): each node judges a line at once by its own copy of
 the address's bucket, and brings that copy in line with the cluster's
 bucket, in Redis, every L{SHARE_INTERVAL} seconds while the address spends
-there (one call for every address that spent), and at once when the
-address spends there after a quiet while (twice L{SHARE_INTERVAL}: its copy
-may be stale, the address may have spent on other nodes meanwhile); what
-comes for that copy while it is being reconciled waits for the answer.
+there (one call for every address that spent).  When the address spends
+there after a quiet while (twice L{SHARE_INTERVAL}), its copy may be stale
+(the address may have spent on other nodes meanwhile): that line is judged
+by the copy and joins the next report, unless another line comes for the
+copy first: then it is reported at once, and that line, and what comes
+until the answer, waits for it (one round trip).
 See docs/cluster.md, "Options", for what that lets through.
 
 Everything here is pure: no sockets, time from an injected clock.
@@ -212,12 +214,15 @@ class Shared:
     copy (L{SharedBuckets}) has not been told, and of when it last heard it.
     """
 
-    __slots__ = ("asking", "fresh_until", "unsent", "waiting")
+    __slots__ = ("asking", "fresh_until", "stale", "unsent", "waiting")
 
     def __init__(self) -> None:
         self.unsent = 0  # tokens spent here since the last report was sent
         self.fresh_until = float("-inf")  # the copy counts as up to date until then
         self.asking = False  # a report is on its way
+        # Spent on a stale copy, due in the next report: a line that comes
+        # before it is sent has it sent at once, and waits for its answer.
+        self.stale = False
         # What waits for that report's answer (see AddressBook.lobby_line).
         self.waiting: list[Deferred[None]] | None = None
 
@@ -408,8 +413,11 @@ class AddressBook:
             return True
         now = self.clock.seconds()
         shared = record.lobby_shared
-        if shared is not None and shared.asking and now >= shared.fresh_until:
-            return shared.answered()
+        if shared is not None and now >= shared.fresh_until:
+            if shared.stale and not shared.asking and self._shared is not None:
+                self._report([(record, LOBBY)])  # a line would wait for it: now
+            if shared.asking:
+                return shared.answered()
         if not record.lobby.take(now):
             return False
         if self._shared is not None and self.policy.lobby.limited:
@@ -430,18 +438,21 @@ class AddressBook:
 
     def _spent(self, record: Address, bucket: str, now: float) -> None:
         """C{record} spent a token of C{bucket} here: reported with the
-        next report, or now if this node's copy is stale."""
+        next report (at most one interval from now).  If this node's copy is
+        stale, the next line for it before then has it reported at once and
+        waits for the answer (L{lobby_line}): the copy judges no second line
+        alone, and a lone line after a quiet while (most of a person's)
+        costs no script of its own."""
         shared = self._shared_for(record, bucket)
         shared.unsent += 1
-        if now >= shared.fresh_until and not shared.asking and (record, bucket) not in self._due:
+        if now >= shared.fresh_until and not shared.asking:
             # Not heard for two intervals (or never): the address may have
             # spent elsewhere meanwhile.  (One spending here all along is
-            # reported with the others, every interval.)
-            self._report([(record, bucket)])
-        else:
-            self._due[record, bucket] = None
-            if self._report_call is None:
-                self._report_call = self.clock.callLater(self.interval, self._report_due)
+            # never stale: it is reported with the others, every interval.)
+            shared.stale = True
+        self._due[record, bucket] = None
+        if self._report_call is None:
+            self._report_call = self.clock.callLater(self.interval, self._report_due)
 
     def _report_due(self) -> None:
         """Every SHARE_INTERVAL while addresses spend: one report for all."""
@@ -475,6 +486,7 @@ class AddressBook:
             request.append((bucket, record.key, shared.unsent, rate.per_second))
             shared.unsent = 0
             shared.asking = True
+            shared.stale = False  # asking holds what comes until the answer
         self._shared.spend(request).addCallbacks(self._reported, self._not_reported,
                                                  callbackArgs=(sent,), errbackArgs=(sent,))
 

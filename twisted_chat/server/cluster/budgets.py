@@ -7,21 +7,26 @@ One Redis hash per bucket and address, C{chat:ip:<bucket>:<address key>}
 (C{level}: the tokens taken and not yet refilled; C{at}: when, in Redis's
 milliseconds), drained at the bucket's rate on Redis's clock (one clock for
 all nodes), expiring once drained; so an address that stopped takes no
-memory.  A report is one Lua script for every address in it: one command
-per node every L{twisted_chat.server.addresses.SHARE_INTERVAL} seconds at
-most, and one when an address spends after a quiet interval on a node.
+memory.  A report is one Lua script for every address in it, run by
+C{EVALSHA} (loaded with the log's scripts at each connection; C{EVAL} once
+if Redis has forgotten it, which loads it again): one command per node
+every L{twisted_chat.server.addresses.SHARE_INTERVAL} seconds at most, and
+one when a second line comes for an address's stale copy before then.
 """
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Callable
 from typing import Any
 
+import txredisapi  # type: ignore[import-untyped]
 from twisted.internet import defer
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IReactorTime
+from twisted.python.failure import Failure
 
-__all__ = ["BUCKETS", "RedisBuckets"]
+__all__ = ["BUCKETS", "SPEND", "RedisBuckets"]
 
 BUCKETS = "chat:ip:"
 #: Seconds a report may wait for Redis's answer (the copies go on as the
@@ -31,7 +36,7 @@ TIMEOUT = 5.0
 # KEYS: the buckets; ARGV: for each, the tokens spent and the rate per
 # second.  Adds what was spent to each bucket, drained since its last
 # change; answers each level (a string: Lua numbers become integers).
-_SPEND = """
+SPEND = """
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local levels = {}
@@ -52,6 +57,7 @@ for i, key in ipairs(KEYS) do
 end
 return levels
 """
+SPEND_SHA = hashlib.sha1(SPEND.encode()).hexdigest()
 
 
 class RedisBuckets:
@@ -74,7 +80,16 @@ class RedisBuckets:
         args: list[Any] = []
         for _, _, spent, rate in items:
             args += [spent, repr(float(rate))]
-        d: Deferred[Any] = defer.maybeDeferred(self.execute, "EVAL", _SPEND, len(keys), *keys,
-                                                *args)
+        d: Deferred[Any] = defer.maybeDeferred(self.execute, "EVALSHA", SPEND_SHA, len(keys),
+                                                *keys, *args)
+        d.addErrback(self._forgotten, len(keys), *keys, *args)
         d.addTimeout(self.timeout, self.clock)
         return d.addCallback(lambda levels: [float(level) for level in levels])
+
+    def _forgotten(self, failure: Failure, *command: Any) -> Deferred[Any] | Failure:
+        """C{NOSCRIPT} (Redis restarted or flushed its scripts since the
+        connection loaded them): the script itself, which loads it again."""
+        value = failure.value
+        if isinstance(value, txredisapi.ResponseError) and "NOSCRIPT" in str(value):
+            return defer.maybeDeferred(self.execute, "EVAL", SPEND, *command)
+        return failure

@@ -83,6 +83,7 @@ from twisted.internet.protocol import Factory
 from twisted.internet.task import deferLater
 
 from twisted_chat.server import logs
+from twisted_chat.server.cluster.budgets import SPEND
 from twisted_chat.server.cluster.node import KEPT_RETRY, ClusterState
 from twisted_chat.server.cluster.replica import id_key
 from twisted_chat.server.history import Entry
@@ -364,7 +365,8 @@ APPEND_SHA, SAVE_SNAPSHOT_SHA = _sha(APPEND), _sha(SAVE_SNAPSHOT)
 HISTORY_ADD_SHA = _sha(HISTORY_ADD)
 APPENDING = ("EVALSHA", APPEND_SHA)  # how an append's command starts
 HISTORY_WRITING = ("EVALSHA", HISTORY_ADD_SHA)  # how a history write's starts
-SCRIPTS = (APPEND, SAVE_SNAPSHOT, HISTORY_ADD)
+# Loaded at each connection, run by EVALSHA (SPEND: cluster/budgets.py's).
+SCRIPTS = (APPEND, SAVE_SNAPSHOT, HISTORY_ADD, SPEND)
 
 
 def history_write(rows: Sequence[Any]) -> tuple[Any, ...]:
