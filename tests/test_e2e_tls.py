@@ -8,6 +8,7 @@ from __future__ import annotations
 import contextlib
 import datetime
 import ipaddress
+import os
 import re
 import signal
 import socket
@@ -21,7 +22,9 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
+from tests.client.clientproc import wait_until
 from tests.serverproc import LOOPBACK, LineClient, free_port, wait_for_port
+from twisted_chat.server.config import ServerConfig
 from twisted_chat.server.descriptors import REFUSALS_CLOSING
 
 pytestmark = pytest.mark.e2e
@@ -214,8 +217,25 @@ def test_tls_close_started_by_the_server_completes(tls_server, tls_connect):
     assert time.monotonic() - started < 1.5
 
 
-def open_fds(pid: int) -> int:
-    return len(list(Path(f"/proc/{pid}/fd").iterdir()))
+def open_sockets(pid: int) -> int:
+    """The sockets among process C{pid}'s descriptors (its pipes and files,
+    some of which it opens only after it has started listening, left out)."""
+    count = 0
+    for fd in Path(f"/proc/{pid}/fd").iterdir():
+        with contextlib.suppress(FileNotFoundError):  # closed meanwhile
+            count += os.readlink(fd).startswith("socket:")
+    return count
+
+
+def accept_queue(port: int) -> int:
+    """How many connections to C{LOOPBACK:port} wait to be accepted (what
+    /proc/net/tcp shows as a listening socket's receive queue)."""
+    local = f"{socket.htonl(int(ipaddress.ip_address(LOOPBACK))):08X}:{port:04X}"
+    for line in Path("/proc/net/tcp").read_text().splitlines()[1:]:
+        fields = line.split()
+        if fields[1] == local and fields[3] == "0A":  # LISTEN
+            return int(fields[4].split(":")[1], 16)
+    raise AssertionError(f"nothing listens on {LOOPBACK}:{port}")
 
 
 def test_refused_tls_peers_that_never_answer_are_cut_off_within_the_grace(tmp_path, chat_server):
@@ -230,19 +250,35 @@ def test_refused_tls_peers_that_never_answer_are_cut_off_within_the_grace(tmp_pa
         port=port, probe=False, exempt=(),
         endpoint=f"ssl:{port}:privateKey={key}:certKey={cert}:interface={LOOPBACK}",
     )
+    grace = ServerConfig().close_grace
+    before = open_sockets(server.pid)
     holder = socket.create_connection((LOOPBACK, port), timeout=5)  # the one allowed
-    time.sleep(0.3)
-    baseline = open_fds(server.pid)
+    baseline = before + 1
+    wait_until(lambda: open_sockets(server.pid) == baseline, what="the holder accepted")
     refused = []
-    for _ in range(30):
-        sock = socket.create_connection((LOOPBACK, port), timeout=5)
+    started = time.monotonic()  # no refusal's grace can end before started + grace
+    for i in range(30):
+        try:
+            sock = socket.create_connection((LOOPBACK, port), timeout=5)
+        except ConnectionResetError:
+            # Aborted at once, before connect() returned (the server was
+            # quicker than this process): never one of the first
+            # REFUSALS_CLOSING, which wait out their grace.
+            assert i >= REFUSALS_CLOSING, f"refusal {i} aborted at once"
+            continue
         refused.append(sock)
-    time.sleep(0.5)
-    # Held while within the grace, but at most REFUSALS_CLOSING of them: the
-    # rest were aborted at once (rev-bounds F5).
-    held = open_fds(server.pid) - baseline
-    assert REFUSALS_CLOSING - 2 <= held <= REFUSALS_CLOSING + 2, held
-    deadline = time.monotonic() + 3.0 + 2.0
+    # Held while within the grace, but only REFUSALS_CLOSING of them: the
+    # rest were aborted at once (rev-bounds F5).  Counted once the server
+    # has accepted every one (on the way there it holds fewer).
+    held = None
+    while time.monotonic() < started + grace:
+        if accept_queue(port) == 0:
+            held = open_sockets(server.pid) - baseline
+            if held == REFUSALS_CLOSING:
+                break
+        time.sleep(0.02)
+    assert held == REFUSALS_CLOSING, (held, time.monotonic() - started)
+    deadline = time.monotonic() + grace + 2.0
     still_open = list(refused)
     while still_open and time.monotonic() < deadline:
         for sock in list(still_open):
@@ -255,7 +291,7 @@ def test_refused_tls_peers_that_never_answer_are_cut_off_within_the_grace(tmp_pa
             except TimeoutError:
                 pass
     assert still_open == []
-    assert open_fds(server.pid) <= baseline
+    assert open_sockets(server.pid) == baseline  # the holder's, only
     for sock in [*refused, holder]:
         sock.close()
     assert server.problems() == []
