@@ -177,6 +177,9 @@ def test_refused_upgrades_stay_counted_until_aborted_though_close_notify_never_c
     server = TlsWebServer(tmp_path, "--max-per-ip", "1", "--web-timeout", "60", exempt=())
     with served(server) as web:
         held = []
+        # Every request is sent after this, so no place is given back
+        # before first_sent + grace.
+        first_sent = time.monotonic()
         for i in range(HTTP_PER_BROWSER):
             sock = web.connect()
             if i % 2:
@@ -201,6 +204,8 @@ def test_refused_upgrades_stay_counted_until_aborted_though_close_notify_never_c
             assert time.monotonic() - answered < grace + 10, "refused upgrades still held"
             time.sleep(0.25)
         assert head.startswith(b"HTTP/1.1 404 "), head
-        assert time.monotonic() - answered > grace - 1
+        # Not from answered: the first's grace began before the last was
+        # answered, and on a loaded machine the six take a while.
+        assert time.monotonic() - first_sent >= grace - 0.05
         for sock in held:
             sock.close()
