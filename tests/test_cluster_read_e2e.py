@@ -29,8 +29,10 @@ from tests.test_cluster_outage_e2e import proxy as proxy_fixture
 from twisted_chat.server.cluster.redislog import (
     APPEND,
     CHANNEL,
+    HISTORY_WRITING,
     SAVE_SNAPSHOT,
     SNAPSHOT_INTERVAL,
+    history_rows,
 )
 
 pytestmark = [
@@ -137,6 +139,15 @@ def test_the_scripts_do_what_the_nodes_rely_on(tmp_path: Any) -> None:
         redis.stop()
 
 
+# A MONITOR line's arguments: each quoted, with \" and \\ escaped.
+MONITORED_ARG = re.compile(r'"((?:[^"\\]|\\.)*)"')
+
+
+def monitored(line: str) -> list[str]:
+    """A command as MONITOR shows it (C{<time> [<db> <client>] "CMD" "arg" ...})."""
+    return [re.sub(r"\\(.)", r"\1", arg) for arg in MONITORED_ARG.findall(line)]
+
+
 def test_a_lobby_message_costs_redis_the_same_commands_with_three_nodes(
     cluster: Callable[..., Cluster],
 ) -> None:
@@ -147,24 +158,61 @@ def test_a_lobby_message_costs_redis_the_same_commands_with_three_nodes(
     users = [c.user(server, f"u{i}") for i, server in enumerate(c.nodes)]
     for client in users:
         client.sync()
+    # Besides a message's own history write, a node's heartbeat may write
+    # the lobby lines it holds again (its snapshot's, every
+    # SNAPSHOT_INTERVAL): with this line said first, such a write holds it,
+    # and is told apart.
+    users[0].send("MSG before the count")
+    for client in users:
+        client.expect(lambda line: line.endswith(" before the count"))
+    monitor = Resp(c.redis.port)
+    assert monitor("MONITOR") == "OK"
     before = commandstats(c.redis)
+    said = []
     for i in range(10):  # within --flood-burst
         for n, client in enumerate(users):
             client.send(f"MSG number {i} from u{n}")
+            said.append(f"u{n} number {i} from u{n}")
     seen = []
     for client in users:
         seen.append([client.expect("MSG", timeout=10).split(" ", 2)[2] for _ in range(30)])
     assert seen[0] == seen[1] == seen[2]
+    # The history's writes, up to a command of this test's own after the
+    # last message's (which its node may send after the users are shown
+    # the line).
+    own: list[list[str]] = []  # one row each, in order
+    others: list[list[str]] = []
+    end = "the count's end"
+    deadline = time.monotonic() + 10
+    while True:
+        assert time.monotonic() < deadline, (own, others)
+        command = monitored(monitor.reply())
+        if command[:2] == ["ECHO", end]:
+            break
+        if tuple(command[:2]) != HISTORY_WRITING:
+            continue
+        rows = [member.split(" ", 2)[2] for _, member in history_rows(tuple(command))]
+        if len(rows) == 1 and rows[0] in said:
+            own.append(rows)
+            if len(own) == len(said):
+                marker = Resp(c.redis.port)
+                assert marker("ECHO", end) == end
+                marker.close()
+        else:
+            others.append(rows)
+    monitor.close()
     after = commandstats(c.redis)
     spent = {name: after.get(name, 0) - before.get(name, 0) for name in after}
     assert spent.get("xread", 0) == 0
-    # The appends and the history's writes, and at most a snapshot or two
-    # per node (the heartbeat's, every 10 s: its save, and its history
-    # write of the node's last lines, a ZADD each): nothing per node per
-    # message.
+    assert sorted(row for rows in own for row in rows) == sorted(said)  # each once
+    # The others are snapshots' (what was said before the count first), a
+    # snapshot or two per node at most (the heartbeat's, every 10 s).
+    assert all("u0 before the count" in rows for rows in others), others
+    assert len(others) <= 3 * 2, others
+    # The appends and the history's writes, and the snapshots' saves and
+    # writes: nothing per node per message.
     snapshots = spent["evalsha"] - 2 * 30
     assert 0 <= snapshots <= 3 * 2 * 2, spent
-    assert spent["zadd"] == 30 or (snapshots and spent["zadd"] > 30), spent
 
 
 def _last_id(redis: RedisServer) -> str:
