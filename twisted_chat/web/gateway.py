@@ -467,8 +467,9 @@ class ChatWebSocketFactory(WebSocketServerFactory):
         super().__init__(reactor=reactor)
         self.chat = chat
         self.web = web
-        # Seconds a refused upgrade's socket is given to close (the chat
-        # server's ServerConfig.close_grace, 3 s).
+        # Seconds a close the gateway makes (a refused upgrade's, or its
+        # answer to the browser's close frame) is given before the socket is
+        # aborted (the chat server's ServerConfig.close_grace, 3 s).
         self.close_grace = close_grace
         self.headers = headers or {}
         self.cache = FrameCache()

@@ -552,11 +552,13 @@
   const FLOOD_JITTER = 0.5;
   const flood = (() => {
     const data = document.documentElement.dataset;
-    const rate = Number(data.floodRate);
-    const burst = Number(data.floodBurst);
-    // Without the server's rule (a page saved to disk), its defaults.
+    let rate = Number(data.floodRate);
+    let burst = Number(data.floodBurst);
+    // index.html always carries a rule (the server's, or its defaults): these
+    // are only a guard against a page edited by hand.
     if (!(data.floodRate && Number.isFinite(rate) && rate >= 0 && Number.isInteger(burst) && burst >= 1)) {
-      return { rate: 10, burst: 20, room: 15 };
+      rate = 10;
+      burst = 20;
     }
     return { rate, burst, room: Math.max(1, burst - rate * FLOOD_JITTER) };
   })();
@@ -590,7 +592,12 @@
   function costOf(line) {
     const verb = parse(line, 1)[0].toUpperCase();
     if (verb !== "USERS" && verb !== "PAIR" && verb !== "ACCEPT") return 1;
-    return Math.min(flood.burst, Math.max(1, Math.ceil(rosterBytes() / REPLY_BYTES)));
+    return priceOf(rosterBytes());
+  }
+
+  // The tokens a user list of `bytes` costs, as the server charges it.
+  function priceOf(bytes) {
+    return Math.min(flood.burst, Math.max(1, Math.ceil(bytes / REPLY_BYTES)));
   }
 
   // Milliseconds before a line of `cost` tokens may go (0: now).
@@ -660,10 +667,14 @@
   function rosterBytes() {
     let size = 8 + String(state.users.size).length; // USERS <count>\r\n
     for (const user of state.users.values()) {
-      // USER <nick> lobby\r\n, or paired
-      size += 13 + user.nick.length + (user.state === "paired" ? 1 : 0) + roster.extra;
+      size += userLineBytes(user) + roster.extra;
     }
     return Math.ceil(size * 1.02) + 256;
+  }
+
+  // USER <nick> lobby\r\n, or paired: the line's size but for its extra.
+  function userLineBytes(user) {
+    return 13 + user.nick.length + (user.state === "paired" ? 1 : 0);
   }
 
   // A user list ended (USERS <count>): what it cost, and when it came.
@@ -672,10 +683,10 @@
     let bare = 0;
     for (const user of users) {
       bytes += user.bytes;
-      bare += 13 + user.nick.length + (user.state === "paired" ? 1 : 0);
+      bare += userLineBytes(user);
     }
     roster.extra = users.length ? Math.max(0, (bytes - line.length - 2 - bare) / users.length) : 0;
-    roster.price = Math.min(flood.burst, Math.max(1, Math.ceil(bytes / REPLY_BYTES)));
+    roster.price = priceOf(bytes);
     roster.at = performance.now();
     roster.askedAt = -Infinity;
   }
