@@ -14,6 +14,7 @@ from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
 from twisted.python.failure import Failure
 
+from twisted_chat.client.liveness import Liveness
 from twisted_chat.client.protocol import ChatClient
 from twisted_chat.client.render import Line, plain
 from twisted_chat.client.session import Outcome
@@ -137,7 +138,7 @@ def session(
         now=lambda: NOW,
         localtime=time.gmtime,
         environ=environ or {},
-        answer_wait=ChatClient.ANSWER_WAIT if watch else None,
+        answer_wait=Liveness.ANSWER_WAIT if watch else None,
     )
     transport = StringTransport(peerAddress=IPv4Address("TCP", peer, 7000))
     result = Session(client, transport, screen, clock)

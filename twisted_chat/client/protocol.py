@@ -113,7 +113,6 @@ class ChatClient(SkipLongLines):
     MAX_LENGTH = 1 << 20
     QUIT_TIMEOUT = 5.0
     GREETING_TIMEOUT = 15.0
-    ANSWER_WAIT = Liveness.ANSWER_WAIT  # (twisted_chat.client.liveness)
     INTERRUPTED = INTERRUPTED  # (twisted_chat.client.session)
     # Lines that wait to be sent (twisted_chat.client.outbox).
     QUEUE_MAX = QUEUE_MAX
@@ -468,7 +467,7 @@ class ChatClient(SkipLongLines):
             self.interrupt()
             return
         lines = "the line" if waiting == 1 else f"the {waiting} lines"
-        seconds = min(math.ceil(waiting / self.outbox.rate), self.DRAIN_TIMEOUT)
+        seconds = min(self.paste_time(0), self.DRAIN_TIMEOUT)
         self.notice(
             f"Sending {lines} still waiting (about {seconds:g} s), then leaving; "
             "Ctrl-C leaves now without them."
