@@ -21,7 +21,7 @@ import pytest
 import pytest_twisted
 from twisted.internet import defer
 from twisted.internet.defer import Deferred
-from twisted.internet.task import Clock
+from twisted.internet.task import Clock, deferLater
 
 from tests.redisproc import REDIS_SERVER, RedisServer
 from tests.test_cluster_unit import START, Cluster
@@ -470,9 +470,3 @@ async def test_a_report_is_one_evalsha_and_a_forgotten_script_is_run_again(
         assert script_calls(redis) == {"eval": 2, "evalsha": 7}
     finally:
         proto.transport.loseConnection()
-
-
-def deferLater(reactor: Any, seconds: float) -> Deferred[None]:
-    from twisted.internet.task import deferLater as later
-
-    return later(reactor, seconds)

@@ -1005,13 +1005,11 @@ def test_progress_is_what_the_peer_acknowledged_also_while_twisted_is_paused(
     for _ in range(40):
         assert queue.write(b"x" * 16384)
     assert queue.twisted_held() > 0, "paused: Twisted holds more than its buffer size"
-    for _ in range(5):  # Twisted fills the kernel's buffer
-        yield deferLater(reactor, 0.01, lambda: None)
+    yield settle()  # Twisted fills the kernel's buffer
     before = queue.progress()
     got = yield drain(client, 200_000)
     assert len(got) >= 200_000
-    for _ in range(5):  # and fills it again, from what it holds
-        yield deferLater(reactor, 0.01, lambda: None)
+    yield settle()  # and fills it again, from what it holds
     for _ in range(1000):  # bounded: the ACKs may take a moment
         if queue.progress() - before >= 200_000:
             break

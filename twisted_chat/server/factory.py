@@ -58,12 +58,12 @@ class _Refusal(Protocol):
     """
 
     def __init__(self, why: str, clock: IReactorTime, grace: float,
-                 message: bytes | None = None, closing: Closing | None = None) -> None:
+                 message: bytes | None, closing: Closing) -> None:
         self.why = why
         self.clock = clock
         self.grace = grace
         self.message = message
-        self.closing = closing if closing is not None else Closing()
+        self.closing = closing
         self._abort_call: IDelayedCall | None = None
 
     def connectionMade(self) -> None:
