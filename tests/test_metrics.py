@@ -292,9 +292,7 @@ def test_messages_dropped_by_the_store_reach_the_metric_and_stay_after_recovery(
 ) -> Generator[Any, Any, None]:
     """ChatService.snapshot reads the store's drop count into
     chat_history_dropped_total, which does not go back when the disk does."""
-    from twisted.internet.task import deferLater
-
-    from tests.test_store import FullDisk
+    from tests.test_store import FullDisk, failed_write
 
     h = Harness()
     chat = ChatService(h.factory)
@@ -304,7 +302,7 @@ def test_messages_dropped_by_the_store_reach_the_metric_and_stay_after_recovery(
     try:
         for i in range(10):
             store.append(Entry(1.0 + i, "a", f"m{i}"))
-        yield deferLater(reactor, 0.3, lambda: None)
+        yield failed_write(store)
         during = scrape(h.factory.stats, chat.snapshot())
         assert during[("chat_history_dropped_total", ())] == 6
         assert during[("chat_history_backlog", ())] == 4
