@@ -5,6 +5,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.redisproc import REDIS_SERVER, RedisServer
 from tests.serverproc import LineClient, ServerProcess
 
 
@@ -36,3 +37,15 @@ def connect() -> Iterator[Callable[..., LineClient]]:
     yield open_client
     for client in clients:
         client.close()
+
+
+@pytest.fixture
+def redis(tmp_path: Path) -> Iterator[RedisServer]:
+    """A private C{redis-server} (tests/redisproc.py) on a free loopback port,
+    without persistence (a test that restarts it, or checks what a node says
+    of persistence, starts its own), stopped by its pid after the test."""
+    if REDIS_SERVER is None:
+        pytest.skip("redis-server is not installed")
+    server = RedisServer(tmp_path, persist=False).start()
+    yield server
+    server.stop()

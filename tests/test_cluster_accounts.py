@@ -42,13 +42,6 @@ needs_redis = pytest.mark.skipif(REDIS_SERVER is None, reason="redis-server is n
 
 
 @pytest.fixture
-def redis(tmp_path: Path) -> Iterator[RedisServer]:
-    server = RedisServer(tmp_path).start()
-    yield server
-    server.stop()
-
-
-@pytest.fixture
 def nodes(redis: RedisServer) -> Iterator[Nodes]:
     """C{await nodes(n)}: n books, each on a connection of its own (as n
     nodes), closed after the test."""

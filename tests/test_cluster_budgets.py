@@ -13,8 +13,6 @@ against a real redis-server at the end.
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -395,13 +393,6 @@ def test_nick_on_another_node_is_held_to_the_address_s_registrations() -> None:
 
 
 needs_redis = pytest.mark.skipif(REDIS_SERVER is None, reason="redis-server is not installed")
-
-
-@pytest.fixture
-def redis(tmp_path: Path) -> Iterator[RedisServer]:
-    server = RedisServer(tmp_path, persist=False).start()
-    yield server
-    server.stop()
 
 
 @needs_redis

@@ -14,8 +14,7 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Callable, Iterator
-from pathlib import Path
+from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -231,13 +230,6 @@ def test_retain_bytes_keeps_the_newest_that_fit(cluster: Callable[..., Cluster])
 
 
 # -- the pruning script alone, on a real Redis ---------------------------------
-
-
-@pytest.fixture
-def redis(tmp_path: Path) -> Iterator[RedisServer]:
-    server = RedisServer(tmp_path, persist=False).start()
-    yield server
-    server.stop()
 
 
 def prune(redis: RedisServer, cutoff: str = "", most: int = 0, most_bytes: int = 0,
