@@ -35,6 +35,7 @@ from twisted_chat.server.cluster.redislog import (
     SCRIPTS,
     RedisLog,
     _history_row,
+    history_write,
 )
 from twisted_chat.server.history import Entry
 
@@ -61,10 +62,11 @@ def said_now(redis: RedisServer, when: float, seq: int, nick: str, text: str) ->
 
 
 def write(redis: RedisServer, *rows: tuple[int, str]) -> int:
-    """History rows (score, member) written as a node writes them."""
-    args = [x for row in rows for x in row]
-    added: int = redis.call("EVAL", HISTORY_ADD, 2, HISTORY, HISTORY_SIZE, HISTORY_OVERHEAD,
-                            *args)
+    """History rows (score, member) written as a node writes them: its
+    command (L{history_write}), its script loaded as it loads it."""
+    redis.call("SCRIPT", "LOAD", HISTORY_ADD)
+    added = redis.call(*history_write([x for row in rows for x in row]))
+    assert isinstance(added, int), added
     return added
 
 
