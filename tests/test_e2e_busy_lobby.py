@@ -113,4 +113,4 @@ def test_a_tls_sender_that_leaves_with_a_line_waiting_closes_cleanly(
     raw.settimeout(5)
     while raw.recv(4096):
         pass  # a reset here (an abort) raises ConnectionResetError
-    assert time.monotonic() - started < 1.0
+    assert time.monotonic() - started < 2.5  # not the abort after the 3 s grace

@@ -214,7 +214,7 @@ def test_tls_close_started_by_the_server_completes(tls_server, tls_connect):
     started = time.monotonic()
     client.send("BYE")
     assert client.rest(timeout=5) == ["BYE quit"]
-    assert time.monotonic() - started < 1.5
+    assert time.monotonic() - started < 2.5  # not the abort after the 3 s grace
 
 
 def open_sockets(pid: int) -> int:
