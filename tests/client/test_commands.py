@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from twisted_chat.client.commands import Local, Quit, Send, parse_input
+from twisted_chat.client.commands import Local, Quit, Send, parse_input, password_problem
 
 
 def test_plain_text_is_a_message() -> None:
@@ -93,3 +93,24 @@ def test_at_sign_alone_or_followed_by_space_is_just_text() -> None:
 
 def test_control_characters_are_not_sent() -> None:
     assert parse_input("hi\x1b[31m\x00 there\tyou\r") == Send("MSG", text="hi[31m there\tyou")
+
+
+@pytest.mark.parametrize(
+    ("password", "said"),
+    [
+        ("kitty12", "A password needs at least 8 bytes (characters, for plain ASCII)."),
+        ("éééé", None),  # 4 characters, 8 bytes
+        ("é" * 128, None),
+        ("é" * 128 + "x", "A password may have at most 256 bytes."),
+        ("pass\tword", None),
+        (" password", "A password cannot start with a space or a tab."),
+        ("\tpassword", "A password cannot start with a space or a tab."),
+        # wire.py's words, as the operator's tool says them: TAB is allowed.
+        ("pass\x1bword", "A password cannot contain control characters (TAB is allowed)."),
+        ("pass\u2028word", "A password cannot contain control characters (TAB is allowed)."),
+    ],
+)
+def test_a_password_is_held_to_the_servers_rule(password: str, said: str | None) -> None:
+    """The client's length check, then wire.py's password_chars_problem
+    (not a copy of it), as a sentence."""
+    assert password_problem(password) == said

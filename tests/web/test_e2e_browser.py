@@ -12,6 +12,7 @@ Screenshots go to build/web-e2e/ (untracked).
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -25,6 +26,8 @@ import pytest
 
 from tests.serverproc import LineClient
 from tests.web.webserver import WebServer, served, serving
+from twisted_chat.server.accounts import password_problem as server_length_problem
+from twisted_chat.wire import password_chars_problem
 
 webdriver = pytest.importorskip("selenium.webdriver")
 from selenium.common.exceptions import NoAlertPresentException, TimeoutException  # noqa: E402
@@ -37,6 +40,7 @@ from selenium.webdriver.support.ui import WebDriverWait  # noqa: E402
 CHROMEDRIVER = "/usr/bin/chromedriver"
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 ARTIFACTS = Path(__file__).resolve().parents[2] / "build" / "web-e2e"
+APP_JS = Path(__file__).resolve().parents[2] / "twisted_chat" / "web" / "static" / "app.js"
 XSS = "<img src=x onerror=alert(1)>"
 TZ = "Asia/Kolkata"
 KOLKATA = timezone(timedelta(hours=5, minutes=30))
@@ -792,6 +796,41 @@ def test_register_and_passwd_from_the_page(
         assert other.expect("PASS") == "PASS alice"
         other.send(f"PASS {password}")
         other.expect(answer)
+
+
+
+def test_the_pages_password_rule_is_the_servers(browser: Callable[..., Any]) -> None:
+    """app.js's own copy of the password rule (it cannot import wire.py's)
+    refuses exactly what the server would: the page's passwordProblem, taken
+    from app.js as it is and run in Chromium, against the server's length
+    rule and L{password_chars_problem}, for every code point (inside a
+    password and leading it) and at the length limits."""
+    app = APP_JS.read_text()
+    found = re.search(r"\n( +)function passwordProblem\(.*?\n\1\}\n", app, re.DOTALL)
+    assert found is not None, "app.js has no passwordProblem"
+    samples = ["x" * 7, "x" * 8, "é" * 3 + "x", "é" * 4, "x" * 256, "x" * 257, "é" * 128,
+               "é" * 128 + "x", "😀" * 64, "😀" * 64 + "x", " password", "\tpassword",
+               "pass\tword", "password ", "password\t", "\u00a0password", ""]
+    driver = browser()
+    refused, answers = driver.execute_script(found.group(0) + """
+      const refused = [[], []];
+      for (let code = 0; code <= 0x10ffff; code++) {
+        if (code >= 0xd800 && code <= 0xdfff) continue;  // no string holds one alone
+        const c = String.fromCodePoint(code);
+        if (passwordProblem("pass" + c + "word") !== null) refused[0].push(code);
+        if (passwordProblem(c + "password") !== null) refused[1].push(code);
+      }
+      return [refused, arguments[0].map((p) => passwordProblem(p) !== null)];
+    """, samples)
+
+    def server_refuses(password: str) -> bool:
+        return (server_length_problem(password.encode("utf-8")) is not None
+                or password_chars_problem(password) is not None)
+
+    codes = [code for code in range(0x110000) if not 0xD800 <= code <= 0xDFFF]
+    assert refused == [[code for code in codes if server_refuses(f"pass{chr(code)}word")],
+                       [code for code in codes if server_refuses(f"{chr(code)}password")]]
+    assert answers == [server_refuses(password) for password in samples]
 
 
 STORE_FAILED = "the server could not store the password now; try again later"

@@ -13,7 +13,12 @@ import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from twisted_chat.wire import is_valid_nick
+from twisted_chat.wire import (
+    PASSWORD_MAX_BYTES,
+    PASSWORD_MIN_BYTES,
+    is_valid_nick,
+    password_chars_problem,
+)
 
 HELP = """\
 Commands:
@@ -113,10 +118,6 @@ _ALIASES = {
 # is never kept in the input history.
 SECRET_COMMANDS = ("register", "passwd", "password")
 
-# A password is 8 to 256 bytes of the line (chat/1, "Accounts").
-PASSWORD_MIN = 8
-PASSWORD_MAX = 256
-
 
 def is_secret_command(line: str) -> bool:
     """Whether C{line} is C{/register}, C{/passwd}... (with or without arguments)."""
@@ -137,17 +138,19 @@ def changes_pairing(line: str) -> bool:
 
 
 def password_problem(password: str) -> str | None:
-    """Why C{password} cannot be sent as it is, or C{None}."""
+    """Why C{password} cannot be sent as it is, or C{None}: its length in
+    bytes (chat/1, "Accounts"), then L{password_chars_problem}, the rule
+    the server and the operator's tool hold passwords to."""
     size = len(password.encode("utf-8"))
-    if size < PASSWORD_MIN:
-        return f"A password needs at least {PASSWORD_MIN} bytes (characters, for plain ASCII)."
-    if size > PASSWORD_MAX:
-        return f"A password may have at most {PASSWORD_MAX} bytes."
-    if password[0] in " \t":
-        return "A password cannot start with a space or a tab."
-    if sendable(password) != password:
-        return "A password cannot contain control characters."
-    return None
+    if size < PASSWORD_MIN_BYTES:
+        return (
+            f"A password needs at least {PASSWORD_MIN_BYTES} bytes "
+            "(characters, for plain ASCII)."
+        )
+    if size > PASSWORD_MAX_BYTES:
+        return f"A password may have at most {PASSWORD_MAX_BYTES} bytes."
+    problem = password_chars_problem(password)
+    return None if problem is None else f"{problem[:1].upper()}{problem[1:]}."
 
 
 def sendable(text: str) -> str:
