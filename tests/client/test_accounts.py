@@ -393,6 +393,7 @@ def test_a_server_that_keeps_no_more_accounts_refuses_register_and_the_session_g
     assert s.screen.lines[-1] == (
         "! The nickname was not registered: this server keeps no more accounts; "
         "ask its operator.")
+    assert s.client.passwords.request is None  # answered
     s.type("hello")
     assert s.sent()[-1] == "MSG hello"
     s.receive(f"MSG {TS} alice * hello")  # the server's copy: accepted

@@ -204,6 +204,11 @@ class Passwords:
             return render.account_error(code, text, request)
         if code == "flood" and self.request is not None and "busy" in text:
             return self._not_done()
+        if code == "server-full" and self._client.state in (State.READY, State.PAIRED):
+            # Online, it answers REGISTER: the server keeps no more accounts
+            # (--max-accounts), and the connection stays.
+            self.request = None
+            return render.sentence(f"{render.NOT_DONE['REGISTER']}: {text}")
         return None
 
     def _not_done(self) -> str:

@@ -837,14 +837,9 @@ class ChatClient(SkipLongLines):
         if said is None:
             said = render.error_sentence(code, event.text)
         self.pairing.refused(code)
-        if code == "server-full":
-            if self.state not in (State.READY, State.PAIRED):
-                self.ending.failure = said  # said once, on the way out (BYE full follows)
-                return
-            # Online, it answers REGISTER: the server keeps no more accounts
-            # (--max-accounts), and the connection stays.
-            self.passwords.request = None
-            said = render.sentence(f"The nickname was not registered: {event.text}")
+        if code == "server-full" and self.state not in (State.READY, State.PAIRED):
+            self.ending.failure = said  # said once, on the way out (BYE full follows)
+            return
         if self.state is State.NICK_SENT:
             self.login.refused(code, event.text, said)
             return
