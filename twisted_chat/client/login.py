@@ -11,7 +11,6 @@ It talks to its client only through the small L{Client} interface.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from typing import Protocol
 
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
@@ -32,9 +31,6 @@ class Client(Protocol):
 
     @property
     def interactive(self) -> bool: ...
-
-    @property
-    def environ(self) -> Mapping[str, str]: ...
 
     @property
     def server(self) -> str: ...
@@ -245,15 +241,13 @@ class Login:
             )
             self._ask_password()
             return
-        password = client.environ.get("CHAT_PASSWORD", "")
+        name, password = self._passwords.scripted("PASS")
         if not password:
-            self._fail(
-                f"The nickname {nick} has an account here: give its password in CHAT_PASSWORD."
-            )
+            self._fail(f"The nickname {nick} has an account here: give its password in {name}.")
             return
         problem = password_problem(password)
         if problem is not None:
-            self._fail(f"The password in CHAT_PASSWORD cannot be used: {problem}")
+            self._fail(f"The password in {name} cannot be used: {problem}")
             return
         self._passwords.send("PASS", password)
         self.pass_sent = True

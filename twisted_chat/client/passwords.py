@@ -20,6 +20,10 @@ from twisted_chat.client.commands import Secret, Send, password_problem
 from twisted_chat.client.display import Display
 from twisted_chat.client.session import State
 
+# Where a script's passwords come from (no prompt): the variable for each
+# verb that sends one.
+ENVIRONMENT = {"PASS": "CHAT_PASSWORD", "REGISTER": "CHAT_PASSWORD", "PASSWD": "CHAT_NEW_PASSWORD"}
+
 
 class Client(Protocol):
     """What L{Passwords} needs from its client."""
@@ -147,14 +151,19 @@ class Passwords:
             self.request = verb
         self._client.send(Send(verb, text=password))
 
+    def scripted(self, verb: str) -> tuple[str, str]:
+        """A script's password for C{verb}: the variable it is read from
+        (L{ENVIRONMENT}) and its value, C{""} when it is not set."""
+        name = ENVIRONMENT[verb]
+        return name, self._client.environ.get(name, "")
+
     def command(self, action: Secret) -> None:
         """C{/register} or C{/passwd}: asked for twice, or a script's from its environment."""
         if self._client.interactive:
             prompt = "new password: " if action.verb == "PASSWD" else "password: "
             self.ask(action.verb, prompt)
             return
-        name = "CHAT_NEW_PASSWORD" if action.verb == "PASSWD" else "CHAT_PASSWORD"
-        password = self._client.environ.get(name, "")
+        name, password = self.scripted(action.verb)
         problem = password_problem(password) if password else f"{name} is not set."
         if problem is not None:
             self._client.error(f"{problem} Nothing was sent.")
