@@ -42,7 +42,7 @@ from __future__ import annotations
 
 import ipaddress
 from collections import OrderedDict
-from collections.abc import Hashable, Iterable
+from collections.abc import Callable, Hashable, Iterable
 from dataclasses import dataclass, field
 from typing import Generic, Protocol, TypeVar
 
@@ -252,14 +252,29 @@ class Address:
     connections: int = 0
     handshaking: int = 0
     # In cluster mode (AddressBook.share), the lobby and registration
-    # buckets' account with the cluster's copies (made when first spent).
-    lobby_shared: Shared | None = None
-    register_shared: Shared | None = None
+    # buckets' account with the cluster's copies, by the bucket's name
+    # (LOBBY, REGISTER; each made when first spent).
+    shared: dict[str, Shared] | None = None
 
 
 #: The two buckets the cluster shares, by the name L{SharedBuckets} gets.
 LOBBY = "lobby"
 REGISTER = "register"
+
+
+@dataclass(frozen=True, slots=True)
+class _Budget:
+    """Where one of the buckets the cluster shares is: its L{Rate} in the
+    policy, and its L{TokenBucket} in an address's record."""
+
+    rate: Callable[[AddressPolicy], Rate]
+    bucket: Callable[[Address], TokenBucket]
+
+
+_BUDGETS = {
+    LOBBY: _Budget(lambda policy: policy.lobby, lambda record: record.lobby),
+    REGISTER: _Budget(lambda policy: policy.register, lambda record: record.register),
+}
 
 
 class SharedBuckets(Protocol):
@@ -412,7 +427,7 @@ class AddressBook:
         if record is None:
             return True
         now = self.clock.seconds()
-        shared = record.lobby_shared
+        shared = record.shared.get(LOBBY) if record.shared is not None else None
         if shared is not None and now >= shared.fresh_until:
             if shared.stale and not shared.asking and self._shared is not None:
                 self._report([(record, LOBBY)])  # a line would wait for it: now
@@ -427,13 +442,12 @@ class AddressBook:
     # -- cluster mode: the cluster's copy of the buckets ------------------------------
 
     def _shared_for(self, record: Address, bucket: str) -> Shared:
-        shared = record.lobby_shared if bucket == LOBBY else record.register_shared
+        accounts = record.shared
+        if accounts is None:
+            accounts = record.shared = {}
+        shared = accounts.get(bucket)
         if shared is None:
-            shared = Shared()
-            if bucket == LOBBY:
-                record.lobby_shared = shared
-            else:
-                record.register_shared = shared
+            shared = accounts[bucket] = Shared()
         return shared
 
     def _spent(self, record: Address, bucket: str, now: float) -> None:
@@ -481,7 +495,7 @@ class AddressBook:
         request: list[tuple[str, str, int, float]] = []
         for record, bucket in items:
             shared = self._shared_for(record, bucket)
-            rate = policy.lobby if bucket == LOBBY else policy.register
+            rate = _BUDGETS[bucket].rate(policy)
             sent.append((record, bucket, shared))
             request.append((bucket, record.key, shared.unsent, rate.per_second))
             shared.unsent = 0
@@ -495,9 +509,9 @@ class AddressBook:
         for (record, bucket, shared), level in zip(sent, levels, strict=True):
             shared.asking = False
             shared.fresh_until = now + 2 * self.interval
-            rate = self.policy.lobby if bucket == LOBBY else self.policy.register
-            tokens = rate.burst - level - shared.unsent
-            (record.lobby if bucket == LOBBY else record.register).set(tokens, now)
+            budget = _BUDGETS[bucket]
+            tokens = budget.rate(self.policy).burst - level - shared.unsent
+            budget.bucket(record).set(tokens, now)
             shared.settled()
 
     def _not_reported(self, failure: Failure, sent: list[tuple[Address, str, Shared]]) -> None:
