@@ -382,6 +382,8 @@ def test_portal_logs_in_with_right_password(cred_store: AccountStore) -> None:
     assert interface is IAccount
     assert IAccount.providedBy(avatar)
     assert avatar.nick == "Alice"  # as the account spells it
+    # The hash the password was checked against: what the login proved (for PASSWD).
+    assert avatar.password_hash == cred_store.get("alice").password_hash  # type: ignore[union-attr]
     logout()
 
 

@@ -639,7 +639,7 @@ class IAccount(Interface):
 @dataclass(frozen=True, slots=True)
 class LoggedIn:
     nick: str
-    password_hash: str | None = None
+    password_hash: str
 
 
 class AvatarId(str):
@@ -705,10 +705,11 @@ class AccountRealm:
     def requestAvatar(
         self, avatarId: Any, mind: object, *interfaces: Any
     ) -> tuple[Any, LoggedIn, Callable[[], None]]:
+        """C{avatarId} is L{AccountChecker}'s, the portal's only checker
+        (L{portal}): it carries the hash the password was checked against."""
         if IAccount not in interfaces:
             raise NotImplementedError("only IAccount avatars")
-        return IAccount, LoggedIn(avatarId, getattr(avatarId, "password_hash", None)), \
-            lambda: None
+        return IAccount, LoggedIn(avatarId, avatarId.password_hash), lambda: None
 
 
 def portal(checker: AccountChecker) -> Portal:

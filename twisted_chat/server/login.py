@@ -657,15 +657,14 @@ class Login:
         self._asked = None
         self._accounts.give_back(attempt)  # the right password: no failure
         nick: str = result[1].nick
-        password_hash: str | None = result[1].password_hash
+        password_hash: str = result[1].password_hash
         if self._conn.closing:
             return None
         return self._conn.admit(nick).addCallback(self._admitted, nick, password_hash)
 
-    def _admitted(self, admitted: bool, nick: str, password_hash: str | None) -> None:
+    def _admitted(self, admitted: bool, nick: str, password_hash: str) -> None:
         if admitted:
-            if password_hash is not None:
-                self._proved = (nick_key(nick), password_hash)
+            self._proved = (nick_key(nick), password_hash)
             _log.info("{nick} logged in with its password from {address}", nick=nick,
                       address=self._conn.address)
 
