@@ -95,6 +95,40 @@ def test_metrics_move_with_the_chat(tmp_path: Path,
     assert "/metrics" not in server.log()
 
 
+def test_the_metrics_port_answers_head_options_and_other_methods_as_documented(
+        chat_server: Callable[..., ServerProcess]) -> None:
+    """docs/security.md, "The metrics port": GET or HEAD /metrics (a health
+    check's HEAD got 405 before), OPTIONS 200, other methods 405, other
+    paths 404; Allow names what is taken."""
+    import http.client
+
+    metrics_port = free_port()
+    chat_server("--db", ":memory:", "--metrics", f"tcp:{metrics_port}:interface={LOOPBACK}")
+    connection = http.client.HTTPConnection(LOOPBACK, metrics_port, timeout=5)
+
+    def ask(method: str, path: str = "/metrics") -> tuple[int, dict[str, str], bytes]:
+        connection.request(method, path)
+        answer = connection.getresponse()
+        return answer.status, dict(answer.headers), answer.read()
+
+    try:
+        status, got, body = ask("GET")
+        assert status == 200 and b"chat_users_online" in body
+        status, headers, body = ask("HEAD")  # on the same connection: no body came
+        assert (status, body) == (200, b"")
+        assert headers["Content-Type"] == got["Content-Type"]
+        status, headers, _ = ask("OPTIONS")
+        assert (status, headers["Allow"]) == (200, "GET, HEAD, OPTIONS")
+        for method in ("PUT", "DELETE", "PATCH"):
+            status, headers, _ = ask(method)
+            assert (status, headers["Allow"]) == (405, "GET, HEAD, OPTIONS"), method
+        assert ask("GET", "/")[0] == 404
+        assert ask("HEAD", "/other")[0] == 404
+        assert ask("GET", "/metrics")[0] == 200  # the connection is still good
+    finally:
+        connection.close()
+
+
 def test_no_metrics_port_unless_asked(chat_server: Callable[..., ServerProcess]) -> None:
     server = chat_server("--db", ":memory:")
     server.wait_log("chat server 'twisted-chat' starting")

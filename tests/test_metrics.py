@@ -449,3 +449,30 @@ def test_a_request_with_an_empty_body_is_answered() -> None:
     channel.dataReceived(b"GET /nothing HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n\r\n")
     assert transport.value().startswith(b"HTTP/1.1 404 ")
     assert not transport.disconnecting
+
+
+def test_head_is_answered_as_get_and_allow_names_it() -> None:
+    """prometheus_client's app answers HEAD with 405; a health check that
+    uses HEAD (curl -I) took the port for down.  The port's app answers it
+    as GET (twisted.web drops a HEAD's body); Allow names HEAD."""
+    from prometheus_client.exposition import make_wsgi_app
+
+    from twisted_chat.server.metrics import ALLOWED_METHODS, head_as_get
+
+    app = head_as_get(make_wsgi_app(registry_for(Stats(), lambda: Snapshot(0, 0, 0, None))))
+
+    def call(method: str) -> tuple[str, dict[str, str], bytes]:
+        got: list[Any] = []
+        body = app({"REQUEST_METHOD": method, "PATH_INFO": "/", "QUERY_STRING": ""},
+                   lambda status, headers, *exc_info: got.append((status, dict(headers))))
+        return got[0][0], got[0][1], b"".join(body)
+
+    status, headers, body = call("HEAD")
+    assert status == "200 OK"
+    assert headers["Content-Type"].startswith("text/plain")
+    assert b"chat_users_online 0.0" in body  # the GET's; twisted.web sends none of it
+    assert call("GET")[:2] == (status, headers)
+    for method in ("OPTIONS", "PUT", "DELETE", "POST"):
+        status, headers, _ = call(method)
+        assert status == ("200 OK" if method == "OPTIONS" else "405 Method Not Allowed")
+        assert headers["Allow"] == ALLOWED_METHODS == "GET, HEAD, OPTIONS"

@@ -21,7 +21,7 @@ from __future__ import annotations
 import bisect
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 from prometheus_client.core import (
     CounterMetricFamily,
@@ -246,19 +246,50 @@ _BODY_REFUSED = (b"HTTP/1.1 413 Content Too Large\r\nConnection: close\r\n"
                  b"Content-Length: %d\r\n\r\n%s" % (len(_REFUSAL_TEXT), _REFUSAL_TEXT))
 
 
+#: What the metrics port's C{/metrics} takes, for the C{Allow} header.
+ALLOWED_METHODS = "GET, HEAD, OPTIONS"
+
+
+def head_as_get(app: Any) -> Any:
+    """
+    The WSGI app C{app} (prometheus_client's, which answers only C{GET} and
+    C{OPTIONS}, and C{HEAD} with C{405}), answering C{HEAD} as C{GET}:
+    twisted.web sends a C{HEAD}'s status and headers and drops its body, as
+    it does for any resource.  Health checks and uptime probes often use
+    C{HEAD} (C{curl -I}); before, they saw C{405} and took the port for down.
+    The C{Allow} header the app sends names C{HEAD} too.
+    """
+
+    def app_with_head(environ: dict[str, Any], start_response: Any) -> Any:
+        if environ.get("REQUEST_METHOD") == "HEAD":
+            environ = {**environ, "REQUEST_METHOD": "GET"}
+
+        def respond(status: str, headers: list[tuple[str, str]], *exc_info: Any) -> Any:
+            headers = [(name, ALLOWED_METHODS if name.lower() == "allow" else value)
+                       for name, value in headers]
+            return start_response(status, headers, *exc_info)
+
+        return app(environ, respond)
+
+    return app_with_head
+
+
 def metrics_site(registry: CollectorRegistry, reactor: Any = None,
                  max_connections: int = MAX_METRICS_CONNECTIONS,
                  timeout: float = METRICS_TIMEOUT) -> Any:
     """
     A C{twisted.web} site serving C{registry} at C{/metrics}, with
-    prometheus_client's Twisted resource, and no access log (a scrape every
+    prometheus_client's WSGI app (as its Twisted resource does, and C{HEAD}
+    answered: L{head_as_get}), and no access log (a scrape every
     15 seconds would be most of the server's log); at most
     C{max_connections} at once, each for at most C{timeout} seconds.
     """
-    # Imported here: prometheus_client.twisted imports the global reactor.
-    from prometheus_client.twisted import MetricsResource
+    # Imported here: the scrape runs on the global reactor's thread pool.
+    from prometheus_client.exposition import make_wsgi_app
+    from twisted.internet import reactor as global_reactor
     from twisted.web.resource import Resource
     from twisted.web.server import Site
+    from twisted.web.wsgi import WSGIResource
 
     from twisted_chat.server.httpports import BodilessRequest, RefusingChannel
 
@@ -301,7 +332,11 @@ def metrics_site(registry: CollectorRegistry, reactor: Any = None,
 
         def __init__(self) -> None:
             root = Resource()
-            root.putChild(b"metrics", MetricsResource(registry=registry))
+            # prometheus_client.twisted.MetricsResource (the app on the global
+            # reactor's thread pool), with HEAD answered (head_as_get).
+            threads = cast(Any, global_reactor)
+            root.putChild(b"metrics", WSGIResource(
+                threads, threads.getThreadPool(), head_as_get(make_wsgi_app(registry))))
             super().__init__(root, timeout=timeout, **(
                 {"reactor": reactor} if reactor is not None else {}))
             self.lifetime = timeout
