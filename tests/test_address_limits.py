@@ -178,6 +178,25 @@ def test_open_invitations_to_one_user_are_capped() -> None:
     assert victim.take() == ["INVITE fan0", "INVITE fan1"]
 
 
+def test_an_exempt_address_has_no_cap_on_invitations_sent() -> None:
+    """--exempt lifts --max-invites-per-ip too (docs/security.md,
+    "Exemptions"): behind an exempt proxy, its users' invitations are not
+    one address's."""
+    h = Harness(max_invites_per_ip=1, exempt=("127.0.0.1",))
+    inviters = [h.user(f"fan{i}") for i in range(3)]
+    others = [h.connect("192.0.2.7") for _ in range(2)]
+    for n, conn in enumerate(others):
+        conn.send(f"NICK o{n}")
+    for n, fan in enumerate(inviters):
+        fan.send(f"PAIR fan{(n + 1) % 3}")
+        assert not [line for line in fan.take() if line.startswith("ERROR")]
+    others[0].send("PAIR fan0")
+    others[1].send("PAIR fan1")  # not exempt: one open from 192.0.2.7 already
+    assert others[1].take()[-1] == (
+        "ERROR pending users from your address have 1 open invitations already; "
+        "wait for one to end")
+
+
 @pytest.fixture
 def logged() -> Iterator[list[str]]:
     lines: list[str] = []

@@ -13,7 +13,7 @@ import time
 
 import pytest
 
-from tests.serverproc import LOOPBACK, LineClient
+from tests.serverproc import LOOPBACK, LineClient, free_port
 
 pytestmark = pytest.mark.e2e
 
@@ -228,6 +228,33 @@ def test_max_per_ip(chat_server, connect):
         time.sleep(0.05)
     three.send("NICK three")
     three.expect("USERS 2")
+    assert server.problems() == []
+
+
+def test_a_proxy_protocol_header_does_not_name_the_address_the_limits_count(chat_server, connect):
+    """docs/cluster.md, "No PROXY protocol": --port takes Twisted's haproxy:
+    endpoint and it strips HAProxy's header, but the server counts (and
+    logs) the address of the connection at its accept: the proxy's.  So
+    behind a TCP proxy every user is one address, whatever the header says;
+    the doc tells operators to --exempt the proxy instead."""
+    port = free_port()
+    server = chat_server("--max-per-ip", "2", port=port, probe=False, exempt=(),
+                         endpoint=f"haproxy:tcp:{port}:interface={LOOPBACK}")
+
+    def behind_proxy(n: int) -> LineClient:
+        client = connect(port)
+        client.send(f"PROXY TCP4 203.0.113.{n} {LOOPBACK} 40000 {port}")
+        return client
+
+    first = hello(behind_proxy(1))
+    hello(behind_proxy(2))
+    refused = behind_proxy(3)  # a third client address, by the header
+    assert refused.rest(timeout=5) == [
+        f"ERROR server-full too many connections from {LOOPBACK}", "BYE full"]
+    first.send("NICK alice")
+    first.expect("USERS 1")  # the header was taken off: NICK was the first line
+    server.wait_log(f"alice is ready from {LOOPBACK}:")
+    assert "203.0.113." not in server.log()
     assert server.problems() == []
 
 
