@@ -222,6 +222,40 @@ def test_open_invitations_from_one_source_are_capped() -> None:
     assert hub._sent_by_source == {"192.0.2.1": 2}
 
 
+def test_pair_checks_a_mutual_invitation_its_own_then_the_two_caps_in_that_order() -> None:
+    """docs/protocol.md, "PAIR checks in this order": a mutual invitation
+    pairs, then pending (your own invitation out), then busy (--max-invites
+    received), then pending (--max-invites-per-ip)."""
+    clock, rec = Clock(), Recorder()
+    hub = Hub(clock, History(10), rec,
+              HubSettings(invite_timeout=30, max_invites=1, max_invites_per_source=1))
+    m0, m1 = (hub.register(f"m{i}", conn=object(), source="192.0.2.1") for i in range(2))
+    fan, victim = (hub.register(nick, conn=object()) for nick in ("fan", "victim"))
+    hub.register("u1", conn=object())
+    hub.pair(fan, "victim")  # victim: its one invitation received
+    hub.pair(m0, "fan")  # 192.0.2.1: its one invitation sent
+
+    def refusal(user: User, nick: str) -> tuple[str, str]:
+        with pytest.raises(HubError) as e:
+            hub.pair(user, nick)
+        return e.value.code, e.value.text
+
+    # Over both caps: busy, the invitee's cap comes first.
+    assert refusal(m1, "victim") == (
+        "busy", "victim has 1 open invitations already; try again later")
+    # Over the address's cap only: pending.
+    assert refusal(m1, "u1") == (
+        "pending", "users from your address have 1 open invitations already; wait for one to end")
+    # Its own invitation out comes before both caps.
+    assert refusal(m0, "victim") == (
+        "pending", "your invitation to fan is still open; UNPAIR withdraws it")
+    # A mutual invitation pairs before any of them: victim still has fan's
+    # invitation received, and 192.0.2.1 still has m0's out.
+    hub.pair(victim, "m1")
+    hub.pair(m1, "victim")
+    assert m1.partner is victim and victim.partner is m1
+
+
 def test_the_lobby_state_lists_its_members_anew_only_when_the_lobby_changed(
         world: tuple[Hub, Recorder, Clock]) -> None:
     """LocalState hands the fan-out the same tuple while the lobby stays as

@@ -259,7 +259,7 @@ class Options(usage.Options):
         ["max-handshaking", None, None,
          "Connections that have not chosen a nick yet, in all; when full, the oldest of "
          "the address holding the most makes room [default: a quarter of --max-clients, "
-         "at least 16]",
+         "at least 16 (at most --max-clients)]",
          _positive(int)],
         ["max-invites", None, _defaults.max_invites,
          "Open invitations one user may have received.", _positive(int)],

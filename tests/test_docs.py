@@ -1,0 +1,98 @@
+"""
+The documentation against itself and the code, where that is cheap to
+check: cross-references name sections that exist, and a few statements a
+review found wrong (rev11) say what the code does.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+
+from twisted_chat.server.config import ServerConfig
+
+ROOT = Path(__file__).parent.parent
+DOCS = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
+
+# `README, "Section"`, `docs/x.md, "Section"`, `[x.md](x.md), "Section"`.
+REFERENCE = re.compile(
+    r'(README(?:\.md)?|(?:docs/)?([a-z]+)\.md(?:\]\([^)]*\))?),\s+"([^"]+)"')
+
+
+def headings(path: Path) -> set[str]:
+    return {re.sub(r"^#+\s*", "", line).strip()
+            for line in path.read_text().splitlines() if re.match(r"#{1,6} ", line)}
+
+
+def references() -> list[tuple[str, Path, str]]:
+    found = []
+    for path in DOCS:
+        text = path.read_text()
+        for match in REFERENCE.finditer(text):
+            if match.group(1).startswith("README"):
+                target = ROOT / "README.md"
+            else:
+                target = ROOT / "docs" / f"{match.group(2)}.md"
+            where = f"{path.relative_to(ROOT)}:{text.count(chr(10), 0, match.start()) + 1}"
+            found.append((where, target, " ".join(match.group(3).split())))
+    return found
+
+
+def test_there_are_cross_references_to_check() -> None:
+    assert len(references()) >= 20
+
+
+@pytest.mark.parametrize(("where", "target", "section"), references(),
+                         ids=[where for where, _, _ in references()])
+def test_a_cross_reference_names_a_section_of_its_file(
+        where: str, target: Path, section: str) -> None:
+    """docs/metrics.md sent readers to the README's "Why lobby lines may
+    wait", which it does not have (it is "When lobby lines leave"), and
+    docs/security.md to docs/cluster.md's "Options", a list, not a section.
+    A heading may be named by its part before a colon ("The hash")."""
+    assert target.exists(), where
+    named = {heading.split(":")[0] for heading in headings(target)} | headings(target)
+    assert section in named, f"{where}: no section {section!r} in {target.name}"
+
+
+def test_the_handshake_pool_default_is_the_one_the_docs_state() -> None:
+    """A quarter of --max-clients (rounded down), at least 16, at most
+    --max-clients: docs/protocol.md once said only "a quarter"."""
+    def pool(max_clients: int) -> int:
+        return ServerConfig(max_clients=max_clients).handshake_limit
+
+    assert [pool(n) for n in (10_000, 100, 67, 64, 20, 16, 10, 1)] == [
+        2500, 25, 16, 16, 16, 16, 10, 1]
+    stated = "a quarter of `--max-clients` (rounded down), at least 16 (at most `--max-clients`)"
+    for name in ("README.md", "docs/protocol.md", "docs/security.md"):
+        rows = [line for line in (ROOT / name).read_text().splitlines()
+                if re.match(r"\| (`--max-handshaking-per-ip` / )?`--max-handshaking` \|", line)]
+        assert len(rows) == 1 and stated in rows[0], (name, rows)
+    protocol = " ".join((ROOT / "docs" / "protocol.md").read_text().split())
+    assert ("(`--max-handshaking`, default a quarter of `--max-clients`, rounded down, "
+            "but at least 16, or `--max-clients` itself if that is less: 2,500 at the "
+            "default 10,000, 16 at 20, 10 at 10)") in protocol
+
+
+def test_the_load_balancer_recipe_exempts_the_proxy() -> None:
+    """docs/cluster.md advised only a larger --max-per-ip behind a TCP load
+    balancer: every other per-address limit then counted all its users as
+    one (5 choosing a nick at once, one guesser locking everyone out of
+    PASS).  It now says to --exempt the proxy, what that gives up, and that
+    there is no PROXY protocol."""
+    text = " ".join((ROOT / "docs" / "cluster.md").read_text().split())
+    assert "give the nodes a larger `--max-per-ip`" not in text
+    assert "give every node **`--exempt` with the proxy's address**" in text
+    assert "Raising `--max-per-ip` alone leaves all of that in place." in text
+    assert "the chat port does not read the PROXY protocol" in text
+
+
+def test_the_metrics_methods_are_the_ones_the_docs_state() -> None:
+    from twisted_chat.server.metrics import ALLOWED_METHODS
+
+    text = (ROOT / "docs" / "security.md").read_text()
+    row = next(line for line in text.splitlines() if line.startswith("| requests |"))
+    assert f"`Allow: {ALLOWED_METHODS}`" in row
+    assert "`GET` or `HEAD` `/metrics`" in row
