@@ -13,7 +13,7 @@ import time
 
 import pytest
 
-from tests.serverproc import LOOPBACK, LineClient, free_port
+from tests.serverproc import LOOPBACK, LineClient, free_port, wait_for_port
 
 pytestmark = pytest.mark.e2e
 
@@ -159,6 +159,90 @@ def test_a_reader_that_falls_behind_but_reads_is_never_dropped_for_a_stall(
         assert re.fullmatch(rf"MSG {TS} talker \* {i} v+", reader.readline())
     for i in range(30, sent):  # it catches up: nothing lost
         assert re.fullmatch(rf"MSG {TS} talker \* {i} v+", reader.readline())
+    talker.send("USERS")
+    assert talker.expect(lambda line: line.startswith("USERS ")) == "USERS 2"
+    assert "output not drained" not in server.log()
+    assert server.problems() == []
+
+
+def unix_reader_and_talker(tmp_path, chat_server, connect) -> tuple[object, LineClient, LineClient]:
+    """A server on a UNIX socket and a TCP port, with --sendq-timeout 1: a
+    reader registered on the socket, a talker on TCP."""
+    path = tmp_path / "chat.sock"
+    tcp_port = free_port()
+    server = chat_server("--flood-rate", "0", "--sendq-timeout", "1", "--sndbuf", "65536",
+                         "--port", f"tcp:{tcp_port}:interface={LOOPBACK}",
+                         endpoint=f"unix:{path}")
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    sock.settimeout(5)
+    sock.connect(str(path))
+    reader = hello(connect(0, sock=sock))
+    reader.send("NICK reader")
+    reader.expect("USERS ")
+    wait_for_port(tcp_port)
+    return server, reader, registered(connect, tcp_port, "talker")
+
+
+def test_a_unix_socket_reader_that_stops_reading_is_dropped_after_sendq_timeout(
+    tmp_path, chat_server, connect
+):
+    """
+    On a UNIX socket there is no acknowledged count (TCP_INFO): what the
+    peer took is what was written less what Twisted and the kernel hold.  A
+    reader that stops reading while a line keeps coming now and then (less
+    than Twisted's 64 KiB buffer in all: Twisted never pauses the queue) is
+    dropped after --sendq-timeout, as on TCP.  Before, each line written
+    into Twisted's buffer counted as taken, and it stayed as long as lines
+    came.
+    """
+    server, reader, talker = unix_reader_and_talker(tmp_path, chat_server, connect)
+    for i in range(20):  # 40 kB: more than the kernel holds for it
+        talker.send(f"MSG {i} " + "w" * 2000)
+        talker.expect(lambda line, i=i: f" talker * {i} w" in line)
+    stalled_at = time.monotonic()
+    left = None
+    for i in range(40):  # a line each 0.25 s, 20 kB in all
+        talker.send(f"MSG trickle {i} " + "t" * 500)
+        line = talker.expect(lambda line, i=i: f" talker * trickle {i} " in line
+                             or line.startswith("LEFT "))
+        if line.startswith("LEFT "):
+            left = line
+            break
+        time.sleep(0.25)
+    waited = time.monotonic() - stalled_at
+    assert left is not None, "still there after 10 s of lines it did not read"
+    assert re.fullmatch(rf"LEFT {TS} reader sendq", left), left
+    assert waited < 5, f"dropped only after {waited:.1f} s"
+    assert "reader dropped: output not drained for 1 seconds" in server.log()
+    assert reader.closed(timeout=10)
+    assert server.problems() == []
+
+
+def test_a_slow_unix_socket_reader_is_kept_while_it_reads(tmp_path, chat_server, connect):
+    """
+    400 kB for a reader on a UNIX socket, far more than the kernel holds:
+    Twisted buffers most of it and pauses the queue.  The reader takes about
+    80 kB a second, so it holds bytes for five times --sendq-timeout, but it
+    takes some between every two looks of the drain watch (the kernel's
+    queue shrinks as it reads, though Twisted's paused estimate does not):
+    it stays, and gets every line.
+    """
+    server, reader, talker = unix_reader_and_talker(tmp_path, chat_server, connect)
+    count = 200
+    for i in range(count):
+        talker.send(f"MSG {i} " + "v" * 2000)
+        talker.expect(lambda line, i=i: f" talker * {i} v" in line)
+    got = b""
+    deadline = time.monotonic() + 30
+    while got.count(b" talker * ") < count:
+        assert time.monotonic() < deadline, f"only {got.count(b' talker * ')} lines"
+        chunk = reader.sock.recv(8192)
+        assert chunk, "closed by the server"
+        got += chunk
+        time.sleep(0.1)
+    assert b"LEFT " not in got
+    lines = [line for line in got.split(b"\r\n") if b" talker * " in line]
+    assert [int(line.split()[4]) for line in lines] == list(range(count))
     talker.send("USERS")
     assert talker.expect(lambda line: line.startswith("USERS ")) == "USERS 2"
     assert "output not drained" not in server.log()

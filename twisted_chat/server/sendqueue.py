@@ -104,7 +104,7 @@ class SendQueue:
                 self._sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF,
                                       max(min(sndbuf, limit // 2), 1024))
         # Bytes handed to write(); the direct pass does not count its own,
-        # so on its queues (not _counted) delivered() asks the kernel.
+        # so on its queues (not _counted) progress() asks the kernel.
         self.written = 0
         self._counted = not (self._direct and self._sock is not None
                              and acked_known(self._sock))
@@ -145,13 +145,19 @@ class SendQueue:
 
     def delivered(self, held: int) -> int:
         """
-        Bytes the peer has taken so far, C{held} being L{held}'s answer: on
-        a direct queue the kernel's count of acknowledged bytes (which the
-        direct pass needs no bookkeeping for), elsewhere written minus held.
+        Bytes the peer has taken so far, for L{DrainWatch}, C{held} being
+        L{held}'s answer: L{progress} where it can be had (on a direct queue
+        the kernel's count of acknowledged bytes, which the direct pass
+        needs no bookkeeping for; on a UNIX socket what was written less
+        what Twisted and the kernel hold), else written minus C{held}.
+        Not written minus C{held} everywhere: where Twisted's share is its
+        paused estimate, a line written into Twisted's buffer before the
+        queue is paused counted as taken (a UNIX-socket peer that read
+        nothing was never dropped while lines kept coming), and after it
+        nothing counted as taken until Twisted's buffer emptied.
         """
-        if self._counted:
-            return self.written - held
-        return kernel_acked(self._sock)
+        taken = self.progress()
+        return self.written - held if taken is None else taken
 
     def progress(self) -> int | None:
         """
