@@ -143,6 +143,32 @@ def test_decision_time_and_redis_up() -> None:
     assert get(scrape(n0), "chat_cluster_redis_up") == 0
 
 
+def test_the_input_held_while_redis_is_out_of_reach_is_the_node_s_gauge() -> None:
+    """The lines a user sends behind a command waiting for Redis are held,
+    node-wide (HeldInput, bounded by --redis-queue): chat_held_input_bytes
+    shows them, beside the commands' own chat_cluster_waiting_bytes, and
+    goes back to 0 once Redis answers."""
+    from tests.test_cluster_outage import outage, said
+
+    cluster, n0, log = outage(2)
+    ann, bob = n0.user("ann"), cluster.nodes[1].user("bob")
+    assert get(scrape(n0), "chat_held_input_bytes") == 0
+    log.down()
+    ann.send("MSG first")  # waits for Redis
+    ann.send("MSG " + "x" * 3000, "MSG third")
+    got = scrape(n0)
+    held = n0.factory.held_input.total
+    assert held >= 3000 + len("MSG third")
+    assert get(got, "chat_held_input_bytes") == held
+    assert get(got, "chat_cluster_waiting_bytes") > 0
+    log.back()
+    for _ in range(10):
+        cluster.pump()
+        cluster.clock.advance(0)
+    assert said(bob.take()) == ["first", "x" * 3000, "third"]
+    assert get(scrape(n0), "chat_held_input_bytes") == 0
+
+
 
 def cluster_gauge(node: RedisNode, name: str) -> float:
     """One chat_cluster_* gauge, as a scrape of a node on the Redis fakes reads it."""

@@ -19,6 +19,8 @@ from twisted.internet.task import Clock
 from twisted.python.failure import Failure
 
 from tests.harness import Harness
+from tests.test_login import HeldWork, add, fresh
+from tests.test_login import harness as login_harness
 from tests.test_service import ThreadedMemoryReactor, options
 from twisted_chat.server.fanout import LobbyFanout
 from twisted_chat.server.history import Entry
@@ -74,8 +76,10 @@ def test_the_collector_reports_each_metric_from_stats_and_snapshot() -> None:
     stats.disconnected("sendq")
     stats.private_messages["dm"] += 2
     stats.lobby_messages = 42
-    snapshot = Snapshot(handshaking=1, lobby=8, paired=2, history_backlog=5, history_dropped=1)
+    snapshot = Snapshot(handshaking=1, lobby=8, paired=2, history_backlog=5, history_dropped=1,
+                        held_input=1234)
     got = scrape(stats, snapshot)
+    assert got[("chat_held_input_bytes", ())] == 1234
     assert got[("chat_connections", (("state", "handshake"),))] == 1
     assert got[("chat_connections", (("state", "lobby"),))] == 8
     assert got[("chat_connections", (("state", "paired"),))] == 2
@@ -186,6 +190,23 @@ def test_connections_users_pairs_and_messages_move_with_the_chat() -> None:
     assert value(h, "chat_private_messages_total", kind="pair") == 1
     assert value(h, "chat_private_messages_total", kind="dm") == 1
     assert value(h, "chat_lobby_messages_total") == 2
+
+
+def test_the_input_held_behind_a_password_check_is_a_gauge() -> None:
+    """What a connection sends while its NICK's account lookup (here held)
+    is decided waits, counted in the server's HeldInput: its total is
+    chat_held_input_bytes, back to 0 once the lookup is answered."""
+    h = login_harness(work=HeldWork())
+    add(h, "alice")
+    conn = fresh(h)
+    conn.send("NICK alice")  # the lookup waits in HeldWork
+    assert value(h, "chat_held_input_bytes") == 0  # nothing held yet
+    conn.send("PING one", "PING two")
+    assert conn.take() == []  # they wait behind the NICK
+    assert value(h, "chat_held_input_bytes") == h.factory.held_input.total == 20
+    h.work.release()  # type: ignore[attr-defined]
+    assert conn.take() == ["PASS alice", "PONG one", "PONG two"]
+    assert value(h, "chat_held_input_bytes") == 0
 
 
 def test_deliveries_and_bytes_count_what_connections_were_handed() -> None:

@@ -142,6 +142,9 @@ class Snapshot:
     # HTTP connections to --web not (yet) upgraded to the WebSocket: they
     # count against --max-clients with the chat connections.
     http: int = 0
+    # Bytes of input the connections hold behind commands decided elsewhere
+    # (a password check; on a cluster node, Redis): HeldInput.total.
+    held_input: int = 0
 
 
 class ChatCollector(Collector):
@@ -167,6 +170,11 @@ class ChatCollector(Collector):
         yield connections
         yield GaugeMetricFamily("chat_users_online", "Users online (in the lobby or paired).",
                                 value=now.lobby + now.paired)
+        yield GaugeMetricFamily(
+            "chat_held_input_bytes", "Input read from clients and not yet handled, held "
+            "behind their commands decided elsewhere (a password check; on a cluster node, "
+            "Redis). Past its bound (a cluster node's --redis-queue), connections with a "
+            "command waiting are not read.", value=now.held_input)
         # Halves: a pair across two cluster nodes counts 0.5 on each, so
         # that the sum over the nodes is the cluster's (one server: whole pairs).
         yield GaugeMetricFamily("chat_pairs", "Private conversations going on "

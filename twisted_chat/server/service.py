@@ -515,6 +515,7 @@ def chat_snapshot(factory: ChatFactory, history_backlog: int | None = None,
         history_backlog=history_backlog,
         history_dropped=history_dropped,
         http=factory.other_connections,
+        held_input=factory.held_input.total,
     )
 
 
