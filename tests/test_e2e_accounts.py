@@ -170,6 +170,9 @@ def test_an_accounts_file_that_goes_while_running_fails_closed(
     log = server.log()
     # At its start there was no file: a first start, said in the log.
     assert f"no accounts file at {path.name}: made an empty one" in log
+    # And which mode, in which file (named in full): the default lets strangers REGISTER.
+    assert (f"accounts: open (a nick with an account needs its password; anyone may "
+            f"REGISTER the nick they hold), in the file {path}") in log
     assert log.count("no accounts file at") == 1  # never made again while it ran
     assert "[twisted_chat.server.login#error] could not look up the account of bob: " \
         "cannot use accounts file" in log

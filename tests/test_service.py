@@ -271,6 +271,55 @@ def test_log_messages_is_a_flag() -> None:
     assert options("--log-messages").config().log_messages is True
 
 
+def start_log(*argv: str) -> list[str]:
+    """The lines makeService logs (twisted_chat.server.service's) for C{argv}."""
+    lines: list[str] = []
+
+    def observe(event: dict[str, Any]) -> None:
+        if event.get("log_namespace") == "twisted_chat.server.service":
+            lines.append(str(formatEvent(event)))
+
+    globalLogPublisher.addObserver(observe)
+    try:
+        makeService(options(*argv), ThreadedMemoryReactor())
+    finally:
+        globalLogPublisher.removeObserver(observe)
+    return lines
+
+
+OPEN = ("accounts: open (a nick with an account needs its password; anyone may "
+        "REGISTER the nick they hold), ")
+REQUIRED = ("accounts: required (only nicks with an account may log in; the operator "
+            "makes them), ")
+
+
+@pytest.mark.parametrize(("argv", "said"), [
+    ([], OPEN + "in the file {tmp}/chat.accounts.sqlite3"),
+    (["--db", "data/team.sqlite3", "--accounts", "required"],
+     REQUIRED + "in the file {tmp}/data/team.accounts.sqlite3"),
+    (["--db", ":memory:"],
+     OPEN + "in memory (lost at exit; python -m twisted_chat.accounts cannot reach them)"),
+    (["--accounts", "off"], "accounts: off (--accounts off): no nick is protected by a "
+     "password; PASS, REGISTER and PASSWD are refused"),
+    (["--redis", "redis://:secret@127.0.0.1:1/0", "--accounts", "required"],
+     REQUIRED + "in the cluster's Redis at redis://127.0.0.1:1/0, shared by every node"),
+    (["--redis", "redis://127.0.0.1:1/2", "--accounts", "off"], "accounts: off (--accounts "
+     "off): no nick is protected by a password; PASS, REGISTER and PASSWD are refused"),
+])
+def test_the_log_at_start_says_whether_and_where_nicks_are_protected(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, argv: list[str], said: str) -> None:
+    """Review rev-ops F8.5: the log never said which accounts mode the
+    server runs in (the default, open, lets strangers REGISTER), nor which
+    file holds them (a relative --db: named in full), nor that in a cluster
+    they are Redis's.  One line, never a Redis password."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "data").mkdir()
+    lines = start_log("--port", "tcp:0", *argv)
+    told = [line for line in lines if line.startswith("accounts: ")]
+    assert told == [said.format(tmp=tmp_path)], lines
+    assert not [line for line in lines if "secret" in line]
+
+
 @pytest.mark.parametrize(("argv", "built", "said"), [
     ([], True, "C (twisted_chat.server._sendmany)"),
     ([], False, "Python (the C extension twisted_chat.server._sendmany was not built: "),
@@ -281,17 +330,7 @@ def test_the_log_at_start_says_which_send_loop_the_fan_out_uses(
     """An install hides whether it built the C send loop (pip shows a
     build's output only when it fails): the log says, once."""
     monkeypatch.setattr(sendqueue, "send_many", (lambda socks, data: None) if built else None)
-    lines: list[str] = []
-
-    def observe(event: dict[str, Any]) -> None:
-        if event.get("log_namespace") == "twisted_chat.server.service":
-            lines.append(str(formatEvent(event)))
-
-    globalLogPublisher.addObserver(observe)
-    try:
-        makeService(options("--db", ":memory:", *argv), ThreadedMemoryReactor())
-    finally:
-        globalLogPublisher.removeObserver(observe)
+    lines = start_log("--db", ":memory:", *argv)
     loops = [line for line in lines if line.startswith("fan-out send loop: ")]
     assert len(loops) == 1, lines
     assert loops[0].removeprefix("fan-out send loop: ").startswith(said), loops

@@ -13,6 +13,7 @@ from __future__ import annotations
 import dataclasses
 import errno
 import math
+import os
 import socket
 import sys
 from collections.abc import Callable
@@ -655,7 +656,11 @@ def makeService(options: Options, reactor: Any = None) -> IService:
         SQLiteStore.check(config.db)
     except StoreError as e:
         raise SystemExit(f"twistd chat: {e}") from None
-    accounts, work = _accounts(config, reactor, lambda work: _sqlite_book(config, work))
+    where = ("in memory (lost at exit; python -m twisted_chat.accounts cannot reach them)"
+             if config.db == MEMORY else
+             f"in the file {os.path.abspath(AccountStore.for_db(config.db).path)}")
+    accounts, work = _accounts(config, reactor, lambda work: _sqlite_book(config, work),
+                               where=where)
     factory = ChatFactory(config, reactor, History(config.history), accounts=accounts)
     top = MultiService()
     chat = ChatService(factory, work)
@@ -683,7 +688,8 @@ def _cluster_service(options: Options, config: ServerConfig, reactor: Any) -> IS
     # The one account namespace of the cluster: in its Redis (docs/accounts.md).
     factory.accounts, work = _accounts(
         config, reactor, lambda work: RedisBook(redis.command, reactor),
-        lambda limits: RedisFailures(redis.command, reactor, limits))
+        lambda limits: RedisFailures(redis.command, reactor, limits),
+        where=f"in the cluster's Redis at {target.display}, shared by every node")
     top = MultiService()
     ClusterService(factory, redis, work).setServiceParent(top)
 
@@ -762,15 +768,28 @@ def _add_web(top: MultiService, options: Options, factory: ChatFactory, reactor:
         PortService(description, endpoint, site, "--web").setServiceParent(top)
 
 
+#: What each --accounts mode means, for the line the log says it in at start.
+_ACCOUNTS_MEANING = {
+    Mode.OPEN: "a nick with an account needs its password; anyone may REGISTER "
+               "the nick they hold",
+    Mode.REQUIRED: "only nicks with an account may log in; the operator makes them",
+}
+
+
 def _accounts(
     config: ServerConfig, reactor: Any, book: Callable[[PasswordWork], AccountBook],
-    shared: Callable[[LoginLimits], SharedFailures] | None = None,
+    shared: Callable[[LoginLimits], SharedFailures] | None = None, *, where: str,
 ) -> tuple[Accounts | None, PasswordWork | None]:
-    """The accounts (in the L{AccountBook} C{book} makes; with the failure
-    counts C{shared} makes, in a cluster) and their password threads, or
-    none when they are off."""
+    """The accounts (in the L{AccountBook} C{book} makes, C{where} says
+    where; with the failure counts C{shared} makes, in a cluster) and their
+    password threads, or none when they are off.  The log says which, once:
+    whether nicks are protected, and by what, is the operator's to see at
+    start (the default, open, lets strangers REGISTER)."""
     mode = config.accounts
+    log = logs.logger("twisted_chat.server.service")
     if mode is Mode.OFF:
+        log.info("accounts: off (--accounts off): no nick is protected by a password; "
+                 "PASS, REGISTER and PASSWD are refused")
         return None, None
     limits = LoginLimits()
     work = PasswordWork(reactor, limits.threads, limits.max_pending)
@@ -778,6 +797,8 @@ def _accounts(
                         exempt=networks(config.exempt), v6_prefix=config.ipv6_prefix,
                         shared=shared(limits) if shared is not None else None,
                         max_accounts=config.max_accounts)
+    log.info("accounts: {mode} ({meaning}), {where}", mode=mode.value,
+             meaning=_ACCOUNTS_MEANING[mode], where=where)
     return accounts, work
 
 
