@@ -9,6 +9,7 @@ import os
 import pty
 import select
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -122,6 +123,24 @@ def test_failures_are_one_line_and_exit_1(
     assert not store(tmp_path).exists("alice")
 
 
+def test_a_file_that_is_not_an_accounts_file_is_exit_1(tmp_path: Path) -> None:
+    (tmp_path / "chat.accounts.sqlite3").write_text("not a database\n")
+    done = tool(tmp_path, "list")
+    assert (done.returncode, done.stdout) == (1, "")
+    assert done.stderr == ("twisted_chat.accounts: cannot use accounts file "
+                           "'chat.accounts.sqlite3': file is not a database\n")
+
+
+def test_help_lists_every_exit_status(tmp_path: Path) -> None:
+    """docs/accounts.md lists them; so does --help, where the operator looks."""
+    done = tool(tmp_path, "--help")
+    said = " ".join(done.stdout.split())
+    assert done.returncode == 0
+    for status in ("Exit status: 0 done;", "1 it could not be done", "2 the password or the "
+                   "command line was refused", "130 interrupted"):
+        assert status in said, status
+
+
 def test_add_twice_refused(tmp_path: Path) -> None:
     assert tool(tmp_path, "add", "alice", stdin="first-password\n").returncode == 0
     again = tool(tmp_path, "add", "ALICE", stdin="other-password\n")
@@ -152,6 +171,7 @@ def test_a_db_with_no_accounts_file_is_said_not_made(
 def test_no_password_option_exists(tmp_path: Path) -> None:
     done = tool(tmp_path, "add", "alice", "--password", "on-the-command-line")
     assert done.returncode == 2  # argparse: unknown argument
+    assert tool(tmp_path, "add").returncode == 2  # argparse: no NICK
     assert not store(tmp_path).exists("alice")
     assert "--password" not in tool(tmp_path, "add", "--help").stdout
 
@@ -205,3 +225,41 @@ def test_terminal_mismatch_changes_nothing(tmp_path: Path) -> None:
     code, output = _run_on_terminal(tmp_path, ["add", "alice"], ["typed-password", "other-one"])
     assert code == 2 and "differ" in output
     assert not store(tmp_path).exists("alice")
+
+
+def test_ctrl_c_at_the_prompt_exits_130_and_changes_nothing(tmp_path: Path) -> None:
+    """Interrupted (the terminal's Ctrl-C, SIGINT) at the password prompt:
+    one empty line, no traceback, exit status 130 (as a shell reports a
+    command killed by SIGINT), no account."""
+    code, output = _run_on_terminal(tmp_path, ["add", "alice"], ["\x03"])
+    assert code == 130, output
+    assert "Traceback" not in output and "KeyboardInterrupt" not in output
+    assert not store(tmp_path).exists("alice")
+
+
+def test_interrupted_while_waiting_for_redis_exits_130(tmp_path: Path) -> None:
+    """With --redis the tool runs a reactor, which takes SIGINT itself: a
+    Ctrl-C while it waits for a Redis that does not answer is one empty
+    line and exit status 130, as at the prompt.  Before, the reactor's
+    shutdown closed the connection, the waiting command failed: exit 1,
+    "Redis is out of reach (Lost connection)", then a ReactorNotRunning
+    traceback."""
+    with socket.socket() as silent:  # accepts, never answers
+        silent.bind(("127.0.0.1", 0))
+        silent.listen()
+        url = f"redis://127.0.0.1:{silent.getsockname()[1]}/0"
+        proc = subprocess.Popen([*TOOL, "list", "--redis", url], cwd=tmp_path,
+                                stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE, text=True)
+        try:
+            silent.settimeout(30)
+            conn, _ = silent.accept()  # it runs its reactor
+            with conn:
+                conn.settimeout(30)
+                assert b"HGETALL" in conn.recv(1000)  # and waits for the answer
+                proc.send_signal(signal.SIGINT)
+                out, err = proc.communicate(timeout=30)
+        finally:
+            proc.kill()
+            proc.wait()
+    assert (proc.returncode, out, err) == (130, "", "\n")

@@ -54,7 +54,8 @@ DEFAULT_DB = "chat.sqlite3"
 
 
 class Failed(Exception):
-    """One line for standard error; exit status 1."""
+    """One line for standard error; exit status 1.  (The tool's exit
+    statuses, all of them, are in its --help and docs/accounts.md.)"""
 
     status = 1
 
@@ -78,8 +79,10 @@ def _parser() -> argparse.ArgumentParser:
             "Passwords (8 to 256 bytes of UTF-8, not starting with a space or a tab, no "
             "control characters: what a client can send) are asked for on a terminal, or "
             "read as the first line of standard input; never given on the command line. "
-            "Exit status 2: the password (or the command line) was refused; 1: anything "
-            "else went wrong, nothing changed. The "
+            "Exit status: 0 done; 1 it could not be done (one line says why; nothing "
+            "changed, except by an import cut short, which keeps what it copied); 2 the "
+            "password or the command line was refused, nothing changed; 130 interrupted "
+            "(Ctrl-C; with --redis, a change already sent may have been made). The "
             "accounts file is the --db file's name with .accounts before its extension."
         ),
     )
@@ -196,6 +199,7 @@ def _on_redis(url: str, work: Callable[[RedisBook], Coroutine[Any, Any, None]]) 
     from twisted_chat.server.cluster.accounts import open_book
 
     outcome: list[object] = []
+    interrupted: list[bool] = []
 
     async def main() -> None:
         book, close = await open_book(url, reactor)
@@ -207,11 +211,21 @@ def _on_redis(url: str, work: Callable[[RedisBook], Coroutine[Any, Any, None]]) 
     def start() -> None:
         d = defer.ensureDeferred(main())
         d.addBoth(outcome.append)
-        d.addBoth(lambda _: reactor.stop())
+        d.addBoth(lambda _: None if interrupted else reactor.stop())
 
+    def shutting_down() -> None:
+        # Stopped by a signal (Ctrl-C, SIGTERM) before the work was done.
+        # Its connection is closed next, which fails the command it waits
+        # for: that is the interruption, not "Redis is out of reach", and
+        # the reactor is stopping already (stopping it again raised, a
+        # traceback after the line).
+        if not outcome:
+            interrupted.append(True)
+
+    reactor.addSystemEventTrigger("before", "shutdown", shutting_down)
     reactor.callWhenRunning(start)
     reactor.run()
-    if not outcome:  # stopped by a signal
+    if interrupted or not outcome:
         raise KeyboardInterrupt
     _raise(outcome[0])
 
