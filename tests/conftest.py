@@ -2,8 +2,10 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
+from twisted.logger import formatEvent, globalLogPublisher
 
 from tests.redisproc import REDIS_SERVER, RedisServer
 from tests.serverproc import LineClient, ServerProcess
@@ -22,6 +24,20 @@ def chat_server(tmp_path: Path) -> Iterator[Callable[..., ServerProcess]]:
     yield start
     for server in started:
         server.kill()
+
+
+@pytest.fixture
+def logged() -> Iterator[list[str]]:
+    """Every line logged meanwhile, formatted, from anyone (Twisted's,
+    autobahn's, and those the server's level filter lets through)."""
+    lines: list[str] = []
+
+    def observe(event: dict[str, Any]) -> None:
+        lines.append(formatEvent(event))
+
+    globalLogPublisher.addObserver(observe)
+    yield lines
+    globalLogPublisher.removeObserver(observe)
 
 
 @pytest.fixture

@@ -7,12 +7,9 @@ behaviour it names.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from typing import Any
 
-import pytest
 from twisted.internet import defer
-from twisted.logger import formatEvent, globalLogPublisher
 
 from tests.harness import Harness
 from twisted_chat.server import logs
@@ -195,18 +192,6 @@ def test_an_exempt_address_has_no_cap_on_invitations_sent() -> None:
     assert others[1].take()[-1] == (
         "ERROR pending users from your address have 1 open invitations already; "
         "wait for one to end")
-
-
-@pytest.fixture
-def logged() -> Iterator[list[str]]:
-    lines: list[str] = []
-
-    def observe(event: dict[str, Any]) -> None:
-        lines.append(formatEvent(event))
-
-    globalLogPublisher.addObserver(observe)
-    yield lines
-    globalLogPublisher.removeObserver(observe)
 
 
 def test_refusals_from_one_address_are_not_logged_every_time(logged: list[str]) -> None:

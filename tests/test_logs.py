@@ -120,3 +120,30 @@ def test_a_cluster_debug_line_is_left_out_by_default() -> None:
         globalLogPublisher.removeObserver(observe)
         logs.set_level(logs.DEFAULT_LEVEL)
     assert events == [("debug", "the stream's end: {e}")]
+
+
+# -- quoting what a peer sent ----------------------------------------------------
+
+
+def test_a_short_text_is_quoted_whole() -> None:
+    assert logs.quote("http://chat.example") == "'http://chat.example'"
+    assert logs.quote("x" * (logs.QUOTE_LIMIT - 2)) == repr("x" * (logs.QUOTE_LIMIT - 2))
+
+
+def test_line_breaks_and_control_characters_are_escaped() -> None:
+    assert logs.quote("a\r\nb\x1b[2J\u202e") == "'a\\r\\nb\\x1b[2J\\u202e'"
+
+
+def test_a_long_text_is_clipped_and_says_its_length() -> None:
+    text = "x" * 15_000
+    quoted = logs.quote(text)
+    assert quoted == "'" + "x" * (logs.QUOTE_LIMIT - 1) + "... (15000 characters)"
+    assert logs.quote("x" * (logs.QUOTE_LIMIT - 1)).endswith("... (99 characters)")
+    assert logs.quote(text, limit=10) == "'xxxxxxxxx... (15000 characters)"
+
+
+def test_escapes_count_towards_the_limit() -> None:
+    """Four characters of the quote per control character: still at most the limit."""
+    quoted = logs.quote("\x00" * 1000)
+    assert len(quoted) == logs.QUOTE_LIMIT + len("... (1000 characters)")
+    assert "\x00" not in quoted

@@ -4,7 +4,8 @@ connections are counted per address from accept, by their own cap (not as
 users: the address's chat connection still gets in); an unfinished request
 is closed at --web-timeout however it trickles in, and an idle kept-alive
 connection KEEPALIVE_IDLE seconds after its response; a request body is
-refused unread, a connection answers MAX_REQUESTS requests, none is logged.
+refused unread, a connection answers MAX_REQUESTS requests, none is logged;
+refused WebSocket upgrades write one short line each, a few per address.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ import pytest
 from tests.serverproc import LOOPBACK
 from tests.web.webserver import WebServer, served
 from twisted_chat.web.admission import HTTP_PER_BROWSER
-from twisted_chat.web.site import KEEPALIVE_IDLE, MAX_REQUESTS
+from twisted_chat.web.site import KEEPALIVE_IDLE, MAX_REQUESTS, STATIC
 
 pytestmark = pytest.mark.e2e
 
@@ -137,3 +138,85 @@ def test_pipelined_requests_are_bounded_and_not_logged(tmp_path: Path) -> None:
         time.sleep(0.2)  # the log's writes of this turn
         after = sum(f.stat().st_size for f in log.parent.glob(log.name + "*"))
         assert after - before < 4096
+
+
+def log_size(web: WebServer) -> int:
+    """Bytes of the server's log, rotated files included."""
+    log = web.server.log_path
+    return sum(f.stat().st_size for f in log.parent.glob(log.name + "*"))
+
+
+@pytest.mark.parametrize("level", ["info", "warn"])
+def test_refused_upgrades_write_a_few_short_lines(tmp_path: Path, level: str) -> None:
+    """
+    A refused upgrade made autobahn write two lines quoting a header in full
+    (~30 KB a connection: 1.5 MB in 30 s from one address, whatever
+    --log-level said), and a refused origin was quoted whole: now one line
+    per refused upgrade, the header clipped, a few per address and 10 s.
+    """
+    # A burst of connections large enough that every one reaches the gateway.
+    server = WebServer(tmp_path, "--log-level", level, "--ip-connect-burst", "100",
+                       exempt=())
+    huge = "x" * 15_000
+    kinds = [("Connection", "keep-alive, " + huge, b"400"),
+             ("Sec-WebSocket-Version", huge, b"400"),
+             ("Origin", "http://" + huge, b"403")]
+    with served(server) as web:
+        before = log_size(web)
+        for i in range(30):
+            name, value, code = kinds[i % len(kinds)]
+            headers = {"Host": f"{LOOPBACK}:{web.web_port}", "Upgrade": "websocket",
+                       "Connection": "Upgrade",
+                       "Sec-WebSocket-Key": "dGhlIHNhbXBsZSBub25jZQ==",
+                       "Sec-WebSocket-Version": "13", name: value}
+            sock = from_client(web.web_port)
+            sock.sendall(("GET /chat HTTP/1.1\r\n"
+                          + "".join(f"{k}: {v}\r\n" for k, v in headers.items())
+                          + "\r\n").encode())
+            answer = closed_within(sock, 5) or b""
+            sock.close()
+            assert answer.startswith(b"HTTP/1.1 " + code + b" "), answer[:80]
+        refused = f"WebSocket upgrade from {CLIENT} refused ("
+        if level == "info":
+            web.server.wait_log(refused)
+        time.sleep(0.2)  # the log's writes of this turn
+        grown = log_size(web) - before
+        lines = [line for line in web.server.log().splitlines() if refused in line]
+    assert grown < 4096
+    assert "failing WebSocket" not in web.server.log()
+    if level == "info":
+        # One line says what was refused, from where; at most a few per 10 s.
+        assert 1 <= len(lines) <= 6
+        assert all(len(line) < 400 for line in lines)
+        assert "(400): 'HTTP Connection headers do not include" in lines[0]
+    else:
+        assert lines == []
+
+
+def test_requests_do_not_make_twisted_log_their_url(tmp_path: Path) -> None:
+    with served(WebServer(tmp_path, exempt=())) as web:
+        before = log_size(web)
+        long = b"A" * 8000
+        # A HEAD of the page was answered with a body, which Twisted left out
+        # with a warning quoting the request, URL and all (8 KB a line).
+        pipe = from_client(web.web_port)
+        pipe.sendall((b"HEAD /?" + long + b" HTTP/1.1\r\nHost: x\r\n\r\n") * MAX_REQUESTS)
+        answers = closed_within(pipe, 5) or b""
+        pipe.close()
+        heads = answers.split(b"HTTP/1.1 200 OK\r\n")
+        assert heads[0] == b"" and len(heads) == MAX_REQUESTS + 1
+        page = (STATIC / "index.html").stat().st_size
+        for head in heads[1:]:  # headers only, GET's length
+            assert head.endswith(b"\r\n\r\n") and head.count(b"\r\n\r\n") == 1
+            assert b"\r\nContent-Length: " in b"\r\n" + head
+            length = int(head.split(b"Content-Length: ")[1].split(b"\r\n")[0])
+            assert length == page > 0  # the defaults serve the file byte for byte
+        # A name under /static/ that is not UTF-8: Twisted logged an error
+        # and a traceback, quoting it.
+        bad = from_client(web.web_port)
+        bad.sendall(b"GET /static/%ff" + long
+                    + b" HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        assert (closed_within(bad, 5) or b"").startswith(b"HTTP/1.1 404 ")
+        bad.close()
+        time.sleep(0.2)  # the log's writes of this turn
+        assert log_size(web) - before < 1024

@@ -12,6 +12,7 @@ import tracemalloc
 from typing import Any
 
 import pytest
+import txaio
 from twisted.internet.address import IPv4Address
 from twisted.internet.error import ConnectionDone
 from twisted.internet.testing import StringTransport
@@ -23,7 +24,9 @@ from tests.web import wsframes as ws
 from twisted_chat.server import logs
 from twisted_chat.web.config import WebConfig, parse_networks
 from twisted_chat.web.gateway import (
+    HTTP_REASON_LIMIT,
     PONG_RETRY,
+    ChatWebSocket,
     ChatWebSocketFactory,
     FrameCache,
     encode_frames,
@@ -528,7 +531,91 @@ def test_the_gateway_s_lines_keep_the_log_level(h: Harness,
     finally:
         globalLogPublisher.removeObserver(observe)
         logs.set_level(logs.DEFAULT_LEVEL)
-    assert lines == ["WebSocket refused: origin 'http://evil.example' not allowed"]
+    assert lines == ["WebSocket upgrade from 127.0.0.1 refused (403): "
+                     "origin 'http://evil.example' not allowed"]
+
+
+# -- what a refused upgrade writes to the log ---------------------------------------
+
+HUGE = "x" * 15_000  # about what Twisted's 16 KB header limit lets through
+
+
+@pytest.mark.parametrize("extra, code, why", [
+    ({"Connection": "keep-alive, " + HUGE}, 400,
+     """'HTTP Connection headers do not include "upgrade" value"""),
+    ({"Sec-WebSocket-Version": HUGE}, 400, "'could not parse HTTP Sec-WebSocket-Version"),
+    ({"Origin": "http://" + HUGE}, 403, "origin 'http://xxx"),
+])
+def test_a_refused_upgrade_is_one_short_line(h: Harness, gateway: ChatWebSocketFactory,
+                                             logged: list[str], extra: dict[str, str],
+                                             code: int, why: str) -> None:
+    """autobahn wrote two lines of ~15 KB each (the header, quoted twice),
+    past --log-level and the repeats limiter; the origin line quoted it too."""
+    conn = WsConn(h, gateway, host="chat.example:8080", extra=extra)
+    status = conn.response.split("\r\n")[0]
+    assert status.startswith(f"HTTP/1.1 {code} ")
+    assert len(status) <= len(f"HTTP/1.1 {code} ") + HTTP_REASON_LIMIT
+    [line] = logged
+    prefix = f"WebSocket upgrade from 127.0.0.1 refused ({code}): {why}"
+    assert line.startswith(prefix)
+    assert line.endswith(" characters)") or line.endswith(" characters) not allowed")
+    assert len(line) < len(prefix) + logs.QUOTE_LIMIT + 40
+
+
+def test_refused_upgrades_are_limited_per_address(h: Harness, gateway: ChatWebSocketFactory,
+                                                  logged: list[str]) -> None:
+    bad = {"Sec-WebSocket-Version": "x"}
+    for _ in range(10):
+        assert WsConn(h, gateway, extra=bad).response.startswith("HTTP/1.1 400 ")
+    assert len(logged) == 3
+    # Another address still gets its line.
+    WsConn(h, gateway, peer="127.0.0.2", extra=bad)
+    assert len(logged) == 4 and logged[3].startswith("WebSocket upgrade from 127.0.0.2 ")
+    # After the window, the first address's next line says how many were left out.
+    h.clock.advance(10)
+    WsConn(h, gateway, extra=bad)
+    assert logged[4].startswith("WebSocket upgrade from 127.0.0.1 refused (400): ")
+    assert logged[4].endswith("(7 similar lines from this address left out)")
+
+
+def test_autobahn_s_own_lines_are_not_written(logged: list[str]) -> None:
+    """Whatever txaio's global level; and through the server's level filter."""
+    level = txaio.get_global_log_level()
+    txaio.set_global_log_level("debug")
+    try:
+        for cls in (ChatWebSocket, ChatWebSocketFactory):
+            log: Any = cls.log
+            for emit in (log.debug, log.info, log.warn, log.error):
+                emit("from autobahn")
+            assert log._logger.observer is logs.observer
+    finally:
+        txaio.set_global_log_level(level)
+    assert logged == []
+
+
+def test_an_internal_error_in_on_connect_is_an_error_line(
+        h: Harness, gateway: ChatWebSocketFactory, logged: list[str],
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    def broken(*args: Any) -> bool:
+        raise ValueError("a bug " + HUGE)
+
+    monkeypatch.setattr("twisted_chat.web.gateway.origin_allowed", broken)
+    conn = WsConn(h, gateway)
+    assert conn.response.startswith("HTTP/1.1 500 ")
+    [line] = logged
+    assert line.startswith("WebSocket upgrade from 127.0.0.1 refused (500): "
+                           "'Internal server error: a bug xxx")
+    assert len(line) < 250
+
+
+def test_binary_message_closes_are_limited_per_address(
+        h: Harness, gateway: ChatWebSocketFactory, logged: list[str]) -> None:
+    for _ in range(5):
+        conn = WsConn(h, gateway)
+        conn.send_frame(ws.frame(b"x", opcode=ws.BINARY))
+    closes = [line for line in logged if "closed (1003)" in line]
+    assert closes == ["WebSocket from 127.0.0.1 closed (1003): "
+                      "binary messages are not accepted: send text"] * 3
 
 
 @pytest.mark.parametrize("origin", [None, "http://chat.example:8080", "https://CHAT.example:8080"])

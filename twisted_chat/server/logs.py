@@ -12,6 +12,10 @@ L{Repeats} keeps an address's repeated lines (a refused reconnect loop, a
 flood of sendq drops) from filling the log: per (address, kind) at most
 C{burst} lines per C{window} seconds; the next line let through after a
 quiet says how many were left out.
+
+L{quote} is how a line quotes what a peer sent (a header, a reason that
+quotes one): escaped, and clipped to L{QUOTE_LIMIT} characters, so that a
+peer cannot put a line break, or 16 KB of its own text, in the log.
 """
 
 from __future__ import annotations
@@ -33,6 +37,22 @@ DEFAULT_LEVEL = "info"
 
 _predicate = LogLevelFilterPredicate(defaultLogLevel=LogLevel.levelWithName(DEFAULT_LEVEL))
 observer = FilteringLogObserver(globalLogPublisher, [_predicate])
+
+
+# Characters of a peer's text (escaped) a log line quotes at most.
+QUOTE_LIMIT = 100
+
+
+def quote(text: str, limit: int = QUOTE_LIMIT) -> str:
+    """
+    C{text}, sent by a peer, as a log line quotes it: its C{repr} (control
+    characters and line breaks escaped), at most C{limit} characters of
+    that, and, if cut, C{...} and how long C{text} was.
+    """
+    quoted = repr(text)
+    if len(quoted) <= limit:
+        return quoted
+    return f"{quoted[:limit]}... ({len(text)} characters)"
 
 
 def set_level(name: str) -> None:

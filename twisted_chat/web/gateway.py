@@ -27,6 +27,13 @@ of it than C{--max-line} (and a terminator) is kept while it arrives.
 Every frame costs what a line costs: a message's first frame is its line,
 and each frame after it, each ping and each (unsolicited) pong spends a
 flood token, so that frames carrying no line cannot be sent for free.
+
+autobahn's own log lines are not written (L{_autobahn_log}): a refused
+upgrade made it write two lines, each quoting a request header in full
+(up to 16 KB), past C{--log-level} and past the repeats limiter.  The
+gateway writes its own line instead, one per refused upgrade, with what
+the peer sent clipped (L{logs.quote}), through the repeats limiter under
+the peer's address (L{ChatWebSocket.failHandshake}).
 """
 
 from __future__ import annotations
@@ -42,7 +49,9 @@ from twisted.internet.address import IPv4Address, IPv6Address
 from twisted.internet.error import ConnectionDone
 from twisted.internet.interfaces import IDelayedCall, IPushProducer, ITransport
 from twisted.internet.protocol import Protocol, connectionDone
+from twisted.logger import LogLevel
 from twisted.python.failure import Failure
+from txaio.tx import make_logger
 from zope.interface import implementer
 
 from twisted_chat.server import logs
@@ -71,6 +80,20 @@ PONG_RETRY = 0.25
 Address = IPv4Address | IPv6Address
 
 _log = logs.logger()  # not `log`: autobahn's protocols have their own
+
+# autobahn's protocols and factories log through this (their class
+# attribute C{log}): at the level "critical", which autobahn does not use,
+# so none of its lines is written, and through the server's level filter.
+# Its lines quoted what the peer sent, a whole header each (two lines of
+# ~15 KB per refused upgrade: 1.5 MB in 30 s from one address), whatever
+# --log-level said; the gateway logs what it refuses itself, clipped and
+# limited.  The level is set on this logger (not txaio's global one), and
+# kept if the global one changes.
+_autobahn_log = make_logger(level="critical", observer=logs.observer)
+
+# Characters of autobahn's reason for a refused upgrade (which may quote a
+# whole header) sent back in the response's status line.
+HTTP_REASON_LIMIT = 200
 
 
 
@@ -198,6 +221,7 @@ class WebSocketTransport:
 class ChatWebSocket(WebSocketServerProtocol):
     """One browser: the WebSocket side of one chat connection."""
     factory: ChatWebSocketFactory
+    log = _autobahn_log
 
     # What the chat factory built at the upgrade: the chat connection, or a
     # refusal (over a limit), which only writes why and closes.  Both are
@@ -210,6 +234,9 @@ class ChatWebSocket(WebSocketServerProtocol):
     _frames_queue: SendQueue | None = None
     _client: Address | None = None
     _refused = False
+    # Why onConnect refused the upgrade, for the log line (else autobahn's
+    # reason is quoted).
+    _denied: str | None = None
     # Called once the upgrade has succeeded (the chat connection counts the
     # socket from then on) and when the socket closes: what counted it
     # until then (the web port's HTTP connection it came from) stops.
@@ -239,7 +266,8 @@ class ChatWebSocket(WebSocketServerProtocol):
         config = self.factory.web
         origin = request.headers.get("origin")
         if not origin_allowed(origin, request.headers.get("host"), config.origins):
-            _log.info("WebSocket refused: origin {origin!r} not allowed", origin=origin)
+            self._denied = ("no origin" if origin is None
+                            else f"origin {logs.quote(origin)}") + " not allowed"
             raise ConnectionDeny(ConnectionDeny.FORBIDDEN, "origin not allowed")
         peer = self.tcp.getPeer()
         peer_host: str | None = getattr(peer, "host", None)
@@ -250,6 +278,30 @@ class ChatWebSocket(WebSocketServerProtocol):
             kind = IPv6Address if ":" in host else IPv4Address
             self._client = kind("TCP", host, port)
         return None, dict(self.factory.headers)
+
+    def failHandshake(self, reason: str, code: int = 400,
+                      responseHeaders: Any = None) -> None:
+        """
+        An upgrade refused, by onConnect or by autobahn (no C{Upgrade}, a
+        bad key or version, ...): one line saying what, from where, with
+        what the peer sent clipped; at most a few per address and 10 s
+        (L{Repeats}).  A 5xx is an error in the gateway (autobahn answers
+        an exception in onConnect so): an error line.
+        """
+        denied, self._denied = self._denied, None
+        host, key = self._address_key()
+        self.factory.chat.repeats.log(
+            _log, LogLevel.error if code >= 500 else LogLevel.info, key, "ws-refused",
+            "WebSocket upgrade from {host} refused ({code}): {why}",
+            host=host, code=code, why=denied or logs.quote(reason))
+        super().failHandshake(reason[:HTTP_REASON_LIMIT], code, responseHeaders)
+
+    def _address_key(self) -> tuple[str | None, str]:
+        """The peer's host (the client's, behind a trusted proxy, once
+        known) and the key its log lines are limited under."""
+        peer: Any = self._client or self.tcp.getPeer()
+        host: str | None = getattr(peer, "host", None)
+        return host, self.factory.chat.addresses.key(host) if host else "-"
 
     def _hand_over(self) -> None:
         handover, self.handover = self.handover, None
@@ -448,8 +500,10 @@ class ChatWebSocket(WebSocketServerProtocol):
     def _refuse(self, code: int, reason: str) -> None:
         """Close with C{code}; nothing more from this socket is read."""
         self._refused = True
-        _log.info("WebSocket from {peer} closed ({code}): {reason}",
-                      peer=self.peer, code=code, reason=reason)
+        host, key = self._address_key()
+        self.factory.chat.repeats.log(_log, LogLevel.info, key, "ws-closed",
+                                      "WebSocket from {host} closed ({code}): {reason}",
+                                      host=host, code=code, reason=reason)
         self.sendCloseFrame(code=code, reasonUtf8=reason.encode()[:123])
 
 
@@ -460,6 +514,7 @@ class ChatWebSocketFactory(WebSocketServerFactory):
     """
 
     protocol = ChatWebSocket  # type: ignore[assignment]
+    log = _autobahn_log
 
     def __init__(self, chat: ChatFactory, web: WebConfig,
                  headers: dict[str, str] | None = None, reactor: Any = None,

@@ -15,7 +15,11 @@ What one connection may make the server do is bounded too: a request with
 a body is refused before its body is read (the site needs only C{GET} and
 C{HEAD}; Twisted spooled any body over 100 kB to a temporary file), a
 connection answers at most L{MAX_REQUESTS} requests, requests are not
-written to the log, and C{Range} is ignored (L{_Request}).
+written to the log, and C{Range} is ignored (L{_Request}).  Nor does a
+request make Twisted log its URL (L{_Page}, L{_Files}): a C{HEAD} of the
+page was answered with a body, which Twisted left out with a warning
+quoting the request (8 KB a line, 20 a connection), and a name under
+C{/static/} that is not UTF-8 got an error and a traceback quoting it.
 """
 
 from __future__ import annotations
@@ -316,6 +320,16 @@ class _Files(static.File):
     def directoryListing(self) -> resource.IResource:
         return pages.notFound()
 
+    def getChild(self, path: bytes, request: server.Request) -> Any:
+        """Not found, for a name that is not UTF-8: Twisted's logged an
+        error and a traceback, quoting the name (as long as the request
+        line), for each such request."""
+        try:
+            path.decode("utf-8")
+        except UnicodeDecodeError:
+            return self.childNotFound
+        return super().getChild(path, request)
+
     def createSimilarFile(self, path: str) -> static.File:
         f = _Files(path, self.defaultType, self.ignoredExts, self.registry)
         f.processors = self.processors
@@ -352,7 +366,12 @@ class _Page(resource.Resource):
         request.setHeader(b"Cache-Control", b"no-cache")
         return self._body
 
-    render_HEAD = render_GET
+    def render_HEAD(self, request: server.Request) -> bytes:
+        """GET's headers, without the body: a body returned to a HEAD made
+        Twisted log a warning quoting the request's whole URL."""
+        self.render_GET(request)
+        request.setHeader(b"Content-Length", b"%d" % len(self._body))
+        return b""
 
 
 class _Root(resource.Resource):
