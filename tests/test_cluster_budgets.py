@@ -400,7 +400,7 @@ needs_redis = pytest.mark.skipif(REDIS_SERVER is None, reason="redis-server is n
 async def test_the_script_adds_drains_and_expires(redis: RedisServer) -> None:
     from twisted.internet import reactor
 
-    from twisted_chat.server.cluster.redislog import connect, parse_url
+    from twisted_chat.server.cluster.redisconn import connect, parse_url
 
     proto = await connect(parse_url(redis.url), reactor)
     try:
@@ -443,7 +443,8 @@ async def test_a_report_is_one_evalsha_and_a_forgotten_script_is_run_again(
     loads it with its others at each connection (redislog.SCRIPTS)."""
     from twisted.internet import reactor
 
-    from twisted_chat.server.cluster.redislog import SCRIPTS, connect, parse_url
+    from twisted_chat.server.cluster.redisconn import connect, parse_url
+    from twisted_chat.server.cluster.redislog import SCRIPTS
 
     assert SPEND in SCRIPTS
     proto = await connect(parse_url(redis.url), reactor)

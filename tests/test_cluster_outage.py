@@ -23,7 +23,8 @@ from twisted.python import usage
 
 from tests.test_cluster_unit import Cluster, MemoryLog, Node
 from twisted_chat.server.cluster.node import ClusterState
-from twisted_chat.server.cluster.redislog import APPEND_SHA, RedisLog, parse_url
+from twisted_chat.server.cluster.redisconn import parse_url
+from twisted_chat.server.cluster.redislog import APPEND_SHA, RedisLog
 from twisted_chat.server.cluster.service import drop_users
 from twisted_chat.server.history import History
 from twisted_chat.server.hub import HubError, HubSettings

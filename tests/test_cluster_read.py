@@ -27,6 +27,7 @@ from twisted.internet.defer import Deferred, ensureDeferred, fail, succeed
 from twisted.internet.task import Clock
 
 from twisted_chat.server.cluster.node import ClusterState
+from twisted_chat.server.cluster.redisconn import parse_url
 from twisted_chat.server.cluster.redislog import (
     APPEND_SHA,
     CHANNEL,
@@ -36,7 +37,6 @@ from twisted_chat.server.cluster.redislog import (
     SAVE_SNAPSHOT_SHA,
     SCRIPTS,
     RedisLog,
-    parse_url,
 )
 from twisted_chat.server.cluster.replica import id_key
 from twisted_chat.server.history import History

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from twisted_chat.server.cluster.redislog import parse_url
+from twisted_chat.server.cluster.redisconn import parse_url
 from twisted_chat.server.service import Options, makeService
 
 

@@ -243,7 +243,7 @@ def run(argv: Sequence[str], stdin: TextIO, stdout: TextIO, stderr: TextIO) -> N
                      "starting with a letter)")
     try:
         if args.redis is not None:
-            from twisted_chat.server.cluster.redislog import parse_url
+            from twisted_chat.server.cluster.redisconn import parse_url
 
             try:
                 parse_url(args.redis)

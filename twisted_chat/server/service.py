@@ -673,7 +673,7 @@ def makeService(options: Options, reactor: Any = None) -> IService:
 def _cluster_service(options: Options, config: ServerConfig, reactor: Any) -> IService:
     """C{--redis}: the state lives in the cluster (see docs/cluster.md)."""
     from twisted_chat.server.cluster.accounts import RedisBook, RedisFailures
-    from twisted_chat.server.cluster.redislog import parse_url
+    from twisted_chat.server.cluster.redisconn import parse_url
     from twisted_chat.server.cluster.service import ClusterService, cluster_factory
 
     try:

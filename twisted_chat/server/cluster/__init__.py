@@ -7,6 +7,7 @@ applies each event, in that order, to its own replica of the L{Hub} (see
 L{replica}); the same deterministic code then decides nick races, pairing
 races and the lobby's order identically on every node, and each node writes
 lines only to its own connections.  L{node.ClusterState} is the connection
-layer's L{twisted_chat.server.state.ChatState}; L{redislog} is the Redis side.
+layer's L{twisted_chat.server.state.ChatState}; L{redislog} is the Redis side,
+on connections opened by L{redisconn}.
 See docs/cluster.md.
 """

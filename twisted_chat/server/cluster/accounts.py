@@ -53,7 +53,7 @@ from twisted_chat.server.accounts import (
     NoSuchAccount,
     PasswordChanged,
 )
-from twisted_chat.server.cluster.redislog import connect, parse_url
+from twisted_chat.server.cluster.redisconn import connect, parse_url
 from twisted_chat.server.login import LoginLimits
 from twisted_chat.wire import is_valid_nick, nick_key
 

@@ -20,7 +20,8 @@ from twisted_chat.server.cluster.node import (
     ClusterState,
     new_node_id,
 )
-from twisted_chat.server.cluster.redislog import RedisLog, RedisTarget
+from twisted_chat.server.cluster.redisconn import RedisTarget
+from twisted_chat.server.cluster.redislog import RedisLog
 from twisted_chat.server.config import ServerConfig
 from twisted_chat.server.factory import ChatFactory, hub_settings
 from twisted_chat.server.history import History

@@ -1,0 +1,201 @@
+"""
+One connection to Redis, and the C{--redis} URL that says where it is.
+
+L{parse_url} checks the whole URL (C{redis://}, C{rediss://}, C{unix://})
+and L{connect} opens one txredisapi connection, authenticated and on its
+database, through a Twisted endpoint.  Nothing here knows about the
+cluster's keys or the node: the node's log (L{redislog}) builds its
+connections and their reconnection on this, and so does the operator's tool
+(C{twisted-chat-accounts --redis}, L{twisted_chat.server.cluster.accounts}),
+which must not load the node to open a connection.  The URL's forms:
+docs/cluster.md, "Running three nodes" (C{--redis URL}).
+"""
+
+from __future__ import annotations
+
+import re
+import urllib.parse
+from dataclasses import dataclass
+from typing import Any
+
+import txredisapi  # type: ignore[import-untyped]
+from twisted.internet import defer, endpoints, ssl
+from twisted.internet.protocol import Factory
+
+__all__ = ["RedisTarget", "connect", "parse_url"]
+
+
+@dataclass(frozen=True, slots=True)
+class RedisTarget:
+    endpoint: str  # a Twisted client endpoint description (TCP or UNIX)
+    password: str | None
+    username: str | None
+    db: int
+    display: str  # the URL without its password, for the log
+    tls_host: str | None = None  # rediss://: the name the certificate must carry
+    ca: str | None = None  # rediss://...?ca=FILE: trust this CA, not the system's
+
+    def connect_to(self, reactor: Any) -> Any:
+        """The endpoint to Redis (with TLS around it for rediss://)."""
+        endpoint = endpoints.clientFromString(reactor, self.endpoint)  # type: ignore[no-untyped-call]
+        if self.tls_host is None:
+            return endpoint
+        trust = None
+        if self.ca is not None:
+            with open(self.ca, "rb") as f:
+                trust = ssl.Certificate.loadPEM(f.read())
+        options = ssl.optionsForClientTLS(self.tls_host, trustRoot=trust)
+        return endpoints.wrapClientTLS(options, endpoint)
+
+
+def _escape(value: str) -> str:
+    return value.replace("\\", "\\\\").replace(":", "\\:")
+
+
+_URL_PARAMETERS = ("password", "ca", "db")
+# Redis's SELECT takes an int; its databases are numbered from 0.
+_DB = re.compile(r"[0-9]{1,9}")
+
+
+def parse_url(url: str) -> RedisTarget:
+    """
+    C{redis://[[user]:password@]host[:port][/db]}, C{rediss://...} (TLS,
+    the server's certificate checked against the system's trust store), or
+    C{unix://[[user]:password@]/path/to/socket[?db=N]}.  A C{password=} query
+    parameter works too; C{ca=FILE} (PEM) makes a rediss:// connection trust
+    that certificate authority instead of the system's.
+
+    The whole URL is checked here, so that a mistake stops the start rather
+    than leaving a node that retries for ever: a database number from 0
+    on, a port from 1, known query parameters (each once), no fragment.
+
+    @raise ValueError: with a sentence saying what is wrong.
+    """
+    parts = urllib.parse.urlsplit(url)
+    try:
+        pairs = urllib.parse.parse_qsl(parts.query, keep_blank_values=True,
+                                       strict_parsing=bool(parts.query))
+    except ValueError:
+        raise ValueError(f"{url!r} has a malformed query") from None
+    names = [name for name, _ in pairs]
+    for name in names:
+        if name not in _URL_PARAMETERS:
+            raise ValueError(f"{url!r}: unknown parameter {name!r} (known: "
+                             f"{', '.join(_URL_PARAMETERS)})")
+        if names.count(name) > 1:
+            raise ValueError(f"{url!r}: {name}= is given twice")
+    if parts.fragment:
+        raise ValueError(f"{url!r} has a '#' (in a password, write it %23)")
+    query = {name: [value] for name, value in pairs}
+    password = parts.password or (query.get("password") or [""])[0] or None
+    if password is not None:
+        password = urllib.parse.unquote(password)
+    username = urllib.parse.unquote(parts.username) if parts.username else None
+    db_text = (query.get("db") or [""])[0]
+    scheme = parts.scheme.lower()
+    if scheme in ("redis", "rediss"):
+        if not parts.hostname:
+            raise ValueError(f"{url!r} has no host")
+        path = parts.path[1:]
+        if path and db_text:
+            raise ValueError(f"{url!r}: the database is given twice (path and db=)")
+        db_text = path or db_text
+        try:
+            port = parts.port
+        except ValueError:
+            raise ValueError(f"{url!r} has a bad port") from None
+        if port == 0:
+            raise ValueError(f"{url!r} has a bad port")
+        port = port or 6379
+        endpoint = f"tcp:{_escape(parts.hostname)}:{port}"
+        shown = f"{scheme}://{parts.hostname}:{port}"
+    elif scheme == "unix":
+        if not parts.path:
+            raise ValueError(f"{url!r} has no socket path")
+        if parts.hostname:
+            raise ValueError(f"{url!r}: unix:// takes no host (unix:///path/to/socket)")
+        endpoint = f"unix:{_escape(parts.path)}"
+        shown = f"unix://{parts.path}"
+    else:
+        raise ValueError(f"{url!r}: the scheme must be redis://, rediss:// or unix://")
+    if not _DB.fullmatch(db_text or "0"):
+        raise ValueError(f"{url!r}: the database must be a number from 0 (Redis has "
+                         "0 to 15 unless configured otherwise)")
+    db = int(db_text or 0)
+    tls = scheme == "rediss"
+    ca = (query.get("ca") or [""])[0] or None
+    if ca is not None and not tls:
+        raise ValueError(f"{url!r}: ca= is for rediss:// only")
+    return RedisTarget(endpoint, password, username, db, f"{shown}/{db}",
+                       tls_host=parts.hostname if tls else None, ca=ca)
+
+
+class _NoFactory:
+    """What txredisapi's protocol asks of its factory when AUTH or SELECT fails."""
+
+    isLazy = False
+
+    def __init__(self) -> None:
+        self.error: str | None = None
+
+    def stopTrying(self) -> None:
+        pass
+
+    def connectionError(self, message: str) -> None:
+        self.error = message
+
+
+class _OneConnection(Factory):
+    """Hands out one protocol; quiet (no "Starting factory" line per retry)."""
+
+    noisy = False
+
+    def __init__(self, proto: Any) -> None:
+        self.proto = proto
+
+    def buildProtocol(self, addr: Any) -> Any:
+        return self.proto
+
+
+class _Subscriber(txredisapi.SubscriberProtocol):  # type: ignore[misc]
+    """A subscribed connection: hands each message's text to C{heard}."""
+
+    def heard(self, message: str) -> None:
+        pass
+
+    def messageReceived(self, pattern: Any, channel: Any, message: Any) -> None:
+        self.heard(message)
+
+
+async def connect(target: RedisTarget, reactor: Any, reply_timeout: float | None = None,
+                  opening: list[Any] | None = None, subscriber: bool = False) -> Any:
+    """
+    One txredisapi connection to C{target}, authenticated and on its
+    database; fails with C{ConnectionError} (or the endpoint's error).
+
+    @param reply_timeout: txredisapi's: a reply that takes longer fails, and
+        the connection is dropped.
+    @param opening: the protocol is appended to it before it connects.
+    @param subscriber: for C{SUBSCRIBE} (a L{_Subscriber}; it can then run
+        only C{PING} and the pub/sub commands).
+    """
+    factory = _NoFactory()
+    kind = _Subscriber if subscriber else txredisapi.RedisProtocol
+    proto = kind(
+        charset="utf-8", password=target.password, dbid=target.db or None,
+        convertNumbers=False, username=target.username, replyTimeout=reply_timeout,
+    )
+    proto.callLater = reactor.callLater  # its reply timer, on our reactor
+    proto.factory = factory
+    if opening is not None:
+        opening.append(proto)
+    endpoint = target.connect_to(reactor)
+    connected = proto.whenConnected()
+    await endpoint.connect(_OneConnection(proto))
+    lost = proto.whenDisconnected()
+    await defer.DeferredList([connected, lost], fireOnOneCallback=True)
+    # txredisapi's private flag, set once AUTH and SELECT succeeded (its
+    # public `connected` is set before they are sent).
+    if not proto._ready:
+        raise ConnectionError(factory.error or "the connection closed during set-up")
+    return proto
