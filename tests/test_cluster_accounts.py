@@ -8,6 +8,8 @@ silent Redis turns into (task.Clock, no sleeps).
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -356,3 +358,40 @@ def test_an_invalid_nick_is_never_sent() -> None:
     failures: list[Any] = []
     book.add("1bad", "h").addErrback(failures.append)
     assert sent == [] and failures[0].check(ValueError)
+
+
+# What the node brings with it (the replica, the hub, the fan-out, the
+# metrics with prometheus_client): the operator's tool needs none of it.
+NODE_MODULES = {
+    "twisted_chat.server.cluster.node",
+    "twisted_chat.server.cluster.replica",
+    "twisted_chat.server.cluster.redislog",
+    "twisted_chat.server.hub",
+    "twisted_chat.server.fanout",
+    "twisted_chat.server.metrics",
+    "prometheus_client",
+}
+
+
+@needs_redis
+def test_the_accounts_tool_on_redis_loads_no_node(redis: RedisServer, tmp_path: Path) -> None:
+    """C{twisted-chat-accounts list --redis URL}, run whole in a fresh
+    interpreter, opens its connection through L{redisconn} alone: it does
+    not import the node, its replica and hub, or prometheus (an import-time
+    change there must not break the operator's tool).  The modules it did
+    use are checked too, so that the run is known to have gone through the
+    Redis path."""
+    script = (
+        "import json, sys\n"
+        "from twisted_chat.accounts import main\n"
+        "status = main(['list', '--redis', sys.argv[1]])\n"
+        "print(json.dumps([status, sorted(sys.modules)]))\n"
+    )
+    done = subprocess.run([sys.executable, "-c", script, redis.url], capture_output=True,
+                          text=True, cwd=tmp_path, timeout=60)
+    assert done.returncode == 0, done.stderr
+    status, loaded = json.loads(done.stdout.splitlines()[-1])
+    assert status == 0, done.stderr
+    assert {"twisted_chat.server.cluster.accounts",
+            "twisted_chat.server.cluster.redisconn"} <= set(loaded)
+    assert sorted(NODE_MODULES & set(loaded)) == []
