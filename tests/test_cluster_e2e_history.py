@@ -25,18 +25,17 @@ from tests.redisproc import Connection, RedisReplyError, RedisServer
 from tests.serverproc import LineClient
 from tests.test_cluster_e2e import CALM_TIMEOUT, Cluster
 from tests.test_cluster_outage import redis_log
-from twisted_chat.server.cluster.redislog import (
+from twisted_chat.server.cluster.redishistory import (
     HISTORY_ADD,
     HISTORY_OVERHEAD,
     HISTORY_SIZE,
     PRUNE_BATCH,
     PRUNE_BATCH_BYTES,
     PRUNE_HISTORY,
-    SCRIPTS,
-    RedisLog,
     _history_row,
     history_write,
 )
+from twisted_chat.server.cluster.redislog import SCRIPTS, RedisLog
 from twisted_chat.server.history import Entry
 
 pytestmark = test_cluster_e2e.pytestmark

@@ -19,7 +19,7 @@ from twisted.internet.defer import Deferred, fail
 from twisted.internet.task import Clock
 
 from tests.test_cluster_read import MemoryRedis, Node, cluster, say
-from twisted_chat.server.cluster.redislog import HISTORY_WRITING, _history_entry
+from twisted_chat.server.cluster.redishistory import HISTORY_WRITING, _history_entry
 
 
 def _texts(node: Node) -> list[str]:

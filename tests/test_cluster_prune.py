@@ -16,7 +16,7 @@ import txredisapi  # type: ignore[import-untyped]
 from twisted.internet.defer import Deferred, ensureDeferred
 
 from tests.test_cluster_refused import AnsweredRedis, connected
-from twisted_chat.server.cluster.redislog import (
+from twisted_chat.server.cluster.redishistory import (
     HISTORY,
     HISTORY_OVERHEAD,
     HISTORY_SIZE,
@@ -24,9 +24,9 @@ from twisted_chat.server.cluster.redislog import (
     PRUNE_BATCH_BYTES,
     PRUNE_HISTORY,
     PRUNE_SHARE,
-    RedisLog,
     prune_again,
 )
+from twisted_chat.server.cluster.redislog import RedisLog
 
 
 def pruning(most_bytes: int = 1 << 20) -> tuple[RedisLog, AnsweredRedis]:

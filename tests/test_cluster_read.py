@@ -28,11 +28,11 @@ from twisted.internet.task import Clock
 
 from twisted_chat.server.cluster.node import ClusterState
 from twisted_chat.server.cluster.redisconn import parse_url
+from twisted_chat.server.cluster.redishistory import HISTORY_ADD_SHA
 from twisted_chat.server.cluster.redislog import (
     APPEND_SHA,
     CHANNEL,
     DROP_LOST_SNAPSHOT,
-    HISTORY_ADD_SHA,
     READ_COUNT,
     SAVE_SNAPSHOT_SHA,
     SCRIPTS,

@@ -27,17 +27,16 @@ from twisted.logger import Logger, LogLevel
 from tests.test_cluster_read import Conn, cluster, say
 from tests.test_cluster_refused import AnsweredRedis, applied, connected, listed, refused_hello
 from twisted_chat.server.cluster.node import KEPT_RETRY, ClusterState
-from twisted_chat.server.cluster.redislog import (
+from twisted_chat.server.cluster.redishistory import (
     HISTORY_OVERHEAD,
     HISTORY_WRITING,
-    STREAM,
-    RedisLog,
     _history_entry,
     _history_row,
     _HistoryStore,
     history_rows,
     history_write,
 )
+from twisted_chat.server.cluster.redislog import STREAM, RedisLog
 from twisted_chat.server.cluster.replica import id_key
 from twisted_chat.server.hub import HubError, User
 from twisted_chat.server.state import StateUnavailable

@@ -8,6 +8,7 @@ L{replica}); the same deterministic code then decides nick races, pairing
 races and the lobby's order identically on every node, and each node writes
 lines only to its own connections.  L{node.ClusterState} is the connection
 layer's L{twisted_chat.server.state.ChatState}; L{redislog} is the Redis side,
-on connections opened by L{redisconn}.
+on connections opened by L{redisconn}, with the history's scripts in
+L{redishistory}.
 See docs/cluster.md.
 """
