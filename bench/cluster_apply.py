@@ -57,6 +57,15 @@ class Log:
     def append(self, event: str) -> None:
         self.events.append(event)
 
+    def renamed(self, node: str) -> None:
+        pass
+
+    def own_events_read(self) -> bool:
+        return True
+
+    def applied(self) -> None:
+        pass
+
 
 def build(local: int, remote: int) -> tuple[ClusterState, ChatFactory, list[Sink], int]:
     clock = Clock()

@@ -21,7 +21,7 @@ from twisted.internet.testing import MemoryReactorClock, StringTransport
 from twisted.logger import Logger, LogLevel
 from twisted.python import usage
 
-from tests.test_cluster_unit import Cluster, MemoryLog, Node
+from tests.test_cluster_unit import Cluster, MemoryLog, Node, NodeLog
 from twisted_chat.server.cluster.node import ClusterState
 from twisted_chat.server.cluster.redisconn import parse_url
 from twisted_chat.server.cluster.redislog import APPEND_SHA, RedisLog
@@ -41,12 +41,11 @@ class Ticket:
         self.sent = False
 
 
-class OutageLog:
+class OutageLog(NodeLog):
     """One node's way to the shared log, which can be cut."""
 
     def __init__(self, shared: MemoryLog, state: ClusterState) -> None:
-        self.shared = shared
-        self.state = state
+        super().__init__(shared, state)
         self.up = True
         # Not acknowledged: resent, in order, when the log is back.
         self.unacked: list[Ticket] = []

@@ -241,7 +241,7 @@ def test_a_refused_resend_is_settled_by_a_reload_past_its_end() -> None:
     assert n1.lost == 1  # it reloaded (its users told BYE)
     assert id_key(n1.state.replica.last_id) >= id_key(redis.stream[-1][0])
     assert n1.log._doubtful == []
-    assert n1.log._own_events_read()  # nothing holds a hello back
+    assert n1.log.own_events_read()  # nothing holds a hello back
 
 
 def test_a_refusal_on_its_first_sending_is_answered_at_once() -> None:

@@ -41,8 +41,11 @@ class MemoryLog:
 
 
 class NodeLog:
-    def __init__(self, shared: MemoryLog) -> None:
+    """One node's way to the shared log (an L{EventLog}): written at once."""
+
+    def __init__(self, shared: MemoryLog, state: ClusterState) -> None:
         self.shared = shared
+        self.state = state
 
     def append(self, event: str) -> object:
         self.shared.add(event)
@@ -50,6 +53,16 @@ class NodeLog:
 
     def withdraw(self, ticket: object) -> bool:
         return False  # written at once
+
+    def renamed(self, node: str) -> None:
+        pass
+
+    def own_events_read(self) -> bool:
+        # Nothing is on its way: what was appended is read at the next pump.
+        return self.state.available
+
+    def applied(self) -> None:
+        pass
 
 
 class Node(Harness):
@@ -63,7 +76,7 @@ class Node(Harness):
         def build(factory: ChatFactory) -> ClusterState:
             state = ClusterState(name, factory, factory.history, hub_settings(self.config),
                                  self.clock)
-            state.events = NodeLog(cluster.log)
+            state.events = NodeLog(cluster.log, state)
             state.available = True
             return state
 

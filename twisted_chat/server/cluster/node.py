@@ -31,7 +31,7 @@ again every L{KEPT_RETRY} seconds, under a new sequence number (so that no
 replica takes it for a resend of something older) until the log takes it.
 A C{hello} says "this node's users are exactly these": it is appended again
 only once nothing of this node's is on its way to the log or in it unread
-(L{ClusterState.own_events_read}), so that it lists them as of the log's end.
+(L{EventLog.own_events_read}), so that it lists them as of the log's end.
 """
 
 from __future__ import annotations
@@ -87,6 +87,19 @@ class EventLog(Protocol):
         yet (true); false when it may be in the log already (it stays, and
         is applied once)."""
 
+    def renamed(self, node: str) -> None:
+        """The node goes on under the new id C{node} (L{ClusterState.missed},
+        or declared dead): called before it can append anything."""
+
+    def own_events_read(self) -> bool:
+        """Whether the log is open and holds no event of this node's that
+        the replica has not applied, nor will (none is being written): then
+        an event appended now goes after all of them."""
+
+    def applied(self) -> None:
+        """Called after each batch of events is applied (the log settles
+        then what waited for the replica to read that far)."""
+
 
 @dataclass(slots=True, eq=False)
 class _Waiting:
@@ -137,8 +150,6 @@ class ClusterState:
         self.available = False
         #: Called when the cluster has declared this node dead.
         self.on_lost: Callable[[], None] = lambda: None
-        #: Called with the node's new id, before it can append anything.
-        self.on_renamed: Callable[[str], None] = lambda node: None
         #: Called when the replica and the history have been loaded (at
         #: start, and again after L{missed}): what the listener built from
         #: the history before is stale.
@@ -153,13 +164,6 @@ class ClusterState:
         #: Called with a connection of this node's to end (after its BYE
         #: line): its user's nick went to someone else while Redis lost data.
         self.on_displaced: Callable[[Any], None] = lambda conn: None
-        #: Whether the log is open and holds no event of this node's that
-        #: the replica has not applied, nor will (none is being written):
-        #: then an event appended now goes after all of them.
-        self.own_events_read: Callable[[], bool] = lambda: self.available
-        #: Called after each batch of events is applied (the log settles
-        #: then what waited for the replica to read that far).
-        self.on_applied: Callable[[], None] = lambda: None
         self.closing = False
         self._k = 0
         self._pending: dict[int, _Waiting] = {}
@@ -384,7 +388,8 @@ class ClusterState:
             self._leaving = {uid: how for uid, how in self._leaving.items()
                              if uid in replica.members or uid in replica.detached}
         self._schedule_tick()
-        self.on_applied()
+        if self.events is not None:
+            self.events.applied()
 
     def refused(self, event: str) -> None:
         """
@@ -481,7 +486,7 @@ class ClusterState:
         newer of this node's was applied meanwhile).  What has become moot
         meanwhile is dropped; a hello lists the node's users as they are
         now, and goes only once the node has read back all of its own
-        events the log has (L{own_events_read}: a leave taken but not yet
+        events the log has (L{EventLog.own_events_read}: a leave taken but not yet
         applied, say, must not come after a hello still listing the user):
         until then it stays kept.  What the
         log refuses again comes back through L{refused}.
@@ -496,7 +501,8 @@ class ClusterState:
             if kind == "hello":
                 if event.get("n") != self.node or self.closing:
                     continue  # about a former id of this node's, or it is leaving
-                if not self.own_events_read():
+                assert self.events is not None
+                if not self.events.own_events_read():
                     self._kept[key] = event
                     continue
             if kind == "leave" and event.get("u") not in replica.members:
@@ -724,12 +730,12 @@ class ClusterState:
         self.replica.detached.clear()  # told BYE with the others (on_lost)
         self._left_detached.clear()
         self._leaving.clear()
-        self.on_renamed(self.node)
+        assert self.events is not None
+        self.events.renamed(self.node)
         # What was waiting was its old self's: taken back where it can
         # be.  Its users are about to be told BYE; a registration gets
         # RETRY (one that reaches the log after the death is skipped by
         # every replica: the old id is dead).
-        assert self.events is not None
         for k, waiting in list(self._pending.items()):
             self._forget(k)
             self.events.withdraw(waiting.ticket)

@@ -331,9 +331,6 @@ class RedisLog:
         self._pruning = False  # a heartbeat's _prune runs
         self._ready: Deferred[None] = Deferred()
         state.events = self
-        state.on_renamed = self._renamed
-        state.own_events_read = self._own_events_read
-        state.on_applied = self._settle
 
     # -- starting, reconnecting -------------------------------------------------
 
@@ -821,8 +818,8 @@ class RedisLog:
                           "messages were dropped from it", n=self._history_dropped)
             self._history_dropped = 0
 
-    def _own_events_read(self) -> bool:
-        """See L{ClusterState.own_events_read}: no event of this node's is
+    def own_events_read(self) -> bool:
+        """See L{EventLog.own_events_read}: no event of this node's is
         queued or unanswered, and the replica has applied the last Redis took."""
         if self._cmd is None or not self.state.available:
             return False
@@ -874,7 +871,7 @@ class RedisLog:
         to there (L{_settle}).  If the first copy was there, its command was
         decided by then, as any other, and the refusal finds nothing left to
         answer; if not, it is answered "not sent" then.  Meanwhile no kept
-        C{hello} goes out (L{_own_events_read}): behind that first copy, it
+        C{hello} goes out (L{own_events_read}): behind that first copy, it
         would undo it.
         """
         self._doubtful.append(_Doubt(event))
@@ -906,6 +903,10 @@ class RedisLog:
         if generation == self._generation:
             self._end_asked = None  # asked again at the next heartbeat
         self.log.debug("the stream's end: {e}", e=failure.getErrorMessage())
+
+    def applied(self) -> None:
+        """See L{EventLog.applied}."""
+        self._settle()
 
     def _settle(self) -> None:
         """Hand over the refusals in doubt whose stream end the replica has
@@ -1261,7 +1262,7 @@ class RedisLog:
 
     # -- heartbeat, liveness, snapshots ------------------------------------------------
 
-    def _renamed(self, node: str) -> None:
+    def renamed(self, node: str) -> None:
         """
         The node goes on under a new id: its lease now, ahead (on the same
         connection) of any event of that id, or another node could see a
