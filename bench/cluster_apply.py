@@ -27,6 +27,7 @@ from typing import Any
 from twisted.internet.task import Clock
 
 from twisted_chat.server.cluster.node import ClusterState
+from twisted_chat.server.cluster.service import FactoryHooks
 from twisted_chat.server.config import ServerConfig
 from twisted_chat.server.factory import ChatFactory, hub_settings
 from twisted_chat.server.history import History
@@ -73,7 +74,8 @@ def build(local: int, remote: int) -> tuple[ClusterState, ChatFactory, list[Sink
     states: list[ClusterState] = []
 
     def make(factory: ChatFactory) -> ClusterState:
-        state = ClusterState("me", factory, factory.history, hub_settings(config), clock)
+        state = ClusterState("me", factory, factory.history, hub_settings(config), clock,
+                             FactoryHooks(factory))
         states.append(state)
         return state
 

@@ -16,8 +16,9 @@ from typing import Any
 import pytest
 from twisted.internet.task import Clock
 
-from tests.test_cluster_read import MemoryRedis, Node, Recorder, cluster, now, say
+from tests.test_cluster_read import MemoryRedis, Node, Recorder, Told, cluster, now, say
 from tests.test_cluster_rebuild import _lag, _late_agree, _settle, _three_agree
+from tests.test_cluster_unit import Untold
 from twisted_chat.server.cluster.node import ClusterState
 from twisted_chat.server.cluster.replica import _SyncFirst
 from twisted_chat.server.history import History
@@ -247,7 +248,7 @@ def test_an_older_hello_without_invitations_is_applied_as_before() -> None:
     """A hello whose rows have no sixth field (an older node of this
     version) neither ends pairs nor withdraws invitations: as before; one
     with it does both.  What it said of each user is in the snapshot."""
-    state = ClusterState("me", _Quiet(), History(10), HubSettings(), Clock())
+    state = ClusterState("me", _Quiet(), History(10), HubSettings(), Clock(), Untold())
     state.deliver([
         ("1000-0", {"t": "reg", "n": "a", "k": 1, "nick": "ann"}),
         ("1000-1", {"t": "reg", "n": "b", "k": 1, "nick": "bob"}),
@@ -267,7 +268,7 @@ def test_an_older_hello_without_invitations_is_applied_as_before() -> None:
         ["1000-1", "bob", "-", "", "", ""], ["1000-2", "carol", "-", "", "", ""]]})])
     assert hub.online["ann"].partner is None and hub.online["carol"].outgoing is None
     # What the hellos said counts for a node started from a snapshot too.
-    later = ClusterState("other", _Quiet(), History(10), HubSettings(), Clock())
+    later = ClusterState("other", _Quiet(), History(10), HubSettings(), Clock(), Untold())
     later.replica.restore(state.replica.snapshot())
     assert later.replica.claims == state.replica.claims
     assert sorted(later.replica.claims) == ["1000-1", "1000-2"]
@@ -525,7 +526,7 @@ def test_a_pair_ended_after_the_loss_is_not_brought_back_by_a_late_hello() -> No
 class _Picture(Recorder):
     """A listener that, like the factory, builds its user list from what it
     is told (C{ready}, C{joined}, C{left}) or rebuilds it from the hub
-    (C{on_rebuilt}), and needs it whole to tell a user its pair ended."""
+    (C{NodeConnections.rebuilt}), and needs it whole to tell a user its pair ended."""
 
     state: Any = None  # the node's ClusterState (a rebuild gives it a new hub)
 
@@ -562,6 +563,17 @@ class _Picture(Recorder):
         self.known = set(self.hub.online)
 
 
+class _Rebuilt(Told):
+    """A node's L{Told} that also tells its L{_Picture} of a rebuild."""
+
+    def __init__(self, node: Node, picture: _Picture) -> None:
+        super().__init__(node)
+        self.picture = picture
+
+    def rebuilt(self) -> None:
+        self.picture.rebuilt()
+
+
 def _pictured(monkeypatch: pytest.MonkeyPatch) -> tuple[MemoryRedis, Clock, list[Node]]:
     """Two nodes whose listeners are L{_Picture}s."""
     monkeypatch.setattr("tests.test_cluster_read.Recorder", _Picture)
@@ -570,7 +582,7 @@ def _pictured(monkeypatch: pytest.MonkeyPatch) -> tuple[MemoryRedis, Clock, list
         picture = node.listener
         assert isinstance(picture, _Picture)
         picture.state = node.state
-        node.state.on_rebuilt = picture.rebuilt
+        node.state.connections = _Rebuilt(node, picture)
     return redis, clock, nodes
 
 

@@ -21,11 +21,11 @@ from twisted.internet.testing import MemoryReactorClock, StringTransport
 from twisted.logger import Logger, LogLevel
 from twisted.python import usage
 
-from tests.test_cluster_unit import Cluster, MemoryLog, Node, NodeLog
+from tests.test_cluster_unit import Cluster, MemoryLog, Node, NodeLog, Untold
 from twisted_chat.server.cluster.node import ClusterState
 from twisted_chat.server.cluster.redisconn import parse_url
 from twisted_chat.server.cluster.redislog import APPEND_SHA, RedisLog
-from twisted_chat.server.cluster.service import drop_users
+from twisted_chat.server.cluster.service import FactoryHooks
 from twisted_chat.server.history import History
 from twisted_chat.server.hub import HubError, HubSettings
 from twisted_chat.server.service import Options
@@ -299,7 +299,7 @@ def test_a_node_declared_dead_answers_what_waited_and_keeps_none_of_it() -> None
     cluster, n0, log = outage()
     bob = cluster.nodes[1].user("bob")
     ann = n0.user("ann")
-    n0.state.on_lost = lambda: drop_users(n0.factory)
+    n0.state.connections = FactoryHooks(n0.factory)
     log.up = False  # cut, not noticed yet
     ann.send("MSG from the old node")
     conn = n0.connect()
@@ -363,7 +363,7 @@ class FakeRedis:
 
 def redis_log(node_timeout: float = 15.0) -> tuple[RedisLog, ClusterState]:
     clock = Clock()
-    state = ClusterState("n", _Listener(), _history(), HubSettings(), clock)
+    state = ClusterState("n", _Listener(), _history(), HubSettings(), clock, Untold())
     return RedisLog(parse_url("redis://127.0.0.1/0"), state, clock, node_timeout), state
 
 
@@ -403,7 +403,7 @@ def test_a_silent_redis_is_given_up_after_the_reply_timeout() -> None:
     say) but Redis never answers.  The node gives up after the reply
     timeout, refuses registrations and retries, instead of waiting forever."""
     reactor = MemoryReactorClock()
-    state = ClusterState("n", _Listener(), _history(), HubSettings(), reactor)
+    state = ClusterState("n", _Listener(), _history(), HubSettings(), reactor, Untold())
     log = RedisLog(parse_url("redis://127.0.0.1:6399/0"), state, reactor, 15.0)
     log.start()
     transports = []

@@ -26,6 +26,7 @@ import txredisapi  # type: ignore[import-untyped]
 from twisted.internet.defer import Deferred, ensureDeferred, fail, succeed
 from twisted.internet.task import Clock
 
+from tests.test_cluster_unit import Untold
 from twisted_chat.server.cluster.node import ClusterState
 from twisted_chat.server.cluster.redisconn import parse_url
 from twisted_chat.server.cluster.redishistory import HISTORY_ADD_SHA
@@ -329,14 +330,12 @@ class Node:
         self.redis = redis
         self.reachable = True
         self.listener = Recorder()
-        self.state = ClusterState(name, self.listener, History(10), HubSettings(), clock)
+        self.state = ClusterState(name, self.listener, History(10), HubSettings(), clock,
+                                  Told(self))
         self.log = RedisLog(parse_url("redis://127.0.0.1/0"), self.state, clock, 15.0)
         self.conns: list[FakeConnection] = []
         self.lost = 0
         self.reloaded = 0
-        self.state.on_lost = self._on_lost
-        self.state.on_reloaded = self._on_reloaded
-        self.state.on_rebound = _rebind
 
         async def new_connection(reply_timeout: float, subscriber: bool = False) -> Any:
             if not self.reachable:
@@ -346,12 +345,6 @@ class Node:
 
         self.log._new_connection = new_connection  # type: ignore[method-assign]
         self.log.start()
-
-    def _on_lost(self) -> None:
-        self.lost += 1
-
-    def _on_reloaded(self) -> None:
-        self.reloaded += 1
 
     def user(self, nick: str) -> User:
         conn = Conn()
@@ -372,9 +365,22 @@ class Node:
         return sorted(self.state.hub.online)
 
 
-def _rebind(conn: Any, user: User) -> None:
-    if isinstance(conn, Conn):
-        conn.user = user
+class Told(Untold):
+    """What a L{Node} is told (L{NodeConnections}): its losses and reloads
+    counted, its connections rebound."""
+
+    def __init__(self, node: Node) -> None:
+        self.node = node
+
+    def lost(self) -> None:
+        self.node.lost += 1
+
+    def reloaded(self) -> None:
+        self.node.reloaded += 1
+
+    def rebound(self, conn: Any, user: User) -> None:
+        if isinstance(conn, Conn):
+            conn.user = user
 
 
 def now(user: User) -> User:
@@ -496,7 +502,7 @@ def test_a_node_whose_next_events_were_trimmed_goes_on_as_a_new_node() -> None:
     n1 is cut off; meanwhile bob leaves, carol arrives, ann talks, and the
     stream is trimmed up to a snapshot written after all that (the
     heartbeat's trim, once the node has been away long enough).  Back, n1
-    cannot read what it missed: it tells its users BYE (on_lost), takes a
+    cannot read what it missed: it tells its users BYE (its connections told lost), takes a
     new id, declares its old one dead (the others drop its users: its lease
     may never have lapsed), and goes on from the snapshot: the same users
     and history as the others, and it takes new users under its new id.

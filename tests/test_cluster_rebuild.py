@@ -18,6 +18,7 @@ from twisted.internet.defer import ensureDeferred
 from twisted.internet.task import Clock
 
 from tests.test_cluster_read import Conn, MemoryRedis, Node, Recorder, cluster, now, say
+from tests.test_cluster_unit import Untold
 from twisted_chat.server.cluster.node import ClusterState
 from twisted_chat.server.cluster.redislog import READ_COUNT
 from twisted_chat.server.history import History
@@ -265,7 +266,7 @@ def test_the_fallbacks_lost_tail_forgets_a_dead_by_its_event_not_its_second() ->
     forgotten when it shares the kept end's millisecond (it was kept: its
     time was not after the end's), and one declared by a kept event in that
     millisecond stays."""
-    state = ClusterState("me", Recorder(), History(10), HubSettings(), Clock())
+    state = ClusterState("me", Recorder(), History(10), HubSettings(), Clock(), Untold())
     state.deliver([
         ("1000-0", {"t": "dead", "n": "a", "k": 1, "node": "kept-dead"}),
         ("1000-1", {"t": "tick", "n": "a", "k": 2}),

@@ -21,6 +21,7 @@ from twisted_chat.server.cluster.replica import RemoteConn
 from twisted_chat.server.config import ServerConfig
 from twisted_chat.server.factory import ChatFactory, hub_settings
 from twisted_chat.server.history import History
+from twisted_chat.server.hub import User
 
 START = 1_700_000_000
 
@@ -65,6 +66,26 @@ class NodeLog:
         pass
 
 
+class Untold:
+    """A node's L{NodeConnections} that does nothing with what it is told
+    (these tests read the connections' lines, written by the listener)."""
+
+    def lost(self) -> None:
+        pass
+
+    def reloaded(self) -> None:
+        pass
+
+    def rebuilt(self) -> None:
+        pass
+
+    def rebound(self, conn: Any, user: User) -> None:
+        pass
+
+    def displaced(self, conn: Any) -> None:
+        pass
+
+
 class Node(Harness):
     """A L{Harness} whose factory keeps its state in the cluster."""
 
@@ -75,7 +96,7 @@ class Node(Harness):
 
         def build(factory: ChatFactory) -> ClusterState:
             state = ClusterState(name, factory, factory.history, hub_settings(self.config),
-                                 self.clock)
+                                 self.clock, Untold())
             state.events = NodeLog(cluster.log, state)
             state.available = True
             return state
@@ -374,7 +395,12 @@ def test_a_node_declared_dead_while_alive_drops_its_users_and_goes_on() -> None:
     n0, n1 = cluster.nodes
     alice, bob = n0.user("alice"), n1.user("bob")
     lost: list[str] = []
-    n0.state.on_lost = lambda: lost.append(n0.state.node)
+
+    class Lost(Untold):
+        def lost(self) -> None:
+            lost.append(n0.state.node)
+
+    n0.state.connections = Lost()
     n1.state.node_dead("node0")  # as after node0 missed its lease
     cluster.pump()
     assert lost and lost[0] != "node0"  # a new identity for what it does next

@@ -338,7 +338,7 @@ def test_messages_dropped_by_the_store_reach_the_metric_and_stay_after_recovery(
 
 def test_a_connection_cut_for_its_send_queue_is_not_recounted_at_shutdown() -> None:
     """Cut for sendq (aborted, its connectionLost on a later turn), then a
-    shutdown (or a cluster's drop_users) in between: it stays a sendq, for
+    shutdown (or a cluster's FactoryHooks.lost) in between: it stays a sendq, for
     the metric and for the others' LEFT."""
     h = Harness(sendq=65536 + 1000)
     slow, talker = h.user("slow"), h.user("talker")

@@ -39,7 +39,7 @@ from __future__ import annotations
 import json
 import secrets
 from collections import deque
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -57,7 +57,7 @@ from twisted_chat.server.metrics import Buckets
 from twisted_chat.server.state import Outcome, StateUnavailable
 from twisted_chat.wire import ErrorCode
 
-__all__ = ["DEFAULT_MAX_WAITING", "DEFAULT_WAIT", "ClusterState", "EventLog"]
+__all__ = ["DEFAULT_MAX_WAITING", "DEFAULT_WAIT", "ClusterState", "EventLog", "NodeConnections"]
 
 # Seconds from a command to its decision (--metrics), up to --redis-wait's default.
 DECISION_SECONDS_BOUNDS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25,
@@ -101,6 +101,32 @@ class EventLog(Protocol):
         then what waited for the replica to read that far)."""
 
 
+class NodeConnections(Protocol):
+    """What the node tells the layer that holds its connections (the
+    factory: L{twisted_chat.server.cluster.service.FactoryHooks})."""
+
+    def lost(self) -> None:
+        """The cluster has declared this node dead."""
+
+    def reloaded(self) -> None:
+        """The replica and the history have been loaded (at start, and again
+        after L{ClusterState.missed}): what the listener built from the
+        history before is stale."""
+
+    def rebuilt(self) -> None:
+        """The replica changed without telling the listener (rebuilt after a
+        loss, a hello's quiet part): what the listener built from it (the
+        user list, the history) is stale."""
+
+    def rebound(self, conn: Any, user: User) -> None:
+        """C{conn}, a connection of this node's, is now the L{User} C{user}
+        (the replica was rebuilt: the hub holds a new object)."""
+
+    def displaced(self, conn: Any) -> None:
+        """End C{conn}, a connection of this node's (after its BYE line): its
+        user's nick went to someone else while Redis lost data."""
+
+
 @dataclass(slots=True, eq=False)
 class _Waiting:
     """A command of this node's waiting for its event to come back."""
@@ -123,15 +149,19 @@ class ClusterState:
         history: History,
         settings: HubSettings,
         reactor: IReactorTime,
+        connections: NodeConnections,
         wait: float = DEFAULT_WAIT,
         max_waiting: int = DEFAULT_MAX_WAITING,
     ) -> None:
         """@param settings: the L{Hub}'s (all replicas of a cluster must be
         given the same).
+        @param connections: what is told of the loss, reload or rebuild of
+        the replica (the connections' layer).
         @param wait: how long a command may wait for the log (see the
         module's docstring); C{max_waiting}: the bytes of commands waiting."""
         self.node = node
         self.reactor = reactor
+        self.connections = connections
         self.wait = wait
         self.max_waiting = max_waiting
         #: The bytes of this node's commands waiting for the log.
@@ -148,22 +178,6 @@ class ClusterState:
         self.events: EventLog | None = None
         #: Whether new users may register (the log is reachable).
         self.available = False
-        #: Called when the cluster has declared this node dead.
-        self.on_lost: Callable[[], None] = lambda: None
-        #: Called when the replica and the history have been loaded (at
-        #: start, and again after L{missed}): what the listener built from
-        #: the history before is stale.
-        self.on_reloaded: Callable[[], None] = lambda: None
-        #: Called when the replica changed without telling the listener
-        #: (rebuilt after a loss, a hello's quiet part): what the listener
-        #: built from it (the user list, the history) is stale.
-        self.on_rebuilt: Callable[[], None] = lambda: None
-        #: Called with a connection of this node's and the L{User} it is
-        #: now (the replica was rebuilt: the hub holds a new object).
-        self.on_rebound: Callable[[Any, User], None] = lambda conn, user: None
-        #: Called with a connection of this node's to end (after its BYE
-        #: line): its user's nick went to someone else while Redis lost data.
-        self.on_displaced: Callable[[Any], None] = lambda conn: None
         self.closing = False
         self._k = 0
         self._pending: dict[int, _Waiting] = {}
@@ -671,7 +685,7 @@ class ClusterState:
         self.leave(user, *(how or ("disconnected", "")))
 
     def rebound(self, conn: Any, user: User) -> None:
-        self.on_rebound(conn, user)
+        self.connections.rebound(conn, user)
 
     def displaced(self, conn: Any, nick: str) -> None:
         # (A hello brings back or displaces its detached users one by one:
@@ -685,11 +699,11 @@ class ClusterState:
             text=f"the chat's store lost data and {nick} is someone else's now; "
             "connect again with another nick",
         ))
-        self.on_displaced(conn)
+        self.connections.displaced(conn)
 
     def rebuilt(self) -> None:
         self.own.reindex(self.hub)
-        self.on_rebuilt()
+        self.connections.rebuilt()
 
     def lost(self) -> None:
         if not self.closing:
@@ -698,7 +712,7 @@ class ClusterState:
                 "the cluster declared this node ({old}) dead: its users were disconnected;"
                 " going on as node {new}", old=old, new=self.node,
             )
-            self.on_lost()
+            self.connections.lost()
 
     def missed(self) -> None:
         """
@@ -716,7 +730,7 @@ class ClusterState:
             "this node ({old}) missed events the cluster no longer keeps: its users were "
             "disconnected; going on as node {new}", old=old, new=self.node,
         )
-        self.on_lost()
+        self.connections.lost()
         if not self.closing:
             self._append({"t": "dead", "node": old})
         self._cancel_tick()  # the restored replica arms its own
@@ -727,7 +741,7 @@ class ClusterState:
         """Take a new id; return the old one."""
         old, self.node = self.node, new_node_id()
         self.replica.node = self.node
-        self.replica.detached.clear()  # told BYE with the others (on_lost)
+        self.replica.detached.clear()  # told BYE with the others (lost)
         self._left_detached.clear()
         self._leaving.clear()
         assert self.events is not None

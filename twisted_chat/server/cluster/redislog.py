@@ -661,7 +661,7 @@ class RedisLog:
         await self._load_history(cmd, upto)
         if data is not None:
             replica.restore(data)
-        self.state.on_reloaded()
+        self.state.connections.reloaded()
         self._started = True
         self._loaded_id = replica.last_id
         self._sent_since_load = any(out.sent and out.command[:2] == APPENDING

@@ -29,7 +29,7 @@ from twisted_chat.server.hub import User
 from twisted_chat.server.login import PasswordWork
 from twisted_chat.server.protocol import ChatProtocol
 
-__all__ = ["ClusterService", "cluster_factory", "drop_users"]
+__all__ = ["ClusterService", "FactoryHooks", "cluster_factory"]
 
 
 def cluster_factory(
@@ -43,7 +43,8 @@ def cluster_factory(
 
     def build(factory: ChatFactory) -> ClusterState:
         state = ClusterState(new_node_id(), factory, factory.history, hub_settings(config),
-                             reactor, wait=wait, max_waiting=max_waiting)
+                             reactor, FactoryHooks(factory), wait=wait,
+                             max_waiting=max_waiting)
         holder.append(state)
         return state
 
@@ -56,36 +57,41 @@ def cluster_factory(
                      retain_messages=config.retain_messages, retain_bytes=retain_bytes)
     # An address's lobby lines and registrations are counted cluster-wide.
     factory.addresses.share(RedisBuckets(redis.command, reactor))
-
-    state.on_lost = lambda: drop_users(factory)
-    state.on_reloaded = factory.history_replaced
-    state.on_rebuilt = factory.state_replaced
-    state.on_rebound = rebind
-    state.on_displaced = hang_up
     return factory, redis
 
 
-def rebind(conn: Any, user: User) -> None:
-    """After a rebuild (docs/cluster.md), a connection holds its user as the
-    replica has it now."""
-    if isinstance(conn, ChatProtocol):
-        conn.user = user
+class FactoryHooks:
+    """What the node tells the factory whose connections it holds
+    (L{NodeConnections})."""
 
+    def __init__(self, factory: ChatFactory) -> None:
+        self.factory = factory
 
-def hang_up(conn: Any) -> None:
-    """End a connection that was told C{BYE shutdown} (its nick went to
-    someone else while Redis lost data)."""
-    if isinstance(conn, ChatProtocol):
-        conn.hang_up("shutdown")
+    def lost(self) -> None:
+        """The cluster declared this node dead: its users are told C{BYE shutdown}."""
+        bye = "this server lost its place in the cluster"
+        for protocol in list(self.factory.connections):
+            if protocol.user is not None:
+                protocol.write(wire.line("BYE", "shutdown", text=bye))
+                protocol.hang_up("shutdown")
 
+    def reloaded(self) -> None:
+        self.factory.history_replaced()
 
-def drop_users(factory: ChatFactory) -> None:
-    """The cluster declared this node dead: its users are told C{BYE shutdown}."""
-    bye = "this server lost its place in the cluster"
-    for protocol in list(factory.connections):
-        if protocol.user is not None:
-            protocol.write(wire.line("BYE", "shutdown", text=bye))
-            protocol.hang_up("shutdown")
+    def rebuilt(self) -> None:
+        self.factory.state_replaced()
+
+    def rebound(self, conn: Any, user: User) -> None:
+        """After a rebuild (docs/cluster.md), a connection holds its user as the
+        replica has it now."""
+        if isinstance(conn, ChatProtocol):
+            conn.user = user
+
+    def displaced(self, conn: Any) -> None:
+        """End a connection that was told C{BYE shutdown} (its nick went to
+        someone else while Redis lost data)."""
+        if isinstance(conn, ChatProtocol):
+            conn.hang_up("shutdown")
 
 
 class ClusterService(Service):
