@@ -21,7 +21,7 @@ from twisted.internet.testing import MemoryReactorClock, StringTransport
 from twisted.logger import Logger, LogLevel
 from twisted.python import usage
 
-from tests.test_cluster_unit import Cluster, MemoryLog, Node, NodeLog, Untold
+from tests.test_cluster_unit import Cluster, MemoryLog, Node, NodeLog, Untold, check_index
 from twisted_chat.server.cluster.node import ClusterState
 from twisted_chat.server.cluster.redisconn import parse_url
 from twisted_chat.server.cluster.redislog import APPEND_SHA, RedisLog
@@ -745,3 +745,29 @@ def test_past_the_bound_only_connections_with_a_command_waiting_are_not_read() -
         cluster.clock.advance(0)
     assert held.total == 0 and not held.paused
     assert all(user.reading for user in (*heavy, quiet, idle))
+
+
+def test_lines_applied_before_a_node_s_hello_reach_its_detached_users() -> None:
+    """Redis restarted empty: both nodes rebuild (their users detached) and
+    node1 is back first.  node0 reads one batch: node1's hello, bob's line
+    sent during the outage, node0's own hello, ann's line.  bob's line is
+    gathered for the lobby when node0's hello takes ann out of the detached
+    users and registers her (the fan-out flushes then): she still hears it,
+    as the replicas that applied it before her hello do (rev11-clu2 #3)."""
+    cluster = Cluster(2)
+    n0, n1 = cluster.nodes
+    ann, bob = n0.user("ann"), n1.user("bob")
+    rows0, rows1 = n0.state.rebuild(None, []), n1.state.rebuild(None, [])
+    assert n0.state.replica.detached and n1.state.replica.detached
+    for node in cluster.nodes:
+        node.cursor = len(cluster.log.entries)  # the new epoch's log starts here
+    n1.state.hello(rows1)
+    bob.send("MSG from bob")
+    n0.state.hello(rows0)
+    ann.send("MSG from ann")
+    assert [e["t"] for _, e in cluster.log.entries[n0.cursor:]] == [
+        "hello", "say", "hello", "say"]
+    cluster.pump()  # node0 applies all four in one batch
+    assert said(ann.take()) == said(bob.take()) == ["from bob", "from ann"]
+    assert not n0.state.replica.detached and not n1.state.replica.detached
+    check_index(cluster)

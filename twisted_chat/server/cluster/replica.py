@@ -695,7 +695,10 @@ class Replica:
         for uid, (nick, address, source) in sorted(listed.items()):
             if uid in self.members:
                 continue
-            held = self.detached.pop(uid, None) if own else None
+            # A detached user stays detached until it is registered: the
+            # fan-out's flush as it is (_quietly, the listener) sends the
+            # lobby's lines gathered so far to the detached, it among them.
+            held = self.detached.get(uid) if own else None
             conn: Any = RemoteConn(origin)
             if held is not None:
                 conn = held.conn
@@ -707,9 +710,13 @@ class Replica:
             except NickTaken:
                 _log.warn("node {node} holds {nick}, which is online elsewhere",
                           node=origin, nick=nick)
-                if held is not None and not self.replaying:
-                    self.answers.displaced(held.conn, nick)
+                if held is not None:
+                    del self.detached[uid]
+                    if not self.replaying:
+                        self.answers.displaced(held.conn, nick)
                 continue
+            if held is not None:
+                del self.detached[uid]
             self._add(user, origin, uid)
             if shown is not None:
                 shown.setdefault(uid, "")
