@@ -771,3 +771,70 @@ def test_lines_applied_before_a_node_s_hello_reach_its_detached_users() -> None:
     assert said(ann.take()) == said(bob.take()) == ["from bob", "from ann"]
     assert not n0.state.replica.detached and not n1.state.replica.detached
     check_index(cluster)
+
+
+# -- flood control counts a held line as of when it arrived (rev11-clu2 #1) ---------
+
+
+def _typing_through(web: bool, rate: float, seconds: int) -> tuple[list[str], list[str]]:
+    """ann (on node0, --flood-rate 10, bursts of 20) types C{rate} lobby
+    lines a second for C{seconds} while Redis is away (the wait long enough
+    for none to be given up), then Redis is back: what she and bob get."""
+    cluster, n0, log = outage(flood_rate=10.0, flood_burst=20)
+    n0.state.wait = 2.0 * seconds
+    bob = cluster.nodes[1].user("bob")
+    if web:
+        ann = n0.connect()
+        ann.protocol.message_received(b"NICK ann")
+        cluster.pump()
+    else:
+        ann = n0.user("ann")
+    ann.take()
+    log.down()
+    count = int(rate * seconds)
+    for i in range(count):
+        if web:
+            ann.protocol.message_received(f"MSG line{i}".encode())
+        else:
+            ann.send(f"MSG line{i}")
+        cluster.clock.advance(1 / rate)
+    log.back()
+    cluster.pump()
+    return ann.take(), bob.take()
+
+
+@pytest.mark.parametrize("web", [False, True], ids=["tcp", "web"])
+@pytest.mark.parametrize(("rate", "seconds"), [(1.0, 30), (5.0, 20)])
+def test_lines_typed_through_an_outage_are_not_taken_for_a_flood(
+        web: bool, rate: float, seconds: int) -> None:
+    """Each held line is counted as of when it arrived: a user typing at a
+    tenth or half of --flood-rate through a Redis stall loses no line and
+    is not cut when the stall ends (they were all counted at once then)."""
+    mine, seen = _typing_through(web, rate, seconds)
+    expected = [f"line{i}" for i in range(int(rate * seconds))]
+    assert not [line for line in mine if line.startswith(("ERROR", "BYE"))], mine
+    assert said(mine) == said(seen) == expected
+
+
+def test_a_burst_held_behind_a_command_is_still_a_flood() -> None:
+    """30 lines in one read while a command waits: as had they been handled
+    when they came, a burst's worth (20) goes through, the rest is dropped
+    with one ERROR flood, and the line after a pause is counted again."""
+    cluster, n0, log = outage(flood_rate=10.0, flood_burst=20)
+    bob = cluster.nodes[1].user("bob")
+    ann = n0.user("ann")
+    ann.take()
+    log.down()
+    ann.send("MSG first")
+    cluster.clock.advance(5)
+    ann.send(*[f"MSG burst{i}" for i in range(30)])
+    cluster.clock.advance(3)
+    ann.send("MSG later")  # 3 s after the burst: 20 tokens again, at most
+    cluster.clock.advance(1)
+    log.back()
+    cluster.pump()
+    mine = ann.take()
+    assert said(bob.take()) == said(mine) == (
+        ["first"] + [f"burst{i}" for i in range(20)] + ["later"])
+    assert [line.split()[1] for line in mine if line.startswith("ERROR")] == ["flood"]
+    assert not ann.protocol.closing

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from tests.harness import Harness
+from twisted_chat.server.addresses import Penalty
 from twisted_chat.server.flood import Dropped, FloodMeter
 
 
@@ -54,3 +55,13 @@ def test_an_idle_connection_holds_a_count_and_no_flood_record() -> None:
     assert h.factory.flood is not None
     alice.send("PING a", "PING b", "PING c")
     assert protocol._flooding is not None
+
+
+def test_a_penalty_told_of_an_earlier_time_does_not_drain_twice() -> None:
+    """A line held behind a command is judged as of when it arrived, which
+    may be before the last time the address's penalty was told: it adds
+    one and drains nothing, and the time it was told last stays."""
+    penalty = Penalty(20, 10.0)
+    assert penalty.add(10.0) == 1.0
+    assert penalty.add(5.0) == 2.0
+    assert penalty.add(10.0) == 3.0  # 10 -> 10: nothing drained in between

@@ -164,9 +164,13 @@ class Penalty:
         self._stamp = now
 
     def _drain(self, now: float) -> float:
-        drained = self.value - max(now - self._stamp, 0.0) * self._burst / 10.0
-        self.value = drained if drained > 0.0 else 0.0
-        self._stamp = now
+        # (C{now} may be before the last call: a line held behind a command
+        # is judged as of when it arrived, ChatProtocol.arrived.)
+        elapsed = now - self._stamp
+        if elapsed > 0.0:
+            drained = self.value - elapsed * self._burst / 10.0
+            self.value = drained if drained > 0.0 else 0.0
+            self._stamp = now
         return self.value
 
     def add(self, now: float) -> float:

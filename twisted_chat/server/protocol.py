@@ -110,13 +110,14 @@ class ChatProtocol:
         self._idle: Deadline | None = None  # on the factory's shared Deadlines
         self._abort_call: IDelayedCall | None = None  # set once a close has begun
         # A command is being decided elsewhere (wait_for): what arrives
-        # meanwhile waits in _buffer, or whole in _held (message_received).
+        # meanwhile waits in _buffer, or whole in _held (message_received),
+        # with when it arrived (_Held).
         self._waiting = False
         self._paused = 0  # _PAUSED_OWN | _PAUSED_NODE: why reading is paused
         # What of it is counted in the factory's HeldInput (_count_held).
         self._charged = 0
         self._input_ended = False  # the peer half-closed (or went) while a command waited
-        self._held: deque[bytes] | None = None  # made only when needed
+        self._held: _Held | None = None  # made only when needed
         self._held_size = 0
 
     @property
@@ -172,7 +173,9 @@ class ChatProtocol:
         self.write(self.factory.greeting)
 
     def connectionLost(self, reason: Failure = connectionDone) -> None:
-        if self._waiting and not self.closing and (self._buffer or self._held):
+        held = self._held
+        if self._waiting and not self.closing and (
+                self._buffer or (held is not None and held.lines)):
             # The peer sent lines and closed (an RST, a WebSocket close frame)
             # while a command they wait behind is decided elsewhere (cluster
             # mode, an account's password check): they are handled as one
@@ -341,6 +344,7 @@ class ChatProtocol:
     def dataReceived(self, data: bytes) -> None:
         if self._waiting:
             self._buffer += data
+            self._held_read(self.clock.seconds())
             self._held_over(len(self._buffer))
             self._count_held()
             return
@@ -377,6 +381,9 @@ class ChatProtocol:
             if self._waiting:
                 self._buffer = data[start:]
                 if start < len(data):
+                    # Read with the line just counted (_replay_reads sets
+                    # this anew for what it hands back).
+                    self._held_read(self._last_line)
                     self._count_held()
                 return
 
@@ -388,9 +395,10 @@ class ChatProtocol:
             return
         if self._waiting:
             # Held in order behind the command, as dataReceived holds bytes.
-            if self._held is None:
-                self._held = deque()
-            self._held.append(line)
+            held = self._held
+            if held is None:
+                held = self._held = _Held()
+            held.lines.append((line, self.clock.seconds()))
             self._held_size += len(line) + 1
             self._held_over(self._held_size)
             self._count_held()
@@ -429,6 +437,23 @@ class ChatProtocol:
             # command is decided, or the server holds less (HeldInput).
             held.pause(self)
         outcome.addBoth(self._decided)
+
+    def _held_read(self, when: float) -> None:
+        """What C{_buffer} holds now, to its end, was read at C{when}."""
+        held = self._held
+        if held is None:
+            held = self._held = _Held()
+        held.reads.append((len(self._buffer), when))
+
+    def arrived(self) -> float:
+        """When the line being handled, or the line a command being decided
+        came from, arrived (the reactor's time): the line counted last, so
+        now for a line handled as it comes; for one held behind a command
+        (wait_for), when it was read."""
+        held = self._held
+        if held is not None and held.at is not None:
+            return held.at
+        return self._last_line
 
     def _held_over(self, size: int) -> None:
         if size > _HELD_INPUT and not self._paused & _PAUSED_OWN:
@@ -474,12 +499,22 @@ class ChatProtocol:
         if self._paused & _PAUSED_OWN:
             self._resume(_PAUSED_OWN)
         if self._buffer and not self.closing:
-            self.dataReceived(b"")
+            self._replay_reads()
         held = self._held
-        while held and not self._waiting and not self.closing:
-            line = held.popleft()
-            self._held_size -= len(line) + 1
-            self.message_received(line)
+        if held is not None:
+            lines = held.lines
+            last = self._last_line
+            while lines and not self._waiting and not self.closing:
+                line, at = lines.popleft()
+                self._held_size -= len(line) + 1
+                preset, at = self._as_of(held, at, last)
+                self.message_received(line)
+                if self._last_line != preset:
+                    last = at  # counted as of when it arrived
+            held.at = None
+            self._last_line = last
+            if not lines and not held.reads:
+                self._held = None
         self._count_held()
         if self._paused & _PAUSED_NODE and not self._waiting:
             # It holds nothing and waits for nothing: its next read is
@@ -487,6 +522,52 @@ class ChatProtocol:
             self.factory.held_input.release(self)
         if self._input_ended and not self._waiting:
             self.readConnectionLost()
+
+    def _replay_reads(self) -> None:
+        """
+        Handle the bytes held while a command was decided elsewhere, read by
+        read, each as of when it was read: flood control counts a held line
+        when it arrived, not when its turn came (rev11-clu2 #1: lines typed
+        through a Redis outage were all counted at once when it ended), and
+        a command's wait is bounded from then (L{arrived}).  What a line
+        that waits again leaves is held again, with when it was read.
+        """
+        held = self._held
+        reads = held.reads if held is not None else None
+        if held is None or not reads:
+            self.dataReceived(b"")  # only a partial line: nothing to count
+            return
+        data, self._buffer, held.reads = self._buffer, b"", []
+        last = self._last_line
+        start = 0
+        for i, (end, at) in enumerate(reads):
+            preset, at = self._as_of(held, at, last)
+            self.dataReceived(data[start:end])
+            if self._last_line != preset:
+                last = at  # a line was counted as of when it arrived
+            start = end
+            if self.closing:
+                break
+            if self._waiting:
+                left = self._buffer
+                self._buffer = left + data[end:]
+                held.reads = [(len(left), at)] if left else []
+                held.reads += [(stop - end + len(left), when) for stop, when in reads[i + 1:]]
+                break
+        held.at = None
+        self._last_line = last
+
+    def _as_of(self, held: _Held, at: float, last: float) -> tuple[float, float]:
+        """Ready to count a held line that arrived at C{at}, the line counted
+        before it at C{last}: C{_last_line} is set back so that the flood
+        meter refills for C{at - last}, as it would have then (no hot-path
+        work for it: L{_count_line} is as for any line).  Returns that
+        setting and C{at} (never before C{last})."""
+        if at < last:
+            at = last  # a WebSocket ping counted as it came, after it
+        held.at = at
+        preset = self._last_line = self.clock.seconds() - (at - last)
+        return preset, at
 
     # -- limits: flood control, the idle deadline (on the factory's Deadlines) ----
 
@@ -498,8 +579,10 @@ class ChatProtocol:
         allowed, self._tokens = self.factory.flood.spend(self._tokens, since, now)
         if allowed:
             return True
-        self.dropped(now, f"slow down: at most {self.config.flood_rate:g} lines per second "
-                     f"(bursts of {self.config.flood_burst}); lines are being dropped")
+        # (A held line is judged as of when it arrived: arrived().)
+        config = self.config
+        self.dropped(self.arrived(), f"slow down: at most {config.flood_rate:g} lines per second "
+                     f"(bursts of {config.flood_burst}); lines are being dropped")
         return False
 
     def charge(self, size: int) -> bool:
@@ -563,6 +646,22 @@ class ChatProtocol:
         """Make room in a full handshake pool (see L{ChatFactory.buildProtocol})."""
         if not self.closing:
             self.close("full", "too many connections are still choosing a nick; try again")
+
+
+class _Held:
+    """What a connection holds while a command is decided elsewhere
+    (L{ChatProtocol.wait_for}), with when it arrived (L{ChatProtocol.arrived})."""
+
+    __slots__ = ("at", "lines", "reads")
+
+    def __init__(self) -> None:
+        # TCP: where each read held ends in the connection's _buffer, and
+        # when it was read.
+        self.reads: list[tuple[int, float]] = []
+        # A WebSocket's whole lines (message_received), and when each came.
+        self.lines: deque[tuple[bytes, float]] = deque()
+        # While held input is handled: when what is being handled arrived.
+        self.at: float | None = None
 
 
 class HeldInput:
