@@ -21,6 +21,7 @@ from twisted.internet.testing import MemoryReactorClock, StringTransport
 from twisted.logger import Logger, LogLevel
 from twisted.python import usage
 
+from tests.test_cluster_budgets import FakeBuckets
 from tests.test_cluster_unit import Cluster, MemoryLog, Node, NodeLog, Untold, check_index
 from twisted_chat.server.cluster.node import ClusterState
 from twisted_chat.server.cluster.redisconn import parse_url
@@ -473,25 +474,38 @@ def test_a_node_that_goes_on_under_a_new_id_holds_its_lease_before_any_event() -
 
 
 def test_each_command_is_answered_when_its_own_wait_ends() -> None:
-    """One timer for the oldest waiting command, not one per command: each
-    is still answered exactly when its own wait ends, a command that comes
-    in as another is answered (a line held behind it) included."""
+    """One timer for the first wait to end, not one per command: each
+    command is still answered exactly when its own wait ends, counted from
+    when its line arrived, a line held behind another command included
+    (rev11-clu2 #2: its wait began when its turn came, so the n-th line
+    held was answered after n waits), and a PING held behind them with the
+    command before it."""
     cluster, n0, log = outage(1)
     ann, bob = n0.user("ann"), n0.user("bob")
     log.down()
-    ann.send("MSG first", "MSG second")
-    cluster.clock.advance(3)
+    start = cluster.clock.seconds()
+    ann.send("MSG first")
+    cluster.clock.advance(1)
+    ann.send("MSG second")
+    cluster.clock.advance(1)
+    ann.send("MSG third")
+    cluster.clock.advance(1)
     bob.send("MSG three seconds later")
-    cluster.clock.advance(WAIT - 3)
-    assert ann.take()[0].startswith("ERROR unavailable")  # "first"; "second" now waits
-    assert bob.take() == []
-    cluster.clock.advance(3 - 0.001)
-    assert bob.take() == []
-    cluster.clock.advance(0.001)
-    assert bob.take()[0].startswith("ERROR unavailable")
-    assert ann.take() == []
-    cluster.clock.advance(WAIT - 3)
-    assert ann.take()[0].startswith("ERROR unavailable")
+    cluster.clock.advance(2)
+    ann.send("PING five")
+    answered: list[tuple[float, str, str]] = []
+    for _ in range(int(WAIT + 5) * 1000):
+        cluster.clock.advance(0.001)
+        # (to the hundredth: a thousand steps of 0.001 add up to a hair off)
+        answered += [(round(cluster.clock.seconds() - start, 2), who, line.split()[0])
+                     for who, user in (("ann", ann), ("bob", bob)) for line in user.take()]
+    assert answered == [
+        (WAIT, "ann", "ERROR"),  # first
+        (WAIT + 1, "ann", "ERROR"),  # second: WAIT after it came, not after first's answer
+        (WAIT + 2, "ann", "ERROR"),  # third
+        (WAIT + 2, "ann", "PONG"),  # the PING behind it, at once
+        (WAIT + 3, "bob", "ERROR"),
+    ]
     assert n0.state.waiting_bytes == 0 and log.unacked == []
 
 
@@ -718,6 +732,7 @@ def test_past_the_bound_only_connections_with_a_command_waiting_are_not_read() -
     for user in heavy:
         user.send("MSG first")
     assert n0.factory.held_input.total == 3000 + 5
+    cluster.clock.advance(1)  # (what they hold next has not waited its wait at WAIT)
     for user in heavy:
         user.arrive(*[f"MSG {'y' * 4000}" for _ in range(15)])  # 60 KiB each
     held = n0.factory.held_input
@@ -731,7 +746,7 @@ def test_past_the_bound_only_connections_with_a_command_waiting_are_not_read() -
     assert not idle.reading  # paused at once, holding nothing
     quiet.arrive("PING later")
     assert quiet.take() == []  # in the "kernel"
-    cluster.clock.advance(WAIT)
+    cluster.clock.advance(WAIT - 1)
     # quiet's command was answered: it holds nothing, waits for nothing, and
     # is read again (the PING the "kernel" kept).
     answer, pong = quiet.take()
@@ -838,3 +853,69 @@ def test_a_burst_held_behind_a_command_is_still_a_flood() -> None:
         ["first"] + [f"burst{i}" for i in range(20)] + ["later"])
     assert [line.split()[1] for line in mine if line.startswith("ERROR")] == ["flood"]
     assert not ann.protocol.closing
+
+
+def test_a_lobby_line_that_waited_for_its_address_s_count_waits_less_for_redis() -> None:
+    """cat's lobby line waits for the report of her address's lobby budget
+    that ann's line sent as Redis stalled; the report fails 5 s later (its
+    timeout), and her command then waits for the log only what is left of
+    --redis-wait since her line arrived: it is answered WAIT after it came,
+    not 5 s later (rev11-clu2 #2: 14.5 s for a line sent 0.5 s in)."""
+    cluster, n0, log = outage(ip_lobby_rate=20.0, ip_lobby_burst=40)
+    buckets = FakeBuckets(cluster.clock)
+    for node in cluster.nodes:
+        node.factory.addresses.share(buckets)
+    ann, cat = n0.user("ann"), n0.user("cat")
+    buckets.answer()
+    cluster.clock.advance(10)  # the copy is stale again
+    log.down()
+    buckets.held = True
+    start = cluster.clock.seconds()
+    ann.send("MSG a")  # goes on the stale copy; its spending is reported
+    cluster.clock.advance(0.5)
+    cat.send("MSG c")  # waits for that report
+    assert buckets.pending
+    answered: list[tuple[float, str]] = []
+    for step in range(2000):
+        cluster.clock.advance(0.01)
+        if step == 450:  # 5 s after the report: its timeout
+            for _, d in buckets.pending:
+                d.errback(ConnectionError("Redis is out of reach"))
+            buckets.pending = []
+        answered += [(round(cluster.clock.seconds() - start, 1), who)
+                     for who, user in (("ann", ann), ("cat", cat))
+                     for line in user.take() if line.startswith("ERROR unavailable")]
+    assert answered == [(WAIT, "ann"), (WAIT + 0.5, "cat")]
+
+
+class _Arrived:
+    """A connection whose command's line arrived at C{at}."""
+
+    def __init__(self, at: float) -> None:
+        self.at = at
+        self.closing = False
+
+    def arrived(self) -> float:
+        return self.at
+
+
+def test_a_command_whose_line_came_earlier_is_answered_first_though_asked_later() -> None:
+    """The one timer is for the wait that ends first: a command asked after
+    another whose line arrived before it (held behind a command, or behind
+    its address's count) has it brought forward."""
+    cluster, n0, log = outage(1)
+    log.down()
+    clock = cluster.clock
+    start = clock.seconds()
+    answered: list[tuple[str, float]] = []
+    for name, came in (("late", start), ("early", start - 4)):
+        outcome = n0.state._ask({"t": "say", "u": "0-1", "x": name}, _Arrived(came))
+        outcome.addErrback(lambda _, name=name: answered.append(
+            (name, round(clock.seconds() - start, 3))))
+    clock.advance(WAIT - 4 - 0.001)
+    assert answered == []
+    clock.advance(0.001)
+    assert answered == [("early", WAIT - 4)]
+    clock.advance(4)
+    assert answered == [("early", WAIT - 4), ("late", WAIT)]
+    assert n0.state._deadlines == [] and n0.state.waiting_bytes == 0

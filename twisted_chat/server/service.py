@@ -284,7 +284,8 @@ class Options(usage.Options):
          "its users disconnected. A server stalled for more than half of it may be "
          "taken for dead (its lease lasts 2/3 of it, renewed every 1/6).", _positive(float)],
         ["redis-wait", None, 10.0,
-         "Cluster mode: seconds a command may wait for Redis; then it is answered "
+         "Cluster mode: seconds a command may wait for Redis, from when its line "
+         "arrived; then it is answered "
          "ERROR unavailable (not sent) or ERROR unconfirmed (sent, not yet confirmed). "
          "Less than --idle-timeout.", _positive(float)],
         ["redis-queue", None, 4 * 1024 * 1024,

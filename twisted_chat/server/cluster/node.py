@@ -8,8 +8,11 @@ This module knows nothing of Redis: the log is whatever delivers the cluster's
 events in one order (L{twisted_chat.server.cluster.redislog} in production, a
 list in the unit tests).
 
-A command waits for the log at most C{wait} seconds (C{--redis-wait}); the
-node holds at most C{max_waiting} bytes of commands waiting (C{--redis-queue}).
+A command waits for the log at most C{wait} seconds (C{--redis-wait}) from
+when its line arrived (a line held behind another command, or behind a
+report of its address's lobby budget, has waited part of it already:
+C{arrived} on its connection); the node holds at most C{max_waiting} bytes
+of commands waiting (C{--redis-queue}).
 A command that finds that full, or whose wait ends before its event was
 written to the log, is taken back and answered "not sent" (C{RETRY
 unavailable} for a registration, C{ERROR unavailable} for the rest).  One
@@ -36,9 +39,9 @@ only once nothing of this node's is on its way to the log or in it unread
 
 from __future__ import annotations
 
+import heapq
 import json
 import secrets
-from collections import deque
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -181,12 +184,13 @@ class ClusterState:
         self.closing = False
         self._k = 0
         self._pending: dict[int, _Waiting] = {}
-        # When each waiting command's wait ends, oldest first (every command
-        # waits as long), and one timer for the oldest: no timer per command.
-        # Decided commands leave it from the front (they are decided in
-        # order) or when their time comes.
-        self._deadlines: deque[tuple[float, int]] = deque()
+        # When each waiting command's wait ends (a heap: a line held behind
+        # others arrived before the commands asked meanwhile), and one timer
+        # for the first (at _wait_due): no timer per command.  Decided
+        # commands leave it from the top, or when their time comes.
+        self._deadlines: list[tuple[float, int]] = []
         self._wait_call: IDelayedCall | None = None
+        self._wait_due = 0.0
         self._tick_call: IDelayedCall | None = None
         self._tick_due: float | None = None
         # A tick that fell due while the log was out of reach (its due time).
@@ -271,14 +275,23 @@ class ClusterState:
                 registration, "too many commands are waiting for it on this server",
             ))
         now = self.reactor.seconds()
+        # Its wait runs from when its line arrived (docs/cluster.md: what is
+        # held behind a command is answered within --redis-wait too).
+        arrived = getattr(conn, "arrived", None)
+        due = (now if arrived is None else min(arrived(), now)) + self.wait
+        if due <= now:
+            return fail(_not_sent(registration, f"it waited {self.wait:g} seconds for it"))
         waiting = _Waiting(conn, Deferred(), self.events.append(text), size, registration,
                            now)
         self.waiting_bytes += size
         self._pending[k] = waiting
-        due = now + self.wait
-        self._deadlines.append((due, k))
-        if self._wait_call is None:
-            self._wait_call = self.reactor.callLater(self.wait, self._waits_end, due)
+        heapq.heappush(self._deadlines, (due, k))
+        call = self._wait_call
+        if call is None or (due < self._wait_due and call.active()):
+            if call is not None:
+                call.cancel()
+            self._wait_due = due
+            self._wait_call = self.reactor.callLater(due - now, self._waits_end, due)
         assert waiting.answer is not None
         return waiting.answer
 
@@ -286,22 +299,22 @@ class ClusterState:
         """The timer for the commands whose wait ends at C{at} (or before).
         (Answering one may bring another command: C{_wait_call} is still set
         meanwhile, so that one arms no timer; this one's next is armed below,
-        for the oldest.)"""
+        for the first wait to end.)"""
         deadlines = self._deadlines
         while deadlines and deadlines[0][0] <= at:
-            self._waited(deadlines.popleft()[1])
+            self._waited(heapq.heappop(deadlines)[1])
         self._trim()
         self._wait_call = None
         if deadlines:
-            due = deadlines[0][0]
+            due = self._wait_due = deadlines[0][0]
             delay = max(due - self.reactor.seconds(), 0.0)
             self._wait_call = self.reactor.callLater(delay, self._waits_end, due)
 
     def _trim(self) -> None:
-        """Drop the decided commands from the front of the deadlines."""
+        """Drop the decided commands from the top of the deadlines."""
         deadlines, pending = self._deadlines, self._pending
         while deadlines and deadlines[0][1] not in pending:
-            deadlines.popleft()
+            heapq.heappop(deadlines)
 
     def _waited(self, k: int) -> None:
         """Command C{k} has waited C{wait} seconds for the log."""
