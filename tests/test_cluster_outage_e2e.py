@@ -116,6 +116,34 @@ def test_a_brief_redis_restart_only_delays_a_message(cluster: Callable[..., Clus
         assert not [line for line in client.lines if line.startswith("ERROR")]
 
 
+def test_lines_typed_through_a_redis_restart_are_not_taken_for_a_flood(
+    cluster: Callable[..., Cluster],
+) -> None:
+    """alice types a lobby line every 0.6 s (--flood-rate 2, bursts of 3)
+    while Redis restarts: the lines held behind her first one are counted
+    as of when they came, not all at once when Redis is back, so none is
+    dropped (rev11-clu2 #1: ERROR flood, then BYE flood)."""
+    o = cluster(2, "--redis-wait", "9", "--flood-rate", "2", "--flood-burst", "3",
+                node_timeout=NODE_TIMEOUT)
+    n0, n1 = o.nodes
+    alice, bob = o.user(n0, "alice"), o.user(n1, "bob")
+    alice.sync()
+    time.sleep(1.5)  # her bucket full again
+    o.redis.stop()
+    n0.wait_log("Redis at", timeout=10)
+    typed = [f"typed {i}" for i in range(6)]
+    for text in typed:
+        alice.send(f"MSG {text}")
+        time.sleep(0.6)
+    o.redis.start()
+    for text in typed:
+        bob.expect(lambda line, text=text: line.endswith(f"alice * {text}"), timeout=15)
+    for client in (alice, bob):
+        client.sync()
+    assert not [line for line in alice.lines if line.startswith(("ERROR", "BYE"))], alice.lines
+    assert lobby(alice) == lobby(bob) == typed
+
+
 def test_a_reply_lost_is_unconfirmed_never_unsent_and_applied_once(
     cluster: Callable[..., Cluster], proxy: Callable[[RedisServer], Proxy],
 ) -> None:
