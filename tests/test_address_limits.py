@@ -231,6 +231,43 @@ def test_invitation_churn_is_not_logged_every_time(logged: list[str]) -> None:
                              "invitation spammer -> victim ended: withdrawn"]
 
 
+def test_pairing_churn_from_one_address_writes_a_bounded_log(logged: list[str]) -> None:
+    """rev11 finding 2: a mutual PAIR pairs at once and UNPAIR ends it, two
+    info lines a cycle; 20 connections of one address, within the flood
+    rate, wrote 8.7 KB/s.  Per address at most 3 "paired" and 3
+    "unpaired" lines in 10 s, and the next says how many were left out."""
+    h = Harness(max_per_ip=100)
+    pairs = [(h.user(f"a{i}"), h.user(f"b{i}")) for i in range(10)]
+    for _ in range(20):  # 200 cycles, all within one 10 s window
+        for i, (a, b) in enumerate(pairs):
+            a.send(f"PAIR b{i}")
+            b.send(f"PAIR a{i}")
+            assert f"PAIRED a{i}" in b.take()
+            a.send("UNPAIR")
+            assert any(line.startswith(f"UNPAIRED a{i} left") for line in b.take())
+
+    def pairing() -> list[str]:
+        return [line for line in logged if " paired" in line or " unpaired" in line]
+
+    assert pairing() == ["a0 and b0 paired", "a0 and b0 unpaired",
+                         "a1 and b1 paired", "a1 and b1 unpaired",
+                         "a2 and b2 paired", "a2 and b2 unpaired"]
+    # Each line is charged to the address of the one whose command made
+    # it (the ACCEPT, the second PAIR, the UNPAIR): another address's own.
+    a0 = pairs[0][0]
+    c = h.connect("127.0.0.2")
+    c.send("NICK c")
+    a0.send("PAIR c")
+    c.send("ACCEPT a0")
+    c.send("UNPAIR")
+    assert pairing()[-2:] == ["a0 and c paired", "c and a0 unpaired"]
+    h.clock.advance(10)
+    a1, b1 = pairs[1]
+    a1.send("PAIR b1")
+    b1.send("PAIR a1")
+    assert pairing()[-1] == "a1 and b1 paired (197 similar lines from this address left out)"
+
+
 def test_the_replay_after_a_pair_ends_is_capped_in_bytes_too() -> None:
     h = Harness(history=100, history_bytes=1100)
     alice, bob, talker = h.user("alice"), h.user("bob"), h.user("talker")

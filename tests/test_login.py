@@ -6,6 +6,7 @@ runner that runs jobs inline or holds them until told.
 
 from __future__ import annotations
 
+import re
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -880,6 +881,34 @@ def test_nick_limit_delays_then_bye_flood() -> None:
     fresh(h, "10.0.0.1").send("NICK bob")
     h.clock.advance(60)
     login(h, "alice")
+
+
+def test_too_many_failed_logins_is_logged_a_few_times_per_address() -> None:
+    """rev11: the warn line, once a connection, was not limited: an address
+    reconnecting within its connection rate wrote one a second.  At most 3
+    per address in 10 s; the next says how many were left out."""
+    h = harness(Mode.REQUIRED, limits=LIMITS)
+    events: list[LogEvent] = []
+    globalLogPublisher.addObserver(events.append)
+    try:
+        for i in range(5):
+            fail(h, f"nick{i}", "10.0.0.1")
+            fail(h, f"mick{i}", "10.0.0.2")
+        over = [fail(h, "other", "10.0.0.1") for _ in range(10)]
+        fail(h, "other", "10.0.0.2")  # another address: its own line
+        h.clock.advance(3)
+        assert all(conn.take()[-1].startswith("BYE flood ") for conn in over)
+        h.clock.advance(10)
+        fail(h, "other", "10.0.0.1")
+    finally:
+        globalLogPublisher.removeObserver(events.append)
+    said = [re.sub(r":\d+:", ":", formatEvent(e)) for e in events  # no port
+            if "too many failed logins" in formatEvent(e)]
+    assert said == 3 * ["too many failed logins as other or from 10.0.0.1: closing"] + [
+        "too many failed logins as other or from 10.0.0.2: closing",
+        "too many failed logins as other or from 10.0.0.1: closing"
+        " (7 similar lines from this address left out)",
+    ]
 
 
 def test_address_limit_covers_every_nick() -> None:

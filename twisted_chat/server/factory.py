@@ -141,9 +141,12 @@ class ChatFactory(ServerFactory):
         # None: accounts are off (PASS, REGISTER and PASSWD: accounts-off).
         self.accounts = accounts
         self.history = history if history is not None else History(config.history)
+        # Lines an address can cause over and over, limited per address
+        # (logs.Repeats); the hub's pairing lines too.
+        self.repeats = logs.Repeats(reactor)
         if state is None:
             self.state: ChatState = LocalState(Hub(reactor, self.history, self,
-                                                   hub_settings(config)))
+                                                   hub_settings(config), self.repeats))
         else:
             self.state = state(self)
         self.hub = self.state.hub
@@ -159,7 +162,6 @@ class ChatFactory(ServerFactory):
         # choosing a nick, overall.
         self.addresses = AddressBook(AddressPolicy.from_config(config), reactor)
         self.handshaking: HandshakePool[Handshaking] = HandshakePool(config.handshake_limit)
-        self.repeats = logs.Repeats(reactor)
         # Refused connections waiting out their close grace (_Refusal).
         self.closing_refusals = Closing()
         if backlog is None:

@@ -61,6 +61,7 @@ from twisted.cred.credentials import UsernamePassword
 from twisted.cred.error import UnauthorizedLogin
 from twisted.internet import defer, task, threads
 from twisted.internet.interfaces import IReactorTime
+from twisted.logger import LogLevel
 from twisted.python.failure import Failure
 from twisted.python.threadpool import ThreadPool
 
@@ -357,6 +358,9 @@ class Accounts:
         # same leaky bucket is a token bucket of hash_burst, one back per
         # hash_every seconds).
         self.hashes = FailureLimiter(clock, limits.hash_burst, limits.hash_every)
+        # Lines an address can cause over and over (its "too many failed
+        # logins", once a connection): at most a few per address.
+        self.repeats = logs.Repeats(clock)
         self._working: dict[str, int] = {}  # address -> its password jobs now
         # Only its address keys and --exempt are used (it is the rest of the
         # per-address limits' book, docs/security.md).
@@ -693,8 +697,14 @@ class Login:
 
     def _flooded(self, nick: str) -> Answer:
         """Over a failure limit: no check; after the delay, C{BYE flood}."""
-        _log.warn("too many failed logins as {nick} or from {address}: closing",
-                  nick=nick, address=self._conn.address)
+        # One line a connection: one address reconnecting within its
+        # connection rate would write one a second, so a few per address
+        # (its failure limit's bucket) in 10 s, then how many were left out.
+        host = self._conn.host
+        self._accounts.repeats.log(
+            _log, LogLevel.warn, self._accounts.work_key(host) or host or "-", "login-flood",
+            "too many failed logins as {nick} or from {address}: closing",
+            nick=nick, address=self._conn.address)
         self._asked = None
         closing = task.deferLater(
             self._accounts.clock, self._accounts.limits.flood_delay,

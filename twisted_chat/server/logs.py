@@ -115,8 +115,9 @@ class Repeats:
         return None
 
     def log(self, log: Logger, level: LogLevel, address: str, kind: str,
-            fmt: str, **kwargs: Any) -> None:
-        """C{log.emit(level, fmt, ...)} unless it is one repeat too many."""
+            fmt: str, /, **kwargs: Any) -> None:
+        """C{log.emit(level, fmt, ...)} unless it is one repeat too many
+        (positional: C{fmt} may name an C{address} of its own)."""
         left_out = self.allow(address, kind)
         if left_out is None:
             return
