@@ -7,11 +7,12 @@ lines here.  Lobby lines go through the L{LobbyFanout} (docs/fanout.md).
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from functools import partial
 from typing import TYPE_CHECKING, Any, cast
 from typing import Protocol as Structural
 
 from twisted.internet import defer
-from twisted.internet.interfaces import IDelayedCall, IReactorTime
+from twisted.internet.interfaces import IDelayedCall, IReactorTime, ISSLTransport
 from twisted.internet.protocol import Protocol, ServerFactory, connectionDone
 from twisted.logger import LogLevel
 from twisted.python.failure import Failure
@@ -50,24 +51,42 @@ class Handshaking(Structural):
         """Close it, to make room in the pool."""
 
 
+#: Refused TLS connections told why, per address bucket and window (s):
+#: the first refusals of a client that reconnects now and then; past them
+#: a refusal costs no handshake (L{PoliteRefusals}).
+POLITE_TLS_BURST = 3
+POLITE_TLS_WINDOW = 10.0
+
+
 class _Refusal(Protocol):
     """
     What a connection over a limit talks to: two lines (or C{message}),
     then the close, and an abort if the peer has not completed the close
-    within the grace (L{close_within}).
+    within the grace (L{close_within}).  Under TLS, only while C{polite}
+    (L{PoliteRefusals}): else it is aborted before the handshake.
     """
 
     def __init__(self, why: str, clock: IReactorTime, grace: float,
-                 message: bytes | None, closing: Closing) -> None:
+                 message: bytes | None, closing: Closing, polite: Callable[[], bool]) -> None:
         self.why = why
         self.clock = clock
         self.grace = grace
         self.message = message
         self.closing = closing
+        self.polite = polite
         self._abort_call: IDelayedCall | None = None
 
     def connectionMade(self) -> None:
         transport: Any = self.transport
+        if ISSLTransport.providedBy(transport) and not self.polite():
+            # (TLS as twisted.web tells it: ISSLTransport.)  The TLS layer
+            # (TLSMemoryBIOProtocol) calls this before it starts its handshake, and
+            # starts none once aborted: no byte read, none written.  Telling
+            # why took a whole handshake (an RSA signature, an ECDHE) per
+            # refused connection: one address got 500-660 a second, half a
+            # core, past every per-address limit (rev11).
+            transport.abortConnection()
+            return
         message = self.message
         if message is None:
             message = wire.error(ErrorCode.SERVER_FULL, self.why) + wire.line("BYE", "full")
@@ -88,6 +107,30 @@ class _Refusal(Protocol):
             if self._abort_call.active():
                 self._abort_call.cancel()
         self._abort_call = None
+
+
+class PoliteRefusals:
+    """
+    How many refused TLS connections of an address are told why (C{ERROR
+    server-full}, C{BYE full}, or the web port's 503): at most C{burst}
+    per C{window} seconds per address bucket; the rest are aborted before
+    their handshake (L{_Refusal}).  Telling costs the server a full TLS
+    handshake; a refused plain TCP connection costs an accept and a write,
+    so it is always told.  An --exempt address is always told (it is
+    exempt from every per-address limit).  Bounded as L{logs.Repeats}.
+    """
+
+    def __init__(self, clock: IReactorTime, burst: int = POLITE_TLS_BURST,
+                 window: float = POLITE_TLS_WINDOW) -> None:
+        self._told = logs.Repeats(clock, window=window, burst=burst)
+
+    def allow(self, key: str) -> bool:
+        """Whether a refused TLS connection of address bucket C{key} is told why."""
+        return self._told.allow(key, "refused-tls") is not None
+
+
+def _always() -> bool:
+    return True
 
 
 class Closing:
@@ -164,6 +207,8 @@ class ChatFactory(ServerFactory):
         self.handshaking: HandshakePool[Handshaking] = HandshakePool(config.handshake_limit)
         # Refused connections waiting out their close grace (_Refusal).
         self.closing_refusals = Closing()
+        # The refused TLS connections told why (the rest cost no handshake).
+        self.polite_refusals = PoliteRefusals(reactor)
         if backlog is None:
             backlog = reactor_backlog(reactor)
         # Flood control's rule; each connection holds only its own count.
@@ -247,13 +292,22 @@ class ChatFactory(ServerFactory):
         A connection from C{host} refused for C{why}, logged and counted
         (as C{counted}: the web port's HTTP connections are told apart):
         the protocol that tells it (C{message}, by default C{ERROR
-        server-full} and C{BYE full}) and closes.
+        server-full} and C{BYE full}) and closes; under TLS, past the
+        address's few polite refusals (L{PoliteRefusals}), one that aborts
+        the connection before its handshake.
         """
         self.stats.disconnected(counted)
         key = self.addresses.key(host) if host is not None else "-"
         self.repeats.log(self.log, LogLevel.warn, key, "refused", "refused {host}: {why}",
                          host=host, why=why)
-        return _Refusal(why, self.reactor, self.config.close_grace, message, self.closing_refusals)
+        # Decided only under TLS (at connectionMade: whether it is TLS is
+        # not known here), so a plain TCP refusal spends no polite one.
+        if host is None or self.addresses.exempt(host):
+            polite: Callable[[], bool] = _always
+        else:
+            polite = partial(self.polite_refusals.allow, key)
+        return _Refusal(why, self.reactor, self.config.close_grace, message,
+                        self.closing_refusals, polite)
 
     def registered(self, protocol: ChatProtocol) -> None:
         """C{protocol} has a nick: it leaves the handshake's limits."""
