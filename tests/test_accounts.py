@@ -450,6 +450,19 @@ def test_limiter_burst_then_one_per_period() -> None:
     assert limiter.level("alice") == 0.0
 
 
+def test_limiter_a_clock_that_went_back_adds_no_failures() -> None:
+    """The wall clock stepped back a minute after two failures: the key has
+    two failures still, not three (a third would lock it out)."""
+    clock = Clock()
+    clock.advance(100)
+    limiter = FailureLimiter(clock, burst=3, every=60.0)
+    limiter.failed("alice")
+    limiter.failed("alice")
+    clock.advance(-60)
+    assert limiter.level("alice") == 2.0
+    assert limiter.allows("alice")
+
+
 def test_limiter_memory_is_bounded() -> None:
     clock = Clock()
     limiter = FailureLimiter(clock, burst=3, every=1.0, max_keys=100)

@@ -12,13 +12,11 @@ from twisted_chat.server.addresses import (
     AddressBook,
     AddressPolicy,
     HandshakePool,
-    Penalty,
-    Rate,
     Refused,
-    TokenBucket,
     address_key,
     networks,
 )
+from twisted_chat.server.buckets import Rate
 from twisted_chat.server.logs import Repeats
 
 
@@ -46,30 +44,6 @@ def test_address_key(host: str, key: str) -> None:
 def test_ipv6_prefix_is_a_setting() -> None:
     assert address_key("2001:db8:1:2:3::1", 48) == "2001:db8:1::/48"
     assert address_key("2001:db8:1:2:3::1", 128) == "2001:db8:1:2:3::1/128"
-
-
-def test_token_bucket_burst_then_rate() -> None:
-    bucket = TokenBucket(Rate(2.0, 3), now=0.0)
-    assert [bucket.take(0.0) for _ in range(4)] == [True, True, True, False]
-    assert bucket.wait(0.0) == pytest.approx(0.5)
-    assert bucket.take(0.5)
-    assert not bucket.take(0.5)
-    assert bucket.full_at(0.5) == pytest.approx(2.0)
-
-
-def test_rate_zero_is_no_limit() -> None:
-    bucket = TokenBucket(Rate(0.0, 0), now=0.0)
-    assert all(bucket.take(0.0) for _ in range(1000))
-    assert bucket.wait(0.0) == 0.0
-
-
-def test_penalty_drains_at_a_tenth_of_the_burst_per_second() -> None:
-    penalty = Penalty(20, now=0.0)
-    for _ in range(10):
-        penalty.add(0.0)
-    assert penalty.value == 10
-    assert penalty.add(1.0) == pytest.approx(10 - 2 + 1)
-    assert penalty.drained_at(1.0) == pytest.approx(1.0 + 9 * 10 / 20)
 
 
 def test_max_per_ip_counts_every_connection_of_the_address() -> None:

@@ -30,9 +30,9 @@ from twisted_chat.server.addresses import (
     Address,
     AddressBook,
     AddressPolicy,
-    Rate,
     networks,
 )
+from twisted_chat.server.buckets import Rate
 from twisted_chat.server.cluster.budgets import BUCKETS, SPEND, RedisBuckets
 from twisted_chat.server.config import ServerConfig
 

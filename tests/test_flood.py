@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from tests.harness import Harness
-from twisted_chat.server.addresses import Penalty
+from twisted_chat.server.buckets import Penalty
 from twisted_chat.server.flood import Dropped, FloodMeter
 
 

@@ -20,6 +20,8 @@ Inside out (docs/fanout.md, "Module layout"):
   - L{sendqueue}: a connection's send queue and the direct pass of a batch to
     every member (in C where C{_sendmany} was built);
   - L{flood}: the per-connection token bucket and flood penalty; pure;
+  - L{buckets}: the refill and drain rules every limit shares (token
+    buckets, the flood penalty, the login failure limits); pure;
   - L{deadlines}: every connection's idle deadline on one reactor timer;
   - L{closing}: how the server ends a connection (chat or web): the close,
     then an abort after the grace;

@@ -50,6 +50,7 @@ from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.python.failure import Failure
 
+from twisted_chat.server.buckets import Penalty, Rate, TokenBucket
 from twisted_chat.server.config import ServerConfig
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
@@ -88,100 +89,6 @@ def address_key(host: str, v6_prefix: int = 64) -> str:
     if isinstance(ip, ipaddress.IPv4Address):
         return str(ip)
     return str(ipaddress.IPv6Network((ip, v6_prefix), strict=False))
-
-
-@dataclass(frozen=True, slots=True)
-class Rate:
-    """A token bucket's shape: C{per_second} refill, C{burst} capacity; 0 is no limit."""
-
-    per_second: float
-    burst: float
-
-    @property
-    def limited(self) -> bool:
-        return self.per_second > 0
-
-
-class TokenBucket:
-    """Starts full; L{take} spends one token if there is one."""
-
-    __slots__ = ("_rate", "_stamp", "_tokens")
-
-    def __init__(self, rate: Rate, now: float) -> None:
-        self._rate = rate
-        self._tokens = float(rate.burst)
-        self._stamp = now
-
-    def _refill(self, now: float) -> float:
-        tokens = self._tokens + max(now - self._stamp, 0.0) * self._rate.per_second
-        if tokens > self._rate.burst:
-            tokens = self._rate.burst
-        self._tokens = tokens
-        self._stamp = now
-        return tokens
-
-    def take(self, now: float) -> bool:
-        if not self._rate.limited:
-            return True
-        if self._refill(now) >= 1.0:
-            self._tokens -= 1.0
-            return True
-        return False
-
-    def wait(self, now: float) -> float:
-        """Seconds until a token is there (0 if one is now)."""
-        if not self._rate.limited:
-            return 0.0
-        missing = 1.0 - self._refill(now)
-        return max(missing / self._rate.per_second, 0.0)
-
-    def set(self, tokens: float, now: float) -> None:
-        """Hold C{tokens} now (the cluster's count: below 0 when the address
-        owes what several nodes let through at once)."""
-        self._tokens = min(tokens, float(self._rate.burst))
-        self._stamp = now
-
-    def full_at(self, now: float) -> float:
-        """When the bucket will be full again."""
-        if not self._rate.limited:
-            return now
-        missing = self._rate.burst - self._refill(now)
-        return now + max(missing / self._rate.per_second, 0.0)
-
-
-class Penalty:
-    """
-    Lines dropped for flooding: each adds one; the sum drains at
-    C{burst / 10} per second.  L{add} returns the new value; the caller
-    closes the connection once it passes C{burst}.
-    """
-
-    __slots__ = ("_burst", "_stamp", "value")
-
-    def __init__(self, burst: float, now: float) -> None:
-        self._burst = burst
-        self.value = 0.0
-        self._stamp = now
-
-    def _drain(self, now: float) -> float:
-        # (C{now} may be before the last call: a line held behind a command
-        # is judged as of when it arrived, ChatProtocol.arrived.)
-        elapsed = now - self._stamp
-        if elapsed > 0.0:
-            drained = self.value - elapsed * self._burst / 10.0
-            self.value = drained if drained > 0.0 else 0.0
-            self._stamp = now
-        return self.value
-
-    def add(self, now: float) -> float:
-        self.value = self._drain(now) + 1.0
-        return self.value
-
-    def drained_at(self, now: float) -> float:
-        value = self._drain(now)
-        if not value or self._burst <= 0:
-            return now
-        return now + value * 10.0 / self._burst
 
 
 @dataclass(frozen=True, slots=True)

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from enum import Enum
 
-from twisted_chat.server.addresses import Penalty
+from twisted_chat.server.buckets import Penalty
 
 #: A reply bigger than a line (the user list) costs one flood token per
 #: this many bytes of it (docs/security.md, "Amplification").
@@ -64,7 +64,7 @@ class FloodMeter:
         rate = self.rate
         if not rate:
             return True, tokens
-        tokens += (now - since) * rate
+        tokens += (now - since) * rate  # buckets.refilled, unrolled: a hot path
         burst = self.burst
         if tokens > burst:
             tokens = burst

@@ -85,6 +85,7 @@ from twisted_chat.server.accounts import (
     portal,
 )
 from twisted_chat.server.addresses import AddressBook, AddressPolicy, Network
+from twisted_chat.server.buckets import drained
 from twisted_chat.wire import ErrorCode, LineError, nick_key
 
 __all__ = ["Accounts", "Connection", "Login", "LoginLimits", "PasswordWork", "SharedFailures"]
@@ -160,7 +161,7 @@ class FailureLimiter:
         if entry is None:
             return 0.0
         level, when = entry
-        return max(level - (self._clock.seconds() - when) / self.every, 0.0)
+        return drained(level, when, self._clock.seconds(), 1.0, self.every)
 
     def allows(self, key: str) -> bool:
         return self.level(key) <= self.burst - 1
