@@ -65,3 +65,10 @@ def test_a_penalty_told_of_an_earlier_time_does_not_drain_twice() -> None:
     assert penalty.add(10.0) == 1.0
     assert penalty.add(5.0) == 2.0
     assert penalty.add(10.0) == 3.0  # 10 -> 10: nothing drained in between
+
+
+def test_a_clock_that_went_back_takes_no_tokens_away() -> None:
+    """The wall clock stepped back an hour between two lines: the second is
+    judged on the tokens the connection had, not on an hour's debt."""
+    meter = FloodMeter(rate=1.0, burst=5)
+    assert meter.spend(5.0, 3600.0, 0.0) == (True, 4.0)

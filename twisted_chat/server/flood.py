@@ -64,7 +64,12 @@ class FloodMeter:
         rate = self.rate
         if not rate:
             return True, tokens
-        tokens += (now - since) * rate  # buckets.refilled, unrolled: a hot path
+        # buckets.refilled, unrolled: this runs for every line, and a call
+        # more would cost more than the arithmetic.  A clock that went back
+        # refills nothing (and takes nothing away).
+        elapsed = now - since
+        if elapsed > 0.0:
+            tokens += elapsed * rate
         burst = self.burst
         if tokens > burst:
             tokens = burst
