@@ -15,6 +15,8 @@ from twisted_chat.server.config import ServerConfig
 
 ROOT = Path(__file__).parent.parent
 DOCS = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
+# The code's docstrings and comments point into the docs the same way.
+CODE = sorted((ROOT / "twisted_chat").rglob("*.py"))
 
 # `README, "Section"`, `docs/x.md, "Section"`, `[x.md](x.md), "Section"`.
 REFERENCE = re.compile(
@@ -28,8 +30,12 @@ def headings(path: Path) -> set[str]:
 
 def references() -> list[tuple[str, Path, str]]:
     found = []
-    for path in DOCS:
+    for path in [*DOCS, *CODE]:
         text = path.read_text()
+        if path.suffix == ".py":
+            # A comment's reference may wrap: its next line's "#" is a space
+            # (the same length, so the line numbers hold).
+            text = re.sub(r"(?m)^(\s*)#", r"\1 ", text)
         for match in REFERENCE.finditer(text):
             if match.group(1).startswith("README"):
                 target = ROOT / "README.md"
@@ -42,6 +48,8 @@ def references() -> list[tuple[str, Path, str]]:
 
 def test_there_are_cross_references_to_check() -> None:
     assert len(references()) >= 20
+    in_code = [where for where, _, _ in references() if where.startswith("twisted_chat/")]
+    assert len(in_code) >= 20, in_code
 
 
 @pytest.mark.parametrize(("where", "target", "section"), references(),
@@ -50,7 +58,8 @@ def test_a_cross_reference_names_a_section_of_its_file(
         where: str, target: Path, section: str) -> None:
     """docs/metrics.md sent readers to the README's "Why lobby lines may
     wait", which it does not have (it is "When lobby lines leave"), and
-    docs/security.md to docs/cluster.md's "Options", a list, not a section.
+    docs/security.md to docs/cluster.md's "Options", a list, not a section
+    (and addresses.py's docstring too, which this test did not read then).
     A heading may be named by its part before a colon ("The hash")."""
     assert target.exists(), where
     named = {heading.split(":")[0] for heading in headings(target)} | headings(target)

@@ -270,8 +270,8 @@ class AccountStore:
     file as an accounts file (L{check}, or any operation), the file must
     stay one: gone, out of reach, emptied or replaced by something else, it
     is an L{AccountStoreError} for every operation, never "no accounts", so
-    the server fails closed (see docs/accounts.md, "When the file cannot be
-    used").
+    the server fails closed (see docs/accounts.md, "Where accounts live":
+    when the file cannot be used).
     """
 
     busy_timeout = 5.0
