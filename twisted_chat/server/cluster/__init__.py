@@ -11,4 +11,21 @@ layer's L{twisted_chat.server.state.ChatState}; L{redislog} is the Redis side,
 on connections opened by L{redisconn}, with the history's scripts in
 L{redishistory}.
 See docs/cluster.md.
+
+The modules:
+
+  - L{node}: L{node.ClusterState}, a command as an event, decided when the
+    log hands it back;
+  - L{replica}: the node's replica of the hub, every event applied in the
+    log's order;
+  - L{own}: the node's own users, the index its fan-out walks;
+  - L{redislog}: the node's event log in Redis: the stream, catch-up and
+    loss recovery, leases, snapshots, the history's writes;
+  - L{redishistory}: the history's keys, scripts and rows in Redis;
+  - L{redisconn}: one Redis connection, and the C{--redis} URL;
+  - L{budgets}: the per-address buckets the whole cluster shares, in Redis;
+  - L{accounts}: the cluster's accounts, one namespace in Redis;
+  - L{metrics}: the cluster's gauges on a node's C{--metrics} port;
+  - L{service}: C{twistd chat --redis}: the factory on the cluster's state,
+    and the service that joins and leaves the cluster.
 """
