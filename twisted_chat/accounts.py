@@ -33,7 +33,6 @@ from twisted.internet import defer
 from twisted.python.failure import Failure
 
 from twisted_chat.server.accounts import (
-    MEMORY,
     Account,
     AccountAdmin,
     AccountExists,
@@ -45,6 +44,7 @@ from twisted_chat.server.accounts import (
     hash_password,
     password_problem,
 )
+from twisted_chat.server.config import MEMORY
 from twisted_chat.wire import is_valid_nick, password_chars_problem
 
 if TYPE_CHECKING:

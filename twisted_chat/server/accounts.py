@@ -68,7 +68,7 @@ from twisted.cred.portal import IRealm, Portal
 from twisted.internet import defer
 from zope.interface import Attribute, Interface, implementer
 
-from twisted_chat.server.config import Mode
+from twisted_chat.server.config import MEMORY, Mode
 from twisted_chat.wire import PASSWORD_MAX_BYTES, PASSWORD_MIN_BYTES, is_valid_nick, nick_key
 
 __all__ = [
@@ -220,7 +220,6 @@ _SCHEMA = (
     " created REAL NOT NULL,"
     " changed REAL NOT NULL)"
 )
-MEMORY = ":memory:"
 # Why a file this store knows cannot be used (AccountStore).
 GONE = ("it is gone (moved or deleted since the server saw it): no login with a password, "
         "and no REGISTER, until it is back")

@@ -12,6 +12,10 @@ from enum import Enum
 
 from twisted_chat.wire import DEFAULT_PORT
 
+#: C{--db}'s name for no file: the history (and the accounts beside it)
+#: kept in memory, gone at exit; SQLite's own name for it.
+MEMORY = ":memory:"
+
 
 class Mode(str, Enum):
     """The server's C{--accounts} setting."""

@@ -31,7 +31,6 @@ from twisted.python.failure import Failure
 
 from twisted_chat.server import descriptors, logs, metrics
 from twisted_chat.server.accounts import (
-    MEMORY,
     AccountBook,
     AccountStore,
     AccountStoreError,
@@ -39,7 +38,7 @@ from twisted_chat.server.accounts import (
     SQLiteBook,
 )
 from twisted_chat.server.addresses import networks, parse_network
-from twisted_chat.server.config import ServerConfig
+from twisted_chat.server.config import MEMORY, ServerConfig
 from twisted_chat.server.factory import ChatFactory
 from twisted_chat.server.fanout import MAX_FANOUT_WAIT
 from twisted_chat.server.history import History

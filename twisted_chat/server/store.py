@@ -62,6 +62,7 @@ from typing import Any, ClassVar, Protocol
 from twisted.internet.defer import Deferred, fail, succeed
 
 from twisted_chat.server import logs
+from twisted_chat.server.config import MEMORY
 from twisted_chat.server.history import Entry
 
 __all__ = ["APPLICATION_ID", "SCHEMA_VERSION", "SQLiteStore", "StoreError"]
@@ -204,8 +205,8 @@ class SQLiteStore:
 
         Creates or upgrades the schema, takes the exclusive lock, and rejects
         a file that is not a chat database, is corrupt, or is in use, with a
-        L{StoreError} and without modifying it.  C{":memory:"} keeps nothing
-        on disk.
+        L{StoreError} and without modifying it.  L{MEMORY} (C{":memory:"})
+        keeps nothing on disk.
 
         @param max_messages: keep at most this many messages, deleting the
             oldest (C{None}: no bound by count).
@@ -214,7 +215,7 @@ class SQLiteStore:
         """
         if retain_days is not None and not (math.isfinite(retain_days) and retain_days > 0):
             raise ValueError(f"retain_days must be a positive number, not {retain_days!r}")
-        if path == ":memory:":
+        if path == MEMORY:
             conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
             conn.execute("BEGIN")
             _create(conn)
@@ -233,7 +234,7 @@ class SQLiteStore:
         must wait until after the fork (threads and file locks do not survive
         it), when an exception can only be reported with a traceback.
         """
-        if path != ":memory:":
+        if path != MEMORY:
             conn, _, claim = _open_file(path)
             conn.close()
             _release(claim)
