@@ -400,3 +400,80 @@ def test_an_overflow_at_the_bind_is_a_startup_error() -> None:
     with pytest.raises(StartupError) as e:
         service.privilegedStartService()
     assert str(e.value) == "cannot listen on --port other:99999: bind(): port must be 0-65535."
+
+
+# -- the password threads' lifecycle (both top services share it) -------------------
+
+
+class RecordingWork:
+    """Stands in for PasswordWork: what was done to the threads, in order."""
+
+    def __init__(self, events: list[str]) -> None:
+        self.events = events
+
+    def start(self) -> None:
+        self.events.append("threads start")
+
+    def stop(self) -> None:
+        self.events.append("threads stop")
+
+
+def test_a_servers_password_threads_stop_after_its_last_connection() -> None:
+    """Not before: a check still running would have no thread to finish on."""
+    from twisted.internet.defer import Deferred
+
+    from tests.harness import Harness
+
+    h = Harness()
+    events: list[str] = []
+    chat = ChatService(h.factory, RecordingWork(events))  # type: ignore[arg-type]
+    closed: Deferred[None] = Deferred()
+    h.factory.shutdown = lambda: closed  # type: ignore[method-assign]
+    outcome: list[Any] = []
+    chat.stopService().addBoth(outcome.append)
+    assert events == [] and outcome == []
+    closed.callback(None)
+    assert events == ["threads stop"] and outcome == [None]
+
+
+def test_a_cluster_nodes_password_threads_start_with_it_and_stop_after_its_connections(
+) -> None:
+    """Started by startService (after twistd's fork), not when built; stopped
+    once the connections are gone, before the node leaves Redis."""
+    from twisted.internet import defer
+    from twisted.internet.defer import Deferred
+
+    from tests.harness import Harness
+    from twisted_chat.server.cluster.service import ClusterService
+
+    events: list[str] = []
+
+    class Redis:
+        class state:
+            @staticmethod
+            def stopping() -> None:
+                events.append("node stopping")
+
+        class target:
+            display = "redis://fake"
+
+        def start(self) -> Deferred[None]:
+            events.append("redis start")
+            return Deferred()
+
+        def stop(self) -> Deferred[None]:
+            events.append("redis stop")
+            return defer.succeed(None)
+
+    h = Harness()
+    node = ClusterService(h.factory, Redis(), RecordingWork(events))  # type: ignore[arg-type]
+    assert events == []
+    node.startService()
+    assert events == ["threads start", "redis start"]
+    closed: Deferred[None] = Deferred()
+    h.factory.shutdown = lambda: closed  # type: ignore[method-assign]
+    outcome: list[Any] = []
+    node.stopService().addBoth(outcome.append)
+    assert events[2:] == ["node stopping"] and outcome == []
+    closed.callback(None)
+    assert events[3:] == ["threads stop", "redis stop"] and outcome == [None]

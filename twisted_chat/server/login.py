@@ -88,7 +88,8 @@ from twisted_chat.server.addresses import AddressBook, AddressPolicy, Network
 from twisted_chat.server.buckets import drained
 from twisted_chat.wire import ErrorCode, LineError, nick_key
 
-__all__ = ["Accounts", "Connection", "Login", "LoginLimits", "PasswordWork", "SharedFailures"]
+__all__ = ["Accounts", "Connection", "Login", "LoginLimits", "OwnsPasswordWork",
+           "PasswordWork", "SharedFailures"]
 
 _log = logs.logger("twisted_chat.server.login")
 
@@ -280,6 +281,30 @@ class PasswordWork:
         at most one job) must not be refused for it.
         """
         return threads.deferToThreadPool(self._reactor, self._files, f, *args)
+
+
+class OwnsPasswordWork:
+    """
+    What the top service (one server's, or a cluster node's) does with the
+    password threads, when accounts are on (C{work} is not C{None}): starts
+    them in its C{startService}, not before (threads do not survive
+    twistd's fork), and stops them once the last connection is gone (no
+    check is left to answer).  Not a child service of its own:
+    C{MultiService.stopService} stops every child at once, so the threads
+    would stop while connections still wait for checks.
+    """
+
+    work: PasswordWork | None
+
+    def _start_work(self) -> None:
+        if self.work is not None:
+            self.work.start()
+
+    def _stop_work(self, result: T) -> T:
+        """After the last connection; passes C{result} on (a callback)."""
+        if self.work is not None:
+            self.work.stop()
+        return result
 
 
 class Work(Protocol):

@@ -42,7 +42,13 @@ from twisted_chat.server.config import MEMORY, ServerConfig
 from twisted_chat.server.factory import ChatFactory
 from twisted_chat.server.fanout import MAX_FANOUT_WAIT
 from twisted_chat.server.history import History
-from twisted_chat.server.login import Accounts, LoginLimits, PasswordWork, SharedFailures
+from twisted_chat.server.login import (
+    Accounts,
+    LoginLimits,
+    OwnsPasswordWork,
+    PasswordWork,
+    SharedFailures,
+)
 from twisted_chat.server.sendqueue import send_loop
 from twisted_chat.server.store import SQLiteStore, StoreError
 from twisted_chat.wire import DEFAULT_PORT
@@ -416,7 +422,7 @@ class Options(usage.Options):
         )
 
 
-class ChatService(Service):
+class ChatService(OwnsPasswordWork, Service):
     """
     Owns the factory.  At start it opens the history database; at stop it
     says goodbye, waits for the sockets, then flushes the database.
@@ -443,8 +449,7 @@ class ChatService(Service):
 
     def startService(self) -> None:
         config = self.factory.config
-        if self.work is not None:
-            self.work.start()  # here, not before: threads do not survive the fork
+        self._start_work()
         history = self.factory.history
         try:
             store = SQLiteStore.open(config.db, self.factory.reactor,
@@ -480,14 +485,8 @@ class ChatService(Service):
         closed = self.factory.shutdown()
         closed.addCallback(lambda _: self.factory.history.close())
         closed.addErrback(self._not_saved)
-        if self.work is not None:
-            closed.addBoth(self._stop_work)
+        closed.addBoth(self._stop_work)
         return closed
-
-    def _stop_work(self, result: object) -> object:
-        assert self.work is not None
-        self.work.stop()  # after the last connection: no check is left to answer
-        return result
 
     def _not_saved(self, failure: Failure) -> None:
         """

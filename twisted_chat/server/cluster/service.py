@@ -26,7 +26,7 @@ from twisted_chat.server.config import ServerConfig
 from twisted_chat.server.factory import ChatFactory, hub_settings
 from twisted_chat.server.history import History
 from twisted_chat.server.hub import User
-from twisted_chat.server.login import PasswordWork
+from twisted_chat.server.login import OwnsPasswordWork, PasswordWork
 from twisted_chat.server.protocol import ChatProtocol
 
 __all__ = ["ClusterService", "FactoryHooks", "cluster_factory"]
@@ -94,7 +94,7 @@ class FactoryHooks:
             conn.hang_up("shutdown")
 
 
-class ClusterService(Service):
+class ClusterService(OwnsPasswordWork, Service):
     """Connects to Redis at start (in the background: until then, NICK is
     answered C{RETRY unavailable}); at stop, leaves the cluster at once."""
 
@@ -108,8 +108,7 @@ class ClusterService(Service):
 
     def startService(self) -> None:
         super().startService()
-        if self.work is not None:
-            self.work.start()  # here, not before: threads do not survive the fork
+        self._start_work()
         self.log.info(
             "chat server {name!r} starting in cluster mode: Redis {redis}",
             name=self.factory.config.server_name, redis=self.redis.target.display,
@@ -145,6 +144,5 @@ class ClusterService(Service):
         try:
             await closed
         finally:
-            if self.work is not None:
-                self.work.stop()  # after the last connection: no check is left to answer
+            self._stop_work(None)
         await self.redis.stop()
