@@ -325,6 +325,23 @@ class ChatWebSocket(WebSocketServerProtocol):
         built.makeConnection(WebSocketTransport(self, self._client))
 
     # -- autobahn's per-message path, trimmed ---------------------------------
+    #
+    # autobahn internals this class relies on (autobahn pins nothing: >=24.4
+    # in pyproject; tests/test_third_party.py checks each on the installed
+    # version, and fails at an upgrade that drops one):
+    #   - _dataReceived: its read without the debug line dataReceived
+    #     formats; renamed, every read fails (AttributeError).
+    #   - message_data_total_length: autobahn's onMessageFrameBegin adds
+    #     each frame's length to it for the 1009 check; onMessageBegin here
+    #     replaces autobahn's, so it resets it.  Renamed, every frame fails.
+    #   - failedByMe: autobahn's "I failed this connection" (a 1007, a
+    #     1009); a message it failed is not handed to the chat.  Renamed,
+    #     every message fails.
+    #   - frame_data: the frame's chunk list autobahn's onMessageFrameBegin
+    #     makes, released at the frame's end as autobahn does (renamed:
+    #     harmless, one empty list held until the next frame).
+    #   - message_is_binary, state and STATE_OPEN/STATE_CLOSED: the names
+    #     autobahn's own handlers use, read the same way.
 
     def dataReceived(self, data: bytes) -> None:
         # autobahn's formats a debug log line's arguments on every read.

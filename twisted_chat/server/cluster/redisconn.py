@@ -178,6 +178,17 @@ async def connect(target: RedisTarget, reactor: Any, reply_timeout: float | None
     @param opening: the protocol is appended to it before it connects.
     @param subscriber: for C{SUBSCRIBE} (a L{_Subscriber}; it can then run
         only C{PING} and the pub/sub commands).
+
+    txredisapi internals used here (it pins nothing: C{>=1.4.10} in
+    pyproject; tests/test_third_party.py checks both on the installed
+    version, and fails at an upgrade that drops one):
+      - C{callLater}, a class attribute its reply timer is looked up on: set
+        to C{reactor}'s, so the timeout runs on the node's reactor (renamed:
+        it would run on the global reactor);
+      - C{_ready}, its flag for AUTH and SELECT having succeeded (its public
+        C{connected} is set before they are sent).  There is no fallback:
+        renamed, every connection fails (AttributeError) and the node never
+        joins the cluster.
     """
     factory = _NoFactory()
     kind = _Subscriber if subscriber else txredisapi.RedisProtocol
@@ -194,8 +205,6 @@ async def connect(target: RedisTarget, reactor: Any, reply_timeout: float | None
     await endpoint.connect(_OneConnection(proto))
     lost = proto.whenDisconnected()
     await defer.DeferredList([connected, lost], fireOnOneCallback=True)
-    # txredisapi's private flag, set once AUTH and SELECT succeeded (its
-    # public `connected` is set before they are sent).
-    if not proto._ready:
+    if not proto._ready:  # txredisapi's: AUTH and SELECT succeeded (see above)
         raise ConnectionError(factory.error or "the connection closed during set-up")
     return proto

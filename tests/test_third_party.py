@@ -1,0 +1,93 @@
+"""
+What the server uses of autobahn's and txredisapi's internals, checked on
+the installed versions: a rename fails here, at the upgrade, not in
+production.  The list of each, and why, is beside its use:
+twisted_chat/web/gateway.py ("autobahn internals") and
+twisted_chat/server/cluster/redisconn.py's C{connect} (txredisapi's
+C{_ready}, and its C{callLater} set to the node's reactor).
+"""
+
+from __future__ import annotations
+
+import txredisapi
+from autobahn.websocket.protocol import WebSocketProtocol
+from twisted.internet.testing import StringTransport
+
+from tests.harness import Harness
+from tests.web import wsframes as ws
+from tests.web.test_gateway import WsConn, make_gateway
+
+# -- autobahn --------------------------------------------------------------------
+
+
+def test_autobahn_has_the_read_the_gateway_calls_directly() -> None:
+    """ChatWebSocket.dataReceived calls _dataReceived (autobahn's own
+    dataReceived formats a debug line's arguments on every read)."""
+    assert callable(WebSocketProtocol._dataReceived)
+
+
+def test_autobahn_counts_a_messages_frames_into_the_length_the_gateway_resets() -> None:
+    """The gateway's onMessageBegin replaces autobahn's: it resets
+    message_data_total_length, which autobahn's onMessageFrameBegin (still
+    called) adds each frame's length to for the 1009 check.  Frames each
+    under the limit, over it together, are refused; and failedByMe, which
+    the gateway reads at a message's end, is autobahn's flag for that."""
+    h = Harness()
+    gateway = make_gateway(h, max_message=1000)
+    alice = WsConn(h, gateway)
+    alice.register("alice")
+    assert alice.socket.failedByMe is False
+    alice.send_frame(ws.frame(b"MSG " + b"x" * 596, fin=False))
+    assert alice.socket.message_data_total_length == 600
+    alice.send_frame(ws.frame(b"y" * 500, opcode=0, fin=False))
+    alice.frames()
+    assert alice.closes == [1009]
+    assert alice.socket.failedByMe is True
+
+
+# -- txredisapi --------------------------------------------------------------------
+
+
+def redis_protocol(password: str | None) -> txredisapi.RedisProtocol:
+    """As the cluster's connect makes one."""
+    return txredisapi.RedisProtocol(charset="utf-8", password=password, dbid=None,
+                                    convertNumbers=False, username=None, replyTimeout=None)
+
+
+def test_txredisapi_says_ready_only_once_auth_succeeded() -> None:
+    """connect reads the private _ready: the public `connected` is set as
+    soon as the TCP connection is, before AUTH and SELECT are answered."""
+    proto = redis_protocol("secret")
+    assert proto._ready is False
+    transport = StringTransport()
+    proto.makeConnection(transport)
+    assert b"AUTH" in transport.value()
+    assert proto.connected and proto._ready is False
+    proto.dataReceived(b"+OK\r\n")
+    assert proto._ready is True
+
+
+def test_txredisapi_is_ready_at_once_without_auth_and_not_after_a_loss() -> None:
+    from twisted.internet.error import ConnectionDone
+    from twisted.python.failure import Failure
+
+    proto = redis_protocol(None)
+    proto.makeConnection(StringTransport())
+    assert proto._ready is True
+    proto.connectionLost(Failure(ConnectionDone()))
+    assert proto._ready is False
+
+
+def test_txredisapi_times_replies_with_the_protocols_own_call_later() -> None:
+    """connect sets proto.callLater to the node's reactor, so the reply
+    timeout runs on it (a task.Clock in tests): txredisapi must still look
+    it up on the protocol, not on the global reactor."""
+    from twisted.internet.task import Clock
+
+    clock = Clock()
+    proto = txredisapi.RedisProtocol(charset="utf-8", password=None, dbid=None,
+                                     convertNumbers=False, username=None, replyTimeout=5)
+    proto.callLater = clock.callLater
+    proto.makeConnection(StringTransport())
+    proto.execute_command("PING")
+    assert [call.getTime() for call in clock.getDelayedCalls()] == [5.0]
