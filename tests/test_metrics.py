@@ -6,7 +6,7 @@ in tests/test_e2e_metrics.py.
 
 from __future__ import annotations
 
-from collections.abc import Generator
+from collections.abc import Callable, Generator
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +19,7 @@ from twisted.internet.task import Clock
 from twisted.python.failure import Failure
 
 from tests.harness import Harness
-from tests.test_login import HeldWork, add, fresh
+from tests.test_login import PW, HeldWork, add, fresh
 from tests.test_login import harness as login_harness
 from tests.test_service import ThreadedMemoryReactor, options
 from twisted_chat.server.fanout import LobbyFanout
@@ -354,6 +354,204 @@ def test_a_connection_cut_for_its_send_queue_is_not_recounted_at_shutdown() -> N
     slow.protocol.connectionLost(Failure(ConnectionAborted()))
     assert {k: v for k, v in h.factory.stats.disconnects.items() if v} == {"sendq": 1}
     assert ("slow", "sendq") in heard, heard  # what the hub tells the others
+
+
+# -- what the counters tell apart (rev11-metrics) --------------------------------------
+
+# What a paused test transport counts as held: Twisted's buffer size (SendQueue).
+PAUSED_HELD = 65536
+
+
+def _left_reasons(h: Harness) -> list[tuple[str, str]]:
+    heard: list[tuple[str, str]] = []
+    leave = h.factory.state.leave
+    h.factory.state.leave = lambda user, reason, *a: (  # type: ignore[method-assign]
+        heard.append((user.nick, reason)), leave(user, reason, *a))[-1]
+    return heard
+
+
+def _cut_at_sendq(h: Harness, slow: Any, talker: Any) -> None:
+    for _ in range(3):
+        talker.send("MSG " + "x" * 400)
+
+
+def _cut_at_sendq_timeout(h: Harness, slow: Any, talker: Any) -> None:
+    talker.send("MSG hi")
+    for _ in range(10):  # seen stalled at 2 s, cut 8 s after
+        h.clock.advance(1.0)
+
+
+def _cut_at_sendq_total(h: Harness, slow: Any, talker: Any) -> None:
+    talker.send("DM slow " + "x" * 2000, "DM slow " + "x" * 2000)
+    h.clock.advance(1.0)
+
+
+@pytest.mark.parametrize(("config", "cut", "counted"), [
+    (dict(sendq=PAUSED_HELD + 1000), _cut_at_sendq, "sendq"),
+    (dict(sendq_timeout=8.0), _cut_at_sendq_timeout, "sendq_timeout"),
+    (dict(sendq_total=PAUSED_HELD + 1000), _cut_at_sendq_total, "sendq_total"),
+])
+def test_each_output_limit_is_its_own_disconnect_reason_and_the_wire_says_sendq(
+        config: dict[str, Any], cut: Callable[[Harness, Any, Any], None], counted: str) -> None:
+    """--sendq, --sendq-timeout and --sendq-total each cut a reader that
+    does not read: chat_disconnects_total tells them apart (the last is
+    the server short of memory, not one bad client), while the others'
+    LEFT says sendq for all three, as chat/1 defines."""
+    h = Harness(**config)
+    slow, talker = h.user("slow"), h.user("talker")
+    heard = _left_reasons(h)
+    slow.transport.producer.pauseProducing()
+    cut(h, slow, talker)
+    assert slow.protocol.closing and slow.transport.disconnected
+    slow.protocol.connectionLost(Failure(ConnectionAborted()))
+    h.clock.advance(0)
+    assert {k: v for k, v in h.factory.stats.disconnects.items() if v} == {counted: 1}
+    assert value(h, "chat_disconnects_total", reason=counted) == 1
+    assert heard == [("slow", "sendq")]
+    assert talker.take()[-1].endswith(" slow sendq")
+
+
+def test_what_a_cut_reader_never_got_is_counted_as_discarded() -> None:
+    """chat_sent_bytes_total counts what connections were handed; what a
+    connection cut for --sendq held (here: Twisted's buffer, and the
+    lines written since it paused), the write that did not fit, and the
+    lobby lines handed to it between the cut and its connectionLost never
+    leave: chat_discarded_bytes_total, so that sent minus discarded is
+    what the other connections got plus what the cut one had taken."""
+    h = Harness(sendq=PAUSED_HELD + 1000)
+    slow, talker, other = h.user("slow"), h.user("talker"), h.user("other")
+    stats = h.factory.stats
+    sent, discarded = stats.bytes_out, stats.discarded
+    slow.transport.producer.pauseProducing()
+    for _ in range(3):
+        talker.send("MSG " + "x" * 400)  # the third does not fit: cut
+    assert slow.protocol.closing
+    held_at_cut = PAUSED_HELD + len(slow.transport.value())  # all written since it paused
+    talker.send("MSG after the cut")  # handed to slow too: it is still in the lobby
+    assert not slow.transport.value().endswith(b"after the cut\r\n")
+    slow.protocol.connectionLost(Failure(ConnectionAborted()))
+    h.clock.advance(0)
+    got = sum(len(c.transport.value()) for c in (talker, other))
+    refused_and_late = (stats.bytes_out - sent) - got - len(slow.transport.value())
+    lines = other.transport.value().splitlines(keepends=True)
+    assert lines[3].endswith(b" talker * after the cut\r\n")
+    assert refused_and_late == len(lines[2]) + len(lines[3])  # the third MSG, the late one
+    assert stats.discarded - discarded == held_at_cut + refused_and_late
+    assert value(h, "chat_discarded_bytes_total") == stats.discarded
+    # What left: the others' lines, and what slow had taken (none of it).
+    assert (stats.bytes_out - sent) - (stats.discarded - discarded) == got - PAUSED_HELD
+
+
+def test_a_newcomer_cut_at_its_history_counts_the_refused_parts_as_discarded() -> None:
+    """READY, the history and the user list go in parts (deliver_parts):
+    the newcomer that does not read takes READY, the history does not fit
+    (cut), and the parts from it on are discarded with what it held; sent
+    minus discarded is still what the others got (and none of the
+    newcomer's, all held by its paused transport)."""
+    h = Harness(sendq=PAUSED_HELD + 100)
+    talker = h.user("talker")
+    for n in range(5):
+        talker.send(f"MSG history line {n} " + "y" * 50)
+    stats = h.factory.stats
+    newcomer = h.connect()
+    newcomer.take()
+    h.clear_all()
+    sent, discarded = stats.bytes_out, stats.discarded
+    newcomer.transport.producer.pauseProducing()
+    newcomer.send("NICK newcomer")
+    assert newcomer.protocol.closing
+    assert newcomer.take() == ["READY newcomer"]  # the history did not fit
+    newcomer.protocol.connectionLost(Failure(ConnectionAborted()))
+    h.clock.advance(0)
+    history, roster = h.factory.history_block(), h.factory.roster()
+    held = PAUSED_HELD + len(b"READY newcomer\r\n")
+    # (JOINED rides the fan-out after the newcomer's share begins: nothing more.)
+    assert stats.discarded - discarded == held + len(history) + len(roster)
+    assert (stats.bytes_out - sent) - (stats.discarded - discarded) == (
+        len(talker.transport.value()) - PAUSED_HELD)
+
+
+def test_lines_to_a_refused_connection_are_counted_as_sent() -> None:
+    """ERROR server-full and BYE full are lines the server writes: in
+    chat_sent_bytes_total and chat_deliveries_total like any other; a
+    refusal aborted at once (too many refusals waiting out their close)
+    never sends them, and they are discarded."""
+    h = Harness(max_clients=1)
+    h.user("alice")
+    stats = h.factory.stats
+    sent, lines, discarded = stats.bytes_out, stats.deliveries, stats.discarded
+    refused = h.connect()
+    got = refused.transport.value()
+    assert got.startswith(b"ERROR server-full ") and got.endswith(b"BYE full\r\n")
+    assert (stats.bytes_out - sent, stats.deliveries - lines) == (len(got), 2)
+    assert stats.discarded == discarded
+    h.factory.closing_refusals.limit = 0  # no room to wait out a close: aborted now
+    again = h.connect()
+    assert again.transport.value() == got  # what it was handed (then dropped by the abort)
+    assert stats.bytes_out - sent == 2 * len(got)
+    assert stats.discarded - discarded == len(got)
+
+
+def test_refusals_are_counted_by_the_limit_they_are_over() -> None:
+    """chat_refusals_total{limit}: a full server apart from one address over
+    its own limits, so "users cannot get in" need not fire for one abuser."""
+    h = Harness(max_clients=6, max_per_ip=2, max_handshaking_per_ip=1,
+                ip_connect_rate=0.001, ip_connect_burst=3)
+    h.connect("192.0.2.1").send("NICK a1")
+    h.connect("192.0.2.1")  # choosing a nick
+    h.connect("192.0.2.1")  # a third: over --max-per-ip
+    h.connect("192.0.2.2")  # choosing a nick
+    h.connect("192.0.2.2")  # a second choosing a nick: over --max-handshaking-per-ip
+    for _ in range(3):
+        h.connect("192.0.2.3").drop()  # its burst of new connections
+    h.connect("192.0.2.3")  # no token left: over --ip-connect-rate
+    for host in ("192.0.2.4", "192.0.2.5", "192.0.2.6"):
+        h.connect(host)  # 6 connections open: the server is full
+    h.connect("192.0.2.7")  # the 7th: over --max-clients
+    assert value(h, "chat_refusals_total", limit="max_clients") == 1
+    assert value(h, "chat_refusals_total", limit="max_per_ip") == 1
+    assert value(h, "chat_refusals_total", limit="max_handshaking_per_ip") == 1
+    assert value(h, "chat_refusals_total", limit="ip_connect_rate") == 1
+    assert value(h, "chat_refusals_total", limit="web_per_ip") == 0
+    assert value(h, "chat_disconnects_total", reason="refused") == 4
+
+
+def test_wrong_passwords_are_counted() -> None:
+    """chat_failed_logins_total: RETRY bad-password after a check (password
+    guessing shows), not a right password."""
+    h = login_harness()
+    add(h, "alice")
+    assert value(h, "chat_failed_logins_total") == 0
+    conn = fresh(h)
+    for _ in range(2):
+        conn.send("NICK alice")
+        assert conn.take() == ["PASS alice"]
+        conn.send("PASS wrong-password")
+        assert conn.take_one().startswith("RETRY bad-password ")
+    conn.send("NICK alice", f"PASS {PW}")
+    assert "READY alice" in conn.take()
+    assert value(h, "chat_failed_logins_total") == 2
+    assert value(Harness(), "chat_failed_logins_total") == 0  # accounts off: 0, not absent
+
+
+def test_lines_dropped_by_flood_control_are_counted_by_limit() -> None:
+    """chat_dropped_lines_total{limit}: lines dropped with ERROR flood, the
+    connection kept: over its --flood-rate, or its address's --ip-lobby-rate."""
+    h = Harness(flood_rate=1.0, flood_burst=5)
+    alice = h.user("alice")
+    alice.send(*["PING"] * 7)  # 4 left in the burst (NICK took one), 3 dropped
+    got = alice.take()
+    assert got[:4] == ["PONG"] * 4 and len(got) == 5 and got[4].startswith("ERROR flood "), got
+    assert not alice.transport.disconnected
+    assert value(h, "chat_dropped_lines_total", limit="flood_rate") == 3
+    assert value(h, "chat_dropped_lines_total", limit="ip_lobby_rate") == 0
+    h = Harness(ip_lobby_rate=0.001, ip_lobby_burst=2, flood_burst=20)
+    bob = h.user("bob")
+    bob.send("MSG one", "MSG two", "MSG three")
+    assert bob.take()[-1].startswith("ERROR flood ")  # after its two lines
+    assert not bob.transport.disconnected
+    assert value(h, "chat_dropped_lines_total", limit="ip_lobby_rate") == 1
+    assert value(h, "chat_dropped_lines_total", limit="flood_rate") == 0
 
 
 # -- the metrics port's limits ----------------------------------------------------------

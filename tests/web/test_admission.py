@@ -97,6 +97,25 @@ def test_web_connections_count_per_address_by_their_own_cap_from_accept() -> Non
     assert not HTTPConn(h, site).refused
 
 
+def test_web_refusals_are_counted_by_limit_and_their_503_is_not_chat_output() -> None:
+    """chat_refusals_total{limit="web_per_ip"} for an address over its
+    share of the web port, {limit="max_clients"} for a full server; the
+    503 is HTTP, not in chat_sent_bytes_total (no HTTP response is)."""
+    from tests.test_metrics import value
+
+    h = Harness(max_per_ip=1, max_clients=HTTP_PER_BROWSER + 1)
+    site = make_site(h)
+    held = [HTTPConn(h, site) for _ in range(HTTP_PER_BROWSER)]
+    sent = h.factory.stats.bytes_out
+    assert HTTPConn(h, site).refused
+    assert value(h, "chat_refusals_total", limit="web_per_ip") == 1
+    held.append(HTTPConn(h, site, peer="192.0.2.2"))  # the last place
+    assert HTTPConn(h, site, peer="192.0.2.3").refused
+    assert value(h, "chat_refusals_total", limit="max_clients") == 1
+    assert value(h, "chat_disconnects_total", reason="refused_http") == 2
+    assert h.factory.stats.bytes_out == sent
+
+
 def test_web_connections_are_not_users_nor_nick_choosers() -> None:
     # A browser's page holds HTTP connections besides its WebSocket: they
     # count neither in --max-per-ip nor in --max-handshaking-per-ip, so

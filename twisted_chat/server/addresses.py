@@ -201,7 +201,12 @@ class SharedBuckets(Protocol):
 
 
 class Refused(Exception):
-    """A new connection over a per-address limit; C{str()} says which."""
+    """A new connection over a limit; C{str()} says which, C{limit} names it
+    for the metrics (one of L{twisted_chat.server.metrics.REFUSAL_LIMITS})."""
+
+    def __init__(self, why: str, limit: str) -> None:
+        super().__init__(why)
+        self.limit = limit
 
 
 class AddressBook:
@@ -271,9 +276,10 @@ class AddressBook:
             return None
         p = self.policy
         if record.connections >= p.max_per_ip:
-            raise Refused(f"too many connections from {record.key}")
+            raise Refused(f"too many connections from {record.key}", "max_per_ip")
         if record.handshaking >= p.max_handshaking_per_ip:
-            raise Refused(f"too many connections from {record.key} are still choosing a nick")
+            raise Refused(f"too many connections from {record.key} are still choosing a nick",
+                          "max_handshaking_per_ip")
         self.spend_connect(record)
         record.connections += 1
         record.handshaking += 1
@@ -283,7 +289,8 @@ class AddressBook:
         """One new connection of C{record}: spend a token of its connection
         rate, or raise L{Refused}."""
         if not record.connect.take(self.clock.seconds()):
-            raise Refused(f"too many new connections from {record.key}; slow down")
+            raise Refused(f"too many new connections from {record.key}; slow down",
+                          "ip_connect_rate")
 
     def registered(self, record: Address | None) -> None:
         """A connection of C{record} left the handshake with a nick: one

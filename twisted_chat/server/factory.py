@@ -67,8 +67,10 @@ class _Refusal(Protocol):
     """
 
     def __init__(self, why: str, clock: IReactorTime, grace: float,
-                 message: bytes | None, closing: Closing, polite: Callable[[], bool]) -> None:
+                 message: bytes | None, closing: Closing, polite: Callable[[], bool],
+                 stats: Stats | None = None) -> None:
         self.why = why
+        self.stats = stats
         self.clock = clock
         self.grace = grace
         self.message = message
@@ -88,8 +90,14 @@ class _Refusal(Protocol):
             transport.abortConnection()
             return
         message = self.message
+        # The chat's lines (ERROR server-full, BYE full) are counted as any
+        # line a connection is handed; the web port's 503 is HTTP, which
+        # the chat's metrics do not count.
+        stats = self.stats if message is None else None
         if message is None:
             message = wire.error(ErrorCode.SERVER_FULL, self.why) + wire.line("BYE", "full")
+        if stats is not None:
+            stats.wrote(message)
         transport.write(message)
         closing = self.closing
         if closing.count >= closing.limit:
@@ -97,6 +105,8 @@ class _Refusal(Protocol):
             # TLS peers that never answer: one address held 1,087 sockets so):
             # this one is aborted now, its lines most likely unsent.
             transport.abortConnection()
+            if stats is not None:
+                stats.discarded += len(message)
             return
         closing.count += 1
         self._abort_call = close_within(transport, self.clock, self.grace)
@@ -245,7 +255,7 @@ class ChatFactory(ServerFactory):
         try:
             limits = self.addresses.admit(host)
         except Refused as e:
-            return self.refusal(host, str(e))
+            return self.refusal(host, str(e), limit=e.limit)
         protocol = ChatProtocol(self)
         protocol.host = host
         protocol.limits = limits
@@ -287,16 +297,18 @@ class ChatFactory(ServerFactory):
             victim.evict()
 
     def refusal(self, host: str | None, why: str, message: bytes | None = None,
-                counted: str = "refused") -> Protocol:
+                counted: str = "refused", limit: str = "max_clients") -> Protocol:
         """
         A connection from C{host} refused for C{why}, logged and counted
-        (as C{counted}: the web port's HTTP connections are told apart):
-        the protocol that tells it (C{message}, by default C{ERROR
-        server-full} and C{BYE full}) and closes; under TLS, past the
-        address's few polite refusals (L{PoliteRefusals}), one that aborts
-        the connection before its handshake.
+        (as C{counted}: the web port's HTTP connections are told apart; and
+        by the C{limit} it is over): the protocol that tells it (C{message},
+        by default C{ERROR server-full} and C{BYE full}) and closes; under
+        TLS, past the address's few polite refusals (L{PoliteRefusals}), one
+        that aborts the connection before its handshake.
         """
-        self.stats.disconnected(counted)
+        stats = self.stats
+        stats.disconnected(counted)
+        stats.refusals[limit] = stats.refusals.get(limit, 0) + 1
         key = self.addresses.key(host) if host is not None else "-"
         self.repeats.log(self.log, LogLevel.warn, key, "refused", "refused {host}: {why}",
                          host=host, why=why)
@@ -307,7 +319,7 @@ class ChatFactory(ServerFactory):
         else:
             polite = partial(self.polite_refusals.allow, key)
         return _Refusal(why, self.reactor, self.config.close_grace, message,
-                        self.closing_refusals, polite)
+                        self.closing_refusals, polite, stats)
 
     def registered(self, protocol: ChatProtocol) -> None:
         """C{protocol} has a nick: it leaves the handshake's limits."""

@@ -373,6 +373,7 @@ class Accounts:
         self.mode = mode
         self.max_accounts = max_accounts
         self._full_said: float | None = None  # when the log last said so
+        self.failed_logins = 0  # wrong passwords so far (chat_failed_logins_total)
         self.book = book
         self.clock = clock
         self.work = work
@@ -703,6 +704,8 @@ class Login:
         wrong = isinstance(failure.value, UnauthorizedLogin)
         if not wrong:
             self._accounts.give_back(attempt)  # nothing was checked: not a failure
+        else:
+            self._accounts.failed_logins += 1  # for the metrics
         if self._conn.closing:
             return  # a wrong password counts all the same
         if wrong:

@@ -37,10 +37,24 @@ from twisted.python.failure import Failure
 # The reasons a connection ends, as the server names them (LEFT and BYE
 # reasons, plus "refused": a chat connection over --max-clients or a
 # per-address limit, and "refused_http": an HTTP connection to --web refused
-# at its accept, 503, for the same limits).
+# at its accept, 503, for the same limits).  A connection cut for its output
+# is LEFT ... sendq for each of the three limits; here they are told apart:
+# sendq (--sendq), sendq_timeout (--sendq-timeout), sendq_total (--sendq-total).
 # Always exported, at 0 until they happen; any other reason appears when it does.
-DISCONNECT_REASONS = ("quit", "disconnected", "timeout", "flood", "sendq", "refused",
-                      "refused_http", "full", "shutdown")
+DISCONNECT_REASONS = ("quit", "disconnected", "timeout", "flood", "sendq", "sendq_timeout",
+                      "sendq_total", "refused", "refused_http", "full", "shutdown")
+
+# The limits a new connection is refused for (chat_refusals_total): the
+# server is full (--max-clients); its address has --max-per-ip connections,
+# or --max-handshaking-per-ip still choosing a nick, or is over
+# --ip-connect-rate; an HTTP connection to --web, its address holds its
+# share of the web port's (6 per --max-per-ip).
+REFUSAL_LIMITS = ("max_clients", "max_per_ip", "max_handshaking_per_ip", "ip_connect_rate",
+                  "web_per_ip")
+
+# The limits a line is dropped for, the connection kept (chat_dropped_lines_total):
+# the connection's --flood-rate, its address's --ip-lobby-rate (a lobby MSG).
+DROP_LIMITS = ("flood_rate", "ip_lobby_rate")
 
 # Lines per fan-out batch; seconds per batch; seconds per database commit.
 BATCH_LINES_BOUNDS = (1, 2, 5, 10, 20, 50, 100, 200, 500, 1000)
@@ -92,18 +106,24 @@ class Stats:
     to them costs less than asking whether to.
     """
 
-    __slots__ = ("bytes_out", "commit_seconds", "deliveries", "disconnects",
-                 "fanout_lines", "fanout_seconds", "lobby_messages", "private_messages")
+    __slots__ = ("bytes_out", "commit_seconds", "deliveries", "discarded", "disconnects",
+                 "dropped_lines", "fanout_lines", "fanout_seconds", "lobby_messages",
+                 "private_messages", "refusals")
 
     def __init__(self) -> None:
         # Lines and bytes handed to connections (the fan-out's and the rest).
         self.deliveries = 0
         self.bytes_out = 0
+        # Of those bytes, the ones never written out: what a connection cut
+        # for its output held, and what was handed to one already closing.
+        self.discarded = 0
         # Messages this process's users sent (a cluster node's own users):
         # to the lobby, and DMs and messages within a pair, by kind ("dm", "pair").
         self.lobby_messages = 0
         self.private_messages = {"dm": 0, "pair": 0}
         self.disconnects = dict.fromkeys(DISCONNECT_REASONS, 0)
+        self.refusals = dict.fromkeys(REFUSAL_LIMITS, 0)
+        self.dropped_lines = dict.fromkeys(DROP_LIMITS, 0)
         self.fanout_lines = Buckets(BATCH_LINES_BOUNDS)
         self.fanout_seconds = Buckets(FANOUT_SECONDS_BOUNDS)
         self.commit_seconds = Buckets(COMMIT_SECONDS_BOUNDS)
@@ -145,6 +165,8 @@ class Snapshot:
     # Bytes of input the connections hold behind commands decided elsewhere
     # (a password check; on a cluster node, Redis): HeldInput.total.
     held_input: int = 0
+    # Wrong passwords (RETRY bad-password after a check), accounts' count.
+    failed_logins: int = 0
 
 
 class ChatCollector(Collector):
@@ -196,11 +218,30 @@ class ChatCollector(Collector):
                                   value=stats.deliveries)
         yield CounterMetricFamily("chat_sent_bytes", "Bytes handed to client connections.",
                                   value=stats.bytes_out)
+        yield CounterMetricFamily(
+            "chat_discarded_bytes", "Bytes counted in chat_sent_bytes that never left: held "
+            "for a connection cut for its output, or handed to one already closing.",
+            value=stats.discarded)
         disconnects = CounterMetricFamily(
             "chat_disconnects", "Connections ended, by reason.", labels=["reason"])
         for reason, value in dict(stats.disconnects).items():
             disconnects.add_metric([reason], value)
         yield disconnects
+        refusals = CounterMetricFamily(
+            "chat_refusals", "New connections refused, by the limit they were over "
+            "(chat_disconnects_total refused and refused_http together).", labels=["limit"])
+        for limit, value in dict(stats.refusals).items():
+            refusals.add_metric([limit], value)
+        yield refusals
+        dropped = CounterMetricFamily(
+            "chat_dropped_lines", "Lines dropped by flood control (ERROR flood), by limit.",
+            labels=["limit"])
+        for limit, value in dict(stats.dropped_lines).items():
+            dropped.add_metric([limit], value)
+        yield dropped
+        yield CounterMetricFamily("chat_failed_logins",
+                                  "Logins refused for a wrong password (RETRY bad-password).",
+                                  value=now.failed_logins)
         yield stats.fanout_lines.family("chat_fanout_batch_lines",
                                         "Lines per lobby fan-out batch.")
         yield stats.fanout_seconds.family("chat_fanout_duration_seconds",

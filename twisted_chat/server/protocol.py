@@ -49,6 +49,10 @@ _HELD_INPUT = 65536
 #: (L{HeldInput}): a cluster node's is its --redis-queue.
 HELD_INPUT_TOTAL = 4 * 1024 * 1024
 
+# The reason the others' LEFT gives for a metric's reason (chat/1 has one,
+# sendq, for the three limits on a connection's output).
+_SAID = {"sendq_timeout": "sendq", "sendq_total": "sendq"}
+
 # Why a connection's reading is paused (ChatProtocol._paused, bits): it holds
 # more than _HELD_INPUT itself; the server's connections hold more than
 # HeldInput.limit together.
@@ -203,9 +207,10 @@ class ChatProtocol:
         self._count_held()
         self.factory.held_input.forget(self)
         self.factory.connection_lost(self)
-        self.factory.stats.disconnected(self._leave_reason)
+        reason = self._leave_reason
+        self.factory.stats.disconnected(reason)
         self.factory.session.lost(self)
-        self._leave(self._leave_reason)
+        self._leave(_SAID.get(reason, reason))
         self.log.debug("connection from {address} closed", address=self.address)
 
     def readConnectionLost(self) -> None:
@@ -296,21 +301,36 @@ class ChatProtocol:
     def deliver_parts(self, parts: Sequence[bytes]) -> None:
         """L{deliver} of C{b"".join(parts)}, without the join."""
         queue = self.send_queue
-        if queue is not None and not queue.write_parts(parts):
-            self._overflow()
+        if queue is None:
+            self.factory.stats.discarded += sum(map(len, parts))  # as in deliver()
+            return
+        written = queue.written
+        if not queue.write_parts(parts):
+            # It stopped at the part that did not fit, which SendQueue.write
+            # adds to written all the same: that part and the rest were refused.
+            tried = left = queue.written - written
+            for part in parts:
+                left -= len(part)
+                if left <= 0:
+                    break
+            self._overflow(sum(map(len, parts)) - tried + len(part))
 
     def deliver(self, data: bytes) -> None:
         """The fan-out's write (for members its direct pass does not
         take): no ordering work, only the send-queue rule."""
         queue = self.send_queue  # None once closing
-        if queue is not None and not queue.write(data):
-            self._overflow()
+        if queue is None:
+            # Closing: the fan-out (and the factory) counted it as handed.
+            self.factory.stats.discarded += len(data)
+        elif not queue.write(data):
+            self._overflow(len(data))
 
-    def _overflow(self) -> None:
+    def _overflow(self, refused: int) -> None:
         """The peer is not reading: cut it off without BYE (it would not be
         read).  The hub hears of it from C{connectionLost}, which Twisted
-        calls on a later turn, so a fan-out in progress is not disturbed."""
-        self._cut(f"send queue over {self.config.sendq} bytes")
+        calls on a later turn, so a fan-out in progress is not disturbed.
+        C{refused}: the bytes of the write the queue did not take."""
+        self._cut(f"send queue over {self.config.sendq} bytes", "sendq", refused)
 
     def backed_up(self) -> bool:
         """Whether more than half of C{--sendq} is held for the peer: a
@@ -323,20 +343,29 @@ class ChatProtocol:
     def output_over_budget(self) -> None:
         """It is first to go (stalled, or holding the most) of what the server
         holds for all connections, which is over --sendq-total."""
-        self._cut(f"output held for all connections over {self.config.sendq_total} bytes")
+        self._cut(f"output held for all connections over {self.config.sendq_total} bytes",
+                  "sendq_total")
 
     def output_stalled(self) -> None:
         """The peer took none of what is held for it for --sendq-timeout."""
-        self._cut(f"output not drained for {self.config.sendq_timeout:g} seconds")
+        self._cut(f"output not drained for {self.config.sendq_timeout:g} seconds",
+                  "sendq_timeout")
 
-    def _cut(self, why: str) -> None:
+    def _cut(self, why: str, counted: str, refused: int = 0) -> None:
+        """Abort the connection for its output (C{--sendq}, C{--sendq-total},
+        C{--sendq-timeout}: C{counted}, the metric's reason; the others' LEFT
+        says C{sendq} for all three).  What it held, and C{refused} (the
+        write that did not fit), were counted as handed and never leave:
+        they are counted as discarded."""
         if self.closing:
             return
         self.factory.repeats.log(self.log, LogLevel.info, self.pool_key, "sendq",
                                  "{nick} dropped: {why}",
                                  nick=self.user.nick if self.user else self.address, why=why)
-        self._leave_reason = "sendq"
-        self._closing()
+        self._leave_reason = counted
+        queue = self._closing()
+        if queue is not None:
+            self.factory.stats.discarded += queue.held() + refused
         self._socket.abortConnection()
 
     # -- input ---------------------------------------------------------------
@@ -579,6 +608,7 @@ class ChatProtocol:
         allowed, self._tokens = self.factory.flood.spend(self._tokens, since, now)
         if allowed:
             return True
+        self.factory.stats.dropped_lines["flood_rate"] += 1
         # (A held line is judged as of when it arrived: arrived().)
         config = self.config
         self.dropped(self.arrived(), f"slow down: at most {config.flood_rate:g} lines per second "

@@ -210,11 +210,11 @@ class SendQueue:
         paused = self._paused
         if paused is not None:
             paused += len(data)
-            self._paused = paused
             # Past Twisted's buffer, what the limit leaves (computed here, on
             # this rare path, rather than held as one more int per queue).
             if paused + kernel_queued(self._sock) > max(self._limit - buffer_size(t), 0):
-                return False
+                return False  # not written, so not held (held() at the cut)
+            self._paused = paused
         t.write(data)
         return True
 

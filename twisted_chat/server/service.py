@@ -516,6 +516,7 @@ def chat_snapshot(factory: ChatFactory, history_backlog: int | None = None,
         history_dropped=history_dropped,
         http=factory.other_connections,
         held_input=factory.held_input.total,
+        failed_logins=factory.accounts.failed_logins if factory.accounts is not None else 0,
     )
 
 

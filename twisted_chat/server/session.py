@@ -284,6 +284,7 @@ class Session:
                     return allowed.addCallback(
                         lambda _: None if conn.closing else self.do_MSG(conn, command))
                 config = factory.config
+                factory.stats.dropped_lines["ip_lobby_rate"] += 1
                 conn.dropped(
                     conn.clock.seconds(),
                     f"slow down: at most {config.ip_lobby_rate:g} lobby messages per second "

@@ -72,13 +72,13 @@ class WebGate:
         """
         chat = self.chat
         if chat.is_full():
-            raise Refused(FULL)
+            raise Refused(FULL, "max_clients")
         record = None if trusted(host, self.proxies) else chat.addresses.record(host)
         key = None
         if record is not None:
             key = record.key
             if self.held_by(key) >= self.per_address:
-                raise Refused(f"too many HTTP connections from {key}")
+                raise Refused(f"too many HTTP connections from {key}", "web_per_ip")
             chat.addresses.spend_connect(record)
             self._counts[key] = self.held_by(key) + 1
         connection.pool_key = key if key is not None else (host or "-")

@@ -416,7 +416,8 @@ class WebSite(server.Site):
         try:
             self.gate.admit(channel, host)
         except Refused as e:
-            refusal: Protocol = self.chat.refusal(host, str(e), REFUSED, "refused_http")
+            refusal: Protocol = self.chat.refusal(host, str(e), REFUSED, "refused_http",
+                                                  e.limit)
             return refusal
         return channel
 
