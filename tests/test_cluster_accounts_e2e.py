@@ -22,6 +22,7 @@ from tests.redisproc import REDIS_SERVER, RedisServer
 from tests.serverproc import LineClient, ServerProcess
 from tests.test_cluster_e2e import Cluster, cluster  # noqa: F401  (the fixture)
 from twisted_chat.server.accounts import AccountStore
+from twisted_chat.server.login import UNAVAILABLE_TEXT
 
 pytestmark = [
     pytest.mark.e2e,
@@ -228,7 +229,7 @@ def test_redis_out_of_reach_login_is_retry_unavailable(
     c.redis.stop()
     node.wait_log("Redis at", timeout=10)
     client, answer = attempt(c, node, "erin", PW)
-    assert answer.startswith("RETRY unavailable ")
+    assert answer == f"RETRY unavailable {UNAVAILABLE_TEXT}"  # the store, not the accounts
     # It was not a failed attempt, and the tool says so in one line.
     down = tool(c.tmp, "list", "--redis", c.url)
     assert down.returncode == 1 and "cannot reach Redis" in down.stderr

@@ -152,8 +152,8 @@ def test_retain_messages_bounds_the_history(cluster: Callable[..., Cluster]) -> 
         assert time.monotonic() < deadline, kept(c.redis)
         time.sleep(0.1)
     assert kept(c.redis) == [f"alice m{i}" for i in range(3, 7)]
-    # A node that starts now shows what is kept.
-    late = c.node("--history", "50")
+    # A node that starts now (with the cluster's retention) shows what is kept.
+    late = c.node("--retain-messages", "4", "--history", "50")
     assert shown(c.user(late, "bob").lines) == [f"alice m{i}" for i in range(3, 7)]
 
 
@@ -212,7 +212,8 @@ def test_retain_bytes_keeps_the_newest_that_fit(cluster: Callable[..., Cluster])
     assert len(members) == 31
     costs = [len(m.encode()) + HISTORY_OVERHEAD for m in members]
     bound = sum(costs[-12:]) + 10  # the newest 12 fit, not 13
-    c.node("--retain-bytes", str(bound), "--history", "100")
+    # A new --retain-bytes: made the cluster's (docs/cluster.md, "Changing the retention").
+    c.node("--retain-bytes", str(bound), "--history", "100", "--set-retention")
     newest = [f"old {i:02d}" for i in range(19, 30)] + ["alice now"]
     assert [" ".join(line.split()[:2]) for line in kept(c.redis)] == newest
     size = dict(zip(*[iter(c.redis.call("HGETALL", HISTORY_SIZE))] * 2, strict=True))

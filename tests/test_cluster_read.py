@@ -28,6 +28,7 @@ from twisted.internet.task import Clock
 
 from tests.test_cluster_unit import Untold
 from twisted_chat.server.cluster.node import ClusterState
+from twisted_chat.server.cluster.redisconfig import CLAIM_RETENTION, CONFIG, FIELDS
 from twisted_chat.server.cluster.redisconn import parse_url
 from twisted_chat.server.cluster.redishistory import HISTORY_ADD_SHA
 from twisted_chat.server.cluster.redislog import (
@@ -67,6 +68,7 @@ class MemoryRedis:
         self.sets: dict[str, set[str]] = {}
         self.deleted: list[str] = []  # the snapshots deleted (their ids), in order
         self.history: dict[str, int] = {}  # member: score
+        self.config: dict[str, str] = {}  # chat:config (redisconfig)
         self.subscribers: list[FakeConnection] = []
         self.calls: Counter[str] = Counter()
         self.hold_reads = False
@@ -83,6 +85,7 @@ class MemoryRedis:
         self.keys.clear()
         self.history.clear()
         self.sets.clear()
+        self.config.clear()
         self.last = (0, 0)
 
     def connection(self, subscriber: bool = False) -> FakeConnection:
@@ -122,7 +125,8 @@ class MemoryRedis:
             name = {APPEND_SHA: "append", SAVE_SNAPSHOT_SHA: "save-snapshot",
                     HISTORY_ADD_SHA: "history-add"}[args[1]]
         elif name == "EVAL":
-            name = {DROP_LOST_SNAPSHOT: "drop-lost-snapshot"}[args[1]]
+            name = {DROP_LOST_SNAPSHOT: "drop-lost-snapshot",
+                    CLAIM_RETENTION: "claim-retention"}[args[1]]
         self.calls[name] += 1
         if conn.subscriber:
             assert name in ("SUBSCRIBE", "PING"), f"{name} on a subscribed connection"
@@ -168,6 +172,27 @@ class MemoryRedis:
     def _xrevrange(self, key: str, end: str, start: str, count_word: str, count: int) -> Any:
         assert (end, start) == ("+", "-")
         return [[eid, ["e", e, "p", p]] for eid, e, p in reversed(self.stream)][:count]
+
+    def _type(self, key: str) -> str:
+        if key == "chat:events" and self.stream:
+            return "stream"
+        if key == CONFIG and self.config:
+            return "hash"
+        if key in self.sets:
+            return "set"
+        return "string" if key in self.keys else "none"
+
+    def _hmget(self, key: str, *fields: str) -> list[str | None]:
+        assert key == CONFIG
+        return [self.config.get(name) for name in fields]
+
+    def _claim_retention(self, script: str, nkeys: int, key: str, replace: str,
+                         *pairs: str) -> list[str | None]:
+        before = self._hmget(key, *FIELDS)
+        for name, value in zip(pairs[::2], pairs[1::2], strict=True):
+            if replace == "1" or name not in self.config:
+                self.config[name] = value
+        return before
 
     def _getrange(self, key: str, start: int, end: int) -> str:
         return self.keys.get(key, "")[start:end + 1]

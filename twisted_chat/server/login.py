@@ -98,10 +98,12 @@ T = TypeVar("T")
 # The answer to a failed login: the same text whether the password was
 # wrong or (under --accounts required) the nick has no account.
 BAD_PASSWORD_TEXT = "wrong password, or no account for that nick; send NICK again"
-# The cluster's answer to a NICK or PASS the accounts cannot be checked for
-# now (its Redis is out of reach): as it answers a NICK it cannot check, and
-# never a failed attempt.  Only where the book says so (retry_unavailable).
-UNAVAILABLE_TEXT = "the server cannot check accounts now; send NICK again in a moment"
+# The cluster's answer to a NICK or PASS it cannot check now (its Redis is
+# out of reach, or not a database it can run on): never a failed attempt,
+# and it does not blame the accounts.  Only where the book says so
+# (retry_unavailable); also a NICK without accounts (session.py).
+UNAVAILABLE_TEXT = ("the chat cannot check that nick now (its cluster store is unavailable); "
+                    "send NICK again in a moment")
 # One server's answer to a PASS it could not check (its protocol has no
 # RETRY unavailable): the contract's RETRY bad-password, with this text.
 UNCHECKED_TEXT = "the server could not check the password now; try again later"

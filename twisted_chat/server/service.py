@@ -177,6 +177,11 @@ class Options(usage.Options):
         ["log-messages", None,
          "Write the text of every lobby message and DM to the server's log (a privacy "
          "choice: off by default, the log then holds who connected, not what they said)."],
+        ["set-retention", None,
+         "Cluster mode: make this server's --retain-days, --retain-messages and "
+         "--retain-bytes the cluster's (the running servers follow). Without it, a "
+         "server whose values are not the cluster's does not start. Use it once, to "
+         "change them; see docs/cluster.md."],
     ]
     optParameters = _named([
         ["server-name", None, _defaults.server_name, "The name the HELLO greeting gives."],
@@ -368,6 +373,8 @@ class Options(usage.Options):
                 "--accounts required needs a --db file: the accounts file goes beside it, "
                 "where 'python -m twisted_chat.accounts' can add accounts"
             )
+        if self["set-retention"] and not self["redis"]:
+            raise usage.UsageError("--set-retention is for cluster mode (--redis) only")
         idle = self["idle-timeout"]
         if self["redis"] and idle > 0 and self["redis-wait"] >= idle:
             raise usage.UsageError(
@@ -684,7 +691,8 @@ def _cluster_service(options: Options, config: ServerConfig, reactor: Any) -> IS
     factory, redis = cluster_factory(config, reactor, target, options["node-timeout"],
                                      wait=options["redis-wait"],
                                      max_waiting=options["redis-queue"],
-                                     retain_bytes=options["retain-bytes"] or None)
+                                     retain_bytes=options["retain-bytes"] or None,
+                                     set_retention=bool(options["set-retention"]))
     # The one account namespace of the cluster: in its Redis (docs/accounts.md).
     factory.accounts, work = _accounts(
         config, reactor, lambda work: RedisBook(redis.command, reactor),

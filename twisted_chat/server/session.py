@@ -21,7 +21,7 @@ from twisted_chat.server.addresses import Address
 from twisted_chat.server.flood import REPLY_BYTES
 from twisted_chat.server.history import clip_text
 from twisted_chat.server.hub import NickTaken, State, User
-from twisted_chat.server.login import Answer, Login, retry_taken
+from twisted_chat.server.login import UNAVAILABLE_TEXT, Answer, Login, retry_taken
 from twisted_chat.server.state import Outcome, StateUnavailable
 from twisted_chat.wire import ErrorCode, LineError, Refusal
 
@@ -244,11 +244,7 @@ class Session:
         if isinstance(failure.value, NickTaken):
             conn.write(retry_taken(failure.value.nick))
         elif isinstance(failure.value, StateUnavailable):
-            conn.write(wire.line(
-                "RETRY", "unavailable",
-                text="the chat cannot check that nick now (its cluster store is out of "
-                "reach); try again in a moment",
-            ))
+            conn.write(wire.line("RETRY", "unavailable", text=UNAVAILABLE_TEXT))
         else:
             failure.raiseException()
         return False

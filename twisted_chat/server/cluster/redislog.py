@@ -28,6 +28,8 @@ Keys (all under C{chat:}):
     history's writes and the pruning.
   - C{chat:epoch}: a random value set once; when it changes, Redis lost
     its data.
+  - C{chat:config}: the cluster's settings (a hash): its history
+    retention, recorded by the first node (L{redisconfig}).
   - (Not this module's: C{chat:accounts} and C{chat:fails:*},
     L{twisted_chat.server.cluster.accounts}; C{chat:ip:*}, the addresses'
     lobby and registration buckets, L{twisted_chat.server.cluster.budgets}.)
@@ -70,6 +72,7 @@ import hashlib
 import json
 import random
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -80,8 +83,18 @@ from twisted.internet.interfaces import IDelayedCall
 from twisted.internet.task import deferLater
 
 from twisted_chat.server import logs
+from twisted_chat.server.cluster.accounts import ACCOUNTS
 from twisted_chat.server.cluster.budgets import SPEND
 from twisted_chat.server.cluster.node import KEPT_RETRY, ClusterState
+from twisted_chat.server.cluster.redisconfig import (
+    CLAIM_RETENTION,
+    CONFIG,
+    FIELDS,
+    Misconfigured,
+    Retention,
+    foreign_keys,
+    foreign_message,
+)
 from twisted_chat.server.cluster.redisconn import RedisTarget, connect
 from twisted_chat.server.cluster.redishistory import (
     HISTORY,
@@ -115,6 +128,10 @@ SNAPSHOT = "chat:snapshot"
 EPOCH = "chat:epoch"
 LEASE = "chat:node:"
 NODES = "chat:nodes"
+# The kind of value (as TYPE names it) under each of the cluster's keys a
+# node checks at each connection (redisconfig.foreign_keys).
+KINDS = {STREAM: "stream", SNAPSHOT: "string", EPOCH: "string", NODES: "set",
+         HISTORY: "zset", HISTORY_SIZE: "hash", CONFIG: "hash", ACCOUNTS: "hash"}
 SNAPSHOT_INTERVAL = 10.0
 READ_COUNT = 2000
 BACKOFF_FIRST = 0.2
@@ -245,6 +262,7 @@ class RedisLog:
         retain_days: float | None = None,
         retain_messages: int | None = None,
         retain_bytes: int | None = None,
+        set_retention: bool = False,
     ) -> None:
         """
         @param retain_days: C{--retain-days}: the history forgets older messages.
@@ -253,6 +271,10 @@ class RedisLog:
         @param retain_bytes: C{--retain-bytes}: the history keeps at most
             this many bytes of messages (the newest, as L{PRUNE_HISTORY}
             counts them); C{None} or 0: no bound by bytes.
+        @param set_retention: C{--set-retention}: these three become the
+            cluster's (L{redisconfig}); without it, a node whose values are
+            not the cluster's does not start.  While the node runs, it
+            prunes by the cluster's (another node may set them).
         """
         self.target = target
         self.channel = f"{CHANNEL}:{target.db}"
@@ -262,6 +284,13 @@ class RedisLog:
         self.retain_days = retain_days
         self.retain_messages = retain_messages
         self.retain_bytes = retain_bytes
+        self.set_retention = set_retention
+        # Called, with the reason, when the node cannot run on this
+        # database (L{Misconfigured} at its first connection): the service
+        # ends the process.  The log has said why.
+        self.refused: Callable[[str], None] | None = None
+        self._misconfigured: str | None = None  # the reason last logged
+        self._misread: str | None = None  # the malformed chat:config last logged
         # The lease outlives a missed heartbeat or two, and a dead node's
         # lease expires, and is noticed, within node_timeout.
         self.lease_ms = int(node_timeout * 1000 * 2 / 3)
@@ -385,6 +414,7 @@ class RedisLog:
         for script in SCRIPTS:  # a restarted Redis has none
             await cmd.execute_command("SCRIPT", "LOAD", script)
         self._attempt = 0
+        self._misconfigured = None
         was_down = self._down_since
         self._up_since = self.reactor.seconds()
         self._judge_wait = judging_wait(self.lease_ms / 1000, self.heartbeat,
@@ -410,7 +440,12 @@ class RedisLog:
 
     async def _restore(self, cmd: Any) -> None:
         """On the first connection, load the snapshot and the history; on
-        each, check that Redis still has the cluster's data."""
+        each, check that the database holds the cluster's kinds of keys
+        (L{foreign_keys}), that Redis still has the cluster's data, and
+        the cluster's retention (L{_agree_retention})."""
+        found = await foreign_keys(cmd, KINDS)
+        if found:
+            raise Misconfigured(foreign_message(self.target.display, found))
         await cmd.execute_command("SET", EPOCH, "%016x" % random.getrandbits(64), "NX")
         epoch = await cmd.execute_command("GET", EPOCH)
         if self._epoch is not None and epoch != self._epoch:
@@ -447,8 +482,90 @@ class RedisLog:
             if lost is not None:
                 await self._tail_lost(cmd, lost)
         self._epoch = epoch
+        await self._agree_retention(cmd)
         if not self._started:
             await self._load(cmd)
+
+    def _retention(self) -> Retention:
+        return Retention.of(self.retain_days, self.retain_messages, self.retain_bytes)
+
+    async def _agree_retention(self, cmd: Any) -> None:
+        """
+        The cluster's retention (L{redisconfig}), before anything is pruned:
+        recorded as this node's where there is none (the first node, or
+        after Redis lost its data), and by a node started with
+        C{--set-retention}.  A node starting with other values than the
+        cluster's does not start (L{Misconfigured}, naming both); one
+        running follows the cluster's (L{_follow_retention}).
+        """
+        own = self._retention()
+        replace = self.set_retention and not self._started
+        before = await cmd.execute_command("EVAL", CLAIM_RETENTION, 1, CONFIG,
+                                           "1" if replace else "0", *own.fields())
+        if replace:
+            if any(value is not None for value in before):
+                try:
+                    change = own.differences(Retention.read(before, own), "now", "before")
+                except Misconfigured:
+                    change = f"{own} now, in place of a malformed one"
+                if change:
+                    self.log.warn(
+                        "cluster: --set-retention: the cluster's history retention is now "
+                        "this node's: {change}; the running nodes follow at their next "
+                        "heartbeat. Give every node these values (and drop --set-retention) "
+                        "before it restarts", change=change)
+            return
+        stored = self._read_retention(before, own)
+        if stored == own:
+            return
+        if not self._started:
+            raise Misconfigured(
+                f"this node's history retention is not the cluster's ({CONFIG} in Redis "
+                f"at {self.target.display}): {own.differences(stored, 'here', 'in the cluster')}. "
+                "One history has one retention (a node pruning by its own would delete "
+                "the others' messages for good): this node does not start. Start it with "
+                "the cluster's values; or, to change the cluster's retention, start it "
+                "once with --set-retention (docs/cluster.md, \"Changing the retention\")")
+        self._follow(stored)
+
+    async def _follow_retention(self, cmd: Any) -> None:
+        """At each heartbeat: prune by the cluster's retention, which a node
+        started with C{--set-retention} may have changed (recorded again
+        as this node's if the key is gone)."""
+        reply = await cmd.execute_command("HMGET", CONFIG, *FIELDS)
+        own = self._retention()
+        if any(value is None for value in reply):
+            reply = await cmd.execute_command("EVAL", CLAIM_RETENTION, 1, CONFIG, "0",
+                                              *own.fields())
+        stored = self._read_retention(reply, own)
+        if stored != own:
+            self._follow(stored)
+
+    def _read_retention(self, reply: Any, own: Retention) -> Retention:
+        """The retention C{chat:config} holds (C{reply}); a malformed one
+        stops a start (L{Misconfigured}), while running it is logged (once)
+        and the node prunes by the retention it has."""
+        try:
+            return Retention.read(reply, own)
+        except Misconfigured as e:
+            if not self._started:
+                raise
+            if str(e) != self._misread:
+                self._misread = str(e)
+                self.log.error("cluster: {why}; this node prunes by {own} meanwhile",
+                               why=str(e), own=own)
+            return own
+
+    def _follow(self, stored: Retention) -> None:
+        """Prune by C{stored}, the cluster's retention, from now on (said
+        once per change)."""
+        self.log.warn(
+            "cluster: the cluster's history retention changed (a node was started with "
+            "--set-retention): {change}; this node prunes by the cluster's from now on. "
+            "Give it these values before it restarts, or it will not start",
+            change=stored.differences(self._retention(), "now", "before"))
+        self.retain_days, self.retain_messages, self.retain_bytes = (
+            stored.days, stored.messages, stored.bytes)
 
     async def _lost_after(self, cmd: Any, reached: str, held: bool) -> str | None:
         """If the stream lost entry C{reached} (Redis lost its last events),
@@ -721,23 +838,70 @@ class RedisLog:
     def _failed(self, failure: Any, generation: int) -> None:
         if generation != self._generation:
             return
-        self._note_down(failure.getErrorMessage())
+        why = self._misconfiguration(failure)
+        if why is not None and not self._started:
+            self._refuse(why)
+            return
+        self._note_down(failure.getErrorMessage(), why)
         self._drop_connections()
         self._schedule_retry()
 
-    def _lost(self, generation: int, why: str = "connection lost") -> None:
+    def _misconfiguration(self, failure: Any) -> str | None:
+        """What is wrong with the database, if C{failure} says it is not one
+        this node can run on (L{Misconfigured}; or Redis's C{WRONGTYPE}: a
+        key of another kind, found otherwise than by L{foreign_keys})."""
+        if failure.check(Misconfigured):
+            return str(failure.value)
+        text = failure.getErrorMessage()
+        if failure.check(txredisapi.ResponseError) and text.startswith("WRONGTYPE"):
+            return foreign_message(self.target.display, [text])
+        return None
+
+    def _wrong_database(self, failure: Any, generation: int) -> bool:
+        """While the node runs: if C{failure} is Redis's C{WRONGTYPE} (keys
+        of another kind written under chat: meanwhile), the connection is
+        taken as lost, the true cause logged (L{_note_down}); the
+        reconnection's check (L{foreign_keys}) holds the node back until
+        the database is right again."""
+        why = self._misconfiguration(failure)
+        if why is None:
+            return False
+        self._lost(generation, failure.getErrorMessage(), why)
+        return True
+
+    def _refuse(self, why: str) -> None:
+        """At start: the node does not run on this database (the service
+        ends the process, L{refused}); no retry."""
+        self.log.critical("cluster: {why}", why=why)
+        self.state.available = False
+        self._drop_connections()
+        self._stopped = True
+        if self.refused is not None:
+            self.refused(why)
+
+    def _lost(self, generation: int, why: str = "connection lost",
+              misconfigured: str | None = None) -> None:
         if generation != self._generation or self._stopped:
             return
         self._generation += 1
-        self._note_down(why)
+        self._note_down(why, misconfigured)
         self._drop_connections()
         self._schedule_retry()
 
-    def _note_down(self, why: str) -> None:
+    def _note_down(self, why: str, misconfigured: str | None = None) -> None:
+        """Redis is out of reach (C{why}), or, while the node runs, the
+        database is not one it can run on (C{misconfigured}: said as
+        that, once per reason, not as Redis unreachable)."""
         self.state.available = False
+        if misconfigured is not None and misconfigured != self._misconfigured:
+            self._misconfigured = misconfigured
+            self.log.error("cluster: {why}; new registrations are refused, retrying with "
+                           "backoff", why=misconfigured)
         if self._down_since is None:
             self._down_since = self.reactor.seconds()
             self._up_since = None
+            if misconfigured is not None:
+                return
             self.log.error(
                 "cluster: Redis at {redis} unreachable ({why}); new registrations are "
                 "refused, reconnecting with backoff", redis=self.target.display, why=why,
@@ -836,6 +1000,8 @@ class RedisLog:
             if generation == self._generation:
                 self._scripts_forgotten("append")
             return
+        if self._wrong_database(failure, generation):
+            return  # resent once the database is right again
         if failure.check(txredisapi.ResponseError):
             # Redis refused the command itself (MISCONF, OOM, READONLY):
             # resending would not help.  Said once until a write succeeds
@@ -1253,6 +1419,8 @@ class RedisLog:
     def _read_failed(self, failure: Any, generation: int) -> None:
         if generation != self._generation or failure.check(txredisapi.ConnectionError):
             return  # the connection went: _lost has it
+        if self._wrong_database(failure, generation):
+            return
         if failure.check(ConnectionError):
             self.log.warn("cluster: {why}", why=failure.getErrorMessage())
             self._lost(generation, failure.getErrorMessage())
@@ -1276,13 +1444,17 @@ class RedisLog:
             d = self._cmd.execute_command("SET", LEASE + node, "1", "PX", self.lease_ms)
             d.addErrback(lambda f: self.log.debug("lease: {e}", e=f.getErrorMessage()))
 
+    def _beat_failed(self, failure: Any, generation: int) -> None:
+        if not self._wrong_database(failure, generation):
+            self.log.debug("heartbeat: {e}", e=failure.getErrorMessage())
+
     def _schedule_beat(self, delay: float) -> None:
         self._beat = self.reactor.callLater(delay, self._heartbeat)
 
     def _heartbeat(self) -> None:
         self._beat = None
         d = defer.ensureDeferred(self._beat_once())
-        d.addErrback(lambda f: self.log.debug("heartbeat: {e}", e=f.getErrorMessage()))
+        d.addErrback(self._beat_failed, self._generation)
         if self._cmd is not None:
             self._schedule_beat(self.heartbeat)
 
@@ -1318,6 +1490,7 @@ class RedisLog:
             return
         now = self.reactor.seconds()
         await self._leases(cmd, now)
+        await self._follow_retention(cmd)
         await self._prune(cmd, now)
         if now - self._snapshot_at >= SNAPSHOT_INTERVAL and self._caught_up:
             await self._snapshot(cmd, now)

@@ -5,6 +5,9 @@ service that connects to Redis at start and leaves the cluster at stop.
 
 from __future__ import annotations
 
+import atexit
+import os
+import sys
 from typing import Any
 
 from twisted.application.service import Service
@@ -35,10 +38,10 @@ __all__ = ["ClusterService", "FactoryHooks", "cluster_factory"]
 def cluster_factory(
     config: ServerConfig, reactor: Any, target: RedisTarget, node_timeout: float,
     wait: float = DEFAULT_WAIT, max_waiting: int = DEFAULT_MAX_WAITING,
-    retain_bytes: int | None = None,
+    retain_bytes: int | None = None, set_retention: bool = False,
 ) -> tuple[ChatFactory, RedisLog]:
     """@param wait: C{--redis-wait}; C{max_waiting}: C{--redis-queue};
-    C{retain_bytes}: C{--retain-bytes}."""
+    C{retain_bytes}: C{--retain-bytes}; C{set_retention}: C{--set-retention}."""
     holder: list[ClusterState] = []
 
     def build(factory: ChatFactory) -> ClusterState:
@@ -54,10 +57,26 @@ def cluster_factory(
     factory.held_input.limit = max_waiting
     state = holder[0]
     redis = RedisLog(target, state, reactor, node_timeout, retain_days=config.retain_days,
-                     retain_messages=config.retain_messages, retain_bytes=retain_bytes)
+                     retain_messages=config.retain_messages, retain_bytes=retain_bytes,
+                     set_retention=set_retention)
     # An address's lobby lines and registrations are counted cluster-wide.
     factory.addresses.share(RedisBuckets(redis.command, reactor))
     return factory, redis
+
+
+def exit_status(status: int) -> None:
+    """End the process with C{status} once twistd is done (its reactor
+    stopped, its services too, its log closed): twistd itself always exits
+    with 0 after its reactor ran, so the last step at exit is
+    C{os._exit(status)}, after the standard streams are flushed.  (Under a
+    daemonizing twistd the parent has exited already; the log says why.)"""
+
+    def end() -> None:
+        for stream in (sys.stdout, sys.stderr):
+            stream.flush()
+        os._exit(status)
+
+    atexit.register(end)
 
 
 class FactoryHooks:
@@ -105,6 +124,14 @@ class ClusterService(OwnsPasswordWork, Service):
         self.factory = factory
         self.redis = redis
         self.work = work  # the password threads, when accounts are on
+        redis.refused = self._refused
+
+    def _refused(self, why: str) -> None:
+        """The node does not run on this database (the log said why, at
+        C{critical}): the process ends, with exit status 1."""
+        self.log.critical("twistd chat: not starting (see the line above); exit status 1")
+        exit_status(1)
+        self.factory.reactor.stop()
 
     def startService(self) -> None:
         super().startService()

@@ -1,0 +1,85 @@
+"""
+A node that does not run on its database, end to end (real C{twistd -n
+chat --redis ...} nodes and a private redis-server): another retention
+than the cluster's (rev11-clu2 M4) and keys of another kind under
+C{chat:} (rev11-clu2 L5) stop the start with one line and exit status 1,
+touching nothing; C{--set-retention} changes the cluster's retention and
+the running nodes follow.  (The checks themselves: tests/test_cluster_config.py.)
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+
+from tests import test_cluster_e2e
+from tests.serverproc import ServerProcess
+from tests.test_cluster_e2e import CALM_TIMEOUT, Cluster
+from tests.test_cluster_e2e_history import say
+
+pytestmark = test_cluster_e2e.pytestmark
+cluster = test_cluster_e2e.cluster  # the fixture: a private redis-server and nodes
+
+
+def refused(c: Cluster, *args: str, url: str | None = None) -> ServerProcess:
+    """A node that must not start: it exits with status 1 (within 15 s)."""
+    server = ServerProcess(
+        c.tmp, ["--redis", url or c.url, "--node-timeout", str(c.node_timeout), *args])
+    c.strays.append(server)
+    server.start(wait=False)
+    assert server.proc is not None
+    assert server.proc.wait(15) == 1, server.log()[-3000:]
+    assert server.problems() == [], server.log()[-3000:]
+    return server
+
+
+def zcard(c: Cluster) -> int:
+    count = c.redis.call("ZCARD", "chat:history")
+    assert isinstance(count, int)
+    return count
+
+
+def test_a_node_with_another_retention_does_not_start_until_it_is_set(
+        cluster: Callable[..., Cluster]) -> None:
+    c = cluster(1, "--retain-messages", "1000", "--history", "200")
+    for nick in ("alice", "carol"):  # 15 each: within one user's flood burst
+        say(c.user(c.nodes[0], nick), [f"m{i}" for i in range(15)])
+    deadline = time.monotonic() + 10
+    while zcard(c) < 30:
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    # The reviewer's node: --retain-messages 10 cut the history to 10.
+    late = refused(c, "--retain-messages", "10", "--history", "200")
+    line = next(x for x in late.log().splitlines() if "is not the cluster's" in x)
+    assert "--retain-messages 10 here, 1000 in the cluster" in line
+    assert "--set-retention" in line
+    assert "not starting" in late.log()
+    assert zcard(c) == 30
+    # A newcomer still gets it all.
+    bob = c.user(c.nodes[0], "bob")
+    assert len([x for x in bob.lines if x.startswith("HISTORY ")]) == 30
+    # The deliberate change: one node started with --set-retention; the
+    # running node follows at its next heartbeat (and says so).
+    c.node("--retain-messages", "10", "--set-retention")
+    assert zcard(c) == 10
+    c.nodes[0].wait_log("the cluster's history retention changed",
+                        timeout=CALM_TIMEOUT / 6 + 5)
+    assert "--retain-messages 10 now, 1000 before" in c.nodes[0].log()
+    # The old value no longer starts; the new one does.
+    refused(c, "--retain-messages", "1000")
+    c.node("--retain-messages", "10")
+
+
+def test_a_database_with_keys_of_another_kind_is_refused(
+        cluster: Callable[..., Cluster]) -> None:
+    """rev11-clu2 L5: such a node listened, said "Redis ... unreachable
+    (WRONGTYPE ...)", retried for ever, and told users the accounts could
+    not be checked."""
+    c = cluster(0)
+    c.redis.call("SET", "chat:events", "not-a-stream")
+    node = refused(c, "--retain-messages", "10")
+    log = node.log()
+    assert "chat:events is a string (the cluster keeps a stream there)" in log
+    assert "another application, or another version of twisted-chat" in log
+    assert "unreachable" not in log
+    assert c.redis.call("KEYS", "*") == ["chat:events"]

@@ -1,0 +1,148 @@
+"""
+What a node checks of its Redis database at each connection, before it
+reads or writes the cluster's data there.
+
+  - The keys it uses hold the kinds of value it keeps under them
+    (L{foreign_keys}): keys of another kind under C{chat:} are another
+    application's, or another version's, and the node does not run on
+    them (at start it refuses to start, L{Misconfigured}; while running
+    it says so and retries, as for an unreachable Redis).
+  - Its history retention (C{--retain-days}, C{--retain-messages},
+    C{--retain-bytes}) is the cluster's (L{Retention}): the first node
+    records its own in C{chat:config} (L{CLAIM_RETENTION}); a node started
+    with others refuses to start, naming both; C{--set-retention} records
+    the node's as the cluster's, and the running nodes follow at their
+    next heartbeat.  One history has one retention: a node pruning by a
+    smaller one would delete the others' messages for good.
+
+docs/cluster.md, "Options" (C{--set-retention}) and "How Redis must be
+configured".
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from twisted.internet import defer
+
+__all__ = ["CLAIM_RETENTION", "CONFIG", "Misconfigured", "Retention", "foreign_keys",
+           "foreign_message"]
+
+CONFIG = "chat:config"
+# The fields of CONFIG that hold the retention ('0': no bound), in this order.
+FIELDS = ("retain-days", "retain-messages", "retain-bytes")
+
+#: Records a retention in the cluster's settings (KEYS[1], a hash):
+#: ARGV[1] '1' to replace what is there, else only the fields missing;
+#: then each field and its value.  Returns the fields as they were before
+#: (nil: missing).  Not flagged (no shebang): it writes only where a field
+#: is missing or replaced.
+CLAIM_RETENTION = """
+local before = redis.call('HMGET', KEYS[1], 'retain-days', 'retain-messages', 'retain-bytes')
+for i = 2, #ARGV, 2 do
+  if ARGV[1] == '1' then redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1])
+  else redis.call('HSETNX', KEYS[1], ARGV[i], ARGV[i + 1]) end
+end
+return before
+"""
+
+
+class Misconfigured(Exception):
+    """The database is not one this node can run on as it is; the text
+    says why and what to do."""
+
+
+def _number(text: str) -> str:
+    """A float as the options take it: C{2} for 2.0, C{0.5} for 0.5."""
+    value = float(text)
+    return str(int(value)) if value == int(value) else repr(value)
+
+
+@dataclass(frozen=True, slots=True)
+class Retention:
+    """What the history keeps: C{--retain-days}, C{--retain-messages},
+    C{--retain-bytes} (C{None}: no bound)."""
+
+    days: float | None
+    messages: int | None
+    bytes: int | None
+
+    @classmethod
+    def of(cls, days: float | None, messages: int | None, bytes_: int | None) -> Retention:
+        """As the options give them (0 or C{None}: no bound)."""
+        return cls(days or None, messages or None, bytes_ or None)
+
+    def values(self) -> tuple[str, str, str]:
+        """As C{chat:config} holds them ('0': no bound)."""
+        return (repr(float(self.days)) if self.days else "0",
+                str(self.messages or 0), str(self.bytes or 0))
+
+    def fields(self) -> list[str]:
+        """Field, value, field, value... (L{CLAIM_RETENTION}'s ARGV)."""
+        return [x for pair in zip(FIELDS, self.values(), strict=True) for x in pair]
+
+    @classmethod
+    def read(cls, reply: Sequence[Any], missing: Retention) -> Retention:
+        """The retention C{chat:config} holds (C{HMGET}'s reply, in
+        L{FIELDS}' order), C{missing}'s value for a field it lacks.
+
+        @raise Misconfigured: a value that is not a number from 0."""
+        values = list(missing.values())
+        for i, (name, value) in enumerate(zip(FIELDS, reply, strict=True)):
+            if value is None:
+                continue
+            text = str(value)
+            try:
+                number = float(text) if i == 0 else int(text)
+            except ValueError:
+                number = -1
+            if not number >= 0:  # (NaN too)
+                raise Misconfigured(
+                    f"the cluster's settings ({CONFIG}) hold {name} {text!r}, not a number "
+                    f"from 0: set it right (HSET {CONFIG} {name} N) or delete the key (DEL "
+                    f"{CONFIG}: the next node to start records its own)")
+            values[i] = text
+        days = float(values[0]) or None
+        return cls(days, int(values[1]) or None, int(values[2]) or None)
+
+    def shown(self, name: str) -> str:
+        """One option's value as the command line gives it."""
+        value = dict(zip(FIELDS, self.values(), strict=True))[name]
+        if float(value) == 0:
+            return "not given (no bound)" if name == "retain-days" else "0 (no bound)"
+        return _number(value)
+
+    def differences(self, other: Retention, mine: str, theirs: str) -> str:
+        """Each option that differs, with both values: C{--retain-messages
+        10 here, 1000 in the cluster} (C{mine}, C{theirs}: "here", "in the
+        cluster"); empty if none does."""
+        return "; ".join(
+            f"--{name} {self.shown(name)} {mine}, {other.shown(name)} {theirs}"
+            for name in FIELDS if self.shown(name) != other.shown(name))
+
+    def __str__(self) -> str:
+        return ", ".join(f"--{name} {self.shown(name)}" for name in FIELDS)
+
+
+async def foreign_keys(cmd: Any, kinds: Mapping[str, str]) -> list[str]:
+    """Each key of C{kinds} (a key and the kind of value the cluster keeps
+    under it, as C{TYPE} names it) that holds another kind, said as
+    C{chat:events is a string (the cluster keeps a stream there)}.  The
+    C{TYPE}s go in one write (one round trip)."""
+    names = sorted(kinds)
+    found = await defer.gatherResults([cmd.execute_command("TYPE", name) for name in names],
+                                      consumeErrors=True)
+    return [f"{name} is a {kind} (the cluster keeps a {kinds[name]} there)"
+            for name, kind in zip(names, map(str, found), strict=True)
+            if kind not in ("none", kinds[name])]
+
+
+def foreign_message(display: str, found: Sequence[str]) -> str:
+    """Why a node does not run on a database with L{foreign_keys}."""
+    return (f"the Redis database at {display} holds keys of another kind under chat: "
+            f"({'; '.join(found)}): another application, or another version of "
+            "twisted-chat, uses this database. Give the cluster a database of its own "
+            "(another number in --redis, e.g. redis://host:6379/1, or another Redis), or "
+            "delete those keys if nothing needs them")
