@@ -212,7 +212,7 @@ def test_retain_bytes_keeps_the_newest_that_fit(cluster: Callable[..., Cluster])
     assert len(members) == 31
     costs = [len(m.encode()) + HISTORY_OVERHEAD for m in members]
     bound = sum(costs[-12:]) + 10  # the newest 12 fit, not 13
-    # A new --retain-bytes: made the cluster's (docs/cluster.md, "Changing the retention").
+    # A new --retain-bytes: made the cluster's (docs/cluster.md, "Options", --set-retention).
     c.node("--retain-bytes", str(bound), "--history", "100", "--set-retention")
     newest = [f"old {i:02d}" for i in range(19, 30)] + ["alice now"]
     assert [" ".join(line.split()[:2]) for line in kept(c.redis)] == newest

@@ -525,7 +525,7 @@ class RedisLog:
                 "One history has one retention (a node pruning by its own would delete "
                 "the others' messages for good): this node does not start. Start it with "
                 "the cluster's values; or, to change the cluster's retention, start it "
-                "once with --set-retention (docs/cluster.md, \"Changing the retention\")")
+                "once with --set-retention (docs/cluster.md, \"Options\", --set-retention)")
         self._follow(stored)
 
     async def _follow_retention(self, cmd: Any) -> None:
