@@ -22,6 +22,8 @@ The modules:
   - L{redislog}: the node's event log in Redis: the stream, catch-up and
     loss recovery, leases, snapshots, the history's writes;
   - L{redishistory}: the history's keys, scripts and rows in Redis;
+  - L{redisconfig}: what a node checks of its database at each connection:
+    the kinds of the C{chat:} keys, and the cluster's one retention;
   - L{redisconn}: one Redis connection, and the C{--redis} URL;
   - L{budgets}: the per-address buckets the whole cluster shares, in Redis;
   - L{accounts}: the cluster's accounts, one namespace in Redis;
