@@ -19,8 +19,8 @@ from twisted.internet.task import Clock
 from tests.test_cluster_read import MemoryRedis, Node, Recorder, Told, cluster, now, say
 from tests.test_cluster_rebuild import _lag, _late_agree, _settle, _three_agree
 from tests.test_cluster_unit import Untold
+from twisted_chat.server.cluster.listeners import SyncFirst
 from twisted_chat.server.cluster.node import ClusterState
-from twisted_chat.server.cluster.replica import _SyncFirst
 from twisted_chat.server.history import History
 from twisted_chat.server.hub import HubError, HubSettings, User
 from twisted_chat.wire import ErrorCode
@@ -632,7 +632,7 @@ def test_a_hellos_loud_unpair_after_a_quiet_registration_has_the_whole_user_list
 
 def test_a_rebuild_restores_the_real_listener_not_a_pending_sync() -> None:
     """A quiet change with no loud one after it leaves a sync pending in the
-    hub (L{_SyncFirst}); a rebuild then builds everything anew and puts the
+    hub (L{SyncFirst}); a rebuild then builds everything anew and puts the
     real listener back, not the pending sync (found in review: it saved
     and restored the proxy)."""
     redis, _clock, (n0, _n1) = cluster(2)
@@ -641,6 +641,6 @@ def test_a_rebuild_restores_the_real_listener_not_a_pending_sync() -> None:
     replica = n0.state.replica
     with replica._quietly():
         pass
-    assert isinstance(replica.hub.listener, _SyncFirst)
+    assert isinstance(replica.hub.listener, SyncFirst)
     replica.rebuild(None, [])
     assert replica.hub.listener is n0.state.own

@@ -49,16 +49,9 @@ from typing import Any, Protocol
 from twisted.internet.task import Clock
 
 from twisted_chat.server import logs
-from twisted_chat.server.history import Entry, History
-from twisted_chat.server.hub import (
-    Hub,
-    HubError,
-    HubSettings,
-    Invitation,
-    Listener,
-    NickTaken,
-    User,
-)
+from twisted_chat.server.cluster.listeners import SILENT, Between, NotShownLeaving, SyncFirst
+from twisted_chat.server.history import History
+from twisted_chat.server.hub import Hub, HubError, HubSettings, Listener, NickTaken, User
 from twisted_chat.wire import ErrorCode, nick_key
 
 __all__ = ["Answers", "Detached", "Member", "RemoteConn", "Replica", "event_seconds"]
@@ -152,188 +145,6 @@ class Detached:
 def _stand_in(nick: str) -> User:
     """A user no hub holds (gone in events Redis lost), for its nick in a line."""
     return User(nick=nick, key=nick_key(nick), conn=RemoteConn(""), address="-")
-
-
-class _Silent:
-    """A hub listener that tells nobody: while a replica replays events its
-    node's users have seen (L{Replica.rebuild}), or applies a C{hello}'s
-    change they have seen already."""
-
-    def roster_changing(self) -> None:
-        pass
-
-    def ready(self, user: User) -> None:
-        pass
-
-    def joined(self, ts: float, user: User) -> None:
-        pass
-
-    def left(self, ts: float, user: User, reason: str, text: str) -> None:
-        pass
-
-    def lobby_message(self, entry: Entry) -> None:
-        pass
-
-    def private_message(self, ts: float, sender: User, recipient: User, text: str) -> None:
-        pass
-
-    def invited(self, invitation: Invitation) -> None:
-        pass
-
-    def paired(self, user: User, partner: User) -> None:
-        pass
-
-    def unpaired(self, user: User, partner: User, reason: str, missed: Sequence[Entry]) -> None:
-        pass
-
-    def declined(self, inviter: User, invitee: User, reason: str) -> None:
-        pass
-
-    def cancelled(self, invitee: User, inviter: User, reason: str) -> None:
-        pass
-
-
-_SILENT = _Silent()
-
-
-class _Forward:
-    """
-    A hub listener that passes every event on to C{listener}, each after
-    L{_before}; the wrappers below change what they must.  Written out, not
-    forwarded by C{__getattr__}, so that mypy checks it against L{Listener}.
-    """
-
-    def __init__(self, listener: Listener) -> None:
-        self.listener = listener
-
-    def _before(self) -> None:
-        """Called before an event is passed on."""
-
-    def roster_changing(self) -> None:
-        self._before()
-        self.listener.roster_changing()
-
-    def ready(self, user: User) -> None:
-        self._before()
-        self.listener.ready(user)
-
-    def joined(self, ts: float, user: User) -> None:
-        self._before()
-        self.listener.joined(ts, user)
-
-    def left(self, ts: float, user: User, reason: str, text: str) -> None:
-        self._before()
-        self.listener.left(ts, user, reason, text)
-
-    def lobby_message(self, entry: Entry) -> None:
-        self._before()
-        self.listener.lobby_message(entry)
-
-    def private_message(self, ts: float, sender: User, recipient: User, text: str) -> None:
-        self._before()
-        self.listener.private_message(ts, sender, recipient, text)
-
-    def invited(self, invitation: Invitation) -> None:
-        self._before()
-        self.listener.invited(invitation)
-
-    def paired(self, user: User, partner: User) -> None:
-        self._before()
-        self.listener.paired(user, partner)
-
-    def unpaired(self, user: User, partner: User, reason: str, missed: Sequence[Entry]) -> None:
-        self._before()
-        self.listener.unpaired(user, partner, reason, missed)
-
-    def declined(self, inviter: User, invitee: User, reason: str) -> None:
-        self._before()
-        self.listener.declined(inviter, invitee, reason)
-
-    def cancelled(self, invitee: User, inviter: User, reason: str) -> None:
-        self._before()
-        self.listener.cancelled(invitee, inviter, reason)
-
-
-class _SyncFirst(_Forward):
-    """
-    The hub's listener after a C{hello}'s quiet change (L{Replica._quietly}):
-    the listener was not told of it, so what it built from the hub (the user
-    list, the index of this node's users) is stale.  Before it is told
-    anything out loud, that is built again, once (L{Replica._synced}):
-    an C{UNPAIRED} block carries the user list.  Quiet changes in a row pay
-    nothing; only a loud one after them does.
-    """
-
-    def __init__(self, replica: Replica, listener: Listener) -> None:
-        super().__init__(listener)
-        self.replica = replica
-
-    def _before(self) -> None:
-        self.replica._synced()
-
-
-class _NotShownLeaving(_Forward):
-    """
-    The hub's listener while a user leaves whom this node's users were not
-    shown online (after a rebuild, L{Replica.shown}: they were shown its
-    departure before, in events Redis lost, or never its arrival): its
-    C{LEFT} is not told (again); what its going does to others (their
-    invitation to or from it, their pair with it, ending) is, once the
-    listener's picture, stale without that C{LEFT}, is built again
-    (L{Replica._synced}).
-    """
-
-    def __init__(self, replica: Replica, listener: Listener, user: User) -> None:
-        super().__init__(listener)
-        self._replica = replica
-        self._user = user
-
-    def _before(self) -> None:
-        self._replica._synced()
-
-    def left(self, ts: float, user: User, reason: str, text: str) -> None:
-        if user is self._user:
-            self._replica._hushed = True  # the index learns of it by a reindex
-            return
-        super().left(ts, user, reason, text)
-
-
-class _Between(_Forward):
-    """
-    A hub listener that passes everything on but what two users, C{a} and
-    C{b}, are told of each other while a pair of theirs is brought back
-    (L{Replica._restore_pair}: an invitation between them, its end, and, if
-    C{quiet}, the pairing): what the pairing does to others (an invitation
-    of a third user's ended C{busy}, told on both sides) is told as usual.
-    """
-
-    def __init__(self, listener: Listener, a: User, b: User, quiet: bool) -> None:
-        super().__init__(listener)
-        self._two = {a, b}
-        self._quiet = quiet
-
-    def _theirs(self, one: User, other: User) -> bool:
-        return {one, other} == self._two
-
-    def invited(self, invitation: Invitation) -> None:
-        if not self._theirs(invitation.inviter, invitation.invitee):
-            super().invited(invitation)
-
-    def paired(self, user: User, partner: User) -> None:
-        if not (self._quiet and self._theirs(user, partner)):
-            super().paired(user, partner)
-
-    def unpaired(self, user: User, partner: User, reason: str, missed: Sequence[Entry]) -> None:
-        if not self._theirs(user, partner):
-            super().unpaired(user, partner, reason, missed)
-
-    def declined(self, inviter: User, invitee: User, reason: str) -> None:
-        if not self._theirs(inviter, invitee):
-            super().declined(inviter, invitee, reason)
-
-    def cancelled(self, invitee: User, inviter: User, reason: str) -> None:
-        if not self._theirs(invitee, inviter):
-            super().cancelled(invitee, inviter, reason)
 
 
 class Answers(Protocol):
@@ -565,14 +376,14 @@ class Replica:
 
     def _gone(self, user: User, reason: str, text: str) -> None:
         """C{user} leaves; out loud, but for its C{LEFT} where this node's
-        users were not shown it online (L{_NotShownLeaving})."""
+        users were not shown it online (L{NotShownLeaving})."""
         hub = self.hub
         shown = self.shown
-        if shown is None or self.uids.get(user) in shown or hub.listener is _SILENT:
+        if shown is None or self.uids.get(user) in shown or hub.listener is SILENT:
             hub.leave(user, reason, text)
         else:
             listener = self._unwrapped()
-            hub.listener = _NotShownLeaving(self, listener, user)
+            hub.listener = NotShownLeaving(self, listener, user)
             try:
                 hub.leave(user, reason, text)
             finally:
@@ -842,14 +653,14 @@ class Replica:
         C{quiet}, of the pairing; what it does to others (their invitations
         to or from the two end C{busy}, or withdrawn) is told as usual."""
         hub = self.hub
-        if hub.listener is _SILENT:
+        if hub.listener is SILENT:
             self._restore_pair(a, b)
             return
         if not quiet:
             self._synced()  # what it says out loud needs the listener's picture
         listener = self._unwrapped()
         listener.roster_changing()
-        hub.listener = _Between(listener, a, b, quiet)
+        hub.listener = Between(listener, a, b, quiet)
         if quiet:
             self._hushed = True  # the index learns of the pairing by a reindex
         try:
@@ -909,12 +720,12 @@ class Replica:
         """Apply what follows without telling the listener (if C{quiet}),
         after what it had gathered goes out."""
         hub = self.hub
-        if not quiet or hub.listener is _SILENT:
+        if not quiet or hub.listener is SILENT:
             yield
             return
         listener = self._unwrapped()
         listener.roster_changing()
-        hub.listener = _SILENT
+        hub.listener = SILENT
         self._hushed = True
         try:
             yield
@@ -922,13 +733,13 @@ class Replica:
             hub.listener = self._after_quiet(listener)
 
     def _after_quiet(self, listener: Listener) -> Listener:
-        """The hub's listener after a quiet change: L{_SyncFirst}."""
-        return _SyncFirst(self, listener)
+        """The hub's listener after a quiet change: L{SyncFirst}."""
+        return SyncFirst(self, listener)
 
     def _unwrapped(self) -> Listener:
-        """The hub's listener, a pending L{_SyncFirst} taken off (not run)."""
+        """The hub's listener, a pending L{SyncFirst} taken off (not run)."""
         listener = self.hub.listener
-        if isinstance(listener, _SyncFirst):
+        if isinstance(listener, SyncFirst):
             listener = listener.listener
             self.hub.listener = listener
         return listener
@@ -1125,7 +936,7 @@ class Replica:
         what Redis kept, whatever this one had applied of what was lost.
 
         All of it was applied here before: it is applied again without a
-        line to anyone (L{_Silent}) and without an answer to this node.
+        line to anyone (L{listeners.Silent}) and without an answer to this node.
         This node's connections are then bound to their users where the
         rebuilt replica has them (L{Answers.rebound}); the others are
         L{detached} until this node's C{hello} brings them back.  L{shown}
@@ -1151,7 +962,7 @@ class Replica:
         hub = self.hub
         listener = self._unwrapped()  # a pending sync is moot: all is built anew
         listener.roster_changing()  # what the lobby was sent goes out first
-        hub.listener = _SILENT
+        hub.listener = SILENT
         self.replaying = True
         try:
             self.clear()

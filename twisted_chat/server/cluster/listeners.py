@@ -1,0 +1,210 @@
+"""
+The hub listeners a replica puts in front of its node's own (the factory's)
+while it changes the hub in ways its node's users must not hear in full:
+replaying events they have seen (a rebuild), a C{hello}'s change they have
+seen already, a pair brought back, a user leaving whom they were not shown
+online.  What the users see then is in docs/cluster.md, "What is guaranteed"
+(its "After a loss, every replica agrees").
+
+L{Silent} tells nobody; L{Forward} passes every event on, and L{SyncFirst},
+L{NotShownLeaving} and L{Between} change what they must.  They follow the
+hub's L{Listener} method by method, as the factory and the index of the
+node's own users (C{cluster/own.py}) do: a new Listener event is added to
+these too.  They are apart from L{replica} so that a reader of that module
+meets the replica first.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
+
+from twisted_chat.server.history import Entry
+from twisted_chat.server.hub import Invitation, Listener, User
+
+if TYPE_CHECKING:
+    from twisted_chat.server.cluster.replica import Replica
+
+__all__ = ["SILENT", "Between", "Forward", "NotShownLeaving", "Silent", "SyncFirst"]
+
+
+class Silent:
+    """A hub listener that tells nobody: while a replica replays events its
+    node's users have seen (L{Replica.rebuild}), or applies a C{hello}'s
+    change they have seen already."""
+
+    def roster_changing(self) -> None:
+        pass
+
+    def ready(self, user: User) -> None:
+        pass
+
+    def joined(self, ts: float, user: User) -> None:
+        pass
+
+    def left(self, ts: float, user: User, reason: str, text: str) -> None:
+        pass
+
+    def lobby_message(self, entry: Entry) -> None:
+        pass
+
+    def private_message(self, ts: float, sender: User, recipient: User, text: str) -> None:
+        pass
+
+    def invited(self, invitation: Invitation) -> None:
+        pass
+
+    def paired(self, user: User, partner: User) -> None:
+        pass
+
+    def unpaired(self, user: User, partner: User, reason: str, missed: Sequence[Entry]) -> None:
+        pass
+
+    def declined(self, inviter: User, invitee: User, reason: str) -> None:
+        pass
+
+    def cancelled(self, invitee: User, inviter: User, reason: str) -> None:
+        pass
+
+
+SILENT = Silent()
+
+
+class Forward:
+    """
+    A hub listener that passes every event on to C{listener}, each after
+    L{_before}; the wrappers below change what they must.  Written out, not
+    forwarded by C{__getattr__}, so that mypy checks it against L{Listener}.
+    """
+
+    def __init__(self, listener: Listener) -> None:
+        self.listener = listener
+
+    def _before(self) -> None:
+        """Called before an event is passed on."""
+
+    def roster_changing(self) -> None:
+        self._before()
+        self.listener.roster_changing()
+
+    def ready(self, user: User) -> None:
+        self._before()
+        self.listener.ready(user)
+
+    def joined(self, ts: float, user: User) -> None:
+        self._before()
+        self.listener.joined(ts, user)
+
+    def left(self, ts: float, user: User, reason: str, text: str) -> None:
+        self._before()
+        self.listener.left(ts, user, reason, text)
+
+    def lobby_message(self, entry: Entry) -> None:
+        self._before()
+        self.listener.lobby_message(entry)
+
+    def private_message(self, ts: float, sender: User, recipient: User, text: str) -> None:
+        self._before()
+        self.listener.private_message(ts, sender, recipient, text)
+
+    def invited(self, invitation: Invitation) -> None:
+        self._before()
+        self.listener.invited(invitation)
+
+    def paired(self, user: User, partner: User) -> None:
+        self._before()
+        self.listener.paired(user, partner)
+
+    def unpaired(self, user: User, partner: User, reason: str, missed: Sequence[Entry]) -> None:
+        self._before()
+        self.listener.unpaired(user, partner, reason, missed)
+
+    def declined(self, inviter: User, invitee: User, reason: str) -> None:
+        self._before()
+        self.listener.declined(inviter, invitee, reason)
+
+    def cancelled(self, invitee: User, inviter: User, reason: str) -> None:
+        self._before()
+        self.listener.cancelled(invitee, inviter, reason)
+
+
+class SyncFirst(Forward):
+    """
+    The hub's listener after a C{hello}'s quiet change (L{Replica._quietly}):
+    the listener was not told of it, so what it built from the hub (the user
+    list, the index of this node's users) is stale.  Before it is told
+    anything out loud, that is built again, once (L{Replica._synced}):
+    an C{UNPAIRED} block carries the user list.  Quiet changes in a row pay
+    nothing; only a loud one after them does.
+    """
+
+    def __init__(self, replica: Replica, listener: Listener) -> None:
+        super().__init__(listener)
+        self.replica = replica
+
+    def _before(self) -> None:
+        self.replica._synced()
+
+
+class NotShownLeaving(Forward):
+    """
+    The hub's listener while a user leaves whom this node's users were not
+    shown online (after a rebuild, L{Replica.shown}: they were shown its
+    departure before, in events Redis lost, or never its arrival): its
+    C{LEFT} is not told (again); what its going does to others (their
+    invitation to or from it, their pair with it, ending) is, once the
+    listener's picture, stale without that C{LEFT}, is built again
+    (L{Replica._synced}).
+    """
+
+    def __init__(self, replica: Replica, listener: Listener, user: User) -> None:
+        super().__init__(listener)
+        self._replica = replica
+        self._user = user
+
+    def _before(self) -> None:
+        self._replica._synced()
+
+    def left(self, ts: float, user: User, reason: str, text: str) -> None:
+        if user is self._user:
+            self._replica._hushed = True  # the index learns of it by a reindex
+            return
+        super().left(ts, user, reason, text)
+
+
+class Between(Forward):
+    """
+    A hub listener that passes everything on but what two users, C{a} and
+    C{b}, are told of each other while a pair of theirs is brought back
+    (L{Replica._restore_pair}: an invitation between them, its end, and, if
+    C{quiet}, the pairing): what the pairing does to others (an invitation
+    of a third user's ended C{busy}, told on both sides) is told as usual.
+    """
+
+    def __init__(self, listener: Listener, a: User, b: User, quiet: bool) -> None:
+        super().__init__(listener)
+        self._two = {a, b}
+        self._quiet = quiet
+
+    def _theirs(self, one: User, other: User) -> bool:
+        return {one, other} == self._two
+
+    def invited(self, invitation: Invitation) -> None:
+        if not self._theirs(invitation.inviter, invitation.invitee):
+            super().invited(invitation)
+
+    def paired(self, user: User, partner: User) -> None:
+        if not (self._quiet and self._theirs(user, partner)):
+            super().paired(user, partner)
+
+    def unpaired(self, user: User, partner: User, reason: str, missed: Sequence[Entry]) -> None:
+        if not self._theirs(user, partner):
+            super().unpaired(user, partner, reason, missed)
+
+    def declined(self, inviter: User, invitee: User, reason: str) -> None:
+        if not self._theirs(inviter, invitee):
+            super().declined(inviter, invitee, reason)
+
+    def cancelled(self, invitee: User, inviter: User, reason: str) -> None:
+        if not self._theirs(invitee, inviter):
+            super().cancelled(invitee, inviter, reason)
