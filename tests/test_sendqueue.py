@@ -25,14 +25,8 @@ from twisted.internet.testing import MemoryReactorClock, StringTransport
 
 from twisted_chat import tcpinfo
 from twisted_chat.server import sendqueue
-from twisted_chat.server.sendqueue import (
-    DirectPass,
-    DrainWatch,
-    OutputBudget,
-    SendQueue,
-    buffer_size,
-    stalled,
-)
+from twisted_chat.server.outputwatch import DrainWatch, OutputBudget, stalled
+from twisted_chat.server.sendqueue import DirectPass, SendQueue, buffer_size
 from twisted_chat.tcpinfo import kernel_acked, kernel_queued
 
 # -- transports that are not plain TCP --------------------------------------------

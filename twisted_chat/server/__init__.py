@@ -19,6 +19,8 @@ Inside out (docs/fanout.md, "Module layout"):
   - L{fanout}: when lobby lines leave (gathering, pacing by backlog);
   - L{sendqueue}: a connection's send queue and the direct pass of a batch to
     every member (in C where C{_sendmany} was built);
+  - L{outputwatch}: the timers that police what the send queues hold
+    (C{--sendq-timeout}, C{--sendq-total});
   - L{flood}: the per-connection token bucket and flood penalty; pure;
   - L{buckets}: the refill and drain rules every limit shares (token
     buckets, the flood penalty, the login failure limits); pure;

@@ -1,8 +1,9 @@
 """
 One connection's send queue: how its bytes reach the transport, how many are
 held for it wherever they sit (Twisted's buffer and the kernel's), and the
-rules that bound them: C{--sendq}, C{--sndbuf} and C{--sendq-timeout}.  The
-design is in docs/fanout.md, "The send queue".
+rules that bound them: C{--sendq} and C{--sndbuf} (the timers that police
+what the queues hold, C{--sendq-timeout} and C{--sendq-total}, are in
+L{outputwatch}).  The design is in docs/fanout.md, "The send queue".
 
 On a plain TCP transport the queue sends straight away when Twisted holds
 nothing for it (order is kept), and hands what the kernel did not take to
@@ -26,7 +27,7 @@ from typing import Any, ClassVar, Protocol, cast
 
 from twisted.internet import tcp
 from twisted.internet.abstract import FileDescriptor
-from twisted.internet.interfaces import IDelayedCall, IPushProducer, IReactorTime
+from twisted.internet.interfaces import IPushProducer
 from zope.interface import implementer
 
 from twisted_chat.tcpinfo import (
@@ -145,7 +146,7 @@ class SendQueue:
 
     def delivered(self, held: int) -> int:
         """
-        Bytes the peer has taken so far, for L{DrainWatch}, C{held} being
+        Bytes the peer has taken so far, for L{outputwatch.DrainWatch}, C{held} being
         L{held}'s answer: L{progress} where it can be had (on a direct queue
         the kernel's count of acknowledged bytes, which the direct pass
         needs no bookkeeping for; on a UNIX socket what was written less
@@ -162,7 +163,7 @@ class SendQueue:
     def progress(self) -> int | None:
         """
         A count that moves when, and only when, the peer takes bytes, or
-        C{None} where none can be had.  For L{OutputBudget}: which
+        C{None} where none can be had.  For L{outputwatch.OutputBudget}: which
         connections drained since it last looked.  The kernel's count of the
         bytes the peer acknowledged where it tells it (TCP on Linux, under
         TLS too: the encrypted bytes); else, where Twisted's buffer can be
@@ -399,185 +400,3 @@ class DirectPass:
         if self._socks:
             send_all(self._direct, self._socks, data)  # may change the generation
         return self._rest
-
-
-# -- output that does not drain ---------------------------------------------------
-
-
-def stalled(
-    held: int, delivered: int, last: int, since: float | None, now: float, timeout: float
-) -> tuple[float | None, bool]:
-    """
-    One look at a queue: C{held} bytes held, C{delivered} in all so far
-    (C{last} at the previous look, when it had been stalled C{since}).
-    Returns when its stall began (C{None}: it is not stalled) and whether it
-    has lasted C{timeout}: output that has not drained that long.
-    """
-    if held == 0:
-        return None, False
-    if since is None or delivered != last:
-        return now, False
-    return since, now - since >= timeout
-
-
-class Watched(Protocol):
-    """What the drain watch needs of a connection."""
-
-    @property
-    def send_queue(self) -> SendQueue | None:
-        """Its queue (C{None}: none to watch, not yet or no longer)."""
-
-    def output_stalled(self) -> None:
-        """Its peer took none of its bytes for the timeout: drop it."""
-
-
-class _Periodic:
-    """A timer for every connection that runs while there are some: L{start}
-    when one comes, L{stop} when the last goes; C{period} 0 turns it off."""
-
-    __slots__ = ("_call", "_clock", "_period")
-
-    def __init__(self, clock: IReactorTime, period: float) -> None:
-        self._clock = clock
-        self._period = period
-        self._call: IDelayedCall | None = None
-
-    def start(self) -> None:
-        """A connection came: make sure the timer runs."""
-        if self._period and self._call is None:
-            self._call = self._clock.callLater(self._period, self._look)
-
-    def stop(self) -> None:
-        """The last connection went: no timer is left behind."""
-        call, self._call = self._call, None
-        if call is not None and call.active():
-            call.cancel()
-
-    def _look(self) -> None:
-        raise NotImplementedError
-
-
-class DrainWatch(_Periodic):
-    """
-    One timer for every connection: each C{timeout / 4} seconds it looks at
-    the send queue of every connection C{connections()} returns (the
-    factory's own set: the watch keeps nothing per connection), and calls
-    C{output_stalled} of each whose peer has taken none of the bytes held
-    for it for C{timeout} seconds (L{stalled}).  The timer runs while there
-    are connections: L{start} when one comes, L{stop} when the last goes.
-    C{timeout} 0 turns it off.
-    """
-
-    __slots__ = ("_connections", "_timeout")
-
-    def __init__(self, clock: IReactorTime, timeout: float,
-                 connections: Callable[[], Collection[Watched]]) -> None:
-        super().__init__(clock, timeout / 4)
-        self._timeout = timeout
-        self._connections = connections
-
-    def _look(self) -> None:
-        self._call = None
-        now = self._clock.seconds()
-        timeout = self._timeout
-        dropped = []
-        for connection in self._connections():
-            queue = connection.send_queue
-            if queue is None:
-                continue
-            held = queue.held()
-            delivered = queue.delivered(held) if held else queue.last_delivered
-            since, over = stalled(held, delivered, queue.last_delivered, queue.stalled_since,
-                                  now, timeout)
-            queue.stalled_since = since
-            queue.last_delivered = delivered
-            if over:
-                dropped.append(connection)
-        for connection in dropped:
-            connection.output_stalled()
-        if self._connections():
-            self.start()
-
-
-# -- output held for all connections ------------------------------------------------
-
-
-class Budgeted(Protocol):
-    """What the output budget needs of a connection."""
-
-    @property
-    def send_queue(self) -> SendQueue | None:
-        """Its queue (C{None}: none to count, not yet or no longer)."""
-
-    def output_over_budget(self) -> None:
-        """It is first to go of an output over C{--sendq-total}: drop it."""
-
-
-class OutputBudget(_Periodic):
-    """
-    C{--sendq-total}: the bytes the server itself holds for all connections
-    together (Twisted's buffers, L{SendQueue.twisted_held}; the kernel's
-    share is bounded apart, by C{--sndbuf}).  One timer for every
-    connection, each C{period} seconds while there are connections: when
-    the sum is over C{budget}, connections are dropped
-    (C{output_over_budget}) until the rest fit: first those whose peer took
-    nothing since the last look (L{SendQueue.progress} unchanged: stalled),
-    the biggest first, then those still draining, the biggest first.  A
-    connection that held nothing at the last look has not been seen
-    stalled, nor has one whose progress cannot be read (C{None}).  Each
-    connection's own bound stays C{--sendq}; this bounds their sum, which
-    is otherwise C{--max-clients} x C{--sendq}
-    (docs/security.md, "Output held in all").  C{budget} 0 turns it off.
-    A sum over the budget between two looks is not seen until the next: the
-    bound is the budget plus what one period brings, each connection still
-    at most C{--sendq}.  What it keeps between looks is the progress of the
-    connections that held something at the last (nothing per connection
-    otherwise).
-    """
-
-    __slots__ = ("_budget", "_connections", "_progress")
-
-    def __init__(self, clock: IReactorTime, budget: int,
-                 connections: Callable[[], Collection[Budgeted]], period: float = 1.0) -> None:
-        super().__init__(clock, period if budget else 0.0)
-        self._budget = budget
-        self._connections = connections
-        self._progress: dict[SendQueue, int] = {}
-
-    def stop(self) -> None:
-        super().stop()
-        self._progress = {}
-
-    def _look(self) -> None:
-        self._call = None
-        last, progress = self._progress, {}
-        holding: list[tuple[bool, int, Budgeted]] = []
-        total = 0
-        for connection in self._connections():
-            queue = connection.send_queue
-            if queue is not None:
-                held = queue.twisted_held()
-                if held:
-                    now = queue.progress()
-                    # No count (None): ranked with the draining, never as
-                    # stalled (a figure that cannot move decides nothing).
-                    if now is not None:
-                        progress[queue] = now
-                    holding.append((now is not None and last.get(queue) == now, held,
-                                    connection))
-                    total += held
-        self._progress = progress
-        if total > self._budget:
-            holding.sort(key=_rank, reverse=True)
-            for _, held, connection in holding:
-                if total <= self._budget:
-                    break
-                connection.output_over_budget()
-                total -= held
-        if self._connections():
-            self.start()
-
-
-def _rank(holder: tuple[bool, int, Any]) -> tuple[bool, int]:
-    """Which goes first (the greatest): stalled, then the most held."""
-    return holder[0], holder[1]
