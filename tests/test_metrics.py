@@ -24,6 +24,7 @@ from tests.test_login import harness as login_harness
 from tests.test_service import ThreadedMemoryReactor, options
 from twisted_chat.server.fanout import LobbyFanout
 from twisted_chat.server.history import Entry
+from twisted_chat.server.listening import PortService
 from twisted_chat.server.metrics import (
     Buckets,
     ChatCollector,
@@ -31,7 +32,7 @@ from twisted_chat.server.metrics import (
     Stats,
     registry_for,
 )
-from twisted_chat.server.service import ChatService, PortService, makeService
+from twisted_chat.server.service import ChatService, makeService
 from twisted_chat.server.store import SQLiteStore
 
 reactor: Any = _reactor

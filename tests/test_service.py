@@ -14,13 +14,8 @@ from twisted.python import usage
 
 from twisted_chat.server import sendqueue
 from twisted_chat.server.history import Entry
-from twisted_chat.server.service import (
-    ChatService,
-    Options,
-    PortService,
-    StartupError,
-    makeService,
-)
+from twisted_chat.server.listening import PortService, StartupError
+from twisted_chat.server.service import ChatService, Options, makeService
 
 
 def options(*argv: str) -> Options:

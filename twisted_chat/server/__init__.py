@@ -29,6 +29,9 @@ Inside out (docs/fanout.md, "Module layout"):
     then an abort after the grace;
   - L{addresses}: the limits per source address, shared by its connections;
   - L{service}: C{twistd chat}'s options and the service tree;
+  - L{listening}: the ports it listens on, each endpoint checked before
+    anything is made (the one reader of Twisted's private port and
+    interface);
   - L{config}: the settings, one frozen value;
   - L{store}: durable lobby history in SQLite, written by a thread of its own;
   - L{accounts}: the accounts file (salted scrypt hashes), no reactor in it;

@@ -410,14 +410,13 @@ def exposed(endpoint: Any) -> str | None:
     on every interface (a bare C{--metrics PORT}, or C{tcp:PORT} without
     C{interface=}): anyone who can reach the host may read the metrics.
     """
-    from twisted.internet import endpoints
+    from twisted_chat.server.listening import TCP_ENDPOINTS, tcp_address
 
-    if not isinstance(endpoint, (endpoints.TCP4ServerEndpoint, endpoints.TCP6ServerEndpoint,
-                                 endpoints.SSL4ServerEndpoint)):
+    if not isinstance(endpoint, TCP_ENDPOINTS):
         return None  # a UNIX socket: its file's permissions decide
-    interface = getattr(endpoint, "_interface", "")
-    if interface not in ("", "0.0.0.0", "::"):
-        return None
+    address = tcp_address(endpoint)
+    if address is not None and address[0] not in ("", "0.0.0.0", "::"):
+        return None  # one interface (with None, it cannot tell: it warns)
     return ("--metrics listens on every interface: anyone who can reach this host may "
             "read the metrics; bind it to loopback (tcp:PORT:interface=127.0.0.1) or "
             "firewall it (docs/security.md)")

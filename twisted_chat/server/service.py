@@ -4,28 +4,23 @@ C{twistd chat}: command-line options and the service tree.
 The tree is a C{MultiService}: a L{ChatService} (with C{--redis}, the
 cluster's C{ClusterService}) whose C{stopService} says C{BYE shutdown} to
 everyone and waits for their connections to close, then one L{PortService}
-per C{--port}, C{--metrics} and C{--web}.  Every endpoint is parsed before
-anything is made, and a bind failure stops start-up with one line.
+per C{--port}, C{--metrics} and C{--web} (L{twisted_chat.server.listening}:
+every endpoint is parsed before anything is made, and a bind failure stops
+start-up with one line).
 """
 
 from __future__ import annotations
 
 import dataclasses
-import errno
 import math
 import os
-import socket
 import sys
 from collections.abc import Callable
-from types import TracebackType
 from typing import Any, TypeVar
 
 from prometheus_client.registry import CollectorRegistry
-from twisted.application.internet import StreamServerEndpointService
 from twisted.application.service import IService, MultiService, Service
-from twisted.internet import endpoints
 from twisted.internet.defer import Deferred
-from twisted.internet.error import CannotListenError
 from twisted.python import usage
 from twisted.python.failure import Failure
 
@@ -42,6 +37,7 @@ from twisted_chat.server.config import MEMORY, ServerConfig
 from twisted_chat.server.factory import ChatFactory
 from twisted_chat.server.fanout import MAX_FANOUT_WAIT
 from twisted_chat.server.history import History
+from twisted_chat.server.listening import PortService, listen_on
 from twisted_chat.server.login import (
     Accounts,
     LoginLimits,
@@ -527,111 +523,6 @@ def chat_snapshot(factory: ChatFactory, history_backlog: int | None = None,
     )
 
 
-class StartupError(Exception):
-    """The server cannot start, for a reason one line explains (no traceback)."""
-
-
-def _quiet_startup_errors() -> None:
-    """
-    Let a L{StartupError} that ends twistd print no traceback: its one line
-    is in the log already.  (Raised from C{privilegedStartService}, it must
-    stay an C{Exception}, not C{SystemExit}: after daemonizing, only an
-    exception reaches the waiting parent, which prints it, and twistd then
-    removes its pid file.)
-    """
-    previous = sys.excepthook
-    if getattr(previous, "_twisted_chat", False):
-        return
-
-    def hook(kind: type[BaseException], value: BaseException,
-             traceback: TracebackType | None) -> None:
-        if not isinstance(value, StartupError):
-            previous(kind, value, traceback)
-
-    hook._twisted_chat = True  # type: ignore[attr-defined]
-    sys.excepthook = hook
-
-
-class PortService(StreamServerEndpointService):
-    """
-    One C{--port}: like C{strports.service}, a failure to listen stops
-    start-up, but as one line naming the C{--port} (a busy port, a socket
-    path that cannot be created, a port below 1024 without the right).
-    """
-
-    log = logs.logger()
-
-    def __init__(self, description: str, endpoint: Any, factory: Any,
-                 option: str = "--port") -> None:
-        super().__init__(endpoint, factory)
-        self.description = description
-        self.option = option
-        self._raiseSynchronously = True  # as strports.service does
-
-    def privilegedStartService(self) -> None:
-        try:
-            super().privilegedStartService()
-        except (CannotListenError, OSError, OverflowError) as e:
-            # OverflowError: a port number out of range that _listen_on
-            # could not see (an endpoint type it does not know).
-            cause = getattr(e, "socketError", e)
-            why = getattr(cause, "strerror", None) or str(cause)
-            message = f"cannot listen on {self.option} {self.description}: {why}"
-            self.log.critical("twistd chat: {message}", message=message)
-            _quiet_startup_errors()
-            raise StartupError(message) from None
-
-
-# Twisted's endpoints that listen on a TCP port number, which they keep as
-# C{_port}: the parser takes any integer, and only the bind finds one out of
-# range (an OverflowError, not a CannotListenError).
-_TCP_ENDPOINTS = (endpoints.TCP4ServerEndpoint, endpoints.TCP6ServerEndpoint,
-                  endpoints.SSL4ServerEndpoint)
-
-
-def _listen_on(description: str, reactor: Any, option: str = "--port") -> Any:
-    """The endpoint C{description} names, or one clear line and exit 1."""
-    try:
-        endpoint = endpoints.serverFromString(reactor, description)
-    except Exception as e:  # ValueError, a missing key file, an unknown option...
-        raise SystemExit(f"twistd chat: bad {option} {description!r}: {e}") from None
-    port = getattr(endpoint, "_port", None) if isinstance(endpoint, _TCP_ENDPOINTS) else None
-    if isinstance(port, int) and not 0 <= port <= 65535:
-        raise SystemExit(f"twistd chat: bad {option} {description!r}: "
-                         f"port {port} is out of range (0-65535)")
-    if port and reactor is _global_reactor():
-        _not_busy(description, endpoint, port, option)
-    return endpoint
-
-
-def _global_reactor() -> Any:
-    from twisted.internet import reactor
-
-    return reactor
-
-
-def _not_busy(description: str, endpoint: Any, port: int, option: str) -> None:
-    """
-    A TCP port another process listens on stops start-up now, before the
-    database and accounts files are made (the listening itself comes after
-    them, and would leave them behind in a directory the operator did not
-    mean).  A trial bind with the options Twisted's own uses
-    (C{SO_REUSEADDR}), closed at once; any other failure is left to the
-    real bind, which says it as it always has.
-    """
-    interface = getattr(endpoint, "_interface", "")
-    family = socket.AF_INET6 if (isinstance(endpoint, endpoints.TCP6ServerEndpoint)
-                                 or ":" in interface) else socket.AF_INET
-    try:
-        with socket.socket(family, socket.SOCK_STREAM) as trial:
-            trial.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            trial.bind((interface, port))
-    except OSError as e:
-        if e.errno == errno.EADDRINUSE:
-            raise SystemExit(f"twistd chat: cannot listen on {option} {description}: "
-                             f"{e.strerror}") from None
-
-
 def makeService(options: Options, reactor: Any = None) -> IService:
     if reactor is None:
         from twisted.internet import reactor as global_reactor
@@ -726,11 +617,11 @@ class _Listeners:
         database, the accounts file, the cluster's connection): a mistyped
         one is one line, not a traceback."""
         return cls(
-            ports=[(description, _listen_on(description, reactor))
+            ports=[(description, listen_on(description, reactor))
                    for description in config.ports],
-            scrape=((config.metrics, _listen_on(config.metrics, reactor, "--metrics"))
+            scrape=((config.metrics, listen_on(config.metrics, reactor, "--metrics"))
                     if config.metrics else None),
-            web=[(description, _listen_on(description, reactor, "--web"))
+            web=[(description, listen_on(description, reactor, "--web"))
                  for description in options["web"]],
         )
 
