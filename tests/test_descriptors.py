@@ -69,10 +69,10 @@ def test_no_room_at_all_is_refused_even_for_the_default() -> None:
 
 
 def test_the_metrics_ports_connections_are_kept_out_of_the_chats_share() -> None:
-    """With --metrics its connections (metrics.METRICS_DESCRIPTORS) come
+    """With --metrics its connections (metricsport.METRICS_DESCRIPTORS) come
     out of the budget, as the server's own files do: they cannot take the
     descriptors the chat port's users need."""
-    from twisted_chat.server.metrics import METRICS_DESCRIPTORS
+    from twisted_chat.server.metricsport import METRICS_DESCRIPTORS
 
     assert fit(1024 - RESERVED, chosen=True, limits=FakeLimits(1024, 1024)).warning is None
     room = 1024 - RESERVED - METRICS_DESCRIPTORS

@@ -99,7 +99,7 @@ def test_the_load_balancer_recipe_exempts_the_proxy() -> None:
 
 
 def test_the_metrics_methods_are_the_ones_the_docs_state() -> None:
-    from twisted_chat.server.metrics import ALLOWED_METHODS
+    from twisted_chat.server.metricsport import ALLOWED_METHODS
 
     text = (ROOT / "docs" / "security.md").read_text()
     row = next(line for line in text.splitlines() if line.startswith("| requests |"))

@@ -146,7 +146,7 @@ def test_held_metrics_connections_leave_the_chat_its_descriptors(
     import stat
 
     from tests.serverproc import TWISTD
-    from twisted_chat.server.metrics import MAX_METRICS_CONNECTIONS
+    from twisted_chat.server.metricsport import MAX_METRICS_CONNECTIONS
 
     limited = tmp_path / "twistd-200"  # twistd with 200 descriptors, hard limit too
     limited.write_text(

@@ -576,7 +576,7 @@ def metrics_connection(site: Any, port: int) -> tuple[Any, Any] | None:
 def test_the_metrics_port_serves_a_few_connections_at_once() -> None:
     """Beyond MAX_METRICS_CONNECTIONS a new connection is closed at its
     accept; a closed one makes room."""
-    from twisted_chat.server.metrics import MAX_METRICS_CONNECTIONS, metrics_site
+    from twisted_chat.server.metricsport import MAX_METRICS_CONNECTIONS, metrics_site
 
     site = metrics_site(registry_for(Stats(), lambda: Snapshot(0, 0, 0, None)), Clock())
     held = [metrics_connection(site, 40000 + n) for n in range(MAX_METRICS_CONNECTIONS)]
@@ -592,7 +592,7 @@ def test_the_metrics_port_serves_a_few_connections_at_once() -> None:
 def test_a_metrics_connection_lasts_at_most_its_timeout_however_it_sends() -> None:
     """Twisted's own timeout starts again at each byte: one header byte a
     second would hold a slot for ever.  This one counts from the accept."""
-    from twisted_chat.server.metrics import METRICS_TIMEOUT, metrics_site
+    from twisted_chat.server.metricsport import METRICS_TIMEOUT, metrics_site
 
     clock = Clock()
     site = metrics_site(registry_for(Stats(), lambda: Snapshot(0, 0, 0, None)), clock)
@@ -639,7 +639,7 @@ def test_a_scrape_that_announces_a_body_is_refused_unread(announce: bytes) -> No
     """Twisted spools a request body to a temporary file as it comes: on the
     metrics port (no scrape has a body) one is refused before any of it is
     read, with 413, and nothing after it is read."""
-    from twisted_chat.server.metrics import metrics_site
+    from twisted_chat.server.metricsport import metrics_site
 
     site = metrics_site(registry_for(Stats(), lambda: Snapshot(0, 0, 0, None)), Clock())
     got = metrics_connection(site, 40000)
@@ -660,7 +660,7 @@ def test_a_request_with_an_empty_body_is_answered() -> None:
     """Content-Length: 0 is no body: the request is served (here a path
     with nothing at it, answered at once: /metrics is answered from the
     global reactor's thread pool, which a unit test does not run)."""
-    from twisted_chat.server.metrics import metrics_site
+    from twisted_chat.server.metricsport import metrics_site
 
     site = metrics_site(registry_for(Stats(), lambda: Snapshot(0, 0, 0, None)), Clock())
     got = metrics_connection(site, 40000)
@@ -677,7 +677,7 @@ def test_head_is_answered_as_get_and_allow_names_it() -> None:
     as GET (twisted.web drops a HEAD's body); Allow names HEAD."""
     from prometheus_client.exposition import make_wsgi_app
 
-    from twisted_chat.server.metrics import ALLOWED_METHODS, head_as_get
+    from twisted_chat.server.metricsport import ALLOWED_METHODS, head_as_get
 
     app = head_as_get(make_wsgi_app(registry_for(Stats(), lambda: Snapshot(0, 0, 0, None))))
 

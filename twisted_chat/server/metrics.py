@@ -1,5 +1,6 @@
 """
-Prometheus metrics: C{--metrics ENDPOINT} serves them at C{/metrics}.
+Prometheus metrics: the counters and their collector (the port that serves
+them, C{--metrics ENDPOINT}, is L{twisted_chat.server.metricsport}).
 
 The server always keeps a few plain counters in a L{Stats} (the fan-out adds
 to them once per batch, never per recipient or per line); a scrape reads
@@ -21,7 +22,6 @@ from __future__ import annotations
 import bisect
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import Any, cast
 
 from prometheus_client.core import (
     CounterMetricFamily,
@@ -31,8 +31,6 @@ from prometheus_client.core import (
 )
 from prometheus_client.process_collector import ProcessCollector
 from prometheus_client.registry import Collector, CollectorRegistry
-from twisted.internet.protocol import connectionDone
-from twisted.python.failure import Failure
 
 # The reasons a connection ends, as the server names them (LEFT and BYE
 # reasons, plus "refused": a chat connection over --max-clients or a
@@ -270,153 +268,3 @@ def registry_for(stats: Stats, snapshot: Callable[[], Snapshot],
         registry.register(collector)
     ProcessCollector(registry=registry)
     return registry
-
-
-# The metrics port's limits (docs/security.md).  A scraper needs one
-# connection, kept alive or not; whoever else can reach the port gets no more
-# than these, so the chat port's descriptors and the reactor stay the chat's.
-#: Connections served at once; one more is closed as soon as it is accepted.
-MAX_METRICS_CONNECTIONS = 8
-#: Seconds a connection may last from its accept, however it sends (Twisted's
-#: own idle timeout is reset by every byte); a scrape takes milliseconds, and
-#: a scraper that keeps its connection alive opens another.  Also the idle
-#: timeout.
-METRICS_TIMEOUT = 10.0
-#: Descriptors the metrics port may hold, for the budget of
-#: L{twisted_chat.server.descriptors}: its connections and the one it has
-#: just accepted to close.
-METRICS_DESCRIPTORS = MAX_METRICS_CONNECTIONS + 1
-
-
-# The answer to a scrape that announces a body (see metrics_site).
-_REFUSAL_TEXT = b"The metrics port takes no request body.\n"
-_BODY_REFUSED = (b"HTTP/1.1 413 Content Too Large\r\nConnection: close\r\n"
-                 b"Content-Type: text/plain; charset=utf-8\r\n"
-                 b"Content-Length: %d\r\n\r\n%s" % (len(_REFUSAL_TEXT), _REFUSAL_TEXT))
-
-
-#: What the metrics port's C{/metrics} takes, for the C{Allow} header.
-ALLOWED_METHODS = "GET, HEAD, OPTIONS"
-
-
-def head_as_get(app: Any) -> Any:
-    """
-    The WSGI app C{app} (prometheus_client's, which answers only C{GET} and
-    C{OPTIONS}, and C{HEAD} with C{405}), answering C{HEAD} as C{GET}:
-    twisted.web sends a C{HEAD}'s status and headers and drops its body, as
-    it does for any resource.  Health checks and uptime probes often use
-    C{HEAD} (C{curl -I}); before, they saw C{405} and took the port for down.
-    The C{Allow} header the app sends names C{HEAD} too.
-    """
-
-    def app_with_head(environ: dict[str, Any], start_response: Any) -> Any:
-        if environ.get("REQUEST_METHOD") == "HEAD":
-            environ = {**environ, "REQUEST_METHOD": "GET"}
-
-        def respond(status: str, headers: list[tuple[str, str]], *exc_info: Any) -> Any:
-            headers = [(name, ALLOWED_METHODS if name.lower() == "allow" else value)
-                       for name, value in headers]
-            return start_response(status, headers, *exc_info)
-
-        return app(environ, respond)
-
-    return app_with_head
-
-
-def metrics_site(registry: CollectorRegistry, reactor: Any = None,
-                 max_connections: int = MAX_METRICS_CONNECTIONS,
-                 timeout: float = METRICS_TIMEOUT) -> Any:
-    """
-    A C{twisted.web} site serving C{registry} at C{/metrics}, with
-    prometheus_client's WSGI app (as its Twisted resource does, and C{HEAD}
-    answered: L{head_as_get}), and no access log (a scrape every
-    15 seconds would be most of the server's log); at most
-    C{max_connections} at once, each for at most C{timeout} seconds.
-    """
-    # Imported here: the scrape runs on the global reactor's thread pool.
-    from prometheus_client.exposition import make_wsgi_app
-    from twisted.internet import reactor as global_reactor
-    from twisted.web.resource import Resource
-    from twisted.web.server import Site
-    from twisted.web.wsgi import WSGIResource
-
-    from twisted_chat.server.httpports import BodilessRequest, RefusingChannel
-
-    class MetricsRequest(BodilessRequest):
-        """A scrape has no body: one announced is refused unread, as on the
-        web port."""
-
-        def body_refusal(self) -> bytes:
-            return _BODY_REFUSED
-
-    class MetricsChannel(RefusingChannel):
-        """One metrics connection: counted by its site while it is open,
-        aborted C{timeout} seconds after its accept (which also ends a
-        refusal's close that the peer holds up)."""
-
-        site: MetricsSite
-        _deadline: Any = None
-
-        def connectionMade(self) -> None:
-            super().connectionMade()
-            self._deadline = self.callLater(self.site.lifetime, self._expired)
-
-        def _expired(self) -> None:
-            self._deadline = None
-            transport: Any = self.transport
-            if transport is not None:
-                transport.abortConnection()
-
-        def connectionLost(self, reason: Failure = connectionDone) -> None:
-            deadline, self._deadline = self._deadline, None
-            if deadline is not None and deadline.active():
-                deadline.cancel()
-            self.site.open.discard(self)
-            super().connectionLost(reason)
-
-    class MetricsSite(Site):
-        noisy = False
-        protocol = MetricsChannel  # type: ignore[assignment]  # HTTP/1.1 only
-        requestFactory = MetricsRequest
-
-        def __init__(self) -> None:
-            root = Resource()
-            # prometheus_client.twisted.MetricsResource (the app on the global
-            # reactor's thread pool), with HEAD answered (head_as_get).
-            threads = cast(Any, global_reactor)
-            root.putChild(b"metrics", WSGIResource(
-                threads, threads.getThreadPool(), head_as_get(make_wsgi_app(registry))))
-            super().__init__(root, timeout=timeout, **(
-                {"reactor": reactor} if reactor is not None else {}))
-            self.lifetime = timeout
-            self.open: set[MetricsChannel] = set()
-
-        def buildProtocol(self, addr: Any) -> Any:
-            if len(self.open) >= max_connections:
-                return None  # Twisted closes the socket at once
-            channel = super().buildProtocol(addr)
-            self.open.add(channel)
-            return channel
-
-        def log(self, request: Any) -> None:
-            pass
-
-    return MetricsSite()
-
-
-def exposed(endpoint: Any) -> str | None:
-    """
-    The warning to log at start if the metrics port's C{endpoint} listens
-    on every interface (a bare C{--metrics PORT}, or C{tcp:PORT} without
-    C{interface=}): anyone who can reach the host may read the metrics.
-    """
-    from twisted_chat.server.listening import TCP_ENDPOINTS, tcp_address
-
-    if not isinstance(endpoint, TCP_ENDPOINTS):
-        return None  # a UNIX socket: its file's permissions decide
-    address = tcp_address(endpoint)
-    if address is not None and address[0] not in ("", "0.0.0.0", "::"):
-        return None  # one interface (with None, it cannot tell: it warns)
-    return ("--metrics listens on every interface: anyone who can reach this host may "
-            "read the metrics; bind it to loopback (tcp:PORT:interface=127.0.0.1) or "
-            "firewall it (docs/security.md)")

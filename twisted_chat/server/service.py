@@ -24,7 +24,7 @@ from twisted.internet.defer import Deferred
 from twisted.python import usage
 from twisted.python.failure import Failure
 
-from twisted_chat.server import descriptors, logs, metrics
+from twisted_chat.server import descriptors, logs, metrics, metricsport
 from twisted_chat.server.accounts import (
     AccountBook,
     AccountStore,
@@ -278,8 +278,8 @@ class Options(usage.Options):
         ["metrics", None, None,
          "Serve Prometheus metrics at /metrics on this endpoint, e.g. "
          "tcp:9108:interface=127.0.0.1 (a bare port number is TCP on every interface: "
-         f"a warning at start). At most {metrics.MAX_METRICS_CONNECTIONS} connections at "
-         f"once, {metrics.METRICS_TIMEOUT:g} s each. "
+         f"a warning at start). At most {metricsport.MAX_METRICS_CONNECTIONS} connections at "
+         f"once, {metricsport.METRICS_TIMEOUT:g} s each. "
          "Off by default; see docs/metrics.md."],
         ["redis", None, None,
          "Cluster mode: share the chat with every server on this Redis "
@@ -533,7 +533,7 @@ def makeService(options: Options, reactor: Any = None) -> IService:
     try:
         fitted = descriptors.fit(config.max_clients,
                                  chosen=config.max_clients != _defaults.max_clients,
-                                 metrics=metrics.METRICS_DESCRIPTORS if config.metrics else 0)
+                                 metrics=metricsport.METRICS_DESCRIPTORS if config.metrics else 0)
     except descriptors.DoesNotFit as e:
         raise SystemExit(f"twistd chat: {e}") from None
     log = logs.logger("twisted_chat.server.service")
@@ -636,13 +636,13 @@ class _Listeners:
         for description, endpoint in self.ports:
             PortService(description, endpoint, factory).setServiceParent(top)
         if self.scrape is not None:
-            # With the limits of metrics.metrics_site, and a warning at
+            # With the limits of metricsport.metrics_site, and a warning at
             # start when it listens on every interface.
             description, endpoint = self.scrape
-            warning = metrics.exposed(endpoint)
+            warning = metricsport.exposed(endpoint)
             if warning is not None:
                 logs.logger("twisted_chat.server.service").warn("{warning}", warning=warning)
-            site = metrics.metrics_site(registry(), reactor)
+            site = metricsport.metrics_site(registry(), reactor)
             PortService(description, endpoint, site, "--metrics").setServiceParent(top)
         if self.web:
             _add_web(top, options, factory, reactor, self.web)
