@@ -42,13 +42,8 @@ from twisted_chat.server.accounts import (
     verify_password,
 )
 from twisted_chat.server.addresses import networks
-from twisted_chat.server.login import (
-    Accounts,
-    FailureLimiter,
-    LoginLimits,
-    PasswordWork,
-    WorkBusy,
-)
+from twisted_chat.server.login import Accounts, FailureLimiter, LoginLimits
+from twisted_chat.server.passwordwork import PasswordWork, WorkBusy
 
 # Cheap parameters for tests that hash many times (the format carries them).
 FAST = dict(n=2**4, r=1, p=1)

@@ -33,8 +33,8 @@ from twisted_chat.server.login import (
     UNCHECKED_TEXT,
     Accounts,
     LoginLimits,
-    WorkBusy,
 )
+from twisted_chat.server.passwordwork import WorkBusy
 
 PW = "sekrit-pw"
 # Cheap scrypt parameters: the format carries them, verify reads them back.

@@ -12,7 +12,8 @@ Inside out (docs/fanout.md, "Module layout"):
   - L{session}: the chat/1 commands of a framed line, decided through the
     state; it knows a connection only as L{session.Connection};
   - L{login}: a connection's accounts side (C{PASS}, C{REGISTER},
-    C{PASSWD}), hashing on threads of its own;
+    C{PASSWD}) and the failure limits;
+  - L{passwordwork}: the password threads every hash runs on, bounded;
   - L{protocol}: one connection: framing, its limits, its writes, its close;
   - L{factory}: builds connections, enforces the connection limits, and is
     the hub's C{Listener}: every hub decision becomes lines there;

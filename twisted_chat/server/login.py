@@ -4,54 +4,20 @@ C{READY}, and C{REGISTER} / C{PASSWD} once online (docs/protocol.md, "Accounts")
 
 L{Accounts} is the server-wide part: the mode, the C{twisted.cred} portal
 over the accounts' L{AccountBook} (the single server's file, or the
-cluster's Redis: L{twisted_chat.server.accounts}), the password threads and
-the failure limits.  L{Login} is one connection's part; it talks to its
+cluster's Redis: L{twisted_chat.server.accounts}), each address's share of
+the password threads (L{twisted_chat.server.passwordwork}) and of the new
+hashes, and the failure limits (in a cluster, also counted in Redis:
+L{SharedFailures}).  L{Login} is one connection's part; it talks to its
 connection only through the small L{Connection} interface, so the
 connection layer needs a handful of lines to use it.
 
-Threads.  Every hash runs on L{PasswordWork}, a thread pool of its own (two
-threads by default, the reactor's shared pool is left to name resolution),
-never on the reactor thread; every read and write of the accounts file runs
-on two threads of its own beside them, so that it never waits behind the
-hashes (the cluster's Redis is asked without blocking, on the reactor).  At most
-L{LoginLimits.max_pending} hashing jobs are queued or running server-wide,
-and a connection has at most one job at a time, so a flood of C{PASS} lines
-cannot queue unbounded work: a line that would pass the bound is discarded
-with C{ERROR flood} (the line-level flood answer of chat/1) and may be sent
-again.  Of these, one address (keyed as the failure limits below) has at
-most L{LoginLimits.max_pending_per_address}, so that a few addresses cannot
-fill the queue and have everyone's C{PASS} turned away.  C{REGISTER} and
-C{PASSWD} make a new hash each: at most L{LoginLimits.hash_burst} in a row
-per address, then one per L{LoginLimits.hash_every} seconds (C{ERROR
-flood} over it).  For these two bounds all UNIX-socket connections together
-count as one address (L{Accounts.work_key}).  A C{REGISTER} for a nick with
-an account is answered from a lookup, without a hash.  The lookup of
-whether a nick has an account (under C{open}, at each C{NICK}) only reads
-the file, and is bounded by the connections themselves.
-
-Failed attempts.  Each wrong password (or, under C{required}, a nick with
-no account: the two are the same failure) adds one to a leaky bucket for the
-nick and one for the address (an IPv6 address counts by its C{--ipv6-prefix},
-a /64 by default; an address under C{--exempt} is not limited, nor a UNIX
-socket's connection, which has no address: L{Accounts.address_key}; it still
-has the socket's share of the work above), draining
-at one per L{LoginLimits.nick_every} / L{LoginLimits.address_every} seconds.
-An attempt made while either bucket is full is not checked at all: after
-L{LoginLimits.flood_delay} seconds the connection gets C{BYE flood} and is
-closed.  The defaults: 5 failures per nick (then one a minute) and 10 per
-address (then one per 30 seconds), a 3-second delay.  The failure is counted
-when the check starts, not when its answer comes (it is given back if the
-password was right, or nothing could be checked): so however many
-connections send C{PASS} for one nick at the same moment, at most the
-bucket's room is checked.  In a cluster, the same buckets are also kept in
-Redis (L{SharedFailures}), taken the same way, so failures on any node count
-on every node.
+The bounds and why: docs/accounts.md, "Never on the reactor thread, and
+bounded", and docs/accounts.md, "Failure limits"; the numbers: L{LoginLimits}.
 """
 
 from __future__ import annotations
 
 import math
-import threading
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from functools import partial
@@ -59,11 +25,10 @@ from typing import Any, Protocol, TypeVar
 
 from twisted.cred.credentials import UsernamePassword
 from twisted.cred.error import UnauthorizedLogin
-from twisted.internet import defer, task, threads
+from twisted.internet import defer, task
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import LogLevel
 from twisted.python.failure import Failure
-from twisted.python.threadpool import ThreadPool
 
 from twisted_chat import wire
 from twisted_chat.server import logs
@@ -80,16 +45,15 @@ from twisted_chat.server.accounts import (
     NoSuchAccount,
     PasswordChanged,
     hash_password,
-    make_dummy_hash,
     password_problem,
     portal,
 )
 from twisted_chat.server.addresses import AddressBook, AddressPolicy, Network
 from twisted_chat.server.buckets import drained
+from twisted_chat.server.passwordwork import Work, WorkBusy
 from twisted_chat.wire import ErrorCode, LineError, nick_key
 
-__all__ = ["Accounts", "Connection", "Login", "LoginLimits", "OwnsPasswordWork",
-           "PasswordWork", "SharedFailures"]
+__all__ = ["Accounts", "Connection", "Login", "LoginLimits", "SharedFailures"]
 
 _log = logs.logger("twisted_chat.server.login")
 
@@ -194,130 +158,6 @@ class FailureLimiter:
 
     def __len__(self) -> int:
         return len(self._levels)
-
-
-class WorkBusy(Exception):
-    """The password threads have as much work waiting as they may."""
-
-
-class _DaemonThread(threading.Thread):
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self.daemon = True
-
-
-class _PasswordThreads(ThreadPool):
-    """
-    Twisted's pool with daemon threads: the server stops them at shutdown
-    (after the last check), but a process that never does (a test that
-    starts the service and not its stop) must still exit, and the pool
-    has a thread from its start on (the dummy hash).
-    """
-
-    threadFactory = _DaemonThread
-
-
-class PasswordWork:
-    """
-    The password threads: a dedicated pool and a bound on the jobs queued or
-    running in it; and the accounts file's own threads beside it, for the
-    quick reads and writes (L{lookup}), so that a queue full of hashes does
-    not hold up every C{NICK}'s lookup.  Started and stopped with the server
-    (after twistd has daemonized: threads do not survive a fork).
-    """
-
-    def __init__(
-        self, reactor: Any, threads: int = 2, limit: int = 64, pool: ThreadPool | None = None,
-        files: ThreadPool | None = None,
-    ) -> None:
-        """@param pool: the hashing threads (tests: one that runs jobs inline).
-        @param files: the accounts file's threads (default: C{pool} when
-            given, else two of their own)."""
-        self._reactor = reactor
-        self.limit = limit
-        self.pending = 0
-        self._pool = pool if pool is not None else _PasswordThreads(
-            minthreads=0, maxthreads=threads, name="chat-passwords")
-        if files is None:
-            files = pool if pool is not None else _PasswordThreads(
-                minthreads=0, maxthreads=2, name="chat-accounts-file")
-        self._files = files
-
-    @property
-    def full(self) -> bool:
-        return self.pending >= self.limit
-
-    def start(self) -> None:
-        self._pool.start()
-        if self._files is not self._pool:
-            self._files.start()
-        # The first job: the dummy hash, before any check needs it (made by
-        # that check, it would make it take twice as long).
-        threads.deferToThreadPool(self._reactor, self._pool, make_dummy_hash).addErrback(
-            lambda f: _log.failure("could not make the dummy hash", f))
-
-    def stop(self) -> None:
-        self._pool.stop()
-        if self._files is not self._pool:
-            self._files.stop()
-
-    def run(self, f: Callable[..., T], *args: Any) -> defer.Deferred[T]:
-        """A job that hashes: refused with L{WorkBusy} when L{full}."""
-        if self.full:
-            raise WorkBusy()
-        self.pending += 1
-        d = threads.deferToThreadPool(self._reactor, self._pool, f, *args)
-
-        def done(result: Any) -> Any:
-            self.pending -= 1
-            return result
-
-        d.addBoth(done)
-        return d
-
-    def lookup(self, f: Callable[..., T], *args: Any) -> defer.Deferred[T]:
-        """
-        A job that only reads or writes the file (well under a millisecond),
-        on the file's threads: not queued behind the hashes, and not counted
-        against the bound, since a burst of newcomers (each connection has
-        at most one job) must not be refused for it.
-        """
-        return threads.deferToThreadPool(self._reactor, self._files, f, *args)
-
-
-class OwnsPasswordWork:
-    """
-    What the top service (one server's, or a cluster node's) does with the
-    password threads, when accounts are on (C{work} is not C{None}): starts
-    them in its C{startService}, not before (threads do not survive
-    twistd's fork), and stops them once the last connection is gone (no
-    check is left to answer).  Not a child service of its own:
-    C{MultiService.stopService} stops every child at once, so the threads
-    would stop while connections still wait for checks.
-    """
-
-    work: PasswordWork | None
-
-    def _start_work(self) -> None:
-        if self.work is not None:
-            self.work.start()
-
-    def _stop_work(self, result: T) -> T:
-        """After the last connection; passes C{result} on (a callback)."""
-        if self.work is not None:
-            self.work.stop()
-        return result
-
-
-class Work(Protocol):
-    """What L{Accounts} needs from L{PasswordWork} (tests run jobs inline)."""
-
-    @property
-    def full(self) -> bool: ...
-
-    def run(self, f: Callable[..., T], *args: Any) -> defer.Deferred[T]: ...
-
-    def lookup(self, f: Callable[..., T], *args: Any) -> defer.Deferred[T]: ...
 
 
 class SharedFailures(Protocol):

@@ -38,13 +38,8 @@ from twisted_chat.server.factory import ChatFactory
 from twisted_chat.server.fanout import MAX_FANOUT_WAIT
 from twisted_chat.server.history import History
 from twisted_chat.server.listening import PortService, listen_on
-from twisted_chat.server.login import (
-    Accounts,
-    LoginLimits,
-    OwnsPasswordWork,
-    PasswordWork,
-    SharedFailures,
-)
+from twisted_chat.server.login import Accounts, LoginLimits, SharedFailures
+from twisted_chat.server.passwordwork import OwnsPasswordWork, PasswordWork
 from twisted_chat.server.sendqueue import send_loop
 from twisted_chat.server.store import SQLiteStore, StoreError
 from twisted_chat.wire import DEFAULT_PORT

@@ -29,7 +29,7 @@ from twisted_chat.server.config import ServerConfig
 from twisted_chat.server.factory import ChatFactory, hub_settings
 from twisted_chat.server.history import History
 from twisted_chat.server.hub import User
-from twisted_chat.server.login import OwnsPasswordWork, PasswordWork
+from twisted_chat.server.passwordwork import OwnsPasswordWork, PasswordWork
 from twisted_chat.server.protocol import ChatProtocol
 
 __all__ = ["ClusterService", "FactoryHooks", "cluster_factory"]
