@@ -128,6 +128,33 @@ def test_lobby_lines_shared_by_the_connections_of_an_address() -> None:
     assert b.lobby_line(None)
 
 
+def _held_lines(b: AddressBook, clock: Clock, gap: float, n: int, held: bool) -> int:
+    """C{n} lobby lines from one address, C{gap} seconds apart: the first
+    is handled as it comes and waits (for Redis, in an outage), the others
+    are held behind it and judged one after the other when it is answered;
+    C{held}: told when each came (ChatProtocol.held_at).  How many go
+    through."""
+    record = b.admit("192.0.2.1")
+    start = clock.seconds()
+    first = b.lobby_line(record)  # the command they wait behind
+    clock.advance(gap * (n - 1))
+    return (first is True) + sum(
+        b.lobby_line(record, start + i * gap if held else None) is True for i in range(1, n))
+
+
+def test_lobby_lines_held_through_an_outage_are_judged_as_of_when_they_came() -> None:
+    """100 lines at 5 a second (a quarter of --ip-lobby-rate) through a
+    20 s outage all go through; judged as they are handled, only a burst's
+    worth and what came back meanwhile did (41: rev11-clu2 #1, the lobby
+    budget); 100 lines that came at once are still cut at the burst."""
+    b, clock = book(lobby=Rate(20.0, 40))
+    assert _held_lines(b, clock, 0.2, 100, held=True) == 100
+    b, clock = book(lobby=Rate(20.0, 40))
+    assert _held_lines(b, clock, 0.2, 100, held=False) == 41
+    b, clock = book(lobby=Rate(20.0, 40))
+    assert _held_lines(b, clock, 0.0, 100, held=True) == 40
+
+
 def test_the_record_outlives_its_connections_until_it_is_quiet() -> None:
     b, clock = book(lobby=Rate(10.0, 5), flood_burst=20)
     record = b.admit("192.0.2.1")

@@ -67,6 +67,31 @@ def test_token_bucket_debt_and_a_clock_that_went_back() -> None:
     assert bucket.full_at(43.0) == pytest.approx(48.0)
 
 
+def test_take_as_of_refills_to_when_the_line_came_only() -> None:
+    """Lines that came at 5 a second (a quarter of the rate) and are judged
+    later, one after the other: each as of when it came, all go through; a
+    burst that came at once is cut at the burst, as it was when it came."""
+    gentle = TokenBucket(Rate(20.0, 40), now=0.0)
+    assert all(gentle.take_as_of(i * 0.2) for i in range(100))
+    burst = TokenBucket(Rate(20.0, 40), now=0.0)
+    assert sum(burst.take_as_of(5.0) for _ in range(100)) == 40
+    assert burst.stamp == 5.0
+
+
+def test_take_as_of_an_earlier_time_than_the_last_refills_nothing() -> None:
+    """A line taken now, then one that came before it: the second is judged
+    as of the later time (no time back, no refill counted twice), and the
+    next line now refills only from then."""
+    bucket = TokenBucket(Rate(1.0, 5), now=0.0)
+    bucket.set(1.0, 10.0)
+    assert bucket.take_as_of(4.0), "the one token left"
+    assert bucket.stamp == 10.0, "not set back"
+    assert not bucket.take_as_of(2.0)
+    assert not bucket.take(10.5)
+    assert bucket.take(11.0)
+    assert TokenBucket(Rate(0.0, 0), now=0.0).take_as_of(-5.0), "no limit"
+
+
 def test_penalty_drains_at_a_tenth_of_the_burst_per_second() -> None:
     penalty = Penalty(20, now=0.0)
     for _ in range(10):

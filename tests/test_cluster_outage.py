@@ -21,6 +21,7 @@ from twisted.internet.testing import MemoryReactorClock, StringTransport
 from twisted.logger import Logger, LogLevel
 from twisted.python import usage
 
+from tests.harness import Conn
 from tests.test_cluster_budgets import FakeBuckets
 from tests.test_cluster_unit import Cluster, MemoryLog, Node, NodeLog, Untold, check_index
 from twisted_chat.server.cluster.node import ClusterState
@@ -801,12 +802,9 @@ def test_lines_applied_before_a_node_s_hello_reach_its_detached_users() -> None:
 # -- flood control counts a held line as of when it arrived (rev11-clu2 #1) ---------
 
 
-def _typing_through(web: bool, rate: float, seconds: int) -> tuple[list[str], list[str]]:
-    """ann (on node0, --flood-rate 10, bursts of 20) types C{rate} lobby
-    lines a second for C{seconds} while Redis is away (the wait long enough
-    for none to be given up), then Redis is back: what she and bob get."""
-    cluster, n0, log = outage(flood_rate=10.0, flood_burst=20)
-    n0.state.wait = 2.0 * seconds
+def _ann_and_bob(cluster: Cluster, web: bool) -> tuple[Conn, Conn]:
+    """ann on node0 (over a WebSocket if C{web}), bob on node1."""
+    n0 = cluster.nodes[0]
     bob = cluster.nodes[1].user("bob")
     if web:
         ann = n0.connect()
@@ -815,14 +813,28 @@ def _typing_through(web: bool, rate: float, seconds: int) -> tuple[list[str], li
     else:
         ann = n0.user("ann")
     ann.take()
-    log.down()
-    count = int(rate * seconds)
-    for i in range(count):
+    return ann, bob
+
+
+def _type(cluster: Cluster, ann: Conn, web: bool, n: int, gap: float) -> None:
+    """ann sends C{n} lobby lines, C{gap} seconds apart."""
+    for i in range(n):
         if web:
             ann.protocol.message_received(f"MSG line{i}".encode())
         else:
             ann.send(f"MSG line{i}")
-        cluster.clock.advance(1 / rate)
+        cluster.clock.advance(gap)
+
+
+def _typing_through(web: bool, rate: float, seconds: int) -> tuple[list[str], list[str]]:
+    """ann (on node0, --flood-rate 10, bursts of 20) types C{rate} lobby
+    lines a second for C{seconds} while Redis is away (the wait long enough
+    for none to be given up), then Redis is back: what she and bob get."""
+    cluster, n0, log = outage(flood_rate=10.0, flood_burst=20)
+    n0.state.wait = 2.0 * seconds
+    ann, bob = _ann_and_bob(cluster, web)
+    log.down()
+    _type(cluster, ann, web, int(rate * seconds), 1 / rate)
     log.back()
     cluster.pump()
     return ann.take(), bob.take()
@@ -929,3 +941,63 @@ def test_a_command_whose_line_came_earlier_is_answered_first_though_asked_later(
     clock.advance(4)
     assert answered == [("early", WAIT - 4), ("late", WAIT)]
     assert n0.state._deadlines == [] and n0.state.waiting_bytes == 0
+
+
+# -- the address's lobby budget too counts a held line as of when it arrived ---------
+
+
+def _lobby_through(web: bool, gap: float, n: int, flood_burst: int = 1000
+                   ) -> tuple[list[str], list[str], bool]:
+    """ann (on node0; --ip-lobby-rate 20, bursts of 40, shared through the
+    cluster's buckets, Redis away for them too; her own flood limit out of
+    the way; C{flood_burst} is the address's flood penalty's too) sends
+    C{n} lobby lines C{gap} seconds apart while Redis is away, then it is
+    back: what she and bob get, and whether she was cut."""
+    cluster, n0, log = outage(flood_rate=1000.0, flood_burst=flood_burst,
+                              ip_lobby_rate=20.0, ip_lobby_burst=40)
+    buckets = FakeBuckets(cluster.clock)
+    for node in cluster.nodes:
+        node.factory.addresses.share(buckets)
+    n0.state.wait = gap * n + 10
+    ann, bob = _ann_and_bob(cluster, web)
+    log.down()
+    buckets.down = True
+    _type(cluster, ann, web, n, gap)
+    cluster.clock.advance(1)
+    log.back()
+    buckets.down = False
+    cluster.pump()
+    for _ in range(100):  # the cluster's count is reported and answered meanwhile
+        cluster.clock.advance(0.01)
+        cluster.pump()
+    return ann.take(), bob.take(), ann.protocol.closing
+
+
+@pytest.mark.parametrize("web", [False, True], ids=["tcp", "web"])
+def test_lobby_lines_typed_through_an_outage_are_within_the_address_s_budget(
+        web: bool) -> None:
+    """rev11-clu2 #1, the per-address lobby budget: 5 lines a second (a
+    quarter of --ip-lobby-rate) for 20 s of outage all go through; judged
+    when handled, 41 did, then ERROR flood (BYE flood in the reviewer's
+    run).  A burst of 100 that came at once is still cut at 40."""
+    mine, seen, cut = _lobby_through(web, 0.2, 100)
+    assert not [line for line in mine if line.startswith(("ERROR", "BYE"))], mine
+    assert said(mine) == said(seen) == [f"line{i}" for i in range(100)]
+    assert not cut
+    mine, seen, cut = _lobby_through(web, 0.0, 100)
+    assert said(mine) == said(seen) == [f"line{i}" for i in range(40)]
+    assert [line.split()[:2] for line in mine if line.startswith("ERROR")] == [
+        ["ERROR", "flood"]]
+    assert not cut
+
+
+def test_lobby_lines_dropped_through_an_outage_are_penalised_as_of_when_they_came() -> None:
+    """22 lobby lines a second for 40 s of outage: a little over the
+    address's rate, so some are dropped (with ERROR flood), each charged to
+    the address's flood penalty as of when it came, which drains between
+    them: she is not cut.  Charged when handled, all at once, BYE flood."""
+    mine, seen, cut = _lobby_through(False, 1 / 22, 22 * 40, flood_burst=20)
+    assert not cut
+    assert not [line for line in mine if line.startswith("BYE")]
+    dropped = 22 * 40 - len(said(mine))
+    assert 20 < dropped < 60 and said(seen) == said(mine)

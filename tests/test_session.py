@@ -35,6 +35,7 @@ class StandIn:
         self.host = host
         self.address = f"{host}:40000"
         self.limits = factory.addresses.admit(host)
+        self.held_at: float | None = None
         self.written: list[bytes] = []
         self.delivered: list[bytes] = []  # the factory's READY block, the fan-out's lines
         self.closed: list[tuple[str, str, str]] = []

@@ -125,10 +125,16 @@ class Shared:
     copy (L{SharedBuckets}) has not been told, and of when it last heard it.
     """
 
-    __slots__ = ("asking", "fresh_until", "stale", "unsent", "waiting")
+    __slots__ = ("asking", "fresh_until", "last", "peak", "stale", "unsent", "waiting")
 
     def __init__(self) -> None:
         self.unsent = 0  # tokens spent here since the last report was sent
+        # Once a line held behind a command (one that arrived before it was
+        # judged: AddressBook.lobby_line's C{at}) is among them, they are
+        # timed: C{peak} is the level they alone leave at C{last}, the
+        # latest time one was spent as of (see L{owed}).  None: untimed.
+        self.last: float | None = None
+        self.peak = 0.0
         self.fresh_until = float("-inf")  # the copy counts as up to date until then
         self.asking = False  # a report is on its way
         # Spent on a stale copy, due in the next report: a line that comes
@@ -144,6 +150,34 @@ class Shared:
             self.waiting = []
         self.waiting.append(d)
         return d
+
+    def owed(self) -> float:
+        """What the tokens spent since the last report add to the cluster's
+        bucket: their number (spent as of now, as they came); or, once
+        timed, the level they alone leave (the rest came back meanwhile:
+        lines typed through a Redis outage at a gentle pace leave about
+        one; a burst, all of it)."""
+        return self.unsent if self.last is None else self.peak
+
+    def spent_as_of(self, at: float, now: float, rate: float) -> None:
+        """One more token (counted in C{unsent} already), spent as of
+        C{at}: the level of what is unsent, a leaky bucket draining at
+        C{rate}, is kept from now on; what was spent before it, untimed,
+        counts as spent now.  Times never go back (a line as of an earlier
+        time than the last counts as of the last)."""
+        last = self.last
+        if last is None:
+            untimed = self.unsent - 1
+            if untimed:
+                self.peak, last = float(untimed), now
+            else:
+                self.peak, last = 0.0, at
+        if at > last:
+            peak = self.peak - (at - last) * rate
+            self.peak = peak if peak > 0.0 else 0.0
+            last = at
+        self.peak += 1.0
+        self.last = last
 
     def settled(self) -> None:
         waiting, self.waiting = self.waiting, None
@@ -192,12 +226,12 @@ class SharedBuckets(Protocol):
     """The cluster's copy of the addresses' buckets (a cluster node's:
     L{twisted_chat.server.cluster.budgets.RedisBuckets})."""
 
-    def spend(self, items: list[tuple[str, str, int, float]]) -> Deferred[list[float]]:
+    def spend(self, items: list[tuple[str, str, float, float]]) -> Deferred[list[float]]:
         """For each C{(bucket, address key, tokens spent, rate per second)},
         add what was spent to the cluster's bucket (which drains at the
         rate) and return its level: the tokens taken and not yet refilled,
         cluster-wide, this report's included (above the burst when the
-        address owes)."""
+        address owes).  What was spent may be a fraction (L{Shared.owed})."""
 
 
 class Refused(Exception):
@@ -332,9 +366,15 @@ class AddressBook:
         wait = record.register.wait(now)
         return max(wait, 0.001) if wait > 0 else 0.0
 
-    def lobby_line(self, record: Address | None) -> bool | Deferred[None]:
+    def lobby_line(self, record: Address | None, at: float | None = None
+                   ) -> bool | Deferred[None]:
         """
-        Spend a lobby-line token of C{record}; false: none left.  In cluster
+        Spend a lobby-line token of C{record}; false: none left.  C{at}: the
+        line arrived then, before it is judged (held behind a command, a
+        Redis outage: ChatProtocol.held_at): it is judged as of then
+        (L{TokenBucket.take_as_of}), and so reported to the cluster (its
+        L{Shared.owed}); so lines typed at a gentle pace through an outage
+        are not taken for a burst when it ends, and a burst still is.  In cluster
         mode this node's copy of the bucket may not know yet what the address
         spent on other nodes (see the module's docstring): a stale copy lets
         one line through and is reconciled at once, and a line that comes
@@ -351,10 +391,13 @@ class AddressBook:
                 self._report([(record, LOBBY)])  # a line would wait for it: now
             if shared.asking:
                 return shared.answered()
-        if not record.lobby.take(now):
+        if at is None:
+            if not record.lobby.take(now):
+                return False
+        elif not record.lobby.take_as_of(at if at < now else now):
             return False
         if self._shared is not None and self.policy.lobby.limited:
-            self._spent(record, LOBBY, now)
+            self._spent(record, LOBBY, now, at)
         return True
 
     # -- cluster mode: the cluster's copy of the buckets ------------------------------
@@ -368,8 +411,10 @@ class AddressBook:
             shared = accounts[bucket] = Shared()
         return shared
 
-    def _spent(self, record: Address, bucket: str, now: float) -> None:
-        """C{record} spent a token of C{bucket} here: reported with the
+    def _spent(self, record: Address, bucket: str, now: float,
+               at: float | None = None) -> None:
+        """C{record} spent a token of C{bucket} here (as of C{at}, for a
+        line that arrived then, see L{lobby_line}): reported with the
         next report (at most one interval from now).  If this node's copy is
         stale, the next line for it before then has it reported at once and
         waits for the answer (L{lobby_line}): the copy judges no second line
@@ -377,6 +422,9 @@ class AddressBook:
         costs no script of its own."""
         shared = self._shared_for(record, bucket)
         shared.unsent += 1
+        if at is not None or shared.last is not None:
+            shared.spent_as_of(now if at is None or at > now else at, now,
+                               _BUDGETS[bucket].rate(self.policy).per_second)
         if now >= shared.fresh_until and not shared.asking:
             # Not heard for two intervals (or never): the address may have
             # spent elsewhere meanwhile.  (One spending here all along is
@@ -409,33 +457,45 @@ class AddressBook:
         own until the next report gets through."""
         assert self._shared is not None
         policy = self.policy
-        sent: list[tuple[Address, str, Shared]] = []
-        request: list[tuple[str, str, int, float]] = []
+        sent: list[tuple[Address, str, Shared, bool]] = []
+        request: list[tuple[str, str, float, float]] = []
         for record, bucket in items:
             shared = self._shared_for(record, bucket)
             rate = _BUDGETS[bucket].rate(policy)
-            sent.append((record, bucket, shared))
-            request.append((bucket, record.key, shared.unsent, rate.per_second))
+            sent.append((record, bucket, shared, shared.last is not None))
+            request.append((bucket, record.key, shared.owed(), rate.per_second))
             shared.unsent = 0
+            shared.last = None
             shared.asking = True
             shared.stale = False  # asking holds what comes until the answer
         self._shared.spend(request).addCallbacks(self._reported, self._not_reported,
                                                  callbackArgs=(sent,), errbackArgs=(sent,))
 
-    def _reported(self, levels: list[float], sent: list[tuple[Address, str, Shared]]) -> None:
+    def _reported(self, levels: list[float],
+                  sent: list[tuple[Address, str, Shared, bool]]) -> None:
         now = self.clock.seconds()
-        for (record, bucket, shared), level in zip(sent, levels, strict=True):
+        for (record, bucket, shared, timed), level in zip(sent, levels, strict=True):
             shared.asking = False
             shared.fresh_until = now + 2 * self.interval
             budget = _BUDGETS[bucket]
-            tokens = budget.rate(self.policy).burst - level - shared.unsent
-            budget.bucket(record).set(tokens, now)
+            tokens = budget.rate(self.policy).burst - level - shared.owed()
+            copy = budget.bucket(record)
+            if timed or shared.last is not None:
+                # Lines held behind a command are being judged as of when
+                # they came (lobby_line): the copy stays as of the latest
+                # of them, so that those still held refill for the time
+                # between them (what they reported left that time out).
+                stamp = copy.stamp
+                copy.set(tokens, stamp if stamp < now else now)
+            else:
+                copy.set(tokens, now)
             shared.settled()
 
-    def _not_reported(self, failure: Failure, sent: list[tuple[Address, str, Shared]]) -> None:
+    def _not_reported(self, failure: Failure,
+                      sent: list[tuple[Address, str, Shared, bool]]) -> None:
         # The copies go on as the node's own for an interval, then try again.
         until = self.clock.seconds() + self.interval
-        for _, _, shared in sent:
+        for _, _, shared, _ in sent:
             shared.asking = False
             shared.fresh_until = until
             shared.settled()

@@ -72,6 +72,26 @@ class TokenBucket:
             return True
         return False
 
+    def take_as_of(self, at: float) -> bool:
+        """L{take} for a line that arrived at C{at}, before now (a line held
+        behind a command, ChatProtocol.arrived): the bucket refills to
+        C{at} only, and a time before its last (another line taken since,
+        judged when it was handled) is no time: it is not set back, so no
+        refill is counted twice.  Over any sequence of calls the bucket
+        gives no more than one that was told the time as it went."""
+        if not self._rate.limited:
+            return True
+        tokens = self._refill(at) if at > self._stamp else self._tokens
+        if tokens >= 1.0:
+            self._tokens = tokens - 1.0
+            return True
+        return False
+
+    @property
+    def stamp(self) -> float:
+        """The time its count is as of (L{take_as_of} may leave it before now)."""
+        return self._stamp
+
     def wait(self, now: float) -> float:
         """Seconds until a token is there (0 if one is now)."""
         if not self._rate.limited:

@@ -83,8 +83,8 @@ class ChatProtocol:
     __slots__ = ("_abort_call", "_buffer", "_charged", "_discarding", "_flooding", "_held",
                  "_held_size", "_idle", "_input_ended", "_last_line", "_leave_reason", "_paused",
                  "_pinged_at", "_tokens", "_waiting", "address", "closing", "connected",
-                 "factory", "handshake", "host", "limits", "pool_key", "send_queue", "transport",
-                 "user")
+                 "factory", "handshake", "held_at", "host", "limits", "pool_key", "send_queue",
+                 "transport", "user")
 
     log = logs.logger()
 
@@ -123,6 +123,10 @@ class ChatProtocol:
         self._input_ended = False  # the peer half-closed (or went) while a command waited
         self._held: _Held | None = None  # made only when needed
         self._held_size = 0
+        # While held input is handled: when what is being handled arrived
+        # (None for a line handled as it comes: it arrived now).  A plain
+        # attribute, read on the lobby line's path (Session.do_MSG).
+        self.held_at: float | None = None
 
     @property
     def config(self) -> ServerConfig:
@@ -479,10 +483,8 @@ class ChatProtocol:
         came from, arrived (the reactor's time): the line counted last, so
         now for a line handled as it comes; for one held behind a command
         (wait_for), when it was read."""
-        held = self._held
-        if held is not None and held.at is not None:
-            return held.at
-        return self._last_line
+        at = self.held_at
+        return self._last_line if at is None else at
 
     def _held_over(self, size: int) -> None:
         if size > _HELD_INPUT and not self._paused & _PAUSED_OWN:
@@ -536,11 +538,11 @@ class ChatProtocol:
             while lines and not self._waiting and not self.closing:
                 line, at = lines.popleft()
                 self._held_size -= len(line) + 1
-                preset, at = self._as_of(held, at, last)
+                preset, at = self._as_of(at, last)
                 self.message_received(line)
                 if self._last_line != preset:
                     last = at  # counted as of when it arrived
-            held.at = None
+            self.held_at = None
             self._last_line = last
             if not lines and not held.reads:
                 self._held = None
@@ -570,7 +572,7 @@ class ChatProtocol:
         last = self._last_line
         start = 0
         for i, (end, at) in enumerate(reads):
-            preset, at = self._as_of(held, at, last)
+            preset, at = self._as_of(at, last)
             self.dataReceived(data[start:end])
             if self._last_line != preset:
                 last = at  # a line was counted as of when it arrived
@@ -583,10 +585,10 @@ class ChatProtocol:
                 held.reads = [(len(left), at)] if left else []
                 held.reads += [(stop - end + len(left), when) for stop, when in reads[i + 1:]]
                 break
-        held.at = None
+        self.held_at = None
         self._last_line = last
 
-    def _as_of(self, held: _Held, at: float, last: float) -> tuple[float, float]:
+    def _as_of(self, at: float, last: float) -> tuple[float, float]:
         """Ready to count a held line that arrived at C{at}, the line counted
         before it at C{last}: C{_last_line} is set back so that the flood
         meter refills for C{at - last}, as it would have then (no hot-path
@@ -594,7 +596,7 @@ class ChatProtocol:
         setting and C{at} (never before C{last})."""
         if at < last:
             at = last  # a WebSocket ping counted as it came, after it
-        held.at = at
+        self.held_at = at
         preset = self._last_line = self.clock.seconds() - (at - last)
         return preset, at
 
@@ -682,7 +684,7 @@ class _Held:
     """What a connection holds while a command is decided elsewhere
     (L{ChatProtocol.wait_for}), with when it arrived (L{ChatProtocol.arrived})."""
 
-    __slots__ = ("at", "lines", "reads")
+    __slots__ = ("lines", "reads")
 
     def __init__(self) -> None:
         # TCP: where each read held ends in the connection's _buffer, and
@@ -690,8 +692,6 @@ class _Held:
         self.reads: list[tuple[int, float]] = []
         # A WebSocket's whole lines (message_received), and when each came.
         self.lines: deque[tuple[bytes, float]] = deque()
-        # While held input is handled: when what is being handled arrived.
-        self.at: float | None = None
 
 
 class HeldInput:

@@ -60,6 +60,10 @@ class Connection(Protocol):
     def limits(self) -> Address | None:
         """The per-address limits it shares (None: exempt, or no IP)."""
 
+    # While a line held behind a command is handled: when it arrived (the
+    # lobby budget judges it as of then); None for a line handled as it comes.
+    held_at: float | None
+
     @property
     def clock(self) -> IReactorTime: ...
 
@@ -268,21 +272,25 @@ class Session:
 
     # -- commands once online --------------------------------------------------
 
-    def do_MSG(self, conn: Connection, command: wire.Command) -> Outcome:
+    def do_MSG(self, conn: Connection, command: wire.Command,
+               at: float | None = None) -> Outcome:
         user = _online(conn)
         factory = self.factory
         if user.state is State.LOBBY:
-            allowed = factory.addresses.lobby_line(conn.limits)
+            if at is None:
+                at = conn.held_at  # None unless the line was held: it came now
+            allowed = factory.addresses.lobby_line(conn.limits, at)
             if allowed is not True:
                 if allowed is not False:
                     # Cluster mode: the address's count is being asked for
-                    # (a round trip); the line is judged again then.
+                    # (a round trip); the line is judged again then (a held
+                    # one still as of when it came).
                     return allowed.addCallback(
-                        lambda _: None if conn.closing else self.do_MSG(conn, command))
+                        lambda _: None if conn.closing else self.do_MSG(conn, command, at))
                 config = factory.config
                 factory.stats.dropped_lines["ip_lobby_rate"] += 1
                 conn.dropped(
-                    conn.clock.seconds(),
+                    conn.clock.seconds() if at is None else at,
                     f"slow down: at most {config.ip_lobby_rate:g} lobby messages per second "
                     f"from your address (bursts of {config.ip_lobby_burst}); "
                     "lines are being dropped",

@@ -33,9 +33,10 @@ BUCKETS = "chat:ip:"
 #: node's own meanwhile).
 TIMEOUT = 5.0
 
-# KEYS: the buckets; ARGV: for each, the tokens spent and the rate per
-# second.  Adds what was spent to each bucket, drained since its last
-# change; answers each level (a string: Lua numbers become integers).
+# KEYS: the buckets; ARGV: for each, the tokens spent (a fraction for lines
+# judged as of when they arrived) and the rate per second.  Adds what was
+# spent to each bucket, drained since its last change; answers each level
+# (a string: Lua numbers become integers).
 SPEND = """
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
@@ -75,11 +76,13 @@ class RedisBuckets:
         self.clock = clock
         self.timeout = timeout
 
-    def spend(self, items: list[tuple[str, str, int, float]]) -> Deferred[list[float]]:
+    def spend(self, items: list[tuple[str, str, float, float]]) -> Deferred[list[float]]:
         keys = [f"{BUCKETS}{bucket}:{key}" for bucket, key, _, _ in items]
         args: list[Any] = []
         for _, _, spent, rate in items:
-            args += [spent, repr(float(rate))]
+            # A count of lines, or the level lines held through an outage
+            # left (a fraction: AddressBook's Shared.owed).
+            args += [spent if isinstance(spent, int) else repr(float(spent)), repr(float(rate))]
         d: Deferred[Any] = defer.maybeDeferred(self.execute, "EVALSHA", SPEND_SHA, len(keys),
                                                 *keys, *args)
         d.addErrback(self._forgotten, len(keys), *keys, *args)
