@@ -69,6 +69,38 @@ def test_without_a_meter_the_queue_estimates_from_the_buffer_size() -> None:
     assert queue.write(b"z" * 500)
 
 
+class Unread(StringTransport):
+    """A transport whose peer takes nothing: Twisted's buffer, read where
+    L{tcpinfo.twisted_buffered} reads it, holds every byte written."""
+
+    dataBuffer = b""
+    offset = 0
+
+    @property
+    def _tempDataLen(self) -> int:
+        return len(self.value())
+
+
+def test_a_refused_write_is_not_written_nor_taken_by_the_peer() -> None:
+    """reread11 core F1: write() added a refused write to written all the
+    same, so progress() (written less what Twisted and the kernel hold)
+    and delivered() counted the refused bytes as taken by the peer."""
+    transport = Unread()
+    transport.bufferSize = 100  # type: ignore[attr-defined]
+    queue = SendQueue(transport, limit=200)
+    assert queue.write(b"x" * 1000)
+    queue.pauseProducing()  # 100 left under the limit past Twisted's buffer
+    assert queue.write(b"y" * 50)
+    assert queue.progress() == 0, "the peer took nothing"
+    assert not queue.write(b"z" * 51)
+    assert queue.written == 1050
+    assert not queue.write_parts([b"c" * 30, b"d" * 100]), "stops at d"
+    assert queue.written == 1080, "c was written, d refused"
+    assert transport.value() == b"x" * 1000 + b"y" * 50 + b"c" * 30
+    assert queue.progress() == 0, "refused bytes are not taken by the peer"
+    assert queue.delivered(queue.held()) == 0
+
+
 # -- plain TCP on loopback ---------------------------------------------------------
 
 

@@ -310,14 +310,8 @@ class ChatProtocol:
             return
         written = queue.written
         if not queue.write_parts(parts):
-            # It stopped at the part that did not fit, which SendQueue.write
-            # adds to written all the same: that part and the rest were refused.
-            tried = left = queue.written - written
-            for part in parts:
-                left -= len(part)
-                if left <= 0:
-                    break
-            self._overflow(sum(map(len, parts)) - tried + len(part))
+            # Written counts the parts before the one that did not fit.
+            self._overflow(sum(map(len, parts)) - (queue.written - written))
 
     def deliver(self, data: bytes) -> None:
         """The fan-out's write (for members its direct pass does not

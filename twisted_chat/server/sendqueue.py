@@ -186,12 +186,14 @@ class SendQueue:
         return self.written - buffered - kernel_queued(self._sock)
 
     def write(self, data: bytes) -> bool:
-        self.written += len(data)
+        # Counted in written only once taken: a refused write is not written
+        # (progress() and delivered() would count it as taken by the peer).
         t = self._transport
         if self._direct:
             # twisted_buffered(t) != 0, read inline: this runs on every write.
             queued = t._tempDataLen or t.offset != len(t.dataBuffer)
             if not queued and t.connected and not t.disconnecting:
+                self.written += len(data)
                 try:
                     sent = t.socket.send(data)
                 except OSError:
@@ -206,16 +208,16 @@ class SendQueue:
                 return True
             if queued and self.held() + len(data) > self._limit:
                 return False
-            t.write(data)
-            return True
-        paused = self._paused
-        if paused is not None:
-            paused += len(data)
-            # Past Twisted's buffer, what the limit leaves (computed here, on
-            # this rare path, rather than held as one more int per queue).
-            if paused + kernel_queued(self._sock) > max(self._limit - buffer_size(t), 0):
-                return False  # not written, so not held (held() at the cut)
-            self._paused = paused
+        else:
+            paused = self._paused
+            if paused is not None:
+                paused += len(data)
+                # Past Twisted's buffer, what the limit leaves (computed here, on
+                # this rare path, rather than held as one more int per queue).
+                if paused + kernel_queued(self._sock) > max(self._limit - buffer_size(t), 0):
+                    return False  # not written, so not held (held() at the cut)
+                self._paused = paused
+        self.written += len(data)
         t.write(data)
         return True
 
@@ -248,7 +250,8 @@ class SendQueue:
                 self.sock_now = self._sock  # Twisted's buffer drained
                 SendQueue.generation += 1
             return True
-        return all(self.write(part) for part in parts)  # stops at the first over the limit
+        # Stops at the first part over the limit; written counts the parts before it.
+        return all(self.write(part) for part in parts)
 
     def took(self, data: bytes, sent: int) -> None:
         """A direct send of C{data} took only C{sent} bytes: Twisted holds
