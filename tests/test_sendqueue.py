@@ -156,11 +156,22 @@ def drain(client: socket.socket, n: int) -> Any:
     return bytes(received)
 
 
-@pytest_twisted.inlineCallbacks
-def test_what_the_kernel_does_not_take_is_queued_in_order_and_counted(loopback: Any) -> Any:
+@defer.inlineCallbacks
+def until_nothing_held(queue: SendQueue) -> Any:
+    """Wait, bounded, for the peer's last ACK: until the queue (Twisted and
+    the kernel) holds nothing."""
     from twisted.internet import reactor
     from twisted.internet.task import deferLater
 
+    for _ in range(1000):  # at most 5 s: the ACK may take a moment
+        if queue.held() == 0:
+            return
+        yield deferLater(reactor, 0.005, lambda: None)
+    assert queue.held() == 0, "all delivered: nothing held any more"
+
+
+@pytest_twisted.inlineCallbacks
+def test_what_the_kernel_does_not_take_is_queued_in_order_and_counted(loopback: Any) -> Any:
     factory, client = loopback
     server = yield factory.accepted
     queue = SendQueue(server.transport, limit=1 << 30, sndbuf=4096)
@@ -174,11 +185,7 @@ def test_what_the_kernel_does_not_take_is_queued_in_order_and_counted(loopback: 
     assert queue.write(b"after")  # must not overtake the queued part
     received = yield drain(client, len(big) + 5)
     assert received == big + b"after"
-    for _ in range(200):  # the last ACK may take a moment
-        if queue.held() == 0:
-            break
-        yield deferLater(reactor, 0.005, lambda: None)
-    assert queue.held() == 0, "all delivered: nothing held any more"
+    yield until_nothing_held(queue)
     server.transport.loseConnection()
 
 
@@ -298,8 +305,6 @@ def test_a_direct_queue_counts_what_the_peer_took_from_the_kernel(loopback: Any)
     """The direct pass keeps no count of what it writes: on a direct queue
     the drain watch's "delivered" is the kernel's count of acknowledged
     bytes, which moves only when the peer takes them."""
-    from twisted.internet import reactor
-    from twisted.internet.task import deferLater
 
     factory, client = loopback
     server = yield factory.accepted
@@ -310,11 +315,7 @@ def test_a_direct_queue_counts_what_the_peer_took_from_the_kernel(loopback: Any)
     got = b""
     while len(got) < 1000:
         got += client.recv(2000)
-    for _ in range(1000):  # bounded: the ACK may take a moment
-        if queue.held() == 0:
-            break
-        yield deferLater(reactor, 0.005, lambda: None)
-    assert queue.held() == 0
+    yield until_nothing_held(queue)
     assert queue.delivered(0) - before == 1000
     queue.written = 12345  # what write() counted plays no part here
     assert queue.delivered(0) - before == 1000
@@ -338,8 +339,6 @@ def test_a_kernel_without_the_acked_count_keeps_the_count_and_no_direct_pass(
 ) -> Any:
     """Before Linux 4.1 (or a stack that does not report it) the queue
     counts what it writes, and the direct pass leaves it to deliver()."""
-    from twisted.internet import reactor
-    from twisted.internet.task import deferLater
 
     factory, client = loopback
     server = yield factory.accepted
@@ -351,10 +350,7 @@ def test_a_kernel_without_the_acked_count_keeps_the_count_and_no_direct_pass(
     assert queue.write(b"abc")
     assert queue.sock_now is None, "never put in the pass"
     assert read_exactly(client, 3) == b"abc"
-    for _ in range(1000):  # bounded: the ACK may take a moment
-        if queue.held() == 0:
-            break
-        yield deferLater(reactor, 0.005, lambda: None)
+    yield until_nothing_held(queue)
     assert queue.delivered(0) == 3  # written less what Twisted and the kernel hold
     server.transport.loseConnection()
 
@@ -950,13 +946,25 @@ def paused_queue(server: Any) -> SendQueue:
 
 
 @defer.inlineCallbacks
-def settle() -> Any:
-    """Let Twisted fill the kernel's buffers from what it holds."""
+def settle(*transports: Any) -> Any:
+    """Let Twisted fill the kernel's buffers from what it holds: turn the
+    reactor (each turn polls the sockets) until what Twisted holds for the
+    C{transports} has not changed for three turns, at most 1000 turns."""
     from twisted.internet import reactor
     from twisted.internet.task import deferLater
 
-    for _ in range(5):
-        yield deferLater(reactor, 0.01, lambda: None)
+    def held() -> list[int]:
+        return [tcpinfo.twisted_buffered(t) for t in transports]
+
+    last, same = held(), 0
+    for _ in range(1000):
+        yield deferLater(reactor, 0, lambda: None)
+        now = held()
+        same = same + 1 if now == last else 0
+        if same == 3:
+            return
+        last = now
+    raise AssertionError(f"Twisted's buffer never settled (last {last} bytes)")
 
 
 @pytest_twisted.inlineCallbacks
@@ -970,13 +978,13 @@ def test_progress_moves_while_a_unix_socket_peer_reads(unix_loopback: Any) -> An
     client = connect()
     server = yield factory.accepted
     queue = paused_queue(server)
-    yield settle()
+    yield settle(server.transport)
     before = queue.progress()
-    yield settle()
+    yield settle(server.transport)
     assert queue.progress() == before  # nothing read: no move
     got = yield drain(client, 200_000)
     assert len(got) >= 200_000
-    yield settle()
+    yield settle(server.transport)
     after = queue.progress()
     assert before is not None and after is not None
     assert after - before >= 200_000
@@ -1001,7 +1009,7 @@ def test_over_the_budget_a_unix_socket_reader_stays_and_a_non_reader_goes(
     for _ in range(20):  # more than the idle one holds
         assert reader.write(b"y" * 16384)
     idle = paused_queue(idle_server)
-    yield settle()
+    yield settle(reader_server.transport, idle_server.transport)
     assert reader.twisted_held() > idle.twisted_held() > 0
     clock = Clock()
     dropped: list[Any] = []
@@ -1012,7 +1020,7 @@ def test_over_the_budget_a_unix_socket_reader_stays_and_a_non_reader_goes(
     assert dropped == []
     got = yield drain(reader_client, 200_000)
     assert len(got) >= 200_000
-    yield settle()
+    yield settle(reader_server.transport, idle_server.transport)
     assert reader.write(b"z" * 1000) and idle.write(b"z" * 1000)  # now over it
     clock.advance(1.0)
     assert dropped == [idle]
@@ -1037,14 +1045,17 @@ def test_the_drain_watch_drops_a_unix_socket_peer_that_reads_nothing_while_lines
     server = yield factory.accepted
     queue = SendQueue(server.transport, limit=1 << 24, direct=True, sndbuf=65536)
     queue.start()
-    while tcpinfo.twisted_buffered(server.transport) == 0:  # the kernel's share is full
+    for _ in range(1000):  # bounded: until the kernel's share is full
+        if tcpinfo.twisted_buffered(server.transport) > 0:
+            break
         assert queue.write(b"x" * 2000)
-        yield settle()
+        yield settle(server.transport)
+    assert tcpinfo.twisted_buffered(server.transport) > 0, "the kernel's share never filled"
     assert queue.twisted_held() == 0, "not paused: Twisted's share is not counted"
     clock, _watch, dropped, _ = watched(queue, timeout=8.0)  # type: ignore[arg-type]
     for _ in range(8):
         assert queue.write(b"t" * 500)  # a line into Twisted's buffer
-        yield settle()
+        yield settle(server.transport)
         clock.advance(2.0)
     assert queue.twisted_held() == 0, "still not paused"
     assert dropped == [queue]
@@ -1062,12 +1073,12 @@ def test_the_drain_watch_keeps_a_unix_socket_peer_that_reads_while_twisted_is_pa
     client = connect()
     server = yield factory.accepted
     queue = paused_queue(server)
-    yield settle()
+    yield settle(server.transport)
     clock, _watch, dropped, _ = watched(queue, timeout=8.0)  # type: ignore[arg-type]
     client.settimeout(5)
     for _ in range(12):  # three times the timeout
         assert len(read_exactly(client, 16384)) == 16384
-        yield settle()
+        yield settle(server.transport)
         clock.advance(2.0)
         assert queue.twisted_held() > 0, "paused the whole time"
     assert dropped == []
@@ -1092,11 +1103,11 @@ def test_progress_is_what_the_peer_acknowledged_also_while_twisted_is_paused(
     for _ in range(40):
         assert queue.write(b"x" * 16384)
     assert queue.twisted_held() > 0, "paused: Twisted holds more than its buffer size"
-    yield settle()  # Twisted fills the kernel's buffer
+    yield settle(server.transport)  # Twisted fills the kernel's buffer
     before = queue.progress()
     got = yield drain(client, 200_000)
     assert len(got) >= 200_000
-    yield settle()  # and fills it again, from what it holds
+    yield settle(server.transport)  # and fills it again, from what it holds
     for _ in range(1000):  # bounded: the ACKs may take a moment
         if queue.progress() - before >= 200_000:
             break
