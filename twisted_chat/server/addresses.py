@@ -50,7 +50,7 @@ from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.python.failure import Failure
 
-from twisted_chat.server.buckets import Penalty, Rate, TokenBucket
+from twisted_chat.server.buckets import Penalty, Rate, TokenBucket, drained
 from twisted_chat.server.config import ServerConfig
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
@@ -173,8 +173,7 @@ class Shared:
             else:
                 self.peak, last = 0.0, at
         if at > last:
-            peak = self.peak - (at - last) * rate
-            self.peak = peak if peak > 0.0 else 0.0
+            self.peak = drained(self.peak, last, at, rate)
             last = at
         self.peak += 1.0
         self.last = last
