@@ -186,11 +186,10 @@ class ClusterState:
         self._pending: dict[int, _Waiting] = {}
         # When each waiting command's wait ends (a heap: a line held behind
         # others arrived before the commands asked meanwhile), and one timer
-        # for the first (at _wait_due): no timer per command.  Decided
+        # for the first (its getTime()): no timer per command.  Decided
         # commands leave it from the top, or when their time comes.
         self._deadlines: list[tuple[float, int]] = []
         self._wait_call: IDelayedCall | None = None
-        self._wait_due = 0.0
         self._tick_call: IDelayedCall | None = None
         self._tick_due: float | None = None
         # A tick that fell due while the log was out of reach (its due time).
@@ -287,10 +286,9 @@ class ClusterState:
         self._pending[k] = waiting
         heapq.heappush(self._deadlines, (due, k))
         call = self._wait_call
-        if call is None or (due < self._wait_due and call.active()):
+        if call is None or (call.active() and due < call.getTime()):
             if call is not None:
                 call.cancel()
-            self._wait_due = due
             self._wait_call = self.reactor.callLater(due - now, self._waits_end, due)
         assert waiting.answer is not None
         return waiting.answer
@@ -306,7 +304,7 @@ class ClusterState:
         self._trim()
         self._wait_call = None
         if deadlines:
-            due = self._wait_due = deadlines[0][0]
+            due = deadlines[0][0]
             delay = max(due - self.reactor.seconds(), 0.0)
             self._wait_call = self.reactor.callLater(delay, self._waits_end, due)
 
