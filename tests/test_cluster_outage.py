@@ -474,7 +474,7 @@ def test_a_node_that_goes_on_under_a_new_id_holds_its_lease_before_any_event() -
     old = state.node
     state.lost()
     assert state.node != old
-    state.register("erin", object(), "-")
+    state.register("erin", _Arrived(state.reactor.seconds()), "-")
     lease, append = cmd.commands
     assert lease[:2] == ("SET", "chat:node:" + state.node)
     assert append[:2] == ("EVALSHA", APPEND_SHA) and '"n":"%s"' % state.node in append[-1]
@@ -659,7 +659,9 @@ def test_a_write_redis_refuses_is_answered_unavailable_and_forgotten() -> None:
     log._cmd, state.available = cmd, True
     state.deliver([("1000-0", {"t": "reg", "n": "m", "k": 1, "nick": "ann"})])
     ann = state.hub.online["ann"]
-    registration = state.register("erin", object(), "-")
+    # Commands come through connections of this node's, whose lines arrived now.
+    ann.conn = _Arrived(state.reactor.seconds())
+    registration = state.register("erin", _Arrived(state.reactor.seconds()), "-")
     message = state.say(ann, "hi")
     assert isinstance(message, Deferred)
     results: list[Any] = []

@@ -70,6 +70,9 @@ class StandIn:
     def wait_for(self, outcome: Deferred[Any]) -> None:
         self.waiting.append(outcome)
 
+    def arrived(self) -> float:
+        return self.clock.seconds() if self.held_at is None else self.held_at
+
     def online(self, user: User) -> None:
         self.user = user
 

@@ -370,7 +370,7 @@ class AddressBook:
         """
         Spend a lobby-line token of C{record}; false: none left.  C{at}: the
         line arrived then, before it is judged (held behind a command, a
-        Redis outage: ChatProtocol.held_at): it is judged as of then
+        Redis outage: session.Connection.arrived): it is judged as of then
         (L{TokenBucket.take_as_of}), and so reported to the cluster (its
         L{Shared.owed}); so lines typed at a gentle pace through an outage
         are not taken for a burst when it ends, and a burst still is.  In cluster

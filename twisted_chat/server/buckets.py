@@ -74,7 +74,7 @@ class TokenBucket:
 
     def take_as_of(self, at: float) -> bool:
         """L{take} for a line that arrived at C{at}, before now (a line held
-        behind a command, ChatProtocol.arrived): the bucket refills to
+        behind a command, session.Connection.arrived): the bucket refills to
         C{at} only, and a time before its last (another line taken since,
         judged when it was handled) is no time: it is not set back, so no
         refill is counted twice.  Over any sequence of calls the bucket
@@ -130,7 +130,7 @@ class Penalty:
 
     def _drain(self, now: float) -> float:
         # C{now} may be before the last call (a line held behind a command
-        # is judged as of when it arrived, ChatProtocol.arrived): nothing
+        # is judged as of when it arrived, session.Connection.arrived): nothing
         # drains, and the time it was told last stays.
         if now > self._stamp:
             self.value = drained(self.value, self._stamp, now, self._burst, 10.0)

@@ -64,6 +64,12 @@ class Connection(Protocol):
     # lobby budget judges it as of then); None for a line handled as it comes.
     held_at: float | None
 
+    def arrived(self) -> float:
+        """When the line being handled, or the line a command being decided
+        came from, arrived (the reactor's time): C{held_at} for a line held
+        behind a command; for a line handled as it comes, when it was counted
+        (now)."""
+
     @property
     def clock(self) -> IReactorTime: ...
 

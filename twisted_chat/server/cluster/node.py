@@ -276,8 +276,7 @@ class ClusterState:
         now = self.reactor.seconds()
         # Its wait runs from when its line arrived (docs/cluster.md: what is
         # held behind a command is answered within --redis-wait too).
-        arrived = getattr(conn, "arrived", None)
-        due = (now if arrived is None else min(arrived(), now)) + self.wait
+        due = min(conn.arrived(), now) + self.wait
         if due <= now:
             return fail(_not_sent(registration, f"it waited {self.wait:g} seconds for it"))
         waiting = _Waiting(conn, Deferred(), self.events.append(text), size, registration,
