@@ -402,6 +402,21 @@ def test_a_server_that_keeps_no_more_accounts_refuses_register_and_the_session_g
     assert s.lose() == Outcome(0), "not the refusal of a full server"
 
 
+@pytest.mark.parametrize(("text", "said"), [
+    ("no more accounts.", "no more accounts."),
+    ("", "server-full."),
+])
+def test_a_full_server_s_register_refusal_reads_as_the_other_account_errors(
+        text: str, said: str) -> None:
+    """Its full stop is not doubled, and with no text the code says why
+    (render.account_error)."""
+    s = session(interactive=False, environ={"CHAT_PASSWORD": SECRET})
+    s.ready()
+    s.type("/register")
+    s.receive(f"ERROR server-full {text}".rstrip())
+    assert s.screen.lines[-1] == f"! The nickname was not registered: {said}"
+
+
 def test_a_password_sent_in_clear_to_another_host_warns_once() -> None:
     s = session(peer="198.51.100.7")
     _asked_for_password(s)

@@ -217,7 +217,7 @@ class Passwords:
             # Online, it answers REGISTER: the server keeps no more accounts
             # (--max-accounts), and the connection stays.
             self.request = None
-            return render.sentence(f"{render.NOT_DONE['REGISTER']}: {text}")
+            return render.account_error(code, text, "REGISTER")
         return None
 
     def _not_done(self) -> str:

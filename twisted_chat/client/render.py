@@ -263,11 +263,12 @@ def error_sentence(code: str, text: str) -> str:
 
 
 def account_error(code: str, text: str, request: str | None) -> str:
-    """C{ERROR registered} or C{not-registered} answering C{request}
-    (C{REGISTER}, C{PASSWD}, or None if unknown): what was not done, then
-    the server's reason; any other code as L{error_sentence} says it."""
+    """C{ERROR registered}, C{not-registered} or (online, the server keeps
+    no more accounts) C{server-full} answering C{request} (C{REGISTER},
+    C{PASSWD}, or None if unknown): what was not done, then the server's
+    reason; any other code as L{error_sentence} says it."""
     lead = NOT_DONE.get(request or "")
-    if lead is None or code not in ("registered", "not-registered"):
+    if lead is None or code not in ("registered", "not-registered", "server-full"):
         return error_sentence(code, text)
     return sentence(f"{lead}: {text.rstrip('.') or code}")
 
