@@ -21,6 +21,7 @@ from twisted.internet import defer
 from twisted.internet.defer import Deferred
 from twisted.internet.task import Clock, deferLater
 
+from tests.harness import Conn
 from tests.redisproc import REDIS_SERVER, RedisServer
 from tests.test_cluster_unit import START, Cluster
 from twisted_chat.server.addresses import (
@@ -365,14 +366,20 @@ def test_redis_out_of_reach_leaves_each_node_its_own_bucket() -> None:
 # -- through the chat: two cluster nodes (tests/test_cluster_unit.py) -----------
 
 
+def shared_cluster(**config: Any) -> tuple[Cluster, FakeBuckets]:
+    """Two cluster nodes with C{config}, sharing the addresses' buckets."""
+    cluster = Cluster(2, **config)
+    buckets = FakeBuckets(cluster.clock)
+    for node in cluster.nodes:
+        node.factory.addresses.share(buckets)
+    return cluster, buckets
+
+
 def test_msg_on_two_nodes_from_one_address_is_held_to_one_budget() -> None:
     """Users of one address on two nodes: the lobby lines over the
     address's budget are answered ERROR flood on either node, by the
     cluster's count."""
-    cluster = Cluster(2, ip_lobby_rate=1.0, ip_lobby_burst=3)
-    buckets = FakeBuckets(cluster.clock)
-    for node in cluster.nodes:
-        node.factory.addresses.share(buckets)
+    cluster, _ = shared_cluster(ip_lobby_rate=1.0, ip_lobby_burst=3)
     ann, bob = cluster.nodes[0].user("ann"), cluster.nodes[1].user("bob")
     watcher = cluster.nodes[1].user("watcher")
     for i in range(5):
@@ -387,25 +394,33 @@ def test_msg_on_two_nodes_from_one_address_is_held_to_one_budget() -> None:
     assert any(line.startswith("ERROR flood") for line in bob.take())
 
 
-def test_a_lobby_line_waiting_for_the_count_is_judged_by_it() -> None:
-    """Two connections of one address on a node whose copy is stale: the
-    first line goes through and the copy is reconciled; the other's line,
-    meanwhile, waits for the answer, is judged by the cluster's count
-    (ERROR flood here), and if its sender has gone by then is dropped
-    without a word."""
-    cluster = Cluster(2, ip_lobby_rate=1.0, ip_lobby_burst=2)
-    buckets = FakeBuckets(cluster.clock)
-    for node in cluster.nodes:
-        node.factory.addresses.share(buckets)
+def _waiting_for_the_count(cluster: Cluster, buckets: FakeBuckets) -> Conn:
+    """ann, on node 0, spends one of her address's 2 lobby lines; one
+    report later, b1 on node 1 (its copy stale) sends one, judged by the
+    copy, which asks the cluster; b2's line then waits for the answer
+    (held, with the cluster's answers): b2."""
     ann = cluster.nodes[0].user("ann")
-    watcher = cluster.nodes[0].user("watcher")
-    b1, b2, b3 = (cluster.nodes[1].user(nick) for nick in ("b1", "b2", "b3"))
+    b1, b2 = (cluster.nodes[1].user(nick) for nick in ("b1", "b2"))
     ann.send("MSG a0")
     cluster.pump()
     cluster.clock.advance(SHARE_INTERVAL)  # the cluster: 1 taken of 2
     buckets.held = True
     b1.send("MSG b1 says")  # B's copy is stale: its own judges, and it asks
     b2.send("MSG b2 waits")
+    cluster.pump()
+    return b2
+
+
+def test_a_lobby_line_waiting_for_the_count_is_judged_by_it() -> None:
+    """Two connections of one address on a node whose copy is stale: the
+    first line goes through and the copy is reconciled; the other's line,
+    meanwhile, waits for the answer, is judged by the cluster's count
+    (ERROR flood here), and if its sender has gone by then is dropped
+    without a word."""
+    cluster, buckets = shared_cluster(ip_lobby_rate=1.0, ip_lobby_burst=2)
+    watcher = cluster.nodes[0].user("watcher")
+    b3 = cluster.nodes[1].user("b3")
+    b2 = _waiting_for_the_count(cluster, buckets)
     b3.send("MSG b3 goes")
     cluster.pump()
     waiting = ("ERROR", "PONG")
@@ -419,15 +434,35 @@ def test_a_lobby_line_waiting_for_the_count_is_judged_by_it() -> None:
     assert refused.startswith("ERROR flood slow down: at most 1 lobby messages per second")
 
 
+def test_a_lobby_line_dropped_after_waiting_for_the_count_is_dropped_as_of_its_arrival(
+        ) -> None:
+    """A lobby line that waited 0.8 s for the cluster's count and is dropped
+    is dropped as of when it arrived, as a line over the connection's own
+    flood limit is (ChatProtocol.arrived): the next one dropped 1.2 s after
+    it gets ERROR flood again (at most one a second).  Timed when the answer
+    came, as the session did, that one was dropped without a word.  Both
+    are counted once, by the connection's dropped()."""
+    cluster, buckets = shared_cluster(ip_lobby_rate=0.1, ip_lobby_burst=2)
+    b2 = _waiting_for_the_count(cluster, buckets)
+    assert not [line for line in b2.take() if line.startswith("ERROR")]
+    cluster.clock.advance(0.8)
+    buckets.answer()  # 2 taken of 2
+    cluster.pump()
+    flood = "ERROR flood slow down: at most 0.1 lobby messages per second from your address"
+    assert [line[:len(flood)] for line in b2.take()] == [flood]
+    cluster.clock.advance(0.4)
+    b2.send("MSG b2 again")  # judged at once: the copy is fresh, and empty
+    cluster.pump()
+    assert [line[:len(flood)] for line in b2.take()] == [flood]
+    assert cluster.nodes[1].factory.stats.dropped_lines == {"flood_rate": 0, "ip_lobby_rate": 2}
+
+
 def test_nick_on_another_node_is_held_to_the_address_s_registrations() -> None:
     """Two registrations from one address on node 0 spend its burst; a NICK
     from it on node 1, whose copy is stale, waits for the cluster's count
     (a round trip, as the registration itself does) and is answered ERROR
     flood by it.  One server's rule, one budget for the cluster."""
-    cluster = Cluster(2, ip_register_rate=0.5, ip_register_burst=2)
-    buckets = FakeBuckets(cluster.clock)
-    for node in cluster.nodes:
-        node.factory.addresses.share(buckets)
+    cluster, buckets = shared_cluster(ip_register_rate=0.5, ip_register_burst=2)
     cluster.nodes[0].user("ann")
     cluster.nodes[0].user("amy")
     cluster.clock.advance(SHARE_INTERVAL)

@@ -39,7 +39,7 @@ class StandIn:
         self.written: list[bytes] = []
         self.delivered: list[bytes] = []  # the factory's READY block, the fan-out's lines
         self.closed: list[tuple[str, str, str]] = []
-        self.dropped_lines: list[tuple[float, str]] = []
+        self.dropped_lines: list[tuple[float, str, str]] = []
         self.waiting: list[Deferred[Any]] = []
 
     def write(self, data: bytes) -> None:
@@ -58,8 +58,8 @@ class StandIn:
         self.closed.append((reason, text, farewell))
         self.closing = True
 
-    def dropped(self, now: float, why: str) -> None:
-        self.dropped_lines.append((now, why))
+    def dropped(self, now: float, why: str, limit: str) -> None:
+        self.dropped_lines.append((now, why, limit))
 
     def charge(self, size: int) -> bool:
         return True
@@ -209,6 +209,7 @@ def test_a_lobby_line_over_the_address_limit_goes_to_flood_control() -> None:
         chat.reactor.seconds(),
         "slow down: at most 1 lobby messages per second from your address (bursts of 1); "
         "lines are being dropped",
+        "ip_lobby_rate",
     )]
     assert conn.lines() == []
 

@@ -9,7 +9,7 @@ as a L{twisted_chat.server.session.Connection}.
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import TYPE_CHECKING, Any, Protocol, cast
 
 from twisted.internet import tcp
@@ -528,16 +528,8 @@ class ChatProtocol:
         held = self._held
         if held is not None:
             lines = held.lines
-            last = self._last_line
-            while lines and not self._waiting and not self.closing:
-                line, at = lines.popleft()
-                self._held_size -= len(line) + 1
-                preset, at = self._as_of(at, last)
-                self.message_received(line)
-                if self._last_line != preset:
-                    last = at  # counted as of when it arrived
-            self.held_at = None
-            self._last_line = last
+            if lines and not self._waiting and not self.closing:
+                self._replay(self._popped(lines), self.message_received)
             if not lines and not held.reads:
                 self._held = None
         self._count_held()
@@ -551,11 +543,8 @@ class ChatProtocol:
     def _replay_reads(self) -> None:
         """
         Handle the bytes held while a command was decided elsewhere, read by
-        read, each as of when it was read: flood control counts a held line
-        when it arrived, not when its turn came (rev11-clu2 #1: lines typed
-        through a Redis outage were all counted at once when it ended), and
-        a command's wait is bounded from then (L{arrived}).  What a line
-        that waits again leaves is held again, with when it was read.
+        read, each as of when it was read (L{_replay}).  What a line that
+        waits again leaves is held again, with when it was read.
         """
         held = self._held
         reads = held.reads if held is not None else None
@@ -563,36 +552,54 @@ class ChatProtocol:
             self.dataReceived(b"")  # only a partial line: nothing to count
             return
         data, self._buffer, held.reads = self._buffer, b"", []
-        last = self._last_line
-        start = 0
-        for i, (end, at) in enumerate(reads):
-            preset, at = self._as_of(at, last)
-            self.dataReceived(data[start:end])
+        ends = [0] + [end for end, _ in reads]
+        done, at = self._replay(
+            ((data[ends[i]:end], when) for i, (end, when) in enumerate(reads)),
+            self.dataReceived)
+        if self._waiting and not self.closing:
+            end = ends[done]
+            left = self._buffer
+            self._buffer = left + data[end:]
+            held.reads = [(len(left), at)] if left else []
+            held.reads += [(stop - end + len(left), when) for stop, when in reads[done:]]
+
+    def _popped(self, lines: deque[tuple[bytes, float]]) -> Iterator[tuple[bytes, float]]:
+        """The held WebSocket lines, each taken off as it is handled."""
+        while lines:
+            line, at = lines.popleft()
+            self._held_size -= len(line) + 1
+            yield line, at
+
+    def _replay(self, held: Iterator[tuple[bytes, float]],
+                handle: Callable[[bytes], object]) -> tuple[int, float]:
+        """
+        C{handle} what was held while a command was decided elsewhere (held
+        reads or WebSocket lines, each with when it arrived), in order, until
+        a line waits again or the connection closes, each as of when it
+        arrived: flood control counts a held line when it arrived, not when
+        its turn came (rev11-clu2 #1: lines typed through a Redis outage were
+        all counted at once when it ended), and a command's wait is bounded
+        from then (L{arrived}).  No hot-path work for it: C{_last_line} is
+        set back so that the flood meter refills for the time between the
+        held line and the line counted before it, as it would have then
+        (L{_count_line} is as for any line), and is put back after.
+        Returns how many were handled and when the last of them arrived.
+        """
+        last = at = self._last_line
+        done = 0
+        for data, came in held:
+            at = came if came > last else last  # a WebSocket ping counted as it came, after it
+            self.held_at = at
+            preset = self._last_line = self.clock.seconds() - (at - last)
+            handle(data)
+            done += 1
             if self._last_line != preset:
                 last = at  # a line was counted as of when it arrived
-            start = end
-            if self.closing:
-                break
-            if self._waiting:
-                left = self._buffer
-                self._buffer = left + data[end:]
-                held.reads = [(len(left), at)] if left else []
-                held.reads += [(stop - end + len(left), when) for stop, when in reads[i + 1:]]
+            if self._waiting or self.closing:
                 break
         self.held_at = None
         self._last_line = last
-
-    def _as_of(self, at: float, last: float) -> tuple[float, float]:
-        """Ready to count a held line that arrived at C{at}, the line counted
-        before it at C{last}: C{_last_line} is set back so that the flood
-        meter refills for C{at - last}, as it would have then (no hot-path
-        work for it: L{_count_line} is as for any line).  Returns that
-        setting and C{at} (never before C{last})."""
-        if at < last:
-            at = last  # a WebSocket ping counted as it came, after it
-        self.held_at = at
-        preset = self._last_line = self.clock.seconds() - (at - last)
-        return preset, at
+        return done, at
 
     # -- limits: flood control, the idle deadline (on the factory's Deadlines) ----
 
@@ -604,11 +611,10 @@ class ChatProtocol:
         allowed, self._tokens = self.factory.flood.spend(self._tokens, since, now)
         if allowed:
             return True
-        self.factory.stats.dropped_lines["flood_rate"] += 1
         # (A held line is judged as of when it arrived: arrived().)
         config = self.config
         self.dropped(self.arrived(), f"slow down: at most {config.flood_rate:g} lines per second "
-                     f"(bursts of {config.flood_burst}); lines are being dropped")
+                     f"(bursts of {config.flood_burst}); lines are being dropped", "flood_rate")
         return False
 
     def charge(self, size: int) -> bool:
@@ -617,11 +623,14 @@ class ChatProtocol:
         allowed, self._tokens = self.factory.flood.charge(self._tokens, size)
         return allowed
 
-    def dropped(self, now: float, why: str) -> None:
-        """A line was dropped for flooding: C{ERROR flood} at most once a
-        second, and C{BYE flood} once the penalty passes C{--flood-burst},
-        this connection's own or its address's (shared by all its
-        connections and kept across reconnects: docs/security.md)."""
+    def dropped(self, now: float, why: str, limit: str) -> None:
+        """A line that arrived at C{now} (L{arrived}) was dropped for
+        flooding, over C{limit} (counted: chat_dropped_lines_total): C{ERROR
+        flood} at most once a second, and C{BYE flood} once the penalty
+        passes C{--flood-burst}, this connection's own or its address's
+        (shared by all its connections and kept across reconnects:
+        docs/security.md)."""
+        self.factory.stats.dropped_lines[limit] += 1
         verdict, self._flooding = self.factory.flood.dropped(self._flooding, now)
         limits = self.limits
         if limits is not None and limits.penalty.add(now) > self.config.flood_burst:

@@ -79,8 +79,9 @@ class Connection(Protocol):
     def close(self, reason: str, text: str = "", farewell: str = "") -> None:
         """Say C{BYE reason text}, close, and leave with C{farewell}."""
 
-    def dropped(self, now: float, why: str) -> None:
-        """A line was dropped for flooding: warn with C{why}, or cut."""
+    def dropped(self, now: float, why: str, limit: str) -> None:
+        """A line that arrived at C{now} (L{arrived}) was dropped for
+        flooding, over C{limit} (counted here): warn with C{why}, or cut."""
 
     def charge(self, size: int) -> bool:
         """The line just let through asks for a reply of C{size} bytes:
@@ -294,12 +295,12 @@ class Session:
                     return allowed.addCallback(
                         lambda _: None if conn.closing else self.do_MSG(conn, command, at))
                 config = factory.config
-                factory.stats.dropped_lines["ip_lobby_rate"] += 1
                 conn.dropped(
-                    conn.clock.seconds() if at is None else at,
+                    conn.arrived() if at is None else at,
                     f"slow down: at most {config.ip_lobby_rate:g} lobby messages per second "
                     f"from your address (bursts of {config.ip_lobby_burst}); "
                     "lines are being dropped",
+                    "ip_lobby_rate",
                 )
                 return None
         return factory.state.say(user, command.text)
