@@ -2,7 +2,7 @@
 rev11 finding 3: a refused TLS connection was told why (C{ERROR
 server-full}, C{BYE full}) inside TLS, so each cost the server a full
 handshake; one address got 500-660 a second, half a core.  Past a few per
-address (L{PoliteRefusals}) it is aborted before the handshake.  Here
+address (factory.POLITE_TLS_BURST) it is aborted before the handshake.  Here
 through Twisted's own TLS wrapper, as C{ssl:} ports use it; the real
 server in tests/test_e2e_tls.py.
 """
@@ -16,26 +16,29 @@ from typing import Any
 
 from twisted.internet import ssl as tssl
 from twisted.internet.address import IPv4Address
-from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
 from twisted.protocols.tls import TLSMemoryBIOFactory
 
 from tests.harness import Harness
 from tests.test_e2e_tls import self_signed
 from tests.web.test_admission import make_site
-from twisted_chat.server.factory import POLITE_TLS_BURST, POLITE_TLS_WINDOW, PoliteRefusals
+from twisted_chat.server.factory import POLITE_TLS_BURST, POLITE_TLS_WINDOW
 from twisted_chat.web.admission import HTTP_PER_BROWSER
 
 
 def test_a_few_refused_tls_connections_per_address_are_told_why() -> None:
-    clock = Clock()
-    polite = PoliteRefusals(clock, burst=3, window=10.0)
-    assert [polite.allow("10.0.0.1") for _ in range(5)] == [True] * 3 + [False] * 2
-    assert polite.allow("10.0.0.2")  # another address: its own
-    clock.advance(9.9)
-    assert not polite.allow("10.0.0.1")
-    clock.advance(0.1)
-    assert [polite.allow("10.0.0.1") for _ in range(4)] == [True] * 3 + [False]
+    h = Harness()
+    told = h.factory.polite_refusals
+
+    def polite(key: str) -> bool:
+        return told.within(key, "refused-tls")
+
+    assert [polite("10.0.0.1") for _ in range(5)] == [True] * 3 + [False] * 2
+    assert polite("10.0.0.2")  # another address: its own
+    h.clock.advance(9.9)
+    assert not polite("10.0.0.1")
+    h.clock.advance(0.1)
+    assert [polite("10.0.0.1") for _ in range(4)] == [True] * 3 + [False]
 
 
 def test_the_defaults() -> None:

@@ -52,9 +52,12 @@ class Handshaking(Structural):
         """Close it, to make room in the pool."""
 
 
-#: Refused TLS connections told why, per address bucket and window (s):
-#: the first refusals of a client that reconnects now and then; past them
-#: a refusal costs no handshake (L{PoliteRefusals}).
+#: Refused TLS connections told why (C{ERROR server-full}, C{BYE full}, or
+#: the web port's 503), per address bucket and window (s): the first
+#: refusals of a client that reconnects now and then.  Telling costs the
+#: server a full TLS handshake, so past them a refusal is aborted before it
+#: (L{ChatFactory.refusal}).  A refused plain TCP connection costs an accept
+#: and a write, so it is always told, as an --exempt address always is.
 POLITE_TLS_BURST = 3
 POLITE_TLS_WINDOW = 10.0
 
@@ -64,7 +67,7 @@ class _Refusal(Protocol):
     What a connection over a limit talks to: two lines (or C{message}),
     then the close, and an abort if the peer has not completed the close
     within the grace (L{close_within}).  Under TLS, only while C{polite}
-    (L{PoliteRefusals}): else it is aborted before the handshake.
+    (L{POLITE_TLS_BURST}): else it is aborted before the handshake.
     """
 
     def __init__(self, why: str, clock: IReactorTime, grace: float,
@@ -118,26 +121,6 @@ class _Refusal(Protocol):
             if self._abort_call.active():
                 self._abort_call.cancel()
         self._abort_call = None
-
-
-class PoliteRefusals:
-    """
-    How many refused TLS connections of an address are told why (C{ERROR
-    server-full}, C{BYE full}, or the web port's 503): at most C{burst}
-    per C{window} seconds per address bucket; the rest are aborted before
-    their handshake (L{_Refusal}).  Telling costs the server a full TLS
-    handshake; a refused plain TCP connection costs an accept and a write,
-    so it is always told.  An --exempt address is always told (it is
-    exempt from every per-address limit).  Bounded as L{logs.Repeats}.
-    """
-
-    def __init__(self, clock: IReactorTime, burst: int = POLITE_TLS_BURST,
-                 window: float = POLITE_TLS_WINDOW) -> None:
-        self._told = logs.Repeats(clock, window=window, burst=burst)
-
-    def allow(self, key: str) -> bool:
-        """Whether a refused TLS connection of address bucket C{key} is told why."""
-        return self._told.allow(key, "refused-tls") is not None
 
 
 def _always() -> bool:
@@ -218,8 +201,11 @@ class ChatFactory(ServerFactory):
         self.handshaking: HandshakePool[Handshaking] = HandshakePool(config.handshake_limit)
         # Refused connections waiting out their close grace (_Refusal).
         self.closing_refusals = Closing()
-        # The refused TLS connections told why (the rest cost no handshake).
-        self.polite_refusals = PoliteRefusals(reactor)
+        # The refused TLS connections told why (the rest cost no handshake),
+        # per address bucket (POLITE_TLS_BURST).  Not self.repeats: log lines
+        # never push an address's refusals out of what it remembers.
+        self.polite_refusals = logs.Repeats(reactor, window=POLITE_TLS_WINDOW,
+                                            burst=POLITE_TLS_BURST)
         if backlog is None:
             backlog = reactor_backlog(reactor)
         # Flood control's rule; each connection holds only its own count.
@@ -304,7 +290,7 @@ class ChatFactory(ServerFactory):
         (as C{counted}: the web port's HTTP connections are told apart; and
         by the C{limit} it is over): the protocol that tells it (C{message},
         by default C{ERROR server-full} and C{BYE full}) and closes; under
-        TLS, past the address's few polite refusals (L{PoliteRefusals}), one
+        TLS, past the address's few polite refusals (L{POLITE_TLS_BURST}), one
         that aborts the connection before its handshake.
         """
         stats = self.stats
@@ -318,7 +304,7 @@ class ChatFactory(ServerFactory):
         if host is None or self.addresses.exempt(host):
             polite: Callable[[], bool] = _always
         else:
-            polite = partial(self.polite_refusals.allow, key)
+            polite = partial(self.polite_refusals.within, key, "refused-tls")
         return _Refusal(why, self.reactor, self.config.close_grace, message,
                         self.closing_refusals, polite, stats)
 

@@ -114,6 +114,11 @@ class Repeats:
         seen[2] += 1
         return None
 
+    def within(self, address: str, kind: str) -> bool:
+        """L{allow} as a yes or no: whether one more of this kind from this
+        address is within the burst (it is counted if so)."""
+        return self.allow(address, kind) is not None
+
     def log(self, log: Logger, level: LogLevel, address: str, kind: str,
             fmt: str, /, **kwargs: Any) -> None:
         """C{log.emit(level, fmt, ...)} unless it is one repeat too many
