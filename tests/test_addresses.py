@@ -46,6 +46,13 @@ def test_ipv6_prefix_is_a_setting() -> None:
     assert address_key("2001:db8:1:2:3::1", 128) == "2001:db8:1:2:3::1/128"
 
 
+def test_log_lines_are_limited_per_address_bucket_or_all_unix_ones_together() -> None:
+    b, _ = book(v6_prefix=48, exempt=networks(["192.0.2.0/24"]))
+    assert b.log_key("2001:db8:1:2:3::1") == "2001:db8:1::/48"
+    assert b.log_key("192.0.2.7") == "192.0.2.7"  # exempt from limits, not from this
+    assert b.log_key(None) == "-"
+
+
 def test_max_per_ip_counts_every_connection_of_the_address() -> None:
     b, _ = book(max_per_ip=2, max_handshaking_per_ip=10, connect=Rate(0, 0))
     one = b.admit("2001:db8::1")

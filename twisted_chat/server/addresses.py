@@ -269,6 +269,13 @@ class AddressBook:
     def key(self, host: str) -> str:
         return address_key(host, self.policy.v6_prefix)
 
+    def log_key(self, host: str | None) -> str:
+        """The key C{host}'s log lines are limited under (the server's and
+        the web gateway's L{twisted_chat.server.logs.Repeats}): its address
+        bucket's, exempt or not; C{"-"} for a connection with no address (a
+        UNIX socket)."""
+        return self.key(host) if host else "-"
+
     def exempt(self, host: str) -> bool:
         ip = _ip(host)
         return ip is not None and any(ip in network for network in self.policy.exempt)

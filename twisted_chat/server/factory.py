@@ -296,7 +296,7 @@ class ChatFactory(ServerFactory):
         stats = self.stats
         stats.disconnected(counted)
         stats.refusals[limit] = stats.refusals.get(limit, 0) + 1
-        key = self.addresses.key(host) if host is not None else "-"
+        key = self.addresses.log_key(host)
         self.repeats.log(self.log, LogLevel.warn, key, "refused", "refused {host}: {why}",
                          host=host, why=why)
         # Decided only under TLS (at connectionMade: whether it is TLS is

@@ -301,7 +301,7 @@ class ChatWebSocket(WebSocketServerProtocol):
         known) and the key its log lines are limited under."""
         peer: Any = self._client or self.tcp.getPeer()
         host: str | None = getattr(peer, "host", None)
-        return host, self.factory.chat.addresses.key(host) if host else "-"
+        return host, self.factory.chat.addresses.log_key(host)
 
     def _hand_over(self) -> None:
         handover, self.handover = self.handover, None
