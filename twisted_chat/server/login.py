@@ -227,8 +227,9 @@ class Accounts:
         # same leaky bucket is a token bucket of hash_burst, one back per
         # hash_every seconds).
         self.hashes = FailureLimiter(clock, limits.hash_burst, limits.hash_every)
-        # Lines an address can cause over and over (its "too many failed
-        # logins", once a connection): at most a few per address.
+        # Lines an address can cause over and over (its "failed login", once
+        # a wrong PASS; "too many failed logins", once a connection): at most
+        # a few per address.
         self.repeats = logs.Repeats(clock)
         self._working: dict[str, int] = {}  # address -> its password jobs now
         # Only its address keys and --exempt are used (it is the rest of the
@@ -551,8 +552,10 @@ class Login:
         if self._conn.closing:
             return  # a wrong password counts all the same
         if wrong:
-            _log.info("failed login as {nick} from {address}", nick=nick,
-                      address=self._conn.address)
+            # One a wrong PASS: at most a few per address, as for _flooded.
+            self._accounts.repeats.log(
+                _log, LogLevel.info, self._log_key(), "login-failed",
+                "failed login as {nick} from {address}", nick=nick, address=self._conn.address)
             self._conn.write(wire.line("RETRY", "bad-password", text=BAD_PASSWORD_TEXT))
         elif isinstance(failure.value, WorkBusy):
             self._asked = nick
@@ -566,14 +569,19 @@ class Login:
             else:
                 self._conn.write(wire.line("RETRY", "bad-password", text=UNCHECKED_TEXT))
 
+    def _log_key(self) -> str:
+        """The key its connection's log lines are limited under: its
+        address's bucket (all UNIX sockets' together), or an exempt one's."""
+        host = self._conn.host
+        return self._accounts.work_key(host) or host or "-"
+
     def _flooded(self, nick: str) -> Answer:
         """Over a failure limit: no check; after the delay, C{BYE flood}."""
         # One line a connection: one address reconnecting within its
         # connection rate would write one a second, so a few per address
         # (its failure limit's bucket) in 10 s, then how many were left out.
-        host = self._conn.host
         self._accounts.repeats.log(
-            _log, LogLevel.warn, self._accounts.work_key(host) or host or "-", "login-flood",
+            _log, LogLevel.warn, self._log_key(), "login-flood",
             "too many failed logins as {nick} or from {address}: closing",
             nick=nick, address=self._conn.address)
         self._asked = None
