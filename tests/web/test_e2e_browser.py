@@ -26,6 +26,7 @@ import pytest
 
 from tests.serverproc import LineClient
 from tests.web.webserver import WebServer, served, serving
+from twisted_chat.client.commands import password_problem
 from twisted_chat.server.accounts import password_problem as server_length_problem
 from twisted_chat.wire import password_chars_problem
 
@@ -804,13 +805,15 @@ def test_the_pages_password_rule_is_the_servers(browser: Callable[..., Any]) -> 
     refuses exactly what the server would: the page's passwordProblem, taken
     from app.js as it is and run in Chromium, against the server's length
     rule and L{password_chars_problem}, for every code point (inside a
-    password and leading it) and at the length limits."""
+    password and leading it) and at the length limits; and in the terminal
+    client's words (L{password_problem}: "(TAB is allowed)" too)."""
     app = APP_JS.read_text()
     found = re.search(r"\n( +)function passwordProblem\(.*?\n\1\}\n", app, re.DOTALL)
     assert found is not None, "app.js has no passwordProblem"
     samples = ["x" * 7, "x" * 8, "é" * 3 + "x", "é" * 4, "x" * 256, "x" * 257, "é" * 128,
                "é" * 128 + "x", "😀" * 64, "😀" * 64 + "x", " password", "\tpassword",
-               "pass\tword", "password ", "password\t", "\u00a0password", ""]
+               "pass\tword", "password ", "password\t", "\u00a0password", "",
+               "pass\x1bword", "pass\u2028word", "pass\x85word"]
     driver = browser()
     refused, answers = driver.execute_script(found.group(0) + """
       const refused = [[], []];
@@ -820,7 +823,7 @@ def test_the_pages_password_rule_is_the_servers(browser: Callable[..., Any]) -> 
         if (passwordProblem("pass" + c + "word") !== null) refused[0].push(code);
         if (passwordProblem(c + "password") !== null) refused[1].push(code);
       }
-      return [refused, arguments[0].map((p) => passwordProblem(p) !== null)];
+      return [refused, arguments[0].map((p) => passwordProblem(p))];
     """, samples)
 
     def server_refuses(password: str) -> bool:
@@ -830,7 +833,9 @@ def test_the_pages_password_rule_is_the_servers(browser: Callable[..., Any]) -> 
     codes = [code for code in range(0x110000) if not 0xD800 <= code <= 0xDFFF]
     assert refused == [[code for code in codes if server_refuses(f"pass{chr(code)}word")],
                        [code for code in codes if server_refuses(f"{chr(code)}password")]]
-    assert answers == [server_refuses(password) for password in samples]
+    assert [said is not None for said in answers] == [
+        server_refuses(password) for password in samples]
+    assert answers == [password_problem(password) for password in samples]
 
 
 STORE_FAILED = "the server could not store the password now; try again later"

@@ -1355,7 +1355,7 @@
     if (size > 256) return "A password may have at most 256 bytes.";
     if (/^[ \t]/.test(password)) return "A password cannot start with a space or a tab.";
     if (/[\x00-\x08\x0a-\x1f\x7f-\x9f\u2028\u2029]/.test(password)) {
-      return "A password cannot contain control characters.";
+      return "A password cannot contain control characters (TAB is allowed).";
     }
     return null;
   }
