@@ -232,6 +232,26 @@ def test_node_dead_ends_users_pairs_and_invitations() -> None:
     assert "READY alice" in again.take()
 
 
+def test_no_command_is_sent_for_a_user_this_node_does_not_hold() -> None:
+    """A user whose connection here is a RemoteConn (another node's, or one
+    of this node's orphaned) has its commands sent by no one here: a stray
+    call appends nothing and raises nothing (it raised AttributeError:
+    RemoteConn has no arrived())."""
+    cluster = Cluster(2)
+    n0 = cluster.nodes[0]
+    ann = n0.user("ann")
+    cluster.nodes[1].user("bob")
+    bob = n0.hub.find("bob")
+    assert bob is not None and isinstance(bob.conn, RemoteConn)
+    state = n0.state
+    appended = len(cluster.log.entries)
+    assert [state.say(bob, "hi"), state.direct(bob, "ann", "hi"), state.pair(bob, "ann"),
+            state.accept(bob, "ann"), state.reject(bob, "ann"), state.unpair(bob)] == [None] * 6
+    cluster.pump()
+    assert len(cluster.log.entries) == appended and state.waiting_bytes == 0
+    assert ann.take() == [] and n0.hub.find("bob") is bob
+
+
 def test_invitation_expires_through_a_tick() -> None:
     cluster = Cluster(2, invite_timeout=5.0)
     a, b = cluster.nodes[0].user("a"), cluster.nodes[1].user("b")

@@ -362,6 +362,12 @@ class ClusterState:
         self._append({"t": "leave", "u": uid, "r": reason, "x": text})
 
     def _command(self, user: User, event: dict[str, Any]) -> Outcome:
+        if not self.holds(user):
+            # Another node's user (its own node sends its commands), or one
+            # of this node's that no connection holds (orphaned: it only
+            # leaves): nothing is sent for it (and a RemoteConn has no
+            # arrived() to bound a wait by).
+            return None
         uid = self.replica.uids.get(user)
         if uid is None:
             # Redis lost data and the replica was rebuilt without this user:
