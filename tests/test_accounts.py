@@ -27,8 +27,8 @@ from twisted_chat.server import accounts as accounts_module
 from twisted_chat.server.accounts import (
     AccountChecker,
     AccountExists,
-    AccountStore,
     AccountsFull,
+    AccountStore,
     AccountStoreError,
     IAccount,
     Mode,
@@ -60,7 +60,7 @@ def test_hash_is_salted_scrypt_and_verifies() -> None:
     one = hash_password(b"correct horse")
     two = hash_password(b"correct horse")
     assert one != two  # a fresh salt each time
-    scheme, n, r, p, salt, key = one.split("$")
+    scheme, n, r, p, _salt, _key = one.split("$")
     assert (scheme, n, r, p) == ("scrypt", str(2**14), "8", "1")
     assert b"correct horse" not in one.encode()
     assert verify_password(b"correct horse", one)

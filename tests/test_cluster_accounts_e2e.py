@@ -20,7 +20,8 @@ import pytest
 from tests import test_e2e_accounts as e2e_accounts
 from tests.redisproc import REDIS_SERVER, RedisServer
 from tests.serverproc import LineClient, ServerProcess
-from tests.test_cluster_e2e import Cluster, cluster  # noqa: F401  (the fixture)
+from tests.test_cluster_e2e import Cluster
+from tests.test_cluster_e2e import cluster as cluster_fixture
 from twisted_chat.server.accounts import AccountStore
 from twisted_chat.server.login import UNAVAILABLE_TEXT
 
@@ -28,6 +29,11 @@ pytestmark = [
     pytest.mark.e2e,
     pytest.mark.skipif(REDIS_SERVER is None, reason="redis-server is not installed"),
 ]
+
+# The cluster e2e's fixture, by assignment (as tests/test_cluster_stop_e2e.py
+# does): an import under the fixture's own name is a binding that each
+# test's parameter of that name "redefines" (ruff F811).
+cluster = cluster_fixture
 
 PW = "first-password"
 

@@ -227,8 +227,8 @@ def test_retain_bytes_keeps_the_newest_that_fit(cluster: Callable[..., Cluster])
     while kept(c.redis)[0].startswith("old 19"):
         assert time.monotonic() < deadline, kept(c.redis)
         time.sleep(0.1)
-    assert [" ".join(line.split()[:2]) for line in kept(c.redis)] == newest[1:11] + [
-        "new n", "alice now"]
+    assert [" ".join(line.split()[:2]) for line in kept(c.redis)] == [
+        *newest[1:11], "new n", "alice now"]
 
 
 # -- the pruning script alone, on a real Redis ---------------------------------

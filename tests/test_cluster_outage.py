@@ -517,7 +517,7 @@ def test_each_command_is_answered_when_its_own_wait_ends() -> None:
 
 
 def test_decided_commands_leave_no_timers_behind() -> None:
-    cluster, n0, log = outage(1)
+    cluster, n0, _log = outage(1)
     ann = n0.user("ann")
     cluster.clock.advance(WAIT)  # the registration's wait timer, lazily
     timers = len(cluster.clock.getDelayedCalls())

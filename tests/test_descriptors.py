@@ -22,7 +22,7 @@ class FakeLimits:
 
     def setrlimit(self, resource: int, limits: tuple[int, int]) -> None:
         self.calls.append(limits)
-        soft, hard = limits
+        soft, _hard = limits
         if (self.hard != self.RLIM_INFINITY and soft > self.hard) or (
                 self.ceiling is not None and soft > self.ceiling):
             raise ValueError("not allowed")

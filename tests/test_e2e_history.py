@@ -22,8 +22,8 @@ from twisted.internet import threads
 
 from tests.serverproc import LOOPBACK, LineClient, ServerProcess
 from twisted_chat.server.config import ServerConfig
-from twisted_chat.server.history import History
 from twisted_chat.server.factory import ChatFactory
+from twisted_chat.server.history import History
 from twisted_chat.server.store import APPLICATION_ID, SCHEMA_VERSION, SQLiteStore
 
 pytestmark = pytest.mark.e2e

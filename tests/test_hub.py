@@ -104,7 +104,8 @@ def test_an_invitation_may_carry_its_own_timeout(world: tuple[Hub, Recorder, Clo
     """A cluster replica passes the origin node's --invite-timeout (or what
     is left of it after a snapshot) instead of changing the hub's."""
     hub, rec, clock = world
-    a, b = hub.register("a", None), hub.register("b", None)
+    a = hub.register("a", None)
+    hub.register("b", None)
     rec.take()
     hub.pair(a, "b", timeout=5)
     clock.advance(4.9)

@@ -140,7 +140,7 @@ async def reconnect_loops(port: int, source: str, loops: int = 10) -> int:
                 with contextlib.suppress(asyncio.TimeoutError):
                     await asyncio.wait_for(client.reader.read(), 3)
                 client.close()
-            except (OSError, asyncio.TimeoutError):
+            except (TimeoutError, OSError):
                 await asyncio.sleep(0.05)
 
     await asyncio.gather(*(loop(i) for i in range(loops)))
@@ -180,7 +180,8 @@ async def half_open(port: int, addresses: int = 10, each: int = 20) -> list[sock
             s.setblocking(False)
             s.bind((f"127.0.5.{a + 1}", 0))
             with contextlib.suppress(OSError):
-                await asyncio.wait_for(asyncio.get_running_loop().sock_connect(s, (LOOPBACK, port)), 2)
+                await asyncio.wait_for(
+                    asyncio.get_running_loop().sock_connect(s, (LOOPBACK, port)), 2)
             held.append(s)
     return held
 
