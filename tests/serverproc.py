@@ -13,6 +13,9 @@ import sys
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import TypeVar
+
+T = TypeVar("T")
 
 TWISTD = str(Path(sys.executable).with_name("twistd"))
 LOOPBACK = "127.0.0.1"
@@ -22,6 +25,26 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind((LOOPBACK, 0))
         return int(s.getsockname()[1])
+
+
+def wait_until(check: Callable[[], T], timeout: float = 10.0,
+               what: str | Callable[[], object] = "it", interval: float = 0.05) -> T:
+    """
+    Call C{check} every C{interval} seconds until it returns something
+    true, and return that: the bounded poll an end-to-end test uses
+    instead of sleeping a fixed time and then looking.  After C{timeout}
+    seconds, raises C{TimeoutError} naming C{what} (a callable is called
+    then, to say what the state was).
+    """
+    deadline = time.monotonic() + timeout
+    while True:
+        result = check()
+        if result:
+            return result
+        if time.monotonic() > deadline:
+            said = what() if callable(what) else what
+            raise TimeoutError(f"gave up waiting for {said} after {timeout}s")
+        time.sleep(interval)
 
 
 def wait_for_port(

@@ -23,11 +23,13 @@ from collections.abc import Callable
 import pytest
 
 from tests.redisproc import REDIS_SERVER, RedisServer
+from tests.serverproc import wait_until
 from tests.tcpproxy import Proxy
 from tests.test_cluster_e2e import Cluster
 from tests.test_cluster_e2e import cluster as cluster_fixture
 from tests.test_cluster_outage_e2e import lobby, proxied
 from tests.test_cluster_outage_e2e import proxy as proxy_fixture
+from twisted_chat.server.cluster.node import KEPT_RETRY
 
 pytestmark = [
     pytest.mark.e2e,
@@ -39,6 +41,14 @@ proxy = proxy_fixture
 
 # A lease long enough that the refused heartbeats do not lose it.
 NODE_TIMEOUT = 10.0
+
+# Windows for what must NOT happen while Redis refuses writes, so fixed
+# waits: long enough that a node has written again what Redis refused (it
+# does every KEPT_RETRY seconds) and been refused again; and, after writes
+# are taken again, a lease time of the last test (--node-timeout 3) and
+# more, in which every node renews its lease and judges the others'.
+REFUSED_AGAIN_WINDOW = KEPT_RETRY + 0.5
+RENEWED_AND_JUDGED_WINDOW = 3.0
 
 
 def writes_taken(c: Cluster) -> None:
@@ -57,7 +67,7 @@ def test_a_leave_redis_refused_takes_effect_once_it_takes_writes(
         alice.send("BYE")
         assert alice.closed()
         n0.wait_log("Redis refused a write", timeout=5)
-        time.sleep(1.5)  # retried at least once, refused again
+        time.sleep(REFUSED_AGAIN_WINDOW)  # retried at least once, refused again
         assert not [line for line in bob.sync() if line.startswith("LEFT")]
     finally:
         writes_taken(c)
@@ -115,14 +125,12 @@ def test_a_message_whose_history_write_was_refused_is_in_a_newcomer_s_history(
         alice.send("MSG kept-line")
         alice.expect(lambda line: line.endswith("alice * kept-line"))
         n0.wait_log("Redis refused a write", timeout=10)
-        time.sleep(1.5)  # written again at least once, refused again
+        time.sleep(REFUSED_AGAIN_WINDOW)  # written again at least once, refused again
         assert "kept-line" not in c.redis.command("ZRANGE", "chat:history", "0", "-1")
     finally:
         writes_taken(c)
-    deadline = time.monotonic() + 5
-    while "kept-line" not in c.redis.command("ZRANGE", "chat:history", "0", "-1"):
-        assert time.monotonic() < deadline, "the refused history write was not written again"
-        time.sleep(0.1)
+    wait_until(lambda: "kept-line" in c.redis.command("ZRANGE", "chat:history", "0", "-1"),
+               timeout=5, what="the refused history write written again")
     later = c.node()  # loads the history from Redis
     block = c.user(later, "newcomer").lines
     assert [line.split(" ", 2)[2] for line in block
@@ -142,11 +150,11 @@ def test_nobody_is_declared_dead_for_leases_lapsed_while_redis_refused_writes(
         client.sync()
     assert "+OK" in c.redis.command("CONFIG", "SET", "min-replicas-to-write", "1")
     try:
-        time.sleep(3)  # every lease lapses
-        assert c.redis.command("KEYS", "chat:node:*").startswith("*0")  # all lapsed
+        wait_until(lambda: c.redis.command("KEYS", "chat:node:*").startswith("*0"),
+                   timeout=6, what="every lease lapsed")  # 2 s each, not renewed
     finally:
         writes_taken(c)
-    time.sleep(3)  # a lease time and more: every node renewed and judged
+    time.sleep(RENEWED_AND_JUDGED_WINDOW)
     for client in (alice, bob):
         assert [line for line in client.sync() if line.startswith(("LEFT", "BYE"))] == []
     for server in (n0, n1):

@@ -25,6 +25,9 @@ pytestmark = [
 
 cluster = cluster_fixture
 
+# How long a node told to stop while Redis is away is seen not to exit.
+NOT_EXITED_WINDOW = 0.5
+
 
 def test_a_node_stopped_while_redis_restarts_still_takes_its_users_out(
     cluster: Callable[..., Cluster],
@@ -35,10 +38,12 @@ def test_a_node_stopped_while_redis_restarts_still_takes_its_users_out(
     watcher.sync()
     leaver.sync()
     o.redis.stop(signal.SIGKILL)
-    time.sleep(0.3)
+    n1.wait_log("unreachable", timeout=5)  # the node knows Redis is gone
     assert n1.proc is not None
     n1.proc.send_signal(signal.SIGTERM)
-    time.sleep(0.5)
+    # Something that must not happen: the node exiting without Redis.  It
+    # waits up to its stop's grace (3 s); this window is well inside it.
+    time.sleep(NOT_EXITED_WINDOW)
     assert n1.proc.poll() is None, "the node did not wait for Redis"
     o.redis.start()  # a second after it went, as a restart
     back = time.monotonic()

@@ -22,8 +22,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.x509.oid import NameOID
 
-from tests.client.clientproc import wait_until
-from tests.serverproc import LOOPBACK, LineClient, free_port, wait_for_port
+from tests.serverproc import LOOPBACK, LineClient, free_port, wait_for_port, wait_until
 from twisted_chat.server.config import ServerConfig
 from twisted_chat.server.descriptors import REFUSALS_CLOSING
 from twisted_chat.server.factory import POLITE_TLS_BURST, POLITE_TLS_WINDOW

@@ -5,8 +5,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 
 from tests.serverproc import LOOPBACK
@@ -73,10 +72,3 @@ class PipedClient:
 def address(port: int) -> list[str]:
     return [LOOPBACK, str(port)]
 
-
-def wait_until(check: Callable[[], bool], timeout: float = 10.0, what: str = "it") -> None:
-    deadline = time.monotonic() + timeout
-    while not check():
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"gave up waiting for {what} after {timeout}s")
-        time.sleep(0.05)

@@ -15,9 +15,9 @@ from pathlib import Path
 
 import pytest
 
-from tests.serverproc import LOOPBACK, LineClient, ServerProcess
+from tests.serverproc import LOOPBACK, LineClient, ServerProcess, wait_until
 
-from .clientproc import CLIENT, wait_until
+from .clientproc import CLIENT
 from .tmuxpane import Pane
 
 pytestmark = pytest.mark.e2e
