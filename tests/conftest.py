@@ -1,14 +1,58 @@
 from __future__ import annotations
 
+import signal
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from types import FrameType
 from typing import Any
 
+import greenlet
 import pytest
 from twisted.logger import formatEvent, globalLogPublisher
 
 from tests.redisproc import REDIS_SERVER, RedisServer
 from tests.serverproc import LineClient, ServerProcess
+
+# -- SIGTERM ends the run, as Ctrl-C does -----------------------------------
+#
+# pytest-twisted runs Twisted's reactor in a greenlet, and every test inside
+# it (a call the reactor makes).  The reactor, as it starts, takes SIGTERM
+# for its own: its handler only asks the reactor to stop at its next turn,
+# so a test blocking outside it (every e2e test does) went on, and the next
+# ones too: a CI job's kill left pytest running.  Instead SIGTERM interrupts
+# the run as Ctrl-C does (KeyboardInterrupt): the fixtures' teardowns still
+# run (the servers a test started are killed), and pytest exits with 2.  A
+# second SIGTERM ends the process outright.
+
+
+def _sigterm_interrupts(signum: int, frame: FrameType | None) -> None:
+    from twisted.internet import reactor
+
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    here = greenlet.getcurrent()
+    waiting = getattr(type(reactor), "doIteration", None)
+    if here.parent is not None and frame is not None and (
+            frame.f_code is getattr(waiting, "__code__", None)):
+        # The reactor waits for events (a Twisted test waits on it): raised
+        # here, its loop would log the exception and carry on, so it is
+        # raised where pytest waits for the test, in the main greenlet.
+        here.parent.throw(KeyboardInterrupt("SIGTERM"))
+        return  # back here only if a teardown turns the reactor again
+    # A test running (in the reactor's greenlet or not): raised through it.
+    raise KeyboardInterrupt("SIGTERM")
+
+
+def _take_sigterm() -> None:
+    signal.signal(signal.SIGTERM, _sigterm_interrupts)
+
+
+@pytest.hookimpl(trylast=True)  # after pytest-twisted has installed its reactor
+def pytest_configure(config: pytest.Config) -> None:
+    from twisted.internet import reactor
+
+    _take_sigterm()
+    # The reactor installs its own handler as it starts: take it back then.
+    reactor.addSystemEventTrigger("after", "startup", _take_sigterm)
 
 
 @pytest.fixture
