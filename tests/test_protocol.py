@@ -846,7 +846,11 @@ def test_a_tcp_connection_is_named_by_its_address_alone() -> Any:
     finally:
         client.close()
         yield port.stopListening()
-        yield deferLater(reactor, 0.05, lambda: None)
+        for _ in range(500):  # bounded: the server sees the close on a later turn
+            if not factory.connections:
+                break
+            yield deferLater(reactor, 0.01, lambda: None)
+        assert not factory.connections, "the connection is left open after the test"
 
 
 def test_a_connection_holds_its_slots_and_no_dict() -> None:

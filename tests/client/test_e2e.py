@@ -18,7 +18,7 @@ from typing import Any
 
 import pytest
 
-from tests.serverproc import LOOPBACK, LineClient, ServerProcess, free_port
+from tests.serverproc import LOOPBACK, LineClient, ServerProcess, free_port, wait_until
 
 from .clientproc import PipedClient, address, run_client
 
@@ -163,6 +163,17 @@ def test_server_shutdown_is_reported(
     assert err == "twisted-chat: The server is shutting down.\n"
 
 
+def unread_by_server(port: int) -> int:
+    """The bytes the kernel holds unread for the server (its established
+    IPv4 connections on C{port}): the receive queues in /proc/net/tcp."""
+    total = 0
+    for row in Path("/proc/net/tcp").read_text().splitlines()[1:]:
+        _slot, local, _remote, state, queues = row.split()[:5]
+        if int(local.split(":")[1], 16) == port and state == "01":  # ESTABLISHED
+            total += int(queues.split(":")[1], 16)
+    return total
+
+
 @pytest.mark.parametrize("unread", [False, True], ids=["clean-close", "reset"])
 def test_dropped_connection_is_reported(
     unread: bool,
@@ -177,7 +188,8 @@ def test_dropped_connection_is_reported(
         os.kill(server.pid, signal.SIGSTOP)
         try:
             alice.type("this line is never read")
-            time.sleep(0.2)  # let it reach the stopped server's receive buffer
+            wait_until(lambda: unread_by_server(server.port) > 0, timeout=5,
+                       what="the line in the stopped server's receive buffer")
         finally:
             server.kill()
     else:

@@ -22,6 +22,13 @@ from .tmuxpane import Pane
 
 pytestmark = pytest.mark.e2e
 
+# Fixed waits, each for something a poll cannot show.  What must NOT show in
+# the pane (another bell) is watched for this long after what must show.
+NOTHING_MORE_WINDOW = 0.3
+# A person's pause after Esc, so that it reaches the client as a key of its
+# own, not as the start of an escape sequence with what is typed next.
+ESC_ALONE = 0.5
+
 TS = r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z"
 SGR = re.compile(r"\x1b\[[0-9;]*m")
 
@@ -152,7 +159,7 @@ def test_tab_completion_mentions_and_the_bell(
     term.wait_row(r"bob invites you")
     bob.sync()
     wait_until(lambda: raw.exists() and raw.read_bytes().count(b"\a") >= 3, what="3 bells")
-    time.sleep(0.3)  # a fourth bell would have arrived by now
+    time.sleep(NOTHING_MORE_WINDOW)  # a fourth bell would have arrived by now
     assert raw.read_bytes().count(b"\a") == 3  # the mention, the DM, the invitation
 
     term.key("C-c")
@@ -168,7 +175,7 @@ def test_no_bell(
     bob.send("MSG alice?")
     bob.send("DM alice psst")
     term.wait_row(r"\(private\) bob -> you: psst$")
-    time.sleep(0.3)
+    time.sleep(NOTHING_MORE_WINDOW)  # a bell would have arrived by now
     assert b"psst" in raw.read_bytes() and b"\a" not in raw.read_bytes()
     term.key("C-c")
     term.wait_row(r"^EXIT=0$")
@@ -213,12 +220,12 @@ def test_esc_then_a_private_message_stays_private(
     carol.expect("JOINED")
     for typed, text in (("@bob ", "the door code is 4321"), ("/msg bob ", "my number 555-0100")):
         term.key("Escape")
-        time.sleep(0.5)  # a person's pause: the Esc arrives alone
+        time.sleep(ESC_ALONE)  # a person's pause: the Esc arrives alone
         term.enter(typed + text)
         line = bob.expect(lambda line: line.startswith("MSG") and " alice " in line)
         assert re.fullmatch(rf"MSG {TS} alice bob {text}", line), line
     term.key("Escape")
-    time.sleep(0.5)
+    time.sleep(ESC_ALONE)
     term.enter("/quit")
     term.wait_row(r"^EXIT=0$")
     assert not [line for line in carol.sync() if line.startswith("MSG")]
