@@ -2,13 +2,20 @@
 
 from __future__ import annotations
 
-import pytest
+import datetime
+from pathlib import Path
+from typing import Any
 
-from twisted_chat.server.cluster.redisconn import parse_url
+import pytest
+import pytest_twisted
+
+from tests.redisproc import REDIS_SERVER, RedisServer
+from tests.test_e2e_tls import self_signed
+from twisted_chat.server.cluster.redisconn import connect, parse_url
 from twisted_chat.server.service import Options, makeService
 
 
-def test_redis_url_forms() -> None:
+def test_redis_url_forms(tmp_path: Path) -> None:
     t = parse_url("redis://127.0.0.1:6380/2")
     assert (t.endpoint, t.password, t.db) == ("tcp:127.0.0.1:6380", None, 2)
     t = parse_url("redis://:pa%3Ass@example.org")
@@ -17,7 +24,9 @@ def test_redis_url_forms() -> None:
     t = parse_url("rediss://user:pw@redis.example.org:6390/1")
     assert (t.endpoint, t.username, t.password, t.db, t.tls_host, t.ca) == (
         "tcp:redis.example.org:6390", "user", "pw", 1, "redis.example.org", None)
-    assert parse_url("rediss://h/0?ca=/etc/ca.pem").ca == "/etc/ca.pem"
+    _, cert = self_signed(tmp_path)
+    t = parse_url(f"rediss://h/0?ca={cert}")
+    assert t.ca == str(cert) and t.trust is not None
     t = parse_url("unix:///run/redis/redis.sock?db=4&password=pw")
     assert (t.endpoint, t.password, t.db) == ("unix:/run/redis/redis.sock", "pw", 4)
     assert parse_url("redis://h/").db == parse_url("redis://h").db == 0
@@ -41,3 +50,85 @@ def test_bad_redis_urls_are_refused_at_start(url: str) -> None:
     with pytest.raises(SystemExit) as e:
         makeService(options)
     assert "--redis" in str(e.value)
+
+
+@pytest.mark.parametrize("content, why", [
+    (None, "No such file"),
+    (b"not a certificate\n", "no PEM certificate in it"),
+    (b"-----BEGIN CERTIFICATE-----\nbm90IGEgY2VydA==\n-----END CERTIFICATE-----\n",
+     "unreadable certificate"),
+])
+def test_a_bad_ca_file_is_refused_at_start(tmp_path: Path, content: bytes | None,
+                                           why: str) -> None:
+    """Read once when the node starts (before it listens): a file that
+    cannot be used stops the start with one line saying why, instead of a
+    node retrying for ever (it was read at each connection)."""
+    ca = tmp_path / "ca.pem"
+    if content is not None:
+        ca.write_bytes(content)
+    options = Options()
+    options.parseOptions(["--redis", f"rediss://h/0?ca={ca}"])
+    with pytest.raises(SystemExit) as e:
+        makeService(options)
+    message = str(e.value)
+    assert message.startswith(f"twistd chat: --redis: cannot use ca={ca}: ")
+    assert why in message and "\n" not in message
+
+
+def _certificate(name: str, key: Any, issuer: tuple[str, Any] | None = None) -> Any:
+    """A certificate for C{name} (C{localhost}: Redis's), signed by
+    C{issuer}'s (name, key), or by itself (a CA)."""
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes
+    from cryptography.x509.oid import NameOID
+
+    subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)])
+    signer_name, signer_key = issuer or (name, key)
+    now = datetime.datetime.now(datetime.UTC)
+    builder = (
+        x509.CertificateBuilder()
+        .subject_name(subject)
+        .issuer_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, signer_name)]))
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + datetime.timedelta(days=1))
+        .add_extension(x509.BasicConstraints(ca=issuer is None, path_length=None),
+                       critical=True)
+    )
+    if issuer is not None:
+        builder = builder.add_extension(
+            x509.SubjectAlternativeName([x509.DNSName(name)]), critical=False)
+    return builder.sign(signer_key, hashes.SHA256())
+
+
+@pytest.mark.skipif(REDIS_SERVER is None, reason="redis-server is not installed")
+@pytest_twisted.ensureDeferred
+async def test_a_ca_bundle_is_trusted_whole(tmp_path: Path) -> None:
+    """A C{ca=} bundle whose second certificate is the CA that signed
+    Redis's: trusted (only its first one was, and no connection was made)."""
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from twisted.internet import reactor
+
+    pem = serialization.Encoding.PEM
+    keys = [ec.generate_private_key(ec.SECP256R1()) for _ in range(3)]
+    other_ca = _certificate("Another CA", keys[0])
+    redis_ca = _certificate("Redis CA", keys[1])
+    leaf = _certificate("localhost", keys[2], ("Redis CA", keys[1]))
+    key, cert = tmp_path / "key.pem", tmp_path / "cert.pem"
+    key.write_bytes(keys[2].private_bytes(pem, serialization.PrivateFormat.PKCS8,
+                                          serialization.NoEncryption()))
+    cert.write_bytes(leaf.public_bytes(pem))
+    bundle = tmp_path / "bundle.pem"
+    bundle.write_bytes(other_ca.public_bytes(pem) + redis_ca.public_bytes(pem))
+    redis = RedisServer(tmp_path, password="pw", tls=(key, cert)).start()
+    try:
+        proto = await connect(parse_url(f"rediss://:pw@localhost:{redis.port}/0?ca={bundle}"),
+                              reactor)
+        try:
+            assert await proto.ping() == "PONG"
+        finally:
+            proto.transport.loseConnection()
+    finally:
+        redis.stop()

@@ -20,7 +20,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import os
-import re
 import signal
 import sys
 from collections.abc import Callable, Mapping, Sequence
@@ -45,6 +44,7 @@ from twisted_chat.client import render
 from twisted_chat.client.flow import buffered
 from twisted_chat.client.pipe import PipeIO
 from twisted_chat.client.protocol import ChatClient
+from twisted_chat.tls import load_trust_root
 from twisted_chat.wire import DEFAULT_PORT, is_valid_nick
 
 if TYPE_CHECKING:
@@ -203,25 +203,6 @@ def parse_options(argv: Sequence[str] | None) -> argparse.Namespace:
     else:
         options.trust = None
     return options
-
-
-_PEM_CERT = re.compile(rb"-----BEGIN CERTIFICATE-----.+?-----END CERTIFICATE-----", re.S)
-
-
-def load_trust_root(path: str) -> Any:
-    """The certificates in a PEM file, as a trust root for L{optionsForClientTLS}."""
-    from twisted.internet.ssl import Certificate, trustRootFromCertificates
-
-    with open(path, "rb") as f:
-        data = f.read()
-    blocks = _PEM_CERT.findall(data)
-    if not blocks:
-        raise ValueError("no PEM certificate in it")
-    try:
-        certificates = [Certificate.loadPEM(block) for block in blocks]
-    except Exception as e:  # OpenSSL raises its own error types
-        raise ValueError(f"unreadable certificate ({e})") from None
-    return trustRootFromCertificates(certificates)  # type: ignore[no-untyped-call]
 
 
 def server_label(host: str, port: int) -> str:

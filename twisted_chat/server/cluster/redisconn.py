@@ -15,12 +15,14 @@ from __future__ import annotations
 
 import re
 import urllib.parse
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import txredisapi  # type: ignore[import-untyped]
 from twisted.internet import defer, endpoints, ssl
 from twisted.internet.protocol import Factory
+
+from twisted_chat.tls import load_trust_root
 
 __all__ = ["RedisTarget", "connect", "parse_url"]
 
@@ -34,17 +36,16 @@ class RedisTarget:
     display: str  # the URL without its password, for the log
     tls_host: str | None = None  # rediss://: the name the certificate must carry
     ca: str | None = None  # rediss://...?ca=FILE: trust this CA, not the system's
+    # ca='s certificates (every one of a bundle), read once by parse_url:
+    # not again on the reactor at each reconnection.
+    trust: Any = field(default=None, compare=False, repr=False)
 
     def connect_to(self, reactor: Any) -> Any:
         """The endpoint to Redis (with TLS around it for rediss://)."""
         endpoint = endpoints.clientFromString(reactor, self.endpoint)  # type: ignore[no-untyped-call]
         if self.tls_host is None:
             return endpoint
-        trust = None
-        if self.ca is not None:
-            with open(self.ca, "rb") as f:
-                trust = ssl.Certificate.loadPEM(f.read())
-        options = ssl.optionsForClientTLS(self.tls_host, trustRoot=trust)
+        options = ssl.optionsForClientTLS(self.tls_host, trustRoot=self.trust)
         return endpoints.wrapClientTLS(options, endpoint)
 
 
@@ -63,11 +64,13 @@ def parse_url(url: str) -> RedisTarget:
     the server's certificate checked against the system's trust store), or
     C{unix://[[user]:password@]/path/to/socket[?db=N]}.  A C{password=} query
     parameter works too; C{ca=FILE} (PEM) makes a rediss:// connection trust
-    that certificate authority instead of the system's.
+    the certificate authorities in it (every one of a bundle) instead of the
+    system's: the file is read here, once.
 
     The whole URL is checked here, so that a mistake stops the start rather
     than leaving a node that retries for ever: a database number from 0
-    on, a port from 1, known query parameters (each once), no fragment.
+    on, a port from 1, known query parameters (each once), no fragment, a
+    C{ca=} file that holds certificates.
 
     @raise ValueError: with a sentence saying what is wrong.
     """
@@ -124,10 +127,16 @@ def parse_url(url: str) -> RedisTarget:
     db = int(db_text or 0)
     tls = scheme == "rediss"
     ca = (query.get("ca") or [""])[0] or None
-    if ca is not None and not tls:
-        raise ValueError(f"{url!r}: ca= is for rediss:// only")
+    trust = None
+    if ca is not None:
+        if not tls:
+            raise ValueError(f"{url!r}: ca= is for rediss:// only")
+        try:
+            trust = load_trust_root(ca)
+        except (OSError, ValueError) as e:
+            raise ValueError(f"cannot use ca={ca}: {e}") from None
     return RedisTarget(endpoint, password, username, db, f"{shown}/{db}",
-                       tls_host=parts.hostname if tls else None, ca=ca)
+                       tls_host=parts.hostname if tls else None, ca=ca, trust=trust)
 
 
 class _NoFactory:
