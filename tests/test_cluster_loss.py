@@ -23,7 +23,7 @@ from twisted.internet.defer import ensureDeferred, fail
 from twisted.internet.task import Clock
 
 from tests.test_cluster_read import SCRIPTS, Conn, MemoryRedis, Node, cluster, now, say
-from twisted_chat.server.cluster.replica import id_key
+from twisted_chat.server.cluster.streamids import id_key
 
 
 def _one_node_with_a_snapshot() -> tuple[MemoryRedis, Clock, Node, Any]:

@@ -29,7 +29,7 @@ from twisted_chat.server.cluster.redislog import (
     DROP_LOST_SNAPSHOT,
     SAVE_SNAPSHOT,
 )
-from twisted_chat.server.cluster.replica import id_key
+from twisted_chat.server.cluster.streamids import id_key
 
 pytestmark = [
     pytest.mark.e2e,

@@ -41,7 +41,7 @@ from twisted_chat.server.cluster.redislog import (
     SCRIPTS,
     RedisLog,
 )
-from twisted_chat.server.cluster.replica import id_key
+from twisted_chat.server.cluster.streamids import id_key
 from twisted_chat.server.history import History
 from twisted_chat.server.hub import HubSettings, User
 

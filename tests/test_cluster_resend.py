@@ -37,7 +37,7 @@ from twisted_chat.server.cluster.redishistory import (
     history_write,
 )
 from twisted_chat.server.cluster.redislog import STREAM, RedisLog
-from twisted_chat.server.cluster.replica import id_key
+from twisted_chat.server.cluster.streamids import id_key
 from twisted_chat.server.hub import HubError, User
 from twisted_chat.server.state import StateUnavailable
 from twisted_chat.wire import ErrorCode

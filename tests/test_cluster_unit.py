@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import json
 import random
+import subprocess
+import sys
 from typing import Any
 
 import pytest
@@ -495,3 +497,23 @@ def test_a_full_close_after_lines_handles_them_as_one_server_does() -> None:
     assert conn.protocol not in cluster.nodes[0].factory.connections
     assert "script" not in cluster.nodes[0].hub.online
     assert "script" not in cluster.nodes[1].hub.online
+
+
+@pytest.mark.parametrize("module, not_loaded", [
+    # The history's Redis side compares stream ids: not with the replica's
+    # code (rev-clu: it imported replica.id_key, and so the replica and hub).
+    ("twisted_chat.server.cluster.redishistory",
+     ["twisted_chat.server.cluster.replica", "twisted_chat.server.hub"]),
+    # The node observes a histogram; only a scrape needs prometheus_client
+    # (rev11-shape2: it came with metrics.Buckets).
+    ("twisted_chat.server.cluster.node", ["prometheus_client", "twisted_chat.server.metrics"]),
+])
+def test_a_module_loads_only_what_it_uses(module: str, not_loaded: list[str]) -> None:
+    """Imported alone, in a fresh interpreter."""
+    script = f"import json, sys, {module}\nprint(json.dumps(sorted(sys.modules)))\n"
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                          timeout=60)
+    assert done.returncode == 0, done.stderr
+    loaded = set(json.loads(done.stdout.splitlines()[-1]))
+    assert module in loaded
+    assert sorted(loaded & set(not_loaded)) == []

@@ -37,6 +37,8 @@ Inside out (docs/fanout.md, "Module layout"):
   - L{store}: durable lobby history in SQLite, written by a thread of its own;
   - L{accounts}: the accounts file (salted scrypt hashes), no reactor in it;
   - L{metrics}: the Prometheus counters and collector;
+  - L{histogram}: the histograms they export, observed without loading
+    prometheus_client;
   - L{metricsport}: the metrics port (C{--metrics}) that serves them, and
     its limits;
   - L{httpports}: what the two HTTP ports (C{--metrics}, C{--web}) share:

@@ -19,18 +19,14 @@ See docs/metrics.md for what each metric means.
 
 from __future__ import annotations
 
-import bisect
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 
-from prometheus_client.core import (
-    CounterMetricFamily,
-    GaugeMetricFamily,
-    HistogramMetricFamily,
-    Metric,
-)
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.process_collector import ProcessCollector
 from prometheus_client.registry import Collector, CollectorRegistry
+
+from twisted_chat.server.histogram import Buckets
 
 # The reasons a connection ends, as the server names them (LEFT and BYE
 # reasons, plus "refused": a chat connection over --max-clients or a
@@ -60,41 +56,6 @@ FANOUT_SECONDS_BOUNDS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.
                          0.05, 0.1, 0.25)
 COMMIT_SECONDS_BOUNDS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25,
                          0.5, 1.0, 2.5)
-
-
-class Buckets:
-    """
-    A histogram cheap enough for a hot path: L{observe} is a bisect over a
-    dozen bounds and two additions, with no lock.  Only one thread may
-    observe (the reactor's, or the store's writer); any may read.
-    """
-
-    __slots__ = ("bounds", "counts", "total")
-
-    def __init__(self, bounds: Sequence[float]) -> None:
-        self.bounds = tuple(bounds)
-        self.counts = [0] * (len(self.bounds) + 1)  # the last: above every bound
-        self.total = 0.0
-
-    def observe(self, value: float) -> None:
-        # Prometheus buckets are "less than or equal": the first bound >= value.
-        self.counts[bisect.bisect_left(self.bounds, value)] += 1
-        self.total += value
-
-    def family(self, name: str, documentation: str, unit: str = "") -> HistogramMetricFamily:
-        counts = list(self.counts)  # one copy, so the buckets add up
-        buckets: list[tuple[str, float]] = []
-        cumulative = 0
-        for bound, count in zip(self.bounds, counts, strict=False):
-            cumulative += count
-            buckets.append((_bound(bound), cumulative))
-        buckets.append(("+Inf", cumulative + counts[-1]))
-        return HistogramMetricFamily(name, documentation, buckets=buckets,
-                                     sum_value=self.total, unit=unit)
-
-
-def _bound(value: float) -> str:
-    return repr(float(value))
 
 
 class Stats:

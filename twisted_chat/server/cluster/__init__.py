@@ -27,6 +27,8 @@ The modules:
   - L{redisconfig}: what a node checks of its database at each connection:
     the kinds of the C{chat:} keys, and the cluster's one retention;
   - L{redisconn}: one Redis connection, and the C{--redis} URL;
+  - L{streamids}: the stream's ids, as the replica, the log and the
+    history compare them;
   - L{budgets}: the per-address buckets the whole cluster shares, in Redis;
   - L{accounts}: the cluster's accounts, one namespace in Redis;
   - L{metrics}: the cluster's gauges on a node's C{--metrics} port;

@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any
 from twisted.internet import defer
 from twisted.internet.defer import Deferred
 
-from twisted_chat.server.cluster.replica import id_key
+from twisted_chat.server.cluster.streamids import id_key
 from twisted_chat.server.history import Entry
 
 if TYPE_CHECKING:

@@ -115,7 +115,7 @@ from twisted_chat.server.cluster.redishistory import (
     history_write,
     prune_again,
 )
-from twisted_chat.server.cluster.replica import id_key
+from twisted_chat.server.cluster.streamids import id_key
 from twisted_chat.server.history import Entry
 
 __all__ = ["RedisLog"]

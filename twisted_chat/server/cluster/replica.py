@@ -50,11 +50,12 @@ from twisted.internet.task import Clock
 
 from twisted_chat.server import logs
 from twisted_chat.server.cluster.listeners import SILENT, Between, NotShownLeaving, SyncFirst
+from twisted_chat.server.cluster.streamids import event_seconds, id_key
 from twisted_chat.server.history import History
 from twisted_chat.server.hub import Hub, HubError, HubSettings, Listener, NickTaken, User
 from twisted_chat.wire import ErrorCode, nick_key
 
-__all__ = ["Answers", "Detached", "Member", "RemoteConn", "Replica", "event_seconds"]
+__all__ = ["Answers", "Detached", "Member", "RemoteConn", "Replica"]
 
 _log = logs.logger("twisted_chat.server.cluster.replica")
 
@@ -80,11 +81,6 @@ SHOWN_KEEP = 60.0
 DEAD_KEEP = 24 * 3600.0
 
 
-def event_seconds(eid: str) -> float:
-    """A stream id's time (Redis's clock, milliseconds) in POSIX seconds."""
-    return int(eid.split("-", 1)[0]) / 1000.0
-
-
 # What is restored (a snapshot's invitations, a pair a hello brings back)
 # was decided already, under its inviter's node's limits: none applies.
 NO_LIMITS: tuple[int | None, int | None] = (None, None)
@@ -93,11 +89,6 @@ NO_LIMITS: tuple[int | None, int | None] = (None, None)
 def _limit(value: object) -> int | None:
     """An invitation limit as a PAIR event carries it (null: none)."""
     return None if value is None else int(str(value))
-
-
-def id_key(eid: str) -> tuple[int, int]:
-    ms, _, seq = eid.partition("-")
-    return int(ms), int(seq or 0)
 
 
 class RemoteConn:
