@@ -17,15 +17,25 @@ meets the replica first.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 from twisted_chat.server.history import Entry
 from twisted_chat.server.hub import Invitation, Listener, User
 
-if TYPE_CHECKING:
-    from twisted_chat.server.cluster.replica import Replica
+__all__ = ["SILENT", "Between", "Forward", "NotShownLeaving", "Quiet", "Silent", "SyncFirst"]
 
-__all__ = ["SILENT", "Between", "Forward", "NotShownLeaving", "Silent", "SyncFirst"]
+
+class Quiet(Protocol):
+    """What L{SyncFirst} and L{NotShownLeaving} ask of the replica that
+    keeps changes from the listener behind them (L{Replica})."""
+
+    def hush(self) -> None:
+        """The listener was not told of a change: what it built from the hub
+        is stale until L{sync_listener}."""
+
+    def sync_listener(self) -> None:
+        """Tell the listener of the changes it was not told (it builds its
+        picture again), if there were any since it last was."""
 
 
 class Silent:
@@ -133,17 +143,17 @@ class SyncFirst(Forward):
     The hub's listener after a C{hello}'s quiet change (L{Replica._quietly}):
     the listener was not told of it, so what it built from the hub (the user
     list, the index of this node's users) is stale.  Before it is told
-    anything out loud, that is built again, once (L{Replica._synced}):
+    anything out loud, that is built again, once (L{Quiet.sync_listener}):
     an C{UNPAIRED} block carries the user list.  Quiet changes in a row pay
     nothing; only a loud one after them does.
     """
 
-    def __init__(self, replica: Replica, listener: Listener) -> None:
+    def __init__(self, replica: Quiet, listener: Listener) -> None:
         super().__init__(listener)
         self.replica = replica
 
     def _before(self) -> None:
-        self.replica._synced()
+        self.replica.sync_listener()
 
 
 class NotShownLeaving(Forward):
@@ -154,20 +164,20 @@ class NotShownLeaving(Forward):
     C{LEFT} is not told (again); what its going does to others (their
     invitation to or from it, their pair with it, ending) is, once the
     listener's picture, stale without that C{LEFT}, is built again
-    (L{Replica._synced}).
+    (L{Quiet.sync_listener}).
     """
 
-    def __init__(self, replica: Replica, listener: Listener, user: User) -> None:
+    def __init__(self, replica: Quiet, listener: Listener, user: User) -> None:
         super().__init__(listener)
         self._replica = replica
         self._user = user
 
     def _before(self) -> None:
-        self._replica._synced()
+        self._replica.sync_listener()
 
     def left(self, ts: float, user: User, reason: str, text: str) -> None:
         if user is self._user:
-            self._replica._hushed = True  # the index learns of it by a reindex
+            self._replica.hush()  # the index learns of it by a reindex
             return
         super().left(ts, user, reason, text)
 

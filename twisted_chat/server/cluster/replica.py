@@ -353,7 +353,7 @@ class Replica:
             del self.unseen[uid]
         if self.replaying:
             return
-        self._synced()  # the listener's picture first (its user list)
+        self.sync_listener()  # the listener's picture first (its user list)
         listener = self.hub.listener
         for _, nick in gone:
             if nick_key(nick) not in self.hub.online:
@@ -536,7 +536,7 @@ class Replica:
                 if uid in self.members and uid in shown:
                     self._saw(uid, partner, invitee)
         self._hear_lobby()
-        self._synced()
+        self.sync_listener()
 
     def _hear_lobby(self) -> None:
         """Set L{hearing} anew from L{shown}."""
@@ -627,7 +627,7 @@ class Replica:
             if partner is not None and not self.replaying:
                 # What the hello did quietly so far first (the user list the
                 # line ends with must have the users it brought back).
-                self._synced()
+                self.sync_listener()
                 listener = self.hub.listener
                 listener.roster_changing()
                 listener.unpaired(one.user, partner, "disconnected", [])
@@ -648,7 +648,7 @@ class Replica:
             self._restore_pair(a, b)
             return
         if not quiet:
-            self._synced()  # what it says out loud needs the listener's picture
+            self.sync_listener()  # what it says out loud needs the listener's picture
         listener = self._unwrapped()
         listener.roster_changing()
         hub.listener = Between(listener, a, b, quiet)
@@ -735,9 +735,13 @@ class Replica:
             self.hub.listener = listener
         return listener
 
-    def _synced(self) -> None:
+    def hush(self) -> None:
+        """The listener was not told of a change (L{listeners.Quiet})."""
+        self._hushed = True
+
+    def sync_listener(self) -> None:
         """The listener told of the quiet changes (L{Answers.rebuilt}), if
-        there were any since it last was."""
+        there were any since it last was (L{listeners.Quiet})."""
         self._unwrapped()
         if self._hushed and not self.replaying:
             self.answers.rebuilt()
@@ -796,7 +800,7 @@ class Replica:
             self._add(user, node, uid)
             back = True
         if back:
-            self._synced()  # the listener knows them before they leave
+            self.sync_listener()  # the listener knows them before they leave
         self._unwrapped()
         self._hushed = False
 
