@@ -458,6 +458,40 @@ def test_a_lobby_line_dropped_after_waiting_for_the_count_is_dropped_as_of_its_a
     assert cluster.nodes[1].factory.stats.dropped_lines == {"flood_rate": 0, "ip_lobby_rate": 2}
 
 
+def test_a_lobby_line_waits_for_the_count_no_longer_than_its_redis_wait() -> None:
+    """The address's count may take up to budgets.TIMEOUT (5 s) to come:
+    a line waiting for it with less of its --redis-wait left is answered
+    "not sent" when its wait ends, not when the count comes, and is not
+    charged to the address when it does."""
+    cluster, buckets = shared_cluster(ip_lobby_rate=0.001, ip_lobby_burst=2)
+    cluster.nodes[1].state.wait = 2.0
+    watcher = cluster.nodes[0].user("watcher")
+    b1, b2 = (cluster.nodes[1].user(nick) for nick in ("b1", "b2"))
+
+    def answers() -> list[str]:
+        return [line for line in b2.take() if not line.startswith("MSG")]
+
+    cluster.clock.advance(2 * SHARE_INTERVAL)
+    buckets.held = True
+    b1.send("MSG b1 says")  # judged by the stale copy
+    b2.send("MSG b2 waits", "PING behind")  # the count is asked for; it waits
+    cluster.pump()
+    assert answers() == []
+    cluster.clock.advance(2.0 - 0.001)
+    assert answers() == []
+    cluster.clock.advance(0.001)
+    late, pong = answers()
+    assert late.startswith("ERROR unavailable not sent:"), late
+    assert pong == "PONG behind"
+    buckets.answer()  # the count, at last: b1's line alone
+    cluster.pump()
+    cluster.clock.advance(2 * SHARE_INTERVAL)  # a report of what was spent since
+    assert buckets.levels[LOBBY, "127.0.0.1"][0] == pytest.approx(1.0, abs=0.01)
+    assert [line.split(" ", 4)[-1] for line in watcher.take()
+            if line.startswith("MSG")] == ["b1 says"]
+    assert answers() == []
+
+
 def test_nick_on_another_node_is_held_to_the_address_s_registrations() -> None:
     """Two registrations from one address on node 0 spend its burst; a NICK
     from it on node 1, whose copy is stale, waits for the cluster's count

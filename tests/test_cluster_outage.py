@@ -156,6 +156,25 @@ def test_lines_behind_a_waiting_command_are_answered_in_turn_within_the_wait() -
     assert lines[-1] == "USERS 1"
 
 
+def test_a_lobby_line_held_past_its_wait_is_not_charged_to_its_address() -> None:
+    """A lobby line held behind a command while Redis was away, whose own
+    wait ended meanwhile, is answered "not sent" without spending a token
+    of its address's lobby budget (it was spent, and the address's next
+    line, once Redis was back, was refused for flooding)."""
+    cluster, n0, log = outage(ip_lobby_rate=0.01, ip_lobby_burst=2)
+    ann, bob = n0.user("ann"), cluster.nodes[1].user("bob")
+    log.down()
+    ann.send("MSG first", "MSG held")  # first spends a token; held waits behind it
+    cluster.clock.advance(WAIT)
+    first, held = ann.take()
+    assert first.startswith("ERROR unavailable not sent:"), first
+    assert held.startswith("ERROR unavailable not sent:"), held
+    log.back()
+    ann.send("MSG after")
+    cluster.pump()
+    assert said(ann.take()) == said(bob.take()) == ["after"]
+
+
 def test_sent_but_unconfirmed_is_not_reported_unsent_and_is_applied_once() -> None:
     cluster, n0, log = outage()
     ann, bob = n0.user("ann"), cluster.nodes[1].user("bob")

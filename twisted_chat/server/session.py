@@ -12,7 +12,7 @@ import math
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, ClassVar, Protocol
 
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import Deferred, fail
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.python.failure import Failure
 
@@ -29,6 +29,9 @@ if TYPE_CHECKING:
     from twisted_chat.server.factory import ChatFactory
 
 __all__ = ["Connection", "Handshake", "Session"]
+
+# A lobby line's wait for its address's budget ended (Session.do_MSG).
+_LATE = object()
 
 # Verbs allowed before READY; any other known verb is "not-ready".
 _BEFORE_READY = frozenset({"NICK", "PASS", "PING", "PONG", "HELP", "BYE"})
@@ -286,14 +289,24 @@ class Session:
         if user.state is State.LOBBY:
             if at is None:
                 at = conn.held_at  # None unless the line was held: it came now
+            state = factory.state
+            due = state.deadline(conn)  # None on one server: nothing waits
+            left = 0.0 if due is None else due - conn.clock.seconds()
+            if due is not None and left <= 0:
+                # Held past its wait (a cluster's --redis-wait): answered
+                # "not sent" without spending its address's lobby budget.
+                return fail(state.too_late())
             allowed = factory.addresses.lobby_line(conn.limits, at)
             if allowed is not True:
                 if allowed is not False:
                     # Cluster mode: the address's count is being asked for
-                    # (a round trip); the line is judged again then (a held
-                    # one still as of when it came).
-                    return allowed.addCallback(
-                        lambda _: None if conn.closing else self.do_MSG(conn, command, at))
+                    # (a round trip, up to budgets.TIMEOUT); the line is
+                    # judged again then (a held one still as of when it
+                    # came), or answered "not sent" if its wait ends first.
+                    if due is not None:
+                        allowed.addTimeout(left, conn.clock,
+                                           onTimeoutCancel=lambda result, timeout: _LATE)
+                    return allowed.addCallback(self._judged, conn, command, at)
                 config = factory.config
                 conn.dropped(
                     conn.arrived() if at is None else at,
@@ -304,6 +317,15 @@ class Session:
                 )
                 return None
         return factory.state.say(user, command.text)
+
+    def _judged(self, result: object, conn: Connection, command: wire.Command,
+                at: float | None) -> Outcome:
+        """The address's count came (or the line's wait ended first: L{_LATE})."""
+        if conn.closing:
+            return None
+        if result is _LATE:
+            return fail(self.factory.state.too_late())
+        return self.do_MSG(conn, command, at)
 
     def do_DM(self, conn: Connection, command: wire.Command) -> Outcome:
         user = _online(conn)

@@ -67,6 +67,18 @@ class ChatState(Protocol):
         lost data in Redis also copies its few detached users, in one step
         under the GIL)."""
 
+    def deadline(self, conn: Any) -> float | None:
+        """When a command from the line C{conn} is handling is answered at
+        the latest, decided or not (the reactor's time; a cluster node's
+        C{--redis-wait} from when the line arrived, session.Connection.arrived).
+        None: commands are decided at once (one server)."""
+
+    def too_late(self) -> Exception:
+        """What a command is answered (a failure) when its line's
+        L{deadline} passed before it was asked (a lobby line held behind
+        another command, or waiting for its address's budget): not sent,
+        nothing of it done."""
+
     def register(self, nick: str, conn: Any, address: str, source: str = "") -> Deferred[User]:
         """Bring C{nick} online; fails with L{NickTaken} or L{StateUnavailable}."""
 
@@ -114,6 +126,12 @@ class LocalState:
 
     def counts(self) -> tuple[int, int]:
         return len(self.hub.online), len(self.hub.lobby)
+
+    def deadline(self, conn: Any) -> float | None:
+        return None
+
+    def too_late(self) -> Exception:
+        raise AssertionError("one server's commands have no deadline")
 
     def register(self, nick: str, conn: Any, address: str, source: str = "") -> Deferred[User]:
         try:

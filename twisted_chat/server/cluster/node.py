@@ -274,9 +274,7 @@ class ClusterState:
                 registration, "too many commands are waiting for it on this server",
             ))
         now = self.reactor.seconds()
-        # Its wait runs from when its line arrived (docs/cluster.md: what is
-        # held behind a command is answered within --redis-wait too).
-        due = min(conn.arrived(), now) + self.wait
+        due = self.deadline(conn, now)
         if due <= now:
             return fail(_not_sent(registration, f"it waited {self.wait:g} seconds for it"))
         waiting = _Waiting(conn, Deferred(), self.events.append(text), size, registration,
@@ -291,6 +289,17 @@ class ClusterState:
             self._wait_call = self.reactor.callLater(due - now, self._waits_end, due)
         assert waiting.answer is not None
         return waiting.answer
+
+    def deadline(self, conn: Any, now: float | None = None) -> float:
+        """Its wait runs from when its line arrived (docs/cluster.md: what
+        is held behind a command is answered within --redis-wait too)."""
+        if now is None:
+            now = self.reactor.seconds()
+        arrived: float = conn.arrived()
+        return min(arrived, now) + self.wait
+
+    def too_late(self) -> Exception:
+        return _not_sent(False, f"it waited {self.wait:g} seconds for it")
 
     def _waits_end(self, at: float) -> None:
         """The timer for the commands whose wait ends at C{at} (or before).
