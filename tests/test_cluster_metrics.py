@@ -78,6 +78,34 @@ def test_each_node_reports_its_own_users_connections_and_messages() -> None:
     assert all(1 <= reads <= events for reads in per_node(got, "chat_cluster_event_reads_total"))
     # No database on a node: no chat_history_*.
     assert not [name for name, _ in got[0] if name.startswith("chat_history")]
+    # Logins and connections accepted: the node's own.
+    assert per_node(got, "chat_logins_total") == [2, 3]
+    assert per_node(got, "chat_accepted_connections_total", port="chat") == [2, 4]
+    # Invitations on the inviter's node; a pair begun half on each node of its two.
+    assert per_node(got, "chat_invitations_total") == [1, 1]
+    assert per_node(got, "chat_pairings_total") == [0.5, 1.5]
+
+
+def test_invitations_that_end_are_counted_once_in_the_cluster() -> None:
+    """An invitation across two nodes ends on the inviter's node (each
+    replica sees the end); once the inviter is gone, on the invitee's."""
+    cluster = Cluster(2)
+    n0, n1 = cluster.nodes
+    a, b = n0.user("a"), n1.user("b")
+    a.send("PAIR b")
+    cluster.pump()
+    b.send("REJECT a")
+    cluster.pump()
+    b.send("PAIR a")
+    cluster.pump()
+    b.send("BYE")
+    b.drop()
+    cluster.pump()
+    got = [scrape(n0), scrape(n1)]
+    assert per_node(got, "chat_invitations_total") == [1, 1]
+    assert per_node(got, "chat_invitations_ended_total", reason="rejected") == [1, 0]
+    assert per_node(got, "chat_invitations_ended_total", reason="gone") == [1, 0]
+    assert per_node(got, "chat_pairings_total") == [0, 0]
 
 
 def test_deliveries_and_disconnects_are_the_nodes_own() -> None:

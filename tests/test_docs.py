@@ -117,3 +117,32 @@ def test_a_package_docstring_names_every_module(package: str) -> None:
                if not path.stem.startswith("__")]
     assert modules
     assert [name for name in modules if f"L{{{name}}}" not in text] == []
+
+
+def test_the_metrics_doc_names_every_metric_served() -> None:
+    """docs/metrics.md lists every metric a single server and a cluster node
+    serve, as Prometheus shows them (counters with _total, info with _info),
+    and no chat_ metric that is not served."""
+    from prometheus_client import generate_latest
+    from prometheus_client.parser import text_string_to_metric_families
+
+    from tests.test_cluster_unit import Cluster
+    from twisted_chat.server.cluster.metrics import ClusterCollector
+    from twisted_chat.server.metrics import Snapshot, Stats, registry_for
+
+    node = Cluster(1).nodes[0]
+    registry = registry_for(Stats(), lambda: Snapshot(0, 0, 0, 0, history_messages=0),
+                            ClusterCollector(node.state))
+    served = set()
+    for family in text_string_to_metric_families(generate_latest(registry).decode()):
+        suffix = {"counter": "_total", "info": "_info"}.get(family.type, "")
+        served.add(family.name + suffix)
+    text = (ROOT / "docs" / "metrics.md").read_text()
+    assert "chat_build_info" in served and "chat_history_messages" in served
+    # A row of its own for each chat_ metric (the process's share one).
+    documented = set(re.findall(r"^\| `(chat_[a-z_]+)`", text, re.MULTILINE))
+    assert sorted(name for name in served
+                  if name not in documented and f"`{name}`" not in text) == []
+    assert sorted(name for name in served
+                  if name.startswith("chat_") and name not in documented) == []
+    assert sorted(documented - served) == []

@@ -52,6 +52,14 @@ def test_metrics_move_with_the_chat(tmp_path: Path,
     assert get(before, "chat_users_online") == 0
     assert get(before, "chat_lobby_messages_total") == 0
     assert get(before, "process_resident_memory_bytes") > 0
+    from twisted_chat import __version__
+    assert get(before, "chat_build_info", version=__version__) == 1
+    deadline = time.monotonic() + 5  # counted by the store's writer as it starts
+    while ("chat_history_messages", ()) not in before:
+        assert time.monotonic() < deadline, "no count of the history"
+        time.sleep(0.05)
+        before = scrape(metrics_port)
+    assert get(before, "chat_history_messages") == 0
 
     alice, bob, carol = (connect(server.port) for _ in range(3))
     for client, nick in ((alice, "alice"), (bob, "bob"), (carol, "carol")):
@@ -71,6 +79,13 @@ def test_metrics_move_with_the_chat(tmp_path: Path,
     assert get(during, "chat_connections", state="paired") == 2
     assert get(during, "chat_connections", state="lobby") == 1
     assert get(during, "chat_pairs") == 1
+    assert get(during, "chat_invitations_total") == 1
+    assert get(during, "chat_pairings_total") == 1
+    assert get(during, "chat_logins_total") == 3
+    # (The server's start is checked with one connection: before is not 0.)
+    assert get(during, "chat_accepted_connections_total", port="chat") == get(
+        before, "chat_accepted_connections_total", port="chat") + 3
+    assert get(during, "chat_websockets") == 0
     assert get(during, "chat_lobby_messages_total") == 5
     assert get(during, "chat_private_messages_total", kind="dm") == 1
     assert get(during, "chat_private_messages_total", kind="pair") == 1
@@ -87,13 +102,14 @@ def test_metrics_move_with_the_chat(tmp_path: Path,
     deadline = time.monotonic() + 5  # the commit comes within the store's interval
     while True:
         after = scrape(metrics_port)
-        if get(after, "chat_history_commit_duration_seconds_count") >= 1:
+        if get(after, "chat_history_messages") == 5:
             break
         assert time.monotonic() < deadline, "no commit reported"
         time.sleep(0.1)
     assert get(after, "chat_disconnects_total", reason="quit") == 1
     assert get(after, "chat_users_online") == 2
     assert get(after, "chat_history_backlog") == 0
+    assert get(after, "chat_history_commit_duration_seconds_count") >= 1
     assert get(after, "process_cpu_seconds_total") >= get(before, "process_cpu_seconds_total")
     assert server.problems() == []
     # No access log: scrapes leave the server's log alone.

@@ -123,6 +123,10 @@ def test_no_history_metrics_where_there_is_no_database() -> None:
     names = {name for name, _ in scrape(Stats(), Snapshot(1, 2, 0, 0))}
     assert {"chat_history_backlog", "chat_history_dropped_total",
             "chat_history_commit_duration_seconds_count"} <= names
+    # Its count of messages, once the store's writer has made it.
+    assert "chat_history_messages" not in names
+    assert scrape(Stats(), Snapshot(1, 2, 0, 0, history_messages=7))[
+        ("chat_history_messages", ())] == 7
 
 
 # -- the fan-out reports once per batch ------------------------------------------------
@@ -328,11 +332,13 @@ def test_messages_dropped_by_the_store_reach_the_metric_and_stay_after_recovery(
         during = scrape(h.factory.stats, chat.snapshot())
         assert during[("chat_history_dropped_total", ())] == 6
         assert during[("chat_history_backlog", ())] == 4
+        assert during[("chat_history_messages", ())] == 0  # none written yet
         store.failing = False
         yield store.flush().addTimeout(10, reactor)
         after = scrape(h.factory.stats, chat.snapshot())
         assert after[("chat_history_dropped_total", ())] == 6
         assert after[("chat_history_backlog", ())] == 0
+        assert after[("chat_history_messages", ())] == 4  # in the database
     finally:
         yield store.close().addTimeout(10, reactor)
 
@@ -696,3 +702,133 @@ def test_head_is_answered_as_get_and_allow_names_it() -> None:
         status, headers, _ = call(method)
         assert status == ("200 OK" if method == "OPTIONS" else "405 Method Not Allowed")
         assert headers["Allow"] == ALLOWED_METHODS == "GET, HEAD, OPTIONS"
+
+
+# -- what an operator asked of them (rev11-metrics, "gaps") --------------------------
+
+
+def test_the_build_is_an_info_metric_with_the_version() -> None:
+    from twisted_chat import __version__
+
+    got = scrape(Stats(), Snapshot(0, 0, 0, None))
+    assert got[("chat_build_info", (("version", __version__),))] == 1
+
+
+def test_accepted_connections_and_logins_count_what_got_in() -> None:
+    """chat_accepted_connections_total{port="chat"}: every connection not
+    refused, nick or not; chat_logins_total: those that chose one (a nick
+    taken, or none chosen, is not a login)."""
+    h = Harness(max_clients=4)
+    alice, bob = h.user("alice"), h.user("bob")
+    taken = h.connect()
+    taken.send("NICK alice")
+    assert taken.take()[-1].startswith("RETRY taken")
+    h.connect()  # chooses nothing
+    assert h.connect().take()[-1] == "BYE full"  # refused: not accepted
+    assert value(h, "chat_accepted_connections_total", port="chat") == 4
+    assert value(h, "chat_accepted_connections_total", port="web") == 0
+    assert value(h, "chat_logins_total") == 2
+    taken.send("NICK carol")
+    alice.send("BYE")
+    alice.drop()
+    bob.drop()
+    dave = h.user("dave")  # logs in again in a freed place
+    assert dave.take() == []
+    assert value(h, "chat_accepted_connections_total", port="chat") == 5
+    assert value(h, "chat_logins_total") == 4  # alice, bob, carol, dave
+    assert value(h, "chat_websockets") == 0
+
+
+def _invitations(h: Harness) -> dict[str, float]:
+    got = {"made": value(h, "chat_invitations_total"),
+           "paired": value(h, "chat_pairings_total")}
+    for reason in ("rejected", "withdrawn", "timeout", "busy", "gone"):
+        got[reason] = value(h, "chat_invitations_ended_total", reason=reason)
+    return got
+
+
+def test_invitations_pairings_and_their_ends_are_counted_once_each() -> None:
+    """chat_invitations_total: each PAIR that opened an invitation;
+    chat_pairings_total: each pair begun (ACCEPT, or a mutual PAIR);
+    chat_invitations_ended_total: each that ended without a pair, by
+    reason, once (whichever side is left to tell).  So made = paired + ended
+    + still open."""
+    h = Harness(invite_timeout=30.0)
+    a, b, c, d, e = (h.user(n) for n in ("ann", "ben", "cat", "dan", "eve"))
+    a.send("PAIR ben")
+    b.send("ACCEPT ann")
+    assert _invitations(h) == dict(made=1, paired=1, rejected=0, withdrawn=0, timeout=0,
+                                   busy=0, gone=0)
+    c.send("PAIR ann")  # ann is paired: refused, no invitation
+    assert c.take()[-1].startswith("ERROR busy")
+    c.send("PAIR dan")
+    d.send("REJECT cat")
+    c.send("PAIR dan")
+    c.send("UNPAIR")
+    c.send("PAIR dan")
+    h.clock.advance(30.0)
+    assert _invitations(h) == dict(made=4, paired=1, rejected=1, withdrawn=1, timeout=1,
+                                   busy=0, gone=0)
+    # eve and cat both invite dan; dan invites cat back: a mutual pair,
+    # and eve's invitation ends busy.
+    e.send("PAIR dan")
+    c.send("PAIR dan")
+    d.send("PAIR cat")
+    assert _invitations(h) == dict(made=6, paired=2, rejected=1, withdrawn=1, timeout=1,
+                                   busy=1, gone=0)
+    # An inviter that leaves (its invitee is told), an invitee that leaves
+    # (its inviter is told): one "gone" each.
+    a.send("UNPAIR")
+    e.send("PAIR ann")
+    e.drop()
+    a.send("PAIR ben")
+    b.drop()
+    assert _invitations(h) == dict(made=8, paired=2, rejected=1, withdrawn=1, timeout=1,
+                                   busy=1, gone=2)
+    assert value(h, "chat_pairs") == 1  # cat and dan: pairings begun less ended
+
+
+def test_a_paused_reader_s_output_is_held_bytes_at_the_budget_s_look() -> None:
+    """chat_output_held_bytes: what the --sendq-total budget found held for
+    every connection at its last look (each second), back to 0 when the
+    reader drains."""
+    h = Harness(sendq_total=10_000_000)
+    slow, talker = h.user("slow"), h.user("talker")
+    slow.transport.producer.pauseProducing()
+    talker.send("DM slow " + "x" * 100)
+    assert value(h, "chat_output_held_bytes") == 0  # not looked yet
+    h.clock.advance(1.0)
+    held = h.factory.output_budget.held
+    assert value(h, "chat_output_held_bytes") == held
+    assert held == slow.protocol.send_queue.twisted_held() >= PAUSED_HELD
+    slow.transport.producer.resumeProducing()
+    h.clock.advance(1.0)
+    assert value(h, "chat_output_held_bytes") == 0
+    slow.transport.producer.pauseProducing()
+    talker.send("DM slow again")
+    h.clock.advance(1.0)
+    assert value(h, "chat_output_held_bytes") >= PAUSED_HELD
+    slow.drop()
+    talker.drop()
+    assert value(h, "chat_output_held_bytes") == 0  # no connection: no look, 0
+
+
+def test_connections_paused_by_the_held_input_bound_are_a_gauge() -> None:
+    """chat_held_input_paused_connections: the connections not read because
+    the input held behind decisions is over its bound; 0 once decided."""
+    h = login_harness(work=HeldWork())
+    h.factory.held_input.limit = 100
+    add(h, "alice")
+    add(h, "bob")
+    first, second, idle = fresh(h), fresh(h), fresh(h)
+    first.send("NICK alice")
+    second.send("NICK bob")
+    first.send("PING " + "x" * 60)
+    assert value(h, "chat_held_input_paused_connections") == 0  # under the bound
+    second.send("PING " + "y" * 60)  # over: both wait on a lookup, neither is read
+    assert value(h, "chat_held_input_paused_connections") == 2
+    assert h.factory.held_input.over
+    idle.send("PING z")  # no command waiting: read as ever
+    assert idle.take() == ["PONG z"]
+    h.work.release()  # type: ignore[attr-defined]
+    assert value(h, "chat_held_input_paused_connections") == 0

@@ -275,6 +275,8 @@ def test_ids_keep_increasing_after_everything_is_pruned(tmp_path: Path) -> Gen:
     pruned = SQLiteStore.open(str(path), FixedClock(T0 + 30 * 86400), retain_days=1)
     assert pruned.recent(10) == []
     pruned.append(Entry(T0 + 30 * 86400, "bob", "new"))
+    yield timeout(pruned.flush())
+    assert pruned.stored == 1  # 3 counted at the start, pruned by age; 1 written
     yield timeout(pruned.close())
     assert rows(path) == [(4, T0 + 30 * 86400, "bob", "new")]
 
@@ -640,6 +642,8 @@ def test_unstorable_message_does_not_block_the_others(tmp_path: Path) -> Gen:
     store.append(Entry(T0, "alice", "before"))
     store.append(Entry(T0 + 1, "mallory", "lone surrogate \ud800"))
     store.append(Entry(T0 + 2, "bob", "after"))
+    yield timeout(store.flush())
+    assert store.stored == 2  # chat_history_messages: the rows that went in
     yield timeout(store.close())
     assert [r[3] for r in rows(path)] == ["before", "after"]
 
@@ -831,11 +835,13 @@ def test_max_messages_keeps_only_the_newest(tmp_path: Path) -> Gen:
     for _ in range(10):
         yield timeout(store.flush())
     assert store.recent(1000) == written[150:]
+    assert store.stored == 100  # chat_history_messages: inserts less the pruned
     yield timeout(store.close())
     assert [r[3] for r in rows(path)] == [e.text for e in written[150:]]
     # Kept at the next start too, before anything is written.
     again = Small.open(str(path), reactor, max_messages=50)
     for _ in range(3):
         yield timeout(again.flush())
+    assert again.stored == 50  # counted at the start (100), less the pruned
     yield timeout(again.close())
     assert [r[3] for r in rows(path)] == [e.text for e in written[200:]]

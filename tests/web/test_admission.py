@@ -487,3 +487,57 @@ def test_http_connections_and_their_refusals_have_their_own_metrics() -> None:
     page.lose()
     chat.drop()
     assert value(h, "chat_connections", state="http") == 0
+
+
+def test_http_connections_closed_at_their_deadline_or_for_room_are_counted() -> None:
+    """chat_http_closed_total: an HTTP connection the server closed before
+    its upgrade, at --web-timeout (timeout) or to make room in a full
+    handshake pool (evicted); a chat connection evicted so is a
+    disconnect (full), not one of these; one that closes itself is neither."""
+    from tests.test_metrics import value
+
+    h = Harness(max_handshaking=2)
+    site = make_site(h, timeout=30.0)
+    slow, oldest = HTTPConn(h, site, "192.0.2.1"), HTTPConn(h, site, "192.0.2.1")
+    h.clock.advance(30)
+    assert slow.killed and oldest.killed
+    slow.lose()
+    oldest.lose()
+    assert value(h, "chat_http_closed_total", reason="timeout") == 2
+    HTTPConn(h, site, "192.0.2.2").lose()  # closed by its peer: not counted
+    evicted = HTTPConn(h, site, "192.0.2.3")
+    h.connect(host="192.0.2.4")
+    h.connect(host="192.0.2.5")  # the pool is full: the HTTP connection goes
+    assert evicted.aborted
+    evicted.lose()
+    assert value(h, "chat_http_closed_total", reason="evicted") == 1
+    h.connect(host="192.0.2.6")  # a chat connection goes
+    assert value(h, "chat_http_closed_total", reason="evicted") == 1
+    assert value(h, "chat_disconnects_total", reason="full") == 0  # not lost yet
+    assert value(h, "chat_http_closed_total", reason="timeout") == 2
+
+
+def test_websockets_are_told_apart_from_chat_port_connections() -> None:
+    """chat_accepted_connections_total{port="web"} counts each WebSocket
+    accepted at its upgrade (its HTTP side is not a chat connection), and
+    chat_websockets those open, of chat_connections."""
+    from tests.test_metrics import value
+
+    h = Harness(max_per_ip=1, max_handshaking_per_ip=1)
+    site = make_site(h)
+    browser = HTTPConn(h, site)
+    chat = h.user("tcp")
+    assert value(h, "chat_accepted_connections_total", port="web") == 0
+    assert browser.upgrade()[0].startswith("HELLO ")
+    assert value(h, "chat_accepted_connections_total", port="web") == 1
+    assert value(h, "chat_accepted_connections_total", port="chat") == 1
+    assert value(h, "chat_websockets") == 1
+    assert value(h, "chat_connections", state="handshake") == 1
+    assert HTTPConn(h, site).upgrade() == [  # over --max-per-ip: refused, not accepted
+        "ERROR server-full too many connections from 192.0.2.1", "BYE full"]
+    assert value(h, "chat_accepted_connections_total", port="web") == 1
+    assert value(h, "chat_websockets") == 1
+    browser.lose()
+    assert value(h, "chat_websockets") == 0
+    chat.drop()
+    assert value(h, "chat_accepted_connections_total", port="chat") == 1

@@ -195,6 +195,8 @@ class ChatFactory(ServerFactory):
         # connections (yet): the web port's HTTP connections
         # (twisted_chat.web.admission; see hold_other).
         self.other_connections = 0
+        # Of the connections, the WebSockets (for --metrics).
+        self.websockets: set[ChatProtocol] = set()
         # Per-address limits (docs/security.md), and the connections still
         # choosing a nick, overall.
         self.addresses = AddressBook(AddressPolicy.from_config(config), reactor)
@@ -235,7 +237,9 @@ class ChatFactory(ServerFactory):
 
     # -- connections -----------------------------------------------------------
 
-    def buildProtocol(self, addr: IAddress | None) -> Protocol:
+    def buildProtocol(self, addr: IAddress | None, port: str = "chat") -> Protocol:
+        """A connection from C{addr} to a C{--port} (C{port} "chat"), or a
+        WebSocket on C{--web} ("web", from the gateway at its upgrade)."""
         host: str | None = getattr(addr, "host", None)
         if self.is_full():
             return self.refusal(host, FULL)
@@ -252,6 +256,9 @@ class ChatFactory(ServerFactory):
         self.make_room()
         self.handshaking.add(protocol.pool_key, protocol)
         self.connections.add(protocol)
+        self.stats.accepted[port] += 1
+        if port == "web":
+            self.websockets.add(protocol)
         # It provides IProtocol without subclassing Protocol (for __slots__),
         # which is all Twisted asks of what buildProtocol returns.
         return cast(Protocol, protocol)
@@ -312,11 +319,13 @@ class ChatFactory(ServerFactory):
         """C{protocol} has a nick: it leaves the handshake's limits."""
         self.addresses.registered(protocol.limits)
         self.handshaking.discard(protocol.pool_key, protocol)
+        self.stats.logins += 1
 
     def connection_lost(self, protocol: ChatProtocol) -> None:
         if protocol not in self.connections:
             return
         self.connections.discard(protocol)
+        self.websockets.discard(protocol)
         self.handshaking.discard(protocol.pool_key, protocol)
         self.addresses.closed(protocol.limits, handshaking=protocol.user is None)
         if not self.connections:
@@ -465,11 +474,15 @@ class ChatFactory(ServerFactory):
 
     def invited(self, invitation: Invitation) -> None:
         inviter, invitee = invitation.inviter, invitation.invitee
+        if self.state.holds(inviter):
+            self.stats.invitations += 1
         inviter.conn.write(wire.line("PENDING", invitee.nick))
         invitee.conn.write(wire.line("INVITE", inviter.nick))
 
     def paired(self, user: User, partner: User) -> None:
         self._user_changed(user)
+        if self.state.holds(user):
+            self.stats.paired_sides += 1  # one side of the pair (chat_pairings_total)
         user.conn.write(wire.line("PAIRED", partner.nick))
 
     def unpaired(self, user: User, partner: User, reason: str, missed: Sequence[Entry]) -> None:
@@ -497,10 +510,21 @@ class ChatFactory(ServerFactory):
         return last[1]
 
     def declined(self, inviter: User, invitee: User, reason: str) -> None:
+        if self.state.holds(inviter):
+            self._invitation_ended(reason)
         inviter.conn.write(wire.line("DECLINED", invitee.nick, reason))
 
     def cancelled(self, invitee: User, inviter: User, reason: str) -> None:
+        if self.state.holds(invitee) and not self.hub.is_online(inviter):
+            # The inviter is gone (it is not told DECLINED): counted here.
+            self._invitation_ended(reason)
         invitee.conn.write(wire.line("CANCELLED", inviter.nick, reason))
+
+    def _invitation_ended(self, reason: str) -> None:
+        """An invitation ended without a pair: counted once, on the
+        inviter's node (or the invitee's, once the inviter is gone)."""
+        ended = self.stats.invitations_ended
+        ended[reason] = ended.get(reason, 0) + 1
 
 
 def history_lines(entries: Sequence[Entry], limit: int) -> bytes:

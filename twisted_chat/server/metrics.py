@@ -22,10 +22,16 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    InfoMetricFamily,
+    Metric,
+)
 from prometheus_client.process_collector import ProcessCollector
 from prometheus_client.registry import Collector, CollectorRegistry
 
+from twisted_chat import __version__
 from twisted_chat.server.histogram import Buckets
 
 # The reasons a connection ends, as the server names them (LEFT and BYE
@@ -50,12 +56,35 @@ REFUSAL_LIMITS = ("max_clients", "max_per_ip", "max_handshaking_per_ip", "ip_con
 # the connection's --flood-rate, its address's --ip-lobby-rate (a lobby MSG).
 DROP_LIMITS = ("flood_rate", "ip_lobby_rate")
 
+# Where a chat connection came in (chat_accepted_connections_total): a
+# --port (TCP or a UNIX socket, TLS or not), or a WebSocket on --web.
+PORTS = ("chat", "web")
+
+# Why an invitation ended without a pair (the hub's DECLINED and CANCELLED
+# reasons; chat_invitations_ended_total).
+INVITATION_ENDS = ("rejected", "withdrawn", "timeout", "busy", "gone")
+
+# Why an HTTP connection to --web was closed by the server before it became
+# a WebSocket (chat_http_closed_total): --web-timeout, or to make room in a
+# full handshake pool (--max-handshaking).
+HTTP_CLOSES = ("timeout", "evicted")
+
 # Lines per fan-out batch; seconds per batch; seconds per database commit.
 BATCH_LINES_BOUNDS = (1, 2, 5, 10, 20, 50, 100, 200, 500, 1000)
 FANOUT_SECONDS_BOUNDS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025,
                          0.05, 0.1, 0.25)
 COMMIT_SECONDS_BOUNDS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25,
                          0.5, 1.0, 2.5)
+
+
+def _by_label(name: str, documentation: str, label: str,
+              values: dict[str, int]) -> CounterMetricFamily:
+    """A counter with one C{label}, a sample per key of C{values} (a copy
+    of it is read: the reactor may add a key meanwhile)."""
+    family = CounterMetricFamily(name, documentation, labels=[label])
+    for key, value in dict(values).items():
+        family.add_metric([key], value)
+    return family
 
 
 class Stats:
@@ -65,9 +94,10 @@ class Stats:
     to them costs less than asking whether to.
     """
 
-    __slots__ = ("bytes_out", "commit_seconds", "deliveries", "discarded", "disconnects",
-                 "dropped_lines", "fanout_lines", "fanout_seconds", "lobby_messages",
-                 "private_messages", "refusals")
+    __slots__ = ("accepted", "bytes_out", "commit_seconds", "deliveries", "discarded",
+                 "disconnects", "dropped_lines", "fanout_lines", "fanout_seconds",
+                 "http_closed", "invitations", "invitations_ended", "lobby_messages",
+                 "logins", "paired_sides", "private_messages", "refusals")
 
     def __init__(self) -> None:
         # Lines and bytes handed to connections (the fan-out's and the rest).
@@ -83,6 +113,18 @@ class Stats:
         self.disconnects = dict.fromkeys(DISCONNECT_REASONS, 0)
         self.refusals = dict.fromkeys(REFUSAL_LIMITS, 0)
         self.dropped_lines = dict.fromkeys(DROP_LIMITS, 0)
+        # Chat connections accepted (not refused), by port; of them, those
+        # that chose a nick (their user came online).
+        self.accepted = dict.fromkeys(PORTS, 0)
+        self.logins = 0
+        # Invitations this process's users made; how those (of its users,
+        # or to them once the inviter is gone) ended without a pair; and
+        # the sides of pairs that began held here (a pair: two sides, one
+        # per node for a pair across two cluster nodes).
+        self.invitations = 0
+        self.invitations_ended = dict.fromkeys(INVITATION_ENDS, 0)
+        self.paired_sides = 0
+        self.http_closed = dict.fromkeys(HTTP_CLOSES, 0)
         self.fanout_lines = Buckets(BATCH_LINES_BOUNDS)
         self.fanout_seconds = Buckets(FANOUT_SECONDS_BOUNDS)
         self.commit_seconds = Buckets(COMMIT_SECONDS_BOUNDS)
@@ -126,6 +168,16 @@ class Snapshot:
     held_input: int = 0
     # Wrong passwords (RETRY bad-password after a check), accounts' count.
     failed_logins: int = 0
+    # Of the connections, the WebSockets (on the web port).
+    websockets: int = 0
+    # Connections not read for the held input's bound (HeldInput.paused).
+    held_input_paused: int = 0
+    # Bytes the server held for its connections at the --sendq-total
+    # budget's last look (OutputBudget.held).
+    output_held: int = 0
+    # Lobby messages in the database (the store's count, kept by its
+    # writer thread); None: not known (yet), or no database.
+    history_messages: int | None = None
 
 
 class ChatCollector(Collector):
@@ -149,6 +201,16 @@ class ChatCollector(Collector):
                              ("paired", now.paired), ("http", now.http)):
             connections.add_metric([state], value)
         yield connections
+        yield InfoMetricFamily("chat_build", "The server's version.",
+                               value={"version": __version__})
+        yield GaugeMetricFamily(
+            "chat_websockets", "Of chat_connections (handshake, lobby, paired), the "
+            "WebSockets on the web port.", value=now.websockets)
+        yield _by_label("chat_accepted_connections", "Chat connections accepted (not "
+                        "refused), by port: a --port (chat), a WebSocket on --web (web).",
+                        "port", stats.accepted)
+        yield CounterMetricFamily("chat_logins", "Connections that chose a nick (READY).",
+                                  value=stats.logins)
         yield GaugeMetricFamily("chat_users_online", "Users online (in the lobby or paired).",
                                 value=now.lobby + now.paired)
         yield GaugeMetricFamily(
@@ -156,11 +218,26 @@ class ChatCollector(Collector):
             "behind their commands decided elsewhere (a password check; on a cluster node, "
             "Redis). Past its bound (a cluster node's --redis-queue), connections with a "
             "command waiting are not read.", value=now.held_input)
+        yield GaugeMetricFamily(
+            "chat_held_input_paused_connections", "Connections not read because the held "
+            "input is over its bound.", value=now.held_input_paused)
+        yield GaugeMetricFamily(
+            "chat_output_held_bytes", "Bytes the server held for its connections' output "
+            "at the --sendq-total budget's last look (each second).", value=now.output_held)
         # Halves: a pair across two cluster nodes counts 0.5 on each, so
         # that the sum over the nodes is the cluster's (one server: whole pairs).
         yield GaugeMetricFamily("chat_pairs", "Private conversations going on "
                                 "(a pair across two cluster nodes: one half on each).",
                                 value=now.paired / 2)
+        yield CounterMetricFamily("chat_invitations",
+                                  "Invitations (PAIR) made by this server's users.",
+                                  value=stats.invitations)
+        yield _by_label("chat_invitations_ended",
+                        "Invitations ended without a pair, by reason.",
+                        "reason", stats.invitations_ended)
+        yield CounterMetricFamily("chat_pairings", "Private conversations begun (a pair "
+                                  "across two cluster nodes: one half on each).",
+                                  value=stats.paired_sides / 2)
         yield CounterMetricFamily("chat_lobby_messages",
                                   "Lobby messages accepted from this server's users.",
                                   value=stats.lobby_messages)
@@ -181,23 +258,18 @@ class ChatCollector(Collector):
             "chat_discarded_bytes", "Bytes counted in chat_sent_bytes that never left: held "
             "for a connection cut for its output, or handed to one already closing.",
             value=stats.discarded)
-        disconnects = CounterMetricFamily(
-            "chat_disconnects", "Connections ended, by reason.", labels=["reason"])
-        for reason, value in dict(stats.disconnects).items():
-            disconnects.add_metric([reason], value)
-        yield disconnects
-        refusals = CounterMetricFamily(
-            "chat_refusals", "New connections refused, by the limit they were over "
-            "(chat_disconnects_total refused and refused_http together).", labels=["limit"])
-        for limit, value in dict(stats.refusals).items():
-            refusals.add_metric([limit], value)
-        yield refusals
-        dropped = CounterMetricFamily(
-            "chat_dropped_lines", "Lines dropped by flood control (ERROR flood), by limit.",
-            labels=["limit"])
-        for limit, value in dict(stats.dropped_lines).items():
-            dropped.add_metric([limit], value)
-        yield dropped
+        yield _by_label("chat_disconnects", "Connections ended, by reason.",
+                        "reason", stats.disconnects)
+        yield _by_label("chat_refusals", "New connections refused, by the limit they were "
+                        "over (chat_disconnects_total refused and refused_http together).",
+                        "limit", stats.refusals)
+        yield _by_label("chat_dropped_lines",
+                        "Lines dropped by flood control (ERROR flood), by limit.",
+                        "limit", stats.dropped_lines)
+        yield _by_label("chat_http_closed", "HTTP connections to the web port closed by the "
+                        "server before their WebSocket upgrade: --web-timeout (timeout), or "
+                        "to make room in the handshake pool (evicted).",
+                        "reason", stats.http_closed)
         yield CounterMetricFamily("chat_failed_logins",
                                   "Logins refused for a wrong password (RETRY bad-password).",
                                   value=now.failed_logins)
@@ -210,6 +282,10 @@ class ChatCollector(Collector):
         yield GaugeMetricFamily("chat_history_backlog",
                                 "Lobby messages waiting to be written to the database.",
                                 value=now.history_backlog)
+        if now.history_messages is not None:
+            yield GaugeMetricFamily("chat_history_messages",
+                                    "Lobby messages in the database.",
+                                    value=now.history_messages)
         yield CounterMetricFamily(
             "chat_history_dropped",
             "Lobby messages dropped from a full backlog while the database failed.",

@@ -152,7 +152,7 @@ class OutputBudget(_Periodic):
     otherwise).
     """
 
-    __slots__ = ("_budget", "_connections", "_progress")
+    __slots__ = ("_budget", "_connections", "_progress", "held")
 
     def __init__(self, clock: IReactorTime, budget: int,
                  connections: Callable[[], Collection[Budgeted]], period: float = 1.0) -> None:
@@ -160,10 +160,13 @@ class OutputBudget(_Periodic):
         self._budget = budget
         self._connections = connections
         self._progress: dict[SendQueue, int] = {}
+        # The sum at the last look, less what it cut (chat_output_held_bytes).
+        self.held = 0
 
     def stop(self) -> None:
         super().stop()
         self._progress = {}
+        self.held = 0
 
     def _look(self) -> None:
         self._call = None
@@ -191,6 +194,7 @@ class OutputBudget(_Periodic):
                     break
                 connection.output_over_budget()
                 total -= held
+        self.held = total
         if self._connections():
             self.start()
 

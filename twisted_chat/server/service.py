@@ -443,7 +443,7 @@ class ChatService(OwnsPasswordWork, Service):
         store = self.store
         if store is None:
             return chat_snapshot(self.factory, 0)
-        return chat_snapshot(self.factory, store.backlog, store.shed)
+        return chat_snapshot(self.factory, store.backlog, store.shed, store.stored)
 
     def startService(self) -> None:
         config = self.factory.config
@@ -498,7 +498,8 @@ class ChatService(OwnsPasswordWork, Service):
 
 
 def chat_snapshot(factory: ChatFactory, history_backlog: int | None = None,
-                  history_dropped: int = 0) -> metrics.Snapshot:
+                  history_dropped: int = 0,
+                  history_messages: int | None = None) -> metrics.Snapshot:
     """
     What C{--metrics} reads of C{factory} at a scrape, from the scrape's
     thread: sizes only.  This process's connections and users (on a cluster
@@ -515,6 +516,10 @@ def chat_snapshot(factory: ChatFactory, history_backlog: int | None = None,
         http=factory.other_connections,
         held_input=factory.held_input.total,
         failed_logins=factory.accounts.failed_logins if factory.accounts is not None else 0,
+        websockets=len(factory.websockets),
+        held_input_paused=len(factory.held_input.paused),
+        output_held=factory.output_budget.held,
+        history_messages=history_messages,
     )
 
 

@@ -183,6 +183,11 @@ class SQLiteStore:
         self._shed_total = 0
         self._shed_reported = 0
         self._shed_reported_at = -math.inf
+        # The messages in the database (chat_history_messages): counted once
+        # by the writer thread as it starts, then kept by it as it inserts and
+        # prunes; None until counted.  Written by that thread alone, read as
+        # one int from any.
+        self.stored: int | None = None
         self._close_waiters: list[Deferred[None]] = []
         self._close_result: StoreError | bool | None = False  # False: not yet
         self._thread = threading.Thread(target=self._run, name=f"chat-store {name}", daemon=True)
@@ -383,6 +388,7 @@ class SQLiteStore:
         retry_at = 0.0
         written_since_trim = 0
         next_check = time.monotonic() + self.path_check_interval
+        self._count()
         while True:
             with self._cond:
                 while True:
@@ -529,12 +535,31 @@ class SQLiteStore:
             )
         return now + self.path_check_interval
 
+    def _count(self) -> None:
+        """Count the messages in the database (writer thread, at its start:
+        one read of the smallest index, C{messages_ts})."""
+        try:
+            with self._db_lock:
+                self.stored = self._conn.execute("SELECT count(*) FROM messages").fetchone()[0]
+        except sqlite3.Error as e:
+            self._log_error(f"Could not count the messages in the chat database "
+                            f"{self._name}: {e}.")
+
+    def _counted(self, delta: int) -> None:
+        """C{delta} messages more (or fewer) in the database, committed."""
+        stored = self.stored
+        if stored is not None:
+            self.stored = stored + delta
+
     def _write(self, batch: Sequence[Entry]) -> None:
         """Commit C{batch} in one transaction (writer thread)."""
         rows: list[Row] = [(e.ts, e.nick, e.text) for e in batch]
         with self._db_lock:
             self._conn.execute("BEGIN IMMEDIATE")
             try:
+                # The rows inserted: the connection's count of changes (a
+                # rollback does not take it back, so it is read again after one).
+                before = self._conn.total_changes
                 try:
                     self._insert(rows)
                 except sqlite3.Error:
@@ -544,12 +569,15 @@ class SQLiteStore:
                     # the others rather than retrying the whole batch forever.
                     self._conn.execute("ROLLBACK")
                     self._conn.execute("BEGIN IMMEDIATE")
+                    before = self._conn.total_changes
                     self._insert_each(rows)
+                inserted = self._conn.total_changes - before
                 self._conn.execute("COMMIT")
             except BaseException:
                 if self._conn.in_transaction:
                     self._conn.execute("ROLLBACK")
                 raise
+        self._counted(inserted)
 
     def _insert(self, rows: Sequence[Row]) -> None:
         """Insert C{rows}; the one place a test can make writes slow."""
@@ -571,14 +599,14 @@ class SQLiteStore:
         rows over the count are those more than C{max_messages} ids below
         the newest.
         """
-        deleted = 0
+        deleted = removed = 0
         try:
             with self._db_lock:
                 self._conn.execute("BEGIN IMMEDIATE")
                 try:
                     if self._retain is not None:
                         cutoff = self._reactor.seconds() - self._retain
-                        deleted = self._conn.execute(
+                        deleted = removed = self._conn.execute(
                             "DELETE FROM messages WHERE id IN"
                             " (SELECT id FROM messages WHERE ts < ? LIMIT ?)",
                             (cutoff, self.prune_chunk),
@@ -586,11 +614,13 @@ class SQLiteStore:
                     if self._max_messages is not None:
                         newest = self._conn.execute("SELECT max(id) FROM messages").fetchone()[0]
                         if newest is not None:
-                            deleted = max(deleted, self._conn.execute(
+                            over = self._conn.execute(
                                 "DELETE FROM messages WHERE id IN (SELECT id FROM messages"
                                 " WHERE id <= ? ORDER BY id LIMIT ?)",
                                 (newest - self._max_messages, self.prune_chunk),
-                            ).rowcount)
+                            ).rowcount
+                            deleted = max(deleted, over)
+                            removed += over
                     self._conn.execute("COMMIT")
                 except BaseException:
                     if self._conn.in_transaction:
@@ -599,6 +629,7 @@ class SQLiteStore:
         except sqlite3.Error as e:
             self._log_error(f"Could not prune the chat database {self._name}: {e}.")
             return time.monotonic() + self.prune_interval
+        self._counted(-removed)
         if deleted >= self.prune_chunk:
             return 0.0  # more to delete: go on after the next batch
         return time.monotonic() + self.prune_interval

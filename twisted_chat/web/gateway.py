@@ -320,7 +320,7 @@ class ChatWebSocket(WebSocketServerProtocol):
         # connection's queue's to enforce (it sits on WebSocketTransport).
         self._frames_queue = SendQueue(self.tcp, sys.maxsize)
         self._write_frames = self._frames_queue.write
-        built = self._built = self.factory.chat.buildProtocol(self._client)
+        built = self._built = self.factory.chat.buildProtocol(self._client, port="web")
         self.chat = built if isinstance(built, ChatProtocol) else None
         built.makeConnection(WebSocketTransport(self, self._client))
 
