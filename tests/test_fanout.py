@@ -171,6 +171,56 @@ def test_work_that_keeps_waiting_holds_lines_only_for_the_window() -> None:
     assert member.got == [b"a"]
 
 
+def test_lines_go_out_when_their_read_is_done_if_nothing_else_waits() -> None:
+    """read_done: nothing else can join this turn's lines, so they leave at
+    once and the turn's timer is cancelled."""
+    clock, fanout, (member,), backlog = lobby(1)
+    fanout.add(b"a")
+    fanout.add(b"b")
+    fanout.read_done()
+    assert member.got == [b"ab"] and backlog.asked == 1
+    assert clock.getDelayedCalls() == []
+
+
+def test_lines_stay_for_the_turn_when_other_work_waits_at_the_end_of_a_read() -> None:
+    clock, fanout, (member,), backlog = lobby(1)
+    backlog.turns = 1
+    fanout.add(b"a")
+    fanout.read_done()  # another socket is ready: its line may join
+    assert member.got == []
+    fanout.add(b"b")
+    clock.advance(0)
+    assert member.got == [b"ab"]
+
+
+def test_a_read_done_during_the_gathering_ends_it_once_nothing_waits() -> None:
+    clock, fanout, (member,), backlog = lobby(1)
+    backlog.turns = 1
+    fanout.add(b"a")
+    clock.advance(0)  # work waits: one more turn
+    fanout.add(b"b")
+    fanout.read_done()  # that work is done, nothing else waits
+    assert member.got == [b"ab"]
+    assert clock.getDelayedCalls() == []
+
+
+def test_a_read_done_without_lines_costs_no_probe() -> None:
+    _, fanout, (member,), backlog = lobby(1)
+    fanout.read_done()
+    assert backlog.asked == 0 and member.got == []
+
+
+def test_a_read_done_with_the_gathering_off_leaves_the_turn_end() -> None:
+    """--fanout-delay 0 has no probe: the lines leave at the end of the
+    turn, as before."""
+    clock, fanout, (member,), backlog = lobby(1, window=0.0)
+    fanout.add(b"a")
+    fanout.read_done()
+    assert member.got == [] and backlog.asked == 0
+    clock.advance(0)
+    assert member.got == [b"a"]
+
+
 def test_zero_window_never_asks_the_probe() -> None:
     clock, fanout, (member,), backlog = lobby(1, window=0.0)
     backlog.turns = 10

@@ -78,6 +78,27 @@ def test_a_line_goes_out_in_its_own_turn_when_nothing_else_waits() -> None:
     assert alice.take() == [msg(h, "alice", "hi")]
 
 
+def test_a_line_goes_out_within_its_read_when_nothing_else_waits() -> None:
+    """The connection's read ends with the fan-out's read_done: nothing else
+    waits, so the line leaves before the turn ends (no clock advance)."""
+    h, _ = paced()
+    alice, bob = h.user("alice"), h.user("bob")
+    alice.transport.read(b"MSG hi\r\nMSG there\r\n")
+    assert bob.take() == [msg(h, "alice", "hi"), msg(h, "alice", "there")]
+    assert h.clock.getDelayedCalls() == []
+
+
+def test_a_line_waits_for_the_turn_end_when_another_socket_is_ready() -> None:
+    h, work = paced()
+    alice, bob = h.user("alice"), h.user("bob")
+    work.waiting = True
+    alice.transport.read(b"MSG hi\r\n")
+    assert bob.take() == []
+    work.waiting = False
+    h.clock.advance(0)
+    assert bob.take() == [msg(h, "alice", "hi")]
+
+
 def test_a_line_right_after_a_fanout_is_not_held() -> None:
     """No gap after a fan-out: the old rule held this line for the window."""
     h, _ = paced()

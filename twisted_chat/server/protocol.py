@@ -369,6 +369,13 @@ class ChatProtocol:
     # -- input ---------------------------------------------------------------
 
     def dataReceived(self, data: bytes) -> None:
+        self._take(data)
+        # The lobby lines this read brought may leave now (docs/fanout.md,
+        # "Pacing by backlog").
+        self.factory.fanout.read_done()
+
+    def _take(self, data: bytes) -> None:
+        """Frame C{data} into lines and handle them, or hold it."""
         if self._waiting:
             self._buffer += data
             self._held_read(self.clock.seconds())
