@@ -347,7 +347,7 @@ def test_invitation_accepted() -> None:
     assert s.screen.prompt == "alice -> bob> "
     assert "private conversation with bob" in s.screen.take()[-1]
     s.type("just us")
-    assert s.sent() == ["MSG just us"]
+    assert s.sent() == ["DM bob just us"]  # (test_a_paired_line_goes_as_a_dm)
     s.receive(f"MSG {TS} alice bob just us")
     assert s.screen.take() == ["[14:03] (private) you -> bob: just us"]
     s.type("/leave")
@@ -357,6 +357,52 @@ def test_invitation_accepted() -> None:
         "* You left the private conversation with bob. You are back in the lobby."
     )
     assert s.screen.prompt == "alice> " and s.client.state is State.READY
+
+
+def test_a_paired_line_goes_as_a_dm() -> None:
+    """While paired, text goes as DM PARTNER, never as MSG: a MSG the server
+    reads just after the partner's UNPAIR (or their leaving) would go to the
+    whole lobby, and into its history (docs/client.md, "Commands")."""
+    s = session()
+    s.ready("alice", users=("bob",))
+    s.receive("PAIRED bob")
+    s.type("psst", "//etc is private too", "@carol a DM of mine", "/users")
+    assert s.sent() == [
+        "DM bob psst", "DM bob /etc is private too", "DM carol a DM of mine", "USERS"
+    ]
+    # Its copy back is the same MSG as for a paired MSG: shown as before.
+    s.screen.take()
+    s.receive(f"MSG {TS} alice bob psst")
+    assert s.screen.take() == ["[14:03] (private) you -> bob: psst"]
+    # The line crossed bob's /unpair: the server sends it to bob only.
+    s.type("bye then")
+    assert s.sent() == ["DM bob bye then"]
+    s.receive("UNPAIRED bob left", f"MSG {TS} alice bob bye then")
+    s.screen.take()
+    # Back in the lobby, text is for the lobby again.
+    s.type("hello all")
+    assert s.sent() == ["MSG hello all"]
+
+
+def test_a_paired_line_to_a_partner_who_left_says_so() -> None:
+    s = session()
+    s.ready("alice", users=("bob",))
+    s.receive("PAIRED bob")
+    s.type("take care")
+    assert s.sent() == ["DM bob take care"]
+    s.screen.take()
+    s.receive(
+        f"LEFT {TS} bob quit bye",
+        "UNPAIRED bob left",
+        "ERROR no-such-nick bob is not online",
+    )
+    assert s.screen.take()[-1] == (
+        "! Not sent: bob has left the chat, and your private conversation with them is over."
+    )
+    # A /dm of the user's own to someone offline is said as before.
+    s.type("@bob are you back?")
+    s.receive("ERROR no-such-nick bob is not online")
+    assert s.screen.take()[-1] == "! Not sent: bob is not online."
 
 
 def test_partner_leaves_or_disconnects() -> None:

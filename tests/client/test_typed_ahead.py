@@ -114,7 +114,7 @@ def test_a_script_that_accepts_then_talks_talks_to_its_partner() -> None:
     s.clock.advance(0.2)
     assert s.sent() == ["ACCEPT dave"]
     s.receive("PAIRED dave")
-    assert run_pacer(s) == ["MSG hi dave"]
+    assert run_pacer(s) == ["DM dave hi dave"]
 
 
 def test_lobby_lines_do_not_go_to_someone_who_accepts_our_invitation_meanwhile() -> None:

@@ -171,6 +171,9 @@ class ChatClient(SkipLongLines):
         self._drain_timer: IDelayedCall | None = None
         self._replay: str | None = None  # "login" or "away" while HISTORY lines come
         self._replay_heading = False  # the heading for the lines replayed is shown
+        # The partner (nick_key) the last line of a private conversation was
+        # sent to: an ERROR no-such-nick naming them says the partner left.
+        self._private_to: str | None = None
         # A failure, Ctrl-C, the goodbye: told as an Outcome at the end.
         self.ending = Ending()
         self._quit_timer: IDelayedCall | None = None
@@ -583,6 +586,18 @@ class ChatClient(SkipLongLines):
     def _command_input(self, line: str) -> None:
         action = parse_input(line, inviters=self.pairing.invites)
         if isinstance(action, Send):
+            partner = self.pairing.partner
+            if action.verb == "MSG" and self.state is State.PAIRED and partner:
+                # The private conversation's line goes as DM PARTNER, not MSG:
+                # the server routes a MSG by the pair it knows when it reads
+                # it, and a MSG that crosses the partner's UNPAIR (or their
+                # leaving) would go to the whole lobby and into its history.
+                # A DM reaches the (ex-)partner only, or nobody (ERROR
+                # no-such-nick); its copy back is the same MSG.
+                action = Send("DM", (partner,), action.text)
+                self._private_to = nick_key(partner)
+            elif action.verb == "DM":
+                self._private_to = None  # a /dm of the user's own: said as it is
             self.pairing.sending(action.verb, paired=self.state is State.PAIRED)
             self.send(action)
         elif isinstance(action, Local):
@@ -837,6 +852,13 @@ class ChatClient(SkipLongLines):
         if said is None:
             said = render.error_sentence(code, event.text)
         self.pairing.refused(code)
+        gone = event.text.split(" ", 1)[0] if code == "no-such-nick" else ""
+        if gone and nick_key(gone) == self._private_to and self.state is not State.NICK_SENT:
+            # A line of the private conversation met its partner gone.
+            said = (
+                f"Not sent: {gone} has left the chat, and your private "
+                "conversation with them is over."
+            )
         if code == "server-full" and self.state not in (State.READY, State.PAIRED):
             self.ending.failure = said  # said once, on the way out (BYE full follows)
             return
