@@ -1690,6 +1690,142 @@ def test_a_lobby_line_being_typed_does_not_go_to_the_partner(
     assert composer(alice).get_attribute("value") == line
 
 
+# Installed after _RECORDER: while window.holding is true, the page does not
+# hear what the server sends (held, in order, until window.release()), as
+# if the network were slow from the server to the page only. What the page
+# sends meanwhile goes at once: it still shows what it knew before.
+_HOLDER = r"""
+(() => {
+  window.holding = false;
+  const held = [];
+  window.release = () => {
+    window.holding = false;
+    for (const [ws, fn, event] of held.splice(0)) fn.call(ws, event);
+  };
+  const Inner = window.WebSocket;
+  class Holding extends Inner {
+    set onmessage(fn) {
+      super.onmessage = (event) => {
+        if (window.holding) held.push([this, fn, event]);
+        else fn.call(this, event);
+      };
+    }
+  }
+  window.WebSocket = Holding;
+})();
+"""
+
+
+def holding(driver: Any) -> Any:
+    """C{driver} (recording), whose pages can stop hearing the server (L{_HOLDER})."""
+    driver.execute_cdp_cmd("Page.addScriptToEvaluateOnNewDocument", {"source": _HOLDER})
+    return driver
+
+
+def private_to(client: LineClient, text: str) -> list[str]:
+    """The next message C{client} gets that is not a lobby message: [from, to, text]."""
+    line = client.expect(lambda line: line.startswith("MSG ") and line.split(" ", 4)[3] != "*")
+    return line.split(" ", 4)[2:]
+
+
+def test_the_private_conversation_is_sent_as_dms(
+    web: WebServer, browser: Callable[..., Any], tcp: Callable[[str], LineClient]
+) -> None:
+    """What is typed in the private conversation goes as DM PARTNER, not
+    MSG: the server routes a MSG by the pair it knows when it reads it."""
+    carol = tcp("carol")
+    alice = recording(browser())
+    join(alice, web, "alice")
+    accepted(alice, carol, "carol")
+    say(alice, "hello carol")
+    assert private_to(carol, "hello carol") == ["alice", "carol", "hello carol"]
+    wait_texts(alice, ["hello carol"], "dm:carol")
+    assert [line for line in sent(alice) if "hello carol" in line] == ["DM carol hello carol"]
+
+
+def test_a_private_line_that_crosses_the_partners_leaving_stays_private(
+    web: WebServer, browser: Callable[..., Any], tcp: Callable[[str], LineClient],
+    connect: Callable[..., LineClient],
+) -> None:
+    """carol ends the pair; before the page hears of it, alice (whose screen
+    still says "Private conversation with carol") sends a line. It reaches
+    carol alone, as a DM: not dave in the lobby, nor the lobby's history a
+    newcomer gets. Then carol quits; a line sent before the page hears of it
+    reaches nobody, and the page says so in words."""
+    carol, dave = tcp("carol"), tcp("dave")
+    alice = holding(recording(browser()))
+    join(alice, web, "alice")
+    accepted(alice, carol, "carol")
+    alice.execute_script("window.holding = true")
+    carol.send("UNPAIR")
+    carol.expect("UNPAIRED alice")  # the server has ended the pair
+    secret = "PRIVATE: my password hint is fluffy2019"
+    say(alice, secret)  # the page still shows the private conversation
+    assert private_to(carol, secret) == ["alice", "carol", secret]
+    alice.execute_script("window.release()")
+    conv_name(alice, "# lobby")
+    wait_notice(alice, "Your private conversation with carol ended.")
+    assert not [line for line in dave.sync() if secret in line]
+    newcomer = connect(web.port)
+    assert not [line for line in newcomer.register("eve") if secret in line]
+
+    accepted(alice, carol, "carol")
+    alice.execute_script("window.holding = true")
+    carol.send("BYE off now")
+    assert carol.closed()
+    dave.expect("LEFT ")  # the server has seen carol go
+    say(alice, "take care")
+    alice.execute_script("window.release()")
+    conv_name(alice, "# lobby")
+    gone = "Not sent: carol has left the chat, and your private conversation with them is over."
+    wait_notice(alice, gone)  # where alice is now
+    assert gone in notices(alice, "dm:carol")  # and where the line was typed
+    assert [line for line in sent(alice) if "take care" in line] == ["DM carol take care"]
+    assert not [line for line in dave.sync() if "take care" in line]
+
+
+def test_a_line_the_server_refuses_says_it_was_not_sent(
+    web: WebServer, browser: Callable[..., Any], tcp: Callable[[str], LineClient]
+) -> None:
+    """A message over --max-line (4096 bytes) is told as not sent, and comes
+    back to the message box to be shortened. Control characters (all but
+    TAB) are dropped before sending, as the terminal client drops them: the
+    server would refuse the whole line."""
+    dave = tcp("dave")
+    alice = recording(browser())
+    join(alice, web, "alice")
+    long = "é" * 2100  # 4200 bytes
+    field = composer(alice)
+    alice.execute_script("arguments[0].value = arguments[1]", field, long)
+    field.send_keys(Keys.ENTER)
+    wait_notice(alice, "Your message was too long for the server (at most 4096 bytes a line) "
+                       "and was not sent. It is back in the message box, to shorten.")
+    assert composer(alice).get_attribute("value") == long
+    alice.execute_script("arguments[0].value = arguments[1]", field,
+                         "ring\x07 the\x1b[2J bell\u2028 now\tplease")
+    field.send_keys(Keys.ENTER)
+    assert lobby_lines(dave, 1) == ["alice: ring the[2J bell now\tplease"]
+    assert not [text for text in notices(alice) if "bytes" in text and "not sent" not in text]
+
+
+def test_bidi_controls_in_a_message_are_shown_not_obeyed(
+    web: WebServer, browser: Callable[..., Any], tcp: Callable[[str], LineClient]
+) -> None:
+    """U+202E in a message's text made "rtl: \\u202Eevil.exe" show as
+    "rtl: exe.live": the embeddings, overrides and isolates show as their
+    code points, as the terminal client shows them as escapes; the marks
+    (U+200F) are kept, and the text is isolated."""
+    carol = tcp("carol")
+    alice = browser()
+    join(alice, web, "alice")
+    carol.send("MSG rtl: \u202eevil.exe\u202c and \u2067isolated\u2069 \u200fmark")
+    wait_texts(alice, ["rtl: [U+202E]evil.exe[U+202C] and [U+2067]isolated[U+2069] \u200fmark"])
+    assert alice.execute_script(
+        "return getComputedStyle(document.querySelector('.msg-text')).unicodeBidi") == "isolate"
+    carol.send("BYE \u202egood bye")
+    wait_notice(alice, "carol left: [U+202E]good bye")
+
+
 def test_quit_forgets_the_password_and_join_again_asks_for_it(
     web: WebServer, browser: Callable[..., Any], tcp: Callable[[str], LineClient]
 ) -> None:

@@ -66,7 +66,16 @@
   // link shows each as its code point, "[U+202E]", and is isolated (dir):
   // such a control before it does not reorder it either.
   const BIDI = /[\u200E\u200F\u202A-\u202E\u2066-\u2069]/g;
-  const shownBidi = (text) => text.replace(BIDI, (c) => `[U+${c.codePointAt(0).toString(16).toUpperCase()}]`);
+  const codePoint = (c) => `[U+${c.codePointAt(0).toString(16).toUpperCase()}]`;
+  const shownBidi = (text) => text.replace(BIDI, codePoint);
+  // In a message's text, the embeddings, overrides and isolates (U+202A-202E,
+  // U+2066-2069), which reverse or reorder what follows them
+  // ("rtl: \u202Eevil.exe" showed as "rtl: exe.live"), are shown as their
+  // code points too, as the terminal client shows them as escapes; the marks
+  // (U+200E/F), which Arabic and Hebrew text use, are kept. The text is
+  // isolated as well (.msg-text: unicode-bidi: isolate).
+  const OVERRIDES = /[\u202A-\u202E\u2066-\u2069]/g;
+  const shownOverrides = (text) => text.replace(OVERRIDES, codePoint);
 
   // Text with http(s) links made clickable; both built as DOM nodes.
   function richText(text) {
@@ -75,7 +84,7 @@
     let last = 0;
     for (const m of text.matchAll(re)) {
       let url = m[0].replace(/[.,;:!?)\]]+$/, "");
-      if (m.index > last) frag.append(document.createTextNode(text.slice(last, m.index)));
+      if (m.index > last) frag.append(document.createTextNode(shownOverrides(text.slice(last, m.index))));
       const a = el("a", null, shownBidi(url));
       a.dir = "ltr";
       a.href = url;
@@ -84,7 +93,7 @@
       frag.append(a);
       last = m.index + url.length;
     }
-    if (last < text.length) frag.append(document.createTextNode(text.slice(last)));
+    if (last < text.length) frag.append(document.createTextNode(shownOverrides(text.slice(last))));
     return frag;
   }
 
@@ -963,6 +972,7 @@
         // The history that follows may repeat what the page showed on an
         // earlier connection (a reconnection): those lines are not shown again.
         state.replaySkip = new Map(state.shownLobby);
+        unconfirmed.length = 0; // a new connection answers none of the old one's
         renderConvList();
         joined();
         break;
@@ -999,6 +1009,7 @@
           const peer = state.me && key(from) === key(state.me) ? to : from;
           addMessage(dm(peer), ts(t), from, text);
         }
+        if (state.me && key(from) === key(state.me)) confirmed(to);
         break;
       }
       case "JOINED": {
@@ -1013,7 +1024,7 @@
         state.users.delete(key(nick));
         renderUsers();
         const why = { quit: "left", disconnected: "disconnected", timeout: "timed out", flood: "was disconnected for flooding", sendq: "was disconnected (not reading)" }[reason] || `left (${reason})`;
-        const msg = `${nick} ${why}` + (text ? `: ${text}` : "");
+        const msg = `${nick} ${why}` + (text ? `: ${shownOverrides(text)}` : "");
         lobbyNotice(msg, ts(t));
         const conv = state.convs.get(dmId(nick));
         if (conv) notice(conv, msg, { ts: ts(t) });
@@ -1115,6 +1126,8 @@
         if (!state.online) {
           $("nick-error").textContent = text;
           if (code === "server-full") banner(text, null);
+        } else if (REFUSED.has(code)) {
+          refused(code, text);
         } else if (ACCOUNT_ERRORS[code]) {
           const request = state.accountRequest;
           state.accountRequest = null;
@@ -1442,6 +1455,82 @@
 
   // -- the composer ----------------------------------------------------------------------
 
+  // The messages (MSG, DM) sent and not yet sent back by the server, oldest
+  // first: a refusal (ERROR no-such-nick, too-long) is told in the
+  // conversation of the message it refuses, and a line too long comes back
+  // to its composer to be shortened. The server's copy of a message
+  // confirms the oldest one to the same place.
+  const unconfirmed = [];
+
+  function unconfirmedMessage(line, typed) {
+    const [verb, to] = parse(line, 2);
+    const peer = verb === "DM" ? to : null;
+    const partner = !!(peer && state.partner && key(state.partner) === key(peer));
+    const conv = peer ? dmId(peer) : "lobby";
+    const bytes = new TextEncoder().encode(line).length;
+    unconfirmed.push({ conv, peer, partner, typed, bytes });
+    if (unconfirmed.length > 100) unconfirmed.shift();
+  }
+
+  // The oldest message still unconfirmed that `test` picks, taken out (or null).
+  function takeUnconfirmed(test) {
+    const i = unconfirmed.findIndex(test);
+    return i < 0 ? null : unconfirmed.splice(i, 1)[0];
+  }
+
+  // The server's copy of one of the page's own messages, to `to` (* the lobby).
+  function confirmed(to) {
+    takeUnconfirmed((m) => (to === "*" ? m.peer === null : m.peer !== null && key(m.peer) === key(to)));
+  }
+
+  // ERROR codes that refuse a message, told in the page's words (the
+  // server's are the protocol's): each says the message was not sent.
+  const REFUSED = new Set(["no-such-nick", "too-long", "bad-chars", "bad-encoding"]);
+
+  function refused(code, text) {
+    if (code === "no-such-nick") {
+      const nick = parse(text, 1)[0];
+      const m = NICK_RE.test(nick) ? takeUnconfirmed((u) => u.peer !== null && key(u.peer) === key(nick)) : null;
+      if (!m) return notice(current(), text ? `Not sent: ${text.replace(/\.$/, "")}.` : "Not sent: nobody by that name is online.", { error: true });
+      const said = m.partner
+        ? `Not sent: ${nick} has left the chat, and your private conversation with them is over.`
+        : `Not sent: ${nick} is not online.`;
+      return tellIn(m.conv, said);
+    }
+    if (code === "too-long") {
+      // "lines may be at most 4096 bytes": the oldest message longer than that.
+      const most = Number((/at most (\d+) bytes/.exec(text) || [])[1]) || 0;
+      const m = takeUnconfirmed((u) => u.bytes > most);
+      const limit = most ? ` (at most ${most} bytes a line)` : "";
+      if (!m) return notice(current(), `That line was too long for the server${limit} and was not sent.`, { error: true });
+      const conv = state.convs.get(m.conv);
+      const input = $("composer-input");
+      let back = "";
+      if (conv && conv.id === state.active && !input.value) {
+        input.value = m.typed;
+        back = " It is back in the message box, to shorten.";
+      } else if (conv && !conv.draft && conv.id !== state.active) {
+        conv.draft = m.typed;
+        back = " It is back in its message box, to shorten.";
+      }
+      return tellIn(m.conv, `Your message was too long for the server${limit} and was not sent.${back}`);
+    }
+    const why = code === "bad-chars" ? "contained control characters" : "was not valid UTF-8";
+    notice(current(), `That line ${why} and was not sent.`, { error: true });
+  }
+
+  // An error about conversation `id`: told there, and where the user is.
+  function tellIn(id, text) {
+    const conv = state.convs.get(id);
+    if (conv) notice(conv, text, { error: true });
+    if (!conv || conv !== current()) notice(current(), text, { error: true });
+  }
+
+  // Control characters a person cannot mean to send (TAB is allowed by
+  // chat/1): dropped, as the terminal client drops them (a pasted ESC, BEL
+  // or U+2028 would have the whole line refused with ERROR bad-chars).
+  const UNSENDABLE = /[\x00-\x08\x0a-\x1f\x7f-\x9f\u2028\u2029]/g;
+
   function submitMessage(typed) {
     if (!typed.trim()) return;
     const conv = current();
@@ -1482,14 +1571,18 @@
       }
     } else if (conv.id === "lobby") {
       line = "MSG " + text;
-    } else if (state.partner && key(state.partner) === key(conv.peer)) {
-      line = "MSG " + text; // the private conversation
     } else {
+      // A DM, also in the private conversation: a MSG there would be routed
+      // by the pair the server knows when it reads it, and one that crosses
+      // the partner's leaving (UNPAIR, or their disconnection) would go to
+      // the whole lobby, and into its history. A DM goes to that person
+      // only, or to nobody (ERROR no-such-nick); its copy back is the same.
       line = `DM ${conv.peer} ${text}`;
     }
     if (send(line)) {
       state.sent.push(typed);
       if (state.sent.length > 100) state.sent.shift();
+      unconfirmedMessage(line, typed);
     } else {
       notice(conv, "Not connected: the message was not sent.", { error: true });
     }
@@ -1498,7 +1591,7 @@
   $("composer").addEventListener("submit", (event) => {
     event.preventDefault();
     const input = $("composer-input");
-    const text = input.value.replace(/[\r\n]+/g, " ");
+    const text = input.value.replace(/[\r\n]+/g, " ").replace(UNSENDABLE, "");
     // Emptied first: a command may switch conversations (/dm opens one),
     // and the line is not a draft of the one it was typed in.
     input.value = "";
