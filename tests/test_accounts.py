@@ -675,3 +675,68 @@ def test_add_bounded_by_most(tmp_path: Path, path: str) -> None:
     with pytest.raises(AccountsFull):
         store.add("dave", password_hash, most=2)
     store.add("dave", password_hash, most=3)
+
+
+@pytest.mark.parametrize("denied", ["file", "folder"])
+def test_a_file_the_server_cannot_open_says_whose_it_is_and_whose_the_server_is(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, denied: str
+) -> None:
+    """Review rev12 #4: root's tool made the accounts file (0600) before the
+    first start of a server that runs as another user, which exited with
+    SQLite's "unable to open database file" alone.  Now the reason names the
+    owner, the mode and the server's user.  (SQLite's refusal is the seam's:
+    these tests may run as root, whom the modes do not stop.)"""
+    import pwd
+
+    folder = tmp_path / "state"
+    folder.mkdir()
+    path = folder / "chat.accounts.sqlite3"
+    AccountStore(str(path)).check()  # 0600, this process's
+    folder.chmod(0o700 if denied == "folder" else 0o777)
+    owner = os.stat(path).st_uid
+    server = 65534 if owner != 65534 else 65533
+    monkeypatch.setattr(os, "geteuid", lambda: server)
+    monkeypatch.setattr(os, "getegid", lambda: server)
+    monkeypatch.setattr(os, "getgroups", lambda: [])
+
+    def refused(self: AccountStore) -> sqlite3.Connection:
+        raise sqlite3.OperationalError("unable to open database file")
+
+    monkeypatch.setattr(AccountStore, "_connect", refused)
+    with pytest.raises(AccountStoreError) as e:
+        AccountStore(str(path)).check()
+
+    def user(uid: int) -> str:
+        try:
+            return f"{pwd.getpwuid(uid).pw_name} (uid {uid})"
+        except KeyError:
+            return f"uid {uid}"
+
+    target, mode = (folder, "0700") if denied == "folder" else (path, "0600")
+    assert str(e.value) == (
+        f"cannot open accounts file {str(path)!r}: unable to open database file "
+        f"(permission denied: the {denied} {target} is owned by {user(owner)}, mode {mode}, "
+        f"and this process runs as {user(server)}; the server's user must be able to read "
+        "and write both the file and its folder (chown them to it))")
+
+
+def test_a_refusal_the_modes_do_not_explain_is_said_as_sqlite_says_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The file is this process's, and so is its folder: no guess added."""
+    path = tmp_path / "chat.accounts.sqlite3"
+    AccountStore(str(path)).check()
+    # Not root (whom the check lets through at once): nobody, when root.
+    uid = 65534 if os.geteuid() == 0 else os.geteuid()
+    os.chown(tmp_path, uid, -1)
+    os.chown(path, uid, -1)
+    monkeypatch.setattr(os, "geteuid", lambda: uid)
+
+    def refused(self: AccountStore) -> sqlite3.Connection:
+        raise sqlite3.OperationalError("unable to open database file")
+
+    monkeypatch.setattr(AccountStore, "_connect", refused)
+    with pytest.raises(AccountStoreError) as e:
+        AccountStore(str(path)).check()
+    assert str(e.value) == (
+        f"cannot open accounts file {str(path)!r}: unable to open database file")

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import os
 import pty
+import pwd
 import select
 import signal
 import socket
@@ -32,10 +33,24 @@ def store(tmp_path: Path) -> AccountStore:
     return AccountStore(str(tmp_path / "chat.accounts.sqlite3"))
 
 
+@pytest.fixture(autouse=True)
+def server_database(tmp_path: Path) -> Path:
+    """The server's database in the folder the tool runs in, as after the
+    server's first start: C{add} makes the accounts file beside it without
+    C{--create} (the tests without it remove it)."""
+    db = tmp_path / "chat.sqlite3"
+    db.touch()
+    return db
+
+
 def test_add_list_passwd_remove(tmp_path: Path) -> None:
     done = tool(tmp_path, "add", "Alice", stdin="first-password\n")
     assert done.returncode == 0, done.stderr
-    assert done.stdout == "added an account for Alice\n"
+    where = tmp_path / "chat.accounts.sqlite3"
+    # Each change names the file in full (review rev12 #3: a relative --db
+    # run from another folder changed a file no server reads, unsaid).
+    assert done.stdout.splitlines()[0] == f"added an account for Alice in {where}"
+    assert done.stdout.splitlines()[1].startswith(f"made the accounts file {where} ")
     assert "first-password" not in done.stdout + done.stderr
     account = store(tmp_path).get("alice")
     assert account is not None and verify_password(b"first-password", account.password_hash)
@@ -45,17 +60,20 @@ def test_add_list_passwd_remove(tmp_path: Path) -> None:
     assert listed.stdout.startswith("Alice\tcreated ")
     changed = tool(tmp_path, "passwd", "alice", stdin="second-password\r\n")
     assert changed.returncode == 0, changed.stderr
-    assert changed.stdout == "changed the password of Alice\n"  # as its owner spelled it
+    # As its owner spelled it.
+    assert changed.stdout == f"changed the password of Alice in {where}\n"
     account = store(tmp_path).get("alice")
     assert account is not None and verify_password(b"second-password", account.password_hash)
     removed = tool(tmp_path, "remove", "ALICE")
-    assert removed.returncode == 0 and removed.stdout == "removed the account of Alice\n"
+    assert removed.returncode == 0
+    assert removed.stdout == f"removed the account of Alice from {where}\n"
     emptied = tool(tmp_path, "list")  # the file is there, with no account in it
     assert (emptied.returncode, emptied.stdout, emptied.stderr) == (0, "", "")
 
 
 def test_other_db_path(tmp_path: Path) -> None:
     (tmp_path / "data").mkdir()
+    (tmp_path / "data" / "team.sqlite3").touch()
     done = tool(tmp_path, "add", "--db", "data/team.sqlite3", "bob", stdin="bobs-password\n")
     assert done.returncode == 0, done.stderr
     assert AccountStore(str(tmp_path / "data" / "team.accounts.sqlite3")).exists("bob")
@@ -128,7 +146,7 @@ def test_a_file_that_is_not_an_accounts_file_is_exit_1(tmp_path: Path) -> None:
     done = tool(tmp_path, "list")
     assert (done.returncode, done.stdout) == (1, "")
     assert done.stderr == ("twisted_chat.accounts: cannot use accounts file "
-                           "'chat.accounts.sqlite3': file is not a database\n")
+                           f"'{tmp_path}/chat.accounts.sqlite3': file is not a database\n")
 
 
 def test_help_lists_every_exit_status(tmp_path: Path) -> None:
@@ -160,12 +178,67 @@ def test_a_db_with_no_accounts_file_is_said_not_made(
     and no file made (neither the accounts file nor its folder)."""
     done = tool(tmp_path, command[0], "--db", db, *command[1:], stdin="good-password\n")
     assert (done.returncode, done.stdout) == (1, "")
-    path = db.replace(".sqlite3", ".accounts.sqlite3")
+    path = os.path.join(tmp_path, db.replace(".sqlite3", ".accounts.sqlite3"))
     assert done.stderr.startswith("twisted_chat.accounts: ")
     assert f"there is no accounts file {path!r} for --db {db!r}" in done.stderr
     assert done.stderr.count("\n") == 1
-    assert list(tmp_path.iterdir()) == []
+    assert [p.name for p in tmp_path.iterdir()] == ["chat.sqlite3"]
     assert not os.path.exists("/nonexistent")
+
+
+@pytest.mark.parametrize("db", ["chat.sqlite3", "elsewhere/chat.sqlite3", "{tmp}/chat.sqlite3"])
+def test_add_with_no_server_database_beside_makes_no_file(
+    tmp_path: Path, server_database: Path, db: str
+) -> None:
+    """Review rev12 #3: README's relative --db, run from a folder that is
+    not the server's, made a new accounts file there that no server reads,
+    said "added an account for carol" and exited 0."""
+    server_database.unlink()
+    (tmp_path / "elsewhere").mkdir()
+    db = db.format(tmp=tmp_path)
+    done = tool(tmp_path, "add", "--db", db, "carol", stdin="carols-password\n")
+    assert (done.returncode, done.stdout) == (1, "")
+    full = os.path.join(tmp_path, db)
+    accounts = full.replace(".sqlite3", ".accounts.sqlite3")
+    assert done.stderr == (
+        f"twisted_chat.accounts: there is no accounts file {accounts!r}, nor a server "
+        f"database {full!r} beside it: is --db {db!r} the server's? (the server makes "
+        "both at its first start; --create makes the accounts file now)\n")
+    assert sorted(p.name for p in tmp_path.rglob("*")) == ["elsewhere"]
+
+
+def test_add_create_makes_the_file_and_says_whose_it_is(
+    tmp_path: Path, server_database: Path
+) -> None:
+    """--create: before the server's first start.  The new file is said,
+    with its owner; made by root, a warning says a server of another user
+    cannot open it (review rev12 #4)."""
+    server_database.unlink()
+    done = tool(tmp_path, "add", "--create", "carol", stdin="carols-password\n")
+    assert done.returncode == 0, done.stderr
+    where = tmp_path / "chat.accounts.sqlite3"
+    uid = os.geteuid()
+    owner = f"{pwd.getpwuid(uid).pw_name} (uid {uid})"
+    assert done.stdout == (f"added an account for carol in {where}\n"
+                           f"made the accounts file {where} (mode 0600, owned by {owner})\n")
+    warning = (f"twisted_chat.accounts: warning: {where} belongs to root: a server running "
+               "as another user cannot open it; chown it to that user (or make accounts as "
+               "that user)\n")
+    assert done.stderr == (warning if uid == 0 else "")
+    assert store(tmp_path).exists("carol")
+    # The file is there now: a second add needs no --create, and says nothing of it.
+    again = tool(tmp_path, "add", "dave", stdin="daves-password\n")
+    assert (again.returncode, again.stdout, again.stderr) == (
+        0, f"added an account for dave in {where}\n", "")
+
+
+def test_version(tmp_path: Path) -> None:
+    """Review rev12 #9: --version was a usage error (exit 2)."""
+    import twisted_chat
+
+    done = tool(tmp_path, "--version")
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.startswith(f"twisted-chat {twisted_chat.__version__} (Twisted ")
 
 
 def test_no_password_option_exists(tmp_path: Path) -> None:

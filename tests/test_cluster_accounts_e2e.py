@@ -261,7 +261,7 @@ def test_import_moves_a_single_servers_accounts_into_the_cluster(
     c = cluster(1)
     [node] = c.nodes
     for nick, password in (("Alice", "alice-password"), ("bob", "bob-password")):
-        assert tool(c.tmp, "add", nick, stdin=f"{password}\n").returncode == 0
+        assert tool(c.tmp, "add", "--create", nick, stdin=f"{password}\n").returncode == 0
     assert tool(c.tmp, "add", "--redis", c.url, "BOB", stdin=f"{PW}\n").returncode == 0
     done = tool(c.tmp, "import", "--redis", c.url)
     assert done.returncode == 0, done.stderr

@@ -146,3 +146,24 @@ def test_the_metrics_doc_names_every_metric_served() -> None:
     assert sorted(name for name in served
                   if name.startswith("chat_") and name not in documented) == []
     assert sorted(documented - served) == []
+
+
+def test_the_readme_options_table_lists_every_server_option() -> None:
+    """README's "Options" table against C{twistd chat}'s own options (rev12
+    found --set-retention missing: nothing compared the two)."""
+    from twisted_chat.server.service import Options
+
+    options = Options()
+    names = {flag[0] for flag in options.optFlags}
+    names |= {parameter[0] for parameter in options.optParameters}
+    # Options with a method (repeatable ones, --port); --help and --version
+    # print and exit (the table is of the server's settings), and -p is
+    # --port's short form.
+    names |= {name[4:].replace("_", "-") for name in dir(options)
+              if name.startswith("opt_") and len(name) > 5}
+    names -= {"help", "version"}
+    readme = (ROOT / "README.md").read_text()
+    table = readme.split("\n### Options\n", 1)[1].split("\n#", 1)[0]
+    listed = set(re.findall(r"`--([a-z0-9-]+)`", table))
+    assert sorted(names - listed) == []
+    assert sorted(listed - names) == []

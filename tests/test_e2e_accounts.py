@@ -184,7 +184,7 @@ def test_an_accounts_file_that_goes_while_running_fails_closed(
 def test_register_beyond_max_accounts_is_server_full(
     tmp_path: Path, chat_server: Start, connect: Connect
 ) -> None:
-    tool(tmp_path, "add", "alice", stdin=f"{PW}\n")
+    tool(tmp_path, "add", "--create", "alice", stdin=f"{PW}\n")
     server = chat_server("--max-accounts", "2")
     for nick, answer in (("bob", "REGISTERED bob"), ("carol", "ERROR server-full ")):
         client = hello(connect, server.port)
@@ -202,7 +202,7 @@ def test_register_beyond_max_accounts_is_server_full(
 
 
 def test_required_mode(tmp_path: Path, chat_server: Start, connect: Connect) -> None:
-    tool(tmp_path, "add", "alice", stdin=f"{PW}\n")  # the server is stopped
+    tool(tmp_path, "add", "--create", "alice", stdin=f"{PW}\n")  # before its first start
     server = chat_server("--accounts", "required")
     ghost = refused(connect, server.port, "ghost", "any-password")
     wrong = refused(connect, server.port, "alice", "any-password")
@@ -255,7 +255,7 @@ def test_a_script_that_half_closes_gets_every_answer(
     the password check and are all answered before the close."""
     import socket
 
-    tool(tmp_path, "add", "bot", stdin="bot-password\n")
+    tool(tmp_path, "add", "--create", "bot", stdin="bot-password\n")
     server = chat_server()
     with socket.create_connection(("127.0.0.1", server.port), timeout=10) as sock:
         sock.sendall(b"NICK bot\r\nPASS bot-password\r\nMSG hello from a script\r\n")

@@ -120,3 +120,36 @@ def test_log_messages_puts_the_text_in_the_log_only_when_asked(tmp_path: Path) -
         log = server.log()
         assert ("lobby <alice> in the lobby" in log) is expected, log
         assert ("private <alice> to bob: just to you" in log) is expected, log
+
+
+@pytest.mark.parametrize(("args", "reason"), [
+    (["--prot", "7000"], "option --prot not recognized"),
+    (["--history", "x"], "--history: not an integer: 'x'"),
+    (["--set-retention"], "--set-retention is for cluster mode (--redis) only"),
+])
+def test_a_usage_error_is_its_reason_and_a_hint_not_the_whole_help(
+    tmp_path: Path, args: list[str], reason: str
+) -> None:
+    """Review rev12 #13: a mistyped option printed twistd's whole --help
+    (222 lines, twistd's options and the chat's) on stdout, and the reason
+    last, as "twistd -n: ..."."""
+    done = run_twistd(tmp_path, *args)
+    assert done.returncode == 1
+    assert done.stdout == ""
+    assert done.stderr.splitlines() == [
+        f"twistd chat: {reason}", "'twistd chat --help' lists every option."]
+    assert sorted(p.name for p in tmp_path.iterdir()) == []
+
+
+def test_version_names_twisted_chat_and_its_version(tmp_path: Path) -> None:
+    """Review rev12 #9: 'twistd chat --version' printed Twisted's version
+    only, so an upgrade could not be checked without connecting."""
+    import twisted
+
+    import twisted_chat
+
+    done = run_twistd(tmp_path, "--version")
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.startswith(
+        f"twisted-chat {twisted_chat.__version__} (Twisted {twisted.__version__}, Python ")
+    assert done.stdout.count("\n") == 1

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import platform
 import queue
 from pathlib import Path
 from typing import Any
@@ -329,6 +330,19 @@ def test_the_log_at_start_says_which_send_loop_the_fan_out_uses(
     loops = [line for line in lines if line.startswith("fan-out send loop: ")]
     assert len(loops) == 1, lines
     assert loops[0].removeprefix("fan-out send loop: ").startswith(said), loops
+
+
+def test_the_log_at_start_names_the_version() -> None:
+    """Review rev12 #9: after an upgrade, the log says which twisted-chat
+    (and Twisted, and Python) started, once."""
+    import twisted
+
+    import twisted_chat
+
+    lines = start_log("--db", ":memory:")
+    said = [line for line in lines if line.startswith("twisted-chat ")]
+    assert said == [f"twisted-chat {twisted_chat.__version__} (Twisted {twisted.__version__}, "
+                    f"Python {platform.python_version()})"], lines
 
 
 @pytest.mark.parametrize("port", ["70x0", "tcp:seven", "ssl:7443:privateKey=/nonexistent.pem"])

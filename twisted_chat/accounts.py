@@ -9,6 +9,10 @@ C{--db} names the server's database, as C{twistd chat --db} does; the
 accounts are in the file beside it (C{chat.sqlite3} -> C{chat.accounts.sqlite3}),
 which the server opens for each login and never keeps locked, so this works
 with the server running or stopped, and a change counts from the next login.
+Each change names that file in full.  Only C{add} makes the file, and only
+beside the server's database (made at the server's first start) or with
+C{--create}: a mistyped or relative C{--db} is refused, not a new file that
+no server reads.
 C{--redis} names a cluster's Redis, as C{twistd chat --redis} does: the
 accounts of every node of that cluster, changed the same way (one atomic
 Redis command each, L{twisted_chat.server.cluster.accounts}).  C{import}
@@ -24,6 +28,7 @@ from __future__ import annotations
 
 import argparse
 import getpass
+import os
 import sys
 import time
 from collections.abc import Callable, Coroutine, Sequence
@@ -32,6 +37,7 @@ from typing import TYPE_CHECKING, Any, TextIO
 from twisted.internet import defer
 from twisted.python.failure import Failure
 
+from twisted_chat import version_line
 from twisted_chat.server.accounts import (
     Account,
     AccountAdmin,
@@ -41,6 +47,7 @@ from twisted_chat.server.accounts import (
     NoSuchAccount,
     SQLiteBook,
     accounts_path,
+    describe_user,
     hash_password,
     password_problem,
 )
@@ -86,6 +93,7 @@ def _parser() -> argparse.ArgumentParser:
             "accounts file is the --db file's name with .accounts before its extension."
         ),
     )
+    parser.add_argument("--version", action="version", version=version_line())
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name, helptext, takes_nick in (
         ("add", "create an account for NICK (asks for its password)", True),
@@ -106,6 +114,13 @@ def _parser() -> argparse.ArgumentParser:
         )
         if takes_nick:
             command.add_argument("nick", metavar="NICK")
+        if name == "add":
+            command.add_argument(
+                "--create", action="store_true",
+                help="make the accounts file if there is none, even without the server's "
+                "database beside it (before the server's first start; make it as the "
+                "server's user, which must be able to read and write it)",
+            )
     helptext = ("copy the accounts of a single server's --db into a cluster's --redis, "
                 "passwords and times as they are (a nick with an account there is left "
                 "as it is)")
@@ -153,9 +168,13 @@ def _when(seconds: float) -> str:
 
 async def _command(
     book: AccountAdmin, command: str, nick: str | None, password: Callable[[], bytes],
-    stdout: TextIO,
+    stdout: TextIO, where: str = "",
 ) -> None:
-    """One command on C{book}; C{password} reads the new password."""
+    """
+    One command on C{book}; C{password} reads the new password.  C{where}
+    names the accounts file in full, for the line saying what was done.
+    """
+    into = f" in {where}" if where else ""
     if command == "list":
         for account in await book.list():
             print(f"{account.nick}\tcreated {_when(account.created)}"
@@ -169,16 +188,17 @@ async def _command(
         if held is not None:
             raise AccountExists(held.nick)
         await book.add(nick, hash_password(password()))
-        print(f"added an account for {nick}", file=stdout)
+        print(f"added an account for {nick}{into}", file=stdout)
         return
     if held is None:
         raise NoSuchAccount(nick)
     if command == "remove":
         await book.remove(nick)
-        print(f"removed the account of {held.nick}", file=stdout)
+        print(f"removed the account of {held.nick}{' from ' + where if where else ''}",
+              file=stdout)
         return
     await book.set_hash(nick, hash_password(password()))
-    print(f"changed the password of {held.nick}", file=stdout)
+    print(f"changed the password of {held.nick}{into}", file=stdout)
 
 
 async def _import(book: RedisBook, accounts: list[Account], stdout: TextIO) -> None:
@@ -235,6 +255,27 @@ def _raise(result: object) -> None:
         result.raiseException()
 
 
+def _say_made(path: str, stdout: TextIO, stderr: TextIO) -> None:
+    """
+    The tool made the accounts file: say so, and who owns it.  Made by root,
+    a server running as another user cannot open it (mode 0600): a warning
+    says what to do (review rev12 #4, docs/accounts.md).
+    """
+    try:
+        owner = os.stat(path).st_uid
+    except OSError:
+        return
+    print(f"made the accounts file {path} (mode 0600, owned by {describe_user(owner)})",
+          file=stdout)
+    if owner == 0:
+        print(
+            f"twisted_chat.accounts: warning: {path} belongs to root: a server running as "
+            "another user cannot open it; chown it to that user (or make accounts as "
+            "that user)",
+            file=stderr,
+        )
+
+
 def run(argv: Sequence[str], stdin: TextIO, stdout: TextIO, stderr: TextIO) -> None:
     args = _parser().parse_args(argv)
     nick: str | None = getattr(args, "nick", None)
@@ -264,22 +305,35 @@ def run(argv: Sequence[str], stdin: TextIO, stdout: TextIO, stderr: TextIO) -> N
             return
         if args.db == MEMORY:
             raise Failed(":memory: has no accounts file: accounts made now would be lost")
-        path = accounts_path(args.db)
+        # In full: a relative --db is relative to where the tool was run.
+        path = os.path.abspath(accounts_path(args.db))
         store = AccountStore(path)
-        if args.command != "add" and store.missing():
+        made = store.missing()
+        if made and args.command != "add":
             # Only add makes the file.  Saying "no accounts" (an empty list,
             # "has no account") would hide a mistyped --db; and the file is
             # not made here.
             missing = (f"there is no accounts file {path!r} for --db {args.db!r} "
                        "(is that the server's --db? only add makes the file)")
             raise Failed(f"{nick} has no account: {missing}" if nick else missing)
+        db = os.path.abspath(args.db)
+        if made and not args.create and not os.path.exists(db):
+            # A new file where no server keeps its history is one no server
+            # reads (review rev12 #3: a relative --db, run from elsewhere).
+            raise Failed(
+                f"there is no accounts file {path!r}, nor a server database {db!r} beside "
+                f"it: is --db {args.db!r} the server's? (the server makes both at its "
+                "first start; --create makes the accounts file now)"
+            )
         # The file, inline: every call has its answer when it returns.
         book = SQLiteBook(store, defer.execute)
         done: list[object] = []
         defer.ensureDeferred(_command(
-            book, args.command, nick, lambda: read_password(stdin, stderr), stdout,
+            book, args.command, nick, lambda: read_password(stdin, stderr), stdout, path,
         )).addBoth(done.append)
         _raise(done[0])
+        if made:
+            _say_made(path, stdout, stderr)
     except AccountExists as e:
         raise Failed(f"{e} has an account already (passwd changes its password)") from None
     except NoSuchAccount:

@@ -243,6 +243,62 @@ def _leave_wal(conn: sqlite3.Connection) -> None:
         pass
 
 
+def _denied(e: BaseException | str) -> bool:
+    """Whether C{e} may come from a file's or a folder's permissions."""
+    if isinstance(e, PermissionError):
+        return True
+    return isinstance(e, sqlite3.OperationalError) and str(e) in (
+        "unable to open database file", "attempt to write a readonly database")
+
+
+def describe_user(uid: int) -> str:
+    """C{alice (uid 1000)}, or C{uid 1000} for a number with no name."""
+    import pwd
+
+    try:
+        return f"{pwd.getpwuid(uid).pw_name} (uid {uid})"
+    except KeyError:
+        return f"uid {uid}"
+
+
+def _allows(st: os.stat_result, need: int, uid: int, groups: set[int]) -> bool:
+    """Whether the mode of C{st} gives C{need} (of 4 read, 2 write, 1
+    search) to a process of C{uid} and C{groups} that is not root."""
+    if st.st_uid == uid:
+        bits = st.st_mode >> 6
+    elif st.st_gid in groups:
+        bits = st.st_mode >> 3
+    else:
+        bits = st.st_mode
+    return bits & need == need
+
+
+def access_problem(path: str) -> str | None:
+    """
+    Why this process may not use the accounts file C{path}, by the owners
+    and modes of the file and its folder (SQLite reads and writes the file,
+    and makes its journal in the folder), in words naming both users; or
+    C{None} when they allow it, or cannot be looked at.  Root is allowed
+    everything.
+    """
+    uid = os.geteuid()
+    if uid == 0:
+        return None
+    groups = {os.getegid(), *os.getgroups()}
+    folder = os.path.dirname(os.path.abspath(path))
+    for target, need, what in ((folder, 3, "folder"), (path, 6, "file")):
+        try:
+            st = os.stat(target)
+        except OSError:
+            continue
+        if not _allows(st, need, uid, groups):
+            return (f"permission denied: the {what} {target} is owned by "
+                    f"{describe_user(st.st_uid)}, mode {st.st_mode & 0o7777:04o}, and this "
+                    f"process runs as {describe_user(uid)}; the server's user must be able "
+                    "to read and write both the file and its folder (chown them to it)")
+    return None
+
+
 def accounts_path(db: str) -> str:
     """
     The accounts file that goes with the history database C{db}:
@@ -293,7 +349,15 @@ class AccountStore:
         return cls(accounts_path(db))
 
     def _fail(self, what: str, e: BaseException | str) -> AccountStoreError:
-        return AccountStoreError(f"cannot {what} accounts file {self.path!r}: {e}")
+        said = f"cannot {what} accounts file {self.path!r}: {e}"
+        if _denied(e):
+            # SQLite's "unable to open database file" says nothing of why:
+            # most often, the file (made by root's tool before the first
+            # start) or its folder is not the server's user's.
+            problem = access_problem(self.path)
+            if problem is not None:
+                said = f"{said} ({problem})"
+        return AccountStoreError(said)
 
     def _connect(self) -> sqlite3.Connection:
         """A connection to the file, which must exist: C{mode=rw} never

@@ -15,7 +15,7 @@ import dataclasses
 import math
 import os
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any, TypeVar
 
 from prometheus_client.registry import CollectorRegistry
@@ -24,6 +24,7 @@ from twisted.internet.defer import Deferred
 from twisted.python import usage
 from twisted.python.failure import Failure
 
+from twisted_chat import version_line
 from twisted_chat.server import descriptors, logs, metrics, metricsport
 from twisted_chat.server.accounts import (
     AccountBook,
@@ -355,6 +356,31 @@ class Options(usage.Options):
         _parsed("trust-proxy", lambda value: parse_networks([value]), proxies)  # checked
         self["trust-proxy"].append(proxies)
 
+    def opt_version(self) -> None:
+        """Display the versions of twisted-chat, Twisted and Python, and exit."""
+        print(version_line())
+        sys.exit(0)
+
+    def parseOptions(self, options: Sequence[str] | None = None) -> None:
+        """
+        Under twistd, a usage error (a mistyped option, a bad value, options
+        that do not go together) is one line on stderr and a hint, exit
+        status 1.  twistd's own way printed its whole C{--help}, its options
+        and ours (over 200 lines), on stdout, then the reason last, as
+        C{twistd -n: ...}.  twistd catches the error only to print that, so
+        it is said here and never reaches twistd; alone (the tests, no
+        C{parent}), the C{UsageError} is raised as usual.
+        """
+        try:
+            super().parseOptions(options)
+        except usage.UsageError as e:
+            if getattr(self, "parent", None) is None:
+                raise
+            reason = str(e).removeprefix("twistd chat: ")
+            sys.stderr.write(f"twistd chat: {reason}\n"
+                             "'twistd chat --help' lists every option.\n")
+            raise SystemExit(1) from None
+
     def postOptions(self) -> None:
         if not self["ports"]:
             self["ports"] = [f"tcp:{DEFAULT_PORT}"]
@@ -544,6 +570,7 @@ def makeService(options: Options, reactor: Any = None) -> IService:
         sys.stderr.write(f"twistd chat: WARNING: {fitted.warning}\n")
         log.warn("{warning}", warning=fitted.warning)
         config = dataclasses.replace(config, max_clients=fitted.max_clients)
+    log.info("{version}", version=version_line())
     log.info("fan-out send loop: {loop}", loop=send_loop(config.direct_send))
     if options["redis"]:
         return _cluster_service(options, config, reactor)

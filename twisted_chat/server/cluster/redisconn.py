@@ -6,7 +6,7 @@ and L{connect} opens one txredisapi connection, authenticated and on its
 database, through a Twisted endpoint.  Nothing here knows about the
 cluster's keys or the node: the node's log (L{redislog}) builds its
 connections and their reconnection on this, and so does the operator's tool
-(C{twisted-chat-accounts --redis}, L{twisted_chat.server.cluster.accounts}),
+(C{python -m twisted_chat.accounts --redis}, L{twisted_chat.server.cluster.accounts}),
 which must not load the node to open a connection.  The URL's forms:
 docs/cluster.md, "Running three nodes" (C{--redis URL}).
 """
