@@ -31,7 +31,14 @@ def test_a_terminal_asks_for_the_password_without_showing_it() -> None:
     _asked_for_password(s)
     assert s.client.state is State.ASK_PASSWORD
     assert s.screen.secret_prompt == "password for alice: "
-    assert "has an account here" in s.screen.lines[-1]
+    # Not "alice has an account here": under --accounts required the server
+    # asks every nick, one with no account too (review rev12 #2).
+    asked = " ".join(s.screen.text().split())
+    assert "has an account here" not in asked
+    assert ("* The server asks for the password of alice: type it (it is not shown), or "
+            "just Enter to choose another nickname. (It asks when the nickname has an "
+            "account, or for every nickname if it admits only accounts its operator "
+            "made.)") in asked
     s.client.secret_line(SECRET)
     assert s.sent() == [f"PASS {SECRET}"]
     assert s.screen.secret_prompt is None
@@ -77,7 +84,9 @@ def test_a_wrong_password_on_a_terminal_asks_again() -> None:
     s.client.secret_line("not the one")
     assert s.sent() == ["PASS not the one"]
     s.receive("RETRY bad-password wrong password, or no account for that nick; send NICK again")
-    assert "! The password for alice was not accepted." in s.screen.lines
+    # The server's words, which do not say which of the two it was.
+    assert ("! The password for alice was not accepted (wrong password, or no account for "
+            "that nick).") in " ".join(s.screen.text().split())
     assert s.sent() == ["NICK alice"]  # the server wants NICK again
     s.receive("PASS alice")
     assert s.screen.secret_prompt == "password for alice: "
@@ -183,7 +192,7 @@ def test_a_script_without_chat_password_stops() -> None:
     assert s.sent() == ["BYE"]  # nothing else: not the queued message
     s.receive("BYE quit")
     assert s.lose() == Outcome(
-        1, "The nickname alice has an account here: give its password in CHAT_PASSWORD."
+        1, "The server asks for the password of alice: give it in CHAT_PASSWORD."
     )
 
 
@@ -194,7 +203,9 @@ def test_a_script_with_a_wrong_password_stops() -> None:
     s.receive("RETRY bad-password wrong password, or no account for that nick")
     assert s.sent() == ["BYE"]
     s.receive("BYE quit")
-    assert s.lose() == Outcome(1, "The password for alice was not accepted.")
+    assert s.lose() == Outcome(
+        1, "The password for alice was not accepted (wrong password, or no account for "
+        "that nick).")
 
 
 def test_a_script_whose_nick_came_from_its_input_stops_at_a_wrong_password() -> None:
@@ -208,7 +219,7 @@ def test_a_script_whose_nick_came_from_its_input_stops_at_a_wrong_password() -> 
     s.receive("RETRY bad-password wrong password")
     assert s.sent() == ["BYE"]
     s.receive("BYE quit")
-    assert s.lose() == Outcome(1, "The password for alice was not accepted.")
+    assert s.lose() == Outcome(1, "The password for alice was not accepted (wrong password).")
 
 
 def test_cut_off_after_failed_logins_says_so() -> None:

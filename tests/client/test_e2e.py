@@ -152,6 +152,28 @@ def test_refused_connection_exits_non_zero_with_a_clear_message() -> None:
     assert result.stdout == ""
 
 
+def test_a_unix_socket(
+    tmp_path: Path, chat_server: Callable[..., ServerProcess], connect: Callable[..., LineClient]
+) -> None:
+    """Review rev12 #8: the server listens on --port unix:PATH (README), and
+    the client could not connect there ("invalid hostname")."""
+    sock = tmp_path / "chat.sock"
+    server = chat_server("--port", f"unix:{sock}")
+    wait_until(sock.exists)
+    bob = connect(server.port)
+    bob.register("bob")
+    result = run_client(["--nick", "alice", "--no-history", f"unix:{sock}"],
+                        "hello over a unix socket\n")
+    assert result.returncode == 0, result.stderr
+    seen = "\n".join(bob.sync())
+    assert re.search(rf"^MSG {TS} alice \* hello over a unix socket$", seen, re.M), seen
+    # Nothing listens at a path: said as such.
+    missing = run_client(["--nick", "alice", f"unix:{tmp_path}/none.sock"], "hello\n")
+    assert missing.returncode == 1
+    assert_clean_failure(missing.stderr, f"Cannot connect to unix:{tmp_path}/none.sock: no "
+                         "such socket (is the server listening on that path?).")
+
+
 def test_server_shutdown_is_reported(
     alice_online: tuple[ServerProcess, LineClient, PipedClient],
 ) -> None:

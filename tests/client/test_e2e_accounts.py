@@ -48,13 +48,16 @@ def test_a_script_registers_then_needs_its_password(
     assert code == 0, err
     assert re.search(rf"{TIME} <robot> logged in\n", out)
 
-    code, out, err = _run(nick, "never sent\n", "wrong password")
+    code, out, err = _run(nick, "never sent\n", "not the right one")
     assert code == 1
-    assert_clean_failure(err, "The password for robot was not accepted.")
+    assert_clean_failure(err, "The password for robot was not accepted (wrong password, "
+                         "or no account for that nick).")
+    assert "not the right one" not in out + err
 
     code, out, err = _run(nick, "never sent\n", None)
     assert code == 1
-    assert_clean_failure(err, "give its password in CHAT_PASSWORD")
+    assert_clean_failure(err, "The server asks for the password of robot: give it in "
+                         "CHAT_PASSWORD.")
     for text in (out, err):
         assert PW not in text and "wrong password" not in text
     seen = "\n".join(watcher.sync())
@@ -81,7 +84,8 @@ def test_the_password_prompt_on_a_terminal_shows_nothing(
     term.wait_row(r"^password for alice:$")
     term.keys("not it at all")
     term.key("Enter")
-    term.wait_row(r"^! The password for alice was not accepted\.$")
+    term.wait_row(r"^! The password for alice was not accepted \(wrong password, or no "
+                  r"account for that nick\)\.$")
     term.wait_row(r"^password for alice:$")
     term.keys(PW)
     term.wait_row(r"^password for alice:$")

@@ -15,6 +15,8 @@ from twisted_chat.client.main import (
     OUTPUT_TIMEOUT,
     build_parser,
     log_observer,
+    make_endpoint,
+    options_label,
     output_cut,
     parse_options,
     server_label,
@@ -84,6 +86,56 @@ def test_ca_file_implies_tls(tmp_path: Path) -> None:
 def test_server_label() -> None:
     assert server_label("example.org", 7000) == "example.org:7000"
     assert server_label("::1", 7000) == "[::1]:7000"
+
+
+@pytest.mark.parametrize("host", ["unix:/run/chat/chat.sock", "/run/chat/chat.sock",
+                                  "unix:./chat.sock", "./chat.sock"])
+def test_a_unix_socket_is_a_path_for_host(host: str) -> None:
+    """Review rev12 #8: the server documents --port unix:PATH, and the
+    client took unix:/... for a host name ("invalid hostname")."""
+    from twisted.internet.endpoints import UNIXClientEndpoint
+
+    options = parse_options(["--nick", "alice", host])
+    path = host.removeprefix("unix:")
+    assert options.unix == path
+    assert options_label(options) == f"unix:{path}"
+    endpoint = make_endpoint(MemoryReactorClock(), options)
+    assert isinstance(endpoint, UNIXClientEndpoint)
+    assert endpoint._path == path
+
+
+def test_a_host_name_is_not_a_unix_socket() -> None:
+    options = parse_options(["chat.example.org", "7001"])
+    assert options.unix is None
+    assert options_label(options) == "chat.example.org:7001"
+
+
+@pytest.mark.parametrize(("argv", "said"), [
+    (["unix:"], "unix: needs the socket's path, e.g. unix:/tmp/chat.sock"),
+    (["unix:/tmp/chat.sock", "7000"], "unix:/tmp/chat.sock is a UNIX socket: it takes no PORT"),
+    (["--tls", "unix:/tmp/chat.sock"],
+     "--tls and --ca are for TCP: a UNIX socket does not leave this machine"),
+])
+def test_a_unix_socket_with_what_it_cannot_take_exits_2(
+    argv: list[str], said: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(SystemExit) as exited:
+        parse_options(argv)
+    assert exited.value.code == 2
+    assert capsys.readouterr().err.endswith(f"error: {said}\n")
+
+
+def test_version(capsys: pytest.CaptureFixture[str]) -> None:
+    """Review rev12 #9: --version was "the following arguments are required: HOST"."""
+    import twisted
+
+    import twisted_chat
+
+    with pytest.raises(SystemExit) as exited:
+        parse_options(["--version"])
+    assert exited.value.code == 0
+    assert capsys.readouterr().out.startswith(
+        f"twisted-chat {twisted_chat.__version__} (Twisted {twisted.__version__}, Python ")
 
 
 @pytest.mark.parametrize(

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import time
 
+import pytest
+
 from hypothesis import example, given
 from hypothesis import strategies as st
 
@@ -204,3 +206,18 @@ def test_a_lobby_line_that_mentions_you_is_highlighted() -> None:
     assert Style.MENTION not in [s.style for s in r.message(TS, "alice", "*", "alice here")]
     assert Style.MENTION not in [s.style for s in r.message(TS, "bob", "*", "hi all")]
     assert Style.MENTION not in [s.style for s in r.message(TS, "bob", "alice", "alice!")]
+
+
+@pytest.mark.parametrize(("text", "said"), [
+    ("wrong password, or no account for that nick; send NICK again",
+     "The password for zed was not accepted (wrong password, or no account for that nick)."),
+    ("the server could not check the password now; try again later",
+     "The password for zed was not accepted (the server could not check the password now; "
+     "try again later)."),
+    ("", "The password for zed was not accepted."),
+])
+def test_a_refused_password_says_what_the_server_says_and_no_more(text: str, said: str) -> None:
+    """Review rev12 #2: under --accounts required the server's answer is the
+    same for a wrong password and a nick with no account, and says so; the
+    client said only "not accepted", after claiming the nick had an account."""
+    assert render.retry("zed", "bad-password", text) == said

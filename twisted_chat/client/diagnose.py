@@ -6,6 +6,8 @@ connection that could not be made, or a TLS server asked in plain text
 
 from __future__ import annotations
 
+import errno
+
 from twisted.python.failure import Failure
 
 
@@ -53,4 +55,8 @@ def describe_connect_error(reason: Failure) -> str:
         return "no answer (timed out)"
     if isinstance(value, error.NoRouteError):
         return "no route to the host"
+    if isinstance(value, error.ConnectError) and value.osError == errno.ENOENT:
+        return "no such socket (is the server listening on that path?)"
+    if isinstance(value, error.ConnectError) and value.osError == errno.EACCES:
+        return "permission denied (the socket, or a folder on its path, is not yours to use)"
     return reason.getErrorMessage().rstrip(".") or "connection failed"

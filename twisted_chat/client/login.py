@@ -228,7 +228,11 @@ class Login:
     # -- the password ------------------------------------------------------------
 
     def password_asked(self, nick: str) -> None:
-        """The server's C{PASS}: C{nick} (as the account spells it) has an account."""
+        """
+        The server's C{PASS}: C{nick} has an account, or the server asks
+        every nick (C{--accounts required}, where a nick with no account is
+        asked too): the words claim neither (review rev12 #2).
+        """
         client = self._client
         if client.state is not State.NICK_SENT:
             return
@@ -236,14 +240,16 @@ class Login:
         if client.interactive:
             client.drop_typed_ahead("before the password prompt")
             client.notice(
-                f"The nickname {nick} has an account here: type its password (it is "
-                "not shown), or just Enter to choose another nickname."
+                f"The server asks for the password of {nick}: type it (it is not "
+                "shown), or just Enter to choose another nickname. (It asks when the "
+                "nickname has an account, or for every nickname if it admits only "
+                "accounts its operator made.)"
             )
             self._ask_password()
             return
         name, password = self._passwords.scripted("PASS")
         if not password:
-            self._fail(f"The nickname {nick} has an account here: give its password in {name}.")
+            self._fail(f"The server asks for the password of {nick}: give it in {name}.")
             return
         problem = password_problem(password)
         if problem is not None:

@@ -1,8 +1,10 @@
 """
 C{python -m twisted_chat.client [--nick NICK] [--tls] [--ca FILE] HOST [PORT]}
+C{python -m twisted_chat.client [--nick NICK] unix:PATH}
 
 Runs on the Twisted reactor: the server connection is a client endpoint
-(TCP, or TLS through L{optionsForClientTLS}), the keyboard and screen are
+(TCP, TLS through L{optionsForClientTLS}, or a UNIX socket: the server's
+C{--port unix:PATH}), the keyboard and screen are
 L{StandardIO}.  No threads, no blocking reads.
 
 On a terminal (stdin and stdout both ttys) the terminal goes into raw mode and
@@ -26,7 +28,12 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, NoReturn
 
 from twisted.internet import defer, task
-from twisted.internet.endpoints import HostnameEndpoint, connectProtocol, wrapClientTLS
+from twisted.internet.endpoints import (
+    HostnameEndpoint,
+    UNIXClientEndpoint,
+    connectProtocol,
+    wrapClientTLS,
+)
 from twisted.internet.interfaces import IDelayedCall, IReactorTime, IStreamClientEndpoint
 from twisted.internet.stdio import StandardIO
 from twisted.logger import (
@@ -40,6 +47,7 @@ from twisted.logger import (
 from twisted.python.failure import Failure
 from zope.interface import provider
 
+from twisted_chat import version_line
 from twisted_chat.client import render
 from twisted_chat.client.flow import buffered
 from twisted_chat.client.pipe import PipeIO
@@ -87,6 +95,7 @@ Ctrl-D on an empty line sends the lines still waiting, then leaves.
 examples:
   python -m twisted_chat.client chat.example.org
   python -m twisted_chat.client --nick alice --tls chat.example.org 7443
+  python -m twisted_chat.client unix:/run/twisted-chat/chat.sock
   echo "hello from cron" | python -m twisted_chat.client --nick robot localhost
 """
 
@@ -153,16 +162,29 @@ def build_parser() -> argparse.ArgumentParser:
         help="do not ring the terminal bell for a mention, a private message or an "
         "invitation (it never rings in a script)",
     )
-    parser.add_argument("host", metavar="HOST", help="the server's host name or address")
+    parser.add_argument("--version", action="version", version=version_line())
+    parser.add_argument(
+        "host",
+        metavar="HOST",
+        help="the server's host name or address, or unix:PATH for the UNIX socket a "
+        "server listens on (its --port unix:PATH; a HOST with a / in it is a path too)",
+    )
     parser.add_argument(
         "port",
         metavar="PORT",
         nargs="?",
         type=_port,
-        default=DEFAULT_PORT,
         help=f"the server's port (default {DEFAULT_PORT})",
     )
     return parser
+
+
+def unix_path(host: str) -> str | None:
+    """The socket's path when C{host} names a UNIX socket (C{unix:PATH},
+    or a path: no host name has a C{/}), else C{None}."""
+    if host.startswith("unix:"):
+        return host[len("unix:"):]
+    return host if "/" in host else None
 
 
 def _port(text: str) -> int:
@@ -193,6 +215,17 @@ def parse_options(argv: Sequence[str] | None) -> argparse.Namespace:
             f"--nick {options.nick!r} is not a valid nickname (1-24 letters, digits, "
             "_ or -, starting with a letter)"
         )
+    options.unix = unix_path(options.host)
+    if options.unix is not None:
+        if not options.unix:
+            parser.error("unix: needs the socket's path, e.g. unix:/tmp/chat.sock")
+        if options.port is not None:
+            parser.error(f"{options.host} is a UNIX socket: it takes no PORT")
+        if options.tls or options.ca is not None:
+            parser.error("--tls and --ca are for TCP: a UNIX socket does not leave "
+                         "this machine")
+    if options.port is None:
+        options.port = DEFAULT_PORT
     if options.ca is not None and not options.tls:
         options.tls = True  # --ca only makes sense with TLS
     if options.ca is not None:
@@ -209,7 +242,18 @@ def server_label(host: str, port: int) -> str:
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
+def options_label(options: argparse.Namespace) -> str:
+    """The server, as the client's messages name it."""
+    if options.unix is not None:
+        return f"unix:{options.unix}"
+    return server_label(options.host, options.port)
+
+
 def make_endpoint(reactor: Any, options: argparse.Namespace) -> IStreamClientEndpoint:
+    if options.unix is not None:
+        return UNIXClientEndpoint(  # type: ignore[no-untyped-call]
+            reactor, options.unix, timeout=options.timeout
+        )
     endpoint: IStreamClientEndpoint = HostnameEndpoint(
         reactor, options.host, options.port, timeout=options.timeout
     )
@@ -340,7 +384,7 @@ def output_cut(left: int) -> str:
 
 async def run(reactor: Any, options: argparse.Namespace) -> None:
     interactive = is_terminal()
-    label = server_label(options.host, options.port)
+    label = options_label(options)
     client = ChatClient(
         None,
         nick=options.nick,

@@ -338,8 +338,11 @@ def retry(nick: str, reason: str, text: str) -> str:
         return sentence(_with_detail("The server is briefly unavailable", text))
     if reason == "bad-password":
         # The server does not say whether the nick has an account (under
-        # --accounts required): neither can we.
-        return f"The password for {nick} was not accepted."
+        # --accounts required): neither can we.  Its words say so ("wrong
+        # password, or no account for that nick"), or that it could not
+        # check; "send NICK again" is the protocol's, done for the user.
+        detail = re.sub(r";?\s*send NICK again\.?$", "", text.strip())
+        return sentence(_with_detail(f"The password for {nick} was not accepted", detail))
     if nick and nick in text:
         # The server's text names the nick and says what is wrong with it.
         return sentence(text[0].upper() + text[1:])
