@@ -145,7 +145,6 @@ def test_version_names_twisted_chat_and_its_version(tmp_path: Path) -> None:
     """Review rev12 #9: 'twistd chat --version' printed Twisted's version
     only, so an upgrade could not be checked without connecting."""
     import twisted
-
     import twisted_chat
 
     done = run_twistd(tmp_path, "--version")

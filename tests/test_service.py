@@ -336,7 +336,6 @@ def test_the_log_at_start_names_the_version() -> None:
     """Review rev12 #9: after an upgrade, the log says which twisted-chat
     (and Twisted, and Python) started, once."""
     import twisted
-
     import twisted_chat
 
     lines = start_log("--db", ":memory:")

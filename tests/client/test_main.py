@@ -128,7 +128,6 @@ def test_a_unix_socket_with_what_it_cannot_take_exits_2(
 def test_version(capsys: pytest.CaptureFixture[str]) -> None:
     """Review rev12 #9: --version was "the following arguments are required: HOST"."""
     import twisted
-
     import twisted_chat
 
     with pytest.raises(SystemExit) as exited:
