@@ -16,7 +16,7 @@ from typing import Any
 from tests.test_cluster_outage import AnsweringRedis, outage, redis_log
 from tests.test_cluster_refused import _Conn, applied, connected, heartbeat
 from tests.test_cluster_unit import Cluster, Node
-from twisted_chat.server.cluster.redislog import APPEND_SHA
+from twisted_chat.server.cluster.redisstream import APPEND_SHA
 from twisted_chat.server.cluster.replica import DEAD_KEEP, HELLO
 
 

@@ -23,7 +23,7 @@ from tests.serverproc import LineClient
 from tests.test_cluster_e2e import Cluster
 from tests.test_cluster_e2e import cluster as cluster_fixture
 from tests.test_cluster_read_e2e import Resp
-from twisted_chat.server.cluster.redislog import (
+from twisted_chat.server.cluster.redisstream import (
     APPEND,
     CHANNEL,
     DROP_LOST_SNAPSHOT,

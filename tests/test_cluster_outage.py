@@ -27,7 +27,8 @@ from tests.test_cluster_unit import Cluster, MemoryLog, Node, NodeLog, Untold, c
 from twisted_chat.server.cluster.node import ClusterState
 from twisted_chat.server.cluster.redisconfig import CLAIM_RETENTION
 from twisted_chat.server.cluster.redisconn import parse_url
-from twisted_chat.server.cluster.redislog import APPEND_SHA, RedisLog
+from twisted_chat.server.cluster.redislog import RedisLog
+from twisted_chat.server.cluster.redisstream import APPEND_SHA
 from twisted_chat.server.cluster.service import FactoryHooks
 from twisted_chat.server.history import History
 from twisted_chat.server.hub import HubError, HubSettings

@@ -32,14 +32,12 @@ from twisted_chat.server.cluster.node import ClusterState
 from twisted_chat.server.cluster.redisconfig import CLAIM_RETENTION, CONFIG, FIELDS
 from twisted_chat.server.cluster.redisconn import parse_url
 from twisted_chat.server.cluster.redishistory import HISTORY_ADD_SHA
-from twisted_chat.server.cluster.redislog import (
+from twisted_chat.server.cluster.redislog import READ_COUNT, SCRIPTS, RedisLog
+from twisted_chat.server.cluster.redisstream import (
     APPEND_SHA,
     CHANNEL,
     DROP_LOST_SNAPSHOT,
-    READ_COUNT,
     SAVE_SNAPSHOT_SHA,
-    SCRIPTS,
-    RedisLog,
 )
 from twisted_chat.server.cluster.streamids import id_key
 from twisted_chat.server.history import History

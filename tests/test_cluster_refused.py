@@ -19,7 +19,8 @@ from twisted.internet.defer import Deferred, ensureDeferred
 
 from tests.test_cluster_outage import FakeRedis, redis_log
 from twisted_chat.server.cluster.node import KEPT_RETRY, ClusterState
-from twisted_chat.server.cluster.redislog import APPEND_SHA, RedisLog
+from twisted_chat.server.cluster.redislog import RedisLog
+from twisted_chat.server.cluster.redisstream import APPEND_SHA
 from twisted_chat.server.cluster.streamids import id_key
 from twisted_chat.server.hub import User
 

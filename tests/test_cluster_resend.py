@@ -36,7 +36,8 @@ from twisted_chat.server.cluster.redishistory import (
     history_rows,
     history_write,
 )
-from twisted_chat.server.cluster.redislog import STREAM, RedisLog
+from twisted_chat.server.cluster.redislog import RedisLog
+from twisted_chat.server.cluster.redisstream import STREAM
 from twisted_chat.server.cluster.streamids import id_key
 from twisted_chat.server.hub import HubError, User
 from twisted_chat.server.state import StateUnavailable

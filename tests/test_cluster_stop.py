@@ -12,7 +12,8 @@ import json
 from twisted.internet.defer import ensureDeferred
 
 from tests.test_cluster_outage import AnsweringRedis, redis_log
-from twisted_chat.server.cluster.redislog import APPEND_SHA, STOP_RETRY, RedisLog
+from twisted_chat.server.cluster.redislog import STOP_RETRY, RedisLog
+from twisted_chat.server.cluster.redisstream import APPEND_SHA
 
 
 def _down(log: RedisLog, redis_back: list[bool]) -> list[AnsweringRedis]:

@@ -23,6 +23,8 @@ The modules:
   - L{own}: the node's own users, the index its fan-out walks;
   - L{redislog}: the node's event log in Redis: the stream, catch-up and
     loss recovery, leases, snapshots, the history's writes;
+  - L{redisstream}: the cluster's keys in Redis, the stream's scripts, and
+    how an entry names the one it follows;
   - L{redishistory}: the history's keys, scripts and rows in Redis;
   - L{redisconfig}: what a node checks of its database at each connection:
     the kinds of the C{chat:} keys, and the cluster's one retention;

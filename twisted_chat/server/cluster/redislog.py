@@ -1,38 +1,6 @@
 """
-The Redis side of a cluster node.
-
-Keys (all under C{chat:}):
-  - C{chat:events}: the stream of events, the cluster's one order.  Each node
-    appends with one script (L{APPEND}: C{XADD}, then C{PUBLISH} of the
-    event with its id and the id it follows on the channel C{chat:live:<db>});
-    the entry's id is the event's time.
-  - C{chat:node:<id>}: a node's lease, renewed by its heartbeat; a node whose
-    lease has expired is declared dead by whichever node notices first.
-  - C{chat:nodes}: the ids of the nodes (a set): each node adds its own at
-    every heartbeat, and takes out those whose lease has expired; with their
-    leases, the live nodes, users or not (C{--metrics}).
-  - C{chat:snapshot}: the state as of some event id (JSON, see
-    L{Replica.snapshot}), written by each node every L{SNAPSHOT_INTERVAL}
-    seconds, only over an older one (L{SAVE_SNAPSHOT}); a starting node loads
-    it and reads the stream after it.  The stream is trimmed to the snapshot
-    before the last one.
-  - C{chat:history}: every lobby message (a sorted set scored by time, each
-    member C{<sequence number> <time> <nick> <text>}: L{_history_row};
-    C{<sequence number> [nick, text, time]} in JSON before, still read),
-    written by the sender's node (L{HISTORY_ADD}), pruned by C{--retain-days},
-    C{--retain-messages} and C{--retain-bytes} (L{PRUNE_HISTORY}); these
-    scripts and the rows' encoding are in L{redishistory}.
-  - C{chat:history:size}: the count of the history's bytes, for
-    C{--retain-bytes} (a hash: C{bytes}, C{members}, and C{upto}, the score
-    up to which they are counted, C{+inf} once all are), kept by the
-    history's writes and the pruning.
-  - C{chat:epoch}: a random value set once; when it changes, Redis lost
-    its data.
-  - C{chat:config}: the cluster's settings (a hash): its history
-    retention, recorded by the first node (L{redisconfig}).
-  - (Not this module's: C{chat:accounts} and C{chat:fails:*},
-    L{twisted_chat.server.cluster.accounts}; C{chat:ip:*}, the addresses'
-    lobby and registration buckets, L{twisted_chat.server.cluster.budgets}.)
+The Redis side of a cluster node: its connections, and everything it does
+with them.  The keys and the stream's scripts: L{redisstream}.
 
 Reading: every node subscribes to the channel on a connection of its own
 and applies the events published there, in the channel's order (Redis runs
@@ -68,7 +36,6 @@ like a closed connection.
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import random
 from collections import deque
@@ -115,19 +82,28 @@ from twisted_chat.server.cluster.redishistory import (
     history_write,
     prune_again,
 )
+from twisted_chat.server.cluster.redisstream import (
+    APPEND,
+    APPEND_SHA,
+    APPENDING,
+    CHANNEL,
+    DROP_LOST_SNAPSHOT,
+    EPOCH,
+    LEASE,
+    NODES,
+    SAVE_SNAPSHOT,
+    SAVE_SNAPSHOT_SHA,
+    SNAPSHOT,
+    STREAM,
+    entry_content,
+    follows,
+    follows_id,
+)
 from twisted_chat.server.cluster.streamids import id_key
 from twisted_chat.server.history import Entry
 
 __all__ = ["RedisLog"]
 
-STREAM = "chat:events"
-# The pub/sub channel is "chat:live:<db>": channels are not a database's
-# (two clusters on one Redis, in two databases, must not hear each other).
-CHANNEL = "chat:live"
-SNAPSHOT = "chat:snapshot"
-EPOCH = "chat:epoch"
-LEASE = "chat:node:"
-NODES = "chat:nodes"
 # The kind of value (as TYPE names it) under each of the cluster's keys a
 # node checks at each connection (redisconfig.foreign_keys).
 KINDS = {STREAM: "stream", SNAPSHOT: "string", EPOCH: "string", NODES: "set",
@@ -155,66 +131,6 @@ def judging_wait(lease: float, heartbeat: float, after_outage: bool) -> float:
 
 # While the node stops (its grace, see RedisLog.stop), it retries this often.
 STOP_RETRY = 0.2
-
-#: Appends one event (ARGV[2]) to the stream (KEYS[1]), with the id of the
-#: entry it follows ("0-0": none) as field p, and publishes it on the
-#: channel (ARGV[1]) as "<the id it follows> <its id> <event>"; returns its
-#: id.  The entry it follows is the stream's last (never trimmed: the stream
-#: is trimmed below a snapshot's event).  A reader that finds the first
-#: entry after its last one following another has missed what was trimmed
-#: (Redis 7.0's XINFO max-deleted-entry-id does not move on XTRIM).
-APPEND = """
-local last = redis.call('XREVRANGE', KEYS[1], '+', '-', 'COUNT', 1)
-local prev = '0-0'
-if last[1] then prev = last[1][1] end
-local id = redis.call('XADD', KEYS[1], '*', 'e', ARGV[2], 'p', prev)
-redis.call('PUBLISH', ARGV[1], prev .. ' ' .. id .. ' ' .. ARGV[2])
-return id
-"""
-
-#: Sets the snapshot (KEYS[1]) to ARGV[1], the state as of event ARGV[2],
-#: unless the one there is as recent or more (a node that lags behind does
-#: not put back an older one: the stream may be trimmed past it already).
-#: Returns 1 if set.  Only the start of the one there is read.
-SAVE_SNAPSHOT = """
-local head = redis.call('GETRANGE', KEYS[1], 0, 63)
-local oms, oseq = string.match(head, '^{"id":"(%d+)%-(%d+)"')
-if oms then
-  local nms, nseq = string.match(ARGV[2], '^(%d+)%-(%d+)$')
-  oms, oseq, nms, nseq = tonumber(oms), tonumber(oseq), tonumber(nms), tonumber(nseq)
-  if oms > nms or (oms == nms and oseq >= nseq) then return 0 end
-end
-redis.call('SET', KEYS[1], ARGV[1])
-return 1
-"""
-
-
-#: At a lost tail: deletes the snapshot (KEYS[1]) if it is as of a lost
-#: event, one after the stream's (KEYS[2]) kept end ARGV[1] that the stream
-#: does not hold; returns 1 if deleted.  One script, so that of two nodes
-#: that see the loss, neither deletes the snapshot the other wrote after
-#: it (as of an event the stream holds): it is valid.  Run with EVAL (not
-#: loaded: a Redis that lost events may have restarted without scripts).
-DROP_LOST_SNAPSHOT = """
-local head = redis.call('GETRANGE', KEYS[1], 0, 63)
-local id = string.match(head, '^{"id":"(%d+%-%d+)"')
-if not id then return 0 end
-local ms, seq = string.match(id, '^(%d+)%-(%d+)$')
-local ems, eseq = string.match(ARGV[1], '^(%d+)%-(%d+)$')
-ms, seq, ems, eseq = tonumber(ms), tonumber(seq), tonumber(ems), tonumber(eseq)
-if ms < ems or (ms == ems and seq <= eseq) then return 0 end
-if redis.call('XRANGE', KEYS[2], id, id)[1] then return 0 end
-redis.call('DEL', KEYS[1])
-return 1
-"""
-
-
-def _sha(script: str) -> str:
-    return hashlib.sha1(script.encode()).hexdigest()
-
-
-APPEND_SHA, SAVE_SNAPSHOT_SHA = _sha(APPEND), _sha(SAVE_SNAPSHOT)
-APPENDING = ("EVALSHA", APPEND_SHA)  # how an append's command starts
 # Loaded at each connection, run by EVALSHA (SPEND: cluster/budgets.py's).
 SCRIPTS = (APPEND, SAVE_SNAPSHOT, HISTORY_ADD, SPEND)
 
@@ -578,15 +494,15 @@ class RedisLog:
         applied = self._applied
         if not held and applied is not None and applied[0] == reached:
             at = await cmd.execute_command("XRANGE", STREAM, reached, reached)
-            if at and _content(at[0]) != applied[1:]:
+            if at and entry_content(at[0]) != applied[1:]:
                 # Another event under the id of the last one this node
                 # applied (the events after a loss got ids at or below the
                 # lost ones: Redis's clock set back, a failover): the stream
                 # goes on after the one that event follows.
-                return _follows_id(at[0]) or "0-0"
+                return follows_id(at[0]) or "0-0"
         after = await cmd.execute_command("XRANGE", STREAM, "(" + reached, "+", "COUNT", 1)
         if after:
-            prev = _follows_id(after[0])
+            prev = follows_id(after[0])
             return prev if prev is not None and id_key(prev) < id_key(reached) else None
         tail = await cmd.execute_command("XREVRANGE", STREAM, "+", "-", "COUNT", 1)
         end = str(tail[0][0]) if tail else "0-0"
@@ -667,7 +583,7 @@ class RedisLog:
                 consumeErrors=True,
             )
             lost = [out for out, at in zip(lost, found, strict=True)
-                    if not (at and _content(at[0])[1] == out.command[-1])]
+                    if not (at and entry_content(at[0])[1] == out.command[-1])]
         if lost:
             self.log.error(
                 "cluster: Redis lost {n} commands of this node's users after taking them; "
@@ -727,7 +643,7 @@ class RedisLog:
         follow it (trimmed or deleted past it) or is past C{end}."""
         rows = await cmd.execute_command("XRANGE", STREAM, "(" + last, "+",
                                          "COUNT", READ_COUNT)
-        if not rows or not _follows(rows[0], last):
+        if not rows or not follows(rows[0], last):
             return []
         return [(str(eid), self._parse(str(eid), fields[1])) for eid, fields in rows
                 if id_key(str(eid)) <= id_key(end)]
@@ -762,7 +678,7 @@ class RedisLog:
         data = json.loads(snapshot) if snapshot else None
         upto = str(data["id"]) if data is not None else "0-0"
         first = await cmd.execute_command("XRANGE", STREAM, "(" + upto, "+", "COUNT", 1)
-        if first and not _follows(first[0], upto):
+        if first and not follows(first[0], upto):
             raise ConnectionError(
                 "the snapshot is older than the stream; retrying" if snapshot
                 else "the stream was trimmed and no snapshot is there yet"
@@ -770,7 +686,7 @@ class RedisLog:
         # The snapshot's event, as the stream has it: what this replica
         # applies last (see _holds_applied, _lost_after).
         at = await cmd.execute_command("XRANGE", STREAM, upto, upto) if data else []
-        self._applied = (upto, *_content(at[0])) if at else None
+        self._applied = (upto, *entry_content(at[0])) if at else None
         # The history first: the users the snapshot brings online are shown
         # to the listener, which may cache what a newcomer is sent.  Nothing
         # past --retain-days is shown, as one server's start-up shows none.
@@ -1282,7 +1198,7 @@ class RedisLog:
         if generation != self._generation:
             return
         self._heard.popleft()
-        if not found or _content(found[0]) != (prev, text):
+        if not found or entry_content(found[0]) != (prev, text):
             self.log.warn("cluster: skipped event {eid} heard on {channel}: it is not "
                           "in the stream", eid=eid, channel=self.channel)
         self._catching_up = False
@@ -1299,7 +1215,7 @@ class RedisLog:
         if applied is None or applied[0] != last:
             return False
         at = await cmd.execute_command("XRANGE", STREAM, last, last)
-        return bool(at) and _content(at[0]) == applied[1:]
+        return bool(at) and entry_content(at[0]) == applied[1:]
 
     def _read_already(self, eid: str, prev: str, text: str) -> bool:
         """Whether an event the channel brings, at or below the last one
@@ -1334,7 +1250,7 @@ class RedisLog:
             )
             if generation != self._generation:
                 return
-            prev = _follows_id(entries[0]) if entries else None
+            prev = follows_id(entries[0]) if entries else None
             if prev is not None and id_key(prev) < id_key(last):
                 # The first entry after the replica's last follows an older
                 # one: Redis lost the replica's last events (a crash lost
@@ -1360,7 +1276,7 @@ class RedisLog:
                 continue
             batch = [(str(eid), self._parse(str(eid), fields[1])) for eid, fields in entries]
             for eid, fields in entries:
-                self._read[str(eid)] = (_follows_id([eid, fields]) or "", str(fields[1]))
+                self._read[str(eid)] = (follows_id([eid, fields]) or "", str(fields[1]))
                 self._applied = (str(eid), *self._read[str(eid)])
             if batch:
                 self.state.deliver(batch)
@@ -1665,27 +1581,3 @@ class RedisLog:
         self._generation += 1
         self._drop_connections()
         self.state.cancel_timers()
-
-
-def _follows(entry: Any, last: str) -> bool:
-    """Whether a stream entry ([id, fields]) follows the entry C{last}: its
-    field C{p} (see L{APPEND}) names it.  An entry without one (appended
-    otherwise) is taken to."""
-    prev = _follows_id(entry)
-    return prev is None or id_key(prev) == id_key(last)
-
-
-def _content(entry: Any) -> tuple[str, str]:
-    """What tells a stream entry ([id, fields]) from another event under
-    its id: the id of the entry it follows and its text."""
-    return _follows_id(entry) or "", str(entry[1][1])
-
-
-def _follows_id(entry: Any) -> str | None:
-    """The id of the entry a stream entry ([id, fields]) follows (its field
-    C{p}), or C{None} if it has none."""
-    fields = entry[1]
-    for name, value in zip(fields[::2], fields[1::2], strict=False):
-        if name == "p":
-            return str(value)
-    return None
