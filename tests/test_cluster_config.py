@@ -153,8 +153,8 @@ async def test_set_retention_changes_the_cluster_s_and_a_running_node_follows(
     assert any("--set-retention: the cluster's history retention is now this node's: "
                "--retain-messages 10 now, 1000 before" in line for line in logged)
     # The running node's next heartbeat: it prunes by the cluster's now.
-    await running.log._follow_retention(running.log._cmd)
-    assert running.log.retain_messages == 10
+    await running.log.pruning.follow(running.log._cmd)
+    assert running.log.pruning.retention.messages == 10
     assert any("the cluster's history retention changed" in line
                and "--retain-messages 10 now, 1000 before" in line for line in logged)
     # A node started with the old values now does not start.
@@ -175,15 +175,15 @@ async def test_a_retention_deleted_or_spoilt_by_hand(redis: RedisServer,
     node = Node(redis, "a", retain_messages=500)
     assert await node.outcome() is None
     redis.call("DEL", CONFIG)
-    await node.log._follow_retention(node.log._cmd)
+    await node.log.pruning.follow(node.log._cmd)
     assert config(redis)["retain-messages"] == "500"
     redis.call("HSET", CONFIG, "retain-messages", "lots")
     for _ in range(2):
-        await node.log._follow_retention(node.log._cmd)
+        await node.log.pruning.follow(node.log._cmd)
     said = [line for line in logged if "retain-messages 'lots', not a number" in line]
     assert len(said) == 1 and "prunes by --retain-days not given (no bound), --retain-messages " \
         "500" in said[0] and node.state.available
-    assert node.log.retain_messages == 500
+    assert node.log.pruning.retention.messages == 500
     late = Node(redis, "b", retain_messages=500)
     why = await late.outcome()
     assert why is not None and f"HSET {CONFIG} retain-messages N" in why

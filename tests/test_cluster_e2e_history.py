@@ -25,6 +25,7 @@ from tests.redisproc import Connection, RedisReplyError, RedisServer
 from tests.serverproc import LineClient
 from tests.test_cluster_e2e import CALM_TIMEOUT, Cluster
 from tests.test_cluster_outage import redis_log
+from twisted_chat.server.cluster.redisconfig import Retention
 from twisted_chat.server.cluster.redishistory import (
     HISTORY_ADD,
     HISTORY_OVERHEAD,
@@ -434,7 +435,7 @@ class Pipelined:
 def writing_node(cmd: Pipelined, node: str, most: int, most_bytes: int) -> RedisLog:
     log, state = redis_log()
     state.node = node
-    log.retain_messages, log.retain_bytes = most or None, most_bytes or None
+    log.pruning.retention = Retention.of(None, most, most_bytes)
     log._cmd, state.available = cmd, True
     cmd.clocks.append(log.reactor)
     return log
@@ -471,7 +472,7 @@ def test_the_bounds_hold_at_a_sustained_rate_far_above_what_a_heartbeat_read(
             says(nodes[i % 2], f"{ms}-{i % 5}", f"nick{i % 7}", text)
         for log in nodes:
             failed: list[Any] = []
-            ensureDeferred(log._prune(cmd, time.time())).addErrback(failed.append)
+            ensureDeferred(log.pruning.prune(cmd, time.time())).addErrback(failed.append)
             assert not failed, failed[0].getTraceback()
             members = conn.call("ZRANGE", HISTORY, 0, -1)
             held = sum(cost(m) for m in members)

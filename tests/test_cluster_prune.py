@@ -1,5 +1,5 @@
 """
-How a cluster node paces the history's pruning (L{RedisLog._prune}),
+How a cluster node paces the history's pruning (L{Pruning.prune}),
 deterministically: the node on a fake Redis whose every answer the test
 gives, and a L{task.Clock}.  Each run of L{PRUNE_HISTORY} is short; a node
 runs it again while more is due, within a share of its heartbeat, and at
@@ -16,6 +16,7 @@ import txredisapi  # type: ignore[import-untyped]
 from twisted.internet.defer import Deferred, ensureDeferred
 
 from tests.test_cluster_refused import AnsweredRedis, connected
+from twisted_chat.server.cluster.redisconfig import Retention
 from twisted_chat.server.cluster.redishistory import (
     HISTORY,
     HISTORY_OVERHEAD,
@@ -31,7 +32,7 @@ from twisted_chat.server.cluster.redislog import RedisLog
 
 def pruning(most_bytes: int = 1 << 20) -> tuple[RedisLog, AnsweredRedis]:
     log, _, redis = connected(node_timeout=15.0)
-    log.retain_bytes = most_bytes
+    log.pruning.retention = Retention.of(None, None, most_bytes)
     return log, redis
 
 
@@ -63,9 +64,9 @@ def test_prune_again(dropping: bool, counting: bool, spent: float, budget: float
 
 def test_a_heartbeat_runs_the_script_while_more_is_due_within_its_share() -> None:
     log, redis = pruning()
-    log.retain_messages = 7
+    log.pruning.retention = Retention.of(None, 7, 1 << 20)
     assert log.heartbeat * PRUNE_SHARE == 0.5
-    done = ensureDeferred(log._prune(redis, 1000.0))
+    done = ensureDeferred(log.pruning.prune(redis, 1000.0))
     assert redis.commands == [("EVAL", PRUNE_HISTORY, 2, HISTORY, HISTORY_SIZE, "", 7,
                                1 << 20, PRUNE_BATCH, PRUNE_BATCH_BYTES, HISTORY_OVERHEAD)]
     # More is due after each run: again at once, until half a second is spent.
@@ -75,7 +76,7 @@ def test_a_heartbeat_runs_the_script_while_more_is_due_within_its_share() -> Non
     answer(log, redis, dropping=0, counting=1, took=0.1)
     assert done.called and runs(redis) == 5
     # The next heartbeat goes on; done as soon as a run says nothing is due.
-    done = ensureDeferred(log._prune(redis, 1002.5))
+    done = ensureDeferred(log.pruning.prune(redis, 1002.5))
     answer(log, redis, dropping=1, counting=1)
     answer(log, redis, dropping=0, counting=0)
     assert done.called and runs(redis) == 7
@@ -83,7 +84,7 @@ def test_a_heartbeat_runs_the_script_while_more_is_due_within_its_share() -> Non
 
 def test_at_start_it_runs_the_script_until_nothing_is_due() -> None:
     log, redis = pruning()
-    done = ensureDeferred(log._prune(redis, 1000.0, start=True))
+    done = ensureDeferred(log.pruning.prune(redis, 1000.0, start=True))
     for dropping, counting in [(1, 0), (1, 1), (0, 1), (0, 1)]:
         answer(log, redis, dropping, counting, took=1.0)
         assert not done.called
@@ -93,29 +94,29 @@ def test_at_start_it_runs_the_script_until_nothing_is_due() -> None:
 
 def test_a_heartbeat_does_not_prune_while_the_last_one_still_does() -> None:
     log, redis = pruning()
-    first = ensureDeferred(log._prune(redis, 1000.0))
-    second = ensureDeferred(log._prune(redis, 1002.5))
+    first = ensureDeferred(log.pruning.prune(redis, 1000.0))
+    second = ensureDeferred(log.pruning.prune(redis, 1002.5))
     assert second.called and runs(redis) == 1
     answer(log, redis, dropping=0, counting=0)
     assert first.called
-    ensureDeferred(log._prune(redis, 1005.0))
+    ensureDeferred(log.pruning.prune(redis, 1005.0))
     assert runs(redis) == 2
 
 
 def test_a_failed_run_ends_the_pruning_until_the_next_heartbeat() -> None:
     log, redis = pruning()
     failed: list[Any] = []
-    ensureDeferred(log._prune(redis, 1000.0)).addErrback(failed.append)
+    ensureDeferred(log.pruning.prune(redis, 1000.0)).addErrback(failed.append)
     reply: Deferred[Any] = redis.replies[redis.answered]
     redis.answered += 1
     reply.errback(txredisapi.ConnectionError("lost"))
     assert len(failed) == 1 and runs(redis) == 1
-    ensureDeferred(log._prune(redis, 1002.5))
+    ensureDeferred(log.pruning.prune(redis, 1002.5))
     assert runs(redis) == 2
 
 
 def test_without_a_bound_nothing_is_pruned() -> None:
     log, redis = pruning(most_bytes=0)
-    log.retain_bytes = None
-    done = ensureDeferred(log._prune(redis, 1000.0, start=True))
+    log.pruning.retention = Retention.of(None, None, None)
+    done = ensureDeferred(log.pruning.prune(redis, 1000.0, start=True))
     assert done.called and redis.commands == []

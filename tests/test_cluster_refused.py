@@ -115,7 +115,7 @@ def heartbeat(log: RedisLog, redis: AnsweredRedis,
         if command[0] == "SET" and refuse_lease:
             redis.answer(refuse=True)
         elif command[0] == "HMGET":  # the cluster's retention: this node's
-            redis.answer(value=list(log._retention().values()))
+            redis.answer(value=list(log.pruning.retention.values()))
         elif command[0] in ("MGET", "SMEMBERS"):
             redis.answer(value=[None] * (len(command) - 1) if command[0] == "MGET" else [])
         elif command[:2] == ("EVALSHA", APPEND_SHA):

@@ -27,6 +27,7 @@ from twisted.logger import Logger, LogLevel
 from tests.test_cluster_read import Conn, cluster, say
 from tests.test_cluster_refused import AnsweredRedis, applied, connected, listed, refused_hello
 from twisted_chat.server.cluster.node import KEPT_RETRY, ClusterState
+from twisted_chat.server.cluster.redisconfig import Retention
 from twisted_chat.server.cluster.redishistory import (
     HISTORY_OVERHEAD,
     HISTORY_WRITING,
@@ -382,8 +383,9 @@ def test_a_snapshot_writes_again_only_the_lines_the_byte_bound_keeps() -> None:
     lines = [(f"{1000 + i}-0", "ann", f"line {i} " + "x" * 200) for i in range(6)]
     state.replica.recent.extend(lines)
     cost = [len(_history_row(*line)[1].encode()) + HISTORY_OVERHEAD for line in lines]
-    log.retain_bytes = sum(cost[-4:]) + 1
-    rows = log._recent_rows(2.0)
+    log.pruning.retention = Retention.of(None, None, sum(cost[-4:]) + 1)
+    rows = log.pruning.recent_rows(state.replica.recent, 2.0)
     assert rows == [x for line in lines[-4:] for x in _history_row(*line)]
-    log.retain_bytes = None
-    assert log._recent_rows(2.0) == [x for line in lines for x in _history_row(*line)]
+    log.pruning.retention = Retention.of(None, None, None)
+    rows = log.pruning.recent_rows(state.replica.recent, 2.0)
+    assert rows == [x for line in lines for x in _history_row(*line)]

@@ -26,6 +26,8 @@ The modules:
   - L{redisstream}: the cluster's keys in Redis, the stream's scripts, and
     how an entry names the one it follows;
   - L{redishistory}: the history's keys, scripts and rows in Redis;
+  - L{pruning}: the retention a node prunes the history by, agreed with the
+    cluster's, and the pruning;
   - L{redisconfig}: what a node checks of its database at each connection:
     the kinds of the C{chat:} keys, and the cluster's one retention;
   - L{redisconn}: one Redis connection, and the C{--redis} URL;

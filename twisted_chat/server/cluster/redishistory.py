@@ -42,7 +42,7 @@ PRUNE_BATCH_BYTES = 1 << 20
 # takes 246; the allocator rounds larger ones up by up to a quarter more).
 HISTORY_OVERHEAD = 100
 # The share of a heartbeat one node's pruning may take (runs of
-# PRUNE_HISTORY one after another while more is due; see RedisLog._prune).
+# PRUNE_HISTORY one after another while more is due; see pruning.Pruning.prune).
 PRUNE_SHARE = 0.2
 
 
@@ -231,7 +231,7 @@ def history_rows(command: tuple[Any, ...]) -> list[tuple[Any, Any]]:
 
 def prune_again(dropping: bool, counting: bool, spent: float, budget: float | None) -> bool:
     """
-    Whether L{RedisLog._prune} runs L{PRUNE_HISTORY} once more: while a run
+    Whether L{Pruning.prune} runs L{PRUNE_HISTORY} once more: while a run
     says more is due to go or to be counted, and the runs so far took less
     than C{budget} seconds (C{None}: at start, as long as it takes).  Each
     run is short (L{PRUNE_BATCH}); many of them, one after another, remove

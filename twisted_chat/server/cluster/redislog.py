@@ -53,10 +53,9 @@ from twisted_chat.server import logs
 from twisted_chat.server.cluster.accounts import ACCOUNTS
 from twisted_chat.server.cluster.budgets import SPEND
 from twisted_chat.server.cluster.node import KEPT_RETRY, ClusterState
+from twisted_chat.server.cluster.pruning import Pruning
 from twisted_chat.server.cluster.redisconfig import (
-    CLAIM_RETENTION,
     CONFIG,
-    FIELDS,
     Misconfigured,
     Retention,
     foreign_keys,
@@ -67,20 +66,14 @@ from twisted_chat.server.cluster.redishistory import (
     HISTORY,
     HISTORY_ADD,
     HISTORY_BATCH,
-    HISTORY_OVERHEAD,
     HISTORY_SIZE,
     HISTORY_WRITING,
-    PRUNE_BATCH,
-    PRUNE_BATCH_BYTES,
-    PRUNE_HISTORY,
-    PRUNE_SHARE,
     _history_entry,
     _history_row,
     _history_size,
     _HistoryStore,
     history_rows,
     history_write,
-    prune_again,
 )
 from twisted_chat.server.cluster.redisstream import (
     APPEND,
@@ -197,20 +190,18 @@ class RedisLog:
         self.state = state
         self.reactor = reactor
         self.node_timeout = node_timeout
-        self.retain_days = retain_days
-        self.retain_messages = retain_messages
-        self.retain_bytes = retain_bytes
-        self.set_retention = set_retention
         # Called, with the reason, when the node cannot run on this
         # database (L{Misconfigured} at its first connection): the service
         # ends the process.  The log has said why.
         self.refused: Callable[[str], None] | None = None
         self._misconfigured: str | None = None  # the reason last logged
-        self._misread: str | None = None  # the malformed chat:config last logged
         # The lease outlives a missed heartbeat or two, and a dead node's
         # lease expires, and is noticed, within node_timeout.
         self.lease_ms = int(node_timeout * 1000 * 2 / 3)
         self.heartbeat = node_timeout / 6
+        self.pruning = Pruning(reactor, self.heartbeat,
+                               Retention.of(retain_days, retain_messages, retain_bytes),
+                               set_retention, target.display)
         # How long this node holds its lease before it judges the others'
         # (see judging_wait), as of its last connection.
         self._judge_wait = self.lease_ms / 1000
@@ -273,7 +264,6 @@ class RedisLog:
         self._history_bytes = 0
         self._history_dropped = 0
         self._history_call: IDelayedCall | None = None
-        self._pruning = False  # a heartbeat's _prune runs
         self._ready: Deferred[None] = Deferred()
         state.events = self
 
@@ -358,7 +348,7 @@ class RedisLog:
         """On the first connection, load the snapshot and the history; on
         each, check that the database holds the cluster's kinds of keys
         (L{foreign_keys}), that Redis still has the cluster's data, and
-        the cluster's retention (L{_agree_retention})."""
+        the cluster's retention (L{Pruning.agree})."""
         found = await foreign_keys(cmd, KINDS)
         if found:
             raise Misconfigured(foreign_message(self.target.display, found))
@@ -398,90 +388,9 @@ class RedisLog:
             if lost is not None:
                 await self._tail_lost(cmd, lost)
         self._epoch = epoch
-        await self._agree_retention(cmd)
+        await self.pruning.agree(cmd, self._started)
         if not self._started:
             await self._load(cmd)
-
-    def _retention(self) -> Retention:
-        return Retention.of(self.retain_days, self.retain_messages, self.retain_bytes)
-
-    async def _agree_retention(self, cmd: Any) -> None:
-        """
-        The cluster's retention (L{redisconfig}), before anything is pruned:
-        recorded as this node's where there is none (the first node, or
-        after Redis lost its data), and by a node started with
-        C{--set-retention}.  A node starting with other values than the
-        cluster's does not start (L{Misconfigured}, naming both); one
-        running follows the cluster's (L{_follow_retention}).
-        """
-        own = self._retention()
-        replace = self.set_retention and not self._started
-        before = await cmd.execute_command("EVAL", CLAIM_RETENTION, 1, CONFIG,
-                                           "1" if replace else "0", *own.fields())
-        if replace:
-            if any(value is not None for value in before):
-                try:
-                    change = own.differences(Retention.read(before, own), "now", "before")
-                except Misconfigured:
-                    change = f"{own} now, in place of a malformed one"
-                if change:
-                    self.log.warn(
-                        "cluster: --set-retention: the cluster's history retention is now "
-                        "this node's: {change}; the running nodes follow at their next "
-                        "heartbeat. Give every node these values (and drop --set-retention) "
-                        "before it restarts", change=change)
-            return
-        stored = self._read_retention(before, own)
-        if stored == own:
-            return
-        if not self._started:
-            raise Misconfigured(
-                f"this node's history retention is not the cluster's ({CONFIG} in Redis "
-                f"at {self.target.display}): {own.differences(stored, 'here', 'in the cluster')}. "
-                "One history has one retention (a node pruning by its own would delete "
-                "the others' messages for good): this node does not start. Start it with "
-                "the cluster's values; or, to change the cluster's retention, start it "
-                "once with --set-retention (docs/cluster.md, \"Options\", --set-retention)")
-        self._follow(stored)
-
-    async def _follow_retention(self, cmd: Any) -> None:
-        """At each heartbeat: prune by the cluster's retention, which a node
-        started with C{--set-retention} may have changed (recorded again
-        as this node's if the key is gone)."""
-        reply = await cmd.execute_command("HMGET", CONFIG, *FIELDS)
-        own = self._retention()
-        if any(value is None for value in reply):
-            reply = await cmd.execute_command("EVAL", CLAIM_RETENTION, 1, CONFIG, "0",
-                                              *own.fields())
-        stored = self._read_retention(reply, own)
-        if stored != own:
-            self._follow(stored)
-
-    def _read_retention(self, reply: Any, own: Retention) -> Retention:
-        """The retention C{chat:config} holds (C{reply}); a malformed one
-        stops a start (L{Misconfigured}), while running it is logged (once)
-        and the node prunes by the retention it has."""
-        try:
-            return Retention.read(reply, own)
-        except Misconfigured as e:
-            if not self._started:
-                raise
-            if str(e) != self._misread:
-                self._misread = str(e)
-                self.log.error("cluster: {why}; this node prunes by {own} meanwhile",
-                               why=str(e), own=own)
-            return own
-
-    def _follow(self, stored: Retention) -> None:
-        """Prune by C{stored}, the cluster's retention, from now on (said
-        once per change)."""
-        self.log.warn(
-            "cluster: the cluster's history retention changed (a node was started with "
-            "--set-retention): {change}; this node prunes by the cluster's from now on. "
-            "Give it these values before it restarts, or it will not start",
-            change=stored.differences(self._retention(), "now", "before"))
-        self.retain_days, self.retain_messages, self.retain_bytes = (
-            stored.days, stored.messages, stored.bytes)
 
     async def _lost_after(self, cmd: Any, reached: str, held: bool) -> str | None:
         """If the stream lost entry C{reached} (Redis lost its last events),
@@ -690,7 +599,7 @@ class RedisLog:
         # The history first: the users the snapshot brings online are shown
         # to the listener, which may cache what a newcomer is sent.  Nothing
         # past --retain-days is shown, as one server's start-up shows none.
-        await self._prune(cmd, self.reactor.seconds(), start=True)
+        await self.pruning.prune(cmd, self.reactor.seconds(), start=True)
         await self._load_history(cmd, upto)
         if data is not None:
             replica.restore(data)
@@ -1406,8 +1315,8 @@ class RedisLog:
             return
         now = self.reactor.seconds()
         await self._leases(cmd, now)
-        await self._follow_retention(cmd)
-        await self._prune(cmd, now)
+        await self.pruning.follow(cmd, self._started)
+        await self.pruning.prune(cmd, now)
         if now - self._snapshot_at >= SNAPSHOT_INTERVAL and self._caught_up:
             await self._snapshot(cmd, now)
 
@@ -1454,7 +1363,7 @@ class RedisLog:
         if replica.last_id == self._snapshot_id or replica.last_id == "0-0":
             return
         self._snapshot_at = now
-        rows = self._recent_rows(now)
+        rows = self.pruning.recent_rows(self.state.replica.recent, now)
         try:
             if rows:
                 # The history first, up to the snapshot's event: the sender's
@@ -1474,71 +1383,6 @@ class RedisLog:
             await cmd.execute_command("XTRIM", STREAM, "MINID", "~", self._trim_to)
         self._trim_to = self._snapshot_id or None
         self._snapshot_id = replica.last_id
-
-    def _recent_rows(self, now: float) -> list[Any]:
-        """The replica's last lobby lines (L{Replica.recent}) as a history
-        write's rows (L{history_write}), but those L{_prune} drops (so none
-        comes back)."""
-        recent = list(self.state.replica.recent)
-        if self.retain_messages:
-            recent = recent[-self.retain_messages:]
-        cutoff = (None if self.retain_days is None
-                  else int((now - self.retain_days * 86400) * 1000))
-        rows: list[Any] = []
-        room = self.retain_bytes or None
-        for eid, nick, text in reversed(recent):
-            ms, member = _history_row(eid, nick, text)
-            if room is not None:
-                # The newest that fit in --retain-bytes alone (the byte
-                # bound keeps no older one: one written again would be
-                # counted and removed again, for nothing).
-                room -= len(member.encode()) + HISTORY_OVERHEAD
-                if room < 0:
-                    break
-            if cutoff is None or ms >= cutoff:
-                rows += [member, ms]
-        rows.reverse()
-        return rows
-
-    async def _prune(self, cmd: Any, now: float, start: bool = False) -> None:
-        """
-        Drop the lobby messages older than C{--retain-days} at C{now} (this
-        machine's POSIX time), all but the newest C{--retain-messages}, and
-        the oldest while the history holds more than C{--retain-bytes}
-        (L{PRUNE_HISTORY}; the bytes are counted as they are written,
-        L{HISTORY_ADD}).  Every node does it at start and at each heartbeat,
-        whether or not anything was said meanwhile: a quiet cluster forgets
-        on time too (where nothing is due, a few O(log n) look-ups).  Safe
-        for nodes to run at once.  A run handles at most L{PRUNE_BATCH}
-        messages; a call makes runs one after another while more is due
-        (L{prune_again}): for at most L{PRUNE_SHARE} of a heartbeat, and
-        at start (C{start}) until nothing is due, as it shows nothing
-        pruned.  A heartbeat's call is skipped while the last one still runs.
-        """
-        if not (self.retain_days is not None or self.retain_messages or self.retain_bytes):
-            return
-        if not start:
-            if self._pruning:
-                return
-            self._pruning = True
-        try:
-            cutoff = ("" if self.retain_days is None
-                      else str(int((now - self.retain_days * 86400) * 1000)))
-            began = self.reactor.seconds()
-            budget = None if start else self.heartbeat * PRUNE_SHARE
-            while True:
-                # EVAL, not loaded: the restore prunes before the scripts
-                # are loaded (a few kB a run; Redis keeps it compiled).
-                _, _, dropping, counting = await cmd.execute_command(
-                    "EVAL", PRUNE_HISTORY, 2, HISTORY, HISTORY_SIZE, cutoff,
-                    self.retain_messages or 0, self.retain_bytes or 0, PRUNE_BATCH,
-                    PRUNE_BATCH_BYTES, HISTORY_OVERHEAD)
-                if not prune_again(bool(dropping), bool(counting),
-                                   self.reactor.seconds() - began, budget):
-                    return
-        finally:
-            if not start:
-                self._pruning = False
 
     # -- the history's store (MessageStore) ----------------------------------------------
 
