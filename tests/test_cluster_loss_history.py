@@ -75,11 +75,11 @@ def test_a_kept_history_write_is_dropped_when_redis_loses_all_its_data() -> None
     n1.user("bob")
     refusing = _refusing_history(redis)
     say(n0, ann, "before the loss")
-    assert n0.log.keeping_history()
+    assert n0.log.kept_history.pending
     redis.flushdb()
     refusing[0] = False
     _restart(redis, clock, [n0, n1], seconds=25)  # a snapshot after the loss too
-    assert not n0.log.keeping_history()
+    assert not n0.log.kept_history.pending
     assert redis.history == {}
     assert _one_history(redis, clock, n0, n1) == []
 
@@ -100,7 +100,7 @@ def test_a_kept_history_write_of_a_lost_event_is_dropped_one_of_a_kept_event_wri
     bob = n1.user("bob")
     refusing = _refusing_history(redis)
     say(n0, ann, "kept", "lost")
-    assert len(n0.log._history_kept) == 2
+    assert len(n0.log.kept_history.kept) == 2
     del redis.stream[-1:]  # lost: "lost"
     refusing[0] = False
     if restart:
@@ -110,7 +110,7 @@ def test_a_kept_history_write_of_a_lost_event_is_dropped_one_of_a_kept_event_wri
         for _ in range(5):  # n0 reconnects (0.2 s) to announce its users again
             clock.advance(0.1)
             redis.pump()
-        assert n0.log._history_kept and n0.state.available  # the kept end's, not yet due
+        assert n0.log.kept_history.kept and n0.state.available  # the kept end's, not yet due
         for _ in range(15):
             clock.advance(1)
             redis.pump()

@@ -293,7 +293,7 @@ def test_a_refused_history_write_is_written_again_until_redis_takes_it() -> None
     redis.answer()
     clock.advance(10 * KEPT_RETRY)
     assert redis.answered == len(redis.replies)
-    assert not log.keeping_history() and log._history_call is None
+    assert not log.kept_history.pending and log.kept_history.call is None
 
 
 def test_refused_history_writes_are_written_again_together_and_in_order() -> None:
@@ -306,7 +306,7 @@ def test_refused_history_writes_are_written_again_together_and_in_order() -> Non
     assert redis.commands[-1] == history_write(
         [x for write in (first, second) for row in history_rows(write) for x in row])
     redis.answer()
-    assert not log.keeping_history()
+    assert not log.kept_history.pending
 
 
 def test_kept_history_writes_are_bounded_by_redis_queue_the_oldest_dropped() -> None:
@@ -315,12 +315,12 @@ def test_kept_history_writes_are_bounded_by_redis_queue_the_oldest_dropped() -> 
     once, then how many when Redis takes the history's writes again."""
     log, state, redis, ann = with_history(max_waiting=300)
     logged: list[dict[str, Any]] = []
-    log.log = Logger(observer=logged.append)
+    log.kept_history.log = Logger(observer=logged.append)
     zadds = []
     for n in range(4):
         zadds.append(said(state, redis, ann, f"message {n} " + "x" * 80))
         redis.answer(refuse=True)
-    assert len(log._history_kept) == 2 and log._history_bytes <= 300
+    assert len(log.kept_history.kept) == 2 and log.kept_history.bytes <= 300
     log.reactor.advance(KEPT_RETRY)
     assert redis.commands[-1] == history_write(
         [x for write in zadds[2:] for row in history_rows(write) for x in row])

@@ -52,7 +52,7 @@ PRUNE_SHARE = 0.2
 #: is added (one there already, written twice, changes nothing) and, if
 #: the count covers its score (at or below 'upto', see PRUNE_HISTORY),
 #: counted.  Returns how many were added.  Not flagged allow-oom: Redis
-#: out of memory refuses it as it would the ZADD (see RedisLog._keep_history).
+#: out of memory refuses it as it would the ZADD (see kepthistory.KeptHistory).
 HISTORY_ADD = """
 local upto = redis.call('HGET', KEYS[2], 'upto')
 local limit = nil

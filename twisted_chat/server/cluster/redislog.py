@@ -52,6 +52,7 @@ from twisted.internet.task import deferLater
 from twisted_chat.server import logs
 from twisted_chat.server.cluster.accounts import ACCOUNTS
 from twisted_chat.server.cluster.budgets import SPEND
+from twisted_chat.server.cluster.kepthistory import KeptHistory, lost_after
 from twisted_chat.server.cluster.node import KEPT_RETRY, ClusterState
 from twisted_chat.server.cluster.pruning import Pruning
 from twisted_chat.server.cluster.redisconfig import (
@@ -65,12 +66,10 @@ from twisted_chat.server.cluster.redisconn import RedisTarget, connect
 from twisted_chat.server.cluster.redishistory import (
     HISTORY,
     HISTORY_ADD,
-    HISTORY_BATCH,
     HISTORY_SIZE,
     HISTORY_WRITING,
     _history_entry,
     _history_row,
-    _history_size,
     _HistoryStore,
     history_rows,
     history_write,
@@ -257,13 +256,9 @@ class RedisLog:
         # end was asked for them (one question at a time).
         self._doubtful: list[_Doubt] = []
         self._end_asked: int | None = None
-        # History writes Redis refused, to write again (see _keep_history):
-        # member -> score, oldest first; their bytes; the messages dropped
-        # at the bound since the last write taken; the retry's timer.
-        self._history_kept: dict[str, int] = {}
-        self._history_bytes = 0
-        self._history_dropped = 0
-        self._history_call: IDelayedCall | None = None
+        # History writes Redis refused, to write again.
+        self.kept_history = KeptHistory(reactor, KEPT_RETRY, self._queue,
+                                        lambda: state.max_waiting)
         self._ready: Deferred[None] = Deferred()
         state.events = self
 
@@ -801,11 +796,8 @@ class RedisLog:
             self._refusing = False
         if out.command[:2] == APPENDING:
             self._taken = out.taken = str(result)  # the event's id
-        elif (out.command[:2] == HISTORY_WRITING and self._history_dropped
-              and not self._history_kept and self._history_call is None):
-            self.log.warn("cluster: Redis takes the history's writes again; {n} lobby "
-                          "messages were dropped from it", n=self._history_dropped)
-            self._history_dropped = 0
+        elif out.command[:2] == HISTORY_WRITING:
+            self.kept_history.taken()
 
     def own_events_read(self) -> bool:
         """See L{EventLog.own_events_read}: no event of this node's is
@@ -843,7 +835,7 @@ class RedisLog:
                 else:
                     self.state.refused(out.command[-1])  # not in the stream: answered
             elif out.command[:2] == HISTORY_WRITING:
-                self._keep_history(out.command)
+                self.kept_history.keep(out.command)
         # Otherwise the connection went: everything unacknowledged is resent.
 
     # -- a refused resend whose first copy may be in the stream ---------------------
@@ -913,51 +905,6 @@ class RedisLog:
         for doubt in settled:
             self.state.refused(doubt.text)
 
-    # -- a refused history write is written again ---------------------------------
-
-    def _keep_history(self, command: tuple[Any, ...]) -> None:
-        """
-        Redis refused a history write (L{HISTORY_ADD}): the message was shown to
-        everyone, so it is kept and written again every L{KEPT_RETRY}
-        seconds until Redis takes it (the same members and scores: writing
-        one twice changes nothing).  A node keeps at most C{--redis-queue}
-        bytes of them (the bound of its commands waiting for Redis, counted
-        apart): past it, the oldest are dropped, and the log says so.
-        """
-        bound = self.state.max_waiting
-        for score, member in history_rows(command):
-            if member in self._history_kept:
-                continue
-            self._history_kept[member] = int(score)
-            self._history_bytes += _history_size(member)
-        while self._history_bytes > bound and self._history_kept:
-            oldest = next(iter(self._history_kept))
-            del self._history_kept[oldest]
-            self._history_bytes -= _history_size(oldest)
-            if not self._history_dropped:
-                self.log.error(
-                    "cluster: Redis refuses the history's writes, and this node keeps at "
-                    "most {n} bytes of them: the oldest are dropped from the history",
-                    n=bound,
-                )
-            self._history_dropped += 1
-        if self._history_kept and self._history_call is None:
-            self._history_call = self.reactor.callLater(KEPT_RETRY, self._write_history)
-
-    def _write_history(self) -> None:
-        """Write again the history writes Redis refused (see L{_keep_history}),
-        in commands of at most L{HISTORY_BATCH} messages; what Redis refuses
-        again comes back to L{_keep_history}."""
-        self._history_call = None
-        kept, self._history_kept = self._history_kept, {}
-        self._history_bytes = 0
-        rows = list(kept.items())
-        for i in range(0, len(rows), HISTORY_BATCH):
-            args: list[Any] = []
-            for member, score in rows[i:i + HISTORY_BATCH]:
-                args += [score, member]
-            self._queue(history_write(args))
-
     def _drop_lost_history(self, end: str | None) -> None:
         """
         Redis lost the stream's events after C{end} (C{None}: all of its
@@ -965,25 +912,11 @@ class RedisLog:
         started now shows none of them), so the history writes this node
         keeps or has not had acknowledged for them are dropped, not written
         into the history Redis has now (a node started later would show
-        them, the running ones not).  A member names its event: the score
-        is its millisecond, the member starts with its sequence number.
-        Called before anything is sent on the new connection.
+        them, the running ones not).  Called before anything is sent on the
+        new connection.
         """
-        top = None if end is None else id_key(end)
-
-        def lost(score: Any, member: Any) -> bool:
-            return top is None or (int(score), int(str(member).partition(" ")[0])) > top
-
-        dropped = 0
-        for member, score in list(self._history_kept.items()):
-            if lost(score, member):
-                del self._history_kept[member]
-                self._history_bytes -= _history_size(member)
-                dropped += 1
-        if not self._history_kept and self._history_call is not None:
-            if self._history_call.active():
-                self._history_call.cancel()
-            self._history_call = None
+        lost = lost_after(end)
+        dropped = self.kept_history.drop_lost(lost)
         for out in list(self._unacked):
             if out.command[:2] != HISTORY_WRITING:
                 continue
@@ -997,11 +930,6 @@ class RedisLog:
         if dropped:
             self.log.warn("cluster: {n} lobby messages whose events Redis lost are not "
                           "written to the history", n=dropped)
-
-    def keeping_history(self) -> bool:
-        """Whether history writes Redis refused are kept, to be written again
-        (for the tests: the node itself reads C{_history_kept})."""
-        return bool(self._history_kept)
 
     def _scripts_forgotten(self, which: str) -> None:
         """Redis forgot the scripts (SCRIPT FLUSH) without closing the
@@ -1409,15 +1337,16 @@ class RedisLog:
             self._retry.cancel()
             self._retry = None
             self._schedule_retry()  # soon, not after the backoff
-        while ((self._unacked or self._doubtful or self._history_kept or self.state.keeping())
+        while ((self._unacked or self._doubtful or self.kept_history.pending
+                or self.state.keeping())
                and (self._cmd is not None or self._started)
                and self.reactor.seconds() < deadline):
             await deferLater(self.reactor, 0.02)
         self._stopped = True
-        for call in (self._retry, self._history_call):
-            if call is not None and call.active():
-                call.cancel()
-        self._retry = self._history_call = None
+        if self._retry is not None and self._retry.active():
+            self._retry.cancel()
+        self._retry = None
+        self.kept_history.stop()
         cmd = self._cmd
         if cmd is not None:
             with contextlib.suppress(Exception):
