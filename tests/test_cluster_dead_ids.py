@@ -184,7 +184,7 @@ def test_a_node_going_on_under_a_new_id_judges_again_the_nodes_it_declared() -> 
     else would: X's users would stay online, their nicks held, for good)."""
     log, state, redis = connected()
     applied(state, {"t": "reg", "n": "x", "k": 1, "nick": "xena"})
-    log._up_since = -1e9  # connected for longer than a lease
+    log.leases.up_since = -1e9  # connected for longer than a lease
 
     (dead_x,) = heartbeat(log, redis)
     assert (dead_x["t"], dead_x["node"]) == ("dead", "x")

@@ -32,7 +32,7 @@ def test_a_node_that_died_without_users_is_declared_and_forgotten() -> None:
     applied(state, {"t": "tick", "n": "x", "k": 1})
     applied(state, {"t": "hello", "n": "x", "k": 2, "users": []})
     assert {"x", HELLO + "x"} <= set(replica.last_k) and "x" not in replica.nodes()
-    log._up_since = -1e9  # connected for longer than a lease
+    log.leases.up_since = -1e9  # connected for longer than a lease
     (dead_x,) = heartbeat(log, redis)  # x's lease has lapsed
     assert (dead_x["t"], dead_x["node"]) == ("dead", "x")
     applied(state, dead_x)
@@ -50,7 +50,7 @@ def test_a_live_node_without_users_is_left_alone() -> None:
     redis = LiveRedis(state)
     log._cmd = redis
     applied(state, {"t": "tick", "n": "x", "k": 1})
-    log._up_since = -1e9
+    log.leases.up_since = -1e9
     assert heartbeat(log, redis) == []
     mget = next(c for c in redis.commands if c[0] == "MGET")
     assert "chat:node:x" in mget  # its lease is watched

@@ -13,28 +13,33 @@ from __future__ import annotations
 
 from tests.test_cluster_outage import AnsweringRedis, redis_log
 from tests.test_cluster_refused import applied, connected, heartbeat
-from twisted_chat.server.cluster.redislog import BACKOFF_JITTER, BACKOFF_MAX, judging_wait
+from twisted_chat.server.cluster.leases import judging_wait
+from twisted_chat.server.cluster.redislog import BACKOFF_JITTER, BACKOFF_MAX
 
 LONGEST_BACKOFF = BACKOFF_MAX * (1 + BACKOFF_JITTER)
 
 
+def wait(lease: float, heartbeat: float, after_outage: bool) -> float:
+    return judging_wait(lease, heartbeat, after_outage, longest_backoff=LONGEST_BACKOFF)
+
+
 def test_after_an_outage_the_wait_covers_the_longest_backoff() -> None:
-    assert judging_wait(2.0, 0.5, after_outage=True) == LONGEST_BACKOFF + 0.5
-    assert judging_wait(10.0, 2.5, after_outage=True) == 10.0  # the lease is longer
+    assert wait(2.0, 0.5, after_outage=True) == LONGEST_BACKOFF + 0.5
+    assert wait(10.0, 2.5, after_outage=True) == 10.0  # the lease is longer
 
 
 def test_a_node_that_reached_redis_at_once_waits_a_lease() -> None:
-    assert judging_wait(2.0, 0.5, after_outage=False) == 2.0
+    assert wait(2.0, 0.5, after_outage=False) == 2.0
 
 
 def test_a_short_node_timeout_still_waits_out_a_live_nodes_reconnection() -> None:
     log, state, redis = connected(node_timeout=3.0)  # a lease of 2 s
-    log._judge_wait = judging_wait(log.lease_ms / 1000, log.heartbeat, after_outage=True)
+    log.leases.judge_wait = wait(log.leases.lease_ms / 1000, log.heartbeat, after_outage=True)
     applied(state, {"t": "tick", "n": "x", "k": 1})  # x is known; its lease is missing
     now = log.reactor.seconds()
-    log._up_since = now - 3.0  # back longer than a lease, not than x's backoff
+    log.leases.up_since = now - 3.0  # back longer than a lease, not than x's backoff
     assert heartbeat(log, redis) == []
-    log._up_since = now - (LONGEST_BACKOFF + log.heartbeat + 0.01)
+    log.leases.up_since = now - (LONGEST_BACKOFF + log.heartbeat + 0.01)
     (dead,) = heartbeat(log, redis)
     assert (dead["t"], dead["node"]) == ("dead", "x")
 
@@ -47,7 +52,7 @@ def test_the_node_waits_the_longer_time_only_after_an_outage() -> None:
 
     log._new_connection = new_connection  # type: ignore[method-assign]
     log.start()  # Redis reached at once
-    assert state.available and log._judge_wait == 2.0
+    assert state.available and log.leases.judge_wait == 2.0
     log._lost(log._generation)  # an outage
     log.reactor.advance(1.0)  # the reconnection's backoff
-    assert state.available and log._judge_wait == LONGEST_BACKOFF + 0.5
+    assert state.available and log.leases.judge_wait == LONGEST_BACKOFF + 0.5

@@ -403,12 +403,12 @@ def test_after_a_refused_lease_the_others_are_judged_only_a_lease_later() -> Non
     log, state, redis = connected()
     clock = log.reactor
     applied(state, {"t": "reg", "n": "x", "k": 1, "nick": "xena"})
-    log._up_since = -1e9  # connected for longer than a lease
+    log.leases.up_since = -1e9  # connected for longer than a lease
 
     assert heartbeat(log, redis, refuse_lease=True) == []
     clock.advance(log.heartbeat)
     assert heartbeat(log, redis) == []  # writes taken again: x's lease lapsed meanwhile
-    clock.advance(log.lease_ms / 1000 - 0.01)
+    clock.advance(log.leases.lease_ms / 1000 - 0.01)
     assert heartbeat(log, redis) == []  # x renews within a lease time, if alive
     clock.advance(0.02)
     (dead,) = heartbeat(log, redis)  # a whole lease time later, still missing: dead

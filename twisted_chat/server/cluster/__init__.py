@@ -26,6 +26,7 @@ The modules:
   - L{redisstream}: the cluster's keys in Redis, the stream's scripts, and
     how an entry names the one it follows;
   - L{redishistory}: the history's keys, scripts and rows in Redis;
+  - L{leases}: a node's lease, and its judging of the others';
   - L{kepthistory}: the history writes Redis refused, kept and written
     again;
   - L{pruning}: the retention a node prunes the history by, agreed with the

@@ -53,6 +53,7 @@ from twisted_chat.server import logs
 from twisted_chat.server.cluster.accounts import ACCOUNTS
 from twisted_chat.server.cluster.budgets import SPEND
 from twisted_chat.server.cluster.kepthistory import KeptHistory, lost_after
+from twisted_chat.server.cluster.leases import Leases
 from twisted_chat.server.cluster.node import KEPT_RETRY, ClusterState
 from twisted_chat.server.cluster.pruning import Pruning
 from twisted_chat.server.cluster.redisconfig import (
@@ -81,7 +82,6 @@ from twisted_chat.server.cluster.redisstream import (
     CHANNEL,
     DROP_LOST_SNAPSHOT,
     EPOCH,
-    LEASE,
     NODES,
     SAVE_SNAPSHOT,
     SAVE_SNAPSHOT_SHA,
@@ -105,20 +105,7 @@ READ_COUNT = 2000
 BACKOFF_FIRST = 0.2
 BACKOFF_MAX = 5.0
 BACKOFF_JITTER = 0.2  # each wait drawn within this fraction of its length
-
-
-def judging_wait(lease: float, heartbeat: float, after_outage: bool) -> float:
-    """
-    How long a node holds its lease, once connected, before it judges the
-    others' leases: a whole lease (after an outage every lease may have
-    lapsed with its owner alive), and after an outage also the longest
-    reconnection backoff and a heartbeat, in which a live node may still be
-    getting back (a short C{--node-timeout} makes the lease shorter than
-    that).  A node that reached Redis at once has no outage to wait out.
-    """
-    if not after_outage:
-        return lease
-    return max(lease, BACKOFF_MAX * (1 + BACKOFF_JITTER) + heartbeat)
+LONGEST_BACKOFF = BACKOFF_MAX * (1 + BACKOFF_JITTER)
 
 
 # While the node stops (its grace, see RedisLog.stop), it retries this often.
@@ -194,16 +181,11 @@ class RedisLog:
         # ends the process.  The log has said why.
         self.refused: Callable[[str], None] | None = None
         self._misconfigured: str | None = None  # the reason last logged
-        # The lease outlives a missed heartbeat or two, and a dead node's
-        # lease expires, and is noticed, within node_timeout.
-        self.lease_ms = int(node_timeout * 1000 * 2 / 3)
-        self.heartbeat = node_timeout / 6
+        self.leases = Leases(state, reactor, node_timeout, LONGEST_BACKOFF)
+        self.heartbeat = self.leases.heartbeat
         self.pruning = Pruning(reactor, self.heartbeat,
                                Retention.of(retain_days, retain_messages, retain_bytes),
                                set_retention, target.display)
-        # How long this node holds its lease before it judges the others'
-        # (see judging_wait), as of its last connection.
-        self._judge_wait = self.lease_ms / 1000
         # Redis answers in milliseconds; one silent for a third of the node
         # timeout (the lease is at risk) is taken as gone.
         self.reply_timeout = max(node_timeout / 3, 2.0)
@@ -215,7 +197,6 @@ class RedisLog:
         self._attempt = 0
         self._retry: IDelayedCall | None = None
         self._beat: IDelayedCall | None = None
-        self._up_since: float | None = None
         self._down_since: float | None = None
         self._epoch: str | None = None
         self._started = False  # the snapshot has been loaded
@@ -233,7 +214,6 @@ class RedisLog:
         self._snapshot_at = 0.0
         self._snapshot_id = ""
         self._trim_to: str | None = None
-        self._declared: set[str] = set()
         # Events heard on the channel, not applied yet: (the id each follows,
         # its id, its text), in the channel's order.
         self._heard: deque[tuple[str, str, str]] = deque()
@@ -311,15 +291,13 @@ class RedisLog:
         # What the channel brings waits until the stream has been read.
         self._catching_up, self._caught_up = True, False
         await self._restore(cmd)
-        await cmd.execute_command("SET", LEASE + self.state.node, "1", "PX", self.lease_ms)
+        await self.leases.take(cmd)
         for script in SCRIPTS:  # a restarted Redis has none
             await cmd.execute_command("SCRIPT", "LOAD", script)
         self._attempt = 0
         self._misconfigured = None
         was_down = self._down_since
-        self._up_since = self.reactor.seconds()
-        self._judge_wait = judging_wait(self.lease_ms / 1000, self.heartbeat,
-                                        after_outage=was_down is not None)
+        self.leases.connected(after_outage=was_down is not None)
         self._down_since = None
         self.state.log_open()
         if was_down is None:
@@ -327,7 +305,7 @@ class RedisLog:
                           redis=self.target.display, node=self.state.node)
         else:
             self.log.info("cluster: Redis is back after {s:.1f} s; registrations open again",
-                          s=self._up_since - was_down)
+                          s=self.reactor.seconds() - was_down)
         self._send_unacked()
         self._schedule_beat(0.0)
         # Subscribed first, then the stream read from the replica's last
@@ -563,7 +541,7 @@ class RedisLog:
         node's events after it, see L{_kept_state}).  The nodes this node
         declared dead are judged again: their C{dead} may be among what was
         lost, their users online again in the rebuilt replica."""
-        self._declared.clear()
+        self.leases.judge_again()
         self._snapshot_id = ""
         self._trim_to = None
         self._snapshot_at = self.reactor.seconds()
@@ -719,7 +697,7 @@ class RedisLog:
                            "backoff", why=misconfigured)
         if self._down_since is None:
             self._down_since = self.reactor.seconds()
-            self._up_since = None
+            self.leases.down()
             if misconfigured is not None:
                 return
             self.log.error(
@@ -1192,9 +1170,9 @@ class RedisLog:
         The nodes it declared dead are judged again: a C{dead} its old id
         sent after its own death is skipped by every replica.
         """
-        self._declared.clear()
+        self.leases.judge_again()
         if self._cmd is not None:
-            d = self._cmd.execute_command("SET", LEASE + node, "1", "PX", self.lease_ms)
+            d = self.leases.take(self._cmd, node)
             d.addErrback(lambda f: self.log.debug("lease: {e}", e=f.getErrorMessage()))
 
     def _beat_failed(self, failure: Any, generation: int) -> None:
@@ -1215,7 +1193,6 @@ class RedisLog:
         cmd = self._cmd
         if cmd is None or self._stopped:
             return
-        state = self.state
         reader = self._reader
         if reader is not None:
             # A quiet channel says nothing: a connection that went silently
@@ -1223,17 +1200,7 @@ class RedisLog:
             ping = reader.execute_command("PING")
             ping.addErrback(lambda f: self.log.debug("ping: {e}", e=f.getErrorMessage()))
         self._ask_end()  # if the last question failed
-        try:
-            await cmd.execute_command("SET", LEASE + state.node, "1", "PX", self.lease_ms)
-        except txredisapi.ResponseError:
-            # Redis refuses writes (MISCONF, OOM, READONLY): nobody's lease
-            # is renewed meanwhile, so every one may lapse with its owner
-            # alive.  As after an outage, the others are judged only once
-            # this node has held its lease for a whole lease time again.
-            self._up_since = None
-            raise
-        if self._up_since is None:
-            self._up_since = self.reactor.seconds()
+        await self.leases.renew(cmd)
         if self._epoch is not None and await cmd.execute_command("GET", EPOCH) != self._epoch:
             # FLUSHDB or FLUSHALL without a restart: the connections stay,
             # so the new epoch is seen (and handled) on a new one.
@@ -1242,49 +1209,11 @@ class RedisLog:
                 self._lost(self._generation, "Redis lost its data (FLUSHDB?)")
             return
         now = self.reactor.seconds()
-        await self._leases(cmd, now)
+        await self.leases.judge(cmd, now)
         await self.pruning.follow(cmd, self._started)
         await self.pruning.prune(cmd, now)
         if now - self._snapshot_at >= SNAPSHOT_INTERVAL and self._caught_up:
             await self._snapshot(cmd, now)
-
-    async def _leases(self, cmd: Any, now: float) -> None:
-        """
-        The others' leases: the nodes listed in C{chat:nodes} (every node
-        adds itself at each heartbeat) and those the replica knows
-        (L{Replica.known_nodes}: with users, or with events applied; and
-        the nodes of users this node's users were shown online before
-        Redis lost their registrations: L{Replica.unseen}).  Counts the
-        live ones (C{--metrics}: L{ClusterState.live_nodes}), takes the
-        lapsed ones out of the list (a node cut off adds itself again when
-        it is back), and declares dead a known node whose lease has lapsed
-        (one without users too: its entry in the replicas goes with its
-        id, a day later).
-        """
-        state = self.state
-        me = state.node
-        await cmd.execute_command("SADD", NODES, me)
-        listed = {str(node) for node in await cmd.execute_command("SMEMBERS", NODES)}
-        # (And the nodes of users shown online here before Redis lost their
-        # registrations: their node, if dead, never says hello.)
-        known = (state.replica.known_nodes() | state.replica.unseen_nodes()) - {me}
-        others = sorted((listed | known) - {me})
-        leases = await cmd.execute_command("MGET", *[LEASE + n for n in others]) if others else []
-        alive = {node for node, lease in zip(others, leases, strict=True) if lease is not None}
-        # A renamed node's former id keeps its lease a while: it was declared dead.
-        state.live_nodes = 1 + len(alive - state.replica.dead.keys())
-        lapsed = sorted(listed - alive - {me})
-        if lapsed:
-            await cmd.execute_command("SREM", NODES, *lapsed)
-        # Judge the others only after holding the connection for judge_after:
-        # after an outage every lease may have lapsed, its owner alive.
-        if self._up_since is None or now - self._up_since < self._judge_wait:
-            return
-        self._declared &= known
-        for node in sorted(known - alive - self._declared):
-            self._declared.add(node)
-            self.log.warn("cluster: node {node} missed its lease; it is dead", node=node)
-            state.node_dead(node)
 
     async def _snapshot(self, cmd: Any, now: float) -> None:
         replica = self.state.replica
@@ -1350,7 +1279,7 @@ class RedisLog:
         cmd = self._cmd
         if cmd is not None:
             with contextlib.suppress(Exception):
-                await cmd.execute_command("DEL", LEASE + self.state.node)
+                await self.leases.release(cmd)
         self._generation += 1
         self._drop_connections()
         self.state.cancel_timers()
