@@ -120,7 +120,7 @@ def test_a_refused_resend_whose_first_copy_redis_took_is_decided_not_unavailable
     else:
         assert results == [state.hub.online["cat"]]
     assert state._pending == {} and state.waiting_bytes == 0
-    assert log._doubtful == [] and state._kept == {}
+    assert log.doubts.doubtful == [] and state._kept == {}
 
 
 def test_a_refused_resend_not_in_the_stream_is_unavailable_once_read_past_it() -> None:
@@ -133,7 +133,7 @@ def test_a_refused_resend_not_in_the_stream_is_unavailable_once_read_past_it() -
     (error,) = (r.value for r in results)
     assert isinstance(error, HubError) and error.code == ErrorCode.UNAVAILABLE
     assert "not sent" in error.text
-    assert state._pending == {} and state.waiting_bytes == 0 and log._doubtful == []
+    assert state._pending == {} and state.waiting_bytes == 0 and log.doubts.doubtful == []
 
 
 def test_a_refused_resend_is_answered_at_once_when_the_replica_is_past_the_end() -> None:
@@ -168,7 +168,7 @@ def test_the_stream_s_end_is_asked_again_on_the_next_connection() -> None:
     end = next_id(state)
     third.answer(value=[entry(end, first)])
     state.deliver([(end, first)])
-    assert results == [None] and log._doubtful == []
+    assert results == [None] and log.doubts.doubtful == []
 
 
 def test_one_question_for_the_refusals_answered_before_it() -> None:
@@ -207,7 +207,7 @@ def test_a_kept_hello_waits_for_a_refused_resend_s_first_copy() -> None:
     assert listed(hello) == ["ann"]  # the refused leave was moot: not appended again
     applied(state, hello)
     assert sorted(state.hub.online) == ["ann"]
-    assert state._kept == {} and log._doubtful == []
+    assert state._kept == {} and log.doubts.doubtful == []
 
 
 def test_a_refused_resend_is_settled_by_a_reload_past_its_end() -> None:
@@ -242,7 +242,7 @@ def test_a_refused_resend_is_settled_by_a_reload_past_its_end() -> None:
     redis.pump()
     assert n1.lost == 1  # it reloaded (its users told BYE)
     assert id_key(n1.state.replica.last_id) >= id_key(redis.stream[-1][0])
-    assert n1.log._doubtful == []
+    assert n1.log.doubts.doubtful == []
     assert n1.log.own_events_read()  # nothing holds a hello back
 
 
@@ -254,7 +254,7 @@ def test_a_refusal_on_its_first_sending_is_answered_at_once() -> None:
     redis.answer(refuse=True)
     (error,) = (r.value for r in results)
     assert error.code == ErrorCode.UNAVAILABLE
-    assert END not in redis.commands and log._doubtful == []
+    assert END not in redis.commands and log.doubts.doubtful == []
 
 
 # -- a refused history write is written again -------------------------------------------

@@ -112,10 +112,10 @@ def test_a_cluster_debug_line_is_left_out_by_default() -> None:
     unreachable = Failure(ConnectionError("Redis is unreachable"))
     globalLogPublisher.addObserver(observe)
     try:
-        log._end_failed(unreachable, log._generation)
+        log.doubts._end_failed(unreachable, log._generation)
         assert events == []
         logs.set_level("debug")
-        log._end_failed(unreachable, log._generation)
+        log.doubts._end_failed(unreachable, log._generation)
     finally:
         globalLogPublisher.removeObserver(observe)
         logs.set_level(logs.DEFAULT_LEVEL)

@@ -40,7 +40,6 @@ import json
 import random
 from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Any
 
 import txredisapi  # type: ignore[import-untyped]
@@ -52,6 +51,7 @@ from twisted.internet.task import deferLater
 from twisted_chat.server import logs
 from twisted_chat.server.cluster.accounts import ACCOUNTS
 from twisted_chat.server.cluster.budgets import SPEND
+from twisted_chat.server.cluster.doubts import Doubts
 from twisted_chat.server.cluster.kepthistory import KeptHistory, lost_after
 from twisted_chat.server.cluster.leases import Leases
 from twisted_chat.server.cluster.node import KEPT_RETRY, ClusterState
@@ -128,16 +128,6 @@ class _Out:
         self.sent = False
         self.resent = False
         self.taken: str | None = None
-
-
-@dataclass(slots=True)
-class _Doubt:
-    """An append of this node's that Redis refused when it was sent again
-    (C{text}, the event), whose first copy may be in the stream; C{end}: the
-    stream's last id, read after the refusal (C{None} until known)."""
-
-    text: str
-    end: str | None = None
 
 
 class RedisLog:
@@ -231,11 +221,8 @@ class RedisLog:
         self._caught_up = False
         # The id of the last event of this node's that Redis took (this epoch).
         self._taken: str | None = None
-        # Resends Redis refused whose first copy may be in the stream (see
-        # _doubt), oldest first; and the connection on which the stream's
-        # end was asked for them (one question at a time).
-        self._doubtful: list[_Doubt] = []
-        self._end_asked: int | None = None
+        # Resends Redis refused whose first copy may be in the stream.
+        self.doubts = Doubts(state, lambda: self._generation)
         # History writes Redis refused, to write again.
         self.kept_history = KeptHistory(reactor, KEPT_RETRY, self._queue,
                                         lambda: state.max_waiting)
@@ -754,10 +741,7 @@ class RedisLog:
         have lost its last events since)."""
         for out in list(self._unacked):
             self._send(out)
-        for doubt in self._doubtful:
-            doubt.end = None
-        self._end_asked = None
-        self._ask_end()
+        self.doubts.reconnected(self._cmd)
 
     def _send(self, out: _Out) -> None:
         generation = self._generation
@@ -784,7 +768,7 @@ class RedisLog:
             return False
         if any(out.command[:2] == APPENDING for out in self._unacked):
             return False
-        if self._doubtful:
+        if self.doubts.pending:
             return False  # a refused resend's first copy may be unread
         taken = self._taken
         return taken is None or id_key(self.state.replica.last_id) >= id_key(taken)
@@ -809,79 +793,16 @@ class RedisLog:
             self._refusing = True
             if out.command[:2] == APPENDING:
                 if out.resent:
-                    self._doubt(out.command[-1])
+                    self.doubts.add(out.command[-1], self._cmd)
                 else:
                     self.state.refused(out.command[-1])  # not in the stream: answered
             elif out.command[:2] == HISTORY_WRITING:
                 self.kept_history.keep(out.command)
         # Otherwise the connection went: everything unacknowledged is resent.
 
-    # -- a refused resend whose first copy may be in the stream ---------------------
-
-    def _doubt(self, event: str) -> None:
-        """
-        Redis refused an append that had been sent before, on a connection
-        that went before Redis answered: the first copy may be in the stream
-        (Redis took it, its answer was lost), to be applied when the replica
-        reads it.  So the refusal is not handed to the node at once (its
-        command would be answered "not sent" and take effect all the same):
-        the node asks where the stream ends now (one C{XREVRANGE}: a read,
-        which Redis answers while it refuses writes; the first copy, if
-        any, is at or before that end), and hands the refusal over
-        (L{ClusterState.refused}) only once the replica has applied events up
-        to there (L{_settle}).  If the first copy was there, its command was
-        decided by then, as any other, and the refusal finds nothing left to
-        answer; if not, it is answered "not sent" then.  Meanwhile no kept
-        C{hello} goes out (L{own_events_read}): behind that first copy, it
-        would undo it.
-        """
-        self._doubtful.append(_Doubt(event))
-        self._ask_end()
-
-    def _ask_end(self) -> None:
-        """Ask where the stream ends for the doubts that do not know yet
-        (one question per connection at a time: every refusal answered
-        before its answer was for a command Redis ran before it)."""
-        cmd = self._cmd
-        if (cmd is None or self._end_asked == self._generation
-                or all(doubt.end is not None for doubt in self._doubtful)):
-            return
-        generation = self._end_asked = self._generation
-        d = cmd.execute_command("XREVRANGE", STREAM, "+", "-", "COUNT", 1)
-        d.addCallbacks(self._end_read, self._end_failed, (generation,), None, (generation,))
-
-    def _end_read(self, entries: Any, generation: int) -> None:
-        if generation != self._generation:
-            return  # asked again on the next connection
-        self._end_asked = None
-        end = str(entries[0][0]) if entries else "0-0"
-        for doubt in self._doubtful:
-            if doubt.end is None:
-                doubt.end = end
-        self._settle()
-
-    def _end_failed(self, failure: Any, generation: int) -> None:
-        if generation == self._generation:
-            self._end_asked = None  # asked again at the next heartbeat
-        self.log.debug("the stream's end: {e}", e=failure.getErrorMessage())
-
     def applied(self) -> None:
         """See L{EventLog.applied}."""
-        self._settle()
-
-    def _settle(self) -> None:
-        """Hand over the refusals in doubt whose stream end the replica has
-        reached (after each batch of events applied)."""
-        if not self._doubtful:
-            return
-        last = id_key(self.state.replica.last_id)
-        settled = [doubt for doubt in self._doubtful
-                   if doubt.end is not None and id_key(doubt.end) <= last]
-        if not settled:
-            return
-        self._doubtful = [doubt for doubt in self._doubtful if doubt not in settled]
-        for doubt in settled:
-            self.state.refused(doubt.text)
+        self.doubts.settle()
 
     def _drop_lost_history(self, end: str | None) -> None:
         """
@@ -1145,7 +1066,7 @@ class RedisLog:
         # there may be none for long; and while Redis refuses writes, there
         # is none).  A rebuild (L{_tail_lost}) needs no such call: it is
         # made on a new connection, which asks every doubt's end again.
-        self._settle()
+        self.doubts.settle()
 
     def _read_failed(self, failure: Any, generation: int) -> None:
         if generation != self._generation or failure.check(txredisapi.ConnectionError):
@@ -1199,7 +1120,7 @@ class RedisLog:
             # (a cut that drops packets) is noticed by its PING's timeout.
             ping = reader.execute_command("PING")
             ping.addErrback(lambda f: self.log.debug("ping: {e}", e=f.getErrorMessage()))
-        self._ask_end()  # if the last question failed
+        self.doubts.ask(cmd)  # if the last question failed
         await self.leases.renew(cmd)
         if self._epoch is not None and await cmd.execute_command("GET", EPOCH) != self._epoch:
             # FLUSHDB or FLUSHALL without a restart: the connections stay,
@@ -1266,7 +1187,7 @@ class RedisLog:
             self._retry.cancel()
             self._retry = None
             self._schedule_retry()  # soon, not after the backoff
-        while ((self._unacked or self._doubtful or self.kept_history.pending
+        while ((self._unacked or self.doubts.pending or self.kept_history.pending
                 or self.state.keeping())
                and (self._cmd is not None or self._started)
                and self.reactor.seconds() < deadline):
