@@ -27,8 +27,8 @@ from tests.test_cluster_e2e import cluster as cluster_fixture
 from tests.test_cluster_outage_e2e import proxied, register_once_back
 from tests.test_cluster_outage_e2e import proxy as proxy_fixture
 from twisted_chat.server.cluster.redishistory import HISTORY_WRITING, history_rows
-from twisted_chat.server.cluster.redislog import SNAPSHOT_INTERVAL
 from twisted_chat.server.cluster.redisstream import APPEND, CHANNEL, SAVE_SNAPSHOT
+from twisted_chat.server.cluster.snapshots import SNAPSHOT_INTERVAL
 
 pytestmark = [
     pytest.mark.e2e,

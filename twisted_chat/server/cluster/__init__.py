@@ -26,6 +26,8 @@ The modules:
   - L{redisstream}: the cluster's keys in Redis, the stream's scripts, and
     how an entry names the one it follows;
   - L{redishistory}: the history's keys, scripts and rows in Redis;
+  - L{snapshots}: a node's snapshots of its replica, and the stream's
+    trimming behind them;
   - L{doubts}: refused resends whose first copy may be in the stream,
     answered once the replica has read that far;
   - L{leases}: a node's lease, and its judging of the others';

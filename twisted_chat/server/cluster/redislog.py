@@ -84,13 +84,13 @@ from twisted_chat.server.cluster.redisstream import (
     EPOCH,
     NODES,
     SAVE_SNAPSHOT,
-    SAVE_SNAPSHOT_SHA,
     SNAPSHOT,
     STREAM,
     entry_content,
     follows,
     follows_id,
 )
+from twisted_chat.server.cluster.snapshots import Snapshots
 from twisted_chat.server.cluster.streamids import id_key
 from twisted_chat.server.history import Entry
 
@@ -100,7 +100,6 @@ __all__ = ["RedisLog"]
 # node checks at each connection (redisconfig.foreign_keys).
 KINDS = {STREAM: "stream", SNAPSHOT: "string", EPOCH: "string", NODES: "set",
          HISTORY: "zset", HISTORY_SIZE: "hash", CONFIG: "hash", ACCOUNTS: "hash"}
-SNAPSHOT_INTERVAL = 10.0
 READ_COUNT = 2000
 BACKOFF_FIRST = 0.2
 BACKOFF_MAX = 5.0
@@ -176,6 +175,7 @@ class RedisLog:
         self.pruning = Pruning(reactor, self.heartbeat,
                                Retention.of(retain_days, retain_messages, retain_bytes),
                                set_retention, target.display)
+        self.snapshots = Snapshots(state.replica, self.pruning)
         # Redis answers in milliseconds; one silent for a third of the node
         # timeout (the lease is at risk) is taken as gone.
         self.reply_timeout = max(node_timeout / 3, 2.0)
@@ -201,9 +201,6 @@ class RedisLog:
         # Commands sent or to send, oldest first, until acknowledged.
         self._unacked: deque[_Out] = deque()
         self._refusing = False  # Redis refused the last write (said once)
-        self._snapshot_at = 0.0
-        self._snapshot_id = ""
-        self._trim_to: str | None = None
         # Events heard on the channel, not applied yet: (the id each follows,
         # its id, its text), in the channel's order.
         self._heard: deque[tuple[str, str, str]] = deque()
@@ -529,9 +526,7 @@ class RedisLog:
         declared dead are judged again: their C{dead} may be among what was
         lost, their users online again in the rebuilt replica."""
         self.leases.judge_again()
-        self._snapshot_id = ""
-        self._trim_to = None
-        self._snapshot_at = self.reactor.seconds()
+        self.snapshots.restart(self.reactor.seconds())
         self._taken = None
         self._applied = None
         waiting = list(self._unacked)
@@ -1133,34 +1128,12 @@ class RedisLog:
         await self.leases.judge(cmd, now)
         await self.pruning.follow(cmd, self._started)
         await self.pruning.prune(cmd, now)
-        if now - self._snapshot_at >= SNAPSHOT_INTERVAL and self._caught_up:
+        if self._caught_up and self.snapshots.due(now):
             await self._snapshot(cmd, now)
 
     async def _snapshot(self, cmd: Any, now: float) -> None:
-        replica = self.state.replica
-        if replica.last_id == self._snapshot_id or replica.last_id == "0-0":
-            return
-        self._snapshot_at = now
-        rows = self.pruning.recent_rows(self.state.replica.recent, now)
-        try:
-            if rows:
-                # The history first, up to the snapshot's event: the sender's
-                # node writes each line, but a node loading this snapshot
-                # reads the history up to it, and the sender's node may lag
-                # (the same rows: writing one twice changes nothing).
-                await cmd.execute_command(*history_write(rows))
-            await cmd.execute_command("EVALSHA", SAVE_SNAPSHOT_SHA, 1, SNAPSHOT,
-                                      replica.snapshot(), replica.last_id)
-        except txredisapi.ResponseError as e:
-            if "NOSCRIPT" not in str(e):
-                raise
-            if cmd is self._cmd:
-                self._scripts_forgotten("snapshot")
-            return
-        if self._trim_to is not None:
-            await cmd.execute_command("XTRIM", STREAM, "MINID", "~", self._trim_to)
-        self._trim_to = self._snapshot_id or None
-        self._snapshot_id = replica.last_id
+        if not await self.snapshots.write(cmd, now) and cmd is self._cmd:
+            self._scripts_forgotten("snapshot")
 
     # -- the history's store (MessageStore) ----------------------------------------------
 

@@ -16,7 +16,7 @@ L{redishistory}'s, the settings L{redisconfig}'s):
     leases, the live nodes, users or not (C{--metrics}).
   - C{chat:snapshot}: the state as of some event id (JSON, see
     L{Replica.snapshot}), written by each node every few seconds
-    (L{redislog.SNAPSHOT_INTERVAL}), only over an older one
+    (L{snapshots.SNAPSHOT_INTERVAL}), only over an older one
     (L{SAVE_SNAPSHOT}); a starting node loads it and reads the stream
     after it.  The stream is trimmed to the snapshot
     before the last one.
