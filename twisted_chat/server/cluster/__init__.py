@@ -21,8 +21,8 @@ The modules:
   - L{listeners}: the hub listeners the replica puts in front of the node's
     while its users must not hear every change (a rebuild, a C{hello});
   - L{own}: the node's own users, the index its fan-out walks;
-  - L{redislog}: the node's event log in Redis: the stream, catch-up and
-    loss recovery, leases, snapshots, the history's writes;
+  - L{redislog}: the node's event log in Redis: its connections, the
+    commands until acknowledged, catch-up and loss recovery;
   - L{redisstream}: the cluster's keys in Redis, the stream's scripts, and
     how an entry names the one it follows;
   - L{redishistory}: the history's keys, scripts and rows in Redis;

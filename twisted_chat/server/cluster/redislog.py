@@ -1,6 +1,17 @@
 """
-The Redis side of a cluster node: its connections, and everything it does
-with them.  The keys and the stream's scripts: L{redisstream}.
+The Redis side of a cluster node: its two connections, kept up with
+backoff; the outbox of commands until Redis acknowledges them; reading the
+stream and the channel; and the recovery when Redis lost data.  These share
+the connection's generation and the replica's position, so they stay
+together here.  The rest is in objects the log holds, each with its own
+state, called on the log's connection:
+
+  - L{redisstream}: the keys and the stream's scripts;
+  - L{leases.Leases}: this node's lease, and the judging of the others';
+  - L{snapshots.Snapshots}: the replica's snapshots, the stream's trimming;
+  - L{pruning.Pruning}: the history's retention and its pruning;
+  - L{kepthistory.KeptHistory}: history writes Redis refused, written again;
+  - L{doubts.Doubts}: refused resends whose first copy may be in the stream.
 
 Reading: every node subscribes to the channel on a connection of its own
 and applies the events published there, in the channel's order (Redis runs
@@ -132,7 +143,8 @@ class _Out:
 class RedisLog:
     """
     The node's two Redis connections (commands; the subscription to the
-    events), kept up with backoff, and everything the node does with them.
+    events), kept up with backoff, and the node's event log on them (the
+    L{EventLog} its L{ClusterState} appends to).
     """
 
     log = logs.logger()
