@@ -282,3 +282,53 @@ def test_a_long_paste_waits_for_enter_and_esc_drops_it(
     assert [line.split(" ", 4)[-1] for line in got] == [f"oops {i}" for i in range(20)]
     term.key("C-c")
     term.wait_row(r"^EXIT=0$")
+
+
+def test_a_server_restart_reconnects_and_rejoins(
+    chat_server: Callable[..., ServerProcess],
+    connect: Callable[..., LineClient],
+    pane: Callable[..., Pane],
+) -> None:
+    server = chat_server()
+    bob = connect(server.port)
+    bob.register("bob")
+    term = pane([*CLIENT, "--nick", "alice", LOOPBACK, str(server.port)])
+    term.wait_row(r"^alice>$")
+    bob.expect("JOINED")
+    bob.send("MSG said before the restart")
+    term.wait_row(r"<bob> said before the restart$")
+
+    server.stop()  # SIGTERM: BYE shutdown to everyone
+    term.wait_row(r"^! The server is shutting down\.$")
+    term.wait_row(r"^\* Reconnecting in \d+ s; /reconnect tries now, /quit leaves\.$")
+    term.wait_row(r"^\(not connected\) >$")
+    term.enter("typed while away")
+    term.wait_row(r"^! Not connected: that line was not sent")
+
+    # The same port again, the same database (the history): the backoff
+    # (1, 2, 4 ... s) finds it within a few seconds.
+    chat_server(port=server.port)
+    row = term.wait_row(r"^\* Reconnected: you are back in the lobby as alice\.$", timeout=20)
+    term.wait_row(r"^\* Recent messages in the lobby:$")
+    term.wait_row(r"<bob> said before the restart$", after=row + 1)
+    term.wait_row(r"^alice>$")
+
+    carol = connect(server.port)
+    carol.register("carol")
+    term.enter("back again")
+    line = carol.expect(lambda text: text.startswith("MSG "))
+    assert line.endswith(" alice * back again")  # not the line typed while away
+    term.enter("/quit")
+    term.wait_row(r"^EXIT=0$")
+
+
+def test_no_reconnect_exits_when_the_server_stops(
+    chat_server: Callable[..., ServerProcess], pane: Callable[..., Pane]
+) -> None:
+    server = chat_server()
+    term = pane([*CLIENT, "--no-reconnect", "--nick", "alice", LOOPBACK, str(server.port)])
+    term.wait_row(r"^alice>$")
+    server.stop()
+    term.wait_row(r"^twisted-chat: The server is shutting down\.$")
+    term.wait_row(r"^EXIT=1$")
+    assert not any("Reconnecting" in row for row in term.screen())

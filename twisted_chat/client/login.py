@@ -19,7 +19,7 @@ from twisted_chat.client import render
 from twisted_chat.client.commands import Local, Quit, Send, parse_input, password_problem
 from twisted_chat.client.passwords import Passwords
 from twisted_chat.client.session import Ending, State
-from twisted_chat.wire import is_valid_nick
+from twisted_chat.wire import is_valid_nick, nick_key
 
 
 class Client(Protocol):
@@ -31,6 +31,10 @@ class Client(Protocol):
 
     @property
     def interactive(self) -> bool: ...
+
+    # The password typed this session, (nick, password), answers PASS for
+    # that nick once per connection (twisted_chat.client.reconnect).
+    kept_password: tuple[str, str] | None
 
     @property
     def server(self) -> str: ...
@@ -76,6 +80,8 @@ class Login:
     One session's login.
 
     @ivar pass_sent: the last login line sent was C{PASS}, not C{NICK}.
+    @ivar password_sent: the last password sent with C{PASS} (for
+        L{ChatClient.kept_password} once it got in).
     """
 
     # RETRY unavailable (the server cannot check nicks or passwords for a
@@ -89,6 +95,8 @@ class Login:
         self._client = client
         self._passwords = passwords
         self.pass_sent = False
+        self.password_sent: str | None = None
+        self._kept_tried = False  # the kept password was sent on this connection
         self._tried_option_nick = False
         self._asked_nick: str | None = None
         self._password_for: str | None = None  # the nick in the server's PASS
@@ -178,6 +186,8 @@ class Login:
             self._unavailable(nick, said)
             return
         self._unavailable_tries = 0
+        if reason == "bad-password":
+            client.kept_password = None  # not right (any more): the prompt asks
         if not client.interactive:
             # A script gives up: its next input lines are messages, not
             # nicknames, and its CHAT_PASSWORD would only be wrong again (each
@@ -237,6 +247,18 @@ class Login:
         if client.state is not State.NICK_SENT:
             return
         self._password_for = nick
+        kept = client.kept_password
+        if (
+            client.interactive
+            and kept is not None
+            and not self._kept_tried
+            and nick_key(kept[0]) == nick_key(nick)
+        ):
+            # A reconnection: the password typed earlier this session.
+            self._kept_tried = True
+            client.notice(f"Sending the password you typed for {nick} this session.")
+            self._send_password(kept[1])
+            return
         if client.interactive:
             client.drop_typed_ahead("before the password prompt")
             client.notice(
@@ -255,8 +277,12 @@ class Login:
         if problem is not None:
             self._fail(f"The password in {name} cannot be used: {problem}")
             return
+        self._send_password(password)
+
+    def _send_password(self, password: str) -> None:
         self._passwords.send("PASS", password)
         self.pass_sent = True
+        self.password_sent = password
         self._await_answer("password")
 
     def _ask_password(self) -> None:
@@ -277,10 +303,8 @@ class Login:
             client.error(f"{problem} Nothing was sent.")
             self._ask_password()
             return
-        self._passwords.send("PASS", text)
-        self.pass_sent = True
         client.set_state(State.NICK_SENT)
-        self._await_answer("password")
+        self._send_password(text)
 
     # -- the answer --------------------------------------------------------------
 

@@ -9,7 +9,9 @@ L{StandardIO}.  No threads, no blocking reads.
 
 On a terminal (stdin and stdout both ttys) the terminal goes into raw mode and
 L{ChatTerminal} edits the input line; otherwise lines are read from stdin and
-plain text written to stdout.  Diagnostics go to stderr; the exit code is 0
+plain text written to stdout.  On a terminal, a restart or a lost connection
+is followed by another connection (L{twisted_chat.client.reconnect}).
+Diagnostics go to stderr; the exit code is 0
 after a normal quit, 1 when the server cannot be reached, refuses TLS, does
 not answer in time or drops the connection, or did not accept messages sent,
 2 for bad options, and 130 when interrupted (Ctrl-C, SIGINT) before the chat
@@ -52,6 +54,7 @@ from twisted_chat.client import render
 from twisted_chat.client.flow import buffered
 from twisted_chat.client.pipe import PipeIO
 from twisted_chat.client.protocol import ChatClient
+from twisted_chat.client.reconnect import Reconnecting
 from twisted_chat.tls import load_trust_root
 from twisted_chat.wire import DEFAULT_PORT, is_valid_nick
 
@@ -91,6 +94,10 @@ what was not written), 2 for bad options, 130 when interrupted before the
 chat was joined, with typed lines still waiting to go out (the client says
 how many), or in a script.
 Ctrl-D on an empty line sends the lines still waiting, then leaves.
+On a terminal, once joined, a server restart or a lost connection is followed
+by a new connection (backoff 1, 2, 4 ... 30 s) under the same nickname, with
+the password typed this session (kept in memory only); /reconnect tries at
+once, /quit leaves. --no-reconnect (and a script) exits instead.
 
 examples:
   python -m twisted_chat.client chat.example.org
@@ -161,6 +168,13 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="do not ring the terminal bell for a mention, a private message or an "
         "invitation (it never rings in a script)",
+    )
+    parser.add_argument(
+        "--no-reconnect",
+        action="store_true",
+        help="on a terminal, exit when the server restarts or the connection is lost, "
+        "instead of connecting again (a script, whose stdin is not a terminal, always "
+        "exits)",
     )
     parser.add_argument("--version", action="version", version=version_line())
     parser.add_argument(
@@ -385,60 +399,90 @@ def output_cut(left: int) -> str:
 async def run(reactor: Any, options: argparse.Namespace) -> None:
     interactive = is_terminal()
     label = options_label(options)
-    client = ChatClient(
+    ui: ChatTerminal | PipeIO | None = None
+    stdio: StandardIO | None = None
+
+    def make_client(
+        nick: str | None, rejoin: bool, password: tuple[str, str] | None
+    ) -> ChatClient:
+        client = ChatClient(
+            ui,
+            nick=nick,
+            interactive=interactive,
+            server=label,
+            clock=reactor,
+            tls=options.tls,
+            probe=not options.tls,
+            greeting_timeout=options.timeout,
+            show_history=not options.no_history,
+            environ=os.environ,
+            rejoin=rejoin,
+            kept_password=password,
+        )
+        if not interactive:
+            # A script's stdin is not read while the client holds QUEUE_MAX lines.
+            client.input = ui if isinstance(ui, PipeIO) else None
+            # Warnings (a password sent unencrypted) go to stderr, not into the
+            # script's output.
+            client.warn = lambda text: _stderr_line(render.plain(render.info(text)))
+        return client
+
+    registered = False
+
+    def attach(client: ChatClient) -> None:
+        nonlocal registered
+        assert stdio is not None and ui is not None
+        # While stdout cannot take more (a pager, a stalled terminal), the
+        # server's connection is not read (twisted_chat.client.flow).
+        if registered:
+            stdio.unregisterProducer()  # type: ignore[no-untyped-call]
+        stdio.registerProducer(client.reading.hand("display"), True)  # type: ignore[no-untyped-call]
+        registered = True
+        ui.set_prompt(client.prompt())
+
+    def connect(client: ChatClient) -> None:
+        connecting = connectProtocol(  # type: ignore[no-untyped-call]
+            make_endpoint(reactor, options), client
+        )
+        client.cancel_connect = connecting.cancel
+
+        def failed(failure: Failure) -> None:
+            if not failure.check(defer.CancelledError):  # type: ignore[no-untyped-call]
+                client.connect_failed(failure)
+
+        connecting.addErrback(failed)
+
+    session = Reconnecting(
+        reactor,
         None,
+        make_client,
+        connect,
         nick=options.nick,
-        interactive=interactive,
-        server=label,
-        clock=reactor,
-        tls=options.tls,
-        probe=not options.tls,
-        greeting_timeout=options.timeout,
-        show_history=not options.no_history,
-        environ=os.environ,
+        enabled=interactive and not options.no_reconnect,
+        attach=attach,
     )
     # A SIGINT (Ctrl-C in a script's terminal, kill -INT) leaves like Ctrl-C
     # typed on the client's own terminal, instead of stopping the reactor
     # with exit code 0; the client decides the exit code.
-    signal.signal(signal.SIGINT, lambda signum, frame: reactor.callFromThread(client.interrupt))
+    signal.signal(signal.SIGINT, lambda signum, frame: reactor.callFromThread(session.interrupt))
     restore = _nothing
-    ui: ChatTerminal | PipeIO
-    stdio: StandardIO
     if interactive:
-        ui, restore, stdio = _start_terminal(reactor, client, bell=not options.no_bell)
+        ui, restore, stdio = _start_terminal(reactor, session, bell=not options.no_bell)
+        terminal_ui = ui
         if sys.stderr.isatty():
             # stderr is the screen the line editor owns: show warnings there.
-            start_logging(lambda text: ui.show(render.error(text)))
+            start_logging(lambda text: terminal_ui.show(render.error(text)))
         else:
             start_logging(lambda text: _stderr_line(render.plain(render.info(text))))
     else:
-        ui = PipeIO(client.user_line, client.input_ended)
+        ui = PipeIO(session.user_line, session.end_of_input)
         stdio = StandardIO(ui, reactor=reactor)  # type: ignore[no-untyped-call]
-        # A script's stdin is not read while the client holds QUEUE_MAX lines.
-        client.input = ui
         start_logging(lambda text: _stderr_line(render.plain(render.info(text))))
-        # Warnings (a password sent unencrypted) go to stderr, not into the
-        # script's output.
-        client.warn = lambda text: _stderr_line(render.plain(render.info(text)))
-    client.display = ui
-    # While stdout cannot take more (a pager, a stalled terminal), the
-    # server's connection is not read (twisted_chat.client.flow).
-    stdio.registerProducer(client.reading.hand("display"), True)  # type: ignore[no-untyped-call]
-    ui.set_prompt(client.prompt())
+    session.display = ui
     if interactive:
         ui.show(render.notice(f"Connecting to {label}..."))
-
-    connecting = connectProtocol(  # type: ignore[no-untyped-call]
-        make_endpoint(reactor, options), client
-    )
-    client.cancel_connect = connecting.cancel
-    try:
-        await connecting
-    except defer.CancelledError:
-        pass
-    except Exception:
-        client.connect_failed(Failure())  # type: ignore[no-untyped-call]
-    outcome = await client.finished
+    session.start()
+    outcome = await session.finished
 
     # Else a drained stdout would resume the producer instead of closing.
     stdio.unregisterProducer()  # type: ignore[no-untyped-call]
@@ -468,7 +512,7 @@ async def run(reactor: Any, options: argparse.Namespace) -> None:
 
 
 def _start_terminal(
-    reactor: Any, client: ChatClient, bell: bool
+    reactor: Any, client: Reconnecting, bell: bool
 ) -> tuple[ChatTerminal, Callable[[], None], StandardIO]:
     import termios
     import tty

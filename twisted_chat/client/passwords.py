@@ -43,6 +43,9 @@ class Client(Protocol):
     @property
     def interactive(self) -> bool: ...
 
+    # The password typed this session (twisted_chat.client.reconnect).
+    kept_password: tuple[str, str] | None
+
     @property
     def environ(self) -> Mapping[str, str]: ...
 
@@ -76,6 +79,7 @@ class Passwords:
     def __init__(self, client: Client) -> None:
         self._client = client
         self.request: str | None = None
+        self._request_password = ""  # sent with the request (kept once done)
         # The password being asked for: (verb to send it with, first entry).
         self._asking: tuple[str, str | None] | None = None
         self._warned = False
@@ -149,6 +153,7 @@ class Passwords:
         self._warn_plain()
         if verb != "PASS":
             self.request = verb
+            self._request_password = password
         self._client.send(Send(verb, text=password))
 
     def scripted(self, verb: str) -> tuple[str, str]:
@@ -195,6 +200,9 @@ class Passwords:
     def registered(self, nick: str) -> None:
         """C{REGISTERED}: the C{REGISTER} or C{PASSWD} was done."""
         request, self.request = self.request, None
+        password, self._request_password = self._request_password, ""
+        if request is not None and password and self._client.interactive:
+            self._client.kept_password = (nick, password)  # a reconnection's PASS
         if request == "PASSWD":
             self._client.notice(f"The password for {nick} was changed.")
         else:

@@ -106,6 +106,12 @@ class ChatClient(SkipLongLines):
     @param answer_wait: seconds a line sent may go unanswered, once online,
         before the client checks with C{PING} that the server is still there
         (L{twisted_chat.client.liveness}; C{None}: it does not).
+    @param rejoin: this connection is a reconnection
+        (L{twisted_chat.client.reconnect}): C{READY} says "Reconnected".
+    @param kept_password: C{(nick, password)}, the password typed this
+        session (on a terminal), which answers the server's C{PASS} for that
+        nick once; L{kept_password} holds the one that got in, or was
+        registered, for the next connection (memory only).
     """
 
     delimiter = b"\n"
@@ -146,6 +152,8 @@ class ChatClient(SkipLongLines):
         environ: Mapping[str, str] | None = None,
         warn: Callable[[str], None] | None = None,
         answer_wait: float | None = Liveness.ANSWER_WAIT,
+        rejoin: bool = False,
+        kept_password: tuple[str, str] | None = None,
     ) -> None:
         self.display = display
         self.option_nick = nick
@@ -156,6 +164,8 @@ class ChatClient(SkipLongLines):
         self.probe = probe
         self.greeting_timeout = greeting_timeout
         self.show_history = show_history
+        self.rejoin = rejoin
+        self.kept_password = kept_password
         self.environ: Mapping[str, str] = environ if environ is not None else {}
         self.warn = warn if warn is not None else self.error
         self.renderer = Renderer(lambda: self.nick, now, localtime)
@@ -711,11 +721,20 @@ class ChatClient(SkipLongLines):
         self._greeting_done()
         self.nick = event.word(0)
         self.set_state(State.READY)
-        self.notice(
-            f"Welcome, {self.nick}! You are in the lobby. "
-            "Type a message and press Enter; /help lists the commands."
-        )
+        if self.rejoin:
+            self.notice(f"Reconnected: you are back in the lobby as {self.nick}.")
+        else:
+            self.notice(
+                f"Welcome, {self.nick}! You are in the lobby. "
+                "Type a message and press Enter; /help lists the commands."
+            )
+        kept = self.kept_password
+        if kept is not None and nick_key(kept[0]) != nick_key(self.nick):
+            self.kept_password = None  # it belongs to a nick this session left
+        password = self.login.password_sent
         if self.login.joined():
+            if self.interactive and password is not None:
+                self.kept_password = (self.nick, password)
             # What was typed while the password was checked may be it again.
             self.drop_typed_ahead("while the password was checked", "now")
         self._replay, self._replay_heading = "login", False
@@ -826,6 +845,7 @@ class ChatClient(SkipLongLines):
             logging_in = "nickname"
         said = render.bye(reason, event.text, after_password=at_login, logging_in=logging_in)
         self.ending.bye_received = True
+        self.ending.bye_reason = reason
         self._greeting_done()
         if reason == "quit" and self.state is State.QUITTING:
             self.ending.bye_answered = True  # after every line we sent before it

@@ -49,6 +49,7 @@ class Ending:
     heard: bool = False  # any byte came from the server
     said_bye: bool = False  # we sent BYE (lines typed after it are not counted)
     bye_received: bool = False
+    bye_reason: str | None = None  # the server's BYE reason, once received
     bye_answered: bool = False  # the server answered our BYE
     gave_up: bool = False  # we closed the connection after an unanswered BYE
 

@@ -1,0 +1,283 @@
+"""
+Reconnection on a terminal (docs/client.md, "When the connection ends").
+
+A L{ChatClient} is one connection.  On a terminal, once a session has joined
+the chat, L{Reconnecting} starts a new one when the server restarts
+(C{BYE shutdown}) or the connection is lost: with the web page's backoff
+(L{backoff_delay}: 1, 2, 4, 8, 16, then every 30 seconds, each +-25 %;
+back to 1 s once a connection reached C{READY}), the same nickname, and the
+password typed this session (kept in memory only).  It decides by
+L{should_reconnect}.  Between connections the screen stays; a line typed
+then is not sent (it would be read by a session the user has not seen
+start), and the user is told so; C{/reconnect} tries at once, C{/quit},
+Ctrl-C and Ctrl-D leave.
+
+The keyboard's callbacks go to this object, which passes them to the
+connection of the moment.  A script (stdin not a terminal) or
+C{--no-reconnect} ends with the first connection, as before.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Callable
+
+from twisted.internet.defer import Deferred
+from twisted.internet.interfaces import IDelayedCall, IReactorTime
+
+from twisted_chat.client import render
+from twisted_chat.client.commands import Quit, parse_input
+from twisted_chat.client.display import Display
+from twisted_chat.client.protocol import ChatClient
+from twisted_chat.client.session import Outcome, State
+
+# The web page's backoff (twisted_chat/web/static/app.js, scheduleReconnect).
+BACKOFF_MAX = 30.0
+JITTER = 0.25
+
+RECONNECT_COMMAND = "/reconnect"
+
+# BYE reasons after which nothing reconnects: the user's own goodbye.
+_USER_LEFT = "quit"
+# Before a nickname was accepted on a new connection, these mean "stop":
+# a prompt left open past the server's --nick-timeout (the web page does
+# not reconnect on a timer then either), or too many failed logins.
+_STOP_BEFORE_JOINING = ("timeout", "flood")
+
+
+def backoff_delay(attempt: int, draw: float) -> float:
+    """
+    Seconds to wait before reconnection attempt C{attempt} (0 first):
+    1, 2, 4, 8, 16, then 30, each times 0.75 to 1.25 by C{draw} (0 <= draw < 1).
+    """
+    base = min(BACKOFF_MAX, 2.0 ** min(attempt, 16))
+    return base * (1 - JITTER + 2 * JITTER * draw)
+
+
+def should_reconnect(
+    *, joined: bool, rejoining: bool, user_left: bool, bye_reason: str | None
+) -> bool:
+    """
+    Whether a connection's end is followed by another connection.
+
+    @param joined: this connection reached C{READY}.
+    @param rejoining: it was itself a reconnection (an earlier one had joined).
+    @param user_left: the user quit (C{/quit}, Ctrl-C, Ctrl-D).
+    @param bye_reason: the server's C{BYE} reason, C{None} without one.
+    """
+    if user_left or bye_reason == _USER_LEFT:
+        return False
+    if joined:
+        # shutdown, a lost connection, the server's ping timeout, flood (the
+        # web page comes back after each of them too).
+        return True
+    if not rejoining:
+        return False  # the first connection's failures end the client, as always
+    # A reconnection that did not get in: the server is not back yet (refused,
+    # lost, full), or it asks us to stop.
+    return bye_reason not in _STOP_BEFORE_JOINING
+
+
+class Reconnecting:
+    """
+    The connections of one interactive session, one after the other.
+
+    @param make_client: a new L{ChatClient} for C{(nick, rejoin, password)}:
+        the nickname to ask for, whether it is a reconnection, the password
+        kept for a nick (C{(nick, password)}) or C{None}.
+    @param connect: starts connecting a client (its C{finished} fires at the end).
+    @param attach: called with each new client before it connects (the
+        screen's flow control).
+    @param display: the screen (may be set later, before L{start}).
+    @param enabled: reconnect at all (a terminal without C{--no-reconnect}).
+    @ivar finished: fires with the last connection's L{Outcome} when the
+        session is over.
+    """
+
+    def __init__(
+        self,
+        clock: IReactorTime,
+        display: Display | None,
+        make_client: Callable[[str | None, bool, tuple[str, str] | None], ChatClient],
+        connect: Callable[[ChatClient], object],
+        *,
+        nick: str | None,
+        enabled: bool,
+        attach: Callable[[ChatClient], object] = lambda client: None,
+        draw: Callable[[], float] = random.random,
+    ) -> None:
+        self.clock = clock
+        self.display = display
+        self._make_client = make_client
+        self._connect = connect
+        self._attach = attach
+        self._draw = draw
+        self.enabled = enabled
+        self.nick = nick
+        self.password: tuple[str, str] | None = None
+        self.attempt = 0
+        self.rejoining = False
+        self.user_left = False
+        self.client: ChatClient | None = None
+        self.finished: Deferred[Outcome] = Deferred()
+        self._timer: IDelayedCall | None = None
+        self._last: Outcome = Outcome(0)
+
+    def _show(self, line: render.Line) -> None:
+        if self.display is not None:
+            self.display.show(line)
+
+    def _prompt(self, prompt: str) -> None:
+        if self.display is not None:
+            self.display.set_prompt(prompt)
+
+    # -- the connections -------------------------------------------------------
+
+    def start(self) -> ChatClient:
+        """Make the first connection."""
+        return self._begin()
+
+    def _begin(self) -> ChatClient:
+        client = self._make_client(self.nick, self.rejoining, self.password)
+        self.client = client
+        self._attach(client)
+        client.finished.addCallback(self._ended, client)
+        self._connect(client)
+        return client
+
+    def _ended(self, outcome: Outcome, client: ChatClient) -> None:
+        self.client = None
+        joined = client.nick is not None
+        if joined:
+            self.nick = client.nick
+            self.attempt = 0  # it got in: the next loss starts the backoff again
+        # The client started with ours: it has the one that got in (or was
+        # registered) instead, or none once the server refused it.
+        self.password = client.kept_password
+        user_left = self.user_left or client.ending.said_bye or client.ending.interrupted
+        if not self.enabled or not should_reconnect(
+            joined=joined,
+            rejoining=self.rejoining,
+            user_left=user_left,
+            bye_reason=client.ending.bye_reason,
+        ):
+            self._finish(outcome)
+            return
+        self._last = outcome
+        self.rejoining = True
+        partner = client.pairing.partner if joined else None
+        said = outcome.message or f"The connection to {client.server} was lost."
+        self._show(render.error(said))
+        if partner is not None:
+            self._show(render.notice(
+                f"Your private conversation with {partner} ended: the connection "
+                "to the server was lost."
+            ))
+        self._schedule()
+
+    def _schedule(self) -> None:
+        delay = backoff_delay(self.attempt, self._draw())
+        self.attempt += 1
+        self._timer = self.clock.callLater(delay, self._retry)
+        self._prompt("(not connected) > ")
+        self._show(render.notice(
+            f"Reconnecting in {max(1, round(delay))} s; {RECONNECT_COMMAND} tries now, "
+            "/quit leaves."
+        ))
+
+    def _retry(self) -> None:
+        self._timer = None
+        self._show(render.notice("Reconnecting..."))
+        self._begin()
+
+    def _finish(self, outcome: Outcome) -> None:
+        if self._timer is not None and self._timer.active():
+            self._timer.cancel()
+        self._timer = None
+        if not self.finished.called:
+            self.finished.callback(outcome)
+
+    @property
+    def waiting(self) -> bool:
+        """Between connections: the next one starts on a timer."""
+        return self._timer is not None
+
+    def _seconds_left(self) -> int:
+        if self._timer is None:
+            return 0
+        return max(1, round(self._timer.getTime() - self.clock.seconds()))
+
+    def _not_connected(self) -> None:
+        if self._timer is not None:
+            when = (
+                f"Reconnecting in {self._seconds_left()} s; {RECONNECT_COMMAND} tries now, "
+                "/quit leaves."
+            )
+        else:
+            when = "Reconnecting: wait until you are back in the lobby."
+        self._show(render.error(
+            f"Not connected: that line was not sent (Up brings it back). {when}"
+        ))
+
+    # -- the keyboard ------------------------------------------------------------
+
+    def _connecting_again(self, client: ChatClient) -> bool:
+        """A reconnection that has not reached a prompt the user answers."""
+        return self.rejoining and client.state in (
+            State.CONNECTING, State.GREETING, State.NICK_SENT
+        )
+
+    def user_line(self, line: str) -> None:
+        command = line.strip().lower()
+        action = parse_input(line)
+        client = self.client
+        if client is None:
+            if command == RECONNECT_COMMAND:
+                if self._timer is not None and self._timer.active():
+                    self._timer.cancel()
+                self._retry()
+            elif isinstance(action, Quit):
+                self.user_left = True
+                self._finish(self._last)
+            elif action is not None:
+                self._not_connected()
+            return
+        if command == RECONNECT_COMMAND and self.rejoining and client.nick is None:
+            self._show(render.notice("Reconnecting already."))
+            return
+        if isinstance(action, Quit):
+            self.user_left = True
+        elif action is not None and self._connecting_again(client):
+            self._not_connected()
+            return
+        client.user_line(line)
+
+    def _leave(self, then: Callable[[ChatClient], object]) -> None:
+        """The user leaves: between connections at once, else through C{then}."""
+        self.user_left = True
+        if self.client is None:
+            self._finish(self._last)
+        else:
+            then(self.client)
+
+    def interrupt(self) -> None:
+        """Ctrl-C (or SIGINT): leave, also between connections."""
+        self._leave(ChatClient.interrupt)
+
+    def end_of_typing(self) -> None:
+        """Ctrl-D on an empty line: leave (once what waits has gone)."""
+        self._leave(ChatClient.end_of_typing)
+
+    def end_of_input(self) -> None:
+        """A script's input ended (it never reconnects)."""
+        self._leave(ChatClient.input_ended)
+
+    def secret_line(self, text: str) -> None:
+        if self.client is not None:
+            self.client.secret_line(text)
+
+    def online_nicks(self) -> list[str]:
+        return self.client.online_nicks() if self.client is not None else []
+
+    def paste_time(self, count: int) -> float:
+        return self.client.paste_time(count) if self.client is not None else 0.0
