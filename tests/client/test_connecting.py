@@ -298,6 +298,63 @@ def test_lobby_lines_missed_while_paired_come_under_their_own_heading() -> None:
     assert "Recent messages" not in s.screen.text()
 
 
+def test_joins_and_leaves_while_paired_come_in_time_order_among_the_missed_lines() -> None:
+    # As the web page: the lobby's joins and leaves are held during the pair
+    # and merged by time with its replayed lines, not shown before them.
+    s = session()
+    s.ready(users=("bob",))
+    s.receive("PAIRED bob")
+    s.screen.take()
+    s.receive(
+        "JOINED 2026-11-22T14:01:00.000Z eve",
+        "LEFT 2026-11-22T14:03:00.000Z eve quit bye all",
+        f"MSG {TS} bob alice psst",
+    )
+    assert s.screen.take() == ["[14:03] (private) bob -> you: psst"]
+    assert "eve" not in s.client.online_nicks()  # the list is kept live
+    s.receive(
+        "UNPAIRED bob left",
+        "HISTORY 2026-11-22T14:02:00.000Z eve eve says hi",
+        "USER alice lobby",
+        "USER bob lobby",
+        "USERS 2",
+    )
+    assert s.screen.take()[:5] == [
+        "* bob left the private conversation. You are back in the lobby.",
+        "* While you were away, the lobby said:",
+        "[14:01] * eve joined",
+        "[14:02] <eve> eve says hi",
+        "[14:03] * eve left (quit: bye all)",
+    ]
+
+
+def test_joins_while_paired_without_missed_lines_come_under_the_heading() -> None:
+    s = session()
+    s.ready(users=("bob",))
+    s.receive("PAIRED bob", "JOINED 2026-11-22T14:01:00.000Z eve")
+    s.screen.take()
+    s.receive(
+        "UNPAIRED bob left", "USER alice lobby", "USER bob lobby", "USER eve lobby", "USERS 3"
+    )
+    assert s.screen.take()[:3] == [
+        "* bob left the private conversation. You are back in the lobby.",
+        "* While you were away, the lobby said:",
+        "[14:01] * eve joined",
+    ]
+    s.receive("JOINED 2026-11-22T14:04:00.000Z frank")
+    assert s.screen.take() == ["[14:04] * frank joined"]  # live again
+
+
+def test_joins_held_when_the_connection_ends_in_a_pair_are_shown() -> None:
+    s = session()
+    s.ready(users=("bob",))
+    s.receive("PAIRED bob", "JOINED 2026-11-22T14:01:00.000Z eve")
+    s.screen.take()
+    s.receive("BYE shutdown")
+    s.lose()
+    assert s.screen.take()[:2] == ["* Meanwhile, in the lobby:", "[14:01] * eve joined"]
+
+
 def test_nothing_missed_means_no_heading() -> None:
     s = session()
     s.ready(users=("bob",))

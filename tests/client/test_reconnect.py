@@ -16,6 +16,7 @@ from twisted.internet.testing import StringTransport
 from twisted.python.failure import Failure
 
 from twisted_chat.client.liveness import Liveness
+from twisted_chat.client.lobbyview import REMEMBERED
 from twisted_chat.client.protocol import ChatClient
 from twisted_chat.client.reconnect import Reconnecting, backoff_delay, should_reconnect
 from twisted_chat.client.session import Outcome
@@ -425,3 +426,175 @@ def test_the_kept_password_is_dropped_when_another_nick_joins() -> None:
     assert h.client.kept_password is None
     h.lose()
     assert h.session.password is None
+
+
+# -- the history after a reconnection -------------------------------------------
+
+
+def _at(minute: int) -> str:
+    return f"2026-11-22T14:{minute:02d}:00.000Z"
+
+
+def _come_back(h: Harness, *history: str) -> list[str]:
+    h.receive("BYE shutdown")
+    h.lose()
+    h.clock.advance(1.01)
+    h.screen.take()
+    h.receive("HELLO chat/1 test", "NICK")
+    assert h.sent() == ["NICK alice"]
+    h.receive("READY alice", *history, "USER alice lobby", "USERS 1")
+    return h.screen.take()
+
+
+def test_a_reconnections_history_shows_only_what_is_not_on_screen() -> None:
+    h = Harness()
+    h.receive("HELLO chat/1 test", "NICK")
+    h.sent()
+    h.receive("READY alice", f"HISTORY {_at(1)} bob from before", "USER alice lobby", "USERS 1")
+    h.receive(f"MSG {_at(2)} bob * ping", f"MSG {_at(2)} carol * hello")
+    h.session.user_line("mine")
+    h.receive(f"MSG {_at(3)} alice * mine")
+    shown = _come_back(
+        h,
+        f"HISTORY {_at(1)} bob from before",
+        f"HISTORY {_at(2)} bob ping",
+        f"HISTORY {_at(2)} carol hello",
+        f"HISTORY {_at(3)} alice mine",
+        f"HISTORY {_at(4)} carol said while you were gone",
+        f"HISTORY {_at(5)} bob ping",  # the same text again, later: a new message
+    )
+    assert shown == [
+        "* Connected to chat.test:7000, running test.",
+        "* Reconnected: you are back in the lobby as alice.",
+        "* Recent messages in the lobby:",
+        "[14:04] <carol> said while you were gone",
+        "[14:05] <bob> ping",
+        "* 1 person online:",
+        "  NICK         STATUS",
+        "  alice (you)  in the lobby",
+    ]
+    # What this connection showed counts for the next one.
+    shown = _come_back(
+        h, f"HISTORY {_at(4)} carol said while you were gone", f"HISTORY {_at(5)} bob ping"
+    )
+    assert "Recent messages in the lobby:" not in "\n".join(shown)
+    assert not any("ping" in line or "gone" in line for line in shown)
+
+
+def test_the_same_message_twice_in_the_history_is_shown_twice_when_new() -> None:
+    h = Harness()
+    h.join()
+    h.receive(f"MSG {_at(2)} bob * +1")
+    shown = _come_back(h, f"HISTORY {_at(2)} bob +1", f"HISTORY {_at(2)} bob +1")
+    assert shown.count("[14:02] <bob> +1") == 1  # two messages; one was on screen
+
+
+def test_a_pairs_replay_is_never_skipped() -> None:
+    # After UNPAIRED the server sends only what was missed, even a line that
+    # looks like one on screen (the same text at the same second).
+    h = Harness()
+    h.join()
+    h.receive(f"MSG {_at(2)} bob * +1", "PAIRED carol")
+    h.screen.take()
+    h.receive("UNPAIRED carol left", f"HISTORY {_at(2)} bob +1", "USER alice lobby", "USERS 1")
+    assert "[14:02] <bob> +1" in h.screen.take()
+
+
+def test_the_lobby_lines_remembered_are_bounded() -> None:
+    h = Harness()
+    h.join()
+    for n in range(REMEMBERED + 50):
+        h.receive(f"MSG {_at(1)} bob * line {n}")
+    assert len(h.session.lobby_shown) == REMEMBERED
+    # The oldest are forgotten, and no newer than the newest one forgotten:
+    # not shown again either.
+    shown = _come_back(h, f"HISTORY {_at(1)} bob line 0", f"HISTORY {_at(2)} bob new")
+    assert "[14:01] <bob> line 0" not in shown
+    assert "[14:02] <bob> new" in shown
+
+
+# -- a long outage -------------------------------------------------------------------
+
+
+REFUSED = (
+    "! Cannot connect to chat.test:7000: connection refused (is the server running on "
+    "that port?)."
+)
+
+
+def _first_try_refused(h: Harness, said: str) -> None:
+    """The connection is gone; the first reconnection is refused: all in full."""
+    h.refuse = True
+    h.clock.advance(1)
+    assert h.screen.take() == [
+        said,
+        "* Reconnecting in 1 s; /reconnect tries now, /quit leaves.",
+        "* Reconnecting...",
+        REFUSED,
+        "* Reconnecting in 2 s; /reconnect tries now, /quit leaves.",
+    ]
+
+
+def test_a_long_outage_says_the_first_failure_in_full_then_one_short_line_a_try() -> None:
+    h = Harness()
+    h.join()
+    h.screen.take()
+    h.receive("BYE shutdown")
+    h.lose()
+    _first_try_refused(h, "! The server is shutting down.")
+    for wait in (2, 4, 8, 16, 30, 30):
+        h.clock.advance(wait)
+    assert h.screen.take() == [
+        "* Still not connected after 2 tries (the same error); next try in 4 s.",
+        "* Still not connected after 3 tries (the same error); next try in 8 s.",
+        "* Still not connected after 4 tries (the same error); next try in 16 s.",
+        "* Still not connected after 5 tries (the same error); next try in 30 s.",
+        "* Still not connected after 6 tries (the same error); next try in 30 s.",
+        "* Still not connected after 7 tries (the same error); next try in 30 s.",
+    ]
+    assert h.screen.prompt == "(not connected) > "
+    h.refuse = False
+    h.clock.advance(30)
+    h.join()
+    shown = h.screen.take()
+    assert shown[:2] == [
+        "* Connected to chat.test:7000, running test.",
+        "* Reconnected: you are back in the lobby as alice.",
+    ]
+    # The next outage starts again in full.
+    h.lose()
+    _first_try_refused(h, "! The connection to chat.test:7000 was lost.")
+
+
+def _refused_twice() -> Harness:
+    h = Harness()
+    h.join()
+    h.lose()
+    h.refuse = True
+    h.clock.advance(1)
+    h.clock.advance(2)  # the second try: said in one short line
+    h.screen.take()
+    return h
+
+
+def test_a_different_failure_is_said_in_full() -> None:
+    h = _refused_twice()
+    h.refuse = False
+    h.clock.advance(4)
+    h.receive("HELLO chat/1 test", "NICK")
+    h.sent()
+    h.receive("BYE full the server is full")
+    h.lose()
+    shown = h.screen.take()
+    assert shown[-2].startswith("! ") and "full" in shown[-2]
+    assert shown[-1] == "* Reconnecting in 8 s; /reconnect tries now, /quit leaves."
+
+
+def test_reconnect_now_is_said_and_so_is_its_failure() -> None:
+    h = _refused_twice()
+    h.session.user_line("/reconnect")
+    assert h.screen.take() == [
+        "* Reconnecting...",
+        REFUSED,
+        "* Reconnecting in 8 s; /reconnect tries now, /quit leaves.",
+    ]

@@ -28,5 +28,9 @@ It speaks chat/1 over TCP or TLS on the Twisted reactor.  The modules:
   - L{lines}: line splitting that skips an over-long line (server and pipe);
   - L{terminal}: the interactive line editor on a terminal (conch insults);
   - L{pipe}: plain line input and output when stdin is not a terminal;
+  - L{reconnect}: on a terminal, connects again after a server restart or a
+    lost connection;
+  - L{lobbyview}: the lobby messages shown (a reconnection's history does
+    not repeat them) and the joins and leaves held while paired;
   - L{main}: options, connecting, and the exit code.
 """

@@ -53,6 +53,7 @@ from twisted_chat.client.events import Malformed, ServerLine, parse
 from twisted_chat.client.flow import Valve, taken
 from twisted_chat.client.lines import SkipLongLines
 from twisted_chat.client.liveness import Liveness
+from twisted_chat.client.lobbyview import HeldNotices, Repeats, ShownLobby
 from twisted_chat.client.login import Login
 from twisted_chat.client.outbox import QUEUE_MAX, Outbox, Typed
 from twisted_chat.client.pairing import Pairing
@@ -108,6 +109,8 @@ class ChatClient(SkipLongLines):
         (L{twisted_chat.client.liveness}; C{None}: it does not).
     @param rejoin: this connection is a reconnection
         (L{twisted_chat.client.reconnect}): C{READY} says "Reconnected".
+        Its history does not show again the lobby messages in L{lobby_shown}
+        (which L{twisted_chat.client.reconnect} shares between connections).
     @param kept_password: C{(nick, password)}, the password typed this
         session (on a terminal), which answers the server's C{PASS} for that
         nick once; L{kept_password} holds the one that got in, or was
@@ -181,6 +184,14 @@ class ChatClient(SkipLongLines):
         self._drain_timer: IDelayedCall | None = None
         self._replay: str | None = None  # "login" or "away" while HISTORY lines come
         self._replay_heading = False  # the heading for the lines replayed is shown
+        # The lobby messages shown (on this connection and, when reconnecting,
+        # the earlier ones), and, while a READY block's history comes, those
+        # of them it may repeat (twisted_chat.client.lobbyview).
+        self.lobby_shown = ShownLobby()
+        self._repeats: Repeats | None = None
+        # The lobby's joins and leaves while paired: shown among the lobby's
+        # messages replayed when the pair ends (as the web page does).
+        self.held = HeldNotices()
         # The partner (nick_key) the last line of a private conversation was
         # sent to: an ERROR no-such-nick naming them says the partner left.
         self._private_to: str | None = None
@@ -383,6 +394,10 @@ class ChatClient(SkipLongLines):
     def connectionLost(self, reason: Failure | None = None) -> None:
         previous = self.state
         self.state = State.CLOSED
+        if len(self.held):
+            # Held during a pair the connection's end ends: what happened before it.
+            self.notice("Meanwhile, in the lobby:")
+            self.held.release(self._show)
         # At an open password prompt the user may be typing blind: the
         # client waits for Enter (unseen) before it gives the terminal back.
         swallowing = self.interactive and self.passwords.asking
@@ -738,24 +753,43 @@ class ChatClient(SkipLongLines):
             # What was typed while the password was checked may be it again.
             self.drop_typed_ahead("while the password was checked", "now")
         self._replay, self._replay_heading = "login", False
+        self._repeats = self.lobby_shown.repeats()
         self.pump()
 
-    def _on_HISTORY(self, event: ServerLine) -> None:
-        if self._replay == "login" and not self.show_history:
-            return
+    def _heading(self) -> None:
+        """The replay's heading, before its first line."""
         if self._replay is not None and not self._replay_heading:
             self._replay_heading = True
             if self._replay == "away":
                 self.notice("While you were away, the lobby said:")
             else:
                 self.notice("Recent messages in the lobby:")
-        self._show(self.renderer.message(event.word(0), event.word(1), "*", event.text))
+
+    def _on_HISTORY(self, event: ServerLine) -> None:
+        ts, sender = event.words
+        if self._replay == "login" and not self.show_history:
+            return
+        # Only a READY block's history can repeat a line already shown (a
+        # reconnection's); the replay after UNPAIRED is what was missed.
+        if self._repeats is not None and self._repeats.repeats(ts, sender, event.text):
+            return
+        self.lobby_shown.shown(ts, sender, event.text)
+        self._heading()
+        if self._replay == "away":
+            self.held.release(self._show, until=ts)
+        self._show(self.renderer.message(ts, sender, "*", event.text))
 
     def _end_replay(self) -> None:
+        if self._replay == "away" and len(self.held):
+            self._heading()
+            self.held.release(self._show)
         self._replay, self._replay_heading = None, False
+        self._repeats = None
 
     def _on_MSG(self, event: ServerLine) -> None:
         ts, sender, to = event.words
+        if to == "*":
+            self.lobby_shown.shown(ts, sender, event.text)
         self._show(self.renderer.message(ts, sender, to, event.text))
         if self.nick is None:
             return
@@ -765,14 +799,26 @@ class ChatClient(SkipLongLines):
         if to != "*" or render.mentions(event.text, self.nick):
             self._ring()  # a private message, or a lobby line that names you
 
+    def _lobby_notice(self, ts: str, nick: str, line: Line) -> None:
+        """A join or leave: shown now, or held while paired (the lobby's
+        messages of that time come when the pair ends, and it goes among them).
+        The partner's own leaving belongs to the conversation: shown now (the
+        web page shows it in the conversation too)."""
+        partner = self.pairing.partner
+        if partner is None or nick_key(nick) == nick_key(partner):
+            self._show(line)
+        else:
+            self.held.hold(ts, line)
+
     def _on_JOINED(self, event: ServerLine) -> None:
-        self.roster.joined(event.word(1))
-        self._show(self.renderer.joined(event.word(0), event.word(1)))
+        ts, nick = event.words
+        self.roster.joined(nick)
+        self._lobby_notice(ts, nick, self.renderer.joined(ts, nick))
 
     def _on_LEFT(self, event: ServerLine) -> None:
         ts, nick, reason = event.words
         self.roster.left(nick)
-        self._show(self.renderer.left(ts, nick, reason, event.text))
+        self._lobby_notice(ts, nick, self.renderer.left(ts, nick, reason, event.text))
 
     def _on_USER(self, event: ServerLine) -> None:
         self._end_replay()

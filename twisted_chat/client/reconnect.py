@@ -7,10 +7,14 @@ the chat, L{Reconnecting} starts a new one when the server restarts
 (L{backoff_delay}: 1, 2, 4, 8, 16, then every 30 seconds, each +-25 %;
 back to 1 s once a connection reached C{READY}), the same nickname, and the
 password typed this session (kept in memory only).  It decides by
-L{should_reconnect}.  Between connections the screen stays; a line typed
-then is not sent (it would be read by a session the user has not seen
-start), and the user is told so; C{/reconnect} tries at once, C{/quit},
-Ctrl-C and Ctrl-D leave.
+L{should_reconnect}.  The lobby messages shown are remembered across
+connections (L{ShownLobby}): a new connection's history shows only the ones
+not on the screen yet.  The first failure of a reconnection is said in full;
+the same failure again is one short line, with no "Reconnecting..." before it
+(a long outage is one line per attempt, every 30 seconds).  Between
+connections the screen stays; a line typed then is not sent (it would be
+read by a session the user has not seen start), and the user is told so;
+C{/reconnect} tries at once, C{/quit}, Ctrl-C and Ctrl-D leave.
 
 The keyboard's callbacks go to this object, which passes them to the
 connection of the moment.  A script (stdin not a terminal) or
@@ -28,6 +32,7 @@ from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted_chat.client import render
 from twisted_chat.client.commands import Quit, parse_input
 from twisted_chat.client.display import Display
+from twisted_chat.client.lobbyview import ShownLobby
 from twisted_chat.client.protocol import ChatClient
 from twisted_chat.client.session import Outcome, State
 
@@ -122,6 +127,11 @@ class Reconnecting:
         self.finished: Deferred[Outcome] = Deferred()
         self._timer: IDelayedCall | None = None
         self._last: Outcome = Outcome(0)
+        # The lobby messages on the screen, across connections.
+        self.lobby_shown = ShownLobby()
+        # What the last failed reconnection said (None: since one got in, or
+        # after a /reconnect): the same again is said in one short line.
+        self._failure: str | None = None
 
     def _show(self, line: render.Line) -> None:
         if self.display is not None:
@@ -139,6 +149,7 @@ class Reconnecting:
 
     def _begin(self) -> ChatClient:
         client = self._make_client(self.nick, self.rejoining, self.password)
+        client.lobby_shown = self.lobby_shown
         self.client = client
         self._attach(client)
         client.finished.addCallback(self._ended, client)
@@ -151,6 +162,7 @@ class Reconnecting:
         if joined:
             self.nick = client.nick
             self.attempt = 0  # it got in: the next loss starts the backoff again
+            self._failure = None
         # The client started with ours: it has the one that got in (or was
         # registered) instead, or none once the server refused it.
         self.password = client.kept_password
@@ -167,6 +179,11 @@ class Reconnecting:
         self.rejoining = True
         partner = client.pairing.partner if joined else None
         said = outcome.message or f"The connection to {client.server} was lost."
+        again = not joined and said == self._failure
+        self._failure = None if joined else said
+        if again:
+            self._schedule(tries=self.attempt)
+            return
         self._show(render.error(said))
         if partner is not None:
             self._show(render.notice(
@@ -175,19 +192,32 @@ class Reconnecting:
             ))
         self._schedule()
 
-    def _schedule(self) -> None:
+    def _schedule(self, tries: int = 0) -> None:
+        """
+        The next connection after a delay, said in full, or, after C{tries}
+        reconnections that failed the same way, in one short line.
+        """
         delay = backoff_delay(self.attempt, self._draw())
         self.attempt += 1
         self._timer = self.clock.callLater(delay, self._retry)
         self._prompt("(not connected) > ")
+        seconds = max(1, round(delay))
+        if tries:
+            self._show(render.notice(
+                f"Still not connected after {tries} tries (the same error); "
+                f"next try in {seconds} s."
+            ))
+            return
         self._show(render.notice(
-            f"Reconnecting in {max(1, round(delay))} s; {RECONNECT_COMMAND} tries now, "
-            "/quit leaves."
+            f"Reconnecting in {seconds} s; {RECONNECT_COMMAND} tries now, /quit leaves."
         ))
 
-    def _retry(self) -> None:
+    def _retry(self, asked: bool = False) -> None:
         self._timer = None
-        self._show(render.notice("Reconnecting..."))
+        if asked:
+            self._failure = None  # the user asked: what it meets is said in full
+        if self._failure is None:
+            self._show(render.notice("Reconnecting..."))
         self._begin()
 
     def _finish(self, outcome: Outcome) -> None:
@@ -235,7 +265,7 @@ class Reconnecting:
             if command == RECONNECT_COMMAND:
                 if self._timer is not None and self._timer.active():
                     self._timer.cancel()
-                self._retry()
+                self._retry(asked=True)
             elif isinstance(action, Quit):
                 self.user_left = True
                 self._finish(self._last)

@@ -1,0 +1,134 @@
+"""
+What the lobby's replays may repeat, and the joins and leaves held while paired
+(docs/client.md, "When the connection ends" and "Private conversations").
+
+Both as the web page does them (twisted_chat/web/static/app.js,
+C{lobbyMessage}, C{lobbyNotice}, C{showHeldNotices}), in bounded memory:
+
+  - L{ShownLobby}: the lobby messages shown, so that the history a
+    reconnection's C{READY} block sends does not show them twice.  A message
+    is its time, sender and text; the same three twice are two messages, and
+    each counts.  Kept for the last L{REMEMBERED} of them (as digests); a
+    replayed line no newer than the newest one forgotten was shown.
+  - L{HeldNotices}: the lobby's C{JOINED} and C{LEFT} lines received while
+    paired.  The lobby's messages of that time come after C{UNPAIRED}
+    (PROTOCOL.md, "Coming back to the lobby"); the notices are shown among
+    them in time order, not before them.
+
+No I/O.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+from collections import deque
+from collections.abc import Callable
+
+from twisted_chat.client.render import Line
+from twisted_chat.wire import parse_ts
+
+# The web page's MAX_ROWS.
+REMEMBERED = 2000
+
+
+def when(ts: str) -> float | None:
+    """A server timestamp in seconds, C{None} when it cannot be read."""
+    try:
+        return parse_ts(ts)
+    except (ValueError, OverflowError):
+        return None
+
+
+def _key(ts: str, sender: str, text: str) -> bytes:
+    # A digest: the memory stays small however long the lines are.
+    raw = "\n".join((ts, sender, text)).encode("utf-8", "backslashreplace")
+    return hashlib.blake2b(raw, digest_size=16).digest()
+
+
+class Repeats:
+    """The lines a new connection's history may repeat (one use each)."""
+
+    def __init__(self, counts: dict[bytes, int], floor: float) -> None:
+        self._counts = counts
+        self._floor = floor
+
+    def repeats(self, ts: str, sender: str, text: str) -> bool:
+        """Whether this replayed line was shown already (consumes one)."""
+        seconds = when(ts)
+        if seconds is not None and seconds <= self._floor:
+            return True  # older than the oldest message remembered
+        key = _key(ts, sender, text)
+        left = self._counts.get(key, 0)
+        if left <= 0:
+            return False
+        self._counts[key] = left - 1
+        return True
+
+
+class ShownLobby:
+    """
+    The last C{limit} lobby messages shown, kept across connections.
+
+    @param limit: how many are remembered.
+    """
+
+    def __init__(self, limit: int = REMEMBERED) -> None:
+        self._limit = limit
+        self._counts: dict[bytes, int] = {}
+        self._order: deque[tuple[bytes, float | None]] = deque()
+        self._floor = -math.inf  # the newest time forgotten
+
+    def __len__(self) -> int:
+        return len(self._order)
+
+    def shown(self, ts: str, sender: str, text: str) -> None:
+        """A lobby message was shown."""
+        key = _key(ts, sender, text)
+        self._counts[key] = self._counts.get(key, 0) + 1
+        self._order.append((key, when(ts)))
+        while len(self._order) > self._limit:
+            old, seconds = self._order.popleft()
+            count = self._counts[old] - 1
+            if count > 0:
+                self._counts[old] = count
+            else:
+                del self._counts[old]
+            if seconds is not None:
+                self._floor = max(self._floor, seconds)
+
+    def repeats(self) -> Repeats:
+        """For a new connection's history: what was shown before it."""
+        return Repeats(dict(self._counts), self._floor)
+
+
+class HeldNotices:
+    """
+    Joins and leaves in the lobby held while paired, oldest first.
+
+    @param limit: how many are held (the oldest go first).
+    """
+
+    def __init__(self, limit: int = REMEMBERED) -> None:
+        self._held: deque[tuple[float | None, Line]] = deque(maxlen=limit)
+
+    def __len__(self) -> int:
+        return len(self._held)
+
+    def hold(self, ts: str, line: Line) -> None:
+        self._held.append((when(ts), line))
+
+    def release(self, show: Callable[[Line], object], until: str | None = None) -> None:
+        """
+        Show those up to C{until} (a replayed line's time), in order; all of
+        them without it.  One whose time cannot be read waits for the end.
+        """
+        limit = when(until) if until is not None else None
+        if until is not None and limit is None:
+            return
+        while self._held:
+            seconds, line = self._held[0]
+            if limit is not None and (seconds is None or seconds > limit):
+                return
+            self._held.popleft()
+            show(line)
