@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 
 from tests.test_cluster_unit import Cluster, Node, check_index
-from twisted_chat.server.cluster.replica import RemoteConn
+from twisted_chat.server.cluster.remote import RemoteConn
 from twisted_chat.server.factory import ChatFactory
 from twisted_chat.server.fanout import LobbyFanout
 

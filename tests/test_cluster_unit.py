@@ -19,7 +19,7 @@ from twisted.internet.task import Clock
 
 from tests.harness import QUIET, Conn, Harness
 from twisted_chat.server.cluster.node import ClusterState
-from twisted_chat.server.cluster.replica import RemoteConn
+from twisted_chat.server.cluster.remote import RemoteConn
 from twisted_chat.server.config import ServerConfig
 from twisted_chat.server.factory import ChatFactory, hub_settings
 from twisted_chat.server.history import History

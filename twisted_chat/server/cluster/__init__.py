@@ -18,6 +18,8 @@ The modules:
     log hands it back;
   - L{replica}: the node's replica of the hub, every event applied in the
     log's order;
+  - L{remote}: the users of other nodes as the replica holds them, with a
+    connection that writes nowhere;
   - L{listeners}: the hub listeners the replica puts in front of the node's
     while its users must not hear every change (a rebuild, a C{hello});
   - L{own}: the node's own users, the index its fan-out walks;

@@ -52,7 +52,8 @@ from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted_chat import wire
 from twisted_chat.server import logs
 from twisted_chat.server.cluster.own import OwnMembers
-from twisted_chat.server.cluster.replica import RemoteConn, Replica
+from twisted_chat.server.cluster.remote import RemoteConn
+from twisted_chat.server.cluster.replica import Replica
 from twisted_chat.server.fanout import Member
 from twisted_chat.server.histogram import Buckets
 from twisted_chat.server.history import History

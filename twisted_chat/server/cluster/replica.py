@@ -50,12 +50,13 @@ from twisted.internet.task import Clock
 
 from twisted_chat.server import logs
 from twisted_chat.server.cluster.listeners import SILENT, Between, NotShownLeaving, SyncFirst
+from twisted_chat.server.cluster.remote import RemoteConn, stand_in
 from twisted_chat.server.cluster.streamids import event_seconds, id_key
 from twisted_chat.server.history import History
 from twisted_chat.server.hub import Hub, HubError, HubSettings, Listener, NickTaken, User
 from twisted_chat.wire import ErrorCode, nick_key
 
-__all__ = ["Answers", "Detached", "Member", "RemoteConn", "Replica"]
+__all__ = ["Answers", "Detached", "Member", "Replica"]
 
 _log = logs.logger("twisted_chat.server.cluster.replica")
 
@@ -91,26 +92,6 @@ def _limit(value: object) -> int | None:
     return None if value is None else int(str(value))
 
 
-class RemoteConn:
-    """
-    The connection of a user on another node: nothing is written here (its
-    own node writes to it).  A fan-out L{Member}.
-    """
-
-    __slots__ = ("node",)
-    closing = False
-
-    def __init__(self, node: str) -> None:
-        self.node = node
-
-    def write(self, data: bytes) -> None:
-        pass
-
-    def deliver(self, data: bytes) -> None:
-        pass
-
-
-
 @dataclass(slots=True)
 class Member:
     user: User
@@ -131,11 +112,6 @@ class Detached:
     conn: Any
     user: User
     row: list[Any]
-
-
-def _stand_in(nick: str) -> User:
-    """A user no hub holds (gone in events Redis lost), for its nick in a line."""
-    return User(nick=nick, key=nick_key(nick), conn=RemoteConn(""), address="-")
 
 
 class Answers(Protocol):
@@ -358,7 +334,7 @@ class Replica:
         for _, nick in gone:
             if nick_key(nick) not in self.hub.online:
                 listener.roster_changing()
-                listener.left(self.clock.seconds(), _stand_in(nick), "disconnected", "")
+                listener.left(self.clock.seconds(), stand_in(nick), "disconnected", "")
 
     def _leave(self, eid: str, origin: str, k: int, event: dict[str, Any]) -> None:
         user = self._member(event)
@@ -636,7 +612,7 @@ class Replica:
         """A user the replica had before its rebuild and does not have now,
         for its nick in a line (no hub holds it)."""
         nick = self._nicks.get(uid)
-        return None if nick is None else _stand_in(nick)
+        return None if nick is None else stand_in(nick)
 
     def _bring_back(self, a: User, b: User, quiet: bool) -> None:
         """Pair C{a} and C{b} again (L{_restore_pair}) without the lines of
