@@ -639,7 +639,7 @@ def test_a_rebuild_restores_the_real_listener_not_a_pending_sync() -> None:
     n0.user("ann")
     redis.pump()
     replica = n0.state.replica
-    with replica._quietly():
+    with replica.quiet.quietly():
         pass
     assert isinstance(replica.hub.listener, SyncFirst)
     replica.rebuild(None, [])

@@ -7,7 +7,9 @@ online.  What the users see then is in docs/cluster.md, "What is guaranteed"
 (its "After a loss, every replica agrees").
 
 L{Silent} tells nobody; L{Forward} passes every event on, and L{SyncFirst},
-L{NotShownLeaving} and L{Between} change what they must.  They follow the
+L{NotShownLeaving} and L{Between} change what they must.  L{Quiet} is the
+hub's listener as the replica keeps changes from it, and whether it missed
+any.  They follow the
 hub's L{Listener} method by method, as the factory and the index of the
 node's own users (C{cluster/own.py}) do: a new Listener event is added to
 these too.  They are apart from L{replica} so that a reader of that module
@@ -16,26 +18,70 @@ meets the replica first.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from typing import Protocol
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 
 from twisted_chat.server.history import Entry
-from twisted_chat.server.hub import Invitation, Listener, User
+from twisted_chat.server.hub import Hub, Invitation, Listener, User
 
 __all__ = ["SILENT", "Between", "Forward", "NotShownLeaving", "Quiet", "Silent", "SyncFirst"]
 
 
-class Quiet(Protocol):
-    """What L{SyncFirst} and L{NotShownLeaving} ask of the replica that
-    keeps changes from the listener behind them (L{Replica})."""
+class Quiet:
+    """
+    The hub's listener while a replica keeps changes from it (L{quietly}),
+    and whether it missed any since it last built its picture from the hub.
+    C{stale}: tells the node that picture is stale (the replica's, which
+    tells L{replica.Answers.rebuilt}, but not while it replays).  L{SyncFirst} and
+    L{NotShownLeaving} call it back.
+    """
+
+    def __init__(self, hub: Hub, stale: Callable[[], None]) -> None:
+        self.hub = hub
+        self._stale = stale
+        self.hushed = False
 
     def hush(self) -> None:
         """The listener was not told of a change: what it built from the hub
         is stale until L{sync_listener}."""
+        self.hushed = True
 
     def sync_listener(self) -> None:
         """Tell the listener of the changes it was not told (it builds its
         picture again), if there were any since it last was."""
+        self.unwrapped()
+        if self.hushed:
+            self._stale()
+        self.hushed = False
+
+    @contextmanager
+    def quietly(self, quiet: bool = True) -> Iterator[None]:
+        """Apply what follows without telling the listener (if C{quiet}),
+        after what it had gathered goes out."""
+        hub = self.hub
+        if not quiet or hub.listener is SILENT:
+            yield
+            return
+        listener = self.unwrapped()
+        listener.roster_changing()
+        hub.listener = SILENT
+        self.hushed = True
+        try:
+            yield
+        finally:
+            hub.listener = self.after_quiet(listener)
+
+    def after_quiet(self, listener: Listener) -> Listener:
+        """The hub's listener after a quiet change: L{SyncFirst}."""
+        return SyncFirst(self, listener)
+
+    def unwrapped(self) -> Listener:
+        """The hub's listener, a pending L{SyncFirst} taken off (not run)."""
+        listener = self.hub.listener
+        if isinstance(listener, SyncFirst):
+            listener = listener.listener
+            self.hub.listener = listener
+        return listener
 
 
 class Silent:
@@ -140,7 +186,7 @@ class Forward:
 
 class SyncFirst(Forward):
     """
-    The hub's listener after a C{hello}'s quiet change (L{Replica._quietly}):
+    The hub's listener after a C{hello}'s quiet change (L{Quiet.quietly}):
     the listener was not told of it, so what it built from the hub (the user
     list, the index of this node's users) is stale.  Before it is told
     anything out loud, that is built again, once (L{Quiet.sync_listener}):
@@ -148,12 +194,12 @@ class SyncFirst(Forward):
     nothing; only a loud one after them does.
     """
 
-    def __init__(self, replica: Quiet, listener: Listener) -> None:
+    def __init__(self, quiet: Quiet, listener: Listener) -> None:
         super().__init__(listener)
-        self.replica = replica
+        self.quiet = quiet
 
     def _before(self) -> None:
-        self.replica.sync_listener()
+        self.quiet.sync_listener()
 
 
 class NotShownLeaving(Forward):
@@ -167,17 +213,17 @@ class NotShownLeaving(Forward):
     (L{Quiet.sync_listener}).
     """
 
-    def __init__(self, replica: Quiet, listener: Listener, user: User) -> None:
+    def __init__(self, quiet: Quiet, listener: Listener, user: User) -> None:
         super().__init__(listener)
-        self._replica = replica
+        self._quiet = quiet
         self._user = user
 
     def _before(self) -> None:
-        self._replica.sync_listener()
+        self._quiet.sync_listener()
 
     def left(self, ts: float, user: User, reason: str, text: str) -> None:
         if user is self._user:
-            self._replica.hush()  # the index learns of it by a reindex
+            self._quiet.hush()  # the index learns of it by a reindex
             return
         super().left(ts, user, reason, text)
 

@@ -41,15 +41,14 @@ from __future__ import annotations
 
 import json
 from collections import deque
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
 from twisted.internet.task import Clock
 
 from twisted_chat.server import logs
-from twisted_chat.server.cluster.listeners import SILENT, Between, NotShownLeaving, SyncFirst
+from twisted_chat.server.cluster.listeners import SILENT, Between, NotShownLeaving, Quiet
 from twisted_chat.server.cluster.remote import RemoteConn, stand_in
 from twisted_chat.server.cluster.streamids import event_seconds, id_key
 from twisted_chat.server.history import History
@@ -156,6 +155,8 @@ class Replica:
         self.node = node
         self.clock = Clock()
         self.hub = Hub(self.clock, history, listener, settings)
+        #: The hub's listener as the replica keeps changes from it.
+        self.quiet = Quiet(self.hub, self._stale)
         self.answers = answers
         self.members: dict[str, Member] = {}  # by uid
         self.uids: dict[User, str] = {}
@@ -217,7 +218,6 @@ class Replica:
         # The event that declared each dead id, where this replica applied
         # it (not one a snapshot brought): for L{lost_tail}.
         self._dead_by: dict[str, str] = {}
-        self._hushed = False
 
     # -- applying ------------------------------------------------------------
 
@@ -329,7 +329,7 @@ class Replica:
             del self.unseen[uid]
         if self.replaying:
             return
-        self.sync_listener()  # the listener's picture first (its user list)
+        self.quiet.sync_listener()  # the listener's picture first (its user list)
         listener = self.hub.listener
         for _, nick in gone:
             if nick_key(nick) not in self.hub.online:
@@ -349,12 +349,12 @@ class Replica:
         if shown is None or self.uids.get(user) in shown or hub.listener is SILENT:
             hub.leave(user, reason, text)
         else:
-            listener = self._unwrapped()
-            hub.listener = NotShownLeaving(self, listener, user)
+            listener = self.quiet.unwrapped()
+            hub.listener = NotShownLeaving(self.quiet, listener, user)
             try:
                 hub.leave(user, reason, text)
             finally:
-                hub.listener = self._after_quiet(listener) if self._hushed else listener
+                hub.listener = self.quiet.after_quiet(listener) if self.quiet.hushed else listener
         uid = self.uids.pop(user, None)
         if uid is not None:
             self.members.pop(uid, None)
@@ -461,7 +461,7 @@ class Replica:
         shown = self.shown
         if own and shown is not None and not self.replaying:
             self._greeted = True  # shown may expire now (SHOWN_KEEP)
-        self._hushed = False
+        self.quiet.hushed = False
         stale = sorted(
             (m for m in self.members.values() if m.node == origin and m.uid not in listed),
             key=lambda m: m.user.key,
@@ -474,7 +474,7 @@ class Replica:
             if uid in self.members:
                 continue
             # A detached user stays detached until it is registered: the
-            # fan-out's flush as it is (_quietly, the listener) sends the
+            # fan-out's flush as it is (quiet.quietly, the listener) sends the
             # lobby's lines gathered so far to the detached, it among them.
             held = self.detached.get(uid) if own else None
             conn: Any = RemoteConn(origin)
@@ -483,7 +483,7 @@ class Replica:
             elif own and uid in self._attach:
                 conn = self._attach[uid]  # a rebuild's replay
             try:
-                with self._quietly(shown is not None and uid in shown):
+                with self.quiet.quietly(shown is not None and uid in shown):
                     user = self.hub.register(nick, conn, address, source=source)
             except NickTaken:
                 _log.warn("node {node} holds {nick}, which is online elsewhere",
@@ -512,7 +512,7 @@ class Replica:
                 if uid in self.members and uid in shown:
                     self._saw(uid, partner, invitee)
         self._hear_lobby()
-        self.sync_listener()
+        self.quiet.sync_listener()
 
     def _hear_lobby(self) -> None:
         """Set L{hearing} anew from L{shown}."""
@@ -537,7 +537,7 @@ class Replica:
                 continue
             other = uids[member.user.partner]
             if other != partner:
-                with self._quietly(self._pair_seen(view, uid, other, False)):
+                with self.quiet.quietly(self._pair_seen(view, uid, other, False)):
                     self.hub.unpair(member.user)
                 view[uid][0] = view[other][0] = ""
         for uid, (_, invitee) in sorted(told.items()):
@@ -548,7 +548,7 @@ class Replica:
             other = uids[outgoing.invitee]
             if other != invitee:
                 # Both sides read the invitation off the inviter's view.
-                with self._quietly(bool(self._mine(uid, other)) and view[uid][1] != other):
+                with self.quiet.quietly(bool(self._mine(uid, other)) and view[uid][1] != other):
                     self.hub.unpair(member.user)  # withdraws it
                 view[uid][1] = ""
         now = self.clock.seconds()
@@ -603,7 +603,7 @@ class Replica:
             if partner is not None and not self.replaying:
                 # What the hello did quietly so far first (the user list the
                 # line ends with must have the users it brought back).
-                self.sync_listener()
+                self.quiet.sync_listener()
                 listener = self.hub.listener
                 listener.roster_changing()
                 listener.unpaired(one.user, partner, "disconnected", [])
@@ -624,16 +624,16 @@ class Replica:
             self._restore_pair(a, b)
             return
         if not quiet:
-            self.sync_listener()  # what it says out loud needs the listener's picture
-        listener = self._unwrapped()
+            self.quiet.sync_listener()  # what it says out loud needs the listener's picture
+        listener = self.quiet.unwrapped()
         listener.roster_changing()
         hub.listener = Between(listener, a, b, quiet)
         if quiet:
-            self._hushed = True  # the index learns of the pairing by a reindex
+            self.quiet.hush()  # the index learns of the pairing by a reindex
         try:
             self._restore_pair(a, b)
         finally:
-            hub.listener = self._after_quiet(listener) if quiet else listener
+            hub.listener = self.quiet.after_quiet(listener) if quiet else listener
 
     def _mine(self, *uids: str) -> list[str]:
         """Which of C{uids} are this node's users."""
@@ -682,46 +682,11 @@ class Replica:
             self.shown_out.pop(uid, None)
         self._base[uid] = self._state(uid)
 
-    @contextmanager
-    def _quietly(self, quiet: bool = True) -> Iterator[None]:
-        """Apply what follows without telling the listener (if C{quiet}),
-        after what it had gathered goes out."""
-        hub = self.hub
-        if not quiet or hub.listener is SILENT:
-            yield
-            return
-        listener = self._unwrapped()
-        listener.roster_changing()
-        hub.listener = SILENT
-        self._hushed = True
-        try:
-            yield
-        finally:
-            hub.listener = self._after_quiet(listener)
-
-    def _after_quiet(self, listener: Listener) -> Listener:
-        """The hub's listener after a quiet change: L{SyncFirst}."""
-        return SyncFirst(self, listener)
-
-    def _unwrapped(self) -> Listener:
-        """The hub's listener, a pending L{SyncFirst} taken off (not run)."""
-        listener = self.hub.listener
-        if isinstance(listener, SyncFirst):
-            listener = listener.listener
-            self.hub.listener = listener
-        return listener
-
-    def hush(self) -> None:
-        """The listener was not told of a change (L{listeners.Quiet})."""
-        self._hushed = True
-
-    def sync_listener(self) -> None:
-        """The listener told of the quiet changes (L{Answers.rebuilt}), if
-        there were any since it last was (L{listeners.Quiet})."""
-        self._unwrapped()
-        if self._hushed and not self.replaying:
+    def _stale(self) -> None:
+        """The listener was not told of changes (L{listeners.Quiet}): what
+        the node built from the hub is stale (not while replaying)."""
+        if not self.replaying:
             self.answers.rebuilt()
-        self._hushed = False
 
     def _restore_pair(self, a: User, b: User) -> None:
         for one in (a, b):
@@ -768,7 +733,7 @@ class Replica:
             if uid in self.members or uid not in shown:
                 continue
             try:
-                with self._quietly():
+                with self.quiet.quietly():
                     user = self.hub.register(str(row[1]), RemoteConn(node), str(row[2]),
                                              source=str(row[4]) if len(row) > 4 else "")
             except NickTaken:
@@ -776,9 +741,9 @@ class Replica:
             self._add(user, node, uid)
             back = True
         if back:
-            self.sync_listener()  # the listener knows them before they leave
-        self._unwrapped()
-        self._hushed = False
+            self.quiet.sync_listener()  # the listener knows them before they leave
+        self.quiet.unwrapped()
+        self.quiet.hushed = False
 
     def _forget_dead(self, before: float) -> None:
         """Forget the ids declared dead before C{before} (and their sequence
@@ -931,7 +896,7 @@ class Replica:
         unseen.update((uid, (m.node, m.user.nick)) for uid, m in self.members.items()
                       if m.node != self.node)
         hub = self.hub
-        listener = self._unwrapped()  # a pending sync is moot: all is built anew
+        listener = self.quiet.unwrapped()  # a pending sync is moot: all is built anew
         listener.roster_changing()  # what the lobby was sent goes out first
         hub.listener = SILENT
         self.replaying = True
