@@ -270,8 +270,8 @@ def test_an_older_hello_without_invitations_is_applied_as_before() -> None:
     # What the hellos said counts for a node started from a snapshot too.
     later = ClusterState("other", _Quiet(), History(10), HubSettings(), Clock(), Untold())
     later.replica.restore(state.replica.snapshot())
-    assert later.replica.claims == state.replica.claims
-    assert sorted(later.replica.claims) == ["1000-1", "1000-2"]
+    assert later.replica.afterloss.claims == state.replica.afterloss.claims
+    assert sorted(later.replica.afterloss.claims) == ["1000-1", "1000-2"]
 
 
 class _Quiet:
@@ -487,7 +487,7 @@ def test_a_user_who_came_after_a_rebuild_is_seen_leaving_at_a_later_hello() -> N
     del redis.stream[-1:]
     say(n0, ann, "after")
     _settle(redis, clock)
-    assert n0.state.replica.shown is not None
+    assert n0.state.replica.afterloss.shown is not None
     w = n1.user("w")
     _settle(redis, clock)
     n1.state.leave(now(w), "quit")

@@ -113,5 +113,5 @@ def test_a_pair_brought_back_is_not_refused_by_the_limits() -> None:
     carol.send("PAIR bob")  # bob has 1 open; the address has 1 out
     cluster.pump()
     hub = a.state.replica.hub
-    a.state.replica._restore_pair(hub.online["ann"], hub.online["bob"])
+    a.state.replica.restore_pair(hub.online["ann"], hub.online["bob"])
     assert hub.online["ann"].partner is hub.online["bob"]

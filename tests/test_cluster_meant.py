@@ -6,7 +6,7 @@ C{hello}, a pairing command of the other side first in the log) it goes
 nowhere, on every replica alike, and its sender is told C{ERROR
 unavailable}: a line typed to a partner never reaches the lobby or
 C{chat:history}.  And what a node's users were shown is kept until the
-node's own C{hello} is applied, however late (L{replica.SHOWN_KEEP}).
+node's own C{hello} is applied, however late (L{afterloss.SHOWN_KEEP}).
 """
 
 from __future__ import annotations
@@ -84,7 +84,7 @@ def test_a_private_line_sent_while_the_hello_is_refused_reaches_nobody(
     for _ in range(5):  # half a second: n0 rebuilt, its hello refused
         clock.advance(0.1)
         redis.pump()
-    assert times == [0] and n0.state.replica.shown is not None
+    assert times == [0] and n0.state.replica.afterloss.shown is not None
     got = _outcome(n0.state.say(now(ann), "for bob only"))
     redis.pump()
     _settle(redis, clock)
@@ -180,4 +180,4 @@ def test_a_hello_kept_past_shown_keep_still_says_what_was_shown(
     clock.advance(61)
     say(n1, dave, "later")
     _settle(redis, clock, 0)
-    assert n0.state.replica.shown is None
+    assert n0.state.replica.afterloss.shown is None

@@ -806,7 +806,7 @@ def test_lines_applied_before_a_node_s_hello_reach_its_detached_users() -> None:
     n0, n1 = cluster.nodes
     ann, bob = n0.user("ann"), n1.user("bob")
     rows0, rows1 = n0.state.rebuild(None, []), n1.state.rebuild(None, [])
-    assert n0.state.replica.detached and n1.state.replica.detached
+    assert n0.state.replica.afterloss.detached and n1.state.replica.afterloss.detached
     for node in cluster.nodes:
         node.cursor = len(cluster.log.entries)  # the new epoch's log starts here
     n1.state.hello(rows1)
@@ -817,7 +817,7 @@ def test_lines_applied_before_a_node_s_hello_reach_its_detached_users() -> None:
         "hello", "say", "hello", "say"]
     cluster.pump()  # node0 applies all four in one batch
     assert said(ann.take()) == said(bob.take()) == ["from bob", "from ann"]
-    assert not n0.state.replica.detached and not n1.state.replica.detached
+    assert not n0.state.replica.afterloss.detached and not n1.state.replica.afterloss.detached
     check_index(cluster)
 
 

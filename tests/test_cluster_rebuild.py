@@ -208,7 +208,7 @@ def test_own_users_keep_their_connections_and_are_not_sent_the_replay_again() ->
     redis.release()  # rebuilt; its hello sent; the catch-up read held
     assert redis.held
     assert "dora" not in n0.nicks()  # not until its hello is applied
-    assert n0.state.replica.detached_uid(now(dora)) is not None
+    assert n0.state.replica.afterloss.detached_uid(now(dora)) is not None
     n0.state.say(now(dora), "before the hello")  # goes after it
     redis.hold_reads = False
     redis.release()

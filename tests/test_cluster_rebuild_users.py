@@ -85,7 +85,7 @@ def test_a_detached_user_who_quits_before_the_hello_leaves_with_its_text() -> No
     clock.advance(1)
     redis.release()  # the stream no longer holds n0's last event: a loss
     redis.release()  # n0 rebuilt; its hello sent, not read back yet
-    assert n0.state.replica.detached_uid(now(dora)) is not None
+    assert n0.state.replica.afterloss.detached_uid(now(dora)) is not None
     assert "dora" not in n0.nicks()
     dora.conn.closing = True  # C: BYE see you; the connection closes
     n0.state.leave(now(dora), "quit", "see you")
@@ -123,7 +123,7 @@ def test_a_second_loss_before_the_hello_does_not_show_detached_users_again() -> 
         if redis.events()[-1]["t"] == "hello":
             break
         redis.release()
-    assert n0.state.replica.detached_uid(now(dora)) is not None
+    assert n0.state.replica.afterloss.detached_uid(now(dora)) is not None
     assert redis.events()[-1]["t"] == "hello"
     del redis.stream[-1:]  # loss 2: the hello
     n0.cut()
@@ -135,7 +135,7 @@ def test_a_second_loss_before_the_hello_does_not_show_detached_users_again() -> 
     _settle(redis, clock)
 
     assert n0.nicks() == n1.nicks() == ["ann", "bob", "dora"]
-    assert n0.state.replica.detached == {}
+    assert n0.state.replica.afterloss.detached == {}
     for node in (n0, n1):
         joined = [a[1].nick for name, a in node.listener.calls if name == "joined"]
         assert joined.count("dora") == 1, (node.state.node, joined)

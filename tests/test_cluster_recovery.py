@@ -156,7 +156,7 @@ def test_the_users_of_a_node_that_died_as_redis_lost_its_data_are_shown_leaving(
     assert n1.nicks() == ["bob"] and n1.listener.departed() == []
     _beats(redis, clock, 20)
     assert n1.listener.departed() == ["alice", "carol"]
-    assert n1.nicks() == ["bob"] and n1.state.replica.unseen == {}
+    assert n1.nicks() == ["bob"] and n1.state.replica.afterloss.unseen == {}
     _beats(redis, clock, 20)
     assert n1.listener.departed() == ["alice", "carol"]  # once
 

@@ -18,6 +18,8 @@ The modules:
     log hands it back;
   - L{replica}: the node's replica of the hub, every event applied in the
     log's order;
+  - L{afterloss}: what a replica keeps after Redis lost data (the users
+    it lacks, what they were shown), and the C{hello}s applied against it;
   - L{remote}: the users of other nodes as the replica holds them, with a
     connection that writes nowhere;
   - L{listeners}: the hub listeners the replica puts in front of the node's

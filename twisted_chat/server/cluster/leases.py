@@ -113,7 +113,7 @@ class Leases:
         adds itself at each heartbeat) and those the replica knows
         (L{Replica.known_nodes}: with users, or with events applied; and
         the nodes of users this node's users were shown online before
-        Redis lost their registrations: L{Replica.unseen}).  Counts the
+        Redis lost their registrations: L{AfterLoss.unseen}).  Counts the
         live ones (C{--metrics}: L{ClusterState.live_nodes}), takes the
         lapsed ones out of the list (a node cut off adds itself again when
         it is back), and declares dead a known node whose lease has lapsed
@@ -126,7 +126,7 @@ class Leases:
         listed = {str(node) for node in await cmd.execute_command("SMEMBERS", NODES)}
         # (And the nodes of users shown online here before Redis lost their
         # registrations: their node, if dead, never says hello.)
-        known = (state.replica.known_nodes() | state.replica.unseen_nodes()) - {me}
+        known = (state.replica.known_nodes() | state.replica.afterloss.unseen_nodes()) - {me}
         others = sorted((listed | known) - {me})
         leases = await cmd.execute_command("MGET", *[LEASE + n for n in others]) if others else []
         alive = {node for node, lease in zip(others, leases, strict=True) if lease is not None}

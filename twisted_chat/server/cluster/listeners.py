@@ -205,7 +205,7 @@ class SyncFirst(Forward):
 class NotShownLeaving(Forward):
     """
     The hub's listener while a user leaves whom this node's users were not
-    shown online (after a rebuild, L{Replica.shown}: they were shown its
+    shown online (after a rebuild, L{afterloss.AfterLoss.shown}: they were shown its
     departure before, in events Redis lost, or never its arrival): its
     C{LEFT} is not told (again); what its going does to others (their
     invitation to or from it, their pair with it, ending) is, once the
@@ -232,7 +232,7 @@ class Between(Forward):
     """
     A hub listener that passes everything on but what two users, C{a} and
     C{b}, are told of each other while a pair of theirs is brought back
-    (L{Replica._restore_pair}: an invitation between them, its end, and, if
+    (L{Replica.restore_pair}: an invitation between them, its end, and, if
     C{quiet}, the pairing): what the pairing does to others (an invitation
     of a third user's ended C{busy}, told on both sides) is told as usual.
     """

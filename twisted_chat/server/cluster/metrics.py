@@ -82,6 +82,6 @@ def nodes_with_users(state: ClusterState) -> int:
     closed before its answer is held under this node's id as another's
     would be, for one event: counted once.)"""
     remote = state.own.remote
-    mine = (state.own.counts()[0] > 0 or bool(state.replica.detached)) \
+    mine = (state.own.counts()[0] > 0 or state.replica.afterloss.has_detached()) \
         and state.node not in remote
     return len(remote) + (1 if mine else 0)

@@ -225,29 +225,20 @@ class ClusterState:
 
     def lobby_members(self) -> list[Member]:
         members = self.own.lobby_members()
-        detached = self.replica.detached
-        if detached:
-            # Until its hello brings them back, they hear the lobby as before.
-            members += [d.conn for d in detached.values() if d.user.state is State.LOBBY]
-        hearing = self.replica.hearing
-        if hearing:
-            # Shown their pair end in events Redis lost: the lobby's until a
-            # hello ends the pair here too (or anything else does).
-            members += [user.conn for user in hearing.values() if user.partner is not None]
+        # After a loss: those the replica lacks, or pairs, who hear it still.
+        members += self.replica.afterloss.lobby_conns()
         return members
 
     def own_users(self) -> list[User]:
         users = self.own.users()
-        detached = self.replica.detached
-        if detached:
-            users += [d.user for d in detached.values()]
+        users += self.replica.afterloss.detached_users()
         return users
 
     def counts(self) -> tuple[int, int]:
         online, lobby = self.own.counts()
-        detached = list(self.replica.detached.values())
+        detached = self.replica.afterloss.detached_users()
         return (online + len(detached),
-                lobby + sum(d.user.state is State.LOBBY for d in detached))
+                lobby + sum(user.state is State.LOBBY for user in detached))
 
     def holds(self, user: User) -> bool:
         return not isinstance(user.conn, RemoteConn)
@@ -361,7 +352,7 @@ class ClusterState:
             return  # this whole node is leaving (see stop)
         uid = self.replica.uids.get(user)
         if uid is None:
-            detached = self.replica.detached_uid(user)
+            detached = self.replica.afterloss.detached_uid(user)
             if detached is not None:
                 # Its node's hello brings it back, its connection gone by
                 # then: it leaves then (orphaned), as it left (the first
@@ -382,7 +373,7 @@ class ClusterState:
         if uid is None:
             # Redis lost data and the replica was rebuilt without this user:
             # its command goes after this node's hello, which brings it back.
-            uid = self.replica.detached_uid(user)
+            uid = self.replica.afterloss.detached_uid(user)
         if uid is None:
             return None  # the cluster has taken this user offline meanwhile
         event["u"] = uid
@@ -390,7 +381,7 @@ class ClusterState:
             # Where its sender meant it to go: the partner its client was
             # shown (its uid), or the lobby (""); a replica where that is no
             # longer so delivers it nowhere (Replica._say).
-            event["p"] = self.replica.seen(uid)[0]
+            event["p"] = self.replica.afterloss.seen(uid)[0]
         return self._ask(event, user.conn)
 
     def say(self, user: User, text: str) -> Outcome:
@@ -426,7 +417,7 @@ class ClusterState:
         if self._leaving:
             replica = self.replica
             self._leaving = {uid: how for uid, how in self._leaving.items()
-                             if uid in replica.members or uid in replica.detached}
+                             if uid in replica.members or replica.afterloss.is_detached(uid)}
         self._schedule_tick()
         if self.events is not None:
             self.events.applied()
@@ -717,7 +708,7 @@ class ClusterState:
         # (A hello brings back or displaces its detached users one by one:
         # those still detached are the ones it has not come to yet.)
         self._left_detached = {uid: how for uid, how in self._left_detached.items()
-                               if uid in self.replica.detached}
+                               if self.replica.afterloss.is_detached(uid)}
         if getattr(conn, "closing", True):
             return
         conn.write(wire.line(
@@ -767,7 +758,7 @@ class ClusterState:
         """Take a new id; return the old one."""
         old, self.node = self.node, new_node_id()
         self.replica.node = self.node
-        self.replica.detached.clear()  # told BYE with the others (lost)
+        self.replica.afterloss.forget_detached()  # told BYE with the others (lost)
         self._left_detached.clear()
         self._leaving.clear()
         assert self.events is not None

@@ -430,11 +430,7 @@ class RedisLog:
                 replica.hub.history.attach(_HistoryStore(self), history)
                 users = self.state.rebuild(snapshot, entries)
         else:
-            if not replica.detached:
-                replica.shown = None  # what its users saw is what it applied
-            # else an earlier rebuild's hello is not applied yet (lost with
-            # this tail, say): its users saw the detached ones online, and
-            # the hello that brings them back must not show them again.
+            replica.afterloss.lost_unapplied()
             await self._read_kept(cmd, end)
         self._announce(users)
 
