@@ -10,6 +10,7 @@ from typing import Any
 import pytest
 from twisted.internet import endpoints
 from twisted.internet import reactor as global_reactor
+from twisted.internet.testing import MemoryReactor
 
 from tests.test_service import ThreadedMemoryReactor, options, start_log
 from twisted_chat.server import listening
@@ -114,3 +115,47 @@ def test_the_ports_and_the_metrics_warning_read_the_endpoints_through_tcp_addres
     with pytest.raises(SystemExit) as e:
         makeService(options("--db", ":memory:", "--port", "7001"), ThreadedMemoryReactor())
     assert "port 70000 is out of range" in str(e.value)
+
+
+# -- An ssl: endpoint sends its certificate file's whole chain ---------------
+
+
+def test_ssl_arguments_read_as_twisteds_parser_reads_them() -> None:
+    assert listening.ssl_arguments("ssl:7443:privateKey=k.pem:certKey=c\\:x.pem") == {
+        "port": "7443", "privateKey": "k.pem", "certKey": "c:x.pem"}
+    assert listening.ssl_arguments("ssl:7443:k.pem:c.pem:interface=a=b") == {
+        "port": "7443", "privateKey": "k.pem", "certKey": "c.pem", "interface": "a=b"}
+
+
+def test_a_fullchain_certkey_gives_the_rest_as_the_chain(tmp_path: Any) -> None:
+    from tests.certchain import make_chain
+
+    chain = make_chain(tmp_path)
+    endpoint = listening.listen_on(
+        f"ssl:0:privateKey={chain.privkey}:certKey={chain.fullchain}", MemoryReactor())
+    sent = endpoint._sslContextFactory.extraCertChain
+    assert [c.to_cryptography().subject.rfc4514_string() for c in sent] == [
+        "CN=Test Intermediate CA"]
+    # Named apart, the chain is Twisted's as given; a lone certificate has none.
+    endpoint = listening.listen_on(
+        f"ssl:0:privateKey={chain.privkey}:certKey={chain.fullchain}:"
+        f"extraCertChain={chain.chain}", MemoryReactor())
+    assert len(endpoint._sslContextFactory.extraCertChain) == 1
+    endpoint = listening.listen_on(
+        f"ssl:0:privateKey={chain.privkey}:certKey={chain.cert}", MemoryReactor())
+    assert endpoint._sslContextFactory.extraCertChain == []
+
+
+def test_a_fullchain_without_twisteds_private_attribute_is_one_line(
+        tmp_path: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Where the chain cannot be given, start-up stops and says how: never a
+    server that sends its certificate without the chain."""
+    from tests.certchain import make_chain
+
+    chain = make_chain(tmp_path)
+    without(monkeypatch, "_sslContextFactory")
+    with pytest.raises(SystemExit) as stopped:
+        listening.listen_on(
+            f"ssl:0:privateKey={chain.privkey}:certKey={chain.fullchain}", MemoryReactor())
+    assert "holds 2 certificates" in str(stopped.value)
+    assert "extraCertChain=FILE" in str(stopped.value)

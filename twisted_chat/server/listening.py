@@ -10,6 +10,7 @@ attributes; L{tcp_address} is the one place that reads them.
 from __future__ import annotations
 
 import errno
+import re
 import socket
 import sys
 from types import TracebackType
@@ -111,6 +112,8 @@ def listen_on(description: str, reactor: Any, option: str = "--port") -> Any:
         endpoint = endpoints.serverFromString(reactor, description)
     except Exception as e:  # ValueError, a missing key file, an unknown option...
         raise SystemExit(f"twistd chat: bad {option} {description!r}: {e}") from None
+    if isinstance(endpoint, endpoints.SSL4ServerEndpoint):
+        _send_whole_chain(description, endpoint, option)
     address = tcp_address(endpoint)
     if address is None:
         return endpoint
@@ -123,6 +126,81 @@ def listen_on(description: str, reactor: Any, option: str = "--port") -> Any:
     if port and reactor is _global_reactor():
         _not_busy(description, endpoint, interface, port, option)
     return endpoint
+
+
+_PEM_CERT = re.compile(rb"-----BEGIN CERTIFICATE-----.+?-----END CERTIFICATE-----", re.S)
+
+#: The arguments of Twisted's C{ssl:} endpoint, in their positional order.
+_SSL_ARGUMENTS = ("port", "privateKey", "certKey", "sslmethod", "interface", "backlog",
+                  "extraCertChain", "dhParameters")
+
+
+def ssl_arguments(description: str) -> dict[str, str]:
+    """
+    The arguments of the C{ssl:} endpoint C{description}, by name (as
+    Twisted's endpoint parser reads them: C{:} separates them, C{=} gives a
+    name, a backslash escapes the next character).
+    """
+    fields: list[list[str]] = [[""]]
+    characters = iter(description)
+    for c in characters:
+        if c == "\\":
+            fields[-1][-1] += next(characters, "")
+        elif c == ":":
+            fields.append([""])
+        elif c == "=" and len(fields[-1]) == 1:
+            fields[-1].append("")
+        else:
+            fields[-1][-1] += c
+    named: dict[str, str] = {}
+    positional = iter(_SSL_ARGUMENTS)
+    for field in fields[1:]:  # fields[0] is "ssl"
+        if len(field) == 1:
+            named[next(positional, "?")] = field[0]
+        else:
+            named[field[0]] = field[1]
+    return named
+
+
+def _send_whole_chain(description: str, endpoint: Any, option: str) -> None:
+    """
+    An C{ssl:} endpoint sends the whole chain of the certificate file it is
+    given.  Twisted's C{ssl:} endpoint reads only the first certificate of
+    C{certKey} and sends the rest only when they are named again with
+    C{extraCertChain=}; a CA's usual file (Let's Encrypt's C{fullchain.pem}:
+    the server's certificate, then the intermediates) would then send the
+    server's certificate alone, and every client that verifies it would
+    refuse it as untrusted.  So, without C{extraCertChain=}, the file's
+    other certificates are the chain.  (They go into the endpoint's
+    Twisted-private context factory; where a Twisted release would not have
+    it, start-up stops with one line that says to name them.)
+    """
+    from twisted.internet.ssl import Certificate, CertificateOptions
+
+    arguments = ssl_arguments(description)
+    if "extraCertChain" in arguments:
+        return  # the operator said where the chain is
+    path = arguments.get("certKey") or arguments.get("privateKey") or "server.pem"
+    try:
+        with open(path, "rb") as f:
+            blocks = _PEM_CERT.findall(f.read())
+    except OSError as e:
+        raise SystemExit(f"twistd chat: bad {option} {description!r}: "
+                         f"{e.strerror}: {path}") from None
+    if len(blocks) < 2:
+        return
+    try:
+        chain = [Certificate.loadPEM(block).original for block in blocks[1:]]
+    except Exception as e:  # OpenSSL raises its own error types
+        raise SystemExit(f"twistd chat: bad {option} {description!r}: an unreadable "
+                         f"certificate in {path} ({e})") from None
+    options = getattr(endpoint, "_sslContextFactory", None)
+    if not isinstance(options, CertificateOptions) or getattr(
+            options, "extraCertChain", None) != []:
+        raise SystemExit(f"twistd chat: bad {option} {description!r}: {path} holds "
+                         f"{len(blocks)} certificates; name the file of the ones after the "
+                         f"first with extraCertChain=FILE")
+    options.extraCertChain = chain
 
 
 def _global_reactor() -> Any:
