@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import hashlib
 import itertools
+import os
 import sqlite3
+import stat
 import subprocess
 import sys
 import textwrap
@@ -265,6 +267,45 @@ def test_wal_mode_and_exclusive_lock(tmp_path: Path) -> Gen:
     assert int.from_bytes(header[68:72], "big") == APPLICATION_ID
 
 
+@pytest.fixture
+def umask_022() -> Generator[None, None, None]:
+    """The umask of a shell, as C{twistd -n} keeps it."""
+    old = os.umask(0o022)
+    try:
+        yield
+    finally:
+        os.umask(old)
+
+
+@pytest_twisted.inlineCallbacks
+def test_a_new_database_and_its_log_are_the_servers_only(tmp_path: Path, umask_022: None) -> Gen:
+    """Made 0600 under umask 022, its write-ahead log too: the lobby's
+    messages are not for every local user (rev12 newuser #10)."""
+    path = tmp_path / "chat.sqlite3"
+    SQLiteStore.check(str(path))  # what makeService does first
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    path.unlink()
+    store = SQLiteStore.open(str(path), reactor)
+    try:
+        store.append(Entry(T0, "alice", "hi"))
+        yield timeout(store.flush())
+        made = sorted(p.name for p in tmp_path.iterdir())
+        assert made == ["chat.sqlite3", "chat.sqlite3-wal"], made
+        for name in made:
+            assert stat.S_IMODE((tmp_path / name).stat().st_mode) == 0o600, name
+    finally:
+        yield timeout(store.close())
+
+
+def test_an_existing_database_keeps_its_mode(tmp_path: Path, umask_022: None) -> None:
+    """The operator's choice (0640, for a backup group) stays."""
+    path = tmp_path / "chat.sqlite3"
+    SQLiteStore.check(str(path))
+    path.chmod(0o640)
+    SQLiteStore.check(str(path))
+    assert stat.S_IMODE(path.stat().st_mode) == 0o640
+
+
 @pytest_twisted.inlineCallbacks
 def test_ids_keep_increasing_after_everything_is_pruned(tmp_path: Path) -> Gen:
     path = tmp_path / "chat.sqlite3"
@@ -465,7 +506,7 @@ def test_corrupt_database_with_a_crash_log_is_refused_untouched(tmp_path: Path) 
 
 def test_unopenable_path_is_a_clear_error(tmp_path: Path) -> None:
     missing = tmp_path / "no-such-dir" / "chat.sqlite3"
-    with pytest.raises(StoreError, match="Cannot open") as info:
+    with pytest.raises(StoreError, match=r"Cannot create .*: No such file") as info:
         SQLiteStore.open(str(missing), reactor)
     assert str(missing) in str(info.value)
     with pytest.raises(StoreError, match="Cannot read") as info:

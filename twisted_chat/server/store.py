@@ -730,6 +730,7 @@ def _connect(path: str, shown: str) -> sqlite3.Connection:
         crashed = False
     if crashed:
         _inspect_read_only(path, shown)
+    _create_private(path, shown)
     try:
         conn = sqlite3.connect(path, timeout=0, isolation_level=None, check_same_thread=False)
     except sqlite3.Error as e:
@@ -765,6 +766,22 @@ def _connect(path: str, shown: str) -> sqlite3.Connection:
             raise
         raise refusal from e
     return conn
+
+
+def _create_private(path: str, shown: str) -> None:
+    """
+    Make a new database file readable and writable by the server's user
+    only (0600), whatever the umask: it keeps the lobby's messages, and
+    C{twistd -n} keeps the shell's umask (often 022), where a daemon gets
+    077.  SQLite gives the C{-wal} and C{-shm} files it makes beside it the
+    same mode.  An existing file keeps the mode it has.
+    """
+    try:
+        os.close(os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600))
+    except FileExistsError:
+        return
+    except OSError as e:
+        raise StoreError(f"Cannot create the chat database {shown}: {e.strerror}.") from e
 
 
 def _check(conn: sqlite3.Connection, shown: str) -> int:
