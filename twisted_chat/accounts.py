@@ -17,6 +17,8 @@ C{--redis} names a cluster's Redis, as C{twistd chat --redis} does: the
 accounts of every node of that cluster, changed the same way (one atomic
 Redis command each, L{twisted_chat.server.cluster.accounts}).  C{import}
 copies a single server's accounts into a cluster (moving to cluster mode).
+With C{--redis}, C{--redis-password-file FILE} gives Redis's password (the
+file's first line) instead of the URL, out of the command line.
 
 A password is never taken from the command line (other users can read it
 there, and it lands in shell history): it is asked for twice on a terminal,
@@ -74,6 +76,10 @@ class BadPassword(Failed):
     status = 2
 
 
+_PASSWORD_FILE_HELP = ("with --redis: a file whose first line is Redis's password, "
+                       "kept out of the command line (then the URL gives none)")
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m twisted_chat.accounts",
@@ -112,6 +118,8 @@ def _parser() -> argparse.ArgumentParser:
             help="a cluster's Redis, as given to twistd chat --redis: the accounts of "
             "every node of that cluster",
         )
+        command.add_argument("--redis-password-file", metavar="FILE",
+                             help=_PASSWORD_FILE_HELP)
         if takes_nick:
             command.add_argument("nick", metavar="NICK")
         if name == "add":
@@ -129,6 +137,7 @@ def _parser() -> argparse.ArgumentParser:
                       help=f"the single server's database (default {DEFAULT_DB})")
     copy.add_argument("--redis", metavar="URL", required=True,
                       help="the cluster's Redis, as given to twistd chat --redis")
+    copy.add_argument("--redis-password-file", metavar="FILE", help=_PASSWORD_FILE_HELP)
     return parser
 
 
@@ -212,7 +221,8 @@ async def _import(book: RedisBook, accounts: list[Account], stdout: TextIO) -> N
         print(f"left {len(kept)} as the cluster has them: {' '.join(kept)}", file=stdout)
 
 
-def _on_redis(url: str, work: Callable[[RedisBook], Coroutine[Any, Any, None]]) -> None:
+def _on_redis(url: str, password_file: str | None,
+              work: Callable[[RedisBook], Coroutine[Any, Any, None]]) -> None:
     """Run C{work} on the accounts in the Redis at C{url}, under a reactor."""
     from twisted.internet import reactor
 
@@ -222,7 +232,7 @@ def _on_redis(url: str, work: Callable[[RedisBook], Coroutine[Any, Any, None]]) 
     interrupted: list[bool] = []
 
     async def main() -> None:
-        book, close = await open_book(url, reactor)
+        book, close = await open_book(url, reactor, password_file)
         try:
             await work(book)
         finally:
@@ -283,24 +293,31 @@ def run(argv: Sequence[str], stdin: TextIO, stdout: TextIO, stderr: TextIO) -> N
         raise Failed(f"{nick!r} is not a valid nick (1-24 letters, digits, _ or -, "
                      "starting with a letter)")
     try:
+        if args.redis_password_file is not None and args.redis is None:
+            raise Failed("--redis-password-file is for --redis only")
         if args.redis is not None:
-            from twisted_chat.server.cluster.redisconn import parse_url
+            from twisted_chat.server.cluster.redisconn import parse_url, with_password_file
 
             try:
-                parse_url(args.redis)
+                target = parse_url(args.redis)
             except ValueError as e:
                 raise Failed(f"--redis: {e}") from None
+            try:
+                with_password_file(target, args.redis_password_file)
+            except ValueError as e:
+                raise Failed(f"--redis-password-file: {e}") from None
             if args.command == "import":
                 path = accounts_path(args.db)
                 if args.db == MEMORY or AccountStore(path).missing():
                     raise Failed(f"no accounts file {path!r} to import")
                 accounts = AccountStore(path).list()
-                _on_redis(args.redis, lambda book: _import(book, accounts, stdout))
+                _on_redis(args.redis, args.redis_password_file,
+                          lambda book: _import(book, accounts, stdout))
                 return
             # The password first: a terminal's Ctrl-C must not meet a running reactor.
             secret = (read_password(stdin, stderr)
                       if args.command in ("add", "passwd") else b"")
-            _on_redis(args.redis,
+            _on_redis(args.redis, args.redis_password_file,
                       lambda book: _command(book, args.command, nick, lambda: secret, stdout))
             return
         if args.db == MEMORY:

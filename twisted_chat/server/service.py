@@ -281,6 +281,10 @@ class Options(usage.Options):
          "Cluster mode: share the chat with every server on this Redis "
          "(redis://[:password@]host[:port][/db], rediss://... for TLS, "
          "unix:///path/to/socket); --db is not used then. See docs/cluster.md."],
+        ["redis-password-file", None, None,
+         "Cluster mode: the file whose first line is Redis's password, kept out of the "
+         "command line that every local user can read (then --redis gives none). With "
+         "systemd, LoadCredential= makes one; see docs/cluster.md."],
         ["node-timeout", None, 15.0,
          "Cluster mode: seconds within which the others find a dead server dead and "
          "its users disconnected. A server stalled for more than half of it may be "
@@ -390,6 +394,8 @@ class Options(usage.Options):
                 "--accounts required needs a --db file: the accounts file goes beside it, "
                 "where 'python -m twisted_chat.accounts' can add accounts"
             )
+        if self["redis-password-file"] and not self["redis"]:
+            raise usage.UsageError("--redis-password-file is for cluster mode (--redis) only")
         if self["set-retention"] and not self["redis"]:
             raise usage.UsageError("--set-retention is for cluster mode (--redis) only")
         idle = self["idle-timeout"]
@@ -598,13 +604,17 @@ def makeService(options: Options, reactor: Any = None) -> IService:
 def _cluster_service(options: Options, config: ServerConfig, reactor: Any) -> IService:
     """C{--redis}: the state lives in the cluster (see docs/cluster.md)."""
     from twisted_chat.server.cluster.accounts import RedisBook, RedisFailures
-    from twisted_chat.server.cluster.redisconn import parse_url
+    from twisted_chat.server.cluster.redisconn import parse_url, with_password_file
     from twisted_chat.server.cluster.service import ClusterService, cluster_factory
 
     try:
         target = parse_url(options["redis"])
     except ValueError as e:
         raise SystemExit(f"twistd chat: --redis: {e}") from None
+    try:
+        target = with_password_file(target, options["redis-password-file"])
+    except ValueError as e:
+        raise SystemExit(f"twistd chat: --redis-password-file: {e}") from None
     listeners = _Listeners.check(options, config, reactor)
     factory, redis = cluster_factory(config, reactor, target, options["node-timeout"],
                                      wait=options["redis-wait"],

@@ -53,7 +53,7 @@ from twisted_chat.server.accounts import (
     NoSuchAccount,
     PasswordChanged,
 )
-from twisted_chat.server.cluster.redisconn import connect, parse_url
+from twisted_chat.server.cluster.redisconn import connect, parse_url, with_password_file
 from twisted_chat.server.login import LoginLimits
 from twisted_chat.wire import is_valid_nick, nick_key
 
@@ -310,16 +310,18 @@ async def forgetful(execute: Callable[..., Deferred[Any]]) -> list[str]:
     return found
 
 
-async def open_book(url: str, reactor: Any) -> tuple[RedisBook, Callable[[], None]]:
+async def open_book(url: str, reactor: Any,
+                    password_file: str | None = None) -> tuple[RedisBook, Callable[[], None]]:
     """
     The operator's tool: a connection of its own to the cluster's Redis at
-    C{url} (as C{twistd chat --redis} takes it) and the book on it, with the
-    function that closes it.
+    C{url} (as C{twistd chat --redis} takes it; the password in
+    C{password_file}, if given) and the book on it, with the function that
+    closes it.
 
     @raise ValueError: a malformed URL.
     @raise AccountsUnavailable: Redis cannot be reached.
     """
-    target = parse_url(url)
+    target = with_password_file(parse_url(url), password_file)
     try:
         proto = await connect(target, reactor)
     except Exception as e:

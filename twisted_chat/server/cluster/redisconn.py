@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import re
 import urllib.parse
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import txredisapi  # type: ignore[import-untyped]
@@ -24,7 +24,7 @@ from twisted.internet.protocol import Factory
 
 from twisted_chat.tls import load_trust_root
 
-__all__ = ["RedisTarget", "connect", "parse_url"]
+__all__ = ["RedisTarget", "connect", "parse_url", "read_password_file", "with_password_file"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -74,6 +74,48 @@ def parse_url(url: str) -> RedisTarget:
 
     @raise ValueError: with a sentence saying what is wrong.
     """
+    return _parse_url(url)
+
+
+def with_password_file(target: RedisTarget, path: str | None) -> RedisTarget:
+    """
+    C{target} with the password in the file C{path} (C{None}: as it is):
+    C{--redis-password-file}, which keeps the password out of the command
+    line, where every local user can read it (C{/proc/PID/cmdline}, C{ps}).
+
+    @raise ValueError: the URL gives a password too, or the file cannot be
+        read, or holds none (L{read_password_file}).
+    """
+    if path is None:
+        return target
+    if target.password is not None:
+        raise ValueError("the URL gives a password too: give it in one place")
+    return replace(target, password=read_password_file(path))
+
+
+def read_password_file(path: str) -> str:
+    """
+    The password in the file C{path}: its first line, without the line
+    break (a file written with C{echo} or an editor ends with one).
+
+    @raise ValueError: the file cannot be read, or its first line is empty.
+    """
+    try:
+        with open(path, encoding="utf-8") as f:
+            line = f.readline()
+    except OSError as e:
+        raise ValueError(f"cannot read the password file {path}: "
+                         f"{e.strerror or e}") from None
+    except UnicodeDecodeError:
+        raise ValueError(f"the password file {path} is not UTF-8 text") from None
+    password = line.rstrip("\r\n")
+    if not password:
+        raise ValueError(f"the password file {path} is empty (the password is its "
+                         "first line)")
+    return password
+
+
+def _parse_url(url: str) -> RedisTarget:
     parts = urllib.parse.urlsplit(url)
     try:
         pairs = urllib.parse.parse_qsl(parts.query, keep_blank_values=True,
