@@ -268,7 +268,8 @@ def test_the_upgrade_hands_the_count_to_the_chat_connection() -> None:
 # peer that never completes the close (a TLS peer that never sends
 # close_notify: the StringTransport never reports the close) is aborted.
 REFUSED_UPGRADES = {
-    "no Upgrade": b"GET /chat HTTP/1.1\r\nHost: 127.0.0.1:8080\r\n\r\n",
+    "no key": (b"GET /chat HTTP/1.1\r\nHost: 127.0.0.1:8080\r\nUpgrade: websocket\r\n"
+               b"Connection: Upgrade\r\nSec-WebSocket-Version: 13\r\n\r\n"),
     "foreign Origin": ws.handshake(origin="http://evil.example")[0],
     "bad version": ws.handshake(extra={"Sec-WebSocket-Version": "99"})[0],
 }
@@ -296,7 +297,7 @@ def test_a_refused_upgrade_is_aborted_at_the_deadline_at_the_latest() -> None:
     h = Harness(close_grace=100.0)
     site = make_site(h, timeout=5.0)
     refused = HTTPConn(h, site)
-    refused.send(REFUSED_UPGRADES["no Upgrade"])
+    refused.send(REFUSED_UPGRADES["no key"])
     h.clock.advance(4.9)
     assert not refused.killed
     h.clock.advance(0.1)

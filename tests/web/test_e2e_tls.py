@@ -169,7 +169,7 @@ def read_head(sock: ssl.SSLSocket) -> bytes:
 def test_refused_upgrades_stay_counted_until_aborted_though_close_notify_never_comes(
     tmp_path: Path
 ) -> None:
-    # /chat requests autobahn refuses (no Upgrade: its status page; a
+    # /chat requests autobahn refuses (an upgrade without its key: 400; a
     # foreign Origin: 403), from a peer that never answers the server's
     # close_notify: each holds a place until the server aborts it,
     # close_grace after its response (long before --web-timeout).
@@ -186,8 +186,10 @@ def test_refused_upgrades_stay_counted_until_aborted_though_close_notify_never_c
                 sock.sendall(ws.handshake(host=web.host, origin="https://evil.example")[0])
                 assert read_head(sock).startswith(b"HTTP/1.1 403 ")
             else:
-                sock.sendall(f"GET /chat HTTP/1.1\r\nHost: {web.host}\r\n\r\n".encode())
-                assert read_head(sock).startswith(b"HTTP/1.1 200 ")
+                sock.sendall(f"GET /chat HTTP/1.1\r\nHost: {web.host}\r\nUpgrade: websocket"
+                             "\r\nConnection: Upgrade\r\nSec-WebSocket-Version: 13"
+                             "\r\n\r\n".encode())
+                assert read_head(sock).startswith(b"HTTP/1.1 400 ")
             held.append(sock)
         answered = time.monotonic()
         over = web.connect()

@@ -57,8 +57,10 @@ def header(head: str, name: str) -> str:
 
 @pytest.mark.e2e
 def test_security_headers_on_every_response(web: WebServer) -> None:
-    for path in ["/", "/static/app.js", "/static/style.css", "/nope", "/static/nope.js"]:
+    for path in ["/", "/static/app.js", "/static/style.css", "/nope", "/static/nope.js",
+                 "/chat", "/chat?redirect=https%3A%2F%2Fevil.example%2F"]:
         head, _ = get(web, path)
+        assert "autobahn" not in head.lower(), head
         csp = header(head, "Content-Security-Policy")
         directives = dict(d.strip().split(" ", 1) for d in csp.split(";"))
         assert directives["default-src"] == "'none'"
@@ -69,6 +71,17 @@ def test_security_headers_on_every_response(web: WebServer) -> None:
             "'self' ws://chat.example:8080 wss://chat.example:8080")
         assert header(head, "X-Content-Type-Options") == "nosniff"
         assert header(head, "X-Frame-Options") == "DENY"
+
+
+@pytest.mark.e2e
+def test_the_websocket_path_without_upgrade_is_426_from_the_site(web: WebServer) -> None:
+    """Not autobahn's status page (no security headers, its version in
+    Server:, a ?redirect= that redirects anywhere): the site's 426."""
+    head, body = get(web, "/chat?redirect=https%3A%2F%2Fevil.example%2F")
+    assert head.startswith("HTTP/1.1 426\r\n"), head
+    assert header(head, "Upgrade") == "websocket"
+    assert b"WebSocket" in body and b"Autobahn" not in body
+    assert "Location" not in head
 
 
 @pytest.mark.e2e

@@ -103,6 +103,7 @@ class WsClient:
             data += chunk
         head, _, self.buffer = data.partition(b"\r\n\r\n")
         assert head.startswith(b"HTTP/1.1 101") and accept in head, head
+        assert b"autobahn" not in head.lower(), head  # no Server: naming the library
 
     def send(self, line: str) -> None:
         self.sock.sendall(text(line))

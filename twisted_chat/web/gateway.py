@@ -536,7 +536,8 @@ class ChatWebSocketFactory(WebSocketServerFactory):
     def __init__(self, chat: ChatFactory, web: WebConfig,
                  headers: dict[str, str] | None = None, reactor: Any = None,
                  close_grace: float = 3.0) -> None:
-        super().__init__(reactor=reactor)
+        # server=None: no Server header naming autobahn and its version.
+        super().__init__(reactor=reactor, server=None)
         self.chat = chat
         self.web = web
         # Seconds a close the gateway makes (a refused upgrade's, or its
@@ -554,4 +555,7 @@ class ChatWebSocketFactory(WebSocketServerFactory):
             autoPingInterval=0,
             # No compression: frames are built once for every member.
             perMessageCompressionAccept=lambda offers: None,
+            # No status page (nor its ?redirect=) for a request without
+            # Upgrade: the site answers those itself (site._Socket).
+            webStatus=False,
         )

@@ -240,6 +240,14 @@ class _Handover:
         return socket
 
 
+def _asks_for_websocket(request: server.Request) -> bool:
+    """Whether C{request} asks to upgrade to a WebSocket (C{Upgrade:
+    websocket}, among other protocols or not); autobahn checks the rest."""
+    raw = request.getHeader(b"upgrade")
+    return raw is not None and b"websocket" in (
+        token.strip().lower() for token in raw.split(b","))
+
+
 class _Socket(WebSocketResource):
     """
     The WebSocket at C{/chat}.  autobahn takes the connection over from
@@ -255,6 +263,14 @@ class _Socket(WebSocketResource):
         self._gateway = gateway
 
     def render(self, request: server.Request) -> Any:
+        if not _asks_for_websocket(request):
+            # Answered here, through the secured request (the security
+            # headers), not by autobahn: its answer to a plain GET was its
+            # own status page, without them and naming its version.
+            request.setResponseCode(426, b"Upgrade Required")
+            request.setHeader(b"Upgrade", b"websocket")
+            request.setHeader(b"Content-Type", b"text/plain; charset=utf-8")
+            return b"This is the chat's WebSocket: open the page at / instead.\n"
         channel = request.channel
         if not isinstance(channel, _Channel):
             return super().render(request)
