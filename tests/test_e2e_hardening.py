@@ -75,6 +75,32 @@ def test_debug_lines_are_not_logged_unless_asked(tmp_path: Path):
         assert f"u{level} is ready" in log
 
 
+def test_the_log_level_applies_to_twisteds_own_lines_too(tmp_path: Path):
+    """--log-level warn: no info line at all, twistd's and Twisted's own
+    included (its start-up lines, the web site's "Starting factory <...>",
+    "Received SIGTERM"), where the filter covered only the server's
+    (rev12 newuser #7); at info, twistd's lines are there, and still no
+    "Starting factory" for the web site."""
+    from tests.serverproc import free_port
+
+    for level in ("warn", "info"):
+        web = free_port()
+        server = ServerProcess(tmp_path, ["--db", ":memory:", "--log-level", level, "--web",
+                                          f"tcp:{web}:interface=127.0.0.1"]).start()
+        try:
+            client = LineClient(server.port)
+            client.register(f"u{level}")
+        finally:
+            server.stop()
+        log = server.log()
+        assert "Starting factory" not in log, log
+        if level == "warn":
+            assert "#info]" not in log and "starting up" not in log, log
+        else:
+            assert "starting up" in log and "Received SIGTERM" in log, log
+            assert f"u{level} is ready" in log
+
+
 def from_address(port: int, source: str) -> LineClient:
     sock = socket.socket()
     sock.settimeout(5)

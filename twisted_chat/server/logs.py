@@ -6,7 +6,9 @@ Every module of the server and of its web gateway makes its logger with
 L{logger} (tests/test_logs.py checks); those loggers emit through
 L{observer}, a level filter in front of Twisted's global log, so the level
 applies to the server's lines whatever twistd's own log settings are (twistd
-writes every level it is given, debug included).
+writes every level it is given, debug included); L{filter_twistds_log}
+puts the same filter in front of the observer twistd installs, so that it
+applies to Twisted's own lines too.
 
 L{Repeats} keeps an address's repeated lines (a refused reconnect loop, a
 flood of sendq drops) from filling the log: per (address, kind) at most
@@ -26,9 +28,11 @@ from typing import Any
 
 from twisted.logger import (
     FilteringLogObserver,
+    ILogObserver,
     Logger,
     LogLevel,
     LogLevelFilterPredicate,
+    globalLogBeginner,
     globalLogPublisher,
 )
 
@@ -58,6 +62,32 @@ def quote(text: str, limit: int = QUOTE_LIMIT) -> str:
 def set_level(name: str) -> None:
     """Log the server's lines at C{name} (one of L{LEVELS}) and above."""
     _predicate.setLogLevelForNamespace("", LogLevel.levelWithName(name))
+
+
+def filter_twistds_log() -> None:
+    """
+    Let the level apply to every line twistd writes, Twisted's own too
+    (twistd's start-up lines, "Received SIGTERM", a factory's "Starting
+    factory"), not only to the server's: the log observer twistd is about
+    to install (with C{globalLogBeginner.beginLoggingTo}, after
+    C{makeService}) gets the same level filter in front of it.  Once per
+    process; the lines twistd buffered before it reach the observer through
+    the filter too.
+    """
+    if getattr(globalLogBeginner, "_twisted_chat_filtered", False):
+        return
+    begin = globalLogBeginner.beginLoggingTo
+
+    def filtered(observers: Any, *args: Any, **kwargs: Any) -> None:
+        begin([filtering(observer) for observer in observers], *args, **kwargs)
+
+    globalLogBeginner.beginLoggingTo = filtered  # type: ignore[method-assign]
+    globalLogBeginner._twisted_chat_filtered = True  # type: ignore[attr-defined]
+
+
+def filtering(observer: ILogObserver) -> ILogObserver:
+    """C{observer} behind the server's level filter."""
+    return FilteringLogObserver(observer, [_predicate])
 
 
 def level() -> str:

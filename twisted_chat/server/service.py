@@ -562,6 +562,7 @@ def makeService(options: Options, reactor: Any = None) -> IService:
         reactor = global_reactor
     config = options.config()
     logs.set_level(config.log_level)
+    logs.filter_twistds_log()
     try:
         fitted = descriptors.fit(config.max_clients,
                                  chosen=config.max_clients != _defaults.max_clients,

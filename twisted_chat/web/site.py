@@ -410,6 +410,7 @@ class _Root(resource.Resource):
 
 class WebSite(server.Site):
     requestFactory = _Request
+    noisy = False  # twistd says where it listens; "Starting factory <...>" adds nothing
     # HTTP/1.1 only (a WebSocket upgrade is one), on a channel that counts
     # and times its connection.
     protocol = _Channel  # type: ignore[assignment]
