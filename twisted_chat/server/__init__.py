@@ -33,6 +33,7 @@ Inside out (docs/fanout.md, "Module layout"):
   - L{listening}: the ports it listens on, each endpoint checked before
     anything is made (the one reader of Twisted's private port and
     interface);
+  - L{stopping}: a second SIGTERM or SIGINT during the shutdown is harmless;
   - L{config}: the settings, one frozen value;
   - L{store}: durable lobby history in SQLite, written by a thread of its own;
   - L{accounts}: the accounts file (salted scrypt hashes), no reactor in it;

@@ -42,6 +42,7 @@ from twisted_chat.server.listening import PortService, listen_on
 from twisted_chat.server.login import Accounts, LoginLimits, SharedFailures
 from twisted_chat.server.passwordwork import OwnsPasswordWork, PasswordWork
 from twisted_chat.server.sendqueue import send_loop
+from twisted_chat.server.stopping import stop_once
 from twisted_chat.server.store import SQLiteStore, StoreError
 from twisted_chat.wire import DEFAULT_PORT
 
@@ -563,6 +564,7 @@ def makeService(options: Options, reactor: Any = None) -> IService:
     config = options.config()
     logs.set_level(config.log_level)
     logs.filter_twistds_log()
+    stop_once(reactor)
     try:
         fitted = descriptors.fit(config.max_clients,
                                  chosen=config.max_clients != _defaults.max_clients,
