@@ -152,3 +152,41 @@ def test_version_names_twisted_chat_and_its_version(tmp_path: Path) -> None:
     assert done.stdout.startswith(
         f"twisted-chat {twisted_chat.__version__} (Twisted {twisted.__version__}, Python ")
     assert done.stdout.count("\n") == 1
+
+
+def test_daemon_mode_keeps_log_keep_rotated_files(tmp_path: Path) -> None:
+    """twistd daemonized with --logfile (README's form): rotated on SIGUSR1
+    (and every 1,000,000 bytes), at most --log-keep old files are kept, where
+    twistd kept every one (rev12 newuser #12)."""
+    import os
+    import time
+
+    from tests.serverproc import free_port, wait_for_port, wait_until
+
+    port = free_port()
+    pidfile, logfile = tmp_path / "chat.pid", tmp_path / "chat.log"
+    started = subprocess.run(
+        [TWISTD, f"--pidfile={pidfile}", f"--logfile={logfile}", "chat", "--port",
+         f"tcp:{port}:interface={LOOPBACK}", "--db", ":memory:", "--log-keep", "2"],
+        cwd=tmp_path, capture_output=True, text=True, timeout=30)
+    assert started.returncode == 0, started.stderr
+    pid = int(pidfile.read_text())
+    try:
+        wait_for_port(port)
+        for n in range(1, 5):
+            os.kill(pid, signal.SIGUSR1)
+            wait_until(lambda n=n: (tmp_path / f"chat.log.{min(n, 2)}").exists())
+            client = LineClient(port)  # a line in the new file
+            client.register(f"u{n}")
+            client.close()
+            wait_until(lambda n=n: f"u{n} is ready" in logfile.read_text())
+    finally:
+        os.kill(pid, signal.SIGTERM)
+        deadline = time.monotonic() + 15
+        while pidfile.exists() and time.monotonic() < deadline:
+            time.sleep(0.05)
+    assert not pidfile.exists()
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith("chat.log")) == [
+        "chat.log", "chat.log.1", "chat.log.2"]
+    assert "u4 is ready" in logfile.read_text()
+    assert "u3 is ready" in (tmp_path / "chat.log.1").read_text()

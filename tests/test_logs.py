@@ -147,3 +147,81 @@ def test_escapes_count_towards_the_limit() -> None:
     quoted = logs.quote("\x00" * 1000)
     assert len(quoted) == logs.QUOTE_LIMIT + len("... (1000 characters)")
     assert "\x00" not in quoted
+
+
+# -- daemon mode's log files are bounded (--log-keep) -------------------------
+
+
+@pytest.fixture
+def sigusr1() -> Iterator[None]:
+    import signal
+
+    saved = signal.getsignal(signal.SIGUSR1)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGUSR1, saved)
+
+
+def twistd_options(**given: Any) -> dict[str, Any]:
+    """The options twistd parsed, as the subcommand's C{parent} holds them."""
+    return {"logfile": None, "nodaemon": False, "syslog": False, "logger": None, **given}
+
+
+def test_rotated_log_files_are_bounded(tmp_path: Path, sigusr1: None) -> None:
+    """twistd's own kept every rotated file for ever (rev12 newuser #12)."""
+    from twisted.logger import Logger, textFileLogObserver
+
+    path = tmp_path / "chat.log"
+    log_file = logs.daemon_log_file(twistd_options(logfile=str(path)), keep=3)
+    assert log_file is not None
+    log_file.rotateLength = 200  # twistd's is 1,000,000 bytes
+    log = Logger(observer=textFileLogObserver(log_file))
+    for i in range(60):
+        log.info("line {i} " + "x" * 40, i=i)
+    log_file.close()
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        "chat.log", "chat.log.1", "chat.log.2", "chat.log.3"]
+    assert "line 59 " in path.read_text()
+
+
+@pytest.mark.parametrize(("given", "file"), [
+    ({"logfile": "chat.log"}, "chat.log"),
+    ({"logfile": "chat.log", "nodaemon": True}, "chat.log"),
+    ({}, "twistd.log"),  # a daemon without --logfile: twistd's default
+    ({"nodaemon": True}, None),  # -n: stdout
+    ({"logfile": "-", "nodaemon": True}, None),
+    ({"logfile": "chat.log", "syslog": True}, None),
+    ({"logfile": "chat.log", "logger": "my.observer"}, None),
+])
+def test_the_log_file_is_the_one_twistd_would_write(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, sigusr1: None,
+        given: dict[str, Any], file: str | None) -> None:
+    from twisted.application.service import Application
+    from twisted.internet.testing import MemoryReactor
+    from twisted.logger import ILogObserver
+
+    from twisted_chat.server.service import Options, makeService
+
+    monkeypatch.chdir(tmp_path)
+    options = Options()
+    options.parseOptions(["--db", ":memory:", "--port", "tcp:0"])
+    options.parent = twistd_options(**given)
+    top = makeService(options, MemoryReactor())
+    application = Application("chat")
+    top.setServiceParent(application)
+    observer = application.getComponent(ILogObserver, None)
+    log_file = top.log_file  # type: ignore[attr-defined]
+    if file is None:
+        assert log_file is None and observer is None
+        return
+    assert observer is not None
+    assert log_file.path == str(tmp_path / file)
+    assert log_file.maxRotatedFiles == logs.DEFAULT_KEEP
+    log_file.close()
+
+
+def test_log_keep_0_keeps_every_file(tmp_path: Path, sigusr1: None) -> None:
+    log_file = logs.daemon_log_file(twistd_options(logfile=str(tmp_path / "c.log")), keep=0)
+    assert log_file is not None and log_file.maxRotatedFiles is None
+    log_file.close()

@@ -85,6 +85,49 @@ def filter_twistds_log() -> None:
     globalLogBeginner._twisted_chat_filtered = True  # type: ignore[attr-defined]
 
 
+#: Rotated log files daemon mode keeps by default (C{--log-keep}).
+DEFAULT_KEEP = 10
+
+
+def daemon_log_file(twistd: Any, keep: int) -> Any:
+    """
+    The log file twistd would write (C{--logfile FILE}, or C{twistd.log}
+    when it daemonizes without one), as a Twisted C{LogFile} that keeps at
+    most C{keep} rotated files (C{FILE.1} to C{FILE.keep}, the oldest
+    deleted; 0: every one, twistd's own way); C{None} where twistd writes no
+    file (C{-n} without C{--logfile}, C{--logfile=-}, C{--syslog},
+    C{--logger}) or C{twistd} is not what parsed the options (a test).
+    twistd's rotates every 1,000,000 bytes and deletes nothing, so the
+    files, which hold every message with C{--log-messages}, would pile up
+    for ever.  It rotates as twistd's does, every 1,000,000 bytes and on
+    SIGUSR1.
+    """
+    from twisted.python import logfile
+
+    try:
+        name = twistd["logfile"]
+        if twistd["syslog"] or twistd["logger"] or name == "-":
+            return None
+        if twistd["nodaemon"] and not name:
+            return None
+    except (KeyError, TypeError):
+        return None
+    log_file = logfile.LogFile.fromFullPath(  # type: ignore[no-untyped-call]
+        name or "twistd.log", maxRotatedFiles=keep or None)
+    import signal
+
+    if not signal.getsignal(signal.SIGUSR1):  # as twistd: unless someone has it
+
+        def rotate(number: int, frame: Any) -> None:
+            from twisted.internet import reactor
+
+            threads: Any = reactor
+            threads.callFromThread(log_file.rotate)
+
+        signal.signal(signal.SIGUSR1, rotate)
+    return log_file
+
+
 def filtering(observer: ILogObserver) -> ILogObserver:
     """C{observer} behind the server's level filter."""
     return FilteringLogObserver(observer, [_predicate])

@@ -272,6 +272,10 @@ class Options(usage.Options):
          _positive(int)],
         ["log-level", None, _defaults.log_level,
          f"Least important log lines written: {', '.join(logs.LEVELS)}.", _log_level],
+        ["log-keep", None, logs.DEFAULT_KEEP,
+         "Daemon mode (twistd's --logfile FILE): rotated log files kept, FILE.1 to "
+         "FILE.N, the oldest deleted (twistd rotates every 1,000,000 bytes and on "
+         "SIGUSR1; 0: keep every one).", _non_negative(int)],
         ["metrics", None, None,
          "Serve Prometheus metrics at /metrics on this endpoint, e.g. "
          "tcp:9108:interface=127.0.0.1 (a bare port number is TCP on every interface: "
@@ -556,11 +560,37 @@ def chat_snapshot(factory: ChatFactory, history_backlog: int | None = None,
     )
 
 
+class _Top(MultiService):
+    """
+    The service tree's top.  With C{log_file}, twistd logs to it: the
+    application's log observer is set as this joins it, which is before
+    twistd starts its log (it then opens no file of its own).
+    """
+
+    log_file: Any = None
+
+    def setServiceParent(self, parent: Any) -> None:
+        super().setServiceParent(parent)
+        if self.log_file is not None and hasattr(parent, "setComponent"):
+            from twisted.logger import ILogObserver, textFileLogObserver
+
+            parent.setComponent(ILogObserver, textFileLogObserver(self.log_file))
+
+
 def makeService(options: Options, reactor: Any = None) -> IService:
     if reactor is None:
         from twisted.internet import reactor as global_reactor
 
         reactor = global_reactor
+    top = _make_service(options, reactor)
+    if isinstance(top, _Top):
+        # The last step: a start-up error above has made no file.
+        top.log_file = logs.daemon_log_file(getattr(options, "parent", None),
+                                            options["log-keep"])
+    return top
+
+
+def _make_service(options: Options, reactor: Any) -> IService:
     config = options.config()
     logs.set_level(config.log_level)
     logs.filter_twistds_log()
@@ -596,7 +626,7 @@ def makeService(options: Options, reactor: Any = None) -> IService:
     accounts, work = _accounts(config, reactor, lambda work: _sqlite_book(config, work),
                                where=where)
     factory = ChatFactory(config, reactor, History(config.history), accounts=accounts)
-    top = MultiService()
+    top = _Top()
     chat = ChatService(factory, work)
     chat.setServiceParent(top)
     listeners.add(top, options, factory, reactor,
@@ -629,7 +659,7 @@ def _cluster_service(options: Options, config: ServerConfig, reactor: Any) -> IS
         config, reactor, lambda work: RedisBook(redis.command, reactor),
         lambda limits: RedisFailures(redis.command, reactor, limits),
         where=f"in the cluster's Redis at {target.display}, shared by every node")
-    top = MultiService()
+    top = _Top()
     ClusterService(factory, redis, work).setServiceParent(top)
 
     def registry() -> CollectorRegistry:
