@@ -405,6 +405,25 @@ def test_a_paired_line_to_a_partner_who_left_says_so() -> None:
     assert s.screen.take()[-1] == "! Not sent: bob is not online."
 
 
+@pytest.mark.parametrize("command", ["/pair bob", "/accept bob"])
+def test_a_refused_pair_after_a_paired_line_is_not_said_as_the_partner_leaving(
+    command: str,
+) -> None:
+    # The paired line was delivered; the later ERROR answers the /pair or
+    # /accept, which is not a line of the private conversation (app.js says
+    # "is not online" too).
+    s = session()
+    s.ready("alice", users=("bob",))
+    s.receive("PAIRED bob")
+    s.type("take care")
+    s.receive(f"MSG {TS} alice bob take care", "UNPAIRED bob left", f"LEFT {TS} bob quit bye")
+    s.screen.take()
+    s.type(command)
+    assert s.sent()[-1] == command[1:].upper().replace("BOB", "bob")
+    s.receive("ERROR no-such-nick bob is not online")
+    assert s.screen.take()[-1] == "! Not sent: bob is not online."
+
+
 def test_partner_leaves_or_disconnects() -> None:
     s = session()
     s.ready()

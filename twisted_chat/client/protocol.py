@@ -621,8 +621,10 @@ class ChatClient(SkipLongLines):
                 # no-such-nick); its copy back is the same MSG.
                 action = Send("DM", (partner,), action.text)
                 self._private_to = nick_key(partner)
-            elif action.verb == "DM":
-                self._private_to = None  # a /dm of the user's own: said as it is
+            elif action.words:
+                # A /dm, /pair, /accept or /reject of the user's own names a
+                # nick: its refusal is said as it is, not as the partner leaving.
+                self._private_to = None
             self.pairing.sending(action.verb, paired=self.state is State.PAIRED)
             self.send(action)
         elif isinstance(action, Local):
