@@ -227,22 +227,10 @@ class Reconnecting:
         if not self.finished.called:
             self.finished.callback(outcome)
 
-    @property
-    def waiting(self) -> bool:
-        """Between connections: the next one starts on a timer."""
-        return self._timer is not None
-
-    def _seconds_left(self) -> int:
-        if self._timer is None:
-            return 0
-        return max(1, round(self._timer.getTime() - self.clock.seconds()))
-
     def _not_connected(self) -> None:
         if self._timer is not None:
-            when = (
-                f"Reconnecting in {self._seconds_left()} s; {RECONNECT_COMMAND} tries now, "
-                "/quit leaves."
-            )
+            left = max(1, round(self._timer.getTime() - self.clock.seconds()))
+            when = f"Reconnecting in {left} s; {RECONNECT_COMMAND} tries now, /quit leaves."
         else:
             when = "Reconnecting: wait until you are back in the lobby."
         self._show(render.error(
