@@ -82,7 +82,9 @@ def test_unknown_command_gets_a_local_hint() -> None:
 def test_help_lists_every_command() -> None:
     result = parse_input("/help")
     assert isinstance(result, Local) and not result.is_error
-    for command in ("/users", "/pair", "/accept", "/reject", "/unpair", "/dm", "@NICK", "/quit"):
+    for command in (
+        "/users", "/pair", "/accept", "/reject", "/unpair", "/dm", "@NICK", "/reconnect", "/quit"
+    ):
         assert command in result.text
 
 

@@ -246,6 +246,18 @@ def test_reconnect_now() -> None:
     assert h.clock.getDelayedCalls()[0].getTime() - h.clock.seconds() == 4  # the next in 4
 
 
+def test_reconnect_while_connected_says_so_and_keeps_the_connection() -> None:
+    h = Harness()
+    h.join()
+    h.screen.take()
+    h.session.user_line("/reconnect")
+    assert h.screen.take() == [
+        "You are connected: /reconnect only skips the wait once the connection is lost."
+    ]
+    assert h.sent() == [] and len(h.clients) == 1
+    assert not h.transports[-1].disconnecting
+
+
 def test_quit_while_waiting_leaves_with_how_the_connection_ended() -> None:
     h = Harness()
     h.join()

@@ -31,9 +31,12 @@ Commands:
   /unpair, /leave   leave the private conversation, or withdraw your invitation
   /register         protect your nickname with a password (asked for, not shown)
   /passwd           change that password (asked for, not shown)
+  /reconnect        when disconnected: connect again now, not after the wait
   /help             this help
   /quit [TEXT]      leave the chat, with an optional goodbye (also /q)
   //TEXT            send a message that starts with /"""
+
+CONNECTED = "You are connected: /reconnect only skips the wait once the connection is lost."
 
 KEYS_HELP = """\
 Keys:
@@ -104,6 +107,7 @@ _ALIASES = {
     "register": "register",
     "passwd": "passwd",
     "password": "passwd",
+    "reconnect": "reconnect",
     "help": "help",
     "h": "help",
     "?": "help",
@@ -244,6 +248,11 @@ def parse_input(line: str, *, inviters: Sequence[str] = ()) -> Action:
         return Secret("REGISTER" if command == "register" else "PASSWD")
     if command == "help":
         return Local(HELP)
+    if command == "reconnect":
+        # Between connections twisted_chat.client.reconnect takes it first.
+        # A connection that works is not dropped for it: what is in flight,
+        # and a private conversation, would be lost for nothing.
+        return Local(CONNECTED)
     if command == "quit":
         return Quit(rest.strip(" \t"))
     shown = name if len(name) <= 20 else name[:20] + "..."

@@ -28,6 +28,7 @@ COMMANDS = (
     "dm",
     "register",
     "passwd",
+    "reconnect",
     "help",
     "quit",
 )
