@@ -16,7 +16,7 @@ from twisted.internet.testing import StringTransport
 from twisted.python.failure import Failure
 
 from twisted_chat.client.liveness import Liveness
-from twisted_chat.client.lobbyview import REMEMBERED
+from twisted_chat.client.lobbyview import REMEMBERED, ShownLobby
 from twisted_chat.client.protocol import ChatClient
 from twisted_chat.client.reconnect import Reconnecting, backoff_delay, should_reconnect
 from twisted_chat.client.session import Outcome
@@ -69,6 +69,12 @@ def test_which_endings_reconnect(
     ) is expected
 
 
+def test_a_nick_timeout_while_our_taken_nick_is_waited_for_reconnects() -> None:
+    kind = {"joined": False, "rejoining": True, "user_left": False, "bye_reason": "timeout"}
+    assert should_reconnect(**kind, waiting_for_nick=True) is True  # type: ignore[arg-type]
+    assert should_reconnect(**kind, waiting_for_nick=False) is False  # type: ignore[arg-type]
+
+
 # -- the session -------------------------------------------------------------------
 
 
@@ -96,7 +102,13 @@ class Harness:
         self.session.start()
 
     def _make(
-        self, nick: str | None, rejoin: bool, password: tuple[str, str] | None
+        self,
+        nick: str | None,
+        *,
+        rejoin: bool,
+        password: tuple[str, str] | None,
+        lobby_shown: ShownLobby,
+        taken_tries: int,
     ) -> ChatClient:
         client = ChatClient(
             self.screen,
@@ -109,6 +121,8 @@ class Harness:
             answer_wait=Liveness.ANSWER_WAIT,
             rejoin=rejoin,
             kept_password=password,
+            lobby_shown=lobby_shown,
+            taken_tries=taken_tries,
         )
         self.clients.append(client)
         return client
@@ -313,13 +327,91 @@ def test_a_first_connection_that_never_got_in_does_not_reconnect() -> None:
     assert h.outcomes == [LOST]
 
 
-def test_a_nick_prompt_left_open_on_a_reconnection_ends_the_session() -> None:
-    h = Harness()
+def _reconnect_and_refuse(h: Harness, retry: str) -> None:
+    """Joined, lost, and the reconnection's NICK alice answered with C{retry}."""
     h.join()
     h.lose()
     h.clock.advance(1)
     h.receive("HELLO chat/1 test", "NICK")
-    h.receive("RETRY taken alice is online")  # the old connection is still held
+    assert h.sent() == ["NICK alice"]
+    h.screen.take()
+    h.receive(retry)
+
+
+def _reconnect_to_a_taken_nick(h: Harness) -> None:
+    _reconnect_and_refuse(h, "RETRY taken alice is online")  # the old connection is held
+
+
+def test_a_taken_nick_on_a_reconnection_is_sent_again_every_3_seconds() -> None:
+    h = Harness()
+    _reconnect_to_a_taken_nick(h)
+    assert h.screen.take() == [
+        "* The nickname alice is already taken by someone online. It may be your old "
+        "connection, until the server notices it is gone: sending alice again every 3 "
+        "seconds (at most 40 times)."
+    ]
+    assert h.screen.prompt != "nickname: "
+    h.clock.advance(2.9)
+    assert h.sent() == []
+    h.clock.advance(0.1)
+    assert h.sent() == ["NICK alice"]
+    h.receive("RETRY taken alice is online")
+    assert h.screen.take() == []  # said once
+    h.clock.advance(3)
+    assert h.sent() == ["NICK alice"]
+    h.receive("READY alice", "USER alice lobby", "USERS 1")
+    assert "* Reconnected: you are back in the lobby as alice." in h.screen.take()
+    assert h.client.lobby_shown is h.session.lobby_shown  # passed in, not replaced
+
+
+def test_a_taken_nick_is_waited_for_across_a_nick_timeout_then_asked_for() -> None:
+    h = Harness()
+    _reconnect_to_a_taken_nick(h)
+    for _ in range(9):
+        h.clock.advance(3)
+        assert h.sent() == ["NICK alice"]
+        h.receive("RETRY taken alice is online")
+    # The server's --nick-timeout: not a prompt left open, so it connects again.
+    h.receive("BYE timeout")
+    h.lose()
+    assert h.outcomes == []
+    h.clock.advance(2)
+    assert len(h.clients) == 3
+    h.receive("HELLO chat/1 test", "NICK")
+    assert h.sent() == ["NICK alice"]
+    for _ in range(30):  # 10 on the first reconnection: 40 in all
+        h.receive("RETRY taken alice is online")
+        h.clock.advance(3)
+        assert h.sent() == ["NICK alice"]
+    h.screen.take()
+    h.receive("RETRY taken alice is online")
+    assert h.screen.take()[-2:] == [
+        "! The nickname alice is already taken by someone online.",
+        "* Still taken after 40 tries. Choose another nickname:",
+    ]
+    assert h.screen.prompt == "nickname: "
+    h.clock.advance(30)
+    assert h.sent() == []
+
+
+def test_another_nick_typed_on_a_reconnection_and_taken_is_asked_for_again() -> None:
+    h = Harness()
+    _reconnect_and_refuse(h, "RETRY invalid alice is reserved")
+    h.session.user_line("bob")
+    assert h.sent() == ["NICK bob"]
+    h.screen.take()
+    h.receive("RETRY taken bob is online")  # someone else's: not waited for
+    assert h.screen.take() == [
+        "! The nickname bob is already taken by someone online.",
+        "* Choose another nickname:",
+    ]
+    h.clock.advance(30)
+    assert h.sent() == []
+
+
+def test_a_nick_prompt_left_open_on_a_reconnection_ends_the_session() -> None:
+    h = Harness()
+    _reconnect_and_refuse(h, "RETRY invalid alice is reserved")
     assert h.screen.prompt == "nickname: "  # the usual RETRY flow
     h.receive("BYE timeout")
     h.lose()
@@ -430,7 +522,7 @@ def test_the_kept_password_is_dropped_when_another_nick_joins() -> None:
     _login_with_password(h)
     h.lose()
     h.clock.advance(1)
-    h.receive("HELLO chat/1 test", "NICK", "RETRY taken alice is online")
+    h.receive("HELLO chat/1 test", "NICK", "RETRY invalid alice is reserved")
     assert h.sent() == ["NICK alice"]
     h.session.user_line("alice2")
     assert h.sent() == ["NICK alice2"]

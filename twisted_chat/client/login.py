@@ -37,6 +37,14 @@ class Client(Protocol):
     kept_password: tuple[str, str] | None
 
     @property
+    def rejoin(self) -> bool:
+        """This connection is a reconnection (an earlier one got in)."""
+
+    # RETRY taken answers met on reconnections since the last READY: the
+    # nick is waited for across connections (twisted_chat.client.reconnect).
+    taken_tries: int
+
+    @property
     def server(self) -> str: ...
 
     @property
@@ -90,6 +98,12 @@ class Login:
     # fit in the server's default --nick-timeout of 30 s.
     UNAVAILABLE_DELAY = 3.0
     UNAVAILABLE_TRIES = 5
+    # RETRY taken for our own nick on a reconnection: the server may still
+    # hold the old connection until its ping timeout notices it is gone.
+    # Send the same NICK again this many seconds later, at most this many
+    # times until one gets in (the web page's numbers, app.js RETRY).
+    TAKEN_DELAY = 3.0
+    TAKEN_TRIES = 40
 
     def __init__(self, client: Client, passwords: Passwords) -> None:
         self._client = client
@@ -102,6 +116,9 @@ class Login:
         self._password_for: str | None = None  # the nick in the server's PASS
         self._unavailable_tries = 0  # RETRY unavailable answers in a row
         self._nick_again_timer: IDelayedCall | None = None
+        # A NICK is to be sent again because our own nick was taken on a
+        # reconnection (a BYE timeout then is not a prompt left open).
+        self.waiting_for_nick = False
         self._answer_timer: IDelayedCall | None = None  # for a NICK or PASS sent
 
     def stop(self) -> None:
@@ -182,6 +199,10 @@ class Login:
             return
         nick = self._asked_nick or ""
         said = render.retry(nick, reason, text)
+        self.waiting_for_nick = False
+        if reason == "taken" and self._our_old_nick(nick):
+            self._taken(nick, said)
+            return
         if reason == "unavailable":
             self._unavailable(nick, said)
             return
@@ -199,6 +220,40 @@ class Login:
             self._ask_for(nick)  # the server wants NICK again: ask for the password again
             return
         self._ask_nick_again("Choose another nickname:")
+
+    def _our_old_nick(self, nick: str) -> bool:
+        """C{nick} is the one a reconnection asks for by itself."""
+        client = self._client
+        wanted = client.option_nick
+        return client.rejoin and wanted is not None and nick_key(nick) == nick_key(wanted)
+
+    def _taken(self, nick: str, said: str) -> None:
+        """
+        RETRY taken for our own nick on a reconnection: most likely our old
+        connection, which the server holds until its ping timeout.  Send the
+        same NICK again every L{TAKEN_DELAY} seconds, said once, at most
+        L{TAKEN_TRIES} times (across connections) before asking for another.
+        """
+        client = self._client
+        self.answered()
+        client.taken_tries += 1
+        if client.taken_tries > self.TAKEN_TRIES:
+            client.taken_tries = 0
+            client.error(render.sentence(said))
+            self._ask_nick_again(
+                f"Still taken after {self.TAKEN_TRIES} tries. Choose another nickname:"
+            )
+            return
+        if client.taken_tries == 1:
+            client.notice(
+                f"{said} It may be your old connection, until the server notices it "
+                f"is gone: sending {nick} again every {self.TAKEN_DELAY:g} seconds "
+                f"(at most {self.TAKEN_TRIES} times)."
+            )
+        self.waiting_for_nick = True
+        self._nick_again_timer = client.clock.callLater(
+            self.TAKEN_DELAY, self._nick_again, nick
+        )
 
     def _unavailable(self, nick: str, said: str) -> None:
         """

@@ -52,6 +52,7 @@ from zope.interface import provider
 from twisted_chat import version_line
 from twisted_chat.client import render
 from twisted_chat.client.flow import buffered
+from twisted_chat.client.lobbyview import ShownLobby
 from twisted_chat.client.pipe import PipeIO
 from twisted_chat.client.protocol import ChatClient
 from twisted_chat.client.reconnect import Reconnecting
@@ -403,7 +404,12 @@ async def run(reactor: Any, options: argparse.Namespace) -> None:
     stdio: StandardIO | None = None
 
     def make_client(
-        nick: str | None, rejoin: bool, password: tuple[str, str] | None
+        nick: str | None,
+        *,
+        rejoin: bool,
+        password: tuple[str, str] | None,
+        lobby_shown: ShownLobby,
+        taken_tries: int,
     ) -> ChatClient:
         client = ChatClient(
             ui,
@@ -418,6 +424,8 @@ async def run(reactor: Any, options: argparse.Namespace) -> None:
             environ=os.environ,
             rejoin=rejoin,
             kept_password=password,
+            lobby_shown=lobby_shown,
+            taken_tries=taken_tries,
         )
         if not interactive:
             # A script's stdin is not read while the client holds QUEUE_MAX lines.

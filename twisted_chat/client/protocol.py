@@ -108,9 +108,13 @@ class ChatClient(SkipLongLines):
         before the client checks with C{PING} that the server is still there
         (L{twisted_chat.client.liveness}; C{None}: it does not).
     @param rejoin: this connection is a reconnection
-        (L{twisted_chat.client.reconnect}): C{READY} says "Reconnected".
-        Its history does not show again the lobby messages in L{lobby_shown}
-        (which L{twisted_chat.client.reconnect} shares between connections).
+        (L{twisted_chat.client.reconnect}): C{READY} says "Reconnected", and
+        a C{RETRY taken} for the nick asked by itself is waited out.
+    @param lobby_shown: the lobby messages shown so far, shared between the
+        connections of a session (a new one by default): the history does not
+        show them again.
+    @param taken_tries: the C{RETRY taken} answers the earlier reconnections
+        met since the last C{READY} (L{Login.TAKEN_TRIES} in all).
     @param kept_password: C{(nick, password)}, the password typed this
         session (on a terminal), which answers the server's C{PASS} for that
         nick once; L{kept_password} holds the one that got in, or was
@@ -157,6 +161,8 @@ class ChatClient(SkipLongLines):
         answer_wait: float | None = Liveness.ANSWER_WAIT,
         rejoin: bool = False,
         kept_password: tuple[str, str] | None = None,
+        lobby_shown: ShownLobby | None = None,
+        taken_tries: int = 0,
     ) -> None:
         self.display = display
         self.option_nick = nick
@@ -169,6 +175,7 @@ class ChatClient(SkipLongLines):
         self.show_history = show_history
         self.rejoin = rejoin
         self.kept_password = kept_password
+        self.taken_tries = taken_tries
         self.environ: Mapping[str, str] = environ if environ is not None else {}
         self.warn = warn if warn is not None else self.error
         self.renderer = Renderer(lambda: self.nick, now, localtime)
@@ -187,7 +194,7 @@ class ChatClient(SkipLongLines):
         # The lobby messages shown (on this connection and, when reconnecting,
         # the earlier ones), and, while a READY block's history comes, those
         # of them it may repeat (twisted_chat.client.lobbyview).
-        self.lobby_shown = ShownLobby()
+        self.lobby_shown = lobby_shown if lobby_shown is not None else ShownLobby()
         self._repeats: Repeats | None = None
         # The lobby's joins and leaves while paired: shown among the lobby's
         # messages replayed when the pair ends (as the web page does).

@@ -5,8 +5,10 @@ A L{ChatClient} is one connection.  On a terminal, once a session has joined
 the chat, L{Reconnecting} starts a new one when the server restarts
 (C{BYE shutdown}) or the connection is lost: with the web page's backoff
 (L{backoff_delay}: 1, 2, 4, 8, 16, then every 30 seconds, each +-25 %;
-back to 1 s once a connection reached C{READY}), the same nickname, and the
-password typed this session (kept in memory only).  It decides by
+back to 1 s once a connection reached C{READY}), the same nickname (sent
+again every 3 s while the server says it is taken: our old connection, most
+likely; C{Login.TAKEN_TRIES}), and the password typed this session (kept in
+memory only).  It decides by
 L{should_reconnect}.  The lobby messages shown are remembered across
 connections (L{ShownLobby}): a new connection's history shows only the ones
 not on the screen yet.  The first failure of a reconnection is said in full;
@@ -25,6 +27,7 @@ from __future__ import annotations
 
 import random
 from collections.abc import Callable
+from typing import Protocol
 
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
@@ -50,6 +53,28 @@ _USER_LEFT = "quit"
 _STOP_BEFORE_JOINING = ("timeout", "flood")
 
 
+class MakeClient(Protocol):
+    """Makes the L{ChatClient} of one connection."""
+
+    def __call__(
+        self,
+        nick: str | None,
+        *,
+        rejoin: bool,
+        password: tuple[str, str] | None,
+        lobby_shown: ShownLobby,
+        taken_tries: int,
+    ) -> ChatClient:
+        """
+        @param nick: the nickname to ask for.
+        @param rejoin: it is a reconnection.
+        @param password: the password kept for a nick, C{(nick, password)}.
+        @param lobby_shown: the lobby messages on the screen.
+        @param taken_tries: the C{RETRY taken} met by reconnections since the
+            last C{READY}.
+        """
+
+
 def backoff_delay(attempt: int, draw: float) -> float:
     """
     Seconds to wait before reconnection attempt C{attempt} (0 first):
@@ -60,7 +85,12 @@ def backoff_delay(attempt: int, draw: float) -> float:
 
 
 def should_reconnect(
-    *, joined: bool, rejoining: bool, user_left: bool, bye_reason: str | None
+    *,
+    joined: bool,
+    rejoining: bool,
+    user_left: bool,
+    bye_reason: str | None,
+    waiting_for_nick: bool = False,
 ) -> bool:
     """
     Whether a connection's end is followed by another connection.
@@ -69,6 +99,9 @@ def should_reconnect(
     @param rejoining: it was itself a reconnection (an earlier one had joined).
     @param user_left: the user quit (C{/quit}, Ctrl-C, Ctrl-D).
     @param bye_reason: the server's C{BYE} reason, C{None} without one.
+    @param waiting_for_nick: it ended while our own nick, taken (by our old
+        connection, most likely), was to be sent again: a C{BYE timeout}
+        then is not a prompt left open.
     """
     if user_left or bye_reason == _USER_LEFT:
         return False
@@ -80,6 +113,8 @@ def should_reconnect(
         return False  # the first connection's failures end the client, as always
     # A reconnection that did not get in: the server is not back yet (refused,
     # lost, full), or it asks us to stop.
+    if waiting_for_nick and bye_reason == "timeout":
+        return True
     return bye_reason not in _STOP_BEFORE_JOINING
 
 
@@ -87,9 +122,7 @@ class Reconnecting:
     """
     The connections of one interactive session, one after the other.
 
-    @param make_client: a new L{ChatClient} for C{(nick, rejoin, password)}:
-        the nickname to ask for, whether it is a reconnection, the password
-        kept for a nick (C{(nick, password)}) or C{None}.
+    @param make_client: a new L{ChatClient} (L{MakeClient}).
     @param connect: starts connecting a client (its C{finished} fires at the end).
     @param attach: called with each new client before it connects (the
         screen's flow control).
@@ -103,7 +136,7 @@ class Reconnecting:
         self,
         clock: IReactorTime,
         display: Display | None,
-        make_client: Callable[[str | None, bool, tuple[str, str] | None], ChatClient],
+        make_client: MakeClient,
         connect: Callable[[ChatClient], object],
         *,
         nick: str | None,
@@ -121,6 +154,7 @@ class Reconnecting:
         self.nick = nick
         self.password: tuple[str, str] | None = None
         self.attempt = 0
+        self.taken_tries = 0  # RETRY taken since the last READY (Login.TAKEN_TRIES)
         self.rejoining = False
         self.user_left = False
         self.client: ChatClient | None = None
@@ -148,8 +182,13 @@ class Reconnecting:
         return self._begin()
 
     def _begin(self) -> ChatClient:
-        client = self._make_client(self.nick, self.rejoining, self.password)
-        client.lobby_shown = self.lobby_shown
+        client = self._make_client(
+            self.nick,
+            rejoin=self.rejoining,
+            password=self.password,
+            lobby_shown=self.lobby_shown,
+            taken_tries=self.taken_tries,
+        )
         self.client = client
         self._attach(client)
         client.finished.addCallback(self._ended, client)
@@ -159,6 +198,7 @@ class Reconnecting:
     def _ended(self, outcome: Outcome, client: ChatClient) -> None:
         self.client = None
         joined = client.nick is not None
+        self.taken_tries = 0 if joined else client.taken_tries
         if joined:
             self.nick = client.nick
             self.attempt = 0  # it got in: the next loss starts the backoff again
@@ -172,6 +212,7 @@ class Reconnecting:
             rejoining=self.rejoining,
             user_left=user_left,
             bye_reason=client.ending.bye_reason,
+            waiting_for_nick=client.login.waiting_for_nick,
         ):
             self._finish(outcome)
             return
