@@ -26,6 +26,7 @@ from twisted.logger import Logger, LogLevel
 
 from tests.test_cluster_read import Conn, cluster, say
 from tests.test_cluster_refused import AnsweredRedis, applied, connected, listed, refused_hello
+from twisted_chat.server.cluster import kepthistory
 from twisted_chat.server.cluster.node import KEPT_RETRY, ClusterState
 from twisted_chat.server.cluster.redisconfig import Retention
 from twisted_chat.server.cluster.redishistory import (
@@ -309,13 +310,14 @@ def test_refused_history_writes_are_written_again_together_and_in_order() -> Non
     assert not log.kept_history.pending
 
 
-def test_kept_history_writes_are_bounded_by_redis_queue_the_oldest_dropped() -> None:
+def test_kept_history_writes_are_bounded_by_redis_queue_the_oldest_dropped(
+        monkeypatch: pytest.MonkeyPatch) -> None:
     """The bound: --redis-queue bytes (counted apart from the commands
     waiting); past it the oldest kept write is dropped, and the log says so
     once, then how many when Redis takes the history's writes again."""
     log, state, redis, ann = with_history(max_waiting=300)
     logged: list[dict[str, Any]] = []
-    log.kept_history.log = Logger(observer=logged.append)
+    monkeypatch.setattr(kepthistory, "_log", Logger(observer=logged.append))
     zadds = []
     for n in range(4):
         zadds.append(said(state, redis, ann, f"message {n} " + "x" * 80))

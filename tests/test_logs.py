@@ -10,12 +10,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from twisted.logger import Logger, globalLogPublisher
+from twisted.logger import Logger, formatEventAsClassicLogText, globalLogPublisher
 from twisted.python.failure import Failure
 
 import twisted_chat.server
 import twisted_chat.web
 from tests.test_cluster_outage import redis_log
+from tests.test_cluster_refused import applied, connected, heartbeat
 from twisted_chat.server import logs
 
 PACKAGES = (twisted_chat.server, twisted_chat.web)
@@ -120,6 +121,34 @@ def test_a_cluster_debug_line_is_left_out_by_default() -> None:
         globalLogPublisher.removeObserver(observe)
         logs.set_level(logs.DEFAULT_LEVEL)
     assert events == [("debug", "the stream's end: {e}")]
+
+
+def test_the_lines_moved_out_of_redislog_keep_its_namespace() -> None:
+    """The dead-node warning moved from RedisLog to leases.py with the
+    split, and took the new class's namespace with it: operators saw
+    [...leases.Leases#warn] where their filters matched
+    [...redislog.RedisLog#warn] (reread12 #1).  The lines that moved out of
+    RedisLog (leases, pruning, kept history, doubts) keep its namespace."""
+    from twisted_chat.server.cluster import doubts, kepthistory, leases, pruning
+    from twisted_chat.server.cluster.redislog import RedisLog
+
+    old = "twisted_chat.server.cluster.redislog.RedisLog"
+    assert RedisLog.log.namespace == old
+    assert [m._log.namespace for m in (leases, pruning, kepthistory, doubts)] == [old] * 4
+    events: list[dict[str, Any]] = []
+    log, state, redis = connected(node_timeout=3.0)
+    applied(state, {"t": "tick", "n": "x", "k": 1})  # x is known; its lease is missing
+    log.leases.up_since = log.reactor.seconds() - 60.0  # long enough to judge
+    globalLogPublisher.addObserver(events.append)
+    try:
+        (dead,) = heartbeat(log, redis)
+    finally:
+        globalLogPublisher.removeObserver(events.append)
+    assert (dead["t"], dead["node"]) == ("dead", "x")
+    lines = [formatEventAsClassicLogText(event) or "" for event in events
+             if "missed its lease" in event.get("log_format", "")]
+    assert len(lines) == 1
+    assert (f"[{old}#warn] cluster: node x missed its lease; it is dead") in lines[0]
 
 
 # -- quoting what a peer sent ----------------------------------------------------

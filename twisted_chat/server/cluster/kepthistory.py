@@ -28,6 +28,10 @@ from twisted_chat.server.cluster.streamids import id_key
 
 __all__ = ["KeptHistory", "lost_after"]
 
+# The node's log's logger: these lines were RedisLog's before they moved
+# here, and an operator's filter may match its namespace.
+_log = logs.logger("twisted_chat.server.cluster.redislog.RedisLog")
+
 
 def lost_after(end: str | None) -> Callable[[Any, Any], bool]:
     """Whether a history row (its score and member) is a line of an event
@@ -49,8 +53,6 @@ class KeptHistory:
     a command, as any other, and hands it back here if Redis refuses it
     again).  C{bound}: C{--redis-queue}, as the node has it now.
     """
-
-    log = logs.logger()
 
     def __init__(self, reactor: Any, retry: float, queue: Callable[[tuple[Any, ...]], object],
                  bound: Callable[[], int]) -> None:
@@ -86,7 +88,7 @@ class KeptHistory:
             del self.kept[oldest]
             self.bytes -= _history_size(oldest)
             if not self.dropped:
-                self.log.error(
+                _log.error(
                     "cluster: Redis refuses the history's writes, and this node keeps at "
                     "most {n} bytes of them: the oldest are dropped from the history",
                     n=bound,
@@ -112,8 +114,8 @@ class KeptHistory:
         """Redis took a history write: if messages were dropped at the
         bound and nothing is kept any more, say how many (once)."""
         if self.dropped and not self.kept and self.call is None:
-            self.log.warn("cluster: Redis takes the history's writes again; {n} lobby "
-                          "messages were dropped from it", n=self.dropped)
+            _log.warn("cluster: Redis takes the history's writes again; {n} lobby "
+                      "messages were dropped from it", n=self.dropped)
             self.dropped = 0
 
     def drop_lost(self, lost: Callable[[Any, Any], bool]) -> int:

@@ -25,6 +25,10 @@ if TYPE_CHECKING:
 
 __all__ = ["Leases", "judging_wait"]
 
+# The node's log's logger: these lines were RedisLog's before they moved
+# here, and an operator's filter may match its namespace.
+_log = logs.logger("twisted_chat.server.cluster.redislog.RedisLog")
+
 
 def judging_wait(lease: float, heartbeat: float, after_outage: bool,
                  longest_backoff: float) -> float:
@@ -47,8 +51,6 @@ class Leases:
     (its id, its replica's known nodes, where a dead one is declared);
     C{longest_backoff}: the longest wait of the log's reconnection.
     """
-
-    log = logs.logger()
 
     def __init__(self, state: ClusterState, reactor: Any, node_timeout: float,
                  longest_backoff: float) -> None:
@@ -142,5 +144,5 @@ class Leases:
         self.declared &= known
         for node in sorted(known - alive - self.declared):
             self.declared.add(node)
-            self.log.warn("cluster: node {node} missed its lease; it is dead", node=node)
+            _log.warn("cluster: node {node} missed its lease; it is dead", node=node)
             state.node_dead(node)

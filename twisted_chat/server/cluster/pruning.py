@@ -39,6 +39,10 @@ from twisted_chat.server.cluster.redishistory import (
 
 __all__ = ["Pruning"]
 
+# The node's log's logger: these lines were RedisLog's before they moved
+# here, and an operator's filter may match its namespace.
+_log = logs.logger("twisted_chat.server.cluster.redislog.RedisLog")
+
 
 class Pruning:
     """
@@ -46,8 +50,6 @@ class Pruning:
     pruning.  C{reactor} for the time a run takes, C{heartbeat} for the
     share of it the pruning may take, C{where} the Redis named in errors.
     """
-
-    log = logs.logger()
 
     def __init__(self, reactor: Any, heartbeat: float, retention: Retention,
                  set_retention: bool, where: str) -> None:
@@ -86,7 +88,7 @@ class Pruning:
                 except Misconfigured:
                     change = f"{own} now, in place of a malformed one"
                 if change:
-                    self.log.warn(
+                    _log.warn(
                         "cluster: --set-retention: the cluster's history retention is now "
                         "this node's: {change}; the running nodes follow at their next "
                         "heartbeat. Give every node these values (and drop --set-retention) "
@@ -129,14 +131,14 @@ class Pruning:
                 raise
             if str(e) != self._misread:
                 self._misread = str(e)
-                self.log.error("cluster: {why}; this node prunes by {own} meanwhile",
-                               why=str(e), own=own)
+                _log.error("cluster: {why}; this node prunes by {own} meanwhile",
+                           why=str(e), own=own)
             return own
 
     def _follow(self, stored: Retention) -> None:
         """Prune by C{stored}, the cluster's retention, from now on (said
         once per change)."""
-        self.log.warn(
+        _log.warn(
             "cluster: the cluster's history retention changed (a node was started with "
             "--set-retention): {change}; this node prunes by the cluster's from now on. "
             "Give it these values before it restarts, or it will not start",
