@@ -268,7 +268,7 @@ class ClusterState:
         now = self.reactor.seconds()
         due = self.deadline(conn, now)
         if due <= now:
-            return fail(_not_sent(registration, f"it waited {self.wait:g} seconds for it"))
+            return fail(self.too_late(registration))
         waiting = _Waiting(conn, Deferred(), self.events.append(text), size, registration,
                            now)
         self.waiting_bytes += size
@@ -290,8 +290,10 @@ class ClusterState:
         arrived: float = conn.arrived()
         return min(arrived, now) + self.wait
 
-    def too_late(self) -> Exception:
-        return _not_sent(False, f"it waited {self.wait:g} seconds for it")
+    def too_late(self, registration: bool = False) -> Exception:
+        """Also the answer of a command taken back because its wait ended
+        before the log had it (a registration's, if C{registration})."""
+        return _not_sent(registration, f"it waited {self.wait:g} seconds for it")
 
     def _waits_end(self, at: float) -> None:
         """The timer for the commands whose wait ends at C{at} (or before).
@@ -322,9 +324,7 @@ class ClusterState:
         assert self.events is not None
         if self.events.withdraw(waiting.ticket):
             self._forget(k)
-            waiting.answer.errback(_not_sent(
-                waiting.registration, f"it waited {self.wait:g} seconds for it",
-            ))
+            waiting.answer.errback(self.too_late(waiting.registration))
         elif not waiting.registration:
             answer, waiting.answer = waiting.answer, None
             answer.errback(HubError(
@@ -566,7 +566,7 @@ class ClusterState:
             users = self.replica.local_users()
         if self.closing:
             # Its dead takes its users out: listed in one, they leave where
-            # they were shown online (Replica._shown_back), where a hello
+            # they were shown online (AfterLoss.shown_back), where a hello
             # ahead of it would show the others a JOINED, then a LEFT.
             self._append({"t": "dead", "node": self.node, "users": users})
             return
@@ -626,7 +626,7 @@ class ClusterState:
         registrations lost), and this node cannot tell whether its hello
         brought them back there (kept after a refusal, or not sent: the node
         had not seen the loss yet); listed, they leave there too
-        (L{Replica._shown_back}; elsewhere the list is not looked at).  A
+        (L{AfterLoss.shown_back}; elsewhere the list is not looked at).  A
         kept hello is moot: the C{dead} takes the users out.
         """
         if not self.closing:
