@@ -35,9 +35,9 @@ class RedisTarget:
     db: int
     display: str  # the URL without its password, for the log
     tls_host: str | None = None  # rediss://: the name the certificate must carry
-    ca: str | None = None  # rediss://...?ca=FILE: trust this CA, not the system's
-    # ca='s certificates (every one of a bundle), read once by parse_url:
-    # not again on the reactor at each reconnection.
+    # rediss://...?ca=FILE: trust its certificates (every one of a bundle),
+    # not the system's; read once by parse_url, not again on the reactor at
+    # each reconnection.
     trust: Any = field(default=None, compare=False, repr=False)
 
     def connect_to(self, reactor: Any) -> Any:
@@ -178,7 +178,7 @@ def _parse_url(url: str) -> RedisTarget:
         except (OSError, ValueError) as e:
             raise ValueError(f"cannot use ca={ca}: {e}") from None
     return RedisTarget(endpoint, password, username, db, f"{shown}/{db}",
-                       tls_host=parts.hostname if tls else None, ca=ca, trust=trust)
+                       tls_host=parts.hostname if tls else None, trust=trust)
 
 
 class _NoFactory:
