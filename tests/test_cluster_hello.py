@@ -644,3 +644,22 @@ def test_a_rebuild_restores_the_real_listener_not_a_pending_sync() -> None:
     assert isinstance(replica.hub.listener, SyncFirst)
     replica.rebuild(None, [])
     assert replica.hub.listener is n0.state.own
+
+
+def test_settled_takes_off_a_pending_sync_and_forgets_what_was_missed() -> None:
+    """L{Quiet.settled} (a hello's start, the end of a dead's users brought
+    back): the real listener is the hub's again, and the next sync finds
+    nothing stale."""
+    redis, _clock, (n0, _n1) = cluster(2)
+    n0.user("ann")
+    redis.pump()
+    quiet = n0.state.replica.quiet
+    stale: list[None] = []
+    quiet._stale = lambda: stale.append(None)
+    with quiet.quietly():
+        pass
+    assert isinstance(quiet.hub.listener, SyncFirst) and quiet.hushed
+    quiet.settled()
+    assert quiet.hub.listener is n0.state.own and not quiet.hushed
+    quiet.sync_listener()
+    assert stale == []
