@@ -11,11 +11,15 @@ Screenshots go to build/web-e2e/ (untracked).
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import shutil
+import signal
+import socket
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta, timezone
@@ -24,7 +28,7 @@ from typing import Any
 
 import pytest
 
-from tests.serverproc import LineClient
+from tests.serverproc import LOOPBACK, LineClient
 from tests.web.webserver import WebServer, served, serving
 from twisted_chat.client.commands import password_problem
 from twisted_chat.server.accounts import password_problem as server_length_problem
@@ -1338,6 +1342,188 @@ def test_the_backoff_starts_again_once_the_server_says_hello(
     assert first.endswith(("in 1 s…", "in 2 s…")), first  # the backoff's first step again
 
 
+
+# -- when the server does not answer (docs/web.md, "When the server does not answer") --
+# ?answer=1 and ?timeout=1 shorten the page's waits (5 + 5 s before it
+# warns, 15 s for a connection to hear from the server) to 1 + 1 s and 1 s:
+# the tests would otherwise wait as long as a user does.
+
+
+@contextlib.contextmanager
+def stopped(web: WebServer) -> Iterator[None]:
+    """The server stopped (SIGSTOP: it reads and answers nothing, while its
+    kernel still takes what is sent to it) until the block ends."""
+    os.kill(web.server.pid, signal.SIGSTOP)
+    try:
+        yield
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(web.server.pid, signal.SIGCONT)
+
+
+def shown_banner(driver: Any) -> str:
+    banner = driver.find_element(By.ID, "banner")
+    return str(banner.text) if banner.is_displayed() else ""
+
+
+def test_a_server_that_stops_answering_is_told_and_so_is_its_answer_again(
+    web: WebServer, browser: Callable[..., Any], tcp: Callable[[str], LineClient]
+) -> None:
+    """Lines sent to a stalled server went from the composer and showed
+    nowhere, and the page said nothing for 65 s (rev12 M1). As the terminal
+    client: no answer within ANSWER_WAIT, a PING; none to it within
+    PING_WAIT, the banner (and the conversation) says how many lines may not
+    have arrived; once the server answers, the page says so and shows them."""
+    carol = tcp("carol")
+    alice = recording(browser())
+    join(alice, web, "alice", "?answer=1")
+    with stopped(web):
+        burst(alice, 2, "stalled")
+        wait(alice, lambda d: "No answer" in shown_banner(d))
+        warned = shown_banner(alice)
+        assert re.fullmatch(r"No answer from the server for [23] seconds: the last 2 lines you "
+                            r"sent may not have arrived\. The page keeps waiting\.", warned), warned
+        assert warned in notices(alice)
+        assert sent(alice)[-3:] == ["MSG stalled 0", "MSG stalled 1", "PING"]
+        assert texts(alice) == []
+    wait(alice, lambda d: not shown_banner(d))
+    wait_texts(alice, ["stalled 0", "stalled 1"])
+    assert re.search(r"The server answers again, after [2-9] seconds\.$", notices(alice)[-1])
+    assert lobby_lines(carol, 2) == ["alice: stalled 0", "alice: stalled 1"]
+
+
+def test_messages_the_server_never_read_are_named_once_the_page_is_back(
+    web: WebServer, browser: Callable[..., Any], tcp: Callable[[str], LineClient]
+) -> None:
+    """The server dies with lines it never read: after the reconnection the
+    page said nothing about them, and the lobby's last line still read
+    "Disconnected from the server." (rev12 M1, L1). Now each conversation
+    names its messages not confirmed, and the lobby (and the conversation
+    shown) says the page is back."""
+    tcp("bob")
+    alice = browser()
+    join(alice, web, "alice", "?answer=1")
+    say(alice, "confirmed")
+    wait_texts(alice, ["confirmed"])
+    os.kill(web.server.pid, signal.SIGSTOP)
+    try:
+        burst(alice, 2, "never read")
+        say(alice, "/dm bob private, never read")
+        wait(alice, lambda d: "the last 3 lines you sent may not" in shown_banner(d))
+    finally:
+        web.crash()  # the lines in its socket are lost with it
+    wait(alice, lambda d: "Disconnected from the server." in notices(d))
+    assert notices(alice)[-1] == ("3 messages you sent were not confirmed by the server; once "
+                                  "connected again, the page says which.")
+    web.start()
+    wait(alice, lambda d: any("were not confirmed by the server before" in n
+                              for n in notices(d)))
+    lobby_said = notices(alice)
+    back = [n for n in lobby_said if "Reconnected at" in n]
+    assert len(back) == 1 and lobby_said.index(back[0]) > lobby_said.index(
+        "Disconnected from the server."), lobby_said
+    assert lobby_said[-1] == (
+        "These 2 messages were not confirmed by the server before the connection was lost, "
+        "so they may not have arrived: “never read 0”, “never read 1”.")
+    private = notices(alice, "dm:bob")
+    assert private[-2].endswith(back[0][back[0].index("Reconnected at"):])  # the one shown
+    assert private[-1] == (
+        "This message was not confirmed by the server before the connection was lost, "
+        "so it may not have arrived: “private, never read”.")
+    assert texts(alice) == ["confirmed"]
+
+
+def test_a_lobby_line_not_confirmed_but_in_the_new_history_arrived_after_all(
+    web: WebServer, browser: Callable[..., Any]
+) -> None:
+    """A line whose copy had not come back when the connection was lost,
+    and which the next connection's history holds, did arrive: the page
+    says so rather than call it lost."""
+    ts = "2026-12-06T04:09:30.696Z"
+    page = scripted(browser(), web, {
+        "NICK alice": [["READY alice", "USER alice lobby", "USERS 1"],
+                       ["READY alice", f"HISTORY {ts} alice arrived", "USER alice lobby",
+                        "USERS 1"]],
+    })
+    join_as(page, "alice")
+    say(page, "arrived")
+    say(page, "lost")
+    wait(page, lambda d: d.execute_script("return window.sentLines").count("MSG lost") == 1)
+    page.execute_script("window.drop()")
+    wait(page, lambda d: any("after all" in n for n in notices(d)))
+    said = notices(page)
+    assert said[-2].endswith("One message not confirmed before the connection was lost "
+                             "arrived after all: shown above, from the lobby's history.")
+    assert said[-1] == ("This message was not confirmed by the server before the connection "
+                        "was lost, so it may not have arrived: “lost”.")
+    assert texts(page) == ["arrived"]
+
+
+class Hang:
+    """A listener on C{port} that takes connections and never answers
+    (a hung server or front end); C{accepted} counts them."""
+
+    def __init__(self, port: int) -> None:
+        self.sock = socket.socket()
+        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self.sock.bind((LOOPBACK, port))
+        self.sock.listen(16)
+        self.sock.settimeout(0.1)
+        self.accepted: list[socket.socket] = []
+        self.done = threading.Event()
+        self.thread = threading.Thread(target=self._run, daemon=True)
+        self.thread.start()
+
+    def _run(self) -> None:
+        while not self.done.is_set():
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:  # the timeout included
+                continue
+            self.accepted.append(conn)
+
+    def close(self) -> None:
+        self.done.set()
+        self.thread.join(5)
+        self.sock.close()
+        for conn in self.accepted:
+            conn.close()
+
+
+def test_a_reconnection_to_a_server_that_never_answers_is_given_up_and_tried_again(
+    web: WebServer, browser: Callable[..., Any]
+) -> None:
+    """A reconnection that met a server which takes the connection and
+    never answers stayed at "Reconnecting…" for good, without "Reconnect
+    now" (rev12 M2). Now it is given up after ?timeout (15 s by default, the
+    terminal's --timeout), the backoff goes on, and the button is offered
+    all along; pressed during an attempt, it starts a new one."""
+    alice = browser()
+    join(alice, web, "alice", "?timeout=1")
+    alice.execute_script("""
+        window.bannerStates = [];
+        new MutationObserver(() => window.bannerStates.push([
+            document.getElementById('banner-text').textContent,
+            !document.getElementById('banner-retry').hidden])
+        ).observe(document.getElementById('banner'),
+                  {attributes: true, childList: true, subtree: true, characterData: true});
+    """)
+    web.stop()
+    hang = Hang(web.web_port)
+    try:
+        wait(alice, lambda d: len(hang.accepted) >= 2, timeout=20)
+        wait(alice, lambda d: "Reconnecting…" in shown_banner(d), timeout=20)
+        states = alice.execute_script("return window.bannerStates")
+        assert any(text.startswith("No answer from the server. Reconnecting in")
+                   for text, _ in states), states
+        assert all(button for text, button in states if "Reconnecting" in text), states
+    finally:
+        hang.close()
+    web.start()
+    alice.find_element(By.ID, "banner-retry").click()
+    wait(alice, lambda d: any("Reconnected at" in n for n in notices(d)))
+
+
 # -- flood control and the user list (docs/web.md, "Flood control and the user list") --
 
 
@@ -2007,8 +2193,10 @@ def test_a_server_restart_ends_the_private_conversation_in_words(
     web.restart()
     wait(alice, lambda d: d.execute_script("return window.gotLines").count("READY alice") == 2)
     conv_name(alice, "@carol")
-    assert lobby_rows(alice, "dm:carol")[-1] == (
+    rows = lobby_rows(alice, "dm:carol")
+    assert rows[-2] == (
         "notice: The private conversation ended: the connection to the server was lost.")
+    assert re.fullmatch(r"notice: Reconnected at .+\.", rows[-1]), rows  # the conversation shown
 
 
 def test_a_link_shows_its_bidi_controls_rather_than_obey_them(

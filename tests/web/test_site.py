@@ -18,6 +18,8 @@ from twisted.python import usage
 from tests.serverproc import LOOPBACK
 from tests.test_service import ThreadedMemoryReactor, options
 from tests.web.webserver import WebServer, served
+from twisted_chat.client.liveness import Liveness
+from twisted_chat.client.main import DEFAULT_TIMEOUT
 from twisted_chat.server.config import ServerConfig
 from twisted_chat.server.service import makeService
 from twisted_chat.web.config import (
@@ -191,6 +193,20 @@ def test_the_page_loads_nothing_from_elsewhere_and_uses_no_inline_script() -> No
     js = (STATIC / "app.js").read_text()
     assert "innerHTML" not in js and "insertAdjacentHTML" not in js
     assert "document.write" not in js and "eval(" not in js
+
+
+def test_the_pages_waits_for_the_server_are_the_terminal_clients() -> None:
+    """app.js cannot import liveness.py: its copies of the terminal client's
+    numbers (docs/web.md, "When the server does not answer") are read from
+    it as it is. A PING once a line has had no answer for ANSWER_WAIT, the
+    user told PING_WAIT later; --timeout for a connection to hear from the
+    server."""
+    js = (STATIC / "app.js").read_text()
+    found = dict(re.findall(r'\n  const (\w+) = seconds\("\w+", ([0-9.]+)\);', js))
+    assert found == {"ANSWER_WAIT": "5", "PING_WAIT": "5", "HANDSHAKE_TIMEOUT": "15"}
+    assert float(found["ANSWER_WAIT"]) == Liveness.ANSWER_WAIT
+    assert float(found["PING_WAIT"]) == Liveness.PING_WAIT
+    assert float(found["HANDSHAKE_TIMEOUT"]) == DEFAULT_TIMEOUT
 
 
 # -- rules without a network ----------------------------------------------------------

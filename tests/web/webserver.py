@@ -43,6 +43,14 @@ class WebServer:
         self.server = ServerProcess(self.workdir, self.args, port=self.port,
                                     exempt=self.exempt)
 
+    def crash(self) -> None:
+        """Kill the server (SIGKILL: what it had not read yet is lost, its
+        connections reset); L{start} brings it back on the same ports and
+        database."""
+        self.server.kill()
+        self.server = ServerProcess(self.workdir, self.args, port=self.port,
+                                    exempt=self.exempt)
+
     def restart(self) -> None:
         self.stop()
         self.start()

@@ -638,7 +638,9 @@
       outbox.tokens = Math.max(0, tokensAt(now) - cost);
       outbox.at = now;
       outbox.lastSent = now;
-      ws.send(outbox.queue.shift());
+      const line = outbox.queue.shift();
+      ws.send(line);
+      watchSent(line);
     }
     pollRoster(); // a poll waits for an empty queue
   }
@@ -724,6 +726,214 @@
   }
 
 
+  // -- whether the server answers (docs/web.md, "When the server does not answer") ----
+  //
+  // The terminal client's rules, with its numbers (twisted_chat/client/
+  // liveness.py and --timeout; tests/web/test_site.py compares them): once a
+  // line the user sent has had no answer, nor anything else from the server,
+  // for ANSWER_WAIT, the page sends PING; if still nothing comes within
+  // PING_WAIT more, the banner says that those lines may not have arrived.
+  // The connection is kept: a server only stopped for a while delivers them
+  // when it goes on, and the page says that it answers again. Not watched:
+  // PING, PONG, BYE and USERS (the page's own roster poll).
+  //
+  // Each MSG and DM sent waits for the server's copy (the sender gets one
+  // for each message it takes; a PONG says it read all that came before
+  // its PING). Those still waiting when the connection is lost may not have
+  // arrived: once connected again, and its history replayed (a lobby line
+  // there arrived after all), the page says which.
+  //
+  // A new connection has HANDSHAKE_TIMEOUT to open, as long again for the
+  // server's first line, and the page's own NICK and PASS as long for an
+  // answer: a server that takes the connection and says nothing is given
+  // up, and the backoff goes on.
+  //
+  // ?answer=SECONDS and ?timeout=SECONDS on the page's URL (at least 1) set
+  // ANSWER_WAIT and PING_WAIT (each), and HANDSHAKE_TIMEOUT: for tests,
+  // which cannot wait that long.
+
+  function seconds(name, fallback) {
+    const s = Number(new URLSearchParams(location.search).get(name));
+    return (Number.isFinite(s) && s >= 1 ? s : fallback) * 1000;
+  }
+  const ANSWER_WAIT = seconds("answer", 5);
+  const PING_WAIT = seconds("answer", 5);
+  const HANDSHAKE_TIMEOUT = seconds("timeout", 15);
+  const UNCONFIRMED_MAX = 1000;
+
+  const answers = {
+    since: 0, // when the first line sent since the server last spoke went (0: none)
+    count: 0, // lines sent since the server last spoke
+    pinged: false,
+    warned: false,
+    timer: null,
+    seq: 0,
+    unconfirmed: [], // {seq, to, conv, peer, text}: MSG and DM lines, their copy not back yet
+    pings: [], // the seq of the last message sent before each PING, its PONG not back yet
+    lost: null, // unconfirmed when the connection was lost: said after the next READY block
+    arrived: 0, // of those, the lobby lines the new connection's history shows
+    reconnecting: false, // the connection was lost while online: "Reconnected." is due
+    handshake: null, // the timer of a connection that must hear from the server
+  };
+
+  // A line was written to the socket.
+  function watchSent(line) {
+    const [verb, rest] = parse(line, 1);
+    const upper = verb.toUpperCase();
+    if (upper === "PING") {
+      answers.pings.push(answers.seq);
+      return;
+    }
+    if (!state.online) {
+      if (upper === "NICK" || upper === "PASS") awaitServer(); // its answer
+      return;
+    }
+    if (upper === "MSG" || upper === "DM") {
+      const [, nick, body] = upper === "DM" ? parse(line, 2) : [null, null, rest];
+      const peer = nick || state.partner;
+      answers.seq += 1;
+      answers.unconfirmed.push({ seq: answers.seq, to: nick && key(nick), text: body,
+        conv: peer ? dmId(peer) : "lobby", peer });
+      if (answers.unconfirmed.length > UNCONFIRMED_MAX) answers.unconfirmed.shift();
+    }
+    if (upper === "PONG" || upper === "BYE" || upper === "USERS") return;
+    answers.count += 1;
+    if (answers.since) return;
+    answers.since = Date.now();
+    answerLater(ANSWER_WAIT);
+  }
+
+  function answerLater(ms) {
+    clearTimeout(answers.timer);
+    answers.timer = setTimeout(noAnswer, ms);
+  }
+
+  function noAnswer() {
+    answers.timer = null;
+    if (!state.online || !answers.since) return;
+    if (!answers.pinged) {
+      answers.pinged = true;
+      send("PING");
+      answerLater(PING_WAIT);
+      return;
+    }
+    if (answers.warned) return;
+    answers.warned = true;
+    const lines = answers.count === 1 ? "the last line you sent" : `the last ${answers.count} lines you sent`;
+    const text = `No answer from the server for ${elapsed(answers.since)} seconds: ${lines} may not have arrived. The page keeps waiting.`;
+    banner(text, null);
+    notice(current(), text, { error: true });
+  }
+
+  const elapsed = (since) => Math.round((Date.now() - since) / 1000);
+
+  // Watch no more (until the next line sent).
+  function stopAnswerWatch() {
+    clearTimeout(answers.timer);
+    answers.timer = null;
+    answers.since = 0;
+    answers.count = 0;
+    answers.pinged = answers.warned = false;
+  }
+
+  // The server must say something within HANDSHAKE_TIMEOUT, or this
+  // connection is given up.
+  function awaitServer() {
+    clearTimeout(answers.handshake);
+    const ws = state.ws;
+    answers.handshake = setTimeout(() => {
+      answers.handshake = null;
+      if (ws !== state.ws || state.online) return;
+      state.byeReason = "no-answer";
+      ws.close();
+      closed();
+    }, HANDSHAKE_TIMEOUT);
+  }
+
+  // A line from the server (before the page handles it): the server is
+  // alive and has read what came before it.
+  function heard(line) {
+    clearTimeout(answers.handshake);
+    answers.handshake = null;
+    const [verb] = parse(line, 1);
+    const upper = verb.toUpperCase();
+    if (upper === "PONG" && answers.pings.length) {
+      const upTo = answers.pings.shift();
+      answers.unconfirmed = answers.unconfirmed.filter((m) => m.seq > upTo);
+    } else if (upper === "MSG" && state.me) {
+      const [, , from, to, text] = parse(line, 4);
+      if (key(from) === key(state.me)) confirmed(to, text);
+    }
+    if (!answers.since) return;
+    const { since, warned } = answers;
+    stopAnswerWatch();
+    if (!warned) return;
+    if (state.online) banner(null);
+    notice(current(), `The server answers again, after ${elapsed(since)} seconds.`);
+  }
+
+  // The server's copy of one of our messages (to: "*" for the lobby, or
+  // the nick): the server read it and those sent before it (taken, or
+  // refused with an ERROR), in order.
+  function confirmed(to, text) {
+    const list = answers.unconfirmed;
+    const at = list.findIndex((m) => m.text === text && (m.to === null || m.to === key(to)));
+    if (at >= 0) list.splice(0, at + 1);
+  }
+
+  // A line of a new connection, once the page has handled it: a lobby line
+  // of ours its history shows as new arrived after all; at the end of the
+  // READY block, what the old connection left unconfirmed is said.
+  function afterLine(line, shownBefore) {
+    const lost = answers.lost;
+    if (!lost || !state.me) return;
+    const [verb] = parse(line, 1);
+    const upper = verb.toUpperCase();
+    if (upper === "HISTORY") {
+      const [, t, from, text] = parse(line, 3);
+      const shown = state.shownLobby.get(`${t} ${from} ${text}`) || 0;
+      if (key(from) !== key(state.me) || shown <= shownBefore) return;
+      const at = lost.findIndex((m) => m.conv === "lobby" && m.text === text);
+      if (at >= 0) {
+        lost.splice(at, 1);
+        answers.arrived += 1;
+      }
+    } else if (upper === "USERS" && state.online && state.replaySkip === null) {
+      answers.lost = null;
+      sayLost(lost, answers.arrived);
+      answers.arrived = 0;
+    }
+  }
+
+  function shownCount(line) {
+    if (!answers.lost) return 0;
+    const [verb, t, from, text] = parse(line, 3);
+    if (verb.toUpperCase() !== "HISTORY") return 0;
+    return state.shownLobby.get(`${t} ${from} ${text}`) || 0;
+  }
+
+  // The messages not confirmed before the connection was lost, in the
+  // conversations they were sent in.
+  function sayLost(lost, arrived) {
+    if (arrived) {
+      notice(lobby(), `${arrived === 1 ? "One message" : arrived + " messages"} not confirmed before the connection was lost arrived after all: shown above, from the lobby's history.`);
+    }
+    const byConv = new Map();
+    for (const m of lost) {
+      if (!byConv.has(m.conv)) byConv.set(m.conv, []);
+      byConv.get(m.conv).push(m);
+    }
+    for (const [id, list] of byConv) {
+      const conv = id === "lobby" ? lobby() : dm(list[0].peer);
+      const shown = list.slice(-10).map((m) => `“${m.text.length > 80 ? m.text.slice(0, 79) + "…" : m.text}”`);
+      if (list.length > 10) shown.unshift(`(${list.length - 10} more, then)`);
+      const what = list.length === 1 ? "This message was" : `These ${list.length} messages were`;
+      const may = list.length === 1 ? "it may" : "they may";
+      notice(conv, `${what} not confirmed by the server before the connection was lost, so ${may} not have arrived: ${shown.join(", ")}.`, { error: true });
+    }
+  }
+
+
   function socketUrl() {
     const scheme = location.protocol === "https:" ? "wss://" : "ws://";
     return scheme + location.host + "/chat";
@@ -735,6 +945,13 @@
     clearInterval(state.countdown);
     state.retryTimer = null;
     resetOutbox();
+    if (state.ws) {
+      // "Reconnect now" during an attempt: that one is given up.
+      const old = state.ws;
+      state.ws = null;
+      old.close();
+    }
+    answers.pings = [];
     let ws;
     try {
       ws = new WebSocket(socketUrl());
@@ -744,10 +961,20 @@
     }
     state.ws = ws;
     state.byeReason = null;
+    awaitServer(); // the connection opens
+    ws.onopen = () => {
+      if (ws === state.ws) awaitServer(); // the server greets
+    };
     ws.onmessage = (event) => {
       if (ws !== state.ws) return;
       state.lastLine = Date.now();
-      for (const line of String(event.data).split(/\r?\n/)) if (line) handle(line);
+      for (const line of String(event.data).split(/\r?\n/)) {
+        if (!line) continue;
+        heard(line);
+        const shown = shownCount(line);
+        handle(line);
+        afterLine(line, shown);
+      }
     };
     ws.onclose = () => {
       if (ws !== state.ws) return;
@@ -761,6 +988,11 @@
     state.ws = null;
     clearInterval(state.keepalive);
     clearInterval(state.rosterTimer);
+    clearTimeout(answers.handshake);
+    answers.handshake = null;
+    stopAnswerWatch();
+    const unconfirmed = answers.unconfirmed;
+    answers.unconfirmed = [];
     const held = resetOutbox();
     state.accountRequest = null;
     closePasswordDialog();
@@ -774,6 +1006,12 @@
       showHeldNotices(); // what happened before it
       notice(lobby(), "Disconnected from the server.", { error: true });
       if (held) notice(lobby(), `${held === 1 ? "One line was" : held + " lines were"} not sent: the connection closed first.`, { error: true });
+      if (unconfirmed.length) {
+        const n = unconfirmed.length;
+        notice(lobby(), `${n === 1 ? "One message you sent was" : n + " messages you sent were"} not confirmed by the server; once connected again, the page says which.`, { error: true });
+        answers.lost = (answers.lost || []).concat(unconfirmed).slice(-UNCONFIRMED_MAX);
+      }
+      answers.reconnecting = true;
       state.autoJoin = true;
     } else if (state.byeReason === "timeout" && !state.autoJoin) {
       // A prompt left alone past the server's --nick-timeout: nothing to
@@ -792,7 +1030,7 @@
     const delay = base * 1000 * (0.75 + Math.random() * 0.5);
     state.attempt += 1;
     state.retryAt = Date.now() + delay;
-    const why = state.byeReason === "shutdown" ? "The server is restarting." : "Disconnected.";
+    const why = { shutdown: "The server is restarting.", "no-answer": "No answer from the server." }[state.byeReason] || "Disconnected.";
     const tick = () => {
       const s = Math.max(0, Math.ceil((state.retryAt - Date.now()) / 1000));
       banner(`${why} Reconnecting in ${s} s…`, "Reconnect now");
@@ -802,7 +1040,8 @@
     state.countdown = setInterval(tick, 1000);
     state.retryTimer = setTimeout(() => {
       clearInterval(state.countdown);
-      banner(`${why} Reconnecting…`, null);
+      // The button stays: it gives up this attempt for a new one.
+      banner(`${why} Reconnecting…`, "Reconnect now");
       connect();
     }, delay);
   }
@@ -852,6 +1091,13 @@
     $("login").hidden = true;
     $("app").hidden = false;
     $("me-nick").textContent = state.me;
+    if (answers.reconnecting) {
+      // The lobby's last notice said "Disconnected from the server.": no more.
+      answers.reconnecting = false;
+      const text = `Reconnected at ${localTime(new Date())}.`;
+      notice(lobby(), text);
+      if (state.active !== "lobby") notice(current(), text);
+    }
     if (!$("banner").hidden) {
       banner("Connected.", null, true);
       setTimeout(() => { if (state.online) banner(null); }, 2000);
