@@ -1459,6 +1459,47 @@ def test_a_lobby_line_not_confirmed_but_in_the_new_history_arrived_after_all(
     assert texts(page) == ["arrived"]
 
 
+def test_what_the_server_answered_is_not_named_as_lost(
+    web: WebServer, browser: Callable[..., Any]
+) -> None:
+    """The page keeps one list of the messages it sent and has no answer
+    for. A copy settles one, a refusal too (told in its own words: the DM's
+    nick not online, a line too long back in its box), each with those sent
+    before it (the server reads in order). After a reconnection only the
+    message that had no answer at all is named as maybe lost. With the
+    refusals' list apart from the one named, the page named all five: the
+    refused ones, the one read before them, and even the copied one (its
+    copy was matched against the other list)."""
+    long = "é" * 2100  # as too_long_comes_back() sends it
+    page = scripted(browser(), web, {
+        "NICK alice": [["READY alice", "USER alice lobby", "USER bob lobby", "USERS 2"],
+                       ["READY alice", "USER alice lobby", "USER bob lobby", "USERS 2"]],
+        "MSG confirmed": [["MSG 2026-12-06T04:09:30.696Z alice * confirmed"]],
+        f"MSG {long}": [["ERROR too-long lines may be at most 4096 bytes"]],
+        "DM bob hi": [["ERROR no-such-nick bob is not online"]],
+    })
+    join_as(page, "alice")
+    say(page, "confirmed")
+    wait_texts(page, ["confirmed"])
+    say(page, "read, no word")  # no answer: the refusal after it says it was read
+    field = too_long_comes_back(page)
+    page.execute_script("arguments[0].value = ''", field)
+    say(page, "/dm bob hi")
+    wait(page, lambda d: "Not sent: bob is not online." in notices(d, "dm:bob"))
+    say(page, "still there?")  # DM bob (gone, the page does not know yet): no answer
+    wait(page, lambda d: d.execute_script("return window.sentLines")[-1] == "DM bob still there?")
+    page.execute_script("window.drop()")
+    wait(page, lambda d: any("before the connection was lost" in n for n in notices(d, "dm:bob")),
+         timeout=WAIT + 2)
+    said = notices(page)
+    assert "One message you sent was not confirmed by the server; once connected again, " \
+        "the page says which." in said, said
+    assert not [n for n in said if "before the connection was lost" in n], said
+    assert notices(page, "dm:bob")[-1] == (
+        "This message was not confirmed by the server before the connection was lost, "
+        "so it may not have arrived: “still there?”.")
+
+
 class Hang:
     """A listener on C{port} that takes connections and never answers
     (a hung server or front end); C{accepted} counts them."""
@@ -1806,6 +1847,20 @@ def composer(driver: Any) -> Any:
     return driver.find_element(By.ID, "composer-input")
 
 
+def too_long_comes_back(driver: Any) -> Any:
+    """Send a message of 4200 bytes (the server's --max-line is 4096): the
+    page says it was not sent, and it is back in the (empty) message box,
+    which is returned."""
+    long = "é" * 2100
+    field = composer(driver)
+    driver.execute_script("arguments[0].value = arguments[1]", field, long)
+    field.send_keys(Keys.ENTER)
+    wait_notice(driver, "Your message was too long for the server (at most 4096 bytes a line) "
+                        "and was not sent. It is back in the message box, to shorten.")
+    assert composer(driver).get_attribute("value") == long
+    return field
+
+
 def conv_name(driver: Any, text: str) -> None:
     wait(driver, lambda d: d.find_element(By.ID, "conv-name").text == text)
 
@@ -1980,13 +2035,7 @@ def test_a_line_the_server_refuses_says_it_was_not_sent(
     dave = tcp("dave")
     alice = recording(browser())
     join(alice, web, "alice")
-    long = "é" * 2100  # 4200 bytes
-    field = composer(alice)
-    alice.execute_script("arguments[0].value = arguments[1]", field, long)
-    field.send_keys(Keys.ENTER)
-    wait_notice(alice, "Your message was too long for the server (at most 4096 bytes a line) "
-                       "and was not sent. It is back in the message box, to shorten.")
-    assert composer(alice).get_attribute("value") == long
+    field = too_long_comes_back(alice)
     alice.execute_script("arguments[0].value = arguments[1]", field,
                          "ring\x07 the\x1b[2J bell\u2028 now\tplease")
     field.send_keys(Keys.ENTER)

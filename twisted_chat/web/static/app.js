@@ -533,10 +533,12 @@
 
   // A line for the server: sent now, or held (in order) until the flood
   // tokens it needs are back (flush). False if not connected.
-  function send(line) {
+  // `message`: the entry sentMessage() made for it, if it is the user's
+  // message (watched once it is written to the socket).
+  function send(line, message = null) {
     const ws = state.ws;
     if (!ws || ws.readyState !== WebSocket.OPEN) return false;
-    outbox.queue.push(line);
+    outbox.queue.push({ line, message });
     flush();
     return true;
   }
@@ -573,7 +575,7 @@
   })();
 
   const outbox = {
-    queue: [], // lines held until the tokens they need are back
+    queue: [], // {line, message}: lines held until the tokens they need are back
     tokens: flood.room, // the page's count, at `at` (at most flood.room)
     at: 0,
     lastSent: -Infinity,
@@ -629,7 +631,7 @@
       const ws = state.ws;
       if (!ws || ws.readyState !== WebSocket.OPEN) return; // closed() empties the queue
       const now = performance.now();
-      const cost = costOf(outbox.queue[0]);
+      const cost = costOf(outbox.queue[0].line);
       const ms = waitFor(cost, now);
       if (ms > 0) {
         outbox.timer = setTimeout(flush, ms);
@@ -638,9 +640,9 @@
       outbox.tokens = Math.max(0, tokensAt(now) - cost);
       outbox.at = now;
       outbox.lastSent = now;
-      const line = outbox.queue.shift();
+      const { line, message } = outbox.queue.shift();
       ws.send(line);
-      watchSent(line);
+      watchSent(line, message);
     }
     pollRoster(); // a poll waits for an empty queue
   }
@@ -737,11 +739,23 @@
   // when it goes on, and the page says that it answers again. Not watched:
   // PING, PONG, BYE and USERS (the page's own roster poll).
   //
-  // Each MSG and DM sent waits for the server's copy (the sender gets one
-  // for each message it takes; a PONG says it read all that came before
-  // its PING). Those still waiting when the connection is lost may not have
-  // arrived: once connected again, and its history replayed (a lobby line
-  // there arrived after all), the page says which.
+  // The page's messages (MSG, DM) written to the socket and not yet
+  // answered are one list, answers.unconfirmed, oldest first (the server
+  // reads a connection's lines in order, and answers each message with its
+  // copy to the sender or an ERROR):
+  // - the server's copy, MSG <ts> <me> <to> <text>, confirms the oldest
+  //   message with that text to that place (a MSG: wherever the server
+  //   sent it, the lobby or a partner), and those sent before it: the
+  //   server read them (each copied, refused, or dropped);
+  // - a PONG confirms those sent before its PING;
+  // - a refusal (ERROR no-such-nick, too-long: see refused()) takes out the
+  //   oldest message it can be about, to say so in that message's
+  //   conversation, in the words of that moment (the ex-partner "has left
+  //   the chat"; a line too long goes back to its message box), and those
+  //   sent before it, as a copy does;
+  // - those still there when the connection is lost may not have arrived:
+  //   once connected again, and its history replayed (a lobby line there
+  //   arrived after all), the page says which.
   //
   // A new connection has HANDSHAKE_TIMEOUT to open, as long again for the
   // server's first line, and the page's own NICK and PASS as long for an
@@ -768,7 +782,7 @@
     warned: false,
     timer: null,
     seq: 0,
-    unconfirmed: [], // {seq, to, conv, peer, text}: MSG and DM lines, their copy not back yet
+    unconfirmed: [], // sentMessage() entries, written to the socket, not answered yet (above)
     pings: [], // the seq of the last message sent before each PING, its PONG not back yet
     lost: null, // unconfirmed when the connection was lost: said after the next READY block
     arrived: 0, // of those, the lobby lines the new connection's history shows
@@ -776,9 +790,34 @@
     handshake: null, // the timer of a connection that must hear from the server
   };
 
-  // A line was written to the socket.
-  function watchSent(line) {
+  // The entry for a line about to be sent, if it is a message the server
+  // answers with its copy (null otherwise): where it goes and its text, and
+  // for a refusal, what the user typed (`typed`; the text, if not given),
+  // its size, and whether it goes to the partner of this moment.
+  function sentMessage(line, typed = null) {
     const [verb, rest] = parse(line, 1);
+    const upper = verb.toUpperCase();
+    if (upper !== "MSG" && upper !== "DM") return null;
+    const [, nick, text] = upper === "DM" ? parse(line, 2) : [null, null, rest];
+    // Refused whatever happens (a bad nick; no text, as chat/1 counts
+    // blanks: spaces and tabs): never copied.
+    if ((nick !== null && !NICK_RE.test(nick)) || !/[^ \t]/.test(text)) return null;
+    return {
+      seq: 0, // set once written
+      to: nick && key(nick), // null: a MSG, which the server routes
+      peer: nick,
+      conv: nick ? dmId(nick) : "lobby",
+      partner: !!(nick && state.partner && key(state.partner) === key(nick)),
+      text,
+      typed: typed === null ? text : typed,
+      bytes: new TextEncoder().encode(line).length,
+    };
+  }
+
+  // A line was written to the socket (`message`: its sentMessage() entry,
+  // if it was made before).
+  function watchSent(line, message = null) {
+    const [verb] = parse(line, 1);
     const upper = verb.toUpperCase();
     if (upper === "PING") {
       answers.pings.push(answers.seq);
@@ -788,12 +827,11 @@
       if (upper === "NICK" || upper === "PASS") awaitServer(); // its answer
       return;
     }
-    if (upper === "MSG" || upper === "DM") {
-      const [, nick, body] = upper === "DM" ? parse(line, 2) : [null, null, rest];
-      const peer = nick || state.partner;
+    const sent = message || sentMessage(line);
+    if (sent) {
       answers.seq += 1;
-      answers.unconfirmed.push({ seq: answers.seq, to: nick && key(nick), text: body,
-        conv: peer ? dmId(peer) : "lobby", peer });
+      sent.seq = answers.seq;
+      answers.unconfirmed.push(sent);
       if (answers.unconfirmed.length > UNCONFIRMED_MAX) answers.unconfirmed.shift();
     }
     if (upper === "PONG" || upper === "BYE" || upper === "USERS") return;
@@ -879,6 +917,14 @@
     const list = answers.unconfirmed;
     const at = list.findIndex((m) => m.text === text && (m.to === null || m.to === key(to)));
     if (at >= 0) list.splice(0, at + 1);
+  }
+
+  // A refusal: the oldest message still unconfirmed that `test` picks (or
+  // null), taken out with those sent before it, which the server read too.
+  function takeUnconfirmed(test) {
+    const list = answers.unconfirmed;
+    const at = list.findIndex(test);
+    return at < 0 ? null : list.splice(0, at + 1)[at];
   }
 
   // A line of a new connection, once the page has handled it: a lobby line
@@ -1218,7 +1264,6 @@
         // The history that follows may repeat what the page showed on an
         // earlier connection (a reconnection): those lines are not shown again.
         state.replaySkip = new Map(state.shownLobby);
-        unconfirmed.length = 0; // a new connection answers none of the old one's
         renderConvList();
         joined();
         break;
@@ -1255,7 +1300,6 @@
           const peer = state.me && key(from) === key(state.me) ? to : from;
           addMessage(dm(peer), ts(t), from, text);
         }
-        if (state.me && key(from) === key(state.me)) confirmed(to);
         break;
       }
       case "JOINED": {
@@ -1701,42 +1745,16 @@
 
   // -- the composer ----------------------------------------------------------------------
 
-  // The messages (MSG, DM) sent and not yet sent back by the server, oldest
-  // first: a refusal (ERROR no-such-nick, too-long) is told in the
-  // conversation of the message it refuses, and a line too long comes back
-  // to its composer to be shortened. The server's copy of a message
-  // confirms the oldest one to the same place.
-  const unconfirmed = [];
-
-  function unconfirmedMessage(line, typed) {
-    const [verb, to] = parse(line, 2);
-    const peer = verb === "DM" ? to : null;
-    const partner = !!(peer && state.partner && key(state.partner) === key(peer));
-    const conv = peer ? dmId(peer) : "lobby";
-    const bytes = new TextEncoder().encode(line).length;
-    unconfirmed.push({ conv, peer, partner, typed, bytes });
-    if (unconfirmed.length > 100) unconfirmed.shift();
-  }
-
-  // The oldest message still unconfirmed that `test` picks, taken out (or null).
-  function takeUnconfirmed(test) {
-    const i = unconfirmed.findIndex(test);
-    return i < 0 ? null : unconfirmed.splice(i, 1)[0];
-  }
-
-  // The server's copy of one of the page's own messages, to `to` (* the lobby).
-  function confirmed(to) {
-    takeUnconfirmed((m) => (to === "*" ? m.peer === null : m.peer !== null && key(m.peer) === key(to)));
-  }
-
   // ERROR codes that refuse a message, told in the page's words (the
-  // server's are the protocol's): each says the message was not sent.
+  // server's are the protocol's): each says the message was not sent. The
+  // message refused is the oldest unconfirmed one it can be about (the
+  // list of the messages sent and not yet answered: answers.unconfirmed).
   const REFUSED = new Set(["no-such-nick", "too-long", "bad-chars", "bad-encoding"]);
 
   function refused(code, text) {
     if (code === "no-such-nick") {
       const nick = parse(text, 1)[0];
-      const m = NICK_RE.test(nick) ? takeUnconfirmed((u) => u.peer !== null && key(u.peer) === key(nick)) : null;
+      const m = NICK_RE.test(nick) ? takeUnconfirmed((u) => u.to === key(nick)) : null;
       if (!m) return notice(current(), text ? `Not sent: ${text.replace(/\.$/, "")}.` : "Not sent: nobody by that name is online.", { error: true });
       const said = m.partner
         ? `Not sent: ${nick} has left the chat, and your private conversation with them is over.`
@@ -1825,10 +1843,9 @@
       // only, or to nobody (ERROR no-such-nick); its copy back is the same.
       line = `DM ${conv.peer} ${text}`;
     }
-    if (send(line)) {
+    if (send(line, sentMessage(line, typed))) {
       state.sent.push(typed);
       if (state.sent.length > 100) state.sent.shift();
-      unconfirmedMessage(line, typed);
     } else {
       notice(conv, "Not connected: the message was not sent.", { error: true });
     }
