@@ -194,7 +194,8 @@ def sigusr1() -> Iterator[None]:
 
 def twistd_options(**given: Any) -> dict[str, Any]:
     """The options twistd parsed, as the subcommand's C{parent} holds them."""
-    return {"logfile": None, "nodaemon": False, "syslog": False, "logger": None, **given}
+    return {"logfile": None, "nodaemon": False, "syslog": False, "logger": None,
+            "prefix": "twistd", **given}
 
 
 def test_rotated_log_files_are_bounded(tmp_path: Path, sigusr1: None) -> None:
@@ -214,18 +215,41 @@ def test_rotated_log_files_are_bounded(tmp_path: Path, sigusr1: None) -> None:
     assert "line 59 " in path.read_text()
 
 
-@pytest.mark.parametrize(("given", "file"), [
+#: twistd's options, and what it logs to: its log file, its stdout, syslog
+#: (the server gives twistd that observer, behind the level filter), or
+#: C{None}: the server leaves it to twistd.
+TWISTDS_LOGS = [
     ({"logfile": "chat.log"}, "chat.log"),
     ({"logfile": "chat.log", "nodaemon": True}, "chat.log"),
     ({}, "twistd.log"),  # a daemon without --logfile: twistd's default
-    ({"nodaemon": True}, None),  # -n: stdout
-    ({"logfile": "-", "nodaemon": True}, None),
-    ({"logfile": "chat.log", "syslog": True}, None),
+    ({"nodaemon": True}, "stdout"),  # -n
+    ({"logfile": "-", "nodaemon": True}, "stdout"),
+    ({"logfile": "chat.log", "syslog": True}, "syslog"),
+    ({"logfile": "-", "syslog": True, "nodaemon": True}, "syslog"),
+    # twistd refuses to daemonize onto stdout: nothing must take that away.
+    ({"logfile": "-"}, None),
+    # The operator's observer takes precedence anyway.
     ({"logfile": "chat.log", "logger": "my.observer"}, None),
-])
-def test_the_log_file_is_the_one_twistd_would_write(
-        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, sigusr1: None,
-        given: dict[str, Any], file: str | None) -> None:
+    ({"nodaemon": True, "logger": "my.observer"}, None),
+]
+
+
+@pytest.fixture
+def syslogged(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """What goes to syslog (through Twisted's SyslogObserver) instead."""
+    from twisted.python import syslog
+
+    lines: list[str] = []
+    monkeypatch.setattr(syslog.SyslogObserver, "openlog", staticmethod(lambda *args: None))
+    monkeypatch.setattr(syslog.SyslogObserver, "syslog",
+                        staticmethod(lambda priority, line: lines.append(line)))
+    return lines
+
+
+def twistds_component(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                      given: dict[str, Any], *args: str) -> tuple[Any, Any]:
+    """The top service makeService makes with twistd's options C{given},
+    and the C{ILogObserver} component it gives twistd's application."""
     from twisted.application.service import Application
     from twisted.internet.testing import MemoryReactor
     from twisted.logger import ILogObserver
@@ -234,20 +258,68 @@ def test_the_log_file_is_the_one_twistd_would_write(
 
     monkeypatch.chdir(tmp_path)
     options = Options()
-    options.parseOptions(["--db", ":memory:", "--port", "tcp:0"])
+    options.parseOptions(["--db", ":memory:", "--port", "tcp:0", *args])
     options.parent = twistd_options(**given)
     top = makeService(options, MemoryReactor())
     application = Application("chat")
     top.setServiceParent(application)
-    observer = application.getComponent(ILogObserver, None)
-    log_file = top.log_file  # type: ignore[attr-defined]
-    if file is None:
-        assert log_file is None and observer is None
+    return top, application.getComponent(ILogObserver, None)
+
+
+@pytest.mark.parametrize(("given", "where"), TWISTDS_LOGS)
+def test_the_log_file_is_the_one_twistd_would_write(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, sigusr1: None,
+        syslogged: list[str], given: dict[str, Any], where: str | None) -> None:
+    top, observer = twistds_component(tmp_path, monkeypatch, given)
+    log_file = top.log_file
+    if where is None:
+        assert observer is None
+    else:
+        assert observer is not None
+    if where in (None, "stdout", "syslog"):
+        assert log_file is None
         return
-    assert observer is not None
-    assert log_file.path == str(tmp_path / file)
+    assert log_file.path == str(tmp_path / where)
     assert log_file.maxRotatedFiles == logs.DEFAULT_KEEP
     log_file.close()
+
+
+@pytest.mark.parametrize(("given", "where"), [
+    (given, where) for given, where in TWISTDS_LOGS if where is not None])
+def test_the_level_applies_to_what_twistd_logs(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, sigusr1: None,
+        syslogged: list[str], given: dict[str, Any], where: str) -> None:
+    """twistd logs Twisted's own lines and its own (a factory's "Starting
+    factory", "Received SIGTERM", "twistd ... starting up") to the
+    application's observer: with --log-level warn, none of them, through
+    twistd's supported hook (no patched Twisted global)."""
+    import io
+    import sys
+
+    from twisted.logger import globalLogBeginner
+
+    stdout = io.StringIO()
+    monkeypatch.setattr(sys, "stdout", stdout)
+    try:
+        top, observer = twistds_component(tmp_path, monkeypatch, given,
+                                          "--log-level", "warn")
+        twisted = Logger(namespace="twisted.internet.base", observer=observer)
+        twisted.info("Received SIGTERM, shutting down.")
+        Logger(namespace="twisted.application.app.AppLogger",
+               observer=observer).info("twistd 26 starting up.")
+        twisted.warn("a warning of Twisted's")
+    finally:
+        logs.set_level(logs.DEFAULT_LEVEL)
+    if where == "stdout":
+        written = stdout.getvalue()
+    elif where == "syslog":
+        written = "\n".join(syslogged)
+    else:
+        top.log_file.close()
+        written = (tmp_path / where).read_text()
+    assert "a warning of Twisted's" in written
+    assert "SIGTERM" not in written and "starting up" not in written
+    assert "beginLoggingTo" not in vars(globalLogBeginner)
 
 
 def test_log_keep_0_keeps_every_file(tmp_path: Path, sigusr1: None) -> None:

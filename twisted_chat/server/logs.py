@@ -6,8 +6,9 @@ Every module of the server and of its web gateway makes its logger with
 L{logger} (tests/test_logs.py checks); those loggers emit through
 L{observer}, a level filter in front of Twisted's global log, so the level
 applies to the server's lines whatever twistd's own log settings are (twistd
-writes every level it is given, debug included); L{filter_twistds_log}
-puts the same filter in front of the observer twistd installs, so that it
+writes every level it is given, debug included); L{twistds_observer} is
+the observer twistd would make, behind the same filter, given to twistd as
+the application's C{ILogObserver} (its supported hook), so that the level
 applies to Twisted's own lines too.
 
 L{Repeats} keeps an address's repeated lines (a refused reconnect loop, a
@@ -29,11 +30,12 @@ from typing import Any
 from twisted.logger import (
     FilteringLogObserver,
     ILogObserver,
+    LegacyLogObserverWrapper,
     Logger,
     LogLevel,
     LogLevelFilterPredicate,
-    globalLogBeginner,
     globalLogPublisher,
+    textFileLogObserver,
 )
 
 LEVELS = ("debug", "info", "warn", "error", "critical")
@@ -62,27 +64,6 @@ def quote(text: str, limit: int = QUOTE_LIMIT) -> str:
 def set_level(name: str) -> None:
     """Log the server's lines at C{name} (one of L{LEVELS}) and above."""
     _predicate.setLogLevelForNamespace("", LogLevel.levelWithName(name))
-
-
-def filter_twistds_log() -> None:
-    """
-    Let the level apply to every line twistd writes, Twisted's own too
-    (twistd's start-up lines, "Received SIGTERM", a factory's "Starting
-    factory"), not only to the server's: the log observer twistd is about
-    to install (with C{globalLogBeginner.beginLoggingTo}, after
-    C{makeService}) gets the same level filter in front of it.  Once per
-    process; the lines twistd buffered before it reach the observer through
-    the filter too.
-    """
-    if getattr(globalLogBeginner, "_twisted_chat_filtered", False):
-        return
-    begin = globalLogBeginner.beginLoggingTo
-
-    def filtered(observers: Any, *args: Any, **kwargs: Any) -> None:
-        begin([filtering(observer) for observer in observers], *args, **kwargs)
-
-    globalLogBeginner.beginLoggingTo = filtered  # type: ignore[method-assign]
-    globalLogBeginner._twisted_chat_filtered = True  # type: ignore[attr-defined]
 
 
 #: Rotated log files daemon mode keeps by default (C{--log-keep}).
@@ -126,6 +107,41 @@ def daemon_log_file(twistd: Any, keep: int) -> Any:
 
         signal.signal(signal.SIGUSR1, rotate)
     return log_file
+
+
+def twistds_observer(twistd: Any, log_file: Any) -> ILogObserver | None:
+    """
+    The observer twistd would log to, as its C{_getLogObserver} makes it
+    from its options C{twistd}, behind the server's level filter, so that
+    C{--log-level} applies to Twisted's and twistd's own lines too (its
+    start-up lines, "Received SIGTERM", a factory's "Starting factory"):
+    C{log_file} (L{daemon_log_file}) where twistd would write a file; stdout
+    with C{-n} and no C{--logfile} or C{--logfile=-}; syslog with
+    C{--syslog}.  It is for the application's C{ILogObserver} component,
+    which twistd uses in place of its own (C{AppLogger.start}).  C{None}:
+    leave it to twistd, where
+      - C{--logger} names the operator's observer (it would take precedence
+        over the component anyway; Twisted's lines reach it unfiltered, the
+        server's still filtered);
+      - C{--logfile=-} without C{-n}: twistd then refuses to daemonize onto
+        stdout, as it should;
+      - C{twistd} is not what parsed the options (a test).
+    """
+    try:
+        if twistd["logger"]:
+            return None
+        if log_file is not None:
+            return filtering(textFileLogObserver(log_file))
+        if twistd["syslog"]:
+            from twisted.python import syslog
+
+            emit: Any = syslog.SyslogObserver(twistd["prefix"]).emit  # type: ignore[no-untyped-call]
+            return filtering(LegacyLogObserverWrapper(emit))
+        if twistd["nodaemon"] and twistd["logfile"] in (None, "", "-"):
+            return filtering(textFileLogObserver(sys.stdout))
+    except (KeyError, TypeError):
+        pass
+    return None
 
 
 def filtering(observer: ILogObserver) -> ILogObserver:

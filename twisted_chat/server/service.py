@@ -562,19 +562,22 @@ def chat_snapshot(factory: ChatFactory, history_backlog: int | None = None,
 
 class _Top(MultiService):
     """
-    The service tree's top.  With C{log_file}, twistd logs to it: the
-    application's log observer is set as this joins it, which is before
-    twistd starts its log (it then opens no file of its own).
+    The service tree's top.  With C{log_observer}, twistd logs to it (the
+    observer twistd would make, behind the level filter: its C{log_file}, or
+    stdout, or syslog): it is set as the application's C{ILogObserver} as
+    this joins it, which is before twistd starts its log (twistd then makes
+    no observer, and opens no file, of its own).
     """
 
     log_file: Any = None
+    log_observer: Any = None
 
     def setServiceParent(self, parent: Any) -> None:
         super().setServiceParent(parent)
-        if self.log_file is not None and hasattr(parent, "setComponent"):
-            from twisted.logger import ILogObserver, textFileLogObserver
+        if self.log_observer is not None and hasattr(parent, "setComponent"):
+            from twisted.logger import ILogObserver
 
-            parent.setComponent(ILogObserver, textFileLogObserver(self.log_file))
+            parent.setComponent(ILogObserver, self.log_observer)
 
 
 def makeService(options: Options, reactor: Any = None) -> IService:
@@ -585,15 +588,15 @@ def makeService(options: Options, reactor: Any = None) -> IService:
     top = _make_service(options, reactor)
     if isinstance(top, _Top):
         # The last step: a start-up error above has made no file.
-        top.log_file = logs.daemon_log_file(getattr(options, "parent", None),
-                                            options["log-keep"])
+        twistd = getattr(options, "parent", None)
+        top.log_file = logs.daemon_log_file(twistd, options["log-keep"])
+        top.log_observer = logs.twistds_observer(twistd, top.log_file)
     return top
 
 
 def _make_service(options: Options, reactor: Any) -> IService:
     config = options.config()
     logs.set_level(config.log_level)
-    logs.filter_twistds_log()
     stop_once(reactor)
     try:
         fitted = descriptors.fit(config.max_clients,
