@@ -127,35 +127,113 @@ def test_ssl_arguments_read_as_twisteds_parser_reads_them() -> None:
         "port": "7443", "privateKey": "k.pem", "certKey": "c.pem", "interface": "a=b"}
 
 
-def test_a_fullchain_certkey_gives_the_rest_as_the_chain(tmp_path: Any) -> None:
+#: RFC 7919's ffdhe2048 group (a public constant), for dhParameters=.
+FFDHE2048 = """\
+-----BEGIN DH PARAMETERS-----
+MIIBCAKCAQEA//////////+t+FRYortKmq/cViAnPTzx2LnFg84tNpWp4TZBFGQz
++8yTnc4kmz75fS/jY2MMddj2gbICrsRhetPfHtXV/WVhJDP1H18GbtCFY2VVPe0a
+87VXE15/V8k1mE8McODmi3fipona8+/och3xWKE2rec1MKzKT0g6eXq8CrGCsyT7
+YdEIqUuyyOP7uWrat2DX9GgdT0Kj3jlN9K5W7edjcrsZCwenyO4KbXCeAvzhzffi
+7MA0BM0oNC9hkXL+nOmFg/+OTxIy7vKBg8P+OxtMb61zO7X8vC7CIAXFjvGDfRaD
+ssbzSibBsu/6iGtCOGEoXJf//////////wIBAg==
+-----END DH PARAMETERS-----
+"""
+
+
+def listened(description: str) -> tuple[Any, ...]:
+    """What the endpoint C{description} (as listen_on makes it) asks the
+    reactor for when it listens: C{listenSSL}'s port, factory, context
+    factory, backlog and interface (MemoryReactor records them)."""
+    from twisted.internet.protocol import Factory
+
+    reactor = MemoryReactor()
+    listening.listen_on(description, reactor).listen(Factory())
+    [call] = reactor.sslServers
+    return tuple(call)
+
+
+def handshake(options: Any, root: Any) -> str:
+    """
+    A real TLS handshake (over memory BIOs) between a server with the
+    context C{options} makes and a client that trusts C{root} alone and
+    checks the name C{localhost}, as a browser or the chat client does.
+    The TLS version agreed; raises C{ssl.SSLCertVerificationError} where
+    the client cannot verify the server (no chain sent).
+    """
+    import contextlib
+    import ssl
+
+    from OpenSSL import SSL
+
+    server = SSL.Connection(options.getContext(), None)
+    server.set_accept_state()
+    to_client, to_server = ssl.MemoryBIO(), ssl.MemoryBIO()
+    client = ssl.create_default_context(cafile=str(root)).wrap_bio(
+        to_client, to_server, server_hostname="localhost")
+    for _ in range(10):
+        try:
+            client.do_handshake()
+            version = client.version()
+            assert version is not None
+            return version
+        except ssl.SSLWantReadError:
+            pass
+        server.bio_write(to_server.read())
+        with contextlib.suppress(SSL.WantReadError):
+            server.do_handshake()
+        with contextlib.suppress(SSL.WantReadError):
+            to_client.write(server.bio_read(1 << 16))
+    raise AssertionError("the handshake did not finish")
+
+
+def test_a_fullchain_certkey_sends_the_rest_as_the_chain(tmp_path: Any) -> None:
+    """Let's Encrypt's fullchain.pem as certKey: a client that trusts the
+    root alone verifies the server (it sends the intermediate)."""
+    import ssl
+
     from tests.certchain import make_chain
 
     chain = make_chain(tmp_path)
-    endpoint = listening.listen_on(
-        f"ssl:0:privateKey={chain.privkey}:certKey={chain.fullchain}", MemoryReactor())
-    sent = endpoint._sslContextFactory.extraCertChain
-    assert [c.to_cryptography().subject.rfc4514_string() for c in sent] == [
-        "CN=Test Intermediate CA"]
-    # Named apart, the chain is Twisted's as given; a lone certificate has none.
-    endpoint = listening.listen_on(
-        f"ssl:0:privateKey={chain.privkey}:certKey={chain.fullchain}:"
-        f"extraCertChain={chain.chain}", MemoryReactor())
-    assert len(endpoint._sslContextFactory.extraCertChain) == 1
-    endpoint = listening.listen_on(
-        f"ssl:0:privateKey={chain.privkey}:certKey={chain.cert}", MemoryReactor())
-    assert endpoint._sslContextFactory.extraCertChain == []
+    key = f"ssl:0:privateKey={chain.privkey}"
+    _, _, options, _, _ = listened(f"{key}:certKey={chain.fullchain}")
+    assert handshake(options, chain.root)
+    # Named apart, the chain is Twisted's as given.
+    _, _, options, _, _ = listened(
+        f"{key}:certKey={chain.fullchain}:extraCertChain={chain.chain}")
+    assert handshake(options, chain.root)
+    # What the chain is for: the server's certificate alone is refused.
+    _, _, options, _, _ = listened(f"{key}:certKey={chain.cert}")
+    with pytest.raises(ssl.SSLCertVerificationError):
+        handshake(options, chain.root)
 
 
-def test_a_fullchain_without_twisteds_private_attribute_is_one_line(
-        tmp_path: Any, monkeypatch: pytest.MonkeyPatch) -> None:
-    """Where the chain cannot be given, start-up stops and says how: never a
-    server that sends its certificate without the chain."""
+def test_a_fullchain_certkey_keeps_every_argument_of_the_ssl_endpoint(
+        tmp_path: Any) -> None:
+    """The endpoint made for a fullchain.pem listens as Twisted's own does
+    for the documented cert.pem + extraCertChain=chain.pem, every other
+    argument meaning what it means there."""
+    from twisted.internet.ssl import DiffieHellmanParameters
+
     from tests.certchain import make_chain
 
     chain = make_chain(tmp_path)
-    without(monkeypatch, "_sslContextFactory")
-    with pytest.raises(SystemExit) as stopped:
-        listening.listen_on(
-            f"ssl:0:privateKey={chain.privkey}:certKey={chain.fullchain}", MemoryReactor())
-    assert "holds 2 certificates" in str(stopped.value)
-    assert "extraCertChain=FILE" in str(stopped.value)
+    dh = tmp_path / "dh.pem"
+    dh.write_text(FFDHE2048)
+    rest = (f"sslmethod=TLSv1_2_METHOD:interface=127.0.0.1:backlog=7:"
+            f"dhParameters={dh}")
+    ours = listened(f"ssl:7443:{chain.privkey}:{chain.fullchain}:{rest}")
+    twisteds = listened(f"ssl:7443:{chain.privkey}:{chain.cert}:{rest}:"
+                        f"extraCertChain={chain.chain}")
+    (port, _, options, backlog, interface) = ours
+    assert (port, backlog, interface) == (7443, 7, "127.0.0.1")
+    assert (port, backlog, interface) == (twisteds[0], twisteds[3], twisteds[4])
+    assert options.method == twisteds[2].method
+    assert isinstance(options.dhParameters, DiffieHellmanParameters)
+    assert handshake(options, chain.root) == handshake(twisteds[2], chain.root) == "TLSv1.2"
+    # Positional privateKey alone (no certKey): the file holds the key and
+    # the whole chain.
+    both = tmp_path / "both.pem"
+    both.write_bytes(chain.fullchain.read_bytes() + chain.privkey.read_bytes())
+    (_, _, options, backlog, interface) = listened(f"ssl:0:{both}")
+    assert (backlog, interface) == (50, "")
+    assert handshake(options, chain.root) == "TLSv1.3"

@@ -113,7 +113,7 @@ def listen_on(description: str, reactor: Any, option: str = "--port") -> Any:
     except Exception as e:  # ValueError, a missing key file, an unknown option...
         raise SystemExit(f"twistd chat: bad {option} {description!r}: {e}") from None
     if isinstance(endpoint, endpoints.SSL4ServerEndpoint):
-        _send_whole_chain(description, endpoint, option)
+        endpoint = _with_whole_chain(description, endpoint, reactor, option)
     address = tcp_address(endpoint)
     if address is None:
         return endpoint
@@ -162,7 +162,7 @@ def ssl_arguments(description: str) -> dict[str, str]:
     return named
 
 
-def _send_whole_chain(description: str, endpoint: Any, option: str) -> None:
+def _with_whole_chain(description: str, endpoint: Any, reactor: Any, option: str) -> Any:
     """
     An C{ssl:} endpoint sends the whole chain of the certificate file it is
     given.  Twisted's C{ssl:} endpoint reads only the first certificate of
@@ -170,37 +170,60 @@ def _send_whole_chain(description: str, endpoint: Any, option: str) -> None:
     C{extraCertChain=}; a CA's usual file (Let's Encrypt's C{fullchain.pem}:
     the server's certificate, then the intermediates) would then send the
     server's certificate alone, and every client that verifies it would
-    refuse it as untrusted.  So, without C{extraCertChain=}, the file's
-    other certificates are the chain.  (They go into the endpoint's
-    Twisted-private context factory; where a Twisted release would not have
-    it, start-up stops with one line that says to name them.)
+    refuse it as untrusted.  So, without C{extraCertChain=}, where the file
+    holds more than one certificate, the endpoint is made again, from
+    Twisted's public constructors, as Twisted's C{ssl:} parser makes it
+    (each argument meaning what it means there), with the file's other
+    certificates as the chain.  Otherwise C{endpoint}, as Twisted made it.
     """
-    from twisted.internet.ssl import Certificate, CertificateOptions
+    from OpenSSL import SSL
+    from twisted.internet.ssl import (
+        Certificate,
+        CertificateOptions,
+        DiffieHellmanParameters,
+        PrivateCertificate,
+    )
+    from twisted.python.filepath import FilePath
 
+    if not description.startswith("ssl:"):
+        return endpoint  # a plugin's endpoint: its own arguments
     arguments = ssl_arguments(description)
     if "extraCertChain" in arguments:
-        return  # the operator said where the chain is
-    path = arguments.get("certKey") or arguments.get("privateKey") or "server.pem"
+        return endpoint  # the operator said where the chain is
+    private_key = arguments.get("privateKey", "server.pem")
+    path = arguments.get("certKey", private_key)
     try:
         with open(path, "rb") as f:
-            blocks = _PEM_CERT.findall(f.read())
+            cert_pem = f.read()
+        with open(private_key, "rb") as f:
+            key_pem = f.read()
     except OSError as e:
         raise SystemExit(f"twistd chat: bad {option} {description!r}: "
-                         f"{e.strerror}: {path}") from None
+                         f"{e.strerror}: {e.filename}") from None
+    blocks = _PEM_CERT.findall(cert_pem)
     if len(blocks) < 2:
-        return
+        return endpoint
     try:
         chain = [Certificate.loadPEM(block).original for block in blocks[1:]]
+        # As Twisted's parser: the file's first certificate, and the key.
+        private = PrivateCertificate.loadPEM(cert_pem + b"\n" + key_pem)
     except Exception as e:  # OpenSSL raises its own error types
         raise SystemExit(f"twistd chat: bad {option} {description!r}: an unreadable "
                          f"certificate in {path} ({e})") from None
-    options = getattr(endpoint, "_sslContextFactory", None)
-    if not isinstance(options, CertificateOptions) or getattr(
-            options, "extraCertChain", None) != []:
-        raise SystemExit(f"twistd chat: bad {option} {description!r}: {path} holds "
-                         f"{len(blocks)} certificates; name the file of the ones after the "
-                         f"first with extraCertChain=FILE")
-    options.extraCertChain = chain
+    method: dict[str, Any] = {}
+    if "sslmethod" in arguments:
+        method["method"] = getattr(SSL, arguments["sslmethod"])
+    dh = arguments.get("dhParameters")
+    options = CertificateOptions(
+        privateKey=private.privateKey.original,
+        certificate=private.original,
+        extraCertChain=chain,
+        dhParameters=DiffieHellmanParameters.fromFile(FilePath(dh)) if dh is not None else None,
+        **method,
+    )
+    return endpoints.SSL4ServerEndpoint(
+        reactor, int(arguments["port"]), options,
+        backlog=int(arguments.get("backlog", "50")), interface=arguments.get("interface", ""))
 
 
 def _global_reactor() -> Any:
