@@ -928,6 +928,25 @@ def test_failed_logins_are_logged_a_few_times_per_address(logged: list[str]) -> 
     ]
 
 
+def test_failed_logins_are_logged_under_the_address_bucket_exempt_or_not(
+        logged: list[str]) -> None:
+    """An --exempt address is exempt from the limits, not from the log's:
+    its lines are limited under its address bucket, as the factory's and
+    the web gateway's lines are (AddressBook.log_key), so the IPv6 hosts of
+    one --ipv6-prefix share a few lines, where each of them had its own."""
+    from ipaddress import ip_network
+
+    h = harness(Mode.REQUIRED)
+    h.factory.accounts = Accounts(  # type: ignore[attr-defined]
+        Mode.REQUIRED, h.factory.accounts.book, h.clock, h.work,  # type: ignore[attr-defined]
+        exempt=(ip_network("2001:db8::/32"),), v6_prefix=48)
+    for i in range(6):
+        assert fail(h, f"nick{i}", f"2001:db8:1::{i + 1}").take()[-1].startswith(
+            "RETRY bad-password")
+    said = [line for line in logged if "failed login as" in line]
+    assert len(said) == 3, said
+
+
 def test_address_limit_covers_every_nick() -> None:
     h = harness(Mode.REQUIRED, limits=LIMITS)
     for i in range(5):

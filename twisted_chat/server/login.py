@@ -250,6 +250,13 @@ class Accounts:
             return None
         return self._addresses.key(host)
 
+    def log_key(self, host: str | None) -> str:
+        """The key C{host}'s failed-login lines are limited under
+        (L{repeats}): the one rule of the server's and the web gateway's
+        lines, L{AddressBook.log_key} (its address bucket's, exempt or not;
+        the UNIX sockets' together)."""
+        return self._addresses.log_key(host)
+
     def work_key(self, host: str | None) -> str | None:
         """The key of C{host}'s share of the password work and of its new
         hashes (L{start_work}, L{hash_wait}); C{None}: not limited (exempt).
@@ -570,10 +577,8 @@ class Login:
                 self._conn.write(wire.line("RETRY", "bad-password", text=UNCHECKED_TEXT))
 
     def _log_key(self) -> str:
-        """The key its connection's log lines are limited under: its
-        address's bucket (all UNIX sockets' together), or an exempt one's."""
-        host = self._conn.host
-        return self._accounts.work_key(host) or host or "-"
+        """The key its connection's log lines are limited under."""
+        return self._accounts.log_key(self._conn.host)
 
     def _flooded(self, nick: str) -> Answer:
         """Over a failure limit: no check; after the delay, C{BYE flood}."""
