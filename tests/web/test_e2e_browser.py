@@ -1322,25 +1322,82 @@ def test_enter_in_the_dialogs_first_field_goes_to_the_second(
         "REGISTER correct horse 1"]
 
 
-def test_the_backoff_starts_again_once_the_server_says_hello(
+def test_the_backoff_starts_again_once_the_page_is_back_in_the_chat(
     web: WebServer, browser: Callable[..., Any]
 ) -> None:
+    """A reconnection that gets in (READY) puts the backoff back to its
+    first step: the next loss waits about 1 s, not the 4 s the failures
+    before it had reached."""
     page = recording(browser())
-    page.get(web.url)
-    nick_field(page)
+    join(page, web, "alice")
     watch_banner(page)
     web.stop()
-    # Two failed connections: the next retry is 2 s away (4 s without the first success).
-    wait(page, lambda d: any("Disconnected. Reconnecting in" in text for text in banners(d)))
+    # The lost connection and one failed attempt: the next retry is 4 s away.
+    wait(page, lambda d: count(d, "closes") >= 2, timeout=WAIT)
     web.start()
-    wait(page, lambda d: count(d, "sockets") >= 3 and d.execute_script(
-        "return window.gotLines").count("NICK") == 2, timeout=WAIT)
+    wait(page, lambda d: d.execute_script("return window.gotLines").count("READY alice") == 2,
+         timeout=WAIT)
     page.execute_script("window.bannerTexts = []")
     web.stop()
     wait(page, lambda d: any("Reconnecting in" in text for text in banners(d)))
     first = next(text for text in banners(page) if "Reconnecting in" in text)
     assert first.endswith(("in 1 s…", "in 2 s…")), first  # the backoff's first step again
 
+
+# A WebSocket stand-in, installed before app.js runs: a server that is up
+# but has no room, each connection greeted and then closed at once (as the
+# server's handshake pool evicts a connection: HELLO, NICK, BYE full). Kept:
+# when each connection opened and closed (window.opened, window.closedAt,
+# ms) and the banner's text right after each close (window.countdowns).
+_FULL_SERVER = r"""
+(() => {
+  window.opened = [];
+  window.closedAt = [];
+  window.countdowns = [];
+  class FakeSocket {
+    static OPEN = 1;
+    constructor() {
+      this.readyState = 1;
+      window.opened.push(performance.now());
+      setTimeout(() => {
+        for (const data of ["HELLO chat/1 fake (twisted-chat 0)", "NICK",
+                            "BYE full too many connections are still choosing a nick; try again"])
+          this.onmessage({data});
+        this.readyState = 3;
+        window.closedAt.push(performance.now());
+        this.onclose();
+        window.countdowns.push(document.getElementById("banner-text").textContent);
+      }, 50);
+    }
+    send() {}
+    close() {}
+  }
+  window.WebSocket = FakeSocket;
+})();
+"""
+
+
+def test_a_server_that_greets_then_closes_is_tried_further_and_further_apart(
+    web: WebServer, browser: Callable[..., Any]
+) -> None:
+    """A server that is up but full says HELLO and then BYE full: the page
+    reset its backoff at HELLO and so tried again about every second,
+    forever. Now only READY resets it (as in the terminal client): the
+    waits grow, 1 s, then 2 s, then 4 s (each +-25 %)."""
+    page = browser()
+    page.execute_cdp_cmd("Page.addScriptToEvaluateOnNewDocument", {"source": _FULL_SERVER})
+    page.get(web.url)
+    wait(page, lambda d: len(d.execute_script("return window.countdowns")) >= 3,
+         timeout=WAIT)
+    opened = page.execute_script("return window.opened")
+    closed_at = page.execute_script("return window.closedAt")
+    waits = [opened[n + 1] - closed_at[n] for n in range(2)]
+    assert 750 <= waits[0] < 1500, waits  # 1 s +-25 %
+    assert waits[1] >= 1500, waits  # 2 s -25 %, not 1 s again
+    countdowns = page.execute_script("return window.countdowns")[:3]
+    assert countdowns[0].endswith(("in 1 s…", "in 2 s…")), countdowns
+    assert countdowns[1].endswith(("in 2 s…", "in 3 s…")), countdowns
+    assert countdowns[2].endswith(("in 3 s…", "in 4 s…", "in 5 s…")), countdowns
 
 
 # -- when the server does not answer (docs/web.md, "When the server does not answer") --

@@ -1071,7 +1071,9 @@
   }
 
   function scheduleReconnect() {
-    // 1, 2, 4, 8, 16, 30 seconds (with jitter), reset once the server says READY.
+    // 1, 2, 4, 8, 16, 30 seconds (with jitter), back to 1 s only once a
+    // connection gets in (READY, joined()): a HELLO alone does not reset it.
+    // The terminal client uses the same rule (client/reconnect.py).
     const base = Math.min(30, 2 ** state.attempt);
     const delay = base * 1000 * (0.75 + Math.random() * 0.5);
     state.attempt += 1;
@@ -1127,7 +1129,7 @@
     // composer, so that the next keys are not a lobby message.
     const interrupted = dropTypedPassword();
     state.online = true;
-    state.attempt = 0;
+    state.attempt = 0; // in the chat: the next loss starts the backoff at 1 s again
     state.takenRetries = 0;
     state.unavailableRetries = 0;
     state.autoJoin = false;
@@ -1184,7 +1186,8 @@
         $("server-name").textContent = `on ${state.serverName}`;
         $("workspace-name").textContent = state.serverName;
         bumpTitle(0);
-        state.attempt = 0; // the server is back: the next loss starts the backoff again
+        // The backoff goes on: a server that greets and then closes (BYE
+        // full) is not tried again every second; READY resets it (joined()).
         break;
       }
       case "NICK": // the server asks for a nickname
