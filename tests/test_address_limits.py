@@ -79,6 +79,22 @@ def test_registrations_are_limited_per_address() -> None:
     assert third.take()[0] == "READY u3"
 
 
+def test_a_registration_wait_of_part_of_a_second_is_said_rounded_up() -> None:
+    """The wait said is never shorter than the real one: "try again in 0 s"
+    was refused again when taken at its word."""
+    h = Harness(ip_register_rate=0.5, ip_register_burst=1)
+    h.user("u1")
+    h.clock.advance(1.5)  # 0.75 of a registration back: 0.5 s to go
+    late = h.connect()
+    late.take()
+    late.send("NICK u2")
+    assert late.take() == [
+        "ERROR flood too many nicks registered from 127.0.0.1 lately; try again in 1 s"]
+    h.clock.advance(1.0)
+    late.send("NICK u2")
+    assert late.take()[0] == "READY u2"
+
+
 def test_new_connections_per_second_per_address() -> None:
     h = Harness(ip_connect_rate=1.0, ip_connect_burst=2)
     h.connect(), h.connect()

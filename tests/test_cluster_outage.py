@@ -33,6 +33,7 @@ from twisted_chat.server.cluster.service import FactoryHooks
 from twisted_chat.server.history import History
 from twisted_chat.server.hub import HubError, HubSettings
 from twisted_chat.server.login import UNAVAILABLE_TEXT
+from twisted_chat.server.protocol import HeldInput
 from twisted_chat.server.service import Options
 from twisted_chat.server.state import StateUnavailable
 from twisted_chat.wire import ErrorCode
@@ -793,6 +794,40 @@ def test_past_the_bound_only_connections_with_a_command_waiting_are_not_read() -
         cluster.clock.advance(0)
     assert held.total == 0 and not held.paused
     assert all(user.reading for user in (*heavy, quiet, idle))
+
+
+class Waiting:
+    """A connection with a command waiting, as HeldInput sees one."""
+
+    def __init__(self) -> None:
+        self.reading = True
+
+    def held_or_waiting(self) -> bool:
+        return True
+
+    def node_pause(self) -> None:
+        self.reading = False
+
+    def node_resume(self) -> None:
+        self.reading = True
+
+
+def test_held_input_reads_again_only_at_half_its_bound() -> None:
+    """Past the node's bound every waiting connection is paused, and it is
+    read again only once the node holds half the bound, not as soon as it
+    dips under it (else near the bound the node's readers were paused and
+    resumed on every line)."""
+    a: Any = Waiting()
+    b: Any = Waiting()
+    held = HeldInput(1000, lambda: [a, b])
+    held.change(a, 1001)
+    assert held.over and not a.reading and not b.reading
+    held.change(a, -100)  # 901: under the bound, over half
+    assert held.over and not a.reading and not b.reading
+    held.change(a, -400)  # 501
+    assert held.over and not a.reading and not b.reading
+    held.change(a, -1)  # 500: half
+    assert not held.over and a.reading and b.reading and not held.paused
 
 
 def test_lines_applied_before_a_node_s_hello_reach_its_detached_users() -> None:

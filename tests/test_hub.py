@@ -146,6 +146,21 @@ def test_departure_leaves_no_trace(world: tuple[Hub, Recorder, Clock]) -> None:
     assert rec.take() == []
 
 
+def test_close_cancels_the_timers_of_open_invitations(world: tuple[Hub, Recorder, Clock]) -> None:
+    """Server shutdown: an invitation still open does not expire later into
+    a half-stopped server (nor leave a pending call to an embedder)."""
+    hub, rec, clock = world
+    a = hub.register("a", None)
+    hub.register("b", None)
+    hub.pair(a, "b")
+    rec.take()
+    assert clock.getDelayedCalls()
+    hub.close()
+    assert clock.getDelayedCalls() == []
+    clock.advance(60)
+    assert rec.take() == []
+
+
 def test_a_failed_arrival_leaves_no_ghost(world: tuple[Hub, Recorder, Clock]) -> None:
     hub, rec, _ = world
 

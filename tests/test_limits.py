@@ -116,6 +116,22 @@ def test_over_long_lines_count_too() -> None:
     assert alice.take_one().startswith("ERROR flood ")
 
 
+def test_over_long_lines_dropped_for_flooding_are_not_answered_too_long() -> None:
+    """Past the burst an over-long line is dropped like any other: one ERROR
+    flood a second and nothing else, not an ERROR too-long for each (output
+    for every line dropped, to a peer that may not be reading)."""
+    h = flood_harness(max_line=20)
+    alice = h.user("alice")  # NICK spent one token: 19 left
+    long = b"MSG " + b"x" * 40 + b"\r\n"
+    alice.send_raw(long * 19)
+    assert alice.take() == ["ERROR too-long lines may be at most 20 bytes"] * 19
+    alice.send_raw(long * 5)
+    assert [line.split()[1] for line in alice.take()] == ["flood"]
+    alice.send_raw(b"MSG " + b"x" * 40)  # over the limit before its end
+    alice.send_raw(b"\r\n")
+    assert alice.take() == []
+
+
 def test_flood_rate_zero_disables() -> None:
     h = Harness(flood_rate=0)
     alice = h.user("alice")

@@ -448,6 +448,24 @@ def test_one_address_cannot_fill_the_password_pool() -> None:
     assert crowd[-1].take()[-1].startswith("RETRY bad-password ")
 
 
+def test_an_address_whose_password_jobs_are_done_is_forgotten() -> None:
+    """The per-address count of password jobs holds only the addresses with
+    a job now: else every address that ever sent PASS (or REGISTER, PASSWD)
+    stayed in memory for the server's life."""
+    h = harness()
+    add(h, "alice")
+    for i in range(20):
+        conn = fresh(h, f"10.0.0.{i}")
+        conn.send("NICK alice")
+        assert conn.take() == ["PASS alice"]
+        conn.send(f"PASS {PW}")
+        assert conn.take()[0] == "READY alice"
+        conn.send("BYE")
+        conn.drop()
+    # No public view of the table: its size is the point.
+    assert h.factory.accounts._working == {}
+
+
 def test_nick_timeout_covers_the_whole_handshake() -> None:
     h = harness(work=HeldWork(), nick_timeout=30.0)
     add(h, "alice")

@@ -640,6 +640,19 @@ def test_max_line_boundary() -> None:
     assert alice.take_one().startswith("ERROR too-long ")
 
 
+def test_a_line_of_max_line_bytes_whose_crlf_is_split_across_reads_is_taken() -> None:
+    """TCP splits where it likes: a read that ends in the CR of a line of
+    exactly max_line bytes holds max_line + 1 bytes, and that is not yet
+    too long (the LF comes in the next read)."""
+    h = Harness(max_line=20)
+    alice = h.user("alice")
+    exact = b"MSG " + b"x" * 16  # 20 bytes
+    alice.send_raw(exact + b"\r")
+    assert alice.take() == []
+    alice.send_raw(b"\n")
+    assert alice.take() == [f"MSG {ts(h)} alice * " + "x" * 16]
+
+
 def test_too_long_one_error_however_it_arrives_and_connection_kept() -> None:
     h = Harness(max_line=50)
     alice = h.user("alice")

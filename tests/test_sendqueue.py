@@ -259,6 +259,23 @@ def test_the_limit_counts_the_kernels_bytes(loopback: Any, monkeypatch: pytest.M
 
 
 @pytest_twisted.inlineCallbacks
+def test_a_write_counts_its_own_size_against_the_limit(loopback: Any) -> Any:
+    """Once bytes are held, a write is taken only if what is held and the
+    write itself fit in --sendq: the bound is not passed by one whole write
+    (a user list, a history block)."""
+    factory, _client = loopback
+    server = yield factory.accepted
+    transport = server.transport
+    SendQueue(transport, limit=1 << 30, sndbuf=16384).write(b"x" * 300_000)
+    assert SendQueue(transport, limit=1 << 30).twisted_held() > 0
+    held = SendQueue(transport, limit=1 << 30).held()
+    line = b"y" * 100
+    assert not SendQueue(transport, limit=held + len(line) - 1).write(line)
+    assert SendQueue(transport, limit=held + len(line)).write(line)
+    transport.abortConnection()
+
+
+@pytest_twisted.inlineCallbacks
 def test_the_send_buffer_is_fixed_and_at_most_half_the_limit(loopback: Any) -> Any:
     factory, _client = loopback
     server = yield factory.accepted

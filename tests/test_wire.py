@@ -39,6 +39,16 @@ def test_unknown_verbs() -> None:
         assert e.value.code is ErrorCode.UNKNOWN_COMMAND
 
 
+@pytest.mark.parametrize("line", ["m\u017fg hi", "p\u0131ng", "U\u017fERS"])
+def test_verbs_match_in_ascii_case_only(line: str) -> None:
+    """PROTOCOL.md: verbs are case-insensitive in ASCII only.  A non-ASCII
+    letter whose upper case is ASCII (U+017F long s, U+0131 dotless i) does
+    not make a verb: MSG, PING and USERS are not what was sent."""
+    with pytest.raises(LineError) as e:
+        wire.split_verb(line)
+    assert e.value.code is ErrorCode.UNKNOWN_COMMAND
+
+
 def test_blank_lines_are_nothing() -> None:
     assert wire.split_verb("") is None
     assert wire.split_verb(" \t ") is None

@@ -268,6 +268,11 @@ def test_on_a_terminal_lines_over_the_limit_are_refused_and_counted_once_empty()
     assert not r.outbox.add("five", None)
     assert not r.outbox.add("six", None)
     assert r.outbox.refused == 2
+    for _ in range(2):  # half gone: lines typed before them still wait
+        r.outbox.next_line(paced=False)
+        r.outbox.sent("MSG")
+    assert r.outbox.room() == 0
+    assert r.outbox.refused == 2
     r.take(paced=False)
     assert len(r.outbox) == 0
     assert r.outbox.room() == 2  # said once...

@@ -101,6 +101,15 @@ def test_errors_are_one_sentence() -> None:
         assert said.endswith(".") and "\n" not in said
 
 
+def test_a_text_that_ends_a_sentence_gets_no_full_stop() -> None:
+    """A server text ending in "?" or "!" (another chat/1 server's) is not
+    shown as "...?."."""
+    assert render.sentence("Who are you?") == "Who are you?"
+    assert render.sentence("Slow down!") == "Slow down!"
+    assert render.sentence("done") == "done."
+    assert render.error_sentence("brand-new", "who?") == "Server error (brand-new): who?"
+
+
 def test_invitation_endings() -> None:
     assert render.declined("bob", "rejected") == "bob declined your invitation."
     assert render.cancelled("bob", "withdrawn") == "bob withdrew the invitation."
