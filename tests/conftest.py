@@ -25,10 +25,10 @@ from tests.serverproc import LineClient, ServerProcess
 # second SIGTERM ends the process outright.
 
 
-def _sigterm_interrupts(signum: int, frame: FrameType | None) -> None:
+def _raise_in_the_test(error: BaseException, frame: FrameType | None) -> None:
+    """Raise C{error} from a signal handler so that it ends the test."""
     from twisted.internet import reactor
 
-    signal.signal(signal.SIGTERM, signal.SIG_DFL)
     here = greenlet.getcurrent()
     waiting = getattr(type(reactor), "doIteration", None)
     if here.parent is not None and frame is not None and (
@@ -36,10 +36,15 @@ def _sigterm_interrupts(signum: int, frame: FrameType | None) -> None:
         # The reactor waits for events (a Twisted test waits on it): raised
         # here, its loop would log the exception and carry on, so it is
         # raised where pytest waits for the test, in the main greenlet.
-        here.parent.throw(KeyboardInterrupt("SIGTERM"))
+        here.parent.throw(error)
         return  # back here only if a teardown turns the reactor again
     # A test running (in the reactor's greenlet or not): raised through it.
-    raise KeyboardInterrupt("SIGTERM")
+    raise error
+
+
+def _sigterm_interrupts(signum: int, frame: FrameType | None) -> None:
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    _raise_in_the_test(KeyboardInterrupt("SIGTERM"), frame)
 
 
 def _take_sigterm() -> None:
@@ -53,6 +58,51 @@ def pytest_configure(config: pytest.Config) -> None:
     _take_sigterm()
     # The reactor installs its own handler as it starts: take it back then.
     reactor.addSystemEventTrigger("after", "startup", _take_sigterm)
+
+
+# -- a test that hangs fails, by name -----------------------------------------
+#
+# pytest-timeout ends a test that runs past pyproject's timeout (or its own
+# @pytest.mark.timeout), so a hang names its test instead of holding the
+# run until CI's time is up.  Its signal method raises where SIGALRM lands,
+# which under pytest-twisted is often the reactor's wait: the loop logged
+# the failure and the test hung on.  Here it is raised as SIGTERM is.
+TIMEOUT_AGAIN = 1.0  # seconds: for a failure a reactor's call swallowed
+_TIMED_OUT = pytest.StashKey[bool]()
+
+
+@pytest.hookimpl(tryfirst=True, optionalhook=True)
+def pytest_timeout_set_timer(item: pytest.Item, settings: Any) -> bool | None:
+    if settings.method != "signal":
+        return None  # pytest-timeout's own thread method
+
+    def expired(signum: int, frame: FrameType | None) -> None:
+        import pytest_timeout  # type: ignore[import-untyped]  # (it calls this hook)
+
+        if not settings.disable_debugger_detection and pytest_timeout.is_debugging():
+            return  # stopped in a debugger: not a hang
+        item.stash[_TIMED_OUT] = True
+        if greenlet.getcurrent().parent is not None:
+            # In the reactor's greenlet, it ends the call running there: the
+            # test's own, or another whose failure the loop logs and goes
+            # on from; then the next alarm finds the test waiting on it.
+            signal.setitimer(signal.ITIMER_REAL, TIMEOUT_AGAIN)
+        _raise_in_the_test(
+            pytest.fail.Exception(f"Timeout (>{settings.timeout}s) from pytest-timeout."), frame)
+
+    def cancel() -> None:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, signal.SIG_DFL)
+
+    item.cancel_timeout = cancel  # type: ignore[attr-defined]  # pytest-timeout calls it
+    signal.signal(signal.SIGALRM, expired)
+    signal.setitimer(signal.ITIMER_REAL, settings.timeout)
+    return True
+
+
+def pytest_runtest_makereport(item: pytest.Item) -> None:
+    if item.stash.get(_TIMED_OUT, False):
+        signal.setitimer(signal.ITIMER_REAL, 0)  # ended: the teardown is not cut short
 
 
 @pytest.fixture

@@ -19,6 +19,10 @@ from tests.serverproc import LineClient, ServerProcess
 
 ROOT = Path(__file__).resolve().parent.parent
 PIP_TIMEOUT = 300
+# pytest-timeout's bound for a test that runs pip: a venv made and three pip
+# runs at most, each under its own timeout, well past pyproject's default.
+PIP_TEST_TIMEOUT = 120 + 3 * PIP_TIMEOUT
+pytestmark = pytest.mark.timeout(PIP_TEST_TIMEOUT)
 # The plugin line in twistd's list of commands.
 LISTED = re.compile(r"^\s+chat\s+A chat/1 ", re.MULTILINE)
 

@@ -17,9 +17,9 @@ from pathlib import Path
 
 import pytest
 
-from tests.test_plugin_install import LISTED, PIP_TIMEOUT, ROOT, _ignore, run
+from tests.test_plugin_install import LISTED, PIP_TEST_TIMEOUT, PIP_TIMEOUT, ROOT, _ignore, run
 
-pytestmark = pytest.mark.e2e
+pytestmark = [pytest.mark.e2e, pytest.mark.timeout(PIP_TEST_TIMEOUT)]
 
 WEB = ROOT / "twisted_chat" / "web"
 
