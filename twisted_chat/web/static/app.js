@@ -660,11 +660,7 @@
   // again asks at once when its list is due; opening the drawer, when its
   // list is older than ROSTER_LOOK.
 
-  const ROSTER_BASE = (() => {
-    // ?roster=SECONDS (at least 1) sets it, for tests; 30 s otherwise.
-    const s = Number(new URLSearchParams(location.search).get("roster"));
-    return Number.isFinite(s) && s >= 1 ? s * 1000 : 30000;
-  })();
+  const ROSTER_BASE = seconds("roster", 30); // ?roster=SECONDS (at least 1) sets it, for tests
   const ROSTER_MAX_FACTOR = 4;
   const ROSTER_LOOK = ROSTER_BASE / 3;
 
@@ -790,11 +786,11 @@
     handshake: null, // the timer of a connection that must hear from the server
   };
 
-  // The entry for a line about to be sent, if it is a message the server
-  // answers with its copy (null otherwise): where it goes and its text, and
-  // for a refusal, what the user typed (`typed`; the text, if not given),
-  // its size, and whether it goes to the partner of this moment.
-  function sentMessage(line, typed = null) {
+  // The entry for a line the composer is about to send, if it is a message
+  // the server answers with its copy (null otherwise): where it goes and
+  // its text, and for a refusal, what the user typed (`typed`), its size,
+  // and whether it goes to the partner of this moment.
+  function sentMessage(line, typed) {
     const [verb, rest] = parse(line, 1);
     const upper = verb.toUpperCase();
     if (upper !== "MSG" && upper !== "DM") return null;
@@ -809,14 +805,14 @@
       conv: nick ? dmId(nick) : "lobby",
       partner: !!(nick && state.partner && key(state.partner) === key(nick)),
       text,
-      typed: typed === null ? text : typed,
+      typed,
       bytes: new TextEncoder().encode(line).length,
     };
   }
 
-  // A line was written to the socket (`message`: its sentMessage() entry,
-  // if it was made before).
-  function watchSent(line, message = null) {
+  // A line was written to the socket (`message`: the sentMessage() entry
+  // the composer made for it, or null).
+  function watchSent(line, message) {
     const [verb] = parse(line, 1);
     const upper = verb.toUpperCase();
     if (upper === "PING") {
@@ -827,11 +823,10 @@
       if (upper === "NICK" || upper === "PASS") awaitServer(); // its answer
       return;
     }
-    const sent = message || sentMessage(line);
-    if (sent) {
+    if (message) {
       answers.seq += 1;
-      sent.seq = answers.seq;
-      answers.unconfirmed.push(sent);
+      message.seq = answers.seq;
+      answers.unconfirmed.push(message);
       if (answers.unconfirmed.length > UNCONFIRMED_MAX) answers.unconfirmed.shift();
     }
     if (upper === "PONG" || upper === "BYE" || upper === "USERS") return;
@@ -889,19 +884,11 @@
   }
 
   // A line from the server (before the page handles it): the server is
-  // alive and has read what came before it.
-  function heard(line) {
+  // alive, and its timers stop. What the line settles of the messages sent
+  // is handle()'s: a copy (MSG), a PONG, a refusal (ERROR).
+  function heard() {
     clearTimeout(answers.handshake);
     answers.handshake = null;
-    const [verb] = parse(line, 1);
-    const upper = verb.toUpperCase();
-    if (upper === "PONG" && answers.pings.length) {
-      const upTo = answers.pings.shift();
-      answers.unconfirmed = answers.unconfirmed.filter((m) => m.seq > upTo);
-    } else if (upper === "MSG" && state.me) {
-      const [, , from, to, text] = parse(line, 4);
-      if (key(from) === key(state.me)) confirmed(to, text);
-    }
     if (!answers.since) return;
     const { since, warned } = answers;
     stopAnswerWatch();
@@ -910,57 +897,39 @@
     notice(current(), `The server answers again, after ${elapsed(since)} seconds.`);
   }
 
-  // The server's copy of one of our messages (to: "*" for the lobby, or
-  // the nick): the server read it and those sent before it (taken, or
-  // refused with an ERROR), in order.
-  function confirmed(to, text) {
-    const list = answers.unconfirmed;
-    const at = list.findIndex((m) => m.text === text && (m.to === null || m.to === key(to)));
-    if (at >= 0) list.splice(0, at + 1);
-  }
-
-  // A refusal: the oldest message still unconfirmed that `test` picks (or
-  // null), taken out with those sent before it, which the server read too.
+  // The oldest message still unconfirmed that `test` picks (or null), taken
+  // out with those sent before it: the server read them too, in order
+  // (taken, or refused with an ERROR).
   function takeUnconfirmed(test) {
     const list = answers.unconfirmed;
     const at = list.findIndex(test);
     return at < 0 ? null : list.splice(0, at + 1)[at];
   }
 
-  // A line of a new connection, once the page has handled it: a lobby line
-  // of ours its history shows as new arrived after all; at the end of the
-  // READY block, what the old connection left unconfirmed is said.
-  function afterLine(line, shownBefore) {
+  // The server's copy of one of our messages (to: "*" for the lobby, or
+  // the nick).
+  const confirmed = (to, text) =>
+    takeUnconfirmed((m) => m.text === text && (m.to === null || m.to === key(to)));
+
+  // A lobby line of ours that a new connection's history shows as new (not
+  // one the page showed before): one of the lost messages arrived after all.
+  function arrivedAfterAll(text) {
     const lost = answers.lost;
-    if (!lost || !state.me) return;
-    const [verb] = parse(line, 1);
-    const upper = verb.toUpperCase();
-    if (upper === "HISTORY") {
-      const [, t, from, text] = parse(line, 3);
-      const shown = state.shownLobby.get(`${t} ${from} ${text}`) || 0;
-      if (key(from) !== key(state.me) || shown <= shownBefore) return;
-      const at = lost.findIndex((m) => m.conv === "lobby" && m.text === text);
-      if (at >= 0) {
-        lost.splice(at, 1);
-        answers.arrived += 1;
-      }
-    } else if (upper === "USERS" && state.online && state.replaySkip === null) {
-      answers.lost = null;
-      sayLost(lost, answers.arrived);
-      answers.arrived = 0;
+    const at = lost.findIndex((m) => m.conv === "lobby" && m.text === text);
+    if (at >= 0) {
+      lost.splice(at, 1);
+      answers.arrived += 1;
     }
   }
 
-  function shownCount(line) {
-    if (!answers.lost) return 0;
-    const [verb, t, from, text] = parse(line, 3);
-    if (verb.toUpperCase() !== "HISTORY") return 0;
-    return state.shownLobby.get(`${t} ${from} ${text}`) || 0;
-  }
-
-  // The messages not confirmed before the connection was lost, in the
+  // The end of a new connection's READY block: the messages the old one
+  // left unconfirmed (and not shown by the history since), named in the
   // conversations they were sent in.
-  function sayLost(lost, arrived) {
+  function sayLost() {
+    const lost = answers.lost;
+    const arrived = answers.arrived;
+    answers.lost = null;
+    answers.arrived = 0;
     if (arrived) {
       notice(lobby(), `${arrived === 1 ? "One message" : arrived + " messages"} not confirmed before the connection was lost arrived after all: shown above, from the lobby's history.`);
     }
@@ -971,7 +940,7 @@
     }
     for (const [id, list] of byConv) {
       const conv = id === "lobby" ? lobby() : dm(list[0].peer);
-      const shown = list.slice(-10).map((m) => `“${m.text.length > 80 ? m.text.slice(0, 79) + "…" : m.text}”`);
+      const shown = list.slice(-10).map((m) => `“${shownOverrides(m.text.length > 80 ? m.text.slice(0, 79) + "…" : m.text)}”`);
       if (list.length > 10) shown.unshift(`(${list.length - 10} more, then)`);
       const what = list.length === 1 ? "This message was" : `These ${list.length} messages were`;
       const may = list.length === 1 ? "it may" : "they may";
@@ -1016,10 +985,8 @@
       state.lastLine = Date.now();
       for (const line of String(event.data).split(/\r?\n/)) {
         if (!line) continue;
-        heard(line);
-        const shown = shownCount(line);
+        heard();
         handle(line);
-        afterLine(line, shown);
       }
     };
     ws.onclose = () => {
@@ -1273,7 +1240,8 @@
       }
       case "HISTORY": {
         const [, t, from, text] = parse(line, 3);
-        lobbyMessage(ts(t), from, text, t, state.replaySkip);
+        const shown = lobbyMessage(ts(t), from, text, t, state.replaySkip);
+        if (shown && answers.lost && state.me && key(from) === key(state.me)) arrivedAfterAll(text);
         break;
       }
       case "USER": {
@@ -1293,15 +1261,17 @@
           notice(lobby(), `Your private conversation with ${state.unpairedFrom} ended.`);
           state.unpairedFrom = null;
         }
+        if (answers.lost && state.online) sayLost(); // after a reconnection
         break;
       }
       case "MSG": {
         const [, t, from, to, text] = parse(line, 4);
+        const mine = !!state.me && key(from) === key(state.me);
+        if (mine) confirmed(to, text);
         if (to === "*") {
           lobbyMessage(ts(t), from, text, t);
         } else {
-          const peer = state.me && key(from) === key(state.me) ? to : from;
-          addMessage(dm(peer), ts(t), from, text);
+          addMessage(dm(mine ? to : from), ts(t), from, text);
         }
         break;
       }
@@ -1451,6 +1421,14 @@
         send(text ? "PONG " + text : "PONG");
         break;
       }
+      case "PONG":
+        // The answer to the page's oldest PING: the server read every
+        // message sent before it.
+        if (answers.pings.length) {
+          const upTo = answers.pings.shift();
+          answers.unconfirmed = answers.unconfirmed.filter((m) => m.seq > upTo);
+        }
+        break;
       case "HELP": {
         const [, text] = parse(line, 1);
         if (text) notice(current(), text);
@@ -1468,7 +1446,7 @@
         break;
       }
       default:
-        break; // PONG and anything newer than this page
+        break; // anything newer than this page
     }
   }
 
@@ -1477,13 +1455,14 @@
   // repeat one already shown: each line there consumes one of those it
   // matches. Live lines, and the replay after UNPAIRED (only what was said
   // while paired), are always shown: the server never sends one twice.
+  // True if it was shown.
   function lobbyMessage(ts, from, text, rawTs, skip) {
     const id = `${rawTs} ${from} ${text}`;
-    if (skip && ts.getTime() <= state.shownFloor) return; // older than what the page remembers
+    if (skip && ts.getTime() <= state.shownFloor) return false; // older than what the page remembers
     const left = skip ? skip.get(id) || 0 : 0;
     if (left > 0) {
       skip.set(id, left - 1);
-      return;
+      return false;
     }
     state.shownLobby.set(id, (state.shownLobby.get(id) || 0) + 1);
     state.shownOrder.push([id, ts.getTime()]);
@@ -1496,6 +1475,7 @@
     }
     showHeldNotices(ts);
     addMessage(lobby(), ts, from, text);
+    return true;
   }
 
   // A join or leave in the lobby: shown now, or, while paired (the lobby's
@@ -1652,6 +1632,14 @@
     return `${lead}${text ? ": " + text.replace(/\.$/, "") : ""}.`;
   }
 
+  // Control characters a person cannot mean to send (TAB is allowed by
+  // chat/1): dropped from a message, as the terminal client drops them (a
+  // pasted ESC, BEL or U+2028 would have the whole line refused with ERROR
+  // bad-chars); a password that holds one is refused (passwordProblem).
+  // /g: read with replace() and search(), which ignore lastIndex, never
+  // with test().
+  const UNSENDABLE = /[\x00-\x08\x0a-\x1f\x7f-\x9f\u2028\u2029]/g;
+
   // Why the server would refuse this password (docs/protocol.md, "Accounts": 8 to
   // 256 bytes of the line; the line's free text starts at its first
   // non-space character and has no control characters), or null.
@@ -1660,7 +1648,7 @@
     if (size < 8) return "A password needs at least 8 bytes (characters, for plain ASCII).";
     if (size > 256) return "A password may have at most 256 bytes.";
     if (/^[ \t]/.test(password)) return "A password cannot start with a space or a tab.";
-    if (/[\x00-\x08\x0a-\x1f\x7f-\x9f\u2028\u2029]/.test(password)) {
+    if (password.search(UNSENDABLE) >= 0) {
       return "A password cannot contain control characters (TAB is allowed).";
     }
     return null;
@@ -1792,11 +1780,6 @@
     if (conv) notice(conv, text, { error: true });
     if (!conv || conv !== current()) notice(current(), text, { error: true });
   }
-
-  // Control characters a person cannot mean to send (TAB is allowed by
-  // chat/1): dropped, as the terminal client drops them (a pasted ESC, BEL
-  // or U+2028 would have the whole line refused with ERROR bad-chars).
-  const UNSENDABLE = /[\x00-\x08\x0a-\x1f\x7f-\x9f\u2028\u2029]/g;
 
   function submitMessage(typed) {
     if (!typed.trim()) return;
