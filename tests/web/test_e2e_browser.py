@@ -1195,6 +1195,27 @@ def test_a_password_being_typed_is_not_shown_when_the_prompt_changes(
     assert sent(page) == ["NICK dave", "NICK dave"]
 
 
+def test_a_taken_nicks_retry_is_void_once_its_connection_is_gone(
+    web: WebServer, browser: Callable[..., Any]
+) -> None:
+    """A rejoin answered RETRY taken sends its NICK again 3 s later, on that
+    connection only, as RETRY unavailable's does: a connection lost within
+    those 3 s and replaced by a new one gets no NICK the page did not mean
+    for it (before the new one's prompt, or after its READY)."""
+    page = scripted(browser(), web, {
+        "NICK dave": [["READY dave", "USERS 0"], ["RETRY taken dave is online already"]]})
+    join_as(page, "dave")
+    logged_in(page, "dave")
+    page.execute_script("window.drop()")  # the page rejoins by itself: dave is "online"
+    wait(page, lambda d: "Waiting for dave to be free" in shown_banner(d), timeout=WAIT + 2)
+    taken_at = time.monotonic()
+    page.execute_script("window.drop()")
+    page.find_element(By.ID, "banner-retry").click()  # a new connection at once
+    wait(page, lambda d: sent(d).count("NICK dave") == 3)  # its own rejoin, not answered
+    time.sleep(max(0.0, taken_at + 3.5 - time.monotonic()))  # the retry's 3 s are over
+    assert sent(page) == ["NICK dave"] * 3
+
+
 UNAVAILABLE = "RETRY unavailable the server cannot check accounts now"
 
 

@@ -1189,7 +1189,10 @@
           // Our old connection may still be online until the server notices it is gone.
           state.takenRetries += 1;
           banner(`Waiting for ${state.wanted} to be free (${text})…`, null);
-          setTimeout(() => send("NICK " + state.wanted), 3000);
+          const ws = state.ws;
+          setTimeout(() => {
+            if (ws === state.ws && !state.online) send("NICK " + state.wanted);
+          }, 3000);
           break;
         }
         if (reason === "unavailable" && state.wanted && state.unavailableRetries < 10) {
