@@ -204,6 +204,19 @@ def test_a_read_done_during_the_gathering_ends_it_once_nothing_waits() -> None:
     assert clock.getDelayedCalls() == []
 
 
+def test_a_busy_turn_asks_the_probe_once_at_a_read_and_once_at_its_end() -> None:
+    """Under load every read brings a line: once the reactor was found busy,
+    the other reads of the turn do not ask again (a system call each)."""
+    clock, fanout, (member,), backlog = lobby(1)
+    backlog.turns = 1
+    for i in range(50):
+        fanout.add(b"%d " % i)
+        fanout.read_done()
+    assert backlog.asked == 1 and member.got == []
+    clock.advance(0)  # the turn's end: nothing waits now
+    assert backlog.asked == 2 and len(member.got) == 1
+
+
 def test_a_read_done_without_lines_costs_no_probe() -> None:
     _, fanout, (member,), backlog = lobby(1)
     fanout.read_done()

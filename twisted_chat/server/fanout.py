@@ -100,8 +100,8 @@ class LobbyFanout:
     before the others' C{deliver} is called.
     """
 
-    __slots__ = ("_backlog", "_call", "_clock", "_first", "_late", "_members", "_on_batch",
-                 "_pending", "_timer", "_turns", "_window", "_write_all")
+    __slots__ = ("_backlog", "_busy", "_call", "_clock", "_first", "_late", "_members",
+                 "_on_batch", "_pending", "_timer", "_turns", "_window", "_write_all")
 
     def __init__(
         self,
@@ -127,6 +127,10 @@ class LobbyFanout:
         self._call: IDelayedCall | None = None
         self._first = 0.0  # when the first pending line came
         self._turns = 0
+        # The probe said "busy" at a read's end this turn: the next reads
+        # do not ask again (the turn's end does), so a busy turn costs at
+        # most two probes, not one a read.
+        self._busy = False
 
     @property
     def pending(self) -> bool:
@@ -140,6 +144,7 @@ class LobbyFanout:
         if self._call is None:
             self._first = self._clock.seconds()
             self._turns = 0
+            self._busy = False
             self._call = self._clock.callLater(0.0, self._turn_over)
 
     def add_joined(self, data: bytes, newcomer: Member) -> None:
@@ -154,10 +159,16 @@ class LobbyFanout:
         and the reactor has nothing else waiting, they go now: the rest of
         the turn would bring no line to join them, and writing them here
         saves the timer's round trip (docs/fanout.md, "Pacing by backlog").
+        Once the reactor was found busy, the turn's end asks again, not each
+        read.
         """
-        if self._call is not None:
+        if self._call is not None and not self._busy:
             backlog = self._backlog
-            if backlog is not None and not backlog():
+            if backlog is None:
+                return
+            if backlog():
+                self._busy = True
+            else:
                 self.flush()
 
     def _turn_over(self) -> None:
@@ -167,6 +178,7 @@ class LobbyFanout:
             self._first, self._clock.seconds(), self._turns, self._window, backlog()
         ):
             self._turns += 1
+            self._busy = False
             self._call = self._clock.callLater(0.0, self._turn_over)
         else:
             self.flush()
