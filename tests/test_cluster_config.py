@@ -28,6 +28,7 @@ from tests.redisproc import REDIS_SERVER, RedisServer
 from tests.test_cluster_e2e_history import said_now
 from tests.test_cluster_outage import AnsweringRedis
 from tests.test_cluster_unit import Untold
+from twisted_chat.server.cluster.listeners import SILENT
 from twisted_chat.server.cluster.node import ClusterState
 from twisted_chat.server.cluster.redisconfig import CONFIG, Retention
 from twisted_chat.server.cluster.redisconn import parse_url
@@ -40,11 +41,6 @@ needs_redis = pytest.mark.skipif(REDIS_SERVER is None, reason="redis-server is n
 MIB = 1 << 20
 
 
-class _Listener:
-    def __getattr__(self, name: str) -> Any:
-        return lambda *a, **k: None
-
-
 class Node:
     """A node's log on the real reactor, connected to C{redis}; C{refused}
     fires with the reason if it does not run on the database."""
@@ -52,7 +48,7 @@ class Node:
     def __init__(self, redis: RedisServer, name: str, **options: Any) -> None:
         from twisted.internet import reactor
 
-        self.state = ClusterState(name, _Listener(), History(100), HubSettings(), reactor,
+        self.state = ClusterState(name, SILENT, History(100), HubSettings(), reactor,
                                   Untold())
         self.log = RedisLog(parse_url(redis.url), self.state, reactor, 15.0, **options)
         self.refused: Deferred[str] = Deferred()
@@ -237,7 +233,7 @@ def test_keys_of_another_kind_met_while_running_are_logged_as_such(
     (once, not as Redis unreachable), the node retrying until the database
     is right again."""
     clock = Clock()
-    state = ClusterState("n", _Listener(), History(10), HubSettings(), clock, Untold())
+    state = ClusterState("n", SILENT, History(10), HubSettings(), clock, Untold())
     log = RedisLog(parse_url("redis://127.0.0.1/0"), state, clock, 15.0)
     refused: list[str] = []
     log.refused = refused.append

@@ -58,25 +58,6 @@ _URL_PARAMETERS = ("password", "ca", "db")
 _DB = re.compile(r"[0-9]{1,9}")
 
 
-def parse_url(url: str) -> RedisTarget:
-    """
-    C{redis://[[user]:password@]host[:port][/db]}, C{rediss://...} (TLS,
-    the server's certificate checked against the system's trust store), or
-    C{unix://[[user]:password@]/path/to/socket[?db=N]}.  A C{password=} query
-    parameter works too; C{ca=FILE} (PEM) makes a rediss:// connection trust
-    the certificate authorities in it (every one of a bundle) instead of the
-    system's: the file is read here, once.
-
-    The whole URL is checked here, so that a mistake stops the start rather
-    than leaving a node that retries for ever: a database number from 0
-    on, a port from 1, known query parameters (each once), no fragment, a
-    C{ca=} file that holds certificates.
-
-    @raise ValueError: with a sentence saying what is wrong.
-    """
-    return _parse_url(url)
-
-
 def with_password_file(target: RedisTarget, path: str | None) -> RedisTarget:
     """
     C{target} with the password in the file C{path} (C{None}: as it is):
@@ -115,7 +96,22 @@ def read_password_file(path: str) -> str:
     return password
 
 
-def _parse_url(url: str) -> RedisTarget:
+def parse_url(url: str) -> RedisTarget:
+    """
+    C{redis://[[user]:password@]host[:port][/db]}, C{rediss://...} (TLS,
+    the server's certificate checked against the system's trust store), or
+    C{unix://[[user]:password@]/path/to/socket[?db=N]}.  A C{password=} query
+    parameter works too; C{ca=FILE} (PEM) makes a rediss:// connection trust
+    the certificate authorities in it (every one of a bundle) instead of the
+    system's: the file is read here, once.
+
+    The whole URL is checked here, so that a mistake stops the start rather
+    than leaving a node that retries for ever: a database number from 0
+    on, a port from 1, known query parameters (each once), no fragment, a
+    C{ca=} file that holds certificates.
+
+    @raise ValueError: with a sentence saying what is wrong.
+    """
     parts = urllib.parse.urlsplit(url)
     try:
         pairs = urllib.parse.parse_qsl(parts.query, keep_blank_values=True,
