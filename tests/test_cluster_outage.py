@@ -24,6 +24,7 @@ from twisted.python import usage
 from tests.harness import Conn
 from tests.test_cluster_budgets import FakeBuckets
 from tests.test_cluster_unit import Cluster, MemoryLog, Node, NodeLog, Untold, check_index
+from twisted_chat.server.cluster.listeners import SILENT
 from twisted_chat.server.cluster.node import ClusterState
 from twisted_chat.server.cluster.redisconfig import CLAIM_RETENTION
 from twisted_chat.server.cluster.redisconn import parse_url
@@ -392,13 +393,8 @@ class FakeRedis:
 
 def redis_log(node_timeout: float = 15.0) -> tuple[RedisLog, ClusterState]:
     clock = Clock()
-    state = ClusterState("n", _Listener(), _history(), HubSettings(), clock, Untold())
+    state = ClusterState("n", SILENT, _history(), HubSettings(), clock, Untold())
     return RedisLog(parse_url("redis://127.0.0.1/0"), state, clock, node_timeout), state
-
-
-class _Listener:
-    def __getattr__(self, name: str) -> Any:
-        return lambda *a, **k: None
 
 
 def _history() -> History:
@@ -432,7 +428,7 @@ def test_a_silent_redis_is_given_up_after_the_reply_timeout() -> None:
     say) but Redis never answers.  The node gives up after the reply
     timeout, refuses registrations and retries, instead of waiting forever."""
     reactor = MemoryReactorClock()
-    state = ClusterState("n", _Listener(), _history(), HubSettings(), reactor, Untold())
+    state = ClusterState("n", SILENT, _history(), HubSettings(), reactor, Untold())
     log = RedisLog(parse_url("redis://127.0.0.1:6399/0"), state, reactor, 15.0)
     log.start()
     transports = []

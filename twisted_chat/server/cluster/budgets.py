@@ -81,8 +81,9 @@ class RedisBuckets:
         args: list[Any] = []
         for _, _, spent, rate in items:
             # A count of lines, or the level lines held through an outage
-            # left (a fraction: AddressBook's Shared.owed).
-            args += [spent if isinstance(spent, int) else repr(float(spent)), repr(float(rate))]
+            # left (a fraction: AddressBook's Shared.owed): one form for
+            # both, the script's tonumber reads "1.0" as 1.
+            args += [repr(float(spent)), repr(float(rate))]
         d: Deferred[Any] = defer.maybeDeferred(self.execute, "EVALSHA", SPEND_SHA, len(keys),
                                                 *keys, *args)
         d.addErrback(self._forgotten, len(keys), *keys, *args)
