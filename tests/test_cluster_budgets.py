@@ -364,6 +364,26 @@ def test_redis_out_of_reach_leaves_each_node_its_own_bucket() -> None:
     assert buckets.levels[LOBBY, HOST][0] == pytest.approx(5 - SHARE_INTERVAL)
 
 
+@pytest.mark.parametrize("held", [False, True])
+def test_a_refunded_line_not_reported_yet_is_not_told_to_the_cluster(held: bool) -> None:
+    """A lobby line let through and then given back (not sent:
+    AddressBook.lobby_refund) before the next report: the node's copy has
+    its token back and the report tells the cluster only the other line
+    (held: both judged as of when they came, the level they leave)."""
+    (a,), buckets, clock = nodes(1, lobby=Rate(0.001, 3))
+    limits = record(a)
+    limits.connections = 1  # kept (an idle, full record is forgotten)
+    assert lines(a, 1) == 1
+    clock.advance(SHARE_INTERVAL)  # reported: the copy is fresh
+    at = clock.seconds() - 0.1 if held else None
+    assert a.lobby_line(limits, at) is True
+    assert a.lobby_line(limits, at) is True
+    a.lobby_refund(limits)
+    clock.advance(SHARE_INTERVAL)
+    assert buckets.levels[LOBBY, HOST][0] == pytest.approx(2.0, abs=0.01)
+    assert lines(a, 3) == 1  # 3 less the two counted
+
+
 # -- through the chat: two cluster nodes (tests/test_cluster_unit.py) -----------
 
 

@@ -24,6 +24,7 @@ from twisted.python import usage
 from tests.harness import Conn
 from tests.test_cluster_budgets import FakeBuckets
 from tests.test_cluster_unit import Cluster, MemoryLog, Node, NodeLog, Untold, check_index
+from twisted_chat.server.addresses import LOBBY, SHARE_INTERVAL
 from twisted_chat.server.cluster.listeners import SILENT
 from twisted_chat.server.cluster.node import ClusterState
 from twisted_chat.server.cluster.redisconfig import CLAIM_RETENTION
@@ -136,13 +137,28 @@ def test_a_command_not_sent_in_time_is_answered_unavailable_and_never_applied() 
     assert ann.take() == []
     cluster.clock.advance(0.001)
     (line,) = ann.take()
-    assert line.startswith("ERROR unavailable not sent:"), line
+    assert line == ("ERROR unavailable not sent: the chat cannot reach its store "
+                    f"(it waited {WAIT:g} seconds for it); send it again in a moment"), line
     assert n0.state.waiting_bytes == 0 and log.unacked == []
     # The connection goes on; nothing of the withdrawn command ever comes.
     ann.send("MSG again")
     log.back()
     cluster.pump()
     assert said(ann.take()) == said(bob.take()) == ["again"]
+
+
+def test_a_command_redis_took_too_long_to_take_is_answered_so() -> None:
+    """While the node is connected to Redis (it has not noticed a cut, or
+    Redis is there and slow), a command whose wait ends before the log took
+    it is answered "not sent", saying the store did not take it in time,
+    not that it cannot be reached."""
+    cluster, n0, log = outage()
+    ann = n0.user("ann")
+    log.up = False  # cut, not noticed yet: available stays true
+    ann.send("MSG slow")
+    cluster.clock.advance(WAIT)
+    assert ann.take() == [f"ERROR unavailable not sent: the chat's store did not take it "
+                          f"within {WAIT:g} seconds; send it again in a moment"]
 
 
 def test_lines_behind_a_waiting_command_are_answered_in_turn_within_the_wait() -> None:
@@ -176,6 +192,37 @@ def test_a_lobby_line_held_past_its_wait_is_not_charged_to_its_address() -> None
     ann.send("MSG after")
     cluster.pump()
     assert said(ann.take()) == said(bob.take()) == ["after"]
+
+
+@pytest.mark.parametrize("shared", [False, True])
+def test_a_lobby_line_charged_and_then_not_sent_gives_its_token_back(shared: bool) -> None:
+    """A lobby line judged at once (a token of its address's budget spent)
+    whose wait for Redis then ends is answered "not sent" and gives the
+    token back: once Redis is back the address has its whole burst (here
+    2; the line that was never sent kept one, and the second line after
+    was refused for flooding).  Shared: the cluster's count (its report
+    failed during the outage) is not told of it either."""
+    cluster, n0, log = outage(ip_lobby_rate=0.001, ip_lobby_burst=2)
+    buckets = FakeBuckets(cluster.clock)
+    if shared:
+        for node in cluster.nodes:
+            node.factory.addresses.share(buckets)
+    ann, bob = n0.user("ann"), cluster.nodes[1].user("bob")
+    buckets.answer()
+    log.down()
+    buckets.down = True
+    ann.send("MSG lost")
+    cluster.clock.advance(WAIT)
+    (line,) = ann.take()
+    assert line.startswith("ERROR unavailable not sent:"), line
+    log.back()
+    buckets.down = False
+    ann.send("MSG one", "MSG two")
+    cluster.pump()
+    assert said(ann.take()) == said(bob.take()) == ["one", "two"]
+    cluster.clock.advance(2 * SHARE_INTERVAL)
+    if shared:
+        assert buckets.levels[LOBBY, "127.0.0.1"][0] == pytest.approx(2.0, abs=0.01)
 
 
 def test_sent_but_unconfirmed_is_not_reported_unsent_and_is_applied_once() -> None:
@@ -689,6 +736,8 @@ def test_a_write_redis_refuses_is_answered_unavailable_and_forgotten() -> None:
     erin, hi = (r.value for r in results)
     assert isinstance(erin, StateUnavailable)
     assert isinstance(hi, HubError) and hi.code == ErrorCode.UNAVAILABLE
+    # Redis answered: it refused, it was not out of reach.
+    assert hi.text == "not sent: the chat's store refused to store it; send it again in a moment"
     assert state._pending == {} and state.waiting_bytes == 0 and not log._unacked
     assert [e["log_level"] for e in logged] == [LogLevel.error]
     # Nothing is left to answer "unconfirmed" later.

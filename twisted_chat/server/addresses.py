@@ -406,6 +406,20 @@ class AddressBook:
             self._spent(record, LOBBY, now, at)
         return True
 
+    def lobby_refund(self, record: Address) -> None:
+        """A lobby line of C{record}'s that L{lobby_line} let through was
+        not sent (cluster mode: taken back, answered "not sent"): its token
+        is given back, and taken out of what the next report tells the
+        cluster.  One the cluster was told of already (a report went between
+        the line and its answer) stays in the cluster's bucket until that
+        drains: the copy follows the cluster's count at its next report."""
+        record.lobby.give_back()
+        shared = record.shared.get(LOBBY) if record.shared is not None else None
+        if shared is not None and shared.unsent > 0:
+            shared.unsent -= 1
+            if shared.last is not None:
+                shared.peak = max(shared.peak - 1.0, 0.0)
+
     # -- cluster mode: the cluster's copy of the buckets ------------------------------
 
     def _shared_for(self, record: Address, bucket: str) -> Shared:

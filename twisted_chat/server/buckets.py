@@ -99,6 +99,12 @@ class TokenBucket:
         missing = 1.0 - self._refill(now)
         return max(missing / self._rate.per_second, 0.0)
 
+    def give_back(self) -> None:
+        """One token taken is given back (what it paid for was not done),
+        up to the burst."""
+        if self._rate.limited:
+            self._tokens = min(self._tokens + 1.0, float(self._rate.burst))
+
     def set(self, tokens: float, now: float) -> None:
         """Hold C{tokens} now (the cluster's count: below 0 when the address
         owes what several nodes let through at once)."""

@@ -316,7 +316,21 @@ class Session:
                     "ip_lobby_rate",
                 )
                 return None
+            outcome = state.say(user, command.text)
+            limits = conn.limits
+            if outcome is not None and limits is not None:
+                # Cluster mode: a line taken back ("not sent": its wait
+                # ended, the node's queue was full, Redis lost it) gives
+                # its address's lobby token back.
+                outcome.addErrback(self._not_said, limits)
+            return outcome
         return factory.state.say(user, command.text)
+
+    def _not_said(self, failure: Failure, limits: Address) -> Failure:
+        error = failure.value
+        if isinstance(error, Refusal) and error.code is ErrorCode.UNAVAILABLE:
+            self.factory.addresses.lobby_refund(limits)
+        return failure
 
     def _judged(self, result: object, conn: Connection, command: wire.Command,
                 at: float | None) -> Outcome:

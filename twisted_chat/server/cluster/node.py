@@ -263,7 +263,8 @@ class ClusterState:
         if self.waiting_bytes + size > self.max_waiting:
             # Never appended: the gap in this node's sequence is harmless.
             return fail(_not_sent(
-                registration, "too many commands are waiting for it on this server",
+                registration,
+                "too many commands are waiting for the chat's store on this server",
             ))
         now = self.reactor.seconds()
         due = self.deadline(conn, now)
@@ -292,8 +293,14 @@ class ClusterState:
 
     def too_late(self, registration: bool = False) -> Exception:
         """Also the answer of a command taken back because its wait ended
-        before the log had it (a registration's, if C{registration})."""
-        return _not_sent(registration, f"it waited {self.wait:g} seconds for it")
+        before the log had it (a registration's, if C{registration}): what
+        happened, as the node knows it now (Redis out of reach, or there
+        and too slow to take it)."""
+        if self.available:
+            why = f"the chat's store did not take it within {self.wait:g} seconds"
+        else:
+            why = f"the chat cannot reach its store (it waited {self.wait:g} seconds for it)"
+        return _not_sent(registration, why)
 
     def _waits_end(self, at: float) -> None:
         """The timer for the commands whose wait ends at C{at} (or before).
@@ -446,7 +453,8 @@ class ClusterState:
         if waiting is None:
             self._keep(data)  # none of a command's: one of the node's own
             return
-        self._answer(waiting, _not_sent(waiting.registration, "it refused to store it"))
+        why = "the chat's store refused to store it"
+        self._answer(waiting, _not_sent(waiting.registration, why))
 
     def _answer(self, waiting: _Waiting, error: Exception) -> None:
         """Answer a forgotten command with C{error}: its user waits for it,
@@ -781,7 +789,7 @@ def _not_sent(registration: bool, why: str) -> Exception:
         return StateUnavailable()
     return HubError(
         ErrorCode.UNAVAILABLE,
-        f"not sent: the chat cannot reach its store ({why}); send it again in a moment",
+        f"not sent: {why}; send it again in a moment",
     )
 
 
