@@ -534,6 +534,36 @@ def test_nick_on_another_node_is_held_to_the_address_s_registrations() -> None:
     assert pong == "PONG behind"
 
 
+def test_a_nick_waits_for_the_count_no_longer_than_its_redis_wait() -> None:
+    """The address's count may take up to budgets.TIMEOUT (5 s) to come: a
+    NICK waiting for it is answered RETRY unavailable when its --redis-wait
+    (here 2 s) ends, as its registration would be, not when the count
+    comes (nor at --nick-timeout); the lines after it are answered then."""
+    cluster, buckets = shared_cluster(ip_register_rate=0.5, ip_register_burst=2)
+    cluster.nodes[1].state.wait = 2.0
+    watcher = cluster.nodes[1].user("watcher")
+    cluster.clock.advance(SHARE_INTERVAL)  # its registration is reported
+    cluster.clock.advance(1.0)  # and the copy is stale
+    buckets.held = True
+    late = cluster.nodes[1].connect()
+    late.take()
+    late.send("NICK bea", "PING behind")
+    cluster.pump()
+    cluster.clock.advance(2.0 - 0.001)
+    assert late.take() == []  # waiting for the cluster's count
+    cluster.clock.advance(0.001)
+    retry, pong = late.take()
+    assert retry.startswith("RETRY unavailable"), retry
+    assert pong == "PONG behind"
+    buckets.answer()  # the count, at last: nothing more is answered
+    cluster.pump()
+    assert late.take() == []
+    late.send("NICK bea")
+    cluster.pump()
+    assert late.take()[0] == "READY bea"
+    assert [line.split()[-1] for line in watcher.take() if line.startswith("JOINED")] == ["bea"]
+
+
 # -- the script, against a real redis-server -----------------------------------
 
 

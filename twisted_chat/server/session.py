@@ -30,7 +30,8 @@ if TYPE_CHECKING:
 
 __all__ = ["Connection", "Handshake", "Session"]
 
-# A lobby line's wait for its address's budget ended (Session.do_MSG).
+# A lobby line's or a NICK's wait for its address's budget ended
+# (Session.do_MSG, Session._nick_allowed).
 _LATE = object()
 
 # Verbs allowed before READY; any other known verb is "not-ready".
@@ -216,9 +217,15 @@ class Session:
         limits = conn.limits
         wait = self.factory.addresses.registration_wait(limits)
         if isinstance(wait, Deferred):
-            # Cluster mode: the address's count is being asked for.
-            return wait.addCallback(
-                lambda _: None if conn.closing else self._nick_allowed(conn, nick))
+            # Cluster mode: the address's count is being asked for (a round
+            # trip, up to budgets.TIMEOUT); the NICK is judged again then,
+            # or answered RETRY unavailable if its --redis-wait ends first,
+            # as its registration would be.
+            due = self.factory.state.deadline(conn)
+            if due is not None:
+                wait.addTimeout(max(due - conn.clock.seconds(), 0.0), conn.clock,
+                                onTimeoutCancel=lambda result, timeout: _LATE)
+            return wait.addCallback(self._nick_judged, conn, nick)
         if wait:
             assert limits is not None
             conn.write(
@@ -233,6 +240,16 @@ class Session:
             # The login calls admit() once the nick may be used.
             return self._login(conn).nick(nick)
         return self.admit(conn, nick)
+
+    def _nick_judged(self, result: object, conn: Connection, nick: str
+                     ) -> Deferred[Any] | None:
+        """The address's count came (or the NICK's wait ended first: L{_LATE})."""
+        if conn.closing:
+            return None
+        if result is _LATE:
+            conn.write(wire.line("RETRY", "unavailable", text=UNAVAILABLE_TEXT))
+            return None
+        return self._nick_allowed(conn, nick)
 
     def admit(self, conn: Connection, nick: str) -> Deferred[bool]:
         """Bring C{conn} online as C{nick} (true), or answer C{RETRY taken} (false)."""
