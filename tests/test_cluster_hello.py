@@ -574,10 +574,11 @@ class _Rebuilt(Told):
         self.picture.rebuilt()
 
 
-def _pictured(monkeypatch: pytest.MonkeyPatch) -> tuple[MemoryRedis, Clock, list[Node]]:
-    """Two nodes whose listeners are L{_Picture}s."""
+def _pictured(monkeypatch: pytest.MonkeyPatch, n: int = 2
+              ) -> tuple[MemoryRedis, Clock, list[Node]]:
+    """C{n} nodes whose listeners are L{_Picture}s."""
     monkeypatch.setattr("tests.test_cluster_read.Recorder", _Picture)
-    redis, clock, nodes = cluster(2)
+    redis, clock, nodes = cluster(n)
     for node in nodes:
         picture = node.listener
         assert isinstance(picture, _Picture)
@@ -630,6 +631,42 @@ def test_a_hellos_loud_unpair_after_a_quiet_registration_has_the_whole_user_list
     assert picture.stale == []
 
 
+@pytest.mark.parametrize("deaths", [1, 2])
+def test_a_departure_not_told_is_synced_though_a_hello_or_a_death_follows(
+        monkeypatch: pytest.MonkeyPatch, deaths: int) -> None:
+    """w (n1) leaves; every node applies it, n0's users are shown LEFT w;
+    Redis loses that leave, and n1 is cut off for good.  n0 declares n1
+    dead: n0 sees the loss and rebuilds (w is back in its replica, and in
+    the user list it builds from it), then applies the dead: w leaves
+    without a LEFT (n0's users saw it), so the user list is stale until it
+    is built again (a sync pending).  The next events are n0's own hello
+    (after its rebuild) and, with C{deaths} 2, first the dead of n2 (no
+    users): neither changes anything quietly.  Each took the pending sync
+    off without running it, and n0's user list kept w for good (USERS
+    listed a user who had left)."""
+    redis, clock, (n0, n1, n2) = _pictured(monkeypatch, 3)
+    n0.user("ann")
+    w = n1.user("w")
+    _snapshot(redis, clock)
+    n1.state.leave(now(w), "quit")
+    redis.pump()
+    n1.cut()
+    n2.cut()
+    del redis.stream[-1:]
+    picture = n0.listener
+    assert isinstance(picture, _Picture)
+    assert picture.known == {"ann"}
+    n0.state.node_dead(n1.state.node)
+    if deaths == 2:
+        n0.state.node_dead(n2.state.node)
+    _settle(redis, clock)
+    assert [e["t"] for e in redis.events()][-2 - deaths:] == (
+        ["reg"] + ["dead"] * deaths + ["hello"])
+    assert set(picture.hub.online) == {"ann"}
+    assert picture.known == {"ann"}
+    assert n0.listener.departed() == ["w"]  # once, before the loss
+
+
 def test_a_rebuild_restores_the_real_listener_not_a_pending_sync() -> None:
     """A quiet change with no loud one after it leaves a sync pending in the
     hub (L{SyncFirst}); a rebuild then builds everything anew and puts the
@@ -644,22 +681,3 @@ def test_a_rebuild_restores_the_real_listener_not_a_pending_sync() -> None:
     assert isinstance(replica.hub.listener, SyncFirst)
     replica.rebuild(None, [])
     assert replica.hub.listener is n0.state.own
-
-
-def test_settled_takes_off_a_pending_sync_and_forgets_what_was_missed() -> None:
-    """L{Quiet.settled} (a hello's start, the end of a dead's users brought
-    back): the real listener is the hub's again, and the next sync finds
-    nothing stale."""
-    redis, _clock, (n0, _n1) = cluster(2)
-    n0.user("ann")
-    redis.pump()
-    quiet = n0.state.replica.quiet
-    stale: list[None] = []
-    quiet._stale = lambda: stale.append(None)
-    with quiet.quietly():
-        pass
-    assert isinstance(quiet.hub.listener, SyncFirst) and quiet.hushed
-    quiet.settled()
-    assert quiet.hub.listener is n0.state.own and not quiet.hushed
-    quiet.sync_listener()
-    assert stale == []

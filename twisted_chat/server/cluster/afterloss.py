@@ -352,7 +352,6 @@ class AfterLoss:
         shown = self.shown
         if own and shown is not None and not replica.replaying:
             self._greeted = True  # shown may expire now (SHOWN_KEEP)
-        self.quiet.settled()
         stale = sorted(
             (m for m in replica.members.values() if m.node == origin and m.uid not in listed),
             key=lambda m: m.user.key,
@@ -610,7 +609,6 @@ class AfterLoss:
             back = True
         if back:
             self.quiet.sync_listener()  # the listener knows them before they leave
-        self.quiet.settled()
 
     def _drop_claims(self, event: dict[str, Any]) -> None:
         """A pairing command changes what the hellos said of its user, its

@@ -54,12 +54,6 @@ class Quiet:
             self._stale()
         self.hushed = False
 
-    def settled(self) -> None:
-        """What the listener missed needs no telling: the picture it built
-        counts as current (a pending L{SyncFirst} taken off, not run)."""
-        self.unwrapped()
-        self.hushed = False
-
     @contextmanager
     def quietly(self, quiet: bool = True) -> Iterator[None]:
         """Apply what follows without telling the listener (if C{quiet}),
