@@ -184,15 +184,9 @@ class Forward:
         self.listener.cancelled(invitee, inviter, reason)
 
 
-class SyncFirst(Forward):
-    """
-    The hub's listener after a C{hello}'s quiet change (L{Quiet.quietly}):
-    the listener was not told of it, so what it built from the hub (the user
-    list, the index of this node's users) is stale.  Before it is told
-    anything out loud, that is built again, once (L{Quiet.sync_listener}):
-    an C{UNPAIRED} block carries the user list.  Quiet changes in a row pay
-    nothing; only a loud one after them does.
-    """
+class _Synced(Forward):
+    """Passes every event on once the listener's picture, if stale, is
+    built again (L{Quiet.sync_listener})."""
 
     def __init__(self, quiet: Quiet, listener: Listener) -> None:
         super().__init__(listener)
@@ -202,7 +196,19 @@ class SyncFirst(Forward):
         self.quiet.sync_listener()
 
 
-class NotShownLeaving(Forward):
+class SyncFirst(_Synced):
+    """
+    The hub's listener after a C{hello}'s quiet change (L{Quiet.quietly}):
+    the listener was not told of it, so what it built from the hub (the user
+    list, the index of this node's users) is stale.  Before it is told
+    anything out loud, that is built again, once (L{Quiet.sync_listener}):
+    an C{UNPAIRED} block carries the user list.  Quiet changes in a row pay
+    nothing; only a loud one after them does.  (L{Quiet.unwrapped} takes
+    this one off, not a L{NotShownLeaving}, which is of the same kind.)
+    """
+
+
+class NotShownLeaving(_Synced):
     """
     The hub's listener while a user leaves whom this node's users were not
     shown online (after a rebuild, L{afterloss.AfterLoss.shown}: they were shown its
@@ -214,16 +220,12 @@ class NotShownLeaving(Forward):
     """
 
     def __init__(self, quiet: Quiet, listener: Listener, user: User) -> None:
-        super().__init__(listener)
-        self._quiet = quiet
+        super().__init__(quiet, listener)
         self._user = user
-
-    def _before(self) -> None:
-        self._quiet.sync_listener()
 
     def left(self, ts: float, user: User, reason: str, text: str) -> None:
         if user is self._user:
-            self._quiet.hush()  # the index learns of it by a reindex
+            self.quiet.hush()  # the index learns of it by a reindex
             return
         super().left(ts, user, reason, text)
 
