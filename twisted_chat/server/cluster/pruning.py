@@ -61,7 +61,8 @@ class Pruning:
             cluster's does not start.
         """
         self.reactor = reactor
-        self.heartbeat = heartbeat
+        # How long a heartbeat's prune may run (the interval is the lease's).
+        self.budget = heartbeat * PRUNE_SHARE
         self.retention = retention
         self.set_retention = set_retention
         self.where = where
@@ -194,7 +195,7 @@ class Pruning:
         try:
             cutoff = "" if days is None else str(int((now - days * 86400) * 1000))
             began = self.reactor.seconds()
-            budget = None if start else self.heartbeat * PRUNE_SHARE
+            budget = None if start else self.budget
             while True:
                 # EVAL, not loaded: the restore prunes before the scripts
                 # are loaded (a few kB a run; Redis keeps it compiled).

@@ -183,7 +183,6 @@ class RedisLog:
         self.refused: Callable[[str], None] | None = None
         self._misconfigured: str | None = None  # the reason last logged
         self.leases = Leases(state, reactor, node_timeout, LONGEST_BACKOFF)
-        self.heartbeat = self.leases.heartbeat
         self.pruning = Pruning(reactor, self.heartbeat,
                                Retention.of(retain_days, retain_messages, retain_bytes),
                                set_retention, target.display)
@@ -239,6 +238,11 @@ class RedisLog:
         state.events = self
 
     # -- starting, reconnecting -------------------------------------------------
+
+    @property
+    def heartbeat(self) -> float:
+        """Seconds between heartbeats: the lease's (L{Leases.heartbeat})."""
+        return self.leases.heartbeat
 
     def start(self) -> Deferred[None]:
         """Connect; fires once the node has the cluster's state (however
