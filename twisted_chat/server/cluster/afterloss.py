@@ -16,29 +16,29 @@ hellos said of each user's partner (L{AfterLoss.claims}) is part of the
 replicated state, in every snapshot.
 
 Apart from L{replica}, which applies every other event, answers the
-queries and writes and restores snapshots: it owns one L{AfterLoss}, whose
-collaborators are the replica (its hub, clock, node id, members and their
-uids; joining and leaving users) and the quiet listener.  docs/cluster.md,
-"What is guaranteed" ("After a loss, every replica agrees").
+queries and writes and restores snapshots: it owns one L{AfterLoss}, which
+knows it only as L{Replicated} (its hub, clock, node id, members and their
+uids; joining and leaving users, a pair restored), and also has the quiet
+listener and the node's L{Rebinding}.  docs/cluster.md, "What is
+guaranteed" ("After a loss, every replica agrees").
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
+
+from twisted.internet.task import Clock
 
 from twisted_chat.server import logs
 from twisted_chat.server.cluster.listeners import SILENT, Between, Quiet
 from twisted_chat.server.cluster.remote import RemoteConn, stand_in
-from twisted_chat.server.hub import NickTaken, State, User
+from twisted_chat.server.hub import Hub, NickTaken, State, User
 from twisted_chat.wire import nick_key
 
-if TYPE_CHECKING:
-    from twisted_chat.server.cluster.replica import Replica
-
-__all__ = ["CLAIM_KEEP", "SHOWN_KEEP", "AfterLoss", "Detached"]
+__all__ = ["CLAIM_KEEP", "SHOWN_KEEP", "AfterLoss", "Detached", "Rebinding", "Replicated"]
 
 # The replica's logger: what it logs is the replica's applying a hello.
 _log = logs.logger("twisted_chat.server.cluster.replica")
@@ -59,6 +59,71 @@ SHOWN_KEEP = 60.0
 
 # The commands that pair or unpair (their words drop the hellos' claims).
 _PAIRING = frozenset(("pair", "acc", "rej", "unp"))
+
+
+class _Member(Protocol):
+    """A user as the replica holds it (L{replica.Member})."""
+
+    @property
+    def user(self) -> User: ...
+
+    @property
+    def node(self) -> str: ...
+
+    @property
+    def uid(self) -> str: ...
+
+
+class Replicated(Protocol):
+    """What L{AfterLoss} needs of its replica (L{replica.Replica}): what it
+    holds, and the changes a hello makes through it."""
+
+    @property
+    def node(self) -> str:
+        """This node's id."""
+
+    @property
+    def hub(self) -> Hub: ...
+
+    @property
+    def clock(self) -> Clock:
+        """The log's time (the time of the event being applied)."""
+
+    @property
+    def replaying(self) -> bool:
+        """Whether a rebuild replays events applied before (nothing is told
+        or answered)."""
+
+    @property
+    def members(self) -> Mapping[str, _Member]:
+        """The users online, by uid."""
+
+    @property
+    def uids(self) -> Mapping[User, str]:
+        """The uids of the users online."""
+
+    def add(self, user: User, node: str, uid: str) -> None:
+        """C{user}, of C{node}, came online as C{uid} (the hub has it)."""
+
+    def gone(self, user: User, reason: str, text: str) -> None:
+        """C{user} leaves."""
+
+    def restore_pair(self, a: User, b: User) -> None:
+        """Pair C{a} and C{b} as they were."""
+
+    def partner_uid(self, user: User) -> str:
+        """The uid of C{user}'s partner, "" in the lobby."""
+
+
+class Rebinding(Protocol):
+    """What L{AfterLoss} tells the node of its connections (the part of
+    L{replica.Answers} it needs)."""
+
+    def rebound(self, conn: Any, user: User) -> None: ...
+
+    def displaced(self, conn: Any, nick: str) -> None: ...
+
+    def orphaned(self, user: User) -> None: ...
 
 
 @dataclass(slots=True)
@@ -94,12 +159,14 @@ class _Before:
 class AfterLoss:
     """
     What C{replica} keeps after a loss, and the hellos applied against it;
-    C{quiet}: the hub's listener as the replica keeps changes from it.
+    C{quiet}: the hub's listener as the replica keeps changes from it;
+    C{answers}: what it tells the node of the node's connections.
     """
 
-    def __init__(self, replica: Replica, quiet: Quiet) -> None:
+    def __init__(self, replica: Replicated, quiet: Quiet, answers: Rebinding) -> None:
         self.replica = replica
         self.quiet = quiet
+        self.answers = answers
         #: After a rebuild: this node's users whose connections it holds but
         #: whom the rebuilt replica does not have (until its hello), by uid.
         self.detached: dict[str, Detached] = {}
@@ -271,7 +338,7 @@ class AfterLoss:
         applies again what Redis kept): C{rows}, this node's users as its
         hello lists them before.  During it, this node's connections are
         at hand (L{attach}); after it, each is bound to its user where the
-        rebuilt replica has it (L{replica.Answers.rebound}), else L{detached} until
+        rebuilt replica has it (L{Rebinding.rebound}), else L{detached} until
         this node's C{hello} brings it back, and L{shown} keeps what this
         node's users were shown, for the hellos.
         """
@@ -303,7 +370,7 @@ class AfterLoss:
         for uid, (conn, user) in before.held.items():
             member = replica.members.get(uid)
             if member is not None and member.user.conn is conn:
-                replica.answers.rebound(conn, member.user)
+                self.answers.rebound(conn, member.user)
             else:
                 self.detached[uid] = Detached(conn, user, before.rows[uid])
         # What was shown, against the rebuilt state: a user the hellos bring
@@ -340,7 +407,7 @@ class AfterLoss:
         shown already (a user online, a pair, an invitation's end) is
         applied without a line; on the hello's own node, a listed user it
         holds the connection of (L{detached}) gets it back, or, its nick
-        taken meanwhile, is L{replica.Answers.displaced}.
+        taken meanwhile, is L{Rebinding.displaced}.
         """
         replica = self.replica
         rows = event["users"]
@@ -381,7 +448,7 @@ class AfterLoss:
                 if held is not None:
                     del self.detached[uid]
                     if not replica.replaying:
-                        replica.answers.displaced(held.conn, nick)
+                        self.answers.displaced(held.conn, nick)
                 continue
             if held is not None:
                 del self.detached[uid]
@@ -389,9 +456,9 @@ class AfterLoss:
             if shown is not None:
                 shown.setdefault(uid, "")
             if held is not None and not replica.replaying:
-                replica.answers.rebound(held.conn, user)
+                self.answers.rebound(held.conn, user)
                 if getattr(held.conn, "closing", False):
-                    replica.answers.orphaned(user)  # it went meanwhile
+                    self.answers.orphaned(user)  # it went meanwhile
         self.unseen_leave(origin)  # the rest of its users, not listed: gone
         view = {uid: list(self.seen(uid)) for uid in replica.members}
         self._correct(told, view)

@@ -153,7 +153,7 @@ class Replica:
         # it (not one a snapshot brought): for L{lost_tail}.
         self._dead_by: dict[str, str] = {}
         #: What the replica keeps after a loss, and the hellos.
-        self.afterloss = AfterLoss(self, self.quiet)
+        self.afterloss = AfterLoss(self, self.quiet, answers)
 
     # -- applying ------------------------------------------------------------
 
