@@ -979,6 +979,30 @@ def test_a_burst_held_behind_a_command_is_still_a_flood() -> None:
     assert not ann.protocol.closing
 
 
+def test_a_held_web_line_older_than_a_ping_is_counted_after_the_ping() -> None:
+    """A WebSocket ping is counted as it comes, even while lines are held
+    behind a command; a held line that arrived before it is counted as of
+    the ping (ChatProtocol._replay's clamp), so the time before the ping
+    refills ann's flood tokens once, not once for the ping and again for
+    the line after: 19 pings leave one token of her burst, for the line
+    held before them; the line held after them is a flood."""
+    cluster, _, log = outage(flood_rate=10.0, flood_burst=20)
+    ann, bob = _ann_and_bob(cluster, web=True)
+    cluster.clock.advance(10)  # a full burst again
+    log.down()
+    ann.protocol.message_received(b"MSG first")  # its command waits for the log
+    cluster.clock.advance(2)
+    ann.protocol.message_received(b"MSG held")  # held behind it
+    cluster.clock.advance(3)
+    assert all(ann.protocol.control_received() for _ in range(19))  # one token left
+    ann.protocol.message_received(b"MSG after")  # held, no token left for it
+    log.back()
+    cluster.pump()
+    mine = ann.take()
+    assert said(bob.take()) == said(mine) == ["first", "held"]
+    assert [line.split()[1] for line in mine if line.startswith("ERROR")] == ["flood"]
+
+
 def test_a_lobby_line_that_waited_for_its_address_s_count_waits_less_for_redis() -> None:
     """cat's lobby line waits for the report of her address's lobby budget
     that ann's line sent as Redis stalled; the report fails 5 s later (its
