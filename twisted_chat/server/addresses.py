@@ -563,6 +563,15 @@ class AddressBook:
                 del records[key]
 
 
+def handshake_key(record: Address | None, host: str | None) -> str:
+    """The key a connection from C{host} is held under in the handshake
+    pool (L{HandshakePool}): its address record's (C{record}, from
+    L{AddressBook.record} or L{AddressBook.admit}); with none (exempt, or
+    a trusted proxy's), the host itself; C{"-"} with no host (a UNIX
+    socket)."""
+    return record.key if record is not None else (host or "-")
+
+
 T = TypeVar("T", bound=Hashable)
 
 

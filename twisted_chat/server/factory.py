@@ -19,7 +19,13 @@ from twisted.python.failure import Failure
 
 from twisted_chat import __version__, wire
 from twisted_chat.server import logs
-from twisted_chat.server.addresses import AddressBook, AddressPolicy, HandshakePool, Refused
+from twisted_chat.server.addresses import (
+    AddressBook,
+    AddressPolicy,
+    HandshakePool,
+    Refused,
+    handshake_key,
+)
 from twisted_chat.server.closing import close_within
 from twisted_chat.server.config import ServerConfig
 from twisted_chat.server.deadlines import Deadlines
@@ -250,7 +256,7 @@ class ChatFactory(ServerFactory):
         protocol = ChatProtocol(self)
         protocol.host = host
         protocol.limits = limits
-        protocol.pool_key = limits.key if limits is not None else (host or "-")
+        protocol.pool_key = handshake_key(limits, host)
         # A full handshake pool makes room rather than refuse: the oldest
         # connection of the address holding most of it goes.
         self.make_room()

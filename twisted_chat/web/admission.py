@@ -37,7 +37,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from twisted_chat.server.addresses import Network, Refused
+from twisted_chat.server.addresses import Network, Refused, handshake_key
 from twisted_chat.server.factory import FULL, ChatFactory, Handshaking
 from twisted_chat.web.config import trusted
 
@@ -81,7 +81,7 @@ class WebGate:
                 raise Refused(f"too many HTTP connections from {key}", "web_per_ip")
             chat.addresses.spend_connect(record)
             self._counts[key] = self.held_by(key) + 1
-        connection.pool_key = key if key is not None else (host or "-")
+        connection.pool_key = handshake_key(record, host)
         chat.hold_other(connection)
         self._held[connection] = key
 
