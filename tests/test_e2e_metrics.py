@@ -6,6 +6,7 @@ real client) before and after some chat, the values move as they should.
 from __future__ import annotations
 
 import contextlib
+import socket
 import sys
 import time
 import urllib.request
@@ -114,6 +115,28 @@ def test_metrics_move_with_the_chat(tmp_path: Path,
     assert server.problems() == []
     # No access log: scrapes leave the server's log alone.
     assert "/metrics" not in server.log()
+
+
+def test_accepted_connections_count_what_connects_and_nothing_at_start(
+        chat_server: Callable[..., ServerProcess]) -> None:
+    """chat_accepted_connections_total{port="chat"} is 0 after start-up,
+    waited for by its log line (the server does not connect to its own
+    port: what the other tests see there is their own wait, a connection);
+    a port check that connects and closes without a word is counted, as
+    docs/metrics.md says, and is no login."""
+    metrics_port = free_port()
+    server = chat_server("--metrics", f"tcp:{metrics_port}:interface={LOOPBACK}",
+                         probe=False)
+    server.wait_log(f"MetricsSite starting on {metrics_port}")
+    before = scrape(metrics_port)
+    assert get(before, "chat_accepted_connections_total", port="chat") == 0
+    with socket.create_connection((LOOPBACK, server.port), timeout=5):
+        pass
+    wait_until(lambda: get(scrape(metrics_port), "chat_disconnects_total",
+                           reason="disconnected") == 1, what="the port check's close")
+    after = scrape(metrics_port)
+    assert get(after, "chat_accepted_connections_total", port="chat") == 1
+    assert get(after, "chat_logins_total") == 0
 
 
 def test_the_metrics_port_answers_head_options_and_other_methods_as_documented(
