@@ -14,6 +14,7 @@ import pytest
 import pytest_twisted
 from prometheus_client import generate_latest
 from twisted.internet import reactor as _reactor
+from twisted.internet.defer import Deferred, succeed
 from twisted.internet.error import ConnectionAborted, ConnectionDone
 from twisted.internet.task import Clock
 from twisted.python.failure import Failure
@@ -22,8 +23,9 @@ from tests.harness import Harness
 from tests.test_login import PW, HeldWork, add, fresh
 from tests.test_login import harness as login_harness
 from tests.test_service import ThreadedMemoryReactor, options
+from twisted_chat.server.factory import history_lines
 from twisted_chat.server.fanout import LobbyFanout
-from twisted_chat.server.history import Entry
+from twisted_chat.server.history import Entry, History
 from twisted_chat.server.listening import PortService
 from twisted_chat.server.metrics import (
     Buckets,
@@ -195,6 +197,51 @@ def test_connections_users_pairs_and_messages_move_with_the_chat() -> None:
     assert value(h, "chat_private_messages_total", kind="pair") == 1
     assert value(h, "chat_private_messages_total", kind="dm") == 1
     assert value(h, "chat_lobby_messages_total") == 2
+
+
+def test_the_history_s_bytes_are_those_of_its_history_lines() -> None:
+    """chat_history_bytes: the bytes of the HISTORY lines the in-memory
+    history holds (what a newcomer would be sent with no --history-bytes),
+    kept as messages come and the oldest go (--history 3), with texts
+    outside ASCII; a newcomer is sent --history-bytes of them."""
+    h = Harness(history=3, history_bytes=100)
+
+    def held() -> int:
+        return len(history_lines(h.factory.history.recent(), 1 << 30))
+
+    assert value(h, "chat_history_bytes") == 0
+    alice, zoe = h.user("alice"), h.user("zoe")
+    alice.send("MSG one")
+    assert value(h, "chat_history_bytes") == held() == 35 + 5 + 4  # "HISTORY <ts> alice one"
+    zoe.send("MSG héllo wörld", "MSG " + "x" * 60, "MSG ☃")
+    assert len(h.factory.history.recent()) == 3  # "one" is gone
+    assert value(h, "chat_history_bytes") == held() == (35 + 3) * 3 + 14 + 61 + 4
+    assert len(h.factory.history_block()) < 100 < held()
+
+
+class Kept:
+    """A store that keeps nothing (the MessageStore the history attaches)."""
+
+    def append(self, entry: Entry) -> None:
+        pass
+
+    def close(self) -> Deferred[None]:
+        return succeed(None)
+
+
+def test_the_history_s_bytes_follow_a_load_and_a_history_of_none() -> None:
+    """History.bytes after the store's messages replace the ring (at
+    start), and with --history 0 (nothing kept: 0)."""
+    entries = [Entry(1.5, "ann", "a" * n) for n in range(5)]
+    assert History(3, initial=entries).bytes == len(history_lines(entries[-3:], 1 << 30))
+    history = History(3, initial=entries[:1])
+    history.attach(Kept(), entries[1:4])
+    assert history.bytes == len(history_lines(entries[1:4], 1 << 30))
+    history.record(Entry(2.0, "bob", ""))  # no text: no space before it
+    assert history.bytes == len(history_lines(history.recent(), 1 << 30))
+    none = History(0)
+    none.record(Entry(2.0, "bob", "hi"))
+    assert none.bytes == 0 and none.recent() == []
 
 
 def test_the_input_held_behind_a_password_check_is_a_gauge() -> None:

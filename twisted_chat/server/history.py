@@ -58,6 +58,22 @@ def clip_text(text: str, limit: int) -> str:
     return data[:limit].decode("utf-8", "ignore")
 
 
+# A HISTORY line less its nick and text: "HISTORY ", the timestamp (always
+# 24 characters: twisted_chat.wire.format_ts), the space before the nick and
+# the CRLF.
+_LINE_FRAME = len("HISTORY ") + len("2026-11-22T10:15:02.481Z") + 1 + 2
+
+
+def line_size(entry: Entry) -> int:
+    """The bytes of the C{HISTORY} line that shows C{entry}
+    (twisted_chat.server.factory.history_lines), without making it."""
+    size = _LINE_FRAME + len(entry.nick.encode("utf-8"))
+    text = entry.text
+    if text:
+        size += 1 + len(text.encode("utf-8"))
+    return size
+
+
 class History:
     def __init__(
         self, size: int, store: MessageStore | None = None, initial: Iterable[Entry] = ()
@@ -66,6 +82,10 @@ class History:
         self._store = store
         # How many entries the ring has ever taken: the position of the next.
         self._position = len(self._ring)
+        # The bytes of the HISTORY lines the ring's entries make (what a
+        # newcomer would be sent with no --history-bytes): chat_history_bytes,
+        # read by a scrape's thread (an int, read whole).
+        self.bytes = sum(map(line_size, self._ring))
 
     def attach(self, store: MessageStore, entries: Iterable[Entry]) -> None:
         """
@@ -75,6 +95,7 @@ class History:
         self._ring.clear()
         self._ring.extend(entries)
         self._position += len(self._ring)
+        self.bytes = sum(map(line_size, self._ring))
         self._store = store
 
     @property
@@ -87,7 +108,12 @@ class History:
         return self._position
 
     def record(self, entry: Entry) -> None:
-        self._ring.append(entry)
+        ring = self._ring
+        if ring.maxlen:
+            if len(ring) == ring.maxlen:
+                self.bytes -= line_size(ring[0])  # the oldest, about to go
+            self.bytes += line_size(entry)
+        ring.append(entry)
         self._position += 1
         if self._store is not None:
             self._store.append(entry)

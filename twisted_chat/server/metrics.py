@@ -178,6 +178,9 @@ class Snapshot:
     # Lobby messages in the database (the store's count, kept by its
     # writer thread); None: not known (yet), or no database.
     history_messages: int | None = None
+    # Bytes of the lobby history held in memory, as HISTORY lines
+    # (History.bytes).
+    history_bytes: int = 0
 
 
 class ChatCollector(Collector):
@@ -286,6 +289,10 @@ class ChatCollector(Collector):
             yield GaugeMetricFamily("chat_history_messages",
                                     "Lobby messages in the database.",
                                     value=now.history_messages)
+        yield GaugeMetricFamily("chat_history_bytes",
+                                "Bytes of the lobby history held in memory (the last --history "
+                                "messages), as the HISTORY lines they make.",
+                                value=now.history_bytes)
         yield CounterMetricFamily(
             "chat_history_dropped",
             "Lobby messages dropped from a full backlog while the database failed.",

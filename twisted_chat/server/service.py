@@ -557,6 +557,7 @@ def chat_snapshot(factory: ChatFactory, history_backlog: int | None = None,
         held_input_paused=len(factory.held_input.paused),
         output_held=factory.output_budget.held,
         history_messages=history_messages,
+        history_bytes=factory.history.bytes,
     )
 
 
