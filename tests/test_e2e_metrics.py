@@ -31,6 +31,7 @@ def scrape(port: int) -> Values:
     with urllib.request.urlopen(f"http://{LOOPBACK}:{port}/metrics", timeout=5) as answer:
         assert answer.status == 200
         assert answer.headers["Content-Type"].startswith("text/plain")
+        assert "Server" not in answer.headers  # not Twisted's, naming its version
         text = answer.read().decode()
     values: Values = {}
     for family in text_string_to_metric_families(text):

@@ -18,6 +18,7 @@ from twisted.python import usage
 from tests.serverproc import LOOPBACK
 from tests.test_service import ThreadedMemoryReactor, options
 from tests.web.webserver import WebServer, served
+from tests.web.wsframes import WsClient
 from twisted_chat.client.liveness import Liveness
 from twisted_chat.client.main import DEFAULT_TIMEOUT
 from twisted_chat.server.config import ServerConfig
@@ -73,6 +74,32 @@ def test_security_headers_on_every_response(web: WebServer) -> None:
             "'self' ws://chat.example:8080 wss://chat.example:8080")
         assert header(head, "X-Content-Type-Options") == "nosniff"
         assert header(head, "X-Frame-Options") == "DENY"
+
+
+@pytest.mark.e2e
+def test_the_websocket_upgrade_sends_each_header_once(web: WebServer) -> None:
+    """The 101 carries the security headers, each once (the gateway's
+    onConnect returned them again, and autobahn wrote both), and no
+    Server header."""
+    client = WsClient(web.web_port)
+    try:
+        names = [line.partition(":")[0].lower() for line in client.head.split("\r\n")[1:]]
+    finally:
+        client.close()
+    assert len(names) == len(set(names)), client.head
+    assert {"content-security-policy", "x-content-type-options", "x-frame-options",
+            "referrer-policy", "sec-websocket-accept"} <= set(names), client.head
+    assert "server" not in names
+
+
+@pytest.mark.e2e
+def test_no_response_names_the_server_s_software(web: WebServer) -> None:
+    """No Server header (Twisted's says TwistedWeb and its version): not
+    on the page, a file, a 404, nor the 426 of /chat without an upgrade."""
+    for path in ["/", "/static/app.js", "/nope", "/chat"]:
+        head, _ = get(web, path)
+        assert "\r\nserver:" not in head.lower(), head
+        assert "twisted" not in head.lower(), head
 
 
 @pytest.mark.e2e

@@ -104,6 +104,7 @@ class WsClient:
         head, _, self.buffer = data.partition(b"\r\n\r\n")
         assert head.startswith(b"HTTP/1.1 101") and accept in head, head
         assert b"autobahn" not in head.lower(), head  # no Server: naming the library
+        self.head = head.decode("latin-1")  # the 101's status line and headers, as sent
 
     def send(self, line: str) -> None:
         self.sock.sendall(text(line))

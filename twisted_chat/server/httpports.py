@@ -2,7 +2,8 @@
 What the server's two HTTP ports (C{--metrics} and C{--web}) share: neither
 takes a request body, so a request that announces one is refused before any
 of it is read or spooled, and its connection closed (docs/security.md, "The
-web port (`--web`)" and "The metrics port (`--metrics`)").
+web port (`--web`)" and "The metrics port (`--metrics`)"); and neither says
+what software answers (no C{Server} header).
 """
 
 from __future__ import annotations
@@ -51,6 +52,14 @@ class BodilessRequest(Request):
     than 0, or chunked) is refused with L{body_refusal} once its headers are
     in, before any of it is read (Twisted would otherwise spool it to a file).
     """
+
+    def setHeader(self, name: str | bytes, value: str | bytes) -> None:
+        """Every header but C{Server}: Twisted's names itself and its
+        version (C{TwistedWeb/26.10.0}), which tells a scanner which of its
+        flaws to try; a self-hosted server has no reason to say it."""
+        if (name if isinstance(name, bytes) else name.encode("ascii")).lower() == b"server":
+            return
+        super().setHeader(name, value)
 
     def gotLength(self, length: int | None) -> None:
         if length == 0:

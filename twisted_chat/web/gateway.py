@@ -262,7 +262,11 @@ class ChatWebSocket(WebSocketServerProtocol):
     def cache(self) -> FrameCache:
         return self.factory.cache
 
-    def onConnect(self, request: ConnectionRequest) -> tuple[None, dict[str, str]]:
+    def onConnect(self, request: ConnectionRequest) -> None:
+        """Refuse an origin not allowed; note the client's address.  The
+        101's headers are the factory's (the security headers), which
+        autobahn writes itself: none are returned here, or each would be
+        written twice."""
         config = self.factory.web
         origin = request.headers.get("origin")
         if not origin_allowed(origin, request.headers.get("host"), config.origins):
@@ -277,7 +281,6 @@ class ChatWebSocket(WebSocketServerProtocol):
             port = getattr(peer, "port", 0) if host == peer_host else 0
             kind = IPv6Address if ":" in host else IPv4Address
             self._client = kind("TCP", host, port)
-        return None, dict(self.factory.headers)
 
     def failHandshake(self, reason: str, code: int = 400,
                       responseHeaders: Any = None) -> None:
