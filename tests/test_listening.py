@@ -207,6 +207,27 @@ def test_a_fullchain_certkey_sends_the_rest_as_the_chain(tmp_path: Any) -> None:
         handshake(options, chain.root)
 
 
+def test_sslmethod_keeps_twisted_s_meaning_and_its_deprecation(tmp_path: Any) -> None:
+    """C{sslmethod=} is Twisted's C{ssl:} argument and means what it means
+    there, on Twisted's endpoint (C{certKey} a lone certificate) and on
+    the one made for a chain file: that OpenSSL method, as is (Twisted's
+    default minimum, TLS 1.2, is then not applied; C{TLSv1_2_METHOD}
+    agrees TLS 1.2 where the default agrees 1.3).  Neither refused nor
+    translated, it costs Twisted's DeprecationWarning, which Python hides
+    in a real twistd; README's TLS section says so."""
+    from OpenSSL import SSL
+
+    from tests.certchain import make_chain
+
+    chain = make_chain(tmp_path)
+    for cert in (chain.cert, chain.fullchain):
+        with pytest.warns(DeprecationWarning, match="Passing method to twisted.internet.ssl"):
+            _, _, options, _, _ = listened(
+                f"ssl:0:{chain.privkey}:{cert}:sslmethod=TLSv1_2_METHOD")
+        assert options.method == SSL.TLSv1_2_METHOD
+    assert handshake(options, chain.root) == "TLSv1.2"
+
+
 def test_a_fullchain_certkey_keeps_every_argument_of_the_ssl_endpoint(
         tmp_path: Any) -> None:
     """The endpoint made for a fullchain.pem listens as Twisted's own does
