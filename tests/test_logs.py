@@ -203,8 +203,7 @@ def test_rotated_log_files_are_bounded(tmp_path: Path, sigusr1: None) -> None:
     from twisted.logger import Logger, textFileLogObserver
 
     path = tmp_path / "chat.log"
-    log_file = logs.daemon_log_file(twistd_options(logfile=str(path)), keep=3)
-    assert log_file is not None
+    log_file = logs.rotated_log_file(str(path), keep=3)
     log_file.rotateLength = 200  # twistd's is 1,000,000 bytes
     log = Logger(observer=textFileLogObserver(log_file))
     for i in range(60):
@@ -246,6 +245,27 @@ def syslogged(monkeypatch: pytest.MonkeyPatch) -> list[str]:
     return lines
 
 
+@pytest.fixture
+def opened(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[Any]]:
+    """The log files the server opens (Twisted's LogFile, watched where it
+    is made), closed after the test."""
+    from twisted.python import logfile
+
+    files: list[Any] = []
+    make = logfile.LogFile.fromFullPath
+
+    def watched(path: str, **kwargs: Any) -> Any:
+        made = make(path, **kwargs)
+        files.append(made)
+        return made
+
+    monkeypatch.setattr(logfile.LogFile, "fromFullPath", watched)
+    yield files
+    for made in files:
+        if not made.closed:
+            made.close()
+
+
 def twistds_component(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
                       given: dict[str, Any], *args: str) -> tuple[Any, Any]:
     """The top service makeService makes with twistd's options C{given},
@@ -269,26 +289,26 @@ def twistds_component(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
 @pytest.mark.parametrize(("given", "where"), TWISTDS_LOGS)
 def test_the_log_file_is_the_one_twistd_would_write(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch, sigusr1: None,
-        syslogged: list[str], given: dict[str, Any], where: str | None) -> None:
-    top, observer = twistds_component(tmp_path, monkeypatch, given)
-    log_file = top.log_file
+        syslogged: list[str], opened: list[Any], given: dict[str, Any],
+        where: str | None) -> None:
+    _, observer = twistds_component(tmp_path, monkeypatch, given, "--log-keep", "4")
     if where is None:
         assert observer is None
     else:
         assert observer is not None
     if where in (None, "stdout", "syslog"):
-        assert log_file is None
+        assert opened == []
         return
+    [log_file] = opened
     assert log_file.path == str(tmp_path / where)
-    assert log_file.maxRotatedFiles == logs.DEFAULT_KEEP
-    log_file.close()
+    assert log_file.maxRotatedFiles == 4
 
 
 @pytest.mark.parametrize(("given", "where"), [
     (given, where) for given, where in TWISTDS_LOGS if where is not None])
 def test_the_level_applies_to_what_twistd_logs(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch, sigusr1: None,
-        syslogged: list[str], given: dict[str, Any], where: str) -> None:
+        syslogged: list[str], opened: list[Any], given: dict[str, Any], where: str) -> None:
     """twistd logs Twisted's own lines and its own (a factory's "Starting
     factory", "Received SIGTERM", "twistd ... starting up") to the
     application's observer: with --log-level warn, none of them, through
@@ -301,8 +321,8 @@ def test_the_level_applies_to_what_twistd_logs(
     stdout = io.StringIO()
     monkeypatch.setattr(sys, "stdout", stdout)
     try:
-        top, observer = twistds_component(tmp_path, monkeypatch, given,
-                                          "--log-level", "warn")
+        _, observer = twistds_component(tmp_path, monkeypatch, given,
+                                        "--log-level", "warn")
         twisted = Logger(namespace="twisted.internet.base", observer=observer)
         twisted.info("Received SIGTERM, shutting down.")
         Logger(namespace="twisted.application.app.AppLogger",
@@ -315,7 +335,7 @@ def test_the_level_applies_to_what_twistd_logs(
     elif where == "syslog":
         written = "\n".join(syslogged)
     else:
-        top.log_file.close()
+        opened[0].close()
         written = (tmp_path / where).read_text()
     assert "a warning of Twisted's" in written
     assert "SIGTERM" not in written and "starting up" not in written
@@ -323,6 +343,6 @@ def test_the_level_applies_to_what_twistd_logs(
 
 
 def test_log_keep_0_keeps_every_file(tmp_path: Path, sigusr1: None) -> None:
-    log_file = logs.daemon_log_file(twistd_options(logfile=str(tmp_path / "c.log")), keep=0)
-    assert log_file is not None and log_file.maxRotatedFiles is None
+    log_file = logs.rotated_log_file(str(tmp_path / "c.log"), keep=0)
+    assert log_file.maxRotatedFiles is None
     log_file.close()

@@ -70,31 +70,19 @@ def set_level(name: str) -> None:
 DEFAULT_KEEP = 10
 
 
-def daemon_log_file(twistd: Any, keep: int) -> Any:
+def rotated_log_file(path: str, keep: int) -> Any:
     """
-    The log file twistd would write (C{--logfile FILE}, or C{twistd.log}
-    when it daemonizes without one), as a Twisted C{LogFile} that keeps at
-    most C{keep} rotated files (C{FILE.1} to C{FILE.keep}, the oldest
-    deleted; 0: every one, twistd's own way); C{None} where twistd writes no
-    file (C{-n} without C{--logfile}, C{--logfile=-}, C{--syslog},
-    C{--logger}) or C{twistd} is not what parsed the options (a test).
-    twistd's rotates every 1,000,000 bytes and deletes nothing, so the
-    files, which hold every message with C{--log-messages}, would pile up
-    for ever.  It rotates as twistd's does, every 1,000,000 bytes and on
-    SIGUSR1.
+    The log file C{path} as a Twisted C{LogFile} that keeps at most C{keep}
+    rotated files (C{FILE.1} to C{FILE.keep}, the oldest deleted; 0: every
+    one, twistd's own way).  twistd's rotates every 1,000,000 bytes and
+    deletes nothing, so the files, which hold every message with
+    C{--log-messages}, would pile up for ever.  It rotates as twistd's
+    does, every 1,000,000 bytes and on SIGUSR1.
     """
     from twisted.python import logfile
 
-    try:
-        name = twistd["logfile"]
-        if twistd["syslog"] or twistd["logger"] or name == "-":
-            return None
-        if twistd["nodaemon"] and not name:
-            return None
-    except (KeyError, TypeError):
-        return None
     log_file = logfile.LogFile.fromFullPath(  # type: ignore[no-untyped-call]
-        name or "twistd.log", maxRotatedFiles=keep or None)
+        path, maxRotatedFiles=keep or None)
     import signal
 
     if not signal.getsignal(signal.SIGUSR1):  # as twistd: unless someone has it
@@ -109,39 +97,42 @@ def daemon_log_file(twistd: Any, keep: int) -> Any:
     return log_file
 
 
-def twistds_observer(twistd: Any, log_file: Any) -> ILogObserver | None:
+def twistds_observer(twistd: Any, keep: int) -> ILogObserver | None:
     """
     The observer twistd would log to, as its C{_getLogObserver} makes it
     from its options C{twistd}, behind the server's level filter, so that
     C{--log-level} applies to Twisted's and twistd's own lines too (its
     start-up lines, "Received SIGTERM", a factory's "Starting factory"):
-    C{log_file} (L{daemon_log_file}) where twistd would write a file; stdout
-    with C{-n} and no C{--logfile} or C{--logfile=-}; syslog with
-    C{--syslog}.  It is for the application's C{ILogObserver} component,
-    which twistd uses in place of its own (C{AppLogger.start}).  C{None}:
-    leave it to twistd, where
+      - its log file (C{--logfile FILE}, or C{twistd.log} when it
+        daemonizes without one), keeping C{keep} rotated files
+        (L{rotated_log_file}, C{--log-keep});
+      - stdout with C{-n} and no C{--logfile}, or C{--logfile=-};
+      - syslog with C{--syslog}.
+    It is for the application's C{ILogObserver} component, which twistd
+    uses in place of its own (C{AppLogger.start}).  C{None}: leave it to
+    twistd, where
       - C{--logger} names the operator's observer (it would take precedence
         over the component anyway; Twisted's lines reach it unfiltered, the
         server's still filtered);
       - C{--logfile=-} without C{-n}: twistd then refuses to daemonize onto
         stdout, as it should;
       - C{twistd} is not what parsed the options (a test).
+    The only reader of twistd's log options.
     """
     try:
         if twistd["logger"]:
             return None
-        if log_file is not None:
-            return filtering(textFileLogObserver(log_file))
         if twistd["syslog"]:
             from twisted.python import syslog
 
             emit: Any = syslog.SyslogObserver(twistd["prefix"]).emit  # type: ignore[no-untyped-call]
             return filtering(LegacyLogObserverWrapper(emit))
-        if twistd["nodaemon"] and twistd["logfile"] in (None, "", "-"):
-            return filtering(textFileLogObserver(sys.stdout))
+        name, nodaemon = twistd["logfile"], twistd["nodaemon"]
     except (KeyError, TypeError):
-        pass
-    return None
+        return None
+    if name == "-" or (nodaemon and not name):
+        return filtering(textFileLogObserver(sys.stdout)) if nodaemon else None
+    return filtering(textFileLogObserver(rotated_log_file(name or "twistd.log", keep)))
 
 
 def filtering(observer: ILogObserver) -> ILogObserver:

@@ -564,13 +564,12 @@ def chat_snapshot(factory: ChatFactory, history_backlog: int | None = None,
 class _Top(MultiService):
     """
     The service tree's top.  With C{log_observer}, twistd logs to it (the
-    observer twistd would make, behind the level filter: its C{log_file}, or
+    observer twistd would make, behind the level filter: its log file, or
     stdout, or syslog): it is set as the application's C{ILogObserver} as
     this joins it, which is before twistd starts its log (twistd then makes
     no observer, and opens no file, of its own).
     """
 
-    log_file: Any = None
     log_observer: Any = None
 
     def setServiceParent(self, parent: Any) -> None:
@@ -590,8 +589,7 @@ def makeService(options: Options, reactor: Any = None) -> IService:
     if isinstance(top, _Top):
         # The last step: a start-up error above has made no file.
         twistd = getattr(options, "parent", None)
-        top.log_file = logs.daemon_log_file(twistd, options["log-keep"])
-        top.log_observer = logs.twistds_observer(twistd, top.log_file)
+        top.log_observer = logs.twistds_observer(twistd, options["log-keep"])
     return top
 
 
