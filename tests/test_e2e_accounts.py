@@ -210,6 +210,14 @@ def test_required_mode(tmp_path: Path, chat_server: Start, connect: Connect) -> 
     alice = log_in(connect, server.port, "alice", PW)
     alice.send("REGISTER other-password")
     assert alice.readline().startswith("ERROR registered ")
+    # While a password is asked, not-ready says to send it (rev13-proto LOW-1).
+    ghost = hello(connect, server.port)
+    ghost.send("NICK ghost")
+    assert ghost.readline() == "PASS ghost"
+    ghost.send("USERS")
+    assert ghost.readline() == ("ERROR not-ready the server is waiting for the password of "
+                                "ghost: send PASS <password>, or NICK <nick> to choose "
+                                "another nick")
     other = hello(connect, server.port)
     other.send("NICK alice")
     assert other.readline().startswith("RETRY taken ")  # before any password

@@ -325,6 +325,41 @@ def test_a_pass_when_none_was_asked_is_not_ready_before_its_length_is_weak() -> 
     assert [line.split()[1] for line in conn.take()] == ["not-ready", "not-ready"]
 
 
+NO_NICK = "ERROR not-ready choose a nickname first: NICK <nick>"
+
+
+def waiting_for(nick: str) -> str:
+    return (f"ERROR not-ready the server is waiting for the password of {nick}: "
+            "send PASS <password>, or NICK <nick> to choose another nick")
+
+
+@pytest.mark.parametrize(("mode", "typed", "asked"),
+                         [(Mode.OPEN, "ALICE", "Alice"), (Mode.REQUIRED, "ghost", "ghost")])
+def test_not_ready_while_a_password_is_asked_says_to_send_pass(
+        mode: Mode, typed: str, asked: str) -> None:
+    """rev13-proto LOW-1: a line other than PASS while the server waits for
+    a password was told "choose a nickname first: NICK <nick>", and a new
+    NICK abandons the nick asked.  Its text now says PASS (or another
+    nick), naming the nick as PASS <nick> did; the password is still asked
+    after it.  Before NICK and after RETRY bad-password, NICK it is."""
+    h = harness(mode)
+    add(h, "Alice")
+    conn = fresh(h)
+    conn.send("USERS")
+    assert conn.take() == [NO_NICK]
+    conn.send(f"NICK {typed}")
+    assert conn.take() == [f"PASS {asked}"]
+    conn.send("USERS", "MSG hi", f"REGISTER {PW}", f"PASSWD {PW}")
+    assert conn.take() == [waiting_for(asked)] * 4
+    conn.send("PASS wrong-password")
+    assert conn.take() == [f"RETRY bad-password {BAD_PASSWORD_TEXT}"]
+    conn.send("USERS")
+    assert conn.take() == [NO_NICK]
+    if mode is Mode.OPEN:
+        conn.send(f"NICK {typed}", "USERS", f"PASS {PW}")
+        assert conn.take()[:3] == [f"PASS {asked}", waiting_for(asked), f"READY {asked}"]
+
+
 @pytest.mark.parametrize("mode", [Mode.OPEN, Mode.REQUIRED])
 def test_pass_after_a_password_login_is_not_ready(mode: Mode) -> None:
     """Online after a password was asked and given: none is asked now,

@@ -424,6 +424,12 @@ class Login:
         self._proved: tuple[str, str] | None = None
 
     @property
+    def asked(self) -> str | None:
+        """The nick whose password the server asked for (C{PASS <nick>}) and
+        waits for; C{None} when no password is asked."""
+        return self._asked
+
+    @property
     def idle(self) -> bool:
         """Whether this holds nothing a fresh one would not: no nick asked, no
         pending C{BYE flood}, no password proved."""

@@ -163,7 +163,7 @@ class Session:
                 raise LineError(ErrorCode.ACCOUNTS_OFF, "this server has no accounts")
             if user is None:
                 if verb not in _BEFORE_READY:
-                    raise LineError(ErrorCode.NOT_READY, "choose a nickname first: NICK <nick>")
+                    raise LineError(ErrorCode.NOT_READY, _not_ready_text(conn))
                 if verb == "NICK":
                     self._nick(conn, rest)
                     return
@@ -468,6 +468,21 @@ class Session:
         "REGISTER": do_REGISTER,
         "PASSWD": do_PASSWD,
     }
+
+
+def _not_ready_text(conn: Connection) -> str:
+    """
+    The text of C{ERROR not-ready} for a line before C{READY}: what the
+    connection can do now.  While a password is asked (C{PASS <nick>}), that
+    is C{PASS}, or another nick (a new C{NICK} abandons the asked one).
+    """
+    handshake = conn.handshake
+    login = handshake.login if handshake is not None else None
+    asked = login.asked if login is not None else None
+    if asked is None:
+        return "choose a nickname first: NICK <nick>"
+    return (f"the server is waiting for the password of {asked}: send PASS <password>, "
+            "or NICK <nick> to choose another nick")
 
 
 def _online(conn: Connection) -> User:
