@@ -210,6 +210,11 @@ def test_required_mode(tmp_path: Path, chat_server: Start, connect: Connect) -> 
     alice = log_in(connect, server.port, "alice", PW)
     alice.send("REGISTER other-password")
     assert alice.readline().startswith("ERROR registered ")
+    # HELP says so (rev13-proto LOW-3).
+    alice.send("HELP REGISTER")
+    assert alice.readline() == ("HELP REGISTER <password> - not on this server: "
+                                "its accounts are made by its operator")
+    assert alice.readline() == "HELP"
     # While a password is asked, not-ready says to send it (rev13-proto LOW-1).
     ghost = hello(connect, server.port)
     ghost.send("NICK ghost")
@@ -243,6 +248,10 @@ def test_accounts_off(chat_server: Start, connect: Connect) -> None:
     client = hello(connect, server.port)
     client.send(f"PASS {PW}")
     assert client.readline().startswith("ERROR accounts-off ")
+    # HELP says so too (rev13-proto LOW-3).
+    client.send("HELP register")
+    assert client.readline() == "HELP REGISTER <password> - not on this server: it has no accounts"
+    assert client.readline() == "HELP"
     client.send("NICK alice")
     assert client.readline() == "READY alice"
 

@@ -889,14 +889,56 @@ def test_accounts_off(line: str) -> None:
     assert conn.take_one().startswith("ERROR accounts-off ")
 
 
-def test_help_lists_the_account_verbs() -> None:
-    h = harness()
+OPEN_HELP = {
+    "PASS": "HELP PASS <password> - give your nick's password when the server asks for it "
+            "(PASS <nick>)",
+    "REGISTER": "HELP REGISTER <password> - protect the nick you hold with a password "
+                "(8-256 bytes)",
+    "PASSWD": "HELP PASSWD <new password> - change the password of the nick you hold",
+}
+ACCOUNTS_HELP = {
+    Mode.OPEN: OPEN_HELP,
+    Mode.REQUIRED: {
+        **OPEN_HELP,
+        "PASS": "HELP PASS <password> - give your nick's password when the server asks for "
+                "it (PASS <nick>); here every nick needs an account and its password",
+        "REGISTER": "HELP REGISTER <password> - not on this server: its accounts are made "
+                    "by its operator",
+    },
+    Mode.OFF: {
+        "PASS": "HELP PASS <password> - not on this server: it has no accounts",
+        "REGISTER": "HELP REGISTER <password> - not on this server: it has no accounts",
+        "PASSWD": "HELP PASSWD <new password> - not on this server: it has no accounts",
+    },
+}
+
+
+@pytest.mark.parametrize("mode", list(Mode))
+def test_help_says_what_the_account_verbs_do_under_the_servers_mode(mode: Mode) -> None:
+    """rev13-proto LOW-3: HELP offered PASS, REGISTER and PASSWD as under
+    open whatever --accounts was: under off each is ERROR accounts-off, and
+    under required REGISTER is ERROR registered.  Still one line per
+    command, in every state; HELP <verb> gives that verb's line."""
+    h = Harness() if mode is Mode.OFF else harness(mode)  # off: no Accounts
     conn = fresh(h)
     conn.send("HELP")
-    verbs = [line.split()[1] for line in conn.take()[:-1]]
-    assert {"PASS", "REGISTER", "PASSWD"} <= set(verbs)
-    conn.send("HELP passwd")
-    assert conn.take()[0].startswith("HELP PASSWD <new password> - ")
+    lines = conn.take()
+    assert lines[-1] == "HELP"
+    verbs = [line.split()[1] for line in lines[:-1]]
+    assert verbs == ["NICK", "MSG", "DM", "USERS", "PAIR", "ACCEPT", "REJECT", "UNPAIR",
+                     "PING", "PONG", "HELP", "BYE", "PASS", "REGISTER", "PASSWD"]
+    assert lines[-4:-1] == list(ACCOUNTS_HELP[mode].values())
+    for verb, line in ACCOUNTS_HELP[mode].items():
+        conn.send(f"HELP {verb.lower()}")
+        assert conn.take() == [line, "HELP"]
+    if mode is Mode.REQUIRED:
+        add(h, "bob")
+        conn.send("NICK bob", f"PASS {PW}")
+    else:
+        conn.send("NICK bob")
+    assert "READY bob" in conn.take()
+    conn.send("HELP")  # online, the same
+    assert conn.take() == lines
 
 
 # -- failed attempts ---------------------------------------------------------------

@@ -257,6 +257,8 @@ USAGE: dict[str, str] = {
     "PASSWD": "PASSWD <new password>",
 }
 
+# What HELP says each verb does, as under --accounts open: the server's
+# session gives PASS, REGISTER and PASSWD the text of its own mode.
 HELP_TEXT: dict[str, str] = {
     "NICK": "choose your nickname (1-24 letters, digits, _ or -, starting with a letter)",
     "MSG": "talk to the lobby, or to your partner while paired",

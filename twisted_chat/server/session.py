@@ -18,6 +18,7 @@ from twisted.python.failure import Failure
 
 from twisted_chat import wire
 from twisted_chat.server.addresses import Address
+from twisted_chat.server.config import Mode
 from twisted_chat.server.flood import REPLY_BYTES
 from twisted_chat.server.history import clip_text
 from twisted_chat.server.hub import NickTaken, State, User
@@ -428,13 +429,15 @@ class Session:
         pass  # it already counted as a line for the idle timer
 
     def do_HELP(self, conn: Connection, command: wire.Command) -> None:
+        accounts = self.factory.accounts
+        answers = _HELP[Mode.OFF if accounts is None else accounts.mode]
         if command.words:
-            verb = command.words[0].upper()
-            if verb not in wire.HELP_TEXT:
+            one = answers.verbs.get(command.words[0].upper())
+            if one is None:
                 raise LineError(ErrorCode.BAD_ARGS, f"no help for {command.words[0]!r}; try HELP")
-            conn.write(_help_line(verb) + wire.line("HELP"))
+            conn.write(one)
         else:
-            conn.write(_FULL_HELP)
+            conn.write(answers.full)
 
     def do_PASS(self, conn: Connection, command: wire.Command) -> Answer:
         return self._login(conn).password(command.text)
@@ -553,8 +556,34 @@ class Handshake:
             self.conn.close(reason, text)
 
 
-def _help_line(verb: str) -> bytes:
-    return wire.line("HELP", text=f"{wire.USAGE[verb]} - {wire.HELP_TEXT[verb]}")
+# What HELP says of the accounts verbs where --accounts changes what they do
+# (wire.HELP_TEXT is the default, open): under off each is always
+# ERROR accounts-off; under required every nick is asked its password, and
+# REGISTER is always ERROR registered (the operator makes the accounts).
+_ACCOUNTS_HELP: dict[Mode, dict[str, str]] = {
+    Mode.OPEN: {},
+    Mode.REQUIRED: {
+        "PASS": "give your nick's password when the server asks for it (PASS <nick>); "
+                "here every nick needs an account and its password",
+        "REGISTER": "not on this server: its accounts are made by its operator",
+    },
+    Mode.OFF: {verb: "not on this server: it has no accounts" for verb in _ACCOUNT_VERBS},
+}
 
 
-_FULL_HELP = b"".join(_help_line(verb) for verb in wire.HELP_TEXT) + wire.line("HELP")
+class _Help:
+    """HELP's answers for one --accounts mode, made once: the whole list
+    (one line per command, then a bare HELP) and each verb's own."""
+
+    __slots__ = ("full", "verbs")
+
+    def __init__(self, mode: Mode) -> None:
+        texts = {**wire.HELP_TEXT, **_ACCOUNTS_HELP[mode]}
+        lines = {verb: wire.line("HELP", text=f"{wire.USAGE[verb]} - {texts[verb]}")
+                 for verb in wire.HELP_TEXT}
+        end = wire.line("HELP")
+        self.full = b"".join(lines.values()) + end
+        self.verbs = {verb: line + end for verb, line in lines.items()}
+
+
+_HELP = {mode: _Help(mode) for mode in Mode}
