@@ -205,3 +205,35 @@ def test_the_readme_options_table_lists_every_server_option() -> None:
     listed = set(re.findall(r"`--([a-z0-9-]+)`", table))
     assert sorted(names - listed) == []
     assert sorted(listed - names) == []
+
+
+def test_the_cluster_only_answers_are_set_apart_from_chat1s_lists() -> None:
+    """rev13-proto LOW-2: docs/protocol.md put RETRY unavailable, ERROR
+    unavailable and ERROR unconfirmed (cluster mode only) into lists chat/1
+    gives as complete, which a client written from chat/1 alone reads as
+    closed.  Its Errors list is chat/1's: every code the server has but
+    those two.  The three are set apart in a section of their own, saying
+    one server never sends them and what such a client sees and does, and
+    every section that names them points there."""
+    from twisted_chat.wire import ErrorCode
+
+    text = (ROOT / "docs" / "protocol.md").read_text()
+    sections = {part.splitlines()[0]: " ".join(part.split())
+                for part in re.split(r"\n(?=## )", text)}
+    beyond = "Beyond chat/1: cluster mode"
+    cluster_only = {ErrorCode.UNAVAILABLE, ErrorCode.UNCONFIRMED}
+    errors = sections["## Errors"].split("That is chat/1's complete list.")[0]
+    listed = re.findall(r"`([a-z-]+)`", errors)
+    assert listed == [code.value for code in ErrorCode if code not in cluster_only]
+    assert len(listed) == 19
+    own = sections[f"## {beyond}"]
+    assert "the `ERROR` codes (the nineteen under Errors)" in own
+    assert "the `RETRY` reasons (`taken`, `invalid`, `bad-password`)" in own
+    for line in ("RETRY unavailable", "ERROR unavailable", "ERROR unconfirmed"):
+        assert f"| `{line} <text>` |" in own
+    assert "One server (no `--redis`) never sends them" in own
+    assert "A client written from chat/1 alone" in own
+    naming = [head for head, body in sections.items()
+              if re.search(r"unavailable|unconfirmed", body) and head != f"## {beyond}"]
+    assert "## Errors" in naming and "## Handshake" in naming
+    assert [head for head in naming if f'"{beyond}"' not in sections[head]] == []

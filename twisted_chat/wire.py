@@ -54,9 +54,10 @@ class ErrorCode(str, Enum):
     WEAK_PASSWORD = "weak-password"
     REGISTERED = "registered"
     NOT_REGISTERED = "not-registered"
-    # Cluster mode only (docs/cluster.md): a command that waited too long
-    # for the cluster's store, not sent (unavailable) or sent but not
-    # confirmed (unconfirmed: it takes effect once when the store is back).
+    # Cluster mode only, beyond chat/1's complete list (docs/protocol.md,
+    # "Beyond chat/1: cluster mode"): a command that waited too long for the
+    # cluster's store, not sent (unavailable) or sent but not confirmed
+    # (unconfirmed: it takes effect once when the store is back).
     UNAVAILABLE = "unavailable"
     UNCONFIRMED = "unconfirmed"
 
