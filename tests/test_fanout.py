@@ -121,8 +121,19 @@ class Backlog:
         return False
 
 
-def lobby(n: int, window: float = WINDOW) -> tuple[TurnClock, LobbyFanout, list[Stub], Backlog]:
-    clock = TurnClock()
+class CountingClock(TurnClock):
+    """A L{TurnClock} that counts the timers made on it."""
+
+    made = 0
+
+    def callLater(self, delay: float, callable: Any, *args: Any, **kw: Any) -> Any:
+        self.made += 1
+        return super().callLater(delay, callable, *args, **kw)
+
+
+def lobby(n: int, window: float = WINDOW
+          ) -> tuple[CountingClock, LobbyFanout, list[Stub], Backlog]:
+    clock = CountingClock()
     clock.advance(1000)
     members = [Stub() for _ in range(n)]
     backlog = Backlog()
@@ -215,6 +226,56 @@ def test_a_busy_turn_asks_the_probe_once_at_a_read_and_once_at_its_end() -> None
     assert backlog.asked == 1 and member.got == []
     clock.advance(0)  # the turn's end: nothing waits now
     assert backlog.asked == 2 and len(member.got) == 1
+
+
+def test_lines_added_during_a_read_go_out_at_its_end_and_no_timer_is_made() -> None:
+    """The common path: a connection's read brings lobby lines and nothing
+    else waits.  read_done writes them; no timer was made and cancelled."""
+    clock, fanout, (member,), backlog = lobby(1)
+    fanout.reading = True
+    fanout.add(b"a")
+    fanout.add(b"b")
+    assert member.got == [] and clock.made == 0
+    fanout.read_done()
+    assert not fanout.reading
+    assert member.got == [b"ab"] and backlog.asked == 1
+    assert clock.made == 0
+
+
+def test_lines_of_a_busy_read_get_the_turns_timer_at_its_end() -> None:
+    clock, fanout, (member,), backlog = lobby(1)
+    backlog.turns = 1
+    fanout.reading = True
+    fanout.add(b"a")
+    assert clock.made == 0
+    fanout.read_done()  # another socket is ready: the turn's end decides
+    assert member.got == [] and clock.made == 1 and len(clock.getDelayedCalls()) == 1
+    fanout.reading = True  # the next read of the turn brings another line
+    fanout.add(b"b")
+    fanout.read_done()
+    assert clock.made == 1 and backlog.asked == 1, "one timer, one probe for the turn"
+    clock.advance(0)
+    assert member.got == [b"ab"] and backlog.asked == 2
+
+
+def test_lines_of_a_read_with_the_gathering_off_wait_for_the_turns_end() -> None:
+    clock, fanout, (member,), backlog = lobby(1, window=0.0)
+    fanout.reading = True
+    fanout.add(b"a")
+    fanout.read_done()
+    assert member.got == [] and clock.made == 1 and backlog.asked == 0
+    clock.advance(0)
+    assert member.got == [b"a"]
+
+
+def test_a_line_added_outside_a_read_goes_out_at_the_turns_end() -> None:
+    """A WebSocket message, a cluster line, a timer: no read_done follows,
+    so the line is on the turn's timer from the start."""
+    clock, fanout, (member,), backlog = lobby(1)
+    fanout.add(b"a")
+    assert clock.made == 1
+    clock.advance(0)
+    assert member.got == [b"a"] and backlog.asked == 1
 
 
 def test_a_read_done_without_lines_costs_no_probe() -> None:

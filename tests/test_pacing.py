@@ -10,7 +10,9 @@ reader cut at --sendq is seen to leave, the last test).
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from twisted.internet.error import ConnectionAborted
@@ -86,6 +88,90 @@ def test_a_line_goes_out_within_its_read_when_nothing_else_waits() -> None:
     alice.transport.read(b"MSG hi\r\nMSG there\r\n")
     assert bob.take() == [msg(h, "alice", "hi"), msg(h, "alice", "there")]
     assert h.clock.getDelayedCalls() == []
+
+
+def fanout_timers(h: Harness) -> list[float]:
+    """Record when each timer the fan-out makes (its turn's end) is made."""
+    made: list[float] = []
+    call_later = h.clock.callLater
+
+    def recording(delay: float, f: Callable[..., object], *args: object, **kw: object) -> Any:
+        if getattr(f, "__self__", None) is h.factory.fanout:
+            made.append(h.clock.seconds())
+        return call_later(delay, f, *args, **kw)
+
+    h.clock.callLater = recording  # type: ignore[method-assign]
+    return made
+
+
+def test_a_read_that_brings_lobby_lines_makes_no_timer_when_nothing_waits() -> None:
+    h, _ = paced()
+    alice, bob = h.user("alice"), h.user("bob")
+    timers = fanout_timers(h)
+    alice.transport.read(b"MSG hi\r\n")
+    alice.transport.read(b"MSG there\r\n")
+    assert bob.take() == [msg(h, "alice", "hi"), msg(h, "alice", "there")]
+    assert timers == []
+
+
+def test_a_busy_read_leaves_its_lines_on_one_timer_for_the_turn() -> None:
+    h, work = paced()
+    alice, bob, carol = h.user("alice"), h.user("bob"), h.user("carol")
+    timers = fanout_timers(h)
+    work.waiting = True
+    alice.transport.read(b"MSG hi\r\n")
+    carol.transport.read(b"MSG ho\r\n")
+    assert bob.take() == [] and len(timers) == 1
+    work.waiting = False
+    h.clock.advance(0)
+    assert bob.take() == [msg(h, "alice", "hi"), msg(h, "carol", "ho")]
+
+
+def test_a_websocket_line_waits_for_the_turn_end() -> None:
+    """A WebSocket message is handled outside a read of the connection
+    (message_received): on the turn's timer, as before."""
+    h, _ = paced()
+    alice, bob = h.user("alice"), h.user("bob")
+    timers = fanout_timers(h)
+    alice.protocol.message_received(b"MSG hi")
+    assert bob.take() == [] and len(timers) == 1
+    h.clock.advance(0)
+    assert bob.take() == [msg(h, "alice", "hi")]
+
+
+def test_a_line_from_outside_any_read_waits_for_the_turn_end() -> None:
+    """A cluster line from Redis, a timer: the hub says it with no read
+    of a chat connection around it."""
+    h, _ = paced()
+    alice, bob = h.user("alice"), h.user("bob")
+    timers = fanout_timers(h)
+    h.hub.say(alice.user, "from elsewhere")
+    assert bob.take() == [] and len(timers) == 1
+    h.clock.advance(0)
+    assert bob.take() == [msg(h, "alice", "from elsewhere")]
+
+
+def test_a_read_that_fails_still_ends_and_sends_its_lines() -> None:
+    """If handling a read raises, its lines still leave, and a line from
+    outside a read afterwards still gets the turn's timer."""
+    h, _ = paced()
+    alice, bob = h.user("alice"), h.user("bob")
+    timers = fanout_timers(h)
+    session = h.factory.session
+    handle = session.line_received
+
+    def failing(conn: Any, line: bytes) -> None:
+        handle(conn, line)
+        if line == b"MSG boom":
+            raise RuntimeError("a bug")
+
+    session.line_received = failing  # type: ignore[method-assign]
+    with pytest.raises(RuntimeError):
+        alice.transport.read(b"MSG boom\r\n")
+    assert bob.take() == [msg(h, "alice", "boom")]
+    assert not h.factory.fanout.reading
+    h.hub.say(alice.user, "later")
+    assert len(timers) == 1
 
 
 def test_a_line_waits_for_the_turn_end_when_another_socket_is_ready() -> None:

@@ -98,10 +98,15 @@ class LobbyFanout:
     turns that do it (docs/fanout.md).  C{window} 0 turns the gathering off.
     C{write_all}, where given, writes each batch to the members it can
     before the others' C{deliver} is called.
+
+    A connection sets L{reading} while it handles a read and calls
+    L{read_done} at its end, whatever happens: lines added meanwhile make no
+    timer, since C{read_done} either writes them or makes the turn's timer.
     """
 
     __slots__ = ("_backlog", "_busy", "_call", "_clock", "_first", "_late", "_members",
-                 "_on_batch", "_pending", "_timer", "_turns", "_window", "_write_all")
+                 "_on_batch", "_pending", "_timer", "_turns", "_window", "_write_all",
+                 "reading")
 
     def __init__(
         self,
@@ -127,10 +132,14 @@ class LobbyFanout:
         self._call: IDelayedCall | None = None
         self._first = 0.0  # when the first pending line came
         self._turns = 0
-        # The probe said "busy" at a read's end this turn: the next reads
-        # do not ask again (the turn's end does), so a busy turn costs at
-        # most two probes, not one a read.
+        # The probe said "busy" at a read's end this turn (or there is no
+        # probe), and the turn's timer is made: the next reads do not ask
+        # again (the turn's end does), so a busy turn costs at most two
+        # probes, not one a read.
         self._busy = False
+        # A connection's read is being handled: its caller calls read_done
+        # at the end of it (a plain attribute, set on every read).
+        self.reading = False
 
     @property
     def pending(self) -> bool:
@@ -139,13 +148,17 @@ class LobbyFanout:
         return bool(self._pending)
 
     def add(self, data: bytes) -> None:
-        """C{data} goes to everyone in the lobby."""
-        self._pending.append(data)
-        if self._call is None:
+        """C{data} goes to everyone in the lobby: at the end of this turn,
+        or of this read (L{reading}), see L{read_done}."""
+        pending = self._pending
+        if not pending:
+            # The first line of a gathering (a timer is made only with one).
             self._first = self._clock.seconds()
             self._turns = 0
             self._busy = False
-            self._call = self._clock.callLater(0.0, self._turn_over)
+            if not self.reading:
+                self._call = self._clock.callLater(0.0, self._turn_over)
+        pending.append(data)
 
     def add_joined(self, data: bytes, newcomer: Member) -> None:
         """C{data} (its JOINED) goes to the lobby; of the lines gathered so
@@ -155,21 +168,24 @@ class LobbyFanout:
 
     def read_done(self) -> None:
         """
-        A connection's read is over.  If lines wait for the end of this turn
-        and the reactor has nothing else waiting, they go now: the rest of
-        the turn would bring no line to join them, and writing them here
-        saves the timer's round trip (docs/fanout.md, "Pacing by backlog").
-        Once the reactor was found busy, the turn's end asks again, not each
-        read.
+        A connection's read is over (L{reading} ends).  If lines wait and
+        the reactor has nothing else waiting, they go now: the rest of the
+        turn would bring no line to join them, and the lines of this read
+        never needed a timer (docs/fanout.md, "Pacing by backlog").
+        Otherwise they wait for the end of the turn, on its timer, made
+        here if this read brought the first of them; once the reactor was
+        found busy, the turn's end asks again, not each read.
         """
-        if self._call is not None and not self._busy:
+        self.reading = False
+        if self._pending and not self._busy:
             backlog = self._backlog
-            if backlog is None:
-                return
-            if backlog():
-                self._busy = True
-            else:
+            if backlog is not None and not backlog():
                 self.flush()
+                return
+            # Busy, or no probe (--fanout-delay 0): the turn's end decides.
+            self._busy = True
+            if self._call is None:
+                self._call = self._clock.callLater(0.0, self._turn_over)
 
     def _turn_over(self) -> None:
         self._call = None

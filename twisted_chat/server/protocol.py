@@ -369,10 +369,14 @@ class ChatProtocol:
     # -- input ---------------------------------------------------------------
 
     def dataReceived(self, data: bytes) -> None:
-        self._take(data)
-        # The lobby lines this read brought may leave now (docs/fanout.md,
-        # "Pacing by backlog").
-        self.factory.fanout.read_done()
+        # The lobby lines this read brings need no timer: they leave at its
+        # end, or wait for the turn's (docs/fanout.md, "Pacing by backlog").
+        fanout = self.factory.fanout
+        fanout.reading = True
+        try:
+            self._take(data)
+        finally:
+            fanout.read_done()
 
     def _take(self, data: bytes) -> None:
         """Frame C{data} into lines and handle them, or hold it."""
