@@ -188,7 +188,7 @@ def split_verb(text: str) -> tuple[str, str] | None:
         removed from C{rest}.
     @raise LineError: C{unknown-command} for a verb clients may not send.
     """
-    if is_blank(text):
+    if not text.strip(_BLANK):  # is_blank, inline: once a line
         return None
     stripped = text.lstrip(" ")
     verb, _, rest = stripped.partition(" ")
@@ -231,7 +231,7 @@ def parse_args(verb: str, rest: str) -> Command:
                 f"{_shorten(nick)!r} is not a valid nick (1-{NICK_MAX} letters, digits, "
                 "_ or -, starting with a letter)",
             )
-    if grammar.text is Text.REQUIRED and is_blank(text):
+    if grammar.text is Text.REQUIRED and not text.strip(_BLANK):  # is_blank, inline
         raise LineError(ErrorCode.BAD_ARGS, f"usage: {USAGE[verb]} (the text may not be empty)")
     return Command(verb, tuple(words), text)
 

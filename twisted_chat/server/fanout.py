@@ -212,11 +212,13 @@ class LobbyFanout:
         self._pending = []
         observe = self._on_batch
         began = self._timer() if observe is not None else 0.0
-        data = pending[0] if len(pending) == 1 else b"".join(pending)
+        lines = len(pending)
+        data = pending[0] if lines == 1 else b"".join(pending)
         late = self._late
         members = self._members()
         if not late:
-            deliveries, sent = len(pending) * len(members), len(data) * len(members)
+            count = len(members)
+            deliveries, sent = lines * count, len(data) * count
             write_all = self._write_all
             for member in members if write_all is None else write_all(members, data):
                 member.deliver(data)
@@ -229,15 +231,15 @@ class LobbyFanout:
                 start = late.get(member)
                 if start is None:
                     member.deliver(data)
-                    deliveries += len(pending)
+                    deliveries += lines
                     sent += len(data)
-                elif start < len(pending):
+                elif start < lines:
                     part = b"".join(pending[start:])
                     member.deliver(part)
-                    deliveries += len(pending) - start
+                    deliveries += lines - start
                     sent += len(part)
         if observe is not None:
-            observe(len(pending), deliveries, sent, self._timer() - began)
+            observe(lines, deliveries, sent, self._timer() - began)
 
     def shutdown(self) -> None:
         """Deliver what waits: the server is about to say goodbye."""

@@ -176,7 +176,11 @@ class Session:
                 raise LineError(ErrorCode.NOT_READY,
                                 f"no password was asked for: you are already {user.nick}")
             command = wire.parse_args(verb, rest)
-            self._hold(conn, self._HANDLERS[verb](self, conn, command))
+            outcome = self._HANDLERS[verb](self, conn, command)
+            if outcome is None:
+                self.decided(conn)  # as _hold would, a call less on most lines
+            else:
+                self._hold(conn, outcome)
         except Refusal as e:
             conn.write(wire.error(e.code, e.text))
 

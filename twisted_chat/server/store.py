@@ -167,7 +167,10 @@ class SQLiteStore:
         self._max_backlog = max(max_backlog, 1)
         self._identity = _identity(name) if claim is not None else None
         self._db_lock = threading.Lock()  # the connection: writer vs. recent()
-        self._cond = threading.Condition()  # guards everything below
+        # Guards everything below.  append() takes the lock itself, not
+        # through the condition's Python methods (once a lobby message).
+        self._lock = threading.RLock()
+        self._cond = threading.Condition(self._lock)
         self._pending: deque[Entry] = deque()
         self._pending_since = 0.0  # time.monotonic() of the oldest pending entry
         self._flushes: list[Deferred[None]] = []
@@ -264,7 +267,7 @@ class SQLiteStore:
         Queue C{entry}; never blocks on the disk.  While the disk fails, at
         most C{max_backlog} messages wait: past that the oldest is dropped.
         """
-        with self._cond:
+        with self._lock:
             if self._stopped:
                 self._dropped += 1
                 closed: int | None = self._dropped
