@@ -244,6 +244,34 @@ def test_the_history_s_bytes_follow_a_load_and_a_history_of_none() -> None:
     assert none.bytes == 0 and none.recent() == []
 
 
+def test_the_history_s_bytes_cost_a_lobby_message_nothing(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """History.bytes is worked out when a scrape asks, not on each lobby
+    message (the hot path): recording measures no line; the first ask
+    measures the ring once, and an ask with no new entry, or after an
+    attach of nothing, answers right without measuring again."""
+    from twisted_chat.server import history as history_module
+
+    measured: list[Entry] = []
+
+    def line_size(entry: Entry) -> int:
+        measured.append(entry)
+        return real(entry)
+
+    real = history_module.line_size
+    monkeypatch.setattr(history_module, "line_size", line_size)
+    history = History(3)
+    for n in range(10):
+        history.record(Entry(1.5, "ann", "a" * n))
+    assert measured == []
+    assert history.bytes == len(history_lines(history.recent(), 1 << 30))
+    assert len(measured) == 3
+    assert history.bytes == len(history_lines(history.recent(), 1 << 30))
+    assert len(measured) == 3  # asked again, nothing new: not measured again
+    history.attach(Kept(), [])
+    assert history.bytes == 0
+
+
 def test_the_input_held_behind_a_password_check_is_a_gauge() -> None:
     """What a connection sends while its NICK's account lookup (here held)
     is decided waits, counted in the server's HeldInput: its total is

@@ -82,10 +82,8 @@ class History:
         self._store = store
         # How many entries the ring has ever taken: the position of the next.
         self._position = len(self._ring)
-        # The bytes of the HISTORY lines the ring's entries make (what a
-        # newcomer would be sent with no --history-bytes): chat_history_bytes,
-        # read by a scrape's thread (an int, read whole).
-        self.bytes = sum(map(line_size, self._ring))
+        # bytes' last answer and the position it was for.
+        self._bytes = (-1, 0)
 
     def attach(self, store: MessageStore, entries: Iterable[Entry]) -> None:
         """
@@ -95,7 +93,7 @@ class History:
         self._ring.clear()
         self._ring.extend(entries)
         self._position += len(self._ring)
-        self.bytes = sum(map(line_size, self._ring))
+        self._bytes = (-1, 0)  # new entries, though maybe none
         self._store = store
 
     @property
@@ -107,13 +105,25 @@ class History:
         """Where the next entry will be: remember it to ask L{since} later."""
         return self._position
 
+    @property
+    def bytes(self) -> int:
+        """
+        The bytes of the C{HISTORY} lines the ring's entries make (what a
+        newcomer would be sent with no --history-bytes): C{chat_history_bytes}.
+        Worked out when asked, by a scrape's thread, not kept up on each
+        lobby message; asked again with no new entry, the last answer.
+        """
+        position = self._position
+        asked, answer = self._bytes
+        if asked != position:
+            # list() copies the ring in one go (C code, under the GIL): the
+            # reactor's thread cannot change it in the middle.
+            answer = sum(map(line_size, list(self._ring)))
+            self._bytes = (position, answer)
+        return answer
+
     def record(self, entry: Entry) -> None:
-        ring = self._ring
-        if ring.maxlen:
-            if len(ring) == ring.maxlen:
-                self.bytes -= line_size(ring[0])  # the oldest, about to go
-            self.bytes += line_size(entry)
-        ring.append(entry)
+        self._ring.append(entry)
         self._position += 1
         if self._store is not None:
             self._store.append(entry)
