@@ -108,6 +108,11 @@ def test_a_text_that_ends_a_sentence_gets_no_full_stop() -> None:
     assert render.sentence("Slow down!") == "Slow down!"
     assert render.sentence("done") == "done."
     assert render.error_sentence("brand-new", "who?") == "Server error (brand-new): who?"
+    # Where the template puts a full stop after the server's text.
+    assert render.error_sentence("no-such-nick", "is zed online?") == "Not sent: is zed online?"
+    assert render.error_sentence("busy", "bob is busy!") == (
+        "The invitation was not sent: bob is busy!"
+    )
 
 
 def test_invitation_endings() -> None:

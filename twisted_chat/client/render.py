@@ -259,7 +259,12 @@ def error_sentence(code: str, text: str) -> str:
     text = text.rstrip(".")
     if code in ("busy", "pending"):
         text = _VERBS.sub(lambda verb: "/" + verb.group(1).lower(), text)
-    return sentence(template.format(text=text or _NO_TEXT.get(code, code)))
+    said = template.format(text=text or _NO_TEXT.get(code, code))
+    # A text that ends its own sentence ("...online?") takes no full stop
+    # after it where the template puts one (sentence() keeps "?" and "!").
+    if said.endswith(("?.", "!.")):
+        said = said[:-1]
+    return sentence(said)
 
 
 def account_error(code: str, text: str, request: str | None) -> str:
