@@ -694,6 +694,48 @@ def test_a_different_failure_is_said_in_full() -> None:
     assert shown[-1] == "* Reconnecting in 8 s; /reconnect tries now, /quit leaves."
 
 
+def _greeted_then_full(h: Harness, wait: float, hello: str = "HELLO chat/1 test") -> list[str]:
+    h.clock.advance(wait)
+    h.receive(hello, "NICK")
+    h.sent()
+    h.receive("BYE full the server is full")
+    h.lose()
+    return h.screen.take()
+
+
+def test_connected_is_said_once_in_an_outage_not_at_each_attempt() -> None:
+    """Each reconnection that the server greets and then refuses (BYE full)
+    said "Connected to ..." again: in a long outage, one more line every 30
+    s. Now it is said at the first, and again only if the greeting changed
+    or the user asked (/reconnect); a connection that gets in starts over."""
+    h = Harness()
+    h.join()
+    h.lose()
+    h.screen.take()
+    connected = "* Connected to chat.test:7000, running test."
+    first = _greeted_then_full(h, 1)
+    assert first[:2] == ["* Reconnecting...", connected]
+    assert _greeted_then_full(h, 2) == [
+        "* Still not connected after 2 tries (the same error); next try in 4 s."
+    ]
+    assert _greeted_then_full(h, 4) == [
+        "* Still not connected after 3 tries (the same error); next try in 8 s."
+    ]
+    # A new greeting (the server was upgraded meanwhile) is said.
+    shown = _greeted_then_full(h, 8, "HELLO chat/1 test 2")
+    assert shown[0] == "* Connected to chat.test:7000, running test 2."
+    h.session.user_line("/reconnect")
+    h.receive("HELLO chat/1 test 2", "NICK")
+    assert "* Connected to chat.test:7000, running test 2." in h.screen.take()
+    h.receive("READY alice", "USER alice lobby", "USERS 1")
+    # In the chat again: the next outage says it again.
+    h.lose()
+    h.screen.take()
+    h.clock.advance(1)
+    h.receive("HELLO chat/1 test 2", "NICK")
+    assert h.screen.take()[-1] == "* Connected to chat.test:7000, running test 2."
+
+
 def test_reconnect_now_is_said_and_so_is_its_failure() -> None:
     h = _refused_twice()
     h.session.user_line("/reconnect")

@@ -176,6 +176,9 @@ class ChatClient(SkipLongLines):
         self.rejoin = rejoin
         self.kept_password = kept_password
         self.taken_tries = taken_tries
+        # Whether this "Connected to ..." line was said already (reconnect.py:
+        # once in an outage, not at every attempt that gets in to be refused).
+        self.greeted_before: Callable[[str], bool] = lambda said: False
         self.environ: Mapping[str, str] = environ if environ is not None else {}
         self.warn = warn if warn is not None else self.error
         self.renderer = Renderer(lambda: self.nick, now, localtime)
@@ -726,7 +729,9 @@ class ChatClient(SkipLongLines):
                 "some things may not work."
             )
         about = f", running {event.text}" if event.text else ""
-        self.notice(f"Connected to {self.server}{about}.")
+        said = f"Connected to {self.server}{about}."
+        if not self.greeted_before(said):
+            self.notice(said)
 
     def _on_NICK(self, event: ServerLine) -> None:
         self._greeting_done()

@@ -13,7 +13,9 @@ L{should_reconnect}.  The lobby messages shown are remembered across
 connections (L{ShownLobby}): a new connection's history shows only the ones
 not on the screen yet.  The first failure of a reconnection is said in full;
 the same failure again is one short line, with no "Reconnecting..." before it
-(a long outage is one line per attempt, every 30 seconds).  Between
+(a long outage is one line per attempt, every 30 seconds), and so is
+"Connected to ..." at each attempt the server greets and then refuses
+(C{BYE full}): said at the first, and again only if the greeting changed.  Between
 connections the screen stays; a line typed then is not sent (it would be
 read by a session the user has not seen start), and the user is told so;
 C{/reconnect} tries at once, C{/quit}, Ctrl-C and Ctrl-D leave.
@@ -166,6 +168,9 @@ class Reconnecting:
         # What the last failed reconnection said (None: since one got in, or
         # after a /reconnect): the same again is said in one short line.
         self._failure: str | None = None
+        # The "Connected to ..." line said since one got in (or since a
+        # /reconnect): the same again is not said.
+        self._greeting: str | None = None
 
     def _show(self, line: render.Line) -> None:
         if self.display is not None:
@@ -190,10 +195,17 @@ class Reconnecting:
             taken_tries=self.taken_tries,
         )
         self.client = client
+        client.greeted_before = self._greeted_before
         self._attach(client)
         client.finished.addCallback(self._ended, client)
         self._connect(client)
         return client
+
+    def _greeted_before(self, said: str) -> bool:
+        if said == self._greeting:
+            return True
+        self._greeting = said
+        return False
 
     def _ended(self, outcome: Outcome, client: ChatClient) -> None:
         self.client = None
@@ -203,6 +215,7 @@ class Reconnecting:
             self.nick = client.nick
             self.attempt = 0  # it got in: the next loss starts the backoff again
             self._failure = None
+            self._greeting = None
         # The client started with ours: it has the one that got in (or was
         # registered) instead, or none once the server refused it.
         self.password = client.kept_password
@@ -256,7 +269,8 @@ class Reconnecting:
     def _retry(self, asked: bool = False) -> None:
         self._timer = None
         if asked:
-            self._failure = None  # the user asked: what it meets is said in full
+            # The user asked: what it meets is said in full.
+            self._failure = self._greeting = None
         if self._failure is None:
             self._show(render.notice("Reconnecting..."))
         self._begin()
