@@ -83,4 +83,28 @@ def test_held_notices_are_bounded() -> None:
         held.hold(t(minute), render.notice(f"at {minute}"))
     out: list[str] = []
     held.release(lambda line: out.append(render.plain(line)))
-    assert out == ["* at 2", "* at 3"]  # the oldest went first
+    assert out[:2] == ["* at 2", "* at 3"]  # the oldest went first
+    # ... and are counted, not dropped silently.
+    assert out[2:] == [
+        "* 1 join or leave in the lobby before these was not kept: at most 2 are held "
+        "during a private conversation."
+    ]
+
+
+def test_the_count_of_held_notices_not_kept_comes_after_the_last_one_shown() -> None:
+    held = HeldNotices(limit=2)
+    for minute in range(1, 6):
+        held.hold(t(minute), render.notice(f"at {minute}"))
+    out: list[str] = []
+    held.release(lambda line: out.append(render.plain(line)), until=t(4))
+    assert out == ["* at 4"]  # one still held: not said yet
+    held.release(lambda line: out.append(render.plain(line)), until=t(5))
+    assert out == [
+        "* at 4",
+        "* at 5",
+        "* 3 joins and leaves in the lobby before these were not kept: at most 2 are held "
+        "during a private conversation.",
+    ]
+    held.hold(t(6), render.notice("at 6"))  # a new pair: nothing went
+    held.release(lambda line: out.append(render.plain(line)))
+    assert out[3:] == ["* at 6"]  # said once

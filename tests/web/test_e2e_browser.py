@@ -2312,6 +2312,41 @@ def test_the_lobby_after_a_pair_shows_its_lines_and_joins_in_their_order(
     ]
 
 
+def test_joins_and_leaves_held_past_the_bound_are_counted_not_dropped_silently(
+    web: WebServer, browser: Callable[..., Any]
+) -> None:
+    """While paired, the page holds the lobby's joins and leaves for the
+    pair's end: the last 2,000 (MAX_ROWS). Those before went without a word;
+    now the page says how many, after the last one shown (a line before
+    2,000 rows would be trimmed at once), as the terminal client does."""
+    start = datetime(2026, 12, 6, 10, 0, tzinfo=UTC)
+
+    def at(ms: int) -> str:
+        return (start + timedelta(milliseconds=ms)).isoformat(timespec="milliseconds")[:-6] + "Z"
+
+    # Each joins and leaves at once (a long user list would make each
+    # JOINED slow to draw): 2,004 notices, the first 4 not kept.
+    comings = []
+    for n in range(1002):
+        comings += [f"JOINED {at(2 * n)} u{n}", f"LEFT {at(2 * n + 1)} u{n} quit"]
+    page = scripted(browser(), web, {
+        "NICK alice": [["READY alice", "USERS 0"]],
+        "MSG go": [["PAIRED bob", *comings, "UNPAIRED bob left", "USERS 0"]],
+    })
+    join_as(page, "alice")
+    logged_in(page, "alice")
+    say(page, "go")
+    wait_notice(page, "Your private conversation with bob ended.")
+    rows = lobby_rows(page)
+    assert rows[-4:] == [
+        "notice: u1001 joined the chat",
+        "notice: u1001 left",
+        "notice: 4 joins and leaves in the lobby before these were not kept: at most 2,000 "
+        "are held during a private conversation.",
+        "notice: Your private conversation with bob ended.",
+    ], rows[-4:]
+
+
 def test_a_server_restart_ends_the_private_conversation_in_words(
     web: WebServer, browser: Callable[..., Any], tcp: Callable[[str], LineClient]
 ) -> None:

@@ -25,7 +25,7 @@ import math
 from collections import deque
 from collections.abc import Callable
 
-from twisted_chat.client.render import Line
+from twisted_chat.client.render import Line, notice
 from twisted_chat.wire import parse_ts
 
 # The web page's MAX_ROWS.
@@ -106,16 +106,21 @@ class HeldNotices:
     """
     Joins and leaves in the lobby held while paired, oldest first.
 
-    @param limit: how many are held (the oldest go first).
+    @param limit: how many are held (the oldest go first, and how many went
+        is said after the last one shown: L{not_kept}).
     """
 
     def __init__(self, limit: int = REMEMBERED) -> None:
+        self._limit = limit
         self._held: deque[tuple[float | None, Line]] = deque(maxlen=limit)
+        self._dropped = 0  # the oldest, gone for newer ones
 
     def __len__(self) -> int:
         return len(self._held)
 
     def hold(self, ts: str, line: Line) -> None:
+        if len(self._held) == self._limit:
+            self._dropped += 1
         self._held.append((when(ts), line))
 
     def release(self, show: Callable[[Line], object], until: str | None = None) -> None:
@@ -132,3 +137,17 @@ class HeldNotices:
                 return
             self._held.popleft()
             show(line)
+        if self._dropped:
+            # After the last one rather than before the first: the web page
+            # keeps its last 2,000 rows, and a line before 2,000 would go.
+            show(notice(not_kept(self._dropped, self._limit)))
+            self._dropped = 0
+
+
+def not_kept(count: int, limit: int) -> str:
+    """The line for C{count} joins and leaves held past C{limit}, not shown
+    (the web page says the same: app.js, C{showHeldNotices})."""
+    what = "join or leave in the lobby before these was" if count == 1 else (
+        "joins and leaves in the lobby before these were"
+    )
+    return f"{count:,} {what} not kept: at most {limit:,} are held during a private conversation."

@@ -159,8 +159,10 @@
     shownOrder: [],
     shownFloor: -Infinity,
     // Lobby notices (joins, leaves) while paired: shown when the pair ends,
-    // in time order among the lobby lines replayed then ({ts, text}).
+    // in time order among the lobby lines replayed then ({ts, text}); the
+    // last MAX_ROWS of them, and how many older ones went (heldDropped).
     heldNotices: [],
+    heldDropped: 0,
     // The partner whose pair just ended, told in the lobby once the
     // replay after UNPAIRED is shown (at its user list).
     unpairedFrom: null,
@@ -1489,10 +1491,16 @@
       return;
     }
     state.heldNotices.push({ ts, text });
-    if (state.heldNotices.length > MAX_ROWS) state.heldNotices.shift();
+    if (state.heldNotices.length > MAX_ROWS) {
+      state.heldNotices.shift();
+      state.heldDropped += 1;
+    }
   }
 
-  // The held notices up to `until` (all of them without it), in time order.
+  // The held notices up to `until` (all of them without it), in time order;
+  // once the last is shown, how many older ones were not kept (said after
+  // them, not before: the lobby keeps its last MAX_ROWS rows). The terminal
+  // client says the same (client/lobbyview.py, not_kept).
   function showHeldNotices(until) {
     const held = state.heldNotices;
     let n = 0;
@@ -1501,6 +1509,11 @@
       n += 1;
     }
     if (n) held.splice(0, n);
+    const dropped = state.heldDropped;
+    if (held.length || !dropped) return;
+    state.heldDropped = 0;
+    const what = dropped === 1 ? "join or leave in the lobby before these was" : "joins and leaves in the lobby before these were";
+    notice(lobby(), `${dropped.toLocaleString("en")} ${what} not kept: at most ${MAX_ROWS.toLocaleString("en")} are held during a private conversation.`);
   }
 
   // -- the nick prompt ------------------------------------------------------------------
