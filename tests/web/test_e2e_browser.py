@@ -1418,6 +1418,10 @@ def test_a_server_that_greets_then_closes_is_tried_further_and_further_apart(
     assert 750 <= waits[0] < 1500, waits  # 1 s +-25 %
     assert waits[1] >= 1500, waits  # 2 s -25 %, not 1 s again
     countdowns = page.execute_script("return window.countdowns")[:3]
+    # Said as the full server it is, as the terminal client does, not as
+    # a bare "Disconnected.".
+    assert all(text.startswith("The server is full. Reconnecting in ")
+               for text in countdowns), countdowns
     assert countdowns[0].endswith(("in 1 s…", "in 2 s…")), countdowns
     assert countdowns[1].endswith(("in 2 s…", "in 3 s…")), countdowns
     assert countdowns[2].endswith(("in 3 s…", "in 4 s…", "in 5 s…")), countdowns

@@ -1047,7 +1047,11 @@
     const delay = base * 1000 * (0.75 + Math.random() * 0.5);
     state.attempt += 1;
     state.retryAt = Date.now() + delay;
-    const why = { shutdown: "The server is restarting.", "no-answer": "No answer from the server." }[state.byeReason] || "Disconnected.";
+    const why = {
+      shutdown: "The server is restarting.",
+      full: "The server is full.", // BYE full: too many connections (docs/protocol.md, "Limits this server sets")
+      "no-answer": "No answer from the server.",
+    }[state.byeReason] || "Disconnected.";
     const tick = () => {
       const s = Math.max(0, Math.ceil((state.retryAt - Date.now()) / 1000));
       banner(`${why} Reconnecting in ${s} s…`, "Reconnect now");
