@@ -879,9 +879,7 @@
     answers.handshake = setTimeout(() => {
       answers.handshake = null;
       if (ws !== state.ws || state.online) return;
-      state.byeReason = "no-answer";
-      ws.close();
-      closed();
+      dropSocket({ reason: "no-answer" });
     }, HANDSHAKE_TIMEOUT);
   }
 
@@ -962,12 +960,7 @@
     clearInterval(state.countdown);
     state.retryTimer = null;
     resetOutbox();
-    if (state.ws) {
-      // "Reconnect now" during an attempt: that one is given up.
-      const old = state.ws;
-      state.ws = null;
-      old.close();
-    }
+    dropSocket({ replaced: true }); // "Reconnect now" during an attempt: that one is given up
     answers.pings = [];
     let ws;
     try {
@@ -995,6 +988,21 @@
       if (ws !== state.ws) return;
       closed();
     };
+  }
+
+  // The page gives up the connection of the moment (if any): its socket is
+  // closed, and whatever it still does is ignored (its handlers look for
+  // state.ws). Unless a new one replaces it at once (connect()), the page
+  // then goes on as for any connection closed (closed()), the banner
+  // saying `reason` (scheduleReconnect) if one is given.
+  function dropSocket({ replaced = false, reason = null } = {}) {
+    const ws = state.ws;
+    if (!ws) return;
+    state.ws = null;
+    ws.close();
+    if (replaced) return;
+    if (reason) state.byeReason = reason;
+    closed();
   }
 
   function closed() {
@@ -1129,8 +1137,7 @@
     state.keepalive = setInterval(() => {
       if (!state.ws) return;
       if (Date.now() - state.lastLine > 65000) {
-        state.ws.close();
-        closed();
+        dropSocket();
       } else if (Date.now() - state.lastLine > 45000) {
         send("PING keepalive");
       }
