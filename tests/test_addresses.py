@@ -236,3 +236,48 @@ def test_handshake_pool_finds_the_biggest_address_among_many() -> None:
         pool.add("x", item)
     assert len(pool) == 1001
     assert pool.make_room() == ["x1"]
+
+
+def test_handshake_pool_keeps_a_newcomer_while_many_addresses_churn_it() -> None:
+    # rev13-attack 2: 40 addresses each open one connection a second into a
+    # pool of 20 (each holding one: all tied as "the address holding the
+    # most"); a user from elsewhere, typing its nick, stays in the pool.
+    clock = Clock()
+    pool: HandshakePool[str] = HandshakePool(limit=20)
+    held: dict[str, str] = {}  # item -> key, what is in the pool
+    serial = [0]
+
+    def join(key: str) -> str:
+        serial[0] += 1
+        item = f"{key}#{serial[0]}"
+        for victim in pool.make_room():
+            pool.discard(held.pop(victim), victim)
+        pool.add(key, item)
+        held[item] = key
+        return item
+
+    def attacker(i: int) -> None:
+        join(f"attacker{i}")
+        clock.callLater(1.0, attacker, i)
+
+    for i in range(40):
+        clock.callLater(i / 40, attacker, i)
+    clock.advance(3.0)
+    assert len(pool) == 20
+    newcomer = join("human")
+    for _ in range(60):
+        clock.advance(0.1)
+        assert newcomer in held
+    assert len(pool) == 20
+    # The addresses churning it still get in, each pushing out another.
+    assert sum(1 for key in held.values() if key != "human") == 19
+
+
+def test_handshake_pool_remembers_a_bounded_number_of_evicted_keys() -> None:
+    pool: HandshakePool[str] = HandshakePool(limit=1, memory=3)
+    pool.add("k0", "i0")
+    for i in range(1, 10):
+        assert pool.make_room() == [f"i{i - 1}"]
+        pool.discard(f"k{i - 1}", f"i{i - 1}")
+        pool.add(f"k{i}", f"i{i}")
+    assert list(pool._evicted) == ["k6", "k7", "k8"]
