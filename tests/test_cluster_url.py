@@ -132,3 +132,44 @@ async def test_a_ca_bundle_is_trusted_whole(tmp_path: Path) -> None:
             proto.transport.loseConnection()
     finally:
         redis.stop()
+
+
+_SECRET = "S3cr#tPW"
+
+
+def _with_passwords(url: str) -> list[str]:
+    """C{url} with a password in the userinfo, as is and with a '#', and
+    in a password= parameter."""
+    scheme, sep, rest = url.partition("://")
+    forms = []
+    if sep:
+        forms.append(f"{scheme}://:{_SECRET.replace('#', '')}@{rest}")
+        forms.append(f"{scheme}://user:{_SECRET}@{rest}")
+    joiner = "&" if "?" in url else "?"
+    forms.append(f"{url}{joiner}password={_SECRET.replace('#', '%23')}")
+    return forms
+
+
+@pytest.mark.parametrize("url", [
+    "http://x", "redis://", "unix://", "redis://h:99999999",
+    "redis://h/notanumber", "redis://h/0?ca=/x.pem",
+    "redis://h/-1", "redis://h/1_0", "redis://h//0", "redis://h/0/",
+    "redis://h:0/0", "redis://h/1?db=2", "redis://h/0?pasword=pw", "redis://h/0?ca",
+    "rediss://h/0?ca=/a.pem&ca=/b.pem", "redis://h/0#x", "redis://h/0?db=1&&",
+    "unix://h/run/redis.sock", "unix:///run/redis.sock?db=-1",
+    "redis://h/0?password=a&password=b",
+])
+def test_redis_url_errors_do_not_show_the_password(url: str) -> None:
+    """rev13-attack 4: the error line goes to stderr (the journal); it
+    quotes the URL without its password, wherever the password is."""
+    for form in _with_passwords(url):
+        with pytest.raises(ValueError) as e:
+            parse_url(form)
+        message = str(e.value)
+        assert "S3cr" not in message and "tPW" not in message, (form, message)
+        assert "***" in message or "ca=" in message, message
+    options = Options()
+    options.parseOptions(["--redis", _with_passwords(url)[-1]])
+    with pytest.raises(SystemExit) as exited:
+        makeService(options)
+    assert "--redis" in str(exited.value) and "S3cr" not in str(exited.value)

@@ -96,6 +96,26 @@ def read_password_file(path: str) -> str:
     return password
 
 
+_QUERY_PASSWORD = re.compile(r"([?&]password=)[^&]*", re.IGNORECASE)
+
+
+def redacted(url: str) -> str:
+    """
+    C{url} as an error message may quote it: without its password, in the
+    userinfo (all of it, up to the last C{@}, goes) or in a C{password=}
+    parameter.  Done on the text as given, so that a malformed URL (a
+    C{#} in the password splits it) shows none of it either.
+    """
+    url = _QUERY_PASSWORD.sub(r"\1***", url)
+    scheme, sep, rest = url.partition("://")
+    if not sep:
+        scheme, rest = "", url
+    at = rest.rfind("@")
+    if at >= 0:
+        rest = "***" + rest[at:]
+    return f"{scheme}{sep}{rest}"
+
+
 def parse_url(url: str) -> RedisTarget:
     """
     C{redis://[[user]:password@]host[:port][/db]}, C{rediss://...} (TLS,
@@ -110,23 +130,36 @@ def parse_url(url: str) -> RedisTarget:
     on, a port from 1, known query parameters (each once), no fragment, a
     C{ca=} file that holds certificates.
 
-    @raise ValueError: with a sentence saying what is wrong.
+    @raise ValueError: with a sentence saying what is wrong; one that quotes
+        the URL quotes it without its password (L{redacted}).
     """
+    try:
+        return _parse_url(url)
+    except _BadURL as e:
+        raise ValueError(f"{redacted(url)!r}{e}") from None
+
+
+class _BadURL(ValueError):
+    """What is wrong with a URL: the text after the (redacted) URL quoted."""
+
+
+def _parse_url(url: str) -> RedisTarget:
+    """L{parse_url}, raising L{_BadURL}."""
     parts = urllib.parse.urlsplit(url)
     try:
         pairs = urllib.parse.parse_qsl(parts.query, keep_blank_values=True,
                                        strict_parsing=bool(parts.query))
     except ValueError:
-        raise ValueError(f"{url!r} has a malformed query") from None
+        raise _BadURL(" has a malformed query") from None
     names = [name for name, _ in pairs]
     for name in names:
         if name not in _URL_PARAMETERS:
-            raise ValueError(f"{url!r}: unknown parameter {name!r} (known: "
-                             f"{', '.join(_URL_PARAMETERS)})")
+            raise _BadURL(f": unknown parameter {name!r} (known: "
+                          f"{', '.join(_URL_PARAMETERS)})")
         if names.count(name) > 1:
-            raise ValueError(f"{url!r}: {name}= is given twice")
+            raise _BadURL(f": {name}= is given twice")
     if parts.fragment:
-        raise ValueError(f"{url!r} has a '#' (in a password, write it %23)")
+        raise _BadURL(" has a '#' (in a password, write it %23)")
     query = {name: [value] for name, value in pairs}
     password = parts.password or (query.get("password") or [""])[0] or None
     if password is not None:
@@ -136,39 +169,39 @@ def parse_url(url: str) -> RedisTarget:
     scheme = parts.scheme.lower()
     if scheme in ("redis", "rediss"):
         if not parts.hostname:
-            raise ValueError(f"{url!r} has no host")
+            raise _BadURL(" has no host")
         path = parts.path[1:]
         if path and db_text:
-            raise ValueError(f"{url!r}: the database is given twice (path and db=)")
+            raise _BadURL(": the database is given twice (path and db=)")
         db_text = path or db_text
         try:
             port = parts.port
         except ValueError:
-            raise ValueError(f"{url!r} has a bad port") from None
+            raise _BadURL(" has a bad port") from None
         if port == 0:
-            raise ValueError(f"{url!r} has a bad port")
+            raise _BadURL(" has a bad port")
         port = port or 6379
         endpoint = f"tcp:{_escape(parts.hostname)}:{port}"
         shown = f"{scheme}://{parts.hostname}:{port}"
     elif scheme == "unix":
         if not parts.path:
-            raise ValueError(f"{url!r} has no socket path")
+            raise _BadURL(" has no socket path")
         if parts.hostname:
-            raise ValueError(f"{url!r}: unix:// takes no host (unix:///path/to/socket)")
+            raise _BadURL(": unix:// takes no host (unix:///path/to/socket)")
         endpoint = f"unix:{_escape(parts.path)}"
         shown = f"unix://{parts.path}"
     else:
-        raise ValueError(f"{url!r}: the scheme must be redis://, rediss:// or unix://")
+        raise _BadURL(": the scheme must be redis://, rediss:// or unix://")
     if not _DB.fullmatch(db_text or "0"):
-        raise ValueError(f"{url!r}: the database must be a number from 0 (Redis has "
-                         "0 to 15 unless configured otherwise)")
+        raise _BadURL(": the database must be a number from 0 (Redis has "
+                      "0 to 15 unless configured otherwise)")
     db = int(db_text or 0)
     tls = scheme == "rediss"
     ca = (query.get("ca") or [""])[0] or None
     trust = None
     if ca is not None:
         if not tls:
-            raise ValueError(f"{url!r}: ca= is for rediss:// only")
+            raise _BadURL(": ca= is for rediss:// only")
         try:
             trust = load_trust_root(ca)
         except (OSError, ValueError) as e:
