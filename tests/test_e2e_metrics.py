@@ -180,10 +180,50 @@ def test_no_metrics_port_unless_asked(chat_server: Callable[..., ServerProcess])
     assert "MetricsSite starting" not in server.log()
 
 
+def test_one_address_holding_the_metrics_port_leaves_others_a_scrape(
+        chat_server: Callable[..., ServerProcess]) -> None:
+    """rev13-attack 3: 8 connections held from 127.0.0.2 took the port, and
+    every scrape from 127.0.0.1 failed.  Now 2 of them are served, and the
+    scrape gets its 200; keep-alive scrapes on one connection get 4
+    answers, the last saying Connection: close."""
+    import http.client
+    import socket
+
+    from twisted_chat.server.metricsport import MAX_METRICS_PER_ADDRESS, MAX_METRICS_REQUESTS
+
+    metrics_port = free_port()
+    chat_server("--db", ":memory:", "--metrics", f"tcp:{metrics_port}:interface={LOOPBACK}")
+    held = [socket.create_connection((LOOPBACK, metrics_port), timeout=5,
+                                     source_address=("127.0.0.2", 0)) for _ in range(8)]
+    try:
+        # The refused ones are closed at their accept: b"" (or a reset).
+        refused = 0
+        for conn in held[MAX_METRICS_PER_ADDRESS:]:
+            with contextlib.suppress(ConnectionResetError):
+                assert conn.recv(1) == b""
+            refused += 1
+        assert refused == 8 - MAX_METRICS_PER_ADDRESS
+        assert get(scrape(metrics_port), "chat_users_online") == 0
+        client = http.client.HTTPConnection(LOOPBACK, metrics_port, timeout=5)
+        closes = []
+        for _ in range(MAX_METRICS_REQUESTS):
+            client.request("GET", "/metrics")
+            answer = client.getresponse()
+            assert answer.status == 200
+            answer.read()
+            closes.append(answer.headers.get("Connection"))
+        assert closes == [None] * (MAX_METRICS_REQUESTS - 1) + ["close"]
+        client.close()
+    finally:
+        for conn in held:
+            conn.close()
+
+
 def test_held_metrics_connections_leave_the_chat_its_descriptors(
         tmp_path: Path, chat_server: Callable[..., ServerProcess]) -> None:
     """A peer holding 150 connections to the metrics port of a server with
-    200 descriptors and --max-clients 100: it gets MAX_METRICS_CONNECTIONS,
+    200 descriptors and --max-clients 100 (from 75 addresses, two each:
+    the per-address share is 2): it gets MAX_METRICS_CONNECTIONS,
     the rest are closed at once, and 60 chat users are all greeted (before,
     the metrics port took the descriptors and Twisted closed chat users
     without a word); a scrape still works once the holder lets go."""
@@ -208,8 +248,10 @@ def test_held_metrics_connections_leave_the_chat_its_descriptors(
     held: list[socket.socket] = []
     chats: list[socket.socket] = []
     try:
-        for _ in range(150):
-            held.append(socket.create_connection((LOOPBACK, metrics_port), timeout=5))
+        for n in range(150):  # from 75 addresses: each gets MAX_METRICS_PER_ADDRESS
+            held.append(socket.create_connection(
+                (LOOPBACK, metrics_port), timeout=5,
+                source_address=(f"127.0.1.{1 + n // 2}", 0)))
         closed: set[socket.socket] = set()
 
         def closes_seen(wait: float = 0.0) -> int:

@@ -639,13 +639,13 @@ def test_lines_dropped_by_flood_control_are_counted_by_limit() -> None:
 # -- the metrics port's limits ----------------------------------------------------------
 
 
-def metrics_connection(site: Any, port: int) -> tuple[Any, Any] | None:
-    """One accepted connection to C{site}: its channel and transport, or
-    None if the site refused it (Twisted closes the socket then)."""
+def metrics_connection(site: Any, port: int, host: str = "127.0.0.1") -> tuple[Any, Any] | None:
+    """One accepted connection to C{site} from C{host}: its channel and
+    transport, or None if the site refused it (Twisted closes the socket then)."""
     from twisted.internet.address import IPv4Address
     from twisted.internet.testing import StringTransport
 
-    address = IPv4Address("TCP", "127.0.0.1", port)
+    address = IPv4Address("TCP", host, port)
     channel = site.buildProtocol(address)
     if channel is None:
         return None
@@ -660,34 +660,94 @@ def test_the_metrics_port_serves_a_few_connections_at_once() -> None:
     from twisted_chat.server.metricsport import MAX_METRICS_CONNECTIONS, metrics_site
 
     site = metrics_site(registry_for(Stats(), lambda: Snapshot(0, 0, 0, None)), Clock())
-    held = [metrics_connection(site, 40000 + n) for n in range(MAX_METRICS_CONNECTIONS)]
+    held = [metrics_connection(site, 40000 + n, f"127.0.0.{10 + n}")
+            for n in range(MAX_METRICS_CONNECTIONS)]
     assert all(held)
-    assert metrics_connection(site, 41000) is None  # the N+1th
-    assert metrics_connection(site, 41001) is None
+    assert metrics_connection(site, 41000, "127.0.0.2") is None  # the N+1th
+    assert metrics_connection(site, 41001, "127.0.0.3") is None
     channel, _ = held[0]  # type: ignore[misc]
     channel.connectionLost(Failure(ConnectionDone()))
-    assert metrics_connection(site, 41002) is not None
-    assert metrics_connection(site, 41003) is None
+    assert metrics_connection(site, 41002, "127.0.0.2") is not None
+    assert metrics_connection(site, 41003, "127.0.0.3") is None
 
 
-def test_a_metrics_connection_lasts_at_most_its_timeout_however_it_sends() -> None:
-    """Twisted's own timeout starts again at each byte: one header byte a
-    second would hold a slot for ever.  This one counts from the accept."""
-    from twisted_chat.server.metricsport import METRICS_TIMEOUT, metrics_site
+def test_one_address_gets_a_share_of_the_metrics_port() -> None:
+    """rev13-attack 3: one peer held all the connections, and no scrape
+    from elsewhere got through.  It gets MAX_METRICS_PER_ADDRESS; a closed
+    one makes room for its address again."""
+    from twisted_chat.server.metricsport import MAX_METRICS_PER_ADDRESS, metrics_site
 
-    clock = Clock()
-    site = metrics_site(registry_for(Stats(), lambda: Snapshot(0, 0, 0, None)), clock)
+    site = metrics_site(registry_for(Stats(), lambda: Snapshot(0, 0, 0, None)), Clock())
+    held = [metrics_connection(site, 40000 + n, "127.0.0.2")
+            for n in range(MAX_METRICS_PER_ADDRESS)]
+    assert all(held)
+    assert metrics_connection(site, 41000, "127.0.0.2") is None
+    assert metrics_connection(site, 41001, "127.0.0.1") is not None  # the scraper
+    channel, _ = held[0]  # type: ignore[misc]
+    channel.connectionLost(Failure(ConnectionDone()))
+    channel.connectionLost(Failure(ConnectionDone()))  # twice is harmless
+    assert metrics_connection(site, 41002, "127.0.0.2") is not None
+    assert metrics_connection(site, 41003, "127.0.0.2") is None
+
+
+def test_a_metrics_connection_serves_a_few_requests() -> None:
+    """rev13-attack 3: a keep-alive connection sent scrapes back to back
+    for as long as it lasted.  The MAX_METRICS_REQUESTSth answer says
+    Connection: close, and what comes after it is not answered."""
+    from twisted_chat.server.metricsport import MAX_METRICS_REQUESTS, metrics_site
+
+    site = metrics_site(registry_for(Stats(), lambda: Snapshot(0, 0, 0, None)), Clock())
     got = metrics_connection(site, 40000)
     assert got is not None
     channel, transport = got
-    for byte in b"GET /metrics HTTP/1.1\r\n"[:int(METRICS_TIMEOUT) - 1]:
-        channel.dataReceived(bytes([byte]))
-        clock.advance(1.0)
-        assert not transport.disconnecting
-    clock.advance(1.0)
-    assert transport.disconnecting  # aborted (StringTransport: disconnecting)
-    channel.connectionLost(Failure(ConnectionAborted()))
-    assert not site.open and not clock.getDelayedCalls()
+    # Paths with nothing at them are answered at once (see below).
+    channel.dataReceived(b"GET /nothing HTTP/1.1\r\nHost: x\r\n\r\n"
+                         * (MAX_METRICS_REQUESTS + 3))
+    answers = transport.value().split(b"HTTP/1.1 404 ")[1:]
+    assert len(answers) == MAX_METRICS_REQUESTS
+    assert all(b"Connection: close" not in answer for answer in answers[:-1])
+    assert b"Connection: close" in answers[-1]
+    assert transport.disconnecting
+
+
+def test_scrapes_back_to_back_share_a_few_renderings() -> None:
+    """rev13-attack 3: each scrape rendered the whole registry, so scrapes
+    back to back kept a core busy.  Renderings are bounded by
+    METRICS_RENDERS; past it a request gets the last answer to the same
+    form (Accept, query...), or 503 if there is none."""
+    from twisted_chat.server.metricsport import METRICS_FORMS, METRICS_RENDERS, renders_bounded
+
+    clock = Clock()
+    rendered: list[str] = []
+
+    def app(environ: dict[str, Any], start_response: Any) -> list[bytes]:
+        rendered.append(environ.get("HTTP_ACCEPT", ""))
+        start_response("200 OK", [("Content-Type", "text/plain")])
+        return [f"render {len(rendered)}".encode()]
+
+    bounded = renders_bounded(app, clock.seconds)
+
+    def scrape(accept: str = "") -> tuple[str, bytes]:
+        got: list[str] = []
+        body = bounded({"REQUEST_METHOD": "GET", "PATH_INFO": "/", "QUERY_STRING": "",
+                        "HTTP_ACCEPT": accept},
+                       lambda status, headers: got.append(status))
+        return got[0], b"".join(body)
+
+    burst = int(METRICS_RENDERS.burst)
+    assert [scrape() for _ in range(burst)] == [
+        ("200 OK", f"render {n}".encode()) for n in range(1, burst + 1)]
+    assert {scrape() for _ in range(100)} == {("200 OK", f"render {burst}".encode())}
+    status, body = scrape("application/openmetrics-text")  # never rendered
+    assert status.startswith("503 ") and b"try again" in body
+    assert len(rendered) == burst
+    clock.advance(1 / METRICS_RENDERS.per_second)
+    assert scrape() == ("200 OK", f"render {burst + 1}".encode())
+    for n in range(METRICS_FORMS):
+        clock.advance(1 / METRICS_RENDERS.per_second)
+        scrape(f"form {n}")
+    assert scrape()[0].startswith("503 ")  # its answer was forgotten
+    assert len(rendered) == burst + 1 + METRICS_FORMS
 
 
 @pytest.mark.parametrize(("endpoint", "warned"), [

@@ -9,6 +9,8 @@ See docs/metrics.md for what each metric means.
 
 from __future__ import annotations
 
+import threading
+from collections.abc import Callable
 from typing import Any, cast
 
 from prometheus_client.registry import CollectorRegistry
@@ -16,6 +18,8 @@ from twisted.internet.protocol import connectionDone
 from twisted.python.failure import Failure
 
 from twisted_chat.server import listening
+from twisted_chat.server.addresses import address_key
+from twisted_chat.server.buckets import Rate, TokenBucket
 
 # The metrics port's limits (docs/security.md).  A scraper needs one
 # connection, kept alive or not; whoever else can reach the port gets no more
@@ -27,6 +31,23 @@ MAX_METRICS_CONNECTIONS = 8
 #: a scraper that keeps its connection alive opens another.  Also the idle
 #: timeout.
 METRICS_TIMEOUT = 10.0
+#: Of those, the connections one address may hold: one peer (a local
+#: account, where the port is on loopback) cannot take them all and leave
+#: the scraper none.  A UNIX socket's connections have no address: its
+#: file's permissions decide who connects.
+MAX_METRICS_PER_ADDRESS = 2
+#: Requests one connection may send; the answer to the last says
+#: C{Connection: close}.  A scraper's keep-alive connection opens another.
+MAX_METRICS_REQUESTS = 4
+#: Renderings of the registry per second, and at once, for the whole port
+#: (a scrape renders it: milliseconds of CPU).  Past them, a request gets
+#: the last answer rendered for the same (method, path, query, C{Accept},
+#: C{Accept-Encoding}), or C{503} if there is none: scrapes back to back
+#: cost twisted.web's parsing, not a rendering each.  Prometheus scrapes
+#: every few seconds.
+METRICS_RENDERS = Rate(4.0, 8)
+#: How many forms of the answer are kept (the least recent goes first).
+METRICS_FORMS = 4
 #: Descriptors the metrics port may hold, for the budget of
 #: L{twisted_chat.server.descriptors}: its connections and the one it has
 #: just accepted to close.
@@ -68,15 +89,65 @@ def head_as_get(app: Any) -> Any:
     return app_with_head
 
 
+_BUSY = ("503 Service Unavailable",
+         [("Content-Type", "text/plain; charset=utf-8"), ("Retry-After", "1")],
+         b"The metrics port is rendering too often; try again in a second.\n")
+
+
+def renders_bounded(app: Any, seconds: Callable[[], float],
+                    rate: Rate = METRICS_RENDERS, forms: int = METRICS_FORMS) -> Any:
+    """
+    The WSGI app C{app}, called at C{rate} at most (by the clock
+    C{seconds}); past it, a request gets the last answer to one asking the
+    same (L{METRICS_RENDERS}), kept for C{forms} of them, or C{503}.
+    Called on the thread pool: the bucket and the answers are behind a
+    lock; the rendering is not.
+    """
+    lock = threading.Lock()
+    bucket = TokenBucket(rate, seconds())
+    kept: dict[tuple[str, ...], tuple[str, list[tuple[str, str]], bytes]] = {}
+
+    def bounded_app(environ: dict[str, Any], start_response: Any) -> Any:
+        key = tuple(str(environ.get(name, "")) for name in (
+            "REQUEST_METHOD", "PATH_INFO", "QUERY_STRING", "HTTP_ACCEPT",
+            "HTTP_ACCEPT_ENCODING"))
+        with lock:
+            render = bucket.take(seconds())
+            answer = None if render else kept.get(key, _BUSY)
+        if answer is None:
+            got: list[tuple[str, list[tuple[str, str]]]] = []
+            written: list[bytes] = []
+
+            def respond(status: str, headers: list[tuple[str, str]], *exc_info: Any) -> Any:
+                got.append((status, list(headers)))
+                return written.append
+
+            body = b"".join(app(environ, respond))
+            answer = (got[0][0], got[0][1], b"".join(written) + body)
+            with lock:
+                kept.pop(key, None)
+                kept[key] = answer
+                while len(kept) > forms:
+                    del kept[next(iter(kept))]
+        status, headers, body = answer
+        start_response(status, headers)
+        return [body]
+
+    return bounded_app
+
+
 def metrics_site(registry: CollectorRegistry, reactor: Any = None,
                  max_connections: int = MAX_METRICS_CONNECTIONS,
                  timeout: float = METRICS_TIMEOUT) -> Any:
     """
     A C{twisted.web} site serving C{registry} at C{/metrics}, with
     prometheus_client's WSGI app (as its Twisted resource does, and C{HEAD}
-    answered: L{head_as_get}), and no access log (a scrape every
-    15 seconds would be most of the server's log); at most
-    C{max_connections} at once, each for at most C{timeout} seconds.
+    answered: L{head_as_get}; rendered at L{METRICS_RENDERS} at most:
+    L{renders_bounded}), and no access log (a scrape
+    every 15 seconds would be most of the server's log); at most
+    C{max_connections} at once (L{MAX_METRICS_PER_ADDRESS} of them from
+    one address), each for at most C{timeout} seconds and
+    L{MAX_METRICS_REQUESTS} requests.
     """
     # Imported here: the scrape runs on the global reactor's thread pool.
     from prometheus_client.exposition import make_wsgi_app
@@ -101,6 +172,15 @@ def metrics_site(registry: CollectorRegistry, reactor: Any = None,
 
         site: MetricsSite
         _deadline: Any = None
+        host: str | None = None
+        served = 0
+
+        def checkPersistence(self, request: Any, version: bytes) -> bool:
+            self.served += 1
+            if self.served >= MAX_METRICS_REQUESTS:
+                request.responseHeaders.setRawHeaders(b"Connection", [b"close"])
+                return False
+            return bool(super().checkPersistence(request, version))
 
         def connectionMade(self) -> None:
             super().connectionMade()
@@ -116,7 +196,7 @@ def metrics_site(registry: CollectorRegistry, reactor: Any = None,
             deadline, self._deadline = self._deadline, None
             if deadline is not None and deadline.active():
                 deadline.cancel()
-            self.site.open.discard(self)
+            self.site.closed(self)
             super().connectionLost(reason)
 
     class MetricsSite(Site):
@@ -129,19 +209,40 @@ def metrics_site(registry: CollectorRegistry, reactor: Any = None,
             # prometheus_client.twisted.MetricsResource (the app on the global
             # reactor's thread pool), with HEAD answered (head_as_get).
             threads = cast(Any, global_reactor)
+            clock = reactor if reactor is not None else threads
             root.putChild(b"metrics", WSGIResource(
-                threads, threads.getThreadPool(), head_as_get(make_wsgi_app(registry))))
+                threads, threads.getThreadPool(), renders_bounded(
+                    head_as_get(make_wsgi_app(registry)), clock.seconds)))
             super().__init__(root, timeout=timeout, **(
                 {"reactor": reactor} if reactor is not None else {}))
             self.lifetime = timeout
             self.open: set[MetricsChannel] = set()
+            self.by_host: dict[str, int] = {}
 
         def buildProtocol(self, addr: Any) -> Any:
             if len(self.open) >= max_connections:
                 return None  # Twisted closes the socket at once
+            host: str | None = getattr(addr, "host", None)
+            if host is not None:
+                host = address_key(host)  # an IPv6 /64 is one address
+            if host is not None and self.by_host.get(host, 0) >= MAX_METRICS_PER_ADDRESS:
+                return None
             channel = super().buildProtocol(addr)
             self.open.add(channel)
+            if host is not None:
+                channel.host = host
+                self.by_host[host] = self.by_host.get(host, 0) + 1
             return channel
+
+        def closed(self, channel: MetricsChannel) -> None:
+            if channel not in self.open:
+                return
+            self.open.discard(channel)
+            host = channel.host
+            if host is not None:
+                left = self.by_host.pop(host, 1) - 1
+                if left > 0:
+                    self.by_host[host] = left
 
         def log(self, request: Any) -> None:
             pass
