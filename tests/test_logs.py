@@ -346,3 +346,53 @@ def test_log_keep_0_keeps_every_file(tmp_path: Path, sigusr1: None) -> None:
     log_file = logs.rotated_log_file(str(tmp_path / "c.log"), keep=0)
     assert log_file.maxRotatedFiles is None
     log_file.close()
+
+
+@pytest.mark.parametrize("given", [{"logfile": "chat.log"}, {},
+                                   {"logfile": "chat.log", "nodaemon": True}])
+def test_the_log_files_are_readable_by_the_server_s_user_only(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, sigusr1: None,
+        opened: list[Any], given: dict[str, Any]) -> None:
+    """rev13-attack 1: the log file (daemon mode's twistd.log, the first
+    made before twistd's own umask 077, and -n --logfile's) was made 0644,
+    and with --log-messages it holds every DM.  Under umask 022 it is 0600,
+    as the file a rotation makes and the rotated one are."""
+    import os
+    import stat
+
+    old = os.umask(0o022)
+    try:
+        _, observer = twistds_component(tmp_path, monkeypatch, given)
+        assert observer is not None and len(opened) == 1
+        path = Path(opened[0].path)
+        assert stat.S_IMODE(path.stat().st_mode) == 0o600
+        opened[0].rotate()
+        assert stat.S_IMODE(path.stat().st_mode) == 0o600
+        assert stat.S_IMODE(Path(f"{path}.1").stat().st_mode) == 0o600
+    finally:
+        os.umask(old)
+
+
+def test_an_existing_log_file_is_made_private_but_not_a_device(
+        tmp_path: Path, sigusr1: None) -> None:
+    """A log file an earlier version made 0644 becomes 0600 at start; a
+    path that is not a regular file (/dev/null as root would be changed for
+    every user) keeps its mode."""
+    import os
+    import stat
+
+    path = tmp_path / "chat.log"
+    path.write_text("old line\n")
+    path.chmod(0o644)
+    log_file = logs.rotated_log_file(str(path), keep=3)
+    log_file.close()
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    assert "old line" in path.read_text()
+    # A device of its own, like /dev/null (mknod: the tests run as root),
+    # so that a failure changes nothing outside tmp_path.
+    null = tmp_path / "null"
+    os.mknod(null, stat.S_IFCHR | 0o666, os.makedev(1, 3))
+    null.chmod(0o666)  # past the umask
+    log_file = logs.rotated_log_file(str(null), keep=3)
+    log_file.close()
+    assert stat.S_IMODE(null.stat().st_mode) == 0o666

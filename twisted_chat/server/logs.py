@@ -66,6 +66,9 @@ def set_level(name: str) -> None:
     _predicate.setLogLevelForNamespace("", LogLevel.levelWithName(name))
 
 
+#: The mode of the log files (L{rotated_log_file}).
+LOG_MODE = 0o600
+
 #: Rotated log files daemon mode keeps by default (C{--log-keep}).
 DEFAULT_KEEP = 10
 
@@ -78,11 +81,23 @@ def rotated_log_file(path: str, keep: int) -> Any:
     deletes nothing, so the files, which hold every message with
     C{--log-messages}, would pile up for ever.  It rotates as twistd's
     does, every 1,000,000 bytes and on SIGUSR1.
+
+    The file, and each one a rotation makes, is made readable by the
+    server's user only (0600, whatever the umask; an existing file is
+    changed to it), as the history database is: the log holds every
+    user's address, and with C{--log-messages} every private message.
+    Not a path that is not a regular file (C{/dev/null}, C{/dev/stderr}):
+    changing its mode would change it for everyone.
     """
+    import os
+    import stat
+
     from twisted.python import logfile
 
+    full = os.path.abspath(path)
+    private = not os.path.exists(full) or stat.S_ISREG(os.stat(full).st_mode)
     log_file = logfile.LogFile.fromFullPath(  # type: ignore[no-untyped-call]
-        path, maxRotatedFiles=keep or None)
+        path, maxRotatedFiles=keep or None, defaultMode=LOG_MODE if private else None)
     import signal
 
     if not signal.getsignal(signal.SIGUSR1):  # as twistd: unless someone has it
