@@ -486,9 +486,10 @@ def test_failures_count_per_address_ipv6_by_prefix_exempt_not_at_all() -> None:
         assert accounts.reserve(f"n{i}", "198.51.100.7") is not None
     assert accounts.reserve("other", "192.0.2.55") is not None
     assert accounts.reserve("other2", "198.51.100.7") is None
-    for _ in range(3):
+    for _ in range(4):
         assert accounts.reserve("n1", "192.0.2.55") is not None
-    assert accounts.reserve("n1", "192.0.2.55") is None  # the nick limit still holds
+    # The nick limit still holds: the exempt count as one address for it.
+    assert accounts.reserve("n1", "192.0.2.55") is None
 
 
 def test_unix_socket_users_share_no_address_bucket() -> None:
@@ -521,12 +522,13 @@ def test_a_reserved_failure_given_back_leaves_the_buckets_as_they_were() -> None
     accounts = Accounts(Mode.REQUIRED, SQLiteBook(store, work.lookup), clock, work)
     attempts = [accounts.reserve("alice", "198.51.100.7") for _ in range(5)]
     assert None not in attempts
-    assert accounts.reserve("alice", "198.51.100.8") is None  # 5 counted already
+    assert accounts.reserve("alice", "198.51.100.7") is None  # 5 counted already
     for attempt in attempts:
         assert attempt is not None
         accounts.give_back(attempt)
-    assert len(accounts.by_nick) == len(accounts.by_address) == 0
-    assert accounts.reserve("alice", "198.51.100.8") is not None
+    assert len(accounts.by_nick) == len(accounts.by_nick_address) == 0
+    assert len(accounts.by_address) == 0
+    assert accounts.reserve("alice", "198.51.100.7") is not None
 
 
 # -- the password threads -------------------------------------------------------------

@@ -283,6 +283,8 @@ async def test_failed_logins_are_counted_by_the_whole_cluster(
     assert 0 < ttl <= limits.nick_burst * limits.nick_every * 1000
     level, at = redis.command("HMGET", f"{FAILS}nick:alice", "level", "at").split("\r\n")[2::2]
     redis.command("HSET", f"{FAILS}nick:alice", "at", str(int(at) - 60_000))
+    assert not await b.take("alice", None)  # alice from that address: still full
+    redis.command("HSET", f"{FAILS}nickaddress:alice/-", "at", str(int(at) - 60_000))
     assert await b.take("alice", None)
     assert not await a.take("alice", None)
     # The address bucket: many nicks from one address.
@@ -306,13 +308,18 @@ async def test_failed_logins_are_counted_by_the_whole_cluster(
 @needs_redis
 @pytest_twisted.ensureDeferred
 async def test_parallel_takes_on_many_nodes_get_at_most_the_room(nodes: Nodes) -> None:
-    """PASS lines racing on several nodes: at most the nick's room is taken."""
+    """PASS lines racing on several nodes: at most the nick's room is taken
+    (from one address, and from all)."""
     books = await nodes(4)
     limits = LoginLimits()
     failures = [RedisFailures(book.execute, Clock(), limits) for book in books]
     taken = await defer.gatherResults(
-        [f.take("alice", f"198.51.100.{i}") for i in range(5) for f in failures])
-    assert sum(taken) == limits.nick_burst
+        [f.take("alice", "198.51.100.1") for _ in range(5) for f in failures])
+    assert sum(taken) == limits.nick_burst  # from one address
+    taken = await defer.gatherResults(
+        [f.take("bob", f"198.51.{i}.{j}") for i in range(15) for j in range(2)
+         for f in failures])
+    assert sum(taken) == limits.nick_total_burst  # from many
 
 
 # -- without Redis: what the node's connection gives the book ----------------------

@@ -944,8 +944,8 @@ def test_help_says_what_the_account_verbs_do_under_the_servers_mode(mode: Mode) 
 # -- failed attempts ---------------------------------------------------------------
 
 
-LIMITS = LoginLimits(nick_burst=3, nick_every=60.0, address_burst=5, address_every=30.0,
-                     flood_delay=3.0)
+LIMITS = LoginLimits(nick_burst=3, nick_every=60.0, nick_total_burst=3, nick_total_every=60.0,
+                     address_burst=5, address_every=30.0, flood_delay=3.0)
 
 
 def fail(h: Harness, nick: str, host: str = "127.0.0.1") -> Conn:
@@ -976,6 +976,66 @@ def test_nick_limit_delays_then_bye_flood() -> None:
     fresh(h, "10.0.0.1").send("NICK bob")
     h.clock.advance(60)
     login(h, "alice")
+
+
+def login_from(h: Harness, nick: str, host: str) -> list[str]:
+    """What C{nick}'s owner, with the right password from C{host}, gets."""
+    conn = fresh(h, host)
+    conn.send(f"NICK {nick}", f"PASS {PW}")
+    h.clock.advance(h.factory.accounts.limits.flood_delay)
+    got = conn.take()
+    conn.drop()
+    assert got[0] == f"PASS {nick}"
+    return got[1:]
+
+
+def wrong(h: Harness, host: str, nick: str = "alice") -> str:
+    """A wrong password for C{nick} from C{host} on a connection that then
+    goes (one left open would count against the address's handshakes):
+    the last line it got."""
+    conn = fail(h, nick, host)
+    got = conn.take()
+    if not got[-1].startswith("RETRY"):  # over a limit: BYE flood after the delay
+        h.clock.advance(h.factory.accounts.limits.flood_delay)
+        got = conn.take()
+    conn.drop()
+    return got[-1]
+
+
+def test_one_address_cannot_keep_a_nick_locked_for_its_owner() -> None:
+    """rev13-attack 6: five wrong PASS from anywhere locked the owner out,
+    and one address failing twice a minute (its own budget) kept the nick
+    locked for good.  Now its failures lock that address (5, then one a
+    minute); the owner from elsewhere gets in, for an hour of it; the
+    nick-wide lock takes 50 failures from several addresses."""
+    h = harness()
+    add(h, "alice")
+    limits = h.factory.accounts.limits
+    for i in range(limits.nick_burst):
+        assert wrong(h, f"10.0.0.{i}").startswith("RETRY bad-password")
+    assert login_from(h, "alice", "10.9.9.9")[0] == "READY alice"  # the reviewer's case
+    for _ in range(limits.nick_burst):
+        assert wrong(h, "10.1.1.1").startswith("RETRY bad-password")
+    assert wrong(h, "10.1.1.1").startswith("BYE flood")  # that address is locked
+    for minute in range(60):  # as fast as its buckets let it
+        h.clock.advance(limits.nick_every)
+        assert wrong(h, "10.1.1.1").startswith("RETRY bad-password")
+        if minute % 10 == 0:
+            assert login_from(h, "alice", "10.9.9.9")[0] == "READY alice"
+    assert login_from(h, "alice", "10.9.9.9")[0] == "READY alice"
+
+
+def test_a_guesser_spread_over_addresses_still_meets_the_nick_limit() -> None:
+    h = harness()
+    add(h, "alice")
+    limits = h.factory.accounts.limits
+    hosts = [f"10.0.{i // limits.nick_burst}.{i % limits.nick_burst}" for i in range(
+        limits.nick_total_burst)]
+    for host in hosts:  # five failures from each of ten addresses
+        assert wrong(h, host).startswith("RETRY bad-password")
+    assert login_from(h, "alice", "10.9.9.9")[-1].startswith("BYE flood")  # the 51st
+    h.clock.advance(limits.nick_total_every)
+    assert login_from(h, "alice", "10.9.9.9")[0] == "READY alice"
 
 
 def without_ports(logged: list[str], containing: str) -> list[str]:
@@ -1080,11 +1140,17 @@ def checked_at_once(h: Harness, nicks: list[str], hosts: list[str]) -> list[str]
 def test_parallel_attempts_on_one_nick_check_at_most_its_limit() -> None:
     """PASS lines for one nick on many connections (and addresses) at the
     same moment: the failure is counted when the check starts, so only the
-    documented 5 are checked, not every one (64 were, before)."""
+    documented 5 from one address, 50 from all, are checked, not every one
+    (64 were, before)."""
     h = harness(work=HeldWork())
     add(h, "alice")
     n = LoginLimits().nick_burst + 3
-    answers = checked_at_once(h, ["alice"] * n, [f"10.0.0.{i}" for i in range(n)])
+    answers = checked_at_once(h, ["alice"] * n, ["10.0.0.1"] * n)
+    assert answers == ["RETRY bad-password"] * (n - 3) + ["BYE flood"] * 3
+    h = harness(work=HeldWork())
+    add(h, "alice")
+    n = LoginLimits().nick_total_burst + 3
+    answers = checked_at_once(h, ["alice"] * n, [f"10.0.{i // 250}.{i % 250}" for i in range(n)])
     assert answers == ["RETRY bad-password"] * (n - 3) + ["BYE flood"] * 3
 
 

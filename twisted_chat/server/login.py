@@ -90,8 +90,17 @@ UNIX_KEY = "unix"
 class LoginLimits:
     """The documented defaults of the failure limits and the password threads."""
 
-    nick_burst: int = 5  # failures in a row on one nick
-    nick_every: float = 60.0  # then one more per this many seconds
+    # Failures in a row on one nick from one address (its failure key:
+    # the exempt and the UNIX sockets' together), then one more per
+    # nick_every seconds: the lock a guesser puts on its own address.
+    nick_burst: int = 5
+    nick_every: float = 60.0
+    # Failures on one nick from every address together: it takes several
+    # addresses to lock the owner out from an address with no failures,
+    # while a guesser spread over many addresses is still held to about
+    # one guess per nick_total_every seconds (docs/accounts.md).
+    nick_total_burst: int = 50
+    nick_total_every: float = 60.0
     address_burst: int = 10  # failures in a row from one address
     address_every: float = 30.0
     flood_delay: float = 3.0  # an attempt over a limit waits this long for BYE flood
@@ -104,6 +113,12 @@ class LoginLimits:
     hash_burst: int = 3
     hash_every: float = 10.0
     threads: int = 2
+
+
+def nick_address_key(nick: str, address: str | None) -> str:
+    """The key of the failures on the nick key C{nick} from the failure
+    key C{address} (C{None}: the exempt and the UNIX sockets, together)."""
+    return f"{nick}/{address or '-'}"
 
 
 class FailureLimiter:
@@ -221,7 +236,8 @@ class Accounts:
         self.work = work
         self.limits = limits = limits if limits is not None else LoginLimits()
         self.portal = portal(AccountChecker(book, work.run))
-        self.by_nick = FailureLimiter(clock, limits.nick_burst, limits.nick_every)
+        self.by_nick = FailureLimiter(clock, limits.nick_total_burst, limits.nick_total_every)
+        self.by_nick_address = FailureLimiter(clock, limits.nick_burst, limits.nick_every)
         self.by_address = FailureLimiter(clock, limits.address_burst, limits.address_every)
         # Not failures: the hashes REGISTER and PASSWD made, per address (the
         # same leaky bucket is a token bucket of hash_burst, one back per
@@ -243,7 +259,7 @@ class Accounts:
         of an address (docs/security.md): all its users would share one
         (behind a local TLS terminator or a bouncer, one guesser would lock
         out every one of them), and who may connect to the socket is decided
-        by its file's permissions.  The per-nick limit still holds."""
+        by its file's permissions.  The per-nick limits still hold."""
         if host is None:
             return None
         if self._addresses.exempt(host):
@@ -278,11 +294,13 @@ class Accounts:
         """
         key = nick_key(nick)
         address = self.address_key(host)
-        if not self.by_nick.allows(key) or (
+        pair = nick_address_key(key, address)
+        if not self.by_nick.allows(key) or not self.by_nick_address.allows(pair) or (
             address is not None and not self.by_address.allows(address)
         ):
             return None
         self.by_nick.failed(key)
+        self.by_nick_address.failed(pair)
         if address is not None:
             self.by_address.failed(address)
         return Attempt(key, address, self.work_key(host))
@@ -291,6 +309,7 @@ class Accounts:
         """The attempt was not a failure: the password was right, or nothing
         could be checked."""
         self.by_nick.forgive(attempt.nick)
+        self.by_nick_address.forgive(nick_address_key(attempt.nick, attempt.address))
         if attempt.address is not None:
             self.by_address.forgive(attempt.address)
         if attempt.shared and self.shared is not None:

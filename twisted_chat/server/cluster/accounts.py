@@ -54,7 +54,7 @@ from twisted_chat.server.accounts import (
     PasswordChanged,
 )
 from twisted_chat.server.cluster.redisconn import connect, parse_url, with_password_file
-from twisted_chat.server.login import LoginLimits
+from twisted_chat.server.login import LoginLimits, nick_address_key
 from twisted_chat.wire import is_valid_nick, nick_key
 
 __all__ = ["ACCOUNTS", "FAILS", "TIMEOUT", "RedisBook", "RedisFailures", "forgetful", "open_book"]
@@ -193,7 +193,8 @@ class RedisBook:
         return d.addCallback(lambda reply: int(reply) == 1)
 
 
-#: Failed logins, one leaky bucket per nick and per address (login.py's).
+#: Failed logins, one leaky bucket per nick, per nick and address, and per
+#: address (login.py's).
 FAILS = "chat:fails:"
 
 # KEYS: the buckets; ARGV[1]: "take" or "give", then each bucket's burst and
@@ -241,7 +242,8 @@ class RedisFailures:
     """
     L{twisted_chat.server.login.SharedFailures} in the cluster's Redis: the
     same leaky buckets as each node's own (L{LoginLimits}), one Redis hash
-    each (C{chat:fails:nick:<nick>}, C{chat:fails:address:<key>}), taken and
+    each (C{chat:fails:nick:<nick>}, C{chat:fails:nickaddress:<nick>/<key>},
+    C{chat:fails:address:<key>}), taken and
     given back by one Lua script on Redis's clock, expiring once drained (so
     they take no memory once a guesser stops).
     """
@@ -253,8 +255,9 @@ class RedisFailures:
 
     def _buckets(self, nick: str, address: str | None) -> tuple[list[str], list[Any]]:
         limits = self.limits
-        keys = [f"{FAILS}nick:{nick}"]
-        args: list[Any] = [limits.nick_burst, int(limits.nick_every * 1000)]
+        keys = [f"{FAILS}nick:{nick}", f"{FAILS}nickaddress:{nick_address_key(nick, address)}"]
+        args: list[Any] = [limits.nick_total_burst, int(limits.nick_total_every * 1000),
+                           limits.nick_burst, int(limits.nick_every * 1000)]
         if address is not None:
             keys.append(f"{FAILS}address:{address}")
             args += [limits.address_burst, int(limits.address_every * 1000)]
