@@ -181,18 +181,20 @@ class SharedFailures(Protocol):
     cluster's Redis: L{twisted_chat.server.cluster.accounts.RedisFailures}),
     with the same buckets as L{FailureLimiter}s: so a guesser gets the
     documented limits whichever nodes it spreads its attempts over.  Keys
-    are a nick's (lower case) and an address's (C{None}: exempt).
+    are a nick's (lower case) and an address's (C{None}: exempt); the
+    buckets are the nick's, the nick's from the address
+    (L{nick_address_key}) and the address's (none when exempt).
     """
 
     def take(self, nick: str, address: str | None) -> defer.Deferred[bool]:
         """
-        If both buckets have room for one more failure, count one in each
+        If every bucket has room for one more failure, count one in each
         and fire true; else fire false, counting nothing.  Atomic: of any
         number of takes at once, on any nodes, at most the room succeed.
         """
 
     def give_back(self, nick: str, address: str | None) -> None:
-        """Take back one failure from both, one L{take} counted (the
+        """Take back one failure from each, one L{take} counted (the
         password was right, or was not checked): sent, not waited for."""
 
 
@@ -289,7 +291,8 @@ class Accounts:
         """
         An attempt at C{nick} from C{host}, its failure counted now, before
         the check (so that attempts made meanwhile see it), or C{None} when
-        the nick's or the address's bucket is full.  Each attempt is either
+        the nick's, the nick's from this address or the address's bucket
+        is full.  Each attempt is either
         a failure, or L{give_back} is called for it.
         """
         key = nick_key(nick)
