@@ -681,3 +681,50 @@ def test_a_rebuild_restores_the_real_listener_not_a_pending_sync() -> None:
     assert isinstance(replica.hub.listener, SyncFirst)
     replica.rebuild(None, [])
     assert replica.hub.listener is n0.state.own
+
+
+def test_after_a_new_epoch_a_lobby_line_before_the_hellos_misses_the_pair() -> None:
+    """ann (n0) is paired with bob (n1), carol is on n2; Redis restarts
+    without its data while all three are cut off.  n2 is back first: its
+    hello brings carol back and her lobby line is decided before the
+    others' hellos.  n0 and n1, back then, rebuild (ann and bob detached,
+    shown PAIRED) and apply her line before their own hellos: it reaches
+    neither ann nor bob, who are never told UNPAIRED from each other once
+    both hellos are in and the pair is back (the first of the two hellos
+    tells its user UNPAIRED then PAIRED, as documented; the second's user,
+    shown the pair all along, is told nothing) (found by the chaos review:
+    the rebuild's clear() had put ann's and bob's User objects in the
+    lobby, so both heard carol while shown PAIRED)."""
+    redis, clock, (n0, n1, n2) = cluster(3)
+    ann, bob, carol = n0.user("ann"), n1.user("bob"), n2.user("carol")
+    _paired(redis, (n0, ann), (n1, bob))
+    for node in (n0, n1, n2):
+        node.cut()
+    redis.flushdb()
+    n2.reachable = True
+    _settle(redis, clock, 1)
+    say(n2, carol, "carol before the hellos")
+    heard: list[tuple[str, list[str]]] = []
+    for node in (n0, n1):
+        record = node.listener.lobby_message
+
+        def hear(entry: Any, node: Node = node, record: Any = record) -> None:
+            record(entry)
+            members = node.state.lobby_members()
+            heard.append((entry.text, sorted(m.user.nick for m in members if m.user)))
+
+        node.listener.lobby_message = hear  # type: ignore[method-assign]
+    n0.reachable = n1.reachable = True
+    _settle(redis, clock, 3)
+    hellos = [e["n"] for e in redis.events() if e["t"] == "hello"]
+    assert hellos[0] == "n2" and sorted(hellos[1:]) == ["n0", "n1"]
+    assert ("carol before the hellos", []) in heard  # decided before n0's hello
+    assert all(nicks == [] for text, nicks in heard if text == "carol before the hellos")
+    assert len(heard) == 2
+    assert now(ann).partner is not None and now(ann).partner.nick == "bob"
+    for node in (n0, n1):
+        assert node.state.counts() == (1, 0)
+    second, nick = (n0, "ann") if hellos[2] == "n0" else (n1, "bob")
+    assert _told(second, "unpaired", nick) == []
+    say(n0, ann, "ann to bob")
+    assert "ann to bob" not in n2.listener.said()

@@ -278,8 +278,9 @@ class AfterLoss:
 
     def lobby_conns(self) -> list[Any]:
         """The connections of this node's users that hear the lobby though
-        the replica does not have them there: the L{detached} in the lobby
-        (until its hello brings them back, they hear it as before), and
+        the replica does not have them there: the L{detached} shown the
+        lobby (until its hello brings them back, they hear it as before; one
+        shown a pair does not: see L{_rebuilt}), and
         those shown their pair end in events Redis lost (L{hearing}: until a
         hello ends the pair here too, or anything else does)."""
         conns = [d.conn for d in self.detached.values() if d.user.state is State.LOBBY]
@@ -372,7 +373,14 @@ class AfterLoss:
             if member is not None and member.user.conn is conn:
                 self.answers.rebound(conn, member.user)
             else:
-                self.detached[uid] = Detached(conn, user, before.rows[uid])
+                row = before.rows[uid]
+                # The rebuild's clear() took this user out through the hub,
+                # which ended its pair on this very object (LOBBY): it is
+                # what the user was shown (its row's partner) until its
+                # hello, for the lobby it hears (lobby_conns), the counts,
+                # and the path its lines take.
+                user.state = State.PAIRED if row[3] else State.LOBBY
+                self.detached[uid] = Detached(conn, user, row)
         # What was shown, against the rebuilt state: a user the hellos bring
         # back starts with neither partner nor invitation.
         seen = before.seen
