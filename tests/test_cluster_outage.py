@@ -10,6 +10,7 @@ the connection went is resent when it is back.
 
 from __future__ import annotations
 
+import itertools
 import json
 from typing import Any
 
@@ -23,13 +24,23 @@ from twisted.python import usage
 
 from tests.harness import Conn
 from tests.test_cluster_budgets import FakeBuckets
+from tests.test_cluster_read import MemoryRedis
+from tests.test_cluster_read import Node as ReadNode
+from tests.test_cluster_read import cluster as read_cluster
+from tests.test_cluster_read import now as read_now
 from tests.test_cluster_unit import Cluster, MemoryLog, Node, NodeLog, Untold, check_index
 from twisted_chat.server.addresses import LOBBY, SHARE_INTERVAL
+from twisted_chat.server.cluster import redislog
 from twisted_chat.server.cluster.listeners import SILENT
 from twisted_chat.server.cluster.node import ClusterState
 from twisted_chat.server.cluster.redisconfig import CLAIM_RETENTION
 from twisted_chat.server.cluster.redisconn import parse_url
-from twisted_chat.server.cluster.redislog import RedisLog
+from twisted_chat.server.cluster.redislog import (
+    BACKOFF_JITTER,
+    BACKOFF_MAX,
+    DEADLINE_MARGIN,
+    RedisLog,
+)
 from twisted_chat.server.cluster.redisstream import APPEND_SHA
 from twisted_chat.server.cluster.service import FactoryHooks
 from twisted_chat.server.history import History
@@ -1127,3 +1138,89 @@ def test_lobby_lines_dropped_through_an_outage_are_penalised_as_of_when_they_cam
     assert not [line for line in mine if line.startswith("BYE")]
     dropped = 22 * 40 - len(said(mine))
     assert 20 < dropped < 60 and said(seen) == said(mine)
+
+
+# -- the reconnection's backoff against the commands' waits (real RedisLog) -------
+
+
+def _attempts(node: ReadNode) -> list[float]:
+    """When C{node}'s log tries to reconnect (its command connection's
+    openings, on the test's clock), from now on."""
+    tries: list[float] = []
+    opening = node.log._new_connection
+
+    async def counted(reply_timeout: float, subscriber: bool = False) -> Any:
+        if not subscriber:
+            tries.append(node.redis.clock.seconds())
+        return await opening(reply_timeout, subscriber)
+
+    node.log._new_connection = counted  # type: ignore[method-assign]
+    return tries
+
+
+def _run(redis: MemoryRedis, seconds: float) -> None:
+    for _ in range(round(seconds * 10)):
+        redis.clock.advance(0.1)
+        redis.pump()
+
+
+def _say_through(node: ReadNode, user: Any, text: str, back_after: float) -> list[Any]:
+    """C{user} says C{text} on C{node} (cut off from Redis); C{node} can
+    reach Redis again C{back_after} seconds later; the line's answers, a
+    few seconds after that."""
+    answers: list[Any] = []
+    d = node.state.say(read_now(user), text)
+    assert d is not None
+    d.addBoth(answers.append)
+    _run(node.redis, back_after)
+    assert answers == []
+    node.reachable = True
+    _run(node.redis, 3)
+    return answers
+
+
+@pytest.mark.parametrize("jitter", ["low", "mid", "high"])
+def test_a_redis_restart_shorter_than_the_wait_only_delays_a_command(
+    monkeypatch: pytest.MonkeyPatch, jitter: str,
+) -> None:
+    """Redis is out of reach for 9.4 s (--redis-wait 10); a lobby line comes
+    0.1 s into it.  The backoff alone (0.2 s doubling to 5 s: tries near
+    0.2, 0.6, 1.4, 3, 6.2, 11.2 s, each within 20 %) tried next only after
+    the line's wait ended, and it was answered "not sent" (chaos review
+    F2).  While it waits, a try comes at the latest half a second before
+    its wait ends: the line is only delayed, whatever the jitter."""
+    monkeypatch.setattr(redislog.random, "uniform", lambda a, b: {
+        "low": a, "mid": (a + b) / 2, "high": b}[jitter])
+    redis, clock, (n0, n1) = read_cluster(2)
+    ann = n0.user("ann")
+    n1.user("bob")
+    tries = _attempts(n0)
+    start = clock.seconds()
+    n0.cut()
+    _run(redis, 0.1)
+    answers = _say_through(n0, ann, "during", 9.3)
+    assert answers == [None], answers
+    assert "during" in n1.listener.said() and "during" in n0.listener.said()
+    waited = [t - start for t in tries if t - start > 0.1]
+    assert waited and waited[-1] < 10.1 - DEADLINE_MARGIN + 0.1 + 1e-6, waited
+
+
+def test_with_nothing_waiting_the_backoff_is_kept_and_a_command_brings_the_next_try_in() -> None:
+    """Redis out of reach for 30 s with no command waiting: tries back off
+    to 5 s apart (no tight loop against a dead Redis).  A command then
+    (--redis-wait 2 here) brings the next try in before its wait ends, not
+    up to 6 s later: Redis back 1 s after it, the command is only
+    delayed."""
+    redis, clock, (n0, n1) = read_cluster(2)
+    ann = n0.user("ann")
+    n0.state.wait = 2.0
+    tries = _attempts(n0)
+    n0.cut()
+    _run(redis, 30)
+    gaps = [b - a for a, b in itertools.pairwise(tries)]
+    assert len(tries) <= 10 and min(gaps[-3:]) >= BACKOFF_MAX * (1 - BACKOFF_JITTER) - 1e-6
+    while clock.seconds() - tries[-1] > 0.2:  # just after a try: the next is seconds away
+        _run(redis, 0.1)
+    answers = _say_through(n0, ann, "late", 1.0)
+    assert answers == [None], answers
+    assert "late" in n1.listener.said()

@@ -67,6 +67,9 @@ class NodeLog:
     def applied(self) -> None:
         pass
 
+    def command_waits(self) -> None:
+        pass
+
 
 class Untold:
     """A node's L{NodeConnections} that does nothing with what it is told

@@ -104,6 +104,11 @@ class EventLog(Protocol):
         """Called after each batch of events is applied (the log settles
         then what waited for the replica to read that far)."""
 
+    def command_waits(self) -> None:
+        """A command of this node's now waits for its decision, until
+        L{ClusterState.first_deadline} at the latest (a log out of reach
+        tries to reconnect before then)."""
+
 
 class NodeConnections(Protocol):
     """What the node tells the layer that holds its connections (the
@@ -280,8 +285,16 @@ class ClusterState:
             if call is not None:
                 call.cancel()
             self._wait_call = self.reactor.callLater(due - now, self._waits_end, due)
+        if not self.available:
+            self.events.command_waits()  # Redis out of reach: its retry in time
         assert waiting.answer is not None
         return waiting.answer
+
+    def first_deadline(self) -> float | None:
+        """When the first wait of this node's commands waiting for their
+        decision ends (reactor time), if any waits."""
+        self._trim()
+        return self._deadlines[0][0] if self._deadlines else None
 
     def deadline(self, conn: Any, now: float | None = None) -> float:
         """Its wait runs from when its line arrived (docs/cluster.md: what

@@ -116,6 +116,14 @@ BACKOFF_FIRST = 0.2
 BACKOFF_MAX = 5.0
 BACKOFF_JITTER = 0.2  # each wait drawn within this fraction of its length
 LONGEST_BACKOFF = BACKOFF_MAX * (1 + BACKOFF_JITTER)
+# While commands wait for Redis (each at most --redis-wait, see
+# ClusterState.first_deadline), a reconnection is tried at least this often
+# (before jitter), and at the latest DEADLINE_MARGIN before the first of them
+# would be answered "not sent" (but never sooner than BACKOFF_FIRST after the
+# last try): a Redis restart shorter than --redis-wait (less that margin)
+# only delays them.  With none waiting, the backoff is as above.
+WAITING_BACKOFF_MAX = 1.0
+DEADLINE_MARGIN = 0.5
 
 
 # While the node stops (its grace, see RedisLog.stop), it retries this often.
@@ -716,7 +724,34 @@ class RedisLog:
                     STOP_RETRY if self._stopping else BACKOFF_MAX)
         self._attempt += 1
         jitter = random.uniform(1 - BACKOFF_JITTER, 1 + BACKOFF_JITTER)
-        self._retry = self.reactor.callLater(delay * jitter, self._connect)
+        self._retry = self.reactor.callLater(self._within_waits(delay * jitter),
+                                             self._connect)
+
+    def _within_waits(self, delay: float) -> float:
+        """The wait before the next reconnection attempt: C{delay}, the
+        backoff's, but while commands wait for Redis at most
+        L{WAITING_BACKOFF_MAX}, and not past L{DEADLINE_MARGIN} before the
+        first of them would be answered "not sent" (the backoff alone, 5 s
+        apart at its longest, let a restart shorter than --redis-wait lose
+        them)."""
+        due = self.state.first_deadline()
+        if due is None:
+            return delay
+        now: float = self.reactor.seconds()
+        latest = max(due - DEADLINE_MARGIN - now, BACKOFF_FIRST)
+        return min(delay, WAITING_BACKOFF_MAX, latest)
+
+    def command_waits(self) -> None:
+        """A command now waits for the log (L{ClusterState.first_deadline}
+        may be sooner): a reconnection attempt already scheduled comes
+        early enough for it (L{_within_waits})."""
+        retry = self._retry
+        if retry is None or not retry.active():
+            return
+        left = retry.getTime() - self.reactor.seconds()
+        sooner = self._within_waits(left)
+        if sooner < left:
+            retry.reset(sooner)
 
     # -- appending ---------------------------------------------------------------
 
