@@ -303,3 +303,44 @@ def test_a_pair_ended_in_the_lost_tail_stays_ended(cluster: Callable[..., Cluste
         lines = client.sync()
         assert [line for line in client.lines if line.startswith("UNPAIRED")] == [
             "UNPAIRED bob left" if client is alice else "UNPAIRED alice left"], lines
+
+
+def test_a_lobby_line_before_the_hellos_of_a_new_epoch_misses_the_pair(
+    cluster: Callable[..., Cluster],
+) -> None:
+    """alice (node 0) is paired with bob (node 1), carol is on node 2.
+    Nodes 0 and 1 are stopped while Redis loses all its data (FLUSHDB);
+    node 2 says hello and carol's lobby line is decided.  Nodes 0 and 1,
+    let go on, rebuild and apply carol's line before their own hellos:
+    it reaches neither alice nor bob, whose screens show PAIRED (chaos
+    review F1: both got it), and the pair goes on.  (A long
+    --node-timeout: the stop is not a death.)"""
+    c = cluster(3, node_timeout=60.0)
+    n0, n1, n2 = c.nodes
+    alice, bob, carol = c.user(n0, "alice"), c.user(n1, "bob"), c.user(n2, "carol")
+    alice.send("PAIR bob")
+    bob.expect("INVITE alice", timeout=10)
+    bob.send("ACCEPT alice")
+    alice.expect("PAIRED bob", timeout=10)
+    for client in (alice, bob, carol):
+        client.sync()
+    for server in (n0, n1):
+        os.kill(server.pid, signal.SIGSTOP)
+    try:
+        c.redis.command("FLUSHDB")
+        n2.wait_log("Redis lost its data", timeout=15)
+        n2.wait_log("Redis is back", timeout=15)
+        carol.send("MSG before their hellos")
+        carol.expect(lambda line: line.endswith("carol * before their hellos"), timeout=15)
+    finally:
+        for server in (n0, n1):
+            os.kill(server.pid, signal.SIGCONT)
+    for server in (n0, n1):
+        server.wait_log("Redis lost its data", timeout=15)
+        server.wait_log("Redis is back", timeout=15)
+    alice.send("MSG still paired")
+    bob.expect(lambda line: line.endswith("alice bob still paired"), timeout=15)
+    for client in (alice, bob):
+        lines = client.sync()
+        assert not [line for line in client.lines if "before their hellos" in line], lines
+    assert "still paired" not in " ".join(carol.sync())
