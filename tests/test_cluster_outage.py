@@ -912,6 +912,50 @@ def test_lines_applied_before_a_node_s_hello_reach_its_detached_users() -> None:
     check_index(cluster)
 
 
+def test_a_pair_detached_by_a_new_epoch_hears_no_lobby_line_but_sees_a_newcomer() -> None:
+    """Redis restarted empty: ann (node0) and bob (node1), paired, are
+    detached by their nodes' rebuilds; node2 is back first: carol's lobby
+    line and dave's arrival are applied before node0's and node1's hellos.
+    Neither ann nor bob (shown PAIRED) gets carol's line (chaos review F1:
+    the rebuild had put them in the lobby), and both get dave's JOINED
+    (sent straight to a node's paired users, detached ones too: the
+    factory looked for paired users in the hub only); the pair comes
+    back."""
+    cluster = Cluster(3)
+    n0, n1, n2 = cluster.nodes
+    ann, bob, carol = n0.user("ann"), n1.user("bob"), n2.user("carol")
+    ann.send("PAIR bob")
+    cluster.pump()
+    bob.send("ACCEPT ann")
+    cluster.pump()
+    assert ann.take()[-1] == "PAIRED bob" and bob.take()[-1] == "PAIRED ann"
+    carol.take()
+    rows = [node.state.rebuild(None, []) for node in cluster.nodes]
+    for node in cluster.nodes:
+        node.cursor = len(cluster.log.entries)  # the new epoch's log starts here
+    n2.state.hello(rows[2])
+    carol.send("MSG before their hellos")
+    cluster.pump()
+    assert n0.state.replica.afterloss.detached and n1.state.replica.afterloss.detached
+    dave = n2.connect()  # (not n2.user: it clears every connection's lines)
+    dave.send("NICK dave")
+    cluster.pump()
+    assert n0.state.replica.afterloss.detached and n1.state.replica.afterloss.detached
+    assert n0.state.counts() == n1.state.counts() == (1, 0)
+    n0.state.hello(rows[0])
+    n1.state.hello(rows[1])
+    cluster.pump()
+    for conn in (ann, bob):
+        lines = [line.split(" ", 2)[2] if line.startswith(("MSG", "JOINED")) else line
+                 for line in conn.take()]
+        assert "dave" in lines, lines
+        assert not [line for line in lines if "before their hellos" in line], lines
+    assert said(carol.take()) == ["before their hellos"]
+    for node in cluster.nodes:
+        assert node.hub.online["ann"].partner is node.hub.online["bob"]
+    check_index(cluster)
+
+
 # -- flood control counts a held line as of when it arrived (rev11-clu2 #1) ---------
 
 

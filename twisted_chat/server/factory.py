@@ -453,8 +453,8 @@ class ChatFactory(ServerFactory):
             # Another node's newcomer gets nothing from this one: there is
             # no share to cut, and the batch keeps the fan-out's fast path.
             self.fanout.add(data)
-        hub = self.hub
-        if len(hub.lobby) != len(hub.online):
+        online, lobby = self.state.counts()
+        if online != lobby:  # some of this process's users are paired
             for other in self.state.own_users():
                 if other.state is State.PAIRED:
                     other.conn.write(data)
