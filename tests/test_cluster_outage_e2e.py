@@ -69,6 +69,14 @@ def lobby(client: LineClient) -> list[str]:
     return [line.split(" ", 4)[4] for line in client.lines if line.startswith("MSG ")]
 
 
+def only_delayed(clients: list[LineClient], text: str) -> None:
+    """Each client's lobby is the one line C{text}, and none was told ERROR."""
+    for client in clients:
+        client.sync()
+        assert lobby(client) == [text]
+        assert not [line for line in client.lines if line.startswith("ERROR")]
+
+
 def test_redis_down_a_command_waits_redis_wait_then_unavailable(
     cluster: Callable[..., Cluster],
 ) -> None:
@@ -110,10 +118,7 @@ def test_a_brief_redis_restart_only_delays_a_message(cluster: Callable[..., Clus
     o.redis.start()
     assert bob.expect("MSG", timeout=9).endswith("alice * while Redis restarts")
     alice.expect("MSG", timeout=9)
-    for client in (alice, bob):
-        client.sync()
-        assert lobby(client) == ["while Redis restarts"]
-        assert not [line for line in client.lines if line.startswith("ERROR")]
+    only_delayed([alice, bob], "while Redis restarts")
 
 
 def test_lines_typed_through_a_redis_restart_are_not_taken_for_a_flood(
@@ -234,3 +239,25 @@ def test_network_cut_node_is_declared_dead_and_comes_back_as_a_new_node(
     erin.send("USERS")
     users = [line for line in erin.sync() if line.startswith("USER")]
     assert users[-1] == "USERS 4", users  # alice (the new one), bob, carol, erin
+
+
+def test_a_redis_restart_shorter_than_the_wait_is_noticed_before_it_ends(
+    cluster: Callable[..., Cluster],
+) -> None:
+    """Redis is away 7.5 s (--redis-wait 10, the default): the line typed
+    as it went is delivered, not answered "not sent".  The backoff alone
+    (tries near 0.2, 0.6, 1.4, 3, 6.2, 11.2 s) mostly tried next after the
+    line's wait ended (chaos review F2: "Redis is back after 12.4 s")."""
+    o = cluster(2, node_timeout=NODE_TIMEOUT)
+    n0, n1 = o.nodes
+    alice, bob = o.user(n0, "alice"), o.user(n1, "bob")
+    alice.sync()
+    o.redis.stop()
+    n0.wait_log("Redis at", timeout=10)
+    gone = time.monotonic()
+    alice.send("MSG while Redis is away")
+    time.sleep(7.5 - (time.monotonic() - gone))  # e2e: Redis stays away that long
+    o.redis.start()
+    assert bob.expect("MSG", timeout=10).endswith("alice * while Redis is away")
+    alice.expect("MSG", timeout=5)
+    only_delayed([alice, bob], "while Redis is away")

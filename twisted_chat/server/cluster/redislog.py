@@ -117,8 +117,8 @@ BACKOFF_MAX = 5.0
 BACKOFF_JITTER = 0.2  # each wait drawn within this fraction of its length
 LONGEST_BACKOFF = BACKOFF_MAX * (1 + BACKOFF_JITTER)
 # While commands wait for Redis (each at most --redis-wait, see
-# ClusterState.first_deadline), a reconnection is tried at least this often
-# (before jitter), and at the latest DEADLINE_MARGIN before the first of them
+# ClusterState.first_deadline), reconnections are tried at most this far
+# apart (no jitter), and at the latest DEADLINE_MARGIN before the first of them
 # would be answered "not sent" (but never sooner than BACKOFF_FIRST after the
 # last try): a Redis restart shorter than --redis-wait (less that margin)
 # only delays them.  With none waiting, the backoff is as above.
