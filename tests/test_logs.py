@@ -396,3 +396,32 @@ def test_an_existing_log_file_is_made_private_but_not_a_device(
     log_file = logs.rotated_log_file(str(null), keep=3)
     log_file.close()
     assert stat.S_IMODE(null.stat().st_mode) == 0o666
+
+
+def test_rotated_files_an_earlier_version_left_are_made_private(
+        tmp_path: Path, sigusr1: None) -> None:
+    """reread13 server 1: Twisted's LogFile changes only the live file's
+    mode, so the rotations made before the upgrade (the same addresses and
+    DMs) stayed 0644 until --log-keep rotations pushed them out.  At start
+    they become 0600 too; a device or a link among them keeps its mode."""
+    import os
+    import stat
+
+    path = tmp_path / "chat.log"
+    for name in ("chat.log", "chat.log.1", "chat.log.2"):
+        (tmp_path / name).write_text(f"old {name}\n")
+        (tmp_path / name).chmod(0o644)
+    device = tmp_path / "chat.log.3"
+    os.mknod(device, stat.S_IFCHR | 0o666, os.makedev(1, 3))
+    device.chmod(0o666)  # past the umask
+    target = tmp_path / "elsewhere"
+    target.write_text("not a log\n")
+    target.chmod(0o644)
+    (tmp_path / "chat.log.4").symlink_to(target)
+    log_file = logs.rotated_log_file(str(path), keep=10)
+    log_file.close()
+    modes = {p.name: stat.S_IMODE(p.lstat().st_mode) for p in tmp_path.iterdir()
+             if not p.is_symlink()}
+    assert modes == {"chat.log": 0o600, "chat.log.1": 0o600, "chat.log.2": 0o600,
+                     "chat.log.3": 0o666, "elsewhere": 0o644}
+    assert (tmp_path / "chat.log.1").read_text() == "old chat.log.1\n"

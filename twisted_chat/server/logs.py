@@ -84,10 +84,11 @@ def rotated_log_file(path: str, keep: int) -> Any:
 
     The file, and each one a rotation makes, is made readable by the
     server's user only (0600, whatever the umask; an existing file is
-    changed to it), as the history database is: the log holds every
-    user's address, and with C{--log-messages} every private message.
-    Not a path that is not a regular file (C{/dev/null}, C{/dev/stderr}):
-    changing its mode would change it for everyone.
+    changed to it, and so are the rotated files already there, which an
+    earlier version left 0644), as the history database is: the log holds
+    every user's address, and with C{--log-messages} every private
+    message.  Not a path that is not a regular file (C{/dev/null},
+    C{/dev/stderr}): changing its mode would change it for everyone.
     """
     import os
     import stat
@@ -98,6 +99,13 @@ def rotated_log_file(path: str, keep: int) -> Any:
     private = not os.path.exists(full) or stat.S_ISREG(os.stat(full).st_mode)
     log_file = logfile.LogFile.fromFullPath(  # type: ignore[no-untyped-call]
         path, maxRotatedFiles=keep or None, defaultMode=LOG_MODE if private else None)
+    if private:
+        # Twisted's LogFile changes only the live file's mode.
+        for number in log_file.listLogs():
+            rotated = f"{log_file.path}.{number}"
+            # lstat: a link is left alone (chmod would change what it names).
+            if stat.S_ISREG(os.lstat(rotated).st_mode):
+                os.chmod(rotated, LOG_MODE)
     import signal
 
     if not signal.getsignal(signal.SIGUSR1):  # as twistd: unless someone has it
