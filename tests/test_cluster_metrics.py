@@ -86,6 +86,29 @@ def test_each_node_reports_its_own_users_connections_and_messages() -> None:
     assert per_node(got, "chat_pairings_total") == [0.5, 1.5]
 
 
+def test_a_node_s_scrape_does_not_measure_the_history_it_does_not_show(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """reread13 server 2: a node shows no chat_history_*, yet each scrape
+    measured its in-memory history (History.bytes) for chat_history_bytes,
+    a value thrown away."""
+    from twisted_chat.server.history import History
+
+    asked: list[History] = []
+
+    def measured(history: History) -> int:
+        asked.append(history)
+        return 0
+
+    monkeypatch.setattr(History, "bytes", property(measured))
+    cluster = Cluster(1)
+    (node,) = cluster.nodes
+    node.user("a").send("MSG one")
+    cluster.pump()
+    got = scrape(node)
+    assert get(got, "chat_lobby_messages_total") == 1
+    assert asked == []
+
+
 def test_invitations_that_end_are_counted_once_in_the_cluster() -> None:
     """An invitation across two nodes ends on the inviter's node (each
     replica sees the end); once the inviter is gone, on the invitee's."""

@@ -82,8 +82,6 @@ class History:
         self._store = store
         # How many entries the ring has ever taken: the position of the next.
         self._position = len(self._ring)
-        # bytes' last answer and the position it was for.
-        self._bytes = (-1, 0)
 
     def attach(self, store: MessageStore, entries: Iterable[Entry]) -> None:
         """
@@ -93,7 +91,6 @@ class History:
         self._ring.clear()
         self._ring.extend(entries)
         self._position += len(self._ring)
-        self._bytes = (-1, 0)  # new entries, though maybe none
         self._store = store
 
     @property
@@ -110,17 +107,13 @@ class History:
         """
         The bytes of the C{HISTORY} lines the ring's entries make (what a
         newcomer would be sent with no --history-bytes): C{chat_history_bytes}.
-        Worked out when asked, by a scrape's thread, not kept up on each
-        lobby message; asked again with no new entry, the last answer.
+        Worked out each time it is asked, by a scrape's thread (scrapes are
+        rendered a few times a second at most: METRICS_RENDERS), not kept
+        up on each lobby message.
         """
-        position = self._position
-        asked, answer = self._bytes
-        if asked != position:
-            # list() copies the ring in one go (C code, under the GIL): the
-            # reactor's thread cannot change it in the middle.
-            answer = sum(map(line_size, list(self._ring)))
-            self._bytes = (position, answer)
-        return answer
+        # list() copies the ring in one go (C code, under the GIL): the
+        # reactor's thread cannot change it in the middle.
+        return sum(map(line_size, list(self._ring)))
 
     def record(self, entry: Entry) -> None:
         self._ring.append(entry)

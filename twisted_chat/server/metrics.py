@@ -179,7 +179,7 @@ class Snapshot:
     # writer thread); None: not known (yet), or no database.
     history_messages: int | None = None
     # Bytes of the lobby history held in memory, as HISTORY lines
-    # (History.bytes).
+    # (History.bytes); not measured (0) where history_backlog is None.
     history_bytes: int = 0
 
 

@@ -476,7 +476,8 @@ class ChatService(OwnsPasswordWork, Service):
 
     def snapshot(self) -> metrics.Snapshot:
         """The state --metrics reports; safe to call from any thread (it
-        reads sizes only)."""
+        reads sizes, and measures a copy of the in-memory history:
+        L{chat_snapshot})."""
         store = self.store
         if store is None:
             return chat_snapshot(self.factory, 0)
@@ -539,9 +540,12 @@ def chat_snapshot(factory: ChatFactory, history_backlog: int | None = None,
                   history_messages: int | None = None) -> metrics.Snapshot:
     """
     What C{--metrics} reads of C{factory} at a scrape, from the scrape's
-    thread: sizes only.  This process's connections and users (on a cluster
-    node, its own, not its replica's of the whole cluster).
-    @param history_backlog: the database's; C{None} where there is none.
+    thread: sizes, and, where C{chat_history_*} is shown (C{history_backlog}
+    not C{None}), the in-memory history's bytes, measured over a copy of its
+    ring (L{History.bytes}).  This process's connections and users (on a
+    cluster node, its own, not its replica's of the whole cluster).
+    @param history_backlog: the database's; C{None} where there is none
+        (a cluster node), and then no C{chat_history_*} is shown.
     """
     online, lobby = factory.state.counts()
     return metrics.Snapshot(
@@ -557,7 +561,7 @@ def chat_snapshot(factory: ChatFactory, history_backlog: int | None = None,
         held_input_paused=len(factory.held_input.paused),
         output_held=factory.output_budget.held,
         history_messages=history_messages,
-        history_bytes=factory.history.bytes,
+        history_bytes=factory.history.bytes if history_backlog is not None else 0,
     )
 
 
