@@ -196,7 +196,7 @@ def metrics_site(registry: CollectorRegistry, reactor: Any = None,
             deadline, self._deadline = self._deadline, None
             if deadline is not None and deadline.active():
                 deadline.cancel()
-            self.site.closed(self)
+            self.site.open.discard(self)
             super().connectionLost(reason)
 
     class MetricsSite(Site):
@@ -217,7 +217,6 @@ def metrics_site(registry: CollectorRegistry, reactor: Any = None,
                 {"reactor": reactor} if reactor is not None else {}))
             self.lifetime = timeout
             self.open: set[MetricsChannel] = set()
-            self.by_host: dict[str, int] = {}
 
         def buildProtocol(self, addr: Any) -> Any:
             if len(self.open) >= max_connections:
@@ -225,24 +224,14 @@ def metrics_site(registry: CollectorRegistry, reactor: Any = None,
             host: str | None = getattr(addr, "host", None)
             if host is not None:
                 host = address_key(host)  # an IPv6 /64 is one address
-            if host is not None and self.by_host.get(host, 0) >= MAX_METRICS_PER_ADDRESS:
+            # Counted over the open channels (at most max_connections).
+            if host is not None and sum(
+                    c.host == host for c in self.open) >= MAX_METRICS_PER_ADDRESS:
                 return None
             channel = super().buildProtocol(addr)
+            channel.host = host
             self.open.add(channel)
-            if host is not None:
-                channel.host = host
-                self.by_host[host] = self.by_host.get(host, 0) + 1
             return channel
-
-        def closed(self, channel: MetricsChannel) -> None:
-            if channel not in self.open:
-                return
-            self.open.discard(channel)
-            host = channel.host
-            if host is not None:
-                left = self.by_host.pop(host, 1) - 1
-                if left > 0:
-                    self.by_host[host] = left
 
         def log(self, request: Any) -> None:
             pass
