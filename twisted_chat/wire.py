@@ -158,10 +158,6 @@ def nick_key(nick: str) -> str:
     return nick if key == nick else key
 
 
-def is_blank(text: str) -> bool:
-    return not text.strip(_BLANK)
-
-
 def decode(line: bytes) -> str:
     """
     Check a line's encoding and characters (checks 2 and 3) and decode it.
@@ -188,7 +184,7 @@ def split_verb(text: str) -> tuple[str, str] | None:
         removed from C{rest}.
     @raise LineError: C{unknown-command} for a verb clients may not send.
     """
-    if not text.strip(_BLANK):  # is_blank, inline: once a line
+    if not text.strip(_BLANK):  # blank: nothing but _BLANK
         return None
     stripped = text.lstrip(" ")
     verb, _, rest = stripped.partition(" ")
@@ -231,7 +227,7 @@ def parse_args(verb: str, rest: str) -> Command:
                 f"{_shorten(nick)!r} is not a valid nick (1-{NICK_MAX} letters, digits, "
                 "_ or -, starting with a letter)",
             )
-    if grammar.text is Text.REQUIRED and not text.strip(_BLANK):  # is_blank, inline
+    if grammar.text is Text.REQUIRED and not text.strip(_BLANK):  # blank: nothing but _BLANK
         raise LineError(ErrorCode.BAD_ARGS, f"usage: {USAGE[verb]} (the text may not be empty)")
     return Command(verb, tuple(words), text)
 
