@@ -173,3 +173,42 @@ def test_redis_url_errors_do_not_show_the_password(url: str) -> None:
     with pytest.raises(SystemExit) as exited:
         makeService(options)
     assert "--redis" in str(exited.value) and "S3cr" not in str(exited.value)
+
+
+@pytest.mark.parametrize("url, said", [
+    ("redis://h/0?password=S3cr&tPW", "malformed query"),
+    ("redis://h/0?password=S3cr&tPW=1", "unknown parameter after password="),
+    ("redis://h/0?password=S3cr&tPW=1&tPW=2", "unknown parameter after password="),
+    ("redis://h/?db=1&password=S3cr&db=tPW", "given twice"),
+    ("redis://h/0?password=S3cr&password=tPW", "given twice"),
+    ("redis://h/1?password=S3cr&db=tPW", "the database is given twice"),
+    ("redis://h/0?password=S3cr&ca=tPW", "ca= is for rediss:// only"),
+    ("rediss://h/0?password=S3cr&ca=/tPW.pem", "cannot use the ca= file given after"),
+    ("redis://h/0?password=S3cr&t#PW", "malformed query"),
+])
+def test_a_password_with_an_ampersand_is_not_shown(url: str, said: str) -> None:
+    """reread13 cluster 1: an '&' not written %26 in a password= value
+    made the rest of the password look like parameters; the URL was hidden
+    only up to the '&', and an unknown (or repeated) parameter's error
+    named a piece of the password.  Everything after password= is hidden,
+    the error names nothing after it, and says how to write an '&'."""
+    with pytest.raises(ValueError) as e:
+        parse_url(url)
+    message = str(e.value)
+    assert "tPW" not in message and "S3cr" not in message and "PW" not in message, message
+    assert said in message and "write & as %26" in message, message
+    options = Options()
+    options.parseOptions(["--redis", url])
+    with pytest.raises(SystemExit) as exited:
+        makeService(options)
+    assert "tPW" not in str(exited.value) and "%26" in str(exited.value)
+
+
+def test_a_name_before_password_is_still_named() -> None:
+    """Only what follows password= may be the password's: a mistyped
+    parameter before it is named, and a password= before others parses."""
+    with pytest.raises(ValueError, match="unknown parameter 'pasword'") as e:
+        parse_url("redis://h/0?pasword=x&password=S3cr&tPW=1")
+    assert "tPW" not in str(e.value) and "S3cr" not in str(e.value)
+    t = parse_url("redis://h/?password=pw%26x&db=3")
+    assert (t.password, t.db) == ("pw&x", 3)

@@ -96,15 +96,20 @@ def read_password_file(path: str) -> str:
     return password
 
 
-_QUERY_PASSWORD = re.compile(r"([?&]password=)[^&]*", re.IGNORECASE)
+# Everything after password=: an '&' in the password not written %26 makes
+# what follows look like more parameters, but it is the password's too.
+_QUERY_PASSWORD = re.compile(r"([?&]password=).*", re.IGNORECASE | re.DOTALL)
+# Said where an error may come from an '&' in a password= value.
+_AMPERSAND = " (in a password, write & as %26)"
 
 
 def redacted(url: str) -> str:
     """
     C{url} as an error message may quote it: without its password, in the
     userinfo (all of it, up to the last C{@}, goes) or in a C{password=}
-    parameter.  Done on the text as given, so that a malformed URL (a
-    C{#} in the password splits it) shows none of it either.
+    parameter (all that follows it goes).  Done on the text as given, so
+    that a malformed URL (a C{#} or C{&} in the password splits it) shows
+    none of it either.
     """
     url = _QUERY_PASSWORD.sub(r"\1***", url)
     scheme, sep, rest = url.partition("://")
@@ -150,13 +155,24 @@ def _parse_url(url: str) -> RedisTarget:
         pairs = urllib.parse.parse_qsl(parts.query, keep_blank_values=True,
                                        strict_parsing=bool(parts.query))
     except ValueError:
-        raise _BadURL(" has a malformed query") from None
+        hint = _AMPERSAND if "password=" in parts.query.lower() else ""
+        raise _BadURL(f" has a malformed query{hint}") from None
     names = [name for name, _ in pairs]
-    for name in names:
+    # A name after the first password= may be a piece of the password (an
+    # '&' in it): an error does not quote it (redacted() hides it too).
+    first = next((i for i, name in enumerate(names) if name.lower() == "password"),
+                 len(names))
+    late = set(names[first + 1:])
+    for i, name in enumerate(names):
         if name not in _URL_PARAMETERS:
+            if i > first:
+                raise _BadURL(f": unknown parameter after password= (known: "
+                              f"{', '.join(_URL_PARAMETERS)}){_AMPERSAND}")
             raise _BadURL(f": unknown parameter {name!r} (known: "
                           f"{', '.join(_URL_PARAMETERS)})")
         if names.count(name) > 1:
+            if any(j > first for j in range(len(names)) if names[j] == name):
+                raise _BadURL(f": a parameter after password= is given twice{_AMPERSAND}")
             raise _BadURL(f": {name}= is given twice")
     if parts.fragment:
         raise _BadURL(" has a '#' (in a password, write it %23)")
@@ -172,7 +188,8 @@ def _parse_url(url: str) -> RedisTarget:
             raise _BadURL(" has no host")
         path = parts.path[1:]
         if path and db_text:
-            raise _BadURL(": the database is given twice (path and db=)")
+            hint = _AMPERSAND if "db" in late else ""
+            raise _BadURL(f": the database is given twice (path and db=){hint}")
         db_text = path or db_text
         try:
             port = parts.port
@@ -201,11 +218,17 @@ def _parse_url(url: str) -> RedisTarget:
     trust = None
     if ca is not None:
         if not tls:
-            raise _BadURL(": ca= is for rediss:// only")
+            raise _BadURL(f": ca= is for rediss:// only{_AMPERSAND if 'ca' in late else ''}")
         try:
             trust = load_trust_root(ca)
         except (OSError, ValueError) as e:
-            raise ValueError(f"cannot use ca={ca}: {e}") from None
+            if "ca" not in late:
+                raise ValueError(f"cannot use ca={ca}: {e}") from None
+            # The path may be a piece of the password: not quoted (nor is
+            # the OSError's text, which names it).
+            why = (e.strerror or "cannot be read") if isinstance(e, OSError) else str(e)
+            raise ValueError(f"cannot use the ca= file given after "
+                             f"password={_AMPERSAND}: {why}") from None
     return RedisTarget(endpoint, password, username, db, f"{shown}/{db}",
                        tls_host=parts.hostname if tls else None, trust=trust)
 
