@@ -1691,6 +1691,65 @@ def test_a_reconnection_to_a_server_that_never_answers_is_given_up_and_tried_aga
     wait(bob, lambda d: any("Reconnected at" in n for n in notices(d)))
 
 
+# A WebSocket stand-in, installed before app.js runs: its first connection
+# says HELLO and nothing more (a broken server, or a proxy that cut the
+# stream there), the next ones HELLO and NICK, and answer NICK bob with
+# PASS bob. Counted: the connections opened (window.sockets) and those the
+# page closed (window.closes).
+_HELLO_ONLY_SERVER = r"""
+(() => {
+  window.sockets = 0;
+  window.closes = 0;
+  class FakeSocket {
+    static OPEN = 1;
+    constructor() {
+      this.readyState = 1;
+      window.sockets += 1;
+      const lines = window.sockets === 1 ? ["HELLO chat/1 mute (twisted-chat 0)"]
+        : ["HELLO chat/1 fake (twisted-chat 0)", "NICK"];
+      setTimeout(() => {
+        if (this.onopen) this.onopen();
+        for (const data of lines) this.onmessage({data});
+      }, 0);
+    }
+    send(line) {
+      if (line === "NICK bob") setTimeout(() => this.onmessage({data: "PASS bob"}), 0);
+    }
+    close() {
+      window.closes += 1;
+      this.readyState = 3;
+    }
+  }
+  window.WebSocket = FakeSocket;
+})();
+"""
+
+
+def test_a_server_that_says_hello_and_nothing_more_is_given_up(
+    web: WebServer, browser: Callable[..., Any]
+) -> None:
+    """The handshake timer stopped at the server's first line, whatever it
+    was: after a bare HELLO the page waited for ever, with a disabled Join
+    button and no banner (rev13-attack 5). Now HELLO does not stop it: the
+    connection is given up after ?timeout and the backoff goes on. The
+    prompts the user answers have no such timer: the nick and the password
+    prompt are left open as long as the user takes (here twice ?timeout)."""
+    page = browser()
+    page.execute_cdp_cmd("Page.addScriptToEvaluateOnNewDocument", {"source": _HELLO_ONLY_SERVER})
+    page.get(web.url + "?timeout=1")
+    wait(page, lambda d: shown_banner(d).startswith("No answer from the server. Reconnecting in")
+         and count(d, "closes") == 1)
+    field = nick_field(page)  # the next connection's prompt
+    assert count(page, "sockets") == 2
+    with pytest.raises(TimeoutException):  # the user takes their time
+        wait(page, lambda d: count(d, "closes") > 1, timeout=2.5)
+    field.send_keys("bob", Keys.ENTER)
+    title(page, "Password for bob")
+    with pytest.raises(TimeoutException):
+        wait(page, lambda d: count(d, "closes") > 1 or shown_banner(d), timeout=2.5)
+    assert count(page, "sockets") == 2
+
+
 # -- flood control and the user list (docs/web.md, "Flood control and the user list") --
 
 

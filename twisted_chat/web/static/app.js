@@ -756,9 +756,13 @@
   //   arrived after all), the page says which.
   //
   // A new connection has HANDSHAKE_TIMEOUT to open, as long again for the
-  // server's first line, and the page's own NICK and PASS as long for an
-  // answer: a server that takes the connection and says nothing is given
-  // up, and the backoff goes on.
+  // server's prompt (NICK or PASS: a HELLO alone is not one, the prompt
+  // must follow it), and the page's own NICK and PASS as long for an
+  // answer (READY, PASS, RETRY, ERROR): a server that takes the connection
+  // and says nothing, or HELLO and nothing more, is given up, and the
+  // backoff goes on. No timer runs while the page waits on the user (the
+  // nick or password prompt, after a RETRY or an ERROR) or on its own
+  // timer (RETRY taken or unavailable: the same NICK 3 s later).
   //
   // ?answer=SECONDS and ?timeout=SECONDS on the page's URL (at least 1) set
   // ANSWER_WAIT and PING_WAIT (each), and HANDSHAKE_TIMEOUT: for tests,
@@ -883,12 +887,19 @@
     }, HANDSHAKE_TIMEOUT);
   }
 
+  // The server's lines that end the page's wait on it during the
+  // handshake (above): its prompt, or its answer to the page's NICK or PASS.
+  const HANDSHAKE_ANSWERS = new Set(["NICK", "PASS", "RETRY", "ERROR", "READY"]);
+
   // A line from the server (before the page handles it): the server is
-  // alive, and its timers stop. What the line settles of the messages sent
-  // is handle()'s: a copy (MSG), a PONG, a refusal (ERROR).
-  function heard() {
-    clearTimeout(answers.handshake);
-    answers.handshake = null;
+  // alive, and its timers stop (the handshake's at a line that answers it).
+  // What the line settles of the messages sent is handle()'s: a copy (MSG),
+  // a PONG, a refusal (ERROR).
+  function heard(line) {
+    if (HANDSHAKE_ANSWERS.has(parse(line, 1)[0].toUpperCase())) {
+      clearTimeout(answers.handshake);
+      answers.handshake = null;
+    }
     if (!answers.since) return;
     const { since, warned } = answers;
     stopAnswerWatch();
@@ -980,7 +991,7 @@
       state.lastLine = Date.now();
       for (const line of String(event.data).split(/\r?\n/)) {
         if (!line) continue;
-        heard();
+        heard(line);
         handle(line);
       }
     };
