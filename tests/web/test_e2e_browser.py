@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import random
 import re
 import shutil
 import signal
@@ -1104,8 +1105,10 @@ def test_a_password_being_typed_is_not_moved_into_the_composer(
 # A WebSocket stand-in, installed before app.js runs: each line the page
 # sends is answered with the next batch window.answers (set by the test)
 # holds for that exact line, if any; the page's lines are kept in
-# window.sentLines, the connections opened counted in window.sockets, and
-# window.drop() ends the current connection as a server's shutdown does.
+# window.sentLines, the connections opened counted in window.sockets;
+# window.hear(lines) has the current connection say lines at once (one
+# message each, in this task), and window.drop() ends it as a server's
+# shutdown does.
 _SCRIPTED_SERVER = r"""
 (() => {
   window.sentLines = [];
@@ -1130,6 +1133,9 @@ _SCRIPTED_SERVER = r"""
     }
     close() {}
   }
+  window.hear = (lines) => {
+    for (const data of lines) current.onmessage({data});
+  };
   window.drop = () => {
     const ws = current;
     ws.onmessage({data: "BYE shutdown"});
@@ -1910,6 +1916,50 @@ def test_lines_held_when_the_connection_closes_are_told(
         shown = texts(alice)
         assert told == [f"{4 - len(shown)} lines were not sent: the connection closed first."]
         assert shown in (["held 0"], ["held 0", "held 1"])
+
+
+def user_list(driver: Any) -> list[str]:
+    return list(driver.execute_script(
+        "return [...document.querySelectorAll('#user-list li')].map((li) => li.dataset.nick)"))
+
+
+def test_a_large_lobby_keeps_its_user_list_sorted_and_the_page_quick(
+    web: WebServer, browser: Callable[..., Any]
+) -> None:
+    """Each JOINED and LEFT rebuilt and sorted the whole user list: 2,000
+    joins froze the page for over 10 s (the clileft helper). Now one row is
+    inserted or removed, in the list's order (the nicks compared as
+    lowercase, with localeCompare): 2,000 joins in a random order, mixed
+    case, then 700 leaves, take well under the old time, and the list is
+    right and sorted all along (checked after each half)."""
+    page = scripted(browser(), web,
+                    {"NICK alice": [["READY alice", "USER alice lobby", "USERS 1"]]})
+    join_as(page, "alice")
+    logged_in(page, "alice")
+    rng = random.Random(13)
+    nicks = [f"{rng.choice(['u', 'U', 'm_', 'M-', 'zz', 'Zb'])}{n}" for n in range(2000)]
+    rng.shuffle(nicks)
+    leaving = rng.sample(nicks, 700)
+    ts = "2026-12-06T07:00:00.000Z"
+    timed = """
+        const t0 = performance.now();
+        window.hear(arguments[0]);
+        document.body.offsetHeight;  // and the layout it asks for
+        return performance.now() - t0;"""
+    sorted_in_page = """
+        const nicks = [...document.querySelectorAll('#user-list li')].map((li) => li.dataset.nick);
+        const sorted = [...nicks].sort((a, b) => a.toLowerCase().localeCompare(b.toLowerCase()));
+        return nicks.every((nick, i) => nick === sorted[i]);"""
+    took = page.execute_script(timed, [f"JOINED {ts} {nick}" for nick in nicks[:1000]])
+    assert sorted(user_list(page)) == sorted(["alice", *nicks[:1000]])
+    assert page.execute_script(sorted_in_page)
+    took += page.execute_script(timed, [f"JOINED {ts} {nick}" for nick in nicks[1000:]])
+    took += page.execute_script(timed, [f"LEFT {ts} {nick} quit" for nick in leaving])
+    gone = set(leaving)
+    assert sorted(user_list(page)) == sorted(["alice", *(n for n in nicks if n not in gone)])
+    assert page.execute_script(sorted_in_page)
+    assert page.find_element(By.ID, "user-count").get_attribute("textContent") == "— 1301"
+    assert took < 3000, f"{took:.0f} ms for 2,000 joins and 700 leaves"
 
 
 def has_tag(driver: Any, nick: str) -> bool:

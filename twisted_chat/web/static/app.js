@@ -401,9 +401,10 @@
     });
   }
 
-  // The sidebar's lists are built anew on every change (a join, an unread
-  // line): the entry with the keyboard focus keeps it, in its new element,
-  // rather than the focus falling back to the page's start.
+  // The sidebar's lists are built anew on a change (an unread line, a whole
+  // user list; a join or a leave changes one row: putUser, dropUser): the
+  // entry with the keyboard focus keeps it, in its new element, rather than
+  // the focus falling back to the page's start.
   function keepFocus(list, attr, rebuild) {
     const had = document.activeElement;
     const value = had && list.contains(had) ? had.dataset[attr] : undefined;
@@ -433,28 +434,90 @@
     if (!dms.children.length) dms.append(el("li", "hint", "Pick someone under Online to message them."));
   }
 
+  // The user list: rebuilt from a whole list (USERS), otherwise kept one
+  // row at a time (JOINED, LEFT, someone paired): a rebuild per join took
+  // seconds in a lobby of thousands. In order of the nick as lowercase
+  // (byNick: localeCompare's order); userOrder holds the keys in the list's
+  // order, userRows the row of each.
+  const collator = new Intl.Collator();
+  const byNick = (a, b) => collator.compare(a, b);
+  let userOrder = [];
+  const userRows = new Map();
+
   function renderUsers() {
     keepFocus($("user-list"), "nick", buildUsers);
+    usersChanged();
+  }
+
+  function usersChanged() {
     $("user-count").textContent = `— ${state.users.size}`;
     renderHeader();
   }
 
   function buildUsers() {
-    const list = $("user-list");
-    list.replaceChildren();
-    const users = [...state.users.values()].sort((a, b) => key(a.nick).localeCompare(key(b.nick)));
-    for (const user of users) {
-      const isMe = state.me && key(user.nick) === key(state.me);
-      const li = el("li", "user");
-      li.dataset.nick = user.nick;
-      li.append(el("span", "dot " + (user.state === "paired" ? "paired" : "online")));
-      li.append(el("span", "conv-label", user.nick));
-      if (user.state === "paired") li.append(el("span", "tag", "paired"));
-      if (isMe) li.append(el("span", "you", "you"));
-      li.title = user.state === "paired" ? `${user.nick} is in a private conversation` : `Message ${user.nick}`;
-      if (!isMe) activate(li, () => show(dm(user.nick).id));
-      list.append(li);
+    userOrder = [...state.users.keys()].sort(byNick);
+    userRows.clear();
+    for (const k of userOrder) userRows.set(k, userRow(state.users.get(k)));
+    $("user-list").replaceChildren(...userOrder.map((k) => userRows.get(k)));
+  }
+
+  function userRow(user) {
+    const isMe = state.me && key(user.nick) === key(state.me);
+    const li = el("li", "user");
+    li.dataset.nick = user.nick;
+    li.append(el("span", "dot " + (user.state === "paired" ? "paired" : "online")));
+    li.append(el("span", "conv-label", user.nick));
+    if (user.state === "paired") li.append(el("span", "tag", "paired"));
+    if (isMe) li.append(el("span", "you", "you"));
+    li.title = user.state === "paired" ? `${user.nick} is in a private conversation` : `Message ${user.nick}`;
+    if (!isMe) activate(li, () => show(dm(user.nick).id));
+    return li;
+  }
+
+  // Where k is, or goes, in userOrder.
+  function userIndex(k) {
+    let lo = 0;
+    let hi = userOrder.length;
+    while (lo < hi) {
+      const mid = (lo + hi) >> 1;
+      if (byNick(userOrder[mid], k) < 0) lo = mid + 1;
+      else hi = mid;
     }
+    return lo;
+  }
+
+  // `user` is in the lobby now (JOINED), or its row changes (paired): its
+  // row alone is made, and put in its place.
+  function putUser(user) {
+    const k = key(user.nick);
+    state.users.set(k, user);
+    const row = userRow(user);
+    const old = userRows.get(k);
+    userRows.set(k, row);
+    if (old) {
+      const focused = document.activeElement === old;
+      old.replaceWith(row);
+      if (focused) row.focus();
+    } else {
+      const at = userIndex(k);
+      userOrder.splice(at, 0, k);
+      $("user-list").insertBefore(row, at + 1 < userOrder.length ? userRows.get(userOrder[at + 1]) : null);
+    }
+    usersChanged();
+  }
+
+  // `nick` left: its row goes.
+  function dropUser(nick) {
+    const k = key(nick);
+    state.users.delete(k);
+    const row = userRows.get(k);
+    if (row) {
+      userRows.delete(k);
+      const at = userIndex(k);
+      if (userOrder[at] === k) userOrder.splice(at, 1);
+      row.remove();
+    }
+    usersChanged();
   }
 
   function renderHeader() {
@@ -721,7 +784,7 @@
     const user = state.users.get(key(nick));
     if (user && user.state !== "paired") {
       user.state = "paired";
-      renderUsers();
+      putUser(user);
     }
   }
 
@@ -1304,15 +1367,13 @@
       }
       case "JOINED": {
         const [, t, nick] = parse(line, 2);
-        state.users.set(key(nick), { nick, state: "lobby" });
-        renderUsers();
+        putUser({ nick, state: "lobby" });
         lobbyNotice(`${nick} joined the chat`, ts(t));
         break;
       }
       case "LEFT": {
         const [, t, nick, reason, text] = parse(line, 4);
-        state.users.delete(key(nick));
-        renderUsers();
+        dropUser(nick);
         const why = { quit: "left", disconnected: "disconnected", timeout: "timed out", flood: "was disconnected for flooding", sendq: "was disconnected (not reading)" }[reason] || `left (${reason})`;
         const msg = `${nick} ${why}` + (text ? `: ${shownOverrides(text)}` : "");
         lobbyNotice(msg, ts(t));
@@ -1355,11 +1416,8 @@
         for (const nick of [...state.invites.keys()]) dropInvite(nick);
         const conv = dm(partner);
         notice(conv, `You are now in a private conversation with ${partner}.`);
-        const me = state.users.get(key(state.me));
-        if (me) me.state = "paired";
-        const other = state.users.get(key(partner));
-        if (other) other.state = "paired";
-        renderUsers();
+        markPaired(state.me);
+        markPaired(partner);
         show(conv.id);
         break;
       }
