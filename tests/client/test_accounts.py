@@ -92,6 +92,31 @@ def test_a_wrong_password_on_a_terminal_asks_again() -> None:
     assert s.screen.secret_prompt == "password for alice: "
 
 
+def test_not_ready_at_the_password_prompt_says_the_password_is_awaited() -> None:
+    """An ERROR not-ready while the server waits for the password (its text
+    says so since 3db90f1) was shown as "Choose a nickname first.": at the
+    password prompt, the client now says the password is awaited, in its
+    own words, and the prompt stays; after a PASS it is asked again."""
+    s = session()
+    _asked_for_password(s)
+    s.screen.take()
+    waiting = ("ERROR not-ready the server is waiting for the password of alice: send "
+               "PASS <password>, or NICK <nick> to choose another nick")
+    s.receive(waiting)
+    assert " ".join(" ".join(s.screen.take()).split()) == (
+        "! The server is waiting for the password of alice first: type it at the "
+        "password prompt, or just Enter there to choose another nickname."
+    )
+    assert s.client.state is State.ASK_PASSWORD
+    assert s.screen.secret_prompt == "password for alice: "
+    s.client.secret_line(SECRET)
+    assert s.sent() == [f"PASS {SECRET}"]
+    s.receive(waiting)
+    assert "! The server is waiting for the password of alice first: type it" in (
+        " ".join(s.screen.text().split()))
+    assert s.screen.secret_prompt == "password for alice: "
+
+
 def test_a_password_the_server_refuses_at_login_is_asked_for_again() -> None:
     """An ERROR (not a RETRY) answering PASS left the client waiting, with no
     prompt, until the server's --nick-timeout closed the connection."""

@@ -1222,6 +1222,29 @@ def test_a_taken_nicks_retry_is_void_once_its_connection_is_gone(
     assert sent(page) == ["NICK dave"] * 3
 
 
+def test_not_ready_before_ready_is_said_in_the_pages_words(
+    web: WebServer, browser: Callable[..., Any]
+) -> None:
+    """The page showed an ERROR not-ready's text as it came, protocol verbs
+    and all ("send PASS <password>, or NICK <nick> to choose another
+    nick"): now in its own words, by what the server waits for, as the
+    terminal client says it."""
+    page = scripted(browser(), web, {
+        "NICK alice": [["PASS alice"]],
+        "PASS first-password": [[
+            "ERROR not-ready the server is waiting for the password of alice: send "
+            "PASS <password>, or NICK <nick> to choose another nick"]],
+        "PASS other-password": [["ERROR not-ready no password was asked for; send NICK first"]],
+    })
+    field = join_as(page, "alice")
+    title(page, "Password for alice")
+    error = page.find_element(By.ID, "nick-error")
+    field.send_keys("first-password", Keys.ENTER)
+    wait(page, lambda d: error.text == "The server is waiting for the password of alice first.")
+    field.send_keys("other-password", Keys.ENTER)
+    wait(page, lambda d: error.text == "No password was asked for: choose a nickname first.")
+
+
 UNAVAILABLE = "RETRY unavailable the server cannot check accounts now"
 
 

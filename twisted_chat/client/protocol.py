@@ -929,6 +929,12 @@ class ChatClient(SkipLongLines):
     def _on_ERROR(self, event: ServerLine) -> None:
         code = event.word(0)
         said = self.passwords.refused(code, event.text)
+        if code == "not-ready":
+            # At the password prompt, or about to be asked again (a PASS refused).
+            asking = self.state is State.ASK_PASSWORD or (
+                self.state is State.NICK_SENT and self.login.pass_sent
+            )
+            said = render.not_ready(event.text, prompt=self.interactive and asking)
         if said is None:
             said = render.error_sentence(code, event.text)
         self.pairing.refused(code)

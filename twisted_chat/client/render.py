@@ -252,7 +252,38 @@ _NO_TEXT = {"no-such-nick": "nobody by that name is online"}
 _VERBS = re.compile(r"\b(UNPAIR|PAIR|ACCEPT|REJECT)\b")
 
 
+# ERROR not-ready's texts from this server (server/session.py, login.py)
+# that say more than "choose a nickname first".
+_WAITING_FOR_PASSWORD = re.compile(r"the server is waiting for the password of (\S+?):")
+_ALREADY = re.compile(r"no password was asked for: you are already (\S+)$")
+
+
+def not_ready(text: str, *, prompt: bool = False) -> str:
+    """
+    C{ERROR not-ready} in the client's words, by what the server's text
+    says is awaited: while a password is asked (the server's text says to
+    send C{PASS}, or C{NICK} for another nick), that password; C{prompt}:
+    the password prompt is open, or opens again now (a terminal), so the
+    words say what to do there.  Otherwise a nickname first.
+    """
+    waiting = _WAITING_FOR_PASSWORD.match(text)
+    if waiting is not None:
+        said = f"The server is waiting for the password of {waiting.group(1)} first"
+        if prompt:
+            said += (": type it at the password prompt, or just Enter there to choose "
+                     "another nickname")
+        return said + "."
+    already = _ALREADY.match(text)
+    if already is not None:
+        return f"No password was asked for: you are already {already.group(1)}."
+    if text.startswith("no password was asked for"):
+        return "No password was asked for: choose a nickname first."
+    return ERRORS["not-ready"]
+
+
 def error_sentence(code: str, text: str) -> str:
+    if code == "not-ready":
+        return not_ready(text)
     template = ERRORS.get(code)
     if template is None:
         return sentence(f"Server error ({code}): {text}" if text else f"Server error: {code}")

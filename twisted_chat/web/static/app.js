@@ -1472,7 +1472,7 @@
       case "ERROR": {
         const [, code, text] = parse(line, 2);
         if (!state.online) {
-          $("nick-error").textContent = text;
+          $("nick-error").textContent = code === "not-ready" ? notReady(text) : text;
           if (code === "server-full") banner(text, null);
         } else if (REFUSED.has(code)) {
           refused(code, text);
@@ -1609,6 +1609,17 @@
       return `Wrong password, or no account for ${state.wanted}.`;
     }
     return text || reason;
+  }
+
+  // ERROR not-ready before READY, in the page's words by what the server's
+  // text says it waits for (its text names protocol verbs: "send PASS
+  // <password>, or NICK <nick> to choose another nick"): the terminal
+  // client's words (client/render.py, not_ready).
+  function notReady(text) {
+    const waiting = /^the server is waiting for the password of (\S+?):/.exec(text || "");
+    if (waiting) return `The server is waiting for the password of ${waiting[1]} first.`;
+    if (/^no password was asked for/.test(text || "")) return "No password was asked for: choose a nickname first.";
+    return "Choose a nickname first.";
   }
 
   let askPassword = false;
