@@ -2,9 +2,11 @@
 The HTTP side of the web client, on C{twisted.web}: the page at C{/}, its
 files under C{/static/}, and the WebSocket at C{/chat}, all on one port.
 
-Every response carries the security headers (L{security_headers}): a
-Content-Security-Policy that lets the page run only its own scripts and
+Every response of the site carries the security headers (L{security_headers}):
+a Content-Security-Policy that lets the page run only its own scripts and
 styles and connect only to its own WebSocket, C{nosniff}, and no framing.
+autobahn's answers to an upgrade carry the Host-less set (the 101) or none
+(its refusals): no browser applies them there (docs/web.md, "Security").
 
 Each HTTP connection is counted against the chat server's connection limits
 from the moment it is accepted, until its WebSocket upgrade or its close
