@@ -62,6 +62,81 @@ def wait_for_port(
     raise TimeoutError(f"nothing listening on {LOOPBACK}:{port} after {timeout}s")
 
 
+# The options whose value is an endpoint the server listens on.
+ENDPOINT_OPTIONS = ("--port", "--web", "--metrics")
+
+
+def endpoints_in(args: Sequence[str]) -> list[str]:
+    """The endpoint descriptions C{args} give to L{ENDPOINT_OPTIONS}."""
+    found = []
+    for i, arg in enumerate(args):
+        name, equals, value = arg.partition("=")
+        if name not in ENDPOINT_OPTIONS:
+            continue
+        if equals:
+            found.append(value)
+        elif i + 1 < len(args):
+            found.append(args[i + 1])
+    return found
+
+
+def listener_of(description: str) -> int | str | None:
+    """
+    What a server endpoint description listens on: a TCP port (C{tcp:},
+    C{tcp6:}, C{ssl:}), a UNIX socket's path (C{unix:}), or None for any
+    other kind.  Positional or keyword (C{port=}, C{address=}); C{\\:}
+    escapes a colon, as in Twisted's endpoint strings.
+    """
+    parts = [part.replace("\0", ":") for part in
+             description.replace("\\:", "\0").split(":")]
+    kind, fields = parts[0].lower(), parts[1:]
+    positional = [field for field in fields if "=" not in field]
+    keywords = dict(field.split("=", 1) for field in fields if "=" in field)
+    if kind in ("tcp", "tcp6", "ssl"):
+        port = keywords.get("port", positional[0] if positional else None)
+        return int(port) if port is not None and port.isdigit() else None
+    if kind == "unix":
+        return keywords.get("address", positional[0] if positional else None)
+    return None
+
+
+def unix_listening(path: str) -> bool:
+    """
+    A UNIX socket listens at C{path} (as the server bound it), from
+    C{/proc/net/unix}: without connecting (a connection counts).  Twisted
+    logs " starting on " for a UNIX socket before it binds it, so that
+    line does not say it is there.
+    """
+    accepting = 0x10000  # __SO_ACCEPTCON: listen() was called
+    with open("/proc/net/unix") as table:
+        next(table)
+        for line in table:
+            fields = line.split(None, 7)
+            if len(fields) == 8 and fields[7].strip() == path and int(fields[3], 16) & accepting:
+                return True
+    return False
+
+
+def tcp_listening(port: int) -> bool:
+    """
+    Something listens on TCP C{port}, from C{/proc/net/tcp} and C{tcp6}:
+    without connecting (a connection counts), nor reading the log (its
+    " starting on " lines are info: C{--log-level warn} leaves them out).
+    """
+    for name in ("/proc/net/tcp", "/proc/net/tcp6"):
+        try:
+            with open(name) as table:
+                next(table)
+                for line in table:
+                    fields = line.split()
+                    # local_address is ADDRESS:PORT in hex; state 0A is LISTEN.
+                    if fields[3] == "0A" and int(fields[1].rpartition(":")[2], 16) == port:
+                        return True
+        except FileNotFoundError:  # no IPv6
+            continue
+    return False
+
+
 def process_state(pid: int) -> str:
     """
     What a process that does not stop is doing, from C{/proc}: its signal
@@ -99,10 +174,12 @@ class ServerProcess:
                  twistd: str = TWISTD, exempt: Sequence[str] = (LOOPBACK,)) -> None:
         """
         @param probe: wait for start-up by connecting to C{port} (the
-            default); if false, or for an endpoint that is not on C{port}
-            (a UNIX socket), wait for the log line that says the server
-            listens instead, so that no connection is spent on the wait
-            (tests of connection limits want that).
+            default).  Every other endpoint asked for (C{endpoint} when it
+            is not on C{port}, and those of C{--port}, C{--web} and
+            C{--metrics} in C{args}), and all of them if C{probe} is false,
+            is waited for without a connection (tests of connection limits
+            and of the connection metrics want that), from C{/proc/net}
+            (L{tcp_listening}, L{unix_listening}).
         @param twistd: the C{twistd} script to run (another environment's).
         @param exempt: C{--exempt} values.  The tests' own clients connect
             from 127.0.0.1, many at a time: that address is exempt from the
@@ -129,12 +206,47 @@ class ServerProcess:
             try:
                 if self.probe:
                     wait_for_port(self.port, proc=self.proc)
-                else:
-                    self.wait_log(" starting on ")
+                self.wait_listening()
             except BaseException:
                 self.kill()  # a server that never came up is not left running
                 raise
         return self
+
+    def wait_listening(self, timeout: float = 15.0) -> None:
+        """
+        Wait until the server listens on every endpoint asked for (but
+        C{port}, if probed), without connecting to any (L{__init__}'s
+        C{probe}).  Not every line " starting on " of the log: with a
+        UNIX socket and a TCP port, the first such line could be the
+        socket's, written before it exists.
+        """
+        assert self.proc is not None
+        ports: set[int] = set()
+        paths: set[str] = set()
+        for description in [self.endpoint, *endpoints_in(self.args)]:
+            listener = listener_of(description)
+            if isinstance(listener, int):
+                ports.add(listener)
+            elif listener is not None:
+                paths.add(listener)
+        if self.probe:
+            ports.discard(self.port)
+        if not ports and not paths and not self.probe:
+            self.wait_log(" starting on ", timeout)  # endpoints of another kind
+            return
+
+        def missing() -> list[str]:
+            return ([f"port {port}" for port in sorted(ports) if not tcp_listening(port)]
+                    + [path for path in sorted(paths) if not unix_listening(path)])
+
+        deadline = time.monotonic() + timeout
+        while left := missing():
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"server exited early with {self.proc.returncode}")
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"the server does not listen on {', '.join(left)} "
+                                   f"after {timeout}s")
+            time.sleep(0.05)
 
     def wait_log(self, text: str, timeout: float = 15.0) -> None:
         """Wait until the server's log contains C{text}."""

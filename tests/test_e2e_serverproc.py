@@ -1,0 +1,95 @@
+"""
+The end-to-end tests' server start-up (L{tests.serverproc.ServerProcess}):
+it returns once the server listens on every endpoint the test asked for,
+not at the first one (a test failed under load with FileNotFoundError on a
+UNIX socket not bound yet), and without connecting where it need not.  A
+stand-in C{twistd} plays a slow server: each listener as Twisted makes it,
+the second one a second late.
+"""
+
+from __future__ import annotations
+
+import socket
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from tests.serverproc import LOOPBACK, ServerProcess, free_port, listener_of, unix_listening
+
+# Its endpoints (C{--port}, in order): a TCP port is bound, listened on and
+# then logged, as Twisted does; a UNIX socket is logged first, then bound a
+# second later (Twisted logs it before its bind). Each listener after the
+# first comes a second after the one before. Connections are accepted and
+# left alone.
+_SLOW_TWISTD = """#!{python}
+import select, socket, sys, time
+args = sys.argv[1:]
+log = open(next(a.split("=", 1)[1] for a in args if a.startswith("--logfile=")), "a",
+           buffering=1)
+held = []
+for n, description in enumerate(args[i + 1] for i, a in enumerate(args) if a == "--port"):
+    if n:
+        time.sleep(1)
+    if description.startswith("unix:"):
+        path = description[len("unix:"):]
+        log.write(f"x [-] ChatFactory starting on {{path!r}}\\n")
+        time.sleep(1)
+        s = socket.socket(socket.AF_UNIX)
+        s.bind(path)
+        s.listen()
+    else:
+        port = int(description.split(":")[1])
+        s = socket.socket()
+        s.bind(("{loopback}", port))
+        s.listen()
+        log.write(f"x [-] ChatFactory starting on {{port}}\\n")
+    held.append(s)
+kept = []
+deadline = time.monotonic() + 60
+while time.monotonic() < deadline:
+    ready, _, _ = select.select(held, [], [], 0.1)
+    kept += [s.accept()[0] for s in ready]
+"""
+
+
+@pytest.fixture
+def slow_twistd(tmp_path: Path) -> str:
+    script = tmp_path / "twistd"
+    script.write_text(_SLOW_TWISTD.format(python=sys.executable, loopback=LOOPBACK))
+    script.chmod(0o755)
+    return str(script)
+
+
+def test_a_unix_socket_after_a_tcp_port_is_waited_for(
+    tmp_path: Path, slow_twistd: str, chat_server: Callable[..., ServerProcess]
+) -> None:
+    """The wait for the log's first " starting on " returned at the TCP
+    port's line: the UNIX socket was not there yet. Now it is, once
+    start() returns. (That no connection is spent on the wait is
+    tests/test_e2e_metrics.py's
+    test_accepted_connections_count_what_connects_and_nothing_at_start.)"""
+    path = tmp_path / "chat.sock"
+    chat_server("--port", f"unix:{path}", probe=False, twistd=slow_twistd)
+    assert unix_listening(str(path))
+
+
+def test_a_second_tcp_port_is_waited_for_as_well_as_the_probed_one(
+    tmp_path: Path, slow_twistd: str, chat_server: Callable[..., ServerProcess]
+) -> None:
+    """The probe connected to the main port only: a --port that came up
+    later was not waited for. Now it is (without connecting to it)."""
+    other = free_port()
+    chat_server("--port", f"tcp:{other}:interface={LOOPBACK}", twistd=slow_twistd)
+    with socket.create_connection((LOOPBACK, other), timeout=5):
+        pass
+
+
+def test_what_an_endpoint_listens_on() -> None:
+    assert listener_of("tcp:8080:interface=127.0.0.1") == 8080
+    assert listener_of("ssl:port=8443:privateKey=k.pem") == 8443
+    assert listener_of("tcp6:8080:interface=\\:\\:1") == 8080
+    assert listener_of("unix:/run/chat.sock:mode=660") == "/run/chat.sock"
+    assert listener_of("unix:address=/tmp/a\\:b") == "/tmp/a:b"
+    assert listener_of("systemd:domain=INET:index=0") is None
