@@ -398,6 +398,29 @@ def test_an_existing_log_file_is_made_private_but_not_a_device(
     assert stat.S_IMODE(null.stat().st_mode) == 0o666
 
 
+def test_a_rotation_removed_while_the_log_starts_is_no_error(
+        tmp_path: Path, sigusr1: None, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A rotated file listed at start but removed before its mode is set
+    (a log cleaner running meanwhile) is skipped, not a failed start; the
+    others are still made private."""
+    import stat
+
+    from twisted.python import logfile
+
+    for name in ("chat.log", "chat.log.1"):
+        (tmp_path / name).write_text("old\n")
+        (tmp_path / name).chmod(0o644)
+    listed = logfile.LogFile.listLogs
+
+    def list_a_gone_one(self: logfile.LogFile) -> list[int]:
+        return [*listed(self), 7]  # chat.log.7: listed, then gone
+
+    monkeypatch.setattr(logfile.LogFile, "listLogs", list_a_gone_one)
+    log_file = logs.rotated_log_file(str(tmp_path / "chat.log"), keep=10)
+    log_file.close()
+    assert stat.S_IMODE((tmp_path / "chat.log.1").stat().st_mode) == 0o600
+
+
 def test_rotated_files_an_earlier_version_left_are_made_private(
         tmp_path: Path, sigusr1: None) -> None:
     """reread13 server 1: Twisted's LogFile changes only the live file's

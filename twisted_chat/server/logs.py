@@ -103,9 +103,12 @@ def rotated_log_file(path: str, keep: int) -> Any:
         # Twisted's LogFile changes only the live file's mode.
         for number in log_file.listLogs():
             rotated = f"{log_file.path}.{number}"
-            # lstat: a link is left alone (chmod would change what it names).
-            if stat.S_ISREG(os.lstat(rotated).st_mode):
-                os.chmod(rotated, LOG_MODE)
+            try:
+                # lstat: a link is left alone (chmod would change what it names).
+                if stat.S_ISREG(os.lstat(rotated).st_mode):
+                    os.chmod(rotated, LOG_MODE)
+            except FileNotFoundError:
+                pass  # removed since it was listed (a log cleaner): nothing to hide
     import signal
 
     if not signal.getsignal(signal.SIGUSR1):  # as twistd: unless someone has it
