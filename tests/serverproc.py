@@ -15,6 +15,11 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TypeVar
 
+from twisted.internet import endpoints
+
+from twisted_chat.server.listening import ssl_arguments, tcp_address
+from twisted_chat.server.service import _endpoint
+
 T = TypeVar("T")
 
 TWISTD = str(Path(sys.executable).with_name("twistd"))
@@ -63,7 +68,7 @@ def wait_for_port(
 
 
 # The options whose value is an endpoint the server listens on.
-ENDPOINT_OPTIONS = ("--port", "--web", "--metrics")
+ENDPOINT_OPTIONS = ("--port", "-p", "--web", "--metrics")
 
 
 def endpoints_in(args: Sequence[str]) -> list[str]:
@@ -80,24 +85,35 @@ def endpoints_in(args: Sequence[str]) -> list[str]:
     return found
 
 
-def listener_of(description: str) -> int | str | None:
+def listener_of(description: str) -> int | str:
     """
-    What a server endpoint description listens on: a TCP port (C{tcp:},
-    C{tcp6:}, C{ssl:}), a UNIX socket's path (C{unix:}), or None for any
-    other kind.  Positional or keyword (C{port=}, C{address=}); C{\\:}
-    escapes a colon, as in Twisted's endpoint strings.
+    What a server endpoint description listens on, as the server reads it
+    (L{twisted_chat.server.service._endpoint}, then Twisted's parser): a
+    TCP port (a bare number, C{tcp:}, C{tcp6:}, C{ssl:}) or a UNIX
+    socket's path (C{unix:}), also behind C{haproxy:}.  An C{ssl:} one is read with
+    L{ssl_arguments}, since Twisted's parser would load its key files.
+    Raises C{ValueError} for any other kind: the start-up could not wait
+    for it.
     """
-    parts = [part.replace("\0", ":") for part in
-             description.replace("\\:", "\0").split(":")]
-    kind, fields = parts[0].lower(), parts[1:]
-    positional = [field for field in fields if "=" not in field]
-    keywords = dict(field.split("=", 1) for field in fields if "=" in field)
-    if kind in ("tcp", "tcp6", "ssl"):
-        port = keywords.get("port", positional[0] if positional else None)
-        return int(port) if port is not None and port.isdigit() else None
-    if kind == "unix":
-        return keywords.get("address", positional[0] if positional else None)
-    return None
+    from twisted.internet import reactor  # on use: importing it installs the default one
+
+    description = _endpoint(description)
+    if description.partition(":")[0].lower() == "ssl":
+        return int(ssl_arguments(description)["port"])
+    try:
+        endpoint = endpoints.serverFromString(reactor, description)
+    except Exception as e:  # systemd: with nothing inherited, say
+        raise ValueError(f"cannot tell what {description!r} listens on: {e!r}") from e
+    # haproxy: wraps the endpoint it listens on (Twisted-private, as tcp_address's).
+    endpoint = getattr(endpoint, "_wrappedEndpoint", endpoint)
+    address = tcp_address(endpoint)
+    if address is not None:
+        return address[1]
+    path = getattr(endpoint, "_address", None)  # Twisted-private, as tcp_address's
+    if isinstance(endpoint, endpoints.UNIXServerEndpoint) and isinstance(path, str):
+        return path
+    raise ValueError(f"cannot tell what {description!r} listens on: the start-up waits "
+                     f"for TCP ports and UNIX sockets only")
 
 
 def unix_listening(path: str) -> bool:
@@ -117,24 +133,34 @@ def unix_listening(path: str) -> bool:
     return False
 
 
+def tcp_rows(port: int, state: str,
+             tables: Sequence[str] = ("/proc/net/tcp", "/proc/net/tcp6")) -> list[list[str]]:
+    """
+    The rows of C{tables} for sockets on local TCP C{port} in C{state}
+    (hex, as the kernel writes it: C{0A} LISTEN, C{01} ESTABLISHED), each
+    split into its fields (C{[1]} is the local ADDRESS:PORT in hex, C{[4]}
+    the transmit:receive queues).  A missing table (no IPv6) has none.
+    """
+    rows = []
+    for name in tables:
+        try:
+            lines = Path(name).read_text().splitlines()[1:]
+        except FileNotFoundError:
+            continue
+        for line in lines:
+            fields = line.split()
+            if fields[3] == state and int(fields[1].rpartition(":")[2], 16) == port:
+                rows.append(fields)
+    return rows
+
+
 def tcp_listening(port: int) -> bool:
     """
     Something listens on TCP C{port}, from C{/proc/net/tcp} and C{tcp6}:
     without connecting (a connection counts), nor reading the log (its
     " starting on " lines are info: C{--log-level warn} leaves them out).
     """
-    for name in ("/proc/net/tcp", "/proc/net/tcp6"):
-        try:
-            with open(name) as table:
-                next(table)
-                for line in table:
-                    fields = line.split()
-                    # local_address is ADDRESS:PORT in hex; state 0A is LISTEN.
-                    if fields[3] == "0A" and int(fields[1].rpartition(":")[2], 16) == port:
-                        return True
-        except FileNotFoundError:  # no IPv6
-            continue
-    return False
+    return bool(tcp_rows(port, "0A"))
 
 
 def process_state(pid: int) -> str:
@@ -218,7 +244,8 @@ class ServerProcess:
         C{port}, if probed), without connecting to any (L{__init__}'s
         C{probe}).  Not every line " starting on " of the log: with a
         UNIX socket and a TCP port, the first such line could be the
-        socket's, written before it exists.
+        socket's, written before it exists.  An endpoint of another kind
+        raises C{ValueError} (L{listener_of}): not waited for by the log.
         """
         assert self.proc is not None
         ports: set[int] = set()
@@ -227,37 +254,36 @@ class ServerProcess:
             listener = listener_of(description)
             if isinstance(listener, int):
                 ports.add(listener)
-            elif listener is not None:
+            else:
                 paths.add(listener)
         if self.probe:
             ports.discard(self.port)
-        if not ports and not paths and not self.probe:
-            self.wait_log(" starting on ", timeout)  # endpoints of another kind
-            return
 
         def missing() -> list[str]:
             return ([f"port {port}" for port in sorted(ports) if not tcp_listening(port)]
                     + [path for path in sorted(paths) if not unix_listening(path)])
 
-        deadline = time.monotonic() + timeout
-        while left := missing():
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"server exited early with {self.proc.returncode}")
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"the server does not listen on {', '.join(left)} "
-                                   f"after {timeout}s")
-            time.sleep(0.05)
+        self._wait(lambda: not missing(), timeout,
+                   lambda: f"the server to listen on {', '.join(missing())}")
 
     def wait_log(self, text: str, timeout: float = 15.0) -> None:
         """Wait until the server's log contains C{text}."""
-        assert self.proc is not None
-        deadline = time.monotonic() + timeout
-        while text not in self.log():
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"server exited early with {self.proc.returncode}")
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"{text!r} not in the server log after {timeout}s")
-            time.sleep(0.05)
+        self._wait(lambda: text in self.log(), timeout, f"{text!r} in the server log")
+
+    def _wait(self, done: Callable[[], bool], timeout: float,
+              what: str | Callable[[], object]) -> None:
+        """L{wait_until} C{done}, but raise C{RuntimeError} if the server exits."""
+        proc = self.proc
+        assert proc is not None
+
+        def check() -> bool:
+            if done():
+                return True
+            if proc.poll() is not None:
+                raise RuntimeError(f"server exited early with {proc.returncode}")
+            return False
+
+        wait_until(check, timeout, what)
 
     @property
     def pid(self) -> int:

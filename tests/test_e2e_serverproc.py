@@ -16,9 +16,16 @@ from pathlib import Path
 
 import pytest
 
-from tests.serverproc import LOOPBACK, ServerProcess, free_port, listener_of, unix_listening
+from tests.serverproc import (
+    LOOPBACK,
+    ServerProcess,
+    free_port,
+    listener_of,
+    tcp_listening,
+    unix_listening,
+)
 
-# Its endpoints (C{--port}, in order): a TCP port is bound, listened on and
+# Its endpoints (C{--port} or C{-p}, in order): a TCP port is bound, listened on and
 # then logged, as Twisted does; a UNIX socket is logged first, then bound a
 # second later (Twisted logs it before its bind). Each listener after the
 # first comes a second after the one before. Connections are accepted and
@@ -29,7 +36,7 @@ args = sys.argv[1:]
 log = open(next(a.split("=", 1)[1] for a in args if a.startswith("--logfile=")), "a",
            buffering=1)
 held = []
-for n, description in enumerate(args[i + 1] for i, a in enumerate(args) if a == "--port"):
+for n, description in enumerate(args[i + 1] for i, a in enumerate(args) if a in ("--port", "-p")):
     if n:
         time.sleep(1)
     if description.startswith("unix:"):
@@ -40,7 +47,7 @@ for n, description in enumerate(args[i + 1] for i, a in enumerate(args) if a == 
         s.bind(path)
         s.listen()
     else:
-        port = int(description.split(":")[1])
+        port = int(description.split(":")[1] if ":" in description else description)
         s = socket.socket()
         s.bind(("{loopback}", port))
         s.listen()
@@ -92,4 +99,17 @@ def test_what_an_endpoint_listens_on() -> None:
     assert listener_of("tcp6:8080:interface=\\:\\:1") == 8080
     assert listener_of("unix:/run/chat.sock:mode=660") == "/run/chat.sock"
     assert listener_of("unix:address=/tmp/a\\:b") == "/tmp/a:b"
-    assert listener_of("systemd:domain=INET:index=0") is None
+    assert listener_of("haproxy:tcp:8080:interface=127.0.0.1") == 8080
+    assert listener_of("8080") == 8080  # a bare port number is TCP, as for the server
+    with pytest.raises(ValueError, match="cannot tell what 'systemd:domain=INET:index=0'"):
+        listener_of("systemd:domain=INET:index=0")
+
+
+def test_a_bare_port_given_with_p_is_waited_for(
+    tmp_path: Path, slow_twistd: str, chat_server: Callable[..., ServerProcess]
+) -> None:
+    """A bare port number (tcp, as the server reads it) given with -p was
+    not waited for: start() returned before it listened."""
+    other = free_port()
+    chat_server("-p", str(other), twistd=slow_twistd)
+    assert tcp_listening(other)
