@@ -22,7 +22,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.x509.oid import NameOID
 
-from tests.serverproc import LOOPBACK, LineClient, free_port, wait_for_port, wait_until
+from tests.serverproc import LOOPBACK, LineClient, free_port, tcp_rows, wait_for_port, wait_until
 from twisted_chat.server.config import ServerConfig
 from twisted_chat.server.descriptors import REFUSALS_CLOSING
 from twisted_chat.server.factory import POLITE_TLS_BURST, POLITE_TLS_WINDOW
@@ -236,9 +236,8 @@ def accept_queue(port: int) -> int:
     """How many connections to C{LOOPBACK:port} wait to be accepted (what
     /proc/net/tcp shows as a listening socket's receive queue)."""
     local = f"{socket.htonl(int(ipaddress.ip_address(LOOPBACK))):08X}:{port:04X}"
-    for line in Path("/proc/net/tcp").read_text().splitlines()[1:]:
-        fields = line.split()
-        if fields[1] == local and fields[3] == "0A":  # LISTEN
+    for fields in tcp_rows(port, "0A", ("/proc/net/tcp",)):  # LISTEN
+        if fields[1] == local:
             return int(fields[4].split(":")[1], 16)
     raise AssertionError(f"nothing listens on {LOOPBACK}:{port}")
 

@@ -18,7 +18,7 @@ from typing import Any
 
 import pytest
 
-from tests.serverproc import LOOPBACK, LineClient, ServerProcess, free_port, wait_until
+from tests.serverproc import LOOPBACK, LineClient, ServerProcess, free_port, tcp_rows, wait_until
 
 from .clientproc import PipedClient, address, run_client
 
@@ -188,12 +188,8 @@ def test_server_shutdown_is_reported(
 def unread_by_server(port: int) -> int:
     """The bytes the kernel holds unread for the server (its established
     IPv4 connections on C{port}): the receive queues in /proc/net/tcp."""
-    total = 0
-    for row in Path("/proc/net/tcp").read_text().splitlines()[1:]:
-        _slot, local, _remote, state, queues = row.split()[:5]
-        if int(local.split(":")[1], 16) == port and state == "01":  # ESTABLISHED
-            total += int(queues.split(":")[1], 16)
-    return total
+    return sum(int(fields[4].split(":")[1], 16)
+               for fields in tcp_rows(port, "01", ("/proc/net/tcp",)))  # ESTABLISHED
 
 
 @pytest.mark.parametrize("unread", [False, True], ids=["clean-close", "reset"])
