@@ -111,7 +111,6 @@ class HeldNotices:
     """
 
     def __init__(self, limit: int = REMEMBERED) -> None:
-        self._limit = limit
         self._held: deque[tuple[float | None, Line]] = deque(maxlen=limit)
         self._dropped = 0  # the oldest, gone for newer ones
 
@@ -119,7 +118,7 @@ class HeldNotices:
         return len(self._held)
 
     def hold(self, ts: str, line: Line) -> None:
-        if len(self._held) == self._limit:
+        if len(self._held) == self._held.maxlen:
             self._dropped += 1
         self._held.append((when(ts), line))
 
@@ -140,7 +139,7 @@ class HeldNotices:
         if self._dropped:
             # After the last one rather than before the first: the web page
             # keeps its last 2,000 rows, and a line before 2,000 would go.
-            show(notice(not_kept(self._dropped, self._limit)))
+            show(notice(not_kept(self._dropped, self._held.maxlen or 0)))
             self._dropped = 0
 
 
