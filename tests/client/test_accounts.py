@@ -117,6 +117,17 @@ def test_not_ready_at_the_password_prompt_says_the_password_is_awaited() -> None
     assert s.screen.secret_prompt == "password for alice: "
 
 
+def test_not_ready_online_is_said_in_the_clients_words_too() -> None:
+    """Away from the password prompt the client says an ERROR not-ready in
+    its own words as well (render.not_ready, not error_sentence's fallback
+    "Choose a nickname first.")."""
+    s = session("bob")
+    s.receive("HELLO chat/1 test", "NICK", "READY bob", "USER bob lobby", "USERS 1")
+    s.screen.take()
+    s.receive("ERROR not-ready no password was asked for: you are already bob")
+    assert s.screen.take() == ["! No password was asked for: you are already bob."]
+
+
 def test_a_password_the_server_refuses_at_login_is_asked_for_again() -> None:
     """An ERROR (not a RETRY) answering PASS left the client waiting, with no
     prompt, until the server's --nick-timeout closed the connection."""

@@ -109,23 +109,23 @@ def test_not_ready_says_what_the_server_waits_for_in_the_clients_words() -> None
     """Every ERROR not-ready was "Choose a nickname first.", also the one
     that says the server waits for a password (3db90f1): now the client
     says what the server's text says is awaited, without its protocol verbs."""
-    assert render.error_sentence("not-ready", WAITING) == (
+    assert render.not_ready(WAITING) == (
         "The server is waiting for the password of Alice first."
     )
     assert render.not_ready(WAITING, prompt=True) == (
         "The server is waiting for the password of Alice first: type it at the password "
         "prompt, or just Enter there to choose another nickname."
     )
-    assert render.error_sentence("not-ready", "choose a nickname first: NICK <nick>") == (
+    assert render.not_ready("choose a nickname first: NICK <nick>") == (
         "Choose a nickname first."
     )
-    assert render.error_sentence("not-ready", "no password was asked for; send NICK first") == (
+    assert render.not_ready("no password was asked for; send NICK first") == (
         "No password was asked for: choose a nickname first."
     )
-    assert render.error_sentence(
-        "not-ready", "no password was asked for: you are already alice"
+    assert render.not_ready(
+        "no password was asked for: you are already alice"
     ) == "No password was asked for: you are already alice."
-    assert render.error_sentence("not-ready", "") == "Choose a nickname first."
+    assert render.not_ready("") == "Choose a nickname first."
     for text in (WAITING, "no password was asked for; send NICK first"):
         for prompt in (False, True):
             said = render.not_ready(text, prompt=prompt)

@@ -929,13 +929,13 @@ class ChatClient(SkipLongLines):
     def _on_ERROR(self, event: ServerLine) -> None:
         code = event.word(0)
         said = self.passwords.refused(code, event.text)
-        if code == "not-ready":
+        if said is None and code == "not-ready":
             # At the password prompt, or about to be asked again (a PASS refused).
             asking = self.state is State.ASK_PASSWORD or (
                 self.state is State.NICK_SENT and self.login.pass_sent
             )
             said = render.not_ready(event.text, prompt=self.interactive and asking)
-        if said is None:
+        elif said is None:
             said = render.error_sentence(code, event.text)
         self.pairing.refused(code)
         gone = event.text.split(" ", 1)[0] if code == "no-such-nick" else ""

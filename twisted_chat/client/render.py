@@ -282,8 +282,6 @@ def not_ready(text: str, *, prompt: bool = False) -> str:
 
 
 def error_sentence(code: str, text: str) -> str:
-    if code == "not-ready":
-        return not_ready(text)
     template = ERRORS.get(code)
     if template is None:
         return sentence(f"Server error ({code}): {text}" if text else f"Server error: {code}")
