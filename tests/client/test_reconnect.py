@@ -736,6 +736,25 @@ def test_connected_is_said_once_in_an_outage_not_at_each_attempt() -> None:
     assert h.screen.take()[-1] == "* Connected to chat.test:7000, running test 2."
 
 
+def test_a_version_warning_is_said_once_in_an_outage_as_connected_is() -> None:
+    """The HELLO of a server that speaks another version warned again at
+    every attempt it greeted and then refused, where "Connected to ..." of
+    the same HELLO was said once."""
+    h = Harness()
+    h.join()
+    h.lose()
+    h.screen.take()
+    first = _greeted_then_full(h, 1, "HELLO chat/2 test")
+    assert first[:3] == [
+        "* Reconnecting...",
+        "! The server speaks chat/2, this client chat/1; some things may not work.",
+        "* Connected to chat.test:7000, running test.",
+    ]
+    assert _greeted_then_full(h, 2, "HELLO chat/2 test") == [
+        "* Still not connected after 2 tries (the same error); next try in 4 s."
+    ]
+
+
 def test_reconnect_now_is_said_and_so_is_its_failure() -> None:
     h = _refused_twice()
     h.session.user_line("/reconnect")

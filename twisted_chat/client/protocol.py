@@ -176,8 +176,9 @@ class ChatClient(SkipLongLines):
         self.rejoin = rejoin
         self.kept_password = kept_password
         self.taken_tries = taken_tries
-        # Whether this "Connected to ..." line was said already (reconnect.py:
-        # once in an outage, not at every attempt that gets in to be refused).
+        # Whether this greeting ("Connected to ...", and a version warning) was
+        # said already (reconnect.py: once in an outage, not at every attempt
+        # that gets in to be refused).
         self.greeted_before: Callable[[str], bool] = lambda said: False
         self.environ: Mapping[str, str] = environ if environ is not None else {}
         self.warn = warn if warn is not None else self.error
@@ -723,15 +724,17 @@ class ChatClient(SkipLongLines):
 
     def _on_HELLO(self, event: ServerLine) -> None:
         version = event.word(0)
+        warning = ""
         if version != PROTOCOL_VERSION:
-            self.error(
-                f"The server speaks {version}, this client {PROTOCOL_VERSION}; "
-                "some things may not work."
-            )
+            warning = (f"The server speaks {version}, this client {PROTOCOL_VERSION}; "
+                       "some things may not work.")
         about = f", running {event.text}" if event.text else ""
         said = f"Connected to {self.server}{about}."
-        if not self.greeted_before(said):
-            self.notice(said)
+        if self.greeted_before(f"{warning}\n{said}"):  # the whole greeting, once
+            return
+        if warning:
+            self.error(warning)
+        self.notice(said)
 
     def _on_NICK(self, event: ServerLine) -> None:
         self._greeting_done()
