@@ -959,7 +959,8 @@
   // What the line settles of the messages sent is handle()'s: a copy (MSG),
   // a PONG, a refusal (ERROR).
   function heard(line) {
-    if (HANDSHAKE_ANSWERS.has(parse(line, 1)[0].toUpperCase())) {
+    // Once READY came no handshake timer runs: no verb to read (each line).
+    if (answers.handshake !== null && HANDSHAKE_ANSWERS.has(parse(line, 1)[0].toUpperCase())) {
       clearTimeout(answers.handshake);
       answers.handshake = null;
     }
