@@ -41,7 +41,7 @@ def test_unknown_verbs() -> None:
 
 @pytest.mark.parametrize("line", ["m\u017fg hi", "p\u0131ng", "U\u017fERS"])
 def test_verbs_match_in_ascii_case_only(line: str) -> None:
-    """PROTOCOL.md: verbs are case-insensitive in ASCII only.  A non-ASCII
+    """docs/protocol.md: verbs are case-insensitive in ASCII only.  A non-ASCII
     letter whose upper case is ASCII (U+017F long s, U+0131 dotless i) does
     not make a verb: MSG, PING and USERS are not what was sent."""
     with pytest.raises(LineError) as e:

@@ -12,7 +12,7 @@ C{lobbyMessage}, C{lobbyNotice}, C{showHeldNotices}), in bounded memory:
     replayed line no newer than the newest one forgotten was shown.
   - L{HeldNotices}: the lobby's C{JOINED} and C{LEFT} lines received while
     paired.  The lobby's messages of that time come after C{UNPAIRED}
-    (PROTOCOL.md, "Coming back to the lobby"); the notices are shown among
+    (docs/protocol.md, "Coming back to the lobby"); the notices are shown among
     them in time order, not before them.
 
 No I/O.
