@@ -237,3 +237,14 @@ def test_the_cluster_only_answers_are_set_apart_from_chat1s_lists() -> None:
               if re.search(r"unavailable|unconfirmed", body) and head != f"## {beyond}"]
     assert "## Errors" in naming and "## Handshake" in naming
     assert [head for head in naming if f'"{beyond}"' not in sections[head]] == []
+
+
+def test_nothing_points_at_a_contract_file_the_repository_does_not_have() -> None:
+    """docs/protocol.md is the project's description of chat/1; the
+    upstream contract's file name (PROTOCOL.md) is not in the repository,
+    so no doc, docstring or test may send a reader there."""
+    tests = sorted((ROOT / "tests").rglob("*.py"))
+    named = [str(path.relative_to(ROOT)) for path in [*DOCS, *CODE, *tests]
+             if "PROTOCOL.md" in path.read_text() and path != Path(__file__)]
+    assert not (ROOT / "PROTOCOL.md").exists()
+    assert named == []
