@@ -72,15 +72,18 @@ ENDPOINT_OPTIONS = ("--port", "-p", "--web", "--metrics")
 
 
 def endpoints_in(args: Sequence[str]) -> list[str]:
-    """The endpoint descriptions C{args} give to L{ENDPOINT_OPTIONS}."""
+    """
+    The endpoint descriptions C{args} give to L{ENDPOINT_OPTIONS}, as
+    twistd reads them: C{--port X}, C{--port=X}, C{-p X} and C{-pX}.
+    """
     found = []
     for i, arg in enumerate(args):
         name, equals, value = arg.partition("=")
-        if name not in ENDPOINT_OPTIONS:
-            continue
-        if equals:
+        if arg.startswith("-p") and len(arg) > 2:
+            found.append(arg[2:])  # -p8080: a short option's value in the same word
+        elif name in ENDPOINT_OPTIONS and equals:
             found.append(value)
-        elif i + 1 < len(args):
+        elif arg in ENDPOINT_OPTIONS and i + 1 < len(args):
             found.append(args[i + 1])
     return found
 
@@ -92,14 +95,19 @@ def listener_of(description: str) -> int | str:
     TCP port (a bare number, C{tcp:}, C{tcp6:}, C{ssl:}) or a UNIX
     socket's path (C{unix:}), also behind C{haproxy:}.  An C{ssl:} one is read with
     L{ssl_arguments}, since Twisted's parser would load its key files.
-    Raises C{ValueError} for any other kind: the start-up could not wait
-    for it.
+    Raises C{ValueError} for any other kind, and for port 0 (the system
+    picks the port, which the description does not tell): the start-up
+    could not wait for it.
     """
     from twisted.internet import reactor  # on use: importing it installs the default one
 
     description = _endpoint(description)
     if description.partition(":")[0].lower() == "ssl":
-        return int(ssl_arguments(description)["port"])
+        port = ssl_arguments(description).get("port")
+        if port is None or not port.isdigit():
+            raise ValueError(f"cannot tell what {description!r} listens on: "
+                             f"no port number (ssl:PORT:privateKey=...)")
+        return _known_port(description, int(port))
     try:
         endpoint = endpoints.serverFromString(reactor, description)
     except Exception as e:  # systemd: with nothing inherited, say
@@ -108,12 +116,20 @@ def listener_of(description: str) -> int | str:
     endpoint = getattr(endpoint, "_wrappedEndpoint", endpoint)
     address = tcp_address(endpoint)
     if address is not None:
-        return address[1]
+        return _known_port(description, address[1])
     path = getattr(endpoint, "_address", None)  # Twisted-private, as tcp_address's
     if isinstance(endpoint, endpoints.UNIXServerEndpoint) and isinstance(path, str):
         return path
     raise ValueError(f"cannot tell what {description!r} listens on: the start-up waits "
                      f"for TCP ports and UNIX sockets only")
+
+
+def _known_port(description: str, port: int) -> int:
+    """C{port}, unless it is 0: then which port the system picks is not known."""
+    if port == 0:
+        raise ValueError(f"cannot tell what {description!r} listens on: port 0 lets the "
+                         f"system pick one; give a free port (free_port())")
+    return port
 
 
 def unix_listening(path: str) -> bool:

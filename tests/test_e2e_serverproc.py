@@ -19,6 +19,7 @@ import pytest
 from tests.serverproc import (
     LOOPBACK,
     ServerProcess,
+    endpoints_in,
     free_port,
     listener_of,
     tcp_listening,
@@ -103,6 +104,31 @@ def test_what_an_endpoint_listens_on() -> None:
     assert listener_of("8080") == 8080  # a bare port number is TCP, as for the server
     with pytest.raises(ValueError, match="cannot tell what 'systemd:domain=INET:index=0'"):
         listener_of("systemd:domain=INET:index=0")
+
+
+@pytest.mark.parametrize(("description", "why"), [
+    ("tcp:0", "port 0 lets the system pick one"),
+    (f"tcp:0:interface={LOOPBACK}", "port 0 lets the system pick one"),
+    ("0", "port 0 lets the system pick one"),
+    ("ssl:0:privateKey=k.pem", "port 0 lets the system pick one"),
+    ("ssl:privateKey=k.pem", "no port number"),
+    ("ssl:port=x:privateKey=k.pem", "no port number"),
+])
+def test_an_endpoint_with_no_port_to_wait_for_is_a_clear_error(description: str,
+                                                                why: str) -> None:
+    """tcp:0 was waited for as port 0 (15 s, then a time-out that did not
+    say why), and an ssl: endpoint with no port raised KeyError: 'port'."""
+    with pytest.raises(ValueError, match=f"cannot tell what .* listens on: {why}"):
+        listener_of(description)
+
+
+def test_the_endpoint_options_are_read_as_twistd_reads_them() -> None:
+    """-p8080 (the value in the same word) was not read at all."""
+    assert endpoints_in(["--port", "7001", "--port=7002", "-p", "7003", "-p7004",
+                         "--web", "tcp:7005", "--web=tcp:7006", "--metrics", "7007",
+                         "--db", ":memory:", "--max-clients", "5"]) == [
+        "7001", "7002", "7003", "7004", "tcp:7005", "tcp:7006", "7007"]
+    assert endpoints_in(["--port"]) == []  # no value: twistd refuses it, nothing to wait for
 
 
 def test_a_bare_port_given_with_p_is_waited_for(
