@@ -666,6 +666,40 @@ def logged_in(driver: Any, nick: str) -> None:
     wait(driver, lambda d: d.find_element(By.ID, "me-nick").get_attribute("textContent") == nick)
 
 
+def test_enter_alone_at_the_password_prompt_chooses_another_nickname(
+    web: WebServer, browser: Callable[..., Any], tcp: Callable[[str], LineClient]
+) -> None:
+    """The password prompt had no way back to the nick (its field was
+    required: Enter alone did nothing). As in the terminal client, Enter
+    with the field empty brings back the nick prompt, holding the nick;
+    nothing is sent until Join, whose NICK the server takes in place of
+    the nick whose password it waited for (docs/protocol.md, "Accounts")."""
+    registered(tcp, "alice", "correct horse battery")
+    page = recording(browser())
+    field = password_prompt(page, web, "alice")
+    hint = page.find_element(By.ID, "password-hint")
+    assert hint.is_displayed()
+    assert hint.text == "Not shown. Just Enter (the field empty) to choose another nickname."
+    assert not page.find_element(By.ID, "nick-hint").is_displayed()
+    field.send_keys(Keys.ENTER)
+    title(page, "Join the chat")
+    assert field.get_attribute("type") == "text"
+    assert field.get_attribute("value") == "alice"
+    assert page.find_element(By.ID, "nick-error").text == "Choose another nickname."
+    assert page.find_element(By.ID, "nick-hint").is_displayed()
+    assert not hint.is_displayed()
+    assert sent(page) == ["NICK alice"]  # no PASS, not even an empty one
+    field.clear()
+    field.send_keys("bob", Keys.ENTER)
+    logged_in(page, "bob")
+    assert sent(page)[:2] == ["NICK alice", "NICK bob"]
+    # The nick whose password was asked for is free: its owner gets in.
+    owner = browser()
+    field = password_prompt(owner, web, "alice")
+    field.send_keys("correct horse battery", Keys.ENTER)
+    logged_in(owner, "alice")
+
+
 def test_a_wrong_password_is_never_shown_nor_sent_as_a_nick(
     web: WebServer, browser: Callable[..., Any], tcp: Callable[[str], LineClient]
 ) -> None:

@@ -1640,6 +1640,11 @@
     askPassword = !!password;
     const submit = $("nick-submit");
     submit.disabled = false;
+    // The password field may be left empty: Join then chooses another
+    // nickname (the submit handler), as Enter alone does in the terminal client.
+    input.required = !askPassword;
+    $("nick-hint").hidden = askPassword;
+    $("password-hint").hidden = !askPassword;
     if (askPassword) {
       $("login-title").textContent = `Password for ${state.wanted}`;
       input.type = "password";
@@ -1690,6 +1695,14 @@
     event.preventDefault();
     const value = $("nick-input").value;
     edited = false;
+    if (askPassword && !value) {
+      // Another nickname (the terminal client's "just Enter"): the nick
+      // prompt, holding this one. The server, still waiting for this
+      // nick's password, drops it when the next NICK comes
+      // (docs/protocol.md, "Accounts"); nothing is sent until then.
+      showLogin(false, "Choose another nickname.");
+      return;
+    }
     if (askPassword) {
       // Held for a rejoin (it answers PASS for this nick), never left in the page.
       state.password = { nick: state.wanted, value };
