@@ -1975,6 +1975,34 @@ def test_lines_held_when_the_connection_closes_are_told(
         assert shown in (["held 0"], ["held 0", "held 1"])
 
 
+def test_the_lines_held_for_the_flood_limit_are_bounded_and_none_lost_silently(
+    tmp_path: Path, browser: Callable[..., Any]
+) -> None:
+    """The lines held for the server's flood tokens had no bound: a page
+    fed faster than the server's rate held them all. At 1,000 held, one
+    more is refused and said, and the composer gets it back; every line
+    is sent, held (said when the connection closes) or refused (said).
+    The server's rule (a burst of 1, one line per 100 s) leaves the page no
+    token after its NICK: none of these lines goes during the test."""
+    with served(WebServer(tmp_path, "--flood-rate", "0.01", "--flood-burst", "1")) as web:
+        alice = recording(browser())
+        join(alice, web, "alice")
+        burst(alice, 1003, "held")
+        field = alice.find_element(By.ID, "composer-input")
+        assert field.get_attribute("value") == "held 1002"  # refused: back in the box
+        full = ("Not sent: 1,000 lines are already waiting for the server's flood limit "
+                "(0.01 a second). Try again once some have gone.")
+        assert notices(alice) == [full] * 3
+        field.clear()
+        say(alice, "one more")
+        wait(alice, lambda d: notices(d) == [full] * 4)
+        assert field.get_attribute("value") == "one more"
+        web.stop()
+        closed = "1000 lines were not sent: the connection closed first."
+        wait(alice, lambda d: closed in notices(d))
+        assert sent(alice) == ["NICK alice"]
+
+
 def user_list(driver: Any) -> list[str]:
     return list(driver.execute_script(
         "return [...document.querySelectorAll('#user-list li')].map((li) => li.dataset.nick)"))

@@ -597,12 +597,21 @@
   // -- the connection ----------------------------------------------------------------
 
   // A line for the server: sent now, or held (in order) until the flood
-  // tokens it needs are back (flush). False if not connected.
-  // `message`: the entry sentMessage() made for it, if it is the user's
-  // message (watched once it is written to the socket).
-  function send(line, message = null) {
+  // tokens it needs are back (flush). False if not connected; null if
+  // OUTBOX_MAX lines are held already: not sent, and said (unless `own`:
+  // the page's own PING, PONG and USERS, which the lines held going out
+  // make needless). `message`: the entry sentMessage() made for it, if it
+  // is the user's message (watched once it is written to the socket).
+  function send(line, message = null, own = false) {
     const ws = state.ws;
     if (!ws || ws.readyState !== WebSocket.OPEN) return false;
+    if (outbox.queue.length >= OUTBOX_MAX) {
+      if (!own) {
+        const n = OUTBOX_MAX.toLocaleString("en");
+        notice(current(), `Not sent: ${n} lines are already waiting for the server's flood limit (${flood.rate} a second). Try again once some have gone.`, { error: true });
+      }
+      return null;
+    }
     outbox.queue.push({ line, message });
     flush();
     return true;
@@ -638,6 +647,10 @@
     }
     return { rate, burst, room: Math.max(1, burst - rate * FLOOD_JITTER) };
   })();
+
+  // Lines held at most (the terminal client's QUEUE_MAX): 100 s of lines at
+  // the default rate. One more is refused, and said (send).
+  const OUTBOX_MAX = 1000;
 
   const outbox = {
     queue: [], // {line, message}: lines held until the tokens they need are back
@@ -777,7 +790,7 @@
     const cheap = !outbox.queue.length && tokensAt(now) >= flood.room && waitFor(costOf("USERS"), now) === 0;
     if (!cheap && !look && now < due + ROSTER_BASE) return;
     roster.askedAt = now;
-    send("USERS");
+    send("USERS", null, true);
   }
 
   function markPaired(nick) {
@@ -915,7 +928,7 @@
     if (!state.online || !answers.since) return;
     if (!answers.pinged) {
       answers.pinged = true;
-      send("PING");
+      send("PING", null, true);
       answerLater(PING_WAIT);
       return;
     }
@@ -1214,7 +1227,7 @@
       if (Date.now() - state.lastLine > 65000) {
         dropSocket();
       } else if (Date.now() - state.lastLine > 45000) {
-        send("PING keepalive");
+        send("PING keepalive", null, true);
       }
     }, 10000);
     // Who else is paired changes without a notice to us: the list is asked
@@ -1504,7 +1517,7 @@
       }
       case "PING": {
         const [, text] = parse(line, 1);
-        send(text ? "PONG " + text : "PONG");
+        send(text ? "PONG " + text : "PONG", null, true);
         break;
       }
       case "PONG":
@@ -1820,9 +1833,10 @@
     const verb = accountVerb;
     closePasswordDialog();
     if (!verb) return;
-    if (send(verb + " " + first)) {
+    const sent = send(verb + " " + first);
+    if (sent) {
       state.accountRequest = { verb, password: first };
-    } else {
+    } else if (sent === false) {
       notice(current(), "Not connected: nothing was sent.", { error: true });
     }
     if (state.online) $("composer-input").focus();
@@ -1950,9 +1964,16 @@
       // only, or to nobody (ERROR no-such-nick); its copy back is the same.
       line = `DM ${conv.peer} ${text}`;
     }
-    if (send(line, sentMessage(line, typed))) {
+    const sent = send(line, sentMessage(line, typed));
+    if (sent) {
       state.sent.push(typed);
       if (state.sent.length > 100) state.sent.shift();
+    } else if (sent === null) {
+      // Too many lines held (said by send): back in the message box it was
+      // typed in (a /dm switched away from it), if that one is empty.
+      const input = $("composer-input");
+      if (current() === conv && !input.value) input.value = typed;
+      else if (current() !== conv && !conv.draft) conv.draft = typed;
     } else {
       notice(conv, "Not connected: the message was not sent.", { error: true });
     }
