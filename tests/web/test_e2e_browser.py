@@ -1539,6 +1539,54 @@ def test_a_server_that_stops_answering_is_told_and_so_is_its_answer_again(
     assert lobby_lines(carol, 2) == ["alice: stalled 0", "alice: stalled 1"]
 
 
+# Installed before app.js runs: the page's clock, moved on by the test
+# (window.skew milliseconds added to Date.now), and the page's 10 s
+# keepalive tick (window.keepalive), which the test calls: the keepalive's
+# 45 s and 65 s of silence are tested without waiting for them.
+_KEEPALIVE_CLOCK = r"""
+(() => {
+  const realNow = Date.now.bind(Date);
+  window.skew = 0;
+  Date.now = () => realNow() + window.skew;
+  const realSetInterval = window.setInterval.bind(window);
+  window.setInterval = (fn, ms, ...rest) => {
+    if (ms === 10000) window.keepalive = fn;
+    return realSetInterval(fn, ms, ...rest);
+  };
+})();
+"""
+
+
+def test_the_keepalive_pings_after_45_s_of_silence_and_drops_the_connection_after_65(
+    web: WebServer, browser: Callable[..., Any]
+) -> None:
+    """The keepalive (a dead network the browser has not noticed) had no
+    test. 45 s without a line from the server: the page sends PING
+    keepalive, and the server's PONG keeps the connection. 65 s with
+    nothing (the server stopped): the page closes it, says so, and
+    reconnects once the server goes on."""
+    alice = recording(browser())
+    alice.execute_cdp_cmd("Page.addScriptToEvaluateOnNewDocument", {"source": _KEEPALIVE_CLOCK})
+    join(alice, web, "alice")
+    alice.execute_script("window.keepalive()")  # nothing yet: the server spoke just now
+    assert "PING keepalive" not in sent(alice)
+    alice.execute_script("window.skew += 46000; window.keepalive()")
+    wait(alice, lambda d: "PONG keepalive" in d.execute_script("return window.gotLines"))
+    assert sent(alice).count("PING keepalive") == 1
+    alice.execute_script("window.keepalive()")  # the PONG was a line: nothing more to do
+    assert sent(alice).count("PING keepalive") == 1
+    assert count(alice, "closes") == 0
+    with stopped(web):
+        alice.execute_script("window.skew += 66000; window.keepalive()")
+        # Given up at once (its close handshake cannot finish: the page
+        # does not wait for it).
+        assert "Disconnected from the server." in notices(alice)
+        assert shown_banner(alice).startswith("Disconnected. Reconnecting in")
+    wait(alice, lambda d: any("Reconnected at" in t for t in notices(d)),
+         timeout=WAIT + 20)
+    logged_in(alice, "alice")
+
+
 def test_messages_the_server_never_read_are_named_once_the_page_is_back(
     web: WebServer, browser: Callable[..., Any], tcp: Callable[[str], LineClient]
 ) -> None:
