@@ -140,7 +140,7 @@
     countdown: null,
     takenRetries: 0,
     unavailableRetries: 0, // RETRY unavailable answers in a row
-    users: new Map(), // key -> {nick, state}
+    users: new Map(), // key -> {nick, state, row: its row in the user list}
     pendingUsers: null,
     partner: null, // nick while in a private conversation
     pendingTo: null, // nick we invited
@@ -437,12 +437,10 @@
   // The user list: rebuilt from a whole list (USERS), otherwise kept one
   // row at a time (JOINED, LEFT, someone paired): a rebuild per join took
   // seconds in a lobby of thousands. In order of the nick as lowercase
-  // (byNick: localeCompare's order); userOrder holds the keys in the list's
-  // order, userRows the row of each.
+  // (byNick: localeCompare's order). The list's rows are its one order;
+  // each entry of state.users holds its row (row).
   const collator = new Intl.Collator();
   const byNick = (a, b) => collator.compare(a, b);
-  let userOrder = [];
-  const userRows = new Map();
 
   function renderUsers() {
     keepFocus($("user-list"), "nick", buildUsers);
@@ -455,10 +453,12 @@
   }
 
   function buildUsers() {
-    userOrder = [...state.users.keys()].sort(byNick);
-    userRows.clear();
-    for (const k of userOrder) userRows.set(k, userRow(state.users.get(k)));
-    $("user-list").replaceChildren(...userOrder.map((k) => userRows.get(k)));
+    const order = [...state.users.keys()].sort(byNick);
+    $("user-list").replaceChildren(...order.map((k) => {
+      const user = state.users.get(k);
+      user.row = userRow(user);
+      return user.row;
+    }));
   }
 
   function userRow(user) {
@@ -474,34 +474,32 @@
     return li;
   }
 
-  // Where k is, or goes, in userOrder.
-  function userIndex(k) {
+  // The row k goes before (null: at the end), found in the list's rows.
+  function rowAfter(k) {
+    const rows = $("user-list").children;
     let lo = 0;
-    let hi = userOrder.length;
+    let hi = rows.length;
     while (lo < hi) {
       const mid = (lo + hi) >> 1;
-      if (byNick(userOrder[mid], k) < 0) lo = mid + 1;
+      if (byNick(key(rows[mid].dataset.nick), k) < 0) lo = mid + 1;
       else hi = mid;
     }
-    return lo;
+    return rows[lo] || null;
   }
 
   // `user` is in the lobby now (JOINED), or its row changes (paired): its
   // row alone is made, and put in its place.
   function putUser(user) {
     const k = key(user.nick);
+    const old = state.users.get(k)?.row;
     state.users.set(k, user);
-    const row = userRow(user);
-    const old = userRows.get(k);
-    userRows.set(k, row);
+    user.row = userRow(user);
     if (old) {
       const focused = document.activeElement === old;
-      old.replaceWith(row);
-      if (focused) row.focus();
+      old.replaceWith(user.row);
+      if (focused) user.row.focus();
     } else {
-      const at = userIndex(k);
-      userOrder.splice(at, 0, k);
-      $("user-list").insertBefore(row, at + 1 < userOrder.length ? userRows.get(userOrder[at + 1]) : null);
+      $("user-list").insertBefore(user.row, rowAfter(k));
     }
     usersChanged();
   }
@@ -509,14 +507,8 @@
   // `nick` left: its row goes.
   function dropUser(nick) {
     const k = key(nick);
+    state.users.get(k)?.row?.remove();
     state.users.delete(k);
-    const row = userRows.get(k);
-    if (row) {
-      userRows.delete(k);
-      const at = userIndex(k);
-      if (userOrder[at] === k) userOrder.splice(at, 1);
-      row.remove();
-    }
     usersChanged();
   }
 
