@@ -667,6 +667,37 @@ def test_a_departure_not_told_is_synced_though_a_hello_or_a_death_follows(
     assert n0.listener.departed() == ["w"]  # once, before the loss
 
 
+@pytest.mark.parametrize("pending", [False, True])
+def test_a_dead_whose_shown_user_cannot_come_back_adds_no_resync(pending: bool) -> None:
+    """After a rebuild, n1's dead lists a user whom n0's users were shown
+    online (L{AfterLoss.shown}) and n0's replica lacks, but whose nick is
+    someone else's by now (W, of n0): it cannot come back (NickTaken) and
+    the hub is unchanged, so no resync of n0's user list is added (since
+    4ee7db8 one was left pending: a needless rebuild of the user list at
+    the next line).  One pending from before (C{pending}: a departure not
+    told, say) stays, and runs once."""
+    redis, _clock, (n0, n1) = cluster(2)
+    n0.user("W")
+    redis.pump()
+    replica = n0.state.replica
+    quiet = replica.quiet
+    stale: list[None] = []
+    quiet._stale = lambda: stale.append(None)  # type: ignore[method-assign]
+    if pending:
+        with quiet.quietly():
+            pass
+    replica.afterloss.shown = {"lost-w": ""}
+    replica.afterloss.shown_back(n1.state.node, [["lost-w", "w", "-", "", ""]])
+    assert set(replica.hub.online) == {"w"} and "lost-w" not in replica.members
+    assert quiet.hushed == pending
+    if pending:
+        assert isinstance(replica.hub.listener, SyncFirst)
+    else:
+        assert replica.hub.listener is n0.state.own
+    quiet.sync_listener()
+    assert stale == ([None] if pending else [])
+
+
 def test_a_rebuild_restores_the_real_listener_not_a_pending_sync() -> None:
     """A quiet change with no loud one after it leaves a sync pending in the
     hub (L{SyncFirst}); a rebuild then builds everything anew and puts the

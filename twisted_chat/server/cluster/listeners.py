@@ -22,7 +22,7 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 
 from twisted_chat.server.history import Entry
-from twisted_chat.server.hub import Hub, Invitation, Listener, User
+from twisted_chat.server.hub import Hub, Invitation, Listener, NickTaken, User
 
 __all__ = ["SILENT", "Between", "Forward", "NotShownLeaving", "Quiet", "Silent", "SyncFirst"]
 
@@ -57,7 +57,10 @@ class Quiet:
     @contextmanager
     def quietly(self, quiet: bool = True) -> Iterator[None]:
         """Apply what follows without telling the listener (if C{quiet}),
-        after what it had gathered goes out."""
+        after what it had gathered goes out.  A registration refused in it
+        (L{NickTaken}: the hub changed nothing) leaves the listener missing
+        only what it missed before: no needless resync (a dead's user whose
+        nick is someone else's by now, L{afterloss.AfterLoss.shown_back})."""
         hub = self.hub
         if not quiet or hub.listener is SILENT:
             yield
@@ -65,11 +68,14 @@ class Quiet:
         listener = self.unwrapped()
         listener.roster_changing()
         hub.listener = SILENT
-        self.hushed = True
+        hushed, self.hushed = self.hushed, True
         try:
             yield
+        except NickTaken:
+            self.hushed = hushed  # nothing changed: a resync pending stays, none added
+            raise
         finally:
-            hub.listener = self.after_quiet(listener)
+            hub.listener = self.after_quiet(listener) if self.hushed else listener
 
     def after_quiet(self, listener: Listener) -> Listener:
         """The hub's listener after a quiet change: L{SyncFirst}."""
