@@ -113,6 +113,34 @@ def test_flushdb_under_running_nodes_takes_the_new_epoch_path(
     _everyone_stays(c, [alice, bob], ["alice", "bob"])
 
 
+def test_the_first_lobby_line_after_a_flushall_is_answered_that_nobody_saw_it(
+    cluster: Callable[..., Cluster],
+) -> None:
+    """FLUSHALL, and alice's lobby line goes before any node sees it (a
+    long --node-timeout: no heartbeat comes between): Redis takes it into
+    the new stream, every node sees the loss in it and rebuilds.  What the
+    users saw: alice is answered "lost", and nobody, alice included, got
+    the line, so the answer says that nobody saw it (it said "some may
+    have seen it before the loss")."""
+    c = cluster(2, node_timeout=60.0)
+    alice, bob = c.user(c.nodes[0], "alice"), c.user(c.nodes[1], "bob")
+    for client in (alice, bob):
+        client.sync()
+    c.redis.command("FLUSHALL")
+    alice.send("MSG first after the flush")
+    assert alice.expect("ERROR", timeout=15) == (
+        "ERROR unavailable lost: the chat's store had lost its data when it took it, "
+        "so it has no effect and nobody saw it; send it again")
+    for server in c.nodes:
+        server.wait_log("Redis lost its data", timeout=15)
+        server.wait_log("Redis is back", timeout=15)
+    alice.send("MSG after")
+    for client in (alice, bob):
+        client.expect(lambda line: line.endswith("alice * after"), timeout=15)
+        assert not [line for line in client.lines if "first after the flush" in line]
+    _everyone_stays(c, [alice, bob], ["alice", "bob"])
+
+
 def test_the_lost_snapshot_script_deletes_only_a_snapshot_of_a_lost_event(
     tmp_path: Path,
 ) -> None:

@@ -201,12 +201,38 @@ def test_a_command_redis_took_then_lost_is_answered_while_its_user_waits() -> No
     _settle(redis, clock, 2)
 
     assert [f.value.code.value for f in got] == ["unavailable"]
-    assert "lost:" in got[0].value.text
+    # n1 applied it before the loss (its users saw it): the answer says so.
+    assert got[0].value.text.startswith("lost:")
+    assert "some may have seen it before the loss" in got[0].value.text
     assert [type(f.value).__name__ for f in registered] == ["StateUnavailable"]
     assert n0.state.first_waiting() is None and n0.state.waiting_bytes == 0
     assert n0.nicks() == n1.nicks() == ["ann", "bob"]
     assert len(resent) == 1 and not hasattr(resent[0], "value")
     assert n1.listener.said()[-1] == "sent while Redis is away"
+
+
+def test_a_line_redis_took_after_a_flush_is_answered_that_nobody_saw_it() -> None:
+    """FLUSHDB (or FLUSHALL) while the nodes stay connected, and ann's
+    lobby line is the first event after it, before any node sees the loss:
+    Redis takes it into the new stream, and every node, hearing it follow
+    nothing, sees the loss first and rebuilds; applied then, before n0's
+    hello, its sender is unknown, so it has no effect.  Nobody saw it (the
+    e2e test checks the clients' lines): its answer says so, not "some may
+    have seen it before the loss"."""
+    redis, clock, (n0, n1) = cluster(2)
+    ann = n0.user("ann")
+    n1.user("bob")
+    redis.pump()
+    redis.flushdb()
+    got: list[Any] = []
+    _ask(n0.state.say(ann, "first after the flush"), got)
+    _settle(redis, clock, 2)
+    assert redis.events()[0]["t"] == "say"  # taken into the new stream
+    assert [f.value.code.value for f in got] == ["unavailable"]
+    assert got[0].value.text == ("lost: the chat's store had lost its data when it took "
+                                 "it, so it has no effect and nobody saw it; send it again")
+    assert "first after the flush" not in n0.listener.said() + n1.listener.said()
+    assert n0.nicks() == n1.nicks() == ["ann", "bob"]
 
 
 def test_after_a_lost_command_is_answered_a_later_loss_rebuilds_from_the_snapshot() -> None:

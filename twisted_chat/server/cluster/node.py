@@ -79,6 +79,14 @@ TICK_SLACK = 0.02
 #: How often the node appends again the events of its own the log refused.
 KEPT_RETRY = 1.0
 
+# The answer to a command Redis lost after taking it (L{ClusterState.lost_commands}):
+# taken before the loss, the nodes that applied it then showed its lines;
+# taken after Redis had lost all its data, before the node saw it, none did.
+_LOST = ("lost: the chat's store lost it after taking it, so it has no effect "
+         "(some may have seen it before the loss); send it again")
+_LOST_UNSEEN = ("lost: the chat's store had lost its data when it took it, so it has "
+                "no effect and nobody saw it; send it again")
+
 
 class EventLog(Protocol):
     def append(self, event: str) -> object:
@@ -483,7 +491,7 @@ class ClusterState:
         """The log's tickets of this node's commands waiting for a decision."""
         return [waiting.ticket for waiting in self._pending.values()]
 
-    def lost_commands(self, tickets: Iterable[object]) -> None:
+    def lost_commands(self, tickets: Iterable[object], unseen: Iterable[object] = ()) -> None:
         """
         Redis lost the events of these commands (by their tickets) after
         taking them, before this node's replica applied them: no replica
@@ -492,17 +500,18 @@ class ClusterState:
         answered: C{ERROR unavailable} (C{RETRY unavailable} for a
         registration), also after an C{ERROR unconfirmed}, whose "exactly
         once" Redis broke: it has no effect (though the nodes that applied
-        it before the loss showed its lines).
+        it before the loss showed its lines).  Those in C{unseen} were
+        taken after Redis had lost its data (C{FLUSHALL}, noticed later):
+        no node showed them (each replica sees the loss before applying
+        one, and its user is unknown until its node's hello), and their
+        answer says so.
         """
-        lost = set(tickets)
+        lost, quiet = set(tickets), set(unseen)
         for k, waiting in list(self._pending.items()):
             if waiting.ticket in lost:
                 self._forget(k)
                 self._answer(waiting, StateUnavailable() if waiting.registration else HubError(
-                    ErrorCode.UNAVAILABLE,
-                    "lost: the chat's store lost it after taking it, so it has no effect "
-                    "(some may have seen it before the loss); send it again",
-                ))
+                    ErrorCode.UNAVAILABLE, _LOST_UNSEEN if waiting.ticket in quiet else _LOST))
 
     def _keep(self, event: dict[str, Any]) -> None:
         """Keep an event of the node's own that the log refused, to append it

@@ -455,7 +455,11 @@ class RedisLog:
         left waiting for a decision no replica will make.  One taken after
         C{end} that the stream still has (taken after the loss, on a
         connection that outlived it) is not lost: the catch-up applies it
-        (each is looked up by its id, all at once: one round trip).
+        (each is looked up by its id, all at once: one round trip).  After a
+        new epoch, one the stream has was taken after Redis lost its data
+        (a C{FLUSHALL}, before this node saw it): it is lost all the same
+        (its user is unknown to every replica until this node's hello,
+        which comes after it), but nobody saw it, and its answer says so.
         """
         state = self.state
         # Not written yet, or not acknowledged: resent.  At or before the
@@ -463,19 +467,22 @@ class RedisLog:
         lost = [ticket for ticket in state.waiting_tickets()
                 if isinstance(ticket, _Out) and ticket.taken is not None
                 and (end is None or id_key(ticket.taken) > id_key(end))]
-        if end is not None and lost:
+        after: list[_Out] = []
+        if lost:
             found = await defer.gatherResults(
                 [cmd.execute_command("XRANGE", STREAM, out.taken, out.taken) for out in lost],
                 consumeErrors=True,
             )
-            lost = [out for out, at in zip(lost, found, strict=True)
-                    if not (at and entry_content(at[0])[1] == out.command[-1])]
+            after = [out for out, at in zip(lost, found, strict=True)
+                     if at and entry_content(at[0])[1] == out.command[-1]]
+            if end is not None:
+                lost, after = [out for out in lost if out not in after], []
         if lost:
             self.log.error(
                 "cluster: Redis lost {n} commands of this node's users after taking them; "
                 "they are answered as not taking effect", n=len(lost),
             )
-            state.lost_commands(lost)
+            state.lost_commands(lost, after)
 
     async def _kept_state(
         self, cmd: Any, end: str,
