@@ -330,7 +330,9 @@ def test_nick_while_down_is_retry_unavailable_at_once() -> None:
 
 
 def test_a_registration_not_sent_in_time_is_retry_unavailable() -> None:
-    """Taken while the log was still thought reachable, never written."""
+    """Taken while the log was still thought reachable, never written: the
+    store was too slow, as far as the node knows, and the text says that,
+    not that the store is unavailable (as a lobby line's "not sent" does)."""
     cluster, n0, log = outage()
     bob = cluster.nodes[1].user("bob")
     log.up = False  # cut, not noticed yet: available stays true
@@ -338,13 +340,30 @@ def test_a_registration_not_sent_in_time_is_retry_unavailable() -> None:
     conn.take()
     conn.send("NICK ann")
     cluster.clock.advance(WAIT)
-    assert conn.take()[0].startswith("RETRY unavailable")
+    assert conn.take()[0] == (
+        "RETRY unavailable the chat cannot check that nick now (its cluster store did not "
+        "take it within 10 seconds); send NICK again in a moment")
     log.back()
     cluster.pump()
     assert bob.take() == []  # never registered: no JOINED
     conn.send("NICK ann")
     cluster.pump()
     assert conn.take()[0] == "READY ann"
+
+
+def test_a_registration_whose_wait_ends_while_redis_is_out_of_reach_says_so() -> None:
+    """Taken while the log was thought reachable, never written, and the
+    node noticed the outage before its wait ended: unreachable, not slow."""
+    cluster, n0, log = outage()
+    log.up = False
+    conn = n0.connect()
+    conn.take()
+    conn.send("NICK ann")
+    log.down()
+    cluster.clock.advance(WAIT)
+    assert conn.take()[0] == (
+        "RETRY unavailable the chat cannot check that nick now (it cannot reach its cluster "
+        "store; it waited 10 seconds for it); send NICK again in a moment")
 
 
 def test_an_unconfirmed_registration_waits_for_its_decision() -> None:

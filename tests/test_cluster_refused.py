@@ -23,6 +23,7 @@ from twisted_chat.server.cluster.redislog import RedisLog
 from twisted_chat.server.cluster.redisstream import APPEND_SHA
 from twisted_chat.server.cluster.streamids import id_key
 from twisted_chat.server.hub import User
+from twisted_chat.server.login import unavailable_text
 
 
 class AnsweredRedis(FakeRedis):
@@ -129,6 +130,21 @@ def own_user(state: ClusterState, redis: AnsweredRedis, nick: str) -> User:
     state.register(nick, _Conn(), "-")
     applied(state, redis.answer())
     return state.hub.online[nick]
+
+
+def test_a_refused_registration_says_redis_refused_it() -> None:
+    """Redis refuses a registration's event (OOM): RETRY unavailable says
+    the store refused it, as a lobby line's "not sent" does, not that it
+    is unavailable."""
+    _log, state, redis = connected()
+    answers: list[Any] = []
+    state.register("ann", _Conn(), "-").addErrback(answers.append)
+    redis.answer(refuse=True)
+    assert [type(f.value).__name__ for f in answers] == ["StateUnavailable"]
+    assert answers[0].value.why == "its cluster store refused to store it"
+    assert unavailable_text(answers[0].value.why) == (
+        "the chat cannot check that nick now (its cluster store refused to store it); "
+        "send NICK again in a moment")
 
 
 def test_a_refused_leave_is_appended_again_until_redis_takes_it() -> None:

@@ -62,12 +62,22 @@ T = TypeVar("T")
 # The answer to a failed login: the same text whether the password was
 # wrong or (under --accounts required) the nick has no account.
 BAD_PASSWORD_TEXT = "wrong password, or no account for that nick; send NICK again"
+
+
+def unavailable_text(why: str = "") -> str:
+    """The text of a C{RETRY unavailable}; C{why}: what happened to the
+    cluster's store (C{state.StateUnavailable.why}: too slow, out of reach,
+    it refused or lost the registration; "": unavailable).  (This module
+    imports no node, hub or state: the accounts tool loads it.)"""
+    return (f"the chat cannot check that nick now ({why or 'its cluster store is unavailable'}); "
+            "send NICK again in a moment")
+
+
 # The cluster's answer to a NICK or PASS it cannot check now (its Redis is
 # out of reach, or not a database it can run on): never a failed attempt,
 # and it does not blame the accounts.  Only where the book says so
 # (retry_unavailable); also a NICK without accounts (session.py).
-UNAVAILABLE_TEXT = ("the chat cannot check that nick now (its cluster store is unavailable); "
-                    "send NICK again in a moment")
+UNAVAILABLE_TEXT = unavailable_text()
 # One server's answer to a PASS it could not check (its protocol has no
 # RETRY unavailable): the contract's RETRY bad-password, with this text.
 UNCHECKED_TEXT = "the server could not check the password now; try again later"

@@ -22,7 +22,7 @@ from twisted_chat.server.config import Mode
 from twisted_chat.server.flood import REPLY_BYTES
 from twisted_chat.server.history import clip_text
 from twisted_chat.server.hub import NickTaken, State, User
-from twisted_chat.server.login import UNAVAILABLE_TEXT, Answer, Login, retry_taken
+from twisted_chat.server.login import Answer, Login, retry_taken, unavailable_text
 from twisted_chat.server.state import Outcome, StateUnavailable
 from twisted_chat.wire import ErrorCode, LineError, Refusal
 
@@ -252,7 +252,9 @@ class Session:
         if conn.closing:
             return None
         if result is _LATE:
-            conn.write(wire.line("RETRY", "unavailable", text=UNAVAILABLE_TEXT))
+            late = self.factory.state.too_late(registration=True)
+            why = late.why if isinstance(late, StateUnavailable) else ""
+            conn.write(wire.line("RETRY", "unavailable", text=unavailable_text(why)))
             return None
         return self._nick_allowed(conn, nick)
 
@@ -280,7 +282,7 @@ class Session:
         if isinstance(failure.value, NickTaken):
             conn.write(retry_taken(failure.value.nick))
         elif isinstance(failure.value, StateUnavailable):
-            conn.write(wire.line("RETRY", "unavailable", text=UNAVAILABLE_TEXT))
+            conn.write(wire.line("RETRY", "unavailable", text=unavailable_text(failure.value.why)))
         else:
             failure.raiseException()
         return False

@@ -34,7 +34,14 @@ Outcome: TypeAlias = "Deferred[None] | None"
 
 
 class StateUnavailable(Exception):
-    """The state cannot take a new user now (the cluster's store is out of reach)."""
+    """The state cannot take a new user now; C{why}: what happened, in
+    words for the user's C{RETRY unavailable} (login.unavailable_text):
+    the cluster's store too slow, out of reach, refusing or losing it (""
+    by default: its store unavailable, or the node stopping)."""
+
+    def __init__(self, why: str = "") -> None:
+        super().__init__(why)
+        self.why = why
 
 
 class ChatState(Protocol):
@@ -73,11 +80,12 @@ class ChatState(Protocol):
         C{--redis-wait} from when the line arrived, session.Connection.arrived).
         None: commands are decided at once (one server)."""
 
-    def too_late(self) -> Exception:
+    def too_late(self, registration: bool = False) -> Exception:
         """What a command is answered (a failure) when its line's
         L{deadline} passed before it was asked (a lobby line held behind
-        another command, or waiting for its address's budget): not sent,
-        nothing of it done."""
+        another command, or waiting for its address's budget; a C{NICK},
+        if C{registration}: a L{StateUnavailable}): not sent, nothing of
+        it done."""
 
     def register(self, nick: str, conn: Any, address: str, source: str = "") -> Deferred[User]:
         """Bring C{nick} online; fails with L{NickTaken} or L{StateUnavailable}."""
@@ -130,7 +138,7 @@ class LocalState:
     def deadline(self, conn: Any) -> float | None:
         return None
 
-    def too_late(self) -> Exception:
+    def too_late(self, registration: bool = False) -> Exception:
         raise AssertionError("one server's commands have no deadline")
 
     def register(self, nick: str, conn: Any, address: str, source: str = "") -> Deferred[User]:

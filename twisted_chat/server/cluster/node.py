@@ -278,6 +278,7 @@ class ClusterState:
             return fail(_not_sent(
                 registration,
                 "too many commands are waiting for the chat's store on this server",
+                "too many commands are waiting for its cluster store on this server",
             ))
         now = self.reactor.seconds()
         due = self.deadline(conn, now)
@@ -317,11 +318,12 @@ class ClusterState:
         before the log had it (a registration's, if C{registration}): what
         happened, as the node knows it now (Redis out of reach, or there
         and too slow to take it)."""
+        wait = f"{self.wait:g} seconds"
         if self.available:
-            why = f"the chat's store did not take it within {self.wait:g} seconds"
-        else:
-            why = f"the chat cannot reach its store (it waited {self.wait:g} seconds for it)"
-        return _not_sent(registration, why)
+            return _not_sent(registration, f"the chat's store did not take it within {wait}",
+                             f"its cluster store did not take it within {wait}")
+        return _not_sent(registration, f"the chat cannot reach its store (it waited {wait} for it)",
+                         f"it cannot reach its cluster store; it waited {wait} for it")
 
     def _waits_end(self, at: float) -> None:
         """The timer for the commands whose wait ends at C{at} (or before).
@@ -474,8 +476,9 @@ class ClusterState:
         if waiting is None:
             self._keep(data)  # none of a command's: one of the node's own
             return
-        why = "the chat's store refused to store it"
-        self._answer(waiting, _not_sent(waiting.registration, why))
+        self._answer(waiting, _not_sent(waiting.registration,
+                                        "the chat's store refused to store it",
+                                        "its cluster store refused to store it"))
 
     def _answer(self, waiting: _Waiting, error: Exception) -> None:
         """Answer a forgotten command with C{error}: its user waits for it,
@@ -510,8 +513,12 @@ class ClusterState:
         for k, waiting in list(self._pending.items()):
             if waiting.ticket in lost:
                 self._forget(k)
-                self._answer(waiting, StateUnavailable() if waiting.registration else HubError(
-                    ErrorCode.UNAVAILABLE, _LOST_UNSEEN if waiting.ticket in quiet else _LOST))
+                if waiting.registration:
+                    error: Exception = StateUnavailable("its cluster store lost it after taking it")
+                else:
+                    error = HubError(ErrorCode.UNAVAILABLE,
+                                     _LOST_UNSEEN if waiting.ticket in quiet else _LOST)
+                self._answer(waiting, error)
 
     def _keep(self, event: dict[str, Any]) -> None:
         """Keep an event of the node's own that the log refused, to append it
@@ -805,10 +812,12 @@ class ClusterState:
         return old
 
 
-def _not_sent(registration: bool, why: str) -> Exception:
-    """The answer to a command that was taken back: it has no effect."""
+def _not_sent(registration: bool, why: str, nick_why: str) -> Exception:
+    """The answer to a command that was taken back: it has no effect.
+    C{why}: what happened, for a command's C{ERROR unavailable not sent};
+    C{nick_why}, for a C{NICK}'s C{RETRY unavailable} (L{StateUnavailable})."""
     if registration:
-        return StateUnavailable()
+        return StateUnavailable(nick_why)
     return HubError(
         ErrorCode.UNAVAILABLE,
         f"not sent: {why}; send it again in a moment",
