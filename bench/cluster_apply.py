@@ -21,7 +21,9 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import time
+from collections.abc import Sequence
 from typing import Any
 
 from twisted.internet.task import Clock
@@ -34,7 +36,9 @@ from twisted_chat.server.history import History
 
 
 class Sink:
-    """A connection that writes nowhere but counts what it was given."""
+    """A connection that writes nowhere but counts the lobby lines it was
+    given (what the factory and the node call on a connection: a line's
+    arrival for its --redis-wait, the parts of a user's own lines)."""
 
     __slots__ = ("delivered",)
     closing = False
@@ -48,15 +52,31 @@ class Sink:
     def write(self, data: bytes) -> None:
         pass
 
+    def write_parts(self, parts: Sequence[bytes]) -> None:
+        pass
+
+    def deliver_parts(self, parts: Sequence[bytes]) -> None:
+        pass  # a user's own lines (its READY block), not the lobby's
+
+    def arrived(self) -> float:
+        """When the line being handled arrived (a command's --redis-wait
+        counts from it, ClusterState.deadline): now, as each is handled."""
+        return math.inf
+
 
 class Log:
-    """The node's appended events, to be handed back with stream ids."""
+    """The node's L{EventLog}: its appended events, to be handed back with
+    stream ids.  Written at once, always open (the node is available)."""
 
     def __init__(self) -> None:
         self.events: list[str] = []
 
-    def append(self, event: str) -> None:
+    def append(self, event: str) -> object:
         self.events.append(event)
+        return None
+
+    def withdraw(self, ticket: object) -> bool:
+        return False  # written at once
 
     def renamed(self, node: str) -> None:
         pass
@@ -66,6 +86,9 @@ class Log:
 
     def applied(self) -> None:
         pass
+
+    def command_waits(self) -> None:
+        pass  # never out of reach: nothing to reconnect
 
 
 def build(local: int, remote: int) -> tuple[ClusterState, ChatFactory, list[Sink], int]:
