@@ -928,6 +928,18 @@ def test_lines_applied_before_a_node_s_hello_reach_its_detached_users() -> None:
     cluster.pump()  # node0 applies all four in one batch
     assert said(ann.take()) == said(bob.take()) == ["from bob", "from ann"]
     assert not n0.state.replica.afterloss.detached and not n1.state.replica.afterloss.detached
+    # Each hello rebound its node's connection to the hub's new user (the
+    # connection held the user the rebuild dropped), so their next lines are
+    # the users' own, not dropped as a user's the cluster took offline.
+    for node, conn, nick in ((n0, ann, "ann"), (n1, bob, "bob")):
+        untold = node.state.connections
+        assert isinstance(untold, Untold)
+        assert untold.rebinds == [(conn.protocol, node.hub.online[nick])]
+        assert conn.user is node.hub.online[nick]
+    ann.send("MSG after the hello")
+    bob.send("MSG bob after the hello")
+    cluster.pump()
+    assert said(ann.take()) == said(bob.take()) == ["after the hello", "bob after the hello"]
     check_index(cluster)
 
 

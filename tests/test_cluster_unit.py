@@ -24,6 +24,7 @@ from twisted_chat.server.config import ServerConfig
 from twisted_chat.server.factory import ChatFactory, hub_settings
 from twisted_chat.server.history import History
 from twisted_chat.server.hub import User
+from twisted_chat.server.protocol import ChatProtocol
 
 START = 1_700_000_000
 
@@ -72,8 +73,16 @@ class NodeLog:
 
 
 class Untold:
-    """A node's L{NodeConnections} that does nothing with what it is told
-    (these tests read the connections' lines, written by the listener)."""
+    """A node's L{NodeConnections} that tells the connections no news of
+    the replica (these tests read the connections' lines, written by the
+    listener), but rebinds and ends them as the factory's does
+    (L{FactoryHooks}): after a rebuild, a hello gives a detached
+    connection the hub's new L{User}, and its next line is that user's.
+    What it did is recorded (C{rebinds}, C{displaced_conns})."""
+
+    def __init__(self) -> None:
+        self.rebinds: list[tuple[Any, User]] = []
+        self.displaced_conns: list[Any] = []
 
     def lost(self) -> None:
         pass
@@ -85,10 +94,14 @@ class Untold:
         pass
 
     def rebound(self, conn: Any, user: User) -> None:
-        pass
+        self.rebinds.append((conn, user))
+        if isinstance(conn, ChatProtocol):
+            conn.user = user
 
     def displaced(self, conn: Any) -> None:
-        pass
+        self.displaced_conns.append(conn)
+        if isinstance(conn, ChatProtocol):
+            conn.hang_up("shutdown")
 
 
 class Node(Harness):
