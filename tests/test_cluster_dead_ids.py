@@ -225,7 +225,7 @@ def test_a_new_epoch_seen_on_reconnecting_empties_the_dead_ids() -> None:
     replica = state.replica
     assert list(replica.dead) == ["x"] and {"x", HELLO + "x"} <= set(replica.last_k)
     epoch = "f"  # Redis restarted without its data
-    log._lost(log._generation)
+    log.lost(log._generation)
     log.reactor.advance(1.0)  # the reconnection's backoff
     assert state.available and len(conns) == 4
     assert replica.dead == {} and replica.last_id == "0-0"

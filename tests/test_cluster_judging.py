@@ -53,6 +53,6 @@ def test_the_node_waits_the_longer_time_only_after_an_outage() -> None:
     log._new_connection = new_connection  # type: ignore[method-assign]
     log.start()  # Redis reached at once
     assert state.available and log.leases.judge_wait == 2.0
-    log._lost(log._generation)  # an outage
+    log.lost(log._generation)  # an outage
     log.reactor.advance(1.0)  # the reconnection's backoff
     assert state.available and log.leases.judge_wait == LONGEST_BACKOFF + 0.5

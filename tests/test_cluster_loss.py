@@ -581,7 +581,7 @@ def test_a_loss_seen_while_the_stream_holds_the_last_event_applied_rebuilds_noth
         return xrange(*args)
 
     redis._xrange = recorded  # type: ignore[method-assign]
-    n1.log._tail_gone(n1.log._generation, applied, end, "a false alarm")
+    n1.log.reading._tail_gone(n1.log._generation, applied, end, "a false alarm")
     for _ in range(3):
         clock.advance(1)
         redis.pump()

@@ -487,7 +487,7 @@ def test_redislog_takes_back_only_what_it_never_wrote() -> None:
     written = log.append("b")
     assert [c[-1] for c in first.commands] == ["b"]
     # The connection goes before Redis answers: "b" may be in the stream.
-    log._lost(log._generation)
+    log.lost(log._generation)
     assert not log.withdraw(written)
     later = log.append("c")
     assert log.withdraw(later)
@@ -712,7 +712,7 @@ def test_an_invitation_due_during_an_outage_expires_once_redis_is_back() -> None
     ])
     assert state.replica.next_due() == 6.0
     reachable = False
-    log._lost(log._generation)
+    log.lost(log._generation)
     for _ in range(100):  # 10 s: the tick falls due and is dropped
         clock.advance(0.1)
     assert not state.available

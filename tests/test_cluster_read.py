@@ -32,7 +32,8 @@ from twisted_chat.server.cluster.node import ClusterState
 from twisted_chat.server.cluster.redisconfig import CLAIM_RETENTION, CONFIG, FIELDS
 from twisted_chat.server.cluster.redisconn import parse_url
 from twisted_chat.server.cluster.redishistory import HISTORY_ADD_SHA
-from twisted_chat.server.cluster.redislog import READ_COUNT, SCRIPTS, RedisLog
+from twisted_chat.server.cluster.redislog import SCRIPTS, RedisLog
+from twisted_chat.server.cluster.redisread import READ_COUNT
 from twisted_chat.server.cluster.redisstream import (
     APPEND_SHA,
     CHANNEL,

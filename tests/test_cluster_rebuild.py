@@ -20,7 +20,7 @@ from twisted.internet.task import Clock
 from tests.test_cluster_read import Conn, MemoryRedis, Node, Recorder, cluster, now, say
 from tests.test_cluster_unit import Untold
 from twisted_chat.server.cluster.node import ClusterState
-from twisted_chat.server.cluster.redislog import READ_COUNT
+from twisted_chat.server.cluster.redisread import READ_COUNT
 from twisted_chat.server.history import History
 from twisted_chat.server.hub import HubSettings, User
 
@@ -295,7 +295,7 @@ def test_what_redis_kept_is_read_back_only_if_each_page_follows_the_one_before()
 
     def kept() -> Any:
         got: list[Any] = []
-        ensureDeferred(n0.log._kept_state(n0.log._cmd, end)).addCallback(got.append)
+        ensureDeferred(n0.log.reading._kept_state(n0.log._cmd, end)).addCallback(got.append)
         return got[0]
 
     assert len(kept()[1]) == READ_COUNT + 2

@@ -56,9 +56,9 @@ def user(state: ClusterState, redis: AnsweredRedis, nick: str) -> User:
 
 def reconnected(log: RedisLog, state: ClusterState) -> AnsweredRedis:
     """The connection goes before Redis answered what was sent on it (as
-    RedisLog._lost); a new one opens, and what was not acknowledged is sent
+    RedisLog.lost); a new one opens, and what was not acknowledged is sent
     again on it (as RedisLog._open)."""
-    log._lost(log._generation)
+    log.lost(log._generation)
     assert log._retry is not None
     log._retry.cancel()  # the test opens the next connection itself
     log._retry = None
@@ -369,7 +369,7 @@ def test_the_history_loads_members_with_and_without_their_time() -> None:
             "00000000 " + json.dumps(["new", "after", 2000]), "2000",
             "00000000 2000 new after", "2000",
             "00000001 2000 now  two  spaces \"quoted\"", "2000"]
-    loading = ensureDeferred(log._load_history(redis, "3000-0"))
+    loading = ensureDeferred(log.reading._load_history(redis, "3000-0"))
     redis.answer(value=rows)
     assert loading.called
     assert [(e.ts, e.nick, e.text) for e in state.replica.hub.history.recent()] == [

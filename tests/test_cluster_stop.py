@@ -33,7 +33,7 @@ def _down(log: RedisLog, redis_back: list[bool]) -> list[AnsweringRedis]:
         log._send_unacked()
 
     log._connect = connect  # type: ignore[method-assign]
-    log._started = True
+    log.reading.started = True
     log._attempt = 10
     log._schedule_retry()
     assert log._retry is not None and log._retry.getTime() >= 4.0

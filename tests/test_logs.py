@@ -128,13 +128,14 @@ def test_the_lines_moved_out_of_redislog_keep_its_namespace() -> None:
     split, and took the new class's namespace with it: operators saw
     [...leases.Leases#warn] where their filters matched
     [...redislog.RedisLog#warn] (reread12 #1).  The lines that moved out of
-    RedisLog (leases, pruning, kept history, doubts) keep its namespace."""
-    from twisted_chat.server.cluster import doubts, kepthistory, leases, pruning
+    RedisLog (leases, pruning, kept history, doubts, reading) keep its namespace."""
+    from twisted_chat.server.cluster import doubts, kepthistory, leases, pruning, redisread
     from twisted_chat.server.cluster.redislog import RedisLog
 
     old = "twisted_chat.server.cluster.redislog.RedisLog"
     assert RedisLog.log.namespace == old
-    assert [m._log.namespace for m in (leases, pruning, kepthistory, doubts)] == [old] * 4
+    moved = (leases, pruning, kepthistory, doubts, redisread)
+    assert [m._log.namespace for m in moved] == [old] * 5
     events: list[dict[str, Any]] = []
     log, state, redis = connected(node_timeout=3.0)
     applied(state, {"t": "tick", "n": "x", "k": 1})  # x is known; its lease is missing

@@ -26,7 +26,9 @@ The modules:
     while its users must not hear every change (a rebuild, a C{hello});
   - L{own}: the node's own users, the index its fan-out walks;
   - L{redislog}: the node's event log in Redis: its connections, the
-    commands until acknowledged, catch-up and loss recovery;
+    commands until acknowledged, the heartbeat;
+  - L{redisread}: reading the stream and the channel into the replica,
+    loading, and the recovery when Redis lost data (the log is its host);
   - L{redisstream}: the cluster's keys in Redis, the stream's scripts, and
     how an entry names the one it follows;
   - L{redishistory}: the history's keys, scripts and rows in Redis;
