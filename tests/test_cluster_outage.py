@@ -17,10 +17,11 @@ from typing import Any
 import pytest
 import txredisapi  # type: ignore[import-untyped]
 from twisted.internet.defer import Deferred, succeed
-from twisted.internet.task import Clock
+from twisted.internet.task import Clock, deferLater
 from twisted.internet.testing import MemoryReactorClock, StringTransport
 from twisted.logger import Logger, LogLevel
 from twisted.python import usage
+from twisted.python.failure import Failure
 
 from tests.harness import Conn
 from tests.test_cluster_budgets import FakeBuckets
@@ -36,9 +37,9 @@ from twisted_chat.server.cluster.node import ClusterState
 from twisted_chat.server.cluster.redisconfig import CLAIM_RETENTION
 from twisted_chat.server.cluster.redisconn import parse_url
 from twisted_chat.server.cluster.redislog import (
+    BACKOFF_FIRST,
     BACKOFF_JITTER,
     BACKOFF_MAX,
-    DEADLINE_MARGIN,
     RedisLog,
 )
 from twisted_chat.server.cluster.redisstream import APPEND_SHA
@@ -1218,24 +1219,42 @@ def test_lobby_lines_dropped_through_an_outage_are_penalised_as_of_when_they_cam
 # -- the reconnection's backoff against the commands' waits (real RedisLog) -------
 
 
-def _attempts(node: ReadNode) -> list[float]:
+def _attempts(node: ReadNode, bound: int | None = None) -> list[float]:
     """When C{node}'s log tries to reconnect (its command connection's
-    openings, on the test's clock), from now on."""
+    openings, on the test's clock), from now on.  Past C{bound} tries the
+    log stops retrying: a test of a tight loop ends rather than hangs."""
     tries: list[float] = []
     opening = node.log._new_connection
 
     async def counted(reply_timeout: float, subscriber: bool = False) -> Any:
         if not subscriber:
             tries.append(node.redis.clock.seconds())
+            if bound is not None and len(tries) > bound:
+                node.log._stopped = True
         return await opening(reply_timeout, subscriber)
 
     node.log._new_connection = counted  # type: ignore[method-assign]
     return tries
 
 
-def _run(redis: MemoryRedis, seconds: float) -> None:
-    for _ in range(round(seconds * 10)):
-        redis.clock.advance(0.1)
+def _slow_to_open(node: ReadNode, seconds: float) -> None:
+    """C{node}'s connections to Redis take C{seconds} to open (a connect
+    and TLS handshake over a slow link); refused at once while Redis is
+    out of reach."""
+    opening = node.log._new_connection
+
+    async def slowly(reply_timeout: float, subscriber: bool = False) -> Any:
+        if not node.reachable:
+            raise ConnectionError("refused")
+        await deferLater(node.redis.clock, seconds)
+        return await opening(reply_timeout, subscriber)
+
+    node.log._new_connection = slowly  # type: ignore[method-assign]
+
+
+def _run(redis: MemoryRedis, seconds: float, step: float = 0.1) -> None:
+    for _ in range(round(seconds / step)):
+        redis.clock.advance(step)
         redis.pump()
 
 
@@ -1277,7 +1296,10 @@ def test_a_redis_restart_shorter_than_the_wait_only_delays_a_command(
     assert answers == [None], answers
     assert "during" in n1.listener.said() and "during" in n0.listener.said()
     waited = [t - start for t in tries if t - start > 0.1]
-    assert waited and waited[-1] < 10.1 - DEADLINE_MARGIN + 0.1 + 1e-6, waited
+    # The try that found Redis back came at least 0.4 s before the line's
+    # wait ended (DEADLINE_MARGIN, to the run's 0.1 s steps): a literal, so
+    # that a change of the constant shows here.
+    assert waited and waited[-1] < 10.1 - 0.4 + 1e-6, waited
 
 
 def test_with_nothing_waiting_the_backoff_is_kept_and_a_command_brings_the_next_try_in() -> None:
@@ -1299,3 +1321,83 @@ def test_with_nothing_waiting_the_backoff_is_kept_and_a_command_brings_the_next_
     answers = _say_through(n0, ann, "late", 1.0)
     assert answers == [None], answers
     assert "late" in n1.listener.said()
+
+
+@pytest.mark.parametrize("jitter", ["low", "mid", "high"])
+def test_redis_back_shortly_before_a_wait_ends_leaves_time_to_connect(
+    monkeypatch: pytest.MonkeyPatch, jitter: str,
+) -> None:
+    """Opening the log's two connections takes 0.2 s (0.1 s each: a connect
+    and a TLS handshake over a slow link).  Redis is back 0.6 s before a
+    lobby line's wait ends: the line goes, wherever the backoff stands when
+    it comes and whatever the jitter.  The last try comes at the latest
+    half a second (DEADLINE_MARGIN) before the wait ends, never at its very
+    end, where a connection still opening could not take the line in time
+    (mutation audit F11: with no margin most of these are "not sent")."""
+    monkeypatch.setattr(redislog.random, "uniform", lambda a, b: {
+        "low": a, "mid": (a + b) / 2, "high": b}[jitter])
+    for tenths in range(10):  # when the line comes: 0.1 s to 1 s into the outage
+        redis, _clock, (n0, n1) = read_cluster(2)
+        ann = n0.user("ann")
+        n1.user("bob")
+        _slow_to_open(n0, 0.1)
+        n0.cut()
+        _run(redis, 0.1 + tenths / 10)
+        answers = _say_through(n0, ann, f"line {tenths}", WAIT - 0.6)
+        assert answers == [None], (tenths, answers)
+        assert f"line {tenths}" in n1.listener.said()
+
+
+def test_tries_just_before_a_wait_ends_are_still_apart(monkeypatch: pytest.MonkeyPatch) -> None:
+    """--redis-wait 2; Redis stays out of reach; a lobby line waits.  Within
+    DEADLINE_MARGIN of its wait's end the next try is due at once, yet
+    tries are still at least BACKOFF_FIRST (0.2 s) apart: no tight
+    reconnect loop against a dead Redis, which with users typing (some line
+    always near its wait's end) would last the whole outage, on every node
+    (mutation audit F1: without the floor, hundreds of tries at one
+    instant).  The line is answered "not sent" when its wait ends."""
+    monkeypatch.setattr(redislog.random, "uniform", lambda a, b: (a + b) / 2)
+    redis, clock, (n0, _n1) = read_cluster(2)
+    ann = n0.user("ann")
+    n0.state.wait = 2.0
+    tries = _attempts(n0, bound=100)
+    n0.cut()
+    _run(redis, 0.1, step=0.01)
+    answers: list[Any] = []
+    d = n0.state.say(read_now(ann), "x")
+    assert d is not None
+    d.addBoth(answers.append)
+    start = clock.seconds()
+    _run(redis, 3.0, step=0.01)
+    assert len(answers) == 1 and isinstance(answers[0], Failure), answers
+    assert answers[0].check(HubError) and answers[0].value.code is ErrorCode.UNAVAILABLE
+    waiting = [t for t in tries if start <= t <= start + 2.0]
+    gaps = [b - a for a, b in itertools.pairwise(tries)]
+    assert len(waiting) >= 5 and len(tries) < 20, tries
+    assert min(gaps) >= BACKOFF_FIRST - 0.01 - 1e-6, gaps  # to the run's 0.01 s steps
+
+
+def test_redis_back_mid_wait_a_command_goes_within_about_a_second(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Redis out of reach for 3.8 s (--redis-wait 10, the jitter at its
+    highest); a lobby line comes 0.1 s in.  While it waits, tries are at
+    most WAITING_BACKOFF_MAX (1 s) apart, not the backoff's (here 0.24,
+    0.48, 0.96, 1.92, 3.84 s): the line goes within about a second of Redis
+    being back, not up to 5 s later (mutation audit F7)."""
+    monkeypatch.setattr(redislog.random, "uniform", lambda a, b: b)
+    redis, _clock, (n0, n1) = read_cluster(2)
+    ann = n0.user("ann")
+    n1.user("bob")
+    n0.cut()
+    _run(redis, 0.1)
+    answers: list[Any] = []
+    d = n0.state.say(read_now(ann), "during")
+    assert d is not None
+    d.addBoth(answers.append)
+    _run(redis, 3.7)
+    assert answers == []
+    n0.reachable = True
+    _run(redis, 1.3)
+    assert answers == [None], answers
+    assert "during" in n1.listener.said()
