@@ -21,6 +21,8 @@ def test_redis_url_forms(tmp_path: Path) -> None:
     t = parse_url("redis://:pa%3Ass@example.org")
     assert (t.endpoint, t.password, t.db) == ("tcp:example.org:6379", "pa:ss", 0)
     assert "pa" not in t.display
+    t = parse_url("redis://:S3cr@tPW@h/0")  # an '@' not written %40: the host is after the last
+    assert (t.endpoint, t.password) == ("tcp:h:6379", "S3cr@tPW") and "PW" not in t.display
     t = parse_url("rediss://user:pw@redis.example.org:6390/1")
     assert (t.endpoint, t.username, t.password, t.db, t.tls_host, t.trust) == (
         "tcp:redis.example.org:6390", "user", "pw", 1, "redis.example.org", None)
@@ -138,13 +140,15 @@ _SECRET = "S3cr#tPW"
 
 
 def _with_passwords(url: str) -> list[str]:
-    """C{url} with a password in the userinfo, as is and with a '#', and
-    in a password= parameter."""
+    """C{url} with a password in the userinfo, as is, with a '#' and with
+    an '@', and in a password= parameter."""
     scheme, sep, rest = url.partition("://")
     forms = []
     if sep:
         forms.append(f"{scheme}://:{_SECRET.replace('#', '')}@{rest}")
         forms.append(f"{scheme}://user:{_SECRET}@{rest}")
+        # An '@' not written %40: urlsplit takes the host after the last one.
+        forms.append(f"{scheme}://:{_SECRET.replace('#', '@')}@{rest}")
     joiner = "&" if "?" in url else "?"
     forms.append(f"{url}{joiner}password={_SECRET.replace('#', '%23')}")
     return forms
