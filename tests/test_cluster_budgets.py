@@ -565,6 +565,39 @@ def test_a_nick_waits_for_the_count_no_longer_than_its_redis_wait() -> None:
     assert [line.split()[-1] for line in watcher.take() if line.startswith("JOINED")] == ["bea"]
 
 
+def test_a_nick_whose_connection_went_while_it_waited_for_the_count_is_not_registered() -> None:
+    """A NICK waits for the address's count (node 1's copy is stale) and its
+    connection goes meanwhile: when the count comes the nick is not
+    registered.  Registered, it was a user with no connection, JOINED and
+    at once LEFT (disconnected) on every node (mutation audit F3).  The nick
+    stays free: the address's next NICK for it is taken."""
+    cluster, buckets = shared_cluster(ip_register_rate=0.5, ip_register_burst=3)
+    watchers = [node.user(f"w{i}") for i, node in enumerate(cluster.nodes)]
+    cluster.nodes[1].state.wait = 2.0
+    cluster.clock.advance(SHARE_INTERVAL)  # the registrations are reported
+    cluster.clock.advance(1.0)  # and the copy is stale
+    buckets.held = True
+    late = cluster.nodes[1].connect()
+    late.take()
+    late.send("NICK bea")
+    cluster.pump()
+    assert late.take() == []  # waiting for the cluster's count
+    late.drop()
+    cluster.pump()
+    buckets.held = False
+    buckets.answer()
+    cluster.pump()
+    cluster.clock.advance(1.0)
+    cluster.pump()
+    assert [line for w in watchers for line in w.take() if "bea" in line] == []
+    assert all("bea" not in node.state.hub.online for node in cluster.nodes)
+    again = cluster.nodes[1].connect()
+    again.take()
+    again.send("NICK bea")
+    cluster.pump()
+    assert again.take()[0] == "READY bea"
+
+
 # -- the script, against a real redis-server -----------------------------------
 
 
