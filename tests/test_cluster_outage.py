@@ -238,7 +238,11 @@ def test_a_lobby_line_charged_and_then_not_sent_gives_its_token_back(shared: boo
 
 
 def test_sent_but_unconfirmed_is_not_reported_unsent_and_is_applied_once() -> None:
-    cluster, n0, log = outage()
+    """Answered ERROR unconfirmed, a line was sent: it is applied once when
+    Redis is back, and (a lobby line) unlike one "not sent" it keeps its
+    address's token spent, or every unconfirmed line would be outside the
+    address's budget (mutation audit F4)."""
+    cluster, n0, log = outage(ip_lobby_rate=0.001, ip_lobby_burst=2)
     ann, bob = n0.user("ann"), cluster.nodes[1].user("bob")
     log.answers_lost = True  # written to the log; the connection goes before the answer
     ann.send("MSG maybe")
@@ -254,6 +258,13 @@ def test_sent_but_unconfirmed_is_not_reported_unsent_and_is_applied_once() -> No
     cluster.pump()
     assert said(ann.take()) == said(bob.take()) == ["maybe"]
     assert n0.state.waiting_bytes == 0
+    # Burst 2: "maybe" took one, so of the two lines after it only the first goes.
+    ann.send("MSG one", "MSG two")
+    cluster.pump()
+    answers = ann.take()
+    assert said(answers) == said(bob.take()) == ["one"]
+    (refused,) = [a for a in answers if a.startswith("ERROR")]
+    assert refused.startswith("ERROR flood"), answers
 
 
 def test_unconfirmed_and_never_written_is_applied_once_when_back() -> None:
