@@ -745,6 +745,45 @@ def test_scrapes_back_to_back_share_a_few_renderings() -> None:
     assert len(rendered) == burst + 1 + METRICS_FORMS
 
 
+def test_a_kept_gzip_answer_is_not_served_to_a_client_that_did_not_ask_for_it() -> None:
+    """prometheus_client gzips its answer to a client that accepts gzip.  A
+    scrape past the render rate gets the last answer to one asking the
+    same, Accept-Encoding included: a client without gzip (curl without
+    --compressed) never gets the gzip body it cannot read (mutation audit
+    F6) but 503 until its own form is rendered, then that."""
+    import gzip
+
+    from prometheus_client.exposition import make_wsgi_app
+
+    from twisted_chat.server.metricsport import METRICS_RENDERS, head_as_get, renders_bounded
+
+    clock = Clock()
+    registry = registry_for(Stats(), lambda: Snapshot(0, 0, 0, None))
+    bounded = renders_bounded(head_as_get(make_wsgi_app(registry)), clock.seconds)
+
+    def scrape(encoding: str) -> tuple[str, dict[str, str], bytes]:
+        got: list[Any] = []
+        environ = {"REQUEST_METHOD": "GET", "PATH_INFO": "/metrics", "QUERY_STRING": "",
+                   "HTTP_ACCEPT": "", "HTTP_ACCEPT_ENCODING": encoding}
+        body = bounded(environ, lambda status, headers, *exc_info: got.append(
+            (status, dict(headers))))
+        return got[0][0], got[0][1], b"".join(body)
+
+    for _ in range(int(METRICS_RENDERS.burst)):
+        status, headers, zipped = scrape("gzip")
+    assert (status, headers.get("Content-Encoding")) == ("200 OK", "gzip")
+    assert b"chat_users_online 0.0" in gzip.decompress(zipped)
+    status, headers, _ = scrape("")  # past the rate, and never rendered without gzip
+    assert status.startswith("503 ") and "Content-Encoding" not in headers, (status, headers)
+    clock.advance(1 / METRICS_RENDERS.per_second)
+    status, headers, plain = scrape("")
+    assert status == "200 OK" and "Content-Encoding" not in headers
+    assert b"chat_users_online 0.0" in plain
+    # Past the rate again: each gets the answer kept for its own form.
+    assert scrape("") == (status, headers, plain)
+    assert scrape("gzip")[1].get("Content-Encoding") == "gzip"
+
+
 @pytest.mark.parametrize(("endpoint", "warned"), [
     ("9108", True), ("tcp:9108", True), ("tcp:9108:interface=0.0.0.0", True),
     ("tcp6:9108:interface=\\:\\:", True), ("tcp:9108:interface=127.0.0.1", False),
