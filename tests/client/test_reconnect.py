@@ -739,7 +739,8 @@ def test_connected_is_said_once_in_an_outage_not_at_each_attempt() -> None:
 def test_a_version_warning_is_said_once_in_an_outage_as_connected_is() -> None:
     """The HELLO of a server that speaks another version warned again at
     every attempt it greeted and then refused, where "Connected to ..." of
-    the same HELLO was said once."""
+    the same HELLO was said once.  A HELLO of yet another version is a new
+    greeting: its warning is said."""
     h = Harness()
     h.join()
     h.lose()
@@ -753,6 +754,13 @@ def test_a_version_warning_is_said_once_in_an_outage_as_connected_is() -> None:
     assert _greeted_then_full(h, 2, "HELLO chat/2 test") == [
         "* Still not connected after 2 tries (the same error); next try in 4 s."
     ]
+    # The server upgraded within the outage, its "running ..." the same: the
+    # whole greeting changed, the new warning is said (mutation audit F9).
+    shown = _greeted_then_full(h, 4, "HELLO chat/3 test")
+    assert shown[:2] == [
+        "! The server speaks chat/3, this client chat/1; some things may not work.",
+        "* Connected to chat.test:7000, running test.",
+    ], shown
 
 
 def test_reconnect_now_is_said_and_so_is_its_failure() -> None:
