@@ -244,6 +244,21 @@ def test_a_script_with_a_wrong_password_stops() -> None:
         "that nick).")
 
 
+
+
+def test_a_script_is_not_told_of_a_password_prompt_it_does_not_have() -> None:
+    """A script (no terminal) that sent CHAT_PASSWORD and meets ERROR
+    not-ready stops, and its exit message says what the server waits for
+    without the terminal's advice to "type it at the password prompt"
+    (mutation audit F10)."""
+    s = session(interactive=False, environ={"CHAT_PASSWORD": SECRET})
+    _asked_for_password(s)
+    assert s.sent() == [f"PASS {SECRET}"]
+    s.receive("ERROR not-ready the server is waiting for the password of alice: send "
+              "PASS <password>, or NICK <nick> to choose another nick")
+    assert s.sent() == ["BYE"] and s.screen.secret_prompt is None
+    s.receive("BYE quit")
+    assert s.lose() == Outcome(1, "The server is waiting for the password of alice first.")
 def test_a_script_whose_nick_came_from_its_input_stops_at_a_wrong_password() -> None:
     """It used to send NICK and the same wrong CHAT_PASSWORD again after each
     refusal, until the server's BYE flood, which locks the nick's owner out."""
