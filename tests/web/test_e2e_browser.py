@@ -2606,7 +2606,8 @@ def test_joins_and_leaves_held_past_the_bound_are_counted_not_dropped_silently(
     """While paired, the page holds the lobby's joins and leaves for the
     pair's end: the last 2,000 (MAX_ROWS). Those before went without a word;
     now the page says how many, after the last one shown (a line before
-    2,000 rows would be trimmed at once), as the terminal client does."""
+    2,000 rows would be trimmed at once), as the terminal client does; once,
+    not again after the next private conversation."""
     start = datetime(2026, 12, 6, 10, 0, tzinfo=UTC)
 
     def at(ms: int) -> str:
@@ -2620,6 +2621,8 @@ def test_joins_and_leaves_held_past_the_bound_are_counted_not_dropped_silently(
     page = scripted(browser(), web, {
         "NICK alice": [["READY alice", "USERS 0"]],
         "MSG go": [["PAIRED bob", *comings, "UNPAIRED bob left", "USERS 0"]],
+        "MSG again": [["PAIRED carol", f"JOINED {at(10000)} zed", "UNPAIRED carol left",
+                       "USERS 1"]],
     })
     join_as(page, "alice")
     logged_in(page, "alice")
@@ -2633,6 +2636,14 @@ def test_joins_and_leaves_held_past_the_bound_are_counted_not_dropped_silently(
         "are held during a private conversation.",
         "notice: Your private conversation with bob ended.",
     ], rows[-4:]
+    # The count is said once: not again after the next private conversation,
+    # whose one join was kept (mutation audit F8).
+    say(page, "again")
+    wait_notice(page, "Your private conversation with carol ended.")
+    rows = lobby_rows(page)
+    assert sum("not kept" in row for row in rows) == 1, rows[-6:]
+    assert rows[-2:] == ["notice: zed joined the chat",
+                         "notice: Your private conversation with carol ended."], rows[-4:]
 
 
 def test_a_server_restart_ends_the_private_conversation_in_words(
