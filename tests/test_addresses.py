@@ -281,3 +281,39 @@ def test_handshake_pool_remembers_a_bounded_number_of_evicted_keys() -> None:
         pool.discard(f"k{i - 1}", f"i{i - 1}")
         pool.add(f"k{i}", f"i{i}")
     assert list(pool._evicted) == ["k6", "k7", "k8"]
+
+
+def test_handshake_pool_remembers_the_addresses_it_evicted_from_last() -> None:
+    """The tie-break's memory is of the addresses evicted from *last*
+    (docs/security.md, --max-handshaking): one evicted from again is
+    remembered anew.  Memory 2 here: A is evicted from, then B, then A
+    again, then C; A is remembered (B is forgotten), so when the pool is
+    full of addresses holding one each, A's connection goes, not N's, a
+    newcomer older than it.  Kept in the order of first eviction (mutation
+    audit F12), A was forgotten behind B and C, and N, the oldest, went:
+    an address churning the pool all along is forgotten once 8 x the pool
+    of others were evicted from once, however long ago."""
+    pool: HandshakePool[str] = HandshakePool(limit=4, memory=2)
+
+    def evict(key: str, item: str) -> None:
+        assert pool.make_room() == [item]
+        pool.discard(key, item)
+
+    pool.add("N", "n1")
+    pool.add("A", "a1")
+    pool.add("A", "a2")
+    pool.add("B", "b1")
+    evict("A", "a1")  # the biggest address each time: here A, holding 2
+    pool.add("B", "b2")
+    evict("B", "b1")
+    pool.add("A", "a3")
+    evict("A", "a2")
+    pool.discard("B", "b2")  # it chose its nick
+    pool.add("C", "c1")
+    pool.add("C", "c2")
+    evict("C", "c1")
+    pool.discard("C", "c2")
+    pool.add("D", "d1")
+    pool.add("E", "e1")
+    # Full, each holding one: N (the oldest), A, D, E.
+    assert pool.make_room() == ["a3"]
