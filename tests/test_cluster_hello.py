@@ -380,6 +380,52 @@ def test_the_lobby_line_applied_before_the_hello_reaches_the_ended_pair() -> Non
         "first after the hellos": [("ann", 1), ("bob", 1)]}
 
 
+def test_the_lobby_members_with_a_pair_ended_in_the_lost_second_are_kept_as_one_tuple() -> None:
+    """dan and ann on n0, ann's pair with bob (n1) ended and lost: after
+    the rebuild ann hears the lobby as an after-loss extra, behind n0's own
+    index (dan): the node's members are that one tuple for every lobby
+    line until the hello, which ends it (ann back in the index), so the
+    fan-out's direct pass partitions them once, not per line."""
+    redis, clock, (n0, n1) = cluster(2)
+    ann, bob = n0.user("ann"), n1.user("bob")
+    dan = n0.user("dan")
+    _ended_then_lost(redis, clock, (n0, ann), (n1, bob))
+    before = n0.state.lobby_members()
+    heard: list[tuple[str, Any]] = []
+    own: list[Any] = []  # n0's own index, at each line
+    record = n0.listener.lobby_message
+
+    def hear(entry: Any) -> None:
+        record(entry)
+        heard.append((entry.text, n0.state.lobby_members()))
+        own.append(n0.state.own.lobby_members())
+
+    n0.listener.lobby_message = hear  # type: ignore[method-assign]
+    n2 = Node(redis, clock, "n2")
+    clock.advance(0)
+    redis.pump()
+    carol = n2.user("carol")
+    say(n2, carol, "first after the loss", "second after the loss")
+    _settle(redis, clock)
+    say(n2, carol, "after the hellos", "again")
+
+    assert [text for text, _ in heard] == [
+        "first after the loss", "second after the loss", "after the hellos", "again"]
+    (_, lost1), (_, lost2), (_, back1), (_, back2) = heard
+    assert [conn.user.nick for conn in before] == ["dan", "ann"]
+    # Before the hellos: ann, whom the rebuilt replica has paired, is the
+    # extra after n0's own (dan), one tuple for both lines.
+    assert list(own[0]) == list(own[1]) == [now(dan).conn]
+    assert lost1 is lost2 and lost1 is not before
+    assert list(lost1) == [now(dan).conn, now(ann).conn]
+    # The hello ends the extra: the own index, new, has them both.
+    assert n0.state.replica.afterloss.hearing == {}
+    assert back1 is back2 and back1 is not before and back1 is not lost1
+    assert back1 is n0.state.own.lobby_members()
+    assert list(back1) == [now(dan).conn, now(ann).conn]
+    assert n0.state.lobby_members() is back1
+
+
 def _unpaired_before(node: Node, nick: str, text: str) -> list[tuple[str, str]]:
     """What C{nick} was told UNPAIRED (partner, reason) before its line
     C{text} reached the lobby, on C{node}."""

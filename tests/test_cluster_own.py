@@ -6,14 +6,17 @@ the connections of other nodes' users are never touched.
 
 from __future__ import annotations
 
+import gc
 from typing import Any
 
 import pytest
 
 from tests.test_cluster_unit import Cluster, Node, check_index
+from twisted_chat.server import sendqueue
 from twisted_chat.server.cluster.remote import RemoteConn
 from twisted_chat.server.factory import ChatFactory
 from twisted_chat.server.fanout import LobbyFanout
+from twisted_chat.server.protocol import ChatProtocol
 
 
 def join(cluster: Cluster, node: Node, nick: str) -> Any:
@@ -81,31 +84,31 @@ def test_index_follows_join_pair_unpair_leave() -> None:
     n0, n1 = cluster.nodes
     a, b = n0.user("a"), n0.user("b")
     c, d = n1.user("c"), n1.user("d")
-    assert n0.state.lobby_members() == [a.protocol, b.protocol]
-    assert n1.state.lobby_members() == [c.protocol, d.protocol]
+    assert list(n0.state.lobby_members()) == [a.protocol, b.protocol]
+    assert list(n1.state.lobby_members()) == [c.protocol, d.protocol]
     # A pair across the nodes takes one member out of each node's index.
     pair(cluster, a, c)
-    assert n0.state.lobby_members() == [b.protocol]
-    assert n1.state.lobby_members() == [d.protocol]
+    assert list(n0.state.lobby_members()) == [b.protocol]
+    assert list(n1.state.lobby_members()) == [d.protocol]
     assert n0.state.own_users() == [a.user, b.user]  # paired, still online here
     # Back in the lobby: at the end, as in the hub's lobby.
     c.send("UNPAIR")
     cluster.pump()
-    assert n0.state.lobby_members() == [b.protocol, a.protocol]
-    assert n1.state.lobby_members() == [d.protocol, c.protocol]
+    assert list(n0.state.lobby_members()) == [b.protocol, a.protocol]
+    assert list(n1.state.lobby_members()) == [d.protocol, c.protocol]
     # A pair on the other node leaves this node's index as it is.
     pair(cluster, c, d)
-    assert n0.state.lobby_members() == [b.protocol, a.protocol]
-    assert n1.state.lobby_members() == []
+    assert list(n0.state.lobby_members()) == [b.protocol, a.protocol]
+    assert list(n1.state.lobby_members()) == []
     # A partner that leaves sends the other back to the lobby; the one
     # that left is out of both indexes.
     d.send("BYE")
     cluster.pump()
-    assert n1.state.lobby_members() == [c.protocol]
+    assert list(n1.state.lobby_members()) == [c.protocol]
     assert n1.state.own_users() == [c.user]
     b.drop()
     cluster.pump()
-    assert n0.state.lobby_members() == [a.protocol]
+    assert list(n0.state.lobby_members()) == [a.protocol]
     check_index(cluster)
 
 
@@ -135,9 +138,9 @@ def test_a_node_that_starts_from_a_snapshot_has_none_of_its_users() -> None:
     late.state.replica.restore(n0.state.replica.snapshot())
     late.cursor = len(cluster.log.entries)
     cluster.nodes.append(late)
-    assert late.state.lobby_members() == [] and late.state.own_users() == []
+    assert list(late.state.lobby_members()) == [] and late.state.own_users() == []
     mine = late.user("mine")
-    assert late.state.lobby_members() == [mine.protocol]
+    assert list(late.state.lobby_members()) == [mine.protocol]
     check_index(cluster)
 
 
@@ -148,7 +151,7 @@ def test_a_node_declared_dead_empties_its_index() -> None:
     n0.user("b")
     n1.state.node_dead("node0")
     cluster.pump()
-    assert n0.state.lobby_members() == [] and n0.state.own_users() == []
+    assert list(n0.state.lobby_members()) == [] and n0.state.own_users() == []
     check_index(cluster)
 
 
@@ -249,3 +252,118 @@ def test_a_pair_ending_elsewhere_builds_nothing_here(monkeypatch: pytest.MonkeyP
     assert b.take() == ["USER a lobby", "USER b lobby", "USER c lobby", "USER e lobby",
                         "USERS 4"]
     check_index(cluster)
+
+
+def test_a_steady_lobby_is_one_tuple_partitioned_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A node hands its fan-out the same members object while its own lobby
+    index and the after-loss extras stay as they are, so the direct pass
+    partitions them once, not at every batch (sendqueue.DirectPass); every
+    change to either gives a new one, with the lobby's members in its order
+    (a change among the other nodes' users changes nothing here)."""
+    looked: list[tuple[Any, ...]] = []  # node 0's members, at each partition
+    partition = sendqueue.partition
+
+    def counted(members: Any) -> Any:
+        if members is n0.state.lobby_members():
+            looked.append(tuple(members))
+        return partition(members)
+
+    monkeypatch.setattr(sendqueue, "partition", counted)
+    cluster = Cluster(2)
+    n0, n1 = cluster.nodes
+    a, b = n0.user("a"), n0.user("b")
+    c, e = n1.user("c"), n1.user("e")
+    state = n0.state
+    listed = state.lobby_members()
+
+    def batches() -> list[str]:
+        """Three lobby lines, from either node, as three batches: what each
+        of node 0's lobby members got (b is in the lobby throughout)."""
+        for i, speaker in enumerate((e, b, e)):
+            speaker.send(f"MSG batch {i}")
+            cluster.pump()
+        return [line.split(" ", 4)[-1] for line in a.take() + b.take()
+                if line.startswith("MSG")]
+
+    def changed(*members: Any, detached: bool = False) -> None:
+        """The members are new, and right; they are partitioned once, from
+        the change (which may bring a batch) to the end of the next batches.
+        (check_index: not while the node has detached users, not in the hub.)"""
+        nonlocal listed
+        now = state.lobby_members()
+        assert now is not listed
+        assert now == tuple(conn.protocol for conn in members)
+        if not detached:
+            check_index(cluster)
+        listed = now
+        batches()
+        assert state.lobby_members() is listed
+        assert looked == [listed]
+        looked.clear()
+
+    looked.clear()
+    assert batches() == [f"batch {i}" for i in range(3)] * 2
+    assert state.lobby_members() is listed
+    assert looked == []  # partitioned before: at the last change
+    n1.user("f")  # another node's newcomer: nothing changes here
+    assert state.lobby_members() is listed
+    batches()
+    assert looked == []
+
+    d = n0.user("d")
+    changed(a, b, d)
+    pair(cluster, a, c)
+    changed(b, d)
+    a.send("UNPAIR")
+    cluster.pump()
+    changed(b, d, a)
+    d.send("BYE")
+    cluster.pump()
+    changed(b, a)
+    state.rebuilt()  # the index built again from the replica
+    changed(b, a)
+
+    # After Redis lost everything, the node's users are detached (the
+    # after-loss extras) until its hello brings them back.
+    rows0, rows1 = state.rebuild(None, []), n1.state.rebuild(None, [])
+    for node in cluster.nodes:
+        node.cursor = len(cluster.log.entries)  # the new epoch's log starts here
+    members = state.lobby_members()
+    assert state.own.lobby_members() == ()
+    assert members is not listed and members == state.replica.afterloss.lobby_conns()
+    assert sorted(members, key=id) == sorted((a.protocol, b.protocol), key=id)
+    assert state.lobby_members() is members
+    looked.clear()
+    n1.state.hello(rows1)
+    for i in range(3):
+        e.send(f"MSG detached {i}")
+        cluster.pump()
+    assert state.lobby_members() is members
+    assert looked == [members]
+    assert [line.split(" ", 4)[-1] for line in a.take() if line.startswith("MSG")] == [
+        f"detached {i}" for i in range(3)]
+    # A newcomer meanwhile: the index changes under the same extras.
+    looked.clear()
+    g = n0.user("g")
+    assert state.own.lobby_members() == (g.protocol,)
+    listed = members
+    extras = [next(x for x in (a, b) if x.protocol is p) for p in members]
+    del members  # (held by the node alone, from here)
+    changed(g, *extras, detached=True)
+    listed = ()  # (the next one is new: g is out of it)
+    g.send("BYE")
+    cluster.pump()
+    assert member_lists(g.protocol) == [], "the departed one is let go of at once"
+    changed(*extras, detached=True)
+    state.hello(rows0)  # the extras are gone: the index has them
+    cluster.pump()
+    assert state.replica.afterloss.detached == {}
+    changed(a, b)  # the hub's lobby order now: as the hello brought them back
+    assert member_lists(a.protocol) == [listed], "no list with the extras is kept"
+
+
+def member_lists(conn: Any) -> list[tuple[Any, ...]]:
+    """The tuples of connections that hold C{conn} (lists of members)."""
+    gc.collect()
+    return [r for r in gc.get_referrers(conn)
+            if isinstance(r, tuple) and all(isinstance(x, ChatProtocol) for x in r)]

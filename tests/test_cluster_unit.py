@@ -171,7 +171,7 @@ def check_index(cluster: Cluster) -> None:
     for node in cluster.nodes:
         mine = [u for u in node.hub.online.values() if not isinstance(u.conn, RemoteConn)]
         assert node.state.own_users() == mine
-        assert node.state.lobby_members() == [
+        assert list(node.state.lobby_members()) == [
             u.conn for u in node.hub.lobby.values() if not isinstance(u.conn, RemoteConn)]
 
 

@@ -276,17 +276,19 @@ class AfterLoss:
 
     # -- what the node asks ------------------------------------------------------
 
-    def lobby_conns(self) -> list[Any]:
+    def lobby_conns(self) -> tuple[Any, ...]:
         """The connections of this node's users that hear the lobby though
         the replica does not have them there: the L{detached} shown the
         lobby (until its hello brings them back, they hear it as before; one
         shown a pair does not: see L{_rebuilt}), and
         those shown their pair end in events Redis lost (L{hearing}: until a
         hello ends the pair here too, or anything else does)."""
+        if not self.detached and not self.hearing:
+            return ()  # the steady case, at every lobby batch: nothing built
         conns = [d.conn for d in self.detached.values() if d.user.state is State.LOBBY]
         if self.hearing:
             conns += [user.conn for user in self.hearing.values() if user.partner is not None]
-        return conns
+        return tuple(conns)
 
     def detached_users(self) -> list[User]:
         """The L{User}s the connections of the L{detached} hold."""

@@ -42,7 +42,7 @@ from __future__ import annotations
 import heapq
 import json
 import secrets
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -230,17 +230,38 @@ class ClusterState:
         #: The cluster's live nodes, this one included, as of the log's last
         #: look at their leases (0 before it looked).
         self.live_nodes = 0
+        # lobby_members' tuple with after-loss extras, and the two parts it
+        # was made of.
+        self._members: tuple[Member, ...] = ()
+        self._members_own: tuple[Member, ...] = ()
+        self._members_extra: tuple[Member, ...] = ()
 
     # -- the commands (ChatState) ---------------------------------------------
 
     def forget_members(self) -> None:
-        pass  # lobby_members makes a new list each time: nothing is kept
+        # The own index let go of its tuple at the departure (own.py).
+        self._forget_extra()
 
-    def lobby_members(self) -> list[Member]:
-        members = self.own.lobby_members()
+    def _forget_extra(self) -> None:
+        self._members = self._members_own = self._members_extra = ()
+
+    def lobby_members(self) -> Sequence[Member]:
+        """The own index's tuple (the same object while it does not change:
+        sendqueue.DirectPass keeps its partition for it), and after a loss
+        the after-loss extras after it: then the same tuple too while
+        neither part changed (the extras, rare and few, are listed anew
+        each time to be compared)."""
+        own = self.own.lobby_members()
         # After a loss: those the replica lacks, or pairs, who hear it still.
-        members += self.replica.afterloss.lobby_conns()
-        return members
+        extra = self.replica.afterloss.lobby_conns()
+        if not extra:
+            if self._members_extra:  # the extras are gone: let go of them
+                self._forget_extra()
+            return own  # the steady case: nothing built
+        if own is not self._members_own or not _same(extra, self._members_extra):
+            self._members = own + extra
+            self._members_own, self._members_extra = own, extra
+        return self._members
 
     def own_users(self) -> list[User]:
         users = self.own.users()
@@ -810,6 +831,11 @@ class ClusterState:
             if waiting.registration and waiting.answer is not None:
                 waiting.answer.errback(StateUnavailable())
         return old
+
+
+def _same(a: Sequence[Any], b: Sequence[Any]) -> bool:
+    """Whether C{a} and C{b} hold the same objects in the same order."""
+    return len(a) == len(b) and all(x is y for x, y in zip(a, b, strict=True))
 
 
 def _not_sent(registration: bool, why: str, nick_why: str) -> Exception:

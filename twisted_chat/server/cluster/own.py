@@ -37,22 +37,30 @@ __all__ = ["OwnMembers"]
 class OwnMembers:
     """The hub's L{Listener} in front of the node's own; see the module docstring."""
 
-    __slots__ = ("_listener", "_lobby", "_online", "remote")
+    __slots__ = ("_listener", "_lobby", "_members", "_online", "remote")
 
     def __init__(self, listener: Listener) -> None:
         self._listener = listener
         # Insertion-ordered, as the hub's own dicts: the same order of members.
         self._online: dict[User, None] = {}
         self._lobby: dict[User, Member] = {}
+        # lobby_members' tuple of the _lobby's values, None once it changed:
+        # set to None wherever _lobby changes (so a departure lets go of it).
+        self._members: tuple[Member, ...] | None = ()
         #: The users of other nodes online, by node (read by --metrics).
         self.remote: dict[str, int] = {}
 
     # -- the index -----------------------------------------------------------
 
-    def lobby_members(self) -> list[Member]:
-        """The connections of this node's users in the lobby (a copy: a
-        fan-out may outlast a change)."""
-        return list(self._lobby.values())
+    def lobby_members(self) -> tuple[Member, ...]:
+        """The connections of this node's users in the lobby: the same
+        tuple while the index does not change, so that the fan-out's direct
+        pass can tell it did not (sendqueue.DirectPass); a new one after
+        any change (a fan-out may outlast a change: it keeps its own)."""
+        members = self._members
+        if members is None:
+            members = self._members = tuple(self._lobby.values())
+        return members
 
     def users(self) -> list[User]:
         """This node's users online, in the lobby or paired."""
@@ -78,6 +86,7 @@ class OwnMembers:
         self._online = online
         self._lobby = {user: user.conn for user in hub.lobby.values()
                        if not isinstance(user.conn, RemoteConn)}
+        self._members = None
         self.remote = remote
 
     # -- the Listener: what changes the index ----------------------------------
@@ -90,6 +99,7 @@ class OwnMembers:
         else:
             self._online[user] = None
             self._lobby[user] = conn
+            self._members = None
 
     def left(self, ts: float, user: User, reason: str, text: str) -> None:
         conn = user.conn
@@ -100,17 +110,22 @@ class OwnMembers:
             else:
                 self.remote.pop(conn.node, None)
         self._online.pop(user, None)
-        self._lobby.pop(user, None)
+        if user in self._lobby:
+            del self._lobby[user]
+            self._members = None
         self._listener.left(ts, user, reason, text)
 
     def paired(self, user: User, partner: User) -> None:
-        self._lobby.pop(user, None)
+        if user in self._lobby:
+            del self._lobby[user]
+            self._members = None
         self._listener.paired(user, partner)
 
     def unpaired(self, user: User, partner: User, reason: str, missed: Sequence[Entry]) -> None:
         self._listener.unpaired(user, partner, reason, missed)
         if user in self._online:
             self._lobby[user] = user.conn
+            self._members = None
 
     # -- the Listener: passed on ------------------------------------------------
 
