@@ -883,6 +883,61 @@ def test_past_the_bound_only_connections_with_a_command_waiting_are_not_read() -
     assert all(user.reading for user in (*heavy, quiet, idle))
 
 
+def test_past_the_ceiling_no_connection_is_read_new_ones_included() -> None:
+    """Past the node's bound a connection with no command waiting is still
+    read, and what its read brings behind the command that waits next is
+    kept: one read per connection, so 20 connections between commands each
+    sending 60 KiB held 1.44 MB over a 200 KB bound before.  Past the
+    ceiling (the bound and a quarter) no connection is read, new ones
+    included: the node holds at most the ceiling and the read that crossed
+    it, until it is back to half the bound; then everything is handled,
+    in order."""
+    limit = 200_000
+    cluster, n0, log = outage(2, max_per_ip=100)
+    held = n0.factory.held_input
+    held.limit = limit
+    assert held.ceiling == 250_000
+    bob = cluster.nodes[1].user("bob")
+    heavy = [n0.user(f"h{i}") for i in range(4)]
+    between = [n0.user(f"b{i}") for i in range(20)]
+    log.down()
+    for user in heavy:
+        user.send("MSG first")
+    cluster.clock.advance(1)
+    for user in heavy:
+        user.arrive(*[f"MSG h {'y' * 4000}" for _ in range(15)])  # 60 KiB each
+    assert held.over and not held.full and limit < held.total < held.ceiling
+    lines = {i: ["starts waiting"] + [f"b{i} {j} " + "z" * 4000 for j in range(15)]
+             for i in range(len(between))}
+    most = 0
+    for i, user in enumerate(between):
+        user.arrive(*[f"MSG {line}" for line in lines[i]])
+        most = max(most, held.total)
+        assert held.total == _held(n0)
+    one_read = len("".join(f"MSG {line}\r\n" for line in lines[0]))
+    assert held.ceiling < most <= held.ceiling + one_read, most
+    assert held.full
+    assert not any(user.reading for user in (*heavy, *between))
+    assert sum(len(user.transport.unread) for user in between) > 0  # in the "kernel"
+    # A new connection is not read either: its NICK waits in the "kernel".
+    late = n0.connect()
+    assert not late.reading
+    late.arrive("NICK late")
+    assert late.take() == n0.factory.greeting.decode().split("\r\n")[:-1]  # only the greeting
+    # Redis is back: every line comes through, in each sender's order.
+    log.back()
+    for _ in range(100):
+        cluster.pump()
+        cluster.clock.advance(0)
+    got = said(bob.take())
+    for i in range(len(between)):
+        assert [text for text in got if text.startswith(f"b{i} ")] == lines[i][1:]
+    assert got.count("starts waiting") == len(between)
+    assert any(line.startswith("READY late") for line in late.take())
+    assert held.total == 0 and not held.over and not held.full and not held.paused
+    assert all(user.reading for user in (*heavy, *between, late))
+
+
 class Waiting:
     """A connection with a command waiting, as HeldInput sees one."""
 
@@ -915,6 +970,67 @@ def test_held_input_reads_again_only_at_half_its_bound() -> None:
     assert held.over and not a.reading and not b.reading
     held.change(a, -1)  # 500: half
     assert not held.over and a.reading and b.reading and not held.paused
+
+
+class Between(Waiting):
+    """A connection with no command waiting, as HeldInput sees one."""
+
+    def held_or_waiting(self) -> bool:
+        return False
+
+
+def test_held_input_past_its_ceiling_reads_no_connection_until_half() -> None:
+    """Past the bound only the connections with a command waiting are
+    paused; past the ceiling every connection is, and one made meanwhile;
+    one that holds nothing and waits for nothing is not read again then
+    (it was, below the ceiling); all are read again at half the bound."""
+    a: Any = Waiting()
+    b: Any = Between()
+    c: Any = Between()
+    conns = [a, b, c]
+    held = HeldInput(1000, lambda: conns)
+    assert held.ceiling == 1250
+    held.change(a, 1001)
+    assert held.over and not held.full
+    assert not a.reading and b.reading and c.reading
+    held.change(b, 249)  # 1250: at the ceiling, not past it
+    assert not held.full and not b.reading and c.reading
+    held.release(b)  # it holds nothing, waits for nothing: read again
+    assert b.reading
+    held.change(a, 1)  # 1251
+    assert held.full and not any(conn.reading for conn in conns)
+    new: Any = Between()
+    conns.append(new)
+    held.started(new)
+    assert not new.reading
+    held.release(b)
+    assert not b.reading
+    held.change(a, -751)  # 500: half
+    assert not held.over and not held.full and not held.paused
+    assert all(conn.reading for conn in conns)
+    held.started(Between())  # below the bound, a new connection is read
+    assert not held.paused
+
+
+def test_a_connection_the_node_does_not_read_is_not_pinged_or_timed_out() -> None:
+    """A connection paused by the node's bound on held input is silent by
+    the server's doing (its PONG would wait in the kernel): it is neither
+    pinged nor timed out, however long the pause; read again, its idle
+    timer runs as ever."""
+    cluster, n0, _log = outage(1, idle_timeout=120.0, ping_timeout=60.0)
+    quiet = n0.user("quiet")
+    held = n0.factory.held_input
+    held.pause(quiet.protocol)
+    assert not quiet.reading
+    cluster.clock.advance(1000)
+    assert quiet.take() == [] and not quiet.protocol.closing
+    held.release(quiet.protocol)
+    assert quiet.reading
+    cluster.clock.advance(120)
+    assert quiet.take()[0].startswith("PING idle-")
+    cluster.clock.advance(60)
+    assert quiet.protocol.closing
+    assert quiet.take()[-1].startswith("BYE timeout")
 
 
 def test_lines_applied_before_a_node_s_hello_reach_its_detached_users() -> None:

@@ -4,13 +4,21 @@ the installed versions: a rename fails here, at the upgrade, not in
 production.  The list of each, and why, is beside its use:
 twisted_chat/web/gateway.py ("autobahn internals") and
 twisted_chat/server/cluster/redisconn.py's C{connect} (txredisapi's
-C{_ready}, and its C{callLater} set to the node's reactor).
+C{_ready}, and its C{callLater} set to the node's reactor).  And one
+behaviour of Twisted's epoll reactor that a stated bound counts on
+(twisted_chat/server/protocol.py's C{HeldInput}).
 """
 
 from __future__ import annotations
 
+import select
+import socket
+import time
+
 import txredisapi
 from autobahn.websocket.protocol import WebSocketProtocol
+from twisted.internet import protocol
+from twisted.internet.epollreactor import EPollReactor
 from twisted.internet.testing import StringTransport
 
 from tests.harness import Harness
@@ -91,3 +99,70 @@ def test_txredisapi_times_replies_with_the_protocols_own_call_later() -> None:
     proto.makeConnection(StringTransport())
     proto.execute_command("PING")
     assert [call.getTime() for call in clock.getDelayedCalls()] == [5.0]
+
+
+# -- Twisted's epoll reactor -------------------------------------------------------
+
+
+def _read_in_one_turn(writing: bool, n: int = 4) -> int:
+    """C{n} connections readable at once, on a reactor of their own (real
+    sockets on loopback); the first read pauses all of them, as the server's
+    HeldInput does past its ceiling.  How many are read in that turn."""
+    reactor = EPollReactor()
+    servers: list[protocol.Protocol] = []
+    reads: list[int] = []
+
+    class Server(protocol.Protocol):
+        def connectionMade(self) -> None:
+            servers.append(self)
+            if writing:  # more than the kernel takes: Twisted waits to write the rest
+                self.transport.write(b"x" * (8 << 20))
+
+        def dataReceived(self, data: bytes) -> None:
+            reads.append(len(data))
+            for server in servers:
+                server.transport.pauseProducing()
+
+    port = reactor.listenTCP(0, protocol.Factory.forProtocol(Server), interface="127.0.0.1")
+    clients = []
+    try:
+        for _ in range(n):
+            client = socket.create_connection(("127.0.0.1", port.getHost().port))
+            client.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)  # it reads nothing
+            clients.append(client)
+        deadline = time.monotonic() + 10
+        while len(servers) < n and time.monotonic() < deadline:
+            reactor.doIteration(0.1)
+        assert len(servers) == n
+        writers = reactor.getWriters()
+        assert all((server.transport in writers) is writing for server in servers)
+        for client in clients:
+            client.sendall(b"y" * 1000)
+        for server in servers:  # every one readable before the turn
+            poller = select.poll()
+            poller.register(server.transport.socket, select.POLLIN)
+            assert poller.poll(10_000)
+        reactor.doIteration(0)  # one epoll_wait, and its batch
+        return len(reads)
+    finally:
+        for client in clients:
+            client.close()
+        for server in servers:
+            server.transport.abortConnection()
+        port.stopListening()
+        reactor.runUntilCurrent()  # the aborts and the port's close
+        reactor.removeAll()
+        if reactor.waker is not None:
+            reactor.waker.connectionLost(None)
+        reactor._poller.close()
+
+
+def test_epoll_still_reads_a_socket_paused_within_its_batch_if_it_has_output_waiting() -> None:
+    """The bound on held input past its ceiling counts one read for each
+    connection the reactor had already found readable in the turn it was
+    crossed: epoll hands over a batch of ready sockets, and pausing one
+    within the batch keeps it in the reactor's set while it also waits to
+    write (epollreactor._remove), so doPoll still calls its doRead.  One
+    with nothing to write is not read."""
+    assert _read_in_one_turn(writing=False) == 1
+    assert _read_in_one_turn(writing=True) == 4

@@ -179,6 +179,7 @@ class ChatProtocol:
         if config.idle_timeout > 0:
             self._set_idle(now + config.idle_timeout)
         self.write(self.factory.greeting)
+        self.factory.held_input.started(self)
 
     def connectionLost(self, reason: Failure = connectionDone) -> None:
         held = self._held
@@ -668,6 +669,11 @@ class ChatProtocol:
         each line only records its time, so a busy connection costs no timer
         work per line."""
         now = self.clock.seconds()
+        if self._paused & _PAUSED_NODE:
+            # Not read because the server holds too much input (HeldInput):
+            # its silence is the server's doing, and its PONG would not be read.
+            self._set_idle(now + self.config.idle_timeout)
+            return
         pinged = self._pinged_at
         if pinged is not None and self._last_line < pinged:
             self.close("timeout", f"no answer to PING within {self.config.ping_timeout:g} seconds")
@@ -716,24 +722,42 @@ class HeldInput:
     elsewhere (L{ChatProtocol.wait_for}: in cluster mode nearly every
     command waits for Redis), and its bound, C{limit} bytes (a cluster
     node's C{--redis-queue}, counted apart from the commands).  Each
-    connection holds at most L{_HELD_INPUT} plus one read on its own; past
-    C{limit} for all of them, no connection with a command waiting is read
-    (TCP's backpressure: what it sends waits in the kernel, nothing is
+    connection holds at most L{_HELD_INPUT} plus one read on its own.
+
+    Past C{limit} for all of them, no connection with a command waiting is
+    read (TCP's backpressure: what it sends waits in the kernel, nothing is
     dropped) until it holds nothing and waits for nothing again, or until
-    the total is back to half of C{limit}.  What a connection read before it
-    was paused is kept: at most one read (64 KiB) each beyond C{limit}.
+    the total is back to half of C{limit}.  A connection with no command
+    waiting is still read (C{PING} is answered), and its next command that
+    waits pauses it; what its read brought behind that command is kept:
+    up to one read (64 KiB) per connection, bounded only by
+    C{--max-clients} (640 MB at 10,000).  So past L{ceiling} (C{limit} and
+    a quarter) no connection at all is read, new ones included, and none
+    is read again until the total is back to half of C{limit}.  What a read
+    already returned is kept, so the total reaches at most the ceiling,
+    plus the read that crossed it, plus one read for each other connection
+    the reactor had already found readable in that same turn (epoll hands
+    over a batch of ready sockets: one paused within the batch is still
+    read once if it has output waiting to be written).  A connection not
+    read for this bound is not taken for idle (L{ChatProtocol._check_idle}).
     Nothing is done per line unless a connection holds input.
     """
 
-    __slots__ = ("_connections", "limit", "over", "paused", "total")
+    __slots__ = ("_connections", "full", "limit", "over", "paused", "total")
 
     def __init__(self, limit: int, connections: Callable[[], Iterable[ChatProtocol]]) -> None:
         self.limit = limit
         self._connections = connections
         self.total = 0
         self.over = False  # past the limit, and not yet back to half of it
+        self.full = False  # past the ceiling, and not yet back to half the limit
         # The connections it paused, in the order it paused them.
         self.paused: dict[ChatProtocol, None] = {}
+
+    @property
+    def ceiling(self) -> int:
+        """Past it, no connection is read (see the class)."""
+        return self.limit + self.limit // 4
 
     def change(self, conn: ChatProtocol, delta: int) -> None:
         """C{conn} holds C{delta} bytes more (or fewer)."""
@@ -748,11 +772,22 @@ class HeldInput:
                         self.pause(other)
             if delta > 0:
                 self.pause(conn)
+                if total > self.ceiling and not self.full:
+                    # Connections between commands held a read each: none
+                    # is read now.
+                    self.full = True
+                    for other in list(self._connections()):
+                        self.pause(other)
         elif self.over and total <= self.limit // 2:
-            self.over = False
+            self.over = self.full = False
             paused, self.paused = self.paused, {}
             for other in paused:
                 other.node_resume()
+
+    def started(self, conn: ChatProtocol) -> None:
+        """C{conn} is new: past the ceiling it is not read either."""
+        if self.full:
+            self.pause(conn)
 
     def pause(self, conn: ChatProtocol) -> None:
         if conn not in self.paused:
@@ -760,8 +795,9 @@ class HeldInput:
             conn.node_pause()
 
     def release(self, conn: ChatProtocol) -> None:
-        """C{conn} holds nothing and waits for nothing: it may be read."""
-        if conn in self.paused:
+        """C{conn} holds nothing and waits for nothing: it may be read, unless
+        the total is past the ceiling."""
+        if conn in self.paused and not self.full:
             del self.paused[conn]
             conn.node_resume()
 

@@ -304,7 +304,8 @@ class Options(usage.Options):
          "a command over it is answered ERROR unavailable at once. The input its "
          "connections hold behind those commands is bounded by as many bytes, counted "
          "apart: past it, connections with a command waiting are not read until it "
-         "is decided.", _positive(int)],
+         "is decided; past a quarter more, no connection is read until half of it.",
+         _positive(int)],
         ["accounts", None, _defaults.accounts.value,
          "Nicks protected by passwords: 'open' (anyone may REGISTER the nick they "
          "hold), 'required' (only nicks with an account may log in; the operator "
