@@ -637,10 +637,11 @@ def test_lines_dropped_by_flood_control_are_counted_by_limit() -> None:
 def metrics_connection(site: Any, port: int, host: str = "127.0.0.1") -> tuple[Any, Any] | None:
     """One accepted connection to C{site} from C{host}: its channel and
     transport, or None if the site refused it (Twisted closes the socket then)."""
-    from twisted.internet.address import IPv4Address
+    from twisted.internet.address import IPv4Address, IPv6Address
     from twisted.internet.testing import StringTransport
 
-    address = IPv4Address("TCP", host, port)
+    address: Any = (IPv6Address("TCP", host, port) if ":" in host
+                    else IPv4Address("TCP", host, port))
     channel = site.buildProtocol(address)
     if channel is None:
         return None
@@ -683,6 +684,29 @@ def test_one_address_gets_a_share_of_the_metrics_port() -> None:
     channel.connectionLost(Failure(ConnectionDone()))  # twice is harmless
     assert metrics_connection(site, 41002, "127.0.0.2") is not None
     assert metrics_connection(site, 41003, "127.0.0.2") is None
+
+
+def test_the_metrics_port_counts_an_ipv6_64_as_one_address_and_ipv4_per_address() -> None:
+    """An IPv6 peer usually has a /64 to itself: two of its addresses share
+    one address's share of the metrics port (one peer could not take it
+    all by changing its low bits); another /64 has its own.  IPv4
+    addresses are counted one by one, however close (an IPv4-mapped IPv6
+    address as its IPv4 address)."""
+    from twisted_chat.server.metricsport import MAX_METRICS_PER_ADDRESS, metrics_site
+
+    assert MAX_METRICS_PER_ADDRESS == 2
+    site = metrics_site(registry_for(Stats(), lambda: Snapshot(0, 0, 0, None)), Clock())
+    assert metrics_connection(site, 40000, "2001:db8:1:2::1") is not None
+    assert metrics_connection(site, 40001, "2001:db8:1:2:ffff:ffff:ffff:ffff") is not None
+    assert metrics_connection(site, 40002, "2001:db8:1:2:abcd::7") is None  # the same /64
+    assert metrics_connection(site, 40003, "2001:db8:1:3::1") is not None  # the next /64
+    assert metrics_connection(site, 40004, "2001:db8:1:3::2") is not None
+    assert metrics_connection(site, 40005, "2001:db8:1:3::3") is None
+    # IPv4: 192.0.2.1 and 192.0.2.2 are two addresses.
+    assert metrics_connection(site, 40006, "192.0.2.1") is not None
+    assert metrics_connection(site, 40007, "::ffff:192.0.2.1") is not None  # the same one
+    assert metrics_connection(site, 40008, "192.0.2.1") is None
+    assert metrics_connection(site, 40009, "192.0.2.2") is not None
 
 
 def test_a_metrics_connection_serves_a_few_requests() -> None:
