@@ -6,6 +6,7 @@ in tests/test_e2e_metrics.py.
 
 from __future__ import annotations
 
+import gzip
 from collections.abc import Callable, Generator
 from pathlib import Path
 from typing import Any
@@ -732,8 +733,11 @@ def test_a_metrics_connection_serves_a_few_requests() -> None:
 def test_scrapes_back_to_back_share_a_few_renderings() -> None:
     """rev13-attack 3: each scrape rendered the whole registry, so scrapes
     back to back kept a core busy.  Renderings are bounded by
-    METRICS_RENDERS; past it a request gets the last answer to the same
-    form (Accept, query...), or 503 if there is none."""
+    METRICS_RENDERS; past it a request gets the last answer in its form
+    (what the exposition makes of its Accept, Accept-Encoding and name[]
+    filter), or 503 if there is none: an ordinary form (no filter) is
+    rendered once past the rate instead, and is never forgotten; the last
+    METRICS_FORMS others are kept."""
     from twisted_chat.server.metricsport import METRICS_FORMS, METRICS_RENDERS, renders_bounded
 
     clock = Clock()
@@ -746,9 +750,9 @@ def test_scrapes_back_to_back_share_a_few_renderings() -> None:
 
     bounded = renders_bounded(app, clock.seconds)
 
-    def scrape(accept: str = "") -> tuple[str, bytes]:
+    def scrape(accept: str = "", query: str = "") -> tuple[str, bytes]:
         got: list[str] = []
-        body = bounded({"REQUEST_METHOD": "GET", "PATH_INFO": "/", "QUERY_STRING": "",
+        body = bounded({"REQUEST_METHOD": "GET", "PATH_INFO": "/", "QUERY_STRING": query,
                         "HTTP_ACCEPT": accept},
                        lambda status, headers: got.append(status))
         return got[0], b"".join(body)
@@ -757,16 +761,162 @@ def test_scrapes_back_to_back_share_a_few_renderings() -> None:
     assert [scrape() for _ in range(burst)] == [
         ("200 OK", f"render {n}".encode()) for n in range(1, burst + 1)]
     assert {scrape() for _ in range(100)} == {("200 OK", f"render {burst}".encode())}
-    status, body = scrape("application/openmetrics-text")  # never rendered
+    # Junk in Accept or the query makes no other answer: the same form.
+    assert scrape("text/html, */*;q=0.1", "x=1") == ("200 OK", f"render {burst}".encode())
+    status, body = scrape(query="name[]=chat_users")  # a filter never rendered
     assert status.startswith("503 ") and b"try again" in body
-    assert len(rendered) == burst
+    # An ordinary form never rendered is rendered, once, past the rate.
+    assert scrape("application/openmetrics-text") == ("200 OK", f"render {burst + 1}".encode())
+    assert scrape("application/openmetrics-text") == ("200 OK", f"render {burst + 1}".encode())
+    assert len(rendered) == burst + 1
     clock.advance(1 / METRICS_RENDERS.per_second)
-    assert scrape() == ("200 OK", f"render {burst + 1}".encode())
-    for n in range(METRICS_FORMS):
+    assert scrape() == ("200 OK", f"render {burst + 2}".encode())
+    for n in range(METRICS_FORMS + 1):
         clock.advance(1 / METRICS_RENDERS.per_second)
-        scrape(f"form {n}")
-    assert scrape()[0].startswith("503 ")  # its answer was forgotten
-    assert len(rendered) == burst + 1 + METRICS_FORMS
+        scrape(query=f"name[]=chat_{n}")
+    assert scrape(query="name[]=chat_0")[0].startswith("503 ")  # its answer was forgotten
+    assert scrape(query="name[]=chat_1")[0] == "200 OK"
+    assert scrape() == ("200 OK", f"render {burst + 2}".encode())  # an ordinary one was not
+    assert scrape("application/openmetrics-text")[0] == "200 OK"
+    assert len(rendered) == burst + 2 + METRICS_FORMS + 1
+
+
+# What Prometheus 3 sends, and 2 (with gzip both).
+PROMETHEUS_ACCEPTS = (
+    "application/openmetrics-text;version=1.0.0;escaping=allow-utf-8;q=0.5,"
+    "application/openmetrics-text;version=0.0.1;q=0.4,"
+    "text/plain;version=1.0.0;escaping=allow-utf-8;q=0.3,"
+    "text/plain;version=0.0.4;q=0.2,*/*;q=0.1",
+    "application/openmetrics-text;version=1.0.0,application/openmetrics-text;version=0.0.1;"
+    "q=0.75,text/plain;version=0.0.4;q=0.5,*/*;q=0.1",
+)
+
+
+class CountedRenders:
+    """A collector that counts the registry's renderings (one collect each)."""
+
+    def __init__(self) -> None:
+        self.count = 0
+
+    def collect(self) -> list[Any]:
+        self.count += 1
+        return []
+
+
+def bounded_metrics_app(clock: Clock) -> tuple[Any, CountedRenders]:
+    """The metrics port's app as metrics_site makes it, on C{clock}."""
+    from prometheus_client.exposition import make_wsgi_app
+
+    from twisted_chat.server.metricsport import head_as_get, renders_bounded
+
+    registry = registry_for(Stats(), lambda: Snapshot(0, 0, 0, None))
+    renders = CountedRenders()
+    registry.register(renders)  # type: ignore[arg-type]
+    return renders_bounded(head_as_get(make_wsgi_app(registry)), clock.seconds), renders
+
+
+def metrics_request(app: Any, method: str = "GET", query: str = "", accept: str = "",
+                    encoding: str = "", path: str = "") -> tuple[str, dict[str, str], bytes]:
+    """One request to the metrics port's app: its status, headers, body."""
+    got: list[tuple[str, list[tuple[str, str]]]] = []
+    body = app({"REQUEST_METHOD": method, "PATH_INFO": path, "QUERY_STRING": query,
+                "HTTP_ACCEPT": accept, "HTTP_ACCEPT_ENCODING": encoding},
+               lambda status, headers: got.append((status, headers)))
+    status, headers = got[0]
+    return status, dict(headers), b"".join(body)
+
+
+def test_a_peer_varying_its_requests_cannot_fail_another_s_ordinary_scrape() -> None:
+    """docs/security.md said a peer varying the query or Accept of its
+    requests could push a scraper's form out of the answers kept and leave
+    it a 503.  The forms are now what the exposition makes of a request
+    (the content type prometheus_client chooses for its Accept, gzip or
+    not, its name[] filter): junk in Accept, Accept-Encoding or the query
+    changes nothing; the ordinary forms (no filter, a standard content
+    type: 28 at most) are all kept, the others (filters, odd OpenMetrics
+    versions) in 4 slots of their own; and an ordinary form never rendered
+    is rendered once past the rate.  Renderings stay bounded."""
+    from twisted_chat.server.metricsport import METRICS_RENDERS, ORDINARY_FORMS
+
+    assert ORDINARY_FORMS == 28  # (docs/security.md says so)
+    clock = Clock()
+    app, renders = bounded_metrics_app(clock)
+    for accept in PROMETHEUS_ACCEPTS:
+        status, headers, _ = metrics_request(app, accept=accept, encoding="gzip")
+        assert status == "200 OK" and headers["Content-Encoding"] == "gzip"
+    assert metrics_request(app)[0] == "200 OK"
+    start, first = clock.seconds(), renders.count
+    statuses = []
+    for n in range(1000):  # 100 s
+        clock.advance(0.1)
+        metrics_request(app, query=f"x={n}")
+        metrics_request(app, query=f"name[]=chat_{n % 7}&name[]=process_{n}")
+        metrics_request(app, accept=f"text/html;q=0.{n % 10}, */*;q=0.1", encoding=f"br{n}")
+        metrics_request(app, accept=f"application/openmetrics-text;version=1.0.{n}")
+        metrics_request(app, accept=f"text/plain;version=1.0.0;escaping=x{n}")
+        metrics_request(app, method="OPTIONS", query=f"{n}")
+        metrics_request(app, method=f"NO{n}")
+        metrics_request(app, path="/favicon.ico", query=f"{n}")
+        if n % 150 == 0:  # every 15 s
+            for accept in PROMETHEUS_ACCEPTS:
+                statuses.append(metrics_request(app, method="GET" if n % 300 else "HEAD",
+                                                accept=accept, encoding="gzip")[0])
+            statuses.append(metrics_request(app)[0])  # curl's
+    assert statuses == ["200 OK"] * len(statuses)
+    # The bound on renderings holds: the rate, and a few first renderings.
+    rate_allows = METRICS_RENDERS.burst + METRICS_RENDERS.per_second * (clock.seconds() - start)
+    assert renders.count - first <= rate_allows + ORDINARY_FORMS
+    assert renders.count - first > 0.9 * rate_allows  # the other peer got its share
+
+
+def test_an_ordinary_scrape_never_rendered_is_answered_while_another_peer_drains() -> None:
+    """A scraper's first scrape, its renderings all taken by a peer varying
+    its requests: its form, ordinary, is rendered once past the rate (it
+    got a 503 before), and kept; a filter is not rendered past the rate."""
+    clock = Clock()
+    app, renders = bounded_metrics_app(clock)
+    for n in range(20):
+        metrics_request(app, query=f"name[]=chat_{n}")
+    assert metrics_request(app, query="name[]=chat_users")[0].startswith("503 ")
+    drained = renders.count
+    for accept in PROMETHEUS_ACCEPTS:
+        status, headers, body = metrics_request(app, accept=accept, encoding="gzip")
+        assert status == "200 OK" and headers["Content-Encoding"] == "gzip"
+        assert b"chat_connections" in gzip.decompress(body)
+    assert renders.count == drained + len(PROMETHEUS_ACCEPTS)
+    for accept in PROMETHEUS_ACCEPTS:  # its answer is kept: no other rendering
+        assert metrics_request(app, accept=accept, encoding="gzip")[0] == "200 OK"
+    assert renders.count == drained + len(PROMETHEUS_ACCEPTS)
+
+
+def test_a_metrics_request_s_form_is_what_the_exposition_makes_of_it() -> None:
+    """answer_form: junk in the query, Accept or Accept-Encoding, HEAD for
+    GET, a path under /metrics, make no other form; Prometheus's and
+    curl's forms are ordinary; a name[] filter or an odd OpenMetrics
+    version is not (there is no end to them); what renders nothing has
+    no form."""
+    from twisted_chat.server.metricsport import answer_form
+
+    def form(method: str = "GET", query: str = "", accept: str = "", encoding: str = "",
+             path: str = "") -> Any:
+        return answer_form({"REQUEST_METHOD": method, "PATH_INFO": path, "QUERY_STRING": query,
+                            "HTTP_ACCEPT": accept, "HTTP_ACCEPT_ENCODING": encoding})
+
+    curl = form()
+    assert curl == (True, ("text/plain; version=0.0.4; charset=utf-8", False, ()))
+    assert form(method="HEAD", query="x=1&y", accept="text/html, */*;q=0.8",
+                encoding="br, deflate", path="/anything") == curl
+    prometheus = [form(accept=accept, encoding="gzip") for accept in PROMETHEUS_ACCEPTS]
+    assert all(usual for usual, _ in prometheus)
+    assert prometheus[0][1] != prometheus[1][1]  # two escapings
+    assert form(accept=PROMETHEUS_ACCEPTS[0], encoding="deflate, gzip;q=0.5") == prometheus[0]
+    assert form(query="name[]=b&name[]=a&name[]=a") == (False, (curl[1][0], False, ("a", "b")))
+    assert form(query="name[]=a&name[]=b") == form(query="name[]=b&name[]=a")
+    odd = form(accept="application/openmetrics-text;version=1.0.7")
+    assert odd is not None and not odd[0]
+    assert form(method="OPTIONS") is None
+    assert form(method="POST") is None
+    assert form(path="/favicon.ico") is None
 
 
 def test_a_kept_gzip_answer_is_not_served_to_a_client_that_did_not_ask_for_it() -> None:
@@ -774,7 +924,8 @@ def test_a_kept_gzip_answer_is_not_served_to_a_client_that_did_not_ask_for_it() 
     scrape past the render rate gets the last answer to one asking the
     same, Accept-Encoding included: a client without gzip (curl without
     --compressed) never gets the gzip body it cannot read (mutation audit
-    F6) but 503 until its own form is rendered, then that."""
+    F6), but its own form's, rendered once past the rate if it has none
+    yet (it is an ordinary form: answer_form)."""
     import gzip
 
     from prometheus_client.exposition import make_wsgi_app
@@ -797,11 +948,8 @@ def test_a_kept_gzip_answer_is_not_served_to_a_client_that_did_not_ask_for_it() 
         status, headers, zipped = scrape("gzip")
     assert (status, headers.get("Content-Encoding")) == ("200 OK", "gzip")
     assert b"chat_users_online 0.0" in gzip.decompress(zipped)
-    status, headers, _ = scrape("")  # past the rate, and never rendered without gzip
-    assert status.startswith("503 ") and "Content-Encoding" not in headers, (status, headers)
-    clock.advance(1 / METRICS_RENDERS.per_second)
-    status, headers, plain = scrape("")
-    assert status == "200 OK" and "Content-Encoding" not in headers
+    status, headers, plain = scrape("")  # past the rate, and never rendered without gzip
+    assert status == "200 OK" and "Content-Encoding" not in headers, (status, headers)
     assert b"chat_users_online 0.0" in plain
     # Past the rate again: each gets the answer kept for its own form.
     assert scrape("") == (status, headers, plain)

@@ -12,7 +12,9 @@ from __future__ import annotations
 import threading
 from collections.abc import Callable
 from typing import Any, cast
+from urllib.parse import parse_qs
 
+from prometheus_client.exposition import choose_encoder, gzip_accepted
 from prometheus_client.registry import CollectorRegistry
 from twisted.internet.protocol import connectionDone
 from twisted.python.failure import Failure
@@ -41,12 +43,12 @@ MAX_METRICS_PER_ADDRESS = 2
 MAX_METRICS_REQUESTS = 4
 #: Renderings of the registry per second, and at once, for the whole port
 #: (a scrape renders it: milliseconds of CPU).  Past them, a request gets
-#: the last answer rendered for the same (method, path, query, C{Accept},
-#: C{Accept-Encoding}), or C{503} if there is none: scrapes back to back
-#: cost twisted.web's parsing, not a rendering each.  Prometheus scrapes
-#: every few seconds.
+#: the last answer rendered in the same form (L{answer_form}), or C{503} if
+#: there is none: scrapes back to back cost twisted.web's parsing, not a
+#: rendering each.  Prometheus scrapes every few seconds.
 METRICS_RENDERS = Rate(4.0, 8)
-#: How many forms of the answer are kept (the least recent goes first).
+#: How many answers in forms that are not ordinary (L{answer_form}) are
+#: kept, the least recent going first.  Every ordinary form's is kept.
 METRICS_FORMS = 4
 #: Descriptors the metrics port may hold, for the budget of
 #: L{twisted_chat.server.descriptors}: its connections and the one it has
@@ -94,26 +96,91 @@ _BUSY = ("503 Service Unavailable",
          b"The metrics port is rendering too often; try again in a second.\n")
 
 
+def _ordinary_types() -> frozenset[str]:
+    """The content types prometheus_client answers the standard C{Accept}
+    headers with: the text format 0.0.4 (no C{Accept}, or C{*/*}) and
+    1.0.0, OpenMetrics 1.0.0 and 2.0.0, with each escaping they name."""
+    # The escapings prometheus_client 0.26 reads from Accept (as strings: not
+    # every release has names for them).
+    escapings = ("allow-utf-8", "underscores", "dots", "values")
+    accepts = ["", "application/openmetrics-text"] + [
+        f"{kind};version={version};escaping={escaping}"
+        for kind, version in (("text/plain", "1.0.0"), ("application/openmetrics-text", "1.0.0"),
+                              ("application/openmetrics-text", "2.0.0"))
+        for escaping in escapings]
+    return frozenset(choose_encoder(accept)[1] for accept in accepts)
+
+
+_ORDINARY_TYPES = _ordinary_types()
+
+#: The most ordinary forms there are: each of those content types, gzipped
+#: or not (28 with prometheus_client 0.26).
+ORDINARY_FORMS = 2 * len(_ORDINARY_TYPES)
+
+#: An answer's form: its content type, gzipped or not, the metrics a filter keeps.
+Form = tuple[str, bool, tuple[str, ...]]
+_Answer = tuple[str, list[tuple[str, str]], bytes]
+
+
+def answer_form(environ: dict[str, Any]) -> tuple[bool, Form] | None:
+    """
+    The form of the answer prometheus_client's app makes to the request
+    C{environ}, decided as the app decides it: the content type it chooses
+    for the C{Accept} header, gzipped or not (C{Accept-Encoding}), and the
+    metrics a C{name[]} filter in the query keeps; or None for a request
+    that renders nothing (C{OPTIONS}, a method other than C{GET} and
+    C{HEAD}, C{/favicon.ico}).  Said first: whether the form is ordinary,
+    with no filter and a content type the standard C{Accept} headers get
+    (at most L{ORDINARY_FORMS} of them).  Nothing else in a request (other
+    query parameters, the rest of C{Accept} or C{Accept-Encoding}, C{GET}
+    or C{HEAD}, the path under C{/metrics}) changes the answer, so none of
+    it makes another form.
+    """
+    if environ.get("REQUEST_METHOD") not in ("GET", "HEAD") or (
+            environ.get("PATH_INFO") == "/favicon.ico"):
+        return None
+    query = parse_qs(str(environ.get("QUERY_STRING") or ""))
+    names = tuple(sorted(set(query.get("name[]", ()))))
+    content_type = choose_encoder(str(environ.get("HTTP_ACCEPT") or ""))[1]
+    gzipped = gzip_accepted(str(environ.get("HTTP_ACCEPT_ENCODING") or ""))
+    return not names and content_type in _ORDINARY_TYPES, (content_type, gzipped, names)
+
+
 def renders_bounded(app: Any, seconds: Callable[[], float],
                     rate: Rate = METRICS_RENDERS, forms: int = METRICS_FORMS) -> Any:
     """
-    The WSGI app C{app}, called at C{rate} at most (by the clock
-    C{seconds}); past it, a request gets the last answer to one asking the
-    same (L{METRICS_RENDERS}), kept for C{forms} of them, or C{503}.
-    Called on the thread pool: the bucket and the answers are behind a
-    lock; the rendering is not.
+    The WSGI app C{app}, rendering the registry at C{rate} at most (by the
+    clock C{seconds}); past it, a request gets the last answer rendered in
+    its form (L{answer_form}), or C{503}.  Every ordinary form's answer is
+    kept (there are at most L{ORDINARY_FORMS}), and an ordinary form with
+    none yet is rendered once past the rate; the other forms' answers are
+    kept for C{forms} of them.  So a peer that varies its requests (their
+    query, C{Accept}) takes renderings, but cannot push an ordinary
+    scrape's answer out and leave it a C{503}.  A request that renders
+    nothing is answered by C{app} as it comes.  Called on the thread pool:
+    the bucket and the answers are behind a lock; the rendering is not.
     """
     lock = threading.Lock()
     bucket = TokenBucket(rate, seconds())
-    kept: dict[tuple[str, ...], tuple[str, list[tuple[str, str]], bytes]] = {}
+    ordinary: dict[Form, _Answer] = {}
+    others: dict[Form, _Answer] = {}
+    # The ordinary forms rendered (or being rendered) once already.
+    rendered: set[Form] = set()
 
     def bounded_app(environ: dict[str, Any], start_response: Any) -> Any:
-        key = tuple(str(environ.get(name, "")) for name in (
-            "REQUEST_METHOD", "PATH_INFO", "QUERY_STRING", "HTTP_ACCEPT",
-            "HTTP_ACCEPT_ENCODING"))
+        found = answer_form(environ)
+        if found is None:
+            return app(environ, start_response)  # a constant answer
+        usual, form = found
+        kept = ordinary if usual else others
         with lock:
-            render = bucket.take(seconds())
-            answer = None if render else kept.get(key, _BUSY)
+            answer: _Answer | None = None
+            if not bucket.take(seconds()):
+                answer = kept.get(form)
+                if answer is None and (not usual or form in rendered):
+                    answer = _BUSY  # (an ordinary form's first is rendered)
+            if answer is None and usual:
+                rendered.add(form)
         if answer is None:
             got: list[tuple[str, list[tuple[str, str]]]] = []
             written: list[bytes] = []
@@ -125,10 +192,10 @@ def renders_bounded(app: Any, seconds: Callable[[], float],
             body = b"".join(app(environ, respond))
             answer = (got[0][0], got[0][1], b"".join(written) + body)
             with lock:
-                kept.pop(key, None)
-                kept[key] = answer
-                while len(kept) > forms:
-                    del kept[next(iter(kept))]
+                kept.pop(form, None)
+                kept[form] = answer
+                while len(others) > forms:
+                    del others[next(iter(others))]
         status, headers, body = answer
         start_response(status, headers)
         return [body]
