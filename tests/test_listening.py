@@ -207,6 +207,62 @@ def test_a_fullchain_certkey_sends_the_rest_as_the_chain(tmp_path: Any) -> None:
         handshake(options, chain.root)
 
 
+def test_the_endpoint_made_for_a_chain_file_gives_pyopenssl_none_of_its_deprecated_types(
+        tmp_path: Any) -> None:
+    """pyOpenSSL 26 deprecates its own X509 and PKey: a DeprecationWarning
+    for each as a context was made (three for a fullchain.pem: the
+    certificate, the key, the chain).  The endpoint made for a chain file
+    hands CertificateOptions cryptography's objects, which it passes on to
+    pyOpenSSL: none.  Twisted's own ssl: endpoint (a lone certificate)
+    still loads pyOpenSSL's: Twisted's code, left to Twisted."""
+    import warnings
+
+    from tests.certchain import make_chain
+
+    chain = make_chain(tmp_path)
+
+    def deprecated(description: str) -> list[str]:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            _, _, options, _, _ = listened(description)
+            options.getContext()
+        return sorted(str(w.message).split(" objects")[0] for w in caught
+                      if "Passing pyOpenSSL" in str(w.message))
+
+    key = f"ssl:0:privateKey={chain.privkey}"
+    assert deprecated(f"{key}:certKey={chain.fullchain}") == []
+    assert deprecated(f"{key}:certKey={chain.cert}") == [
+        "Passing pyOpenSSL PKey", "Passing pyOpenSSL X509"]
+
+
+def test_a_chain_file_whose_key_or_certificates_are_wrong_stops_start_up(
+        tmp_path: Any) -> None:
+    """One line, no traceback: a certificate of the chain that cannot be
+    read (the endpoint made for a chain file reads them), or a key that is
+    not the first certificate's (Twisted's parser, which runs first)."""
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+    from tests.certchain import make_chain
+
+    chain = make_chain(tmp_path)
+    other = tmp_path / "other.pem"
+    other.write_bytes(ec.generate_private_key(ec.SECP256R1()).private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+        serialization.NoEncryption()))
+    broken = tmp_path / "broken.pem"
+    broken.write_bytes(chain.cert.read_bytes()
+                       + b"-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n")
+    for key, cert, said in ((chain.privkey, broken, f"an unreadable certificate in {broken} ("),
+                            (other, chain.fullchain, "Certificate public and private keys do "
+                                                     "not match")):
+        description = f"ssl:0:privateKey={key}:certKey={cert}"
+        with pytest.raises(SystemExit) as e:
+            listening.listen_on(description, MemoryReactor())
+        assert str(e.value).startswith(f"twistd chat: bad --port {description!r}: {said}")
+        assert "\n" not in str(e.value)
+
+
 def test_sslmethod_keeps_twisted_s_meaning_and_its_deprecation(tmp_path: Any) -> None:
     """C{sslmethod=} is Twisted's C{ssl:} argument and means what it means
     there, on Twisted's endpoint (C{certKey} a lone certificate) and on

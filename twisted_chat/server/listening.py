@@ -175,14 +175,15 @@ def _with_whole_chain(description: str, endpoint: Any, reactor: Any, option: str
     Twisted's public constructors, as Twisted's C{ssl:} parser makes it
     (each argument meaning what it means there), with the file's other
     certificates as the chain.  Otherwise C{endpoint}, as Twisted made it.
+    The certificates and the key are cryptography's objects, which
+    C{CertificateOptions} hands to pyOpenSSL as they are: pyOpenSSL
+    deprecates its own C{X509} and C{PKey} (a C{DeprecationWarning} each
+    time a context is made).
     """
+    from cryptography import x509
+    from cryptography.hazmat.primitives.serialization import load_pem_private_key
     from OpenSSL import SSL
-    from twisted.internet.ssl import (
-        Certificate,
-        CertificateOptions,
-        DiffieHellmanParameters,
-        PrivateCertificate,
-    )
+    from twisted.internet.ssl import CertificateOptions, DiffieHellmanParameters
     from twisted.python.filepath import FilePath
 
     if not description.startswith("ssl:"):
@@ -204,22 +205,22 @@ def _with_whole_chain(description: str, endpoint: Any, reactor: Any, option: str
     if len(blocks) < 2:
         return endpoint
     try:
-        chain = [Certificate.loadPEM(block).original for block in blocks[1:]]
-        # As Twisted's parser: the file's first certificate, and the key.
-        private = PrivateCertificate.loadPEM(cert_pem + b"\n" + key_pem)
-    except Exception as e:  # OpenSSL raises its own error types
+        certificates = [x509.load_pem_x509_certificate(block) for block in blocks]
+        # As Twisted's parser: the first key of the two files together (which
+        # that parser, run first, found and matched with the first certificate).
+        key = load_pem_private_key(cert_pem + b"\n" + key_pem, password=None)
+    except Exception as e:  # ValueError, mostly
         raise SystemExit(f"twistd chat: bad {option} {description!r}: an unreadable "
                          f"certificate in {path} ({e})") from None
-    method: dict[str, Any] = {}
+    # Twisted types them as pyOpenSSL's X509 and PKey, and passes them on.
+    given: dict[str, Any] = {"privateKey": key, "certificate": certificates[0],
+                             "extraCertChain": certificates[1:]}
     if "sslmethod" in arguments:
-        method["method"] = getattr(SSL, arguments["sslmethod"])
+        given["method"] = getattr(SSL, arguments["sslmethod"])
     dh = arguments.get("dhParameters")
     options = CertificateOptions(
-        privateKey=private.privateKey.original,
-        certificate=private.original,
-        extraCertChain=chain,
         dhParameters=DiffieHellmanParameters.fromFile(FilePath(dh)) if dh is not None else None,
-        **method,
+        **given,
     )
     return endpoints.SSL4ServerEndpoint(
         reactor, int(arguments["port"]), options,
