@@ -236,7 +236,11 @@ TWISTDS_LOGS = [
 
 @pytest.fixture
 def syslogged(monkeypatch: pytest.MonkeyPatch) -> list[str]:
-    """What goes to syslog (through Twisted's SyslogObserver) instead."""
+    """What goes to syslog (through Twisted's SyslogObserver) instead.
+    Not a real receiver: --syslog is twistd's, whose observer writes with
+    the stdlib's syslog module, i.e. libc's syslog(3), to /dev/log, a fixed
+    path with no option to move it; listening there takes root, and the
+    machine's own logger (or another test run) owns it."""
     from twisted.python import syslog
 
     lines: list[str] = []
