@@ -1174,3 +1174,22 @@ def test_connections_paused_by_the_held_input_bound_are_a_gauge() -> None:
     assert idle.take() == ["PONG z"]
     h.work.release()  # type: ignore[attr-defined]
     assert value(h, "chat_held_input_paused_connections") == 0
+
+
+def test_a_path_with_nothing_at_it_is_a_plain_404_with_no_deprecation() -> None:
+    """A bare Resource root answered other paths with Twisted's NoResource,
+    which warns that it is deprecated (_UnsafeNoResource) on every such
+    request: the metrics port's root answers them with pages.notFound."""
+    import warnings
+
+    from twisted_chat.server.metricsport import metrics_site
+
+    site = metrics_site(registry_for(Stats(), lambda: Snapshot(0, 0, 0, None)), Clock())
+    got = metrics_connection(site, 40000)
+    assert got is not None
+    channel, transport = got
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        channel.dataReceived(b"GET /favicon.ico HTTP/1.1\r\nHost: x\r\n\r\n")
+    assert transport.value().startswith(b"HTTP/1.1 404 ")
+    assert [str(w.message) for w in caught if issubclass(w.category, DeprecationWarning)] == []

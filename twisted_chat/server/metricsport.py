@@ -219,11 +219,19 @@ def metrics_site(registry: CollectorRegistry, reactor: Any = None,
     # Imported here: the scrape runs on the global reactor's thread pool.
     from prometheus_client.exposition import make_wsgi_app
     from twisted.internet import reactor as global_reactor
-    from twisted.web.resource import Resource
+    from twisted.web import pages
+    from twisted.web.resource import IResource, Resource
     from twisted.web.server import Site
     from twisted.web.wsgi import WSGIResource
 
     from twisted_chat.server.httpports import BodilessRequest, RefusingChannel
+
+    class MetricsRoot(Resource):
+        """C{/metrics} and nothing else: another path is a plain 404, not
+        the deprecated C{NoResource} a bare L{Resource} answers with."""
+
+        def getChild(self, path: bytes, request: Any) -> IResource:
+            return pages.notFound()
 
     class MetricsRequest(BodilessRequest):
         """A scrape has no body: one announced is refused unread, as on the
@@ -272,7 +280,7 @@ def metrics_site(registry: CollectorRegistry, reactor: Any = None,
         requestFactory = MetricsRequest
 
         def __init__(self) -> None:
-            root = Resource()
+            root = MetricsRoot()
             # prometheus_client.twisted.MetricsResource (the app on the global
             # reactor's thread pool), with HEAD answered (head_as_get).
             threads = cast(Any, global_reactor)
