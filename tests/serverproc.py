@@ -213,7 +213,8 @@ class ServerProcess:
 
     def __init__(self, workdir: Path, args: Sequence[str] = (), port: int | None = None,
                  endpoint: str | None = None, probe: bool = True,
-                 twistd: str = TWISTD, exempt: Sequence[str] = (LOOPBACK,)) -> None:
+                 twistd: str = TWISTD, exempt: Sequence[str] = (LOOPBACK,),
+                 twistd_args: Sequence[str] = ()) -> None:
         """
         @param probe: wait for start-up by connecting to C{port} (the
             default).  Every other endpoint asked for (C{endpoint} when it
@@ -227,6 +228,7 @@ class ServerProcess:
             from 127.0.0.1, many at a time: that address is exempt from the
             per-address limits unless a test says otherwise (tests of those
             limits connect from other addresses in 127.0.0.0/8).
+        @param twistd_args: twistd's own options, before C{chat} (C{--uid}).
         """
         self.workdir = workdir
         self.port = port or free_port()
@@ -234,11 +236,13 @@ class ServerProcess:
         self.args = [arg for address in exempt for arg in ("--exempt", address)] + list(args)
         self.probe = probe and not self.endpoint.startswith("unix:")
         self.twistd = twistd
+        self.twistd_args = list(twistd_args)
         self.log_path = workdir / f"twistd-{self.port}.log"
         self.proc: subprocess.Popen[bytes] | None = None
 
     def start(self, wait: bool = True) -> ServerProcess:
-        command = [self.twistd, "-n", "--pidfile=", f"--logfile={self.log_path}", "chat",
+        command = [self.twistd, "-n", "--pidfile=", f"--logfile={self.log_path}",
+                   *self.twistd_args, "chat",
                    "--port", self.endpoint, *self.args]
         self.proc = subprocess.Popen(
             command, cwd=self.workdir, stdin=subprocess.DEVNULL,

@@ -168,8 +168,9 @@ def test_an_accounts_file_that_goes_while_running_fails_closed(
         log_in(connect, server.port, "alice", PW).send("BYE")
     server.stop()
     log = server.log()
-    # At its start there was no file: a first start, said in the log.
-    assert f"no accounts file at {path.name}: made an empty one" in log
+    # At its start there was no file: a first start, said in the log (the
+    # path in full, as the next line's: it was relative, a nit of rev14-ops).
+    assert f"no accounts file at {path}: made an empty one" in log
     # And which mode, in which file (named in full): the default lets strangers REGISTER.
     assert (f"accounts: open (a nick with an account needs its password; anyone may "
             f"REGISTER the nick they hold), in the file {path}") in log

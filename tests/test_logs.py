@@ -453,3 +453,19 @@ def test_rotated_files_an_earlier_version_left_are_made_private(
     assert modes == {"chat.log": 0o600, "chat.log.1": 0o600, "chat.log.2": 0o600,
                      "chat.log.3": 0o666, "elsewhere": 0o644}
     assert (tmp_path / "chat.log.1").read_text() == "old chat.log.1\n"
+
+
+@pytest.mark.parametrize("daemon", [False, True])
+def test_a_log_file_in_a_missing_folder_is_one_line_before_any_other_file(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, sigusr1: None,
+        daemon: bool) -> None:
+    """It was a 30-line FileNotFoundError traceback, after the database and
+    accounts files were made (rev14-ops LOW 2)."""
+    missing = tmp_path / "missing" / "chat.log"
+    with pytest.raises(SystemExit) as stopped:
+        twistds_component(tmp_path, monkeypatch,
+                          {"logfile": str(missing), "nodaemon": not daemon},
+                          "--db", "chat.sqlite3")
+    assert str(stopped.value.code) == (
+        f"twistd chat: cannot open --logfile {missing}: No such file or directory")
+    assert list(tmp_path.iterdir()) == []

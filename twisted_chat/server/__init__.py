@@ -34,6 +34,8 @@ Inside out (docs/fanout.md, "Module layout"):
     anything is made (the one reader of Twisted's private port and
     interface);
   - L{stopping}: a second SIGTERM or SIGINT during the shutdown is harmless;
+  - L{privileges}: under twistd's C{--uid}/C{--gid}, the files start-up
+    makes are made as the user the server will run as;
   - L{config}: the settings, one frozen value;
   - L{store}: durable lobby history in SQLite, written by a thread of its own;
   - L{accounts}: the accounts file (salted scrypt hashes), no reactor in it;

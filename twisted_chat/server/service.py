@@ -25,7 +25,7 @@ from twisted.python import usage
 from twisted.python.failure import Failure
 
 from twisted_chat import version_line
-from twisted_chat.server import descriptors, logs, metrics, metricsport
+from twisted_chat.server import descriptors, logs, metrics, metricsport, privileges
 from twisted_chat.server.accounts import (
     AccountBook,
     AccountStore,
@@ -590,11 +590,26 @@ def makeService(options: Options, reactor: Any = None) -> IService:
         from twisted.internet import reactor as global_reactor
 
         reactor = global_reactor
-    top = _make_service(options, reactor)
-    if isinstance(top, _Top):
-        # The last step: a start-up error above has made no file.
-        twistd = getattr(options, "parent", None)
-        top.log_observer = logs.twistds_observer(twistd, options["log-keep"])
+    return _make_service(options, reactor)
+
+
+def _top(options: Options, who: privileges.Runner | None) -> _Top:
+    """
+    The tree's top, with twistd's log observer (L{logs.twistds_observer}):
+    the first file start-up makes (after every option and endpoint is
+    checked, before the database and accounts files), made as the user
+    the server will run as (L{privileges}).  A log file that cannot be
+    made is one line.
+    """
+    twistd = getattr(options, "parent", None)
+    top = _Top()
+    try:
+        with privileges.as_runner(who):
+            top.log_observer = logs.twistds_observer(twistd, options["log-keep"])
+    except OSError as e:
+        note = who.note() if who is not None else ""
+        raise SystemExit(f"twistd chat: cannot open --logfile "
+                         f"{e.filename}: {e.strerror}{note}") from None
     return top
 
 
@@ -618,22 +633,26 @@ def _make_service(options: Options, reactor: Any) -> IService:
         config = dataclasses.replace(config, max_clients=fitted.max_clients)
     log.info("{version}", version=version_line())
     log.info("fan-out send loop: {loop}", loop=send_loop(config.direct_send))
+    who = privileges.runner(getattr(options, "parent", None))
     if options["redis"]:
-        return _cluster_service(options, config, reactor)
+        return _cluster_service(options, config, reactor, who)
     listeners = _Listeners.check(options, config, reactor)
-    try:
-        # Before twistd daemonizes, so a bad --db is one clear line on the
-        # terminal; the store itself is opened after the fork (startService).
-        SQLiteStore.check(config.db)
-    except StoreError as e:
-        raise SystemExit(f"twistd chat: {e}") from None
-    where = ("in memory (lost at exit; python -m twisted_chat.accounts cannot reach them)"
-             if config.db == MEMORY else
-             f"in the file {os.path.abspath(AccountStore.for_db(config.db).path)}")
-    accounts, work = _accounts(config, reactor, lambda work: _sqlite_book(config, work),
-                               where=where)
+    top = _top(options, who)
+    note = who.note() if who is not None else ""
+    with privileges.as_runner(who):
+        try:
+            # Before twistd daemonizes, so a bad --db is one clear line on the
+            # terminal; the store itself is opened after the fork (startService).
+            SQLiteStore.check(config.db)
+        except StoreError as e:
+            raise SystemExit(f"twistd chat: {e}{note}") from None
+        where = ("in memory (lost at exit; python -m twisted_chat.accounts cannot reach "
+                 "them)" if config.db == MEMORY else
+                 f"in the file {os.path.abspath(AccountStore.for_db(config.db).path)}")
+        accounts, work = _accounts(config, reactor,
+                                   lambda work: _sqlite_book(config, work, note),
+                                   where=where)
     factory = ChatFactory(config, reactor, History(config.history), accounts=accounts)
-    top = _Top()
     chat = ChatService(factory, work)
     chat.setServiceParent(top)
     listeners.add(top, options, factory, reactor,
@@ -641,7 +660,8 @@ def _make_service(options: Options, reactor: Any) -> IService:
     return top
 
 
-def _cluster_service(options: Options, config: ServerConfig, reactor: Any) -> IService:
+def _cluster_service(options: Options, config: ServerConfig, reactor: Any,
+                     who: privileges.Runner | None) -> IService:
     """C{--redis}: the state lives in the cluster (see docs/cluster.md)."""
     from twisted_chat.server.cluster.accounts import RedisBook, RedisFailures
     from twisted_chat.server.cluster.redisconn import parse_url, with_password_file
@@ -656,6 +676,7 @@ def _cluster_service(options: Options, config: ServerConfig, reactor: Any) -> IS
     except ValueError as e:
         raise SystemExit(f"twistd chat: --redis-password-file: {e}") from None
     listeners = _Listeners.check(options, config, reactor)
+    top = _top(options, who)
     factory, redis = cluster_factory(config, reactor, target, options["node-timeout"],
                                      wait=options["redis-wait"],
                                      max_waiting=options["redis-queue"],
@@ -666,7 +687,6 @@ def _cluster_service(options: Options, config: ServerConfig, reactor: Any) -> IS
         config, reactor, lambda work: RedisBook(redis.command, reactor),
         lambda limits: RedisFailures(redis.command, reactor, limits),
         where=f"in the cluster's Redis at {target.display}, shared by every node")
-    top = _Top()
     ClusterService(factory, redis, work).setServiceParent(top)
 
     def registry() -> CollectorRegistry:
@@ -778,19 +798,20 @@ def _accounts(
     return accounts, work
 
 
-def _sqlite_book(config: ServerConfig, work: PasswordWork) -> AccountBook:
-    """The single server's accounts: the file beside --db, used on the password threads."""
+def _sqlite_book(config: ServerConfig, work: PasswordWork, note: str = "") -> AccountBook:
+    """The single server's accounts: the file beside --db, used on the password
+    threads (C{note}: what an error adds, L{privileges.Runner.note})."""
     store = AccountStore.for_db(config.db)
     try:
         # Creates it; opened again for each check, so no lock is held.  From
         # now on the store knows the file: gone or broken, it is an error.
         made = store.check()
     except AccountStoreError as e:
-        raise SystemExit(f"twistd chat: {e}") from None
+        raise SystemExit(f"twistd chat: {e}{note}") from None
     if made:
         # A first start; or the file vanished while the server was stopped,
         # which only this line can tell the operator (docs/accounts.md).
         logs.logger("twisted_chat.server.service").info(
             "no accounts file at {path}: made an empty one (no nick is protected yet)",
-            path=store.path)
+            path=os.path.abspath(store.path))
     return SQLiteBook(store, work.lookup)
