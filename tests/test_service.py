@@ -16,6 +16,7 @@ from twisted.python import usage
 from twisted_chat.server import sendqueue
 from twisted_chat.server.history import Entry
 from twisted_chat.server.listening import PortService, StartupError
+from twisted_chat.server.reloading import Reloader
 from twisted_chat.server.service import ChatService, Options, makeService
 
 
@@ -166,8 +167,8 @@ def test_make_service_listens_on_every_port_and_keeps_history(tmp_path: Path) ->
     top = makeService(options("--port", "7001", "--port", "tcp:7002", "--db", db), reactor)
     services = list(top)  # type: ignore[call-overload]
     assert isinstance(services[0], ChatService)
-    assert [type(s) for s in services[1:]] == [PortService] * 2
-    assert all(isinstance(s, StreamServerEndpointService) for s in services[1:])
+    assert [type(s) for s in services[1:]] == [PortService] * 2 + [Reloader]
+    assert all(isinstance(s, StreamServerEndpointService) for s in services[1:3])
     top.startService()
     assert sorted(port for port, *_ in reactor.tcpServers) == [7001, 7002]
     services[0].factory.history.record(Entry(1.0, "alice", "kept"))
@@ -392,7 +393,8 @@ def test_a_port_number_out_of_range_stops_start_up_with_one_line(
 def test_the_highest_and_lowest_port_numbers_are_accepted() -> None:
     reactor = ThreadedMemoryReactor()
     top = makeService(options("--port", "65535", "--port", "tcp:0", "--db", ":memory:"), reactor)
-    assert [type(s) for s in list(top)[1:]] == [PortService] * 2  # type: ignore[call-overload]
+    assert [type(s) for s in list(top)[1:]] == [PortService] * 2 + [  # type: ignore[call-overload]
+        Reloader]
 
 
 def test_an_overflow_at_the_bind_is_a_startup_error() -> None:

@@ -34,6 +34,7 @@ Inside out (docs/fanout.md, "Module layout"):
     anything is made (the one reader of Twisted's private port and
     interface);
   - L{stopping}: a second SIGTERM or SIGINT during the shutdown is harmless;
+  - L{reloading}: SIGHUP never stops the server;
   - L{privileges}: under twistd's C{--uid}/C{--gid}, the files start-up
     makes are made as the user the server will run as;
   - L{config}: the settings, one frozen value;

@@ -41,6 +41,7 @@ from twisted_chat.server.history import History
 from twisted_chat.server.listening import PortService, listen_on
 from twisted_chat.server.login import Accounts, LoginLimits, SharedFailures
 from twisted_chat.server.passwordwork import OwnsPasswordWork, PasswordWork
+from twisted_chat.server.reloading import Reloader
 from twisted_chat.server.sendqueue import send_loop
 from twisted_chat.server.stopping import stop_once
 from twisted_chat.server.store import SQLiteStore, StoreError
@@ -743,6 +744,7 @@ class _Listeners:
             PortService(description, endpoint, site, "--metrics").setServiceParent(top)
         if self.web:
             _add_web(top, options, factory, reactor, self.web)
+        Reloader(reactor).setServiceParent(top)  # SIGHUP
 
 
 def _add_web(top: MultiService, options: Options, factory: ChatFactory, reactor: Any,
