@@ -11,9 +11,11 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 from tests import test_cluster_e2e
-from tests.serverproc import ServerProcess
+from tests.redisproc import RedisServer
+from tests.serverproc import LOOPBACK, ServerProcess
 from tests.test_cluster_e2e import CALM_TIMEOUT, Cluster
 from tests.test_cluster_e2e_history import say
 
@@ -83,3 +85,22 @@ def test_a_database_with_keys_of_another_kind_is_refused(
     assert "another application, or another version of twisted-chat" in log
     assert "unreachable" not in log
     assert c.redis.call("KEYS", "*") == ["chat:events"]
+
+
+def test_a_node_given_no_password_for_a_redis_that_needs_one_is_refused(
+        tmp_path: Path, cluster: Callable[..., Cluster]) -> None:
+    """rev14-ops LOW 3: such a node logged "unreachable (FirstError[#0,
+    [Failure instance: Traceback: ...NOAUTH ...]])", listened, and answered
+    every NICK with RETRY unavailable for ever (a TCP health check passed).
+    No retry makes a password: it stops at start, with one line saying
+    what to give."""
+    redis = RedisServer(tmp_path, password="pw-for-test").start()
+    c = cluster(0, redis=redis)
+    node = refused(c, url=f"redis://{LOOPBACK}:{redis.port}/0")
+    log = node.log()
+    [line] = [line for line in log.splitlines() if "NOAUTH" in line]
+    assert line.endswith(
+        f"cluster: Redis at redis://{LOOPBACK}:{redis.port}/0 requires a password and this "
+        "node was given none (NOAUTH Authentication required.): give it with "
+        "--redis-password-file FILE (or in the --redis URL, redis://:PASSWORD@HOST:PORT/DB)")
+    assert "Failure instance" not in log and "unreachable" not in log

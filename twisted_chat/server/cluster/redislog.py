@@ -358,6 +358,7 @@ class RedisLog:
     def _failed(self, failure: Any, generation: int) -> None:
         if generation != self._generation:
             return
+        failure = _cause(failure)
         why = self._misconfiguration(failure)
         if why is not None and not self.reading.started:
             self._refuse(why)
@@ -369,12 +370,19 @@ class RedisLog:
     def _misconfiguration(self, failure: Any) -> str | None:
         """What is wrong with the database, if C{failure} says it is not one
         this node can run on (L{Misconfigured}; or Redis's C{WRONGTYPE}: a
-        key of another kind, found otherwise than by L{foreign_keys})."""
+        key of another kind, found otherwise than by L{foreign_keys}); or
+        with this node's command line (Redis's C{NOAUTH}: it needs a
+        password, and the node was given none; no retry makes one)."""
+        failure = _cause(failure)
         if failure.check(Misconfigured):
             return str(failure.value)
         text = failure.getErrorMessage()
         if failure.check(txredisapi.ResponseError) and text.startswith("WRONGTYPE"):
             return foreign_message(self.target.display, [text])
+        if failure.check(txredisapi.ResponseError) and text.startswith("NOAUTH"):
+            return (f"Redis at {self.target.display} requires a password and this node "
+                    f"was given none ({text}): give it with --redis-password-file FILE "
+                    "(or in the --redis URL, redis://:PASSWORD@HOST:PORT/DB)")
         return None
 
     def wrong_database(self, failure: Any, generation: int) -> bool:
@@ -386,7 +394,7 @@ class RedisLog:
         why = self._misconfiguration(failure)
         if why is None:
             return False
-        self.lost(generation, failure.getErrorMessage(), why)
+        self.lost(generation, _cause(failure).getErrorMessage(), why)
         return True
 
     def _refuse(self, why: str) -> None:
@@ -701,3 +709,12 @@ class RedisLog:
         self._generation += 1
         self._drop_connections()
         self.state.cancel_timers()
+
+
+def _cause(failure: Any) -> Any:
+    """The failure a C{defer.FirstError} (a C{gatherResults} of commands)
+    wraps, however deep: its own message is the inner failure's C{repr},
+    traceback included, which is no log line."""
+    while failure.check(defer.FirstError):
+        failure = failure.value.subFailure
+    return failure
