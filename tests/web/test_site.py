@@ -259,10 +259,28 @@ def test_the_pages_waits_for_the_server_are_the_terminal_clients() -> None:
         ("https://b.example", "a.example", ("https://b.example",), True),
         ("https://b.example", "a.example", ("https://B.example/",), True),
         ("https://c.example", "a.example", ("*",), True),
+        # Behind a proxy on a port that is not the scheme's (rev14-ops LOW 4):
+        # with nginx's $http_host the Host keeps the port, and matches; its
+        # $host drops it, and the page's own WebSocket was refused (403).
+        ("https://chat.example.org:8443", "chat.example.org:8443", (), True),
+        ("https://chat.example.org:8443", "chat.example.org", (), False),
+        ("http://[::1]:8080", "[::1]:8080", (), True),
+        ("http://[::1]:8080", "[::1]:8081", (), False),
     ],
 )
 def test_origin_rule(origin: str | None, host: str, allowed: tuple[str, ...], ok: bool) -> None:
     assert origin_allowed(origin, host, allowed) is ok
+
+
+def test_the_nginx_example_passes_the_host_with_its_port() -> None:
+    """docs/web.md's nginx example passed $host, which has no port: behind
+    nginx on a port that is not 443 every WebSocket was refused (rev14-ops
+    LOW 4).  $http_host is the Host the browser sent, port included."""
+    text = (Path(__file__).resolve().parents[2] / "docs" / "web.md").read_text()
+    example = text[text.index("```nginx"):]
+    example = example[:example.index("\n```")]
+    assert "proxy_set_header Host $http_host;" in example
+    assert "$host" not in example
 
 
 @pytest.mark.parametrize(
