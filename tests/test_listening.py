@@ -143,13 +143,17 @@ ssbzSibBsu/6iGtCOGEoXJf//////////wIBAg==
 def listened(description: str) -> tuple[Any, ...]:
     """What the endpoint C{description} (as listen_on makes it) asks the
     reactor for when it listens: C{listenSSL}'s port, factory, context
-    factory, backlog and interface (MemoryReactor records them)."""
+    factory (the C{CertificateOptions} the port's reloading certificate
+    holds now), backlog and interface (MemoryReactor records them)."""
     from twisted.internet.protocol import Factory
+
+    from twisted_chat.server.certificates import ReloadingCertificate
 
     reactor = MemoryReactor()
     listening.listen_on(description, reactor).listen(Factory())
-    [call] = reactor.sslServers
-    return tuple(call)
+    [(port, factory, creator, backlog, interface)] = reactor.sslServers
+    assert isinstance(creator, ReloadingCertificate)
+    return port, factory, creator.options, backlog, interface
 
 
 def handshake(options: Any, root: Any) -> str:
@@ -211,10 +215,10 @@ def test_the_endpoint_made_for_a_chain_file_gives_pyopenssl_none_of_its_deprecat
         tmp_path: Any) -> None:
     """pyOpenSSL 26 deprecates its own X509 and PKey: a DeprecationWarning
     for each as a context was made (three for a fullchain.pem: the
-    certificate, the key, the chain).  The endpoint made for a chain file
-    hands CertificateOptions cryptography's objects, which it passes on to
-    pyOpenSSL: none.  Twisted's own ssl: endpoint (a lone certificate)
-    still loads pyOpenSSL's: Twisted's code, left to Twisted."""
+    certificate, the key, the chain).  Every ssl: port's certificate
+    (L{twisted_chat.server.certificates}, a chain file or a lone
+    certificate) hands CertificateOptions cryptography's objects, which it
+    passes on to pyOpenSSL: none."""
     import warnings
 
     from tests.certchain import make_chain
@@ -231,15 +235,15 @@ def test_the_endpoint_made_for_a_chain_file_gives_pyopenssl_none_of_its_deprecat
 
     key = f"ssl:0:privateKey={chain.privkey}"
     assert deprecated(f"{key}:certKey={chain.fullchain}") == []
-    assert deprecated(f"{key}:certKey={chain.cert}") == [
-        "Passing pyOpenSSL PKey", "Passing pyOpenSSL X509"]
+    assert deprecated(f"{key}:certKey={chain.cert}") == []
+    assert deprecated(f"{key}:certKey={chain.cert}:extraCertChain={chain.chain}") == []
 
 
 def test_a_chain_file_whose_key_or_certificates_are_wrong_stops_start_up(
         tmp_path: Any) -> None:
     """One line, no traceback: a certificate of the chain that cannot be
-    read (the endpoint made for a chain file reads them), or a key that is
-    not the first certificate's (Twisted's parser, which runs first)."""
+    read, or a key that is not the first certificate's (the server reads
+    the files before Twisted's parser: L{twisted_chat.server.certificates})."""
     from cryptography.hazmat.primitives import serialization
     from cryptography.hazmat.primitives.asymmetric import ec
 
@@ -254,8 +258,8 @@ def test_a_chain_file_whose_key_or_certificates_are_wrong_stops_start_up(
     broken.write_bytes(chain.cert.read_bytes()
                        + b"-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n")
     for key, cert, said in ((chain.privkey, broken, f"an unreadable certificate in {broken} ("),
-                            (other, chain.fullchain, "Certificate public and private keys do "
-                                                     "not match")):
+                            (other, chain.fullchain, f"the key in {other} is not the "
+                                                     f"certificate's in {chain.fullchain}")):
         description = f"ssl:0:privateKey={key}:certKey={cert}"
         with pytest.raises(SystemExit) as e:
             listening.listen_on(description, MemoryReactor())
@@ -314,3 +318,15 @@ def test_a_fullchain_certkey_keeps_every_argument_of_the_ssl_endpoint(
     (_, _, options, backlog, interface) = listened(f"ssl:0:{both}")
     assert (backlog, interface) == (50, "")
     assert handshake(options, chain.root) == "TLSv1.3"
+
+
+def test_a_key_file_without_a_key_is_said_so(tmp_path: Any) -> None:
+    """Twisted's parser said "[('DECODER routines', '', 'unsupported')]"
+    (a nit of rev14-ops): the server reads the files first."""
+    from tests.certchain import make_chain
+
+    chain = make_chain(tmp_path)
+    with pytest.raises(SystemExit) as stopped:
+        listening.listen_on(f"ssl:0:privateKey={chain.cert}", MemoryReactor())
+    assert str(stopped.value) == (f"twistd chat: bad --port 'ssl:0:privateKey={chain.cert}': "
+                                  f"privateKey file {chain.cert} holds no PEM private key")

@@ -34,7 +34,10 @@ Inside out (docs/fanout.md, "Module layout"):
     anything is made (the one reader of Twisted's private port and
     interface);
   - L{stopping}: a second SIGTERM or SIGINT during the shutdown is harmless;
-  - L{reloading}: SIGHUP never stops the server;
+  - L{reloading}: SIGHUP reloads the TLS certificates, never stops the
+    server; changed certificate files are reloaded without it;
+  - L{certificates}: an C{ssl:} port's certificate, key and chain, loaded
+    at start and again when renewed;
   - L{privileges}: under twistd's C{--uid}/C{--gid}, the files start-up
     makes are made as the user the server will run as;
   - L{config}: the settings, one frozen value;

@@ -10,7 +10,6 @@ attributes; L{tcp_address} is the one place that reads them.
 from __future__ import annotations
 
 import errno
-import re
 import socket
 import sys
 from types import TracebackType
@@ -21,6 +20,7 @@ from twisted.internet import endpoints
 from twisted.internet.error import CannotListenError
 
 from twisted_chat.server import logs
+from twisted_chat.server.certificates import ReloadingCertificate
 
 
 class StartupError(Exception):
@@ -108,12 +108,19 @@ def tcp_address(endpoint: Any) -> tuple[str, int] | None:
 
 def listen_on(description: str, reactor: Any, option: str = "--port") -> Any:
     """The endpoint C{description} names, or one clear line and exit 1."""
+    certificate = None
     try:
+        if description.startswith("ssl:"):
+            # Its files read first, as the server reads them (L{_reloading}):
+            # a file with no key is said so, where OpenSSL, through Twisted's
+            # parser, said "[('DECODER routines', '', 'unsupported')]".
+            certificate = ReloadingCertificate(option, description,
+                                               ssl_arguments(description))
         endpoint = endpoints.serverFromString(reactor, description)
     except Exception as e:  # ValueError, a missing key file, an unknown option...
         raise SystemExit(f"twistd chat: bad {option} {description!r}: {e}") from None
-    if isinstance(endpoint, endpoints.SSL4ServerEndpoint):
-        endpoint = _with_whole_chain(description, endpoint, reactor, option)
+    if certificate is not None and isinstance(endpoint, endpoints.SSL4ServerEndpoint):
+        endpoint = _reloading(certificate, reactor)
     address = tcp_address(endpoint)
     if address is None:
         return endpoint
@@ -127,8 +134,6 @@ def listen_on(description: str, reactor: Any, option: str = "--port") -> Any:
         _not_busy(description, endpoint, interface, port, option)
     return endpoint
 
-
-_PEM_CERT = re.compile(rb"-----BEGIN CERTIFICATE-----.+?-----END CERTIFICATE-----", re.S)
 
 #: The arguments of Twisted's C{ssl:} endpoint, in their positional order.
 _SSL_ARGUMENTS = ("port", "privateKey", "certKey", "sslmethod", "interface", "backlog",
@@ -162,69 +167,28 @@ def ssl_arguments(description: str) -> dict[str, str]:
     return named
 
 
-def _with_whole_chain(description: str, endpoint: Any, reactor: Any, option: str) -> Any:
-    """
-    An C{ssl:} endpoint sends the whole chain of the certificate file it is
-    given.  Twisted's C{ssl:} endpoint reads only the first certificate of
-    C{certKey} and sends the rest only when they are named again with
-    C{extraCertChain=}; a CA's usual file (Let's Encrypt's C{fullchain.pem}:
-    the server's certificate, then the intermediates) would then send the
-    server's certificate alone, and every client that verifies it would
-    refuse it as untrusted.  So, without C{extraCertChain=}, where the file
-    holds more than one certificate, the endpoint is made again, from
-    Twisted's public constructors, as Twisted's C{ssl:} parser makes it
-    (each argument meaning what it means there), with the file's other
-    certificates as the chain.  Otherwise C{endpoint}, as Twisted made it.
-    The certificates and the key are cryptography's objects, which
-    C{CertificateOptions} hands to pyOpenSSL as they are: pyOpenSSL
-    deprecates its own C{X509} and C{PKey} (a C{DeprecationWarning} each
-    time a context is made).
-    """
-    from cryptography import x509
-    from cryptography.hazmat.primitives.serialization import load_pem_private_key
-    from OpenSSL import SSL
-    from twisted.internet.ssl import CertificateOptions, DiffieHellmanParameters
-    from twisted.python.filepath import FilePath
+class ReloadingSSLEndpoint(endpoints.SSL4ServerEndpoint):
+    """An C{ssl:} endpoint whose certificate is reloaded (L{certificate})."""
 
-    if not description.startswith("ssl:"):
-        return endpoint  # a plugin's endpoint: its own arguments
-    arguments = ssl_arguments(description)
-    if "extraCertChain" in arguments:
-        return endpoint  # the operator said where the chain is
-    private_key = arguments.get("privateKey", "server.pem")
-    path = arguments.get("certKey", private_key)
-    try:
-        with open(path, "rb") as f:
-            cert_pem = f.read()
-        with open(private_key, "rb") as f:
-            key_pem = f.read()
-    except OSError as e:
-        raise SystemExit(f"twistd chat: bad {option} {description!r}: "
-                         f"{e.strerror}: {e.filename}") from None
-    blocks = _PEM_CERT.findall(cert_pem)
-    if len(blocks) < 2:
-        return endpoint
-    try:
-        certificates = [x509.load_pem_x509_certificate(block) for block in blocks]
-        # As Twisted's parser: the first key of the two files together (which
-        # that parser, run first, found and matched with the first certificate).
-        key = load_pem_private_key(cert_pem + b"\n" + key_pem, password=None)
-    except Exception as e:  # ValueError, mostly
-        raise SystemExit(f"twistd chat: bad {option} {description!r}: an unreadable "
-                         f"certificate in {path} ({e})") from None
-    # Twisted types them as pyOpenSSL's X509 and PKey, and passes them on.
-    given: dict[str, Any] = {"privateKey": key, "certificate": certificates[0],
-                             "extraCertChain": certificates[1:]}
-    if "sslmethod" in arguments:
-        given["method"] = getattr(SSL, arguments["sslmethod"])
-    dh = arguments.get("dhParameters")
-    options = CertificateOptions(
-        dhParameters=DiffieHellmanParameters.fromFile(FilePath(dh)) if dh is not None else None,
-        **given,
-    )
-    return endpoints.SSL4ServerEndpoint(
-        reactor, int(arguments["port"]), options,
-        backlog=int(arguments.get("backlog", "50")), interface=arguments.get("interface", ""))
+    def __init__(self, reactor: Any, port: int, certificate: ReloadingCertificate,
+                 backlog: int, interface: str) -> None:
+        super().__init__(reactor, port, certificate, backlog=backlog, interface=interface)
+        self.certificate = certificate
+
+
+def _reloading(certificate: ReloadingCertificate, reactor: Any) -> ReloadingSSLEndpoint:
+    """
+    An C{ssl:} endpoint whose certificate and key are loaded again when
+    they are renewed (L{twisted_chat.server.certificates}), and which sends
+    the whole chain of its C{certKey} file; made from Twisted's public
+    constructors, as Twisted's C{ssl:} parser makes it, once that parser
+    has accepted the description (each other argument meaning what it
+    means there).
+    """
+    arguments = certificate.arguments
+    return ReloadingSSLEndpoint(reactor, int(arguments["port"]), certificate,
+                                backlog=int(arguments.get("backlog", "50")),
+                                interface=arguments.get("interface", ""))
 
 
 def _global_reactor() -> Any:

@@ -38,7 +38,7 @@ from twisted_chat.server.config import MEMORY, ServerConfig
 from twisted_chat.server.factory import ChatFactory
 from twisted_chat.server.fanout import MAX_FANOUT_WAIT
 from twisted_chat.server.history import History
-from twisted_chat.server.listening import PortService, listen_on
+from twisted_chat.server.listening import PortService, ReloadingSSLEndpoint, listen_on
 from twisted_chat.server.login import Accounts, LoginLimits, SharedFailures
 from twisted_chat.server.passwordwork import OwnsPasswordWork, PasswordWork
 from twisted_chat.server.reloading import Reloader
@@ -744,7 +744,10 @@ class _Listeners:
             PortService(description, endpoint, site, "--metrics").setServiceParent(top)
         if self.web:
             _add_web(top, options, factory, reactor, self.web)
-        Reloader(reactor).setServiceParent(top)  # SIGHUP
+        # SIGHUP, and a renewed certificate of an ssl: port.
+        every = [*self.ports, *self.web, *([self.scrape] if self.scrape else [])]
+        Reloader(reactor, [endpoint.certificate for _, endpoint in every
+                           if isinstance(endpoint, ReloadingSSLEndpoint)]).setServiceParent(top)
 
 
 def _add_web(top: MultiService, options: Options, factory: ChatFactory, reactor: Any,
