@@ -487,3 +487,10 @@ def test_a_cluster_nodes_password_threads_start_with_it_and_stop_after_its_conne
     assert events[2:] == ["node stopping"] and outcome == []
     closed.callback(None)
     assert events[3:] == ["threads stop", "redis stop"] and outcome == [None]
+
+
+def test_log_keep_s_help_says_it_applies_with_n_too() -> None:
+    """It said "Daemon mode (twistd's --logfile FILE)", but rotation and
+    --log-keep work under -n --logfile FILE too (a nit of rev14-ops)."""
+    [help_text] = [p[3] for p in Options.optParameters if p[0] == "log-keep"]
+    assert help_text.startswith("With twistd's --logfile FILE (as a daemon or with -n):")

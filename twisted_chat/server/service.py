@@ -274,7 +274,8 @@ class Options(usage.Options):
         ["log-level", None, _defaults.log_level,
          f"Least important log lines written: {', '.join(logs.LEVELS)}.", _log_level],
         ["log-keep", None, logs.DEFAULT_KEEP,
-         "Daemon mode (twistd's --logfile FILE): rotated log files kept, FILE.1 to "
+         "With twistd's --logfile FILE (as a daemon or with -n): rotated log files "
+         "kept, FILE.1 to "
          "FILE.N, the oldest deleted (twistd rotates every 1,000,000 bytes and on "
          "SIGUSR1; 0: keep every one).", _non_negative(int)],
         ["metrics", None, None,
