@@ -269,6 +269,38 @@ def test_keys_of_another_kind_met_while_running_are_logged_as_such(
     log._stopped = True
 
 
+def test_noauth_met_while_running_is_logged_as_such_not_as_a_failure_repr(
+        logged: list[str]) -> None:
+    """rev14-ops LOW 3: a Redis restarted with a password, met while the node
+    runs, through a gathered command (defer.FirstError): logged as what to
+    give, once, not "unreachable (FirstError[#0, [Failure instance:
+    Traceback..." and the node goes on retrying (it is not refused)."""
+    from twisted.internet.defer import FirstError
+    from twisted.python.failure import Failure
+
+    clock = Clock()
+    state = ClusterState("n", SILENT, History(10), HubSettings(), clock, Untold())
+    log = RedisLog(parse_url("redis://127.0.0.1/0"), state, clock, 15.0)
+    refused: list[str] = []
+    log.refused = refused.append
+
+    async def new_connection(reply_timeout: float, subscriber: bool = False) -> Any:
+        return AnsweringRedis()
+
+    log._new_connection = new_connection  # type: ignore[method-assign]
+    log.start()
+    assert state.available
+    noauth = Failure(txredisapi.ResponseError("NOAUTH Authentication required."))
+    log._beat_failed(Failure(FirstError(noauth, 0)), log._generation)
+    assert not state.available and not refused
+    said = [line for line in logged if "NOAUTH" in line]
+    assert len(said) == 1, said
+    assert ("requires a password and this node was given none (NOAUTH Authentication "
+            "required.): give it with --redis-password-file FILE") in said[0]
+    assert not any("Failure instance" in line for line in logged)
+    log._stopped = True
+
+
 def _wrongtype() -> Any:
     from twisted.python.failure import Failure
 
