@@ -44,10 +44,10 @@ from twisted_chat.server.cluster.redislog import (
 )
 from twisted_chat.server.cluster.redisstream import APPEND_SHA
 from twisted_chat.server.cluster.service import FactoryHooks
+from twisted_chat.server.heldinput import HeldInput
 from twisted_chat.server.history import History
 from twisted_chat.server.hub import HubError, HubSettings
 from twisted_chat.server.login import UNAVAILABLE_TEXT
-from twisted_chat.server.protocol import HeldInput
 from twisted_chat.server.service import Options
 from twisted_chat.server.state import StateUnavailable
 from twisted_chat.wire import ErrorCode

@@ -15,6 +15,8 @@ Inside out (docs/fanout.md, "Module layout"):
     C{PASSWD}) and the failure limits;
   - L{passwordwork}: the password threads every hash runs on, bounded;
   - L{protocol}: one connection: framing, its limits, its writes, its close;
+  - L{heldinput}: the input a connection holds while a command is decided
+    elsewhere, and the bound on what all connections hold together;
   - L{factory}: builds connections, enforces the connection limits, and is
     the hub's C{Listener}: every hub decision becomes lines there;
   - L{fanout}: when lobby lines leave (gathering, pacing by backlog);
@@ -27,7 +29,8 @@ Inside out (docs/fanout.md, "Module layout"):
     buckets, the flood penalty, the login failure limits); pure;
   - L{deadlines}: every connection's idle deadline on one reactor timer;
   - L{closing}: how the server ends a connection (chat or web): the close,
-    then an abort after the grace;
+    then an abort after the grace (and the stand-in transport of a peer
+    gone while lines it sent wait);
   - L{addresses}: the limits per source address, shared by its connections;
   - L{service}: C{twistd chat}'s options and the service tree;
   - L{listening}: the ports it listens on, each endpoint checked before

@@ -32,12 +32,13 @@ from twisted_chat.server.deadlines import Deadlines
 from twisted_chat.server.descriptors import REFUSALS_CLOSING
 from twisted_chat.server.fanout import Backlog, LobbyFanout, reactor_backlog
 from twisted_chat.server.flood import FloodMeter
+from twisted_chat.server.heldinput import HELD_INPUT_TOTAL, HeldInput
 from twisted_chat.server.history import Entry, History, newest_within
 from twisted_chat.server.hub import Hub, HubSettings, Invitation, State, User
 from twisted_chat.server.login import Accounts
 from twisted_chat.server.metrics import Stats
 from twisted_chat.server.outputwatch import DrainWatch, OutputBudget
-from twisted_chat.server.protocol import HELD_INPUT_TOTAL, ChatProtocol, HeldInput
+from twisted_chat.server.protocol import ChatProtocol
 from twisted_chat.server.sendqueue import DirectPass
 from twisted_chat.server.session import Session
 from twisted_chat.server.state import ChatState, LocalState

@@ -1,0 +1,415 @@
+"""
+Input a connection holds while a command is decided elsewhere (cluster
+mode, the password threads), and its bounds (docs/cluster.md, "How it
+works"; docs/fanout.md, "Module layout"): L{HoldsInput}, the part of a
+connection that keeps what arrives meanwhile, in order, with when it
+arrived, and hands it back once the command is decided; L{HeldInput}, what
+all of a server's connections hold together.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator
+from typing import TYPE_CHECKING, Any, Protocol, cast
+
+from twisted.internet.defer import Deferred
+
+if TYPE_CHECKING:
+    from twisted.internet.interfaces import IReactorTime
+
+    from twisted_chat.server.factory import ChatFactory
+    from twisted_chat.server.session import Connection
+
+# Input held while a command is decided elsewhere (see wait_for) past which
+# the connection is not read until it is.
+_HELD_INPUT = 65536
+
+#: What all connections together may hold behind commands decided elsewhere
+#: (L{HeldInput}): a cluster node's is its --redis-queue.
+HELD_INPUT_TOTAL = 4 * 1024 * 1024
+
+# Why a connection's reading is paused (HoldsInput._paused, bits): it holds
+# more than _HELD_INPUT itself; the server's connections hold more than
+# HeldInput.limit together.
+_PAUSED_OWN = 1
+_PAUSED_NODE = 2
+
+
+class _Producer(Protocol):
+    """What L{HoldsInput} uses of its connection's transport."""
+
+    def pauseProducing(self) -> None: ...
+
+    def resumeProducing(self) -> None: ...
+
+
+class Holder(Protocol):
+    """A connection as L{HeldInput} sees it."""
+
+    def held_or_waiting(self) -> bool: ...
+
+    def node_pause(self) -> None: ...
+
+    def node_resume(self) -> None: ...
+
+
+class HoldsInput:
+    """
+    The part of a connection (L{twisted_chat.server.protocol.ChatProtocol})
+    that holds its input while a command is decided elsewhere (L{wait_for}).
+    Its state is slots of the connection itself, so that a line handled as
+    it comes costs one attribute check (C{_waiting}) and C{held_at} stays a
+    plain attribute (docs/fanout.md, "Memory per connection").  What it
+    uses of the connection is declared below: the handlers it hands held
+    input back to, the transport it pauses, and two slots: the framing
+    buffer (C{_buffer}), where a TCP connection's held reads wait, and the
+    flood meter's last line (C{_last_line}), set back while held lines are
+    handled as of when they arrived (L{_replay}).
+    """
+
+    # Its own, and two of the connection's it holds input in (set by the
+    # connection): the framing buffer, and the flood meter's last line.
+    __slots__ = ("_buffer", "_charged", "_held", "_held_size", "_input_ended", "_last_line",
+                 "_paused", "_waiting", "held_at")
+
+    if TYPE_CHECKING:
+        _buffer: bytes
+        _last_line: float
+        factory: ChatFactory
+        closing: bool
+
+        @property
+        def clock(self) -> IReactorTime: ...
+
+        @property
+        def _socket(self) -> _Producer: ...
+
+        def dataReceived(self, data: bytes) -> None: ...
+
+        def message_received(self, line: bytes) -> None: ...
+
+        def readConnectionLost(self) -> None: ...
+
+    def __init__(self) -> None:
+        # A command is being decided elsewhere (wait_for): what arrives
+        # meanwhile waits in _buffer, or whole in _held (message_received),
+        # with when it arrived (_Held).
+        self._waiting = False
+        self._paused = 0  # _PAUSED_OWN | _PAUSED_NODE: why reading is paused
+        # What of it is counted in the factory's HeldInput (_count_held).
+        self._charged = 0
+        self._input_ended = False  # the peer half-closed (or went) while a command waited
+        self._held: _Held | None = None  # made only when needed
+        self._held_size = 0
+        # While held input is handled: when what is being handled arrived
+        # (None for a line handled as it comes: it arrived now).  A plain
+        # attribute, read on the lobby line's path (Session.do_MSG).
+        self.held_at: float | None = None
+
+    def wait_for(self, outcome: Deferred[Any]) -> None:
+        """Handle no more lines until C{outcome} (a command decided
+        elsewhere) fires; what arrives meanwhile waits, in order."""
+        self._waiting = True
+        held = self.factory.held_input
+        if held.over:
+            # What it read now would be held: it is read again once this
+            # command is decided, or the server holds less (HeldInput).
+            held.pause(self)
+        outcome.addBoth(self._decided)
+
+    def _hold_read(self, data: bytes) -> None:
+        """A read while a command waits: held, as of now."""
+        self._buffer += data
+        self._held_read(self.clock.seconds())
+        self._held_over(len(self._buffer))
+        self._count_held()
+
+    def _hold_rest(self, rest: bytes) -> None:
+        """The line just handled waits for a command: the rest of its read
+        is held."""
+        self._buffer = rest
+        if rest:
+            # Read with the line just counted (_replay_reads sets this anew
+            # for what it hands back).
+            self._held_read(self._last_line)
+            self._count_held()
+
+    def _hold_line(self, line: bytes) -> None:
+        """A whole line while a command waits (message_received): held in
+        order behind the command, as dataReceived holds bytes."""
+        held = self._held
+        if held is None:
+            held = self._held = _Held()
+        held.lines.append((line, self.clock.seconds()))
+        self._held_size += len(line) + 1
+        self._held_over(self._held_size)
+        self._count_held()
+
+    def _holds_lines(self) -> bool:
+        """
+        The connection is lost: whether it holds lines behind a command
+        still waiting (and is not closing).  The peer sent lines and closed
+        (an RST, a WebSocket close frame) while a command they wait behind
+        is decided elsewhere (cluster mode, an account's password check):
+        they are handled as one server handles them, in order, with nothing
+        written, and the connection ends after them
+        (L{twisted_chat.server.closing.GoneTransport}): with its BYE's
+        reason and text if they hold one.  What is held is bounded
+        (_HELD_INPUT), and nothing more comes.
+        """
+        held = self._held
+        return self._waiting and not self.closing and bool(
+            self._buffer or (held is not None and held.lines))
+
+    def _drop_held(self) -> None:
+        """The connection is gone (its C{_buffer} emptied): what it held is
+        never handled now."""
+        self._held, self._held_size = None, 0
+        self._count_held()
+        self.factory.held_input.forget(self)
+
+    def _unread_for_node(self) -> bool:
+        """Whether it is not read because the server holds too much input
+        (L{HeldInput})."""
+        return bool(self._paused & _PAUSED_NODE)
+
+    def _held_read(self, when: float) -> None:
+        """What C{_buffer} holds now, to its end, was read at C{when}."""
+        held = self._held
+        if held is None:
+            held = self._held = _Held()
+        held.reads.append((len(self._buffer), when))
+
+    def arrived(self) -> float:
+        """When the line being handled, or the line a command being decided
+        came from, arrived (the reactor's time): the line counted last, so
+        now for a line handled as it comes; for one held behind a command
+        (wait_for), when it was read."""
+        at = self.held_at
+        return self._last_line if at is None else at
+
+    def _held_over(self, size: int) -> None:
+        if size > _HELD_INPUT and not self._paused & _PAUSED_OWN:
+            self._pause(_PAUSED_OWN)
+
+    def _pause(self, why: int) -> None:
+        """Stop reading for C{why} (a L{_PAUSED_OWN} or L{_PAUSED_NODE})."""
+        paused = self._paused
+        self._paused = paused | why
+        if not paused and not self.closing:
+            self._socket.pauseProducing()
+
+    def _resume(self, why: int) -> None:
+        """C{why} no longer holds; read again if nothing else pauses it."""
+        paused = self._paused
+        self._paused = paused & ~why
+        if paused and not self._paused and not self.closing:
+            self._socket.resumeProducing()
+
+    def node_pause(self) -> None:
+        """The server's connections hold too much input (L{HeldInput})."""
+        self._pause(_PAUSED_NODE)
+
+    def node_resume(self) -> None:
+        self._resume(_PAUSED_NODE)
+
+    def held_or_waiting(self) -> bool:
+        """Whether what it read now would be held (L{HeldInput})."""
+        return self._waiting
+
+    def _count_held(self) -> None:
+        """Bring what the factory's L{HeldInput} counts for it up to date:
+        the input it holds while a command is decided elsewhere."""
+        size = len(self._buffer) + self._held_size if self._waiting else 0
+        delta = size - self._charged
+        if delta:
+            self._charged = size
+            self.factory.held_input.change(self, delta)
+
+    def _decided(self, result: object) -> None:
+        self._waiting = False
+        self.factory.session.decided(cast("Connection", self))  # (a ChatProtocol)
+        if self._paused & _PAUSED_OWN:
+            self._resume(_PAUSED_OWN)
+        if self._buffer and not self.closing:
+            self._replay_reads()
+        held = self._held
+        if held is not None:
+            lines = held.lines
+            if lines and not self._waiting and not self.closing:
+                self._replay(self._popped(lines), self.message_received)
+            if not lines and not held.reads:
+                self._held = None
+        self._count_held()
+        if self._paused & _PAUSED_NODE and not self._waiting:
+            # It holds nothing and waits for nothing: its next read is
+            # handled as it comes, as any connection's.
+            self.factory.held_input.release(self)
+        if self._input_ended and not self._waiting:
+            self.readConnectionLost()
+
+    def _replay_reads(self) -> None:
+        """
+        Handle the bytes held while a command was decided elsewhere, read by
+        read, each as of when it was read (L{_replay}).  What a line that
+        waits again leaves is held again, with when it was read.
+        """
+        held = self._held
+        reads = held.reads if held is not None else None
+        if held is None or not reads:
+            self.dataReceived(b"")  # only a partial line: nothing to count
+            return
+        data, self._buffer, held.reads = self._buffer, b"", []
+        ends = [0] + [end for end, _ in reads]
+        done, at = self._replay(
+            ((data[ends[i]:end], when) for i, (end, when) in enumerate(reads)),
+            self.dataReceived)
+        if self._waiting and not self.closing:
+            end = ends[done]
+            left = self._buffer
+            self._buffer = left + data[end:]
+            held.reads = [(len(left), at)] if left else []
+            held.reads += [(stop - end + len(left), when) for stop, when in reads[done:]]
+
+    def _popped(self, lines: deque[tuple[bytes, float]]) -> Iterator[tuple[bytes, float]]:
+        """The held WebSocket lines, each taken off as it is handled."""
+        while lines:
+            line, at = lines.popleft()
+            self._held_size -= len(line) + 1
+            yield line, at
+
+    def _replay(self, held: Iterator[tuple[bytes, float]],
+                handle: Callable[[bytes], object]) -> tuple[int, float]:
+        """
+        C{handle} what was held while a command was decided elsewhere (held
+        reads or WebSocket lines, each with when it arrived), in order, until
+        a line waits again or the connection closes, each as of when it
+        arrived: flood control counts a held line when it arrived, not when
+        its turn came (rev11-clu2 #1: lines typed through a Redis outage were
+        all counted at once when it ended), and a command's wait is bounded
+        from then (L{arrived}).  No hot-path work for it: C{_last_line} is
+        set back so that the flood meter refills for the time between the
+        held line and the line counted before it, as it would have then
+        (L{_count_line} is as for any line), and is put back after.
+        Returns how many were handled and when the last of them arrived.
+        """
+        last = at = self._last_line
+        done = 0
+        for data, came in held:
+            at = came if came > last else last  # a WebSocket ping counted as it came, after it
+            self.held_at = at
+            preset = self._last_line = self.clock.seconds() - (at - last)
+            handle(data)
+            done += 1
+            if self._last_line != preset:
+                last = at  # a line was counted as of when it arrived
+            if self._waiting or self.closing:
+                break
+        self.held_at = None
+        self._last_line = last
+        return done, at
+
+
+class _Held:
+    """What a connection holds while a command is decided elsewhere
+    (L{HoldsInput.wait_for}), with when it arrived (L{HoldsInput.arrived})."""
+
+    __slots__ = ("lines", "reads")
+
+    def __init__(self) -> None:
+        # TCP: where each read held ends in the connection's _buffer, and
+        # when it was read.
+        self.reads: list[tuple[int, float]] = []
+        # A WebSocket's whole lines (message_received), and when each came.
+        self.lines: deque[tuple[bytes, float]] = deque()
+
+
+class HeldInput:
+    """
+    The input all of a server's connections hold behind commands decided
+    elsewhere (L{HoldsInput.wait_for}: in cluster mode nearly every
+    command waits for Redis), and its bound, C{limit} bytes (a cluster
+    node's C{--redis-queue}, counted apart from the commands).  Each
+    connection holds at most L{_HELD_INPUT} plus one read on its own.
+
+    Past C{limit} for all of them, no connection with a command waiting is
+    read (TCP's backpressure: what it sends waits in the kernel, nothing is
+    dropped) until it holds nothing and waits for nothing again, or until
+    the total is back to half of C{limit}.  A connection with no command
+    waiting is still read (C{PING} is answered), and its next command that
+    waits pauses it; what its read brought behind that command is kept:
+    up to one read (64 KiB) per connection, bounded only by
+    C{--max-clients} (640 MB at 10,000).  So past L{ceiling} (C{limit} and
+    a quarter) no connection at all is read, new ones included, and none
+    is read again until the total is back to half of C{limit}.  What a read
+    already returned is kept, so the total reaches at most the ceiling,
+    plus the read that crossed it, plus one read for each other connection
+    the reactor had already found readable in that same turn (epoll hands
+    over a batch of ready sockets: one paused within the batch is still
+    read once if it has output waiting to be written).  A connection not
+    read for this bound is not taken for idle (C{ChatProtocol._check_idle}).
+    Nothing is done per line unless a connection holds input.
+    """
+
+    __slots__ = ("_connections", "full", "limit", "over", "paused", "total")
+
+    def __init__(self, limit: int, connections: Callable[[], Iterable[Holder]]) -> None:
+        self.limit = limit
+        self._connections = connections
+        self.total = 0
+        self.over = False  # past the limit, and not yet back to half of it
+        self.full = False  # past the ceiling, and not yet back to half the limit
+        # The connections it paused, in the order it paused them.
+        self.paused: dict[Holder, None] = {}
+
+    @property
+    def ceiling(self) -> int:
+        """Past it, no connection is read (see the class)."""
+        return self.limit + self.limit // 4
+
+    def change(self, conn: Holder, delta: int) -> None:
+        """C{conn} holds C{delta} bytes more (or fewer)."""
+        total = self.total = self.total + delta
+        if total > self.limit:
+            if not self.over:
+                self.over = True
+                # Every connection waiting for a command would hold what it
+                # reads next: none is read.
+                for other in list(self._connections()):
+                    if other.held_or_waiting():
+                        self.pause(other)
+            if delta > 0:
+                self.pause(conn)
+                if total > self.ceiling and not self.full:
+                    # Connections between commands held a read each: none
+                    # is read now.
+                    self.full = True
+                    for other in list(self._connections()):
+                        self.pause(other)
+        elif self.over and total <= self.limit // 2:
+            self.over = self.full = False
+            paused, self.paused = self.paused, {}
+            for other in paused:
+                other.node_resume()
+
+    def started(self, conn: Holder) -> None:
+        """C{conn} is new: past the ceiling it is not read either."""
+        if self.full:
+            self.pause(conn)
+
+    def pause(self, conn: Holder) -> None:
+        if conn not in self.paused:
+            self.paused[conn] = None
+            conn.node_pause()
+
+    def release(self, conn: Holder) -> None:
+        """C{conn} holds nothing and waits for nothing: it may be read, unless
+        the total is past the ceiling."""
+        if conn in self.paused and not self.full:
+            del self.paused[conn]
+            conn.node_resume()
+
+    def forget(self, conn: Holder) -> None:
+        """C{conn} is gone."""
+        self.paused.pop(conn, None)
