@@ -11,7 +11,8 @@ messages/s with the full run's own code (L{bench.scenarios.one_rate}).  A
 variant is our server with its defaults (as the ``chat`` column) plus more
 options; ``--baseline TREE`` adds our server from another source tree as
 ``chat-before``; the key ``floor`` is the platform's floor (L{bench.floor}:
-our fan-out and send path, no chat logic).  It prints a line per measurement and a summary: per server
+our fan-out and send path, no chat logic).  It prints a line per measurement
+and a summary: per server
 the mean and range of server µs per line and of p50, the ratio of the means
 to the first server, and the server's user and system µs per line apart
 (the interpreter's cost against the kernel's).  ``--out`` also writes that
