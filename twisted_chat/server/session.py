@@ -252,9 +252,8 @@ class Session:
         if conn.closing:
             return None
         if result is _LATE:
-            late = self.factory.state.too_late(registration=True)
-            why = late.why if isinstance(late, StateUnavailable) else ""
-            conn.write(wire.line("RETRY", "unavailable", text=unavailable_text(why)))
+            # Answered as a registration that came too late is.
+            self._refused(self.factory.state.too_late(registration=True), conn)
             return None
         return self._nick_allowed(conn, nick)
 
@@ -279,13 +278,19 @@ class Session:
         return True
 
     def _not_registered(self, failure: Failure, conn: Connection) -> bool:
-        if isinstance(failure.value, NickTaken):
-            conn.write(retry_taken(failure.value.nick))
-        elif isinstance(failure.value, StateUnavailable):
-            conn.write(wire.line("RETRY", "unavailable", text=unavailable_text(failure.value.why)))
-        else:
+        if not self._refused(failure.value, conn):
             failure.raiseException()
         return False
+
+    def _refused(self, error: BaseException | None, conn: Connection) -> bool:
+        """Answer a registration refused by C{error} (false: not a refusal)."""
+        if isinstance(error, NickTaken):
+            conn.write(retry_taken(error.nick))
+        elif isinstance(error, StateUnavailable):
+            conn.write(wire.line("RETRY", "unavailable", text=unavailable_text(error.why)))
+        else:
+            return False
+        return True
 
     def holder(self, nick: str) -> str | None:
         """The nick of the user online as C{nick}, as its owner spelled it."""

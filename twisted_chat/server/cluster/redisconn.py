@@ -171,7 +171,7 @@ def _parse_url(url: str) -> RedisTarget:
             raise _BadURL(f": unknown parameter {name!r} (known: "
                           f"{', '.join(_URL_PARAMETERS)})")
         if names.count(name) > 1:
-            if any(j > first for j in range(len(names)) if names[j] == name):
+            if name in late:
                 raise _BadURL(f": a parameter after password= is given twice{_AMPERSAND}")
             raise _BadURL(f": {name}= is given twice")
     if parts.fragment:
