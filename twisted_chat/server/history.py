@@ -111,9 +111,9 @@ class History:
         rendered a few times a second at most: METRICS_RENDERS), not kept
         up on each lobby message.
         """
-        # list() copies the ring in one go (C code, under the GIL): the
+        # recent() copies the ring in one go (C code, under the GIL): the
         # reactor's thread cannot change it in the middle.
-        return sum(map(line_size, list(self._ring)))
+        return sum(map(line_size, self.recent()))
 
     def record(self, entry: Entry) -> None:
         self._ring.append(entry)
