@@ -898,11 +898,17 @@ class ChatClient(SkipLongLines):
         self.pairing.cancelled(nick)
         self.notice(render.cancelled(nick, reason))
 
+    def _at_password(self) -> bool:
+        """At the password prompt, or about to be asked again (a C{PASS}
+        sent and not yet answered)."""
+        return self.state is State.ASK_PASSWORD or (
+            self.state is State.NICK_SENT and self.login.pass_sent)
+
     def _on_BYE(self, event: ServerLine) -> None:
         reason = event.word(0)
         at_login = self.state is State.NICK_SENT and self.login.pass_sent
         logging_in = None
-        if at_login or self.state is State.ASK_PASSWORD:
+        if self._at_password():
             logging_in = "password"
         elif self.state in (State.GREETING, State.ASK_NICK, State.NICK_SENT):
             logging_in = "nickname"
@@ -934,10 +940,7 @@ class ChatClient(SkipLongLines):
         said = self.passwords.refused(code, event.text)
         if said is None and code == "not-ready":
             # At the password prompt, or about to be asked again (a PASS refused).
-            asking = self.state is State.ASK_PASSWORD or (
-                self.state is State.NICK_SENT and self.login.pass_sent
-            )
-            said = render.not_ready(event.text, prompt=self.interactive and asking)
+            said = render.not_ready(event.text, prompt=self.interactive and self._at_password())
         elif said is None:
             said = render.error_sentence(code, event.text)
         self.pairing.refused(code)
