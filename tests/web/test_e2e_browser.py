@@ -1490,6 +1490,76 @@ def test_a_server_that_greets_then_closes_is_tried_further_and_further_apart(
     assert countdowns[2].endswith(("in 3 s…", "in 4 s…", "in 5 s…")), countdowns
 
 
+def controls(driver: Any, selectors: list[str]) -> list[list[Any]]:
+    """For each selector's element: [disabled, title, aria-describedby]."""
+    return list(driver.execute_script("""
+        return arguments[0].map((s) => {
+          const b = document.querySelector(s);
+          return [b.disabled, b.getAttribute('title'), b.getAttribute('aria-describedby')];
+        });""", selectors))
+
+
+def test_the_controls_that_send_are_disabled_while_reconnecting_and_say_why(
+    web: WebServer, browser: Callable[..., Any], tcp: Callable[[str], LineClient]
+) -> None:
+    """Accept, Reject, Cancel, Invite, Leave and Send did nothing, silently,
+    while the page was reconnecting (no socket to send on). They are
+    disabled then, each saying why (its title; for a screen reader, the
+    banner's text, a live region), and the message box says it too.
+    Nothing pressed meanwhile is sent once the page is back."""
+    carol, dave = tcp("carol"), tcp("dave")
+    alice = recording(browser())
+    join(alice, web, "alice")
+    carol.expect("JOINED ")
+    # alice invites dave (Cancel; Leave, "Cancel invitation", in dave's
+    # DM); carol invites alice (Accept, Reject); carol's DM shows Invite.
+    wait(alice, lambda d: d.find_element(
+        By.CSS_SELECTOR, '#user-list li[data-nick="dave"]')).click()
+    wait(alice, lambda d: d.find_element(By.ID, "invite-button").is_displayed())
+    alice.find_element(By.ID, "invite-button").click()
+    assert dave.expect("INVITE ") == "INVITE alice"
+    wait(alice, lambda d: d.find_elements(By.CSS_SELECTOR, '[data-invite="pending"] .cancel'))
+    carol.send("PAIR alice")
+    carol.expect("PENDING alice")
+    wait(alice, lambda d: d.find_elements(By.CSS_SELECTOR, '[data-invite="carol"] .accept'))
+    alice.find_element(By.CSS_SELECTOR, '#user-list li[data-nick="carol"]').click()
+    wait(alice, lambda d: d.find_element(By.ID, "invite-button").is_displayed())
+    buttons = ["#invite-button", '[data-invite="carol"] .accept',
+               '[data-invite="carol"] .reject', '[data-invite="pending"] .cancel']
+    assert controls(alice, [*buttons, "#send-button"]) == [[False, None, None]] * 5
+
+    web.stop()
+    wait(alice, lambda d: "Reconnecting in" in shown_banner(d))
+    why = "Not connected: reconnecting…"
+    assert controls(alice, buttons) == [[True, why, "banner-text"]] * 4
+    assert controls(alice, ["#send-button"]) == [[True, None, None]]
+    field = composer(alice)
+    assert not field.is_enabled()
+    assert field.get_attribute("placeholder") == why
+    before = len(sent(alice))
+    # Pressed all the same (from a script: the banner covers the header's
+    # buttons for the mouse).
+    press = "document.querySelector(arguments[0]).click()"
+    for selector in buttons:
+        alice.execute_script(press, selector)
+    alice.find_element(By.CSS_SELECTOR, '#dm-list li[data-conv="dm:dave"]').click()
+    wait(alice, lambda d: d.find_element(By.ID, "leave-button").is_displayed())
+    assert alice.find_element(By.ID, "leave-button").text == "Cancel invitation"
+    assert controls(alice, ["#leave-button"]) == [[True, why, "banner-text"]]
+    alice.execute_script(press, "#leave-button")
+    assert len(sent(alice)) == before
+
+    web.start()
+    wait(alice, lambda d: any("Reconnected at" in n for n in notices(d)), timeout=WAIT + 20)
+    alice.find_element(By.CSS_SELECTOR, '#channel-list li[data-conv="lobby"]').click()
+    wait(alice, lambda d: composer(d).is_enabled())
+    assert composer(alice).get_attribute("placeholder") == "Message #lobby"
+    assert controls(alice, ["#send-button"]) == [[False, None, None]]
+    later = sent(alice)[before:]
+    assert not [line for line in later
+                if line.split(" ")[0] in ("ACCEPT", "REJECT", "PAIR", "UNPAIR")], later
+
+
 # -- when the server does not answer (docs/web.md, "When the server does not answer") --
 # ?answer=1 and ?timeout=1 shorten the page's waits (5 + 5 s before it
 # warns, 15 s for a connection to hear from the server) to 1 + 1 s and 1 s:

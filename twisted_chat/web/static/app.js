@@ -515,6 +515,37 @@
   }
 
   function renderHeader() {
+    drawHeader();
+    offlineControls();
+  }
+
+  // While not connected (the banner says why, and counts down to the next
+  // attempt), every control that sends is disabled, and says why on itself
+  // (its title, its description for a screen reader: the banner's text, a
+  // live region): a click did nothing, silently. Nothing is held to be sent
+  // later: once connected again, the user decides anew.
+  function offlineControls() {
+    const off = !state.online;
+    const why = state.leaving ? "Not connected: you left the chat." : "Not connected: reconnecting…";
+    const input = $("composer-input");
+    if (off) input.placeholder = why;
+    const controls = [$("invite-button"), $("leave-button"), ...$("invitations").querySelectorAll("button")];
+    for (const button of controls) {
+      button.disabled = off;
+      if (off) {
+        button.title = why;
+        button.setAttribute("aria-describedby", "banner-text");
+      } else {
+        button.removeAttribute("title");
+        button.removeAttribute("aria-describedby");
+      }
+    }
+    // Send goes with its message box (disabled in the lobby while paired,
+    // or for a peer who is offline, too).
+    $("send-button").disabled = input.disabled;
+  }
+
+  function drawHeader() {
     const conv = current();
     const name = $("conv-name");
     const topic = $("conv-topic");
