@@ -2161,8 +2161,62 @@ def test_a_large_lobby_keeps_its_user_list_sorted_and_the_page_quick(
     gone = set(leaving)
     assert sorted(user_list(page)) == sorted(["alice", *(n for n in nicks if n not in gone)])
     assert page.execute_script(sorted_in_page)
-    assert page.find_element(By.ID, "user-count").get_attribute("textContent") == "— 1301"
+    wait(page, lambda d: d.find_element(By.ID, "user-count").get_attribute("textContent")
+         == "— 1301")  # drawn at the next animation frame
     assert took < 3000, f"{took:.0f} ms for 2,000 joins and 700 leaves"
+
+
+# Counts the redraws of the header's topic and of the sidebar's count: each
+# draw replaces the element's text (one childList record), even when the
+# text is the same.
+_COUNT_DRAWS = """
+    window.draws = {"conv-topic": 0, "user-count": 0};
+    window.drawsSeen = new MutationObserver((records) => {
+      for (const r of records) window.draws[r.target.id] += 1;
+    });
+    for (const id of Object.keys(window.draws)) {
+      window.drawsSeen.observe(document.getElementById(id), {childList: true});
+    }
+"""
+
+# Two animation frames later (the one that draws has run).
+_FRAMES = """
+    const done = arguments[arguments.length - 1];
+    requestAnimationFrame(() => requestAnimationFrame(() => done(window.draws)));
+"""
+
+
+def test_a_burst_of_joins_and_leaves_draws_the_header_once_a_frame(
+    web: WebServer, browser: Callable[..., Any]
+) -> None:
+    """Each JOINED and LEFT drew the header again, and each draw found the
+    header's pane with document.querySelector(".main"), which walks every
+    row of the user list before it: 2,700 of them cost about 90 ms in a
+    lobby of 2,700. The count and the header are drawn once an animation
+    frame now: 200 joins and 50 leaves in one go draw each once, right;
+    a DM's peer leaving shows them offline at the next frame."""
+    page = scripted(browser(), web,
+                    {"NICK alice": [["READY alice", "USER alice lobby", "USERS 1"]]})
+    join_as(page, "alice")
+    logged_in(page, "alice")
+    page.execute_async_script(_FRAMES)
+    page.execute_script(_COUNT_DRAWS)
+    ts = "2026-12-06T07:00:00.000Z"
+    burst = ([f"JOINED {ts} u{n}" for n in range(200)]
+             + [f"LEFT {ts} u{n} quit" for n in range(150, 200)])
+    page.execute_script("window.hear(arguments[0])", burst)
+    assert page.execute_async_script(_FRAMES) == {"conv-topic": 1, "user-count": 1}
+    assert page.find_element(By.ID, "user-count").get_attribute("textContent") == "— 151"
+    assert page.find_element(By.ID, "conv-topic").text == "Everyone on fake · 151 online"
+
+    page.find_element(By.CSS_SELECTOR, '#user-list li[data-nick="u7"]').click()
+    wait(page, lambda d: d.find_element(By.ID, "conv-name").text == "@u7")
+    assert composer(page).is_enabled()
+    page.execute_script("window.hear(arguments[0])", [f"LEFT {ts} u7 quit"])
+    page.execute_async_script(_FRAMES)
+    assert page.find_element(By.ID, "conv-topic").text == "u7 is offline"
+    assert not composer(page).is_enabled()
+    assert page.find_element(By.ID, "user-count").get_attribute("textContent") == "— 150"
 
 
 def has_tag(driver: Any, nick: str) -> bool:

@@ -449,9 +449,18 @@
     usersChanged();
   }
 
+  // A join or a leave changes the count, in the sidebar and in the lobby's
+  // header, and whether a DM's peer is online: drawn once an animation
+  // frame, not once a line (a burst of 200 JOINED drew the header 200
+  // times, each time finding .main past every row of the user list).
+  let usersFrame = null;
   function usersChanged() {
-    $("user-count").textContent = `— ${state.users.size}`;
-    renderHeader();
+    if (usersFrame !== null) return;
+    usersFrame = requestAnimationFrame(() => {
+      usersFrame = null;
+      $("user-count").textContent = `— ${state.users.size}`;
+      renderHeader();
+    });
   }
 
   function buildUsers() {
@@ -514,6 +523,10 @@
     usersChanged();
   }
 
+  // Found once: document.querySelector(".main") walks the sidebar's user
+  // list first (it comes before), every row of it.
+  const mainPane = document.querySelector(".main");
+
   function renderHeader() {
     drawHeader();
     offlineControls();
@@ -552,7 +565,7 @@
     const invite = $("invite-button");
     const leave = $("leave-button");
     const input = $("composer-input");
-    const main = document.querySelector(".main");
+    const main = mainPane;
     invite.hidden = true;
     leave.hidden = true;
     main.classList.remove("private");
