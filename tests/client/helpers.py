@@ -36,6 +36,7 @@ class Screen:
         self.bells = 0
         self.forgotten: list[str] = []
         self.typing = ""  # a line half-typed (not entered), for drop_typing
+        self.set_aside_lines: list[str] = []  # what set_aside took off the line
 
     def show(self, line: Line) -> None:
         self.raw.append(line)
@@ -59,6 +60,11 @@ class Screen:
     def drop_typing(self) -> bool:
         had, self.typing = bool(self.typing.strip()), ""
         return had
+
+    def set_aside(self) -> list[str]:
+        lines, self.typing = [self.typing] if self.typing.strip() else [], ""
+        self.set_aside_lines.extend(lines)
+        return lines
 
     def text(self) -> str:
         return "\n".join(self.lines)

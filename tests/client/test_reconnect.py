@@ -771,3 +771,27 @@ def test_reconnect_now_is_said_and_so_is_its_failure() -> None:
         REFUSED,
         "* Reconnecting in 8 s; /reconnect tries now, /quit leaves.",
     ]
+
+
+def test_a_private_reply_half_typed_when_the_loss_ends_the_pair_is_set_aside() -> None:
+    # rev15 H2: after the reconnection the input line would send it to the lobby.
+    h = Harness()
+    h.join()
+    h.receive("PAIRED bob")
+    h.screen.typing = "private: the door code is 2580"
+    h.screen.take()
+    h.lose()
+    assert h.screen.typing == ""
+    assert h.screen.set_aside_lines == ["private: the door code is 2580"]
+    assert (
+        "* The line you were typing for bob was not sent: the private conversation ended. "
+        "Up brings it back." in h.screen.take()
+    )
+
+
+def test_a_lobby_line_half_typed_when_the_connection_is_lost_stays() -> None:
+    h = Harness()
+    h.join()
+    h.screen.typing = "for the lobby"
+    h.lose()
+    assert h.screen.typing == "for the lobby"

@@ -205,6 +205,19 @@ def test_a_password_typed_after_the_login_timed_out_never_reaches_the_shell(
     assert "The server stopped waiting for the password (it allows 2 seconds" in screen
 
 
+def _alice_watched(
+    server: ServerProcess, connect: Callable[..., LineClient], pane: Callable[..., Pane]
+) -> tuple[Pane, LineClient]:
+    """alice in a pane, in the lobby, and carol on a raw connection who sees
+    what alice posts there."""
+    carol = connect(server.port)
+    carol.register("carol")
+    term = pane([*CLIENT, "--nick", "alice", LOOPBACK, str(server.port)])
+    term.wait_row(r"^alice>$")
+    carol.expect("JOINED")
+    return term, carol
+
+
 def test_esc_then_a_private_message_stays_private(
     bob_online: tuple[ServerProcess, LineClient],
     connect: Callable[..., LineClient],
@@ -213,11 +226,7 @@ def test_esc_then_a_private_message_stays_private(
     """A lone Esc made the next key Alt-that-key, which was dropped: the "@"
     of "@bob ..." went, and the private message was posted to the lobby."""
     server, bob = bob_online
-    carol = connect(server.port)
-    carol.register("carol")
-    term = pane([*CLIENT, "--nick", "alice", LOOPBACK, str(server.port)])
-    term.wait_row(r"^alice>$")
-    carol.expect("JOINED")
+    term, carol = _alice_watched(server, connect, pane)
     for typed, text in (("@bob ", "the door code is 4321"), ("/msg bob ", "my number 555-0100")):
         term.key("Escape")
         time.sleep(ESC_ALONE)  # a person's pause: the Esc arrives alone
@@ -229,6 +238,32 @@ def test_esc_then_a_private_message_stays_private(
     term.enter("/quit")
     term.wait_row(r"^EXIT=0$")
     assert not [line for line in carol.sync() if line.startswith("MSG")]
+
+
+def test_a_private_reply_half_typed_when_the_partner_leaves_the_pair_is_not_posted(
+    bob_online: tuple[ServerProcess, LineClient],
+    connect: Callable[..., LineClient],
+    pane: Callable[..., Pane],
+) -> None:
+    """rev15 H2: the reply typed for bob stayed on the input line when bob
+    ended the pair, and the next Enter posted it to the lobby and its history."""
+    server, bob = bob_online
+    term, carol = _alice_watched(server, connect, pane)
+    term.enter("/pair bob")
+    bob.expect("INVITE alice")
+    bob.send("ACCEPT alice")
+    term.wait_row(r"^alice -> bob>$")
+    term.keys("my PIN is 4711")
+    term.wait_row(r"^alice -> bob> my PIN is 4711$")
+    bob.send("UNPAIR")
+    term.wait_row(r"The line you were typing for bob was not sent: the private")
+    term.wait_row(r"^alice>$")
+    term.key("Enter")  # the Enter that was to send the reply
+    term.enter("/quit")
+    term.wait_row(r"^EXIT=0$")
+    assert not [line for line in carol.sync() if "4711" in line]
+    late = connect(server.port)
+    assert not [line for line in late.register("dave") if "4711" in line]
 
 
 def test_a_frozen_server_is_noticed_and_so_is_its_return(

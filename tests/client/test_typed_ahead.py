@@ -328,3 +328,85 @@ def test_a_scripts_input_is_read_again_once_its_lines_for_the_partner_are_droppe
     assert not s.client.outbox
     s.clock.advance(0)
     assert stdio.producerState == "producing"
+
+
+# -- rev15 H2: the line half-typed when the conversation changes under it ---------
+
+
+def _typing_on_a_terminal(s: Session, k: Keyboard, nick: str = "alice") -> None:
+    s.receive("HELLO chat/1 test", "NICK")
+    assert s.sent() == [f"NICK {nick}"]
+    s.receive(f"READY {nick}", f"USER {nick} lobby", "USER bob lobby", "USERS 2")
+
+
+def _screen(k: Keyboard) -> str:
+    return " ".join(row.strip() for row in k.rows())
+
+
+@pytest.mark.parametrize("reason", ["left", "disconnected"])
+def test_a_private_reply_half_typed_when_the_pair_ends_does_not_go_to_the_lobby(
+    reason: str,
+) -> None:
+    s, k = _on_a_terminal("alice")
+    _typing_on_a_terminal(s, k)
+    s.receive("PAIRED bob")
+    k.keys("my PIN is 4711")  # no Enter yet
+    s.receive(f"UNPAIRED bob {reason}", "USER alice lobby", "USERS 1")
+    assert k.ui.lineBuffer == []
+    assert k.input_row().strip() == "alice>"
+    assert "The line you were typing for bob was not sent: the private conversation " \
+        "ended. Up brings it back." in _screen(k)
+    k.keys("\r")  # the Enter that was to send it
+    assert msgs(s.sent()) == []
+    k.keys("\x1b[A")  # Up: it is there, to send to the lobby only if the user means to
+    assert "".join(k.ui.lineBuffer) == "my PIN is 4711"
+
+
+def test_a_lobby_line_half_typed_when_our_invitation_is_accepted_does_not_go_to_the_partner(
+) -> None:
+    s, k = _on_a_terminal("alice")
+    _typing_on_a_terminal(s, k)
+    k.keys("/pair bob\r")
+    assert s.sent() == ["PAIR bob"]
+    s.receive("PENDING bob")
+    k.keys("everyone: lunch at noon?")
+    s.receive("PAIRED bob")
+    assert k.ui.lineBuffer == []
+    assert "The line you were typing for the lobby was not sent: you are now talking " \
+        "with bob only. Up brings it back." in _screen(k)
+    k.keys("\r")
+    assert s.sent() == []
+
+
+def test_a_line_typed_after_our_own_accept_or_unpair_stays_on_the_line() -> None:
+    s, k = _on_a_terminal("alice")
+    _typing_on_a_terminal(s, k)
+    s.receive("INVITE bob")
+    k.keys("/accept bob\r")
+    assert s.sent() == ["ACCEPT bob"]
+    k.keys("hi bob")  # typed for bob, before his PAIRED came
+    s.receive("PAIRED bob")
+    assert "".join(k.ui.lineBuffer) == "hi bob"
+    k.keys("\r")
+    assert s.sent() == ["DM bob hi bob"]
+    k.keys("/unpair\r")
+    assert s.sent() == ["UNPAIR"]
+    k.keys("back in the lobby")
+    s.receive("UNPAIRED bob left", "USER alice lobby", "USERS 1")
+    assert "".join(k.ui.lineBuffer) == "back in the lobby"
+    assert "not sent" not in _screen(k)
+
+
+def test_what_is_set_aside_includes_a_held_paste_and_the_draft_up_hid() -> None:
+    k = Keyboard(width=60)
+    k.keys("an old line\r")
+    k.keys("the draft")
+    k.keys("\x1b[A")  # Up: the old line is shown, the draft put aside
+    assert k.ui.set_aside() == ["the draft", "an old line"]
+    assert k.ui.lineBuffer == []
+    k.keys("\x1b[200~one\rtwo\rthree\rfour\rfive\rsix\r\x1b[201~")  # held for Enter
+    assert k.ui.set_aside() == ["one", "two", "three", "four", "five", "six"]
+    k.keys("\r")  # the Enter that was to send the paste
+    assert k.typed == ["an old line", ""]
+    k.keys("\x1b[A")
+    assert "".join(k.ui.lineBuffer) == "six"

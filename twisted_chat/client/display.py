@@ -43,5 +43,13 @@ class Display(Protocol):
         password typed ahead of its prompt; terminals only).
         """
 
+    def set_aside(self) -> list[str]:
+        """
+        The conversation changed under the line being typed (and a paste
+        held for Enter): take it off the input line, unsent, into the history
+        Up recalls, so that Enter does not send it where it was not meant to
+        go.  The lines set aside, in order (terminals only).
+        """
+
     def bell(self) -> None:
         """Ring the terminal bell (terminals only, unless C{--no-bell})."""

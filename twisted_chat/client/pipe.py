@@ -61,6 +61,9 @@ class PipeIO(SkipLongLines):
     def forget(self, lines: Sequence[str]) -> None:
         pass  # no input history
 
+    def set_aside(self) -> list[str]:
+        return []  # nothing is typed on a pipe but whole lines
+
     def bell(self) -> None:
         pass  # never in a script's output
 

@@ -70,6 +70,26 @@ def _lines(count: int) -> tuple[str, str]:
     return ("1 line", "was") if count == 1 else (f"{count} lines", "were")
 
 
+def set_aside(display: Display, notice: Callable[[str], None], meant: str, why: str) -> None:
+    """
+    The conversation changed under the line being typed (not by the user's
+    own command): it is not left on the input line, where the next Enter
+    would send it to the new conversation, but set aside, unsent, into the
+    history Up recalls, and the user is told (the web page's rule: a draft
+    belongs to the conversation it was typed in; docs/client.md).  C{meant}:
+    whom it was typed for; C{why}: what changed.
+    """
+    lines = display.set_aside()
+    if not lines:
+        return
+    if len(lines) == 1:
+        said, it = "The line you were typing", "it"
+    else:
+        said, it = f"The {len(lines)} lines you were typing or pasting", "them"
+    notice(f"{said} for {meant} {'was' if len(lines) == 1 else 'were'} not sent: {why}. "
+           f"Up brings {it} back.")
+
+
 def _is_text(line: str) -> bool:
     """Whether C{line} is a message to whoever one is talking to (not a command)."""
     action = parse_input(line)
@@ -689,13 +709,15 @@ class ChatClient(SkipLongLines):
             again = "once you are in" if self.nick is None else "afterwards"
         self.notice(f"{' and '.join(said)} (it could be the password); type it again {again}.")
 
-    def _drop_meant_elsewhere(self, why: str) -> None:
+    def _drop_meant_elsewhere(self, why: str, meant: str) -> None:
         """
         The conversation changed (a pair ended, or began not by our
         C{/accept}) while lines typed for another one wait: their text is not
         sent where it was not meant to go, and the user is told.  Commands
         still go, and so does what follows a waiting C{/pair}, C{/accept} or
-        C{/unpair} (that command decides where it goes).
+        C{/unpair} (that command decides where it goes).  The line being
+        typed then, meant for C{meant} (a partner, or "the lobby"), is set
+        aside: Enter does not send it to the new conversation (L{set_aside}).
         """
         partner = self.pairing.partner
         to = nick_key(partner) if self.state is State.PAIRED and partner else None
@@ -705,12 +727,13 @@ class ChatClient(SkipLongLines):
             return meant != to and not typed.after_pairing and _is_text(typed.line)
 
         dropped = self.outbox.drop_where(elsewhere)
-        if not dropped:
-            return
-        self._queue_room()  # a script's input may read again
-        lines, verb = _lines(len(dropped))
-        whom = dropped[0].to or "the lobby"
-        self.notice(f"{lines} typed for {whom} {verb} not sent: {why}.")
+        if dropped:
+            self._queue_room()  # a script's input may read again
+            lines, verb = _lines(len(dropped))
+            whom = dropped[0].to or "the lobby"
+            self.notice(f"{lines} typed for {whom} {verb} not sent: {why}.")
+        if self.display is not None:
+            set_aside(self.display, self.notice, meant, why)
 
     def online_nicks(self) -> list[str]:
         """The other people online, as far as the user list and JOINED/LEFT say."""
@@ -873,10 +896,13 @@ class ChatClient(SkipLongLines):
         )
         if not ours:
             # Our invitation was accepted while lines typed for the lobby wait.
-            self._drop_meant_elsewhere(f"you are now talking with {partner} only")
+            self._drop_meant_elsewhere(
+                f"you are now talking with {partner} only", "the lobby"
+            )
 
     def _on_UNPAIRED(self, event: ServerLine) -> None:
         nick, reason = event.words
+        partner = self.pairing.partner or nick
         by_me = self.pairing.unpaired()
         if self.state is State.PAIRED:
             self.set_state(State.READY)
@@ -884,7 +910,7 @@ class ChatClient(SkipLongLines):
         if not by_me:
             # (After our /unpair, all that waits was typed after it: it went
             # first.  It goes to the lobby, as it would have without a wait.)
-            self._drop_meant_elsewhere("the private conversation ended")
+            self._drop_meant_elsewhere("the private conversation ended", partner)
         # What the lobby said meanwhile comes next, before the user list.
         self._replay, self._replay_heading = "away", False
 

@@ -38,7 +38,7 @@ from twisted_chat.client import render
 from twisted_chat.client.commands import Quit, parse_input
 from twisted_chat.client.display import Display
 from twisted_chat.client.lobbyview import ShownLobby
-from twisted_chat.client.protocol import ChatClient
+from twisted_chat.client.protocol import ChatClient, set_aside
 from twisted_chat.client.session import Outcome, State
 
 # The web page's backoff (twisted_chat/web/static/app.js, scheduleReconnect).
@@ -244,6 +244,13 @@ class Reconnecting:
                 f"Your private conversation with {partner} ended: the connection "
                 "to the server was lost."
             ))
+            if self.display is not None:
+                set_aside(
+                    self.display,
+                    lambda text: self._show(render.notice(text)),
+                    partner,
+                    "the private conversation ended",
+                )
         self._schedule()
 
     def _schedule(self, tries: int = 0) -> None:

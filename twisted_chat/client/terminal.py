@@ -324,6 +324,35 @@ class ChatTerminal(HistoricRecvLine):
         self.historyPosition = len(self.historyLines)
         return had
 
+    def set_aside(self) -> list[str]:
+        """
+        Take the line being typed (or the one a password prompt interrupted,
+        and the draft Up put aside), and a paste held for Enter, off the input
+        line, unsent, into the history Up recalls: the conversation they were
+        typed for has changed.  The lines set aside (blank ones left out).
+        """
+        lines = list(self._held)
+        self._held = []
+        if self._secret_prompt is not None:
+            typing = ["".join(self._saved[0])]
+            self._saved = ([], 0)
+        else:
+            browsing = self.historyPosition < len(self.historyLines)
+            typing = ["".join(self._draft)] if browsing else []
+            typing.append("".join(self.lineBuffer))
+            self._set_buffer([])
+        self._draft = []
+        self._completion = None
+        lines += [line for line in typing if line.strip()]
+        for line in lines:
+            if not is_secret_command(line) and (
+                not self.historyLines or self.historyLines[-1] != line
+            ):
+                self.historyLines.append(line)
+        del self.historyLines[:-HISTORY_MAX]
+        self.historyPosition = len(self.historyLines)
+        return lines
+
     def forget(self, lines: Sequence[str]) -> None:
         """Drop these lines from the history Up recalls (the latest copy of each)."""
         for line in lines:
