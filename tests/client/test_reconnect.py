@@ -795,3 +795,32 @@ def test_a_lobby_line_half_typed_when_the_connection_is_lost_stays() -> None:
     h.screen.typing = "for the lobby"
     h.lose()
     assert h.screen.typing == "for the lobby"
+
+
+def test_a_draft_survives_a_rejoin_with_the_kept_password() -> None:
+    # rev15 M1: it was cleared "while the password was checked", but no
+    # password prompt was shown and none was typed.
+    h = Harness()
+    _login_with_password(h)
+    h.screen.typing = "long thought about dinner plans"
+    h.lose()
+    h.clock.advance(1)
+    h.receive("HELLO chat/1 test", "NICK", "PASS alice")
+    assert h.sent() == ["NICK alice", "PASS correct horse"]
+    h.screen.take()
+    h.receive("READY alice", "USER alice lobby", "USERS 1")
+    assert h.screen.typing == "long thought about dinner plans"
+    assert not [line for line in h.screen.take() if "cleared" in line or "not sent" in line]
+
+
+def test_a_draft_is_still_cleared_after_a_password_typed_at_the_prompt() -> None:
+    h = Harness()
+    _login_with_password(h)
+    _back_and_asked(h)
+    h.receive("RETRY bad-password wrong password")  # changed meanwhile: asked for
+    h.receive("PASS alice")
+    assert h.screen.secret_prompt == "password for alice: "
+    h.session.secret_line("new one here")
+    h.screen.typing = "new one here"  # typed again, blind, while it was checked
+    h.receive("READY alice")
+    assert h.screen.typing == ""

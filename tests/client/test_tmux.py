@@ -361,6 +361,34 @@ def test_a_server_restart_reconnects_and_rejoins(
     term.wait_row(r"^EXIT=0$")
 
 
+def test_a_draft_survives_a_restart_for_a_registered_nick(
+    chat_server: Callable[..., ServerProcess], pane: Callable[..., Pane]
+) -> None:
+    """rev15 M1: the rejoin's PASS, answered with the password kept from
+    earlier, cleared the half-typed line "while the password was checked"."""
+    server = chat_server()
+    term = pane([*CLIENT, "--nick", "alice", LOOPBACK, str(server.port)])
+    term.wait_row(r"^alice>$")
+    term.enter("/register")
+    term.wait_row(r"password")
+    term.enter("correct horse")
+    term.wait_row(r"again")
+    term.enter("correct horse")
+    term.wait_row(r"alice is now registered")
+    term.keys("long thought about dinner")
+    term.wait_row(r"^alice> long thought about dinner$")
+
+    server.stop()
+    term.wait_row(r"^\(not connected\) > long thought about dinner$")
+    chat_server(port=server.port)
+    term.wait_row(r"^\* Reconnected: you are back in the lobby as alice\.$", timeout=20)
+    term.wait_row(r"^alice> long thought about dinner$")  # the input row (it was not connected)
+    assert not [r for r in term.screen() if "cleared" in r], term.screen()
+    term.key("C-u")
+    term.enter("/quit")
+    term.wait_row(r"^EXIT=0$")
+
+
 def test_no_reconnect_exits_when_the_server_stops(
     chat_server: Callable[..., ServerProcess], pane: Callable[..., Pane]
 ) -> None:

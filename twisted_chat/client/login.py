@@ -90,6 +90,8 @@ class Login:
     @ivar pass_sent: the last login line sent was C{PASS}, not C{NICK}.
     @ivar password_sent: the last password sent with C{PASS} (for
         L{ChatClient.kept_password} once it got in).
+    @ivar password_kept: that password was the one kept from earlier this
+        session, sent with no prompt shown: nothing typed meanwhile can be it.
     """
 
     # RETRY unavailable (the server cannot check nicks or passwords for a
@@ -110,6 +112,7 @@ class Login:
         self._passwords = passwords
         self.pass_sent = False
         self.password_sent: str | None = None
+        self.password_kept = False
         self._kept_tried = False  # the kept password was sent on this connection
         self._tried_option_nick = False
         self._asked_nick: str | None = None
@@ -312,7 +315,7 @@ class Login:
             # A reconnection: the password typed earlier this session.
             self._kept_tried = True
             client.notice(f"Sending the password you typed for {nick} this session.")
-            self._send_password(kept[1])
+            self._send_password(kept[1], kept=True)
             return
         if client.interactive:
             client.drop_typed_ahead("before the password prompt")
@@ -334,10 +337,11 @@ class Login:
             return
         self._send_password(password)
 
-    def _send_password(self, password: str) -> None:
+    def _send_password(self, password: str, kept: bool = False) -> None:
         self._passwords.send("PASS", password)
         self.pass_sent = True
         self.password_sent = password
+        self.password_kept = kept
         self._await_answer("password")
 
     def _ask_password(self) -> None:

@@ -790,8 +790,11 @@ class ChatClient(SkipLongLines):
         if self.login.joined():
             if self.interactive and password is not None:
                 self.kept_password = (self.nick, password)
-            # What was typed while the password was checked may be it again.
-            self.drop_typed_ahead("while the password was checked", "now")
+            # What was typed while the password was checked may be it again,
+            # unless no prompt asked for it: the kept one answered the
+            # server's PASS, and the line being typed is a draft from before.
+            if not self.login.password_kept:
+                self.drop_typed_ahead("while the password was checked", "now")
         self._replay, self._replay_heading = "login", False
         self._repeats = self.lobby_shown.repeats()
         self.pump()
