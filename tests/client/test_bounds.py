@@ -377,7 +377,9 @@ def test_a_server_that_takes_nothing_is_given_up_after_the_timeout(acked: AckedS
     assert s.transport.disconnecting
     assert s.lose().message == (
         "chat.test:7000 did not read what the client sent for 15 seconds. "
-        "None of the 9 messages sent was confirmed by the server. "
+        "None of the 9 messages sent was confirmed by the server: 4 earlier ones, then "
+        "“report line 4”, “report line 5”, “report line 6”, "
+        "“report line 7”, “report line 8”. "
         "21 lines still waiting to be sent were not sent."
     )
 
@@ -516,7 +518,9 @@ def test_a_finite_script_ends_when_the_server_stops_reading() -> None:
     assert outcome.code == 1
     assert outcome.message == (
         "chat.test:7000 did not read what the client sent for 15 seconds. "
-        "None of the 9 messages sent was confirmed by the server. "
+        "None of the 9 messages sent was confirmed by the server: 4 earlier ones, then "
+        "“report line 4”, “report line 5”, “report line 6”, "
+        "“report line 7”, “report line 8”. "
         "21 lines still waiting to be sent were not sent."
     )
 

@@ -235,7 +235,7 @@ def test_a_scripts_message_without_a_copy_back_is_reported_with_an_unanswered_by
     assert s.lose() == Outcome(
         1,
         "No answer from chat.test:7000 to the goodbye within 5 seconds. "
-        "The message sent was not confirmed by the server.",
+        "The message sent was not confirmed by the server: “backup finished”.",
     )
 
 

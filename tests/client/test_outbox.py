@@ -13,7 +13,7 @@ from twisted.internet.interfaces import IPushProducer
 from twisted.internet.task import Clock
 from zope.interface import implementer
 
-from twisted_chat.client.outbox import Outbox
+from twisted_chat.client.outbox import NAMED_CHARS, NAMED_MAX, Outbox, Sent
 from twisted_chat.client.pace import BURST, RATE
 
 
@@ -369,3 +369,68 @@ def test_error_flood_slows_down_and_marks_the_loss_unless_busy() -> None:
         "The message sent was not accepted by the server (it dropped lines sent too "
         "fast). 1 line still waiting to be sent was not sent."
     )
+
+
+# -- rev15 L1: refused messages are answered; those in doubt are named ---------
+
+
+def _sent(r: Rig, text: str, to: str | None = None) -> None:
+    r.outbox.sent("DM" if to else "MSG", Sent(to, text, len(text) + 4))
+
+
+def test_a_dm_refused_with_no_such_nick_is_not_in_doubt() -> None:
+    r = Rig()
+    _sent(r, "are you there", to="nobody2")
+    assert r.outbox.refused_to("nobody2")
+    assert r.outbox.losses(bye_answered=False) is None
+    assert not r.outbox.refused_to("nobody2")  # answered once: a PAIR's refusal now
+
+
+def test_the_lines_in_doubt_are_named_and_only_they() -> None:
+    r = Rig()
+    _sent(r, "are you there", to="nobody2")
+    _sent(r, "hello lobby")
+    _sent(r, "one line while the server hangs")
+    r.outbox.refused_to("nobody2")
+    r.outbox.echoed(None, "hello lobby")
+    assert r.outbox.losses(bye_answered=False) == (
+        "1 of the 3 messages sent was not confirmed by the server: "
+        "\u201cone line while the server hangs\u201d."
+    )
+
+
+def test_a_copy_answers_its_own_message_not_the_oldest() -> None:
+    r = Rig()
+    _sent(r, "first", to="bob")
+    _sent(r, "second")
+    r.outbox.echoed(None, "second")  # the lobby's copy came before bob's
+    assert r.outbox.losses(bye_answered=False) == (
+        "1 of the 2 messages sent was not confirmed by the server: \u201cfirst\u201d."
+    )
+    r.outbox.echoed("bob", "first")
+    assert r.outbox.losses(bye_answered=False) is None
+
+
+def test_a_message_too_long_for_the_server_is_answered() -> None:
+    r = Rig()
+    _sent(r, "short")
+    _sent(r, "x" * 5000)
+    assert r.outbox.refused_longer(4096)
+    assert r.outbox.losses(bye_answered=False) == (
+        "1 of the 2 messages sent was not confirmed by the server: \u201cshort\u201d."
+    )
+
+
+def test_the_names_are_bounded() -> None:
+    r = Rig()
+    for i in range(8):
+        _sent(r, f"line {i} " + "y" * 100)
+    said = r.outbox.losses(bye_answered=False)
+    assert said is not None
+    assert said.startswith(
+        "None of the 8 messages sent was confirmed by the server: 3 earlier ones, then "
+        "\u201cline 3 yyy"
+    )
+    assert said.count("\u201c") == NAMED_MAX
+    assert "\u201cline 7 " + "y" * (NAMED_CHARS - 8) + "\u2026\u201d." in said
+    assert len(said) < 100 + NAMED_MAX * (NAMED_CHARS + 4)

@@ -143,10 +143,11 @@ def test_a_script_whose_lines_a_tighter_server_dropped_says_how_many_and_exits_1
     dropped = serve_tightly(s, FloodMeter(2, 5), 60)
     assert len(dropped) == 5
     assert s.screen.text().count("that line was dropped") == 1  # one ERROR for five
+    named = ", ".join(f"“{line[4:]}”" for line in dropped)  # those very lines
     assert s.lose() == Outcome(
         1,
         "5 of the 40 messages sent were not accepted by the server "
-        "(it dropped lines sent too fast).",
+        f"(it dropped lines sent too fast): {named}.",
     )
 
 
@@ -168,7 +169,7 @@ def test_messages_without_a_copy_back_are_counted_whatever_ends_the_session() ->
     assert s.lose() == Outcome(
         1,
         "The server is shutting down. 1 of the 2 messages sent was not confirmed by the "
-        "server.",
+        "server: “two”.",
     )
 
 

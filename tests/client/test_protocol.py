@@ -807,3 +807,19 @@ def test_quitting_while_waiting_to_send_the_nick_again() -> None:
     assert s.sent() == []  # no NICK after BYE
     s.receive("BYE quit")
     assert s.lose().code == ChatClient.INTERRUPTED
+
+
+def test_a_dm_the_server_refused_is_not_counted_as_lost() -> None:
+    # rev15 L1: "2 of the 3 messages sent were not confirmed" when one was
+    # refused (no-such-nick) and only one was in doubt.
+    s = session("jay")
+    s.ready("jay")
+    s.type("@nobody2 are you there", "hello lobby")
+    assert s.sent() == ["DM nobody2 are you there", "MSG hello lobby"]
+    s.receive("ERROR no-such-nick nobody2 is not online", f"MSG {TS} jay * hello lobby")
+    s.type("one line while the server hangs")
+    s.lose()
+    assert s.outcomes[-1].message == (
+        "The connection to chat.test:7000 was lost. 1 of the 3 messages sent was not "
+        "confirmed by the server: \u201cone line while the server hangs\u201d."
+    )

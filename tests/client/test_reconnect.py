@@ -197,7 +197,7 @@ def test_a_lost_connection_reconnects_and_says_what_was_lost() -> None:
     shown = h.screen.take()
     assert shown[-2] == (
         "! The connection to chat.test:7000 was lost. None of the 2 messages sent was "
-        "confirmed by the server."
+        "confirmed by the server: “one”, “two”."
     )
     assert shown[-1] == "* Reconnecting in 1 s; /reconnect tries now, /quit leaves."
 

@@ -23,6 +23,32 @@ from twisted_chat.client.pace import Pacer
 QUEUE_MAX = 1000
 
 
+# Messages sent and not yet answered that are remembered by their text (to
+# name them if the connection is lost): at most this many, the latest.
+UNCONFIRMED_MAX = 1000
+# How many of them the sentence names (the latest), and each at most this long.
+NAMED_MAX = 5
+NAMED_CHARS = 60
+
+
+@dataclass(frozen=True, slots=True)
+class Sent:
+    """
+    A message written to the server and not yet answered: C{to} is the
+    nick_key of a C{DM}'s recipient (C{None}: a C{MSG}, which the server
+    routes), C{size} the line's bytes without its end.
+    """
+
+    to: str | None
+    text: str
+    size: int
+
+
+def _named(text: str) -> str:
+    cut = text if len(text) <= NAMED_CHARS else text[: NAMED_CHARS - 1] + "\u2026"
+    return f"\u201c{cut}\u201d"
+
+
 @dataclass(frozen=True, slots=True)
 class Typed:
     """
@@ -102,11 +128,14 @@ class Outbox:
         self._stall_timer: IDelayedCall | None = None
         self._stall_since = 0.0  # when the server was last seen taking some
         self._stall_taken: int | None = None  # what it had taken at the last look
-        # MSG and DM lines sent, and the server's copies of them back (the
-        # sender gets one for each message it accepts): the difference was
-        # dropped (flood control) or refused, and is said at the end.
+        # MSG and DM lines sent, the server's copies of them back (the
+        # sender gets one for each message it accepts), and those it refused
+        # with an ERROR (answered, and said then): the rest was dropped
+        # (flood control) or is in doubt, and is said at the end, named.
         self._messages_sent = 0
         self._messages_echoed = 0
+        self._messages_refused = 0
+        self._unconfirmed: deque[Sent] = deque(maxlen=UNCONFIRMED_MAX)
         self._flood_dropped = False  # ERROR flood answered a line once online
 
     def __len__(self) -> int:
@@ -277,15 +306,53 @@ class Outbox:
 
     # -- what was sent -------------------------------------------------------------
 
-    def sent(self, verb: str) -> None:
-        """A line was written (any line: the server's flood control counts them all)."""
+    def sent(self, verb: str, message: Sent | None = None) -> None:
+        """
+        A line was written (any line: the server's flood control counts them
+        all); C{message}: a C{MSG} or C{DM}, what it said and to whom.
+        """
         self._pacer.spend()
         if verb in ("MSG", "DM"):
             self._messages_sent += 1
+            if message is not None:
+                self._unconfirmed.append(message)
 
-    def echoed(self) -> None:
-        """The server sent back its copy of one of our messages: it took it."""
+    def _answered(self, picks: Callable[[Sent], bool]) -> Sent | None:
+        """The oldest message not yet answered that C{picks}, taken out."""
+        for index, message in enumerate(self._unconfirmed):
+            if picks(message):
+                del self._unconfirmed[index]
+                return message
+        return None
+
+    def echoed(self, to: str | None = None, text: str | None = None) -> None:
+        """
+        The server sent back its copy of one of our messages: it took it.
+        C{to}: the nick_key it went to (C{None}: the lobby).  It answers the
+        oldest message with that text to that place (a C{MSG} went wherever
+        the server sent it), or else the oldest of all.
+        """
         self._messages_echoed += 1
+        if self._answered(lambda m: m.text == text and m.to in (None, to)) is None:
+            self._answered(lambda m: True)
+
+    def refused_to(self, to: str) -> bool:
+        """
+        C{ERROR no-such-nick} (or C{self}) naming C{to} (a nick_key): it
+        answered the oldest C{DM} to them, which was not sent.  Whether one
+        was waiting for an answer (else the error was about a command).
+        """
+        if self._answered(lambda m: m.to == to) is None:
+            return False
+        self._messages_refused += 1
+        return True
+
+    def refused_longer(self, most: int) -> bool:
+        """C{ERROR too-long}: the oldest message over C{most} bytes was not sent."""
+        if self._answered(lambda m: m.size > most) is None:
+            return False
+        self._messages_refused += 1
+        return True
 
     @property
     def rate(self) -> float:
@@ -316,7 +383,8 @@ class Outbox:
             lines = "1 line" if self._unsent == 1 else f"{self._unsent} lines"
             verb = "was" if self._unsent == 1 else "were"
             unsent = f"{lines} still waiting to be sent {verb} not sent."
-        sent, missing = self._messages_sent, self._messages_sent - self._messages_echoed
+        sent = self._messages_sent
+        missing = sent - self._messages_echoed - self._messages_refused
         if missing <= 0:
             return unsent
         taken = "accepted" if bye_answered else "confirmed"
@@ -329,5 +397,10 @@ class Outbox:
             said = f"{missing} of the {sent} messages sent {verb} not {taken} by the server"
         if self._flood_dropped:
             said += " (it dropped lines sent too fast)"
+        named = [_named(m.text) for m in list(self._unconfirmed)[-NAMED_MAX:]]
+        if named:
+            more = len(self._unconfirmed) - len(named)
+            earlier = f"{more} earlier {'one' if more == 1 else 'ones'}, then " if more else ""
+            said += f": {earlier}{', '.join(named)}"
         said += "."
         return said if unsent is None else f"{said} {unsent}"

@@ -29,6 +29,7 @@ exit code and, for a failure, one sentence for stderr.
 from __future__ import annotations
 
 import math
+import re
 import time
 from collections.abc import Callable, Mapping
 from typing import cast
@@ -55,7 +56,7 @@ from twisted_chat.client.lines import SkipLongLines
 from twisted_chat.client.liveness import Liveness
 from twisted_chat.client.lobbyview import HeldNotices, Repeats, ShownLobby
 from twisted_chat.client.login import Login
-from twisted_chat.client.outbox import QUEUE_MAX, Outbox, Typed
+from twisted_chat.client.outbox import QUEUE_MAX, Outbox, Sent, Typed
 from twisted_chat.client.pairing import Pairing
 from twisted_chat.client.passwords import Passwords
 from twisted_chat.client.render import Line, Renderer
@@ -378,8 +379,13 @@ class ChatClient(SkipLongLines):
 
     def send(self, request: Send) -> None:
         if self.transport is not None and self.state is not State.CLOSED:
-            self.transport.write(request.encode())
-            self.outbox.sent(request.verb)
+            line = request.encode()
+            self.transport.write(line)
+            message = None
+            if request.verb in ("MSG", "DM"):
+                to = nick_key(request.words[0]) if request.verb == "DM" else None
+                message = Sent(to, request.text, len(line) - 2)
+            self.outbox.sent(request.verb, message)
             online = self.state in (State.READY, State.PAIRED)
             if online and request.verb not in ("PING", "PONG", "BYE"):
                 self.liveness.sent()  # the server answers it, or sends it back
@@ -837,7 +843,7 @@ class ChatClient(SkipLongLines):
         if self.nick is None:
             return
         if nick_key(sender) == nick_key(self.nick):
-            self.outbox.echoed()  # the server took one of ours
+            self.outbox.echoed(None if to == "*" else nick_key(to), event.text)  # it took it
             return
         if to != "*" or render.mentions(event.text, self.nick):
             self._ring()  # a private message, or a lobby line that names you
@@ -987,7 +993,24 @@ class ChatClient(SkipLongLines):
             self.login.refused(code, event.text, said)
             return
         self.error(said)
+        self._refused_message(code, gone, event.text)
         rate = self.outbox.flood(event.text) if code == "flood" else None
         if rate is not None:
             lines = "line" if rate == 1 else "lines"
             self.notice(f"Sending at most {rate:g} {lines} per second from now on.")
+
+    def _refused_message(self, code: str, gone: str, text: str) -> None:
+        """
+        An C{ERROR} that may refuse one of our messages: it is answered (said
+        now), not in doubt at the end (L{Outbox.losses}).  The server reads a
+        connection's lines in order: it refused the oldest message not yet
+        answered that it can be about (a C{DM} to the nick it names; one
+        longer than the limit it names), as the web page counts them.
+        """
+        if code == "no-such-nick" and gone:
+            self.outbox.refused_to(nick_key(gone))
+        elif code == "self" and self.nick is not None:
+            self.outbox.refused_to(nick_key(self.nick))
+        elif code == "too-long":
+            most = re.search(r"at most (\d+) bytes", text)
+            self.outbox.refused_longer(int(most.group(1)) if most else 0)
