@@ -265,3 +265,46 @@ def test_a_refused_password_says_what_the_server_says_and_no_more(text: str, sai
     same for a wrong password and a nick with no account, and says so; the
     client said only "not accepted", after claiming the nick had an account."""
     assert render.retry("zed", "bad-password", text) == said
+
+
+# -- rev15 L5: /help's two columns on a narrow screen ----------------------------
+
+
+def _rows(text: str, width: int) -> list[str]:
+    return [plain(row) for row in render.wrap(render.columns(text), width - 1)]
+
+
+REGISTER = "  /register         protect your nickname with a password (asked for, not shown)"
+
+
+def test_a_help_row_that_fits_is_one_row() -> None:
+    assert _rows("  /help             this help", 80) == ["  /help             this help"]
+
+
+def test_a_help_row_wraps_under_its_second_column() -> None:
+    assert _rows(REGISTER, 80) == [
+        "  /register         protect your nickname with a password (asked for, not",
+        "                    shown)",
+    ]
+
+
+def test_a_narrow_screen_has_one_column() -> None:
+    # At 40 columns the description wrapped to the left margin, under the commands.
+    assert _rows(REGISTER, 40) == [
+        "  /register",
+        "      protect your nickname with a",
+        "      password (asked for, not shown)",
+    ]
+    assert _rows("  /help             this help", 40) == ["  /help", "      this help"]
+
+
+def test_other_lines_are_plain_info() -> None:
+    assert render.columns("Commands:") == render.info("Commands:")
+    assert render.columns("  alice (you)") == render.info("  alice (you)")
+    assert ansi(render.columns(REGISTER)) == REGISTER  # no colour for the column
+
+
+@given(st.integers(min_value=10, max_value=120))
+def test_help_rows_never_exceed_the_width(width: int) -> None:
+    for row in _rows(REGISTER, width):
+        assert text_width(row) <= max(width - 1, 10)

@@ -12,7 +12,7 @@ from twisted.python.failure import Failure
 from twisted_chat.client.render import error, info, notice
 from twisted_chat.client.terminal import MIN_ROOM, cluster_end, cluster_start
 
-from .helpers import Keyboard
+from .helpers import Keyboard, session
 
 LEFT = b"\x1b[D"
 RIGHT = b"\x1b[C"
@@ -521,3 +521,21 @@ def test_left_and_right_stop_at_the_same_places(chars: list[str]) -> None:
     while backward[-1] > 0:
         backward.append(cluster_start(chars, backward[-1]))
     assert forward == backward[::-1]
+
+
+def test_help_at_40_columns_keeps_the_commands_apart_from_their_words() -> None:
+    # rev15 L5: the descriptions wrapped to the left margin, among the commands.
+    s = session("alice")
+    s.ready("alice")
+    k = Keyboard(width=40, height=80)
+    k.attach(s.client)
+    k.keys("/help\r")
+    rows = k.rows()
+    at = rows.index("  /register")
+    assert rows[at + 1 : at + 3] == [
+        "      protect your nickname with a",
+        "      password (asked for, not shown)",
+    ]
+    assert "  Up, Down" in rows  # the keys too
+    commands = [row for row in rows if row.startswith("  ") and not row.startswith("      ")]
+    assert all(row.lstrip().startswith(("/", "@", "TEXT")) for row in commands[:13]), commands

@@ -266,6 +266,28 @@ def test_a_private_reply_half_typed_when_the_partner_leaves_the_pair_is_not_post
     assert not [line for line in late.register("dave") if "4711" in line]
 
 
+def test_help_at_40_columns_puts_each_description_under_its_command(
+    bob_online: tuple[ServerProcess, LineClient], pane: Callable[..., Pane]
+) -> None:
+    """rev15 L5: at 40 columns /help's descriptions wrapped to the left margin."""
+    server, _bob = bob_online
+    term = pane([*CLIENT, "--nick", "alice", LOOPBACK, str(server.port)])
+    term.wait_row(r"^alice>$")
+    term.tmux("resize-window", "-t", "chat", "-x", "40", "-y", "60")
+    term.key("C-l")
+    term.enter("/help")
+    row = term.wait_row(r"^  /register$")
+    term.wait_row(r"^      protect your nickname with a$", after=row)
+    term.wait_row(r"^      password \(asked for, not shown\)$", after=row + 1)
+    term.wait_row(r"^  Ctrl-C, Ctrl-D$")
+    screen = term.screen()
+    shown = screen[screen.index("Commands:"):]
+    # No description at the commands' margin (they all start lower-case).
+    assert not [r for r in shown if r.startswith("  ") and r[2].islower()], screen
+    term.enter("/quit")
+    term.wait_row(r"^EXIT=0$")
+
+
 def test_a_frozen_server_is_noticed_and_so_is_its_return(
     bob_online: tuple[ServerProcess, LineClient], pane: Callable[..., Pane]
 ) -> None:

@@ -643,7 +643,7 @@ class ChatClient(SkipLongLines):
             self.error(action.text)
             return
         for text in action.text.splitlines():
-            self._show(render.info(text))
+            self._show(render.columns(text))
 
     def _command_input(self, line: str) -> None:
         action = parse_input(line, inviters=self.pairing.invites)

@@ -30,6 +30,9 @@ class Style(Enum):
     ERROR = "1;31"  # bold red
     PROMPT = "1"  # bold
     MENTION = "1;7"  # bold, reverse video: a lobby line that names you
+    # Uncoloured: the first column of a two-column row (/help), which L{wrap}
+    # keeps the second column clear of.
+    COLUMN = "column"
 
 
 @dataclass(frozen=True, slots=True)
@@ -51,11 +54,34 @@ def ansi(line: Line) -> str:
     parts: list[str] = []
     for span in line:
         text = clean(span.text)
-        if span.style is Style.PLAIN or not text:
+        if span.style in (Style.PLAIN, Style.COLUMN) or not text:
             parts.append(text)
         else:
             parts.append(f"\x1b[{span.style.value}m{text}\x1b[0m")
     return "".join(parts)
+
+
+# A two-column row (L{columns}) that does not fit: its second column wraps
+# under itself while it has at least COLUMN_MIN columns, else it goes on rows
+# of its own below the first, indented by COLUMN_BELOW.  On a screen
+# narrower than COLUMNS_NARROW every row is laid out that way (one column).
+COLUMN_MIN = 30
+COLUMN_BELOW = 6
+COLUMNS_NARROW = 60
+_TWO_COLUMNS = re.compile(r"(  \S.*?[ ]{2,})(\S.*)")
+
+
+def columns(text: str) -> Line:
+    """
+    A row of a two-column listing (C{/help}: "  /pair NICK   invite ..."),
+    whose second column starts after two spaces or more: L{wrap} keeps what
+    does not fit under that column, or, on a narrow screen, below.  Any other
+    text is L{info}.
+    """
+    match = _TWO_COLUMNS.fullmatch(text)
+    if match is None:
+        return info(text)
+    return (Span(match.group(1), Style.COLUMN), Span(match.group(2)))
 
 
 def wrap(line: Line, width: int, indent: int = 2) -> list[Line]:
@@ -63,8 +89,24 @@ def wrap(line: Line, width: int, indent: int = 2) -> list[Line]:
     Break a (cleaned) line into rows of at most C{width} columns, at spaces
     where possible; rows after the first are indented by C{indent} spaces.
     A word longer than a row is cut, never between a character and the
-    combining marks that follow it.
+    combining marks that follow it.  A two-column row (L{columns}) that does
+    not fit wraps its second column under itself, or below the first.
     """
+    if line and line[0].style is Style.COLUMN:
+        first, rest = line[0], line[1:]
+        column = text_width(clean(first.text))
+        if width + 1 >= COLUMNS_NARROW:  # (the last column is never written)
+            if column + sum(text_width(clean(span.text)) for span in rest) <= width:
+                return [line]
+            if width - column >= COLUMN_MIN:
+                return _wrap(line, width, column)
+        head = (Span(first.text.rstrip(" "), Style.PLAIN),)
+        under = min(COLUMN_BELOW, max(width - 8, indent))  # (a row holds 8 more)
+        return _wrap(head, width, indent) + _wrap((Span(" " * under), *rest), width, under)
+    return _wrap(line, width, indent)
+
+
+def _wrap(line: Line, width: int, indent: int) -> list[Line]:
     width = max(width, indent + 8)
     pad: Cluster = ((" ", Style.PLAIN),)
     rows: list[list[Cluster]] = []
