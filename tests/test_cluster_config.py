@@ -9,13 +9,16 @@ C{redis} fixture) with the node's log (L{RedisLog}) in this process:
     C{--set-retention} changes the cluster's, and a running node follows;
   - keys of another kind under C{chat:} (rev11-clu2 L5): another
     application's database is refused at start, named as such, not
-    "unreachable"; met while running, it is logged as what it is.
+    "unreachable"; met while running, it is logged as what it is;
+  - a password Redis refuses (WRONGPASS): the same, at start and while
+    running.
 
 (The processes, exit status and all: tests/test_cluster_config_e2e.py.)
 """
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -31,7 +34,7 @@ from tests.test_cluster_unit import Untold
 from twisted_chat.server.cluster.listeners import SILENT
 from twisted_chat.server.cluster.node import ClusterState
 from twisted_chat.server.cluster.redisconfig import CONFIG, Retention
-from twisted_chat.server.cluster.redisconn import parse_url
+from twisted_chat.server.cluster.redisconn import PasswordRefused, _setup_failed, parse_url
 from twisted_chat.server.cluster.redislog import RedisLog
 from twisted_chat.server.history import History
 from twisted_chat.server.hub import HubSettings
@@ -45,12 +48,14 @@ class Node:
     """A node's log on the real reactor, connected to C{redis}; C{refused}
     fires with the reason if it does not run on the database."""
 
-    def __init__(self, redis: RedisServer, name: str, **options: Any) -> None:
+    def __init__(self, redis: RedisServer, name: str, url: str | None = None,
+                 **options: Any) -> None:
         from twisted.internet import reactor
 
         self.state = ClusterState(name, SILENT, History(100), HubSettings(), reactor,
                                   Untold())
-        self.log = RedisLog(parse_url(redis.url), self.state, reactor, 15.0, **options)
+        self.log = RedisLog(parse_url(url or redis.url), self.state, reactor, 15.0,
+                            **options)
         self.refused: Deferred[str] = Deferred()
         self.log.refused = self.refused.callback
 
@@ -232,11 +237,7 @@ def test_keys_of_another_kind_met_while_running_are_logged_as_such(
     """While the node runs (it has users): not refused; logged as what it is
     (once, not as Redis unreachable), the node retrying until the database
     is right again."""
-    clock = Clock()
-    state = ClusterState("n", SILENT, History(10), HubSettings(), clock, Untold())
-    log = RedisLog(parse_url("redis://127.0.0.1/0"), state, clock, 15.0)
-    refused: list[str] = []
-    log.refused = refused.append
+    clock, state, log, refused = _clocked()
     foreign = False
 
     class Foreign(AnsweringRedis):
@@ -278,11 +279,7 @@ def test_noauth_met_while_running_is_logged_as_such_not_as_a_failure_repr(
     from twisted.internet.defer import FirstError
     from twisted.python.failure import Failure
 
-    clock = Clock()
-    state = ClusterState("n", SILENT, History(10), HubSettings(), clock, Untold())
-    log = RedisLog(parse_url("redis://127.0.0.1/0"), state, clock, 15.0)
-    refused: list[str] = []
-    log.refused = refused.append
+    _, state, log, refused = _clocked()
 
     async def new_connection(reply_timeout: float, subscriber: bool = False) -> Any:
         return AnsweringRedis()
@@ -299,6 +296,108 @@ def test_noauth_met_while_running_is_logged_as_such_not_as_a_failure_repr(
             "required.): give it with --redis-password-file FILE") in said[0]
     assert not any("Failure instance" in line for line in logged)
     log._stopped = True
+
+
+@needs_redis
+@pytest_twisted.ensureDeferred
+async def test_a_wrong_password_is_refused_at_start(tmp_path: Path,
+                                                    logged: list[str]) -> None:
+    """A typo in the password: the node retried for ever ("unreachable
+    (Redis error: could not auth: WRONGPASS ...)"), listening while it
+    turned every NICK away.  No retry makes the password right: it is
+    refused at start, with one line saying what to check."""
+    redis = RedisServer(tmp_path, password="right", persist=False).start()
+    try:
+        node = Node(redis, "a", url=redis.url.replace(":right@", ":wrong@"))
+        why = await node.outcome()
+        assert why == (
+            f"Redis at {parse_url(redis.url).display} refused this node's password "
+            "(WRONGPASS invalid username-password pair or user is disabled.): check the "
+            "one given with --redis-password-file FILE (or in the --redis URL) against "
+            "Redis's requirepass (or, with a user name in the URL, that ACL user's)")
+        said = [line for line in logged if "WRONGPASS" in line]
+        assert said == [f"cluster: {why}"], said
+        assert not any("unreachable" in line for line in logged)
+        await node.stop()
+    finally:
+        redis.stop()
+
+
+@pytest.mark.parametrize("error, refused", [
+    ("Redis error: could not auth: WRONGPASS invalid username-password pair or user "
+     "is disabled.", True),
+    ("Redis error: could not auth: ERR invalid password", True),  # before Redis 6
+    # A password given to a Redis that has none: it may be given one yet.
+    ("Redis error: could not auth: ERR AUTH <password> called without any password "
+     "configured for the default user. Are you sure your configuration is correct?",
+     False),
+    ("Redis error: could not set dbid=3: ERR DB index is out of range", False),
+    (None, False),
+])
+def test_which_failed_set_up_is_a_refused_password(error: str | None,
+                                                   refused: bool) -> None:
+    failed = _setup_failed(error)
+    assert isinstance(failed, ConnectionError)
+    assert isinstance(failed, PasswordRefused) is refused
+    # The operator's tool quotes it (accounts.open_book): txredisapi's line.
+    assert str(failed) == (error or "the connection closed during set-up")
+    if isinstance(failed, PasswordRefused):
+        assert error is not None and failed.reply == error.split(": ", 2)[2]
+
+
+def test_a_password_refused_while_running_is_logged_as_such_and_retried(
+        logged: list[str]) -> None:
+    """A password changed under a running node (its connections are
+    dropped, its reconnections refused): not refused, as at start; logged
+    once as what to check, not as Redis unreachable, and retried until the
+    password is right again."""
+    clock, state, log, refused = _clocked("redis://:pw@127.0.0.1/0")
+    rotated = False
+    attempts = 0
+
+    async def new_connection(reply_timeout: float, subscriber: bool = False) -> Any:
+        nonlocal attempts
+        attempts += 1
+        if rotated:
+            raise PasswordRefused(
+                "Redis error: could not auth: WRONGPASS invalid username-password pair "
+                "or user is disabled.",
+                "WRONGPASS invalid username-password pair or user is disabled.")
+        return AnsweringRedis()
+
+    log._new_connection = new_connection  # type: ignore[method-assign]
+    log.start()
+    assert state.available
+    rotated = True
+    log.lost(log._generation)
+    before = attempts
+    for _ in range(30):
+        clock.advance(1.0)
+    assert attempts - before > 3  # retried
+    assert not state.available and not refused
+    said = [line for line in logged if "WRONGPASS" in line]
+    assert len(said) == 1, said
+    assert ("refused this node's password (WRONGPASS invalid username-password pair or "
+            "user is disabled.): check the one given with --redis-password-file") in said[0]
+    assert said[0].endswith("new registrations are refused, retrying with backoff")
+    # The loss itself was said as such, before; the refusals are not.
+    unreachable = [line for line in logged if "unreachable" in line]
+    assert len(unreachable) == 1 and "(connection lost)" in unreachable[0], unreachable
+    rotated = False  # the password set right again
+    clock.advance(10.0)
+    assert state.available
+    log._stopped = True
+
+
+def _clocked(url: str = "redis://127.0.0.1/0") -> tuple[Clock, ClusterState, RedisLog,
+                                                         list[str]]:
+    """A node's log on a L{Clock}, with the reasons it was refused."""
+    clock = Clock()
+    state = ClusterState("n", SILENT, History(10), HubSettings(), clock, Untold())
+    log = RedisLog(parse_url(url), state, clock, 15.0)
+    refused: list[str] = []
+    log.refused = refused.append
+    return clock, state, log, refused
 
 
 def _wrongtype() -> Any:

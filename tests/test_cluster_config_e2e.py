@@ -2,7 +2,8 @@
 A node that does not run on its database, end to end (real C{twistd -n
 chat --redis ...} nodes and a private redis-server): another retention
 than the cluster's (rev11-clu2 M4) and keys of another kind under
-C{chat:} (rev11-clu2 L5) stop the start with one line and exit status 1,
+C{chat:} (rev11-clu2 L5), no password or a wrong one for a Redis that
+needs one, stop the start with one line and exit status 1,
 touching nothing; C{--set-retention} changes the cluster's retention and
 the running nodes follow.  (The checks themselves: tests/test_cluster_config.py.)
 """
@@ -104,3 +105,27 @@ def test_a_node_given_no_password_for_a_redis_that_needs_one_is_refused(
         "node was given none (NOAUTH Authentication required.): give it with "
         "--redis-password-file FILE (or in the --redis URL, redis://:PASSWORD@HOST:PORT/DB)")
     assert "Failure instance" not in log and "unreachable" not in log
+
+
+def test_a_node_given_a_wrong_password_is_refused(
+        tmp_path: Path, cluster: Callable[..., Cluster]) -> None:
+    """A typo in the password: the node listened, logged "unreachable (Redis
+    error: could not auth: WRONGPASS ...)" and retried for ever, answering
+    every NICK with RETRY unavailable.  It stops at start, with one line
+    saying what to check; the nodes given the right one run."""
+    redis = RedisServer(tmp_path, password="pw-for-test").start()
+    c = cluster(1, redis=redis)
+    password_file = tmp_path / "redis-password"
+    password_file.write_text("pw-for-tset\n")
+    url = f"redis://{LOOPBACK}:{redis.port}/0"
+    node = refused(c, "--redis-password-file", str(password_file), url=url)
+    log = node.log()
+    [line] = [line for line in log.splitlines() if "WRONGPASS" in line]
+    assert line.endswith(
+        f"cluster: Redis at {url} refused this node's password (WRONGPASS invalid "
+        "username-password pair or user is disabled.): check the one given with "
+        "--redis-password-file FILE (or in the --redis URL) against Redis's requirepass "
+        "(or, with a user name in the URL, that ACL user's)")
+    assert "pw-for-t" not in log
+    assert "Failure instance" not in log and "unreachable" not in log
+    c.user(c.nodes[0], "alice")

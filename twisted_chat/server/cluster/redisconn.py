@@ -24,7 +24,8 @@ from twisted.internet.protocol import Factory
 
 from twisted_chat.tls import load_trust_root
 
-__all__ = ["RedisTarget", "connect", "parse_url", "read_password_file", "with_password_file"]
+__all__ = ["PasswordRefused", "RedisTarget", "connect", "parse_url", "read_password_file",
+           "with_password_file"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -233,6 +234,34 @@ def _parse_url(url: str) -> RedisTarget:
                        tls_host=parts.hostname if tls else None, trust=trust)
 
 
+class PasswordRefused(ConnectionError):
+    """Redis refused the password given (C{WRONGPASS}; C{ERR invalid
+    password} before Redis 6): no retry makes it right (docs/cluster.md,
+    "How Redis must be configured").  Its text is txredisapi's line;
+    L{reply}, Redis's own."""
+
+    def __init__(self, message: str, reply: str) -> None:
+        super().__init__(message)
+        self.reply = reply
+
+
+# txredisapi's text when AUTH failed, before Redis's reply.
+_AUTH_FAILED = "Redis error: could not auth: "
+# Redis's replies to a wrong password (6 and later; before 6).
+_WRONG_PASSWORD = ("WRONGPASS", "ERR invalid password")
+
+
+def _setup_failed(error: str | None) -> ConnectionError:
+    """The error of a connection whose AUTH or SELECT failed (txredisapi's
+    C{error}, or none: it closed first)."""
+    if error is None:
+        return ConnectionError("the connection closed during set-up")
+    reply = error.removeprefix(_AUTH_FAILED)
+    if reply != error and reply.startswith(_WRONG_PASSWORD):
+        return PasswordRefused(error, reply)
+    return ConnectionError(error)
+
+
 class _NoFactory:
     """What txredisapi's protocol asks of its factory when AUTH or SELECT fails."""
 
@@ -274,7 +303,8 @@ async def connect(target: RedisTarget, reactor: Any, reply_timeout: float | None
                   opening: list[Any] | None = None, subscriber: bool = False) -> Any:
     """
     One txredisapi connection to C{target}, authenticated and on its
-    database; fails with C{ConnectionError} (or the endpoint's error).
+    database; fails with C{ConnectionError} (L{PasswordRefused}: a wrong
+    password), or the endpoint's error.
 
     @param reply_timeout: txredisapi's: a reply that takes longer fails, and
         the connection is dropped.
@@ -309,5 +339,5 @@ async def connect(target: RedisTarget, reactor: Any, reply_timeout: float | None
     lost = proto.whenDisconnected()
     await defer.DeferredList([connected, lost], fireOnOneCallback=True)
     if not proto._ready:  # txredisapi's: AUTH and SELECT succeeded (see above)
-        raise ConnectionError(factory.error or "the connection closed during set-up")
+        raise _setup_failed(factory.error)
     return proto

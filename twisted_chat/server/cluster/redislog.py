@@ -75,7 +75,7 @@ from twisted_chat.server.cluster.redisconfig import (
     foreign_keys,
     foreign_message,
 )
-from twisted_chat.server.cluster.redisconn import RedisTarget, connect
+from twisted_chat.server.cluster.redisconn import PasswordRefused, RedisTarget, connect
 from twisted_chat.server.cluster.redishistory import (
     HISTORY,
     HISTORY_ADD,
@@ -372,7 +372,8 @@ class RedisLog:
         this node can run on (L{Misconfigured}; or Redis's C{WRONGTYPE}: a
         key of another kind, found otherwise than by L{foreign_keys}); or
         with this node's command line (Redis's C{NOAUTH}: it needs a
-        password, and the node was given none; no retry makes one)."""
+        password, and the node was given none; L{PasswordRefused}: it
+        refused the one given; no retry makes one right)."""
         failure = _cause(failure)
         if failure.check(Misconfigured):
             return str(failure.value)
@@ -383,6 +384,11 @@ class RedisLog:
             return (f"Redis at {self.target.display} requires a password and this node "
                     f"was given none ({text}): give it with --redis-password-file FILE "
                     "(or in the --redis URL, redis://:PASSWORD@HOST:PORT/DB)")
+        if failure.check(PasswordRefused):
+            return (f"Redis at {self.target.display} refused this node's password "
+                    f"({failure.value.reply}): check the one given with "
+                    "--redis-password-file FILE (or in the --redis URL) against Redis's "
+                    "requirepass (or, with a user name in the URL, that ACL user's)")
         return None
 
     def wrong_database(self, failure: Any, generation: int) -> bool:
