@@ -119,7 +119,7 @@ def listen_on(description: str, reactor: Any, option: str = "--port") -> Any:
         endpoint = endpoints.serverFromString(reactor, description)
     except Exception as e:  # ValueError, a missing key file, an unknown option...
         raise SystemExit(f"twistd chat: bad {option} {description!r}: {e}") from None
-    if certificate is not None and isinstance(endpoint, endpoints.SSL4ServerEndpoint):
+    if certificate is not None:  # ssl: (Twisted's own parser, never a plugin's)
         endpoint = _reloading(certificate, reactor)
     address = tcp_address(endpoint)
     if address is None:
