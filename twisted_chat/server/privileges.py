@@ -37,6 +37,12 @@ class Runner:
                 "its files as that user, who must be able to write them and their folder)")
 
 
+def note(who: Runner | None) -> str:
+    """What an error about a file adds for C{who} (L{Runner.note}), or
+    nothing: no switch (L{runner})."""
+    return who.note() if who is not None else ""
+
+
 def runner(twistd: Any) -> Runner | None:
     """
     Whom twistd (its options C{twistd}) will switch to after start-up, as

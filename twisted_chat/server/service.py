@@ -609,9 +609,8 @@ def _top(options: Options, who: privileges.Runner | None) -> _Top:
         with privileges.as_runner(who):
             top.log_observer = logs.twistds_observer(twistd, options["log-keep"])
     except OSError as e:
-        note = who.note() if who is not None else ""
         raise SystemExit(f"twistd chat: cannot open --logfile "
-                         f"{e.filename}: {e.strerror}{note}") from None
+                         f"{e.filename}: {e.strerror}{privileges.note(who)}") from None
     return top
 
 
@@ -640,7 +639,7 @@ def _make_service(options: Options, reactor: Any) -> IService:
         return _cluster_service(options, config, reactor, who)
     listeners = _Listeners.check(options, config, reactor)
     top = _top(options, who)
-    note = who.note() if who is not None else ""
+    note = privileges.note(who)
     with privileges.as_runner(who):
         try:
             # Before twistd daemonizes, so a bad --db is one clear line on the
