@@ -553,7 +553,7 @@ def test_a_nick_waits_for_the_count_no_longer_than_its_redis_wait() -> None:
     assert late.take() == []  # waiting for the cluster's count
     cluster.clock.advance(0.001)
     retry, pong = late.take()
-    assert retry == ("RETRY unavailable the chat cannot check that nick now (its cluster "
+    assert retry == ("RETRY unavailable the chat cannot check that nick now (the chat's "
                      "store did not take it within 2 seconds); send NICK again in a moment")
     assert pong == "PONG behind"
     buckets.answer()  # the count, at last: nothing more is answered

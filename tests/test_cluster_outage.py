@@ -47,7 +47,7 @@ from twisted_chat.server.cluster.service import FactoryHooks
 from twisted_chat.server.heldinput import HeldInput
 from twisted_chat.server.history import History
 from twisted_chat.server.hub import HubError, HubSettings
-from twisted_chat.server.login import UNAVAILABLE_TEXT
+from twisted_chat.server.login import UNAVAILABLE_TEXT, unavailable_text
 from twisted_chat.server.service import Options
 from twisted_chat.server.state import StateUnavailable
 from twisted_chat.wire import ErrorCode
@@ -149,8 +149,8 @@ def test_a_command_not_sent_in_time_is_answered_unavailable_and_never_applied() 
     assert ann.take() == []
     cluster.clock.advance(0.001)
     (line,) = ann.take()
-    assert line == ("ERROR unavailable not sent: the chat cannot reach its store "
-                    f"(it waited {WAIT:g} seconds for it); send it again in a moment"), line
+    assert line == ("ERROR unavailable not sent: the chat's store is out of reach and did "
+                    f"not take it within {WAIT:g} seconds; send it again in a moment"), line
     assert n0.state.waiting_bytes == 0 and log.unacked == []
     # The connection goes on; nothing of the withdrawn command ever comes.
     ann.send("MSG again")
@@ -328,6 +328,24 @@ def test_the_node_holds_at_most_max_waiting_bytes() -> None:
     assert n0.state.waiting_bytes == 0 and log.unacked == []
 
 
+def test_a_registration_over_max_waiting_says_so_in_a_command_s_words() -> None:
+    """A NICK that does not fit in --redis-queue is told why in the words
+    a command's "not sent" uses (one text: node._not_sent)."""
+    _, n0, log = outage(1)
+    ann, bob = n0.user("ann"), n0.user("bob")
+    log.up = False  # cut, not noticed yet: commands wait
+    ann.send("MSG " + "x" * 200)
+    assert ann.take() == []  # it waits
+    n0.state.max_waiting = n0.state.waiting_bytes  # and fills the queue
+    bob.send("MSG " + "x" * 200)
+    conn = n0.connect()
+    conn.take()
+    conn.send("NICK cid")
+    why = "too many commands are waiting for the chat's store on this server"
+    assert bob.take() == [f"ERROR unavailable not sent: {why}; send it again in a moment"]
+    assert conn.take() == [f"RETRY unavailable {unavailable_text(why)}"]
+
+
 def test_nick_while_down_is_retry_unavailable_at_once() -> None:
     _, n0, log = outage()
     log.down()
@@ -353,7 +371,7 @@ def test_a_registration_not_sent_in_time_is_retry_unavailable() -> None:
     conn.send("NICK ann")
     cluster.clock.advance(WAIT)
     assert conn.take()[0] == (
-        "RETRY unavailable the chat cannot check that nick now (its cluster store did not "
+        "RETRY unavailable the chat cannot check that nick now (the chat's store did not "
         "take it within 10 seconds); send NICK again in a moment")
     log.back()
     cluster.pump()
@@ -374,8 +392,8 @@ def test_a_registration_whose_wait_ends_while_redis_is_out_of_reach_says_so() ->
     log.down()
     cluster.clock.advance(WAIT)
     assert conn.take()[0] == (
-        "RETRY unavailable the chat cannot check that nick now (it cannot reach its cluster "
-        "store; it waited 10 seconds for it); send NICK again in a moment")
+        "RETRY unavailable the chat cannot check that nick now (the chat's store is out of "
+        "reach and did not take it within 10 seconds); send NICK again in a moment")
 
 
 def test_an_unconfirmed_registration_waits_for_its_decision() -> None:

@@ -141,9 +141,9 @@ def test_a_refused_registration_says_redis_refused_it() -> None:
     state.register("ann", _Conn(), "-").addErrback(answers.append)
     redis.answer(refuse=True)
     assert [type(f.value).__name__ for f in answers] == ["StateUnavailable"]
-    assert answers[0].value.why == "its cluster store refused to store it"
+    assert answers[0].value.why == "the chat's store refused to store it"
     assert unavailable_text(answers[0].value.why) == (
-        "the chat cannot check that nick now (its cluster store refused to store it); "
+        "the chat cannot check that nick now (the chat's store refused to store it); "
         "send NICK again in a moment")
 
 

@@ -298,9 +298,7 @@ class ClusterState:
             # Never appended: the gap in this node's sequence is harmless.
             return fail(_not_sent(
                 registration,
-                "too many commands are waiting for the chat's store on this server",
-                "too many commands are waiting for its cluster store on this server",
-            ))
+                "too many commands are waiting for the chat's store on this server"))
         now = self.reactor.seconds()
         due = self.deadline(conn, now)
         if due <= now:
@@ -341,10 +339,9 @@ class ClusterState:
         and too slow to take it)."""
         wait = f"{self.wait:g} seconds"
         if self.available:
-            return _not_sent(registration, f"the chat's store did not take it within {wait}",
-                             f"its cluster store did not take it within {wait}")
-        return _not_sent(registration, f"the chat cannot reach its store (it waited {wait} for it)",
-                         f"it cannot reach its cluster store; it waited {wait} for it")
+            return _not_sent(registration, f"the chat's store did not take it within {wait}")
+        return _not_sent(registration,
+                         f"the chat's store is out of reach and did not take it within {wait}")
 
     def _waits_end(self, at: float) -> None:
         """The timer for the commands whose wait ends at C{at} (or before).
@@ -498,8 +495,7 @@ class ClusterState:
             self._keep(data)  # none of a command's: one of the node's own
             return
         self._answer(waiting, _not_sent(waiting.registration,
-                                        "the chat's store refused to store it",
-                                        "its cluster store refused to store it"))
+                                        "the chat's store refused to store it"))
 
     def _answer(self, waiting: _Waiting, error: Exception) -> None:
         """Answer a forgotten command with C{error}: its user waits for it,
@@ -838,12 +834,13 @@ def _same(a: Sequence[Any], b: Sequence[Any]) -> bool:
     return len(a) == len(b) and all(x is y for x, y in zip(a, b, strict=True))
 
 
-def _not_sent(registration: bool, why: str, nick_why: str) -> Exception:
+def _not_sent(registration: bool, why: str) -> Exception:
     """The answer to a command that was taken back: it has no effect.
-    C{why}: what happened, for a command's C{ERROR unavailable not sent};
-    C{nick_why}, for a C{NICK}'s C{RETRY unavailable} (L{StateUnavailable})."""
+    C{why}: what happened, the same words in a command's C{ERROR
+    unavailable not sent: ...} and a C{NICK}'s C{RETRY unavailable}
+    (L{StateUnavailable}, login.unavailable_text)."""
     if registration:
-        return StateUnavailable(nick_why)
+        return StateUnavailable(why)
     return HubError(
         ErrorCode.UNAVAILABLE,
         f"not sent: {why}; send it again in a moment",
