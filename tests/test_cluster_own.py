@@ -14,6 +14,7 @@ import pytest
 from tests.test_cluster_unit import Cluster, Node, check_index
 from twisted_chat.server import sendqueue
 from twisted_chat.server.cluster.remote import RemoteConn
+from twisted_chat.server.cluster.service import FactoryHooks
 from twisted_chat.server.factory import ChatFactory
 from twisted_chat.server.fanout import LobbyFanout
 from twisted_chat.server.protocol import ChatProtocol
@@ -367,3 +368,47 @@ def member_lists(conn: Any) -> list[tuple[Any, ...]]:
     gc.collect()
     return [r for r in gc.get_referrers(conn)
             if isinstance(r, tuple) and all(isinstance(x, ChatProtocol) for x in r)]
+
+
+@pytest.mark.parametrize("gone", [False, True])
+def test_a_displaced_connection_is_let_go_of_at_once(gone: bool) -> None:
+    """After Redis lost everything, a's nick is taken on node 1 before node
+    0's hello: a is told BYE (displaced) and is never a lobby member again
+    (the members are listed anew at each batch).  The lists kept between
+    batches (the node's tuple with the after-loss extras, the direct pass's
+    partition of it) let go of its connection then, as at a departure, not
+    at the next lobby line (its transport may still buffer --sendq bytes);
+    so too if it had closed meanwhile (C{gone}: no BYE then)."""
+    cluster = Cluster(2, direct_send=True)
+    n0, n1 = cluster.nodes
+    n0.state.connections = FactoryHooks(n0.factory)
+    a, b = n0.user("a"), n0.user("b")
+    e = n1.user("e")
+    rows0, rows1 = n0.state.rebuild(None, []), n1.state.rebuild(None, [])
+    for node in cluster.nodes:
+        node.cursor = len(cluster.log.entries)  # the new epoch's log starts here
+    n1.state.hello(rows1)
+    cluster.pump()
+    e.send("MSG while detached")
+    cluster.pump()
+    assert [line for line in a.take() if line.startswith("MSG")]
+    assert member_lists(a.protocol), "the batch's members hold the detached a"
+    if gone:
+        a.drop()
+        assert a.protocol.closing
+    n1.user("a")  # a's nick, someone else's now
+    n0.state.hello(rows0)
+    cluster.pump()
+    assert any(line.startswith("BYE shutdown") and "someone else's now" in line
+               for line in a.take()) is not gone
+    assert a.protocol.closing
+    assert member_lists(a.protocol) == [], "let go of at the displacement"
+    direct = n0.factory._direct_pass
+    assert direct is not None
+    assert a.protocol not in [*direct._direct, *direct._rest]
+    # The lobby goes on without a.
+    e.send("MSG after")
+    cluster.pump()
+    assert [line.split(" ", 4)[-1] for line in b.take() if line.startswith("MSG")] == [
+        "after"]
+    assert [line for line in a.take() if line.startswith("MSG")] == []

@@ -460,14 +460,19 @@ class ChatFactory(ServerFactory):
                 if other.state is State.PAIRED:
                     other.conn.write(data)
 
-    def left(self, ts: float, user: User, reason: str, text: str) -> None:
-        self._user_lines.pop(user.key, None)
-        # The lobby's lists kept between batches let go of the departed
-        # connection now, not at the next lobby line (its transport may
-        # still buffer up to --sendq bytes).
+    def forget_members(self) -> None:
+        """The lobby's lists kept between batches (the state's, the direct
+        pass's) let go of their connections now, not at the next lobby
+        line: one of them is gone (its transport may still buffer up to
+        --sendq bytes).  At a departure; and at a cluster node's
+        displacement (cluster.service.FactoryHooks.displaced)."""
         self.state.forget_members()
         if self._direct_pass is not None:
             self._direct_pass.forget()
+
+    def left(self, ts: float, user: User, reason: str, text: str) -> None:
+        self._user_lines.pop(user.key, None)
+        self.forget_members()
         data = wire.line("LEFT", wire.format_ts(ts), user.nick, reason, text=text)
         for other in self.state.own_users():
             other.conn.write(data)

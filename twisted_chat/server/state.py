@@ -56,8 +56,9 @@ class ChatState(Protocol):
         the rebuilt replica lacks or still pairs: docs/cluster.md)."""
 
     def forget_members(self) -> None:
-        """A user left: let go of any list of connections kept for
-        L{lobby_members}, so that the departed one is not kept alive."""
+        """A user left (or a cluster node's connection was displaced): let
+        go of any list of connections kept for L{lobby_members}, so that
+        the departed one is not kept alive."""
 
     def own_users(self) -> list[User]:
         """The users online (in the lobby or paired) whose connections this

@@ -140,8 +140,9 @@ class NodeConnections(Protocol):
         (the replica was rebuilt: the hub holds a new object)."""
 
     def displaced(self, conn: Any) -> None:
-        """End C{conn}, a connection of this node's (after its BYE line): its
-        user's nick went to someone else while Redis lost data."""
+        """End C{conn}, a connection of this node's (after its BYE line,
+        unless it was closing already), and let go of it: its user's nick
+        went to someone else while Redis lost data."""
 
 
 @dataclass(slots=True, eq=False)
@@ -239,7 +240,8 @@ class ClusterState:
     # -- the commands (ChatState) ---------------------------------------------
 
     def forget_members(self) -> None:
-        # The own index let go of its tuple at the departure (own.py).
+        # The own index let go of its tuple at the departure (own.py); a
+        # displaced connection is among the extras only.
         self._forget_extra()
 
     def _forget_extra(self) -> None:
@@ -763,13 +765,12 @@ class ClusterState:
         # those still detached are the ones it has not come to yet.)
         self._left_detached = {uid: how for uid, how in self._left_detached.items()
                                if self.replica.afterloss.is_detached(uid)}
-        if getattr(conn, "closing", True):
-            return
-        conn.write(wire.line(
-            "BYE", "shutdown",
-            text=f"the chat's store lost data and {nick} is someone else's now; "
-            "connect again with another nick",
-        ))
+        if not getattr(conn, "closing", True):
+            conn.write(wire.line(
+                "BYE", "shutdown",
+                text=f"the chat's store lost data and {nick} is someone else's now; "
+                "connect again with another nick",
+            ))
         self.connections.displaced(conn)
 
     def rebuilt(self) -> None:

@@ -107,8 +107,10 @@ class FactoryHooks:
             conn.user = user
 
     def displaced(self, conn: Any) -> None:
-        """End a connection that was told C{BYE shutdown} (its nick went to
-        someone else while Redis lost data)."""
+        """End a connection whose nick went to someone else while Redis lost
+        data (told C{BYE shutdown}, unless closing already); the lobby's
+        kept lists let go of it now, as at a departure."""
+        self.factory.forget_members()
         if isinstance(conn, ChatProtocol):
             conn.hang_up("shutdown")
 
