@@ -355,7 +355,7 @@ def test_nick_while_down_is_retry_unavailable_at_once() -> None:
     # What is unavailable is the cluster's store (rev11-clu2 L5: the
     # accounts were blamed), in the same words with accounts on or off.
     assert conn.take()[0] == f"RETRY unavailable {UNAVAILABLE_TEXT}"
-    assert "cluster store is unavailable" in UNAVAILABLE_TEXT
+    assert "the chat's store is unavailable" in UNAVAILABLE_TEXT
     assert "account" not in UNAVAILABLE_TEXT
 
 

@@ -205,7 +205,7 @@ def test_a_command_redis_took_then_lost_is_answered_while_its_user_waits() -> No
     assert got[0].value.text.startswith("lost:")
     assert "some may have seen it before the loss" in got[0].value.text
     assert [type(f.value).__name__ for f in registered] == ["StateUnavailable"]
-    assert registered[0].value.why == "its cluster store lost it after taking it"
+    assert registered[0].value.why == "the chat's store lost it after taking it"
     assert n0.state.first_waiting() is None and n0.state.waiting_bytes == 0
     assert n0.nicks() == n1.nicks() == ["ann", "bob"]
     assert len(resent) == 1 and not hasattr(resent[0], "value")

@@ -734,8 +734,8 @@ def test_online_nicks_follow_the_user_list_joins_and_leaves() -> None:
 
 
 UNAVAILABLE = (
-    "RETRY unavailable the chat cannot check that nick now (its cluster store is out of "
-    "reach); try again in a moment"
+    "RETRY unavailable the chat cannot check that nick now (the chat's store is out of "
+    "reach and did not take it within 10 seconds); send NICK again in a moment"
 )
 
 

@@ -69,8 +69,8 @@ def unavailable_text(why: str = "") -> str:
     cluster's store (C{state.StateUnavailable.why}: too slow, out of reach,
     it refused or lost the registration; "": unavailable).  (This module
     imports no node, hub or state: the accounts tool loads it.)"""
-    return (f"the chat cannot check that nick now ({why or 'its cluster store is unavailable'}); "
-            "send NICK again in a moment")
+    why = why or "the chat's store is unavailable"
+    return f"the chat cannot check that nick now ({why}); send NICK again in a moment"
 
 
 # The cluster's answer to a NICK or PASS it cannot check now (its Redis is

@@ -533,7 +533,7 @@ class ClusterState:
             if waiting.ticket in lost:
                 self._forget(k)
                 if waiting.registration:
-                    error: Exception = StateUnavailable("its cluster store lost it after taking it")
+                    error: Exception = StateUnavailable("the chat's store lost it after taking it")
                 else:
                     error = HubError(ErrorCode.UNAVAILABLE,
                                      _LOST_UNSEEN if waiting.ticket in quiet else _LOST)
