@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import io
 import itertools
+import re
 from collections.abc import Callable
 from typing import Any
 
@@ -461,6 +462,63 @@ def test_a_connection_answers_a_bounded_number_of_requests() -> None:
     last = conn.transport.value().rpartition(b"HTTP/1.1 404 ")[2]
     assert b"\r\nConnection: close\r\n" in last.partition(b"\r\n\r\n")[0]
     assert conn.aborted
+
+
+# Names under /static/ that no file has, however they are spelled: each is a
+# plain 404, and nothing is logged.  A NUL (valid UTF-8) reached os.stat,
+# whose ValueError twisted.web answered with a 500 and logged, traceback and
+# all, at critical level, past --log-level and the repeats limiter.
+ODD_STATIC_NAMES = [
+    b"a%00b", b"%00", b"a%00b/c", b"app.js%00.txt", b"app.js%00",  # NUL
+    b"%ff", b"%c0%ae%c0%ae", b"%ed%a0%80",  # not UTF-8 (overlong, a surrogate)
+    b"a%2fb", b"%2e%2e", b"%2e%2e%2fconfig.py", b"..%2f..%2fsite.py",  # / and .. decoded
+    b"..%5csite.py", b"a%5cb",  # backslashes
+    b"x" * 300, b"x" * 5000, b"%41" * 300, (b"x" * 200 + b"/") * 10,  # over NAME_MAX, PATH_MAX
+    b"%01%1b%7f", b"app.js%0a", b"%0d%0aX-Injected:%20yes", b"%e2%80%ae",  # control, bidi
+    b"app.js/x", b"app.js/%00", b"style.css/..%2fapp.js",  # under a file
+]
+
+
+@pytest.mark.parametrize("method", [b"GET", b"HEAD"])
+@pytest.mark.parametrize("name", ODD_STATIC_NAMES)
+def test_an_odd_static_name_is_a_plain_404_and_logs_nothing(
+        method: bytes, name: bytes, logged: list[str]) -> None:
+    h = Harness()
+    site = make_site(h, timeout=30.0)
+    conn = HTTPConn(h, site)
+    conn.send(method + b" /static/" + name + b" HTTP/1.1\r\nHost: x\r\n\r\n"
+              + b"GET /nope HTTP/1.1\r\nHost: x\r\n\r\n")
+    # (the static 404's body ends without a line end)
+    assert re.findall(rb"HTTP/1\.1 [^\r]*", conn.transport.value()) == [
+        b"HTTP/1.1 404 Not Found"] * 2
+    assert logged == []
+    assert not conn.aborted  # the connection goes on
+
+
+@pytest.mark.parametrize(("path", "status"), [
+    (b"/static/nope.js", b"404"), (b"/static", b"302"), (b"/chat", b"426"),
+    (b"/chat/x", b"426"), (b"/nope", b"404"), (b"/", b"200"),
+])
+def test_a_head_is_answered_with_its_get_s_headers_and_logs_nothing(
+        path: bytes, status: bytes, logged: list[str]) -> None:
+    """Twisted left the body a resource returned to a HEAD out with a line
+    quoting the request, URL and all, for each such request."""
+    h = Harness()
+    site = make_site(h, timeout=30.0)
+    got = {}
+    for method in (b"GET", b"HEAD"):
+        conn = HTTPConn(h, site)
+        conn.send(method + b" " + path + b"?" + b"A" * 8000 + b" HTTP/1.1\r\nHost: x\r\n\r\n")
+        head, _, body = conn.transport.value().partition(b"\r\n\r\n")
+        assert head.startswith(b"HTTP/1.1 " + status + b" ")
+        got[method] = re.search(rb"\r\nContent-Length: (\d+)\r\n", head + b"\r\n")
+        if method == b"HEAD":
+            assert body == b""
+    assert logged == []
+    length = got[b"GET"]
+    if path != b"/nope":  # (its GET is chunked)
+        assert length is not None and got[b"HEAD"] is not None
+        assert got[b"HEAD"][1] == length[1]
 
 
 def test_http_connections_and_their_refusals_have_their_own_metrics() -> None:

@@ -222,5 +222,12 @@ def test_requests_do_not_make_twisted_log_their_url(tmp_path: Path) -> None:
                     + b" HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
         assert (closed_within(bad, 5) or b"").startswith(b"HTTP/1.1 404 ")
         bad.close()
+        # One with a NUL: a 500, and a traceback logged at critical level.
+        for method in (b"GET", b"HEAD"):
+            nul = from_client(web.web_port)
+            nul.sendall(method + b" /static/app.js%00" + long
+                        + b" HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+            assert (closed_within(nul, 5) or b"").startswith(b"HTTP/1.1 404 ")
+            nul.close()
         time.sleep(LOG_WRITES_WINDOW)
         assert log_size(web) - before < 1024

@@ -19,9 +19,11 @@ C{HEAD}; Twisted spooled any body over 100 kB to a temporary file), a
 connection answers at most L{MAX_REQUESTS} requests, requests are not
 written to the log, and C{Range} is ignored (L{_Request}).  Nor does a
 request make Twisted log its URL (L{_Page}, L{_Files}): a C{HEAD} of the
-page was answered with a body, which Twisted left out with a warning
-quoting the request (8 KB a line, 20 a connection), and a name under
-C{/static/} that is not UTF-8 got an error and a traceback quoting it.
+page was answered with a body, which Twisted left out with a line
+quoting the request (8 KB a line, 20 a connection), as it still did for a
+C{HEAD} of a 404 (L{_Headless}); a name under C{/static/} that is not UTF-8
+got an error and a traceback quoting it, and one with a NUL a 500 and a
+traceback at critical level.
 """
 
 from __future__ import annotations
@@ -280,6 +282,26 @@ class _Socket(WebSocketResource):
         return WebSocketResource(_Handover(self._gateway, channel)).render(request)
 
 
+class _Headless:
+    """A resource as a C{HEAD} renders it: the body it returns to a C{HEAD}
+    is left out here, its length kept as C{Content-Length}.  Twisted left
+    it out itself, with a line quoting the request, URL and all, for every
+    C{HEAD} of a 404 under C{/static/}, of C{/static} (a redirect) and of
+    C{/chat} (a 426)."""
+
+    def __init__(self, inner: resource.IResource) -> None:
+        self._inner = inner
+
+    def render(self, request: server.Request) -> Any:
+        body = self._inner.render(request)
+        # Twisted answers a resource without render_HEAD with its GET
+        # (its method GET meanwhile): that path logs nothing.
+        if request.method == b"HEAD" and isinstance(body, bytes) and body:
+            request.setHeader(b"Content-Length", b"%d" % len(body))
+            return b""
+        return body
+
+
 class _Request(BodilessRequest):
     """
     A request whose response, whatever it is (404s included), is secured;
@@ -318,6 +340,10 @@ class _Request(BodilessRequest):
             return
         super().process()
 
+    def render(self, resrc: resource.IResource) -> None:
+        """A C{HEAD}'s body is left out before Twisted sees it (L{_Headless})."""
+        super().render(_Headless(resrc) if self.method == b"HEAD" else resrc)
+
 
 class _Files(static.File):
     """The static directory: files only, no listings, no ranges (L{_Request}).
@@ -341,14 +367,20 @@ class _Files(static.File):
         return pages.notFound()
 
     def getChild(self, path: bytes, request: server.Request) -> Any:
-        """Not found, for a name that is not UTF-8: Twisted's logged an
-        error and a traceback, quoting the name (as long as the request
-        line), for each such request."""
+        """Not found, for a name that is not UTF-8 (Twisted's logged an
+        error and a traceback, quoting the name, as long as the request
+        line, for each such request), that has a NUL (valid UTF-8, but
+        C{os.stat} raised C{ValueError}: a 500, and a traceback logged at
+        critical level for each request), or that the file system refuses
+        in any other way."""
         try:
             path.decode("utf-8")
         except UnicodeDecodeError:
             return self.childNotFound
-        return super().getChild(path, request)
+        try:
+            return super().getChild(path, request)
+        except (ValueError, OSError):
+            return self.childNotFound
 
     def createSimilarFile(self, path: str) -> static.File:
         f = _Files(path, self.defaultType, self.ignoredExts, self.registry)
