@@ -156,7 +156,8 @@ def test_refused_upgrades_write_a_few_short_lines(tmp_path: Path, level: str) ->
     A refused upgrade made autobahn write two lines quoting a header in full
     (~30 KB a connection: 1.5 MB in 30 s from one address, whatever
     --log-level said), and a refused origin was quoted whole: now one line
-    per refused upgrade, the header clipped, a few per address and 10 s.
+    per refused upgrade, the header clipped, a few per address and 10 s, at
+    info level (a malformed Host was an error line).
     """
     # A burst of connections large enough that every one reaches the gateway.
     server = WebServer(tmp_path, "--log-level", level, "--ip-connect-burst", "100",
@@ -164,7 +165,9 @@ def test_refused_upgrades_write_a_few_short_lines(tmp_path: Path, level: str) ->
     huge = "x" * 15_000
     kinds = [("Connection", "keep-alive, " + huge, b"400"),
              ("Sec-WebSocket-Version", huge, b"400"),
-             ("Origin", "http://" + huge, b"403")]
+             ("Origin", "http://" + huge, b"403"),
+             # A Host that does not parse (its Origin given): a 500, an error line.
+             ("Host", "[", b"400")]
     with served(server) as web:
         before = log_size(web)
         for i in range(30):
@@ -172,7 +175,8 @@ def test_refused_upgrades_write_a_few_short_lines(tmp_path: Path, level: str) ->
             headers = {"Host": f"{LOOPBACK}:{web.web_port}", "Upgrade": "websocket",
                        "Connection": "Upgrade",
                        "Sec-WebSocket-Key": "dGhlIHNhbXBsZSBub25jZQ==",
-                       "Sec-WebSocket-Version": "13", name: value}
+                       "Sec-WebSocket-Version": "13",
+                       "Origin": f"http://{LOOPBACK}:{web.web_port}", name: value}
             sock = from_client(web.web_port)
             sock.sendall(("GET /chat HTTP/1.1\r\n"
                           + "".join(f"{k}: {v}\r\n" for k, v in headers.items())

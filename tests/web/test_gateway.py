@@ -608,6 +608,26 @@ def test_an_internal_error_in_on_connect_is_an_error_line(
     assert len(line) < 250
 
 
+@pytest.mark.parametrize("origin", [None, "http://x"])
+@pytest.mark.parametrize("host", ["[", "[::1", "x]:8080", "[chat.example]:8080", "::1"])
+def test_a_malformed_host_is_a_400_logged_at_info(
+        h: Harness, gateway: ChatWebSocketFactory, host: str, origin: str | None) -> None:
+    """The peer's bad input: it was a 500 logged as an error (the Host's
+    parse raised in the origin check), and let in without an Origin."""
+    events: list[dict[str, Any]] = []
+    globalLogPublisher.addObserver(events.append)
+    try:
+        conn = WsConn(h, gateway, host=host, origin=origin)
+    finally:
+        globalLogPublisher.removeObserver(events.append)
+    assert conn.response.startswith("HTTP/1.1 400 ")
+    [event] = events
+    assert event["log_level"].name == "info"
+    assert formatEvent(event).startswith(
+        "WebSocket upgrade from 127.0.0.1 refused (400): Host ")
+    assert len(h.factory.connections) == 0
+
+
 def test_binary_message_closes_are_limited_per_address(
         h: Harness, gateway: ChatWebSocketFactory, logged: list[str]) -> None:
     for _ in range(5):

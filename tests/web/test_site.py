@@ -266,6 +266,11 @@ def test_the_pages_waits_for_the_server_are_the_terminal_clients() -> None:
         ("https://chat.example.org:8443", "chat.example.org", (), False),
         ("http://[::1]:8080", "[::1]:8080", (), True),
         ("http://[::1]:8080", "[::1]:8081", (), False),
+        # A Host or an Origin that does not parse (rev15-sec 4: a 500).
+        ("http://x", "[", (), False),
+        ("http://x", "x]", (), False),
+        ("http://[", "x", (), False),
+        ("http://x:abc", "x", (), False),
     ],
 )
 def test_origin_rule(origin: str | None, host: str, allowed: tuple[str, ...], ok: bool) -> None:

@@ -201,6 +201,16 @@ def host_allowed(host: str | None, hosts: Sequence[str]) -> bool:
     return _host_name(name) in hosts
 
 
+def host_well_formed(host: str) -> bool:
+    """Whether the C{Host} header C{host} reads as a host and a port at all
+    (a C{[} without its C{]}, or a port that is not a number, does not)."""
+    try:
+        port = urlsplit(f"//{host.strip()}").port
+    except ValueError:
+        return False
+    return port is None or port >= 0
+
+
 def origin_allowed(origin: str | None, host: str | None, allowed: Sequence[str]) -> bool:
     """
     The WebSocket's Origin check.  A browser always sends C{Origin}; a
@@ -218,13 +228,13 @@ def origin_allowed(origin: str | None, host: str | None, allowed: Sequence[str])
         return True
     if origin == "null" or not host:
         return False
-    parts = urlsplit(origin)
-    if parts.scheme not in ("http", "https") or not parts.hostname:
-        return False
-    default = 443 if parts.scheme == "https" else 80
-    origin_port = parts.port or default
-    served = urlsplit(f"//{host.strip().lower()}")
-    try:
+    try:  # an unbalanced bracket, a port that is not a number: not allowed
+        parts = urlsplit(origin)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            return False
+        default = 443 if parts.scheme == "https" else 80
+        origin_port = parts.port or default
+        served = urlsplit(f"//{host.strip().lower()}")
         host_port = served.port
     except ValueError:
         return False

@@ -59,7 +59,7 @@ from twisted_chat.server.closing import close_within
 from twisted_chat.server.factory import ChatFactory
 from twisted_chat.server.protocol import ChatProtocol
 from twisted_chat.server.sendqueue import SendQueue, buffer_size
-from twisted_chat.web.config import WebConfig, client_host, origin_allowed
+from twisted_chat.web.config import WebConfig, client_host, host_well_formed, origin_allowed
 
 # Bytes of a message kept beyond --max-line: a terminator (CRLF) the
 # gateway drops, and one more, so that a message cut short is still longer
@@ -269,7 +269,13 @@ class ChatWebSocket(WebSocketServerProtocol):
         written twice."""
         config = self.factory.web
         origin = request.headers.get("origin")
-        if not origin_allowed(origin, request.headers.get("host"), config.origins):
+        host_header = request.headers.get("host")
+        if host_header is not None and not host_well_formed(host_header):
+            # The peer's bad input, not the gateway's fault: it was a 500,
+            # logged as an error (the Host's parse raised).
+            self._denied = f"Host {logs.quote(host_header)} is not a host and port"
+            raise ConnectionDeny(ConnectionDeny.BAD_REQUEST, "malformed Host header")
+        if not origin_allowed(origin, host_header, config.origins):
             self._denied = ("no origin" if origin is None
                             else f"origin {logs.quote(origin)}") + " not allowed"
             raise ConnectionDeny(ConnectionDeny.FORBIDDEN, "origin not allowed")
