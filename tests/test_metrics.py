@@ -738,7 +738,13 @@ def test_scrapes_back_to_back_share_a_few_renderings() -> None:
     filter), or 503 if there is none: an ordinary form (no filter) is
     rendered once past the rate instead, and is never forgotten; the last
     METRICS_FORMS others are kept."""
-    from twisted_chat.server.metricsport import METRICS_FORMS, METRICS_RENDERS, renders_bounded
+    from twisted_chat.server.metricsport import (
+        METRICS_FORMS,
+        METRICS_FRESH,
+        METRICS_OTHER_RENDERS,
+        METRICS_RENDERS,
+        renders_bounded,
+    )
 
     clock = Clock()
     rendered: list[str] = []
@@ -763,22 +769,32 @@ def test_scrapes_back_to_back_share_a_few_renderings() -> None:
     assert {scrape() for _ in range(100)} == {("200 OK", f"render {burst}".encode())}
     # Junk in Accept or the query makes no other answer: the same form.
     assert scrape("text/html, */*;q=0.1", "x=1") == ("200 OK", f"render {burst}".encode())
-    status, body = scrape(query="name[]=chat_users")  # a filter never rendered
+    # Filters have renderings of their own (METRICS_OTHER_RENDERS): not
+    # spent above; past them, a filter never rendered gets a 503.
+    other_burst = int(METRICS_OTHER_RENDERS.burst)
+    assert [scrape(query=f"name[]=first_{n}")[0] for n in range(other_burst)] == [
+        "200 OK"] * other_burst
+    status, body = scrape(query="name[]=chat_users")
     assert status.startswith("503 ") and b"try again" in body
+    rendered_so_far = burst + other_burst
     # An ordinary form never rendered is rendered, once, past the rate.
-    assert scrape("application/openmetrics-text") == ("200 OK", f"render {burst + 1}".encode())
-    assert scrape("application/openmetrics-text") == ("200 OK", f"render {burst + 1}".encode())
-    assert len(rendered) == burst + 1
+    first = ("200 OK", f"render {rendered_so_far + 1}".encode())
+    assert scrape("application/openmetrics-text") == first
+    assert scrape("application/openmetrics-text") == first
+    assert len(rendered) == rendered_so_far + 1
     clock.advance(1 / METRICS_RENDERS.per_second)
-    assert scrape() == ("200 OK", f"render {burst + 2}".encode())
+    assert scrape() == ("200 OK", f"render {rendered_so_far + 2}".encode())
     for n in range(METRICS_FORMS + 1):
-        clock.advance(1 / METRICS_RENDERS.per_second)
+        clock.advance(1 / METRICS_OTHER_RENDERS.per_second)
         scrape(query=f"name[]=chat_{n}")
     assert scrape(query="name[]=chat_0")[0].startswith("503 ")  # its answer was forgotten
     assert scrape(query="name[]=chat_1")[0] == "200 OK"
-    assert scrape() == ("200 OK", f"render {burst + 2}".encode())  # an ordinary one was not
+    assert len(rendered) == rendered_so_far + 2 + METRICS_FORMS + 1
+    # An ordinary one was not; its answer, now older than METRICS_FRESH, is
+    # rendered again when it is asked for (the rate allows it here anyway).
+    assert clock.seconds() - 1 / METRICS_RENDERS.per_second >= METRICS_FRESH
+    assert scrape()[0] == "200 OK"
     assert scrape("application/openmetrics-text")[0] == "200 OK"
-    assert len(rendered) == burst + 2 + METRICS_FORMS + 1
 
 
 # What Prometheus 3 sends, and 2 (with gzip both).
@@ -877,6 +893,7 @@ def test_an_ordinary_scrape_never_rendered_is_answered_while_another_peer_drains
     app, renders = bounded_metrics_app(clock)
     for n in range(20):
         metrics_request(app, query=f"name[]=chat_{n}")
+        metrics_request(app, query=f"x={n}")  # an ordinary form (curl's)
     assert metrics_request(app, query="name[]=chat_users")[0].startswith("503 ")
     drained = renders.count
     for accept in PROMETHEUS_ACCEPTS:
@@ -887,6 +904,68 @@ def test_an_ordinary_scrape_never_rendered_is_answered_while_another_peer_drains
     for accept in PROMETHEUS_ACCEPTS:  # its answer is kept: no other rendering
         assert metrics_request(app, accept=accept, encoding="gzip")[0] == "200 OK"
     assert renders.count == drained + len(PROMETHEUS_ACCEPTS)
+
+
+@pytest.mark.parametrize("drain", ["filters", "other ordinary forms"])
+def test_an_ordinary_scrape_stays_fresh_however_another_peer_drains(drain: str) -> None:
+    """rev15-sec 5: one peer asking for a new name[] filter 20 times a
+    second took every rendering, and a scraper's ordinary form was answered
+    its last rendering for as long as that went on (a counter frozen for
+    10 s).  Forms that are not ordinary have a budget of their own
+    (METRICS_OTHER_RENDERS), and an ordinary form is rendered past the rate
+    once its kept answer is METRICS_FRESH seconds old: however the
+    renderings are spent (on filters, or on the other ordinary forms), a
+    scraper's answer is never older than that."""
+    from prometheus_client.exposition import make_wsgi_app
+
+    from twisted_chat.server.metricsport import (
+        METRICS_FRESH,
+        METRICS_RENDERS,
+        head_as_get,
+        renders_bounded,
+    )
+
+    assert METRICS_FRESH <= 5.0  # "at least every few seconds" (docs/security.md)
+    clock = Clock()
+    state = [Snapshot(0, 0, 0, None)]
+    registry = registry_for(Stats(), lambda: state[0])
+    renders = CountedRenders()
+    registry.register(renders)  # type: ignore[arg-type]
+    app = renders_bounded(head_as_get(make_wsgi_app(registry)), clock.seconds)
+    # Every Accept that makes another ordinary form than curl's (its own).
+    others = [accept for accept in (
+        "application/openmetrics-text", PROMETHEUS_ACCEPTS[0], PROMETHEUS_ACCEPTS[1],
+        "text/plain;version=1.0.0;escaping=underscores")]
+
+    def drain_for(seconds: float, start: int) -> None:
+        for n in range(int(seconds * 20)):  # 20 a second
+            clock.advance(0.05)
+            if drain == "filters":
+                metrics_request(app, query=f"name[]=x{start + n}")
+            else:
+                metrics_request(app, accept=others[n % len(others)], encoding="gzip" * (n % 2))
+
+    def lobby() -> float:
+        status, _, body = metrics_request(app)  # curl's form
+        assert status == "200 OK"
+        [line] = [line for line in body.decode().splitlines()
+                  if line.startswith('chat_connections{state="lobby"}')]
+        return float(line.split()[-1])
+
+    assert lobby() == 0
+    seen = []
+    for second in range(1, 21):
+        state[0] = Snapshot(0, second, 0, None)  # changes every second
+        drain_for(1.0, second * 100)
+        seen.append((second, lobby()))
+    # Each scrape's answer is at most METRICS_FRESH seconds behind.
+    assert all(second - got <= METRICS_FRESH for second, got in seen), seen
+    if drain == "filters":  # they do not spend the ordinary forms' renderings at all
+        assert [got for _, got in seen] == [second for second, _ in seen]
+    else:  # the ordinary forms' renderings stay bounded: the rate, and one
+        # per form in each METRICS_FRESH seconds past it (5 forms here)
+        rate_allows = METRICS_RENDERS.burst + METRICS_RENDERS.per_second * clock.seconds()
+        assert renders.count <= rate_allows + 5 * (1 + clock.seconds() / METRICS_FRESH)
 
 
 def test_a_metrics_request_s_form_is_what_the_exposition_makes_of_it() -> None:

@@ -41,12 +41,22 @@ MAX_METRICS_PER_ADDRESS = 2
 #: Requests one connection may send; the answer to the last says
 #: C{Connection: close}.  A scraper's keep-alive connection opens another.
 MAX_METRICS_REQUESTS = 4
-#: Renderings of the registry per second, and at once, for the whole port
-#: (a scrape renders it: milliseconds of CPU).  Past them, a request gets
-#: the last answer rendered in the same form (L{answer_form}), or C{503} if
-#: there is none: scrapes back to back cost twisted.web's parsing, not a
-#: rendering each.  Prometheus scrapes every few seconds.
+#: Renderings of the registry per second, and at once, for the whole port,
+#: in the ordinary forms (L{answer_form}; a scrape renders it: milliseconds
+#: of CPU).  Past them, a request gets the last answer rendered in the same
+#: form, or C{503} if there is none: scrapes back to back cost twisted.web's
+#: parsing, not a rendering each.  Prometheus scrapes every few seconds.
 METRICS_RENDERS = Rate(4.0, 8)
+#: The renderings of the forms that are not ordinary (C{name[]} filters, odd
+#: C{Accept}s), apart: they do not spend the ordinary forms' (one peer asking
+#: for a new filter 20 times a second took every rendering, and a scraper's
+#: answer stayed as it was for as long as it went on).
+METRICS_OTHER_RENDERS = Rate(1.0, 2)
+#: Seconds an ordinary form's kept answer is served past the rate: one
+#: older is rendered again, whatever the rate says (at most once in that
+#: time for each of the L{ORDINARY_FORMS}), so however the renderings are
+#: spent, a scrape's answer is never older than this.
+METRICS_FRESH = 5.0
 #: How many answers in forms that are not ordinary (L{answer_form}) are
 #: kept, the least recent going first.  Every ordinary form's is kept.
 METRICS_FORMS = 4
@@ -147,25 +157,31 @@ def answer_form(environ: dict[str, Any]) -> tuple[bool, Form] | None:
 
 
 def renders_bounded(app: Any, seconds: Callable[[], float],
-                    rate: Rate = METRICS_RENDERS, forms: int = METRICS_FORMS) -> Any:
+                    rate: Rate = METRICS_RENDERS, forms: int = METRICS_FORMS,
+                    other_rate: Rate = METRICS_OTHER_RENDERS,
+                    fresh: float = METRICS_FRESH) -> Any:
     """
-    The WSGI app C{app}, rendering the registry at C{rate} at most (by the
-    clock C{seconds}); past it, a request gets the last answer rendered in
-    its form (L{answer_form}), or C{503}.  Every ordinary form's answer is
-    kept (there are at most L{ORDINARY_FORMS}), and an ordinary form with
-    none yet is rendered once past the rate; the other forms' answers are
+    The WSGI app C{app}, rendering the registry in the ordinary forms
+    (L{answer_form}) at C{rate} at most, and in the others at C{other_rate}
+    (by the clock C{seconds}); past it, a request gets the last answer
+    rendered in its form, or C{503}.  Every ordinary form's answer is kept
+    (there are at most L{ORDINARY_FORMS}), and an ordinary form is rendered
+    past the rate when no rendering of it was started in the last C{fresh}
+    seconds (one with no answer yet included); the other forms' answers are
     kept for C{forms} of them.  So a peer that varies its requests (their
     query, C{Accept}) takes renderings, but cannot push an ordinary
-    scrape's answer out and leave it a C{503}.  A request that renders
-    nothing is answered by C{app} as it comes.  Called on the thread pool:
-    the bucket and the answers are behind a lock; the rendering is not.
+    scrape's answer out and leave it a C{503}, nor keep it older than
+    C{fresh}.  A request that renders nothing is answered by C{app} as it
+    comes.  Called on the thread pool: the buckets and the answers are
+    behind a lock; the rendering is not.
     """
     lock = threading.Lock()
     bucket = TokenBucket(rate, seconds())
+    other_bucket = TokenBucket(other_rate, seconds())
     ordinary: dict[Form, _Answer] = {}
     others: dict[Form, _Answer] = {}
-    # The ordinary forms rendered (or being rendered) once already.
-    rendered: set[Form] = set()
+    # When the last rendering of each ordinary form was started.
+    started: dict[Form, float] = {}
 
     def bounded_app(environ: dict[str, Any], start_response: Any) -> Any:
         found = answer_form(environ)
@@ -174,13 +190,16 @@ def renders_bounded(app: Any, seconds: Callable[[], float],
         usual, form = found
         kept = ordinary if usual else others
         with lock:
+            now = seconds()
             answer: _Answer | None = None
-            if not bucket.take(seconds()):
-                answer = kept.get(form)
-                if answer is None and (not usual or form in rendered):
-                    answer = _BUSY  # (an ordinary form's first is rendered)
-            if answer is None and usual:
-                rendered.add(form)
+            if usual:
+                last = started.get(form)
+                if bucket.take(now) or last is None or now - last >= fresh:
+                    started[form] = now
+                else:  # (a first rendering still under way: no answer yet)
+                    answer = kept.get(form, _BUSY)
+            elif not other_bucket.take(now):
+                answer = kept.get(form, _BUSY)
         if answer is None:
             got: list[tuple[str, list[tuple[str, str]]]] = []
             written: list[bytes] = []
