@@ -219,6 +219,42 @@ def test_one_address_holding_the_metrics_port_leaves_others_a_scrape(
             conn.close()
 
 
+def test_connections_held_from_several_loopback_addresses_give_way_to_a_scrape(
+        chat_server: Callable[..., ServerProcess]) -> None:
+    """rev15-sec 3: every 127.x address reaches a port on loopback, so four
+    of them, two connections each with a partial request, held all 8 and
+    no scrape from 127.0.0.1 got through (0 of 26).  Once they have been
+    idle for METRICS_IDLE, the scrape takes the place of the oldest."""
+    from twisted_chat.server.metricsport import (
+        MAX_METRICS_CONNECTIONS,
+        MAX_METRICS_PER_ADDRESS,
+        METRICS_IDLE,
+    )
+
+    metrics_port = free_port()
+    chat_server("--db", ":memory:", "--metrics", f"tcp:{metrics_port}:interface={LOOPBACK}")
+    held = []
+    try:
+        for n in range(MAX_METRICS_CONNECTIONS):
+            conn = socket.create_connection(
+                (LOOPBACK, metrics_port), timeout=5,
+                source_address=(f"127.0.0.{40 + n // MAX_METRICS_PER_ADDRESS}", 0))
+            conn.sendall(b"GET /metrics HTTP/1.1\r\nHost: x\r\n")  # never ended
+            held.append(conn)
+        time.sleep(METRICS_IDLE + 0.3)  # (an e2e test: the server's own clock)
+        for _ in range(3):
+            assert get(scrape(metrics_port), "chat_users_online") == 0
+        # The oldest held one was aborted for the first (a reset, or b"");
+        # each scrape's connection closed after its answer left room for
+        # the next.
+        held[0].settimeout(5)
+        with contextlib.suppress(ConnectionResetError):
+            assert held[0].recv(1) == b""
+    finally:
+        for conn in held:
+            conn.close()
+
+
 def test_held_metrics_connections_leave_the_chat_its_descriptors(
         tmp_path: Path, chat_server: Callable[..., ServerProcess]) -> None:
     """A peer holding 150 connections to the metrics port of a server with

@@ -687,6 +687,58 @@ def test_one_address_gets_a_share_of_the_metrics_port() -> None:
     assert metrics_connection(site, 41003, "127.0.0.2") is None
 
 
+def test_connections_held_idle_give_way_to_a_scrape() -> None:
+    """rev15-sec 3: on loopback every 127.x address is an address, so four
+    of them (two connections each, a partial request on each) held all 8
+    and no scrape got through.  Once a connection has been idle for
+    METRICS_IDLE (since its accept or its last answer; a partial request is
+    idle), a newcomer the port has no room for takes its place: the oldest
+    idle one is aborted (its address's own, when the newcomer's address is
+    at its share), one at a time."""
+    from twisted_chat.server.metricsport import (
+        MAX_METRICS_CONNECTIONS,
+        MAX_METRICS_PER_ADDRESS,
+        METRICS_IDLE,
+        metrics_site,
+    )
+
+    clock = Clock()
+    site = metrics_site(registry_for(Stats(), lambda: Snapshot(0, 0, 0, None)), clock)
+    held = []
+    for n in range(MAX_METRICS_CONNECTIONS):
+        got = metrics_connection(site, 40000 + n, f"127.0.0.{40 + n // MAX_METRICS_PER_ADDRESS}")
+        assert got is not None
+        got[0].dataReceived(b"GET /metrics HTTP/1.1\r\nHost: x\r\n")  # never ended
+        held.append(got)
+        clock.advance(0.01)
+    # All young: a newcomer is refused, as before.
+    assert metrics_connection(site, 41000, "127.0.0.1") is None
+    clock.advance(METRICS_IDLE)
+    scraper = metrics_connection(site, 41001, "127.0.0.1")
+    assert scraper is not None
+    assert [t.disconnecting for _, t in held] == [True] + [False] * (len(held) - 1)
+    # One at a time: until the aborted one is closed (its descriptor), the
+    # next newcomer is refused.
+    assert metrics_connection(site, 41002, "127.0.0.44") is None
+    held[0][0].connectionLost(Failure(ConnectionAborted()))
+    channel, transport = scraper
+    channel.dataReceived(b"GET /nothing HTTP/1.1\r\nHost: x\r\n\r\n")
+    assert transport.value().startswith(b"HTTP/1.1 404 ")  # it is served
+    # Answered just now, it is not idle: the next newcomer takes the oldest
+    # held one instead.
+    again = metrics_connection(site, 41003, "127.0.0.40")
+    assert again is not None
+    assert held[1][1].disconnecting and not transport.disconnecting
+    held[1][0].connectionLost(Failure(ConnectionAborted()))
+    # An address at its share makes room among its own: 127.0.0.43's
+    # oldest, not the oldest of all (127.0.0.41's).
+    clock.advance(METRICS_IDLE)
+    assert metrics_connection(site, 41004, "127.0.0.43") is not None
+    assert held[6][1].disconnecting and not held[2][1].disconnecting
+    assert not transport.disconnecting  # (the scraper is idle now, but newer)
+    assert len(site.open) == MAX_METRICS_CONNECTIONS
+
+
 def test_the_metrics_port_counts_an_ipv6_64_as_one_address_and_ipv4_per_address() -> None:
     """An IPv6 peer usually has a /64 to itself: two of its addresses share
     one address's share of the metrics port (one peer could not take it

@@ -33,11 +33,19 @@ MAX_METRICS_CONNECTIONS = 8
 #: a scraper that keeps its connection alive opens another.  Also the idle
 #: timeout.
 METRICS_TIMEOUT = 10.0
-#: Of those, the connections one address may hold: one peer (a local
-#: account, where the port is on loopback) cannot take them all and leave
-#: the scraper none.  A UNIX socket's connections have no address: its
-#: file's permissions decide who connects.
+#: Of those, the connections one address may hold: one peer cannot take them
+#: all and leave the scraper none.  A UNIX socket's connections have no
+#: address: its file's permissions decide who connects.  On loopback every
+#: 127.x address is an address of its own, which any local account may use
+#: as its source: there L{METRICS_IDLE} is what keeps a scraper's way open.
 MAX_METRICS_PER_ADDRESS = 2
+#: Seconds a connection may be idle (since its accept, or its last answer;
+#: a request it has only started counts as idle) before a newcomer takes its
+#: place when the port, or the newcomer's address's share, is full: the
+#: oldest such connection (of that address, if its share is full) is
+#: aborted.  A scrape takes milliseconds; connections held with a partial
+#: request (from four 127.x addresses, two each) kept every scrape out.
+METRICS_IDLE = 1.0
 #: Requests one connection may send; the answer to the last says
 #: C{Connection: close}.  A scraper's keep-alive connection opens another.
 MAX_METRICS_REQUESTS = 4
@@ -61,9 +69,10 @@ METRICS_FRESH = 5.0
 #: kept, the least recent going first.  Every ordinary form's is kept.
 METRICS_FORMS = 4
 #: Descriptors the metrics port may hold, for the budget of
-#: L{twisted_chat.server.descriptors}: its connections and the one it has
-#: just accepted to close.
-METRICS_DESCRIPTORS = MAX_METRICS_CONNECTIONS + 1
+#: L{twisted_chat.server.descriptors}: its connections, the one it has just
+#: accepted to close, and the one aborted to make room (L{METRICS_IDLE}:
+#: one at a time, until its descriptor is closed).
+METRICS_DESCRIPTORS = MAX_METRICS_CONNECTIONS + 2
 
 
 # The answer to a scrape that announces a body (see metrics_site).
@@ -232,7 +241,8 @@ def metrics_site(registry: CollectorRegistry, reactor: Any = None,
     L{renders_bounded}), and no access log (a scrape
     every 15 seconds would be most of the server's log); at most
     C{max_connections} at once (L{MAX_METRICS_PER_ADDRESS} of them from
-    one address), each for at most C{timeout} seconds and
+    one address; one idle for L{METRICS_IDLE} gives way to a newcomer with
+    no room), each for at most C{timeout} seconds and
     L{MAX_METRICS_REQUESTS} requests.
     """
     # Imported here: the scrape runs on the global reactor's thread pool.
@@ -262,12 +272,16 @@ def metrics_site(registry: CollectorRegistry, reactor: Any = None,
     class MetricsChannel(RefusingChannel):
         """One metrics connection: counted by its site while it is open,
         aborted C{timeout} seconds after its accept (which also ends a
-        refusal's close that the peer holds up)."""
+        refusal's close that the peer holds up), or to make room for a
+        newcomer once idle for L{METRICS_IDLE}."""
 
         site: MetricsSite
         _deadline: Any = None
         host: str | None = None
         served = 0
+        # When it was accepted or last answered, and its place in the accepts.
+        active_at = 0.0
+        number = 0
 
         def checkPersistence(self, request: Any, version: bytes) -> bool:
             self.served += 1
@@ -280,6 +294,17 @@ def metrics_site(registry: CollectorRegistry, reactor: Any = None,
             super().connectionMade()
             self._deadline = self.callLater(self.site.lifetime, self._expired)
 
+        def requestDone(self, request: Any) -> None:
+            self.active_at = self.site.clock.seconds()
+            super().requestDone(request)
+
+        def idle_since(self, now: float) -> float | None:
+            """Since when it has been idle, if for L{METRICS_IDLE} at
+            least (no request being answered), else None."""
+            if self._handlingRequest or now - self.active_at < METRICS_IDLE:
+                return None
+            return self.active_at
+
         def _expired(self) -> None:
             self._deadline = None
             transport: Any = self.transport
@@ -291,6 +316,8 @@ def metrics_site(registry: CollectorRegistry, reactor: Any = None,
             if deadline is not None and deadline.active():
                 deadline.cancel()
             self.site.open.discard(self)
+            if self.site.evicted is self:
+                self.site.evicted = None
             super().connectionLost(reason)
 
     class MetricsSite(Site):
@@ -310,22 +337,48 @@ def metrics_site(registry: CollectorRegistry, reactor: Any = None,
             super().__init__(root, timeout=timeout, **(
                 {"reactor": reactor} if reactor is not None else {}))
             self.lifetime = timeout
+            self.clock = clock
             self.open: set[MetricsChannel] = set()
+            # The connection aborted to make room, until it is closed.
+            self.evicted: MetricsChannel | None = None
+            self._accepted = 0
 
         def buildProtocol(self, addr: Any) -> Any:
-            if len(self.open) >= max_connections:
-                return None  # Twisted closes the socket at once
             host: str | None = getattr(addr, "host", None)
             if host is not None:
                 host = address_key(host)  # an IPv6 /64 is one address
             # Counted over the open channels (at most max_connections).
-            if host is not None and sum(
-                    c.host == host for c in self.open) >= MAX_METRICS_PER_ADDRESS:
-                return None
+            own = [c for c in self.open if host is not None and c.host == host]
+            full = (own if len(own) >= MAX_METRICS_PER_ADDRESS
+                    else self.open if len(self.open) >= max_connections else None)
+            if full is not None and not self._make_room(full):
+                return None  # Twisted closes the socket at once
             channel = super().buildProtocol(addr)
             channel.host = host
+            self._accepted += 1
+            channel.number = self._accepted
+            channel.active_at = self.clock.seconds()
             self.open.add(channel)
             return channel
+
+        def _make_room(self, among: Any) -> bool:
+            """Abort the connection of C{among} idle the longest, if one has
+            been idle for L{METRICS_IDLE}; one at a time (its descriptor
+            stays open until it is closed)."""
+            if self.evicted is not None:
+                return False
+            now = self.clock.seconds()
+            idle = [(since, c.number, c) for c in among
+                    if (since := c.idle_since(now)) is not None]
+            if not idle:
+                return False
+            _, _, oldest = min(idle, key=lambda entry: entry[:2])
+            self.open.discard(oldest)
+            transport: Any = oldest.transport
+            if transport is not None:
+                self.evicted = oldest
+                transport.abortConnection()
+            return True
 
         def log(self, request: Any) -> None:
             pass
