@@ -248,3 +248,108 @@ def test_nothing_points_at_a_contract_file_the_repository_does_not_have() -> Non
              if "PROTOCOL.md" in path.read_text() and path != Path(__file__)]
     assert not (ROOT / "PROTOCOL.md").exists()
     assert named == []
+
+
+def _protocol_sections() -> dict[str, str]:
+    text = (ROOT / "docs" / "protocol.md").read_text()
+    return {part.splitlines()[0]: " ".join(part.split())
+            for part in re.split(r"\n(?=## )", text)}
+
+
+def test_the_failed_login_limits_are_the_ones_the_code_sets() -> None:
+    """rev15-docs H1: docs/protocol.md still gave one bucket per nick (5,
+    then one a minute, "at most 5 checks" however many addresses), after
+    login.py had three: the nick from one address, the nick from all, the
+    address.  Its "Failed attempts" paragraph states the three with
+    LoginLimits' numbers."""
+    from twisted_chat.server.login import LoginLimits
+
+    limits = LoginLimits()
+    minutes = {60.0: "minute", 30.0: "30 seconds"}
+    accounts = _protocol_sections()["## Accounts"]
+    failed = accounts.split("**Failed attempts.**")[1].split("**Timeouts.**")[0]
+    assert (f"**the nick from your address**: {limits.nick_burst}, then one more per "
+            f"{minutes[limits.nick_every]};") in failed
+    assert (f"**the nick from all addresses together**: {limits.nick_total_burst}, then one "
+            f"more per {minutes[limits.nick_total_every]};") in failed
+    assert (f"**your address, whatever the nick**: {limits.address_burst}, then one more per "
+            f"{minutes[limits.address_every]}.") in failed
+    assert (f"at most {limits.nick_burst} from one address, and {limits.nick_total_burst} "
+            f"from all addresses, are checked (and from one address at most "
+            f"{limits.address_burst}, whatever the nicks)") in failed
+    assert f"after {limits.flood_delay:g} seconds the connection gets `BYE flood" in failed
+    assert "at most 5 checks between them" not in failed
+    assert "a nick may fail 5 times in a row" not in failed
+
+
+def test_every_departure_from_chat1_as_published_is_listed() -> None:
+    """rev15-docs M1: docs/protocol.md's introduction said it stayed within
+    chat/1 but for cluster mode, while several of its rules go against a
+    sentence of chat/1 as published (incoming invitations capped, a TLS
+    refusal reset without a word, ...).  The introduction now says so and
+    points at one section, which lists each: the published rule, this
+    server's, why."""
+    sections = _protocol_sections()
+    departs = "Where this server departs from chat/1 as published"
+    intro = sections["# chat/1"]
+    assert "Everything here stays within chat/1" not in intro
+    assert f'"{departs}" lists every one of them' in intro
+    assert f'"{departs}" lists those.' in sections["## Limits this server sets"]
+    own = sections[f"## {departs}"]
+    assert "| chat/1 as published | this server | why |" in own
+    raw = (ROOT / "docs" / "protocol.md").read_text().split(f"## {departs}\n")[1]
+    rows = [line for line in raw.split("\n## ")[0].splitlines()
+            if line.startswith("| ") and not line.startswith("| chat/1 as published |")]
+    published = {
+        "check order": "Each line is checked first for its length (`too-long`)",
+        "history": "A newcomer gets the last `--history` lobby messages",
+        "NICK's answers": "`NICK` is answered `RETRY`, `PASS` or `READY`",
+        "flood": "`ERROR flood` is for a line over `--flood-rate`",
+        "DM": "`DM`: `ERROR self` to oneself, `ERROR no-such-nick`",
+        "invitations received": '"Incoming invitations are not limited."',
+        "invitations per address": "`ERROR pending`: the user has an invitation out already",
+        "PASSWD": "`PASSWD`, after `READY` with an account, changes its password",
+        "REGISTER": "`REGISTER` is answered `REGISTERED`, or `ERROR registered`",
+        "bad-password": "`RETRY bad-password`: a wrong password or, under `required`",
+        "nick spelling": "The server always writes a nick as its owner spelled it",
+        "LEFT text": "The `LEFT` text is the quitting user's `BYE` text",
+        "sendq": "beyond what the operating system accepted passes `--sendq`",
+        "refusals": "the server's first and only lines are `ERROR server-full` and `BYE full`",
+        "handshake pool": "`BYE full` ends a connection refused over a limit",
+    }
+    for what, sentence in published.items():
+        assert sentence in own, what
+    assert len(rows) == len(published), rows
+    for option in ("--max-invites", "--max-invites-per-ip", "--sendq-timeout", "--sendq-total",
+                   "--history-bytes", "--ip-register-rate", "--ip-lobby-rate",
+                   "--max-accounts", "--max-handshaking"):
+        assert f"`{option}`" in own, option
+    assert "reset with not a byte" in own
+    assert '"Beyond chat/1: cluster mode"' in own
+
+
+def test_the_readmes_fast_test_recipe_runs_no_benchmark() -> None:
+    """rev15-docs L2: "the fast deterministic part" (-m 'not e2e and not
+    soak') still ran tests/test_bench_quick.py, the benchmark's quick mode
+    (a real server pinned to a CPU, up to 50 s), and the README's list of
+    what `make test` runs left it out.  The recipe leaves out every
+    registered marker, and the list names each."""
+    import tomllib
+
+    from _pytest.mark.expression import Expression
+
+    config = tomllib.loads((ROOT / "pyproject.toml").read_text())
+    markers = [line.split(":")[0]
+               for line in config["tool"]["pytest"]["ini_options"]["markers"]]
+    assert {"e2e", "soak", "bench"} <= set(markers)
+    assert "pytestmark = pytest.mark.bench" in (ROOT / "tests" / "test_bench_quick.py").read_text()
+    readme = (ROOT / "README.md").read_text()
+    [fast] = [line for line in readme.splitlines() if "# the fast deterministic part" in line]
+    [expression] = re.findall(r"""-m '([^']+)'""", fast)
+    recipe = Expression.compile(expression)
+    for marker in markers:
+        assert not recipe.evaluate(lambda name, marker=marker: name == marker), marker
+    assert recipe.evaluate(lambda name: False)
+    [everything] = [line for line in readme.splitlines() if line.startswith("make test  ")
+                    and "# everything:" in line]
+    assert "end-to-end, soak, bench (quick mode)" in everything
