@@ -127,8 +127,8 @@ class Node(Harness):
         self._ports = iter(range(40000 + 1000 * len(cluster.nodes), 41000 + 1000 * 20))
         self.conns: list[Conn] = []
 
-    def user(self, nick: str) -> Conn:
-        conn = self.connect()
+    def user(self, nick: str, host: str = "127.0.0.1") -> Conn:
+        conn = self.connect(host)
         conn.send(f"NICK {nick}")
         self.cluster.pump()
         lines = conn.take()

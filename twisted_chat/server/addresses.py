@@ -195,6 +195,9 @@ class Address:
     penalty: Penalty
     connections: int = 0
     handshaking: int = 0
+    # Input its connections hold behind commands decided elsewhere
+    # (twisted_chat.server.heldinput: bounded by HeldInput.share).
+    held: int = 0
     # In cluster mode (AddressBook.share), the lobby and registration
     # buckets' account with the cluster's copies, by the bucket's name
     # (LOBBY, REGISTER; each made when first spent).

@@ -29,6 +29,26 @@ _HELD_INPUT = 65536
 #: (L{HeldInput}): a cluster node's is its --redis-queue.
 HELD_INPUT_TOTAL = 4 * 1024 * 1024
 
+#: Before READY a connection holds at most this many lines of --max-line
+#: (CRLF included) behind a command decided elsewhere (its NICK or PASS);
+#: past it the connection is closed (BYE flood): a client logging in sends
+#: a line or two before its answer, and what it held would be handled
+#: only after READY anyway.
+HELD_BEFORE_READY_LINES = 4
+
+#: The share of L{HeldInput.limit} one address's connections (its bucket:
+#: an IPv4 address, an IPv6 prefix) may hold together: past it, those of
+#: them with a command waiting are not read until it is decided.
+ADDRESS_SHARE = 16
+
+# How long after the server reads a connection again its lines are
+# excused for the time it was not read (HeldInput.excused): what waited in
+# the kernel meanwhile comes in the first reads.
+_EXCUSED_FOR = 1.0
+
+#: BYE flood's text for a connection over HELD_BEFORE_READY_LINES.
+TOO_MUCH_BEFORE_READY = "too much sent before the login was decided; wait for READY"
+
 # Why a connection's reading is paused (HoldsInput._paused, bits): it holds
 # more than _HELD_INPUT itself; the server's connections hold more than
 # HeldInput.limit together.
@@ -52,6 +72,14 @@ class Holder(Protocol):
     def node_pause(self) -> None: ...
 
     def node_resume(self) -> None: ...
+
+
+class _Address(Protocol):
+    """What L{HoldsInput} uses of its connection's per-address record
+    (L{twisted_chat.server.addresses.Address}): what the address's
+    connections hold together."""
+
+    held: int
 
 
 class HoldsInput:
@@ -78,12 +106,16 @@ class HoldsInput:
         _last_line: float
         factory: ChatFactory
         closing: bool
+        user: object | None
+        limits: _Address | None
 
         @property
         def clock(self) -> IReactorTime: ...
 
         @property
         def _socket(self) -> _Producer: ...
+
+        def close(self, reason: str, text: str = "", farewell: str = "") -> None: ...
 
         def dataReceived(self, data: bytes) -> None: ...
 
@@ -112,39 +144,69 @@ class HoldsInput:
         elsewhere) fires; what arrives meanwhile waits, in order."""
         self._waiting = True
         held = self.factory.held_input
-        if held.over:
+        if held.over and self._held is not _DISCARDING:
             # What it read now would be held: it is read again once this
             # command is decided, or the server holds less (HeldInput).
             held.pause(self)
         outcome.addBoth(self._decided)
 
+    def discard_input(self) -> None:
+        """
+        The connection is going (C{BYE} after a delay: a login over a
+        failure limit): nothing it sent behind the line being handled, or
+        sends until then, is ever handled.  It is read and dropped, not
+        held: it never counts in L{HeldInput} (rev15-sec #1: 14 addresses
+        parked 70 such connections with 64 KiB each behind them, past the
+        server's ceiling, and no connection at all was read for 3 s), nor
+        is it paused for it.  Counted as C{input_discarded}
+        (chat_discarded_input_bytes_total).
+        """
+        self._waiting = True
+        self._discard(len(self._buffer) + self._held_size)
+        self._buffer = b""
+        self._held, self._held_size = _DISCARDING, 0
+        self._count_held()
+
+    def _discard(self, size: int) -> None:
+        self.factory.stats.input_discarded += size
+
     def _hold_read(self, data: bytes) -> None:
         """A read while a command waits: held, as of now."""
+        if self._held is _DISCARDING:
+            self._discard(len(data))
+            return
         self._buffer += data
         self._held_read(self.clock.seconds())
-        self._held_over(len(self._buffer))
         self._count_held()
+        self._held_over(len(self._buffer))
 
     def _hold_rest(self, rest: bytes) -> None:
         """The line just handled waits for a command: the rest of its read
         is held."""
+        if self._held is _DISCARDING:
+            self._discard(len(rest))
+            return
         self._buffer = rest
         if rest:
             # Read with the line just counted (_replay_reads sets this anew
             # for what it hands back).
             self._held_read(self._last_line)
             self._count_held()
+            self._held_over(len(rest))
 
     def _hold_line(self, line: bytes) -> None:
         """A whole line while a command waits (message_received): held in
         order behind the command, as dataReceived holds bytes."""
         held = self._held
+        if held is _DISCARDING:
+            self._discard(len(line) + 1)
+            return
         if held is None:
             held = self._held = _Held()
         held.lines.append((line, self.clock.seconds()))
         self._held_size += len(line) + 1
-        self._held_over(self._held_size)
         self._count_held()
+        self._held_over(self._held_size)
 
     def _holds_lines(self) -> bool:
         """
@@ -190,7 +252,29 @@ class HoldsInput:
         return self._last_line if at is None else at
 
     def _held_over(self, size: int) -> None:
-        if size > _HELD_INPUT and not self._paused & _PAUSED_OWN:
+        """
+        It holds C{size} bytes behind a waiting command (counted: its
+        address's share and L{HeldInput} are up to date).  Before READY,
+        past L{HeldInput.before_ready}, the connection is closed with
+        C{BYE flood} and what it held dropped.  Otherwise, past
+        L{_HELD_INPUT} of its own, or with its address's connections
+        holding more than L{HeldInput.share} together, it is not read until
+        the command is decided (what it sends waits in the kernel).
+        """
+        if self.closing:
+            return
+        held = self.factory.held_input
+        if self.user is None and size > held.before_ready:
+            self._discard(len(self._buffer) + self._held_size)
+            self._buffer = b""
+            self._held, self._held_size = None, 0
+            self._count_held()
+            self.close("flood", TOO_MUCH_BEFORE_READY)
+            return
+        if self._paused & _PAUSED_OWN:
+            return
+        limits = self.limits
+        if size > _HELD_INPUT or (limits is not None and limits.held > held.share):
             self._pause(_PAUSED_OWN)
 
     def _pause(self, why: int) -> None:
@@ -225,6 +309,9 @@ class HoldsInput:
         delta = size - self._charged
         if delta:
             self._charged = size
+            limits = self.limits
+            if limits is not None:
+                limits.held += delta  # the address's share (_held_over)
             self.factory.held_input.change(self, delta)
 
     def _decided(self, result: object) -> None:
@@ -325,13 +412,22 @@ class _Held:
         self.lines: deque[tuple[bytes, float]] = deque()
 
 
+# A connection's _held while it discards its input (HoldsInput.discard_input):
+# never added to.
+_DISCARDING = _Held()
+
+
 class HeldInput:
     """
     The input all of a server's connections hold behind commands decided
     elsewhere (L{HoldsInput.wait_for}: in cluster mode nearly every
     command waits for Redis), and its bound, C{limit} bytes (a cluster
     node's C{--redis-queue}, counted apart from the commands).  Each
-    connection holds at most L{_HELD_INPUT} plus one read on its own.
+    connection holds at most L{_HELD_INPUT} plus one read on its own, one
+    not yet READY at most C{before_ready} (more closes it), and one
+    address's connections together at most L{share} before those of them
+    waiting are paused (L{HoldsInput._held_over}; docs/security.md, "Held
+    input"): the bound below is reached only by many addresses at once.
 
     Past C{limit} for all of them, no connection with a command waiting is
     read (TCP's backpressure: what it sends waits in the kernel, nothing is
@@ -352,21 +448,70 @@ class HeldInput:
     Nothing is done per line unless a connection holds input.
     """
 
-    __slots__ = ("_connections", "full", "limit", "over", "paused", "total")
+    __slots__ = ("_clock", "_connections", "before_ready", "full", "limit", "over", "owed",
+                 "paused", "total")
 
-    def __init__(self, limit: int, connections: Callable[[], Iterable[Holder]]) -> None:
+    def __init__(self, limit: int, connections: Callable[[], Iterable[Holder]],
+                 clock: IReactorTime | None = None, before_ready: int = _HELD_INPUT) -> None:
         self.limit = limit
         self._connections = connections
+        self._clock = clock
+        # What a connection may hold before READY (HoldsInput._held_over).
+        self.before_ready = before_ready
         self.total = 0
         self.over = False  # past the limit, and not yet back to half of it
         self.full = False  # past the ceiling, and not yet back to half the limit
-        # The connections it paused, in the order it paused them.
-        self.paused: dict[Holder, None] = {}
+        # The connections it paused, in the order it paused them, with when.
+        self.paused: dict[Holder, float] = {}
+        # Connections read again after it paused them: for how long they
+        # were not read, and until when that excuses their lines (excused).
+        self.owed: dict[Holder, tuple[float, float]] = {}
 
     @property
     def ceiling(self) -> int:
         """Past it, no connection is read (see the class)."""
         return self.limit + self.limit // 4
+
+    @property
+    def share(self) -> int:
+        """What one address's connections may hold together before those
+        with a command waiting are paused (L{HoldsInput._held_over})."""
+        return self.limit // ADDRESS_SHARE
+
+    def _now(self) -> float:
+        clock = self._clock
+        return clock.seconds() if clock is not None else 0.0
+
+    def _resume(self, conn: Holder, since: float) -> None:
+        """C{conn}, paused at C{since}, is read again: what it sent
+        meanwhile comes at once (L{excused})."""
+        now = self._now()
+        if now > since:
+            self.owed[conn] = (now - since, now + _EXCUSED_FOR)
+        conn.node_resume()
+
+    def excused(self, conn: Holder, now: float, rate: float) -> bool:
+        """
+        A line of C{conn}'s at C{now} is over its flood rate (C{rate} lines
+        a second): whether it is let through as one the server kept waiting.
+        A connection the server did not read for C{t} seconds (its pause
+        for this bound) is read again with what it sent meanwhile all at
+        once: its bucket, which holds at most a burst, would count them as
+        a flood (rev15-sec #1: a user sending 6.7 lines a second under a
+        limit of 10 got C{ERROR flood ... lines are being dropped}).  So
+        for L{_EXCUSED_FOR} seconds after it is read again, up to C{rate}
+        x C{t} lines over its bucket pass: what it may send in C{t}
+        seconds, no more.
+        """
+        owed = self.owed.get(conn)
+        if owed is None:
+            return False
+        seconds, until = owed
+        if now > until or seconds * rate < 1.0:
+            del self.owed[conn]
+            return False
+        self.owed[conn] = (seconds - 1.0 / rate, until)
+        return True
 
     def change(self, conn: Holder, delta: int) -> None:
         """C{conn} holds C{delta} bytes more (or fewer)."""
@@ -390,8 +535,8 @@ class HeldInput:
         elif self.over and total <= self.limit // 2:
             self.over = self.full = False
             paused, self.paused = self.paused, {}
-            for other in paused:
-                other.node_resume()
+            for other, since in paused.items():
+                self._resume(other, since)
 
     def started(self, conn: Holder) -> None:
         """C{conn} is new: past the ceiling it is not read either."""
@@ -400,16 +545,16 @@ class HeldInput:
 
     def pause(self, conn: Holder) -> None:
         if conn not in self.paused:
-            self.paused[conn] = None
+            self.paused[conn] = self._now()
             conn.node_pause()
 
     def release(self, conn: Holder) -> None:
         """C{conn} holds nothing and waits for nothing: it may be read, unless
         the total is past the ceiling."""
         if conn in self.paused and not self.full:
-            del self.paused[conn]
-            conn.node_resume()
+            self._resume(conn, self.paused.pop(conn))
 
     def forget(self, conn: Holder) -> None:
         """C{conn} is gone."""
         self.paused.pop(conn, None)
+        self.owed.pop(conn, None)

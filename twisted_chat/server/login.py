@@ -419,6 +419,10 @@ class Connection(Protocol):
     def close(self, reason: str, text: str) -> None:
         """Say C{BYE reason text} and close."""
 
+    def discard_input(self) -> None:
+        """Until it closes, drop what the connection sends: nothing more is
+        handled, and nothing held."""
+
 
 # What a Login method returns: None when its answer is written already, else
 # a Deferred that fires (never fails) once it is.  The connection handles no
@@ -634,7 +638,10 @@ class Login:
         )
         closing.addErrback(_cancelled)
         self._closing = closing
-        return closing  # nothing more is handled meanwhile
+        # Nothing more is handled meanwhile, and nothing is held for it
+        # either: what it sends is read and dropped (HoldsInput.discard_input).
+        self._conn.discard_input()
+        return closing
 
     # -- after READY --------------------------------------------------------------
 

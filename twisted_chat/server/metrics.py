@@ -96,7 +96,8 @@ class Stats:
 
     __slots__ = ("accepted", "bytes_out", "commit_seconds", "deliveries", "discarded",
                  "disconnects", "dropped_lines", "fanout_lines", "fanout_seconds",
-                 "http_closed", "invitations", "invitations_ended", "lobby_messages",
+                 "http_closed", "input_discarded", "invitations", "invitations_ended",
+                 "lobby_messages",
                  "logins", "paired_sides", "private_messages", "refusals")
 
     def __init__(self) -> None:
@@ -106,6 +107,10 @@ class Stats:
         # Of those bytes, the ones never written out: what a connection cut
         # for its output held, and what was handed to one already closing.
         self.discarded = 0
+        # Input read from connections that were going and never handled
+        # (HoldsInput.discard_input, and what one over its bound before
+        # READY held when it was closed).
+        self.input_discarded = 0
         # Messages this process's users sent (a cluster node's own users):
         # to the lobby, and DMs and messages within a pair, by kind ("dm", "pair").
         self.lobby_messages = 0
@@ -261,6 +266,10 @@ class ChatCollector(Collector):
             "chat_discarded_bytes", "Bytes counted in chat_sent_bytes that never left: held "
             "for a connection cut for its output, or handed to one already closing.",
             value=stats.discarded)
+        yield CounterMetricFamily(
+            "chat_discarded_input_bytes", "Bytes read from clients and never handled: sent "
+            "behind a login that ends in BYE flood, or held before READY past its bound.",
+            value=stats.input_discarded)
         yield _by_label("chat_disconnects", "Connections ended, by reason.",
                         "reason", stats.disconnects)
         yield _by_label("chat_refusals", "New connections refused, by the limit they were "

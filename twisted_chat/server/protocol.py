@@ -427,8 +427,12 @@ class ChatProtocol(HoldsInput):
         allowed, self._tokens = self.factory.flood.spend(self._tokens, since, now)
         if allowed:
             return True
-        # (A held line is judged as of when it arrived: arrived().)
         config = self.config
+        if self.factory.held_input.owed and self.factory.held_input.excused(
+                self, now, config.flood_rate):
+            # Sent while the server did not read it (HeldInput): not a flood.
+            return True
+        # (A held line is judged as of when it arrived: arrived().)
         self.dropped(self.arrived(), f"slow down: at most {config.flood_rate:g} lines per second "
                      f"(bursts of {config.flood_burst}); lines are being dropped", "flood_rate")
         return False

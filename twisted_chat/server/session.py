@@ -100,6 +100,10 @@ class Connection(Protocol):
         """Frame no more lines until C{outcome} fires, then tell
         L{Session.decided} and go on with what arrived meanwhile."""
 
+    def discard_input(self) -> None:
+        """The connection is going: handle, and hold, nothing more of what
+        it sends (L{twisted_chat.server.heldinput.HoldsInput.discard_input})."""
+
     def online(self, user: User) -> None:
         """The session registered C{user}: the handshake is over."""
 
@@ -565,6 +569,9 @@ class Handshake:
     def close(self, reason: str, text: str) -> None:
         if not self.conn.closing:
             self.conn.close(reason, text)
+
+    def discard_input(self) -> None:
+        self.conn.discard_input()
 
 
 # What HELP says of the accounts verbs where --accounts changes what they do

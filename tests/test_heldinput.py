@@ -1,0 +1,248 @@
+"""
+What one peer can make the server hold behind commands decided elsewhere,
+and what that does to everyone else (twisted_chat/server/heldinput.py;
+rev15-sec #1: 14 addresses, each with 5 connections parked behind a login
+over its failure limit or a queued password check, took the server past
+its held-input ceiling, and no connection at all was read for 3 s at a
+time; a bystander's lines, read all at once after, were dropped as flood).
+StringTransport and a fake clock (tests/harness.py); the password threads
+are tests/test_login.py's stand-ins.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from tests.harness import Conn, Harness
+from tests.test_login import LIMITS, PW, HeldWork, add, fresh, harness, wrong
+from twisted_chat.server.accounts import Mode
+from twisted_chat.server.heldinput import TOO_MUCH_BEFORE_READY
+from twisted_chat.server.login import BAD_PASSWORD_TEXT
+
+JUNK = b"j" * 1000 + b"\r\n"
+
+
+def over_the_nick_limit(h: Harness) -> None:
+    """C{atk} has an account, and its failures from anywhere (LIMITS: 3)
+    are spent: every further PASS for it waits for BYE flood, unchecked."""
+    add(h, "atk")
+    for i in range(3):
+        assert wrong(h, f"10.9.0.{i}", "atk") == f"RETRY bad-password {BAD_PASSWORD_TEXT}"
+
+
+def settle(h: Harness) -> None:
+    """Run the password threads' jobs, and those they lead to, until none is left."""
+    while h.work.held:  # type: ignore[attr-defined]
+        h.work.release()  # type: ignore[attr-defined]
+
+
+def victim(h: Harness, host: str = "10.200.0.1") -> Conn:
+    conn = fresh(h, host)
+    conn.send("NICK victim")
+    assert conn.take()[0] == "READY victim"
+    return conn
+
+
+def test_a_login_over_its_failure_limit_holds_nothing_while_it_waits_for_bye() -> None:
+    """Behind a PASS over a failure limit (3 s, then BYE flood) nothing is
+    held: what it sends is read and dropped, counted as discarded input, and
+    never reaches the server's held-input count (before, it held 64 KiB and
+    a read each: 14 addresses x 5 connections went past the ceiling)."""
+    h = harness(limits=LIMITS)
+    over_the_nick_limit(h)
+    held = h.factory.held_input
+    conn = fresh(h, "10.1.0.1")
+    conn.send("NICK atk")
+    assert conn.take() == ["PASS atk"]
+    conn.send_raw(b"PASS wrongpass\r\n" + JUNK * 8)  # under the before-READY bound
+    assert held.total == 0 and held.paused == {}
+    conn.arrive("PING one")  # read, and dropped
+    conn.send_raw(JUNK * 8)
+    assert held.total == 0 and conn.reading
+    assert h.factory.stats.input_discarded == 16 * len(JUNK) + len(b"PING one\r\n")
+    assert conn.take() == []
+    h.clock.advance(LIMITS.flood_delay)
+    assert conn.take() == ["BYE flood too many failed logins; try again later"]
+    conn.drop()
+    assert held.total == 0 and held.paused == {}
+
+
+def test_a_check_that_goes_over_the_limit_drops_what_it_held() -> None:
+    """A PASS whose failure limit is found spent once its check was to start
+    (the lookup came first) drops what its connection held meanwhile."""
+    h = harness(limits=LIMITS, work=HeldWork())
+    add(h, "atk")
+    for i in range(3):
+        conn = fresh(h, f"10.9.0.{i}")
+        conn.send("NICK atk")
+        h.work.release()  # type: ignore[attr-defined]
+        conn.send("PASS wrong-password")
+        settle(h)
+        assert conn.take()[-1] == f"RETRY bad-password {BAD_PASSWORD_TEXT}"
+        conn.drop()
+    conn = fresh(h, "10.1.0.1")
+    conn.send("NICK atk", "PASS wrongpass", "PING held")  # the lookup waits: both held
+    held = h.factory.held_input
+    assert held.total == len(b"PASS wrongpass\r\nPING held\r\n")
+    h.work.release()  # type: ignore[attr-defined]  # the lookup: PASS asked, then PASS x
+    assert conn.take() == ["PASS atk"]
+    assert held.total == 0 and conn.reading
+    h.clock.advance(LIMITS.flood_delay)
+    assert conn.take() == ["BYE flood too many failed logins; try again later"]
+
+
+def test_before_ready_a_connection_holds_a_few_lines_at_most() -> None:
+    """Behind its PASS being checked, a connection not yet READY holds at
+    most 4 lines of --max-line: past that it is closed with BYE flood, and
+    what it held is dropped (before, 64 KiB and a read each)."""
+    h = harness(work=HeldWork(), max_line=512)
+    bound = h.factory.held_input.before_ready
+    assert bound == 4 * (512 + 2)
+    add(h, "alice")
+    add(h, "bob")
+    # Within the bound: held, and handled after the check.
+    bob = fresh(h, "10.2.0.1")
+    bob.send("NICK bob")
+    h.work.release()  # type: ignore[attr-defined]
+    assert bob.take() == ["PASS bob"]
+    line = b"PING " + b"p" * 500 + b"\r\n"
+    bob.send_raw(f"PASS {PW}\r\n".encode() + line * 3)
+    assert h.factory.held_input.total == 3 * len(line)
+    # Past it.
+    alice = fresh(h, "10.2.0.2")
+    alice.send("NICK alice")
+    h.work.release()  # type: ignore[attr-defined]
+    assert alice.take() == ["PASS alice"]
+    alice.send_raw(f"PASS {PW}\r\n".encode() + line * 3)
+    assert alice.take() == []  # 3 lines: held
+    alice.send_raw(line * 2)
+    assert alice.take() == [f"BYE flood {TOO_MUCH_BEFORE_READY}"]
+    assert alice.transport.disconnecting
+    assert h.factory.held_input.total == 3 * len(line)  # bob's only
+    assert h.factory.stats.input_discarded == 5 * len(line)
+    settle(h)  # both checks
+    assert bob.take() == ["READY bob", "USER bob lobby", "USERS 1"] + 3 * [f"PONG {'p' * 500}"]
+    assert alice.take() == []
+    assert h.factory.held_input.total == 0
+
+
+def test_an_address_holds_its_share_and_then_is_not_read() -> None:
+    """One address's connections together hold at most a 16th of the
+    server's bound: past it, those of them with a command waiting are not
+    read until it is decided; another address's are read as ever."""
+    h = harness(work=HeldWork())
+    held = h.factory.held_input
+    held.limit = 160_000
+    assert held.share == 10_000
+    users = {}
+    for nick, host in (("a1", "10.3.0.1"), ("a2", "10.3.0.1"), ("b1", "10.3.0.2")):
+        conn = fresh(h, host)
+        conn.send(f"NICK {nick}")
+        h.work.release()  # type: ignore[attr-defined]  # the lookup: no account
+        assert conn.take()[0] == f"READY {nick}"
+        conn.send(f"REGISTER {PW}")  # its lookup waits
+        users[nick] = conn
+    chunk = ("MSG " + "m" * 5994 + "\r\n").encode()  # 6000 bytes
+    users["a1"].transport.arrive(chunk)
+    assert users["a1"].reading  # 6000 of the address's 10,000
+    users["a2"].transport.arrive(chunk)
+    assert not users["a2"].reading  # 12,000: past its share
+    users["a1"].transport.arrive(chunk)
+    assert not users["a1"].reading
+    users["b1"].transport.arrive(chunk)
+    assert users["b1"].reading  # another address: 6000 of its own
+    users["a1"].transport.arrive(chunk)  # waits in the "kernel"
+    assert held.total == 4 * 6000 and not held.over
+    settle(h)  # the lookups, then the hashes
+    h.clock.advance(0)
+    assert held.total == 0
+    assert all(conn.reading for conn in users.values())
+
+
+class Hog:
+    """Something holding input, as HeldInput sees a connection."""
+
+    def held_or_waiting(self) -> bool:
+        return True
+
+    def node_pause(self) -> None:
+        pass
+
+    def node_resume(self) -> None:
+        pass
+
+
+def test_lines_the_server_did_not_read_are_not_counted_as_a_flood() -> None:
+    """A user the server did not read for 4 s (its held input past the
+    ceiling), sending 7 lines a second under a limit of 10 (bursts of 20),
+    has its 28 lines read at once after: none is dropped as flood (before:
+    8 were, with ERROR flood ... lines are being dropped).  What it may
+    send beyond that is its rate, as ever."""
+    h = harness(flood_rate=10.0, flood_burst=20)
+    user = victim(h)
+    held = h.factory.held_input
+    hog: Any = Hog()
+    held.change(hog, held.ceiling + 1)
+    assert held.full and not user.reading
+    for i in range(28):
+        h.clock.advance(1 / 7)
+        user.arrive(f"PING {i}")
+    assert user.take() == []
+    held.change(hog, -held.total)
+    h.clock.advance(0)
+    assert user.reading
+    assert user.take() == [f"PONG {i}" for i in range(28)]
+    assert h.factory.stats.dropped_lines["flood_rate"] == 0
+    # Its bucket is as ever after: 21 lines at once, one too many.
+    h.clock.advance(2)
+    user.send(*[f"PING again{i}" for i in range(21)])
+    got = user.take()
+    assert got[:20] == [f"PONG again{i}" for i in range(20)]
+    assert got[20].startswith("ERROR flood slow down")
+
+
+def test_the_reviewers_attack_leaves_a_bystander_read() -> None:
+    """rev15-sec #1 in small, under --accounts required: 14 addresses x 5
+    connections, each behind a PASS over the failure limit (atk) or behind
+    one being checked (the checks held), each sending 128 KiB behind it; a
+    READY user from another address is read all along, and the server never
+    holds more than its connections' few lines (before: past the ceiling,
+    and the user not read)."""
+    h = harness(Mode.REQUIRED, limits=LIMITS, work=HeldWork())
+    add(h, "atk")
+    add(h, "victim")
+    for i in range(3):
+        conn = fresh(h, f"10.9.0.{i}")
+        conn.send("NICK atk", "PASS wrong-password")
+        settle(h)
+        assert conn.take()[-1] == f"RETRY bad-password {BAD_PASSWORD_TEXT}"
+        conn.drop()
+    user = fresh(h, "10.200.0.1")
+    user.send("NICK victim", f"PASS {PW}")
+    settle(h)
+    assert user.take()[1] == "READY victim"
+    held = h.factory.held_input
+    big = b"PASS wrongpass\r\n" + b"z" * (128 * 1024)
+    attackers = []
+    for a in range(14):
+        for c in range(5):
+            conn = fresh(h, f"10.4.{a}.1")
+            nick = "atk" if c % 2 else f"other{a}x{c}"
+            conn.send(f"NICK {nick}")
+            assert conn.take() == [f"PASS {nick}"]
+            attackers.append((nick, conn))
+    most = 0
+    for _, conn in attackers:
+        conn.send_raw(big)  # over the limit (atk), or checked (held)
+        most = max(most, held.total)
+        user.send("PING here")
+        assert user.take() == ["PONG here"]
+        assert user.reading and not held.over
+    assert most == 0  # the checked ones were closed: too much before READY
+    assert all(conn.take() == [f"BYE flood {TOO_MUCH_BEFORE_READY}"]
+               for nick, conn in attackers if nick != "atk")
+    h.clock.advance(LIMITS.flood_delay)
+    assert all(conn.take() == ["BYE flood too many failed logins; try again later"]
+               for nick, conn in attackers if nick == "atk")
+    h.work.release()  # type: ignore[attr-defined]
+    assert held.total == 0 and held.paused == {}
