@@ -538,10 +538,8 @@ def test_a_nick_with_an_account_asks_for_its_password(
     assert field.get_attribute("type") == "password"
     field.send_keys("wrong password", Keys.ENTER)
     wait(alice, lambda d: d.find_element(By.ID, "nick-error").text)
-    assert field.get_attribute("type") == "text"  # back to the nick
-    field.clear()
-    field.send_keys("alice", Keys.ENTER)
-    wait(alice, lambda d: d.find_element(By.ID, "login-title").text == "Password for alice")
+    assert field.get_attribute("type") == "password"  # asked again
+    assert alice.find_element(By.ID, "login-title").text == "Password for alice"
     field.send_keys("correct horse battery", Keys.ENTER)
     logged_in(alice, "alice")
 
@@ -700,34 +698,65 @@ def test_enter_alone_at_the_password_prompt_chooses_another_nickname(
     logged_in(owner, "alice")
 
 
-def test_a_wrong_password_is_never_shown_nor_sent_as_a_nick(
+def test_a_wrong_password_is_asked_for_again_never_shown_nor_sent_as_a_nick(
     web: WebServer, browser: Callable[..., Any], tcp: Callable[[str], LineClient]
 ) -> None:
-    """After RETRY bad-password the nick prompt holds the nick (as text), not
-    what was typed as the password; Join sends the nick."""
+    """After RETRY bad-password the page went back to a "Nickname" text
+    field holding the nick, selected and focused: the password typed again
+    (what a person retrying does) replaced it, in clear, and Join sent it as
+    a NICK: everyone saw it join the lobby, and the server logged it. Now
+    the page sends the NICK again itself and asks for the password again,
+    hidden (as the terminal client does); the retyped password logs in."""
+    registered(tcp, "alice", "correct horse battery")
+    watcher = tcp("carol")
+    alice = recording(browser())
+    field = password_prompt(alice, web, "alice")
+    field.send_keys("Secret-wrong-42", Keys.ENTER)
+    wait(alice, lambda d: d.find_element(By.ID, "nick-error").text
+         == "Wrong password, or no account for alice: type the password again.")
+    wait(alice, lambda d: sent(d) == ["NICK alice", "PASS Secret-wrong-42", "NICK alice"])
+    assert field.get_attribute("type") == "password"
+    assert field.get_attribute("value") == ""
+    assert alice.find_element(By.ID, "login-title").text == "Password for alice"
+    assert alice.find_element(By.CSS_SELECTOR, 'label[for="nick-input"]').text == "Password"
+    assert alice.switch_to.active_element == field
+    assert "Secret-wrong-42" not in field_values(alice)
+    field.send_keys("correct horse battery", Keys.ENTER)  # typed again, at once
+    logged_in(alice, "alice")
+    assert sent(alice)[:4] == ["NICK alice", "PASS Secret-wrong-42", "NICK alice",
+                               "PASS correct horse battery"]
+    assert watcher.expect("JOINED ").split(" ")[2] == "alice"  # and no one else
+    assert "correct horse battery" not in field_values(alice)  # not left in the page
+
+
+def test_enter_alone_after_a_wrong_password_chooses_another_nickname(
+    web: WebServer, browser: Callable[..., Any], tcp: Callable[[str], LineClient]
+) -> None:
+    """The password asked for again after a wrong one can still be left
+    empty to choose another nickname: that nick is joined, and the
+    server's PASS for the old one does not bring the password prompt back."""
     registered(tcp, "alice", "correct horse battery")
     alice = recording(browser())
     field = password_prompt(alice, web, "alice")
-    assert field.get_attribute("type") == "password"
     field.send_keys("Secret-wrong-42", Keys.ENTER)
     wait(alice, lambda d: d.find_element(By.ID, "nick-error").text)
+    field.send_keys(Keys.ENTER)
+    title(alice, "Join the chat")
     assert field.get_attribute("type") == "text"
     assert field.get_attribute("value") == "alice"
-    assert "Secret-wrong-42" not in field_values(alice)
-    field.send_keys(Keys.ENTER)  # Join again, as it stands
-    wait(alice, lambda d: d.find_element(By.ID, "login-title").text == "Password for alice")
-    assert sent(alice) == ["NICK alice", "PASS Secret-wrong-42", "NICK alice"]
-    field.send_keys("correct horse battery", Keys.ENTER)
-    logged_in(alice, "alice")
-    assert "correct horse battery" not in field_values(alice)  # not left in the page
+    field.clear()
+    field.send_keys("bob", Keys.ENTER)
+    logged_in(alice, "bob")
+    assert [line for line in sent(alice) if line.startswith(("NICK", "PASS"))] == [
+        "NICK alice", "PASS Secret-wrong-42", "NICK alice", "NICK bob"]
 
 
 def test_a_password_changed_by_the_operator_is_not_shown_on_the_rejoin(
     web: WebServer, browser: Callable[..., Any], tcp: Callable[[str], LineClient]
 ) -> None:
     """The page rejoins by itself with the password it holds; when the
-    operator has changed it meanwhile, the nick prompt comes back holding the
-    nick, not the old password."""
+    operator has changed it meanwhile, the password is asked for (hidden,
+    empty), the old one not shown; the new one logs in."""
     registered(tcp, "alice", "correct horse battery")
     alice = recording(browser())
     field = password_prompt(alice, web, "alice")
@@ -740,10 +769,15 @@ def test_a_password_changed_by_the_operator_is_not_shown_on_the_rejoin(
     web.restart()
     wait(alice, lambda d: d.find_element(By.ID, "login").is_displayed()
          and d.find_element(By.ID, "nick-error").text)
-    assert field.get_attribute("type") == "text"
-    assert field.get_attribute("value") == "alice"
+    title(alice, "Password for alice")  # asked for, as after a wrong password typed
+    assert field.get_attribute("type") == "password"
+    assert field.get_attribute("value") == ""
     assert "correct horse battery" not in field_values(alice)
-    assert sent(alice)[-2:] == ["NICK alice", "PASS correct horse battery"]  # the rejoin
+    # The rejoin, then the NICK the server wants again.
+    wait(alice, lambda d: sent(d)[-3:] == ["NICK alice", "PASS correct horse battery",
+                                           "NICK alice"])
+    field.send_keys("another password 9", Keys.ENTER)
+    logged_in(alice, "alice")
 
 
 def account_dialog(driver: Any, command: str, first: str, again: str | None = None) -> None:
@@ -2909,7 +2943,7 @@ def test_the_nick_prompt_speaks_the_pages_words_not_the_protocols(
     title(page, "Password for alice")
     field.send_keys("not the password", Keys.ENTER)
     wait(page, lambda d: d.find_element(By.ID, "nick-error").text
-         == "Wrong password, or no account for alice.")
+         == "Wrong password, or no account for alice: type the password again.")
 
 
 def test_the_private_header_names_the_partner_at_phone_width(

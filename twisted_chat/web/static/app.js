@@ -133,6 +133,11 @@
     // not a disconnection; the next use of the prompt connects again.
     idle: false,
     queued: null, // "nick" | "pass": submitted while not connected, sent on the prompt
+    // After RETRY bad-password the page sends NICK again itself, and the
+    // password is asked for again (as the terminal client asks): the error
+    // to keep shown when the server's PASS comes; "declined": the user chose
+    // another nickname meanwhile (that PASS is not a prompt any more).
+    repass: null,
     online: false,
     leaving: false, // we sent BYE: do not reconnect
     byeReason: null,
@@ -1082,6 +1087,7 @@
 
   function connect() {
     state.idle = false;
+    state.repass = null; // a new connection: the server's prompts start again
     clearTimeout(state.retryTimer);
     clearInterval(state.countdown);
     state.retryTimer = null;
@@ -1310,6 +1316,9 @@
         // Answered by itself only with a password held for this very nick.
         const [, nick] = parse(line, 1);
         const held = state.password;
+        const again = state.repass;
+        state.repass = null;
+        if (again === "declined") break; // another nickname is being chosen: its NICK replaces this one
         if ((state.autoJoin || state.queued === "pass") && held && key(held.nick) === key(nick || state.wanted)) {
           state.queued = null;
           send("PASS " + held.value);
@@ -1318,7 +1327,7 @@
           // is not a disconnection (closed()), whatever brought it here.
           state.queued = null;
           state.autoJoin = false;
-          showLogin(true);
+          showLogin(true, again || undefined);
         }
         break;
       }
@@ -1352,6 +1361,18 @@
         state.autoJoin = false;
         state.queued = null;
         if (reason !== "unavailable") state.password = null;
+        if (reason === "bad-password" && state.wanted) {
+          // The password was refused (typed, or held for a rejoin): asked
+          // for again, hidden, as the terminal client does; the page sends
+          // the NICK the server wants again itself. The field never turns
+          // back into the nick's while a password may be retyped in it: that
+          // showed the password in clear, and Join sent it as a NICK.
+          const error = loginError(reason, text);
+          state.repass = error;
+          showLogin(true, error);
+          send("NICK " + state.wanted);
+          break;
+        }
         showLogin(false, loginError(reason, text));
         break;
       }
@@ -1658,7 +1679,7 @@
       return "A nickname is one word: letters, digits, _ and -, starting with a letter (at most 24).";
     }
     if (reason === "bad-password" && /^wrong password/.test(text || "")) {
-      return `Wrong password, or no account for ${state.wanted}.`;
+      return `Wrong password, or no account for ${state.wanted}: type the password again.`;
     }
     return text || reason;
   }
@@ -1751,6 +1772,7 @@
       // prompt, holding this one. The server, still waiting for this
       // nick's password, drops it when the next NICK comes
       // (docs/protocol.md, "Accounts"); nothing is sent until then.
+      if (state.repass) state.repass = "declined"; // the PASS on its way is no prompt now
       showLogin(false, "Choose another nickname.");
       return;
     }
@@ -1758,6 +1780,12 @@
       // Held for a rejoin (it answers PASS for this nick), never left in the page.
       state.password = { nick: state.wanted, value };
       $("nick-input").value = "";
+      if (state.repass) {
+        // The NICK sent again after a wrong password is not answered yet:
+        // the password goes once the server asks for it.
+        state.queued = "pass";
+        return;
+      }
       if (!send("PASS " + value)) {
         state.queued = "pass"; // NICK, then this, once connected
         wakeUp();
