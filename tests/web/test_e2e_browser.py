@@ -2860,6 +2860,38 @@ def test_a_double_slash_sends_a_line_that_starts_with_a_slash(
     assert recalled(alice, 1) == ["//etc/hosts is missing on the new box"]  # as typed
 
 
+def test_users_and_who_list_who_is_online_in_the_conversation_at_phone_width(
+    web: WebServer, browser: Callable[..., Any], tcp: Callable[[str], LineClient]
+) -> None:
+    """/users (in the page's /help as "who is online") only redrew the
+    sidebar, a closed drawer at phone width: nothing changed on screen. And
+    /who, the terminal client's alias, was "Unknown command". Both print
+    the list where they were typed, as the terminal client prints its table."""
+    carol, dave = tcp("carol"), tcp("dave")
+    carol.send("PAIR dave")
+    dave.expect("INVITE carol")
+    dave.send("ACCEPT carol")
+    dave.expect("PAIRED carol")
+    phone = browser(width=375, height=700, phone=True)
+    join(phone, web, "bob")
+    assert phone.find_element(By.ID, "menu-button").get_attribute("aria-expanded") == "false"
+    say(phone, "/users")
+    wait_notice(phone, "3 online: bob (you), carol (paired), dave (paired).")
+    shown = [n for n in phone.find_elements(By.CSS_SELECTOR, '.pane[data-conv="lobby"] .notice')
+             if "online:" in n.text]
+    assert len(shown) == 1 and shown[0].is_displayed()
+    # In a DM's conversation, /who lists there.
+    phone.execute_script("document.querySelector('#user-list li[data-nick=\"carol\"]').click()")
+    wait(phone, lambda d: d.find_element(By.ID, "conv-name").text == "@carol")
+    say(phone, "/who")
+    wait(phone, lambda d: any(n.endswith("3 online: bob (you), carol (paired), dave (paired).")
+                              for n in notices(d, "dm:carol")))
+    assert not [n for n in notices(phone, "dm:carol") if "Unknown command" in n]
+    say(phone, "/help")
+    wait(phone, lambda d: any(n.endswith("/users — who is online, listed here (also /who)")
+                              for n in notices(d, "dm:carol")))
+
+
 # -- keyboard and screen readers --------------------------------------------------------
 
 

@@ -149,6 +149,9 @@
     unavailableRetries: 0, // RETRY unavailable answers in a row
     users: new Map(), // key -> {nick, state, row: its row in the user list}
     pendingUsers: null,
+    // The conversation where the user typed /users (or /who): the next user
+    // list is printed there (the server's answers come in order).
+    listFor: null,
     partner: null, // nick while in a private conversation
     pendingTo: null, // nick we invited
     invites: new Map(), // inviter key -> card element
@@ -1150,6 +1153,7 @@
     answers.unconfirmed = [];
     const held = resetOutbox();
     state.accountRequest = null;
+    state.listFor = null;
     closePasswordDialog();
     $("nick-submit").disabled = true;
     renderHeader();
@@ -1419,6 +1423,14 @@
         state.pendingUsers = null;
         rosterReceived(users, line);
         renderUsers();
+        if (state.listFor) {
+          // The user asked (/users): the list, in words, where it was asked,
+          // as the terminal client prints its table (the sidebar is a
+          // closed drawer at phone width).
+          const conv = state.convs.get(state.listFor) || current();
+          state.listFor = null;
+          notice(conv, onlineText(users));
+        }
         if (state.unpairedFrom) {
           showHeldNotices();
           notice(lobby(), `Your private conversation with ${state.unpairedFrom} ended.`);
@@ -1606,6 +1618,15 @@
       default:
         break; // anything newer than this page
     }
+  }
+
+  // The user list in one line: "3 online: alice (you), bob (paired), carol."
+  function onlineText(users) {
+    const names = [...users].sort((a, b) => byNick(key(a.nick), key(b.nick))).map((u) => {
+      if (state.me && key(u.nick) === key(state.me)) return `${u.nick} (you)`;
+      return u.state === "paired" ? `${u.nick} (paired)` : u.nick;
+    });
+    return `${names.length.toLocaleString("en")} online: ${names.join(", ")}.`;
   }
 
   // A lobby message, live or replayed. Only the history of a new
@@ -1927,7 +1948,7 @@
     "/dm NICK TEXT — a direct message to NICK (also /msg)",
     "/invite NICK — invite NICK to a private conversation (also /pair)",
     "/leave — leave the private conversation, or withdraw your invitation (also /unpair)",
-    "/users — who is online",
+    "/users — who is online, listed here (also /who)",
     "/register — protect your nickname with a password (asked for twice, not shown)",
     "/passwd — change that password (also /password)",
     "/quit [TEXT] — leave, with an optional goodbye",
@@ -2006,7 +2027,7 @@
         case "dm": case "msg": line = `DM ${arg} ${body}`; if (arg && NICK_RE.test(arg)) show(dm(arg).id); break;
         case "invite": case "pair": line = "PAIR " + arg; break;
         case "leave": case "unpair": line = "UNPAIR"; break;
-        case "users": line = "USERS"; break;
+        case "users": case "who": line = "USERS"; break;
         case "register": case "passwd": case "password":
           // Never the password on the command line (on screen, in the history
           // Up recalls): a dialog asks for it; the command is not kept either.
@@ -2031,6 +2052,7 @@
       line = `DM ${conv.peer} ${text}`;
     }
     const sent = send(line, sentMessage(line, typed));
+    if (sent && line === "USERS") state.listFor = conv.id;
     if (sent) {
       state.sent.push(typed);
       if (state.sent.length > 100) state.sent.shift();
