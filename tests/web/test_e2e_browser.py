@@ -2892,6 +2892,36 @@ def test_users_and_who_list_who_is_online_in_the_conversation_at_phone_width(
                               for n in notices(d, "dm:carol")))
 
 
+def test_at_nick_is_a_direct_message_as_in_the_terminal_client(
+    web: WebServer, browser: Callable[..., Any], tcp: Callable[[str], LineClient]
+) -> None:
+    """"@alice text" typed in the lobby went to the whole lobby (and its
+    history), while the terminal client sends the same line to alice only:
+    a line meant for one person leaked. Now the page means what the
+    terminal means; "@ text" (a blank after @) stays a lobby message."""
+    alice, carol = tcp("alice"), tcp("carol")
+    gina = recording(browser())
+    join(gina, web, "gina")
+    alice.expect("JOINED ")
+    carol.expect("JOINED ")
+    say(gina, "@alice are you free tonight? (meant privately)")
+    conv_name(gina, "@alice")  # its conversation is shown, as after /dm
+    wait_texts(gina, ["are you free tonight? (meant privately)"], "dm:alice")
+    assert alice.expect("MSG ").split(" ", 3)[2:] == [
+        "gina", "alice are you free tonight? (meant privately)"]
+    gina.find_element(By.CSS_SELECTOR, '#channel-list li[data-conv="lobby"]').click()
+    say(gina, "@nobody!")  # no text, and not a nick: nothing sent, and said
+    wait_notice(gina, "Usage: @NICK TEXT (a direct message to NICK). Nothing was sent.")
+    assert composer(gina).get_attribute("value") == "@nobody!"
+    composer(gina).clear()
+    say(gina, "@ 5pm works for me")
+    assert carol.expect("MSG ").split(" ", 3)[2:] == ["gina", "* @ 5pm works for me"]
+    assert [line for line in sent(gina) if line.startswith(("MSG", "DM"))] == [
+        "DM alice are you free tonight? (meant privately)", "MSG @ 5pm works for me"]
+    say(gina, "/help")
+    wait_notice(gina, "@NICK TEXT — a direct message to NICK, as in the terminal client")
+
+
 # -- keyboard and screen readers --------------------------------------------------------
 
 

@@ -1945,7 +1945,7 @@
 
   const HELP = [
     "Commands:",
-    "/dm NICK TEXT — a direct message to NICK (also /msg)",
+    "@NICK TEXT — a direct message to NICK, as in the terminal client (also /dm NICK TEXT, /msg)",
     "/invite NICK — invite NICK to a private conversation (also /pair)",
     "/leave — leave the private conversation, or withdraw your invitation (also /unpair)",
     "/users — who is online, listed here (also /who)",
@@ -2012,7 +2012,25 @@
     const escaped = typed.startsWith("//");
     const text = escaped ? typed.slice(1) : typed;
     const cmd = escaped ? null : /^\/(\w+)\s*(.*)$/.exec(text);
-    if (cmd) {
+    // "@NICK TEXT" is a direct message to NICK, wherever it is typed: the
+    // terminal client's meaning (docs/client.md). It was a lobby message
+    // here, so a line meant for one person went to everyone, and into the
+    // lobby's history. "@ text" (a blank after @) and "//@…" are messages.
+    const at = !escaped && /^@\S/.test(text) ? parse(text.slice(1), 1) : null;
+    if (at) {
+      const [nick, body] = at;
+      let problem = null;
+      if (!/[^ \t]/.test(body)) problem = "Usage: @NICK TEXT (a direct message to NICK). Nothing was sent.";
+      else if (!NICK_RE.test(nick)) problem = `“${nick}” is not a valid nickname (letters, digits, _ and -, starting with a letter). Nothing was sent.`;
+      if (problem) {
+        notice(conv, problem, { error: true });
+        const input = $("composer-input");
+        if (!input.value) input.value = typed; // back in its box, to mend
+        return;
+      }
+      line = `DM ${nick} ${body}`;
+      show(dm(nick).id);
+    } else if (cmd) {
       const [, name, rest] = cmd;
       const [arg, body] = parse(rest, 1);
       switch (name.toLowerCase()) {
