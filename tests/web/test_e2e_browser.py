@@ -2925,6 +2925,52 @@ def test_at_nick_is_a_direct_message_as_in_the_terminal_client(
 # -- keyboard and screen readers --------------------------------------------------------
 
 
+def focused(driver: Any) -> list[str]:
+    """The element with the focus: [tag, id, aria-label]."""
+    return list(driver.execute_script(
+        "const e = document.activeElement;"
+        "return [e.tagName, e.id, e.getAttribute('aria-label') || '']"))
+
+
+def test_the_focus_stays_on_the_invitations_and_their_buttons_say_whose(
+    web: WebServer, browser: Callable[..., Any], tcp: Callable[[str], LineClient]
+) -> None:
+    """Invite, pressed from the keyboard, was hidden and the focus fell to
+    <body>; so after /quit; and two invitations gave four buttons named
+    "Accept", "Reject", "Accept", "Reject". The focus goes to the card's
+    Cancel, to the next button when a card goes, to "Join again" after
+    /quit; each button's name says whose invitation it is about."""
+    carol, dave, erin = tcp("carol"), tcp("dave"), tcp("erin")
+    alice = browser()
+    join(alice, web, "alice")
+    wait(alice, lambda d: d.find_element(
+        By.CSS_SELECTOR, '#user-list li[data-nick="dave"]')).send_keys(Keys.ENTER)
+    invite = wait(alice, lambda d: d.find_element(By.ID, "invite-button").is_displayed()
+                  and d.find_element(By.ID, "invite-button"))
+    invite.send_keys(Keys.ENTER)
+    assert dave.expect("INVITE ") == "INVITE alice"
+    wait(alice, lambda d: focused(d) == ["BUTTON", "", "Cancel your invitation to dave"])
+    alice.switch_to.active_element.send_keys(Keys.ENTER)  # withdrawn
+    assert dave.expect("CANCELLED ") == "CANCELLED alice withdrawn"
+    wait(alice, lambda d: not d.find_elements(By.CSS_SELECTOR, '[data-invite="pending"]'))
+    assert focused(alice)[0] != "BODY"
+    for inviter in (carol, erin):
+        inviter.send("PAIR alice")
+        inviter.expect("PENDING alice")
+    wait(alice, lambda d: len(d.find_elements(By.CSS_SELECTOR, "#invitations button")) == 4)
+    names = [b.get_attribute("aria-label")
+             for b in alice.find_elements(By.CSS_SELECTOR, "#invitations button")]
+    assert names == ["Accept carol's invitation", "Reject carol's invitation",
+                     "Accept erin's invitation", "Reject erin's invitation"]
+    alice.find_element(By.CSS_SELECTOR, '[data-invite="carol"] .reject').send_keys(Keys.ENTER)
+    assert carol.expect("DECLINED ") == "DECLINED alice rejected"
+    assert focused(alice) == ["BUTTON", "", "Accept erin's invitation"]
+    say(alice, "/quit")
+    wait(alice, lambda d: d.find_element(By.ID, "banner-retry").is_displayed())
+    wait(alice, lambda d: focused(d) == ["BUTTON", "banner-retry", ""])
+    assert alice.find_element(By.ID, "banner-retry").text == "Join again"
+
+
 def test_the_closed_drawer_is_out_of_reach_and_the_menu_button_says_so(
     web: WebServer, browser: Callable[..., Any]
 ) -> None:

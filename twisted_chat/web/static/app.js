@@ -615,13 +615,17 @@
 
   // -- invitations ---------------------------------------------------------------
 
+  // Each button is [its text, its class, its action, its accessible name]:
+  // the name says whose invitation it is about (two invitations showed
+  // "Accept", "Reject", "Accept", "Reject": which one was bob's?).
   function inviteCard(id, text, buttons) {
     const card = el("div", "invite");
     card.dataset.invite = id;
     card.append(el("span", "invite-text", text));
-    for (const [label, cls, action] of buttons) {
+    for (const [label, cls, action, name] of buttons) {
       const b = el("button", cls, label);
       b.type = "button";
+      b.setAttribute("aria-label", name);
       b.addEventListener("click", action);
       card.append(b);
     }
@@ -629,15 +633,29 @@
     return card;
   }
 
+  // A card goes; the keyboard focus in it (its button was pressed, or it
+  // ended meanwhile) goes on to the next invitation's first button, or the
+  // message box, or the log, rather than falling back to the page's start.
+  function removeCard(card) {
+    const had = card.contains(document.activeElement);
+    card.remove();
+    if (!had) return;
+    const next = $("invitations").querySelector("button:not(:disabled)");
+    const input = $("composer-input");
+    if (next) next.focus();
+    else if (!input.disabled) input.focus();
+    else $("messages").focus();
+  }
+
   function dropInvite(nick) {
     const card = state.invites.get(key(nick));
-    if (card) card.remove();
+    if (card) removeCard(card);
     state.invites.delete(key(nick));
   }
 
   function clearPendingCard() {
     const card = document.querySelector('[data-invite="pending"]');
-    if (card) card.remove();
+    if (card) removeCard(card);
   }
 
   // -- the connection ----------------------------------------------------------------
@@ -1159,6 +1177,8 @@
     renderHeader();
     if (state.leaving) {
       banner("You left the chat.", "Join again");
+      // The composer is disabled now: the focus goes where the page goes on.
+      $("banner-retry").focus();
       return;
     }
     if (wasOnline) {
@@ -1471,12 +1491,12 @@
         const [, from] = parse(line, 1);
         dropInvite(from);
         const card = inviteCard(key(from), `${from} invites you to a private conversation.`, [
-          ["Accept", "accept", () => send("ACCEPT " + from)],
+          ["Accept", "accept", () => send("ACCEPT " + from), `Accept ${from}'s invitation`],
           ["Reject", "reject", () => {
             send("REJECT " + from);
             dropInvite(from);
             notice(current(), `You declined ${from}'s invitation.`);
-          }],
+          }, `Reject ${from}'s invitation`],
         ]);
         state.invites.set(key(from), card);
         notice(lobby(), `${from} invited you to a private conversation.`);
@@ -1486,11 +1506,16 @@
       case "PENDING": {
         const [, to] = parse(line, 1);
         state.pendingTo = to;
+        // Invite, pressed, is hidden now (its focus fell to the page's
+        // start): the focus goes to the card's Cancel.
+        const had = document.activeElement;
+        const fromInvite = !had || had === document.body || had === $("invite-button");
         clearPendingCard();
-        inviteCard("pending", `Waiting for ${to} to accept your invitation…`, [
-          ["Cancel", "cancel", () => send("UNPAIR")],
+        const card = inviteCard("pending", `Waiting for ${to} to accept your invitation…`, [
+          ["Cancel", "cancel", () => send("UNPAIR"), `Cancel your invitation to ${to}`],
         ]);
         renderHeader();
+        if (fromInvite) card.querySelector("button").focus();
         break;
       }
       case "PAIRED": {
