@@ -1571,8 +1571,7 @@ def test_the_controls_that_send_are_disabled_while_reconnecting_and_say_why(
     assert not field.is_enabled()
     assert field.get_attribute("placeholder") == why
     before = len(sent(alice))
-    # Pressed all the same (from a script: the banner covers the header's
-    # buttons for the mouse).
+    # Pressed all the same (from a script: a disabled button takes no click).
     press = "document.querySelector(arguments[0]).click()"
     for selector in buttons:
         alice.execute_script(press, selector)
@@ -1598,6 +1597,49 @@ def test_the_controls_that_send_are_disabled_while_reconnecting_and_say_why(
 # ?answer=1 and ?timeout=1 shorten the page's waits (5 + 5 s before it
 # warns, 15 s for a connection to hear from the server) to 1 + 1 s and 1 s:
 # the tests would otherwise wait as long as a user does.
+
+
+_COVERED = """
+    const shown = (e) => { const r = e.getBoundingClientRect(); return [r.top, r.bottom]; };
+    const at = (e) => { const r = e.getBoundingClientRect();
+      return document.elementFromPoint(r.left + r.width / 2, r.top + r.height / 2); };
+    const invite = document.getElementById('invite-button');
+    return {banner: shown(document.getElementById('banner')), invite: shown(invite),
+            inviteOnTop: at(invite) === invite,
+            composer: shown(document.getElementById('composer-input')),
+            height: window.innerHeight};
+"""
+
+
+def test_the_disconnection_banner_moves_the_page_down_and_covers_no_control(
+    web: WebServer, browser: Callable[..., Any], tcp: Callable[[str], LineClient]
+) -> None:
+    """The red banner was fixed over the top of the page: it covered the
+    header's Invite and Leave buttons while it showed. Now the page moves
+    down under it (wide and at phone width), its message box still in view."""
+    tcp("carol")
+    pages = [browser(), browser(width=375, height=700, phone=True)]
+    for page, nick in zip(pages, ("alice", "bob"), strict=True):
+        join(page, web, nick)
+        wait(page, lambda d: d.find_elements(By.CSS_SELECTOR, '#user-list li[data-nick="carol"]'))
+        page.execute_script(  # in the closed drawer, at phone width
+            "document.querySelector('#user-list li[data-nick=\"carol\"]').click()")
+        wait(page, lambda d: d.find_element(By.ID, "invite-button").is_displayed())
+    web.stop()
+    for page in pages:
+        wait(page, lambda d: "Reconnecting in" in shown_banner(d))
+        layout = page.execute_script(_COVERED)
+        assert layout["banner"][1] > 0
+        assert layout["banner"][1] <= layout["invite"][0], layout
+        assert layout["inviteOnTop"], layout
+        assert layout["composer"][1] <= layout["height"], layout
+    web.start()
+    tcp("carol")  # back too (the stop closed her connection)
+    for page in pages:
+        wait(page, lambda d: not d.find_element(By.ID, "banner").is_displayed()
+             and d.find_element(By.ID, "invite-button").is_displayed(), timeout=WAIT + 20)
+        layout = page.execute_script(_COVERED)
+        assert layout["invite"][0] < 60 and layout["inviteOnTop"], layout  # back up
 
 
 @contextlib.contextmanager
