@@ -1642,6 +1642,49 @@ def test_the_disconnection_banner_moves_the_page_down_and_covers_no_control(
         assert layout["invite"][0] < 60 and layout["inviteOnTop"], layout  # back up
 
 
+# Every change to what a live region holds ([id, its text]), and each text
+# the banner shows (window.bannerShown).
+_LIVE = """
+    window.liveSaid = [];
+    window.bannerShown = [];
+    const live = '[aria-live]:not([aria-live="off"]), [role=status], [role=alert], [role=log]';
+    new MutationObserver((changes) => {
+      for (const c of changes) {
+        const node = c.target.nodeType === 1 ? c.target : c.target.parentElement;
+        const region = node && node.closest(live);
+        if (region) window.liveSaid.push([region.id, region.textContent]);
+        if (node && node.closest('#banner-text')) {
+          window.bannerShown.push(document.getElementById('banner-text').textContent);
+        }
+      }
+    }).observe(document.body, {childList: true, subtree: true, characterData: true});
+"""
+
+
+def test_the_banner_announces_the_disconnection_and_the_reconnection_not_each_second(
+    web: WebServer, browser: Callable[..., Any]
+) -> None:
+    """The banner was itself a live region, and its countdown rewrote it
+    every second: a screen reader could read out "Reconnecting in 4 s…",
+    "3 s…", "2 s…"... Now the countdown shows, and a live region of its own
+    says the disconnection once, and the reconnection."""
+    alice = browser()
+    join(alice, web, "alice")
+    alice.execute_script(_LIVE)
+    web.stop()
+    # A few attempts (1, 2, 4 s apart): several seconds of countdown.
+    wait(alice, lambda d: len({t for t in d.execute_script("return window.bannerShown")
+                               if "Reconnecting in" in t}) >= 4, timeout=WAIT + 10)
+    web.start()
+    wait(alice, lambda d: any(text.strip().startswith("Connected.")
+                              for _, text in d.execute_script("return window.liveSaid")),
+         timeout=WAIT + 20)
+    said = [entry for entry in alice.execute_script("return window.liveSaid") if entry[1]]
+    assert not [entry for entry in said if "Reconnecting in" in entry[1]], said
+    spoken = [text for region, text in said if region == "banner-say"]
+    assert spoken == ["The server is restarting. Reconnecting…", "Connected."], spoken
+
+
 @contextlib.contextmanager
 def stopped(web: WebServer) -> Iterator[None]:
     """The server stopped (SIGSTOP: it reads and answers nothing, while its

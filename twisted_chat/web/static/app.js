@@ -1216,9 +1216,12 @@
       full: "The server is full.", // BYE full: too many connections (docs/protocol.md, "Limits this server sets")
       "no-answer": "No answer from the server.",
     }[state.byeReason] || "Disconnected.";
+    // Spoken once an outage (a screen reader would read out each second's
+    // count, and each attempt's): the first attempt's words stay.
+    const spoken = bannerSaid.endsWith("Reconnecting…") ? bannerSaid : `${why} Reconnecting…`;
     const tick = () => {
       const s = Math.max(0, Math.ceil((state.retryAt - Date.now()) / 1000));
-      banner(`${why} Reconnecting in ${s} s…`, "Reconnect now");
+      banner(`${why} Reconnecting in ${s} s…`, "Reconnect now", false, spoken);
     };
     tick();
     clearInterval(state.countdown);
@@ -1226,16 +1229,29 @@
     state.retryTimer = setTimeout(() => {
       clearInterval(state.countdown);
       // The button stays: it gives up this attempt for a new one.
-      banner(`${why} Reconnecting…`, "Reconnect now");
+      banner(`${why} Reconnecting…`, "Reconnect now", false, spoken);
       connect();
     }, delay);
   }
 
-  function banner(text, button, ok) {
+  // The banner shows `text`; a screen reader hears `spoken` (the text, by
+  // default) from a live region of its own (#banner-say), only when that
+  // changes: the disconnection, "Reconnecting…", "Connected.", not each
+  // second of the countdown (the banner was the live region, rewritten
+  // every second). The banner's text stays readable on demand (the
+  // disabled buttons' description).
+  let bannerSaid = "";
+  function banner(text, button, ok, spoken = text) {
     const b = $("banner");
     if (!text) {
       b.hidden = true;
+      bannerSaid = "";
+      $("banner-say").textContent = ""; // the same words again are news again
       return;
+    }
+    if (spoken !== bannerSaid) {
+      bannerSaid = spoken;
+      $("banner-say").textContent = spoken;
     }
     b.hidden = false;
     b.classList.toggle("ok", !!ok);
