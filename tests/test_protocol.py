@@ -14,6 +14,7 @@ import pytest_twisted
 from twisted.internet import defer
 from twisted.internet.defer import Deferred
 from twisted.internet.task import deferLater
+from twisted.logger import globalLogPublisher
 
 from tests.harness import Conn, Harness
 from twisted_chat.wire import format_ts
@@ -1148,3 +1149,43 @@ def test_input_held_behind_a_waiting_command_is_at_most_the_limit_and_one_read(
     pending[0].callback(None)
     h.clock.advance(0)
     assert conn.reading
+
+
+@pytest.fixture
+def failures() -> Iterator[list[Any]]:
+    """The failures logged meanwhile (log.failure's events), as Failures."""
+    seen: list[Any] = []
+
+    def observe(event: dict[str, Any]) -> None:
+        if "log_failure" in event:
+            seen.append(event["log_failure"])
+
+    globalLogPublisher.addObserver(observe)
+    yield seen
+    globalLogPublisher.removeObserver(observe)
+
+
+@pytest.mark.parametrize("later", [False, True], ids=["at-once", "decided-later"])
+def test_a_registration_that_fails_unexpectedly_is_logged_and_the_connection_goes_on(
+        failures: list[Any], later: bool) -> None:
+    """rev15-mut F5: an error of the state's register() that is no refusal
+    (a bug, a store error of another kind) is logged with its traceback when
+    it happens; decided later (cluster mode) it was lost without a word,
+    the connection's wait for it taking the failure as its end."""
+    h = Harness()
+    real = h.factory.state.register
+    pending: Deferred[Any] = Deferred()
+    h.factory.state.register = (  # type: ignore[method-assign]
+        lambda *args, **kwargs: pending if later else defer.fail(RuntimeError("store broke")))
+    conn = h.connect()
+    conn.take()
+    conn.send("NICK alice")
+    if later:
+        assert failures == []
+        pending.errback(RuntimeError("store broke"))
+    [failure] = failures
+    assert failure.check(RuntimeError) and str(failure.value) == "store broke"
+    h.factory.state.register = real  # type: ignore[method-assign]
+    conn.send("PING t1", "NICK alice")
+    lines = conn.take()
+    assert lines[0] == "PONG t1" and "READY alice" in lines, lines

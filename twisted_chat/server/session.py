@@ -17,6 +17,7 @@ from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.python.failure import Failure
 
 from twisted_chat import wire
+from twisted_chat.server import logs
 from twisted_chat.server.addresses import Address
 from twisted_chat.server.config import Mode
 from twisted_chat.server.flood import REPLY_BYTES
@@ -25,6 +26,8 @@ from twisted_chat.server.hub import NickTaken, State, User
 from twisted_chat.server.login import Answer, Login, retry_taken, unavailable_text
 from twisted_chat.server.state import Outcome, StateUnavailable
 from twisted_chat.wire import ErrorCode, LineError, Refusal
+
+_log = logs.logger()
 
 if TYPE_CHECKING:
     from twisted_chat.server.factory import ChatFactory
@@ -206,8 +209,13 @@ class Session:
     def _command_failed(self, failure: Failure, conn: Connection) -> None:
         error = failure.value
         if not isinstance(error, Refusal):
-            failure.raiseException()
-        assert isinstance(error, Refusal)
+            # A bug, or a store's error of another kind: logged here, as it
+            # happens (left in the Deferred, it was logged only when that was
+            # collected, or never: the connection's wait for it ends on it).
+            # The connection goes on with its next line.
+            _log.failure("a command of {address} failed unexpectedly", failure,
+                         address=conn.address)
+            return
         conn.write(wire.error(error.code, error.text))
 
     # -- the handshake ---------------------------------------------------------
