@@ -9,6 +9,7 @@ behind.  Run as root only: nothing else can switch users.
 from __future__ import annotations
 
 import os
+import pwd
 import signal
 import subprocess
 import tempfile
@@ -49,11 +50,16 @@ def refused(folder: Path, *args: str, daemon: bool = False) -> subprocess.Comple
         cwd=folder, stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=30)
 
 
-def test_the_server_runs_as_the_user_on_files_that_are_theirs(folder: Path) -> None:
-    os.chown(folder, NOBODY, NOBODY)
+@pytest.mark.parametrize("drop", [DROP, ["--uid", str(NOBODY)]], ids=["uid-gid", "uid-alone"])
+def test_the_server_runs_as_the_user_on_files_that_are_theirs(
+        folder: Path, drop: list[str]) -> None:
+    """With C{--uid} alone (the usual way, rev15-mut F1), twistd runs it
+    with the user's own group, and the files are made with that group."""
+    group = pwd.getpwuid(NOBODY).pw_gid
+    os.chown(folder, NOBODY, group)
     folder.chmod(0o700)
     for start in range(2):  # the second start uses what the first made
-        server = ServerProcess(folder, ["--db", "chat.sqlite3"], twistd_args=DROP).start()
+        server = ServerProcess(folder, ["--db", "chat.sqlite3"], twistd_args=drop).start()
         try:
             client = LineClient(server.port)
             block = client.register(f"u{start}")
@@ -68,10 +74,23 @@ def test_the_server_runs_as_the_user_on_files_that_are_theirs(folder: Path) -> N
         finally:
             assert server.stop() in (0, -signal.SIGTERM), server.log()[-2000:]
         assert server.problems() == []
-        assert f"set uid/gid {NOBODY}/{NOBODY}" in server.log()
+        assert f"set uid/gid {NOBODY}/{group}" in server.log()
     made = owners(folder)
     assert {"chat.sqlite3", "chat.accounts.sqlite3", server.log_path.name} <= set(made)
-    assert set(made.values()) == {(NOBODY, NOBODY)}, made
+    assert set(made.values()) == {(NOBODY, group)}, made
+
+
+def test_a_uid_alone_that_names_no_user_is_one_line(folder: Path) -> None:
+    """twistd would look its group up after start-up, with a traceback."""
+    os.chown(folder, NOBODY, NOBODY)
+    done = subprocess.run(
+        [TWISTD, "-n", "--pidfile=", "--uid", "4242424", "chat",
+         "--port", f"tcp:0:interface={LOOPBACK}", "--db", "chat.sqlite3"],
+        cwd=folder, stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=30)
+    assert done.returncode == 1, done
+    assert done.stderr.splitlines() == [
+        "twistd chat: --uid 4242424 names no user: give --gid too"], done
+    assert list(folder.iterdir()) == []
 
 
 @pytest.mark.parametrize("daemon", [False, True])
