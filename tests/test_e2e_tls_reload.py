@@ -1,8 +1,8 @@
 """
 The real server picks up a renewed certificate (rev14-ops MEDIUM 1): the
 key and certificate written over the files it serves (as certbot's renewal
-does), then SIGHUP, and both an C{ssl:} C{--port} and an C{ssl:} C{--web}
-serve the new one to new connections, while a connection made before
+does), then SIGHUP, and an C{ssl:} C{--port}, C{--web} and C{--metrics}
+each serve the new one to new connections, while a connection made before
 stays up; a broken pair keeps the last good one.  (The look at the files
 every 60 s, with no signal: tests/test_certificates.py, on a clock.)
 """
@@ -50,12 +50,13 @@ def test_sighup_serves_the_renewed_certificate_on_every_ssl_port(tmp_path: Path)
     live.mkdir()
     install(old, live)
     files = f"privateKey={live}/privkey.pem:certKey={live}/fullchain.pem"
-    port, web = free_port(), free_port()
+    port, web, metrics = free_port(), free_port(), free_port()
     server = ServerProcess(
-        tmp_path, ["--db", ":memory:", "--web", f"ssl:{web}:{files}:interface={LOOPBACK}"],
+        tmp_path, ["--db", ":memory:", "--web", f"ssl:{web}:{files}:interface={LOOPBACK}",
+                   "--metrics", f"ssl:{metrics}:{files}:interface={LOOPBACK}"],
         port=port, endpoint=f"ssl:{port}:{files}:interface={LOOPBACK}").start()
     try:
-        for listening in (port, web):
+        for listening in (port, web, metrics):
             assert trusted(listening, old.root) and not trusted(listening, new.root)
         alice = verified(port, old.root)
         alice.register("alice")
@@ -65,7 +66,11 @@ def test_sighup_serves_the_renewed_certificate_on_every_ssl_port(tmp_path: Path)
                         "again")
         server.wait_log(f"--port ssl:{port}:{files}:interface={LOOPBACK}: certificate loaded "
                         "again")
-        for listening in (port, web):
+        # The --metrics port's too (rev15-mut F2): Prometheus's scrapes
+        # would fail on the expired certificate.
+        server.wait_log(f"--metrics ssl:{metrics}:{files}:interface={LOOPBACK}: certificate "
+                        "loaded again")
+        for listening in (port, web, metrics):
             assert trusted(listening, new.root) and not trusted(listening, old.root)
         bob = verified(port, new.root)
         bob.register("bob")
