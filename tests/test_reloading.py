@@ -1,0 +1,77 @@
+"""
+L{Reloader}'s SIGHUP handler is installed once the reactor has started
+(after startup), and not by a Reloader stopped before that (rev15-mut F12):
+twistd stops the services of a start-up that failed, and a handler
+installed after would outlive them.
+"""
+
+from __future__ import annotations
+
+import itertools
+import signal
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import pytest
+from twisted.internet.task import Clock
+
+from twisted_chat.server.reloading import Reloader
+
+
+class Starting(Clock):
+    """A reactor that has not finished its start-up: its "after startup"
+    triggers, which can be removed, run when L{started} is called."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.after: dict[int, Callable[[], object]] = {}
+        self._ids = itertools.count()
+
+    def addSystemEventTrigger(self, phase: str, event: str, call: Callable[[], object]) -> int:
+        assert (phase, event) == ("after", "startup")
+        key = next(self._ids)
+        self.after[key] = call
+        return key
+
+    def removeSystemEventTrigger(self, key: int) -> None:
+        del self.after[key]
+
+    def started(self) -> None:
+        for call in list(self.after.values()):
+            call()
+        self.after.clear()
+
+
+@pytest.fixture
+def sighup() -> Iterator[None]:
+    """SIGHUP's handler is given back after the test."""
+    before = signal.getsignal(signal.SIGHUP)
+    yield
+    signal.signal(signal.SIGHUP, before)
+
+
+def handler() -> Any:
+    return signal.getsignal(signal.SIGHUP)
+
+
+def test_the_handler_is_installed_after_startup(sighup: None) -> None:
+    reactor = Starting()
+    reloader = Reloader(reactor)
+    before = handler()
+    reloader.startService()
+    assert handler() == before, "not before the reactor runs"
+    reactor.started()
+    assert handler() == reloader._signalled
+    reloader.stopService()
+    assert handler() == reloader._signalled, "a SIGHUP during the shutdown does not end it"
+
+
+def test_a_reloader_stopped_before_startup_installs_no_handler(sighup: None) -> None:
+    reactor = Starting()
+    reloader = Reloader(reactor)
+    before = handler()
+    reloader.startService()
+    reloader.stopService()
+    assert reactor.after == {}
+    reactor.started()
+    assert handler() == before
