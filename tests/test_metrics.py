@@ -849,6 +849,44 @@ def test_scrapes_back_to_back_share_a_few_renderings() -> None:
     assert scrape("application/openmetrics-text")[0] == "200 OK"
 
 
+def test_an_ordinary_form_is_rendered_once_past_the_rate_even_by_two_at_once() -> None:
+    """rev15-mut F12: past the rate, an ordinary form never rendered is
+    rendered once, by the first request for it; a second one that comes
+    while that rendering runs (on another of the pool's threads: here, from
+    within it) is a 503, not a second rendering."""
+    from twisted_chat.server.metricsport import METRICS_RENDERS, renders_bounded
+
+    clock = Clock()
+    rendered: list[str] = []
+    during: list[tuple[str, bytes]] = []
+    openmetrics = "application/openmetrics-text"
+
+    def app(environ: dict[str, Any], start_response: Any) -> list[bytes]:
+        rendered.append(environ.get("HTTP_ACCEPT", ""))
+        if len(rendered) == burst + 1:
+            during.extend([scrape(openmetrics), scrape()])
+        start_response("200 OK", [("Content-Type", "text/plain")])
+        return [f"render {len(rendered)}".encode()]
+
+    bounded = renders_bounded(app, clock.seconds)
+
+    def scrape(accept: str = "") -> tuple[str, bytes]:
+        got: list[str] = []
+        body = bounded({"REQUEST_METHOD": "GET", "PATH_INFO": "/", "QUERY_STRING": "",
+                        "HTTP_ACCEPT": accept}, lambda status, headers: got.append(status))
+        return got[0], b"".join(body)
+
+    burst = int(METRICS_RENDERS.burst)
+    for _ in range(burst):
+        scrape()
+    assert scrape(openmetrics) == ("200 OK", f"render {burst + 1}".encode())
+    [(busy, _), kept] = during
+    assert busy.startswith("503 "), busy
+    assert kept == ("200 OK", f"render {burst}".encode())  # its own form's answer
+    assert scrape(openmetrics) == ("200 OK", f"render {burst + 1}".encode())
+    assert len(rendered) == burst + 1
+
+
 # What Prometheus 3 sends, and 2 (with gzip both).
 PROMETHEUS_ACCEPTS = (
     "application/openmetrics-text;version=1.0.0;escaping=allow-utf-8;q=0.5,"
