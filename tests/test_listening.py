@@ -211,6 +211,89 @@ def test_a_fullchain_certkey_sends_the_rest_as_the_chain(tmp_path: Any) -> None:
         handshake(options, chain.root)
 
 
+def as_twisted(description: str) -> Any:
+    """The C{CertificateOptions} Twisted's own C{ssl:} parser makes of
+    C{description}: what the server's must match."""
+    import warnings
+
+    from twisted.internet.endpoints import serverFromString
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)  # pyOpenSSL's X509, PKey
+        return serverFromString(MemoryReactor(), description)._sslContextFactory
+
+
+def der(certificate: Any) -> bytes:
+    """A certificate, pyOpenSSL's or cryptography's, as DER."""
+    from cryptography.hazmat.primitives.serialization import Encoding
+
+    if hasattr(certificate, "to_cryptography"):
+        certificate = certificate.to_cryptography()
+    return bytes(certificate.public_bytes(Encoding.DER))
+
+
+def public(key: Any) -> bytes:
+    """A private key's public half, pyOpenSSL's or cryptography's, as DER."""
+    from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
+
+    if hasattr(key, "to_cryptography_key"):
+        key = key.to_cryptography_key()
+    return bytes(key.public_key().public_bytes(Encoding.DER, PublicFormat.SubjectPublicKeyInfo))
+
+
+def test_the_certificate_and_chain_sent_are_pinned(tmp_path: Any) -> None:
+    """rev15-mut F6: a fullchain.pem as certKey sends the rest of it as
+    the chain (Twisted's parser sends none); with extraCertChain too, that
+    file replaces the rest, as in Twisted's parser: the intermediate is not
+    sent twice."""
+    from cryptography import x509
+
+    from tests.certchain import make_chain
+
+    chain = make_chain(tmp_path)
+    server, intermediate = (der(c) for c in x509.load_pem_x509_certificates(
+        chain.fullchain.read_bytes()))
+    key = f"ssl:0:privateKey={chain.privkey}"
+    for description, sent, as_in_twisted in [
+            (f"{key}:certKey={chain.fullchain}", [intermediate], False),
+            (f"{key}:certKey={chain.fullchain}:extraCertChain={chain.chain}", [intermediate],
+             True),
+            (f"{key}:certKey={chain.cert}:extraCertChain={chain.fullchain}",
+             [server, intermediate], True),
+            (f"{key}:certKey={chain.cert}", [], True)]:
+        _, _, options, _, _ = listened(description)
+        assert der(options.certificate) == server, description
+        assert [der(c) for c in options.extraCertChain] == sent, description
+        if as_in_twisted:
+            twisted = as_twisted(description)
+            assert der(twisted.certificate) == server
+            assert [der(c) for c in twisted.extraCertChain] == sent, description
+
+
+def test_a_certkey_holding_a_key_too_uses_its_key_as_twisted_does(tmp_path: Any) -> None:
+    """rev15-mut F7: a certKey file that holds the certificate and its key,
+    with another key as privateKey: Twisted's parser takes the first key of
+    the two files together, the certKey's."""
+    from tests.certchain import make_chain
+
+    (tmp_path / "ours").mkdir()
+    (tmp_path / "other").mkdir()
+    ours, other = make_chain(tmp_path / "ours"), make_chain(tmp_path / "other")
+    combined = tmp_path / "combined.pem"
+    combined.write_bytes(ours.fullchain.read_bytes() + ours.privkey.read_bytes())
+    description = f"ssl:0:privateKey={other.privkey}:certKey={combined}"
+    _, _, options, _, _ = listened(description)
+    assert public(options.privateKey) == public(as_twisted(description).privateKey)
+    assert public(options.privateKey) != public_of(other.privkey)
+    assert handshake(options, ours.root)
+
+
+def public_of(path: Any) -> bytes:
+    from cryptography.hazmat.primitives.serialization import load_pem_private_key
+
+    return public(load_pem_private_key(path.read_bytes(), password=None))
+
+
 def test_the_endpoint_made_for_a_chain_file_gives_pyopenssl_none_of_its_deprecated_types(
         tmp_path: Any) -> None:
     """pyOpenSSL 26 deprecates its own X509 and PKey: a DeprecationWarning
