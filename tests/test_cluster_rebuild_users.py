@@ -236,6 +236,36 @@ def test_a_line_redis_took_after_a_flush_is_answered_that_nobody_saw_it() -> Non
     assert n0.nicks() == n1.nicks() == ["ann", "bob"]
 
 
+def test_a_line_lost_in_a_flush_is_not_taken_for_another_at_its_id() -> None:
+    """rev15-mut F11: ann's line taken, then FLUSHDB before any node read
+    it; ids start again, and bob's first line after the flush is given the
+    same id.  Looked up at that id, the stream holds bob's line, not ann's:
+    ann's is lost like any other taken before the loss (some may have seen
+    it), not answered as one taken into the new stream, which nobody saw;
+    bob's is that one."""
+    redis, clock, (n0, n1) = cluster(2)
+    ann, bob = n0.user("ann"), n1.user("bob")
+    redis.pump()
+    clock.advance(1)  # a new millisecond: ann's line is its first entry
+    got: list[Any] = []
+    _ask(n0.state.say(ann, "taken then flushed"), got)
+    _lag(n0)
+    _lag(n1)
+    [(taken_at, _, _)] = redis.stream[-1:]
+    redis.flushdb()
+    other: list[Any] = []
+    _ask(n1.state.say(bob, "first after the flush"), other)
+    [(again, _, _)] = redis.stream
+    assert again == taken_at, "the same id, another line"
+    _settle(redis, clock, 2)
+    assert [f.value.text for f in got] == [
+        "lost: the chat's store lost it after taking it, so it has no effect (some may have "
+        "seen it before the loss); send it again"]
+    assert [f.value.text for f in other] == [
+        "lost: the chat's store had lost its data when it took it, so it has no effect and "
+        "nobody saw it; send it again"]
+
+
 def test_after_a_lost_command_is_answered_a_later_loss_rebuilds_from_the_snapshot() -> None:
     """A command Redis took and lost no longer holds n0's first waiting
     command back: at a later loss that n0 sees late, after n1 wrote a
