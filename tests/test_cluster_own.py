@@ -412,3 +412,31 @@ def test_a_displaced_connection_is_let_go_of_at_once(gone: bool) -> None:
     assert [line.split(" ", 4)[-1] for line in b.take() if line.startswith("MSG")] == [
         "after"]
     assert [line for line in a.take() if line.startswith("MSG")] == []
+
+
+def test_after_a_loss_one_extra_in_place_of_another_gives_new_members(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """rev15-mut F3: the node's members tuple is kept while neither its own
+    index nor the after-loss extras change; extras as many as before but
+    not the same connections (one went as another came to hear the lobby)
+    are a change: the members the lobby's lines go to hold the one that
+    came, not the one that went.  (Whether the after-loss state can swap them between
+    two batches is not shown here: the extras are given as the after-loss
+    state would list them.)"""
+    cluster = Cluster(2)
+    n0, n1 = cluster.nodes
+    a, b = n0.user("a"), n0.user("b")
+    n1.user("e")
+    state = n0.state
+    state.rebuild(None, [])
+    n1.state.rebuild(None, [])
+    assert state.own.lobby_members() == ()
+    own = state.own.lobby_members()
+    extras: list[Any] = [a.protocol]
+    monkeypatch.setattr(state.replica.afterloss, "lobby_conns", lambda: tuple(extras))
+    first = state.lobby_members()
+    assert first == (a.protocol,)
+    assert state.lobby_members() is first  # the same extras: the same tuple
+    extras[:] = [b.protocol]  # a went, b came: as many
+    assert state.own.lobby_members() is own
+    assert state.lobby_members() == (b.protocol,)
