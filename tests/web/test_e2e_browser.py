@@ -97,7 +97,10 @@ def browser(tmp_path: Path) -> Iterator[Callable[..., Any]]:
             options.add_argument(flag)
         service = Service(CHROMEDRIVER, env={**os.environ, "TZ": TZ})
         driver = webdriver.Chrome(service=service, options=options)
-        driver.set_page_load_timeout(WAIT)
+        # Also how long chromedriver waits for the renderer to answer any
+        # command: a fresh renderer on a loaded machine (CI beside other
+        # work) once took more than 10 s to answer the first one.
+        driver.set_page_load_timeout(3 * WAIT)
         drivers.append(driver)
         return driver
 
