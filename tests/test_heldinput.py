@@ -13,10 +13,13 @@ from __future__ import annotations
 
 from typing import Any
 
+from twisted.internet.task import Clock
+
 from tests.harness import Conn, Harness
+from tests.test_cluster_outage import Waiting
 from tests.test_login import LIMITS, PW, HeldWork, add, fresh, harness, wrong
 from twisted_chat.server.accounts import Mode
-from twisted_chat.server.heldinput import TOO_MUCH_BEFORE_READY
+from twisted_chat.server.heldinput import CEILING_TELL_EVERY, TOO_MUCH_BEFORE_READY, HeldInput
 from twisted_chat.server.login import BAD_PASSWORD_TEXT
 
 JUNK = b"j" * 1000 + b"\r\n"
@@ -246,3 +249,39 @@ def test_the_reviewers_attack_leaves_a_bystander_read() -> None:
                for nick, conn in attackers if nick == "atk")
     h.work.release()  # type: ignore[attr-defined]
     assert held.total == 0 and held.paused == {}
+
+
+
+def test_the_operator_is_told_when_no_connection_is_read_and_when_all_are_again(
+        logged: list[str]) -> None:
+    """Past the ceiling nobody is read: one warning says so (and where to
+    read why), one line says when reading resumes; a peer crossing it over
+    and over gets one warning a minute, which counts the times left out."""
+    clock = Clock()
+    conns = [Waiting(), Waiting()]
+    held = HeldInput(1000, lambda: conns, clock)
+    a, b = conns
+
+    def cross_and_drain() -> None:
+        held.change(a, held.ceiling + 1)
+        assert held.full and not a.reading and not b.reading
+        clock.advance(2.5)
+        held.change(a, -(held.ceiling + 1))
+        assert not held.full and a.reading and b.reading
+
+    cross_and_drain()
+    told = [line for line in logged if "Held input" in line]
+    assert told == [
+        "Held input passed its ceiling (1250 bytes held behind commands decided elsewhere):"
+        ' no connection is read until it is back to 500 bytes (docs/security.md, "Held input").',
+        "Held input is back to 0 bytes: every connection is read again, after 2.5 s.",
+    ]
+    for _ in range(3):  # within the minute: not told again
+        clock.advance(10)
+        cross_and_drain()
+    assert [line for line in logged if "Held input" in line] == told
+    clock.advance(CEILING_TELL_EVERY)
+    cross_and_drain()
+    again = [line for line in logged if "Held input" in line][len(told):]
+    assert len(again) == 2
+    assert again[0].endswith("; passed 3 more time(s) since the last such line.")

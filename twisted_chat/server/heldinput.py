@@ -9,11 +9,14 @@ all of a server's connections hold together.
 
 from __future__ import annotations
 
+import math
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from typing import TYPE_CHECKING, Any, Protocol, cast
 
 from twisted.internet.defer import Deferred
+
+from twisted_chat.server.logs import logger
 
 if TYPE_CHECKING:
     from twisted.internet.interfaces import IReactorTime
@@ -45,6 +48,12 @@ ADDRESS_SHARE = 16
 # excused for the time it was not read (HeldInput.excused): what waited in
 # the kernel meanwhile comes in the first reads.
 _EXCUSED_FOR = 1.0
+
+#: The operator is told when no connection is read (the ceiling), at most
+#: once in this many seconds; the times left out are counted in the next.
+CEILING_TELL_EVERY = 60.0
+
+_log = logger()
 
 #: BYE flood's text for a connection over HELD_BEFORE_READY_LINES.
 TOO_MUCH_BEFORE_READY = "too much sent before the login was decided; wait for READY"
@@ -448,8 +457,8 @@ class HeldInput:
     Nothing is done per line unless a connection holds input.
     """
 
-    __slots__ = ("_clock", "_connections", "before_ready", "full", "limit", "over", "owed",
-                 "paused", "total")
+    __slots__ = ("_clock", "_connections", "_full_since", "_told", "_told_at", "_untold",
+                 "before_ready", "full", "limit", "over", "owed", "paused", "total")
 
     def __init__(self, limit: int, connections: Callable[[], Iterable[Holder]],
                  clock: IReactorTime | None = None, before_ready: int = _HELD_INPUT) -> None:
@@ -466,6 +475,12 @@ class HeldInput:
         # Connections read again after it paused them: for how long they
         # were not read, and until when that excuses their lines (excused).
         self.owed: dict[Holder, tuple[float, float]] = {}
+        # The log's account of the ceiling (_tell_full): when it was passed,
+        # whether that was told, when the last was, and how many since were not.
+        self._full_since = 0.0
+        self._told = False
+        self._told_at = -math.inf
+        self._untold = 0
 
     @property
     def ceiling(self) -> int:
@@ -530,13 +545,37 @@ class HeldInput:
                     # Connections between commands held a read each: none
                     # is read now.
                     self.full = True
+                    self._tell_full()
                     for other in list(self._connections()):
                         self.pause(other)
         elif self.over and total <= self.limit // 2:
+            if self.full and self._told:
+                _log.info("Held input is back to {total} bytes: every connection is read"
+                          " again, after {seconds:.1f} s.", total=total,
+                          seconds=self._now() - self._full_since)
             self.over = self.full = False
             paused, self.paused = self.paused, {}
             for other, since in paused.items():
                 self._resume(other, since)
+
+    def _tell_full(self) -> None:
+        """Say that no connection is read now (the ceiling): at most once in
+        L{CEILING_TELL_EVERY} seconds, with how many times it was passed
+        meanwhile, so that a peer that crosses it over and over does not
+        fill the log."""
+        now = self._full_since = self._now()
+        self._told = now - self._told_at >= CEILING_TELL_EVERY or self._clock is None
+        if not self._told:
+            self._untold += 1
+            return
+        self._told_at = now
+        untold, self._untold = self._untold, 0
+        _log.warn(
+            "Held input passed its ceiling ({ceiling} bytes held behind commands decided"
+            " elsewhere): no connection is read until it is back to {half} bytes"
+            " (docs/security.md, \"Held input\"){since}.",
+            ceiling=self.ceiling, half=self.limit // 2,
+            since=f"; passed {untold} more time(s) since the last such line" if untold else "")
 
     def started(self, conn: Holder) -> None:
         """C{conn} is new: past the ceiling it is not read either."""
