@@ -17,7 +17,7 @@ from twisted.internet.task import Clock
 
 from tests.harness import Conn, Harness
 from tests.test_cluster_outage import Waiting
-from tests.test_login import LIMITS, PW, HeldWork, add, fresh, harness, wrong
+from tests.test_login import LIMITS, PW, HeldWork, add, fresh, harness, shared_harness, wrong
 from twisted_chat.server.accounts import Mode
 from twisted_chat.server.heldinput import CEILING_TELL_EVERY, TOO_MUCH_BEFORE_READY, HeldInput
 from twisted_chat.server.login import BAD_PASSWORD_TEXT
@@ -68,6 +68,25 @@ def test_a_login_over_its_failure_limit_holds_nothing_while_it_waits_for_bye() -
     assert conn.take() == ["BYE flood too many failed logins; try again later"]
     conn.drop()
     assert held.total == 0 and held.paused == {}
+
+
+def test_a_login_the_cluster_refuses_at_once_handles_nothing_more() -> None:
+    """The cluster's shared failure counts refuse a PASS as it is handled
+    (their answer came at once): nothing the connection sends until its BYE
+    is handled either, though no wait_for followed (the PASS's Deferred had
+    fired, its BYE chained behind it)."""
+    h = shared_harness()
+    add(h, "alice")
+    h.shared.full.add("alice")  # type: ignore[attr-defined]
+    conn = fresh(h, "10.0.0.9")
+    conn.send("NICK alice", f"PASS {PW}")
+    assert conn.take() == ["PASS alice"]
+    conn.send("PING one")
+    assert conn.take() == []
+    assert h.factory.stats.input_discarded == len(b"PING one\r\n")
+    assert h.factory.held_input.total == 0
+    h.clock.advance(LIMITS.flood_delay)
+    assert conn.take() == ["BYE flood too many failed logins; try again later"]
 
 
 def test_a_check_that_goes_over_the_limit_drops_what_it_held() -> None:

@@ -170,11 +170,21 @@ class HoldsInput:
         is it paused for it.  Counted as C{input_discarded}
         (chat_discarded_input_bytes_total).
         """
+        # Not always set by a wait_for: refused by the cluster's shared
+        # failure counts (Login._shared_said), the PASS waits for their
+        # answer, and one given at once leaves its Deferred fired, the BYE
+        # chained behind it: Session._hold calls no wait_for then.
         self._waiting = True
-        self._discard(len(self._buffer) + self._held_size)
+        self._discard(self._drop_input(_DISCARDING))
+
+    def _drop_input(self, then: _Held | None) -> int:
+        """What it holds (its C{_buffer} and held lines) is never handled:
+        let it go, C{then} its C{_held} after.  Returns how many bytes went."""
+        size = len(self._buffer) + self._held_size
         self._buffer = b""
-        self._held, self._held_size = _DISCARDING, 0
+        self._held, self._held_size = then, 0
         self._count_held()
+        return size
 
     def _discard(self, size: int) -> None:
         self.factory.stats.input_discarded += size
@@ -234,10 +244,8 @@ class HoldsInput:
             self._buffer or (held is not None and held.lines))
 
     def _drop_held(self) -> None:
-        """The connection is gone (its C{_buffer} emptied): what it held is
-        never handled now."""
-        self._held, self._held_size = None, 0
-        self._count_held()
+        """The connection is gone: what it held is never handled now."""
+        self._drop_input(None)
         self.factory.held_input.forget(self)
 
     def _unread_for_node(self) -> bool:
@@ -274,10 +282,7 @@ class HoldsInput:
             return
         held = self.factory.held_input
         if self.user is None and size > held.before_ready:
-            self._discard(len(self._buffer) + self._held_size)
-            self._buffer = b""
-            self._held, self._held_size = None, 0
-            self._count_held()
+            self._discard(self._drop_input(None))
             self.close("flood", TOO_MUCH_BEFORE_READY)
             return
         if self._paused & _PAUSED_OWN:

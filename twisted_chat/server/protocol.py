@@ -172,7 +172,6 @@ class ChatProtocol(HoldsInput):
             self._abort_call.cancel()
         self._abort_call = None
         # What it held behind a command is never handled now: let it go.
-        self._buffer = b""
         self._drop_held()
         self.factory.connection_lost(self)
         reason = self._leave_reason
