@@ -981,7 +981,7 @@ def test_held_input_reads_again_only_at_half_its_bound() -> None:
     resumed on every line)."""
     a: Any = Waiting()
     b: Any = Waiting()
-    held = HeldInput(1000, lambda: [a, b])
+    held = HeldInput(1000, lambda: [a, b], Clock())
     held.change(a, 1001)
     assert held.over and not a.reading and not b.reading
     held.change(a, -100)  # 901: under the bound, over half
@@ -1008,7 +1008,7 @@ def test_held_input_past_its_ceiling_reads_no_connection_until_half() -> None:
     b: Any = Between()
     c: Any = Between()
     conns = [a, b, c]
-    held = HeldInput(1000, lambda: conns)
+    held = HeldInput(1000, lambda: conns, Clock())
     assert held.ceiling == 1250
     held.change(a, 1001)
     assert held.over and not held.full

@@ -466,7 +466,7 @@ class HeldInput:
                  "before_ready", "full", "limit", "over", "owed", "paused", "total")
 
     def __init__(self, limit: int, connections: Callable[[], Iterable[Holder]],
-                 clock: IReactorTime | None = None, before_ready: int = _HELD_INPUT) -> None:
+                 clock: IReactorTime, before_ready: int = _HELD_INPUT) -> None:
         self.limit = limit
         self._connections = connections
         self._clock = clock
@@ -498,14 +498,10 @@ class HeldInput:
         with a command waiting are paused (L{HoldsInput._held_over})."""
         return self.limit // ADDRESS_SHARE
 
-    def _now(self) -> float:
-        clock = self._clock
-        return clock.seconds() if clock is not None else 0.0
-
     def _resume(self, conn: Holder, since: float) -> None:
         """C{conn}, paused at C{since}, is read again: what it sent
         meanwhile comes at once (L{excused})."""
-        now = self._now()
+        now = self._clock.seconds()
         if now > since:
             self.owed[conn] = (now - since, now + _EXCUSED_FOR)
         conn.node_resume()
@@ -557,7 +553,7 @@ class HeldInput:
             if self.full and self._told:
                 _log.info("Held input is back to {total} bytes: every connection is read"
                           " again, after {seconds:.1f} s.", total=total,
-                          seconds=self._now() - self._full_since)
+                          seconds=self._clock.seconds() - self._full_since)
             self.over = self.full = False
             paused, self.paused = self.paused, {}
             for other, since in paused.items():
@@ -568,8 +564,8 @@ class HeldInput:
         L{CEILING_TELL_EVERY} seconds, with how many times it was passed
         meanwhile, so that a peer that crosses it over and over does not
         fill the log."""
-        now = self._full_since = self._now()
-        self._told = now - self._told_at >= CEILING_TELL_EVERY or self._clock is None
+        now = self._full_since = self._clock.seconds()
+        self._told = now - self._told_at >= CEILING_TELL_EVERY
         if not self._told:
             self._untold += 1
             return
@@ -589,7 +585,7 @@ class HeldInput:
 
     def pause(self, conn: Holder) -> None:
         if conn not in self.paused:
-            self.paused[conn] = self._now()
+            self.paused[conn] = self._clock.seconds()
             conn.node_pause()
 
     def release(self, conn: Holder) -> None:
