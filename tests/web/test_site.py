@@ -266,7 +266,10 @@ def test_the_pages_waits_for_the_server_are_the_terminal_clients() -> None:
         ("https://chat.example.org:8443", "chat.example.org", (), False),
         ("http://[::1]:8080", "[::1]:8080", (), True),
         ("http://[::1]:8080", "[::1]:8081", (), False),
-        # A Host or an Origin that does not parse (rev15-sec 4: a 500).
+        # A Host or an Origin that does not parse: not allowed.  (rev15-sec 4:
+        # such a Host raised here, a 500; the gateway now refuses it first,
+        # host_well_formed.  Such an Origin never gets here: autobahn
+        # refuses it with a 400.)
         ("http://x", "[", (), False),
         ("http://x", "x]", (), False),
         ("http://[", "x", (), False),
