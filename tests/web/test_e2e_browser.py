@@ -754,6 +754,87 @@ def test_enter_alone_after_a_wrong_password_chooses_another_nickname(
         "NICK alice", "PASS Secret-wrong-42", "NICK alice", "NICK bob"]
 
 
+def failed_logins(web: WebServer, nick: str, times: int = 5) -> None:
+    """C{times} wrong passwords for C{nick} from this address (the nick's
+    bucket from one address allows 5: docs/protocol.md, "Accounts")."""
+    guesser = LineClient(web.port)
+    try:
+        guesser.expect("NICK")
+        for _ in range(times):
+            guesser.send(f"NICK {nick}")
+            guesser.expect(f"PASS {nick}")
+            guesser.send("PASS not-the-password-1")
+            guesser.expect("RETRY bad-password")
+    finally:
+        guesser.close()
+
+
+def refused_for_failed_logins(driver: Any, web: WebServer, nick: str, password: str) -> Any:
+    """C{driver} tries C{nick} with C{password} once its failed logins are
+    used up (L{failed_logins}): the server's BYE flood; the field."""
+    driver.get(web.url + "?cooldown=4")
+    field = nick_field(driver)
+    driver.execute_script(_LIVE)
+    field.clear()
+    field.send_keys(nick, Keys.ENTER)
+    title(driver, f"Password for {nick}")
+    field.send_keys(password, Keys.ENTER)
+    return field
+
+
+def test_too_many_failed_logins_are_said_and_not_tried_again_at_once(
+    web: WebServer, browser: Callable[..., Any], tcp: Callable[[str], LineClient]
+) -> None:
+    """Past the failed logins a nick allows, the server answers a PASS
+    with BYE flood (too many failed logins; try again later) and closes.
+    The page said only "Disconnected. Reconnecting in 1 s…", reconnected,
+    and asked for the password again: the user kept typing passwords into
+    a refusal. Now it says why (in the login's error line, an alert), does
+    not reconnect, counts down the minute the server wants (?cooldown=4
+    here), refuses that nick meanwhile, then offers "Try again"; another
+    nickname joins at once."""
+    registered(tcp, "alice", "correct horse battery")
+    failed_logins(web, "alice")
+    pages = [recording(browser()), recording(browser())]
+    fields = [refused_for_failed_logins(page, web, "alice", "correct horse battery")
+              for page in pages]  # the right password: not even checked
+    page, field = pages[0], fields[0]
+    wait(page, lambda d: count(d, "closes") == 1)
+    assert [line for line in page.execute_script("return window.gotLines")
+            if line.startswith("BYE")] == ["BYE flood too many failed logins; try again later"]
+    error = wait(page, lambda d: d.find_element(By.ID, "nick-error").text)
+    assert error.startswith("Too many failed logins for alice: "), error
+    assert "too many failed logins; try again later" in error, error  # the server's words
+    wait(page, lambda d: shown_banner(d).startswith(
+        "Too many failed logins for alice: try again in"))
+    said = [text for region, text in page.execute_script("return window.liveSaid")
+            if region == "nick-error" and text]
+    assert said and said[-1] == error, said  # role=alert: heard
+    title(page, "Join the chat")
+    assert field.get_attribute("type") == "text" and field.get_attribute("value") == "alice"
+    # The same nick meanwhile: refused by the page, nothing sent.
+    field.send_keys(Keys.ENTER)
+    wait(page, lambda d: "try again in" in d.find_element(By.ID, "nick-error").text)
+    # The wait is over, and the page never connected meanwhile (its backoff
+    # would have, within 1.25 s): "Try again" asks for alice's password.
+    wait(page, lambda d: d.find_element(By.ID, "banner-retry").is_displayed(), timeout=WAIT)
+    assert shown_banner(page).startswith("You may try to log in as alice again.")
+    assert count(page, "sockets") == 1
+    assert [line for line in sent(page) if line.startswith(("NICK", "PASS"))] == [
+        "NICK alice", "PASS correct horse battery"]
+    page.find_element(By.ID, "banner-retry").click()
+    title(page, "Password for alice")
+    assert sent(page)[-1] == "NICK alice"
+    # The other page chooses another nickname during its wait: it joins.
+    other, field = pages[1], fields[1]
+    wait(other, lambda d: shown_banner(d).startswith("Too many failed logins for alice"))
+    title(other, "Join the chat")
+    field.clear()
+    field.send_keys("bob", Keys.ENTER)
+    logged_in(other, "bob")
+    assert not shown_banner(other)
+
+
 def test_a_password_changed_by_the_operator_is_not_shown_on_the_rejoin(
     web: WebServer, browser: Callable[..., Any], tcp: Callable[[str], LineClient]
 ) -> None:

@@ -22,6 +22,7 @@ from tests.web.wsframes import WsClient
 from twisted_chat.client.liveness import Liveness
 from twisted_chat.client.main import DEFAULT_TIMEOUT
 from twisted_chat.server.config import ServerConfig
+from twisted_chat.server.login import LoginLimits
 from twisted_chat.server.service import makeService
 from twisted_chat.web.config import (
     client_host,
@@ -236,6 +237,11 @@ def test_the_pages_waits_for_the_server_are_the_terminal_clients() -> None:
     # The roster poll's base is the page's own (docs/web.md, "Flood control
     # and the user list"): the terminal client polls no list.
     assert found.pop("ROSTER_BASE") == "30"
+    # The wait after too many failed logins is the server's: a nick gets
+    # one more try from an address (or from all) once a period has passed.
+    limits = LoginLimits()
+    assert float(found.pop("LOGIN_COOLDOWN")) == max(
+        limits.nick_every, limits.nick_total_every, limits.address_every)
     assert found == {"ANSWER_WAIT": "5", "PING_WAIT": "5", "HANDSHAKE_TIMEOUT": "15"}
     assert float(found["ANSWER_WAIT"]) == Liveness.ANSWER_WAIT
     assert float(found["PING_WAIT"]) == Liveness.PING_WAIT

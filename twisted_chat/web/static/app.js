@@ -141,6 +141,11 @@
     online: false,
     leaving: false, // we sent BYE: do not reconnect
     byeReason: null,
+    byeText: "",
+    lastLogin: null, // "NICK" | "PASS": the last of them this connection sent
+    // {nick, until}: the server refused too many failed logins for that nick
+    // (BYE flood after a PASS): no connection for it until then (loginRefused).
+    loginWait: null,
     attempt: 0,
     retryTimer: null,
     retryAt: 0,
@@ -966,7 +971,10 @@
       return;
     }
     if (!state.online) {
-      if (upper === "NICK" || upper === "PASS") awaitServer(); // its answer
+      if (upper === "NICK" || upper === "PASS") {
+        state.lastLogin = upper;
+        awaitServer(); // its answer
+      }
       return;
     }
     if (message) {
@@ -1124,6 +1132,8 @@
     }
     state.ws = ws;
     state.byeReason = null;
+    state.byeText = "";
+    state.lastLogin = null;
     awaitServer(); // the connection opens
     ws.onopen = () => {
       if (ws === state.ws) awaitServer(); // the server greets
@@ -1199,8 +1209,68 @@
       banner(null);
       $("nick-submit").disabled = false;
       return;
+    } else if (state.byeReason === "flood") {
+      loginRefused();
+      return;
     }
     scheduleReconnect();
+  }
+
+  // BYE flood before READY: the server refused this login, and would refuse
+  // the same again at once, so the page does not reconnect by itself (nor
+  // does the terminal client: client/reconnect.py). After a PASS it means
+  // too many failed logins (docs/protocol.md, "Accounts": from one address
+  // a nick gets 5 tries, then one a minute; the address 10, then one per
+  // 30 s): the page says so, and that nick is not tried again for
+  // LOGIN_COOLDOWN; another nickname may be joined at once. Before one
+  // (too much sent before the login was decided) the prompt is simply back.
+  // ?cooldown=SECONDS (at least 1) sets LOGIN_COOLDOWN, for tests.
+  const LOGIN_COOLDOWN = seconds("cooldown", 60);
+  function loginRefused() {
+    const nick = state.wanted;
+    const failed = state.lastLogin === "PASS";
+    const said = state.byeText ? ` The server said: “${state.byeText}”.` : "";
+    state.autoJoin = false;
+    state.queued = null;
+    state.repass = null;
+    if (!failed) {
+      showLogin(false, `The server closed the connection before the login was decided.${said}`);
+      state.idle = true; // the prompt connects again when used (wakeUp), no timer
+      return;
+    }
+    state.password = null; // never checked: typed again when asked for
+    state.loginWait = { nick, until: Date.now() + LOGIN_COOLDOWN }; // before the prompt's focus (wakeUp)
+    state.idle = true;
+    // The error line is an alert: a screen reader hears why, once.
+    showLogin(false, `Too many failed logins for ${nick}: the server refuses more tries for now. Try again in a minute, or choose another nickname.${said}`);
+    const tick = () => {
+      const s = Math.max(0, Math.ceil((state.loginWait.until - Date.now()) / 1000));
+      banner(`Too many failed logins for ${nick}: try again in ${s} s.`, null, false, "");
+    };
+    tick();
+    clearInterval(state.countdown);
+    state.countdown = setInterval(tick, 1000);
+    state.retryTimer = setTimeout(() => {
+      clearInterval(state.countdown);
+      state.loginWait = null;
+      banner(`You may try to log in as ${nick} again.`, "Try again");
+    }, LOGIN_COOLDOWN);
+  }
+
+  // 0 if `nick` may be joined now (another nick than the one refused for
+  // failed logins ends the wait), else the seconds left of the wait.
+  function loginWaitLeft(nick) {
+    const wait = state.loginWait;
+    if (!wait) return 0;
+    if (key(nick) !== key(wait.nick)) {
+      state.loginWait = null;
+      clearInterval(state.countdown);
+      clearTimeout(state.retryTimer);
+      state.retryTimer = null;
+      banner(null);
+      return 0;
+    }
+    return Math.max(1, Math.ceil((wait.until - Date.now()) / 1000));
   }
 
   function scheduleReconnect() {
@@ -1263,7 +1333,7 @@
 
   // The user is back at a prompt the server closed for inactivity: connect.
   function wakeUp() {
-    if (state.idle && !state.ws) connect();
+    if (state.idle && !state.ws && !state.loginWait) connect();
   }
 
   $("banner-retry").addEventListener("click", () => {
@@ -1272,6 +1342,8 @@
       state.autoJoin = true;
       state.attempt = 0;
     }
+    // "Try again" after too many failed logins: the nick the server refused.
+    if (state.idle && !state.loginWait && state.wanted) state.queued = "nick";
     banner(null);
     connect();
   });
@@ -1614,6 +1686,7 @@
       case "BYE": {
         const [, reason, text] = parse(line, 2);
         state.byeReason = reason;
+        state.byeText = text;
         if (reason === "quit") {
           // The user left (/quit): nothing reconnects, and the password is
           // forgotten, so that "Join again" asks for it (the next person at
@@ -1857,6 +1930,11 @@
     // The server judges the nick (RETRY invalid / taken shows its words).
     const nick = value.trim();
     if (!nick) return;
+    const left = loginWaitLeft(nick);
+    if (left) {
+      $("nick-error").textContent = `Too many failed logins for ${state.loginWait.nick}: try again in ${left} s, or choose another nickname.`;
+      return;
+    }
     $("nick-error").textContent = "";
     // A held password belongs to its nick: another nick drops it.
     if (state.password && key(state.password.nick) !== key(nick)) state.password = null;
