@@ -616,6 +616,7 @@ _RECORDER = r"""
     constructor(...args) {
       super(...args);
       window.sockets += 1;
+      window.socket = this; // the latest
       this.addEventListener("message", (e) => window.gotLines.push(String(e.data)));
       this.addEventListener("close", () => { window.closes += 1; });
     }
@@ -1546,6 +1547,27 @@ def test_the_backoff_starts_again_once_the_page_is_back_in_the_chat(
     wait(page, lambda d: any("Reconnecting in" in text for text in banners(d)))
     first = next(text for text in banners(page) if "Reconnecting in" in text)
     assert first.endswith(("in 1 s…", "in 2 s…")), first  # the backoff's first step again
+
+
+def test_a_flood_cut_says_why_in_the_banner_and_reconnects(
+    web: WebServer, browser: Callable[..., Any]
+) -> None:
+    """Cut off for flooding once in the chat (BYE flood), the page said
+    "Disconnected. Reconnecting in 1 s…" in its banner (only the lobby said
+    why). Now the banner says it too; the page comes back, as the terminal
+    client does (the flood penalty is the address's: a page that keeps to
+    the rule, as this one does, is let in again)."""
+    page = recording(browser())
+    join(page, web, "alice")
+    watch_banner(page)
+    # Lines past the page's own pacing, straight on its socket.
+    page.execute_script("for (let i = 0; i < 200; i++) window.socket.send('MSG flood ' + i);")
+    wait(page, lambda d: any("Reconnecting in" in text for text in banners(d)))
+    assert "BYE flood" in " ".join(page.execute_script("return window.gotLines"))
+    shown = [text for text in banners(page) if "Reconnecting in" in text]
+    assert shown[0].startswith("Disconnected for sending too fast. Reconnecting in"), shown
+    wait(page, lambda d: "Connected." in banners(d), timeout=WAIT + 5)
+    assert page.execute_script("return window.gotLines").count("READY alice") == 2
 
 
 # A WebSocket stand-in, installed before app.js runs: a server that is up

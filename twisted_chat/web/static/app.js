@@ -1285,6 +1285,8 @@
       shutdown: "The server is restarting.",
       full: "The server is full.", // BYE full: too many connections (docs/protocol.md, "Limits this server sets")
       "no-answer": "No answer from the server.",
+      // BYE flood once in the chat (before READY it is a refused login: loginRefused).
+      flood: "Disconnected for sending too fast.",
     }[state.byeReason] || "Disconnected.";
     // Spoken once an outage (a screen reader would read out each second's
     // count, and each attempt's): the first attempt's words stay.
