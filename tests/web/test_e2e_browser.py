@@ -1748,6 +1748,42 @@ def test_the_disconnection_banner_moves_the_page_down_and_covers_no_control(
         assert layout["invite"][0] < 60 and layout["inviteOnTop"], layout  # back up
 
 
+def test_the_open_drawer_leaves_the_disconnection_banner_in_view(
+    web: WebServer, browser: Callable[..., Any]
+) -> None:
+    """At phone width the drawer was fixed from the window's top: open, it
+    covered the banner in the page's flow (29c286e), so a user in the
+    drawer did not see the disconnection nor reach "Reconnect now". Now the
+    drawer opens below the banner."""
+    page = browser(width=375, height=700, phone=True)
+    join(page, web, "alice")
+    page.find_element(By.ID, "menu-button").click()
+    sidebar = page.find_element(By.ID, "sidebar")
+    wait(page, lambda d: sidebar.rect["x"] >= 0)
+    web.stop()
+    wait(page, lambda d: "Reconnecting in" in shown_banner(d))
+    layout = page.execute_script("""
+        const box = (e) => e.getBoundingClientRect();
+        const on = (e) => { const r = box(e);
+          const at = document.elementFromPoint(r.left + r.width / 2, r.top + r.height / 2);
+          return !!at && e.contains(at); };
+        const banner = document.getElementById('banner');
+        const retry = document.getElementById('banner-retry');
+        return {banner: on(banner), retry: on(retry), bannerBottom: box(banner).bottom,
+                drawerTop: box(document.getElementById('sidebar')).top,
+                drawerBottom: box(document.getElementById('sidebar')).bottom,
+                height: window.innerHeight};""")
+    screenshot(page, "phone-drawer-banner.png")
+    assert layout["banner"] and layout["retry"], layout
+    assert layout["drawerTop"] >= layout["bannerBottom"] > 0, layout
+    assert layout["drawerBottom"] <= layout["height"], layout
+    page.find_element(By.ID, "banner-retry").click()  # reachable: not covered
+    web.start()
+    wait(page, lambda d: not shown_banner(d), timeout=WAIT + 20)
+    assert page.execute_script(
+        "return document.getElementById('sidebar').getBoundingClientRect().top") == 0
+
+
 # Every change to what a live region holds ([id, its text]), and each text
 # the banner shows (window.bannerShown).
 _LIVE = """
