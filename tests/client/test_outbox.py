@@ -13,7 +13,7 @@ from twisted.internet.interfaces import IPushProducer
 from twisted.internet.task import Clock
 from zope.interface import implementer
 
-from twisted_chat.client.outbox import NAMED_CHARS, NAMED_MAX, Outbox, Sent
+from twisted_chat.client.outbox import NAMED_CHARS, NAMED_MAX, UNCONFIRMED_MAX, Outbox, Sent
 from twisted_chat.client.pace import BURST, RATE
 
 
@@ -381,9 +381,13 @@ def _sent(r: Rig, text: str, to: str | None = None) -> None:
 def test_a_dm_refused_with_no_such_nick_is_not_in_doubt() -> None:
     r = Rig()
     _sent(r, "are you there", to="nobody2")
-    assert r.outbox.refused_to("nobody2")
+    r.outbox.refused_to("nobody2")
     assert r.outbox.losses(bye_answered=False) is None
-    assert not r.outbox.refused_to("nobody2")  # answered once: a PAIR's refusal now
+    _sent(r, "hello lobby")
+    r.outbox.refused_to("nobody2")  # answered once: a PAIR's refusal now
+    assert r.outbox.losses(bye_answered=False) == (
+        "1 of the 2 messages sent was not confirmed by the server: \u201chello lobby\u201d."
+    )
 
 
 def test_the_lines_in_doubt_are_named_and_only_they() -> None:
@@ -415,7 +419,7 @@ def test_a_message_too_long_for_the_server_is_answered() -> None:
     r = Rig()
     _sent(r, "short")
     _sent(r, "x" * 5000)
-    assert r.outbox.refused_longer(4096)
+    r.outbox.refused_longer(4096)
     assert r.outbox.losses(bye_answered=False) == (
         "1 of the 2 messages sent was not confirmed by the server: \u201cshort\u201d."
     )
@@ -434,3 +438,42 @@ def test_the_names_are_bounded() -> None:
     assert said.count("\u201c") == NAMED_MAX
     assert "\u201cline 7 " + "y" * (NAMED_CHARS - 8) + "\u2026\u201d." in said
     assert len(said) < 100 + NAMED_MAX * (NAMED_CHARS + 4)
+
+
+# -- reread15 #1: the count said is the one named, past what is remembered -----
+
+
+def test_more_in_doubt_than_remembered_are_all_counted() -> None:
+    # A script that floods: more messages in doubt than the outbox remembers
+    # by their text.  The earlier ones plus the named ones are all of them.
+    r = Rig()
+    for i in range(UNCONFIRMED_MAX + 200):
+        _sent(r, f"m{i}")
+    said = r.outbox.losses(bye_answered=False)
+    assert said is not None
+    assert said.startswith(
+        f"None of the {UNCONFIRMED_MAX + 200} messages sent was confirmed by the server: "
+        f"{UNCONFIRMED_MAX + 200 - NAMED_MAX} earlier ones, "
+        f"then \u201cm{UNCONFIRMED_MAX + 195}\u201d"
+    )
+    for i in range(200):  # the oldest, no longer remembered, are confirmed
+        r.outbox.echoed(None, f"m{i}")
+    said = r.outbox.losses(bye_answered=False)
+    assert said is not None
+    assert said.startswith(
+        f"{UNCONFIRMED_MAX} of the {UNCONFIRMED_MAX + 200} messages sent were not confirmed "
+        f"by the server: {UNCONFIRMED_MAX - NAMED_MAX} earlier ones, then "
+    )
+    assert said.endswith(f"\u201cm{UNCONFIRMED_MAX + 199}\u201d.")
+
+
+def test_no_more_are_named_than_are_counted() -> None:
+    # A copy that answers nothing remembered (none waits) still counts: the
+    # sentence names at most as many as it says are in doubt.
+    r = Rig()
+    r.outbox.echoed(None, "from before")
+    _sent(r, "first")
+    _sent(r, "second")
+    assert r.outbox.losses(bye_answered=False) == (
+        "1 of the 2 messages sent was not confirmed by the server: \u201csecond\u201d."
+    )

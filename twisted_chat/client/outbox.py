@@ -336,23 +336,19 @@ class Outbox:
         if self._answered(lambda m: m.text == text and m.to in (None, to)) is None:
             self._answered(lambda m: True)
 
-    def refused_to(self, to: str) -> bool:
+    def refused_to(self, to: str) -> None:
         """
         C{ERROR no-such-nick} (or C{self}) naming C{to} (a nick_key): it
-        answered the oldest C{DM} to them, which was not sent.  Whether one
-        was waiting for an answer (else the error was about a command).
+        answered the oldest C{DM} to them, which was not sent.  If none
+        waits for an answer, the error was about a command: nothing changes.
         """
-        if self._answered(lambda m: m.to == to) is None:
-            return False
-        self._messages_refused += 1
-        return True
+        if self._answered(lambda m: m.to == to) is not None:
+            self._messages_refused += 1
 
-    def refused_longer(self, most: int) -> bool:
+    def refused_longer(self, most: int) -> None:
         """C{ERROR too-long}: the oldest message over C{most} bytes was not sent."""
-        if self._answered(lambda m: m.size > most) is None:
-            return False
-        self._messages_refused += 1
-        return True
+        if self._answered(lambda m: m.size > most) is not None:
+            self._messages_refused += 1
 
     @property
     def rate(self) -> float:
@@ -374,9 +370,13 @@ class Outbox:
     def losses(self, bye_answered: bool) -> str | None:
         """
         What the user sent that may not have arrived, in a sentence, or
-        C{None}: messages the server sent no copy of back.  Once it answered
-        our C{BYE} (C{bye_answered}: it answers lines in order) they were not
-        accepted: dropped by its flood control, or refused with an C{ERROR}.
+        C{None}: messages the server neither sent a copy of back nor refused
+        with an C{ERROR} (those were answered, and said then), and lines
+        still waiting that were dropped.  Once it answered our C{BYE}
+        (C{bye_answered}: it answers lines in order) the messages were not
+        accepted (dropped by its flood control); before, they are in doubt.
+        The count is of all of them; the latest few are named (only
+        L{UNCONFIRMED_MAX} are remembered), the rest counted as earlier ones.
         """
         unsent = None
         if self._unsent:
@@ -397,9 +397,10 @@ class Outbox:
             said = f"{missing} of the {sent} messages sent {verb} not {taken} by the server"
         if self._flood_dropped:
             said += " (it dropped lines sent too fast)"
-        named = [_named(m.text) for m in list(self._unconfirmed)[-NAMED_MAX:]]
+        remembered = list(self._unconfirmed)[-min(NAMED_MAX, missing) :]
+        named = [_named(m.text) for m in remembered]
         if named:
-            more = len(self._unconfirmed) - len(named)
+            more = missing - len(named)
             earlier = f"{more} earlier {'one' if more == 1 else 'ones'}, then " if more else ""
             said += f": {earlier}{', '.join(named)}"
         said += "."
