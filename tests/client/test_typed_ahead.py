@@ -410,3 +410,38 @@ def test_what_is_set_aside_includes_a_held_paste_and_the_draft_up_hid() -> None:
     assert k.typed == ["an old line", ""]
     k.keys("\x1b[A")
     assert "".join(k.ui.lineBuffer) == "six"
+
+
+# -- reread15 #2: set_aside and drop_typing take the same things off the line ---
+
+
+def test_the_draft_up_hid_is_set_aside_under_a_password_prompt_too() -> None:
+    # A password prompt opened while Up showed an old line: the draft Up hid
+    # is set aside with the interrupted line, as without the prompt (and as
+    # drop_typing counts it), not thrown away unsaved.
+    k = Keyboard(width=60)
+    k.keys("an old line\r")
+    k.keys("the draft")
+    k.keys("\x1b[A")  # Up: the old line is shown, the draft put aside
+    k.ui.ask_secret("password: ")
+    assert k.ui.set_aside() == ["the draft", "an old line"]
+    k.ui.end_secret()
+    assert k.ui.lineBuffer == []
+    k.keys("\x1b[A")
+    assert "".join(k.ui.lineBuffer) == "an old line"
+    k.keys("\x1b[A")
+    assert "".join(k.ui.lineBuffer) == "the draft"
+
+
+def test_a_draft_shown_again_and_cleared_is_not_a_line_dropped() -> None:
+    # Up, then Down, brings the draft back onto the line; cleared there
+    # (Ctrl-U), nothing is left to drop: the copy Up kept is not counted.
+    k = Keyboard(width=60)
+    k.keys("an old line\r")
+    k.keys("the draft\x1b[A\x1b[B")
+    assert "".join(k.ui.lineBuffer) == "the draft"
+    k.keys("\x15")  # Ctrl-U
+    assert k.ui.lineBuffer == []
+    assert not k.ui.drop_typing()
+    k.keys("typed\x1b[A")  # while Up shows an old line, the draft it hid counts
+    assert k.ui.drop_typing()

@@ -304,6 +304,27 @@ class ChatTerminal(HistoricRecvLine):
         self._saved = ([], 0)
         self.draw()
 
+    def _take_typing(self) -> list[str]:
+        """
+        Take off the input line, unsent, what it holds: a paste held for
+        Enter, the draft Up put aside (while a history line is shown), and
+        the line being typed, or the one a password prompt interrupted.
+        Those lines in that order, blank ones left out.
+        """
+        lines, self._held = self._held, []
+        if self.historyPosition < len(self.historyLines):  # browsing: Up hid the draft
+            lines.append("".join(self._draft))
+        if self._secret_prompt is not None:
+            lines.append("".join(self._saved[0]))
+            self._saved = ([], 0)
+        else:
+            lines.append("".join(self.lineBuffer))
+            self._set_buffer([])
+        self._draft = []
+        self._completion = None
+        self.historyPosition = len(self.historyLines)
+        return [line for line in lines if line.strip()]
+
     def drop_typing(self) -> bool:
         """
         Clear the line being typed, or the one a password prompt interrupted
@@ -311,18 +332,7 @@ class ChatTerminal(HistoricRecvLine):
         prompt, and a paste held for confirmation.  Whether it held anything
         but spaces.
         """
-        held, self._held = bool(self._held), []
-        if self._secret_prompt is not None:
-            chars = self._saved[0]
-            self._saved = ([], 0)
-        else:
-            chars = self.lineBuffer
-            self._set_buffer([])
-        had = bool("".join(chars).strip() or "".join(self._draft).strip() or held)
-        self._draft = []
-        self._completion = None
-        self.historyPosition = len(self.historyLines)
-        return had
+        return bool(self._take_typing())
 
     def set_aside(self) -> list[str]:
         """
@@ -331,26 +341,9 @@ class ChatTerminal(HistoricRecvLine):
         line, unsent, into the history Up recalls: the conversation they were
         typed for has changed.  The lines set aside (blank ones left out).
         """
-        lines = list(self._held)
-        self._held = []
-        if self._secret_prompt is not None:
-            typing = ["".join(self._saved[0])]
-            self._saved = ([], 0)
-        else:
-            browsing = self.historyPosition < len(self.historyLines)
-            typing = ["".join(self._draft)] if browsing else []
-            typing.append("".join(self.lineBuffer))
-            self._set_buffer([])
-        self._draft = []
-        self._completion = None
-        lines += [line for line in typing if line.strip()]
+        lines = self._take_typing()
         for line in lines:
-            if not is_secret_command(line) and (
-                not self.historyLines or self.historyLines[-1] != line
-            ):
-                self.historyLines.append(line)
-        del self.historyLines[:-HISTORY_MAX]
-        self.historyPosition = len(self.historyLines)
+            self._remember(line)
         return lines
 
     def forget(self, lines: Sequence[str]) -> None:
@@ -720,14 +713,21 @@ class ChatTerminal(HistoricRecvLine):
             if self.on_secret is not None:
                 self.on_secret(line)
             return
-        # A /register or /passwd line is never recalled: were a password typed
-        # after it, Up must not bring it back on screen.
+        self._remember(line)
+        self.lineReceived(line)
+
+    def _remember(self, line: str) -> None:
+        """
+        Keep C{line} for Up (not a blank one, nor one just kept), and show
+        the empty line below the history again.  A /register or /passwd line
+        is never recalled: were a password typed after it, Up must not bring
+        it back on screen.
+        """
         remember = line.strip() and not is_secret_command(line)
         if remember and (not self.historyLines or self.historyLines[-1] != line):
             self.historyLines.append(line)
             del self.historyLines[:-HISTORY_MAX]
         self.historyPosition = len(self.historyLines)
-        self.lineReceived(line)
 
     def lineReceived(self, line: Any) -> None:
         self.on_line(line)
