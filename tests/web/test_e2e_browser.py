@@ -3149,6 +3149,33 @@ def test_at_nick_is_a_direct_message_as_in_the_terminal_client(
     wait_notice(gina, "@NICK TEXT — a direct message to NICK, as in the terminal client")
 
 
+def test_dm_and_msg_are_checked_as_at_nick_is(
+    web: WebServer, browser: Callable[..., Any], tcp: Callable[[str], LineClient]
+) -> None:
+    """"@bob" alone was told locally and put back in its box, while "/dm
+    bob" alone beside it went to the server (and "/msg bad! hi" too): two
+    rules for one DM. The terminal client has one (commands.py _dm); the
+    page now too: no text, or no valid nickname, is said and not sent."""
+    alice = tcp("alice")
+    gina = recording(browser())
+    join(gina, web, "gina")
+    alice.expect("JOINED ")
+    say(gina, "/dm alice")
+    wait_notice(gina, "Usage: /dm NICK TEXT (a direct message to NICK). Nothing was sent.")
+    assert composer(gina).get_attribute("value") == "/dm alice"
+    composer(gina).clear()
+    say(gina, "/msg bad! hi")
+    wait_notice(gina, "“bad!” is not a valid nickname (letters, digits, _ and -, starting "
+                      "with a letter). Nothing was sent.")
+    assert composer(gina).get_attribute("value") == "/msg bad! hi"
+    composer(gina).clear()
+    say(gina, "/DM alice still one rule")
+    conv_name(gina, "@alice")
+    assert alice.expect("MSG ").split(" ", 3)[2:] == ["gina", "alice still one rule"]
+    assert [line for line in sent(gina) if line.startswith(("MSG", "DM"))] == [
+        "DM alice still one rule"]
+
+
 # -- keyboard and screen readers --------------------------------------------------------
 
 

@@ -2124,6 +2124,25 @@
     if (!conv || conv !== current()) notice(current(), text, { error: true });
   }
 
+  // "@NICK TEXT", and "/dm NICK TEXT" (or /msg): the DM line, its
+  // conversation shown; or null: the problem is said in `conv` and the
+  // line `typed` is back in its box, to mend. One rule for both, as the
+  // terminal client's one _dm (commands.py): a DM with no text, or to no
+  // valid nickname, is not sent. `usage` is the form typed.
+  function dmLine(conv, typed, nick, body, usage) {
+    let problem = null;
+    if (!nick || !/[^ \t]/.test(body)) problem = `Usage: ${usage} (a direct message to NICK). Nothing was sent.`;
+    else if (!NICK_RE.test(nick)) problem = `“${nick}” is not a valid nickname (letters, digits, _ and -, starting with a letter). Nothing was sent.`;
+    if (problem) {
+      notice(conv, problem, { error: true });
+      const input = $("composer-input");
+      if (!input.value) input.value = typed;
+      return null;
+    }
+    show(dm(nick).id);
+    return `DM ${nick} ${body}`;
+  }
+
   function submitMessage(typed) {
     if (!typed.trim()) return;
     const conv = current();
@@ -2140,17 +2159,8 @@
     const at = !escaped && /^@\S/.test(text) ? parse(text.slice(1), 1) : null;
     if (at) {
       const [nick, body] = at;
-      let problem = null;
-      if (!/[^ \t]/.test(body)) problem = "Usage: @NICK TEXT (a direct message to NICK). Nothing was sent.";
-      else if (!NICK_RE.test(nick)) problem = `“${nick}” is not a valid nickname (letters, digits, _ and -, starting with a letter). Nothing was sent.`;
-      if (problem) {
-        notice(conv, problem, { error: true });
-        const input = $("composer-input");
-        if (!input.value) input.value = typed; // back in its box, to mend
-        return;
-      }
-      line = `DM ${nick} ${body}`;
-      show(dm(nick).id);
+      line = dmLine(conv, typed, nick, body, "@NICK TEXT");
+      if (line === null) return;
     } else if (cmd) {
       const [, name, rest] = cmd;
       const [arg, body] = parse(rest, 1);
@@ -2163,7 +2173,10 @@
           line = "HELP " + rest;
           break;
         case "quit": line = rest ? "BYE " + rest : "BYE"; break;
-        case "dm": case "msg": line = `DM ${arg} ${body}`; if (arg && NICK_RE.test(arg)) show(dm(arg).id); break;
+        case "dm": case "msg":
+          line = dmLine(conv, typed, arg, body, `/${name} NICK TEXT`);
+          if (line === null) return;
+          break;
         case "invite": case "pair": line = "PAIR " + arg; break;
         case "leave": case "unpair": line = "UNPAIR"; break;
         case "users": case "who": line = "USERS"; break;
