@@ -2026,6 +2026,34 @@ def test_what_the_server_answered_is_not_named_as_lost(
         "so it may not have arrived: “still there?”.")
 
 
+def test_a_dm_to_yourself_refused_is_not_named_as_lost(
+    web: WebServer, browser: Callable[..., Any]
+) -> None:
+    """ERROR self refuses a DM to yourself (easy to type as "@yourself
+    hi"), but the page did not count it among the refusals: the message
+    stayed unconfirmed, and after a disconnection was named as maybe lost.
+    The terminal client counts it (protocol.py _refused_message); the page
+    now too, and says it in its own words where the DM was typed."""
+    page = scripted(browser(), web, {
+        "NICK alice": [["READY alice", "USER alice lobby", "USERS 1"],
+                       ["READY alice", "USER alice lobby", "USERS 1"]],
+        "DM alice note to self": [["ERROR self you cannot send a private message to yourself"]],
+    })
+    join_as(page, "alice")
+    say(page, "@alice note to self")
+    conv_name(page, "@alice")
+    wait(page, lambda d: "Not sent: you cannot send a private message to yourself."
+         in notices(d, "dm:alice"))
+    say(page, "@alice no answer")  # the scripted server says nothing to it
+    wait(page, lambda d: d.execute_script("return window.sentLines")[-1] == "DM alice no answer")
+    page.execute_script("window.drop()")
+    wait(page, lambda d: any("before the connection was lost" in n
+                             for n in notices(d, "dm:alice")), timeout=WAIT + 2)
+    assert notices(page, "dm:alice")[-1] == (
+        "This message was not confirmed by the server before the connection was lost, "
+        "so it may not have arrived: “no answer”.")
+
+
 class Hang:
     """A listener on C{port} that takes connections and never answers
     (a hung server or front end); C{accepted} counts them."""

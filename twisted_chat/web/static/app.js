@@ -2083,9 +2083,16 @@
   // server's are the protocol's): each says the message was not sent. The
   // message refused is the oldest unconfirmed one it can be about (the
   // list of the messages sent and not yet answered: answers.unconfirmed).
-  const REFUSED = new Set(["no-such-nick", "too-long", "bad-chars", "bad-encoding"]);
+  const REFUSED = new Set(["no-such-nick", "self", "too-long", "bad-chars", "bad-encoding"]);
 
   function refused(code, text) {
+    if (code === "self") {
+      // A DM to yourself (ERROR self also answers an invitation to yourself,
+      // which refuses no message: the server's words then).
+      const m = state.me ? takeUnconfirmed((u) => u.to === key(state.me)) : null;
+      if (!m) return notice(current(), text, { error: true });
+      return tellIn(m.conv, "Not sent: you cannot send a private message to yourself.");
+    }
     if (code === "no-such-nick") {
       const nick = parse(text, 1)[0];
       const m = NICK_RE.test(nick) ? takeUnconfirmed((u) => u.to === key(nick)) : null;
