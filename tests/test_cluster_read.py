@@ -31,7 +31,7 @@ from tests.test_cluster_unit import Untold
 from twisted_chat.server.cluster.node import ClusterState
 from twisted_chat.server.cluster.redisconfig import CLAIM_RETENTION, CONFIG, FIELDS
 from twisted_chat.server.cluster.redisconn import parse_url
-from twisted_chat.server.cluster.redishistory import HISTORY_ADD_SHA
+from twisted_chat.server.cluster.redishistory import HISTORY_ADD_OOM_SHA, HISTORY_ADD_SHA
 from twisted_chat.server.cluster.redislog import SCRIPTS, RedisLog
 from twisted_chat.server.cluster.redisread import READ_COUNT
 from twisted_chat.server.cluster.redisstream import (
@@ -75,7 +75,7 @@ class MemoryRedis:
         self.hold_catch_ups = False  # the same, for the catch-up reads only
         self.refuse_appends = False
         self.held: list[tuple[Deferred[Any], Any]] = []
-        self.scripts = {APPEND_SHA, SAVE_SNAPSHOT_SHA, HISTORY_ADD_SHA}
+        self.scripts = {APPEND_SHA, SAVE_SNAPSHOT_SHA, HISTORY_ADD_SHA, HISTORY_ADD_OOM_SHA}
 
 
     def flushdb(self) -> None:
@@ -123,7 +123,8 @@ class MemoryRedis:
         name = str(args[0]).upper()
         if name == "EVALSHA":
             name = {APPEND_SHA: "append", SAVE_SNAPSHOT_SHA: "save-snapshot",
-                    HISTORY_ADD_SHA: "history-add"}[args[1]]
+                    HISTORY_ADD_SHA: "history-add",
+                    HISTORY_ADD_OOM_SHA: "history-add"}[args[1]]
         elif name == "EVAL":
             name = {DROP_LOST_SNAPSHOT: "drop-lost-snapshot",
                     CLAIM_RETENTION: "claim-retention"}[args[1]]

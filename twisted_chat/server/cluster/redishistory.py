@@ -214,6 +214,15 @@ return {removed, total, dropping, counting}
 
 
 HISTORY_ADD_SHA = hashlib.sha1(HISTORY_ADD.encode()).hexdigest()
+#: HISTORY_ADD flagged allow-oom, for the history write a snapshot needs
+#: before it (snapshots.Snapshots.write): without it, a Redis out of memory
+#: would take no snapshot, so the stream would never be trimmed and the
+#: memory never freed.  Its rows are the recent lobby lines of events still
+#: in the stream (bounded by them, most already written); the sender's
+#: node's own writes stay refused under OOM (kept and written again).
+HISTORY_ADD_OOM = "#!lua flags=allow-oom\n" + HISTORY_ADD
+HISTORY_ADD_OOM_SHA = hashlib.sha1(HISTORY_ADD_OOM.encode()).hexdigest()
+SNAPSHOT_HISTORY_WRITING = ("EVALSHA", HISTORY_ADD_OOM_SHA)  # how a snapshot's starts
 HISTORY_WRITING = ("EVALSHA", HISTORY_ADD_SHA)  # how a history write's starts
 
 
@@ -221,6 +230,12 @@ def history_write(rows: Sequence[Any]) -> tuple[Any, ...]:
     """The command that writes history rows (score, member, score, member,
     ...: see L{_history_row}) into the history and its count (L{HISTORY_ADD})."""
     return (*HISTORY_WRITING, 2, HISTORY, HISTORY_SIZE, HISTORY_OVERHEAD, *rows)
+
+
+def snapshot_history_write(rows: Sequence[Any]) -> tuple[Any, ...]:
+    """L{history_write} for a snapshot's history: by L{HISTORY_ADD_OOM},
+    which Redis out of memory takes."""
+    return (*SNAPSHOT_HISTORY_WRITING, *history_write(rows)[len(HISTORY_WRITING):])
 
 
 def history_rows(command: tuple[Any, ...]) -> list[tuple[Any, Any]]:

@@ -79,6 +79,7 @@ from twisted_chat.server.cluster.redisconn import PasswordRefused, RedisTarget, 
 from twisted_chat.server.cluster.redishistory import (
     HISTORY,
     HISTORY_ADD,
+    HISTORY_ADD_OOM,
     HISTORY_SIZE,
     HISTORY_WRITING,
     _history_row,
@@ -125,7 +126,9 @@ DEADLINE_MARGIN = 0.5
 # While the node stops (its grace, see RedisLog.stop), it retries this often.
 STOP_RETRY = 0.2
 # Loaded at each connection, run by EVALSHA (SPEND: cluster/budgets.py's).
-SCRIPTS = (APPEND, SAVE_SNAPSHOT, HISTORY_ADD, SPEND)
+SCRIPTS = (APPEND, SAVE_SNAPSHOT, HISTORY_ADD, HISTORY_ADD_OOM, SPEND)
+# A snapshot that cannot be written (so no trim) is warned of at most this often.
+UNTRIMMED_WARN_EVERY = 60.0
 
 
 class _Out:
@@ -186,6 +189,7 @@ class RedisLog:
         # ends the process.  The log has said why.
         self.refused: Callable[[str], None] | None = None
         self._misconfigured: str | None = None  # the reason last logged
+        self._untrimmed_warned: float | None = None  # when a failed snapshot was last warned of
         self.leases = Leases(state, reactor, node_timeout, LONGEST_BACKOFF)
         self.pruning = Pruning(reactor, self.heartbeat,
                                Retention.of(retain_days, retain_messages, retain_bytes),
@@ -632,6 +636,21 @@ class RedisLog:
         if not self.wrong_database(failure, generation):
             self.log.debug("heartbeat: {e}", e=failure.getErrorMessage())
 
+    def _untrimmed(self, why: str) -> None:
+        """A snapshot could not be written, so the stream is not trimmed:
+        said at most once every L{UNTRIMMED_WARN_EVERY} seconds, with what to
+        check (the stream grows until Redis takes the snapshot again)."""
+        now = self.reactor.seconds()
+        last = self._untrimmed_warned
+        if last is not None and now - last < UNTRIMMED_WARN_EVERY:
+            return
+        self._untrimmed_warned = now
+        self.log.warn("cluster: the snapshot could not be written, so the event stream "
+                      "({stream}) cannot be trimmed and Redis's memory is not freed: "
+                      "{why}; check Redis's used_memory against its maxmemory (INFO memory), "
+                      "and that it takes writes (MISCONF: its disk; READONLY: a replica)",
+                      stream=STREAM, why=why)
+
     def _schedule_beat(self, delay: float) -> None:
         self._beat = self.reactor.callLater(delay, self._heartbeat)
 
@@ -653,7 +672,14 @@ class RedisLog:
             ping = reader.execute_command("PING")
             ping.addErrback(lambda f: self.log.debug("ping: {e}", e=f.getErrorMessage()))
         self.doubts.ask(cmd)  # if the last question failed
-        await self.leases.renew(cmd)
+        refused = None
+        try:
+            await self.leases.renew(cmd)
+        except txredisapi.ResponseError as e:
+            # Refused (OOM, say): the others are not judged (that writes
+            # too), but the snapshot is still written and the stream
+            # trimmed: under OOM that is what frees Redis's memory.
+            refused = e
         epoch = self.reading.epoch
         if epoch is not None and await cmd.execute_command("GET", EPOCH) != epoch:
             # FLUSHDB or FLUSHALL without a restart: the connections stay,
@@ -663,14 +689,25 @@ class RedisLog:
                 self.lost(self._generation, "Redis lost its data (FLUSHDB?)")
             return
         now = self.reactor.seconds()
-        await self.leases.judge(cmd, now)
-        await self.pruning.follow(cmd, self.reading.started)
-        await self.pruning.prune(cmd, now)
+        if refused is None:
+            await self.leases.judge(cmd, now)
+        try:
+            await self.pruning.follow(cmd, self.reading.started)
+            await self.pruning.prune(cmd, now)
+        except txredisapi.ResponseError as e:
+            refused = refused or e
         if self.reading.caught_up and self.snapshots.due(now):
             await self._snapshot(cmd, now)
+        if refused is not None:
+            raise refused
 
     async def _snapshot(self, cmd: Any, now: float) -> None:
-        if not await self.snapshots.write(cmd, now) and cmd is self._cmd:
+        try:
+            written = await self.snapshots.write(cmd, now)
+        except txredisapi.ResponseError as e:
+            self._untrimmed(str(e))
+            return
+        if not written and cmd is self._cmd:
             self._scripts_forgotten("snapshot")
 
     # -- the history's store (MessageStore) ----------------------------------------------

@@ -19,7 +19,8 @@ L{redishistory}'s, the settings L{redisconfig}'s):
     (L{snapshots.SNAPSHOT_INTERVAL}), only over an older one
     (L{SAVE_SNAPSHOT}); a starting node loads it and reads the stream
     after it.  The stream is trimmed to the snapshot
-    before the last one.
+    before the last one (to the last, an interval after it with no new
+    event; flagged allow-oom, so that a Redis out of memory frees it).
   - C{chat:history}: every lobby message (a sorted set scored by time, each
     member C{<sequence number> <time> <nick> <text>}: L{redishistory._history_row};
     C{<sequence number> [nick, text, time]} in JSON before, still read),
@@ -79,8 +80,12 @@ return id
 #: Sets the snapshot (KEYS[1]) to ARGV[1], the state as of event ARGV[2],
 #: unless the one there is as recent or more (a node that lags behind does
 #: not put back an older one: the stream may be trimmed past it already).
-#: Returns 1 if set.  Only the start of the one there is read.
-SAVE_SNAPSHOT = """
+#: Returns 1 if set.  Only the start of the one there is read.  Flagged
+#: allow-oom: the stream is trimmed only behind a new snapshot, so a Redis
+#: out of memory (under noeviction) that refused it would never free the
+#: stream (the snapshot is bounded by the users and invitations, small next
+#: to the stream it lets go; see snapshots.Snapshots.write).
+SAVE_SNAPSHOT = """#!lua flags=allow-oom
 local head = redis.call('GETRANGE', KEYS[1], 0, 63)
 local oms, oseq = string.match(head, '^{"id":"(%d+)%-(%d+)"')
 if oms then

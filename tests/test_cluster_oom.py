@@ -1,0 +1,171 @@
+"""
+Redis out of memory (C{maxmemory} reached under C{noeviction}): the stream
+is trimmed only behind a new snapshot, so the heartbeat still writes the
+snapshot (and the history before it) and trims the stream while Redis
+refuses its lease and every other write: that is what frees the memory.
+A snapshot that cannot be written is warned of (not at debug), at most
+once a minute.  Deterministic: the node's L{RedisLog} on a fake Redis that
+answers at once as Redis 7 does under OOM (a write command refused, a
+script refused unless flagged allow-oom, C{XTRIM} taken), and a
+L{task.Clock}.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from typing import Any
+
+import txredisapi  # type: ignore[import-untyped]
+from twisted.internet import defer
+from twisted.internet.defer import Deferred
+from twisted.logger import Logger
+
+from tests.test_cluster_outage import FakeRedis, redis_log
+from tests.test_cluster_refused import applied
+from twisted_chat.server.cluster.node import ClusterState
+from twisted_chat.server.cluster.redislog import SCRIPTS, UNTRIMMED_WARN_EVERY, RedisLog
+from twisted_chat.server.cluster.redisstream import SNAPSHOT, STREAM
+from twisted_chat.server.cluster.snapshots import SNAPSHOT_INTERVAL
+
+OOM = "OOM command not allowed when used memory > 'maxmemory'."
+ALLOW_OOM = "#!lua flags=allow-oom"
+# Redis's commands that write (those the node sends from its heartbeat).
+WRITES = {"SET", "SADD", "SREM", "DEL", "HSET", "ZADD", "XADD"}
+
+
+class OomRedis(FakeRedis):
+    """Answers at once; while C{refusing} is set, as Redis refuses writes:
+    C{OOM} (as under maxmemory: scripts flagged allow-oom and XTRIM are
+    taken) or another error (C{MISCONF}: nothing that writes is).  Keeps
+    what it takes of the snapshot and the trims."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.refusing: str | None = None
+        self.scripts = {hashlib.sha1(s.encode()).hexdigest(): s for s in SCRIPTS}
+        self.snapshot: str | None = None  # as of which event
+        self.trims: list[str] = []
+        self.history_writes = 0
+        self.config: list[Any] = []  # the cluster's retention (as this node's)
+
+    def execute_command(self, *args: Any) -> Deferred[Any]:
+        self.commands.append(args)
+        name = args[0]
+        script = self.scripts.get(args[1], "") if name == "EVALSHA" else ""
+        if self.refusing is not None and (name in WRITES or name == "XTRIM" or script):
+            allowed = self.refusing.startswith("OOM") and (
+                name == "XTRIM" or script.startswith(ALLOW_OOM))
+            if not allowed:
+                return defer.fail(txredisapi.ResponseError(self.refusing))
+        if name == "XTRIM":
+            self.trims.append(args[-1])
+        elif name == "EVALSHA" and args[3] == SNAPSHOT:
+            self.snapshot = args[5]  # the event it is as of
+        elif name == "EVALSHA" and "ZADD" in script:
+            self.history_writes += 1
+        elif name == "HMGET":
+            return defer.succeed(self.config)
+        elif name in ("MGET", "SMEMBERS"):
+            return defer.succeed([None] * (len(args) - 1) if name == "MGET" else [])
+        return defer.succeed(1)
+
+
+def caught_up() -> tuple[RedisLog, ClusterState, OomRedis]:
+    log, state = redis_log()
+    redis = OomRedis()
+    redis.config = list(log.pruning.retention.values())
+    log._cmd, state.available = redis, True
+    log.reading.caught_up = True
+    return log, state, redis
+
+
+def beat(log: RedisLog) -> None:
+    """One heartbeat (the fake answers at once: it has run when this returns)."""
+    log._heartbeat()
+    assert log._beat is not None
+    log._beat.cancel()
+
+
+def event_then_beat(log: RedisLog, state: ClusterState, nick: str, said: str) -> str:
+    """A user registers and says C{said} in the lobby (its line in the
+    replica's recent ones), a snapshot interval passes, a heartbeat: the
+    stream id of the event."""
+    applied(state, {"t": "reg", "n": "x", "k": 1, "nick": nick}, at=log.reactor.seconds())
+    eid = state.replica.last_id
+    state.replica.recent.append((eid, nick, said))
+    log.reactor.advance(SNAPSHOT_INTERVAL)
+    beat(log)
+    return eid
+
+
+def test_out_of_memory_the_snapshot_and_the_trim_are_still_written() -> None:
+    """Redis out of memory refuses the node's lease (and every append): the
+    heartbeat still writes the history its snapshot needs and the snapshot,
+    and trims the stream behind the one before, which is what frees
+    Redis's memory so that the cluster recovers by itself once the burst
+    that filled it ends.  (Before: the refused lease ended the heartbeat,
+    and the history write and the snapshot were refused, so the stream was
+    never trimmed.)"""
+    log, state, redis = caught_up()
+    redis.refusing = OOM
+    first = event_then_beat(log, state, "ann", "one")
+    assert any(c[0] == "SET" for c in redis.commands)  # the lease: refused
+    assert redis.snapshot == first
+    assert redis.history_writes == 1
+    assert redis.trims == []  # nothing before the first snapshot to trim to
+    second = event_then_beat(log, state, "bob", "two")
+    assert redis.snapshot == second
+    assert redis.history_writes == 2
+    assert redis.trims == []
+    third = event_then_beat(log, state, "cat", "three")
+    assert redis.snapshot == third
+    # Trimmed to the snapshot before the last: a node loading the last one
+    # still finds the stream after it.
+    assert redis.trims == [first]
+    assert [c[:3] for c in redis.commands if c[0] == "XTRIM"] == [("XTRIM", STREAM, "MINID")]
+    # The burst is over and Redis still refuses every append: nothing new,
+    # so no new snapshot; an interval after the last, the stream is trimmed
+    # up to it (else it would keep the end of the burst for good).
+    log.reactor.advance(SNAPSHOT_INTERVAL - 1)
+    beat(log)
+    assert redis.trims == [first]  # not an interval yet
+    log.reactor.advance(1)
+    beat(log)
+    assert redis.trims == [first, third] and redis.snapshot == third
+    log.reactor.advance(SNAPSHOT_INTERVAL)
+    beat(log)
+    assert redis.trims == [first, third]  # once
+
+
+def test_a_snapshot_that_cannot_be_written_is_warned_of_once_a_minute() -> None:
+    """Redis refusing even the snapshot (MISCONF: its disk): the stream
+    cannot be trimmed; the node warns (not at debug) saying what to check,
+    at most once every UNTRIMMED_WARN_EVERY seconds, and again later."""
+    log, state, redis = caught_up()
+    logged: list[dict[str, Any]] = []
+    log.log = Logger(observer=logged.append)
+    redis.refusing = "MISCONF Redis is configured to save RDB snapshots"
+
+    def warnings() -> list[dict[str, Any]]:
+        return [e for e in logged if "cannot be trimmed" in e["log_format"]]
+
+    # (The beats below: 5 within UNTRIMMED_WARN_EVERY of the first, the 6th not.)
+    assert 5 * SNAPSHOT_INTERVAL < UNTRIMMED_WARN_EVERY <= 6 * SNAPSHOT_INTERVAL
+    event_then_beat(log, state, "ann", "one")
+    (warned,) = warnings()
+    assert warned["log_level"].name == "warn"
+    assert "maxmemory" in warned["log_format"] and "MISCONF" in warned["why"]
+    assert redis.snapshot is None and redis.trims == []
+    for nick in ("bob", "cat", "dan", "eve", "fay"):  # 50 s more (of the 60)
+        event_then_beat(log, state, nick, "more")
+    assert len(warnings()) == 1
+    event_then_beat(log, state, "gus", "later")
+    assert len(warnings()) == 2
+    redis.refusing = None  # taken again: the snapshots and trims go on
+    event_then_beat(log, state, "hal", "taken")
+    last = event_then_beat(log, state, "ivy", "taken")
+    assert redis.snapshot == last
+    log.reactor.advance(SNAPSHOT_INTERVAL)
+    beat(log)
+    assert redis.trims == [last]
+    assert len(warnings()) == 2
