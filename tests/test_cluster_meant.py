@@ -56,11 +56,12 @@ def _refuse_hellos(monkeypatch: pytest.MonkeyPatch, redis: MemoryRedis, node: st
     """Redis refuses C{node}'s hellos (OOM) while C{times[0]} > 0 (counted down)."""
     real = redis._append
 
-    def append(sha: str, nkeys: int, key: str, channel: str, event: str) -> object:
+    def append(sha: str, nkeys: int, key: str, channel: str, bound: int,
+               event: str) -> object:
         if times[0] > 0 and '"t":"hello"' in event and f'"n":"{node}"' in event:
             times[0] -= 1
             return fail(txredisapi.ResponseError("OOM command not allowed"))
-        return real(sha, nkeys, key, channel, event)
+        return real(sha, nkeys, key, channel, bound, event)
 
     monkeypatch.setattr(redis, "_append", append)
 

@@ -19,13 +19,16 @@ import txredisapi  # type: ignore[import-untyped]
 from twisted.internet import defer
 from twisted.internet.defer import Deferred
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 
 from tests.test_cluster_outage import FakeRedis, redis_log
+from tests.test_cluster_read import cluster, now, say
 from tests.test_cluster_refused import applied
 from twisted_chat.server.cluster.node import ClusterState
 from twisted_chat.server.cluster.redislog import SCRIPTS, UNTRIMMED_WARN_EVERY, RedisLog
 from twisted_chat.server.cluster.redisstream import SNAPSHOT, STREAM
 from twisted_chat.server.cluster.snapshots import SNAPSHOT_INTERVAL
+from twisted_chat.server.hub import ErrorCode, HubError
 
 OOM = "OOM command not allowed when used memory > 'maxmemory'."
 ALLOW_OOM = "#!lua flags=allow-oom"
@@ -169,3 +172,42 @@ def test_a_snapshot_that_cannot_be_written_is_warned_of_once_a_minute() -> None:
     beat(log)
     assert redis.trims == [last]
     assert len(warnings()) == 2
+
+
+# -- --stream-bytes: users' traffic fills the stream up to it, not Redis ---------------
+
+
+def test_a_command_is_not_appended_while_the_stream_takes_more_than_stream_bytes() -> None:
+    """Past --stream-bytes (here, in MemoryRedis, the events' bytes), a
+    user's command is answered ERROR unavailable (not sent) and nothing is
+    appended; what the node appends for itself (a leave) still is, so the
+    others see the user go; once the stream is trimmed below the bound,
+    commands are taken again."""
+    redis, clock, (n0, n1) = cluster(2)
+    ann, bob = n0.user("ann"), n1.user("bob")
+    bound = sum(len(e) for _, e, _ in redis.stream) + 200
+    n0.log.stream_bytes = n1.log.stream_bytes = bound
+    outcomes: list[Any] = []
+    for i in range(4):  # 100 to 200 bytes each: the first two are taken
+        d = n0.state.direct(now(ann), "bob", f"dm {i} " + "x" * 100)
+        assert isinstance(d, Deferred)
+        d.addBoth(outcomes.append)
+        clock.advance(0)
+        redis.pump()
+    taken = [x for x in outcomes if not isinstance(x, Failure)]
+    refused = [x.value for x in outcomes if isinstance(x, Failure)]
+    assert len(taken) == 2 and len(refused) == 2
+    for error in refused:
+        assert isinstance(error, HubError) and error.code == ErrorCode.UNAVAILABLE
+        assert error.text.startswith("not sent: ")
+    assert [e["x"][:4] for e in redis.events() if e["t"] == "dm"] == ["dm 0", "dm 1"]
+    n1.state.say(now(bob), "other node")  # every node's commands: the stream's bound
+    clock.advance(0)
+    redis.pump()
+    assert "other node" not in n0.listener.said()
+    n0.state.leave(now(ann), "quit")  # a node's own event: not bounded
+    redis.pump()
+    assert "ann" not in n1.nicks()
+    redis.trim(redis.stream[-1][0])
+    say(n1, bob, "after the trim")
+    assert "after the trim" in n0.listener.said()

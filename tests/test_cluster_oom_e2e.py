@@ -60,6 +60,17 @@ def drain(client: LineClient) -> None:
         client.sock.settimeout(client.timeout)
 
 
+def burst(flooders: list[LineClient]) -> None:
+    """A tenth of a second of the burst: two DMs of 4 kB from each flooder
+    to the next.  At most ~60 DMs/s in all (with the reads between): what
+    fills Redis is the stream, not its output buffers to the nodes (those
+    drain by themselves once the burst ends)."""
+    for _ in range(2):
+        for i, flooder in enumerate(flooders):
+            flooder.send(f"DM flood{(i + 1) % len(flooders)} {TEXT}")
+        time.sleep(0.05)
+
+
 def said(client: LineClient, text: str, timeout: float) -> str:
     """Send a lobby line: its echo, or the ERROR that answered it."""
     client.send(f"MSG {text}")
@@ -83,13 +94,7 @@ def test_the_cluster_recovers_by_itself_once_a_burst_that_filled_redis_ends(
         start = time.monotonic()
         tick = 0
         while refused is None and time.monotonic() - start < FILL_WITHIN:
-            # At most ~60 DMs/s of 4 kB in all: what fills Redis is the
-            # stream, not its output buffers to the nodes (those drain
-            # by themselves once the burst ends).
-            for _ in range(2):
-                for i, flooder in enumerate(flooders):
-                    flooder.send(f"DM flood{(i + 1) % FLOODERS} {TEXT}")
-                time.sleep(0.05)
+            burst(flooders)
             for flooder in flooders:
                 drain(flooder)
             answer = said(bystander, f"tick{tick}", 10)
@@ -133,3 +138,48 @@ def test_the_cluster_recovers_by_itself_once_a_burst_that_filled_redis_ends(
         c.redis.call("CONFIG", "SET", "maxmemory", 0)
     for server in (n0, n1):
         assert "Traceback" not in server.log()
+
+
+STREAM_BYTES = 1_000_000
+
+
+def test_stream_bytes_refuses_commands_before_redis_fills_then_takes_them_again(
+    cluster: Callable[..., Cluster],
+) -> None:
+    """--stream-bytes: a burst of DMs fills the stream up to it (as Redis's
+    MEMORY USAGE gives), not Redis up to its maxmemory (none here): past it,
+    a DM, and a lobby line on the other node, are answered ERROR
+    unavailable (not sent), the stream stays near the bound, and once the
+    burst ends the trims bring it below and lines are echoed again."""
+    c = cluster(2, "--flood-rate", "0", "--stream-bytes", str(STREAM_BYTES))
+    n0, n1 = c.nodes
+    bystander = c.user(n1, "bystander")
+    flooders = [c.user(n0, f"flood{i}") for i in range(FLOODERS)]
+    refused = None
+    start = time.monotonic()
+    while refused is None and time.monotonic() - start < FILL_WITHIN:
+        burst(flooders)
+        for flooder in flooders:
+            for line in flooder.sync("mark", timeout=10):
+                if line.startswith("ERROR"):
+                    refused = line
+    assert refused is not None, "no DM was refused"
+    assert refused.startswith("ERROR unavailable not sent: "), refused
+    stream = c.redis.call("MEMORY", "USAGE", "chat:events")
+    # Over the bound by at most the DMs sent meanwhile (and the sampling).
+    assert STREAM_BYTES < stream < 2 * STREAM_BYTES, stream
+    assert said(bystander, "refused too", 10).startswith("ERROR unavailable not sent: ")
+    n0.wait_log("FULL the event stream takes more than --stream-bytes")
+    stopped = time.monotonic()
+    echoed = None
+    tick = 0
+    while echoed is None and time.monotonic() - stopped < RECOVER_WITHIN:
+        answer = said(bystander, f"after{tick}", 10)
+        tick += 1
+        if answer.startswith("MSG "):
+            echoed = answer
+        else:
+            assert answer.startswith("ERROR unavailable"), answer
+            time.sleep(1)
+    assert echoed is not None, "not taken again within 30 s"
+    assert c.redis.call("MEMORY", "USAGE", "chat:events") < STREAM_BYTES

@@ -72,7 +72,7 @@ class OutageLog(NodeLog):
         # While true, what is written reaches the log but its answer is lost.
         self.answers_lost = False
 
-    def append(self, event: str) -> object:
+    def append(self, event: str, bounded: bool = False) -> object:
         ticket = Ticket(event)
         if self.up:
             ticket.sent = True

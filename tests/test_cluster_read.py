@@ -150,7 +150,17 @@ class MemoryRedis:
             return d
         return succeed(reply)
 
-    def _append(self, sha: str, nkeys: int, key: str, channel: str, event: str) -> str:
+    def _append(self, sha: str, nkeys: int, key: str, channel: str, bound: int,
+                event: str) -> Any:
+        if bound and sum(len(e) for _, e, _ in self.stream) > bound:
+            # MEMORY USAGE: here the events' bytes.  Answered in a later
+            # turn (clock.advance(0)), as over a connection: a command's
+            # refusal is not answered before the node has sent it.
+            refused: Deferred[Any] = Deferred()
+            error = txredisapi.ResponseError(f"FULL the event stream takes more than "
+                                             f"--stream-bytes ({bound} bytes)")
+            self.clock.callLater(0, refused.errback, error)
+            return refused
         prev = self.stream[-1][0] if self.stream else "0-0"
         ms = max(int(self.clock.seconds() * 1000) - self.clock_behind_ms, self.last[0])
         seq = self.last[1] + 1 if ms == self.last[0] else 0

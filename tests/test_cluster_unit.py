@@ -51,7 +51,7 @@ class NodeLog:
         self.shared = shared
         self.state = state
 
-    def append(self, event: str) -> object:
+    def append(self, event: str, bounded: bool = False) -> object:
         self.shared.add(event)
         return None
 

@@ -308,6 +308,11 @@ class Options(usage.Options):
          "apart: past it, connections with a command waiting are not read until it "
          "is decided; past a quarter more, no connection is read until half of it.",
          _positive(int)],
+        ["stream-bytes", None, 64 * 1024 * 1024,
+         "Cluster mode: while the event stream in Redis takes more bytes than this "
+         "(as MEMORY USAGE gives), a command's event is not appended: it is answered "
+         "ERROR unavailable, so that a burst fills the stream up to here and not Redis "
+         "up to its maxmemory (0: no bound).", _non_negative(int)],
         ["accounts", None, _defaults.accounts.value,
          "Nicks protected by passwords: 'open' (anyone may REGISTER the nick they "
          "hold), 'required' (only nicks with an account may log in; the operator "
@@ -682,7 +687,8 @@ def _cluster_service(options: Options, config: ServerConfig, reactor: Any,
                                      wait=options["redis-wait"],
                                      max_waiting=options["redis-queue"],
                                      retain_bytes=options["retain-bytes"] or None,
-                                     set_retention=bool(options["set-retention"]))
+                                     set_retention=bool(options["set-retention"]),
+                                     stream_bytes=options["stream-bytes"] or None)
     # The one account namespace of the cluster: in its Redis (docs/accounts.md).
     factory.accounts, work = _accounts(
         config, reactor, lambda work: RedisBook(redis.command, reactor),

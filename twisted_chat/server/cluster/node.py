@@ -89,9 +89,11 @@ _LOST_UNSEEN = ("lost: the chat's store had lost its data when it took it, so it
 
 
 class EventLog(Protocol):
-    def append(self, event: str) -> object:
+    def append(self, event: str, bounded: bool = False) -> object:
         """Append C{event} (JSON) to the cluster's log; in order, never lost
         while this process lives (resent after a reconnection if need be).
+        C{bounded}: a command's, which the log may refuse while it holds
+        more than C{--stream-bytes} (answered as any refusal).
         @return: a ticket for L{withdraw}."""
 
     def withdraw(self, ticket: object) -> bool:
@@ -305,8 +307,8 @@ class ClusterState:
         due = self.deadline(conn, now)
         if due <= now:
             return fail(self.too_late(registration))
-        waiting = _Waiting(conn, Deferred(), self.events.append(text), size, registration,
-                           now)
+        waiting = _Waiting(conn, Deferred(), self.events.append(text, bounded=True), size,
+                           registration, now)
         self.waiting_bytes += size
         self._pending[k] = waiting
         heapq.heappush(self._deadlines, (due, k))

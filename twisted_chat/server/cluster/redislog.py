@@ -166,6 +166,7 @@ class RedisLog:
         retain_messages: int | None = None,
         retain_bytes: int | None = None,
         set_retention: bool = False,
+        stream_bytes: int | None = None,
     ) -> None:
         """
         @param retain_days: C{--retain-days}: the history forgets older messages.
@@ -178,9 +179,13 @@ class RedisLog:
             cluster's (L{redisconfig}); without it, a node whose values are
             not the cluster's does not start.  While the node runs, it
             prunes by the cluster's (another node may set them).
+        @param stream_bytes: C{--stream-bytes}: a command's event is not
+            appended while the stream takes more (L{APPEND}); C{None} or 0:
+            no bound.
         """
         self.target = target
         self.channel = f"{CHANNEL}:{target.db}"
+        self.stream_bytes = stream_bytes or 0
         self.state = state
         self.reactor = reactor
         self.node_timeout = node_timeout
@@ -493,9 +498,10 @@ class RedisLog:
 
     # -- appending ---------------------------------------------------------------
 
-    def append(self, event: str) -> object:
+    def append(self, event: str, bounded: bool = False) -> object:
         # The event last: what a refusal hands back (see _not_acked).
-        return self._queue(("EVALSHA", APPEND_SHA, 1, STREAM, self.channel, event))
+        bound = self.stream_bytes if bounded else 0
+        return self._queue(("EVALSHA", APPEND_SHA, 1, STREAM, self.channel, bound, event))
 
     def withdraw(self, ticket: object) -> bool:
         """Take back a command not written to Redis yet (see L{EventLog})."""

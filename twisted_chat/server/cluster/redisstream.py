@@ -61,19 +61,32 @@ LEASE = "chat:node:"
 NODES = "chat:nodes"
 
 
-#: Appends one event (ARGV[2]) to the stream (KEYS[1]), with the id of the
+#: Appends one event (ARGV[3]) to the stream (KEYS[1]), with the id of the
 #: entry it follows ("0-0": none) as field p, and publishes it on the
 #: channel (ARGV[1]) as "<the id it follows> <its id> <event>"; returns its
-#: id.  The entry it follows is the stream's last (never trimmed: the stream
-#: is trimmed below a snapshot's event).  A reader that finds the first
+#: id.  While the stream takes more memory (MEMORY USAGE, sampled) than
+#: ARGV[2] bytes (0: no bound, for the events a node appends for itself),
+#: it appends nothing and answers the error FULL (as Redis out of memory
+#: would OOM), so that users' traffic fills the stream up to
+#: --stream-bytes, not Redis up to its maxmemory.  The entry it follows is
+#: the stream's last (never trimmed: the stream is trimmed below a
+#: snapshot's event).  A reader that finds the first
 #: entry after its last one following another has missed what was trimmed
 #: (Redis 7.0's XINFO max-deleted-entry-id does not move on XTRIM).
 APPEND = """
+local bound = tonumber(ARGV[2])
+if bound > 0 then
+  local used = redis.call('MEMORY', 'USAGE', KEYS[1])
+  if used and used > bound then
+    return redis.error_reply('FULL the event stream takes more than --stream-bytes ('
+      .. bound .. ' bytes)')
+  end
+end
 local last = redis.call('XREVRANGE', KEYS[1], '+', '-', 'COUNT', 1)
 local prev = '0-0'
 if last[1] then prev = last[1][1] end
-local id = redis.call('XADD', KEYS[1], '*', 'e', ARGV[2], 'p', prev)
-redis.call('PUBLISH', ARGV[1], prev .. ' ' .. id .. ' ' .. ARGV[2])
+local id = redis.call('XADD', KEYS[1], '*', 'e', ARGV[3], 'p', prev)
+redis.call('PUBLISH', ARGV[1], prev .. ' ' .. id .. ' ' .. ARGV[3])
 return id
 """
 

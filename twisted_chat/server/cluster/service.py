@@ -39,9 +39,11 @@ def cluster_factory(
     config: ServerConfig, reactor: Any, target: RedisTarget, node_timeout: float,
     wait: float = DEFAULT_WAIT, max_waiting: int = DEFAULT_MAX_WAITING,
     retain_bytes: int | None = None, set_retention: bool = False,
+    stream_bytes: int | None = None,
 ) -> tuple[ChatFactory, RedisLog]:
     """@param wait: C{--redis-wait}; C{max_waiting}: C{--redis-queue};
-    C{retain_bytes}: C{--retain-bytes}; C{set_retention}: C{--set-retention}."""
+    C{retain_bytes}: C{--retain-bytes}; C{set_retention}: C{--set-retention};
+    C{stream_bytes}: C{--stream-bytes}."""
     holder: list[ClusterState] = []
 
     def build(factory: ChatFactory) -> ClusterState:
@@ -58,7 +60,7 @@ def cluster_factory(
     state = holder[0]
     redis = RedisLog(target, state, reactor, node_timeout, retain_days=config.retain_days,
                      retain_messages=config.retain_messages, retain_bytes=retain_bytes,
-                     set_retention=set_retention)
+                     set_retention=set_retention, stream_bytes=stream_bytes)
     # An address's lobby lines and registrations are counted cluster-wide.
     factory.addresses.share(RedisBuckets(redis.command, reactor))
     return factory, redis
