@@ -158,7 +158,7 @@ def test_the_lost_snapshot_script_deletes_only_a_snapshot_of_a_lost_event(
         def drop(end: str) -> int:
             return int(r("EVAL", DROP_LOST_SNAPSHOT, 2, "chat:snapshot", "chat:events", end))
 
-        ids = [r("EVAL", APPEND, 1, "chat:events", CHANNEL, f'{{"x":{i}}}') for i in range(3)]
+        ids = [r("EVAL", APPEND, 1, "chat:events", CHANNEL, 0, f'{{"x":{i}}}') for i in range(3)]
         end = ids[0]
         assert drop(end) == 0  # no snapshot
         assert r("EVAL", SAVE_SNAPSHOT, 1, "chat:snapshot", snap(ids[2]), ids[2]) == 1
@@ -166,7 +166,7 @@ def test_the_lost_snapshot_script_deletes_only_a_snapshot_of_a_lost_event(
         # Node A sees the loss: the snapshot is as of a lost event.
         assert drop(end) == 1 and r("GET", "chat:snapshot") is None
         # A goes on: an event after the loss, a snapshot as of it.
-        after = r("EVAL", APPEND, 1, "chat:events", CHANNEL, '{"x":3}')
+        after = r("EVAL", APPEND, 1, "chat:events", CHANNEL, 0, '{"x":3}')
         assert r("EVAL", SAVE_SNAPSHOT, 1, "chat:snapshot", snap(after), after) == 1
         # Node B sees the same loss (the same kept end) later: A's stays.
         assert drop(end) == 0 and r("GET", "chat:snapshot") == snap(after)

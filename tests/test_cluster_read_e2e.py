@@ -107,7 +107,7 @@ def test_the_scripts_do_what_the_nodes_rely_on(tmp_path: Any) -> None:
         assert sub("SUBSCRIBE", CHANNEL) == ["subscribe", CHANNEL, 1]
         # The append: the event in the stream with the id it follows ("0-0":
         # the first), and on the channel with both, in the stream's order.
-        ids = [r("EVAL", APPEND, 1, "chat:events", CHANNEL, f'{{"x":{i}}}') for i in range(3)]
+        ids = [r("EVAL", APPEND, 1, "chat:events", CHANNEL, 0, f'{{"x":{i}}}') for i in range(3)]
         follows = ["0-0", *ids[:2]]
         heard = [sub.reply() for _ in range(3)]
         assert heard == [["message", CHANNEL, f'{prev} {eid} {{"x":{i}}}']
