@@ -98,7 +98,9 @@ async def run_one(reactor: Any, redis: Redis, nodes: int, rate: float, duration:
                             "benchmark, about as long as a line", "n": "0123456789ab",
                             "k": sent}, separators=(",", ":"))
         if pubsub:
-            writer.execute_command("EVALSHA", APPEND_SHA, 1, STREAM, CHANNEL, event)
+            # A command's bound (--stream-bytes's default): the MEMORY
+            # USAGE check each command's append makes.
+            writer.execute_command("EVALSHA", APPEND_SHA, 1, STREAM, CHANNEL, 64 << 20, event)
         else:
             writer.execute_command("XADD", STREAM, "*", "e", event)
         member = f"{sent:08d} " + json.dumps(["sender", f"message {sent}"])
