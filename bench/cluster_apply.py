@@ -71,7 +71,7 @@ class Log:
     def __init__(self) -> None:
         self.events: list[str] = []
 
-    def append(self, event: str) -> object:
+    def append(self, event: str, bounded: bool = False) -> object:
         self.events.append(event)
         return None
 
