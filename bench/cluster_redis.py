@@ -46,7 +46,7 @@ from twisted_chat.server.cluster.redislog import APPEND, APPEND_SHA, CHANNEL
 STREAM = "chat:events"
 HISTORY = "chat:history"
 # Run inside the append script: not commands a client sends.
-IN_SCRIPT = ("xadd", "xrevrange", "publish")
+IN_SCRIPT = ("xadd", "xrevrange", "publish", "memory")
 
 
 def redis_cpu_ns(pid: int) -> int:
