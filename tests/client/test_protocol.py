@@ -74,11 +74,18 @@ def test_refused_nick_option_prompts_on_a_terminal() -> None:
     assert s.sent() == ["NICK bobby"]
 
 
-def test_refused_nick_option_in_a_script_fails() -> None:
+def _a_script_that_sent_its_nick_option() -> Session:
+    """A script run with nick bob, a message already queued, that has sent
+    NICK bob and waits for the answer."""
     s = session("bob", interactive=False)
     s.type("hello everyone")
     s.receive("HELLO chat/1 x", "NICK")
     assert s.sent() == ["NICK bob"]
+    return s
+
+
+def test_refused_nick_option_in_a_script_fails() -> None:
+    s = _a_script_that_sent_its_nick_option()
     s.receive("RETRY taken sorry")
     assert s.sent() == ["BYE"]  # the queued message is not taken as a nick
     s.receive("BYE quit")
@@ -169,10 +176,7 @@ def test_nick_dropped_for_flood_asks_again_on_a_terminal() -> None:
 
 
 def test_nick_dropped_for_flood_in_a_script_fails() -> None:
-    s = session("bob", interactive=False)
-    s.type("hello everyone")
-    s.receive("HELLO chat/1 x", "NICK")
-    assert s.sent() == ["NICK bob"]
+    s = _a_script_that_sent_its_nick_option()
     s.receive("ERROR flood too many nicks registered from 10.0.0.1 lately; try again in 2 s")
     assert s.sent() == ["BYE"]  # the queued message is not sent, nor taken as a nick
     s.receive("BYE quit")

@@ -343,6 +343,16 @@ def _screen(k: Keyboard) -> str:
     return " ".join(row.strip() for row in k.rows())
 
 
+def _up_over_a_draft() -> Keyboard:
+    """A terminal where "an old line" was sent, then "the draft" typed and
+    Up pressed: the old line is shown, the draft put aside."""
+    k = Keyboard(width=60)
+    k.keys("an old line\r")
+    k.keys("the draft")
+    k.keys("\x1b[A")
+    return k
+
+
 @pytest.mark.parametrize("reason", ["left", "disconnected"])
 def test_a_private_reply_half_typed_when_the_pair_ends_does_not_go_to_the_lobby(
     reason: str,
@@ -398,10 +408,7 @@ def test_a_line_typed_after_our_own_accept_or_unpair_stays_on_the_line() -> None
 
 
 def test_what_is_set_aside_includes_a_held_paste_and_the_draft_up_hid() -> None:
-    k = Keyboard(width=60)
-    k.keys("an old line\r")
-    k.keys("the draft")
-    k.keys("\x1b[A")  # Up: the old line is shown, the draft put aside
+    k = _up_over_a_draft()
     assert k.ui.set_aside() == ["the draft", "an old line"]
     assert k.ui.lineBuffer == []
     k.keys("\x1b[200~one\rtwo\rthree\rfour\rfive\rsix\r\x1b[201~")  # held for Enter
@@ -419,10 +426,7 @@ def test_the_draft_up_hid_is_set_aside_under_a_password_prompt_too() -> None:
     # A password prompt opened while Up showed an old line: the draft Up hid
     # is set aside with the interrupted line, as without the prompt (and as
     # drop_typing counts it), not thrown away unsaved.
-    k = Keyboard(width=60)
-    k.keys("an old line\r")
-    k.keys("the draft")
-    k.keys("\x1b[A")  # Up: the old line is shown, the draft put aside
+    k = _up_over_a_draft()
     k.ui.ask_secret("password: ")
     assert k.ui.set_aside() == ["the draft", "an old line"]
     k.ui.end_secret()
@@ -436,9 +440,8 @@ def test_the_draft_up_hid_is_set_aside_under_a_password_prompt_too() -> None:
 def test_a_draft_shown_again_and_cleared_is_not_a_line_dropped() -> None:
     # Up, then Down, brings the draft back onto the line; cleared there
     # (Ctrl-U), nothing is left to drop: the copy Up kept is not counted.
-    k = Keyboard(width=60)
-    k.keys("an old line\r")
-    k.keys("the draft\x1b[A\x1b[B")
+    k = _up_over_a_draft()
+    k.keys("\x1b[B")  # Down: the draft is back on the line
     assert "".join(k.ui.lineBuffer) == "the draft"
     k.keys("\x15")  # Ctrl-U
     assert k.ui.lineBuffer == []
