@@ -304,3 +304,102 @@ def test_the_operator_is_told_when_no_connection_is_read_and_when_all_are_again(
     again = [line for line in logged if "Held input" in line][len(told):]
     assert len(again) == 2
     assert again[0].endswith("; passed 3 more time(s) since the last such line.")
+
+
+# -- a connection that goes while the server's bound keeps it unread ------------
+
+
+UNREAD = b"PING unread\r\n"
+
+
+def lobby_line(size: int) -> bytes:
+    """A lobby line of C{size} bytes, CRLF included."""
+    return b"MSG " + b"m" * (size - 6) + b"\r\n"
+
+
+class Gone:
+    """Three READY users, each with a command waiting (its lookup held) and
+    input held behind it: C{gone} (600 bytes) and C{sibling} (300) from one
+    address, C{bystander} (300) from another; a L{Hog} holds the rest.  The
+    server holds past its bound (16,000; half: 8000; an address's share:
+    1000, which none passes), so none of them is read: each has a line
+    waiting in the "kernel"."""
+
+    def __init__(self, hog_holds: int) -> None:
+        h = self.h = harness(work=HeldWork())
+        held = self.held = h.factory.held_input
+        held.limit = 16_000
+        users = [fresh(h, host) for host in ("10.5.0.1", "10.5.0.1", "10.5.0.2")]
+        for nick, conn in zip(("gone", "sibling", "bystander"), users, strict=True):
+            conn.send(f"NICK {nick}")
+            h.work.release()  # type: ignore[attr-defined]  # the lookup: no account
+            assert conn.take()[0] == f"READY {nick}"
+        for conn in users:
+            conn.send(f"REGISTER {PW}")  # its lookup waits
+        self.gone, self.sibling, self.bystander = users
+        for conn, size in zip(users, (600, 300, 300), strict=True):
+            conn.transport.arrive(lobby_line(size))
+        assert held.total == 1200 and not held.over
+        self.hog: Any = Hog()
+        held.change(self.hog, held.limit)  # over: every waiting connection paused
+        h.clock.advance(3)
+        held.change(self.hog, hog_holds - held.limit)
+        assert held.over and not any(conn.reading for conn in users)
+        for conn in users:
+            conn.transport.arrive(UNREAD)  # waits in the "kernel"
+        self.reads = {conn: conn.transport.reads for conn in users}
+
+    def cut(self) -> None:
+        """C{gone}'s peer reads nothing either: the server cuts it for its
+        output (--sendq-timeout), and its transport reports the loss.  (Had
+        its peer closed first, the lines it holds would be handled once its
+        command is decided: HoldsInput._holds_lines.)"""
+        self.gone.protocol.output_stalled()
+        self.gone.drop()
+
+    def read_once(self, conn: Conn) -> bool:
+        """Whether C{conn} is read again, once: its line from the "kernel"."""
+        return (conn.reading and not conn.transport.unread
+                and conn.transport.reads == self.reads[conn] + 1)
+
+
+def test_a_paused_connection_that_goes_gives_back_what_it_held_and_leaves_no_trace() -> None:
+    """A connection the server's bound keeps unread goes (cut for its output):
+    what it held is out of its address's share and the server's total; that
+    takes the total to half the bound, so the others are read again, each
+    once; the one gone is not read again, and the bound keeps nothing of it
+    (not among those it paused, nor those owed a flood excuse)."""
+    g = Gone(hog_holds=7000)  # 8200 in all: over half
+    held, gone, sibling = g.held, g.gone, g.sibling
+    address = sibling.protocol.limits
+    assert address is gone.protocol.limits and address.held == 900
+    g.cut()
+    assert not held.over and held.paused == {}
+    assert g.read_once(sibling) and g.read_once(g.bystander)  # and held: their commands wait
+    assert held.total == 7000 + 2 * (300 + len(UNREAD))
+    assert address.held == 300 + len(UNREAD)
+    assert set(held.owed) == {g.hog, sibling.protocol, g.bystander.protocol}  # not the gone one
+    assert gone.transport.producerState == "paused"
+    assert gone.transport.reads == g.reads[gone] and gone.transport.unread
+
+
+def test_a_paused_connection_that_goes_is_not_resumed_with_the_others_later() -> None:
+    """As above, but what the others hold keeps the total over half the
+    bound: they stay unread, and the one gone is no longer among the
+    connections the bound paused; once the total is at half, the others are
+    read again, each once, and the one gone is not."""
+    g = Gone(hog_holds=7500)  # 8700 in all
+    held, gone = g.held, g.gone
+    g.cut()
+    assert held.total == 7500 + 300 + 300
+    assert g.sibling.protocol.limits.held == 300
+    assert held.over and set(held.paused) == {
+        g.hog, g.sibling.protocol, g.bystander.protocol}
+    assert not g.sibling.reading and not g.bystander.reading
+    held.change(g.hog, -7500)
+    g.h.clock.advance(0)
+    assert held.total == 2 * (300 + len(UNREAD)) and held.paused == {}
+    assert g.read_once(g.sibling) and g.read_once(g.bystander)
+    assert gone.protocol not in held.owed
+    assert gone.transport.producerState == "paused"
+    assert gone.transport.reads == g.reads[gone]
