@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import pytest
 from twisted.internet.task import Clock
 
 from tests.harness import Conn, Harness
@@ -403,3 +404,79 @@ def test_a_paused_connection_that_goes_is_not_resumed_with_the_others_later() ->
     assert gone.protocol not in held.owed
     assert gone.transport.producerState == "paused"
     assert gone.transport.reads == g.reads[gone]
+
+
+# -- the flood excuse for a connection the server did not read ------------------
+
+
+def unread_for(seconds: float) -> tuple[Clock, HeldInput, Any]:
+    """A connection with a command waiting that the server's bound kept
+    unread for C{seconds}, read again now."""
+    clock = Clock()
+    clock.advance(1000)
+    conn: Any = Waiting()
+    held = HeldInput(1000, lambda: [conn], clock)
+    held.change(conn, 1001)
+    assert not conn.reading
+    clock.advance(seconds)
+    held.change(conn, -1001)
+    assert conn.reading
+    return clock, held, conn
+
+
+def excused_at_once(held: HeldInput, conn: Any, now: float, rate: float) -> int:
+    """How many of C{conn}'s lines over its bucket pass at C{now}."""
+    excused = 0
+    while held.excused(conn, now, rate):
+        excused += 1
+        assert excused < 100, "no end to the excuse"
+    return excused
+
+
+@pytest.mark.parametrize(("seconds", "excused"), [(2.0, 8), (2.125, 8), (0.25, 1), (0.125, 0)])
+def test_what_the_rate_allows_in_the_time_unread_passes_and_no_more(
+        seconds: float, excused: int) -> None:
+    """At 4 lines a second, a connection not read for 2 s may send 8 lines
+    over its bucket (2.125 s: still 8, a part of a line is no line; a
+    quarter of a second: one); what it sends past that is a flood, and the
+    excuse is then let go (the server keeps nothing for it)."""
+    clock, held, conn = unread_for(seconds)
+    assert excused_at_once(held, conn, clock.seconds(), 4.0) == excused
+    assert conn not in held.owed
+
+
+def test_a_connection_read_again_at_once_is_owed_nothing() -> None:
+    _clock, held, conn = unread_for(0.0)
+    assert conn not in held.owed
+
+
+def test_the_excuse_lasts_one_second_from_when_the_connection_is_read_again() -> None:
+    """Within the second after it is read again (its end included), lines
+    over its bucket pass as the time it was not read allows; after it, none
+    does, though some of that time is left, and the excuse is let go."""
+    clock, held, conn = unread_for(2.0)  # 8 lines at 4 a second
+    resumed = clock.seconds()
+    assert held.excused(conn, resumed + 0.5, 4.0)
+    assert held.excused(conn, resumed + 1.0, 4.0)
+    assert not held.excused(conn, resumed + 1.0 + 1 / 1024, 4.0)
+    assert conn not in held.owed
+
+
+def test_a_connection_not_read_is_excused_at_its_flood_rate_over_its_bucket() -> None:
+    """--flood-rate 4, --flood-burst 5: a user the server did not read for
+    2 s (past the ceiling) has 14 lines read at once after: its bucket (5)
+    and 2 s at its rate (8) pass, the 14th is a flood."""
+    h = harness(flood_rate=4.0, flood_burst=5)
+    user = victim(h)
+    held = h.factory.held_input
+    hog: Any = Hog()
+    held.change(hog, held.ceiling + 1)
+    assert not user.reading
+    h.clock.advance(2)
+    user.arrive(*[f"PING {i}" for i in range(14)])
+    held.change(hog, -held.total)
+    h.clock.advance(0)
+    got = user.take()
+    assert got[:13] == [f"PONG {i}" for i in range(13)]
+    assert got[13].startswith("ERROR flood slow down")
+    assert h.factory.stats.dropped_lines["flood_rate"] == 1
