@@ -462,21 +462,53 @@ def test_the_excuse_lasts_one_second_from_when_the_connection_is_read_again() ->
     assert conn not in held.owed
 
 
-def test_a_connection_not_read_is_excused_at_its_flood_rate_over_its_bucket() -> None:
-    """--flood-rate 4, --flood-burst 5: a user the server did not read for
-    2 s (past the ceiling) has 14 lines read at once after: its bucket (5)
-    and 2 s at its rate (8) pass, the 14th is a flood."""
-    h = harness(flood_rate=4.0, flood_burst=5)
-    user = victim(h)
+def fourteen_lines_unread_for_2_s(h: Harness, user: Conn) -> None:
+    """The server holds past its ceiling for 2 s: C{user} is not read, and
+    sends 14 PINGs meanwhile, read once the server holds nothing again."""
     held = h.factory.held_input
     hog: Any = Hog()
     held.change(hog, held.ceiling + 1)
     assert not user.reading
     h.clock.advance(2)
     user.arrive(*[f"PING {i}" for i in range(14)])
-    held.change(hog, -held.total)
+    held.change(hog, -held.ceiling - 1)
     h.clock.advance(0)
+    assert user.reading
+
+
+def test_a_connection_not_read_is_excused_at_its_flood_rate_over_its_bucket() -> None:
+    """--flood-rate 4, --flood-burst 5: a user the server did not read for
+    2 s (past the ceiling) has 14 lines read at once after: its bucket (5)
+    and 2 s at its rate (8) pass, the 14th is a flood."""
+    h = harness(flood_rate=4.0, flood_burst=5)
+    user = victim(h)
+    fourteen_lines_unread_for_2_s(h, user)
     got = user.take()
     assert got[:13] == [f"PONG {i}" for i in range(13)]
     assert got[13].startswith("ERROR flood slow down")
+    assert h.factory.stats.dropped_lines["flood_rate"] == 1
+
+
+def test_lines_read_in_the_excuse_but_held_behind_a_command_are_excused_when_handled() -> None:
+    """As above, but the user's REGISTER waits (its lookup held) through the
+    pause and after it: the 14 lines read within the second after it is read
+    again are held, and handled 5 s later, each as of when it was read.  The
+    excuse is for when they were read, as the bucket is: 13 pass, the 14th
+    is a flood (before: the excuse was over by the time they were handled:
+    6 were dropped and the user was cut with BYE flood)."""
+    h = harness(work=HeldWork(), flood_rate=4.0, flood_burst=5)
+    user = fresh(h, "10.200.0.1")
+    user.send("NICK victim")
+    h.work.release()  # type: ignore[attr-defined]  # the lookup: no account
+    assert user.take()[0] == "READY victim"
+    h.clock.advance(10)
+    user.send(f"REGISTER {PW}")  # its lookup waits
+    fourteen_lines_unread_for_2_s(h, user)
+    assert user.take() == []  # read, and held
+    h.clock.advance(5)
+    settle(h)  # the lookup, then the hash
+    got = user.take()
+    assert got[:14] == ["REGISTERED victim"] + [f"PONG {i}" for i in range(13)]
+    assert got[14:] == ["ERROR flood slow down: at most 4 lines per second (bursts of 5); "
+                        "lines are being dropped"]
     assert h.factory.stats.dropped_lines["flood_rate"] == 1

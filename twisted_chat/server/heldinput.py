@@ -508,8 +508,10 @@ class HeldInput:
 
     def excused(self, conn: Holder, now: float, rate: float) -> bool:
         """
-        A line of C{conn}'s at C{now} is over its flood rate (C{rate} lines
-        a second): whether it is let through as one the server kept waiting.
+        A line of C{conn}'s that arrived at C{now} (read then, or held then
+        behind a command: L{HoldsInput.arrived}) is over its flood rate
+        (C{rate} lines a second): whether it is let through as one the
+        server kept waiting.
         A connection the server did not read for C{t} seconds (its pause
         for this bound) is read again with what it sent meanwhile all at
         once: its bucket, which holds at most a burst, would count them as

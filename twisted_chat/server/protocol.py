@@ -427,12 +427,14 @@ class ChatProtocol(HoldsInput):
         if allowed:
             return True
         config = self.config
-        if self.factory.held_input.owed and self.factory.held_input.excused(
-                self, now, config.flood_rate):
+        # A held line is judged as of when it arrived, as its tokens were
+        # (HoldsInput._replay).
+        at = self.arrived()
+        held = self.factory.held_input
+        if held.owed and held.excused(self, at, config.flood_rate):
             # Sent while the server did not read it (HeldInput): not a flood.
             return True
-        # (A held line is judged as of when it arrived: arrived().)
-        self.dropped(self.arrived(), f"slow down: at most {config.flood_rate:g} lines per second "
+        self.dropped(at, f"slow down: at most {config.flood_rate:g} lines per second "
                      f"(bursts of {config.flood_burst}); lines are being dropped", "flood_rate")
         return False
 
