@@ -5,6 +5,8 @@ timers see every lobby message go through each timed method.
 
 from __future__ import annotations
 
+import pytest
+
 from bench import coldpath
 
 
@@ -20,6 +22,7 @@ def test_summary_gives_counts_percentiles_and_means_in_path_order() -> None:
     assert rows[0][1:] == (4, 2.0, 5.0, 8.0, 5.0)
 
 
+@pytest.mark.bench  # our server, pinned to CPU 0, under load for a second
 def test_a_short_run_times_every_method_on_a_messages_path(capsys) -> None:  # type: ignore[no-untyped-def]
     assert coldpath.main(["--clients", "5", "--rates", "20", "--seconds", "1"]) == 0
     out = capsys.readouterr().out

@@ -9,7 +9,11 @@ from __future__ import annotations
 import socket
 import time
 
+import pytest
+
 from bench.servers import BENCH, RunningServer, ServerSpec
+
+pytestmark = pytest.mark.bench
 
 
 def _read_until(sock: socket.socket, want: bytes, timeout: float = 10.0) -> bytes:

@@ -352,4 +352,27 @@ def test_the_readmes_fast_test_recipe_runs_no_benchmark() -> None:
     assert recipe.evaluate(lambda name: False)
     [everything] = [line for line in readme.splitlines() if line.startswith("make test  ")
                     and "# everything:" in line]
-    assert "end-to-end, soak, bench (quick mode)" in everything
+    assert "end-to-end, soak, bench (short runs)" in everything
+
+
+def test_every_bench_test_that_runs_a_server_is_marked_bench() -> None:
+    """The README's fast deterministic part leaves out the tests marked
+    C{bench}; the floor's test (a server on a real socket) and
+    bench.coldpath's short run (our server pinned to CPU 0, under load) were
+    not marked, and ran in it."""
+    import ast
+
+    runs = ("RunningServer(", ".main(", "'-m', 'bench'")
+    found = []
+    for path in sorted((ROOT / "tests").glob("test_bench_*.py")):
+        tree = ast.parse(path.read_text())
+        module_marked = any(
+            isinstance(node, ast.Assign) and "pytestmark" in map(ast.unparse, node.targets)
+            and "mark.bench" in ast.unparse(node.value) for node in tree.body)
+        for node in tree.body:
+            if isinstance(node, ast.FunctionDef) and any(run in ast.unparse(node) for run in runs):
+                found.append(node.name)
+                marked = module_marked or any(
+                    "mark.bench" in ast.unparse(mark) for mark in node.decorator_list)
+                assert marked, f"{path.name}::{node.name} runs a server, unmarked"
+    assert len(found) >= 3, found
