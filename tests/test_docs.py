@@ -224,7 +224,8 @@ def test_the_cluster_only_answers_are_set_apart_from_chat1s_lists() -> None:
     cluster_only = {ErrorCode.UNAVAILABLE, ErrorCode.UNCONFIRMED}
     errors = sections["## Errors"].split("That is chat/1's complete list.")[0]
     listed = re.findall(r"`([a-z-]+)`", errors)
-    assert listed == [code.value for code in ErrorCode if code not in cluster_only]
+    beyond_chat1 = cluster_only | {ErrorCode.INTERNAL}  # INTERNAL: the next test
+    assert listed == [code.value for code in ErrorCode if code not in beyond_chat1]
     assert len(listed) == 19
     own = sections[f"## {beyond}"]
     assert "the `ERROR` codes (the nineteen under Errors)" in own
@@ -237,6 +238,21 @@ def test_the_cluster_only_answers_are_set_apart_from_chat1s_lists() -> None:
               if re.search(r"unavailable|unconfirmed", body) and head != f"## {beyond}"]
     assert "## Errors" in naming and "## Handshake" in naming
     assert [head for head in naming if f'"{beyond}"' not in sections[head]] == []
+
+
+def test_error_internal_is_set_apart_as_a_departure_with_the_text_sent() -> None:
+    """left16s: a command the server fails on itself is answered ERROR
+    internal, a code chat/1's complete list does not have: the Errors
+    section names it beyond that list, and the departures table gives the
+    line as the server sends it."""
+    from twisted_chat.server.session import _INTERNAL_TEXT
+
+    sections = _protocol_sections()
+    errors = sections["## Errors"].split("That is chat/1's complete list.")[1]
+    assert "`internal`" in errors
+    assert '"Where this server departs from chat/1 as published"' in errors
+    departures = sections["## Where this server departs from chat/1 as published"]
+    assert f"`ERROR internal {_INTERNAL_TEXT}`" in departures
 
 
 def test_nothing_points_at_a_contract_file_the_repository_does_not_have() -> None:
@@ -316,6 +332,7 @@ def test_every_departure_from_chat1_as_published_is_listed() -> None:
         "sendq": "beyond what the operating system accepted passes `--sendq`",
         "refusals": "the server's first and only lines are `ERROR server-full` and `BYE full`",
         "handshake pool": "`BYE full` ends a connection refused over a limit",
+        "the server's own fault": "`ERROR <code> <text>`: the code is one of nineteen",
     }
     for what, sentence in published.items():
         assert sentence in own, what

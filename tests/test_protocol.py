@@ -1171,7 +1171,9 @@ def test_a_registration_that_fails_unexpectedly_is_logged_and_the_connection_goe
     """rev15-mut F5: an error of the state's register() that is no refusal
     (a bug, a store error of another kind) is logged with its traceback when
     it happens; decided later (cluster mode) it was lost without a word,
-    the connection's wait for it taking the failure as its end."""
+    the connection's wait for it taking the failure as its end.  The client
+    is told too (left16s): its NICK got no answer at all, so it waited for
+    READY or RETRY for ever; now one ERROR internal, and NICK again works."""
     h = Harness()
     real = h.factory.state.register
     pending: Deferred[Any] = Deferred()
@@ -1185,6 +1187,8 @@ def test_a_registration_that_fails_unexpectedly_is_logged_and_the_connection_goe
         pending.errback(RuntimeError("store broke"))
     [failure] = failures
     assert failure.check(RuntimeError) and str(failure.value) == "store broke"
+    assert conn.take() == ["ERROR internal the server hit a fault handling that command "
+                           "(it is logged)"]
     h.factory.state.register = real  # type: ignore[method-assign]
     conn.send("PING t1", "NICK alice")
     lines = conn.take()

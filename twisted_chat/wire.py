@@ -60,6 +60,11 @@ class ErrorCode(str, Enum):
     # (unconfirmed: it takes effect once when the store is back).
     UNAVAILABLE = "unavailable"
     UNCONFIRMED = "unconfirmed"
+    # Beyond chat/1 too, in every mode (docs/protocol.md, "Where this server
+    # departs from chat/1 as published"): a command the server itself
+    # failed on (a fault, logged with its traceback), so it is not left
+    # unanswered.
+    INTERNAL = "internal"
 
 
 class Refusal(Exception):

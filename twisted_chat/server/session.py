@@ -42,6 +42,8 @@ _LATE = object()
 _BEFORE_READY = frozenset({"NICK", "PASS", "PING", "PONG", "HELP", "BYE"})
 # The accounts verbs: "accounts-off" in every state when accounts are off.
 _ACCOUNT_VERBS = frozenset({"PASS", "REGISTER", "PASSWD"})
+# ERROR internal's text: a command the server itself failed on.
+_INTERNAL_TEXT = "the server hit a fault handling that command (it is logged)"
 
 
 class Connection(Protocol):
@@ -212,9 +214,12 @@ class Session:
             # A bug, or a store's error of another kind: logged here, as it
             # happens (left in the Deferred, it was logged only when that was
             # collected, or never: the connection's wait for it ends on it).
-            # The connection goes on with its next line.
+            # The client is told (a NICK left unanswered would keep it
+            # waiting for READY or RETRY for ever), and the connection goes
+            # on with its next line: before READY it may send NICK again.
             _log.failure("a command of {address} failed unexpectedly", failure,
                          address=conn.address)
+            conn.write(wire.error(ErrorCode.INTERNAL, _INTERNAL_TEXT))
             return
         conn.write(wire.error(error.code, error.text))
 
