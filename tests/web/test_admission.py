@@ -495,8 +495,35 @@ def test_an_odd_static_name_is_a_plain_404_and_logs_nothing(
     assert not conn.aborted  # the connection goes on
 
 
+@pytest.mark.parametrize("path", [b"/static", b"/static/", b"/static/?x=1", b"/static/index.html",
+                                  b"/static/%69ndex.html"])
+@pytest.mark.parametrize("method", [b"GET", b"HEAD"])
+def test_the_static_directory_and_the_page_template_are_not_found(
+        method: bytes, path: bytes, logged: list[str]) -> None:
+    """left16s: /static was a 302 to /static/, and /static/ (as
+    /static/index.html) the page's raw template, without the server's flood
+    rule (--flood-rate 2 here; / has it).  Each is a plain 404, as /static/nope
+    is; the files and the page are as they were."""
+    h = Harness(flood_rate=2.0)
+    site = make_site(h, timeout=30.0)
+    conn = HTTPConn(h, site)
+    conn.send(method + b" " + path + b" HTTP/1.1\r\nHost: x\r\n\r\n")
+    head, _, body = conn.transport.value().partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 404 Not Found\r\n"), head
+    assert b"Location:" not in head and b"data-flood-rate" not in body
+    assert logged == []
+    # (a HEAD of the file: its GET's body comes from a producer, which this
+    # transport does not run)
+    for request, sign in ((b"HEAD /static/app.js", b"text/javascript"),
+                          (b"GET /", b'data-flood-rate="2"')):
+        conn.transport.clear()
+        conn.send(request + b" HTTP/1.1\r\nHost: x\r\n\r\n")
+        assert conn.transport.value().startswith(b"HTTP/1.1 200 OK\r\n")
+        assert sign in conn.transport.value()
+
+
 @pytest.mark.parametrize(("path", "status"), [
-    (b"/static/nope.js", b"404"), (b"/static", b"302"), (b"/chat", b"426"),
+    (b"/static/nope.js", b"404"), (b"/static", b"404"), (b"/chat", b"426"),
     (b"/chat/x", b"426"), (b"/nope", b"404"), (b"/", b"200"),
 ])
 def test_a_head_is_answered_with_its_get_s_headers_and_logs_nothing(

@@ -50,6 +50,7 @@ from twisted_chat.web.config import WebConfig, host_allowed
 from twisted_chat.web.gateway import ChatWebSocketFactory
 
 STATIC = Path(str(resources.files("twisted_chat.web") / "static"))
+PAGE = "index.html"  # the page's template, in STATIC; served at / only (render_page)
 
 # What the page may load: its own files, and the WebSocket it came with.
 # 'self' covers ws:/wss: on the same host in CSP 3 browsers; the explicit
@@ -286,8 +287,8 @@ class _Headless:
     """A resource as a C{HEAD} renders it: the body it returns to a C{HEAD}
     is left out here, its length kept as C{Content-Length}.  Twisted left
     it out itself, with a line quoting the request, URL and all, for every
-    C{HEAD} of a 404 under C{/static/}, of C{/static} (a redirect) and of
-    C{/chat} (a 426)."""
+    C{HEAD} of a 404 under C{/static/} (and of C{/static}, then a redirect)
+    and of C{/chat} (a 426)."""
 
     def __init__(self, inner: resource.IResource) -> None:
         self._inner = inner
@@ -350,11 +351,20 @@ class _Files(static.File):
     Each file is revalidated on every use (C{no-cache}: a 304 while it is
     unchanged): without it a browser reused them for a tenth of their age
     without asking, so an upgraded server kept serving the old script, or
-    a new page with an old script."""
+    a new page with an old script.
+
+    The directory itself is no page: C{/static} and C{/static/} are not
+    found, as any path the site does not serve, nor is the page's template
+    (C{/static/index.html}).  static.File redirected the first to the
+    second and answered that with the raw template, the page without the
+    server's flood rule (which C{/} serves, rendered: L{render_page})."""
 
     contentTypes = _CONTENT_TYPES
+    indexNames: list[str] = []  # no index page: getChild(b"") lists, and lists are 404s
 
     def render_GET(self, request: server.Request) -> Any:
+        if self.isdir():
+            return self.childNotFound.render(request)  # not a redirect to the listing
         request.setHeader(b"Cache-Control", b"no-cache")
         result = super().render_GET(request)
         if request.responseHeaders.hasHeader(b"accept-ranges"):
@@ -374,9 +384,11 @@ class _Files(static.File):
         critical level for each request), or that the file system refuses
         in any other way."""
         try:
-            path.decode("utf-8")
+            name = path.decode("utf-8")
         except UnicodeDecodeError:
             return self.childNotFound
+        if name == PAGE:
+            return self.childNotFound  # the template: / serves it rendered
         try:
             return super().getChild(path, request)
         except (ValueError, OSError):
@@ -479,7 +491,7 @@ def web_site(chat: ChatFactory, web: WebConfig, reactor: Any = None,
     )
     files = _Files(str(static_dir), defaultType="application/octet-stream")
     config = chat.config
-    page = _Page(render_page((static_dir / "index.html").read_bytes(),
+    page = _Page(render_page((static_dir / PAGE).read_bytes(),
                              config.flood_rate, config.flood_burst))
     root = _Root(page, files, _Socket(gateway))
     site = WebSite(root, gateway, chat, web)
