@@ -18,7 +18,10 @@ from twisted.internet import reactor as _reactor
 from twisted.internet.defer import Deferred, succeed
 from twisted.internet.error import ConnectionAborted, ConnectionDone
 from twisted.internet.task import Clock
+from twisted.internet.testing import StringTransport
 from twisted.python.failure import Failure
+from twisted.web.resource import Resource
+from twisted.web.server import NOT_DONE_YET
 
 from tests.harness import Harness
 from tests.test_login import PW, HeldWork, add, fresh
@@ -635,9 +638,11 @@ def test_lines_dropped_by_flood_control_are_counted_by_limit() -> None:
 # -- the metrics port's limits ----------------------------------------------------------
 
 
-def metrics_connection(site: Any, port: int, host: str = "127.0.0.1") -> tuple[Any, Any] | None:
+def metrics_connection(site: Any, port: int, host: str = "127.0.0.1",
+                       transport_type: Any = None) -> tuple[Any, Any] | None:
     """One accepted connection to C{site} from C{host}: its channel and
-    transport, or None if the site refused it (Twisted closes the socket then)."""
+    transport (a StringTransport, or C{transport_type}), or None if the site
+    refused it (Twisted closes the socket then)."""
     from twisted.internet.address import IPv4Address, IPv6Address
     from twisted.internet.testing import StringTransport
 
@@ -646,7 +651,7 @@ def metrics_connection(site: Any, port: int, host: str = "127.0.0.1") -> tuple[A
     channel = site.buildProtocol(address)
     if channel is None:
         return None
-    transport = StringTransport(peerAddress=address)
+    transport = (transport_type or StringTransport)(peerAddress=address)
     channel.makeConnection(transport)
     return channel, transport
 
@@ -737,6 +742,90 @@ def test_connections_held_idle_give_way_to_a_scrape() -> None:
     assert held[6][1].disconnecting and not held[2][1].disconnecting
     assert not transport.disconnecting  # (the scraper is idle now, but newer)
     assert len(site.open) == MAX_METRICS_CONNECTIONS
+
+
+class _SlowPeerTransport(StringTransport):
+    """A StringTransport that, like Twisted's TCP transport, holds what is
+    written until its peer takes it (the attributes tcpinfo.twisted_buffered
+    reads): L{take} is the peer reading."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.dataBuffer = b""
+        self.offset = 0
+        self._tempDataLen = 0
+
+    def write(self, data: bytes) -> None:
+        super().write(data)
+        self._tempDataLen += len(data)
+
+    def writeSequence(self, data: Any) -> None:
+        self.write(b"".join(data))
+
+    def take(self, size: int) -> None:
+        self._tempDataLen -= min(size, self._tempDataLen)
+
+
+class _Held(Resource):
+    """A path whose answers wait for the test: an answer being rendered."""
+
+    isLeaf = True
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.requests: list[Any] = []
+
+    def render_GET(self, request: Any) -> Any:
+        self.requests.append(request)
+        return NOT_DONE_YET
+
+
+@pytest.mark.parametrize("answer", ["being-rendered", "being-taken", "taken-no-more"])
+def test_an_answer_on_its_way_is_not_cut_to_make_room(answer: str) -> None:
+    """left16s: a connection's answer was aborted (a reset, the answer cut:
+    9216 of 9688 bytes on the real server) when a newcomer needed room once
+    1 s had passed since the answer was written, though its peer was still
+    taking it.  A connection is not idle while its answer is rendered, nor
+    while its peer takes some of the answer; one whose peer takes none of it
+    for METRICS_IDLE is idle (it holds the port as a partial request does),
+    and gives way as before."""
+    from twisted_chat.server import metricsport as port
+
+    clock = Clock()
+    site = port.metrics_site(registry_for(Stats(), lambda: Snapshot(0, 0, 0, None)), clock)
+    held = _Held()
+    site.resource.putChild(b"held", held)
+    got = metrics_connection(site, 40000, "127.0.0.40", transport_type=_SlowPeerTransport)
+    assert got is not None
+    reader, transport = got
+    reader.dataReceived(b"GET /held HTTP/1.1\r\nHost: x\r\n\r\n")
+    [request] = held.requests
+    clock.advance(0.5)
+    if answer != "being-rendered":
+        request.write(b"x" * 20000)
+        request.finish()
+        assert transport.value().endswith(b"x" * 20000 + b"\r\n0\r\n\r\n")
+        assert transport._tempDataLen == len(transport.value())  # none of it taken
+    clock.advance(0.1)
+    # The port filled by younger connections, each with a partial request.
+    others = []
+    for n in range(1, port.MAX_METRICS_CONNECTIONS):
+        other = metrics_connection(site, 40000 + n,
+                                   f"127.0.0.{40 + n // port.MAX_METRICS_PER_ADDRESS}")
+        assert other is not None
+        other[0].dataReceived(b"GET /metrics HTTP/1.1\r\n")
+        others.append(other)
+    clock.advance(port.METRICS_IDLE + 0.4)
+    if answer == "being-taken":
+        transport.take(4096)  # the peer reads slowly
+    assert metrics_connection(site, 41000, "127.0.0.1") is not None  # a scraper
+    cut = [t for _, t in [got, *others] if t.disconnecting]
+    assert len(cut) == 1
+    assert (cut[0] is transport) is (answer == "taken-no-more"), answer
+    if answer == "being-rendered":
+        request.write(b"the answer")  # and it is still answered
+        request.finish()
+        assert transport.value().endswith(b"\r\n0\r\n\r\n")
 
 
 def test_the_metrics_port_counts_an_ipv6_64_as_one_address_and_ipv4_per_address() -> None:

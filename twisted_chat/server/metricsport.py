@@ -22,6 +22,7 @@ from twisted.python.failure import Failure
 from twisted_chat.server import listening
 from twisted_chat.server.addresses import address_key
 from twisted_chat.server.buckets import Rate, TokenBucket
+from twisted_chat.tcpinfo import kernel_queued, socket_of, twisted_buffered
 
 # The metrics port's limits (docs/security.md).  A scraper needs one
 # connection, kept alive or not; whoever else can reach the port gets no more
@@ -39,12 +40,14 @@ METRICS_TIMEOUT = 10.0
 #: 127.x address is an address of its own, which any local account may use
 #: as its source: there L{METRICS_IDLE} is what keeps a scraper's way open.
 MAX_METRICS_PER_ADDRESS = 2
-#: Seconds a connection may be idle (since its accept, or its last answer;
-#: a request it has only started counts as idle) before a newcomer takes its
-#: place when the port, or the newcomer's address's share, is full: the
-#: oldest such connection (of that address, if its share is full) is
-#: aborted.  A scrape takes milliseconds; connections held with a partial
-#: request (from four 127.x addresses, two each) kept every scrape out.
+#: Seconds a connection may be idle (since its accept, its last answer, or
+#: its peer last took some of an answer; a request it has only started
+#: counts as idle) before a newcomer takes its place when the port, or the
+#: newcomer's address's share, is full: the oldest such connection (of that
+#: address, if its share is full) is aborted.  A scrape takes milliseconds;
+#: connections held with a partial request (from four 127.x addresses, two
+#: each) kept every scrape out.  An answer on its way is not cut: one its
+#: peer is still taking is not idle (L{unsent}).
 METRICS_IDLE = 1.0
 #: Requests one connection may send; the answer to the last says
 #: C{Connection: close}.  A scraper's keep-alive connection opens another.
@@ -84,6 +87,20 @@ _BODY_REFUSED = (b"HTTP/1.1 413 Content Too Large\r\nConnection: close\r\n"
 
 #: What the metrics port's C{/metrics} takes, for the C{Allow} header.
 ALLOWED_METHODS = "GET, HEAD, OPTIONS"
+
+
+def unsent(transport: Any) -> int:
+    """The bytes written to C{transport} that its peer has not taken yet, as
+    far as can be told: Twisted's buffer (under TLS, the TCP transport's)
+    and, on Linux, what the kernel holds unacknowledged."""
+    held = 0
+    for fd in (transport, getattr(transport, "transport", None)):
+        try:
+            held = twisted_buffered(fd)
+            break
+        except (AttributeError, TypeError):
+            continue
+    return held + kernel_queued(socket_of(transport))
 
 
 def head_as_get(app: Any) -> Any:
@@ -279,9 +296,12 @@ def metrics_site(registry: CollectorRegistry, reactor: Any = None,
         _deadline: Any = None
         host: str | None = None
         served = 0
-        # When it was accepted or last answered, and its place in the accepts.
+        # When it was accepted, last answered or its peer last took some of
+        # an answer, and its place in the accepts.
         active_at = 0.0
         number = 0
+        # What its peer had not taken of its answers when last looked at.
+        unsent_seen = 0
 
         def checkPersistence(self, request: Any, version: bytes) -> bool:
             self.served += 1
@@ -296,12 +316,23 @@ def metrics_site(registry: CollectorRegistry, reactor: Any = None,
 
         def requestDone(self, request: Any) -> None:
             self.active_at = self.site.clock.seconds()
+            self.unsent_seen = unsent(self.transport)  # the answer, just written
             super().requestDone(request)
 
         def idle_since(self, now: float) -> float | None:
             """Since when it has been idle, if for L{METRICS_IDLE} at
-            least (no request being answered), else None."""
-            if self._handlingRequest or now - self.active_at < METRICS_IDLE:
+            least, else None: no request being answered, and no answer on
+            its way (its peer took some of it since the last look, or its
+            answer was written less than L{METRICS_IDLE} ago).  An answer
+            the peer takes none of is not on its way: such a peer holds the
+            connection as a partial request does."""
+            if self._handlingRequest:
+                return None
+            left = unsent(self.transport)
+            if left and left != self.unsent_seen:
+                self.unsent_seen = left
+                self.active_at = now
+            if now - self.active_at < METRICS_IDLE:
                 return None
             return self.active_at
 
