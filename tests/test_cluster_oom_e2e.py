@@ -196,3 +196,40 @@ def test_stream_bytes_refuses_commands_before_redis_fills_then_takes_them_again(
             time.sleep(1)
     assert echoed is not None, "not taken again within 30 s"
     assert c.redis.call("MEMORY", "USAGE", "chat:events") < STREAM_BYTES
+
+
+def test_nodes_reconnect_and_start_while_redis_is_full_and_serve_once_it_has_room(
+    cluster: Callable[..., Cluster],
+) -> None:
+    """A node that loses its connections while Redis is out of memory
+    reconnects (its writes at connection, the epoch, the retention and its
+    lease, were refused: it retried for ever, its users' lines held
+    --redis-wait and then answered "out of reach"), and a node started then
+    starts: each refuses commands at once as Redis refuses them, and serves
+    once Redis has room."""
+    c = cluster(2)
+    n0, n1 = c.nodes
+    alice = c.user(n0, "alice")
+    assert c.redis.call("CONFIG", "SET", "maxmemory", 1) == "OK"
+    try:
+        assert c.redis.call("CLIENT", "KILL", "TYPE", "normal") == 2  # both nodes'
+        for server in (n0, n1):
+            server.wait_log("connected all the same")
+        said_at = time.monotonic()
+        answer = said(alice, "while full", 5)
+        assert answer.startswith("ERROR unavailable not sent: the chat's store refused"), answer
+        assert time.monotonic() - said_at < 5  # not after --redis-wait (10 s)
+        n1.stop()
+        n2 = c.node()  # waits for "cluster: connected to"
+        n2.wait_log("connected all the same")
+        bob = c.connect(n2)
+        bob.expect("NICK")
+        bob.send("NICK bob")
+        assert bob.expect("RETRY").startswith("RETRY unavailable"), bob.lines
+    finally:
+        c.redis.call("CONFIG", "SET", "maxmemory", 0)
+    assert said(alice, "with room", 10).startswith("MSG ")
+    bob.send("NICK bob")
+    bob.expect("READY bob", timeout=10)
+    for server in (n0, n2):
+        assert "unreachable (OOM" not in server.log()

@@ -75,14 +75,28 @@ class Leases:
             "SET", LEASE + (node or self.state.node), "1", "PX", self.lease_ms)
         return d
 
+    async def take_refused(self, cmd: Any) -> str | None:
+        """Set this node's lease on a new connection: C{None}, or Redis's
+        refusal (C{OOM}, C{MISCONF}, C{READONLY}).  Refused, the node
+        connects all the same (its commands are refused as Redis refuses
+        them, and its heartbeats' snapshots and trims free a full Redis);
+        the lease is taken at the first heartbeat Redis takes it
+        (L{renew}), and the others are judged a whole lease after that."""
+        try:
+            await self.take(cmd)
+        except txredisapi.ResponseError as e:
+            return str(e)
+        return None
+
     async def release(self, cmd: Any) -> None:
         """Drop this node's lease (it stops)."""
         await cmd.execute_command("DEL", LEASE + self.state.node)
 
-    def connected(self, after_outage: bool) -> None:
-        """A connection is up, the lease taken on it: the others are judged
-        after L{judging_wait}."""
-        self.up_since = self.reactor.seconds()
+    def connected(self, after_outage: bool, held: bool = True) -> None:
+        """A connection is up, the lease taken on it (not C{held}: Redis
+        refused it, L{take_refused}): the others are judged after
+        L{judging_wait} of holding it."""
+        self.up_since = self.reactor.seconds() if held else None
         self.judge_wait = judging_wait(self.lease_ms / 1000, self.heartbeat, after_outage,
                                        self.longest_backoff)
 

@@ -80,8 +80,13 @@ class Pruning:
         """
         own = self.retention
         replace = self.set_retention and not started
-        before = await cmd.execute_command("EVAL", CLAIM_RETENTION, 1, CONFIG,
-                                           "1" if replace else "0", *own.fields())
+        before = None if replace else await cmd.execute_command("HMGET", CONFIG, *FIELDS)
+        if before is None or None in before:
+            # Claimed only where a field is missing (or replaced): Redis out
+            # of memory refuses the script's write, and a node must
+            # reconnect to a full Redis.
+            before = await cmd.execute_command("EVAL", CLAIM_RETENTION, 1, CONFIG,
+                                               "1" if replace else "0", *own.fields())
         if replace:
             if any(value is not None for value in before):
                 try:

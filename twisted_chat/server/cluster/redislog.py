@@ -307,13 +307,13 @@ class RedisLog:
             proto.whenDisconnected().addCallback(lambda _, g=generation: self.lost(g))
         self.reading.reset()
         await self._restore(cmd)
-        await self.leases.take(cmd)
-        for script in SCRIPTS:  # a restarted Redis has none
+        refused = await self.leases.take_refused(cmd)
+        for script in SCRIPTS:  # a restarted Redis has none (Redis out of memory loads them)
             await cmd.execute_command("SCRIPT", "LOAD", script)
         self._attempt = 0
         self._misconfigured = None
         was_down = self._down_since
-        self.leases.connected(after_outage=was_down is not None)
+        self.leases.connected(after_outage=was_down is not None, held=refused is None)
         self._down_since = None
         self.state.log_open()
         if was_down is None:
@@ -322,6 +322,8 @@ class RedisLog:
         else:
             self.log.info("cluster: Redis is back after {s:.1f} s; registrations open again",
                           s=self.reactor.seconds() - was_down)
+        if refused is not None:
+            self._refused_at_connection(refused)
         self._send_unacked()
         self._schedule_beat(0.0)
         # Subscribed first, then the stream read from the replica's last
@@ -333,6 +335,15 @@ class RedisLog:
         reading.catch_up(generation)
         if not self._ready.called:
             self._ready.callback(None)
+
+    def _refused_at_connection(self, why: str) -> None:
+        """Redis refused this node's lease on its new connection (out of
+        memory, say): said once, as a refused write (L{_not_acked}); the
+        node runs on, its commands refused while Redis refuses them."""
+        self._refusing = True
+        self.log.error("cluster: Redis refused a write: {e}; connected all the same: "
+                       "commands are answered ERROR unavailable until Redis takes writes "
+                       "again", e=why)
 
     async def _restore(self, cmd: Any) -> None:
         """At each connection, check that the database holds the cluster's
@@ -372,6 +383,11 @@ class RedisLog:
         if why is not None and not self.reading.started:
             self._refuse(why)
             return
+        if why is None and failure.check(txredisapi.ResponseError):
+            # Reachable, but refusing a write the connection needs (the
+            # epoch or the retention missing while Redis is out of memory).
+            why = (f"Redis at {self.target.display} refused a write this node makes as "
+                   f"it connects ({failure.getErrorMessage()})")
         self._note_down(failure.getErrorMessage(), why)
         self._drop_connections()
         self._schedule_retry()

@@ -151,8 +151,13 @@ class StreamReader:
         recovery, L{_tail_lost} or a new epoch), the cluster's retention
         (L{Pruning.agree}); on the first, load the snapshot and the
         history."""
-        await cmd.execute_command("SET", EPOCH, "%016x" % random.getrandbits(64), "NX")
         epoch = await cmd.execute_command("GET", EPOCH)
+        if epoch is None:
+            # Written only where there is none: Redis out of memory refuses
+            # the write even where NX would skip it, and a node must
+            # reconnect to a full Redis (its heartbeats' trims free it).
+            await cmd.execute_command("SET", EPOCH, "%016x" % random.getrandbits(64), "NX")
+            epoch = await cmd.execute_command("GET", EPOCH)
         if self.epoch is not None and epoch != self.epoch:
             _log.error(
                 "cluster: Redis lost its data (a new epoch); this node rebuilds its state "

@@ -1,0 +1,99 @@
+"""
+A node (re)connecting to a Redis that is out of memory (past its
+C{maxmemory}, under C{noeviction}: every write refused), on a real Redis
+with the node's log (L{RedisLog}) in this process: it connects all the
+same, its commands refused as Redis refuses them (C{ERROR unavailable}),
+not held back retrying for ever (its heartbeats' snapshots and trims are
+what frees a full Redis: a cluster whose nodes all lost their connections
+would stay full).  Its lease, refused, is taken at the first heartbeat
+Redis takes it.  (Two real nodes, end to end: tests/test_cluster_oom_e2e.py.)
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+import pytest_twisted
+from twisted.internet.task import deferLater
+
+from tests.redisproc import REDIS_SERVER, RedisServer
+from tests.test_cluster_config import Node
+from twisted_chat.server.cluster.redisstream import LEASE
+
+pytestmark = pytest.mark.skipif(REDIS_SERVER is None, reason="redis-server is not installed")
+
+OOM = "OOM command not allowed"
+
+
+async def until(check: Any, timeout: float = 10.0) -> None:
+    """Poll C{check} on the real reactor (every 20 ms), at most C{timeout} s."""
+    from twisted.internet import reactor
+
+    for _ in range(int(timeout / 0.02)):
+        if check():
+            return
+        await deferLater(reactor, 0.02)
+    raise AssertionError("gave up waiting")
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_node_starts_on_a_full_redis_and_takes_its_lease_once_there_is_room(
+        redis: RedisServer, logged: list[str]) -> None:
+    first = Node(redis, "a", retain_messages=100)
+    assert await first.outcome() is None  # the epoch and the retention recorded
+    assert redis.call("CONFIG", "SET", "maxmemory", 1) == "OK"
+    try:
+        late = Node(redis, "b", retain_messages=100)
+        # It was "unreachable (OOM ...)", retrying for ever: SET chat:epoch NX.
+        assert await late.outcome() is None
+        assert late.state.available
+        assert redis.call("GET", LEASE + "b") is None  # refused
+        assert late.log.leases.up_since is None  # the others are not judged
+        said = [line for line in logged if "refused a write" in line and OOM in line]
+        assert len(said) == 1 and "connected all the same" in said[0], said
+        assert not any("unreachable" in line for line in logged)
+    finally:
+        assert redis.call("CONFIG", "SET", "maxmemory", 0) == "OK"
+    await late.log.leases.renew(late.log._cmd)  # its next heartbeat
+    assert redis.call("GET", LEASE + "b") == "1"
+    assert late.log.leases.up_since is not None
+    for node in (first, late):
+        await node.stop()
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_node_whose_connection_is_killed_reconnects_to_a_full_redis(
+        redis: RedisServer, logged: list[str]) -> None:
+    node = Node(redis, "a")
+    assert await node.outcome() is None
+    generation = node.log.generation
+    assert redis.call("CONFIG", "SET", "maxmemory", 1) == "OK"
+    try:
+        assert redis.call("CLIENT", "KILL", "TYPE", "normal") == 1  # its command connection
+        await until(lambda: node.log.generation > generation and node.state.available
+                    and node.log.connection is not None)
+        assert any("connected all the same" in line for line in logged)
+    finally:
+        assert redis.call("CONFIG", "SET", "maxmemory", 0) == "OK"
+    await node.stop()
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_write_refused_as_a_node_connects_is_said_as_such_not_unreachable(
+        redis: RedisServer, logged: list[str]) -> None:
+    """With no epoch yet (a new database), a full Redis cannot take the
+    node's: it retries, saying Redis refused the write, and starts once
+    there is room."""
+    assert redis.call("CONFIG", "SET", "maxmemory", 1) == "OK"
+    node = Node(redis, "a")
+    started = node.log.start()
+    try:
+        await until(lambda: any("refused a write this node makes as it connects" in line
+                                for line in logged))
+        assert not started.called
+        assert not any("unreachable" in line for line in logged)
+    finally:
+        assert redis.call("CONFIG", "SET", "maxmemory", 0) == "OK"
+    await until(lambda: started.called)
+    await node.stop()
