@@ -99,7 +99,7 @@ async def test_the_first_node_records_its_retention_and_the_next_agrees(
     first = Node(redis, "a", retain_messages=1000, retain_bytes=256 * MIB)
     assert await first.outcome() is None
     assert config(redis) == {"retain-days": "0", "retain-messages": "1000",
-                             "retain-bytes": str(256 * MIB)}
+                             "retain-bytes": str(256 * MIB), "stream-bytes": "0"}
     # The same values (no bound by days given as None here, 0 there): it starts.
     second = Node(redis, "b", retain_days=None, retain_messages=1000,
                   retain_bytes=256 * MIB)
@@ -199,6 +199,66 @@ def test_retention_values_round_trip() -> None:
     assert Retention.read(["2.5", "0", "1000"], Retention.of(None, 7, None)) == own
     assert str(own) == "--retain-days 2.5, --retain-messages 0 (no bound), --retain-bytes 1000"
     assert own.differences(own, "here", "there") == ""
+
+
+# -- one --stream-bytes -------------------------------------------------------------
+
+
+@needs_redis
+@pytest_twisted.ensureDeferred
+async def test_a_node_with_another_stream_bytes_does_not_start(redis: RedisServer) -> None:
+    """Each node's append script checked the one stream against its own
+    bound, never compared: one with a larger bound (or none) let its users
+    fill the stream past the others'."""
+    first = Node(redis, "a", stream_bytes=64 * MIB)
+    assert await first.outcome() is None
+    assert config(redis)["stream-bytes"] == str(64 * MIB)
+    recorded = config(redis)
+    for other, said in [(MIB, f"--stream-bytes {MIB} here, {64 * MIB} in the cluster"),
+                        (None, f"--stream-bytes 0 (no bound) here, {64 * MIB} in the cluster")]:
+        late = Node(redis, "b", stream_bytes=other)
+        why = await late.outcome()
+        assert why is not None and said in why, why
+        assert "does not start" in why and "HSET chat:config stream-bytes N" in why
+        assert not late.state.available and late.log._stopped
+        await late.stop()
+    assert config(redis) == recorded
+    same = Node(redis, "c", stream_bytes=64 * MIB)
+    assert await same.outcome() is None
+    for node in (first, same):
+        await node.stop()
+
+
+@needs_redis
+@pytest_twisted.ensureDeferred
+async def test_a_running_node_follows_the_cluster_s_stream_bytes(
+        redis: RedisServer, logged: list[str]) -> None:
+    """Changed in Redis (HSET): followed at the next heartbeat, said once;
+    deleted: recorded again; malformed: a start stops with how to mend it,
+    a running node says so once and keeps its bound."""
+    node = Node(redis, "a", stream_bytes=64 * MIB)
+    assert await node.outcome() is None
+    redis.call("HSET", CONFIG, "stream-bytes", MIB)
+    for _ in range(2):
+        await node.log.stream_bound.follow(node.log._cmd)
+    assert node.log.stream_bytes == MIB
+    said = [line for line in logged if "the cluster's --stream-bytes changed" in line]
+    assert len(said) == 1 and f"{MIB} now, {64 * MIB} before" in said[0], said
+    redis.call("HDEL", CONFIG, "stream-bytes")
+    await node.log.stream_bound.follow(node.log._cmd)
+    assert config(redis)["stream-bytes"] == str(MIB)  # the one it follows
+    assert node.log.stream_bytes == MIB
+    redis.call("HSET", CONFIG, "stream-bytes", "lots")
+    for _ in range(2):
+        await node.log.stream_bound.follow(node.log._cmd)
+    said = [line for line in logged if "stream-bytes 'lots', not a number" in line]
+    assert len(said) == 1 and f"keeps --stream-bytes {MIB}" in said[0], said
+    assert node.log.stream_bytes == MIB and node.state.available
+    late = Node(redis, "b", stream_bytes=MIB)
+    why = await late.outcome()
+    assert why is not None and "HSET chat:config stream-bytes N" in why, why
+    await node.stop()
+    await late.stop()
 
 
 # -- keys of another kind ---------------------------------------------------------

@@ -3,7 +3,8 @@ A node that does not run on its database, end to end (real C{twistd -n
 chat --redis ...} nodes and a private redis-server): another retention
 than the cluster's (rev11-clu2 M4) and keys of another kind under
 C{chat:} (rev11-clu2 L5), no password or a wrong one for a Redis that
-needs one, stop the start with one line and exit status 1,
+needs one, and another --stream-bytes than the cluster's,
+stop the start with one line and exit status 1,
 touching nothing; C{--set-retention} changes the cluster's retention and
 the running nodes follow.  (The checks themselves: tests/test_cluster_config.py.)
 """
@@ -71,6 +72,26 @@ def test_a_node_with_another_retention_does_not_start_until_it_is_set(
     # The old value no longer starts; the new one does.
     refused(c, "--retain-messages", "1000")
     c.node("--retain-messages", "10")
+
+
+def test_a_node_with_another_stream_bytes_does_not_start_until_the_cluster_s_changes(
+        cluster: Callable[..., Cluster]) -> None:
+    """Each node checked the stream against its own --stream-bytes: one with
+    a larger bound (the default, left in a configuration) let its users
+    fill the stream past the others'."""
+    c = cluster(1, "--stream-bytes", "1000000")
+    late = refused(c)  # the default, 64 MiB
+    [line] = [x for x in late.log().splitlines() if "is not the cluster's" in x]
+    assert f"--stream-bytes {64 << 20} here, 1000000 in the cluster" in line
+    assert "HSET chat:config stream-bytes N" in line
+    assert "not starting" in late.log()
+    # The change: in Redis; the running node follows at its next heartbeat.
+    c.redis.call("HSET", "chat:config", "stream-bytes", 2_000_000)
+    c.nodes[0].wait_log("the cluster's --stream-bytes changed",
+                        timeout=CALM_TIMEOUT / 6 + 5)
+    assert "2000000 now, 1000000 before" in c.nodes[0].log()
+    refused(c, "--stream-bytes", "1000000")
+    c.user(c.node("--stream-bytes", "2000000"), "alice")
 
 
 def test_a_database_with_keys_of_another_kind_is_refused(

@@ -701,6 +701,8 @@ class AnsweringRedis(FakeRedis):
             return succeed("none")  # no key yet (redisconfig.foreign_keys)
         if args[0] == "HMGET" or args[:2] == ("EVAL", CLAIM_RETENTION):
             return succeed([None] * 3)  # no retention recorded yet
+        if args[0] == "HSETNX":
+            return succeed(1)  # recorded (streambound: --stream-bytes)
         if args[0] == "XRANGE":
             # The start's look at the stream's first entry (COUNT 1): an
             # empty stream; the catch-up read after it: never answered.

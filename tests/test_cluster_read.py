@@ -197,6 +197,17 @@ class MemoryRedis:
         assert key == CONFIG
         return [self.config.get(name) for name in fields]
 
+    def _hget(self, key: str, field: str) -> str | None:
+        assert key == CONFIG
+        return self.config.get(field)
+
+    def _hsetnx(self, key: str, field: str, value: str) -> int:
+        assert key == CONFIG
+        if field in self.config:
+            return 0
+        self.config[field] = value
+        return 1
+
     def _claim_retention(self, script: str, nkeys: int, key: str, replace: str,
                          *pairs: str) -> list[str | None]:
         before = self._hmget(key, *FIELDS)

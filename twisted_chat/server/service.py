@@ -312,7 +312,8 @@ class Options(usage.Options):
          "Cluster mode: while the event stream in Redis takes more bytes than this "
          "(as MEMORY USAGE gives), a command's event is not appended: it is answered "
          "ERROR unavailable, so that a burst fills the stream up to here and not Redis "
-         "up to its maxmemory (0: no bound).", _non_negative(int)],
+         "up to its maxmemory (0: no bound). The cluster's: a node started with "
+         "another than the one recorded in Redis does not start.", _non_negative(int)],
         ["accounts", None, _defaults.accounts.value,
          "Nicks protected by passwords: 'open' (anyone may REGISTER the nick they "
          "hold), 'required' (only nicks with an account may log in; the operator "

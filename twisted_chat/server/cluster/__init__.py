@@ -43,6 +43,7 @@ The modules:
     cluster's, and the pruning;
   - L{redisconfig}: what a node checks of its database at each connection:
     the kinds of the C{chat:} keys, and the cluster's one retention;
+  - L{streambound}: C{--stream-bytes}, agreed with the cluster's;
   - L{redisconn}: one Redis connection, and the C{--redis} URL;
   - L{streamids}: the stream's ids, as the replica, the log and the
     history compare them;

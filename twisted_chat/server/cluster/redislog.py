@@ -100,6 +100,7 @@ from twisted_chat.server.cluster.redisstream import (
     STREAM,
 )
 from twisted_chat.server.cluster.snapshots import Snapshots
+from twisted_chat.server.cluster.streambound import StreamBound
 from twisted_chat.server.cluster.streamids import id_key
 from twisted_chat.server.history import Entry
 
@@ -185,7 +186,8 @@ class RedisLog:
         """
         self.target = target
         self.channel = f"{CHANNEL}:{target.db}"
-        self.stream_bytes = stream_bytes or 0
+        # --stream-bytes, agreed with the cluster's (in force: its bytes).
+        self.stream_bound = StreamBound(stream_bytes or 0, target.display)
         self.state = state
         self.reactor = reactor
         self.node_timeout = node_timeout
@@ -232,6 +234,15 @@ class RedisLog:
         state.events = self
 
     # -- starting, reconnecting -------------------------------------------------
+
+    @property
+    def stream_bytes(self) -> int:
+        """The bound a command's append is checked against (L{StreamBound})."""
+        return self.stream_bound.bytes
+
+    @stream_bytes.setter
+    def stream_bytes(self, value: int) -> None:
+        self.stream_bound.bytes = value
 
     @property
     def heartbeat(self) -> float:
@@ -347,11 +358,13 @@ class RedisLog:
 
     async def _restore(self, cmd: Any) -> None:
         """At each connection, check that the database holds the cluster's
-        kinds of keys (L{foreign_keys}); then L{reading} checks what Redis
+        kinds of keys (L{foreign_keys}) and that --stream-bytes is the
+        cluster's (L{StreamBound.agree}); then L{reading} checks what Redis
         kept and, on the first, loads (L{StreamReader.restore})."""
         found = await foreign_keys(cmd, KINDS)
         if found:
             raise Misconfigured(foreign_message(self.target.display, found))
+        await self.stream_bound.agree(cmd, self.reading.started)
         await self.reading.restore(cmd)
 
     def announce(self, users: list[list[Any]] | None = None) -> None:
@@ -715,6 +728,7 @@ class RedisLog:
             await self.leases.judge(cmd, now)
         try:
             await self.pruning.follow(cmd, self.reading.started)
+            await self.stream_bound.follow(cmd)
             await self.pruning.prune(cmd, now)
         except txredisapi.ResponseError as e:
             refused = refused or e

@@ -1,0 +1,108 @@
+"""
+C{--stream-bytes}, the cluster's (L{redisconfig}'s C{chat:config}, field
+C{stream-bytes}): every node's append script checks the one stream against
+its node's bound, so a node with a larger one (or none) would let its
+users fill the stream, and Redis, past the others', and one with a smaller
+one would refuse its users what the others take.  As for the retention:
+the first node records its own; a node started with another does not
+start, naming both; a running node follows the recorded one (another may
+be set with C{HSET chat:config stream-bytes N}) at its next heartbeat.
+Read first, written only where missing: a node connects to a Redis out of
+memory too.
+
+Apart from the node's log (L{redislog}), which calls it on its command
+connection.  docs/cluster.md, "Options" (C{--stream-bytes}).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from twisted_chat.server import logs
+from twisted_chat.server.cluster.redisconfig import CONFIG, Misconfigured
+
+__all__ = ["FIELD", "StreamBound"]
+
+FIELD = "stream-bytes"
+
+# The node's log's logger, as the retention's lines (cluster/pruning.py).
+_log = logs.logger("twisted_chat.server.cluster.redislog.RedisLog")
+
+
+def shown(value: int) -> str:
+    """A bound as the command line gives it."""
+    return f"{value} (no bound)" if value == 0 else str(value)
+
+
+class StreamBound:
+    """The bound a node's commands' appends are checked against
+    (L{bytes}): its own C{--stream-bytes} (L{own}), agreed with the
+    cluster's at each connection and followed at each heartbeat.
+    C{where}: the Redis named in errors."""
+
+    def __init__(self, own: int, where: str) -> None:
+        self.own = own
+        self.bytes = own
+        self.where = where
+        self._misread: str | None = None  # the malformed value last logged
+
+    async def agree(self, cmd: Any, started: bool) -> None:
+        """At each connection: a node starting (not C{started}) with
+        another bound than the cluster's does not start (L{Misconfigured});
+        one running follows the cluster's."""
+        stored = self._read(await self._stored(cmd), started)
+        if stored == self.bytes:
+            return
+        if not started:
+            raise Misconfigured(
+                f"this node's --stream-bytes is not the cluster's ({CONFIG} in Redis at "
+                f"{self.where}): --stream-bytes {shown(self.own)} here, {shown(stored)} in "
+                "the cluster; every node's bound must be the same (one with a larger one "
+                "lets its users fill the stream past the others'), so this node does not "
+                f"start: start it with the cluster's value, or change the cluster's with "
+                f"HSET {CONFIG} {FIELD} N (the running nodes follow at their next heartbeat)")
+        self._follow(stored)
+
+    async def follow(self, cmd: Any) -> None:
+        """At each heartbeat: the cluster's bound, which may have been
+        changed in Redis (recorded again as this node's if missing)."""
+        stored = self._read(await self._stored(cmd), started=True)
+        if stored != self.bytes:
+            self._follow(stored)
+
+    async def _stored(self, cmd: Any) -> Any:
+        """The cluster's value, this node's (the one in force) recorded
+        first where there is none."""
+        value = await cmd.execute_command("HGET", CONFIG, FIELD)
+        if value is None:
+            if await cmd.execute_command("HSETNX", CONFIG, FIELD, str(self.bytes)):
+                return str(self.bytes)
+            value = await cmd.execute_command("HGET", CONFIG, FIELD)  # another's, just now
+        return value
+
+    def _read(self, value: Any, started: bool) -> int:
+        """The cluster's bound as C{chat:config} holds it; a malformed one
+        stops a start (L{Misconfigured}), while running it is logged (once)
+        and the node keeps the bound it has."""
+        text = str(value)
+        if text.isascii() and text.isdigit():
+            return int(text)
+        why = (f"the cluster's settings ({CONFIG}) hold {FIELD} {text!r}, not a number "
+               f"from 0: set it right (HSET {CONFIG} {FIELD} N)")
+        if not started:
+            raise Misconfigured(why)
+        if why != self._misread:
+            self._misread = why
+            _log.error("cluster: {why}; this node keeps --stream-bytes {bound} meanwhile",
+                       why=why, bound=shown(self.bytes))
+        return self.bytes
+
+    def _follow(self, stored: int) -> None:
+        """Check appends against C{stored}, the cluster's, from now on
+        (said once per change)."""
+        _log.warn("cluster: the cluster's --stream-bytes changed ({FIELD} in {config}): "
+                  "{now} now, {before} before; this node checks its commands against the "
+                  "cluster's from now on. Give it this value before it restarts, or it will "
+                  "not start", FIELD=FIELD, config=CONFIG, now=shown(stored),
+                  before=shown(self.bytes))
+        self.bytes = stored
