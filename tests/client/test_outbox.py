@@ -425,6 +425,27 @@ def test_a_message_too_long_for_the_server_is_answered() -> None:
     )
 
 
+@pytest.mark.parametrize("code", ["bad-chars", "bad-encoding"])
+def test_a_message_refused_for_its_characters_is_answered(code: str) -> None:
+    # ERROR bad-chars (or bad-encoding) answers the oldest message that has
+    # a character other than printable ASCII or TAB: only such a line can be
+    # refused for its characters.  (code: which ERROR the client passes on.)
+    r = Rig()
+    _sent(r, "plain\tascii")
+    _sent(r, "caf\u00e9 \u202eevil")
+    _sent(r, "also caf\u00e9")
+    r.outbox.refused_chars()
+    assert r.outbox.losses(bye_answered=False) == (
+        "2 of the 3 messages sent were not confirmed by the server: "
+        "\u201cplain\tascii\u201d, \u201calso caf\u00e9\u201d."
+    )
+    r.outbox.refused_chars()
+    r.outbox.refused_chars()  # none left it can be about: a command's refusal
+    assert r.outbox.losses(bye_answered=False) == (
+        "1 of the 3 messages sent was not confirmed by the server: \u201cplain\tascii\u201d."
+    )
+
+
 def test_the_names_are_bounded() -> None:
     r = Rig()
     for i in range(8):

@@ -827,3 +827,22 @@ def test_a_dm_the_server_refused_is_not_counted_as_lost() -> None:
         "The connection to chat.test:7000 was lost. 1 of the 3 messages sent was not "
         "confirmed by the server: \u201cone line while the server hangs\u201d."
     )
+
+
+def test_a_message_refused_for_its_characters_is_not_counted_as_lost() -> None:
+    # A server stricter than chat/1 (the client leaves out what chat/1
+    # forbids) refuses a line with a bidi override: ERROR bad-chars was said
+    # then, and the message is not among those in doubt when the connection
+    # is lost.  Before, it was: "2 of the 2 messages sent were not confirmed".
+    s = session("jay")
+    s.ready("jay")
+    s.type("look \u202ehere")
+    assert s.sent() == ["MSG look \u202ehere"]
+    s.receive("ERROR bad-chars control characters are not allowed (TAB is)")
+    assert s.screen.take()[-1] == "! That line contained control characters and was not sent."
+    s.type("one line while the server hangs")
+    s.lose()
+    assert s.outcomes[-1].message == (
+        "The connection to chat.test:7000 was lost. 1 of the 2 messages sent was not "
+        "confirmed by the server: \u201cone line while the server hangs\u201d."
+    )

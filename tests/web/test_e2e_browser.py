@@ -2054,6 +2054,38 @@ def test_a_dm_to_yourself_refused_is_not_named_as_lost(
         "so it may not have arrived: “no answer”.")
 
 
+def test_a_message_refused_for_its_characters_is_not_named_as_lost(
+    web: WebServer, browser: Callable[..., Any]
+) -> None:
+    """A server stricter than chat/1 (the page leaves out what chat/1
+    forbids) refuses a line with a bidi override: ERROR bad-chars was said,
+    but the message stayed unconfirmed, and after a disconnection was named
+    as maybe lost. Now the refusal settles the oldest message it can be
+    about (one with other than printable ASCII or TAB), as the terminal
+    client does (Outbox.refused_chars)."""
+    bidi = "look \u202ehere"
+    page = scripted(browser(), web, {
+        "NICK alice": [["READY alice", "USER alice lobby", "USERS 1"],
+                       ["READY alice", "USER alice lobby", "USERS 1"]],
+        f"MSG {bidi}": [["ERROR bad-chars control characters are not allowed (TAB is)"]],
+    })
+    join_as(page, "alice")
+    say(page, "plain")  # no answer either: it was read before the refusal
+    field = page.find_element(By.ID, "composer-input")
+    page.execute_script("arguments[0].value = arguments[1]", field, bidi)
+    field.send_keys(Keys.ENTER)
+    wait(page, lambda d: "Your message contained control characters and was not sent."
+         in notices(d))
+    say(page, "no answer")  # the scripted server says nothing to it
+    wait(page, lambda d: d.execute_script("return window.sentLines")[-1] == "MSG no answer")
+    page.execute_script("window.drop()")
+    wait(page, lambda d: any("before the connection was lost" in n for n in notices(d)),
+         timeout=WAIT + 2)
+    assert notices(page)[-1] == (
+        "This message was not confirmed by the server before the connection was lost, "
+        "so it may not have arrived: \u201cno answer\u201d.")
+
+
 class Hang:
     """A listener on C{port} that takes connections and never answers
     (a hung server or front end); C{accepted} counts them."""

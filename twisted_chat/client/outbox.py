@@ -49,6 +49,11 @@ def _named(text: str) -> str:
     return f"\u201c{cut}\u201d"
 
 
+def _plain(text: str) -> bool:
+    """Whether C{text} is only printable ASCII and TABs: no server refuses those."""
+    return text.isascii() and text.replace("\t", "").isprintable()
+
+
 @dataclass(frozen=True, slots=True)
 class Typed:
     """
@@ -348,6 +353,18 @@ class Outbox:
     def refused_longer(self, most: int) -> None:
         """C{ERROR too-long}: the oldest message over C{most} bytes was not sent."""
         if self._answered(lambda m: m.size > most) is not None:
+            self._messages_refused += 1
+
+    def refused_chars(self) -> None:
+        """
+        C{ERROR bad-chars} or C{bad-encoding}: the oldest message with a
+        character other than printable ASCII or TAB was not sent.  Only such
+        a message can be refused for its characters (the client leaves out
+        those chat/1 forbids: a server stricter than chat/1, refusing say a
+        bidi override, refused it).  If none waits for an answer, the error
+        was about a command: nothing changes.
+        """
+        if self._answered(lambda m: not _plain(m.text)) is not None:
             self._messages_refused += 1
 
     @property

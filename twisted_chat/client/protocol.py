@@ -1005,7 +1005,8 @@ class ChatClient(SkipLongLines):
         now), not in doubt at the end (L{Outbox.losses}).  The server reads a
         connection's lines in order: it refused the oldest message not yet
         answered that it can be about (a C{DM} to the nick it names; one
-        longer than the limit it names), as the web page counts them.
+        longer than the limit it names; one with other than printable ASCII
+        for its characters), as the web page counts them.
         """
         if code == "no-such-nick" and gone:
             self.outbox.refused_to(nick_key(gone))
@@ -1014,3 +1015,5 @@ class ChatClient(SkipLongLines):
         elif code == "too-long":
             most = re.search(r"at most (\d+) bytes", text)
             self.outbox.refused_longer(int(most.group(1)) if most else 0)
+        elif code in ("bad-chars", "bad-encoding"):
+            self.outbox.refused_chars()

@@ -891,7 +891,7 @@
   //   sent it, the lobby or a partner), and those sent before it: the
   //   server read them (each copied, refused, or dropped);
   // - a PONG confirms those sent before its PING;
-  // - a refusal (ERROR no-such-nick, too-long: see refused()) takes out the
+  // - a refusal (ERROR no-such-nick, too-long, bad-chars: see refused()) takes out the
   //   oldest message it can be about, to say so in that message's
   //   conversation, in the words of that moment (the ex-partner "has left
   //   the chat"; a line too long goes back to its message box), and those
@@ -2120,8 +2120,14 @@
       }
       return tellIn(m.conv, `Your message was too long for the server${limit} and was not sent.${back}`);
     }
+    // bad-chars, bad-encoding: the oldest message with other than printable
+    // ASCII or TAB, the only kind that can be refused for its characters
+    // (the page leaves out those chat/1 forbids: a server stricter than
+    // chat/1, refusing say a bidi override, refused it); none: a command.
     const why = code === "bad-chars" ? "contained control characters" : "was not valid UTF-8";
-    notice(current(), `That line ${why} and was not sent.`, { error: true });
+    const m = takeUnconfirmed((u) => /[^\t\x20-\x7e]/.test(u.text));
+    if (!m) return notice(current(), `That line ${why} and was not sent.`, { error: true });
+    tellIn(m.conv, `Your message ${why} and was not sent.`);
   }
 
   // An error about conversation `id`: told there, and where the user is.
