@@ -251,6 +251,53 @@ def test_quit_is_bounded_when_the_server_does_not_answer() -> None:
     assert s.lose().code == 1
 
 
+def test_ctrl_c_with_lines_waiting_and_no_answer_to_the_goodbye_says_both() -> None:
+    # The goodbye Ctrl-C sends timed out: the end said only "Interrupted."
+    # (and the lines not sent), not that the server never answered.
+    s = session()
+    s.ready()
+    s.client.outbox.add("typed ahead", None)  # waits: Ctrl-C's exit status is 130
+    s.client.interrupt()
+    assert s.sent() == ["BYE"]
+    s.clock.advance(ChatClient.QUIT_TIMEOUT)
+    assert s.transport.disconnecting
+    assert s.lose() == Outcome(
+        ChatClient.INTERRUPTED,
+        "Interrupted. No answer from chat.test:7000 to the goodbye within 5 seconds. "
+        "1 line still waiting to be sent was not sent.",
+    )
+
+
+def test_ctrl_c_before_joining_and_no_answer_to_the_goodbye_says_both() -> None:
+    s = session(None)
+    s.receive("HELLO chat/1 x", "NICK")
+    s.client.interrupt()
+    assert s.sent() == ["BYE"]
+    s.clock.advance(ChatClient.QUIT_TIMEOUT)
+    assert s.lose() == Outcome(
+        ChatClient.INTERRUPTED,
+        "Interrupted before joining the chat. No answer from chat.test:7000 to the "
+        "goodbye within 5 seconds.",
+    )
+
+
+def test_a_second_ctrl_c_while_the_goodbye_waits_is_not_a_lost_connection() -> None:
+    # The user gave up waiting for the server's answer: the end said "The
+    # connection to chat.test:7000 was lost.", as if the network had failed.
+    s = session()
+    s.ready()
+    s.type("hello")
+    s.client.interrupt()
+    assert s.sent() == ["MSG hello", "BYE"]
+    s.client.interrupt()
+    assert s.transport.disconnecting
+    assert s.lose() == Outcome(
+        1,
+        "Left before chat.test:7000 answered the goodbye. The message sent was not "
+        "confirmed by the server: \u201chello\u201d.",
+    )
+
+
 def test_ctrl_c_quits_and_a_second_one_drops_the_connection() -> None:
     s = session()
     s.ready()

@@ -558,6 +558,7 @@ class ChatClient(SkipLongLines):
         if self._drop_queue() or self.nick is None or not self.interactive:
             self.ending.interrupted = True
         if self.state is State.QUITTING and self.transport is not None:
+            self.ending.cut_short = True
             self.close_now()
         else:
             self.quit()

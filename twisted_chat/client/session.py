@@ -52,6 +52,17 @@ class Ending:
     bye_reason: str | None = None  # the server's BYE reason, once received
     bye_answered: bool = False  # the server answered our BYE
     gave_up: bool = False  # we closed the connection after an unanswered BYE
+    cut_short: bool = False  # a second Ctrl-C closed it while BYE waited for its answer
+
+    def _unanswered(self, server: str, quit_timeout: float) -> str | None:
+        """What became of our C{BYE} the server never answered, if that is how it ended."""
+        if self.bye_received:
+            return None
+        if self.gave_up:
+            return f"No answer from {server} to the goodbye within {quit_timeout:g} seconds."
+        if self.cut_short:
+            return f"Left before {server} answered the goodbye."
+        return None
 
     def outcome(
         self,
@@ -73,18 +84,18 @@ class Ending:
         @param losses: what was not sent or not confirmed (the outbox's C{losses}).
         @param tls_hint: added where the server may speak TLS.
         """
+        unanswered = self._unanswered(server, quit_timeout) if quitting else None
         if self.failure is not None:
             return Outcome(1, _sentences(self.failure, losses))
         if self.interrupted:
             said = "Interrupted." if joined else "Interrupted before joining the chat."
-            return Outcome(INTERRUPTED, _sentences(said, losses))
+            return Outcome(INTERRUPTED, _sentences(_sentences(said, unanswered), losses))
         if quitting and self.bye_received:
             return Outcome(1, losses) if losses else Outcome(0)
-        if quitting and self.gave_up:
+        if unanswered is not None:
             # Without the server's answer nothing says that the last lines
             # arrived: not a normal quit (docs/client.md, exit status).
-            said = f"No answer from {server} to the goodbye within {quit_timeout:g} seconds."
-            return Outcome(1, _sentences(said, losses))
+            return Outcome(1, _sentences(unanswered, losses))
         if tls_error is not None:
             return Outcome(1, tls_error)
         if not self.heard:
