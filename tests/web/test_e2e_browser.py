@@ -2086,6 +2086,32 @@ def test_a_message_refused_for_its_characters_is_not_named_as_lost(
         "so it may not have arrived: \u201cno answer\u201d.")
 
 
+def test_a_goodbye_the_server_never_answers_is_given_up_and_said(
+    web: WebServer, browser: Callable[..., Any]
+) -> None:
+    """/quit to a server that never answered the BYE: the page stayed as if
+    in the chat until the keepalive gave the connection up (65 s), then said
+    "No answer from the server. Reconnecting…" and joined again, though the
+    user had left. As the terminal client: the server's answer has 5 s
+    (QUIT_WAIT), then the page closes the connection, says what happened,
+    names the messages that may not have arrived, and does not reconnect."""
+    page = scripted(browser(), web, {
+        "NICK alice": [["READY alice", "USER alice lobby", "USERS 1"]],
+    })
+    join_as(page, "alice")
+    say(page, "no copy of this")  # the scripted server answers nothing
+    say(page, "/quit")
+    wait(page, lambda d: d.execute_script("return window.sentLines")[-1] == "BYE")
+    wait(page, lambda d: "You left the chat" in shown_banner(d), timeout=WAIT + 2)
+    assert shown_banner(page).startswith(
+        "You left the chat: the server did not answer the goodbye within 5 s.")
+    assert notices(page)[-1] == (
+        "This message was not confirmed by the server before the connection was lost, "
+        "so it may not have arrived: \u201cno copy of this\u201d.")
+    time.sleep(2)  # a reconnection's backoff starts at 1 s (+-25 %): none comes
+    assert page.execute_script("return window.sockets") == 1
+
+
 class Hang:
     """A listener on C{port} that takes connections and never answers
     (a hung server or front end); C{accepted} counts them."""

@@ -920,6 +920,10 @@
   const ANSWER_WAIT = seconds("answer", 5);
   const PING_WAIT = seconds("answer", 5);
   const HANDSHAKE_TIMEOUT = seconds("timeout", 15);
+  // The page's BYE (/quit) waits this long for the server's BYE quit, as
+  // the terminal client's does (ChatClient.QUIT_TIMEOUT): then the page
+  // gives up the connection, says so, and does not reconnect (the user left).
+  const QUIT_WAIT = 5000;
   const UNCONFIRMED_MAX = 1000;
 
   const answers = {
@@ -983,6 +987,7 @@
       answers.unconfirmed.push(message);
       if (answers.unconfirmed.length > UNCONFIRMED_MAX) answers.unconfirmed.shift();
     }
+    if (upper === "BYE") awaitGoodbye();
     if (upper === "PONG" || upper === "BYE" || upper === "USERS") return;
     answers.count += 1;
     if (answers.since) return;
@@ -1021,6 +1026,17 @@
     answers.since = 0;
     answers.count = 0;
     answers.pinged = answers.warned = false;
+  }
+
+  // Our BYE: the server's BYE quit must come within QUIT_WAIT (above).
+  function awaitGoodbye() {
+    const ws = state.ws;
+    setTimeout(() => {
+      if (ws !== state.ws || state.leaving) return;
+      state.leaving = true;
+      state.password = null; // as BYE quit forgets it
+      dropSocket({ reason: "bye-unanswered" });
+    }, QUIT_WAIT);
   }
 
   // The server must say something within HANDSHAKE_TIMEOUT, or this
@@ -1186,7 +1202,15 @@
     $("nick-submit").disabled = true;
     renderHeader();
     if (state.leaving) {
-      banner("You left the chat.", "Join again");
+      if (state.byeReason === "bye-unanswered") {
+        banner(`You left the chat: the server did not answer the goodbye within ${QUIT_WAIT / 1000} s.`, "Join again");
+        if (unconfirmed.length) {
+          answers.lost = unconfirmed; // without its answer, those may not have arrived
+          sayLost();
+        }
+      } else {
+        banner("You left the chat.", "Join again");
+      }
       // The composer is disabled now: the focus goes where the page goes on.
       $("banner-retry").focus();
       return;
