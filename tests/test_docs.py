@@ -333,6 +333,9 @@ def test_every_departure_from_chat1_as_published_is_listed() -> None:
         "refusals": "the server's first and only lines are `ERROR server-full` and `BYE full`",
         "handshake pool": "`BYE full` ends a connection refused over a limit",
         "the server's own fault": "`ERROR <code> <text>`: the code is one of nineteen",
+        "held before READY": "A client that keeps flooding (over `--flood-rate`",
+        "RETRY reasons": "The `RETRY` reasons are `taken`, `invalid` and `bad-password`",
+        "ERROR codes": "The `ERROR` codes are the nineteen under Errors",
     }
     for what, sentence in published.items():
         assert sentence in own, what
@@ -343,6 +346,28 @@ def test_every_departure_from_chat1_as_published_is_listed() -> None:
         assert f"`{option}`" in own, option
     assert "reset with not a byte" in own
     assert '"Beyond chat/1: cluster mode"' in own
+
+
+def test_the_departures_table_names_the_cluster_answers_and_bye_flood_before_ready() -> None:
+    """rev16-docs #2, #3: the table said it lists every departure, but left
+    out cluster mode's three answers (described apart) and the C{BYE flood}
+    a connection gets for holding more than 4 lines before READY, well
+    within the flood rate.  Each has its row: the cluster's point to the
+    section that describes them, the held input's gives the line sent."""
+    from twisted_chat.server.heldinput import HELD_BEFORE_READY_LINES, TOO_MUCH_BEFORE_READY
+
+    departs = "Where this server departs from chat/1 as published"
+    raw = (ROOT / "docs" / "protocol.md").read_text().split(f"## {departs}\n")[1]
+    rows = [line for line in raw.split("\n## ")[0].splitlines() if line.startswith("| ")]
+    beyond = '"Beyond chat/1: cluster mode"'
+    for line in ("RETRY unavailable", "ERROR unavailable", "ERROR unconfirmed"):
+        [row] = [row for row in rows if f"`{line} <text>`" in row]
+        assert "in cluster mode" in row and beyond in row, row
+    assert "The last two rows are cluster mode's three extra answers" in " ".join(raw.split())
+    [held] = [row for row in rows if TOO_MUCH_BEFORE_READY in row]
+    assert f"`BYE flood {TOO_MUCH_BEFORE_READY}`" in held
+    assert f"more than {HELD_BEFORE_READY_LINES} lines of `--max-line`" in held
+    assert 'docs/security.md, "Held input"' in held
 
 
 def test_the_readmes_fast_test_recipe_runs_no_benchmark() -> None:
@@ -393,3 +418,45 @@ def test_every_bench_test_that_runs_a_server_is_marked_bench() -> None:
                     "mark.bench" in ast.unparse(mark) for mark in node.decorator_list)
                 assert marked, f"{path.name}::{node.name} runs a server, unmarked"
     assert len(found) >= 3, found
+
+
+def _stated(value: str) -> float:
+    """A default as docs/protocol.md's Limits table writes it: C{1 MiB},
+    C{64 KiB}, C{60 s}, C{0.5 per s}, C{100,000}."""
+    value = re.sub(r" (s|per s)$", "", value.strip()).replace(",", "")
+    units = {"KiB": 1024, "MiB": 1024 * 1024}
+    number, _, unit = value.partition(" ")
+    return float(number) * units[unit] if unit else float(number)
+
+
+def test_the_limits_table_gives_each_options_default() -> None:
+    """rev16-docs #4: docs/protocol.md named --redis-queue and
+    --stream-bytes as limits a client meets (ERROR unavailable) with no
+    default, and its Limits table left both out.  Every row's default is
+    the option's, as C{twistd chat} has it (a row of several options gives
+    a default each, or one unit for all: C{120 / 60 s}); --max-handshaking's
+    is a rule, checked above."""
+    from twisted_chat.server.service import Options
+
+    defaults = Options()
+    limits = _protocol_sections()["## Limits"]
+    text = (ROOT / "docs" / "protocol.md").read_text()
+    section = text.split("\n## Limits\n", 1)[1].split("\n## ", 1)[0]
+    table = [line for line in section.splitlines() if line.startswith("| ")]
+    assert table[0] == "| option | default | rule |"
+    checked = []
+    for row in table[1:]:
+        options, default, _ = row.strip("| ").split(" | ", 2)
+        names = re.findall(r"`--([a-z-]+)`", options)
+        if "max-handshaking" in names:
+            continue
+        unit = re.search(r" (s|per s)$", default)
+        values = [part + (unit.group(0) if unit and not part.endswith(unit.group(0)) else "")
+                  for part in default.split(" / ")]
+        assert len(values) == len(names), row
+        for name, value in zip(names, values, strict=True):
+            assert _stated(value) == float(defaults[name]), (name, value, defaults[name])
+            checked.append(name)
+    assert {"redis-queue", "stream-bytes", "sendq", "max-accounts"} <= set(checked), checked
+    assert "`--redis-queue`" in limits and "`--stream-bytes`" in limits
+
