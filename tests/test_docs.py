@@ -460,3 +460,41 @@ def test_the_limits_table_gives_each_options_default() -> None:
     assert {"redis-queue", "stream-bytes", "sendq", "max-accounts"} <= set(checked), checked
     assert "`--redis-queue`" in limits and "`--stream-bytes`" in limits
 
+
+def test_client_md_says_what_the_client_says_when_its_goodbye_is_cut_short() -> None:
+    """rev16-docs #5: docs/client.md gave Ctrl-C's unanswered goodbye as
+    C{Interrupted. No answer ...}, which the client says only when typed
+    lines waited or in a script (before joining it is C{Interrupted before
+    joining the chat. ...}; once joined with nothing waiting, only C{No
+    answer ...}), and its exit-status table had no row for leaving the
+    wait with a second Ctrl-C (status 1)."""
+    from tests.client.helpers import session
+    from twisted_chat.client.protocol import ChatClient
+
+    def ended(*, joined: bool, second: bool) -> tuple[int, str]:
+        s = session("alice" if joined else None)
+        if joined:
+            s.ready()
+        else:
+            s.receive("HELLO chat/1 x", "NICK")
+        s.client.interrupt()
+        if second:
+            s.client.interrupt()
+        else:
+            s.clock.advance(ChatClient.QUIT_TIMEOUT)
+        outcome = s.lose()
+        assert outcome.message is not None
+        return outcome.code, outcome.message.replace("chat.test:7000", "HOST:PORT")
+
+    text = " ".join((ROOT / "docs" / "client.md").read_text().split())
+    no_answer = ended(joined=True, second=False)
+    left = ended(joined=True, second=True)
+    before = ended(joined=False, second=False)
+    assert no_answer[0] == left[0] == 1 and before[0] == ChatClient.INTERRUPTED == 130
+    assert f"exit status 1: `{no_answer[1]}`" in text
+    assert f"second Ctrl-C, which stops the wait: `{left[1]}`" in text
+    assert "(not that the connection was lost), exit status 1." in text
+    assert f"`{before[1]}`" in text
+    [row] = re.findall(r"\| 1 \| [^\n]*", (ROOT / "docs" / "client.md").read_text())
+    assert ("did not answer the goodbye within 5 seconds (or you left before it did, with a "
+            "second Ctrl-C)") in row
