@@ -25,15 +25,18 @@ from tests.test_cluster_outage import FakeRedis, redis_log
 from tests.test_cluster_read import cluster, now, say
 from tests.test_cluster_refused import applied
 from twisted_chat.server.cluster.node import ClusterState
+from twisted_chat.server.cluster.redisconfig import CONFIG, Retention
+from twisted_chat.server.cluster.redishistory import PRUNE_HISTORY
 from twisted_chat.server.cluster.redislog import SCRIPTS, UNTRIMMED_WARN_EVERY, RedisLog
 from twisted_chat.server.cluster.redisstream import SNAPSHOT, STREAM
 from twisted_chat.server.cluster.snapshots import SNAPSHOT_INTERVAL
+from twisted_chat.server.cluster.streambound import FIELD
 from twisted_chat.server.hub import ErrorCode, HubError
 
 OOM = "OOM command not allowed when used memory > 'maxmemory'."
 ALLOW_OOM = "#!lua flags=allow-oom"
 # Redis's commands that write (those the node sends from its heartbeat).
-WRITES = {"SET", "SADD", "SREM", "DEL", "HSET", "ZADD", "XADD"}
+WRITES = {"SET", "SADD", "SREM", "DEL", "HSET", "HSETNX", "ZADD", "XADD"}
 
 
 class OomRedis(FakeRedis):
@@ -50,6 +53,8 @@ class OomRedis(FakeRedis):
         self.trims: list[str] = []
         self.history_writes = 0
         self.config: list[Any] = []  # the cluster's retention (as this node's)
+        self.bound: str | None = "0"  # the cluster's --stream-bytes (None: missing)
+        self.prunes = 0  # the history's pruning runs (PRUNE_HISTORY: nothing due)
 
     def execute_command(self, *args: Any) -> Deferred[Any]:
         self.commands.append(args)
@@ -68,6 +73,14 @@ class OomRedis(FakeRedis):
             self.history_writes += 1
         elif name == "HMGET":
             return defer.succeed(self.config)
+        elif args[:3] == ("HGET", CONFIG, FIELD):
+            return defer.succeed(self.bound)
+        elif args[:3] == ("HSETNX", CONFIG, FIELD):
+            recorded, self.bound = self.bound is None, self.bound or args[3]
+            return defer.succeed(int(recorded))
+        elif args[:2] == ("EVAL", PRUNE_HISTORY):
+            self.prunes += 1
+            return defer.succeed([0, 0, 0, 0])
         elif name in ("MGET", "SMEMBERS"):
             return defer.succeed([None] * (len(args) - 1) if name == "MGET" else [])
         return defer.succeed(1)
@@ -138,6 +151,28 @@ def test_out_of_memory_the_snapshot_and_the_trim_are_still_written() -> None:
     log.reactor.advance(SNAPSHOT_INTERVAL)
     beat(log)
     assert redis.trims == [first, third]  # once
+
+
+def test_the_heartbeat_prunes_though_redis_refuses_to_record_stream_bytes() -> None:
+    """chat:config lacks --stream-bytes (a database from before it was the
+    cluster's) and Redis, out of memory, refuses the heartbeat's HSETNX of
+    it: the history is still pruned, which frees Redis (before: the
+    refusal skipped the prune, at every heartbeat), and the bound is
+    recorded at the first heartbeat Redis takes it."""
+    log, _state, redis = caught_up()
+    log.pruning.retention = Retention.of(None, 100, None)
+    redis.config = list(log.pruning.retention.values())
+    redis.bound = None
+    redis.refusing = OOM
+    beat(log)
+    assert ("HSETNX", CONFIG, FIELD, "0") in redis.commands  # refused
+    assert redis.bound is None
+    assert redis.prunes == 1
+    beat(log)
+    assert redis.prunes == 2
+    redis.refusing = None
+    beat(log)
+    assert redis.bound == "0" and redis.prunes == 3
 
 
 def test_a_snapshot_that_cannot_be_written_is_warned_of_once_a_minute() -> None:

@@ -6,7 +6,9 @@ same, its commands refused as Redis refuses them (C{ERROR unavailable}),
 not held back retrying for ever (its heartbeats' snapshots and trims are
 what frees a full Redis: a cluster whose nodes all lost their connections
 would stay full).  Its lease, refused, is taken at the first heartbeat
-Redis takes it.  (Two real nodes, end to end: tests/test_cluster_oom_e2e.py.)
+Redis takes it, and so is C{--stream-bytes} where C{chat:config} lacks it
+(a database from before it was the cluster's).  (Two real nodes, end to
+end: tests/test_cluster_oom_e2e.py.)
 """
 
 from __future__ import annotations
@@ -19,7 +21,11 @@ from twisted.internet.task import deferLater
 
 from tests.redisproc import REDIS_SERVER, RedisServer
 from tests.test_cluster_config import Node
+from tests.test_cluster_outage import _Arrived
+from twisted_chat.server.cluster.redisconfig import CONFIG
 from twisted_chat.server.cluster.redisstream import LEASE
+from twisted_chat.server.cluster.streambound import FIELD
+from twisted_chat.server.state import StateUnavailable
 
 pytestmark = pytest.mark.skipif(REDIS_SERVER is None, reason="redis-server is not installed")
 
@@ -35,6 +41,17 @@ async def until(check: Any, timeout: float = 10.0) -> None:
             return
         await deferLater(reactor, 0.02)
     raise AssertionError("gave up waiting")
+
+
+async def killed_while_full(redis: RedisServer, node: Node) -> None:
+    """Fill C{redis} (maxmemory 1: every write refused; the caller sets it
+    back), kill the node's command connection, and wait for it to be
+    connected again."""
+    generation = node.log.generation
+    assert redis.call("CONFIG", "SET", "maxmemory", 1) == "OK"
+    assert redis.call("CLIENT", "KILL", "TYPE", "normal") == 1  # its command connection
+    await until(lambda: node.log.generation > generation and node.state.available
+                and node.log.connection is not None)
 
 
 @pytest_twisted.ensureDeferred
@@ -67,12 +84,8 @@ async def test_a_node_whose_connection_is_killed_reconnects_to_a_full_redis(
         redis: RedisServer, logged: list[str]) -> None:
     node = Node(redis, "a")
     assert await node.outcome() is None
-    generation = node.log.generation
-    assert redis.call("CONFIG", "SET", "maxmemory", 1) == "OK"
     try:
-        assert redis.call("CLIENT", "KILL", "TYPE", "normal") == 1  # its command connection
-        await until(lambda: node.log.generation > generation and node.state.available
-                    and node.log.connection is not None)
+        await killed_while_full(redis, node)
         assert any("connected all the same" in line for line in logged)
     finally:
         assert redis.call("CONFIG", "SET", "maxmemory", 0) == "OK"
@@ -96,4 +109,36 @@ async def test_a_write_refused_as_a_node_connects_is_said_as_such_not_unreachabl
     finally:
         assert redis.call("CONFIG", "SET", "maxmemory", 0) == "OK"
     await until(lambda: started.called)
+    await node.stop()
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_node_reconnects_to_a_full_redis_whose_config_lacks_stream_bytes(
+        redis: RedisServer, logged: list[str]) -> None:
+    """A database from before --stream-bytes was the cluster's (chat:config
+    without the field), full: a node whose connection is killed reconnects
+    with its own bound, though Redis refuses to record it (it retried for
+    ever: "refused a write this node makes as it connects"), refuses a
+    registration at once as Redis refuses it, and records its bound at the
+    first heartbeat once there is room."""
+    node = Node(redis, "a", stream_bytes=5_000_000)
+    assert await node.outcome() is None
+    assert redis.call("HDEL", CONFIG, FIELD) == 1  # as such a database has it
+    try:
+        await killed_while_full(redis, node)
+        said = [line for line in logged if "refused a write" in line and OOM in line]
+        assert len(said) == 1 and "connected all the same" in said[0], said
+        assert "this node's --stream-bytes 5000000 is in force" in said[0], said
+        assert node.log.stream_bytes == 5_000_000
+        failures: list[Any] = []
+        now = node.state.reactor.seconds()
+        node.state.register("erin", _Arrived(now), "-").addErrback(failures.append)
+        await until(lambda: bool(failures), timeout=5.0)
+        refusal = failures[0].value
+        assert isinstance(refusal, StateUnavailable) and "refused" in refusal.why, refusal
+        assert redis.call("HGET", CONFIG, FIELD) is None
+    finally:
+        assert redis.call("CONFIG", "SET", "maxmemory", 0) == "OK"
+    await until(lambda: redis.call("HGET", CONFIG, FIELD) == "5000000")  # a heartbeat (2.5 s)
+    assert node.log.stream_bytes == 5_000_000
     await node.stop()

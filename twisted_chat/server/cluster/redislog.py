@@ -51,7 +51,7 @@ from __future__ import annotations
 import contextlib
 import random
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import txredisapi  # type: ignore[import-untyped]
@@ -100,7 +100,8 @@ from twisted_chat.server.cluster.redisstream import (
     STREAM,
 )
 from twisted_chat.server.cluster.snapshots import Snapshots
-from twisted_chat.server.cluster.streambound import StreamBound
+from twisted_chat.server.cluster.streambound import FIELD as BOUND_FIELD
+from twisted_chat.server.cluster.streambound import StreamBound, shown
 from twisted_chat.server.cluster.streamids import id_key
 from twisted_chat.server.history import Entry
 
@@ -317,7 +318,7 @@ class RedisLog:
         for proto in (cmd, reader):
             proto.whenDisconnected().addCallback(lambda _, g=generation: self.lost(g))
         self.reading.reset()
-        await self._restore(cmd)
+        unrecorded = await self._restore(cmd)
         refused = await self.leases.take_refused(cmd)
         for script in SCRIPTS:  # a restarted Redis has none (Redis out of memory loads them)
             await cmd.execute_command("SCRIPT", "LOAD", script)
@@ -333,8 +334,9 @@ class RedisLog:
         else:
             self.log.info("cluster: Redis is back after {s:.1f} s; registrations open again",
                           s=self.reactor.seconds() - was_down)
-        if refused is not None:
-            self._refused_at_connection(refused)
+        why = refused or unrecorded
+        if why is not None:
+            self._refused_at_connection(why, unrecorded is not None)
         self._send_unacked()
         self._schedule_beat(0.0)
         # Subscribed first, then the stream read from the replica's last
@@ -347,25 +349,35 @@ class RedisLog:
         if not self._ready.called:
             self._ready.callback(None)
 
-    def _refused_at_connection(self, why: str) -> None:
+    def _refused_at_connection(self, why: str, unrecorded: bool) -> None:
         """Redis refused this node's lease on its new connection (out of
-        memory, say): said once, as a refused write (L{_not_acked}); the
-        node runs on, its commands refused while Redis refuses them."""
+        memory, say), or to record its --stream-bytes where the cluster has
+        none (C{unrecorded}): said once, in one line, as a refused write
+        (L{_not_acked}); the node runs on, its commands refused while Redis
+        refuses them."""
         self._refusing = True
+        bound = ""
+        if unrecorded:
+            bound = (f" ({CONFIG} has no {BOUND_FIELD}: this node's --stream-bytes "
+                     f"{shown(self.stream_bytes)} is in force, recorded as the cluster's at "
+                     "the first heartbeat Redis takes it)")
         self.log.error("cluster: Redis refused a write: {e}; connected all the same: "
                        "commands are answered ERROR unavailable until Redis takes writes "
-                       "again", e=why)
+                       "again{bound}", e=why, bound=bound)
 
-    async def _restore(self, cmd: Any) -> None:
+    async def _restore(self, cmd: Any) -> str | None:
         """At each connection, check that the database holds the cluster's
         kinds of keys (L{foreign_keys}) and that --stream-bytes is the
         cluster's (L{StreamBound.agree}); then L{reading} checks what Redis
-        kept and, on the first, loads (L{StreamReader.restore})."""
+        kept and, on the first, loads (L{StreamReader.restore}).  Redis's
+        refusal to record --stream-bytes where the cluster has none, if it
+        refused (the node connects all the same)."""
         found = await foreign_keys(cmd, KINDS)
         if found:
             raise Misconfigured(foreign_message(self.target.display, found))
-        await self.stream_bound.agree(cmd, self.reading.started)
+        unrecorded = await self.stream_bound.agree(cmd, self.reading.started)
         await self.reading.restore(cmd)
+        return unrecorded
 
     def announce(self, users: list[list[Any]] | None = None) -> None:
         """After Redis lost events (all, or its last ones): this node's
@@ -726,12 +738,13 @@ class RedisLog:
         now = self.reactor.seconds()
         if refused is None:
             await self.leases.judge(cmd, now)
-        try:
-            await self.pruning.follow(cmd, self.reading.started)
-            await self.stream_bound.follow(cmd)
-            await self.pruning.prune(cmd, now)
-        except txredisapi.ResponseError as e:
-            refused = refused or e
+        # Each on its own: a refused write (the retention or --stream-bytes
+        # recorded where missing, under OOM) skips neither the prune nor
+        # the snapshot, which free a full Redis.
+        followed = await _refusal(self.pruning.follow(cmd, self.reading.started))
+        bound = await _refusal(self.stream_bound.follow(cmd))
+        pruned = await _refusal(self.pruning.prune(cmd, now))
+        refused = refused or followed or bound or pruned
         if self.reading.caught_up and self.snapshots.due(now):
             await self._snapshot(cmd, now)
         if refused is not None:
@@ -788,6 +801,17 @@ class RedisLog:
         self._generation += 1
         self._drop_connections()
         self.state.cancel_timers()
+
+
+async def _refusal(step: Awaitable[Any]) -> Exception | None:
+    """Run a heartbeat's C{step}: Redis's refusal of it
+    (C{txredisapi.ResponseError}), or C{None}."""
+    try:
+        await step
+    except txredisapi.ResponseError as e:
+        refused: Exception = e
+        return refused
+    return None
 
 
 def _cause(failure: Any) -> Any:

@@ -8,7 +8,9 @@ the first node records its own; a node started with another does not
 start, naming both; a running node follows the recorded one (another may
 be set with C{HSET chat:config stream-bytes N}) at its next heartbeat.
 Read first, written only where missing: a node connects to a Redis out of
-memory too.
+memory too.  Where it is missing and Redis refuses to write it (out of
+memory: a database from before it was the cluster's), the node connects
+with its own and records it at the first heartbeat Redis takes it.
 
 Apart from the node's log (L{redislog}), which calls it on its command
 connection.  docs/cluster.md, "Options" (C{--stream-bytes}).
@@ -17,6 +19,8 @@ connection.  docs/cluster.md, "Options" (C{--stream-bytes}).
 from __future__ import annotations
 
 from typing import Any
+
+import txredisapi  # type: ignore[import-untyped]
 
 from twisted_chat.server import logs
 from twisted_chat.server.cluster.redisconfig import CONFIG, Misconfigured
@@ -46,13 +50,22 @@ class StreamBound:
         self.where = where
         self._misread: str | None = None  # the malformed value last logged
 
-    async def agree(self, cmd: Any, started: bool) -> None:
+    async def agree(self, cmd: Any, started: bool) -> str | None:
         """At each connection: a node starting (not C{started}) with
         another bound than the cluster's does not start (L{Misconfigured});
-        one running follows the cluster's."""
-        stored = self._read(await self._stored(cmd), started)
+        one running follows the cluster's.  Where there is none and Redis
+        refuses to record this node's (C{OOM}, C{MISCONF}, C{READONLY}):
+        its refusal, returned; the node keeps its bound, recorded at the
+        first heartbeat Redis takes it (L{follow})."""
+        value = await cmd.execute_command("HGET", CONFIG, FIELD)
+        if value is None:
+            try:
+                value = await self._record(cmd)
+            except txredisapi.ResponseError as e:
+                return str(e)
+        stored = self._read(value, started)
         if stored == self.bytes:
-            return
+            return None
         if not started:
             raise Misconfigured(
                 f"this node's --stream-bytes is not the cluster's ({CONFIG} in Redis at "
@@ -62,23 +75,25 @@ class StreamBound:
                 f"start: start it with the cluster's value, or change the cluster's with "
                 f"HSET {CONFIG} {FIELD} N (the running nodes follow at their next heartbeat)")
         self._follow(stored)
+        return None
 
     async def follow(self, cmd: Any) -> None:
         """At each heartbeat: the cluster's bound, which may have been
-        changed in Redis (recorded again as this node's if missing)."""
-        stored = self._read(await self._stored(cmd), started=True)
+        changed in Redis (recorded as this node's if missing: Redis's
+        refusal raised, C{txredisapi.ResponseError})."""
+        value = await cmd.execute_command("HGET", CONFIG, FIELD)
+        if value is None:
+            value = await self._record(cmd)
+        stored = self._read(value, started=True)
         if stored != self.bytes:
             self._follow(stored)
 
-    async def _stored(self, cmd: Any) -> Any:
-        """The cluster's value, this node's (the one in force) recorded
-        first where there is none."""
-        value = await cmd.execute_command("HGET", CONFIG, FIELD)
-        if value is None:
-            if await cmd.execute_command("HSETNX", CONFIG, FIELD, str(self.bytes)):
-                return str(self.bytes)
-            value = await cmd.execute_command("HGET", CONFIG, FIELD)  # another's, just now
-        return value
+    async def _record(self, cmd: Any) -> Any:
+        """Where the cluster has no bound: this node's (the one in force)
+        recorded, or another's written just now; the value stored."""
+        if await cmd.execute_command("HSETNX", CONFIG, FIELD, str(self.bytes)):
+            return str(self.bytes)
+        return await cmd.execute_command("HGET", CONFIG, FIELD)
 
     def _read(self, value: Any, started: bool) -> int:
         """The cluster's bound as C{chat:config} holds it; a malformed one
