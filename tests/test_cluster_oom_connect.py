@@ -6,9 +6,10 @@ same, its commands refused as Redis refuses them (C{ERROR unavailable}),
 not held back retrying for ever (its heartbeats' snapshots and trims are
 what frees a full Redis: a cluster whose nodes all lost their connections
 would stay full).  Its lease, refused, is taken at the first heartbeat
-Redis takes it, and so is C{--stream-bytes} where C{chat:config} lacks it
-(a database from before it was the cluster's).  (Two real nodes, end to
-end: tests/test_cluster_oom_e2e.py.)
+Redis takes it, and so are C{--stream-bytes} and the retention where
+C{chat:config} lacks them (a database from before they were the
+cluster's); C{--set-retention}, which must write, waits for room.  (Two
+real nodes, end to end: tests/test_cluster_oom_e2e.py.)
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from twisted.internet.task import deferLater
 from tests.redisproc import REDIS_SERVER, RedisServer
 from tests.test_cluster_config import Node
 from tests.test_cluster_outage import _Arrived
-from twisted_chat.server.cluster.redisconfig import CONFIG
+from twisted_chat.server.cluster.redisconfig import CONFIG, Retention
 from twisted_chat.server.cluster.redisstream import LEASE
 from twisted_chat.server.cluster.streambound import FIELD
 from twisted_chat.server.state import StateUnavailable
@@ -142,3 +143,58 @@ async def test_a_node_reconnects_to_a_full_redis_whose_config_lacks_stream_bytes
     await until(lambda: redis.call("HGET", CONFIG, FIELD) == "5000000")  # a heartbeat (2.5 s)
     assert node.log.stream_bytes == 5_000_000
     await node.stop()
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_node_connects_to_a_full_redis_whose_config_lacks_a_retention_field(
+        redis: RedisServer, logged: list[str]) -> None:
+    """A database no node has connected to since the retention became the
+    cluster's (chat:config without retain-messages), full: a node whose
+    connection is killed reconnects, and a node starts, with their own
+    retention, though Redis refuses to record it (they retried for ever:
+    "refused a write this node makes as it connects"); the field is
+    recorded at a heartbeat once there is room."""
+    node = Node(redis, "a", retain_days=2, retain_messages=100)
+    assert await node.outcome() is None
+    assert redis.call("HDEL", CONFIG, "retain-messages") == 1  # as such a database has it
+    try:
+        await killed_while_full(redis, node)
+        said = [line for line in logged if "refused a write" in line and OOM in line]
+        assert len(said) == 1 and "connected all the same" in said[0], said
+        assert ("chat:config has no retain-messages: this node's --retain-messages 100 is "
+                "in force, recorded as the cluster's at the first heartbeat Redis takes it"
+                in said[0]), said
+        assert node.log.pruning.retention == Retention.of(2, 100, None)
+        late = Node(redis, "b", retain_days=2, retain_messages=100)
+        assert await late.outcome() is None
+        assert late.state.available
+        assert redis.call("HGET", CONFIG, "retain-messages") is None
+    finally:
+        assert redis.call("CONFIG", "SET", "maxmemory", 0) == "OK"
+    await until(lambda: redis.call("HGET", CONFIG, "retain-messages") == "100")  # a heartbeat
+    for each in (node, late):
+        assert each.log.pruning.retention == Retention.of(2, 100, None)
+        await each.stop()
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_node_started_with_set_retention_waits_for_a_full_redis_to_have_room(
+        redis: RedisServer, logged: list[str]) -> None:
+    """--set-retention writes the retention as the node starts: a full Redis
+    refuses it, and the node retries, saying so, until there is room."""
+    first = Node(redis, "a", retain_messages=100)
+    assert await first.outcome() is None
+    assert redis.call("CONFIG", "SET", "maxmemory", 1) == "OK"
+    setter = Node(redis, "b", retain_messages=50, set_retention=True)
+    started = setter.log.start()
+    try:
+        await until(lambda: any("refused a write this node makes as it connects" in line
+                                and OOM in line for line in logged))
+        assert not started.called
+        assert redis.call("HGET", CONFIG, "retain-messages") == "100"
+    finally:
+        assert redis.call("CONFIG", "SET", "maxmemory", 0) == "OK"
+    await until(lambda: started.called)
+    assert redis.call("HGET", CONFIG, "retain-messages") == "50"
+    for each in (first, setter):
+        await each.stop()

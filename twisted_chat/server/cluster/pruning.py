@@ -4,7 +4,10 @@ How a node prunes the cluster's one history: by the cluster's retention
 followed at each heartbeat (another node started with C{--set-retention}
 may change it), in runs of L{PRUNE_HISTORY} that take a bounded share of
 a heartbeat; and which of the replica's recent lines a snapshot writes
-back (none the pruning would drop).
+back (none the pruning would drop).  Read first, written only where a
+field is missing: where Redis refuses that write (out of memory: a
+database from before the retention was the cluster's), the node connects
+with its own and records it at the first heartbeat Redis takes it.
 
 Apart from the node's log (L{redislog}), which calls it on its command
 connection, so that retention reads without the reconnection, the
@@ -15,13 +18,16 @@ reading and the leases around it.  docs/cluster.md, "What is guaranteed"
 from __future__ import annotations
 
 from collections.abc import Iterable
-from typing import Any
+from typing import Any, NamedTuple
+
+import txredisapi  # type: ignore[import-untyped]
 
 from twisted_chat.server import logs
 from twisted_chat.server.cluster.redisconfig import (
     CLAIM_RETENTION,
     CONFIG,
     FIELDS,
+    RECORDED_LATER,
     Misconfigured,
     Retention,
 )
@@ -37,11 +43,19 @@ from twisted_chat.server.cluster.redishistory import (
     prune_again,
 )
 
-__all__ = ["Pruning"]
+__all__ = ["Pruning", "Unclaimed"]
 
 # The node's log's logger: these lines were RedisLog's before they moved
 # here, and an operator's filter may match its namespace.
 _log = logs.logger("twisted_chat.server.cluster.redislog.RedisLog")
+
+
+class Unclaimed(NamedTuple):
+    """Retention fields C{chat:config} lacks that Redis refused to record
+    as the node connected (L{Pruning.agree}): this node's are in force."""
+
+    refusal: str  # Redis's error (OOM, MISCONF, READONLY)
+    note: str  # which, in the node's "connected all the same" line
 
 
 class Pruning:
@@ -69,40 +83,36 @@ class Pruning:
         self._misread: str | None = None  # the malformed chat:config last logged
         self._pruning = False  # a heartbeat's prune runs
 
-    async def agree(self, cmd: Any, started: bool) -> None:
+    async def agree(self, cmd: Any, started: bool) -> Unclaimed | None:
         """
         The cluster's retention (L{redisconfig}), before anything is pruned:
         recorded as this node's where there is none (the first node, or
         after Redis lost its data), and by a node started with
         C{--set-retention}.  A node starting (not C{started}) with other
         values than the cluster's does not start (L{Misconfigured}, naming
-        both); one running follows the cluster's (L{follow}).
+        both); one running follows the cluster's (L{follow}).  Where a
+        field is missing and Redis refuses to record this node's
+        (L{Unclaimed}, returned), its own is in force for that field until
+        a heartbeat records it (L{follow}); C{--set-retention}'s write
+        refused fails the connection (retried).
         """
+        if self.set_retention and not started:
+            await self._replace(cmd)
+            return None
         own = self.retention
-        replace = self.set_retention and not started
-        before = None if replace else await cmd.execute_command("HMGET", CONFIG, *FIELDS)
-        if before is None or None in before:
-            # Claimed only where a field is missing (or replaced): Redis out
-            # of memory refuses the script's write, and a node must
-            # reconnect to a full Redis.
-            before = await cmd.execute_command("EVAL", CLAIM_RETENTION, 1, CONFIG,
-                                               "1" if replace else "0", *own.fields())
-        if replace:
-            if any(value is not None for value in before):
-                try:
-                    change = own.differences(Retention.read(before, own), "now", "before")
-                except Misconfigured:
-                    change = f"{own} now, in place of a malformed one"
-                if change:
-                    _log.warn(
-                        "cluster: --set-retention: the cluster's history retention is now "
-                        "this node's: {change}; the running nodes follow at their next "
-                        "heartbeat. Give every node these values (and drop --set-retention) "
-                        "before it restarts", change=change)
-            return
+        unclaimed = None
+        before = await cmd.execute_command("HMGET", CONFIG, *FIELDS)
+        if None in before:
+            # Claimed only where a field is missing: Redis out of memory
+            # refuses the script's write, and a node must connect to a full
+            # Redis.
+            try:
+                before = await self._claim(cmd, replace=False)
+            except txredisapi.ResponseError as e:
+                unclaimed = Unclaimed(str(e), self._unclaimed(before))
         stored = self._read(before, own, started)
         if stored == own:
-            return
+            return unclaimed
         if not started:
             raise Misconfigured(
                 f"this node's history retention is not the cluster's ({CONFIG} in Redis "
@@ -112,16 +122,51 @@ class Pruning:
                 "the cluster's values; or, to change the cluster's retention, start it "
                 "once with --set-retention (docs/cluster.md, \"Options\", --set-retention)")
         self._follow(stored)
+        return unclaimed
+
+    async def _replace(self, cmd: Any) -> None:
+        """C{--set-retention}, as the node starts: this node's retention
+        becomes the cluster's (Redis out of memory refuses the write: the
+        node retries until Redis has room)."""
+        own = self.retention
+        before = await self._claim(cmd, replace=True)
+        if all(value is None for value in before):
+            return
+        try:
+            change = own.differences(Retention.read(before, own), "now", "before")
+        except Misconfigured:
+            change = f"{own} now, in place of a malformed one"
+        if change:
+            _log.warn(
+                "cluster: --set-retention: the cluster's history retention is now "
+                "this node's: {change}; the running nodes follow at their next "
+                "heartbeat. Give every node these values (and drop --set-retention) "
+                "before it restarts", change=change)
+
+    async def _claim(self, cmd: Any, replace: bool) -> Any:
+        """This node's retention recorded as the cluster's (C{replace}), or
+        where a field is missing (L{CLAIM_RETENTION}): the fields before."""
+        return await cmd.execute_command("EVAL", CLAIM_RETENTION, 1, CONFIG,
+                                         "1" if replace else "0", *self.retention.fields())
+
+    def _unclaimed(self, before: Any) -> str:
+        """The fields C{before} (an C{HMGET}'s reply) lacks, and this node's
+        values in force for them."""
+        missing = [name for name, value in zip(FIELDS, before, strict=True) if value is None]
+        own = ", ".join(f"--{name} {self.retention.shown(name)}" for name in missing)
+        verb = "is" if len(missing) == 1 else "are"
+        return (f"{CONFIG} has no {', '.join(missing)}: this node's {own} {verb} in force, "
+                f"{RECORDED_LATER}")
 
     async def follow(self, cmd: Any, started: bool = True) -> None:
         """At each heartbeat: prune by the cluster's retention, which a node
         started with C{--set-retention} may have changed (recorded again
-        as this node's if the key is gone)."""
+        as this node's where a field is missing: Redis's refusal raised,
+        C{txredisapi.ResponseError})."""
         reply = await cmd.execute_command("HMGET", CONFIG, *FIELDS)
         own = self.retention
         if any(value is None for value in reply):
-            reply = await cmd.execute_command("EVAL", CLAIM_RETENTION, 1, CONFIG, "0",
-                                              *own.fields())
+            reply = await self._claim(cmd, replace=False)
         stored = self._read(reply, own, started)
         if stored != own:
             self._follow(stored)

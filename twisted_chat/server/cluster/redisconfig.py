@@ -27,12 +27,16 @@ from typing import Any
 
 from twisted.internet import defer
 
-__all__ = ["CLAIM_RETENTION", "CONFIG", "Misconfigured", "Retention", "foreign_keys",
-           "foreign_message"]
+__all__ = ["CLAIM_RETENTION", "CONFIG", "RECORDED_LATER", "Misconfigured", "Retention",
+           "foreign_keys", "foreign_message"]
 
 CONFIG = "chat:config"
 # The fields of CONFIG that hold the retention ('0': no bound), in this order.
 FIELDS = ("retain-days", "retain-messages", "retain-bytes")
+# A setting CONFIG lacks, which Redis refused to record as a node
+# connected (out of memory): the node goes by its own, and its log says so,
+# and that it is
+RECORDED_LATER = "recorded as the cluster's at the first heartbeat Redis takes it"
 
 #: Records a retention in the cluster's settings (KEYS[1], a hash):
 #: ARGV[1] '1' to replace what is there, else only the fields missing;

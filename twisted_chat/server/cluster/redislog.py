@@ -70,6 +70,7 @@ from twisted_chat.server.cluster.node import KEPT_RETRY, ClusterState
 from twisted_chat.server.cluster.pruning import Pruning
 from twisted_chat.server.cluster.redisconfig import (
     CONFIG,
+    RECORDED_LATER,
     Misconfigured,
     Retention,
     foreign_keys,
@@ -318,7 +319,7 @@ class RedisLog:
         for proto in (cmd, reader):
             proto.whenDisconnected().addCallback(lambda _, g=generation: self.lost(g))
         self.reading.reset()
-        unrecorded = await self._restore(cmd)
+        unrecorded, notes = await self._restore(cmd)
         refused = await self.leases.take_refused(cmd)
         for script in SCRIPTS:  # a restarted Redis has none (Redis out of memory loads them)
             await cmd.execute_command("SCRIPT", "LOAD", script)
@@ -336,7 +337,7 @@ class RedisLog:
                           s=self.reactor.seconds() - was_down)
         why = refused or unrecorded
         if why is not None:
-            self._refused_at_connection(why, unrecorded is not None)
+            self._refused_at_connection(why, notes)
         self._send_unacked()
         self._schedule_beat(0.0)
         # Subscribed first, then the stream read from the replica's last
@@ -349,35 +350,39 @@ class RedisLog:
         if not self._ready.called:
             self._ready.callback(None)
 
-    def _refused_at_connection(self, why: str, unrecorded: bool) -> None:
+    def _refused_at_connection(self, why: str, notes: list[str]) -> None:
         """Redis refused this node's lease on its new connection (out of
-        memory, say), or to record its --stream-bytes where the cluster has
-        none (C{unrecorded}): said once, in one line, as a refused write
-        (L{_not_acked}); the node runs on, its commands refused while Redis
-        refuses them."""
+        memory, say), or to record a setting the cluster lacks (C{notes}:
+        which, and this node's in force): said once, in one line, as a
+        refused write (L{_not_acked}); the node runs on, its commands
+        refused while Redis refuses them."""
         self._refusing = True
-        bound = ""
-        if unrecorded:
-            bound = (f" ({CONFIG} has no {BOUND_FIELD}: this node's --stream-bytes "
-                     f"{shown(self.stream_bytes)} is in force, recorded as the cluster's at "
-                     "the first heartbeat Redis takes it)")
+        unrecorded = f" ({'; '.join(notes)})" if notes else ""
         self.log.error("cluster: Redis refused a write: {e}; connected all the same: "
                        "commands are answered ERROR unavailable until Redis takes writes "
-                       "again{bound}", e=why, bound=bound)
+                       "again{unrecorded}", e=why, unrecorded=unrecorded)
 
-    async def _restore(self, cmd: Any) -> str | None:
+    async def _restore(self, cmd: Any) -> tuple[str | None, list[str]]:
         """At each connection, check that the database holds the cluster's
         kinds of keys (L{foreign_keys}) and that --stream-bytes is the
         cluster's (L{StreamBound.agree}); then L{reading} checks what Redis
-        kept and, on the first, loads (L{StreamReader.restore}).  Redis's
-        refusal to record --stream-bytes where the cluster has none, if it
-        refused (the node connects all the same)."""
+        kept and, on the first, loads (L{StreamReader.restore}).  Where the
+        cluster lacks --stream-bytes or a retention field and Redis refused
+        to record this node's (the node connects all the same): Redis's
+        refusal, and a note of each such setting."""
         found = await foreign_keys(cmd, KINDS)
         if found:
             raise Misconfigured(foreign_message(self.target.display, found))
-        unrecorded = await self.stream_bound.agree(cmd, self.reading.started)
-        await self.reading.restore(cmd)
-        return unrecorded
+        refused = await self.stream_bound.agree(cmd, self.reading.started)
+        notes = []
+        if refused is not None:
+            notes.append(f"{CONFIG} has no {BOUND_FIELD}: this node's --stream-bytes "
+                         f"{shown(self.stream_bytes)} is in force, {RECORDED_LATER}")
+        unclaimed = await self.reading.restore(cmd)
+        if unclaimed is not None:
+            refused = refused or unclaimed.refusal
+            notes.append(unclaimed.note)
+        return refused, notes
 
     def announce(self, users: list[list[Any]] | None = None) -> None:
         """After Redis lost events (all, or its last ones): this node's

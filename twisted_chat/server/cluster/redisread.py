@@ -31,7 +31,7 @@ from twisted.internet.interfaces import IReactorTime
 from twisted_chat.server import logs
 from twisted_chat.server.cluster.doubts import Doubts
 from twisted_chat.server.cluster.node import ClusterState
-from twisted_chat.server.cluster.pruning import Pruning
+from twisted_chat.server.cluster.pruning import Pruning, Unclaimed
 from twisted_chat.server.cluster.redishistory import HISTORY, _history_entry
 from twisted_chat.server.cluster.redisstream import (
     DROP_LOST_SNAPSHOT,
@@ -145,12 +145,12 @@ class StreamReader:
 
     # -- at each connection: what Redis kept, loading ----------------------------------
 
-    async def restore(self, cmd: Any) -> None:
+    async def restore(self, cmd: Any) -> Unclaimed | None:
         """At each connection (C{cmd}, its command connection, the database
         checked): that Redis still has the cluster's data (else the
         recovery, L{_tail_lost} or a new epoch), the cluster's retention
-        (L{Pruning.agree}); on the first, load the snapshot and the
-        history."""
+        (L{Pruning.agree}: the fields Redis refused to record, returned);
+        on the first, load the snapshot and the history."""
         epoch = await cmd.execute_command("GET", EPOCH)
         if epoch is None:
             # Written only where there is none: Redis out of memory refuses
@@ -192,9 +192,10 @@ class StreamReader:
             if lost is not None:
                 await self._tail_lost(cmd, lost)
         self.epoch = epoch
-        await self.pruning.agree(cmd, self.started)
+        unclaimed = await self.pruning.agree(cmd, self.started)
         if not self.started:
             await self._load(cmd)
+        return unclaimed
 
     async def _lost_after(self, cmd: Any, reached: str, held: bool) -> str | None:
         """If the stream lost entry C{reached} (Redis lost its last events),
