@@ -272,6 +272,16 @@ def test_a_direct_line_never_overtakes_a_waiting_lobby_line() -> None:
     assert alice.take()[-1] == "PONG x"
 
 
+def test_a_write_in_parts_never_overtakes_a_waiting_lobby_line() -> None:
+    """write_parts (UNPAIRED's reply block) keeps the order rule as write
+    does.  Today the hub's roster_changing has already flushed when the
+    factory writes UNPAIRED, so only a direct call shows it."""
+    h, (_, bob) = two_waiting(("alice", "bob"))
+    bob.protocol.write_parts([b"UNPAIRED x\r\n", b"USERS 0\r\n"])
+    assert bob.take() == [msg(h, "alice", "one", h.clock.seconds() - 0.0005),
+                          msg(h, "alice", "two"), "UNPAIRED x", "USERS 0"]
+
+
 def test_a_newcomer_during_the_wait_gets_the_waiting_lines_as_history_only() -> None:
     h, (alice, bob) = two_waiting(("alice", "bob"))
     joined_at = h.clock.seconds()

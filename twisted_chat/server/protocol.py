@@ -246,9 +246,7 @@ class ChatProtocol(HoldsInput):
         """Send C{data} after anything addressed to the lobby before it."""
         if self.send_queue is None:
             return  # closing, or the peer gone while its last lines are handled
-        user = self.user
-        if user is not None and user.state is State.LOBBY and self.factory.fanout.pending:
-            self.factory.fanout.flush()
+        self._lobby_first()
         self.factory.stats.wrote(data)
         self.deliver(data)
 
@@ -257,13 +255,19 @@ class ChatProtocol(HoldsInput):
         L{SendQueue.write_parts}): shared parts stay shared."""
         if self.send_queue is None:
             return  # as in write()
-        user = self.user
-        if user is not None and user.state is State.LOBBY and self.factory.fanout.pending:
-            self.factory.fanout.flush()
+        self._lobby_first()
         wrote = self.factory.stats.wrote
         for part in parts:
             wrote(part)
         self.deliver_parts(parts)
+
+    def _lobby_first(self) -> None:
+        """The order rule of docs/fanout.md, "Order": a lobby member's own
+        write goes out after the lobby lines still waiting for the batch,
+        so it never overtakes one the lobby was sent before it."""
+        user = self.user
+        if user is not None and user.state is State.LOBBY and self.factory.fanout.pending:
+            self.factory.fanout.flush()
 
     def deliver_parts(self, parts: Sequence[bytes]) -> None:
         """L{deliver} of C{b"".join(parts)}, without the join."""
