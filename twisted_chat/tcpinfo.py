@@ -37,6 +37,11 @@ else:  # pragma: no cover - not this platform
 _INT = bytes(4)
 
 
+# The attributes of Twisted's FileDescriptor that twisted_buffered reads
+# (not public API): a transport without them cannot be read that way.
+TWISTED_BUFFER = ("dataBuffer", "offset", "_tempDataLen")
+
+
 def twisted_buffered(fd: Any) -> int:
     """
     The bytes written to C{fd}, a Twisted

@@ -31,6 +31,7 @@ from twisted.internet.interfaces import IPushProducer
 from zope.interface import implementer
 
 from twisted_chat.tcpinfo import (
+    TWISTED_BUFFER,
     acked_known,
     kernel_acked,
     kernel_queued,
@@ -47,7 +48,7 @@ except ImportError:  # not built (installed without a C compiler): send_all's ma
     send_many = None
 
 # The attributes of Twisted's TCP transport the direct path reads.
-_PRIVATE = ("dataBuffer", "offset", "_tempDataLen", "socket")
+_PRIVATE = (*TWISTED_BUFFER, "socket")
 
 
 def _plain_tcp(transport: Any) -> bool:
@@ -190,8 +191,7 @@ class SendQueue:
         # (progress() and delivered() would count it as taken by the peer).
         t = self._transport
         if self._direct:
-            # twisted_buffered(t) != 0, read inline: this runs on every write.
-            queued = t._tempDataLen or t.offset != len(t.dataBuffer)
+            queued = twisted_buffered(t)
             if not queued and t.connected and not t.disconnecting:
                 self.written += len(data)
                 try:
@@ -202,9 +202,8 @@ class SendQueue:
                     sent = 0
                 if sent < len(data):
                     self.took(data, sent)
-                elif self.sock_now is None and not self._counted:
-                    self.sock_now = self._sock  # Twisted's buffer drained
-                    SendQueue.generation += 1
+                else:
+                    self._back_on_direct()
                 return True
             if queued and self.held() + len(data) > self._limit:
                 return False
@@ -231,8 +230,7 @@ class SendQueue:
         every peer that does not read them, rather than a copy each.
         """
         t = self._transport
-        if (self._direct and not (t._tempDataLen or t.offset != len(t.dataBuffer))
-                and t.connected and not t.disconnecting):
+        if self._direct and not twisted_buffered(t) and t.connected and not t.disconnecting:
             self.written += sum(map(len, parts))
             try:
                 sent = t.socket.sendmsg(parts)
@@ -246,12 +244,17 @@ class SendQueue:
                 for rest in parts[i + 1:]:
                     t.write(rest)
                 return True
-            if self.sock_now is None and not self._counted:
-                self.sock_now = self._sock  # Twisted's buffer drained
-                SendQueue.generation += 1
+            self._back_on_direct()
             return True
         # Stops at the first part over the limit; written counts the parts before it.
         return all(self.write(part) for part in parts)
+
+    def _back_on_direct(self) -> None:
+        """A direct send took everything: Twisted's buffer has drained, so
+        the direct pass may send to this socket again (if it ever may)."""
+        if self.sock_now is None and not self._counted:
+            self.sock_now = self._sock
+            SendQueue.generation += 1
 
     def took(self, data: bytes, sent: int) -> None:
         """A direct send of C{data} took only C{sent} bytes: Twisted holds
