@@ -1,8 +1,9 @@
 """
-Flood control in a cluster (docs/cluster.md, "Flood control across
-nodes"): a connection's lines are judged only by the node that holds it,
-and the flood penalty of an address is each node's own.  Deterministic, on
-tests/test_cluster_unit.py's nodes (task.Clock, StringTransport).
+Flood control in a cluster (docs/cluster.md, "Options", the item "Flood
+control is the node's that holds the connection"): a connection's lines are
+judged only by the node that holds it, and the flood penalty of an address
+is each node's own.  Deterministic, on tests/test_cluster_unit.py's nodes
+(task.Clock, StringTransport).
 """
 
 from __future__ import annotations

@@ -15,12 +15,16 @@ from twisted_chat.server.config import ServerConfig
 
 ROOT = Path(__file__).parent.parent
 DOCS = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
-# The code's docstrings and comments point into the docs the same way.
-CODE = sorted((ROOT / "twisted_chat").rglob("*.py"))
+# The code's docstrings and comments point into the docs the same way, and
+# so do the tests' (but this file's, which show the forms).
+CODE = sorted([*(ROOT / "twisted_chat").rglob("*.py"),
+               *(path for path in (ROOT / "tests").rglob("*.py") if path != Path(__file__))])
 
-# `README, "Section"`, `docs/x.md, "Section"`, `[x.md](x.md), "Section"`.
+# `README, "Section"`, `docs/x.md, "Section"`, `[x.md](x.md), "Section"`, and
+# `docs/x.md ("Section", "Section")`.
 REFERENCE = re.compile(
-    r'(README(?:\.md)?|(?:docs/)?([a-z]+)\.md(?:\]\([^)]*\))?),\s+"([^"]+)"')
+    r'(README(?:\.md)?|(?:docs/)?([a-z]+)\.md(?:\]\([^)]*\))?)'
+    r'(?:,\s+"([^"]+)"|\s+\(("[^"]+"(?:,\s+"[^"]+")*)\))')
 
 
 def headings(path: Path) -> set[str]:
@@ -42,7 +46,9 @@ def references() -> list[tuple[str, Path, str]]:
             else:
                 target = ROOT / "docs" / f"{match.group(2)}.md"
             where = f"{path.relative_to(ROOT)}:{text.count(chr(10), 0, match.start()) + 1}"
-            found.append((where, target, " ".join(match.group(3).split())))
+            one, listed = match.group(3), match.group(4)
+            sections = [one] if one else re.findall(r'"([^"]+)"', listed)
+            found.extend((where, target, " ".join(section.split())) for section in sections)
     return found
 
 
@@ -50,6 +56,10 @@ def test_there_are_cross_references_to_check() -> None:
     assert len(references()) >= 20
     in_code = [where for where, _, _ in references() if where.startswith("twisted_chat/")]
     assert len(in_code) >= 20, in_code
+    in_tests = [where for where, _, _ in references() if where.startswith("tests/")]
+    assert len(in_tests) >= 20, in_tests
+    bracketed = [section for _, _, section in references() if section == "Exit status and errors"]
+    assert bracketed, "the docs/x.md (\"Section\") form is read (client/outbox.py)"
 
 
 @pytest.mark.parametrize(("where", "target", "section"), references(),

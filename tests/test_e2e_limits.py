@@ -318,11 +318,12 @@ def test_max_per_ip(chat_server, connect):
 
 
 def test_a_proxy_protocol_header_does_not_name_the_address_the_limits_count(chat_server, connect):
-    """docs/cluster.md, "No PROXY protocol": --port takes Twisted's haproxy:
-    endpoint and it strips HAProxy's header, but the server counts (and
-    logs) the address of the connection at its accept: the proxy's.  So
-    behind a TCP proxy every user is one address, whatever the header says;
-    the doc tells operators to --exempt the proxy instead."""
+    """docs/cluster.md, "Running three nodes", the paragraph "No PROXY
+    protocol": --port takes Twisted's haproxy: endpoint and it strips
+    HAProxy's header, but the server counts (and logs) the address of the
+    connection at its accept: the proxy's.  So behind a TCP proxy every user
+    is one address, whatever the header says; the doc tells operators to
+    --exempt the proxy instead."""
     port = free_port()
     server = chat_server("--max-per-ip", "2", port=port, probe=False, exempt=(),
                          endpoint=f"haproxy:tcp:{port}:interface={LOOPBACK}")

@@ -142,9 +142,9 @@ def test_accepted_connections_count_what_connects_and_nothing_at_start(
 
 def test_the_metrics_port_answers_head_options_and_other_methods_as_documented(
         chat_server: Callable[..., ServerProcess]) -> None:
-    """docs/security.md, "The metrics port": GET or HEAD /metrics (a health
-    check's HEAD got 405 before), OPTIONS 200, other methods 405, other
-    paths 404; Allow names what is taken."""
+    """docs/security.md, "The metrics port (`--metrics`)": GET or HEAD
+    /metrics (a health check's HEAD got 405 before), OPTIONS 200, other
+    methods 405, other paths 404; Allow names what is taken."""
     import http.client
 
     metrics_port = free_port()

@@ -239,9 +239,10 @@ def test_open_invitations_from_one_source_are_capped() -> None:
 
 
 def test_pair_checks_a_mutual_invitation_its_own_then_the_two_caps_in_that_order() -> None:
-    """docs/protocol.md, "PAIR checks in this order": a mutual invitation
-    pairs, then pending (your own invitation out), then busy (--max-invites
-    received), then pending (--max-invites-per-ip)."""
+    """docs/protocol.md, "Lobby, direct messages, pairs", the item "PAIR
+    checks in this order": a mutual invitation pairs, then pending (your own
+    invitation out), then busy (--max-invites received), then pending
+    (--max-invites-per-ip)."""
     clock, rec = Clock(), Recorder()
     hub = Hub(clock, History(10), rec,
               HubSettings(invite_timeout=30, max_invites=1, max_invites_per_source=1))
