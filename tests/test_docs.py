@@ -508,3 +508,18 @@ def test_client_md_says_what_the_client_says_when_its_goodbye_is_cut_short() -> 
     [row] = re.findall(r"\| 1 \| [^\n]*", (ROOT / "docs" / "client.md").read_text())
     assert ("did not answer the goodbye within 5 seconds (or you left before it did, with a "
             "second Ctrl-C)") in row
+
+
+def test_the_module_layout_names_every_member_of_session_connection() -> None:
+    """docs/fanout.md, "Module layout", named 7 of the 17 members
+    session.Connection requires (rev16-shape L2)."""
+    from twisted_chat.server.session import Connection
+
+    members = set(Connection.__annotations__) | {
+        name for name in vars(Connection) if not name.startswith("_")}
+    text = (ROOT / "docs" / "fanout.md").read_text()
+    layout = text.split("## Module layout", 1)[1].split("\n## ", 1)[0]
+    item = " ".join(next(part for part in layout.split("\n- ")
+                         if part.startswith("`twisted_chat/server/session.py`")).split())
+    assert len(members) >= 17
+    assert sorted(name for name in members if f"`{name}`" not in item) == []
