@@ -35,7 +35,7 @@ from twisted_chat.tcpinfo import kernel_acked, kernel_queued
 def test_other_transports_use_transport_write() -> None:
     transport = StringTransport()
     queue = SendQueue(transport, limit=1 << 20)
-    assert not queue.direct
+    assert not queue._direct
     assert queue.write(b"hello")
     assert transport.value() == b"hello"
     assert queue.held() == 0  # no socket under it, nothing paused
@@ -130,7 +130,7 @@ def test_sends_at_once_when_nothing_is_queued(loopback: Any) -> Any:
     factory, client = loopback
     server = yield factory.accepted
     queue = SendQueue(server.transport, limit=1 << 20)
-    assert queue.direct
+    assert queue._direct
     assert queue.write(b"now\r\n")
     # Sent without the reactor running: nothing was left in Twisted's buffer.
     assert server.transport._tempDataLen == 0
@@ -297,7 +297,7 @@ def test_without_the_private_attributes_the_queue_falls_back(
     server = yield factory.accepted
     monkeypatch.setattr(sendqueue, "_PRIVATE", (*sendqueue._PRIVATE, "_gone_in_this_twisted"))
     queue = SendQueue(server.transport, limit=buffer_size(server.transport) + 10)
-    assert not queue.direct
+    assert not queue._direct
     assert queue.write(b"hi\r\n")
     assert server.transport._tempDataLen == 4, "buffered by Twisted, not sent at once"
     queue.pauseProducing()
@@ -309,9 +309,9 @@ def test_without_the_private_attributes_the_queue_falls_back(
 def test_the_operator_can_turn_the_direct_path_off(loopback: Any) -> Any:
     factory, _client = loopback
     server = yield factory.accepted
-    assert SendQueue(server.transport, limit=1 << 20).direct
+    assert SendQueue(server.transport, limit=1 << 20)._direct
     queue = SendQueue(server.transport, limit=1 << 20, direct=False)
-    assert not queue.direct
+    assert not queue._direct
     queue.write(b"later\r\n")
     assert server.transport._tempDataLen == 7, "left to the reactor's next turn"
     server.transport.loseConnection()
@@ -361,7 +361,7 @@ def test_a_kernel_without_the_acked_count_keeps_the_count_and_no_direct_pass(
     server = yield factory.accepted
     monkeypatch.setattr(tcpinfo, "_acked_known", False)
     queue = SendQueue(server.transport, limit=1 << 20)
-    assert queue.direct and queue.sock_now is None
+    assert queue._direct and queue.sock_now is None
     member = Member(queue)
     assert write_direct([member], b"x") == [member]
     assert queue.write(b"abc")
@@ -954,7 +954,7 @@ def unix_loopback() -> Iterator[Any]:
 def paused_queue(server: Any) -> SendQueue:
     """A UNIX connection's queue as the server makes it, 640 kB written."""
     queue = SendQueue(server.transport, limit=1 << 24, direct=True, sndbuf=65536)
-    assert not queue.direct  # the direct path is plain TCP's only
+    assert not queue._direct  # the direct path is plain TCP's only
     assert tcpinfo.peer_acked(server.transport) is None
     queue.start()
     for _ in range(40):

@@ -99,6 +99,7 @@ class SendQueue:
         self._transport = transport
         self._limit = limit
         self._paused: int | None = None  # bytes written since Twisted paused us
+        # Whether a write goes straight to the socket while Twisted holds nothing.
         self._direct = direct and _plain_tcp(transport)
         self._sock = socket_of(transport)
         if sndbuf and self._sock is not None:
@@ -115,11 +116,6 @@ class SendQueue:
         # since when nothing has been (None: nothing is held).
         self.last_delivered = 0
         self.stalled_since: float | None = None
-
-    @property
-    def direct(self) -> bool:
-        """Whether writes go straight to the socket when nothing is queued."""
-        return self._direct
 
     def start(self) -> None:
         self._transport.registerProducer(self, True)
