@@ -475,6 +475,35 @@ def test_sendq_applies(h: Harness) -> None:
     assert bob.take()[-1] == f"LEFT {ts(h)} alice sendq"
 
 
+def test_one_send_queue_counts_frame_bytes_against_sendq() -> None:
+    """
+    A WebSocket connection has one send queue, on the TCP transport under
+    it, and --sendq counts the frames it writes.  Here (a StringTransport,
+    whose buffer cannot be read) Twisted's share is estimated from its
+    pausing: once paused, lines whose frames (two bytes more than each
+    line) pass what --sendq leaves past Twisted's buffer size are refused,
+    though the lines alone would fit.  Before, a second queue wrote the
+    frames and the one enforcing --sendq counted the lines.
+    """
+    line = b"MSG 0 carol * " + b"x" * 984 + b"\r\n"
+    frame = len(encode_frames(line))
+    assert frame == len(line) + 2
+    fit = 10
+    h = Harness(sendq=65536 + (fit + 1) * frame - 1)  # 11 lines fit, not 11 frames
+    alice = WsConn(h, make_gateway(h))
+    alice.register("alice")
+    chat = alice.socket.chat
+    assert chat is not None and chat.send_queue is alice.socket.chat_queue
+    assert alice.transport.producer is chat.send_queue, "the TCP transport's producer"
+    alice.transport.producer.pauseProducing()
+    for _ in range(fit):
+        chat.write(line)
+    assert not chat.closing
+    chat.write(line)
+    assert chat.closing, "cut: the frames held would pass --sendq"
+    assert len(alice.frames()) == fit, "the refused line was not sent"
+
+
 def test_nick_timeout_applies(h: Harness) -> None:
     h = Harness(nick_timeout=30.0)
     gateway = make_gateway(h)

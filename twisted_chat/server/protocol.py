@@ -136,8 +136,13 @@ class ChatProtocol(HoldsInput):
         no_delay = getattr(transport, "setTcpNoDelay", None)
         if no_delay is not None and config.tcp_nodelay:
             no_delay(True)
-        self.send_queue = queue = SendQueue(transport, config.sendq, direct=config.direct_send,
-                                        sndbuf=config.sndbuf)
+        # A transport that encodes what is written (the WebSocket gateway's)
+        # offers its own queue, on the socket under it, counting encoded bytes.
+        queue = getattr(transport, "send_queue", None)
+        if queue is None:
+            queue = SendQueue(transport, config.sendq, direct=config.direct_send,
+                              sndbuf=config.sndbuf)
+        self.send_queue = queue
         queue.start()
         self.factory.drain.start()
         self.factory.output_budget.start()
@@ -277,8 +282,9 @@ class ChatProtocol(HoldsInput):
             return
         written = queue.written
         if not queue.write_parts(parts):
-            # Written counts the parts before the one that did not fit.
-            self._overflow(sum(map(len, parts)) - (queue.written - written))
+            # Written counts the parts before the one that did not fit (on a
+            # WebSocket, framed: a few bytes more than their lines).
+            self._overflow(max(sum(map(len, parts)) - (queue.written - written), 0))
 
     def deliver(self, data: bytes) -> None:
         """The fan-out's write (for members its direct pass does not

@@ -13,7 +13,8 @@ C{offset}, C{_tempDataLen}: L{twisted_buffered}); where they are missing, on
 other transports (TLS, test transports), or with C{--no-direct-send}, the
 queue writes with C{transport.write} and estimates Twisted's share from its
 pausing.  The fan-out sends a batch to every queue on the direct path at once
-with L{DirectPass}, without a Python call per member.
+with L{DirectPass}, without a Python call per member.  L{EncodingSendQueue}
+encodes what it is given before the write (a WebSocket's frames).
 """
 
 from __future__ import annotations
@@ -243,7 +244,8 @@ class SendQueue:
             self._back_on_direct()
             return True
         # Stops at the first part over the limit; written counts the parts before it.
-        return all(self.write(part) for part in parts)
+        # SendQueue.write, not self.write: an EncodingSendQueue's parts are encoded.
+        return all(SendQueue.write(self, part) for part in parts)
 
     def _back_on_direct(self) -> None:
         """A direct send took everything: Twisted's buffer has drained, so
@@ -277,6 +279,39 @@ class SendQueue:
 
     def stopProducing(self) -> None:
         pass
+
+
+class EncodingSendQueue(SendQueue):
+    """
+    A send queue whose writes are encoded first, by C{encode}: the
+    WebSocket gateway's, on the TCP (or TLS) transport under the WebSocket,
+    C{encode} framing the lines (L{twisted_chat.web.gateway.FrameCache}).
+    So what it counts, reads from Twisted's buffer and bounds by C{limit}
+    is what is really held: the encoded bytes.  C{encode} answers C{b""}
+    for data that is not to be sent (a WebSocket no longer open).  The
+    fan-out's direct pass, which sends a batch as it is, never writes to
+    it: its C{sock_now} stays C{None} (it counts every byte it writes,
+    like a queue off the direct pass).
+    """
+
+    __slots__ = ("_encode",)
+
+    def __init__(self, transport: Any, limit: int, encode: Callable[[bytes], bytes],
+                 direct: bool = True, sndbuf: int = 0) -> None:
+        super().__init__(transport, limit, direct, sndbuf)
+        self._encode = encode
+        self._counted = True
+        self.sock_now = None
+
+    def write(self, data: bytes) -> bool:
+        encoded = self._encode(data)
+        return not encoded or super().write(encoded)
+
+    def write_parts(self, parts: Sequence[bytes]) -> bool:
+        """Each part encoded on its own (a part shared by many connections
+        is encoded once, by a caching C{encode}), then L{SendQueue.write_parts}."""
+        encoded = [e for e in map(self._encode, parts) if e]
+        return not encoded or super().write_parts(encoded)
 
 
 # -- the fan-out's direct pass ------------------------------------------------------

@@ -38,7 +38,6 @@ the peer's address (L{ChatWebSocket.failHandshake}).
 
 from __future__ import annotations
 
-import sys
 from collections.abc import Callable, Iterable
 from typing import Any
 
@@ -58,7 +57,7 @@ from twisted_chat.server import logs
 from twisted_chat.server.closing import close_within
 from twisted_chat.server.factory import ChatFactory
 from twisted_chat.server.protocol import ChatProtocol
-from twisted_chat.server.sendqueue import SendQueue, buffer_size
+from twisted_chat.server.sendqueue import EncodingSendQueue
 from twisted_chat.web.config import WebConfig, client_host, host_well_formed, origin_allowed
 
 # Bytes of a message kept beyond --max-line: a terminator (CRLF) the
@@ -143,8 +142,10 @@ class WebSocketTransport:
     """
     What the chat connection protocol sees as its transport: lines written
     go out as text frames; a close is a WebSocket close; the producer calls
-    (the send-queue watch, reading paused during the fan-out's gap) go to
-    the TCP (or TLS) transport underneath.
+    (reading paused during the fan-out's gap) go to the TCP (or TLS)
+    transport underneath.  It offers the chat connection the WebSocket's
+    send queue (L{send_queue}), which frames the lines and writes them to
+    that transport.
     """
 
     def __init__(self, socket: ChatWebSocket, address: Address | None) -> None:
@@ -155,9 +156,16 @@ class WebSocketTransport:
 
     # -- writing ---------------------------------------------------------------
 
+    @property
+    def send_queue(self) -> EncodingSendQueue | None:
+        """The one queue of this connection (L{ChatWebSocket.chat_queue})."""
+        return self._socket.chat_queue
+
     def write(self, data: bytes) -> None:
-        if not self.closing:
-            self._socket.send_frames(self._socket.cache.frames(data))
+        """For what writes without the send queue (a refusal's lines)."""
+        queue = self._socket.chat_queue
+        if not self.closing and queue is not None:
+            queue.write(data)
 
     def writeSequence(self, data: Iterable[bytes]) -> None:
         self.write(b"".join(data))
@@ -183,17 +191,6 @@ class WebSocketTransport:
 
     def getHost(self) -> Any:
         return self._socket.tcp.getHost()
-
-    @property
-    def bufferSize(self) -> int:
-        """What the TCP (or TLS) transport buffers before it pauses its producer."""
-        return buffer_size(self._socket.tcp)
-
-    def getHandle(self) -> Any:
-        """The socket under the WebSocket: the send queue counts the kernel's
-        share of what is held, and sizes its buffer (--sndbuf)."""
-        get = getattr(self._socket.tcp, "getHandle", None)
-        return get() if get is not None else None
 
     def setTcpNoDelay(self, enabled: bool) -> None:
         no_delay = getattr(self._socket.transport, "setTcpNoDelay", None)
@@ -230,8 +227,10 @@ class ChatWebSocket(WebSocketServerProtocol):
     # The chat connection (None before the upgrade, after the close, and
     # for a refusal).
     chat: ChatProtocol | None = None
-    _write_frames: Callable[[bytes], bool]  # not _send: autobahn has one
-    _frames_queue: SendQueue | None = None
+    # The connection's one send queue, from the upgrade to the socket's end:
+    # on the TCP (or TLS) transport, framing what the chat writes.  (Not
+    # send_queue: autobahn has one.)
+    chat_queue: EncodingSendQueue | None = None
     _client: Address | None = None
     _refused = False
     # Why onConnect refused the upgrade, for the log line (else autobahn's
@@ -322,13 +321,15 @@ class ChatWebSocket(WebSocketServerProtocol):
         # twisted.web's HTTP channel is still the TCP transport's producer;
         # the chat connection registers its own (the send-queue watch).
         self.tcp.unregisterProducer()
-        # Frames go straight to the socket when nothing is queued before
-        # them, as the chat's own lines do on TCP (autobahn's sendData would
-        # be transport.write, a buffered write and two epoll_ctl calls).  A
-        # send queue with no limit of its own does that: --sendq is the chat
-        # connection's queue's to enforce (it sits on WebSocketTransport).
-        self._frames_queue = SendQueue(self.tcp, sys.maxsize)
-        self._write_frames = self._frames_queue.write
+        # One send queue, on the TCP (or TLS) transport, for the chat
+        # connection to take (WebSocketTransport.send_queue): it counts the
+        # frames, where Twisted's buffer and the kernel's hold them, against
+        # --sendq, and sends them straight to the socket when nothing is
+        # queued before them, as TCP lines are (autobahn's sendData would be
+        # transport.write, a buffered write and two epoll_ctl calls).
+        config = self.factory.chat.config
+        self.chat_queue = EncodingSendQueue(self.tcp, config.sendq, self.frames_for,
+                                           direct=config.direct_send, sndbuf=config.sndbuf)
         built = self._built = self.factory.chat.buildProtocol(self._client, port="web")
         self.chat = built if isinstance(built, ChatProtocol) else None
         built.makeConnection(WebSocketTransport(self, self._client))
@@ -453,24 +454,12 @@ class ChatWebSocket(WebSocketServerProtocol):
         if payload is None or self.state != self.STATE_OPEN:
             self._pending_pong = None
             return
-        if self.twisted_held() > PONG_HELD_LIMIT:
+        queue = self.chat_queue
+        if queue is not None and queue.twisted_held() > PONG_HELD_LIMIT:
             self._pong_call = self.factory.reactor.callLater(PONG_RETRY, self._send_pong)
             return
         self._pending_pong = None
         self.sendPong(payload)
-
-    def twisted_held(self) -> int:
-        """
-        Bytes Twisted holds for the socket: read from the TCP transport's
-        buffer where the gateway's queue can, and at least what the chat
-        connection's send queue estimates (its buffer size once Twisted has
-        paused it, elsewhere, e.g. under TLS).
-        """
-        held = 0 if self._frames_queue is None else self._frames_queue.twisted_held()
-        queue = None if self.chat is None else self.chat.send_queue
-        if queue is not None:
-            held = max(held, queue.twisted_held())
-        return held
 
     def onClose(self, wasClean: bool, code: int | None, reason: str | None) -> None:
         built, self._built, self.chat = self._built, None, None
@@ -505,6 +494,7 @@ class ChatWebSocket(WebSocketServerProtocol):
             if call is not None and call.active():
                 call.cancel()
         self._grace = self._pong_call = None
+        self.chat_queue = None  # its encode is a method of this socket's
         try:
             super().connectionLost(reason)
         finally:
@@ -512,9 +502,11 @@ class ChatWebSocket(WebSocketServerProtocol):
 
     # -- used by WebSocketTransport --------------------------------------------
 
-    def send_frames(self, frames: bytes) -> None:
-        if self.state == self.STATE_OPEN:
-            self._write_frames(frames)
+    def frames_for(self, data: bytes) -> bytes:
+        """The send queue's encode: C{data}'s frames, shared with the other
+        members it is written to (L{FrameCache}); none once the WebSocket
+        is no longer open (a close frame sent or received)."""
+        return self.cache.frames(data) if self.state == self.STATE_OPEN else b""
 
     def close_normally(self) -> None:
         if self.state == self.STATE_OPEN:
