@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 
 from tests.redisproc import REDIS_SERVER, RedisServer
-from tests.serverproc import LineClient
+from tests.serverproc import LineClient, ServerProcess
 from tests.test_cluster_e2e import Cluster
 from tests.test_cluster_e2e import cluster as cluster_fixture
 from tests.test_cluster_read_e2e import Resp
@@ -333,6 +333,20 @@ def test_a_pair_ended_in_the_lost_tail_stays_ended(cluster: Callable[..., Cluste
             "UNPAIRED bob left" if client is alice else "UNPAIRED alice left"], lines
 
 
+def _paired_and_carol(c: Cluster, carols: ServerProcess) -> tuple[LineClient, ...]:
+    """alice (node 0) paired with bob (node 1), and carol on C{carols};
+    everything they were sent so far read."""
+    alice, bob = c.user(c.nodes[0], "alice"), c.user(c.nodes[1], "bob")
+    carol = c.user(carols, "carol")
+    alice.send("PAIR bob")
+    bob.expect("INVITE alice", timeout=10)
+    bob.send("ACCEPT alice")
+    alice.expect("PAIRED bob", timeout=10)
+    for client in (alice, bob, carol):
+        client.sync()
+    return alice, bob, carol
+
+
 def test_a_lobby_line_before_the_hellos_of_a_new_epoch_misses_the_pair(
     cluster: Callable[..., Cluster],
 ) -> None:
@@ -345,13 +359,7 @@ def test_a_lobby_line_before_the_hellos_of_a_new_epoch_misses_the_pair(
     --node-timeout: the stop is not a death.)"""
     c = cluster(3, node_timeout=60.0)
     n0, n1, n2 = c.nodes
-    alice, bob, carol = c.user(n0, "alice"), c.user(n1, "bob"), c.user(n2, "carol")
-    alice.send("PAIR bob")
-    bob.expect("INVITE alice", timeout=10)
-    bob.send("ACCEPT alice")
-    alice.expect("PAIRED bob", timeout=10)
-    for client in (alice, bob, carol):
-        client.sync()
+    alice, bob, carol = _paired_and_carol(c, n2)
     for server in (n0, n1):
         os.kill(server.pid, signal.SIGSTOP)
     try:
@@ -372,3 +380,39 @@ def test_a_lobby_line_before_the_hellos_of_a_new_epoch_misses_the_pair(
         lines = client.sync()
         assert not [line for line in client.lines if "before their hellos" in line], lines
     assert "still paired" not in " ".join(carol.sync())
+
+
+def test_lines_typed_to_a_partner_through_a_restart_without_data_reach_nobody(
+    cluster: Callable[..., Cluster],
+) -> None:
+    """rev16-clu #1 (s1b_leak): bob (node 1) is paired with alice (node 0);
+    carol is on node 1.  Redis is killed and restarts empty while bob types
+    four lines to alice, the last three held behind his first.  Node 0 is
+    stopped meanwhile, so node 1's hello comes first: bob is told UNPAIRED
+    alice disconnected, then his lines are decided.  Each is answered
+    ERROR unavailable (they used to be lobby lines: carol got them, and a
+    newcomer as HISTORY); node 0's hello brings the pair back.  (A long
+    --node-timeout: the stop is not a death.)"""
+    c = cluster(2, node_timeout=60.0)
+    n0, n1 = c.nodes
+    _, bob, carol = _paired_and_carol(c, n1)
+    os.kill(n0.pid, signal.SIGSTOP)
+    try:
+        c.redis.stop(signal.SIGKILL)
+        bob.send(b"".join(b"MSG for alice %d\r\n" % i for i in range(4)))
+        c.redis.wipe()
+        c.redis.start()
+        n1.wait_log("Redis lost its data", timeout=15)
+        assert bob.expect("UNPAIRED", timeout=15) == "UNPAIRED alice disconnected"
+        errors = [bob.expect(lambda line: line.startswith(("ERROR", "MSG")), timeout=15)
+                  for _ in range(4)]
+        assert errors == ["ERROR unavailable not sent: you were not paired with alice when "
+                          "it came to be delivered (the pair ended, or the chat's store lost "
+                          "it); send it again"] * 4, errors
+    finally:
+        os.kill(n0.pid, signal.SIGCONT)
+    assert bob.expect("PAIRED", timeout=15) == "PAIRED alice"
+    dave = c.user(n1, "dave")
+    for client in (carol, dave):
+        lines = client.sync()
+        assert not [line for line in client.lines if "for alice" in line], lines

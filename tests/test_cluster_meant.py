@@ -18,6 +18,8 @@ import txredisapi  # type: ignore[import-untyped]
 from twisted.internet.defer import Deferred, fail
 
 from tests.test_cluster_hello import _accepted_then_lost, _told
+from tests.test_cluster_outage import outage, said
+from tests.test_cluster_own import pair
 from tests.test_cluster_read import MemoryRedis, Node, cluster, now, say
 from tests.test_cluster_rebuild import _settle
 from twisted_chat.server.hub import HubError
@@ -182,3 +184,147 @@ def test_a_hello_kept_past_shown_keep_still_says_what_was_shown(
     say(n1, dave, "later")
     _settle(redis, clock, 0)
     assert n0.state.replica.afterloss.shown is None
+
+
+# -- lines held behind a command, meant as of when they arrived (rev16-clu #1) ------
+
+
+def _ann_paired_with_bob(n: int = 2) -> tuple[Any, Any, Any, Any, Any]:
+    """ann (node0, whose log can go down) paired with bob (node1); carol in
+    the lobby on the last node.  Returns the cluster, node0's log, ann, bob,
+    carol."""
+    cluster, n0, log = outage(n)
+    ann, bob = n0.user("ann"), cluster.nodes[1].user("bob")
+    carol = cluster.nodes[-1].user("carol")
+    pair(cluster, ann, bob)
+    assert ann.take()[-1] == "PAIRED bob" and bob.take()[-1] == "PAIRED ann"
+    carol.take()
+    return cluster, log, ann, bob, carol
+
+
+def _typed_to_bob(cluster: Any, ann: Any) -> None:
+    """While node0's log is down, ann types three lines to bob: the first
+    becomes a command that waits, the other two (a second later) are held
+    behind it; then a second passes."""
+    ann.send("MSG for bob 1")
+    cluster.clock.advance(1)
+    ann.send("MSG for bob 2", "MSG for bob 3")
+    assert ann.protocol._waiting and ann.take() == []
+    cluster.clock.advance(1)
+
+
+def _none_leaked(cluster: Any, ann: Any, *others: Any) -> list[str]:
+    """No line of ann's reached the others, nor (a newcomer's HISTORY) the
+    lobby's history; each was answered ERROR unavailable not sent (ann's
+    lines are returned)."""
+    for conn in others:
+        assert not [line for line in conn.take() if "for bob" in line]
+    dave = cluster.nodes[-1].connect()
+    dave.send("NICK dave")
+    cluster.pump()
+    assert not [line for line in dave.take() if "for bob" in line]
+    mine = ann.take()
+    assert not [line for line in mine if line.startswith("MSG")], mine
+    errors = [line for line in mine if line.startswith("ERROR")]
+    assert errors == ["ERROR unavailable not sent: you were not paired with bob when it came "
+                      "to be delivered (the pair ended, or the chat's store lost it); "
+                      "send it again"] * 3, mine
+    return mine
+
+
+def test_lines_held_while_the_partner_unpaired_reach_nobody() -> None:
+    """ann's node cannot write to Redis while she types to bob; bob's
+    UNPAIR is applied meanwhile (UNPAIRED bob written to ann).  Her two
+    lines held behind the first were meant for bob when they arrived: like
+    the first, they reach neither the lobby (carol) nor its history, and
+    each is answered "not sent" (they were handled as lobby lines, once
+    UNPAIRED was written: rev16-clu #1)."""
+    cluster, log, ann, bob, carol = _ann_paired_with_bob()
+    log.down()
+    _typed_to_bob(cluster, ann)
+    bob.send("UNPAIR")
+    cluster.pump()
+    assert ann.take()[0] == "UNPAIRED bob left"
+    cluster.clock.advance(1)
+    log.back()
+    cluster.pump()
+    _none_leaked(cluster, ann, bob, carol)
+    ann.send("MSG to the lobby now")  # as she was shown UNPAIRED
+    cluster.pump()
+    assert said(carol.take()) == ["to the lobby now"]
+
+
+def test_lines_held_through_a_restart_without_data_reach_nobody() -> None:
+    """s1b_leak's case: Redis restarts empty while ann types to bob; her
+    node's hello comes first (bob's node is not back): she is told UNPAIRED
+    bob disconnected, then her lines are handled.  None reaches carol or the
+    history, each is answered "not sent"; bob's node's hello brings the
+    pair back."""
+    cluster, log, ann, bob, carol = _ann_paired_with_bob(3)
+    _, n1, n2 = cluster.nodes
+    log.down()
+    _typed_to_bob(cluster, ann)
+    rows = [node.state.rebuild(None, []) for node in cluster.nodes]
+    for node in cluster.nodes:
+        node.cursor = len(cluster.log.entries)  # the new epoch's log starts here
+    n2.state.hello(rows[2])
+    log.new_epoch()
+    log.back()
+    cluster.pump()
+    mine = _none_leaked(cluster, ann, carol)
+    assert mine[0] == "UNPAIRED bob disconnected", mine
+    n1.state.hello(rows[1])
+    cluster.pump()
+    assert "PAIRED bob" in ann.take()
+    assert not [line for line in bob.take() if "for bob" in line]
+
+
+def test_lobby_lines_held_while_an_accept_came_reach_nobody() -> None:
+    """The other way: ann, her invitation to bob open, types lobby lines
+    while her node cannot write to Redis; bob's ACCEPT is applied meanwhile
+    (PAIRED bob written to ann).  Her held lines, meant for the lobby when
+    they arrived, reach neither bob nor the lobby, and each is answered
+    "not sent"."""
+    cluster, n0, log = outage(2)
+    ann, bob = n0.user("ann"), cluster.nodes[1].user("bob")
+    carol = cluster.nodes[1].user("carol")
+    ann.send("PAIR bob")
+    cluster.pump()
+    ann.take(), bob.take(), carol.take()
+    log.down()
+    ann.send("MSG for all 1")
+    cluster.clock.advance(1)
+    ann.send("MSG for all 2", "MSG for all 3")
+    cluster.clock.advance(1)
+    bob.send("ACCEPT ann")
+    cluster.pump()
+    assert ann.take() == ["PAIRED bob"]
+    cluster.clock.advance(1)
+    log.back()
+    cluster.pump()
+    for conn in (bob, carol):
+        assert not [line for line in conn.take() if "for all" in line]
+    mine = ann.take()
+    assert mine == ["ERROR unavailable not sent: it was meant for the lobby and you were "
+                    "paired with bob when it came to be delivered; send it again"] * 3, mine
+
+
+def test_a_line_right_behind_the_sender_s_own_unpair_reaches_nobody() -> None:
+    """ann sends UNPAIR and, before its answer came back, a MSG: it arrived
+    while she was shown PAIRED bob, so it goes to nobody (one server sends
+    it to the lobby: there the UNPAIR is done as it comes).  Once she is
+    shown UNPAIRED, her lines go to the lobby."""
+    cluster, _, ann, bob, carol = _ann_paired_with_bob()
+    ann.send("UNPAIR", "MSG for bob 1")
+    cluster.clock.advance(0.01)  # the UNPAIR's round trip to Redis
+    cluster.pump()
+    mine = ann.take()
+    assert mine[0] == "UNPAIRED bob left", mine
+    assert [line for line in mine if line.startswith(("ERROR", "MSG"))] == [
+        "ERROR unavailable not sent: you were not paired with bob when it came to be "
+        "delivered (the pair ended, or the chat's store lost it); send it again"], mine
+    for conn in (bob, carol):
+        assert not [line for line in conn.take() if "for bob" in line]
+    ann.send("MSG to the lobby now")
+    cluster.pump()
+    assert said(carol.take()) == ["to the lobby now"]

@@ -13,6 +13,7 @@ import pytest
 
 from tests.test_cluster_unit import Cluster, Node, check_index
 from twisted_chat.server import sendqueue
+from twisted_chat.server.cluster.own import PairsShown
 from twisted_chat.server.cluster.remote import RemoteConn
 from twisted_chat.server.cluster.service import FactoryHooks
 from twisted_chat.server.factory import ChatFactory
@@ -440,3 +441,23 @@ def test_after_a_loss_one_extra_in_place_of_another_gives_new_members(
     extras[:] = [b.protocol]  # a went, b came: as many
     assert state.own.lobby_members() is own
     assert state.lobby_members() == (b.protocol,)
+
+
+def test_pairs_shown_says_what_a_connection_was_shown_when_and_forgets() -> None:
+    """L{PairsShown}: a line that arrived before a change a connection was
+    shown is meant as before it (a change at the same instant counts as
+    before the line); changes up to C{since} are forgotten, and nothing is
+    kept for a connection once all of its are."""
+    shown = PairsShown()
+    ann, bob = object(), object()
+    shown.changed(ann, 10.0, "uid-bob", since=0.0)  # UNPAIRED at 10
+    shown.changed(ann, 12.0, "", since=0.0)  # PAIRED again at 12
+    shown.changed(bob, 11.0, "uid-ann", since=0.0)
+    assert shown.as_of(ann, 9.0, "uid-bob", since=0.0) == "uid-bob"
+    assert shown.as_of(ann, 10.0, "uid-bob", since=0.0) == ""
+    assert shown.as_of(ann, 11.0, "uid-bob", since=0.0) == ""
+    assert shown.as_of(ann, 12.0, "uid-bob", since=0.0) == "uid-bob"
+    assert shown.as_of(object(), 1.0, "now", since=0.0) == "now"
+    assert shown.as_of(ann, 9.0, "uid-bob", since=10.0) == ""  # the first is forgotten
+    assert shown.as_of(ann, 9.0, "uid-bob", since=12.0) == "uid-bob"
+    assert shown._by_conn == {} and not shown._order

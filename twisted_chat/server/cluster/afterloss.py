@@ -248,6 +248,10 @@ class AfterLoss:
         """The nick of user C{uid} in the replica before its rebuild."""
         return self._nicks.get(uid)
 
+    def uid_before(self, nick: str) -> str | None:
+        """The uid of the user the replica had as C{nick} before its rebuild."""
+        return next((uid for uid, n in self._nicks.items() if n == nick), None)
+
     def clear(self) -> None:
         """The replica is emptied (L{Replica.clear}): so is this."""
         self.detached = {}

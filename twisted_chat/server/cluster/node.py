@@ -51,7 +51,7 @@ from twisted.internet.interfaces import IDelayedCall, IReactorTime
 
 from twisted_chat import wire
 from twisted_chat.server import logs
-from twisted_chat.server.cluster.own import OwnMembers
+from twisted_chat.server.cluster.own import OwnMembers, PairsShown
 from twisted_chat.server.cluster.remote import RemoteConn
 from twisted_chat.server.cluster.replica import Replica
 from twisted_chat.server.fanout import Member
@@ -192,7 +192,10 @@ class ClusterState:
         self.settings = settings
         # The replica holds every user of the cluster; this node writes to
         # its own only, so its fan-out walks their index (own.py).
-        self.own = OwnMembers(listener)
+        self.own = OwnMembers(listener, self._pair_shown)
+        #: What this node's connections were shown of their partner lately
+        #: (where a line held behind a command goes: L{_meant}).
+        self.pairs_shown = PairsShown()
         self.replica = Replica(node, self.own, history, self, settings)
         self.hub: Hub = self.replica.hub
         self.events: EventLog | None = None
@@ -430,11 +433,34 @@ class ClusterState:
             return None  # the cluster has taken this user offline meanwhile
         event["u"] = uid
         if event["t"] == "say":
-            # Where its sender meant it to go: the partner its client was
-            # shown (its uid), or the lobby (""); a replica where that is no
-            # longer so delivers it nowhere (Replica._say).
-            event["p"] = self.replica.afterloss.seen(uid)[0]
+            event["p"] = self._meant(uid, user.conn)
         return self._ask(event, user.conn)
+
+    def _meant(self, uid: str, conn: Any) -> str:
+        """
+        Where user C{uid}'s line (MSG) was meant to go: the partner its
+        client was shown (its uid), or the lobby (""), as of when the line
+        arrived (L{PairsShown}: a line held behind a command, through an
+        outage, may be handled after the node wrote C{UNPAIRED} to its
+        sender; after a loss, what was shown is L{AfterLoss.seen}).  A
+        replica where that is no longer so delivers it nowhere
+        (Replica._say).
+        """
+        current = self.replica.afterloss.seen(uid)[0]
+        now = self.reactor.seconds()
+        return self.pairs_shown.as_of(conn, conn.arrived(), current, now - self.wait)
+
+    def _pair_shown(self, user: User, before: User | None) -> None:
+        """A C{PAIRED} or C{UNPAIRED} was written to C{user}, shown
+        C{before} as its partner until then (None: the lobby)."""
+        uid = ""
+        if before is not None:
+            # A partner gone in events Redis lost (a stand-in) by its nick
+            # before the loss; else one no uid names (not the lobby).
+            uid = (self.replica.uids.get(before)
+                   or self.replica.afterloss.uid_before(before.nick) or "-")
+        now = self.reactor.seconds()
+        self.pairs_shown.changed(user.conn, now, uid, now - self.wait)
 
     def say(self, user: User, text: str) -> Outcome:
         return self._command(user, {"t": "say", "x": text})
