@@ -439,3 +439,32 @@ def test_many_senders_cannot_cut_a_recipient_for_sendq() -> None:
     assert senders[0].take()[-1].endswith("sender0 victim back")
     senders[1].send("PAIR victim")
     assert senders[1].take() == ["PENDING victim"]
+
+
+def test_a_partner_cannot_cut_a_slow_reader_for_sendq() -> None:
+    """A paired partner's MSG is a private line like a DM: to a reader
+    more than half of --sendq behind it is refused with ERROR busy, and
+    the reader keeps its connection (rev16-sec 4: one partner within the
+    flood rate got a 16 KB/s reader cut for sendq)."""
+    sendq = 2 * 65536 + 8000  # half: 69,536
+    h = Harness(sendq=sendq)
+    victim, partner = h.user("victim"), h.user("partner")
+    partner.send("PAIR victim")
+    victim.send("ACCEPT partner")
+    h.clear_all()
+    victim.transport.producer.pauseProducing()  # the kernel stopped taking its data
+    text = "x" * 4000
+    for _ in range(100):  # 400 kB: three times --sendq
+        partner.send(f"MSG {text}")
+    assert not victim.transport.disconnected
+    queue = victim.protocol.send_queue
+    assert queue is not None and queue.held() <= sendq // 2 + 4100
+    refused = [line for line in partner.take() if line.startswith("ERROR")]
+    # The paused socket counts 65,536 bytes held: one line gets past the half.
+    assert len(refused) == 100 - 1, len(refused)
+    assert set(refused) == {
+        "ERROR busy victim is not reading fast enough to take more private messages; "
+        "try again later"}
+    victim.transport.producer.resumeProducing()  # it read what was held
+    partner.send("MSG back")
+    assert partner.take()[-1].endswith("partner victim back")

@@ -370,6 +370,11 @@ class Session:
                 # its address's lobby token back.
                 outcome.addErrback(self._not_said, limits)
             return outcome
+        partner = user.partner
+        if partner is not None:
+            # A pair's MSG is a private line like a DM (chat/1: it "looks
+            # like a DM from the partner"), so it is held back alike.
+            self._not_backed_up(user, partner.nick, "private messages")
         return factory.state.say(user, command.text)
 
     def _not_said(self, failure: Failure, limits: Address) -> Failure:
@@ -395,10 +400,11 @@ class Session:
 
     def _not_backed_up(self, user: User, nick: str, what: str) -> None:
         """
-        A private line (DM, INVITE) for a user of this process whose peer
-        is more than half of --sendq behind is refused to its sender with
-        C{ERROR busy}: otherwise many senders, each within its own limits,
-        could push the recipient over --sendq and get it cut.  In cluster
+        A private line (DM, a pair's MSG, INVITE) for a user of this
+        process whose peer is more than half of --sendq behind is refused
+        to its sender with C{ERROR busy}: otherwise many senders, or one
+        partner, each within its own limits, could push the recipient over
+        --sendq and get it cut.  In cluster
         mode only the recipient's node knows what it holds for it: senders
         on other nodes are not refused (docs/cluster.md says why).
         """
