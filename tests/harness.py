@@ -166,9 +166,9 @@ class Harness:
         self.conns.append(conn)
         return conn
 
-    def user(self, nick: str) -> Conn:
+    def user(self, nick: str, host: str = "127.0.0.1") -> Conn:
         """A connection that completed the handshake as C{nick}, output cleared."""
-        conn = self.connect()
+        conn = self.connect(host)
         conn.send(f"NICK {nick}")
         lines = conn.take()
         assert f"READY {nick}" in lines, lines

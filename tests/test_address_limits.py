@@ -183,12 +183,38 @@ def test_the_bye_text_that_goes_out_as_left_is_capped() -> None:
 def test_open_invitations_to_one_user_are_capped() -> None:
     h = Harness(max_invites=2)
     victim = h.user("victim")
-    fans = [h.user(f"fan{i}") for i in range(3)]
+    fans = [h.user(f"fan{i}", host=f"192.0.2.{i + 1}") for i in range(3)]
     for fan in fans:
         fan.send("PAIR victim")
     assert fans[2].take() == [
         "ERROR busy victim has 2 open invitations already; try again later"]
     assert victim.take() == ["INVITE fan0", "INVITE fan1"]
+
+
+def test_one_address_cannot_keep_a_user_s_invitations_full() -> None:
+    """The users of one address hold at most a fifth of a user's
+    --max-invites (2 of 10): ten of them no longer fill a victim's slots,
+    re-inviting at each REJECT, so that a friend elsewhere is answered
+    busy (rev16-sec 3)."""
+    h = Harness()  # --max-invites 10, --max-invites-per-ip 10
+    victim = h.user("victim", host="192.0.2.1")
+    friend = h.user("friend", host="198.51.100.2")
+    mallory = [h.user(f"m{i}") for i in range(10)]  # all from 127.0.0.1
+    for _ in range(3):  # each round: all invite, the victim rejects them all
+        for m in mallory:
+            m.send("PAIR victim")
+        answers = [line for m in mallory for line in m.take()]
+        assert answers[:2] == ["PENDING victim"] * 2
+        assert set(answers[2:]) == {
+            "ERROR pending users from your address have 2 open invitations to victim "
+            "already; wait for one to end"}
+        assert victim.take() == ["INVITE m0", "INVITE m1"]
+        friend.send("PAIR victim")
+        assert friend.take() == ["PENDING victim"]
+        friend.send("UNPAIR")
+        for m in mallory[:2]:
+            victim.send(f"REJECT {m.user.nick}")
+        h.clear_all()
 
 
 def test_an_exempt_address_has_no_cap_on_invitations_sent() -> None:

@@ -86,6 +86,35 @@ def test_max_invites_per_ip_of_the_inviters_node_decides_everywhere() -> None:
     _same_state(cluster)
 
 
+def test_one_address_s_share_of_a_user_s_invitations_is_the_inviters_node_s() -> None:
+    """One address's users hold at most a fifth of a user's --max-invites
+    (rev16-sec 3), of the inviter's node's --max-invites, which its event
+    carries: every replica decides each PAIR alike."""
+    cluster = _cluster({}, {"max_invites": 20})  # shares: 2 on node A, 4 on node B
+    a, b = cluster.nodes
+    bob = b.user("bob", host="192.0.2.9")
+    friend = a.user("friend", host="198.51.100.2")
+    here = [b.user(f"b{i}") for i in range(2)]
+    there = a.user("alice")  # 127.0.0.1 too: one source for the four
+    for conn in here:
+        conn.send("PAIR bob")
+    cluster.pump()
+    there.send("PAIR bob")  # node A's share: the address has 2 to bob already
+    cluster.pump()
+    assert there.take() == ["ERROR pending users from your address have 2 open "
+                            "invitations to bob already; wait for one to end"]
+    friend.send("PAIR bob")  # another address still can
+    cluster.pump()
+    assert friend.take() == ["PENDING bob"]
+    assert bob.take() == ["INVITE b0", "INVITE b1", "INVITE friend"]
+    third = b.user("b2")
+    third.send("PAIR bob")  # node B's share (4): taken on A's replica too
+    cluster.pump()
+    assert third.take() == ["PENDING bob"]
+    assert bob.take() == ["INVITE b2"]
+    _same_state(cluster)
+
+
 def test_a_snapshot_with_more_invitations_than_this_node_allows_is_restored() -> None:
     """A node whose --max-invites is lower than the one that let the
     invitations be made restores them all (a start, a rebuild), as every
@@ -93,7 +122,7 @@ def test_a_snapshot_with_more_invitations_than_this_node_allows_is_restored() ->
     cluster = _cluster({}, {})
     b = cluster.nodes[1]
     bob = b.user("bob")
-    inviters = [b.user(f"u{i}") for i in range(3)]
+    inviters = [b.user(f"u{i}", host=f"192.0.2.{i + 1}") for i in range(3)]
     for conn in inviters:
         conn.send("PAIR bob")
     cluster.pump()

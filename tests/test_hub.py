@@ -9,7 +9,16 @@ from twisted.internet.task import Clock
 from twisted.logger import capturedLogs, formatEvent
 
 from twisted_chat.server.history import Entry, History
-from twisted_chat.server.hub import Hub, HubError, HubSettings, Invitation, NickTaken, State, User
+from twisted_chat.server.hub import (
+    Hub,
+    HubError,
+    HubSettings,
+    Invitation,
+    NickTaken,
+    State,
+    User,
+    source_share,
+)
 
 
 class Recorder:
@@ -236,6 +245,42 @@ def test_open_invitations_from_one_source_are_capped() -> None:
     hub.pair(mallory[0], "u0")
     hub.pair(mallory[1], "u1")
     assert hub._sent_by_source == {"192.0.2.1": 2}
+
+
+def test_one_source_holds_at_most_its_share_of_a_user_s_invitations() -> None:
+    """A fifth of max_invites, at least one (hub.source_share): one
+    address's users cannot fill a user's slots alone (rev16-sec 3)."""
+    assert [source_share(n) for n in (1, 4, 5, 10, 12, 100)] == [1, 1, 1, 2, 2, 20]
+    clock, rec = Clock(), Recorder()
+    hub = Hub(clock, History(10), rec, HubSettings(invite_timeout=30, max_invites=10))
+    victim = hub.register("victim", conn=object(), source="203.0.113.9")
+    mallory = [hub.register(f"m{i}", conn=object(), source="192.0.2.1") for i in range(3)]
+    hub.pair(mallory[0], "victim")
+    hub.pair(mallory[1], "victim")
+    with pytest.raises(HubError) as e:
+        hub.pair(mallory[2], "victim")
+    assert (e.value.code, e.value.text) == (
+        "pending", "users from your address have 2 open invitations to victim already; "
+        "wait for one to end")
+    hub.pair(mallory[2], "m0")  # the share is per invitee: another is not held back
+    carol = hub.register("carol", conn=object(), source="198.51.100.1")
+    hub.pair(carol, "victim")  # nor another address
+    nosource = hub.register("unix", conn=object())
+    hub.pair(nosource, "victim")  # nor a user with no source (an exempt address)
+    hub.reject(victim, "m0")  # one ends: room for another of the address
+    hub.unpair(mallory[2])  # withdraws its invitation to m0
+    hub.pair(mallory[2], "victim")
+    assert sorted(victim.incoming or ()) == ["carol", "m1", "m2", "unix"]
+    # At both the share and max_invites_per_source: the share is checked first.
+    hub = Hub(clock, History(10), rec,
+              HubSettings(invite_timeout=30, max_invites=10, max_invites_per_source=2))
+    hub.register("victim", conn=object())
+    mallory = [hub.register(f"m{i}", conn=object(), source="192.0.2.1") for i in range(3)]
+    hub.pair(mallory[0], "victim")
+    hub.pair(mallory[1], "victim")
+    with pytest.raises(HubError) as e:
+        hub.pair(mallory[2], "victim")
+    assert "2 open invitations to victim already" in e.value.text
 
 
 def test_pair_checks_a_mutual_invitation_its_own_then_the_two_caps_in_that_order() -> None:

@@ -23,6 +23,21 @@ from twisted_chat.server import logs
 from twisted_chat.server.history import Entry, History
 from twisted_chat.wire import ErrorCode, Refusal, nick_key
 
+#: The fewest sources (L{User.source}: an address) whose users' invitations
+#: can fill one user's C{max_invites} (when it is at least this): one
+#: source may hold at most C{max_invites // SOURCES_TO_FILL} of them (at
+#: least one; 2 of the default 10).  Otherwise ten users of one address
+#: filled a victim's slots and re-invited at each REJECT, so that nobody
+#: else could invite it (rev16-sec 3).  Five: an attacker needs five
+#: addresses, while two people behind one NAT may still invite the same
+#: person at once (a tenth would leave them one).
+SOURCES_TO_FILL = 5
+
+
+def source_share(max_invites: int) -> int:
+    """Open invitations to one user the users of one source may hold."""
+    return max(1, max_invites // SOURCES_TO_FILL)
+
 
 class State(str, Enum):
     LOBBY = "lobby"
@@ -134,7 +149,8 @@ class HubSettings:
     @ivar invite_timeout: seconds an invitation stays open.
     @ivar log_messages: the text of lobby and private messages in the log
         (--log-messages).
-    @ivar max_invites: open invitations one user may have received.
+    @ivar max_invites: open invitations one user may have received (of
+        them, one source's users may hold L{source_share}).
     @ivar max_invites_per_source: open invitations the users of one source
         (L{User.source}) may have sent, together.
     """
@@ -339,13 +355,24 @@ class Hub:
         An invitation storm: many users (or one address's many connections)
         inviting one victim, who cannot refuse them wholesale.  C{busy}: the
         invitee cannot take another now, as when it is paired; C{pending}:
-        the inviter's side has too many invitations open.
+        the inviter's side has too many invitations open (to this invitee:
+        its L{source_share}; in all: C{max_per_source}).
         """
         if max_invites is not None and len(target.incoming or ()) >= max_invites:
             raise HubError(
                 ErrorCode.BUSY,
                 f"{target.nick} has {max_invites} open invitations already; try again later",
             )
+        if max_invites is not None and user.source and target.incoming:
+            share = source_share(max_invites)
+            held = sum(1 for invitation in target.incoming.values()
+                       if invitation.inviter.source == user.source)
+            if held >= share:
+                raise HubError(
+                    ErrorCode.PENDING,
+                    f"users from your address have {share} open invitations to "
+                    f"{target.nick} already; wait for one to end",
+                )
         if (
             max_per_source is not None
             and user.source

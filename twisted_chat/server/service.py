@@ -267,7 +267,8 @@ class Options(usage.Options):
          "at least 16 (at most --max-clients)]",
          _positive(int)],
         ["max-invites", None, _defaults.max_invites,
-         "Open invitations one user may have received.", _positive(int)],
+         "Open invitations one user may have received (a fifth of them at most "
+         "from the users of one address).", _positive(int)],
         ["max-invites-per-ip", None, _defaults.max_invites_per_ip,
          "Open invitations the users of one address may have sent, together.",
          _positive(int)],
