@@ -27,8 +27,10 @@ DEFAULT_PORT = 7000
 NICK_MAX = 24
 _NICK = re.compile(r"[A-Za-z][A-Za-z0-9_-]{0,%d}\Z" % (NICK_MAX - 1))
 
-# C0 controls except TAB, DEL, C1 controls, LINE and PARAGRAPH SEPARATOR.
-_BAD_CHARS = re.compile("[\x00-\x08\x0a-\x1f\x7f-\x9f\u2028\u2029]")
+# The characters no chat/1 line may hold (ERROR bad-chars): C0 controls except
+# TAB, DEL, C1 controls, LINE and PARAGRAPH SEPARATOR.  The terminal client
+# strips them from what the user typed.
+BAD_CHARS = re.compile("[\x00-\x08\x0a-\x1f\x7f-\x9f\u2028\u2029]")
 _BLANK = " \t"
 
 
@@ -137,7 +139,7 @@ def password_chars_problem(password: str) -> str | None:
     """
     if password[:1] in (" ", "\t"):
         return "a password cannot start with a space or a tab"
-    if _BAD_CHARS.search(password) is not None:
+    if BAD_CHARS.search(password) is not None:
         return "a password cannot contain control characters (TAB is allowed)"
     return None
 
@@ -173,7 +175,7 @@ def decode(line: bytes) -> str:
         text = line.decode("utf-8")
     except UnicodeDecodeError:
         raise LineError(ErrorCode.BAD_ENCODING, "lines must be valid UTF-8") from None
-    if _BAD_CHARS.search(text) is not None:
+    if BAD_CHARS.search(text) is not None:
         raise LineError(
             ErrorCode.BAD_CHARS, "control characters are not allowed (TAB is)"
         )
@@ -285,8 +287,8 @@ HELP_TEXT: dict[str, str] = {
 
 def line(verb: str, *words: str, text: str = "") -> bytes:
     """
-    Encode one server line.  An empty free text is left out together with
-    the space before it.
+    Encode one line, a server's or a client's request.  An empty free text
+    is left out together with the space before it.
     """
     parts = " ".join((verb, *words))
     if text:

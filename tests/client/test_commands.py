@@ -4,7 +4,15 @@ from __future__ import annotations
 
 import pytest
 
-from twisted_chat.client.commands import Local, Quit, Send, parse_input, password_problem
+from twisted_chat import wire
+from twisted_chat.client.commands import (
+    Local,
+    Quit,
+    Send,
+    parse_input,
+    password_problem,
+    sendable,
+)
 
 
 def test_plain_text_is_a_message() -> None:
@@ -47,6 +55,28 @@ def test_commands(typed: str, expected: object) -> None:
 def test_wire_encoding() -> None:
     assert Send("DM", ("bob",), "hi there").encode() == b"DM bob hi there\r\n"
     assert Send("BYE").encode() == b"BYE\r\n"
+    # An empty text leaves no space behind; spaces and tabs in it are kept.
+    assert Send("PAIR", ("bob",)).encode() == b"PAIR bob\r\n"
+    assert Send("MSG", text=" \tx  ").encode() == b"MSG  \tx  \r\n"
+    assert Send("DM", ("b\u00e9",), "caf\u00e9 \U0001f642").encode() == (
+        b"DM b\xc3\xa9 caf\xc3\xa9 \xf0\x9f\x99\x82\r\n")
+
+
+def test_the_client_strips_exactly_what_the_server_refuses() -> None:
+    """Every code point (but the surrogates, which no line can encode):
+    L{sendable} drops it if and only if the server answers a line holding
+    it with C{ERROR bad-chars}, and keeps it otherwise."""
+    codes = [code for code in range(0x110000) if not 0xD800 <= code <= 0xDFFF]
+    refused = []
+    for code in codes:
+        try:
+            wire.decode(f"MSG a{chr(code)}b".encode())
+        except wire.LineError as e:
+            assert e.code is wire.ErrorCode.BAD_CHARS
+            refused.append(code)
+    allowed = set(codes) - set(refused)
+    assert sendable("".join(map(chr, codes))) == "".join(map(chr, sorted(allowed)))
+    assert 0x09 not in refused and {0x00, 0x1B, 0x7F, 0x85, 0x2028} <= set(refused)
 
 
 def test_accept_without_nick_uses_the_only_invitation() -> None:

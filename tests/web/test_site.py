@@ -34,6 +34,7 @@ from twisted_chat.web.config import (
     parse_web_host,
 )
 from twisted_chat.web.site import STATIC, WebSite, render_page
+from twisted_chat.wire import BAD_CHARS
 
 
 def get(web: WebServer, path: str, host: str = "chat.example:8080") -> tuple[str, bytes]:
@@ -246,6 +247,23 @@ def test_the_pages_waits_for_the_server_are_the_terminal_clients() -> None:
     assert float(found["ANSWER_WAIT"]) == Liveness.ANSWER_WAIT
     assert float(found["PING_WAIT"]) == Liveness.PING_WAIT
     assert float(found["HANDSHAKE_TIMEOUT"]) == DEFAULT_TIMEOUT
+
+
+def test_the_pages_forbidden_characters_are_wires() -> None:
+    """app.js cannot import wire.py: its UNSENDABLE, the characters it drops
+    from a message and refuses in a password, is read from it as it is.  A
+    class of only \\xHH and \\uHHHH escapes means the same to Python's re as
+    to JavaScript, so it is compiled here and must match exactly the code
+    points L{BAD_CHARS} does (test_e2e_browser.py also runs it in Chromium,
+    inside passwordProblem)."""
+    js = (STATIC / "app.js").read_text()
+    found = re.findall(r"\n  const UNSENDABLE = /(.*)/g;\n", js)
+    assert len(found) == 1, "app.js has no UNSENDABLE, or more than one"
+    assert re.fullmatch(r"\[(?:\\x[0-9a-fA-F]{2}|\\u[0-9a-fA-F]{4}|-)+\]", found[0]), found[0]
+    page = re.compile(found[0])
+    codes = range(0x110000)
+    assert [c for c in codes if page.match(chr(c))] == [
+        c for c in codes if BAD_CHARS.match(chr(c))]
 
 
 # -- rules without a network ----------------------------------------------------------

@@ -9,16 +9,17 @@ locally with a hint; nothing is sent for them.
 
 from __future__ import annotations
 
-import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 from twisted_chat.wire import (
+    BAD_CHARS,
     PASSWORD_MAX_BYTES,
     PASSWORD_MIN_BYTES,
     is_valid_nick,
     password_chars_problem,
 )
+from twisted_chat.wire import line as wire_line
 
 HELP = """\
 Commands:
@@ -48,9 +49,6 @@ Keys:
   Enter, Esc        after a paste of more than 5 lines: send it, drop it
   Ctrl-C, Ctrl-D    quit (Ctrl-D on an empty line)"""
 
-# Control characters a person cannot mean to send (TAB is allowed by chat/1).
-_UNSENDABLE = re.compile("[\x00-\x08\x0a-\x1f\x7f-\x9f\u2028\u2029]")
-
 
 @dataclass(frozen=True, slots=True)
 class Send:
@@ -61,10 +59,7 @@ class Send:
     text: str = ""
 
     def encode(self) -> bytes:
-        parts = " ".join((self.verb, *self.words))
-        if self.text:
-            parts = f"{parts} {self.text}"
-        return parts.encode("utf-8") + b"\r\n"
+        return wire_line(self.verb, *self.words, text=self.text)
 
 
 @dataclass(frozen=True, slots=True)
@@ -159,7 +154,7 @@ def password_problem(password: str) -> str | None:
 
 def sendable(text: str) -> str:
     """Drop characters the server would refuse (control characters but TAB)."""
-    return _UNSENDABLE.sub("", text)
+    return BAD_CHARS.sub("", text)
 
 
 def _usage(usage: str) -> Local:
