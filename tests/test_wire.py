@@ -24,6 +24,17 @@ def test_words_and_free_text() -> None:
     assert parse("USERS   ") == wire.Command("USERS", (), "")
 
 
+def test_split_words_is_the_one_rule_for_both_directions() -> None:
+    """The words-then-text split the server uses on requests and the client
+    on server lines: the counts are left to the caller."""
+    with_text = wire.Grammar(1, 2, wire.Text.OPTIONAL)
+    assert wire.split_words(with_text, "a   b  c\td  ") == (["a", "b"], "c\td  ")
+    assert wire.split_words(with_text, "a") == (["a"], "")
+    assert wire.split_words(with_text, "") == ([], "")
+    no_text = wire.Grammar(1, 1, wire.Text.NONE)
+    assert wire.split_words(no_text, "a\tb  c ") == (["a\tb", "c"], "")
+
+
 @pytest.mark.parametrize("line", ["PAIR", "PAIR a b", "UNPAIR x", "HELP a b", "DM bob",
                                   "MSG \t ", "PAIR 1a", "ACCEPT a\tb"])
 def test_bad_args(line: str) -> None:

@@ -5,7 +5,8 @@ Parsing a client line happens in stages because docs/protocol.md fixes the order
 in which a bad line is diagnosed: length, encoding, characters, verb, state,
 arguments.  The state check belongs to the connection, so this module offers
 the stages around it separately: L{decode} (encoding and characters),
-L{split_verb} (the verb) and L{parse_args} (the arguments).
+L{split_verb} (the verb) and L{parse_args} (the arguments).  A client splits
+a server line by the same rule: L{split_words}, with L{SERVER_VERBS}.
 
 Formatting returns C{bytes} ready for C{transport.write}, so that a line meant
 for many recipients is encoded exactly once.
@@ -124,6 +125,35 @@ CLIENT_VERBS: dict[str, Grammar] = {
     "PASSWD": Grammar(0, 0, Text.OPTIONAL),
 }
 
+# Every verb a server sends, as the clients read it.  A client refuses no
+# server line for its text, so every text here is OPTIONAL; it keeps the first
+# max_words of a verb without text (a later version may add words).
+SERVER_VERBS: dict[str, Grammar] = {
+    "HELLO": Grammar(1, 1, Text.OPTIONAL),
+    "NICK": Grammar(0, 0, Text.NONE),
+    "RETRY": Grammar(1, 1, Text.OPTIONAL),
+    "READY": Grammar(1, 1, Text.NONE),
+    "PASS": Grammar(1, 1, Text.NONE),
+    "REGISTERED": Grammar(1, 1, Text.NONE),
+    "HISTORY": Grammar(2, 2, Text.OPTIONAL),
+    "JOINED": Grammar(2, 2, Text.NONE),
+    "MSG": Grammar(3, 3, Text.OPTIONAL),
+    "USER": Grammar(2, 3, Text.NONE),
+    "USERS": Grammar(1, 1, Text.NONE),
+    "PENDING": Grammar(1, 1, Text.NONE),
+    "INVITE": Grammar(1, 1, Text.NONE),
+    "PAIRED": Grammar(1, 1, Text.NONE),
+    "UNPAIRED": Grammar(2, 2, Text.NONE),
+    "DECLINED": Grammar(2, 2, Text.NONE),
+    "CANCELLED": Grammar(2, 2, Text.NONE),
+    "LEFT": Grammar(3, 3, Text.OPTIONAL),
+    "BYE": Grammar(1, 1, Text.OPTIONAL),
+    "PING": Grammar(0, 0, Text.OPTIONAL),
+    "PONG": Grammar(0, 0, Text.OPTIONAL),
+    "HELP": Grammar(0, 0, Text.OPTIONAL),
+    "ERROR": Grammar(1, 1, Text.OPTIONAL),
+}
+
 # A password is this many bytes of the line (UTF-8), else weak-password.
 PASSWORD_MIN_BYTES = 8
 PASSWORD_MAX_BYTES = 256
@@ -202,6 +232,26 @@ def split_verb(text: str) -> tuple[str, str] | None:
     return upper, rest.lstrip(" ")
 
 
+def split_words(grammar: Grammar, rest: str) -> tuple[list[str], str]:
+    """
+    Split C{rest}, a line after its verb with leading spaces removed, into
+    words and free text: up to C{grammar.max_words} words, then the text,
+    for a verb that takes one; every word, and no text, for one that does
+    not.  Words are separated by one or more spaces; the counts are the
+    caller's to check.
+    """
+    if grammar.text is Text.NONE:
+        # Words are separated by spaces only: a tab inside a word keeps it
+        # one (malformed) word rather than silently splitting it.
+        return [w for w in rest.split(" ") if w], ""
+    words: list[str] = []
+    while len(words) < grammar.max_words and rest:
+        word, _, rest = rest.partition(" ")
+        words.append(word)
+        rest = rest.lstrip(" ")
+    return words, rest
+
+
 def parse_args(verb: str, rest: str) -> Command:
     """
     Split C{rest} into C{verb}'s words and free text (check 6).
@@ -210,21 +260,7 @@ def parse_args(verb: str, rest: str) -> Command:
     @raise LineError: C{bad-args}, with a message naming the usage.
     """
     grammar = CLIENT_VERBS[verb]
-    words: list[str] = []
-    if grammar.text is Text.NONE:
-        # Words are separated by spaces only: a tab inside a word keeps it
-        # one (malformed) word rather than silently splitting it.
-        words = [w for w in rest.split(" ") if w]
-        text = ""
-    else:
-        remaining = rest
-        for _ in range(grammar.max_words):
-            if not remaining:
-                break
-            word, _, remaining = remaining.partition(" ")
-            words.append(word)
-            remaining = remaining.lstrip(" ")
-        text = remaining
+    words, text = split_words(grammar, rest)
     if not grammar.min_words <= len(words) <= grammar.max_words:
         raise LineError(ErrorCode.BAD_ARGS, f"usage: {USAGE[verb]}")
     for nick in words[: grammar.nick_words]:

@@ -1,8 +1,9 @@
 """
 Split the lines a chat/1 server sends into verb, words and free text.
 
-The grammar is the one in docs/protocol.md: single-word arguments separated by one
-or more spaces, then, for verbs that have one, a free text that starts at the
+The grammar is the one in docs/protocol.md, kept in L{twisted_chat.wire}
+(C{SERVER_VERBS}, C{split_words}): single-word arguments separated by one or
+more spaces, then, for verbs that have one, a free text that starts at the
 first non-space character after the last word and runs to the end of the line.
 Nothing here is trusted to be printable: see L{twisted_chat.client.sanitize}.
 """
@@ -11,32 +12,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-# verb -> (minimum words, maximum words, takes free text)
-SERVER_VERBS: dict[str, tuple[int, int, bool]] = {
-    "HELLO": (1, 1, True),
-    "NICK": (0, 0, False),
-    "RETRY": (1, 1, True),
-    "READY": (1, 1, False),
-    "PASS": (1, 1, False),
-    "REGISTERED": (1, 1, False),
-    "HISTORY": (2, 2, True),
-    "JOINED": (2, 2, False),
-    "MSG": (3, 3, True),
-    "USER": (2, 3, False),
-    "USERS": (1, 1, False),
-    "PENDING": (1, 1, False),
-    "INVITE": (1, 1, False),
-    "PAIRED": (1, 1, False),
-    "UNPAIRED": (2, 2, False),
-    "DECLINED": (2, 2, False),
-    "CANCELLED": (2, 2, False),
-    "LEFT": (3, 3, True),
-    "BYE": (1, 1, True),
-    "PING": (0, 0, True),
-    "PONG": (0, 0, True),
-    "HELP": (0, 0, True),
-    "ERROR": (1, 1, True),
-}
+from twisted_chat.wire import SERVER_VERBS, split_words
 
 
 @dataclass(frozen=True, slots=True)
@@ -65,11 +41,6 @@ class Malformed(ValueError):
     """A line for a known verb without the words that verb needs."""
 
 
-def _take_word(rest: str) -> tuple[str, str]:
-    word, _, remaining = rest.partition(" ")
-    return word, remaining.lstrip(" ")
-
-
 def parse(raw: str) -> ServerLine | None:
     """
     Parse one line (terminator already removed).
@@ -79,22 +50,15 @@ def parse(raw: str) -> ServerLine | None:
     """
     if not raw.strip(" \t"):
         return None
-    verb, rest = _take_word(raw.lstrip(" "))
+    verb, _, rest = raw.lstrip(" ").partition(" ")
+    rest = rest.lstrip(" ")
     verb = verb.upper() if verb.isascii() else verb
     grammar = SERVER_VERBS.get(verb)
     if grammar is None:
         return ServerLine(verb, (), rest, raw, known=False)
-    least, most, has_text = grammar
-    words: list[str] = []
-    if has_text:
-        while len(words) < most and rest:
-            word, rest = _take_word(rest)
-            words.append(word)
-        text = rest
-    else:
-        # Extra words are tolerated (a later protocol version may add some).
-        words = [w for w in rest.split(" ") if w][:most]
-        text = ""
-    if len(words) < least:
-        raise Malformed(f"{verb} needs {least} words: {raw!r}")
+    words, text = split_words(grammar, rest)
+    # Extra words are tolerated (a later protocol version may add some).
+    del words[grammar.max_words :]
+    if len(words) < grammar.min_words:
+        raise Malformed(f"{verb} needs {grammar.min_words} words: {raw!r}")
     return ServerLine(verb, tuple(words), text, raw)
