@@ -13,12 +13,12 @@ import pytest
 
 from tests.test_cluster_unit import Cluster, Node, check_index
 from twisted_chat.server import sendqueue
-from twisted_chat.server.cluster.own import PairsShown
 from twisted_chat.server.cluster.remote import RemoteConn
 from twisted_chat.server.cluster.service import FactoryHooks
 from twisted_chat.server.factory import ChatFactory
 from twisted_chat.server.fanout import LobbyFanout
 from twisted_chat.server.protocol import ChatProtocol
+from twisted_chat.server.state import PairsShown
 
 
 def join(cluster: Cluster, node: Node, nick: str) -> Any:

@@ -334,6 +334,7 @@ def test_every_departure_from_chat1_as_published_is_listed() -> None:
         "DM": "`DM`: `ERROR self` to oneself, `ERROR no-such-nick`",
         "invitations received": '"Incoming invitations are not limited."',
         "invitations per address": "`ERROR pending`: the user has an invitation out already",
+        "held MSG": "`MSG` goes to the lobby, or to the partner while paired",
         "PASSWD": "`PASSWD`, after `READY` with an account, changes its password",
         "REGISTER": "`REGISTER` is answered `REGISTERED`, or `ERROR registered`",
         "bad-password": "`RETRY bad-password`: a wrong password or, under `required`",

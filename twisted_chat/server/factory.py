@@ -496,6 +496,7 @@ class ChatFactory(ServerFactory):
         self._user_changed(user)
         if self.state.holds(user):
             self.stats.paired_sides += 1  # one side of the pair (chat_pairings_total)
+            self.state.pair_shown(user, None)
         user.conn.write(wire.line("PAIRED", partner.nick))
 
     def unpaired(self, user: User, partner: User, reason: str, missed: Sequence[Entry]) -> None:
@@ -511,6 +512,7 @@ class ChatFactory(ServerFactory):
         user.conn.write_parts([part for part in (
             wire.line("UNPAIRED", partner.nick, reason), self._missed_block(missed), self.roster(),
         ) if part])
+        self.state.pair_shown(user, partner)
 
     def _missed_block(self, missed: Sequence[Entry]) -> bytes:
         """The HISTORY lines of C{missed}, made once for both sides of a pair

@@ -362,8 +362,15 @@ class Session:
                     "ip_lobby_rate",
                 )
                 return None
-            outcome = state.say(user, command.text)
             limits = conn.limits
+            try:
+                outcome = state.say(user, command.text)
+            except Refusal:
+                # One server: a held line meant for a partner, not sent
+                # (state.LocalState.say) gives its token back.
+                if limits is not None:
+                    factory.addresses.lobby_refund(limits)
+                raise
             if outcome is not None and limits is not None:
                 # Cluster mode: a line taken back ("not sent": its wait
                 # ended, the node's queue was full, Redis lost it) gives

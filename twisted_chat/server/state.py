@@ -19,15 +19,17 @@ them, exactly as on one server.
 
 from __future__ import annotations
 
+from collections import deque
 from collections.abc import Sequence
 from typing import Any, Protocol, TypeAlias
 
 from twisted.internet.defer import Deferred, fail, succeed
 
 from twisted_chat.server.fanout import Member
-from twisted_chat.server.hub import Hub, NickTaken, User
+from twisted_chat.server.hub import Hub, HubError, NickTaken, User
+from twisted_chat.wire import ErrorCode
 
-__all__ = ["ChatState", "LocalState", "Outcome", "StateUnavailable"]
+__all__ = ["ChatState", "LocalState", "Outcome", "PairsShown", "StateUnavailable"]
 
 #: What a command returns: C{None} when it was decided at once.
 Outcome: TypeAlias = "Deferred[None] | None"
@@ -94,6 +96,12 @@ class ChatState(Protocol):
     def leave(self, user: User, reason: str, text: str = "") -> None:
         """Take C{user} offline (no answer: the connection is going)."""
 
+    def pair_shown(self, user: User, before: User | None) -> None:
+        """A C{PAIRED} or C{UNPAIRED} was just written to C{user}'s
+        connection (one this process holds), which had shown C{before} as
+        its partner until then (None: the lobby): a C{MSG} of its that
+        arrived before goes where it was meant then, or nowhere (L{say})."""
+
     def say(self, user: User, text: str) -> Outcome: ...
 
     def direct(self, user: User, nick: str, text: str) -> Outcome: ...
@@ -107,6 +115,12 @@ class ChatState(Protocol):
     def unpair(self, user: User) -> Outcome: ...
 
 
+#: How long one server keeps what a connection waiting for a password
+#: check was shown of its pair (L{LocalState.pair_shown}): far longer than
+#: a check takes (a 50 ms hash, at most 64 queued on two threads).
+HELD_KEEP = 600.0
+
+
 class LocalState:
     """One server: the commands are this process's hub's method calls."""
 
@@ -114,6 +128,9 @@ class LocalState:
         self.hub = hub
         self._members: tuple[Member, ...] = ()
         self._members_at = -1  # the hub's lobby_changes when they were listed
+        #: What connections waiting for a password check were shown of
+        #: their partner meanwhile (where a line held behind it goes: L{say}).
+        self.pairs_shown = PairsShown()
 
     def lobby_members(self) -> Sequence[Member]:
         """The same tuple while the lobby does not change, so that the
@@ -151,9 +168,47 @@ class LocalState:
     def leave(self, user: User, reason: str, text: str = "") -> None:
         self.hub.leave(user, reason, text)
 
+    def pair_shown(self, user: User, before: User | None) -> None:
+        """Kept only while C{user}'s connection waits for a command (a
+        password check): only then can a line of its that arrived before
+        be handled after (held behind it)."""
+        conn = user.conn
+        if conn.held_or_waiting():
+            now = conn.clock.seconds()
+            self.pairs_shown.changed(conn, now, "" if before is None else before.nick,
+                                     now - HELD_KEEP)
+
     def say(self, user: User, text: str) -> Outcome:
+        if self.pairs_shown:  # rare: a pair changed while a connection waited
+            self._as_meant(user)
         self.hub.say(user, text)
         return None
+
+    def _as_meant(self, user: User) -> None:
+        """
+        Refuse C{user}'s C{MSG} unless it goes where its client was shown it
+        would when it arrived (L{PairsShown}): a line held behind a password
+        check while its partner's C{UNPAIR} came is answered C{ERROR
+        not-paired}, never sent to the lobby (fix16p: it reached the lobby
+        and its history); a lobby line held while an C{ACCEPT} paired its
+        sender, C{ERROR busy}, never sent to the partner.
+        """
+        conn = user.conn
+        partner = user.partner
+        current = "" if partner is None else partner.nick
+        since = conn.clock.seconds() - HELD_KEEP
+        meant = self.pairs_shown.as_of(conn, conn.arrived(), current, since)
+        if meant == current:
+            return
+        if meant:
+            raise HubError(ErrorCode.NOT_PAIRED,
+                           f"not sent: you were no longer paired with {meant} when it "
+                           "came to be delivered (the pair ended while your password was "
+                           "checked); send it again")
+        assert partner is not None
+        raise HubError(ErrorCode.BUSY,
+                       f"not sent: it was meant for the lobby and you were paired with "
+                       f"{partner.nick} when it came to be delivered; send it again")
 
     def direct(self, user: User, nick: str, text: str) -> Outcome:
         self.hub.direct(user, nick, text)
@@ -174,3 +229,57 @@ class LocalState:
     def unpair(self, user: User) -> Outcome:
         self.hub.unpair(user)
         return None
+
+
+class PairsShown:
+    """
+    What connections were shown of their partner lately: each C{PAIRED}
+    and C{UNPAIRED} written to one, with when (reactor time) and the
+    partner it had been shown until then ("" for the lobby; a cluster
+    node's users by uid, cluster.own.OwnMembers; one server's by nick,
+    L{LocalState.pair_shown}).  A line held behind a command (a Redis
+    outage, a password check) goes where its client was shown it would go
+    as of when it arrived (L{as_of}), not when its turn came: a line typed
+    to a partner, held while the server wrote C{UNPAIRED}, never reaches
+    the lobby (rev16-clu #1, fix16p).  Each method is given C{since}:
+    changes up to then are forgotten (a node's C{--redis-wait} ago: an
+    older line is answered "not sent" before where it goes matters; on one
+    server, L{HELD_KEEP}).
+    """
+
+    __slots__ = ("_by_conn", "_order")
+
+    def __init__(self) -> None:
+        # By connection, oldest first: (when, the partner shown before).
+        self._by_conn: dict[Any, list[tuple[float, str]]] = {}
+        # Every change, oldest first, for their expiry: (when, connection).
+        self._order: deque[tuple[float, Any]] = deque()
+
+    def changed(self, conn: Any, now: float, before: str, since: float) -> None:
+        """C{conn} was just shown a pairing or its end; until then, C{before}."""
+        self._expire(since)
+        self._by_conn.setdefault(conn, []).append((now, before))
+        self._order.append((now, conn))
+
+    def __len__(self) -> int:
+        """How many changes are kept (0: no line can be meant elsewhere)."""
+        return len(self._order)
+
+    def as_of(self, conn: Any, at: float, current: str, since: float) -> str:
+        """What C{conn} had been shown of its partner at C{at} (a change at
+        the same instant counts as before it): C{current} unless it was
+        shown a change since."""
+        self._expire(since)
+        for when, before in self._by_conn.get(conn, ()):
+            if when > at:
+                return before
+        return current
+
+    def _expire(self, since: float) -> None:
+        order = self._order
+        while order and order[0][0] <= since:
+            conn = order.popleft()[1]
+            changes = self._by_conn[conn]
+            del changes[0]
+            if not changes:
+                del self._by_conn[conn]

@@ -51,14 +51,14 @@ from twisted.internet.interfaces import IDelayedCall, IReactorTime
 
 from twisted_chat import wire
 from twisted_chat.server import logs
-from twisted_chat.server.cluster.own import OwnMembers, PairsShown
+from twisted_chat.server.cluster.own import OwnMembers
 from twisted_chat.server.cluster.remote import RemoteConn
 from twisted_chat.server.cluster.replica import Replica
 from twisted_chat.server.fanout import Member
 from twisted_chat.server.histogram import Buckets
 from twisted_chat.server.history import History
 from twisted_chat.server.hub import Hub, HubError, HubSettings, Listener, State, User
-from twisted_chat.server.state import Outcome, StateUnavailable
+from twisted_chat.server.state import Outcome, PairsShown, StateUnavailable
 from twisted_chat.wire import ErrorCode
 
 __all__ = ["DEFAULT_MAX_WAITING", "DEFAULT_WAIT", "ClusterState", "EventLog", "NodeConnections"]
@@ -461,6 +461,9 @@ class ClusterState:
                    or self.replica.afterloss.uid_before(before.nick) or "-")
         now = self.reactor.seconds()
         self.pairs_shown.changed(user.conn, now, uid, now - self.wait)
+
+    def pair_shown(self, user: User, before: User | None) -> None:
+        """Nothing: L{OwnMembers} tells L{_pair_shown} of each, with uids."""
 
     def say(self, user: User, text: str) -> Outcome:
         return self._command(user, {"t": "say", "x": text})

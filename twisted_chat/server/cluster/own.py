@@ -18,9 +18,10 @@ hub's order.  A newcomer enters it only once its C{JOINED} is gathered: the
 lines gathered before are in its history (the newcomer cut).
 
 It also tells the node of each C{PAIRED} and C{UNPAIRED} written to one of
-its own users (C{shown}), for L{PairsShown}: what each connection was shown
-of its partner lately, with when, so that a line held behind a command goes
-where its client was shown it would go as of when it arrived.
+its own users (C{shown}), for L{twisted_chat.server.state.PairsShown}: what
+each connection was shown of its partner lately, with when, so that a line
+held behind a command goes where its client was shown it would go as of
+when it arrived.
 
 For C{--metrics} it also counts the other nodes' users online by node
 (L{OwnMembers.remote}), and says how many of its own are online and in the
@@ -29,16 +30,14 @@ lobby (L{OwnMembers.counts}), sizes a scrape's thread may read.
 
 from __future__ import annotations
 
-from collections import deque
 from collections.abc import Callable, Sequence
-from typing import Any
 
 from twisted_chat.server.cluster.remote import RemoteConn
 from twisted_chat.server.fanout import Member
 from twisted_chat.server.history import Entry
 from twisted_chat.server.hub import Hub, Invitation, Listener, User
 
-__all__ = ["OwnMembers", "PairsShown"]
+__all__ = ["OwnMembers"]
 
 
 class OwnMembers:
@@ -172,50 +171,3 @@ class OwnMembers:
     def cancelled(self, invitee: User, inviter: User, reason: str) -> None:
         self._listener.cancelled(invitee, inviter, reason)
 
-
-class PairsShown:
-    """
-    What this node's connections were shown of their partner lately: each
-    C{PAIRED} and C{UNPAIRED} written to one (L{OwnMembers}), with when
-    (reactor time) and the partner's uid it had been shown until then (""
-    for the lobby).  A line held behind a command (a Redis outage, a
-    password check) goes where its client was shown it would go as of when
-    it arrived (L{as_of}), not when its turn came: a line typed to a
-    partner, held while the node wrote C{UNPAIRED}, never reaches the lobby
-    (rev16-clu #1).  Each method is given C{since}: changes up to then are forgotten
-    (the node's C{--redis-wait} ago: an older line is answered "not sent"
-    before where it goes matters).
-    """
-
-    __slots__ = ("_by_conn", "_order")
-
-    def __init__(self) -> None:
-        # By connection, oldest first: (when, the partner's uid before).
-        self._by_conn: dict[Any, list[tuple[float, str]]] = {}
-        # Every change, oldest first, for their expiry: (when, connection).
-        self._order: deque[tuple[float, Any]] = deque()
-
-    def changed(self, conn: Any, now: float, before: str, since: float) -> None:
-        """C{conn} was just shown a pairing or its end; until then, C{before}."""
-        self._expire(since)
-        self._by_conn.setdefault(conn, []).append((now, before))
-        self._order.append((now, conn))
-
-    def as_of(self, conn: Any, at: float, current: str, since: float) -> str:
-        """What C{conn} had been shown of its partner at C{at} (a change at
-        the same instant counts as before it): C{current} unless it was
-        shown a change since."""
-        self._expire(since)
-        for when, before in self._by_conn.get(conn, ()):
-            if when > at:
-                return before
-        return current
-
-    def _expire(self, since: float) -> None:
-        order = self._order
-        while order and order[0][0] <= since:
-            conn = order.popleft()[1]
-            changes = self._by_conn[conn]
-            del changes[0]
-            if not changes:
-                del self._by_conn[conn]
