@@ -23,7 +23,7 @@ from twisted.logger import Logger, LogLevel
 from twisted.python import usage
 from twisted.python.failure import Failure
 
-from tests.harness import Conn
+from tests.harness import Conn, run_for
 from tests.test_cluster_budgets import FakeBuckets
 from tests.test_cluster_read import MemoryRedis
 from tests.test_cluster_read import Node as ReadNode
@@ -1201,11 +1201,11 @@ def test_a_burst_held_behind_a_command_is_still_a_flood() -> None:
     ann.take()
     log.down()
     ann.send("MSG first")
-    cluster.clock.advance(5)
+    run_for(cluster.clock, 5)
     ann.send(*[f"MSG burst{i}" for i in range(30)])
-    cluster.clock.advance(3)
+    run_for(cluster.clock, 3)
     ann.send("MSG later")  # 3 s after the burst: 20 tokens again, at most
-    cluster.clock.advance(1)
+    run_for(cluster.clock, 1)
     log.back()
     cluster.pump()
     mine = ann.take()
@@ -1224,12 +1224,12 @@ def test_a_held_web_line_older_than_a_ping_is_counted_after_the_ping() -> None:
     held before them; the line held after them is a flood."""
     cluster, _, log = outage(flood_rate=10.0, flood_burst=20)
     ann, bob = _ann_and_bob(cluster, web=True)
-    cluster.clock.advance(10)  # a full burst again
+    run_for(cluster.clock, 10)  # a full burst again
     log.down()
     ann.protocol.message_received(b"MSG first")  # its command waits for the log
-    cluster.clock.advance(2)
+    run_for(cluster.clock, 2)
     ann.protocol.message_received(b"MSG held")  # held behind it
-    cluster.clock.advance(3)
+    run_for(cluster.clock, 3)
     assert all(ann.protocol.control_received() for _ in range(19))  # one token left
     ann.protocol.message_received(b"MSG after")  # held, no token left for it
     log.back()

@@ -10,7 +10,7 @@ import pytest
 from twisted.internet.error import ConnectionAborted
 from twisted.python.failure import Failure
 
-from tests.harness import Harness
+from tests.harness import Harness, run_for
 from twisted_chat.server.descriptors import REFUSALS_CLOSING
 from twisted_chat.wire import format_ts
 
@@ -64,7 +64,7 @@ def test_bucket_refills() -> None:
     alice = h.user("alice")
     alice.send(*["PING"] * 19)
     alice.take()
-    h.clock.advance(2.0)  # 20 tokens again, capped at the burst
+    run_for(h.clock, 2.0)  # 20 tokens again, capped at the burst
     alice.send(*["PING"] * 21)
     lines = alice.take()
     assert lines[:20] == ["PONG"] * 20 and lines[20].startswith("ERROR flood")

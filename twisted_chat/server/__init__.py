@@ -17,6 +17,8 @@ Inside out (docs/fanout.md, "Module layout"):
   - L{protocol}: one connection: framing, its limits, its writes, its close;
   - L{heldinput}: the input a connection holds while a command is decided
     elsewhere, and the bound on what all connections hold together;
+  - L{stalls}: notices a stall of the whole process, so that what every
+    connection sent meanwhile is not taken for a flood;
   - L{factory}: builds connections, enforces the connection limits, and is
     the hub's C{Listener}: every hub decision becomes lines there;
   - L{fanout}: when lobby lines leave (gathering, pacing by backlog);

@@ -198,7 +198,8 @@ class ChatFactory(ServerFactory):
         # The input they hold behind commands decided elsewhere, all together
         # (a cluster node's --redis-queue: cluster_factory sets it).
         self.held_input = HeldInput(HELD_INPUT_TOTAL, lambda: self.connections, reactor,
-                                    HELD_BEFORE_READY_LINES * (config.max_line + 2))
+                                    HELD_BEFORE_READY_LINES * (config.max_line + 2),
+                                    watch_stalls=config.flood_rate > 0)
         # Connections that count against --max-clients but are not chat
         # connections (yet): the web port's HTTP connections
         # (twisted_chat.web.admission; see hold_other).
@@ -339,6 +340,7 @@ class ChatFactory(ServerFactory):
         if not self.connections:
             self.drain.stop()
             self.output_budget.stop()
+            self.held_input.stalls.stop()
         if not self.connections and self._all_closed is not None:
             closed, self._all_closed = self._all_closed, None
             closed.callback(None)

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any, Protocol, cast
 from twisted.internet.defer import Deferred
 
 from twisted_chat.server.logs import logger
+from twisted_chat.server.stalls import TICK, StallWatch
 
 if TYPE_CHECKING:
     from twisted.internet.interfaces import IReactorTime
@@ -44,9 +45,10 @@ HELD_BEFORE_READY_LINES = 4
 #: them with a command waiting are not read until it is decided.
 ADDRESS_SHARE = 16
 
-# How long after the server reads a connection again its lines are
-# excused for the time it was not read (HeldInput.excused): what waited in
-# the kernel meanwhile comes in the first reads.
+# How long after the server reads a connection again (or after a stall of
+# the whole process: StallWatch) its lines are excused for the time it was
+# not read (HeldInput.excused): what waited in the kernel meanwhile comes
+# in the first reads.
 _EXCUSED_FOR = 1.0
 
 #: The operator is told when no connection is read (the ceiling), at most
@@ -463,10 +465,11 @@ class HeldInput:
     """
 
     __slots__ = ("_clock", "_connections", "_full_since", "_told", "_told_at", "_untold",
-                 "before_ready", "full", "limit", "over", "owed", "paused", "total")
+                 "before_ready", "full", "limit", "over", "owed", "paused", "stalls", "total")
 
     def __init__(self, limit: int, connections: Callable[[], Iterable[Holder]],
-                 clock: IReactorTime, before_ready: int = _HELD_INPUT) -> None:
+                 clock: IReactorTime, before_ready: int = _HELD_INPUT,
+                 watch_stalls: bool = False) -> None:
         self.limit = limit
         self._connections = connections
         self._clock = clock
@@ -480,6 +483,10 @@ class HeldInput:
         # Connections read again after it paused them: for how long they
         # were not read, and until when that excuses their lines (excused).
         self.owed: dict[Holder, tuple[float, float]] = {}
+        # The process's own stalls, which left every connection unread
+        # (started with the first connection: started); watched only with
+        # flood control on (C{watch_stalls}).
+        self.stalls = StallWatch(clock, _EXCUSED_FOR, TICK if watch_stalls else 0.0)
         # The log's account of the ceiling (_tell_full): when it was passed,
         # whether that was told, when the last was, and how many since were not.
         self._full_since = 0.0
@@ -519,9 +526,14 @@ class HeldInput:
         limit of 10 got C{ERROR flood ... lines are being dropped}).  So
         for L{_EXCUSED_FOR} seconds after it is read again, up to C{rate}
         x C{t} lines over its bucket pass: what it may send in C{t}
-        seconds, no more.
+        seconds, no more.  A stall of the whole process (L{StallWatch})
+        left every connection unread: each may draw it once, as if the
+        server had paused it for that long (the longer of the two counts).
         """
         owed = self.owed.get(conn)
+        stalled = self.stalls.draw(conn, now)
+        if stalled is not None and (owed is None or stalled[0] > owed[0]):
+            owed = self.owed[conn] = stalled
         if owed is None:
             return False
         seconds, until = owed
@@ -581,7 +593,9 @@ class HeldInput:
             since=f"; passed {untold} more time(s) since the last such line" if untold else "")
 
     def started(self, conn: Holder) -> None:
-        """C{conn} is new: past the ceiling it is not read either."""
+        """C{conn} is new: past the ceiling it is not read either.  The
+        stall watch runs while there are connections."""
+        self.stalls.start()
         if self.full:
             self.pause(conn)
 
@@ -600,3 +614,4 @@ class HeldInput:
         """C{conn} is gone."""
         self.paused.pop(conn, None)
         self.owed.pop(conn, None)
+        self.stalls.forget(conn)

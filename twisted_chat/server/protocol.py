@@ -441,8 +441,9 @@ class ChatProtocol(HoldsInput):
         # (HoldsInput._replay).
         at = self.arrived()
         held = self.factory.held_input
-        if held.owed and held.excused(self, at, config.flood_rate):
-            # Sent while the server did not read it (HeldInput): not a flood.
+        if held.excused(self, at, config.flood_rate):
+            # Sent while the server did not read it (HeldInput), or while
+            # the whole process stalled (StallWatch): not a flood.
             return True
         self.dropped(at, f"slow down: at most {config.flood_rate:g} lines per second "
                      f"(bursts of {config.flood_burst}); lines are being dropped", "flood_rate")

@@ -1,0 +1,103 @@
+"""
+L{StallWatch}: notices that the whole process did not run for a while (a
+SIGSTOP, a paused VM, swap), so that what every connection sent meanwhile,
+read all at once after, is not taken for a flood (docs/security.md,
+"After a stall").
+"""
+
+from __future__ import annotations
+
+import math
+
+from twisted.internet.interfaces import IDelayedCall, IReactorTime
+
+__all__ = ["STALL", "TICK", "StallWatch"]
+
+#: How often the watch's timer runs while there are connections (seconds).
+TICK = 0.5
+
+#: A tick this much later than due (seconds) is a stall: the reactor did
+#: not run for that long.  Shorter ones are within a flood bucket's burst.
+STALL = 0.5
+
+
+class StallWatch:
+    """
+    A timer every C{tick} seconds (L{TICK}; 0: off, as with no flood
+    control) while there are connections (L{start}, L{stop}).  When it runs
+    more than L{STALL} seconds late, the reactor did not run for that long
+    and no connection was read: what their peers sent meanwhile waited in
+    the kernel and comes in the first reads after.  Those reads may come
+    before the late tick (the reactor reads, then runs its timers), so a
+    line over its flood rate asks L{draw}, which notices an overdue tick
+    as well.  Each connection may then draw the stall's excuse once: its
+    length (the tick's lateness, the least the process was stopped), for
+    lines that arrived after the tick was due (one that arrived before came
+    before the stall) and within C{excused_for} seconds of its notice.
+    L{twisted_chat.server.heldinput.HeldInput.excused} spends it as for a
+    connection the server itself kept unread.  Nothing is done for a line
+    under its rate; what it keeps is who drew the last stall's excuse, let
+    go once it is over.
+    """
+
+    __slots__ = ("_call", "_clock", "_drawn", "_excused_for", "_last", "_tick_every", "seconds",
+                 "since", "until")
+
+    def __init__(self, clock: IReactorTime, excused_for: float, tick: float = TICK) -> None:
+        self._clock = clock
+        self._excused_for = excused_for
+        self._tick_every = tick
+        self._call: IDelayedCall | None = None
+        self._last = 0.0  # when the tick last ran (or a stall was counted to)
+        # The last stall: how long, and for lines that arrived after
+        # C{since} (when its tick was due) until C{until}.
+        self.seconds = 0.0
+        self.since = self.until = -math.inf
+        self._drawn: set[object] = set()  # who took its excuse
+
+    def start(self) -> None:
+        """A connection came: make sure the timer runs."""
+        if self._call is None and self._tick_every:
+            self._last = self._clock.seconds()
+            self._call = self._clock.callLater(self._tick_every, self._tick)
+
+    def stop(self) -> None:
+        """The last connection went: no timer, and nothing kept."""
+        call, self._call = self._call, None
+        if call is not None and call.active():
+            call.cancel()
+        self.until = -math.inf
+        self._drawn.clear()
+
+    def _tick(self) -> None:
+        now = self._clock.seconds()
+        self._notice(now)
+        if now > self.until:
+            self._drawn.clear()
+        self._last = now
+        self._call = self._clock.callLater(self._tick_every, self._tick)
+
+    def _notice(self, now: float) -> None:
+        """Count a stall that ended by C{now}: the tick is that late."""
+        due = self._last + self._tick_every
+        late = now - due
+        if late > STALL and self._call is not None:
+            self.since, self.seconds, self.until = due, late, now + self._excused_for
+            self._last = now - self._tick_every  # counted once
+            self._drawn.clear()
+
+    def draw(self, conn: object, now: float) -> tuple[float, float] | None:
+        """
+        A line of C{conn}'s that arrived at C{now} is over its flood rate:
+        the last stall's excuse (its length, and until when it holds) if
+        C{now} is within it and C{conn} has not drawn it yet, else C{None}.
+        """
+        self._notice(now)
+        if not self.since < now <= self.until or conn in self._drawn:
+            return None
+        self._drawn.add(conn)
+        return self.seconds, self.until
+
+    def forget(self, conn: object) -> None:
+        """C{conn} is gone."""
+        self._drawn.discard(conn)
