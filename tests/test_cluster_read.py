@@ -291,6 +291,9 @@ class MemoryRedis:
             self.history.setdefault(member, int(score))
         return added
 
+    def _ping(self) -> str:
+        return "PONG"
+
     def _zrevrangebyscore(self, key: str, top: int, bottom: str, *rest: Any) -> list[Any]:
         rows = sorted(((s, m) for m, s in self.history.items() if s <= int(top)), reverse=True)
         return [x for s, m in rows for x in (m, str(s))]
@@ -611,3 +614,38 @@ def test_the_scripts_are_loaded_on_every_connection_and_a_lost_one_reconnects() 
     assert n0.listener.said() == ["after the flush"]
     assert redis.calls["SCRIPT"] == 2 * len(SCRIPTS)
 
+
+
+def test_a_subscriber_redis_cut_is_said_as_such_not_as_redis_unreachable(
+        logged: list[str]) -> None:
+    """rev16-clu #4: Redis cut a node that fell behind the channel (its
+    client-output-buffer-limit pubsub): the node logged "Redis ...
+    unreachable (connection lost)" at error level.  Its command connection
+    still answers: that is what is said; the node reconnects and is back."""
+    redis, clock, (n0,) = cluster(1)
+    reader = next(c for c in n0.conns if c.subscriber)
+    reader.drop()
+    assert not n0.state.available
+    down = [line for line in logged if "new registrations are refused" in line]
+    assert len(down) == 1 and "closed this node's subscriber connection while answering its " \
+        "commands" in down[0] and "client-output-buffer-limit pubsub" in down[0], down
+    assert not any("unreachable" in line for line in logged)
+    clock.advance(1)  # its retry
+    redis.pump()
+    assert n0.state.available
+
+
+def test_a_subscriber_lost_as_redis_goes_is_redis_unreachable(logged: list[str]) -> None:
+    """Redis went: its subscriber connection's loss is seen first, the
+    command connection's a turn later (it no longer answers): as ever,
+    "unreachable", once."""
+    _redis, _clock, (n0,) = cluster(1)
+    cmd, reader = (next(c for c in n0.conns if c.subscriber is s) for s in (False, True))
+    n0.reachable = False
+    cmd.closed = True  # gone, its loss not seen yet
+    reader.drop()
+    cmd.closed = False
+    cmd.drop()
+    down = [line for line in logged if "new registrations are refused" in line]
+    assert len(down) == 1 and "unreachable (connection lost)" in down[0], down
+    assert not n0.state.available

@@ -316,8 +316,8 @@ class RedisLog:
             reader.transport.loseConnection()
             return
         self._cmd, self._reader = cmd, reader
-        for proto in (cmd, reader):
-            proto.whenDisconnected().addCallback(lambda _, g=generation: self.lost(g))
+        cmd.whenDisconnected().addCallback(lambda _, g=generation: self.lost(g))
+        reader.whenDisconnected().addCallback(lambda _, g=generation: self._subscriber_lost(g))
         self.reading.reset()
         unrecorded, notes = await self._restore(cmd)
         refused = await self.leases.take_refused(cmd)
@@ -469,18 +469,39 @@ class RedisLog:
             self.refused(why)
 
     def lost(self, generation: int, why: str = "connection lost",
-             misconfigured: str | None = None) -> None:
+             misconfigured: str | None = None, subscriber_cut: bool = False) -> None:
         if generation != self._generation or self._stopped:
             return
         self._generation += 1
-        self._note_down(why, misconfigured)
+        self._note_down(why, misconfigured, subscriber_cut)
         self._drop_connections()
         self._schedule_retry()
 
-    def _note_down(self, why: str, misconfigured: str | None = None) -> None:
+    def _subscriber_lost(self, generation: int) -> None:
+        """
+        The subscriber connection closed.  Redis closes it alone when the
+        node falls too far behind the channel (C{client-output-buffer-limit
+        pubsub}; rev16-clu #4: a node stopped 10 s was logged as "Redis ...
+        unreachable"), and when it goes, the command connection goes as
+        well (its loss may be seen a turn later): the command connection is
+        asked a C{PING} first.  Answered, Redis is there and cut the
+        subscriber, and the loss is said so; not, it is a loss as any.
+        """
+        cmd = self._cmd
+        if generation != self._generation or self._stopped or cmd is None:
+            return
+        probe: Deferred[Any] = cmd.execute_command("PING")
+        probe.addTimeout(self.reply_timeout, self.reactor)
+        probe.addCallbacks(lambda _: self.lost(generation, subscriber_cut=True),
+                           lambda _: self.lost(generation))
+
+    def _note_down(self, why: str, misconfigured: str | None = None,
+                   subscriber_cut: bool = False) -> None:
         """Redis is out of reach (C{why}), or, while the node runs, the
         database is not one it can run on (C{misconfigured}: said as
-        that, once per reason, not as Redis unreachable)."""
+        that, once per reason, not as Redis unreachable), or Redis closed
+        the node's subscriber connection while answering its commands
+        (C{subscriber_cut}: L{_subscriber_lost})."""
         self.state.available = False
         if misconfigured is not None and misconfigured != self._misconfigured:
             self._misconfigured = misconfigured
@@ -490,6 +511,15 @@ class RedisLog:
             self._down_since = self.reactor.seconds()
             self.leases.down()
             if misconfigured is not None:
+                return
+            if subscriber_cut:
+                self.log.warn(
+                    "cluster: Redis at {redis} closed this node's subscriber connection while "
+                    "answering its commands: most likely this node fell too far behind the "
+                    "channel (a stall, or more than it could take) and Redis cut it for its "
+                    "client-output-buffer-limit pubsub (docs/cluster.md, \"How Redis must be "
+                    "configured\"); new registrations are refused until it has reconnected "
+                    "and caught up from the stream", redis=self.target.display)
                 return
             self.log.error(
                 "cluster: Redis at {redis} unreachable ({why}); new registrations are "
