@@ -780,26 +780,52 @@ class _Held(Resource):
         return NOT_DONE_YET
 
 
+def _slow_peer_asking(clock: Clock) -> tuple[Any, tuple[Any, Any], Any]:
+    """A metrics site on C{clock} with a path whose answers wait (L{_Held}),
+    and a connection from 127.0.0.40 on a L{_SlowPeerTransport} that has
+    asked for it: the site, the connection (channel, transport), and its
+    request, not answered yet."""
+    from twisted_chat.server.metricsport import metrics_site
+
+    site = metrics_site(registry_for(Stats(), lambda: Snapshot(0, 0, 0, None)), clock)
+    held = _Held()
+    site.resource.putChild(b"held", held)
+    got = metrics_connection(site, 40000, "127.0.0.40", transport_type=_SlowPeerTransport)
+    assert got is not None
+    got[0].dataReceived(b"GET /held HTTP/1.1\r\nHost: x\r\n\r\n")
+    [request] = held.requests
+    return site, got, request
+
+
+def _port_filled(site: Any) -> list[tuple[Any, Any]]:
+    """The rest of C{site}'s connections, from 127.0.0.40-43 (two each,
+    with the first connection's), each with a partial request."""
+    from twisted_chat.server.metricsport import MAX_METRICS_CONNECTIONS, MAX_METRICS_PER_ADDRESS
+
+    others = []
+    for n in range(1, MAX_METRICS_CONNECTIONS):
+        other = metrics_connection(site, 40000 + n, f"127.0.0.{40 + n // MAX_METRICS_PER_ADDRESS}")
+        assert other is not None
+        other[0].dataReceived(b"GET /metrics HTTP/1.1\r\n")
+        others.append(other)
+    return others
+
+
 @pytest.mark.parametrize("answer", ["being-rendered", "being-taken", "taken-no-more"])
 def test_an_answer_on_its_way_is_not_cut_to_make_room(answer: str) -> None:
     """left16s: a connection's answer was aborted (a reset, the answer cut:
     9216 of 9688 bytes on the real server) when a newcomer needed room once
     1 s had passed since the answer was written, though its peer was still
     taking it.  A connection is not idle while its answer is rendered, nor
-    while its peer takes some of the answer; one whose peer takes none of it
+    while its peer takes the answer (at a pace that has it within
+    METRICS_DRAIN: rev16-sec 2, below); one whose peer takes none of it
     for METRICS_IDLE is idle (it holds the port as a partial request does),
     and gives way as before."""
     from twisted_chat.server import metricsport as port
 
     clock = Clock()
-    site = port.metrics_site(registry_for(Stats(), lambda: Snapshot(0, 0, 0, None)), clock)
-    held = _Held()
-    site.resource.putChild(b"held", held)
-    got = metrics_connection(site, 40000, "127.0.0.40", transport_type=_SlowPeerTransport)
-    assert got is not None
-    reader, transport = got
-    reader.dataReceived(b"GET /held HTTP/1.1\r\nHost: x\r\n\r\n")
-    [request] = held.requests
+    site, got, request = _slow_peer_asking(clock)
+    transport = got[1]
     clock.advance(0.5)
     if answer != "being-rendered":
         request.write(b"x" * 20000)
@@ -807,17 +833,10 @@ def test_an_answer_on_its_way_is_not_cut_to_make_room(answer: str) -> None:
         assert transport.value().endswith(b"x" * 20000 + b"\r\n0\r\n\r\n")
         assert transport._tempDataLen == len(transport.value())  # none of it taken
     clock.advance(0.1)
-    # The port filled by younger connections, each with a partial request.
-    others = []
-    for n in range(1, port.MAX_METRICS_CONNECTIONS):
-        other = metrics_connection(site, 40000 + n,
-                                   f"127.0.0.{40 + n // port.MAX_METRICS_PER_ADDRESS}")
-        assert other is not None
-        other[0].dataReceived(b"GET /metrics HTTP/1.1\r\n")
-        others.append(other)
+    others = _port_filled(site)  # by younger connections
     clock.advance(port.METRICS_IDLE + 0.4)
     if answer == "being-taken":
-        transport.take(4096)  # the peer reads slowly
+        transport.take(12000)  # the peer reads slowly: 8 KB/s, all of it in 2.5 s
     assert metrics_connection(site, 41000, "127.0.0.1") is not None  # a scraper
     cut = [t for _, t in [got, *others] if t.disconnecting]
     assert len(cut) == 1
@@ -826,6 +845,46 @@ def test_an_answer_on_its_way_is_not_cut_to_make_room(answer: str) -> None:
         request.write(b"the answer")  # and it is still answered
         request.finish()
         assert transport.value().endswith(b"\r\n0\r\n\r\n")
+
+
+@pytest.mark.parametrize("reader", ["slow-link", "too-slow", "trickle"])
+def test_an_answer_is_taken_whole_on_a_slow_link_and_a_trickle_gives_way(reader: str) -> None:
+    """rev16-sec 2: since 701d98f a peer taking any of its answer was not
+    idle, so eight connections from four 127.x addresses each taking about
+    1.3 KB/s held the port for good (4 scrapes of 40 got through).  An
+    answer its peer is taking keeps its connection only at a pace that has
+    it whole within METRICS_DRAIN of its writing: a slow link's scrape (the
+    9.7 KB answer at 5 KB/s, about 2 s: left16s) is never cut, however often
+    newcomers need room; one at 3 KB/s (3.2 s) and a trickle (1.28 KB/s,
+    512 bytes every 0.4 s as in rev16-sec's script) give way to the first
+    newcomer once METRICS_IDLE has passed, as a partial request does."""
+    from twisted_chat.server import metricsport as port
+
+    clock = Clock()
+    site, (_, transport), request = _slow_peer_asking(clock)
+    request.write(b"x" * 9688)
+    request.finish()
+    answered = clock.seconds()
+    _port_filled(site)  # by younger connections
+    per_tick = {"slow-link": 512, "too-slow": 300, "trickle": 128}[reader]  # every 0.1 s
+    cut_at = None
+    for tick in range(1, 100):
+        clock.advance(0.1)
+        transport.take(per_tick)
+        if not transport._tempDataLen:
+            break  # all of it taken
+        # A newcomer every 0.1 s: it takes the place of the oldest idle one.
+        metrics_connection(site, 41000 + tick, f"127.0.1.{tick}")
+        if transport.disconnecting:
+            cut_at = clock.seconds() - answered
+            break
+        if site.evicted is not None:  # its descriptor closed: room for the next
+            site.evicted.connectionLost(Failure(ConnectionAborted()))
+    if reader == "slow-link":
+        assert cut_at is None and not transport._tempDataLen, cut_at
+    else:
+        assert cut_at is not None and transport._tempDataLen  # cut with most still to take
+        assert port.METRICS_IDLE <= cut_at < port.METRICS_IDLE + 0.15, cut_at
 
 
 def test_the_metrics_port_counts_an_ipv6_64_as_one_address_and_ipv4_per_address() -> None:

@@ -40,15 +40,25 @@ METRICS_TIMEOUT = 10.0
 #: 127.x address is an address of its own, which any local account may use
 #: as its source: there L{METRICS_IDLE} is what keeps a scraper's way open.
 MAX_METRICS_PER_ADDRESS = 2
-#: Seconds a connection may be idle (since its accept, its last answer, or
-#: its peer last took some of an answer; a request it has only started
-#: counts as idle) before a newcomer takes its place when the port, or the
-#: newcomer's address's share, is full: the oldest such connection (of that
-#: address, if its share is full) is aborted.  A scrape takes milliseconds;
-#: connections held with a partial request (from four 127.x addresses, two
-#: each) kept every scrape out.  An answer on its way is not cut: one its
-#: peer is still taking is not idle (L{unsent}).
+#: Seconds a connection may be idle (since its accept or its last answer;
+#: a request it has only started counts as idle) before a newcomer takes
+#: its place when the port, or the newcomer's address's share, is full: the
+#: oldest such connection (of that address, if its share is full) is
+#: aborted.  A scrape takes milliseconds; connections held with a partial
+#: request (from four 127.x addresses, two each) kept every scrape out.  An
+#: answer on its way is not cut: one its peer is taking (L{unsent}) fast
+#: enough to have it within L{METRICS_DRAIN} is not idle.
 METRICS_IDLE = 1.0
+#: Seconds from its writing within which an answer its peer is taking must
+#: be taken whole, at the pace the peer has taken it so far, to keep its
+#: connection from giving way (L{METRICS_IDLE}); past them, or at a pace
+#: too slow for them, the connection is idle since that answer.  A whole
+#: answer (about 10 KB in the text format, less gzipped, as Prometheus
+#: asks) takes 2 s at 5 KB/s, a slow link's scrape (left16s: one was cut
+#: 1 s after its answer): 3 s is that and half again, so a peer taking
+#: 3.3 KB/s or more gets it.  Without the bound, eight peers each taking
+#: 1.3 KB/s of theirs held the port for good (rev16-sec: 4 scrapes of 40).
+METRICS_DRAIN = 3.0
 #: Requests one connection may send; the answer to the last says
 #: C{Connection: close}.  A scraper's keep-alive connection opens another.
 MAX_METRICS_REQUESTS = 4
@@ -296,12 +306,11 @@ def metrics_site(registry: CollectorRegistry, reactor: Any = None,
         _deadline: Any = None
         host: str | None = None
         served = 0
-        # When it was accepted, last answered or its peer last took some of
-        # an answer, and its place in the accepts.
+        # When it was accepted or last answered, and its place in the accepts.
         active_at = 0.0
         number = 0
-        # What its peer had not taken of its answers when last looked at.
-        unsent_seen = 0
+        # What its peer had not taken of its answers at its last answer.
+        unsent_at_answer = 0
 
         def checkPersistence(self, request: Any, version: bytes) -> bool:
             self.served += 1
@@ -316,23 +325,25 @@ def metrics_site(registry: CollectorRegistry, reactor: Any = None,
 
         def requestDone(self, request: Any) -> None:
             self.active_at = self.site.clock.seconds()
-            self.unsent_seen = unsent(self.transport)  # the answer, just written
+            self.unsent_at_answer = unsent(self.transport)  # the answer, just written
             super().requestDone(request)
 
         def idle_since(self, now: float) -> float | None:
-            """Since when it has been idle, if for L{METRICS_IDLE} at
-            least, else None: no request being answered, and no answer on
-            its way (its peer took some of it since the last look, or its
-            answer was written less than L{METRICS_IDLE} ago).  An answer
-            the peer takes none of is not on its way: such a peer holds the
-            connection as a partial request does."""
+            """Since when it has been idle (its accept or last answer), if
+            for L{METRICS_IDLE} at least, else None: no request being
+            answered, and no answer on its way, one its peer takes at a
+            pace that has it whole within L{METRICS_DRAIN} of its writing.
+            A peer that takes none of its answer, or takes it too slowly,
+            holds the connection as a partial request does."""
             if self._handlingRequest:
                 return None
+            waited = now - self.active_at
+            if waited < METRICS_IDLE:
+                return None
             left = unsent(self.transport)
-            if left and left != self.unsent_seen:
-                self.unsent_seen = left
-                self.active_at = now
-            if now - self.active_at < METRICS_IDLE:
+            taken = self.unsent_at_answer - left
+            # left / (METRICS_DRAIN - waited) <= taken / waited, the pace so far
+            if left > 0 and left * waited <= taken * (METRICS_DRAIN - waited):
                 return None
             return self.active_at
 
