@@ -44,7 +44,7 @@ from twisted_chat.server.cluster.redislog import (
 )
 from twisted_chat.server.cluster.redisstream import APPEND_SHA
 from twisted_chat.server.cluster.service import FactoryHooks
-from twisted_chat.server.heldinput import HeldInput
+from twisted_chat.server.heldinput import HELD_LINE_COST, HeldInput
 from twisted_chat.server.history import History
 from twisted_chat.server.hub import HubError, HubSettings
 from twisted_chat.server.login import UNAVAILABLE_TEXT, unavailable_text
@@ -874,7 +874,7 @@ def test_past_the_bound_only_connections_with_a_command_waiting_are_not_read() -
     web.protocol.message_received(b"MSG " + b"w" * 3000)
     for user in heavy:
         user.send("MSG first")
-    assert n0.factory.held_input.total == 3000 + 5
+    assert n0.factory.held_input.total == 3004 + HELD_LINE_COST  # MSG w..., as held
     cluster.clock.advance(1)  # (what they hold next has not waited its wait at WAIT)
     for user in heavy:
         user.arrive(*[f"MSG {'y' * 4000}" for _ in range(15)])  # 60 KiB each

@@ -19,8 +19,16 @@ from twisted.internet.task import Clock
 from tests.harness import Conn, Harness
 from tests.test_cluster_outage import Waiting
 from tests.test_login import LIMITS, PW, HeldWork, add, fresh, harness, shared_harness, wrong
+from tests.web import wsframes as ws
+from tests.web.test_gateway import WsConn, grown_by, make_gateway
 from twisted_chat.server.accounts import Mode
-from twisted_chat.server.heldinput import CEILING_TELL_EVERY, TOO_MUCH_BEFORE_READY, HeldInput
+from twisted_chat.server.heldinput import (
+    _HELD_INPUT,
+    CEILING_TELL_EVERY,
+    HELD_LINE_COST,
+    TOO_MUCH_BEFORE_READY,
+    HeldInput,
+)
 from twisted_chat.server.login import BAD_PASSWORD_TEXT
 
 JUNK = b"j" * 1000 + b"\r\n"
@@ -120,7 +128,7 @@ def test_before_ready_a_connection_holds_a_few_lines_at_most() -> None:
     what it held is dropped (before, 64 KiB and a read each)."""
     h = harness(work=HeldWork(), max_line=512)
     bound = h.factory.held_input.before_ready
-    assert bound == 4 * (512 + 2)
+    assert bound == 4 * (512 + HELD_LINE_COST)  # a WebSocket's line as held; TCP's CRLF within
     add(h, "alice")
     add(h, "bob")
     # Within the bound: held, and handled after the check.
@@ -138,11 +146,11 @@ def test_before_ready_a_connection_holds_a_few_lines_at_most() -> None:
     assert alice.take() == ["PASS alice"]
     alice.send_raw(f"PASS {PW}\r\n".encode() + line * 3)
     assert alice.take() == []  # 3 lines: held
-    alice.send_raw(line * 2)
+    alice.send_raw(line * 3)
     assert alice.take() == [f"BYE flood {TOO_MUCH_BEFORE_READY}"]
     assert alice.transport.disconnecting
     assert h.factory.held_input.total == 3 * len(line)  # bob's only
-    assert h.factory.stats.input_discarded == 5 * len(line)
+    assert h.factory.stats.input_discarded == 6 * len(line)
     settle(h)  # both checks
     assert bob.take() == ["READY bob", "USER bob lobby", "USERS 1"] + 3 * [f"PONG {'p' * 500}"]
     assert alice.take() == []
@@ -512,3 +520,64 @@ def test_lines_read_in_the_excuse_but_held_behind_a_command_are_excused_when_han
     assert got[14:] == ["ERROR flood slow down: at most 4 lines per second (bursts of 5); "
                         "lines are being dropped"]
     assert h.factory.stats.dropped_lines["flood_rate"] == 1
+
+
+# -- a WebSocket's held lines ------------------------------------------------------------
+
+
+def web_user(h: Harness, nick: str, host: str) -> WsConn:
+    """A browser READY as C{nick}, with C{REGISTER} (its lookup and hash on
+    the held password threads) to send next."""
+    web = WsConn(h, make_gateway(h), peer=host)
+    web.take()  # the greeting
+    web.send(f"NICK {nick}")
+    h.work.release()  # type: ignore[attr-defined]  # the lookup: no account
+    assert web.take()[0] == f"READY {nick}"
+    return web
+
+
+def test_an_empty_message_storm_behind_register_is_paused_after_a_few_hundred() -> None:
+    """
+    Behind a REGISTER being hashed, a browser sends 20,000 empty messages in
+    one read.  Each held line counts what it costs held (HELD_LINE_COST
+    more than its bytes), and the rest of the read waits unparsed once the
+    connection is paused: it holds about 64 KiB of lines, 512, and is not
+    read.  Once REGISTER is decided they are handled as any flood is.
+    (rev16-sec #1: counted 1 byte each, a connection was paused only after
+    65,536 of them, and autobahn parsed every frame of the read under way
+    after it: 24 browsers grew the server by 101 MB.)
+    """
+    h = harness(work=HeldWork(), flood_rate=4.0, flood_burst=5)
+    web = web_user(h, "storm", "10.3.0.1")
+    held = h.factory.held_input
+    storm = ws.text(f"REGISTER {PW}") + ws.frame(b"") * 20_000
+    grew = grown_by(web, storm)
+    assert web.transport.producerState == "paused"
+    assert held.total == (_HELD_INPUT // HELD_LINE_COST + 1) * HELD_LINE_COST  # 513 lines
+    # What it holds: the lines counted, and the rest of the read as bytes
+    # (before: 20,000 lines of about 90 bytes each, 1.8 MB).
+    assert grew < held.total + len(storm) + 16_384
+    h.clock.advance(1)
+    settle(h)  # the lookup, then the hash
+    got = web.take()
+    assert got[0] == "REGISTERED storm"
+    assert got[-1] == "BYE flood too many lines too fast"
+    assert web.closes == [1000]
+    h.clock.advance(0)  # what waited unparsed: the connection is closing
+    assert held.total == 0
+
+
+def test_a_browser_s_messages_past_its_bound_are_all_handled_in_order() -> None:
+    """What waited unparsed while the browser was not read is handled after
+    the lines it held, in order, once its command is decided."""
+    h = harness(work=HeldWork())
+    web = web_user(h, "many", "10.3.0.2")
+    web.send_frame(ws.text(f"REGISTER {PW}")
+                   + b"".join(ws.text(f"PING {i}") for i in range(1000)))
+    assert web.transport.producerState == "paused"
+    assert web.take() == []
+    settle(h)
+    web.transport.resumeProducing()  # what Twisted's transport then reads (nothing more)
+    h.clock.advance(0)
+    assert web.take() == ["REGISTERED many"] + [f"PONG {i}" for i in range(1000)]
+    assert h.factory.held_input.total == 0 and web.transport.producerState != "paused"

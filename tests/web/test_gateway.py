@@ -24,6 +24,7 @@ from tests.web import wsframes as ws
 from twisted_chat.server import logs
 from twisted_chat.web.config import WebConfig, parse_networks
 from twisted_chat.web.gateway import (
+    FRAMES_AFTER_CLOSE,
     HTTP_REASON_LIMIT,
     PONG_RETRY,
     ChatWebSocket,
@@ -108,6 +109,17 @@ class WsConn:
         self.take()
         self.send(f"NICK {nick}")
         return self.take()
+
+
+def grown_by(conn: WsConn, data: bytes) -> int:
+    """What the server allocated, and still holds, for C{data} from C{conn}."""
+    tracemalloc.start()
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        conn.send_frame(data)
+        return tracemalloc.get_traced_memory()[0] - before
+    finally:
+        tracemalloc.stop()
 
 
 def tcp_and_browser(h: Harness, gateway: ChatWebSocketFactory) -> tuple[Conn, WsConn]:
@@ -373,6 +385,29 @@ def test_a_flood_of_frames_without_a_line_is_cut(flood: bytes) -> None:
     assert bob.take()[-1] == f"LEFT {ts(h)} alice flood"
 
 
+def test_frames_sent_after_the_server_s_close_are_read_a_few_at_most() -> None:
+    """After the server's close, a browser's frames are parsed only for its
+    close: a peer that goes on sending is aborted after FRAMES_AFTER_CLOSE
+    of them (rev16-sec #1: 24 peers that went on after BYE flood had
+    520,000 frames parsed, 5 s of the server's time), as a TCP connection
+    is not read after its close."""
+    h = Harness(flood_rate=1.0, flood_burst=5)
+    _, alice = tcp_and_browser(h, make_gateway(h))
+    alice.send("BYE")
+    assert alice.take() == ["BYE quit"] and alice.closes == [1000]
+    begun = []
+    alice.socket.onMessageBegin = begun.append  # type: ignore[method-assign]
+    alice.send_frame(ws.frame(b"") * 10_000)
+    assert len(begun) == FRAMES_AFTER_CLOSE + 1
+    assert alice.transport.disconnected and not alice.socket.wasClean  # aborted
+    # A browser's answer behind a few messages closes as ever.
+    carol = WsConn(h, make_gateway(h))
+    carol.register("carol")
+    carol.send("BYE")
+    carol.send_frame(ws.frame(b"MSG late") * 10 + ws.frame(b"\x03\xe8", opcode=ws.CLOSE))
+    assert carol.transport.disconnected and carol.socket.wasClean
+
+
 def test_each_frame_after_a_message_s_first_spends_a_flood_token() -> None:
     h = Harness(flood_rate=1.0, flood_burst=5)
     bob, alice = tcp_and_browser(h, make_gateway(h))  # NICK spent one token of five
@@ -390,14 +425,7 @@ def test_a_message_in_many_fragments_holds_no_more_than_a_line() -> None:
     h = Harness()  # flood control off: only the bytes held bound it here
     bob, alice = tcp_and_browser(h, make_gateway(h))
     fragments = ws.frame(b"M", fin=False) + ws.frame(b"x", opcode=0, fin=False) * 16_000
-    tracemalloc.start()
-    try:
-        before = tracemalloc.get_traced_memory()[0]
-        alice.send_frame(fragments)
-        held = tracemalloc.get_traced_memory()[0] - before
-    finally:
-        tracemalloc.stop()
-    assert held < 2 * h.config.max_line
+    assert grown_by(alice, fragments) < 2 * h.config.max_line
     alice.send_frame(ws.frame(b"", opcode=0))
     assert alice.take()[0].startswith("ERROR too-long ")  # as on TCP; the socket stays
     # A line of --max-line bytes with its terminator, in fragments, is whole.

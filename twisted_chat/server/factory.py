@@ -32,7 +32,12 @@ from twisted_chat.server.deadlines import Deadlines
 from twisted_chat.server.descriptors import REFUSALS_CLOSING
 from twisted_chat.server.fanout import Backlog, LobbyFanout, reactor_backlog
 from twisted_chat.server.flood import FloodMeter
-from twisted_chat.server.heldinput import HELD_BEFORE_READY_LINES, HELD_INPUT_TOTAL, HeldInput
+from twisted_chat.server.heldinput import (
+    HELD_BEFORE_READY_LINES,
+    HELD_INPUT_TOTAL,
+    HELD_LINE_COST,
+    HeldInput,
+)
 from twisted_chat.server.history import Entry, History, newest_within
 from twisted_chat.server.hub import Hub, HubSettings, Invitation, State, User
 from twisted_chat.server.login import Accounts
@@ -198,7 +203,7 @@ class ChatFactory(ServerFactory):
         # The input they hold behind commands decided elsewhere, all together
         # (a cluster node's --redis-queue: cluster_factory sets it).
         self.held_input = HeldInput(HELD_INPUT_TOTAL, lambda: self.connections, reactor,
-                                    HELD_BEFORE_READY_LINES * (config.max_line + 2),
+                                    HELD_BEFORE_READY_LINES * (config.max_line + HELD_LINE_COST),
                                     watch_stalls=config.flood_rate > 0)
         # Connections that count against --max-clients but are not chat
         # connections (yet): the web port's HTTP connections

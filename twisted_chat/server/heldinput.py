@@ -33,8 +33,18 @@ _HELD_INPUT = 65536
 #: (L{HeldInput}): a cluster node's is its --redis-queue.
 HELD_INPUT_TOTAL = 4 * 1024 * 1024
 
-#: Before READY a connection holds at most this many lines of --max-line
-#: (CRLF included) behind a command decided elsewhere (its NICK or PASS);
+#: What holding one WebSocket line (L{HoldsInput._hold_line}) costs over its
+#: bytes, counted with them in every bound: its bytes object's header (33),
+#: the (line, when) tuple (56), the float (24) and its deque slot (8), 121
+#: bytes measured with tracemalloc, rounded up; the line's terminator (1)
+#: included.  Counted as its payload plus one, an empty message was 1 byte
+#: held for about 100 (rev16-sec #1: 24 connections held 65,000 each
+#: behind a REGISTER before one was paused, 101 MB).
+HELD_LINE_COST = 128
+
+#: Before READY a connection holds at most this many lines of --max-line,
+#: each with a held WebSocket line's L{HELD_LINE_COST} (a TCP line's CRLF
+#: within it), behind a command decided elsewhere (its NICK or PASS);
 #: past it the connection is closed (BYE flood): a client logging in sends
 #: a line or two before its answer, and what it held would be handled
 #: only after READY anyway.
@@ -217,7 +227,8 @@ class HoldsInput:
 
     def _hold_line(self, line: bytes) -> None:
         """A whole line while a command waits (message_received): held in
-        order behind the command, as dataReceived holds bytes."""
+        order behind the command, as dataReceived holds bytes, and counted
+        at what it costs held (L{HELD_LINE_COST} more than its bytes)."""
         held = self._held
         if held is _DISCARDING:
             self._discard(len(line) + 1)
@@ -225,7 +236,7 @@ class HoldsInput:
         if held is None:
             held = self._held = _Held()
         held.lines.append((line, self.clock.seconds()))
-        self._held_size += len(line) + 1
+        self._held_size += len(line) + HELD_LINE_COST
         self._count_held()
         self._held_over(self._held_size)
 
@@ -379,7 +390,7 @@ class HoldsInput:
         """The held WebSocket lines, each taken off as it is handled."""
         while lines:
             line, at = lines.popleft()
-            self._held_size -= len(line) + 1
+            self._held_size -= len(line) + HELD_LINE_COST
             yield line, at
 
     def _replay(self, held: Iterator[tuple[bytes, float]],

@@ -94,6 +94,16 @@ _autobahn_log = make_logger(level="critical", observer=logs.observer)
 # whole header) sent back in the response's status line.
 HTTP_REASON_LIMIT = 200
 
+#: Frames read after the server's close (its closing handshake: autobahn
+#: reads on for the peer's close) before the connection is aborted.  A
+#: browser answers a close at once, behind the few messages it had sent;
+#: the chat connection has ended and they are dropped unread, but each
+#: cost autobahn's parsing: a peer that went on sending after BYE flood
+#: had all it sent parsed (rev16-sec #1: 24 connections, 65,000 empty
+#: messages each, 520,000 frames parsed after the close), where a TCP
+#: connection is not read at all after its close.
+FRAMES_AFTER_CLOSE = 64
+
 
 
 def encode_frames(data: bytes) -> bytes:
@@ -207,9 +217,11 @@ class WebSocketTransport:
 
     def pauseProducing(self) -> None:
         self._socket.tcp.pauseProducing()
+        self._socket.unread = True
 
     def resumeProducing(self) -> None:
         self._socket.tcp.resumeProducing()
+        self._socket.read_again()
 
     def stopProducing(self) -> None:
         self.abortConnection()
@@ -251,6 +263,12 @@ class ChatWebSocket(WebSocketServerProtocol):
     _message: bytearray | None = None
     _frames = 0
     _dropped = False
+    # The chat connection does not read (its held input is over a bound:
+    # twisted_chat.server.heldinput): frames already read wait in autobahn's
+    # buffer, unparsed (consumeData), until it reads again (read_again).
+    unread = False
+    _read_call: IDelayedCall | None = None
+    _after_close = 0  # frames read since the close was sent (FRAMES_AFTER_CLOSE)
 
     @property
     def tcp(self) -> Any:
@@ -352,10 +370,57 @@ class ChatWebSocket(WebSocketServerProtocol):
     #     harmless, one empty list held until the next frame).
     #   - message_is_binary, state and STATE_OPEN/STATE_CLOSED: the names
     #     autobahn's own handlers use, read the same way.
+    #   - onFrameBegin: called for every frame's header (counted here
+    #     after the close: FRAMES_AFTER_CLOSE); renamed, a peer that sends
+    #     on after the close has all it sends parsed until the close grace.
+    #   - consumeData, processData and data: autobahn's loop over the frames
+    #     read, one step of it, and the bytes it has not parsed yet
+    #     (consumeData here stops the loop while the chat connection does
+    #     not read).  Renamed, a paused connection's read is parsed whole
+    #     again (consumeData) or every read fails (processData, data).
 
     def dataReceived(self, data: bytes) -> None:
         # autobahn's formats a debug log line's arguments on every read.
         self._dataReceived(data)
+
+    def consumeData(self) -> None:
+        """
+        autobahn's, but an open WebSocket's frames are parsed only while the
+        chat connection reads: once it pauses (held input over a bound:
+        twisted_chat.server.heldinput), the rest of the read waits in
+        autobahn's buffer as bytes, as a TCP connection's waits in its
+        buffer, and is parsed when it reads again (L{read_again}).
+        Pausing the TCP transport alone stops only the next read: the one
+        under way (64 KiB: 10,922 empty messages) was parsed and held
+        whole (rev16-sec #1).
+        """
+        if self.state != self.STATE_OPEN:
+            super().consumeData()
+            return
+        while not self.unread and self.processData() and self.state != self.STATE_CLOSED:
+            pass
+
+    def onFrameBegin(self) -> None:
+        """A frame read after the close was sent counts towards
+        L{FRAMES_AFTER_CLOSE}: past it the connection is aborted."""
+        super().onFrameBegin()
+        if self.state == self.STATE_CLOSING:
+            self._after_close += 1
+            if self._after_close > FRAMES_AFTER_CLOSE:
+                self.dropConnection(abort=True)
+
+    def read_again(self) -> None:
+        """The chat connection reads again: the frames that waited are
+        parsed in the next reactor turn, after the lines it held (its
+        L{HoldsInput._decided} resumes it before it hands them back)."""
+        self.unread = False
+        if self.data and self._read_call is None:
+            self._read_call = self.factory.reactor.callLater(0, self._read_waiting)
+
+    def _read_waiting(self) -> None:
+        self._read_call = None
+        if not self.unread and self.state == self.STATE_OPEN:
+            self.consumeData()
 
     # autobahn keeps each chunk of a message as its own bytes object, however
     # small (16,000 one-byte fragments held 680 kB): here the
@@ -490,10 +555,10 @@ class ChatWebSocket(WebSocketServerProtocol):
 
     def connectionLost(self, reason: Failure = connectionDone) -> None:
         self._pending_pong = None
-        for call in (self._grace, self._pong_call):
+        for call in (self._grace, self._pong_call, self._read_call):
             if call is not None and call.active():
                 call.cancel()
-        self._grace = self._pong_call = None
+        self._grace = self._pong_call = self._read_call = None
         self.chat_queue = None  # its encode is a method of this socket's
         try:
             super().connectionLost(reason)
