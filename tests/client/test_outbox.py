@@ -425,6 +425,25 @@ def test_a_message_too_long_for_the_server_is_answered() -> None:
     )
 
 
+def test_a_message_to_a_reader_far_behind_is_answered() -> None:
+    # ERROR busy naming a reader far behind answers the oldest DM to them,
+    # else the oldest MSG (one the server sent to them as the partner).
+    r = Rig()
+    _sent(r, "lobby line")
+    _sent(r, "to carol", to="carol")
+    _sent(r, "to bob", to="bob")
+    r.outbox.refused_behind("bob")
+    assert r.outbox.losses(bye_answered=False) == (
+        "2 of the 3 messages sent were not confirmed by the server: "
+        "\u201clobby line\u201d, \u201cto carol\u201d."
+    )
+    r.outbox.refused_behind("bob")  # no DM to bob waits: a MSG the server sent bob
+    r.outbox.refused_behind("bob")  # none left it can be about
+    assert r.outbox.losses(bye_answered=False) == (
+        "1 of the 3 messages sent was not confirmed by the server: \u201cto carol\u201d."
+    )
+
+
 @pytest.mark.parametrize("code", ["bad-chars", "bad-encoding"])
 def test_a_message_refused_for_its_characters_is_answered(code: str) -> None:
     # ERROR bad-chars (or bad-encoding) answers the oldest message that has

@@ -578,6 +578,9 @@ def test_server_errors_are_one_sentence() -> None:
          "The invitation was not sent: bob has 10 open invitations already; try again later."),
         ("ERROR busy bob is in a private conversation",
          "The invitation was not sent: bob is in a private conversation."),
+        ("ERROR busy bob is not reading fast enough to take more invitations; try again later",
+         "The invitation was not sent: bob is not reading fast enough to take more "
+         "invitations; try again later."),
         ("ERROR pending users from your address have 10 open invitations already; "
          "wait for one to end",
          "The invitation was not sent: users from your address have 10 open invitations "
@@ -893,3 +896,67 @@ def test_a_message_refused_for_its_characters_is_not_counted_as_lost() -> None:
         "The connection to chat.test:7000 was lost. 1 of the 2 messages sent was not "
         "confirmed by the server: \u201cone line while the server hangs\u201d."
     )
+
+
+BEHIND = ("ERROR busy bob is not reading fast enough to take more private messages; "
+          "try again later")
+
+
+@pytest.mark.parametrize("paired", [False, True])
+def test_a_message_to_a_reader_far_behind_says_so_and_is_not_counted_as_lost(
+    paired: bool,
+) -> None:
+    # f12caa5: a DM, or a line to the partner (sent as DM PARTNER), to a
+    # reader far behind is refused ERROR busy.  It was said as an invitation
+    # ("The invitation was not sent: ...") and the message stayed in doubt:
+    # "2 of the 2 messages sent were not confirmed".
+    s = session("jay")
+    s.ready("jay", users=("bob",))
+    if paired:
+        s.receive("PAIRED bob")
+        s.type("just us")
+        assert s.sent() == ["DM bob just us"]
+    else:
+        s.type("@bob are you there")
+        assert s.sent() == ["DM bob are you there"]
+    s.receive(BEHIND)
+    assert s.screen.take()[-1] == (
+        "! Not sent: bob is not reading fast enough to take more messages; try again later."
+    )
+    s.type("one line while the server hangs")
+    s.lose()
+    assert s.outcomes[-1].message == (
+        "The connection to chat.test:7000 was lost. 1 of the 2 messages sent was not "
+        "confirmed by the server: \u201cone line while the server hangs\u201d."
+    )
+
+
+def test_a_lobby_line_the_server_sent_to_a_new_partner_far_behind_is_answered() -> None:
+    # A MSG typed in the lobby that the server read once our invitation was
+    # accepted went to the partner (chat/1 routes a MSG by the pair): a
+    # partner far behind refuses it as a DM.
+    s = session("jay")
+    s.ready("jay", users=("bob",))
+    s.type("hello lobby")
+    assert s.sent() == ["MSG hello lobby"]
+    s.receive("PAIRED bob", BEHIND)
+    assert s.screen.take()[-1] == (
+        "! Not sent: bob is not reading fast enough to take more messages; try again later."
+    )
+    s.lose()
+    assert "not confirmed" not in (s.outcomes[-1].message or "")
+
+
+def test_a_messages_busy_does_not_answer_the_accept_sent_after_it() -> None:
+    # The DM's refusal came first (the server answers in order): the ACCEPT
+    # is still unanswered, so its PAIRED is the user's doing and the lines
+    # typed meanwhile are not dropped as meant for the lobby.
+    s = session("jay", watch=False)
+    s.ready("jay", users=("bob", "dave"))
+    s.receive("INVITE dave")
+    s.type("@bob hi", "/accept dave")
+    assert s.sent() == ["DM bob hi", "ACCEPT dave"]
+    s.type(*[f"line {i}" for i in range(12)])
+    s.screen.take()
+    s.receive(BEHIND, "PAIRED dave")
+    assert not any("were not sent" in line for line in s.screen.lines)

@@ -2112,6 +2112,47 @@ def test_a_goodbye_the_server_never_answers_is_given_up_and_said(
     assert page.execute_script("return window.sockets") == 1
 
 
+def test_a_message_to_a_partner_far_behind_is_refused_in_words_not_named_as_lost(
+    web: WebServer, browser: Callable[..., Any]
+) -> None:
+    """A line to a partner (sent as DM PARTNER) far behind reading is
+    refused ERROR busy (f12caa5). The page showed the server's text and the
+    message stayed unconfirmed, so after a disconnection it was named as
+    maybe lost. Now the refusal settles it and says so in the partner's
+    conversation, as the terminal client does (Outbox.refused_behind); a
+    lobby line the server read once the pair began went to the partner,
+    and is refused alike, said in the lobby; a busy refusing an invitation
+    is still the server's words."""
+    behind = ("ERROR busy bob is not reading fast enough to take more private messages; "
+              "try again later")
+    invitations = ("carol is not reading fast enough to take more invitations; "
+                   "try again later")
+    page = scripted(browser(), web, {
+        "NICK alice": [["READY alice", "USER alice lobby", "USERS 1"],
+                       ["READY alice", "USER alice lobby", "USERS 1"]],
+        "MSG go": [["PAIRED bob", behind]],
+        "DM bob just us": [[behind]],
+        "PAIR carol": [[f"ERROR busy {invitations}"]],
+    })
+    join_as(page, "alice")
+    not_sent = "Not sent: bob is not reading fast enough to take more messages; try again later."
+    say(page, "go")
+    wait(page, lambda d: notices(d)[-1:] and notices(d)[-1].endswith(not_sent))
+    say(page, "just us")  # where the page shows the pair: said there too, once more
+    wait(page, lambda d: sum(n.endswith(not_sent) for n in notices(d, "dm:bob")) == 2)
+    say(page, "/invite carol")
+    wait(page, lambda d: notices(d, "dm:bob")[-1].endswith(invitations))
+    say(page, "no answer")  # the scripted server says nothing to it
+    wait(page, lambda d: d.execute_script("return window.sentLines")[-1] == "DM bob no answer")
+    page.execute_script("window.drop()")
+    wait(page, lambda d: any("before the connection was lost" in n
+                             for n in notices(d, "dm:bob")), timeout=WAIT + 2)
+    assert notices(page, "dm:bob")[-1].endswith(
+        "This message was not confirmed by the server before the connection was lost, "
+        "so it may not have arrived: \u201cno answer\u201d.")
+    assert not any("before the connection was lost" in n for n in notices(page))
+
+
 class Hang:
     """A listener on C{port} that takes connections and never answers
     (a hung server or front end); C{accepted} counts them."""

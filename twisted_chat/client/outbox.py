@@ -350,6 +350,17 @@ class Outbox:
         if self._answered(lambda m: m.to == to) is not None:
             self._messages_refused += 1
 
+    def refused_behind(self, to: str) -> None:
+        """
+        C{ERROR busy}: C{to} (a nick_key) is too far behind reading to take
+        a private message.  It answered the oldest C{DM} to them, or else
+        the oldest C{MSG} (one the server sent to them as the partner: it
+        routes a C{MSG} by the pair it knows when it reads it).
+        """
+        if (self._answered(lambda m: m.to == to) is not None
+                or self._answered(lambda m: m.to is None) is not None):
+            self._messages_refused += 1
+
     def refused_longer(self, most: int) -> None:
         """C{ERROR too-long}: the oldest message over C{most} bytes was not sent."""
         if self._answered(lambda m: m.size > most) is not None:

@@ -979,7 +979,11 @@ class ChatClient(SkipLongLines):
             said = render.not_ready(event.text, prompt=self.interactive and self._at_password())
         elif said is None:
             said = render.error_sentence(code, event.text)
-        self.pairing.refused(code)
+        late = render.behind(code, event.text)
+        if late is not None:
+            said = render.not_keeping_up(late)  # a message's refusal, not an invitation's
+        else:
+            self.pairing.refused(code)
         gone = event.text.split(" ", 1)[0] if code == "no-such-nick" else ""
         if gone and nick_key(gone) == self._private_to and self.state is not State.NICK_SENT:
             # A line of the private conversation met its partner gone.
@@ -994,23 +998,27 @@ class ChatClient(SkipLongLines):
             self.login.refused(code, event.text, said)
             return
         self.error(said)
-        self._refused_message(code, gone, event.text)
+        self._refused_message(code, gone or late or "", event.text)
         rate = self.outbox.flood(event.text) if code == "flood" else None
         if rate is not None:
             lines = "line" if rate == 1 else "lines"
             self.notice(f"Sending at most {rate:g} {lines} per second from now on.")
 
-    def _refused_message(self, code: str, gone: str, text: str) -> None:
+    def _refused_message(self, code: str, named: str, text: str) -> None:
         """
         An C{ERROR} that may refuse one of our messages: it is answered (said
         now), not in doubt at the end (L{Outbox.losses}).  The server reads a
         connection's lines in order: it refused the oldest message not yet
-        answered that it can be about (a C{DM} to the nick it names; one
-        longer than the limit it names; one with other than printable ASCII
-        for its characters), as the web page counts them.
+        answered that it can be about (a C{DM} to the nick it names,
+        C{named}; for a C{busy} about a reader far behind, else a C{MSG} the
+        server sent to them as the partner; one longer than the limit it
+        names; one with other than printable ASCII for its characters), as
+        the web page counts them.
         """
-        if code == "no-such-nick" and gone:
-            self.outbox.refused_to(nick_key(gone))
+        if code == "no-such-nick" and named:
+            self.outbox.refused_to(nick_key(named))
+        elif code == "busy" and named:
+            self.outbox.refused_behind(nick_key(named))
         elif code == "self" and self.nick is not None:
             self.outbox.refused_to(nick_key(self.nick))
         elif code == "too-long":

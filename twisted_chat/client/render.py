@@ -221,8 +221,9 @@ ERRORS = {
     # Answers DM, PAIR, ACCEPT, REJECT: the server's text names the nick.
     "no-such-nick": "Not sent: {text}.",
     "self": "You cannot do that to yourself.",
-    # busy and pending answer PAIR only, for more reasons than one (the
+    # busy and pending answer PAIR or ACCEPT, for more reasons than one (the
     # server's invitation limits among them): the server's text says which.
+    # A busy that answers a private message is said by not_keeping_up.
     "busy": "The invitation was not sent: {text}.",
     "pending": "The invitation was not sent: {text}.",
     "no-invite": "There is no open invitation from that person.",
@@ -292,6 +293,26 @@ def sentence(text: str) -> str:
 _NO_TEXT = {"no-such-nick": "nobody by that name is online"}
 # The commands an invitation's refusal (busy, pending) names, as the user types them.
 _VERBS = re.compile(r"\b(UNPAIR|PAIR|ACCEPT|REJECT)\b")
+
+
+# ERROR busy answering a DM (or a MSG the server sent to the partner), not an
+# invitation: "<nick> is not reading fast enough to take more private
+# messages; try again later" (the reader is far behind: docs/protocol.md,
+# Limits 14).  Its other texts answer PAIR or ACCEPT.
+_BEHIND = re.compile(r"(\S+) .*\bprivate messages\b")
+
+
+def behind(code: str, text: str) -> str | None:
+    """The nick an C{ERROR} C{code} says is too far behind reading to take a
+    private message: a C{busy} answering a message (C{None}: another error,
+    or a C{busy} answering an invitation)."""
+    match = _BEHIND.match(text) if code == "busy" else None
+    return match.group(1) if match else None
+
+
+def not_keeping_up(nick: str) -> str:
+    """A message to C{nick} refused as C{busy}: they are not keeping up."""
+    return f"Not sent: {nick} is not reading fast enough to take more messages; try again later."
 
 
 # ERROR not-ready's texts from this server (server/session.py, login.py)

@@ -891,7 +891,7 @@
   //   sent it, the lobby or a partner), and those sent before it: the
   //   server read them (each copied, refused, or dropped);
   // - a PONG confirms those sent before its PING;
-  // - a refusal (ERROR no-such-nick, too-long, bad-chars: see refused()) takes out the
+  // - a refusal (ERROR no-such-nick, busy, too-long, bad-chars: see refused()) takes out the
   //   oldest message it can be about, to say so in that message's
   //   conversation, in the words of that moment (the ex-partner "has left
   //   the chat"; a line too long goes back to its message box), and those
@@ -2107,7 +2107,13 @@
   // server's are the protocol's): each says the message was not sent. The
   // message refused is the oldest unconfirmed one it can be about (the
   // list of the messages sent and not yet answered: answers.unconfirmed).
-  const REFUSED = new Set(["no-such-nick", "self", "too-long", "bad-chars", "bad-encoding"]);
+  const REFUSED = new Set(["no-such-nick", "self", "busy", "too-long", "bad-chars", "bad-encoding"]);
+
+  // ERROR busy answering a DM (or a MSG the server sent to the partner),
+  // not an invitation: "<nick> is not reading fast enough to take more
+  // private messages; try again later" (the reader is far behind:
+  // docs/protocol.md, Limits 14). Its other texts answer PAIR or ACCEPT.
+  const BEHIND_RE = /^(\S+) .*\bprivate messages\b/;
 
   function refused(code, text) {
     if (code === "self") {
@@ -2124,6 +2130,17 @@
       const said = m.partner
         ? `Not sent: ${nick} has left the chat, and your private conversation with them is over.`
         : `Not sent: ${nick} is not online.`;
+      return tellIn(m.conv, said);
+    }
+    if (code === "busy") {
+      // A message to a reader far behind: the oldest DM to them, else the
+      // oldest MSG (the server routes a MSG by the pair it knows when it
+      // reads it). Any other busy refuses an invitation: the server's words.
+      const nick = (BEHIND_RE.exec(text) || [])[1];
+      if (!nick || !NICK_RE.test(nick)) return notice(current(), text, { error: true });
+      const m = takeUnconfirmed((u) => u.to === key(nick)) || takeUnconfirmed((u) => u.to === null);
+      const said = `Not sent: ${nick} is not reading fast enough to take more messages; try again later.`;
+      if (!m) return notice(current(), said, { error: true });
       return tellIn(m.conv, said);
     }
     if (code === "too-long") {
