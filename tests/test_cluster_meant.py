@@ -1,6 +1,8 @@
 """
 A lobby/pair message (C{MSG}) goes only where its sender's client was shown
-it would go when it was sent: the partner it was shown, or the lobby.  Where
+it would go when the line reached its node: the partner it was shown, or
+the lobby (a line still in flight when its node writes UNPAIRED goes where
+the state then says, as chat/1 defines: docs/protocol.md).  Where
 the log decides otherwise (Redis lost the pairing, a refused or late
 C{hello}, a pairing command of the other side first in the log) it goes
 nowhere, on every replica alike, and its sender is told C{ERROR

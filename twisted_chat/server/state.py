@@ -187,10 +187,10 @@ class LocalState:
     def _as_meant(self, user: User) -> None:
         """
         Refuse C{user}'s C{MSG} unless it goes where its client was shown it
-        would when it arrived (L{PairsShown}): a line held behind a password
-        check while its partner's C{UNPAIR} came is answered C{ERROR
-        not-paired}, never sent to the lobby (fix16p: it reached the lobby
-        and its history); a lobby line held while an C{ACCEPT} paired its
+        would when it arrived at the server (L{PairsShown}): a line held
+        behind a password check while its partner's C{UNPAIR} came is
+        answered C{ERROR not-paired}, never sent to the lobby (fix16p: it
+        reached the lobby and its history); a lobby line held while an C{ACCEPT} paired its
         sender, C{ERROR busy}, never sent to the partner.
         """
         conn = user.conn
@@ -239,9 +239,12 @@ class PairsShown:
     node's users by uid, cluster.own.OwnMembers; one server's by nick,
     L{LocalState.pair_shown}).  A line held behind a command (a Redis
     outage, a password check) goes where its client was shown it would go
-    as of when it arrived (L{as_of}), not when its turn came: a line typed
-    to a partner, held while the server wrote C{UNPAIRED}, never reaches
-    the lobby (rev16-clu #1, fix16p).  Each method is given C{since}:
+    as of when it arrived at the server (L{as_of}), not when its turn came:
+    a line typed to a partner, held while the server wrote C{UNPAIRED},
+    never reaches the lobby (rev16-clu #1, fix16p).  What the client had
+    read when it sent cannot be known: a line still in flight when
+    C{UNPAIRED} is written goes where the state says when it is read
+    (docs/protocol.md, "Lobby, direct messages, pairs").  Each method is given C{since}:
     changes up to then are forgotten (a node's C{--redis-wait} ago: an
     older line is answered "not sent" before where it goes matters; on one
     server, L{HELD_KEEP}).
