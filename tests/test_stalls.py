@@ -133,7 +133,7 @@ def test_each_connection_draws_a_stall_once() -> None:
     the stall's notice; once per connection."""
     clock = Clock()
     watch = StallWatch(clock, 1.0)
-    watch.start()
+    watch.start("a")
     clock.advance(10.0)  # the tick, 9.5 s late
     assert watch.draw("z", 0.25) is None  # it arrived before the stall (held since)
     assert watch.draw("z", 0.5) is None  # when the tick was due
@@ -148,3 +148,38 @@ def test_each_connection_draws_a_stall_once() -> None:
     assert watch.draw("d", 11.5) is None  # over
     watch.stop()
     assert clock.getDelayedCalls() == []
+
+
+def test_a_connection_accepted_after_the_stall_draws_nothing() -> None:
+    """rev16-fix #2: a connection opened after the stall (after the late
+    tick ran) had nothing waiting through it: 15 PINGs at once are a flood
+    past its bucket's 5 (before: all 15 passed), while one there through
+    the stall still draws it."""
+    h = Harness(flood_rate=4.0, flood_burst=5)
+    ann = user(h)
+    stalled(h, 3.0, tick_first=True)
+    assert pings(ann, 15) == [f"PONG {i}" for i in range(15)]
+    bob = h.connect("10.0.0.2")
+    bob.send("NICK bob")
+    assert "READY bob" in bob.take()
+    assert pings(bob, 15)[:5] == [f"PONG {i}" for i in range(4)] + [FLOODED]
+
+
+def test_who_may_draw_a_stall() -> None:
+    """Those there before it, and those accepted in the reactor's first turn
+    after it, before its tick ran; not those accepted after that tick, until
+    the excuse is over."""
+    clock = Clock()
+    watch = StallWatch(clock, 1.0)
+    watch.start("old")
+    clock.rightNow += 10.0  # stopped; the tick, overdue, not run yet
+    assert watch.draw("old", 10.0) == (9.5, 11.0)  # noticed by a read
+    watch.start("first")  # accepted in the same turn: its peer may have sent
+    clock.advance(0.0)  # the late tick runs
+    watch.start("late")
+    assert watch.draw("first", 10.0) == (9.5, 11.0)
+    assert watch.draw("late", 10.0) is None
+    run_for(clock, 1.5)  # over: nothing kept
+    assert watch._drawn == set()
+    watch.start("later")
+    assert watch._drawn == set()

@@ -606,7 +606,7 @@ class HeldInput:
     def started(self, conn: Holder) -> None:
         """C{conn} is new: past the ceiling it is not read either.  The
         stall watch runs while there are connections."""
-        self.stalls.start()
+        self.stalls.start(conn)
         if self.full:
             self.pause(conn)
 

@@ -34,14 +34,19 @@ class StallWatch:
     length (the tick's lateness, the least the process was stopped), for
     lines that arrived after the tick was due (one that arrived before came
     before the stall) and within C{excused_for} seconds of its notice.
+    Only a connection there by the first tick after the stall draws it:
+    those accepted before it ran were accepted in the reactor's first turn
+    after the stall, and may have had lines waiting through it; one
+    accepted later had nothing waiting (rev16-fix #2: one opened 0.1 s
+    after a 5 s stall passed 60 PINGs at once instead of 19).
     L{twisted_chat.server.heldinput.HeldInput.excused} spends it as for a
     connection the server itself kept unread.  Nothing is done for a line
-    under its rate; what it keeps is who drew the last stall's excuse, let
-    go once it is over.
+    under its rate; what it keeps is who drew the last stall's excuse or
+    came too late for it, let go once it is over.
     """
 
-    __slots__ = ("_call", "_clock", "_drawn", "_excused_for", "_last", "_tick_every", "seconds",
-                 "since", "until")
+    __slots__ = ("_call", "_clock", "_drawn", "_excused_for", "_last", "_tick_every", "_ticked",
+                 "seconds", "since", "until")
 
     def __init__(self, clock: IReactorTime, excused_for: float, tick: float = TICK) -> None:
         self._clock = clock
@@ -53,13 +58,18 @@ class StallWatch:
         # C{since} (when its tick was due) until C{until}.
         self.seconds = 0.0
         self.since = self.until = -math.inf
-        self._drawn: set[object] = set()  # who took its excuse
+        self._drawn: set[object] = set()  # who took its excuse, or came after it
+        self._ticked = False  # whether the tick ran since it was counted
 
-    def start(self) -> None:
-        """A connection came: make sure the timer runs."""
-        if self._call is None and self._tick_every:
-            self._last = self._clock.seconds()
-            self._call = self._clock.callLater(self._tick_every, self._tick)
+    def start(self, conn: object) -> None:
+        """C{conn} came: make sure the timer runs.  If the tick ran since
+        the last stall, C{conn} had nothing waiting through it."""
+        if self._call is None:
+            if self._tick_every:
+                self._last = self._clock.seconds()
+                self._call = self._clock.callLater(self._tick_every, self._tick)
+        elif self._ticked and self._clock.seconds() <= self.until:
+            self._drawn.add(conn)
 
     def stop(self) -> None:
         """The last connection went: no timer, and nothing kept."""
@@ -74,6 +84,7 @@ class StallWatch:
         self._notice(now)
         if now > self.until:
             self._drawn.clear()
+        self._ticked = True
         self._last = now
         self._call = self._clock.callLater(self._tick_every, self._tick)
 
@@ -85,6 +96,7 @@ class StallWatch:
             self.since, self.seconds, self.until = due, late, now + self._excused_for
             self._last = now - self._tick_every  # counted once
             self._drawn.clear()
+            self._ticked = False
 
     def draw(self, conn: object, now: float) -> tuple[float, float] | None:
         """
