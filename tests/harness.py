@@ -159,7 +159,8 @@ class Harness:
         self.clock = TurnClock()
         self.clock.advance(1_700_000_000)  # a real-looking time for the timestamps
         self.config = ServerConfig(**settings)
-        self.factory = ChatFactory(self.config, self.clock, backlog=backlog)
+        self.factory = ChatFactory(self.config, self.clock, backlog=backlog,
+                                   steady=self.clock.seconds)
         self.hub = self.factory.hub
         self._ports = itertools.count(40000)
         self.conns: list[Conn] = []

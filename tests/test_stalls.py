@@ -132,7 +132,7 @@ def test_each_connection_draws_a_stall_once() -> None:
     """For a line that arrived after the late tick was due, within 1 s of
     the stall's notice; once per connection."""
     clock = Clock()
-    watch = StallWatch(clock, 1.0)
+    watch = StallWatch(clock, 1.0, steady=clock.seconds)
     watch.start("a")
     clock.advance(10.0)  # the tick, 9.5 s late
     assert watch.draw("z", 0.25) is None  # it arrived before the stall (held since)
@@ -170,7 +170,7 @@ def test_who_may_draw_a_stall() -> None:
     after it, before its tick ran; not those accepted after that tick, until
     the excuse is over."""
     clock = Clock()
-    watch = StallWatch(clock, 1.0)
+    watch = StallWatch(clock, 1.0, steady=clock.seconds)
     watch.start("old")
     clock.rightNow += 10.0  # stopped; the tick, overdue, not run yet
     assert watch.draw("old", 10.0) == (9.5, 11.0)  # noticed by a read
@@ -183,3 +183,25 @@ def test_who_may_draw_a_stall() -> None:
     assert watch._drawn == set()
     watch.start("later")
     assert watch._drawn == set()
+
+
+def test_a_step_of_the_system_clock_is_no_stall() -> None:
+    """rev16-fix #3: the reactor's clock is wall time.  A 60 s step forward
+    makes the tick 60 s late on it, but not on the steady clock; a step back
+    delays the tick on the steady clock only (the reactor ran meanwhile).
+    Neither is a stall; one late on both is, by the lesser lateness."""
+    wall, steady = Clock(), Clock()
+    watch = StallWatch(wall, 1.0, steady=steady.seconds)
+    watch.start("a")
+    wall.advance(60.0)  # the system clock stepped forward
+    assert watch.draw("a", 60.0) is None
+    wall.rightNow -= 30.0  # stepped back: the tick, due at 30.5, waits
+    for _ in range(61):
+        steady.advance(0.5)
+        wall.advance(0.5)
+    steady.advance(0.25)
+    wall.advance(0.25)  # a line after the tick
+    assert watch.draw("a", wall.seconds()) is None
+    steady.advance(3.0)  # a 3 s stall, with a 2 s step forward in it
+    wall.advance(5.0)
+    assert watch.draw("a", wall.seconds()) == (2.75, wall.seconds() + 1.0)  # 0.25 + 3 - 0.5

@@ -6,6 +6,7 @@ lines here.  Lobby lines go through the L{LobbyFanout} (docs/fanout.md).
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Sequence
 from functools import partial
 from typing import TYPE_CHECKING, Any, cast
@@ -177,8 +178,12 @@ class ChatFactory(ServerFactory):
         backlog: Backlog | None = None,
         state: Callable[[ChatFactory], ChatState] | None = None,
         accounts: Accounts | None = None,
+        steady: Callable[[], float] = time.monotonic,
     ) -> None:
         """
+        @param steady: a clock the system clock's steps do not move, for the
+            stall watch (L{twisted_chat.server.stalls.StallWatch}); a test
+            gives its fake clock's C{seconds}.
         @param backlog: tells the fan-out whether the reactor has work waiting
             (default: L{reactor_backlog}, where the reactor can say).
         @param state: makes where the chat's state lives, given this factory
@@ -204,7 +209,7 @@ class ChatFactory(ServerFactory):
         # (a cluster node's --redis-queue: cluster_factory sets it).
         self.held_input = HeldInput(HELD_INPUT_TOTAL, lambda: self.connections, reactor,
                                     HELD_BEFORE_READY_LINES * (config.max_line + HELD_LINE_COST),
-                                    watch_stalls=config.flood_rate > 0)
+                                    watch_stalls=config.flood_rate > 0, steady=steady)
         # Connections that count against --max-clients but are not chat
         # connections (yet): the web port's HTTP connections
         # (twisted_chat.web.admission; see hold_other).

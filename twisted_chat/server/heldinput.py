@@ -10,6 +10,7 @@ all of a server's connections hold together.
 from __future__ import annotations
 
 import math
+import time
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from typing import TYPE_CHECKING, Any, Protocol, cast
@@ -480,7 +481,8 @@ class HeldInput:
 
     def __init__(self, limit: int, connections: Callable[[], Iterable[Holder]],
                  clock: IReactorTime, before_ready: int = _HELD_INPUT,
-                 watch_stalls: bool = False) -> None:
+                 watch_stalls: bool = False,
+                 steady: Callable[[], float] = time.monotonic) -> None:
         self.limit = limit
         self._connections = connections
         self._clock = clock
@@ -497,7 +499,8 @@ class HeldInput:
         # The process's own stalls, which left every connection unread
         # (started with the first connection: started); watched only with
         # flood control on (C{watch_stalls}).
-        self.stalls = StallWatch(clock, _EXCUSED_FOR, TICK if watch_stalls else 0.0)
+        # (C{steady}: a clock the system clock's steps do not move.)
+        self.stalls = StallWatch(clock, _EXCUSED_FOR, TICK if watch_stalls else 0.0, steady)
         # The log's account of the ceiling (_tell_full): when it was passed,
         # whether that was told, when the last was, and how many since were not.
         self._full_since = 0.0

@@ -8,6 +8,8 @@ read all at once after, is not taken for a flood (docs/security.md,
 from __future__ import annotations
 
 import math
+import time
+from collections.abc import Callable
 
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 
@@ -43,13 +45,24 @@ class StallWatch:
     connection the server itself kept unread.  Nothing is done for a line
     under its rate; what it keeps is who drew the last stall's excuse or
     came too late for it, let go once it is over.
+    Lateness is measured on two clocks, and the lesser counts: the
+    reactor's (wall time: when the timer is due) and C{steady}
+    (C{time.monotonic}), which the system clock's steps do not move.  A
+    step forward of the wall clock makes the tick look late on it alone,
+    a step back on C{steady} alone (the tick waits for the wall clock to
+    catch up, with the reactor running all along); only a real stall is
+    late on both (rev16-fix #3: a 60 s step forward would have excused 600
+    lines over every connection's bucket at the default rate).
     """
 
-    __slots__ = ("_call", "_clock", "_drawn", "_excused_for", "_last", "_tick_every", "_ticked",
-                 "seconds", "since", "until")
+    __slots__ = ("_call", "_clock", "_drawn", "_excused_for", "_last", "_steady", "_steady_last",
+                 "_tick_every", "_ticked", "seconds", "since", "until")
 
-    def __init__(self, clock: IReactorTime, excused_for: float, tick: float = TICK) -> None:
+    def __init__(self, clock: IReactorTime, excused_for: float, tick: float = TICK,
+                 steady: Callable[[], float] = time.monotonic) -> None:
         self._clock = clock
+        self._steady = steady
+        self._steady_last = 0.0  # C{_last} on the steady clock
         self._excused_for = excused_for
         self._tick_every = tick
         self._call: IDelayedCall | None = None
@@ -66,7 +79,7 @@ class StallWatch:
         the last stall, C{conn} had nothing waiting through it."""
         if self._call is None:
             if self._tick_every:
-                self._last = self._clock.seconds()
+                self._last, self._steady_last = self._clock.seconds(), self._steady()
                 self._call = self._clock.callLater(self._tick_every, self._tick)
         elif self._ticked and self._clock.seconds() <= self.until:
             self._drawn.add(conn)
@@ -85,16 +98,18 @@ class StallWatch:
         if now > self.until:
             self._drawn.clear()
         self._ticked = True
-        self._last = now
+        self._last, self._steady_last = now, self._steady()
         self._call = self._clock.callLater(self._tick_every, self._tick)
 
     def _notice(self, now: float) -> None:
         """Count a stall that ended by C{now}: the tick is that late."""
         due = self._last + self._tick_every
-        late = now - due
+        steady = self._steady()
+        late = min(now - due, steady - self._steady_last - self._tick_every)
         if late > STALL and self._call is not None:
             self.since, self.seconds, self.until = due, late, now + self._excused_for
-            self._last = now - self._tick_every  # counted once
+            # Counted once.
+            self._last, self._steady_last = now - self._tick_every, steady - self._tick_every
             self._drawn.clear()
             self._ticked = False
 
