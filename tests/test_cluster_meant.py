@@ -330,3 +330,17 @@ def test_a_line_right_behind_the_sender_s_own_unpair_reaches_nobody() -> None:
     ann.send("MSG to the lobby now")
     cluster.pump()
     assert said(carol.take()) == ["to the lobby now"]
+
+
+def test_a_closed_connection_leaves_nothing_kept() -> None:
+    """rev16-fix #4: what ann's connection was shown (bob's UNPAIR) is let
+    go when she leaves, not a --redis-wait later at the next line."""
+    cluster, _log, ann, bob, _carol = _ann_paired_with_bob()
+    state = cluster.nodes[0].state
+    bob.send("UNPAIR")
+    cluster.pump()
+    assert ann.take()[0] == "UNPAIRED bob left"
+    assert len(state.pairs_shown) == 2  # PAIRED bob, then UNPAIRED, within --redis-wait
+    ann.drop()
+    cluster.pump()
+    assert len(state.pairs_shown) == 0

@@ -461,3 +461,19 @@ def test_pairs_shown_says_what_a_connection_was_shown_when_and_forgets() -> None
     assert shown.as_of(ann, 9.0, "uid-bob", since=10.0) == ""  # the first is forgotten
     assert shown.as_of(ann, 9.0, "uid-bob", since=12.0) == "uid-bob"
     assert shown._by_conn == {} and not shown._order
+
+
+def test_pairs_shown_forgets_a_connection_that_is_gone() -> None:
+    """rev16-fix #4: L{PairsShown.forget} keeps nothing of it (nor holds the
+    connection), the others' kept."""
+    shown = PairsShown()
+    ann, bob = object(), object()
+    shown.changed(ann, 10.0, "uid-bob", since=0.0)
+    shown.changed(bob, 11.0, "uid-ann", since=0.0)
+    shown.changed(ann, 12.0, "", since=0.0)
+    shown.forget(ann)
+    assert len(shown) == 1 and all(conn is bob for _, conn in shown._order)
+    assert list(shown._by_conn) == [bob]
+    assert shown.as_of(ann, 9.0, "now", since=0.0) == "now"
+    shown.forget(object())  # never shown anything
+    assert shown.as_of(bob, 10.0, "", since=0.0) == "uid-ann"

@@ -112,9 +112,10 @@ def test_a_line_held_behind_the_senders_own_unpair_goes_to_the_lobby() -> None:
     assert isinstance(state, LocalState) and len(state.pairs_shown) == 0
 
 
-def test_what_a_waiting_connection_was_shown_is_kept_for_held_keep() -> None:
-    """A change written to a waiting connection is kept HELD_KEEP seconds
-    (every lobby line on the server asks it meanwhile), then forgotten."""
+def _shown_unpaired_while_waiting() -> tuple[Harness, HeldWork, Conn, Conn, LocalState]:
+    """bob, paired with alice, waits on his REGISTER; alice's UNPAIR is
+    written to him meanwhile: one change kept.  Returns the harness, the
+    password jobs, bob, carol and the state."""
     h, work, bob, alice, carol = _three()
     alice.send("PAIR bob")
     bob.send("ACCEPT alice")
@@ -122,7 +123,23 @@ def test_what_a_waiting_connection_was_shown_is_kept_for_held_keep() -> None:
     alice.send("UNPAIR")
     state = h.factory.state
     assert isinstance(state, LocalState) and len(state.pairs_shown) == 1
+    return h, work, bob, carol, state
+
+
+def test_what_a_waiting_connection_was_shown_is_kept_for_held_keep() -> None:
+    """A change written to a waiting connection is kept HELD_KEEP seconds
+    (every lobby line on the server asks it meanwhile), then forgotten."""
+    h, work, _bob, carol, state = _shown_unpaired_while_waiting()
     _registered(h, work)
     h.clock.advance(HELD_KEEP)
     carol.send("MSG still here")
+    assert len(state.pairs_shown) == 0
+
+
+def test_a_closed_connection_leaves_nothing_kept() -> None:
+    """rev16-fix #4: what a waiting connection was shown is let go when it
+    closes, not HELD_KEEP later at the next line."""
+    h, work, bob, _carol, state = _shown_unpaired_while_waiting()
+    bob.drop()
+    _registered(h, work)
     assert len(state.pairs_shown) == 0

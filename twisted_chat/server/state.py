@@ -166,6 +166,7 @@ class LocalState:
             return fail(e)
 
     def leave(self, user: User, reason: str, text: str = "") -> None:
+        self.pairs_shown.forget(user.conn)
         self.hub.leave(user, reason, text)
 
     def pair_shown(self, user: User, before: User | None) -> None:
@@ -277,6 +278,12 @@ class PairsShown:
             if when > at:
                 return before
         return current
+
+    def forget(self, conn: Any) -> None:
+        """C{conn} is gone: nothing of it is kept (rev16-fix #4: until a
+        later change or line expired them, closed connections were kept)."""
+        if self._by_conn.pop(conn, None) is not None:
+            self._order = deque(entry for entry in self._order if entry[1] is not conn)
 
     def _expire(self, since: float) -> None:
         order = self._order

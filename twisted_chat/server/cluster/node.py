@@ -403,6 +403,7 @@ class ClusterState:
         return self._ask({"t": "reg", "nick": nick, "a": address, "s": source}, conn)
 
     def leave(self, user: User, reason: str, text: str = "") -> None:
+        self.pairs_shown.forget(user.conn)  # its lines are all handled
         if self.closing:
             return  # this whole node is leaving (see stop)
         uid = self.replica.uids.get(user)
