@@ -48,8 +48,8 @@ def _said(conn: Conn, text: str) -> list[str]:
 def test_a_line_for_the_partner_held_while_the_pair_ended_reaches_nobody() -> None:
     """bob's line for alice arrived before alice's UNPAIR, held behind his
     REGISTER: handled after it, it is answered ERROR not-paired, and goes
-    to nobody (not carol, not the history, not alice); its lobby token is
-    given back.  His next line, sent after UNPAIRED, goes to the lobby."""
+    to nobody (not carol, not the history, not alice); it spends no lobby
+    token.  His next line, sent after UNPAIRED, goes to the lobby."""
     h, work, bob, alice, carol = _three()
     alice.send("PAIR bob")
     bob.send("ACCEPT alice")
@@ -68,7 +68,7 @@ def test_a_line_for_the_partner_held_while_the_pair_ended_reaches_nobody() -> No
     assert not [line for line in lines if line.startswith("MSG")]
     assert not _said(carol, "for alice") and not _said(alice, "for alice")
     assert not any(e.text == "for alice" for e in h.factory.history.recent())
-    assert tokens == 40 and bob.protocol.limits.lobby._tokens == tokens  # given back
+    assert tokens == 40 and bob.protocol.limits.lobby._tokens == tokens  # not spent
     bob.send("MSG hello all")
     assert [line.split()[2:] for line in _said(carol, "hello all")] == [
         ["bob", "*", "hello", "all"]]
@@ -143,3 +143,51 @@ def test_a_closed_connection_leaves_nothing_kept() -> None:
     bob.drop()
     _registered(h, work)
     assert len(state.pairs_shown) == 0
+
+
+def test_a_line_for_the_former_partner_is_not_sent_before_the_lobby_rate_judges_it() -> None:
+    """rev16-fix #5: bob's line for alice, held behind his REGISTER while
+    alice unpaired, meets his address's lobby budget spent (by carol, on
+    the same address): it is answered "not sent" as it would be otherwise,
+    not ERROR flood for lobby messages (before: the flood answer, and a
+    flood penalty)."""
+    work = HeldWork()
+    h = harness(work=work, ip_lobby_rate=0.1, ip_lobby_burst=1)
+    bob, alice, carol = (_online(h, work, nick) for nick in ("bob", "alice", "carol"))
+    alice.send("PAIR bob")
+    bob.send("ACCEPT alice")
+    h.clear_all()
+    bob.send(REGISTER, "MSG for alice")
+    h.clock.advance(1)
+    alice.send("UNPAIR")
+    carol.send("MSG the address's one lobby line")
+    assert _said(carol, "one lobby line")
+    _registered(h, work)
+    lines = bob.take()
+    assert not [line for line in lines if line.startswith("ERROR flood")], lines
+    assert ("ERROR not-paired not sent: you were no longer paired with alice when it came "
+            "to be delivered (the pair ended while your password was checked); "
+            "send it again") in lines
+
+
+def test_a_lobby_line_is_not_sent_before_the_new_partners_queue_judges_it() -> None:
+    """The mirror: bob's lobby line, held while carol's ACCEPT paired him,
+    meets carol more than half of --sendq behind reading: it is answered
+    "not sent: meant for the lobby", not as a private line refused for her
+    queue (before: ERROR busy carol is not reading fast enough)."""
+    work = HeldWork()
+    h = harness(work=work, sendq=2 * 65536 + 8000)  # half: 69,536
+    bob, alice, carol = (_online(h, work, nick) for nick in ("bob", "alice", "carol"))
+    bob.send("PAIR carol")
+    h.clear_all()
+    bob.send(REGISTER, "MSG to everyone")
+    h.clock.advance(1)
+    carol.send("ACCEPT bob")
+    carol.transport.producer.pauseProducing()  # the kernel stopped taking its data
+    for _ in range(2):
+        alice.send(f"DM carol {'x' * 4000}")
+    _registered(h, work)
+    lines = bob.take()
+    assert [line for line in lines if line.startswith("ERROR")] == [
+        "ERROR busy not sent: it was meant for the lobby and you were paired with "
+        "carol when it came to be delivered; send it again"], lines

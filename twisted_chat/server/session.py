@@ -332,6 +332,10 @@ class Session:
                at: float | None = None) -> Outcome:
         user = _online(conn)
         factory = self.factory
+        # One server: a held line meant for the pair that ended meanwhile
+        # (or for the lobby, its sender paired meanwhile) is "not sent",
+        # before any limit judges it (rev16-fix #5).
+        factory.state.as_meant(user)
         if user.state is State.LOBBY:
             if at is None:
                 at = conn.held_at  # None unless the line was held: it came now
@@ -363,14 +367,7 @@ class Session:
                 )
                 return None
             limits = conn.limits
-            try:
-                outcome = state.say(user, command.text)
-            except Refusal:
-                # One server: a held line meant for a partner, not sent
-                # (state.LocalState.say) gives its token back.
-                if limits is not None:
-                    factory.addresses.lobby_refund(limits)
-                raise
+            outcome = state.say(user, command.text)
             if outcome is not None and limits is not None:
                 # Cluster mode: a line taken back ("not sent": its wait
                 # ended, the node's queue was full, Redis lost it) gives

@@ -102,6 +102,13 @@ class ChatState(Protocol):
         its partner until then (None: the lobby): a C{MSG} of its that
         arrived before goes where it was meant then, or nowhere (L{say})."""
 
+    def as_meant(self, user: User) -> None:
+        """Raise the refusal of a C{MSG} of C{user}'s, handled now, that was
+        meant for elsewhere when it arrived (one server: L{LocalState}); a
+        cluster's log decides that with the line itself (nothing here).
+        Asked before anything else judges the line (the lobby's per-address
+        rate, a partner's send queue), so the answer says "not sent"."""
+
     def say(self, user: User, text: str) -> Outcome: ...
 
     def direct(self, user: User, nick: str, text: str) -> Outcome: ...
@@ -179,9 +186,11 @@ class LocalState:
             self.pairs_shown.changed(conn, now, "" if before is None else before.nick,
                                      now - HELD_KEEP)
 
-    def say(self, user: User, text: str) -> Outcome:
+    def as_meant(self, user: User) -> None:
         if self.pairs_shown:  # rare: a pair changed while a connection waited
             self._as_meant(user)
+
+    def say(self, user: User, text: str) -> Outcome:
         self.hub.say(user, text)
         return None
 

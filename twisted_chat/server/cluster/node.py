@@ -466,6 +466,10 @@ class ClusterState:
     def pair_shown(self, user: User, before: User | None) -> None:
         """Nothing: L{OwnMembers} tells L{_pair_shown} of each, with uids."""
 
+    def as_meant(self, user: User) -> None:
+        """Nothing: the line carries where it was meant (L{_meant}), and
+        the replicas decide."""
+
     def say(self, user: User, text: str) -> Outcome:
         return self._command(user, {"t": "say", "x": text})
 
