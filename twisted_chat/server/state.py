@@ -199,9 +199,9 @@ class LocalState:
         Refuse C{user}'s C{MSG} unless it goes where its client was shown it
         would when it arrived at the server (L{PairsShown}): a line held
         behind a password check while its partner's C{UNPAIR} came is
-        answered C{ERROR not-paired}, never sent to the lobby (fix16p: it
-        reached the lobby and its history); a lobby line held while an C{ACCEPT} paired its
-        sender, C{ERROR busy}, never sent to the partner.
+        answered C{ERROR not-paired}, never sent to the lobby (rev16-clu #1:
+        it reached the lobby and its history); a lobby line held while an
+        C{ACCEPT} paired its sender, C{ERROR busy}, never sent to the partner.
         """
         conn = user.conn
         partner = user.partner
@@ -251,7 +251,7 @@ class PairsShown:
     outage, a password check) goes where its client was shown it would go
     as of when it arrived at the server (L{as_of}), not when its turn came:
     a line typed to a partner, held while the server wrote C{UNPAIRED},
-    never reaches the lobby (rev16-clu #1, fix16p).  What the client had
+    never reaches the lobby (rev16-clu #1).  What the client had
     read when it sent cannot be known: a line still in flight when
     C{UNPAIRED} is written goes where the state says when it is read
     (docs/protocol.md, "Lobby, direct messages, pairs").  Each method is given C{since}:
