@@ -54,6 +54,25 @@ def twisted_buffered(fd: Any) -> int:
     return int(len(fd.dataBuffer) - fd.offset + fd._tempDataLen)
 
 
+def buffered(consumer: object) -> int | None:
+    """
+    The bytes written to C{consumer} that Twisted still holds, not yet taken
+    by the kernel (L{twisted_buffered}), or C{None} when it cannot tell: a
+    Twisted C{FileDescriptor}'s buffer (a TCP connection, stdout), below a
+    TLS layer if there is one (its C{transport} is the TCP connection, which
+    holds the encrypted bytes).
+    """
+    layer: Any = consumer
+    for _ in range(3):  # TLS over TCP is two layers; more would be a surprise
+        try:
+            return twisted_buffered(layer)
+        except (AttributeError, TypeError):
+            layer = getattr(layer, "transport", None)
+            if layer is None:
+                return None
+    return None
+
+
 def socket_of(transport: Any) -> socket.socket | None:
     """The kernel socket under C{transport} (under its TLS, too), if any."""
     for candidate in (transport, getattr(transport, "transport", None)):

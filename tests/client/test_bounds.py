@@ -20,10 +20,11 @@ from twisted.protocols.tls import TLSMemoryBIOProtocol
 
 from twisted_chat import tcpinfo
 from twisted_chat.client import terminal
-from twisted_chat.client.flow import buffered, taken
+from twisted_chat.client.flow import taken
 from twisted_chat.client.pipe import PipeIO
 from twisted_chat.client.render import Renderer, UserRow, plain
 from twisted_chat.client.sanitize import clean, text_width
+from twisted_chat.tcpinfo import buffered
 
 from .helpers import NOW, TS, Keyboard, Session, session
 
@@ -276,7 +277,7 @@ def acked(monkeypatch: pytest.MonkeyPatch) -> Iterator[AckedSocket]:
 def socket_holding(transport: Any, size: int) -> None:
     """
     Make C{transport} show what a TCP connection's buffer shows
-    (Twisted's FileDescriptor, as flow.buffered reads it): C{size} bytes the
+    (Twisted's FileDescriptor, as tcpinfo.buffered reads it): C{size} bytes the
     kernel has not taken.  Where the kernel cannot tell what its peer
     acknowledged, the kernel taking N bytes is C{offset += N}.
     """

@@ -20,12 +20,11 @@ one that takes nothing.
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
 
 from twisted.internet.interfaces import IPushProducer
 from zope.interface import implementer
 
-from twisted_chat.tcpinfo import peer_acked, twisted_buffered
+from twisted_chat.tcpinfo import buffered, peer_acked
 
 
 class Valve:
@@ -109,25 +108,6 @@ class _Hand:
         # The consumer went away (stdout closed, the socket lost): it holds
         # nothing any more; ending the session is the client's business.
         self._valve.release(self._name)
-
-
-def buffered(consumer: object) -> int | None:
-    """
-    The bytes written to C{consumer} that Twisted still holds, not yet taken
-    by the kernel (L{twisted_buffered}), or C{None} when it cannot tell: a
-    Twisted C{FileDescriptor}'s buffer (a TCP connection, stdout), below a
-    TLS layer if there is one (its C{transport} is the TCP connection, which
-    holds the encrypted bytes).
-    """
-    layer: Any = consumer
-    for _ in range(3):  # TLS over TCP is two layers; more would be a surprise
-        try:
-            return twisted_buffered(layer)
-        except (AttributeError, TypeError):
-            layer = getattr(layer, "transport", None)
-            if layer is None:
-                return None
-    return None
 
 
 def taken(transport: object) -> int | None:

@@ -51,11 +51,11 @@ from zope.interface import provider
 
 from twisted_chat import version_line
 from twisted_chat.client import render
-from twisted_chat.client.flow import buffered
 from twisted_chat.client.lobbyview import ShownLobby
 from twisted_chat.client.pipe import PipeIO
 from twisted_chat.client.protocol import ChatClient
 from twisted_chat.client.reconnect import Reconnecting
+from twisted_chat.tcpinfo import buffered
 from twisted_chat.tls import load_trust_root
 from twisted_chat.wire import DEFAULT_PORT, is_valid_nick
 

@@ -22,7 +22,7 @@ from twisted.python.failure import Failure
 from twisted_chat.server import listening
 from twisted_chat.server.addresses import address_key
 from twisted_chat.server.buckets import Rate, TokenBucket
-from twisted_chat.tcpinfo import kernel_queued, socket_of, twisted_buffered
+from twisted_chat.tcpinfo import buffered, kernel_queued, socket_of
 
 # The metrics port's limits (docs/security.md).  A scraper needs one
 # connection, kept alive or not; whoever else can reach the port gets no more
@@ -103,14 +103,7 @@ def unsent(transport: Any) -> int:
     """The bytes written to C{transport} that its peer has not taken yet, as
     far as can be told: Twisted's buffer (under TLS, the TCP transport's)
     and, on Linux, what the kernel holds unacknowledged."""
-    held = 0
-    for fd in (transport, getattr(transport, "transport", None)):
-        try:
-            held = twisted_buffered(fd)
-            break
-        except (AttributeError, TypeError):
-            continue
-    return held + kernel_queued(socket_of(transport))
+    return (buffered(transport) or 0) + kernel_queued(socket_of(transport))
 
 
 def head_as_get(app: Any) -> Any:
