@@ -519,10 +519,9 @@ class HeldInput:
         with a command waiting are paused (L{HoldsInput._held_over})."""
         return self.limit // ADDRESS_SHARE
 
-    def _resume(self, conn: Holder, since: float) -> None:
-        """C{conn}, paused at C{since}, is read again: what it sent
-        meanwhile comes at once (L{excused})."""
-        now = self._clock.seconds()
+    def _resume(self, conn: Holder, since: float, now: float) -> None:
+        """C{conn}, paused at C{since}, is read again at C{now}: what it
+        sent meanwhile comes at once (L{excused})."""
         if now > since:
             self.owed[conn] = (now - since, now + _EXCUSED_FOR)
         conn.node_resume()
@@ -578,14 +577,15 @@ class HeldInput:
                     for other in list(self._connections()):
                         self.pause(other)
         elif self.over and total <= self.limit // 2:
+            now = self._clock.seconds()
             if self.full and self._told:
                 _log.info("Held input is back to {total} bytes: every connection is read"
                           " again, after {seconds:.1f} s.", total=total,
-                          seconds=self._clock.seconds() - self._full_since)
+                          seconds=now - self._full_since)
             self.over = self.full = False
             paused, self.paused = self.paused, {}
             for other, since in paused.items():
-                self._resume(other, since)
+                self._resume(other, since, now)
 
     def _tell_full(self) -> None:
         """Say that no connection is read now (the ceiling): at most once in
@@ -622,7 +622,7 @@ class HeldInput:
         """C{conn} holds nothing and waits for nothing: it may be read, unless
         the total is past the ceiling."""
         if conn in self.paused and not self.full:
-            self._resume(conn, self.paused.pop(conn))
+            self._resume(conn, self.paused.pop(conn), self._clock.seconds())
 
     def forget(self, conn: Holder) -> None:
         """C{conn} is gone."""
