@@ -299,9 +299,8 @@ def metrics_site(registry: CollectorRegistry, reactor: Any = None,
         _deadline: Any = None
         host: str | None = None
         served = 0
-        # When it was accepted or last answered, and its place in the accepts.
+        # When it was accepted or last answered.
         active_at = 0.0
-        number = 0
         # What its peer had not taken of its answers at its last answer.
         unsent_at_answer = 0
 
@@ -350,7 +349,7 @@ def metrics_site(registry: CollectorRegistry, reactor: Any = None,
             deadline, self._deadline = self._deadline, None
             if deadline is not None and deadline.active():
                 deadline.cancel()
-            self.site.open.discard(self)
+            self.site.open.pop(self, None)
             if self.site.evicted is self:
                 self.site.evicted = None
             super().connectionLost(reason)
@@ -373,10 +372,10 @@ def metrics_site(registry: CollectorRegistry, reactor: Any = None,
                 {"reactor": reactor} if reactor is not None else {}))
             self.lifetime = timeout
             self.clock = clock
-            self.open: set[MetricsChannel] = set()
+            # In the order accepted: of two idle as long, the older goes.
+            self.open: dict[MetricsChannel, None] = {}
             # The connection aborted to make room, until it is closed.
             self.evicted: MetricsChannel | None = None
-            self._accepted = 0
 
         def buildProtocol(self, addr: Any) -> Any:
             host: str | None = getattr(addr, "host", None)
@@ -390,10 +389,8 @@ def metrics_site(registry: CollectorRegistry, reactor: Any = None,
                 return None  # Twisted closes the socket at once
             channel = super().buildProtocol(addr)
             channel.host = host
-            self._accepted += 1
-            channel.number = self._accepted
             channel.active_at = self.clock.seconds()
-            self.open.add(channel)
+            self.open[channel] = None
             return channel
 
         def _make_room(self, among: Any) -> bool:
@@ -403,12 +400,12 @@ def metrics_site(registry: CollectorRegistry, reactor: Any = None,
             if self.evicted is not None:
                 return False
             now = self.clock.seconds()
-            idle = [(since, c.number, c) for c in among
-                    if (since := c.idle_since(now)) is not None]
+            idle = [(since, c) for c in among if (since := c.idle_since(now)) is not None]
             if not idle:
                 return False
-            _, _, oldest = min(idle, key=lambda entry: entry[:2])
-            self.open.discard(oldest)
+            # min keeps the first of equals: the first accepted (self.open's order).
+            _, oldest = min(idle, key=lambda entry: entry[0])
+            self.open.pop(oldest, None)
             transport: Any = oldest.transport
             if transport is not None:
                 self.evicted = oldest
