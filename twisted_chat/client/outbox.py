@@ -347,8 +347,7 @@ class Outbox:
         answered the oldest C{DM} to them, which was not sent.  If none
         waits for an answer, the error was about a command: nothing changes.
         """
-        if self._answered(lambda m: m.to == to) is not None:
-            self._messages_refused += 1
+        self._refuse(lambda m: m.to == to)
 
     def refused_behind(self, to: str) -> None:
         """
@@ -357,14 +356,11 @@ class Outbox:
         the oldest C{MSG} (one the server sent to them as the partner: it
         routes a C{MSG} by the pair it knows when it reads it).
         """
-        if (self._answered(lambda m: m.to == to) is not None
-                or self._answered(lambda m: m.to is None) is not None):
-            self._messages_refused += 1
+        self._refuse(lambda m: m.to == to, lambda m: m.to is None)
 
     def refused_longer(self, most: int) -> None:
         """C{ERROR too-long}: the oldest message over C{most} bytes was not sent."""
-        if self._answered(lambda m: m.size > most) is not None:
-            self._messages_refused += 1
+        self._refuse(lambda m: m.size > most)
 
     def refused_chars(self) -> None:
         """
@@ -375,7 +371,12 @@ class Outbox:
         bidi override, refused it).  If none waits for an answer, the error
         was about a command: nothing changes.
         """
-        if self._answered(lambda m: not _plain(m.text)) is not None:
+        self._refuse(lambda m: not _plain(m.text))
+
+    def _refuse(self, *picks: Callable[[Sent], bool]) -> None:
+        """An C{ERROR} refused the oldest message the first of C{picks} that
+        finds one picks (none: the error was about a command)."""
+        if any(self._answered(pick) is not None for pick in picks):
             self._messages_refused += 1
 
     @property
