@@ -947,6 +947,31 @@ def test_a_lobby_line_the_server_sent_to_a_new_partner_far_behind_is_answered() 
     assert "not confirmed" not in (s.outcomes[-1].message or "")
 
 
+def test_a_lobby_line_held_while_an_invitation_was_accepted_is_a_messages_refusal() -> None:
+    # 422e150: a MSG held behind our REGISTER, when bob accepted our
+    # invitation meanwhile, is answered ERROR busy "not sent: ...".  It was
+    # said as an invitation's refusal ("The invitation was not sent: not
+    # sent: ...") and the message stayed in doubt at the end.
+    s = session("jay")
+    s.ready("jay", users=("bob",))
+    s.type("/pair bob")
+    s.receive("PENDING bob")
+    s.type("/register")
+    s.client.secret_line("a long secret")
+    s.client.secret_line("a long secret")
+    s.type("hello lobby")
+    assert s.sent()[-2:] == ["REGISTER a long secret", "MSG hello lobby"]
+    s.receive("PAIRED bob", "REGISTERED jay",
+              "ERROR busy not sent: it was meant for the lobby and you were paired with "
+              "bob when it came to be delivered; send it again")
+    assert s.screen.take()[-1] == (
+        "! Not sent: it was meant for the lobby and you were paired with bob when it "
+        "came to be delivered; send it again."
+    )
+    s.lose()
+    assert "not confirmed" not in (s.outcomes[-1].message or "")
+
+
 def test_a_messages_busy_does_not_answer_the_accept_sent_after_it() -> None:
     # The DM's refusal came first (the server answers in order): the ACCEPT
     # is still unanswered, so its PAIRED is the user's doing and the lines

@@ -358,6 +358,14 @@ class Outbox:
         """
         self._refuse(lambda m: m.to == to, lambda m: m.to is None)
 
+    def refused_lobby(self) -> None:
+        """
+        C{ERROR busy} "not sent: it was meant for the lobby ...": the oldest
+        C{MSG}, held behind our C{REGISTER} or C{PASSWD} while an C{ACCEPT}
+        paired us, was not sent (to the lobby nor to the partner).
+        """
+        self._refuse(lambda m: m.to is None)
+
     def refused_longer(self, most: int) -> None:
         """C{ERROR too-long}: the oldest message over C{most} bytes was not sent."""
         self._refuse(lambda m: m.size > most)

@@ -310,6 +310,26 @@ def behind(code: str, text: str) -> str | None:
     return match.group(1) if match else None
 
 
+# How the server's text begins when a command it refused was a message that
+# went nowhere (ERROR busy for a lobby line held while a pair formed).
+_NOT_SENT = "not sent: "
+
+
+def lobby_line_refused(code: str, text: str) -> str | None:
+    """The sentence for an C{ERROR busy} "not sent: it was meant for the
+    lobby and you were paired with ...": a lobby message held behind our
+    C{REGISTER} or C{PASSWD} while an C{ACCEPT} paired us, not an
+    invitation's refusal (C{None}: another error)."""
+    return server_reason(text) if code == "busy" and text.startswith(_NOT_SENT) else None
+
+
+def server_reason(text: str) -> str:
+    """The server's C{text} as a sentence, "not sent: why" as "Not sent: why."."""
+    if text.startswith(_NOT_SENT):
+        text = "Not sent: " + text[len(_NOT_SENT):]
+    return sentence(text[:1].upper() + text[1:])
+
+
 def not_keeping_up(nick: str) -> str:
     """A message to C{nick} refused as C{busy}: they are not keeping up."""
     return f"Not sent: {nick} is not reading fast enough to take more messages; try again later."
