@@ -985,3 +985,33 @@ def test_a_messages_busy_does_not_answer_the_accept_sent_after_it() -> None:
     s.screen.take()
     s.receive(BEHIND, "PAIRED dave")
     assert not any("were not sent" in line for line in s.screen.lines)
+
+
+@pytest.mark.parametrize(
+    ("line", "said"),
+    [
+        ("ERROR unavailable not sent: you were not paired with bob when it came to be "
+         "delivered (the pair ended, or the chat's store lost it); send it again",
+         "! Not sent: you were not paired with bob when it came to be delivered (the pair "
+         "ended, or the chat's store lost it); send it again."),
+        ("ERROR unavailable not sent: the chat's store refused to store it; send it again "
+         "in a moment",
+         "! Not sent: the chat's store refused to store it; send it again in a moment."),
+        ("ERROR unavailable lost: the chat's store lost it after taking it, so it has no "
+         "effect (some may have seen it before the loss); send it again",
+         "! Lost: the chat's store lost it after taking it, so it has no effect (some may "
+         "have seen it before the loss); send it again."),
+        ("ERROR unavailable",
+         "! The server could not reach its cluster's store: that was not sent; send it "
+         "again in a moment."),
+    ],
+)
+def test_unavailable_says_the_servers_reason(line: str, said: str) -> None:
+    # 2d21593, 7fc195a: ERROR unavailable no longer means only that the
+    # store was out of reach.  The client said so for every one, dropping
+    # the server's reason; it keeps that sentence only for an empty text.
+    s = session("jay")
+    s.ready("jay")
+    s.type("hello")
+    s.receive(line)
+    assert s.screen.take()[-1] == said

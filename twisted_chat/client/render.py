@@ -240,6 +240,8 @@ ERRORS = {
     # server could not store): the server's text says why (account_error).
     "registered": "The nickname was not registered: {text}.",
     "not-registered": "Nothing was changed: {text}.",
+    # Said only without the server's text (error_sentence): its text says
+    # why ("not sent: the chat's store refused to store it; ...").
     "unavailable": "The server could not reach its cluster's store: that was not sent; "
     "send it again in a moment.",
     "unconfirmed": "The server lost touch with its cluster's store as that was sent: "
@@ -366,6 +368,8 @@ def not_ready(text: str, *, prompt: bool = False) -> str:
 
 def error_sentence(code: str, text: str) -> str:
     template = ERRORS.get(code)
+    if code == "unavailable" and text:
+        return server_reason(text)
     if template is None:
         return sentence(f"Server error ({code}): {text}" if text else f"Server error: {code}")
     text = text.rstrip(".")
