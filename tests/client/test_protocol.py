@@ -863,6 +863,18 @@ def test_quitting_while_waiting_to_send_the_nick_again() -> None:
     assert s.lose().code == ChatClient.INTERRUPTED
 
 
+def _only_the_next_line_in_doubt(s: Session, sent: int) -> None:
+    """One more line, then the connection lost: that line alone is named as
+    not confirmed, of the C{sent} messages sent in all (the earlier ones
+    were answered, refusals included)."""
+    s.type("one line while the server hangs")
+    s.lose()
+    assert s.outcomes[-1].message == (
+        f"The connection to chat.test:7000 was lost. 1 of the {sent} messages sent was not "
+        "confirmed by the server: \u201cone line while the server hangs\u201d."
+    )
+
+
 def test_a_dm_the_server_refused_is_not_counted_as_lost() -> None:
     # rev15 L1: "2 of the 3 messages sent were not confirmed" when one was
     # refused (no-such-nick) and only one was in doubt.
@@ -871,12 +883,7 @@ def test_a_dm_the_server_refused_is_not_counted_as_lost() -> None:
     s.type("@nobody2 are you there", "hello lobby")
     assert s.sent() == ["DM nobody2 are you there", "MSG hello lobby"]
     s.receive("ERROR no-such-nick nobody2 is not online", f"MSG {TS} jay * hello lobby")
-    s.type("one line while the server hangs")
-    s.lose()
-    assert s.outcomes[-1].message == (
-        "The connection to chat.test:7000 was lost. 1 of the 3 messages sent was not "
-        "confirmed by the server: \u201cone line while the server hangs\u201d."
-    )
+    _only_the_next_line_in_doubt(s, sent=3)
 
 
 def test_a_message_refused_for_its_characters_is_not_counted_as_lost() -> None:
@@ -890,12 +897,7 @@ def test_a_message_refused_for_its_characters_is_not_counted_as_lost() -> None:
     assert s.sent() == ["MSG look \u202ehere"]
     s.receive("ERROR bad-chars control characters are not allowed (TAB is)")
     assert s.screen.take()[-1] == "! That line contained control characters and was not sent."
-    s.type("one line while the server hangs")
-    s.lose()
-    assert s.outcomes[-1].message == (
-        "The connection to chat.test:7000 was lost. 1 of the 2 messages sent was not "
-        "confirmed by the server: \u201cone line while the server hangs\u201d."
-    )
+    _only_the_next_line_in_doubt(s, sent=2)
 
 
 BEHIND = ("ERROR busy bob is not reading fast enough to take more private messages; "
@@ -923,12 +925,7 @@ def test_a_message_to_a_reader_far_behind_says_so_and_is_not_counted_as_lost(
     assert s.screen.take()[-1] == (
         "! Not sent: bob is not reading fast enough to take more messages; try again later."
     )
-    s.type("one line while the server hangs")
-    s.lose()
-    assert s.outcomes[-1].message == (
-        "The connection to chat.test:7000 was lost. 1 of the 2 messages sent was not "
-        "confirmed by the server: \u201cone line while the server hangs\u201d."
-    )
+    _only_the_next_line_in_doubt(s, sent=2)
 
 
 def test_a_lobby_line_the_server_sent_to_a_new_partner_far_behind_is_answered() -> None:

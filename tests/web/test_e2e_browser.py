@@ -2026,6 +2026,21 @@ def test_what_the_server_answered_is_not_named_as_lost(
         "so it may not have arrived: “still there?”.")
 
 
+def _dropped_with_one_in_doubt(page: Any, typed: str, line: str, text: str,
+                               conv: str = "lobby") -> None:
+    """C{typed} goes out as C{line}, which the scripted server leaves
+    unanswered; the connection then drops, and that message alone is named
+    as maybe lost, in C{conv}."""
+    say(page, typed)
+    wait(page, lambda d: d.execute_script("return window.sentLines")[-1] == line)
+    page.execute_script("window.drop()")
+    wait(page, lambda d: any("before the connection was lost" in n for n in notices(d, conv)),
+         timeout=WAIT + 2)
+    assert notices(page, conv)[-1] == (
+        "This message was not confirmed by the server before the connection was lost, "
+        f"so it may not have arrived: \u201c{text}\u201d.")
+
+
 def test_a_dm_to_yourself_refused_is_not_named_as_lost(
     web: WebServer, browser: Callable[..., Any]
 ) -> None:
@@ -2044,14 +2059,8 @@ def test_a_dm_to_yourself_refused_is_not_named_as_lost(
     conv_name(page, "@alice")
     wait(page, lambda d: "Not sent: you cannot send a private message to yourself."
          in notices(d, "dm:alice"))
-    say(page, "@alice no answer")  # the scripted server says nothing to it
-    wait(page, lambda d: d.execute_script("return window.sentLines")[-1] == "DM alice no answer")
-    page.execute_script("window.drop()")
-    wait(page, lambda d: any("before the connection was lost" in n
-                             for n in notices(d, "dm:alice")), timeout=WAIT + 2)
-    assert notices(page, "dm:alice")[-1] == (
-        "This message was not confirmed by the server before the connection was lost, "
-        "so it may not have arrived: “no answer”.")
+    _dropped_with_one_in_doubt(page, "@alice no answer", "DM alice no answer", "no answer",
+                               "dm:alice")
 
 
 def test_a_message_refused_for_its_characters_is_not_named_as_lost(
@@ -2076,14 +2085,7 @@ def test_a_message_refused_for_its_characters_is_not_named_as_lost(
     field.send_keys(Keys.ENTER)
     wait(page, lambda d: "Your message contained control characters and was not sent."
          in notices(d))
-    say(page, "no answer")  # the scripted server says nothing to it
-    wait(page, lambda d: d.execute_script("return window.sentLines")[-1] == "MSG no answer")
-    page.execute_script("window.drop()")
-    wait(page, lambda d: any("before the connection was lost" in n for n in notices(d)),
-         timeout=WAIT + 2)
-    assert notices(page)[-1] == (
-        "This message was not confirmed by the server before the connection was lost, "
-        "so it may not have arrived: \u201cno answer\u201d.")
+    _dropped_with_one_in_doubt(page, "no answer", "MSG no answer", "no answer")
 
 
 def test_a_goodbye_the_server_never_answers_is_given_up_and_said(
