@@ -754,14 +754,10 @@ class RedisLog:
             ping = reader.execute_command("PING")
             ping.addErrback(lambda f: self.log.debug("ping: {e}", e=f.getErrorMessage()))
         self.doubts.ask(cmd)  # if the last question failed
-        refused = None
-        try:
-            await self.leases.renew(cmd)
-        except txredisapi.ResponseError as e:
-            # Refused (OOM, say): the others are not judged (that writes
-            # too), but the snapshot is still written and the stream
-            # trimmed: under OOM that is what frees Redis's memory.
-            refused = e
+        # Refused (OOM, say): the others are not judged (that writes too),
+        # but the snapshot is still written and the stream trimmed: under
+        # OOM that is what frees Redis's memory.
+        refused = await _refusal(self.leases.renew(cmd))
         epoch = self.reading.epoch
         if epoch is not None and await cmd.execute_command("GET", EPOCH) != epoch:
             # FLUSHDB or FLUSHALL without a restart: the connections stay,
