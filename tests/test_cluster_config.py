@@ -241,19 +241,19 @@ async def test_a_running_node_follows_the_cluster_s_stream_bytes(
     redis.call("HSET", CONFIG, "stream-bytes", MIB)
     for _ in range(2):
         await node.log.stream_bound.follow(node.log._cmd)
-    assert node.log.stream_bytes == MIB
+    assert node.log.stream_bound.bytes == MIB
     said = [line for line in logged if "the cluster's --stream-bytes changed" in line]
     assert len(said) == 1 and f"{MIB} now, {64 * MIB} before" in said[0], said
     redis.call("HDEL", CONFIG, "stream-bytes")
     await node.log.stream_bound.follow(node.log._cmd)
     assert config(redis)["stream-bytes"] == str(MIB)  # the one it follows
-    assert node.log.stream_bytes == MIB
+    assert node.log.stream_bound.bytes == MIB
     redis.call("HSET", CONFIG, "stream-bytes", "lots")
     for _ in range(2):
         await node.log.stream_bound.follow(node.log._cmd)
     said = [line for line in logged if "stream-bytes 'lots', not a number" in line]
     assert len(said) == 1 and f"keeps --stream-bytes {MIB}" in said[0], said
-    assert node.log.stream_bytes == MIB and node.state.available
+    assert node.log.stream_bound.bytes == MIB and node.state.available
     late = Node(redis, "b", stream_bytes=MIB)
     why = await late.outcome()
     assert why is not None and "HSET chat:config stream-bytes N" in why, why

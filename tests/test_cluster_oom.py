@@ -221,7 +221,7 @@ def test_a_command_is_not_appended_while_the_stream_takes_more_than_stream_bytes
     redis, clock, (n0, n1) = cluster(2)
     ann, bob = n0.user("ann"), n1.user("bob")
     bound = sum(len(e) for _, e, _ in redis.stream) + 200
-    n0.log.stream_bytes = n1.log.stream_bytes = bound
+    n0.log.stream_bound.bytes = n1.log.stream_bound.bytes = bound
     outcomes: list[Any] = []
     for i in range(4):  # 100 to 200 bytes each: the first two are taken
         d = n0.state.direct(now(ann), "bob", f"dm {i} " + "x" * 100)

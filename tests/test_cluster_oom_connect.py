@@ -130,7 +130,7 @@ async def test_a_node_reconnects_to_a_full_redis_whose_config_lacks_stream_bytes
         said = [line for line in logged if "refused a write" in line and OOM in line]
         assert len(said) == 1 and "connected all the same" in said[0], said
         assert "this node's --stream-bytes 5000000 is in force" in said[0], said
-        assert node.log.stream_bytes == 5_000_000
+        assert node.log.stream_bound.bytes == 5_000_000
         failures: list[Any] = []
         now = node.state.reactor.seconds()
         node.state.register("erin", _Arrived(now), "-").addErrback(failures.append)
@@ -141,7 +141,7 @@ async def test_a_node_reconnects_to_a_full_redis_whose_config_lacks_stream_bytes
     finally:
         assert redis.call("CONFIG", "SET", "maxmemory", 0) == "OK"
     await until(lambda: redis.call("HGET", CONFIG, FIELD) == "5000000")  # a heartbeat (2.5 s)
-    assert node.log.stream_bytes == 5_000_000
+    assert node.log.stream_bound.bytes == 5_000_000
     await node.stop()
 
 

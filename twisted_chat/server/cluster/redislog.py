@@ -238,15 +238,6 @@ class RedisLog:
     # -- starting, reconnecting -------------------------------------------------
 
     @property
-    def stream_bytes(self) -> int:
-        """The bound a command's append is checked against (L{StreamBound})."""
-        return self.stream_bound.bytes
-
-    @stream_bytes.setter
-    def stream_bytes(self, value: int) -> None:
-        self.stream_bound.bytes = value
-
-    @property
     def heartbeat(self) -> float:
         """Seconds between heartbeats: the lease's (L{Leases.heartbeat})."""
         return self.leases.heartbeat
@@ -377,7 +368,7 @@ class RedisLog:
         notes = []
         if refused is not None:
             notes.append(f"{CONFIG} has no {BOUND_FIELD}: this node's --stream-bytes "
-                         f"{shown(self.stream_bytes)} is in force, {RECORDED_LATER}")
+                         f"{shown(self.stream_bound.bytes)} is in force, {RECORDED_LATER}")
         unclaimed = await self.reading.restore(cmd)
         if unclaimed is not None:
             refused = refused or unclaimed.refusal
@@ -576,7 +567,7 @@ class RedisLog:
 
     def append(self, event: str, bounded: bool = False) -> object:
         # The event last: what a refusal hands back (see _not_acked).
-        bound = self.stream_bytes if bounded else 0
+        bound = self.stream_bound.bytes if bounded else 0
         return self._queue(("EVALSHA", APPEND_SHA, 1, STREAM, self.channel, bound, event))
 
     def withdraw(self, ticket: object) -> bool:
