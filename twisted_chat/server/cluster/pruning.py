@@ -18,7 +18,7 @@ reading and the leases around it.  docs/cluster.md, "What is guaranteed"
 from __future__ import annotations
 
 from collections.abc import Iterable
-from typing import Any, NamedTuple
+from typing import Any
 
 import txredisapi  # type: ignore[import-untyped]
 
@@ -30,6 +30,7 @@ from twisted_chat.server.cluster.redisconfig import (
     RECORDED_LATER,
     Misconfigured,
     Retention,
+    Unclaimed,
 )
 from twisted_chat.server.cluster.redishistory import (
     HISTORY,
@@ -43,19 +44,11 @@ from twisted_chat.server.cluster.redishistory import (
     prune_again,
 )
 
-__all__ = ["Pruning", "Unclaimed"]
+__all__ = ["Pruning"]
 
 # The node's log's logger: these lines were RedisLog's before they moved
 # here, and an operator's filter may match its namespace.
 _log = logs.logger("twisted_chat.server.cluster.redislog.RedisLog")
-
-
-class Unclaimed(NamedTuple):
-    """Retention fields C{chat:config} lacks that Redis refused to record
-    as the node connected (L{Pruning.agree}): this node's are in force."""
-
-    refusal: str  # Redis's error (OOM, MISCONF, READONLY)
-    note: str  # which, in the node's "connected all the same" line
 
 
 class Pruning:

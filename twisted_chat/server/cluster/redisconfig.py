@@ -23,12 +23,12 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 from twisted.internet import defer
 
 __all__ = ["CLAIM_RETENTION", "CONFIG", "RECORDED_LATER", "Misconfigured", "Retention",
-           "foreign_keys", "foreign_message"]
+           "Unclaimed", "foreign_keys", "foreign_message"]
 
 CONFIG = "chat:config"
 # The fields of CONFIG that hold the retention ('0': no bound), in this order.
@@ -37,6 +37,16 @@ FIELDS = ("retain-days", "retain-messages", "retain-bytes")
 # connected (out of memory): the node goes by its own, and its log says so,
 # and that it is
 RECORDED_LATER = "recorded as the cluster's at the first heartbeat Redis takes it"
+
+
+class Unclaimed(NamedTuple):
+    """Settings C{chat:config} lacks that Redis refused to record as the
+    node connected (L{Pruning.agree}, L{StreamBound.agree}): this node's
+    are in force."""
+
+    refusal: str  # Redis's error (OOM, MISCONF, READONLY)
+    note: str  # which, in the node's "connected all the same" line
+
 
 #: Records a retention in the cluster's settings (KEYS[1], a hash):
 #: ARGV[1] '1' to replace what is there, else only the fields missing;

@@ -70,7 +70,6 @@ from twisted_chat.server.cluster.node import KEPT_RETRY, ClusterState
 from twisted_chat.server.cluster.pruning import Pruning
 from twisted_chat.server.cluster.redisconfig import (
     CONFIG,
-    RECORDED_LATER,
     Misconfigured,
     Retention,
     foreign_keys,
@@ -101,8 +100,7 @@ from twisted_chat.server.cluster.redisstream import (
     STREAM,
 )
 from twisted_chat.server.cluster.snapshots import Snapshots
-from twisted_chat.server.cluster.streambound import FIELD as BOUND_FIELD
-from twisted_chat.server.cluster.streambound import StreamBound, shown
+from twisted_chat.server.cluster.streambound import StreamBound
 from twisted_chat.server.cluster.streamids import id_key
 from twisted_chat.server.history import Entry
 
@@ -364,16 +362,10 @@ class RedisLog:
         found = await foreign_keys(cmd, KINDS)
         if found:
             raise Misconfigured(foreign_message(self.target.display, found))
-        refused = await self.stream_bound.agree(cmd, self.reading.started)
-        notes = []
-        if refused is not None:
-            notes.append(f"{CONFIG} has no {BOUND_FIELD}: this node's --stream-bytes "
-                         f"{shown(self.stream_bound.bytes)} is in force, {RECORDED_LATER}")
-        unclaimed = await self.reading.restore(cmd)
-        if unclaimed is not None:
-            refused = refused or unclaimed.refusal
-            notes.append(unclaimed.note)
-        return refused, notes
+        bound = await self.stream_bound.agree(cmd, self.reading.started)
+        retention = await self.reading.restore(cmd)
+        unclaimed = [each for each in (bound, retention) if each is not None]
+        return (unclaimed[0].refusal if unclaimed else None), [u.note for u in unclaimed]
 
     def announce(self, users: list[list[Any]] | None = None) -> None:
         """After Redis lost events (all, or its last ones): this node's

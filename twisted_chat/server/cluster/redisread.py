@@ -31,7 +31,8 @@ from twisted.internet.interfaces import IReactorTime
 from twisted_chat.server import logs
 from twisted_chat.server.cluster.doubts import Doubts
 from twisted_chat.server.cluster.node import ClusterState
-from twisted_chat.server.cluster.pruning import Pruning, Unclaimed
+from twisted_chat.server.cluster.pruning import Pruning
+from twisted_chat.server.cluster.redisconfig import Unclaimed
 from twisted_chat.server.cluster.redishistory import HISTORY, _history_entry
 from twisted_chat.server.cluster.redisstream import (
     DROP_LOST_SNAPSHOT,

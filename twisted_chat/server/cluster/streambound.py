@@ -23,7 +23,12 @@ from typing import Any
 import txredisapi  # type: ignore[import-untyped]
 
 from twisted_chat.server import logs
-from twisted_chat.server.cluster.redisconfig import CONFIG, Misconfigured
+from twisted_chat.server.cluster.redisconfig import (
+    CONFIG,
+    RECORDED_LATER,
+    Misconfigured,
+    Unclaimed,
+)
 
 __all__ = ["FIELD", "StreamBound"]
 
@@ -50,19 +55,22 @@ class StreamBound:
         self.where = where
         self._misread: str | None = None  # the malformed value last logged
 
-    async def agree(self, cmd: Any, started: bool) -> str | None:
+    async def agree(self, cmd: Any, started: bool) -> Unclaimed | None:
         """At each connection: a node starting (not C{started}) with
         another bound than the cluster's does not start (L{Misconfigured});
         one running follows the cluster's.  Where there is none and Redis
         refuses to record this node's (C{OOM}, C{MISCONF}, C{READONLY}):
-        its refusal, returned; the node keeps its bound, recorded at the
-        first heartbeat Redis takes it (L{follow})."""
+        its refusal and the note saying so (L{Unclaimed}), returned; the
+        node keeps its bound, recorded at the first heartbeat Redis takes
+        it (L{follow})."""
         value = await cmd.execute_command("HGET", CONFIG, FIELD)
         if value is None:
             try:
                 value = await self._record(cmd)
             except txredisapi.ResponseError as e:
-                return str(e)
+                return Unclaimed(str(e), f"{CONFIG} has no {FIELD}: this node's "
+                                 f"--stream-bytes {shown(self.bytes)} is in force, "
+                                 f"{RECORDED_LATER}")
         stored = self._read(value, started)
         if stored == self.bytes:
             return None
