@@ -192,7 +192,7 @@ class ClusterState:
         self.settings = settings
         # The replica holds every user of the cluster; this node writes to
         # its own only, so its fan-out walks their index (own.py).
-        self.own = OwnMembers(listener, self._pair_shown)
+        self.own = OwnMembers(listener)
         #: What this node's connections were shown of their partner lately
         #: (where a line held behind a command goes: L{_meant}).
         self.pairs_shown = PairsShown()
@@ -451,7 +451,7 @@ class ClusterState:
         now = self.reactor.seconds()
         return self.pairs_shown.as_of(conn, conn.arrived(), current, now - self.wait)
 
-    def _pair_shown(self, user: User, before: User | None) -> None:
+    def pair_shown(self, user: User, before: User | None) -> None:
         """A C{PAIRED} or C{UNPAIRED} was written to C{user}, shown
         C{before} as its partner until then (None: the lobby)."""
         uid = ""
@@ -462,9 +462,6 @@ class ClusterState:
                    or self.replica.afterloss.uid_before(before.nick) or "-")
         now = self.reactor.seconds()
         self.pairs_shown.changed(user.conn, now, uid, now - self.wait)
-
-    def pair_shown(self, user: User, before: User | None) -> None:
-        """Nothing: L{OwnMembers} tells L{_pair_shown} of each, with uids."""
 
     def as_meant(self, user: User) -> None:
         """Nothing: the line carries where it was meant (L{_meant}), and

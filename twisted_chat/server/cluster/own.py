@@ -17,12 +17,6 @@ go out the index is the hub's lobby restricted to this node's users, in the
 hub's order.  A newcomer enters it only once its C{JOINED} is gathered: the
 lines gathered before are in its history (the newcomer cut).
 
-It also tells the node of each C{PAIRED} and C{UNPAIRED} written to one of
-its own users (C{shown}), for L{twisted_chat.server.state.PairsShown}: what
-each connection was shown of its partner lately, with when, so that a line
-held behind a command goes where its client was shown it would go as of
-when it arrived.
-
 For C{--metrics} it also counts the other nodes' users online by node
 (L{OwnMembers.remote}), and says how many of its own are online and in the
 lobby (L{OwnMembers.counts}), sizes a scrape's thread may read.
@@ -30,7 +24,7 @@ lobby (L{OwnMembers.counts}), sizes a scrape's thread may read.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 
 from twisted_chat.server.cluster.remote import RemoteConn
 from twisted_chat.server.fanout import Member
@@ -43,15 +37,10 @@ __all__ = ["OwnMembers"]
 class OwnMembers:
     """The hub's L{Listener} in front of the node's own; see the module docstring."""
 
-    __slots__ = ("_listener", "_lobby", "_members", "_online", "_shown", "remote")
+    __slots__ = ("_listener", "_lobby", "_members", "_online", "remote")
 
-    def __init__(self, listener: Listener,
-                 shown: Callable[[User, User | None], None] | None = None) -> None:
+    def __init__(self, listener: Listener) -> None:
         self._listener = listener
-        # Told of each PAIRED or UNPAIRED written to one of this node's
-        # users: the user, and the partner it was shown until then (None:
-        # the lobby).
-        self._shown = shown
         # Insertion-ordered, as the hub's own dicts: the same order of members.
         self._online: dict[User, None] = {}
         self._lobby: dict[User, Member] = {}
@@ -131,16 +120,12 @@ class OwnMembers:
             del self._lobby[user]
             self._members = None
         self._listener.paired(user, partner)
-        if self._shown is not None and not isinstance(user.conn, RemoteConn):
-            self._shown(user, None)
 
     def unpaired(self, user: User, partner: User, reason: str, missed: Sequence[Entry]) -> None:
         self._listener.unpaired(user, partner, reason, missed)
         if user in self._online:
             self._lobby[user] = user.conn
             self._members = None
-        if self._shown is not None and not isinstance(user.conn, RemoteConn):
-            self._shown(user, partner)
 
     # -- the Listener: passed on ------------------------------------------------
 
