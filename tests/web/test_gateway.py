@@ -387,10 +387,10 @@ def test_a_flood_of_frames_without_a_line_is_cut(flood: bytes) -> None:
 
 def test_frames_sent_after_the_server_s_close_are_read_a_few_at_most() -> None:
     """After the server's close, a browser's frames are parsed only for its
-    close: a peer that goes on sending is aborted after FRAMES_AFTER_CLOSE
-    of them (rev16-sec #1: 24 peers that went on after BYE flood had
-    520,000 frames parsed, 5 s of the server's time), as a TCP connection
-    is not read after its close."""
+    close: past FRAMES_AFTER_CLOSE of them, what a peer goes on sending is
+    dropped unparsed, and the close's grace aborts it (rev16-sec #1: 24
+    peers that went on after BYE flood had 520,000 frames parsed, 5 s of
+    the server's time), as a TCP connection is not read after its close."""
     h = Harness(flood_rate=1.0, flood_burst=5)
     _, alice = tcp_and_browser(h, make_gateway(h))
     alice.send("BYE")
@@ -399,6 +399,10 @@ def test_frames_sent_after_the_server_s_close_are_read_a_few_at_most() -> None:
     alice.socket.onMessageBegin = begun.append  # type: ignore[method-assign]
     alice.send_frame(ws.frame(b"") * 10_000)
     assert len(begun) == FRAMES_AFTER_CLOSE + 1
+    assert not alice.transport.disconnected  # no reset: the browser reads BYE first
+    alice.send_frame(ws.frame(b"") * 10_000)  # read and dropped, not parsed
+    assert len(begun) == FRAMES_AFTER_CLOSE + 1
+    h.clock.advance(3.0)  # the close's grace (close_grace)
     assert alice.transport.disconnected and not alice.socket.wasClean  # aborted
     # A browser's answer behind a few messages closes as ever.
     carol = WsConn(h, make_gateway(h))
