@@ -4,9 +4,9 @@ them, C{--metrics ENDPOINT}, is L{twisted_chat.server.metricsport}).
 
 The server always keeps a few plain counters in a L{Stats} (the fan-out adds
 to them once per batch, never per recipient or per line); a scrape reads
-them, and the sizes of the server's collections, through L{ChatCollector}.
-Nothing is computed between scrapes, and nothing here takes a lock on the
-reactor thread.
+them, and the sizes of the server's collections (L{chat_snapshot}), through
+L{ChatCollector}.  Nothing is computed between scrapes, and nothing here
+takes a lock on the reactor thread.
 
 A scrape runs in the reactor's thread pool (prometheus_client's Twisted
 resource is a WSGI application), so the collector only reads: integer
@@ -21,6 +21,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from prometheus_client.core import (
     CounterMetricFamily,
@@ -33,6 +34,9 @@ from prometheus_client.registry import Collector, CollectorRegistry
 
 from twisted_chat import __version__
 from twisted_chat.server.histogram import Buckets
+
+if TYPE_CHECKING:
+    from twisted_chat.server.factory import ChatFactory
 
 # The reasons a connection ends, as the server names them (LEFT and BYE
 # reasons, plus "refused": a chat connection over --max-clients or a
@@ -186,6 +190,37 @@ class Snapshot:
     # Bytes of the lobby history held in memory, as HISTORY lines
     # (History.bytes); not measured (0) where history_backlog is None.
     history_bytes: int = 0
+
+
+def chat_snapshot(factory: ChatFactory, history_backlog: int | None = None,
+                  history_dropped: int = 0,
+                  history_messages: int | None = None) -> Snapshot:
+    """
+    What C{--metrics} reads of C{factory} at a scrape, from the scrape's
+    thread: sizes, and, where C{chat_history_*} is shown (C{history_backlog}
+    not C{None}), the in-memory history's bytes, measured over a copy of its
+    ring (L{twisted_chat.server.history.History.bytes}).  This process's
+    connections and users (on a cluster node, its own, not its replica's of
+    the whole cluster).
+    @param history_backlog: the database's; C{None} where there is none
+        (a cluster node), and then no C{chat_history_*} is shown.
+    """
+    online, lobby = factory.state.counts()
+    return Snapshot(
+        handshaking=max(len(factory.connections) - online, 0),
+        lobby=lobby,
+        paired=max(online - lobby, 0),
+        history_backlog=history_backlog,
+        history_dropped=history_dropped,
+        http=factory.other_connections,
+        held_input=factory.held_input.total,
+        failed_logins=factory.accounts.failed_logins if factory.accounts is not None else 0,
+        websockets=len(factory.websockets),
+        held_input_paused=len(factory.held_input.paused),
+        output_held=factory.output_budget.held,
+        history_messages=history_messages,
+        history_bytes=factory.history.bytes if history_backlog is not None else 0,
+    )
 
 
 class ChatCollector(Collector):

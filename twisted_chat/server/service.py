@@ -487,11 +487,11 @@ class ChatService(OwnsPasswordWork, Service):
     def snapshot(self) -> metrics.Snapshot:
         """The state --metrics reports; safe to call from any thread (it
         reads sizes, and measures a copy of the in-memory history:
-        L{chat_snapshot})."""
+        L{metrics.chat_snapshot})."""
         store = self.store
         if store is None:
-            return chat_snapshot(self.factory, 0)
-        return chat_snapshot(self.factory, store.backlog, store.shed, store.stored)
+            return metrics.chat_snapshot(self.factory, 0)
+        return metrics.chat_snapshot(self.factory, store.backlog, store.shed, store.stored)
 
     def startService(self) -> None:
         config = self.factory.config
@@ -543,36 +543,6 @@ class ChatService(OwnsPasswordWork, Service):
         failure.trap(StoreError)
         self.log.critical("shutting down without saving all of the lobby history: {error}",
                           error=str(failure.value))
-
-
-def chat_snapshot(factory: ChatFactory, history_backlog: int | None = None,
-                  history_dropped: int = 0,
-                  history_messages: int | None = None) -> metrics.Snapshot:
-    """
-    What C{--metrics} reads of C{factory} at a scrape, from the scrape's
-    thread: sizes, and, where C{chat_history_*} is shown (C{history_backlog}
-    not C{None}), the in-memory history's bytes, measured over a copy of its
-    ring (L{History.bytes}).  This process's connections and users (on a
-    cluster node, its own, not its replica's of the whole cluster).
-    @param history_backlog: the database's; C{None} where there is none
-        (a cluster node), and then no C{chat_history_*} is shown.
-    """
-    online, lobby = factory.state.counts()
-    return metrics.Snapshot(
-        handshaking=max(len(factory.connections) - online, 0),
-        lobby=lobby,
-        paired=max(online - lobby, 0),
-        history_backlog=history_backlog,
-        history_dropped=history_dropped,
-        http=factory.other_connections,
-        held_input=factory.held_input.total,
-        failed_logins=factory.accounts.failed_logins if factory.accounts is not None else 0,
-        websockets=len(factory.websockets),
-        held_input_paused=len(factory.held_input.paused),
-        output_held=factory.output_budget.held,
-        history_messages=history_messages,
-        history_bytes=factory.history.bytes if history_backlog is not None else 0,
-    )
 
 
 class _Top(MultiService):
@@ -702,7 +672,7 @@ def _cluster_service(options: Options, config: ServerConfig, reactor: Any,
         """The node's own figures, and the cluster's under chat_cluster_*."""
         from twisted_chat.server.cluster.metrics import ClusterCollector
 
-        return metrics.registry_for(factory.stats, lambda: chat_snapshot(factory),
+        return metrics.registry_for(factory.stats, lambda: metrics.chat_snapshot(factory),
                                     ClusterCollector(redis.state))
 
     listeners.add(top, options, factory, reactor, registry)
