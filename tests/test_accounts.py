@@ -1,7 +1,7 @@
 """
 The accounts store, the password hash, the twisted.cred checker and portal,
 the failure limiter and the password threads (twisted_chat.server.accounts,
-twisted_chat.server.login).
+twisted_chat.server.login, twisted_chat.server.loginlimits).
 """
 
 from __future__ import annotations
@@ -42,7 +42,8 @@ from twisted_chat.server.accounts import (
     verify_password,
 )
 from twisted_chat.server.addresses import networks
-from twisted_chat.server.login import Accounts, FailureLimiter, LoginLimits
+from twisted_chat.server.login import Accounts
+from twisted_chat.server.loginlimits import FailureLimiter, LoginLimits
 from twisted_chat.server.passwordwork import PasswordWork, WorkBusy
 
 # Cheap parameters for tests that hash many times (the format carries them).

@@ -37,7 +37,7 @@ from twisted_chat.server.cluster.accounts import (
     forgetful,
     open_book,
 )
-from twisted_chat.server.login import LoginLimits
+from twisted_chat.server.loginlimits import LoginLimits
 
 Nodes = Callable[[int], Awaitable[list[RedisBook]]]
 needs_redis = pytest.mark.skipif(REDIS_SERVER is None, reason="redis-server is not installed")

@@ -288,7 +288,7 @@ def test_the_failed_login_limits_are_the_ones_the_code_sets() -> None:
     login.py had three: the nick from one address, the nick from all, the
     address.  Its "Failed attempts" paragraph states the three with
     LoginLimits' numbers."""
-    from twisted_chat.server.login import LoginLimits
+    from twisted_chat.server.loginlimits import LoginLimits
 
     limits = LoginLimits()
     minutes = {60.0: "minute", 30.0: "30 seconds"}

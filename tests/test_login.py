@@ -32,8 +32,8 @@ from twisted_chat.server.login import (
     UNAVAILABLE_TEXT,
     UNCHECKED_TEXT,
     Accounts,
-    LoginLimits,
 )
+from twisted_chat.server.loginlimits import LoginLimits
 from twisted_chat.server.passwordwork import WorkBusy
 
 PW = "sekrit-pw"

@@ -12,7 +12,9 @@ Inside out (docs/fanout.md, "Module layout"):
   - L{session}: the chat/1 commands of a framed line, decided through the
     state; it knows a connection only as L{session.Connection};
   - L{login}: a connection's accounts side (C{PASS}, C{REGISTER},
-    C{PASSWD}) and the failure limits;
+    C{PASSWD});
+  - L{loginlimits}: the failure limits of logins and the bounds of the
+    password work;
   - L{passwordwork}: the password threads every hash runs on, bounded;
   - L{protocol}: one connection: framing, its limits, its writes, its close;
   - L{heldinput}: the input a connection holds while a command is decided

@@ -7,7 +7,7 @@ the server shares.  Pure: time is passed in.
     unrolls the same rule on one float per connection);
   - L{drained}: a level that leaks away at a rate, never below 0 (a
     L{Penalty}; the login failure limits,
-    L{twisted_chat.server.login.FailureLimiter});
+    L{twisted_chat.server.loginlimits.FailureLimiter});
   - in both, a clock that went back (the wall clock stepped) counts as no
     time: it neither takes tokens away nor adds failures.
 """

@@ -39,7 +39,8 @@ from twisted_chat.server.factory import ChatFactory
 from twisted_chat.server.fanout import MAX_FANOUT_WAIT
 from twisted_chat.server.history import History
 from twisted_chat.server.listening import PortService, ReloadingSSLEndpoint, listen_on
-from twisted_chat.server.login import Accounts, LoginLimits, SharedFailures
+from twisted_chat.server.login import Accounts
+from twisted_chat.server.loginlimits import LoginLimits, SharedFailures
 from twisted_chat.server.passwordwork import OwnsPasswordWork, PasswordWork
 from twisted_chat.server.reloading import Reloader
 from twisted_chat.server.sendqueue import send_loop

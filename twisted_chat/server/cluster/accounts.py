@@ -54,7 +54,7 @@ from twisted_chat.server.accounts import (
     PasswordChanged,
 )
 from twisted_chat.server.cluster.redisconn import connect, parse_url, with_password_file
-from twisted_chat.server.login import LoginLimits, nick_address_key
+from twisted_chat.server.loginlimits import LoginLimits, nick_address_key
 from twisted_chat.wire import is_valid_nick, nick_key
 
 __all__ = ["ACCOUNTS", "FAILS", "TIMEOUT", "RedisBook", "RedisFailures", "forgetful", "open_book"]
@@ -240,7 +240,7 @@ return 1
 
 class RedisFailures:
     """
-    L{twisted_chat.server.login.SharedFailures} in the cluster's Redis: the
+    L{twisted_chat.server.loginlimits.SharedFailures} in the cluster's Redis: the
     same leaky buckets as each node's own (L{LoginLimits}), one Redis hash
     each (C{chat:fails:nick:<nick>}, C{chat:fails:nickaddress:<nick>/<key>},
     C{chat:fails:address:<key>}), taken and
