@@ -50,6 +50,8 @@ Inside out (docs/fanout.md, "Module layout"):
   - L{config}: the settings, one frozen value;
   - L{store}: durable lobby history in SQLite, written by a thread of its own;
   - L{accounts}: the accounts file (salted scrypt hashes), no reactor in it;
+  - L{accountsetup}: the accounts as start-up makes them, and the log line
+    that says which;
   - L{metrics}: the Prometheus counters and collector;
   - L{histogram}: the histograms they export, observed without loading
     prometheus_client;

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import os
 import sys
 from collections.abc import Callable, Sequence
 from typing import Any, TypeVar
@@ -25,22 +24,21 @@ from twisted.python import usage
 from twisted.python.failure import Failure
 
 from twisted_chat import version_line
-from twisted_chat.server import descriptors, logs, metrics, metricsport, privileges
-from twisted_chat.server.accounts import (
-    AccountBook,
-    AccountStore,
-    AccountStoreError,
-    Mode,
-    SQLiteBook,
+from twisted_chat.server import (
+    accountsetup,
+    descriptors,
+    logs,
+    metrics,
+    metricsport,
+    privileges,
 )
-from twisted_chat.server.addresses import networks, parse_network
+from twisted_chat.server.accounts import Mode
+from twisted_chat.server.addresses import parse_network
 from twisted_chat.server.config import MEMORY, ServerConfig
 from twisted_chat.server.factory import ChatFactory
 from twisted_chat.server.fanout import MAX_FANOUT_WAIT
 from twisted_chat.server.history import History
 from twisted_chat.server.listening import PortService, ReloadingSSLEndpoint, listen_on
-from twisted_chat.server.login import Accounts
-from twisted_chat.server.loginlimits import LoginLimits, SharedFailures
 from twisted_chat.server.passwordwork import OwnsPasswordWork, PasswordWork
 from twisted_chat.server.reloading import Reloader
 from twisted_chat.server.sendqueue import send_loop
@@ -625,12 +623,7 @@ def _make_service(options: Options, reactor: Any) -> IService:
             SQLiteStore.check(config.db)
         except StoreError as e:
             raise SystemExit(f"twistd chat: {e}{note}") from None
-        where = ("in memory (lost at exit; python -m twisted_chat.accounts cannot reach "
-                 "them)" if config.db == MEMORY else
-                 f"in the file {os.path.abspath(AccountStore.for_db(config.db).path)}")
-        accounts, work = _accounts(config, reactor,
-                                   lambda work: _sqlite_book(config, work, note),
-                                   where=where)
+        accounts, work = accountsetup.file_accounts(config, reactor, note)
     factory = ChatFactory(config, reactor, History(config.history), accounts=accounts)
     chat = ChatService(factory, work)
     chat.setServiceParent(top)
@@ -663,7 +656,7 @@ def _cluster_service(options: Options, config: ServerConfig, reactor: Any,
                                      set_retention=bool(options["set-retention"]),
                                      stream_bytes=options["stream-bytes"] or None)
     # The one account namespace of the cluster: in its Redis (docs/accounts.md).
-    factory.accounts, work = _accounts(
+    factory.accounts, work = accountsetup.make_accounts(
         config, reactor, lambda work: RedisBook(redis.command, reactor),
         lambda limits: RedisFailures(redis.command, reactor, limits),
         where=f"in the cluster's Redis at {target.display}, shared by every node")
@@ -746,56 +739,3 @@ def _add_web(top: MultiService, options: Options, factory: ChatFactory, reactor:
     site = web_site(factory, web, reactor=reactor)
     for description, endpoint in listening:
         PortService(description, endpoint, site, "--web").setServiceParent(top)
-
-
-#: What each --accounts mode means, for the line the log says it in at start.
-_ACCOUNTS_MEANING = {
-    Mode.OPEN: "a nick with an account needs its password; anyone may REGISTER "
-               "the nick they hold",
-    Mode.REQUIRED: "only nicks with an account may log in; the operator makes them",
-}
-
-
-def _accounts(
-    config: ServerConfig, reactor: Any, book: Callable[[PasswordWork], AccountBook],
-    shared: Callable[[LoginLimits], SharedFailures] | None = None, *, where: str,
-) -> tuple[Accounts | None, PasswordWork | None]:
-    """The accounts (in the L{AccountBook} C{book} makes, C{where} says
-    where; with the failure counts C{shared} makes, in a cluster) and their
-    password threads, or none when they are off.  The log says which, once:
-    whether nicks are protected, and by what, is the operator's to see at
-    start (the default, open, lets strangers REGISTER)."""
-    mode = config.accounts
-    log = logs.logger("twisted_chat.server.service")
-    if mode is Mode.OFF:
-        log.info("accounts: off (--accounts off): no nick is protected by a password; "
-                 "PASS, REGISTER and PASSWD are refused")
-        return None, None
-    limits = LoginLimits()
-    work = PasswordWork(reactor, limits.threads, limits.max_pending)
-    accounts = Accounts(mode, book(work), reactor, work, limits,
-                        exempt=networks(config.exempt), v6_prefix=config.ipv6_prefix,
-                        shared=shared(limits) if shared is not None else None,
-                        max_accounts=config.max_accounts)
-    log.info("accounts: {mode} ({meaning}), {where}", mode=mode.value,
-             meaning=_ACCOUNTS_MEANING[mode], where=where)
-    return accounts, work
-
-
-def _sqlite_book(config: ServerConfig, work: PasswordWork, note: str = "") -> AccountBook:
-    """The single server's accounts: the file beside --db, used on the password
-    threads (C{note}: what an error adds, L{privileges.Runner.note})."""
-    store = AccountStore.for_db(config.db)
-    try:
-        # Creates it; opened again for each check, so no lock is held.  From
-        # now on the store knows the file: gone or broken, it is an error.
-        made = store.check()
-    except AccountStoreError as e:
-        raise SystemExit(f"twistd chat: {e}{note}") from None
-    if made:
-        # A first start; or the file vanished while the server was stopped,
-        # which only this line can tell the operator (docs/accounts.md).
-        logs.logger("twisted_chat.server.service").info(
-            "no accounts file at {path}: made an empty one (no nick is protected yet)",
-            path=os.path.abspath(store.path))
-    return SQLiteBook(store, work.lookup)
