@@ -24,7 +24,8 @@ from tests.serverproc import LOOPBACK, LineClient, ServerProcess
 from twisted_chat.server.config import ServerConfig
 from twisted_chat.server.factory import ChatFactory
 from twisted_chat.server.history import History
-from twisted_chat.server.store import APPLICATION_ID, SCHEMA_VERSION, SQLiteStore
+from twisted_chat.server.store import SQLiteStore
+from twisted_chat.server.storefile import APPLICATION_ID, SCHEMA_VERSION
 
 pytestmark = pytest.mark.e2e
 reactor: Any = _reactor

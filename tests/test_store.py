@@ -28,7 +28,8 @@ from twisted.internet.defer import Deferred, inlineCallbacks
 from twisted.internet.task import deferLater
 
 from twisted_chat.server.history import Entry
-from twisted_chat.server.store import APPLICATION_ID, SCHEMA_VERSION, SQLiteStore, StoreError
+from twisted_chat.server.store import SQLiteStore
+from twisted_chat.server.storefile import APPLICATION_ID, SCHEMA_VERSION, StoreError
 
 reactor: Any = _reactor
 Gen = Generator[Any, Any, None]

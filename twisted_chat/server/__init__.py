@@ -49,6 +49,8 @@ Inside out (docs/fanout.md, "Module layout"):
     makes are made as the user the server will run as;
   - L{config}: the settings, one frozen value;
   - L{store}: durable lobby history in SQLite, written by a thread of its own;
+  - L{storefile}: what a chat database file is, checked as it is opened, and
+    the schema with its upgrades;
   - L{accounts}: the accounts file (salted scrypt hashes), no reactor in it;
   - L{accountsetup}: the accounts as start-up makes them, and the log line
     that says which;

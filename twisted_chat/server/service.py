@@ -43,7 +43,8 @@ from twisted_chat.server.passwordwork import OwnsPasswordWork, PasswordWork
 from twisted_chat.server.reloading import Reloader
 from twisted_chat.server.sendqueue import send_loop
 from twisted_chat.server.stopping import stop_once
-from twisted_chat.server.store import SQLiteStore, StoreError
+from twisted_chat.server.store import SQLiteStore
+from twisted_chat.server.storefile import StoreError
 from twisted_chat.wire import DEFAULT_PORT
 
 _T = TypeVar("_T")
