@@ -716,27 +716,11 @@ class _Listeners:
             site = metricsport.metrics_site(registry(), reactor)
             PortService(description, endpoint, site, "--metrics").setServiceParent(top)
         if self.web:
-            _add_web(top, options, factory, reactor, self.web)
+            # Here, not at the top: without --web, autobahn is never loaded.
+            from twisted_chat.web.site import add_web
+
+            add_web(top, options, factory, reactor, self.web)
         # SIGHUP, and a renewed certificate of an ssl: port.
         every = [*self.ports, *self.web, *([self.scrape] if self.scrape else [])]
         Reloader(reactor, [endpoint.certificate for _, endpoint in every
                            if isinstance(endpoint, ReloadingSSLEndpoint)]).setServiceParent(top)
-
-
-def _add_web(top: MultiService, options: Options, factory: ChatFactory, reactor: Any,
-             listening: list[tuple[str, Any]]) -> None:
-    """C{--web}: the page and its WebSocket, into the same hub (twisted_chat.web)."""
-    from twisted_chat.web.config import WebConfig, max_message_for, parse_networks
-    from twisted_chat.web.site import web_site
-
-    web = WebConfig(
-        origins=tuple(options["web-origins"]),
-        trusted_proxies=parse_networks(options["trust-proxy"]),
-        max_line=factory.config.max_line,
-        max_message=max_message_for(factory.config.max_line),
-        timeout=options["web-timeout"],
-        hosts=tuple(options["web-hosts"]),
-    )
-    site = web_site(factory, web, reactor=reactor)
-    for description, endpoint in listening:
-        PortService(description, endpoint, site, "--web").setServiceParent(top)

@@ -29,11 +29,13 @@ traceback at critical level.
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
 from importlib import resources
 from pathlib import Path
 from typing import Any
 
 from autobahn.twisted.resource import WebSocketResource
+from twisted.application.service import MultiService
 from twisted.internet.interfaces import IDelayedCall
 from twisted.internet.protocol import Protocol, connectionDone
 from twisted.logger import LogLevel
@@ -45,8 +47,9 @@ from twisted_chat.server.addresses import Refused
 from twisted_chat.server.closing import close_within
 from twisted_chat.server.factory import ChatFactory
 from twisted_chat.server.httpports import BodilessRequest, RefusingChannel
+from twisted_chat.server.listening import PortService
 from twisted_chat.web.admission import WebGate
-from twisted_chat.web.config import WebConfig, host_allowed
+from twisted_chat.web.config import WebConfig, host_allowed, max_message_for, parse_networks
 from twisted_chat.web.gateway import ChatWebSocketFactory
 
 STATIC = Path(str(resources.files("twisted_chat.web") / "static"))
@@ -498,3 +501,22 @@ def web_site(chat: ChatFactory, web: WebConfig, reactor: Any = None,
     if reactor is not None:
         site.reactor = reactor
     return site
+
+
+def add_web(top: MultiService, options: Mapping[str, Any], factory: ChatFactory,
+            reactor: Any, listening: list[tuple[str, Any]]) -> None:
+    """C{--web}: the page and its WebSocket, into the same hub, one
+    L{PortService} into C{top} for each endpoint of C{listening}; the
+    C{--web-*} options and C{--trust-proxy} of C{options} (C{twistd chat}'s)
+    make its L{WebConfig}."""
+    web = WebConfig(
+        origins=tuple(options["web-origins"]),
+        trusted_proxies=parse_networks(options["trust-proxy"]),
+        max_line=factory.config.max_line,
+        max_message=max_message_for(factory.config.max_line),
+        timeout=options["web-timeout"],
+        hosts=tuple(options["web-hosts"]),
+    )
+    site = web_site(factory, web, reactor=reactor)
+    for description, endpoint in listening:
+        PortService(description, endpoint, site, "--web").setServiceParent(top)
