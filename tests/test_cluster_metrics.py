@@ -24,7 +24,7 @@ from twisted_chat.server.metrics import chat_snapshot, registry_for
 
 
 def scrape(node: Node) -> Values:
-    """What the node's --metrics would serve (the registry _cluster_service builds)."""
+    """What the node's --metrics would serve (the registry cluster_node builds)."""
     factory = node.factory
     registry = registry_for(factory.stats, lambda: chat_snapshot(factory),
                             ClusterCollector(node.state))

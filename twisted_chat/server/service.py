@@ -636,41 +636,14 @@ def _make_service(options: Options, reactor: Any) -> IService:
 def _cluster_service(options: Options, config: ServerConfig, reactor: Any,
                      who: privileges.Runner | None) -> IService:
     """C{--redis}: the state lives in the cluster (see docs/cluster.md)."""
-    from twisted_chat.server.cluster.accounts import RedisBook, RedisFailures
-    from twisted_chat.server.cluster.redisconn import parse_url, with_password_file
-    from twisted_chat.server.cluster.service import ClusterService, cluster_factory
+    from twisted_chat.server.cluster.service import cluster_node, redis_target
 
-    try:
-        target = parse_url(options["redis"])
-    except ValueError as e:
-        raise SystemExit(f"twistd chat: --redis: {e}") from None
-    try:
-        target = with_password_file(target, options["redis-password-file"])
-    except ValueError as e:
-        raise SystemExit(f"twistd chat: --redis-password-file: {e}") from None
+    target = redis_target(options["redis"], options["redis-password-file"])
     listeners = _Listeners.check(options, config, reactor)
     top = _top(options, who)
-    factory, redis = cluster_factory(config, reactor, target, options["node-timeout"],
-                                     wait=options["redis-wait"],
-                                     max_waiting=options["redis-queue"],
-                                     retain_bytes=options["retain-bytes"] or None,
-                                     set_retention=bool(options["set-retention"]),
-                                     stream_bytes=options["stream-bytes"] or None)
-    # The one account namespace of the cluster: in its Redis (docs/accounts.md).
-    factory.accounts, work = accountsetup.make_accounts(
-        config, reactor, lambda work: RedisBook(redis.command, reactor),
-        lambda limits: RedisFailures(redis.command, reactor, limits),
-        where=f"in the cluster's Redis at {target.display}, shared by every node")
-    ClusterService(factory, redis, work).setServiceParent(top)
-
-    def registry() -> CollectorRegistry:
-        """The node's own figures, and the cluster's under chat_cluster_*."""
-        from twisted_chat.server.cluster.metrics import ClusterCollector
-
-        return metrics.registry_for(factory.stats, lambda: metrics.chat_snapshot(factory),
-                                    ClusterCollector(redis.state))
-
-    listeners.add(top, options, factory, reactor, registry)
+    node, registry = cluster_node(options, config, reactor, target)
+    node.setServiceParent(top)
+    listeners.add(top, options, node.factory, reactor, registry)
     return top
 
 

@@ -51,5 +51,6 @@ The modules:
   - L{accounts}: the cluster's accounts, one namespace in Redis;
   - L{metrics}: the cluster's gauges on a node's C{--metrics} port;
   - L{service}: C{twistd chat --redis}: the factory on the cluster's state,
-    and the service that joins and leaves the cluster.
+    and the service that joins and leaves the cluster (with the accounts in
+    Redis, as the options say).
 """

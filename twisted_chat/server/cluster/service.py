@@ -1,6 +1,8 @@
 """
 C{twistd chat --redis URL}: the factory on a L{ClusterState}, and the
-service that connects to Redis at start and leaves the cluster at stop.
+service that connects to Redis at start and leaves the cluster at stop;
+L{cluster_node} makes both, with the accounts in Redis, for the service
+tree (L{twisted_chat.server.service}).
 """
 
 from __future__ import annotations
@@ -8,22 +10,26 @@ from __future__ import annotations
 import atexit
 import os
 import sys
+from collections.abc import Callable, Mapping
 from typing import Any
 
+from prometheus_client.registry import CollectorRegistry
 from twisted.application.service import Service
 from twisted.internet import defer
 from twisted.internet.defer import Deferred
 
 from twisted_chat import wire
-from twisted_chat.server import logs
+from twisted_chat.server import accountsetup, logs, metrics
+from twisted_chat.server.cluster.accounts import RedisBook, RedisFailures
 from twisted_chat.server.cluster.budgets import RedisBuckets
+from twisted_chat.server.cluster.metrics import ClusterCollector
 from twisted_chat.server.cluster.node import (
     DEFAULT_MAX_WAITING,
     DEFAULT_WAIT,
     ClusterState,
     new_node_id,
 )
-from twisted_chat.server.cluster.redisconn import RedisTarget
+from twisted_chat.server.cluster.redisconn import RedisTarget, parse_url, with_password_file
 from twisted_chat.server.cluster.redislog import RedisLog
 from twisted_chat.server.config import ServerConfig
 from twisted_chat.server.factory import ChatFactory, hub_settings
@@ -32,7 +38,7 @@ from twisted_chat.server.hub import User
 from twisted_chat.server.passwordwork import OwnsPasswordWork, PasswordWork
 from twisted_chat.server.protocol import ChatProtocol
 
-__all__ = ["ClusterService", "FactoryHooks", "cluster_factory"]
+__all__ = ["ClusterService", "FactoryHooks", "cluster_factory", "cluster_node", "redis_target"]
 
 
 def cluster_factory(
@@ -177,3 +183,43 @@ class ClusterService(OwnsPasswordWork, Service):
         finally:
             self._stop_work(None)
         await self.redis.stop()
+
+
+def redis_target(url: str, password_file: str | None) -> RedisTarget:
+    """C{--redis}'s URL, with the password of C{--redis-password-file}; a
+    bad one is one line."""
+    try:
+        target = parse_url(url)
+    except ValueError as e:
+        raise SystemExit(f"twistd chat: --redis: {e}") from None
+    try:
+        return with_password_file(target, password_file)
+    except ValueError as e:
+        raise SystemExit(f"twistd chat: --redis-password-file: {e}") from None
+
+
+def cluster_node(options: Mapping[str, Any], config: ServerConfig, reactor: Any,
+                 target: RedisTarget) -> tuple[ClusterService, Callable[[], CollectorRegistry]]:
+    """
+    The node on the cluster at C{target}, with the accounts in its Redis, as
+    C{options} (C{twistd chat}'s) say; and what makes the registry its
+    C{--metrics} serves.
+    """
+    factory, redis = cluster_factory(config, reactor, target, options["node-timeout"],
+                                     wait=options["redis-wait"],
+                                     max_waiting=options["redis-queue"],
+                                     retain_bytes=options["retain-bytes"] or None,
+                                     set_retention=bool(options["set-retention"]),
+                                     stream_bytes=options["stream-bytes"] or None)
+    # The one account namespace of the cluster: in its Redis (docs/accounts.md).
+    factory.accounts, work = accountsetup.make_accounts(
+        config, reactor, lambda work: RedisBook(redis.command, reactor),
+        lambda limits: RedisFailures(redis.command, reactor, limits),
+        where=f"in the cluster's Redis at {target.display}, shared by every node")
+
+    def registry() -> CollectorRegistry:
+        """The node's own figures, and the cluster's under chat_cluster_*."""
+        return metrics.registry_for(factory.stats, lambda: metrics.chat_snapshot(factory),
+                                    ClusterCollector(redis.state))
+
+    return ClusterService(factory, redis, work), registry
