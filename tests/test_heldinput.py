@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 from twisted.internet.task import Clock
 
-from tests.harness import Conn, Harness
+from tests.harness import Conn, Harness, run_for
 from tests.test_cluster_outage import Waiting
 from tests.test_login import LIMITS, PW, HeldWork, add, fresh, harness, shared_harness, wrong
 from tests.web import wsframes as ws
@@ -520,6 +520,42 @@ def test_lines_read_in_the_excuse_but_held_behind_a_command_are_excused_when_han
     assert got[14:] == ["ERROR flood slow down: at most 4 lines per second (bursts of 5); "
                         "lines are being dropped"]
     assert h.factory.stats.dropped_lines["flood_rate"] == 1
+
+
+@pytest.mark.parametrize(("limit", "held_lines"), [
+    (160_000, 3),  # its address's share (10,000 bytes), 11,700 held
+    (16_000_000, 17),  # its own 64 KiB (the share is 1 MB), 66,300 held
+])
+def test_a_connection_paused_for_its_own_holding_is_not_excused(
+        limit: int, held_lines: int) -> None:
+    """--flood-rate 4, --flood-burst 20: a user whose REGISTER waits holds
+    lines past its address's share (or its own 64 KiB) and is not read for
+    5 s; the 24 lines it sent meanwhile are read at once when its command is
+    decided.  Unlike a connection the server's bound paused (above), it
+    draws no excuse: its pause was its own address's doing, so its bucket
+    (20, full again) passes and the rest are a flood (with the excuse, 5 s
+    at 4 a second would let all 24 pass)."""
+    h = harness(work=HeldWork(), flood_rate=4.0, flood_burst=20)
+    h.factory.held_input.limit = limit
+    user = fresh(h, "10.200.0.1")
+    user.send("NICK victim")
+    h.work.release()  # type: ignore[attr-defined]  # the lookup: no account
+    assert user.take()[0] == "READY victim"
+    user.send(f"REGISTER {PW}")  # its lookup waits
+    big = "PING " + "p" * 3893  # 3900 bytes with its CRLF
+    user.send(*[big] * held_lines)
+    assert not user.reading and not h.factory.held_input.paused  # its own pause
+    run_for(h.clock, 5)
+    user.arrive(*[f"PING {i}" for i in range(24)])
+    settle(h)  # the lookup, then the hash
+    h.clock.advance(0)
+    assert user.reading
+    got = user.take()
+    assert got[:1 + held_lines] == ["REGISTERED victim"] + [f"PONG {big[5:]}"] * held_lines
+    assert got[1 + held_lines:] == [f"PONG {i}" for i in range(20)] + [
+        "ERROR flood slow down: at most 4 lines per second (bursts of 20); "
+        "lines are being dropped"]
+    assert h.factory.stats.dropped_lines["flood_rate"] == 4
 
 
 # -- a WebSocket's held lines ------------------------------------------------------------
