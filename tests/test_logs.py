@@ -469,3 +469,17 @@ def test_a_log_file_in_a_missing_folder_is_one_line_before_any_other_file(
     assert str(stopped.value.code) == (
         f"twistd chat: cannot open --logfile {missing}: No such file or directory")
     assert list(tmp_path.iterdir()) == []
+
+
+def test_a_throttled_line_is_written_at_most_once_in_its_interval() -> None:
+    """logs.Throttle: the first line is due; within C{every} seconds of it
+    none is (each counted); at C{every} the next is, with how many were left
+    out; then the count starts again."""
+    throttle = logs.Throttle(60.0)
+    assert throttle.allow(1000.0) == 0
+    assert throttle.allow(1000.0) is None
+    assert throttle.allow(1059.9) is None
+    assert throttle.allow(1060.0) == 2
+    assert throttle.allow(1119.0) is None
+    assert throttle.allow(1200.0) == 1
+    assert throttle.allow(1300.0) == 0

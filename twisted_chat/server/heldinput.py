@@ -9,7 +9,6 @@ all of a server's connections hold together.
 
 from __future__ import annotations
 
-import math
 import time
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
@@ -17,7 +16,7 @@ from typing import TYPE_CHECKING, Any, Protocol, cast
 
 from twisted.internet.defer import Deferred
 
-from twisted_chat.server.logs import logger
+from twisted_chat.server.logs import Throttle, logger
 from twisted_chat.server.stalls import TICK, StallWatch
 
 if TYPE_CHECKING:
@@ -476,8 +475,8 @@ class HeldInput:
     Nothing is done per line unless a connection holds input.
     """
 
-    __slots__ = ("_clock", "_connections", "_full_since", "_told", "_told_at", "_untold",
-                 "before_ready", "full", "limit", "over", "owed", "paused", "stalls", "total")
+    __slots__ = ("_clock", "_connections", "_full_since", "_tell", "_told", "before_ready",
+                 "full", "limit", "over", "owed", "paused", "stalls", "total")
 
     def __init__(self, limit: int, connections: Callable[[], Iterable[Holder]],
                  clock: IReactorTime, before_ready: int = _HELD_INPUT,
@@ -502,11 +501,10 @@ class HeldInput:
         # (C{steady}: a clock the system clock's steps do not move.)
         self.stalls = StallWatch(clock, _EXCUSED_FOR, TICK if watch_stalls else 0.0, steady)
         # The log's account of the ceiling (_tell_full): when it was passed,
-        # whether that was told, when the last was, and how many since were not.
+        # whether that was told, and how often it may be.
         self._full_since = 0.0
         self._told = False
-        self._told_at = -math.inf
-        self._untold = 0
+        self._tell = Throttle(CEILING_TELL_EVERY)
 
     @property
     def ceiling(self) -> int:
@@ -592,13 +590,11 @@ class HeldInput:
         L{CEILING_TELL_EVERY} seconds, with how many times it was passed
         meanwhile, so that a peer that crosses it over and over does not
         fill the log."""
-        now = self._full_since = self._clock.seconds()
-        self._told = now - self._told_at >= CEILING_TELL_EVERY
-        if not self._told:
-            self._untold += 1
+        self._full_since = self._clock.seconds()
+        untold = self._tell.allow(self._full_since)
+        self._told = untold is not None
+        if untold is None:
             return
-        self._told_at = now
-        untold, self._untold = self._untold, 0
         _log.warn(
             "Held input passed its ceiling ({ceiling} bytes held behind commands decided"
             " elsewhere): no connection is read until it is back to {half} bytes"

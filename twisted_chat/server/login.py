@@ -135,7 +135,7 @@ class Accounts:
         assert mode is not Mode.OFF
         self.mode = mode
         self.max_accounts = max_accounts
-        self._full_said: float | None = None  # when the log last said so
+        self._full_log = logs.Throttle(FULL_LOG_EVERY)  # REGISTER refused for it (full)
         self.failed_logins = 0  # wrong passwords so far (chat_failed_logins_total)
         self.book = book
         self.clock = clock
@@ -273,9 +273,7 @@ class Accounts:
     def full(self, nick: str) -> None:
         """A C{REGISTER} was refused for C{--max-accounts}: logged at most
         once per L{FULL_LOG_EVERY} seconds (each refusal is a peer's line)."""
-        now = self.clock.seconds()
-        if self._full_said is None or now - self._full_said >= FULL_LOG_EVERY:
-            self._full_said = now
+        if self._full_log.allow(self.clock.seconds()) is not None:
             _log.warn("account {nick} not made: there are --max-accounts {most} accounts "
                       "(REGISTER refused until some are removed; said once per {every} s)",
                       nick=nick, most=self.max_accounts, every=FULL_LOG_EVERY)

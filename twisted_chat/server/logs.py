@@ -16,6 +16,10 @@ flood of sendq drops) from filling the log: per (address, kind) at most
 C{burst} lines per C{window} seconds; the next line let through after a
 quiet says how many were left out.
 
+L{Throttle} does the same for one line the server itself may repeat (a
+bound reached over and over): at most one every so many seconds, with how
+many were left out since the last.
+
 L{quote} is how a line quotes what a peer sent (a header, a reason that
 quotes one): escaped, and clipped to L{QUOTE_LIMIT} characters, so that a
 peer cannot put a line break, or 16 KB of its own text, in the log.
@@ -23,6 +27,7 @@ peer cannot put a line break, or 16 KB of its own text, in the log.
 
 from __future__ import annotations
 
+import math
 import sys
 from collections import OrderedDict
 from typing import Any
@@ -235,3 +240,28 @@ class Repeats:
         if left_out:
             fmt += " ({left_out} similar lines from this address left out)"
         log.emit(level, fmt, left_out=left_out, **kwargs)
+
+
+class Throttle:
+    """
+    One log line that may come over and over (a bound reached again and
+    again), written at most once in C{every} seconds: L{allow} says
+    whether it is due, and counts the times it is not.
+    """
+
+    __slots__ = ("_last", "_left_out", "every")
+
+    def __init__(self, every: float) -> None:
+        self.every = every
+        self._last = -math.inf  # when it was last written
+        self._left_out = 0  # the times since then it was not
+
+    def allow(self, now: float) -> int | None:
+        """Whether to write the line at C{now}: C{None} to leave it out
+        (counted), else how many times it was left out before this one."""
+        if now - self._last < self.every:
+            self._left_out += 1
+            return None
+        self._last = now
+        left_out, self._left_out = self._left_out, 0
+        return left_out

@@ -196,7 +196,7 @@ class RedisLog:
         # ends the process.  The log has said why.
         self.refused: Callable[[str], None] | None = None
         self._misconfigured: str | None = None  # the reason last logged
-        self._untrimmed_warned: float | None = None  # when a failed snapshot was last warned of
+        self._untrimmed_warn = logs.Throttle(UNTRIMMED_WARN_EVERY)  # a failed snapshot (_untrimmed)
         self.leases = Leases(state, reactor, node_timeout, LONGEST_BACKOFF)
         self.pruning = Pruning(reactor, self.heartbeat,
                                Retention.of(retain_days, retain_messages, retain_bytes),
@@ -705,11 +705,8 @@ class RedisLog:
         """A snapshot could not be written, so the stream is not trimmed:
         said at most once every L{UNTRIMMED_WARN_EVERY} seconds, with what to
         check (the stream grows until Redis takes the snapshot again)."""
-        now = self.reactor.seconds()
-        last = self._untrimmed_warned
-        if last is not None and now - last < UNTRIMMED_WARN_EVERY:
+        if self._untrimmed_warn.allow(self.reactor.seconds()) is None:
             return
-        self._untrimmed_warned = now
         self.log.warn("cluster: the snapshot could not be written, so the event stream "
                       "({stream}) cannot be trimmed and Redis's memory is not freed: "
                       "{why}; check Redis's used_memory against its maxmemory (INFO memory), "
