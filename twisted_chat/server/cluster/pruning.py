@@ -20,8 +20,6 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Any
 
-import txredisapi  # type: ignore[import-untyped]
-
 from twisted_chat.server import logs
 from twisted_chat.server.cluster.redisconfig import (
     CLAIM_RETENTION,
@@ -30,6 +28,7 @@ from twisted_chat.server.cluster.redisconfig import (
     RECORDED_LATER,
     Misconfigured,
     Retention,
+    Setting,
     Unclaimed,
 )
 from twisted_chat.server.cluster.redishistory import (
@@ -51,11 +50,13 @@ __all__ = ["Pruning"]
 _log = logs.logger("twisted_chat.server.cluster.redislog.RedisLog")
 
 
-class Pruning:
+class Pruning(Setting[Retention]):
     """
-    The retention this node prunes the history by (L{retention}), and the
-    pruning.  C{reactor} for the time a run takes, C{heartbeat} for the
-    share of it the pruning may take, C{where} the Redis named in errors.
+    The retention this node prunes the history by (L{retention}), agreed
+    with the cluster's at each connection and followed at each heartbeat
+    (L{Setting}), and the pruning.  C{reactor} for the time a run takes,
+    C{heartbeat} for the share of it the pruning may take, C{where} the
+    Redis named in errors.
     """
 
     def __init__(self, reactor: Any, heartbeat: float, retention: Retention,
@@ -67,55 +68,28 @@ class Pruning:
             cluster's; without it, a node whose values are not the
             cluster's does not start.
         """
+        super().__init__()
         self.reactor = reactor
         # How long a heartbeat's prune may run (the interval is the lease's).
         self.budget = heartbeat * PRUNE_SHARE
         self.retention = retention
         self.set_retention = set_retention
         self.where = where
-        self._misread: str | None = None  # the malformed chat:config last logged
         self._pruning = False  # a heartbeat's prune runs
 
     async def agree(self, cmd: Any, started: bool) -> Unclaimed | None:
         """
-        The cluster's retention (L{redisconfig}), before anything is pruned:
-        recorded as this node's where there is none (the first node, or
-        after Redis lost its data), and by a node started with
-        C{--set-retention}.  A node starting (not C{started}) with other
-        values than the cluster's does not start (L{Misconfigured}, naming
-        both); one running follows the cluster's (L{follow}).  Where a
-        field is missing and Redis refuses to record this node's
-        (L{Unclaimed}, returned), its own is in force for that field until
-        a heartbeat records it (L{follow}); C{--set-retention}'s write
-        refused fails the connection (retried).
+        The cluster's retention (L{redisconfig}), before anything is pruned
+        (L{Setting.agree}): recorded as this node's where there is none
+        (the first node, or after Redis lost its data), and by a node
+        started with C{--set-retention}, whose write refused fails the
+        connection (retried).  Where one field is missing and Redis refuses
+        to record this node's, its own is in force for that field.
         """
         if self.set_retention and not started:
             await self._replace(cmd)
             return None
-        own = self.retention
-        unclaimed = None
-        before = await cmd.execute_command("HMGET", CONFIG, *FIELDS)
-        if None in before:
-            # Claimed only where a field is missing: Redis out of memory
-            # refuses the script's write, and a node must connect to a full
-            # Redis.
-            try:
-                before = await self._claim(cmd, replace=False)
-            except txredisapi.ResponseError as e:
-                unclaimed = Unclaimed(str(e), self._unclaimed(before))
-        stored = self._read(before, own, started)
-        if stored == own:
-            return unclaimed
-        if not started:
-            raise Misconfigured(
-                f"this node's history retention is not the cluster's ({CONFIG} in Redis "
-                f"at {self.where}): {own.differences(stored, 'here', 'in the cluster')}. "
-                "One history has one retention (a node pruning by its own would delete "
-                "the others' messages for good): this node does not start. Start it with "
-                "the cluster's values; or, to change the cluster's retention, start it "
-                "once with --set-retention (docs/cluster.md, \"Options\", --set-retention)")
-        self._follow(stored)
-        return unclaimed
+        return await super().agree(cmd, started)
 
     async def _replace(self, cmd: Any) -> None:
         """C{--set-retention}, as the node starts: this node's retention
@@ -142,42 +116,41 @@ class Pruning:
         return await cmd.execute_command("EVAL", CLAIM_RETENTION, 1, CONFIG,
                                          "1" if replace else "0", *self.retention.fields())
 
-    def _unclaimed(self, before: Any) -> str:
-        """The fields C{before} (an C{HMGET}'s reply) lacks, and this node's
+    async def _fetch(self, cmd: Any) -> Any:
+        return await cmd.execute_command("HMGET", CONFIG, *FIELDS)
+
+    def _lacks(self, reply: Any) -> bool:
+        return None in reply
+
+    async def _record(self, cmd: Any) -> Any:
+        return await self._claim(cmd, replace=False)
+
+    def _parse(self, reply: Any) -> Retention:
+        return Retention.read(reply, self.retention)
+
+    def _in_force(self) -> Retention:
+        return self.retention
+
+    def _unclaimed(self, reply: Any) -> str:
+        """The fields C{reply} (an C{HMGET}'s) lacks, and this node's
         values in force for them."""
-        missing = [name for name, value in zip(FIELDS, before, strict=True) if value is None]
+        missing = [name for name, value in zip(FIELDS, reply, strict=True) if value is None]
         own = ", ".join(f"--{name} {self.retention.shown(name)}" for name in missing)
         verb = "is" if len(missing) == 1 else "are"
         return (f"{CONFIG} has no {', '.join(missing)}: this node's {own} {verb} in force, "
                 f"{RECORDED_LATER}")
 
-    async def follow(self, cmd: Any, started: bool = True) -> None:
-        """At each heartbeat: prune by the cluster's retention, which a node
-        started with C{--set-retention} may have changed (recorded again
-        as this node's where a field is missing: Redis's refusal raised,
-        C{txredisapi.ResponseError})."""
-        reply = await cmd.execute_command("HMGET", CONFIG, *FIELDS)
-        own = self.retention
-        if any(value is None for value in reply):
-            reply = await self._claim(cmd, replace=False)
-        stored = self._read(reply, own, started)
-        if stored != own:
-            self._follow(stored)
+    def _refused(self, stored: Retention) -> str:
+        return (
+            f"this node's history retention is not the cluster's ({CONFIG} in Redis "
+            f"at {self.where}): {self.retention.differences(stored, 'here', 'in the cluster')}. "
+            "One history has one retention (a node pruning by its own would delete "
+            "the others' messages for good): this node does not start. Start it with "
+            "the cluster's values; or, to change the cluster's retention, start it "
+            "once with --set-retention (docs/cluster.md, \"Options\", --set-retention)")
 
-    def _read(self, reply: Any, own: Retention, started: bool) -> Retention:
-        """The retention C{chat:config} holds (C{reply}); a malformed one
-        stops a start (L{Misconfigured}), while running it is logged (once)
-        and the node prunes by the retention it has."""
-        try:
-            return Retention.read(reply, own)
-        except Misconfigured as e:
-            if not started:
-                raise
-            if str(e) != self._misread:
-                self._misread = str(e)
-                _log.error("cluster: {why}; this node prunes by {own} meanwhile",
-                           why=str(e), own=own)
-            return own
+    def _kept(self) -> str:
+        return f"prunes by {self.retention}"
 
     def _follow(self, stored: Retention) -> None:
         """Prune by C{stored}, the cluster's retention, from now on (said

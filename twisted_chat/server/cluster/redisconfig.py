@@ -14,6 +14,8 @@ reads or writes the cluster's data there.
     the node's as the cluster's, and the running nodes follow at their
     next heartbeat.  One history has one retention: a node pruning by a
     smaller one would delete the others' messages for good.
+  - So is its C{--stream-bytes}.  What the two settings share, how a node
+    agrees with C{chat:config} and follows it, is L{Setting}.
 
 docs/cluster.md, "Options" (C{--set-retention}) and "How Redis must be
 configured".
@@ -21,14 +23,18 @@ configured".
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, NamedTuple
+from typing import Any, Generic, NamedTuple, TypeVar
 
+import txredisapi  # type: ignore[import-untyped]
 from twisted.internet import defer
 
+from twisted_chat.server import logs
+
 __all__ = ["CLAIM_RETENTION", "CONFIG", "RECORDED_LATER", "Misconfigured", "Retention",
-           "Unclaimed", "foreign_keys", "foreign_message"]
+           "Setting", "Unclaimed", "foreign_keys", "foreign_message"]
 
 CONFIG = "chat:config"
 # The fields of CONFIG that hold the retention ('0': no bound), in this order.
@@ -41,7 +47,7 @@ RECORDED_LATER = "recorded as the cluster's at the first heartbeat Redis takes i
 
 class Unclaimed(NamedTuple):
     """Settings C{chat:config} lacks that Redis refused to record as the
-    node connected (L{Pruning.agree}, L{StreamBound.agree}): this node's
+    node connected (L{Setting.agree}): this node's
     are in force."""
 
     refusal: str  # Redis's error (OOM, MISCONF, READONLY)
@@ -66,6 +72,123 @@ return before
 class Misconfigured(Exception):
     """The database is not one this node can run on as it is; the text
     says why and what to do."""
+
+
+# The node's log's logger (the settings' lines were RedisLog's before
+# they moved out of it, and an operator's filter may match its namespace).
+_log = logs.logger("twisted_chat.server.cluster.redislog.RedisLog")
+
+_T = TypeVar("_T")
+
+
+class Setting(ABC, Generic[_T]):
+    """
+    A setting of C{chat:config} every node must share (L{Pruning}'s
+    retention, L{StreamBound}'s bound), read first and recorded as this
+    node's only where it is missing: at each connection (L{agree}) and
+    each heartbeat (L{follow}).  A node starting with another value than
+    the cluster's, or reading a malformed one, does not start
+    (L{Misconfigured}); a running one follows the cluster's, or says once
+    that it is malformed and keeps its own.  A subclass says how the
+    setting is read (L{_fetch}, L{_lacks}, L{_parse}), recorded
+    (L{_record}), and told (L{_unclaimed}, L{_refused}, L{_kept}), which
+    value is in force (L{_in_force}), and follows another (L{_follow}).
+    """
+
+    def __init__(self) -> None:
+        self._misread: str | None = None  # the malformed value last logged
+
+    async def agree(self, cmd: Any, started: bool) -> Unclaimed | None:
+        """At each connection: a node starting (not C{started}) with
+        another value than the cluster's does not start (L{Misconfigured});
+        one running follows the cluster's.  Where the cluster has none and
+        Redis refuses to record this node's (C{OOM}, C{MISCONF},
+        C{READONLY}): its refusal and the note saying so (L{Unclaimed}),
+        returned; the node's is in force, recorded at the first heartbeat
+        Redis takes it (L{follow})."""
+        reply = await self._fetch(cmd)
+        unclaimed = None
+        if self._lacks(reply):
+            # Recorded only where missing: Redis out of memory refuses the
+            # write, and a node must connect to a full Redis.
+            try:
+                reply = await self._record(cmd)
+            except txredisapi.ResponseError as e:
+                unclaimed = Unclaimed(str(e), self._unclaimed(reply))
+        stored = self._read(reply, started)
+        if stored != self._in_force():
+            if not started:
+                raise Misconfigured(self._refused(stored))
+            self._follow(stored)
+        return unclaimed
+
+    async def follow(self, cmd: Any, started: bool = True) -> None:
+        """At each heartbeat: the cluster's value, which may have been
+        changed in Redis (recorded again as this node's where missing:
+        Redis's refusal raised, C{txredisapi.ResponseError})."""
+        reply = await self._fetch(cmd)
+        if self._lacks(reply):
+            reply = await self._record(cmd)
+        stored = self._read(reply, started)
+        if stored != self._in_force():
+            self._follow(stored)
+
+    def _read(self, reply: Any, started: bool) -> _T:
+        """The cluster's value as C{chat:config} holds it (C{reply}); a
+        malformed one stops a start (L{Misconfigured}), while running it is
+        logged (once) and the node keeps the value it has."""
+        try:
+            return self._parse(reply)
+        except Misconfigured as e:
+            if not started:
+                raise
+            if str(e) != self._misread:
+                self._misread = str(e)
+                _log.error("cluster: {why}; this node {kept} meanwhile",
+                           why=str(e), kept=self._kept())
+            return self._in_force()
+
+    @abstractmethod
+    async def _fetch(self, cmd: Any) -> Any:
+        """The setting as C{chat:config} holds it (a command's reply)."""
+
+    @abstractmethod
+    def _lacks(self, reply: Any) -> bool:
+        """Whether C{reply} (L{_fetch}'s) lacks some of the setting."""
+
+    @abstractmethod
+    async def _record(self, cmd: Any) -> Any:
+        """This node's value recorded where C{chat:config} lacks it: a
+        reply, as L{_fetch}'s, that L{_parse} makes the value stored now."""
+
+    @abstractmethod
+    def _parse(self, reply: Any) -> _T:
+        """The value C{reply} holds, the one in force for what it lacks.
+
+        @raise Misconfigured: a malformed one."""
+
+    @abstractmethod
+    def _in_force(self) -> _T:
+        """The value this node goes by now."""
+
+    @abstractmethod
+    def _unclaimed(self, reply: Any) -> str:
+        """The note for what C{reply} lacks and Redis refused to record."""
+
+    @abstractmethod
+    def _refused(self, stored: _T) -> str:
+        """Why a node starting with its value does not start, C{stored}
+        being the cluster's."""
+
+    @abstractmethod
+    def _kept(self) -> str:
+        """What the node keeps going by while the cluster's is malformed
+        (C{keeps --stream-bytes N})."""
+
+    @abstractmethod
+    def _follow(self, stored: _T) -> None:
+        """Go by C{stored}, the cluster's, from now on (said once per
+        change)."""
 
 
 def _number(text: str) -> str:

@@ -20,14 +20,12 @@ from __future__ import annotations
 
 from typing import Any
 
-import txredisapi  # type: ignore[import-untyped]
-
 from twisted_chat.server import logs
 from twisted_chat.server.cluster.redisconfig import (
     CONFIG,
     RECORDED_LATER,
     Misconfigured,
-    Unclaimed,
+    Setting,
 )
 
 __all__ = ["FIELD", "StreamBound"]
@@ -43,86 +41,61 @@ def shown(value: int) -> str:
     return f"{value} (no bound)" if value == 0 else str(value)
 
 
-class StreamBound:
+class StreamBound(Setting[int]):
     """The bound a node's commands' appends are checked against
     (L{bytes}): its own C{--stream-bytes} (L{own}), agreed with the
-    cluster's at each connection and followed at each heartbeat.
-    C{where}: the Redis named in errors."""
+    cluster's at each connection and followed at each heartbeat
+    (L{Setting}).  C{where}: the Redis named in errors."""
 
     def __init__(self, own: int, where: str) -> None:
+        super().__init__()
         self.own = own
         self.bytes = own
         self.where = where
-        self._misread: str | None = None  # the malformed value last logged
 
-    async def agree(self, cmd: Any, started: bool) -> Unclaimed | None:
-        """At each connection: a node starting (not C{started}) with
-        another bound than the cluster's does not start (L{Misconfigured});
-        one running follows the cluster's.  Where there is none and Redis
-        refuses to record this node's (C{OOM}, C{MISCONF}, C{READONLY}):
-        its refusal and the note saying so (L{Unclaimed}), returned; the
-        node keeps its bound, recorded at the first heartbeat Redis takes
-        it (L{follow})."""
-        value = await cmd.execute_command("HGET", CONFIG, FIELD)
-        if value is None:
-            try:
-                value = await self._record(cmd)
-            except txredisapi.ResponseError as e:
-                return Unclaimed(str(e), f"{CONFIG} has no {FIELD}: this node's "
-                                 f"--stream-bytes {shown(self.bytes)} is in force, "
-                                 f"{RECORDED_LATER}")
-        stored = self._read(value, started)
-        if stored == self.bytes:
-            return None
-        if not started:
-            raise Misconfigured(
-                f"this node's --stream-bytes is not the cluster's ({CONFIG} in Redis at "
-                f"{self.where}): --stream-bytes {shown(self.own)} here, {shown(stored)} in "
-                "the cluster; every node's bound must be the same (one with a larger one "
-                "lets its users fill the stream past the others'), so this node does not "
-                f"start: start it with the cluster's value, or change the cluster's with "
-                f"HSET {CONFIG} {FIELD} N (the running nodes follow at their next heartbeat)")
-        self._follow(stored)
-        return None
+    async def _fetch(self, cmd: Any) -> Any:
+        return await cmd.execute_command("HGET", CONFIG, FIELD)
 
-    async def follow(self, cmd: Any) -> None:
-        """At each heartbeat: the cluster's bound, which may have been
-        changed in Redis (recorded as this node's if missing: Redis's
-        refusal raised, C{txredisapi.ResponseError})."""
-        value = await cmd.execute_command("HGET", CONFIG, FIELD)
-        if value is None:
-            value = await self._record(cmd)
-        stored = self._read(value, started=True)
-        if stored != self.bytes:
-            self._follow(stored)
+    def _lacks(self, reply: Any) -> bool:
+        return reply is None
 
     async def _record(self, cmd: Any) -> Any:
-        """Where the cluster has no bound: this node's (the one in force)
-        recorded, or another's written just now; the value stored."""
+        """This node's bound (the one in force) recorded, or another's
+        written just now: the value stored."""
         if await cmd.execute_command("HSETNX", CONFIG, FIELD, str(self.bytes)):
             return str(self.bytes)
         return await cmd.execute_command("HGET", CONFIG, FIELD)
 
-    def _read(self, value: Any, started: bool) -> int:
-        """The cluster's bound as C{chat:config} holds it; a malformed one
-        stops a start (L{Misconfigured}), while running it is logged (once)
-        and the node keeps the bound it has."""
-        text = str(value)
+    def _parse(self, reply: Any) -> int:
+        if reply is None:  # Redis refused to record it (agree)
+            return self.bytes
+        text = str(reply)
         if text.isascii() and text.isdigit():
             return int(text)
-        why = (f"the cluster's settings ({CONFIG}) hold {FIELD} {text!r}, not a number "
-               f"from 0: set it right (HSET {CONFIG} {FIELD} N)")
-        if not started:
-            raise Misconfigured(why)
-        if why != self._misread:
-            self._misread = why
-            _log.error("cluster: {why}; this node keeps --stream-bytes {bound} meanwhile",
-                       why=why, bound=shown(self.bytes))
+        raise Misconfigured(
+            f"the cluster's settings ({CONFIG}) hold {FIELD} {text!r}, not a number "
+            f"from 0: set it right (HSET {CONFIG} {FIELD} N)")
+
+    def _in_force(self) -> int:
         return self.bytes
 
+    def _unclaimed(self, reply: Any) -> str:
+        return (f"{CONFIG} has no {FIELD}: this node's --stream-bytes {shown(self.bytes)} "
+                f"is in force, {RECORDED_LATER}")
+
+    def _refused(self, stored: int) -> str:
+        return (
+            f"this node's --stream-bytes is not the cluster's ({CONFIG} in Redis at "
+            f"{self.where}): --stream-bytes {shown(self.own)} here, {shown(stored)} in "
+            "the cluster; every node's bound must be the same (one with a larger one "
+            "lets its users fill the stream past the others'), so this node does not "
+            f"start: start it with the cluster's value, or change the cluster's with "
+            f"HSET {CONFIG} {FIELD} N (the running nodes follow at their next heartbeat)")
+
+    def _kept(self) -> str:
+        return f"keeps --stream-bytes {shown(self.bytes)}"
+
     def _follow(self, stored: int) -> None:
-        """Check appends against C{stored}, the cluster's, from now on
-        (said once per change)."""
         _log.warn("cluster: the cluster's --stream-bytes changed ({FIELD} in {config}): "
                   "{now} now, {before} before; this node checks its commands against the "
                   "cluster's from now on. Give it this value before it restarts, or it will "
