@@ -226,16 +226,18 @@ SNAPSHOT_HISTORY_WRITING = ("EVALSHA", HISTORY_ADD_OOM_SHA)  # how a snapshot's 
 HISTORY_WRITING = ("EVALSHA", HISTORY_ADD_SHA)  # how a history write's starts
 
 
-def history_write(rows: Sequence[Any]) -> tuple[Any, ...]:
+def history_write(rows: Sequence[Any],
+                  writing: tuple[str, str] = HISTORY_WRITING) -> tuple[Any, ...]:
     """The command that writes history rows (score, member, score, member,
-    ...: see L{_history_row}) into the history and its count (L{HISTORY_ADD})."""
-    return (*HISTORY_WRITING, 2, HISTORY, HISTORY_SIZE, HISTORY_OVERHEAD, *rows)
+    ...: see L{_history_row}) into the history and its count (L{HISTORY_ADD};
+    C{writing}: how the command starts, which script it runs)."""
+    return (*writing, 2, HISTORY, HISTORY_SIZE, HISTORY_OVERHEAD, *rows)
 
 
 def snapshot_history_write(rows: Sequence[Any]) -> tuple[Any, ...]:
     """L{history_write} for a snapshot's history: by L{HISTORY_ADD_OOM},
     which Redis out of memory takes."""
-    return (*SNAPSHOT_HISTORY_WRITING, *history_write(rows)[len(HISTORY_WRITING):])
+    return history_write(rows, SNAPSHOT_HISTORY_WRITING)
 
 
 def history_rows(command: tuple[Any, ...]) -> list[tuple[Any, Any]]:
