@@ -969,6 +969,73 @@ def test_a_lobby_line_held_while_an_invitation_was_accepted_is_a_messages_refusa
     assert "not confirmed" not in (s.outcomes[-1].message or "")
 
 
+@pytest.mark.parametrize(
+    ("before", "text"),
+    [
+        # A cluster: the partner's UNPAIR on another server came first.
+        ((), "not sent: you were not paired with bob when it came to be delivered "
+             "(the pair ended, or the chat's store lost it); send it again"),
+        # A cluster: bob's ACCEPT of our invitation came first.
+        (("PAIRED bob",), "not sent: it was meant for the lobby and you were paired "
+                          "with bob when it came to be delivered; send it again"),
+    ],
+)
+def test_a_line_a_cluster_did_not_send_as_its_pair_changed_is_answered(
+    before: tuple[str, ...], text: str,
+) -> None:
+    # ERROR unavailable "not sent" for a MSG whose pair changed before the
+    # cluster delivered it (docs/cluster.md, "What is guaranteed") was said in
+    # the server's words, but the message stayed in doubt at the end
+    # ("not confirmed"), as busy "not sent" did before 7b21b91.
+    s = session("jay")
+    s.ready("jay", users=("bob",))
+    s.type("hello lobby")
+    assert s.sent() == ["MSG hello lobby"]
+    s.receive(*before, f"ERROR unavailable {text}")
+    assert s.screen.take()[-1] == "! " + text[:1].upper() + text[1:] + "."
+    _only_the_next_line_in_doubt(s, sent=2)
+
+
+def test_a_line_meant_for_a_pair_that_ended_while_held_is_answered() -> None:
+    # One server: a MSG held behind our REGISTER, meant for bob (PAIRED was
+    # written before it came), when bob's UNPAIR came meanwhile, is answered
+    # ERROR not-paired "not sent: ...".  It was said as an UNPAIR's refusal
+    # ("You are not in a private conversation ...") and stayed in doubt.
+    s = session("jay")
+    s.ready("jay", users=("bob",))
+    s.type("/register")
+    s.client.secret_line("a long secret")
+    s.client.secret_line("a long secret")
+    s.type("hello lobby")
+    assert s.sent()[-2:] == ["REGISTER a long secret", "MSG hello lobby"]
+    s.receive("PAIRED bob", "UNPAIRED bob left", "USERS", "REGISTERED jay",
+              "ERROR not-paired not sent: you were no longer paired with bob when it "
+              "came to be delivered (the pair ended while your password was checked); "
+              "send it again")
+    assert s.screen.take()[-1] == (
+        "! Not sent: you were no longer paired with bob when it came to be delivered "
+        "(the pair ended while your password was checked); send it again."
+    )
+    _only_the_next_line_in_doubt(s, sent=2)
+
+
+def test_a_command_a_cluster_did_not_send_leaves_the_messages_in_doubt() -> None:
+    # Any command a cluster took back is answered ERROR unavailable "not
+    # sent: <why>"; the client does not know which of its lines it answers
+    # (a /users, say), so no message is taken as answered by it: a loss is
+    # never hidden.
+    s = session("jay")
+    s.ready("jay")
+    s.type("/users", "hello lobby")
+    s.receive("ERROR unavailable not sent: the chat's store refused to store it; "
+              "send it again in a moment")
+    s.lose()
+    assert s.outcomes[-1].message == (
+        "The connection to chat.test:7000 was lost. The message sent was not confirmed "
+        "by the server: \u201chello lobby\u201d."
+    )
+
+
 def test_a_messages_busy_does_not_answer_the_accept_sent_after_it() -> None:
     # The DM's refusal came first (the server answers in order): the ACCEPT
     # is still unanswered, so its PAIRED is the user's doing and the lines

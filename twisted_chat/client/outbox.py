@@ -358,11 +358,12 @@ class Outbox:
         """
         self._refuse(lambda m: m.to == to, lambda m: m.to is None)
 
-    def refused_lobby(self) -> None:
+    def refused_msg(self) -> None:
         """
-        C{ERROR busy} "not sent: it was meant for the lobby ...": the oldest
-        C{MSG}, held behind our C{REGISTER} or C{PASSWD} while an C{ACCEPT}
-        paired us, was not sent (to the lobby nor to the partner).
+        An C{ERROR} "not sent" about a pair that changed before the line was
+        delivered (C{busy} "it was meant for the lobby ...", C{not-paired},
+        a cluster's C{unavailable}): the oldest C{MSG} went nowhere (to the
+        lobby nor to a partner).
         """
         self._refuse(lambda m: m.to is None)
 

@@ -980,7 +980,7 @@ class ChatClient(SkipLongLines):
         elif said is None:
             said = render.error_sentence(code, event.text)
         late = render.behind(code, event.text)
-        unsent = render.lobby_line_refused(code, event.text)
+        unsent = render.message_refused(code, event.text)
         if late is not None:
             said = render.not_keeping_up(late)  # a message's refusal, not an invitation's
         elif unsent is not None:
@@ -1014,8 +1014,8 @@ class ChatClient(SkipLongLines):
         connection's lines in order: it refused the oldest message not yet
         answered that it can be about (a C{DM} to the nick it names,
         C{named}; for a C{busy} about a reader far behind, else a C{MSG} the
-        server sent to them as the partner; a C{MSG} for a C{busy} "not
-        sent" that was meant for the lobby; one longer than the limit it
+        server sent to them as the partner; a C{MSG} for a "not sent"
+        whose pair changed before it was delivered; one longer than the limit it
         names; one with other than printable ASCII for its characters), as
         the web page counts them.
         """
@@ -1023,8 +1023,8 @@ class ChatClient(SkipLongLines):
             self.outbox.refused_to(nick_key(named))
         elif code == "busy" and named:
             self.outbox.refused_behind(nick_key(named))
-        elif render.lobby_line_refused(code, text) is not None:
-            self.outbox.refused_lobby()
+        elif render.message_refused(code, text) is not None:
+            self.outbox.refused_msg()
         elif code == "self" and self.nick is not None:
             self.outbox.refused_to(nick_key(self.nick))
         elif code == "too-long":

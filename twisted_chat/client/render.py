@@ -313,16 +313,32 @@ def behind(code: str, text: str) -> str | None:
 
 
 # How the server's text begins when a command it refused was a message that
-# went nowhere (ERROR busy for a lobby line held while a pair formed).
+# went nowhere (a lobby line held while a pair formed, ...).
 _NOT_SENT = "not sent: "
+# ERROR unavailable "not sent" answers any command a cluster took back; these
+# texts answer a MSG whose pair changed before it was delivered (docs/cluster.md,
+# "What is guaranteed", DMs and pairing).  chat/1 gives no code for it: the
+# words tell it apart.
+_PAIR_CHANGED = re.compile(
+    r"not sent: (it was meant for the lobby|you were (not|no longer) paired with) "
+)
 
 
-def lobby_line_refused(code: str, text: str) -> str | None:
-    """The sentence for an C{ERROR busy} "not sent: it was meant for the
-    lobby and you were paired with ...": a lobby message held behind our
-    C{REGISTER} or C{PASSWD} while an C{ACCEPT} paired us, not an
-    invitation's refusal (C{None}: another error)."""
-    return server_reason(text) if code == "busy" and text.startswith(_NOT_SENT) else None
+def message_refused(code: str, text: str) -> str | None:
+    """
+    The sentence for an C{ERROR} that refused a C{MSG} because its sender's
+    pair changed before it was delivered: it went nowhere, neither to the
+    lobby nor to a partner (C{None}: another error).  One server says
+    C{busy} (it was meant for the lobby) or C{not-paired} (for a partner)
+    "not sent: ..." for a line held behind our C{REGISTER} or C{PASSWD}; a
+    cluster says C{unavailable} "not sent: ..." with the same words.  Not an
+    invitation's refusal, nor an C{UNPAIR}'s.
+    """
+    if code in ("busy", "not-paired") and text.startswith(_NOT_SENT):
+        return server_reason(text)
+    if code == "unavailable" and _PAIR_CHANGED.match(text):
+        return server_reason(text)
+    return None
 
 
 def server_reason(text: str) -> str:
