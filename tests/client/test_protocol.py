@@ -653,7 +653,7 @@ def test_a_line_the_client_cannot_handle_is_shown_and_the_session_goes_on() -> N
     def broken(event: object) -> None:
         raise RuntimeError("a bug")
 
-    s.client._on_JOINED = broken  # type: ignore[method-assign]
+    s.client.replies.on_JOINED = broken  # type: ignore[method-assign]
     with capturedLogs() as events:
         s.receive(f"JOINED {TS} bob", f"MSG {TS} bob * still here")
     assert s.screen.take() == [f"(server) JOINED {TS} bob", "[14:03] <bob> still here"]

@@ -8,8 +8,10 @@ It speaks chat/1 over TCP or TLS on the Twisted reactor.  The modules:
   - L{render}: turns events into human-readable lines (plain or coloured);
   - L{commands}: parses what the user types (C{/pair bob}, C{@bob hi}, ...);
   - L{complete}: what Tab completes (nicknames and commands);
-  - L{protocol}: the connection: the server's lines handed to the parts
-    below, what the user types, leaving;
+  - L{protocol}: the connection: the server's lines handed to L{replies},
+    what the user types to L{input};
+  - L{replies}: acts on each line the server sends (one method a verb);
+  - L{input}: what the user types, the queue it waits in, and leaving;
   - L{session}: the session's states, and how it ended (the exit code);
   - L{login}: C{NICK}, and C{PASS}, until the server says C{READY};
   - L{passwords}: the password prompt, the unencrypted warning, C{/register}

@@ -37,8 +37,9 @@ from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted_chat.client import render
 from twisted_chat.client.commands import Quit, parse_input
 from twisted_chat.client.display import Display
+from twisted_chat.client.input import set_aside
 from twisted_chat.client.lobbyview import ShownLobby
-from twisted_chat.client.protocol import ChatClient, set_aside
+from twisted_chat.client.protocol import ChatClient
 from twisted_chat.client.session import Outcome, State
 
 # The web page's backoff (twisted_chat/web/static/app.js, scheduleReconnect).
