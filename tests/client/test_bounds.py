@@ -19,7 +19,7 @@ from twisted.internet.testing import MemoryReactorClock, StringTransport
 from twisted.protocols.tls import TLSMemoryBIOProtocol
 
 from twisted_chat import tcpinfo
-from twisted_chat.client import terminal
+from twisted_chat.client import cells, terminal
 from twisted_chat.client.flow import taken
 from twisted_chat.client.pipe import PipeIO
 from twisted_chat.client.render import Renderer, UserRow, plain
@@ -72,13 +72,13 @@ def test_a_huge_prompt_is_fitted_from_its_end_only(monkeypatch: pytest.MonkeyPat
         cleaned.append(len(text))
         return clean(text)
 
-    monkeypatch.setattr(terminal, "clean", spy)
+    monkeypatch.setattr(cells, "clean", spy)
     prompt = "eve -> " + "é" * 500_000 + "> "
-    shown = terminal.fit_prompt(prompt, 60)
+    shown = cells.fit_prompt(prompt, 60)
     assert shown == "…" + "é" * 48 + "> "
     assert max(cleaned) < 1000, cleaned
     # A prompt that fits is left whole.
-    assert terminal.fit_prompt("eve -> bob> ", 60) == "eve -> bob> "
+    assert cells.fit_prompt("eve -> bob> ", 60) == "eve -> bob> "
 
 
 # -- M: what the server sends is not held without bound ---------------------------

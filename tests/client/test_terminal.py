@@ -9,8 +9,8 @@ from hypothesis import strategies as st
 from twisted.internet.error import ConnectionLost
 from twisted.python.failure import Failure
 
+from twisted_chat.client.cells import MIN_ROOM, cluster_end, cluster_start
 from twisted_chat.client.render import error, info, notice
-from twisted_chat.client.terminal import MIN_ROOM, cluster_end, cluster_start
 
 from .helpers import Keyboard, session
 

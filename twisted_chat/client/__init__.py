@@ -29,6 +29,7 @@ It speaks chat/1 over TCP or TLS on the Twisted reactor.  The modules:
     connection cannot take more;
   - L{lines}: line splitting that skips an over-long line (server and pipe);
   - L{terminal}: the interactive line editor on a terminal (conch insults);
+  - L{cells}: what a typed line takes on its row (widths, grapheme clusters);
   - L{pipe}: plain line input and output when stdin is not a terminal;
   - L{reconnect}: on a terminal, connects again after a server restart or a
     lost connection;

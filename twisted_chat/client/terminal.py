@@ -22,7 +22,6 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
-from functools import lru_cache
 from typing import Any
 
 from twisted.conch.insults import insults
@@ -30,10 +29,11 @@ from twisted.conch.recvline import HistoricRecvLine
 from twisted.internet.defer import Deferred
 from twisted.python.failure import Failure
 
+from twisted_chat.client.cells import cell, cluster_end, cluster_start, fit_prompt
 from twisted_chat.client.commands import is_secret_command
 from twisted_chat.client.complete import Completion, complete
 from twisted_chat.client.render import Line, Span, Style, ansi, notice, plain, wrap
-from twisted_chat.client.sanitize import cell_width, clean, text_width
+from twisted_chat.client.sanitize import text_width
 
 ERASE_ROW = "\r\x1b[K"
 # Bracketed paste (xterm's mode 2004): the terminal marks pasted text with
@@ -42,9 +42,6 @@ PASTE_MODE_ON = "\x1b[?2004h"
 PASTE_MODE_OFF = "\x1b[?2004l"
 PASTE_START = b"\x1b[200~"
 PASTE_END = b"\x1b[201~"
-# Columns the input row keeps for the text typed, however long the prompt:
-# a longer prompt is cut at its start ("…bob> ") to leave them.
-MIN_ROOM = 8
 ALT: object = insults.ServerProtocol.ALT  # type: ignore[attr-defined]  # set in a loop
 HISTORY_MAX = 500
 # A paste of more lines than this is held until the user says to send it
@@ -55,94 +52,6 @@ PASTE_ASK = 5
 # not an answer: keys come one by one, and an escape sequence or a UTF-8
 # character takes a few bytes.
 KEYS_MAX = 8
-
-
-def fit_prompt(prompt: str, width: int) -> str:
-    """
-    C{prompt} (cleaned), cut at its start if need be so that it leaves
-    L{MIN_ROOM} columns, and one for the cursor, on a row C{width} wide: the
-    row must never wrap, or each redraw leaves a copy of it on the screen.
-    """
-    fits = width - 1 - MIN_ROOM
-    # Only the end of a prompt can be shown: a hostile server's megabyte-long
-    # partner nick must not be cleaned and measured on every key.
-    look = 4 * max(width, 1) + 4
-    cut = len(prompt) > look
-    shown = clean(prompt[-look:])
-    if not cut and text_width(shown) <= fits:
-        return shown
-    kept: list[str] = []
-    used = 1  # the "…"
-    for ch in reversed(shown):
-        w = _cell(ch)[1]
-        if used + w > fits:
-            break
-        kept.append(ch)
-        used += w
-    return "…" + "".join(reversed(kept)) if fits >= 1 else ""
-
-
-@lru_cache(maxsize=4096)
-def _cell(ch: str) -> tuple[str, int]:
-    """How one typed character is shown, and its width in columns."""
-    shown = clean(ch)
-    return shown, text_width(shown)
-
-
-# -- what the cursor steps over: a character as the eye sees it -------------------
-#
-# Left, Right, Backspace and Delete step over a whole grapheme cluster, so that
-# an accent, an emoji's skin tone or variation selector, or one person of a
-# family emoji (joined with ZWJ) is never split from the rest.  A few rules of
-# Unicode's (UAX #29) are enough here: marks and joiners extend the character
-# before them, a character after a ZWJ joins it, and regional indicators (the
-# letters of a flag, never joined) go in pairs.
-
-ZWJ = "\u200d"
-
-
-def _extends(ch: str) -> bool:
-    """Whether C{ch} belongs to the character before it."""
-    code = ord(ch)
-    return (
-        cell_width(ch) == 0  # combining marks, variation selectors, ZWJ, ZWNJ
-        or 0x1F3FB <= code <= 0x1F3FF  # skin tones
-        or 0xE0020 <= code <= 0xE007F  # tags (subdivision flags)
-    )
-
-
-def _regional(ch: str) -> bool:
-    return "\U0001f1e6" <= ch <= "\U0001f1ff"
-
-
-def _attached(chars: Sequence[str], index: int) -> bool:
-    """Whether C{chars[index]} belongs to the character before it."""
-    ch = chars[index]
-    return _extends(ch) or (chars[index - 1] == ZWJ and not _regional(ch))
-
-
-def cluster_end(chars: Sequence[str], index: int) -> int:
-    """Where the character as seen that starts at C{index} ends."""
-    end = index + 1
-    if _regional(chars[index]) and end < len(chars) and _regional(chars[end]):
-        end += 1  # a flag
-    while end < len(chars) and _attached(chars, end):
-        end += 1
-    return end
-
-
-def cluster_start(chars: Sequence[str], index: int) -> int:
-    """Where the character as seen that ends at C{index} starts."""
-    start = index - 1
-    while start > 0 and _attached(chars, start):
-        start -= 1
-    if start > 0 and _regional(chars[start]):
-        run = start
-        while run > 0 and _regional(chars[run - 1]):
-            run -= 1
-        if (start - run) % 2 == 1:
-            start -= 1  # the second letter of a flag
-    return max(start, 0)
 
 
 def _utf8_length(lead: int) -> int:
@@ -371,19 +280,19 @@ class ChatTerminal(HistoricRecvLine):
         # screen (a character is at most 2 columns): look no further back, so
         # that a keystroke costs the same however long the line is.
         start = max(min(self._scroll, index), index - 2 * room)
-        if index <= 2 * room and sum(_cell(ch)[1] for ch in buffer[:index]) <= room:
+        if index <= 2 * room and sum(cell(ch)[1] for ch in buffer[:index]) <= room:
             start = 0  # the cursor is within the first screenful: show it all
-        used = sum(_cell(ch)[1] for ch in buffer[start:index])
+        used = sum(cell(ch)[1] for ch in buffer[start:index])
         while used > room:
-            used -= _cell(buffer[start])[1]
+            used -= cell(buffer[start])[1]
             start += 1
         self._scroll = start
         end = index
-        while end < len(buffer) and used + _cell(buffer[end])[1] <= room:
-            used += _cell(buffer[end])[1]
+        while end < len(buffer) and used + cell(buffer[end])[1] <= room:
+            used += cell(buffer[end])[1]
             end += 1
-        back = sum(_cell(ch)[1] for ch in buffer[index:end])
-        return "".join(_cell(ch)[0] for ch in buffer[start:end]), back
+        back = sum(cell(ch)[1] for ch in buffer[index:end])
+        return "".join(cell(ch)[0] for ch in buffer[start:end]), back
 
     def draw(self) -> None:
         """Draw the prompt and the input line on the current row."""
