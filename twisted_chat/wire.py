@@ -6,7 +6,8 @@ in which a bad line is diagnosed: length, encoding, characters, verb, state,
 arguments.  The state check belongs to the connection, so this module offers
 the stages around it separately: L{decode} (encoding and characters),
 L{split_verb} (the verb) and L{parse_args} (the arguments).  A client splits
-a server line by the same rule: L{split_words}, with L{SERVER_VERBS}.
+a server line by the same rules: L{verb_and_rest} (split_verb's first step),
+then L{split_words}, with L{SERVER_VERBS}.
 
 Formatting returns C{bytes} ready for C{transport.write}, so that a line meant
 for many recipients is encoded exactly once.
@@ -221,15 +222,27 @@ def split_verb(text: str) -> tuple[str, str] | None:
         removed from C{rest}.
     @raise LineError: C{unknown-command} for a verb clients may not send.
     """
-    if not text.strip(_BLANK):  # blank: nothing but _BLANK
+    split = verb_and_rest(text)
+    if split is None:
         return None
-    stripped = text.lstrip(" ")
-    verb, _, rest = stripped.partition(" ")
+    verb, rest = split
     upper = verb.upper() if verb.isascii() else ""
     if upper not in CLIENT_VERBS:
         shown = verb if len(verb) <= 32 else verb[:32] + "..."
         raise LineError(ErrorCode.UNKNOWN_COMMAND, f"unknown command {shown!r}; try HELP")
-    return upper, rest.lstrip(" ")
+    return upper, rest
+
+
+def verb_and_rest(text: str) -> tuple[str, str] | None:
+    """
+    A line's verb as it came and the rest, with the spaces around the verb
+    removed: the first step of L{split_verb}, and of a client splitting a
+    server line (any verb).  C{None} for an empty line (only spaces and tabs).
+    """
+    if not text.strip(_BLANK):  # blank: nothing but _BLANK
+        return None
+    verb, _, rest = text.lstrip(" ").partition(" ")
+    return verb, rest.lstrip(" ")
 
 
 def split_words(grammar: Grammar, rest: str) -> tuple[list[str], str]:

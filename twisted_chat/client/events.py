@@ -2,9 +2,10 @@
 Split the lines a chat/1 server sends into verb, words and free text.
 
 The grammar is the one in docs/protocol.md, kept in L{twisted_chat.wire}
-(C{SERVER_VERBS}, C{split_words}): single-word arguments separated by one or
-more spaces, then, for verbs that have one, a free text that starts at the
-first non-space character after the last word and runs to the end of the line.
+(C{verb_and_rest}, C{SERVER_VERBS}, C{split_words}): single-word arguments
+separated by one or more spaces, then, for verbs that have one, a free text
+that starts at the first non-space character after the last word and runs to
+the end of the line.
 Nothing here is trusted to be printable: see L{twisted_chat.client.sanitize}.
 """
 
@@ -12,7 +13,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from twisted_chat.wire import SERVER_VERBS, split_words
+from twisted_chat.wire import SERVER_VERBS, split_words, verb_and_rest
 
 
 @dataclass(frozen=True, slots=True)
@@ -48,10 +49,10 @@ def parse(raw: str) -> ServerLine | None:
     @return: C{None} for an empty line (only spaces and tabs).
     @raise Malformed: a known verb with too few words.
     """
-    if not raw.strip(" \t"):
+    split = verb_and_rest(raw)
+    if split is None:
         return None
-    verb, _, rest = raw.lstrip(" ").partition(" ")
-    rest = rest.lstrip(" ")
+    verb, rest = split
     verb = verb.upper() if verb.isascii() else verb
     grammar = SERVER_VERBS.get(verb)
     if grammar is None:
