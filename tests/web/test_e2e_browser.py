@@ -2155,6 +2155,74 @@ def test_a_message_to_a_partner_far_behind_is_refused_in_words_not_named_as_lost
     assert not any("before the connection was lost" in n for n in notices(page))
 
 
+def test_a_lobby_line_held_while_an_accept_paired_us_is_not_sent_and_settled(
+    web: WebServer, browser: Callable[..., Any]
+) -> None:
+    """A lobby line held behind our REGISTER while bob accepted our
+    invitation is answered ERROR busy "not sent: ..." (422e150). The page
+    showed the server's text and left the message unconfirmed, so after a
+    disconnection it was named as maybe lost. Now it says "Not sent: ..."
+    in the server's words, in the lobby and where the user is, and the
+    message is settled, as the terminal client does (7b21b91); a line
+    with no answer is still named."""
+    refusal = ("not sent: it was meant for the lobby and you were paired with bob when it "
+               "came to be delivered; send it again")
+    page = scripted(browser(), web, {
+        "NICK alice": [["READY alice", "USER alice lobby", "USER bob lobby", "USERS 2"],
+                       ["READY alice", "USER alice lobby", "USERS 1"]],
+        "PAIR bob": [["PENDING bob"]],
+        "MSG hello lobby": [["PAIRED bob", "REGISTERED alice", f"ERROR busy {refusal}"]],
+    })
+    join_as(page, "alice")
+    logged_in(page, "alice")
+    say(page, "/invite bob")
+    account_dialog(page, "/register", "correct horse 1")
+    say(page, "hello lobby")
+    said = ("Not sent: it was meant for the lobby and you were paired with bob when it came "
+            "to be delivered; send it again.")
+    wait(page, lambda d: notices(d, "dm:bob")[-1:] == [said])
+    assert notices(page)[-1] == said
+    say(page, "no answer")  # in the pair: the scripted server says nothing to it
+    wait(page, lambda d: d.execute_script("return window.sentLines")[-1] == "DM bob no answer")
+    page.execute_script("window.drop()")
+    wait(page, lambda d: any("before the connection was lost" in n
+                             for n in notices(d, "dm:bob")), timeout=WAIT + 2)
+    assert ("One message you sent was not confirmed by the server; once connected again, "
+            "the page says which.") in notices(page)
+    assert not any("before the connection was lost" in n for n in notices(page))
+
+
+def test_a_commands_unavailable_is_said_as_the_terminal_client_says_it(
+    web: WebServer, browser: Callable[..., Any]
+) -> None:
+    """A cluster's ERROR unavailable that answers a command (nothing sent
+    before it is unanswered) settles no message: "Not sent: ..." where the
+    user is; one that says a command was lost, "Lost: ...". Both were the
+    server's text as it came, lower case first."""
+    not_sent = "not sent: the chat's store refused to store it; send it again in a moment"
+    lost = ("lost: the chat's store had lost its data when it took it, so it has no effect "
+            "and nobody saw it; send it again")
+    page = scripted(browser(), web, {
+        "NICK alice": [["READY alice", "USER alice lobby", "USER bob lobby", "USERS 2"],
+                       ["READY alice", "USER alice lobby", "USERS 1"]],
+        "PAIR bob": [[f"ERROR unavailable {not_sent}"], [f"ERROR unavailable {lost}"]],
+    })
+    join_as(page, "alice")
+    logged_in(page, "alice")
+    say(page, "/invite bob")
+    wait_notice(page, "Not sent: the chat's store refused to store it; send it again in a "
+                "moment.")
+    say(page, "/invite bob")
+    wait_notice(page, "Lost: the chat's store had lost its data when it took it, so it has no "
+                "effect and nobody saw it; send it again.")
+    say(page, "no answer")  # the scripted server says nothing to it
+    wait(page, lambda d: d.execute_script("return window.sentLines")[-1] == "MSG no answer")
+    page.execute_script("window.drop()")
+    wait(page, lambda d: any("before the connection was lost" in n for n in notices(d)),
+         timeout=WAIT + 2)
+    assert notices(page)[-1].endswith("so it may not have arrived: \u201cno answer\u201d.")
+
+
 class Hang:
     """A listener on C{port} that takes connections and never answers
     (a hung server or front end); C{accepted} counts them."""

@@ -28,10 +28,12 @@ class WebCluster:
         self.nodes: list[ServerProcess] = []
         self.clients: list[WsClient | LineClient] = []
 
-    def node(self, web_port: int | None = None) -> ServerProcess:
+    def node(self, web_port: int | None = None, *args: str) -> ServerProcess:
+        """A node on the cluster's Redis, with C{--web} on C{web_port} if
+        given, and the options C{args}."""
         web = [] if web_port is None else ["--web", f"tcp:{web_port}:interface={LOOPBACK}"]
         node = ServerProcess(self.tmp_path,
-                             ["--redis", self.redis.url, "--node-timeout", "10", *web])
+                             ["--redis", self.redis.url, "--node-timeout", "10", *web, *args])
         self.nodes.append(node.start())
         node.wait_log("cluster: connected to")
         if web_port is not None:

@@ -891,11 +891,12 @@
   //   sent it, the lobby or a partner), and those sent before it: the
   //   server read them (each copied, refused, or dropped);
   // - a PONG confirms those sent before its PING;
-  // - a refusal (ERROR no-such-nick, busy, too-long, bad-chars: see refused()) takes out the
+  // - a refusal (ERROR no-such-nick, busy, too-long, bad-chars, unavailable
+  //   "not sent": see refused()) takes out the
   //   oldest message it can be about, to say so in that message's
   //   conversation, in the words of that moment (the ex-partner "has left
-  //   the chat"; a line too long goes back to its message box), and those
-  //   sent before it, as a copy does;
+  //   the chat"; a line too long goes back to its message box; "not sent",
+  //   the server's), and those sent before it, as a copy does;
   // - those still there when the connection is lost may not have arrived:
   //   once connected again, and its history replayed (a lobby line there
   //   arrived after all), the page says which.
@@ -2104,16 +2105,31 @@
   // -- the composer ----------------------------------------------------------------------
 
   // ERROR codes that refuse a message, told in the page's words (the
-  // server's are the protocol's): each says the message was not sent. The
+  // server's are the protocol's, but for a "not sent: why", which is the
+  // user's too): each says the message was not sent. The
   // message refused is the oldest unconfirmed one it can be about (the
   // list of the messages sent and not yet answered: answers.unconfirmed).
-  const REFUSED = new Set(["no-such-nick", "self", "busy", "too-long", "bad-chars", "bad-encoding"]);
+  const REFUSED = new Set(["no-such-nick", "self", "busy", "too-long", "bad-chars", "bad-encoding",
+    "unavailable"]);
 
   // ERROR busy answering a DM (or a MSG the server sent to the partner),
   // not an invitation: "<nick> is not reading fast enough to take more
   // private messages; try again later" (the reader is far behind:
   // docs/protocol.md, Limits 14). Its other texts answer PAIR or ACCEPT.
   const BEHIND_RE = /^(\S+) .*\bprivate messages\b/;
+
+  // How the server's text begins when what it refused went nowhere: a
+  // lobby line held behind our REGISTER or PASSWD while an ACCEPT paired
+  // us (ERROR busy), a command the cluster's store did not take (ERROR
+  // unavailable: docs/cluster.md).
+  const NOT_SENT = "not sent: ";
+
+  // The server's text as a sentence, "not sent: why" as "Not sent: why.",
+  // as the terminal client says it (client/render.py, server_reason).
+  function serverReason(text) {
+    const said = (text[0] || "").toUpperCase() + text.slice(1).trim();
+    return /[.!?]$/.test(said) || !said ? said : said + ".";
+  }
 
   function refused(code, text) {
     if (code === "self") {
@@ -2132,6 +2148,22 @@
         : `Not sent: ${nick} is not online.`;
       return tellIn(m.conv, said);
     }
+    if (text.startsWith(NOT_SENT) && (code === "busy" || code === "unavailable")) {
+      // Went nowhere, in the server's words, and settled: no longer in
+      // doubt. A busy one is a lobby line held behind our REGISTER or
+      // PASSWD while an ACCEPT paired us: the oldest MSG (the page sends
+      // the partner DMs). An unavailable one (the cluster's store did not
+      // take it) is the oldest message not yet answered, the server
+      // answering a connection's lines in order; none: a command (the page
+      // does not track those, so a PAIR's sent before a message still
+      // unanswered is taken for that message's: docs/web.md).
+      const m = takeUnconfirmed((u) => code === "unavailable" || u.to === null);
+      const said = serverReason(text);
+      return m ? tellIn(m.conv, said) : notice(current(), said, { error: true });
+    }
+    // Any other unavailable ("lost: ...", after an ERROR unconfirmed) took
+    // effect nowhere: the server's words.
+    if (code === "unavailable") return notice(current(), serverReason(text), { error: true });
     if (code === "busy") {
       // A message to a reader far behind: the oldest DM to them, else the
       // oldest MSG (the server routes a MSG by the pair it knows when it
