@@ -147,9 +147,8 @@
     // (BYE flood after a PASS): no connection for it until then (loginRefused).
     loginWait: null,
     attempt: 0,
-    retryTimer: null,
-    retryAt: 0,
-    countdown: null,
+    retryTimer: null, // the next connection's timer (or the end of a loginWait)
+    countdown: null, // the banner's countdown to it (countDown)
     takenRetries: 0,
     unavailableRetries: 0, // RETRY unavailable answers in a row
     users: new Map(), // key -> {nick, state, row: its row in the user list}
@@ -1268,18 +1267,12 @@
     state.idle = true;
     // The error line is an alert: a screen reader hears why, once.
     showLogin(false, `Too many failed logins for ${nick}: the server refuses more tries for now. Try again in a minute, or choose another nickname.${said}`);
-    const tick = () => {
-      const s = Math.max(0, Math.ceil((state.loginWait.until - Date.now()) / 1000));
+    countDown(state.loginWait.until, (s) => {
       banner(`Too many failed logins for ${nick}: try again in ${s} s.`, null, false, "");
-    };
-    tick();
-    clearInterval(state.countdown);
-    state.countdown = setInterval(tick, 1000);
-    state.retryTimer = setTimeout(() => {
-      clearInterval(state.countdown);
+    }, () => {
       state.loginWait = null;
       banner(`You may try to log in as ${nick} again.`, "Try again");
-    }, LOGIN_COOLDOWN);
+    });
   }
 
   // 0 if `nick` may be joined now (another nick than the one refused for
@@ -1305,7 +1298,6 @@
     const base = Math.min(30, 2 ** state.attempt);
     const delay = base * 1000 * (0.75 + Math.random() * 0.5);
     state.attempt += 1;
-    state.retryAt = Date.now() + delay;
     const why = {
       shutdown: "The server is restarting.",
       full: "The server is full.", // BYE full: too many connections (docs/protocol.md, "Limits this server sets")
@@ -1316,19 +1308,28 @@
     // Spoken once an outage (a screen reader would read out each second's
     // count, and each attempt's): the first attempt's words stay.
     const spoken = bannerSaid.endsWith("Reconnecting…") ? bannerSaid : `${why} Reconnecting…`;
-    const tick = () => {
-      const s = Math.max(0, Math.ceil((state.retryAt - Date.now()) / 1000));
+    countDown(Date.now() + delay, (s) => {
       banner(`${why} Reconnecting in ${s} s…`, "Reconnect now", false, spoken);
-    };
+    }, () => {
+      // The button stays: it gives up this attempt for a new one.
+      banner(`${why} Reconnecting…`, "Reconnect now", false, spoken);
+      connect();
+    });
+  }
+
+  // The banner counts down to `until` (a Date.now() time): draw(s), with
+  // the seconds left, now and each second (state.countdown); done() at
+  // `until` (state.retryTimer). The reconnection's backoff, and the wait
+  // after too many failed logins.
+  function countDown(until, draw, done) {
+    const tick = () => draw(Math.max(0, Math.ceil((until - Date.now()) / 1000)));
     tick();
     clearInterval(state.countdown);
     state.countdown = setInterval(tick, 1000);
     state.retryTimer = setTimeout(() => {
       clearInterval(state.countdown);
-      // The button stays: it gives up this attempt for a new one.
-      banner(`${why} Reconnecting…`, "Reconnect now", false, spoken);
-      connect();
-    }, delay);
+      done();
+    }, until - Date.now());
   }
 
   // The banner shows `text`; a screen reader hears `spoken` (the text, by
