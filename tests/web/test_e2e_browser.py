@@ -1354,6 +1354,34 @@ def test_a_password_being_typed_is_not_shown_when_the_prompt_changes(
     assert sent(page) == ["NICK dave", "NICK dave"]
 
 
+def test_the_pass_for_a_nick_given_up_after_a_wrong_password_is_no_prompt(
+    web: WebServer, browser: Callable[..., Any]
+) -> None:
+    """After a wrong password the page sends NICK again; Enter alone on the
+    password asked for again chooses another nickname. The server's PASS
+    for the old nick, coming only then, does not bring the password prompt
+    back over the nick being chosen (test_enter_alone_after_a_wrong_
+    password_chooses_another_nickname sees that PASS come first)."""
+    page = scripted(browser(), web, {
+        "NICK alice": [["PASS alice"], []],  # the second: answered below, late
+        "PASS Secret-wrong-42": [["RETRY bad-password wrong password; send NICK again"]],
+        "NICK bob": [["READY bob", "USER bob lobby", "USERS 1"]],
+    })
+    field = join_as(page, "alice")
+    title(page, "Password for alice")
+    field.send_keys("Secret-wrong-42", Keys.ENTER)
+    wait(page, lambda d: sent(d).count("NICK alice") == 2)
+    title(page, "Password for alice")
+    field.send_keys(Keys.ENTER)
+    title(page, "Join the chat")
+    page.execute_script("window.hear(['PASS alice'])")
+    assert page.find_element(By.ID, "login-title").text == "Join the chat"
+    assert page.find_element(By.ID, "nick-error").text == "Choose another nickname."
+    field.clear()
+    field.send_keys("bob", Keys.ENTER)
+    logged_in(page, "bob")
+    assert sent(page) == ["NICK alice", "PASS Secret-wrong-42", "NICK alice", "NICK bob"]
+
 def test_a_taken_nicks_retry_is_void_once_its_connection_is_gone(
     web: WebServer, browser: Callable[..., Any]
 ) -> None:

@@ -134,9 +134,10 @@
     idle: false,
     queued: null, // "nick" | "pass": submitted while not connected, sent on the prompt
     // After RETRY bad-password the page sends NICK again itself, and the
-    // password is asked for again (as the terminal client asks): the error
-    // to keep shown when the server's PASS comes; "declined": the user chose
-    // another nickname meanwhile (that PASS is not a prompt any more).
+    // password is asked for again (as the terminal client asks) when the
+    // server's PASS comes: {error, declined} until then, null otherwise.
+    // error: what to keep shown; declined: the user chose another nickname
+    // meanwhile (that PASS is not a prompt any more).
     repass: null,
     online: false,
     leaving: false, // we sent BYE: do not reconnect
@@ -1458,7 +1459,7 @@
         const held = state.password;
         const again = state.repass;
         state.repass = null;
-        if (again === "declined") break; // another nickname is being chosen: its NICK replaces this one
+        if (again && again.declined) break; // another nickname is being chosen: its NICK replaces this one
         if ((state.autoJoin || state.queued === "pass") && held && key(held.nick) === key(nick || state.wanted)) {
           state.queued = null;
           send("PASS " + held.value);
@@ -1467,7 +1468,7 @@
           // is not a disconnection (closed()), whatever brought it here.
           state.queued = null;
           state.autoJoin = false;
-          showLogin(true, again || undefined);
+          showLogin(true, again ? again.error : undefined);
         }
         break;
       }
@@ -1508,7 +1509,7 @@
           // back into the nick's while a password may be retyped in it: that
           // showed the password in clear, and Join sent it as a NICK.
           const error = loginError(reason, text);
-          state.repass = error;
+          state.repass = { error, declined: false };
           showLogin(true, error);
           send("NICK " + state.wanted);
           break;
@@ -1935,7 +1936,7 @@
       // prompt, holding this one. The server, still waiting for this
       // nick's password, drops it when the next NICK comes
       // (docs/protocol.md, "Accounts"); nothing is sent until then.
-      if (state.repass) state.repass = "declined"; // the PASS on its way is no prompt now
+      if (state.repass) state.repass.declined = true; // the PASS on its way is no prompt now
       showLogin(false, "Choose another nickname.");
       return;
     }
