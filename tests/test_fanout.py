@@ -140,13 +140,25 @@ def lobby(n: int, window: float = WINDOW
     return clock, LobbyFanout(clock, lambda: members, window, backlog), members, backlog
 
 
+def read(fanout: LobbyFanout, *lines: bytes, during: Any = None) -> None:
+    """A connection's read (L{LobbyFanout.read}) that brings lobby C{lines},
+    then runs C{during} (checks made before the read ends)."""
+    def handle(data: bytes) -> None:
+        for line in lines:
+            fanout.add(line)
+        if during is not None:
+            during()
+
+    fanout.read(handle, b"")
+
+
 def test_a_turns_lines_go_out_at_its_end_as_one_write_per_member() -> None:
     clock, fanout, members, _ = lobby(2)
     fanout.add(b"a")
     fanout.add(b"b")
-    assert fanout.pending and all(m.got == [] for m in members)
+    assert fanout._pending and all(m.got == [] for m in members)
     clock.advance(0)
-    assert not fanout.pending
+    assert not fanout._pending
     assert all(m.got == [b"ab"] for m in members)
 
 
@@ -183,12 +195,12 @@ def test_work_that_keeps_waiting_holds_lines_only_for_the_window() -> None:
 
 
 def test_lines_go_out_when_their_read_is_done_if_nothing_else_waits() -> None:
-    """read_done: nothing else can join this turn's lines, so they leave at
-    once and the turn's timer is cancelled."""
+    """A read's end: nothing else can join this turn's lines, so they leave
+    at once and the turn's timer is cancelled."""
     clock, fanout, (member,), backlog = lobby(1)
     fanout.add(b"a")
     fanout.add(b"b")
-    fanout.read_done()
+    read(fanout)
     assert member.got == [b"ab"] and backlog.asked == 1
     assert clock.getDelayedCalls() == []
 
@@ -197,20 +209,20 @@ def test_lines_stay_for_the_turn_when_other_work_waits_at_the_end_of_a_read() ->
     clock, fanout, (member,), backlog = lobby(1)
     backlog.turns = 1
     fanout.add(b"a")
-    fanout.read_done()  # another socket is ready: its line may join
+    read(fanout)  # another socket is ready: its line may join
     assert member.got == []
     fanout.add(b"b")
     clock.advance(0)
     assert member.got == [b"ab"]
 
 
-def test_a_read_done_during_the_gathering_ends_it_once_nothing_waits() -> None:
+def test_a_read_ending_during_the_gathering_ends_it_once_nothing_waits() -> None:
     clock, fanout, (member,), backlog = lobby(1)
     backlog.turns = 1
     fanout.add(b"a")
     clock.advance(0)  # work waits: one more turn
     fanout.add(b"b")
-    fanout.read_done()  # that work is done, nothing else waits
+    read(fanout)  # that work is done, nothing else waits
     assert member.got == [b"ab"]
     assert clock.getDelayedCalls() == []
 
@@ -222,7 +234,7 @@ def test_a_busy_turn_asks_the_probe_once_at_a_read_and_once_at_its_end() -> None
     backlog.turns = 1
     for i in range(50):
         fanout.add(b"%d " % i)
-        fanout.read_done()
+        read(fanout)
     assert backlog.asked == 1 and member.got == []
     clock.advance(0)  # the turn's end: nothing waits now
     assert backlog.asked == 2 and len(member.got) == 1
@@ -230,14 +242,14 @@ def test_a_busy_turn_asks_the_probe_once_at_a_read_and_once_at_its_end() -> None
 
 def test_lines_added_during_a_read_go_out_at_its_end_and_no_timer_is_made() -> None:
     """The common path: a connection's read brings lobby lines and nothing
-    else waits.  read_done writes them; no timer was made and cancelled."""
+    else waits.  The read's end writes them; no timer was made and cancelled."""
     clock, fanout, (member,), backlog = lobby(1)
-    fanout.reading = True
-    fanout.add(b"a")
-    fanout.add(b"b")
-    assert member.got == [] and clock.made == 0
-    fanout.read_done()
-    assert not fanout.reading
+
+    def during() -> None:
+        assert member.got == [] and clock.made == 0
+
+    read(fanout, b"a", b"b", during=during)
+    assert not fanout._reading
     assert member.got == [b"ab"] and backlog.asked == 1
     assert clock.made == 0
 
@@ -245,14 +257,13 @@ def test_lines_added_during_a_read_go_out_at_its_end_and_no_timer_is_made() -> N
 def test_lines_of_a_busy_read_get_the_turns_timer_at_its_end() -> None:
     clock, fanout, (member,), backlog = lobby(1)
     backlog.turns = 1
-    fanout.reading = True
-    fanout.add(b"a")
-    assert clock.made == 0
-    fanout.read_done()  # another socket is ready: the turn's end decides
+
+    def during() -> None:
+        assert clock.made == 0
+
+    read(fanout, b"a", during=during)  # another socket is ready: the turn's end decides
     assert member.got == [] and clock.made == 1 and len(clock.getDelayedCalls()) == 1
-    fanout.reading = True  # the next read of the turn brings another line
-    fanout.add(b"b")
-    fanout.read_done()
+    read(fanout, b"b")  # the next read of the turn brings another line
     assert clock.made == 1 and backlog.asked == 1, "one timer, one probe for the turn"
     clock.advance(0)
     assert member.got == [b"ab"] and backlog.asked == 2
@@ -260,16 +271,14 @@ def test_lines_of_a_busy_read_get_the_turns_timer_at_its_end() -> None:
 
 def test_lines_of_a_read_with_the_gathering_off_wait_for_the_turns_end() -> None:
     clock, fanout, (member,), backlog = lobby(1, window=0.0)
-    fanout.reading = True
-    fanout.add(b"a")
-    fanout.read_done()
+    read(fanout, b"a")
     assert member.got == [] and clock.made == 1 and backlog.asked == 0
     clock.advance(0)
     assert member.got == [b"a"]
 
 
 def test_a_line_added_outside_a_read_goes_out_at_the_turns_end() -> None:
-    """A WebSocket message, a cluster line, a timer: no read_done follows,
+    """A WebSocket message, a cluster line, a timer: no read's end follows,
     so the line is on the turn's timer from the start."""
     clock, fanout, (member,), backlog = lobby(1)
     fanout.add(b"a")
@@ -278,18 +287,18 @@ def test_a_line_added_outside_a_read_goes_out_at_the_turns_end() -> None:
     assert member.got == [b"a"] and backlog.asked == 1
 
 
-def test_a_read_done_without_lines_costs_no_probe() -> None:
+def test_a_read_without_lines_costs_no_probe() -> None:
     _, fanout, (member,), backlog = lobby(1)
-    fanout.read_done()
+    read(fanout)
     assert backlog.asked == 0 and member.got == []
 
 
-def test_a_read_done_with_the_gathering_off_leaves_the_turn_end() -> None:
+def test_a_read_with_the_gathering_off_leaves_the_turn_end() -> None:
     """--fanout-delay 0 has no probe: the lines leave at the end of the
     turn, as before."""
     clock, fanout, (member,), backlog = lobby(1, window=0.0)
     fanout.add(b"a")
-    fanout.read_done()
+    read(fanout)
     assert member.got == [] and backlog.asked == 0
     clock.advance(0)
     assert member.got == [b"a"]
@@ -389,3 +398,33 @@ def test_a_newcomers_batch_does_not_go_through_the_batch_writer() -> None:
     clock.advance(0)
     assert passes == [], "the cut is per member: each gets its own part"
     assert old.got == [b"JOINED after"] and new.got == [b"after"]
+
+
+def test_a_lobby_members_own_write_sends_the_waiting_lines_first() -> None:
+    """before_write: the order rule of docs/fanout.md, "Order", kept once
+    for ChatProtocol.write and write_parts.  A write of someone not in the
+    lobby leaves the batch alone."""
+    clock, fanout, (member,), _ = lobby(1)
+    fanout.add(b"a")
+    fanout.before_write(in_lobby=False)
+    assert member.got == [] and len(clock.getDelayedCalls()) == 1
+    fanout.before_write(in_lobby=True)
+    assert member.got == [b"a"] and clock.getDelayedCalls() == []
+    fanout.before_write(in_lobby=True)  # nothing waits: nothing to write
+    assert member.got == [b"a"]
+
+
+def test_a_read_that_raises_still_ends() -> None:
+    """read's end runs whatever the handler does: the lines it brought
+    leave, and the next line outside a read gets the turn's timer."""
+    clock, fanout, (member,), _ = lobby(1)
+
+    def failing(data: bytes) -> None:
+        fanout.add(data)
+        raise RuntimeError("a bug")
+
+    with pytest.raises(RuntimeError):
+        fanout.read(failing, b"a")
+    assert member.got == [b"a"] and not fanout._reading
+    fanout.add(b"b")
+    assert len(clock.getDelayedCalls()) == 1

@@ -81,7 +81,7 @@ def test_a_line_goes_out_in_its_own_turn_when_nothing_else_waits() -> None:
 
 
 def test_a_line_goes_out_within_its_read_when_nothing_else_waits() -> None:
-    """The connection's read ends with the fan-out's read_done: nothing else
+    """The connection's read ends as the fan-out's read does: nothing else
     waits, so the line leaves before the turn ends (no clock advance)."""
     h, _ = paced()
     alice, bob = h.user("alice"), h.user("bob")
@@ -169,7 +169,7 @@ def test_a_read_that_fails_still_ends_and_sends_its_lines() -> None:
     with pytest.raises(RuntimeError):
         alice.transport.read(b"MSG boom\r\n")
     assert bob.take() == [msg(h, "alice", "boom")]
-    assert not h.factory.fanout.reading
+    assert not h.factory.fanout._reading
     h.hub.say(alice.user, "later")
     assert len(timers) == 1
 

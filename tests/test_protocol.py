@@ -887,6 +887,26 @@ def test_a_connection_holds_its_slots_and_no_dict() -> None:
     assert protocol.transport is not None and protocol.connected == 1
 
 
+def test_a_connection_knows_its_server_only_through_its_context() -> None:
+    """Issue 13: ChatProtocol and ChatFactory do not reach into each other.
+    The connection's modules do not import the factory, even for typing,
+    and the server's shared parts are one slotted ConnectionContext (one
+    slot per connection, the factory's own object)."""
+    import ast
+    from pathlib import Path
+
+    import twisted_chat.server
+
+    server = Path(twisted_chat.server.__path__[0])
+    for name in ("protocol.py", "heldinput.py", "context.py"):
+        tree = ast.parse((server / name).read_text())
+        imported = {node.module for node in ast.walk(tree) if isinstance(node, ast.ImportFrom)}
+        assert "twisted_chat.server.factory" not in imported, name
+    h = Harness()
+    protocol = h.user("alice").protocol
+    assert protocol.ctx is h.factory.context and not hasattr(protocol.ctx, "__dict__")
+
+
 @defer.inlineCallbacks
 def read_until(client: socket.socket, token: bytes) -> Any:
     """What a non-blocking C{client} reads until C{token} or the end, while

@@ -126,8 +126,8 @@ def test_the_fan_outs_direct_pass_leaves_a_browser_to_its_queue(browser: Any) ->
     assert chat is not None and chat.send_queue is sock.chat_queue
     assert chat.send_queue._direct and chat.send_queue.sock_now is None
     line = b"MSG 0 carol * by the fan-out\r\n"
-    chat.factory.fanout.add(line)
-    chat.factory.fanout.flush()
+    chat.ctx.fanout.add(line)
+    chat.ctx.fanout.flush()
     got = yield read_until(client, b"by the fan-out")
     frames, rest = ws.parse(got)
     assert frames == [(ws.TEXT, line[:-2])] and rest == b""

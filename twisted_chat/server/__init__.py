@@ -17,6 +17,7 @@ Inside out (docs/fanout.md, "Module layout"):
     password work;
   - L{passwordwork}: the password threads every hash runs on, bounded;
   - L{protocol}: one connection: framing, its limits, its writes, its close;
+  - L{context}: what a connection knows of its server, one object per server;
   - L{heldinput}: the input a connection holds while a command is decided
     elsewhere, and the bound on what all connections hold together;
   - L{stalls}: notices a stall of the whole process, so that what every

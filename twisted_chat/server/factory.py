@@ -29,6 +29,7 @@ from twisted_chat.server.addresses import (
 )
 from twisted_chat.server.closing import close_within
 from twisted_chat.server.config import ServerConfig
+from twisted_chat.server.context import ConnectionContext
 from twisted_chat.server.deadlines import Deadlines
 from twisted_chat.server.descriptors import REFUSALS_CLOSING
 from twisted_chat.server.fanout import Backlog, LobbyFanout, reactor_backlog
@@ -253,6 +254,13 @@ class ChatFactory(ServerFactory):
             wire.PROTOCOL_VERSION,
             text=f"{config.server_name} (twisted-chat {__version__})",
         ) + wire.line("NICK")
+        # What each connection knows of this server (ChatProtocol.ctx).
+        self.context: ConnectionContext[ChatProtocol] = ConnectionContext(
+            config=config, clock=reactor, fanout=self.fanout, flood=self.flood,
+            deadlines=self.deadlines, held_input=self.held_input, session=self.session,
+            repeats=self.repeats, greeting=self.greeting, stats=self.stats,
+            watches=(self.drain, self.output_budget), on_registered=self.registered,
+            on_lost=self.connection_lost, leave=self.leave)
 
     # -- connections -----------------------------------------------------------
 
@@ -266,10 +274,7 @@ class ChatFactory(ServerFactory):
             limits = self.addresses.admit(host)
         except Refused as e:
             return self.refusal(host, str(e), limit=e.limit)
-        protocol = ChatProtocol(self)
-        protocol.host = host
-        protocol.limits = limits
-        protocol.pool_key = handshake_key(limits, host)
+        protocol = ChatProtocol(self.context, host, limits, handshake_key(limits, host))
         # A full handshake pool makes room rather than refuse: the oldest
         # connection of the address holding most of it goes.
         self.make_room()
@@ -339,6 +344,10 @@ class ChatFactory(ServerFactory):
         self.addresses.registered(protocol.limits)
         self.handshaking.discard(protocol.pool_key, protocol)
         self.stats.logins += 1
+
+    def leave(self, user: User, reason: str, text: str) -> None:
+        """C{user}'s connection ends it: it leaves the chat's state."""
+        self.state.leave(user, reason, text)
 
     def connection_lost(self, protocol: ChatProtocol) -> None:
         if protocol not in self.connections:

@@ -94,19 +94,19 @@ class LobbyFanout:
     Gathers the lines addressed to the lobby and writes them to every member
     in one write per fan-out: at the end of the reactor turn that brought the
     first of them (or of the read that did, when nothing else waits, see
-    L{read_done}), or, while the reactor has other work waiting, after the
+    L{read}), or, while the reactor has other work waiting, after the
     turns that do it (docs/fanout.md).  C{window} 0 turns the gathering off.
     C{write_all}, where given, writes each batch to the members it can
     before the others' C{deliver} is called.
 
-    A connection sets L{reading} while it handles a read and calls
-    L{read_done} at its end, whatever happens: lines added meanwhile make no
-    timer, since C{read_done} either writes them or makes the turn's timer.
+    A connection hands each read to L{read}: lines added while it is
+    handled make no timer, since its end either writes them or makes the
+    turn's timer.  A lobby member's own writes call L{before_write} first.
     """
 
     __slots__ = ("_backlog", "_busy", "_call", "_clock", "_first", "_late", "_members",
-                 "_on_batch", "_pending", "_timer", "_turns", "_window", "_write_all",
-                 "reading")
+                 "_on_batch", "_pending", "_reading", "_timer", "_turns", "_window",
+                 "_write_all")
 
     def __init__(
         self,
@@ -137,26 +137,36 @@ class LobbyFanout:
         # again (the turn's end does), so a busy turn costs at most two
         # probes, not one a read.
         self._busy = False
-        # A connection's read is being handled: its caller calls read_done
-        # at the end of it (a plain attribute, set on every read).
-        self.reading = False
+        # A connection's read is being handled (read): _read_done follows.
+        self._reading = False
 
-    @property
-    def pending(self) -> bool:
-        """Lines are waiting: write them before anything else goes to a
-        lobby member (see L{flush})."""
-        return bool(self._pending)
+    def read(self, handle: Callable[[bytes], object], data: bytes) -> None:
+        """A connection's read: C{handle(data)}, and then, whatever happens,
+        its end (L{_read_done})."""
+        self._reading = True
+        try:
+            handle(data)
+        finally:
+            self._read_done()
+
+    def before_write(self, in_lobby: bool) -> None:
+        """The order rule (docs/fanout.md, "Order"): a connection writes
+        something of its own, and if it is C{in_lobby}, the lines waiting
+        for the batch go first, so its write never overtakes one the lobby
+        was sent before it."""
+        if in_lobby and self._pending:
+            self.flush()
 
     def add(self, data: bytes) -> None:
         """C{data} goes to everyone in the lobby: at the end of this turn,
-        or of this read (L{reading}), see L{read_done}."""
+        or of this read (L{read}), see L{_read_done}."""
         pending = self._pending
         if not pending:
             # The first line of a gathering (a timer is made only with one).
             self._first = self._clock.seconds()
             self._turns = 0
             self._busy = False
-            if not self.reading:
+            if not self._reading:
                 self._call = self._clock.callLater(0.0, self._turn_over)
         pending.append(data)
 
@@ -166,9 +176,9 @@ class LobbyFanout:
         self.add(data)
         self._late[newcomer] = len(self._pending)
 
-    def read_done(self) -> None:
+    def _read_done(self) -> None:
         """
-        A connection's read is over (L{reading} ends).  If lines wait and
+        A connection's read is over (L{read}).  If lines wait and
         the reactor has nothing else waiting, they go now: the rest of the
         turn would bring no line to join them, and the lines of this read
         never needed a timer (docs/fanout.md, "Pacing by backlog").
@@ -176,7 +186,7 @@ class LobbyFanout:
         here if this read brought the first of them; once the reactor was
         found busy, the turn's end asks again, not each read.
         """
-        self.reading = False
+        self._reading = False
         if self._pending and not self._busy:
             backlog = self._backlog
             if backlog is not None and not backlog():

@@ -22,7 +22,7 @@ from twisted_chat.server.stalls import TICK, StallWatch
 if TYPE_CHECKING:
     from twisted.internet.interfaces import IReactorTime
 
-    from twisted_chat.server.factory import ChatFactory
+    from twisted_chat.server.context import ConnectionContext
     from twisted_chat.server.session import Connection
 
 # Input held while a command is decided elsewhere (see wait_for) past which
@@ -125,7 +125,7 @@ class HoldsInput:
     if TYPE_CHECKING:
         _buffer: bytes
         _last_line: float
-        factory: ChatFactory
+        ctx: ConnectionContext[Any]
         closing: bool
         user: object | None
         limits: _Address | None
@@ -150,7 +150,7 @@ class HoldsInput:
         # with when it arrived (_Held).
         self._waiting = False
         self._paused = 0  # _PAUSED_OWN | _PAUSED_NODE: why reading is paused
-        # What of it is counted in the factory's HeldInput (_count_held).
+        # What of it is counted in the server's HeldInput (_count_held).
         self._charged = 0
         self._input_ended = False  # the peer half-closed (or went) while a command waited
         self._held: _Held | None = None  # made only when needed
@@ -164,7 +164,7 @@ class HoldsInput:
         """Handle no more lines until C{outcome} (a command decided
         elsewhere) fires; what arrives meanwhile waits, in order."""
         self._waiting = True
-        held = self.factory.held_input
+        held = self.ctx.held_input
         if held.over and self._held is not _DISCARDING:
             # What it read now would be held: it is read again once this
             # command is decided, or the server holds less (HeldInput).
@@ -199,7 +199,7 @@ class HoldsInput:
         return size
 
     def _discard(self, size: int) -> None:
-        self.factory.stats.input_discarded += size
+        self.ctx.stats.count_input_discarded(size)
 
     def _hold_read(self, data: bytes) -> None:
         """A read while a command waits: held, as of now."""
@@ -259,7 +259,7 @@ class HoldsInput:
     def _drop_held(self) -> None:
         """The connection is gone: what it held is never handled now."""
         self._drop_input(None)
-        self.factory.held_input.forget(self)
+        self.ctx.held_input.forget(self)
 
     def _unread_for_node(self) -> bool:
         """Whether it is not read because the server holds too much input
@@ -293,7 +293,7 @@ class HoldsInput:
         """
         if self.closing:
             return
-        held = self.factory.held_input
+        held = self.ctx.held_input
         if self.user is None and size > held.before_ready:
             self._discard(self._drop_input(None))
             self.close("flood", TOO_MUCH_BEFORE_READY)
@@ -330,7 +330,7 @@ class HoldsInput:
         return self._waiting
 
     def _count_held(self) -> None:
-        """Bring what the factory's L{HeldInput} counts for it up to date:
+        """Bring what the server's L{HeldInput} counts for it up to date:
         the input it holds while a command is decided elsewhere."""
         size = len(self._buffer) + self._held_size if self._waiting else 0
         delta = size - self._charged
@@ -339,11 +339,11 @@ class HoldsInput:
             limits = self.limits
             if limits is not None:
                 limits.held += delta  # the address's share (_held_over)
-            self.factory.held_input.change(self, delta)
+            self.ctx.held_input.change(self, delta)
 
     def _decided(self, result: object) -> None:
         self._waiting = False
-        self.factory.session.decided(cast("Connection", self))  # (a ChatProtocol)
+        self.ctx.session.decided(cast("Connection", self))  # (a ChatProtocol)
         if self._paused & _PAUSED_OWN:
             self._resume(_PAUSED_OWN)
         if self._buffer and not self.closing:
@@ -359,7 +359,7 @@ class HoldsInput:
         if self._paused & _PAUSED_NODE and not self._waiting:
             # It holds nothing and waits for nothing: its next read is
             # handled as it comes, as any connection's.
-            self.factory.held_input.release(self)
+            self.ctx.held_input.release(self)
         if self._input_ended and not self._waiting:
             self.readConnectionLost()
 

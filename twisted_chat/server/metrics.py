@@ -152,6 +152,19 @@ class Stats:
         self.deliveries += data.count(b"\n")
         self.bytes_out += len(data)
 
+    def count_discarded(self, size: int) -> None:
+        """C{size} bytes handed to a connection never leave (it is closing,
+        or was cut for its output)."""
+        self.discarded += size
+
+    def count_dropped(self, limit: str) -> None:
+        """A line was dropped for flooding, over C{limit} (L{DROP_LIMITS})."""
+        self.dropped_lines[limit] += 1
+
+    def count_input_discarded(self, size: int) -> None:
+        """C{size} bytes read from a going connection are never handled."""
+        self.input_discarded += size
+
     def disconnected(self, reason: str) -> None:
         disconnects = self.disconnects
         disconnects[reason] = disconnects.get(reason, 0) + 1

@@ -1,9 +1,10 @@
 """
 One connection (docs/fanout.md, "Module layout"): C{ChatProtocol} frames
 chat/1 lines, applies the per-connection limits, hands each line to the
-factory's L{Session} (the commands), and writes through its L{SendQueue}.
-The fan-out sees it as a L{twisted_chat.server.fanout.Member}, the session
-as a L{twisted_chat.server.session.Connection}.
+server's L{Session} (the commands), and writes through its L{SendQueue}.
+It knows the server only through its L{ConnectionContext}.  The fan-out
+sees it as a L{twisted_chat.server.fanout.Member}, the session as a
+L{twisted_chat.server.session.Connection}.
 """
 
 from __future__ import annotations
@@ -37,7 +38,7 @@ from twisted_chat.wire import ErrorCode
 
 if TYPE_CHECKING:
     from twisted_chat.server.config import ServerConfig
-    from twisted_chat.server.factory import ChatFactory
+    from twisted_chat.server.context import ConnectionContext
     from twisted_chat.server.session import Handshake
 
 # The reason the others' LEFT gives for a metric's reason (chat/1 has one,
@@ -61,52 +62,57 @@ class ChatProtocol(HoldsInput):
     line is discarded with one error and the connection kept (chat/1,
     "Limits"), and each delimiter is found once however the bytes arrive.
     It provides C{IProtocol} itself rather than subclass C{Protocol}, to have
-    C{__slots__} (docs/fanout.md, "Memory per connection"); the factory's
-    shared parts are read through it.  What it holds while a command is
+    C{__slots__} (docs/fanout.md, "Memory per connection"); the server's
+    shared parts are read through C{ctx}.  What it holds while a command is
     decided elsewhere is L{HoldsInput}'s.
     """
 
     # (_buffer and _last_line are HoldsInput's slots: held input lives in them.)
     __slots__ = ("_abort_call", "_discarding", "_flooding", "_idle", "_leave_reason",
-                 "_pinged_at", "_tokens", "address", "closing", "connected", "factory",
+                 "_pinged_at", "_tokens", "address", "closing", "connected", "ctx",
                  "handshake", "host", "limits", "pool_key", "send_queue", "transport", "user")
 
     log = logs.logger()
 
-    def __init__(self, factory: ChatFactory) -> None:
+    def __init__(self, ctx: ConnectionContext[ChatProtocol], host: str | None,
+                 limits: Address | None, pool_key: str) -> None:
+        """
+        @param host: the peer's IP address (None: not an IP connection).
+        @param limits: the per-address limits it shares (None: exempt, or
+            no IP address).
+        @param pool_key: its key in the factory's handshake pool.
+        """
         super().__init__()
-        self.factory = factory
+        self.ctx = ctx
         self.transport: ITransport | None = None
         self.connected = 0
         self.user: User | None = None  # set by online()
         self.handshake: Handshake | None = None  # the session's, while it has one
         self.address = "-"
-        self.host: str | None = None
-        # The per-address limits it shares (None: exempt, or no IP address),
-        # and its key in the factory's handshake pool.
-        self.limits: Address | None = None
-        self.pool_key = "-"
+        self.host = host
+        self.limits: Address | None = limits
+        self.pool_key = pool_key
         self.closing = False
         self.send_queue: SendQueue | None = None  # from connectionMade until closing
         self._leave_reason = "disconnected"
         self._buffer = b""
         self._discarding = False
-        # Flood control (the factory's FloodMeter): tokens left at the last
+        # Flood control (the server's FloodMeter): tokens left at the last
         # line, and what dropped lines left (made at the first one).
         self._tokens = 0.0
         self._flooding: Flooding | None = None
         self._last_line = 0.0
         self._pinged_at: float | None = None
-        self._idle: Deadline | None = None  # on the factory's shared Deadlines
+        self._idle: Deadline | None = None  # on the server's shared Deadlines
         self._abort_call: IDelayedCall | None = None  # set once a close has begun
 
     @property
     def config(self) -> ServerConfig:
-        return self.factory.config
+        return self.ctx.config
 
     @property
     def clock(self) -> IReactorTime:
-        return cast(IReactorTime, self.factory.reactor)
+        return self.ctx.clock
 
     @property
     def _socket(self) -> _Socket:
@@ -144,19 +150,19 @@ class ChatProtocol(HoldsInput):
                               sndbuf=config.sndbuf)
         self.send_queue = queue
         queue.start()
-        self.factory.drain.start()
-        self.factory.output_budget.start()
-        now = self.clock.seconds()
+        ctx = self.ctx
+        ctx.start_watches()
+        now = ctx.clock.seconds()
         self._last_line = now
         # With --flood-rate 0 the meter lets every line through, but still
         # rules on lines dropped by the per-address lobby limit.
-        self._tokens = self.factory.flood.full
+        self._tokens = ctx.flood.full
         self.log.debug("connection from {address}", address=self.address)
-        self.factory.session.started(self)  # the NICK deadline
+        ctx.session.started(self)  # the NICK deadline
         if config.idle_timeout > 0:
             self._set_idle(now + config.idle_timeout)
-        self.write(self.factory.greeting)
-        self.factory.held_input.started(self)
+        self.write(ctx.greeting)
+        ctx.held_input.started(self)
 
     def connectionLost(self, reason: Failure = connectionDone) -> None:
         if self._holds_lines():
@@ -170,7 +176,7 @@ class ChatProtocol(HoldsInput):
         self._lost()
 
     def _lost(self) -> None:
-        """The connection is over: out of the factory's counts, its user
+        """The connection is over: out of the server's counts, its user
         gone from the chat."""
         self._closing()
         if self._abort_call is not None and self._abort_call.active():
@@ -178,10 +184,11 @@ class ChatProtocol(HoldsInput):
         self._abort_call = None
         # What it held behind a command is never handled now: let it go.
         self._drop_held()
-        self.factory.connection_lost(self)
+        ctx = self.ctx
+        ctx.on_lost(self)
         reason = self._leave_reason
-        self.factory.stats.disconnected(reason)
-        self.factory.session.lost(self)
+        ctx.stats.disconnected(reason)
+        ctx.session.lost(self)
         self._leave(_SAID.get(reason, reason))
         self.log.debug("connection from {address} closed", address=self.address)
 
@@ -196,7 +203,7 @@ class ChatProtocol(HoldsInput):
             # lines behind it are handled first, as one server would (_decided).
             self._input_ended = True
             return
-        self.factory.fanout.flush()
+        self.ctx.fanout.flush()
         self.hang_up("disconnected")
         self._leave("disconnected")
 
@@ -205,7 +212,7 @@ class ChatProtocol(HoldsInput):
 
     def _leave(self, reason: str, text: str = "") -> None:
         if self.user is not None:
-            self.factory.state.leave(self.user, reason, text)
+            self.ctx.leave(self.user, reason, text)
 
     def close(self, reason: str, text: str = "", farewell: str = "") -> None:
         """End the connection with C{BYE}; the hub hears C{reason}, C{farewell}."""
@@ -239,11 +246,11 @@ class ChatProtocol(HoldsInput):
         return queue
 
     def _cancel_timers(self) -> None:
-        self.factory.session.stopped(self)
+        self.ctx.session.stopped(self)
         idle = self._idle
         if idle is not None:
             self._idle = None
-            self.factory.deadlines.drop(idle)
+            self.ctx.deadlines.drop(idle)
 
     # -- output (the fan-out's Member) -----------------------------------------
 
@@ -252,7 +259,7 @@ class ChatProtocol(HoldsInput):
         if self.send_queue is None:
             return  # closing, or the peer gone while its last lines are handled
         self._lobby_first()
-        self.factory.stats.wrote(data)
+        self.ctx.stats.wrote(data)
         self.deliver(data)
 
     def write_parts(self, parts: Sequence[bytes]) -> None:
@@ -261,24 +268,22 @@ class ChatProtocol(HoldsInput):
         if self.send_queue is None:
             return  # as in write()
         self._lobby_first()
-        wrote = self.factory.stats.wrote
+        wrote = self.ctx.stats.wrote
         for part in parts:
             wrote(part)
         self.deliver_parts(parts)
 
     def _lobby_first(self) -> None:
-        """The order rule of docs/fanout.md, "Order": a lobby member's own
-        write goes out after the lobby lines still waiting for the batch,
-        so it never overtakes one the lobby was sent before it."""
+        """The fan-out's order rule (L{LobbyFanout.before_write}), told
+        whether this connection is a lobby member."""
         user = self.user
-        if user is not None and user.state is State.LOBBY and self.factory.fanout.pending:
-            self.factory.fanout.flush()
+        self.ctx.fanout.before_write(user is not None and user.state is State.LOBBY)
 
     def deliver_parts(self, parts: Sequence[bytes]) -> None:
         """L{deliver} of C{b"".join(parts)}, without the join."""
         queue = self.send_queue
         if queue is None:
-            self.factory.stats.discarded += sum(map(len, parts))  # as in deliver()
+            self.ctx.stats.count_discarded(sum(map(len, parts)))  # as in deliver()
             return
         written = queue.written
         if not queue.write_parts(parts):
@@ -292,7 +297,7 @@ class ChatProtocol(HoldsInput):
         queue = self.send_queue  # None once closing
         if queue is None:
             # Closing: the fan-out (and the factory) counted it as handed.
-            self.factory.stats.discarded += len(data)
+            self.ctx.stats.count_discarded(len(data))
         elif not queue.write(data):
             self._overflow(len(data))
 
@@ -330,13 +335,13 @@ class ChatProtocol(HoldsInput):
         they are counted as discarded."""
         if self.closing:
             return
-        self.factory.repeats.log(self.log, LogLevel.info, self.pool_key, "sendq",
+        self.ctx.repeats.log(self.log, LogLevel.info, self.pool_key, "sendq",
                                  "{nick} dropped: {why}",
                                  nick=self.user.nick if self.user else self.address, why=why)
         self._leave_reason = counted
         queue = self._closing()
         if queue is not None:
-            self.factory.stats.discarded += queue.held() + refused
+            self.ctx.stats.count_discarded(queue.held() + refused)
         self._socket.abortConnection()
 
     # -- input ---------------------------------------------------------------
@@ -344,12 +349,7 @@ class ChatProtocol(HoldsInput):
     def dataReceived(self, data: bytes) -> None:
         # The lobby lines this read brings need no timer: they leave at its
         # end, or wait for the turn's (docs/fanout.md, "Pacing by backlog").
-        fanout = self.factory.fanout
-        fanout.reading = True
-        try:
-            self._take(data)
-        finally:
-            fanout.read_done()
+        self.ctx.fanout.read(self._take, data)
 
     def _take(self, data: bytes) -> None:
         """Frame C{data} into lines and handle them, or hold it."""
@@ -359,7 +359,7 @@ class ChatProtocol(HoldsInput):
         if self._buffer:
             data = self._buffer + data
             self._buffer = b""
-        limit = self.factory.config.max_line  # (not self.config: a call less a read)
+        limit = self.ctx.config.max_line  # (not self.config: a call less a read)
         start = 0
         find = data.find
         while not self.closing:
@@ -421,27 +421,26 @@ class ChatProtocol(HoldsInput):
     def line_received(self, line: bytes) -> None:
         if self.closing or not self._count_line():
             return
-        self.factory.session.line_received(self, line)
+        self.ctx.session.line_received(self, line)
 
 
-    # -- limits: flood control, the idle deadline (on the factory's Deadlines) ----
+    # -- limits: flood control, the idle deadline (on the server's Deadlines) ----
 
     def _count_line(self) -> bool:
         """Every complete line resets the idle timer and spends a flood
         token.  @return: whether the line may be handled."""
-        # The reactor, not self.clock (a property and a cast): two calls
-        # less on every line.
-        now = self.factory.reactor.seconds()
+        # ctx, not the properties: a call less on every line.
+        ctx = self.ctx
+        now = ctx.clock.seconds()
         since, self._last_line = self._last_line, now
-        allowed, self._tokens = self.factory.flood.spend(self._tokens, since, now)
+        allowed, self._tokens = ctx.flood.spend(self._tokens, since, now)
         if allowed:
             return True
         config = self.config
         # A held line is judged as of when it arrived, as its tokens were
         # (HoldsInput._replay).
         at = self.arrived()
-        held = self.factory.held_input
-        if held.excused(self, at, config.flood_rate):
+        if self.ctx.held_input.excused(self, at, config.flood_rate):
             # Sent while the server did not read it (HeldInput), or while
             # the whole process stalled (StallWatch): not a flood.
             return True
@@ -452,7 +451,7 @@ class ChatProtocol(HoldsInput):
     def charge(self, size: int) -> bool:
         """A reply of C{size} bytes to the line just counted costs the flood
         tokens of its size (L{FloodMeter.charge}): whether it may be sent."""
-        allowed, self._tokens = self.factory.flood.charge(self._tokens, size)
+        allowed, self._tokens = self.ctx.flood.charge(self._tokens, size)
         return allowed
 
     def dropped(self, now: float, why: str, limit: str) -> None:
@@ -462,8 +461,8 @@ class ChatProtocol(HoldsInput):
         passes C{--flood-burst}, this connection's own or its address's
         (shared by all its connections and kept across reconnects:
         docs/security.md)."""
-        self.factory.stats.dropped_lines[limit] += 1
-        verdict, self._flooding = self.factory.flood.dropped(self._flooding, now)
+        self.ctx.stats.count_dropped(limit)
+        verdict, self._flooding = self.ctx.flood.dropped(self._flooding, now)
         limits = self.limits
         if limits is not None and limits.penalty.add(now) > self.config.flood_burst:
             verdict = Dropped.CUT
@@ -473,7 +472,7 @@ class ChatProtocol(HoldsInput):
             self.write(wire.error(ErrorCode.FLOOD, why))
 
     def _set_idle(self, when: float) -> None:
-        deadlines = self.factory.deadlines
+        deadlines = self.ctx.deadlines
         if self._idle is not None:
             deadlines.drop(self._idle)
         self._idle = deadlines.add(when, self)
@@ -512,9 +511,9 @@ class ChatProtocol(HoldsInput):
     def online(self, user: User) -> None:
         """The session registered C{user}: out of the handshake's limits."""
         self.user = user
-        self.factory.registered(self)
+        self.ctx.on_registered(self)
 
     def evict(self) -> None:
-        """Make room in a full handshake pool (see L{ChatFactory.buildProtocol})."""
+        """Make room in a full handshake pool (the factory's C{make_room})."""
         if not self.closing:
             self.close("full", "too many connections are still choosing a nick; try again")
