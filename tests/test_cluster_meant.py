@@ -211,7 +211,7 @@ def _typed_to_bob(cluster: Any, ann: Any) -> None:
     ann.send("MSG for bob 1")
     cluster.clock.advance(1)
     ann.send("MSG for bob 2", "MSG for bob 3")
-    assert ann.protocol._waiting and ann.take() == []
+    assert ann.protocol.held_or_waiting() and ann.take() == []
     cluster.clock.advance(1)
 
 

@@ -808,7 +808,8 @@ def test_a_write_redis_refuses_is_answered_unavailable_and_forgotten() -> None:
 
 def _held(node: Node) -> int:
     """What a node's connections hold behind their commands, counted from them."""
-    return sum(len(p._buffer) + p._held_size for p in node.factory.connections if p._waiting)
+    return sum(len(p.hold.buffer) + p.hold.size for p in node.factory.connections
+               if p.hold is not None and p.hold.waiting)
 
 
 def test_the_input_held_behind_waiting_commands_is_bounded_node_wide() -> None:
@@ -1218,7 +1219,7 @@ def test_a_burst_held_behind_a_command_is_still_a_flood() -> None:
 def test_a_held_web_line_older_than_a_ping_is_counted_after_the_ping() -> None:
     """A WebSocket ping is counted as it comes, even while lines are held
     behind a command; a held line that arrived before it is counted as of
-    the ping (ChatProtocol._replay's clamp), so the time before the ping
+    the ping (InputHold._replay's clamp), so the time before the ping
     refills ann's flood tokens once, not once for the ping and again for
     the line after: 19 pings leave one token of her burst, for the line
     held before them; the line held after them is a flood."""

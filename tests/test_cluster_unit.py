@@ -464,7 +464,7 @@ def test_input_waits_while_a_command_is_decided() -> None:
     assert [line for line in ann.take() if line.startswith("MSG")] == []
     for _ in range(8002):
         cluster.pump()
-        if ann.reading and not ann.protocol._waiting:
+        if ann.reading and not ann.protocol.held_or_waiting():
             break
     lines = [line for line in ann.take() if line.startswith("MSG")]
     assert len(lines) == 8001 and lines[0].endswith("ann * one")

@@ -362,7 +362,7 @@ class Gone:
         """C{gone}'s peer reads nothing either: the server cuts it for its
         output (--sendq-timeout), and its transport reports the loss.  (Had
         its peer closed first, the lines it holds would be handled once its
-        command is decided: HoldsInput._holds_lines.)"""
+        command is decided: InputHold.holds_lines.)"""
         self.gone.protocol.output_stalled()
         self.gone.drop()
 

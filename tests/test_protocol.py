@@ -1148,6 +1148,27 @@ def test_a_server_shutdown_ends_a_connection_whose_held_lines_wait(
     h.clock.advance(h.config.close_grace)
 
 
+def test_held_input_is_an_object_a_connection_has_only_while_a_command_waits(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """docs/fanout.md, "Memory per connection": a connection holds one slot
+    for held input (hold), None until a command waits and again once it is
+    decided and its held lines are handled; its own slots stay few."""
+    import sys
+
+    h = Harness()
+    pending = _first_command_waits(h, monkeypatch)
+    alice, bob = h.user("alice"), h.user("bob")
+    assert alice.protocol.hold is None
+    assert sys.getsizeof(alice.protocol) <= 200
+    alice.send("MSG first", "MSG second")
+    hold = alice.protocol.hold
+    assert hold is not None and hold.waiting and hold.buffer == b"MSG second\r\n"
+    pending[0].callback(None)
+    h.clock.advance(0)
+    assert alice.protocol.hold is None
+    assert bob.take() == [f"MSG {ts(h)} alice * first", f"MSG {ts(h)} alice * second"]
+
+
 def test_input_held_behind_a_waiting_command_is_at_most_the_limit_and_one_read(
         monkeypatch: pytest.MonkeyPatch) -> None:
     """What docs/cluster.md says a connection holds while a command waits
@@ -1165,7 +1186,8 @@ def test_input_held_behind_a_waiting_command_is_at_most_the_limit_and_one_read(
     conn.transport.arrive(chunk)
     assert not conn.reading
     conn.transport.arrive(chunk)  # stays in the socket
-    assert len(conn.protocol._buffer) == 2 * len(chunk) <= 2 * 65536
+    hold = conn.protocol.hold
+    assert hold is not None and len(hold.buffer) == 2 * len(chunk) <= 2 * 65536
     pending[0].callback(None)
     h.clock.advance(0)
     assert conn.reading

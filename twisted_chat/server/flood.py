@@ -55,11 +55,12 @@ class FloodMeter:
         self.burst = burst
         self.full = float(burst)  # a new connection's tokens
 
-    def spend(self, tokens: float, since: float, now: float) -> tuple[bool, float]:
+    def spend(self, tokens: float, since: float, at: float) -> tuple[bool, float]:
         """
-        A line came at C{now} to a connection that had C{tokens} at C{since}
-        (a new one has C{burst}): whether it may be handled, and the tokens
-        the connection has after it.
+        A line came at C{at} (now, or when a held line arrived) to a
+        connection that had C{tokens} at C{since}, when its line before
+        came (a new one has C{burst}): whether it may be handled, and the
+        tokens the connection has after it.
         """
         rate = self.rate
         if not rate:
@@ -67,7 +68,7 @@ class FloodMeter:
         # buckets.refilled, unrolled: this runs for every line, and a call
         # more would cost more than the arithmetic.  A clock that went back
         # refills nothing (and takes nothing away).
-        elapsed = now - since
+        elapsed = at - since
         if elapsed > 0.0:
             tokens += elapsed * rate
         burst = self.burst

@@ -1,10 +1,10 @@
 """
 Input a connection holds while a command is decided elsewhere (cluster
 mode, the password threads), and its bounds (docs/cluster.md, "How it
-works"; docs/fanout.md, "Module layout"): L{HoldsInput}, the part of a
-connection that keeps what arrives meanwhile, in order, with when it
-arrived, and hands it back once the command is decided; L{HeldInput}, what
-all of a server's connections hold together.
+works"; docs/fanout.md, "Module layout"): L{InputHold}, one connection's,
+which keeps what arrives meanwhile, in order, with when it arrived, and
+hands it back once the command is decided; L{HeldInput}, what all of a
+server's connections hold together.
 """
 
 from __future__ import annotations
@@ -33,7 +33,7 @@ _HELD_INPUT = 65536
 #: (L{HeldInput}): a cluster node's is its --redis-queue.
 HELD_INPUT_TOTAL = 4 * 1024 * 1024
 
-#: What holding one WebSocket line (L{HoldsInput._hold_line}) costs over its
+#: What holding one WebSocket line (L{InputHold.take_line}) costs over its
 #: bytes, counted with them in every bound: its bytes object's header (33),
 #: the (line, when) tuple (56), the float (24) and its deque slot (8), 121
 #: bytes measured with tracemalloc, rounded up; the line's terminator (1)
@@ -70,19 +70,11 @@ _log = logger()
 #: BYE flood's text for a connection over HELD_BEFORE_READY_LINES.
 TOO_MUCH_BEFORE_READY = "too much sent before the login was decided; wait for READY"
 
-# Why a connection's reading is paused (HoldsInput._paused, bits): it holds
+# Why a connection's reading is paused (InputHold.paused, bits): it holds
 # more than _HELD_INPUT itself; the server's connections hold more than
 # HeldInput.limit together.
 _PAUSED_OWN = 1
 _PAUSED_NODE = 2
-
-
-class _Producer(Protocol):
-    """What L{HoldsInput} uses of its connection's transport."""
-
-    def pauseProducing(self) -> None: ...
-
-    def resumeProducing(self) -> None: ...
 
 
 class Holder(Protocol):
@@ -96,82 +88,105 @@ class Holder(Protocol):
 
 
 class _Address(Protocol):
-    """What L{HoldsInput} uses of its connection's per-address record
+    """What L{InputHold} uses of its connection's per-address record
     (L{twisted_chat.server.addresses.Address}): what the address's
     connections hold together."""
 
     held: int
 
 
-class HoldsInput:
+class Holding(Holder, Protocol):
+    """The connection an L{InputHold} holds input for
+    (L{twisted_chat.server.protocol.ChatProtocol}): who it is, its
+    server, when its last line arrived, and what the hold asks of it."""
+
+    @property
+    def ctx(self) -> ConnectionContext[Any]: ...
+
+    @property
+    def closing(self) -> bool: ...
+
+    @property
+    def user(self) -> object | None: ...
+
+    @property
+    def limits(self) -> _Address | None: ...
+
+    def arrived(self) -> float: ...
+
+    def pause_reading(self) -> None: ...
+
+    def resume_reading(self) -> None: ...
+
+    def dataReceived(self, data: bytes) -> None:
+        """Handle held bytes (a read, or what followed a line in it)."""
+
+    def message_received(self, line: bytes) -> None:
+        """Handle a held whole line (a WebSocket message)."""
+
+    def close(self, reason: str, text: str = "", farewell: str = "") -> None: ...
+
+    def readConnectionLost(self) -> None: ...
+
+    def settled(self, hold: InputHold) -> None:
+        """The hold may be let go now if it is L{InputHold.idle}."""
+
+
+class InputHold:
     """
-    The part of a connection (L{twisted_chat.server.protocol.ChatProtocol})
-    that holds its input while a command is decided elsewhere (L{wait_for}).
-    Its state is slots of the connection itself, so that a line handled as
-    it comes costs one attribute check (C{_waiting}) and C{held_at} stays a
-    plain attribute (docs/fanout.md, "Memory per connection").  What it
-    uses of the connection is declared below: the handlers it hands held
-    input back to, the transport it pauses, and two slots: the framing
-    buffer (C{_buffer}), where a TCP connection's held reads wait, and the
-    flood meter's last line (C{_last_line}), set back while held lines are
-    handled as of when they arrived (L{_replay}).
+    What one connection holds while a command is decided elsewhere
+    (L{wait_for}), and why its reading is paused.  A connection has one
+    only while a command waits or its reading is paused for held input
+    (C{ChatProtocol.hold}, None otherwise), so a line handled as it comes
+    costs one attribute check (docs/fanout.md, "Memory per connection").
+    A TCP connection's held reads wait in L{buffer} with when each was
+    read (L{reads}); a WebSocket's whole lines in L{lines}.  The
+    connection's own framing buffer is its own: what follows a line that
+    waits is handed over (L{take_rest}).
     """
 
-    # Its own, and two of the connection's it holds input in (set by the
-    # connection): the framing buffer, and the flood meter's last line.
-    __slots__ = ("_buffer", "_charged", "_held", "_held_size", "_input_ended", "_last_line",
-                 "_paused", "_waiting", "held_at")
+    __slots__ = ("buffer", "charged", "conn", "discarding", "held_at", "input_ended", "lines",
+                 "paused", "reads", "size", "waiting")
 
-    if TYPE_CHECKING:
-        _buffer: bytes
-        _last_line: float
-        ctx: ConnectionContext[Any]
-        closing: bool
-        user: object | None
-        limits: _Address | None
-
-        @property
-        def clock(self) -> IReactorTime: ...
-
-        @property
-        def _socket(self) -> _Producer: ...
-
-        def close(self, reason: str, text: str = "", farewell: str = "") -> None: ...
-
-        def dataReceived(self, data: bytes) -> None: ...
-
-        def message_received(self, line: bytes) -> None: ...
-
-        def readConnectionLost(self) -> None: ...
-
-    def __init__(self) -> None:
-        # A command is being decided elsewhere (wait_for): what arrives
-        # meanwhile waits in _buffer, or whole in _held (message_received),
-        # with when it arrived (_Held).
-        self._waiting = False
-        self._paused = 0  # _PAUSED_OWN | _PAUSED_NODE: why reading is paused
-        # What of it is counted in the server's HeldInput (_count_held).
-        self._charged = 0
-        self._input_ended = False  # the peer half-closed (or went) while a command waited
-        self._held: _Held | None = None  # made only when needed
-        self._held_size = 0
+    def __init__(self, conn: Holding) -> None:
+        self.conn = conn
+        # A command is being decided elsewhere: what arrives meanwhile is held.
+        self.waiting = False
+        self.paused = 0  # _PAUSED_OWN | _PAUSED_NODE: why reading is paused
+        # What of it is counted in the server's HeldInput (_count).
+        self.charged = 0
+        self.input_ended = False  # the peer half-closed (or went) while a command waited
+        # Nothing is held, what arrives is read and dropped (discard).
+        self.discarding = False
+        # TCP: the held bytes, and where each read held ends in them and
+        # when it was read.
+        self.buffer = b""
+        self.reads: list[tuple[int, float]] = []
+        # A WebSocket's whole lines (take_line), and when each came: made
+        # only when needed; their bytes as counted (HELD_LINE_COST each more).
+        self.lines: deque[tuple[bytes, float]] | None = None
+        self.size = 0
         # While held input is handled: when what is being handled arrived
-        # (None for a line handled as it comes: it arrived now).  A plain
-        # attribute, read on the lobby line's path (Session.do_MSG).
+        # (None otherwise: a line handled as it comes arrived now).
         self.held_at: float | None = None
+
+    def idle(self) -> bool:
+        """Whether it waits for nothing, holds nothing and pauses nothing."""
+        return not (self.waiting or self.paused or self.buffer or self.lines or self.charged)
 
     def wait_for(self, outcome: Deferred[Any]) -> None:
         """Handle no more lines until C{outcome} (a command decided
         elsewhere) fires; what arrives meanwhile waits, in order."""
-        self._waiting = True
-        held = self.ctx.held_input
-        if held.over and self._held is not _DISCARDING:
+        self.waiting = True
+        conn = self.conn
+        held = conn.ctx.held_input
+        if held.over and not self.discarding:
             # What it read now would be held: it is read again once this
             # command is decided, or the server holds less (HeldInput).
-            held.pause(self)
+            held.pause(conn)
         outcome.addBoth(self._decided)
 
-    def discard_input(self) -> None:
+    def discard(self, buffered: int) -> None:
         """
         The connection is going (C{BYE} after a delay: a login over a
         failure limit): nothing it sent behind the line being handled, or
@@ -180,67 +195,74 @@ class HoldsInput:
         parked 70 such connections with 64 KiB each behind them, past the
         server's ceiling, and no connection at all was read for 3 s), nor
         is it paused for it.  Counted as C{input_discarded}
-        (chat_discarded_input_bytes_total).
+        (chat_discarded_input_bytes_total), with C{buffered}, the bytes the
+        connection's framing buffer dropped.
         """
         # Not always set by a wait_for: refused by the cluster's shared
         # failure counts (Login._shared_said), the PASS waits for their
         # answer, and one given at once leaves its Deferred fired, the BYE
         # chained behind it: Session._hold calls no wait_for then.
-        self._waiting = True
-        self._discard(self._drop_input(_DISCARDING))
+        self.waiting = True
+        self._discard(self._drop_input(discarding=True) + buffered)
 
-    def _drop_input(self, then: _Held | None) -> int:
-        """What it holds (its C{_buffer} and held lines) is never handled:
-        let it go, C{then} its C{_held} after.  Returns how many bytes went."""
-        size = len(self._buffer) + self._held_size
-        self._buffer = b""
-        self._held, self._held_size = then, 0
-        self._count_held()
+    def drop(self) -> None:
+        """The connection is gone: what it holds is never handled now."""
+        self._drop_input(discarding=False)
+
+    def _drop_input(self, discarding: bool) -> int:
+        """What it holds is never handled: let it go, and discard what
+        arrives from now on if C{discarding}.  Returns how many bytes went."""
+        size = len(self.buffer) + self.size
+        self.buffer = b""
+        self.reads = []
+        self.lines = None
+        self.size = 0
+        self.discarding = discarding
+        self._count()
         return size
 
     def _discard(self, size: int) -> None:
-        self.ctx.stats.count_input_discarded(size)
+        self.conn.ctx.stats.count_input_discarded(size)
 
-    def _hold_read(self, data: bytes) -> None:
+    def take(self, data: bytes) -> None:
         """A read while a command waits: held, as of now."""
-        if self._held is _DISCARDING:
+        if self.discarding:
             self._discard(len(data))
             return
-        self._buffer += data
-        self._held_read(self.clock.seconds())
-        self._count_held()
-        self._held_over(len(self._buffer))
+        buffer = self.buffer = self.buffer + data
+        self.reads.append((len(buffer), self.conn.ctx.clock.seconds()))
+        self._count()
+        self._held_over(len(buffer))
 
-    def _hold_rest(self, rest: bytes) -> None:
+    def take_rest(self, rest: bytes) -> None:
         """The line just handled waits for a command: the rest of its read
-        is held."""
-        if self._held is _DISCARDING:
+        is held, read when that line arrived."""
+        if self.discarding:
             self._discard(len(rest))
             return
-        self._buffer = rest
+        self.buffer = rest
         if rest:
-            # Read with the line just counted (_replay_reads sets this anew
-            # for what it hands back).
-            self._held_read(self._last_line)
-            self._count_held()
+            # (_replay_reads sets this anew for what it hands back.)
+            self.reads.append((len(rest), self.conn.arrived()))
+            self._count()
             self._held_over(len(rest))
 
-    def _hold_line(self, line: bytes) -> None:
-        """A whole line while a command waits (message_received): held in
-        order behind the command, as dataReceived holds bytes, and counted
-        at what it costs held (L{HELD_LINE_COST} more than its bytes)."""
-        held = self._held
-        if held is _DISCARDING:
+    def take_line(self, line: bytes) -> None:
+        """A whole line while a command waits (a WebSocket message): held
+        in order behind the command, as reads are, and counted at what it
+        costs held (L{HELD_LINE_COST} more than its bytes)."""
+        if self.discarding:
             self._discard(len(line) + 1)
             return
-        if held is None:
-            held = self._held = _Held()
-        held.lines.append((line, self.clock.seconds()))
-        self._held_size += len(line) + HELD_LINE_COST
-        self._count_held()
-        self._held_over(self._held_size)
+        lines = self.lines
+        if lines is None:
+            lines = self.lines = deque()
+        lines.append((line, self.conn.ctx.clock.seconds()))
+        self.size += len(line) + HELD_LINE_COST
+        self._count()
+        self._held_over(self.size)
 
-    def _holds_lines(self) -> bool:
+    def holds_lines(self) -> bool:
         """
         The connection is lost: whether it holds lines behind a command
         still waiting (and is not closing).  The peer sent lines and closed
@@ -252,34 +274,12 @@ class HoldsInput:
         reason and text if they hold one.  What is held is bounded
         (_HELD_INPUT), and nothing more comes.
         """
-        held = self._held
-        return self._waiting and not self.closing and bool(
-            self._buffer or (held is not None and held.lines))
+        return self.waiting and not self.conn.closing and bool(self.buffer or self.lines)
 
-    def _drop_held(self) -> None:
-        """The connection is gone: what it held is never handled now."""
-        self._drop_input(None)
-        self.ctx.held_input.forget(self)
-
-    def _unread_for_node(self) -> bool:
+    def unread_for_node(self) -> bool:
         """Whether it is not read because the server holds too much input
         (L{HeldInput})."""
-        return bool(self._paused & _PAUSED_NODE)
-
-    def _held_read(self, when: float) -> None:
-        """What C{_buffer} holds now, to its end, was read at C{when}."""
-        held = self._held
-        if held is None:
-            held = self._held = _Held()
-        held.reads.append((len(self._buffer), when))
-
-    def arrived(self) -> float:
-        """When the line being handled, or the line a command being decided
-        came from, arrived (the reactor's time): the line counted last, so
-        now for a line handled as it comes; for one held behind a command
-        (wait_for), when it was read."""
-        at = self.held_at
-        return self._last_line if at is None else at
+        return bool(self.paused & _PAUSED_NODE)
 
     def _held_over(self, size: int) -> None:
         """
@@ -291,77 +291,71 @@ class HoldsInput:
         holding more than L{HeldInput.share} together, it is not read until
         the command is decided (what it sends waits in the kernel).
         """
-        if self.closing:
+        conn = self.conn
+        if conn.closing:
             return
-        held = self.ctx.held_input
-        if self.user is None and size > held.before_ready:
-            self._discard(self._drop_input(None))
-            self.close("flood", TOO_MUCH_BEFORE_READY)
+        held = conn.ctx.held_input
+        if conn.user is None and size > held.before_ready:
+            self._discard(self._drop_input(discarding=False))
+            conn.close("flood", TOO_MUCH_BEFORE_READY)
             return
-        if self._paused & _PAUSED_OWN:
+        if self.paused & _PAUSED_OWN:
             return
-        limits = self.limits
+        limits = conn.limits
         if size > _HELD_INPUT or (limits is not None and limits.held > held.share):
-            self._pause(_PAUSED_OWN)
+            self.pause(_PAUSED_OWN)
 
-    def _pause(self, why: int) -> None:
-        """Stop reading for C{why} (a L{_PAUSED_OWN} or L{_PAUSED_NODE})."""
-        paused = self._paused
-        self._paused = paused | why
-        if not paused and not self.closing:
-            self._socket.pauseProducing()
+    def pause(self, why: int = _PAUSED_NODE) -> None:
+        """Stop reading for C{why} (L{_PAUSED_NODE}, the server holds too
+        much input, or L{_PAUSED_OWN})."""
+        paused = self.paused
+        self.paused = paused | why
+        if not paused and not self.conn.closing:
+            self.conn.pause_reading()
 
-    def _resume(self, why: int) -> None:
+    def resume(self, why: int = _PAUSED_NODE) -> None:
         """C{why} no longer holds; read again if nothing else pauses it."""
-        paused = self._paused
-        self._paused = paused & ~why
-        if paused and not self._paused and not self.closing:
-            self._socket.resumeProducing()
+        paused = self.paused
+        self.paused = paused & ~why
+        if paused and not self.paused and not self.conn.closing:
+            self.conn.resume_reading()
 
-    def node_pause(self) -> None:
-        """The server's connections hold too much input (L{HeldInput})."""
-        self._pause(_PAUSED_NODE)
-
-    def node_resume(self) -> None:
-        self._resume(_PAUSED_NODE)
-
-    def held_or_waiting(self) -> bool:
-        """Whether what it read now would be held (L{HeldInput})."""
-        return self._waiting
-
-    def _count_held(self) -> None:
+    def _count(self) -> None:
         """Bring what the server's L{HeldInput} counts for it up to date:
         the input it holds while a command is decided elsewhere."""
-        size = len(self._buffer) + self._held_size if self._waiting else 0
-        delta = size - self._charged
+        size = len(self.buffer) + self.size if self.waiting else 0
+        delta = size - self.charged
         if delta:
-            self._charged = size
-            limits = self.limits
+            self.charged = size
+            conn = self.conn
+            limits = conn.limits
             if limits is not None:
                 limits.held += delta  # the address's share (_held_over)
-            self.ctx.held_input.change(self, delta)
+            conn.ctx.held_input.change(conn, delta)
 
     def _decided(self, result: object) -> None:
-        self._waiting = False
-        self.ctx.session.decided(cast("Connection", self))  # (a ChatProtocol)
-        if self._paused & _PAUSED_OWN:
-            self._resume(_PAUSED_OWN)
-        if self._buffer and not self.closing:
+        conn = self.conn
+        self.waiting = False
+        conn.ctx.session.decided(cast("Connection", conn))  # (a ChatProtocol)
+        if self.paused & _PAUSED_OWN:
+            self.resume(_PAUSED_OWN)
+        if self.buffer and not conn.closing:
             self._replay_reads()
-        held = self._held
-        if held is not None:
-            lines = held.lines
-            if lines and not self._waiting and not self.closing:
-                self._replay(self._popped(lines), self.message_received)
-            if not lines and not held.reads:
-                self._held = None
-        self._count_held()
-        if self._paused & _PAUSED_NODE and not self._waiting:
+        lines = self.lines
+        if lines and not self.waiting and not conn.closing:
+            self._replay(self._popped(lines), conn.message_received)
+        if not lines and not self.reads:
+            self.lines = None
+            self.discarding = False
+        self._count()
+        if self.paused & _PAUSED_NODE and not self.waiting:
             # It holds nothing and waits for nothing: its next read is
             # handled as it comes, as any connection's.
-            self.ctx.held_input.release(self)
-        if self._input_ended and not self._waiting:
-            self.readConnectionLost()
+            conn.ctx.held_input.release(conn)
+        ended = self.input_ended and not self.waiting
+        conn.settled(self)
+        if ended:
+            conn.readConnectionLost()
 
     def _replay_reads(self) -> None:
         """
@@ -369,28 +363,24 @@ class HoldsInput:
         read, each as of when it was read (L{_replay}).  What a line that
         waits again leaves is held again, with when it was read.
         """
-        held = self._held
-        reads = held.reads if held is not None else None
-        if held is None or not reads:
-            self.dataReceived(b"")  # only a partial line: nothing to count
-            return
-        data, self._buffer, held.reads = self._buffer, b"", []
+        data, reads = self.buffer, self.reads
+        self.buffer, self.reads = b"", []
         ends = [0] + [end for end, _ in reads]
         done, at = self._replay(
             ((data[ends[i]:end], when) for i, (end, when) in enumerate(reads)),
-            self.dataReceived)
-        if self._waiting and not self.closing:
+            self.conn.dataReceived)
+        if self.waiting and not self.conn.closing:
             end = ends[done]
-            left = self._buffer
-            self._buffer = left + data[end:]
-            held.reads = [(len(left), at)] if left else []
-            held.reads += [(stop - end + len(left), when) for stop, when in reads[done:]]
+            left = self.buffer
+            self.buffer = left + data[end:]
+            self.reads = [(len(left), at)] if left else []
+            self.reads += [(stop - end + len(left), when) for stop, when in reads[done:]]
 
     def _popped(self, lines: deque[tuple[bytes, float]]) -> Iterator[tuple[bytes, float]]:
         """The held WebSocket lines, each taken off as it is handled."""
         while lines:
             line, at = lines.popleft()
-            self._held_size -= len(line) + HELD_LINE_COST
+            self.size -= len(line) + HELD_LINE_COST
             yield line, at
 
     def _replay(self, held: Iterator[tuple[bytes, float]],
@@ -399,61 +389,39 @@ class HoldsInput:
         C{handle} what was held while a command was decided elsewhere (held
         reads or WebSocket lines, each with when it arrived), in order, until
         a line waits again or the connection closes, each as of when it
-        arrived: flood control counts a held line when it arrived, not when
-        its turn came (rev11-clu2 #1: lines typed through a Redis outage were
-        all counted at once when it ended), and a command's wait is bounded
-        from then (L{arrived}).  No hot-path work for it: C{_last_line} is
-        set back so that the flood meter refills for the time between the
-        held line and the line counted before it, as it would have then
-        (L{_count_line} is as for any line), and is put back after.
+        arrived (L{held_at}, which the connection counts a line at): flood
+        control counts a held line when it arrived, not when its turn came
+        (rev11-clu2 #1: lines typed through a Redis outage were all counted
+        at once when it ended), and a command's wait is bounded from then
+        (C{arrived}).  A held line that came before the line counted last
+        (a WebSocket ping counted as it came) is counted as of that one.
         Returns how many were handled and when the last of them arrived.
         """
-        last = at = self._last_line
+        conn = self.conn
+        at = conn.arrived()
         done = 0
         for data, came in held:
-            at = came if came > last else last  # a WebSocket ping counted as it came, after it
+            last = conn.arrived()
+            at = came if came > last else last
             self.held_at = at
-            preset = self._last_line = self.clock.seconds() - (at - last)
             handle(data)
             done += 1
-            if self._last_line != preset:
-                last = at  # a line was counted as of when it arrived
-            if self._waiting or self.closing:
+            if self.waiting or conn.closing:
                 break
         self.held_at = None
-        self._last_line = last
         return done, at
-
-
-class _Held:
-    """What a connection holds while a command is decided elsewhere
-    (L{HoldsInput.wait_for}), with when it arrived (L{HoldsInput.arrived})."""
-
-    __slots__ = ("lines", "reads")
-
-    def __init__(self) -> None:
-        # TCP: where each read held ends in the connection's _buffer, and
-        # when it was read.
-        self.reads: list[tuple[int, float]] = []
-        # A WebSocket's whole lines (message_received), and when each came.
-        self.lines: deque[tuple[bytes, float]] = deque()
-
-
-# A connection's _held while it discards its input (HoldsInput.discard_input):
-# never added to.
-_DISCARDING = _Held()
 
 
 class HeldInput:
     """
     The input all of a server's connections hold behind commands decided
-    elsewhere (L{HoldsInput.wait_for}: in cluster mode nearly every
+    elsewhere (L{InputHold.wait_for}: in cluster mode nearly every
     command waits for Redis), and its bound, C{limit} bytes (a cluster
     node's C{--redis-queue}, counted apart from the commands).  Each
     connection holds at most L{_HELD_INPUT} plus one read on its own, one
     not yet READY at most C{before_ready} (more closes it), and one
     address's connections together at most L{share} before those of them
-    waiting are paused (L{HoldsInput._held_over}; docs/security.md, "Held
+    waiting are paused (L{InputHold._held_over}; docs/security.md, "Held
     input"): the bound below is reached only by many addresses at once.
 
     Past C{limit} for all of them, no connection with a command waiting is
@@ -485,7 +453,7 @@ class HeldInput:
         self.limit = limit
         self._connections = connections
         self._clock = clock
-        # What a connection may hold before READY (HoldsInput._held_over).
+        # What a connection may hold before READY (InputHold._held_over).
         self.before_ready = before_ready
         self.total = 0
         self.over = False  # past the limit, and not yet back to half of it
@@ -514,7 +482,7 @@ class HeldInput:
     @property
     def share(self) -> int:
         """What one address's connections may hold together before those
-        with a command waiting are paused (L{HoldsInput._held_over})."""
+        with a command waiting are paused (L{InputHold._held_over})."""
         return self.limit // ADDRESS_SHARE
 
     def _resume(self, conn: Holder, since: float, now: float) -> None:
@@ -527,7 +495,7 @@ class HeldInput:
     def excused(self, conn: Holder, now: float, rate: float) -> bool:
         """
         A line of C{conn}'s that arrived at C{now} (read then, or held then
-        behind a command: L{HoldsInput.arrived}) is over its flood rate
+        behind a command: C{ChatProtocol.arrived}) is over its flood rate
         (C{rate} lines a second): whether it is let through as one the
         server kept waiting.
         A connection the server did not read for C{t} seconds (its pause

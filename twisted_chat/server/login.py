@@ -531,7 +531,7 @@ class Login:
         closing.addErrback(_cancelled)
         self._closing = closing
         # Nothing more is handled meanwhile, and nothing is held for it
-        # either: what it sends is read and dropped (HoldsInput.discard_input).
+        # either: what it sends is read and dropped (InputHold.discard).
         self._conn.discard_input()
         return closing
 

@@ -112,7 +112,7 @@ class Stats:
         # for its output held, and what was handed to one already closing.
         self.discarded = 0
         # Input read from connections that were going and never handled
-        # (HoldsInput.discard_input, and what one over its bound before
+        # (InputHold.discard, and what one over its bound before
         # READY held when it was closed).
         self.input_discarded = 0
         # Messages this process's users sent (a cluster node's own users):

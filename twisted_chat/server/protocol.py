@@ -31,12 +31,14 @@ from twisted_chat.server.addresses import Address
 from twisted_chat.server.closing import Closable, GoneTransport, close_within
 from twisted_chat.server.deadlines import Deadline
 from twisted_chat.server.flood import Dropped, Flooding
-from twisted_chat.server.heldinput import HoldsInput
+from twisted_chat.server.heldinput import InputHold
 from twisted_chat.server.hub import State, User
 from twisted_chat.server.sendqueue import SendQueue
 from twisted_chat.wire import ErrorCode
 
 if TYPE_CHECKING:
+    from twisted.internet.defer import Deferred
+
     from twisted_chat.server.config import ServerConfig
     from twisted_chat.server.context import ConnectionContext
     from twisted_chat.server.session import Handshake
@@ -56,7 +58,7 @@ class _Socket(Closable, Protocol):
 
 
 @implementer(IProtocol, IHalfCloseableProtocol)
-class ChatProtocol(HoldsInput):
+class ChatProtocol:
     """
     One connection, until it closes.  Lines end in LF or CRLF.  An over-long
     line is discarded with one error and the connection kept (chat/1,
@@ -64,13 +66,13 @@ class ChatProtocol(HoldsInput):
     It provides C{IProtocol} itself rather than subclass C{Protocol}, to have
     C{__slots__} (docs/fanout.md, "Memory per connection"); the server's
     shared parts are read through C{ctx}.  What it holds while a command is
-    decided elsewhere is L{HoldsInput}'s.
+    decided elsewhere is its L{InputHold}'s (C{hold}, None unless it has one).
     """
 
-    # (_buffer and _last_line are HoldsInput's slots: held input lives in them.)
-    __slots__ = ("_abort_call", "_discarding", "_flooding", "_idle", "_leave_reason",
-                 "_pinged_at", "_tokens", "address", "closing", "connected", "ctx",
-                 "handshake", "host", "limits", "pool_key", "send_queue", "transport", "user")
+    __slots__ = ("_abort_call", "_buffer", "_discarding", "_flooding", "_idle", "_last_line",
+                 "_leave_reason", "_pinged_at", "_tokens", "address", "closing", "connected",
+                 "ctx", "handshake", "hold", "host", "limits", "pool_key", "send_queue",
+                 "transport", "user")
 
     log = logs.logger()
 
@@ -82,7 +84,6 @@ class ChatProtocol(HoldsInput):
             no IP address).
         @param pool_key: its key in the factory's handshake pool.
         """
-        super().__init__()
         self.ctx = ctx
         self.transport: ITransport | None = None
         self.connected = 0
@@ -95,12 +96,16 @@ class ChatProtocol(HoldsInput):
         self.closing = False
         self.send_queue: SendQueue | None = None  # from connectionMade until closing
         self._leave_reason = "disconnected"
-        self._buffer = b""
+        self._buffer = b""  # a partial line
         self._discarding = False
+        # Input held while a command is decided elsewhere, and why reading
+        # is paused for it: made only when needed.
+        self.hold: InputHold | None = None
         # Flood control (the server's FloodMeter): tokens left at the last
         # line, and what dropped lines left (made at the first one).
         self._tokens = 0.0
         self._flooding: Flooding | None = None
+        # When the line counted last arrived (arrived(); a held one: when it was read).
         self._last_line = 0.0
         self._pinged_at: float | None = None
         self._idle: Deadline | None = None  # on the server's shared Deadlines
@@ -165,9 +170,10 @@ class ChatProtocol(HoldsInput):
         ctx.held_input.started(self)
 
     def connectionLost(self, reason: Failure = connectionDone) -> None:
-        if self._holds_lines():
-            # Handled after the peer went (HoldsInput._holds_lines).
-            self._input_ended = True
+        hold = self.hold
+        if hold is not None and hold.holds_lines():
+            # Handled after the peer went (InputHold.holds_lines).
+            hold.input_ended = True
             queue, self.send_queue = self.send_queue, None
             if queue is not None:
                 queue.retire()
@@ -183,7 +189,10 @@ class ChatProtocol(HoldsInput):
             self._abort_call.cancel()
         self._abort_call = None
         # What it held behind a command is never handled now: let it go.
-        self._drop_held()
+        hold = self.hold
+        if hold is not None:
+            hold.drop()
+        self.ctx.held_input.forget(self)
         ctx = self.ctx
         ctx.on_lost(self)
         reason = self._leave_reason
@@ -198,10 +207,11 @@ class ChatProtocol(HoldsInput):
         message included, then close as a disconnect."""
         if self.closing:
             return
-        if self._waiting:
+        hold = self.hold
+        if hold is not None and hold.waiting:
             # A command is still being decided elsewhere (cluster mode): the
-            # lines behind it are handled first, as one server would (_decided).
-            self._input_ended = True
+            # lines behind it are handled first, as one server would.
+            hold.input_ended = True
             return
         self.ctx.fanout.flush()
         self.hang_up("disconnected")
@@ -353,8 +363,9 @@ class ChatProtocol(HoldsInput):
 
     def _take(self, data: bytes) -> None:
         """Frame C{data} into lines and handle them, or hold it."""
-        if self._waiting:
-            self._hold_read(data)
+        hold = self.hold
+        if hold is not None and hold.waiting:
+            hold.take(data)
             return
         if self._buffer:
             data = self._buffer + data
@@ -386,8 +397,9 @@ class ChatProtocol(HoldsInput):
             line = data[start:stop]
             start = newline + 1
             self.line_received(line)
-            if self._waiting:
-                self._hold_rest(data[start:])
+            hold = self.hold
+            if hold is not None and hold.waiting:
+                hold.take_rest(data[start:])
                 return
 
     def message_received(self, line: bytes) -> None:
@@ -396,8 +408,9 @@ class ChatProtocol(HoldsInput):
         C{dataReceived} makes, then the line."""
         if self.closing:
             return
-        if self._waiting:
-            self._hold_line(line)
+        hold = self.hold
+        if hold is not None and hold.waiting:
+            hold.take_line(line)
             return
         if len(line) > self.config.max_line:
             self._too_long()
@@ -428,19 +441,20 @@ class ChatProtocol(HoldsInput):
 
     def _count_line(self) -> bool:
         """Every complete line resets the idle timer and spends a flood
-        token.  @return: whether the line may be handled."""
+        token, as of when it arrived: now, or for a line held behind a
+        command, when it was read (L{InputHold.held_at}).
+        @return: whether the line may be handled."""
         # ctx, not the properties: a call less on every line.
         ctx = self.ctx
-        now = ctx.clock.seconds()
-        since, self._last_line = self._last_line, now
-        allowed, self._tokens = ctx.flood.spend(self._tokens, since, now)
+        hold = self.hold
+        held_at = None if hold is None else hold.held_at
+        at = ctx.clock.seconds() if held_at is None else held_at
+        since, self._last_line = self._last_line, at
+        allowed, self._tokens = ctx.flood.spend(self._tokens, since, at)
         if allowed:
             return True
         config = self.config
-        # A held line is judged as of when it arrived, as its tokens were
-        # (HoldsInput._replay).
-        at = self.arrived()
-        if self.ctx.held_input.excused(self, at, config.flood_rate):
+        if ctx.held_input.excused(self, at, config.flood_rate):
             # Sent while the server did not read it (HeldInput), or while
             # the whole process stalled (StallWatch): not a flood.
             return True
@@ -486,7 +500,8 @@ class ChatProtocol(HoldsInput):
         each line only records its time, so a busy connection costs no timer
         work per line."""
         now = self.clock.seconds()
-        if self._unread_for_node():
+        hold = self.hold
+        if hold is not None and hold.unread_for_node():
             # Not read because the server holds too much input (HeldInput):
             # its silence is the server's doing, and its PONG would not be read.
             self._set_idle(now + self.config.idle_timeout)
@@ -517,3 +532,61 @@ class ChatProtocol(HoldsInput):
         """Make room in a full handshake pool (the factory's C{make_room})."""
         if not self.closing:
             self.close("full", "too many connections are still choosing a nick; try again")
+
+    # -- held input (InputHold) ------------------------------------------------
+
+    def _holding(self) -> InputHold:
+        hold = self.hold
+        if hold is None:
+            hold = self.hold = InputHold(self)
+        return hold
+
+    def settled(self, hold: InputHold) -> None:
+        """C{hold} is let go once it waits for, holds and pauses nothing."""
+        if self.hold is hold and hold.idle():
+            self.hold = None
+
+    def wait_for(self, outcome: Deferred[Any]) -> None:
+        """Handle no more lines until C{outcome} (a command decided
+        elsewhere) fires; what arrives meanwhile waits (L{InputHold})."""
+        self._holding().wait_for(outcome)
+
+    def discard_input(self) -> None:
+        """The connection is going: what it sent, and sends, is dropped
+        unhandled (L{InputHold.discard}), its partial line with it."""
+        buffered, self._buffer = len(self._buffer), b""
+        self._holding().discard(buffered)
+
+    @property
+    def held_at(self) -> float | None:
+        """While a line held behind a command is handled: when it arrived."""
+        hold = self.hold
+        return None if hold is None else hold.held_at
+
+    def arrived(self) -> float:
+        """When the line being handled, or the line a command being decided
+        came from, arrived (the reactor's time): the line counted last, so
+        now for a line handled as it comes; for one held behind a command
+        (wait_for), when it was read."""
+        return self._last_line
+
+    def held_or_waiting(self) -> bool:
+        """Whether what it read now would be held (L{HeldInput})."""
+        hold = self.hold
+        return hold is not None and hold.waiting
+
+    def node_pause(self) -> None:
+        """The server's connections hold too much input (L{HeldInput})."""
+        self._holding().pause()
+
+    def node_resume(self) -> None:
+        hold = self.hold
+        if hold is not None:
+            hold.resume()
+            self.settled(hold)
+
+    def pause_reading(self) -> None:
+        self._socket.pauseProducing()
+
+    def resume_reading(self) -> None:
+        self._socket.resumeProducing()

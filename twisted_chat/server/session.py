@@ -70,9 +70,11 @@ class Connection(Protocol):
     def limits(self) -> Address | None:
         """The per-address limits it shares (None: exempt, or no IP)."""
 
-    # While a line held behind a command is handled: when it arrived (the
-    # lobby budget judges it as of then); None for a line handled as it comes.
-    held_at: float | None
+    @property
+    def held_at(self) -> float | None:
+        """While a line held behind a command is handled: when it arrived
+        (the lobby budget judges it as of then); None for a line handled as
+        it comes."""
 
     def arrived(self) -> float:
         """When the line being handled, or the line a command being decided
@@ -107,7 +109,7 @@ class Connection(Protocol):
 
     def discard_input(self) -> None:
         """The connection is going: handle, and hold, nothing more of what
-        it sends (L{twisted_chat.server.heldinput.HoldsInput.discard_input})."""
+        it sends (L{twisted_chat.server.heldinput.InputHold.discard})."""
 
     def online(self, user: User) -> None:
         """The session registered C{user}: the handshake is over."""

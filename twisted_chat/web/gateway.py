@@ -420,7 +420,7 @@ class ChatWebSocket(WebSocketServerProtocol):
     def read_again(self) -> None:
         """The chat connection reads again: the frames that waited are
         parsed in the next reactor turn, after the lines it held (its
-        L{HoldsInput._decided} resumes it before it hands them back)."""
+        L{InputHold} resumes it before it hands them back)."""
         self.unread = False
         if self.data and self._read_call is None:
             self._read_call = self.factory.reactor.callLater(0, self._read_waiting)
