@@ -2183,23 +2183,25 @@ def test_a_message_to_a_partner_far_behind_is_refused_in_words_not_named_as_lost
     assert not any("before the connection was lost" in n for n in notices(page))
 
 
+@pytest.mark.parametrize("code", ["busy", "unavailable"])
 def test_a_lobby_line_held_while_an_accept_paired_us_is_not_sent_and_settled(
-    web: WebServer, browser: Callable[..., Any]
+    web: WebServer, browser: Callable[..., Any], code: str
 ) -> None:
     """A lobby line held behind our REGISTER while bob accepted our
-    invitation is answered ERROR busy "not sent: ..." (422e150). The page
-    showed the server's text and left the message unconfirmed, so after a
-    disconnection it was named as maybe lost. Now it says "Not sent: ..."
-    in the server's words, in the lobby and where the user is, and the
-    message is settled, as the terminal client does (7b21b91); a line
-    with no answer is still named."""
+    invitation is answered ERROR busy "not sent: ..." (422e150); a
+    cluster's, whose stream had bob's ACCEPT first, ERROR unavailable with
+    the same words. The page showed the server's text and left the message
+    unconfirmed, so after a disconnection it was named as maybe lost. Now
+    it says "Not sent: ..." in the server's words, in the lobby and where
+    the user is, and the message is settled, as the terminal client does
+    (7b21b91, f9b6a6e); a line with no answer is still named."""
     refusal = ("not sent: it was meant for the lobby and you were paired with bob when it "
                "came to be delivered; send it again")
     page = scripted(browser(), web, {
         "NICK alice": [["READY alice", "USER alice lobby", "USER bob lobby", "USERS 2"],
                        ["READY alice", "USER alice lobby", "USERS 1"]],
         "PAIR bob": [["PENDING bob"]],
-        "MSG hello lobby": [["PAIRED bob", "REGISTERED alice", f"ERROR busy {refusal}"]],
+        "MSG hello lobby": [["PAIRED bob", "REGISTERED alice", f"ERROR {code} {refusal}"]],
     })
     join_as(page, "alice")
     logged_in(page, "alice")
@@ -2249,6 +2251,41 @@ def test_a_commands_unavailable_is_said_as_the_terminal_client_says_it(
     wait(page, lambda d: any("before the connection was lost" in n for n in notices(d)),
          timeout=WAIT + 2)
     assert notices(page)[-1].endswith("so it may not have arrived: \u201cno answer\u201d.")
+
+
+def test_a_commands_unavailable_does_not_settle_a_message_sent_after_it(
+    web: WebServer, browser: Callable[..., Any]
+) -> None:
+    """Our PAIR waits for the cluster's store and a lobby line goes behind
+    it; the PAIR's wait ends first: ERROR unavailable "not sent: the chat's
+    store ...". The page took that for the line's (the oldest message not
+    yet answered), said "Not sent" and settled it, though the store might
+    take the line before its own wait ended (then it is delivered). Such
+    an unavailable may answer any command, so now it settles no message,
+    as the terminal client: the line is still named once the connection
+    is lost."""
+    not_sent = ("not sent: the chat's store is out of reach and did not take it within 10 "
+                "seconds; send it again in a moment")
+    page = scripted(browser(), web, {
+        "NICK alice": [["READY alice", "USER alice lobby", "USER bob lobby", "USERS 2"],
+                       ["READY alice", "USER alice lobby", "USERS 1"]],
+    })
+    join_as(page, "alice")
+    logged_in(page, "alice")
+    say(page, "/invite bob")  # the scripted server answers neither line at once
+    say(page, "behind the invitation")
+    wait(page, lambda d: d.execute_script("return window.sentLines")[-1]
+         == "MSG behind the invitation")
+    page.execute_script("window.hear(arguments[0])", [f"ERROR unavailable {not_sent}"])
+    wait_notice(page, "Not sent: the chat's store is out of reach and did not take it within "
+                "10 seconds; send it again in a moment.")
+    page.execute_script("window.drop()")
+    wait(page, lambda d: any("before the connection was lost" in n for n in notices(d)),
+         timeout=WAIT + 2)
+    assert ("One message you sent was not confirmed by the server; once connected again, "
+            "the page says which.") in notices(page)
+    assert notices(page)[-1].endswith(
+        "so it may not have arrived: \u201cbehind the invitation\u201d.")
 
 
 class Hang:

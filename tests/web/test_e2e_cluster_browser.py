@@ -24,15 +24,16 @@ browser = browser_fixture  # the shared fixtures: Chromium; Redis and nodes, sto
 web_cluster = web_cluster_fixture
 
 
-def test_a_message_the_clusters_store_did_not_take_is_not_sent_and_settled(
+def test_a_not_sent_from_the_clusters_store_is_said_and_settles_no_message(
     web_cluster: WebCluster, browser: Callable[..., Any]
 ) -> None:
     """A lobby line sent while Redis is out of reach waits --redis-wait, then
-    is answered ERROR unavailable "not sent: ..." (docs/cluster.md). The
-    page showed the server's text as it came and left the message
-    unconfirmed, so the disconnection that followed named it as maybe lost.
-    Now it says "Not sent: ..." and the message is settled, as the terminal
-    client says it; a line still waiting when the node goes is named."""
+    is answered ERROR unavailable "not sent: ..." (docs/cluster.md): said as
+    "Not sent: ..." in the server's words. Such an answer may be any
+    command's (a PAIR's ahead of the line, an earlier command's after ERROR
+    unconfirmed), so the page settles no message with it, as the terminal
+    client (docs/client.md); it settled the oldest one not yet answered, so
+    the disconnection that followed named one message instead of both."""
     c = web_cluster
     web_port = free_port()
     node = c.node(web_port, "--redis-wait", "2")
@@ -50,5 +51,5 @@ def test_a_message_the_clusters_store_did_not_take_is_not_sent_and_settled(
     say(page, "still waiting")  # its --redis-wait has not ended when the node goes
     node.kill()
     wait(page, lambda d: "Disconnected from the server." in notices(d))
-    assert ("One message you sent was not confirmed by the server; once connected again, "
+    assert ("2 messages you sent were not confirmed by the server; once connected again, "
             "the page says which.") in notices(page)

@@ -19,6 +19,7 @@ from tests.serverproc import LOOPBACK
 from tests.test_service import ThreadedMemoryReactor, options
 from tests.web.webserver import WebServer, served
 from tests.web.wsframes import WsClient
+from twisted_chat.client import render
 from twisted_chat.client.liveness import Liveness
 from twisted_chat.client.main import DEFAULT_TIMEOUT
 from twisted_chat.server.config import ServerConfig
@@ -264,6 +265,39 @@ def test_the_pages_forbidden_characters_are_wires() -> None:
     codes = range(0x110000)
     assert [c for c in codes if page.match(chr(c))] == [
         c for c in codes if BAD_CHARS.match(chr(c))]
+
+
+def test_the_pages_unavailable_for_a_message_is_the_terminal_clients() -> None:
+    """app.js cannot import render.py: its PAIR_CHANGED_RE, the ERROR
+    unavailable texts that answer a MSG (and settle it), is read from it as
+    it is and must pick exactly the texts the terminal client's
+    L{render.message_refused} does: a cluster's pair-change texts, not the
+    store's "not sent" or "lost", which may answer any command."""
+    js = (STATIC / "app.js").read_text()
+    found = re.findall(r"\n  const PAIR_CHANGED_RE = /(.*)/;\n", js)
+    assert len(found) == 1, "app.js has no PAIR_CHANGED_RE, or more than one"
+    page = re.compile(found[0])
+    texts = [
+        "not sent: it was meant for the lobby and you were paired with bob when it came to "
+        "be delivered; send it again",
+        "not sent: you were not paired with bob when it came to be delivered (the pair "
+        "ended, or the chat's store lost it); send it again",
+        "not sent: you were no longer paired with bob when it came to be delivered (the "
+        "pair ended while your password was checked); send it again",
+        "not sent: the chat's store refused to store it; send it again in a moment",
+        "not sent: the chat's store is out of reach and did not take it within 10 seconds; "
+        "send it again in a moment",
+        "not sent: too many commands are waiting for the chat's store on this server; send "
+        "it again in a moment",
+        "lost: the chat's store lost it after taking it, so it has no effect (some may have "
+        "seen it before the loss); send it again",
+        "the accounts cannot be reached now; send it again in a moment",
+        "a text that says: not sent: it was meant for the lobby and you were paired with bob",
+    ]
+    picked = [bool(page.search(text)) for text in texts]
+    assert picked == [render.message_refused("unavailable", text) is not None
+                      for text in texts]
+    assert picked == [True] * 3 + [False] * 6
 
 
 # -- rules without a network ----------------------------------------------------------

@@ -892,7 +892,7 @@
   //   server read them (each copied, refused, or dropped);
   // - a PONG confirms those sent before its PING;
   // - a refusal (ERROR no-such-nick, busy, too-long, bad-chars, unavailable
-  //   "not sent": see refused()) takes out the
+  //   "not sent" for a pair that changed: see refused()) takes out the
   //   oldest message it can be about, to say so in that message's
   //   conversation, in the words of that moment (the ex-partner "has left
   //   the chat"; a line too long goes back to its message box; "not sent",
@@ -2120,11 +2120,15 @@
   // docs/protocol.md, Limits 14). Its other texts answer PAIR or ACCEPT.
   const BEHIND_RE = /^(\S+) .*\bprivate messages\b/;
 
-  // How the server's text begins when what it refused went nowhere: a
-  // lobby line held behind our REGISTER or PASSWD while an ACCEPT paired
-  // us (ERROR busy), a command the cluster's store did not take (ERROR
-  // unavailable: docs/cluster.md).
+  // How ERROR busy's text begins for a lobby line held behind our REGISTER
+  // or PASSWD while an ACCEPT paired us: it went nowhere.
   const NOT_SENT = "not sent: ";
+
+  // ERROR unavailable "not sent" answering a MSG whose sender's pair changed
+  // before it was delivered (docs/cluster.md, "DMs and pairing"): the only
+  // unavailable texts that answer a message alone, as the terminal client
+  // tells them (client/render.py, _PAIR_CHANGED).
+  const PAIR_CHANGED_RE = /^not sent: (it was meant for the lobby|you were (not|no longer) paired with) /;
 
   // The server's text as a sentence, "not sent: why" as "Not sent: why.",
   // as the terminal client says it (client/render.py, server_reason).
@@ -2150,21 +2154,23 @@
         : `Not sent: ${nick} is not online.`;
       return tellIn(m.conv, said);
     }
-    if (text.startsWith(NOT_SENT) && (code === "busy" || code === "unavailable")) {
-      // Went nowhere, in the server's words, and settled: no longer in
-      // doubt. A busy one is a lobby line held behind our REGISTER or
-      // PASSWD while an ACCEPT paired us: the oldest MSG (the page sends
-      // the partner DMs). An unavailable one (the cluster's store did not
-      // take it) is the oldest message not yet answered, the server
-      // answering a connection's lines in order; none: a command (the page
-      // does not track those, so a PAIR's sent before a message still
-      // unanswered is taken for that message's: docs/web.md).
-      const m = takeUnconfirmed((u) => code === "unavailable" || u.to === null);
+    const pairChanged = code === "busy" ? text.startsWith(NOT_SENT)
+      : code === "unavailable" && PAIR_CHANGED_RE.test(text);
+    if (pairChanged) {
+      // A MSG whose pair changed before it was delivered (busy: a lobby
+      // line held behind our REGISTER or PASSWD while an ACCEPT paired us;
+      // unavailable: a cluster's): the oldest MSG (the page sends the
+      // partner DMs) went nowhere, in the server's words, and is settled.
+      const m = takeUnconfirmed((u) => u.to === null);
       const said = serverReason(text);
       return m ? tellIn(m.conv, said) : notice(current(), said, { error: true });
     }
-    // Any other unavailable ("lost: ...", after an ERROR unconfirmed) took
-    // effect nowhere: the server's words.
+    // Any other unavailable ("not sent: the chat's store ...", "lost: ...")
+    // took effect nowhere, but may answer any command: one taken back after
+    // --redis-wait or refused by the store, or, after an ERROR unconfirmed,
+    // one sent long before. The page cannot tell which, so it settles no
+    // message (one it did answer stays in doubt: docs/web.md): the
+    // server's words where the user is.
     if (code === "unavailable") return notice(current(), serverReason(text), { error: true });
     if (code === "busy") {
       // A message to a reader far behind: the oldest DM to them, else the
