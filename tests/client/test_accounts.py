@@ -428,6 +428,15 @@ def test_account_errors_are_sentences() -> None:
          "try again later."),
         ("/passwd", "ERROR not-registered alice has no account",
          "The password was not changed: alice has no account."),
+        # A cluster's accounts out of reach: words only REGISTER and PASSWD get.
+        ("/passwd", "ERROR unavailable the accounts cannot be reached now; send it again "
+         "in a moment",
+         "The password was not changed: the accounts cannot be reached now; send it again "
+         "in a moment."),
+        ("/register", "ERROR unavailable the accounts cannot be reached now; send it again "
+         "in a moment",
+         "The nickname was not registered: the accounts cannot be reached now; send it "
+         "again in a moment."),
     ],
 )
 def test_registered_and_not_registered_say_what_was_not_done_and_the_servers_reason(

@@ -999,6 +999,7 @@ def test_the_pages_password_rule_is_the_servers(browser: Callable[..., Any]) -> 
 
 
 STORE_FAILED = "the server could not store the password now; try again later"
+ACCOUNTS_AWAY = "the accounts cannot be reached now; send it again in a moment"
 
 
 def test_busy_pending_registered_and_not_registered_show_the_servers_reason(
@@ -1007,7 +1008,9 @@ def test_busy_pending_registered_and_not_registered_show_the_servers_reason(
     """The codes have more reasons than one: a fixed sentence ("Your
     nickname has no account; /register makes one") was false for a password
     the server could not store, and sent the user from /passwd to /register
-    and back. The page says what was not done, then the server's reason."""
+    and back. The page says what was not done, then the server's reason;
+    for a cluster's ERROR unavailable about its accounts too (it said the
+    server's text alone), as the terminal client does."""
     page = scripted(browser(), web, {
         "NICK alice": [["READY alice", "USERS 0"]],
         "PAIR bob": [["ERROR busy bob has 10 open invitations already; try again later"]],
@@ -1015,11 +1018,13 @@ def test_busy_pending_registered_and_not_registered_show_the_servers_reason(
                         "already; wait for one to end"]],
         "REGISTER correct horse 1": [
             ["ERROR registered on this server, accounts are made by its operator"],
-            [f"ERROR not-registered {STORE_FAILED}"]],
+            [f"ERROR not-registered {STORE_FAILED}"],
+            [f"ERROR unavailable {ACCOUNTS_AWAY}"]],
         "PASSWD correct horse 1": [
             [f"ERROR not-registered {STORE_FAILED}"],
             ["ERROR not-registered you did not log in to alice with a password: REGISTER it "
-             "first (or, if it has an account, log in again with its password)"]],
+             "first (or, if it has an account, log in again with its password)"],
+            [f"ERROR unavailable {ACCOUNTS_AWAY}"]],
     })
     join_as(page, "alice")
     logged_in(page, "alice")
@@ -1036,6 +1041,8 @@ def test_busy_pending_registered_and_not_registered_show_the_servers_reason(
         ("/passwd", "The password was not changed: you did not log in to alice with a "
          "password: REGISTER it first (or, if it has an account, log in again with its "
          "password)."),
+        ("/passwd", f"The password was not changed: {ACCOUNTS_AWAY}."),
+        ("/register", f"The nickname was not registered: {ACCOUNTS_AWAY}."),
     ]
     for command, said in shown:
         account_dialog(page, command, "correct horse 1")

@@ -216,7 +216,8 @@ class Passwords:
         The sentence for an C{ERROR} that answers C{REGISTER} or C{PASSWD},
         or C{None} if it does not.
         """
-        if code in render.ACCOUNT_ERRORS:
+        accounts_away = code == "unavailable" and text.startswith(render.ACCOUNTS_UNAVAILABLE)
+        if code in render.ACCOUNT_ERRORS or accounts_away:
             request, self.request = self.request, None
             return render.account_error(code, text, request)
         if code == "flood" and self.request is not None and "busy" in text:

@@ -250,6 +250,10 @@ ERRORS = {
 
 ACCOUNT_ERRORS = frozenset({"accounts-off", "weak-password", "registered", "not-registered"})
 
+# How a cluster's ERROR unavailable begins when it answers REGISTER or
+# PASSWD (server/login.py): no other command gets these words.
+ACCOUNTS_UNAVAILABLE = "the accounts cannot be reached"
+
 # What a REGISTER or a PASSWD the server refused did not do.
 NOT_DONE = {"REGISTER": "The nickname was not registered", "PASSWD": "The password was not changed"}
 
@@ -400,12 +404,14 @@ def error_sentence(code: str, text: str) -> str:
 
 
 def account_error(code: str, text: str, request: str | None) -> str:
-    """C{ERROR registered}, C{not-registered} or (online, the server keeps
-    no more accounts) C{server-full} answering C{request} (C{REGISTER},
-    C{PASSWD}, or None if unknown): what was not done, then the server's
-    reason; any other code as L{error_sentence} says it."""
+    """C{ERROR registered}, C{not-registered}, (online, the server keeps
+    no more accounts) C{server-full} or (a cluster's accounts out of reach)
+    C{unavailable} answering C{request} (C{REGISTER}, C{PASSWD}, or None if
+    unknown): what was not done, then the server's reason; any other code
+    as L{error_sentence} says it."""
     lead = NOT_DONE.get(request or "")
-    if lead is None or code not in ("registered", "not-registered", "server-full"):
+    if lead is None or code not in ("registered", "not-registered", "server-full",
+                                    "unavailable"):
         return error_sentence(code, text)
     return sentence(f"{lead}: {text.rstrip('.') or code}")
 

@@ -2130,6 +2130,10 @@
   // tells them (client/render.py, _PAIR_CHANGED).
   const PAIR_CHANGED_RE = /^not sent: (it was meant for the lobby|you were (not|no longer) paired with) /;
 
+  // How a cluster's ERROR unavailable begins when it answers REGISTER or
+  // PASSWD (server/login.py): no other command gets these words.
+  const ACCOUNTS_UNAVAILABLE = "the accounts cannot be reached";
+
   // The server's text as a sentence, "not sent: why" as "Not sent: why.",
   // as the terminal client says it (client/render.py, server_reason).
   function serverReason(text) {
@@ -2164,6 +2168,14 @@
       const m = takeUnconfirmed((u) => u.to === null);
       const said = serverReason(text);
       return m ? tellIn(m.conv, said) : notice(current(), said, { error: true });
+    }
+    if (code === "unavailable" && text.startsWith(ACCOUNTS_UNAVAILABLE)) {
+      // The REGISTER or PASSWD awaited was not done: its request is over,
+      // as for the other account errors (the terminal client's words).
+      const request = state.accountRequest;
+      state.accountRequest = null;
+      const said = request ? notDone(request.verb, text) : serverReason(text);
+      return notice(current(), said, { error: true });
     }
     // Any other unavailable ("not sent: the chat's store ...", "lost: ...")
     // took effect nowhere, but may answer any command: one taken back after
