@@ -18,7 +18,7 @@ LISTING := build/package-files
 
 # setup.py and the C source: the install builds the C extension, and only a
 # new install rebuilds it (a strict editable install links the built .so).
-$(STAMP): pyproject.toml setup.py twisted_chat/server/_sendmany.c $(LISTING)
+$(STAMP): pyproject.toml setup.py twisted_chat/server/output/_sendmany.c $(LISTING)
 	$(PYTHON) scripts/mkvenv.py $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 	# strict mode: setuptools links every file of the package into
@@ -56,4 +56,4 @@ bench-quick: $(STAMP)
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache .mypy_cache .ruff_cache
-	rm -f twisted_chat/server/*.so
+	rm -f twisted_chat/server/output/*.so

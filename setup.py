@@ -29,8 +29,8 @@ class optional_build_ext(build_ext):
 setup(
     ext_modules=[
         Extension(
-            "twisted_chat.server._sendmany",
-            sources=["twisted_chat/server/_sendmany.c"],
+            "twisted_chat.server.output._sendmany",
+            sources=["twisted_chat/server/output/_sendmany.c"],
             optional=True,
         )
     ],

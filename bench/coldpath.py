@@ -36,7 +36,7 @@ TIMED = [
     ("twisted_chat.server.hub", "Hub", "say"),
     ("twisted_chat.server.factory", "ChatFactory", "lobby_message"),
     ("twisted.internet.base", "ReactorBase", "runUntilCurrent"),
-    ("twisted_chat.server.fanout", "LobbyFanout", "flush"),
+    ("twisted_chat.server.output.fanout", "LobbyFanout", "flush"),
 ]
 
 

@@ -23,8 +23,8 @@ from typing import Any
 
 from twisted.internet.protocol import Factory, Protocol
 
-from twisted_chat.server.fanout import LobbyFanout, reactor_backlog
-from twisted_chat.server.sendqueue import DirectPass, SendQueue
+from twisted_chat.server.output.fanout import LobbyFanout, reactor_backlog
+from twisted_chat.server.output.sendqueue import DirectPass, SendQueue
 
 # As long as the server's own timestamp, so that the lines are the same size.
 _TS = b"2026-01-01T00:00:00.000Z"

@@ -50,7 +50,7 @@ class TurnClock(Clock):
 def run_for(clock: Clock, seconds: float, turn: float = 0.25) -> None:
     """The reactor runs for C{seconds}, turn by turn, its timers on time.
     One advance past a timer's time is a stall of the whole process, which
-    excuses lines over their flood rate (twisted_chat/server/stalls.py): a
+    excuses lines over their flood rate (twisted_chat/server/limits/stalls.py): a
     test of flood control lets time pass with this."""
     for _ in range(round(seconds / turn)):
         clock.advance(turn)

@@ -17,7 +17,7 @@ from typing import TypeVar
 
 from twisted.internet import endpoints
 
-from twisted_chat.server.listening import ssl_arguments, tcp_address
+from twisted_chat.server.ports.listening import ssl_arguments, tcp_address
 from twisted_chat.server.service import _endpoint
 
 T = TypeVar("T")

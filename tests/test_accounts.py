@@ -1,7 +1,7 @@
 """
 The accounts store, the password hash, the twisted.cred checker and portal,
-the failure limiter and the password threads (twisted_chat.server.accounts,
-twisted_chat.server.login, twisted_chat.server.loginlimits).
+the failure limiter and the password threads (twisted_chat.server.accounts.store,
+twisted_chat.server.accounts.login, twisted_chat.server.accounts.loginlimits).
 """
 
 from __future__ import annotations
@@ -23,8 +23,11 @@ from twisted.cred.error import UnauthorizedLogin
 from twisted.internet import defer
 from twisted.internet.task import Clock
 
-from twisted_chat.server import accounts as accounts_module
-from twisted_chat.server.accounts import (
+from twisted_chat.server.accounts import store as accounts_module
+from twisted_chat.server.accounts.login import Accounts
+from twisted_chat.server.accounts.loginlimits import FailureLimiter, LoginLimits
+from twisted_chat.server.accounts.passwordwork import PasswordWork, WorkBusy
+from twisted_chat.server.accounts.store import (
     AccountChecker,
     AccountExists,
     AccountsFull,
@@ -41,10 +44,7 @@ from twisted_chat.server.accounts import (
     portal,
     verify_password,
 )
-from twisted_chat.server.addresses import networks
-from twisted_chat.server.login import Accounts
-from twisted_chat.server.loginlimits import FailureLimiter, LoginLimits
-from twisted_chat.server.passwordwork import PasswordWork, WorkBusy
+from twisted_chat.server.limits.addresses import networks
 
 # Cheap parameters for tests that hash many times (the format carries them).
 FAST = dict(n=2**4, r=1, p=1)
@@ -175,7 +175,7 @@ def test_file_is_private_and_held_by_nobody(tmp_path: Path) -> None:
 
 _READ_WITH_NO_ROOM = """
 import os, resource, signal, sys
-from twisted_chat.server.accounts import AccountStore
+from twisted_chat.server.accounts.store import AccountStore
 store = AccountStore(sys.argv[1])
 # No file may grow past the accounts file's size: as on a full disk, no
 # -wal, -shm or -journal can be made.

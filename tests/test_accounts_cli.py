@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from twisted_chat.server.accounts import AccountStore, verify_password
+from twisted_chat.server.accounts.store import AccountStore, verify_password
 
 TOOL = [sys.executable, "-m", "twisted_chat.accounts"]
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 import pytest
 from twisted.internet.task import Clock
 
-from twisted_chat.server.addresses import (
+from twisted_chat.server.limits.addresses import (
     AddressBook,
     AddressPolicy,
     HandshakePool,
@@ -16,7 +16,7 @@ from twisted_chat.server.addresses import (
     address_key,
     networks,
 )
-from twisted_chat.server.buckets import Rate
+from twisted_chat.server.limits.buckets import Rate
 from twisted_chat.server.logs import Repeats
 
 

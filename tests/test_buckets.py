@@ -1,5 +1,5 @@
 """
-The refill and drain rules every limit shares (twisted_chat.server.buckets),
+The refill and drain rules every limit shares (twisted_chat.server.limits.buckets),
 with plain numbers: the shared functions' edges, then the two classes.
 """
 
@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import pytest
 
-from twisted_chat.server.buckets import Penalty, Rate, TokenBucket, drained, refilled
+from twisted_chat.server.limits.buckets import Penalty, Rate, TokenBucket, drained, refilled
 
 
 def test_refilled_adds_the_rate_for_the_time_since() -> None:

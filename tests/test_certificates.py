@@ -19,9 +19,9 @@ from twisted.internet.testing import MemoryReactorClock
 from twisted.logger import globalLogPublisher
 
 from tests.certchain import Chain, make_chain
-from twisted_chat.server.certificates import CertificateError, ReloadingCertificate
-from twisted_chat.server.listening import ssl_arguments
-from twisted_chat.server.reloading import CHECK_INTERVAL, Reloader
+from twisted_chat.server.ports.certificates import CertificateError, ReloadingCertificate
+from twisted_chat.server.ports.listening import ssl_arguments
+from twisted_chat.server.ports.reloading import CHECK_INTERVAL, Reloader
 
 
 @pytest.fixture

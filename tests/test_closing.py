@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from twisted.internet.task import Clock
 
-from twisted_chat.server.closing import GoneTransport
+from twisted_chat.server.limits.closing import GoneTransport
 
 
 def test_a_gone_transport_ends_once_on_the_next_turn() -> None:

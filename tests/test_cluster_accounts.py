@@ -20,7 +20,8 @@ from twisted.internet import defer
 from twisted.internet.task import Clock
 
 from tests.redisproc import REDIS_SERVER, RedisServer
-from twisted_chat.server.accounts import (
+from twisted_chat.server.accounts.loginlimits import LoginLimits
+from twisted_chat.server.accounts.store import (
     Account,
     AccountExists,
     AccountsFull,
@@ -37,7 +38,6 @@ from twisted_chat.server.cluster.accounts import (
     forgetful,
     open_book,
 )
-from twisted_chat.server.loginlimits import LoginLimits
 
 Nodes = Callable[[int], Awaitable[list[RedisBook]]]
 needs_redis = pytest.mark.skipif(REDIS_SERVER is None, reason="redis-server is not installed")
@@ -374,8 +374,8 @@ NODE_MODULES = {
     "twisted_chat.server.cluster.replica",
     "twisted_chat.server.cluster.redislog",
     "twisted_chat.server.hub",
-    "twisted_chat.server.fanout",
-    "twisted_chat.server.metrics",
+    "twisted_chat.server.output.fanout",
+    "twisted_chat.server.metrics.counters",
     "prometheus_client",
 }
 

@@ -22,8 +22,8 @@ from tests.redisproc import REDIS_SERVER, RedisServer
 from tests.serverproc import LineClient, ServerProcess
 from tests.test_cluster_e2e import Cluster
 from tests.test_cluster_e2e import cluster as cluster_fixture
-from twisted_chat.server.accounts import AccountStore
-from twisted_chat.server.login import UNAVAILABLE_TEXT
+from twisted_chat.server.accounts.login import UNAVAILABLE_TEXT
+from twisted_chat.server.accounts.store import AccountStore
 
 pytestmark = [
     pytest.mark.e2e,

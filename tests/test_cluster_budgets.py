@@ -25,7 +25,9 @@ from twisted.internet.task import Clock, deferLater
 from tests.harness import Conn
 from tests.redisproc import REDIS_SERVER, RedisServer
 from tests.test_cluster_unit import START, Cluster
-from twisted_chat.server.addresses import (
+from twisted_chat.server.cluster.budgets import BUCKETS, SPEND, RedisBuckets
+from twisted_chat.server.config import ServerConfig
+from twisted_chat.server.limits.addresses import (
     LOBBY,
     REGISTER,
     SHARE_INTERVAL,
@@ -34,9 +36,7 @@ from twisted_chat.server.addresses import (
     AddressPolicy,
     networks,
 )
-from twisted_chat.server.buckets import Rate
-from twisted_chat.server.cluster.budgets import BUCKETS, SPEND, RedisBuckets
-from twisted_chat.server.config import ServerConfig
+from twisted_chat.server.limits.buckets import Rate
 
 HOST = "192.0.2.7"
 

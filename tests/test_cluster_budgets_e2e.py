@@ -18,8 +18,8 @@ from tests.serverproc import LOOPBACK, LineClient
 from tests.test_cluster_e2e import Cluster
 from tests.test_cluster_e2e import cluster as cluster_fixture
 from tests.test_cluster_read_e2e import commandstats
-from twisted_chat.server.addresses import LOBBY
 from twisted_chat.server.cluster.budgets import BUCKETS
+from twisted_chat.server.limits.addresses import LOBBY
 
 pytestmark = [
     pytest.mark.e2e,

@@ -20,7 +20,7 @@ from tests.test_cluster_unit import Cluster, Node
 from tests.test_e2e_metrics import get
 from tests.test_metrics import Values
 from twisted_chat.server.cluster.metrics import ClusterCollector
-from twisted_chat.server.metrics import chat_snapshot, registry_for
+from twisted_chat.server.metrics.counters import chat_snapshot, registry_for
 
 
 def scrape(node: Node) -> Values:

@@ -30,7 +30,7 @@ from tests.test_cluster_read import Node as ReadNode
 from tests.test_cluster_read import cluster as read_cluster
 from tests.test_cluster_read import now as read_now
 from tests.test_cluster_unit import Cluster, MemoryLog, Node, NodeLog, Untold, check_index
-from twisted_chat.server.addresses import LOBBY, SHARE_INTERVAL
+from twisted_chat.server.accounts.login import UNAVAILABLE_TEXT, unavailable_text
 from twisted_chat.server.cluster import redislog
 from twisted_chat.server.cluster.listeners import SILENT
 from twisted_chat.server.cluster.node import ClusterState
@@ -44,10 +44,10 @@ from twisted_chat.server.cluster.redislog import (
 )
 from twisted_chat.server.cluster.redisstream import APPEND_SHA
 from twisted_chat.server.cluster.service import FactoryHooks
-from twisted_chat.server.heldinput import HELD_LINE_COST, HeldInput
 from twisted_chat.server.history import History
 from twisted_chat.server.hub import HubError, HubSettings
-from twisted_chat.server.login import UNAVAILABLE_TEXT, unavailable_text
+from twisted_chat.server.limits.addresses import LOBBY, SHARE_INTERVAL
+from twisted_chat.server.limits.heldinput import HELD_LINE_COST, HeldInput
 from twisted_chat.server.service import Options
 from twisted_chat.server.state import StateUnavailable
 from twisted_chat.wire import ErrorCode

@@ -12,11 +12,11 @@ from typing import Any
 import pytest
 
 from tests.test_cluster_unit import Cluster, Node, check_index
-from twisted_chat.server import sendqueue
 from twisted_chat.server.cluster.remote import RemoteConn
 from twisted_chat.server.cluster.service import FactoryHooks
 from twisted_chat.server.factory import ChatFactory
-from twisted_chat.server.fanout import LobbyFanout
+from twisted_chat.server.output import sendqueue
+from twisted_chat.server.output.fanout import LobbyFanout
 from twisted_chat.server.protocol import ChatProtocol
 from twisted_chat.server.state import PairsShown
 

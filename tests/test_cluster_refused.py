@@ -18,12 +18,12 @@ import txredisapi  # type: ignore[import-untyped]
 from twisted.internet.defer import Deferred, ensureDeferred
 
 from tests.test_cluster_outage import FakeRedis, redis_log
+from twisted_chat.server.accounts.login import unavailable_text
 from twisted_chat.server.cluster.node import KEPT_RETRY, ClusterState
 from twisted_chat.server.cluster.redislog import RedisLog
 from twisted_chat.server.cluster.redisstream import APPEND_SHA
 from twisted_chat.server.cluster.streamids import id_key
 from twisted_chat.server.hub import User
-from twisted_chat.server.login import unavailable_text
 
 
 class AnsweredRedis(FakeRedis):

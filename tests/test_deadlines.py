@@ -1,4 +1,4 @@
-"""Many connections' deadlines on one reactor timer (twisted_chat.server.deadlines)."""
+"""Many connections' deadlines on one reactor timer (twisted_chat.server.limits.deadlines)."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import weakref
 
 from twisted.internet.task import Clock
 
-from twisted_chat.server.deadlines import Deadline, Deadlines
+from twisted_chat.server.limits.deadlines import Deadline, Deadlines
 
 
 class Owner:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from twisted_chat.server.descriptors import RESERVED, DoesNotFit, fit
+from twisted_chat.server.limits.descriptors import RESERVED, DoesNotFit, fit
 
 
 class FakeLimits:
@@ -72,7 +72,7 @@ def test_the_metrics_ports_connections_are_kept_out_of_the_chats_share() -> None
     """With --metrics its connections (metricsport.METRICS_DESCRIPTORS) come
     out of the budget, as the server's own files do: they cannot take the
     descriptors the chat port's users need."""
-    from twisted_chat.server.metricsport import METRICS_DESCRIPTORS
+    from twisted_chat.server.metrics.metricsport import METRICS_DESCRIPTORS
 
     assert fit(1024 - RESERVED, chosen=True, limits=FakeLimits(1024, 1024)).warning is None
     room = 1024 - RESERVED - METRICS_DESCRIPTORS

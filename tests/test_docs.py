@@ -109,7 +109,7 @@ def test_the_load_balancer_recipe_exempts_the_proxy() -> None:
 
 
 def test_the_metrics_methods_are_the_ones_the_docs_state() -> None:
-    from twisted_chat.server.metricsport import ALLOWED_METHODS
+    from twisted_chat.server.metrics.metricsport import ALLOWED_METHODS
 
     text = (ROOT / "docs" / "security.md").read_text()
     row = next(line for line in text.splitlines() if line.startswith("| requests |"))
@@ -117,7 +117,11 @@ def test_the_metrics_methods_are_the_ones_the_docs_state() -> None:
     assert "`GET` or `HEAD` `/metrics`" in row
 
 
-@pytest.mark.parametrize("package", ["client", "server", "server/cluster", "web"])
+PACKAGES = ["client", "server", "server/accounts", "server/cluster", "server/limits",
+            "server/metrics", "server/output", "server/ports", "web"]
+
+
+@pytest.mark.parametrize("package", PACKAGES)
 def test_a_package_docstring_names_every_module(package: str) -> None:
     """cluster/__init__ named 3 of its 8 modules (rev11-shape2 S10): a new
     module is named where a reader looks for the layout."""
@@ -158,7 +162,7 @@ def listed_modules() -> dict[str, set[str]]:
     return listed
 
 
-@pytest.mark.parametrize("package", ["", "client", "server", "server/cluster", "web"])
+@pytest.mark.parametrize("package", ["", *PACKAGES])
 def test_the_readme_layout_names_every_module(package: str) -> None:
     """README's module list still gave redislog.py the leases and snapshots
     after the split, and named 9 of the cluster's modules not at all
@@ -176,7 +180,7 @@ def test_the_readme_layout_names_every_module(package: str) -> None:
 
     from tests.test_cluster_unit import Cluster
     from twisted_chat.server.cluster.metrics import ClusterCollector
-    from twisted_chat.server.metrics import Snapshot, Stats, registry_for
+    from twisted_chat.server.metrics.counters import Snapshot, Stats, registry_for
 
     node = Cluster(1).nodes[0]
     registry = registry_for(Stats(), lambda: Snapshot(0, 0, 0, 0, history_messages=0),
@@ -288,7 +292,7 @@ def test_the_failed_login_limits_are_the_ones_the_code_sets() -> None:
     login.py had three: the nick from one address, the nick from all, the
     address.  Its "Failed attempts" paragraph states the three with
     LoginLimits' numbers."""
-    from twisted_chat.server.loginlimits import LoginLimits
+    from twisted_chat.server.accounts.loginlimits import LoginLimits
 
     limits = LoginLimits()
     minutes = {60.0: "minute", 30.0: "30 seconds"}
@@ -365,7 +369,7 @@ def test_the_departures_table_names_the_cluster_answers_and_bye_flood_before_rea
     a connection gets for holding more than 4 lines before READY, well
     within the flood rate.  Each has its row: the cluster's point to the
     section that describes them, the held input's gives the line sent."""
-    from twisted_chat.server.heldinput import HELD_BEFORE_READY_LINES, TOO_MUCH_BEFORE_READY
+    from twisted_chat.server.limits.heldinput import HELD_BEFORE_READY_LINES, TOO_MUCH_BEFORE_READY
 
     departs = "Where this server departs from chat/1 as published"
     raw = (ROOT / "docs" / "protocol.md").read_text().split(f"## {departs}\n")[1]

@@ -175,7 +175,7 @@ def test_an_accounts_file_that_goes_while_running_fails_closed(
     assert (f"accounts: open (a nick with an account needs its password; anyone may "
             f"REGISTER the nick they hold), in the file {path}") in log
     assert log.count("no accounts file at") == 1  # never made again while it ran
-    assert "[twisted_chat.server.login#error] could not look up the account of bob: " \
+    assert "[twisted_chat.server.accounts.login#error] could not look up the account of bob: " \
         "cannot use accounts file" in log
     assert "it is gone (moved or deleted since the server saw it)" in log
     assert "it has no accounts table" in log

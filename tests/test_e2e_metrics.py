@@ -189,7 +189,10 @@ def test_one_address_holding_the_metrics_port_leaves_others_a_scrape(
     import http.client
     import socket
 
-    from twisted_chat.server.metricsport import MAX_METRICS_PER_ADDRESS, MAX_METRICS_REQUESTS
+    from twisted_chat.server.metrics.metricsport import (
+        MAX_METRICS_PER_ADDRESS,
+        MAX_METRICS_REQUESTS,
+    )
 
     metrics_port = free_port()
     chat_server("--db", ":memory:", "--metrics", f"tcp:{metrics_port}:interface={LOOPBACK}")
@@ -225,7 +228,7 @@ def test_connections_held_from_several_loopback_addresses_give_way_to_a_scrape(
     of them, two connections each with a partial request, held all 8 and
     no scrape from 127.0.0.1 got through (0 of 26).  Once they have been
     idle for METRICS_IDLE, the scrape takes the place of the oldest."""
-    from twisted_chat.server.metricsport import (
+    from twisted_chat.server.metrics.metricsport import (
         MAX_METRICS_CONNECTIONS,
         MAX_METRICS_PER_ADDRESS,
         METRICS_IDLE,
@@ -268,7 +271,7 @@ def test_held_metrics_connections_leave_the_chat_its_descriptors(
     import stat
 
     from tests.serverproc import TWISTD
-    from twisted_chat.server.metricsport import MAX_METRICS_CONNECTIONS
+    from twisted_chat.server.metrics.metricsport import MAX_METRICS_CONNECTIONS
 
     limited = tmp_path / "twistd-200"  # twistd with 200 descriptors, hard limit too
     limited.write_text(

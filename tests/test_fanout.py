@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 
 from tests.harness import TurnClock
-from twisted_chat.server.fanout import (
+from twisted_chat.server.output.fanout import (
     MAX_FANOUT_WAIT,
     MAX_GATHER_TURNS,
     LobbyFanout,

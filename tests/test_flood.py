@@ -1,10 +1,10 @@
-"""Flood control's rule (twisted_chat.server.flood), with plain numbers."""
+"""Flood control's rule (twisted_chat.server.limits.flood), with plain numbers."""
 
 from __future__ import annotations
 
 from tests.harness import Harness
-from twisted_chat.server.buckets import Penalty
-from twisted_chat.server.flood import Dropped, FloodMeter
+from twisted_chat.server.limits.buckets import Penalty
+from twisted_chat.server.limits.flood import Dropped, FloodMeter
 
 
 def test_a_burst_then_the_rate() -> None:

@@ -1,6 +1,6 @@
 """
 What one peer can make the server hold behind commands decided elsewhere,
-and what that does to everyone else (twisted_chat/server/heldinput.py;
+and what that does to everyone else (twisted_chat/server/limits/heldinput.py;
 rev15-sec #1: 14 addresses, each with 5 connections parked behind a login
 over its failure limit or a queued password check, took the server past
 its held-input ceiling, and no connection at all was read for 3 s at a
@@ -21,15 +21,15 @@ from tests.test_cluster_outage import Waiting
 from tests.test_login import LIMITS, PW, HeldWork, add, fresh, harness, shared_harness, wrong
 from tests.web import wsframes as ws
 from tests.web.test_gateway import WsConn, grown_by, make_gateway
-from twisted_chat.server.accounts import Mode
-from twisted_chat.server.heldinput import (
+from twisted_chat.server.accounts.login import BAD_PASSWORD_TEXT
+from twisted_chat.server.accounts.store import Mode
+from twisted_chat.server.limits.heldinput import (
     _HELD_INPUT,
     CEILING_TELL_EVERY,
     HELD_LINE_COST,
     TOO_MUCH_BEFORE_READY,
     HeldInput,
 )
-from twisted_chat.server.login import BAD_PASSWORD_TEXT
 
 JUNK = b"j" * 1000 + b"\r\n"
 

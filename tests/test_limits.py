@@ -11,7 +11,7 @@ from twisted.internet.error import ConnectionAborted
 from twisted.python.failure import Failure
 
 from tests.harness import Harness, run_for
-from twisted_chat.server.descriptors import REFUSALS_CLOSING
+from twisted_chat.server.limits.descriptors import REFUSALS_CLOSING
 from twisted_chat.wire import format_ts
 
 

@@ -13,7 +13,7 @@ from twisted.internet import reactor as global_reactor
 from twisted.internet.testing import MemoryReactor
 
 from tests.test_service import ThreadedMemoryReactor, options, start_log
-from twisted_chat.server import listening
+from twisted_chat.server.ports import listening
 from twisted_chat.server.service import makeService
 
 
@@ -147,7 +147,7 @@ def listened(description: str) -> tuple[Any, ...]:
     holds now), backlog and interface (MemoryReactor records them)."""
     from twisted.internet.protocol import Factory
 
-    from twisted_chat.server.certificates import ReloadingCertificate
+    from twisted_chat.server.ports.certificates import ReloadingCertificate
 
     reactor = MemoryReactor()
     listening.listen_on(description, reactor).listen(Factory())
@@ -299,7 +299,7 @@ def test_the_endpoint_made_for_a_chain_file_gives_pyopenssl_none_of_its_deprecat
     """pyOpenSSL 26 deprecates its own X509 and PKey: a DeprecationWarning
     for each as a context was made (three for a fullchain.pem: the
     certificate, the key, the chain).  Every ssl: port's certificate
-    (L{twisted_chat.server.certificates}, a chain file or a lone
+    (L{twisted_chat.server.ports.certificates}, a chain file or a lone
     certificate) hands CertificateOptions cryptography's objects, which it
     passes on to pyOpenSSL: none."""
     import warnings
@@ -326,7 +326,7 @@ def test_a_chain_file_whose_key_or_certificates_are_wrong_stops_start_up(
         tmp_path: Any) -> None:
     """One line, no traceback: a certificate of the chain that cannot be
     read, or a key that is not the first certificate's (the server reads
-    the files before Twisted's parser: L{twisted_chat.server.certificates})."""
+    the files before Twisted's parser: L{twisted_chat.server.ports.certificates})."""
     from cryptography.hazmat.primitives import serialization
     from cryptography.hazmat.primitives.asymmetric import ec
 

@@ -16,16 +16,8 @@ from twisted.internet import defer
 from twisted.logger import LogEvent, formatEvent, globalLogPublisher
 
 from tests.harness import Conn, Harness
-from twisted_chat.server import accounts as accounts_module
-from twisted_chat.server.accounts import (
-    AccountStore,
-    AccountsUnavailable,
-    Mode,
-    SQLiteBook,
-    hash_password,
-)
-from twisted_chat.server.cluster.accounts import RedisBook
-from twisted_chat.server.login import (
+from twisted_chat.server.accounts import store as accounts_module
+from twisted_chat.server.accounts.login import (
     BAD_PASSWORD_TEXT,
     FULL_LOG_EVERY,
     PASSWORD_CHANGED_TEXT,
@@ -33,8 +25,16 @@ from twisted_chat.server.login import (
     UNCHECKED_TEXT,
     Accounts,
 )
-from twisted_chat.server.loginlimits import LoginLimits
-from twisted_chat.server.passwordwork import WorkBusy
+from twisted_chat.server.accounts.loginlimits import LoginLimits
+from twisted_chat.server.accounts.passwordwork import WorkBusy
+from twisted_chat.server.accounts.store import (
+    AccountStore,
+    AccountsUnavailable,
+    Mode,
+    SQLiteBook,
+    hash_password,
+)
+from twisted_chat.server.cluster.accounts import RedisBook
 
 PW = "sekrit-pw"
 # Cheap scrypt parameters: the format carries them, verify reads them back.
@@ -93,7 +93,7 @@ def fast_hashes(monkeypatch: pytest.MonkeyPatch) -> None:
     """REGISTER/PASSWD hash with cheap parameters in these tests."""
     real = accounts_module.hash_password
     monkeypatch.setattr(
-        "twisted_chat.server.login.hash_password", lambda pw: real(pw, **FAST)
+        "twisted_chat.server.accounts.login.hash_password", lambda pw: real(pw, **FAST)
     )
     monkeypatch.setattr(accounts_module, "_dummy_hash", real(b"dummy", **FAST))
 

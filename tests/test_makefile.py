@@ -65,7 +65,7 @@ def tree(tmp_path: Path) -> Tree:
     return tree
 
 
-@pytest.mark.parametrize("changed", ["setup.py", "twisted_chat/server/_sendmany.c",
+@pytest.mark.parametrize("changed", ["setup.py", "twisted_chat/server/output/_sendmany.c",
                                      "pyproject.toml"])
 def test_a_change_to_what_the_build_reads_redoes_the_install(tree: Tree, changed: str) -> None:
     (tree.root / changed).touch()
@@ -73,9 +73,9 @@ def test_a_change_to_what_the_build_reads_redoes_the_install(tree: Tree, changed
 
 
 def test_clean_removes_the_built_extension(tree: Tree) -> None:
-    built = tree.root / "twisted_chat" / "server" / ("_sendmany" + sysconfig.get_config_var(
-        "EXT_SUFFIX"))
+    output = tree.root / "twisted_chat" / "server" / "output"
+    built = output / ("_sendmany" + sysconfig.get_config_var("EXT_SUFFIX"))
     built.write_bytes(b"")
     tree.make("clean")
     assert not built.exists()
-    assert (tree.root / "twisted_chat" / "server" / "_sendmany.c").exists()
+    assert (output / "_sendmany.c").exists()

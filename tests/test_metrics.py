@@ -28,16 +28,16 @@ from tests.test_login import PW, HeldWork, add, fresh
 from tests.test_login import harness as login_harness
 from tests.test_service import ThreadedMemoryReactor, options
 from twisted_chat.server.factory import history_lines
-from twisted_chat.server.fanout import LobbyFanout
 from twisted_chat.server.history import Entry, History
-from twisted_chat.server.listening import PortService
-from twisted_chat.server.metrics import (
+from twisted_chat.server.metrics.counters import (
     Buckets,
     ChatCollector,
     Snapshot,
     Stats,
     registry_for,
 )
+from twisted_chat.server.output.fanout import LobbyFanout
+from twisted_chat.server.ports.listening import PortService
 from twisted_chat.server.service import ChatService, makeService
 from twisted_chat.server.store import SQLiteStore
 
@@ -659,7 +659,7 @@ def metrics_connection(site: Any, port: int, host: str = "127.0.0.1",
 def test_the_metrics_port_serves_a_few_connections_at_once() -> None:
     """Beyond MAX_METRICS_CONNECTIONS a new connection is closed at its
     accept; a closed one makes room."""
-    from twisted_chat.server.metricsport import MAX_METRICS_CONNECTIONS, metrics_site
+    from twisted_chat.server.metrics.metricsport import MAX_METRICS_CONNECTIONS, metrics_site
 
     site = metrics_site(registry_for(Stats(), lambda: Snapshot(0, 0, 0, None)), Clock())
     held = [metrics_connection(site, 40000 + n, f"127.0.0.{10 + n}")
@@ -677,7 +677,7 @@ def test_one_address_gets_a_share_of_the_metrics_port() -> None:
     """rev13-attack 3: one peer held all the connections, and no scrape
     from elsewhere got through.  It gets MAX_METRICS_PER_ADDRESS; a closed
     one makes room for its address again."""
-    from twisted_chat.server.metricsport import MAX_METRICS_PER_ADDRESS, metrics_site
+    from twisted_chat.server.metrics.metricsport import MAX_METRICS_PER_ADDRESS, metrics_site
 
     site = metrics_site(registry_for(Stats(), lambda: Snapshot(0, 0, 0, None)), Clock())
     held = [metrics_connection(site, 40000 + n, "127.0.0.2")
@@ -700,7 +700,7 @@ def test_connections_held_idle_give_way_to_a_scrape() -> None:
     idle), a newcomer the port has no room for takes its place: the oldest
     idle one is aborted (its address's own, when the newcomer's address is
     at its share), one at a time."""
-    from twisted_chat.server.metricsport import (
+    from twisted_chat.server.metrics.metricsport import (
         MAX_METRICS_CONNECTIONS,
         MAX_METRICS_PER_ADDRESS,
         METRICS_IDLE,
@@ -785,7 +785,7 @@ def _slow_peer_asking(clock: Clock) -> tuple[Any, tuple[Any, Any], Any]:
     and a connection from 127.0.0.40 on a L{_SlowPeerTransport} that has
     asked for it: the site, the connection (channel, transport), and its
     request, not answered yet."""
-    from twisted_chat.server.metricsport import metrics_site
+    from twisted_chat.server.metrics.metricsport import metrics_site
 
     site = metrics_site(registry_for(Stats(), lambda: Snapshot(0, 0, 0, None)), clock)
     held = _Held()
@@ -800,7 +800,10 @@ def _slow_peer_asking(clock: Clock) -> tuple[Any, tuple[Any, Any], Any]:
 def _port_filled(site: Any) -> list[tuple[Any, Any]]:
     """The rest of C{site}'s connections, from 127.0.0.40-43 (two each,
     with the first connection's), each with a partial request."""
-    from twisted_chat.server.metricsport import MAX_METRICS_CONNECTIONS, MAX_METRICS_PER_ADDRESS
+    from twisted_chat.server.metrics.metricsport import (
+        MAX_METRICS_CONNECTIONS,
+        MAX_METRICS_PER_ADDRESS,
+    )
 
     others = []
     for n in range(1, MAX_METRICS_CONNECTIONS):
@@ -821,8 +824,7 @@ def test_an_answer_on_its_way_is_not_cut_to_make_room(answer: str) -> None:
     METRICS_DRAIN: rev16-sec 2, below); one whose peer takes none of it
     for METRICS_IDLE is idle (it holds the port as a partial request does),
     and gives way as before."""
-    from twisted_chat.server import metricsport as port
-
+    from twisted_chat.server.metrics import metricsport as port
     clock = Clock()
     site, got, request = _slow_peer_asking(clock)
     transport = got[1]
@@ -858,8 +860,7 @@ def test_an_answer_is_taken_whole_on_a_slow_link_and_a_trickle_gives_way(reader:
     newcomers need room; one at 3 KB/s (3.2 s) and a trickle (1.28 KB/s,
     512 bytes every 0.4 s as in rev16-sec's script) give way to the first
     newcomer once METRICS_IDLE has passed, as a partial request does."""
-    from twisted_chat.server import metricsport as port
-
+    from twisted_chat.server.metrics import metricsport as port
     clock = Clock()
     site, (_, transport), request = _slow_peer_asking(clock)
     request.write(b"x" * 9688)
@@ -893,7 +894,7 @@ def test_the_metrics_port_counts_an_ipv6_64_as_one_address_and_ipv4_per_address(
     all by changing its low bits); another /64 has its own.  IPv4
     addresses are counted one by one, however close (an IPv4-mapped IPv6
     address as its IPv4 address)."""
-    from twisted_chat.server.metricsport import MAX_METRICS_PER_ADDRESS, metrics_site
+    from twisted_chat.server.metrics.metricsport import MAX_METRICS_PER_ADDRESS, metrics_site
 
     assert MAX_METRICS_PER_ADDRESS == 2
     site = metrics_site(registry_for(Stats(), lambda: Snapshot(0, 0, 0, None)), Clock())
@@ -914,7 +915,7 @@ def test_a_metrics_connection_serves_a_few_requests() -> None:
     """rev13-attack 3: a keep-alive connection sent scrapes back to back
     for as long as it lasted.  The MAX_METRICS_REQUESTSth answer says
     Connection: close, and what comes after it is not answered."""
-    from twisted_chat.server.metricsport import MAX_METRICS_REQUESTS, metrics_site
+    from twisted_chat.server.metrics.metricsport import MAX_METRICS_REQUESTS, metrics_site
 
     site = metrics_site(registry_for(Stats(), lambda: Snapshot(0, 0, 0, None)), Clock())
     got = metrics_connection(site, 40000)
@@ -938,7 +939,7 @@ def test_scrapes_back_to_back_share_a_few_renderings() -> None:
     filter), or 503 if there is none: an ordinary form (no filter) is
     rendered once past the rate instead, and is never forgotten; the last
     METRICS_FORMS others are kept."""
-    from twisted_chat.server.metricsport import (
+    from twisted_chat.server.metrics.metricsport import (
         METRICS_FORMS,
         METRICS_FRESH,
         METRICS_OTHER_RENDERS,
@@ -1002,7 +1003,7 @@ def test_an_ordinary_form_is_rendered_once_past_the_rate_even_by_two_at_once() -
     rendered once, by the first request for it; a second one that comes
     while that rendering runs (on another of the pool's threads: here, from
     within it) is a 503, not a second rendering."""
-    from twisted_chat.server.metricsport import METRICS_RENDERS, renders_bounded
+    from twisted_chat.server.metrics.metricsport import METRICS_RENDERS, renders_bounded
 
     clock = Clock()
     rendered: list[str] = []
@@ -1061,7 +1062,7 @@ def bounded_metrics_app(clock: Clock) -> tuple[Any, CountedRenders]:
     """The metrics port's app as metrics_site makes it, on C{clock}."""
     from prometheus_client.exposition import make_wsgi_app
 
-    from twisted_chat.server.metricsport import head_as_get, renders_bounded
+    from twisted_chat.server.metrics.metricsport import head_as_get, renders_bounded
 
     registry = registry_for(Stats(), lambda: Snapshot(0, 0, 0, None))
     renders = CountedRenders()
@@ -1090,7 +1091,7 @@ def test_a_peer_varying_its_requests_cannot_fail_another_s_ordinary_scrape() -> 
     type: 28 at most) are all kept, the others (filters, odd OpenMetrics
     versions) in 4 slots of their own; and an ordinary form never rendered
     is rendered once past the rate.  Renderings stay bounded."""
-    from twisted_chat.server.metricsport import METRICS_RENDERS, ORDINARY_FORMS
+    from twisted_chat.server.metrics.metricsport import METRICS_RENDERS, ORDINARY_FORMS
 
     assert ORDINARY_FORMS == 28  # (docs/security.md says so)
     clock = Clock()
@@ -1156,7 +1157,7 @@ def test_an_ordinary_scrape_stays_fresh_however_another_peer_drains(drain: str) 
     scraper's answer is never older than that."""
     from prometheus_client.exposition import make_wsgi_app
 
-    from twisted_chat.server.metricsport import (
+    from twisted_chat.server.metrics.metricsport import (
         METRICS_FRESH,
         METRICS_RENDERS,
         head_as_get,
@@ -1212,7 +1213,7 @@ def test_a_metrics_request_s_form_is_what_the_exposition_makes_of_it() -> None:
     curl's forms are ordinary; a name[] filter or an odd OpenMetrics
     version is not (there is no end to them); what renders nothing has
     no form."""
-    from twisted_chat.server.metricsport import answer_form
+    from twisted_chat.server.metrics.metricsport import answer_form
 
     def form(method: str = "GET", query: str = "", accept: str = "", encoding: str = "",
              path: str = "") -> Any:
@@ -1247,7 +1248,11 @@ def test_a_kept_gzip_answer_is_not_served_to_a_client_that_did_not_ask_for_it() 
 
     from prometheus_client.exposition import make_wsgi_app
 
-    from twisted_chat.server.metricsport import METRICS_RENDERS, head_as_get, renders_bounded
+    from twisted_chat.server.metrics.metricsport import (
+        METRICS_RENDERS,
+        head_as_get,
+        renders_bounded,
+    )
 
     clock = Clock()
     registry = registry_for(Stats(), lambda: Snapshot(0, 0, 0, None))
@@ -1303,7 +1308,7 @@ def test_a_scrape_that_announces_a_body_is_refused_unread(announce: bytes) -> No
     """Twisted spools a request body to a temporary file as it comes: on the
     metrics port (no scrape has a body) one is refused before any of it is
     read, with 413, and nothing after it is read."""
-    from twisted_chat.server.metricsport import metrics_site
+    from twisted_chat.server.metrics.metricsport import metrics_site
 
     site = metrics_site(registry_for(Stats(), lambda: Snapshot(0, 0, 0, None)), Clock())
     got = metrics_connection(site, 40000)
@@ -1324,7 +1329,7 @@ def test_a_request_with_an_empty_body_is_answered() -> None:
     """Content-Length: 0 is no body: the request is served (here a path
     with nothing at it, answered at once: /metrics is answered from the
     global reactor's thread pool, which a unit test does not run)."""
-    from twisted_chat.server.metricsport import metrics_site
+    from twisted_chat.server.metrics.metricsport import metrics_site
 
     site = metrics_site(registry_for(Stats(), lambda: Snapshot(0, 0, 0, None)), Clock())
     got = metrics_connection(site, 40000)
@@ -1341,7 +1346,7 @@ def test_head_is_answered_as_get_and_allow_names_it() -> None:
     as GET (twisted.web drops a HEAD's body); Allow names HEAD."""
     from prometheus_client.exposition import make_wsgi_app
 
-    from twisted_chat.server.metricsport import ALLOWED_METHODS, head_as_get
+    from twisted_chat.server.metrics.metricsport import ALLOWED_METHODS, head_as_get
 
     app = head_as_get(make_wsgi_app(registry_for(Stats(), lambda: Snapshot(0, 0, 0, None))))
 
@@ -1499,7 +1504,7 @@ def test_a_path_with_nothing_at_it_is_a_plain_404_with_no_deprecation() -> None:
     request: the metrics port's root answers them with pages.notFound."""
     import warnings
 
-    from twisted_chat.server.metricsport import metrics_site
+    from twisted_chat.server.metrics.metricsport import metrics_site
 
     site = metrics_site(registry_for(Stats(), lambda: Snapshot(0, 0, 0, None)), Clock())
     got = metrics_connection(site, 40000)

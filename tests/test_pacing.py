@@ -19,7 +19,7 @@ from twisted.internet.error import ConnectionAborted
 from twisted.python.failure import Failure
 
 from tests.harness import Conn, Harness
-from twisted_chat.server.fanout import MAX_FANOUT_WAIT, MAX_GATHER_TURNS
+from twisted_chat.server.output.fanout import MAX_FANOUT_WAIT, MAX_GATHER_TURNS
 from twisted_chat.wire import format_ts
 
 WINDOW = 0.002

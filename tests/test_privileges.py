@@ -1,5 +1,5 @@
 """
-twisted_chat.server.privileges without switching users (rev15-mut F1, F4):
+twisted_chat.server.ports.privileges without switching users (rev15-mut F1, F4):
 whom twistd's C{--uid}/C{--gid} will run the server as, and the ids and
 groups the files are made with, on stand-ins for C{pwd} and the C{os}
 calls.  (The real switch, as root: tests/test_e2e_privileges.py.)
@@ -12,8 +12,8 @@ from typing import Any
 
 import pytest
 
-from twisted_chat.server import privileges
-from twisted_chat.server.privileges import Runner, as_runner, runner
+from twisted_chat.server.ports import privileges
+from twisted_chat.server.ports.privileges import Runner, as_runner, runner
 
 USER = pwd.struct_passwd(("chat", "x", 4242, 77, "", "/nonexistent", "/usr/sbin/nologin"))
 

@@ -898,7 +898,7 @@ def test_a_connection_knows_its_server_only_through_its_context() -> None:
     import twisted_chat.server
 
     server = Path(twisted_chat.server.__path__[0])
-    for name in ("protocol.py", "heldinput.py", "context.py"):
+    for name in ("protocol.py", "limits/heldinput.py", "context.py"):
         tree = ast.parse((server / name).read_text())
         imported = {node.module for node in ast.walk(tree) if isinstance(node, ast.ImportFrom)}
         assert "twisted_chat.server.factory" not in imported, name

@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 from twisted.internet.task import Clock
 
-from twisted_chat.server.reloading import Reloader
+from twisted_chat.server.ports.reloading import Reloader
 
 
 class Starting(Clock):

@@ -24,9 +24,9 @@ from twisted.internet.task import Clock
 from twisted.internet.testing import MemoryReactorClock, StringTransport
 
 from twisted_chat import tcpinfo
-from twisted_chat.server import sendqueue
-from twisted_chat.server.outputwatch import DrainWatch, OutputBudget, stalled
-from twisted_chat.server.sendqueue import DirectPass, SendQueue, buffer_size
+from twisted_chat.server.output import sendqueue
+from twisted_chat.server.output.outputwatch import DrainWatch, OutputBudget, stalled
+from twisted_chat.server.output.sendqueue import DirectPass, SendQueue, buffer_size
 from twisted_chat.tcpinfo import kernel_acked, kernel_queued
 
 # -- transports that are not plain TCP --------------------------------------------
@@ -424,7 +424,7 @@ def need_the_c_loop() -> None:
     fails; elsewhere (`make test` without a compiler) the C loop's tests
     are skipped."""
     if sendqueue.send_many is None:
-        why = "the C extension twisted_chat.server._sendmany was not built"
+        why = "the C extension twisted_chat.server.output._sendmany was not built"
         if os.environ.get("CI"):
             pytest.fail(f"{why} (CI builds it: a C compiler and Python's headers)")
         pytest.skip(f"{why} (no C compiler or Python's headers at install)")
@@ -648,7 +648,7 @@ def test_the_pass_leaves_out_a_closing_connection(three: Any) -> Any:
         clients[1].recv(100)  # nothing after it began to close
 
 
-# -- the C send loop itself (twisted_chat/server/_sendmany.c) --------------------------
+# -- the C send loop itself (twisted_chat/server/output/_sendmany.c) --------------------------
 
 
 @pytest.fixture
@@ -698,7 +698,7 @@ def test_the_c_loop_counts_a_short_send_and_a_failed_one(
 # fileno() had freed them, and crashed the interpreter.
 _CLEARING = """
 import socket
-from twisted_chat.server._sendmany import send_many
+from twisted_chat.server.output._sendmany import send_many
 
 class Clearing:  # a socket whose fileno() empties the list it is in
     def __init__(self, into, sock):

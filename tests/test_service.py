@@ -13,10 +13,10 @@ from twisted.internet.testing import MemoryReactorClock
 from twisted.logger import formatEvent, globalLogPublisher
 from twisted.python import usage
 
-from twisted_chat.server import sendqueue
 from twisted_chat.server.history import Entry
-from twisted_chat.server.listening import PortService, StartupError
-from twisted_chat.server.reloading import Reloader
+from twisted_chat.server.output import sendqueue
+from twisted_chat.server.ports.listening import PortService, StartupError
+from twisted_chat.server.ports.reloading import Reloader
 from twisted_chat.server.service import ChatService, Options, makeService
 
 
@@ -318,8 +318,8 @@ def test_the_log_at_start_says_whether_and_where_nicks_are_protected(
 
 
 @pytest.mark.parametrize(("argv", "built", "said"), [
-    ([], True, "C (twisted_chat.server._sendmany)"),
-    ([], False, "Python (the C extension twisted_chat.server._sendmany was not built: "),
+    ([], True, "C (twisted_chat.server.output._sendmany)"),
+    ([], False, "Python (the C extension twisted_chat.server.output._sendmany was not built: "),
     (["--no-direct-send"], True, "none (--no-direct-send: "),
 ])
 def test_the_log_at_start_says_which_send_loop_the_fan_out_uses(

@@ -77,7 +77,7 @@ def test_the_sdist_has_what_a_packager_needs(built: tuple[Path, Path, str]) -> N
     for needed in ("pyproject.toml", "README.md", "twisted/plugins/twisted_chat_plugin.py",
                    "twisted_chat/server/service.py", "contrib/twisted-chat.service",
                    "docs/protocol.md", "docs/metrics.md", "LICENSE",
-                   "setup.py", "twisted_chat/server/_sendmany.c"):
+                   "setup.py", "twisted_chat/server/output/_sendmany.c"):
         assert needed in names, needed
 
 
@@ -123,9 +123,10 @@ def test_a_strict_editable_install_without_a_c_compiler(tmp_path: Path) -> None:
     run([python, "-m", "pip", "--disable-pip-version-check", "install", "-q",
          "-e", str(source), "--config-settings", "editable_mode=strict"],
         timeout=PIP_TIMEOUT, cwd=tmp_path, env={"CC": "false"})
-    built = sorted(p.name for p in (source / "twisted_chat" / "server").glob("_sendmany*"))
+    output = source / "twisted_chat" / "server" / "output"
+    built = sorted(p.name for p in output.glob("_sendmany*"))
     assert built == ["_sendmany.c", "_sendmany.pyi"], "nothing was compiled"
-    said = run([python, "-c", "from twisted_chat.server import sendqueue; "
+    said = run([python, "-c", "from twisted_chat.server.output import sendqueue; "
                 "print(sendqueue.send_many); print(sendqueue.__file__)"], cwd=tmp_path)
     loop, where = said.split()
     assert loop == "None"

@@ -1,6 +1,6 @@
 """
 A stall of the whole server process (SIGSTOP, a paused VM) and flood
-control (twisted_chat/server/stalls.py; docs/security.md, "After a stall";
+control (twisted_chat/server/limits/stalls.py; docs/security.md, "After a stall";
 rev16-clu #2: after a 7 s SIGSTOP, a user typing 4 lines a second under a
 limit of 10 got ERROR flood and lost 9 of 52 lines; after 20 s, two users
 of one address were cut with BYE flood).  The stall is the fake clock
@@ -15,7 +15,7 @@ import pytest
 from twisted.internet.task import Clock
 
 from tests.harness import Conn, Harness, run_for
-from twisted_chat.server.stalls import STALL, TICK, StallWatch
+from twisted_chat.server.limits.stalls import STALL, TICK, StallWatch
 
 FLOODED = "ERROR flood slow down: at most 4 lines per second (bursts of 5); lines are being dropped"
 

@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 from twisted.internet.error import ReactorNotRunning
 
-from twisted_chat.server.stopping import SIGNALS, stop_once
+from twisted_chat.server.ports.stopping import SIGNALS, stop_once
 
 
 class FakeReactor:

@@ -6,7 +6,7 @@ twisted_chat/web/gateway.py ("autobahn internals") and
 twisted_chat/server/cluster/redisconn.py's C{connect} (txredisapi's
 C{_ready}, and its C{callLater} set to the node's reactor).  And one
 behaviour of Twisted's epoll reactor that a stated bound counts on
-(twisted_chat/server/heldinput.py's C{HeldInput}).
+(twisted_chat/server/limits/heldinput.py's C{HeldInput}).
 """
 
 from __future__ import annotations

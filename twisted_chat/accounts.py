@@ -40,7 +40,7 @@ from twisted.internet import defer
 from twisted.python.failure import Failure
 
 from twisted_chat import version_line
-from twisted_chat.server.accounts import (
+from twisted_chat.server.accounts.store import (
     Account,
     AccountAdmin,
     AccountExists,

@@ -11,7 +11,7 @@ import pytest
 from twisted_chat.client.pace import BURST, MIN_RATE, RATE, Pacer, server_limits
 from twisted_chat.client.protocol import ChatClient
 from twisted_chat.client.session import Outcome, State
-from twisted_chat.server.flood import FloodMeter
+from twisted_chat.server.limits.flood import FloodMeter
 
 from .helpers import TS, Keyboard, Session, session
 

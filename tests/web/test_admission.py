@@ -24,7 +24,7 @@ from twisted.python.failure import Failure
 from tests.harness import Harness
 from tests.web import wsframes as ws
 from tests.web.test_gateway import TCPTransport
-from twisted_chat.server.descriptors import REFUSALS_CLOSING
+from twisted_chat.server.limits.descriptors import REFUSALS_CLOSING
 from twisted_chat.web.admission import HTTP_PER_BROWSER
 from twisted_chat.web.config import WebConfig, parse_networks
 from twisted_chat.web.site import KEEPALIVE_IDLE, MAX_REQUESTS, WebSite, web_site

@@ -22,8 +22,8 @@ from tests.web.wsframes import WsClient
 from twisted_chat.client import render
 from twisted_chat.client.liveness import Liveness
 from twisted_chat.client.main import DEFAULT_TIMEOUT
+from twisted_chat.server.accounts.loginlimits import LoginLimits
 from twisted_chat.server.config import ServerConfig
-from twisted_chat.server.loginlimits import LoginLimits
 from twisted_chat.server.service import makeService
 from twisted_chat.web.config import (
     client_host,

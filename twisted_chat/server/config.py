@@ -56,7 +56,7 @@ class ServerConfig:
     # (docs/fanout.md); 0 writes each reactor turn's lobby lines at once.
     fanout_delay: float = 0.010
     # Write straight to a plain TCP socket when nothing is queued for it
-    # (twisted_chat.server.sendqueue); off: always through transport.write.
+    # (twisted_chat.server.output.sendqueue); off: always through transport.write.
     direct_send: bool = True
     # Turn Nagle's algorithm off on every connection (docs/fanout.md,
     # "Nagle"): off by default, as measured in docs/benchmark.md.
@@ -99,8 +99,8 @@ class ServerConfig:
     log_messages: bool = False
     # Where to serve Prometheus metrics (an endpoint string), or None.
     metrics: str | None = None
-    # Accounts (see twisted_chat.server.login): open, required or off; the
-    # accounts file goes beside --db (twisted_chat.server.accounts).
+    # Accounts (see twisted_chat.server.accounts.login): open, required or off; the
+    # accounts file goes beside --db (twisted_chat.server.accounts.store).
     accounts: Mode = Mode.OPEN
     # The most accounts REGISTER makes (the accounts file, or Redis, grows
     # by each): docs/security.md.  The operator's tool is not bound by it.

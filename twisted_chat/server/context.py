@@ -14,12 +14,12 @@ if TYPE_CHECKING:
     from twisted.internet.interfaces import IReactorTime
 
     from twisted_chat.server.config import ServerConfig
-    from twisted_chat.server.deadlines import Deadlines
-    from twisted_chat.server.fanout import LobbyFanout
-    from twisted_chat.server.flood import FloodMeter
-    from twisted_chat.server.heldinput import HeldInput
     from twisted_chat.server.hub import User
+    from twisted_chat.server.limits.deadlines import Deadlines
+    from twisted_chat.server.limits.flood import FloodMeter
+    from twisted_chat.server.limits.heldinput import HeldInput
     from twisted_chat.server.logs import Repeats
+    from twisted_chat.server.output.fanout import LobbyFanout
     from twisted_chat.server.session import Session
 
 #: The connection the callbacks are given (a ChatProtocol).
@@ -27,7 +27,7 @@ C = TypeVar("C")
 
 
 class ConnectionStats(Protocol):
-    """The counters a connection adds to (L{twisted_chat.server.metrics.Stats})."""
+    """The counters a connection adds to (L{twisted_chat.server.metrics.counters.Stats})."""
 
     def wrote(self, data: bytes) -> None: ...
 

@@ -20,33 +20,33 @@ from twisted.python.failure import Failure
 
 from twisted_chat import __version__, wire
 from twisted_chat.server import logs
-from twisted_chat.server.addresses import (
+from twisted_chat.server.accounts.login import Accounts
+from twisted_chat.server.config import ServerConfig
+from twisted_chat.server.context import ConnectionContext
+from twisted_chat.server.history import Entry, History, newest_within
+from twisted_chat.server.hub import Hub, HubSettings, Invitation, State, User
+from twisted_chat.server.limits.addresses import (
     AddressBook,
     AddressPolicy,
     HandshakePool,
     Refused,
     handshake_key,
 )
-from twisted_chat.server.closing import close_within
-from twisted_chat.server.config import ServerConfig
-from twisted_chat.server.context import ConnectionContext
-from twisted_chat.server.deadlines import Deadlines
-from twisted_chat.server.descriptors import REFUSALS_CLOSING
-from twisted_chat.server.fanout import Backlog, LobbyFanout, reactor_backlog
-from twisted_chat.server.flood import FloodMeter
-from twisted_chat.server.heldinput import (
+from twisted_chat.server.limits.closing import close_within
+from twisted_chat.server.limits.deadlines import Deadlines
+from twisted_chat.server.limits.descriptors import REFUSALS_CLOSING
+from twisted_chat.server.limits.flood import FloodMeter
+from twisted_chat.server.limits.heldinput import (
     HELD_BEFORE_READY_LINES,
     HELD_INPUT_TOTAL,
     HELD_LINE_COST,
     HeldInput,
 )
-from twisted_chat.server.history import Entry, History, newest_within
-from twisted_chat.server.hub import Hub, HubSettings, Invitation, State, User
-from twisted_chat.server.login import Accounts
-from twisted_chat.server.metrics import Stats
-from twisted_chat.server.outputwatch import DrainWatch, OutputBudget
+from twisted_chat.server.metrics.counters import Stats
+from twisted_chat.server.output.fanout import Backlog, LobbyFanout, reactor_backlog
+from twisted_chat.server.output.outputwatch import DrainWatch, OutputBudget
+from twisted_chat.server.output.sendqueue import DirectPass
 from twisted_chat.server.protocol import ChatProtocol
-from twisted_chat.server.sendqueue import DirectPass
 from twisted_chat.server.session import Session
 from twisted_chat.server.state import ChatState, LocalState
 from twisted_chat.wire import ErrorCode
@@ -183,7 +183,7 @@ class ChatFactory(ServerFactory):
     ) -> None:
         """
         @param steady: a clock the system clock's steps do not move, for the
-            stall watch (L{twisted_chat.server.stalls.StallWatch}); a test
+            stall watch (L{twisted_chat.server.limits.stalls.StallWatch}); a test
             gives its fake clock's C{seconds}.
         @param backlog: tells the fan-out whether the reactor has work waiting
             (default: L{reactor_backlog}, where the reactor can say).

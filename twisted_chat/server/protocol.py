@@ -3,7 +3,7 @@ One connection (docs/fanout.md, "Module layout"): C{ChatProtocol} frames
 chat/1 lines, applies the per-connection limits, hands each line to the
 server's L{Session} (the commands), and writes through its L{SendQueue}.
 It knows the server only through its L{ConnectionContext}.  The fan-out
-sees it as a L{twisted_chat.server.fanout.Member}, the session as a
+sees it as a L{twisted_chat.server.output.fanout.Member}, the session as a
 L{twisted_chat.server.session.Connection}.
 """
 
@@ -27,13 +27,13 @@ from zope.interface import implementer
 
 from twisted_chat import wire
 from twisted_chat.server import logs
-from twisted_chat.server.addresses import Address
-from twisted_chat.server.closing import Closable, GoneTransport, close_within
-from twisted_chat.server.deadlines import Deadline
-from twisted_chat.server.flood import Dropped, Flooding
-from twisted_chat.server.heldinput import InputHold
 from twisted_chat.server.hub import State, User
-from twisted_chat.server.sendqueue import SendQueue
+from twisted_chat.server.limits.addresses import Address
+from twisted_chat.server.limits.closing import Closable, GoneTransport, close_within
+from twisted_chat.server.limits.deadlines import Deadline
+from twisted_chat.server.limits.flood import Dropped, Flooding
+from twisted_chat.server.limits.heldinput import InputHold
+from twisted_chat.server.output.sendqueue import SendQueue
 from twisted_chat.wire import ErrorCode
 
 if TYPE_CHECKING:

@@ -4,7 +4,7 @@ C{twistd chat}: command-line options and the service tree.
 The tree is a C{MultiService}: a L{ChatService} (with C{--redis}, the
 cluster's C{ClusterService}) whose C{stopService} says C{BYE shutdown} to
 everyone and waits for their connections to close, then one L{PortService}
-per C{--port}, C{--metrics} and C{--web} (L{twisted_chat.server.listening}:
+per C{--port}, C{--metrics} and C{--web} (L{twisted_chat.server.ports.listening}:
 every endpoint is parsed before anything is made, and a bind failure stops
 start-up with one line).
 """
@@ -24,25 +24,22 @@ from twisted.python import usage
 from twisted.python.failure import Failure
 
 from twisted_chat import version_line
-from twisted_chat.server import (
-    accountsetup,
-    descriptors,
-    logs,
-    metrics,
-    metricsport,
-    privileges,
-)
-from twisted_chat.server.accounts import Mode
-from twisted_chat.server.addresses import parse_network
+from twisted_chat.server import logs
+from twisted_chat.server.accounts import accountsetup
+from twisted_chat.server.accounts.passwordwork import OwnsPasswordWork, PasswordWork
+from twisted_chat.server.accounts.store import Mode
 from twisted_chat.server.config import MEMORY, ServerConfig
 from twisted_chat.server.factory import ChatFactory
-from twisted_chat.server.fanout import MAX_FANOUT_WAIT
 from twisted_chat.server.history import History
-from twisted_chat.server.listening import PortService, ReloadingSSLEndpoint, listen_on
-from twisted_chat.server.passwordwork import OwnsPasswordWork, PasswordWork
-from twisted_chat.server.reloading import Reloader
-from twisted_chat.server.sendqueue import send_loop
-from twisted_chat.server.stopping import stop_once
+from twisted_chat.server.limits import descriptors
+from twisted_chat.server.limits.addresses import parse_network
+from twisted_chat.server.metrics import counters, metricsport
+from twisted_chat.server.output.fanout import MAX_FANOUT_WAIT
+from twisted_chat.server.output.sendqueue import send_loop
+from twisted_chat.server.ports import privileges
+from twisted_chat.server.ports.listening import PortService, ReloadingSSLEndpoint, listen_on
+from twisted_chat.server.ports.reloading import Reloader
+from twisted_chat.server.ports.stopping import stop_once
 from twisted_chat.server.store import SQLiteStore
 from twisted_chat.server.storefile import StoreError
 from twisted_chat.wire import DEFAULT_PORT
@@ -484,14 +481,14 @@ class ChatService(OwnsPasswordWork, Service):
         self.work = work  # the password threads, when accounts are on
         self.store: SQLiteStore | None = None
 
-    def snapshot(self) -> metrics.Snapshot:
+    def snapshot(self) -> counters.Snapshot:
         """The state --metrics reports; safe to call from any thread (it
         reads sizes, and measures a copy of the in-memory history:
-        L{metrics.chat_snapshot})."""
+        L{counters.chat_snapshot})."""
         store = self.store
         if store is None:
-            return metrics.chat_snapshot(self.factory, 0)
-        return metrics.chat_snapshot(self.factory, store.backlog, store.shed, store.stored)
+            return counters.chat_snapshot(self.factory, 0)
+        return counters.chat_snapshot(self.factory, store.backlog, store.shed, store.stored)
 
     def startService(self) -> None:
         config = self.factory.config
@@ -629,7 +626,7 @@ def _make_service(options: Options, reactor: Any) -> IService:
     chat = ChatService(factory, work)
     chat.setServiceParent(top)
     listeners.add(top, options, factory, reactor,
-                  lambda: metrics.registry_for(factory.stats, chat.snapshot))
+                  lambda: counters.registry_for(factory.stats, chat.snapshot))
     return top
 
 

@@ -18,12 +18,12 @@ from twisted.python.failure import Failure
 
 from twisted_chat import wire
 from twisted_chat.server import logs
-from twisted_chat.server.addresses import Address
+from twisted_chat.server.accounts.login import Answer, Login, retry_taken, unavailable_text
 from twisted_chat.server.config import Mode
-from twisted_chat.server.flood import REPLY_BYTES
 from twisted_chat.server.history import clip_text
 from twisted_chat.server.hub import NickTaken, State, User
-from twisted_chat.server.login import Answer, Login, retry_taken, unavailable_text
+from twisted_chat.server.limits.addresses import Address
+from twisted_chat.server.limits.flood import REPLY_BYTES
 from twisted_chat.server.state import Outcome, StateUnavailable
 from twisted_chat.wire import ErrorCode, LineError, Refusal
 
@@ -109,7 +109,7 @@ class Connection(Protocol):
 
     def discard_input(self) -> None:
         """The connection is going: handle, and hold, nothing more of what
-        it sends (L{twisted_chat.server.heldinput.InputHold.discard})."""
+        it sends (L{twisted_chat.server.limits.heldinput.InputHold.discard})."""
 
     def online(self, user: User) -> None:
         """The session registered C{user}: the handshake is over."""
@@ -539,7 +539,7 @@ class Handshake:
     One connection's session state while it has some: the NICK deadline, and
     the accounts state (L{Login}), made when first needed; let go once online
     with nothing to keep (L{Session.decided}).  It is the L{Login}'s
-    L{twisted_chat.server.login.Connection}.
+    L{twisted_chat.server.accounts.login.Connection}.
     """
 
     __slots__ = ("conn", "login", "nick_call", "session")

@@ -25,8 +25,8 @@ from typing import Any, Protocol, TypeAlias
 
 from twisted.internet.defer import Deferred, fail, succeed
 
-from twisted_chat.server.fanout import Member
 from twisted_chat.server.hub import Hub, HubError, NickTaken, User
+from twisted_chat.server.output.fanout import Member
 from twisted_chat.wire import ErrorCode
 
 __all__ = ["ChatState", "LocalState", "Outcome", "PairsShown", "StateUnavailable"]

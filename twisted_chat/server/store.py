@@ -93,7 +93,7 @@ class SQLiteStore:
     #: Longest time (seconds) a message waits before its batch is committed.
     commit_interval: ClassVar[float] = 0.1
     #: Told how long (seconds) each successful commit took; called on the
-    #: writer thread (see twisted_chat.server.metrics).
+    #: writer thread (see twisted_chat.server.metrics.counters).
     on_commit: Callable[[float], None] | None = None
     #: How often (seconds) old rows are pruned when C{retain_days} is set.
     prune_interval: ClassVar[float] = 3600.0

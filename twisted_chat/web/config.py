@@ -12,7 +12,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
-from twisted_chat.server.addresses import Network, parse_network
+from twisted_chat.server.limits.addresses import Network, parse_network
 
 
 @dataclass(frozen=True, slots=True)

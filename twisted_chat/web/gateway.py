@@ -54,10 +54,10 @@ from txaio.tx import make_logger
 from zope.interface import implementer
 
 from twisted_chat.server import logs
-from twisted_chat.server.closing import close_within
 from twisted_chat.server.factory import ChatFactory
+from twisted_chat.server.limits.closing import close_within
+from twisted_chat.server.output.sendqueue import EncodingSendQueue
 from twisted_chat.server.protocol import ChatProtocol
-from twisted_chat.server.sendqueue import EncodingSendQueue
 from twisted_chat.web.config import WebConfig, client_host, host_well_formed, origin_allowed
 
 # Bytes of a message kept beyond --max-line: a terminator (CRLF) the
@@ -267,7 +267,7 @@ class ChatWebSocket(WebSocketServerProtocol):
     _frames = 0
     _dropped = False
     # The chat connection does not read (its held input is over a bound:
-    # twisted_chat.server.heldinput): frames already read wait in autobahn's
+    # twisted_chat.server.limits.heldinput): frames already read wait in autobahn's
     # buffer, unparsed (consumeData), until it reads again (read_again).
     unread = False
     _read_call: IDelayedCall | None = None
@@ -390,7 +390,7 @@ class ChatWebSocket(WebSocketServerProtocol):
         """
         autobahn's, but an open WebSocket's frames are parsed only while the
         chat connection reads: once it pauses (held input over a bound:
-        twisted_chat.server.heldinput), the rest of the read waits in
+        twisted_chat.server.limits.heldinput), the rest of the read waits in
         autobahn's buffer as bytes, as a TCP connection's waits in its
         buffer, and is parsed when it reads again (L{read_again}).
         Pausing the TCP transport alone stops only the next read: the one

@@ -43,11 +43,11 @@ from twisted.python.failure import Failure
 from twisted.web import http, pages, resource, server, static
 
 from twisted_chat.server import logs
-from twisted_chat.server.addresses import Refused
-from twisted_chat.server.closing import close_within
 from twisted_chat.server.factory import ChatFactory
-from twisted_chat.server.httpports import BodilessRequest, RefusingChannel
-from twisted_chat.server.listening import PortService
+from twisted_chat.server.limits.addresses import Refused
+from twisted_chat.server.limits.closing import close_within
+from twisted_chat.server.ports.httpports import BodilessRequest, RefusingChannel
+from twisted_chat.server.ports.listening import PortService
 from twisted_chat.web.admission import WebGate
 from twisted_chat.web.config import WebConfig, host_allowed, max_message_for, parse_networks
 from twisted_chat.web.gateway import ChatWebSocketFactory

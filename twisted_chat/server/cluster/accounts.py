@@ -5,7 +5,7 @@ L{RedisBook} is the L{AccountBook} (and the operator tool's
 L{AccountAdmin}) on the cluster's Redis, through the node's own non-blocking
 txredisapi connection (L{RedisLog.command}); the password hashes are made
 and checked on the node's password threads, as on one server
-(L{twisted_chat.server.login}).  See docs/accounts.md.
+(L{twisted_chat.server.accounts.login}).  See docs/accounts.md.
 
 One Redis hash, C{chat:accounts}: the field is the nick in lower case (nicks
 are unique without regard to case), the value the account as JSON,
@@ -44,7 +44,8 @@ from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IReactorTime
 from twisted.python.failure import Failure
 
-from twisted_chat.server.accounts import (
+from twisted_chat.server.accounts.loginlimits import LoginLimits, nick_address_key
+from twisted_chat.server.accounts.store import (
     Account,
     AccountExists,
     AccountsFull,
@@ -54,7 +55,6 @@ from twisted_chat.server.accounts import (
     PasswordChanged,
 )
 from twisted_chat.server.cluster.redisconn import connect, parse_url, with_password_file
-from twisted_chat.server.loginlimits import LoginLimits, nick_address_key
 from twisted_chat.wire import is_valid_nick, nick_key
 
 __all__ = ["ACCOUNTS", "FAILS", "TIMEOUT", "RedisBook", "RedisFailures", "forgetful", "open_book"]
@@ -240,7 +240,7 @@ return 1
 
 class RedisFailures:
     """
-    L{twisted_chat.server.loginlimits.SharedFailures} in the cluster's Redis: the
+    L{twisted_chat.server.accounts.loginlimits.SharedFailures} in the cluster's Redis: the
     same leaky buckets as each node's own (L{LoginLimits}), one Redis hash
     each (C{chat:fails:nick:<nick>}, C{chat:fails:nickaddress:<nick>/<key>},
     C{chat:fails:address:<key>}), taken and

@@ -1,7 +1,7 @@
 """
 The per-address lobby-line and registration buckets of the whole cluster, in
-Redis (L{twisted_chat.server.addresses.SharedBuckets}): what each node's
-copies of them report (L{twisted_chat.server.addresses.AddressBook.share}).
+Redis (L{twisted_chat.server.limits.addresses.SharedBuckets}): what each node's
+copies of them report (L{twisted_chat.server.limits.addresses.AddressBook.share}).
 
 One Redis hash per bucket and address, C{chat:ip:<bucket>:<address key>}
 (C{level}: the tokens taken and not yet refilled; C{at}: when, in Redis's
@@ -10,7 +10,7 @@ all nodes), expiring once drained; so an address that stopped takes no
 memory.  A report is one Lua script for every address in it, run by
 C{EVALSHA} (loaded with the log's scripts at each connection; C{EVAL} once
 if Redis has forgotten it, which loads it again): one command per node
-every L{twisted_chat.server.addresses.SHARE_INTERVAL} seconds at most, and
+every L{twisted_chat.server.limits.addresses.SHARE_INTERVAL} seconds at most, and
 one when a second line comes for an address's stale copy before then.
 """
 

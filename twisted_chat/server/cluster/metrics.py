@@ -1,7 +1,7 @@
 """
 C{--metrics} on a cluster node: the gauges of the cluster, named
 C{chat_cluster_*}, beside the node's own C{chat_*} figures (its own
-connections, users and messages: L{twisted_chat.server.metrics}).
+connections, users and messages: L{twisted_chat.server.metrics.counters}).
 
 Like the single server's collector, this one runs on the scrape's thread and
 only reads: integer and boolean attributes the reactor thread keeps, and the

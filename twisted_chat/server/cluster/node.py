@@ -54,10 +54,10 @@ from twisted_chat.server import logs
 from twisted_chat.server.cluster.own import OwnMembers
 from twisted_chat.server.cluster.remote import RemoteConn
 from twisted_chat.server.cluster.replica import Replica
-from twisted_chat.server.fanout import Member
-from twisted_chat.server.histogram import Buckets
 from twisted_chat.server.history import History
 from twisted_chat.server.hub import Hub, HubError, HubSettings, Listener, State, User
+from twisted_chat.server.metrics.histogram import Buckets
+from twisted_chat.server.output.fanout import Member
 from twisted_chat.server.state import Outcome, PairsShown, StateUnavailable
 from twisted_chat.wire import ErrorCode
 

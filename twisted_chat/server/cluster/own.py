@@ -27,9 +27,9 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from twisted_chat.server.cluster.remote import RemoteConn
-from twisted_chat.server.fanout import Member
 from twisted_chat.server.history import Entry
 from twisted_chat.server.hub import Hub, Invitation, Listener, User
+from twisted_chat.server.output.fanout import Member
 
 __all__ = ["OwnMembers"]
 

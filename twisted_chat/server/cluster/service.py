@@ -19,7 +19,9 @@ from twisted.internet import defer
 from twisted.internet.defer import Deferred
 
 from twisted_chat import wire
-from twisted_chat.server import accountsetup, logs, metrics
+from twisted_chat.server import logs
+from twisted_chat.server.accounts import accountsetup
+from twisted_chat.server.accounts.passwordwork import OwnsPasswordWork, PasswordWork
 from twisted_chat.server.cluster.accounts import RedisBook, RedisFailures
 from twisted_chat.server.cluster.budgets import RedisBuckets
 from twisted_chat.server.cluster.metrics import ClusterCollector
@@ -35,7 +37,7 @@ from twisted_chat.server.config import ServerConfig
 from twisted_chat.server.factory import ChatFactory, hub_settings
 from twisted_chat.server.history import History
 from twisted_chat.server.hub import User
-from twisted_chat.server.passwordwork import OwnsPasswordWork, PasswordWork
+from twisted_chat.server.metrics import counters
 from twisted_chat.server.protocol import ChatProtocol
 
 __all__ = ["ClusterService", "FactoryHooks", "cluster_factory", "cluster_node", "redis_target"]
@@ -219,7 +221,7 @@ def cluster_node(options: Mapping[str, Any], config: ServerConfig, reactor: Any,
 
     def registry() -> CollectorRegistry:
         """The node's own figures, and the cluster's under chat_cluster_*."""
-        return metrics.registry_for(factory.stats, lambda: metrics.chat_snapshot(factory),
+        return counters.registry_for(factory.stats, lambda: counters.chat_snapshot(factory),
                                     ClusterCollector(redis.state))
 
     return ClusterService(factory, redis, work), registry

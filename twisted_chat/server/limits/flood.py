@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from enum import Enum
 
-from twisted_chat.server.buckets import Penalty
+from twisted_chat.server.limits.buckets import Penalty
 
 #: A reply bigger than a line (the user list) costs one flood token per
 #: this many bytes of it (docs/security.md, "Amplification").

@@ -3,7 +3,7 @@ The failure limits of logins, and the bounds of the password work
 (docs/accounts.md, "Failure limits"): the numbers (L{LoginLimits}), one
 server's leaky buckets per key (L{FailureLimiter}), and the interface of the
 buckets a cluster's nodes share (L{SharedFailures}).  Time comes from the
-clock given; L{twisted_chat.server.login.Accounts} holds them.
+clock given; L{twisted_chat.server.accounts.login.Accounts} holds them.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from typing import Protocol
 from twisted.internet import defer
 from twisted.internet.interfaces import IReactorTime
 
-from twisted_chat.server.buckets import drained
+from twisted_chat.server.limits.buckets import drained
 
 
 @dataclass(frozen=True, slots=True)

@@ -44,7 +44,7 @@ from twisted_chat.tcpinfo import (
 _SendMany = Callable[[Sequence[socket.socket], bytes], "list[int] | None"]
 send_many: _SendMany | None
 try:
-    from twisted_chat.server._sendmany import send_many
+    from twisted_chat.server.output._sendmany import send_many
 except ImportError:  # not built (installed without a C compiler): send_all's map
     send_many = None
 
@@ -395,9 +395,9 @@ def send_loop(direct: bool) -> str:
     if not direct:
         return "none (--no-direct-send: every write goes through Twisted)"
     if send_many is None:
-        return ("Python (the C extension twisted_chat.server._sendmany was not built: "
+        return ("Python (the C extension twisted_chat.server.output._sendmany was not built: "
                 "install with a C compiler and Python's headers for the C loop)")
-    return "C (twisted_chat.server._sendmany)"
+    return "C (twisted_chat.server.output._sendmany)"
 
 
 class DirectPass:

@@ -3,7 +3,7 @@ The password threads: every hash (a C{PASS} check, a C{REGISTER} or
 C{PASSWD}) runs on L{PasswordWork}, a pool of its own with a bound on the
 jobs queued or running, never on the reactor thread; the accounts file's
 reads and writes run on two threads beside it (docs/accounts.md, "Never on
-the reactor thread, and bounded").  L{twisted_chat.server.login} holds each
+the reactor thread, and bounded").  L{twisted_chat.server.accounts.login} holds each
 address to its share of the jobs.
 """
 
@@ -17,7 +17,7 @@ from twisted.internet import defer, threads
 from twisted.python.threadpool import ThreadPool
 
 from twisted_chat.server import logs
-from twisted_chat.server.accounts import make_dummy_hash
+from twisted_chat.server.accounts.store import make_dummy_hash
 
 __all__ = ["OwnsPasswordWork", "PasswordWork", "Work", "WorkBusy"]
 

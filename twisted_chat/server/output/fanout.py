@@ -28,11 +28,11 @@ MAX_GATHER_TURNS = 100
 Backlog = Callable[[], bool]
 
 # Told of each fan-out: lines in the batch, lines and bytes handed to
-# members in all, seconds the writes took (see twisted_chat.server.metrics).
+# members in all, seconds the writes took (see twisted_chat.server.metrics.counters).
 BatchObserver = Callable[[int, int, int, float], None]
 
 # Writes a batch to the members it can in one pass, and returns the others
-# (see twisted_chat.server.sendqueue.DirectPass).
+# (see twisted_chat.server.output.sendqueue.DirectPass).
 WriteAll = Callable[[Collection[Any], bytes], Collection[Any]]
 
 

@@ -1,5 +1,5 @@
 """
-L{Buckets}, the histograms of the server's metrics (L{twisted_chat.server.metrics}),
+L{Buckets}, the histograms of the server's metrics (L{twisted_chat.server.metrics.counters}),
 apart from them: what observes one (the fan-out, the store, a cluster node)
 does not load prometheus_client; only a scrape, which reads them, does.
 """

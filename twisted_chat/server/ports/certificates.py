@@ -7,7 +7,7 @@ a server that read them once, at start, served the old certificate until
 it expired, and then every client refused it.  L{ReloadingCertificate} is
 the port's TLS connection creator: each new connection gets the
 certificate last loaded, and L{ReloadingCertificate.reload} loads the files
-again (on SIGHUP, and when they change: L{twisted_chat.server.reloading}).
+again (on SIGHUP, and when they change: L{twisted_chat.server.ports.reloading}).
 A reload that fails (a key that is not the certificate's, a file half
 written) keeps the certificate the port had and logs one line; connections
 already made are not touched either way.
@@ -62,7 +62,7 @@ def _files(arguments: dict[str, str]) -> dict[str, str]:
 def tls_options(arguments: dict[str, str]) -> Any:
     """
     The C{CertificateOptions} of an C{ssl:} endpoint's C{arguments}
-    (L{twisted_chat.server.listening.ssl_arguments}), its context made, so
+    (L{twisted_chat.server.ports.listening.ssl_arguments}), its context made, so
     that a key that is not the certificate's is found now.
 
     @raise CertificateError: a file cannot be read, holds no key or no

@@ -1,6 +1,6 @@
 """
 The metrics port (C{--metrics ENDPOINT}): a C{twisted.web} site that serves
-the registry L{twisted_chat.server.metrics} makes at C{/metrics}, within the
+the registry L{twisted_chat.server.metrics.counters} makes at C{/metrics}, within the
 port's limits (docs/security.md), and the warning at start when it listens
 on every interface.
 
@@ -19,9 +19,9 @@ from prometheus_client.registry import CollectorRegistry
 from twisted.internet.protocol import connectionDone
 from twisted.python.failure import Failure
 
-from twisted_chat.server import listening
-from twisted_chat.server.addresses import address_key
-from twisted_chat.server.buckets import Rate, TokenBucket
+from twisted_chat.server.limits.addresses import address_key
+from twisted_chat.server.limits.buckets import Rate, TokenBucket
+from twisted_chat.server.ports import listening
 from twisted_chat.tcpinfo import buffered, kernel_queued, socket_of
 
 # The metrics port's limits (docs/security.md).  A scraper needs one
@@ -82,7 +82,7 @@ METRICS_FRESH = 5.0
 #: kept, the least recent going first.  Every ordinary form's is kept.
 METRICS_FORMS = 4
 #: Descriptors the metrics port may hold, for the budget of
-#: L{twisted_chat.server.descriptors}: its connections, the one it has just
+#: L{twisted_chat.server.limits.descriptors}: its connections, the one it has just
 #: accepted to close, and the one aborted to make room (L{METRICS_IDLE}:
 #: one at a time, until its descriptor is closed).
 METRICS_DESCRIPTORS = MAX_METRICS_CONNECTIONS + 2
@@ -273,7 +273,7 @@ def metrics_site(registry: CollectorRegistry, reactor: Any = None,
     from twisted.web.server import Site
     from twisted.web.wsgi import WSGIResource
 
-    from twisted_chat.server.httpports import BodilessRequest, RefusingChannel
+    from twisted_chat.server.ports.httpports import BodilessRequest, RefusingChannel
 
     class MetricsRoot(Resource):
         """C{/metrics} and nothing else: another path is a plain 404, not

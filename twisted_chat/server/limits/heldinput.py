@@ -16,8 +16,8 @@ from typing import TYPE_CHECKING, Any, Protocol, cast
 
 from twisted.internet.defer import Deferred
 
+from twisted_chat.server.limits.stalls import TICK, StallWatch
 from twisted_chat.server.logs import Throttle, logger
-from twisted_chat.server.stalls import TICK, StallWatch
 
 if TYPE_CHECKING:
     from twisted.internet.interfaces import IReactorTime
@@ -89,7 +89,7 @@ class Holder(Protocol):
 
 class _Address(Protocol):
     """What L{InputHold} uses of its connection's per-address record
-    (L{twisted_chat.server.addresses.Address}): what the address's
+    (L{twisted_chat.server.limits.addresses.Address}): what the address's
     connections hold together."""
 
     held: int
@@ -270,7 +270,7 @@ class InputHold:
         is decided elsewhere (cluster mode, an account's password check):
         they are handled as one server handles them, in order, with nothing
         written, and the connection ends after them
-        (L{twisted_chat.server.closing.GoneTransport}): with its BYE's
+        (L{twisted_chat.server.limits.closing.GoneTransport}): with its BYE's
         reason and text if they hold one.  What is held is bounded
         (_HELD_INPUT), and nothing more comes.
         """

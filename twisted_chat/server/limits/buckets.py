@@ -3,11 +3,11 @@ Token buckets and leaky levels: the refill and drain rules every limit of
 the server shares.  Pure: time is passed in.
 
   - L{refilled}: tokens that come back at a rate, up to a cap (a
-    L{TokenBucket}; the flood rule, L{twisted_chat.server.flood.FloodMeter},
+    L{TokenBucket}; the flood rule, L{twisted_chat.server.limits.flood.FloodMeter},
     unrolls the same rule on one float per connection);
   - L{drained}: a level that leaks away at a rate, never below 0 (a
     L{Penalty}; the login failure limits,
-    L{twisted_chat.server.loginlimits.FailureLimiter});
+    L{twisted_chat.server.accounts.loginlimits.FailureLimiter});
   - in both, a clock that went back (the wall clock stepped) counts as no
     time: it neither takes tokens away nor adds failures.
 """
@@ -124,7 +124,7 @@ class Penalty:
     A leaky level: L{add} adds one, and the sum drains at C{burst / 10} per
     second.  L{add} returns the new value; the caller acts once it passes
     C{burst}.  The flood penalty: the lines one connection
-    (L{twisted_chat.server.flood.Flooding}) or one address had dropped.
+    (L{twisted_chat.server.limits.flood.Flooding}) or one address had dropped.
     """
 
     __slots__ = ("_burst", "_stamp", "value")

@@ -4,9 +4,9 @@ C{READY}, and C{REGISTER} / C{PASSWD} once online (docs/protocol.md, "Accounts")
 
 L{Accounts} is the server-wide part: the mode, the C{twisted.cred} portal
 over the accounts' L{AccountBook} (the single server's file, or the
-cluster's Redis: L{twisted_chat.server.accounts}), each address's share of
-the password threads (L{twisted_chat.server.passwordwork}) and of the new
-hashes, and the failure limits (L{twisted_chat.server.loginlimits}; in a
+cluster's Redis: L{twisted_chat.server.accounts.store}), each address's share of
+the password threads (L{twisted_chat.server.accounts.passwordwork}) and of the new
+hashes, and the failure limits (L{twisted_chat.server.accounts.loginlimits}; in a
 cluster, also counted in Redis: L{SharedFailures}).  L{Login} is one
 connection's part; it talks to its connection only through the small
 L{Connection} interface, so the connection layer needs a handful of lines
@@ -33,7 +33,14 @@ from twisted.python.failure import Failure
 
 from twisted_chat import wire
 from twisted_chat.server import logs
-from twisted_chat.server.accounts import (
+from twisted_chat.server.accounts.loginlimits import (
+    FailureLimiter,
+    LoginLimits,
+    SharedFailures,
+    nick_address_key,
+)
+from twisted_chat.server.accounts.passwordwork import Work, WorkBusy
+from twisted_chat.server.accounts.store import (
     Account,
     AccountBook,
     AccountChecker,
@@ -49,19 +56,12 @@ from twisted_chat.server.accounts import (
     password_problem,
     portal,
 )
-from twisted_chat.server.addresses import AddressBook, AddressPolicy, Network
-from twisted_chat.server.loginlimits import (
-    FailureLimiter,
-    LoginLimits,
-    SharedFailures,
-    nick_address_key,
-)
-from twisted_chat.server.passwordwork import Work, WorkBusy
+from twisted_chat.server.limits.addresses import AddressBook, AddressPolicy, Network
 from twisted_chat.wire import ErrorCode, LineError, nick_key
 
 __all__ = ["Accounts", "Connection", "Login"]
 
-_log = logs.logger("twisted_chat.server.login")
+_log = logs.logger("twisted_chat.server.accounts.login")
 
 T = TypeVar("T")
 

@@ -20,7 +20,7 @@ from twisted.internet import endpoints
 from twisted.internet.error import CannotListenError
 
 from twisted_chat.server import logs
-from twisted_chat.server.certificates import ReloadingCertificate
+from twisted_chat.server.ports.certificates import ReloadingCertificate
 
 
 class StartupError(Exception):
@@ -179,7 +179,7 @@ class ReloadingSSLEndpoint(endpoints.SSL4ServerEndpoint):
 def _reloading(certificate: ReloadingCertificate, reactor: Any) -> ReloadingSSLEndpoint:
     """
     An C{ssl:} endpoint whose certificate and key are loaded again when
-    they are renewed (L{twisted_chat.server.certificates}), and which sends
+    they are renewed (L{twisted_chat.server.ports.certificates}), and which sends
     the whole chain of its C{certKey} file; made from Twisted's public
     constructors, as Twisted's C{ssl:} parser makes it, once that parser
     has accepted the description (each other argument meaning what it

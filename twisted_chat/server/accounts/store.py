@@ -2,7 +2,7 @@
 Accounts: nicks protected by passwords, stored as salted scrypt hashes.
 
 This module is the storage and the credential check, with no reactor in it:
-the server (L{twisted_chat.server.login}) runs everything here on its own
+the server (L{twisted_chat.server.accounts.login}) runs everything here on its own
 password threads, and the operator's tool (C{python -m twisted_chat.accounts})
 calls it directly.
 

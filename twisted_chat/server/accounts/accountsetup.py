@@ -12,18 +12,18 @@ from collections.abc import Callable
 from typing import Any
 
 from twisted_chat.server import logs
-from twisted_chat.server.accounts import (
+from twisted_chat.server.accounts.login import Accounts
+from twisted_chat.server.accounts.loginlimits import LoginLimits, SharedFailures
+from twisted_chat.server.accounts.passwordwork import PasswordWork
+from twisted_chat.server.accounts.store import (
     AccountBook,
     AccountStore,
     AccountStoreError,
     Mode,
     SQLiteBook,
 )
-from twisted_chat.server.addresses import networks
 from twisted_chat.server.config import MEMORY, ServerConfig
-from twisted_chat.server.login import Accounts
-from twisted_chat.server.loginlimits import LoginLimits, SharedFailures
-from twisted_chat.server.passwordwork import PasswordWork
+from twisted_chat.server.limits.addresses import networks
 
 # Start-up's lines, under the namespace they have always had.
 _log = logs.logger("twisted_chat.server.service")
@@ -63,7 +63,7 @@ def make_accounts(
 
 def sqlite_book(config: ServerConfig, work: PasswordWork, note: str = "") -> AccountBook:
     """The single server's accounts: the file beside --db, used on the password
-    threads (C{note}: what an error adds, L{twisted_chat.server.privileges.Runner.note})."""
+    threads (C{note}: what an error adds, L{twisted_chat.server.ports.privileges.Runner.note})."""
     store = AccountStore.for_db(config.db)
     try:
         # Creates it; opened again for each check, so no lock is held.  From

@@ -64,7 +64,7 @@ def fit(max_clients: int, chosen: bool, limits: Limits | None = None,
     @param chosen: the operator gave C{--max-clients} (refuse if it does
         not fit) rather than leaving the default (lower it, with a warning).
     @param metrics: descriptors the C{--metrics} port may hold besides
-        (L{twisted_chat.server.metricsport.METRICS_DESCRIPTORS}; 0 without it),
+        (L{twisted_chat.server.metrics.metricsport.METRICS_DESCRIPTORS}; 0 without it),
         kept out of the chat's share as L{RESERVED} is.
     @raise DoesNotFit: it does not fit and was chosen, or nothing fits.
     """

@@ -16,7 +16,7 @@ from typing import Any, Protocol
 
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 
-from twisted_chat.server.sendqueue import SendQueue
+from twisted_chat.server.output.sendqueue import SendQueue
 
 __all__ = ["Budgeted", "DrainWatch", "OutputBudget", "Watched", "stalled"]
 

@@ -50,8 +50,8 @@ from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.python.failure import Failure
 
-from twisted_chat.server.buckets import Penalty, Rate, TokenBucket, drained
 from twisted_chat.server.config import ServerConfig
+from twisted_chat.server.limits.buckets import Penalty, Rate, TokenBucket, drained
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 
@@ -196,7 +196,7 @@ class Address:
     connections: int = 0
     handshaking: int = 0
     # Input its connections hold behind commands decided elsewhere
-    # (twisted_chat.server.heldinput: bounded by HeldInput.share).
+    # (twisted_chat.server.limits.heldinput: bounded by HeldInput.share).
     held: int = 0
     # In cluster mode (AddressBook.share), the lobby and registration
     # buckets' account with the cluster's copies, by the bucket's name
@@ -238,7 +238,7 @@ class SharedBuckets(Protocol):
 
 class Refused(Exception):
     """A new connection over a limit; C{str()} says which, C{limit} names it
-    for the metrics (one of L{twisted_chat.server.metrics.REFUSAL_LIMITS})."""
+    for the metrics (one of L{twisted_chat.server.metrics.counters.REFUSAL_LIMITS})."""
 
     def __init__(self, why: str, limit: str) -> None:
         super().__init__(why)

@@ -1,6 +1,6 @@
 """
 Prometheus metrics: the counters and their collector (the port that serves
-them, C{--metrics ENDPOINT}, is L{twisted_chat.server.metricsport}).
+them, C{--metrics ENDPOINT}, is L{twisted_chat.server.metrics.metricsport}).
 
 The server always keeps a few plain counters in a L{Stats} (the fan-out adds
 to them once per batch, never per recipient or per line); a scrape reads
@@ -33,7 +33,7 @@ from prometheus_client.process_collector import ProcessCollector
 from prometheus_client.registry import Collector, CollectorRegistry
 
 from twisted_chat import __version__
-from twisted_chat.server.histogram import Buckets
+from twisted_chat.server.metrics.histogram import Buckets
 
 if TYPE_CHECKING:
     from twisted_chat.server.factory import ChatFactory
@@ -141,7 +141,7 @@ class Stats:
     def fanned_out(self, lines: int, deliveries: int, sent: int, seconds: float) -> None:
         """One lobby batch of C{lines} lines: C{deliveries} lines and C{sent}
         bytes handed to the members in all, in C{seconds}.  (The fan-out's
-        L{twisted_chat.server.fanout.BatchObserver}.)"""
+        L{twisted_chat.server.output.fanout.BatchObserver}.)"""
         self.deliveries += deliveries
         self.bytes_out += sent
         self.fanout_lines.observe(lines)

@@ -41,7 +41,7 @@ class StallWatch:
     after the stall, and may have had lines waiting through it; one
     accepted later had nothing waiting (rev16-fix #2: one opened 0.1 s
     after a 5 s stall passed 60 PINGs at once instead of 19).
-    L{twisted_chat.server.heldinput.HeldInput.excused} spends it as for a
+    L{twisted_chat.server.limits.heldinput.HeldInput.excused} spends it as for a
     connection the server itself kept unread.  Nothing is done for a line
     under its rate; what it keeps is who drew the last stall's excuse or
     came too late for it, let go once it is over.

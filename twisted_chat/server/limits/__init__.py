@@ -1,0 +1,17 @@
+"""
+The limits a connection and its address are held to (docs/security.md).
+
+  - L{flood}: the per-connection token bucket and flood penalty; pure;
+  - L{buckets}: the refill and drain rules every limit shares (token
+    buckets, the flood penalty, the login failure limits); pure;
+  - L{addresses}: the limits per source address, shared by its connections;
+  - L{heldinput}: the input a connection holds while a command is decided
+    elsewhere, and the bound on what all connections hold together;
+  - L{stalls}: notices a stall of the whole process, so that what every
+    connection sent meanwhile is not taken for a flood;
+  - L{deadlines}: every connection's idle deadline on one reactor timer;
+  - L{closing}: how the server ends a connection (chat or web): the close,
+    then an abort after the grace (and the stand-in transport of a peer
+    gone while lines it sent wait);
+  - L{descriptors}: fitting C{--max-clients} to the file descriptor limit.
+"""

@@ -1,0 +1,17 @@
+"""
+The process around the chat: the ports it listens on and the signals and
+privileges of a C{twistd} daemon.
+
+  - L{listening}: the ports it listens on, each endpoint checked before
+    anything is made (the one reader of Twisted's private port and
+    interface);
+  - L{httpports}: what the two HTTP ports (C{--metrics}, C{--web}) share:
+    a request that announces a body is refused unread;
+  - L{certificates}: an C{ssl:} port's certificate, key and chain, loaded
+    at start and again when renewed;
+  - L{reloading}: SIGHUP reloads the TLS certificates, never stops the
+    server; changed certificate files are reloaded without it;
+  - L{privileges}: under twistd's C{--uid}/C{--gid}, the files start-up
+    makes are made as the user the server will run as;
+  - L{stopping}: a second SIGTERM or SIGINT during the shutdown is harmless.
+"""
