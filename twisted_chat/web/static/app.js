@@ -2125,9 +2125,9 @@
   const NOT_SENT = "not sent: ";
 
   // ERROR unavailable "not sent" answering a MSG whose sender's pair changed
-  // before it was delivered (docs/cluster.md, "DMs and pairing"): the only
-  // unavailable texts that answer a message alone, as the terminal client
-  // tells them (client/render.py, _PAIR_CHANGED).
+  // before it was delivered (docs/cluster.md, "What is guaranteed", DMs and
+  // pairing): the only unavailable texts that answer a message alone, as the
+  // terminal client tells them (client/render.py, _PAIR_CHANGED).
   const PAIR_CHANGED_RE = /^not sent: (it was meant for the lobby|you were (not|no longer) paired with) /;
 
   // How a cluster's ERROR unavailable begins when it answers REGISTER or
