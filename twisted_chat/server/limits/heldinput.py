@@ -136,9 +136,11 @@ class InputHold:
     """
     What one connection holds while a command is decided elsewhere
     (L{wait_for}), and why its reading is paused.  A connection has one
-    only while a command waits or its reading is paused for held input
-    (C{ChatProtocol.hold}, None otherwise), so a line handled as it comes
-    costs one attribute check (docs/fanout.md, "Memory per connection").
+    (C{ChatProtocol.hold}, None otherwise) only while a command waits, its
+    reading is paused for held input, or it drops what it sends before its
+    C{BYE} (L{discard}: a login over a failure limit), so a line handled
+    as it comes costs one attribute check (docs/fanout.md, "Memory per
+    connection").
     A TCP connection's held reads wait in L{buffer} with when each was
     read (L{reads}); a WebSocket's whole lines in L{lines}.  The
     connection's own framing buffer is its own: what follows a line that
