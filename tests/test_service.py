@@ -10,9 +10,10 @@ from typing import Any
 import pytest
 from twisted.application.internet import StreamServerEndpointService
 from twisted.internet.testing import MemoryReactorClock
-from twisted.logger import formatEvent, globalLogPublisher
+from twisted.logger import LogLevel, formatEvent, globalLogPublisher
 from twisted.python import usage
 
+from twisted_chat.server.accounts.store import AccountStore
 from twisted_chat.server.history import Entry
 from twisted_chat.server.output import sendqueue
 from twisted_chat.server.ports.listening import PortService, StartupError
@@ -270,18 +271,23 @@ def test_log_messages_is_a_flag() -> None:
 
 def start_log(*argv: str) -> list[str]:
     """The lines makeService logs (twisted_chat.server.service's) for C{argv}."""
-    lines: list[str] = []
+    return [line for _, line in start_events(*argv)]
+
+
+def start_events(*argv: str) -> list[tuple[LogLevel, str]]:
+    """L{start_log}'s lines, each with its level."""
+    events: list[tuple[LogLevel, str]] = []
 
     def observe(event: dict[str, Any]) -> None:
         if event.get("log_namespace") == "twisted_chat.server.service":
-            lines.append(str(formatEvent(event)))
+            events.append((event["log_level"], str(formatEvent(event))))
 
     globalLogPublisher.addObserver(observe)
     try:
         makeService(options(*argv), ThreadedMemoryReactor())
     finally:
         globalLogPublisher.removeObserver(observe)
-    return lines
+    return events
 
 
 OPEN = ("accounts: open (a nick with an account needs its password; anyone may "
@@ -315,6 +321,33 @@ def test_the_log_at_start_says_whether_and_where_nicks_are_protected(
     told = [line for line in lines if line.startswith("accounts: ")]
     assert told == [said.format(tmp=tmp_path)], lines
     assert not [line for line in lines if "secret" in line]
+
+
+@pytest.mark.parametrize(("mode", "accounts", "made", "warned"), [
+    ("required", [], "made an empty one", True),
+    ("required", ["alice"], None, False),
+    ("open", [], "made an empty one (no nick is protected yet)", False),
+])
+def test_required_with_no_account_warns_at_start_that_nobody_can_log_in(
+        tmp_path: Path, mode: str, accounts: list[str], made: str | None,
+        warned: bool) -> None:
+    """Review rev17-user #5: --accounts required with no account yet started
+    with "no nick is protected yet" (open mode's words) and no warning,
+    though nobody could log in.  Now a warning says so, and how to add one."""
+    db = tmp_path / "my chat.sqlite3"
+    if accounts:
+        store = AccountStore.for_db(str(db))
+        store.check()
+        for nick in accounts:
+            store.add(nick, "scrypt$not-checked-here")
+    events = start_events("--port", "tcp:0", "--db", str(db), "--accounts", mode)
+    path = tmp_path / "my chat.accounts.sqlite3"
+    assert [line for _, line in events if line.startswith("no accounts file")] == (
+        [f"no accounts file at {path}: {made}"] if made else [])
+    warnings = [line for level, line in events if level is LogLevel.warn]
+    assert warnings == ([
+        "nobody can log in: --accounts required, and there is no account yet; add one "
+        f"with: python -m twisted_chat.accounts add --db '{db}' NICK"] if warned else []), events
 
 
 @pytest.mark.parametrize(("argv", "built", "said"), [

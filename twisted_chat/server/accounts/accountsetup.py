@@ -8,6 +8,7 @@ password threads, and one log line that says which.
 from __future__ import annotations
 
 import os
+import shlex
 from collections.abc import Callable
 from typing import Any
 
@@ -65,17 +66,25 @@ def sqlite_book(config: ServerConfig, work: PasswordWork, note: str = "") -> Acc
     """The single server's accounts: the file beside --db, used on the password
     threads (C{note}: what an error adds, L{twisted_chat.server.ports.privileges.Runner.note})."""
     store = AccountStore.for_db(config.db)
+    required = config.accounts is Mode.REQUIRED
     try:
         # Creates it; opened again for each check, so no lock is held.  From
         # now on the store knows the file: gone or broken, it is an error.
         made = store.check()
+        # Under required, no account means nobody can log in: said below.
+        locked_out = required and store.count() == 0
     except AccountStoreError as e:
         raise SystemExit(f"twistd chat: {e}{note}") from None
     if made:
         # A first start; or the file vanished while the server was stopped,
         # which only this line can tell the operator (docs/accounts.md).
-        _log.info("no accounts file at {path}: made an empty one (no nick is protected yet)",
-                  path=os.path.abspath(store.path))
+        _log.info("no accounts file at {path}: made an empty one{meaning}",
+                  path=os.path.abspath(store.path),
+                  meaning="" if required else " (no nick is protected yet)")
+    if locked_out:
+        _log.warn("nobody can log in: --accounts required, and there is no account yet; "
+                  "add one with: python -m twisted_chat.accounts add --db {db} NICK",
+                  db=shlex.quote(os.path.abspath(config.db)))
     return SQLiteBook(store, work.lookup)
 
 
