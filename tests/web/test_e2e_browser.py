@@ -3316,6 +3316,29 @@ def test_a_server_restart_ends_the_private_conversation_in_words(
     assert re.fullmatch(r"notice: Reconnected at .+\.", rows[-1]), rows  # the conversation shown
 
 
+def test_a_server_restart_ends_open_invitations_in_words(
+    web: WebServer, browser: Callable[..., Any], tcp: Callable[[str], LineClient]
+) -> None:
+    """Review rev17-user #2: an invitation open when the connection ended
+    (alice's to carol, bob's to alice) vanished from the page without a
+    word; the server forgot it and cannot say so.  The page says it now."""
+    carol = tcp("carol")
+    bob = tcp("bob")
+    alice = recording(browser())
+    join(alice, web, "alice")
+    say(alice, "/invite carol")
+    assert carol.expect("INVITE ") == "INVITE alice"
+    bob.send("PAIR alice")
+    assert bob.expect("PENDING ") == "PENDING alice"
+    wait(alice, lambda d: len(d.find_elements(By.CSS_SELECTOR, "[data-invite]")) == 2)
+    web.restart()
+    wait(alice, lambda d: d.execute_script("return window.gotLines").count("READY alice") == 2)
+    wait_notice(alice, "Your invitation to carol ended with the connection to the server; "
+                "invite again if you like.")
+    wait_notice(alice, "The invitation from bob ended with the connection to the server.")
+    assert not alice.find_elements(By.CSS_SELECTOR, "[data-invite]")
+
+
 def test_a_link_shows_its_bidi_controls_rather_than_obey_them(
     web: WebServer, browser: Callable[..., Any], tcp: Callable[[str], LineClient]
 ) -> None:

@@ -663,6 +663,21 @@
     if (card) removeCard(card);
   }
 
+  // A new connection (READY): the invitations of the old one, sent or
+  // received, ended with it. The server forgot them and cannot say so (its
+  // DECLINED or CANCELLED): the page says it instead, and their cards go.
+  function endOldInvitations() {
+    const ended = [...state.invites.values()].map((card) =>
+      `The invitation from ${card.dataset.inviter} ended with the connection to the server.`);
+    if (state.pendingTo) {
+      ended.unshift(`Your invitation to ${state.pendingTo} ended with the connection to the server; invite again if you like.`);
+    }
+    state.pendingTo = null;
+    clearPendingCard();
+    for (const inviter of [...state.invites.keys()]) dropInvite(inviter);
+    for (const text of ended) notice(current(), text);
+  }
+
   // -- the connection ----------------------------------------------------------------
 
   // A line for the server: sent now, or held (in order) until the flood
@@ -1532,9 +1547,7 @@
           notice(dm(state.partner), "The private conversation ended: the connection to the server was lost.");
         }
         state.partner = null;
-        state.pendingTo = null;
-        clearPendingCard();
-        for (const inviter of [...state.invites.keys()]) dropInvite(inviter);
+        endOldInvitations();
         // The history that follows may repeat what the page showed on an
         // earlier connection (a reconnection): those lines are not shown again.
         state.replaySkip = new Map(state.shownLobby);
@@ -1615,6 +1628,7 @@
             notice(current(), `You declined ${from}'s invitation.`);
           }, `Reject ${from}'s invitation`],
         ]);
+        card.dataset.inviter = from; // as spelled, for endOldInvitations
         state.invites.set(key(from), card);
         notice(lobby(), `${from} invited you to a private conversation.`);
         bumpTitle(document.hidden ? 1 : 0);
