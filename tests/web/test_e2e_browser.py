@@ -3339,6 +3339,47 @@ def test_a_server_restart_ends_open_invitations_in_words(
     assert not alice.find_elements(By.CSS_SELECTOR, "[data-invite]")
 
 
+def online_list(driver: Any) -> dict[str, Any]:
+    """What the sidebar's "Online" part shows: its count, its note (None:
+    hidden), and how many presence dots (the page's own included) are lit;
+    and the lobby's header (its count)."""
+    return dict(driver.execute_script("""
+        const note = document.getElementById('users-note');
+        const dots = [...document.querySelectorAll('#user-list .dot, .me .dot')];
+        return {topic: document.getElementById('conv-topic').textContent,
+                count: document.getElementById('user-count').textContent,
+                note: note.hidden ? null : note.textContent,
+                lit: dots.filter((d) =>
+                    getComputedStyle(d).backgroundColor !== 'rgba(0, 0, 0, 0)').length};
+    """))
+
+
+def test_the_online_list_is_not_shown_as_live_while_the_page_is_not_connected(
+    web: WebServer, browser: Callable[..., Any], tcp: Callable[[str], LineClient]
+) -> None:
+    """Review rev17-user #4: after a lost connection or /quit, the "Online"
+    list and its green dots (the page's own too) stayed as if live.  Now it
+    is greyed with a note, nobody lit, until the page is back in."""
+    tcp("carol")
+    alice = browser()
+    join(alice, web, "alice")
+    wait(alice, lambda d: online_list(d) == {
+        "topic": "Everyone on twisted-chat · 2 online", "count": "— 2", "note": None, "lit": 3})
+    stale = {"topic": "Everyone on twisted-chat · not connected", "count": "— not connected",
+             "note": "Not live: as it was when the connection ended.", "lit": 0}
+    web.stop()
+    wait(alice, lambda d: online_list(d) == stale)
+    assert user_list(alice) == ["alice", "carol"]  # kept, as it was
+    screenshot(alice, "user-list-not-connected.png")
+    web.start()
+    wait(alice, lambda d: online_list(d) == {
+        "topic": "Everyone on twisted-chat · 1 online", "count": "— 1", "note": None, "lit": 2},
+         timeout=WAIT + 5)
+    say(alice, "/quit")
+    wait(alice, lambda d: online_list(d) == stale)
+    assert user_list(alice) == ["alice"]
+
+
 def test_a_link_shows_its_bidi_controls_rather_than_obey_them(
     web: WebServer, browser: Callable[..., Any], tcp: Callable[[str], LineClient]
 ) -> None:

@@ -471,9 +471,22 @@
     if (usersFrame !== null) return;
     usersFrame = requestAnimationFrame(() => {
       usersFrame = null;
-      $("user-count").textContent = `— ${state.users.size}`;
+      $("user-count").textContent = state.online ? `— ${state.users.size}` : "— not connected";
       renderHeader();
     });
+  }
+
+  // Once the page is not connected (a lost connection, /quit), the user
+  // list is not live: it stays as it was, greyed, with a note, and nobody
+  // in it, the page's own user included, is shown as online, until the page
+  // is back in the chat (joined; the new connection's USERS redraws it).
+  function usersLive(live) {
+    $("user-list").classList.toggle("stale", !live);
+    $("users-note").hidden = live;
+    const ownDot = document.querySelector(".me .dot");
+    ownDot.classList.toggle("online", live);
+    ownDot.classList.toggle("offline", !live);
+    usersChanged();
   }
 
   function buildUsers() {
@@ -587,7 +600,7 @@
       name.textContent = "# lobby";
       topic.textContent = state.partner
         ? `You are in a private conversation with ${state.partner}; the lobby's messages, joins and leaves will be shown when you leave it.`
-        : `Everyone on ${state.serverName || "this server"} · ${state.users.size} online`;
+        : `Everyone on ${state.serverName || "this server"} · ${state.online ? `${state.users.size} online` : "not connected"}`;
       input.placeholder = state.partner ? "Leave the private conversation to write in the lobby" : "Message #lobby";
       if (state.partner) input.disabled = true;
       return;
@@ -1217,6 +1230,7 @@
     closePasswordDialog();
     $("nick-submit").disabled = true;
     renderHeader();
+    usersLive(false);
     if (state.leaving) {
       if (state.byeReason === "bye-unanswered") {
         banner(`You left the chat: the server did not answer the goodbye within ${QUIT_WAIT / 1000} s.`, "Join again");
@@ -1408,6 +1422,7 @@
     $("login").hidden = true;
     $("app").hidden = false;
     $("me-nick").textContent = state.me;
+    usersLive(true);
     if (answers.reconnecting) {
       // The lobby's last notice said "Disconnected from the server.": no more.
       answers.reconnecting = false;
