@@ -124,7 +124,7 @@ class _Refusal(Protocol):
             # this one is aborted now, its lines most likely unsent.
             transport.abortConnection()
             if stats is not None:
-                stats.discarded += len(message)
+                stats.count_discarded(len(message))
             return
         closing.count += 1
         self._abort_call = close_within(transport, self.clock, self.grace)
@@ -280,7 +280,7 @@ class ChatFactory(ServerFactory):
         self.make_room()
         self.handshaking.add(protocol.pool_key, protocol)
         self.connections.add(protocol)
-        self.stats.accepted[port] += 1
+        self.stats.count_accepted(port)
         if port == "web":
             self.websockets.add(protocol)
         # It provides IProtocol without subclassing Protocol (for __slots__),
@@ -326,7 +326,7 @@ class ChatFactory(ServerFactory):
         """
         stats = self.stats
         stats.disconnected(counted)
-        stats.refusals[limit] = stats.refusals.get(limit, 0) + 1
+        stats.count_refusal(limit)
         key = self.addresses.log_key(host)
         self.repeats.log(self.log, LogLevel.warn, key, "refused", "refused {host}: {why}",
                          host=host, why=why)
@@ -343,7 +343,7 @@ class ChatFactory(ServerFactory):
         """C{protocol} has a nick: it leaves the handshake's limits."""
         self.addresses.registered(protocol.limits)
         self.handshaking.discard(protocol.pool_key, protocol)
-        self.stats.logins += 1
+        self.stats.count_login()
 
     def leave(self, user: User, reason: str, text: str) -> None:
         """C{user}'s connection ends it: it leaves the chat's state."""
@@ -445,7 +445,7 @@ class ChatFactory(ServerFactory):
         self._history_block = None
         sender = self.hub.find(entry.nick)
         if sender is not None and self.state.holds(sender):
-            self.stats.lobby_messages += 1  # one of this process's users said it
+            self.stats.count_lobby_message()  # one of this process's users said it
         ts = wire.format_ts(entry.ts)
         self.fanout.add(wire.line("MSG", ts, entry.nick, "*", text=entry.text))
 
@@ -502,21 +502,21 @@ class ChatFactory(ServerFactory):
     def private_message(self, ts: float, sender: User, recipient: User, text: str) -> None:
         data = wire.line("MSG", wire.format_ts(ts), sender.nick, recipient.nick, text=text)
         if self.state.holds(sender):
-            self.stats.private_messages["pair" if sender.partner is recipient else "dm"] += 1
+            self.stats.count_private_message("pair" if sender.partner is recipient else "dm")
         recipient.conn.write(data)
         sender.conn.write(data)
 
     def invited(self, invitation: Invitation) -> None:
         inviter, invitee = invitation.inviter, invitation.invitee
         if self.state.holds(inviter):
-            self.stats.invitations += 1
+            self.stats.count_invitation()
         inviter.conn.write(wire.line("PENDING", invitee.nick))
         invitee.conn.write(wire.line("INVITE", inviter.nick))
 
     def paired(self, user: User, partner: User) -> None:
         self._user_changed(user)
         if self.state.holds(user):
-            self.stats.paired_sides += 1  # one side of the pair (chat_pairings_total)
+            self.stats.count_paired_side()  # one side of the pair (chat_pairings_total)
             self.state.pair_shown(user, None)
         user.conn.write(wire.line("PAIRED", partner.nick))
 
@@ -559,8 +559,7 @@ class ChatFactory(ServerFactory):
     def _invitation_ended(self, reason: str) -> None:
         """An invitation ended without a pair: counted once, on the
         inviter's node (or the invitee's, once the inviter is gone)."""
-        ended = self.stats.invitations_ended
-        ended[reason] = ended.get(reason, 0) + 1
+        self.stats.count_invitation_ended(reason)
 
 
 def history_lines(entries: Sequence[Entry], limit: int) -> bytes:

@@ -506,7 +506,7 @@ class ChatService(OwnsPasswordWork, Service):
             self.log.critical("{error}", error=str(e))
             raise
         history.attach(store, store.recent(history.size))
-        store.on_commit = self.factory.stats.commit_seconds.observe
+        store.on_commit = self.factory.stats.committed
         self.store = store
         if config.db == MEMORY:
             self.log.info("lobby history in memory only: nothing is kept across restarts")

@@ -157,7 +157,7 @@ class _Channel(RefusingChannel):
         self.site.gate.release(self)
         transport: Any = self.transport or self.taken
         if transport is not None:
-            self.site.chat.stats.http_closed["timeout"] += 1
+            self.site.chat.stats.count_http_closed("timeout")
             # At most a few lines per address and 10 s (a slowloris is many).
             self.site.chat.repeats.log(
                 _log, LogLevel.info, self.pool_key, "web-timeout",
@@ -221,7 +221,7 @@ class _Channel(RefusingChannel):
         self.upgrading()
         transport: Any = self.transport or self.taken
         if transport is not None:
-            self.site.chat.stats.http_closed["evicted"] += 1
+            self.site.chat.stats.count_http_closed("evicted")
             transport.abortConnection()
 
     def connectionLost(self, reason: Failure = connectionDone) -> None:

@@ -169,6 +169,49 @@ class Stats:
         disconnects = self.disconnects
         disconnects[reason] = disconnects.get(reason, 0) + 1
 
+    def count_refusal(self, limit: str) -> None:
+        """A new connection was refused, over C{limit} (L{REFUSAL_LIMITS})."""
+        self.refusals[limit] = self.refusals.get(limit, 0) + 1
+
+    def count_accepted(self, port: str) -> None:
+        """A chat connection was accepted on C{port} (L{PORTS})."""
+        self.accepted[port] += 1
+
+    def count_login(self) -> None:
+        """A connection chose a nick (READY)."""
+        self.logins += 1
+
+    def count_lobby_message(self) -> None:
+        """One of this process's users said a lobby message."""
+        self.lobby_messages += 1
+
+    def count_private_message(self, kind: str) -> None:
+        """One of this process's users sent a private message: C{"dm"}, or
+        C{"pair"} within a pair."""
+        self.private_messages[kind] += 1
+
+    def count_invitation(self) -> None:
+        """One of this process's users invited another (PAIR)."""
+        self.invitations += 1
+
+    def count_invitation_ended(self, reason: str) -> None:
+        """An invitation ended without a pair, for C{reason} (L{INVITATION_ENDS})."""
+        self.invitations_ended[reason] = self.invitations_ended.get(reason, 0) + 1
+
+    def count_paired_side(self) -> None:
+        """One side of a pair began here (a pair: two sides)."""
+        self.paired_sides += 1
+
+    def count_http_closed(self, reason: str) -> None:
+        """The server closed an HTTP connection to --web before its upgrade,
+        for C{reason} (L{HTTP_CLOSES})."""
+        self.http_closed[reason] += 1
+
+    def committed(self, seconds: float) -> None:
+        """One database commit took C{seconds} (called on the store's
+        writer thread)."""
+        self.commit_seconds.observe(seconds)
+
 
 @dataclass(frozen=True, slots=True)
 class Snapshot:
