@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any, ClassVar, Protocol
+from typing import Any, ClassVar, Protocol
 
 from twisted.internet.defer import Deferred, fail
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
@@ -18,21 +18,24 @@ from twisted.python.failure import Failure
 
 from twisted_chat import wire
 from twisted_chat.server import logs
-from twisted_chat.server.accounts.login import Answer, Login, retry_taken, unavailable_text
-from twisted_chat.server.config import Mode
+from twisted_chat.server.accounts.login import (
+    Accounts,
+    Answer,
+    Login,
+    retry_taken,
+    unavailable_text,
+)
+from twisted_chat.server.config import Mode, ServerConfig
 from twisted_chat.server.history import clip_text
-from twisted_chat.server.hub import NickTaken, State, User
-from twisted_chat.server.limits.addresses import Address
+from twisted_chat.server.hub import Hub, NickTaken, State, User
+from twisted_chat.server.limits.addresses import Address, AddressBook
 from twisted_chat.server.limits.flood import REPLY_BYTES
-from twisted_chat.server.state import Outcome, StateUnavailable
+from twisted_chat.server.state import ChatState, Outcome, StateUnavailable
 from twisted_chat.wire import ErrorCode, LineError, Refusal
 
 _log = logs.logger()
 
-if TYPE_CHECKING:
-    from twisted_chat.server.factory import ChatFactory
-
-__all__ = ["Connection", "Handshake", "Session"]
+__all__ = ["Connection", "Handshake", "Server", "Session"]
 
 # A lobby line's or a NICK's wait for its address's budget ended
 # (Session.do_MSG, Session._nick_allowed).
@@ -115,6 +118,30 @@ class Connection(Protocol):
         """The session registered C{user}: the handshake is over."""
 
 
+class Server(Protocol):
+    """What the L{Session} reads of its server (the
+    L{twisted_chat.server.factory.ChatFactory})."""
+
+    @property
+    def config(self) -> ServerConfig: ...
+
+    @property
+    def accounts(self) -> Accounts | None:
+        """None: accounts are off."""
+
+    @property
+    def addresses(self) -> AddressBook: ...
+
+    @property
+    def state(self) -> ChatState: ...
+
+    @property
+    def hub(self) -> Hub: ...
+
+    def roster(self) -> bytes:
+        """The C{USER} lines and the closing C{USERS}."""
+
+
 class Session:
     """
     The chat/1 session of every connection of one server: NICK, then online
@@ -124,7 +151,7 @@ class Session:
     connection").  The server's shared parts are read through the factory.
     """
 
-    def __init__(self, factory: ChatFactory) -> None:
+    def __init__(self, factory: Server) -> None:
         self.factory = factory
 
     # -- a connection's life ---------------------------------------------------

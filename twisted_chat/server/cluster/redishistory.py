@@ -18,16 +18,13 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 from twisted.internet import defer
 from twisted.internet.defer import Deferred
 
 from twisted_chat.server.cluster.streamids import id_key
 from twisted_chat.server.history import Entry
-
-if TYPE_CHECKING:
-    from twisted_chat.server.cluster.redislog import RedisLog
 
 HISTORY = "chat:history"
 HISTORY_SIZE = "chat:history:size"
@@ -291,10 +288,17 @@ def _history_size(member: str) -> int:
     return len(member.encode()) + 16
 
 
+class _EntryLog(Protocol):
+    """Where L{_HistoryStore} hands each new message: the node's log
+    (L{twisted_chat.server.cluster.redislog.RedisLog})."""
+
+    def append_entry(self, entry: Entry) -> None: ...
+
+
 class _HistoryStore:
     """The history's durable store (L{MessageStore}) in cluster mode."""
 
-    def __init__(self, log: RedisLog) -> None:
+    def __init__(self, log: _EntryLog) -> None:
         self._log = log
 
     def append(self, entry: Entry) -> None:

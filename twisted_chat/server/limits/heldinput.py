@@ -22,8 +22,7 @@ from twisted_chat.server.logs import Throttle, logger
 if TYPE_CHECKING:
     from twisted.internet.interfaces import IReactorTime
 
-    from twisted_chat.server.context import ConnectionContext
-    from twisted_chat.server.session import Connection
+    from twisted_chat.server.session import Connection, Session
 
 # Input held while a command is decided elsewhere (see wait_for) past which
 # the connection is not read until it is.
@@ -95,13 +94,37 @@ class _Address(Protocol):
     held: int
 
 
+class _InputCounter(Protocol):
+    """Where L{InputHold} counts what it never handles
+    (L{twisted_chat.server.metrics.counters.Stats})."""
+
+    def count_input_discarded(self, size: int) -> None: ...
+
+
+class _Shared(Protocol):
+    """What L{InputHold} uses of its connection's server
+    (L{twisted_chat.server.context.ConnectionContext})."""
+
+    @property
+    def held_input(self) -> HeldInput: ...
+
+    @property
+    def clock(self) -> IReactorTime: ...
+
+    @property
+    def stats(self) -> _InputCounter: ...
+
+    @property
+    def session(self) -> Session: ...
+
+
 class Holding(Holder, Protocol):
     """The connection an L{InputHold} holds input for
     (L{twisted_chat.server.protocol.ChatProtocol}): who it is, its
     server, when its last line arrived, and what the hold asks of it."""
 
     @property
-    def ctx(self) -> ConnectionContext[Any]: ...
+    def ctx(self) -> _Shared: ...
 
     @property
     def closing(self) -> bool: ...

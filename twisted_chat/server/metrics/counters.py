@@ -19,9 +19,9 @@ See docs/metrics.md for what each metric means.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sized
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 from prometheus_client.core import (
     CounterMetricFamily,
@@ -36,7 +36,11 @@ from twisted_chat import __version__
 from twisted_chat.server.metrics.histogram import Buckets
 
 if TYPE_CHECKING:
-    from twisted_chat.server.factory import ChatFactory
+    from twisted_chat.server.accounts.login import Accounts
+    from twisted_chat.server.history import History
+    from twisted_chat.server.limits.heldinput import HeldInput
+    from twisted_chat.server.output.outputwatch import OutputBudget
+    from twisted_chat.server.state import ChatState
 
 # The reasons a connection ends, as the server names them (LEFT and BYE
 # reasons, plus "refused": a chat connection over --max-clients or a
@@ -248,7 +252,36 @@ class Snapshot:
     history_bytes: int = 0
 
 
-def chat_snapshot(factory: ChatFactory, history_backlog: int | None = None,
+class Server(Protocol):
+    """What L{chat_snapshot} reads of the server (the
+    L{twisted_chat.server.factory.ChatFactory})."""
+
+    @property
+    def state(self) -> ChatState: ...
+
+    @property
+    def connections(self) -> Sized: ...
+
+    @property
+    def other_connections(self) -> int: ...
+
+    @property
+    def websockets(self) -> Sized: ...
+
+    @property
+    def held_input(self) -> HeldInput: ...
+
+    @property
+    def accounts(self) -> Accounts | None: ...
+
+    @property
+    def output_budget(self) -> OutputBudget: ...
+
+    @property
+    def history(self) -> History: ...
+
+
+def chat_snapshot(factory: Server, history_backlog: int | None = None,
                   history_dropped: int = 0,
                   history_messages: int | None = None) -> Snapshot:
     """
