@@ -158,21 +158,80 @@ def test_a_script_whose_nick_cannot_be_valid_stops_at_once() -> None:
     )
 
 
-def test_nick_dropped_for_flood_asks_again_on_a_terminal() -> None:
+def test_nick_dropped_for_flood_on_a_terminal_is_sent_again_after_the_named_wait() -> None:
     """Over the server's per-address registration limit, NICK is answered
-    with ERROR flood and not looked at: the person can try again."""
+    with ERROR flood and not looked at, "try again in N s": the person is
+    told to wait, and the same nick goes again after it (it was asked for
+    again at once, only to be refused again: review rev17 #1)."""
     s = session("bob", interactive=True)
     s.receive("HELLO chat/1 x", "NICK")
     assert s.sent() == ["NICK bob"]
     s.screen.take()
     s.receive("ERROR flood too many nicks registered from 10.0.0.1 lately; try again in 2 s")
-    assert s.client.state is State.ASK_NICK
-    assert s.screen.prompt == "nickname: "
-    assert "try again in 2 s" in " ".join(s.screen.take())
-    s.type("bob")
+    assert s.screen.take() == [
+        "* The server did not look at that nickname: too many nicks registered from "
+        "10.0.0.1 lately; try again in 2 s. Sending the nickname bob again in 2 s "
+        "(try 1 of 10)."
+    ]
+    assert s.client.state is State.NICK_SENT
+    assert s.screen.prompt != "nickname: "
+    s.clock.advance(1.9)
+    assert s.sent() == []
+    s.clock.advance(0.1)
     assert s.sent() == ["NICK bob"]
     s.receive("READY bob")
     assert s.client.state is State.READY
+
+
+def test_a_typed_nick_dropped_for_flood_is_sent_again_too() -> None:
+    s = session(None, interactive=True)
+    s.receive("HELLO chat/1 x", "NICK")
+    s.type("carol")
+    assert s.sent() == ["NICK carol"]
+    s.receive("ERROR flood too many nicks registered from 10.0.0.1 lately; try again in 5 s")
+    s.clock.advance(5)
+    assert s.sent() == ["NICK carol"]
+
+
+@pytest.mark.parametrize(("text", "wait"), [
+    ("too many nicks registered from 10.0.0.1 lately; try again in 900 s", 30.0),
+    ("too many nicks", 3.0),  # no wait named
+    ("too many nicks registered from 10.0.0.1 lately; try again in 0 s", 1.0),
+])
+def test_the_wait_after_flood_is_bounded(text: str, wait: float) -> None:
+    s = session("bob", interactive=True)
+    s.receive("HELLO chat/1 x", "NICK")
+    s.sent()
+    s.receive(f"ERROR flood {text}")
+    s.clock.advance(wait - 0.01)
+    assert s.sent() == []
+    s.clock.advance(0.01)
+    assert s.sent() == ["NICK bob"]
+
+
+def test_nick_dropped_for_flood_is_tried_a_bounded_number_of_times() -> None:
+    s = session("bob", interactive=True)
+    s.receive("HELLO chat/1 x", "NICK")
+    s.sent()
+    flooded = "ERROR flood too many nicks registered from 10.0.0.1 lately; try again in 1 s"
+    for _ in range(10):
+        s.receive(flooded)
+        s.clock.advance(1)
+        assert s.sent() == ["NICK bob"]
+    s.screen.take()
+    s.receive(flooded)
+    assert s.screen.take() == [
+        "! The server did not look at that nickname: too many nicks registered from "
+        "10.0.0.1 lately; try again in 1 s.",
+        "* Still refused after 10 tries. Choose a nickname:",
+    ]
+    assert s.client.state is State.ASK_NICK
+    s.clock.advance(30)
+    assert s.sent() == []
+    s.type("bob")
+    assert s.sent() == ["NICK bob"]
+    s.receive(flooded)  # a typed nick starts the count again
+    assert s.client.state is State.NICK_SENT
 
 
 def test_nick_dropped_for_flood_in_a_script_fails() -> None:

@@ -342,6 +342,15 @@ def _reconnect_to_a_taken_nick(h: Harness) -> None:
     _reconnect_and_refuse(h, "RETRY taken alice is online")  # the old connection is held
 
 
+def _sent_again_after(h: Harness, wait: float) -> None:
+    """No prompt: the same NICK goes by itself C{wait} seconds later."""
+    assert h.screen.prompt != "nickname: "
+    h.clock.advance(wait - 0.1)
+    assert h.sent() == []
+    h.clock.advance(0.1)
+    assert h.sent() == ["NICK alice"]
+
+
 def test_a_taken_nick_on_a_reconnection_is_sent_again_every_3_seconds() -> None:
     h = Harness()
     _reconnect_to_a_taken_nick(h)
@@ -350,11 +359,7 @@ def test_a_taken_nick_on_a_reconnection_is_sent_again_every_3_seconds() -> None:
         "connection, until the server notices it is gone: sending alice again every 3 "
         "seconds (at most 40 times)."
     ]
-    assert h.screen.prompt != "nickname: "
-    h.clock.advance(2.9)
-    assert h.sent() == []
-    h.clock.advance(0.1)
-    assert h.sent() == ["NICK alice"]
+    _sent_again_after(h, 3)
     h.receive("RETRY taken alice is online")
     assert h.screen.take() == []  # said once
     h.clock.advance(3)
@@ -407,6 +412,74 @@ def test_another_nick_typed_on_a_reconnection_and_taken_is_asked_for_again() -> 
     ]
     h.clock.advance(30)
     assert h.sent() == []
+
+
+FLOODED = "ERROR flood too many nicks registered from 127.0.0.1 lately; try again in 2 s"
+
+
+def test_a_reconnection_over_its_address_s_nick_limit_waits_and_sends_the_nick_again() -> None:
+    """Users behind one address all coming back after a restart: the server
+    names a wait, and the client waits it out and sends the same nick,
+    with no prompt (it had asked "Choose a nickname:", and then exited at
+    the server's nick timeout: review rev17 #1)."""
+    h = Harness()
+    _reconnect_and_refuse(h, FLOODED)
+    assert h.screen.take() == [
+        "* The server did not look at that nickname: too many nicks registered from "
+        "127.0.0.1 lately; try again in 2 s. Sending the nickname alice again in 2 s "
+        "(try 1 of 10)."
+    ]
+    _sent_again_after(h, 2)
+    h.receive("READY alice", "USER alice lobby", "USERS 1")
+    assert "* Reconnected: you are back in the lobby as alice." in h.screen.take()
+
+
+def test_the_nick_timeout_during_that_wait_is_followed_by_the_next_connection() -> None:
+    h = Harness()
+    _reconnect_and_refuse(h, FLOODED)
+    h.receive("BYE timeout")
+    h.lose()
+    assert h.outcomes == []  # not a prompt left open: the session goes on
+    h.clock.advance(2)
+    assert len(h.clients) == 3
+    h.receive("HELLO chat/1 test", "NICK")
+    assert h.sent() == ["NICK alice"]
+
+
+def _flooded_then_sent_again() -> Harness:
+    """A reconnection whose NICK waited out the server's named wait and went again."""
+    h = Harness()
+    _reconnect_and_refuse(h, FLOODED)
+    h.clock.advance(2)
+    assert h.sent() == ["NICK alice"]
+    return h
+
+
+def test_a_password_prompt_left_open_after_that_wait_ends_the_session() -> None:
+    """Once the nick was looked at (here the server asks for its password,
+    and none was typed this session), the wait is over: a prompt left open
+    then ends the session as any other."""
+    h = _flooded_then_sent_again()
+    h.receive("PASS alice")
+    assert h.screen.secret_prompt == "password for alice: "
+    h.receive("BYE timeout")
+    h.lose()
+    assert h.screen.lines[-1] == (
+        "! The session is over: nothing you type now is shown or sent. Press Enter to leave."
+    )
+    h.session.secret_line("")
+    h.clock.advance(60)
+    assert len(h.clients) == 2  # no next connection
+    assert len(h.outcomes) == 1
+
+
+def test_a_nick_prompt_after_that_wait_and_another_error_ends_the_session() -> None:
+    h = _flooded_then_sent_again()
+    h.receive("ERROR bad-args no")
+    assert h.screen.prompt == "nickname: "
+    h.receive("BYE timeout")
+    h.lose()
+    assert len(h.outcomes) == 1
 
 
 def test_a_nick_prompt_left_open_on_a_reconnection_ends_the_session() -> None:

@@ -184,6 +184,14 @@ def _retry_taken(s: Session) -> None:
 
 
 def _error_answering_nick(s: Session) -> None:
+    s.receive("ERROR bad-args the server could not use that nickname")
+
+
+def _flood_until_given_up(s: Session) -> None:
+    for _ in range(Login.FLOOD_TRIES):
+        s.receive("ERROR flood too many nicknames from your address; try again in 20 s")
+        s.clock.advance(20)
+        assert s.sent() == ["NICK bob"]
     s.receive("ERROR flood too many nicknames from your address; try again in 20 s")
 
 
@@ -196,7 +204,8 @@ def _unavailable_until_given_up(s: Session) -> None:
 
 
 @pytest.mark.parametrize(
-    "answer", [_retry_taken, _error_answering_nick, _unavailable_until_given_up]
+    "answer",
+    [_retry_taken, _error_answering_nick, _flood_until_given_up, _unavailable_until_given_up],
 )
 def test_a_password_typed_ahead_is_not_sent_as_the_next_nickname(
     answer: Callable[[Session], None],

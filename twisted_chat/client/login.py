@@ -11,6 +11,7 @@ It talks to its client only through the small L{Client} interface.
 
 from __future__ import annotations
 
+import re
 from typing import Protocol
 
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
@@ -20,6 +21,9 @@ from twisted_chat.client.commands import Local, Quit, Send, parse_input, passwor
 from twisted_chat.client.passwords import Passwords
 from twisted_chat.client.session import Ending, State
 from twisted_chat.wire import is_valid_nick, nick_key
+
+# The wait an ERROR flood answering a NICK names: "... try again in 2 s".
+_TRY_AGAIN = re.compile(r"\btry again in (\d+(?:\.\d+)?) s\b")
 
 
 class Client(Protocol):
@@ -106,6 +110,13 @@ class Login:
     # times until one gets in (the web page's numbers, app.js RETRY).
     TAKEN_DELAY = 3.0
     TAKEN_TRIES = 40
+    # ERROR flood answering a NICK typed or sent on a terminal (too many nicks
+    # registered from this address lately, "try again in N s"): send the same
+    # NICK again after the N s it names (this many if it names none), at most
+    # FLOOD_WAIT_MAX seconds each time, at most FLOOD_TRIES times in a row.
+    FLOOD_DELAY = 3.0
+    FLOOD_WAIT_MAX = 30.0
+    FLOOD_TRIES = 10
 
     def __init__(self, client: Client, passwords: Passwords) -> None:
         self._client = client
@@ -118,9 +129,11 @@ class Login:
         self._asked_nick: str | None = None
         self._password_for: str | None = None  # the nick in the server's PASS
         self._unavailable_tries = 0  # RETRY unavailable answers in a row
+        self._flood_tries = 0  # ERROR flood answers to our NICK in a row
         self._nick_again_timer: IDelayedCall | None = None
-        # A NICK is to be sent again because our own nick was taken on a
-        # reconnection (a BYE timeout then is not a prompt left open).
+        # A NICK is to be sent again by itself (our own nick taken on a
+        # reconnection, or the server's "try again in N s"): a BYE timeout
+        # then is not a prompt left open.
         self.waiting_for_nick = False
         self._answer_timer: IDelayedCall | None = None  # for a NICK or PASS sent
 
@@ -176,7 +189,7 @@ class Login:
             )
             self._nick_refused(said)
             return
-        self._unavailable_tries = 0
+        self._unavailable_tries = self._flood_tries = 0
         self._ask_for(nick)
 
     def _ask_for(self, nick: str) -> None:
@@ -203,6 +216,7 @@ class Login:
         nick = self._asked_nick or ""
         said = render.retry(nick, reason, text)
         self.waiting_for_nick = False
+        self._flood_tries = 0  # the nick was looked at
         if reason == "taken" and self._our_old_nick(nick):
             self._taken(nick, said)
             return
@@ -305,6 +319,7 @@ class Login:
         if client.state is not State.NICK_SENT:
             return
         self._password_for = nick
+        self.waiting_for_nick = False  # the nick was looked at
         kept = client.kept_password
         if (
             client.interactive
@@ -382,6 +397,7 @@ class Login:
         it, and waits for another.  A refused password is asked for again
         (the server still asks for it); a refused nick, a nickname.
         """
+        self.waiting_for_nick = False
         if self.pass_sent:
             if code == "flood":
                 # Too many passwords being checked: the server asks to send
@@ -399,7 +415,41 @@ class Login:
             # Not looked at: too many nicks from this address lately.
             reason = text.rstrip(".") or "too many attempts"
             said = render.sentence(f"The server did not look at that nickname: {reason}")
+            if self._client.interactive and self._asked_nick is not None:
+                self._flooded(self._asked_nick, said, text)
+                return
         self._nick_refused(said)
+
+    def _flooded(self, nick: str, said: str, text: str) -> None:
+        """
+        C{ERROR flood} answering our C{NICK} on a terminal: the server did
+        not look at the nick (too many registered from this address lately)
+        and names the wait.  Send the same C{NICK} again after it, said each
+        time, at most L{FLOOD_TRIES} times in a row; then ask for a nickname.
+        A reconnection goes on by itself so (users behind one address all
+        coming back after a restart), and a person at the first prompt is
+        told to wait rather than asked at once, only to be refused again.
+        """
+        client = self._client
+        self.answered()
+        self._flood_tries += 1
+        if self._flood_tries > self.FLOOD_TRIES:
+            self._flood_tries = 0
+            client.error(said)
+            self._ask_nick_again(
+                f"Still refused after {self.FLOOD_TRIES} tries. Choose a nickname:"
+            )
+            return
+        named = _TRY_AGAIN.search(text)
+        wait = float(named.group(1)) if named else self.FLOOD_DELAY
+        wait = min(max(wait, 1.0), self.FLOOD_WAIT_MAX)
+        client.notice(
+            f"{said} Sending the nickname {nick} again in {wait:g} s "
+            f"(try {self._flood_tries} of {self.FLOOD_TRIES})."
+        )
+        # Stay in NICK_SENT: typed lines wait, as they do for any answer.
+        self.waiting_for_nick = True
+        self._nick_again_timer = client.clock.callLater(wait, self._nick_again, nick)
 
     def _nick_refused(self, said: str) -> None:
         """The server dropped our NICK or PASS unanswered: a script gives

@@ -7,8 +7,9 @@ the chat, L{Reconnecting} starts a new one when the server restarts
 (L{backoff_delay}: 1, 2, 4, 8, 16, then every 30 seconds, each +-25 %;
 back to 1 s once a connection reached C{READY}), the same nickname (sent
 again every 3 s while the server says it is taken: our old connection, most
-likely; C{Login.TAKEN_TRIES}), and the password typed this session (kept in
-memory only).  It decides by
+likely; C{Login.TAKEN_TRIES}; after the wait the server names when too
+many nicks came from our address lately, C{Login.FLOOD_TRIES}), and the
+password typed this session (kept in memory only).  It decides by
 L{should_reconnect}.  The lobby messages shown are remembered across
 connections (L{ShownLobby}): a new connection's history shows only the ones
 not on the screen yet.  The first failure of a reconnection is said in full;
@@ -102,9 +103,10 @@ def should_reconnect(
     @param rejoining: it was itself a reconnection (an earlier one had joined).
     @param user_left: the user quit (C{/quit}, Ctrl-C, Ctrl-D).
     @param bye_reason: the server's C{BYE} reason, C{None} without one.
-    @param waiting_for_nick: it ended while our own nick, taken (by our old
-        connection, most likely), was to be sent again: a C{BYE timeout}
-        then is not a prompt left open.
+    @param waiting_for_nick: it ended while our own nick was to be sent
+        again by itself (taken by our old connection, most likely, or not
+        looked at for a wait the server named): a C{BYE timeout} then is
+        not a prompt left open.
     """
     if user_left or bye_reason == _USER_LEFT:
         return False
