@@ -505,6 +505,43 @@ def test_a_pair_ended_by_the_loss_is_said() -> None:
     assert h.screen.prompt == "(not connected) > "
 
 
+def test_open_invitations_ended_by_the_loss_are_said_each() -> None:
+    """An invitation open when the connection ends is gone (the server
+    forgot it, and the next connection starts with none): the inviter's
+    "waiting for an answer" and the invitee's "/accept bob" are not left
+    standing unsaid (review rev17 #2)."""
+    h = Harness()
+    h.join()
+    h.session.user_line("/pair bob")
+    assert h.sent() == ["PAIR bob"]
+    h.receive("PENDING bob", "INVITE carol", "INVITE dave")
+    h.screen.take()
+    h.receive("BYE shutdown")
+    h.lose()
+    shown = h.screen.take()
+    assert shown[1:4] == [
+        "* Your invitation to bob ended: the connection to the server was lost. "
+        "Once you are back, /pair bob invites them again.",
+        "* carol's invitation ended: the connection to the server was lost. "
+        "/accept carol will not find it; ask them to invite you again.",
+        "* dave's invitation ended: the connection to the server was lost. "
+        "/accept dave will not find it; ask them to invite you again.",
+    ]
+    h.clock.advance(1)
+    h.join()
+    assert h.client.pairing.invited is None
+    assert h.client.pairing.invites == []
+
+
+def test_invitations_already_over_are_not_said_again_at_the_loss() -> None:
+    h = Harness()
+    h.join()
+    h.receive("PENDING bob", "INVITE carol", "DECLINED bob rejected", "CANCELLED carol withdrawn")
+    h.screen.take()
+    h.lose()
+    assert not [line for line in h.screen.take() if "invitation" in line]
+
+
 def _login_with_password(h: Harness, password: str = "correct horse") -> None:
     h.receive("HELLO chat/1 test", "NICK")
     assert h.sent() == ["NICK alice"]

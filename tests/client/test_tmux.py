@@ -383,6 +383,54 @@ def test_a_server_restart_reconnects_and_rejoins(
     term.wait_row(r"^EXIT=0$")
 
 
+def _said(terms: list[Pane], pattern: str, timeout: float = 15.0) -> list[Pane]:
+    """The panes whose screen says C{pattern}, once one does (its rows joined:
+    a long line wraps)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        said = [t for t in terms if re.search(pattern, " ".join(" ".join(t.screen()).split()))]
+        if said or time.monotonic() > deadline:
+            return said
+        time.sleep(0.05)
+
+
+def test_users_behind_one_address_all_get_back_after_a_restart(
+    chat_server: Callable[..., ServerProcess], pane: Callable[..., Pane]
+) -> None:
+    """rev17 #1: the restarted server lets one address register one nick
+    now and one every 5 s; the second terminal to come back was answered
+    ERROR flood "try again in N s", asked "Choose a nickname:", and exited
+    at the server's nick timeout.  Now it waits that long and sends its nick
+    again.  rev17 #2: the invitation open across the restart is said to
+    have ended, on both sides."""
+    limits = ("--ip-register-rate", "0.2")
+    # 127.0.0.1 is not exempt here (the tests' default) from the limits.
+    server = chat_server(*limits, "--ip-register-burst", "2", exempt=())
+    alice = pane([*CLIENT, "--nick", "alice", LOOPBACK, str(server.port)])
+    alice.wait_row(r"^alice>$")
+    bob = pane([*CLIENT, "--nick", "bob", LOOPBACK, str(server.port)])
+    bob.wait_row(r"^bob>$")
+    alice.enter("/pair bob")
+    alice.wait_row(r"^\* Invitation sent to bob; waiting for an answer")
+    bob.wait_row(r"^\* alice invites you to a private conversation")
+
+    server.stop()
+    chat_server(*limits, "--ip-register-burst", "1", port=server.port, exempt=())
+    waited = _said([alice, bob], r"Sending the nickname (alice|bob) again in \d+ s \(try 1 of")
+    assert len(waited) == 1, [t.screen() for t in (alice, bob)]
+    for term, nick in ((alice, "alice"), (bob, "bob")):
+        term.wait_row(rf"^\* Reconnected: you are back in the lobby as {nick}\.$", timeout=20)
+        term.wait_row(rf"^{nick}>$")
+    assert not _said([alice, bob], r"Choose a nickname", timeout=0)
+    assert _said([alice], r"Your invitation to bob ended: the connection to the server was lost")
+    assert _said([bob], r"alice's invitation ended: the connection to the server was lost")
+    bob.enter("/accept alice")
+    bob.wait_row(r"^! There is no open invitation from that person\.$")
+    for term in (alice, bob):
+        term.enter("/quit")
+        term.wait_row(r"^EXIT=0$")
+
+
 def test_a_draft_survives_a_restart_for_a_registered_nick(
     chat_server: Callable[..., ServerProcess], pane: Callable[..., Pane]
 ) -> None:

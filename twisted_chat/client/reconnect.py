@@ -9,8 +9,9 @@ back to 1 s once a connection reached C{READY}), the same nickname (sent
 again every 3 s while the server says it is taken: our old connection, most
 likely; C{Login.TAKEN_TRIES}; after the wait the server names when too
 many nicks came from our address lately, C{Login.FLOOD_TRIES}), and the
-password typed this session (kept in memory only).  It decides by
-L{should_reconnect}.  The lobby messages shown are remembered across
+password typed this session (kept in memory only).  An open invitation, as
+a private conversation, ends with the connection, and the user is told.
+It decides by L{should_reconnect}.  The lobby messages shown are remembered across
 connections (L{ShownLobby}): a new connection's history shows only the ones
 not on the screen yet.  The first failure of a reconnection is said in full;
 the same failure again is one short line, with no "Reconnecting..." before it
@@ -254,7 +255,28 @@ class Reconnecting:
                     partner,
                     "the private conversation ended",
                 )
+        if joined:
+            self._invitations_ended(client)
         self._schedule()
+
+    def _invitations_ended(self, client: ChatClient) -> None:
+        """
+        Say each open invitation, the user's own and those to the user, that
+        ended with C{client}'s connection: the server that would say so
+        (C{DECLINED}, C{CANCELLED}) forgot them, and the next connection
+        starts with none.
+        """
+        invitee = client.pairing.invited
+        if invitee is not None:
+            self._show(render.notice(
+                f"Your invitation to {invitee} ended: the connection to the server "
+                f"was lost. Once you are back, /pair {invitee} invites them again."
+            ))
+        for inviter in client.pairing.invites:
+            self._show(render.notice(
+                f"{inviter}'s invitation ended: the connection to the server was "
+                f"lost. /accept {inviter} will not find it; ask them to invite you again."
+            ))
 
     def _schedule(self, tries: int = 0) -> None:
         """
