@@ -772,9 +772,38 @@ def test_server_shutdown_fails_with_its_reason() -> None:
 
 def test_full_server() -> None:
     s = session()
-    s.receive("ERROR server-full too many connections", "BYE full")
-    assert s.lose() == Outcome(1, "The server is full; try again later.")
+    s.receive("ERROR server-full the server is full; try again later", "BYE full")
+    assert s.lose() == Outcome(1, "Refused by the server: the server is full; try again later.")
     assert s.screen.lines == []  # said once: on stderr, not on the screen as well
+
+
+def test_a_refusal_for_one_address_s_limit_says_the_server_s_reason() -> None:
+    """Not "the server is full" when the server says it is one address's
+    share (review rev17 #3): that sends users to the wrong fix."""
+    s = session()
+    s.receive(
+        "ERROR server-full too many connections from 127.0.0.1 are still choosing a nick",
+        "BYE full",
+    )
+    assert s.lose() == Outcome(
+        1, "Refused by the server: too many connections from 127.0.0.1 are still "
+        "choosing a nick.")
+
+
+def test_a_full_server_that_gives_no_reason_is_said_full() -> None:
+    s = session()
+    s.receive("ERROR server-full", "BYE full")
+    assert s.lose() == Outcome(1, "The server is full; try again later.")
+
+
+def test_a_bye_full_with_the_servers_reason_says_it() -> None:
+    # A connection closed to make room in a full handshake pool.
+    s = session()
+    s.receive("HELLO chat/1 x", "NICK")
+    s.receive("BYE full too many connections are still choosing a nick; try again")
+    assert s.lose() == Outcome(
+        1, "The server closed the connection: too many connections are still choosing "
+        "a nick; try again.")
 
 
 def test_tls_failure_is_named() -> None:

@@ -232,6 +232,8 @@ ERRORS = {
     "bad-encoding": "The server could not read that line (bad UTF-8).",
     "bad-chars": "That line contained control characters and was not sent.",
     "flood": "You are sending too fast; that line was dropped.",
+    # Said only without the server's text: its text names the limit (the
+    # whole server, or one address's share of it: error_sentence).
     "server-full": "The server is full; try again later.",
     "accounts-off": "This server has no accounts.",
     "weak-password": "The server refused that password: {text}.",
@@ -392,6 +394,8 @@ def error_sentence(code: str, text: str) -> str:
         return server_reason(text)
     if template is None:
         return sentence(f"Server error ({code}): {text}" if text else f"Server error: {code}")
+    if code == "server-full" and text.strip():
+        return sentence(f"Refused by the server: {text.strip()}")
     text = text.rstrip(".")
     if code in ("busy", "pending"):
         text = _VERBS.sub(lambda verb: "/" + verb.group(1).lower(), text)
@@ -464,6 +468,9 @@ def bye(
         limit = _SECONDS.search(text)
         allows = f" (it allows {limit.group(1)} seconds to log in)" if limit else ""
         return f"The server stopped waiting for the {logging_in}{allows}."
+    if reason == "full" and text.strip():
+        # The server's words name the limit, which may be one address's.
+        return sentence(f"The server closed the connection: {text.strip()}")
     said = BYE_REASONS.get(reason, f"The server closed the connection ({reason}).")
     if reason == "flood" and after_password:
         said = "The server closed the connection after too many failed logins; try again later."
