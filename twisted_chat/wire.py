@@ -331,6 +331,40 @@ HELP_TEXT: dict[str, str] = {
 }
 
 
+# -- words the clients tell answers apart by -------------------------------
+#
+# chat/1 has no code of its own for these answers, yet the clients must tell
+# them from others of the same code: they do by these words, which the server
+# writes and the terminal client matches.  app.js cannot import them: it keeps
+# copies, held to these by tests/web/test_site.py.
+
+# How a refused command's text begins when it went nowhere: "not sent: why".
+NOT_SENT = "not sent: "
+# A MSG that went nowhere because its sender's pair changed before it was
+# delivered (docs/cluster.md, "What is guaranteed"), each followed by a nick:
+# a lobby line while its sender was paired (ERROR busy, or a cluster's
+# unavailable), a partner's line once the pair had ended (ERROR not-paired;
+# a cluster's unavailable says "not paired").
+MEANT_FOR_LOBBY = NOT_SENT + "it was meant for the lobby and you were paired with "
+NO_LONGER_PAIRED = NOT_SENT + "you were no longer paired with "
+NOT_PAIRED_WITH = NOT_SENT + "you were not paired with "
+PAIR_CHANGED = (MEANT_FOR_LOBBY, NO_LONGER_PAIRED, NOT_PAIRED_WITH)
+# How a cluster's ERROR unavailable begins when it answers REGISTER or
+# PASSWD: no other command gets these words.
+ACCOUNTS_UNAVAILABLE = "the accounts cannot be reached"
+# ERROR busy "<nick> is not reading fast enough to take more private
+# messages; ..." refuses a DM or a pair's MSG to a reader far behind
+# (docs/protocol.md, Limits 14); its other text ("... more invitations")
+# refuses an invitation.
+PRIVATE_MESSAGES = "private messages"
+
+
+def meant_for_lobby(partner: str) -> str:
+    """The text refusing a lobby C{MSG} whose sender was paired with
+    C{partner} when it came to be delivered."""
+    return f"{MEANT_FOR_LOBBY}{partner} when it came to be delivered; send it again"
+
+
 # -- formatting ------------------------------------------------------------
 
 

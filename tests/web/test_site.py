@@ -19,6 +19,7 @@ from tests.serverproc import LOOPBACK
 from tests.test_service import ThreadedMemoryReactor, options
 from tests.web.webserver import WebServer, served
 from tests.web.wsframes import WsClient
+from twisted_chat import wire
 from twisted_chat.client import render
 from twisted_chat.client.liveness import Liveness
 from twisted_chat.client.main import DEFAULT_TIMEOUT
@@ -274,9 +275,7 @@ def test_the_pages_unavailable_for_a_message_is_the_terminal_clients() -> None:
     L{render.message_refused} does: a cluster's pair-change texts, not the
     store's "not sent" or "lost", which may answer any command."""
     js = (STATIC / "app.js").read_text()
-    found = re.findall(r"\n  const PAIR_CHANGED_RE = /(.*)/;\n", js)
-    assert len(found) == 1, "app.js has no PAIR_CHANGED_RE, or more than one"
-    page = re.compile(found[0])
+    page = re.compile(_page_constant(js, "PAIR_CHANGED_RE"))
     texts = [
         "not sent: it was meant for the lobby and you were paired with bob when it came to "
         "be delivered; send it again",
@@ -298,6 +297,36 @@ def test_the_pages_unavailable_for_a_message_is_the_terminal_clients() -> None:
     assert picked == [render.message_refused("unavailable", text) is not None
                       for text in texts]
     assert picked == [True] * 3 + [False] * 6
+
+
+def _page_constant(js: str, name: str) -> str:
+    """What app.js's C{const name} holds, a regex's pattern or a string's
+    text (one without escapes, so that it reads the same in Python)."""
+    found = re.findall(rf'\n  const {name} = (/.*/|"[^"\\]*");\n', js)
+    assert len(found) == 1, f"app.js has no {name}, or more than one"
+    return str(found[0][1:-1])
+
+
+def test_the_pages_words_for_answers_without_a_code_are_wires() -> None:
+    """chat/1 has no code of its own for some answers the clients must tell
+    apart, so both know them by the server's words, which wire.py holds
+    (the server writes them from there, the terminal client matches them
+    from there).  app.js cannot import wire.py: its copies are read from it
+    as they are and must pick the texts that begin with wire.py's words."""
+    js = (STATIC / "app.js").read_text()
+    assert _page_constant(js, "NOT_SENT") == wire.NOT_SENT
+    assert _page_constant(js, "ACCOUNTS_UNAVAILABLE") == wire.ACCOUNTS_UNAVAILABLE
+    pair_changed = re.compile(_page_constant(js, "PAIR_CHANGED_RE"))
+    for words in wire.PAIR_CHANGED:
+        text = f"{words}bob when it came to be delivered; send it again"
+        assert pair_changed.search(text), text
+        assert render.message_refused("unavailable", text) is not None, text
+    assert pair_changed.search(wire.meant_for_lobby("bob"))
+    behind = re.compile(_page_constant(js, "BEHIND_RE"))
+    for what, nick in ((wire.PRIVATE_MESSAGES, "bob"), ("invitations", None)):
+        text = f"bob is not reading fast enough to take more {what}; try again later"
+        found = behind.search(text)
+        assert (found and found.group(1)) == render.behind("busy", text) == nick, text
 
 
 # -- rules without a network ----------------------------------------------------------

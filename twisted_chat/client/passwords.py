@@ -15,6 +15,7 @@ from typing import Protocol
 from twisted.internet.address import IPv4Address, IPv6Address
 from twisted.internet.interfaces import ITransport
 
+from twisted_chat import wire
 from twisted_chat.client import render
 from twisted_chat.client.commands import Secret, Send, password_problem
 from twisted_chat.client.display import Display
@@ -216,7 +217,7 @@ class Passwords:
         The sentence for an C{ERROR} that answers C{REGISTER} or C{PASSWD},
         or C{None} if it does not.
         """
-        accounts_away = code == "unavailable" and text.startswith(render.ACCOUNTS_UNAVAILABLE)
+        accounts_away = code == "unavailable" and text.startswith(wire.ACCOUNTS_UNAVAILABLE)
         if code in render.ACCOUNT_ERRORS or accounts_away:
             request, self.request = self.request, None
             return render.account_error(code, text, request)

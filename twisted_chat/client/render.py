@@ -17,7 +17,14 @@ from dataclasses import dataclass
 from enum import Enum
 
 from twisted_chat.client.sanitize import cell_width, clean, text_width
-from twisted_chat.wire import NICK_MAX, nick_key, parse_ts
+from twisted_chat.wire import (
+    NICK_MAX,
+    NOT_SENT,
+    PAIR_CHANGED,
+    PRIVATE_MESSAGES,
+    nick_key,
+    parse_ts,
+)
 
 
 class Style(Enum):
@@ -252,10 +259,6 @@ ERRORS = {
 
 ACCOUNT_ERRORS = frozenset({"accounts-off", "weak-password", "registered", "not-registered"})
 
-# How a cluster's ERROR unavailable begins when it answers REGISTER or
-# PASSWD (server/login.py): no other command gets these words.
-ACCOUNTS_UNAVAILABLE = "the accounts cannot be reached"
-
 # What a REGISTER or a PASSWD the server refused did not do.
 NOT_DONE = {"REGISTER": "The nickname was not registered", "PASSWD": "The password was not changed"}
 
@@ -304,10 +307,8 @@ _VERBS = re.compile(r"\b(UNPAIR|PAIR|ACCEPT|REJECT)\b")
 
 
 # ERROR busy answering a DM (or a MSG the server sent to the partner), not an
-# invitation: "<nick> is not reading fast enough to take more private
-# messages; try again later" (the reader is far behind: docs/protocol.md,
-# Limits 14).  Its other texts answer PAIR or ACCEPT.
-_BEHIND = re.compile(r"(\S+) .*\bprivate messages\b")
+# invitation: its nick is the reader far behind (wire.PRIVATE_MESSAGES).
+_BEHIND = re.compile(rf"(\S+) .*\b{re.escape(PRIVATE_MESSAGES)}\b")
 
 
 def behind(code: str, text: str) -> str | None:
@@ -316,18 +317,6 @@ def behind(code: str, text: str) -> str | None:
     or a C{busy} answering an invitation)."""
     match = _BEHIND.match(text) if code == "busy" else None
     return match.group(1) if match else None
-
-
-# How the server's text begins when a command it refused was a message that
-# went nowhere (a lobby line held while a pair formed, ...).
-_NOT_SENT = "not sent: "
-# ERROR unavailable "not sent" answers any command a cluster took back; these
-# texts answer a MSG whose pair changed before it was delivered (docs/cluster.md,
-# "What is guaranteed", DMs and pairing).  chat/1 gives no code for it: the
-# words tell it apart.
-_PAIR_CHANGED = re.compile(
-    r"not sent: (it was meant for the lobby|you were (not|no longer) paired with) "
-)
 
 
 def message_refused(code: str, text: str) -> str | None:
@@ -340,17 +329,19 @@ def message_refused(code: str, text: str) -> str | None:
     cluster says C{unavailable} "not sent: ..." with the same words.  Not an
     invitation's refusal, nor an C{UNPAIR}'s.
     """
-    if code in ("busy", "not-paired") and text.startswith(_NOT_SENT):
+    if code in ("busy", "not-paired") and text.startswith(NOT_SENT):
         return server_reason(text)
-    if code == "unavailable" and _PAIR_CHANGED.match(text):
+    # ERROR unavailable "not sent" answers any command a cluster took back:
+    # only the pair-change words say it answers a MSG.
+    if code == "unavailable" and text.startswith(PAIR_CHANGED):
         return server_reason(text)
     return None
 
 
 def server_reason(text: str) -> str:
     """The server's C{text} as a sentence, "not sent: why" as "Not sent: why."."""
-    if text.startswith(_NOT_SENT):
-        text = "Not sent: " + text[len(_NOT_SENT):]
+    if text.startswith(NOT_SENT):
+        text = "Not sent: " + text[len(NOT_SENT):]
     return sentence(text[:1].upper() + text[1:])
 
 

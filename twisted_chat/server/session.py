@@ -407,7 +407,7 @@ class Session:
         if partner is not None:
             # A pair's MSG is a private line like a DM (chat/1: it "looks
             # like a DM from the partner"), so it is held back alike.
-            self._not_backed_up(user, partner.nick, "private messages")
+            self._not_backed_up(user, partner.nick, wire.PRIVATE_MESSAGES)
         return factory.state.say(user, command.text)
 
     def _not_said(self, failure: Failure, limits: Address) -> Failure:
@@ -428,7 +428,7 @@ class Session:
     def do_DM(self, conn: Connection, command: wire.Command) -> Outcome:
         user = _online(conn)
         nick = command.words[0]
-        self._not_backed_up(user, nick, "private messages")
+        self._not_backed_up(user, nick, wire.PRIVATE_MESSAGES)
         return self.factory.state.direct(user, nick, command.text)
 
     def _not_backed_up(self, user: User, nick: str, what: str) -> None:

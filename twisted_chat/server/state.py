@@ -25,6 +25,7 @@ from typing import Any, Protocol, TypeAlias
 
 from twisted.internet.defer import Deferred, fail, succeed
 
+from twisted_chat import wire
 from twisted_chat.server.hub import Hub, HubError, NickTaken, User
 from twisted_chat.server.output.fanout import Member
 from twisted_chat.wire import ErrorCode
@@ -212,13 +213,10 @@ class LocalState:
             return
         if meant:
             raise HubError(ErrorCode.NOT_PAIRED,
-                           f"not sent: you were no longer paired with {meant} when it "
-                           "came to be delivered (the pair ended while your password was "
-                           "checked); send it again")
+                           f"{wire.NO_LONGER_PAIRED}{meant} when it came to be delivered "
+                           "(the pair ended while your password was checked); send it again")
         assert partner is not None
-        raise HubError(ErrorCode.BUSY,
-                       f"not sent: it was meant for the lobby and you were paired with "
-                       f"{partner.nick} when it came to be delivered; send it again")
+        raise HubError(ErrorCode.BUSY, wire.meant_for_lobby(partner.nick))
 
     def direct(self, user: User, nick: str, text: str) -> Outcome:
         self.hub.direct(user, nick, text)

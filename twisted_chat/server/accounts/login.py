@@ -681,7 +681,7 @@ class Login:
             _store_failed(failure, "account {nick}: could not set the password", nick)
             self._conn.write(wire.error(
                 ErrorCode.UNAVAILABLE,
-                "the accounts cannot be reached now; send it again in a moment"))
+                f"{wire.ACCOUNTS_UNAVAILABLE} now; send it again in a moment"))
         else:
             _store_failed(failure, "account {nick}: could not set the password", nick)
             self._conn.write(wire.error(

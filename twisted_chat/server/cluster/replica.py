@@ -48,6 +48,7 @@ from typing import Any, Protocol
 
 from twisted.internet.task import Clock
 
+from twisted_chat import wire
 from twisted_chat.server import logs
 from twisted_chat.server.cluster.afterloss import AfterLoss
 from twisted_chat.server.cluster.listeners import SILENT, NotShownLeaving, Quiet
@@ -270,12 +271,10 @@ class Replica:
         if meant:
             member = self.members.get(meant)
             nick = member.user.nick if member is not None else self.afterloss.nick_before(meant)
-            return (f"not sent: you were not paired with {nick or 'your partner'} "
-                    "when it came to be delivered (the pair ended, or the chat's store "
-                    "lost it); send it again")
+            return (f"{wire.NOT_PAIRED_WITH}{nick or 'your partner'} when it came to be "
+                    "delivered (the pair ended, or the chat's store lost it); send it again")
         assert user.partner is not None
-        return (f"not sent: it was meant for the lobby and you were paired with "
-                f"{user.partner.nick} when it came to be delivered; send it again")
+        return wire.meant_for_lobby(user.partner.nick)
 
     def _dm(self, eid: str, origin: str, k: int, event: dict[str, Any]) -> None:
         user = self._member(event)
