@@ -2190,43 +2190,63 @@ def test_a_message_to_a_partner_far_behind_is_refused_in_words_not_named_as_lost
     assert not any("before the connection was lost" in n for n in notices(page))
 
 
-@pytest.mark.parametrize("code", ["busy", "unavailable"])
-def test_a_lobby_line_held_while_an_accept_paired_us_is_not_sent_and_settled(
-    web: WebServer, browser: Callable[..., Any], code: str
+# ERROR "not sent" for a line held behind our REGISTER whose pair changed
+# meanwhile (server/state.py, _as_meant): meant for the lobby, and an ACCEPT
+# paired us; meant for bob, and bob's UNPAIR ended the pair.
+HELD_FOR_THE_LOBBY = ("not sent: it was meant for the lobby and you were paired with bob when "
+                      "it came to be delivered; send it again")
+HELD_FOR_BOB = ("not sent: you were no longer paired with bob when it came to be delivered "
+                "(the pair ended while your password was checked); send it again")
+
+
+@pytest.mark.parametrize(("code", "refusal"), [
+    ("busy", HELD_FOR_THE_LOBBY),
+    ("unavailable", HELD_FOR_THE_LOBBY),
+    ("not-paired", HELD_FOR_BOB),
+])
+def test_a_line_held_while_our_pair_changed_is_not_sent_and_settled(
+    web: WebServer, browser: Callable[..., Any], code: str, refusal: str
 ) -> None:
     """A lobby line held behind our REGISTER while bob accepted our
     invitation is answered ERROR busy "not sent: ..." (422e150); a
     cluster's, whose stream had bob's ACCEPT first, ERROR unavailable with
-    the same words. The page showed the server's text and left the message
-    unconfirmed, so after a disconnection it was named as maybe lost. Now
-    it says "Not sent: ..." in the server's words, in the lobby and where
-    the user is, and the message is settled, as the terminal client does
-    (7b21b91, f9b6a6e); a line with no answer is still named."""
-    refusal = ("not sent: it was meant for the lobby and you were paired with bob when it "
-               "came to be delivered; send it again")
+    the same words; one meant for bob (PAIRED came before it) when bob left
+    the pair meanwhile, ERROR not-paired "not sent: ...". The page showed
+    the server's text and left the message unconfirmed, so after a
+    disconnection it was named as maybe lost. Now it says "Not sent: ..."
+    in the server's words, in the lobby and where the user is, and the
+    message is settled, as the terminal client does (7b21b91, f9b6a6e,
+    test_protocol.py); a line with no answer is still named."""
+    ended = code == "not-paired"  # bob's UNPAIR came before the answer
+    unpaired = ["UNPAIRED bob left", "USER alice lobby", "USER bob lobby", "USERS 2"]
     page = scripted(browser(), web, {
         "NICK alice": [["READY alice", "USER alice lobby", "USER bob lobby", "USERS 2"],
                        ["READY alice", "USER alice lobby", "USERS 1"]],
         "PAIR bob": [["PENDING bob"]],
-        "MSG hello lobby": [["PAIRED bob", "REGISTERED alice", f"ERROR {code} {refusal}"]],
+        "MSG hello lobby": [["PAIRED bob", *(unpaired if ended else []), "REGISTERED alice",
+                             f"ERROR {code} {refusal}"]],
     })
     join_as(page, "alice")
     logged_in(page, "alice")
     say(page, "/invite bob")
     account_dialog(page, "/register", "correct horse 1")
     say(page, "hello lobby")
-    said = ("Not sent: it was meant for the lobby and you were paired with bob when it came "
-            "to be delivered; send it again.")
-    wait(page, lambda d: notices(d, "dm:bob")[-1:] == [said])
+    said = "N" + refusal[1:] + "."
+    where = "lobby" if ended else "dm:bob"  # where the user is: the pair, if any
+    wait(page, lambda d: notices(d, where)[-1:] == [said])
     assert notices(page)[-1] == said
-    say(page, "no answer")  # in the pair: the scripted server says nothing to it
-    wait(page, lambda d: d.execute_script("return window.sentLines")[-1] == "DM bob no answer")
+    say(page, "no answer")  # the scripted server says nothing to it
+    sent = "MSG no answer" if ended else "DM bob no answer"
+    wait(page, lambda d: d.execute_script("return window.sentLines")[-1] == sent)
     page.execute_script("window.drop()")
     wait(page, lambda d: any("before the connection was lost" in n
-                             for n in notices(d, "dm:bob")), timeout=WAIT + 2)
+                             for n in notices(d, where)), timeout=WAIT + 2)
+    assert notices(page, where)[-1] == (
+        "This message was not confirmed by the server before the connection was lost, "
+        "so it may not have arrived: \u201cno answer\u201d.")
     assert ("One message you sent was not confirmed by the server; once connected again, "
             "the page says which.") in notices(page)
-    assert not any("before the connection was lost" in n for n in notices(page))
+    assert not any("hello lobby" in n for n in notices(page) + notices(page, "dm:bob"))
 
 
 def test_a_commands_unavailable_is_said_as_the_terminal_client_says_it(

@@ -1730,8 +1730,8 @@
         if (!state.online) {
           $("nick-error").textContent = code === "not-ready" ? notReady(text) : text;
           if (code === "server-full") banner(text, null);
-        } else if (REFUSED.has(code)) {
-          refused(code, text);
+        } else if (REFUSED.has(code) || (code === "not-paired" && text.startsWith(NOT_SENT))) {
+          refused(code, text); // a not-paired without "not sent" answers an UNPAIR
         } else if (ACCOUNT_ERRORS[code]) {
           const request = state.accountRequest;
           state.accountRequest = null;
@@ -2150,7 +2150,8 @@
   const BEHIND_RE = /^(\S+) .*\bprivate messages\b/;
 
   // How ERROR busy's text begins for a lobby line held behind our REGISTER
-  // or PASSWD while an ACCEPT paired us: it went nowhere.
+  // or PASSWD while an ACCEPT paired us, and ERROR not-paired's for a line
+  // meant for our partner when the pair ended meanwhile: it went nowhere.
   const NOT_SENT = "not sent: ";
 
   // ERROR unavailable "not sent" answering a MSG whose sender's pair changed
@@ -2187,11 +2188,12 @@
         : `Not sent: ${nick} is not online.`;
       return tellIn(m.conv, said);
     }
-    const pairChanged = code === "busy" ? text.startsWith(NOT_SENT)
+    const pairChanged = (code === "busy" || code === "not-paired") ? text.startsWith(NOT_SENT)
       : code === "unavailable" && PAIR_CHANGED_RE.test(text);
     if (pairChanged) {
       // A MSG whose pair changed before it was delivered (busy: a lobby
       // line held behind our REGISTER or PASSWD while an ACCEPT paired us;
+      // not-paired: one meant for the partner, held while the pair ended;
       // unavailable: a cluster's): the oldest MSG (the page sends the
       // partner DMs) went nowhere, in the server's words, and is settled.
       const m = takeUnconfirmed((u) => u.to === null);
