@@ -919,12 +919,12 @@
   //   sent it, the lobby or a partner), and those sent before it: the
   //   server read them (each copied, refused, or dropped);
   // - a PONG confirms those sent before its PING;
-  // - a refusal (ERROR no-such-nick, busy, too-long, bad-chars, unavailable
-  //   "not sent" for a pair that changed: see refused()) takes out the
-  //   oldest message it can be about, to say so in that message's
-  //   conversation, in the words of that moment (the ex-partner "has left
-  //   the chat"; a line too long goes back to its message box; "not sent",
-  //   the server's), and those sent before it, as a copy does;
+  // - a refusal (ERROR no-such-nick, busy, too-long, bad-chars: see
+  //   refused(); a "not sent" for a pair that changed: pairChanged())
+  //   takes out the oldest message it can be about, to say so in that
+  //   message's conversation, in the words of that moment (the ex-partner
+  //   "has left the chat"; a line too long goes back to its message box;
+  //   "not sent", the server's), and those sent before it, as a copy does;
   // - those still there when the connection is lost may not have arrived:
   //   once connected again, and its history replayed (a lobby line there
   //   arrived after all), the page says which.
@@ -1730,12 +1730,27 @@
         if (!state.online) {
           $("nick-error").textContent = code === "not-ready" ? notReady(text) : text;
           if (code === "server-full") banner(text, null);
-        } else if (REFUSED.has(code) || (code === "not-paired" && text.startsWith(NOT_SENT))) {
-          refused(code, text); // a not-paired without "not sent" answers an UNPAIR
-        } else if (ACCOUNT_ERRORS[code]) {
+        } else if (pairChanged(code, text)) {
+          settlePairChanged(text);
+        } else if (REFUSED.has(code)) {
+          refused(code, text);
+        } else if (ACCOUNT_ERRORS[code] || (code === "unavailable" && text.startsWith(ACCOUNTS_UNAVAILABLE))) {
+          // The REGISTER or PASSWD awaited (if any) was not done: its
+          // request is over (unavailable: the terminal client's words).
           const request = state.accountRequest;
           state.accountRequest = null;
-          notice(current(), ACCOUNT_ERRORS[code](text, request && request.verb), { error: true });
+          const verb = request && request.verb;
+          const said = ACCOUNT_ERRORS[code] ? ACCOUNT_ERRORS[code](text, verb)
+            : verb ? notDone(verb, text) : serverReason(text);
+          notice(current(), said, { error: true });
+        } else if (code === "unavailable") {
+          // Any other unavailable ("not sent: the chat's store ...", "lost:
+          // ...") took effect nowhere, but may answer any command: one taken
+          // back after --redis-wait or refused by the store, or, after an
+          // ERROR unconfirmed, one sent long before. The page cannot tell
+          // which, so it settles no message (one it did answer stays in
+          // doubt: docs/web.md): the server's words where the user is.
+          notice(current(), serverReason(text), { error: true });
         } else {
           notice(current(), text, { error: true });
         }
@@ -2022,6 +2037,10 @@
     "server-full": (text) => `The nickname was not registered${text ? ": " + text : ""}.`,
   };
 
+  // How a cluster's ERROR unavailable begins when it answers REGISTER or
+  // PASSWD (server/login.py): no other command gets these words.
+  const ACCOUNTS_UNAVAILABLE = "the accounts cannot be reached";
+
   function notDone(verb, text) {
     const lead = {
       REGISTER: "The nickname was not registered",
@@ -2136,12 +2155,12 @@
   // -- the composer ----------------------------------------------------------------------
 
   // ERROR codes that refuse a message, told in the page's words (the
-  // server's are the protocol's, but for a "not sent: why", which is the
-  // user's too): each says the message was not sent. The
-  // message refused is the oldest unconfirmed one it can be about (the
-  // list of the messages sent and not yet answered: answers.unconfirmed).
-  const REFUSED = new Set(["no-such-nick", "self", "busy", "too-long", "bad-chars", "bad-encoding",
-    "unavailable"]);
+  // server's are the protocol's): each says the message was not sent
+  // (refused()). The message refused is the oldest unconfirmed one it can
+  // be about (the list of the messages sent and not yet answered:
+  // answers.unconfirmed). A "not sent: why" whose pair changed is the
+  // user's words too: pairChanged().
+  const REFUSED = new Set(["no-such-nick", "self", "busy", "too-long", "bad-chars", "bad-encoding"]);
 
   // ERROR busy answering a DM (or a MSG the server sent to the partner),
   // not an invitation: "<nick> is not reading fast enough to take more
@@ -2160,15 +2179,30 @@
   // terminal client tells them (client/render.py, _PAIR_CHANGED).
   const PAIR_CHANGED_RE = /^not sent: (it was meant for the lobby|you were (not|no longer) paired with) /;
 
-  // How a cluster's ERROR unavailable begins when it answers REGISTER or
-  // PASSWD (server/login.py): no other command gets these words.
-  const ACCOUNTS_UNAVAILABLE = "the accounts cannot be reached";
-
   // The server's text as a sentence, "not sent: why" as "Not sent: why.",
   // as the terminal client says it (client/render.py, server_reason).
   function serverReason(text) {
     const said = (text[0] || "").toUpperCase() + text.slice(1).trim();
     return /[.!?]$/.test(said) || !said ? said : said + ".";
+  }
+
+  // A "not sent" answering a MSG whose pair changed before it was
+  // delivered (busy: a lobby line held behind our REGISTER or PASSWD while
+  // an ACCEPT paired us; not-paired: one meant for the partner, held while
+  // the pair ended; unavailable: a cluster's). A not-paired without it
+  // answers an UNPAIR; a busy, an invitation or a reader far behind.
+  function pairChanged(code, text) {
+    return (code === "busy" || code === "not-paired") ? text.startsWith(NOT_SENT)
+      : code === "unavailable" && PAIR_CHANGED_RE.test(text);
+  }
+
+  // The oldest MSG (the page sends the partner DMs) went nowhere: said in
+  // the server's words, and settled.
+  function settlePairChanged(text) {
+    const m = takeUnconfirmed((u) => u.to === null);
+    const said = serverReason(text);
+    if (m) tellIn(m.conv, said);
+    else notice(current(), said, { error: true });
   }
 
   function refused(code, text) {
@@ -2188,33 +2222,6 @@
         : `Not sent: ${nick} is not online.`;
       return tellIn(m.conv, said);
     }
-    const pairChanged = (code === "busy" || code === "not-paired") ? text.startsWith(NOT_SENT)
-      : code === "unavailable" && PAIR_CHANGED_RE.test(text);
-    if (pairChanged) {
-      // A MSG whose pair changed before it was delivered (busy: a lobby
-      // line held behind our REGISTER or PASSWD while an ACCEPT paired us;
-      // not-paired: one meant for the partner, held while the pair ended;
-      // unavailable: a cluster's): the oldest MSG (the page sends the
-      // partner DMs) went nowhere, in the server's words, and is settled.
-      const m = takeUnconfirmed((u) => u.to === null);
-      const said = serverReason(text);
-      return m ? tellIn(m.conv, said) : notice(current(), said, { error: true });
-    }
-    if (code === "unavailable" && text.startsWith(ACCOUNTS_UNAVAILABLE)) {
-      // The REGISTER or PASSWD awaited was not done: its request is over,
-      // as for the other account errors (the terminal client's words).
-      const request = state.accountRequest;
-      state.accountRequest = null;
-      const said = request ? notDone(request.verb, text) : serverReason(text);
-      return notice(current(), said, { error: true });
-    }
-    // Any other unavailable ("not sent: the chat's store ...", "lost: ...")
-    // took effect nowhere, but may answer any command: one taken back after
-    // --redis-wait or refused by the store, or, after an ERROR unconfirmed,
-    // one sent long before. The page cannot tell which, so it settles no
-    // message (one it did answer stays in doubt: docs/web.md): the
-    // server's words where the user is.
-    if (code === "unavailable") return notice(current(), serverReason(text), { error: true });
     if (code === "busy") {
       // A message to a reader far behind: the oldest DM to them, else the
       // oldest MSG (the server routes a MSG by the pair it knows when it
