@@ -1162,9 +1162,7 @@
   function connect() {
     state.idle = false;
     state.repass = null; // a new connection: the server's prompts start again
-    clearTimeout(state.retryTimer);
-    clearInterval(state.countdown);
-    state.retryTimer = null;
+    stopCountDown();
     resetOutbox();
     dropSocket({ replaced: true }); // "Reconnect now" during an attempt: that one is given up
     answers.pings = [];
@@ -1312,9 +1310,7 @@
     if (!wait) return 0;
     if (key(nick) !== key(wait.nick)) {
       state.loginWait = null;
-      clearInterval(state.countdown);
-      clearTimeout(state.retryTimer);
-      state.retryTimer = null;
+      stopCountDown();
       banner(null);
       return 0;
     }
@@ -1360,6 +1356,13 @@
       clearInterval(state.countdown);
       done();
     }, until - Date.now());
+  }
+
+  // The banner's countdown stops, and its done() is not called.
+  function stopCountDown() {
+    clearInterval(state.countdown);
+    clearTimeout(state.retryTimer);
+    state.retryTimer = null;
   }
 
   // The banner shows `text`; a screen reader hears `spoken` (the text, by
