@@ -403,13 +403,13 @@ class Replies:
             client.login.refused(code, event.text, said)
             return
         client.error(said)
-        self._refused_message(code, gone or late or "", event.text)
+        self._refused_message(code, gone or late or "", event.text, unsent=unsent is not None)
         rate = client.outbox.flood(event.text) if code == "flood" else None
         if rate is not None:
             lines = "line" if rate == 1 else "lines"
             client.notice(f"Sending at most {rate:g} {lines} per second from now on.")
 
-    def _refused_message(self, code: str, named: str, text: str) -> None:
+    def _refused_message(self, code: str, named: str, text: str, *, unsent: bool) -> None:
         """
         An C{ERROR} that may refuse one of our messages: it is answered (said
         now), not in doubt at the end (L{Outbox.losses}).  The server reads a
@@ -417,7 +417,8 @@ class Replies:
         answered that it can be about (a C{DM} to the nick it names,
         C{named}; for a C{busy} about a reader far behind, else a C{MSG} the
         server sent to them as the partner; a C{MSG} for a "not sent"
-        whose pair changed before it was delivered; one longer than the limit it
+        whose pair changed before it was delivered, C{unsent} (as
+        L{render.message_refused} tells it); one longer than the limit it
         names; one with other than printable ASCII for its characters), as
         the web page counts them.
         """
@@ -426,7 +427,7 @@ class Replies:
             outbox.refused_to(nick_key(named))
         elif code == "busy" and named:
             outbox.refused_behind(nick_key(named))
-        elif render.message_refused(code, text) is not None:
+        elif unsent:
             outbox.refused_msg()
         elif code == "self" and self._client.nick is not None:
             outbox.refused_to(nick_key(self._client.nick))
