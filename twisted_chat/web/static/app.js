@@ -2041,7 +2041,8 @@
   };
 
   // How a cluster's ERROR unavailable begins when it answers REGISTER or
-  // PASSWD (server/login.py): no other command gets these words.
+  // PASSWD (wire.ACCOUNTS_UNAVAILABLE, which server/accounts/login.py
+  // writes): no other command gets these words.
   const ACCOUNTS_UNAVAILABLE = "the accounts cannot be reached";
 
   function notDone(verb, text) {
@@ -2168,18 +2169,20 @@
   // ERROR busy answering a DM (or a MSG the server sent to the partner),
   // not an invitation: "<nick> is not reading fast enough to take more
   // private messages; try again later" (the reader is far behind:
-  // docs/protocol.md, Limits 14). Its other texts answer PAIR or ACCEPT.
+  // docs/protocol.md, Limits 14; the words are wire.PRIVATE_MESSAGES). Its
+  // other texts answer PAIR or ACCEPT.
   const BEHIND_RE = /^(\S+) .*\bprivate messages\b/;
 
   // How ERROR busy's text begins for a lobby line held behind our REGISTER
   // or PASSWD while an ACCEPT paired us, and ERROR not-paired's for a line
-  // meant for our partner when the pair ended meanwhile: it went nowhere.
+  // meant for our partner when the pair ended meanwhile: it went nowhere
+  // (wire.NOT_SENT).
   const NOT_SENT = "not sent: ";
 
   // ERROR unavailable "not sent" answering a MSG whose sender's pair changed
   // before it was delivered (docs/cluster.md, "What is guaranteed", DMs and
   // pairing): the only unavailable texts that answer a message alone, as the
-  // terminal client tells them (client/render.py, _PAIR_CHANGED).
+  // terminal client tells them (wire.PAIR_CHANGED).
   const PAIR_CHANGED_RE = /^not sent: (it was meant for the lobby|you were (not|no longer) paired with) /;
 
   // The server's text as a sentence, "not sent: why" as "Not sent: why.",
