@@ -543,3 +543,24 @@ def test_a_server_that_reads_slowly_is_not_given_up() -> None:
     for _ in range(10):
         s.clock.advance(1)
     assert s.sent()[-2:] == ["MSG report line 59", "BYE"]
+
+
+def test_one_line_pasted_over_the_bound_is_said_as_one() -> None:
+    # The same count as above, in the singular when it is one line.
+    probe = session("carol", watch=False)
+    probe.ready("carol")
+    probe.type(*[f"line {i}" for i in range(probe.client.QUEUE_MAX + 20)])
+    burst = len(probe.sent())  # what the pacer sends at once
+    s = session("carol", watch=False)
+    s.ready("carol")
+    queue_max = s.client.QUEUE_MAX
+    s.type(*[f"line {i}" for i in range(burst + queue_max + 1)])
+    s.screen.take()
+    for _ in range(1000):
+        s.clock.advance(1)
+        s.sent()
+        if not s.client.outbox:
+            break
+    assert s.screen.take() == [
+        f"* 1 line typed or pasted while {queue_max} waited was not sent."
+    ]

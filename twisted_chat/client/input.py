@@ -189,9 +189,9 @@ class UserInput:
         outbox = self._client.outbox
         count = outbox.room()
         if count:
-            lines = "1 line" if count == 1 else f"{count} lines"
+            lines, verb = _lines(count)
             self._client.notice(
-                f"{lines} typed or pasted while {outbox.limit} waited were not sent."
+                f"{lines} typed or pasted while {outbox.limit} waited {verb} not sent."
             )
 
     def secret_line(self, text: str) -> None:

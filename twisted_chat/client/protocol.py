@@ -375,11 +375,7 @@ class ChatClient(SkipLongLines):
     def connectionLost(self, reason: Failure | None = None) -> None:
         previous = self.state
         self.state = State.CLOSED
-        held = self.replies.held
-        if len(held):
-            # Held during a pair the connection's end ends: what happened before it.
-            self.notice("Meanwhile, in the lobby:")
-            held.release(self.show)
+        self.replies.connection_lost()
         # At an open password prompt the user may be typing blind: the
         # client waits for Enter (unseen) before it gives the terminal back.
         swallowing = self.interactive and self.passwords.asking
@@ -402,7 +398,7 @@ class ChatClient(SkipLongLines):
             tls_error=tls,
             losses=self.outbox.losses(self.ending.bye_answered),
             tls_hint=self._tls_hint(),
-            quit_timeout=self.QUIT_TIMEOUT,
+            quit_timeout=self.user_input.QUIT_TIMEOUT,
         )
         if swallowing:
             self.user_input.swallowed = outcome

@@ -227,6 +227,13 @@ class Replies:
             self.held.release(client.show, until=ts)
         client.show(client.renderer.message(ts, sender, "*", event.text))
 
+    def connection_lost(self) -> None:
+        """The joins and leaves held during a pair the connection's end
+        ends: what happened in the lobby before it, shown now."""
+        if len(self.held):
+            self._client.notice("Meanwhile, in the lobby:")
+            self.held.release(self._client.show)
+
     def _end_replay(self) -> None:
         if self._replay == "away" and len(self.held):
             self._heading()
