@@ -627,6 +627,8 @@ def test_max_accounts_is_logged_once_per_ten_minutes() -> None:
     said = [e for e in events if "--max-accounts" in formatEvent(e)]
     assert len(said) == 2
     assert formatEvent(said[0]).startswith("account bob not made: there are --max-accounts 1 ")
+    assert "more refused" not in formatEvent(said[0])
+    assert formatEvent(said[1]).endswith("; 2 more refused since the last such line")
 
 
 def test_max_accounts_option() -> None:

@@ -244,8 +244,9 @@ class PairsShown:
     What connections were shown of their partner lately: each C{PAIRED}
     and C{UNPAIRED} written to one, with when (reactor time) and the
     partner it had been shown until then ("" for the lobby; a cluster
-    node's users by uid, cluster.own.OwnMembers; one server's by nick,
-    L{LocalState.pair_shown}).  A line held behind a command (a Redis
+    node's users by uid, L{twisted_chat.server.cluster.node.ClusterState.pair_shown};
+    one server's by nick, L{LocalState.pair_shown}; each called by the
+    factory for each C{PAIRED} and C{UNPAIRED} it writes).  A line held behind a command (a Redis
     outage, a password check) goes where its client was shown it would go
     as of when it arrived at the server (L{as_of}), not when its turn came:
     a line typed to a partner, held while the server wrote C{UNPAIRED},

@@ -272,11 +272,15 @@ class Accounts:
 
     def full(self, nick: str) -> None:
         """A C{REGISTER} was refused for C{--max-accounts}: logged at most
-        once per L{FULL_LOG_EVERY} seconds (each refusal is a peer's line)."""
-        if self._full_log.allow(self.clock.seconds()) is not None:
-            _log.warn("account {nick} not made: there are --max-accounts {most} accounts "
-                      "(REGISTER refused until some are removed; said once per {every} s)",
-                      nick=nick, most=self.max_accounts, every=FULL_LOG_EVERY)
+        once per L{FULL_LOG_EVERY} seconds (each refusal is a peer's line),
+        with how many were refused meanwhile."""
+        untold = self._full_log.allow(self.clock.seconds())
+        if untold is None:
+            return
+        _log.warn("account {nick} not made: there are --max-accounts {most} accounts "
+                  "(REGISTER refused until some are removed; said once per {every} s){since}",
+                  nick=nick, most=self.max_accounts, every=FULL_LOG_EVERY,
+                  since=f"; {untold} more refused since the last such line" if untold else "")
 
 
 class Connection(Protocol):
