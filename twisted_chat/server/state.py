@@ -259,45 +259,73 @@ class PairsShown:
     server, L{HELD_KEEP}).
     """
 
-    __slots__ = ("_by_conn", "_order")
+    __slots__ = ("_by_conn", "_forgotten", "_order")
 
     def __init__(self) -> None:
-        # By connection, oldest first: (when, the partner shown before).
-        self._by_conn: dict[Any, list[tuple[float, str]]] = {}
-        # Every change, oldest first, for their expiry: (when, connection).
-        self._order: deque[tuple[float, Any]] = deque()
+        # By connection, oldest first.
+        self._by_conn: dict[Any, deque[_Shown]] = {}
+        # Every change, oldest first, for their expiry; a forgotten
+        # connection's stay until then, let go of it (forget).
+        self._order: deque[_Shown] = deque()
+        self._forgotten = 0  # how many of _order are a forgotten connection's
 
     def changed(self, conn: Any, now: float, before: str, since: float) -> None:
         """C{conn} was just shown a pairing or its end; until then, C{before}."""
         self._expire(since)
-        self._by_conn.setdefault(conn, []).append((now, before))
-        self._order.append((now, conn))
+        shown = _Shown(now, before, conn)
+        self._by_conn.setdefault(conn, deque()).append(shown)
+        self._order.append(shown)
 
     def __len__(self) -> int:
         """How many changes are kept (0: no line can be meant elsewhere)."""
-        return len(self._order)
+        return len(self._order) - self._forgotten
 
     def as_of(self, conn: Any, at: float, current: str, since: float) -> str:
         """What C{conn} had been shown of its partner at C{at} (a change at
         the same instant counts as before it): C{current} unless it was
         shown a change since."""
         self._expire(since)
-        for when, before in self._by_conn.get(conn, ()):
-            if when > at:
-                return before
+        for shown in self._by_conn.get(conn, ()):
+            if shown.when > at:
+                return shown.before
         return current
 
     def forget(self, conn: Any) -> None:
         """C{conn} is gone: nothing of it is kept (rev16-fix #4: until a
-        later change or line expired them, closed connections were kept)."""
-        if self._by_conn.pop(conn, None) is not None:
-            self._order = deque(entry for entry in self._order if entry[1] is not conn)
+        later change or line expired them, closed connections were kept).
+        Its changes let go of it and are skipped at their expiry: the work
+        is its own changes', not every kept one's (a mass disconnect was
+        quadratic in the changes kept)."""
+        changes = self._by_conn.pop(conn, None)
+        if changes is None:
+            return
+        for shown in changes:
+            shown.conn = None
+        self._forgotten += len(changes)
+        if self._forgotten == len(self._order):  # nothing left but those
+            self._order.clear()
+            self._forgotten = 0
 
     def _expire(self, since: float) -> None:
         order = self._order
-        while order and order[0][0] <= since:
-            conn = order.popleft()[1]
+        while order and order[0].when <= since:
+            conn = order.popleft().conn
+            if conn is None:
+                self._forgotten -= 1
+                continue
             changes = self._by_conn[conn]
-            del changes[0]
+            changes.popleft()
             if not changes:
                 del self._by_conn[conn]
+
+
+class _Shown:
+    """One change a connection was shown (L{PairsShown}): when, the
+    partner shown until then, and the connection (C{None} once forgotten)."""
+
+    __slots__ = ("before", "conn", "when")
+
+    def __init__(self, when: float, before: str, conn: Any) -> None:
+        self.when = when
+        self.before = before
+        self.conn: Any = conn
