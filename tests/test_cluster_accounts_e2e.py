@@ -295,6 +295,31 @@ def test_a_node_warns_when_redis_would_lose_the_accounts(
     assert "Redis may lose the accounts" not in c.log() + off.log()
 
 
+NOBODY = "nobody can log in: --accounts required, and there is no account yet; add one with: "
+
+
+def test_a_required_node_with_no_account_in_redis_warns_that_nobody_can_log_in(
+    cluster: Callable[..., Cluster],
+) -> None:
+    """As one server does at start (ed03176), a node under --accounts
+    required says that nobody can log in while the cluster's Redis holds
+    no account, with the tool's command (the URL without its password,
+    the password file in full: test_cluster_url.py), once it has connected;
+    not once there is an account, nor in open mode."""
+    c = cluster(0)
+    a = c.node("--accounts", "required")
+    a.wait_log(NOBODY)
+    [line] = [line for line in a.log().splitlines() if NOBODY in line]
+    assert line.endswith(f"#warn] {NOBODY}python -m twisted_chat.accounts add --redis {c.url} NICK")
+    opened = c.node()  # open mode: nobody is locked out
+    c.user(opened, "probe").send("BYE")
+    added = tool(c.tmp, "add", "--redis", c.url, "Dora", stdin=f"{PW}\n")
+    assert added.returncode == 0, added.stderr
+    b = c.node("--accounts", "required")
+    log_in(c, b, "Dora", PW).send("BYE")  # its count was answered before the lookup
+    assert NOBODY not in opened.log() + b.log()
+
+
 def test_failed_logins_are_limited_across_nodes(cluster: Callable[..., Cluster]) -> None:
     """5 failures per nick, then one a minute: wherever the guesses land."""
     c = cluster(2)

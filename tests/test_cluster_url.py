@@ -12,6 +12,7 @@ import pytest_twisted
 from tests.redisproc import REDIS_SERVER, RedisServer
 from tests.test_e2e_tls import self_signed
 from twisted_chat.server.cluster.redisconn import connect, parse_url
+from twisted_chat.server.cluster.service import account_tool_args
 from twisted_chat.server.service import Options, makeService
 
 
@@ -216,3 +217,18 @@ def test_a_name_before_password_is_still_named() -> None:
     assert "tPW" not in str(e.value) and "S3cr" not in str(e.value)
     t = parse_url("redis://h/?password=pw%26x&db=3")
     assert (t.password, t.db) == ("pw&x", 3)
+
+
+def test_the_accounts_tool_is_named_with_the_url_given_without_its_password(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The warning that nobody can log in (a node under --accounts required
+    with no account in Redis: test_cluster_accounts_e2e.py) names the tool's
+    --redis as the node was given it, its password not shown, and the
+    password file in full, each ready for a shell."""
+    monkeypatch.chdir(tmp_path)
+    assert account_tool_args("redis://127.0.0.1:6380/2", None) == (
+        "--redis redis://127.0.0.1:6380/2")
+    assert account_tool_args("unix:///run/redis.sock?db=3&password=S3cret", None) == (
+        "--redis 'unix:///run/redis.sock?db=3&password=***'")
+    assert account_tool_args("redis://:S3cret@h/0", "my pw") == (
+        f"--redis 'redis://***@h/0' --redis-password-file '{tmp_path}/my pw'")

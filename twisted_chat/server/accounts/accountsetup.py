@@ -82,10 +82,16 @@ def sqlite_book(config: ServerConfig, work: PasswordWork, note: str = "") -> Acc
                   path=os.path.abspath(store.path),
                   meaning="" if required else " (no nick is protected yet)")
     if locked_out:
-        _log.warn("nobody can log in: --accounts required, and there is no account yet; "
-                  "add one with: python -m twisted_chat.accounts add --db {db} NICK",
-                  db=shlex.quote(os.path.abspath(config.db)))
+        warn_nobody_can_log_in(f"--db {shlex.quote(os.path.abspath(config.db))}")
     return SQLiteBook(store, work.lookup)
+
+
+def warn_nobody_can_log_in(where: str) -> None:
+    """Under C{--accounts required} there is no account yet: say so, with
+    the accounts tool's command that adds one (C{where}: its arguments that
+    name the accounts, C{--db ...} or C{--redis ...})."""
+    _log.warn("nobody can log in: --accounts required, and there is no account yet; "
+              "add one with: python -m twisted_chat.accounts add {where} NICK", where=where)
 
 
 def file_accounts(config: ServerConfig, reactor: Any,

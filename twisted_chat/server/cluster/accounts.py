@@ -24,7 +24,8 @@ C{WATCH}/C{MULTI} would take in the other commands the node sends meanwhile):
     meanwhile, and changes that race are applied one after the other, whole;
     a C{PASSWD}'s only while the account's hash is still the one its
     connection proved (not once the operator has reset it);
-  - removing one is C{HDEL}; reading one C{HGET}; the list C{HGETALL}.
+  - removing one is C{HDEL}; reading one C{HGET}; the list C{HGETALL}; the
+    count (a node's start under C{--accounts required}) C{HLEN}.
 
 A command that cannot be sent (Redis out of reach) or gets no answer within
 L{TIMEOUT} seconds fails with L{AccountsUnavailable}; one Redis refuses
@@ -178,6 +179,10 @@ class RedisBook:
             return [_decode(value) for _, value in pairs]
 
         return self.command("HGETALL", ACCOUNTS).addCallback(accounts)
+
+    def count(self) -> Deferred[int]:
+        """How many accounts there are (C{HLEN})."""
+        return self.command("HLEN", ACCOUNTS).addCallback(int)
 
     def copy(self, account: Account) -> Deferred[bool]:
         """

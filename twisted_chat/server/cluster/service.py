@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import atexit
 import os
+import shlex
 import sys
 from collections.abc import Callable, Mapping
 from typing import Any
@@ -22,6 +23,7 @@ from twisted_chat import wire
 from twisted_chat.server import logs
 from twisted_chat.server.accounts import accountsetup
 from twisted_chat.server.accounts.passwordwork import OwnsPasswordWork, PasswordWork
+from twisted_chat.server.accounts.store import Mode
 from twisted_chat.server.cluster.accounts import RedisBook, RedisFailures
 from twisted_chat.server.cluster.budgets import RedisBuckets
 from twisted_chat.server.cluster.metrics import ClusterCollector
@@ -31,7 +33,12 @@ from twisted_chat.server.cluster.node import (
     ClusterState,
     new_node_id,
 )
-from twisted_chat.server.cluster.redisconn import RedisTarget, parse_url, with_password_file
+from twisted_chat.server.cluster.redisconn import (
+    RedisTarget,
+    parse_url,
+    redacted,
+    with_password_file,
+)
 from twisted_chat.server.cluster.redislog import RedisLog
 from twisted_chat.server.config import ServerConfig
 from twisted_chat.server.factory import ChatFactory, hub_settings
@@ -40,7 +47,8 @@ from twisted_chat.server.hub import User
 from twisted_chat.server.metrics import counters
 from twisted_chat.server.protocol import ChatProtocol
 
-__all__ = ["ClusterService", "FactoryHooks", "cluster_factory", "cluster_node", "redis_target"]
+__all__ = ["ClusterService", "FactoryHooks", "account_tool_args", "cluster_factory", "cluster_node",
+           "redis_target"]
 
 
 def cluster_factory(
@@ -132,10 +140,12 @@ class ClusterService(OwnsPasswordWork, Service):
     log = logs.logger()
 
     def __init__(self, factory: ChatFactory, redis: RedisLog,
-                 work: PasswordWork | None = None) -> None:
+                 work: PasswordWork | None = None, tool_args: str = "") -> None:
         self.factory = factory
         self.redis = redis
         self.work = work  # the password threads, when accounts are on
+        # The accounts tool's arguments that name this Redis (account_tool_args).
+        self.tool_args = tool_args
         redis.refused = self._refused
 
     def _refused(self, why: str) -> None:
@@ -157,9 +167,12 @@ class ClusterService(OwnsPasswordWork, Service):
             ready.addCallback(lambda _: defer.ensureDeferred(self._check_redis()))
 
     async def _check_redis(self) -> None:
-        """Say once, at start, if Redis is set up to lose the accounts."""
+        """Say once, at start, if nobody can log in (L{_count_accounts}) and
+        if Redis is set up to lose the accounts."""
         from twisted_chat.server.cluster.accounts import forgetful
 
+        if self.factory.config.accounts is Mode.REQUIRED:
+            await self._count_accounts()
         try:
             found = await forgetful(self.redis.command)
         except Exception as e:
@@ -168,6 +181,19 @@ class ClusterService(OwnsPasswordWork, Service):
             return
         for problem in found:
             self.log.warn("cluster: Redis may lose the accounts: {problem}", problem=problem)
+
+    async def _count_accounts(self) -> None:
+        """Under C{--accounts required}, with no account in Redis yet, warn
+        as one server does (L{accountsetup.warn_nobody_can_log_in}).  Asked
+        once the node has connected (Redis's answer is awaited: nothing
+        waits on the reactor), as its first command after."""
+        try:
+            count = await RedisBook(self.redis.command, self.factory.reactor).count()
+        except Exception as e:
+            self.log.info("cluster: cannot count the accounts in Redis ({e})", e=e)
+            return
+        if count == 0:
+            accountsetup.warn_nobody_can_log_in(self.tool_args)
 
     def stopService(self) -> Deferred[None]:
         super().stopService()
@@ -224,4 +250,15 @@ def cluster_node(options: Mapping[str, Any], config: ServerConfig, reactor: Any,
         return counters.registry_for(factory.stats, lambda: counters.chat_snapshot(factory),
                                     ClusterCollector(redis.state))
 
-    return ClusterService(factory, redis, work), registry
+    tool_args = account_tool_args(options["redis"], options["redis-password-file"])
+    return ClusterService(factory, redis, work, tool_args), registry
+
+
+def account_tool_args(url: str, password_file: str | None) -> str:
+    """The accounts tool's arguments that name the Redis at C{url} (as
+    C{--redis} gave it, its password shown as *** if it holds one; the
+    file C{--redis-password-file} gave, in full), shell-quoted."""
+    args = f"--redis {shlex.quote(redacted(url))}"
+    if password_file is not None:
+        args += f" --redis-password-file {shlex.quote(os.path.abspath(password_file))}"
+    return args
