@@ -15,6 +15,7 @@ import fcntl
 import socket
 import struct
 import sys
+from collections.abc import Iterator
 from typing import Any
 
 if sys.platform.startswith("linux"):
@@ -54,6 +55,17 @@ def twisted_buffered(fd: Any) -> int:
     return int(len(fd.dataBuffer) - fd.offset + fd._tempDataLen)
 
 
+def _layers(transport: Any) -> Iterator[Any]:
+    """C{transport} and the transports below it (its TLS layer's TCP
+    connection): two layers, three at the most (more would be a surprise)."""
+    layer = transport
+    for _ in range(3):
+        if layer is None:
+            return
+        yield layer
+        layer = getattr(layer, "transport", None)
+
+
 def buffered(consumer: object) -> int | None:
     """
     The bytes written to C{consumer} that Twisted still holds, not yet taken
@@ -62,21 +74,18 @@ def buffered(consumer: object) -> int | None:
     TLS layer if there is one (its C{transport} is the TCP connection, which
     holds the encrypted bytes).
     """
-    layer: Any = consumer
-    for _ in range(3):  # TLS over TCP is two layers; more would be a surprise
+    for layer in _layers(consumer):
         try:
             return twisted_buffered(layer)
         except (AttributeError, TypeError):
-            layer = getattr(layer, "transport", None)
-            if layer is None:
-                return None
+            pass
     return None
 
 
 def socket_of(transport: Any) -> socket.socket | None:
     """The kernel socket under C{transport} (under its TLS, too), if any."""
-    for candidate in (transport, getattr(transport, "transport", None)):
-        get = getattr(candidate, "getHandle", None)
+    for layer in _layers(transport):
+        get = getattr(layer, "getHandle", None)
         handle = get() if get is not None else None
         if isinstance(handle, socket.socket):
             return handle
