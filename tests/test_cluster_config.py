@@ -192,6 +192,33 @@ async def test_a_retention_deleted_or_spoilt_by_hand(redis: RedisServer,
     await late.stop()
 
 
+@needs_redis
+@pytest_twisted.ensureDeferred
+async def test_a_heartbeat_during_a_reload_keeps_the_node_running(
+        redis: RedisServer, logged: list[str]) -> None:
+    """A heartbeat is a running node's, even while it reloads its snapshot
+    (reading.started is False then: events it never read were trimmed): a
+    malformed retention or --stream-bytes is logged and the node keeps its
+    own, as at any other heartbeat.  The retention's follow was given
+    reading.started, --stream-bytes's not: a malformed retention met by a
+    heartbeat in that window raised Misconfigured and the node dropped its
+    connections (to reconnect as one starting, which refuses to run); met
+    a moment later it was only logged."""
+    node = Node(redis, "a", retain_messages=500, stream_bytes=MIB)
+    assert await node.outcome() is None
+    redis.call("HSET", CONFIG, "retain-messages", "lots", "stream-bytes", "lots")
+    node.log.reading.started = False  # as while _missed reloads
+    try:
+        await node.log._beat_once()
+    finally:
+        node.log.reading.started = True
+    for said in ("retain-messages 'lots', not a number", "stream-bytes 'lots', not a number"):
+        assert len([line for line in logged if said in line]) == 1, logged
+    assert node.log.pruning.retention.messages == 500 and node.log.stream_bound.bytes == MIB
+    assert node.state.available and node.log._cmd is not None
+    await node.stop()
+
+
 def test_retention_values_round_trip() -> None:
     own = Retention.of(2.5, 0, 1000)
     assert own.values() == ("2.5", "0", "1000")

@@ -122,14 +122,16 @@ class Setting(ABC, Generic[_T]):
             self._follow(stored)
         return unclaimed
 
-    async def follow(self, cmd: Any, started: bool = True) -> None:
+    async def follow(self, cmd: Any) -> None:
         """At each heartbeat: the cluster's value, which may have been
         changed in Redis (recorded again as this node's where missing:
-        Redis's refusal raised, C{txredisapi.ResponseError})."""
+        Redis's refusal raised, C{txredisapi.ResponseError}).  A heartbeat
+        is a running node's, even one reloading its snapshot meanwhile: a
+        malformed value is logged, never stops the node (L{_read})."""
         reply = await self._fetch(cmd)
         if self._lacks(reply):
             reply = await self._record(cmd)
-        stored = self._read(reply, started)
+        stored = self._read(reply, started=True)
         if stored != self._in_force():
             self._follow(stored)
 

@@ -752,7 +752,7 @@ class RedisLog:
         # Each on its own: a refused write (the retention or --stream-bytes
         # recorded where missing, under OOM) skips neither the prune nor
         # the snapshot, which free a full Redis.
-        followed = await _refusal(self.pruning.follow(cmd, self.reading.started))
+        followed = await _refusal(self.pruning.follow(cmd))
         bound = await _refusal(self.stream_bound.follow(cmd))
         pruned = await _refusal(self.pruning.prune(cmd, now))
         refused = refused or followed or bound or pruned
