@@ -617,3 +617,39 @@ def test_a_browser_s_messages_past_its_bound_are_all_handled_in_order() -> None:
     h.clock.advance(0)
     assert web.take() == ["REGISTERED many"] + [f"PONG {i}" for i in range(1000)]
     assert h.factory.held_input.total == 0 and web.transport.producerState != "paused"
+
+
+def test_a_hold_is_kept_while_the_reads_it_held_are_handled(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Once the command they waited behind is decided, the reads held are
+    handled with the hold's waiting flag and buffer already cleared, but
+    still counted in HeldInput (its charge, given back after them).  A
+    node_resume meanwhile (HeldInput back to half its bound as another
+    connection gives back what it held) must not let the hold go: the
+    charge is why InputHold.idle checks it (lost, the rest of the reads
+    would be handled as if nothing were held)."""
+    h = harness(work=HeldWork())
+    user = fresh(h, "10.200.0.1")
+    user.send("NICK victim")
+    h.work.release()  # type: ignore[attr-defined]  # the lookup: no account
+    assert user.take()[0] == "READY victim"
+    user.send(f"REGISTER {PW}")  # its lookup waits
+    user.send("PING a")
+    user.send("PING b")
+    proto = user.protocol
+    hold = proto.hold
+    assert hold is not None and hold.charged == len(b"PING a\r\nPING b\r\n")
+    holds = []
+    take = type(proto)._take
+
+    def handled(self: Any, data: bytes) -> None:
+        if self is proto:
+            self.node_resume()
+            holds.append(self.hold)
+        take(self, data)
+
+    monkeypatch.setattr(type(proto), "_take", handled)
+    settle(h)  # the lookup, then the hash: the held reads are handled
+    assert user.take() == ["REGISTERED victim", "PONG a", "PONG b"]
+    assert holds == [hold, hold]
+    assert proto.hold is None and h.factory.held_input.total == 0

@@ -197,6 +197,9 @@ class InputHold:
 
     def idle(self) -> bool:
         """Whether it waits for nothing, holds nothing and pauses nothing."""
+        # Not redundant: while _decided hands back held reads, waiting and
+        # the buffer are cleared but HeldInput still counts them (charged)
+        # until its _count; a node_resume meanwhile must not let it go.
         return not (self.waiting or self.paused or self.buffer or self.lines or self.charged)
 
     def wait_for(self, outcome: Deferred[Any]) -> None:
