@@ -144,13 +144,15 @@ class SQLiteStore:
         self._dropped = 0
         # Messages dropped from a full backlog (the disk is failing): how
         # many since this failure began, how many the log has been told of,
-        # and when; all three start again when the disk recovers.
+        # and when it may be told again (its lines' throttle: it counts
+        # lines left out, the line counts messages); all start again when
+        # the disk recovers.
         self._shed = 0
         # ... and how many since the store opened, which only grows (the
         # chat_history_dropped_total counter: it must never go back).
         self._shed_total = 0
         self._shed_reported = 0
-        self._shed_reported_at = -math.inf
+        self._shed_tell = logs.Throttle(self.drop_report_interval)
         # The messages in the database (chat_history_messages): counted once
         # by the writer thread as it starts, then kept by it as it inserts and
         # prunes; None until counted.  Written by that thread alone, read as
@@ -295,14 +297,11 @@ class SQLiteStore:
         C{_cond}): at the first, then at most once per
         C{drop_report_interval}.
         """
-        now = time.monotonic()
-        if self._shed == self._shed_reported or now < (
-            self._shed_reported_at + self.drop_report_interval
-        ):
+        if (self._shed == self._shed_reported
+                or self._shed_tell.allow(time.monotonic()) is None):
             return None
         new = self._shed - self._shed_reported
         self._shed_reported = self._shed
-        self._shed_reported_at = now
         return (
             f"The chat database {self._name} is not being written and the backlog is full"
             f" ({self._max_backlog} messages): dropped the {new} oldest unwritten lobby"
@@ -453,7 +452,7 @@ class SQLiteStore:
             shed = self._shed
             report = self._shed_report() if shed != self._shed_reported else None
             self._shed = self._shed_reported = 0
-            self._shed_reported_at = -math.inf
+            self._shed_tell = logs.Throttle(self.drop_report_interval)
         if report:
             self._log_error(report)
         message = (
