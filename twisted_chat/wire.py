@@ -352,6 +352,15 @@ PAIR_CHANGED = (MEANT_FOR_LOBBY, NO_LONGER_PAIRED, NOT_PAIRED_WITH)
 # How a cluster's ERROR unavailable begins when it answers REGISTER or
 # PASSWD: no other command gets these words.
 ACCOUNTS_UNAVAILABLE = "the accounts cannot be reached"
+# How an ERROR flood begins when it refuses a password job, a PASS, REGISTER
+# or PASSWD not done ("; send <verb> again ..." follows), rather than a line
+# the flood control dropped: the password threads hold all the work they may
+# (SERVER_BUSY), the address holds its share of it (PASSWORD_WORK), or the
+# address made its new hashes for a while (ADDRESS_HASHES: REGISTER, PASSWD).
+SERVER_BUSY = "the server is busy"
+PASSWORD_WORK = "too much password work from your address at once"
+ADDRESS_HASHES = "too many REGISTER and PASSWD from your address lately"
+PASSWORD_WORK_REFUSED = (SERVER_BUSY, PASSWORD_WORK, ADDRESS_HASHES)
 # ERROR busy "<nick> is not reading fast enough to take more private
 # messages; ..." refuses a DM or a pair's MSG to a reader far behind
 # (docs/protocol.md, Limits 14); its other text ("... more invitations")

@@ -12,6 +12,7 @@ from twisted.python.failure import Failure
 from twisted_chat.client.commands import Local, Secret, is_secret_command, parse_input
 from twisted_chat.client.login import Login
 from twisted_chat.client.session import Outcome, State
+from twisted_chat.server.accounts.login import ADDRESS_BUSY_TEXT
 
 from .helpers import TS, Keyboard, Session, session
 
@@ -571,6 +572,52 @@ def test_a_busy_server_answering_register_or_passwd_says_what_was_not_done(
     assert s.client.passwords.request is None
     s.receive("ERROR flood at most 10 lines per second (bursts of 20)")
     assert s.screen.take()[0] == "! You are sending too fast; that line was dropped."
+
+
+HASHES = (
+    "too many REGISTER and PASSWD from your address lately (each costs a password hash: "
+    "3 in a row, then one per 60 s); send {verb} again in 42 s"
+)
+
+
+@pytest.mark.parametrize(
+    ("command", "verb", "said"),
+    [
+        ("/register", "REGISTER", "alice was not registered; try /register again"),
+        ("/passwd", "PASSWD", "your password was not changed; try /passwd again"),
+    ],
+)
+@pytest.mark.parametrize(
+    ("refusal", "why", "when"),
+    [
+        (ADDRESS_BUSY_TEXT, "Too much password work from your address at once", "in a moment"),
+        (HASHES, HASHES.split(";")[0].replace("too", "Too", 1), "in 42 s"),
+    ],
+)
+def test_the_address_s_password_work_refused_for_register_or_passwd_ends_it(
+    command: str, verb: str, said: str, refusal: str, why: str, when: str
+) -> None:
+    """ERROR flood for the address's share of the password work ("too much
+    password work from your address at once"), or its new hashes ("too
+    many REGISTER and PASSWD from your address lately"), answers REGISTER or
+    PASSWD as the busy server does: the request is over, said in the
+    server's words; no line was dropped for flooding, so the pace stays.
+    Only "busy" was looked for: the request stayed pending, and the answer
+    was said as a line dropped, the pace halved."""
+    s = session(
+        interactive=False, environ={"CHAT_PASSWORD": SECRET, "CHAT_NEW_PASSWORD": SECRET}
+    )
+    s.ready()
+    rate = s.client.outbox.rate
+    s.type(command)
+    assert len(s.sent()) == 1
+    s.receive("ERROR flood " + refusal.format(verb=verb))
+    assert s.screen.take() == [f"! {why}: {said} {when}."]
+    assert s.client.passwords.request is None
+    assert s.client.outbox.rate == rate
+    s.type("hello")  # never echoed: in doubt, but not for flooding
+    losses = s.client.outbox.losses(bye_answered=False)
+    assert losses is not None and "too fast" not in losses
 
 
 def test_the_login_timing_out_at_the_password_prompt_swallows_keys_until_enter() -> None:

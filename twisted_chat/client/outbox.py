@@ -16,6 +16,7 @@ from twisted.internet.interfaces import IDelayedCall, IPushProducer, IReactorTim
 
 from twisted_chat.client.commands import changes_pairing, sendable
 from twisted_chat.client.pace import Pacer
+from twisted_chat.wire import PASSWORD_WORK_REFUSED
 
 # Lines that wait to be sent (a script's input, a paste): at this many, a
 # script's stdin is no longer read until half of them have gone; on a
@@ -395,11 +396,11 @@ class Outbox:
 
     def flood(self, text: str) -> float | None:
         """
-        C{ERROR flood} with C{text}, once online: a line was dropped (unless
-        the server was only busy), and the pacer slows down.  The new rate,
-        or C{None} if it did not change.
+        C{ERROR flood} with C{text}, once online: a line was dropped, and the
+        pacer slows down (unless it refused password work:
+        L{PASSWORD_WORK_REFUSED}).  The new rate, or C{None} if it did not change.
         """
-        if "busy" not in text:
+        if not text.startswith(PASSWORD_WORK_REFUSED):
             self._flood_dropped = True
         if self._pacer.slow_down(text):
             return self._pacer.rate

@@ -9,6 +9,7 @@ sent here too; what follows it is L{twisted_chat.client.login}'s.
 from __future__ import annotations
 
 import ipaddress
+import re
 from collections.abc import Callable, Mapping
 from typing import Protocol
 
@@ -20,6 +21,9 @@ from twisted_chat.client import render
 from twisted_chat.client.commands import Secret, Send, password_problem
 from twisted_chat.client.display import Display
 from twisted_chat.client.session import State
+
+# The wait a refusal of password work names: "send REGISTER again in 42 s".
+_AGAIN_IN = re.compile(r"\bagain (in \d+ s)\b")
 
 # Where a script's passwords come from (no prompt): the variable for each
 # verb that sends one.
@@ -221,8 +225,9 @@ class Passwords:
         if code in render.ACCOUNT_ERRORS or accounts_away:
             request, self.request = self.request, None
             return render.account_error(code, text, request)
-        if code == "flood" and self.request is not None and "busy" in text:
-            return self._not_done()
+        work_refused = text.startswith(wire.PASSWORD_WORK_REFUSED)
+        if code == "flood" and self.request is not None and work_refused:
+            return self._not_done(text)
         if code == "server-full" and self._client.state in (State.READY, State.PAIRED):
             # Online, it answers REGISTER: the server keeps no more accounts
             # (--max-accounts), and the connection stays.
@@ -230,17 +235,19 @@ class Passwords:
             return render.account_error(code, text, "REGISTER")
         return None
 
-    def _not_done(self) -> str:
+    def _not_done(self, text: str) -> str:
         """
-        C{ERROR flood} "the server is busy" answering C{REGISTER} or
-        C{PASSWD}: too many passwords being hashed, so it was not done.
+        C{ERROR flood} refusing the password work of C{REGISTER} or
+        C{PASSWD} (L{wire.PASSWORD_WORK_REFUSED}: the server is busy hashing,
+        this address holds its share of the work, or made its hashes lately):
+        it was not done.  Said in the server's words, with its wait if named.
         """
         request, self.request = self.request, None
+        why, _, rest = text.partition(";")
+        named = _AGAIN_IN.search(rest)
+        when = named.group(1) if named else "in a moment"
+        why = why.strip()
+        why = why[:1].upper() + why[1:]
         if request == "PASSWD":
-            return (
-                "The server is busy: your password was not changed; try /passwd again in a moment."
-            )
-        return (
-            f"The server is busy: {self._client.nick} was not registered; "
-            "try /register again in a moment."
-        )
+            return f"{why}: your password was not changed; try /passwd again {when}."
+        return f"{why}: {self._client.nick} was not registered; try /register again {when}."

@@ -93,8 +93,9 @@ PASSWORD_CHANGED_TEXT = ("the password was changed since you logged in; log in a
                          "with the new one to change it")
 # The answer to a password job over the address's share of the queue
 # (LoginLimits.max_pending_per_address), the command's name after it.
-ADDRESS_BUSY_TEXT = ("too much password work from your address at once; "
-                     "send {verb} again in a moment")
+ADDRESS_BUSY_TEXT = wire.PASSWORD_WORK + "; send {verb} again in a moment"
+# The answer to a password job when the password threads hold all they may.
+SERVER_BUSY_TEXT = wire.SERVER_BUSY + "; send {verb} again in a moment"
 # The log says REGISTER is refused for --max-accounts at most this often.
 FULL_LOG_EVERY = 600.0
 # The one key all connections without an address (UNIX sockets) share for the
@@ -434,7 +435,7 @@ class Login:
             return self._flooded(nick)
         if accounts.work.full:
             accounts.give_back(attempt)
-            raise LineError(ErrorCode.FLOOD, "the server is busy; send PASS again in a moment")
+            raise LineError(ErrorCode.FLOOD, SERVER_BUSY_TEXT.format(verb="PASS"))
         if not accounts.start_work(attempt.work):
             accounts.give_back(attempt)
             raise LineError(ErrorCode.FLOOD, ADDRESS_BUSY_TEXT.format(verb="PASS"))
@@ -504,8 +505,7 @@ class Login:
             self._conn.write(wire.line("RETRY", "bad-password", text=BAD_PASSWORD_TEXT))
         elif isinstance(failure.value, WorkBusy):
             self._asked = nick
-            self._conn.write(wire.error(ErrorCode.FLOOD,
-                                        "the server is busy; send PASS again in a moment"))
+            self._conn.write(wire.error(ErrorCode.FLOOD, SERVER_BUSY_TEXT.format(verb="PASS")))
         else:
             # Not a failed attempt: nothing was checked.
             _store_failed(failure, "could not check the password of {nick}", nick)
@@ -633,8 +633,7 @@ class Login:
         except WorkBusy:
             accounts.end_work(address)
             accounts.unspend_hash(address)
-            self._conn.write(wire.error(ErrorCode.FLOOD,
-                                        "the server is busy; send it again in a moment"))
+            self._conn.write(wire.error(ErrorCode.FLOOD, SERVER_BUSY_TEXT.format(verb="it")))
             return None
         d.addBoth(_work_ended, accounts, address)
         d.addCallback(self._store, store, nick)
@@ -697,9 +696,9 @@ def _too_many_hashes(verb: str, wait: float, limits: LoginLimits) -> LineError:
     """The answer to a C{REGISTER} or C{PASSWD} over the address's new hashes."""
     return LineError(
         ErrorCode.FLOOD,
-        f"too many REGISTER and PASSWD from your address lately (each costs a "
-        f"password hash: {limits.hash_burst} in a row, then one per "
-        f"{limits.hash_every:g} s); send {verb} again in {math.ceil(round(wait, 6))} s",
+        f"{wire.ADDRESS_HASHES} (each costs a password hash: {limits.hash_burst} in a "
+        f"row, then one per {limits.hash_every:g} s); "
+        f"send {verb} again in {math.ceil(round(wait, 6))} s",
     )
 
 
