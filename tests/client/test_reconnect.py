@@ -17,6 +17,7 @@ from twisted.python.failure import Failure
 
 from twisted_chat.client.liveness import Liveness
 from twisted_chat.client.lobbyview import REMEMBERED, ShownLobby
+from twisted_chat.client.login import NickTries
 from twisted_chat.client.protocol import ChatClient
 from twisted_chat.client.reconnect import Reconnecting, backoff_delay, should_reconnect
 from twisted_chat.client.session import Outcome
@@ -108,7 +109,7 @@ class Harness:
         rejoin: bool,
         password: tuple[str, str] | None,
         lobby_shown: ShownLobby,
-        taken_tries: int,
+        nick_tries: NickTries,
     ) -> ChatClient:
         client = ChatClient(
             self.screen,
@@ -122,7 +123,7 @@ class Harness:
             rejoin=rejoin,
             kept_password=password,
             lobby_shown=lobby_shown,
-            taken_tries=taken_tries,
+            nick_tries=nick_tries,
         )
         self.clients.append(client)
         return client
@@ -351,6 +352,18 @@ def _sent_again_after(h: Harness, wait: float) -> None:
     assert h.sent() == ["NICK alice"]
 
 
+def _next_connection_after_the_nick_timeout(h: Harness) -> None:
+    """The server's --nick-timeout ends the first reconnection while the
+    nick is waited for: not a prompt left open, so the next one asks for it."""
+    h.receive("BYE timeout")
+    h.lose()
+    assert h.outcomes == []
+    h.clock.advance(2)
+    assert len(h.clients) == 3
+    h.receive("HELLO chat/1 test", "NICK")
+    assert h.sent() == ["NICK alice"]
+
+
 def test_a_taken_nick_on_a_reconnection_is_sent_again_every_3_seconds() -> None:
     h = Harness()
     _reconnect_to_a_taken_nick(h)
@@ -376,14 +389,7 @@ def test_a_taken_nick_is_waited_for_across_a_nick_timeout_then_asked_for() -> No
         h.clock.advance(3)
         assert h.sent() == ["NICK alice"]
         h.receive("RETRY taken alice is online")
-    # The server's --nick-timeout: not a prompt left open, so it connects again.
-    h.receive("BYE timeout")
-    h.lose()
-    assert h.outcomes == []
-    h.clock.advance(2)
-    assert len(h.clients) == 3
-    h.receive("HELLO chat/1 test", "NICK")
-    assert h.sent() == ["NICK alice"]
+    _next_connection_after_the_nick_timeout(h)
     for _ in range(30):  # 10 on the first reconnection: 40 in all
         h.receive("RETRY taken alice is online")
         h.clock.advance(3)
@@ -437,13 +443,36 @@ def test_a_reconnection_over_its_address_s_nick_limit_waits_and_sends_the_nick_a
 def test_the_nick_timeout_during_that_wait_is_followed_by_the_next_connection() -> None:
     h = Harness()
     _reconnect_and_refuse(h, FLOODED)
-    h.receive("BYE timeout")
-    h.lose()
-    assert h.outcomes == []  # not a prompt left open: the session goes on
-    h.clock.advance(2)
-    assert len(h.clients) == 3
-    h.receive("HELLO chat/1 test", "NICK")
+    _next_connection_after_the_nick_timeout(h)
+
+
+UNAVAILABLE = "RETRY unavailable the chat cannot check that nick now; send NICK again in a moment"
+
+
+def test_the_nick_timeout_while_unavailable_is_waited_out_is_followed_by_the_next_connection(
+) -> None:
+    """RETRY unavailable on a reconnection: the same NICK goes again by
+    itself, as for RETRY taken and the named wait; the server's nick
+    timeout during that wait is no prompt left open.  It ended the session."""
+    h = Harness()
+    _reconnect_and_refuse(h, UNAVAILABLE)
+    assert h.screen.take() == [
+        "* The server is briefly unavailable (the chat cannot check that nick now; send "
+        "NICK again in a moment). Sending the nickname alice again in 3 seconds (try 1 of 5)."
+    ]
+    _next_connection_after_the_nick_timeout(h)
+
+
+def test_the_unavailable_tries_are_counted_across_that_next_connection() -> None:
+    h = Harness()
+    _reconnect_and_refuse(h, UNAVAILABLE)
+    h.clock.advance(3)
     assert h.sent() == ["NICK alice"]
+    h.receive(UNAVAILABLE)  # try 2
+    _next_connection_after_the_nick_timeout(h)
+    h.screen.take()
+    h.receive(UNAVAILABLE)
+    assert h.screen.take()[-1].endswith("(try 3 of 5).")
 
 
 def _flooded_then_sent_again() -> Harness:

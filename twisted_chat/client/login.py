@@ -12,6 +12,7 @@ It talks to its client only through the small L{Client} interface.
 from __future__ import annotations
 
 import re
+from dataclasses import dataclass
 from typing import Protocol
 
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
@@ -24,6 +25,23 @@ from twisted_chat.wire import is_valid_nick, nick_key
 
 # The wait an ERROR flood answering a NICK names: "... try again in 2 s".
 _TRY_AGAIN = re.compile(r"\btry again in (\d+(?:\.\d+)?) s\b")
+
+
+@dataclass
+class NickTries:
+    """
+    The NICKs sent again by themselves since the last C{READY}, by why
+    (L{Login}'s bounds count them in a row).  A session's connections share
+    one (twisted_chat.client.reconnect): the server's nick timeout may end
+    a wait, and the next connection goes on counting.
+    """
+
+    taken: int = 0  # RETRY taken for our own nick on a reconnection
+    unavailable: int = 0  # RETRY unavailable
+    flood: int = 0  # ERROR flood answering our NICK ("try again in N s")
+
+    def clear(self) -> None:
+        self.taken = self.unavailable = self.flood = 0
 
 
 class Client(Protocol):
@@ -44,9 +62,9 @@ class Client(Protocol):
     def rejoin(self) -> bool:
         """This connection is a reconnection (an earlier one got in)."""
 
-    # RETRY taken answers met on reconnections since the last READY: the
-    # nick is waited for across connections (twisted_chat.client.reconnect).
-    taken_tries: int
+    @property
+    def nick_tries(self) -> NickTries:
+        """The NICKs sent again since the last READY, on any connection."""
 
     @property
     def server(self) -> str: ...
@@ -128,13 +146,13 @@ class Login:
         self._tried_option_nick = False
         self._asked_nick: str | None = None
         self._password_for: str | None = None  # the nick in the server's PASS
-        self._unavailable_tries = 0  # RETRY unavailable answers in a row
-        self._flood_tries = 0  # ERROR flood answers to our NICK in a row
+        self._tries = client.nick_tries
         self._nick_again_timer: IDelayedCall | None = None
-        # A NICK is to be sent again by itself (our own nick taken on a
-        # reconnection, or the server's "try again in N s"): a BYE timeout
-        # then is not a prompt left open.
-        self.waiting_for_nick = False
+        # The nick to be sent again by itself (our own nick taken on a
+        # reconnection, the server briefly unavailable, or its "try again in
+        # N s"), until the server looked at it: a BYE timeout then is not a
+        # prompt left open.
+        self.nick_waited: str | None = None
         self._answer_timer: IDelayedCall | None = None  # for a NICK or PASS sent
 
     def stop(self) -> None:
@@ -189,7 +207,7 @@ class Login:
             )
             self._nick_refused(said)
             return
-        self._unavailable_tries = self._flood_tries = 0
+        self._tries.unavailable = self._tries.flood = 0
         self._ask_for(nick)
 
     def _ask_for(self, nick: str) -> None:
@@ -215,15 +233,15 @@ class Login:
             return
         nick = self._asked_nick or ""
         said = render.retry(nick, reason, text)
-        self.waiting_for_nick = False
-        self._flood_tries = 0  # the nick was looked at
+        self.nick_waited = None
+        self._tries.flood = 0  # the nick was looked at
         if reason == "taken" and self._our_old_nick(nick):
             self._taken(nick, said)
             return
         if reason == "unavailable":
             self._unavailable(nick, said)
             return
-        self._unavailable_tries = 0
+        self._tries.unavailable = 0
         if reason == "bad-password":
             client.kept_password = None  # not right (any more): the prompt asks
         if not client.interactive:
@@ -252,25 +270,21 @@ class Login:
         L{TAKEN_TRIES} times (across connections) before asking for another.
         """
         client = self._client
-        self.answered()
-        client.taken_tries += 1
-        if client.taken_tries > self.TAKEN_TRIES:
-            client.taken_tries = 0
+        self._tries.taken += 1
+        if self._tries.taken > self.TAKEN_TRIES:
+            self._tries.taken = 0
             client.error(render.sentence(said))
             self._ask_nick_again(
                 f"Still taken after {self.TAKEN_TRIES} tries. Choose another nickname:"
             )
             return
-        if client.taken_tries == 1:
+        if self._tries.taken == 1:
             client.notice(
                 f"{said} It may be your old connection, until the server notices it "
                 f"is gone: sending {nick} again every {self.TAKEN_DELAY:g} seconds "
                 f"(at most {self.TAKEN_TRIES} times)."
             )
-        self.waiting_for_nick = True
-        self._nick_again_timer = client.clock.callLater(
-            self.TAKEN_DELAY, self._nick_again, nick
-        )
+        self._send_again_in(self.TAKEN_DELAY, nick)
 
     def _unavailable(self, nick: str, said: str) -> None:
         """
@@ -281,15 +295,14 @@ class Login:
         for a nickname again.
         """
         client = self._client
-        self.answered()  # the next NICK, sent later, waits for its own answer
-        self._unavailable_tries += 1
-        if self._unavailable_tries > self.UNAVAILABLE_TRIES:
+        self._tries.unavailable += 1
+        if self._tries.unavailable > self.UNAVAILABLE_TRIES:
             tries = self.UNAVAILABLE_TRIES + 1
             if not client.interactive:
                 self._fail(f"{said} Gave up after {tries} tries.")
                 return
             client.error(render.sentence(said))
-            self._unavailable_tries = 0
+            self._tries.unavailable = 0
             self._ask_nick_again(
                 f"Still unavailable after {tries} tries: type a nickname to try again:"
             )
@@ -297,10 +310,21 @@ class Login:
         delay = self.UNAVAILABLE_DELAY
         client.notice(
             f"{said} Sending the nickname {nick} again in {delay:g} seconds "
-            f"(try {self._unavailable_tries} of {self.UNAVAILABLE_TRIES})."
+            f"(try {self._tries.unavailable} of {self.UNAVAILABLE_TRIES})."
         )
-        # Stay in NICK_SENT: typed lines wait, as they do for any answer.
-        self._nick_again_timer = client.clock.callLater(delay, self._nick_again, nick)
+        self._send_again_in(delay, nick)
+
+    def _send_again_in(self, delay: float, nick: str) -> None:
+        """
+        The step the three waits share (L{_taken}, L{_unavailable},
+        L{_flooded}): send C{nick} again by itself C{delay} seconds from now.
+        The state stays C{NICK_SENT} (typed lines wait, as for any answer);
+        no answer is awaited meanwhile (the next C{NICK} awaits its own); and
+        a C{BYE timeout} in the wait is no prompt left open (L{nick_waited}).
+        """
+        self.answered()
+        self.nick_waited = nick
+        self._nick_again_timer = self._client.clock.callLater(delay, self._nick_again, nick)
 
     def _nick_again(self, nick: str) -> None:
         self._nick_again_timer = None
@@ -319,7 +343,7 @@ class Login:
         if client.state is not State.NICK_SENT:
             return
         self._password_for = nick
-        self.waiting_for_nick = False  # the nick was looked at
+        self.nick_waited = None  # the nick was looked at
         kept = client.kept_password
         if (
             client.interactive
@@ -387,7 +411,8 @@ class Login:
         The server's C{READY}: the login is over.  Whether a password was
         the last thing sent (what was typed while it was checked may be it).
         """
-        self._unavailable_tries = 0
+        self._tries.clear()
+        self.nick_waited = None
         pass_sent, self.pass_sent = self.pass_sent, False
         return pass_sent
 
@@ -397,7 +422,7 @@ class Login:
         it, and waits for another.  A refused password is asked for again
         (the server still asks for it); a refused nick, a nickname.
         """
-        self.waiting_for_nick = False
+        self.nick_waited = None
         if self.pass_sent:
             if code == "flood":
                 # Too many passwords being checked: the server asks to send
@@ -431,10 +456,9 @@ class Login:
         told to wait rather than asked at once, only to be refused again.
         """
         client = self._client
-        self.answered()
-        self._flood_tries += 1
-        if self._flood_tries > self.FLOOD_TRIES:
-            self._flood_tries = 0
+        self._tries.flood += 1
+        if self._tries.flood > self.FLOOD_TRIES:
+            self._tries.flood = 0
             client.error(said)
             self._ask_nick_again(
                 f"Still refused after {self.FLOOD_TRIES} tries. Choose a nickname:"
@@ -445,11 +469,9 @@ class Login:
         wait = min(max(wait, 1.0), self.FLOOD_WAIT_MAX)
         client.notice(
             f"{said} Sending the nickname {nick} again in {wait:g} s "
-            f"(try {self._flood_tries} of {self.FLOOD_TRIES})."
+            f"(try {self._tries.flood} of {self.FLOOD_TRIES})."
         )
-        # Stay in NICK_SENT: typed lines wait, as they do for any answer.
-        self.waiting_for_nick = True
-        self._nick_again_timer = client.clock.callLater(wait, self._nick_again, nick)
+        self._send_again_in(wait, nick)
 
     def _nick_refused(self, said: str) -> None:
         """The server dropped our NICK or PASS unanswered: a script gives

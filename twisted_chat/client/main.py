@@ -52,6 +52,7 @@ from zope.interface import provider
 from twisted_chat import version_line
 from twisted_chat.client import render
 from twisted_chat.client.lobbyview import ShownLobby
+from twisted_chat.client.login import NickTries
 from twisted_chat.client.pipe import PipeIO
 from twisted_chat.client.protocol import ChatClient
 from twisted_chat.client.reconnect import Reconnecting
@@ -409,7 +410,7 @@ async def run(reactor: Any, options: argparse.Namespace) -> None:
         rejoin: bool,
         password: tuple[str, str] | None,
         lobby_shown: ShownLobby,
-        taken_tries: int,
+        nick_tries: NickTries,
     ) -> ChatClient:
         client = ChatClient(
             ui,
@@ -425,7 +426,7 @@ async def run(reactor: Any, options: argparse.Namespace) -> None:
             rejoin=rejoin,
             kept_password=password,
             lobby_shown=lobby_shown,
-            taken_tries=taken_tries,
+            nick_tries=nick_tries,
         )
         if not interactive:
             # A script's stdin is not read while the client holds QUEUE_MAX lines.

@@ -40,7 +40,7 @@ from twisted_chat.client.input import UserInput
 from twisted_chat.client.lines import SkipLongLines
 from twisted_chat.client.liveness import Liveness
 from twisted_chat.client.lobbyview import ShownLobby
-from twisted_chat.client.login import Login
+from twisted_chat.client.login import Login, NickTries
 from twisted_chat.client.outbox import QUEUE_MAX, Outbox, Sent
 from twisted_chat.client.pairing import Pairing
 from twisted_chat.client.passwords import Passwords
@@ -89,8 +89,9 @@ class ChatClient(SkipLongLines):
     @param lobby_shown: the lobby messages shown so far, shared between the
         connections of a session (a new one by default): the history does not
         show them again.
-    @param taken_tries: the C{RETRY taken} answers the earlier reconnections
-        met since the last C{READY} (L{Login.TAKEN_TRIES} in all).
+    @param nick_tries: the C{NICK}s sent again by themselves since the last
+        C{READY}, shared by a session's connections (a new L{NickTries} by
+        default): L{Login}'s bounds hold across them.
     @param kept_password: C{(nick, password)}, the password typed this
         session (on a terminal), which answers the server's C{PASS} for that
         nick once; L{kept_password} holds the one that got in, or was
@@ -136,7 +137,7 @@ class ChatClient(SkipLongLines):
         rejoin: bool = False,
         kept_password: tuple[str, str] | None = None,
         lobby_shown: ShownLobby | None = None,
-        taken_tries: int = 0,
+        nick_tries: NickTries | None = None,
     ) -> None:
         self.display = display
         self.option_nick = nick
@@ -149,7 +150,7 @@ class ChatClient(SkipLongLines):
         self.show_history = show_history
         self.rejoin = rejoin
         self.kept_password = kept_password
-        self.taken_tries = taken_tries
+        self.nick_tries = nick_tries if nick_tries is not None else NickTries()
         # Whether this greeting ("Connected to ...", and a version warning) was
         # said already (reconnect.py: once in an outage, not at every attempt
         # that gets in to be refused).

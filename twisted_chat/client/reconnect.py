@@ -41,6 +41,7 @@ from twisted_chat.client.commands import Quit, parse_input
 from twisted_chat.client.display import Display
 from twisted_chat.client.input import set_aside
 from twisted_chat.client.lobbyview import ShownLobby
+from twisted_chat.client.login import NickTries
 from twisted_chat.client.protocol import ChatClient
 from twisted_chat.client.session import Outcome, State
 
@@ -68,15 +69,15 @@ class MakeClient(Protocol):
         rejoin: bool,
         password: tuple[str, str] | None,
         lobby_shown: ShownLobby,
-        taken_tries: int,
+        nick_tries: NickTries,
     ) -> ChatClient:
         """
         @param nick: the nickname to ask for.
-        @param rejoin: it is a reconnection.
+        @param rejoin: it is a reconnection (an earlier one got in).
         @param password: the password kept for a nick, C{(nick, password)}.
         @param lobby_shown: the lobby messages on the screen.
-        @param taken_tries: the C{RETRY taken} met by reconnections since the
-            last C{READY}.
+        @param nick_tries: the C{NICK}s sent again by themselves since the
+            last C{READY}, on any connection (L{NickTries}).
         """
 
 
@@ -105,9 +106,9 @@ def should_reconnect(
     @param user_left: the user quit (C{/quit}, Ctrl-C, Ctrl-D).
     @param bye_reason: the server's C{BYE} reason, C{None} without one.
     @param waiting_for_nick: it ended while our own nick was to be sent
-        again by itself (taken by our old connection, most likely, or not
-        looked at for a wait the server named): a C{BYE timeout} then is
-        not a prompt left open.
+        again by itself (taken by our old connection, most likely, the
+        server briefly unavailable, or not looked at for a wait the server
+        named): a C{BYE timeout} then is not a prompt left open.
     """
     if user_left or bye_reason == _USER_LEFT:
         return False
@@ -160,7 +161,8 @@ class Reconnecting:
         self.nick = nick
         self.password: tuple[str, str] | None = None
         self.attempt = 0
-        self.taken_tries = 0  # RETRY taken since the last READY (Login.TAKEN_TRIES)
+        # The NICKs sent again by themselves since the last READY (Login's bounds).
+        self.nick_tries = NickTries()
         self.rejoining = False
         self.user_left = False
         self.client: ChatClient | None = None
@@ -196,7 +198,7 @@ class Reconnecting:
             rejoin=self.rejoining,
             password=self.password,
             lobby_shown=self.lobby_shown,
-            taken_tries=self.taken_tries,
+            nick_tries=self.nick_tries,
         )
         self.client = client
         client.greeted_before = self._greeted_before
@@ -214,7 +216,7 @@ class Reconnecting:
     def _ended(self, outcome: Outcome, client: ChatClient) -> None:
         self.client = None
         joined = client.nick is not None
-        self.taken_tries = 0 if joined else client.taken_tries
+        waited = client.login.nick_waited
         if joined:
             self.nick = client.nick
             self.attempt = 0  # it got in: the next loss starts the backoff again
@@ -229,7 +231,7 @@ class Reconnecting:
             rejoining=self.rejoining,
             user_left=user_left,
             bye_reason=client.ending.bye_reason,
-            waiting_for_nick=client.login.waiting_for_nick,
+            waiting_for_nick=waited is not None,
         ):
             self._finish(outcome)
             return
