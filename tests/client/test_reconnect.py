@@ -70,10 +70,18 @@ def test_which_endings_reconnect(
     ) is expected
 
 
-def test_a_nick_timeout_while_our_taken_nick_is_waited_for_reconnects() -> None:
-    kind = {"joined": False, "rejoining": True, "user_left": False, "bye_reason": "timeout"}
+@pytest.mark.parametrize("rejoining", [True, False])
+def test_a_nick_timeout_while_our_nick_is_waited_for_reconnects(rejoining: bool) -> None:
+    """On a reconnection, and on the first connection too (a person held
+    back at the start by the server's wait is not let go)."""
+    kind = {"joined": False, "rejoining": rejoining, "user_left": False, "bye_reason": "timeout"}
     assert should_reconnect(**kind, waiting_for_nick=True) is True  # type: ignore[arg-type]
     assert should_reconnect(**kind, waiting_for_nick=False) is False  # type: ignore[arg-type]
+    for reason in (None, "flood", "full"):  # the first connection's other ends: as before
+        assert should_reconnect(
+            joined=False, rejoining=False, user_left=False, bye_reason=reason,
+            waiting_for_nick=True,
+        ) is False
 
 
 # -- the session -------------------------------------------------------------------
@@ -473,6 +481,111 @@ def test_the_unavailable_tries_are_counted_across_that_next_connection() -> None
     h.screen.take()
     h.receive(UNAVAILABLE)
     assert h.screen.take()[-1].endswith("(try 3 of 5).")
+
+
+NICK_TIMEOUT = "BYE timeout no nickname after 30 seconds"
+STOPPED_WAITING = Outcome(
+    1, "The server stopped waiting for the nickname (it allows 30 seconds to log in)."
+)
+
+
+def _flooded_at_the_first_login(nick: str | None = "alice") -> Harness:
+    """The first connection's NICK alice (--nick, or typed) answered with
+    the server's named wait, which its nick timeout then cuts."""
+    h = Harness(nick)
+    h.receive("HELLO chat/1 test", "NICK")
+    if nick is None:
+        h.session.user_line("alice")
+    assert h.sent() == ["NICK alice"]
+    h.receive(FLOODED)
+    h.screen.take()
+    h.receive(NICK_TIMEOUT)
+    h.lose()
+    return h
+
+
+@pytest.mark.parametrize("nick", ["alice", None])
+def test_the_nick_timeout_in_the_named_wait_at_the_first_login_connects_again(
+    nick: str | None,
+) -> None:
+    """Someone who started the client and is held back by its address's
+    nick limit is not let go when the server's nick timeout ends the wait:
+    the next connection sends the same nickname (--nick, or the one typed)
+    by itself, and it is a first login (welcome), not a reconnection.  The
+    client exited with "The server stopped waiting for the nickname"."""
+    h = _flooded_at_the_first_login(nick)
+    assert h.outcomes == []
+    assert h.screen.take() == [
+        "! The server stopped waiting for the nickname (it allows 30 seconds to log in).",
+        "* Reconnecting in 1 s; /reconnect tries now, /quit leaves.",
+    ]
+    h.clock.advance(1)
+    assert len(h.clients) == 2
+    h.receive("HELLO chat/1 test", "NICK")
+    assert h.sent() == ["NICK alice"]
+    assert h.screen.prompt != "nickname: "
+    h.receive("READY alice", "USER alice lobby", "USERS 1")
+    assert any(line.startswith("* Welcome, alice! You are in the lobby.")
+               for line in h.screen.take())
+    assert not h.client.rejoin
+
+
+def test_the_named_waits_at_the_first_login_are_bounded_across_connections() -> None:
+    """10 tries in a row, whichever connection they were on, then the
+    prompt; left open, the server's nick timeout ends the session with its
+    reason, as at any first login."""
+    h = _flooded_at_the_first_login()  # try 1
+    for connection, tries in enumerate((4, 4, 1)):  # tries 2-5, 6-9, 10
+        h.clock.advance(2**connection)  # the backoff: 1, 2, 4 s
+        h.receive("HELLO chat/1 test", "NICK")
+        assert h.sent() == ["NICK alice"]
+        for _ in range(tries - 1):
+            h.receive(FLOODED)
+            h.clock.advance(2)
+            assert h.sent() == ["NICK alice"]
+        h.screen.take()
+        h.receive(FLOODED)
+        if tries > 1:
+            assert h.screen.take()[-1].endswith(f"(try {5 + 4 * connection} of 10).")
+            h.receive(NICK_TIMEOUT)
+            h.lose()
+            assert h.outcomes == []
+            continue
+        assert h.screen.take()[-1].endswith("(try 10 of 10).")
+    h.clock.advance(2)
+    assert h.sent() == ["NICK alice"]
+    h.receive(FLOODED)
+    assert h.screen.take()[-1] == "* Still refused after 10 tries. Choose a nickname:"
+    assert h.screen.prompt == "nickname: "
+    h.receive(NICK_TIMEOUT)
+    h.lose()
+    assert h.outcomes == [STOPPED_WAITING]
+    assert len(h.clients) == 4
+
+
+def test_without_reconnection_the_nick_timeout_in_the_named_wait_ends_the_session() -> None:
+    """--no-reconnect (and a script, which never waits: test_protocol)
+    keeps exiting with the server's reason."""
+    h = Harness(enabled=False)
+    h.receive("HELLO chat/1 test", "NICK")
+    assert h.sent() == ["NICK alice"]
+    h.receive(FLOODED)
+    h.receive(NICK_TIMEOUT)
+    h.lose()
+    assert h.outcomes == [STOPPED_WAITING]
+    assert len(h.clients) == 1
+
+
+def test_a_line_typed_while_that_next_connection_logs_in_is_not_sent() -> None:
+    h = _flooded_at_the_first_login()
+    h.clock.advance(1)
+    h.receive("HELLO chat/1 test", "NICK")
+    assert h.sent() == ["NICK alice"]
+    h.screen.take()
+    h.session.user_line("hello")
+    assert h.screen.take()[0].startswith("! Not connected: that line was not sent")
+    h.receive("READY alice", "USER alice lobby", "USERS 1")
+    assert h.sent() == []
 
 
 def _flooded_then_sent_again() -> Harness:

@@ -431,6 +431,29 @@ def test_users_behind_one_address_all_get_back_after_a_restart(
         term.wait_row(r"^EXIT=0$")
 
 
+def test_a_first_login_held_back_past_the_nick_timeout_connects_again_and_gets_in(
+    chat_server: Callable[..., ServerProcess],
+    connect: Callable[..., LineClient],
+    pane: Callable[..., Pane],
+) -> None:
+    """The address may register one nick every 5 s (carol took it), and
+    the server gives a login 2 s: alice's wait for her nick is cut by the
+    server's nick timeout.  The client exited ("The server stopped waiting
+    for the nickname"); now it connects again, sends alice again, and gets in."""
+    server = chat_server("--ip-register-rate", "0.2", "--ip-register-burst", "1",
+                         "--nick-timeout", "2", exempt=())
+    carol = connect(server.port)
+    carol.register("carol")
+    term = pane([*CLIENT, "--nick", "alice", LOOPBACK, str(server.port)])
+    assert _said([term], r"Sending the nickname alice again in \d+ s \(try 1 of 10\)")
+    assert _said([term], r"Reconnecting in 1 s;")
+    term.wait_row(r"^\* Welcome, alice! You are in the lobby\.", timeout=20)
+    term.wait_row(r"^alice>$")
+    carol.expect(lambda line: line.startswith("JOINED") and line.endswith(" alice"))
+    term.enter("/quit")
+    term.wait_row(r"^EXIT=0$")
+
+
 def test_a_draft_survives_a_restart_for_a_registered_nick(
     chat_server: Callable[..., ServerProcess], pane: Callable[..., Pane]
 ) -> None:

@@ -151,7 +151,7 @@ class Login:
         # The nick to be sent again by itself (our own nick taken on a
         # reconnection, the server briefly unavailable, or its "try again in
         # N s"), until the server looked at it: a BYE timeout then is not a
-        # prompt left open.
+        # prompt left open, and the next connection asks for this nick.
         self.nick_waited: str | None = None
         self._answer_timer: IDelayedCall | None = None  # for a NICK or PASS sent
 
@@ -453,7 +453,9 @@ class Login:
         time, at most L{FLOOD_TRIES} times in a row; then ask for a nickname.
         A reconnection goes on by itself so (users behind one address all
         coming back after a restart), and a person at the first prompt is
-        told to wait rather than asked at once, only to be refused again.
+        told to wait rather than asked at once, only to be refused again;
+        the server's nick timeout in the wait leads to the next connection,
+        which goes on counting (L{NickTries}).
         """
         client = self._client
         self._tries.flood += 1

@@ -3,7 +3,9 @@ Reconnection on a terminal (docs/client.md, "When the connection ends").
 
 A L{ChatClient} is one connection.  On a terminal, once a session has joined
 the chat, L{Reconnecting} starts a new one when the server restarts
-(C{BYE shutdown}) or the connection is lost: with the web page's backoff
+(C{BYE shutdown}) or the connection is lost; and, joined or not, when the
+server's nick timeout cuts a wait for our nick (C{Login.nick_waited}), so
+that someone held back at the start is not let go: with the web page's backoff
 (L{backoff_delay}: 1, 2, 4, 8, 16, then every 30 seconds, each +-25 %;
 back to 1 s once a connection reached C{READY}), the same nickname (sent
 again every 3 s while the server says it is taken: our old connection, most
@@ -116,12 +118,14 @@ def should_reconnect(
         # shutdown, a lost connection, the server's ping timeout, flood (the
         # web page comes back after each of them too).
         return True
+    if waiting_for_nick and bye_reason == "timeout":
+        # The server's nick timeout cut a wait for our nick: on the first
+        # connection too (a person held back at the start is not let go).
+        return True
     if not rejoining:
         return False  # the first connection's failures end the client, as always
     # A reconnection that did not get in: the server is not back yet (refused,
     # lost, full), or it asks us to stop.
-    if waiting_for_nick and bye_reason == "timeout":
-        return True
     return bye_reason not in _STOP_BEFORE_JOINING
 
 
@@ -163,7 +167,8 @@ class Reconnecting:
         self.attempt = 0
         # The NICKs sent again by themselves since the last READY (Login's bounds).
         self.nick_tries = NickTries()
-        self.rejoining = False
+        self.rejoining = False  # a connection got in: the next ones rejoin
+        self.reconnecting = False  # a connection after the first is made, or waited for
         self.user_left = False
         self.client: ChatClient | None = None
         self.finished: Deferred[Outcome] = Deferred()
@@ -236,7 +241,12 @@ class Reconnecting:
             self._finish(outcome)
             return
         self._last = outcome
-        self.rejoining = True
+        if not joined and not self.rejoining and waited is not None:
+            # Nobody got in yet: the next connection asks for the nick the
+            # server's nick timeout cut the wait for, typed or --nick.
+            self.nick = waited
+        self.rejoining = self.rejoining or joined
+        self.reconnecting = True
         partner = client.pairing.partner if joined else None
         said = outcome.message or f"The connection to {client.server} was lost."
         again = not joined and said == self._failure
@@ -330,7 +340,7 @@ class Reconnecting:
 
     def _connecting_again(self, client: ChatClient) -> bool:
         """A reconnection that has not reached a prompt the user answers."""
-        return self.rejoining and client.state in (
+        return self.reconnecting and client.state in (
             State.CONNECTING, State.GREETING, State.NICK_SENT
         )
 
@@ -349,7 +359,7 @@ class Reconnecting:
             elif action is not None:
                 self._not_connected()
             return
-        if command == RECONNECT_COMMAND and self.rejoining and client.nick is None:
+        if command == RECONNECT_COMMAND and self.reconnecting and client.nick is None:
             self._show(render.notice("Reconnecting already."))
             return
         if isinstance(action, Quit):
