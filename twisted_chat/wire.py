@@ -368,6 +368,15 @@ PASSWORD_WORK_REFUSED = (SERVER_BUSY, PASSWORD_WORK, ADDRESS_HASHES)
 PRIVATE_MESSAGES = "private messages"
 
 
+def list_cost(verb: str) -> str:
+    """
+    How C{ERROR flood} begins when it refuses C{verb} (C{USERS}, C{PAIR},
+    C{ACCEPT}) for the user list its answer sends (docs/protocol.md,
+    "Limits"): the line is not done.  The verb names the command answered.
+    """
+    return f"slow down: {verb} costs one line per "
+
+
 def meant_for_lobby(partner: str) -> str:
     """The text refusing a lobby C{MSG} whose sender was paired with
     C{partner} when it came to be delivered."""

@@ -23,6 +23,7 @@ from twisted.internet.testing import StringTransport
 from twisted_chat.client.login import Login
 from twisted_chat.client.pipe import PipeIO
 from twisted_chat.client.session import State
+from twisted_chat.wire import list_cost
 
 from .helpers import Keyboard, Session, session
 
@@ -130,6 +131,36 @@ def test_lobby_lines_do_not_go_to_someone_who_accepts_our_invitation_meanwhile()
     assert "* 12 lines typed for the lobby were not sent: you are now talking with dave only." in (
         s.screen.lines
     )
+    assert run_pacer(s) == []
+
+
+@pytest.mark.parametrize("verb", ["ACCEPT", "PAIR"])
+def test_a_pairing_command_refused_for_the_list_s_cost_is_not_in_flight_any_more(
+    verb: str,
+) -> None:
+    """ERROR flood "slow down: ACCEPT costs ..." (the user list the answer
+    would send: the line is not done) names the command it answers: the
+    client no longer waits for it, so dave accepting our invitation after
+    it is not taken for our own doing, and lobby lines stay out of the
+    conversation.  The "command in flight" flag stayed set (only the
+    pairing codes cleared it): the lines went to dave."""
+    s = session("alice")
+    s.ready("alice", users=("dave", "carol"))
+    s.type("/pair dave")
+    assert s.sent() == ["PAIR dave"]
+    s.receive("PENDING dave", "INVITE carol")
+    s.type("/accept carol" if verb == "ACCEPT" else "/pair carol")
+    assert s.sent() == [f"{verb} carol"]
+    s.receive(f"ERROR flood {list_cost(verb)}4096 bytes of the user list (123456 bytes "
+              "now), at most 20, at 10 lines per second; try again in a moment")
+    s.type(*[f"lobby line {i}" for i in range(20)])
+    sent = len(s.sent())
+    s.screen.take()
+    s.receive("PAIRED dave")
+    assert (
+        f"* {20 - sent} lines typed for the lobby were not sent: you are now talking "
+        "with dave only."
+    ) in s.screen.lines
     assert run_pacer(s) == []
 
 

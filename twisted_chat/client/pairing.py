@@ -7,10 +7,13 @@ client shows what these changes mean.
 
 from __future__ import annotations
 
-from twisted_chat.wire import nick_key
+from twisted_chat.wire import list_cost, nick_key
 
 # What the server answers a PAIR or ACCEPT that pairs nobody (chat/1, "Pairing").
 PAIRING_ERRORS = frozenset({"no-such-nick", "self", "busy", "no-invite", "pending"})
+# How ERROR flood begins when it answers a PAIR or ACCEPT, naming it, not
+# done for what the user list in its answer would cost.
+_LIST_COST = (list_cost("PAIR"), list_cost("ACCEPT"))
 
 
 class Pairing:
@@ -75,9 +78,9 @@ class Pairing:
         """C{nick}'s invitation to the user is over."""
         self.invites = [n for n in self.invites if nick_key(n) != nick_key(nick)]
 
-    def refused(self, code: str) -> None:
-        """An C{ERROR} C{code}: a pairing command it answers did nothing."""
+    def refused(self, code: str, text: str) -> None:
+        """An C{ERROR} C{code} C{text}: a pairing command it answers did nothing."""
         if code == "not-paired":
             self._unpair_requested = False  # our /unpair had nothing to leave
-        if code in PAIRING_ERRORS:
+        if code in PAIRING_ERRORS or (code == "flood" and text.startswith(_LIST_COST)):
             self._joining = False

@@ -395,7 +395,7 @@ class Replies:
         elif unsent is not None:
             said = unsent  # likewise
         else:
-            client.pairing.refused(code)
+            client.pairing.refused(code, event.text)
         gone = event.text.split(" ", 1)[0] if code == "no-such-nick" else ""
         if gone and nick_key(gone) == client.private_to and client.state is not State.NICK_SENT:
             # A line of the private conversation met its partner gone.

@@ -467,7 +467,7 @@ class Session:
             config = self.factory.config
             raise LineError(
                 ErrorCode.FLOOD,
-                f"slow down: {verb} costs one line per {REPLY_BYTES} bytes of the user list "
+                f"{wire.list_cost(verb)}{REPLY_BYTES} bytes of the user list "
                 f"({len(roster)} bytes now), at most {config.flood_burst}, at "
                 f"{config.flood_rate:g} lines per second; try again in a moment",
             )
