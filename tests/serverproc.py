@@ -5,6 +5,7 @@ loopback port, and a blocking line client with bounded waits.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import socket
@@ -214,7 +215,7 @@ class ServerProcess:
     def __init__(self, workdir: Path, args: Sequence[str] = (), port: int | None = None,
                  endpoint: str | None = None, probe: bool = True,
                  twistd: str = TWISTD, exempt: Sequence[str] = (LOOPBACK,),
-                 twistd_args: Sequence[str] = ()) -> None:
+                 twistd_args: Sequence[str] = (), stdout_log: bool = False) -> None:
         """
         @param probe: wait for start-up by connecting to C{port} (the
             default).  Every other endpoint asked for (C{endpoint} when it
@@ -229,6 +230,9 @@ class ServerProcess:
             per-address limits unless a test says otherwise (tests of those
             limits connect from other addresses in 127.0.0.0/8).
         @param twistd_args: twistd's own options, before C{chat} (C{--uid}).
+        @param stdout_log: log to stdout (C{--logfile=-}, as
+            contrib/twisted-chat.service does), which goes to the log file
+            L{log} reads, with stderr.
         """
         self.workdir = workdir
         self.port = port or free_port()
@@ -238,16 +242,20 @@ class ServerProcess:
         self.twistd = twistd
         self.twistd_args = list(twistd_args)
         self.log_path = workdir / f"twistd-{self.port}.log"
+        self.stdout_log = stdout_log
         self.proc: subprocess.Popen[bytes] | None = None
 
     def start(self, wait: bool = True) -> ServerProcess:
-        command = [self.twistd, "-n", "--pidfile=", f"--logfile={self.log_path}",
+        logfile = "-" if self.stdout_log else self.log_path
+        command = [self.twistd, "-n", "--pidfile=", f"--logfile={logfile}",
                    *self.twistd_args, "chat",
                    "--port", self.endpoint, *self.args]
-        self.proc = subprocess.Popen(
-            command, cwd=self.workdir, stdin=subprocess.DEVNULL,
-            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True,
-        )
+        with (open(self.log_path, "wb") if self.stdout_log  # Popen dups it
+              else contextlib.nullcontext(subprocess.PIPE)) as stdout:
+            self.proc = subprocess.Popen(
+                command, cwd=self.workdir, stdin=subprocess.DEVNULL,
+                stdout=stdout, stderr=subprocess.STDOUT, start_new_session=True,
+            )
         if wait:
             try:
                 if self.probe:
@@ -333,9 +341,11 @@ class ServerProcess:
 
     def output(self) -> str:
         """What twistd printed to stdout/stderr (after it has stopped)."""
-        assert self.proc is not None and self.proc.stdout is not None
+        assert self.proc is not None
         if self.proc.poll() is None:
             return ""
+        if self.proc.stdout is None:  # stdout_log
+            return self.log()
         return self.proc.stdout.read().decode(errors="replace")
 
     def log(self) -> str:

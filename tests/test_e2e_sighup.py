@@ -37,12 +37,18 @@ SAID = "received SIGHUP: nothing to reload (no ssl: port); the server goes on"
 
 
 def test_sighup_leaves_the_server_and_its_users_connected(tmp_path: Path) -> None:
-    server = ServerProcess(tmp_path, ["--db", "chat.sqlite3"]).start()
+    goes_on_after(signal.SIGHUP, SAID, ServerProcess(tmp_path, ["--db", "chat.sqlite3"]))
+
+
+def goes_on_after(sig: signal.Signals, said: str, server: ServerProcess) -> None:
+    """C{server}, sent C{sig}, logs C{said}, and its users go on chatting
+    (also with one who comes after) until SIGTERM's C{BYE shutdown}."""
+    server.start()
     try:
         client = LineClient(server.port)
         client.register("watcher")
-        server.proc.send_signal(signal.SIGHUP)  # type: ignore[union-attr]
-        server.wait_log(SAID)
+        server.proc.send_signal(sig)  # type: ignore[union-attr]
+        server.wait_log(said)
         assert server.proc.poll() is None  # type: ignore[union-attr]
         client.send("MSG still here")
         assert client.expect("MSG ").endswith(" watcher * still here")
@@ -53,7 +59,7 @@ def test_sighup_leaves_the_server_and_its_users_connected(tmp_path: Path) -> Non
         code = server.stop()
     assert code in (0, -signal.SIGTERM)
     assert client.rest()[-1].startswith("BYE shutdown")
-    assert not (tmp_path / "chat.sqlite3-wal").exists()
+    assert not (server.workdir / "chat.sqlite3-wal").exists()
     assert server.problems() == []
 
 

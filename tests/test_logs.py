@@ -182,24 +182,13 @@ def test_escapes_count_towards_the_limit() -> None:
 # -- daemon mode's log files are bounded (--log-keep) -------------------------
 
 
-@pytest.fixture
-def sigusr1() -> Iterator[None]:
-    import signal
-
-    saved = signal.getsignal(signal.SIGUSR1)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGUSR1, saved)
-
-
 def twistd_options(**given: Any) -> dict[str, Any]:
     """The options twistd parsed, as the subcommand's C{parent} holds them."""
     return {"logfile": None, "nodaemon": False, "syslog": False, "logger": None,
             "prefix": "twistd", **given}
 
 
-def test_rotated_log_files_are_bounded(tmp_path: Path, sigusr1: None) -> None:
+def test_rotated_log_files_are_bounded(tmp_path: Path) -> None:
     """twistd's own kept every rotated file for ever (rev12 newuser #12)."""
     from twisted.logger import Logger, textFileLogObserver
 
@@ -293,7 +282,7 @@ def twistds_component(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
 
 @pytest.mark.parametrize(("given", "where"), TWISTDS_LOGS)
 def test_the_log_file_is_the_one_twistd_would_write(
-        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, sigusr1: None,
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
         syslogged: list[str], opened: list[Any], given: dict[str, Any],
         where: str | None) -> None:
     _, observer = twistds_component(tmp_path, monkeypatch, given, "--log-keep", "4")
@@ -312,7 +301,7 @@ def test_the_log_file_is_the_one_twistd_would_write(
 @pytest.mark.parametrize(("given", "where"), [
     (given, where) for given, where in TWISTDS_LOGS if where is not None])
 def test_the_level_applies_to_what_twistd_logs(
-        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, sigusr1: None,
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
         syslogged: list[str], opened: list[Any], given: dict[str, Any], where: str) -> None:
     """twistd logs Twisted's own lines and its own (a factory's "Starting
     factory", "Received SIGTERM", "twistd ... starting up") to the
@@ -347,7 +336,7 @@ def test_the_level_applies_to_what_twistd_logs(
     assert "beginLoggingTo" not in vars(globalLogBeginner)
 
 
-def test_log_keep_0_keeps_every_file(tmp_path: Path, sigusr1: None) -> None:
+def test_log_keep_0_keeps_every_file(tmp_path: Path) -> None:
     log_file = logs.rotated_log_file(str(tmp_path / "c.log"), keep=0)
     assert log_file.maxRotatedFiles is None
     log_file.close()
@@ -356,7 +345,7 @@ def test_log_keep_0_keeps_every_file(tmp_path: Path, sigusr1: None) -> None:
 @pytest.mark.parametrize("given", [{"logfile": "chat.log"}, {},
                                    {"logfile": "chat.log", "nodaemon": True}])
 def test_the_log_files_are_readable_by_the_server_s_user_only(
-        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, sigusr1: None,
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
         opened: list[Any], given: dict[str, Any]) -> None:
     """rev13-attack 1: the log file (daemon mode's twistd.log, the first
     made before twistd's own umask 077, and -n --logfile's) was made 0644,
@@ -379,7 +368,7 @@ def test_the_log_files_are_readable_by_the_server_s_user_only(
 
 
 def test_an_existing_log_file_is_made_private_but_not_a_device(
-        tmp_path: Path, sigusr1: None) -> None:
+        tmp_path: Path) -> None:
     """A log file an earlier version made 0644 becomes 0600 at start; a
     path that is not a regular file (/dev/null as root would be changed for
     every user) keeps its mode."""
@@ -404,7 +393,7 @@ def test_an_existing_log_file_is_made_private_but_not_a_device(
 
 
 def test_a_rotation_removed_while_the_log_starts_is_no_error(
-        tmp_path: Path, sigusr1: None, monkeypatch: pytest.MonkeyPatch) -> None:
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """A rotated file listed at start but removed before its mode is set
     (a log cleaner running meanwhile) is skipped, not a failed start; the
     others are still made private."""
@@ -427,7 +416,7 @@ def test_a_rotation_removed_while_the_log_starts_is_no_error(
 
 
 def test_rotated_files_an_earlier_version_left_are_made_private(
-        tmp_path: Path, sigusr1: None) -> None:
+        tmp_path: Path) -> None:
     """reread13 server 1: Twisted's LogFile changes only the live file's
     mode, so the rotations made before the upgrade (the same addresses and
     DMs) stayed 0644 until --log-keep rotations pushed them out.  At start
@@ -457,7 +446,7 @@ def test_rotated_files_an_earlier_version_left_are_made_private(
 
 @pytest.mark.parametrize("daemon", [False, True])
 def test_a_log_file_in_a_missing_folder_is_one_line_before_any_other_file(
-        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, sigusr1: None,
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
         daemon: bool) -> None:
     """It was a 30-line FileNotFoundError traceback, after the database and
     accounts files were made (rev14-ops LOW 2)."""

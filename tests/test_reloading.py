@@ -61,9 +61,9 @@ def test_the_handler_is_installed_after_startup(sighup: None) -> None:
     reloader.startService()
     assert handler() == before, "not before the reactor runs"
     reactor.started()
-    assert handler() == reloader._signalled
+    assert handler() == reloader.sighup.handler
     reloader.stopService()
-    assert handler() == reloader._signalled, "a SIGHUP during the shutdown does not end it"
+    assert handler() == reloader.sighup.handler, "a SIGHUP during the shutdown does not end it"
 
 
 def test_a_reloader_stopped_before_startup_installs_no_handler(sighup: None) -> None:

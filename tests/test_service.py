@@ -18,6 +18,7 @@ from twisted_chat.server.history import Entry
 from twisted_chat.server.output import sendqueue
 from twisted_chat.server.ports.listening import PortService, StartupError
 from twisted_chat.server.ports.reloading import Reloader
+from twisted_chat.server.ports.rotating import Rotator
 from twisted_chat.server.service import ChatService, Options, makeService
 
 
@@ -168,7 +169,7 @@ def test_make_service_listens_on_every_port_and_keeps_history(tmp_path: Path) ->
     top = makeService(options("--port", "7001", "--port", "tcp:7002", "--db", db), reactor)
     services = list(top)  # type: ignore[call-overload]
     assert isinstance(services[0], ChatService)
-    assert [type(s) for s in services[1:]] == [PortService] * 2 + [Reloader]
+    assert [type(s) for s in services[1:]] == [PortService] * 2 + [Reloader, Rotator]
     assert all(isinstance(s, StreamServerEndpointService) for s in services[1:3])
     top.startService()
     assert sorted(port for port, *_ in reactor.tcpServers) == [7001, 7002]
@@ -427,7 +428,7 @@ def test_the_highest_and_lowest_port_numbers_are_accepted() -> None:
     reactor = ThreadedMemoryReactor()
     top = makeService(options("--port", "65535", "--port", "tcp:0", "--db", ":memory:"), reactor)
     assert [type(s) for s in list(top)[1:]] == [PortService] * 2 + [  # type: ignore[call-overload]
-        Reloader]
+        Reloader, Rotator]
 
 
 def test_an_overflow_at_the_bind_is_a_startup_error() -> None:

@@ -6,7 +6,7 @@ Every module of the server and of its web gateway makes its logger with
 L{logger} (tests/test_logs.py checks); those loggers emit through
 L{observer}, a level filter in front of Twisted's global log, so the level
 applies to the server's lines whatever twistd's own log settings are (twistd
-writes every level it is given, debug included); L{twistds_observer} is
+writes every level it is given, debug included); L{twistds_log} makes
 the observer twistd would make, behind the same filter, given to twistd as
 the application's C{ILogObserver} (its supported hook), so that the level
 applies to Twisted's own lines too.
@@ -30,7 +30,7 @@ from __future__ import annotations
 import math
 import sys
 from collections import OrderedDict
-from typing import Any
+from typing import Any, NamedTuple
 
 from twisted.logger import (
     FilteringLogObserver,
@@ -85,7 +85,7 @@ def rotated_log_file(path: str, keep: int) -> Any:
     one, twistd's own way).  twistd's rotates every 1,000,000 bytes and
     deletes nothing, so the files, which hold every message with
     C{--log-messages}, would pile up for ever.  It rotates as twistd's
-    does, every 1,000,000 bytes and on SIGUSR1.
+    does, every 1,000,000 bytes, and on SIGUSR1 (ports/rotating.py).
 
     The file, and each one a rotation makes, is made readable by the
     server's user only (0600, whatever the umask; an existing file is
@@ -114,21 +114,21 @@ def rotated_log_file(path: str, keep: int) -> Any:
                     os.chmod(rotated, LOG_MODE)
             except FileNotFoundError:
                 pass  # removed since it was listed (a log cleaner): nothing to hide
-    import signal
-
-    if not signal.getsignal(signal.SIGUSR1):  # as twistd: unless someone has it
-
-        def rotate(number: int, frame: Any) -> None:
-            from twisted.internet import reactor
-
-            threads: Any = reactor
-            threads.callFromThread(log_file.rotate)
-
-        signal.signal(signal.SIGUSR1, rotate)
     return log_file
 
 
-def twistds_observer(twistd: Any, keep: int) -> ILogObserver | None:
+class TwistdsLog(NamedTuple):
+    """Where the server logs in place of twistd (L{twistds_log})."""
+
+    #: The application's observer; C{None}: leave it to twistd.
+    observer: ILogObserver | None
+    #: What the log goes to, as a log line names it.
+    where: str
+    #: The log file SIGUSR1 rotates (a Twisted C{LogFile}); C{None}: none.
+    rotating: Any = None
+
+
+def twistds_log(twistd: Any, keep: int) -> TwistdsLog:
     """
     The observer twistd would log to, as its C{_getLogObserver} makes it
     from its options C{twistd}, behind the server's level filter, so that
@@ -152,18 +152,21 @@ def twistds_observer(twistd: Any, keep: int) -> ILogObserver | None:
     """
     try:
         if twistd["logger"]:
-            return None
+            return TwistdsLog(None, "the --logger observer")
         if twistd["syslog"]:
             from twisted.python import syslog
 
             emit: Any = syslog.SyslogObserver(twistd["prefix"]).emit  # type: ignore[no-untyped-call]
-            return filtering(LegacyLogObserverWrapper(emit))
+            return TwistdsLog(filtering(LegacyLogObserverWrapper(emit)), "syslog")
         name, nodaemon = twistd["logfile"], twistd["nodaemon"]
     except (KeyError, TypeError):
-        return None
+        return TwistdsLog(None, "twistd's observer")
     if name == "-" or (nodaemon and not name):
-        return filtering(textFileLogObserver(sys.stdout)) if nodaemon else None
-    return filtering(textFileLogObserver(rotated_log_file(name or "twistd.log", keep)))
+        return TwistdsLog(filtering(textFileLogObserver(sys.stdout)) if nodaemon else None,
+                          "stdout")
+    path = name or "twistd.log"
+    log_file = rotated_log_file(path, keep)
+    return TwistdsLog(filtering(textFileLogObserver(log_file)), path, log_file)
 
 
 def filtering(observer: ILogObserver) -> ILogObserver:

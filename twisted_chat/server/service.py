@@ -39,6 +39,7 @@ from twisted_chat.server.output.sendqueue import send_loop
 from twisted_chat.server.ports import privileges
 from twisted_chat.server.ports.listening import PortService, ReloadingSSLEndpoint, listen_on
 from twisted_chat.server.ports.reloading import Reloader
+from twisted_chat.server.ports.rotating import Rotator
 from twisted_chat.server.ports.stopping import stop_once
 from twisted_chat.server.store import SQLiteStore
 from twisted_chat.server.storefile import StoreError
@@ -274,7 +275,7 @@ class Options(usage.Options):
         ["log-keep", None, logs.DEFAULT_KEEP,
          "With twistd's --logfile FILE (as a daemon or with -n): rotated log files "
          "kept, FILE.1 to "
-         "FILE.N, the oldest deleted (twistd rotates every 1,000,000 bytes and on "
+         "FILE.N, the oldest deleted (rotated every 1,000,000 bytes and on "
          "SIGUSR1; 0: keep every one).", _non_negative(int)],
         ["metrics", None, None,
          "Serve Prometheus metrics at /metrics on this endpoint, e.g. "
@@ -544,21 +545,21 @@ class ChatService(OwnsPasswordWork, Service):
 
 class _Top(MultiService):
     """
-    The service tree's top.  With C{log_observer}, twistd logs to it (the
+    The service tree's top.  With C{log}'s observer, twistd logs to it (the
     observer twistd would make, behind the level filter: its log file, or
     stdout, or syslog): it is set as the application's C{ILogObserver} as
     this joins it, which is before twistd starts its log (twistd then makes
     no observer, and opens no file, of its own).
     """
 
-    log_observer: Any = None
+    log = logs.TwistdsLog(None, "twistd's observer")
 
     def setServiceParent(self, parent: Any) -> None:
         super().setServiceParent(parent)
-        if self.log_observer is not None and hasattr(parent, "setComponent"):
+        if self.log.observer is not None and hasattr(parent, "setComponent"):
             from twisted.logger import ILogObserver
 
-            parent.setComponent(ILogObserver, self.log_observer)
+            parent.setComponent(ILogObserver, self.log.observer)
 
 
 def makeService(options: Options, reactor: Any = None) -> IService:
@@ -571,7 +572,7 @@ def makeService(options: Options, reactor: Any = None) -> IService:
 
 def _top(options: Options, who: privileges.Runner | None) -> _Top:
     """
-    The tree's top, with twistd's log observer (L{logs.twistds_observer}):
+    The tree's top, with twistd's log observer (L{logs.twistds_log}):
     the first file start-up makes (after every option and endpoint is
     checked, before the database and accounts files), made as the user
     the server will run as (L{privileges}).  A log file that cannot be
@@ -581,7 +582,7 @@ def _top(options: Options, who: privileges.Runner | None) -> _Top:
     top = _Top()
     try:
         with privileges.as_runner(who):
-            top.log_observer = logs.twistds_observer(twistd, options["log-keep"])
+            top.log = logs.twistds_log(twistd, options["log-keep"])
     except OSError as e:
         raise SystemExit(f"twistd chat: cannot open --logfile "
                          f"{e.filename}: {e.strerror}{privileges.note(who)}") from None
@@ -666,7 +667,7 @@ class _Listeners:
                  for description in options["web"]],
         )
 
-    def add(self, top: MultiService, options: Options, factory: ChatFactory, reactor: Any,
+    def add(self, top: _Top, options: Options, factory: ChatFactory, reactor: Any,
             registry: Callable[[], CollectorRegistry]) -> None:
         """
         One L{PortService} each, into C{top} after the service that holds
@@ -694,3 +695,5 @@ class _Listeners:
         every = [*self.ports, *self.web, *([self.scrape] if self.scrape else [])]
         Reloader(reactor, [endpoint.certificate for _, endpoint in every
                            if isinstance(endpoint, ReloadingSSLEndpoint)]).setServiceParent(top)
+        # SIGUSR1: the log file rotated, if there is one; never a stop.
+        Rotator(reactor, top.log.rotating, top.log.where).setServiceParent(top)

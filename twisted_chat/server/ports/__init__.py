@@ -11,7 +11,11 @@ privileges of a C{twistd} daemon.
     at start and again when renewed;
   - L{reloading}: SIGHUP reloads the TLS certificates, never stops the
     server; changed certificate files are reloaded without it;
+  - L{rotating}: SIGUSR1 rotates the log file, if there is one, never
+    stops the server;
   - L{privileges}: under twistd's C{--uid}/C{--gid}, the files start-up
     makes are made as the user the server will run as;
-  - L{stopping}: a second SIGTERM or SIGINT during the shutdown is harmless.
+  - L{stopping}: a second SIGTERM or SIGINT during the shutdown is harmless;
+  - L{signalled}: how SIGHUP and SIGUSR1 are taken, from the reactor's
+    start on.
 """

@@ -14,15 +14,14 @@ files changed, so that a renewed certificate is used with no signal at all.
 from __future__ import annotations
 
 import signal
-import threading
 from collections.abc import Sequence
-from types import FrameType
 from typing import Any, Protocol
 
 from twisted.application.service import Service
 from twisted.internet.task import LoopingCall
 
 from twisted_chat.server import logs
+from twisted_chat.server.ports.signalled import TakenSignal
 
 #: Seconds between two looks at the files of the reloadables.
 CHECK_INTERVAL = 60.0
@@ -54,11 +53,11 @@ class Reloader(Service):
         self.reloadables = list(reloadables)
         self.interval = interval
         self._loop: LoopingCall | None = None
-        self._trigger: Any = None
+        self.sighup = TakenSignal(reactor, signal.SIGHUP, self.hup)
 
     def startService(self) -> None:
         super().startService()  # type: ignore[no-untyped-call]
-        self._trigger = self.reactor.addSystemEventTrigger("after", "startup", self._install)
+        self.sighup.start()
         if self.reloadables:
             self._loop = LoopingCall(self.check)
             self._loop.clock = self.reactor
@@ -68,20 +67,7 @@ class Reloader(Service):
         super().stopService()  # type: ignore[no-untyped-call]
         if self._loop is not None and self._loop.running:
             self._loop.stop()
-        if self._trigger is not None:
-            self.reactor.removeSystemEventTrigger(self._trigger)
-            self._trigger = None
-        # The handler stays: a SIGHUP during the shutdown must not end it.
-
-    def _install(self) -> None:
-        self._trigger = None
-        if threading.current_thread() is not threading.main_thread():
-            return
-        signal.signal(signal.SIGHUP, self._signalled)
-
-    def _signalled(self, number: int, frame: FrameType | None) -> None:
-        # Handled from the reactor's loop, not from inside a signal handler.
-        self.reactor.callFromThread(self.hup)
+        self.sighup.stop()  # its handler stays
 
     def hup(self) -> None:
         """SIGHUP: reload every reloadable."""

@@ -1,0 +1,61 @@
+"""
+SIGUSR1 rotates the log file, if there is one, and never stops the server.
+
+twistd rotates its log file on SIGUSR1 (a logrotate hook's C{kill -USR1}),
+and so does the server's (L{logs.rotated_log_file}).  But nothing took
+SIGUSR1 when the log went elsewhere (stdout, as the shipped systemd unit's
+C{--logfile=-}; syslog), and its default action ended the
+process as SIGKILL would: no C{BYE shutdown}, and the lobby messages the
+database had not written yet lost.  Now L{Rotator} takes it whenever the
+server runs: it rotates the log file, or, with none, says so in one line,
+and the server goes on.
+"""
+
+from __future__ import annotations
+
+import signal
+from typing import Any, Protocol
+
+from twisted.application.service import Service
+
+from twisted_chat.server import logs
+from twisted_chat.server.ports.signalled import TakenSignal
+
+
+class Rotatable(Protocol):
+    """A log file SIGUSR1 rotates (Twisted's C{LogFile})."""
+
+    def rotate(self) -> None:
+        """Rename it to C{NAME.1} (the older ones up by one) and start a new one."""
+
+
+class Rotator(Service):
+    """
+    Takes SIGUSR1 (from the reactor's start: L{TakenSignal}) and rotates
+    C{log_file}; without one (C{None}) logs that the log, which goes to
+    C{where}, has no file to rotate.
+    """
+
+    log = logs.logger()
+
+    def __init__(self, reactor: Any, log_file: Rotatable | None, where: str) -> None:
+        self.log_file = log_file
+        self.where = where
+        self.sigusr1 = TakenSignal(reactor, signal.SIGUSR1, self.usr1)
+
+    def startService(self) -> None:
+        super().startService()  # type: ignore[no-untyped-call]
+        self.sigusr1.start()
+
+    def stopService(self) -> None:
+        super().stopService()  # type: ignore[no-untyped-call]
+        self.sigusr1.stop()  # its handler stays
+
+    def usr1(self) -> None:
+        """SIGUSR1: rotate the log file, if there is one."""
+        if self.log_file is None:
+            self.log.info("received SIGUSR1: no log file to rotate (the log goes to "
+                          "{where}); the server goes on (SIGTERM stops it)",
+                          where=self.where)
+            return
+        self.log_file.rotate()
