@@ -367,12 +367,8 @@ def test_the_log_files_are_readable_by_the_server_s_user_only(
         os.umask(old)
 
 
-def test_an_existing_log_file_is_made_private_but_not_a_device(
-        tmp_path: Path) -> None:
-    """A log file an earlier version made 0644 becomes 0600 at start; a
-    path that is not a regular file (/dev/null as root would be changed for
-    every user) keeps its mode."""
-    import os
+def test_an_existing_log_file_is_made_private(tmp_path: Path) -> None:
+    """A log file an earlier version made 0644 becomes 0600 at start."""
     import stat
 
     path = tmp_path / "chat.log"
@@ -382,14 +378,100 @@ def test_an_existing_log_file_is_made_private_but_not_a_device(
     log_file.close()
     assert stat.S_IMODE(path.stat().st_mode) == 0o600
     assert "old line" in path.read_text()
-    # A device of its own, like /dev/null (mknod: the tests run as root),
-    # so that a failure changes nothing outside tmp_path.
-    null = tmp_path / "null"
-    os.mknod(null, stat.S_IFCHR | 0o666, os.makedev(1, 3))
-    null.chmod(0o666)  # past the umask
-    log_file = logs.rotated_log_file(str(null), keep=3)
-    log_file.close()
-    assert stat.S_IMODE(null.stat().st_mode) == 0o666
+
+
+def not_a_file(path: Path, kind: str) -> None:
+    """A node of C{kind} at C{path}, mode 0666 as /dev/null's: a character
+    device of its own, the null device's numbers (mknod: the tests run as
+    root), or a FIFO; so that a failure changes nothing outside tmp_path."""
+    import os
+    import stat
+
+    if kind == "device":
+        os.mknod(path, stat.S_IFCHR | 0o666, os.makedev(1, 3))
+    else:
+        os.mkfifo(path)
+    path.chmod(0o666)  # past the umask
+
+
+class Drained:
+    """Everything written to the FIFO C{path}, read as it comes (a thread:
+    a writer blocks once its 64 KiB are full), opened before the server
+    opens it for writing (which waits for a reader)."""
+
+    def __init__(self, path: Path) -> None:
+        import os
+        import threading
+
+        self.fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+        self.read = bytearray()
+        self.done = threading.Event()
+        self.thread = threading.Thread(target=self._drain, daemon=True)
+        self.thread.start()
+
+    def _drain(self) -> None:
+        import os
+        import select
+
+        while not self.done.is_set():
+            if select.select([self.fd], [], [], 0.05)[0]:
+                self.read += os.read(self.fd, 1 << 16)
+
+    def text(self) -> str:
+        import os
+
+        self.done.set()
+        self.thread.join(5)
+        try:
+            while chunk := os.read(self.fd, 1 << 16):
+                self.read += chunk
+        except BlockingIOError:
+            pass
+        os.close(self.fd)
+        return self.read.decode()
+
+
+@pytest.mark.parametrize("kind", ["device", "fifo"])
+def test_a_log_path_that_is_not_a_regular_file_is_never_rotated(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        opened: list[Any], kind: str) -> None:
+    """
+    rev18-docs 1 (HIGH): --logfile /dev/null was rotated like a file, on
+    SIGUSR1 or after 1,000,000 bytes of log: the device renamed to
+    NAME.1, and a regular file, mode 0666 (the device's), holding the log
+    (addresses, with --log-messages every DM) in its place; a FIFO was an
+    "Illegal seek" at start.  Now a path that is not a regular file is
+    written as it is: over 1,000,000 bytes and a SIGUSR1 leave the node
+    where it is, its mode unchanged, and nothing else is made.
+    """
+    import stat
+
+    from twisted_chat.server.ports.rotating import Rotator
+
+    node = tmp_path / "null"
+    not_a_file(node, kind)
+    drained = Drained(node) if kind == "fifo" else None
+    try:
+        top, observer = twistds_component(tmp_path, monkeypatch,
+                                          {"logfile": str(node), "nodaemon": True})
+        log = Logger(namespace="twisted_chat.server.hub", observer=observer)
+        for i in range(260):
+            log.info("line {i} " + "x" * 4000, i=i)  # 1,040,000 bytes and more
+        [rotator] = [service for service in top if isinstance(service, Rotator)]
+        rotator.usr1()  # what SIGUSR1 does (tests/test_rotating.py)
+        log.info("after SIGUSR1")
+    finally:
+        written = drained.text() if drained is not None else ""
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["null"]
+    mode = node.lstat().st_mode
+    assert (stat.S_ISCHR(mode) if kind == "device" else stat.S_ISFIFO(mode))
+    assert stat.S_IMODE(mode) == 0o666
+    assert opened == []  # no rotating LogFile
+    assert rotator.log_file is None
+    assert rotator.where == f"{node}, not a regular file"
+    if kind == "fifo":
+        assert "line 259 " in written and written.rstrip().endswith("after SIGUSR1")
+        assert written.count("\n") == 261
 
 
 def test_a_rotation_removed_while_the_log_starts_is_no_error(

@@ -80,41 +80,55 @@ DEFAULT_KEEP = 10
 
 def rotated_log_file(path: str, keep: int) -> Any:
     """
-    The log file C{path} as a Twisted C{LogFile} that keeps at most C{keep}
-    rotated files (C{FILE.1} to C{FILE.keep}, the oldest deleted; 0: every
-    one, twistd's own way).  twistd's rotates every 1,000,000 bytes and
-    deletes nothing, so the files, which hold every message with
-    C{--log-messages}, would pile up for ever.  It rotates as twistd's
-    does, every 1,000,000 bytes, and on SIGUSR1 (ports/rotating.py).
+    The log file C{path} (a regular file, or none yet: L{rotates}) as a
+    Twisted C{LogFile} that keeps at most C{keep} rotated files (C{FILE.1}
+    to C{FILE.keep}, the oldest deleted; 0: every one, twistd's own way).
+    twistd's rotates every 1,000,000 bytes and deletes nothing, so the
+    files, which hold every message with C{--log-messages}, would pile up
+    for ever.  It rotates as twistd's does, every 1,000,000 bytes, and on
+    SIGUSR1 (ports/rotating.py).
 
     The file, and each one a rotation makes, is made readable by the
     server's user only (0600, whatever the umask; an existing file is
     changed to it, and so are the rotated files already there, which an
     earlier version left 0644), as the history database is: the log holds
     every user's address, and with C{--log-messages} every private
-    message.  Not a path that is not a regular file (C{/dev/null},
-    C{/dev/stderr}): changing its mode would change it for everyone.
+    message.
     """
     import os
     import stat
 
     from twisted.python import logfile
 
-    full = os.path.abspath(path)
-    private = not os.path.exists(full) or stat.S_ISREG(os.stat(full).st_mode)
     log_file = logfile.LogFile.fromFullPath(  # type: ignore[no-untyped-call]
-        path, maxRotatedFiles=keep or None, defaultMode=LOG_MODE if private else None)
-    if private:
-        # Twisted's LogFile changes only the live file's mode.
-        for number in log_file.listLogs():
-            rotated = f"{log_file.path}.{number}"
-            try:
-                # lstat: a link is left alone (chmod would change what it names).
-                if stat.S_ISREG(os.lstat(rotated).st_mode):
-                    os.chmod(rotated, LOG_MODE)
-            except FileNotFoundError:
-                pass  # removed since it was listed (a log cleaner): nothing to hide
+        path, maxRotatedFiles=keep or None, defaultMode=LOG_MODE)
+    # Twisted's LogFile changes only the live file's mode.
+    for number in log_file.listLogs():
+        rotated = f"{log_file.path}.{number}"
+        try:
+            # lstat: a link is left alone (chmod would change what it names).
+            if stat.S_ISREG(os.lstat(rotated).st_mode):
+                os.chmod(rotated, LOG_MODE)
+        except FileNotFoundError:
+            pass  # removed since it was listed (a log cleaner): nothing to hide
     return log_file
+
+
+def rotates(path: str) -> bool:
+    """
+    Whether C{--logfile path} is a log file to rotate: a regular file
+    (links followed), or none yet (one is made).  Not a device
+    (C{/dev/null}), a FIFO, or C{/dev/stderr}'s terminal or pipe: a
+    rotation would rename the node to C{NAME.1} and make a regular file,
+    mode copied from it (0666 for C{/dev/null}), in its place.
+    """
+    import os
+    import stat
+
+    try:
+        return stat.S_ISREG(os.stat(path).st_mode)
+    except FileNotFoundError:
+        return True
 
 
 class TwistdsLog(NamedTuple):
@@ -136,7 +150,9 @@ def twistds_log(twistd: Any, keep: int) -> TwistdsLog:
     start-up lines, "Received SIGTERM", a factory's "Starting factory"):
       - its log file (C{--logfile FILE}, or C{twistd.log} when it
         daemonizes without one), keeping C{keep} rotated files
-        (L{rotated_log_file}, C{--log-keep});
+        (L{rotated_log_file}, C{--log-keep}); a path that is not a regular
+        file (L{rotates}: C{/dev/null}, a FIFO) is written to as it is,
+        never rotated nor changed;
       - stdout with C{-n} and no C{--logfile}, or C{--logfile=-};
       - syslog with C{--syslog}.
     It is for the application's C{ILogObserver} component, which twistd
@@ -165,6 +181,11 @@ def twistds_log(twistd: Any, keep: int) -> TwistdsLog:
         return TwistdsLog(filtering(textFileLogObserver(sys.stdout)) if nodaemon else None,
                           "stdout")
     path = name or "twistd.log"
+    if not rotates(path):
+        # As a shell's `>> path` would: no rotation, no mode of its own.
+        stream = open(path, "a", encoding="utf-8")  # noqa: SIM115 (open while the server logs)
+        return TwistdsLog(filtering(textFileLogObserver(stream)),
+                          f"{path}, not a regular file")
     log_file = rotated_log_file(path, keep)
     return TwistdsLog(filtering(textFileLogObserver(log_file)), path, log_file)
 

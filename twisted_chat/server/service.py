@@ -276,7 +276,8 @@ class Options(usage.Options):
          "With twistd's --logfile FILE (as a daemon or with -n): rotated log files "
          "kept, FILE.1 to "
          "FILE.N, the oldest deleted (rotated every 1,000,000 bytes and on "
-         "SIGUSR1; 0: keep every one).", _non_negative(int)],
+         "SIGUSR1, unless FILE is not a regular file; 0: keep every one).",
+         _non_negative(int)],
         ["metrics", None, None,
          "Serve Prometheus metrics at /metrics on this endpoint, e.g. "
          "tcp:9108:interface=127.0.0.1 (a bare port number is TCP on every interface: "

@@ -4,7 +4,8 @@ SIGUSR1 rotates the log file, if there is one, and never stops the server.
 twistd rotates its log file on SIGUSR1 (a logrotate hook's C{kill -USR1}),
 and so does the server's (L{logs.rotated_log_file}).  But nothing took
 SIGUSR1 when the log went elsewhere (stdout, as the shipped systemd unit's
-C{--logfile=-}; syslog), and its default action ended the
+C{--logfile=-}; syslog; a path that is not a regular file,
+such as C{/dev/null}: logs.rotates), and its default action ended the
 process as SIGKILL would: no C{BYE shutdown}, and the lobby messages the
 database had not written yet lost.  Now L{Rotator} takes it whenever the
 server runs: it rotates the log file, or, with none, says so in one line,
