@@ -554,3 +554,47 @@ def test_a_throttled_line_is_written_at_most_once_in_its_interval() -> None:
     assert throttle.allow(1119.0) is None
     assert throttle.allow(1200.0) == 1
     assert throttle.allow(1300.0) == 0
+
+
+def test_a_log_file_through_a_link_is_rotated_where_the_link_points(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, opened: list[Any]) -> None:
+    """
+    /dev/stderr onto a file (`twistd -n --logfile=/dev/stderr chat 2>out`)
+    is a link to a regular file: it was rotated by renaming the link, i.e.
+    as root a rename in /dev, and a regular file made there in its place.
+    Now the file the link names is rotated; the link stays, naming the new
+    file.
+    """
+    out, link = tmp_path / "out.txt", tmp_path / "stderr"
+    out.write_text("before\n")
+    link.symlink_to(out)
+    _, observer = twistds_component(tmp_path, monkeypatch,
+                                    {"logfile": str(link), "nodaemon": True})
+    [log_file] = opened
+    log_file.rotate()
+    Logger(namespace="twisted_chat.server.hub", observer=observer).info("after")
+    log_file.flush()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out.txt", "out.txt.1", "stderr"]
+    assert link.is_symlink() and link.readlink() == out
+    assert "after" in out.read_text() and (tmp_path / "out.txt.1").read_text() == "before\n"
+
+
+def test_a_file_no_path_names_is_not_rotated(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, opened: list[Any]) -> None:
+    """/dev/stderr onto a file deleted since: its real path ("out.txt
+    (deleted)") names no file, so rotating it would make one; it is
+    written to as it is, like a device."""
+    import os
+
+    out = tmp_path / "out.txt"
+    fd = os.open(out, os.O_WRONLY | os.O_CREAT, 0o644)
+    try:
+        out.unlink()
+        _, observer = twistds_component(tmp_path, monkeypatch,
+                                        {"logfile": f"/proc/self/fd/{fd}", "nodaemon": True})
+        Logger(namespace="twisted_chat.server.hub", observer=observer).info("to the deleted file")
+        assert opened == []
+        assert sorted(p.name for p in tmp_path.iterdir()) == []
+        assert b"to the deleted file" in Path(f"/proc/self/fd/{fd}").read_bytes()
+    finally:
+        os.close(fd)

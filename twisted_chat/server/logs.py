@@ -28,6 +28,8 @@ peer cannot put a line break, or 16 KB of its own text, in the log.
 from __future__ import annotations
 
 import math
+import os
+import stat
 import sys
 from collections import OrderedDict
 from typing import Any, NamedTuple
@@ -95,9 +97,6 @@ def rotated_log_file(path: str, keep: int) -> Any:
     every user's address, and with C{--log-messages} every private
     message.
     """
-    import os
-    import stat
-
     from twisted.python import logfile
 
     log_file = logfile.LogFile.fromFullPath(  # type: ignore[no-untyped-call]
@@ -120,15 +119,16 @@ def rotates(path: str) -> bool:
     (links followed), or none yet (one is made).  Not a device
     (C{/dev/null}), a FIFO, or C{/dev/stderr}'s terminal or pipe: a
     rotation would rename the node to C{NAME.1} and make a regular file,
-    mode copied from it (0666 for C{/dev/null}), in its place.
+    mode copied from it (0666 for C{/dev/null}), in its place.  Nor a
+    file no path names any more (C{/dev/stderr} onto a deleted file): its
+    L{os.path.realpath}, which L{twistds_log} rotates, is another file.
     """
-    import os
-    import stat
-
     try:
-        return stat.S_ISREG(os.stat(path).st_mode)
+        mode = os.stat(path).st_mode
     except FileNotFoundError:
         return True
+    real = os.path.realpath(path)
+    return stat.S_ISREG(mode) and os.path.exists(real) and os.path.samefile(real, path)
 
 
 class TwistdsLog(NamedTuple):
@@ -150,9 +150,10 @@ def twistds_log(twistd: Any, keep: int) -> TwistdsLog:
     start-up lines, "Received SIGTERM", a factory's "Starting factory"):
       - its log file (C{--logfile FILE}, or C{twistd.log} when it
         daemonizes without one), keeping C{keep} rotated files
-        (L{rotated_log_file}, C{--log-keep}); a path that is not a regular
-        file (L{rotates}: C{/dev/null}, a FIFO) is written to as it is,
-        never rotated nor changed;
+        (L{rotated_log_file}, C{--log-keep}; through a link, the file it
+        names is rotated, the link left alone); a path that is not a
+        regular file (L{rotates}: C{/dev/null}, a FIFO) is written to as
+        it is, never rotated nor changed;
       - stdout with C{-n} and no C{--logfile}, or C{--logfile=-};
       - syslog with C{--syslog}.
     It is for the application's C{ILogObserver} component, which twistd
@@ -186,7 +187,9 @@ def twistds_log(twistd: Any, keep: int) -> TwistdsLog:
         stream = open(path, "a", encoding="utf-8")  # noqa: SIM115 (open while the server logs)
         return TwistdsLog(filtering(textFileLogObserver(stream)),
                           f"{path}, not a regular file")
-    log_file = rotated_log_file(path, keep)
+    # The file a link names, so that a rotation renames it, not the link
+    # (/dev/stderr when stderr is a file: a rename in /dev).
+    log_file = rotated_log_file(os.path.realpath(path), keep)
     return TwistdsLog(filtering(textFileLogObserver(log_file)), path, log_file)
 
 
