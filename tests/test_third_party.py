@@ -14,6 +14,7 @@ from __future__ import annotations
 import select
 import socket
 import time
+from collections.abc import Callable
 
 import txredisapi
 from autobahn.websocket.protocol import WebSocketProtocol
@@ -24,6 +25,7 @@ from twisted.internet.testing import StringTransport
 from tests.harness import Harness
 from tests.web import wsframes as ws
 from tests.web.test_gateway import WsConn, make_gateway
+from twisted_chat.web.config import WebConfig
 
 # -- autobahn --------------------------------------------------------------------
 
@@ -51,6 +53,34 @@ def test_autobahn_counts_a_messages_frames_into_the_length_the_gateway_resets() 
     alice.frames()
     assert alice.closes == [1009]
     assert alice.socket.failedByMe is True
+
+
+def close_frames_sent(start: Callable[[WsConn], None]) -> list[int | None]:
+    """The codes of the close frames sent through ChatWebSocket.sendCloseFrame
+    once C{start} has made the server close alice's WebSocket."""
+    h = Harness()
+    alice = WsConn(h, make_gateway(h))
+    alice.register("alice")
+    sent: list[int | None] = []
+    send_close_frame = alice.socket.sendCloseFrame
+
+    def recorded(code: int | None = None, reasonUtf8: bytes | None = None,
+                 isReply: bool = False) -> None:
+        sent.append(code)
+        send_close_frame(code, reasonUtf8, isReply)
+
+    alice.socket.sendCloseFrame = recorded  # type: ignore[method-assign]
+    start(alice)
+    return sent
+
+
+def test_autobahn_sends_its_close_frames_through_the_method_the_gateway_times() -> None:
+    """ChatWebSocket.sendCloseFrame times a close the server starts (the
+    close grace): autobahn's sendClose (the chat connection's close) and
+    its failing of a connection (a 1009) both go through it."""
+    assert close_frames_sent(lambda alice: alice.send("BYE")) == [1000]
+    too_big = ws.frame(b"", length=WebConfig().max_message + 1)[:14]
+    assert close_frames_sent(lambda alice: alice.send_frame(too_big)) == [1009]
 
 
 # -- txredisapi --------------------------------------------------------------------

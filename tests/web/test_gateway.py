@@ -40,8 +40,10 @@ def make_gateway(h: Harness, **web: Any) -> ChatWebSocketFactory:
     factory = ChatWebSocketFactory(h.factory, WebConfig(**web),
                                    headers={"X-Content-Type-Options": "nosniff"},
                                    reactor=h.clock)
-    # No autobahn timers: they run on txaio's global loop, not on the Clock.
-    factory.setProtocolOptions(openHandshakeTimeout=0, closeHandshakeTimeout=0)
+    # No opening-handshake timer: autobahn's timers run on txaio's loop, not
+    # on the Clock (unless a test puts them there: autobahn_on_clock).  The
+    # closing-handshake timer is the factory's own setting (off).
+    factory.setProtocolOptions(openHandshakeTimeout=0)
     return factory
 
 
@@ -109,6 +111,11 @@ class WsConn:
         self.take()
         self.send(f"NICK {nick}")
         return self.take()
+
+
+def autobahn_on_clock(h: Harness, monkeypatch: pytest.MonkeyPatch) -> None:
+    """autobahn's timers (txaio's loop) run on C{h}'s Clock for this test."""
+    monkeypatch.setattr(txaio.config, "loop", h.clock)
 
 
 def grown_by(conn: WsConn, data: bytes) -> int:
@@ -502,7 +509,8 @@ def test_sendq_applies(h: Harness) -> None:
     alice.transport.producer.pauseProducing()
     for i in range(20):
         bob.send("MSG " + f"{i} " + "y" * 1000)
-    assert alice.transport.disconnecting
+    # Aborted at once, without a close frame (docs/web.md), unlike a close.
+    assert alice.transport.disconnected and alice.closes == []
     alice.lose()
     assert bob.take()[-1] == f"LEFT {ts(h)} alice sendq"
 
@@ -787,3 +795,58 @@ def test_a_timely_close_leaves_no_abort_behind() -> None:
     assert bob.take() == [f"LEFT {ts(h)} alice disconnected"]
     h.clock.advance(3)
     assert not alice.transport.disconnected
+
+
+CLOSES_THE_SERVER_STARTS = {
+    "BYE": (ws.text("BYE"), 1000),
+    "binary": (ws.frame(b"\x00", opcode=ws.BINARY), 1003),
+    "bad UTF-8": (ws.frame(b"MSG \xff"), 1007),  # autobahn's closes
+    "too big": (ws.frame(b"", length=WebConfig().max_message + 1)[:14], 1009),
+}
+
+
+@pytest.mark.parametrize("sent", CLOSES_THE_SERVER_STARTS)
+def test_a_close_the_server_starts_is_aborted_after_the_close_grace_not_before(
+    sent: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A close the server starts (after BYE quit, BYE flood, BYE timeout...;
+    a 1003; autobahn's 1007) that the browser does not answer is aborted
+    after the close grace, as a TCP connection's close is, and not sooner:
+    a reset makes the browser drop what it had not read yet, the BYE that
+    says why included.  autobahn's own closing-handshake timer aborted it
+    0-1 s after the close (rev18-docs #3); here it runs on the Clock."""
+    frame, code = CLOSES_THE_SERVER_STARTS[sent]
+    h = Harness(close_grace=3.0)
+    autobahn_on_clock(h, monkeypatch)
+    alice = WsConn(h, make_gateway(h))
+    alice.register("alice")
+    alice.send_frame(frame)
+    alice.frames()
+    assert alice.closes == [code]
+    h.clock.advance(2.9)
+    # (After the 1007, autobahn closes the TCP connection too, at once: a
+    # FIN behind the close frame, not a reset.)
+    assert not alice.transport.disconnected, "no reset before the close grace"
+    h.clock.advance(0.1)
+    assert alice.transport.disconnected and not alice.socket.wasClean  # aborted
+    alice.lose()
+    assert h.hub.find("alice") is None
+
+
+def test_a_close_the_server_starts_ends_when_the_browser_answers(
+    monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A browser that answers within the grace ends the close cleanly, and
+    the close's abort goes with the connection."""
+    h = Harness(close_grace=3.0)
+    autobahn_on_clock(h, monkeypatch)
+    alice = WsConn(h, make_gateway(h))
+    alice.register("alice")
+    alice.send("BYE")
+    h.clock.advance(2)
+    alice.send_frame(ws.frame(b"\x03\xe8", opcode=ws.CLOSE))
+    assert alice.transport.disconnected and alice.socket.wasClean  # done: closed at once
+    alice.lose()
+    aborts = [call for call in h.clock.getDelayedCalls()
+              if call.func == alice.transport.abortConnection]
+    assert not aborts, "the close's abort is cancelled once it completed"

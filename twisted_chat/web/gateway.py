@@ -255,8 +255,9 @@ class ChatWebSocket(WebSocketServerProtocol):
     # socket from then on) and when the socket closes: what counted it
     # until then (the web port's HTTP connection it came from) stops.
     handover: Callable[[], None] | None = None
-    # The abort of a close autobahn made (a refused upgrade's, or the answer
-    # to the peer's close frame), close_grace after it.
+    # The abort of a close, close_grace after it: one the server started
+    # (its close frame), a refused upgrade's, or the answer to the peer's
+    # close frame.
     _grace: IDelayedCall | None = None
     # The latest ping's payload, while its PONG waits for the socket to drain.
     _pending_pong: bytes | None = None
@@ -371,6 +372,10 @@ class ChatWebSocket(WebSocketServerProtocol):
     #   - frame_data: the frame's chunk list autobahn's onMessageFrameBegin
     #     makes, released at the frame's end as autobahn does (renamed:
     #     harmless, one empty list held until the next frame).
+    #   - sendCloseFrame: where autobahn sends every close frame (its
+    #     sendClose's, a failed connection's); overridden to time a close
+    #     the server starts.  Renamed, autobahn's 1002/1007/1009 closes are
+    #     never aborted (its own timer, closeHandshakeTimeout, is off).
     #   - message_is_binary, state and STATE_OPEN/STATE_CLOSED: the names
     #     autobahn's own handlers use, read the same way.
     #   - onFrameBegin: called for every frame's header (counted here
@@ -539,6 +544,24 @@ class ChatWebSocket(WebSocketServerProtocol):
         if built is not None:
             built.connectionLost(Failure(ConnectionDone()))
 
+    def sendCloseFrame(self, code: int | None = None, reasonUtf8: bytes | None = None,
+                       isReply: bool = False) -> None:
+        """
+        A close the server starts (the chat connection's, after its C{BYE};
+        a 1003 here; a 1002, 1007 or 1009 from autobahn) is aborted if the
+        peer has not completed it within the close grace, as a TCP chat
+        connection's is: not sooner, since a reset makes the browser drop
+        what it had not read yet, the C{BYE} that says why included.
+        (autobahn's own timer for it, closeHandshakeTimeout, is off: it
+        aborted 0-1 s after the close, its 1 s rounded down to the wall
+        clock's next whole second by txaio's batched timer.)
+        """
+        started = not isReply and self.state == self.STATE_OPEN
+        super().sendCloseFrame(code, reasonUtf8, isReply)
+        if started and self._grace is None:
+            self._grace = self.factory.reactor.callLater(self.factory.close_grace,
+                                                         self.tcp.abortConnection)
+
     def dropConnection(self, abort: bool = False) -> None:
         """
         autobahn ends a connection with a close rather than an abort where
@@ -614,9 +637,10 @@ class ChatWebSocketFactory(WebSocketServerFactory):
         super().__init__(reactor=reactor, server=None)
         self.chat = chat
         self.web = web
-        # Seconds a close the gateway makes (a refused upgrade's, or its
-        # answer to the browser's close frame) is given before the socket is
-        # aborted (the chat server's ServerConfig.close_grace, 3 s).
+        # Seconds a close the gateway makes (its close frame, a refused
+        # upgrade's, or its answer to the browser's close frame) is given
+        # before the socket is aborted (the chat server's
+        # ServerConfig.close_grace, 3 s).
         self.close_grace = close_grace
         self.headers = headers or {}
         self.cache = FrameCache()
@@ -627,6 +651,9 @@ class ChatWebSocketFactory(WebSocketServerFactory):
             maxFramePayloadSize=web.max_message,
             # The chat's own PING/PONG and timeouts cover liveness.
             autoPingInterval=0,
+            # A close the server starts is timed by the close grace
+            # (ChatWebSocket.sendCloseFrame), not by autobahn's 1 s.
+            closeHandshakeTimeout=0,
             # No compression: frames are built once for every member.
             perMessageCompressionAccept=lambda offers: None,
             # No status page (nor its ?redirect=) for a request without
