@@ -97,7 +97,7 @@ def build(local: int, remote: int) -> tuple[ClusterState, ChatFactory, list[Sink
     states: list[ClusterState] = []
 
     def make(factory: ChatFactory) -> ClusterState:
-        state = ClusterState("me", factory, factory.history, hub_settings(config), clock,
+        state = ClusterState("me", factory.lines, factory.history, hub_settings(config), clock,
                              FactoryHooks(factory))
         states.append(state)
         return state

@@ -34,7 +34,7 @@ TIMED = [
     ("twisted_chat.server.protocol", "ChatProtocol", "dataReceived"),
     ("twisted_chat.server.session", "Session", "line_received"),
     ("twisted_chat.server.hub", "Hub", "say"),
-    ("twisted_chat.server.factory", "ChatFactory", "lobby_message"),
+    ("twisted_chat.server.lines", "LineListener", "lobby_message"),
     ("twisted.internet.base", "ReactorBase", "runUntilCurrent"),
     ("twisted_chat.server.output.fanout", "LobbyFanout", "flush"),
 ]

@@ -386,7 +386,7 @@ def test_users_replies_are_bounded_per_connection() -> None:
     ERROR flood, and the bytes sent stay within the line rate's worth."""
     h = Harness(flood_rate=8.0, flood_burst=20)
     _crowd(h, 500)
-    roster = h.factory.roster()
+    roster = h.factory.lines.roster()
     assert 16384 < len(roster) <= 20480  # five tokens a list
     asker = h.user("asker")  # 19 tokens after NICK
     got: list[str] = []

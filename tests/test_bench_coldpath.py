@@ -35,4 +35,4 @@ def test_a_short_run_times_every_method_on_a_messages_path(capsys) -> None:  # t
     assert set(counts) == {f"{c}.{m}" for _mod, c, m in coldpath.TIMED}
     sent = int(out.split("msgs/s: ")[1].split()[0])
     assert sent >= 10
-    assert counts["Hub.say"] == counts["ChatFactory.lobby_message"] == sent
+    assert counts["Hub.say"] == counts["LineListener.lobby_message"] == sent

@@ -18,7 +18,7 @@ import pytest
 from tests.test_cluster_unit import Cluster, Node, check_index
 from twisted_chat.server.cluster.remote import RemoteConn
 from twisted_chat.server.cluster.service import FactoryHooks
-from twisted_chat.server.factory import ChatFactory
+from twisted_chat.server.lines import LineListener
 from twisted_chat.server.output import sendqueue
 from twisted_chat.server.output.fanout import LobbyFanout
 from twisted_chat.server.protocol import ChatProtocol
@@ -216,14 +216,14 @@ def test_a_pair_ending_elsewhere_builds_nothing_here(monkeypatch: pytest.MonkeyP
     user list) for a user of another node; the list is right when asked."""
     written: list[bytes] = []
     monkeypatch.setattr(RemoteConn, "write", lambda self, data: written.append(data))
-    rosters: list[ChatFactory] = []
-    roster = ChatFactory.roster
+    rosters: list[LineListener] = []
+    roster = LineListener.roster
 
-    def spy(factory: ChatFactory) -> bytes:
-        rosters.append(factory)
-        return roster(factory)
+    def spy(lines: LineListener) -> bytes:
+        rosters.append(lines)
+        return roster(lines)
 
-    monkeypatch.setattr(ChatFactory, "roster", spy)
+    monkeypatch.setattr(LineListener, "roster", spy)
     cluster = Cluster(2)
     n0, n1 = cluster.nodes
     a, b = n0.user("a"), n0.user("b")
@@ -237,7 +237,7 @@ def test_a_pair_ending_elsewhere_builds_nothing_here(monkeypatch: pytest.MonkeyP
     rosters.clear()
     c.send("UNPAIR")  # a pair of node 1's users ends
     cluster.pump()
-    assert n0.factory not in rosters
+    assert n0.factory.lines not in rosters
     for conn in (c, d):
         lines = conn.take()
         assert lines[0].startswith("UNPAIRED") and lines[-1] == "USERS 5", lines
@@ -246,11 +246,11 @@ def test_a_pair_ending_elsewhere_builds_nothing_here(monkeypatch: pytest.MonkeyP
     rosters.clear()
     d.drop()  # and a partner leaving
     cluster.pump()
-    assert n0.factory not in rosters
+    assert n0.factory.lines not in rosters
     assert "UNPAIRED d disconnected" in c.take()
     e.send("UNPAIR")  # across the nodes: each node tells its own user
     cluster.pump()
-    assert [f for f in rosters if f is n0.factory] == [n0.factory]
+    assert [f for f in rosters if f is n0.factory.lines] == [n0.factory.lines]
     assert [line for line in a.take() if line.startswith("UNPAIRED")] == ["UNPAIRED e left"]
     assert not [data for data in written if b"UNPAIRED" in data]
     cluster.clear_all()

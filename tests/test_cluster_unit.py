@@ -113,7 +113,7 @@ class Node(Harness):
         self.cluster = cluster
 
         def build(factory: ChatFactory) -> ClusterState:
-            state = ClusterState(name, factory, factory.history, hub_settings(self.config),
+            state = ClusterState(name, factory.lines, factory.history, hub_settings(self.config),
                                  self.clock, Untold())
             state.events = NodeLog(cluster.log, state)
             state.available = True

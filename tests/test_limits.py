@@ -537,11 +537,11 @@ def test_the_ready_and_unpaired_blocks_are_shared_parts_not_a_copy_each() -> Non
         conn.send(f"NICK {nick}")
         newcomers.append((conn, objects))
     (_, got1), (n2, got2) = newcomers
-    assert got1[1] is got2[1] is h.factory.history_block()
+    assert got1[1] is got2[1] is h.factory.lines.history_block()
     assert n2.take() == (
         ["READY n2"] + [f"HISTORY {ts(h)} talker line {i}" for i in range(5)]
         + ["USER n1 lobby", "USER n2 lobby", "USER talker lobby", "USERS 3"])
-    assert got2[2] is h.factory.roster()
+    assert got2[2] is h.factory.lines.roster()
 
     alice, bob = h.user("alice"), h.user("bob")
     alice.send("PAIR bob")
@@ -551,7 +551,7 @@ def test_the_ready_and_unpaired_blocks_are_shared_parts_not_a_copy_each() -> Non
     h.clear_all()
     alice.send("UNPAIR")
     assert seen_a[1] is seen_b[1], "the replay: one object for both sides"
-    assert seen_a[2] is seen_b[2] is h.factory.roster(), "the user list too"
+    assert seen_a[2] is seen_b[2] is h.factory.lines.roster(), "the user list too"
     users = [f"USER {n} lobby" for n in ("alice", "bob", "n1", "n2", "talker")] + ["USERS 5"]
     assert alice.take() == ["UNPAIRED bob left", f"HISTORY {ts(h)} talker while away", *users]
     assert bob.take() == ["UNPAIRED alice left", f"HISTORY {ts(h)} talker while away", *users]

@@ -27,8 +27,8 @@ from tests.harness import Harness
 from tests.test_login import PW, HeldWork, add, fresh
 from tests.test_login import harness as login_harness
 from tests.test_service import ThreadedMemoryReactor, options
-from twisted_chat.server.factory import history_lines
 from twisted_chat.server.history import Entry, History
+from twisted_chat.server.lines import history_lines
 from twisted_chat.server.metrics.counters import (
     Buckets,
     ChatCollector,
@@ -220,7 +220,7 @@ def test_the_history_s_bytes_are_those_of_its_history_lines() -> None:
     zoe.send("MSG héllo wörld", "MSG " + "x" * 60, "MSG ☃")
     assert len(h.factory.history.recent()) == 3  # "one" is gone
     assert value(h, "chat_history_bytes") == held() == (35 + 3) * 3 + 14 + 61 + 4
-    assert len(h.factory.history_block()) < 100 < held()
+    assert len(h.factory.lines.history_block()) < 100 < held()
 
 
 class Kept:
@@ -544,7 +544,7 @@ def test_a_newcomer_cut_at_its_history_counts_the_refused_parts_as_discarded() -
     assert newcomer.take() == ["READY newcomer"]  # the history did not fit
     newcomer.protocol.connectionLost(Failure(ConnectionAborted()))
     h.clock.advance(0)
-    history, roster = h.factory.history_block(), h.factory.roster()
+    history, roster = h.factory.lines.history_block(), h.factory.lines.roster()
     held = PAUSED_HELD + len(b"READY newcomer\r\n")
     # (JOINED rides the fan-out after the newcomer's share begins: nothing more.)
     assert stats.discarded - discarded == held + len(history) + len(roster)

@@ -218,7 +218,7 @@ class Deciding(LocalState):
     """A state whose lobby lines are decided later (as a cluster's are)."""
 
     def __init__(self, chat: ChatFactory) -> None:
-        super().__init__(Hub(chat.reactor, chat.history, chat, hub_settings(chat.config)))
+        super().__init__(Hub(chat.reactor, chat.history, chat.lines, hub_settings(chat.config)))
         self.said: list[Deferred[None]] = []
 
     def say(self, user: User, text: str) -> Outcome:

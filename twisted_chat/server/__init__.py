@@ -14,8 +14,8 @@ here, each other concern in a package of its own:
     state; it knows a connection only as L{session.Connection};
   - L{protocol}: one connection: framing, its limits, its writes, its close;
   - L{context}: what a connection knows of its server, one object per server;
-  - L{factory}: builds connections, enforces the connection limits, and is
-    the hub's C{Listener}: every hub decision becomes lines there;
+  - L{factory}: builds connections and enforces the connection limits;
+  - L{lines}: the hub's C{Listener}: every hub decision becomes lines there;
   - L{service}: C{twistd chat}'s options and the service tree;
   - L{config}: the settings, one frozen value;
   - L{store}: durable lobby history in SQLite, written by a thread of its own;

@@ -1,13 +1,14 @@
 """
-C{ChatFactory}: builds connections, enforces the connection limits, and is
-the hub's L{twisted_chat.server.hub.Listener}: every hub decision becomes
-lines here.  Lobby lines go through the L{LobbyFanout} (docs/fanout.md).
+C{ChatFactory}: admission.  It builds connections and enforces the
+connection limits (refusals, TLS politeness, the handshake pool); the hub's
+decisions become lines in its L{LineListener} (docs/fanout.md, "Module
+layout").
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from functools import partial
 from typing import TYPE_CHECKING, Any, cast
 from typing import Protocol as Structural
@@ -23,8 +24,8 @@ from twisted_chat.server import logs
 from twisted_chat.server.accounts.login import Accounts
 from twisted_chat.server.config import ServerConfig
 from twisted_chat.server.context import ConnectionContext
-from twisted_chat.server.history import Entry, History, newest_within
-from twisted_chat.server.hub import Hub, HubSettings, Invitation, State, User
+from twisted_chat.server.history import History
+from twisted_chat.server.hub import Hub, HubSettings, User
 from twisted_chat.server.limits.addresses import (
     AddressBook,
     AddressPolicy,
@@ -42,6 +43,7 @@ from twisted_chat.server.limits.heldinput import (
     HELD_LINE_COST,
     HeldInput,
 )
+from twisted_chat.server.lines import LineListener
 from twisted_chat.server.metrics.counters import Stats
 from twisted_chat.server.output.fanout import Backlog, LobbyFanout, reactor_backlog
 from twisted_chat.server.output.outputwatch import DrainWatch, OutputBudget
@@ -167,7 +169,7 @@ def hub_settings(config: ServerConfig) -> HubSettings:
 
 
 class ChatFactory(ServerFactory):
-    """Builds connections and turns the hub's decisions into lines."""
+    """Builds connections and enforces the connection limits."""
 
     log = logs.logger()
 
@@ -188,8 +190,9 @@ class ChatFactory(ServerFactory):
         @param backlog: tells the fan-out whether the reactor has work waiting
             (default: L{reactor_backlog}, where the reactor can say).
         @param state: makes where the chat's state lives, given this factory
-            (the hub's listener); by default, this process's own L{Hub}
-            (L{LocalState}); cluster mode passes its own (docs/cluster.md).
+            (its C{lines} are the hub's listener); by default, this
+            process's own L{Hub} (L{LocalState}); cluster mode passes its
+            own (docs/cluster.md).
         """
         self.config = config
         self.reactor = reactor
@@ -199,12 +202,6 @@ class ChatFactory(ServerFactory):
         # Lines an address can cause over and over, limited per address
         # (logs.Repeats); the hub's pairing lines too.
         self.repeats = logs.Repeats(reactor)
-        if state is None:
-            self.state: ChatState = LocalState(Hub(reactor, self.history, self,
-                                                   hub_settings(config), self.repeats))
-        else:
-            self.state = state(self)
-        self.hub = self.state.hub
         self.connections: set[ChatProtocol] = set()
         # The input they hold behind commands decided elsewhere, all together
         # (a cluster node's --redis-queue: cluster_factory sets it).
@@ -237,18 +234,23 @@ class ChatFactory(ServerFactory):
         # Counters for --metrics; kept whether or not they are served.
         self.stats = Stats()
         self._direct_pass = DirectPass() if config.direct_send else None
-        self.fanout = LobbyFanout(reactor, self.state.lobby_members, config.fanout_delay,
-                                  backlog, on_batch=self.stats.fanned_out,
-                                  write_all=self._direct_pass)
+        # The fan-out and the lines come before the state, whose hub tells
+        # the lines: both read self.state when used, never before it is set.
+        self.fanout = LobbyFanout(reactor, lambda: self.state.lobby_members(),
+                                  config.fanout_delay, backlog,
+                                  on_batch=self.stats.fanned_out, write_all=self._direct_pass)
+        self.lines = LineListener(lambda: self.state, self.fanout, self.history, self.stats,
+                                  config, self._direct_pass)
+        if state is None:
+            self.state: ChatState = LocalState(Hub(reactor, self.history, self.lines,
+                                                   hub_settings(config), self.repeats))
+        else:
+            self.state = state(self)
+        self.hub = self.state.hub
         self.drain = DrainWatch(reactor, config.sendq_timeout, lambda: self.connections)
         self.output_budget = OutputBudget(reactor, config.sendq_total, lambda: self.connections)
         # Every connection's idle deadline, on one reactor timer.
         self.deadlines = Deadlines(reactor)
-        self._roster: bytes | None = None
-        self._user_lines: dict[str, bytes] = {}  # by nick key, each encoded once
-        self._history_block: bytes | None = None
-        # The last pair's end: the hub's list of missed entries, and its lines.
-        self._missed: tuple[Sequence[Entry], bytes] | None = None
         self.greeting = wire.line(
             "HELLO",
             wire.PROTOCOL_VERSION,
@@ -386,188 +388,3 @@ class ChatFactory(ServerFactory):
             protocol.hang_up("shutdown")
         self.hub.close()
         return all_closed
-
-    # -- what the hub's decisions become ------------------------------------------
-
-    def roster(self) -> bytes:
-        """The C{USER} lines and the closing C{USERS}, encoded once per change."""
-        if self._roster is None:
-            lines = self._user_lines
-            keys = self.hub.keys_in_order
-            self._roster = b"".join([lines[key] for key in keys]) + wire.line(
-                "USERS", str(len(keys))
-            )
-        return self._roster
-
-    def _user_changed(self, user: User) -> None:
-        """Encode C{user}'s USER line for its current state; drop the list."""
-        words = [user.nick, user.state.value]
-        if self.config.show_addresses:
-            words.append(user.address)
-        line = wire.line("USER", *words)
-        if self._user_lines.get(user.key) != line:
-            # Unchanged, the list stays the same object (both sides of a
-            # pair that ends are sent one list: see unpaired).
-            self._user_lines[user.key] = line
-            self._roster = None
-
-    def history_block(self) -> bytes:
-        """The C{HISTORY} lines a newcomer gets, encoded once per message."""
-        if self._history_block is None:
-            # The newest that fit in --history-bytes: a newcomer's eight
-            # bytes of NICK must not buy it the whole history of long lines.
-            self._history_block = history_lines(self.history.recent(),
-                                                self.config.history_bytes)
-        return self._history_block
-
-    def history_replaced(self) -> None:
-        """The history's entries were replaced (a cluster node that loads
-        them again, docs/cluster.md): the newcomers' block is built anew."""
-        self._history_block = None
-
-    def state_replaced(self) -> None:
-        """The hub and the history changed without telling this listener
-        (a cluster node's replica rebuilt after Redis lost data): the user
-        list and the newcomers' block are built anew."""
-        self.history_replaced()
-        self._user_lines = {}
-        for user in self.hub.online.values():
-            self._user_changed(user)
-        self._roster = None
-
-    # -- the hub's Listener ------------------------------------------------------
-
-    def roster_changing(self) -> None:  # the hub's Listener
-        self.fanout.flush()
-        self._roster = None
-
-    def lobby_message(self, entry: Entry) -> None:
-        self._history_block = None
-        sender = self.hub.find(entry.nick)
-        if sender is not None and self.state.holds(sender):
-            self.stats.count_lobby_message()  # one of this process's users said it
-        ts = wire.format_ts(entry.ts)
-        self.fanout.add(wire.line("MSG", ts, entry.nick, "*", text=entry.text))
-
-    def ready(self, user: User) -> None:
-        self._user_changed(user)
-        # Straight to the newcomer: a flush here would send it lines that
-        # are in its history.  joined() marks where its share begins.
-        # In parts, not one block per newcomer: the history and the list
-        # are the objects every newcomer (and USERS) is sent, so a peer
-        # that does not read holds references to them, not a copy.
-        parts = [part for part in (wire.line("READY", user.nick), self.history_block(),
-                                   self.roster()) if part]
-        for part in parts:
-            self.stats.wrote(part)
-        user.conn.deliver_parts(parts)
-
-    def joined(self, ts: float, user: User) -> None:
-        """JOINED rides with the lobby's lines of this turn (the newcomer's
-        share starts after it); paired users get it directly.  The user
-        list gets the newcomer's line here if L{ready} did not (a cluster
-        node is not told C{ready} for another node's newcomer)."""
-        if user.key not in self._user_lines:
-            self._user_changed(user)
-        data = wire.line("JOINED", wire.format_ts(ts), user.nick)
-        if self.state.holds(user):
-            self.fanout.add_joined(data, user.conn)
-        else:
-            # Another node's newcomer gets nothing from this one: there is
-            # no share to cut, and the batch keeps the fan-out's fast path.
-            self.fanout.add(data)
-        online, lobby = self.state.counts()
-        if online != lobby:  # some of this process's users are paired
-            for other in self.state.own_users():
-                if other.state is State.PAIRED:
-                    other.conn.write(data)
-
-    def forget_members(self) -> None:
-        """The lobby's lists kept between batches (the state's, the direct
-        pass's) let go of their connections now, not at the next lobby
-        line: one of them is gone (its transport may still buffer up to
-        --sendq bytes).  At a departure; and at a cluster node's
-        displacement (cluster.service.FactoryHooks.displaced)."""
-        self.state.forget_members()
-        if self._direct_pass is not None:
-            self._direct_pass.forget()
-
-    def left(self, ts: float, user: User, reason: str, text: str) -> None:
-        self._user_lines.pop(user.key, None)
-        self.forget_members()
-        data = wire.line("LEFT", wire.format_ts(ts), user.nick, reason, text=text)
-        for other in self.state.own_users():
-            other.conn.write(data)
-
-    def private_message(self, ts: float, sender: User, recipient: User, text: str) -> None:
-        data = wire.line("MSG", wire.format_ts(ts), sender.nick, recipient.nick, text=text)
-        if self.state.holds(sender):
-            self.stats.count_private_message("pair" if sender.partner is recipient else "dm")
-        recipient.conn.write(data)
-        sender.conn.write(data)
-
-    def invited(self, invitation: Invitation) -> None:
-        inviter, invitee = invitation.inviter, invitation.invitee
-        if self.state.holds(inviter):
-            self.stats.count_invitation()
-        inviter.conn.write(wire.line("PENDING", invitee.nick))
-        invitee.conn.write(wire.line("INVITE", inviter.nick))
-
-    def paired(self, user: User, partner: User) -> None:
-        self._user_changed(user)
-        if self.state.holds(user):
-            self.stats.count_paired_side()  # one side of the pair (chat_pairings_total)
-            self.state.pair_shown(user, None)
-        user.conn.write(wire.line("PAIRED", partner.nick))
-
-    def unpaired(self, user: User, partner: User, reason: str, missed: Sequence[Entry]) -> None:
-        self._user_changed(user)
-        if self.hub.is_online(partner):
-            self._user_changed(partner)
-        if not self.state.holds(user):
-            # Its own node tells it; the missed lines and the user list are
-            # not built here for a connection that writes nowhere.
-            return
-        # In parts, as in ready(): the two sides of a pair are sent the same
-        # replay and list objects.
-        user.conn.write_parts([part for part in (
-            wire.line("UNPAIRED", partner.nick, reason), self._missed_block(missed), self.roster(),
-        ) if part])
-        self.state.pair_shown(user, partner)
-
-    def _missed_block(self, missed: Sequence[Entry]) -> bytes:
-        """The HISTORY lines of C{missed}, made once for both sides of a pair
-        (the hub passes both the same list), and for the next pair that
-        missed the same lines (pairs that began and ended between the same
-        two lobby lines)."""
-        last = self._missed
-        if last is None or (last[0] is not missed and last[0] != missed):
-            last = self._missed = (missed, history_lines(missed, self.config.history_bytes))
-        return last[1]
-
-    def declined(self, inviter: User, invitee: User, reason: str) -> None:
-        if self.state.holds(inviter):
-            self._invitation_ended(reason)
-        inviter.conn.write(wire.line("DECLINED", invitee.nick, reason))
-
-    def cancelled(self, invitee: User, inviter: User, reason: str) -> None:
-        if self.state.holds(invitee) and not self.hub.is_online(inviter):
-            # The inviter is gone (it is not told DECLINED): counted here.
-            self._invitation_ended(reason)
-        invitee.conn.write(wire.line("CANCELLED", inviter.nick, reason))
-
-    def _invitation_ended(self, reason: str) -> None:
-        """An invitation ended without a pair: counted once, on the
-        inviter's node (or the invitee's, once the inviter is gone)."""
-        self.stats.count_invitation_ended(reason)
-
-
-def history_lines(entries: Sequence[Entry], limit: int) -> bytes:
-    """
-    C{HISTORY} lines, oldest first: for a newcomer, or one back from a pair;
-    the newest whole lines that fit in C{limit} bytes (C{--history-bytes}).
-    """
-    return newest_within(
-        [wire.line("HISTORY", wire.format_ts(e.ts), e.nick, text=e.text) for e in entries],
-        limit,
-    )

@@ -66,7 +66,7 @@ _LINE_FRAME = len("HISTORY ") + len("2026-11-22T10:15:02.481Z") + 1 + 2
 
 def line_size(entry: Entry) -> int:
     """The bytes of the C{HISTORY} line that shows C{entry}
-    (twisted_chat.server.factory.history_lines), without making it."""
+    (twisted_chat.server.lines.history_lines), without making it."""
     size = _LINE_FRAME + len(entry.nick.encode("utf-8"))
     text = entry.text
     if text:

@@ -35,7 +35,7 @@ from twisted_chat.wire import ErrorCode, LineError, Refusal
 
 _log = logs.logger()
 
-__all__ = ["Connection", "Handshake", "Server", "Session"]
+__all__ = ["Connection", "Handshake", "Server", "Session", "UserList"]
 
 # A lobby line's or a NICK's wait for its address's budget ended
 # (Session.do_MSG, Session._nick_allowed).
@@ -118,6 +118,14 @@ class Connection(Protocol):
         """The session registered C{user}: the handshake is over."""
 
 
+class UserList(Protocol):
+    """What the session sends of the hub's listener
+    (L{twisted_chat.server.lines.LineListener})."""
+
+    def roster(self) -> bytes:
+        """The C{USER} lines and the closing C{USERS}."""
+
+
 class Server(Protocol):
     """What the L{Session} reads of its server (the
     L{twisted_chat.server.factory.ChatFactory})."""
@@ -138,8 +146,8 @@ class Server(Protocol):
     @property
     def hub(self) -> Hub: ...
 
-    def roster(self) -> bytes:
-        """The C{USER} lines and the closing C{USERS}."""
+    @property
+    def lines(self) -> UserList: ...
 
 
 class Session:
@@ -451,7 +459,7 @@ class Session:
             )
 
     def do_USERS(self, conn: Connection, command: wire.Command) -> None:
-        roster = self.factory.roster()
+        roster = self.factory.lines.roster()
         self._charge(conn, roster, "USERS")
         conn.write(roster)
 
@@ -474,13 +482,13 @@ class Session:
 
     def do_PAIR(self, conn: Connection, command: wire.Command) -> Outcome:
         user = _online(conn)
-        self._charge(conn, self.factory.roster(), "PAIR")
+        self._charge(conn, self.factory.lines.roster(), "PAIR")
         self._not_backed_up(user, command.words[0], "invitations")
         return self.factory.state.pair(user, command.words[0])
 
     def do_ACCEPT(self, conn: Connection, command: wire.Command) -> Outcome:
         user = _online(conn)
-        self._charge(conn, self.factory.roster(), "ACCEPT")
+        self._charge(conn, self.factory.lines.roster(), "ACCEPT")
         return self.factory.state.accept(user, command.words[0])
 
     def do_REJECT(self, conn: Connection, command: wire.Command) -> Outcome:

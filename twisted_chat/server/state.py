@@ -246,7 +246,8 @@ class PairsShown:
     partner it had been shown until then ("" for the lobby; a cluster
     node's users by uid, L{twisted_chat.server.cluster.node.ClusterState.pair_shown};
     one server's by nick, L{LocalState.pair_shown}; each called by the
-    factory for each C{PAIRED} and C{UNPAIRED} it writes).  A line held behind a command (a Redis
+    hub's listener, C{lines.py}, for each C{PAIRED} and C{UNPAIRED} it
+    writes).  A line held behind a command (a Redis
     outage, a password check) goes where its client was shown it would go
     as of when it arrived at the server (L{as_of}), not when its turn came:
     a line typed to a partner, held while the server wrote C{UNPAIRED},

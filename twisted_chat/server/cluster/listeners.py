@@ -1,5 +1,5 @@
 """
-The hub listeners a replica puts in front of its node's own (the factory's)
+The hub listeners a replica puts in front of its node's own (L{LineListener})
 while it changes the hub in ways its node's users must not hear in full:
 replaying events they have seen (a rebuild), a C{hello}'s change they have
 seen already, a pair brought back, a user leaving whom they were not shown
@@ -10,7 +10,7 @@ L{Silent} tells nobody; L{Forward} passes every event on, and L{SyncFirst},
 L{NotShownLeaving} and L{Between} change what they must.  L{Quiet} is the
 hub's listener as the replica keeps changes from it, and whether it missed
 any.  They follow the
-hub's L{Listener} method by method, as the factory and the index of the
+hub's L{Listener} method by method, as the lines and the index of the
 node's own users (C{cluster/own.py}) do: a new Listener event is added to
 these too.  They are apart from L{replica} so that a reader of that module
 meets the replica first.

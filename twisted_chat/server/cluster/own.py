@@ -8,7 +8,7 @@ hub's lobby, and a lobby message costs the node nothing per member of the
 other nodes (docs/cluster.md, "The model").
 
 L{OwnMembers} is the hub's listener on a node: it passes every call on to
-the node's own listener (the factory) and keeps the index from the calls
+the node's own listener (C{server/lines.py}) and keeps the index from the calls
 that tell of a change: a newcomer (L{joined}), a departure (L{left}), a
 pairing (L{paired}) and a return to the lobby (L{unpaired}).  The hub makes
 each of those calls right after changing its lobby, and flushes the
@@ -137,7 +137,7 @@ class OwnMembers:
         # its own node sends them.  Building them for a connection that
         # writes nowhere cost every node the whole user list per
         # registration elsewhere (a node restoring a snapshot of n users: n
-        # times).  The factory adds the newcomer to its list at joined().
+        # times).  The lines add the newcomer to their list at joined().
         if not isinstance(user.conn, RemoteConn):
             self._listener.ready(user)
 

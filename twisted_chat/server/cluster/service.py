@@ -63,8 +63,8 @@ def cluster_factory(
     holder: list[ClusterState] = []
 
     def build(factory: ChatFactory) -> ClusterState:
-        state = ClusterState(new_node_id(), factory, factory.history, hub_settings(config),
-                             reactor, FactoryHooks(factory), wait=wait,
+        state = ClusterState(new_node_id(), factory.lines, factory.history,
+                             hub_settings(config), reactor, FactoryHooks(factory), wait=wait,
                              max_waiting=max_waiting)
         holder.append(state)
         return state
@@ -113,10 +113,10 @@ class FactoryHooks:
                 protocol.hang_up("shutdown")
 
     def reloaded(self) -> None:
-        self.factory.history_replaced()
+        self.factory.lines.history_replaced()
 
     def rebuilt(self) -> None:
-        self.factory.state_replaced()
+        self.factory.lines.state_replaced()
 
     def rebound(self, conn: Any, user: User) -> None:
         """After a rebuild (docs/cluster.md), a connection holds its user as the
@@ -128,7 +128,7 @@ class FactoryHooks:
         """End a connection whose nick went to someone else while Redis lost
         data (told C{BYE shutdown}, unless closing already); the lobby's
         kept lists let go of it now, as at a departure."""
-        self.factory.forget_members()
+        self.factory.lines.forget_members()
         if isinstance(conn, ChatProtocol):
             conn.hang_up("shutdown")
 
