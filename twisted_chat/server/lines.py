@@ -181,7 +181,7 @@ class LineListener:
         data = wire.line("MSG", wire.format_ts(ts), sender.nick, recipient.nick, text=text)
         if self._state().holds(sender):
             self.stats.count_private_message("pair" if sender.partner is recipient else "dm")
-        recipient.conn.write(data)
+        recipient.conn.write_private(data)  # left out of its --sendq cut while held
         sender.conn.write(data)
 
     def invited(self, invitation: Invitation) -> None:
@@ -189,7 +189,7 @@ class LineListener:
         if self._state().holds(inviter):
             self.stats.count_invitation()
         inviter.conn.write(wire.line("PENDING", invitee.nick))
-        invitee.conn.write(wire.line("INVITE", inviter.nick))
+        invitee.conn.write_private(wire.line("INVITE", inviter.nick))
 
     def paired(self, user: User, partner: User) -> None:
         self._user_changed(user)

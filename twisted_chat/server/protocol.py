@@ -272,6 +272,20 @@ class ChatProtocol:
         self.ctx.stats.wrote(data)
         self.deliver(data)
 
+    def write_private(self, data: bytes) -> None:
+        """L{write} of a private line (a DM, a partner's C{MSG}, an
+        invitation), which the C{--sendq} cut leaves out while it is held
+        (L{SendQueue.write_private})."""
+        if self.send_queue is None:
+            return  # as in write()
+        self._lobby_first()
+        self.ctx.stats.wrote(data)
+        queue = self.send_queue  # (the lobby's lines may have cut it)
+        if queue is None:
+            self.ctx.stats.count_discarded(len(data))  # as in deliver()
+        elif not queue.write_private(data):
+            self._overflow(len(data))
+
     def write_parts(self, parts: Sequence[bytes]) -> None:
         """L{write} of C{b"".join(parts)}, without the join (see
         L{SendQueue.write_parts}): shared parts stay shared."""
@@ -322,7 +336,8 @@ class ChatProtocol:
         """Whether more than half of C{--sendq} is held for the peer: a
         reader that far behind is sent no more private lines (the session
         refuses them to their senders), so that many senders cannot push it
-        over C{--sendq} and get it cut."""
+        over C{--sendq} and get it cut.  Those it was sent are left out of
+        the C{--sendq} cut while held (L{write_private})."""
         queue = self.send_queue
         return queue is not None and queue.held() > self.config.sendq // 2
 

@@ -30,6 +30,9 @@ class RemoteConn:
     def write(self, data: bytes) -> None:
         pass
 
+    def write_private(self, data: bytes) -> None:
+        pass
+
     def deliver(self, data: bytes) -> None:
         pass
 

@@ -142,12 +142,13 @@ class OutputBudget(_Periodic):
     the biggest first, then those still draining, the biggest first.  A
     connection that held nothing at the last look has not been seen
     stalled, nor has one whose progress cannot be read (C{None}).  Each
-    connection's own bound stays C{--sendq}; this bounds their sum, which
-    is otherwise C{--max-clients} x C{--sendq}
+    connection's own bound stays C{--sendq} (1.5 times it with private lines
+    held: L{SendQueue.write_private}); this bounds their sum, private lines
+    too, which is otherwise C{--max-clients} times that
     (docs/security.md, "Output held in all").  C{budget} 0 turns it off.
     A sum over the budget between two looks is not seen until the next: the
     bound is the budget plus what one period brings, each connection still
-    at most C{--sendq}.  What it keeps between looks is the progress of the
+    within its own bound.  What it keeps between looks is the progress of the
     connections that held something at the last (nothing per connection
     otherwise).
     """

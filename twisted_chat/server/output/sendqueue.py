@@ -31,6 +31,7 @@ from twisted.internet.abstract import FileDescriptor
 from twisted.internet.interfaces import IPushProducer
 from zope.interface import implementer
 
+from twisted_chat.server.output.privateheld import PrivateHeld
 from twisted_chat.tcpinfo import (
     TWISTED_BUFFER,
     acked_known,
@@ -82,7 +83,10 @@ class SendQueue:
     limit.  Where Twisted's buffer cannot be read, Twisted's share is
     estimated: its buffer size once it paused this producer, plus what was
     written since.  L{write} returns C{False} for a write that would pass the
-    limit (and does not write it): the caller cuts the connection.
+    limit (and does not write it): the caller cuts the connection.  The
+    limit counts what is held less the private lines still held
+    (L{write_private}), which their own rule bounds: so a queue holds at
+    most 1.5 times C{limit}, and a line.
 
     C{sock_now} is the socket while a write may go straight to it (the
     direct path, Twisted holding nothing): what L{DirectPass} sends on.
@@ -93,7 +97,7 @@ class SendQueue:
     #: Changes of any queue's C{sock_now} so far (see L{DirectPass}).
     generation: ClassVar[int] = 0
 
-    __slots__ = ("_counted", "_direct", "_limit", "_paused", "_sock", "_transport",
+    __slots__ = ("_counted", "_direct", "_limit", "_paused", "_private", "_sock", "_transport",
                  "last_delivered", "sock_now", "stalled_since", "written")
 
     def __init__(self, transport: Any, limit: int, direct: bool = True, sndbuf: int = 0) -> None:
@@ -117,6 +121,8 @@ class SendQueue:
         # since when nothing has been (None: nothing is held).
         self.last_delivered = 0
         self.stalled_since: float | None = None
+        # The private lines still held (write_private): made at the first.
+        self._private: PrivateHeld | None = None
 
     def start(self) -> None:
         self._transport.registerProducer(self, True)
@@ -202,20 +208,72 @@ class SendQueue:
                 else:
                     self._back_on_direct()
                 return True
-            if queued and self.held() + len(data) > self._limit:
-                return False
+            if queued:
+                over = self.held() + len(data) - self._limit
+                if over > 0 and not self._private_covers(over):
+                    return False
         else:
             paused = self._paused
             if paused is not None:
                 paused += len(data)
                 # Past Twisted's buffer, what the limit leaves (computed here, on
                 # this rare path, rather than held as one more int per queue).
-                if paused + kernel_queued(self._sock) > max(self._limit - buffer_size(t), 0):
+                over = paused + kernel_queued(self._sock) - max(self._limit - buffer_size(t), 0)
+                if over > 0 and not self._private_covers(over):
                     return False  # not written, so not held (held() at the cut)
                 self._paused = paused
         self.written += len(data)
         t.write(data)
         return True
+
+    def write_private(self, data: bytes) -> bool:
+        """
+        L{write} of a private line (a DM, a partner's C{MSG}, an
+        invitation), whose bytes the limit leaves out for as long as they
+        are held: otherwise private lines held for a reader would make it
+        cheaper for lobby lines to get it cut (rev18-attack 3: DMs filled
+        a reader to half the limit, then a lobby burst that cut nobody else
+        cut it).  Left out only if at most half the limit was held before
+        it, as where the session stops taking private lines for the reader
+        (C{ChatProtocol.backed_up}): so what is left out is at most half
+        the limit and a line.  The extra work (the kernel asked where the
+        stream stands) is made here and at a cut, never for lobby lines.
+        """
+        exempt = self.held() <= self._limit // 2
+        before = self.written
+        if not self.write(data):
+            return False
+        if exempt and self.written > before:
+            private = self._private
+            if private is None:
+                private = self._private = PrivateHeld()
+            end = self._offset()
+            private.add(end - (self.written - before), end)
+        return True
+
+    def _taken(self, held: int) -> int:
+        """Where in the stream the peer stands: the bytes it took so far,
+        C{held} being L{held}'s answer (on a queue the direct pass writes
+        to, which does not count what it sends, the kernel's count)."""
+        return self.written - held if self._counted else kernel_acked(self._sock)
+
+    def _offset(self) -> int:
+        """Where the stream written to the connection stands: the bytes
+        written so far (on a queue the direct pass writes to: what the peer
+        took and what is held)."""
+        return self.written if self._counted else kernel_acked(self._sock) + self.held()
+
+    def _private_covers(self, over: int) -> bool:
+        """Whether the private lines still held (L{write_private}) cover
+        C{over}, the bytes by which a write would pass the limit: the
+        limit counts what is held less them."""
+        private = self._private
+        if private is None:
+            return False
+        left = private.held(self._taken(self.held()))
+        if not left:
+            self._private = None  # all taken: nothing kept until the next
+        return left >= over
 
     def write_parts(self, parts: Sequence[bytes]) -> bool:
         """
