@@ -76,6 +76,22 @@ def test_decode_rejects_controls_but_not_tab() -> None:
     assert e.value.code is ErrorCode.BAD_ENCODING
 
 
+def test_decode_refuses_exactly_the_bad_chars_printable_ascii_or_not() -> None:
+    # decode() skips the regex for printable ASCII: every character, ASCII
+    # or not, is refused exactly when BAD_CHARS holds it.
+    for code in range(0x3000):
+        char = chr(code)
+        if 0xD800 <= code <= 0xDFFF:
+            continue  # surrogates: not UTF-8 (bad-encoding)
+        data = f"MSG a{char}b".encode()
+        if wire.BAD_CHARS.search(char) is None:
+            assert wire.decode(data) == f"MSG a{char}b"
+        else:
+            with pytest.raises(LineError) as e:
+                wire.decode(data)
+            assert e.value.code is ErrorCode.BAD_CHARS, hex(code)
+
+
 def test_line_leaves_out_empty_text() -> None:
     assert wire.line("BYE", "quit") == b"BYE quit\r\n"
     assert wire.line("BYE", "quit", text="bye now") == b"BYE quit bye now\r\n"
