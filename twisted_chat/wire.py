@@ -409,10 +409,15 @@ def line(verb: str, *words: str, text: str = "") -> bytes:
     return parts.encode("utf-8") + CRLF
 
 
+# ".000Z" to ".999Z": a timestamp's end is looked up, not formatted (an
+# f-string's {ms:03d} parses its format spec on every lobby line).
+_MILLISECONDS = tuple(f".{ms:03d}Z" for ms in range(1000))
+
+
 def format_ts(seconds: float) -> str:
     """RFC 3339 UTC with milliseconds: C{2026-11-22T10:15:02.481Z}."""
     whole, ms = divmod(int(seconds * 1000), 1000)
-    return f"{_format_second(whole)}.{ms:03d}Z"
+    return _format_second(whole) + _MILLISECONDS[ms]
 
 
 @functools.lru_cache(maxsize=4)

@@ -11,15 +11,16 @@ from __future__ import annotations
 import itertools
 from collections import deque
 from collections.abc import Iterable
-from dataclasses import dataclass
-from typing import Protocol
+from typing import NamedTuple, Protocol
 
 from twisted.internet.defer import Deferred, succeed
 
 
-@dataclass(frozen=True, slots=True)
-class Entry:
-    """One accepted lobby message: when (POSIX seconds), who, what."""
+class Entry(NamedTuple):
+    """One accepted lobby message: when (POSIX seconds), who, what.  A
+    named tuple, not a frozen dataclass: one is made for every lobby
+    message, and a frozen dataclass's __init__ sets each field through
+    object.__setattr__."""
 
     ts: float
     nick: str

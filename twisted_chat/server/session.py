@@ -41,6 +41,10 @@ __all__ = ["Connection", "Handshake", "Server", "Session", "UserList"]
 # (Session.do_MSG, Session._nick_allowed).
 _LATE = object()
 
+# State.LOBBY as a module global, for do_MSG: on Python 3.11 reading an
+# Enum's member from its class is slow (see wire._NO_TEXT).
+_LOBBY = State.LOBBY
+
 # Verbs allowed before READY; any other known verb is "not-ready".
 _BEFORE_READY = frozenset({"NICK", "PASS", "PING", "PONG", "HELP", "BYE"})
 # The accounts verbs: "accounts-off" in every state when accounts are off.
@@ -373,7 +377,7 @@ class Session:
         # (or for the lobby, its sender paired meanwhile) is "not sent",
         # before any limit judges it (rev16-fix #5).
         factory.state.as_meant(user)
-        if user.state is State.LOBBY:
+        if user.state is _LOBBY:
             if at is None:
                 at = conn.held_at  # None unless the line was held: it came now
             state = factory.state
