@@ -2,10 +2,12 @@
 What Twisted and the kernel hold for a TCP connection, which Twisted does not
 tell: the bytes in Twisted's buffer (L{twisted_buffered}), the socket under a
 transport (under its TLS, too), the bytes in the kernel's send queue
-(L{kernel_queued}, Linux's C{SIOCOUTQ}) and how many of the bytes written the
-peer has acknowledged (L{peer_acked}, Linux's C{TCP_INFO}).  The server's send
-queues bound and count what they hold with them (docs/fanout.md); the client
-tells a server that reads slowly from one that reads nothing (docs/client.md).
+(L{kernel_queued}, Linux's C{SIOCOUTQ}; the two: L{unsent}) and how many of the
+bytes written the peer has acknowledged (L{peer_acked}, Linux's C{TCP_INFO}).
+The server's send queues bound and count what they hold with them
+(docs/fanout.md), a close the server decides waits for them to drain
+(L{twisted_chat.server.limits.closing}); the client tells a server that
+reads slowly from one that reads nothing (docs/client.md).
 """
 
 from __future__ import annotations
@@ -101,6 +103,14 @@ def kernel_queued(sock: socket.socket | None) -> int:
         return int.from_bytes(fcntl.ioctl(sock.fileno(), SIOCOUTQ, _INT), sys.byteorder)
     except (OSError, ValueError):
         return 0
+
+
+def unsent(transport: Any) -> int:
+    """The bytes written to C{transport} that its peer has not taken yet, as
+    far as can be told: Twisted's buffer (under TLS, the TCP transport's)
+    and, on Linux, what the kernel holds unacknowledged (0 for a transport
+    with neither: a test's, a WebSocket's)."""
+    return (buffered(transport) or 0) + kernel_queued(socket_of(transport))
 
 
 def kernel_acked(sock: socket.socket | None) -> int:

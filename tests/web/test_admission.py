@@ -42,11 +42,12 @@ def make_site(h: Harness, **web: Any) -> WebSite:
 class HTTPConn:
     """One TCP connection to the web port."""
 
-    def __init__(self, h: Harness, site: WebSite, peer: str = "192.0.2.1") -> None:
+    def __init__(self, h: Harness, site: WebSite, peer: str = "192.0.2.1",
+                 transport: type[TCPTransport] = TCPTransport) -> None:
         self.h = h
         address = IPv4Address("TCP", peer, next(_ports))
         self.protocol = site.buildProtocol(address)
-        self.transport = TCPTransport(peerAddress=address)
+        self.transport = transport(peerAddress=address)
         self.transport.protocol = self.protocol  # autobahn takes it over at the upgrade
         self.protocol.makeConnection(self.transport)
         self.lost = False
@@ -218,11 +219,62 @@ def test_an_idle_kept_alive_connection_is_closed_soon_after_its_response() -> No
     assert not conn.aborted
     h.clock.advance(0.1)
     assert conn.aborted and not conn.killed  # a close (FIN, or close_notify)
-    # A TLS peer that never completes the close: aborted at the deadline.
-    h.clock.advance(30 - KEEPALIVE_IDLE - 0.1)
+    # A TLS peer that never completes the close: aborted after the close
+    # grace, as every close the server decides (before: at the deadline).
+    h.clock.advance(h.config.close_grace - 0.1)
     assert not conn.killed
     h.clock.advance(0.1)
     assert conn.killed
+
+
+class HoldingTransport(TCPTransport):
+    """As Twisted's TCP transport, with a buffer the peer has not taken
+    C{_tempDataLen} bytes of (what L{unsent} reads)."""
+
+    dataBuffer = b""
+    offset = 0
+    _tempDataLen = 0
+
+
+@pytest.mark.parametrize("request_", [
+    b"GET /nope HTTP/1.0\r\n\r\n",
+    b"GET /nope HTTP/1.1\r\nHost: chat.example\r\nConnection: close\r\n\r\n",
+])
+def test_a_close_waits_unread_and_counted_until_the_peer_takes_the_response(
+        request_: bytes) -> None:
+    """Rev18-attack 1: Twisted closed the descriptor as soon as its own buffer
+    was empty; the kernel kept the rest in an orphaned socket for minutes,
+    no longer counted, past every timeout."""
+    h = Harness()
+    site = make_site(h, timeout=30.0)
+    conn = HTTPConn(h, site, transport=HoldingTransport)
+    conn.transport._tempDataLen = 50_000  # the peer reads nothing
+    conn.send(request_)
+    assert b" 404 " in conn.transport.value().partition(b"\r\n")[0]
+    h.clock.advance(1.0)
+    assert not conn.aborted, "the descriptor is kept"
+    assert conn.transport.producerState == "paused"
+    assert len(site.gate) == 1 and h.factory.other_connections == 1, "still counted"
+    conn.transport._tempDataLen = 0
+    h.clock.advance(0.1)
+    assert conn.aborted and not conn.killed  # now the close (FIN)
+    conn.lose()
+    assert len(site.gate) == 0 and h.factory.other_connections == 0
+    assert h.clock.getDelayedCalls() == []
+
+
+def test_a_close_whose_response_is_never_taken_is_aborted_at_the_grace() -> None:
+    h = Harness()
+    site = make_site(h, timeout=30.0)
+    conn = HTTPConn(h, site, transport=HoldingTransport)
+    conn.transport._tempDataLen = 50_000
+    conn.send(b"GET /nope HTTP/1.0\r\n\r\n")
+    h.clock.advance(h.config.close_grace - 0.01)
+    assert not conn.aborted
+    h.clock.advance(0.01)
+    assert conn.killed  # a reset: the kernel frees what it held at once
+    conn.lose()
+    assert len(site.gate) == 0 and h.factory.other_connections == 0
 
 
 def test_a_request_on_a_kept_alive_connection_restarts_its_idle_time() -> None:

@@ -10,7 +10,7 @@ L{twisted_chat.server.session.Connection}.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any, Protocol, cast
+from typing import TYPE_CHECKING, Any, cast
 
 from twisted.internet import tcp
 from twisted.internet.interfaces import (
@@ -46,15 +46,6 @@ if TYPE_CHECKING:
 # The reason the others' LEFT gives for a metric's reason (chat/1 has one,
 # sendq, for the three limits on a connection's output).
 _SAID = {"sendq_timeout": "sendq", "sendq_total": "sendq"}
-
-
-class _Socket(Closable, Protocol):
-    """What a connection uses of its transport beyond C{ITransport}: a TCP
-    or TLS transport (and L{GoneTransport}) also aborts, pauses and resumes."""
-
-    def pauseProducing(self) -> None: ...
-
-    def resumeProducing(self) -> None: ...
 
 
 @implementer(IProtocol, IHalfCloseableProtocol)
@@ -120,8 +111,10 @@ class ChatProtocol:
         return self.ctx.clock
 
     @property
-    def _socket(self) -> _Socket:
-        return cast(_Socket, self.transport)
+    def _socket(self) -> Closable:
+        """Its transport as L{close_within} uses it (beyond C{ITransport}:
+        it also aborts, pauses and resumes)."""
+        return cast(Closable, self.transport)
 
     # -- connection life ---------------------------------------------------
 

@@ -685,7 +685,7 @@ class _Listeners:
             warning = metricsport.exposed(endpoint)
             if warning is not None:
                 logs.logger("twisted_chat.server.service").warn("{warning}", warning=warning)
-            site = metricsport.metrics_site(registry(), reactor)
+            site = metricsport.metrics_site(registry(), reactor, config=factory.config)
             PortService(description, endpoint, site, "--metrics").setServiceParent(top)
         if self.web:
             # Here, not at the top: without --web, autobahn is never loaded.

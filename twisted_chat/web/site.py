@@ -45,7 +45,6 @@ from twisted.web import http, pages, resource, server, static
 from twisted_chat.server import logs
 from twisted_chat.server.factory import ChatFactory
 from twisted_chat.server.limits.addresses import Refused
-from twisted_chat.server.limits.closing import close_within
 from twisted_chat.server.ports.httpports import BodilessRequest, RefusingChannel
 from twisted_chat.server.ports.listening import PortService
 from twisted_chat.web.admission import WebGate
@@ -140,8 +139,6 @@ class _Channel(RefusingChannel):
     pool_key = "-"
     _deadline: IDelayedCall | None = None
     _idle: IDelayedCall | None = None
-    # The abort of a refused request's close, if the peer does not complete it.
-    _grace: IDelayedCall | None = None
     _requests = 0
     # The transport the WebSocket took over (the channel's own is None then).
     taken: Any = None
@@ -187,13 +184,6 @@ class _Channel(RefusingChannel):
             return False
         return persistent
 
-    def close_refused(self) -> None:
-        """As a refused chat connection closes: the close, then an abort
-        (L{close_within})."""
-        transport: Any = self.transport
-        self._grace = close_within(transport, self.site.reactor,
-                                   self.site.chat.config.close_grace, self.loseConnection)
-
     def requestDone(self, request: Any) -> None:
         """A response is complete: a kept-alive connection that then waits,
         with nothing to answer, is closed L{KEEPALIVE_IDLE} seconds later
@@ -205,11 +195,7 @@ class _Channel(RefusingChannel):
 
     def _idle_expired(self) -> None:
         self._idle = None
-        transport: Any = self.transport
-        if transport is not None:
-            # A close: under TLS it waits for the peer's close_notify, and
-            # the deadline aborts it at the latest.
-            transport.loseConnection()
+        self.loseConnection()
 
     def _stop_idle(self) -> None:
         idle, self._idle = self._idle, None
@@ -226,9 +212,6 @@ class _Channel(RefusingChannel):
 
     def connectionLost(self, reason: Failure = connectionDone) -> None:
         self._stop_idle()
-        grace, self._grace = self._grace, None
-        if grace is not None and grace.active():
-            grace.cancel()
         self.upgrading()
         super().connectionLost(reason)
 
@@ -464,6 +447,7 @@ class WebSite(server.Site):
         super().__init__(root)
         self.gateway = gateway
         self.chat = chat
+        self.config = chat.config  # what its channels read (PortSite)
         self.web = web
         self.gate = WebGate(chat, web.trusted_proxies)
 

@@ -19,10 +19,11 @@ from prometheus_client.registry import CollectorRegistry
 from twisted.internet.protocol import connectionDone
 from twisted.python.failure import Failure
 
+from twisted_chat.server.config import ServerConfig
 from twisted_chat.server.limits.addresses import address_key
 from twisted_chat.server.limits.buckets import Rate, TokenBucket
 from twisted_chat.server.ports import listening
-from twisted_chat.tcpinfo import buffered, kernel_queued, socket_of
+from twisted_chat.tcpinfo import unsent
 
 # The metrics port's limits (docs/security.md).  A scraper needs one
 # connection, kept alive or not; whoever else can reach the port gets no more
@@ -97,13 +98,6 @@ _BODY_REFUSED = (b"HTTP/1.1 413 Content Too Large\r\nConnection: close\r\n"
 
 #: What the metrics port's C{/metrics} takes, for the C{Allow} header.
 ALLOWED_METHODS = "GET, HEAD, OPTIONS"
-
-
-def unsent(transport: Any) -> int:
-    """The bytes written to C{transport} that its peer has not taken yet, as
-    far as can be told: Twisted's buffer (under TLS, the TCP transport's)
-    and, on Linux, what the kernel holds unacknowledged."""
-    return (buffered(transport) or 0) + kernel_queued(socket_of(transport))
 
 
 def head_as_get(app: Any) -> Any:
@@ -253,7 +247,7 @@ def renders_bounded(app: Any, seconds: Callable[[], float],
 
 def metrics_site(registry: CollectorRegistry, reactor: Any = None,
                  max_connections: int = MAX_METRICS_CONNECTIONS,
-                 timeout: float = METRICS_TIMEOUT) -> Any:
+                 timeout: float = METRICS_TIMEOUT, config: ServerConfig | None = None) -> Any:
     """
     A C{twisted.web} site serving C{registry} at C{/metrics}, with
     prometheus_client's WSGI app (as its Twisted resource does, and C{HEAD}
@@ -263,7 +257,8 @@ def metrics_site(registry: CollectorRegistry, reactor: Any = None,
     C{max_connections} at once (L{MAX_METRICS_PER_ADDRESS} of them from
     one address; one idle for L{METRICS_IDLE} gives way to a newcomer with
     no room), each for at most C{timeout} seconds and
-    L{MAX_METRICS_REQUESTS} requests.
+    L{MAX_METRICS_REQUESTS} requests; its connections' close grace is
+    C{config}'s (the chat server's: L{RefusingChannel}).
     """
     # Imported here: the scrape runs on the global reactor's thread pool.
     from prometheus_client.exposition import make_wsgi_app
@@ -370,8 +365,9 @@ def metrics_site(registry: CollectorRegistry, reactor: Any = None,
                     head_as_get(make_wsgi_app(registry)), clock.seconds)))
             super().__init__(root, timeout=timeout, **(
                 {"reactor": reactor} if reactor is not None else {}))
-            self.lifetime = timeout
-            self.clock = clock
+            self.lifetime: float = timeout
+            self.clock: Any = clock
+            self.config = config if config is not None else ServerConfig()  # PortSite
             # In the order accepted: of two idle as long, the older goes.
             self.open: dict[MetricsChannel, None] = {}
             # The connection aborted to make room, until it is closed.

@@ -2,41 +2,77 @@
 What the server's two HTTP ports (C{--metrics} and C{--web}) share: neither
 takes a request body, so a request that announces one is refused before any
 of it is read or spooled, and its connection closed (docs/security.md, "The
-web port (`--web`)" and "The metrics port (`--metrics`)"); and neither says
-what software answers (no C{Server} header).
+web port (`--web`)" and "The metrics port (`--metrics`)"); neither says
+what software answers (no C{Server} header); and every close the server
+decides on them waits for the peer to take what is queued, aborted after
+the close grace (L{close_within}), as a chat connection's does.
 """
 
 from __future__ import annotations
 
 from io import BytesIO
-from typing import Any
+from typing import TYPE_CHECKING, Any, Protocol
 
+from twisted.internet.interfaces import IDelayedCall
+from twisted.internet.protocol import connectionDone
+from twisted.python.failure import Failure
 from twisted.web.http import HTTPChannel
 from twisted.web.server import Request
+
+from twisted_chat.server.limits.closing import close_within
+
+if TYPE_CHECKING:
+    from twisted_chat.server.config import ServerConfig
+
+
+class PortSite(Protocol):
+    """What a L{RefusingChannel} reads of its site: its clock, and the chat
+    server's settings (C{close_grace})."""
+
+    reactor: Any
+    config: ServerConfig
 
 
 class RefusingChannel(HTTPChannel):
     """
     An HTTP connection that can refuse the request being received
-    (L{refuse}); it reads nothing more after that.
+    (L{refuse}); it reads nothing more after that.  Every close it makes
+    (after C{Connection: close}, an HTTP/1.0 request, its last request, a
+    refusal, Twisted's timeout) waits for the peer to take what is queued,
+    and is aborted after the close grace (L{close_within}): Twisted's own
+    left the kernel's share in an orphaned socket for minutes.
     """
 
+    site: PortSite
     _refused = False
+    # The close under way (the abort's call), until the connection is lost.
+    _closing: IDelayedCall | None = None
+
+    def loseConnection(self) -> None:
+        """As twisted.web closes (its producer off the transport first, so
+        that nothing resumes reading), then L{close_within}."""
+        transport: Any = self.transport
+        if transport is None or self._closing is not None:
+            return
+        producer: Any = self._networkProducer  # the transport (Twisted's call)
+        producer.unregisterProducer()
+        self._closing = close_within(transport, self.site.reactor, self.site.config.close_grace)
+
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
+        closing, self._closing = self._closing, None
+        if closing is not None and closing.active():
+            closing.cancel()
+        super().connectionLost(reason)
 
     def refuse(self, response: bytes) -> None:
-        """Answer C{response} (a whole HTTP response) and close (L{close_refused})."""
+        """Answer C{response} (a whole HTTP response) and close."""
         transport: Any = self.transport
         if self._refused or transport is None:
             return
         self._refused = True
         self.persistent = False
         transport.write(response)
-        self.close_refused()
-
-    def close_refused(self) -> None:
-        """The close after a refusal: by default the transport's."""
-        transport: Any = self.transport
-        transport.loseConnection()
+        self.loseConnection()
 
     def dataReceived(self, data: bytes) -> None:
         if self._refused:
