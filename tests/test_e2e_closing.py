@@ -1,16 +1,21 @@
 """
 Closes the server decides, on real sockets, against peers that never read
-(rev18-attack 1): no server-side socket keeps output in the kernel
+(rev18-attack 1 and 2): no server-side socket keeps output in the kernel
 past the close grace (Twisted closed the descriptor once its own buffer was
 empty, and the kernel kept the rest in an orphaned FIN-WAIT-1 socket for
 about six minutes, outside every count), on the chat port and the web port;
-and a peer that reads still gets everything and an orderly close.  The
-server's sockets are read from C{/proc/net/tcp}, polled with a deadline.
+a peer that reads still gets everything and an orderly close; and the web
+and metrics ports' HTTP connections have their send buffer fixed at
+C{--sndbuf}, as chat connections do (the kernel's autotuning held about
+2 MB for each non-reader).  The server's sockets are read from
+C{/proc/net/tcp} and C{ss}, polled with a deadline.
 """
 
 from __future__ import annotations
 
+import re
 import socket
+import subprocess
 import time
 from pathlib import Path
 
@@ -55,6 +60,18 @@ def server_side(port: int, peers: list[socket.socket]) -> dict[int, tuple[str, i
 def holding(port: int, peers: list[socket.socket]) -> dict[int, tuple[str, int]]:
     """Those of L{server_side} that hold output for their peer."""
     return {p: row for p, row in server_side(port, peers).items() if row[1] > 0}
+
+
+def send_buffer(port: int, peer: socket.socket) -> int:
+    """The send buffer (C{ss -m}'s C{tb}) of the server's socket on local
+    C{port} to C{peer}."""
+    out = subprocess.run(
+        ["ss", "-tnmH", "state", "all",
+         f"( sport = :{port} and dport = :{peer.getsockname()[1]} )"],
+        capture_output=True, text=True, timeout=10, check=True).stdout
+    found = re.search(r"\btb(\d+)", out)
+    assert found is not None, out
+    return int(found.group(1))
 
 
 def no_output_held_past_the_grace(port: int, peers: list[socket.socket], start: float) -> None:
@@ -134,3 +151,25 @@ def test_an_http_reader_gets_the_whole_response_before_the_close(chat_server) ->
     head, _, body = data.partition(b"\r\n\r\n")
     assert head.startswith(b"HTTP/1.0 200 ")
     assert body == APP_JS.read_bytes()
+
+
+def test_http_connections_have_their_send_buffer_fixed_at_sndbuf(chat_server) -> None:
+    metrics = free_port()
+    sndbuf = 65536
+    _, web = web_server(chat_server, "--sndbuf", str(sndbuf),
+                        "--metrics", f"tcp:{metrics}:interface={LOOPBACK}")
+    page = non_reader(web)
+    scrape = non_reader(metrics)
+    try:
+        page.sendall(b"GET /static/app.js HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n" * 4)
+        scrape.sendall(b"GET /metrics HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+        assert scrape.recv(12) == b"HTTP/1.1 200"  # answered: connectionMade has run
+        # The responses, 400 kB, are more than the kernel's share: it holds all it may.
+        wait_until(lambda: holding(web, [page]), timeout=5, what="the responses queued")
+        # The kernel doubles what it is set to (its bookkeeping); its
+        # autotuning had grown a non-reader's to megabytes.
+        assert (send_buffer(web, page), send_buffer(metrics, scrape)) == (2 * sndbuf, 2 * sndbuf)
+        assert holding(web, [page])[page.getsockname()[1]][1] <= 2 * sndbuf
+    finally:
+        page.close()
+        scrape.close()

@@ -13,6 +13,7 @@ from __future__ import annotations
 import io
 import itertools
 import re
+import socket
 from collections.abc import Callable
 from typing import Any
 
@@ -275,6 +276,28 @@ def test_a_close_whose_response_is_never_taken_is_aborted_at_the_grace() -> None
     assert conn.killed  # a reset: the kernel frees what it held at once
     conn.lose()
     assert len(site.gate) == 0 and h.factory.other_connections == 0
+
+
+def test_an_http_connection_has_its_send_buffer_fixed_at_sndbuf() -> None:
+    """Rev18-attack 2: only chat connections had --sndbuf; the kernel grew
+    an HTTP non-reader's send buffer to megabytes."""
+
+    class SocketTransport(TCPTransport):
+        def __init__(self, **kwargs: Any) -> None:
+            super().__init__(**kwargs)
+            self.sock = socket.socket()
+
+        def getHandle(self) -> socket.socket:
+            return self.sock
+
+    h = Harness(sndbuf=32768)
+    conn = HTTPConn(h, make_site(h), transport=SocketTransport)
+    sock = conn.transport.sock
+    try:
+        # Linux doubles what it is set to (its bookkeeping).
+        assert sock.getsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF) == 2 * 32768
+    finally:
+        sock.close()
 
 
 def test_a_request_on_a_kept_alive_connection_restarts_its_idle_time() -> None:

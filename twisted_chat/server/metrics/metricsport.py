@@ -257,8 +257,8 @@ def metrics_site(registry: CollectorRegistry, reactor: Any = None,
     C{max_connections} at once (L{MAX_METRICS_PER_ADDRESS} of them from
     one address; one idle for L{METRICS_IDLE} gives way to a newcomer with
     no room), each for at most C{timeout} seconds and
-    L{MAX_METRICS_REQUESTS} requests; its connections' close grace is
-    C{config}'s (the chat server's: L{RefusingChannel}).
+    L{MAX_METRICS_REQUESTS} requests; its connections' send buffer and close
+    grace are C{config}'s (the chat server's: L{RefusingChannel}).
     """
     # Imported here: the scrape runs on the global reactor's thread pool.
     from prometheus_client.exposition import make_wsgi_app

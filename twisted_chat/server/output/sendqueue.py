@@ -70,6 +70,20 @@ def buffer_size(transport: Any) -> int:
     return int(FileDescriptor.bufferSize)
 
 
+def fix_send_buffer(sock: socket.socket | None, sndbuf: int, limit: int) -> None:
+    """
+    Fix C{sock}'s kernel send buffer at C{sndbuf} (C{--sndbuf}), at most
+    half of C{limit} (C{--sendq}: the kernel counts double); 0 leaves it to
+    the kernel's autotuning, which grows a non-reader's to megabytes.  For
+    every connection the server writes to: a chat connection's (its
+    L{SendQueue}'s), an HTTP one's on the web and metrics ports.
+    """
+    if sndbuf and sock is not None:
+        with contextlib.suppress(OSError):
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF,
+                            max(min(sndbuf, limit // 2), 1024))
+
+
 @implementer(IPushProducer)
 class SendQueue:
     """
@@ -107,10 +121,7 @@ class SendQueue:
         # Whether a write goes straight to the socket while Twisted holds nothing.
         self._direct = direct and _plain_tcp(transport)
         self._sock = socket_of(transport)
-        if sndbuf and self._sock is not None:
-            with contextlib.suppress(OSError):
-                self._sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF,
-                                      max(min(sndbuf, limit // 2), 1024))
+        fix_send_buffer(self._sock, sndbuf, limit)
         # Bytes handed to write(); the direct pass does not count its own,
         # so on its queues (not _counted) progress() asks the kernel.
         self.written = 0

@@ -3,9 +3,10 @@ What the server's two HTTP ports (C{--metrics} and C{--web}) share: neither
 takes a request body, so a request that announces one is refused before any
 of it is read or spooled, and its connection closed (docs/security.md, "The
 web port (`--web`)" and "The metrics port (`--metrics`)"); neither says
-what software answers (no C{Server} header); and every close the server
-decides on them waits for the peer to take what is queued, aborted after
-the close grace (L{close_within}), as a chat connection's does.
+what software answers (no C{Server} header); and their connections are held
+as a chat connection is: the socket's send buffer fixed at C{--sndbuf}, and
+every close the server decides waiting for the peer to take what is queued,
+aborted after the close grace (L{close_within}).
 """
 
 from __future__ import annotations
@@ -20,6 +21,8 @@ from twisted.web.http import HTTPChannel
 from twisted.web.server import Request
 
 from twisted_chat.server.limits.closing import close_within
+from twisted_chat.server.output.sendqueue import fix_send_buffer
+from twisted_chat.tcpinfo import socket_of
 
 if TYPE_CHECKING:
     from twisted_chat.server.config import ServerConfig
@@ -27,7 +30,7 @@ if TYPE_CHECKING:
 
 class PortSite(Protocol):
     """What a L{RefusingChannel} reads of its site: its clock, and the chat
-    server's settings (C{close_grace})."""
+    server's settings (C{close_grace}, C{sndbuf}, C{sendq})."""
 
     reactor: Any
     config: ServerConfig
@@ -36,7 +39,9 @@ class PortSite(Protocol):
 class RefusingChannel(HTTPChannel):
     """
     An HTTP connection that can refuse the request being received
-    (L{refuse}); it reads nothing more after that.  Every close it makes
+    (L{refuse}); it reads nothing more after that.  Its socket's send buffer
+    is fixed at C{--sndbuf}: the kernel's autotuning held about 2 MB for
+    each peer that did not read (rev18-attack 2).  Every close it makes
     (after C{Connection: close}, an HTTP/1.0 request, its last request, a
     refusal, Twisted's timeout) waits for the peer to take what is queued,
     and is aborted after the close grace (L{close_within}): Twisted's own
@@ -47,6 +52,11 @@ class RefusingChannel(HTTPChannel):
     _refused = False
     # The close under way (the abort's call), until the connection is lost.
     _closing: IDelayedCall | None = None
+
+    def connectionMade(self) -> None:
+        super().connectionMade()
+        config = self.site.config
+        fix_send_buffer(socket_of(self.transport), config.sndbuf, config.sendq)
 
     def loseConnection(self) -> None:
         """As twisted.web closes (its producer off the transport first, so
