@@ -3,7 +3,8 @@ Closes the server decides, on real sockets, against peers that never read
 (rev18-attack 1 and 2): no server-side socket keeps output in the kernel
 past the close grace (Twisted closed the descriptor once its own buffer was
 empty, and the kernel kept the rest in an orphaned FIN-WAIT-1 socket for
-about six minutes, outside every count), on the chat port and the web port;
+about six minutes, outside every count), on the chat port and the web port
+(HTTP and WebSocket);
 a peer that reads still gets everything and an orderly close; and the web
 and metrics ports' HTTP connections have their send buffer fixed at
 C{--sndbuf}, as chat connections do (the kernel's autotuning held about
@@ -22,6 +23,7 @@ from pathlib import Path
 import pytest
 
 from tests.serverproc import LOOPBACK, free_port, wait_until
+from tests.web import wsframes as ws
 from twisted_chat.server.config import ServerConfig
 
 pytestmark = pytest.mark.e2e
@@ -77,12 +79,17 @@ def send_buffer(port: int, peer: socket.socket) -> int:
 def no_output_held_past_the_grace(port: int, peers: list[socket.socket], start: float) -> None:
     """Each of C{peers} is first held output (the kernel holds what the
     peer did not take), and none is past the grace after C{start}: its
-    close aborted (or completed), not left to the kernel as an orphan."""
-    wait_until(lambda: len(holding(port, peers)) == len(peers), timeout=GRACE,
-               what=lambda: f"output held for every peer: {server_side(port, peers)}")
-    left = GRACE + MARGIN - (time.monotonic() - start)
-    wait_until(lambda: not holding(port, peers), timeout=max(left, 0.1),
-               what=lambda: f"no server socket holding output: {holding(port, peers)}")
+    close aborted (or completed), not left to the kernel as an orphan.
+    The peers are closed after."""
+    try:
+        wait_until(lambda: len(holding(port, peers)) == len(peers), timeout=GRACE,
+                   what=lambda: f"output held for every peer: {server_side(port, peers)}")
+        left = GRACE + MARGIN - (time.monotonic() - start)
+        wait_until(lambda: not holding(port, peers), timeout=max(left, 0.1),
+                   what=lambda: f"no server socket holding output: {holding(port, peers)}")
+    finally:
+        for sock in peers:
+            sock.close()
 
 
 def test_a_bye_to_a_non_reader_leaves_no_socket_holding_its_output(chat_server) -> None:
@@ -96,11 +103,7 @@ def test_a_bye_to_a_non_reader_leaves_no_socket_holding_its_output(chat_server) 
         # kernel's buffer (--sndbuf): Twisted holds none of it at the close.
         sock.sendall(f"NICK orphan{i}\r\n".encode() + ping * 13 + b"BYE\r\n")
         peers.append(sock)
-    try:
-        no_output_held_past_the_grace(server.port, peers, start)
-    finally:
-        for sock in peers:
-            sock.close()
+    no_output_held_past_the_grace(server.port, peers, start)
 
 
 def test_a_reader_is_sent_everything_before_the_close(chat_server, connect) -> None:
@@ -134,11 +137,30 @@ def test_an_http_close_to_a_non_reader_leaves_no_socket_holding_its_response(
         sock = non_reader(web)
         sock.sendall(request)
         peers.append(sock)
-    try:
-        no_output_held_past_the_grace(web, peers, start)
-    finally:
-        for sock in peers:
-            sock.close()
+    no_output_held_past_the_grace(web, peers, start)
+
+
+def test_a_websocket_close_to_a_non_reader_leaves_no_socket_holding_its_output(
+        chat_server) -> None:
+    """A close frame from a peer that reads nothing: autobahn answers it and
+    closes the TCP connection (gateway.py's dropConnection, through
+    close_within), which left an orphan holding the PONGs as well."""
+    _, web = web_server(chat_server, "--flood-rate", "0", "--accounts", "off")
+    peers = []
+    start = time.monotonic()
+    for i in range(2):
+        sock = non_reader(web)
+        host = f"{LOOPBACK}:{web}"
+        request, _ = ws.handshake(host=host, origin=f"http://{host}")
+        sock.sendall(request)
+        head = b""
+        while b"\r\n\r\n" not in head:
+            head += sock.recv(1)  # the 101, and nothing after it
+        assert head.startswith(b"HTTP/1.1 101 "), head
+        sock.sendall(ws.text(f"NICK wsorphan{i}") + ws.text("PING " + "p" * 4000) * 13
+                     + ws.frame(b"\x03\xe8", opcode=ws.CLOSE))
+        peers.append(sock)
+    no_output_held_past_the_grace(web, peers, start)
 
 
 def test_an_http_reader_gets_the_whole_response_before_the_close(chat_server) -> None:
