@@ -10,7 +10,6 @@ until the peer has taken what is queued, and is aborted at the grace.
 from __future__ import annotations
 
 import pytest
-from twisted.internet.interfaces import IDelayedCall
 from twisted.internet.task import Clock
 
 from twisted_chat.server.limits.closing import FIRST_LOOK, LOOK_EVERY, GoneTransport, Linger
@@ -56,7 +55,7 @@ class Peer:
         self.calls.append("resume")
 
 
-def linger(peer: Peer, clock: Clock, grace: float = 3.0) -> IDelayedCall:
+def linger(peer: Peer, clock: Clock, grace: float = 3.0) -> Linger:
     return Linger(peer, clock, grace, peer.loseConnection, held=lambda t: peer.held)
 
 
@@ -123,3 +122,18 @@ def test_a_lost_connection_stops_the_looks_and_the_close() -> None:
     clock.advance(5.0)
     assert peer.calls == ["pause"]
     assert clock.getDelayedCalls() == []
+
+
+def test_made_closes_at_once_a_close_whose_peer_has_taken_everything() -> None:
+    """For a port that counts its connections: one whose close waits only
+    for the next look gives its place now (Linger.made)."""
+    clock, peer = Clock(), Peer(50_000)
+    call = linger(peer, clock)
+    assert not call.made()
+    peer.held = 0
+    assert call.made()
+    assert peer.calls == ["pause", "resume", "close"]
+    clock.advance(LOOK_EVERY)
+    assert peer.calls == ["pause", "resume", "close"], "closed once"
+    clock.advance(3.0)
+    assert not call.made(), "aborted: not a close"

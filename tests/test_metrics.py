@@ -1515,3 +1515,48 @@ def test_a_path_with_nothing_at_it_is_a_plain_404_with_no_deprecation() -> None:
         channel.dataReceived(b"GET /favicon.ico HTTP/1.1\r\nHost: x\r\n\r\n")
     assert transport.value().startswith(b"HTTP/1.1 404 ")
     assert [str(w.message) for w in caught if issubclass(w.category, DeprecationWarning)] == []
+
+
+def _closing_pair(clock: Clock) -> tuple[Any, list[tuple[Any, Any]]]:
+    """A metrics site on C{clock} and an address's two connections (its
+    share), on L{_SlowPeerTransport}s; the first asked for a 404 with
+    C{Connection: close}: its close is under way, its answer not taken."""
+    from twisted_chat.server.metrics.metricsport import MAX_METRICS_PER_ADDRESS, metrics_site
+
+    site = metrics_site(registry_for(Stats(), lambda: Snapshot(0, 0, 0, None)), clock)
+    own = []
+    for n in range(MAX_METRICS_PER_ADDRESS):
+        got = metrics_connection(site, 40000 + n, "127.0.0.40", transport_type=_SlowPeerTransport)
+        assert got is not None
+        own.append(got)
+    channel, transport = own[0]
+    channel.dataReceived(b"GET /nothing HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+    assert transport.value().startswith(b"HTTP/1.1 404 ")
+    assert channel.close_started and not transport.disconnecting, "waits for the peer"
+    return site, own
+
+
+def test_a_metrics_close_whose_answer_was_taken_leaves_its_place_to_a_newcomer_at_once() -> None:
+    """A client that reconnects as soon as it has read a "Connection: close"
+    answer (http.client) was refused: the close it left waits for its next
+    look at the kernel (closing.Linger), counted meanwhile."""
+    clock = Clock()
+    site, own = _closing_pair(clock)
+    assert metrics_connection(site, 41000, "127.0.0.40") is None  # not taken yet: counted
+    own[0][1].take(1 << 20)  # the peer reads it all
+    newcomer = metrics_connection(site, 41001, "127.0.0.40")
+    assert newcomer is not None
+    assert own[0][1].disconnecting and not own[1][1].disconnecting  # the close (FIN)
+
+
+def test_a_metrics_close_whose_answer_is_not_taken_gives_way_once_idle() -> None:
+    """A non-reader's close holds its place for at most the close grace, and
+    gives way to a newcomer once idle, as any connection whose peer takes
+    nothing (before, it was never idle: it had a request in hand)."""
+    from twisted_chat.server.metrics.metricsport import METRICS_IDLE
+
+    clock = Clock()
+    site, own = _closing_pair(clock)
+    clock.advance(METRICS_IDLE)
+    assert metrics_connection(site, 41001, "127.0.0.40") is not None
+    assert own[0][1].disconnecting and not own[1][1].disconnecting

@@ -80,6 +80,18 @@ class Linger:
             look.cancel()
         self._close = None
 
+    def made(self) -> bool:
+        """Whether the close is made: already, or now, the peer having
+        taken everything since the last look (the connection then leaves
+        within the reactor's turn); not once aborted."""
+        if self._close is None:
+            return bool(self._abort.active())
+        look = self._look
+        if look is not None and self._held(self._transport) == 0:
+            look.cancel()
+            self._check(0.0)
+        return self._close is None
+
     def _check(self, wait: float) -> None:
         """Close if the peer has everything, else look again C{wait} s later."""
         self._look = None

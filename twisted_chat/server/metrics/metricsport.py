@@ -322,8 +322,8 @@ def metrics_site(registry: CollectorRegistry, reactor: Any = None,
             pace that has it whole within L{METRICS_DRAIN} of its writing.
             A peer that takes none of its answer, or takes it too slowly,
             holds the connection as a partial request does."""
-            if self._handlingRequest:
-                return None
+            if self._handlingRequest and not self.close_started:
+                return None  # (a close under way has answered all it will)
             waited = now - self.active_at
             if waited < METRICS_IDLE:
                 return None
@@ -377,7 +377,11 @@ def metrics_site(registry: CollectorRegistry, reactor: Any = None,
             host: str | None = getattr(addr, "host", None)
             if host is not None:
                 host = address_key(host)  # an IPv6 /64 is one address
-            # Counted over the open channels (at most max_connections).
+            # Counted over the open channels (at most max_connections) but
+            # those whose close is made: a client that reconnects at once
+            # after a "Connection: close" is not refused for the one it left.
+            for channel in [c for c in self.open if c.close_made()]:
+                self.open.pop(channel, None)
             own = [c for c in self.open if host is not None and c.host == host]
             full = (own if len(own) >= MAX_METRICS_PER_ADDRESS
                     else self.open if len(self.open) >= max_connections else None)

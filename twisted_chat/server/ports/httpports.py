@@ -20,7 +20,7 @@ from twisted.python.failure import Failure
 from twisted.web.http import HTTPChannel
 from twisted.web.server import Request
 
-from twisted_chat.server.limits.closing import close_within
+from twisted_chat.server.limits.closing import Linger, close_within
 from twisted_chat.server.output.sendqueue import fix_send_buffer
 from twisted_chat.tcpinfo import socket_of
 
@@ -67,6 +67,19 @@ class RefusingChannel(HTTPChannel):
         producer: Any = self._networkProducer  # the transport (Twisted's call)
         producer.unregisterProducer()
         self._closing = close_within(transport, self.site.reactor, self.site.config.close_grace)
+
+    @property
+    def close_started(self) -> bool:
+        """Whether it is closing: it answers nothing more."""
+        return self._closing is not None
+
+    def close_made(self) -> bool:
+        """Whether its close is made, or is now, its peer having taken
+        everything (L{Linger.made}): it leaves within the reactor's turn
+        (under TLS once its peer answers close_notify, within the grace),
+        and holds no place that a newcomer waits for."""
+        closing = self._closing
+        return isinstance(closing, Linger) and closing.made()
 
     def connectionLost(self, reason: Failure = connectionDone) -> None:
         closing, self._closing = self._closing, None
