@@ -406,9 +406,11 @@ def test_frames_sent_after_the_server_s_close_are_read_a_few_at_most() -> None:
     alice.socket.onMessageBegin = begun.append  # type: ignore[method-assign]
     alice.send_frame(ws.frame(b"") * 10_000)
     assert len(begun) == FRAMES_AFTER_CLOSE + 1
+    assert alice.socket.data == b""  # the rest dropped, not held
     assert not alice.transport.disconnected  # no reset: the browser reads BYE first
     alice.send_frame(ws.frame(b"") * 10_000)  # read and dropped, not parsed
     assert len(begun) == FRAMES_AFTER_CLOSE + 1
+    assert alice.socket.data == b""
     h.clock.advance(3.0)  # the close's grace (close_grace)
     assert alice.transport.disconnected and not alice.socket.wasClean  # aborted
     # A browser's answer behind a few messages closes as ever.

@@ -384,8 +384,9 @@ class ChatWebSocket(WebSocketServerProtocol):
     #   - consumeData, processData and data: autobahn's loop over the frames
     #     read, one step of it, and the bytes it has not parsed yet
     #     (consumeData here stops the loop while the chat connection does
-    #     not read).  Renamed, a paused connection's read is parsed whole
-    #     again (consumeData) or every read fails (processData, data).
+    #     not read, and after FRAMES_AFTER_CLOSE frames once closing).
+    #     Renamed, a paused connection's read is parsed whole again
+    #     (consumeData) or every read fails (processData, data).
 
     def dataReceived(self, data: bytes) -> None:
         # autobahn's formats a debug log line's arguments on every read.
@@ -400,27 +401,35 @@ class ChatWebSocket(WebSocketServerProtocol):
         buffer, and is parsed when it reads again (L{read_again}).
         Pausing the TCP transport alone stops only the next read: the one
         under way (64 KiB: 10,922 empty messages) was parsed and held
-        whole (rev16-sec #1).
+        whole (rev16-sec #1).  Once closing, L{_consume_after_close}.
         """
-        if self.state != self.STATE_OPEN:
-            if self.state == self.STATE_CLOSING and self._after_close > FRAMES_AFTER_CLOSE:
-                self.data = b""  # read and dropped, not parsed (FRAMES_AFTER_CLOSE)
-                return
+        if self.state == self.STATE_CLOSING:
+            self._consume_after_close()
+        elif self.state != self.STATE_OPEN:
             super().consumeData()
-            return
-        while not self.unread and self.processData() and self.state != self.STATE_CLOSED:
+        else:
+            while not self.unread and self.processData() and self.state != self.STATE_CLOSED:
+                pass
+
+    def _consume_after_close(self) -> None:
+        """
+        The close was sent: frames are parsed (for the peer's close) until
+        L{FRAMES_AFTER_CLOSE} of them have begun; past that, the rest of
+        this read and every later one is dropped unparsed, until the close
+        completes or its grace aborts it.
+        """
+        while (self._after_close <= FRAMES_AFTER_CLOSE and self.processData()
+               and self.state != self.STATE_CLOSED):
             pass
+        if self._after_close > FRAMES_AFTER_CLOSE:
+            self.data = b""
 
     def onFrameBegin(self) -> None:
         """A frame read after the close was sent counts towards
-        L{FRAMES_AFTER_CLOSE}: past it the rest of the read is dropped
-        unparsed (autobahn's loop ends with its buffer), and so is every
-        later read (L{consumeData}), until the close's grace aborts it."""
+        L{FRAMES_AFTER_CLOSE} (L{_consume_after_close})."""
         super().onFrameBegin()
         if self.state == self.STATE_CLOSING:
             self._after_close += 1
-            if self._after_close > FRAMES_AFTER_CLOSE:
-                self.data = b""
 
     def read_again(self) -> None:
         """The chat connection reads again: the frames that waited are
