@@ -1051,6 +1051,51 @@ def test_busy_pending_registered_and_not_registered_show_the_servers_reason(
     assert errors == [said for _, said in shown]
 
 
+WORK = "too much password work from your address at once; send {verb} again in a moment"
+HASHES = ("too many REGISTER and PASSWD from your address lately (each costs a password "
+          "hash: 5 in a row, then one per 60 s); send {verb} again in 42 s")
+SLOW = "slow down: at most 10 lines per second (bursts of 20); lines are being dropped"
+
+
+def test_password_work_refused_for_flood_ends_the_request_in_the_servers_words(
+    web: WebServer, browser: Callable[..., Any]
+) -> None:
+    """ERROR flood answers a REGISTER or PASSWD the server would not hash
+    now (the address's share of the password work, the password threads
+    full, too many new hashes from the address lately): it was not done,
+    and its request is over, as for the other refusals (it was left
+    pending, and the server's words shown bare). A flood of lines while
+    one is pending is not its answer: the REGISTERED after it is."""
+    page = scripted(browser(), web, {
+        "NICK alice": [["READY alice", "USERS 0"]],
+        "REGISTER correct horse 1": [
+            [f"ERROR flood {WORK.format(verb='REGISTER')}"],
+            ["ERROR flood the server is busy; send it again in a moment"],
+            [f"ERROR flood {SLOW}", "REGISTERED alice"]],
+        "PASSWD correct horse 1": [
+            [f"ERROR flood {WORK.format(verb='PASSWD')}"],
+            [f"ERROR flood {HASHES.format(verb='PASSWD')}"]],
+    })
+    join_as(page, "alice")
+    logged_in(page, "alice")
+    shown = [
+        ("/register", "The nickname was not registered: "
+         f"{WORK.format(verb='REGISTER')}."),
+        ("/passwd", f"The password was not changed: {WORK.format(verb='PASSWD')}."),
+        ("/register", "The nickname was not registered: the server is busy; send it "
+         "again in a moment."),
+        ("/passwd", f"The password was not changed: {HASHES.format(verb='PASSWD')}."),
+    ]
+    for command, said in shown:
+        account_dialog(page, command, "correct horse 1")
+        wait_notice(page, said)
+    account_dialog(page, "/register", "correct horse 1")
+    wait_notice(page, "alice is now registered")
+    assert SLOW in notices(page)
+    errors = [n for n in notices(page) if n.startswith(("The nickname", "The password"))]
+    assert errors == [said for _, said in shown]
+
+
 @pytest.fixture
 def web_accounts_off(tmp_path: Path) -> Iterator[WebServer]:
     yield from serving(WebServer(tmp_path, "--accounts", "off"))

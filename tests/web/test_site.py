@@ -23,6 +23,11 @@ from twisted_chat import wire
 from twisted_chat.client import render
 from twisted_chat.client.liveness import Liveness
 from twisted_chat.client.main import DEFAULT_TIMEOUT
+from twisted_chat.server.accounts.login import (
+    ADDRESS_BUSY_TEXT,
+    SERVER_BUSY_TEXT,
+    _too_many_hashes,
+)
 from twisted_chat.server.accounts.loginlimits import LoginLimits
 from twisted_chat.server.config import ServerConfig
 from twisted_chat.server.service import makeService
@@ -327,6 +332,29 @@ def test_the_pages_words_for_answers_without_a_code_are_wires() -> None:
         text = f"bob is not reading fast enough to take more {what}; try again later"
         found = behind.search(text)
         assert (found and found.group(1)) == render.behind("busy", text) == nick, text
+
+
+def test_the_pages_password_work_refusals_are_the_servers() -> None:
+    """app.js's PASSWORD_FLOOD_RE, the ERROR flood texts that answer (and
+    end) a REGISTER or PASSWD, is read from it as it is: it must pick each
+    text the server refuses password work with (they begin with
+    wire.PASSWORD_WORK_REFUSED's words), and not the flood of lines nor the
+    user list's price, the other ERROR flood texts an online connection
+    gets."""
+    js = (STATIC / "app.js").read_text()
+    page = re.compile(_page_constant(js, "PASSWORD_FLOOD_RE"))
+    for words in wire.PASSWORD_WORK_REFUSED:
+        assert page.search(f"{words}; send PASSWD again in a moment"), words
+    for verb in ("REGISTER", "PASSWD"):
+        for text in (ADDRESS_BUSY_TEXT.format(verb=verb), SERVER_BUSY_TEXT.format(verb="it"),
+                     _too_many_hashes(verb, 41.5, LoginLimits()).text):
+            assert page.search(text), text
+    for text in ("slow down: at most 10 lines per second (bursts of 20); lines are being "
+                 "dropped",
+                 "slow down: USERS costs one line per 4096 bytes of the user list (9000 "
+                 "bytes now), at most 20, at 10 lines per second; try again in a moment",
+                 "a text that says: the server is busy"):
+        assert not page.search(text), text
 
 
 # -- rules without a network ----------------------------------------------------------

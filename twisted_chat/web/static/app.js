@@ -1737,9 +1737,11 @@
           settlePairChanged(text);
         } else if (REFUSED.has(code)) {
           refused(code, text);
-        } else if (ACCOUNT_ERRORS[code] || (code === "unavailable" && text.startsWith(ACCOUNTS_UNAVAILABLE))) {
+        } else if (ACCOUNT_ERRORS[code] || (code === "unavailable" && text.startsWith(ACCOUNTS_UNAVAILABLE))
+                   || (code === "flood" && PASSWORD_FLOOD_RE.test(text))) {
           // The REGISTER or PASSWD awaited (if any) was not done: its
-          // request is over (unavailable: the terminal client's words).
+          // request is over (unavailable: the terminal client's words;
+          // flood: the server's).
           const request = state.accountRequest;
           state.accountRequest = null;
           const verb = request && request.verb;
@@ -2044,6 +2046,13 @@
   // PASSWD (wire.ACCOUNTS_UNAVAILABLE, which server/accounts/login.py
   // writes): no other command gets these words.
   const ACCOUNTS_UNAVAILABLE = "the accounts cannot be reached";
+
+  // How ERROR flood begins when it answers REGISTER or PASSWD, not done
+  // (wire.PASSWORD_WORK_REFUSED): the password threads full, over the
+  // address's share of the password work, or too many new hashes from the
+  // address lately. Once online no other line gets these words (a flood
+  // of lines is "slow down: ..."): the request is over.
+  const PASSWORD_FLOOD_RE = /^(too much password work from your address at once|the server is busy|too many REGISTER and PASSWD from your address)\b/;
 
   function notDone(verb, text) {
     const lead = {
