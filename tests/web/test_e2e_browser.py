@@ -1629,6 +1629,156 @@ def test_the_backoff_starts_again_once_the_page_is_back_in_the_chat(
     assert first.endswith(("in 1 s…", "in 2 s…")), first  # the backoff's first step again
 
 
+# -- a nick the server did not look at: ERROR flood, "try again in N s" -----------------
+
+# Installed before app.js runs: the reconnection's backoff without its
+# random jitter, a little shorter (0.95 times) or longer (1.05): pages that
+# lost the server together come back a few tenths of a second apart, as
+# users behind one address do (together, the server would judge both nicks
+# before it registered either).
+def _steady_backoff(share: float) -> str:
+    return f"Math.random = () => {share};"
+
+
+# The banner while the page waits to send a nick the server did not look at.
+NOT_LOOKED_AT = re.compile(
+    r"The server did not look at the nickname (\w+): too many nicks registered from "
+    r"127\.0\.0\.1 lately; try again in (\d+) s\. Sending it again in \d+ s "
+    r"\(try 1 of 10\)\.")
+
+
+def flood_banners(driver: Any) -> list[re.Match[str]]:
+    """The banners since L{watch_banner} that said a nick was not looked at."""
+    return [m for m in map(NOT_LOOKED_AT.fullmatch, banners(driver)) if m]
+
+
+def test_a_nick_over_the_address_s_limit_is_sent_again_after_the_wait_it_names(
+    tmp_path: Path, browser: Callable[..., Any]
+) -> None:
+    """Over its address's nick limit (one nick, then one per 8 s), the
+    server answers NICK with ERROR flood "... try again in N s" and does
+    not look at the nick. The page showed those words in its form, and
+    nothing more happened (the server's --nick-timeout then closed the
+    prompt). Now the banner says it will try again in N s, and the page
+    sends the same nick then, as the terminal client does; the nick
+    timeout (2 s) ending the connection during that wait does not stop it:
+    the page connects again when the wait is over, and gets in."""
+    args = ("--ip-register-burst", "1", "--ip-register-rate", "0.125",
+            "--nick-timeout", str(NICK_TIMEOUT))
+    with served(WebServer(tmp_path, *args, exempt=())) as web:
+        alice, bob = browser(), recording(browser())
+        join(alice, web, "alice")
+        bob.get(web.url)
+        watch_banner(bob)
+        join_as(bob, "bob")
+        logged_in(bob, "bob")  # within the 8 s and a new connection
+        said = flood_banners(bob)
+        assert said and said[0].group(1) == "bob", banners(bob)
+        assert int(said[0].group(2)) > NICK_TIMEOUT  # so the nick timeout came first
+        # The banner counted the wait down to the end, through the close:
+        # not hidden as for a prompt left open.
+        shown = banners(bob)
+        waited = shown[shown.index(said[0].group(0)):shown.index("Connected.")]
+        assert all(NOT_LOOKED_AT.fullmatch(text) for text in waited), shown
+        assert sent(bob) == ["NICK bob", "NICK bob"]
+        assert count(bob, "sockets") == 2
+        assert [line for line in bob.execute_script("return window.gotLines")
+                if line.startswith("BYE")] == ["BYE timeout no nickname after 2 seconds"]
+        assert bob.find_element(By.ID, "nick-error").text == ""
+
+
+def test_pages_behind_one_address_rejoining_together_wait_their_turn(
+    tmp_path: Path, browser: Callable[..., Any]
+) -> None:
+    """After a restart, users behind one address come back together,
+    faster than its nick limit allows (here one nick, then one per 8 s):
+    the one refused (ERROR flood "... try again in N s") waited for the
+    server's nick timeout (30 s) and a reconnection, its banner saying
+    "Reconnecting" meanwhile. Now it says it will try again in N s, sends
+    its nick again then, and is back within seconds."""
+    args = ("--ip-register-burst", "1", "--ip-register-rate", "0.125")
+    with served(WebServer(tmp_path, *args, exempt=())) as web:
+        pages = [recording(browser()) for _ in range(2)]
+        for page, share in zip(pages, (0.4, 0.6), strict=True):
+            page.execute_cdp_cmd("Page.addScriptToEvaluateOnNewDocument",
+                                 {"source": _steady_backoff(share)})
+        join(pages[0], web, "alice")
+        time.sleep(8.0)  # the address's next nick
+        join(pages[1], web, "bob")
+        for page in pages:
+            watch_banner(page)
+        web.restart()
+        for page, nick in zip(pages, ("alice", "bob"), strict=True):
+            # The backoff's steps while the server restarts, and the wait
+            # the server names (8 s at most), not its nick timeout (30 s).
+            wait(page, lambda d, nick=nick: d.execute_script("return window.gotLines")
+                 .count(f"READY {nick}") == 2, timeout=2 * WAIT + 8)
+        said = [flood_banners(page) for page in pages]
+        assert sorted(bool(each) for each in said) == [False, True], [
+            banners(page) for page in pages]
+        refused = pages[0] if said[0] else pages[1]
+        nick = (said[0] or said[1])[0].group(1)
+        # No reconnection: the same NICK again on the connection it refused.
+        got = refused.execute_script("return window.gotLines")
+        since = got[max(i for i, line in enumerate(got) if line.startswith("HELLO ")):]
+        answers = [line.split(" ", 2)[:2] for line in since
+                   if line.startswith(("ERROR", "READY"))]
+        assert answers == [["ERROR", "flood"], ["READY", nick]], since
+        assert sent(refused)[-2:] == [f"NICK {nick}", f"NICK {nick}"]
+        assert "Connected." in banners(refused)
+
+
+def test_a_nick_not_looked_at_is_sent_again_ten_times_at_most(
+    web: WebServer, browser: Callable[..., Any]
+) -> None:
+    """The same NICK goes again after each wait the server names (at least
+    1 s), at most 10 times in a row; then the nick prompt shows the
+    server's words, and nothing more is sent by itself."""
+    flooded = "ERROR flood too many nicks registered from 10.0.0.1 lately; try again in 0 s"
+    page = recording(scripted(browser(), web, {"NICK alice": [[flooded]] * 12}))
+    watch_banner(page)
+    join_as(page, "alice")
+    wait(page, lambda d: len(sent(d)) == 11, timeout=11 * 1.5)
+    wait(page, lambda d: "Still refused" in d.find_element(By.ID, "nick-error").text)
+    assert page.find_element(By.ID, "nick-error").text == (
+        "The server did not look at the nickname alice: too many nicks registered from "
+        "10.0.0.1 lately; try again in 0 s. Still refused after 10 tries: join again "
+        "later, or choose another nickname.")
+    assert [f"(try {i} of 10)" in " ".join(banners(page)) for i in (1, 10)] == [True, True]
+    assert "Sending it again in 1 s (try 1 of 10)." in banners(page)[0]
+    assert page.find_element(By.ID, "nick-submit").is_enabled()
+    time.sleep(1.5)  # a wait's worth: nothing more is sent
+    assert sent(page) == ["NICK alice"] * 11
+    join_as(page, "alice")  # a Join starts the count again
+    wait(page, lambda d: "(try 1 of 10)" in shown_banner(d))
+
+
+def test_the_pages_wait_for_a_nick_not_looked_at_is_the_terminal_clients(
+    browser: Callable[..., Any]
+) -> None:
+    """app.js's floodWait, taken from it as it is and run in Chromium: the
+    wait the server's text names, at least 1 s and at most 30, 3 s if it
+    names none, as the terminal client waits (test_site.py compares the
+    numbers with its Login.FLOOD_*)."""
+    app = APP_JS.read_text()
+    found = re.search(r"\n( +)function floodWait\(.*?\n\1\}\n", app, re.DOTALL)
+    consts = re.findall(r"^ +const FLOOD_(?:DELAY|WAIT_MAX) = .*;\n", app, re.MULTILINE)
+    assert found is not None and len(consts) == 2, "app.js has no floodWait"
+    samples = {
+        "too many nicks registered from 10.0.0.1 lately; try again in 2 s": 2,
+        "too many nicks registered from 10.0.0.1 lately; try again in 900 s": 30,
+        "too many nicks registered from 10.0.0.1 lately; try again in 0 s": 1,
+        "too many nicks registered from 10.0.0.1 lately; try again in 2.5 s": 2.5,
+        "too many nicks": 3,
+        "": 3,
+        "try again in 5 seconds": 3,
+    }
+    waits = browser().execute_script("".join(consts) + found.group(0) + """
+      return arguments[0].map((text) => floodWait(text));
+    """, list(samples))
+    assert waits == list(samples.values())
+
+
 def test_a_flood_cut_says_why_in_the_banner_and_reconnects(
     web: WebServer, browser: Callable[..., Any]
 ) -> None:

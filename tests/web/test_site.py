@@ -22,6 +22,7 @@ from tests.web.wsframes import WsClient
 from twisted_chat import wire
 from twisted_chat.client import render
 from twisted_chat.client.liveness import Liveness
+from twisted_chat.client.login import Login
 from twisted_chat.client.main import DEFAULT_TIMEOUT
 from twisted_chat.server.accounts.login import (
     ADDRESS_BUSY_TEXT,
@@ -254,6 +255,17 @@ def test_the_pages_waits_for_the_server_are_the_terminal_clients() -> None:
     assert float(found["ANSWER_WAIT"]) == Liveness.ANSWER_WAIT
     assert float(found["PING_WAIT"]) == Liveness.PING_WAIT
     assert float(found["HANDSHAKE_TIMEOUT"]) == DEFAULT_TIMEOUT
+
+
+def test_the_pages_tries_of_a_nick_not_looked_at_are_the_terminal_clients() -> None:
+    """app.js cannot import login.py: its copies of the terminal client's
+    numbers for a NICK the server did not look at (ERROR flood, "try again
+    in N s") are read from it as they are."""
+    js = (STATIC / "app.js").read_text()
+    found = dict(re.findall(r"^  const FLOOD_(\w+) = (\d+);$", js, re.MULTILINE))
+    assert {name: float(value) for name, value in found.items()} == {
+        "DELAY": Login.FLOOD_DELAY, "WAIT_MAX": Login.FLOOD_WAIT_MAX,
+        "TRIES": Login.FLOOD_TRIES}
 
 
 def test_the_pages_forbidden_characters_are_wires() -> None:

@@ -152,6 +152,11 @@
     countdown: null, // the banner's countdown to it (countDown)
     takenRetries: 0,
     unavailableRetries: 0, // RETRY unavailable answers in a row
+    floodRetries: 0, // ERROR flood answers to the page's NICK in a row (nickFlooded)
+    // The page waits to send the NICK the server did not look at again:
+    // a connection closed meanwhile (its --nick-timeout) is not a prompt
+    // left open, and the wait's end connects again.
+    floodWait: false,
     users: new Map(), // key -> {nick, state, row: its row in the user list}
     pendingUsers: null,
     // The conversation where the user typed /users (or /who): the next user
@@ -936,7 +941,8 @@
   // and says nothing, or HELLO and nothing more, is given up, and the
   // backoff goes on. No timer runs while the page waits on the user (the
   // nick or password prompt, after a RETRY or an ERROR) or on its own
-  // timer (RETRY taken or unavailable: the same NICK 3 s later).
+  // timer (RETRY taken or unavailable: the same NICK 3 s later; ERROR
+  // flood: after the wait the server names, nickFlooded).
   //
   // ?answer=SECONDS and ?timeout=SECONDS on the page's URL (at least 1) set
   // ANSWER_WAIT and PING_WAIT (each), and HANDSHAKE_TIMEOUT: for tests,
@@ -1254,6 +1260,10 @@
       }
       answers.reconnecting = true;
       state.autoJoin = true;
+    } else if (state.floodWait && state.byeReason !== "flood") {
+      // The server's nick timeout during the wait to send a NICK it did
+      // not look at: the wait goes on, and its end connects (nickFlooded).
+      return;
     } else if (state.byeReason === "timeout" && !state.autoJoin) {
       // A prompt left alone past the server's --nick-timeout: nothing to
       // show, no backoff; Join stays usable and connects (wakeUp).
@@ -1279,6 +1289,7 @@
   // ?cooldown=SECONDS (at least 1) sets LOGIN_COOLDOWN, for tests.
   const LOGIN_COOLDOWN = seconds("cooldown", 60);
   function loginRefused() {
+    stopCountDown(); // a wait to send a NICK again (nickFlooded) is over
     const nick = state.wanted;
     const failed = state.lastLogin === "PASS";
     const said = state.byeText ? ` The server said: “${state.byeText}”.` : "";
@@ -1363,6 +1374,57 @@
     clearInterval(state.countdown);
     clearTimeout(state.retryTimer);
     state.retryTimer = null;
+    state.floodWait = false;
+  }
+
+  // ERROR flood answering the page's NICK: the server did not look at the
+  // nick (too many registered from this address lately: users behind one
+  // address all coming back after a restart) and names the wait, "try
+  // again in N s". The page says so, waits it out and sends the same NICK
+  // again, at most FLOOD_TRIES times in a row; then the nick prompt shows
+  // the server's words. The terminal client's rule and numbers
+  // (client/login.py, Login.FLOOD_*; tests/web/test_site.py compares them).
+  // Seconds: the wait when the server names none, and the longest.
+  const FLOOD_DELAY = 3;
+  const FLOOD_WAIT_MAX = 30;
+  const FLOOD_TRIES = 10;
+
+  // The seconds to wait before sending a NICK the server did not look at
+  // again: the wait its text names, at least 1 s and at most FLOOD_WAIT_MAX.
+  function floodWait(text) {
+    const named = /\btry again in (\d+(?:\.\d+)?) s\b/.exec(text);
+    return Math.min(Math.max(named ? Number(named[1]) : FLOOD_DELAY, 1), FLOOD_WAIT_MAX);
+  }
+
+  function nickFlooded(text) {
+    const nick = state.wanted;
+    const why = `The server did not look at the nickname ${nick}: ${(text || "too many nicks").replace(/\.$/, "")}.`;
+    stopCountDown();
+    state.floodRetries += 1;
+    if (state.floodRetries > FLOOD_TRIES) {
+      state.floodRetries = 0;
+      state.autoJoin = false;
+      state.queued = null;
+      showLogin(false, `${why} Still refused after ${FLOOD_TRIES} tries: join again later, or choose another nickname.`);
+      return;
+    }
+    const tries = `try ${state.floodRetries} of ${FLOOD_TRIES}`;
+    const wait = floodWait(text);
+    const spoken = `${why} Sending it again in ${wait} s (${tries}).`;
+    const ws = state.ws;
+    countDown(Date.now() + wait * 1000, (s) => {
+      banner(`${why} Sending it again in ${s} s (${tries}).`, null, false, spoken);
+    }, () => {
+      state.floodWait = false;
+      if (state.online) return;
+      if (state.ws === ws && send("NICK " + nick)) return;
+      if (state.ws && state.ws !== ws) return; // a connection under way asks for the nick itself
+      // The connection ended meanwhile (the server's nick timeout): a new
+      // one, whose prompt gets the same nick.
+      if (!state.autoJoin && !state.queued) state.queued = "nick";
+      connect();
+    });
+    state.floodWait = true;
   }
 
   // The banner shows `text`; a screen reader hears `spoken` (the text, by
@@ -1418,6 +1480,7 @@
     state.attempt = 0; // in the chat: the next loss starts the backoff at 1 s again
     state.takenRetries = 0;
     state.unavailableRetries = 0;
+    state.floodRetries = 0;
     state.autoJoin = false;
     state.queued = null;
     askPassword = false;
@@ -1489,6 +1552,7 @@
       case "PASS": {
         // Answered by itself only with a password held for this very nick.
         const [, nick] = parse(line, 1);
+        state.floodRetries = 0; // the nick was looked at
         const held = state.password;
         const again = state.repass;
         state.repass = null;
@@ -1507,6 +1571,7 @@
       }
       case "RETRY": {
         const [, reason, text] = parse(line, 2);
+        state.floodRetries = 0; // the nick was looked at
         if (reason === "taken" && state.autoJoin && state.takenRetries < 40) {
           // Our old connection may still be online until the server notices it is gone.
           state.takenRetries += 1;
@@ -1730,7 +1795,9 @@
       }
       case "ERROR": {
         const [, code, text] = parse(line, 2);
-        if (!state.online) {
+        if (!state.online && code === "flood" && state.lastLogin === "NICK" && state.wanted) {
+          nickFlooded(text); // the server did not look at the nick: sent again after a wait
+        } else if (!state.online) {
           $("nick-error").textContent = code === "not-ready" ? notReady(text) : text;
           if (code === "server-full") banner(text, null);
         } else if (pairChanged(code, text)) {
@@ -2019,9 +2086,16 @@
     state.wanted = nick;
     state.leaving = false;
     state.unavailableRetries = 0;
+    state.floodRetries = 0;
+    const waited = state.floodWait; // this Join is the NICK sent again
+    if (waited) {
+      stopCountDown();
+      banner(null);
+    }
     if (!send("NICK " + nick)) {
       state.queued = "nick"; // sent when the server asks for it
-      wakeUp();
+      if (waited && !state.ws) connect();
+      else wakeUp();
     }
   });
 
