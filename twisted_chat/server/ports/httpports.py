@@ -14,7 +14,7 @@ from __future__ import annotations
 from io import BytesIO
 from typing import TYPE_CHECKING, Any, Protocol
 
-from twisted.internet.interfaces import IDelayedCall
+from twisted.internet.interfaces import IDelayedCall, ISSLTransport
 from twisted.internet.protocol import connectionDone
 from twisted.python.failure import Failure
 from twisted.web.http import HTTPChannel
@@ -75,9 +75,13 @@ class RefusingChannel(HTTPChannel):
 
     def close_made(self) -> bool:
         """Whether its close is made, or is now, its peer having taken
-        everything (L{Linger.made}): it leaves within the reactor's turn
-        (under TLS once its peer answers close_notify, within the grace),
-        and holds no place that a newcomer waits for."""
+        everything (L{Linger.made}): it leaves within the reactor's turn,
+        and holds no place that a newcomer waits for.  Never under TLS:
+        there the socket stays until the peer answers close_notify, which
+        it may never do (then the close grace ends it), so the close keeps
+        its place, or gives it up once idle as any connection does."""
+        if ISSLTransport.providedBy(self.transport):
+            return False
         closing = self._closing
         return isinstance(closing, Linger) and closing.made()
 
