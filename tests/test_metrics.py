@@ -644,14 +644,17 @@ def metrics_connection(site: Any, port: int, host: str = "127.0.0.1",
                        transport_type: Any = None) -> tuple[Any, Any] | None:
     """One accepted connection to C{site} from C{host}: its channel and
     transport (a StringTransport, or C{transport_type}), or None if the site
-    refused it (Twisted closes the socket then)."""
+    refused it (its protocol aborts the connection when made)."""
     from twisted.internet.address import IPv4Address, IPv6Address
     from twisted.internet.testing import StringTransport
 
     address: Any = (IPv6Address("TCP", host, port) if ":" in host
                     else IPv4Address("TCP", host, port))
     channel = site.buildProtocol(address)
-    if channel is None:
+    if type(channel).__name__ == "_Shut":  # refused: aborted when made
+        shut = StringTransport(peerAddress=address)
+        channel.makeConnection(shut)
+        assert shut.disconnecting
         return None
     transport = (transport_type or StringTransport)(peerAddress=address)
     channel.makeConnection(transport)

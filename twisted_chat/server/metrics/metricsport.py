@@ -16,7 +16,7 @@ from urllib.parse import parse_qs
 
 from prometheus_client.exposition import choose_encoder, gzip_accepted
 from prometheus_client.registry import CollectorRegistry
-from twisted.internet.protocol import connectionDone
+from twisted.internet.protocol import Protocol, connectionDone
 from twisted.python.failure import Failure
 
 from twisted_chat.server.config import ServerConfig
@@ -245,6 +245,18 @@ def renders_bounded(app: Any, seconds: Callable[[], float],
     return bounded_app
 
 
+
+class _Shut(Protocol):
+    """What a connection over the metrics port's limits talks to: it is
+    aborted at once.  Not C{None} from C{buildProtocol}: over TCP Twisted
+    then closes the socket, but under TLS its wrapper wrapped the C{None},
+    logged a traceback and left the socket open."""
+
+    def connectionMade(self) -> None:
+        transport: Any = self.transport
+        transport.abortConnection()
+
+
 def metrics_site(registry: CollectorRegistry, reactor: Any = None,
                  max_connections: int = MAX_METRICS_CONNECTIONS,
                  timeout: float = METRICS_TIMEOUT, config: ServerConfig | None = None) -> Any:
@@ -386,7 +398,7 @@ def metrics_site(registry: CollectorRegistry, reactor: Any = None,
             full = (own if len(own) >= MAX_METRICS_PER_ADDRESS
                     else self.open if len(self.open) >= max_connections else None)
             if full is not None and not self._make_room(full):
-                return None  # Twisted closes the socket at once
+                return _Shut()
             channel = super().buildProtocol(addr)
             channel.host = host
             channel.active_at = self.clock.seconds()
