@@ -400,8 +400,9 @@ class Outbox:
         pacer slows down (unless it refused password work:
         L{PASSWORD_WORK_REFUSED}).  The new rate, or C{None} if it did not change.
         """
-        if not text.startswith(PASSWORD_WORK_REFUSED):
-            self._flood_dropped = True
+        if text.startswith(PASSWORD_WORK_REFUSED):
+            return None  # password work refused, not too many lines
+        self._flood_dropped = True
         if self._pacer.slow_down(text):
             return self._pacer.rate
         return None

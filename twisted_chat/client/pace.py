@@ -17,8 +17,6 @@ from __future__ import annotations
 import re
 from collections.abc import Callable
 
-from twisted_chat.wire import PASSWORD_WORK_REFUSED
-
 # Half the server's documented defaults: room for the lines the client sends
 # on its own (PONG, NICK) and for lines that arrive bunched up.
 RATE = 5.0
@@ -78,10 +76,6 @@ class Pacer:
         its bucket fill again before the next line.  Whether the rate changed.
         """
         limits = server_limits(text)
-        if text.startswith(PASSWORD_WORK_REFUSED):
-            # "the server is busy; send it again in a moment" and the like:
-            # password work refused, not too many lines.
-            return False
         rate, burst = self.rate / 2, self.burst
         if limits is not None and limits[0] > 0:
             rate = min(rate, limits[0] / 2)
