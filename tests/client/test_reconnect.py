@@ -588,6 +588,29 @@ def test_a_line_typed_while_that_next_connection_logs_in_is_not_sent() -> None:
     assert h.sent() == []
 
 
+def test_a_line_typed_in_the_wait_the_nick_timeout_cuts_is_said_not_sent() -> None:
+    """A line typed ahead while the first login waits to send the nick
+    again would go after READY; the cut connection takes it along, and the
+    next one does not send it: the cut says so (as --no-reconnect's end)."""
+    h = Harness()
+    h.receive("HELLO chat/1 test", "NICK")
+    assert h.sent() == ["NICK alice"]
+    h.receive(FLOODED)
+    h.session.user_line("hello while waiting")
+    h.screen.take()
+    h.receive(NICK_TIMEOUT)
+    h.lose()
+    assert h.screen.take() == [
+        "! The server stopped waiting for the nickname (it allows 30 seconds to "
+        "log in). 1 line still waiting to be sent was not sent.",
+        "* Reconnecting in 1 s; /reconnect tries now, /quit leaves.",
+    ]
+    h.clock.advance(1)
+    h.join()
+    h.clock.advance(5)
+    assert h.sent() == []
+
+
 def _flooded_then_sent_again() -> Harness:
     """A reconnection whose NICK waited out the server's named wait and went again."""
     h = Harness()

@@ -274,10 +274,14 @@ class UserInput:
 
     def drop_queue(self) -> int:
         """
-        Drop the lines still waiting to be sent; once online they are counted
-        and said at the end (none is lost silently).  How many.
+        Drop the lines still waiting to be sent; once online, or typed ahead
+        while a terminal waited to send its nick again (the next connection
+        does not send them), they are counted and said at the end (none is
+        lost silently).  How many.
         """
-        return self._client.outbox.drop(counted=self._client.nick is not None)
+        client = self._client
+        waited = client.interactive and client.login.nick_waited is not None
+        return client.outbox.drop(counted=client.nick is not None or waited)
 
     def drop_typed_ahead(self, when: str, again: str | None = None) -> None:
         """
