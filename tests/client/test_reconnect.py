@@ -611,6 +611,27 @@ def test_a_line_typed_in_the_wait_the_nick_timeout_cuts_is_said_not_sent() -> No
     assert h.sent() == []
 
 
+def test_a_second_nick_timeout_cut_is_said_in_full_not_as_a_failed_try() -> None:
+    """The next connection got in far enough to send the nick: a second cut
+    is said with its reason, not as "Still not connected after 1 tries"."""
+    h = _flooded_at_the_first_login()
+    h.screen.take()
+    h.clock.advance(1)
+    assert h.screen.take() == ["* Reconnecting..."]
+    h.receive("HELLO chat/1 test", "NICK")
+    assert h.sent() == ["NICK alice"]
+    h.receive(FLOODED)
+    h.screen.take()
+    h.receive(NICK_TIMEOUT)
+    h.lose()
+    assert h.screen.take() == [
+        "! The server stopped waiting for the nickname (it allows 30 seconds to log in).",
+        "* Reconnecting in 2 s; /reconnect tries now, /quit leaves.",
+    ]
+    h.clock.advance(2)
+    assert h.screen.take() == ["* Reconnecting..."]
+
+
 def _flooded_then_sent_again() -> Harness:
     """A reconnection whose NICK waited out the server's named wait and went again."""
     h = Harness()

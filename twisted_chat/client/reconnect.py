@@ -249,8 +249,11 @@ class Reconnecting:
         self.reconnecting = True
         partner = client.pairing.partner if joined else None
         said = outcome.message or f"The connection to {client.server} was lost."
-        again = not joined and said == self._failure
-        self._failure = None if joined else said
+        # A cut wait for our nick is no failure to connect: its own "try N of
+        # M" lines said the progress, and the cut is said in full.
+        failed = not joined and waited is None
+        again = failed and said == self._failure
+        self._failure = said if failed else None
         if again:
             self._schedule(tries=self.attempt)
             return
