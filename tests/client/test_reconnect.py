@@ -632,6 +632,30 @@ def test_a_second_nick_timeout_cut_is_said_in_full_not_as_a_failed_try() -> None
     assert h.screen.take() == ["* Reconnecting..."]
 
 
+@pytest.mark.parametrize("end", ["refused", "lost", "full"])
+def test_that_next_connection_not_getting_in_tries_again(end: str) -> None:
+    """It said "Reconnecting": refused, lost before the greeting, or full,
+    it is a reconnection that did not get in (the server is not back yet),
+    not a first connection's failure that ends the client."""
+    h = _flooded_at_the_first_login()
+    h.screen.take()
+    h.refuse = end == "refused"
+    h.clock.advance(1)
+    if end == "lost":
+        h.lose()
+    elif end == "full":
+        h.receive("HELLO chat/1 test", "NICK")
+        assert h.sent() == ["NICK alice"]
+        h.receive("BYE full the server is full")
+        h.lose()
+    assert h.outcomes == []
+    assert h.screen.take()[-1] == "* Reconnecting in 2 s; /reconnect tries now, /quit leaves."
+    h.refuse = False
+    h.clock.advance(2)
+    h.join()
+    assert not h.client.rejoin  # still greeted as a first login
+
+
 def _flooded_then_sent_again() -> Harness:
     """A reconnection whose NICK waited out the server's named wait and went again."""
     h = Harness()

@@ -5,11 +5,13 @@ A L{ChatClient} is one connection.  On a terminal, once a session has joined
 the chat, L{Reconnecting} starts a new one when the server restarts
 (C{BYE shutdown}) or the connection is lost; and, joined or not, when the
 server's nick timeout cuts a wait for our nick (C{Login.nick_waited}), so
-that someone held back at the start is not let go: with the web page's backoff
-(L{backoff_delay}: 1, 2, 4, 8, 16, then every 30 seconds, each +-25 %;
-back to 1 s once a connection reached C{READY}), the same nickname (sent
-again every 3 s while the server says it is taken: our old connection, most
-likely; C{Login.TAKEN_TRIES}; after the wait the server names when too
+that someone held back at the start is not let go (the connection after
+that cut is a reconnection: refused, lost or full, it is tried again): with
+the web page's backoff (L{backoff_delay}: 1, 2, 4, 8, 16, then every 30
+seconds, each +-25 %; back to 1 s once a connection reached C{READY}),
+the same nickname (sent again every 3 s while the server says it is taken:
+our old connection, most likely; C{Login.TAKEN_TRIES}; after the wait the
+server names when too
 many nicks came from our address lately, C{Login.FLOOD_TRIES}), and the
 password typed this session (kept in memory only).  An open invitation, as
 a private conversation, ends with the connection, and the user is told.
@@ -104,7 +106,8 @@ def should_reconnect(
     Whether a connection's end is followed by another connection.
 
     @param joined: this connection reached C{READY}.
-    @param rejoining: it was itself a reconnection (an earlier one had joined).
+    @param rejoining: it was itself a reconnection (made after an earlier
+        connection ended: one that had joined, or a cut wait for our nick).
     @param user_left: the user quit (C{/quit}, Ctrl-C, Ctrl-D).
     @param bye_reason: the server's C{BYE} reason, C{None} without one.
     @param waiting_for_nick: it ended while our own nick was to be sent
@@ -233,7 +236,7 @@ class Reconnecting:
         user_left = self.user_left or client.ending.said_bye or client.ending.interrupted
         if not self.enabled or not should_reconnect(
             joined=joined,
-            rejoining=self.rejoining,
+            rejoining=self.reconnecting,
             user_left=user_left,
             bye_reason=client.ending.bye_reason,
             waiting_for_nick=waited is not None,
