@@ -45,6 +45,20 @@ def non_reader(port: int) -> socket.socket:
     return sock
 
 
+def ws_non_reader(port: int) -> socket.socket:
+    """A L{non_reader} upgraded to a WebSocket: the 101 read, and nothing
+    after it."""
+    sock = non_reader(port)
+    host = f"{LOOPBACK}:{port}"
+    request, _ = ws.handshake(host=host, origin=f"http://{host}")
+    sock.sendall(request)
+    head = b""
+    while b"\r\n\r\n" not in head:
+        head += sock.recv(1)
+    assert head.startswith(b"HTTP/1.1 101 "), head
+    return sock
+
+
 def server_side(port: int, peers: list[socket.socket]) -> dict[int, tuple[str, int]]:
     """The server's sockets on local C{port} to C{peers}, in any state
     (an orphan included), by peer port: state (hex, C{/proc/net/tcp}'s) and
@@ -149,14 +163,7 @@ def test_a_websocket_close_to_a_non_reader_leaves_no_socket_holding_its_output(
     peers = []
     start = time.monotonic()
     for i in range(2):
-        sock = non_reader(web)
-        host = f"{LOOPBACK}:{web}"
-        request, _ = ws.handshake(host=host, origin=f"http://{host}")
-        sock.sendall(request)
-        head = b""
-        while b"\r\n\r\n" not in head:
-            head += sock.recv(1)  # the 101, and nothing after it
-        assert head.startswith(b"HTTP/1.1 101 "), head
+        sock = ws_non_reader(web)
         sock.sendall(ws.text(f"NICK wsorphan{i}") + ws.text("PING " + "p" * 4000) * 13
                      + ws.frame(b"\x03\xe8", opcode=ws.CLOSE))
         peers.append(sock)

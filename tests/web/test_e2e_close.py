@@ -2,7 +2,8 @@
 A WebSocket the real server closes (twistd -n chat --web), seen from a
 peer that, as a busy browser tab, neither reads nor answers the close: it
 is reset once the close grace has passed, as a TCP connection is, and not
-sooner, so the BYE that says why is not dropped unread.
+sooner, so the BYE that says why is not dropped unread; and the TCP close
+autobahn makes after its own close frame leaves no orphan holding output.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from pathlib import Path
 import pytest
 
 from tests.serverproc import wait_until
+from tests.test_e2e_closing import holding, server_side, ws_non_reader
 from tests.web import wsframes as ws
 from tests.web.webserver import WebServer, served
 from twisted_chat.server.config import ServerConfig
@@ -84,3 +86,40 @@ def waiting_for(peer: ws.WsClient) -> tuple[list[str], list[int]]:
     frames, _ = ws.parse(data)
     texts = [payload.decode() for op, payload in frames if op == ws.TEXT]
     return texts, [ws.close_code(payload) for op, payload in frames if op == ws.CLOSE]
+
+
+def test_a_1007_to_a_non_reader_leaves_no_socket_holding_its_output(tmp_path: Path) -> None:
+    """rr18-core #1: the abort timer of the server's close frame stood for
+    "a TCP close under way", so the close autobahn makes right after its
+    1007 skipped close_within: Twisted closed the descriptor once its own
+    buffer was empty, and the kernel kept the lobby lines the peer had not
+    taken in an orphaned FIN-WAIT-1 socket, past the close grace."""
+    grace = ServerConfig().close_grace
+    server = WebServer(tmp_path, "--flood-rate", "1000", "--flood-burst", "1000")
+    with served(server) as web:
+        peer = ws_non_reader(web.web_port)
+        sender = ws.WsClient(web.web_port)
+        try:
+            peer.sendall(ws.text("NICK utf8"))
+            data = b""
+            while b"USERS " not in data:  # in the lobby: sent its lines from now on
+                data += peer.recv(65536)
+            sender.register("sender")
+            # About 90 kB for the peer, which reads none: more than it takes
+            # (a few kB, sometimes tens), less than the kernel's buffer
+            # (--sndbuf): Twisted holds none of it at the close.
+            for i in range(100):
+                sender.send(f"MSG {i} " + "x" * 900)
+            while " * 99 " not in sender.expect("MSG "):
+                pass  # its own copy of the last: the peer's are written too
+            wait_until(lambda: holding(web.web_port, [peer]), timeout=5,
+                       what=lambda: f"output held: {server_side(web.web_port, [peer])}")
+            start = time.monotonic()
+            peer.sendall(ws.frame(b"MSG \xff"))  # not UTF-8: autobahn's 1007
+            wait_until(lambda: not holding(web.web_port, [peer]),
+                       timeout=grace + 1 - (time.monotonic() - start),
+                       what=lambda: f"no server socket holding output: "
+                                    f"{server_side(web.web_port, [peer])}")
+        finally:
+            peer.close()
+            sender.close()

@@ -255,10 +255,14 @@ class ChatWebSocket(WebSocketServerProtocol):
     # socket from then on) and when the socket closes: what counted it
     # until then (the web port's HTTP connection it came from) stops.
     handover: Callable[[], None] | None = None
-    # The abort of a close, close_grace after it: one the server started
-    # (its close frame), a refused upgrade's, or the answer to the peer's
-    # close frame.
+    # The TCP (or TLS) close under way (dropConnection's, through
+    # close_within): a refused upgrade's, the answer to the peer's close
+    # frame, or the close after the server's own close frame.
     _grace: IDelayedCall | None = None
+    # The abort of a close frame the server sent, close_grace after it
+    # (apart from _grace: the TCP close that follows it still goes
+    # through close_within, or the kernel keeps its output as an orphan).
+    _frame_grace: IDelayedCall | None = None
     # The latest ping's payload, while its PONG waits for the socket to drain.
     _pending_pong: bytes | None = None
     _pong_call: IDelayedCall | None = None
@@ -567,9 +571,9 @@ class ChatWebSocket(WebSocketServerProtocol):
         """
         started = not isReply and self.state == self.STATE_OPEN
         super().sendCloseFrame(code, reasonUtf8, isReply)
-        if started and self._grace is None:
-            self._grace = self.factory.reactor.callLater(self.factory.close_grace,
-                                                         self.tcp.abortConnection)
+        if started and self._frame_grace is None:
+            self._frame_grace = self.factory.reactor.callLater(
+                self.factory.close_grace, self.tcp.abortConnection)
 
     def dropConnection(self, abort: bool = False) -> None:
         """
@@ -595,10 +599,10 @@ class ChatWebSocket(WebSocketServerProtocol):
 
     def connectionLost(self, reason: Failure = connectionDone) -> None:
         self._pending_pong = None
-        for call in (self._grace, self._pong_call, self._read_call):
+        for call in (self._grace, self._frame_grace, self._pong_call, self._read_call):
             if call is not None and call.active():
                 call.cancel()
-        self._grace = self._pong_call = self._read_call = None
+        self._grace = self._frame_grace = self._pong_call = self._read_call = None
         self.chat_queue = None  # its encode is a method of this socket's
         try:
             super().connectionLost(reason)
