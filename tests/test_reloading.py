@@ -54,24 +54,27 @@ def handler() -> Any:
     return signal.getsignal(signal.SIGHUP)
 
 
-def test_the_handler_is_installed_after_startup(sighup: None) -> None:
+def test_the_handler_is_installed_before_the_reactor_runs(sighup: None) -> None:
+    """rr18-core: a SIGHUP during the start-up ended the process."""
     reactor = Starting()
     reloader = Reloader(reactor)
-    before = handler()
+    reloader.privilegedStartService()
+    assert handler() == reloader.sighup.handler
     reloader.startService()
-    assert handler() == before, "not before the reactor runs"
     reactor.started()
     assert handler() == reloader.sighup.handler
     reloader.stopService()
     assert handler() == reloader.sighup.handler, "a SIGHUP during the shutdown does not end it"
 
 
-def test_a_reloader_stopped_before_startup_installs_no_handler(sighup: None) -> None:
+def test_a_reloader_stopped_before_startup_leaves_no_handler(sighup: None) -> None:
     reactor = Starting()
     reloader = Reloader(reactor)
     before = handler()
+    reloader.privilegedStartService()
     reloader.startService()
     reloader.stopService()
     assert reactor.after == {}
+    assert handler() == before
     reactor.started()
     assert handler() == before

@@ -3,8 +3,9 @@ SIGUSR1 never stops the server (ports/rotating.py; rev18-docs 2): with a
 log file it rotates it, as twistd's does; without one (stdout, syslog,
 C{/dev/null}) it was SIGUSR1's default action, the end of the process
 without C{BYE shutdown}.  Now one log line, and the server goes on.
-L{Rotator}'s handler is installed once the reactor has started, as
-L{Reloader}'s is (tests/test_reloading.py), and stays through the shutdown.
+L{Rotator}'s handler is installed at the service's start, before the
+reactor's, as L{Reloader}'s is (tests/test_reloading.py), and stays
+through the shutdown.
 """
 
 from __future__ import annotations
@@ -84,26 +85,39 @@ def test_with_a_log_file_sigusr1_rotates_it(sigusr1: None, logged: list[str]) ->
     assert not [line for line in logged if "SIGUSR1" in line]
 
 
-def test_the_handler_is_installed_after_startup_and_stays(sigusr1: None) -> None:
+def test_the_handler_is_installed_before_the_reactor_runs_and_stays(
+        sigusr1: None, logged: list[str]) -> None:
+    """rr18-core: taken only at the reactor's start, a SIGUSR1 during the
+    start-up (twistd's daemonizing, startService) still ended the process.
+    Taken from privilegedStartService on, it waits for the loop."""
     reactor = Loop()
-    rotator = Rotator(reactor, None, "stdout")
-    before = signal.getsignal(signal.SIGUSR1)
+    log_file = LogFile()
+    rotator = Rotator(reactor, log_file, "stdout")
+    rotator.privilegedStartService()
+    assert signal.getsignal(signal.SIGUSR1) == rotator.sigusr1.handler
+    os.kill(os.getpid(), signal.SIGUSR1)  # ended the test run before
     rotator.startService()
-    assert signal.getsignal(signal.SIGUSR1) == before, "not before the reactor runs"
     reactor.started()
+    assert log_file.rotations == 0, "not before the loop runs"
+    reactor.run()
+    assert log_file.rotations == 1
     assert signal.getsignal(signal.SIGUSR1) == rotator.sigusr1.handler
     rotator.stopService()
     assert signal.getsignal(signal.SIGUSR1) == rotator.sigusr1.handler, (
         "a SIGUSR1 during the shutdown does not end it")
 
 
-def test_a_rotator_stopped_before_startup_installs_no_handler(sigusr1: None) -> None:
+def test_a_rotator_stopped_before_startup_leaves_no_handler(sigusr1: None) -> None:
+    """A start-up that failed (twistd stops the services) gives back the
+    handler there was before."""
     reactor = Loop()
     rotator = Rotator(reactor, None, "stdout")
     before = signal.getsignal(signal.SIGUSR1)
+    rotator.privilegedStartService()
     rotator.startService()
     rotator.stopService()
     assert reactor.after == {}
+    assert signal.getsignal(signal.SIGUSR1) == before
     reactor.started()
     assert signal.getsignal(signal.SIGUSR1) == before
 

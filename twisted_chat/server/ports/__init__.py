@@ -16,6 +16,6 @@ privileges of a C{twistd} daemon.
   - L{privileges}: under twistd's C{--uid}/C{--gid}, the files start-up
     makes are made as the user the server will run as;
   - L{stopping}: a second SIGTERM or SIGINT during the shutdown is harmless;
-  - L{signalled}: how SIGHUP and SIGUSR1 are taken, from the reactor's
-    start on.
+  - L{signalled}: how SIGHUP and SIGUSR1 are taken, from the services'
+    start on (before the reactor's).
 """

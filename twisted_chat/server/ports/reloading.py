@@ -40,7 +40,7 @@ class Reloadable(Protocol):
 
 class Reloader(Service):
     """
-    Takes SIGHUP (from the reactor's start, in the main thread only) and
+    Takes SIGHUP (from its start on, before the reactor's: L{TakenSignal}) and
     reloads every one of C{reloadables}; every C{interval} seconds reloads
     those whose files changed.
     """
@@ -55,9 +55,13 @@ class Reloader(Service):
         self._loop: LoopingCall | None = None
         self.sighup = TakenSignal(reactor, signal.SIGHUP, self.hup)
 
+    def privilegedStartService(self) -> None:
+        super().privilegedStartService()  # type: ignore[no-untyped-call]
+        self.sighup.start()
+
     def startService(self) -> None:
         super().startService()  # type: ignore[no-untyped-call]
-        self.sighup.start()
+        self.sighup.start()  # taken already, unless started without the above
         if self.reloadables:
             self._loop = LoopingCall(self.check)
             self._loop.clock = self.reactor

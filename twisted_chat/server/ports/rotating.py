@@ -32,9 +32,9 @@ class Rotatable(Protocol):
 
 class Rotator(Service):
     """
-    Takes SIGUSR1 (from the reactor's start: L{TakenSignal}) and rotates
-    C{log_file}; without one (C{None}) logs that the log, which goes to
-    C{where}, has no file to rotate.
+    Takes SIGUSR1 (from its start on, before the reactor's: L{TakenSignal})
+    and rotates C{log_file}; without one (C{None}) logs that the log, which
+    goes to C{where}, has no file to rotate.
     """
 
     log = logs.logger()
@@ -44,9 +44,13 @@ class Rotator(Service):
         self.where = where
         self.sigusr1 = TakenSignal(reactor, signal.SIGUSR1, self.usr1)
 
+    def privilegedStartService(self) -> None:
+        super().privilegedStartService()  # type: ignore[no-untyped-call]
+        self.sigusr1.start()
+
     def startService(self) -> None:
         super().startService()  # type: ignore[no-untyped-call]
-        self.sigusr1.start()
+        self.sigusr1.start()  # taken already, unless started without the above
 
     def stopService(self) -> None:
         super().stopService()  # type: ignore[no-untyped-call]
