@@ -140,12 +140,15 @@ def test_every_server_takes_sigusr1(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch, given: dict[str, Any],
         rotated: str | None, where: str | None) -> None:
     """The handler's choice, from twistd's options: the server's tree holds
-    one Rotator whatever they are, with the log file, if it is one."""
+    one Rotator whatever they are, with the log file, if it is one; first,
+    so that its privilegedStartService comes before the ports' and the
+    chat's."""
     from twisted.python import syslog
 
     monkeypatch.setattr(syslog.SyslogObserver, "openlog", staticmethod(lambda *args: None))
     top, _ = twistds_component(tmp_path, monkeypatch, given)
     [rotator] = [service for service in top if isinstance(service, Rotator)]
+    assert next(iter(top)) is rotator, "the first service: SIGUSR1 taken before the others start"
     if rotated is None:
         assert rotator.log_file is None
         assert rotator.where == where

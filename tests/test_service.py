@@ -168,19 +168,19 @@ def test_make_service_listens_on_every_port_and_keeps_history(tmp_path: Path) ->
     reactor = ThreadedMemoryReactor()
     top = makeService(options("--port", "7001", "--port", "tcp:7002", "--db", db), reactor)
     services = list(top)  # type: ignore[call-overload]
-    assert isinstance(services[0], ChatService)
-    assert [type(s) for s in services[1:]] == [PortService] * 2 + [Reloader, Rotator]
-    assert all(isinstance(s, StreamServerEndpointService) for s in services[1:3])
+    assert [type(s) for s in services] == [
+        Rotator, ChatService, PortService, PortService, Reloader]
+    assert all(isinstance(s, StreamServerEndpointService) for s in services[2:4])
     top.startService()
     assert sorted(port for port, *_ in reactor.tcpServers) == [7001, 7002]
-    services[0].factory.history.record(Entry(1.0, "alice", "kept"))
+    services[1].factory.history.record(Entry(1.0, "alice", "kept"))
     stopped = top.stopService()
     reactor.pump_until(stopped)
 
     # Started again on the same file, the history is back.
     again = makeService(options("--db", db), reactor)
     again.startService()
-    assert next(iter(again)).factory.history.recent() == [  # type: ignore[call-overload]
+    assert list(again)[1].factory.history.recent() == [  # type: ignore[call-overload]
         Entry(1.0, "alice", "kept")]
     reactor.pump_until(again.stopService())
 
@@ -247,7 +247,7 @@ def test_shutdown_with_a_database_that_cannot_be_written_has_no_unhandled_error(
     reactor = ThreadedMemoryReactor()
     top = makeService(options("--db", str(tmp_path / "chat.sqlite3")), reactor)
     top.startService()
-    service = next(iter(top))  # type: ignore[call-overload]
+    service = list(top)[1]  # type: ignore[call-overload]
     store = service.factory.history._store
     assert isinstance(store, SQLiteStore)
 
@@ -427,8 +427,8 @@ def test_a_port_number_out_of_range_stops_start_up_with_one_line(
 def test_the_highest_and_lowest_port_numbers_are_accepted() -> None:
     reactor = ThreadedMemoryReactor()
     top = makeService(options("--port", "65535", "--port", "tcp:0", "--db", ":memory:"), reactor)
-    assert [type(s) for s in list(top)[1:]] == [PortService] * 2 + [  # type: ignore[call-overload]
-        Reloader, Rotator]
+    assert [type(s) for s in list(top)] == [  # type: ignore[call-overload]
+        Rotator, ChatService, PortService, PortService, Reloader]
 
 
 def test_an_overflow_at_the_bind_is_a_startup_error() -> None:

@@ -571,13 +571,14 @@ def makeService(options: Options, reactor: Any = None) -> IService:
     return _make_service(options, reactor)
 
 
-def _top(options: Options, who: privileges.Runner | None) -> _Top:
+def _top(options: Options, who: privileges.Runner | None, reactor: Any) -> _Top:
     """
     The tree's top, with twistd's log observer (L{logs.twistds_log}):
     the first file start-up makes (after every option and endpoint is
     checked, before the database and accounts files), made as the user
     the server will run as (L{privileges}).  A log file that cannot be
-    made is one line.
+    made is one line.  Its first service takes SIGUSR1 (L{Rotator}), so
+    the signal is taken before the others start.
     """
     twistd = getattr(options, "parent", None)
     top = _Top()
@@ -587,6 +588,8 @@ def _top(options: Options, who: privileges.Runner | None) -> _Top:
     except OSError as e:
         raise SystemExit(f"twistd chat: cannot open --logfile "
                          f"{e.filename}: {e.strerror}{privileges.note(who)}") from None
+    # SIGUSR1: the log file rotated, if there is one; never a stop.
+    Rotator(reactor, top.log.rotating, top.log.where).setServiceParent(top)
     return top
 
 
@@ -614,7 +617,7 @@ def _make_service(options: Options, reactor: Any) -> IService:
     if options["redis"]:
         return _cluster_service(options, config, reactor, who)
     listeners = _Listeners.check(options, config, reactor)
-    top = _top(options, who)
+    top = _top(options, who, reactor)
     note = privileges.note(who)
     with privileges.as_runner(who):
         try:
@@ -639,7 +642,7 @@ def _cluster_service(options: Options, config: ServerConfig, reactor: Any,
 
     target = redis_target(options["redis"], options["redis-password-file"])
     listeners = _Listeners.check(options, config, reactor)
-    top = _top(options, who)
+    top = _top(options, who, reactor)
     node, registry = cluster_node(options, config, reactor, target)
     node.setServiceParent(top)
     listeners.add(top, options, node.factory, reactor, registry)
@@ -696,5 +699,3 @@ class _Listeners:
         every = [*self.ports, *self.web, *([self.scrape] if self.scrape else [])]
         Reloader(reactor, [endpoint.certificate for _, endpoint in every
                            if isinstance(endpoint, ReloadingSSLEndpoint)]).setServiceParent(top)
-        # SIGUSR1: the log file rotated, if there is one; never a stop.
-        Rotator(reactor, top.log.rotating, top.log.where).setServiceParent(top)
