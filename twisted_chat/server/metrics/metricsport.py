@@ -16,6 +16,7 @@ from urllib.parse import parse_qs
 
 from prometheus_client.exposition import choose_encoder, gzip_accepted
 from prometheus_client.registry import CollectorRegistry
+from twisted.internet.interfaces import ISSLTransport
 from twisted.internet.protocol import Protocol, connectionDone
 from twisted.python.failure import Failure
 
@@ -247,14 +248,18 @@ def renders_bounded(app: Any, seconds: Callable[[], float],
 
 
 class _Shut(Protocol):
-    """What a connection over the metrics port's limits talks to: it is
-    aborted at once.  Not C{None} from C{buildProtocol}: over TCP Twisted
-    then closes the socket, but under TLS its wrapper wrapped the C{None},
-    logged a traceback and left the socket open."""
+    """What a connection over the metrics port's limits talks to: closed at
+    once, as Twisted closes one refused with C{None} over TCP (a FIN, so
+    that the peer's connect does not meet a reset), and aborted under TLS,
+    where its wrapper wrapped the C{None}, logged a traceback and left the
+    socket open (a TLS close would wait for a peer that may never speak)."""
 
     def connectionMade(self) -> None:
         transport: Any = self.transport
-        transport.abortConnection()
+        if ISSLTransport.providedBy(transport):
+            transport.abortConnection()
+        else:
+            transport.loseConnection()
 
 
 def metrics_site(registry: CollectorRegistry, reactor: Any = None,
