@@ -380,6 +380,10 @@ PASSWORD_WORK_REFUSED = (SERVER_BUSY, PASSWORD_WORK, ADDRESS_HASHES)
 PRIVATE_MESSAGES = "private messages"
 
 
+# The commands whose answer sends the user list, and which pay for it.
+LIST_COST_VERBS = ("USERS", "PAIR", "ACCEPT")
+
+
 def list_cost(verb: str) -> str:
     """
     How C{ERROR flood} begins when it refuses C{verb} (C{USERS}, C{PAIR},
@@ -387,6 +391,18 @@ def list_cost(verb: str) -> str:
     "Limits"): the line is not done.  The verb names the command answered.
     """
     return f"slow down: {verb} costs one line per "
+
+
+def list_cost_verb(text: str) -> str | None:
+    """
+    The command an C{ERROR flood} C{text} refused for the user list's cost
+    (L{list_cost}), or C{None}: another flood (lines dropped for the send
+    rate, password work refused).
+    """
+    for verb in LIST_COST_VERBS:
+        if text.startswith(list_cost(verb)):
+            return verb
+    return None
 
 
 def meant_for_lobby(partner: str) -> str:

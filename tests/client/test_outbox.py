@@ -15,6 +15,7 @@ from zope.interface import implementer
 
 from twisted_chat.client.outbox import NAMED_CHARS, NAMED_MAX, UNCONFIRMED_MAX, Outbox, Sent
 from twisted_chat.client.pace import BURST, RATE
+from twisted_chat.wire import LIST_COST_VERBS, list_cost
 
 
 @implementer(IPushProducer)
@@ -372,6 +373,20 @@ def test_error_flood_slows_down_and_marks_the_loss_unless_busy() -> None:
     assert r.outbox.losses(bye_answered=True) == (
         "The message sent was not accepted by the server (it dropped lines sent too "
         "fast). 1 line still waiting to be sent was not sent."
+    )
+
+
+def test_the_user_list_s_cost_is_no_dropped_line() -> None:
+    """ERROR flood refusing USERS, PAIR or ACCEPT for the user list's cost
+    (wire.list_cost) did not drop a line: the rate stays, and the end does
+    not say the server dropped lines sent too fast."""
+    r = Rig()
+    r.outbox.sent("MSG")
+    for verb in LIST_COST_VERBS:
+        assert r.outbox.flood(f"{list_cost(verb)}4096 bytes of the user list") is None
+    assert r.outbox.rate == RATE
+    assert r.outbox.losses(bye_answered=True) == (
+        "The message sent was not accepted by the server."
     )
 
 

@@ -12,6 +12,7 @@ from twisted_chat.client.pace import BURST, MIN_RATE, RATE, Pacer, server_limits
 from twisted_chat.client.protocol import ChatClient
 from twisted_chat.client.session import Outcome, State
 from twisted_chat.server.limits.flood import FloodMeter
+from twisted_chat.wire import LIST_COST_VERBS, list_cost
 
 from .helpers import TS, Keyboard, Session, session
 
@@ -89,6 +90,29 @@ def test_error_flood_slows_down_to_half_what_the_server_names() -> None:
     assert start == pytest.approx(1.0, abs=STEP)  # its bucket refills first
     assert dropped_by(FloodMeter(2, 4), [(at - start, line) for at, line in sent]) == []
     assert sent[-1][0] - start == pytest.approx(len(sent) - 1, abs=2 * STEP)
+
+
+@pytest.mark.parametrize("verb", LIST_COST_VERBS)
+def test_the_user_list_s_cost_does_not_slow_the_lines_down(verb: str) -> None:
+    """ERROR flood "slow down: USERS costs one line per ..." refuses that
+    one command for the user list its answer would send (a cost per
+    command, docs/protocol.md "Limits"), not a line dropped for the send
+    rate: the lines waiting go on at the client's own pace, and it is said
+    as what it is.  The client halved its rate ("Sending at most 2.5 lines
+    per second") and said "that line was dropped"."""
+    s = session(watch=False)  # no copies come back: not PINGed
+    s.ready()
+    s.type(*(f"line {n}" for n in range(20)))
+    assert len(s.sent()) == BURST - 1  # NICK was one
+    s.screen.take()
+    text = (f"{list_cost(verb)}4096 bytes of the user list (123456 bytes now), at most "
+            "20, at 10 lines per second; try again in a moment")
+    s.receive(f"ERROR flood {text}")
+    assert s.screen.take() == [f"! The server did not do /{verb.lower()}: {text}."]
+    assert s.client.outbox.rate == RATE
+    sent = drain(s, 20)
+    assert [line for _, line in sent] == [f"MSG line {n}" for n in range(BURST - 1, 20)]
+    assert sent[-1][0] - sent[0][0] == pytest.approx((len(sent) - 1) / RATE, abs=2 * STEP)
 
 
 def test_a_line_sent_after_a_dropped_one_is_not_lost_and_nothing_runs_after_the_end() -> None:

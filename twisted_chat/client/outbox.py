@@ -16,7 +16,7 @@ from twisted.internet.interfaces import IDelayedCall, IPushProducer, IReactorTim
 
 from twisted_chat.client.commands import changes_pairing, sendable
 from twisted_chat.client.pace import Pacer
-from twisted_chat.wire import PASSWORD_WORK_REFUSED
+from twisted_chat.wire import PASSWORD_WORK_REFUSED, list_cost_verb
 
 # Lines that wait to be sent (a script's input, a paste): at this many, a
 # script's stdin is no longer read until half of them have gone; on a
@@ -397,11 +397,13 @@ class Outbox:
     def flood(self, text: str) -> float | None:
         """
         C{ERROR flood} with C{text}, once online: a line was dropped, and the
-        pacer slows down (unless it refused password work:
-        L{PASSWORD_WORK_REFUSED}).  The new rate, or C{None} if it did not change.
+        pacer slows down (unless it refused a request: password work,
+        L{PASSWORD_WORK_REFUSED}, or the user list's cost of a C{USERS},
+        C{PAIR} or C{ACCEPT}, L{list_cost_verb}).  The new rate, or C{None}
+        if it did not change.
         """
-        if text.startswith(PASSWORD_WORK_REFUSED):
-            return None  # password work refused, not too many lines
+        if text.startswith(PASSWORD_WORK_REFUSED) or list_cost_verb(text) is not None:
+            return None  # a request refused, not too many lines
         self._flood_dropped = True
         if self._pacer.slow_down(text):
             return self._pacer.rate

@@ -7,13 +7,13 @@ client shows what these changes mean.
 
 from __future__ import annotations
 
-from twisted_chat.wire import list_cost, nick_key
+from twisted_chat.wire import list_cost_verb, nick_key
 
 # What the server answers a PAIR or ACCEPT that pairs nobody (chat/1, "Pairing").
 PAIRING_ERRORS = frozenset({"no-such-nick", "self", "busy", "no-invite", "pending"})
-# How ERROR flood begins when it answers a PAIR or ACCEPT, naming it, not
-# done for what the user list in its answer would cost.
-_LIST_COST = (list_cost("PAIR"), list_cost("ACCEPT"))
+# The commands an ERROR flood names when it does not do them for what the
+# user list in their answer would cost (wire.list_cost_verb).
+_PAIRING_VERBS = ("PAIR", "ACCEPT")
 
 
 class Pairing:
@@ -82,5 +82,5 @@ class Pairing:
         """An C{ERROR} C{code} C{text}: a pairing command it answers did nothing."""
         if code == "not-paired":
             self._unpair_requested = False  # our /unpair had nothing to leave
-        if code in PAIRING_ERRORS or (code == "flood" and text.startswith(_LIST_COST)):
+        if code in PAIRING_ERRORS or (code == "flood" and list_cost_verb(text) in _PAIRING_VERBS):
             self._joining = False

@@ -22,6 +22,7 @@ from twisted_chat.wire import (
     NOT_SENT,
     PAIR_CHANGED,
     PRIVATE_MESSAGES,
+    list_cost_verb,
     nick_key,
     parse_ts,
 )
@@ -387,6 +388,11 @@ def error_sentence(code: str, text: str) -> str:
         return sentence(f"Server error ({code}): {text}" if text else f"Server error: {code}")
     if code == "server-full" and text.strip():
         return sentence(f"Refused by the server: {text.strip()}")
+    verb = list_cost_verb(text) if code == "flood" else None
+    if verb is not None:
+        # Not a line dropped for the send rate: this command, for the cost
+        # of the user list its answer would send (wire.list_cost).
+        return sentence(f"The server did not do /{verb.lower()}: {text.rstrip('.')}")
     text = text.rstrip(".")
     if code in ("busy", "pending"):
         text = _VERBS.sub(lambda verb: "/" + verb.group(1).lower(), text)
