@@ -491,7 +491,8 @@ STOPPED_WAITING = Outcome(
 
 def _flooded_at_the_first_login(nick: str | None = "alice") -> Harness:
     """The first connection's NICK alice (--nick, or typed) answered with
-    the server's named wait, which its nick timeout then cuts."""
+    the server's named wait (2 s), which its nick timeout then cuts 1.5 s
+    in: the next connection (1 s later) finds it over."""
     h = Harness(nick)
     h.receive("HELLO chat/1 test", "NICK")
     if nick is None:
@@ -499,6 +500,7 @@ def _flooded_at_the_first_login(nick: str | None = "alice") -> Harness:
     assert h.sent() == ["NICK alice"]
     h.receive(FLOODED)
     h.screen.take()
+    h.clock.advance(1.5)
     h.receive(NICK_TIMEOUT)
     h.lose()
     return h
@@ -528,6 +530,60 @@ def test_the_nick_timeout_in_the_named_wait_at_the_first_login_connects_again(
     assert any(line.startswith("* Welcome, alice! You are in the lobby.")
                for line in h.screen.take())
     assert not h.client.rejoin
+
+
+def test_the_next_connection_waits_out_the_rest_of_the_named_wait() -> None:
+    """The server's nick timeout (here 5 s) cut a wait of 20 s it named:
+    the next connection (1 s later) does not send the nick at once, which
+    the server would refuse for sure (a try spent), but once the rest of
+    the wait (14 s, on the clock) is over.  It sent NICK alice at once."""
+    h = Harness()
+    h.receive("HELLO chat/1 test", "NICK")
+    assert h.sent() == ["NICK alice"]
+    h.receive(FLOODED.replace("in 2 s", "in 20 s"))
+    h.clock.advance(5)
+    h.receive(NICK_TIMEOUT)
+    h.lose()
+    h.clock.advance(1)
+    h.screen.take()
+    h.receive("HELLO chat/1 test", "NICK")
+    assert h.sent() == []
+    assert h.screen.take() == [
+        "* Sending the nickname alice in 14 s, once the server's wait is over."
+    ]
+    assert h.screen.prompt != "nickname: "
+    h.clock.advance(13.9)
+    assert h.sent() == []
+    h.clock.advance(0.1)
+    assert h.sent() == ["NICK alice"]
+    h.receive(FLOODED)  # the tries go on counting: 1 before the cut
+    assert h.screen.take()[-1].endswith("(try 2 of 10).")
+
+
+def test_a_cut_in_the_rest_of_the_named_wait_is_followed_by_the_next_connection() -> None:
+    """That wait is a wait for our nick too: the nick timeout in it is no
+    prompt left open, and the connection after waits what is left."""
+    h = Harness()
+    h.receive("HELLO chat/1 test", "NICK")
+    assert h.sent() == ["NICK alice"]
+    h.receive(FLOODED.replace("in 2 s", "in 30 s"))
+    h.receive(NICK_TIMEOUT)
+    h.lose()
+    h.clock.advance(1)
+    h.receive("HELLO chat/1 test", "NICK")
+    assert h.sent() == []
+    h.clock.advance(10)
+    h.receive(NICK_TIMEOUT)
+    h.lose()
+    assert h.outcomes == []
+    h.clock.advance(2)
+    h.screen.take()
+    h.receive("HELLO chat/1 test", "NICK")
+    assert h.screen.take()[-1] == (
+        "* Sending the nickname alice in 17 s, once the server's wait is over."
+    )
+    h.clock.advance(17)
+    assert h.sent() == ["NICK alice"]
 
 
 def test_the_named_waits_at_the_first_login_are_bounded_across_connections() -> None:
@@ -605,7 +661,7 @@ def test_a_line_typed_in_the_wait_the_nick_timeout_cuts_is_said_not_sent() -> No
         "log in). 1 line still waiting to be sent was not sent.",
         "* Reconnecting in 1 s; /reconnect tries now, /quit leaves.",
     ]
-    h.clock.advance(1)
+    h.clock.advance(2)  # the reconnection, and the 2 s wait over
     h.join()
     h.clock.advance(5)
     assert h.sent() == []

@@ -11,6 +11,7 @@ It talks to its client only through the small L{Client} interface.
 
 from __future__ import annotations
 
+import math
 import re
 from dataclasses import dataclass
 from typing import Protocol
@@ -31,17 +32,20 @@ _TRY_AGAIN = re.compile(r"\btry again in (\d+(?:\.\d+)?) s\b")
 class NickTries:
     """
     The NICKs sent again by themselves since the last C{READY}, by why
-    (L{Login}'s bounds count them in a row).  A session's connections share
-    one (twisted_chat.client.reconnect): the server's nick timeout may end
-    a wait, and the next connection goes on counting.
+    (L{Login}'s bounds count them in a row), and when the last wait the
+    server named ends.  A session's connections share one
+    (twisted_chat.client.reconnect): the server's nick timeout may end a
+    wait, and the next connection goes on counting, and waits out the rest.
     """
 
     taken: int = 0  # RETRY taken for our own nick on a reconnection
     unavailable: int = 0  # RETRY unavailable
     flood: int = 0  # ERROR flood answering our NICK ("try again in N s")
+    flood_ends: float = 0.0  # when that "N s" is over (the clock's seconds)
 
     def clear(self) -> None:
         self.taken = self.unavailable = self.flood = 0
+        self.flood_ends = 0.0
 
 
 class Client(Protocol):
@@ -176,6 +180,10 @@ class Login:
             return
         if client.option_nick is not None and not self._tried_option_nick:
             self._tried_option_nick = True
+            left = self._tries.flood_ends - client.clock.seconds()
+            if left > 0:
+                self._wait_out(client.option_nick, left)
+                return
             self._ask_for(client.option_nick)
             return
         client.notice("Choose a nickname (letters, digits, _ and -, starting with a letter):")
@@ -313,6 +321,20 @@ class Login:
             f"(try {self._tries.unavailable} of {self.UNAVAILABLE_TRIES})."
         )
         self._send_again_in(delay, nick)
+
+    def _wait_out(self, nick: str, left: float) -> None:
+        """
+        A new connection while a wait the server named for our nick has
+        C{left} seconds to run (the nick timeout cut it): sent now, the
+        nick would only be refused again, a try spent.  Send it once the
+        wait is over.
+        """
+        self._client.set_state(State.NICK_SENT)
+        self._client.notice(
+            f"Sending the nickname {nick} in {math.ceil(left)} s, once the server's "
+            "wait is over."
+        )
+        self._send_again_in(left, nick)
 
     def _send_again_in(self, delay: float, nick: str) -> None:
         """
@@ -473,6 +495,7 @@ class Login:
             f"{said} Sending the nickname {nick} again in {wait:g} s "
             f"(try {self._tries.flood} of {self.FLOOD_TRIES})."
         )
+        self._tries.flood_ends = client.clock.seconds() + wait
         self._send_again_in(wait, nick)
 
     def _nick_refused(self, said: str) -> None:
