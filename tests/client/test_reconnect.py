@@ -114,7 +114,7 @@ class Harness:
         self,
         nick: str | None,
         *,
-        rejoin: bool,
+        joined_as: str | None,
         password: tuple[str, str] | None,
         lobby_shown: ShownLobby,
         nick_tries: NickTries,
@@ -128,7 +128,7 @@ class Harness:
             now=lambda: NOW,
             localtime=time.gmtime,
             answer_wait=Liveness.ANSWER_WAIT,
-            rejoin=rejoin,
+            joined_as=joined_as,
             kept_password=password,
             lobby_shown=lobby_shown,
             nick_tries=nick_tries,
@@ -429,6 +429,35 @@ def test_another_nick_typed_on_a_reconnection_and_taken_is_asked_for_again() -> 
 
 
 FLOODED = "ERROR flood too many nicks registered from 127.0.0.1 lately; try again in 2 s"
+
+
+def test_a_nick_typed_on_a_reconnection_and_waited_for_goes_to_the_next_connection() -> None:
+    """bob, typed at the reconnection's prompt, waits out the server's
+    named wait; the nick timeout cuts it: the next connection asks for bob,
+    not alice.  bob was forgotten: it asked for alice again (refused again).
+    bob is not the old connection's nick: taken, it is not waited for."""
+    h = Harness()
+    _reconnect_and_refuse(h, "RETRY invalid alice is reserved")
+    h.session.user_line("bob")
+    assert h.sent() == ["NICK bob"]
+    h.receive(FLOODED)
+    h.receive(NICK_TIMEOUT)
+    h.lose()
+    assert h.outcomes == []
+    h.clock.advance(2)
+    assert len(h.clients) == 3
+    h.receive("HELLO chat/1 test", "NICK")
+    assert h.sent() == ["NICK bob"]
+    h.screen.take()
+    h.receive("RETRY taken bob is online")
+    assert h.screen.take() == [
+        "! The nickname bob is already taken by someone online.",
+        "* Choose another nickname:",
+    ]
+    h.session.user_line("carol")
+    assert h.sent() == ["NICK carol"]
+    h.receive("READY carol", "USER carol lobby", "USERS 1")
+    assert "* Reconnected: you are back in the lobby as carol." in h.screen.take()
 
 
 def test_a_reconnection_over_its_address_s_nick_limit_waits_and_sends_the_nick_again() -> None:

@@ -63,8 +63,8 @@ class Client(Protocol):
     kept_password: tuple[str, str] | None
 
     @property
-    def rejoin(self) -> bool:
-        """This connection is a reconnection (an earlier one got in)."""
+    def joined_as(self) -> str | None:
+        """The nick an earlier connection got in with (C{None}: none did)."""
 
     @property
     def nick_tries(self) -> NickTries:
@@ -265,10 +265,10 @@ class Login:
         self._ask_nick_again("Choose another nickname:")
 
     def _our_old_nick(self, nick: str) -> bool:
-        """C{nick} is the one a reconnection asks for by itself."""
-        client = self._client
-        wanted = client.option_nick
-        return client.rejoin and wanted is not None and nick_key(nick) == nick_key(wanted)
+        """C{nick} is the one an earlier connection got in with (a
+        reconnection asks for it by itself; the server may still hold it)."""
+        old = self._client.joined_as
+        return old is not None and nick_key(nick) == nick_key(old)
 
     def _taken(self, nick: str, said: str) -> None:
         """

@@ -407,7 +407,7 @@ async def run(reactor: Any, options: argparse.Namespace) -> None:
     def make_client(
         nick: str | None,
         *,
-        rejoin: bool,
+        joined_as: str | None,
         password: tuple[str, str] | None,
         lobby_shown: ShownLobby,
         nick_tries: NickTries,
@@ -423,7 +423,7 @@ async def run(reactor: Any, options: argparse.Namespace) -> None:
             greeting_timeout=options.timeout,
             show_history=not options.no_history,
             environ=os.environ,
-            rejoin=rejoin,
+            joined_as=joined_as,
             kept_password=password,
             lobby_shown=lobby_shown,
             nick_tries=nick_tries,

@@ -83,9 +83,10 @@ class ChatClient(SkipLongLines):
     @param answer_wait: seconds a line sent may go unanswered, once online,
         before the client checks with C{PING} that the server is still there
         (L{twisted_chat.client.liveness}; C{None}: it does not).
-    @param rejoin: this connection is a reconnection
-        (L{twisted_chat.client.reconnect}): C{READY} says "Reconnected", and
-        a C{RETRY taken} for the nick asked by itself is waited out.
+    @param joined_as: the nick an earlier connection of the session got in
+        with: this one is a reconnection (L{twisted_chat.client.reconnect}),
+        whose C{READY} says "Reconnected", and a C{RETRY taken} for that nick
+        is waited out (the server may still hold the old connection).
     @param lobby_shown: the lobby messages shown so far, shared between the
         connections of a session (a new one by default): the history does not
         show them again.
@@ -134,7 +135,7 @@ class ChatClient(SkipLongLines):
         environ: Mapping[str, str] | None = None,
         warn: Callable[[str], None] | None = None,
         answer_wait: float | None = Liveness.ANSWER_WAIT,
-        rejoin: bool = False,
+        joined_as: str | None = None,
         kept_password: tuple[str, str] | None = None,
         lobby_shown: ShownLobby | None = None,
         nick_tries: NickTries | None = None,
@@ -148,7 +149,7 @@ class ChatClient(SkipLongLines):
         self.probe = probe
         self.greeting_timeout = greeting_timeout
         self.show_history = show_history
-        self.rejoin = rejoin
+        self.joined_as = joined_as
         self.kept_password = kept_password
         self.nick_tries = nick_tries if nick_tries is not None else NickTries()
         # Whether this greeting ("Connected to ...", and a version warning) was
@@ -209,6 +210,11 @@ class ChatClient(SkipLongLines):
             deaf=lambda: self.reading.held("display") or self.reading.held("socket"),
             answer_wait=answer_wait,
         )
+
+    @property
+    def rejoin(self) -> bool:
+        """This connection is a reconnection (an earlier one got in)."""
+        return self.joined_as is not None
 
     @property
     def input(self) -> IPushProducer | None:

@@ -9,7 +9,8 @@ that someone held back at the start is not let go (the connection after
 that cut is a reconnection: refused, lost or full, it is tried again): with
 the web page's backoff (L{backoff_delay}: 1, 2, 4, 8, 16, then every 30
 seconds, each +-25 %; back to 1 s once a connection reached C{READY}),
-the same nickname (sent again every 3 s while the server says it is taken:
+the same nickname (or one typed at a prompt whose wait such a cut ended;
+sent again every 3 s while the server says the old one is taken:
 our old connection, most likely; C{Login.TAKEN_TRIES}; after the wait the
 server names when too
 many nicks came from our address lately, C{Login.FLOOD_TRIES}), and the
@@ -70,14 +71,15 @@ class MakeClient(Protocol):
         self,
         nick: str | None,
         *,
-        rejoin: bool,
+        joined_as: str | None,
         password: tuple[str, str] | None,
         lobby_shown: ShownLobby,
         nick_tries: NickTries,
     ) -> ChatClient:
         """
         @param nick: the nickname to ask for.
-        @param rejoin: it is a reconnection (an earlier one got in).
+        @param joined_as: the nick an earlier connection got in with (it is
+            a reconnection), C{None} if none did.
         @param password: the password kept for a nick, C{(nick, password)}.
         @param lobby_shown: the lobby messages on the screen.
         @param nick_tries: the C{NICK}s sent again by themselves since the
@@ -170,7 +172,8 @@ class Reconnecting:
         self.attempt = 0
         # The NICKs sent again by themselves since the last READY (Login's bounds).
         self.nick_tries = NickTries()
-        self.rejoining = False  # a connection got in: the next ones rejoin
+        # The nick the last connection that got in had: the next ones rejoin.
+        self.joined_as: str | None = None
         self.reconnecting = False  # a connection after the first is made, or waited for
         self.user_left = False
         self.client: ChatClient | None = None
@@ -203,7 +206,7 @@ class Reconnecting:
     def _begin(self) -> ChatClient:
         client = self._make_client(
             self.nick,
-            rejoin=self.rejoining,
+            joined_as=self.joined_as,
             password=self.password,
             lobby_shown=self.lobby_shown,
             nick_tries=self.nick_tries,
@@ -226,7 +229,7 @@ class Reconnecting:
         joined = client.nick is not None
         waited = client.login.nick_waited
         if joined:
-            self.nick = client.nick
+            self.nick = self.joined_as = client.nick
             self.attempt = 0  # it got in: the next loss starts the backoff again
             self._failure = None
             self._greeting = None
@@ -244,11 +247,11 @@ class Reconnecting:
             self._finish(outcome)
             return
         self._last = outcome
-        if not joined and not self.rejoining and waited is not None:
-            # Nobody got in yet: the next connection asks for the nick the
-            # server's nick timeout cut the wait for, typed or --nick.
+        if not joined and waited is not None:
+            # The next connection asks for the nick the server's nick
+            # timeout cut the wait for: --nick, the old connection's, or
+            # one typed at a prompt (which is no old connection's).
             self.nick = waited
-        self.rejoining = self.rejoining or joined
         self.reconnecting = True
         partner = client.pairing.partner if joined else None
         said = outcome.message or f"The connection to {client.server} was lost."
