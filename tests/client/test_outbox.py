@@ -281,6 +281,30 @@ def test_on_a_terminal_lines_over_the_limit_are_refused_and_counted_once_empty()
     assert r.outbox.refused == 0
 
 
+def test_the_lines_handed_over_keep_their_order_tags_and_the_bound() -> None:
+    """The lines typed ahead of a login the server's nick timeout cut go to
+    the next connection's outbox (twisted_chat.client.reconnect): in order,
+    with whom they were typed for, within its bound; the lines over it, and
+    those refused for it already, are counted as refused (said once the
+    queue is empty, as on one connection)."""
+    r = Rig()
+    r.make(limit=4)
+    for line in ("one", "/pair bob", "two", "three", "four"):
+        r.outbox.add(line, None)
+    handed = r.outbox.hand_over()
+    assert len(r.outbox) == 0 and r.outbox.refused == 0
+    assert r.outbox.losses(bye_answered=False) is None  # not counted as unsent here
+    nxt = Rig()
+    nxt.make(limit=3)
+    nxt.outbox.take_over(handed)
+    assert [(t.line, t.after_pairing) for t in nxt.outbox] == [
+        ("one", False), ("/pair bob", False), ("two", True)
+    ]
+    assert nxt.outbox.refused == 2  # "three" over the new bound, "four" over the old one
+    nxt.take(paced=False)
+    assert nxt.outbox.room() == 2
+
+
 def test_a_line_after_a_waiting_pairing_command_is_tagged() -> None:
     r = Rig()
     r.outbox.add("hi all", None)

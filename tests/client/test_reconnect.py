@@ -18,6 +18,7 @@ from twisted.python.failure import Failure
 from twisted_chat.client.liveness import Liveness
 from twisted_chat.client.lobbyview import REMEMBERED, ShownLobby
 from twisted_chat.client.login import NickTries
+from twisted_chat.client.pace import BURST, RATE
 from twisted_chat.client.protocol import ChatClient
 from twisted_chat.client.reconnect import Reconnecting, backoff_delay, should_reconnect
 from twisted_chat.client.session import Outcome
@@ -673,27 +674,64 @@ def test_a_line_typed_while_that_next_connection_logs_in_is_not_sent() -> None:
     assert h.sent() == []
 
 
-def test_a_line_typed_in_the_wait_the_nick_timeout_cuts_is_said_not_sent() -> None:
-    """A line typed ahead while the first login waits to send the nick
-    again would go after READY; the cut connection takes it along, and the
-    next one does not send it: the cut says so (as --no-reconnect's end)."""
-    h = Harness()
+def _typed_ahead_and_cut(*lines: str, enabled: bool = True) -> Harness:
+    """Lines typed while the first login waits out the server's named wait
+    (2 s), which its nick timeout cuts 1.5 s in."""
+    h = Harness(enabled=enabled)
     h.receive("HELLO chat/1 test", "NICK")
     assert h.sent() == ["NICK alice"]
     h.receive(FLOODED)
-    h.session.user_line("hello while waiting")
+    for line in lines:
+        h.session.user_line(line)
     h.screen.take()
+    h.clock.advance(1.5)
     h.receive(NICK_TIMEOUT)
     h.lose()
+    return h
+
+
+def test_lines_typed_in_the_wait_the_nick_timeout_cuts_go_once_the_next_one_is_in() -> None:
+    """Lines typed ahead while the first login waits to send the nick again
+    would go after READY: the cut hands them to the next connection, which
+    sends them, in order, once in.  They were counted and said not sent."""
+    h = _typed_ahead_and_cut("hello while waiting", "and another")
     assert h.screen.take() == [
-        "! The server stopped waiting for the nickname (it allows 30 seconds to "
-        "log in). 1 line still waiting to be sent was not sent.",
+        "! The server stopped waiting for the nickname (it allows 30 seconds to log in).",
+        "* 2 lines typed ahead wait for the next connection: they are sent once you "
+        "are in.",
         "* Reconnecting in 1 s; /reconnect tries now, /quit leaves.",
     ]
-    h.clock.advance(2)  # the reconnection, and the 2 s wait over
+    h.clock.advance(1)
     h.join()
-    h.clock.advance(5)
-    assert h.sent() == []
+    assert h.sent() == ["MSG hello while waiting", "MSG and another"]
+
+
+def test_lines_handed_over_go_at_the_client_s_pace_through_a_failed_try() -> None:
+    """A reconnection refused before it got in hands them on again; once in,
+    a burst (the NICK was one), then the pacer's rate."""
+    typed = [f"line {n}" for n in range(20)]
+    h = _typed_ahead_and_cut(*typed)
+    h.refuse = True
+    h.clock.advance(1)
+    h.refuse = False
+    h.clock.advance(2)
+    assert len(h.clients) == 3
+    h.join()
+    first = h.sent()
+    assert first == [f"MSG {line}" for line in typed[: BURST - 1]]
+    h.clock.advance(1 / RATE)
+    assert h.sent() == [f"MSG {typed[BURST - 1]}"]
+    h.clock.advance((len(typed) - BURST) / RATE)
+    assert h.sent() == [f"MSG {line}" for line in typed[BURST:]]
+    assert len(h.client.outbox) == 0
+
+
+def test_without_reconnection_lines_typed_in_the_cut_wait_are_said_not_sent() -> None:
+    h = _typed_ahead_and_cut("hello while waiting", enabled=False)
+    assert h.outcomes == [Outcome(
+        1, "The server stopped waiting for the nickname (it allows 30 seconds to log in). "
+        "1 line still waiting to be sent was not sent."
+    )]
 
 
 def test_a_second_nick_timeout_cut_is_said_in_full_not_as_a_failed_try() -> None:

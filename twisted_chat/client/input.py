@@ -275,9 +275,9 @@ class UserInput:
     def drop_queue(self) -> int:
         """
         Drop the lines still waiting to be sent; once online, or typed ahead
-        while a terminal waited to send its nick again (the next connection
-        does not send them), they are counted and said at the end (none is
-        lost silently).  How many.
+        while a terminal waited to send its nick again (and no connection
+        follows to send them: C{--no-reconnect}, Ctrl-C), they are counted
+        and said at the end (none is lost silently).  How many.
         """
         client = self._client
         waited = client.interactive and client.login.nick_waited is not None

@@ -69,6 +69,18 @@ class Typed:
     after_pairing: bool
 
 
+@dataclass(frozen=True, slots=True)
+class HandedOver:
+    """
+    The lines typed ahead that a connection which never got in leaves to
+    the next one (twisted_chat.client.reconnect): those still waiting, in
+    order, and how many were refused meanwhile for the bound.
+    """
+
+    lines: tuple[Typed, ...] = ()
+    refused: int = 0
+
+
 class Outbox:
     """
     The lines waiting to be sent, in order, and the counts of what was sent.
@@ -293,6 +305,26 @@ class Outbox:
     def discard(self) -> None:
         """Drop the lines still waiting, uncounted (after C{/quit})."""
         self._queue.clear()
+
+    def hand_over(self) -> HandedOver:
+        """Take out the lines still waiting, uncounted, for the next connection."""
+        handed = HandedOver(tuple(self._queue), self._refused)
+        self._queue.clear()
+        self._refused = 0
+        return handed
+
+    def take_over(self, handed: HandedOver) -> None:
+        """
+        Queue the lines an earlier connection handed over, in order, within
+        the bound (a terminal's: the lines over it are counted as refused,
+        and said as those are, once the queue is empty).
+        """
+        for typed in handed.lines:
+            if len(self._queue) >= self.limit:
+                self._refused += 1
+            else:
+                self._queue.append(typed)
+        self._refused += handed.refused
 
     def take_all(self) -> list[str]:
         """Drop the lines still waiting, uncounted: they are what the client says."""

@@ -156,6 +156,9 @@ class ChatClient(SkipLongLines):
         # said already (reconnect.py: once in an outage, not at every attempt
         # that gets in to be refused).
         self.greeted_before: Callable[[str], bool] = lambda said: False
+        # Whether another connection follows this one's end (reconnect.py):
+        # then the lines typed ahead before any got in are left for it.
+        self.followed: Callable[[], bool] = lambda: False
         self.environ: Mapping[str, str] = environ if environ is not None else {}
         self.warn = warn if warn is not None else self.error
         self.renderer = Renderer(lambda: self.nick, now, localtime)
@@ -395,7 +398,9 @@ class ChatClient(SkipLongLines):
         self.login.stop()
         self.outbox.stop()
         self.liveness.stop()
-        if not self.ending.said_bye:
+        if self.nick is None and self.followed():
+            pass  # the lines typed ahead wait for the next connection (outbox.hand_over)
+        elif not self.ending.said_bye:
             self.user_input.drop_queue()  # the session ended under lines waiting: counted
         tls = describe_tls_error(reason, self.server) if reason is not None else None
         outcome = self.ending.outcome(

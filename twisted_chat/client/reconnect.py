@@ -24,7 +24,9 @@ the same failure again is one short line, with no "Reconnecting..." before it
 "Connected to ..." at each attempt the server greets and then refuses
 (C{BYE full}): said at the first, and again only if the greeting changed.  Between
 connections the screen stays; a line typed then is not sent (it would be
-read by a session the user has not seen start), and the user is told so;
+read by a session the user has not seen start), and the user is told so
+(the lines typed ahead of a login that did not get in, in its wait for our
+nick, are another matter: they wait for the next connection, L{HandedOver});
 C{/reconnect} tries at once, C{/quit}, Ctrl-C and Ctrl-D leave.
 
 The keyboard's callbacks go to this object, which passes them to the
@@ -47,6 +49,7 @@ from twisted_chat.client.display import Display
 from twisted_chat.client.input import set_aside
 from twisted_chat.client.lobbyview import ShownLobby
 from twisted_chat.client.login import NickTries
+from twisted_chat.client.outbox import HandedOver
 from twisted_chat.client.protocol import ChatClient
 from twisted_chat.client.session import Outcome, State
 
@@ -182,6 +185,8 @@ class Reconnecting:
         self._last: Outcome = Outcome(0)
         # The lobby messages on the screen, across connections.
         self.lobby_shown = ShownLobby()
+        # The lines typed ahead of a login that did not get in, for the next.
+        self._typed_ahead = HandedOver()
         # What the last failed reconnection said (None: since one got in, or
         # after a /reconnect): the same again is said in one short line.
         self._failure: str | None = None
@@ -213,6 +218,9 @@ class Reconnecting:
         )
         self.client = client
         client.greeted_before = self._greeted_before
+        client.followed = lambda: self._goes_on(client)
+        client.outbox.take_over(self._typed_ahead)
+        self._typed_ahead = HandedOver()
         self._attach(client)
         client.finished.addCallback(self._ended, client)
         self._connect(client)
@@ -224,10 +232,22 @@ class Reconnecting:
         self._greeting = said
         return False
 
+    def _goes_on(self, client: ChatClient) -> bool:
+        """Whether C{client}'s end (now) is followed by another connection."""
+        ending = client.ending
+        return self.enabled and should_reconnect(
+            joined=client.nick is not None,
+            rejoining=self.reconnecting,
+            user_left=self.user_left or ending.said_bye or ending.interrupted,
+            bye_reason=ending.bye_reason,
+            waiting_for_nick=client.login.nick_waited is not None,
+        )
+
     def _ended(self, outcome: Outcome, client: ChatClient) -> None:
         self.client = None
         joined = client.nick is not None
         waited = client.login.nick_waited
+        goes_on = self._goes_on(client)
         if joined:
             self.nick = self.joined_as = client.nick
             self.attempt = 0  # it got in: the next loss starts the backoff again
@@ -236,17 +256,12 @@ class Reconnecting:
         # The client started with ours: it has the one that got in (or was
         # registered) instead, or none once the server refused it.
         self.password = client.kept_password
-        user_left = self.user_left or client.ending.said_bye or client.ending.interrupted
-        if not self.enabled or not should_reconnect(
-            joined=joined,
-            rejoining=self.reconnecting,
-            user_left=user_left,
-            bye_reason=client.ending.bye_reason,
-            waiting_for_nick=waited is not None,
-        ):
+        if not goes_on:
             self._finish(outcome)
             return
         self._last = outcome
+        # None once in: those were dropped and counted (ChatClient.connectionLost).
+        self._typed_ahead = client.outbox.hand_over()
         if not joined and waited is not None:
             # The next connection asks for the nick the server's nick
             # timeout cut the wait for: --nick, the old connection's, or
@@ -264,6 +279,13 @@ class Reconnecting:
             self._schedule(tries=self.attempt)
             return
         self._show(render.error(said))
+        typed = len(self._typed_ahead.lines)
+        if typed:
+            lines, them = ("1 line", "it is") if typed == 1 else (f"{typed} lines", "they are")
+            self._show(render.notice(
+                f"{lines} typed ahead {'waits' if typed == 1 else 'wait'} for the next "
+                f"connection: {them} sent once you are in."
+            ))
         if partner is not None:
             self._show(render.notice(
                 f"Your private conversation with {partner} ended: the connection "
