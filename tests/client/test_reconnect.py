@@ -726,6 +726,23 @@ def test_lines_handed_over_go_at_the_client_s_pace_through_a_failed_try() -> Non
     assert len(h.client.outbox) == 0
 
 
+@pytest.mark.parametrize("leave", ["/quit", "Ctrl-C"])
+def test_leaving_before_the_next_connection_says_the_lines_handed_over_not_sent(
+    leave: str,
+) -> None:
+    """Leaving between connections while lines typed ahead wait for the
+    next one: the end counts them, as one connection's end does."""
+    h = _typed_ahead_and_cut("hello while waiting", "and another")
+    if leave == "/quit":
+        h.session.user_line("/quit")
+    else:
+        h.session.interrupt()
+    assert h.outcomes == [Outcome(
+        1, "The server stopped waiting for the nickname (it allows 30 seconds to log in). "
+        "2 lines still waiting to be sent were not sent."
+    )]
+
+
 def test_without_reconnection_lines_typed_in_the_cut_wait_are_said_not_sent() -> None:
     h = _typed_ahead_and_cut("hello while waiting", enabled=False)
     assert h.outcomes == [Outcome(

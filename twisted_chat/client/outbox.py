@@ -50,6 +50,13 @@ def _named(text: str) -> str:
     return f"\u201c{cut}\u201d"
 
 
+def not_sent(count: int) -> str:
+    """The sentence for C{count} lines that waited and were dropped unsent."""
+    if count == 1:
+        return "1 line still waiting to be sent was not sent."
+    return f"{count} lines still waiting to be sent were not sent."
+
+
 def _plain(text: str) -> bool:
     """Whether C{text} is only printable ASCII and TABs: no server refuses those."""
     return text.isascii() and text.replace("\t", "").isprintable()
@@ -452,11 +459,7 @@ class Outbox:
         The count is of all of them; the latest few are named (only
         L{UNCONFIRMED_MAX} are remembered), the rest counted as earlier ones.
         """
-        unsent = None
-        if self._unsent:
-            lines = "1 line" if self._unsent == 1 else f"{self._unsent} lines"
-            verb = "was" if self._unsent == 1 else "were"
-            unsent = f"{lines} still waiting to be sent {verb} not sent."
+        unsent = not_sent(self._unsent) if self._unsent else None
         sent = self._messages_sent
         missing = sent - self._messages_echoed - self._messages_refused
         if missing <= 0:

@@ -398,9 +398,9 @@ class ChatClient(SkipLongLines):
         self.login.stop()
         self.outbox.stop()
         self.liveness.stop()
-        if self.nick is None and self.followed():
-            pass  # the lines typed ahead wait for the next connection (outbox.hand_over)
-        elif not self.ending.said_bye:
+        # Before any got in, the lines typed ahead wait for the next connection.
+        handed_over = self.nick is None and self.followed()
+        if not self.ending.said_bye and not handed_over:
             self.user_input.drop_queue()  # the session ended under lines waiting: counted
         tls = describe_tls_error(reason, self.server) if reason is not None else None
         outcome = self.ending.outcome(

@@ -49,7 +49,7 @@ from twisted_chat.client.display import Display
 from twisted_chat.client.input import set_aside
 from twisted_chat.client.lobbyview import ShownLobby
 from twisted_chat.client.login import NickTries
-from twisted_chat.client.outbox import HandedOver
+from twisted_chat.client.outbox import HandedOver, not_sent
 from twisted_chat.client.protocol import ChatClient
 from twisted_chat.client.session import Outcome, State
 
@@ -351,6 +351,14 @@ class Reconnecting:
         self._begin()
 
     def _finish(self, outcome: Outcome) -> None:
+        typed = len(self._typed_ahead.lines)
+        if typed:
+            # Left between connections: the lines typed ahead that waited
+            # for the next one are counted, as at one connection's end.
+            said = not_sent(typed)
+            message = said if outcome.message is None else f"{outcome.message} {said}"
+            outcome = Outcome(outcome.code, message)
+            self._typed_ahead = HandedOver()
         if self._timer is not None and self._timer.active():
             self._timer.cancel()
         self._timer = None
