@@ -152,3 +152,16 @@ def test_a_nick_in_key_form_is_its_own_key() -> None:
     nick = "".join(["ali", "ce"])
     assert wire.nick_key(nick) is nick
     assert wire.nick_key("Alice") == "alice"
+
+
+def test_the_list_cost_is_told_from_the_other_floods_by_its_text() -> None:
+    """wire.list_cost_verb names the command an ERROR flood refused for the
+    user list's cost (the server writes wire.list_cost), and nothing for the
+    line-rate flood or a refused password job."""
+    for verb in wire.LIST_COST_VERBS:
+        text = f"{wire.list_cost(verb)}4096 bytes of the user list (9000 bytes now)"
+        assert wire.list_cost_verb(text) == verb
+    for text in ("slow down: at most 10 lines per second (bursts of 20); lines are being "
+                 "dropped", *(f"{w}; send PASSWD again" for w in wire.PASSWORD_WORK_REFUSED),
+                 "slow down: MSG costs one line per 4096 bytes"):
+        assert wire.list_cost_verb(text) is None, text
