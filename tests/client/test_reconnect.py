@@ -726,20 +726,25 @@ def test_lines_handed_over_go_at_the_client_s_pace_through_a_failed_try() -> Non
     assert len(h.client.outbox) == 0
 
 
-@pytest.mark.parametrize("leave", ["/quit", "Ctrl-C"])
+@pytest.mark.parametrize(("leave", "said", "code"), [
+    ("/quit", "", 1),
+    # An interrupt while typed lines still wait, before any connection got in.
+    ("Ctrl-C", "Interrupted before joining the chat. ", 130),
+])
 def test_leaving_before_the_next_connection_says_the_lines_handed_over_not_sent(
-    leave: str,
+    leave: str, said: str, code: int
 ) -> None:
     """Leaving between connections while lines typed ahead wait for the
-    next one: the end counts them, as one connection's end does."""
+    next one: the end counts them, as one connection's end does.  Ctrl-C
+    exited 1 there."""
     h = _typed_ahead_and_cut("hello while waiting", "and another")
     if leave == "/quit":
         h.session.user_line("/quit")
     else:
         h.session.interrupt()
     assert h.outcomes == [Outcome(
-        1, "The server stopped waiting for the nickname (it allows 30 seconds to log in). "
-        "2 lines still waiting to be sent were not sent."
+        code, f"{said}The server stopped waiting for the nickname (it allows 30 seconds to "
+        "log in). 2 lines still waiting to be sent were not sent."
     )]
 
 
@@ -1284,3 +1289,114 @@ def test_a_draft_is_still_cleared_after_a_password_typed_at_the_prompt() -> None
     h.screen.typing = "new one here"  # typed again, blind, while it was checked
     h.receive("READY alice")
     assert h.screen.typing == ""
+
+
+# -- Ctrl-C before any connection got in -------------------------------------------
+
+BEFORE_JOINING = "Interrupted before joining the chat."
+
+
+@pytest.mark.parametrize("key", ["Ctrl-C", "Ctrl-D"])
+def test_ctrl_c_between_connections_before_any_got_in_exits_130(key: str) -> None:
+    """The server's nick timeout cut the first login's wait for the nick,
+    and the next connection is not made yet: Ctrl-C (SIGINT too, main.py)
+    is an interrupt before the chat was joined, status 130 (docs/client.md,
+    exit status), the cut said after it.  Ctrl-D, with nothing that could
+    go, is Ctrl-C, as on a connection not in yet.  Both exited 1."""
+    h = _flooded_at_the_first_login()
+    if key == "Ctrl-C":
+        h.session.interrupt()
+    else:
+        h.session.end_of_typing()
+    assert h.outcomes == [Outcome(130, f"{BEFORE_JOINING} {STOPPED_WAITING.message}")]
+    assert not h.clock.getDelayedCalls()
+    assert len(h.clients) == 1
+
+
+def test_ctrl_c_in_the_wait_after_a_failed_try_before_any_got_in_exits_130() -> None:
+    """The connection after the cut was refused: Ctrl-C in the wait for
+    the next try is still before the chat was joined.  It exited 1."""
+    h = _flooded_at_the_first_login()
+    h.refuse = True
+    h.clock.advance(1)
+    assert h.screen.take()[-1] == "* Reconnecting in 2 s; /reconnect tries now, /quit leaves."
+    h.session.interrupt()
+    assert h.outcomes == [Outcome(
+        130, f"{BEFORE_JOINING} Cannot connect to chat.test:7000: connection refused (is "
+        "the server running on that port?)."
+    )]
+    assert not h.clock.getDelayedCalls()
+
+
+def test_ctrl_c_between_connections_once_one_got_in_stays_status_1() -> None:
+    """After a connection got in, leaving while the client waits to
+    reconnect exits with the lost connection's status (docs/client.md),
+    Ctrl-C and Ctrl-D alike: only before the chat was joined is it 130."""
+    for leave in (Reconnecting.interrupt, Reconnecting.end_of_typing):
+        h = Harness()
+        h.join()
+        h.lose()
+        leave(h.session)
+        assert h.outcomes == [LOST]
+
+
+@pytest.mark.parametrize(("joined_first", "code", "said"), [
+    (False, 130, f"{BEFORE_JOINING} "),
+    (True, 1, ""),  # the chat was joined: as between connections (above)
+])
+def test_ctrl_c_at_a_lost_password_prompt_that_would_connect_again(
+    joined_first: bool, code: int, said: str
+) -> None:
+    """A reconnection lost at its password prompt holds its end for the
+    Enter after a password maybe typed blind; Enter then connects again.
+    Ctrl-C there leaves between connections: 130 before any got in (here
+    the connection after a cut first login).  It exited 1."""
+    if joined_first:
+        h = Harness()
+        h.join()
+        h.lose()
+    else:
+        h = _flooded_at_the_first_login()
+    h.clock.advance(1)
+    h.receive("HELLO chat/1 test", "NICK")
+    assert h.sent() == ["NICK alice"]
+    h.receive("PASS alice")
+    h.lose()
+    assert h.screen.secret_prompt == "(the session is over; Enter leaves) "
+    assert h.outcomes == []
+    h.session.interrupt()
+    assert h.outcomes == [Outcome(code, f"{said}The connection to chat.test:7000 was lost.")]
+    assert len(h.clients) == 2
+    assert not h.clock.getDelayedCalls()
+
+
+def test_ctrl_c_in_a_named_wait_for_the_nick_exits_130_on_either_connection() -> None:
+    """In the first login's wait the server named, and in the next
+    connection's wait for the rest of it: BYE, and status 130 once the
+    server answers (this passed before the fix too: it pins the paths
+    where the client is connected)."""
+    h = Harness()
+    h.receive("HELLO chat/1 test", "NICK")
+    assert h.sent() == ["NICK alice"]
+    h.receive(FLOODED)
+    h.session.interrupt()
+    assert h.sent() == ["BYE"]
+    h.receive("BYE quit")
+    h.lose()
+    assert h.outcomes == [Outcome(130, BEFORE_JOINING)]
+
+    h = Harness()
+    h.receive("HELLO chat/1 test", "NICK")
+    h.sent()
+    h.receive(FLOODED.replace("in 2 s", "in 20 s"))
+    h.receive(NICK_TIMEOUT)
+    h.lose()
+    h.clock.advance(1)
+    h.receive("HELLO chat/1 test", "NICK")
+    assert h.sent() == []  # waiting out the rest of the 20 s
+    h.session.interrupt()
+    assert h.sent() == ["BYE"]
+    h.receive("BYE quit")
+    h.lose()
+    assert h.outcomes == [Outcome(130, BEFORE_JOINING)]
+    assert len(h.clients) == 2

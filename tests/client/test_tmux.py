@@ -454,6 +454,29 @@ def test_a_first_login_held_back_past_the_nick_timeout_connects_again_and_gets_i
     term.wait_row(r"^EXIT=0$")
 
 
+def test_ctrl_c_while_a_held_back_first_login_waits_to_reconnect_exits_130(
+    chat_server: Callable[..., ServerProcess],
+    connect: Callable[..., LineClient],
+    pane: Callable[..., Pane],
+) -> None:
+    """The server's nick timeout (2 s) cut alice's first wait for her nick
+    (one nick every 20 s, carol took it), then the server stopped: the
+    client waits to reconnect, never in.  Ctrl-C there is an interrupt
+    before the chat was joined, status 130.  It exited 1."""
+    server = chat_server("--ip-register-rate", "0.05", "--ip-register-burst", "1",
+                         "--nick-timeout", "2", exempt=())
+    carol = connect(server.port)
+    carol.register("carol")
+    term = pane([*CLIENT, "--nick", "alice", LOOPBACK, str(server.port)])
+    assert _said([term], r"Sending the nickname alice again in \d+ s \(try 1 of 10\)")
+    assert _said([term], r"Reconnecting in 1 s;")
+    server.stop()
+    assert _said([term], r"Cannot connect to .*connection refused")
+    term.key("C-c")
+    term.wait_row(r"^EXIT=130$")
+    assert _said([term], r"twisted-chat: Interrupted before joining the chat\. ", timeout=0)
+
+
 def test_a_draft_survives_a_restart_for_a_registered_nick(
     chat_server: Callable[..., ServerProcess], pane: Callable[..., Pane]
 ) -> None:

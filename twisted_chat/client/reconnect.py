@@ -51,7 +51,7 @@ from twisted_chat.client.lobbyview import ShownLobby
 from twisted_chat.client.login import NickTries
 from twisted_chat.client.outbox import HandedOver, not_sent
 from twisted_chat.client.protocol import ChatClient
-from twisted_chat.client.session import Outcome, State
+from twisted_chat.client.session import Outcome, State, interrupted_before_joining
 
 # The web page's backoff (twisted_chat/web/static/app.js, scheduleReconnect).
 BACKOFF_MAX = 30.0
@@ -179,6 +179,8 @@ class Reconnecting:
         self.joined_as: str | None = None
         self.reconnecting = False  # a connection after the first is made, or waited for
         self.user_left = False
+        # Ctrl-C (or SIGINT) ended the session between connections.
+        self._interrupted = False
         self.client: ChatClient | None = None
         self.finished: Deferred[Outcome] = Deferred()
         self._timer: IDelayedCall | None = None
@@ -351,6 +353,9 @@ class Reconnecting:
         self._begin()
 
     def _finish(self, outcome: Outcome) -> None:
+        if self._interrupted and self.joined_as is None:
+            # As on a connection that had not got in (docs/client.md, exit status).
+            outcome = interrupted_before_joining(outcome)
         typed = len(self._typed_ahead.lines)
         if typed:
             # Left between connections: the lines typed ahead that waited
@@ -416,12 +421,33 @@ class Reconnecting:
         else:
             then(self.client)
 
+    def _between(self) -> bool:
+        """
+        Between connections: none is open, or the last one has ended (its
+        end held for the Enter after an open password prompt,
+        L{UserInput.swallowed}) and another would follow.
+        """
+        client = self.client
+        return client is None or (client.state is State.CLOSED and self._goes_on(client))
+
     def interrupt(self) -> None:
-        """Ctrl-C (or SIGINT): leave, also between connections."""
+        """
+        Ctrl-C (or SIGINT): leave, also between connections, where it is an
+        interrupt before joining the chat (status 130) until one got in.
+        """
+        if self._between():
+            self._interrupted = True
         self._leave(ChatClient.interrupt)
 
     def end_of_typing(self) -> None:
-        """Ctrl-D on an empty line: leave (once what waits has gone)."""
+        """
+        Ctrl-D on an empty line: leave (once what waits has gone).  Between
+        connections nothing can go: it is Ctrl-C, as on a connection that
+        has not got in.
+        """
+        if self._between():
+            self.interrupt()
+            return
         self._leave(ChatClient.end_of_typing)
 
     def end_of_input(self) -> None:

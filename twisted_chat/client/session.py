@@ -14,6 +14,7 @@ from enum import Enum, auto
 # script, or with typed lines still waiting: 128 + SIGINT, as shells report
 # an interrupted command.
 INTERRUPTED = 130
+BEFORE_JOINING = "Interrupted before joining the chat."
 
 
 class State(Enum):
@@ -38,6 +39,14 @@ class Outcome:
 
 def _sentences(first: str, then: str | None) -> str:
     return first if then is None else f"{first} {then}"
+
+
+def interrupted_before_joining(last: Outcome) -> Outcome:
+    """
+    Ctrl-C (or SIGINT) between connections, none of which got in: status
+    130, with what ended the C{last} connection after L{BEFORE_JOINING}.
+    """
+    return Outcome(INTERRUPTED, _sentences(BEFORE_JOINING, last.message))
 
 
 @dataclass(slots=True)
@@ -88,7 +97,7 @@ class Ending:
         if self.failure is not None:
             return Outcome(1, _sentences(self.failure, losses))
         if self.interrupted:
-            said = "Interrupted." if joined else "Interrupted before joining the chat."
+            said = "Interrupted." if joined else BEFORE_JOINING
             return Outcome(INTERRUPTED, _sentences(_sentences(said, unanswered), losses))
         if quitting and self.bye_received:
             return Outcome(1, losses) if losses else Outcome(0)
