@@ -655,6 +655,36 @@ def test_a_connection_lost_at_the_register_prompt_waits_for_enter_or_ctrl_c() ->
     assert s.outcomes == [Outcome(1, "The connection to chat.test:7000 was lost.")]
 
 
+@pytest.mark.parametrize(("prompt", "expected"), [
+    ("login", Outcome(130, "Interrupted before joining the chat.")),
+    ("/register", Outcome(0)),
+])
+def test_ctrl_c_at_a_password_prompt_ends_once_the_goodbye_is_answered(
+    prompt: str, expected: Outcome
+) -> None:
+    """Ctrl-C at an open password prompt says goodbye; the user left, so
+    its answer ends the session at once, with the prompt's exit status
+    (130 before the chat was joined).  The prompt stayed open across the
+    goodbye and its end then waited for Enter ("The session is over ...
+    Press Enter to leave."), as if the session had ended under the user."""
+    s = session()
+    if prompt == "login":
+        s.receive("HELLO chat/1 x", "NICK")
+        s.sent()
+        s.receive("PASS alice")
+    else:
+        s.ready()
+        s.type("/register")
+    assert s.screen.secret_prompt == ("password for alice: " if prompt == "login" else "password: ")
+    s.screen.take()
+    s.client.interrupt()
+    assert s.sent() == ["BYE"]
+    s.receive("BYE quit")
+    assert s.lose() == expected
+    assert s.screen.secret_prompt is None
+    assert not any("The session is over" in line for line in s.screen.take())
+
+
 def test_a_script_or_a_closed_prompt_ends_at_once() -> None:
     s = session()
     s.ready()

@@ -388,7 +388,8 @@ class ChatClient(SkipLongLines):
         self.replies.connection_lost()
         # At an open password prompt the user may be typing blind: the
         # client waits for Enter (unseen) before it gives the terminal back.
-        swallowing = self.interactive and self.passwords.asking
+        # Not once the user left there (Ctrl-C, Ctrl-D): no Enter is wanted.
+        swallowing = self.interactive and self.passwords.asking and not self.ending.said_bye
         if swallowing:
             self.passwords.swallow(self.SWALLOW_PROMPT)
         else:
