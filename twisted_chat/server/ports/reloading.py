@@ -17,11 +17,10 @@ import signal
 from collections.abc import Sequence
 from typing import Any, Protocol
 
-from twisted.application.service import Service
 from twisted.internet.task import LoopingCall
 
 from twisted_chat.server import logs
-from twisted_chat.server.ports.signalled import TakenSignal
+from twisted_chat.server.ports.signalled import SignalledService, TakenSignal
 
 #: Seconds between two looks at the files of the reloadables.
 CHECK_INTERVAL = 60.0
@@ -38,7 +37,7 @@ class Reloadable(Protocol):
         keeps what it had)."""
 
 
-class Reloader(Service):
+class Reloader(SignalledService):
     """
     Takes SIGHUP (from its start on, before the reactor's: L{TakenSignal}) and
     reloads every one of C{reloadables}; every C{interval} seconds reloads
@@ -49,29 +48,28 @@ class Reloader(Service):
 
     def __init__(self, reactor: Any, reloadables: Sequence[Reloadable] = (),
                  interval: float = CHECK_INTERVAL) -> None:
+        super().__init__(reactor, signal.SIGHUP, self.hup)
         self.reactor = reactor
         self.reloadables = list(reloadables)
         self.interval = interval
         self._loop: LoopingCall | None = None
-        self.sighup = TakenSignal(reactor, signal.SIGHUP, self.hup)
 
-    def privilegedStartService(self) -> None:
-        super().privilegedStartService()  # type: ignore[no-untyped-call]
-        self.sighup.start()
+    @property
+    def sighup(self) -> TakenSignal:
+        """Its SIGHUP, as taken."""
+        return self.taken
 
     def startService(self) -> None:
-        super().startService()  # type: ignore[no-untyped-call]
-        self.sighup.start()  # taken already, unless started without the above
+        super().startService()
         if self.reloadables:
             self._loop = LoopingCall(self.check)
             self._loop.clock = self.reactor
             self._loop.start(self.interval, now=False)
 
     def stopService(self) -> None:
-        super().stopService()  # type: ignore[no-untyped-call]
+        super().stopService()
         if self._loop is not None and self._loop.running:
             self._loop.stop()
-        self.sighup.stop()  # its handler stays
 
     def hup(self) -> None:
         """SIGHUP: reload every reloadable."""

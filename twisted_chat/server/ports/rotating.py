@@ -17,10 +17,8 @@ from __future__ import annotations
 import signal
 from typing import Any, Protocol
 
-from twisted.application.service import Service
-
 from twisted_chat.server import logs
-from twisted_chat.server.ports.signalled import TakenSignal
+from twisted_chat.server.ports.signalled import SignalledService, TakenSignal
 
 
 class Rotatable(Protocol):
@@ -30,7 +28,7 @@ class Rotatable(Protocol):
         """Rename it to C{NAME.1} (the older ones up by one) and start a new one."""
 
 
-class Rotator(Service):
+class Rotator(SignalledService):
     """
     Takes SIGUSR1 (from its start on, before the reactor's: L{TakenSignal})
     and rotates C{log_file}; without one (C{None}) logs that the log, which
@@ -40,21 +38,14 @@ class Rotator(Service):
     log = logs.logger()
 
     def __init__(self, reactor: Any, log_file: Rotatable | None, where: str) -> None:
+        super().__init__(reactor, signal.SIGUSR1, self.usr1)
         self.log_file = log_file
         self.where = where
-        self.sigusr1 = TakenSignal(reactor, signal.SIGUSR1, self.usr1)
 
-    def privilegedStartService(self) -> None:
-        super().privilegedStartService()  # type: ignore[no-untyped-call]
-        self.sigusr1.start()
-
-    def startService(self) -> None:
-        super().startService()  # type: ignore[no-untyped-call]
-        self.sigusr1.start()  # taken already, unless started without the above
-
-    def stopService(self) -> None:
-        super().stopService()  # type: ignore[no-untyped-call]
-        self.sigusr1.stop()  # its handler stays
+    @property
+    def sigusr1(self) -> TakenSignal:
+        """Its SIGUSR1, as taken."""
+        return self.taken
 
     def usr1(self) -> None:
         """SIGUSR1: rotate the log file, if there is one."""

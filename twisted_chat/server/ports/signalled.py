@@ -1,6 +1,7 @@
 """
 A signal the server takes, and that never stops it: SIGHUP
-(L{reloading}), SIGUSR1 (L{rotating}).
+(L{reloading}), SIGUSR1 (L{rotating}); L{SignalledService}, the service
+that takes one for its lifetime.
 """
 
 from __future__ import annotations
@@ -10,6 +11,8 @@ import threading
 from collections.abc import Callable
 from types import FrameType
 from typing import Any
+
+from twisted.application.service import Service
 
 
 class TakenSignal:
@@ -58,3 +61,28 @@ class TakenSignal:
 
     def handler(self, number: int, frame: FrameType | None) -> None:
         self.reactor.callFromThread(self.call)
+
+
+class SignalledService(Service):
+    """
+    A service that takes signal C{number} for C{call} (L{TakenSignal}) at
+    its C{privilegedStartService}, before twistd's C{startService} and the
+    reactor's start, or at its C{startService} when started without that;
+    its C{stopService} stops it (its handler stays once the reactor has
+    started).
+    """
+
+    def __init__(self, reactor: Any, number: signal.Signals, call: Callable[[], object]) -> None:
+        self.taken = TakenSignal(reactor, number, call)
+
+    def privilegedStartService(self) -> None:
+        super().privilegedStartService()  # type: ignore[no-untyped-call]
+        self.taken.start()
+
+    def startService(self) -> None:
+        super().startService()  # type: ignore[no-untyped-call]
+        self.taken.start()  # taken already, unless started without the above
+
+    def stopService(self) -> None:
+        super().stopService()  # type: ignore[no-untyped-call]
+        self.taken.stop()
