@@ -4,15 +4,26 @@ while its lines waited behind a command ends the connection once, on the
 next turn, however many times it is closed (rev15-mut F10: a BYE's close
 then a shutdown's abort would have ended it twice, the connection counted
 out twice).  L{Linger}: a close the server decides waits, reading paused,
-until the peer has taken what is queued, and is aborted at the grace.
+until the peer has taken what is queued, and is aborted at the grace;
+all the closes under way on one clock look and abort on one timer (Sweep).
 """
 
 from __future__ import annotations
 
+import gc
+import weakref
+
 import pytest
 from twisted.internet.task import Clock
 
-from twisted_chat.server.limits.closing import FIRST_LOOK, LOOK_EVERY, GoneTransport, Linger
+from twisted_chat.server.limits.closing import (
+    FIRST_LOOK,
+    LOOK_EVERY,
+    TOGETHER,
+    GoneTransport,
+    Linger,
+    Sweep,
+)
 
 
 def test_a_gone_transport_ends_once_on_the_next_turn() -> None:
@@ -137,3 +148,122 @@ def test_made_closes_at_once_a_close_whose_peer_has_taken_everything() -> None:
     assert peer.calls == ["pause", "resume", "close"], "closed once"
     clock.advance(3.0)
     assert not call.made(), "aborted: not a close"
+
+
+def test_the_abort_can_be_moved_as_a_delayed_call() -> None:
+    clock, peer = Clock(), Peer(50_000)
+    call = linger(peer, clock, grace=3.0)
+    call.delay(1.0)
+    assert call.getTime() == 4.0
+    clock.advance(3.5)
+    assert peer.calls == ["pause"]
+    call.reset(0.2)
+    assert call.getTime() == 3.7
+    clock.advance(0.2)
+    assert peer.calls == ["pause", "abort"]
+    assert clock.getDelayedCalls() == []
+
+
+# -- the sweep: every close under way on one timer -----------------------------
+
+
+def test_a_thousand_lingering_closes_share_one_timer() -> None:
+    """A mass close (a shutdown, a --sendq-total cut) of stalled peers: each
+    close had a timer for its looks and one for its abort, about 330,000
+    timer calls on the reactor in the grace for 10,000 peers."""
+    clock = Clock()
+    peers = [Peer(50_000) for _ in range(1000)]
+    calls = [linger(peer, clock) for peer in peers]
+    assert len(clock.getDelayedCalls()) == 1
+    for peer in peers[::2]:
+        peer.held = 0  # these close at the next look, and wait for the abort
+    clock.advance(FIRST_LOOK)
+    assert [p.calls for p in peers[:2]] == [["pause", "resume", "close"], ["pause"]]
+    assert len(clock.getDelayedCalls()) == 1
+    clock.advance(3.0 - FIRST_LOOK)
+    assert all(p.calls[-1] == "abort" for p in peers)
+    assert not any(call.active() for call in calls)
+    assert clock.getDelayedCalls() == []
+
+
+def test_staggered_closes_each_close_and_abort_at_their_own_time() -> None:
+    """Closes begun 7 ms apart on one sweep: each closes soon after its peer
+    has taken everything, and is aborted at its grace (up to TOGETHER early,
+    with other closes' looks), never later."""
+    clock = Clock()
+    peers: list[Peer] = []
+    begun: list[float] = []
+    for _ in range(40):
+        peers.append(Peer(50_000))
+        begun.append(clock.seconds())
+        linger(peers[-1], clock, grace=3.0)
+        clock.advance(0.007)
+    drained: dict[int, float] = {}
+    closed: dict[int, float] = {}
+    aborted: dict[int, float] = {}
+    while clock.getDelayedCalls():
+        clock.advance(0.001)
+        now = clock.seconds()
+        for i, peer in enumerate(peers):
+            if peer.calls[-1] == "close":
+                closed.setdefault(i, now)
+            if peer.calls[-1] == "abort":
+                aborted.setdefault(i, now)
+            if i % 2 == 0 and i not in drained and now >= begun[i] + 0.05 * (i % 7 + 1):
+                peer.held, drained[i] = 0, now
+    assert sorted(closed) == sorted(drained) == list(range(0, 40, 2))
+    assert sorted(aborted) == list(range(40))
+    for i in closed:
+        assert 0 < closed[i] - drained[i] <= LOOK_EVERY + 0.0011
+    for i in aborted:
+        assert begun[i] + 3.0 - TOGETHER - 1e-9 <= aborted[i] <= begun[i] + 3.0 + 0.0011
+
+
+def test_closes_begun_apart_are_looked_at_together() -> None:
+    """Closes begun 1 ms apart each look about as often as alone, but the
+    sweep takes one turn per TOGETHER seconds at most, not one per look."""
+    clock = Clock()
+    looks: list[float] = []
+
+    def held(transport: object) -> int:
+        looks.append(clock.seconds())
+        return 1
+
+    for _ in range(100):
+        peer = Peer(1)
+        Linger(peer, clock, 3.0, peer.loseConnection, held=held)
+        clock.advance(0.001)
+    clock.pump([0.001] * 3000)
+    per_close = len(looks) / 100
+    assert 3.0 / LOOK_EVERY <= per_close < 3.0 / LOOK_EVERY + 8
+    turns = len(set(looks)) - 100  # past each one's first look, at its start
+    assert turns <= 3.1 / TOGETHER + 1
+
+
+def test_the_sweep_stops_when_no_close_remains() -> None:
+    clock = Clock()
+    peers = [Peer(50_000) for _ in range(10)]
+    calls = [linger(peer, clock) for peer in peers]
+    clock.advance(0.5)
+    for call in calls[:-1]:
+        call.cancel()  # their connections lost
+    assert len(clock.getDelayedCalls()) == 1
+    peers[-1].held = 0
+    clock.advance(LOOK_EVERY)
+    assert peers[-1].calls[-1] == "close"
+    assert len(clock.getDelayedCalls()) == 1, "its abort, until the connection is lost"
+    calls[-1].cancel()
+    assert clock.getDelayedCalls() == []
+    linger(Peer(1), clock).cancel()  # a later close on the same clock
+    assert clock.getDelayedCalls() == []
+
+
+def test_the_sweeps_keep_no_clock_alive() -> None:
+    """A test's clock, dropped with closes still lingering on it, goes."""
+    clock = Clock()
+    calls = [linger(Peer(50_000), clock) for _ in range(3)]
+    assert Sweep.by_clock[id(clock)] is Sweep.of(clock)
+    gone = weakref.ref(clock)
+    del clock, calls
+    gc.collect()
+    assert gone() is None

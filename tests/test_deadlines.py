@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import gc
 import weakref
+from typing import Any
 
+import pytest
 from twisted.internet.task import Clock
 
 from twisted_chat.server.limits.deadlines import Deadline, Deadlines
@@ -96,3 +98,71 @@ def test_an_entry_is_small() -> None:
     entry = deadlines.add(1.0, owner)
     assert not hasattr(entry, "__dict__")
     assert not hasattr(entry, "__weakref__")
+
+
+def test_deadlines_within_together_of_a_turn_share_it() -> None:
+    """The closes' sweep (closing.Linger): looks a few ms apart, one turn."""
+    clock = Clock()
+    deadlines = Deadlines(clock, together=0.5)
+    owners = [Owner(deadlines) for _ in range(3)]
+    for owner, when in zip(owners, (1.0, 1.4, 1.6), strict=True):
+        owner.set(when)
+    clock.advance(1.0)
+    assert [o.reached for o in owners] == [[1.0], [1.4], []]
+    assert [c.getTime() for c in clock.getDelayedCalls()] == [1.6]
+
+
+class Resets(Clock):
+    """A clock that counts how often its calls are set or moved."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.settings = 0
+
+    def callLater(self, delay: float, call: Any, *args: Any, **kw: Any) -> Any:
+        self.settings += 1
+        delayed = super().callLater(delay, call, *args, **kw)
+        reset = delayed.reset
+
+        def counted(seconds: float) -> None:
+            self.settings += 1
+            reset(seconds)
+
+        delayed.reset = counted  # type: ignore[method-assign]
+        return delayed
+
+
+def test_a_turn_sets_the_timer_once_however_many_deadlines_move() -> None:
+    """Owners that set their next deadline as theirs is reached (an idle
+    connection, a close's next look) move the timer once, at the turn's end."""
+    clock = Resets()
+    deadlines = Deadlines(clock)
+
+    class Again(Owner):
+        def deadline_reached(self, when: float) -> None:
+            super().deadline_reached(when)
+            self.set(when + 10.0)
+
+    owners = [Again(deadlines) for _ in range(100)]
+    for i, owner in enumerate(owners):
+        owner.set(1.0 + i / 1000)
+    clock.settings = 0
+    clock.advance(2.0)  # a late turn: all 100 are overdue
+    assert all(o.reached for o in owners)
+    assert clock.settings == 1
+    assert [c.getTime() for c in clock.getDelayedCalls()] == [11.0]
+
+
+def test_an_owner_that_fails_leaves_the_timer_set_for_the_others() -> None:
+    clock, _, (failing, later) = setup(2)
+
+    def fails(when: float) -> None:
+        raise RuntimeError("an owner's bug")
+
+    failing.deadline_reached = fails  # type: ignore[method-assign]
+    failing.set(1.0)
+    later.set(2.0)
+    with pytest.raises(RuntimeError):
+        clock.advance(1.0)
+    clock.advance(1.0)
+    assert later.reached == [2.0]

@@ -2,6 +2,8 @@
 Many connections' deadlines on one reactor timer (docs/fanout.md, "Memory
 per connection"): an idle connection costs one small heap entry (a
 L{Deadline}: its time and its owner) instead of a C{DelayedCall} of its own.
+The closes under way look at their sockets on one timer the same way
+(L{closing.Linger}).
 """
 
 from __future__ import annotations
@@ -39,15 +41,20 @@ class Deadlines:
     A heap of L{Deadline}s.  A dropped deadline stays in the heap without an
     owner until it reaches the head (lazy removal); dead entries at the head
     go at once, so the one reactor timer is always for a live deadline, and
-    none is left once nobody has one.
+    none is left once nobody has one.  A turn of the timer serves every
+    deadline due by then, and those due within C{together} seconds after
+    (so that deadlines a few moments apart share a turn), and sets the
+    timer once, at its end.
     """
 
-    __slots__ = ("_call", "_clock", "_heap")
+    __slots__ = ("_call", "_clock", "_firing", "_heap", "_together")
 
-    def __init__(self, clock: IReactorTime) -> None:
+    def __init__(self, clock: IReactorTime, together: float = 0.0) -> None:
         self._clock = clock
+        self._together = together
         self._heap: list[Deadline] = []
         self._call: IDelayedCall | None = None
+        self._firing = False
 
     def add(self, when: float, owner: Owner) -> Deadline:
         """C{owner}'s deadline at C{when}; keep it to L{drop} it."""
@@ -65,6 +72,8 @@ class Deadlines:
         return len(self._heap)
 
     def _arm(self) -> None:
+        if self._firing:
+            return  # at the end of the turn
         heap = self._heap
         while heap and heap[0].owner is None:
             heappop(heap)
@@ -85,10 +94,14 @@ class Deadlines:
     def _fire(self) -> None:
         self._call = None
         heap = self._heap
-        now = self._clock.seconds()
-        while heap and heap[0].when <= now:
-            deadline = heappop(heap)
-            owner, deadline.owner = deadline.owner, None
-            if owner is not None:
-                owner.deadline_reached(deadline.when)
-        self._arm()
+        until = self._clock.seconds() + self._together
+        self._firing = True
+        try:
+            while heap and heap[0].when <= until:
+                deadline = heappop(heap)
+                owner, deadline.owner = deadline.owner, None
+                if owner is not None:
+                    owner.deadline_reached(deadline.when)
+        finally:
+            self._firing = False
+            self._arm()
