@@ -14,7 +14,7 @@ from __future__ import annotations
 from io import BytesIO
 from typing import TYPE_CHECKING, Any, Protocol
 
-from twisted.internet.interfaces import IDelayedCall, ISSLTransport
+from twisted.internet.interfaces import ISSLTransport
 from twisted.internet.protocol import connectionDone
 from twisted.python.failure import Failure
 from twisted.web.http import HTTPChannel
@@ -50,8 +50,8 @@ class RefusingChannel(HTTPChannel):
 
     site: PortSite
     _refused = False
-    # The close under way (the abort's call), until the connection is lost.
-    _closing: IDelayedCall | None = None
+    # The close under way, until the connection is lost.
+    _closing: Linger | None = None
 
     def connectionMade(self) -> None:
         super().connectionMade()
@@ -82,8 +82,7 @@ class RefusingChannel(HTTPChannel):
         its place, or gives it up once idle as any connection does."""
         if ISSLTransport.providedBy(self.transport):
             return False
-        closing = self._closing
-        return isinstance(closing, Linger) and closing.made()
+        return self._closing is not None and self._closing.made()
 
     def connectionLost(self, reason: Failure = connectionDone) -> None:
         closing, self._closing = self._closing, None
