@@ -47,6 +47,9 @@ class LogFile:
     def rotate(self) -> None:
         self.rotations += 1
 
+    def can_rotate(self) -> bool:
+        return True
+
 
 @pytest.fixture
 def sigusr1() -> Iterator[None]:

@@ -31,7 +31,9 @@ import math
 import os
 import stat
 import sys
+import time
 from collections import OrderedDict
+from collections.abc import Callable
 from typing import Any, NamedTuple
 
 from twisted.logger import (
@@ -44,6 +46,7 @@ from twisted.logger import (
     globalLogPublisher,
     textFileLogObserver,
 )
+from twisted.python.logfile import LogFile
 
 LEVELS = ("debug", "info", "warn", "error", "critical")
 DEFAULT_LEVEL = "info"
@@ -97,9 +100,7 @@ def rotated_log_file(path: str, keep: int) -> Any:
     every user's address, and with C{--log-messages} every private
     message.
     """
-    from twisted.python import logfile
-
-    log_file = logfile.LogFile.fromFullPath(  # type: ignore[no-untyped-call]
+    log_file = RotatedLogFile.fromFullPath(  # type: ignore[no-untyped-call]
         path, maxRotatedFiles=keep or None, defaultMode=LOG_MODE)
     # Twisted's LogFile changes only the live file's mode.
     for number in log_file.listLogs():
@@ -292,3 +293,62 @@ class Throttle:
         self._last = now
         left_out, self._left_out = self._left_out, 0
         return left_out
+
+
+#: Seconds between two warnings that the log file cannot be rotated.
+UNROTATED_EVERY = 3600.0
+
+
+def rotation_refused(path: str) -> str | None:
+    """
+    Why Twisted's C{LogFile} would not rotate C{path} now, or C{None}: it
+    skips a rotation, without a word, unless this process may write to
+    both the file's directory and the file (C{os.access}, as it asks: the
+    real user, after twistd's C{--uid}).
+    """
+    directory = os.path.dirname(os.path.abspath(path))
+    for what, name in (("its directory", directory), ("the file", path)):
+        if not os.access(name, os.W_OK):
+            state = (f"is not writable by the server's user (uid {os.getuid()})"
+                     if os.path.exists(name) else "no longer exists")
+            return f"{what} {name} {state}"
+    return None
+
+
+class RotatedLogFile(LogFile):
+    """
+    Twisted's C{LogFile}, which says when it cannot rotate (L{can_rotate}):
+    Twisted's skips the rotation silently (L{rotation_refused}: the log in
+    C{/var/log} after C{--uid}), and the file grew on past what
+    C{--log-keep} implies with nothing said.  Nothing else changes.
+    """
+
+    log = logger()
+
+    def __init__(self, name: str, directory: str, **options: Any) -> None:
+        super().__init__(name, directory, **options)  # type: ignore[no-untyped-call]
+        self.unrotated_warning = Throttle(UNROTATED_EVERY)
+        self.now: Callable[[], float] = time.monotonic
+
+    def rotate(self) -> None:
+        if self.can_rotate():
+            super().rotate()  # type: ignore[no-untyped-call]
+
+    def can_rotate(self) -> bool:
+        """Whether a rotation can happen now; if not, one warning why (at
+        most one every L{UNROTATED_EVERY} s: a refused rotation is tried
+        again at every line the log writes past its size)."""
+        why = rotation_refused(self.path)
+        if why is None:
+            return True
+        left_out = self.unrotated_warning.allow(self.now())
+        if left_out is None:
+            return False
+        text = ("the log file {path} cannot be rotated: {why}; it grows on past "
+                "{size:,} bytes, --log-keep bounding nothing, until the server's user "
+                "can write there")
+        if left_out:
+            text += " ({left_out} rotations skipped since the last warning)"
+        self.log.warn(text, path=self.path, why=why, size=self.rotateLength,
+                      left_out=left_out)
+        return False

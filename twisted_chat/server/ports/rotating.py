@@ -22,17 +22,23 @@ from twisted_chat.server.ports.signalled import SignalledService, TakenSignal
 
 
 class Rotatable(Protocol):
-    """A log file SIGUSR1 rotates (Twisted's C{LogFile})."""
+    """A log file SIGUSR1 rotates (L{logs.RotatedLogFile})."""
 
     def rotate(self) -> None:
         """Rename it to C{NAME.1} (the older ones up by one) and start a new one."""
+
+    def can_rotate(self) -> bool:
+        """Whether a rotation can happen now; if not, a warning why."""
 
 
 class Rotator(SignalledService):
     """
     Takes SIGUSR1 (from its start on, before the reactor's: L{TakenSignal})
     and rotates C{log_file}; without one (C{None}) logs that the log, which
-    goes to C{where}, has no file to rotate.
+    goes to C{where}, has no file to rotate.  At its start, once twistd has
+    dropped privileges, it warns if the log file cannot be rotated
+    (L{logs.RotatedLogFile.can_rotate}: Twisted would skip every rotation
+    without a word).
     """
 
     log = logs.logger()
@@ -41,6 +47,11 @@ class Rotator(SignalledService):
         super().__init__(reactor, signal.SIGUSR1, self.usr1)
         self.log_file = log_file
         self.where = where
+
+    def startService(self) -> None:
+        super().startService()
+        if self.log_file is not None:
+            self.log_file.can_rotate()
 
     @property
     def sigusr1(self) -> TakenSignal:

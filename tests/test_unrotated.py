@@ -1,0 +1,114 @@
+"""
+A log file Twisted cannot rotate says so (logs.RotatedLogFile): Twisted's
+LogFile skips a rotation without a word when the server's user may not
+write to the file's directory (the log in /var/log after --uid) or the
+file, and the log then grew past what --log-keep implies with nothing said.
+Now one warning, why, at the start (ports/rotating.py's Rotator, after
+twistd has dropped privileges) and at a refused rotation, at most one an
+hour.  The tests run as root, whom permissions do not stop: the directory
+is moved away instead (as real as it gets), or os.access, which Twisted
+asks too, is made to answer as it would for another user.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from twisted.logger import globalLogPublisher, textFileLogObserver
+
+from tests.test_rotating import Loop
+from twisted_chat.server import logs
+from twisted_chat.server.ports.rotating import Rotator
+
+SIZE = 200  # the rotation size, in place of twistd's 1,000,000 bytes
+
+
+@pytest.fixture
+def log_file(tmp_path: Path) -> Iterator[Any]:
+    """The server's log file in tmp_path/logs, written by the global log as
+    twistd's observer writes it, rotating every L{SIZE} bytes."""
+    (tmp_path / "logs").mkdir()
+    made = logs.rotated_log_file(str(tmp_path / "logs" / "chat.log"), keep=3)
+    made.rotateLength = SIZE
+    observer = textFileLogObserver(made)
+    globalLogPublisher.addObserver(observer)
+    yield made
+    globalLogPublisher.removeObserver(observer)
+    made.close()
+
+
+def write(lines: int) -> None:
+    log = logs.logger("tests.unrotated")
+    for i in range(lines):
+        log.info("line {i} " + "x" * 40, i=i)
+
+
+def warnings(logged: list[str]) -> list[str]:
+    return [line for line in logged if "cannot be rotated" in line]
+
+
+def test_a_log_whose_directory_went_away_warns_once_and_grows(
+        tmp_path: Path, log_file: Any, logged: list[str]) -> None:
+    write(10)
+    assert (tmp_path / "logs" / "chat.log.1").exists(), "rotated while it could"
+    assert warnings(logged) == []
+    (tmp_path / "logs").rename(tmp_path / "moved")
+    write(20)  # each line past SIZE tries a rotation, which Twisted skips
+    path = tmp_path / "logs" / "chat.log"
+    assert warnings(logged) == [
+        f"the log file {path} cannot be rotated: its directory {tmp_path / 'logs'} "
+        f"no longer exists; it grows on past {SIZE:,} bytes, --log-keep bounding "
+        f"nothing, until the server's user can write there"]
+    text = (tmp_path / "moved" / "chat.log").read_text()
+    assert len(text) > 10 * SIZE, "never rotated: nothing else changes"
+    assert text.count("cannot be rotated") == 1, "written once, from within the log's own write"
+    assert "line 19 " in text
+    assert sorted(p.name for p in (tmp_path / "moved").iterdir()) == [
+        "chat.log", "chat.log.1", "chat.log.2", "chat.log.3"]
+
+
+def test_a_directory_the_user_cannot_write_is_said_once_an_hour(
+        tmp_path: Path, log_file: Any, logged: list[str],
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    directory = str(tmp_path / "logs")
+    access = os.access
+
+    def as_another_user(path: Any, mode: int, **kwargs: Any) -> bool:
+        return False if (path, mode) == (directory, os.W_OK) else access(path, mode, **kwargs)
+
+    monkeypatch.setattr(os, "access", as_another_user)  # Twisted asks it too
+    now = [0.0]
+    log_file.now = lambda: now[0]
+    write(20)
+    assert not (tmp_path / "logs" / "chat.log.1").exists(), "Twisted skipped every rotation"
+    [warning] = warnings(logged)
+    assert (f"cannot be rotated: its directory {directory} is not writable by the "
+            f"server's user (uid {os.getuid()}); ") in warning
+    now[0] = 3599.0
+    write(5)
+    assert len(warnings(logged)) == 1
+    now[0] = 3600.0
+    write(1)
+    assert len(warnings(logged)) == 2
+    assert warnings(logged)[1].endswith(" rotations skipped since the last warning)")
+
+
+def test_the_rotator_warns_at_its_start_after_privileges_drop(
+        tmp_path: Path, log_file: Any, logged: list[str]) -> None:
+    """twistd starts the services (startService) once it has dropped
+    privileges: the check is then the one the server's user faces."""
+    (tmp_path / "logs").rename(tmp_path / "moved")
+    rotator = Rotator(Loop(), log_file, str(tmp_path / "logs" / "chat.log"))
+    rotator.privilegedStartService()
+    assert warnings(logged) == [], "not as root"
+    try:
+        rotator.startService()
+        assert len(warnings(logged)) == 1
+        rotator.usr1()  # a SIGUSR1's rotation, refused: not said again within the hour
+        assert len(warnings(logged)) == 1
+    finally:
+        rotator.stopService()  # before the reactor's start: SIGUSR1's handler given back
