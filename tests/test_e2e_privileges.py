@@ -137,3 +137,25 @@ def test_a_log_file_the_user_cannot_write_is_one_line(folder: Path) -> None:
         f"(twistd --uid {NOBODY} --gid {NOBODY}: the server makes and uses its files as that "
         "user, who must be able to write them and their folder)"]
     assert sorted(p.name for p in folder.iterdir()) == ["logs"]  # no database made
+
+
+def test_a_log_the_user_cannot_rotate_is_one_warning_at_start(folder: Path) -> None:
+    """The log file is the user's, its folder root's (a log in /var/log):
+    Twisted skips every rotation of it without a word, and it grew past
+    what --log-keep implies.  Said once the user runs the server."""
+    logs = folder / "logs"
+    logs.mkdir(mode=0o755)  # root's
+    os.chown(folder, NOBODY, NOBODY)
+    server = ServerProcess(logs, ["--db", f"{folder}/chat.sqlite3"], twistd_args=DROP)
+    server.log_path.touch(mode=0o600)
+    os.chown(server.log_path, NOBODY, NOBODY)
+    server.start()
+    try:
+        server.wait_log("cannot be rotated")
+    finally:
+        assert server.stop() in (0, -signal.SIGTERM), server.log()[-2000:]
+    [warning] = [line for line in server.log().splitlines() if "cannot be rotated" in line]
+    assert (f"the log file {server.log_path} cannot be rotated: its directory {logs} is "
+            f"not writable by the server's user (uid {NOBODY}); ") in warning
+    assert server.log().index(f"set uid/gid {NOBODY}/{NOBODY}") < server.log().index(warning)
+    assert server.problems() == []
