@@ -9,9 +9,10 @@ The limits a connection and its address are held to (docs/security.md).
     elsewhere, and the bound on what all connections hold together;
   - L{stalls}: notices a stall of the whole process, so that what every
     connection sent meanwhile is not taken for a flood;
-  - L{deadlines}: every connection's idle deadline on one reactor timer;
+  - L{deadlines}: many deadlines on one reactor timer (every connection's
+    idle deadline; the looks and aborts of the closes under way);
   - L{closing}: how the server ends a connection (chat or web): the close,
-    then an abort after the grace (and the stand-in transport of a peer
-    gone while lines it sent wait);
+    then an abort after the grace, every close under way on one timer
+    (and the stand-in transport of a peer gone while lines it sent wait);
   - L{descriptors}: fitting C{--max-clients} to the file descriptor limit.
 """
