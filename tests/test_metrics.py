@@ -29,6 +29,7 @@ from tests.harness import Harness
 from tests.test_login import PW, HeldWork, add, fresh
 from tests.test_login import harness as login_harness
 from tests.test_service import ThreadedMemoryReactor, options
+from tests.web.test_admission import BAD_REQUEST, MALFORMED
 from twisted_chat.server.history import Entry, History
 from twisted_chat.server.lines import history_lines
 from twisted_chat.server.metrics.counters import (
@@ -934,6 +935,29 @@ def test_a_metrics_connection_serves_a_few_requests() -> None:
     assert all(b"Connection: close" not in answer for answer in answers[:-1])
     assert b"Connection: close" in answers[-1]
     assert transport.disconnecting
+
+
+@pytest.mark.parametrize("request_", MALFORMED, ids=["hello", "http2", "tls", "headers"])
+def test_a_malformed_request_to_the_metrics_port_gets_one_400_and_nothing_more(
+        request_: bytes, logged: list[str]) -> None:
+    """rev19-attack 1, as on the web port (tests/web/test_admission.py):
+    300 connections sending HELLO logged 300 Unhandled Error tracebacks
+    (422 KB in 0.1 s), and 13,000 header lines got 12,500 400s.  The 400
+    waits in Twisted's buffer (L{_SlowPeerTransport}) when its close starts."""
+    from twisted_chat.server.metrics.metricsport import metrics_site
+
+    clock = Clock()
+    site = metrics_site(registry_for(Stats(), lambda: Snapshot(0, 0, 0, None)), clock)
+    got = metrics_connection(site, 40000, transport_type=_SlowPeerTransport)
+    assert got is not None
+    channel, transport = got
+    channel.dataReceived(request_)
+    channel.dataReceived(b"GET /nothing HTTP/1.1\r\nHost: x\r\n\r\n")
+    assert transport.value() == BAD_REQUEST + b"\r\n\r\n"
+    assert logged == []
+    transport.take(len(transport.value()))
+    clock.advance(0.1)
+    assert transport.disconnecting and not transport.disconnected  # closed, not reset
 
 
 def test_scrapes_back_to_back_share_a_few_renderings() -> None:

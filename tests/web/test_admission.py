@@ -513,6 +513,68 @@ def test_a_request_without_a_body_is_answered_as_before() -> None:
     assert not conn.aborted
 
 
+# What a peer may send that is not a request twisted.web takes, each in one
+# read: a request line that is not "METHOD URI VERSION" (then the blank line
+# that ends its headers), and more header lines than twisted.web takes.
+MALFORMED = [
+    b"HELLO\r\n\r\n",
+    b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n",  # HTTP/2's preface
+    b"\x16\x03\x01\x00\x05hello\r\n\r\n",  # a TLS ClientHello, on a plain port
+    b"GET / HTTP/1.1\r\n" + b"X:y\r\n" * 13000 + b"\r\n",  # 65 KB
+]
+BAD_REQUEST = b"HTTP/1.1 400 Bad Request"
+
+
+@pytest.mark.parametrize("request_", MALFORMED, ids=["hello", "http2", "tls", "headers"])
+def test_a_malformed_request_gets_one_400_and_the_rest_of_its_read_is_not_parsed(
+        request_: bytes, logged: list[str]) -> None:
+    """rev19-attack 1: the close that twisted.web's 400 starts waits for the
+    peer to take the 400, which it has not at that moment (Twisted holds
+    it until the reactor writes), and twisted.web parsed the rest of the
+    read meanwhile: the blank line after a request line that is not one
+    raised AttributeError ('_version'), an Unhandled Error traceback in
+    the log, and each of 12,500 header lines past the 500th got one more
+    400 (30 ms of the reactor).  Nothing more is parsed once the close has
+    begun, a later read (TLS reads on for close_notify) included."""
+    h = Harness()
+    site = make_site(h, timeout=30.0)
+    conn = HTTPConn(h, site, transport=HoldingTransport)
+    conn.transport._tempDataLen = 1  # what is written waits in Twisted's buffer
+    conn.send(request_)
+    assert responses(conn) == [BAD_REQUEST]
+    conn.send(b"GET /nope HTTP/1.1\r\nHost: x\r\n\r\n")
+    assert responses(conn) == [BAD_REQUEST]
+    assert logged == []
+    conn.transport._tempDataLen = 0  # the peer took it: the close (FIN)
+    h.clock.advance(0.1)
+    assert conn.aborted and not conn.killed
+
+
+@pytest.mark.parametrize(("requests", "answers", "closed"), [
+    (b"GET /nope HTTP/1.1\r\nHost: x\r\n\r\n" * 3, [b"404"] * 3, False),
+    (b"GET /nope HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+     b"GET /nope HTTP/1.1\r\nHost: x\r\n\r\n", [b"404"], True),
+    (b"GET /nope HTTP/1.0\r\n\r\nGET /nope HTTP/1.1\r\nHost: x\r\n\r\n", [b"404"], True),
+    (b"GET / HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\n\r\nabcGET / HTTP/1.1\r\n\r\n",
+     [b"413"], True),
+], ids=["pipelined", "connection-close", "http1.0", "body"])
+def test_requests_in_one_read_are_answered_up_to_the_one_that_closes(
+        requests: bytes, answers: list[bytes], closed: bool, logged: list[str]) -> None:
+    """The requests of one read are answered up to the one whose answer
+    closes the connection, and nothing after it, as with Twisted's own
+    close, while the peer has not taken the answers yet.  A request refused
+    for its body, the body in the same read, was also answered (200 after
+    its 413): the rest of the read was dropped only after its parse."""
+    h = Harness()
+    site = make_site(h, timeout=30.0)
+    conn = HTTPConn(h, site, transport=HoldingTransport)
+    conn.transport._tempDataLen = 1
+    conn.send(requests)
+    assert re.findall(rb"HTTP/1\.[01] (\d+) ", conn.transport.value()) == answers
+    assert conn.protocol.close_started is closed
+    assert logged == []
+
+
 def test_requests_are_not_logged() -> None:
     # Each request wrote an access-log line, its User-Agent included: one
     # kept-alive connection pipelining 404s with an 8 KB User-Agent grew
