@@ -960,6 +960,29 @@ def test_a_malformed_request_to_the_metrics_port_gets_one_400_and_nothing_more(
     assert transport.disconnecting and not transport.disconnected  # closed, not reset
 
 
+def test_a_silent_metrics_connection_ends_at_its_life_without_a_log_line(
+        logged: list[str]) -> None:
+    """rev19-attack 3: Twisted's idle timeout, as long as the connection's
+    life and started before it, ended a connection that sent nothing with
+    an info line "Timing out client: IPv4Address(...)" each (8 lines per
+    10 s from one looper holding the port).  The life's abort ends it, and
+    nothing is logged; one that asks in time is answered as before."""
+    from twisted_chat.server.metrics.metricsport import METRICS_TIMEOUT, metrics_site
+
+    clock = Clock()
+    site = metrics_site(registry_for(Stats(), lambda: Snapshot(0, 0, 0, None)), clock)
+    silent = metrics_connection(site, 40000)
+    asking = metrics_connection(site, 40001)
+    assert silent is not None and asking is not None
+    clock.advance(METRICS_TIMEOUT - 0.1)
+    asking[0].dataReceived(b"GET /nothing HTTP/1.1\r\nHost: x\r\n\r\n")
+    assert asking[1].value().startswith(b"HTTP/1.1 404 ")
+    assert not silent[1].disconnecting
+    clock.advance(0.1)
+    assert silent[1].disconnected and asking[1].disconnected  # the life's abort
+    assert logged == []
+
+
 def test_scrapes_back_to_back_share_a_few_renderings() -> None:
     """rev13-attack 3: each scrape rendered the whole registry, so scrapes
     back to back kept a core busy.  Renderings are bounded by

@@ -34,7 +34,8 @@ MAX_METRICS_CONNECTIONS = 8
 #: Seconds a connection may last from its accept, however it sends (Twisted's
 #: own idle timeout is reset by every byte); a scrape takes milliseconds, and
 #: a scraper that keeps its connection alive opens another.  Also the idle
-#: timeout.
+#: timeout: Twisted's is off, as it logged "Timing out client" for each
+#: connection silent that long (rev19-attack 3).
 METRICS_TIMEOUT = 10.0
 #: Of those, the connections one address may hold: one peer cannot take them
 #: all and leave the scraper none.  A UNIX socket's connections have no
@@ -380,7 +381,7 @@ def metrics_site(registry: CollectorRegistry, reactor: Any = None,
             root.putChild(b"metrics", WSGIResource(
                 threads, threads.getThreadPool(), renders_bounded(
                     head_as_get(make_wsgi_app(registry)), clock.seconds)))
-            super().__init__(root, timeout=timeout, **(
+            super().__init__(root, timeout=None, **(  # (the lifetime ends idle ones)
                 {"reactor": reactor} if reactor is not None else {}))
             self.lifetime: float = timeout
             self.clock: Any = clock
