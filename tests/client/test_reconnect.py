@@ -21,7 +21,7 @@ from twisted_chat.client.login import NickTries
 from twisted_chat.client.pace import BURST, RATE
 from twisted_chat.client.protocol import ChatClient
 from twisted_chat.client.reconnect import Reconnecting, backoff_delay, should_reconnect
-from twisted_chat.client.session import Outcome
+from twisted_chat.client.session import Outcome, State
 
 from .helpers import NOW, TS, Screen
 
@@ -97,6 +97,8 @@ class Harness:
         self.clients: list[ChatClient] = []
         self.transports: list[StringTransport] = []
         self.refuse = False  # the next connections fail
+        self.hold = False  # the next connections stay connecting (none made yet)
+        self.cancelled = 0  # connections given up while connecting
         self.outcomes: list[Outcome] = []
         self.draws = [0.5]  # the jitter's draws (the last one repeats)
         self.session = Reconnecting(
@@ -138,12 +140,18 @@ class Harness:
         return client
 
     def _connect(self, client: ChatClient) -> None:
+        if self.hold:
+            client.cancel_connect = self._cancel
+            return
         if self.refuse:
             client.connect_failed(Failure(ConnectionRefusedError()))
             return
         transport = StringTransport(peerAddress=IPv4Address("TCP", "127.0.0.1", 7000))
         self.transports.append(transport)
         client.makeConnection(transport)
+
+    def _cancel(self) -> None:
+        self.cancelled += 1
 
     @property
     def client(self) -> ChatClient:
@@ -731,13 +739,18 @@ def test_lines_handed_over_go_at_the_client_s_pace_through_a_failed_try() -> Non
     # An interrupt while typed lines still wait, before any connection got in.
     ("Ctrl-C", "Interrupted before joining the chat. ", 130),
 ])
+@pytest.mark.parametrize("next_connecting", [False, True])
 def test_leaving_before_the_next_connection_says_the_lines_handed_over_not_sent(
-    leave: str, said: str, code: int
+    leave: str, said: str, code: int, next_connecting: bool
 ) -> None:
     """Leaving between connections while lines typed ahead wait for the
-    next one: the end counts them, as one connection's end does.  Ctrl-C
-    exited 1 there."""
+    next one, or while it connects: the end counts them, as one
+    connection's end does.  Ctrl-C exited 1 between them; while it
+    connected, /quit waited behind them until it got in (and sent them),
+    and Ctrl-C dropped them uncounted ("Interrupted while connecting.")."""
     h = _typed_ahead_and_cut("hello while waiting", "and another")
+    if next_connecting:
+        _connecting(h)
     if leave == "/quit":
         h.session.user_line("/quit")
     else:
@@ -1373,8 +1386,8 @@ def test_ctrl_c_at_a_lost_password_prompt_that_would_connect_again(
 def test_ctrl_c_in_a_named_wait_for_the_nick_exits_130_on_either_connection() -> None:
     """In the first login's wait the server named, and in the next
     connection's wait for the rest of it: BYE, and status 130 once the
-    server answers (this passed before the fix too: it pins the paths
-    where the client is connected)."""
+    server answers, the next connection's with the cut's sentence (it
+    ended as the connection before it: the paths are tested below)."""
     h = Harness()
     h.receive("HELLO chat/1 test", "NICK")
     assert h.sent() == ["NICK alice"]
@@ -1398,5 +1411,140 @@ def test_ctrl_c_in_a_named_wait_for_the_nick_exits_130_on_either_connection() ->
     assert h.sent() == ["BYE"]
     h.receive("BYE quit")
     h.lose()
-    assert h.outcomes == [Outcome(130, BEFORE_JOINING)]
+    # Leaving before a reconnection got in ends as the cut did (below).
+    assert h.outcomes == [Outcome(130, f"{BEFORE_JOINING} {STOPPED_WAITING.message}")]
     assert len(h.clients) == 2
+
+
+# -- leaving a reconnection before it got in ------------------------------------------
+#
+# Once the session had joined, leaving while the client reconnects (/quit,
+# Ctrl-C, SIGINT, Ctrl-D) ends with the lost connection's status and sentence
+# (1) wherever the reconnection is: waiting, connecting, greeted, logging in,
+# at its prompts; before any connection got in it is an interrupt before
+# joining (130) with the last connection's sentence, Ctrl-C or Ctrl-D.
+
+def _connecting(h: Harness) -> None:
+    h.hold = True
+    h.clock.advance(1)
+    assert h.client.state is State.CONNECTING
+
+
+def _greeted(h: Harness) -> None:
+    h.clock.advance(1)
+    assert h.client.state is State.GREETING
+
+
+def _nick_sent(h: Harness) -> None:
+    _greeted(h)
+    h.receive("HELLO chat/1 test", "NICK")
+    assert h.sent() == ["NICK alice"]
+
+
+def _nick_taken(h: Harness) -> None:
+    _nick_sent(h)
+    h.receive("RETRY taken alice is online")  # sent again in 3 s
+
+
+def _nick_prompt(h: Harness) -> None:
+    _nick_sent(h)
+    h.receive("RETRY invalid alice is reserved")
+    assert h.screen.prompt == "nickname: "
+
+
+def _password_prompt(h: Harness) -> None:
+    _nick_sent(h)
+    h.receive("PASS alice")
+    assert h.screen.secret_prompt == "password for alice: "
+
+
+RECONNECTION_PATHS = {
+    "connecting": _connecting,
+    "greeted": _greeted,
+    "nick sent": _nick_sent,
+    "nick taken, sent again": _nick_taken,
+    "nick prompt": _nick_prompt,
+    "password prompt": _password_prompt,
+}
+
+
+def _lost_then(path: str) -> Harness:
+    """Joined, lost, and the reconnection at C{path}."""
+    h = Harness()
+    h.join()
+    h.lose()
+    RECONNECTION_PATHS[path](h)
+    h.sent()
+    return h
+
+
+def _answer_the_goodbye(h: Harness, connected: bool) -> None:
+    """The server answers a BYE said on an open connection (none otherwise)."""
+    if connected:
+        assert h.sent() == ["BYE"]
+        h.receive("BYE quit")
+        h.lose()
+    else:
+        assert h.cancelled == 1
+
+
+@pytest.mark.parametrize("path", RECONNECTION_PATHS)
+def test_quit_before_a_reconnection_got_in_leaves_with_the_lost_connection_s_end(
+    path: str,
+) -> None:
+    """/quit while the reconnection connects waited in the queue until it
+    got in (then exited 0 after the server's goodbye, the loss not said),
+    and at its prompts exited 0: status 1, "the connection was lost", as
+    /quit between connections; at once (the goodbye said if connected)."""
+    h = _lost_then(path)
+    h.session.user_line("/quit")
+    _answer_the_goodbye(h, path != "connecting")
+    assert h.outcomes == [LOST]
+    assert len(h.clients) == 2
+    assert not h.clock.getDelayedCalls()
+
+
+@pytest.mark.parametrize("key", ["Ctrl-C", "Ctrl-D"])
+@pytest.mark.parametrize("path", RECONNECTION_PATHS)
+def test_ctrl_c_before_a_reconnection_got_in_once_joined_exits_1(path: str, key: str) -> None:
+    """Once the chat was joined, Ctrl-C (SIGINT) or Ctrl-D while a
+    reconnection connects, is greeted, logs in, or at its prompts ends as
+    in the wait between tries: status 1 with the lost connection's
+    sentence.  They exited 130 ("Interrupted while connecting.", or
+    "Interrupted before joining the chat.")."""
+    h = _lost_then(path)
+    if key == "Ctrl-C":
+        h.session.interrupt()
+    else:
+        h.session.end_of_typing()
+    _answer_the_goodbye(h, path != "connecting")
+    assert h.outcomes == [LOST]
+    assert not h.clock.getDelayedCalls()
+
+
+def test_a_second_ctrl_c_before_the_reconnection_s_goodbye_is_answered_exits_1() -> None:
+    h = _lost_then("greeted")
+    h.session.interrupt()
+    assert h.sent() == ["BYE"]
+    h.session.interrupt()  # does not wait for the answer
+    assert h.transports[-1].disconnecting
+    h.lose()
+    assert h.outcomes == [LOST]
+
+
+@pytest.mark.parametrize("path", RECONNECTION_PATHS)
+def test_ctrl_c_before_the_connection_after_a_cut_got_in_exits_130_with_the_cut(
+    path: str,
+) -> None:
+    """Before any connection got in (the first login's wait cut by the nick
+    timeout), Ctrl-C while the next connection connects, greets or logs in
+    is an interrupt before joining, with the cut's sentence, as between
+    the connections.  Connecting, it said "Interrupted while connecting."
+    and, further, nothing of the cut."""
+    h = _flooded_at_the_first_login()
+    RECONNECTION_PATHS[path](h)
+    h.sent()
+    h.session.interrupt()
+    _answer_the_goodbye(h, path != "connecting")
+    assert h.outcomes == [Outcome(130, f"{BEFORE_JOINING} {STOPPED_WAITING.message}")]
+

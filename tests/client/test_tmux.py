@@ -515,3 +515,36 @@ def test_no_reconnect_exits_when_the_server_stops(
     term.wait_row(r"^twisted-chat: The server is shutting down\.$")
     term.wait_row(r"^EXIT=1$")
     assert not any("Reconnecting" in row for row in term.screen())
+
+
+@pytest.mark.parametrize("leave", ["/quit", "C-c"])
+def test_leaving_a_reconnection_held_back_by_the_nick_limit_exits_1(
+    chat_server: Callable[..., ServerProcess], pane: Callable[..., Pane], leave: str
+) -> None:
+    """After a restart the address may register one nick, then one every
+    20 s: one of alice and bob gets back in, the other's reconnection waits
+    to send its nick again.  Leaving it there ends as the lost connection
+    did, status 1.  /quit waited for the reconnection to get in (exit 0
+    after it); Ctrl-C exited 130 ("Interrupted before joining the chat.")."""
+    limits = ("--ip-register-rate", "0.05")
+    server = chat_server(*limits, "--ip-register-burst", "2", exempt=())
+    terms = {}
+    for nick in ("alice", "bob"):
+        terms[nick] = pane([*CLIENT, "--nick", nick, LOOPBACK, str(server.port)])
+        terms[nick].wait_row(rf"^{nick}>$")
+    server.stop()
+    chat_server(*limits, "--ip-register-burst", "1", port=server.port, exempt=())
+    [waiting] = _said(list(terms.values()), r"Sending the nickname \w+ again in \d+ s")
+    if leave == "/quit":
+        waiting.enter("/quit")
+    else:
+        waiting.key("C-c")
+    waiting.wait_row(r"^EXIT=1$", timeout=10)
+    # The connection before it: the server's shutdown, or a try while it restarted.
+    said = r"twisted-chat: (The server is shutting down\.|Cannot connect to .* refused)"
+    assert _said([waiting], said, timeout=0), waiting.screen()
+    for term in terms.values():
+        if term is not waiting:
+            term.enter("/quit")
+            term.wait_row(r"^EXIT=0$", timeout=20)
+

@@ -27,7 +27,9 @@ connections the screen stays; a line typed then is not sent (it would be
 read by a session the user has not seen start), and the user is told so
 (the lines typed ahead of a login that did not get in, in its wait for our
 nick, are another matter: they wait for the next connection, L{HandedOver});
-C{/reconnect} tries at once, C{/quit}, Ctrl-C and Ctrl-D leave.
+C{/reconnect} tries at once, C{/quit}, Ctrl-C and Ctrl-D leave, there or
+before a reconnection got in, with the end of the connection before it
+(L{Reconnecting._leave_reconnection}).
 
 The keyboard's callbacks go to this object, which passes them to the
 connection of the moment.  A script (stdin not a terminal) or
@@ -38,7 +40,7 @@ from __future__ import annotations
 
 import random
 from collections.abc import Callable
-from typing import Protocol
+from typing import Protocol, TypeGuard
 
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
@@ -179,8 +181,12 @@ class Reconnecting:
         self.joined_as: str | None = None
         self.reconnecting = False  # a connection after the first is made, or waited for
         self.user_left = False
-        # Ctrl-C (or SIGINT) ended the session between connections.
+        # Ctrl-C (or SIGINT) ended the session between connections, or before
+        # a reconnection got in.
         self._interrupted = False
+        # The user left a reconnection before it got in: the session ends as
+        # the connection before it did (L{_leave_reconnection}).
+        self._left_reconnection = False
         self.client: ChatClient | None = None
         self.finished: Deferred[Outcome] = Deferred()
         self._timer: IDelayedCall | None = None
@@ -259,7 +265,7 @@ class Reconnecting:
         # registered) instead, or none once the server refused it.
         self.password = client.kept_password
         if not goes_on:
-            self._finish(outcome)
+            self._finish(self._last if self._left_reconnection else outcome)
             return
         self._last = outcome
         # None once in: those were dropped and counted (ChatClient.connectionLost).
@@ -408,6 +414,10 @@ class Reconnecting:
             return
         if isinstance(action, Quit):
             self.user_left = True
+            if self._not_in_yet(client):
+                self._leave_reconnection(client)
+                client.quit(action.text)  # at once: not queued until it got in
+                return
         elif action is not None and self._connecting_again(client):
             self._not_connected()
             return
@@ -430,22 +440,50 @@ class Reconnecting:
         client = self.client
         return client is None or (client.state is State.CLOSED and self._goes_on(client))
 
+    def _not_in_yet(self, client: ChatClient | None) -> TypeGuard[ChatClient]:
+        """
+        C{client} is a reconnection, open, that has not got in: connecting,
+        greeted, logging in, or at its nickname or password prompt.
+        """
+        return (
+            client is not None
+            and self.reconnecting
+            and client.nick is None
+            and client.state is not State.CLOSED
+        )
+
+    def _leave_reconnection(self, client: ChatClient) -> None:
+        """
+        The user leaves C{client}, a reconnection not in yet: the session
+        ends as the connection before it did, as between connections (its
+        status and sentence: 1 once the chat was joined), and the lines
+        typed ahead that it holds are counted at the end.
+        """
+        self._left_reconnection = True
+        self._typed_ahead = client.outbox.hand_over()
+
     def interrupt(self) -> None:
         """
-        Ctrl-C (or SIGINT): leave, also between connections, where it is an
-        interrupt before joining the chat (status 130) until one got in.
+        Ctrl-C (or SIGINT): leave.  Between connections, or before a
+        reconnection got in, it ends as the connection before did (status 1
+        once the chat was joined), and as an interrupt before joining the
+        chat (status 130) until one got in.
         """
-        if self._between():
+        client = self.client
+        if self._not_in_yet(client):
+            self._leave_reconnection(client)
+            self._interrupted = True
+        elif self._between():
             self._interrupted = True
         self._leave(ChatClient.interrupt)
 
     def end_of_typing(self) -> None:
         """
         Ctrl-D on an empty line: leave (once what waits has gone).  Between
-        connections nothing can go: it is Ctrl-C, as on a connection that
-        has not got in.
+        connections, or before a reconnection got in, nothing can go: it is
+        Ctrl-C, as on a connection that has not got in.
         """
-        if self._between():
+        if self._between() or self._not_in_yet(self.client):
             self.interrupt()
             return
         self._leave(ChatClient.end_of_typing)
