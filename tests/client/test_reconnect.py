@@ -1375,7 +1375,7 @@ def test_ctrl_c_at_a_lost_password_prompt_that_would_connect_again(
     assert h.sent() == ["NICK alice"]
     h.receive("PASS alice")
     h.lose()
-    assert h.screen.secret_prompt == "(the session is over; Enter leaves) "
+    assert h.screen.secret_prompt == RECONNECTS_PROMPT
     assert h.outcomes == []
     h.session.interrupt()
     assert h.outcomes == [Outcome(code, f"{said}The connection to chat.test:7000 was lost.")]
@@ -1423,6 +1423,9 @@ def test_ctrl_c_in_a_named_wait_for_the_nick_exits_130_on_either_connection() ->
 # (1) wherever the reconnection is: waiting, connecting, greeted, logging in,
 # at its prompts; before any connection got in it is an interrupt before
 # joining (130) with the last connection's sentence, Ctrl-C or Ctrl-D.
+
+RECONNECTS_PROMPT = "(the connection is over; Enter reconnects) "
+
 
 def _connecting(h: Harness) -> None:
     h.hold = True
@@ -1548,3 +1551,34 @@ def test_ctrl_c_before_the_connection_after_a_cut_got_in_exits_130_with_the_cut(
     _answer_the_goodbye(h, path != "connecting")
     assert h.outcomes == [Outcome(130, f"{BEFORE_JOINING} {STOPPED_WAITING.message}")]
 
+
+# -- the held end of a reconnection lost at a password prompt -------------------------
+
+
+@pytest.mark.parametrize("prompt", ["login", "/register"])
+def test_a_held_end_that_reconnects_says_enter_reconnects(prompt: str) -> None:
+    """A connection lost at an open password prompt, with another to
+    follow, holds its end for the Enter after a password maybe typed blind:
+    the words say that Enter reconnects (they said "Press Enter to leave"
+    and the prompt "Enter leaves", and Enter reconnected), and it does."""
+    h = Harness()
+    h.join()
+    if prompt == "login":
+        h.lose()
+        _password_prompt(h)
+    else:
+        h.session.user_line("/register")
+        assert h.screen.secret_prompt == "password: "
+    h.screen.take()
+    h.lose()
+    assert h.screen.secret_prompt == RECONNECTS_PROMPT
+    assert h.screen.take()[-1] == (
+        "! The connection is over: nothing you type now is shown or sent. "
+        "Press Enter to reconnect, or Ctrl-C to leave."
+    )
+    clients = len(h.clients)
+    h.session.secret_line("rest of a passw0rd")
+    assert h.outcomes == []
+    assert h.screen.take()[-1].startswith("* Reconnecting in ")
+    h.clock.advance(3)
+    assert len(h.clients) == clients + 1

@@ -548,3 +548,24 @@ def test_leaving_a_reconnection_held_back_by_the_nick_limit_exits_1(
             term.enter("/quit")
             term.wait_row(r"^EXIT=0$", timeout=20)
 
+
+def test_a_connection_lost_at_the_register_prompt_waits_for_enter_then_reconnects(
+    chat_server: Callable[..., ServerProcess], pane: Callable[..., Pane]
+) -> None:
+    """The held end after a password prompt, when the client reconnects:
+    its words say that Enter reconnects, and it does (they said "Press
+    Enter to leave")."""
+    server = chat_server()
+    term = pane([*CLIENT, "--nick", "alice", LOOPBACK, str(server.port)])
+    term.wait_row(r"^alice>$")
+    term.enter("/register")
+    term.wait_row(r"password")
+    server.stop()
+    assert _said([term], r"! The connection is over: nothing you type now is shown or "
+                 r"sent\. Press Enter to reconnect, or Ctrl-C to leave\.")
+    term.wait_row(r"^\(the connection is over; Enter reconnects\)")
+    term.enter("")
+    term.wait_row(r"^\* Reconnecting in \d+ s; /reconnect tries now, /quit leaves\.$")
+    term.key("C-c")
+    term.wait_row(r"^EXIT=1$")
+    assert _said([term], r"twisted-chat: The server is shutting down\.", timeout=0)

@@ -113,8 +113,10 @@ class ChatClient(SkipLongLines):
     # up to this many bytes: the server's own send queue (1 MiB by default)
     # and the kernel's buffers hold less.
     QUIT_READ_MAX = 16 * 1024 * 1024
-    # The prompt once the session ended while a password prompt was open.
+    # The prompt once the session ended while a password prompt was open,
+    # and once a connection another follows ended so (Enter reconnects).
     SWALLOW_PROMPT = "(the session is over; Enter leaves) "
+    SWALLOW_PROMPT_FOLLOWED = "(the connection is over; Enter reconnects) "
 
     _log = Logger()
 
@@ -390,8 +392,11 @@ class ChatClient(SkipLongLines):
         # client waits for Enter (unseen) before it gives the terminal back.
         # Not once the user left there (Ctrl-C, Ctrl-D): no Enter is wanted.
         swallowing = self.interactive and self.passwords.asking and not self.ending.said_bye
+        followed = self.followed()
         if swallowing:
-            self.passwords.swallow(self.SWALLOW_PROMPT)
+            self.passwords.swallow(
+                self.SWALLOW_PROMPT_FOLLOWED if followed else self.SWALLOW_PROMPT
+            )
         else:
             self.passwords.cancel()
         self.greeting_done()
@@ -400,7 +405,7 @@ class ChatClient(SkipLongLines):
         self.outbox.stop()
         self.liveness.stop()
         # Before any got in, the lines typed ahead wait for the next connection.
-        handed_over = self.nick is None and self.followed()
+        handed_over = self.nick is None and followed
         if not self.ending.said_bye and not handed_over:
             self.user_input.drop_queue()  # the session ended under lines waiting: counted
         tls = describe_tls_error(reason, self.server) if reason is not None else None
@@ -415,10 +420,16 @@ class ChatClient(SkipLongLines):
         )
         if swallowing:
             self.user_input.swallowed = outcome
-            self.error(
-                "The session is over: nothing you type now is shown or sent. "
-                "Press Enter to leave."
-            )
+            if followed:
+                self.error(
+                    "The connection is over: nothing you type now is shown or sent. "
+                    "Press Enter to reconnect, or Ctrl-C to leave."
+                )
+            else:
+                self.error(
+                    "The session is over: nothing you type now is shown or sent. "
+                    "Press Enter to leave."
+                )
             return
         self.finish(outcome)
 
