@@ -168,6 +168,15 @@ def open_counting(path: Path | str, **kwargs: Any) -> CountingStore:
     return store
 
 
+@inlineCallbacks
+def first_batch(store: CountingStore, failure: str) -> Gen:
+    """Wait until the writer has inserted a batch; fail after 5 s."""
+    started = time.monotonic()
+    while not store.batches:
+        assert time.monotonic() - started < 5, failure
+        yield deferLater(reactor, 0.01, lambda: None)
+
+
 def make_v1(path: Path, messages: Sequence[Entry]) -> None:
     conn = sqlite3.connect(path)
     conn.executescript(V1_DDL)
@@ -238,13 +247,26 @@ def test_commits_on_its_own_within_the_interval(tmp_path: Path) -> Gen:
     path = tmp_path / "chat.sqlite3"
     store = open_counting(path)
     store.append(Entry(T0, "alice", "hello"))
-    started = time.monotonic()
-    while not store.batches:
-        assert time.monotonic() - started < 5, "the writer never committed"
-        yield deferLater(reactor, 0.01, lambda: None)
+    yield first_batch(store, "the writer never committed")
     # The commit is visible to another connection once the store lets go.
     yield timeout(store.close())
     assert rows(path) == [(1, T0, "alice", "hello")]
+
+
+@pytest_twisted.inlineCallbacks
+def test_a_message_to_an_idle_writer_wakes_it(tmp_path: Path) -> Gen:
+    """
+    The writer sleeps while nothing is pending (until its next path check,
+    10 s away): the first message after a quiet spell must wake it, so it
+    is committed within the interval, not at the writer's next errand.
+    """
+    store = open_counting(tmp_path / "chat.sqlite3")
+    yield timeout(store.flush())  # the writer has looked, found nothing, and sleeps
+    yield deferLater(reactor, 0.2, lambda: None)
+    store.append(Entry(T0, "alice", "hello"))
+    yield first_batch(store, "the writer slept through the message")
+    yield timeout(store.close())
+    assert store.batches == [1]
 
 
 @pytest_twisted.inlineCallbacks

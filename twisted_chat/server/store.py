@@ -132,10 +132,12 @@ class SQLiteStore:
         self._max_backlog = max(max_backlog, 1)
         self._identity = identity(name) if claim is not None else None
         self._db_lock = threading.Lock()  # the connection: writer vs. recent()
-        # Guards everything below.  append() takes the lock itself, not
-        # through the condition's Python methods (once a lobby message).
-        self._lock = threading.RLock()
-        self._cond = threading.Condition(self._lock)
+        # The writer's alarm clock: held while no wake-up is due, released
+        # (L{_wake_writer}) to wake it.  A bare lock, not a Condition, whose
+        # wait and notify are Python code run for every batch.
+        self._wake = threading.Lock()
+        self._wake.acquire()
+        self._lock = threading.Lock()  # guards everything below
         self._pending: deque[Entry] = deque()
         self._pending_since = 0.0  # time.monotonic() of the oldest pending entry
         self._flushes: list[Deferred[None]] = []
@@ -244,7 +246,7 @@ class SQLiteStore:
                 pending = self._pending
                 if not pending:
                     self._pending_since = time.monotonic()
-                    self._cond.notify()
+                    self._wake_writer()
                 pending.append(entry)
                 if len(pending) <= self._max_backlog:
                     return
@@ -264,37 +266,44 @@ class SQLiteStore:
     def flush(self) -> Deferred[None]:
         """Fire once everything appended so far is committed."""
         d: Deferred[None] = Deferred()
-        with self._cond:
+        with self._lock:
             if not self._stopped:
                 self._flushes.append(d)
-                self._cond.notify()
+                self._wake_writer()
                 return d
         return self._when_closed()
 
     def close(self) -> Deferred[None]:
         """Commit everything appended, stop the writer, close the database."""
-        with self._cond:
+        with self._lock:
             self._stopping = True
-            self._cond.notify()
+            self._wake_writer()
         return self._when_closed()
+
+    def _wake_writer(self) -> None:
+        """Have the writer look at its work again (any thread)."""
+        try:  # noqa: SIM105 (contextlib.suppress is slower, once a batch)
+            self._wake.release()
+        except RuntimeError:
+            pass  # a wake-up is already due
 
     @property
     def backlog(self) -> int:
         """Messages waiting to be written."""
-        with self._cond:
+        with self._lock:
             return len(self._pending)
 
     @property
     def shed(self) -> int:
         """Messages dropped from a full backlog since the store opened: only
         grows (a disk that recovers starts the log's count again, not this)."""
-        with self._cond:
+        with self._lock:
             return self._shed_total
 
     def _shed_report(self) -> str | None:
         """
         The line to log about dropped messages, if one is due (under
-        C{_cond}): at the first, then at most once per
+        C{_lock}): at the first, then at most once per
         C{drop_report_interval}.
         """
         if (self._shed == self._shed_reported
@@ -341,7 +350,7 @@ class SQLiteStore:
         try:
             error = self._loop()
         except Exception as e:  # a bug: report it rather than hang close()
-            with self._cond:
+            with self._lock:
                 self._stopped = True
             error = StoreError(f"The chat database writer for {self._name} failed: {e!r}.")
         self._finish(error)
@@ -354,30 +363,12 @@ class SQLiteStore:
         failing_since = 0.0
         retry_at = 0.0
         written_since_trim = 0
-        next_check = time.monotonic() + self.path_check_interval
+        watching = self._identity is not None
+        next_check = time.monotonic() + self.path_check_interval if watching else math.inf
         self._count()
         while True:
-            with self._cond:
-                while True:
-                    now = time.monotonic()
-                    if self._stopping or self._flushes or now >= next_prune:
-                        break
-                    if self._identity is not None and now >= next_check:
-                        break
-                    due = next_prune
-                    if self._identity is not None:
-                        due = min(due, next_check)
-                    if self._pending:
-                        write_at = max(self._pending_since + self.commit_interval, retry_at)
-                        if now >= write_at:
-                            break
-                        due = min(due, write_at)
-                    self._cond.wait(None if due == math.inf else due - now)
-                batch, self._pending = list(self._pending), deque()
-                since = self._pending_since
-                flushes, self._flushes = self._flushes, []
-                stopping = self._stopping
-                self._stopped = stopping
+            due = next_prune if next_prune < next_check else next_check
+            batch, since, flushes, stopping = self._next_work(due, retry_at)
             error: StoreError | None = None
             if batch:
                 began = time.monotonic()
@@ -394,7 +385,7 @@ class SQLiteStore:
                         f" {self._name}: {e}."
                     )
                     report = None
-                    with self._cond:
+                    with self._lock:
                         pending = self._pending
                         pending.extendleft(reversed(batch))
                         over = len(pending) - self._max_backlog
@@ -422,7 +413,7 @@ class SQLiteStore:
                     if self._max_messages and written_since_trim >= self._trim_every:
                         written_since_trim = 0
                         next_prune = 0.0
-            if self._identity is not None and time.monotonic() >= next_check:
+            if watching and time.monotonic() >= next_check:
                 next_check = self._check_path()
             if error is None and time.monotonic() >= next_prune:
                 next_prune = self._prune()
@@ -430,6 +421,34 @@ class SQLiteStore:
                 self._reactor.callFromThread(self._fire, flushes, error)
             if stopping:
                 return error
+
+    def _next_work(
+        self, due: float, retry_at: float
+    ) -> tuple[deque[Entry], float, list[Deferred[None]], bool]:
+        """
+        Sleep until there is work: a batch to commit (C{commit_interval}
+        after its oldest message, not before C{retry_at}), a flush, the
+        close, or C{due} (a prune or a path check).  Then take the batch,
+        when its oldest message came, the flushes, and whether to stop.
+        """
+        interval = self.commit_interval
+        wake = self._wake
+        while True:
+            with self._lock:
+                now = time.monotonic()
+                if self._pending:
+                    write_at = self._pending_since + interval
+                    if write_at < retry_at:
+                        write_at = retry_at
+                    if write_at < due:
+                        due = write_at
+                if now >= due or self._flushes or self._stopping:
+                    batch, self._pending = self._pending, deque()
+                    flushes, self._flushes = self._flushes, []
+                    stopping = self._stopping
+                    self._stopped = stopping
+                    return batch, self._pending_since, flushes, stopping
+            wake.acquire(True, -1 if due == math.inf else due - now)
 
     def _finish(self, error: StoreError | None) -> None:
         """End of the writer thread: close the database, report to the reactor."""
@@ -448,7 +467,7 @@ class SQLiteStore:
 
     def _recovered(self, written: int, after: float) -> None:
         """The first write after failures went through (writer thread)."""
-        with self._cond:
+        with self._lock:
             shed = self._shed
             report = self._shed_report() if shed != self._shed_reported else None
             self._shed = self._shed_reported = 0
