@@ -241,6 +241,23 @@ def test_many_messages_share_a_transaction(tmp_path: Path) -> Gen:
     assert store.batches == [1000, 10]
 
 
+@pytest.mark.parametrize("size", [1, 2, 15, 16, 17, 32, 50])
+@pytest_twisted.inlineCallbacks
+def test_a_batch_of_any_size_goes_in_whole_and_in_order(tmp_path: Path, size: int) -> Gen:
+    """A batch is inserted as statements of up to 16 rows: every row of
+    every statement, in the order appended, in one transaction."""
+    path = tmp_path / "chat.sqlite3"
+    store = open_counting(path)
+    store.commit_interval = 3600.0
+    written = entries(size)
+    fill(store, written)
+    yield timeout(store.flush())
+    assert store.stored == size
+    yield timeout(store.close())
+    assert store.batches == [size]
+    assert rows(path) == [(i + 1, e.ts, e.nick, e.text) for i, e in enumerate(written)]
+
+
 @pytest_twisted.inlineCallbacks
 def test_commits_on_its_own_within_the_interval(tmp_path: Path) -> Gen:
     """No flush, no close: the writer commits by itself (the crash bound)."""

@@ -49,6 +49,7 @@ it.
 
 from __future__ import annotations
 
+import itertools
 import math
 import sqlite3
 import threading
@@ -66,7 +67,16 @@ from twisted_chat.server.storefile import StoreError, create, identity, open_fil
 
 __all__ = ["SQLiteStore"]
 
-_INSERT = "INSERT INTO messages (ts, nick, text) VALUES (?, ?, ?)"
+#: Most rows one INSERT statement takes.  A batch goes in as a few
+#: statements of many rows (a busy lobby's batch of two or three messages as
+#: one), not one statement per row: SQLite then sets up its cursors and
+#: updates the AUTOINCREMENT counter once per statement.
+_ROWS_PER_INSERT = 16
+#: The INSERT statement of each number of rows, 1 to L{_ROWS_PER_INSERT}.
+_INSERTS = {
+    n: "INSERT INTO messages (ts, nick, text) VALUES " + ", ".join(["(?, ?, ?)"] * n)
+    for n in range(1, _ROWS_PER_INSERT + 1)
+}
 
 _log = logs.logger("twisted_chat.server.store")
 
@@ -122,6 +132,9 @@ class SQLiteStore:
     ) -> None:
         """Use L{open}."""
         self._conn = conn
+        # The writer's statements go through one cursor, not a new one per
+        # execute (three or more a batch).
+        self._writes = conn.cursor()
         self._reactor = reactor
         self._name = name
         self._claim = claim
@@ -539,9 +552,9 @@ class SQLiteStore:
 
     def _write(self, batch: Sequence[Entry]) -> None:
         """Commit C{batch} in one transaction (writer thread)."""
-        rows: list[Row] = [(e.ts, e.nick, e.text) for e in batch]
+        rows: Sequence[Row] = batch  # an Entry is the tuple of its row
         with self._db_lock:
-            self._conn.execute("BEGIN IMMEDIATE")
+            self._writes.execute("BEGIN IMMEDIATE")
             try:
                 # The rows inserted: the connection's count of changes (a
                 # rollback does not take it back, so it is read again after one).
@@ -553,26 +566,35 @@ class SQLiteStore:
                 except Exception:
                     # A row the driver cannot bind (not valid text, say): store
                     # the others rather than retrying the whole batch forever.
-                    self._conn.execute("ROLLBACK")
-                    self._conn.execute("BEGIN IMMEDIATE")
+                    self._writes.execute("ROLLBACK")
+                    self._writes.execute("BEGIN IMMEDIATE")
                     before = self._conn.total_changes
                     self._insert_each(rows)
                 inserted = self._conn.total_changes - before
-                self._conn.execute("COMMIT")
+                self._writes.execute("COMMIT")
             except BaseException:
                 if self._conn.in_transaction:
-                    self._conn.execute("ROLLBACK")
+                    self._writes.execute("ROLLBACK")
                 raise
         self._counted(inserted)
 
     def _insert(self, rows: Sequence[Row]) -> None:
         """Insert C{rows}; the one place a test can make writes slow."""
-        self._conn.executemany(_INSERT, rows)
+        values = list(itertools.chain.from_iterable(rows))
+        full, rest = divmod(len(rows), _ROWS_PER_INSERT)
+        step = 3 * _ROWS_PER_INSERT
+        if full:
+            self._writes.executemany(
+                _INSERTS[_ROWS_PER_INSERT],
+                [values[i:i + step] for i in range(0, full * step, step)],
+            )
+        if rest:
+            self._writes.execute(_INSERTS[rest], values[full * step:])
 
     def _insert_each(self, rows: Sequence[Row]) -> None:
         for row in rows:
             try:
-                self._conn.execute(_INSERT, row)
+                self._writes.execute(_INSERTS[1], row)
             except sqlite3.Error:
                 raise
             except Exception as e:
