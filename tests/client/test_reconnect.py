@@ -1535,6 +1535,34 @@ def test_a_second_ctrl_c_before_the_reconnection_s_goodbye_is_answered_exits_1()
     assert h.outcomes == [LOST]
 
 
+@pytest.mark.parametrize("then", ["Ctrl-C", "Ctrl-D"])
+@pytest.mark.parametrize("first", ["Ctrl-C", "/quit"])
+def test_a_second_key_before_the_goodbye_is_answered_keeps_the_typed_ahead_count(
+    first: str, then: str
+) -> None:
+    """Lines typed ahead of a cut login wait in the greeted reconnection;
+    Ctrl-C (or /quit) says BYE and takes them, and a second Ctrl-C or
+    Ctrl-D (which does not wait for the answer) found none left to take:
+    the end said nothing of them."""
+    h = _typed_ahead_and_cut("hello while waiting", "and another")
+    _greeted(h)
+    if first == "/quit":
+        h.session.user_line("/quit")
+    else:
+        h.session.interrupt()
+    assert h.sent() == ["BYE"]
+    if then == "Ctrl-C":
+        h.session.interrupt()
+    else:
+        h.session.end_of_typing()
+    assert h.transports[-1].disconnecting
+    h.lose()
+    assert h.outcomes == [Outcome(
+        130, f"{BEFORE_JOINING} {STOPPED_WAITING.message} "
+        "2 lines still waiting to be sent were not sent."
+    )]
+
+
 @pytest.mark.parametrize("path", RECONNECTION_PATHS)
 def test_ctrl_c_before_the_connection_after_a_cut_got_in_exits_130_with_the_cut(
     path: str,

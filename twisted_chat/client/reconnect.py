@@ -459,6 +459,8 @@ class Reconnecting:
         status and sentence: 1 once the chat was joined), and the lines
         typed ahead that it holds are counted at the end.
         """
+        if self._left_reconnection:
+            return  # a second Ctrl-C, or one after /quit: taken already
         self._left_reconnection = True
         self._typed_ahead = client.outbox.hand_over()
 
