@@ -714,6 +714,27 @@ def test_lines_typed_in_the_wait_the_nick_timeout_cuts_go_once_the_next_one_is_i
     assert h.sent() == ["MSG hello while waiting", "MSG and another"]
 
 
+def test_lines_refused_on_a_joined_connection_are_not_said_again_on_the_next() -> None:
+    """A joined connection's lost end drops and counts what waits; the
+    lines refused over the bound stayed counted in its outbox, went to the
+    next connection with the handed-over lines, and were said once it got
+    in ("* 1 line typed or pasted while 1000 waited was not sent.")."""
+    h = Harness()
+    h.join()
+    h.screen.take()
+    for n in range(ChatClient.QUEUE_MAX + 10):
+        h.session.user_line(f"line {n}")
+    assert h.client.outbox.refused > 0
+    h.screen.take()
+    h.lose()
+    assert "1000 lines still waiting to be sent were not sent." in h.screen.take()[0]
+    h.clock.advance(1)
+    h.join()
+    h.session.user_line("back")
+    assert h.sent() == ["MSG back"]
+    assert [line for line in h.screen.take() if "typed or pasted" in line] == []
+
+
 def test_lines_handed_over_go_at_the_client_s_pace_through_a_failed_try() -> None:
     """A reconnection refused before it got in hands them on again; once in,
     a burst (the NICK was one), then the pacer's rate."""

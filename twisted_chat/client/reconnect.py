@@ -268,8 +268,9 @@ class Reconnecting:
             self._finish(self._last if self._left_reconnection else outcome)
             return
         self._last = outcome
-        # None once in: those were dropped and counted (ChatClient.connectionLost).
-        self._typed_ahead = client.outbox.hand_over()
+        if not joined:
+            # Once in, they were dropped and counted (ChatClient.connectionLost).
+            self._typed_ahead = client.outbox.hand_over()
         if not joined and waited is not None:
             # The next connection asks for the nick the server's nick
             # timeout cut the wait for: --nick, the old connection's, or
