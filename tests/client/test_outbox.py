@@ -281,15 +281,15 @@ def test_on_a_terminal_lines_over_the_limit_are_refused_and_counted_once_empty()
     assert r.outbox.refused == 0
 
 
-def test_the_lines_handed_over_keep_their_order_tags_and_the_bound() -> None:
+def test_the_lines_handed_over_keep_their_order_tags_and_the_refused_count() -> None:
     """The lines typed ahead of a login the server's nick timeout cut go to
     the next connection's outbox (twisted_chat.client.reconnect): in order,
-    with whom they were typed for, within its bound; the lines over it, and
-    those refused for it already, are counted as refused (said once the
-    queue is empty, as on one connection)."""
+    with whom they were typed for; those refused over the bound stay
+    counted as refused (said once the queue is empty, as on one
+    connection)."""
     r = Rig()
-    r.make(limit=4)
-    for line in ("one", "/pair bob", "two", "three", "four"):
+    r.make(limit=3)
+    for line in ("one", "/pair bob", "two", "three"):
         r.outbox.add(line, None)
     handed = r.outbox.hand_over()
     assert len(r.outbox) == 0 and r.outbox.refused == 0
@@ -300,9 +300,9 @@ def test_the_lines_handed_over_keep_their_order_tags_and_the_bound() -> None:
     assert [(t.line, t.after_pairing) for t in nxt.outbox] == [
         ("one", False), ("/pair bob", False), ("two", True)
     ]
-    assert nxt.outbox.refused == 2  # "three" over the new bound, "four" over the old one
+    assert nxt.outbox.refused == 1  # "three", over the bound
     nxt.take(paced=False)
-    assert nxt.outbox.room() == 2
+    assert nxt.outbox.room() == 1
 
 
 def test_a_line_after_a_waiting_pairing_command_is_tagged() -> None:

@@ -322,15 +322,11 @@ class Outbox:
 
     def take_over(self, handed: HandedOver) -> None:
         """
-        Queue the lines an earlier connection handed over, in order, within
-        the bound (a terminal's: the lines over it are counted as refused,
-        and said as those are, once the queue is empty).
+        Queue the lines an earlier connection handed over, in order, into
+        this empty outbox of the same bound; those it refused stay counted
+        (said once the queue is empty, as on one connection).
         """
-        for typed in handed.lines:
-            if len(self._queue) >= self.limit:
-                self._refused += 1
-            else:
-                self._queue.append(typed)
+        self._queue.extend(handed.lines)
         self._refused += handed.refused
 
     def take_all(self) -> list[str]:
