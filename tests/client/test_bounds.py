@@ -243,6 +243,24 @@ def test_lines_pasted_over_the_bound_are_not_sent_and_said_so() -> None:
     ]
 
 
+def test_ctrl_c_s_count_of_lines_not_sent_leaves_out_those_refused_over_the_bound() -> None:
+    """docs/client.md, "Scripts and pipes": the end counts the lines that
+    waited; those refused over the bound were said at once (the "!" line)
+    and are not counted again."""
+    s = session("carol", watch=False)
+    s.ready("carol")
+    queue_max = s.client.QUEUE_MAX
+    s.type(*[f"line {i}" for i in range(queue_max + 20)])
+    assert s.client.outbox.refused > 0
+    s.sent()
+    s.client.interrupt()
+    assert s.sent() == ["BYE"]
+    s.receive("BYE quit")
+    said = s.lose().message or ""
+    assert said.endswith(f" {queue_max} lines still waiting to be sent were not sent.")
+    assert "typed or pasted" not in said
+
+
 # -- rev5cli G3: a server that reads slowly, but reads, is not given up ------------
 
 

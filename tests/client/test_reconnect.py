@@ -782,6 +782,46 @@ def test_leaving_before_the_next_connection_says_the_lines_handed_over_not_sent(
     )]
 
 
+@pytest.mark.parametrize(("reply", "prompt"), [
+    ("PASS alice", "password"),
+    ("RETRY taken alice is online", "nickname"),  # not waited for: none got in yet
+])
+def test_lines_handed_over_are_not_sent_past_the_next_connection_s_prompt(
+    reply: str, prompt: str
+) -> None:
+    """docs/client.md, "When the connection ends": a password prompt, or a
+    prompt for another nickname, on the next connection drops the lines
+    handed over to it, as at those prompts on one connection (one could be
+    the password), and says how many."""
+    h = _typed_ahead_and_cut("hello while waiting", "and another")
+    h.screen.take()
+    _nick_sent(h)
+    h.receive(reply)
+    assert (
+        f"* 2 lines typed before the {prompt} prompt were not sent (it could be the "
+        "password); type it again once you are in."
+    ) in h.screen.take()
+    assert len(h.client.outbox) == 0
+
+
+@pytest.mark.parametrize("enabled", [True, False])
+def test_the_count_of_lines_handed_over_not_sent_leaves_out_those_refused(
+    enabled: bool,
+) -> None:
+    """docs/client.md, "When the connection ends": leaving between
+    connections (or with --no-reconnect) counts the lines that waited, as
+    one connection's end does; those refused over the bound are not in it."""
+    h = _typed_ahead_and_cut(
+        *[f"line {n}" for n in range(ChatClient.QUEUE_MAX + 5)], enabled=enabled
+    )
+    if enabled:
+        h.session.user_line("/quit")
+    assert h.outcomes == [Outcome(
+        1, f"{STOPPED_WAITING.message} {ChatClient.QUEUE_MAX} lines still waiting to be "
+        "sent were not sent."
+    )]
+
+
 def test_without_reconnection_lines_typed_in_the_cut_wait_are_said_not_sent() -> None:
     h = _typed_ahead_and_cut("hello while waiting", enabled=False)
     assert h.outcomes == [Outcome(
