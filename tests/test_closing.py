@@ -150,20 +150,6 @@ def test_made_closes_at_once_a_close_whose_peer_has_taken_everything() -> None:
     assert not call.made(), "aborted: not a close"
 
 
-def test_the_abort_can_be_moved_as_a_delayed_call() -> None:
-    clock, peer = Clock(), Peer(50_000)
-    call = linger(peer, clock, grace=3.0)
-    call.delay(1.0)
-    assert call.getTime() == 4.0
-    clock.advance(3.5)
-    assert peer.calls == ["pause"]
-    call.reset(0.2)
-    assert call.getTime() == 3.7
-    clock.advance(0.2)
-    assert peer.calls == ["pause", "abort"]
-    assert clock.getDelayedCalls() == []
-
-
 # -- the sweep: every close under way on one timer -----------------------------
 
 

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any, cast
 from typing import Protocol as Structural
 
 from twisted.internet import defer
-from twisted.internet.interfaces import IDelayedCall, IReactorTime, ISSLTransport
+from twisted.internet.interfaces import IReactorTime, ISSLTransport
 from twisted.internet.protocol import Protocol, ServerFactory, connectionDone
 from twisted.logger import LogLevel
 from twisted.python.failure import Failure
@@ -33,7 +33,7 @@ from twisted_chat.server.limits.addresses import (
     Refused,
     handshake_key,
 )
-from twisted_chat.server.limits.closing import close_within
+from twisted_chat.server.limits.closing import Linger, close_within
 from twisted_chat.server.limits.deadlines import Deadlines
 from twisted_chat.server.limits.descriptors import REFUSALS_CLOSING
 from twisted_chat.server.limits.flood import FloodMeter
@@ -96,7 +96,7 @@ class _Refusal(Protocol):
         self.message = message
         self.closing = closing
         self.polite = polite
-        self._abort_call: IDelayedCall | None = None
+        self._linger: Linger | None = None
 
     def connectionMade(self) -> None:
         transport: Any = self.transport
@@ -129,14 +129,14 @@ class _Refusal(Protocol):
                 stats.count_discarded(len(message))
             return
         closing.count += 1
-        self._abort_call = close_within(transport, self.clock, self.grace)
+        self._linger = close_within(transport, self.clock, self.grace)
 
     def connectionLost(self, reason: Failure = connectionDone) -> None:
-        if self._abort_call is not None:
+        if self._linger is not None:
             self.closing.count -= 1
-            if self._abort_call.active():
-                self._abort_call.cancel()
-        self._abort_call = None
+            if self._linger.active():
+                self._linger.cancel()
+        self._linger = None
 
 
 def _always() -> bool:

@@ -14,7 +14,6 @@ from typing import TYPE_CHECKING, Any, cast
 
 from twisted.internet import tcp
 from twisted.internet.interfaces import (
-    IDelayedCall,
     IHalfCloseableProtocol,
     IProtocol,
     IReactorTime,
@@ -29,7 +28,7 @@ from twisted_chat import wire
 from twisted_chat.server import logs
 from twisted_chat.server.hub import State, User
 from twisted_chat.server.limits.addresses import Address
-from twisted_chat.server.limits.closing import Closable, GoneTransport, close_within
+from twisted_chat.server.limits.closing import Closable, GoneTransport, Linger, close_within
 from twisted_chat.server.limits.deadlines import Deadline
 from twisted_chat.server.limits.flood import Dropped, Flooding
 from twisted_chat.server.limits.heldinput import InputHold
@@ -60,10 +59,10 @@ class ChatProtocol:
     decided elsewhere is its L{InputHold}'s (C{hold}, None unless it has one).
     """
 
-    __slots__ = ("_abort_call", "_buffer", "_discarding", "_flooding", "_idle", "_last_line",
-                 "_leave_reason", "_pinged_at", "_tokens", "address", "closing", "connected",
-                 "ctx", "handshake", "hold", "host", "limits", "pool_key", "send_queue",
-                 "transport", "user")
+    __slots__ = ("_buffer", "_discarding", "_flooding", "_idle", "_last_line",
+                 "_leave_reason", "_linger", "_pinged_at", "_tokens", "address", "closing",
+                 "connected", "ctx", "handshake", "hold", "host", "limits", "pool_key",
+                 "send_queue", "transport", "user")
 
     log = logs.logger()
 
@@ -100,7 +99,7 @@ class ChatProtocol:
         self._last_line = 0.0
         self._pinged_at: float | None = None
         self._idle: Deadline | None = None  # on the server's shared Deadlines
-        self._abort_call: IDelayedCall | None = None  # set once a close has begun
+        self._linger: Linger | None = None  # set once a close has begun
 
     @property
     def config(self) -> ServerConfig:
@@ -178,9 +177,9 @@ class ChatProtocol:
         """The connection is over: out of the server's counts, its user
         gone from the chat."""
         self._closing()
-        if self._abort_call is not None and self._abort_call.active():
-            self._abort_call.cancel()
-        self._abort_call = None
+        if self._linger is not None and self._linger.active():
+            self._linger.cancel()
+        self._linger = None
         # What it held behind a command is never handled now: let it go.
         hold = self.hold
         if hold is not None:
@@ -227,7 +226,7 @@ class ChatProtocol:
         """Close from the server's side, without telling the hub (the caller
         does, except at shutdown, when nobody is left to tell), and abort a
         peer that does not complete the close in time (L{close_within})."""
-        if self._abort_call is not None or self.closing:
+        if self._linger is not None or self.closing:
             # Closing already: hung up, or cut (_cut) for its send queue,
             # whose reason stays (a shutdown before its connectionLost is
             # not what ended it).
@@ -236,7 +235,7 @@ class ChatProtocol:
         queue = self._closing()
         if queue is not None:
             queue.stop()
-        self._abort_call = close_within(self._socket, self.clock, self.config.close_grace)
+        self._linger = close_within(self._socket, self.clock, self.config.close_grace)
 
     def _closing(self) -> SendQueue | None:
         """Nothing more is written or timed for this connection: its send

@@ -55,7 +55,7 @@ from zope.interface import implementer
 
 from twisted_chat.server import logs
 from twisted_chat.server.factory import ChatFactory
-from twisted_chat.server.limits.closing import close_within
+from twisted_chat.server.limits.closing import Linger, close_within
 from twisted_chat.server.output.sendqueue import EncodingSendQueue
 from twisted_chat.server.protocol import ChatProtocol
 from twisted_chat.web.config import WebConfig, client_host, host_well_formed, origin_allowed
@@ -258,9 +258,9 @@ class ChatWebSocket(WebSocketServerProtocol):
     # The TCP (or TLS) close under way (dropConnection's, through
     # close_within): a refused upgrade's, the answer to the peer's close
     # frame, or the close after the server's own close frame.
-    _grace: IDelayedCall | None = None
+    _linger: Linger | None = None
     # The abort of a close frame the server sent, close_grace after it
-    # (apart from _grace: the TCP close that follows it still goes
+    # (apart from _linger: the TCP close that follows it still goes
     # through close_within, or the kernel keeps its output as an orphan).
     _frame_grace: IDelayedCall | None = None
     # The latest ping's payload, while its PONG waits for the socket to drain.
@@ -591,18 +591,18 @@ class ChatWebSocket(WebSocketServerProtocol):
         """
         transport: Any = self.transport
         if (not abort and self.state != self.STATE_CLOSED and transport is not None
-                and self._grace is None):
-            self._grace = close_within(transport, self.factory.reactor,
-                                       self.factory.close_grace, super().dropConnection)
+                and self._linger is None):
+            self._linger = close_within(transport, self.factory.reactor,
+                                        self.factory.close_grace, super().dropConnection)
         else:
             super().dropConnection(abort)
 
     def connectionLost(self, reason: Failure = connectionDone) -> None:
         self._pending_pong = None
-        for call in (self._grace, self._frame_grace, self._pong_call, self._read_call):
+        for call in (self._linger, self._frame_grace, self._pong_call, self._read_call):
             if call is not None and call.active():
                 call.cancel()
-        self._grace = self._frame_grace = self._pong_call = self._read_call = None
+        self._linger = self._frame_grace = self._pong_call = self._read_call = None
         self.chat_queue = None  # its encode is a method of this socket's
         try:
             super().connectionLost(reason)

@@ -17,7 +17,7 @@ from math import inf
 from typing import Any, ClassVar, Protocol
 from weakref import WeakValueDictionary
 
-from twisted.internet.interfaces import IDelayedCall, IReactorTime, ITransport
+from twisted.internet.interfaces import IReactorTime, ITransport
 from zope.interface import implementer
 
 from twisted_chat.server.limits.deadlines import Deadline, Deadlines
@@ -74,11 +74,10 @@ class Sweep:
         return sweep
 
 
-@implementer(IDelayedCall)
 class Linger:
     """
-    A close under way (L{close_within}), to its owner the abort's delayed
-    call (cancelled when the connection is lost).  While Twisted's buffer or
+    A close under way (L{close_within}), which its owner cancels when the
+    connection is lost (L{active}, L{cancel}).  While Twisted's buffer or
     the kernel's send queue holds bytes for the peer (L{unsent}), the
     transport is kept, its reading paused; once both are empty it is
     closed.  The abort, C{grace} seconds after the start, ends it if the
@@ -166,27 +165,13 @@ class Linger:
             self._close_now()
         return self._close is None
 
-    # -- IDelayedCall: the abort's ---------------------------------------------------
-
-    def getTime(self) -> float:
-        return self._deadline
-
     def cancel(self) -> None:
         """The connection is lost: no abort, no more looks."""
         self._leave()
 
-    def delay(self, secondsLater: float) -> None:
-        self._move(self._deadline + secondsLater)
-
-    def reset(self, secondsFromNow: float) -> None:
-        self._move(self._sweep.clock.seconds() + secondsFromNow)
-
-    def _move(self, deadline: float) -> None:
-        self._deadline = deadline
-        if self.active():
-            self._enter()
-
     def active(self) -> bool:
+        """Whether it still waits: to close, or for the close to complete
+        (not once aborted or cancelled)."""
         return self._entry is not None
 
 
@@ -198,8 +183,8 @@ def close_within(transport: Closable, clock: IReactorTime, grace: float,
     was written to it, and abort it C{grace} seconds from now if the peer
     has not completed the close by then (L{Linger}).
 
-    @return: the abort's call, for the caller to cancel when the
-        connection is lost (the close completed in time).
+    @return: the close under way, for the caller to L{Linger.cancel}
+        when the connection is lost (the close completed in time).
     """
     return Linger(transport, clock, grace, transport.loseConnection if close is None else close)
 
