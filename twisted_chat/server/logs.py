@@ -348,7 +348,10 @@ class RotatedLogFile(LogFile):
                 "{size:,} bytes, --log-keep bounding nothing, until the server's user "
                 "can write there")
         if left_out:
-            text += " ({left_out} rotations skipped since the last warning)"
+            # Tries, not missed rotations: Twisted tries one at every line
+            # written past the size (rr19-core 2).
+            text += (" (tried again {left_out} times since the last warning: at every "
+                     "line written past that size, and at each SIGUSR1)")
         self.log.warn(text, path=self.path, why=why, size=self.rotateLength,
                       left_out=left_out)
         return False
