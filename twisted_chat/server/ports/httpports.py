@@ -109,8 +109,10 @@ class RefusingChannel(HTTPChannel):
         self.loseConnection()
 
     def dataReceived(self, data: bytes) -> None:
-        if self._refused or self._closing is not None:
-            return  # under TLS, reading goes on until the peer's close_notify
+        if self.close_started:
+            # A refusal closes too.  Under TLS, reading goes on
+            # until the peer's close_notify.
+            return
         super().dataReceived(data)
 
 
