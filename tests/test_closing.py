@@ -12,18 +12,22 @@ from __future__ import annotations
 
 import gc
 import weakref
+from collections.abc import Callable, Sequence
 
 import pytest
 from twisted.internet.task import Clock
+from twisted.logger import LogEvent, capturedLogs, formatEvent
 
 from twisted_chat.server.limits.closing import (
     FIRST_LOOK,
     LOOK_EVERY,
+    LOOK_FAILED_EVERY,
     TOGETHER,
     GoneTransport,
     Linger,
     Sweep,
 )
+from twisted_chat.server.logs import Throttle
 
 
 def test_a_gone_transport_ends_once_on_the_next_turn() -> None:
@@ -148,6 +152,74 @@ def test_made_closes_at_once_a_close_whose_peer_has_taken_everything() -> None:
     assert peer.calls == ["pause", "resume", "close"], "closed once"
     clock.advance(3.0)
     assert not call.made(), "aborted: not a close"
+
+
+@pytest.fixture
+def failed_looks(monkeypatch: pytest.MonkeyPatch) -> Throttle:
+    """Linger's throttle of failed looks, fresh for the test (it is the
+    class's, for every close)."""
+    throttle = Throttle(LOOK_FAILED_EVERY)
+    monkeypatch.setattr(Linger, "failed_looks", throttle)
+    return throttle
+
+
+def broken_after(clock: Clock, peer: Peer, looks: int) -> Callable[[object], int]:
+    """A look at what C{peer} holds that raises after C{looks} looks."""
+    seen: list[float] = []
+
+    def held(transport: object) -> int:
+        seen.append(clock.seconds())
+        if len(seen) > looks:
+            raise OSError(9, "Bad file descriptor")
+        return peer.held
+
+    return held
+
+
+def told(events: Sequence[LogEvent]) -> list[LogEvent]:
+    return [event for event in events if "could not tell" in formatEvent(event)]
+
+
+def test_a_look_that_raises_closes_now_and_the_abort_still_comes(
+        failed_looks: Throttle) -> None:
+    """rr19-core (left): a look that raised in the sweep left the entry
+    the sweep had taken as the close's own: active() stayed True, and the
+    close was never looked at, made, nor aborted again.  Now what the peer
+    holds is taken as told (0): the close is made as Twisted makes it,
+    its abort still at the grace, and the error logged once."""
+    clock, peer = Clock(), Peer(50_000)
+    call = Linger(peer, clock, 3.0, peer.loseConnection, held=broken_after(clock, peer, 1))
+    with capturedLogs() as events:
+        clock.advance(FIRST_LOOK)
+    assert peer.calls == ["pause", "resume", "close"]
+    assert call.active(), "the abort waits for the close to complete"
+    assert call.made()
+    clock.advance(3.0 - FIRST_LOOK)
+    assert peer.calls == ["pause", "resume", "close", "abort"]
+    assert not call.active()
+    assert clock.getDelayedCalls() == []
+    [event] = told(events)
+    assert formatEvent(event) == (
+        "a close could not tell what its peer has not taken yet: closed now, "
+        "aborted at the grace if that close does not complete")
+    assert event["log_failure"].getErrorMessage() == "[Errno 9] Bad file descriptor"
+
+
+def test_failed_looks_are_logged_once_an_hour(failed_looks: Throttle) -> None:
+    """A broken look fails every close's (a mass close: 10,000 tracebacks):
+    one line an hour, saying how many were left out."""
+    clock = Clock()
+    with capturedLogs() as events:
+        for _ in range(3):
+            peer = Peer(50_000)
+            Linger(peer, clock, 3.0, peer.loseConnection, held=broken_after(clock, peer, 0))
+            assert peer.calls == ["close"]
+        assert len(told(events)) == 1
+        clock.advance(LOOK_FAILED_EVERY)
+        peer = Peer(50_000)
+        Linger(peer, clock, 3.0, peer.loseConnection, held=broken_after(clock, peer, 0))
+    assert len(told(events)) == 2
+    assert formatEvent(told(events)[1]).endswith(" (2 more since the last one)")
 
 
 # -- the sweep: every close under way on one timer -----------------------------
