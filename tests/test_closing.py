@@ -5,7 +5,7 @@ next turn, however many times it is closed (rev15-mut F10: a BYE's close
 then a shutdown's abort would have ended it twice, the connection counted
 out twice).  L{Linger}: a close the server decides waits, reading paused,
 until the peer has taken what is queued, and is aborted at the grace;
-all the closes under way on one clock look and abort on one timer (Sweep).
+all the closes under way on one clock look and abort on one timer (sweep_of).
 """
 
 from __future__ import annotations
@@ -25,7 +25,8 @@ from twisted_chat.server.limits.closing import (
     TOGETHER,
     GoneTransport,
     Linger,
-    Sweep,
+    sweep_of,
+    sweeps_by_clock,
 )
 from twisted_chat.server.logs import Throttle
 
@@ -320,7 +321,7 @@ def test_the_sweeps_keep_no_clock_alive() -> None:
     """A test's clock, dropped with closes still lingering on it, goes."""
     clock = Clock()
     calls = [linger(Peer(50_000), clock) for _ in range(3)]
-    assert Sweep.by_clock[id(clock)] is Sweep.of(clock)
+    assert sweeps_by_clock[id(clock)] is sweep_of(clock)
     gone = weakref.ref(clock)
     del clock, calls
     gc.collect()

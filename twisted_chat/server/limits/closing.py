@@ -30,7 +30,7 @@ from twisted_chat.tcpinfo import unsent
 FIRST_LOOK = 0.01
 LOOK_EVERY = 0.1
 #: The closes' looks (and aborts) due within this many seconds of each
-#: other are made in one turn of their shared timer (L{Sweep}).
+#: other are made in one turn of their shared timer (L{sweep_of}).
 TOGETHER = FIRST_LOOK / 2
 #: Seconds between two log lines of a look that failed (L{Linger._unsent}).
 LOOK_FAILED_EVERY = 3600.0
@@ -49,32 +49,23 @@ class Closable(Protocol):
     def resumeProducing(self) -> None: ...
 
 
-class Sweep:
+#: Each clock's sweep (L{sweep_of}), by the clock's id, for as long as a
+#: close made on it is referenced (the sweep holds the clock: the id stays its).
+sweeps_by_clock: WeakValueDictionary[int, Deadlines] = WeakValueDictionary()
+
+
+def sweep_of(clock: IReactorTime) -> Deadlines:
     """
-    The closes lingering on one clock: their looks and aborts on one timer
-    (L{Deadlines}, a turn per L{TOGETHER} s at most), where each had two
-    timers of its own (a mass close of 10,000 stalled peers, at a shutdown
-    or a C{--sendq-total} cut, made about 330,000 timer calls in the 3 s
-    grace).  No timer is left once none lingers.
+    The sweep of the closes lingering on C{clock}: their looks and aborts
+    on one timer (L{Deadlines}, a turn per L{TOGETHER} s at most), where
+    each had two timers of its own (a mass close of 10,000 stalled peers,
+    at a shutdown or a C{--sendq-total} cut, made about 330,000 timer calls
+    in the 3 s grace).  No timer is left once none lingers.
     """
-
-    __slots__ = ("__weakref__", "clock", "deadlines")
-
-    #: Each clock's sweep, by the clock's id, for as long as a close made
-    #: on it is referenced (the sweep holds the clock: the id stays its).
-    by_clock: ClassVar[WeakValueDictionary[int, Sweep]] = WeakValueDictionary()
-
-    def __init__(self, clock: IReactorTime) -> None:
-        self.clock = clock
-        self.deadlines = Deadlines(clock, together=TOGETHER)
-
-    @classmethod
-    def of(cls, clock: IReactorTime) -> Sweep:
-        """The sweep of C{clock}."""
-        sweep = cls.by_clock.get(id(clock))
-        if sweep is None:
-            sweep = cls.by_clock[id(clock)] = cls(clock)
-        return sweep
+    sweep = sweeps_by_clock.get(id(clock))
+    if sweep is None:
+        sweep = sweeps_by_clock[id(clock)] = Deadlines(clock, together=TOGETHER)
+    return sweep
 
 
 class Linger:
@@ -90,9 +81,9 @@ class Linger:
     is empty: the kernel then kept what it still held, in an orphaned
     socket (FIN-WAIT-1) that a peer which never read kept for about six
     minutes, outside every count and timeout of the server (rev18-attack 1).
-    Its looks and its abort wait on its clock's L{Sweep}: one entry, at the
-    next look or the abort, the sooner (the abort may so come up to
-    L{TOGETHER} s early, with other closes' looks).
+    Its looks and its abort wait on its clock's sweep (L{sweep_of}): one
+    entry, at the next look or the abort, the sooner (the abort may so come
+    up to L{TOGETHER} s early, with other closes' looks).
     """
 
     log = logs.logger()
@@ -100,7 +91,7 @@ class Linger:
     #: fails every close's (L{_unsent}).
     failed_looks: ClassVar[logs.Throttle] = logs.Throttle(LOOK_FAILED_EVERY)
 
-    __slots__ = ("_close", "_deadline", "_entry", "_held", "_next_look", "_paused",
+    __slots__ = ("_clock", "_close", "_deadline", "_entry", "_held", "_next_look", "_paused",
                  "_sweep", "_transport", "_wait")
 
     def __init__(self, transport: Closable, clock: IReactorTime, grace: float,
@@ -109,7 +100,8 @@ class Linger:
         self._close: Callable[[], object] | None = close
         self._held = held
         self._paused = False
-        self._sweep = Sweep.of(clock)
+        self._clock = clock
+        self._sweep = sweep_of(clock)
         self._entry: Deadline | None = None  # None once aborted or cancelled
         now = clock.seconds()
         self._deadline = now + grace  # the abort's time
@@ -143,22 +135,22 @@ class Linger:
 
     def _enter(self) -> None:
         """Its one entry in the sweep: its next look or its abort, the sooner."""
-        deadlines = self._sweep.deadlines
+        sweep = self._sweep
         if self._entry is not None:
-            deadlines.drop(self._entry)
-        self._entry = deadlines.add(min(self._next_look, self._deadline), self)
+            sweep.drop(self._entry)
+        self._entry = sweep.add(min(self._next_look, self._deadline), self)
 
     def _leave(self) -> None:
         """No more looks, no close, no abort."""
         self._close = None
         entry, self._entry = self._entry, None
         if entry is not None:
-            self._sweep.deadlines.drop(entry)
+            self._sweep.drop(entry)
 
     def deadline_reached(self, when: float) -> None:
         """Its turn in the sweep: the abort, once its time has come, else a look."""
         if when < self._deadline:
-            self._look(self._sweep.clock.seconds())
+            self._look(self._clock.seconds())
             return
         self._leave()
         self._transport.abortConnection()
@@ -184,7 +176,7 @@ class Linger:
         try:
             return self._held(self._transport)
         except Exception:
-            left_out = self.failed_looks.allow(self._sweep.clock.seconds())
+            left_out = self.failed_looks.allow(self._clock.seconds())
             if left_out is not None:
                 text = ("a close could not tell what its peer has not taken yet: closed now, "
                         "aborted at the grace if that close does not complete")

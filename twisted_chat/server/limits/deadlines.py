@@ -47,7 +47,7 @@ class Deadlines:
     timer once, at its end.
     """
 
-    __slots__ = ("_call", "_clock", "_firing", "_heap", "_together")
+    __slots__ = ("__weakref__", "_call", "_clock", "_firing", "_heap", "_together")
 
     def __init__(self, clock: IReactorTime, together: float = 0.0) -> None:
         self._clock = clock
