@@ -59,12 +59,12 @@ def test_the_handler_is_installed_before_the_reactor_runs(sighup: None) -> None:
     reactor = Starting()
     reloader = Reloader(reactor)
     reloader.privilegedStartService()
-    assert handler() == reloader.sighup.handler
+    assert handler() == reloader.taken.handler
     reloader.startService()
     reactor.started()
-    assert handler() == reloader.sighup.handler
+    assert handler() == reloader.taken.handler
     reloader.stopService()
-    assert handler() == reloader.sighup.handler, "a SIGHUP during the shutdown does not end it"
+    assert handler() == reloader.taken.handler, "a SIGHUP during the shutdown does not end it"
 
 
 def test_a_reloader_stopped_before_startup_leaves_no_handler(sighup: None) -> None:

@@ -65,7 +65,7 @@ def started(log_file: LogFile | None) -> tuple[Loop, Rotator]:
     rotator.startService()
     reactor.started()
     # Else the os.kill below would end the test run, as it ended the server.
-    assert signal.getsignal(signal.SIGUSR1) == rotator.sigusr1.handler
+    assert signal.getsignal(signal.SIGUSR1) == rotator.taken.handler
     return reactor, rotator
 
 
@@ -97,16 +97,16 @@ def test_the_handler_is_installed_before_the_reactor_runs_and_stays(
     log_file = LogFile()
     rotator = Rotator(reactor, log_file, "stdout")
     rotator.privilegedStartService()
-    assert signal.getsignal(signal.SIGUSR1) == rotator.sigusr1.handler
+    assert signal.getsignal(signal.SIGUSR1) == rotator.taken.handler
     os.kill(os.getpid(), signal.SIGUSR1)  # ended the test run before
     rotator.startService()
     reactor.started()
     assert log_file.rotations == 0, "not before the loop runs"
     reactor.run()
     assert log_file.rotations == 1
-    assert signal.getsignal(signal.SIGUSR1) == rotator.sigusr1.handler
+    assert signal.getsignal(signal.SIGUSR1) == rotator.taken.handler
     rotator.stopService()
-    assert signal.getsignal(signal.SIGUSR1) == rotator.sigusr1.handler, (
+    assert signal.getsignal(signal.SIGUSR1) == rotator.taken.handler, (
         "a SIGUSR1 during the shutdown does not end it")
 
 

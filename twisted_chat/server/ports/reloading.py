@@ -20,7 +20,7 @@ from typing import Any, Protocol
 from twisted.internet.task import LoopingCall
 
 from twisted_chat.server import logs
-from twisted_chat.server.ports.signalled import SignalledService, TakenSignal
+from twisted_chat.server.ports.signalled import SignalledService
 
 #: Seconds between two looks at the files of the reloadables.
 CHECK_INTERVAL = 60.0
@@ -53,11 +53,6 @@ class Reloader(SignalledService):
         self.reloadables = list(reloadables)
         self.interval = interval
         self._loop: LoopingCall | None = None
-
-    @property
-    def sighup(self) -> TakenSignal:
-        """Its SIGHUP, as taken."""
-        return self.taken
 
     def startService(self) -> None:
         super().startService()

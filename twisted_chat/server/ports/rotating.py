@@ -18,7 +18,7 @@ import signal
 from typing import Any, Protocol
 
 from twisted_chat.server import logs
-from twisted_chat.server.ports.signalled import SignalledService, TakenSignal
+from twisted_chat.server.ports.signalled import SignalledService
 
 
 class Rotatable(Protocol):
@@ -52,11 +52,6 @@ class Rotator(SignalledService):
         super().startService()
         if self.log_file is not None:
             self.log_file.can_rotate()
-
-    @property
-    def sigusr1(self) -> TakenSignal:
-        """Its SIGUSR1, as taken."""
-        return self.taken
 
     def usr1(self) -> None:
         """SIGUSR1: rotate the log file, if there is one."""
