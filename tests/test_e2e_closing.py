@@ -78,16 +78,24 @@ def holding(port: int, peers: list[socket.socket]) -> dict[int, tuple[str, int]]
     return {p: row for p, row in server_side(port, peers).items() if row[1] > 0}
 
 
-def send_buffer(port: int, peer: socket.socket) -> int:
-    """The send buffer (C{ss -m}'s C{tb}) of the server's socket on local
-    C{port} to C{peer}."""
+def socket_memory(port: int, peer: socket.socket) -> dict[str, int]:
+    """C{ss -m}'s memory of the server's socket on local C{port} to
+    C{peer}, by name: C{r} (what its receive queue holds), C{rb} (its
+    receive buffer), C{t}, C{tb} (the same for sending), and the rest of
+    C{skmem}."""
     out = subprocess.run(
         ["ss", "-tnmH", "state", "all",
          f"( sport = :{port} and dport = :{peer.getsockname()[1]} )"],
         capture_output=True, text=True, timeout=10, check=True).stdout
-    found = re.search(r"\btb(\d+)", out)
+    found = re.search(r"skmem:\(([^)]*)\)", out)
     assert found is not None, out
-    return int(found.group(1))
+    return {name: int(value) for name, value in re.findall(r"([a-z_]+)(\d+)", found.group(1))}
+
+
+def send_buffer(port: int, peer: socket.socket) -> int:
+    """The send buffer (C{ss -m}'s C{tb}) of the server's socket on local
+    C{port} to C{peer}."""
+    return socket_memory(port, peer)["tb"]
 
 
 def no_output_held_past_the_grace(port: int, peers: list[socket.socket], start: float) -> None:

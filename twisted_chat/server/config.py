@@ -44,6 +44,11 @@ class ServerConfig:
     # long a connection's output may stall before it is dropped (0: never).
     # See docs/fanout.md, "Why 128 KiB" (not 64).
     sndbuf: int = 128 * 1024
+    # The socket's receive buffer, fixed (0: the kernel's autotuning, which
+    # grows it to megabytes once the server reads fast, all of it held while
+    # the server does not read: a close's grace, a pipelined HTTP request).
+    # Lines are at most --max-line (4 KiB): see docs/security.md, --rcvbuf.
+    rcvbuf: int = 64 * 1024
     sendq_timeout: float = 60.0
     # The bytes the server itself may hold for all connections together,
     # checked once a second (0: no bound but --max-clients x --sendq):

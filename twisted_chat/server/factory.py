@@ -43,6 +43,7 @@ from twisted_chat.server.limits.heldinput import (
     HELD_LINE_COST,
     HeldInput,
 )
+from twisted_chat.server.limits.receivebuffer import fix_receive_buffer
 from twisted_chat.server.lines import LineListener
 from twisted_chat.server.metrics.counters import Stats
 from twisted_chat.server.output.fanout import Backlog, LobbyFanout, reactor_backlog
@@ -51,6 +52,7 @@ from twisted_chat.server.output.sendqueue import DirectPass
 from twisted_chat.server.protocol import ChatProtocol
 from twisted_chat.server.session import Session
 from twisted_chat.server.state import ChatState, LocalState
+from twisted_chat.tcpinfo import socket_of
 from twisted_chat.wire import ErrorCode
 
 if TYPE_CHECKING:
@@ -82,17 +84,19 @@ class _Refusal(Protocol):
     """
     What a connection over a limit talks to: two lines (or C{message}),
     then the close, and an abort if the peer has not completed the close
-    within the grace (L{close_within}).  Under TLS, only while C{polite}
-    (L{POLITE_TLS_BURST}): else it is aborted before the handshake.
+    within the grace (L{close_within}), its receive buffer fixed at
+    C{rcvbuf} meanwhile (the close reads nothing).  Under TLS, only while
+    C{polite} (L{POLITE_TLS_BURST}): else it is aborted before the handshake.
     """
 
-    def __init__(self, why: str, clock: IReactorTime, grace: float,
+    def __init__(self, why: str, clock: IReactorTime, grace: float, rcvbuf: int,
                  message: bytes | None, closing: Closing, polite: Callable[[], bool],
                  stats: Stats | None = None) -> None:
         self.why = why
         self.stats = stats
         self.clock = clock
         self.grace = grace
+        self.rcvbuf = rcvbuf
         self.message = message
         self.closing = closing
         self.polite = polite
@@ -109,6 +113,7 @@ class _Refusal(Protocol):
             # core, past every per-address limit (rev11).
             transport.abortConnection()
             return
+        fix_receive_buffer(socket_of(transport), self.rcvbuf)
         message = self.message
         # The chat's lines (ERROR server-full, BYE full) are counted as any
         # line a connection is handed; the web port's 503 is HTTP, which
@@ -338,7 +343,7 @@ class ChatFactory(ServerFactory):
             polite: Callable[[], bool] = _always
         else:
             polite = partial(self.polite_refusals.within, key, "refused-tls")
-        return _Refusal(why, self.reactor, self.config.close_grace, message,
+        return _Refusal(why, self.reactor, self.config.close_grace, self.config.rcvbuf, message,
                         self.closing_refusals, polite, stats)
 
     def registered(self, protocol: ChatProtocol) -> None:

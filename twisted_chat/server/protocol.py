@@ -32,7 +32,9 @@ from twisted_chat.server.limits.closing import Closable, GoneTransport, Linger, 
 from twisted_chat.server.limits.deadlines import Deadline
 from twisted_chat.server.limits.flood import Dropped, Flooding
 from twisted_chat.server.limits.heldinput import InputHold
+from twisted_chat.server.limits.receivebuffer import fix_receive_buffer
 from twisted_chat.server.output.sendqueue import SendQueue
+from twisted_chat.tcpinfo import socket_of
 from twisted_chat.wire import ErrorCode
 
 if TYPE_CHECKING:
@@ -139,6 +141,9 @@ class ChatProtocol:
         no_delay = getattr(transport, "setTcpNoDelay", None)
         if no_delay is not None and config.tcp_nodelay:
             no_delay(True)
+        # The kernel's share of its input, fixed before the first read (a
+        # WebSocket's was fixed at its HTTP connection's accept).
+        fix_receive_buffer(socket_of(transport), config.rcvbuf)
         # A transport that encodes what is written (the WebSocket gateway's)
         # offers its own queue, on the socket under it, counting encoded bytes.
         queue = getattr(transport, "send_queue", None)

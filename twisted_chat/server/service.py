@@ -198,6 +198,9 @@ class Options(usage.Options):
         ["sndbuf", None, _defaults.sndbuf,
          "Each socket's kernel send buffer, in bytes, fixed (at most half of --sendq; "
          "0: leave it to the kernel's autotuning).", _non_negative(int)],
+        ["rcvbuf", None, _defaults.rcvbuf,
+         "Each socket's kernel receive buffer, in bytes, fixed (0: leave it to the "
+         "kernel's autotuning).", _non_negative(int)],
         ["sendq-timeout", None, _defaults.sendq_timeout,
          "Seconds a connection's peer may take none of the bytes held for it before "
          "it is dropped (0: never).", _non_negative(float)],
@@ -435,6 +438,7 @@ class Options(usage.Options):
             flood_burst=self["flood-burst"],
             sendq=self["sendq"],
             sndbuf=self["sndbuf"],
+            rcvbuf=self["rcvbuf"],
             sendq_timeout=self["sendq-timeout"],
             sendq_total=self["sendq-total"],
             idle_timeout=self["idle-timeout"],

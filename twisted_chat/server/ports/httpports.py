@@ -4,9 +4,10 @@ takes a request body, so a request that announces one is refused before any
 of it is read or spooled, and its connection closed (docs/security.md, "The
 web port (`--web`)" and "The metrics port (`--metrics`)"); neither says
 what software answers (no C{Server} header); and their connections are held
-as a chat connection is: the socket's send buffer fixed at C{--sndbuf}, and
-every close the server decides waiting for the peer to take what is queued,
-aborted after the close grace (L{close_within}).
+as a chat connection is: the socket's send and receive buffers fixed at
+C{--sndbuf} and C{--rcvbuf}, and every close the server decides waiting for
+the peer to take what is queued, aborted after the close grace
+(L{close_within}).
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from twisted.web.http import HTTPChannel
 from twisted.web.server import Request
 
 from twisted_chat.server.limits.closing import Linger, close_within
+from twisted_chat.server.limits.receivebuffer import fix_receive_buffer
 from twisted_chat.server.output.sendqueue import fix_send_buffer
 from twisted_chat.tcpinfo import socket_of
 
@@ -30,7 +32,7 @@ if TYPE_CHECKING:
 
 class PortSite(Protocol):
     """What a L{RefusingChannel} reads of its site: its clock, and the chat
-    server's settings (C{close_grace}, C{sndbuf}, C{sendq})."""
+    server's settings (C{close_grace}, C{sndbuf}, C{sendq}, C{rcvbuf})."""
 
     reactor: Any
     config: ServerConfig
@@ -42,8 +44,11 @@ class RefusingChannel(HTTPChannel):
     (L{refuse}); it reads nothing more once it closes, after a refusal or
     any other close (L{loseConnection}).  Its socket's send buffer
     is fixed at C{--sndbuf}: the kernel's autotuning held about 2 MB for
-    each peer that did not read (rev18-attack 2).  Every close it makes
-    (after C{Connection: close}, an HTTP/1.0 request, its last request, a
+    each peer that did not read (rev18-attack 2); its receive buffer at
+    C{--rcvbuf}: the kernel held 1.3 MB of what a peer sent while
+    twisted.web did not read (a request pipelined behind an answer the peer
+    did not take; rev19-attack 2).  Every close it makes (after
+    C{Connection: close}, an HTTP/1.0 request, its last request, a
     refusal, Twisted's timeout) waits for the peer to take what is queued,
     and is aborted after the close grace (L{close_within}): Twisted's own
     left the kernel's share in an orphaned socket for minutes.
@@ -57,7 +62,9 @@ class RefusingChannel(HTTPChannel):
     def connectionMade(self) -> None:
         super().connectionMade()
         config = self.site.config
-        fix_send_buffer(socket_of(self.transport), config.sndbuf, config.sendq)
+        sock = socket_of(self.transport)
+        fix_send_buffer(sock, config.sndbuf, config.sendq)
+        fix_receive_buffer(sock, config.rcvbuf)
 
     def loseConnection(self) -> None:
         """As twisted.web closes (its producer off the transport first, so
