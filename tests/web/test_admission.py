@@ -300,6 +300,23 @@ def test_an_http_connection_has_its_send_buffer_fixed_at_sndbuf() -> None:
         sock.close()
 
 
+def test_behind_an_answer_waiting_for_its_peer_a_pipelined_request_stops_the_reading() -> None:
+    """twisted.web stops reading past 16 kB sent behind the request being
+    answered only while the transport is not full: behind an answer its
+    peer did not take, it held all the peer sent, without end (one
+    connection grew the server by 662 MB in 4 s).  Here the transport is
+    paused either way."""
+    h = Harness()
+    conn = HTTPConn(h, make_site(h))
+    request = b"GET /static/app.js HTTP/1.1\r\nHost: chat.example\r\n\r\n"
+    conn.send(request)  # being answered: the file is produced as the transport asks
+    conn.protocol.pauseProducing()  # as the transport does once its buffer is full
+    conn.send(request + b"x" * 16_000)
+    assert conn.transport.producerState == "producing"  # within twisted.web's 16 kB
+    conn.send(b"x" * 1_000)
+    assert conn.transport.producerState == "paused"
+
+
 def test_a_request_on_a_kept_alive_connection_restarts_its_idle_time() -> None:
     h = Harness()
     site = make_site(h, timeout=30.0)
