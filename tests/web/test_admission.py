@@ -28,7 +28,7 @@ from tests.web.test_gateway import TCPTransport
 from twisted_chat.server.limits.descriptors import REFUSALS_CLOSING
 from twisted_chat.web.admission import HTTP_PER_BROWSER
 from twisted_chat.web.config import WebConfig, parse_networks
-from twisted_chat.web.site import KEEPALIVE_IDLE, MAX_REQUESTS, WebSite, web_site
+from twisted_chat.web.site import KEEPALIVE_IDLE, MAX_REQUESTS, TAKEN_LOOK, WebSite, web_site
 
 _ports = itertools.count(30000)
 
@@ -235,6 +235,37 @@ class HoldingTransport(TCPTransport):
     dataBuffer = b""
     offset = 0
     _tempDataLen = 0
+
+
+def test_a_kept_alive_connection_is_idle_only_once_its_peer_has_taken_the_response() -> None:
+    """rr19-rcv 1: the idle time ran from when Twisted or the kernel had the
+    response, not the peer: a reader at 8 KB/s was reset with a third of
+    app.js unread.  --web-timeout still bounds a peer that takes it slowly."""
+    h = Harness()
+    site = make_site(h, timeout=30.0)
+    conn = HTTPConn(h, site, transport=HoldingTransport)
+    conn.send(b"GET /nope HTTP/1.1\r\nHost: chat.example\r\n\r\n")
+    assert conn.transport.value().startswith(b"HTTP/1.1 404 ")
+    conn.transport._tempDataLen = 50_000  # the peer is still reading it
+    h.clock.advance(KEEPALIVE_IDLE + 10)
+    assert not conn.aborted
+    conn.transport._tempDataLen = 0  # taken: the idle time starts at the next look
+    h.clock.advance(TAKEN_LOOK)
+    h.clock.advance(KEEPALIVE_IDLE - 0.1)
+    assert not conn.aborted
+    h.clock.advance(0.1)
+    assert conn.aborted and not conn.killed  # the idle close (FIN)
+    conn.lose()
+
+    slow = HTTPConn(h, site, transport=HoldingTransport)
+    slow.send(b"GET /nope HTTP/1.1\r\nHost: chat.example\r\n\r\n")
+    slow.transport._tempDataLen = 50_000  # never taken
+    h.clock.advance(30 - 0.1)
+    assert not slow.aborted
+    h.clock.advance(0.1)
+    assert slow.killed  # the deadline from accept
+    slow.lose()
+    assert h.clock.getDelayedCalls() == []
 
 
 @pytest.mark.parametrize("request_", [

@@ -47,6 +47,7 @@ from twisted_chat.server.factory import ChatFactory
 from twisted_chat.server.limits.addresses import Refused
 from twisted_chat.server.ports.httpports import BodilessRequest, RefusingChannel
 from twisted_chat.server.ports.listening import PortService
+from twisted_chat.tcpinfo import unsent
 from twisted_chat.web.admission import WebGate
 from twisted_chat.web.config import WebConfig, host_allowed, max_message_for, parse_networks
 from twisted_chat.web.gateway import ChatWebSocketFactory
@@ -122,6 +123,9 @@ def _refusal(status: bytes, host: str | None, allow: bool, head: bool = False) -
 # Seconds a kept-alive HTTP connection may wait for its next request after a
 # response (a browser's page load makes its requests back to back).
 KEEPALIVE_IDLE = 5.0
+# Seconds between two looks at whether a slow peer has taken its response
+# yet: the KEEPALIVE_IDLE it may then wait starts from the look that sees it.
+TAKEN_LOOK = 1.0
 
 
 class _Channel(RefusingChannel):
@@ -131,8 +135,8 @@ class _Channel(RefusingChannel):
     aborted C{timeout} seconds after its accept if it has not upgraded by
     then, however it sends (Twisted's own timeout is reset by every byte
     received: one header byte every 50 s held a socket for days); closed
-    L{KEEPALIVE_IDLE} seconds after a response if no request follows;
-    closed after its L{MAX_REQUESTS}th response.
+    L{KEEPALIVE_IDLE} seconds after its peer has taken a response if no
+    request follows; closed after its L{MAX_REQUESTS}th response.
     """
 
     site: WebSite
@@ -194,8 +198,23 @@ class _Channel(RefusingChannel):
             self._idle = self.callLater(KEEPALIVE_IDLE, self._idle_expired)
 
     def _idle_expired(self) -> None:
+        """Closed, unless its peer is still taking the response: the
+        response is done when Twisted or the kernel has it, not the peer (a
+        reader at 8 KB/s was reset with a third of app.js unread, rr19-rcv)."""
         self._idle = None
+        if unsent(self.transport) > 0:
+            self._idle = self.callLater(TAKEN_LOOK, self._idle_once_taken)
+            return
         self.loseConnection()
+
+    def _idle_once_taken(self) -> None:
+        """The idle time starts once the peer has taken the response;
+        C{--web-timeout} bounds the wait."""
+        self._idle = None
+        if unsent(self.transport) > 0:
+            self._idle = self.callLater(TAKEN_LOOK, self._idle_once_taken)
+        else:
+            self._idle = self.callLater(KEEPALIVE_IDLE, self._idle_expired)
 
     def _stop_idle(self) -> None:
         idle, self._idle = self._idle, None
