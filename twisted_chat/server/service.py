@@ -199,8 +199,8 @@ class Options(usage.Options):
          "Each socket's kernel send buffer, in bytes, fixed (at most half of --sendq; "
          "0: leave it to the kernel's autotuning).", _non_negative(int)],
         ["rcvbuf", None, _defaults.rcvbuf,
-         "Each socket's kernel receive buffer, in bytes, fixed (0: leave it to the "
-         "kernel's autotuning).", _non_negative(int)],
+         "Each TCP socket's kernel receive buffer, in bytes, fixed (0: leave it to the "
+         "kernel's autotuning). Linux ignores it on a UNIX socket.", _non_negative(int)],
         ["sendq-timeout", None, _defaults.sendq_timeout,
          "Seconds a connection's peer may take none of the bytes held for it before "
          "it is dropped (0: never).", _non_negative(float)],

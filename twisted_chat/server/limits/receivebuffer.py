@@ -12,7 +12,10 @@ peer does not take, until C{--web-timeout}.  A peer that sent an over-long
 line first (read and discarded) and then went on sending held about 1.5 MB
 of kernel memory per connection so, and one connection alone 32 MiB
 (rev19-attack 2).  A fixed buffer is never grown: the kernel holds at most
-twice it (its bookkeeping) per connection.  See docs/security.md, "Traffic".
+twice it (its bookkeeping) per TCP connection.  Linux ignores it on a UNIX
+stream socket: there the peer's own send buffer bounds what waits (up to
+2 x C{net.core.wmem_max}), which the server cannot set (rr19-rcv 2).  See
+docs/security.md, "Traffic".
 """
 
 from __future__ import annotations
