@@ -29,7 +29,7 @@ from tests.test_service import options
 from tests.web.test_admission import make_site
 from tests.web.test_gateway import TCPTransport
 from twisted_chat.server.config import ServerConfig
-from twisted_chat.server.limits.receivebuffer import fix_receive_buffer
+from twisted_chat.server.limits.socketbuffers import fix_receive_buffer
 from twisted_chat.server.metrics.counters import Snapshot, Stats, registry_for
 from twisted_chat.server.metrics.metricsport import metrics_site
 

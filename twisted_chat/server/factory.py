@@ -43,7 +43,7 @@ from twisted_chat.server.limits.heldinput import (
     HELD_LINE_COST,
     HeldInput,
 )
-from twisted_chat.server.limits.receivebuffer import fix_receive_buffer
+from twisted_chat.server.limits.socketbuffers import fix_receive_buffer
 from twisted_chat.server.lines import LineListener
 from twisted_chat.server.metrics.counters import Stats
 from twisted_chat.server.output.fanout import Backlog, LobbyFanout, reactor_backlog

@@ -32,7 +32,7 @@ from twisted_chat.server.limits.closing import Closable, GoneTransport, Linger, 
 from twisted_chat.server.limits.deadlines import Deadline
 from twisted_chat.server.limits.flood import Dropped, Flooding
 from twisted_chat.server.limits.heldinput import InputHold
-from twisted_chat.server.limits.receivebuffer import fix_receive_buffer
+from twisted_chat.server.limits.socketbuffers import fix_receive_buffer
 from twisted_chat.server.output.sendqueue import SendQueue
 from twisted_chat.tcpinfo import socket_of
 from twisted_chat.wire import ErrorCode

@@ -7,8 +7,8 @@ The limits a connection and its address are held to (docs/security.md).
   - L{addresses}: the limits per source address, shared by its connections;
   - L{heldinput}: the input a connection holds while a command is decided
     elsewhere, and the bound on what all connections hold together;
-  - L{receivebuffer}: the kernel's share of a peer's input, each socket's
-    receive buffer fixed at C{--rcvbuf};
+  - L{socketbuffers}: the kernel's share of a connection's traffic, each
+    socket's send and receive buffers fixed at C{--sndbuf} and C{--rcvbuf};
   - L{stalls}: notices a stall of the whole process, so that what every
     connection sent meanwhile is not taken for a flood;
   - L{deadlines}: many deadlines on one reactor timer (every connection's

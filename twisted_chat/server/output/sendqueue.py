@@ -19,7 +19,6 @@ encodes what it is given before the write (a WebSocket's frames).
 
 from __future__ import annotations
 
-import contextlib
 import socket
 from collections.abc import Callable, Collection, Iterable, Sequence
 from itertools import repeat
@@ -31,6 +30,7 @@ from twisted.internet.abstract import FileDescriptor
 from twisted.internet.interfaces import IPushProducer
 from zope.interface import implementer
 
+from twisted_chat.server.limits.socketbuffers import fix_send_buffer
 from twisted_chat.server.output.privateheld import PrivateHeld
 from twisted_chat.tcpinfo import (
     TWISTED_BUFFER,
@@ -68,20 +68,6 @@ def buffer_size(transport: Any) -> int:
         if isinstance(size, int) and size > 0:
             return size
     return int(FileDescriptor.bufferSize)
-
-
-def fix_send_buffer(sock: socket.socket | None, sndbuf: int, limit: int) -> None:
-    """
-    Fix C{sock}'s kernel send buffer at C{sndbuf} (C{--sndbuf}), at most
-    half of C{limit} (C{--sendq}: the kernel counts double); 0 leaves it to
-    the kernel's autotuning, which grows a non-reader's to megabytes.  For
-    every connection the server writes to: a chat connection's (its
-    L{SendQueue}'s), an HTTP one's on the web and metrics ports.
-    """
-    if sndbuf and sock is not None:
-        with contextlib.suppress(OSError):
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF,
-                            max(min(sndbuf, limit // 2), 1024))
 
 
 @implementer(IPushProducer)

@@ -22,8 +22,7 @@ from twisted.web.http import HTTPChannel
 from twisted.web.server import Request
 
 from twisted_chat.server.limits.closing import Linger, close_within
-from twisted_chat.server.limits.receivebuffer import fix_receive_buffer
-from twisted_chat.server.output.sendqueue import fix_send_buffer
+from twisted_chat.server.limits.socketbuffers import fix_receive_buffer, fix_send_buffer
 from twisted_chat.tcpinfo import socket_of
 
 if TYPE_CHECKING:
