@@ -5,6 +5,7 @@ in a temporary folder, stopped by its pid.  Never a system instance.
 
 from __future__ import annotations
 
+import functools
 import shutil
 import signal
 import socket
@@ -16,6 +17,13 @@ from typing import Any
 from tests.serverproc import LOOPBACK, free_port
 
 REDIS_SERVER = shutil.which("redis-server")
+
+
+@functools.cache
+def redis_has_tls() -> bool:
+    """Whether C{redis-server} is built with TLS (C{BUILD_TLS=yes}: it links
+    OpenSSL; without, or as a module, it takes no C{--tls-port} as run here)."""
+    return REDIS_SERVER is not None and b"SSL_CTX_new" in Path(REDIS_SERVER).read_bytes()
 
 
 class RedisServer:

@@ -9,10 +9,11 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Iterator
+from pathlib import Path
 
 import pytest
 
-from tests.redisproc import REDIS_SERVER, RedisServer
+from tests.redisproc import REDIS_SERVER, RedisServer, redis_has_tls
 from tests.serverproc import LOOPBACK, LineClient, ServerProcess
 from tests.tcpproxy import Proxy
 from tests.test_cluster_e2e import Cluster
@@ -261,3 +262,30 @@ def test_a_redis_restart_shorter_than_the_wait_is_noticed_before_it_ends(
     assert bob.expect("MSG", timeout=10).endswith("alice * while Redis is away")
     alice.expect("MSG", timeout=5)
     only_delayed([alice, bob], "while Redis is away")
+
+
+@pytest.mark.skipif(not redis_has_tls(), reason="redis-server is built without TLS")
+def test_a_rediss_node_reconnects_after_a_redis_restart(
+    tmp_path: Path, cluster: Callable[..., Cluster],
+) -> None:
+    """rev19-clu2 #1: over rediss://, a node whose connections Redis closed
+    never tried again (the TLS layer raised at the abort of a connection
+    already lost, before the retry was scheduled)."""
+    from tests.test_e2e_tls import self_signed
+
+    key, cert = self_signed(tmp_path)
+    redis = RedisServer(tmp_path, tls=(key, cert)).start()
+    o = cluster(2, node_timeout=NODE_TIMEOUT, redis=redis,
+                url=f"rediss://localhost:{redis.port}/0?ca={cert}")
+    n0, n1 = o.nodes
+    alice, bob = o.user(n0, "alice"), o.user(n1, "bob")
+    alice.sync()
+    redis.stop()
+    for server in (n0, n1):
+        server.wait_log("unreachable", timeout=10)
+    redis.start()
+    for server in (n0, n1):
+        server.wait_log("Redis is back", timeout=15)
+    alice.send("MSG after")
+    assert bob.expect("MSG").endswith("alice * after")
+    alice.expect("MSG")

@@ -321,6 +321,11 @@ class FakeConnection:
     def heard(self, message: str) -> None:
         pass
 
+    @property
+    def connected(self) -> bool:
+        """As txredisapi's: false once the connection is lost."""
+        return not self.closed
+
     def whenDisconnected(self) -> Deferred[None]:
         self._lost.append(Deferred())
         return self._lost[-1]

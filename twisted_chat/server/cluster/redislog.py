@@ -402,8 +402,8 @@ class RedisLog:
             why = (f"Redis at {self.target.display} refused a write this node makes as "
                    f"it connects ({failure.getErrorMessage()})")
         self._note_down(failure.getErrorMessage(), why)
+        self._schedule_retry()  # first: whatever the drop does (rev19-clu2 #1)
         self._drop_connections()
-        self._schedule_retry()
 
     def _misconfiguration(self, failure: Any) -> str | None:
         """What is wrong with the database, if C{failure} says it is not one
@@ -457,8 +457,8 @@ class RedisLog:
             return
         self._generation += 1
         self._note_down(why, misconfigured, subscriber_cut)
+        self._schedule_retry()  # first: whatever the drop does (rev19-clu2 #1)
         self._drop_connections()
-        self._schedule_retry()
 
     def _subscriber_lost(self, generation: int) -> None:
         """
@@ -510,8 +510,11 @@ class RedisLog:
             )
 
     def _drop_connections(self) -> None:
+        """Abort the connections still open (a lost one is left alone:
+        Twisted's TLS layer raises at an abort after its loss, rev19-clu2 #1)."""
         for proto in (self._cmd, self._reader, *self._opening):
-            if proto is not None and proto.transport is not None:
+            # txredisapi's connected: 0 from its connectionLost on.
+            if proto is not None and proto.transport is not None and proto.connected:
                 proto.transport.abortConnection()
         self._cmd = self._reader = None
         self._opening.clear()
