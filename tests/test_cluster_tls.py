@@ -3,20 +3,28 @@ A node's connections to Redis over C{rediss://}, deterministically: the
 real TLS layer (Twisted's TLSMemoryBIOProtocol) on StringTransports and a
 MemoryReactorClock.  Losing such a connection leaves a reconnection
 scheduled (rev19-clu2 #1: the TLS layer raises at an abort after its
-loss, and the node never tried again).
+loss, and the node never tried again); a failed handshake is logged as
+what it is (rev19-clu2 #2: it was "unreachable (Not connected)").
 """
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import pytest
-from twisted.internet.error import ConnectionLost
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
+from twisted.internet import ssl
+from twisted.internet.error import ConnectionDone, ConnectionLost
+from twisted.internet.protocol import Factory, Protocol
 from twisted.internet.testing import MemoryReactorClock, StringTransport
+from twisted.protocols.tls import TLSMemoryBIOFactory
 from twisted.python.failure import Failure
 
 from tests.test_cluster_outage import FakeRedis, _history
 from tests.test_cluster_unit import Untold
+from tests.test_e2e_tls import self_signed
 from twisted_chat.server.cluster.listeners import SILENT
 from twisted_chat.server.cluster.node import ClusterState
 from twisted_chat.server.cluster.redisconn import parse_url
@@ -24,9 +32,9 @@ from twisted_chat.server.cluster.redislog import RedisLog
 from twisted_chat.server.hub import HubSettings
 
 
-def tls_log(reactor: MemoryReactorClock) -> RedisLog:
+def tls_log(reactor: MemoryReactorClock, url: str = "rediss://localhost:6399/0") -> RedisLog:
     state = ClusterState("n", SILENT, _history(), HubSettings(), reactor, Untold())
-    return RedisLog(parse_url("rediss://localhost:6399/0"), state, reactor, 15.0)
+    return RedisLog(parse_url(url), state, reactor, 15.0)
 
 
 def opened(reactor: MemoryReactorClock) -> tuple[Any, StringTransport]:
@@ -75,3 +83,64 @@ def test_a_reconnection_is_scheduled_whatever_the_abort_does() -> None:
     with pytest.raises(AttributeError):
         log.lost(log._generation)
     assert log._retry is not None
+
+
+def handshake(client: Any, to_client: StringTransport, cert: Path, key: Path) -> None:
+    """Run the TLS handshake between C{client} (the node's connection) and
+    a server holding C{cert}, in memory, until one side gives up; then
+    the node's side sees its connection closed."""
+    options = ssl.CertificateOptions(
+        privateKey=serialization.load_pem_private_key(key.read_bytes(), None),
+        certificate=x509.load_pem_x509_certificate(cert.read_bytes()))
+    server = TLSMemoryBIOFactory(options, False, Factory.forProtocol(Protocol)).buildProtocol(None)
+    to_server = StringTransport()
+    server.makeConnection(to_server)
+    for _ in range(10):
+        for wire, side in ((to_client, server), (to_server, client)):
+            data = wire.value()
+            wire.clear()
+            if data:
+                side.dataReceived(data)
+    assert to_client.disconnecting  # the node gave up
+    client.connectionLost(Failure(ConnectionDone()))
+
+
+@pytest.mark.parametrize(("host", "ca", "said"), [
+    # The system's CAs do not know a self-signed certificate.
+    ("localhost", None, "TLS: Redis's certificate is not trusted (certificate verify "
+     "failed; this node trusts the system's CAs)"),
+    # ca= names a CA that did not sign Redis's certificate.
+    ("localhost", "other", "TLS: Redis's certificate is not trusted (certificate verify "
+     "failed; this node trusts the ca= file's CAs)"),
+    ("redis.example", "redis's", "TLS: Redis's certificate is not for redis.example"),
+])
+def test_a_failed_tls_handshake_is_logged_as_what_failed(
+        tmp_path: Path, logged: list[str], host: str, ca: str | None, said: str) -> None:
+    key, cert = self_signed(tmp_path)
+    (tmp_path / "other").mkdir()
+    trusted = {None: None, "redis's": cert, "other": self_signed(tmp_path / "other")[1]}[ca]
+    query = f"?ca={trusted}" if trusted is not None else ""
+    reactor = MemoryReactorClock()
+    log = tls_log(reactor, f"rediss://{host}:6399/0{query}")
+    log.start()
+    cmd, to_cmd = opened(reactor)
+    opened(reactor)  # the subscriber: it waits for its own handshake
+    handshake(cmd, to_cmd, cert, key)
+    down = [line for line in logged if "unreachable" in line]
+    assert down == [f"cluster: Redis at {log.target.display} unreachable ({said}); new "
+                    "registrations are refused, reconnecting with backoff"]
+    assert log._retry is not None
+
+
+def test_redis_not_speaking_tls_is_logged_as_a_failed_handshake(logged: list[str]) -> None:
+    reactor = MemoryReactorClock()
+    log = tls_log(reactor)
+    log.start()
+    cmd, to_cmd = opened(reactor)
+    opened(reactor)
+    assert to_cmd.value()  # the ClientHello; a plain Redis answers:
+    cmd.dataReceived(b"-ERR Protocol error: invalid multibulk length\r\n")
+    assert to_cmd.disconnecting
+    cmd.connectionLost(Failure(ConnectionDone()))
+    down = [line for line in logged if "unreachable" in line]
+    assert len(down) == 1 and "unreachable (TLS handshake failed: " in down[0], down

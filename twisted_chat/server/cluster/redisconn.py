@@ -19,13 +19,16 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 import txredisapi  # type: ignore[import-untyped]
+from OpenSSL import SSL
+from service_identity import VerificationError
 from twisted.internet import defer, endpoints, ssl
 from twisted.internet.protocol import Factory
+from twisted.python.failure import Failure
 
 from twisted_chat.tls import load_trust_root
 
 __all__ = ["PasswordRefused", "RedisTarget", "connect", "parse_url", "read_password_file",
-           "with_password_file"]
+           "tls_failure", "with_password_file"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -289,7 +292,23 @@ class _OneConnection(Factory):
         return self.proto
 
 
-class _Subscriber(txredisapi.SubscriberProtocol):  # type: ignore[misc]
+class _KeepsLoss:
+    """Keeps why its connection was lost (L{lost_reason}, Twisted's
+    reason: the TLS layer's error when the handshake failed), which
+    txredisapi drops (its waiting commands fail as "Lost connection")."""
+
+    lost_reason: Failure | None = None
+
+    def connectionLost(self, why: Failure) -> None:
+        self.lost_reason = why
+        super().connectionLost(why)  # type: ignore[misc]
+
+
+class _Commands(_KeepsLoss, txredisapi.RedisProtocol):  # type: ignore[misc]
+    """A connection for commands."""
+
+
+class _Subscriber(_KeepsLoss, txredisapi.SubscriberProtocol):  # type: ignore[misc]
     """A subscribed connection: hands each message's text to C{heard}."""
 
     def heard(self, message: str) -> None:
@@ -324,7 +343,7 @@ async def connect(target: RedisTarget, reactor: Any, reply_timeout: float | None
         joins the cluster.
     """
     factory = _NoFactory()
-    kind = _Subscriber if subscriber else txredisapi.RedisProtocol
+    kind = _Subscriber if subscriber else _Commands
     proto = kind(
         charset="utf-8", password=target.password, dbid=target.db or None,
         convertNumbers=False, username=target.username, replyTimeout=reply_timeout,
@@ -341,3 +360,25 @@ async def connect(target: RedisTarget, reactor: Any, reply_timeout: float | None
     if not proto._ready:  # txredisapi's: AUTH and SELECT succeeded (see above)
         raise _setup_failed(factory.error)
     return proto
+
+
+def tls_failure(proto: Any, target: RedisTarget) -> str | None:
+    """
+    Why TLS ended C{proto}'s connection to C{target}, if it did (its
+    handshake: a certificate not trusted, or not for the host; Redis not
+    speaking TLS there), in words for the log; else C{None} (rev19-clu2 #2:
+    it was logged as txredisapi's "Not connected").
+    """
+    why = getattr(proto, "lost_reason", None)
+    if why is None:
+        return None
+    if why.check(VerificationError):
+        return f"TLS: Redis's certificate is not for {target.tls_host}"
+    if not why.check(SSL.Error):
+        return None
+    errors = why.value.args[0] if why.value.args else []
+    text = "; ".join(str(e[-1]) for e in errors if isinstance(e, tuple) and e) or str(why.value)
+    if "certificate verify failed" in text:
+        trusted = "the ca= file's" if target.trust is not None else "the system's"
+        return f"TLS: Redis's certificate is not trusted ({text}; this node trusts {trusted} CAs)"
+    return f"TLS handshake failed: {text}"

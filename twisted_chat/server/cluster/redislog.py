@@ -75,7 +75,12 @@ from twisted_chat.server.cluster.redisconfig import (
     foreign_keys,
     foreign_message,
 )
-from twisted_chat.server.cluster.redisconn import PasswordRefused, RedisTarget, connect
+from twisted_chat.server.cluster.redisconn import (
+    PasswordRefused,
+    RedisTarget,
+    connect,
+    tls_failure,
+)
 from twisted_chat.server.cluster.redishistory import (
     HISTORY,
     HISTORY_ADD,
@@ -401,7 +406,7 @@ class RedisLog:
             # epoch or the retention missing while Redis is out of memory).
             why = (f"Redis at {self.target.display} refused a write this node makes as "
                    f"it connects ({failure.getErrorMessage()})")
-        self._note_down(failure.getErrorMessage(), why)
+        self._note_down(self._tls_failure() or failure.getErrorMessage(), why)
         self._schedule_retry()  # first: whatever the drop does (rev19-clu2 #1)
         self._drop_connections()
 
@@ -456,7 +461,7 @@ class RedisLog:
         if generation != self._generation or self._stopped:
             return
         self._generation += 1
-        self._note_down(why, misconfigured, subscriber_cut)
+        self._note_down(self._tls_failure() or why, misconfigured, subscriber_cut)
         self._schedule_retry()  # first: whatever the drop does (rev19-clu2 #1)
         self._drop_connections()
 
@@ -508,6 +513,14 @@ class RedisLog:
                 "cluster: Redis at {redis} unreachable ({why}); new registrations are "
                 "refused, reconnecting with backoff", redis=self.target.display, why=why,
             )
+
+    def _tls_failure(self) -> str | None:
+        """Why TLS ended one of the connections, if it did (L{tls_failure})."""
+        for proto in (self._cmd, self._reader, *self._opening):
+            why = tls_failure(proto, self.target)
+            if why is not None:
+                return why
+        return None
 
     def _drop_connections(self) -> None:
         """Abort the connections still open (a lost one is left alone:
