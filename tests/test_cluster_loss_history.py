@@ -137,3 +137,25 @@ def test_a_history_write_whose_answer_was_lost_is_not_sent_again_for_a_lost_even
     assert not any(out.command[:2] == HISTORY_WRITING for out in n0.log._unacked)
     assert _in_redis(redis) == ["kept"]
     assert _one_history(redis, clock, n0, n1) == ["kept"]
+
+
+def test_the_fallback_keeps_the_lost_lines_in_its_history_and_writes_them_again(
+        logged: list[str]) -> None:
+    """Where what Redis kept cannot be read back (no snapshot, the stream
+    trimmed behind the kept end), the node goes on with its replica as it
+    was (docs/cluster.md, "What is guaranteed", Redis lost its last
+    events), its history included: the lost line stays in its newcomers'
+    history, and its next snapshot writes it to Redis's history again
+    (rev19-clu2: the docs said only that the lost lines are in no history,
+    which holds for a rebuilt node)."""
+    redis, clock, (n0,) = cluster(1)
+    ann = n0.user("ann")
+    say(n0, ann, "kept", "lost")
+    redis.keys.pop("chat:snapshot", None)
+    del redis.stream[0]  # trimmed behind the kept end
+    del redis.stream[-1:]  # lost: "lost", and its history row with it
+    redis.history = {m: s for m, s in redis.history.items() if _history_entry(m)[2] != "lost"}
+    _restart(redis, clock, [n0], seconds=25)  # a snapshot after the loss too
+    assert any("what Redis kept cannot be read back" in line for line in logged)
+    assert _texts(n0) == ["kept", "lost"]
+    assert sorted(_in_redis(redis)) == ["kept", "lost"]
