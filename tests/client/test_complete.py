@@ -29,9 +29,19 @@ def test_at_nick_for_a_private_message() -> None:
     assert complete("@d", 2, NICKS) == Completion(0, 2, ("@dave ",))
 
 
+def test_at_nick_elsewhere_is_a_mention() -> None:
+    # docs/client.md: "@bo becomes @bob", anywhere in the line (no space
+    # after it there: the sentence goes on).
+    assert complete("thanks @bo", 10, NICKS) == Completion(7, 10, ("@bob", "@Bobby"))
+    assert complete("thanks @D", 9, NICKS) == Completion(7, 9, ("@dave",))
+
+
 def test_commands() -> None:
     assert complete("/pa", 3, NICKS) == Completion(0, 3, ("/pair ", "/passwd "))
     assert complete("/", 1, NICKS) == Completion(0, 1, tuple(f"/{c} " for c in COMMANDS))
+    # In alphabetical order, as docs/client.md says Tab cycles.
+    assert complete("/re", 3, NICKS) == Completion(0, 3, ("/reconnect ", "/register ", "/reject "))
+    assert list(COMMANDS) == sorted(COMMANDS)
     assert complete("/USE", 4, NICKS) == Completion(0, 4, ("/users ",))
     # Only at the start of the line; // starts a message.
     assert complete("hi /pa", 6, NICKS) is None

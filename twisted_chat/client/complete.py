@@ -8,9 +8,11 @@ Pure functions over the line's text and the cursor, so that the line editor
     C{/pa} becomes C{/pair } (commands take their arguments after a space);
   - a nickname at the start of the line is addressed: C{bo} becomes C{bob: };
   - C{@bo} at the start of the line, a private message, becomes C{@bob };
+    elsewhere, a mention, C{@bob} (no space: the line goes on);
   - anywhere else a nickname is put in bare: C{/pair bo} becomes C{/pair bob}.
 
-Matching ignores case; the choices are sorted without regard to case.
+Matching ignores case; the choices (commands and nicknames) are sorted
+without regard to case, as docs/client.md promises.
 """
 
 from __future__ import annotations
@@ -18,19 +20,19 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-# The commands offered, in the order of /help (aliases are not offered).
+# The commands offered, in alphabetical order (aliases are not offered).
 COMMANDS = (
-    "users",
-    "pair",
     "accept",
+    "dm",
+    "help",
+    "pair",
+    "passwd",
+    "quit",
+    "reconnect",
+    "register",
     "reject",
     "unpair",
-    "dm",
-    "register",
-    "passwd",
-    "reconnect",
-    "help",
-    "quit",
+    "users",
 )
 
 
@@ -61,9 +63,10 @@ def complete(line: str, cursor: int, nicks: Iterable[str]) -> Completion | None:
     if at_start and word.startswith("/") and not word.startswith("//"):
         prefix = word[1:].lower()
         choices = [f"/{c} " for c in COMMANDS if c.startswith(prefix)]
-    elif at_start and word.startswith("@"):
+    elif word.startswith("@"):
         prefix = word[1:].lower()
-        choices = [f"@{n} " for n in _sorted(nicks) if n.lower().startswith(prefix)]
+        suffix = " " if at_start else ""
+        choices = [f"@{n}{suffix}" for n in _sorted(nicks) if n.lower().startswith(prefix)]
     else:
         prefix = word.lower()
         suffix = ": " if at_start else ""
