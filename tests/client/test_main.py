@@ -23,6 +23,7 @@ from twisted_chat.client.main import (
     unwritten,
     wait_for_output,
     wants_colour,
+    wants_styles,
 )
 
 
@@ -150,6 +151,8 @@ def test_version(capsys: pytest.CaptureFixture[str]) -> None:
 )
 def test_colour_choice(environ: dict[str, str], colour: bool) -> None:
     assert wants_colour(environ) is colour
+    # NO_COLOR drops only the colours: bold and reverse video stay.
+    assert wants_styles(environ) is (environ.get("TERM") != "dumb")
 
 
 def test_importing_the_client_does_not_install_a_reactor() -> None:

@@ -252,6 +252,16 @@ def test_a_lobby_line_that_mentions_you_is_highlighted() -> None:
     assert Style.MENTION not in [s.style for s in r.message(TS, "bob", "alice", "alice!")]
 
 
+def test_no_color_keeps_the_mention_mark_and_drops_the_colours() -> None:
+    # NO_COLOR means no colour, not no styling: the reverse video that marks
+    # a mention stays (README, docs/client.md), bold stays, colours go.
+    line = renderer("alice").message(TS, "bob", "*", "Alice, are you there?")
+    assert ansi(line, colour=False) == (
+        "\x1b[2m[14:03] \x1b[0m<\x1b[1mbob\x1b[0m> \x1b[1;7mAlice, are you there?\x1b[0m"
+    )
+    assert ansi(render.notice("bob joined"), colour=False) == "* bob joined"  # yellow only
+
+
 @pytest.mark.parametrize(("text", "said"), [
     ("wrong password, or no account for that nick; send NICK again",
      "The password for zed was not accepted (wrong password, or no account for that nick)."),

@@ -196,6 +196,17 @@ def test_colours_only_when_enabled() -> None:
     assert b"\x1b[1;31m! oops\x1b[0m" in kb.output.value()
 
 
+def test_no_color_keeps_bold_and_reverse_video_without_colours() -> None:
+    kb = Keyboard()
+    kb.ui.styles = True  # NO_COLOR on a terminal that is not TERM=dumb
+    kb.output.clear()
+    kb.ui.show(error("oops"))
+    kb.ui.set_prompt("alice> ")
+    written = kb.output.value()
+    assert b"\x1b[1m! oops\x1b[0m" in written and b"\x1b[1malice> \x1b[0m" in written
+    assert not re.search(rb"\x1b\[[0-9;]*3\dm", written)
+
+
 def test_the_screen_is_not_reset_at_start() -> None:
     kb = Keyboard()
     assert b"\x1bc" not in kb.output.value()

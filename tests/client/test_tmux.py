@@ -59,10 +59,9 @@ def test_incoming_message_does_not_break_the_line_being_typed(
     term.wait_cursor((len("alice> half "), row + 1))
 
     coloured = "\n".join(term.screen(escapes=True))
-    if no_color:
-        assert not SGR.search(coloured.replace("\x1b[0m", "").replace("\x1b[39m", ""))
-    else:
-        assert SGR.search(coloured)
+    assert _has_colour(coloured) is not no_color
+    # NO_COLOR drops colours, not styling: the prompt stays bold.
+    assert SGR.search(coloured)
 
     # Typing carries on at the cursor; Enter sends the whole line.
     term.keys("well-")
@@ -76,9 +75,25 @@ def test_incoming_message_does_not_break_the_line_being_typed(
     term.key("Up")
     term.wait_row(r"^alice> half well-typed line$")
     term.key("C-u")
+
+    # A line that mentions alice is in reverse video, NO_COLOR or not.
+    bob.send("MSG alice, look here")
+    row = term.wait_row(r"^\[\d\d:\d\d\] <bob> alice, look here$")
+    assert 7 in _sgr_params(term.screen(escapes=True)[row])
+
     term.enter("/quit bye now")
     assert re.fullmatch(rf"LEFT {TS} alice quit bye now", bob.expect("LEFT"))
     term.wait_row(r"^EXIT=0$")
+
+
+def _sgr_params(screen: str) -> set[int]:
+    """The SGR parameters used on the screen (1 bold, 7 reverse, 3x colours...)."""
+    return {int(p) for sgr in SGR.findall(screen) for p in sgr[2:-1].split(";") if p}
+
+
+def _has_colour(screen: str) -> bool:
+    """Whether an SGR on the screen sets a colour (39 and 49, the defaults, do not)."""
+    return any(30 <= p <= 48 and p != 39 for p in _sgr_params(screen))
 
 
 def test_nick_prompt_and_private_conversation(

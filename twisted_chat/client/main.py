@@ -85,7 +85,8 @@ with a slash: /users, /pair NICK, /accept NICK, /reject NICK, /unpair (/leave),
 EPILOG = """\
 When stdin is not a terminal, each input line is sent as if typed and output
 is plain text; at the end of input the client says goodbye and exits.
-Colours are used only on a terminal and never when NO_COLOR is set.
+Colours are used only on a terminal and never when NO_COLOR is set (bold and
+reverse video, which marks a line that names you, stay).
 
 Exit status: 0 after a normal quit, 1 when the server cannot be reached,
 refuses TLS, does not answer (or read) in time or drops the connection,
@@ -118,6 +119,11 @@ def wants_colour(environ: Mapping[str, str]) -> bool:
     """Colours (on a terminal) unless NO_COLOR is set and not empty, or TERM=dumb."""
     if environ.get("NO_COLOR", "") != "":
         return False
+    return environ.get("TERM", "") != "dumb"
+
+
+def wants_styles(environ: Mapping[str, str]) -> bool:
+    """Bold and reverse video (a mention) even under NO_COLOR; not for TERM=dumb."""
     return environ.get("TERM", "") != "dumb"
 
 
@@ -549,6 +555,7 @@ def _start_terminal(
         client.user_line,
         client.interrupt,
         colour=wants_colour(os.environ),
+        styles=wants_styles(os.environ),
         on_secret=client.secret_line,
         nicks=client.online_nicks,
         bell=bell,

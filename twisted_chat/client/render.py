@@ -2,8 +2,8 @@
 Turn chat/1 events into lines a person reads.
 
 A rendered line is a tuple of L{Span}s, each a piece of text with a L{Style}.
-L{plain} joins them into text for pipes and terminals without colour; L{ansi}
-adds SGR colour codes.  Both clean every span with
+L{plain} joins them into text for pipes and C{TERM=dumb}; L{ansi} adds SGR
+codes (under C{NO_COLOR}, only those that are not colours).  Both clean every span with
 L{twisted_chat.client.sanitize.clean}, so this is the one place through which
 text reaches the screen.
 """
@@ -57,15 +57,26 @@ def plain(line: Line) -> str:
     return "".join(clean(span.text) for span in line)
 
 
-def ansi(line: Line) -> str:
-    """The line with SGR colour codes around styled spans."""
+def _no_colour(sgr: str) -> str:
+    """The SGR parameters that are not colours: bold, dim, reverse video."""
+    return ";".join(p for p in sgr.split(";") if not 30 <= int(p) <= 49)
+
+
+def ansi(line: Line, *, colour: bool = True) -> str:
+    """
+    The line with SGR codes around styled spans.
+
+    @param colour: C{False} (C{NO_COLOR}) keeps bold, dim and reverse video
+        (the mention mark) and drops only the colours.
+    """
     parts: list[str] = []
     for span in line:
         text = clean(span.text)
         if span.style in (Style.PLAIN, Style.COLUMN) or not text:
             parts.append(text)
-        else:
-            parts.append(f"\x1b[{span.style.value}m{text}\x1b[0m")
+            continue
+        sgr = span.style.value if colour else _no_colour(span.style.value)
+        parts.append(f"\x1b[{sgr}m{text}\x1b[0m" if sgr else text)
     return "".join(parts)
 
 

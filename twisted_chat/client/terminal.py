@@ -73,6 +73,8 @@ class ChatTerminal(HistoricRecvLine):
     @param on_quit: called for Ctrl-C (and Ctrl-D on an empty line, unless
         C{on_eof} is given).
     @param colour: use SGR colours.
+    @param styles: without colour (C{NO_COLOR}), still use SGR bold, dim and
+        reverse video (the mention mark); C{False} for C{TERM=dumb}.
     @param on_secret: called with a line typed at a password prompt
         (L{ask_secret}); such a line is never drawn nor kept in the history.
     @param nicks: the nicknames Tab offers (see L{twisted_chat.client.complete}).
@@ -91,6 +93,7 @@ class ChatTerminal(HistoricRecvLine):
         on_quit: Callable[[], None],
         *,
         colour: bool,
+        styles: bool = False,
         on_secret: Callable[[str], None] | None = None,
         nicks: Callable[[], Iterable[str]] = tuple,
         bell: bool = True,
@@ -106,6 +109,7 @@ class ChatTerminal(HistoricRecvLine):
         self.ring = bell
         self.on_quit = on_quit
         self.colour = colour
+        self.styles = styles
         self.prompt = "> "
         self.lineBuffer: list[str] = []
         self.lineBufferIndex = 0
@@ -183,9 +187,14 @@ class ChatTerminal(HistoricRecvLine):
     def show(self, line: Line) -> None:
         """Print a line above the input row, then redraw the input row."""
         for row in wrap(line, self.width - 1):
-            text = ansi(row) if self.colour else plain(row)
-            self._write(ERASE_ROW + text + "\n")
+            self._write(ERASE_ROW + self._text(row) + "\n")
         self.draw()
+
+    def _text(self, line: Line) -> str:
+        """The line as this terminal shows it: coloured, styled or plain."""
+        if self.colour or self.styles:
+            return ansi(line, colour=self.colour)
+        return plain(line)
 
     def set_prompt(self, prompt: str) -> None:
         self.prompt = prompt
@@ -304,12 +313,11 @@ class ChatTerminal(HistoricRecvLine):
             question = f"send the {len(self._held)} pasted lines? Enter sends, Esc drops: "
         if question is not None:
             prompt = (Span(fit_prompt(question, self.width), Style.PROMPT),)
-            self._write(ERASE_ROW + (ansi(prompt) if self.colour else plain(prompt)))
+            self._write(ERASE_ROW + self._text(prompt))
             return
         visible, back = self._visible()
         prompt = (Span(fit_prompt(self.prompt, self.width), Style.PROMPT),)
-        shown = ansi(prompt) if self.colour else plain(prompt)
-        out = ERASE_ROW + shown + visible
+        out = ERASE_ROW + self._text(prompt) + visible
         if back:
             out += f"\x1b[{back}D"
         self._write(out)
