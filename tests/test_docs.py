@@ -528,3 +528,25 @@ def test_the_module_layout_names_every_member_of_session_connection() -> None:
                          if part.startswith("`twisted_chat/server/session.py`")).split())
     assert len(members) >= 17
     assert sorted(name for name in members if f"`{name}`" not in item) == []
+
+
+def _session(text: str, intro: str) -> list[str]:
+    """The lines of the first code block after C{intro}."""
+    after = text[text.index(intro):]
+    block = after.split("```\n", 2)[1]
+    return block.rstrip("\n").split("\n")
+
+
+def test_the_readme_terminal_session_is_what_the_client_prints() -> None:
+    """README's "A real terminal session" left out lines the client prints
+    (Connecting, the recent-messages heading, the user table, the pairing
+    line; rev19-user 4).  Its lines must be a run of docs/client.md's "A
+    session", copied from a real terminal, without the nickname prompt that
+    --nick skips."""
+    readme = _session((ROOT / "README.md").read_text(), "A real terminal session")
+    full = _session((ROOT / "docs" / "client.md").read_text(), "## A session")
+    full = [line for line in full[1:] if not line.startswith("* Choose a nickname")]
+    assert readme[0] == "$ python -m twisted_chat.client --nick alice localhost"
+    shown = readme[1:-1]
+    assert shown == full[: len(shown)]
+    assert readme[-1].startswith("alice -> bob> ")
