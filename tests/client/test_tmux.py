@@ -446,6 +446,25 @@ def test_users_behind_one_address_all_get_back_after_a_restart(
         term.wait_row(r"^EXIT=0$")
 
 
+def _first_login_cut_by_the_nick_timeout(
+    chat_server: Callable[..., ServerProcess],
+    connect: Callable[..., LineClient],
+    pane: Callable[..., Pane],
+    register_rate: str,
+) -> tuple[ServerProcess, LineClient, Pane]:
+    """A server that lets an address register one nick per 1/register_rate
+    s (carol takes it) and gives a login 2 s: alice's first wait for her
+    nick is cut by the nick timeout, and her client says it reconnects."""
+    server = chat_server("--ip-register-rate", register_rate, "--ip-register-burst", "1",
+                         "--nick-timeout", "2", exempt=())
+    carol = connect(server.port)
+    carol.register("carol")
+    term = pane([*CLIENT, "--nick", "alice", LOOPBACK, str(server.port)])
+    assert _said([term], r"Sending the nickname alice again in \d+ s \(try 1 of 10\)")
+    assert _said([term], r"Reconnecting in 1 s;")
+    return server, carol, term
+
+
 def test_a_first_login_held_back_past_the_nick_timeout_connects_again_and_gets_in(
     chat_server: Callable[..., ServerProcess],
     connect: Callable[..., LineClient],
@@ -455,13 +474,8 @@ def test_a_first_login_held_back_past_the_nick_timeout_connects_again_and_gets_i
     the server gives a login 2 s: alice's wait for her nick is cut by the
     server's nick timeout.  The client exited ("The server stopped waiting
     for the nickname"); now it connects again, sends alice again, and gets in."""
-    server = chat_server("--ip-register-rate", "0.2", "--ip-register-burst", "1",
-                         "--nick-timeout", "2", exempt=())
-    carol = connect(server.port)
-    carol.register("carol")
-    term = pane([*CLIENT, "--nick", "alice", LOOPBACK, str(server.port)])
-    assert _said([term], r"Sending the nickname alice again in \d+ s \(try 1 of 10\)")
-    assert _said([term], r"Reconnecting in 1 s;")
+    _, carol, term = _first_login_cut_by_the_nick_timeout(
+        chat_server, connect, pane, register_rate="0.2")
     term.wait_row(r"^\* Welcome, alice! You are in the lobby\.", timeout=20)
     term.wait_row(r"^alice>$")
     carol.expect(lambda line: line.startswith("JOINED") and line.endswith(" alice"))
@@ -478,13 +492,8 @@ def test_ctrl_c_while_a_held_back_first_login_waits_to_reconnect_exits_130(
     (one nick every 20 s, carol took it), then the server stopped: the
     client waits to reconnect, never in.  Ctrl-C there is an interrupt
     before the chat was joined, status 130.  It exited 1."""
-    server = chat_server("--ip-register-rate", "0.05", "--ip-register-burst", "1",
-                         "--nick-timeout", "2", exempt=())
-    carol = connect(server.port)
-    carol.register("carol")
-    term = pane([*CLIENT, "--nick", "alice", LOOPBACK, str(server.port)])
-    assert _said([term], r"Sending the nickname alice again in \d+ s \(try 1 of 10\)")
-    assert _said([term], r"Reconnecting in 1 s;")
+    server, _, term = _first_login_cut_by_the_nick_timeout(
+        chat_server, connect, pane, register_rate="0.05")
     server.stop()
     assert _said([term], r"Cannot connect to .*connection refused")
     term.key("C-c")

@@ -117,9 +117,7 @@ def is_terminal() -> bool:
 
 def wants_colour(environ: Mapping[str, str]) -> bool:
     """Colours (on a terminal) unless NO_COLOR is set and not empty, or TERM=dumb."""
-    if environ.get("NO_COLOR", "") != "":
-        return False
-    return environ.get("TERM", "") != "dumb"
+    return environ.get("NO_COLOR", "") == "" and wants_styles(environ)
 
 
 def wants_styles(environ: Mapping[str, str]) -> bool:
