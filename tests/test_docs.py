@@ -351,6 +351,7 @@ def test_every_departure_from_chat1_as_published_is_listed() -> None:
         "held before READY": "A client that keeps flooding (over `--flood-rate`",
         "RETRY reasons": "The `RETRY` reasons are `taken`, `invalid` and `bad-password`",
         "ERROR codes": "The `ERROR` codes are the nineteen under Errors",
+        "order vs replay": "\"nothing from a user comes after that user's `LEFT`\" (Ordering)",
     }
     for what, sentence in published.items():
         assert sentence in own, what
@@ -361,6 +362,75 @@ def test_every_departure_from_chat1_as_published_is_listed() -> None:
         assert f"`{option}`" in own, option
     assert "reset with not a byte" in own
     assert '"Beyond chat/1: cluster mode"' in own
+
+
+def test_the_order_rule_names_the_replay_after_unpaired_as_its_exception() -> None:
+    """rev20-docs F1: "nothing from a user comes after that user's LEFT"
+    was stated without exception, while the replay after UNPAIRED (chat/1's
+    own, tests/test_lobby_return.py) sends HISTORY lines of a user whose
+    LEFT came live during the pair.  Both places say so, and the departures
+    table names chat/1's contradiction and which side the server takes."""
+    sections = _protocol_sections()
+    order = sections["## Timing and order"]
+    rule = "nothing from a user comes after that user's `LEFT`."
+    assert f"{rule} The one exception is the replay after `UNPAIRED`" in order
+    assert "a replayed line may be from a user whose `LEFT`" in order
+    assert "must not drop a `HISTORY` line for coming from a user it saw leave" in order
+    assert ("so it contradicts itself here; this server follows "
+            "\"Coming back to the lobby\"") in order
+    replay = sections["## Coming back to the lobby"]
+    assert ("**Order**: the replay comes after the `JOINED` and `LEFT` lines sent live "
+            "during the pair") in replay
+    departs = sections["## Where this server departs from chat/1 as published"]
+    assert ("One row is where chat/1 as published contradicts itself (its order rule and "
+            "its replay after `UNPAIRED`)") in departs
+    assert "chat/1 contradicts itself here, and this server follows its later section" in departs
+
+
+def test_register_under_required_is_the_operators_answer_even_with_no_account() -> None:
+    """rev20-docs F3: the PASSWD item said that once the operator removed an
+    account, REGISTER makes a new one; under --accounts required REGISTER is
+    always refused (tests/test_login.py), with a text chat/1 does not give
+    for a nick with no account, so the departures table has it too."""
+    from twisted_chat.server.accounts.login import OPERATORS_ACCOUNTS_TEXT
+
+    sections = _protocol_sections()
+    accounts = sections["## Accounts"]
+    answer = f"`ERROR registered {OPERATORS_ACCOUNTS_TEXT}`"
+    assert "(then `REGISTER` makes a new one" not in accounts
+    assert ("(then, under `open`, `REGISTER` makes a new one: it asks the accounts, not what "
+            "the connection proved; under `required` it is `ERROR registered` as "
+            "always") in accounts
+    assert f"is always {answer}, whether the nick has an account or not" in accounts
+    departs = sections["## Where this server departs from chat/1 as published"]
+    [row] = [row for row in departs.split(" | ")
+             if "under `--accounts required`, every `REGISTER`" in row]
+    assert f"{answer}, also for a nick with no account" in row
+
+
+def test_history_md_gives_the_byte_cap_and_its_options_defaults() -> None:
+    """rev20-docs F2: docs/history.md said a newcomer gets the last
+    --history messages, leaving out --history-bytes (its table too).  The
+    table's options exist, and each number it gives is the option's
+    default, as C{twistd chat} has it."""
+    from twisted_chat.server.service import Options
+
+    defaults = Options()
+    text = (ROOT / "docs" / "history.md").read_text()
+    intro = " ".join(text.split("\n## ", 1)[0].split())
+    assert ("the newest of the last `--history` lobby messages (default 100) that fit in "
+            "`--history-bytes` (default 64 KiB") in intro
+    assert defaults["history"] == 100 and defaults["history-bytes"] == 64 * 1024
+    table = [line for line in text.splitlines() if line.startswith("| `--")]
+    named = []
+    for row in table:
+        option, _, default = row.strip("| ").split(" | ")
+        [name] = re.findall(r"^`--([a-z-]+)", option)
+        assert name in defaults, name
+        named.append(name)
+        if re.fullmatch(r"[0-9,]+", default):
+            assert int(default.replace(",", "")) == defaults[name], (name, default)
+    assert {"history", "history-bytes", "retain-messages", "db-backlog"} <= set(named), named
 
 
 def test_the_departures_table_names_the_cluster_answers_and_bye_flood_before_ready() -> None:

@@ -161,6 +161,30 @@ def test_the_partner_left_behind_gets_the_replay_after_left() -> None:
                             "USER alice lobby", "USER carol lobby", "USERS 2"]
 
 
+def test_the_replay_may_come_from_a_user_whose_left_came_before_it() -> None:
+    """The one exception to "nothing from a user comes after that user's
+    LEFT" (docs/protocol.md, "Timing and order"; rev20-docs F1): JOINED and
+    LEFT are sent live during the pair, the replay after UNPAIRED, each line
+    with its original time."""
+    h = Harness()
+    alice, _ = paired(h, "alice", "bob")
+    h.clock.advance(1)
+    joined = ts(h)
+    dave = h.connect()
+    dave.send("NICK dave")
+    h.clock.advance(1)
+    said = ts(h)
+    dave.send("MSG hi from dave")
+    h.clock.advance(1)
+    left = ts(h)
+    dave.send("BYE bye now")
+    h.clock.advance(1)
+    alice.send("UNPAIR")
+    assert alice.take() == [f"JOINED {joined} dave", f"LEFT {left} dave quit bye now",
+                            "UNPAIRED bob left", f"HISTORY {said} dave hi from dave",
+                            "USER alice lobby", "USER bob lobby", "USERS 2"]
+
+
 def test_lines_of_the_same_turn_are_never_both_replayed_and_live() -> None:
     """Lobby lines gathered in the turn the pair begins or ends: each goes
     either live or into the replay, by when the server handled it."""

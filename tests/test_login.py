@@ -20,6 +20,7 @@ from twisted_chat.server.accounts import store as accounts_module
 from twisted_chat.server.accounts.login import (
     BAD_PASSWORD_TEXT,
     FULL_LOG_EVERY,
+    OPERATORS_ACCOUNTS_TEXT,
     PASSWORD_CHANGED_TEXT,
     UNAVAILABLE_TEXT,
     UNCHECKED_TEXT,
@@ -710,10 +711,16 @@ def test_register_under_required_is_the_operators() -> None:
     alice = login(h, "alice")
     alice.take()
     alice.send("REGISTER other-password")
-    assert alice.take_one().startswith("ERROR registered ")
+    assert alice.take() == [f"ERROR registered {OPERATORS_ACCOUNTS_TEXT}"]
     # The password's length is checked first (docs/protocol.md, "Accounts").
     alice.send("REGISTER short")
     assert alice.take_one().startswith("ERROR weak-password ")
+    # With the account removed by the operator, the same answer: only the
+    # operator makes it again (rev20-docs F3: the docs said REGISTER would).
+    h.store.remove("alice")  # type: ignore[attr-defined]
+    alice.send("REGISTER other-password")
+    assert alice.take() == [f"ERROR registered {OPERATORS_ACCOUNTS_TEXT}"]
+    assert not h.store.exists("alice")  # type: ignore[attr-defined]
 
 
 def test_passwd_changes_the_password() -> None:

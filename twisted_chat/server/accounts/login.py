@@ -96,6 +96,9 @@ PASSWORD_CHANGED_TEXT = ("the password was changed since you logged in; log in a
 ADDRESS_BUSY_TEXT = wire.PASSWORD_WORK + "; send {verb} again in a moment"
 # The answer to a password job when the password threads hold all they may.
 SERVER_BUSY_TEXT = wire.SERVER_BUSY + "; send {verb} again in a moment"
+# The answer to every REGISTER (of a valid password) under --accounts
+# required, whether the nick has an account or not: the operator makes them.
+OPERATORS_ACCOUNTS_TEXT = "on this server, accounts are made by its operator"
 # The log says REGISTER is refused for --max-accounts at most this often.
 FULL_LOG_EVERY = 600.0
 # The one key all connections without an address (UNIX sockets) share for the
@@ -546,8 +549,7 @@ class Login:
         nick = self._online()
         secret = self._secret(password)
         if self._accounts.mode is Mode.REQUIRED:
-            raise LineError(ErrorCode.REGISTERED,
-                            "on this server, accounts are made by its operator")
+            raise LineError(ErrorCode.REGISTERED, OPERATORS_ACCOUNTS_TEXT)
         accounts = self._accounts
         address = accounts.work_key(self._conn.host)
         wait = accounts.hash_wait(address)
