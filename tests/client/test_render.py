@@ -262,6 +262,30 @@ def test_no_color_keeps_the_mention_mark_and_drops_the_colours() -> None:
     assert ansi(render.notice("bob joined"), colour=False) == "* bob joined"  # yellow only
 
 
+def test_each_style_without_colour_is_worked_out_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Under NO_COLOR a span's style is looked up in a table made once, not
+    split and filtered for every span shown (it was, in _no_colour)."""
+    assert render.UNCOLOURED == {
+        Style.TIME: "2",
+        Style.NICK: "1",
+        Style.SELF: "1",
+        Style.PRIVATE: "1",
+        Style.NOTICE: "",
+        Style.ERROR: "1",
+        Style.PROMPT: "1",
+        Style.MENTION: "1;7",
+    }
+
+    def not_again(sgr: str) -> str:
+        raise AssertionError(f"worked out again: {sgr}")
+
+    monkeypatch.setattr(render, "_no_colour", not_again)
+    line = renderer("alice").message(TS, "bob", "*", "Alice, are you there?")
+    assert ansi(line, colour=False) == (
+        "\x1b[2m[14:03] \x1b[0m<\x1b[1mbob\x1b[0m> \x1b[1;7mAlice, are you there?\x1b[0m"
+    )
+
+
 @pytest.mark.parametrize(("text", "said"), [
     ("wrong password, or no account for that nick; send NICK again",
      "The password for zed was not accepted (wrong password, or no account for that nick)."),

@@ -62,6 +62,14 @@ def _no_colour(sgr: str) -> str:
     return ";".join(p for p in sgr.split(";") if not 30 <= int(p) <= 49)
 
 
+# Each style's SGR parameters under NO_COLOR, worked out once ("": none).
+UNCOLOURED = {
+    style: _no_colour(style.value)
+    for style in Style
+    if style not in (Style.PLAIN, Style.COLUMN)
+}
+
+
 def ansi(line: Line, *, colour: bool = True) -> str:
     """
     The line with SGR codes around styled spans.
@@ -75,7 +83,7 @@ def ansi(line: Line, *, colour: bool = True) -> str:
         if span.style in (Style.PLAIN, Style.COLUMN) or not text:
             parts.append(text)
             continue
-        sgr = span.style.value if colour else _no_colour(span.style.value)
+        sgr = span.style.value if colour else UNCOLOURED[span.style]
         parts.append(f"\x1b[{sgr}m{text}\x1b[0m" if sgr else text)
     return "".join(parts)
 
