@@ -23,7 +23,7 @@ from twisted.internet.testing import StringTransport
 from twisted_chat.client.login import Login
 from twisted_chat.client.pipe import PipeIO
 from twisted_chat.client.session import State
-from twisted_chat.wire import list_cost
+from twisted_chat.wire import MEANT_FOR_LOBBY, list_cost
 
 from .helpers import Keyboard, Session, session
 
@@ -162,6 +162,71 @@ def test_a_pairing_command_refused_for_the_list_s_cost_is_not_in_flight_any_more
         "with dave only."
     ) in s.screen.lines
     assert run_pacer(s) == []
+
+
+STORE_OUT = "not sent: the chat's store refused to store it; send it again in a moment"
+
+
+@pytest.mark.parametrize(("answer", "ours"), [
+    (f"ERROR unavailable {STORE_OUT}", False),
+    ("ERROR unavailable lost: the chat's store lost it after taking it, so it has no "
+     "effect (some may have seen it before the loss); send it again", False),
+    ("ERROR unavailable", False),
+    # It takes effect once the store is back: still in flight.
+    ("ERROR unconfirmed the chat lost touch with its store as this command was being "
+     "sent; it takes effect once when the store is back (its result then)", True),
+    # It answers a message whose pair changed, not the ACCEPT.
+    (f"ERROR unavailable {MEANT_FOR_LOBBY}bob when it came to be delivered; send it "
+     "again", True),
+])
+def test_an_accept_a_cluster_did_not_carry_out_is_not_in_flight_any_more(
+    answer: str, ours: bool
+) -> None:
+    """A cluster's ERROR unavailable may answer any command, the ACCEPT
+    in flight among them, and says it had no effect: the client no longer
+    waits for it, so dave accepting our invitation after it is not taken
+    for our own doing, and the lobby lines typed meanwhile stay out of the
+    conversation (the flag stayed set: they went to dave).  Taken wrongly,
+    the lines would be dropped and said, never sent elsewhere."""
+    s = session("alice")
+    s.ready("alice", users=("dave", "carol"))
+    s.type("/pair dave")
+    assert s.sent() == ["PAIR dave"]
+    s.receive("PENDING dave", "INVITE carol")
+    s.type("/accept carol")
+    assert s.sent() == ["ACCEPT carol"]
+    s.receive(answer)
+    s.type(*[f"line {i}" for i in range(20)])
+    waiting = 20 - len(msgs(s.sent()))
+    s.screen.take()
+    s.receive("PAIRED dave")
+    dropped = (f"* {waiting} lines typed for the lobby were not sent: you are now talking "
+               "with dave only.")
+    assert (dropped in s.screen.lines) is not ours
+    to_dave = [line for line in run_pacer(s) if line.startswith("DM dave ")]
+    assert len(to_dave) == (waiting if ours else 0)
+
+
+def test_an_unpair_a_cluster_did_not_carry_out_is_not_in_flight_any_more() -> None:
+    """/unpair answered ERROR unavailable: the pair goes on, and what is
+    typed next is for dave.  When dave then ends the pair, his UNPAIRED is
+    his doing, and the lines still waiting for him do not go to the lobby.
+    The flag stayed set: it said "You left the private conversation", and
+    the lines went to the whole lobby."""
+    s = session("alice", watch=False)  # no copies come back: not PINGed
+    s.ready("alice", users=("dave",))
+    s.receive("PAIRED dave")
+    s.type("/unpair")
+    assert s.sent() == ["UNPAIR"]
+    s.receive(f"ERROR unavailable {STORE_OUT}")
+    s.type(*[f"private line {i}" for i in range(30)])
+    waiting = 30 - len(s.sent())
+    s.screen.take()
+    s.receive("UNPAIRED dave left", "USER alice lobby", "USER dave lobby", "USERS 2")
+    assert "* dave left the private conversation. You are back in the lobby." in s.screen.lines
+    assert (f"* {waiting} lines typed for dave were not sent: the private conversation "
+            "ended.") in s.screen.lines
+    assert msgs(run_pacer(s)) == []
 
 
 # -- H: the line half-typed when a password prompt opens ------------------------

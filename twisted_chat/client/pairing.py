@@ -7,10 +7,14 @@ client shows what these changes mean.
 
 from __future__ import annotations
 
-from twisted_chat.wire import list_cost_verb, nick_key
+from twisted_chat.wire import ACCOUNTS_UNAVAILABLE, PAIR_CHANGED, list_cost_verb, nick_key
 
 # What the server answers a PAIR or ACCEPT that pairs nobody (chat/1, "Pairing").
 PAIRING_ERRORS = frozenset({"no-such-nick", "self", "busy", "no-invite", "pending"})
+# The texts of a cluster's ERROR unavailable that answer one kind of command:
+# a MSG whose pair changed, a REGISTER or PASSWD.  Any other may answer any
+# command, a pairing one included (docs/protocol.md, "Beyond chat/1").
+_UNAVAILABLE_FOR_ONE = (*PAIR_CHANGED, ACCOUNTS_UNAVAILABLE)
 # The commands an ERROR flood names when it does not do them for what the
 # user list in their answer would cost (wire.list_cost_verb).
 _PAIRING_VERBS = ("PAIR", "ACCEPT")
@@ -79,8 +83,17 @@ class Pairing:
         self.invites = [n for n in self.invites if nick_key(n) != nick_key(nick)]
 
     def refused(self, code: str, text: str) -> None:
-        """An C{ERROR} C{code} C{text}: a pairing command it answers did nothing."""
-        if code == "not-paired":
-            self._unpair_requested = False  # our /unpair had nothing to leave
-        if code in PAIRING_ERRORS or (code == "flood" and list_cost_verb(text) in _PAIRING_VERBS):
+        """
+        An C{ERROR} C{code} C{text}: a pairing command it answers did nothing.
+        A cluster's C{ERROR unavailable} that may answer any command ends
+        the wait for ours too: had it been carried out, a C{PAIRED} or
+        C{UNPAIRED} taken for the other side's doing only leaves lines
+        unsent (and said), where one taken for ours would send lines where
+        they were not typed for (docs/client.md, "Scripts and pipes").
+        """
+        anyone = code == "unavailable" and not text.startswith(_UNAVAILABLE_FOR_ONE)
+        if code == "not-paired" or anyone:
+            self._unpair_requested = False  # our /unpair left nothing, or was not done
+        if (code in PAIRING_ERRORS or anyone
+                or (code == "flood" and list_cost_verb(text) in _PAIRING_VERBS)):
             self._joining = False
