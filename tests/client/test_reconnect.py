@@ -1383,16 +1383,16 @@ def test_ctrl_c_between_connections_before_any_got_in_exits_130(key: str) -> Non
 
 def test_ctrl_c_in_the_wait_after_a_failed_try_before_any_got_in_exits_130() -> None:
     """The connection after the cut was refused: Ctrl-C in the wait for
-    the next try is still before the chat was joined.  It exited 1."""
+    the next try is still before the chat was joined (it exited 1), and
+    ends with the cut's sentence, the refused try's said on the screen."""
     h = _flooded_at_the_first_login()
     h.refuse = True
     h.clock.advance(1)
-    assert h.screen.take()[-1] == "* Reconnecting in 2 s; /reconnect tries now, /quit leaves."
+    assert h.screen.take()[-2:] == [
+        REFUSED, "* Reconnecting in 2 s; /reconnect tries now, /quit leaves."
+    ]
     h.session.interrupt()
-    assert h.outcomes == [Outcome(
-        130, f"{BEFORE_JOINING} Cannot connect to chat.test:7000: connection refused (is "
-        "the server running on that port?)."
-    )]
+    assert h.outcomes == [Outcome(130, f"{BEFORE_JOINING} {STOPPED_WAITING.message}")]
     assert not h.clock.getDelayedCalls()
 
 
@@ -1408,17 +1408,80 @@ def test_ctrl_c_between_connections_once_one_got_in_stays_status_1() -> None:
         assert h.outcomes == [LOST]
 
 
-@pytest.mark.parametrize(("joined_first", "code", "said"), [
-    (False, 130, f"{BEFORE_JOINING} "),
-    (True, 1, ""),  # the chat was joined: as between connections (above)
+UNCONFIRMED_LOSS = Outcome(
+    1, "The connection to chat.test:7000 was lost. None of the 2 messages sent was "
+    "confirmed by the server: \u201cone\u201d, \u201ctwo\u201d."
+)
+
+
+def _leave(h: Harness, leave: str) -> None:
+    if leave == "/quit":
+        h.session.user_line("/quit")
+    elif leave == "Ctrl-C":
+        h.session.interrupt()
+    else:
+        h.session.end_of_typing()
+
+
+@pytest.mark.parametrize("leave", ["/quit", "Ctrl-C", "Ctrl-D"])
+@pytest.mark.parametrize("failed", ["refused", "greeted, then full"])
+def test_leaving_after_a_failed_try_ends_as_the_loss_with_what_it_left_unconfirmed(
+    failed: str, leave: str
+) -> None:
+    """The joined connection was lost with two messages unconfirmed and
+    the first reconnection failed: leaving in the wait for the next ends
+    with the loss's sentence and count (what ended the chat), not the
+    failed try's, which the screen said already.  It ended with the
+    try's ("Cannot connect to ...: connection refused"), and the two
+    messages in doubt went unsaid."""
+    h = Harness()
+    h.join()
+    h.session.user_line("one")
+    h.session.user_line("two")
+    h.lose()
+    if failed == "refused":
+        h.refuse = True
+        h.clock.advance(1)
+        shown = h.screen.take()
+    else:
+        shown = _greeted_then_full(h, 1)
+    assert shown[-1] == "* Reconnecting in 2 s; /reconnect tries now, /quit leaves."
+    _leave(h, leave)
+    assert h.outcomes == [UNCONFIRMED_LOSS]
+    assert not h.clock.getDelayedCalls()
+
+
+@pytest.mark.parametrize("leave", ["/quit", "Ctrl-C"])
+def test_leaving_a_reconnection_after_a_failed_try_ends_as_the_loss(leave: str) -> None:
+    """The same, the next try greeted and left before it got in (its
+    goodbye answered): it ended with the refused try's sentence."""
+    h = Harness()
+    h.join()
+    h.session.user_line("one")
+    h.session.user_line("two")
+    h.lose()
+    h.refuse = True
+    h.clock.advance(1)
+    h.refuse = False
+    h.clock.advance(1)
+    _greeted(h)  # the next try, 2 s after the refused one
+    _leave(h, leave)
+    _answer_the_goodbye(h, connected=True)
+    assert h.outcomes == [UNCONFIRMED_LOSS]
+
+
+@pytest.mark.parametrize(("joined_first", "ended"), [
+    (False, Outcome(130, f"{BEFORE_JOINING} {STOPPED_WAITING.message}")),
+    (True, LOST),  # the chat was joined: as between connections (above)
 ])
 def test_ctrl_c_at_a_lost_password_prompt_that_would_connect_again(
-    joined_first: bool, code: int, said: str
+    joined_first: bool, ended: Outcome
 ) -> None:
     """A reconnection lost at its password prompt holds its end for the
     Enter after a password maybe typed blind; Enter then connects again.
     Ctrl-C there leaves between connections: 130 before any got in (here
-    the connection after a cut first login).  It exited 1."""
+    the connection after a cut first login; it exited 1), with the end
+    the client was reconnecting after, not the reconnection's."""
     if joined_first:
         h = Harness()
         h.join()
@@ -1433,7 +1496,7 @@ def test_ctrl_c_at_a_lost_password_prompt_that_would_connect_again(
     assert h.screen.secret_prompt == RECONNECTS_PROMPT
     assert h.outcomes == []
     h.session.interrupt()
-    assert h.outcomes == [Outcome(code, f"{said}The connection to chat.test:7000 was lost.")]
+    assert h.outcomes == [ended]
     assert len(h.clients) == 2
     assert not h.clock.getDelayedCalls()
 

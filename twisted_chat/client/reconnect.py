@@ -28,8 +28,9 @@ read by a session the user has not seen start), and the user is told so
 (the lines typed ahead of a login that did not get in, in its wait for our
 nick, are another matter: they wait for the next connection, L{HandedOver});
 C{/reconnect} tries at once, C{/quit}, Ctrl-C and Ctrl-D leave, there or
-before a reconnection got in, with the end of the connection before it
-(L{Reconnecting._leave_reconnection}).
+before a reconnection got in, with the end of the connection the client
+reconnects after, the last that got in (or the first), not a failed
+reconnection's (L{Reconnecting._leave_reconnection}).
 
 The keyboard's callbacks go to this object, which passes them to the
 connection of the moment.  A script (stdin not a terminal) or
@@ -185,11 +186,14 @@ class Reconnecting:
         # a reconnection got in.
         self._interrupted = False
         # The user left a reconnection before it got in: the session ends as
-        # the connection before it did (L{_leave_reconnection}).
+        # the connection it reconnects after did (L{_leave_reconnection}).
         self._left_reconnection = False
         self.client: ChatClient | None = None
         self.finished: Deferred[Outcome] = Deferred()
         self._timer: IDelayedCall | None = None
+        # How the connection whose end began the reconnecting ended (one
+        # that had got in, or the first): leaving before one gets back in
+        # ends so, not as a failed reconnection (its sentence was shown).
         self._last: Outcome = Outcome(0)
         # The lobby messages on the screen, across connections.
         self.lobby_shown = ShownLobby()
@@ -267,7 +271,9 @@ class Reconnecting:
         if not goes_on:
             self._finish(self._last if self._left_reconnection else outcome)
             return
-        self._last = outcome
+        if joined or not self.reconnecting:
+            # (A reconnection that did not get in leaves the outage's end as it was.)
+            self._last = outcome
         if not joined:
             # Once in, they were dropped and counted (ChatClient.connectionLost).
             self._typed_ahead = client.outbox.hand_over()
@@ -456,9 +462,9 @@ class Reconnecting:
     def _leave_reconnection(self, client: ChatClient) -> None:
         """
         The user leaves C{client}, a reconnection not in yet: the session
-        ends as the connection before it did, as between connections (its
-        status and sentence: 1 once the chat was joined), and the lines
-        typed ahead that it holds are counted at the end.
+        ends as the connection it reconnects after did, as between
+        connections (its status and sentence: 1 once the chat was joined),
+        and the lines typed ahead that it holds are counted at the end.
         """
         if self._left_reconnection:
             return  # a second Ctrl-C, or one after /quit: taken already
@@ -468,16 +474,16 @@ class Reconnecting:
     def interrupt(self) -> None:
         """
         Ctrl-C (or SIGINT): leave.  Between connections, or before a
-        reconnection got in, it ends as the connection before did (status 1
-        once the chat was joined), and as an interrupt before joining the
-        chat (status 130) until one got in.
+        reconnection got in, it ends as the connection the client
+        reconnects after did (status 1 once the chat was joined), and as an
+        interrupt before joining the chat (status 130) until one got in.
         """
         client = self.client
-        if self._not_in_yet(client):
-            self._leave_reconnection(client)
+        if self._not_in_yet(client) or self._between():
             self._interrupted = True
-        elif self._between():
-            self._interrupted = True
+            if client is not None and self.reconnecting and client.nick is None:
+                # Open, or its end held for the Enter after a password prompt.
+                self._leave_reconnection(client)
         self._leave(ChatClient.interrupt)
 
     def end_of_typing(self) -> None:
