@@ -1698,6 +1698,27 @@ def test_ctrl_c_before_the_connection_after_a_cut_got_in_exits_130_with_the_cut(
     assert h.outcomes == [Outcome(130, f"{BEFORE_JOINING} {STOPPED_WAITING.message}")]
 
 
+@pytest.mark.parametrize("key", ["Ctrl-C", "Ctrl-D"])
+def test_a_ready_crossing_the_goodbye_after_a_cut_first_login_still_exits_130(
+    key: str,
+) -> None:
+    """Ctrl-C on the connection after a cut first login, once its NICK
+    went: the server had sent READY before it read the BYE.  The key was
+    pressed before the chat was joined: 130, with the cut's sentence.  The
+    READY made the session count as joined, and it exited 1 (rr19-client,
+    left: read from the code)."""
+    h = _flooded_at_the_first_login()
+    _nick_sent(h)
+    if key == "Ctrl-C":
+        h.session.interrupt()
+    else:
+        h.session.end_of_typing()
+    assert h.sent() == ["BYE"]
+    h.receive("READY alice", "USER alice lobby", "USERS 1", "BYE quit")
+    h.lose()
+    assert h.outcomes == [Outcome(130, f"{BEFORE_JOINING} {STOPPED_WAITING.message}")]
+
+
 # -- the held end of a reconnection lost at a password prompt -------------------------
 
 

@@ -183,8 +183,9 @@ class Reconnecting:
         self.reconnecting = False  # a connection after the first is made, or waited for
         self.user_left = False
         # Ctrl-C (or SIGINT) ended the session between connections, or before
-        # a reconnection got in.
-        self._interrupted = False
+        # a reconnection got in, and no connection had got in when it came
+        # (a READY crossing its goodbye does not change that).
+        self._interrupted_before_joining = False
         # The user left a reconnection before it got in: the session ends as
         # the connection it reconnects after did (L{_leave_reconnection}).
         self._left_reconnection = False
@@ -366,7 +367,7 @@ class Reconnecting:
         self._begin()
 
     def _finish(self, outcome: Outcome) -> None:
-        if self._interrupted and self.joined_as is None:
+        if self._interrupted_before_joining:
             # As on a connection that had not got in (docs/client.md, exit status).
             outcome = interrupted_before_joining(outcome)
         typed = len(self._typed_ahead.lines)
@@ -476,11 +477,14 @@ class Reconnecting:
         Ctrl-C (or SIGINT): leave.  Between connections, or before a
         reconnection got in, it ends as the connection the client
         reconnects after did (status 1 once the chat was joined), and as an
-        interrupt before joining the chat (status 130) until one got in.
+        interrupt before joining the chat (status 130) until one got in:
+        one had not when the key came (a C{READY} crossing the goodbye
+        comes too late to change that).
         """
         client = self.client
         if self._not_in_yet(client) or self._between():
-            self._interrupted = True
+            in_now = client is not None and client.nick is not None
+            self._interrupted_before_joining = self.joined_as is None and not in_now
             if client is not None and self.reconnecting and client.nick is None:
                 # Open, or its end held for the Enter after a password prompt.
                 self._leave_reconnection(client)
