@@ -1698,6 +1698,19 @@ def test_ctrl_c_before_the_connection_after_a_cut_got_in_exits_130_with_the_cut(
     assert h.outcomes == [Outcome(130, f"{BEFORE_JOINING} {STOPPED_WAITING.message}")]
 
 
+def test_leaving_a_connected_reconnection_shows_the_goodbye_then_ends_as_the_loss() -> None:
+    """docs/client.md: the reconnection says goodbye, and its answer shows
+    as at any goodbye (as after /quit with messages not accepted: the
+    answer is shown, the status is the end's), then the session ends as
+    the lost connection did, status 1."""
+    h = _lost_then("greeted")
+    h.screen.take()
+    h.session.user_line("/quit")
+    _answer_the_goodbye(h, connected=True)
+    assert h.screen.take() == ["* Goodbye."]
+    assert h.outcomes == [LOST]
+
+
 @pytest.mark.parametrize("key", ["Ctrl-C", "Ctrl-D"])
 def test_a_ready_crossing_the_goodbye_after_a_cut_first_login_still_exits_130(
     key: str,
