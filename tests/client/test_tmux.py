@@ -501,6 +501,37 @@ def test_ctrl_c_while_a_held_back_first_login_waits_to_reconnect_exits_130(
     assert _said([term], r"twisted-chat: Interrupted before joining the chat\. ", timeout=0)
 
 
+@pytest.mark.parametrize("joined", [True, False], ids=["once joined", "before joining"])
+def test_sigint_while_the_client_waits_to_reconnect(
+    chat_server: Callable[..., ServerProcess],
+    connect: Callable[..., LineClient],
+    pane: Callable[..., Pane],
+    joined: bool,
+) -> None:
+    """A SIGINT (kill -INT: main.py hands it to the same leaving as Ctrl-C)
+    between connections, after a failed try: once a connection got in,
+    status 1 with the end the client was reconnecting after (the server's
+    shutdown), not the refused try's; before any got in (a first login cut
+    by the nick timeout), 130 with the cut's sentence."""
+    if joined:
+        server = chat_server()
+        term = pane([*CLIENT, "--nick", "alice", LOOPBACK, str(server.port)])
+        term.wait_row(r"^alice>$")
+        server.stop()
+        code, said = 1, r"twisted-chat: The server is shutting down\."
+    else:
+        server, _, term = _first_login_cut_by_the_nick_timeout(
+            chat_server, connect, pane, register_rate="0.05")
+        server.stop()
+        code, said = 130, (r"twisted-chat: Interrupted before joining the chat\. The server "
+                           r"stopped waiting for the nickname")
+    assert _said([term], r"Cannot connect to .*connection refused"), term.screen()
+    os.kill(term.command_pid(), signal.SIGINT)
+    term.wait_row(rf"^EXIT={code}$")
+    assert _said([term], said, timeout=0), term.screen()
+    assert not _said([term], r"twisted-chat: .*Cannot connect", timeout=0), term.screen()
+
+
 def test_a_draft_survives_a_restart_for_a_registered_nick(
     chat_server: Callable[..., ServerProcess], pane: Callable[..., Pane]
 ) -> None:

@@ -10,6 +10,7 @@ import re
 import shlex
 import subprocess
 import time
+from pathlib import Path
 
 from .clientproc import REPO
 
@@ -87,6 +88,20 @@ class Pane:
             if time.monotonic() > deadline:
                 raise AssertionError(f"the cursor is at {now}, not {where}")
             time.sleep(0.05)
+
+    def command_pid(self) -> int:
+        """The pid of the command the pane runs (its shell's child), while it runs."""
+        shell = int(self.tmux("display-message", "-p", "-t", "chat", "#{pane_pid}"))
+        for entry in Path("/proc").iterdir():
+            if not entry.name.isdigit():
+                continue
+            try:
+                stat = (entry / "stat").read_text()
+            except OSError:
+                continue  # gone meanwhile
+            if int(stat.rpartition(")")[2].split()[1]) == shell:
+                return int(entry.name)
+        raise AssertionError(f"the pane's shell ({shell}) runs no command")
 
     def kill(self) -> None:
         subprocess.run(["tmux", "-L", self.socket, "kill-server"], capture_output=True, timeout=10)
