@@ -387,6 +387,29 @@ def test_the_upgrade_hands_the_count_to_the_chat_connection() -> None:
     assert HTTPConn(h, site).upgrade()[0].startswith("HELLO ")
 
 
+def test_frames_behind_the_upgrade_request_in_its_read_are_the_websocket_s() -> None:
+    """note19 (left): what followed an upgrade request in the same read
+    stayed with twisted.web, as a pipelined request that nothing read: the
+    frames were lost, and past 16 KiB the reading stopped for good (the
+    connection sat until a timeout).  RFC 6455 has a client wait for the
+    101; one that does not gets its frames read however the reads fall."""
+    h = Harness()
+    conn = HTTPConn(h, make_site(h, timeout=30.0))
+    request, _ = ws.handshake()
+    pings = b"".join(ws.text(f"PING {i}") for i in range(2000))
+    assert len(pings) > 16 * 1024  # past twisted.web's read-ahead
+    conn.send(request + pings)
+    head, _, rest = conn.transport.value().partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 101 "), head
+    frames, _ = ws.parse(rest)
+    texts = [p.decode() for op, p in frames if op == ws.TEXT]
+    assert [t for t in texts if t.startswith("PONG ")] == [f"PONG {i}" for i in range(2000)]
+    assert conn.transport.producerState == "producing"
+    conn.transport.clear()
+    conn.send(ws.text("PING later"))  # and it reads on
+    assert [p for op, p in ws.parse(conn.transport.value())[0]] == [b"PONG later"]
+
+
 # A request to /chat that autobahn refuses: the socket is autobahn's (the
 # channel's transport is None), but it is counted until it closes, and a
 # peer that never completes the close (a TLS peer that never sends
@@ -430,6 +453,30 @@ def test_a_refused_upgrade_is_aborted_at_the_deadline_at_the_latest() -> None:
     refused.lose()
     h.clock.advance(100)
     assert h.factory.other_connections == 0
+
+
+@pytest.mark.parametrize("request_bytes", REFUSED_UPGRADES.values(), ids=REFUSED_UPGRADES)
+def test_a_refused_upgrade_gets_one_answer_whatever_follows_it(
+        request_bytes: bytes, logged: list[str]) -> None:
+    """note19 (left): while a refused upgrade's close waited for its peer,
+    what followed the request was parsed as the same request again: under
+    TLS (which hands over what it decrypts a record at a time, the later
+    ones straight to autobahn) it got one more 400 and one more log line,
+    then the close.  Nothing is read once the close is under way, as on
+    TCP, whether it came in the request's read or in a later one."""
+    h = Harness()
+    conn = HTTPConn(h, make_site(h, timeout=30.0), transport=HoldingTransport)
+    conn.transport._tempDataLen = 1  # the answer waits for its peer: so does the close
+    conn.send(request_bytes + b"x" * 100)
+    conn.send(b"y" * 100)  # TLS's next piece
+    [answer] = responses(conn)
+    assert answer.startswith((b"HTTP/1.1 400 ", b"HTTP/1.1 403 ")), answer
+    [line] = logged
+    assert line.startswith("WebSocket upgrade from 192.0.2.1 refused (4"), line
+    assert not conn.aborted  # its close waits for the peer
+    conn.transport._tempDataLen = 0
+    h.clock.advance(0.1)
+    assert conn.aborted and not conn.killed and len(responses(conn)) == 1
 
 
 def test_refused_web_connections_and_upgrades_share_the_refusal_budget() -> None:

@@ -393,6 +393,16 @@ class ChatWebSocket(WebSocketServerProtocol):
     #     (consumeData) or every read fails (processData, data).
 
     def dataReceived(self, data: bytes) -> None:
+        """
+        Nothing is read once the TCP (or TLS) close is under way
+        (L{dropConnection}), as autobahn reads nothing once it has dropped
+        a connection: here its close waits for the peer, autobahn's state
+        unchanged meanwhile, and what came behind a refused upgrade in the
+        same read (under TLS, handed over a record at a time) was parsed
+        as the same request again: one more C{400}, one more log line.
+        """
+        if self._linger is not None:
+            return
         # autobahn's formats a debug log line's arguments on every read.
         self._dataReceived(data)
 

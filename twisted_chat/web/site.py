@@ -146,6 +146,8 @@ class _Channel(RefusingChannel):
     _requests = 0
     # The transport the WebSocket took over (the channel's own is None then).
     taken: Any = None
+    # The WebSocket (autobahn's protocol) its upgrade request was handed to.
+    websocket: Any = None
 
     def connectionMade(self) -> None:
         super().connectionMade()
@@ -178,6 +180,23 @@ class _Channel(RefusingChannel):
         if not self._refused:
             self._stop_idle()
         super().dataReceived(data)
+
+    def rawDataReceived(self, data: bytes) -> None:
+        """
+        What follows a WebSocket upgrade request in the same read is the
+        WebSocket's, handed to it as a later read is.  twisted.web held it
+        as a pipelined request, which nothing read: frames sent right
+        behind the request were lost, and more than 16 KiB of them stopped
+        the reading for good, until a timeout ended the connection.
+        RFC 6455 (4.1) has a client wait for the 101 before it sends, as
+        browsers do; one that does not had its frames read or lost by
+        where the reads fell: now they are read either way.
+        """
+        websocket = self.websocket
+        if websocket is not None:
+            websocket.dataReceived(data)
+            return
+        super().rawDataReceived(data)
 
     def checkPersistence(self, request: Any, version: bytes) -> bool:
         """Kept alive for at most L{MAX_REQUESTS} requests."""
@@ -247,6 +266,7 @@ class _Handover:
         socket: Any = self._gateway.buildProtocol(addr)
         if socket is not None:
             socket.handover = self._channel.upgrading
+            self._channel.websocket = socket
         return socket
 
 
