@@ -10,21 +10,27 @@ connections on StringTransports.
 
 from __future__ import annotations
 
+import fcntl
 import io
 import itertools
 import re
 import socket
+import sys
+import termios
 from collections.abc import Callable
 from typing import Any
 
 import pytest
 from twisted.internet.address import IPv4Address
 from twisted.internet.error import ConnectionDone
+from twisted.internet.interfaces import ISSLTransport
 from twisted.python.failure import Failure
+from zope.interface import directlyProvides
 
 from tests.harness import Harness
 from tests.web import wsframes as ws
 from tests.web.test_gateway import TCPTransport
+from twisted_chat.server.limits.closing import UNREAD_DROPPED
 from twisted_chat.server.limits.descriptors import REFUSALS_CLOSING
 from twisted_chat.web.admission import HTTP_PER_BROWSER
 from twisted_chat.web.config import WebConfig, parse_networks
@@ -668,6 +674,106 @@ def test_requests_in_one_read_are_answered_up_to_the_one_that_closes(
     assert re.findall(rb"HTTP/1\.[01] (\d+) ", conn.transport.value()) == answers
     assert conn.protocol.close_started is closed
     assert logged == []
+
+
+class PairedTransport(HoldingTransport):
+    """A L{HoldingTransport} over one end of a socket pair (its handle, as
+    Twisted's TCP transport's is its socket): what the peer sends on the
+    other end (L{peer}) waits there until it is read."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.sock, self.peer = socket.socketpair()
+        self.peer.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 1 << 20)
+
+    def getHandle(self) -> socket.socket:
+        return self.sock
+
+    def unread(self) -> int:
+        """Bytes the peer sent that wait to be read."""
+        waiting = fcntl.ioctl(self.sock.fileno(), termios.FIONREAD, bytes(4))
+        return int.from_bytes(waiting, sys.byteorder)
+
+    def close_pair(self) -> None:
+        self.sock.close()
+        self.peer.close()
+
+
+# The rest of a request over twisted.web's 500 header lines, sent after the
+# server's read of its first part: 600 header lines, the 400 at the 501st.
+FIRST_PART = b"GET / HTTP/1.1\r\n" + b"X:y\r\n" * 600
+REST = b"X:y\r\n" * 100 + b"\r\n"
+
+
+@pytest.mark.parametrize("tls", [False, True], ids=["tcp", "tls"])
+def test_what_the_peer_sent_unread_is_dropped_before_the_close(tls: bool,
+                                                               logged: list[str]) -> None:
+    """note19 (left): a malformed request in two reads: the close waits for
+    the peer to take its 400, reading stopped, and the second part waited
+    unread in the kernel; Linux then closed with a reset (RST), and a peer
+    reset before it has read its 400 may lose it.  The close drops what
+    waits unread first, so that it is a FIN.  Not under TLS, whose raw
+    bytes are TLS records (its close reads on for close_notify)."""
+    h = Harness()
+    conn = HTTPConn(h, make_site(h, timeout=30.0), transport=PairedTransport)
+    transport = conn.transport
+    try:
+        if tls:
+            directlyProvides(transport, ISSLTransport)
+        transport._tempDataLen = 1  # the 400 waits for its peer
+        conn.send(FIRST_PART)
+        assert responses(conn) == [BAD_REQUEST]
+        transport.peer.sendall(REST)
+        h.clock.advance(1.0)
+        assert not conn.aborted and transport.unread() == len(REST)
+        transport._tempDataLen = 0  # taken: the close
+        h.clock.advance(0.1)
+        assert conn.aborted and not conn.killed
+        assert transport.unread() == (len(REST) if tls else 0)
+        assert logged == []
+    finally:
+        transport.close_pair()
+
+
+def test_a_refused_upgrade_s_close_drops_what_waits_unread_too() -> None:
+    """autobahn's close (a refused upgrade's, after its 400) is made so too."""
+    h = Harness()
+    conn = HTTPConn(h, make_site(h, timeout=30.0), transport=PairedTransport)
+    transport = conn.transport
+    try:
+        transport._tempDataLen = 1
+        conn.send(REFUSED_UPGRADES["no key"])
+        assert responses(conn)[0].startswith(b"HTTP/1.1 400 ")
+        transport.peer.sendall(REST)
+        h.clock.advance(1.0)
+        assert not conn.aborted and transport.unread() == len(REST)
+        transport._tempDataLen = 0
+        h.clock.advance(0.1)
+        assert conn.aborted and not conn.killed and transport.unread() == 0
+    finally:
+        transport.close_pair()
+
+
+@pytest.mark.parametrize(("rcvbuf", "left"), [
+    (64 * 1024, 150_000 - UNREAD_DROPPED),  # the default: 128 KiB dropped
+    (100_000, 0),  # twice --rcvbuf: 200,000
+])
+def test_a_close_drops_at_most_twice_rcvbuf_of_what_waits_unread(rcvbuf: int, left: int) -> None:
+    """What the kernel may hold of it on TCP, 128 KiB at least; past it,
+    the close is a reset as before."""
+    h = Harness(rcvbuf=rcvbuf)
+    conn = HTTPConn(h, make_site(h, timeout=30.0), transport=PairedTransport)
+    transport = conn.transport
+    try:
+        transport._tempDataLen = 1
+        conn.send(FIRST_PART)
+        transport.peer.sendall(b"x" * 150_000)
+        assert transport.unread() == 150_000
+        transport._tempDataLen = 0
+        h.clock.advance(0.1)
+        assert conn.aborted and transport.unread() == left
+    finally:
+        transport.close_pair()
 
 
 def test_requests_are_not_logged() -> None:

@@ -55,7 +55,7 @@ from zope.interface import implementer
 
 from twisted_chat.server import logs
 from twisted_chat.server.factory import ChatFactory
-from twisted_chat.server.limits.closing import Linger, close_within
+from twisted_chat.server.limits.closing import Linger, close_within, drop_unread
 from twisted_chat.server.output.sendqueue import EncodingSendQueue
 from twisted_chat.server.protocol import ChatProtocol
 from twisted_chat.web.config import WebConfig, client_host, host_well_formed, origin_allowed
@@ -603,9 +603,18 @@ class ChatWebSocket(WebSocketServerProtocol):
         if (not abort and self.state != self.STATE_CLOSED and transport is not None
                 and self._linger is None):
             self._linger = close_within(transport, self.factory.reactor,
-                                        self.factory.close_grace, super().dropConnection)
+                                        self.factory.close_grace, self._drop_unread_and_close)
         else:
             super().dropConnection(abort)
+
+    def _drop_unread_and_close(self) -> None:
+        """autobahn's close, once the peer has taken everything: what it
+        sent and was not read (reading stops while the close waits) is
+        dropped first (L{drop_unread}), so that the close is a FIN, not a
+        reset that may lose the peer its answer (a refused upgrade's C{400},
+        a close frame)."""
+        drop_unread(self.transport, self.factory.chat.config.rcvbuf)
+        super().dropConnection()
 
     def connectionLost(self, reason: Failure = connectionDone) -> None:
         self._pending_pong = None

@@ -6,23 +6,26 @@ peer that never finishes the handshake or never answers the close
 (close_notify), would otherwise hold the socket for good, outside every
 limit.  The chat connection, a refused one, the web port's and the metrics
 port's HTTP connections, and a WebSocket close all close this way
-(L{close_within}).  L{GoneTransport} stands in for the transport of a
-connection whose peer went while lines it sent wait behind a command.
+(L{close_within}).  L{drop_unread} clears what a peer sent that the
+server did not read, before a close that should not be a reset.
+L{GoneTransport} stands in for the transport of a connection whose peer
+went while lines it sent wait behind a command.
 """
 
 from __future__ import annotations
 
+import socket
 from collections.abc import Callable, Iterable
 from math import inf
 from typing import Any, ClassVar, Protocol
 from weakref import WeakValueDictionary
 
-from twisted.internet.interfaces import IReactorTime, ITransport
+from twisted.internet.interfaces import IReactorTime, ISSLTransport, ITransport
 from zope.interface import implementer
 
 from twisted_chat.server import logs
 from twisted_chat.server.limits.deadlines import Deadline, Deadlines
-from twisted_chat.tcpinfo import unsent
+from twisted_chat.tcpinfo import socket_of, unsent
 
 #: How soon a close that waits for the peer to take what is queued looks
 #: again (s): a reader's acknowledgement comes within a round trip, so soon
@@ -34,6 +37,13 @@ LOOK_EVERY = 0.1
 TOGETHER = FIRST_LOOK / 2
 #: Seconds between two log lines of a look that failed (L{Linger._unsent}).
 LOOK_FAILED_EVERY = 3600.0
+#: What a close reads and drops at most of what its peer sent unread
+#: (L{drop_unread}), or twice C{--rcvbuf} when that is more.  Past it (with
+#: C{--rcvbuf 0}, the kernel's autotuning) the close is a reset, as before.
+UNREAD_DROPPED = 128 * 1024
+# Where L{drop_unread} reads what it drops (the reactor's thread only).
+_DROPPED = bytearray(64 * 1024)
+_DONTWAIT = getattr(socket, "MSG_DONTWAIT", 0)  # Twisted's sockets do not block either
 
 
 class Closable(Protocol):
@@ -207,6 +217,35 @@ def close_within(transport: Closable, clock: IReactorTime, grace: float,
         when the connection is lost (the close completed in time).
     """
     return Linger(transport, clock, grace, transport.loseConnection if close is None else close)
+
+
+def drop_unread(transport: Any, rcvbuf: int) -> int:
+    """
+    Read and drop, without waiting, what the peer of C{transport} sent and
+    the server has not read (its reading stopped: a close's wait, a
+    pipelined request's pause), before a close: Linux closes a socket that
+    holds unread input with a reset (RST), not a FIN, and a peer reset
+    before it has read what it was sent may lose it (a C{400}).  At most
+    L{UNREAD_DROPPED}, or twice C{rcvbuf} (C{--rcvbuf}: what the kernel
+    holds at most on TCP) when that is more.  Not under TLS, whose records
+    the socket holds: there the close reads on, through TLS, for the
+    peer's close_notify (L{Linger}).
+
+    @return: the bytes dropped (it stops at the peer's FIN or an error,
+        which the close then meets as before).
+    """
+    sock = None if ISSLTransport.providedBy(transport) else socket_of(transport)
+    most = max(UNREAD_DROPPED, 2 * rcvbuf)
+    dropped = 0
+    while sock is not None and dropped < most:
+        try:
+            got = sock.recv_into(_DROPPED, min(len(_DROPPED), most - dropped), _DONTWAIT)
+        except OSError:  # nothing more to read (EAGAIN), or a reset
+            break
+        if not got:
+            break
+        dropped += got
+    return dropped
 
 
 @implementer(ITransport)

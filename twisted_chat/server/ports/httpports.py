@@ -7,7 +7,8 @@ what software answers (no C{Server} header); and their connections are held
 as a chat connection is: the socket's send and receive buffers fixed at
 C{--sndbuf} and C{--rcvbuf}, and every close the server decides waiting for
 the peer to take what is queued, aborted after the close grace
-(L{close_within}).
+(L{close_within}), and made with what the peer sent unread dropped first
+(L{drop_unread}), so that it is a FIN, not a reset.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from twisted.python.failure import Failure
 from twisted.web.http import HTTPChannel
 from twisted.web.server import Request
 
-from twisted_chat.server.limits.closing import Linger, close_within
+from twisted_chat.server.limits.closing import Linger, close_within, drop_unread
 from twisted_chat.server.limits.socketbuffers import fix_receive_buffer, fix_send_buffer
 from twisted_chat.tcpinfo import socket_of
 
@@ -80,7 +81,17 @@ class RefusingChannel(HTTPChannel):
             return
         producer: Any = self._networkProducer  # the transport (Twisted's call)
         producer.unregisterProducer()
-        self._closing = close_within(transport, self.site.reactor, self.site.config.close_grace)
+        self._closing = close_within(transport, self.site.reactor, self.site.config.close_grace,
+                                     lambda: self._drop_unread_and_close(transport))
+
+    def _drop_unread_and_close(self, transport: Any) -> None:
+        """The close proper, once the peer has taken everything: what it
+        sent and was not read (behind a malformed request, a refused one,
+        the last one: reading stops while the close waits) is dropped
+        first (L{drop_unread}), so that the close is a FIN, not a reset
+        that may lose the peer its C{400}."""
+        drop_unread(transport, self.site.config.rcvbuf)
+        transport.loseConnection()
 
     @property
     def close_started(self) -> bool:
