@@ -983,6 +983,66 @@ def test_a_silent_metrics_connection_ends_at_its_life_without_a_log_line(
     assert logged == []
 
 
+@pytest.mark.parametrize("answer", ["taken-slowly", "rendered-late"])
+def test_an_answer_under_way_at_the_end_of_its_life_is_let_finish(answer: str) -> None:
+    """note19 (left): the abort at the end of a connection's 10 s life cut
+    (reset) the answer of a scraper reading slower than about 1 KB/s, and
+    of any scrape asked for just before it.  An answer under way then
+    (being rendered, or its peer still taking it) is let finish: the
+    connection is closed (a FIN, not a reset) at the first look that finds
+    the answer taken, here a 10 KB one taken at 500 B/s from the start, or
+    rendered 2 s past the life's end."""
+    from twisted_chat.server.metrics import metricsport as port
+
+    clock = Clock()
+    _, (_, transport), request = _slow_peer_asking(clock)
+    if answer == "rendered-late":
+        clock.advance(port.METRICS_TIMEOUT + 2)
+        assert not transport.disconnecting
+        request.write(b"x" * 9688)
+        request.finish()
+        transport.take(transport._tempDataLen)  # at once
+    else:
+        request.write(b"x" * 9688)
+        request.finish()
+        while transport._tempDataLen:
+            assert not transport.disconnecting, clock.seconds()
+            clock.advance(0.1)
+            transport.take(50)
+        assert clock.seconds() > port.METRICS_TIMEOUT + 5
+    assert not transport.disconnecting
+    clock.advance(port.METRICS_TAKEN_LOOK)
+    assert transport.disconnecting and not transport.disconnected
+
+
+def test_an_answer_let_finish_is_bounded_and_gives_way_to_a_scraper() -> None:
+    """What a peer may hold so: a connection whose answer it never takes
+    (or takes too slowly for METRICS_DRAIN) is aborted METRICS_LIFE_LIMIT
+    after its accept, and meanwhile gives way, as an idle one does, to a
+    newcomer the port has no room for."""
+    from twisted_chat.server.metrics import metricsport as port
+
+    clock = Clock()
+    site, (_, transport), request = _slow_peer_asking(clock)
+    request.write(b"x" * 9688)
+    request.finish()
+    clock.advance(port.METRICS_LIFE_LIMIT - 0.5)
+    assert not transport.disconnecting
+    clock.advance(0.5)
+    assert transport.disconnected  # aborted
+
+    site, (_, transport), request = _slow_peer_asking(clock)
+    request.write(b"x" * 9688)
+    request.finish()
+    clock.advance(port.METRICS_TIMEOUT + 1)
+    others = _port_filled(site)  # younger, each with a partial request
+    clock.advance(port.METRICS_IDLE)
+    assert not transport.disconnecting
+    assert metrics_connection(site, 41000, "127.0.0.1") is not None  # a scraper
+    assert transport.disconnected  # the oldest idle one
+    assert not any(t.disconnecting for _, t in others)
+
+
 def test_scrapes_back_to_back_share_a_few_renderings() -> None:
     """rev13-attack 3: each scrape rendered the whole registry, so scrapes
     back to back kept a core busy.  Renderings are bounded by

@@ -285,7 +285,7 @@ class Options(usage.Options):
          "Serve Prometheus metrics at /metrics on this endpoint, e.g. "
          "tcp:9108:interface=127.0.0.1 (a bare port number is TCP on every interface: "
          f"a warning at start). At most {metricsport.MAX_METRICS_CONNECTIONS} connections at "
-         f"once, {metricsport.METRICS_TIMEOUT:g} s each. "
+         f"once, {metricsport.METRICS_TIMEOUT:g} s each (an answer under way let finish). "
          "Off by default; see docs/metrics.md."],
         ["redis", None, None,
          "Cluster mode: share the chat with every server on this Redis "

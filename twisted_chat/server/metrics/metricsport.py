@@ -35,8 +35,20 @@ MAX_METRICS_CONNECTIONS = 8
 #: own idle timeout is reset by every byte); a scrape takes milliseconds, and
 #: a scraper that keeps its connection alive opens another.  Also the idle
 #: timeout: Twisted's is off, as it logged "Timing out client" for each
-#: connection silent that long (rev19-attack 3).
+#: connection silent that long (rev19-attack 3).  An answer under way at
+#: its end is let finish, within L{METRICS_LIFE_LIMIT}.
 METRICS_TIMEOUT = 10.0
+#: Seconds from its accept at which a connection is aborted, whatever it
+#: does: one whose L{METRICS_TIMEOUT} ends with an answer under way (being
+#: rendered, or its peer still taking it) is given until then to finish it,
+#: looked at every L{METRICS_TAKEN_LOOK} s, and closed once its peer has
+#: taken it.  A 10 KB answer asked for at the last moment is taken in time
+#: at 500 B/s; a peer that takes it slower than L{METRICS_DRAIN} allows
+#: still gives way to a newcomer the port has no room for (L{METRICS_IDLE}).
+METRICS_LIFE_LIMIT = 30.0
+#: Seconds between two looks at whether an answer let finish past
+#: L{METRICS_TIMEOUT} is done and taken.
+METRICS_TAKEN_LOOK = 1.0
 #: Of those, the connections one address may hold: one peer cannot take them
 #: all and leave the scraper none.  A UNIX socket's connections have no
 #: address: its file's permissions decide who connects.  On loopback every
@@ -274,7 +286,8 @@ def metrics_site(registry: CollectorRegistry, reactor: Any = None,
     every 15 seconds would be most of the server's log); at most
     C{max_connections} at once (L{MAX_METRICS_PER_ADDRESS} of them from
     one address; one idle for L{METRICS_IDLE} gives way to a newcomer with
-    no room), each for at most C{timeout} seconds and
+    no room), each for at most C{timeout} seconds (an answer under way
+    then let finish, within L{METRICS_LIFE_LIMIT}) and
     L{MAX_METRICS_REQUESTS} requests; its connections' send buffer and close
     grace are C{config}'s (the chat server's: L{RefusingChannel}).
     """
@@ -305,13 +318,16 @@ def metrics_site(registry: CollectorRegistry, reactor: Any = None,
     class MetricsChannel(RefusingChannel):
         """One metrics connection: counted by its site while it is open,
         aborted C{timeout} seconds after its accept (which also ends a
-        refusal's close that the peer holds up), or to make room for a
-        newcomer once idle for L{METRICS_IDLE}."""
+        refusal's close that the peer holds up) unless an answer is under
+        way, or to make room for a newcomer once idle for L{METRICS_IDLE}."""
 
         site: MetricsSite
         _deadline: Any = None
         host: str | None = None
         served = 0
+        accepted_at = 0.0
+        # Whether its life has ended with an answer under way (L{_expired}).
+        finishing = False
         # When it was accepted or last answered.
         active_at = 0.0
         # What its peer had not taken of its answers at its last answer.
@@ -326,6 +342,7 @@ def metrics_site(registry: CollectorRegistry, reactor: Any = None,
 
         def connectionMade(self) -> None:
             super().connectionMade()
+            self.accepted_at = self.site.clock.seconds()
             self._deadline = self.callLater(self.site.lifetime, self._expired)
 
         def requestDone(self, request: Any) -> None:
@@ -353,10 +370,31 @@ def metrics_site(registry: CollectorRegistry, reactor: Any = None,
             return self.active_at
 
         def _expired(self) -> None:
+            """
+            Its life is over: aborted, unless an answer is under way (being
+            rendered, or its peer still taking it: L{unsent}).  That one is
+            let finish, looked at every L{METRICS_TAKEN_LOOK} s, and the
+            connection closed once its peer has taken it (a FIN: nothing is
+            cut); it is aborted L{METRICS_LIFE_LIMIT} s after its accept,
+            whatever it does.  Before, the abort at the life's end cut
+            (reset) the answer of a scraper reading slower than about
+            1 KB/s, and any scrape asked for near that end.
+            """
             self._deadline = None
             transport: Any = self.transport
-            if transport is not None:
-                transport.abortConnection()
+            if transport is None:
+                return
+            left = self.accepted_at + METRICS_LIFE_LIMIT - self.site.clock.seconds()
+            if left > 0 and not self.close_started:
+                if self._handlingRequest or unsent(transport) > 0:
+                    self.finishing = True
+                    self._deadline = self.callLater(min(METRICS_TAKEN_LOOK, left), self._expired)
+                    return
+                if self.finishing:
+                    self.loseConnection()  # its answer taken
+                    self._deadline = self.callLater(left, self._expired)  # its close's bound
+                    return
+            transport.abortConnection()
 
         def connectionLost(self, reason: Failure = connectionDone) -> None:
             deadline, self._deadline = self._deadline, None
