@@ -10,6 +10,7 @@ The decision rule is the pure function L{keep_gathering}.
 
 from __future__ import annotations
 
+import functools
 import select
 import time
 from collections.abc import Callable, Collection
@@ -25,7 +26,8 @@ MAX_FANOUT_WAIT = 0.05
 # a clock that stands still (or is set back) cannot hold the lobby.
 MAX_GATHER_TURNS = 100
 
-Backlog = Callable[[], bool]
+# Whether other work is waiting: true (truthy) while it is.
+Backlog = Callable[[], object]
 
 # Told of each fan-out: lines in the batch, lines and bytes handed to
 # members in all, seconds the writes took (see twisted_chat.server.metrics.counters).
@@ -78,12 +80,9 @@ def reactor_backlog(reactor: Any) -> Backlog | None:
         return None
     probe = select.poll()
     probe.register(poller.fileno(), select.POLLIN)
-    poll = probe.poll
-
-    def waiting() -> bool:
-        return bool(poll(0))
-
-    return waiting
+    # The ready events, empty while nothing waits: poll(0) itself, with no
+    # Python frame around it (it is asked once a read that brought lines).
+    return functools.partial(probe.poll, 0)
 
 
 # -- the fan-out ----------------------------------------------------------------
@@ -137,17 +136,34 @@ class LobbyFanout:
         # again (the turn's end does), so a busy turn costs at most two
         # probes, not one a read.
         self._busy = False
-        # A connection's read is being handled (read): _read_done follows.
+        # A connection's read is being handled (read): its end follows.
         self._reading = False
 
     def read(self, handle: Callable[[bytes], object], data: bytes) -> None:
-        """A connection's read: C{handle(data)}, and then, whatever happens,
-        its end (L{_read_done})."""
+        """
+        A connection's read: C{handle(data)}, and then, whatever happens,
+        its end.  If lines wait and the reactor has nothing else waiting,
+        they go now: the rest of the turn would bring no line to join them,
+        and the lines of this read never needed a timer (docs/fanout.md,
+        "Pacing by backlog").  Otherwise they wait for the end of the turn,
+        on its timer, made here if this read brought the first of them; once
+        the reactor was found busy, the turn's end asks again, not each read.
+        (The end is written out here, not called: this runs on every read.)
+        """
         self._reading = True
         try:
             handle(data)
         finally:
-            self._read_done()
+            self._reading = False
+            if self._pending and not self._busy:
+                backlog = self._backlog
+                if backlog is not None and not backlog():
+                    self.flush()
+                else:
+                    # Busy, or no probe (--fanout-delay 0): the turn's end decides.
+                    self._busy = True
+                    if self._call is None:
+                        self._call = self._clock.callLater(0.0, self._turn_over)
 
     def before_write(self, in_lobby: bool) -> None:
         """The order rule (docs/fanout.md, "Order"): a connection writes
@@ -159,7 +175,7 @@ class LobbyFanout:
 
     def add(self, data: bytes) -> None:
         """C{data} goes to everyone in the lobby: at the end of this turn,
-        or of this read (L{read}), see L{_read_done}."""
+        or of this read (L{read})."""
         pending = self._pending
         if not pending:
             # The first line of a gathering (a timer is made only with one).
@@ -176,32 +192,11 @@ class LobbyFanout:
         self.add(data)
         self._late[newcomer] = len(self._pending)
 
-    def _read_done(self) -> None:
-        """
-        A connection's read is over (L{read}).  If lines wait and
-        the reactor has nothing else waiting, they go now: the rest of the
-        turn would bring no line to join them, and the lines of this read
-        never needed a timer (docs/fanout.md, "Pacing by backlog").
-        Otherwise they wait for the end of the turn, on its timer, made
-        here if this read brought the first of them; once the reactor was
-        found busy, the turn's end asks again, not each read.
-        """
-        self._reading = False
-        if self._pending and not self._busy:
-            backlog = self._backlog
-            if backlog is not None and not backlog():
-                self.flush()
-                return
-            # Busy, or no probe (--fanout-delay 0): the turn's end decides.
-            self._busy = True
-            if self._call is None:
-                self._call = self._clock.callLater(0.0, self._turn_over)
-
     def _turn_over(self) -> None:
         self._call = None
         backlog = self._backlog
         if backlog is not None and keep_gathering(
-            self._first, self._clock.seconds(), self._turns, self._window, backlog()
+            self._first, self._clock.seconds(), self._turns, self._window, bool(backlog())
         ):
             self._turns += 1
             self._busy = False
