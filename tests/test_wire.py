@@ -147,6 +147,39 @@ def test_parse_never_raises_anything_but_line_error(text: str) -> None:
         pass
 
 
+def _long_way(text: str) -> str | None:
+    """What split_verb and parse_args take C{text} to, as msg_text says it."""
+    try:
+        split = wire.split_verb(text)
+        command = wire.parse_args(*split) if split is not None else None
+    except LineError:
+        return None
+    return command.text if command is not None and command.verb == "MSG" else None
+
+
+@given(st.one_of(
+    st.text(),
+    st.builds(lambda spaces, text: "MSG" + spaces + text, st.text(" \t", max_size=3), st.text()),
+))
+def test_msg_text_is_the_long_way_or_nothing(text: str) -> None:
+    """The session's short cut for MSG lines (wire.msg_text) takes every
+    line it takes exactly as split_verb and parse_args would."""
+    said = wire.msg_text(text)
+    if said is not None:
+        assert said == _long_way(text)
+
+
+@pytest.mark.parametrize("line", ["MSG hi", "MSG  hi there ", "MSG \thi", "MSG   \u00e9t\u00e9"])
+def test_msg_text_takes_the_lines_clients_write(line: str) -> None:
+    assert wire.msg_text(line) == _long_way(line) is not None
+
+
+@pytest.mark.parametrize("line", ["MSG", "MSG ", "MSG  \t ", "msg hi", " MSG hi", "MSG\thi",
+                                  "MSGhi", "DM bob hi"])
+def test_msg_text_leaves_the_rest_to_the_long_way(line: str) -> None:
+    assert wire.msg_text(line) is None
+
+
 def test_a_nick_in_key_form_is_its_own_key() -> None:
     """One string per user where the nick is already lower case."""
     nick = "".join(["ali", "ce"])

@@ -257,6 +257,21 @@ def verb_and_rest(text: str) -> tuple[str, str] | None:
     return verb, rest.lstrip(" ")
 
 
+def msg_text(text: str) -> str | None:
+    """
+    The text of a decoded line that is a well-formed C{MSG} written as the
+    clients write it (C{MSG}, in capitals, then a space), exactly as
+    L{split_verb} and L{parse_args} would take it; C{None} for any other
+    line, which goes through them.  The commonest line, parsed in one call
+    instead of four.
+    """
+    if text.startswith("MSG "):
+        rest = text[4:].lstrip(" ")
+        if rest.strip(_BLANK):  # MSG's text is required: blank goes the long way
+            return rest
+    return None
+
+
 def split_words(grammar: Grammar, rest: str) -> tuple[list[str], str]:
     """
     Split C{rest}, a line after its verb with leading spaces removed, into

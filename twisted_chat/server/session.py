@@ -205,34 +205,54 @@ class Session:
         """One chat/1 line C{conn} let through its limits."""
         try:
             text = wire.decode(line)
-            split = wire.split_verb(text)
-            if split is None:
-                return
-            verb, rest = split
-            user = conn.user
-            if verb in _ACCOUNT_VERBS and self.factory.accounts is None:
-                raise LineError(ErrorCode.ACCOUNTS_OFF, "this server has no accounts")
-            if user is None:
-                if verb not in _BEFORE_READY:
-                    raise LineError(ErrorCode.NOT_READY, _not_ready_text(conn))
-                if verb == "NICK":
-                    self._nick(conn, rest)
+            said = wire.msg_text(text)
+            if said is not None and conn.user is not None:
+                # A lobby or pair line, parsed already (the commonest line).
+                outcome = self.do_MSG(conn, wire.Command("MSG", (), said))
+            else:
+                command = self._command(conn, text)
+                if command is None:
                     return
-            elif verb == "NICK":
-                raise LineError(ErrorCode.ALREADY_READY, f"you are already {user.nick}")
-            elif verb == "PASS":
-                # chat/1: PASS when no password was asked is not-ready, in every
-                # state (online, no password is ever asked).
-                raise LineError(ErrorCode.NOT_READY,
-                                f"no password was asked for: you are already {user.nick}")
-            command = wire.parse_args(verb, rest)
-            outcome = self._HANDLERS[verb](self, conn, command)
+                outcome = self._HANDLERS[command.verb](self, conn, command)
             if outcome is None:
-                self.decided(conn)  # as _hold would, a call less on most lines
+                # As _hold would; decided() has nothing to do for a
+                # connection without a handshake (most lines: a call less).
+                if conn.handshake is not None:
+                    self.decided(conn)
             else:
                 self._hold(conn, outcome)
         except Refusal as e:
             conn.write(wire.error(e.code, e.text))
+
+    def _command(self, conn: Connection, text: str) -> wire.Command | None:
+        """
+        The command of a decoded line, checked against C{conn}'s state
+        (docs/protocol.md's order: verb, state, arguments); None for a
+        blank line, and for a C{NICK} before C{READY}, which it hands to
+        the handshake (L{_nick}).
+        @raise LineError: the line's C{ERROR}.
+        """
+        split = wire.split_verb(text)
+        if split is None:
+            return None
+        verb, rest = split
+        user = conn.user
+        if verb in _ACCOUNT_VERBS and self.factory.accounts is None:
+            raise LineError(ErrorCode.ACCOUNTS_OFF, "this server has no accounts")
+        if user is None:
+            if verb not in _BEFORE_READY:
+                raise LineError(ErrorCode.NOT_READY, _not_ready_text(conn))
+            if verb == "NICK":
+                self._nick(conn, rest)
+                return None
+        elif verb == "NICK":
+            raise LineError(ErrorCode.ALREADY_READY, f"you are already {user.nick}")
+        elif verb == "PASS":
+            # chat/1: PASS when no password was asked is not-ready, in every
+            # state (online, no password is ever asked).
+            raise LineError(ErrorCode.NOT_READY,
+                            f"no password was asked for: you are already {user.nick}")
+        return wire.parse_args(verb, rest)
 
     def _hold(self, conn: Connection, outcome: Deferred[Any] | None) -> None:
         """
