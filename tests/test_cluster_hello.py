@@ -352,7 +352,7 @@ def test_the_lobby_line_applied_before_the_hello_reaches_the_ended_pair() -> Non
     heard: dict[str, list[Any]] = {}
     gathered: dict[str, list[str]] = {}
     for node, user in ((n0, ann), (n1, bob)):
-        def gather(entry: Any, nick: str = user.nick) -> None:
+        def gather(entry: Any, sender: Any, nick: str = user.nick) -> None:
             gathered.setdefault(nick, []).append(entry.text)
 
         def flush(node: Node = node, nick: str = user.nick) -> None:
@@ -395,8 +395,8 @@ def test_the_lobby_members_with_a_pair_ended_in_the_lost_second_are_kept_as_one_
     own: list[Any] = []  # n0's own index, at each line
     record = n0.listener.lobby_message
 
-    def hear(entry: Any) -> None:
-        record(entry)
+    def hear(entry: Any, sender: Any) -> None:
+        record(entry, sender)
         heard.append((entry.text, n0.state.lobby_members()))
         own.append(n0.state.own.lobby_members())
 
@@ -785,8 +785,8 @@ def test_after_a_new_epoch_a_lobby_line_before_the_hellos_misses_the_pair() -> N
     for node in (n0, n1):
         record = node.listener.lobby_message
 
-        def hear(entry: Any, node: Node = node, record: Any = record) -> None:
-            record(entry)
+        def hear(entry: Any, sender: Any, node: Node = node, record: Any = record) -> None:
+            record(entry, sender)
             members = node.state.lobby_members()
             heard.append((entry.text, sorted(m.user.nick for m in members if m.user)))
 

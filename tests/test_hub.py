@@ -59,7 +59,7 @@ def test_register_and_lobby_message(world: tuple[Hub, Recorder, Clock]) -> None:
     clock.advance(2)
     hub.say(alice, "hi")
     assert rec.take() == [("ready", "Alice"), ("joined", 0.0, "Alice"),
-                          ("lobby_message", Entry(2.0, "Alice", "hi"))]
+                          ("lobby_message", Entry(2.0, "Alice", "hi"), "Alice")]
     assert hub.history.recent() == [Entry(2.0, "Alice", "hi")]
     with pytest.raises(NickTaken):
         hub.register("alice", conn=object())

@@ -115,8 +115,8 @@ class Listener(Protocol):
     def left(self, ts: float, user: User, reason: str, text: str) -> None:
         """To everyone online (C{user} is no longer online)."""
 
-    def lobby_message(self, entry: Entry) -> None:
-        """To everyone in the lobby, the sender included."""
+    def lobby_message(self, entry: Entry, sender: User) -> None:
+        """To everyone in the lobby, C{sender} included (who said C{entry})."""
 
     def private_message(self, ts: float, sender: User, recipient: User, text: str) -> None:
         """To C{recipient}, and the sender's copy to C{sender}."""
@@ -281,7 +281,7 @@ class Hub:
                 self.log.info("lobby <{nick}> {text}", nick=user.nick, text=text)
             entry = Entry(ts, user.nick, text)
             self.history.record(entry)
-            self.listener.lobby_message(entry)
+            self.listener.lobby_message(entry, user)
 
     def direct(self, user: User, nick: str, text: str) -> None:
         """C{DM}: a private message, in the lobby or paired."""

@@ -127,11 +127,9 @@ class LineListener:
         self.fanout.flush()
         self._roster = None
 
-    def lobby_message(self, entry: Entry) -> None:
+    def lobby_message(self, entry: Entry, sender: User) -> None:
         self._history_block = None
-        state = self._state()
-        sender = state.hub.find(entry.nick)
-        if sender is not None and state.holds(sender):
+        if self._state().holds(sender):
             self.stats.count_lobby_message()  # one of this process's users said it
         ts = wire.format_ts(entry.ts)
         self.fanout.add(wire.line("MSG", ts, entry.nick, "*", text=entry.text))

@@ -107,7 +107,7 @@ class Silent:
     def left(self, ts: float, user: User, reason: str, text: str) -> None:
         pass
 
-    def lobby_message(self, entry: Entry) -> None:
+    def lobby_message(self, entry: Entry, sender: User) -> None:
         pass
 
     def private_message(self, ts: float, sender: User, recipient: User, text: str) -> None:
@@ -161,9 +161,9 @@ class Forward:
         self._before()
         self.listener.left(ts, user, reason, text)
 
-    def lobby_message(self, entry: Entry) -> None:
+    def lobby_message(self, entry: Entry, sender: User) -> None:
         self._before()
-        self.listener.lobby_message(entry)
+        self.listener.lobby_message(entry, sender)
 
     def private_message(self, ts: float, sender: User, recipient: User, text: str) -> None:
         self._before()

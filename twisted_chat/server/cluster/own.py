@@ -141,8 +141,8 @@ class OwnMembers:
         if not isinstance(user.conn, RemoteConn):
             self._listener.ready(user)
 
-    def lobby_message(self, entry: Entry) -> None:
-        self._listener.lobby_message(entry)
+    def lobby_message(self, entry: Entry, sender: User) -> None:
+        self._listener.lobby_message(entry, sender)
 
     def private_message(self, ts: float, sender: User, recipient: User, text: str) -> None:
         self._listener.private_message(ts, sender, recipient, text)
