@@ -382,7 +382,9 @@ class ChatProtocol:
         if self._buffer:
             data = self._buffer + data
             self._buffer = b""
-        limit = self.ctx.config.max_line  # (not self.config: a call less a read)
+        ctx = self.ctx
+        limit = ctx.config.max_line  # (not self.config: a call less a read)
+        session = ctx.session
         start = 0
         find = data.find
         while not self.closing:
@@ -408,7 +410,10 @@ class ChatProtocol:
                 continue
             line = data[start:stop]
             start = newline + 1
-            self.line_received(line)
+            # line_received's work, written out (the loop checked closing):
+            # a call less on every line.
+            if self._count_line():
+                session.line_received(self, line)
             hold = self.hold
             if hold is not None and hold.waiting:
                 hold.take_rest(data[start:])
