@@ -96,6 +96,16 @@ def test_exempt_addresses_have_no_record_and_no_limit() -> None:
     assert len(b) == 1
 
 
+def test_an_exempt_address_in_the_mapped_form_is_its_ipv4_address() -> None:
+    # A peer of a dual-stack port (::ffff:a.b.c.d) is compared as IPv4, so
+    # --exempt ::ffff:127.0.0.1 must name 127.0.0.1 to match it at all.
+    b, _ = book(max_per_ip=1, exempt=networks(["::ffff:127.0.0.1", "::ffff:10.0.0.0/104"]))
+    assert b.admit("::ffff:127.0.0.1") is None
+    assert b.admit("127.0.0.1") is None
+    assert b.admit("10.200.0.1") is None
+    assert b.admit("192.0.2.1") is not None
+
+
 def test_nothing_is_exempt_by_default_not_even_loopback() -> None:
     b, _ = book(max_per_ip=1)
     b.admit("127.0.0.1")

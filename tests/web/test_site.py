@@ -40,6 +40,8 @@ from twisted_chat.web.config import (
     parse_networks,
     parse_origin,
     parse_web_host,
+    split_host_port,
+    trusted,
 )
 from twisted_chat.web.site import STATIC, WebSite, render_page
 from twisted_chat.wire import BAD_CHARS
@@ -470,6 +472,38 @@ def test_forwarded_for_rule() -> None:
     assert client_host("127.0.0.1", "[2001:db8::1]:443", proxies) == "2001:db8::1"
     assert client_host(None, "203.0.113.5", proxies) is None
     assert parse_networks(["::1"]) == (ipaddress.ip_network("::1"),)
+
+
+def test_a_proxy_on_a_dual_stack_port_is_trusted() -> None:
+    # rev20-shape F1: on a tcp6 port bound to :: an IPv4 peer is
+    # ::ffff:a.b.c.d; it is its IPv4 address, as for every per-address limit.
+    proxies = parse_networks(["127.0.0.1"])
+    assert trusted("::ffff:127.0.0.1", proxies)
+    assert not trusted("::ffff:127.0.0.2", proxies)
+    assert client_host("::ffff:127.0.0.1", "10.9.9.9", proxies) == "10.9.9.9"
+    assert client_host("::ffff:192.0.2.1", "10.9.9.9", proxies) == "::ffff:192.0.2.1"
+    # A mapped hop in the header is skipped as the proxy it is.
+    assert client_host("127.0.0.1", "10.9.9.9, ::ffff:127.0.0.1", proxies) == "10.9.9.9"
+    # --trust-proxy written in the mapped form names the same proxy.
+    assert trusted("::ffff:127.0.0.1", parse_networks(["::ffff:127.0.0.1"]))
+    assert trusted("127.0.0.1", parse_networks(["::ffff:127.0.0.0/104"]))
+
+
+@pytest.mark.parametrize("text, split", [
+    ("chat.example", ("chat.example", None)),
+    ("Chat.Example:8080", ("chat.example", 8080)),
+    ("192.0.2.1:443", ("192.0.2.1", 443)),
+    ("[2001:db8::1]:443", ("2001:db8::1", 443)),
+    ("[::1]", ("::1", None)),
+    ("[::1", None),
+    ("chat.example:http", None),
+    ("chat.example:65536", None),
+    ("user@chat.example", None),
+    ("chat.example/path", None),
+    ("chat.example?x", None),
+])
+def test_host_and_port_split(text: str, split: tuple[str, int | None] | None) -> None:
+    assert split_host_port(text) == split
 
 
 def test_message_limit_leaves_room_for_over_long_lines() -> None:

@@ -90,10 +90,13 @@ def close_code(payload: bytes) -> int:
 class WsClient:
     """A blocking WebSocket client for e2e tests; every wait is bounded."""
 
-    def __init__(self, port: int, host: str = "127.0.0.1", timeout: float = 5.0) -> None:
+    def __init__(self, port: int, host: str = "127.0.0.1", timeout: float = 5.0,
+                 extra: dict[str, str] | None = None) -> None:
+        """C{extra}: more upgrade request headers (C{X-Forwarded-For})."""
         self.sock = socket.create_connection((host, port), timeout=timeout)
         self.timeout = timeout
-        request, accept = handshake(host=f"{host}:{port}", origin=f"http://{host}:{port}")
+        request, accept = handshake(host=f"{host}:{port}", origin=f"http://{host}:{port}",
+                                    extra=extra)
         self.sock.sendall(request)
         data = b""
         while b"\r\n\r\n" not in data:

@@ -12,7 +12,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
-from twisted_chat.server.limits.addresses import Network, parse_network
+from twisted_chat.server.limits.addresses import Network, parse_ip, parse_network
 
 
 @dataclass(frozen=True, slots=True)
@@ -101,16 +101,32 @@ def parse_networks(descriptions: Sequence[str]) -> tuple[Network, ...]:
     return tuple(networks)
 
 
-def _parse_ip(text: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
+def split_host_port(text: str) -> tuple[str, int | None] | None:
+    """
+    C{host[:port]} (a C{Host} header, an C{X-Forwarded-For} entry), an
+    IPv6 host in brackets: the host (lower case, without brackets) and the
+    port, if any.  C{None} if it is not that: an unbalanced bracket, a port
+    that is not a number up to 65535, or anything a URL would read past
+    the host and port (C{user@}, C{/path}, C{?}, C{#}).
+    """
     text = text.strip()
-    if text.startswith("[") and "]" in text:  # [v6]:port
-        text = text[1 : text.index("]")]
-    elif text.count(":") == 1:  # v4:port
-        text = text.split(":", 1)[0]
     try:
-        return ipaddress.ip_address(text)
+        parts = urlsplit(f"//{text}")
+        port = parts.port
     except ValueError:
         return None
+    if parts.netloc != text or "@" in text:
+        return None
+    return parts.hostname or "", port
+
+
+def _parse_ip(text: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
+    """The address in C{text}, an address alone (an IPv6 one bare or in
+    brackets) or with a port, as L{parse_ip} reads it."""
+    ip = parse_ip(text)
+    if ip is None and (split := split_host_port(text)) is not None:
+        ip = parse_ip(split[0])
+    return ip
 
 
 def trusted(host: str | None, proxies: Sequence[Network]) -> bool:
@@ -189,27 +205,15 @@ def host_allowed(host: str | None, hosts: Sequence[str]) -> bool:
     """
     if not hosts:
         return True
-    if not host:
-        return False
-    host = host.strip()
-    if host.startswith("["):  # [v6]:port
-        name = host[: host.find("]") + 1]
-    elif host.count(":") == 1:  # name:port
-        name = host.split(":", 1)[0]
-    else:
-        name = host
-    return _host_name(name) in hosts
+    split = split_host_port(host) if host else None
+    return split is not None and _host_name(split[0]) in hosts
 
 
 def host_well_formed(host: str) -> bool:
     """Whether the C{Host} header C{host} reads as a host and a port at all
-    (a C{[} without its C{]}, or a port that is not a number, does not)."""
-    try:
-        # .port raises for a port that is not digits, or past 65535.
-        urlsplit(f"//{host.strip()}").port  # noqa: B018
-    except ValueError:
-        return False
-    return True
+    (L{split_host_port}: a C{[} without its C{]}, or a port that is not a
+    number, does not)."""
+    return split_host_port(host) is not None
 
 
 def origin_allowed(origin: str | None, host: str | None, allowed: Sequence[str]) -> bool:
@@ -238,8 +242,10 @@ def origin_allowed(origin: str | None, host: str | None, allowed: Sequence[str])
             return False
         default = 443 if parts.scheme == "https" else 80
         origin_port = parts.port or default
-        served = urlsplit(f"//{host.strip().lower()}")
-        host_port = served.port
     except ValueError:
         return False
-    return served.hostname == parts.hostname and (host_port or default) == origin_port
+    served = split_host_port(host)
+    if served is None:
+        return False
+    served_host, served_port = served
+    return served_host == parts.hostname and (served_port or default) == origin_port

@@ -62,13 +62,28 @@ SHARE_INTERVAL = 0.2
 
 
 def parse_network(text: str) -> Network:
-    """A C{--exempt} value: an address or a CIDR block (host bits allowed)."""
-    return ipaddress.ip_network(text.strip(), strict=False)
+    """
+    A C{--exempt} or C{--trust-proxy} value: an address or a CIDR block
+    (host bits allowed).  An IPv4-mapped one (C{::ffff:127.0.0.1}) is its
+    IPv4 block, since L{parse_ip} makes every such peer IPv4.
+    """
+    network = ipaddress.ip_network(text.strip(), strict=False)
+    if isinstance(network, ipaddress.IPv6Network) and network.prefixlen >= 96:
+        mapped = network.network_address.ipv4_mapped
+        if mapped is not None:
+            return ipaddress.IPv4Network((mapped, network.prefixlen - 96))
+    return network
 
 
-def _ip(host: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
+def parse_ip(host: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
+    """
+    The address C{host} (a peer's, as the socket gives it) is, for every
+    comparison with an address or network: an IPv4-mapped IPv6 address
+    (C{::ffff:a.b.c.d}, an IPv4 client of a dual-stack port) is its IPv4
+    address, and a C{%zone} is dropped.  C{None} if it is not an address.
+    """
     try:
-        ip = ipaddress.ip_address(host.split("%", 1)[0])
+        ip = ipaddress.ip_address(host.strip().split("%", 1)[0])
     except ValueError:
         return None
     if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
@@ -83,7 +98,7 @@ def address_key(host: str, v6_prefix: int = 64) -> str:
     C{v6_prefix} bits around it.  Anything that is not an IP address is its
     own bucket.
     """
-    ip = _ip(host)
+    ip = parse_ip(host)
     if ip is None:
         return host
     if isinstance(ip, ipaddress.IPv4Address):
@@ -280,7 +295,7 @@ class AddressBook:
         return self.key(host) if host else "-"
 
     def exempt(self, host: str) -> bool:
-        ip = _ip(host)
+        ip = parse_ip(host)
         return ip is not None and any(ip in network for network in self.policy.exempt)
 
     def record(self, host: str | None) -> Address | None:
