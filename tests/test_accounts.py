@@ -1,7 +1,7 @@
 """
 The accounts store, the password hash, the twisted.cred checker and portal,
 the failure limiter and the password threads (twisted_chat.server.accounts.store,
-twisted_chat.server.accounts.login, twisted_chat.server.accounts.loginlimits).
+.hashing, .cred, .login, .loginlimits, .passwordwork).
 """
 
 from __future__ import annotations
@@ -23,27 +23,21 @@ from twisted.cred.error import UnauthorizedLogin
 from twisted.internet import defer
 from twisted.internet.task import Clock
 
-from twisted_chat.server.accounts import store as accounts_module
+from twisted_chat.server.accounts import cred, hashing
+from twisted_chat.server.accounts.cred import AccountChecker, IAccount, portal
+from twisted_chat.server.accounts.hashing import hash_password, password_problem, verify_password
 from twisted_chat.server.accounts.login import Accounts
 from twisted_chat.server.accounts.loginlimits import FailureLimiter, LoginLimits
 from twisted_chat.server.accounts.passwordwork import PasswordWork, WorkBusy
-from twisted_chat.server.accounts.store import (
-    AccountChecker,
+from twisted_chat.server.accounts.records import (
     AccountExists,
     AccountsFull,
-    AccountStore,
     AccountStoreError,
-    IAccount,
-    Mode,
     NoSuchAccount,
     PasswordChanged,
-    SQLiteBook,
-    accounts_path,
-    hash_password,
-    password_problem,
-    portal,
-    verify_password,
 )
+from twisted_chat.server.accounts.store import AccountStore, SQLiteBook, accounts_path
+from twisted_chat.server.config import Mode
 from twisted_chat.server.limits.addresses import networks
 
 # Cheap parameters for tests that hash many times (the format carries them).
@@ -75,11 +69,11 @@ def test_the_documented_hash_parameters_are_the_ones_stored() -> None:
     that they are below OWASP's minimum (it once said they were OWASP's)."""
     text = (Path(__file__).parent.parent / "docs" / "accounts.md").read_text()
     n, r, p = hash_password(b"correct horse").split("$")[1:4]
-    assert int(n) == accounts_module.SCRYPT_N
+    assert int(n) == hashing.SCRYPT_N
     stated = f"N=2^{int(n).bit_length() - 1}, r={r}, p={p}"
     assert f"16-byte random salt per password, {stated} (16 MiB" in text
     assert f"**The cost is below OWASP's minimum, on purpose.** {stated} are" in text
-    assert "OWASP give" not in (accounts_module.__doc__ or "")
+    assert "OWASP give" not in (hashing.__doc__ or "")
 
 
 @pytest.mark.parametrize("bad", ["", "scrypt$1$2", "md5$a$b$c$d$e", "scrypt$x$8$1$AA==$AA=="])
@@ -388,13 +382,13 @@ def test_wrong_password_and_no_account_fail_alike(
 ) -> None:
     """Both check one scrypt hash (a dummy one for no account) and fail the same way."""
     checked: list[str] = []
-    real = accounts_module.verify_password
+    real = cred.verify_password
 
     def spy(password: bytes, encoded: str) -> bool:
         checked.append(encoded)
         return real(password, encoded)
 
-    monkeypatch.setattr(accounts_module, "verify_password", spy)
+    monkeypatch.setattr(cred, "verify_password", spy)
     wrong = _login(cred_store, "alice", b"not-the-pw")
     missing = _login(cred_store, "nobody", b"not-the-pw")
     assert wrong.check(UnauthorizedLogin) and missing.check(UnauthorizedLogin)
@@ -613,21 +607,21 @@ def test_the_dummy_hash_is_made_at_start_on_the_password_threads(
 ) -> None:
     """Under required, the first check of a nick with no account took twice
     as long (the dummy hash was made then): it told that the nick has none."""
-    monkeypatch.setattr(accounts_module, "_dummy_hash", None)
+    monkeypatch.setattr(hashing, "_dummy_hash", None)
     hashes: list[bytes] = []
-    real = accounts_module.hash_password
+    real = hashing.hash_password
 
     def counted(password: bytes) -> str:
         hashes.append(password)
         return real(password, **FAST)
 
-    monkeypatch.setattr(accounts_module, "hash_password", counted)
+    monkeypatch.setattr(hashing, "hash_password", counted)
     pool = InlinePool()
     work = PasswordWork(InlineReactor(), pool=pool)  # type: ignore[arg-type]
-    assert accounts_module._dummy_hash is None  # not before the threads start
+    assert hashing._dummy_hash is None  # not before the threads start
     work.start()
-    assert accounts_module._dummy_hash is not None and len(hashes) == 1
-    assert pool.ran == [accounts_module.make_dummy_hash]  # on the password threads
+    assert hashing._dummy_hash is not None and len(hashes) == 1
+    assert pool.ran == [hashing.make_dummy_hash]  # on the password threads
     checker = AccountChecker(SQLiteBook(AccountStore(":memory:"), work.lookup), work.run)
     failed: list[Any] = []
     checker.requestAvatarId(UsernamePassword(b"ghost", b"any-password")).addErrback(

@@ -18,7 +18,8 @@ from pathlib import Path
 
 import pytest
 
-from twisted_chat.server.accounts.store import AccountStore, verify_password
+from twisted_chat.server.accounts.hashing import verify_password
+from twisted_chat.server.accounts.store import AccountStore
 
 TOOL = [sys.executable, "-m", "twisted_chat.accounts"]
 

@@ -21,7 +21,7 @@ from twisted.internet.task import Clock
 
 from tests.redisproc import REDIS_SERVER, RedisServer
 from twisted_chat.server.accounts.loginlimits import LoginLimits
-from twisted_chat.server.accounts.store import (
+from twisted_chat.server.accounts.records import (
     Account,
     AccountExists,
     AccountsFull,

@@ -22,7 +22,7 @@ from tests.test_login import LIMITS, PW, HeldWork, add, fresh, harness, shared_h
 from tests.web import wsframes as ws
 from tests.web.test_gateway import WsConn, grown_by, make_gateway
 from twisted_chat.server.accounts.login import BAD_PASSWORD_TEXT
-from twisted_chat.server.accounts.store import Mode
+from twisted_chat.server.config import Mode
 from twisted_chat.server.limits.heldinput import (
     _HELD_INPUT,
     CEILING_TELL_EVERY,

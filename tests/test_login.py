@@ -16,7 +16,8 @@ from twisted.internet import defer
 from twisted.logger import LogEvent, formatEvent, globalLogPublisher
 
 from tests.harness import Conn, Harness
-from twisted_chat.server.accounts import store as accounts_module
+from twisted_chat.server.accounts import hashing
+from twisted_chat.server.accounts.hashing import hash_password
 from twisted_chat.server.accounts.login import (
     BAD_PASSWORD_TEXT,
     FULL_LOG_EVERY,
@@ -28,14 +29,10 @@ from twisted_chat.server.accounts.login import (
 )
 from twisted_chat.server.accounts.loginlimits import LoginLimits
 from twisted_chat.server.accounts.passwordwork import WorkBusy
-from twisted_chat.server.accounts.store import (
-    AccountStore,
-    AccountsUnavailable,
-    Mode,
-    SQLiteBook,
-    hash_password,
-)
+from twisted_chat.server.accounts.records import AccountsUnavailable
+from twisted_chat.server.accounts.store import AccountStore, SQLiteBook
 from twisted_chat.server.cluster.accounts import RedisBook
+from twisted_chat.server.config import Mode
 
 PW = "sekrit-pw"
 # Cheap scrypt parameters: the format carries them, verify reads them back.
@@ -92,11 +89,11 @@ class HeldWork:
 @pytest.fixture(autouse=True)
 def fast_hashes(monkeypatch: pytest.MonkeyPatch) -> None:
     """REGISTER/PASSWD hash with cheap parameters in these tests."""
-    real = accounts_module.hash_password
+    real = hashing.hash_password
     monkeypatch.setattr(
         "twisted_chat.server.accounts.login.hash_password", lambda pw: real(pw, **FAST)
     )
-    monkeypatch.setattr(accounts_module, "_dummy_hash", real(b"dummy", **FAST))
+    monkeypatch.setattr(hashing, "_dummy_hash", real(b"dummy", **FAST))
 
 
 def harness(

@@ -40,19 +40,16 @@ from twisted.internet import defer
 from twisted.python.failure import Failure
 
 from twisted_chat import version_line
-from twisted_chat.server.accounts.store import (
+from twisted_chat.server.accounts.fileaccess import describe_user
+from twisted_chat.server.accounts.hashing import hash_password, password_problem
+from twisted_chat.server.accounts.records import (
     Account,
     AccountAdmin,
     AccountExists,
-    AccountStore,
     AccountStoreError,
     NoSuchAccount,
-    SQLiteBook,
-    accounts_path,
-    describe_user,
-    hash_password,
-    password_problem,
 )
+from twisted_chat.server.accounts.store import AccountStore, SQLiteBook, accounts_path
 from twisted_chat.server.config import MEMORY
 from twisted_chat.wire import is_valid_nick, password_chars_problem
 

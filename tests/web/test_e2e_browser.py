@@ -32,7 +32,7 @@ import pytest
 from tests.serverproc import LOOPBACK, LineClient
 from tests.web.webserver import WebServer, served, serving
 from twisted_chat.client.commands import password_problem
-from twisted_chat.server.accounts.store import password_problem as server_length_problem
+from twisted_chat.server.accounts.hashing import password_problem as server_length_problem
 from twisted_chat.wire import password_chars_problem
 
 webdriver = pytest.importorskip("selenium.webdriver")

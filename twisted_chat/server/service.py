@@ -27,8 +27,7 @@ from twisted_chat import version_line
 from twisted_chat.server import logs
 from twisted_chat.server.accounts import accountsetup
 from twisted_chat.server.accounts.passwordwork import OwnsPasswordWork, PasswordWork
-from twisted_chat.server.accounts.store import Mode
-from twisted_chat.server.config import MEMORY, ServerConfig
+from twisted_chat.server.config import MEMORY, Mode, ServerConfig
 from twisted_chat.server.factory import ChatFactory
 from twisted_chat.server.history import History
 from twisted_chat.server.limits import descriptors

@@ -16,14 +16,9 @@ from twisted_chat.server import logs
 from twisted_chat.server.accounts.login import Accounts
 from twisted_chat.server.accounts.loginlimits import LoginLimits, SharedFailures
 from twisted_chat.server.accounts.passwordwork import PasswordWork
-from twisted_chat.server.accounts.store import (
-    AccountBook,
-    AccountStore,
-    AccountStoreError,
-    Mode,
-    SQLiteBook,
-)
-from twisted_chat.server.config import MEMORY, ServerConfig
+from twisted_chat.server.accounts.records import AccountBook, AccountStoreError
+from twisted_chat.server.accounts.store import AccountStore, SQLiteBook
+from twisted_chat.server.config import MEMORY, Mode, ServerConfig
 from twisted_chat.server.limits.addresses import networks
 
 # Start-up's lines, under the namespace they have always had.

@@ -3,8 +3,9 @@ The accounts side of a connection: C{NICK} -> C{PASS <nick>} -> C{PASS} ->
 C{READY}, and C{REGISTER} / C{PASSWD} once online (docs/protocol.md, "Accounts").
 
 L{Accounts} is the server-wide part: the mode, the C{twisted.cred} portal
-over the accounts' L{AccountBook} (the single server's file, or the
-cluster's Redis: L{twisted_chat.server.accounts.store}), each address's share of
+(L{twisted_chat.server.accounts.cred}) over the accounts' L{AccountBook}
+(the single server's file, or the cluster's Redis:
+L{twisted_chat.server.accounts.records}), each address's share of
 the password threads (L{twisted_chat.server.accounts.passwordwork}) and of the new
 hashes, and the failure limits (L{twisted_chat.server.accounts.loginlimits}; in a
 cluster, also counted in Redis: L{SharedFailures}).  L{Login} is one
@@ -33,6 +34,8 @@ from twisted.python.failure import Failure
 
 from twisted_chat import wire
 from twisted_chat.server import logs
+from twisted_chat.server.accounts.cred import AccountChecker, IAccount, portal
+from twisted_chat.server.accounts.hashing import hash_password, password_problem
 from twisted_chat.server.accounts.loginlimits import (
     FailureLimiter,
     LoginLimits,
@@ -40,22 +43,17 @@ from twisted_chat.server.accounts.loginlimits import (
     nick_address_key,
 )
 from twisted_chat.server.accounts.passwordwork import Work, WorkBusy
-from twisted_chat.server.accounts.store import (
+from twisted_chat.server.accounts.records import (
     Account,
     AccountBook,
-    AccountChecker,
     AccountExists,
     AccountsFull,
     AccountStoreError,
     AccountsUnavailable,
-    IAccount,
-    Mode,
     NoSuchAccount,
     PasswordChanged,
-    hash_password,
-    password_problem,
-    portal,
 )
+from twisted_chat.server.config import Mode
 from twisted_chat.server.limits.addresses import AddressBook, AddressPolicy, Network
 from twisted_chat.wire import ErrorCode, LineError, nick_key
 

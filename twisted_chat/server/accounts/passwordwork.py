@@ -17,7 +17,7 @@ from twisted.internet import defer, threads
 from twisted.python.threadpool import ThreadPool
 
 from twisted_chat.server import logs
-from twisted_chat.server.accounts.store import make_dummy_hash
+from twisted_chat.server.accounts.hashing import make_dummy_hash
 
 __all__ = ["OwnsPasswordWork", "PasswordWork", "Work", "WorkBusy"]
 

@@ -1,10 +1,11 @@
 """
-Accounts: nicks protected by passwords, stored as salted scrypt hashes.
-
-This module is the storage and the credential check, with no reactor in it:
-the server (L{twisted_chat.server.accounts.login}) runs everything here on its own
-password threads, and the operator's tool (C{python -m twisted_chat.accounts})
-calls it directly.
+The accounts file: the single server's accounts in SQLite, with no reactor
+in it (docs/accounts.md, "Where accounts live").  The server
+(L{twisted_chat.server.accounts.login}) runs everything here on its own
+threads through L{SQLiteBook}, and the operator's tool
+(C{python -m twisted_chat.accounts}) calls it directly.  The hashes are
+made by L{twisted_chat.server.accounts.hashing}; the record and errors
+both stores share are in L{twisted_chat.server.accounts.records}.
 
 Where accounts live, and why not in the history database
 --------------------------------------------------------
@@ -24,189 +25,38 @@ signal.  The history store's locking stays exactly as it was.
 
 Opening the file per check costs well under a millisecond, next to the
 50 ms the password hash takes on purpose.
-
-Why scrypt (C{hashlib.scrypt}) and not argon2
----------------------------------------------
-Both are memory-hard, salted, slow-by-design password hashes that current
-guidance (OWASP) accepts; Argon2id is its first choice and scrypt the
-recommended alternative.  scrypt is in Python's standard library (backed by
-OpenSSL), so the server gains no compiled dependency to build, audit and keep
-up to date, and every Python 3.11 has it.  The parameters are stored with each
-hash (C{scrypt$N$r$p$salt$hash}), so they can be raised later without
-breaking existing accounts.  The defaults (N=2**14, r=8, p=1: 16 MiB and
-about 50 ms a check) are scrypt's 2009 parameters for interactive logins,
-below OWASP's current minimum (N=2**17, or N=2**14 with p=5): a choice of
-login latency and hashing-flood headroom over offline cost, with the
-numbers in docs/accounts.md ("The hash").
-
-The checker and the realm follow C{twisted.cred}: L{AccountChecker} is an
-C{ICredentialsChecker} for C{IUsernamePassword}, L{AccountRealm} turns the
-avatar ID (the nick as its account spells it) into an L{IAccount}, and
-L{portal} puts them together.
 """
 
 from __future__ import annotations
 
-import base64
 import contextlib
-import hashlib
-import hmac
 import os
-import secrets
 import sqlite3
 import threading
 import time
 import urllib.parse
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any
 
-from twisted.cred import error as cred_error
-from twisted.cred.checkers import ICredentialsChecker
-from twisted.cred.credentials import IUsernamePassword
-from twisted.cred.portal import IRealm, Portal
 from twisted.internet import defer
-from zope.interface import Attribute, Interface, implementer
 
-from twisted_chat.server.config import MEMORY, Mode
-from twisted_chat.wire import PASSWORD_MAX_BYTES, PASSWORD_MIN_BYTES, is_valid_nick, nick_key
+from twisted_chat.server.accounts.fileaccess import access_problem
+from twisted_chat.server.accounts.records import (
+    Account,
+    AccountExists,
+    AccountsFull,
+    AccountStoreError,
+    NoSuchAccount,
+    PasswordChanged,
+)
+from twisted_chat.server.config import MEMORY
+from twisted_chat.wire import is_valid_nick, nick_key
 
 __all__ = [
-    "AccountAdmin",
-    "AccountBook",
-    "AccountChecker",
-    "AccountExists",
-    "AccountRealm",
     "AccountStore",
-    "AccountStoreError",
-    "AccountsFull",
-    "AccountsUnavailable",
-    "IAccount",
-    "Mode",
-    "NoSuchAccount",
-    "PasswordChanged",
     "SQLiteBook",
     "accounts_path",
-    "hash_password",
-    "make_dummy_hash",
-    "password_problem",
-    "portal",
-    "verify_password",
 ]
-
-
-# -- passwords ---------------------------------------------------------------
-
-SCRYPT_N = 2**14
-SCRYPT_R = 8
-SCRYPT_P = 1
-_SALT_BYTES = 16
-_KEY_BYTES = 32
-# OpenSSL's default limit (32 MiB) is just above what N=2**14, r=8 needs;
-# stored hashes with bigger parameters get room to be checked.
-_MAXMEM = 256 * 1024 * 1024
-
-
-def password_problem(password: bytes) -> str | None:
-    """Why C{password} may not be used, or C{None} when it may."""
-    if not PASSWORD_MIN_BYTES <= len(password) <= PASSWORD_MAX_BYTES:
-        return (
-            f"a password is {PASSWORD_MIN_BYTES} to {PASSWORD_MAX_BYTES} bytes long"
-        )
-    return None
-
-
-def _b64(data: bytes) -> str:
-    return base64.b64encode(data).decode("ascii")
-
-
-def hash_password(
-    password: bytes, *, n: int = SCRYPT_N, r: int = SCRYPT_R, p: int = SCRYPT_P
-) -> str:
-    """A new salted hash of C{password}: C{scrypt$N$r$p$salt$hash}, base64."""
-    salt = secrets.token_bytes(_SALT_BYTES)
-    key = hashlib.scrypt(password, salt=salt, n=n, r=r, p=p, dklen=_KEY_BYTES, maxmem=_MAXMEM)
-    return f"scrypt${n}${r}${p}${_b64(salt)}${_b64(key)}"
-
-
-def verify_password(password: bytes, encoded: str) -> bool:
-    """Whether C{password} is the one C{encoded} was made from (constant time)."""
-    try:
-        scheme, n, r, p, salt, key = encoded.split("$")
-        if scheme != "scrypt":
-            return False
-        expected = base64.b64decode(key)
-        actual = hashlib.scrypt(
-            password,
-            salt=base64.b64decode(salt),
-            n=int(n),
-            r=int(r),
-            p=int(p),
-            dklen=len(expected),
-            maxmem=_MAXMEM,
-        )
-    except ValueError:  # a malformed hash never matches
-        return False
-    return hmac.compare_digest(actual, expected)
-
-
-# A hash no password matches in practice, checked when a nick has no account
-# so that the answer takes as long as for a wrong password.  Made once, by
-# make_dummy_hash at the server's start (it costs one hash: made at the first
-# such check, that check would take twice as long, and tell the nick has no
-# account); made at first use where nothing made it before.
-_dummy_hash: str | None = None
-_dummy_lock = threading.Lock()
-
-
-def _dummy() -> str:
-    global _dummy_hash
-    with _dummy_lock:
-        if _dummy_hash is None:
-            _dummy_hash = hash_password(secrets.token_bytes(32))
-        return _dummy_hash
-
-
-def make_dummy_hash() -> None:
-    """Make the hash a nick with no account is checked against, now (one
-    hash of work: the server runs it on its password threads at start)."""
-    _dummy()
-
-
-# -- storage -----------------------------------------------------------------
-
-
-class AccountStoreError(Exception):
-    """The accounts file cannot be used; C{str()} is one sentence naming it."""
-
-
-class AccountsUnavailable(AccountStoreError):
-    """The accounts cannot be reached now (the cluster's Redis is out of reach)."""
-
-
-class AccountExists(Exception):
-    """The nick has an account already."""
-
-
-class NoSuchAccount(Exception):
-    """The nick has no account."""
-
-
-class PasswordChanged(Exception):
-    """The account's password is not the one the caller proved any more: the
-    operator changed it, or removed the account and made it again."""
-
-
-class AccountsFull(Exception):
-    """There are C{--max-accounts} accounts already: C{REGISTER} makes no more."""
-
-
-@dataclass(frozen=True, slots=True)
-class Account:
-    nick: str  # as its owner spelled it
-    password_hash: str
-    created: float
-    changed: float
 
 
 #: C{PRAGMA application_id} of an accounts file: "CHAC" in ASCII.
@@ -249,54 +99,6 @@ def _denied(e: BaseException | str) -> bool:
         return True
     return isinstance(e, sqlite3.OperationalError) and str(e) in (
         "unable to open database file", "attempt to write a readonly database")
-
-
-def describe_user(uid: int) -> str:
-    """C{alice (uid 1000)}, or C{uid 1000} for a number with no name."""
-    import pwd
-
-    try:
-        return f"{pwd.getpwuid(uid).pw_name} (uid {uid})"
-    except KeyError:
-        return f"uid {uid}"
-
-
-def _allows(st: os.stat_result, need: int, uid: int, groups: set[int]) -> bool:
-    """Whether the mode of C{st} gives C{need} (of 4 read, 2 write, 1
-    search) to a process of C{uid} and C{groups} that is not root."""
-    if st.st_uid == uid:
-        bits = st.st_mode >> 6
-    elif st.st_gid in groups:
-        bits = st.st_mode >> 3
-    else:
-        bits = st.st_mode
-    return bits & need == need
-
-
-def access_problem(path: str) -> str | None:
-    """
-    Why this process may not use the accounts file C{path}, by the owners
-    and modes of the file and its folder (SQLite reads and writes the file,
-    and makes its journal in the folder), in words naming both users; or
-    C{None} when they allow it, or cannot be looked at.  Root is allowed
-    everything.
-    """
-    uid = os.geteuid()
-    if uid == 0:
-        return None
-    groups = {os.getegid(), *os.getgroups()}
-    folder = os.path.dirname(os.path.abspath(path))
-    for target, need, what in ((folder, 3, "folder"), (path, 6, "file")):
-        try:
-            st = os.stat(target)
-        except OSError:
-            continue
-        if not _allows(st, need, uid, groups):
-            return (f"permission denied: the {what} {target} is owned by "
-                    f"{describe_user(st.st_uid)}, mode {st.st_mode & 0o7777:04o}, and this "
-                    f"process runs as {describe_user(uid)}; the server's user must be able "
-                    "to read and write both the file and its folder (chown them to it)")
-    return None
 
 
 def accounts_path(db: str) -> str:
@@ -598,59 +400,6 @@ def _has(conn: sqlite3.Connection, nick: str) -> bool:
 # -- the server's view of a store ------------------------------------------------
 
 
-class AccountBook(Protocol):
-    """
-    Where the server's accounts live, as the server uses them: three calls
-    that return at once, with a C{Deferred}, and never block the reactor.
-    L{SQLiteBook} is the single server's file (read and written on the
-    password threads); the cluster's is in Redis
-    (L{twisted_chat.server.cluster.accounts.RedisBook}).  Hashing is not the
-    book's job: the caller hashes (on the password threads) and hands it the
-    hash.
-
-    A store that cannot be reached fails with L{AccountStoreError}
-    (L{AccountsUnavailable} when it is out of reach for now).
-    """
-
-    #: How a C{NICK} or C{PASS} the book could not answer is answered.
-    #: C{True}: C{RETRY unavailable}, the cluster's addition to the protocol
-    #: (docs/protocol.md).  C{False}: as the protocol has it for one server,
-    #: failing closed with the contract's own answers: the password is asked
-    #: (C{NICK}), C{RETRY bad-password} (C{PASS}).  Never C{READY}.
-    retry_unavailable: bool
-
-    def get(self, nick: str) -> defer.Deferred[Account | None]:
-        """The account of C{nick} (in any case), or C{None}."""
-
-    def add(
-        self, nick: str, password_hash: str, most: int | None = None
-    ) -> defer.Deferred[None]:
-        """Create the account, atomically: fails with L{AccountExists} if the
-        nick (in any case) has one, however many try at once; with
-        L{AccountsFull} if there are C{most} accounts already (C{None}: no
-        bound), counted atomically with the creation."""
-
-    def set_hash(
-        self, nick: str, password_hash: str, expected: str | None = None
-    ) -> defer.Deferred[None]:
-        """Replace the hash of the nick's account, atomically: fails with
-        L{NoSuchAccount} if it has none (never re-creates a removed one);
-        given C{expected}, with L{PasswordChanged} if the account's hash is
-        not that one any more (compared in the same atomic step: a session
-        cannot change a password the operator has reset since it proved
-        the old one)."""
-
-
-class AccountAdmin(AccountBook, Protocol):
-    """What the operator's tool needs besides (C{python -m twisted_chat.accounts})."""
-
-    def remove(self, nick: str) -> defer.Deferred[None]:
-        """Delete the account; fails with L{NoSuchAccount} if there is none."""
-
-    def list(self) -> defer.Deferred[list[Account]]:
-        """Every account, sorted by nick without regard to case."""
-
-
 class SQLiteBook:
     """
     An L{AccountStore} as an L{AccountBook}: each call runs through C{run}
@@ -684,96 +433,3 @@ class SQLiteBook:
 
     def list(self) -> defer.Deferred[list[Account]]:
         return self._run(self.store.list)
-
-
-# -- twisted.cred --------------------------------------------------------------
-
-
-class IAccount(Interface):
-    """The avatar of a login: the account the password opened."""
-
-    nick = Attribute("The nick as the account spells it.")
-    password_hash = Attribute(
-        "The hash the password was checked against: what the login proved "
-        "(a PASSWD changes the password only while it is still the account's).")
-
-
-@implementer(IAccount)
-@dataclass(frozen=True, slots=True)
-class LoggedIn:
-    nick: str
-    password_hash: str
-
-
-class AvatarId(str):
-    """
-    What L{AccountChecker} fires with: the nick as its account spells it (a
-    C{str}, the avatar ID of C{twisted.cred}), carrying the hash the
-    password was checked against, for the realm's L{LoggedIn}.
-    """
-
-    password_hash: str
-
-    def __new__(cls, nick: str, password_hash: str) -> AvatarId:
-        self = super().__new__(cls, nick)
-        self.password_hash = password_hash
-        return self
-
-
-@implementer(ICredentialsChecker)
-class AccountChecker:
-    """
-    Checks a nick and password against an L{AccountBook}; the avatar ID is
-    the nick as its account spells it.
-
-    The account is read from the book, then the password is checked
-    through C{run}, which puts the hash on a thread (the server's password
-    pool) and returns a C{Deferred}; tests pass a synchronous one.  A nick
-    without an account is checked against a dummy hash, so that "no such
-    account" and "wrong password" take the same time and fail the same way.
-    A book that cannot be read fails the login with its L{AccountStoreError}.
-    """
-
-    credentialInterfaces = (IUsernamePassword,)
-
-    def __init__(
-        self,
-        book: AccountBook,
-        run: Callable[..., defer.Deferred[Any]],
-    ) -> None:
-        self.book = book
-        self._run = run
-
-    def requestAvatarId(self, credentials: Any) -> defer.Deferred[Any]:
-        username: bytes = credentials.username
-        password: bytes = credentials.password
-        d = self.book.get(username.decode("utf-8"))
-        d.addCallback(lambda account: self._run(_check, account, password))
-        return d
-
-
-def _check(account: Account | None, password: bytes) -> AvatarId:
-    """On a password thread: the nick (with the hash checked), or
-    L{UnauthorizedLogin}."""
-    encoded = account.password_hash if account is not None else _dummy()
-    if verify_password(password, encoded) and account is not None:
-        return AvatarId(account.nick, account.password_hash)
-    raise cred_error.UnauthorizedLogin("wrong password or no such account")
-
-
-@implementer(IRealm)
-class AccountRealm:
-    """Turns an avatar ID (a nick) into an L{IAccount}."""
-
-    def requestAvatar(
-        self, avatarId: Any, mind: object, *interfaces: Any
-    ) -> tuple[Any, LoggedIn, Callable[[], None]]:
-        """C{avatarId} is L{AccountChecker}'s, the portal's only checker
-        (L{portal}): it carries the hash the password was checked against."""
-        if IAccount not in interfaces:
-            raise NotImplementedError("only IAccount avatars")
-        return IAccount, LoggedIn(avatarId, avatarId.password_hash), lambda: None
-
-
-def portal(checker: AccountChecker) -> Portal:
-    return Portal(AccountRealm(), [checker])

@@ -46,7 +46,7 @@ from twisted.internet.interfaces import IReactorTime
 from twisted.python.failure import Failure
 
 from twisted_chat.server.accounts.loginlimits import LoginLimits, nick_address_key
-from twisted_chat.server.accounts.store import (
+from twisted_chat.server.accounts.records import (
     Account,
     AccountExists,
     AccountsFull,

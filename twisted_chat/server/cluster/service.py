@@ -23,7 +23,6 @@ from twisted_chat import wire
 from twisted_chat.server import logs
 from twisted_chat.server.accounts import accountsetup
 from twisted_chat.server.accounts.passwordwork import OwnsPasswordWork, PasswordWork
-from twisted_chat.server.accounts.store import Mode
 from twisted_chat.server.cluster.accounts import RedisBook, RedisFailures
 from twisted_chat.server.cluster.budgets import RedisBuckets
 from twisted_chat.server.cluster.metrics import ClusterCollector
@@ -40,7 +39,7 @@ from twisted_chat.server.cluster.redisconn import (
     with_password_file,
 )
 from twisted_chat.server.cluster.redislog import RedisLog
-from twisted_chat.server.config import ServerConfig
+from twisted_chat.server.config import Mode, ServerConfig
 from twisted_chat.server.factory import ChatFactory, hub_settings
 from twisted_chat.server.history import History
 from twisted_chat.server.hub import User
