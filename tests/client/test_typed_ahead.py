@@ -23,7 +23,7 @@ from twisted.internet.testing import StringTransport
 from twisted_chat.client.login import Login
 from twisted_chat.client.pipe import PipeIO
 from twisted_chat.client.session import State
-from twisted_chat.wire import MEANT_FOR_LOBBY, list_cost
+from twisted_chat.wire import ACCOUNTS_UNAVAILABLE, MEANT_FOR_LOBBY, list_cost
 
 from .helpers import Keyboard, Session, session
 
@@ -177,7 +177,8 @@ STORE_OUT = "not sent: the chat's store refused to store it; send it again in a 
      "sent; it takes effect once when the store is back (its result then)", True),
     # It answers a message whose pair changed, not the ACCEPT.
     (f"ERROR unavailable {MEANT_FOR_LOBBY}bob when it came to be delivered; send it "
-     "again", True),
+     "again", True),    # It answers a REGISTER or PASSWD, not the ACCEPT.
+    (f"ERROR unavailable {ACCOUNTS_UNAVAILABLE} now; send it again in a moment", True),
 ])
 def test_an_accept_a_cluster_did_not_carry_out_is_not_in_flight_any_more(
     answer: str, ours: bool

@@ -7,14 +7,15 @@ client shows what these changes mean.
 
 from __future__ import annotations
 
-from twisted_chat.wire import ACCOUNTS_UNAVAILABLE, PAIR_CHANGED, list_cost_verb, nick_key
+from twisted_chat.wire import ACCOUNTS_UNAVAILABLE, list_cost_verb, nick_key
 
 # What the server answers a PAIR or ACCEPT that pairs nobody (chat/1, "Pairing").
 PAIRING_ERRORS = frozenset({"no-such-nick", "self", "busy", "no-invite", "pending"})
-# The texts of a cluster's ERROR unavailable that answer one kind of command:
-# a MSG whose pair changed, a REGISTER or PASSWD.  Any other may answer any
-# command, a pairing one included (docs/protocol.md, "Beyond chat/1").
-_UNAVAILABLE_FOR_ONE = (*PAIR_CHANGED, ACCOUNTS_UNAVAILABLE)
+# The text of a cluster's ERROR unavailable that answers a REGISTER or PASSWD
+# only.  Any other may answer any command, a pairing one included
+# (docs/protocol.md, "Beyond chat/1"); a MSG's "not sent" after a pair
+# change never comes here (replies.on_ERROR shows it as a message refused).
+_UNAVAILABLE_FOR_ONE = (ACCOUNTS_UNAVAILABLE,)
 # The commands an ERROR flood names when it does not do them for what the
 # user list in their answer would cost (wire.list_cost_verb).
 _PAIRING_VERBS = ("PAIR", "ACCEPT")
