@@ -143,6 +143,17 @@ def test_reads_do_not_create_the_file(tmp_path: Path) -> None:
     assert not path.exists()
 
 
+def test_a_file_name_that_is_not_utf8_is_kept(tmp_path: Path) -> None:
+    """rev20-ops F3: the C{file:} URI quoted the name as UTF-8, so a
+    Latin-1 byte in it (as C{--db} from argv) was a traceback."""
+    path = tmp_path / os.fsdecode(b"caf\xe9.accounts.sqlite3")
+    store = AccountStore(str(path))
+    store.check()
+    store.add("alice", "h")
+    assert store.exists("alice")
+    assert os.listdir(os.fsencode(tmp_path)) == [b"caf\xe9.accounts.sqlite3"]
+
+
 def test_file_is_private_and_held_by_nobody(tmp_path: Path) -> None:
     """
     The design: the file is opened per operation (nothing holds it), in the

@@ -532,6 +532,18 @@ def test_crash_leftovers_are_recovered_and_tidied(tmp_path: Path) -> Gen:
     assert sorted(p.name for p in tmp_path.iterdir()) == ["chat.sqlite3"]
 
 
+@pytest_twisted.inlineCallbacks
+def test_a_crash_log_beside_a_name_that_is_not_utf8_is_recovered(tmp_path: Path) -> Gen:
+    """rev20-ops F3: the read-only look at a crashed database quoted its
+    name for the C{file:} URI as UTF-8, a traceback for a Latin-1 byte."""
+    path = tmp_path / os.fsdecode(b"caf\xe9.sqlite3")
+    crash_leaving_wal(path)
+    store = SQLiteStore.open(str(path), reactor)
+    assert store.recent(1) == [Entry(5099.0, "bob", "after 99")]
+    yield timeout(store.close())
+    assert sorted(p.name for p in tmp_path.iterdir()) == [path.name]
+
+
 def test_corrupt_database_with_a_crash_log_is_refused_untouched(tmp_path: Path) -> None:
     path = tmp_path / "chat.sqlite3"
     crash_leaving_wal(path)

@@ -129,7 +129,7 @@ def _inspect_read_only(path: str, shown: str) -> None:
     """
     shm = path + "-shm"
     had_shm = os.path.exists(shm)
-    uri = "file:" + urllib.parse.quote(os.path.abspath(path)) + "?mode=ro"
+    uri = "file:" + urllib.parse.quote(os.fsencode(os.path.abspath(path))) + "?mode=ro"
     try:
         conn = sqlite3.connect(uri, uri=True, timeout=0, isolation_level=None)
     except sqlite3.Error:

@@ -164,7 +164,9 @@ class AccountStore:
     def _connect(self) -> sqlite3.Connection:
         """A connection to the file, which must exist: C{mode=rw} never
         creates it (a seam for tests)."""
-        uri = "file:" + urllib.parse.quote(self.path) + "?mode=rw"
+        # The path's own bytes (os.fsencode): a name that is not UTF-8 is
+        # kept, where quote(str) would encode it as UTF-8 and fail.
+        uri = "file:" + urllib.parse.quote(os.fsencode(self.path)) + "?mode=rw"
         return sqlite3.connect(uri, uri=True, timeout=self.busy_timeout, isolation_level=None)
 
     def missing(self) -> bool:
