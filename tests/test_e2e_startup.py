@@ -7,14 +7,16 @@ never a traceback; the log says each thing once.
 
 from __future__ import annotations
 
+import os
 import signal
 import socket
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 
-from tests.serverproc import LOOPBACK, TWISTD, LineClient, ServerProcess
+from tests.serverproc import LOOPBACK, TWISTD, LineClient, ServerProcess, unix_listening
 
 pytestmark = pytest.mark.e2e
 
@@ -126,6 +128,10 @@ def test_log_messages_puts_the_text_in_the_log_only_when_asked(tmp_path: Path) -
     (["--prot", "7000"], "option --prot not recognized"),
     (["--history", "x"], "--history: not an integer: 'x'"),
     (["--set-retention"], "--set-retention is for cluster mode (--redis) only"),
+    # rev20-ops F1, F2: a line of the operator's in every greeting; a traceback.
+    (["--server-name", "Team\r\nBYE x"],
+     "--server-name: control characters (a newline, a CR) are not allowed: 'Team\\r\\nBYE x'"),
+    (["--server-name", "Caf\udce9"], "--server-name: not UTF-8 text"),
 ])
 def test_a_usage_error_is_its_reason_and_a_hint_not_the_whole_help(
     tmp_path: Path, args: list[str], reason: str
@@ -190,3 +196,70 @@ def test_daemon_mode_keeps_log_keep_rotated_files(tmp_path: Path) -> None:
         "chat.log", "chat.log.1", "chat.log.2"]
     assert "u4 is ready" in logfile.read_text()
     assert "u3 is ready" in (tmp_path / "chat.log.1").read_text()
+
+
+@pytest.mark.parametrize("daemon", [False, True])
+def test_a_pidfile_in_a_missing_folder_is_one_line_and_exit_1(
+    tmp_path: Path, daemon: bool
+) -> None:
+    """rev20-ops F4 (README's /run/chat before it is made): twistd wrote the
+    pid file after start-up, a FileNotFoundError's traceback (in daemon
+    mode, a bytes repr on the terminal and two tracebacks in the log)."""
+    pidfile = tmp_path / "run" / "chat.pid"
+    twistd = ([f"--logfile={tmp_path / 'chat.log'}"] if daemon else ["-n"])
+    done = subprocess.run(
+        [TWISTD, *twistd, f"--pidfile={pidfile}", "chat", "--db", ":memory:",
+         "--port", f"tcp:0:interface={LOOPBACK}"],
+        cwd=tmp_path, stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=30)
+    assert done.returncode == 1
+    assert done.stdout == ""
+    assert done.stderr == (f"twistd chat: cannot write --pidfile {pidfile}: No such file or "
+                           f"directory (its folder {pidfile.parent} must exist first)\n")
+    assert list(tmp_path.iterdir()) == []  # checked before the log file is made
+
+
+def test_a_unix_socket_another_server_listens_on_is_one_line_saying_so(
+    tmp_path: Path
+) -> None:
+    """rev20-ops note: it said Twisted's "Cannot acquire lock"."""
+    path = tmp_path / "chat.sock"
+    first = ServerProcess(tmp_path, ["--db", ":memory:"], endpoint=f"unix:{path}").start()
+    try:
+        done = run_twistd(tmp_path, "--port", f"unix:{path}")
+        assert unix_listening(str(path))
+    finally:
+        assert first.stop() in (0, -signal.SIGTERM)
+    assert done.returncode == 1
+    assert "Traceback" not in done.stdout + done.stderr
+    said = [line for line in (done.stdout + done.stderr).splitlines() if "cannot listen" in line]
+    assert len(said) == 1, done.stdout + done.stderr
+    assert said[0].endswith(
+        f"cannot listen on --port unix:{path}: another process is already listening there")
+
+
+def test_a_db_name_that_is_not_utf8_works_for_the_server_and_the_tool(
+    tmp_path: Path
+) -> None:
+    """rev20-ops F3: the accounts file's C{file:} URI quoted a Latin-1 byte
+    as UTF-8: a traceback at start (the history file and an empty accounts
+    file left behind) and from the operator's tool."""
+    db = os.fsdecode(b"caf\xe9.sqlite3")
+    tool = subprocess.run(
+        [sys.executable, "-m", "twisted_chat.accounts", "add", "--create", "--db", db, "alice"],
+        input="first-password\n", capture_output=True, text=True, errors="surrogateescape",
+        cwd=tmp_path, timeout=60)
+    assert tool.returncode == 0, tool.stderr
+    server = ServerProcess(tmp_path, ["--db", db]).start()
+    try:
+        client = LineClient(server.port)
+        client.expect("NICK")
+        client.send("NICK alice")
+        assert client.readline() == "PASS alice"
+        client.send("PASS first-password")
+        assert client.readline().startswith("READY alice")
+        client.close()
+    finally:
+        assert server.stop() in (0, -signal.SIGTERM)
+    assert "Traceback" not in server.log()
+    assert sorted(os.listdir(os.fsencode(tmp_path))) >= [
+        b"caf\xe9.accounts.sqlite3", b"caf\xe9.sqlite3"]

@@ -528,3 +528,86 @@ def test_log_keep_s_help_says_it_applies_with_n_too() -> None:
     --log-keep work under -n --logfile FILE too (a nit of rev14-ops)."""
     [help_text] = [p[3] for p in Options.optParameters if p[0] == "log-keep"]
     assert help_text.startswith("With twistd's --logfile FILE (as a daemon or with -n):")
+
+
+@pytest.mark.parametrize(("name", "reason"), [
+    ("Team\nChat", "control characters (a newline, a CR) are not allowed: 'Team\\nChat'"),
+    ("Team\r\nBYE x", "control characters (a newline, a CR) are not allowed: 'Team\\r\\nBYE x'"),
+    ("Caf\udce9", "not UTF-8 text"),
+    ("é" * 51, "at most 100 bytes (UTF-8), not 102"),
+])
+def test_a_server_name_the_greeting_cannot_carry_is_a_usage_error(
+    name: str, reason: str
+) -> None:
+    """rev20-ops F1, F2: a newline split every HELLO in two (a line of the
+    operator's on the wire); a name that is not UTF-8 was a traceback."""
+    with pytest.raises(usage.UsageError) as e:
+        options("--server-name", name)
+    assert str(e.value) == f"--server-name: {reason}"
+
+
+def test_a_server_name_of_printable_text_is_taken() -> None:
+    name = "Café\tchat " + "x" * 88  # 100 bytes: TAB is allowed, as on the wire
+    assert options("--server-name", name).config().server_name == name
+
+
+class _Twistd(dict[str, Any]):
+    """twistd's options, as the plugin's C{parent} holds them."""
+
+
+def _with_pidfile(pidfile: str, *argv: str) -> Options:
+    chat = options(*argv)
+    chat.parent = _Twistd(pidfile=pidfile, chroot=None)  # type: ignore[attr-defined]
+    return chat
+
+
+def test_a_pidfile_in_a_missing_folder_stops_start_up_with_one_line(tmp_path: Path) -> None:
+    """rev20-ops F4: twistd wrote it after start-up, a FileNotFoundError's
+    traceback; now it is one line before any file is made."""
+    pidfile = tmp_path / "run" / "chat" / "chat.pid"
+    db = tmp_path / "chat.sqlite3"
+    with pytest.raises(SystemExit) as e:
+        makeService(_with_pidfile(str(pidfile), "--db", str(db)), ThreadedMemoryReactor())
+    assert str(e.value) == (f"twistd chat: cannot write --pidfile {pidfile}: No such file or "
+                            f"directory (its folder {pidfile.parent} must exist first)")
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("where", ["folder", "file"])
+def test_a_pidfile_that_cannot_be_written_stops_start_up_with_one_line(
+    tmp_path: Path, where: str
+) -> None:
+    pidfile = tmp_path / "chat.pid"
+    if where == "folder":
+        pidfile.mkdir()
+        reason = "Is a directory"
+    else:
+        (tmp_path / "file").write_text("")
+        pidfile = tmp_path / "file" / "chat.pid"
+        reason = f"Not a directory (its folder {pidfile.parent} must exist first)"
+    with pytest.raises(SystemExit) as e:
+        makeService(_with_pidfile(str(pidfile), "--db", ":memory:"), ThreadedMemoryReactor())
+    assert str(e.value) == f"twistd chat: cannot write --pidfile {pidfile}: {reason}"
+
+
+def test_a_pidfile_in_a_folder_that_is_there_is_left_to_twistd(tmp_path: Path) -> None:
+    top = makeService(_with_pidfile(str(tmp_path / "chat.pid"), "--db", ":memory:"),
+                      ThreadedMemoryReactor())
+    assert top is not None
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_unix_socket_another_server_holds_says_so() -> None:
+    """rev20-ops note: Twisted's own "Cannot acquire lock" (of the socket's
+    lock file) did not say that another process is listening there."""
+    class HeldReactor(ThreadedMemoryReactor):
+        def listenUNIX(self, address: str, *args: Any, **kwargs: Any) -> Any:
+            from twisted.internet.error import CannotListenError
+            raise CannotListenError(None, address.encode(), "Cannot acquire lock")
+
+    top = makeService(options("--port", "unix:/tmp/chat.sock", "--db", ":memory:"),
+                      HeldReactor())
+    with pytest.raises(StartupError) as e:
+        top.privilegedStartService()
+    assert str(e.value) == ("cannot listen on --port unix:/tmp/chat.sock: "
+                            "another process is already listening there")

@@ -35,14 +35,14 @@ from twisted_chat.server.limits.addresses import parse_network
 from twisted_chat.server.metrics import counters, metricsport
 from twisted_chat.server.output.fanout import MAX_FANOUT_WAIT
 from twisted_chat.server.output.sendqueue import send_loop
-from twisted_chat.server.ports import privileges
+from twisted_chat.server.ports import pidfile, privileges
 from twisted_chat.server.ports.listening import PortService, ReloadingSSLEndpoint, listen_on
 from twisted_chat.server.ports.reloading import Reloader
 from twisted_chat.server.ports.rotating import Rotator
 from twisted_chat.server.ports.stopping import stop_once
 from twisted_chat.server.store import SQLiteStore
 from twisted_chat.server.storefile import StoreError
-from twisted_chat.wire import DEFAULT_PORT
+from twisted_chat.wire import BAD_CHARS, DEFAULT_PORT
 
 _T = TypeVar("_T")
 
@@ -119,6 +119,28 @@ def _naming(name: str, coerce: Callable[[str], Any]) -> Callable[[str], Any]:
     return named
 
 
+#: The longest --server-name, in bytes of UTF-8: a name, not a banner.
+SERVER_NAME_MAX = 100
+
+
+def _server_name(value: str) -> str:
+    """
+    C{value}, if it can be the HELLO greeting's text: UTF-8 (a name from
+    a file in another encoding would stop every greeting), none of the
+    characters no chat/1 line may hold (a newline would put a line of the
+    operator's into every greeting), at most L{SERVER_NAME_MAX} bytes.
+    """
+    try:
+        size = len(value.encode("utf-8"))
+    except UnicodeEncodeError:
+        raise ValueError("not UTF-8 text") from None
+    if BAD_CHARS.search(value) is not None:
+        raise ValueError(f"control characters (a newline, a CR) are not allowed: {value!r}")
+    if size > SERVER_NAME_MAX:
+        raise ValueError(f"at most {SERVER_NAME_MAX} bytes (UTF-8), not {size}")
+    return value
+
+
 def _prefix(value: str) -> int:
     bits = int(value)
     if not 1 <= bits <= 128:
@@ -175,7 +197,8 @@ class Options(usage.Options):
          "change them; see docs/cluster.md."],
     ]
     optParameters = _named([
-        ["server-name", None, _defaults.server_name, "The name the HELLO greeting gives."],
+        ["server-name", None, _defaults.server_name,
+         "The name the HELLO greeting gives: UTF-8, at most 100 bytes, no control characters."],
         ["history", None, _defaults.history, "Lobby messages a newcomer is shown.",
          _non_negative(int)],
         ["max-line", None, _defaults.max_line, "Longest line accepted, in bytes.",
@@ -402,6 +425,7 @@ class Options(usage.Options):
             raise SystemExit(1) from None
 
     def postOptions(self) -> None:
+        _parsed("server-name", _server_name, self["server-name"])
         if not self["ports"]:
             self["ports"] = [f"tcp:{DEFAULT_PORT}"]
         if (self["accounts"] == Mode.REQUIRED.value and self["db"] == MEMORY
@@ -584,6 +608,9 @@ def _top(options: Options, who: privileges.Runner | None, reactor: Any) -> _Top:
     the signal is taken before the others start.
     """
     twistd = getattr(options, "parent", None)
+    said = pidfile.problem(twistd)
+    if said is not None:
+        raise SystemExit(said)
     top = _Top()
     try:
         with privileges.as_runner(who):

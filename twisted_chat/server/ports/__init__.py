@@ -15,6 +15,7 @@ privileges of a C{twistd} daemon.
     stops the server;
   - L{privileges}: under twistd's C{--uid}/C{--gid}, the files start-up
     makes are made as the user the server will run as;
+  - L{pidfile}: twistd's C{--pidfile}, checked before anything is made;
   - L{stopping}: a second SIGTERM or SIGINT during the shutdown is harmless;
   - L{signalled}: how SIGHUP and SIGUSR1 are taken, from the services'
     start on (before the reactor's).

@@ -74,10 +74,18 @@ class PortService(StreamServerEndpointService):
             # could not see (an endpoint type it does not know).
             cause = getattr(e, "socketError", e)
             why = getattr(cause, "strerror", None) or str(cause)
+            if why == UNIX_LOCK_HELD:
+                why = UNIX_IN_USE
             message = f"cannot listen on {self.option} {self.description}: {why}"
             self.log.critical("twistd chat: {message}", message=message)
             _quiet_startup_errors()
             raise StartupError(message) from None
+
+
+#: What Twisted says when a UNIX socket's lock file is another live
+#: process's (twisted.internet.unix.Port), and what the operator is told.
+UNIX_LOCK_HELD = "Cannot acquire lock"
+UNIX_IN_USE = "another process is already listening there"
 
 
 #: Twisted's endpoints that listen on a TCP port (L{tcp_address} reads them).
