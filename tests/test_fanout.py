@@ -349,6 +349,34 @@ def test_shutdown_delivers_what_waits() -> None:
     assert clock.getDelayedCalls() == []
 
 
+def test_a_leaver_gets_its_share_now_and_never_a_line_twice() -> None:
+    clock, fanout, members, _ = lobby(3)
+    old, new, other = members
+    fanout.add(b"before ")
+    fanout.add_joined(b"JOINED ", new)
+    fanout.add(b"after ")
+    fanout.leaving(old)
+    fanout.leaving(new)  # its share only: "before " is in its history
+    assert old.got == [b"before JOINED after "] and new.got == [b"after "]
+    fanout.leaving(old)  # a FIN, then the hub's departure: nothing twice
+    fanout.add(b"LEFT")
+    fanout.leaving(old)  # only what came since
+    assert old.got == [b"before JOINED after ", b"LEFT"]
+    members[:] = [other]  # the leavers are gone from the lobby
+    clock.advance(0)
+    assert other.got == [b"before JOINED after LEFT"]
+
+
+def test_lines_added_after_shutdown_go_nowhere_and_make_no_timer() -> None:
+    """The departures the server's closing makes come after BYE shutdown."""
+    clock, fanout, (member,), _ = lobby(1)
+    fanout.shutdown()
+    fanout.add(b"LEFT")
+    assert clock.getDelayedCalls() == []
+    fanout.flush()
+    assert member.got == []
+
+
 def test_the_default_reactor_here_has_a_probe() -> None:
     """twistd's default on Linux is the epoll reactor: the server paces by
     backlog there, not only in these tests."""

@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from twisted.internet.error import ConnectionAborted
+from twisted.internet.error import ConnectionAborted, ConnectionDone
 from twisted.python.failure import Failure
 
 from tests.harness import Conn, Harness
@@ -302,8 +302,100 @@ def test_a_newcomer_during_the_wait_gets_the_waiting_lines_as_history_only() -> 
 def test_someone_leaving_during_the_wait_comes_after_the_waiting_lines() -> None:
     h, (_, bob, carol) = two_waiting(("alice", "bob", "carol"))
     carol.drop()
+    now = h.clock.seconds()
+    h.clock.advance(WINDOW)  # LEFT rides with the batch
+    assert bob.take()[-2:] == [msg(h, "alice", "two", now),
+                               f"LEFT {format_ts(now)} carol disconnected"]
+
+
+def drop_together(conns: list[Conn]) -> None:
+    """The peers of C{conns} go away in one reactor turn."""
+    for conn in conns:
+        conn.closed = True
+        conn.protocol.connectionLost(Failure(ConnectionDone()))
+
+
+def test_departures_of_one_turn_reach_a_lobby_member_in_one_write() -> None:
+    """Each LEFT written to every member at once made n departures n writes
+    to each of the others: O(n^2) writes in one turn (rev20-attack 1)."""
+    h, _ = paced()
+    bob = h.user("bob")
+    leavers = [h.user(f"u{i}", host=f"127.0.0.{i + 2}") for i in range(20)]
+    writes = count_writes(bob)
+    drop_together(leavers)
+    h.clock.advance(0)
     now = format_ts(h.clock.seconds())
-    assert bob.take()[-2:] == [msg(h, "alice", "two"), f"LEFT {now} carol disconnected"]
+    assert bob.take() == [f"LEFT {now} u{i} disconnected" for i in range(20)]
+    assert len(writes) == 1
+
+
+def test_half_closes_of_one_turn_reach_a_lobby_member_in_one_write() -> None:
+    """A peer's FIN gives the peer its share of the waiting lines, not the
+    whole lobby its batch: a flush there made n FINs n writes to each."""
+    h, work = paced()
+    alice, bob, carol = h.user("alice"), h.user("bob"), h.user("carol")
+    leavers = [h.user(f"u{i}", host=f"127.0.0.{i + 2}") for i in range(20)]
+    work.waiting = True
+    alice.send("MSG one")
+    one = msg(h, "alice", "one")
+    writes = count_writes(bob)
+    for conn in [carol, *leavers]:
+        conn.protocol.readConnectionLost()
+    assert carol.take() == [one], "the peer that half-closed gets its share"
+    assert writes == []
+    now = format_ts(h.clock.seconds())
+    h.clock.advance(WINDOW)
+    assert bob.take() == [one, f"LEFT {now} carol disconnected",
+                          *[f"LEFT {now} u{i} disconnected" for i in range(20)]]
+    assert len(writes) == 1
+
+
+def test_a_paired_user_gets_each_left_directly() -> None:
+    h, _ = paced()
+    alice, bob, carol = h.user("alice"), h.user("bob"), h.user("carol")
+    alice.send("PAIR bob")
+    bob.send("ACCEPT alice")
+    h.clear_all()
+    carol.drop()
+    assert alice.take() == [f"LEFT {format_ts(h.clock.seconds())} carol disconnected"]
+
+
+def test_a_newcomer_gets_the_left_of_those_its_list_showed_and_no_other() -> None:
+    h, (_, bob, carol, dave) = two_waiting(("alice", "bob", "carol", "dave"))
+    two = msg(h, "alice", "two")
+    now = format_ts(h.clock.seconds())
+    drop_together([carol])  # before erin's list: not erin's to be told
+    erin = h.connect()
+    erin.take()
+    erin.send("NICK erin")
+    ready = erin.take()
+    assert "USER carol lobby" not in ready and "USER dave lobby" in ready
+    drop_together([dave])  # erin's list showed dave
+    h.clock.advance(WINDOW)
+    assert erin.take() == [f"LEFT {now} dave disconnected"]
+    assert bob.take()[-4:] == [two, f"LEFT {now} carol disconnected",
+                               f"JOINED {now} erin", f"LEFT {now} dave disconnected"]
+
+
+def test_a_user_pairing_in_the_turn_gets_the_waiting_lefts_before_paired() -> None:
+    h, (_, bob, carol, dave) = two_waiting(("alice", "bob", "carol", "dave"))
+    now = format_ts(h.clock.seconds())
+    bob.send("PAIR carol")
+    assert carol.take()[-1] == "INVITE bob"  # the waiting lines went before it
+    drop_together([dave])
+    carol.send("ACCEPT bob")
+    assert carol.take() == [f"LEFT {now} dave disconnected", "PAIRED bob"]
+    assert bob.take()[-2:] == [f"LEFT {now} dave disconnected", "PAIRED carol"]
+
+
+def test_a_leaver_gets_its_share_of_the_waiting_lines_before_its_bye() -> None:
+    h, (_, bob, carol) = two_waiting(("alice", "bob", "carol"))
+    carol.send("BYE night")
+    assert carol.take() == [msg(h, "alice", "one", h.clock.seconds() - 0.0005),
+                            msg(h, "alice", "two"), "BYE quit"]
+    now = format_ts(h.clock.seconds())
+    h.clock.advance(WINDOW)
+    assert bob.take()[-1] == f"LEFT {now} carol quit night"
 
 
 def test_shutdown_delivers_the_waiting_lines_before_bye() -> None:
@@ -330,8 +422,10 @@ def test_a_peer_that_half_closes_still_gets_the_waiting_lines() -> None:
     alice.protocol.readConnectionLost()  # alice's last byte came; she still reads
     assert alice.take()[-1] == msg(h, "alice", "two")
     assert alice.transport.disconnecting
-    now = format_ts(h.clock.seconds())
-    assert bob.take()[-2:] == [msg(h, "alice", "two"), f"LEFT {now} alice disconnected"]
+    now = h.clock.seconds()
+    h.clock.advance(WINDOW)  # LEFT rides with the batch
+    assert bob.take()[-2:] == [msg(h, "alice", "two", now),
+                               f"LEFT {format_ts(now)} alice disconnected"]
     h.clock.advance(WINDOW)
     assert alice.take() == [] and bob.take() == []
 
@@ -341,6 +435,7 @@ def test_half_close_in_a_quiet_lobby_is_a_disconnect() -> None:
     alice, bob = h.user("alice"), h.user("bob")
     alice.protocol.readConnectionLost()
     assert alice.transport.disconnecting
+    h.clock.advance(0)  # LEFT goes at the end of the turn
     assert bob.take() == [f"LEFT {format_ts(h.clock.seconds())} alice disconnected"]
     alice.drop()  # the transport then reports the close: nothing more happens
     assert bob.take() == []
@@ -482,7 +577,7 @@ def test_a_reader_cut_at_sendq_is_cut_at_the_batch_that_crosses_it() -> None:
     h.clock.advance(WINDOW)
     assert bob.transport.disconnected  # cut by the batch of all three
     bob.protocol.connectionLost(Failure(ConnectionAborted()))
-    h.clock.advance(0)
     left = f"LEFT {format_ts(h.clock.seconds())} bob sendq"
+    h.clock.advance(WINDOW)  # LEFT rides with the next batch
     seen = [line.split(" ")[2] if line.startswith("MSG") else line for line in carol.take()]
     assert seen == ["alice", "alice", "alice", "carol", left]

@@ -101,8 +101,14 @@ class Listener(Protocol):
     """
 
     def roster_changing(self) -> None:
-        """Someone is about to leave the lobby, or go offline: deliver what
-        was addressed to the lobby as it is now, and forget any user list."""
+        """Someone is about to leave the lobby for a pair, or come back to
+        it (going offline is L{leaving}): deliver what was addressed to the
+        lobby as it is now, and forget any user list."""
+
+    def leaving(self, user: User) -> None:
+        """C{user} is about to go offline: to C{user}, what was addressed to
+        the lobby while it was in it; forget any user list.  (The others may
+        get it later, with C{user}'s LEFT after it.)"""
 
     def ready(self, user: User) -> None:
         """C{user} has just come online, into the lobby: to C{user}, READY,
@@ -250,7 +256,7 @@ class Hub:
         """
         if not self.is_online(user):
             return
-        self.listener.roster_changing()
+        self.listener.leaving(user)
         del self.online[user.key]
         if self.lobby.pop(user.key, None) is not None:
             self.lobby_changes += 1

@@ -127,6 +127,13 @@ class LineListener:
         self.fanout.flush()
         self._roster = None
 
+    def leaving(self, user: User) -> None:
+        """Only the leaver gets the gathered lines now: a flush to everyone
+        here made a burst of n departures n writes to each member."""
+        if user.state is State.LOBBY and self._state().holds(user):
+            self.fanout.leaving(user.conn)
+        self._roster = None
+
     def lobby_message(self, entry: Entry, sender: User) -> None:
         self._history_block = None
         if self._state().holds(sender):
@@ -162,6 +169,12 @@ class LineListener:
             # Another node's newcomer gets nothing from this one: there is
             # no share to cut, and the batch keeps the fan-out's fast path.
             self.fanout.add(data)
+        self._write_to_paired(data)
+
+    def _write_to_paired(self, data: bytes) -> None:
+        """C{data} to this process's paired users, who are not in the
+        lobby's batch."""
+        state = self._state()
         online, lobby = state.counts()
         if online != lobby:  # some of this process's users are paired
             for other in state.own_users():
@@ -169,11 +182,13 @@ class LineListener:
                     other.conn.write(data)
 
     def left(self, ts: float, user: User, reason: str, text: str) -> None:
+        """LEFT rides with the lobby's lines of this turn, as JOINED does;
+        paired users get it directly."""
         self._user_lines.pop(user.key, None)
         self.forget_members()
         data = wire.line("LEFT", wire.format_ts(ts), user.nick, reason, text=text)
-        for other in self._state().own_users():
-            other.conn.write(data)
+        self.fanout.add(data)
+        self._write_to_paired(data)
 
     def private_message(self, ts: float, sender: User, recipient: User, text: str) -> None:
         data = wire.line("MSG", wire.format_ts(ts), sender.nick, recipient.nick, text=text)

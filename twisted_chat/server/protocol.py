@@ -210,7 +210,11 @@ class ChatProtocol:
             # lines behind it are handled first, as one server would.
             hold.input_ended = True
             return
-        self.ctx.fanout.flush()
+        user = self.user
+        if user is not None and user.state is State.LOBBY:
+            # Its share only: a flush to everyone made n peers' FINs in one
+            # turn n writes to each member (the others get it with the batch).
+            self.ctx.fanout.leaving(self)
         self.hang_up("disconnected")
         self._leave("disconnected")
 

@@ -98,6 +98,9 @@ class Silent:
     def roster_changing(self) -> None:
         pass
 
+    def leaving(self, user: User) -> None:
+        pass
+
     def ready(self, user: User) -> None:
         pass
 
@@ -148,6 +151,10 @@ class Forward:
     def roster_changing(self) -> None:
         self._before()
         self.listener.roster_changing()
+
+    def leaving(self, user: User) -> None:
+        self._before()
+        self.listener.leaving(user)
 
     def ready(self, user: User) -> None:
         self._before()

@@ -132,6 +132,9 @@ class OwnMembers:
     def roster_changing(self) -> None:
         self._listener.roster_changing()
 
+    def leaving(self, user: User) -> None:
+        self._listener.leaving(user)
+
     def ready(self, user: User) -> None:
         # READY, the history and the user list are for the newcomer alone:
         # its own node sends them.  Building them for a connection that

@@ -103,9 +103,9 @@ class LobbyFanout:
     turn's timer.  A lobby member's own writes call L{before_write} first.
     """
 
-    __slots__ = ("_backlog", "_busy", "_call", "_clock", "_first", "_late", "_members",
-                 "_on_batch", "_pending", "_reading", "_timer", "_turns", "_window",
-                 "_write_all")
+    __slots__ = ("_backlog", "_busy", "_call", "_clock", "_first", "_gone", "_late",
+                 "_members", "_on_batch", "_pending", "_reading", "_shut", "_timer", "_turns",
+                 "_window", "_write_all")
 
     def __init__(
         self,
@@ -128,6 +128,9 @@ class LobbyFanout:
         # Members who joined while lines were gathered: the index in
         # _pending from which the lines are theirs (the rest is history).
         self._late: dict[Member, int] = {}
+        # Members who were given their lines at their going (leaving): how
+        # many of _pending they had, so that a second call sends no line twice.
+        self._gone: dict[Member, int] = {}
         self._call: IDelayedCall | None = None
         self._first = 0.0  # when the first pending line came
         self._turns = 0
@@ -138,6 +141,8 @@ class LobbyFanout:
         self._busy = False
         # A connection's read is being handled (read): its end follows.
         self._reading = False
+        # After shutdown (BYE shutdown was the last line): nothing more.
+        self._shut = False
 
     def read(self, handle: Callable[[bytes], object], data: bytes) -> None:
         """
@@ -176,6 +181,8 @@ class LobbyFanout:
     def add(self, data: bytes) -> None:
         """C{data} goes to everyone in the lobby: at the end of this turn,
         or of this read (L{read})."""
+        if self._shut:
+            return
         pending = self._pending
         if not pending:
             # The first line of a gathering (a timer is made only with one).
@@ -191,6 +198,21 @@ class LobbyFanout:
         far, C{newcomer} gets only those added from now on."""
         self.add(data)
         self._late[newcomer] = len(self._pending)
+
+    def leaving(self, member: Member) -> None:
+        """C{member} is about to leave the lobby (offline): it gets now what
+        was gathered for it (its share, if it joined while the lines were
+        gathered); the others get it with the rest of the batch, its LEFT
+        after it (docs/fanout.md, "Order").  Called again (a peer's FIN,
+        then the hub's departure), it sends only lines added since."""
+        pending = self._pending
+        start = max(self._late.pop(member, 0), self._gone.get(member, 0))
+        if start < len(pending):
+            data = b"".join(pending[start:])
+            member.deliver(data)
+            if self._on_batch is not None:
+                self._on_batch(len(pending) - start, len(pending) - start, len(data), 0.0)
+            self._gone[member] = len(pending)
 
     def _turn_over(self) -> None:
         self._call = None
@@ -215,6 +237,8 @@ class LobbyFanout:
         if not pending:
             return
         self._pending = []
+        if self._gone:
+            self._gone = {}
         observe = self._on_batch
         began = self._timer() if observe is not None else 0.0
         lines = len(pending)
@@ -247,5 +271,7 @@ class LobbyFanout:
             observe(lines, deliveries, sent, self._timer() - began)
 
     def shutdown(self) -> None:
-        """Deliver what waits: the server is about to say goodbye."""
+        """Deliver what waits: the server is about to say goodbye; what is
+        added after (the departures it makes) goes to nobody."""
         self.flush()
+        self._shut = True
