@@ -11,12 +11,14 @@ connections on StringTransports.
 from __future__ import annotations
 
 import fcntl
+import gc
 import io
 import itertools
 import re
 import socket
 import sys
 import termios
+import weakref
 from collections.abc import Callable
 from typing import Any
 
@@ -414,6 +416,26 @@ def test_frames_behind_the_upgrade_request_in_its_read_are_the_websocket_s() -> 
     conn.transport.clear()
     conn.send(ws.text("PING later"))  # and it reads on
     assert [p for op, p in ws.parse(conn.transport.value())[0]] == [b"PONG later"]
+
+
+def test_the_http_channel_keeps_no_websocket_after_the_upgrade_read() -> None:
+    """rr20-core: the channel held the WebSocket its upgrade was handed to
+    (for the frames in the same read), so the channel, cyclic garbage once
+    its transport is taken over, kept each closed WebSocket alive until a
+    full collection.  (The WebSocket is cyclic garbage itself, autobahn's
+    is_closed Deferred holds it: a collection is needed either way.)"""
+    h = Harness()
+    conn = HTTPConn(h, make_site(h, timeout=30.0))
+    channel = conn.protocol  # held here, as a cycle holds it until a full GC
+    conn.upgrade()
+    websocket = weakref.ref(conn.transport.protocol)
+    conn.lose()
+    # What a real transport drops at its connectionLost.
+    conn.transport.protocol = None
+    conn.transport.unregisterProducer()
+    gc.collect()
+    assert websocket() is None
+    assert channel.transport is None  # (taken over: the channel itself is not read)
 
 
 # A request to /chat that autobahn refuses: the socket is autobahn's (the

@@ -146,7 +146,8 @@ class _Channel(RefusingChannel):
     _requests = 0
     # The transport the WebSocket took over (the channel's own is None then).
     taken: Any = None
-    # The WebSocket (autobahn's protocol) its upgrade request was handed to.
+    # The WebSocket (autobahn's protocol) its upgrade request was handed to,
+    # during the read that carried the request.
     websocket: Any = None
 
     def connectionMade(self) -> None:
@@ -180,6 +181,10 @@ class _Channel(RefusingChannel):
         if not self._refused:
             self._stop_idle()
         super().dataReceived(data)
+        # Later reads go to the WebSocket itself: the channel, cyclic garbage
+        # once its transport is taken over, kept the closed WebSocket alive
+        # until a full collection (rr20-core).
+        self.websocket = None
 
     def rawDataReceived(self, data: bytes) -> None:
         """
