@@ -786,11 +786,12 @@ class _Held(Resource):
         return NOT_DONE_YET
 
 
-def _slow_peer_asking(clock: Clock) -> tuple[Any, tuple[Any, Any], Any]:
+def _slow_peer_asking(clock: Clock, ask: bytes = b"GET /held HTTP/1.1\r\nHost: x\r\n\r\n",
+                      after: float = 0.0) -> tuple[Any, tuple[Any, Any], Any]:
     """A metrics site on C{clock} with a path whose answers wait (L{_Held}),
     and a connection from 127.0.0.40 on a L{_SlowPeerTransport} that has
-    asked for it: the site, the connection (channel, transport), and its
-    request, not answered yet."""
+    asked for it (C{ask}, C{after} s after its accept): the site, the
+    connection (channel, transport), and its request, not answered yet."""
     from twisted_chat.server.metrics.metricsport import metrics_site
 
     site = metrics_site(registry_for(Stats(), lambda: Snapshot(0, 0, 0, None)), clock)
@@ -798,7 +799,8 @@ def _slow_peer_asking(clock: Clock) -> tuple[Any, tuple[Any, Any], Any]:
     site.resource.putChild(b"held", held)
     got = metrics_connection(site, 40000, "127.0.0.40", transport_type=_SlowPeerTransport)
     assert got is not None
-    got[0].dataReceived(b"GET /held HTTP/1.1\r\nHost: x\r\n\r\n")
+    clock.advance(after)
+    got[0].dataReceived(ask)
     [request] = held.requests
     return site, got, request
 
@@ -1013,6 +1015,41 @@ def test_an_answer_under_way_at_the_end_of_its_life_is_let_finish(answer: str) -
     assert not transport.disconnecting
     clock.advance(port.METRICS_TAKEN_LOOK)
     assert transport.disconnecting and not transport.disconnected
+
+
+@pytest.mark.parametrize("ask", [
+    b"GET /held HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+    b"GET /held HTTP/1.0\r\n\r\n",
+])
+@pytest.mark.parametrize("peer", ["takes-it", "takes-nothing"])
+def test_an_answer_closing_at_the_end_of_its_life_is_let_finish(ask: bytes, peer: str) -> None:
+    """rr20-core: an answer that ends with a close (Connection: close, as
+    Python's urllib asks; HTTP/1.0; the last request), asked for just
+    before the life's end, was aborted (reset) there while its peer was
+    still taking it.  Its close waits for the peer, as any answer under
+    way is let finish: closed (a FIN) once taken, and aborted by the
+    close grace (3 s) if its peer takes nothing."""
+    from twisted_chat.server.metrics import metricsport as port
+
+    clock = Clock()
+    _, (channel, transport), request = _slow_peer_asking(clock, ask, port.METRICS_TIMEOUT - 0.5)
+    request.write(b"x" * 9688)
+    request.finish()
+    assert channel.close_started
+    aborted_at = clock.seconds() + channel.site.config.close_grace
+    clock.advance(0.1)
+    transport.take(2000)
+    clock.advance(0.5)  # past the life's end, the answer still being taken
+    assert not transport.disconnecting
+    if peer == "takes-it":
+        transport.take(transport._tempDataLen)
+        clock.advance(port.METRICS_TAKEN_LOOK)
+        assert transport.disconnecting and not transport.disconnected  # closed, not reset
+    else:
+        clock.advance(aborted_at - clock.seconds() - 0.01)
+        assert not transport.disconnecting
+        clock.advance(0.01)  # the close grace, from its start
+        assert transport.disconnected  # aborted
 
 
 def test_an_answer_let_finish_is_bounded_and_gives_way_to_a_scraper() -> None:

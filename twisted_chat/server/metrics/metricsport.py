@@ -317,9 +317,9 @@ def metrics_site(registry: CollectorRegistry, reactor: Any = None,
 
     class MetricsChannel(RefusingChannel):
         """One metrics connection: counted by its site while it is open,
-        aborted C{timeout} seconds after its accept (which also ends a
-        refusal's close that the peer holds up) unless an answer is under
-        way, or to make room for a newcomer once idle for L{METRICS_IDLE}."""
+        aborted C{timeout} seconds after its accept unless an answer is
+        under way or its close has started (the close grace ends that one),
+        or to make room for a newcomer once idle for L{METRICS_IDLE}."""
 
         site: MetricsSite
         _deadline: Any = None
@@ -378,14 +378,21 @@ def metrics_site(registry: CollectorRegistry, reactor: Any = None,
             cut); it is aborted L{METRICS_LIFE_LIMIT} s after its accept,
             whatever it does.  Before, the abort at the life's end cut
             (reset) the answer of a scraper reading slower than about
-            1 KB/s, and any scrape asked for near that end.
+            1 KB/s, and any scrape asked for near that end.  An answer
+            whose close has started (C{Connection: close}, HTTP/1.0, the
+            last request) is its close's: the close grace ends it.
             """
             self._deadline = None
             transport: Any = self.transport
             if transport is None:
                 return
             left = self.accepted_at + METRICS_LIFE_LIMIT - self.site.clock.seconds()
-            if left > 0 and not self.close_started:
+            if left > 0 and self.close_started:
+                # An answer ending with a close (Connection: close, HTTP/1.0,
+                # the last request): the close's own grace ends it.
+                self._deadline = self.callLater(left, self._expired)
+                return
+            if left > 0:
                 if self._handlingRequest or unsent(transport) > 0:
                     self.finishing = True
                     self._deadline = self.callLater(min(METRICS_TAKEN_LOOK, left), self._expired)
