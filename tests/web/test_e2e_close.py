@@ -4,6 +4,7 @@ peer that, as a busy browser tab, neither reads nor answers the close: it
 is reset once the close grace has passed, as a TCP connection is, and not
 sooner, so the BYE that says why is not dropped unread; and the TCP close
 autobahn makes after its own close frame leaves no orphan holding output.
+A browser's own close frame (a reload) makes its user leave at once.
 """
 
 from __future__ import annotations
@@ -88,6 +89,26 @@ def waiting_for(peer: ws.WsClient) -> tuple[list[str], list[int]]:
     return texts, [ws.close_code(payload) for op, payload in frames if op == ws.CLOSE]
 
 
+def hold_output_for(web: WebServer, peer: socket.socket, nick: str,
+                    sender: ws.WsClient, sender_nick: str) -> None:
+    """C{peer} (a L{ws_non_reader}) and C{sender} join as C{nick} and
+    C{sender_nick}; C{sender} says about 90 kB in the lobby, which C{peer}
+    does not read: more than it takes (a few kB, sometimes tens), less
+    than the kernel's buffer (--sndbuf), so that the server's socket holds
+    output for it and Twisted holds none."""
+    peer.sendall(ws.text(f"NICK {nick}"))
+    data = b""
+    while b"USERS " not in data:  # in the lobby: sent its lines from now on
+        data += peer.recv(65536)
+    sender.register(sender_nick)
+    for i in range(100):
+        sender.send(f"MSG {i} " + "x" * 900)
+    while " * 99 " not in sender.expect("MSG "):
+        pass  # its own copy of the last: the peer's are written too
+    wait_until(lambda: holding(web.web_port, [peer]), timeout=5,
+               what=lambda: f"output held: {server_side(web.web_port, [peer])}")
+
+
 def test_a_1007_to_a_non_reader_leaves_no_socket_holding_its_output(tmp_path: Path) -> None:
     """rr18-core #1: the abort timer of the server's close frame stood for
     "a TCP close under way", so the close autobahn makes right after its
@@ -100,20 +121,7 @@ def test_a_1007_to_a_non_reader_leaves_no_socket_holding_its_output(tmp_path: Pa
         peer = ws_non_reader(web.web_port)
         sender = ws.WsClient(web.web_port)
         try:
-            peer.sendall(ws.text("NICK utf8"))
-            data = b""
-            while b"USERS " not in data:  # in the lobby: sent its lines from now on
-                data += peer.recv(65536)
-            sender.register("sender")
-            # About 90 kB for the peer, which reads none: more than it takes
-            # (a few kB, sometimes tens), less than the kernel's buffer
-            # (--sndbuf): Twisted holds none of it at the close.
-            for i in range(100):
-                sender.send(f"MSG {i} " + "x" * 900)
-            while " * 99 " not in sender.expect("MSG "):
-                pass  # its own copy of the last: the peer's are written too
-            wait_until(lambda: holding(web.web_port, [peer]), timeout=5,
-                       what=lambda: f"output held: {server_side(web.web_port, [peer])}")
+            hold_output_for(web, peer, "utf8", sender, "sender")
             start = time.monotonic()
             peer.sendall(ws.frame(b"MSG \xff"))  # not UTF-8: autobahn's 1007
             wait_until(lambda: not holding(web.web_port, [peer]),
@@ -123,3 +131,32 @@ def test_a_1007_to_a_non_reader_leaves_no_socket_holding_its_output(tmp_path: Pa
         finally:
             peer.close()
             sender.close()
+
+
+def test_a_reloaded_page_gets_its_nick_back_at_once(tmp_path: Path) -> None:
+    """rev20-web F2: a page reloaded (F5) sends its close frame (1001) and
+    joins again under the same nick.  Its user left only when the TCP close
+    completed, which waits for the peer to take what is queued for it: a
+    page that had stopped reading (here: lobby lines it has not taken)
+    kept its nick, "alice is online already", until the close grace
+    aborted it, 3 s on.  It leaves at the close frame now."""
+    server = WebServer(tmp_path, "--flood-rate", "1000", "--flood-burst", "1000")
+    with served(server) as web:
+        old = ws_non_reader(web.web_port)
+        others = ws.WsClient(web.web_port)
+        reloaded: ws.WsClient | None = None
+        try:
+            hold_output_for(web, old, "alice", others, "bob")
+            start = time.monotonic()
+            old.sendall(ws.frame(b"\x03\xe9", opcode=ws.CLOSE))  # 1001: going away
+            left = others.expect("LEFT ")
+            after = time.monotonic() - start
+            assert left.endswith(" alice disconnected"), left
+            assert after < 0.5, f"alice left {after:.2f} s after her close frame"
+            reloaded = ws.WsClient(web.web_port)
+            reloaded.register("alice")  # READY alice, not RETRY taken
+        finally:
+            old.close()
+            others.close()
+            if reloaded is not None:
+                reloaded.close()

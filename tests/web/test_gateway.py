@@ -291,13 +291,14 @@ def test_binary_message_closes_1003_and_costs_nothing_else(
     frames = alice.frames()
     assert [op for op, _ in frames] == [ws.CLOSE]
     assert alice.closes == [1003]
-    # Not a line: no ERROR, nothing to the hub.
-    # Nothing more is read from it.
+    # Not a line: no ERROR; alice leaves at the close (nothing more
+    # reaches her), and nothing more is read from her.
+    assert bob.take() == [f"LEFT {ts(h)} alice disconnected"]
     alice.send("MSG after the close")
     assert bob.take() == []
     alice.send_frame(ws.frame(b"\x03\xe8", opcode=ws.CLOSE))
     alice.lose()
-    assert bob.take() == [f"LEFT {ts(h)} alice disconnected"]
+    assert bob.take() == []
 
 
 def test_invalid_utf8_closes_1007(h: Harness, gateway: ChatWebSocketFactory) -> None:
@@ -568,6 +569,39 @@ def test_bye_closes_1000_and_others_see_left(h: Harness, gateway: ChatWebSocketF
     assert bob.take() == []
 
 
+def test_the_user_leaves_at_the_browser_s_close_frame_not_at_the_tcp_close() -> None:
+    """rev20-web F2: a reloaded page (its close frame: 1001, going away)
+    was refused its own nick ("online already") until the TCP close
+    completed, up to the close grace (3 s) later.  The user leaves at the
+    close frame; the connection's slot is kept until the socket is lost."""
+    h = Harness(close_grace=3.0)
+    gateway = make_gateway(h)
+    bob, alice = tcp_and_browser(h, gateway)
+    alice.send_frame(ws.frame(b"\x03\xe9", opcode=ws.CLOSE))  # 1001
+    assert [op for op, _ in alice.frames()] == [ws.CLOSE]  # answered
+    assert not alice.transport.disconnected  # the TCP close not completed
+    assert bob.take() == [f"LEFT {ts(h)} alice disconnected"]
+    assert h.hub.find("alice") is None
+    assert alice.socket.chat in h.factory.connections  # its slot, until the socket goes
+    reloaded = WsConn(h, gateway)
+    assert reloaded.register("alice")[0].startswith("READY alice")
+    alice.lose()
+    assert bob.take() == [f"JOINED {ts(h)} alice"]
+    assert h.hub.find("alice") is not None
+
+
+def test_bye_then_the_close_frame_is_a_quit_with_its_text(
+    h: Harness, gateway: ChatWebSocketFactory
+) -> None:
+    """A page that says BYE as it goes, its close frame right behind it
+    in the same read: the user leaves with quit and the text, as on TCP."""
+    bob, alice = tcp_and_browser(h, gateway)
+    alice.send_frame(ws.text("BYE reloading") + ws.frame(b"\x03\xe9", opcode=ws.CLOSE))
+    assert bob.take() == [f"LEFT {ts(h)} alice quit reloading"]
+    alice.lose()
+    assert bob.take() == []
+
+
 def test_browser_going_away_is_a_disconnect(h: Harness, gateway: ChatWebSocketFactory) -> None:
     bob, alice = tcp_and_browser(h, gateway)
     alice.lose()
@@ -779,13 +813,15 @@ def test_a_close_the_browser_started_and_never_completes_is_aborted() -> None:
     alice.send_frame(ws.frame(b"\x03\xe8", opcode=ws.CLOSE))  # 1000
     assert alice.frames() == [(ws.CLOSE, b"\x03\xe8")]  # the answer
     assert alice.transport.disconnecting and not alice.transport.disconnected
+    assert bob.take() == [f"LEFT {ts(h)} alice disconnected"]  # at the close frame
     h.clock.advance(2.9)
     assert not alice.transport.disconnected
     h.clock.advance(0.1)
     assert alice.transport.disconnected  # aborted
     alice.lose()
-    assert bob.take() == [f"LEFT {ts(h)} alice disconnected"]
+    assert bob.take() == []
     assert h.hub.find("alice") is None
+    assert not h.factory.connections - {bob.protocol}
 
 
 def test_a_timely_close_leaves_no_abort_behind() -> None:
@@ -825,6 +861,7 @@ def test_a_close_the_server_starts_is_aborted_after_the_close_grace_not_before(
     alice.send_frame(frame)
     alice.frames()
     assert alice.closes == [code]
+    assert h.hub.find("alice") is None, "the user leaves at the close, not at its end"
     h.clock.advance(2.9)
     # (After the 1007, autobahn closes the TCP connection too, at once: a
     # FIN behind the close frame, not a reset.)

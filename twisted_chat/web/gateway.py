@@ -562,6 +562,35 @@ class ChatWebSocket(WebSocketServerProtocol):
         self._pending_pong = None
         self.sendPong(payload)
 
+    def onCloseFrame(self, code: int, reasonRaw: bytes) -> bool | None:
+        """
+        The peer's close frame (a browser's on reload or when its tab
+        goes: 1001): autobahn answers it and starts the TCP close, and the
+        chat user leaves now (L{_chat_user_leaves}), not when that close
+        completes, up to the close grace later.
+        """
+        handled = super().onCloseFrame(code, reasonRaw)
+        self._chat_user_leaves()
+        return handled
+
+    def _chat_user_leaves(self) -> None:
+        """
+        The WebSocket is closing (the peer's close frame, or one the
+        gateway or autobahn sent: 1002, 1003, 1007, 1009): nothing more is
+        framed for it, nor read as a line, so its chat user leaves now, as
+        a TCP peer's does at its FIN (C{readConnectionLost}: what it held
+        is handled first; a C{BYE} it sent before has made it leave with
+        C{quit} and its text already).  The chat connection stays, and its
+        counts with it, until the socket is lost (L{onClose}).  Before,
+        the user stayed online until the TCP close completed: a reloaded
+        page was refused its own nick ("online already") for up to the
+        close grace (3 s), and DMs to it meanwhile were confirmed to their
+        sender and dropped.
+        """
+        chat = self.chat
+        if chat is not None:
+            chat.readConnectionLost()
+
     def onClose(self, wasClean: bool, code: int | None, reason: str | None) -> None:
         built, self._built, self.chat = self._built, None, None
         if built is not None:
@@ -577,13 +606,16 @@ class ChatWebSocket(WebSocketServerProtocol):
         what it had not read yet, the C{BYE} that says why included.
         (autobahn's own timer for it, closeHandshakeTimeout, is off: it
         aborted 0-1 s after the close, its 1 s rounded down to the wall
-        clock's next whole second by txaio's batched timer.)
+        clock's next whole second by txaio's batched timer.)  Its chat
+        user leaves at once (L{_chat_user_leaves}).
         """
         started = not isReply and self.state == self.STATE_OPEN
         super().sendCloseFrame(code, reasonUtf8, isReply)
         if started and self._frame_grace is None:
             self._frame_grace = self.factory.reactor.callLater(
                 self.factory.close_grace, self.tcp.abortConnection)
+        if started:
+            self._chat_user_leaves()
 
     def dropConnection(self, abort: bool = False) -> None:
         """
