@@ -145,7 +145,10 @@ def test_the_users_of_a_node_that_died_as_redis_lost_its_data_are_shown_leaving(
     n0 is declared dead.  n1 rebuilds from nothing and n0 never says hello:
     once n1 finds n0's lease missing (a lease time after it is back), bob is
     shown alice and carol leave (he was shown them online; they used to stay
-    so in his client for good, while USERS no longer listed them)."""
+    so in his client for good, while USERS no longer listed them).  Each
+    is told as hub.leave tells a departure, C{leaving} then C{left}: a
+    C{roster_changing} before each flushed the lobby's batch per departure
+    (rr20-left 6)."""
     redis, clock, (n0, n1) = cluster(2)
     n0.user("alice")
     n0.user("carol")
@@ -154,8 +157,14 @@ def test_the_users_of_a_node_that_died_as_redis_lost_its_data_are_shown_leaving(
     redis.flushdb()
     _beats(redis, clock, 5)  # n1 sees the new epoch, rebuilds, says hello
     assert n1.nicks() == ["bob"] and n1.listener.departed() == []
+    start = len(n1.listener.calls)
     _beats(redis, clock, 20)
     assert n1.listener.departed() == ["alice", "carol"]
+    told = [(name, [a.nick for a in args if hasattr(a, "nick")])
+            for name, args in n1.listener.calls[start:]
+            if name in ("leaving", "left", "roster_changing")]
+    assert told == [("leaving", ["alice"]), ("left", ["alice"]),
+                    ("leaving", ["carol"]), ("left", ["carol"])]
     assert n1.nicks() == ["bob"] and n1.state.replica.afterloss.unseen == {}
     _beats(redis, clock, 20)
     assert n1.listener.departed() == ["alice", "carol"]  # once
@@ -237,3 +246,4 @@ def test_a_node_started_while_the_senders_node_lags_has_the_line_in_its_history(
     clock.advance(0)
     redis.pump()
     assert [e.text for e in n2.state.hub.history.recent()] == ["first", "lagged"]
+

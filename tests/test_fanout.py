@@ -367,6 +367,37 @@ def test_a_leaver_gets_its_share_now_and_never_a_line_twice() -> None:
     assert other.got == [b"before JOINED after LEFT"]
 
 
+def test_a_newcomer_with_nothing_after_its_joined_gets_nothing_when_leaving_twice() -> None:
+    """rr20-left 4: the first call consumed its cut (_late) and gave it
+    nothing; the second then sent it its history and its own JOINED."""
+    _, fanout, (_, new), _ = lobby(2)
+    fanout.add(b"before ")
+    fanout.add_joined(b"JOINED ", new)
+    fanout.leaving(new)
+    fanout.leaving(new)  # a FIN, then the hub's departure
+    assert new.got == []
+
+
+def test_a_leavers_share_is_counted_in_the_batchs_one_report() -> None:
+    """rr20-left 3: docs/metrics.md, once per batch: a leaver's share was
+    reported as a batch of its own."""
+    clock, _, members, backlog = lobby(3)
+    batches: list[tuple[int, int, int]] = []
+    fanout = LobbyFanout(clock, lambda: members, WINDOW, backlog,
+                         on_batch=lambda lines, deliveries, sent, _s: batches.append(
+                             (lines, deliveries, sent)))
+    fanout.add(b"ab")
+    fanout.leaving(members[0])  # its share: 1 line, 2 bytes
+    members.pop(0)
+    fanout.add(b"LEFT")
+    assert batches == []
+    clock.advance(0)
+    assert batches == [(2, 2 * 2 + 1, 6 * 2 + 2)]
+    fanout.add(b"c")
+    clock.advance(0)
+    assert batches[1:] == [(1, 2, 2)], "the next batch counts no share again"
+
+
 def test_lines_added_after_shutdown_go_nowhere_and_make_no_timer() -> None:
     """The departures the server's closing makes come after BYE shutdown."""
     clock, fanout, (member,), _ = lobby(1)

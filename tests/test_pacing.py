@@ -350,6 +350,47 @@ def test_half_closes_of_one_turn_reach_a_lobby_member_in_one_write() -> None:
     assert len(writes) == 1
 
 
+def test_timeouts_of_one_turn_reach_a_lobby_member_in_one_write() -> None:
+    """rr20-left 1: a BYE close (here no answer to PING) gives the leaver
+    its share and its BYE, not the whole lobby its batch: a flush there
+    made n timeouts in one turn n writes to each member."""
+    work = Work()
+    h = Harness(fanout_delay=WINDOW, backlog=work, idle_timeout=10.0, ping_timeout=5.0)
+    bob = h.user("bob")
+    leavers = [h.user(f"u{i}", host=f"127.0.0.{i + 2}") for i in range(20)]
+    h.clock.advance(10.0)  # everyone is sent PING; only bob answers
+    assert bob.take()[-1].startswith("PING")
+    bob.send("PONG x")
+    h.clear_all()
+    writes = count_writes(bob)
+    h.clock.advance(5.0)
+    now = format_ts(h.clock.seconds())
+    h.clock.advance(WINDOW)
+    assert sorted(bob.take()) == sorted(f"LEFT {now} u{i} timeout" for i in range(20))
+    assert len(writes) == 1
+    assert leavers[1].take()[-1].startswith("BYE timeout")
+
+
+def test_dropped_connections_are_given_no_share() -> None:
+    """rr20-left 2: a connection already closing writes nothing; its share
+    was still joined, counted as sent, then discarded."""
+    h, work = paced()
+    alice, bob = h.user("alice"), h.user("bob")
+    leavers = [h.user(f"u{i}", host=f"127.0.0.{i + 2}") for i in range(20)]
+    h.clear_all()
+    stats = h.factory.stats
+    work.waiting = True
+    alice.send("MSG one")
+    sent, discarded = stats.bytes_out, stats.discarded
+    to_alice, to_bob = count_writes(alice), count_writes(bob)
+    drop_together(leavers)
+    work.waiting = False
+    h.clock.advance(WINDOW)
+    assert len(bob.take()) == 21 and to_bob
+    assert stats.discarded == discarded
+    assert stats.bytes_out - sent == sum(map(len, to_alice + to_bob))
+
+
 def test_a_paired_user_gets_each_left_directly() -> None:
     h, _ = paced()
     alice, bob, carol = h.user("alice"), h.user("bob"), h.user("carol")

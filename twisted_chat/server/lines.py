@@ -129,8 +129,9 @@ class LineListener:
 
     def leaving(self, user: User) -> None:
         """Only the leaver gets the gathered lines now: a flush to everyone
-        here made a burst of n departures n writes to each member."""
-        if user.state is State.LOBBY and self._state().holds(user):
+        here made a burst of n departures n writes to each member.  A
+        connection already closing (dropped, cut) gets nothing: it writes no more."""
+        if user.state is State.LOBBY and self._state().holds(user) and not user.conn.closing:
             self.fanout.leaving(user.conn)
         self._roster = None
 

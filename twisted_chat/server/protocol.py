@@ -227,7 +227,16 @@ class ChatProtocol:
 
     def close(self, reason: str, text: str = "", farewell: str = "") -> None:
         """End the connection with C{BYE}; the hub hears C{reason}, C{farewell}."""
-        self.write(wire.line("BYE", reason, text=text))
+        bye = wire.line("BYE", reason, text=text)
+        user = self.user
+        if user is not None and user.state is State.LOBBY and self.send_queue is not None:
+            # Its share, then its BYE, as for a FIN (readConnectionLost): a
+            # flush to everyone made n timeouts in one turn n writes to each.
+            self.ctx.fanout.leaving(self)
+            self.ctx.stats.wrote(bye)
+            self.deliver(bye)
+        else:
+            self.write(bye)
         self.hang_up(reason)
         self._leave(reason, farewell)
 

@@ -657,8 +657,9 @@ class AfterLoss:
         listener = replica.hub.listener
         for _, nick in gone:
             if nick_key(nick) not in replica.hub.online:
-                listener.roster_changing()
-                listener.left(replica.clock.seconds(), stand_in(nick), "disconnected", "")
+                user = stand_in(nick)
+                listener.leaving(user)  # as hub.leave: no flush per departure
+                listener.left(replica.clock.seconds(), user, "disconnected", "")
 
     def shown_back(self, node: str, rows: list[list[Any]]) -> None:
         """

@@ -104,8 +104,8 @@ class LobbyFanout:
     """
 
     __slots__ = ("_backlog", "_busy", "_call", "_clock", "_first", "_gone", "_late",
-                 "_members", "_on_batch", "_pending", "_reading", "_shut", "_timer", "_turns",
-                 "_window", "_write_all")
+                 "_members", "_on_batch", "_pending", "_reading", "_shares", "_shut", "_timer",
+                 "_turns", "_window", "_write_all")
 
     def __init__(
         self,
@@ -131,6 +131,9 @@ class LobbyFanout:
         # Members who were given their lines at their going (leaving): how
         # many of _pending they had, so that a second call sends no line twice.
         self._gone: dict[Member, int] = {}
+        # Lines and bytes given to leavers (leaving) since the last flush:
+        # counted in that flush's one report, not as batches of their own.
+        self._shares = (0, 0)
         self._call: IDelayedCall | None = None
         self._first = 0.0  # when the first pending line came
         self._turns = 0
@@ -204,15 +207,16 @@ class LobbyFanout:
         was gathered for it (its share, if it joined while the lines were
         gathered); the others get it with the rest of the batch, its LEFT
         after it (docs/fanout.md, "Order").  Called again (a peer's FIN,
-        then the hub's departure), it sends only lines added since."""
+        then the hub's departure), it sends only lines added since.  Its
+        share is counted in the batch's one report (L{flush})."""
         pending = self._pending
         start = max(self._late.pop(member, 0), self._gone.get(member, 0))
         if start < len(pending):
             data = b"".join(pending[start:])
             member.deliver(data)
-            if self._on_batch is not None:
-                self._on_batch(len(pending) - start, len(pending) - start, len(data), 0.0)
-            self._gone[member] = len(pending)
+            lines, sent = self._shares
+            self._shares = (lines + len(pending) - start, sent + len(data))
+        self._gone[member] = len(pending)
 
     def _turn_over(self) -> None:
         self._call = None
@@ -237,8 +241,10 @@ class LobbyFanout:
         if not pending:
             return
         self._pending = []
+        shared, shared_bytes = self._shares
         if self._gone:
             self._gone = {}
+            self._shares = (0, 0)
         observe = self._on_batch
         began = self._timer() if observe is not None else 0.0
         lines = len(pending)
@@ -268,7 +274,7 @@ class LobbyFanout:
                     deliveries += lines - start
                     sent += len(part)
         if observe is not None:
-            observe(lines, deliveries, sent, self._timer() - began)
+            observe(lines, deliveries + shared, sent + shared_bytes, self._timer() - began)
 
     def shutdown(self) -> None:
         """Deliver what waits: the server is about to say goodbye; what is
