@@ -3084,11 +3084,10 @@ def composer(driver: Any) -> Any:
     return driver.find_element(By.ID, "composer-input")
 
 
-def too_long_comes_back(driver: Any) -> Any:
-    """Send a message of 4200 bytes (the server's --max-line is 4096): the
-    page says it was not sent, and it is back in the (empty) message box,
-    which is returned."""
-    long = "é" * 2100
+def too_long_comes_back(driver: Any, long: str = "é" * 2100) -> Any:
+    """Send a message of C{long} (4200 bytes: the server's --max-line is
+    4096): the page says it was not sent, and it is back in the (empty)
+    message box, which is returned."""
     field = composer(driver)
     driver.execute_script("arguments[0].value = arguments[1]", field, long)
     field.send_keys(Keys.ENTER)
@@ -3626,13 +3625,98 @@ def test_a_double_slash_sends_a_line_that_starts_with_a_slash(
     alice = recording(browser())
     join(alice, web, "alice")
     say(alice, "/etc/hosts is missing on the new box")
-    wait_notice(alice, "Unknown command /etc.")
-    wait_notice(alice, "//etc… sends a message that starts with /etc.")
+    wait_notice(alice, "Unknown command /etc/hosts.")
+    wait_notice(alice, "//etc/hosts… sends a message that starts with /etc/hosts.")
     say(alice, "//etc/hosts is missing on the new box")
     assert lobby_lines(carol, 1) == ["alice: /etc/hosts is missing on the new box"]
     assert [line for line in sent(alice) if line.startswith("MSG")] == [
         "MSG /etc/hosts is missing on the new box"]
     assert recalled(alice, 1) == ["//etc/hosts is missing on the new box"]  # as typed
+
+
+def test_every_line_that_starts_with_one_slash_is_a_command(
+    web: WebServer, browser: Callable[..., Any], tcp: Callable[[str], LineClient]
+) -> None:
+    """The command's name was ASCII word characters only: "/?", "/",
+    "/ hello", "/é" and "/:)" went to the whole lobby (and its history),
+    and "/quit!" quit saying "!". As in the terminal client, the name is
+    all up to the first blank: "/?" is /help, the others are unknown, and
+    nothing is sent."""
+    carol = tcp("carol")
+    alice = recording(browser())
+    join(alice, web, "alice")
+    say(alice, "/?")
+    wait_notice(alice, "Commands:")
+    for typed, name in [("/", "/."), ("/ hello", "/."), ("/é", "/é."), ("/:)", "/:)."),
+                        ("/quit!", "/quit!.")]:
+        say(alice, typed)
+        wait_notice(alice, f"Unknown command {name}")
+    say(alice, "//done")
+    assert lobby_lines(carol, 1) == ["alice: /done"]
+    assert [line for line in sent(alice) if line.startswith(("MSG", "BYE", "HELP"))] == [
+        "MSG /done"]
+
+
+def test_a_paste_far_over_the_line_limit_is_not_sent_and_stays_in_the_box(
+    web: WebServer, browser: Callable[..., Any], tcp: Callable[[str], LineClient]
+) -> None:
+    """20,000 bytes (over the WebSocket's 16 KiB limit): the server closed
+    the connection (1009), everyone saw alice leave and join again, the
+    box was emptied and the page said the text "may not have arrived".
+    The page knows the server's --max-line (<html data-max-line>) and does
+    not send a longer line: it says so, keeps the text, stays connected."""
+    carol = tcp("carol")
+    alice = recording(browser())
+    join(alice, web, "alice")
+    field = too_long_comes_back(alice, "b" * 20000)
+    assert not [line for line in sent(alice) if line.startswith("MSG")]
+    field.send_keys(Keys.ESCAPE)
+    say(alice, "still here")  # the same connection: carol sees no LEFT before it
+    assert carol.expect(lambda line: line.startswith(("MSG", "LEFT"))).endswith(
+        "alice * still here")
+
+
+def test_a_line_over_the_websocket_limit_says_why_the_connection_closed(
+    web: WebServer, browser: Callable[..., Any], tcp: Callable[[str], LineClient]
+) -> None:
+    """A page whose line limit is out of date (here: set to 100,000 before
+    app.js reads it) sends 20,000 bytes; the server closes the WebSocket
+    with 1009. The page said only "Disconnected", then that the text "may
+    not have arrived": it now says what the close code means."""
+    tcp("carol")
+    alice = browser()
+    alice.execute_cdp_cmd("Page.addScriptToEvaluateOnNewDocument", {"source": (
+        "new MutationObserver((_, o) => { if (document.documentElement) {"
+        " document.documentElement.dataset.maxLine = '100000'; o.disconnect(); } })"
+        ".observe(document, {childList: true});")})
+    join(alice, web, "alice")
+    say_long = composer(alice)
+    alice.execute_script("arguments[0].value = arguments[1]", say_long, "b" * 20000)
+    say_long.send_keys(Keys.ENTER)
+    wait_notice(alice, "The server closed the connection: a line sent was far too long for it")
+
+
+def test_leaving_the_page_leaves_the_chat_and_coming_back_rejoins(
+    web: WebServer, browser: Callable[..., Any], tcp: Callable[[str], LineClient]
+) -> None:
+    """A page left by navigation stayed in Chromium's back/forward cache
+    with its WebSocket open: its user online, frozen, for up to 180 s (the
+    nick refused to all, DMs to them confirmed and never shown). Leaving
+    the page now leaves the chat at once (BYE); Back rejoins."""
+    bob = tcp("bob")
+    alice = browser()
+    join(alice, web, "alice")
+    bob.expect("JOINED ")
+    alice.execute_script(
+        "window.addEventListener('pageshow', e => { window.restored = e.persisted; })")
+    alice.get("about:blank")
+    left = bob.expect(lambda line: line.startswith("LEFT "), timeout=3)
+    assert left.split()[2:4] == ["alice", "quit"]
+    alice.back()
+    assert bob.expect(lambda line: line.startswith("JOINED "), timeout=WAIT).split()[2] == "alice"
+    assert alice.execute_script("return window.restored") is True  # from the cache
+    bob.send("DM alice welcome back")
+    wait_texts(alice, ["welcome back"], conv="dm:bob")
 
 
 def test_users_and_who_list_who_is_online_in_the_conversation_at_phone_width(

@@ -183,16 +183,19 @@ def test_the_page_and_its_files_are_revalidated_on_every_use(web: WebServer) -> 
 
 
 @pytest.mark.e2e
-def test_the_page_carries_the_servers_flood_rule(tmp_path: Path) -> None:
+def test_the_page_carries_the_servers_flood_rule_and_line_limit(tmp_path: Path) -> None:
     # The page paces its own lines by it (docs/web.md, "Flood control and
-    # the user list"); the file itself has the defaults.
-    with served(WebServer(tmp_path, "--flood-rate", "2.5", "--flood-burst", "7")) as web:
+    # the user list"), and sends no line over --max-line; the file itself
+    # has the defaults.
+    with served(WebServer(tmp_path, "--flood-rate", "2.5", "--flood-burst", "7",
+                          "--max-line", "1024")) as web:
         head, body = get(web, "/")
     assert head.startswith("HTTP/1.1 200")
     assert header(head, "Content-Type") == "text/html; charset=utf-8"
     html = (STATIC / "index.html").read_bytes()
-    assert body == html.replace(b'data-flood-rate="10" data-flood-burst="20"',
-                                b'data-flood-rate="2.5" data-flood-burst="7"', 1)
+    assert body == html.replace(
+        b'data-flood-rate="10" data-flood-burst="20" data-max-line="4096"',
+        b'data-flood-rate="2.5" data-flood-burst="7" data-max-line="1024"', 1)
     assert body != html
 
 
@@ -200,8 +203,9 @@ def test_the_page_file_has_the_default_flood_rule() -> None:
     html = (STATIC / "index.html").read_bytes()
     config = ServerConfig()
     assert render_page(html, config.flood_rate, config.flood_burst) == html
-    assert render_page(html, 0.0, 1).count(b'data-flood-rate="0" data-flood-burst="1"') == 1
-    with pytest.raises(ValueError, match="data-flood-rate"):
+    assert render_page(html, 0.0, 1, 512).count(
+        b'data-flood-rate="0" data-flood-burst="1" data-max-line="512"') == 1
+    with pytest.raises(ValueError, match="data-max-line"):
         render_page(b"<!DOCTYPE html>\n<html lang=\"en\">\n", 10.0, 20)
 
 

@@ -434,17 +434,23 @@ class _Files(static.File):
 
 # The server's flood rule, written into the page's <html> element: the page
 # paces its own lines by it (docs/web.md, "Flood control and the user list").
-_FLOOD_RULE = re.compile(rb'<html([^>]*?) data-flood-rate="[^"]*" data-flood-burst="[^"]*"')
+# Its --max-line too: the page does not send a longer line (a paste far
+# over it would close the WebSocket, 1009).
+_FLOOD_RULE = re.compile(
+    rb'<html([^>]*?) data-flood-rate="[^"]*" data-flood-burst="[^"]*" data-max-line="[^"]*"')
 
 
-def render_page(html: bytes, flood_rate: float, flood_burst: int) -> bytes:
-    """C{index.html} with the chat server's C{--flood-rate} and
-    C{--flood-burst} in its C{data-flood-rate} and C{data-flood-burst}
-    (the file has the defaults, so the defaults serve it byte for byte)."""
-    rule = f' data-flood-rate="{flood_rate:g}" data-flood-burst="{flood_burst:d}"'.encode()
+def render_page(html: bytes, flood_rate: float, flood_burst: int, max_line: int = 4096) -> bytes:
+    """C{index.html} with the chat server's C{--flood-rate},
+    C{--flood-burst} and C{--max-line} in its C{data-flood-rate},
+    C{data-flood-burst} and C{data-max-line} (the file has the defaults,
+    so the defaults serve it byte for byte)."""
+    rule = (f' data-flood-rate="{flood_rate:g}" data-flood-burst="{flood_burst:d}"'
+            f' data-max-line="{max_line:d}"').encode()
     page, found = _FLOOD_RULE.subn(lambda m: b"<html" + m.group(1) + rule, html, count=1)
     if not found:
-        raise ValueError("index.html has no data-flood-rate and data-flood-burst on <html>")
+        raise ValueError("index.html has no data-flood-rate, data-flood-burst and"
+                         " data-max-line on <html>")
     return page
 
 
@@ -523,7 +529,7 @@ def web_site(chat: ChatFactory, web: WebConfig, reactor: Any = None,
     files = _Files(str(static_dir), defaultType="application/octet-stream")
     config = chat.config
     page = _Page(render_page((static_dir / PAGE).read_bytes(),
-                             config.flood_rate, config.flood_burst))
+                             config.flood_rate, config.flood_burst, config.max_line))
     root = _Root(page, files, _Socket(gateway))
     site = WebSite(root, gateway, chat, web)
     if reactor is not None:

@@ -750,6 +750,21 @@
     return { rate, burst, room: Math.max(1, burst - rate * FLOOD_JITTER) };
   })();
 
+  // The server's longest line in bytes of UTF-8 (--max-line), written
+  // into the page (<html data-max-line>): a longer one is not sent
+  // (submitMessage), as its ERROR too-long would say, and one far longer
+  // would close the WebSocket (1009).
+  const MAX_LINE = (() => {
+    const n = Number(document.documentElement.dataset.maxLine);
+    return Number.isInteger(n) && n > 0 ? n : 4096;
+  })();
+  function utf8Length(line) {
+    return new TextEncoder().encode(line).length;
+  }
+  function tooLong(line) {
+    return utf8Length(line) > MAX_LINE;
+  }
+
   // Lines held at most (the terminal client's QUEUE_MAX): 100 s of lines at
   // the default rate. One more is refused, and said (send).
   const OUTBOX_MAX = 1000;
@@ -1196,11 +1211,35 @@
         handle(line);
       }
     };
-    ws.onclose = () => {
+    ws.onclose = (event) => {
       if (ws !== state.ws) return;
+      // 1009: a message over the server's WebSocket limit (far over its
+      // line limit, which the page checks before sending: a page edited,
+      // or a server whose limit changed since the page was loaded).
+      if (event.code === 1009) notice(lobby(), "The server closed the connection: a line sent was far too long for it (over its limit in bytes).", { error: true });
       closed();
     };
   }
+
+  // -- leaving the page ---------------------------------------------------------------
+  //
+  // A page left by navigation (a link, a typed URL, Back) may be kept,
+  // frozen, in the browser's back/forward cache with its socket open: its
+  // user stayed online answering nothing until the server's ping timeout,
+  // the nick refused to everyone, DMs to them confirmed and never shown.
+  // Leaving the page leaves the chat as /quit does (BYE, then the socket is
+  // closed); a page brought back from that cache (pageshow, persisted)
+  // connects again, as after a lost connection (docs/web.md, "Leaving the
+  // page").
+  window.addEventListener("pagehide", () => {
+    const ws = state.ws;
+    if (!ws) return;
+    if (ws.readyState === WebSocket.OPEN) ws.send("BYE");
+    dropSocket();
+  });
+  window.addEventListener("pageshow", (event) => {
+    if (event.persisted && !state.ws && !state.leaving) connect();
+  });
 
   // The page gives up the connection of the moment (if any): its socket is
   // closed, and whatever it still does is ignored (its handlers look for
@@ -2384,7 +2423,10 @@
     // start with a slash ("/etc/hosts is missing").
     const escaped = typed.startsWith("//");
     const text = escaped ? typed.slice(1) : typed;
-    const cmd = escaped ? null : /^\/(\w+)\s*(.*)$/.exec(text);
+    // Any other line that starts with "/" is a command, its name all up to
+    // the first blank, as in the terminal client (commands.py): "/?" is
+    // /help; "/", "/ hi", "/é" and "/quit!" are unknown, and not sent.
+    const cmd = escaped ? null : /^\/([^ \t]*)[ \t]*(.*)$/s.exec(text);
     // "@NICK TEXT" is a direct message to NICK, wherever it is typed: the
     // terminal client's meaning (docs/client.md). It was a lobby message
     // here, so a line meant for one person went to everyone, and into the
@@ -2398,7 +2440,7 @@
       const [, name, rest] = cmd;
       const [arg, body] = parse(rest, 1);
       switch (name.toLowerCase()) {
-        case "help":
+        case "help": case "?":
           if (!rest) {
             for (const text of HELP) notice(conv, text);
             return;
@@ -2422,9 +2464,11 @@
             askAccountPassword(name.toLowerCase() === "register" ? "REGISTER" : "PASSWD");
           }
           return;
-        default:
-          notice(conv, `Unknown command /${name}. Try /help, /dm NICK TEXT, /invite NICK, /leave, /register, /quit; //${name}… sends a message that starts with /${name}.`, { error: true });
+        default: {
+          const shown = name.length <= 20 ? name : name.slice(0, 20) + "…";
+          notice(conv, `Unknown command /${shown}. Try /help, /dm NICK TEXT, /invite NICK, /leave, /register, /quit; //${name}… sends a message that starts with /${shown}.`, { error: true });
           return;
+        }
       }
     } else if (conv.id === "lobby") {
       line = "MSG " + text;
@@ -2435,6 +2479,22 @@
       // the whole lobby, and into its history. A DM goes to that person
       // only, or to nobody (ERROR no-such-nick); its copy back is the same.
       line = `DM ${conv.peer} ${text}`;
+    }
+    if (tooLong(line)) {
+      // Not sent: the server's line limit is known (<html data-max-line>),
+      // and a line far over it (a paste) would cost the connection
+      // (WebSocket close 1009). Said as the server's ERROR too-long is.
+      const input = $("composer-input");
+      let back = "";
+      if (current() === conv && !input.value) {
+        input.value = typed;
+        back = " It is back in the message box, to shorten.";
+      } else if (current() !== conv && !conv.draft) {
+        conv.draft = typed;
+        back = " It is back in its message box, to shorten.";
+      }
+      notice(conv, `Your message was too long for the server (at most ${MAX_LINE} bytes a line) and was not sent.${back}`, { error: true });
+      return;
     }
     const sent = send(line, sentMessage(line, typed));
     if (sent && line === "USERS") state.listFor = conv.id;
