@@ -3719,6 +3719,34 @@ def test_leaving_the_page_leaves_the_chat_and_coming_back_rejoins(
     wait_texts(alice, ["welcome back"], conv="dm:bob")
 
 
+def test_accept_and_reject_answer_an_invitation_as_in_the_terminal_client(
+    web: WebServer, browser: Callable[..., Any], tcp: Callable[[str], LineClient]
+) -> None:
+    """/accept, /reject (and /decline, /names) were "Unknown command" in the
+    page, though the terminal client has them: a keyboard user could not
+    answer an invitation by typing. Bare, they answer the only one open."""
+    carol, dave = tcp("carol"), tcp("dave")
+    alice = recording(browser())
+    join(alice, web, "alice")
+    say(alice, "/accept")
+    wait_notice(alice, "Usage: /accept NICK (or the Accept button on an invitation). "
+                       "Nothing was sent.")
+    carol.send("PAIR alice")
+    wait(alice, lambda d: d.find_elements(By.CSS_SELECTOR, '[data-invite="carol"]'))
+    say(alice, "/decline carol")
+    assert carol.expect("DECLINED ").split()[1] == "alice"
+    wait_notice(alice, "You declined carol's invitation.")
+    dave.send("PAIR alice")
+    wait(alice, lambda d: d.find_elements(By.CSS_SELECTOR, '[data-invite="dave"]'))
+    say(alice, "/accept")
+    assert dave.expect("PAIRED ").split()[1] == "alice"
+    conv_name(alice, "Private conversation with dave")
+    say(alice, "/names")
+    wait(alice, lambda d: any("3 online:" in n for n in notices(d, "dm:dave")))
+    assert [line for line in sent(alice) if line.startswith(("ACCEPT", "REJECT"))] == [
+        "REJECT carol", "ACCEPT dave"]
+
+
 def test_users_and_who_list_who_is_online_in_the_conversation_at_phone_width(
     web: WebServer, browser: Callable[..., Any], tcp: Callable[[str], LineClient]
 ) -> None:
@@ -3747,7 +3775,7 @@ def test_users_and_who_list_who_is_online_in_the_conversation_at_phone_width(
                               for n in notices(d, "dm:carol")))
     assert not [n for n in notices(phone, "dm:carol") if "Unknown command" in n]
     say(phone, "/help")
-    wait(phone, lambda d: any(n.endswith("/users — who is online, listed here (also /who)")
+    wait(phone, lambda d: any(n.endswith("/users — who is online, listed here (also /who, /names)")
                               for n in notices(d, "dm:carol")))
 
 

@@ -2270,7 +2270,8 @@
     "@NICK TEXT — a direct message to NICK, as in the terminal client (also /dm NICK TEXT, /msg)",
     "/invite NICK — invite NICK to a private conversation (also /pair)",
     "/leave — leave the private conversation, or withdraw your invitation (also /unpair)",
-    "/users — who is online, listed here (also /who)",
+    "/accept [NICK], /reject [NICK] — answer an invitation (also /decline; the one open, if only one)",
+    "/users — who is online, listed here (also /who, /names)",
     "/register — protect your nickname with a password (asked for twice, not shown)",
     "/passwd — change that password (also /password)",
     "/quit [TEXT] — leave, with an optional goodbye",
@@ -2415,6 +2416,27 @@
     return `DM ${nick} ${body}`;
   }
 
+  // "/accept [NICK]", "/reject [NICK]" (or /decline), as in the terminal
+  // client (commands.py): bare, the only invitation open. An open one is
+  // answered by its card's button (the card goes, as when it is pressed);
+  // true when done (or said), false: `nick` is sent as typed, for the
+  // server to answer.
+  function answerInvite(conv, name, nick) {
+    const inviters = [...state.invites.values()].map((card) => card.dataset.inviter);
+    const accept = name.toLowerCase() === "accept";
+    if (!nick && inviters.length !== 1) {
+      const button = accept ? "Accept" : "Reject";
+      notice(conv, inviters.length
+        ? `${inviters.length} invitations are open (${inviters.slice(0, 3).join(", ")}): /${name} ${inviters[0]}, for instance. Nothing was sent.`
+        : `Usage: /${name} NICK (or the ${button} button on an invitation). Nothing was sent.`, { error: true });
+      return true;
+    }
+    const card = state.invites.get(key(nick || inviters[0]));
+    if (!card) return false;
+    card.querySelector(accept ? "button.accept" : "button.reject").click();
+    return true;
+  }
+
   function submitMessage(typed) {
     if (!typed.trim()) return;
     const conv = current();
@@ -2454,7 +2476,11 @@
           break;
         case "invite": case "pair": line = "PAIR " + arg; break;
         case "leave": case "unpair": line = "UNPAIR"; break;
-        case "users": case "who": line = "USERS"; break;
+        case "users": case "who": case "names": line = "USERS"; break;
+        case "accept": case "reject": case "decline":
+          if (answerInvite(conv, name, arg)) return;
+          line = `${name.toLowerCase() === "accept" ? "ACCEPT" : "REJECT"} ${arg}`;
+          break;
         case "register": case "passwd": case "password":
           // Never the password on the command line (on screen, in the history
           // Up recalls): a dialog asks for it; the command is not kept either.
