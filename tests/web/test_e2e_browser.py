@@ -3110,6 +3110,21 @@ def accepted(driver: Any, client: LineClient, nick: str) -> None:
     conv_name(driver, f"Private conversation with {nick}")
 
 
+def test_a_partner_whose_connection_drops_is_said_to_have_gone_once(
+    web: WebServer, browser: Callable[..., Any], tcp: Callable[[str], LineClient]
+) -> None:
+    """The private conversation said "bob disconnected" (LEFT) and then
+    "bob disconnected. You are back in the lobby." (UNPAIRED): once now."""
+    bob = tcp("bob")
+    alice = browser()
+    join(alice, web, "alice")
+    accepted(alice, bob, "bob")
+    bob.close()
+    wait(alice, lambda d: any(n.endswith("You are back in the lobby.")
+                              for n in notices(d, "dm:bob")))
+    assert len([n for n in notices(alice, "dm:bob") if "bob disconnected" in n]) == 1
+
+
 def test_a_private_reply_being_typed_stays_private_when_the_pair_ends(
     web: WebServer, browser: Callable[..., Any], tcp: Callable[[str], LineClient]
 ) -> None:

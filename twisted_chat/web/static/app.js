@@ -1787,8 +1787,10 @@
       case "UNPAIRED": {
         const [, partner, reason] = parse(line, 2);
         const conv = dm(partner);
-        const why = reason === "disconnected" ? `${partner} disconnected` : `The private conversation with ${partner} ended`;
-        notice(conv, `${why}. You are back in the lobby.`);
+        // "disconnected": the partner went offline, and their LEFT, just
+        // before, said how here ("bob disconnected", "bob timed out"...).
+        const why = reason === "disconnected" ? "" : `The private conversation with ${partner} ended. `;
+        notice(conv, `${why}You are back in the lobby.`);
         state.partner = null;
         state.pendingUsers = [];
         // Told in the lobby after the lines missed meanwhile (the replay
