@@ -3762,6 +3762,30 @@ def test_accept_and_reject_answer_an_invitation_as_in_the_terminal_client(
         "REJECT carol", "ACCEPT dave"]
 
 
+def test_the_servers_errors_name_the_pages_commands(
+    web: WebServer, browser: Callable[..., Any], tcp: Callable[[str], LineClient]
+) -> None:
+    """The page showed the server's words, naming chat/1 verbs the page
+    has no command for ("usage: PAIR <nick>", "UNPAIR withdraws it", "try
+    HELP"): they name the page's commands now, as the terminal client's
+    do; a bare /invite is not sent."""
+    tcp("bob"), tcp("carol")
+    alice = recording(browser())
+    join(alice, web, "alice")
+    say(alice, "/invite")
+    wait_notice(alice, "Usage: /invite NICK (invite NICK to a private conversation). "
+                       "Nothing was sent.")
+    say(alice, "/invite bob")
+    wait(alice, lambda d: d.find_elements(By.CSS_SELECTOR, '[data-invite="pending"]'))
+    say(alice, "/invite carol")
+    wait_notice(alice, "your invitation to bob is still open; /leave withdraws it")
+    say(alice, "/help FOO")
+    wait_notice(alice, "no help for 'FOO'; try /help")
+    assert not [n for n in notices(alice) if re.search(r"\b(PAIR|UNPAIR|HELP)\b", n)]
+    assert [line for line in sent(alice) if line.startswith("PAIR")] == [
+        "PAIR bob", "PAIR carol"]
+
+
 def test_users_and_who_list_who_is_online_in_the_conversation_at_phone_width(
     web: WebServer, browser: Callable[..., Any], tcp: Callable[[str], LineClient]
 ) -> None:

@@ -1865,7 +1865,7 @@
           // doubt: docs/web.md): the server's words where the user is.
           notice(current(), serverReason(text), { error: true });
         } else {
-          notice(current(), text, { error: true });
+          notice(current(), pageWords(text), { error: true });
         }
         break;
       }
@@ -2341,7 +2341,7 @@
       // A DM to yourself (ERROR self also answers an invitation to yourself,
       // which refuses no message: the server's words then).
       const m = state.me ? takeUnconfirmed((u) => u.to === key(state.me)) : null;
-      if (!m) return notice(current(), text, { error: true });
+      if (!m) return notice(current(), pageWords(text), { error: true });
       return tellIn(m.conv, "Not sent: you cannot send a private message to yourself.");
     }
     if (code === "no-such-nick") {
@@ -2358,7 +2358,7 @@
       // oldest MSG (the server routes a MSG by the pair it knows when it
       // reads it). Any other busy refuses an invitation: the server's words.
       const nick = (BEHIND_RE.exec(text) || [])[1];
-      if (!nick || !NICK_RE.test(nick)) return notice(current(), text, { error: true });
+      if (!nick || !NICK_RE.test(nick)) return notice(current(), pageWords(text), { error: true });
       const m = takeUnconfirmed((u) => u.to === key(nick)) || takeUnconfirmed((u) => u.to === null);
       const said = `Not sent: ${nick} is not reading fast enough to take more messages; try again later.`;
       if (!m) return notice(current(), said, { error: true });
@@ -2416,6 +2416,14 @@
     }
     show(dm(nick).id);
     return `DM ${nick} ${body}`;
+  }
+
+  // The server's errors name chat/1 verbs ("UNPAIR withdraws it", "(REJECT
+  // declines one you received)", "try HELP"): said with the page's
+  // commands, as the terminal client says them with its own (render.py).
+  const PAGE_COMMANDS = { UNPAIR: "/leave", PAIR: "/invite", ACCEPT: "/accept", REJECT: "/reject", HELP: "/help" };
+  function pageWords(text) {
+    return text.replace(/\b(UNPAIR|PAIR|ACCEPT|REJECT|HELP)\b/g, (verb) => PAGE_COMMANDS[verb]);
   }
 
   // "/accept [NICK]", "/reject [NICK]" (or /decline), as in the terminal
@@ -2476,7 +2484,13 @@
           line = dmLine(conv, typed, arg, body, `/${name} NICK TEXT`);
           if (line === null) return;
           break;
-        case "invite": case "pair": line = "PAIR " + arg; break;
+        case "invite": case "pair":
+          if (!arg) {
+            notice(conv, `Usage: /${name} NICK (invite NICK to a private conversation). Nothing was sent.`, { error: true });
+            return;
+          }
+          line = "PAIR " + arg;
+          break;
         case "leave": case "unpair": line = "UNPAIR"; break;
         case "users": case "who": case "names": line = "USERS"; break;
         case "accept": case "reject": case "decline":
