@@ -1345,7 +1345,7 @@ _SCRIPTED_SERVER = r"""
     const ws = current;
     ws.onmessage({data: "BYE shutdown"});
     ws.readyState = 3;
-    ws.onclose();
+    ws.onclose({code: 1000});
   };
   window.WebSocket = FakeSocket;
 })();
@@ -1821,7 +1821,7 @@ _FULL_SERVER = r"""
           this.onmessage({data});
         this.readyState = 3;
         window.closedAt.push(performance.now());
-        this.onclose();
+        this.onclose({code: 1000});
         window.countdowns.push(document.getElementById("banner-text").textContent);
       }, 50);
     }
@@ -3543,6 +3543,33 @@ def test_a_server_restart_ends_the_private_conversation_in_words(
     assert rows[-2] == (
         "notice: The private conversation ended: the connection to the server was lost.")
     assert re.fullmatch(r"notice: Reconnected at .+\.", rows[-1]), rows  # the conversation shown
+
+
+def test_joins_and_leaves_held_while_paired_keep_their_place_across_a_restart(
+    web: WebServer, browser: Callable[..., Any], tcp: Callable[[str], LineClient]
+) -> None:
+    """Paired, dave joins, says a lobby line, leaves; the server restarts.
+    The held join and leave were shown at the disconnection, before the
+    lobby line they came around (replayed by the new connection): they
+    are shown among the replayed lines, in time order, as on UNPAIRED."""
+    carol = tcp("carol")
+    alice = recording(browser())
+    join(alice, web, "alice")
+    accepted(alice, carol, "carol")
+    dave = tcp("dave")
+    dave.send("MSG while you were away")
+    said = datetime.fromisoformat(dave.expect("MSG ").split()[1])
+    # The leave a later millisecond than the line (a tie has no order).
+    time.sleep(max(0.0, (said + timedelta(milliseconds=3) - datetime.now(UTC)).total_seconds()))
+    dave.send("BYE gone")
+    wait(alice, lambda d: any(line.startswith("LEFT ") and " dave " in line
+                              for line in d.execute_script("return window.gotLines")))
+    web.restart()
+    wait(alice, lambda d: d.execute_script("return window.gotLines").count("READY alice") == 2)
+    wait(alice, lambda d: "while you were away" in texts(d))
+    shown = [row for row in lobby_rows(alice) if "dave" in row or "while you were away" in row]
+    assert shown == ["notice: dave joined the chat", "msg: while you were away",
+                     "notice: dave left: gone"], lobby_rows(alice)
 
 
 def test_a_server_restart_ends_open_invitations_in_words(

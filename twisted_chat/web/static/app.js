@@ -1289,7 +1289,9 @@
       return;
     }
     if (wasOnline) {
-      showHeldNotices(); // what happened before it
+      // Joins and leaves held while paired wait for the next connection's
+      // replay of the lobby lines missed meanwhile, to be shown among them
+      // in time order (READY, USERS).
       notice(lobby(), "Disconnected from the server.", { error: true });
       if (held) notice(lobby(), `${held === 1 ? "One line was" : held + " lines were"} not sent: the connection closed first.`, { error: true });
       if (unconfirmed.length) {
@@ -1662,8 +1664,9 @@
         state.users = new Map();
         state.pendingUsers = [];
         // A new connection: whatever pair or invitation the old one had is
-        // over, and the pair's conversation says so.
-        showHeldNotices();
+        // over, and the pair's conversation says so. Its joins and leaves
+        // held are shown among the history that follows (lobbyMessage), the
+        // rest once it ends (USERS).
         state.unpairedFrom = null;
         if (state.partner) {
           notice(dm(state.partner), "The private conversation ended: the connection to the server was lost.");
@@ -1689,7 +1692,8 @@
         break;
       }
       case "USERS": {
-        state.replaySkip = null; // the end of a READY block
+        if (state.replaySkip) showHeldNotices(); // the end of a READY block: after its history
+        state.replaySkip = null;
         const users = state.pendingUsers || [];
         state.users = new Map(users.map((u) => [key(u.nick), u]));
         state.pendingUsers = null;
