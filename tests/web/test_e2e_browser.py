@@ -3699,6 +3699,27 @@ def test_every_line_that_starts_with_one_slash_is_a_command(
         "MSG /done"]
 
 
+def test_an_over_long_dm_is_told_in_its_conversation_and_a_long_unknown_command_cut(
+    web: WebServer, browser: Callable[..., Any], tcp: Callable[[str], LineClient]
+) -> None:
+    """An over-long "@bob ..." had switched to bob's conversation, but its
+    "too long" notice was said only in the lobby, where it was typed: bob's
+    conversation showed nothing. And an unknown command's notice, which
+    cuts the name to 20 characters, wrote the whole name in its "//..."
+    hint (a 300-character name: a 466-character notice)."""
+    tcp("bob")
+    alice = browser()
+    join(alice, web, "alice")
+    field = composer(alice)
+    alice.execute_script("arguments[0].value = arguments[1]", field, "@bob " + "x" * 5000)
+    field.send_keys(Keys.ENTER)
+    wait(alice, lambda d: any("too long for the server" in n for n in notices(d, "dm:bob")))
+    say(alice, "/" + "y" * 300)
+    wait(alice, lambda d: any("Unknown command" in n for n in notices(d, "dm:bob")))
+    said = [n for n in notices(alice, "dm:bob") if "Unknown command" in n]
+    assert said and all(len(n) < 200 for n in said), said
+
+
 def test_a_paste_far_over_the_line_limit_is_not_sent_and_stays_in_the_box(
     web: WebServer, browser: Callable[..., Any], tcp: Callable[[str], LineClient]
 ) -> None:

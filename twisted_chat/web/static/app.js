@@ -2512,7 +2512,7 @@
           return;
         default: {
           const shown = name.length <= 20 ? name : name.slice(0, 20) + "…";
-          notice(conv, `Unknown command /${shown}. Try /help, /dm NICK TEXT, /invite NICK, /leave, /register, /quit; //${name}… sends a message that starts with /${shown}.`, { error: true });
+          notice(conv, `Unknown command /${shown}. Try /help, /dm NICK TEXT, /invite NICK, /leave, /register, /quit; //${shown}… sends a message that starts with /${shown}.`, { error: true });
           return;
         }
       }
@@ -2539,7 +2539,9 @@
         conv.draft = typed;
         back = " It is back in its message box, to shorten.";
       }
-      notice(conv, `Your message was too long for the server (at most ${MAX_LINE} bytes a line) and was not sent.${back}`, { error: true });
+      // Told where it was typed and where the user now is (a DM switched
+      // to its conversation), as the server's own too-long error is.
+      tellIn(conv.id, `Your message was too long for the server (at most ${MAX_LINE} bytes a line) and was not sent.${back}`);
       return;
     }
     const sent = send(line, sentMessage(line, typed));
