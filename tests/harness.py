@@ -9,7 +9,9 @@ stand-in for the reactor's backlog).
 from __future__ import annotations
 
 import itertools
+import sys
 from collections.abc import Callable
+from types import FrameType
 from typing import Any
 
 from twisted.internet.address import IPv4Address, UNIXAddress
@@ -54,6 +56,29 @@ def run_for(clock: Clock, seconds: float, turn: float = 0.25) -> None:
     test of flood control lets time pass with this."""
     for _ in range(round(seconds / turn)):
         clock.advance(turn)
+
+
+def traced_lines(work: Callable[[], None], *modules: str) -> int:
+    """How many lines of the code of C{modules} (their files) C{work} runs
+    (sys.settrace): the work done, counted, not timed."""
+    files = set(modules)
+    count = 0
+
+    def trace(frame: FrameType, event: str, arg: object) -> Any:
+        nonlocal count
+        if frame.f_code.co_filename not in files:
+            return None
+        if event == "line":
+            count += 1
+        return trace
+
+    previous = sys.gettrace()
+    sys.settrace(trace)
+    try:
+        work()
+    finally:
+        sys.settrace(previous)
+    return count
 
 
 class SocketTransport(StringTransport):

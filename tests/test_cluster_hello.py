@@ -22,7 +22,7 @@ from tests.test_cluster_unit import Untold
 from twisted_chat.server.cluster.listeners import SyncFirst
 from twisted_chat.server.cluster.node import ClusterState
 from twisted_chat.server.history import History
-from twisted_chat.server.hub import HubError, HubSettings, User
+from twisted_chat.server.hub import HubError, HubSettings, State, User
 from twisted_chat.wire import ErrorCode
 
 
@@ -101,6 +101,15 @@ def _hellos(redis: MemoryRedis, clock: Clock, n1: Node, first: str) -> Node:
     hellos = [e["n"] for e in redis.events() if e["t"] == "hello"]
     assert hellos == (["n1", "n0"] if first == "n1" else ["n0", "n1"])
     return n2
+
+
+def _paired_index_agrees(*nodes: Node) -> None:
+    """Each node's users in a pair, to whom it writes JOINED and LEFT, are
+    its own users the hub pairs (the index follows a hello's quiet and loud
+    changes, and a rebuild)."""
+    for node in nodes:
+        assert sorted(u.key for u in node.state.paired_users()) == sorted(
+            u.key for u in node.state.own_users() if u.state is State.PAIRED)
 
 
 def _in_the_lobby(nodes: list[Node], *speakers: tuple[Node, User]) -> None:
@@ -305,6 +314,9 @@ def test_a_pair_made_in_the_lost_second_comes_back_once_both_nodes_list_it() -> 
     redis.pump()
     private = [args for name, args in n1.listener.calls if name == "private_message"]
     assert [(a[1].nick, a[2].nick, a[3]) for a in private] == [("ann", "bob", "to bob")]
+    assert [u.nick for u in n0.state.paired_users()] == ["ann"]
+    assert [u.nick for u in n1.state.paired_users()] == ["bob"]
+    _paired_index_agrees(n0, n1, n2)
 
 
 @pytest.mark.parametrize("first", ["n0", "n1"])
@@ -336,6 +348,7 @@ def test_a_pair_made_in_the_lost_second_a_lagging_node_never_showed(first: str) 
         (n0.state.hub.online["bob"], "disconnected")]
     assert _told(n1, "paired", "bob") == _told(n1, "unpaired", "bob") == []
     _in_the_lobby([n0, n1, n2], (n0, ann), (n1, bob))
+    assert n0.state.paired_users() == n1.state.paired_users() == []
 
 
 def test_the_lobby_line_applied_before_the_hello_reaches_the_ended_pair() -> None:
@@ -471,6 +484,8 @@ def test_after_a_new_epoch_a_pair_across_nodes_ends_until_both_list_it() -> None
     assert now(ann).partner is not None and now(ann).partner.nick == "bob"
     assert len(_told(n0, "paired", "ann")) == 2
     assert len(_told(n1, "paired", "bob")) == 1 and _told(n1, "unpaired", "bob") == []
+    assert [u.nick for u in n0.state.paired_users()] == ["ann"]
+    assert [u.nick for u in n1.state.paired_users()] == ["bob"]
 
 
 def test_a_user_paired_with_a_lost_registration_is_told_the_pair_ended() -> None:
@@ -494,6 +509,7 @@ def test_a_user_paired_with_a_lost_registration_is_told_the_pair_ended() -> None
     assert "carol" not in n0.nicks()
     say(n0, ann, "ann in the lobby")
     assert _unpaired_before(n0, "ann", "ann in the lobby") == [("carol", "disconnected")]
+    assert n0.state.paired_users() == []
 
 
 def test_a_pair_brought_back_quietly_still_tells_the_third_users_invitation_ended() -> None:

@@ -9,12 +9,11 @@ from __future__ import annotations
 import gc
 import sys
 import weakref
-from collections.abc import Callable
-from types import FrameType
 from typing import Any
 
 import pytest
 
+from tests.harness import traced_lines
 from tests.test_cluster_unit import Cluster, Node, check_index
 from twisted_chat.server.cluster.remote import RemoteConn
 from twisted_chat.server.cluster.service import FactoryHooks
@@ -375,6 +374,34 @@ def member_lists(conn: Any) -> list[tuple[Any, ...]]:
             if isinstance(r, tuple) and all(isinstance(x, ChatProtocol) for x in r)]
 
 
+def test_after_a_loss_a_detached_pair_still_gets_joined_and_left() -> None:
+    """After Redis lost everything, a and b (node 0), shown their pair,
+    are detached until node 0's hello: not in the hub, so not in its
+    pairs, they still get each JOINED and LEFT directly (node 0's paired
+    users are its index's and the detached shown a pair)."""
+    cluster = Cluster(2)
+    n0, n1 = cluster.nodes
+    a, b, c = n0.user("a"), n0.user("b"), n0.user("c")
+    pair(cluster, a, b)
+    e = n1.user("e")
+    n0.state.rebuild(None, [])
+    rows1 = n1.state.rebuild(None, [])
+    for node in cluster.nodes:
+        node.cursor = len(cluster.log.entries)  # the new epoch's log starts here
+    assert n0.state.own.paired_users() == []
+    assert sorted(u.nick for u in n0.state.paired_users()) == ["a", "b"]
+    n1.state.hello(rows1)
+    cluster.pump()
+    cluster.clear_all()
+    join(cluster, n1, "f").send("BYE")
+    e.send("BYE")
+    cluster.pump()
+    for conn in (a, b):
+        assert [line.split()[:3:2] for line in conn.take()] == [
+            ["JOINED", "f"], ["LEFT", "f"], ["LEFT", "e"]]
+    assert [line.split()[0] for line in c.take()] == ["JOINED", "LEFT", "LEFT"]
+
+
 @pytest.mark.parametrize("gone", [False, True])
 def test_a_displaced_connection_is_let_go_of_at_once(gone: bool) -> None:
     """After Redis lost everything, a's nick is taken on node 1 before node
@@ -491,28 +518,6 @@ def test_pairs_shown_forgets_a_connection_that_is_gone() -> None:
 
 class Gone:
     """A connection that can be seen to be let go (a weak reference to it)."""
-
-
-def traced_lines(work: Callable[[], None], module: str) -> int:
-    """How many lines of C{module}'s code C{work} runs (sys.settrace): the
-    work done, counted, not timed."""
-    count = 0
-
-    def trace(frame: FrameType, event: str, arg: object) -> Any:
-        nonlocal count
-        if frame.f_code.co_filename != module:
-            return None
-        if event == "line":
-            count += 1
-        return trace
-
-    previous = sys.gettrace()
-    sys.settrace(trace)
-    try:
-        work()
-    finally:
-        sys.settrace(previous)
-    return count
 
 
 def test_pairs_shown_forgets_a_mass_disconnect_in_linear_work() -> None:

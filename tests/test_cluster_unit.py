@@ -23,7 +23,7 @@ from twisted_chat.server.cluster.remote import RemoteConn
 from twisted_chat.server.config import ServerConfig
 from twisted_chat.server.factory import ChatFactory, hub_settings
 from twisted_chat.server.history import History
-from twisted_chat.server.hub import User
+from twisted_chat.server.hub import State, User
 from twisted_chat.server.protocol import ChatProtocol
 
 START = 1_700_000_000
@@ -167,10 +167,13 @@ class Cluster:
 
 def check_index(cluster: Cluster) -> None:
     """Each node's fan-out walks exactly its own users in the hub's lobby, in
-    the lobby's order, and its own online users are those of the hub."""
+    the lobby's order, and its own online users are those of the hub, its
+    paired ones those of the hub in a pair (JOINED and LEFT go to them)."""
     for node in cluster.nodes:
         mine = [u for u in node.hub.online.values() if not isinstance(u.conn, RemoteConn)]
         assert node.state.own_users() == mine
+        assert sorted(u.key for u in node.state.paired_users()) == sorted(
+            u.key for u in mine if u.state is State.PAIRED)
         assert list(node.state.lobby_members()) == [
             u.conn for u in node.hub.lobby.values() if not isinstance(u.conn, RemoteConn)]
 

@@ -18,7 +18,8 @@ from hypothesis import strategies as st
 from twisted.internet.error import ConnectionAborted, ConnectionDone
 from twisted.python.failure import Failure
 
-from tests.harness import Conn, Harness
+from tests.harness import Conn, Harness, traced_lines
+from twisted_chat.server import hub, lines, state
 from twisted_chat.server.output.fanout import MAX_FANOUT_WAIT, MAX_GATHER_TURNS
 from twisted_chat.wire import format_ts
 
@@ -399,6 +400,40 @@ def test_a_paired_user_gets_each_left_directly() -> None:
     h.clear_all()
     carol.drop()
     assert alice.take() == [f"LEFT {format_ts(h.clock.seconds())} carol disconnected"]
+
+
+#: The modules a JOINED or LEFT is decided and written in (the hub, the
+#: state, the lines), whose lines run are counted.
+DEPARTURE_MODULES = tuple(module.__file__ or "" for module in (hub, lines, state))
+
+
+def test_departures_look_at_the_paired_users_not_everyone_online() -> None:
+    """Each JOINED and LEFT walked every user online to find the paired
+    ones once a pair existed: a burst of n departures with pairs open cost
+    n x online.  The lines run for 40 departures with two pairs open are
+    the same with 200 or 400 others online (the walk: 1.8 times as many)."""
+
+    def depart(others: int) -> int:
+        work = Work()
+        h = Harness(fanout_delay=WINDOW, backlog=work, max_per_ip=1_000)
+        pairs = [(h.user(f"a{i}"), h.user(f"b{i}")) for i in range(2)]
+        for a, b in pairs:
+            a.send(f"PAIR {b.user.nick}")
+            b.send(f"ACCEPT {a.user.nick}")
+        for i in range(others):
+            h.user(f"s{i}")
+        leavers = [h.user(f"u{i}") for i in range(40)]
+        h.clear_all()
+        work.waiting = True  # the batch waits: the lobby's one write is not counted
+        count = traced_lines(lambda: drop_together(leavers), *DEPARTURE_MODULES)
+        now = format_ts(h.clock.seconds())
+        for a, b in pairs:  # the paired users still get every one
+            expected = [f"LEFT {now} u{i} disconnected" for i in range(40)]
+            assert a.take() == b.take() == expected
+        return count
+
+    small, large = depart(200), depart(400)
+    assert large <= 1.05 * small, (small, large)
 
 
 def test_a_newcomer_gets_the_left_of_those_its_list_showed_and_no_other() -> None:

@@ -46,6 +46,7 @@ def check_invariants(hub: Hub) -> None:
     online = hub.online
     assert hub._sorted_keys == sorted(online)
     assert hub.lobby == {k: u for k, u in online.items() if u.state is State.LOBBY}
+    assert hub.paired == {k: u for k, u in online.items() if u.state is State.PAIRED}
     for key, user in online.items():
         assert user.key == key
         if user.partner is None:

@@ -30,9 +30,7 @@ class Audience(Protocol):
 
     def holds(self, user: User) -> bool: ...
 
-    def counts(self) -> tuple[int, int]: ...
-
-    def own_users(self) -> list[User]: ...
+    def paired_users(self) -> list[User]: ...
 
     def pair_shown(self, user: User, before: User | None) -> None: ...
 
@@ -174,13 +172,11 @@ class LineListener:
 
     def _write_to_paired(self, data: bytes) -> None:
         """C{data} to this process's paired users, who are not in the
-        lobby's batch."""
-        state = self._state()
-        online, lobby = state.counts()
-        if online != lobby:  # some of this process's users are paired
-            for other in state.own_users():
-                if other.state is State.PAIRED:
-                    other.conn.write(data)
+        lobby's batch: from the state's index of them, not a walk of
+        everyone online (a burst of departures with pairs open cost
+        departures x online)."""
+        for other in self._state().paired_users():
+            other.conn.write(data)
 
     def left(self, ts: float, user: User, reason: str, text: str) -> None:
         """LEFT rides with the lobby's lines of this turn, as JOINED does;

@@ -67,6 +67,11 @@ class ChatState(Protocol):
         """The users online (in the lobby or paired) whose connections this
         process holds."""
 
+    def paired_users(self) -> list[User]:
+        """The users in a pair whose connections this process holds (a
+        copy: a write may end one).  Kept at each pairing and its end, so
+        that a C{JOINED} or C{LEFT} costs the pairs, not everyone online."""
+
     def holds(self, user: User) -> bool:
         """Whether this process holds C{user}'s connection (writes its
         lines): every user on one server; in a cluster, not a user of
@@ -154,6 +159,9 @@ class LocalState:
 
     def own_users(self) -> list[User]:
         return list(self.hub.online.values())
+
+    def paired_users(self) -> list[User]:
+        return list(self.hub.paired.values())
 
     def holds(self, user: User) -> bool:
         return True

@@ -275,6 +275,13 @@ class ClusterState:
         users += self.replica.afterloss.detached_users()
         return users
 
+    def paired_users(self) -> list[User]:
+        users = self.own.paired_users()
+        if self.replica.afterloss.has_detached():  # rare: after Redis lost data
+            users += [user for user in self.replica.afterloss.detached_users()
+                      if user.state is State.PAIRED]
+        return users
+
     def counts(self) -> tuple[int, int]:
         online, lobby = self.own.counts()
         detached = self.replica.afterloss.detached_users()

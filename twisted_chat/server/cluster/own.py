@@ -8,7 +8,8 @@ hub's lobby, and a lobby message costs the node nothing per member of the
 other nodes (docs/cluster.md, "The model").
 
 L{OwnMembers} is the hub's listener on a node: it passes every call on to
-the node's own listener (C{server/lines.py}) and keeps the index from the calls
+the node's own listener (C{server/lines.py}) and keeps the index (and
+its users in a pair, L{OwnMembers.paired_users}) from the calls
 that tell of a change: a newcomer (L{joined}), a departure (L{left}), a
 pairing (L{paired}) and a return to the lobby (L{unpaired}).  The hub makes
 each of those calls right after changing its lobby, and flushes the
@@ -37,13 +38,15 @@ __all__ = ["OwnMembers"]
 class OwnMembers:
     """The hub's L{Listener} in front of the node's own; see the module docstring."""
 
-    __slots__ = ("_listener", "_lobby", "_members", "_online", "remote")
+    __slots__ = ("_listener", "_lobby", "_members", "_online", "_paired", "remote")
 
     def __init__(self, listener: Listener) -> None:
         self._listener = listener
         # Insertion-ordered, as the hub's own dicts: the same order of members.
         self._online: dict[User, None] = {}
         self._lobby: dict[User, Member] = {}
+        # Those of _online in a pair (whom JOINED and LEFT are written to directly).
+        self._paired: dict[User, None] = {}
         # lobby_members' tuple of the _lobby's values, None once it changed:
         # set to None wherever _lobby changes (so a departure lets go of it).
         self._members: tuple[Member, ...] | None = ()
@@ -66,6 +69,10 @@ class OwnMembers:
         """This node's users online, in the lobby or paired."""
         return list(self._online)
 
+    def paired_users(self) -> list[User]:
+        """This node's users in a pair (a copy: a write may end one)."""
+        return list(self._paired)
+
     def counts(self) -> tuple[int, int]:
         """This node's users online, and of them those in the lobby (sizes
         only: read from any thread)."""
@@ -86,6 +93,8 @@ class OwnMembers:
         self._online = online
         self._lobby = {user: user.conn for user in hub.lobby.values()
                        if not isinstance(user.conn, RemoteConn)}
+        self._paired = {user: None for user in hub.paired.values()
+                        if not isinstance(user.conn, RemoteConn)}
         self._members = None
         self.remote = remote
 
@@ -110,6 +119,7 @@ class OwnMembers:
             else:
                 self.remote.pop(conn.node, None)
         self._online.pop(user, None)
+        self._paired.pop(user, None)
         if user in self._lobby:
             del self._lobby[user]
             self._members = None
@@ -119,9 +129,12 @@ class OwnMembers:
         if user in self._lobby:
             del self._lobby[user]
             self._members = None
+        if user in self._online:
+            self._paired[user] = None
         self._listener.paired(user, partner)
 
     def unpaired(self, user: User, partner: User, reason: str, missed: Sequence[Entry]) -> None:
+        self._paired.pop(user, None)
         self._listener.unpaired(user, partner, reason, missed)
         if user in self._online:
             self._lobby[user] = user.conn
