@@ -8,7 +8,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from twisted.conch.insults import helper, insults
-from twisted.internet.address import IPv4Address
+from twisted.internet.address import IPv4Address, IPv6Address
 from twisted.internet.error import ConnectionDone
 from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
@@ -146,7 +146,8 @@ def session(
         environ=environ or {},
         answer_wait=Liveness.ANSWER_WAIT if watch else None,
     )
-    transport = StringTransport(peerAddress=IPv4Address("TCP", peer, 7000))
+    address = IPv6Address("TCP", peer, 7000) if ":" in peer else IPv4Address("TCP", peer, 7000)
+    transport = StringTransport(peerAddress=address)
     result = Session(client, transport, screen, clock)
     client.finished.addCallback(result.outcomes.append)
     if connect:

@@ -513,6 +513,22 @@ def test_no_warning_over_loopback_or_tls() -> None:
         assert not any("unencrypted" in line for line in s.screen.lines)
 
 
+@pytest.mark.parametrize(("peer", "warned"), [
+    ("::1", False),
+    ("::ffff:127.0.0.1", False),  # an IPv4 loopback seen through a dual-stack socket
+    ("::ffff:127.1.2.3", False),
+    ("fe80::1%eth0", True),
+    ("::ffff:198.51.100.7", True),
+])
+def test_a_mapped_loopback_address_is_loopback(peer: str, warned: bool) -> None:
+    """The server's peer as an IPv6 socket gives an IPv4 one (C{::ffff:a.b.c.d})
+    is read with the package's one parser (addresses.parse_ip): a mapped
+    127.x.y.z is this machine, no warning (it warned)."""
+    s = session(peer=peer)
+    _asked_for_password(s)
+    assert any("unencrypted" in line for line in s.screen.lines) is warned
+
+
 def test_a_script_is_warned_on_its_warning_channel() -> None:
     warned: list[str] = []
     s = session(interactive=False, environ={"CHAT_PASSWORD": SECRET}, peer="198.51.100.7")

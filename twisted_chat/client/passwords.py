@@ -8,7 +8,6 @@ sent here too; what follows it is L{twisted_chat.client.login}'s.
 
 from __future__ import annotations
 
-import ipaddress
 import re
 from collections.abc import Callable, Mapping
 from typing import Protocol
@@ -21,6 +20,7 @@ from twisted_chat.client import render
 from twisted_chat.client.commands import Secret, Send, password_problem
 from twisted_chat.client.display import Display
 from twisted_chat.client.session import State
+from twisted_chat.server.limits.addresses import parse_ip
 
 # The wait a refusal of password work names: "send REGISTER again in 42 s".
 _AGAIN_IN = re.compile(r"\bagain (in \d+ s)\b")
@@ -97,10 +97,10 @@ class Passwords:
         peer = transport.getPeer()
         if not isinstance(peer, IPv4Address | IPv6Address):
             return False  # a UNIX socket, or a test's fake: stays on this machine
-        try:
-            return not ipaddress.ip_address(peer.host.split("%")[0]).is_loopback
-        except ValueError:
-            return True
+        # The package's one parser: a mapped ::ffff:127.x.y.z (an IPv4
+        # server seen through a dual-stack socket) is loopback too.
+        ip = parse_ip(peer.host)
+        return ip is None or not ip.is_loopback
 
     def _warn_plain(self) -> None:
         if self._warned or not self._sends_in_clear():
