@@ -388,6 +388,11 @@ SERVER_BUSY = "the server is busy"
 PASSWORD_WORK = "too much password work from your address at once"
 ADDRESS_HASHES = "too many REGISTER and PASSWD from your address lately"
 PASSWORD_WORK_REFUSED = (SERVER_BUSY, PASSWORD_WORK, ADDRESS_HASHES)
+# How an ERROR flood for a line the flood control dropped ends (it does not
+# say which line), and what it says when the line was a lobby message
+# dropped for its address's lobby rate (only a MSG to the lobby is).
+LINES_DROPPED = "lines are being dropped"
+LOBBY_RATE = "lobby messages per second from your address"
 # ERROR busy "<nick> is not reading fast enough to take more private
 # messages; ..." refuses a DM or a pair's MSG to a reader far behind
 # (docs/protocol.md, Limits 14); its other text ("... more invitations")

@@ -25,7 +25,7 @@ from twisted_chat.client.pipe import PipeIO
 from twisted_chat.client.session import State
 from twisted_chat.wire import ACCOUNTS_UNAVAILABLE, MEANT_FOR_LOBBY, list_cost
 
-from .helpers import Keyboard, Session, session
+from .helpers import TS, Keyboard, Session, session
 
 PASSWORD = "hunter2222"
 
@@ -167,59 +167,38 @@ def test_a_pairing_command_refused_for_the_list_s_cost_is_not_in_flight_any_more
 STORE_OUT = "not sent: the chat's store refused to store it; send it again in a moment"
 
 
-@pytest.mark.parametrize(("answer", "ours"), [
-    (f"ERROR unavailable {STORE_OUT}", False),
-    ("ERROR unavailable lost: the chat's store lost it after taking it, so it has no "
-     "effect (some may have seen it before the loss); send it again", False),
-    ("ERROR unavailable", False),
-    # It takes effect once the store is back: still in flight.
-    ("ERROR unconfirmed the chat lost touch with its store as this command was being "
-     "sent; it takes effect once when the store is back (its result then)", True),
-    # It answers a message whose pair changed, not the ACCEPT.
-    (f"ERROR unavailable {MEANT_FOR_LOBBY}bob when it came to be delivered; send it "
-     "again", True),    # It answers a REGISTER or PASSWD, not the ACCEPT.
-    (f"ERROR unavailable {ACCOUNTS_UNAVAILABLE} now; send it again in a moment", True),
+LINES_DROPPED = "slow down: at most 10 lines per second (bursts of 20); lines are being dropped"
+LOBBY_DROPPED = ("slow down: at most 2 lobby messages per second from your address (bursts "
+                 "of 10); lines are being dropped")
+INTERNAL = "ERROR internal the server hit a fault handling that command (it is logged)"
+UNCONFIRMED = ("ERROR unconfirmed the chat lost touch with its store as this command was "
+               "being sent; it takes effect once when the store is back (its result then)")
+
+
+@pytest.mark.parametrize(("answer", "said"), [
+    (f"ERROR unavailable {STORE_OUT}", None),
+    (INTERNAL, "* The server failed on /unpair: you are still talking with dave only unless "
+     "it says otherwise."),
+    (f"ERROR flood {LINES_DROPPED}",
+     "* /unpair was dropped, not done: you are still talking with dave only."),
 ])
-def test_an_accept_a_cluster_did_not_carry_out_is_not_in_flight_any_more(
-    answer: str, ours: bool
-) -> None:
-    """A cluster's ERROR unavailable may answer any command, the ACCEPT
-    in flight among them, and says it had no effect: the client no longer
-    waits for it, so dave accepting our invitation after it is not taken
-    for our own doing, and the lobby lines typed meanwhile stay out of the
-    conversation (the flag stayed set: they went to dave).  Taken wrongly,
-    the lines would be dropped and said, never sent elsewhere."""
-    s = session("alice")
-    s.ready("alice", users=("dave", "carol"))
-    s.type("/pair dave")
-    assert s.sent() == ["PAIR dave"]
-    s.receive("PENDING dave", "INVITE carol")
-    s.type("/accept carol")
-    assert s.sent() == ["ACCEPT carol"]
-    s.receive(answer)
-    s.type(*[f"line {i}" for i in range(20)])
-    waiting = 20 - len(msgs(s.sent()))
-    s.screen.take()
-    s.receive("PAIRED dave")
-    dropped = (f"* {waiting} lines typed for the lobby were not sent: you are now talking "
-               "with dave only.")
-    assert (dropped in s.screen.lines) is not ours
-    to_dave = [line for line in run_pacer(s) if line.startswith("DM dave ")]
-    assert len(to_dave) == (waiting if ours else 0)
-
-
-def test_an_unpair_a_cluster_did_not_carry_out_is_not_in_flight_any_more() -> None:
-    """/unpair answered ERROR unavailable: the pair goes on, and what is
-    typed next is for dave.  When dave then ends the pair, his UNPAIRED is
-    his doing, and the lines still waiting for him do not go to the lobby.
-    The flag stayed set: it said "You left the private conversation", and
-    the lines went to the whole lobby."""
+def test_an_unpair_not_carried_out_is_not_in_flight_any_more(answer: str, said: str | None
+                                                              ) -> None:
+    """/unpair answered ERROR unavailable (a cluster did not carry it out),
+    ERROR internal, or dropped (ERROR flood): the pair goes on (the last
+    two say so), and what is typed next is for dave.  When dave then ends
+    the pair, his UNPAIRED is his doing, and the lines still waiting for
+    him do not go to the lobby.  The flag stayed set: it said "You left the
+    private conversation", and the lines went to the whole lobby."""
     s = session("alice", watch=False)  # no copies come back: not PINGed
     s.ready("alice", users=("dave",))
     s.receive("PAIRED dave")
     s.type("/unpair")
     assert s.sent() == ["UNPAIR"]
-    s.receive(f"ERROR unavailable {STORE_OUT}")
+    s.screen.take()
+    s.receive(answer)
+    shown = [line for line in s.screen.take() if "/unpair" in line]
+    assert shown == ([] if said is None else [said])
     s.type(*[f"private line {i}" for i in range(30)])
     waiting = 30 - len(s.sent())
     s.screen.take()
@@ -228,6 +207,80 @@ def test_an_unpair_a_cluster_did_not_carry_out_is_not_in_flight_any_more() -> No
     assert (f"* {waiting} lines typed for dave were not sent: the private conversation "
             "ended.") in s.screen.lines
     assert msgs(run_pacer(s)) == []
+
+
+@pytest.mark.parametrize(("before", "answers", "ours"), [
+    ((), [f"ERROR unavailable {STORE_OUT}"], False),
+    ((), ["ERROR unavailable lost: the chat's store lost it after taking it, so it has no "
+          "effect (some may have seen it before the loss); send it again"], False),
+    ((), ["ERROR unavailable"], False),
+    # It takes effect once the store is back: still in flight.
+    ((), [UNCONFIRMED], True),
+    # It answers a message whose pair changed, not the ACCEPT.
+    ((), [f"ERROR unavailable {MEANT_FOR_LOBBY}bob when it came to be delivered; send "
+          "it again"], True),
+    # It answers a REGISTER or PASSWD, not the ACCEPT.
+    ((), [f"ERROR unavailable {ACCOUNTS_UNAVAILABLE} now; send it again in a moment"], True),
+    # Nothing sent before it is unanswered: the error answers the ACCEPT.
+    ((), [INTERNAL], False),
+    ((), [f"ERROR flood {LINES_DROPPED}"], False),
+    # A lobby message sent before it has its copy back: likewise.
+    (("hello",), [f"MSG {TS} alice * hello", f"ERROR flood {LINES_DROPPED}"], False),
+    (("hello",), [f"MSG {TS} alice * hello", INTERNAL], False),
+    # The error may answer the lobby message sent before it, still unanswered.
+    (("hello",), [f"ERROR flood {LINES_DROPPED}"], True),
+    (("hello",), [INTERNAL], True),
+    # Only a lobby message is dropped for its address's lobby rate.
+    ((), [f"ERROR flood {LOBBY_DROPPED}"], True),
+    # A cluster answered it unconfirmed: the lines after it are answered first.
+    ((), [UNCONFIRMED, f"ERROR flood {LINES_DROPPED}"], True),
+])
+def test_an_accept_not_carried_out_is_not_in_flight_any_more(
+    before: tuple[str, ...], answers: list[str], ours: bool
+) -> None:
+    """A cluster's ERROR unavailable may answer any command, the ACCEPT
+    in flight among them, and says it had no effect: the client no longer
+    waits for it, so dave accepting our invitation after it is not taken
+    for our own doing, and the lobby lines typed meanwhile stay out of the
+    conversation (the flag stayed set: they went to dave).  Taken wrongly,
+    the lines would be dropped and said, never sent elsewhere.
+
+    ERROR internal, and an ERROR flood for a dropped line, do not say
+    which line they answer; the server answers lines in order, so while
+    the ACCEPT waits for its answer and no message sent before it is
+    unanswered, they answer it (or an earlier command) and it was not
+    done: the wait ends, said in one line, and dave accepting our
+    invitation after it is not taken for our own doing (the lobby lines
+    typed meanwhile stay out of the conversation).  The flag stayed set
+    (the lines went to dave).  An error that may be a lobby message's
+    leaves the ACCEPT in flight."""
+    s = session("alice")
+    s.ready("alice", users=("dave", "carol"))
+    s.type("/pair dave")
+    assert s.sent() == ["PAIR dave"]
+    s.receive("PENDING dave", "INVITE carol")
+    s.type(*before, "/accept carol")
+    assert s.sent() == [*(f"MSG {line}" for line in before), "ACCEPT carol"]
+    s.screen.take()
+    s.receive(*answers)
+    shown = [line for line in s.screen.take() if "/accept carol" in line]
+    if answers[-1] == INTERNAL and not ours:
+        assert shown == ["* The server failed on /accept carol: you are still in the lobby "
+                         "unless it says otherwise."]
+    elif answers[-1] == f"ERROR flood {LINES_DROPPED}" and not ours:
+        assert shown == ["* /accept carol was dropped, not done: you are still in the lobby."]
+    else:
+        assert shown == []
+    s.type(*[f"line {i}" for i in range(20)])
+    waiting = 20 - len(msgs(s.sent()))
+    s.screen.take()
+    s.receive("PAIRED dave")
+    dropped = (f"* {waiting} lines typed for the lobby were not sent: you are now talking "
+               "with dave only.")
+    assert (dropped in s.screen.lines) is not ours
+    # (After an ERROR flood the pacer may have slowed to 1 line a second.)
+    to_dave = [line for line in run_pacer(s, 40) if line.startswith("DM dave ")]
+    assert len(to_dave) == (waiting if ours else 0)
 
 
 # -- H: the line half-typed when a password prompt opens ------------------------

@@ -259,7 +259,9 @@ class UserInput:
                 # A /dm, /pair, /accept or /reject of the user's own names a
                 # nick: its refusal is said as it is, not as the partner leaving.
                 client.private_to = None
-            client.pairing.sending(action.verb, paired=client.state is State.PAIRED)
+            client.pairing.sending(action.verb, paired=client.state is State.PAIRED,
+                                   command=" ".join([f"/{action.verb.lower()}", *action.words]),
+                                   messages=client.outbox.messages_sent)
             client.send(action)
         elif isinstance(action, Local):
             self.show_local(action)

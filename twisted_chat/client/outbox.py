@@ -358,6 +358,20 @@ class Outbox:
             if message is not None:
                 self._unconfirmed.append(message)
 
+    @property
+    def messages_sent(self) -> int:
+        """The messages (C{MSG}, C{DM}) sent so far."""
+        return self._messages_sent
+
+    def unanswered_among_first(self, count: int) -> bool:
+        """
+        Whether one of the first C{count} messages sent is still unanswered
+        (no copy back, no C{ERROR} refusing it), while none sent after them
+        can have been answered: the server answers a connection's lines in
+        order (one dropped unsaid stays unanswered).
+        """
+        return len(self._unconfirmed) > self._messages_sent - count
+
     def _answered(self, picks: Callable[[Sent], bool]) -> Sent | None:
         """The oldest message not yet answered that C{picks}, taken out."""
         for index, message in enumerate(self._unconfirmed):

@@ -26,7 +26,7 @@ from twisted_chat.client.input import UserInput
 from twisted_chat.client.lobbyview import HeldNotices, Repeats, ShownLobby
 from twisted_chat.client.login import Login
 from twisted_chat.client.outbox import Outbox
-from twisted_chat.client.pairing import Pairing
+from twisted_chat.client.pairing import Pairing, may_be_not_done
 from twisted_chat.client.passwords import Passwords
 from twisted_chat.client.render import Line, Renderer
 from twisted_chat.client.roster import Roster
@@ -411,10 +411,33 @@ class Replies:
             return
         client.error(said)
         self._refused_message(code, gone or late or "", event.text, unsent=unsent is not None)
+        if may_be_not_done(code, event.text):
+            self._pairing_not_done(code)
         rate = client.outbox.flood(event.text) if code == "flood" else None
         if rate is not None:
             lines = "line" if rate == 1 else "lines"
             client.notice(f"Sending at most {rate:g} {lines} per second from now on.")
+
+    def _pairing_not_done(self, code: str) -> None:
+        """An C{ERROR internal}, or an C{ERROR flood} for a line dropped
+        (C{code}), may answer the pairing command in flight: it does unless
+        a message sent before that is still unanswered (L{Pairing.not_done});
+        then the user is told what became of it, and where they still are
+        (what an C{internal} fault did before it is not known: a C{PAIRED}
+        or C{UNPAIRED} may still come)."""
+        client = self._client
+        pairing = client.pairing
+        before = pairing.in_flight()
+        if before is None or client.outbox.unanswered_among_first(before):
+            return
+        command = pairing.not_done()
+        partner = pairing.partner
+        where = f"talking with {partner} only" if partner else "in the lobby"
+        if code == "flood":
+            client.notice(f"{command} was dropped, not done: you are still {where}.")
+        else:
+            client.notice(f"The server failed on {command}: you are still {where} unless "
+                          "it says otherwise.")
 
     def _refused_message(self, code: str, named: str, text: str, *, unsent: bool) -> None:
         """

@@ -489,7 +489,7 @@ class ChatProtocol:
             # the whole process stalled (StallWatch): not a flood.
             return True
         self.dropped(at, f"slow down: at most {config.flood_rate:g} lines per second "
-                     f"(bursts of {config.flood_burst}); lines are being dropped", "flood_rate")
+                     f"(bursts of {config.flood_burst}); {wire.LINES_DROPPED}", "flood_rate")
         return False
 
     def charge(self, size: int) -> bool:

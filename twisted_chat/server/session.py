@@ -422,9 +422,8 @@ class Session:
                 config = factory.config
                 conn.dropped(
                     conn.arrived() if at is None else at,
-                    f"slow down: at most {config.ip_lobby_rate:g} lobby messages per second "
-                    f"from your address (bursts of {config.ip_lobby_burst}); "
-                    "lines are being dropped",
+                    f"slow down: at most {config.ip_lobby_rate:g} {wire.LOBBY_RATE} "
+                    f"(bursts of {config.ip_lobby_burst}); {wire.LINES_DROPPED}",
                     "ip_lobby_rate",
                 )
                 return None
