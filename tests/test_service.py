@@ -535,12 +535,18 @@ def test_log_keep_s_help_says_it_applies_with_n_too() -> None:
     ("Team\r\nBYE x", "control characters (a newline, a CR) are not allowed: 'Team\\r\\nBYE x'"),
     ("Caf\udce9", "not UTF-8 text"),
     ("é" * 51, "at most 100 bytes (UTF-8), not 102"),
+    ("", "a name is needed, not an empty or blank one: ''"),
+    (" ", "a name is needed, not an empty or blank one: ' '"),
+    (" \t ", "a name is needed, not an empty or blank one: ' \\t '"),
 ])
 def test_a_server_name_the_greeting_cannot_carry_is_a_usage_error(
     name: str, reason: str
 ) -> None:
     """rev20-ops F1, F2: a newline split every HELLO in two (a line of the
-    operator's on the wire); a name that is not UTF-8 was a traceback."""
+    operator's on the wire); a name that is not UTF-8 was a traceback.
+    rev21-attack F3: an empty or blank name made the greeting
+    C{HELLO chat/1  (twisted-chat ...)}, which the page showed as the
+    server's name "(twisted-chat ...)"."""
     with pytest.raises(usage.UsageError) as e:
         options("--server-name", name)
     assert str(e.value) == f"--server-name: {reason}"

@@ -128,12 +128,16 @@ def _server_name(value: str) -> str:
     C{value}, if it can be the HELLO greeting's text: UTF-8 (a name from
     a file in another encoding would stop every greeting), none of the
     characters no chat/1 line may hold (a newline would put a line of the
-    operator's into every greeting), at most L{SERVER_NAME_MAX} bytes.
+    operator's into every greeting), at most L{SERVER_NAME_MAX} bytes, and
+    not empty or blank (the greeting's text then began with its
+    C{(twisted-chat ...)}, which the page showed as the server's name).
     """
     try:
         size = len(value.encode("utf-8"))
     except UnicodeEncodeError:
         raise ValueError("not UTF-8 text") from None
+    if not value.strip():
+        raise ValueError(f"a name is needed, not an empty or blank one: {value!r}")
     if BAD_CHARS.search(value) is not None:
         raise ValueError(f"control characters (a newline, a CR) are not allowed: {value!r}")
     if size > SERVER_NAME_MAX:
@@ -198,7 +202,8 @@ class Options(usage.Options):
     ]
     optParameters = _named([
         ["server-name", None, _defaults.server_name,
-         "The name the HELLO greeting gives: UTF-8, at most 100 bytes, no control characters."],
+         "The name the HELLO greeting gives: UTF-8, at most 100 bytes, no control characters, "
+         "not blank."],
         ["history", None, _defaults.history, "Lobby messages a newcomer is shown.",
          _non_negative(int)],
         ["max-line", None, _defaults.max_line, "Longest line accepted, in bytes.",
