@@ -31,7 +31,7 @@ from zope.interface import directlyProvides
 
 from tests.harness import Harness
 from tests.web import wsframes as ws
-from tests.web.test_gateway import TCPTransport
+from tests.web.test_gateway import HoldingTransport, TCPTransport
 from twisted_chat.server.limits.closing import UNREAD_DROPPED
 from twisted_chat.server.limits.descriptors import REFUSALS_CLOSING
 from twisted_chat.web.admission import HTTP_PER_BROWSER
@@ -234,15 +234,6 @@ def test_an_idle_kept_alive_connection_is_closed_soon_after_its_response() -> No
     assert not conn.killed
     h.clock.advance(0.1)
     assert conn.killed
-
-
-class HoldingTransport(TCPTransport):
-    """As Twisted's TCP transport, with a buffer the peer has not taken
-    C{_tempDataLen} bytes of (what L{unsent} reads)."""
-
-    dataBuffer = b""
-    offset = 0
-    _tempDataLen = 0
 
 
 def test_a_kept_alive_connection_is_idle_only_once_its_peer_has_taken_the_response() -> None:

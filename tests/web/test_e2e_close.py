@@ -9,8 +9,10 @@ A browser's own close frame (a reload) makes its user leave at once.
 
 from __future__ import annotations
 
+import contextlib
 import socket
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -160,3 +162,61 @@ def test_a_reloaded_page_gets_its_nick_back_at_once(tmp_path: Path) -> None:
             others.close()
             if reloaded is not None:
                 reloaded.close()
+
+
+@contextlib.contextmanager
+def users(web: WebServer, *nicks: str) -> Iterator[list[ws.WsClient]]:
+    """A WebSocket in the lobby for each of C{nicks}, closed at the end."""
+    clients: list[ws.WsClient] = []
+    try:
+        for nick in nicks:
+            clients.append(ws.WsClient(web.web_port))
+            clients[-1].register(nick)
+        yield clients
+    finally:
+        for client in clients:
+            client.close()
+
+
+def read_to_the_end(sock: socket.socket, within: float) -> tuple[bytes, str]:
+    """What the server sends C{sock} until it closes, and how it closed:
+    C{"eof"} (a FIN) or C{"reset"}; bounded by C{within} seconds."""
+    deadline = time.monotonic() + within
+    data = b""
+    while True:
+        sock.settimeout(max(deadline - time.monotonic(), 0.01))
+        try:
+            chunk = sock.recv(65536)
+        except ConnectionResetError:
+            return data, "reset"
+        if not chunk:
+            return data, "eof"
+        data += chunk
+
+
+def test_bye_and_the_close_frame_in_one_write_still_get_all_that_was_owed(
+    tmp_path: Path
+) -> None:
+    """rev21-attack F2: a reader owed 300 lobby lines (1.5 kB each) sends
+    BYE and its close frame in one write, then reads.  The close frame
+    answers the server's close (after BYE quit), and autobahn then aborted
+    the connection at once: the reader got tens of the lines, no BYE quit,
+    no close frame, and a reset.  Now the close waits for the reader to take
+    it all: 300 lines, BYE quit, the close frame (1000), then a FIN."""
+    lines = 300
+    server = WebServer(tmp_path, "--flood-rate", "1000", "--flood-burst", "1000")
+    with served(server) as web, users(web, "reader", "sender") as (reader, sender):
+        pad = "x" * 1500
+        for i in range(lines):
+            sender.send(f"MSG {i} {pad}")
+        while f" * {lines - 1} " not in sender.expect("MSG "):
+            pass  # its own copy of the last: the reader's are all written too
+        reader.sock.sendall(ws.text("BYE done") + ws.frame(b"\x03\xe8", opcode=ws.CLOSE))
+        data, end = read_to_the_end(reader.sock, ServerConfig().close_grace + 2)
+        frames, _ = ws.parse(reader.buffer + data)
+        texts = [payload.decode() for op, payload in frames if op == ws.TEXT]
+        owed = [t for t in texts if t.startswith("MSG ") and " sender * " in t]
+        assert len(owed) == lines, (len(owed), texts[-3:], end)
+        assert texts[-1] == "BYE quit"
+        assert frames[-1] == (ws.CLOSE, b"\x03\xe8")
+        assert end == "eof"

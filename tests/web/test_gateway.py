@@ -55,15 +55,24 @@ class TCPTransport(StringTransport):
         self.streaming = None
 
 
+class HoldingTransport(TCPTransport):
+    """As Twisted's TCP transport, with a buffer the peer has not taken
+    C{_tempDataLen} bytes of (what L{unsent} reads)."""
+
+    dataBuffer = b""
+    offset = 0
+    _tempDataLen = 0
+
+
 class WsConn:
     """A browser's WebSocket to the gateway, on a StringTransport."""
 
     def __init__(self, h: Harness, gateway: ChatWebSocketFactory, peer: str = "127.0.0.1",
-                 **handshake: Any) -> None:
+                 transport: type[TCPTransport] = TCPTransport, **handshake: Any) -> None:
         self.h = h
         address = IPv4Address("TCP", peer, next(_ports))
         self.socket = gateway.buildProtocol(address)
-        self.transport = TCPTransport(peerAddress=address)
+        self.transport = transport(peerAddress=address)
         self.socket.makeConnection(self.transport)
         request, accept = ws.handshake(**handshake)
         self.socket.dataReceived(request)
@@ -414,12 +423,13 @@ def test_frames_sent_after_the_server_s_close_are_read_a_few_at_most() -> None:
     assert alice.socket.data == b""
     h.clock.advance(3.0)  # the close's grace (close_grace)
     assert alice.transport.disconnected and not alice.socket.wasClean  # aborted
-    # A browser's answer behind a few messages closes as ever.
+    # A browser's answer behind a few messages closes as ever (a FIN).
     carol = WsConn(h, make_gateway(h))
     carol.register("carol")
     carol.send("BYE")
     carol.send_frame(ws.frame(b"MSG late") * 10 + ws.frame(b"\x03\xe8", opcode=ws.CLOSE))
-    assert carol.transport.disconnected and carol.socket.wasClean
+    assert carol.transport.disconnecting and not carol.transport.disconnected
+    assert carol.socket.wasClean
 
 
 def test_each_frame_after_a_message_s_first_spends_a_flood_token() -> None:
@@ -600,6 +610,37 @@ def test_bye_then_the_close_frame_is_a_quit_with_its_text(
     assert bob.take() == [f"LEFT {ts(h)} alice quit reloading"]
     alice.lose()
     assert bob.take() == []
+
+
+def test_the_browser_s_answer_to_the_server_s_close_lets_it_take_what_it_is_owed() -> None:
+    """rev21-attack F2: a page that says BYE as it goes, its close frame
+    right behind.  autobahn ended the closing handshake the server had
+    started with an abort at the peer's answer: what Twisted and the kernel
+    still held for the peer (lines owed, BYE quit, the close frame) was
+    thrown away by the reset.  The close now waits for the peer to take it,
+    as the close after a TCP BYE does, and is aborted at the close grace if
+    it never does."""
+    h = Harness(close_grace=3.0)
+    gateway = make_gateway(h)
+    conns = []
+    for nick in ("alice", "carol"):
+        conn = WsConn(h, gateway, transport=HoldingTransport)
+        conn.register(nick)
+        conn.transport._tempDataLen = 50_000  # the peer has not taken it yet
+        conn.send_frame(ws.text("BYE") + ws.frame(b"\x03\xe8", opcode=ws.CLOSE))
+        assert conn.take() == ["BYE quit"] and conn.closes == [1000]
+        assert conn.socket.wasClean
+        conns.append(conn)
+    alice, carol = conns
+    h.clock.advance(1.0)
+    assert not alice.transport.disconnecting, "kept while the peer takes what is queued"
+    alice.transport._tempDataLen = 0
+    h.clock.advance(0.1)
+    assert alice.transport.disconnecting and not alice.transport.disconnected  # a FIN
+    h.clock.advance(1.9 - 0.01)
+    assert not carol.transport.disconnecting, "no reset before the close grace"
+    h.clock.advance(0.01)
+    assert carol.transport.disconnected  # aborted at the grace: it never took it
 
 
 def test_browser_going_away_is_a_disconnect(h: Harness, gateway: ChatWebSocketFactory) -> None:
@@ -884,7 +925,9 @@ def test_a_close_the_server_starts_ends_when_the_browser_answers(
     alice.send("BYE")
     h.clock.advance(2)
     alice.send_frame(ws.frame(b"\x03\xe8", opcode=ws.CLOSE))
-    assert alice.transport.disconnected and alice.socket.wasClean  # done: closed at once
+    # Done: closed at once (a FIN, the peer having taken everything), not reset.
+    assert alice.transport.disconnecting and not alice.transport.disconnected
+    assert alice.socket.wasClean
     alice.lose()
     aborts = [call for call in h.clock.getDelayedCalls()
               if call.func == alice.transport.abortConnection]

@@ -276,6 +276,9 @@ class ChatWebSocket(WebSocketServerProtocol):
     # buffer, unparsed (consumeData), until it reads again (read_again).
     unread = False
     _read_call: IDelayedCall | None = None
+    # autobahn is handling the peer's answer to the server's close: its
+    # abort of the TCP connection is a close that lingers (L{dropConnection}).
+    _answered = False
     _after_close = 0  # frames read since the close was sent (FRAMES_AFTER_CLOSE)
 
     @property
@@ -433,9 +436,9 @@ class ChatWebSocket(WebSocketServerProtocol):
         completes or its grace aborts it.
         """
         while (self._after_close <= FRAMES_AFTER_CLOSE and self.processData()
-               and self.state != self.STATE_CLOSED):
+               and self.state != self.STATE_CLOSED and self._linger is None):
             pass
-        if self._after_close > FRAMES_AFTER_CLOSE:
+        if self._after_close > FRAMES_AFTER_CLOSE or self._linger is not None:
             self.data = b""
 
     def onFrameBegin(self) -> None:
@@ -569,9 +572,22 @@ class ChatWebSocket(WebSocketServerProtocol):
         chat user leaves now (L{_chat_user_leaves}), not when that close
         completes, up to the close grace later.
         """
-        handled = super().onCloseFrame(code, reasonRaw)
+        handled = self._answer_handled(code, reasonRaw)
         self._chat_user_leaves()
         return handled
+
+    def _answer_handled(self, code: int | None, reasonRaw: bytes | None) -> bool | None:
+        """
+        autobahn's handling of the peer's close frame: open, it answers it
+        and closes the TCP connection (L{dropConnection}); closing, the
+        frame answers the server's close, and autobahn's abort of the TCP
+        connection lingers like its close (L{dropConnection}).
+        """
+        self._answered = True
+        try:
+            return super().onCloseFrame(code, reasonRaw)  # type: ignore[arg-type]
+        finally:
+            self._answered = False
 
     def _chat_user_leaves(self) -> None:
         """
@@ -630,10 +646,21 @@ class ChatWebSocket(WebSocketServerProtocol):
         skips every later abort, the chat connection's own included: a
         peer that sent a close frame and never completed the TCP (or TLS)
         close kept its user online, and its connection slots, for good.
+
+        autobahn's abort once the peer's close frame answers the server's
+        close (C{_answered}) is such a close too: the server has not
+        finished writing (the lines owed, the C{BYE}, its close frame), and
+        an abort threw away what Twisted and the kernel still held
+        (rev21-attack F2).  Its other aborts stay aborts: the chat
+        connection's (a C{--sendq} cut, the close grace), and autobahn's
+        opening-handshake timeout (the peer never completed its upgrade
+        request: nothing was written to it).  Its closing-handshake and
+        ping timeouts are off, and with C{failByDrop} off a protocol error
+        is a close frame (1002, 1007, 1009), not an abort.
         """
         transport: Any = self.transport
-        if (not abort and self.state != self.STATE_CLOSED and transport is not None
-                and self._linger is None):
+        if ((not abort or self._answered) and self.state != self.STATE_CLOSED
+                and transport is not None and self._linger is None):
             self._linger = close_within(transport, self.factory.reactor,
                                         self.factory.close_grace, self._drop_unread_and_close)
         else:
