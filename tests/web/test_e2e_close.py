@@ -194,6 +194,26 @@ def read_to_the_end(sock: socket.socket, within: float) -> tuple[bytes, str]:
         data += chunk
 
 
+def test_a_lobby_line_and_the_close_frame_in_one_write_get_the_copy_then_the_answer(
+    tmp_path: Path
+) -> None:
+    """rev21-attack F1: a script that posts a line and closes its
+    WebSocket in one write.  The line was accepted (the others saw it) but
+    its sender got only the answer to its close: its copy, written after
+    that answer, was dropped.  It gets its copy, then the answer, then a FIN."""
+    with served(WebServer(tmp_path)) as web, users(web, "alice", "bob") as (alice, bob):
+        alice.sock.sendall(ws.text("MSG last words") + ws.frame(b"\x03\xe9", opcode=ws.CLOSE))
+        said = bob.expect("MSG ")
+        assert said.endswith(" alice * last words"), said
+        assert bob.expect("LEFT ").endswith(" alice disconnected")
+        data, end = read_to_the_end(alice.sock, 5.0)
+        frames, _ = ws.parse(alice.buffer + data)
+        assert [op for op, _ in frames if op != ws.TEXT] == [ws.CLOSE]
+        texts = [payload.decode() for op, payload in frames if op == ws.TEXT]
+        assert said in texts, texts  # its own copy
+        assert frames[-1] == (ws.CLOSE, b"\x03\xe8") and end == "eof"
+
+
 def test_bye_and_the_close_frame_in_one_write_still_get_all_that_was_owed(
     tmp_path: Path
 ) -> None:

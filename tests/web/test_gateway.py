@@ -20,6 +20,8 @@ from twisted.logger import formatEvent, globalLogPublisher
 from twisted.python.failure import Failure
 
 from tests.harness import Conn, Harness
+from tests.test_login import PW, HeldWork, add
+from tests.test_login import harness as login_harness
 from tests.web import wsframes as ws
 from twisted_chat.server import logs
 from twisted_chat.web.config import WebConfig, parse_networks
@@ -610,6 +612,78 @@ def test_bye_then_the_close_frame_is_a_quit_with_its_text(
     assert bob.take() == [f"LEFT {ts(h)} alice quit reloading"]
     alice.lose()
     assert bob.take() == []
+
+
+CLOSE_1001 = ws.frame(b"\x03\xe9", opcode=ws.CLOSE)  # a page going away
+ANSWER = (ws.CLOSE, b"\x03\xe8")  # the gateway's answer (1000)
+
+
+def test_a_browser_s_last_lobby_line_with_its_close_frame_gets_its_copy_first(
+    h: Harness, gateway: ChatWebSocketFactory
+) -> None:
+    """rev21-attack F1: a lobby line and the close frame in one read.  The
+    line was accepted (the others saw it, it is in the history), but
+    autobahn answered the close frame first and its sender's copy was
+    framed after the answer, as nothing: the sender never learnt that its
+    line went out.  Its copy comes first, then the answer, as a TCP user
+    gets its copy before the server's FIN."""
+    bob, alice = tcp_and_browser(h, gateway)
+    alice.send_frame(ws.text("MSG last words") + CLOSE_1001)
+    line = f"MSG {ts(h)} alice * last words"
+    assert alice.frames() == [(ws.TEXT, line.encode()), ANSWER]
+    assert bob.take() == [line, f"LEFT {ts(h)} alice disconnected"]
+    assert alice.transport.disconnecting and not alice.transport.disconnected  # a FIN
+    alice.lose()
+    assert h.hub.find("alice") is None
+
+
+def test_frames_behind_the_upgrade_and_a_close_frame_are_all_answered_first(
+    h: Harness, gateway: ChatWebSocketFactory
+) -> None:
+    """Upgrade, NICK, MSG and the close frame in one read (a script): the
+    READY block and the own copy come before the answer to the close."""
+    bob = h.user("bob")
+    alice = WsConn(h, gateway)  # (its upgrade read: a dataReceived of its own)
+    alice.send_frame(ws.text("NICK alice") + ws.text("MSG hi") + CLOSE_1001)
+    frames = alice.frames()
+    texts = [payload.decode() for op, payload in frames if op == ws.TEXT]
+    assert texts[0].startswith("HELLO ") and "READY alice" in texts
+    assert texts[-1] == f"MSG {ts(h)} alice * hi"
+    assert frames[-1] == ANSWER
+    assert bob.take()[-1] == f"LEFT {ts(h)} alice disconnected"
+
+
+def test_a_close_frame_behind_a_password_waits_for_its_answer() -> None:
+    """An account's login, PASS, a lobby line and the close frame in one
+    read: the password check is still running at the close frame, and
+    autobahn answered it at once; READY, the history, the user list and the
+    own copy came after the answer and were dropped (rev21-attack ws9).  As
+    on TCP (the lines before a FIN are all answered), the answer waits for
+    the chat connection, and nothing sent after the close frame is read."""
+    h = login_harness(work=HeldWork(), close_grace=3.0)
+    add(h, "bot")
+    bob = h.connect()
+    bob.send("NICK bob")
+    bot = WsConn(h, make_gateway(h))
+    bot.take()
+    bot.send("NICK bot")
+    h.work.release()  # type: ignore[attr-defined]  # the lookups
+    assert bot.take() == ["PASS bot"]
+    bot.send_frame(ws.text(f"PASS {PW}") + ws.text("MSG from a script") + CLOSE_1001
+                   + ws.text("MSG after the close"))
+    assert bot.frames() == [] and not bot.transport.disconnecting  # the check runs
+    h.work.release()  # type: ignore[attr-defined]  # the account read
+    h.work.release()  # type: ignore[attr-defined]  # the password check
+    frames = bot.frames()
+    texts = [payload.decode() for op, payload in frames if op == ws.TEXT]
+    assert texts[0] == "READY bot"
+    assert texts[-1] == f"MSG {ts(h)} bot * from a script"
+    assert frames[-1] == ANSWER
+    assert bot.transport.disconnecting and h.hub.find("bot") is None
+    h.clock.advance(0)  # the lobby's batch
+    seen = bob.take()
+    assert seen[-2:] == [f"MSG {ts(h)} bot * from a script", f"LEFT {ts(h)} bot disconnected"]
+    assert not any("after the close" in line for line in seen)
 
 
 def test_the_browser_s_answer_to_the_server_s_close_lets_it_take_what_it_is_owed() -> None:

@@ -276,6 +276,10 @@ class ChatWebSocket(WebSocketServerProtocol):
     # buffer, unparsed (consumeData), until it reads again (read_again).
     unread = False
     _read_call: IDelayedCall | None = None
+    # The peer's close frame (its code and reason), while its answer waits
+    # for the chat connection to close (L{onCloseFrame}); nothing the peer
+    # sends after it is parsed.
+    _peer_close: tuple[int | None, bytes | None] | None = None
     # autobahn is handling the peer's answer to the server's close: its
     # abort of the TCP connection is a close that lingers (L{dropConnection}).
     _answered = False
@@ -420,12 +424,15 @@ class ChatWebSocket(WebSocketServerProtocol):
         under way (64 KiB: 10,922 empty messages) was parsed and held
         whole (rev16-sec #1).  Once closing, L{_consume_after_close}.
         """
-        if self.state == self.STATE_CLOSING:
+        if self._peer_close is not None or self._linger is not None:
+            self.data = b""  # behind the peer's close frame, or its TCP close under way
+        elif self.state == self.STATE_CLOSING:
             self._consume_after_close()
         elif self.state != self.STATE_OPEN:
             super().consumeData()
         else:
-            while not self.unread and self.processData() and self.state != self.STATE_CLOSED:
+            while (not self.unread and self._peer_close is None and self.processData()
+                   and self.state != self.STATE_CLOSED):
                 pass
 
     def _consume_after_close(self) -> None:
@@ -567,14 +574,24 @@ class ChatWebSocket(WebSocketServerProtocol):
 
     def onCloseFrame(self, code: int, reasonRaw: bytes) -> bool | None:
         """
-        The peer's close frame (a browser's on reload or when its tab
-        goes: 1001): autobahn answers it and starts the TCP close, and the
-        chat user leaves now (L{_chat_user_leaves}), not when that close
-        completes, up to the close grace later.
+        The peer's close frame.  An answer to the server's close ends it
+        (L{_answer_handled}).  Otherwise (a browser's on reload or when its
+        tab goes: 1001) it is the end of the peer's input, as a TCP peer's
+        FIN is: the chat user leaves now (L{_chat_user_leaves}), not when
+        the TCP close completes, up to the close grace later, and gets
+        first what it is owed, as a TCP user does before its FIN: its own
+        copy of its last lobby line, and a command's answer still being
+        decided (an account's C{PASS}).  Its close frame is answered by the
+        chat connection's close (L{close_normally}), behind those frames:
+        autobahn answered at once, and what was written after its answer
+        (the user's share, its C{READY}) was counted as sent and dropped
+        (rev21-attack F1).  Nothing the peer sends after it is parsed.
         """
-        handled = self._answer_handled(code, reasonRaw)
+        if self.state != self.STATE_OPEN or self.chat is None:
+            return self._answer_handled(code, reasonRaw)
+        self._peer_close = (code, reasonRaw)
         self._chat_user_leaves()
-        return handled
+        return True
 
     def _answer_handled(self, code: int | None, reasonRaw: bytes | None) -> bool | None:
         """
@@ -696,7 +713,14 @@ class ChatWebSocket(WebSocketServerProtocol):
         return self.cache.frames(data) if self.state == self.STATE_OPEN else b""
 
     def close_normally(self) -> None:
-        if self.state == self.STATE_OPEN:
+        """The chat connection's close: the answer to the peer's close
+        frame if it came (L{onCloseFrame}), else a close (1000)."""
+        if self.state != self.STATE_OPEN:
+            return
+        peer_close, self._peer_close = self._peer_close, None
+        if peer_close is not None:
+            self._answer_handled(*peer_close)
+        else:
             self.sendClose(CLOSE_NORMAL)
 
     def abort(self) -> None:
