@@ -522,7 +522,7 @@ def test_no_warning_over_loopback_or_tls() -> None:
 ])
 def test_a_mapped_loopback_address_is_loopback(peer: str, warned: bool) -> None:
     """The server's peer as an IPv6 socket gives an IPv4 one (C{::ffff:a.b.c.d})
-    is read with the package's one parser (addresses.parse_ip): a mapped
+    is read with the package's one parser (ipaddrs.parse_ip): a mapped
     127.x.y.z is this machine, no warning (it warned)."""
     s = session(peer=peer)
     _asked_for_password(s)

@@ -169,6 +169,27 @@ def test_importing_the_client_does_not_install_a_reactor() -> None:
     assert result.stdout.strip() == "False"
 
 
+def test_importing_the_client_loads_no_server_module() -> None:
+    """The client imported the server's address limits for one parser
+    (rr21-a 1), which loaded five server modules into every client: what
+    both need lives at the package's top level (twisted_chat/ipaddrs.py,
+    as tls.py), and no client module loads twisted_chat.server."""
+    import subprocess
+    import sys
+
+    folder = Path(__file__).resolve().parents[2] / "twisted_chat" / "client"
+    modules = sorted(f"twisted_chat.client.{path.stem}" for path in folder.glob("*.py"))
+    assert "twisted_chat.client.passwords" in modules
+    code = (
+        f"import importlib, sys; [importlib.import_module(m) for m in {modules!r}]; "
+        "print(sorted(m for m in sys.modules if m.startswith('twisted_chat.server')))"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True
+    )
+    assert result.stdout.strip() == "[]"
+
+
 def test_timeout_and_no_history_options() -> None:
     options = parse_options(["host"])
     assert options.timeout == 15.0 and options.no_history is False

@@ -20,7 +20,7 @@ from twisted_chat.client import render
 from twisted_chat.client.commands import Secret, Send, password_problem
 from twisted_chat.client.display import Display
 from twisted_chat.client.session import State
-from twisted_chat.server.limits.addresses import parse_ip
+from twisted_chat.ipaddrs import parse_ip
 
 # The wait a refusal of password work names: "send REGISTER again in 42 s".
 _AGAIN_IN = re.compile(r"\bagain (in \d+ s)\b")

@@ -12,7 +12,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
-from twisted_chat.server.limits.addresses import Network, parse_ip, parse_network
+from twisted_chat.ipaddrs import parse_ip
+from twisted_chat.server.limits.addresses import Network, parse_network
 
 
 @dataclass(frozen=True, slots=True)

@@ -50,6 +50,7 @@ from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.python.failure import Failure
 
+from twisted_chat.ipaddrs import parse_ip
 from twisted_chat.server.config import ServerConfig
 from twisted_chat.server.limits.buckets import Penalty, Rate, TokenBucket, drained
 
@@ -65,7 +66,8 @@ def parse_network(text: str) -> Network:
     """
     A C{--exempt} or C{--trust-proxy} value: an address or a CIDR block
     (host bits allowed).  An IPv4-mapped one (C{::ffff:127.0.0.1}) is its
-    IPv4 block, since L{parse_ip} makes every such peer IPv4.
+    IPv4 block, since L{parse_ip} (L{twisted_chat.ipaddrs}) makes every
+    such peer IPv4.
     """
     network = ipaddress.ip_network(text.strip(), strict=False)
     if isinstance(network, ipaddress.IPv6Network) and network.prefixlen >= 96:
@@ -73,22 +75,6 @@ def parse_network(text: str) -> Network:
         if mapped is not None:
             return ipaddress.IPv4Network((mapped, network.prefixlen - 96))
     return network
-
-
-def parse_ip(host: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
-    """
-    The address C{host} (a peer's, as the socket gives it) is, for every
-    comparison with an address or network: an IPv4-mapped IPv6 address
-    (C{::ffff:a.b.c.d}, an IPv4 client of a dual-stack port) is its IPv4
-    address, and a C{%zone} is dropped.  C{None} if it is not an address.
-    """
-    try:
-        ip = ipaddress.ip_address(host.strip().split("%", 1)[0])
-    except ValueError:
-        return None
-    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
-        return ip.ipv4_mapped
-    return ip
 
 
 def address_key(host: str, v6_prefix: int = 64) -> str:
