@@ -109,7 +109,7 @@ def _paired_index_agrees(*nodes: Node) -> None:
     changes, and a rebuild)."""
     for node in nodes:
         assert sorted(u.key for u in node.state.paired_users()) == sorted(
-            u.key for u in node.state.own_users() if u.state is State.PAIRED)
+            u.key for u in node.state.own.users() if u.state is State.PAIRED)
 
 
 def _in_the_lobby(nodes: list[Node], *speakers: tuple[Node, User]) -> None:

@@ -95,7 +95,7 @@ def test_index_follows_join_pair_unpair_leave() -> None:
     pair(cluster, a, c)
     assert list(n0.state.lobby_members()) == [b.protocol]
     assert list(n1.state.lobby_members()) == [d.protocol]
-    assert n0.state.own_users() == [a.user, b.user]  # paired, still online here
+    assert n0.state.own.users() == [a.user, b.user]  # paired, still online here
     # Back in the lobby: at the end, as in the hub's lobby.
     c.send("UNPAIR")
     cluster.pump()
@@ -110,7 +110,7 @@ def test_index_follows_join_pair_unpair_leave() -> None:
     d.send("BYE")
     cluster.pump()
     assert list(n1.state.lobby_members()) == [c.protocol]
-    assert n1.state.own_users() == [c.user]
+    assert n1.state.own.users() == [c.user]
     b.drop()
     cluster.pump()
     assert list(n0.state.lobby_members()) == [a.protocol]
@@ -143,7 +143,7 @@ def test_a_node_that_starts_from_a_snapshot_has_none_of_its_users() -> None:
     late.state.replica.restore(n0.state.replica.snapshot())
     late.cursor = len(cluster.log.entries)
     cluster.nodes.append(late)
-    assert list(late.state.lobby_members()) == [] and late.state.own_users() == []
+    assert list(late.state.lobby_members()) == [] and late.state.own.users() == []
     mine = late.user("mine")
     assert list(late.state.lobby_members()) == [mine.protocol]
     check_index(cluster)
@@ -156,7 +156,7 @@ def test_a_node_declared_dead_empties_its_index() -> None:
     n0.user("b")
     n1.state.node_dead("node0")
     cluster.pump()
-    assert list(n0.state.lobby_members()) == [] and n0.state.own_users() == []
+    assert list(n0.state.lobby_members()) == [] and n0.state.own.users() == []
     check_index(cluster)
 
 

@@ -171,7 +171,7 @@ def check_index(cluster: Cluster) -> None:
     paired ones those of the hub in a pair (JOINED and LEFT go to them)."""
     for node in cluster.nodes:
         mine = [u for u in node.hub.online.values() if not isinstance(u.conn, RemoteConn)]
-        assert node.state.own_users() == mine
+        assert node.state.own.users() == mine
         assert sorted(u.key for u in node.state.paired_users()) == sorted(
             u.key for u in mine if u.state is State.PAIRED)
         assert list(node.state.lobby_members()) == [

@@ -63,10 +63,6 @@ class ChatState(Protocol):
         go of any list of connections kept for L{lobby_members}, so that
         the departed one is not kept alive."""
 
-    def own_users(self) -> list[User]:
-        """The users online (in the lobby or paired) whose connections this
-        process holds."""
-
     def paired_users(self) -> list[User]:
         """The users in a pair whose connections this process holds (a
         copy: a write may end one).  Kept at each pairing and its end, so
@@ -156,9 +152,6 @@ class LocalState:
 
     def forget_members(self) -> None:
         self._members, self._members_at = (), -1
-
-    def own_users(self) -> list[User]:
-        return list(self.hub.online.values())
 
     def paired_users(self) -> list[User]:
         return list(self.hub.paired.values())

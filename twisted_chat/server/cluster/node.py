@@ -270,11 +270,6 @@ class ClusterState:
             self._members_own, self._members_extra = own, extra
         return self._members
 
-    def own_users(self) -> list[User]:
-        users = self.own.users()
-        users += self.replica.afterloss.detached_users()
-        return users
-
     def paired_users(self) -> list[User]:
         users = self.own.paired_users()
         if self.replica.afterloss.has_detached():  # rare: after Redis lost data
