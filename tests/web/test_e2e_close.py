@@ -76,17 +76,27 @@ def test_a_close_the_server_starts_is_reset_after_the_close_grace_not_before(
                 peer.close()
 
 
+def read_to_the_end(sock: socket.socket, within: float) -> tuple[bytes, str]:
+    """What the server sends C{sock} until it closes, and how it closed:
+    C{"eof"} (a FIN) or C{"reset"}; bounded by C{within} seconds."""
+    deadline = time.monotonic() + within
+    data = b""
+    while True:
+        sock.settimeout(max(deadline - time.monotonic(), 0.01))
+        try:
+            chunk = sock.recv(65536)
+        except ConnectionResetError:
+            return data, "reset"
+        if not chunk:
+            return data, "eof"
+        data += chunk
+
+
 def waiting_for(peer: ws.WsClient) -> tuple[list[str], list[int]]:
     """The text messages and close codes the server had sent C{peer}
     before resetting it (Linux still hands over what had arrived)."""
-    data = peer.buffer
-    peer.sock.settimeout(1)
-    try:
-        while chunk := peer.sock.recv(65536):
-            data += chunk
-    except ConnectionResetError:
-        pass
-    frames, _ = ws.parse(data)
+    data, _ = read_to_the_end(peer.sock, 1.0)
+    frames, _ = ws.parse(peer.buffer + data)
     texts = [payload.decode() for op, payload in frames if op == ws.TEXT]
     return texts, [ws.close_code(payload) for op, payload in frames if op == ws.CLOSE]
 
@@ -176,22 +186,6 @@ def users(web: WebServer, *nicks: str) -> Iterator[list[ws.WsClient]]:
     finally:
         for client in clients:
             client.close()
-
-
-def read_to_the_end(sock: socket.socket, within: float) -> tuple[bytes, str]:
-    """What the server sends C{sock} until it closes, and how it closed:
-    C{"eof"} (a FIN) or C{"reset"}; bounded by C{within} seconds."""
-    deadline = time.monotonic() + within
-    data = b""
-    while True:
-        sock.settimeout(max(deadline - time.monotonic(), 0.01))
-        try:
-            chunk = sock.recv(65536)
-        except ConnectionResetError:
-            return data, "reset"
-        if not chunk:
-            return data, "eof"
-        data += chunk
 
 
 def test_a_lobby_line_and_the_close_frame_in_one_write_get_the_copy_then_the_answer(
