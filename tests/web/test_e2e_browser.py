@@ -970,12 +970,15 @@ def test_the_pages_password_rule_is_the_servers(browser: Callable[..., Any]) -> 
     assert found is not None, "app.js has no passwordProblem"
     unsendable = re.search(r"\n +const UNSENDABLE = .*;\n", app)  # the class it refuses
     assert unsendable is not None, "app.js has no UNSENDABLE"
+    counted = re.search(r"\n( +)function utf8Length\(.*?\n\1\}\n", app, re.DOTALL)  # its bytes
+    assert counted is not None, "app.js has no utf8Length"
     samples = ["x" * 7, "x" * 8, "é" * 3 + "x", "é" * 4, "x" * 256, "x" * 257, "é" * 128,
                "é" * 128 + "x", "😀" * 64, "😀" * 64 + "x", " password", "\tpassword",
                "pass\tword", "password ", "password\t", "\u00a0password", "",
                "pass\x1bword", "pass\u2028word", "pass\x85word"]
     driver = browser()
-    refused, answers = driver.execute_script(unsendable.group(0) + found.group(0) + """
+    refused, answers = driver.execute_script(
+        unsendable.group(0) + counted.group(0) + found.group(0) + """
       const refused = [[], []];
       for (let code = 0; code <= 0x10ffff; code++) {
         if (code >= 0xd800 && code <= 0xdfff) continue;  // no string holds one alone

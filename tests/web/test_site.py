@@ -202,11 +202,11 @@ def test_the_page_carries_the_servers_flood_rule_and_line_limit(tmp_path: Path) 
 def test_the_page_file_has_the_default_flood_rule() -> None:
     html = (STATIC / "index.html").read_bytes()
     config = ServerConfig()
-    assert render_page(html, config.flood_rate, config.flood_burst) == html
+    assert render_page(html, config.flood_rate, config.flood_burst, config.max_line) == html
     assert render_page(html, 0.0, 1, 512).count(
         b'data-flood-rate="0" data-flood-burst="1" data-max-line="512"') == 1
     with pytest.raises(ValueError, match="data-max-line"):
-        render_page(b"<!DOCTYPE html>\n<html lang=\"en\">\n", 10.0, 20)
+        render_page(b"<!DOCTYPE html>\n<html lang=\"en\">\n", 10.0, 20, 4096)
 
 
 @pytest.mark.e2e

@@ -440,7 +440,7 @@ _FLOOD_RULE = re.compile(
     rb'<html([^>]*?) data-flood-rate="[^"]*" data-flood-burst="[^"]*" data-max-line="[^"]*"')
 
 
-def render_page(html: bytes, flood_rate: float, flood_burst: int, max_line: int = 4096) -> bytes:
+def render_page(html: bytes, flood_rate: float, flood_burst: int, max_line: int) -> bytes:
     """C{index.html} with the chat server's C{--flood-rate},
     C{--flood-burst} and C{--max-line} in its C{data-flood-rate},
     C{data-flood-burst} and C{data-max-line} (the file has the defaults,

@@ -1011,7 +1011,7 @@
       partner: !!(nick && state.partner && key(state.partner) === key(nick)),
       text,
       typed,
-      bytes: new TextEncoder().encode(line).length,
+      bytes: utf8Length(line),
     };
   }
 
@@ -2193,7 +2193,7 @@
   // 256 bytes of the line; the line's free text starts at its first
   // non-space character and has no control characters), or null.
   function passwordProblem(password) {
-    const size = new TextEncoder().encode(password).length;
+    const size = utf8Length(password);
     if (size < 8) return "A password needs at least 8 bytes (characters, for plain ASCII).";
     if (size > 256) return "A password may have at most 256 bytes.";
     if (/^[ \t]/.test(password)) return "A password cannot start with a space or a tab.";
@@ -2374,16 +2374,7 @@
       const m = takeUnconfirmed((u) => u.bytes > most);
       const limit = most ? ` (at most ${most} bytes a line)` : "";
       if (!m) return notice(current(), `That line was too long for the server${limit} and was not sent.`, { error: true });
-      const conv = state.convs.get(m.conv);
-      const input = $("composer-input");
-      let back = "";
-      if (conv && conv.id === state.active && !input.value) {
-        input.value = m.typed;
-        back = " It is back in the message box, to shorten.";
-      } else if (conv && !conv.draft && conv.id !== state.active) {
-        conv.draft = m.typed;
-        back = " It is back in its message box, to shorten.";
-      }
+      const back = putBack(state.convs.get(m.conv), m.typed);
       return tellIn(m.conv, `Your message was too long for the server${limit} and was not sent.${back}`);
     }
     // bad-chars, bad-encoding: the oldest message with other than printable
@@ -2394,6 +2385,22 @@
     const m = takeUnconfirmed((u) => /[^\t\x20-\x7e]/.test(u.text));
     if (!m) return notice(current(), `That line ${why} and was not sent.`, { error: true });
     tellIn(m.conv, `Your message ${why} and was not sent.`);
+  }
+
+  // A line `typed` in `conv` and not sent goes back to that conversation's
+  // message box, if it is empty (the composer when `conv` is shown, else
+  // its draft): the words that say so, to end a "too long" notice, or "".
+  function putBack(conv, typed) {
+    if (!conv) return "";
+    const input = $("composer-input");
+    if (conv === current()) {
+      if (input.value) return "";
+      input.value = typed;
+      return " It is back in the message box, to shorten.";
+    }
+    if (conv.draft) return "";
+    conv.draft = typed;
+    return " It is back in its message box, to shorten.";
   }
 
   // An error about conversation `id`: told there, and where the user is.
@@ -2530,15 +2537,7 @@
       // Not sent: the server's line limit is known (<html data-max-line>),
       // and a line far over it (a paste) would cost the connection
       // (WebSocket close 1009). Said as the server's ERROR too-long is.
-      const input = $("composer-input");
-      let back = "";
-      if (current() === conv && !input.value) {
-        input.value = typed;
-        back = " It is back in the message box, to shorten.";
-      } else if (current() !== conv && !conv.draft) {
-        conv.draft = typed;
-        back = " It is back in its message box, to shorten.";
-      }
+      const back = putBack(conv, typed);
       // Told where it was typed and where the user now is (a DM switched
       // to its conversation), as the server's own too-long error is.
       tellIn(conv.id, `Your message was too long for the server (at most ${MAX_LINE} bytes a line) and was not sent.${back}`);
@@ -2552,9 +2551,7 @@
     } else if (sent === null) {
       // Too many lines held (said by send): back in the message box it was
       // typed in (a /dm switched away from it), if that one is empty.
-      const input = $("composer-input");
-      if (current() === conv && !input.value) input.value = typed;
-      else if (current() !== conv && !conv.draft) conv.draft = typed;
+      putBack(conv, typed);
     } else {
       notice(conv, "Not connected: the message was not sent.", { error: true });
     }
