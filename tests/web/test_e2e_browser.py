@@ -770,10 +770,12 @@ def failed_logins(web: WebServer, nick: str, times: int = 5) -> None:
         guesser.close()
 
 
-def refused_for_failed_logins(driver: Any, web: WebServer, nick: str, password: str) -> Any:
+def refused_for_failed_logins(driver: Any, web: WebServer, nick: str, password: str,
+                              cooldown: int = 4) -> Any:
     """C{driver} tries C{nick} with C{password} once its failed logins are
-    used up (L{failed_logins}): the server's BYE flood; the field."""
-    driver.get(web.url + "?cooldown=4")
+    used up (L{failed_logins}): the server's BYE flood; the field. The
+    page waits C{cooldown} seconds before trying C{nick} again."""
+    driver.get(web.url + f"?cooldown={cooldown}")
     field = nick_field(driver)
     driver.execute_script(_LIVE)
     field.clear()
@@ -3783,6 +3785,36 @@ def test_leaving_the_page_leaves_the_chat_and_coming_back_rejoins(
     assert alice.execute_script("return window.restored") is True  # from the cache
     bob.send("DM alice welcome back")
     wait_texts(alice, ["welcome back"], conv="dm:bob")
+
+
+def test_coming_back_during_the_failed_logins_wait_keeps_its_countdown(
+    web: WebServer, browser: Callable[..., Any], tcp: Callable[[str], LineClient]
+) -> None:
+    """A page brought back from the back/forward cache connected again
+    whatever it was doing. During the wait after too many failed logins,
+    that connection stopped the wait's countdown: the banner stuck at "try
+    again in N s", and the nick at "try again in 1 s" until a reload. It
+    now connects only where a prompt's use would (wakeUp): the countdown
+    runs on, and once it ends the nick is tried again."""
+    registered(tcp, "alice", "correct horse battery")
+    failed_logins(web, "alice")
+    page = recording(browser())
+    field = refused_for_failed_logins(page, web, "alice", "correct horse battery", cooldown=8)
+    wait(page, lambda d: shown_banner(d).startswith(
+        "Too many failed logins for alice: try again in"))
+    page.execute_script(
+        "window.addEventListener('pageshow', e => { window.restored = e.persisted; })")
+    page.get("about:blank")
+    page.back()
+    wait(page, lambda d: d.execute_script("return window.restored") is True)  # from the cache
+    assert shown_banner(page).startswith("Too many failed logins for alice: try again in")
+    wait(page, lambda d: shown_banner(d).startswith("You may try to log in as alice again."))
+    assert count(page, "sockets") == 1  # none meanwhile
+    assert field.get_attribute("value") == "alice"  # Join: the same nick
+    field.send_keys(Keys.ENTER)
+    title(page, "Password for alice")
+    assert sent(page)[-1] == "NICK alice"
+    assert count(page, "sockets") == 2
 
 
 def test_accept_and_reject_answer_an_invitation_as_in_the_terminal_client(

@@ -1230,7 +1230,9 @@
   // Leaving the page leaves the chat as /quit does (BYE, then the socket is
   // closed); a page brought back from that cache (pageshow, persisted)
   // connects again, as after a lost connection (docs/web.md, "Leaving the
-  // page").
+  // page"); not during a wait that ends in a connection or none (after too
+  // many failed logins, loginWait; to send a NICK again, floodWait) nor at
+  // a prompt the server closed (idle), which connects when used (wakeUp).
   window.addEventListener("pagehide", () => {
     const ws = state.ws;
     if (!ws) return;
@@ -1238,7 +1240,7 @@
     dropSocket();
   });
   window.addEventListener("pageshow", (event) => {
-    if (event.persisted && !state.ws && !state.leaving) connect();
+    if (event.persisted && !state.ws && !state.leaving && !state.idle && !state.floodWait) connect();
   });
 
   // The page gives up the connection of the moment (if any): its socket is
