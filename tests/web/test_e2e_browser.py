@@ -3550,13 +3550,12 @@ def test_a_server_restart_ends_the_private_conversation_in_words(
     assert re.fullmatch(r"notice: Reconnected at .+\.", rows[-1]), rows  # the conversation shown
 
 
-def test_joins_and_leaves_held_while_paired_keep_their_place_across_a_restart(
+def dave_came_and_went_while_paired(
     web: WebServer, browser: Callable[..., Any], tcp: Callable[[str], LineClient]
-) -> None:
-    """Paired, dave joins, says a lobby line, leaves; the server restarts.
-    The held join and leave were shown at the disconnection, before the
-    lobby line they came around (replayed by the new connection): they
-    are shown among the replayed lines, in time order, as on UNPAIRED."""
+) -> Any:
+    """A page (alice) paired with carol, while dave joins the lobby, says
+    "while you were away" there and leaves ("gone"): the page, once it
+    has the LEFT."""
     carol = tcp("carol")
     alice = recording(browser())
     join(alice, web, "alice")
@@ -3569,12 +3568,48 @@ def test_joins_and_leaves_held_while_paired_keep_their_place_across_a_restart(
     dave.send("BYE gone")
     wait(alice, lambda d: any(line.startswith("LEFT ") and " dave " in line
                               for line in d.execute_script("return window.gotLines")))
+    return alice
+
+
+def test_joins_and_leaves_held_while_paired_keep_their_place_across_a_restart(
+    web: WebServer, browser: Callable[..., Any], tcp: Callable[[str], LineClient]
+) -> None:
+    """Paired, dave joins, says a lobby line, leaves; the server restarts.
+    The held join and leave were shown at the disconnection, before the
+    lobby line they came around (replayed by the new connection): they
+    are shown among the replayed lines, in time order, as on UNPAIRED."""
+    alice = dave_came_and_went_while_paired(web, browser, tcp)
     web.restart()
     wait(alice, lambda d: d.execute_script("return window.gotLines").count("READY alice") == 2)
     wait(alice, lambda d: "while you were away" in texts(d))
     shown = [row for row in lobby_rows(alice) if "dave" in row or "while you were away" in row]
     assert shown == ["notice: dave joined the chat", "msg: while you were away",
                      "notice: dave left: gone"], lobby_rows(alice)
+
+
+def test_joins_and_leaves_held_while_paired_are_shown_at_a_disconnection(
+    web: WebServer, browser: Callable[..., Any], tcp: Callable[[str], LineClient]
+) -> None:
+    """Paired, the page holds dave's join and leave for the lobby's lines.
+    They waited for the next connection's replay: a page that never
+    connected again never showed them. They are shown at the disconnection
+    again, and the lobby line said between them, replayed once the server
+    is back, is put between them (the order the test above keeps)."""
+    alice = dave_came_and_went_while_paired(web, browser, tcp)
+
+    def shown() -> list[str]:
+        return [row for row in lobby_rows(alice)
+                if "dave" in row or "while you were away" in row or "Disconnected" in row]
+
+    web.stop()
+    wait_notice(alice, "Disconnected from the server.")
+    assert shown() == ["notice: dave joined the chat", "notice: dave left: gone",
+                       "notice: Disconnected from the server."], lobby_rows(alice)
+    web.start()
+    wait(alice, lambda d: d.execute_script("return window.gotLines").count("READY alice") == 2)
+    wait(alice, lambda d: "while you were away" in texts(d))
+    assert shown() == ["notice: dave joined the chat", "msg: while you were away",
+                       "notice: dave left: gone", "notice: Disconnected from the server."]
 
 
 def test_a_server_restart_ends_open_invitations_in_words(

@@ -183,6 +183,9 @@
     // last MAX_ROWS of them, and how many older ones went (heldDropped).
     heldNotices: [],
     heldDropped: 0,
+    // Those shown at a disconnection ({ts, row}): a lobby line older than
+    // one, replayed by the next READY block, goes before it (lobbyMessage).
+    shownAtLoss: [],
     // The partner whose pair just ended, told in the lobby once the
     // replay after UNPAIRED is shown (at its user list).
     unpairedFrom: null,
@@ -267,19 +270,25 @@
     if (first.classList.contains("msg")) first.classList.add("first");
   }
 
-  function append(conv, node, ts, countsUnread) {
+  // `node` goes last, or before the row `before` (a replayed line put
+  // back among notices shown earlier: laterNoticeShown).
+  function append(conv, node, ts, countsUnread, before = null) {
     if (conv.empty) {
       conv.empty.remove();
       conv.empty = null;
     }
     if (conv.id === state.active) follow($("messages"));
-    const day = ts.toDateString();
-    if (day !== conv.lastDay) {
-      conv.pane.append(el("div", "day", dayLabel(ts)));
-      conv.lastDay = day;
-      conv.lastFrom = null;
+    if (before) {
+      before.before(node);
+    } else {
+      const day = ts.toDateString();
+      if (day !== conv.lastDay) {
+        conv.pane.append(el("div", "day", dayLabel(ts)));
+        conv.lastDay = day;
+        conv.lastFrom = null;
+      }
+      conv.pane.append(node);
     }
-    conv.pane.append(node);
     conv.rows += 1;
     if (conv.rows > MAX_ROWS) trim(conv);
     if (conv.id === state.active) {
@@ -292,8 +301,8 @@
     }
   }
 
-  function addMessage(conv, ts, from, text) {
-    const first = conv.lastFrom !== key(from) || ts - conv.lastTime > 5 * 60 * 1000;
+  function addMessage(conv, ts, from, text, before = null) {
+    const first = !!before || conv.lastFrom !== key(from) || ts - conv.lastTime > 5 * 60 * 1000;
     const row = el("div", "msg" + (first ? " first" : "") + (state.me && key(from) === key(state.me) ? " mine" : ""));
     const avatar = el("div", "avatar", from.slice(0, 1));
     avatar.setAttribute("aria-hidden", "true"); // the nick follows: not read twice
@@ -312,7 +321,8 @@
     row.append(avatar, body);
     row.title = ts.toLocaleString();
     const mine = state.me && key(from) === key(state.me);
-    append(conv, row, ts, !mine);
+    append(conv, row, ts, !mine, before);
+    if (before) return; // the last row is still the one after it
     conv.lastFrom = key(from);
     conv.lastTime = ts.getTime();
   }
@@ -328,6 +338,7 @@
     row.append(document.createTextNode(text));
     append(conv, row, ts, false);
     conv.lastFrom = null;
+    return row;
   }
 
   const current = () => state.convs.get(state.active) || lobby();
@@ -1291,9 +1302,11 @@
       return;
     }
     if (wasOnline) {
-      // Joins and leaves held while paired wait for the next connection's
-      // replay of the lobby lines missed meanwhile, to be shown among them
-      // in time order (READY, USERS).
+      // Joins and leaves held while paired are shown now (the page may not
+      // connect again); the lobby lines said among them, replayed by the
+      // next connection, are put back among them (lobbyMessage).
+      state.shownAtLoss = [];
+      showHeldNotices(null, state.shownAtLoss);
       notice(lobby(), "Disconnected from the server.", { error: true });
       if (held) notice(lobby(), `${held === 1 ? "One line was" : held + " lines were"} not sent: the connection closed first.`, { error: true });
       if (unconfirmed.length) {
@@ -1666,9 +1679,10 @@
         state.users = new Map();
         state.pendingUsers = [];
         // A new connection: whatever pair or invitation the old one had is
-        // over, and the pair's conversation says so. Its joins and leaves
-        // held are shown among the history that follows (lobbyMessage), the
-        // rest once it ends (USERS).
+        // over, and the pair's conversation says so. The joins and leaves
+        // it held were shown at its end (closed()); the history that
+        // follows puts the lobby lines said among them back in their place
+        // (lobbyMessage).
         state.unpairedFrom = null;
         if (state.partner) {
           notice(dm(state.partner), "The private conversation ended: the connection to the server was lost.");
@@ -1694,7 +1708,7 @@
         break;
       }
       case "USERS": {
-        if (state.replaySkip) showHeldNotices(); // the end of a READY block: after its history
+        if (state.replaySkip) state.shownAtLoss = []; // the end of a READY block
         state.replaySkip = null;
         const users = state.pendingUsers || [];
         state.users = new Map(users.map((u) => [key(u.nick), u]));
@@ -1959,8 +1973,15 @@
       state.shownFloor = Math.max(state.shownFloor, time);
     }
     showHeldNotices(ts);
-    addMessage(lobby(), ts, from, text);
+    addMessage(lobby(), ts, from, text, skip ? laterNoticeShown(ts) : null);
     return true;
+  }
+
+  // The first join or leave shown at the last disconnection
+  // (state.shownAtLoss) that is later than `ts`, if still on the page.
+  function laterNoticeShown(ts) {
+    const later = state.shownAtLoss.find((shown) => shown.ts > ts.getTime() && shown.row.isConnected);
+    return later ? later.row : null;
   }
 
   // A join or leave in the lobby: shown now, or, while paired (the lobby's
@@ -1981,11 +2002,13 @@
   // once the last is shown, how many older ones were not kept (said after
   // them, not before: the lobby keeps its last MAX_ROWS rows). The terminal
   // client says the same (client/lobbyview.py, not_kept).
-  function showHeldNotices(until) {
+  // `shown`, if given, gets each one's {ts, row}.
+  function showHeldNotices(until, shown = null) {
     const held = state.heldNotices;
     let n = 0;
     while (n < held.length && (!until || held[n].ts.getTime() <= until.getTime())) {
-      notice(lobby(), held[n].text, { ts: held[n].ts });
+      const row = notice(lobby(), held[n].text, { ts: held[n].ts });
+      if (shown) shown.push({ ts: held[n].ts.getTime(), row });
       n += 1;
     }
     if (n) held.splice(0, n);
