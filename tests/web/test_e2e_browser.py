@@ -3904,6 +3904,28 @@ def test_the_servers_errors_name_the_pages_commands(
         "PAIR bob", "PAIR carol"]
 
 
+def test_a_nick_spelled_as_a_verb_is_not_rewritten_in_the_servers_errors(
+    web: WebServer, browser: Callable[..., Any], tcp: Callable[[str], LineClient]
+) -> None:
+    """The page rewrote every standalone PAIR, UNPAIR, ACCEPT, REJECT or
+    HELP in the server's errors, nicks too: to a user named HELP, "your
+    invitation to /help is still open". Only the verbs are rewritten."""
+    helper = tcp("HELP")
+    tcp("carol")
+    alice = recording(browser())
+    join(alice, web, "alice")
+    say(alice, "/invite HELP")
+    helper.expect("INVITE alice")
+    say(alice, "/invite carol")
+    wait_notice(alice, "your invitation to HELP is still open; /leave withdraws it")
+    helper.send("ACCEPT alice")
+    conv_name(alice, "Private conversation with HELP")
+    say(alice, "/invite carol")
+    wait(alice, lambda d: any("you are paired with HELP; /leave first" in n
+                              for n in notices(d, "dm:help")))
+    assert not [n for n in notices(alice) + notices(alice, "dm:help") if "/help" in n]
+
+
 def test_users_and_who_list_who_is_online_in_the_conversation_at_phone_width(
     web: WebServer, browser: Callable[..., Any], tcp: Callable[[str], LineClient]
 ) -> None:
