@@ -3822,6 +3822,31 @@ def test_leaving_the_page_leaves_the_chat_and_coming_back_rejoins(
     wait_texts(alice, ["welcome back"], conv="dm:bob")
 
 
+def test_coming_back_to_the_page_does_not_say_it_was_disconnected(
+    web: WebServer, browser: Callable[..., Any], tcp: Callable[[str], LineClient]
+) -> None:
+    """A page brought back from the back/forward cache said "Disconnected
+    from the server." then "Reconnected at ...": the page had closed its
+    own connection when left (pagehide), and nothing went wrong. Now it
+    says neither; the lobby lines said meanwhile are shown, as they are
+    after any reconnection."""
+    bob = tcp("bob")
+    alice = recording(browser())
+    join(alice, web, "alice")
+    bob.expect("JOINED ")
+    alice.execute_script(
+        "window.addEventListener('pageshow', e => { window.restored = e.persisted; })")
+    alice.get("about:blank")
+    bob.expect(lambda line: line.startswith("LEFT "), timeout=3)
+    bob.send("MSG while you were away")
+    alice.back()
+    assert bob.expect(lambda line: line.startswith("JOINED "), timeout=WAIT).split()[2] == "alice"
+    assert alice.execute_script("return window.restored") is True  # from the cache
+    wait_texts(alice, ["while you were away"])
+    assert not [n for n in notices(alice) if "connect" in n.lower()], notices(alice)
+    assert not shown_banner(alice)
+
+
 def test_coming_back_during_the_failed_logins_wait_keeps_its_countdown(
     web: WebServer, browser: Callable[..., Any], tcp: Callable[[str], LineClient]
 ) -> None:

@@ -1248,7 +1248,7 @@
     const ws = state.ws;
     if (!ws) return;
     if (ws.readyState === WebSocket.OPEN) ws.send("BYE");
-    dropSocket();
+    dropSocket({ away: true });
   });
   window.addEventListener("pageshow", (event) => {
     if (event.persisted && !state.ws && !state.leaving && !state.idle && !state.floodWait) connect();
@@ -1258,18 +1258,23 @@
   // closed, and whatever it still does is ignored (its handlers look for
   // state.ws). Unless a new one replaces it at once (connect()), the page
   // then goes on as for any connection closed (closed()), the banner
-  // saying `reason` (scheduleReconnect) if one is given.
-  function dropSocket({ replaced = false, reason = null } = {}) {
+  // saying `reason` (scheduleReconnect) if one is given; `away`: the page
+  // is being left (pagehide).
+  function dropSocket({ replaced = false, reason = null, away = false } = {}) {
     const ws = state.ws;
     if (!ws) return;
     state.ws = null;
     ws.close();
     if (replaced) return;
     if (reason) state.byeReason = reason;
-    closed();
+    closed(away);
   }
 
-  function closed() {
+  // The connection is over. `away`: the page closed it as it was left
+  // (pagehide), and connects again if it is brought back (pageshow):
+  // nothing went wrong, so no "Disconnected" is said, nor "Reconnected",
+  // and no reconnection is scheduled (the page is frozen, or gone).
+  function closed(away = false) {
     const wasOnline = state.online;
     state.online = false;
     state.ws = null;
@@ -1307,14 +1312,14 @@
       // next connection, are put back among them (lobbyMessage).
       state.shownAtLoss = [];
       showHeldNotices(null, state.shownAtLoss);
-      notice(lobby(), "Disconnected from the server.", { error: true });
+      if (!away) notice(lobby(), "Disconnected from the server.", { error: true });
       if (held) notice(lobby(), `${held === 1 ? "One line was" : held + " lines were"} not sent: the connection closed first.`, { error: true });
       if (unconfirmed.length) {
         const n = unconfirmed.length;
         notice(lobby(), `${n === 1 ? "One message you sent was" : n + " messages you sent were"} not confirmed by the server; once connected again, the page says which.`, { error: true });
         answers.lost = (answers.lost || []).concat(unconfirmed).slice(-UNCONFIRMED_MAX);
       }
-      answers.reconnecting = true;
+      answers.reconnecting = !away;
       state.autoJoin = true;
     } else if (state.floodWait && state.byeReason !== "flood") {
       // The server's nick timeout during the wait to send a NICK it did
@@ -1329,6 +1334,10 @@
       return;
     } else if (state.byeReason === "flood") {
       loginRefused();
+      return;
+    }
+    if (away) {
+      banner(null);
       return;
     }
     scheduleReconnect();
