@@ -25,7 +25,9 @@ from typing import Any
 
 import txredisapi  # type: ignore[import-untyped]
 from twisted.internet.defer import Deferred, ensureDeferred, fail, succeed
+from twisted.internet.error import ConnectionAborted
 from twisted.internet.task import Clock
+from twisted.python.failure import Failure
 
 from tests.test_cluster_unit import Untold
 from twisted_chat.server.cluster.node import ClusterState
@@ -638,6 +640,42 @@ def test_a_subscriber_redis_cut_is_said_as_such_not_as_redis_unreachable(
     clock.advance(1)  # its retry
     redis.pump()
     assert n0.state.available
+
+
+def test_a_connection_the_nodes_own_reply_timeout_ended_is_said_as_that(
+        logged: list[str]) -> None:
+    """rev21-clu F3: a burst of departures made nodes read their replies
+    late, and their own reply timeout (txredisapi's, which aborts the
+    connection) ended their subscriber connections: the log blamed Redis's
+    client-output-buffer-limit, though Redis cut nothing (its log said no
+    such thing), and the command connection's as "Redis unreachable".  Both
+    are said as what is known: this node's reply timeout ended them."""
+    for which in ("subscriber", "command"):
+        logged.clear()
+        _redis, clock, (n0,) = cluster(1)
+        conn = next(c for c in n0.conns if c.subscriber is (which == "subscriber"))
+        conn.lost_reason = Failure(ConnectionAborted())  # as Twisted's abortConnection
+        conn.drop()
+        down = [line for line in logged if "new registrations are refused" in line]
+        assert len(down) == 1, down
+        assert f"this node ended its {which} connection to Redis" in down[0], down
+        assert "reply timeout (5 s: a third of --node-timeout" in down[0], down
+        assert "client-output-buffer-limit" not in down[0] and "unreachable" not in down[0]
+        assert not n0.state.available
+        clock.advance(1)  # its retry
+        assert n0.state.available
+
+
+def test_each_connection_asks_the_fanout_whether_its_lines_are_due() -> None:
+    """The node hands the fan-out's due (the service's LobbyFanout.due) to
+    both connections at each connection (tests/test_cluster_intake.py)."""
+    _redis, clock, (n0,) = cluster(1)
+    due = lambda: False  # noqa: E731
+    n0.log.lines_due = due
+    next(c for c in n0.conns if c.subscriber).drop()
+    clock.advance(1)
+    opened = [c for c in n0.conns if not c.closed]
+    assert len(opened) == 2 and all(getattr(c, "due", None) is due for c in opened)
 
 
 def test_a_subscriber_lost_as_redis_goes_is_redis_unreachable(logged: list[str]) -> None:

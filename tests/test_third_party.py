@@ -131,6 +131,25 @@ def test_txredisapi_times_replies_with_the_protocols_own_call_later() -> None:
     assert [call.getTime() for call in clock.getDelayedCalls()] == [5.0]
 
 
+def test_txredisapi_hands_the_rest_of_a_read_to_set_line_mode() -> None:
+    """redisconn's _WholeReads hands on a whole read in its turn by taking
+    over setLineMode, which txredisapi calls after each bulk string with the
+    rest of the read (and there defers it to a later turn), and feeding
+    that rest to dataReceived itself (tests/test_cluster_intake.py)."""
+    proto = redis_protocol(None)
+    proto.makeConnection(StringTransport())
+    rests: list[bytes] = []
+    proto.setLineMode = lambda extra=b"": rests.append(extra)
+    replies: list[object] = []
+    for _ in range(2):
+        proto.execute_command("GET", "k").addCallback(replies.append)
+    proto.dataReceived(b"$1\r\na\r\n$1\r\nb\r\n")
+    assert (replies, rests) == (["a"], [b"$1\r\nb\r\n"])
+    proto.line_mode = 1
+    proto.dataReceived(rests.pop())
+    assert replies == ["a", "b"]
+
+
 # -- Twisted's epoll reactor -------------------------------------------------------
 
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import re
 import urllib.parse
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -22,13 +23,14 @@ import txredisapi  # type: ignore[import-untyped]
 from OpenSSL import SSL
 from service_identity import VerificationError
 from twisted.internet import defer, endpoints, ssl
+from twisted.internet.error import ConnectionAborted
 from twisted.internet.protocol import Factory
 from twisted.python.failure import Failure
 
 from twisted_chat.tls import load_trust_root
 
 __all__ = ["PasswordRefused", "RedisTarget", "connect", "parse_url", "read_password_file",
-           "tls_failure", "with_password_file"]
+           "timed_out", "tls_failure", "with_password_file"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -304,11 +306,64 @@ class _KeepsLoss:
         super().connectionLost(why)  # type: ignore[misc]
 
 
-class _Commands(_KeepsLoss, txredisapi.RedisProtocol):  # type: ignore[misc]
+def timed_out(proto: Any) -> bool:
+    """Whether C{proto}'s connection was ended by this process's abort:
+    on a connection in use only txredisapi's reply timeout aborts one (the
+    node's own drops come after it noted the loss), so Redis did not close
+    it, nor did the network (rev21-clu F3)."""
+    why = getattr(proto, "lost_reason", None)
+    return why is not None and why.check(ConnectionAborted) is not None
+
+
+class _WholeReads:
+    """
+    Hands on all of a read's replies in the turn it came (rev21-clu F1).
+    txredisapi's C{LineReceiver} hands the rest of a read back through
+    C{callLater(0)} after every bulk string, its transport paused meanwhile
+    (C{setLineMode}): a pub/sub message (three bulk strings) took three
+    reactor turns, and the lobby's fan-out, which sends what a turn
+    gathered at its end, wrote each event's lines alone.  Here the rest is
+    handled at once, in a loop (not by recursion), unless C{due} (set by
+    the node's log: the fan-out's C{LobbyFanout.due}; none, a read is
+    handed on whole), asked between two bulk strings, says the lobby's
+    waiting lines are due: then the rest waits one turn, as txredisapi had
+    it, and the fan-out's turn ends first.
+    """
+
+    # Asked between two bulk strings of a read: whether the rest waits a turn.
+    due: Callable[[], bool] | None = None
+    _rest: bytes = b""
+    # txredisapi's (LineReceiver's), typed for the methods below.
+    line_mode: int
+    paused: bool
+    transport: Any
+    callLater: Any
+    pauseProducing: Callable[[], None]
+
+    def setLineMode(self, extra: bytes = b"") -> None:
+        self.line_mode = 1
+        self._rest = extra  # handed on by dataReceived's loop
+
+    def dataReceived(self, data: bytes, unpause: bool = False) -> None:
+        if unpause:  # the rest of a read put off (below)
+            self.paused = False
+            self.transport.resumeProducing()
+        super().dataReceived(data)  # type: ignore[misc]
+        while self._rest:
+            rest, self._rest = self._rest, b""
+            due = self.due
+            if due is not None and due():
+                self.pauseProducing()
+                self.callLater(0, self.dataReceived, rest, True)
+                return
+            super().dataReceived(rest)  # type: ignore[misc]
+
+
+class _Commands(_KeepsLoss, _WholeReads, txredisapi.RedisProtocol):  # type: ignore[misc]
     """A connection for commands."""
 
 
-class _Subscriber(_KeepsLoss, txredisapi.SubscriberProtocol):  # type: ignore[misc]
+class _Subscriber(_KeepsLoss, _WholeReads, txredisapi.SubscriberProtocol):  # type: ignore[misc]
     """A subscribed connection: hands each message's text to C{heard}."""
 
     def heard(self, message: str) -> None:
@@ -340,7 +395,9 @@ async def connect(target: RedisTarget, reactor: Any, reply_timeout: float | None
       - C{_ready}, its flag for AUTH and SELECT having succeeded (its public
         C{connected} is set before they are sent).  There is no fallback:
         renamed, every connection fails (AttributeError) and the node never
-        joins the cluster.
+        joins the cluster;
+      - C{LineReceiver.setLineMode(extra)}, called with the rest of a read
+        after each bulk string, and C{dataReceived(data)} (L{_WholeReads}).
     """
     factory = _NoFactory()
     kind = _Subscriber if subscriber else _Commands

@@ -79,6 +79,7 @@ from twisted_chat.server.cluster.redisconn import (
     PasswordRefused,
     RedisTarget,
     connect,
+    timed_out,
     tls_failure,
 )
 from twisted_chat.server.cluster.redishistory import (
@@ -173,6 +174,7 @@ class RedisLog:
         retain_bytes: int | None = None,
         set_retention: bool = False,
         stream_bytes: int | None = None,
+        lines_due: Callable[[], bool] | None = None,
     ) -> None:
         """
         @param retain_days: C{--retain-days}: the history forgets older messages.
@@ -188,6 +190,9 @@ class RedisLog:
         @param stream_bytes: C{--stream-bytes}: a command's event is not
             appended while the stream takes more (L{APPEND}); C{None} or 0:
             no bound.
+        @param lines_due: the lobby fan-out's C{due}: a connection hands on
+            a read's replies (the channel's events) in one turn, until the
+            lobby's waiting lines are due (L{redisconn._WholeReads}).
         """
         self.target = target
         self.channel = f"{CHANNEL}:{target.db}"
@@ -196,6 +201,7 @@ class RedisLog:
         self.state = state
         self.reactor = reactor
         self.node_timeout = node_timeout
+        self.lines_due = lines_due
         # Called, with the reason, when the node cannot run on this
         # database (L{Misconfigured} at its first connection): the service
         # ends the process.  The log has said why.
@@ -310,8 +316,11 @@ class RedisLog:
             reader.transport.loseConnection()
             return
         self._cmd, self._reader = cmd, reader
-        cmd.whenDisconnected().addCallback(lambda _, g=generation: self.lost(g))
-        reader.whenDisconnected().addCallback(lambda _, g=generation: self._subscriber_lost(g))
+        cmd.due = reader.due = self.lines_due
+        cmd.whenDisconnected().addCallback(
+            lambda _, g=generation: self._connection_lost(g, cmd, "command"))
+        reader.whenDisconnected().addCallback(
+            lambda _, g=generation: self._subscriber_lost(g, reader))
         self.reading.reset()
         unrecorded, notes = await self._restore(cmd)
         refused = await self.leases.take_refused(cmd)
@@ -457,26 +466,41 @@ class RedisLog:
             self.refused(why)
 
     def lost(self, generation: int, why: str = "connection lost",
-             misconfigured: str | None = None, subscriber_cut: bool = False) -> None:
+             misconfigured: str | None = None, subscriber_cut: bool = False,
+             unanswered: str | None = None) -> None:
         if generation != self._generation or self._stopped:
             return
         self._generation += 1
-        self._note_down(self._tls_failure() or why, misconfigured, subscriber_cut)
+        self._note_down(self._tls_failure() or why, misconfigured, subscriber_cut, unanswered)
         self._schedule_retry()  # first: whatever the drop does (rev19-clu2 #1)
         self._drop_connections()
 
-    def _subscriber_lost(self, generation: int) -> None:
+    def _connection_lost(self, generation: int, proto: Any, which: str) -> None:
+        """The node's C{which} connection (C{proto}) was lost: said as its
+        own reply timeout if that ended it (L{timed_out}; rev21-clu F3: a
+        burst that made the node read late was logged as Redis unreachable,
+        or as Redis cutting its subscriber), else as a loss."""
+        if timed_out(proto):
+            self.lost(generation, unanswered=which)
+        else:
+            self.lost(generation)
+
+    def _subscriber_lost(self, generation: int, reader: Any) -> None:
         """
         The subscriber connection closed.  Redis closes it alone when the
         node falls too far behind the channel (C{client-output-buffer-limit
         pubsub}; rev16-clu #4: a node stopped 10 s was logged as "Redis ...
         unreachable"), and when it goes, the command connection goes as
         well (its loss may be seen a turn later): the command connection is
-        asked a C{PING} first.  Answered, Redis is there and cut the
-        subscriber, and the loss is said so; not, it is a loss as any.
+        asked a C{PING} first.  Answered, Redis is there and closed the
+        subscriber, and the loss is said so; not, it is a loss as any.  One
+        the node's own reply timeout ended (L{timed_out}) is said as that.
         """
         cmd = self._cmd
         if generation != self._generation or self._stopped or cmd is None:
+            return
+        if timed_out(reader):
+            self._connection_lost(generation, reader, "subscriber")
             return
         probe: Deferred[Any] = cmd.execute_command("PING")
         probe.addTimeout(self.reply_timeout, self.reactor)
@@ -484,12 +508,13 @@ class RedisLog:
                            lambda _: self.lost(generation))
 
     def _note_down(self, why: str, misconfigured: str | None = None,
-                   subscriber_cut: bool = False) -> None:
+                   subscriber_cut: bool = False, unanswered: str | None = None) -> None:
         """Redis is out of reach (C{why}), or, while the node runs, the
         database is not one it can run on (C{misconfigured}: said as
         that, once per reason, not as Redis unreachable), or Redis closed
         the node's subscriber connection while answering its commands
-        (C{subscriber_cut}: L{_subscriber_lost})."""
+        (C{subscriber_cut}: L{_subscriber_lost}), or the node's own reply
+        timeout ended its C{unanswered} connection (L{_connection_lost})."""
         self.state.available = False
         if misconfigured is not None and misconfigured != self._misconfigured:
             self._misconfigured = misconfigured
@@ -503,11 +528,20 @@ class RedisLog:
             if subscriber_cut:
                 self.log.warn(
                     "cluster: Redis at {redis} closed this node's subscriber connection while "
-                    "answering its commands: most likely this node fell too far behind the "
-                    "channel (a stall, or more than it could take) and Redis cut it for its "
-                    "client-output-buffer-limit pubsub (docs/cluster.md, \"How Redis must be "
+                    "answering its commands (Redis does so to a subscriber too far behind the "
+                    "channel, past its client-output-buffer-limit pubsub, and at CLIENT KILL: "
+                    "Redis's own log says which; docs/cluster.md, \"How Redis must be "
                     "configured\"); new registrations are refused until it has reconnected "
                     "and caught up from the stream", redis=self.target.display)
+                return
+            if unanswered is not None:
+                self.log.error(
+                    "cluster: this node ended its {which} connection to Redis at {redis}: an "
+                    "answer was not read within its reply timeout ({t:g} s: a third of "
+                    "--node-timeout, at least 2 s), as when Redis does not answer or this "
+                    "node reads late (busy with a burst: a larger --node-timeout gives it "
+                    "longer); new registrations are refused, reconnecting with backoff",
+                    which=unanswered, redis=self.target.display, t=self.reply_timeout)
                 return
             self.log.error(
                 "cluster: Redis at {redis} unreachable ({why}); new registrations are "

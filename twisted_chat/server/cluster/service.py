@@ -75,7 +75,8 @@ def cluster_factory(
     state = holder[0]
     redis = RedisLog(target, state, reactor, node_timeout, retain_days=config.retain_days,
                      retain_messages=config.retain_messages, retain_bytes=retain_bytes,
-                     set_retention=set_retention, stream_bytes=stream_bytes)
+                     set_retention=set_retention, stream_bytes=stream_bytes,
+                     lines_due=factory.fanout.due)
     # An address's lobby lines and registrations are counted cluster-wide.
     factory.addresses.share(RedisBuckets(redis.command, reactor))
     return factory, redis

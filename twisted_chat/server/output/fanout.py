@@ -218,6 +218,15 @@ class LobbyFanout:
             self._shares = (lines + len(pending) - start, sent + len(data))
         self._gone[member] = len(pending)
 
+    def due(self) -> bool:
+        """Whether lines wait that the pacing would send now, not hold a
+        turn more (past their window; with C{--fanout-delay 0} any): work
+        handed on piece by piece within a turn (a cluster node's events, as
+        its Redis connection reads them, L{redisconn._WholeReads}) lets the
+        turn end before the next piece, so they go (docs/fanout.md)."""
+        return bool(self._pending) and not keep_gathering(
+            self._first, self._clock.seconds(), 0, self._window, True)
+
     def _turn_over(self) -> None:
         self._call = None
         backlog = self._backlog

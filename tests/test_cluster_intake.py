@@ -1,0 +1,138 @@
+"""
+A cluster node's Redis connections hand on a read's replies in the turn
+the read came (twisted_chat.server.cluster.redisconn, C{_WholeReads}), so
+the events that one read brings from the channel are fanned out together
+(rev21-clu F1): txredisapi handed on one bulk string per reactor turn, and
+the fan-out, which sends what a turn gathered at its end, wrote each
+event's lines alone (1,595 of 1,597 flushes carried one line; 200 users
+leaving one node cost every node about 40,000 writes).  Within the
+fan-out's bound: once its waiting lines are due (C{LobbyFanout.due}), the
+rest of the read waits a turn, and with C{--fanout-delay 0} each event's
+lines go at the end of their own turn.  Deterministic: the real protocol on
+a StringTransport, a task.Clock.
+"""
+
+from __future__ import annotations
+
+from twisted.internet.task import Clock
+from twisted.internet.testing import StringTransport
+
+from tests.test_fanout import Stub
+from twisted_chat.server.cluster.redisconn import _Subscriber
+from twisted_chat.server.output.fanout import LobbyFanout
+
+CHANNEL = "chat:live:0"
+
+
+def bulk(text: str) -> bytes:
+    data = text.encode()
+    return b"$%d\r\n%s\r\n" % (len(data), data)
+
+
+def published(*messages: str) -> bytes:
+    """What Redis writes to a subscriber for C{messages} on the channel."""
+    return b"".join(b"*3\r\n" + bulk("message") + bulk(CHANNEL) + bulk(m) for m in messages)
+
+
+class Intake:
+    """A node's subscriber (txredisapi's protocol, as redisconn builds it)
+    whose events each add a lobby line to a fan-out of one member; C{cost}:
+    the seconds each event takes to apply (the clock moves, no call runs)."""
+
+    def __init__(self, window: float, cost: float = 0.0) -> None:
+        self.clock = Clock()
+        self.member = Stub()
+        self.fanout = LobbyFanout(self.clock, lambda: [self.member], window,
+                                  backlog=lambda: False)
+        self.transport = StringTransport()
+        self.proto = _Subscriber(charset="utf-8", convertNumbers=False)
+        self.proto.callLater = self.clock.callLater
+        self.proto.due = self.fanout.due
+        self.proto.heard = self.heard
+        self.proto.makeConnection(self.transport)
+        self.cost = cost
+        self.heard_in_turn: list[int] = [0]
+        self.paused_while_waiting = False
+
+    def heard(self, message: str) -> None:
+        self.fanout.add(f"LEFT {message}\n".encode())
+        self.heard_in_turn[-1] += 1
+        self.clock.rightNow += self.cost
+
+    def run(self) -> None:
+        """The reactor's turns, until no call waits."""
+        while self.clock.getDelayedCalls():
+            if self.transport.producerState == "paused":
+                self.paused_while_waiting = True
+            self.heard_in_turn.append(0)
+            self.clock.advance(0)
+
+    def batches(self) -> list[list[str]]:
+        return [w.decode().splitlines() for w in self.member.got]
+
+
+def test_the_events_of_one_read_are_fanned_out_in_one_write() -> None:
+    """50 departures in one read from Redis: every member gets their LEFT
+    lines in one write (before: 50 writes, one per reactor turn)."""
+    intake = Intake(window=0.010)
+    nicks = [f"u{i}" for i in range(50)]
+    intake.proto.dataReceived(published(*nicks))
+    assert intake.heard_in_turn == [50]  # all applied in the read's turn
+    intake.run()
+    assert intake.batches() == [[f"LEFT {n}" for n in nicks]]
+    assert intake.transport.producerState == "producing"
+
+
+def test_a_read_split_across_reads_and_bulk_strings_keeps_its_order() -> None:
+    """Events cut anywhere (inside a bulk string, between two) come out
+    whole and in order, the part after the cut with the next read."""
+    intake = Intake(window=0.010)
+    data = published(*(f"u{i}" for i in range(10)))
+    for cut in (7, 40, 41, 95, len(data) - 3):
+        intake.proto.dataReceived(data[:cut])
+        intake.proto.dataReceived(data[cut:])
+    intake.run()
+    lines = [line for batch in intake.batches() for line in batch]
+    assert lines == [f"LEFT u{i}" for _ in range(5) for i in range(10)]
+
+
+def test_a_long_read_lets_the_lines_go_once_they_are_due() -> None:
+    """Each event takes 4 ms to apply and the window is 10 ms: once the
+    first waiting line is due, the rest of the read waits a turn (its
+    transport paused, as txredisapi had it), the turn's end sends what was
+    gathered, and the read goes on: no line waits much past the window."""
+    intake = Intake(window=0.010, cost=0.004)
+    intake.proto.dataReceived(published(*(f"u{i}" for i in range(10))))
+    intake.run()
+    assert [len(b) for b in intake.batches()] == [3, 3, 3, 1]
+    assert [line for b in intake.batches() for line in b] == [f"LEFT u{i}" for i in range(10)]
+    assert intake.paused_while_waiting
+    assert intake.transport.producerState == "producing"
+
+
+def test_with_fanout_delay_0_each_events_lines_go_at_the_end_of_its_turn() -> None:
+    """--fanout-delay 0 turns pacing off: nothing waits for lines behind it,
+    so each event's lines go at the end of a turn of their own."""
+    intake = Intake(window=0.0)
+    intake.proto.dataReceived(published("a", "b", "c"))
+    intake.run()
+    assert intake.batches() == [["LEFT a"], ["LEFT b"], ["LEFT c"]]
+
+
+def test_command_replies_are_handed_on_in_the_reads_turn() -> None:
+    """The command connection too: a read of many replies (a burst of
+    appends acknowledged) answers them all in its turn, not one a turn
+    (rev21-clu F3: a node read its replies so late that its own reply
+    timeout dropped the connection)."""
+    from twisted_chat.server.cluster.redisconn import _Commands
+
+    clock = Clock()
+    proto = _Commands(charset="utf-8", convertNumbers=False)
+    proto.callLater = clock.callLater
+    proto.makeConnection(StringTransport())
+    answers: list[object] = []
+    for _ in range(20):
+        proto.execute_command("EVALSHA", "x").addCallback(answers.append)
+    proto.dataReceived(b"".join(bulk(f"{i}-0") for i in range(20)))
+    assert answers == [f"{i}-0" for i in range(20)]
+    assert not clock.getDelayedCalls()
