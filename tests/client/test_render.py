@@ -3,14 +3,18 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 
 import pytest
 from hypothesis import example, given
 from hypothesis import strategies as st
+from twisted.internet.task import Clock
 
 from twisted_chat.client import render
 from twisted_chat.client.render import Renderer, Span, Style, UserRow, ansi, plain
 from twisted_chat.client.sanitize import text_width
+from twisted_chat.server.history import History
+from twisted_chat.server.hub import Hub, HubError, HubSettings
 
 from .helpers import NOW, TS
 
@@ -144,6 +148,62 @@ def test_a_text_that_ends_a_sentence_gets_no_full_stop() -> None:
     assert render.error_sentence("busy", "bob is busy!") == (
         "The invitation was not sent: bob is busy!"
     )
+
+
+class _Deaf:
+    """A hub listener that hears nothing: only the hub's refusals matter."""
+
+    def __getattr__(self, name: str) -> Callable[..., None]:
+        return lambda *args: None
+
+
+def _said(act: Callable[[], object]) -> str:
+    """The client's sentence for the real hub's refusal of C{act}."""
+    with pytest.raises(HubError) as refused:
+        act()
+    return render.error_sentence(refused.value.code.value, refused.value.text)
+
+
+def test_a_nick_spelled_as_a_verb_is_not_rewritten_in_an_invitations_refusal() -> None:
+    """The client rewrote every standalone PAIR, UNPAIR, ACCEPT or REJECT of
+    a busy or pending text, nicks too: "your invitation to /pair is still
+    open".  Only where the server's texts put a verb (the hub's own
+    refusals here) is it said as the client's command."""
+    hub = Hub(Clock(), History(1), _Deaf(), HubSettings(max_invites=2))  # type: ignore[arg-type]
+    alice, carol, dave = (hub.register(nick, conn=object(), source=nick)
+                          for nick in ("alice", "carol", "dave"))
+    pair, accept = (hub.register(nick, conn=object()) for nick in ("PAIR", "ACCEPT"))
+    hub.register("HELP", conn=object())
+    hub.pair(alice, "HELP")
+    assert _said(lambda: hub.pair(alice, "carol")) == (
+        "The invitation was not sent: your invitation to HELP is still open; "
+        "/unpair withdraws it."
+    )
+    hub.pair(dave, "PAIR")
+    hub.accept(pair, "dave")
+    assert _said(lambda: hub.pair(dave, "carol")) == (
+        "The invitation was not sent: you are paired with PAIR; /unpair first."
+    )
+    assert _said(lambda: hub.pair(carol, "PAIR")) == (
+        "The invitation was not sent: PAIR is in a private conversation."
+    )
+    one, two = (hub.register(nick, conn=object(), source="here") for nick in ("one", "two"))
+    hub.pair(one, "ACCEPT")
+    assert _said(lambda: hub.pair(two, "ACCEPT")) == (
+        "The invitation was not sent: users from your address have 1 open invitations "
+        "to ACCEPT already; wait for one to end."
+    )
+    hub.pair(carol, "ACCEPT")
+    hub.unpair(alice)  # withdraws the invitation to HELP
+    assert _said(lambda: hub.pair(alice, "ACCEPT")) == (
+        "The invitation was not sent: ACCEPT has 2 open invitations already; try again later."
+    )
+    assert accept.incoming is not None and len(accept.incoming) == 2
+    # The session's refusal of an invitation to a reader far behind.
+    assert render.error_sentence(
+        "busy", "HELP is not reading fast enough to take more invitations; try again later"
+    ) == ("The invitation was not sent: HELP is not reading fast enough to take more "
+          "invitations; try again later.")
 
 
 def test_invitation_endings() -> None:

@@ -322,8 +322,16 @@ def sentence(text: str) -> str:
 
 # What an error's sentence says when the server's text is empty.
 _NO_TEXT = {"no-such-nick": "nobody by that name is online"}
-# The commands an invitation's refusal (busy, pending) names, as the user types them.
-_VERBS = re.compile(r"\b(UNPAIR|PAIR|ACCEPT|REJECT)\b")
+# The chat/1 verbs the server's errors name ("usage: PAIR <nick>", "UNPAIR
+# first", "UNPAIR withdraws it", "REJECT declines", "try HELP"), said as the
+# user types them in an invitation's refusal (busy, pending).  Only in those
+# places: a nick may be spelled as a verb ("your invitation to HELP is still
+# open").  The web page's pageWords() keeps the same rule (docs/web.md,
+# docs/client.md): change both together.
+_VERB = "UNPAIR|PAIR|ACCEPT|REJECT|HELP"
+_VERB_PLACES = re.compile(
+    rf"(?:(?<=\busage: )|(?<=\btry ))(?:{_VERB})\b|\b(?:{_VERB})(?= (?:first|withdraws|declines)\b)"
+)
 
 
 # ERROR busy answering a DM (or a MSG the server sent to the partner), not an
@@ -414,7 +422,7 @@ def error_sentence(code: str, text: str) -> str:
         return sentence(f"The server did not do /{verb.lower()}: {text.rstrip('.')}")
     text = text.rstrip(".")
     if code in ("busy", "pending"):
-        text = _VERBS.sub(lambda verb: "/" + verb.group(1).lower(), text)
+        text = _VERB_PLACES.sub(lambda verb: "/" + verb.group().lower(), text)
     said = template.format(text=text or _NO_TEXT.get(code, code))
     # A text that ends its own sentence ("...online?") takes no full stop
     # after it where the template puts one (sentence() keeps "?" and "!").
