@@ -98,6 +98,20 @@ def test_line_leaves_out_empty_text() -> None:
     assert wire.line("PONG", text="") == b"PONG\r\n"
 
 
+@given(st.floats(0, 4e9), st.text(min_size=1), st.text(min_size=1), st.text())
+def test_msg_line_is_the_generic_line(ts: float, sender: str, recipient: str, text: str) -> None:
+    """The lobby's and pairs' MSG, made in one step, is byte for byte what
+    the generic line makes (an empty text left out with its space)."""
+    expected = wire.line("MSG", wire.format_ts(ts), sender, recipient, text=text)
+    assert wire.msg_line(ts, sender, recipient, text) == expected
+
+
+def test_msg_line() -> None:
+    assert wire.msg_line(0.5, "ann", "*", "hi  there") == (
+        b"MSG 1970-01-01T00:00:00.500Z ann * hi  there\r\n")
+    assert wire.msg_line(0.5, "ann", "bob", "") == b"MSG 1970-01-01T00:00:00.500Z ann bob\r\n"
+
+
 def test_timestamps() -> None:
     assert wire.format_ts(0) == "1970-01-01T00:00:00.000Z"
     assert wire.format_ts(1795342502.4816) == "2026-11-22T10:15:02.481Z"

@@ -445,6 +445,17 @@ def line(verb: str, *words: str, text: str = "") -> bytes:
     return parts.encode("utf-8") + CRLF
 
 
+def msg_line(ts: float, sender: str, recipient: str, text: str) -> bytes:
+    """
+    C{line("MSG", format_ts(ts), sender, recipient, text=text)} in one
+    f-string: every lobby and private message is one, so its generic
+    joins are left out.
+    """
+    if not text:
+        return line("MSG", format_ts(ts), sender, recipient)
+    return f"MSG {format_ts(ts)} {sender} {recipient} {text}\r\n".encode()
+
+
 # ".000Z" to ".999Z": a timestamp's end is looked up, not formatted (an
 # f-string's {ms:03d} parses its format spec on every lobby line).
 _MILLISECONDS = tuple(f".{ms:03d}Z" for ms in range(1000))

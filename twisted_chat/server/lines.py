@@ -137,8 +137,7 @@ class LineListener:
         self._history_block = None
         if self._state().holds(sender):
             self.stats.count_lobby_message()  # one of this process's users said it
-        ts = wire.format_ts(entry.ts)
-        self.fanout.add(wire.line("MSG", ts, entry.nick, "*", text=entry.text))
+        self.fanout.add(wire.msg_line(entry.ts, entry.nick, "*", entry.text))
 
     def ready(self, user: User) -> None:
         self._user_changed(user)
@@ -188,7 +187,7 @@ class LineListener:
         self._write_to_paired(data)
 
     def private_message(self, ts: float, sender: User, recipient: User, text: str) -> None:
-        data = wire.line("MSG", wire.format_ts(ts), sender.nick, recipient.nick, text=text)
+        data = wire.msg_line(ts, sender.nick, recipient.nick, text)
         if self._state().holds(sender):
             self.stats.count_private_message("pair" if sender.partner is recipient else "dm")
         recipient.conn.write_private(data)  # left out of its --sendq cut while held
