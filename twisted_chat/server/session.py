@@ -207,8 +207,9 @@ class Session:
             text = wire.decode(line)
             said = wire.msg_text(text)
             if said is not None and conn.user is not None:
-                # A lobby or pair line, parsed already (the commonest line).
-                outcome = self.do_MSG(conn, wire.Command("MSG", (), said))
+                # A lobby or pair line, parsed already (the commonest line):
+                # its text is all MSG needs, so no Command is made.
+                outcome = self._say(conn, said)
             else:
                 command = self._command(conn, text)
                 if command is None:
@@ -389,8 +390,11 @@ class Session:
 
     # -- commands once online --------------------------------------------------
 
-    def do_MSG(self, conn: Connection, command: wire.Command,
-               at: float | None = None) -> Outcome:
+    def do_MSG(self, conn: Connection, command: wire.Command) -> Outcome:
+        return self._say(conn, command.text)
+
+    def _say(self, conn: Connection, text: str, at: float | None = None) -> Outcome:
+        """MSG C{text}: to the lobby, or to the partner (L{do_MSG})."""
         user = conn.user
         assert user is not None  # as _online(): a call less on every MSG
         factory = self.factory
@@ -418,7 +422,7 @@ class Session:
                     if due is not None:
                         allowed.addTimeout(left, conn.clock,
                                            onTimeoutCancel=lambda result, timeout: _LATE)
-                    return allowed.addCallback(self._judged, conn, command, at)
+                    return allowed.addCallback(self._judged, conn, text, at)
                 config = factory.config
                 conn.dropped(
                     conn.arrived() if at is None else at,
@@ -428,7 +432,7 @@ class Session:
                 )
                 return None
             limits = conn.limits
-            outcome = state.say(user, command.text)
+            outcome = state.say(user, text)
             if outcome is not None and limits is not None:
                 # Cluster mode: a line taken back ("not sent": its wait
                 # ended, the node's queue was full, Redis lost it) gives
@@ -440,7 +444,7 @@ class Session:
             # A pair's MSG is a private line like a DM (chat/1: it "looks
             # like a DM from the partner"), so it is held back alike.
             self._not_backed_up(user, partner.nick, wire.PRIVATE_MESSAGES)
-        return factory.state.say(user, command.text)
+        return factory.state.say(user, text)
 
     def _not_said(self, failure: Failure, limits: Address) -> Failure:
         error = failure.value
@@ -448,14 +452,14 @@ class Session:
             self.factory.addresses.lobby_refund(limits)
         return failure
 
-    def _judged(self, result: object, conn: Connection, command: wire.Command,
+    def _judged(self, result: object, conn: Connection, text: str,
                 at: float | None) -> Outcome:
         """The address's count came (or the line's wait ended first: L{_LATE})."""
         if conn.closing:
             return None
         if result is _LATE:
             return fail(self.factory.state.too_late())
-        return self.do_MSG(conn, command, at)
+        return self._say(conn, text, at)
 
     def do_DM(self, conn: Connection, command: wire.Command) -> Outcome:
         user = _online(conn)
