@@ -29,7 +29,9 @@ from typing import Any
 
 import pytest
 
+from tests.harness import Harness
 from tests.serverproc import LOOPBACK, LineClient
+from tests.test_address_limits import _crowd
 from tests.web.webserver import WebServer, served, serving
 from twisted_chat.client.commands import password_problem
 from twisted_chat.server.accounts.hashing import password_problem as server_length_problem
@@ -3949,6 +3951,76 @@ def test_a_nick_spelled_as_a_verb_is_not_rewritten_in_the_servers_errors(
     wait(alice, lambda d: any("you are paired with HELP; /leave first" in n
                               for n in notices(d, "dm:help")))
     assert not [n for n in notices(alice) + notices(alice, "dm:help") if "/help" in n]
+
+
+def _errors(conn: Any, *lines: str) -> list[str]:
+    """The texts of the ERRORs the server answers C{lines} with."""
+    conn.send(*lines)
+    return [line.split(" ", 2)[2] for line in conn.take() if line.startswith("ERROR ")]
+
+
+def test_the_page_names_its_commands_in_every_server_error_that_names_a_verb(
+    browser: Callable[..., Any]
+) -> None:
+    """The page's pageWords, taken from app.js as it is and run in
+    Chromium, on the server's own ERROR texts (a real server's, through
+    tests.harness): each verb it names is the page's command, the list
+    cost's too ("slow down: PAIR costs ..." kept the bare PAIR and ACCEPT
+    after 53ff74a); a nick spelled as a verb (HELP, PAIR) stays as it is."""
+    h = Harness()
+    alice, carol, dave, helper, pair = (
+        h.user(nick) for nick in ("alice", "carol", "dave", "HELP", "PAIR"))
+    texts = _errors(carol, "PAIR", "ACCEPT", "REJECT", "UNPAIR now", "HELP a b", "FOO",
+                    "HELP PAIRS")
+    texts += _errors(alice, "PAIR HELP", "PAIR carol")
+    texts += _errors(dave, "PAIR PAIR", "PAIR carol")
+    helper.send("ACCEPT alice")
+    pair.send("ACCEPT dave")
+    texts += _errors(alice, "PAIR carol")
+    texts += _errors(dave, "PAIR carol")
+    texts += _errors(carol, "PAIR HELP", "ACCEPT PAIR")
+    helper.send("UNPAIR")
+    helper.send("PAIR carol")
+    texts += _errors(carol, "UNPAIR")
+    # The user list's price: a list over 4096 bytes costs a second token,
+    # which a connection that spent its burst does not have.
+    h = Harness(flood_rate=1.0, flood_burst=2)
+    _crowd(h, 120)
+    listed: list[int] = []  # the list's bytes as each is refused
+    for nick, line in (("bob", "PAIR HELP"), ("erin", "ACCEPT PAIR")):
+        conn = h.user(nick)
+        listed.append(len(h.factory.lines.roster()))
+        texts += _errors(conn, line)
+    assert 4096 < min(listed) <= max(listed) <= 8192
+
+    app = APP_JS.read_text()
+    parts = [re.search(pattern, app, re.DOTALL) for pattern in (
+        r"\n +const PAGE_COMMANDS = .*?;\n", r"\n +const VERB_PLACES = .*?;\n",
+        r"\n( +)function pageWords\(.*?\n\1\}\n")]
+    assert all(parts), "app.js has no PAGE_COMMANDS, VERB_PLACES or pageWords"
+    shown = browser().execute_script(
+        "".join(part.group(0) for part in parts if part)
+        + "return arguments[0].map(pageWords);", texts)
+    costs = [f"costs one line per 4096 bytes of the user list ({size} bytes now), at most 2, "
+             "at 1 lines per second; try again in a moment" for size in listed]
+    assert shown == [
+        "usage: /invite <nick>",
+        "usage: /accept <nick>",
+        "usage: /reject <nick>",
+        "usage: /leave",
+        "usage: /help [<verb>]",
+        "unknown command 'FOO'; try /help",
+        "no help for 'PAIRS'; try /help",
+        "your invitation to HELP is still open; /leave withdraws it",
+        "your invitation to PAIR is still open; /leave withdraws it",
+        "you are paired with HELP; /leave first",
+        "you are paired with PAIR; /leave first",
+        "HELP is in a private conversation",
+        "you have no open invitation from PAIR",
+        "you are not paired and have sent no invitation (/reject declines one you received)",
+        f"slow down: /invite {costs[0]}",
+        f"slow down: /accept {costs[1]}",
+    ]
 
 
 def test_users_and_who_list_who_is_online_in_the_conversation_at_phone_width(
