@@ -136,3 +136,47 @@ def test_command_replies_are_handed_on_in_the_reads_turn() -> None:
     proto.dataReceived(b"".join(bulk(f"{i}-0") for i in range(20)))
     assert answers == [f"{i}-0" for i in range(20)]
     assert not clock.getDelayedCalls()
+
+
+def test_what_comes_while_a_reads_rest_waits_is_handed_on_after_it() -> None:
+    """rr21-c #1: over TLS (rediss://) one socket read is handed on as
+    several records, each a dataReceived, paused or not.  The lobby's lines
+    due after the first event: the rest of the first record waits a turn,
+    and the second record comes meanwhile.  It is handed on after that
+    rest (it was put before it: events lost and reordered)."""
+    intake = Intake(window=0.010)
+    asks = iter([True])  # the lines are due once, after the first bulk string
+    intake.proto.due = lambda: next(asks, False)
+    data = published(*(f"u{i}" for i in range(6)))
+    cut = len(published("u0", "u1", "u2"))
+    intake.proto.dataReceived(data[:cut])
+    assert intake.transport.producerState == "paused"
+    intake.proto.dataReceived(data[cut:])  # the same read's next record
+    intake.run()
+    assert [line for b in intake.batches() for line in b] == [f"LEFT u{i}" for i in range(6)]
+    assert intake.transport.producerState == "producing"
+
+
+def test_command_replies_that_come_while_a_reads_rest_waits_answer_their_own_commands() -> None:
+    """rr21-c #1, the command connection: six GETs answered in one read
+    that comes as two records, the lobby's lines due once: each command
+    gets its own reply (k1 got v3's, k4 v1's)."""
+    from twisted_chat.server.cluster.redisconn import _Commands
+
+    clock = Clock()
+    proto = _Commands(charset="utf-8", convertNumbers=False)
+    proto.callLater = clock.callLater
+    proto.makeConnection(StringTransport())
+    got: dict[str, object] = {}
+    for i in range(6):
+        proto.execute_command("GET", f"k{i}").addBoth(lambda r, k=f"k{i}": got.__setitem__(k, r))
+    asks = iter([True])
+    proto.due = lambda: next(asks, False)
+    data = b"".join(bulk(f"v{i}") for i in range(6))
+    cut = len(b"".join(bulk(f"v{i}") for i in range(3)))
+    proto.dataReceived(data[:cut])
+    proto.dataReceived(data[cut:])
+    while clock.getDelayedCalls():
+        clock.advance(0)
+    assert got == {f"k{i}": f"v{i}" for i in range(6)}
+

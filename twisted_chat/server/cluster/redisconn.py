@@ -333,6 +333,11 @@ class _WholeReads:
     # Asked between two bulk strings of a read: whether the rest waits a turn.
     due: Callable[[], bool] | None = None
     _rest: bytes = b""
+    # What came while the rest waited (rr21-c #1: Twisted's TLS layer hands
+    # on every record of one socket read, paused or not; txredisapi would
+    # put it before the rest).  At most what is left of that one read (64
+    # KiB and a record): the transport under TLS is paused.
+    _held: bytes = b""
     # txredisapi's (LineReceiver's), typed for the methods below.
     line_mode: int
     paused: bool
@@ -345,9 +350,13 @@ class _WholeReads:
         self._rest = extra  # handed on by dataReceived's loop
 
     def dataReceived(self, data: bytes, unpause: bool = False) -> None:
-        if unpause:  # the rest of a read put off (below)
+        if unpause:  # the rest of a read put off (below), then what came meanwhile
             self.paused = False
             self.transport.resumeProducing()
+            data, self._held = data + self._held, b""
+        elif self.paused:  # TLS hands on a read's later records while its rest waits
+            self._held += data
+            return
         super().dataReceived(data)  # type: ignore[misc]
         while self._rest:
             rest, self._rest = self._rest, b""
