@@ -9,6 +9,9 @@ what it is (rev19-clu2 #2: it was "unreachable (Not connected)").
 
 from __future__ import annotations
 
+import os
+import signal
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -18,18 +21,24 @@ from cryptography.hazmat.primitives import serialization
 from twisted.internet import ssl
 from twisted.internet.error import ConnectionDone, ConnectionLost
 from twisted.internet.protocol import Factory, Protocol
+from twisted.internet.task import Clock
 from twisted.internet.testing import MemoryReactorClock, StringTransport
 from twisted.protocols.tls import TLSMemoryBIOFactory
 from twisted.python.failure import Failure
 
+from tests.redisproc import RedisServer, redis_has_tls
+from tests.test_cluster_e2e import Cluster
+from tests.test_cluster_e2e import cluster as cluster_fixture
 from tests.test_cluster_outage import FakeRedis, _history
 from tests.test_cluster_unit import Untold
 from tests.test_e2e_tls import self_signed
 from twisted_chat.server.cluster.listeners import SILENT
 from twisted_chat.server.cluster.node import ClusterState
-from twisted_chat.server.cluster.redisconn import parse_url
+from twisted_chat.server.cluster.redisconn import _Commands, _Subscriber, parse_url, timed_out
 from twisted_chat.server.cluster.redislog import RedisLog
 from twisted_chat.server.hub import HubSettings
+
+cluster = cluster_fixture  # the fixture, shared
 
 
 def tls_log(reactor: MemoryReactorClock, url: str = "rediss://localhost:6399/0") -> RedisLog:
@@ -144,3 +153,54 @@ def test_redis_not_speaking_tls_is_logged_as_a_failed_handshake(logged: list[str
     cmd.connectionLost(Failure(ConnectionDone()))
     down = [line for line in logged if "unreachable" in line]
     assert len(down) == 1 and "unreachable (TLS handshake failed: " in down[0], down
+
+
+@pytest.mark.parametrize("subscriber", [False, True])
+def test_a_connection_its_reply_timeout_ended_is_known_though_tls_says_lost(
+        subscriber: bool) -> None:
+    """rr21-c #2: over TLS, the abort of txredisapi's reply timeout is
+    reported as ConnectionLost (the TLS layer's shutdown), not
+    ConnectionAborted, and the node logged it as Redis cutting its
+    subscriber, or as Redis unreachable.  The connection notes the
+    command's TimeoutError instead; a loss with no timeout is not one."""
+    for timeout in (True, False):
+        clock = Clock()
+        kind = _Subscriber if subscriber else _Commands
+        proto = kind(charset="utf-8", convertNumbers=False, replyTimeout=5)
+        proto.callLater = clock.callLater
+        transport = StringTransport()
+        proto.makeConnection(transport)
+        proto.execute_command("PING").addErrback(lambda _: None)
+        clock.advance(5 if timeout else 4)
+        assert transport.disconnected is timeout
+        proto.connectionLost(Failure(ConnectionLost()))  # as TLS reports either
+        assert timed_out(proto) is timeout
+
+
+@pytest.mark.e2e
+@pytest.mark.skipif(not redis_has_tls(), reason="redis-server is built without TLS")
+def test_a_rediss_nodes_own_reply_timeout_is_logged_as_that(
+        tmp_path: Path, cluster: Callable[..., Cluster]) -> None:
+    """rr21-c #2, end to end: a real rediss:// Redis stopped (SIGSTOP) past
+    the node's reply timeout (2 s, a third of --node-timeout 6): the node
+    says it ended its connection itself (it said Redis unreachable, as its
+    TLS layer reports the abort as ConnectionLost), and is back after."""
+    from tests.test_e2e_tls import self_signed
+
+    key, cert = self_signed(tmp_path)
+    redis = RedisServer(tmp_path, tls=(key, cert)).start()
+    c = cluster(1, node_timeout=6.0, redis=redis,
+                url=f"rediss://localhost:{redis.port}/0?ca={cert}")
+    (node,) = c.nodes
+    alice = c.user(node, "alice")
+    alice.sync()
+    assert redis.proc is not None
+    os.kill(redis.proc.pid, signal.SIGSTOP)
+    try:
+        alice.send("MSG unanswered")  # its append waits for Redis
+        node.wait_log("new registrations are refused", timeout=15)
+    finally:
+        os.kill(redis.proc.pid, signal.SIGCONT)
+    down = [line for line in node.log().splitlines() if "new registrations are refused" in line]
+    assert "connection to Redis at" in down[0] and "within its reply timeout" in down[0], down
+    node.wait_log("Redis is back", timeout=20)

@@ -86,10 +86,12 @@ def test_autobahn_sends_its_close_frames_through_the_method_the_gateway_times() 
 # -- txredisapi --------------------------------------------------------------------
 
 
-def redis_protocol(password: str | None) -> txredisapi.RedisProtocol:
+def redis_protocol(password: str | None, reply_timeout: float | None = None,
+                   ) -> txredisapi.RedisProtocol:
     """As the cluster's connect makes one."""
     return txredisapi.RedisProtocol(charset="utf-8", password=password, dbid=None,
-                                    convertNumbers=False, username=None, replyTimeout=None)
+                                    convertNumbers=False, username=None,
+                                    replyTimeout=reply_timeout)
 
 
 def test_txredisapi_says_ready_only_once_auth_succeeded() -> None:
@@ -148,6 +150,30 @@ def test_txredisapi_hands_the_rest_of_a_read_to_set_line_mode() -> None:
     proto.line_mode = 1
     proto.dataReceived(rests.pop())
     assert replies == ["a", "b"]
+
+
+def test_txredisapi_fails_a_command_with_its_timeout_error_before_it_aborts() -> None:
+    """redisconn notes the reply timeout from the command's
+    txredisapi.TimeoutError, as the loss's reason does not say it over TLS
+    (ConnectionLost, not ConnectionAborted: rr21-c #2): the command must
+    have failed so when the connection is aborted."""
+    from twisted.internet.task import Clock
+
+    clock = Clock()
+    proto = redis_protocol(None, reply_timeout=5)
+    proto.callLater = clock.callLater
+    failed: list[object] = []
+    seen_at_abort: list[list[object]] = []
+
+    class Transport(StringTransport):
+        def abortConnection(self) -> None:
+            seen_at_abort.append(list(failed))
+            super().abortConnection()
+
+    proto.makeConnection(Transport())
+    proto.execute_command("PING").addErrback(lambda why: failed.append(why.type))
+    clock.advance(5)
+    assert seen_at_abort == [[txredisapi.TimeoutError]]
 
 
 # -- Twisted's epoll reactor -------------------------------------------------------

@@ -23,7 +23,6 @@ import txredisapi  # type: ignore[import-untyped]
 from OpenSSL import SSL
 from service_identity import VerificationError
 from twisted.internet import defer, endpoints, ssl
-from twisted.internet.error import ConnectionAborted
 from twisted.internet.protocol import Factory
 from twisted.python.failure import Failure
 
@@ -297,22 +296,35 @@ class _OneConnection(Factory):
 class _KeepsLoss:
     """Keeps why its connection was lost (L{lost_reason}, Twisted's
     reason: the TLS layer's error when the handshake failed), which
-    txredisapi drops (its waiting commands fail as "Lost connection")."""
+    txredisapi drops (its waiting commands fail as "Lost connection"), and
+    whether its reply timeout failed a command (L{reply_timed_out})."""
 
     lost_reason: Failure | None = None
+    reply_timed_out = False
 
     def connectionLost(self, why: Failure) -> None:
         self.lost_reason = why
         super().connectionLost(why)  # type: ignore[misc]
 
+    def execute_command(self, *args: Any, **kwargs: Any) -> Any:
+        d = super().execute_command(*args, **kwargs)  # type: ignore[misc]
+        d.addErrback(self._note_timeout)
+        return d
+
+    def _note_timeout(self, why: Failure) -> Failure:
+        """txredisapi fails a command with its C{TimeoutError} just before
+        its reply timeout aborts the connection: noted here, as the loss's
+        reason does not say it over TLS (C{ConnectionLost}, not
+        C{ConnectionAborted}: rr21-c #2)."""
+        if isinstance(why.value, txredisapi.TimeoutError):
+            self.reply_timed_out = True
+        return why
+
 
 def timed_out(proto: Any) -> bool:
-    """Whether C{proto}'s connection was ended by this process's abort:
-    on a connection in use only txredisapi's reply timeout aborts one (the
-    node's own drops come after it noted the loss), so Redis did not close
-    it, nor did the network (rev21-clu F3)."""
-    why = getattr(proto, "lost_reason", None)
-    return why is not None and why.check(ConnectionAborted) is not None
+    """Whether C{proto}'s connection was ended by txredisapi's reply
+    timeout (its abort), not by Redis nor the network (rev21-clu F3)."""
+    return bool(getattr(proto, "reply_timed_out", False))
 
 
 class _WholeReads:

@@ -500,7 +500,7 @@ class RedisLog:
         if generation != self._generation or self._stopped or cmd is None:
             return
         if timed_out(reader):
-            self._connection_lost(generation, reader, "subscriber")
+            self.lost(generation, unanswered="subscriber")
             return
         probe: Deferred[Any] = cmd.execute_command("PING")
         probe.addTimeout(self.reply_timeout, self.reactor)
