@@ -180,3 +180,43 @@ def test_command_replies_that_come_while_a_reads_rest_waits_answer_their_own_com
         clock.advance(0)
     assert got == {f"k{i}": f"v{i}" for i in range(6)}
 
+
+HIREDIS_IMPORTABLE = """
+import sys, types
+sys.modules["hiredis"] = types.ModuleType("hiredis")  # importable: txredisapi picks its parser
+import txredisapi
+from twisted.internet.task import Clock
+from twisted.internet.testing import StringTransport
+from twisted_chat.server.cluster.redisconn import _Commands, _Subscriber
+assert txredisapi.RedisProtocol is txredisapi.HiredisProtocol
+for kind in (_Commands, _Subscriber):
+    assert txredisapi.HiredisProtocol not in kind.__mro__, kind.__mro__
+proto = _Subscriber(charset="utf-8", convertNumbers=False)
+clock = Clock()
+proto.callLater = clock.callLater
+heard, asked = [], []
+proto.heard = heard.append
+proto.due = lambda: not asked  # due at the first ask (after a bulk string), then not
+proto.makeConnection(StringTransport())
+proto.dataReceived(sys.stdin.buffer.read())
+asked.append(1)
+print(heard)  # the rest of the read waits a turn
+clock.advance(0)
+print(heard)
+"""
+
+
+def test_the_nodes_connections_parse_whole_reads_even_with_hiredis_importable() -> None:
+    """rr21-c: with hiredis importable, txredisapi's RedisProtocol (and
+    SubscriberProtocol's base) is HiredisProtocol, which parses a read in
+    its own dataReceived: _WholeReads and due were skipped, and the
+    fan-out's bound did not hold within a read.  The node's connections are
+    on txredisapi's line parser whatever is installed (a stand-in hiredis
+    module, in a process of its own: txredisapi chooses at import)."""
+    import subprocess
+    import sys
+
+    run = subprocess.run([sys.executable, "-c", HIREDIS_IMPORTABLE], capture_output=True,
+                         input=published("a", "b"), timeout=60, check=False)
+    assert run.returncode == 0, run.stderr.decode()
+    assert run.stdout.decode().splitlines() == ["[]", "['a', 'b']"]  # due asked, then the rest

@@ -87,11 +87,12 @@ def test_autobahn_sends_its_close_frames_through_the_method_the_gateway_times() 
 
 
 def redis_protocol(password: str | None, reply_timeout: float | None = None,
-                   ) -> txredisapi.RedisProtocol:
-    """As the cluster's connect makes one."""
-    return txredisapi.RedisProtocol(charset="utf-8", password=password, dbid=None,
-                                    convertNumbers=False, username=None,
-                                    replyTimeout=reply_timeout)
+                   ) -> txredisapi.BaseRedisProtocol:
+    """As the cluster's connect makes one (on txredisapi's line parser,
+    whether hiredis is importable or not)."""
+    return txredisapi.BaseRedisProtocol(charset="utf-8", password=password, dbid=None,
+                                        convertNumbers=False, username=None,
+                                        replyTimeout=reply_timeout)
 
 
 def test_txredisapi_says_ready_only_once_auth_succeeded() -> None:
@@ -143,13 +144,32 @@ def test_txredisapi_hands_the_rest_of_a_read_to_set_line_mode() -> None:
     rests: list[bytes] = []
     proto.setLineMode = lambda extra=b"": rests.append(extra)
     replies: list[object] = []
-    for _ in range(2):
+    for _ in range(3):  # the third stays unanswered: the rest is not kept as well
         proto.execute_command("GET", "k").addCallback(replies.append)
     proto.dataReceived(b"$1\r\na\r\n$1\r\nb\r\n")
     assert (replies, rests) == (["a"], [b"$1\r\nb\r\n"])
     proto.line_mode = 1
     proto.dataReceived(rests.pop())
     assert replies == ["a", "b"]
+    proto.dataReceived(b"")
+    assert replies == ["a", "b"] and b"".join(rests) == b""  # nothing left to hand on
+
+
+def test_txredisapi_subscriber_protocol_is_its_own_methods_on_redis_protocol() -> None:
+    """redisconn puts SubscriberProtocol's methods on the line parser,
+    BaseRedisProtocol (its base, RedisProtocol, is HiredisProtocol when
+    hiredis is importable, which skips _WholeReads): they must be all it
+    adds, none calling super(), and BaseRedisProtocol must parse with
+    LineReceiver (setLineMode after each bulk string)."""
+    assert txredisapi.SubscriberProtocol.__bases__ == (txredisapi.RedisProtocol,)
+    own = vars(txredisapi.SubscriberProtocol)
+    assert {"replyReceived", "subscribe", "messageReceived"} <= set(own)
+    for value in own.values():
+        code = getattr(value, "__code__", None)
+        assert code is None or "__class__" not in code.co_freevars, value
+    assert txredisapi.LineReceiver in txredisapi.BaseRedisProtocol.__mro__
+    assert "dataReceived" not in vars(txredisapi.BaseRedisProtocol)
+    assert "setLineMode" in vars(txredisapi.LineReceiver)
 
 
 def test_txredisapi_fails_a_command_with_its_timeout_error_before_it_aborts() -> None:

@@ -380,11 +380,21 @@ class _WholeReads:
             super().dataReceived(rest)  # type: ignore[misc]
 
 
-class _Commands(_KeepsLoss, _WholeReads, txredisapi.RedisProtocol):  # type: ignore[misc]
+# txredisapi's SubscriberProtocol on its line parser, BaseRedisProtocol:
+# its RedisProtocol (SubscriberProtocol's base) is HiredisProtocol when
+# hiredis is importable, which parses a read in its own dataReceived and
+# skips _WholeReads and due (rr21-c).  SubscriberProtocol's methods are its
+# own (tests/test_third_party.py checks).
+_LineSubscriber = type("_LineSubscriber", (txredisapi.BaseRedisProtocol,), {
+    name: value for name, value in vars(txredisapi.SubscriberProtocol).items()
+    if name not in ("__dict__", "__weakref__")})
+
+
+class _Commands(_KeepsLoss, _WholeReads, txredisapi.BaseRedisProtocol):  # type: ignore[misc]
     """A connection for commands."""
 
 
-class _Subscriber(_KeepsLoss, _WholeReads, txredisapi.SubscriberProtocol):  # type: ignore[misc]
+class _Subscriber(_KeepsLoss, _WholeReads, _LineSubscriber):  # type: ignore[misc,valid-type]
     """A subscribed connection: hands each message's text to C{heard}."""
 
     def heard(self, message: str) -> None:
@@ -418,7 +428,11 @@ async def connect(target: RedisTarget, reactor: Any, reply_timeout: float | None
         renamed, every connection fails (AttributeError) and the node never
         joins the cluster;
       - C{LineReceiver.setLineMode(extra)}, called with the rest of a read
-        after each bulk string, and C{dataReceived(data)} (L{_WholeReads}).
+        after each bulk string, and C{dataReceived(data)} (L{_WholeReads});
+      - C{BaseRedisProtocol}, its line parser, and C{SubscriberProtocol}'s
+        own methods, put on it (L{_LineSubscriber});
+      - C{TimeoutError}, failing a command just before the reply timeout
+        aborts the connection (L{_KeepsLoss}).
     """
     factory = _NoFactory()
     kind = _Subscriber if subscriber else _Commands
