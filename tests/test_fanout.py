@@ -467,12 +467,35 @@ def test_a_lobby_members_own_write_sends_the_waiting_lines_first() -> None:
     lobby leaves the batch alone."""
     clock, fanout, (member,), _ = lobby(1)
     fanout.add(b"a")
-    fanout.before_write(in_lobby=False)
+    fanout.before_write(member, in_lobby=False)
     assert member.got == [] and len(clock.getDelayedCalls()) == 1
-    fanout.before_write(in_lobby=True)
+    fanout.before_write(member, in_lobby=True)
     assert member.got == [b"a"] and clock.getDelayedCalls() == []
-    fanout.before_write(in_lobby=True)  # nothing waits: nothing to write
+    fanout.before_write(member, in_lobby=True)  # nothing waits: nothing to write
     assert member.got == [b"a"]
+
+
+def test_one_back_from_a_pair_gets_only_the_lines_gathered_after_it_came_back() -> None:
+    """returning: the lines gathered while it was paired are not its own
+    (it had JOINED and LEFT directly, the messages come in its replay), so
+    the others keep their batch, and its own write (UNPAIRED ...) flushes
+    nothing unless a line came after its return (rev21-clu F2)."""
+    clock, fanout, members, _ = lobby(2)
+    old, back = members
+    members.remove(back)  # paired: not in the lobby
+    fanout.add(b"a")
+    members.append(back)
+    fanout.returning(back)
+    fanout.before_write(back, in_lobby=True)
+    assert old.got == [] and back.got == [], "nothing of the batch is its own"
+    fanout.add(b"b")
+    fanout.before_write(old, in_lobby=True)  # a member with lines waiting: flushed
+    assert old.got == [b"ab"] and back.got == [b"b"]
+    fanout.returning(back)  # nothing gathered: no cut is kept
+    fanout.add(b"c")
+    fanout.before_write(back, in_lobby=True)
+    assert old.got == [b"ab", b"c"] and back.got == [b"b", b"c"]
+    assert clock.getDelayedCalls() == []
 
 
 def test_a_read_that_raises_still_ends() -> None:

@@ -35,7 +35,7 @@ class Recorder:
 
     def take(self) -> list[tuple[Any, ...]]:
         events, self.events = self.events, []
-        return [e for e in events if e[0] not in ("roster_changing", "leaving")]
+        return [e for e in events if e[0] not in ("roster_changing", "leaving", "returning")]
 
 
 def _show(value: Any) -> Any:
@@ -71,6 +71,7 @@ def test_membership_changes_are_announced_before_they_happen(
     seen: list[int] = []
     rec.roster_changing = lambda: seen.append(len(hub.lobby))  # type: ignore[method-assign]
     rec.leaving = lambda user: seen.append(len(hub.lobby))  # type: ignore[method-assign]
+    rec.returning = lambda user: seen.append(len(hub.lobby))  # type: ignore[method-assign]
     a = hub.register("a", None)
     b = hub.register("b", None)
     hub.pair(a, "b")

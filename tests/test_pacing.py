@@ -392,6 +392,71 @@ def test_dropped_connections_are_given_no_share() -> None:
     assert stats.bytes_out - sent == sum(map(len, to_alice + to_bob))
 
 
+def couples(h: Harness, n: int) -> list[tuple[Conn, Conn]]:
+    """C{n} pairs, a<i> with b<i>, each user from an address of its own."""
+    made = []
+    for i in range(n):
+        a = h.user(f"a{i}", host=f"127.0.1.{i + 2}")
+        b = h.user(f"b{i}", host=f"127.0.2.{i + 2}")
+        a.send(f"PAIR b{i}")
+        b.send(f"ACCEPT a{i}")
+        made.append((a, b))
+    return made
+
+
+def test_paired_departures_of_one_turn_reach_a_lobby_member_in_one_write() -> None:
+    """rev21-clu F2: a departure that ended a pair flushed the whole batch
+    (the partner's return was the hub's roster_changing), so n such
+    departures in one turn were n writes to each lobby member.  Now each
+    member gets all the LEFTs in one write, and each partner its block:
+    the LEFTs before its return (told directly while paired), UNPAIRED and
+    the user list, then the later LEFTs with the batch."""
+    h, _ = paced()
+    members = [h.user(f"m{i}", host=f"127.0.3.{i + 2}") for i in range(5)]
+    pairs = couples(h, 20)
+    h.clear_all()
+    writes = [count_writes(member) for member in members]
+    drop_together([a for a, _ in pairs])
+    h.clock.advance(0)
+    now = format_ts(h.clock.seconds())
+    lefts = [f"LEFT {now} a{i} disconnected" for i in range(20)]
+    for member, wrote in zip(members, writes, strict=True):
+        assert member.take() == lefts
+        assert len(wrote) == 1, f"{len(wrote)} writes for 20 paired departures"
+    for i, (_, b) in enumerate(pairs):
+        got = b.take()
+        listed = got.index(f"USERS {5 + 40 - (i + 1)}")  # the later leavers still online
+        assert [line for line in got[:listed] if not line.startswith("USER ")] == [
+            *lefts[:i + 1], f"UNPAIRED a{i} disconnected"]
+        assert got[listed + 1:] == lefts[i + 1:]
+
+
+def test_a_partner_back_in_the_turn_gets_the_waiting_lines_once_in_its_replay() -> None:
+    """The lines waiting when its pair ended are the partner's replay, not
+    live lines too; the lobby gets them with the LEFT, in one batch."""
+    h, work = paced()
+    alice, bob, carol = h.user("alice"), h.user("bob"), h.user("carol")
+    bob.send("PAIR carol")
+    carol.send("ACCEPT bob")
+    h.clear_all()
+    work.waiting = True
+    alice.send("MSG one")
+    one = msg(h, "alice", "one")
+    now = format_ts(h.clock.seconds())
+    drop_together([bob])
+    assert carol.take() == [f"LEFT {now} bob disconnected", "UNPAIRED bob disconnected",
+                            f"HISTORY {now} alice one", "USER alice lobby",
+                            "USER carol lobby", "USERS 2"]
+    assert alice.take() == [], "the batch still waits"
+    h.clock.advance(WINDOW)
+    assert alice.take() == [one, f"LEFT {now} bob disconnected"]
+    assert carol.take() == []
+    alice.send("MSG two")
+    two = msg(h, "alice", "two")
+    h.clock.advance(WINDOW)
+    assert carol.take() == [two]
+
+
 def test_a_paired_user_gets_each_left_directly() -> None:
     h, _ = paced()
     alice, bob, carol = h.user("alice"), h.user("bob"), h.user("carol")
@@ -633,6 +698,24 @@ def test_with_the_limits_on_too_pacing_changes_only_when_lines_go_out(
     at handling time and write directly, so the pacing must not change what
     they send, or where it falls among the lobby lines."""
     same_output(script, LIMITS)
+
+
+# Every script meets each case only by chance: these always run.  ann and
+# ben pair while cat's lines wait, then a pair ends in that turn.
+MEET = [(0.0, who, "users", 0, False) for who in range(3)]
+PAIR = [(0.0, 0, "pair", 1, False), (0.0, 1, "accept", 0, False)]
+
+
+@pytest.mark.parametrize("ending", ["drop", "eof", "bye", "unpair"])
+def test_a_pair_ending_while_lines_wait_changes_only_when_they_go(ending: str) -> None:
+    """rev21-clu F2: a pair's end no longer flushes the batch to everyone."""
+    waiting = [(0.0, 2, "msg", 0, True), (0.0003, 2, "burst", 0, True)]
+    after = [(0.0, 1, "msg", 0, True), (0.0, 0, "msg", 0, True), (0.0025, 2, "msg", 0, False)]
+    for script in ([*MEET, *PAIR, *waiting, (0.0, 0, ending, 0, True), *after],
+                   [*MEET, *PAIR, *waiting, (0.0, 0, ending, 0, True),
+                    (0.0, 1, "drop", 0, True), *after]):
+        same_output(script)
+        same_output(script, LIMITS)
 
 
 def test_a_reader_cut_at_sendq_is_cut_at_the_batch_that_crosses_it() -> None:

@@ -101,9 +101,15 @@ class Listener(Protocol):
     """
 
     def roster_changing(self) -> None:
-        """Someone is about to leave the lobby for a pair, or come back to
-        it (going offline is L{leaving}): deliver what was addressed to the
-        lobby as it is now, and forget any user list."""
+        """Someone is about to leave the lobby for a pair (going offline is
+        L{leaving}, coming back L{returning}): deliver what was addressed to
+        the lobby as it is now, and forget any user list."""
+
+    def returning(self, user: User) -> None:
+        """C{user}'s pair ended and it is about to come back to the lobby:
+        of what was addressed to the lobby before this call, C{user} gets
+        nothing live (it was told each JOINED and LEFT while paired, and
+        L{unpaired} replays the messages); forget any user list."""
 
     def leaving(self, user: User) -> None:
         """C{user} is about to go offline: to C{user}, what was addressed to
@@ -473,12 +479,14 @@ class Hub:
             the lobby and get every message live.
         """
         missed = self.history.since(user.paired_at)
-        self.listener.roster_changing()
         for one in (user, partner):
             one.partner = None
             one.state = State.LOBBY
             if self.is_online(one):
                 del self.paired[one.key]
+                # Not a flush to everyone (roster_changing): n departures of
+                # paired users in one turn were n writes to each member.
+                self.listener.returning(one)
                 self.lobby[one.key] = one
                 self.lobby_changes += 1
         return missed

@@ -133,6 +133,14 @@ class LineListener:
             self.fanout.leaving(user.conn)
         self._roster = None
 
+    def returning(self, user: User) -> None:
+        """The gathered lines are not the returning user's (it had each
+        JOINED and LEFT directly, its replay has the messages): it gets
+        those added from now on; the others keep their batch."""
+        if self._state().holds(user):
+            self.fanout.returning(user.conn)
+        self._roster = None
+
     def lobby_message(self, entry: Entry, sender: User) -> None:
         self._history_block = None
         if self._state().holds(sender):

@@ -311,7 +311,7 @@ class ChatProtocol:
         """The fan-out's order rule (L{LobbyFanout.before_write}), told
         whether this connection is a lobby member."""
         user = self.user
-        self.ctx.fanout.before_write(user is not None and user.state is State.LOBBY)
+        self.ctx.fanout.before_write(self, user is not None and user.state is State.LOBBY)
 
     def deliver_parts(self, parts: Sequence[bytes]) -> None:
         """L{deliver} of C{b"".join(parts)}, without the join."""

@@ -101,6 +101,9 @@ class Silent:
     def leaving(self, user: User) -> None:
         pass
 
+    def returning(self, user: User) -> None:
+        pass
+
     def ready(self, user: User) -> None:
         pass
 
@@ -155,6 +158,10 @@ class Forward:
     def leaving(self, user: User) -> None:
         self._before()
         self.listener.leaving(user)
+
+    def returning(self, user: User) -> None:
+        self._before()
+        self.listener.returning(user)
 
     def ready(self, user: User) -> None:
         self._before()

@@ -12,11 +12,12 @@ the node's own listener (C{server/lines.py}) and keeps the index (and
 its users in a pair, L{OwnMembers.paired_users}) from the calls
 that tell of a change: a newcomer (L{joined}), a departure (L{left}), a
 pairing (L{paired}) and a return to the lobby (L{unpaired}).  The hub makes
-each of those calls right after changing its lobby, and flushes the
-fan-out (L{Listener.roster_changing}) before the change, so whenever lines
-go out the index is the hub's lobby restricted to this node's users, in the
-hub's order.  A newcomer enters it only once its C{JOINED} is gathered: the
-lines gathered before are in its history (the newcomer cut).
+each of those calls right after changing its lobby, so whenever lines go
+out the index is the hub's lobby restricted to this node's users, in the
+hub's order.  A newcomer enters it only once its C{JOINED} is gathered (the
+lines gathered before are in its history: the newcomer cut), and one back
+from a pair once its cut is made (L{Listener.returning}: it was told those
+lines while paired, or gets them in its replay).
 
 For C{--metrics} it also counts the other nodes' users online by node
 (L{OwnMembers.remote}), and says how many of its own are online and in the
@@ -147,6 +148,9 @@ class OwnMembers:
 
     def leaving(self, user: User) -> None:
         self._listener.leaving(user)
+
+    def returning(self, user: User) -> None:
+        self._listener.returning(user)
 
     def ready(self, user: User) -> None:
         # READY, the history and the user list are for the newcomer alone:

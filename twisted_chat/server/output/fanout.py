@@ -173,12 +173,14 @@ class LobbyFanout:
                     if self._call is None:
                         self._call = self._clock.callLater(0.0, self._turn_over)
 
-    def before_write(self, in_lobby: bool) -> None:
-        """The order rule (docs/fanout.md, "Order"): a connection writes
+    def before_write(self, member: Member, in_lobby: bool) -> None:
+        """The order rule (docs/fanout.md, "Order"): C{member} writes
         something of its own, and if it is C{in_lobby}, the lines waiting
         for the batch go first, so its write never overtakes one the lobby
-        was sent before it."""
-        if in_lobby and self._pending:
+        was sent before it.  Lines before its cut (L{add_joined},
+        L{returning}) are not its own: with none after, nothing is flushed."""
+        pending = self._pending
+        if in_lobby and pending and self._late.get(member, 0) < len(pending):
             self.flush()
 
     def add(self, data: bytes) -> None:
@@ -201,6 +203,15 @@ class LobbyFanout:
         far, C{newcomer} gets only those added from now on."""
         self.add(data)
         self._late[newcomer] = len(self._pending)
+
+    def returning(self, member: Member) -> None:
+        """C{member} comes back to the lobby from a pair: of the lines
+        gathered so far it gets none (it had each JOINED and LEFT directly
+        while paired, and its replay holds the lobby's messages), so the
+        others keep their batch.  A flush to everyone here made n departures
+        of paired users n writes to each member (docs/fanout.md, "Order")."""
+        if self._pending:
+            self._late[member] = len(self._pending)
 
     def leaving(self, member: Member) -> None:
         """C{member} is about to leave the lobby (offline): it gets now what
