@@ -463,15 +463,13 @@ def test_a_newcomers_batch_does_not_go_through_the_batch_writer() -> None:
 
 def test_a_lobby_members_own_write_sends_the_waiting_lines_first() -> None:
     """before_write: the order rule of docs/fanout.md, "Order", kept once
-    for ChatProtocol.write and write_parts.  A write of someone not in the
-    lobby leaves the batch alone."""
+    for ChatProtocol.write and write_parts (which ask the batch the user
+    is in: the lobby's, or the paired users')."""
     clock, fanout, (member,), _ = lobby(1)
     fanout.add(b"a")
-    fanout.before_write(member, in_lobby=False)
-    assert member.got == [] and len(clock.getDelayedCalls()) == 1
-    fanout.before_write(member, in_lobby=True)
+    fanout.before_write(member)
     assert member.got == [b"a"] and clock.getDelayedCalls() == []
-    fanout.before_write(member, in_lobby=True)  # nothing waits: nothing to write
+    fanout.before_write(member)  # nothing waits: nothing to write
     assert member.got == [b"a"]
 
 
@@ -486,14 +484,14 @@ def test_one_back_from_a_pair_gets_only_the_lines_gathered_after_it_came_back() 
     fanout.add(b"a")
     members.append(back)
     fanout.returning(back)
-    fanout.before_write(back, in_lobby=True)
+    fanout.before_write(back)
     assert old.got == [] and back.got == [], "nothing of the batch is its own"
     fanout.add(b"b")
-    fanout.before_write(old, in_lobby=True)  # a member with lines waiting: flushed
+    fanout.before_write(old)  # a member with lines waiting: flushed
     assert old.got == [b"ab"] and back.got == [b"b"]
     fanout.returning(back)  # nothing gathered: no cut is kept
     fanout.add(b"c")
-    fanout.before_write(back, in_lobby=True)
+    fanout.before_write(back)
     assert old.got == [b"ab", b"c"] and back.got == [b"b", b"c"]
     assert clock.getDelayedCalls() == []
 

@@ -407,15 +407,17 @@ def couples(h: Harness, n: int) -> list[tuple[Conn, Conn]]:
 def test_paired_departures_of_one_turn_reach_a_lobby_member_in_one_write() -> None:
     """rev21-clu F2: a departure that ended a pair flushed the whole batch
     (the partner's return was the hub's roster_changing), so n such
-    departures in one turn were n writes to each lobby member.  Now each
-    member gets all the LEFTs in one write, and each partner its block:
-    the LEFTs before its return (told directly while paired), UNPAIRED and
-    the user list, then the later LEFTs with the batch."""
+    departures in one turn were n writes to each lobby member, and each
+    LEFT written at once to every paired user about n x n more.  Now each
+    member gets all the LEFTs in one write, and each partner its block in
+    a few: the LEFTs before its return (gathered while it was paired),
+    UNPAIRED and the user list, then the later LEFTs with the batch."""
     h, _ = paced()
     members = [h.user(f"m{i}", host=f"127.0.3.{i + 2}") for i in range(5)]
     pairs = couples(h, 20)
     h.clear_all()
     writes = [count_writes(member) for member in members]
+    to_partners = [count_writes(b) for _, b in pairs]
     drop_together([a for a, _ in pairs])
     h.clock.advance(0)
     now = format_ts(h.clock.seconds())
@@ -429,6 +431,9 @@ def test_paired_departures_of_one_turn_reach_a_lobby_member_in_one_write() -> No
         assert [line for line in got[:listed] if not line.startswith("USER ")] == [
             *lefts[:i + 1], f"UNPAIRED a{i} disconnected"]
         assert got[listed + 1:] == lefts[i + 1:]
+    # Its share, UNPAIRED and the replay, the user list, the later LEFTs (the
+    # last partner has none): four writes each, not one per departure.
+    assert [len(wrote) for wrote in to_partners] == [4] * 19 + [3]
 
 
 def test_a_partner_back_in_the_turn_gets_the_waiting_lines_once_in_its_replay() -> None:
@@ -457,14 +462,40 @@ def test_a_partner_back_in_the_turn_gets_the_waiting_lines_once_in_its_replay() 
     assert carol.take() == [two]
 
 
-def test_a_paired_user_gets_each_left_directly() -> None:
+def test_a_paired_user_gets_the_lefts_of_a_turn_in_one_write() -> None:
+    """Paired users are not in the lobby's batch: their JOINED and LEFT
+    lines are gathered in a batch of their own (each written at once made
+    n departures with n pairs open n x n writes: rev21-clu F2)."""
     h, _ = paced()
-    alice, bob, carol = h.user("alice"), h.user("bob"), h.user("carol")
+    alice, bob = h.user("alice"), h.user("bob")
+    others = [h.user(f"u{i}", host=f"127.0.0.{i + 2}") for i in range(20)]
     alice.send("PAIR bob")
     bob.send("ACCEPT alice")
     h.clear_all()
-    carol.drop()
-    assert alice.take() == [f"LEFT {format_ts(h.clock.seconds())} carol disconnected"]
+    writes = count_writes(alice)
+    drop_together(others)
+    assert alice.take() == [], "gathered for the turn's end"
+    h.clock.advance(0)
+    now = format_ts(h.clock.seconds())
+    assert alice.take() == bob.take() == [f"LEFT {now} u{i} disconnected" for i in range(20)]
+    assert len(writes) == 1
+
+
+def test_a_paired_user_leaving_gets_its_share_of_the_paired_batch() -> None:
+    """A paired peer that half-closes, or is closed with BYE, gets the
+    JOINED and LEFT lines waiting for it first, as a lobby member does."""
+    h, _ = paced()
+    (alice, _), (erin, _) = couples(h, 2)
+    carol, dave = h.user("carol"), h.user("dave")
+    h.clear_all()
+    now = format_ts(h.clock.seconds())
+    drop_together([carol])
+    alice.protocol.readConnectionLost()
+    assert alice.take() == [f"LEFT {now} carol disconnected"]
+    drop_together([dave])
+    erin.send("BYE night")
+    assert erin.take() == [f"LEFT {now} carol disconnected", f"LEFT {now} a0 disconnected",
+                           f"LEFT {now} dave disconnected", "BYE quit"]
 
 
 #: The modules a JOINED or LEFT is decided and written in (the hub, the
@@ -492,6 +523,8 @@ def test_departures_look_at_the_paired_users_not_everyone_online() -> None:
         work.waiting = True  # the batch waits: the lobby's one write is not counted
         count = traced_lines(lambda: drop_together(leavers), *DEPARTURE_MODULES)
         now = format_ts(h.clock.seconds())
+        work.waiting = False
+        h.clock.advance(WINDOW)
         for a, b in pairs:  # the paired users still get every one
             expected = [f"LEFT {now} u{i} disconnected" for i in range(40)]
             assert a.take() == b.take() == expected

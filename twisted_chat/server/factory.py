@@ -244,8 +244,13 @@ class ChatFactory(ServerFactory):
         self.fanout = LobbyFanout(reactor, lambda: self.state.lobby_members(),
                                   config.fanout_delay, backlog,
                                   on_batch=self.stats.fanned_out, write_all=self._direct_pass)
+        # The JOINED and LEFT lines for this process's users in a pair, who
+        # are not in the lobby's batch: gathered as the lobby's are.
+        self.paired_fanout = LobbyFanout(
+            reactor, lambda: [user.conn for user in self.state.paired_users()],
+            config.fanout_delay, backlog, on_batch=self.stats.fanned_out_paired)
         self.lines = LineListener(lambda: self.state, self.fanout, self.history, self.stats,
-                                  config, self._direct_pass)
+                                  config, self._direct_pass, self.paired_fanout)
         if state is None:
             self.state: ChatState = LocalState(Hub(reactor, self.history, self.lines,
                                                    hub_settings(config), self.repeats))
@@ -263,7 +268,8 @@ class ChatFactory(ServerFactory):
         ) + wire.line("NICK")
         # What each connection knows of this server (ChatProtocol.ctx).
         self.context: ConnectionContext[ChatProtocol] = ConnectionContext(
-            config=config, clock=reactor, fanout=self.fanout, flood=self.flood,
+            config=config, clock=reactor, fanout=self.fanout,
+            paired_fanout=self.paired_fanout, flood=self.flood,
             deadlines=self.deadlines, held_input=self.held_input, session=self.session,
             repeats=self.repeats, greeting=self.greeting, stats=self.stats,
             watches=(self.drain, self.output_budget), on_registered=self.registered,
@@ -380,6 +386,7 @@ class ChatFactory(ServerFactory):
         L{ChatProtocol.hang_up}).
         """
         self.fanout.shutdown()
+        self.paired_fanout.shutdown()
         if not self.connections:
             return defer.succeed(None)
         self._all_closed = defer.Deferred()

@@ -45,12 +45,15 @@ class LineListener:
     """
 
     def __init__(self, state: Callable[[], Audience], fanout: LobbyFanout, history: History,
-                 stats: Stats, config: ServerConfig,
-                 direct_pass: DirectPass | None = None) -> None:
+                 stats: Stats, config: ServerConfig, direct_pass: DirectPass | None,
+                 paired_fanout: LobbyFanout) -> None:
         """@param direct_pass: the fan-out's (L{forget_members} lets go of
-        its members)."""
+        its members).
+        @param paired_fanout: gathers the C{JOINED} and C{LEFT} lines for
+        this process's users in a pair, as C{fanout} does the lobby's."""
         self._state = state
         self.fanout = fanout
+        self.paired_fanout = paired_fanout
         self.history = history
         self.stats = stats
         self.config = config
@@ -123,21 +126,27 @@ class LineListener:
 
     def roster_changing(self) -> None:
         self.fanout.flush()
+        self.paired_fanout.flush()
         self._roster = None
 
     def leaving(self, user: User) -> None:
         """Only the leaver gets the gathered lines now: a flush to everyone
         here made a burst of n departures n writes to each member.  A
         connection already closing (dropped, cut) gets nothing: it writes no more."""
-        if user.state is State.LOBBY and self._state().holds(user) and not user.conn.closing:
-            self.fanout.leaving(user.conn)
+        if self._state().holds(user) and not user.conn.closing:
+            if user.state is State.LOBBY:
+                self.fanout.leaving(user.conn)
+            else:
+                self.paired_fanout.leaving(user.conn)
         self._roster = None
 
     def returning(self, user: User) -> None:
-        """The gathered lines are not the returning user's (it had each
-        JOINED and LEFT directly, its replay has the messages): it gets
-        those added from now on; the others keep their batch."""
+        """The user gets its share of the JOINED and LEFT lines gathered
+        while it was paired, and of the lobby's gathered lines none (its
+        replay has the messages): it gets those added from now on; the
+        others keep their batches."""
         if self._state().holds(user):
+            self.paired_fanout.leaving(user.conn)
             self.fanout.returning(user.conn)
         self._roster = None
 
@@ -162,7 +171,7 @@ class LineListener:
 
     def joined(self, ts: float, user: User) -> None:
         """JOINED rides with the lobby's lines of this turn (the newcomer's
-        share starts after it); paired users get it directly.  The user
+        share starts after it); paired users get it in their own batch.  The user
         list gets the newcomer's line here if L{ready} did not (a cluster
         node is not told C{ready} for another node's newcomer)."""
         if user.key not in self._user_lines:
@@ -175,24 +184,23 @@ class LineListener:
             # Another node's newcomer gets nothing from this one: there is
             # no share to cut, and the batch keeps the fan-out's fast path.
             self.fanout.add(data)
-        self._write_to_paired(data)
+        self._add_for_paired(data)
 
-    def _write_to_paired(self, data: bytes) -> None:
+    def _add_for_paired(self, data: bytes) -> None:
         """C{data} to this process's paired users, who are not in the
-        lobby's batch: from the state's index of them, not a walk of
-        everyone online (a burst of departures with pairs open cost
-        departures x online)."""
-        for other in self._state().paired_users():
-            other.conn.write(data)
+        lobby's batch: in a batch of their own, members from the state's
+        index of them.  Each written at once made n departures with n
+        pairs open about n x n writes (rev21-clu F2)."""
+        self.paired_fanout.add(data)
 
     def left(self, ts: float, user: User, reason: str, text: str) -> None:
         """LEFT rides with the lobby's lines of this turn, as JOINED does;
-        paired users get it directly."""
+        paired users get it in their own batch."""
         self._user_lines.pop(user.key, None)
         self.forget_members()
         data = wire.line("LEFT", wire.format_ts(ts), user.nick, reason, text=text)
         self.fanout.add(data)
-        self._write_to_paired(data)
+        self._add_for_paired(data)
 
     def private_message(self, ts: float, sender: User, recipient: User, text: str) -> None:
         data = wire.msg_line(ts, sender.nick, recipient.nick, text)

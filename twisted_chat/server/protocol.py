@@ -42,6 +42,7 @@ if TYPE_CHECKING:
 
     from twisted_chat.server.config import ServerConfig
     from twisted_chat.server.context import ConnectionContext
+    from twisted_chat.server.output.fanout import LobbyFanout
     from twisted_chat.server.session import Handshake
 
 # The reason the others' LEFT gives for a metric's reason (chat/1 has one,
@@ -211,10 +212,10 @@ class ChatProtocol:
             hold.input_ended = True
             return
         user = self.user
-        if user is not None and user.state is State.LOBBY:
+        if user is not None:
             # Its share only: a flush to everyone made n peers' FINs in one
             # turn n writes to each member (the others get it with the batch).
-            self.ctx.fanout.leaving(self)
+            self._batch(user).leaving(self)
         self.hang_up("disconnected")
         self._leave("disconnected")
 
@@ -229,10 +230,10 @@ class ChatProtocol:
         """End the connection with C{BYE}; the hub hears C{reason}, C{farewell}."""
         bye = wire.line("BYE", reason, text=text)
         user = self.user
-        if user is not None and user.state is State.LOBBY and self.send_queue is not None:
+        if user is not None and self.send_queue is not None:
             # Its share, then its BYE, as for a FIN (readConnectionLost): a
             # flush to everyone made n timeouts in one turn n writes to each.
-            self.ctx.fanout.leaving(self)
+            self._batch(user).leaving(self)
             self.ctx.stats.wrote(bye)
             self.deliver(bye)
         else:
@@ -309,9 +310,17 @@ class ChatProtocol:
 
     def _lobby_first(self) -> None:
         """The fan-out's order rule (L{LobbyFanout.before_write}), told
-        whether this connection is a lobby member."""
+        to the batch this connection's user is in (the lobby's, or the
+        paired users')."""
         user = self.user
-        self.ctx.fanout.before_write(self, user is not None and user.state is State.LOBBY)
+        if user is not None:
+            self._batch(user).before_write(self)
+
+    def _batch(self, user: User) -> LobbyFanout:
+        """The fan-out whose lines C{user} gets: the lobby's, or, in a
+        pair, the one of the JOINED and LEFT lines for paired users."""
+        ctx = self.ctx
+        return ctx.fanout if user.state is State.LOBBY else ctx.paired_fanout
 
     def deliver_parts(self, parts: Sequence[bytes]) -> None:
         """L{deliver} of C{b"".join(parts)}, without the join."""

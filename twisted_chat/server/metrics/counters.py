@@ -151,6 +151,13 @@ class Stats:
         self.fanout_lines.observe(lines)
         self.fanout_seconds.observe(seconds)
 
+    def fanned_out_paired(self, lines: int, deliveries: int, sent: int, seconds: float) -> None:
+        """One batch of C{JOINED} and C{LEFT} lines for the users in a pair:
+        counted as the direct writes it replaced (L{wrote}), not as a lobby
+        batch."""
+        self.deliveries += deliveries
+        self.bytes_out += sent
+
     def wrote(self, data: bytes) -> None:
         """One write outside the fan-out (replies, DMs, user lists...)."""
         self.deliveries += data.count(b"\n")

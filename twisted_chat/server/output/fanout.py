@@ -173,14 +173,16 @@ class LobbyFanout:
                     if self._call is None:
                         self._call = self._clock.callLater(0.0, self._turn_over)
 
-    def before_write(self, member: Member, in_lobby: bool) -> None:
-        """The order rule (docs/fanout.md, "Order"): C{member} writes
-        something of its own, and if it is C{in_lobby}, the lines waiting
-        for the batch go first, so its write never overtakes one the lobby
-        was sent before it.  Lines before its cut (L{add_joined},
-        L{returning}) are not its own: with none after, nothing is flushed."""
+    def before_write(self, member: Member) -> None:
+        """The order rule (docs/fanout.md, "Order"): C{member}, one of this
+        fan-out's, writes something of its own, and the lines waiting for
+        the batch go first, so its write never overtakes one it was sent
+        before it.  Lines before its cut (L{add_joined}, L{returning}) or
+        given already (L{leaving}) are not waiting for it: with none
+        after, nothing is flushed."""
         pending = self._pending
-        if in_lobby and pending and self._late.get(member, 0) < len(pending):
+        if pending and max(self._late.get(member, 0),
+                           self._gone.get(member, 0)) < len(pending):
             self.flush()
 
     def add(self, data: bytes) -> None:
