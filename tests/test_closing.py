@@ -11,6 +11,7 @@ all the closes under way on one clock look and abort on one timer (sweep_of).
 from __future__ import annotations
 
 import gc
+import socket
 import weakref
 from collections.abc import Callable, Sequence
 
@@ -18,6 +19,7 @@ import pytest
 from twisted.internet.task import Clock
 from twisted.logger import LogEvent, capturedLogs, formatEvent
 
+from twisted_chat.server.limits import closing
 from twisted_chat.server.limits.closing import (
     FIRST_LOOK,
     LOOK_EVERY,
@@ -73,6 +75,58 @@ class Peer:
 
 def linger(peer: Peer, clock: Clock, grace: float = 3.0) -> Linger:
     return Linger(peer, clock, grace, peer.loseConnection, held=lambda t: peer.held)
+
+
+class StateSocket(socket.socket):
+    """A TCP socket whose C{TCP_INFO} says C{state} (C{tcpi_state}, its
+    first byte): a fake of the kernel's answer."""
+
+    def __init__(self, state: int) -> None:
+        super().__init__(socket.AF_INET, socket.SOCK_STREAM)
+        self.state = state
+
+    def getsockopt(self, *args: int) -> bytes:  # type: ignore[override]
+        assert args[:2] == (socket.IPPROTO_TCP, socket.TCP_INFO)
+        return bytes((self.state,)) + bytes(args[2] - 1)
+
+
+class SocketPeer(Peer):
+    """A L{Peer} with a socket under it (L{socket_of} finds it)."""
+
+    def __init__(self, sock: socket.socket) -> None:
+        super().__init__(0)
+        self.sock = sock
+
+    def getHandle(self) -> socket.socket:
+        return self.sock
+
+
+@pytest.mark.parametrize(("state", "waits"), [
+    (7, False),  # TCP_CLOSE: the peer reset the connection
+    (8, True),   # TCP_CLOSE_WAIT: its FIN only; it may still read
+    (1, True),   # TCP_ESTABLISHED
+])
+def test_a_close_whose_peer_reset_is_made_at_the_first_look(
+        monkeypatch: pytest.MonkeyPatch, state: int, waits: bool) -> None:
+    """Fix21poll: after a peer's reset the kernel's send queue (SIOCOUTQ)
+    still counts what the peer never acknowledged, so the close looked
+    every 100 ms until the grace (22 looks a leaver when 1,200 closed at
+    once) and was then aborted.  Nothing can reach a peer that reset: the
+    close is made at the first look that sees it."""
+    monkeypatch.setattr(closing, "unsent", lambda transport: 4_096)
+    clock = Clock()
+    with StateSocket(state) as sock:
+        peer = SocketPeer(sock)
+        call = Linger(peer, clock, 3.0, peer.loseConnection)
+        if waits:
+            assert peer.calls == ["pause"], "a peer that may still read is waited for"
+            clock.advance(3.0)
+            assert peer.calls == ["pause", "abort"]  # the grace bound stays
+        else:
+            assert peer.calls == ["close"], "no pause, no wait, no abort"
+            clock.advance(3.0)
+            assert peer.calls == ["close", "abort"]  # a close that never completes
+        call.cancel()
 
 
 def test_a_close_with_nothing_held_is_made_at_once() -> None:

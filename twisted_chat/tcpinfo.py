@@ -2,8 +2,9 @@
 What Twisted and the kernel hold for a TCP connection, which Twisted does not
 tell: the bytes in Twisted's buffer (L{twisted_buffered}), the socket under a
 transport (under its TLS, too), the bytes in the kernel's send queue
-(L{kernel_queued}, Linux's C{SIOCOUTQ}; the two: L{unsent}) and how many of the
-bytes written the peer has acknowledged (L{peer_acked}, Linux's C{TCP_INFO}).
+(L{kernel_queued}, Linux's C{SIOCOUTQ}; the two: L{unsent}), how many of the
+bytes written the peer has acknowledged (L{peer_acked}, Linux's C{TCP_INFO})
+and whether the peer reset the connection (L{reset_by_peer}, C{TCP_INFO} too).
 The server's send queues bound and count what they hold with them
 (docs/fanout.md), a close the server decides waits for them to drain
 (L{twisted_chat.server.limits.closing}); the client tells a server that
@@ -27,6 +28,9 @@ if sys.platform.startswith("linux"):
 else:  # pragma: no cover - not this platform
     ACKED_AT = None
 _ACKED = struct.Struct("=Q")
+#: Linux's TCP_CLOSE, in struct tcp_info's first byte (tcpi_state): the state
+#: of a connected socket once its peer reset it (or it timed out).
+TCP_CLOSE = 7
 _TCP_FAMILIES = (socket.AF_INET, socket.AF_INET6)
 
 # SIOCOUTQ (Linux): the bytes in a socket's send queue not yet acknowledged
@@ -111,6 +115,24 @@ def unsent(transport: Any) -> int:
     and, on Linux, what the kernel holds unacknowledged (0 for a transport
     with neither: a test's, a WebSocket's)."""
     return (buffered(transport) or 0) + kernel_queued(socket_of(transport))
+
+
+def reset_by_peer(transport: Any) -> bool:
+    """
+    Whether the TCP connection under C{transport} is over in the kernel
+    (Linux's C{tcpi_state} is C{TCP_CLOSE}): its peer reset it, so nothing
+    written can reach it any more, though C{SIOCOUTQ} still counts what it
+    never acknowledged (L{kernel_queued} stays above 0 for good).  C{False}
+    where that cannot be asked (not Linux, no TCP socket, a closed one).
+    """
+    sock = socket_of(transport)
+    if sock is None or ACKED_AT is None or sock.family not in _TCP_FAMILIES:
+        return False
+    try:
+        info = sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, 1)
+    except (OSError, ValueError, AttributeError):
+        return False
+    return info[:1] == bytes((TCP_CLOSE,))
 
 
 def kernel_acked(sock: socket.socket | None) -> int:

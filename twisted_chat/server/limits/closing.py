@@ -25,7 +25,7 @@ from zope.interface import implementer
 
 from twisted_chat.server import logs
 from twisted_chat.server.limits.deadlines import Deadline, Deadlines
-from twisted_chat.tcpinfo import socket_of, unsent
+from twisted_chat.tcpinfo import reset_by_peer, socket_of, unsent
 
 #: How soon a close that waits for the peer to take what is queued looks
 #: again (s): a reader's acknowledgement comes within a round trip, so soon
@@ -78,16 +78,32 @@ def sweep_of(clock: IReactorTime) -> Deadlines:
     return sweep
 
 
+def owed(transport: Any) -> int:
+    """
+    What a close still waits for its peer to take (L{unsent}), or 0 once
+    the peer has reset the connection (L{reset_by_peer}): nothing can reach
+    it any more, though the kernel's send queue still counts what it never
+    acknowledged, and the close looked until the grace (fix21poll: 1,200
+    leavers closing at once looked 26,085 times).  A peer that only sent
+    its FIN may still read: it is waited for.
+    """
+    held = unsent(transport)
+    if held and reset_by_peer(transport):
+        return 0
+    return held
+
+
 class Linger:
     """
     A close under way (L{close_within}), which its owner cancels when the
     connection is lost (L{active}, L{cancel}).  While Twisted's buffer or
-    the kernel's send queue holds bytes for the peer (L{unsent}), the
-    transport is kept, its reading paused; once both are empty it is
-    closed.  The abort, C{grace} seconds after the start, ends it if the
-    peer has not taken everything and completed the close by then: Twisted
-    resets the socket (C{SO_LINGER} {1,0}), and the kernel frees what it
-    held at once.  Twisted closes the descriptor as soon as its own buffer
+    the kernel's send queue holds bytes for the peer (L{owed}), the
+    transport is kept, its reading paused; once both are empty, or the
+    peer has reset the connection, it is closed.  The abort, C{grace}
+    seconds after the start, ends it if the peer has not taken everything
+    and completed the close by then: Twisted resets the socket
+    (C{SO_LINGER} {1,0}), and the kernel frees what it held at once.
+    Twisted closes the descriptor as soon as its own buffer
     is empty: the kernel then kept what it still held, in an orphaned
     socket (FIN-WAIT-1) that a peer which never read kept for about six
     minutes, outside every count and timeout of the server (rev18-attack 1).
@@ -105,7 +121,7 @@ class Linger:
                  "_sweep", "_transport", "_wait")
 
     def __init__(self, transport: Closable, clock: IReactorTime, grace: float,
-                 close: Callable[[], object], held: Callable[[Closable], int] = unsent) -> None:
+                 close: Callable[[], object], held: Callable[[Closable], int] = owed) -> None:
         self._transport = transport
         self._close: Callable[[], object] | None = close
         self._held = held
