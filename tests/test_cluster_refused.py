@@ -255,7 +255,7 @@ def test_kept_events_are_one_per_user() -> None:
     log, state, redis = connected()
     ann = own_user(state, redis, "ann")
     state.leave(ann, "quit")
-    state.leave(ann, "disconnected")
+    state.orphaned(ann)  # a second leave appended (its registration orphaned)
     redis.answer_all(refuse=True)
     assert list(state._kept) == ["leave:" + state.replica.uids[ann]]
     log.reactor.advance(KEPT_RETRY)
