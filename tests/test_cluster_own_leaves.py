@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from tests.test_cluster_own import pair
 from tests.test_cluster_unit import Cluster
 
 
@@ -97,3 +98,27 @@ def test_a_batch_that_takes_out_others_settles_every_leave() -> None:
     a.state.replica.members.pop(uid)  # as a dead for the node would take it out
     a.state.deliver([("9999999999999-1", {"t": "dead", "node": "nodeX", "n": "node1", "k": 100})])
     assert a.state._leaving == {}
+
+
+def test_a_pairing_shown_to_a_leaver_is_forgotten_at_its_close() -> None:
+    """rr21-e: a pairing change shown to a leaver between its FIN (its leave
+    appended, its pairings forgotten) and the close (before the leave came
+    back) is forgotten at the close too, although nothing is appended then:
+    a closed connection is not kept in PairsShown (rev16-fix #4)."""
+    cluster = Cluster(2)
+    a, b = cluster.nodes
+    u, p = a.user("u"), b.user("p")
+    pair(cluster, u, p)
+    a.state.pairs_shown.forget(u.protocol)  # only what follows counts
+    p.send("UNPAIR")  # appended first (node b)
+    u.protocol.readConnectionLost()  # u's FIN: its leave appended after it
+    entries = cluster.log.entries
+    assert [e["t"] for _, e in entries[a.cursor:]] == ["unp", "leave"]
+    a.cursor += 1
+    a.state.deliver(entries[a.cursor - 1:a.cursor])  # the UNPAIR only: shown to u's conn
+    assert len(a.state.pairs_shown) == 1
+    u.drop()  # the close completes before u's leave came back
+    assert len(a.state.pairs_shown) == 0
+    cluster.pump()
+    assert "u" not in a.hub.online
+    assert len(a.state.pairs_shown) == 0

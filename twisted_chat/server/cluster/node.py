@@ -414,6 +414,7 @@ class ClusterState:
             # close after a FIN or a BYE).  That one is never lost while the
             # process lives, and goes again if Redis loses it (leave_again):
             # a second would cost Redis a command and every node an event.
+            self.pairs_shown.forget(user.conn)  # a pairing shown since the first
             return
         self._append_leave(user, reason, text)
 
