@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from typing import Any
 
+import pytest
+
 from tests.test_cluster_own import pair
 from tests.test_cluster_unit import Cluster
 
@@ -83,9 +85,13 @@ def test_leaves_applied_one_per_batch_cost_one_look_each() -> None:
     assert _CountedMembers.looked <= 2 * 200, _CountedMembers.looked
 
 
-def test_a_batch_that_takes_out_others_settles_every_leave() -> None:
-    """A dead (or hello, or registration) may take out users whose leave is
-    under way without their leave: after it, every one is looked at."""
+@pytest.mark.parametrize("taking_out", [
+    {"t": "dead", "node": "nodeX", "n": "node1", "k": 100},
+    {"t": "hello", "n": "nodeX", "k": 100, "users": []},
+], ids=["dead", "hello"])
+def test_a_batch_that_takes_out_others_settles_every_leave(taking_out: dict[str, Any]) -> None:
+    """A dead or a hello may take out users whose leave is under way
+    without their leave: after either, every one is looked at."""
     cluster = Cluster(2)
     a, b = cluster.nodes
     conn = a.user("gone")
@@ -95,8 +101,8 @@ def test_a_batch_that_takes_out_others_settles_every_leave() -> None:
     leave = cluster.log.entries.pop()  # lost on its way; the node is declared dead
     assert leave[1]["t"] == "leave"
     uid = leave[1]["u"]
-    a.state.replica.members.pop(uid)  # as a dead for the node would take it out
-    a.state.deliver([("9999999999999-1", {"t": "dead", "node": "nodeX", "n": "node1", "k": 100})])
+    a.state.replica.members.pop(uid)  # as a dead for the node, or its hello, would take it out
+    a.state.deliver([("9999999999999-1", taking_out)])
     assert a.state._leaving == {}
 
 

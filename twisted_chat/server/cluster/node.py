@@ -73,8 +73,9 @@ DEFAULT_WAIT = 10.0
 DEFAULT_MAX_WAITING = 4 * 1024 * 1024
 
 # Events that may take out or detach users other than a leave's: after one,
-# every leave under way is looked at (ClusterState._forget_left).
-_TAKE_OUT = frozenset(("reg", "hello", "dead"))
+# every leave under way is looked at (ClusterState._forget_left).  A
+# registration only adds (its nick taken: refused), so it is not one.
+_TAKE_OUT = frozenset(("hello", "dead"))
 
 # An invitation's expiry is applied by the first event past its time; the
 # node appends a tick this long after it falls due (and never more often).
