@@ -25,6 +25,8 @@ T = TypeVar("T")
 
 TWISTD = str(Path(sys.executable).with_name("twistd"))
 LOOPBACK = "127.0.0.1"
+# The root of the tree these tests are in: the code a server they start runs.
+TREE = Path(__file__).resolve().parents[1]
 
 
 def free_port() -> int:
@@ -209,13 +211,27 @@ def process_state(pid: int) -> str:
     return "\n".join(lines)
 
 
+def tree_environment() -> dict[str, str]:
+    """
+    This process's environment with L{TREE} first on C{PYTHONPATH}: a
+    C{twistd} of the project's environment then imports this tree's
+    C{twisted_chat}.  Without it, the server imported the environment's
+    editable install (twistd does not put its working directory on the
+    path): run from another tree (a git worktree) with no C{PYTHONPATH},
+    a test tested the installed tree's server code, not its own.
+    """
+    path = [str(TREE), *filter(None, [os.environ.get("PYTHONPATH")])]
+    return {**os.environ, "PYTHONPATH": os.pathsep.join(path)}
+
+
 class ServerProcess:
     """C{twistd -n chat} on C{127.0.0.1:port}, run in C{workdir}."""
 
     def __init__(self, workdir: Path, args: Sequence[str] = (), port: int | None = None,
                  endpoint: str | None = None, probe: bool = True,
                  twistd: str = TWISTD, exempt: Sequence[str] = (LOOPBACK,),
-                 twistd_args: Sequence[str] = (), stdout_log: bool = False) -> None:
+                 twistd_args: Sequence[str] = (), stdout_log: bool = False,
+                 this_tree: bool | None = None) -> None:
         """
         @param probe: wait for start-up by connecting to C{port} (the
             default).  Every other endpoint asked for (C{endpoint} when it
@@ -225,6 +241,10 @@ class ServerProcess:
             and of the connection metrics want that), from C{/proc/net}
             (L{tcp_listening}, L{unix_listening}).
         @param twistd: the C{twistd} script to run (another environment's).
+        @param this_tree: run L{TREE}'s code (L{tree_environment}); by
+            default, when C{twistd} is the project's (L{TWISTD}).  A
+            wrapper that runs L{TWISTD} passes C{True}; another
+            environment's C{twistd} runs what that environment installed.
         @param exempt: C{--exempt} values.  The tests' own clients connect
             from 127.0.0.1, many at a time: that address is exempt from the
             per-address limits unless a test says otherwise (tests of those
@@ -243,6 +263,7 @@ class ServerProcess:
         self.twistd_args = list(twistd_args)
         self.log_path = workdir / f"twistd-{self.port}.log"
         self.stdout_log = stdout_log
+        self.this_tree = twistd == TWISTD if this_tree is None else this_tree
         self.proc: subprocess.Popen[bytes] | None = None
 
     def start(self, wait: bool = True) -> ServerProcess:
@@ -255,6 +276,7 @@ class ServerProcess:
             self.proc = subprocess.Popen(
                 command, cwd=self.workdir, stdin=subprocess.DEVNULL,
                 stdout=stdout, stderr=subprocess.STDOUT, start_new_session=True,
+                env=tree_environment() if self.this_tree else None,
             )
         if wait:
             try:

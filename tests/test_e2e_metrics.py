@@ -283,7 +283,7 @@ def test_held_metrics_connections_leave_the_chat_its_descriptors(
     metrics_port = free_port()
     server = chat_server("--db", ":memory:", "--max-clients", "100",
                          "--metrics", f"tcp:{metrics_port}:interface={LOOPBACK}",
-                         twistd=str(limited))
+                         twistd=str(limited), this_tree=True)
     held: list[socket.socket] = []
     chats: list[socket.socket] = []
     try:

@@ -9,6 +9,8 @@ the second one a second late.
 
 from __future__ import annotations
 
+import importlib.util
+import shutil
 import socket
 import sys
 from collections.abc import Callable
@@ -139,3 +141,34 @@ def test_a_bare_port_given_with_p_is_waited_for(
     other = free_port()
     chat_server("-p", str(other), twistd=slow_twistd)
     assert tcp_listening(other)
+
+
+def test_a_server_runs_the_code_of_the_tree_its_tests_are_in(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Run from a copy of the tree (as from a git worktree) with no
+    PYTHONPATH, a started server imported the environment's editable
+    install, the tree that was installed from, not the tests' own: an
+    end-to-end test seen failing there said nothing about the copy's code.
+    Now it runs the copy's: its twisted_chat, marked here, is imported."""
+    root = Path(__file__).resolve().parents[1]
+    copy = tmp_path / "copy"
+    skip = shutil.ignore_patterns("__pycache__", "dropin.cache")
+    for part in ("twisted_chat", "twisted"):
+        shutil.copytree(root / part, copy / part, ignore=skip)
+    (copy / "tests").mkdir()
+    shutil.copy(root / "tests" / "serverproc.py", copy / "tests")
+    marker = copy / "imported"
+    with (copy / "twisted_chat" / "__init__.py").open("a") as init:
+        init.write(f"\n__import__('pathlib').Path({str(marker)!r}).touch()\n")
+    spec = importlib.util.spec_from_file_location("copied_serverproc",
+                                                  copy / "tests" / "serverproc.py")
+    assert spec is not None and spec.loader is not None
+    copied = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(copied)
+    monkeypatch.delenv("PYTHONPATH", raising=False)
+    server = copied.ServerProcess(tmp_path, ["--db", ":memory:"]).start()
+    try:
+        assert marker.exists(), server.log()[-2000:]
+    finally:
+        server.kill()
