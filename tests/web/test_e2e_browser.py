@@ -3966,7 +3966,8 @@ def test_the_page_names_its_commands_in_every_server_error_that_names_a_verb(
     Chromium, on the server's own ERROR texts (a real server's, through
     tests.harness): each verb it names is the page's command, the list
     cost's too ("slow down: PAIR costs ..." kept the bare PAIR and ACCEPT
-    after 53ff74a); a nick spelled as a verb (HELP, PAIR) stays as it is."""
+    after 53ff74a, and USERS after 6019eac); a nick spelled as a verb
+    (HELP, PAIR) stays as it is."""
     h = Harness()
     alice, carol, dave, helper, pair = (
         h.user(nick) for nick in ("alice", "carol", "dave", "HELP", "PAIR"))
@@ -3987,7 +3988,7 @@ def test_the_page_names_its_commands_in_every_server_error_that_names_a_verb(
     h = Harness(flood_rate=1.0, flood_burst=2)
     _crowd(h, 120)
     listed: list[int] = []  # the list's bytes as each is refused
-    for nick, line in (("bob", "PAIR HELP"), ("erin", "ACCEPT PAIR")):
+    for nick, line in (("bob", "PAIR HELP"), ("erin", "ACCEPT PAIR"), ("frank", "USERS")):
         conn = h.user(nick)
         listed.append(len(h.factory.lines.roster()))
         texts += _errors(conn, line)
@@ -4020,6 +4021,7 @@ def test_the_page_names_its_commands_in_every_server_error_that_names_a_verb(
         "you are not paired and have sent no invitation (/reject declines one you received)",
         f"slow down: /invite {costs[0]}",
         f"slow down: /accept {costs[1]}",
+        f"slow down: /users {costs[2]}",
     ]
 
 

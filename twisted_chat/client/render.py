@@ -324,10 +324,13 @@ def sentence(text: str) -> str:
 _NO_TEXT = {"no-such-nick": "nobody by that name is online"}
 # The chat/1 verbs the server's errors name ("usage: PAIR <nick>", "UNPAIR
 # first", "UNPAIR withdraws it", "REJECT declines", "try HELP"), said as the
-# user types them in an invitation's refusal (busy, pending).  Only in those
-# places: a nick may be spelled as a verb ("your invitation to HELP is still
-# open").  The web page's pageWords() keeps the same rule (docs/web.md,
-# docs/client.md): change both together.
+# user types them in an invitation's refusal (busy, pending) only.  Only in
+# those places: a nick may be spelled as a verb ("your invitation to HELP is
+# still open").  The web page's pageWords() (docs/web.md) rewrites the same
+# places, but in every error, and "USERS costs", "PAIR costs" and "ACCEPT
+# costs" too (ERROR flood for the user list's price, never busy or pending):
+# here that one is said as "The server did not do /users: slow down: USERS
+# costs ..." (error_sentence, docs/client.md).  Change both together.
 _VERB = "UNPAIR|PAIR|ACCEPT|REJECT|HELP"
 _VERB_PLACES = re.compile(
     rf"(?:(?<=\busage: )|(?<=\btry ))(?:{_VERB})\b|\b(?:{_VERB})(?= (?:first|withdraws|declines)\b)"

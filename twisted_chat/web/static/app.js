@@ -2465,12 +2465,13 @@
 
   // The server's errors name chat/1 verbs ("usage: PAIR <nick>", "UNPAIR
   // first", "UNPAIR withdraws it", "(REJECT declines one you received)",
-  // "try HELP", "slow down: PAIR costs ...": wire.list_cost): said with
+  // "try HELP", "slow down: USERS costs ...": wire.list_cost): said with
   // the page's commands, as the terminal client says them with its own
-  // (render.py). Only in those places: a nick may be spelled as a verb
-  // ("your invitation to HELP is still open").
-  const PAGE_COMMANDS = { UNPAIR: "/leave", PAIR: "/invite", ACCEPT: "/accept", REJECT: "/reject", HELP: "/help" };
-  const VERB_PLACES = /(?<=\busage: |\btry )(?:UNPAIR|PAIR|ACCEPT|REJECT|HELP)\b|\b(?:UNPAIR|PAIR|ACCEPT|REJECT|HELP)(?= (?:first|withdraws|declines|costs)\b)/g;
+  // (render.py, which does so in invitation refusals only). Only in those
+  // places: a nick may be spelled as a verb ("your invitation to HELP is
+  // still open").
+  const PAGE_COMMANDS = { UNPAIR: "/leave", PAIR: "/invite", ACCEPT: "/accept", REJECT: "/reject", HELP: "/help", USERS: "/users" };
+  const VERB_PLACES = /(?<=\busage: |\btry )(?:UNPAIR|PAIR|ACCEPT|REJECT|HELP)\b|\b(?:UNPAIR|PAIR|ACCEPT|REJECT|HELP|USERS)(?= (?:first|withdraws|declines|costs)\b)/g;
   function pageWords(text) {
     return text.replace(VERB_PLACES, (verb) => PAGE_COMMANDS[verb]);
   }
