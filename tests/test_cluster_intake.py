@@ -220,3 +220,17 @@ def test_the_nodes_connections_parse_whole_reads_even_with_hiredis_importable() 
                          input=published("a", "b"), timeout=60, check=False)
     assert run.returncode == 0, run.stderr.decode()
     assert run.stdout.decode().splitlines() == ["[]", "['a', 'b']"]  # due asked, then the rest
+
+
+def test_the_subscribers_line_parser_class_is_redisconns_own() -> None:
+    """redisconn's copy of SubscriberProtocol's methods took its __module__
+    too: the class named itself txredisapi._LineSubscriber,
+    a class txredisapi does not have, in reprs and tracebacks (rr21-d)."""
+    import txredisapi
+
+    from twisted_chat.server.cluster import redisconn
+
+    line_subscriber = _Subscriber.__mro__[_Subscriber.__mro__.index(
+        txredisapi.BaseRedisProtocol) - 1]
+    assert line_subscriber.__qualname__ == "_LineSubscriber"
+    assert line_subscriber.__module__ == redisconn.__name__

@@ -384,10 +384,11 @@ class _WholeReads:
 # its RedisProtocol (SubscriberProtocol's base) is HiredisProtocol when
 # hiredis is importable, which parses a read in its own dataReceived and
 # skips _WholeReads and due (rr21-c).  SubscriberProtocol's methods are its
-# own (tests/test_third_party.py checks).
+# own (tests/test_third_party.py checks); not its __module__ (this class is
+# ours, not txredisapi's, in reprs and tracebacks) nor its __doc__.
 _LineSubscriber = type("_LineSubscriber", (txredisapi.BaseRedisProtocol,), {
     name: value for name, value in vars(txredisapi.SubscriberProtocol).items()
-    if name not in ("__dict__", "__weakref__")})
+    if name not in ("__dict__", "__weakref__", "__module__", "__doc__")})
 
 
 class _Commands(_KeepsLoss, _WholeReads, txredisapi.BaseRedisProtocol):  # type: ignore[misc]
