@@ -38,10 +38,10 @@ _log = logs.logger()
 __all__ = ["Connection", "Handshake", "Server", "Session", "UserList"]
 
 # A lobby line's or a NICK's wait for its address's budget ended
-# (Session.do_MSG, Session._nick_allowed).
+# (Session._say and Session._judged, Session._nick_allowed).
 _LATE = object()
 
-# State.LOBBY as a module global, for do_MSG: on Python 3.11 reading an
+# State.LOBBY as a module global, for Session._say: on Python 3.11 reading an
 # Enum's member from its class is slow (see wire._NO_TEXT).
 _LOBBY = State.LOBBY
 
