@@ -404,6 +404,24 @@ def couples(h: Harness, n: int) -> list[tuple[Conn, Conn]]:
     return made
 
 
+def test_a_closing_partner_is_given_no_share() -> None:
+    """rr21-f 1: at a pair's end a partner already closing (cut at --sendq,
+    or a cluster node's FIN, the hub not told yet) gets no share of the
+    paired users' lines, as a dropped one gets none; it was joined,
+    counted as sent, then discarded."""
+    h, work = paced()
+    [(a, b)] = couples(h, 1)
+    h.clear_all()
+    stats = h.factory.stats
+    work.waiting = True
+    b.protocol.hang_up("sendq")
+    discarded = stats.discarded
+    drop_together([a])
+    work.waiting = False
+    h.clock.advance(WINDOW)
+    assert stats.discarded == discarded
+
+
 def test_paired_departures_of_one_turn_reach_a_lobby_member_in_one_write() -> None:
     """rev21-clu F2: a departure that ended a pair flushed the whole batch
     (the partner's return was the hub's roster_changing), so n such

@@ -144,9 +144,12 @@ class LineListener:
         """The user gets its share of the JOINED and LEFT lines gathered
         while it was paired, and of the lobby's gathered lines none (its
         replay has the messages): it gets those added from now on; the
-        others keep their batches."""
+        others keep their batches.  A connection already closing gets no
+        share, as in L{leaving}."""
         if self._state().holds(user):
-            self.paired_fanout.leaving(user.conn)
+            if not user.conn.closing:  # as in leaving(): it writes no more
+                self.paired_fanout.leaving(user.conn)
+            # The cut even for a closing one, or it gets the lobby's batch.
             self.fanout.returning(user.conn)
         self._roster = None
 
