@@ -199,8 +199,9 @@ class Hub:
         self._sent_by_source: dict[str, int] = {}
         self.online: dict[str, User] = {}
         self.lobby: dict[str, User] = {}
-        #: The online users in a pair, by key: whom a JOINED or LEFT is
-        #: written to directly, found without a walk of everyone online.
+        #: The online users in a pair, by key: the members of the paired
+        #: users' batch (LineListener's paired_fanout), found without a
+        #: walk of everyone online.
         self.paired: dict[str, User] = {}
         # Changes of the lobby's membership so far: a list of its members
         # made at one count is still right at the same count.

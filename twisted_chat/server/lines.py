@@ -187,23 +187,18 @@ class LineListener:
             # Another node's newcomer gets nothing from this one: there is
             # no share to cut, and the batch keeps the fan-out's fast path.
             self.fanout.add(data)
-        self._add_for_paired(data)
-
-    def _add_for_paired(self, data: bytes) -> None:
-        """C{data} to this process's paired users, who are not in the
-        lobby's batch: in a batch of their own, members from the state's
-        index of them.  Each written at once made n departures with n
-        pairs open about n x n writes (rev21-clu F2)."""
         self.paired_fanout.add(data)
 
     def left(self, ts: float, user: User, reason: str, text: str) -> None:
         """LEFT rides with the lobby's lines of this turn, as JOINED does;
-        paired users get it in their own batch."""
+        paired users, who are not in the lobby's batch, get it in their own
+        (members from the state's index of them): each written at once made
+        n departures with n pairs open about n x n writes (rev21-clu F2)."""
         self._user_lines.pop(user.key, None)
         self.forget_members()
         data = wire.line("LEFT", wire.format_ts(ts), user.nick, reason, text=text)
         self.fanout.add(data)
-        self._add_for_paired(data)
+        self.paired_fanout.add(data)
 
     def private_message(self, ts: float, sender: User, recipient: User, text: str) -> None:
         data = wire.msg_line(ts, sender.nick, recipient.nick, text)

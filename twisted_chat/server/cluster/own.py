@@ -46,7 +46,7 @@ class OwnMembers:
         # Insertion-ordered, as the hub's own dicts: the same order of members.
         self._online: dict[User, None] = {}
         self._lobby: dict[User, Member] = {}
-        # Those of _online in a pair (whom JOINED and LEFT are written to directly).
+        # Those of _online in a pair (the members of the paired users' batch).
         self._paired: dict[User, None] = {}
         # lobby_members' tuple of the _lobby's values, None once it changed:
         # set to None wherever _lobby changes (so a departure lets go of it).
