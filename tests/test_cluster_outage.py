@@ -1138,6 +1138,39 @@ def test_a_pair_detached_by_a_new_epoch_hears_no_lobby_line_but_sees_a_newcomer(
     check_index(cluster)
 
 
+def test_a_pair_ended_in_lost_events_hears_each_joined_and_left_once() -> None:
+    """ann (node0) and bob (node1) pair; ann's UNPAIR, which both were
+    shown, is lost, and every replica is rebuilt from what was kept (ann
+    and bob paired again there).  Until a hello ends the pair, ann and bob
+    hear the lobby as they were shown it: carol's line once, and dave's
+    JOINED once (mend21f: it came in the lobby's batch and again in the
+    paired users' batch)."""
+    cluster = Cluster(3)
+    n0, n1, n2 = cluster.nodes
+    ann, bob, carol = n0.user("ann"), n1.user("bob"), n2.user("carol")
+    ann.send("PAIR bob")
+    cluster.pump()
+    bob.send("ACCEPT ann")
+    cluster.pump()
+    kept = len(cluster.log.entries)
+    ann.send("UNPAIR")
+    cluster.pump()
+    assert "UNPAIRED bob left" in ann.take() and "UNPAIRED ann left" in bob.take()
+    del cluster.log.entries[kept:]
+    for node in cluster.nodes:
+        node.cursor = kept
+        node.state.rebuild(None, cluster.log.entries)
+    assert n0.hub.online["ann"].partner is n0.hub.online["bob"]
+    assert list(n0.state.replica.afterloss.hearing.values()) == [n0.hub.online["ann"]]
+    dave = n2.connect()  # (not n2.user: it clears every connection's lines)
+    dave.send("NICK dave")
+    cluster.pump()
+    carol.send("MSG heard live")
+    cluster.pump()
+    for conn in (ann, bob):
+        assert [line.split(" ", 2)[2] for line in conn.take()] == ["dave", "carol * heard live"]
+
+
 # -- flood control counts a held line as of when it arrived (rev11-clu2 #1) ---------
 
 

@@ -277,8 +277,14 @@ class ClusterState:
 
     def paired_users(self) -> list[User]:
         users = self.own.paired_users()
-        if self.replica.afterloss.has_detached():  # rare: after Redis lost data
-            users += [user for user in self.replica.afterloss.detached_users()
+        afterloss = self.replica.afterloss
+        if afterloss.hearing:  # rare: after Redis lost data
+            # Shown their pair's end: JOINED and LEFT reach them with the
+            # lobby's batch (lobby_members), not twice.
+            hearing = set(afterloss.hearing.values())
+            users = [user for user in users if user not in hearing]
+        if afterloss.has_detached():
+            users += [user for user in afterloss.detached_users()
                       if user.state is State.PAIRED]
         return users
 
