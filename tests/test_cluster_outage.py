@@ -1138,13 +1138,11 @@ def test_a_pair_detached_by_a_new_epoch_hears_no_lobby_line_but_sees_a_newcomer(
     check_index(cluster)
 
 
-def test_a_pair_ended_in_lost_events_hears_each_joined_and_left_once() -> None:
-    """ann (node0) and bob (node1) pair; ann's UNPAIR, which both were
-    shown, is lost, and every replica is rebuilt from what was kept (ann
-    and bob paired again there).  Until a hello ends the pair, ann and bob
-    hear the lobby as they were shown it: carol's line once, and dave's
-    JOINED once (mend21f: it came in the lobby's batch and again in the
-    paired users' batch)."""
+def _hearing_ann() -> tuple[Cluster, Conn, Conn, Conn]:
+    """ann (node0), bob (node1) and carol (node2); ann and bob's pair
+    ended (both were shown it) in events Redis then lost, and every replica
+    is rebuilt from what was kept: ann and bob paired again there, ann
+    hearing the lobby on node0."""
     cluster = Cluster(3)
     n0, n1, n2 = cluster.nodes
     ann, bob, carol = n0.user("ann"), n1.user("bob"), n2.user("carol")
@@ -1162,13 +1160,65 @@ def test_a_pair_ended_in_lost_events_hears_each_joined_and_left_once() -> None:
         node.state.rebuild(None, cluster.log.entries)
     assert n0.hub.online["ann"].partner is n0.hub.online["bob"]
     assert list(n0.state.replica.afterloss.hearing.values()) == [n0.hub.online["ann"]]
-    dave = n2.connect()  # (not n2.user: it clears every connection's lines)
+    return cluster, ann, bob, carol
+
+
+def test_a_pair_ended_in_lost_events_hears_each_joined_and_left_once() -> None:
+    """ann (node0) and bob (node1) pair; ann's UNPAIR, which both were
+    shown, is lost, and every replica is rebuilt from what was kept (ann
+    and bob paired again there).  Until a hello ends the pair, ann and bob
+    hear the lobby as they were shown it: carol's line once, and dave's
+    JOINED once (mend21f: it came in the lobby's batch and again in the
+    paired users' batch)."""
+    cluster, ann, bob, carol = _hearing_ann()
+    dave = cluster.nodes[2].connect()  # (not .user: it clears every connection's lines)
     dave.send("NICK dave")
     cluster.pump()
     carol.send("MSG heard live")
     cluster.pump()
     for conn in (ann, bob):
         assert [line.split(" ", 2)[2] for line in conn.take()] == ["dave", "carol * heard live"]
+
+
+def _hears_dave_joined_and_bob_left_once(
+        cluster: Cluster, ann: Conn, bob: Conn, carol: Conn, to: str, flushed: Conn) -> None:
+    """In one read of node0's: dave joins on node2, carol's DM to C{to}
+    (C{flushed}, on node0) flushes that user's batch, and bob drops, which
+    ends the pair out loud.  ann, hearing, gets JOINED dave and LEFT bob
+    once each, and C{flushed} its DM."""
+    dave = cluster.nodes[2].connect()
+    dave.send("NICK dave")
+    carol.send(f"DM {to} hi")
+    bob.drop()
+    cluster.pump()
+    got = ann.take()
+    assert sum(line.startswith("JOINED ") and "dave" in line for line in got) == 1
+    assert sum(line.startswith("LEFT ") and "bob" in line for line in got) == 1
+    assert any(line.endswith(" hi") for line in flushed.take())
+
+
+def test_a_hearing_user_whose_partner_quits_after_a_lobby_flush_hears_each_once() -> None:
+    """A DM to a lobby user on node0 flushes the lobby's batch (with dave's
+    JOINED, which ann hears) before bob's drop ends the pair out loud: ann
+    is not given the paired users' share too (rr21-g: it got JOINED twice)."""
+    cluster, ann, bob, carol = _hearing_ann()
+    zed = cluster.nodes[0].user("zed")
+    cluster.pump()
+    _hears_dave_joined_and_bob_left_once(cluster, ann, bob, carol, "zed", zed)
+
+
+def test_a_hearing_user_whose_partner_quits_after_a_paired_flush_hears_each_once() -> None:
+    """A DM to a paired user on node0 flushes the paired users' batch (which
+    ann is not in) before bob's drop ends the pair out loud: ann gets its
+    share of the lobby's batch it was hearing (rr21-g: it got JOINED never)."""
+    cluster, ann, bob, carol = _hearing_ann()
+    n0 = cluster.nodes[0]
+    pat, quin = n0.user("pat"), n0.user("quin")
+    pat.send("PAIR quin")
+    cluster.pump()
+    quin.send("ACCEPT pat")
+    cluster.pump()
+    _hears_dave_joined_and_bob_left_once(cluster, ann, bob, carol, "pat", pat)
 
 
 # -- flood control counts a held line as of when it arrived (rev11-clu2 #1) ---------

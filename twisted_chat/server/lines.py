@@ -32,6 +32,8 @@ class Audience(Protocol):
 
     def paired_users(self) -> list[User]: ...
 
+    def hears_lobby(self, user: User) -> bool: ...
+
     def pair_shown(self, user: User, before: User | None) -> None: ...
 
     def forget_members(self) -> None: ...
@@ -144,11 +146,16 @@ class LineListener:
         """The user gets its share of the JOINED and LEFT lines gathered
         while it was paired, and of the lobby's gathered lines none (its
         replay has the messages): it gets those added from now on; the
-        others keep their batches.  A connection already closing gets no
-        share, as in L{leaving}."""
-        if self._state().holds(user):
+        others keep their batches.  A user hearing the lobby after a loss
+        gets its share of the lobby's batch instead, and a connection
+        already closing gets none, as in L{leaving}."""
+        state = self._state()
+        if state.holds(user):
             if not user.conn.closing:  # as in leaving(): it writes no more
-                self.paired_fanout.leaving(user.conn)
+                if state.hears_lobby(user):
+                    self.fanout.leaving(user.conn)
+                else:
+                    self.paired_fanout.leaving(user.conn)
             # The cut even for a closing one, or it gets the lobby's batch.
             self.fanout.returning(user.conn)
         self._roster = None

@@ -68,6 +68,11 @@ class ChatState(Protocol):
         copy: a write may end one).  Kept at each pairing and its end, so
         that a C{JOINED} or C{LEFT} costs the pairs, not everyone online."""
 
+    def hears_lobby(self, user: User) -> bool:
+        """Whether C{user}, paired, hears the lobby's lines: never on one
+        server; in a cluster, a user shown its pair's end in events Redis
+        then lost (L{AfterLoss.hearing}), until the pair ends here too."""
+
     def holds(self, user: User) -> bool:
         """Whether this process holds C{user}'s connection (writes its
         lines): every user on one server; in a cluster, not a user of
@@ -155,6 +160,9 @@ class LocalState:
 
     def paired_users(self) -> list[User]:
         return list(self.hub.paired.values())
+
+    def hears_lobby(self, user: User) -> bool:
+        return False
 
     def holds(self, user: User) -> bool:
         return True

@@ -297,6 +297,10 @@ class ClusterState:
     def holds(self, user: User) -> bool:
         return not isinstance(user.conn, RemoteConn)
 
+    def hears_lobby(self, user: User) -> bool:
+        hearing = self.replica.afterloss.hearing
+        return bool(hearing) and user in hearing.values()
+
     def _encode(self, event: dict[str, Any]) -> tuple[int, str]:
         self._k += 1
         event["n"] = self.node
