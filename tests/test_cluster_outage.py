@@ -1178,6 +1178,7 @@ def test_a_pair_ended_in_lost_events_hears_each_joined_and_left_once() -> None:
     cluster.pump()
     for conn in (ann, bob):
         assert [line.split(" ", 2)[2] for line in conn.take()] == ["dave", "carol * heard live"]
+    check_index(cluster)
 
 
 def _hears_dave_joined_and_bob_left_once(
