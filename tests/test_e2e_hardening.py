@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.serverproc import LOOPBACK, TWISTD, LineClient, ServerProcess
+from tests.serverproc import LOOPBACK, TWISTD, LineClient, ServerProcess, tree_environment
 
 pytestmark = pytest.mark.e2e
 
@@ -28,7 +28,7 @@ def run_limited(tmp_path: Path, nofile: int, *args: str) -> subprocess.Popen[str
     return subprocess.Popen(
         [PRLIMIT, f"--nofile={nofile}:{nofile}", TWISTD, "-n", "--pidfile=", "chat",
          "--db", ":memory:", "--port", f"tcp:0:interface={LOOPBACK}", *args],
-        cwd=tmp_path, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+        cwd=tmp_path, env=tree_environment(), stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
         stderr=subprocess.PIPE, text=True)
 
 

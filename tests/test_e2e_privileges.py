@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.serverproc import LOOPBACK, TWISTD, LineClient, ServerProcess
+from tests.serverproc import LOOPBACK, TWISTD, LineClient, ServerProcess, tree_environment
 
 pytestmark = [
     pytest.mark.e2e,
@@ -47,7 +47,8 @@ def refused(folder: Path, *args: str, daemon: bool = False) -> subprocess.Comple
               else ["-n", "--pidfile="])
     return subprocess.run(
         [TWISTD, *twistd, *DROP, "chat", "--port", f"tcp:0:interface={LOOPBACK}", *args],
-        cwd=folder, stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=30)
+        cwd=folder, env=tree_environment(),
+        stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=30)
 
 
 @pytest.mark.parametrize("drop", [DROP, ["--uid", str(NOBODY)]], ids=["uid-gid", "uid-alone"])
@@ -86,7 +87,8 @@ def test_a_uid_alone_that_names_no_user_is_one_line(folder: Path) -> None:
     done = subprocess.run(
         [TWISTD, "-n", "--pidfile=", "--uid", "4242424", "chat",
          "--port", f"tcp:0:interface={LOOPBACK}", "--db", "chat.sqlite3"],
-        cwd=folder, stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=30)
+        cwd=folder, env=tree_environment(),
+        stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=30)
     assert done.returncode == 1, done
     assert done.stderr.splitlines() == [
         "twistd chat: --uid 4242424 names no user: give --gid too"], done
@@ -130,7 +132,8 @@ def test_a_log_file_the_user_cannot_write_is_one_line(folder: Path) -> None:
     done = subprocess.run(
         [TWISTD, "-n", "--pidfile=", f"--logfile={logs}/chat.log", *DROP, "chat",
          "--port", f"tcp:0:interface={LOOPBACK}", "--db", "chat.sqlite3"],
-        cwd=folder, stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=30)
+        cwd=folder, env=tree_environment(),
+        stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=30)
     assert done.returncode == 1, done
     assert done.stderr.splitlines() == [
         f"twistd chat: cannot open --logfile {logs}/chat.log: Permission denied "

@@ -28,6 +28,7 @@ from tests.serverproc import (
     ServerProcess,
     free_port,
     tcp_listening,
+    tree_environment,
     wait_until,
 )
 
@@ -69,7 +70,7 @@ def test_a_daemon_goes_on_after_sighup(tmp_path: Path) -> None:
     subprocess.run(
         [TWISTD, f"--pidfile={pidfile}", f"--logfile={logfile}", "chat",
          "--port", f"tcp:{port}:interface={LOOPBACK}", "--db", ":memory:"],
-        cwd=tmp_path, stdin=subprocess.DEVNULL, check=True, timeout=30)
+        cwd=tmp_path, env=tree_environment(), stdin=subprocess.DEVNULL, check=True, timeout=30)
     pid = int(wait_until(lambda: pidfile.exists() and pidfile.read_text().strip(),
                          what="the pid file"))
     try:
@@ -113,7 +114,8 @@ def test_the_server_goes_on_when_its_terminal_goes_away(tmp_path: Path) -> None:
         proc = subprocess.Popen(
             [TWISTD, "-n", "--pidfile=", "chat", "--port", f"tcp:{port}:interface={LOOPBACK}",
              "--exempt", LOOPBACK, "--db", ":memory:"],
-            cwd=tmp_path, stdin=slave, stdout=slave, stderr=slave, start_new_session=True,
+            cwd=tmp_path, env=tree_environment(),
+            stdin=slave, stdout=slave, stderr=slave, start_new_session=True,
             # After setsid: the terminal becomes the new session's controlling one.
             preexec_fn=lambda: fcntl.ioctl(0, termios.TIOCSCTTY, 0))
     finally:

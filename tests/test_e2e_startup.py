@@ -16,7 +16,14 @@ from pathlib import Path
 
 import pytest
 
-from tests.serverproc import LOOPBACK, TWISTD, LineClient, ServerProcess, unix_listening
+from tests.serverproc import (
+    LOOPBACK,
+    TWISTD,
+    LineClient,
+    ServerProcess,
+    tree_environment,
+    unix_listening,
+)
 
 pytestmark = pytest.mark.e2e
 
@@ -24,7 +31,8 @@ pytestmark = pytest.mark.e2e
 def run_twistd(tmp_path: Path, *args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [TWISTD, "-n", "--pidfile=", "chat", "--db", ":memory:", *args],
-        cwd=tmp_path, stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=30,
+        cwd=tmp_path, env=tree_environment(),
+        stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=30,
     )
 
 
@@ -55,6 +63,7 @@ def test_a_busy_port_leaves_no_database_behind(tmp_path: Path, option: str) -> N
         if option != "--port":
             args += ["--port", f"tcp:0:interface={LOOPBACK}"]
         done = subprocess.run([TWISTD, "-n", "--pidfile=", "chat", *args], cwd=tmp_path,
+                              env=tree_environment(),
                               stdin=subprocess.DEVNULL, capture_output=True, text=True,
                               timeout=30)
     assert done.returncode == 1
@@ -174,7 +183,7 @@ def test_daemon_mode_keeps_log_keep_rotated_files(tmp_path: Path) -> None:
     started = subprocess.run(
         [TWISTD, f"--pidfile={pidfile}", f"--logfile={logfile}", "chat", "--port",
          f"tcp:{port}:interface={LOOPBACK}", "--db", ":memory:", "--log-keep", "2"],
-        cwd=tmp_path, capture_output=True, text=True, timeout=30)
+        cwd=tmp_path, env=tree_environment(), capture_output=True, text=True, timeout=30)
     assert started.returncode == 0, started.stderr
     pid = int(pidfile.read_text())
     try:
@@ -210,7 +219,8 @@ def test_a_pidfile_in_a_missing_folder_is_one_line_and_exit_1(
     done = subprocess.run(
         [TWISTD, *twistd, f"--pidfile={pidfile}", "chat", "--db", ":memory:",
          "--port", f"tcp:0:interface={LOOPBACK}"],
-        cwd=tmp_path, stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=30)
+        cwd=tmp_path, env=tree_environment(),
+        stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=30)
     assert done.returncode == 1
     assert done.stdout == ""
     assert done.stderr == (f"twistd chat: cannot write --pidfile {pidfile}: No such file or "
@@ -247,7 +257,7 @@ def test_a_db_name_that_is_not_utf8_works_for_the_server_and_the_tool(
     tool = subprocess.run(
         [sys.executable, "-m", "twisted_chat.accounts", "add", "--create", "--db", db, "alice"],
         input="first-password\n", capture_output=True, text=True, errors="surrogateescape",
-        cwd=tmp_path, timeout=60)
+        cwd=tmp_path, env=tree_environment(), timeout=60)
     assert tool.returncode == 0, tool.stderr
     server = ServerProcess(tmp_path, ["--db", db]).start()
     try:
