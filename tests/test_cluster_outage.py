@@ -25,6 +25,7 @@ from twisted.python.failure import Failure
 
 from tests.harness import Conn, run_for
 from tests.test_cluster_budgets import FakeBuckets
+from tests.test_cluster_own import pair
 from tests.test_cluster_read import MemoryRedis
 from tests.test_cluster_read import Node as ReadNode
 from tests.test_cluster_read import cluster as read_cluster
@@ -1106,10 +1107,7 @@ def test_a_pair_detached_by_a_new_epoch_hears_no_lobby_line_but_sees_a_newcomer(
     cluster = Cluster(3)
     n0, n1, n2 = cluster.nodes
     ann, bob, carol = n0.user("ann"), n1.user("bob"), n2.user("carol")
-    ann.send("PAIR bob")
-    cluster.pump()
-    bob.send("ACCEPT ann")
-    cluster.pump()
+    pair(cluster, ann, bob)
     assert ann.take()[-1] == "PAIRED bob" and bob.take()[-1] == "PAIRED ann"
     carol.take()
     rows = [node.state.rebuild(None, []) for node in cluster.nodes]
@@ -1146,10 +1144,7 @@ def _hearing_ann() -> tuple[Cluster, Conn, Conn, Conn]:
     cluster = Cluster(3)
     n0, n1, n2 = cluster.nodes
     ann, bob, carol = n0.user("ann"), n1.user("bob"), n2.user("carol")
-    ann.send("PAIR bob")
-    cluster.pump()
-    bob.send("ACCEPT ann")
-    cluster.pump()
+    pair(cluster, ann, bob)
     kept = len(cluster.log.entries)
     ann.send("UNPAIR")
     cluster.pump()
