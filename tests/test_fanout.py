@@ -7,8 +7,10 @@ tests/test_pacing.py.
 
 from __future__ import annotations
 
+import gc
 import select
 import socket
+import weakref
 from typing import Any
 
 import pytest
@@ -365,6 +367,18 @@ def test_a_leaver_gets_its_share_now_and_never_a_line_twice() -> None:
     members[:] = [other]  # the leavers are gone from the lobby
     clock.advance(0)
     assert other.got == [b"before JOINED after LEFT"]
+
+
+def test_a_leaver_in_a_quiet_spell_is_not_kept() -> None:
+    """With nothing gathered, a leaver (a FIN or BYE between lines) is not
+    held by the fan-out until the next line: its connection can go."""
+    _, fanout, members, _ = lobby(2)
+    leaver = members.pop()
+    gone = weakref.ref(leaver)
+    fanout.leaving(leaver)
+    del leaver
+    gc.collect()
+    assert gone() is None
 
 
 def test_a_newcomer_with_nothing_after_its_joined_gets_nothing_when_leaving_twice() -> None:

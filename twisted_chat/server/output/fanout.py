@@ -229,7 +229,8 @@ class LobbyFanout:
             member.deliver(data)
             lines, sent = self._shares
             self._shares = (lines + len(pending) - start, sent + len(data))
-        self._gone[member] = len(pending)
+        if pending:  # (0 is the default: nothing to keep the member for)
+            self._gone[member] = len(pending)
 
     def due(self) -> bool:
         """Whether lines wait that the pacing would send now, not hold a
