@@ -801,8 +801,11 @@ def test_too_many_failed_logins_are_said_and_not_tried_again_at_once(
     registered(tcp, "alice", "correct horse battery")
     failed_logins(web, "alice")
     pages = [recording(browser()), recording(browser())]
-    fields = [refused_for_failed_logins(page, web, "alice", "correct horse battery")
-              for page in pages]  # the right password: not even checked
+    # The right password: not even checked.  The other page waits longer,
+    # so that it is still in its wait when it is used, after this one's.
+    fields = [refused_for_failed_logins(page, web, "alice", "correct horse battery",
+                                        cooldown=cooldown)
+              for page, cooldown in zip(pages, (4, 30))]
     page, field = pages[0], fields[0]
     wait(page, lambda d: count(d, "closes") == 1)
     assert [line for line in page.execute_script("return window.gotLines")
