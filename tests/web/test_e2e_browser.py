@@ -805,7 +805,7 @@ def test_too_many_failed_logins_are_said_and_not_tried_again_at_once(
     # so that it is still in its wait when it is used, after this one's.
     fields = [refused_for_failed_logins(page, web, "alice", "correct horse battery",
                                         cooldown=cooldown)
-              for page, cooldown in zip(pages, (4, 30))]
+              for page, cooldown in zip(pages, (4, 30), strict=True)]
     page, field = pages[0], fields[0]
     wait(page, lambda d: count(d, "closes") == 1)
     assert [line for line in page.execute_script("return window.gotLines")
