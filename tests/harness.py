@@ -22,6 +22,7 @@ from twisted.python.failure import Failure
 
 from twisted_chat.server.config import ServerConfig
 from twisted_chat.server.factory import ChatFactory
+from twisted_chat.server.state import ChatState
 
 # Unit tests keep the limits and the pacing out of the way unless they test them.
 QUIET = dict(flood_rate=0.0, idle_timeout=0.0, nick_timeout=0.0, fanout_delay=0.0,
@@ -179,12 +180,14 @@ def _crlf(lines: tuple[str | bytes, ...]) -> bytes:
 
 
 class Harness:
-    def __init__(self, backlog: Callable[[], bool] | None = None, **config: Any) -> None:
+    def __init__(self, backlog: Callable[[], bool] | None = None,
+                 state: Callable[[ChatFactory], ChatState] | None = None, **config: Any) -> None:
+        """@param state: the factory's (default: its own L{LocalState})."""
         settings = {**QUIET, **config}
         self.clock = TurnClock()
         self.clock.advance(1_700_000_000)  # a real-looking time for the timestamps
         self.config = ServerConfig(**settings)
-        self.factory = ChatFactory(self.config, self.clock, backlog=backlog,
+        self.factory = ChatFactory(self.config, self.clock, backlog=backlog, state=state,
                                    steady=self.clock.seconds)
         self.hub = self.factory.hub
         self._ports = itertools.count(40000)

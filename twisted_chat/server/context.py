@@ -53,19 +53,21 @@ class ConnectionContext(Generic[C]):
     (docs/fanout.md, "Memory per connection").
     """
 
-    __slots__ = ("_watches", "clock", "config", "deadlines", "fanout", "flood", "greeting",
-                 "held_input", "leave", "on_lost", "on_registered", "paired_fanout", "repeats",
+    __slots__ = ("_watches", "batch_of", "clock", "config", "deadlines", "fanout", "flood",
+                 "greeting", "held_input", "leave", "on_lost", "on_registered", "repeats",
                  "session", "stats")
 
     def __init__(self, *, config: ServerConfig, clock: IReactorTime, fanout: LobbyFanout,
-                 paired_fanout: LobbyFanout, flood: FloodMeter, deadlines: Deadlines,
-                 held_input: HeldInput, session: Session, repeats: Repeats, greeting: bytes,
-                 stats: ConnectionStats, watches: Sequence[Watch],
+                 batch_of: Callable[[User], LobbyFanout], flood: FloodMeter,
+                 deadlines: Deadlines, held_input: HeldInput, session: Session,
+                 repeats: Repeats, greeting: bytes, stats: ConnectionStats,
+                 watches: Sequence[Watch],
                  on_registered: Callable[[C], None], on_lost: Callable[[C], None],
                  leave: Callable[[User, str, str], None]) -> None:
         """
-        @param paired_fanout: the C{JOINED} and C{LEFT} lines for the
-            users in a pair (L{LineListener}).
+        @param batch_of: the fan-out whose lines a user gets, the lobby's
+            or the paired users' (L{LineListener.batch_of}): a connection's
+            own writes follow its order rule; its FIN or C{BYE} gets its share.
         @param watches: started with each new connection (the drain watch
             and the C{--sendq-total} budget: L{start_watches}).
         @param on_registered: the connection has a nick.
@@ -75,7 +77,7 @@ class ConnectionContext(Generic[C]):
         self.config = config
         self.clock = clock
         self.fanout = fanout
-        self.paired_fanout = paired_fanout
+        self.batch_of = batch_of
         self.flood = flood
         self.deadlines = deadlines
         self.held_input = held_input

@@ -269,7 +269,7 @@ class ChatFactory(ServerFactory):
         # What each connection knows of this server (ChatProtocol.ctx).
         self.context: ConnectionContext[ChatProtocol] = ConnectionContext(
             config=config, clock=reactor, fanout=self.fanout,
-            paired_fanout=self.paired_fanout, flood=self.flood,
+            batch_of=self.lines.batch_of, flood=self.flood,
             deadlines=self.deadlines, held_input=self.held_input, session=self.session,
             repeats=self.repeats, greeting=self.greeting, stats=self.stats,
             watches=(self.drain, self.output_budget), on_registered=self.registered,

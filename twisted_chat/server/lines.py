@@ -131,31 +131,39 @@ class LineListener:
         self.paired_fanout.flush()
         self._roster = None
 
+    def batch_of(self, user: User) -> LobbyFanout:
+        """The batch whose lines C{user} gets (docs/fanout.md, "Order"): the
+        lobby's for a user in the lobby, else L{_pair_batch}.  Its own writes
+        follow this batch's order rule, and at its going it gets this
+        batch's share (L{leaving}; a connection's FIN or C{BYE})."""
+        return self.fanout if user.state is State.LOBBY else self._pair_batch(user)
+
+    def _pair_batch(self, user: User) -> LobbyFanout:
+        """The batch of C{user} while paired: the lobby's if it hears the
+        lobby (a cluster node's user shown its pair's end in events Redis
+        then lost: L{Audience.hears_lobby}), else the paired users'."""
+        return self.fanout if self._state().hears_lobby(user) else self.paired_fanout
+
     def leaving(self, user: User) -> None:
-        """Only the leaver gets the gathered lines now: a flush to everyone
-        here made a burst of n departures n writes to each member.  A
-        connection already closing (dropped, cut) gets nothing: it writes no more."""
+        """Only the leaver gets the gathered lines now, its share of its
+        batch (L{batch_of}): a flush to everyone here made a burst of n
+        departures n writes to each member.  A connection already closing
+        (dropped, cut) gets nothing: it writes no more."""
         if self._state().holds(user) and not user.conn.closing:
-            if user.state is State.LOBBY:
-                self.fanout.leaving(user.conn)
-            else:
-                self.paired_fanout.leaving(user.conn)
+            self.batch_of(user).leaving(user.conn)
         self._roster = None
 
     def returning(self, user: User) -> None:
-        """The user gets its share of the JOINED and LEFT lines gathered
-        while it was paired, and of the lobby's gathered lines none (its
-        replay has the messages): it gets those added from now on; the
-        others keep their batches.  A user hearing the lobby after a loss
-        gets its share of the lobby's batch instead, and a connection
-        already closing gets none, as in L{leaving}."""
+        """The user gets its share of the batch it was in while paired
+        (L{_pair_batch}: the JOINED and LEFT lines gathered meanwhile, or,
+        hearing the lobby after a loss, the lobby's lines), and of the
+        lobby's gathered lines none otherwise (its replay has the
+        messages): it gets those added from now on; the others keep their
+        batches.  A connection already closing gets none, as in L{leaving}."""
         state = self._state()
         if state.holds(user):
             if not user.conn.closing:  # as in leaving(): it writes no more
-                if state.hears_lobby(user):
-                    self.fanout.leaving(user.conn)
-                else:
-                    self.paired_fanout.leaving(user.conn)
+                self._pair_batch(user).leaving(user.conn)
             # The cut even for a closing one, or it gets the lobby's batch.
             self.fanout.returning(user.conn)
         self._roster = None

@@ -26,7 +26,7 @@ from zope.interface import implementer
 
 from twisted_chat import wire
 from twisted_chat.server import logs
-from twisted_chat.server.hub import State, User
+from twisted_chat.server.hub import User
 from twisted_chat.server.limits.addresses import Address
 from twisted_chat.server.limits.closing import Closable, GoneTransport, Linger, close_within
 from twisted_chat.server.limits.deadlines import Deadline
@@ -42,7 +42,6 @@ if TYPE_CHECKING:
 
     from twisted_chat.server.config import ServerConfig
     from twisted_chat.server.context import ConnectionContext
-    from twisted_chat.server.output.fanout import LobbyFanout
     from twisted_chat.server.session import Handshake
 
 # The reason the others' LEFT gives for a metric's reason (chat/1 has one,
@@ -215,7 +214,7 @@ class ChatProtocol:
         if user is not None:
             # Its share only: a flush to everyone made n peers' FINs in one
             # turn n writes to each member (the others get it with the batch).
-            self._batch(user).leaving(self)
+            self.ctx.batch_of(user).leaving(self)
         self.hang_up("disconnected")
         self._leave("disconnected")
 
@@ -233,7 +232,7 @@ class ChatProtocol:
         if user is not None and self.send_queue is not None:
             # Its share, then its BYE, as for a FIN (readConnectionLost): a
             # flush to everyone made n timeouts in one turn n writes to each.
-            self._batch(user).leaving(self)
+            self.ctx.batch_of(user).leaving(self)
             self.ctx.stats.wrote(bye)
             self.deliver(bye)
         else:
@@ -310,17 +309,11 @@ class ChatProtocol:
 
     def _lobby_first(self) -> None:
         """The fan-out's order rule (L{LobbyFanout.before_write}), told
-        to the batch this connection's user is in (the lobby's, or the
-        paired users')."""
+        to the batch this connection's user is in (C{ctx.batch_of}: the
+        lobby's, or the paired users')."""
         user = self.user
         if user is not None:
-            self._batch(user).before_write(self)
-
-    def _batch(self, user: User) -> LobbyFanout:
-        """The fan-out whose lines C{user} gets: the lobby's, or, in a
-        pair, the one of the JOINED and LEFT lines for paired users."""
-        ctx = self.ctx
-        return ctx.fanout if user.state is State.LOBBY else ctx.paired_fanout
+            self.ctx.batch_of(user).before_write(self)
 
     def deliver_parts(self, parts: Sequence[bytes]) -> None:
         """L{deliver} of C{b"".join(parts)}, without the join."""
