@@ -1217,6 +1217,36 @@ def test_a_hearing_user_whose_partner_quits_after_a_paired_flush_hears_each_once
     _hears_dave_joined_and_bob_left_once(cluster, ann, bob, carol, "pat", pat)
 
 
+def test_a_line_to_a_hearing_user_comes_after_the_lobby_line_decided_before_it() -> None:
+    """carol's lobby line and then dave's DM to ann are applied in one read
+    of node0's: ann, paired in the replica but hearing the lobby, is in the
+    lobby's batch, so the DM does not overtake the line (it followed the
+    paired users' batch's order rule, and came first)."""
+    cluster, ann, _, carol = _hearing_ann()
+    dave = cluster.nodes[1].user("dave")
+    carol.send("MSG live")
+    dave.send("DM ann psst")
+    cluster.pump()
+    assert [line.split(" ", 2)[2] for line in ann.take()] == ["carol * live", "dave ann psst"]
+
+
+def test_a_hearing_user_half_closing_gets_the_lobby_line_waiting_for_it_once() -> None:
+    """ann half-closes in the turn node0 applied carol's lobby line in,
+    before the turn's end sends it: ann gets its share of the lobby's
+    batch (it got the paired users' share, and never the line)."""
+    cluster, ann, _, carol = _hearing_ann()
+    carol.send("MSG live")
+    n0 = cluster.nodes[0]
+    batch = cluster.log.entries[n0.cursor:]
+    n0.cursor += len(batch)
+    n0.state.deliver(batch)  # the turn not over: the line waits
+    assert ann.take() == []
+    ann.protocol.readConnectionLost()
+    assert [line.split(" ", 2)[2] for line in ann.take()] == ["carol * live"]
+    cluster.pump()
+    assert ann.take() == []
+
+
 # -- flood control counts a held line as of when it arrived (rev11-clu2 #1) ---------
 
 
