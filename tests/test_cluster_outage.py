@@ -1247,6 +1247,63 @@ def test_a_hearing_user_half_closing_gets_the_lobby_line_waiting_for_it_once() -
     assert ann.take() == []
 
 
+def test_a_hearing_users_partner_leaving_is_only_a_departure_to_it() -> None:
+    """ann heard carol's line live after the loss; then bob drops, which
+    ends the rebuilt pair out loud.  ann was shown that pair's end before
+    (in the lost events): it gets bob's LEFT and nothing of the pair (it
+    got UNPAIRED a second time, and the line it heard live in the replay:
+    docs/protocol.md, "Coming back to the lobby", replays only what a
+    paired user did not get)."""
+    cluster, ann, bob, carol = _hearing_ann()
+    carol.send("MSG live")
+    cluster.pump()
+    assert [line.split(" ", 2)[2] for line in ann.take()] == ["carol * live"]
+    bob.drop()
+    cluster.pump()
+    assert [line.split(" ", 2)[::2] for line in ann.take()] == [["LEFT", "bob disconnected"]]
+    assert all(node.hub.online["ann"].partner is None for node in cluster.nodes)
+    check_index(cluster)
+
+
+def test_a_hearing_users_own_unpair_is_answered_as_in_the_lobby() -> None:
+    """ann, shown in the lobby, sends UNPAIR: the rebuilt pair ends in
+    every replica, and ann is answered as a lobby user is (it got UNPAIRED
+    bob left again, with the replay), bob, shown the end too, nothing."""
+    cluster, ann, bob, _ = _hearing_ann()
+    ann.send("UNPAIR")
+    cluster.pump()
+    assert ann.take() == ["ERROR not-paired you are not paired and have no open invitation"]
+    assert bob.take() == []
+    assert all(node.hub.online["ann"].partner is None for node in cluster.nodes)
+    bob.send("UNPAIR")
+    cluster.pump()
+    assert bob.take() == ["ERROR not-paired you are not paired and have no open invitation"]
+
+
+def test_after_a_quiet_pair_end_a_new_pair_is_like_any_other() -> None:
+    """ann's rebuilt pair ends (bob drops) and ann pairs with zed before
+    node0's hello: ann hears no lobby line while paired (it still counted
+    as hearing the lobby, shown its first pair's end, and got them), and
+    that pair's end is told with its replay."""
+    cluster, ann, bob, carol = _hearing_ann()
+    zed = cluster.nodes[2].user("zed")
+    bob.drop()
+    cluster.pump()
+    ann.send("PAIR zed")
+    cluster.pump()
+    zed.send("ACCEPT ann")
+    cluster.pump()
+    assert ann.take()[-1] == "PAIRED zed"
+    carol.send("MSG missed")
+    cluster.pump()
+    assert ann.take() == []
+    zed.send("UNPAIR")
+    cluster.pump()
+    got = ann.take()
+    assert got[:2] == ["UNPAIRED zed left", f"HISTORY {got[1].split()[1]} carol missed"]
+    check_index(cluster)
+
+
 # -- flood control counts a held line as of when it arrived (rev11-clu2 #1) ---------
 
 

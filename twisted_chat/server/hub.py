@@ -33,6 +33,9 @@ from twisted_chat.wire import ErrorCode, Refusal, nick_key
 #: person at once (a tenth would leave them one).
 SOURCES_TO_FILL = 5
 
+#: C{UNPAIR}'s refusal with nothing to leave or withdraw.
+NOT_PAIRED_TEXT = "you are not paired and have no open invitation"
+
 
 def source_share(max_invites: int) -> int:
     """Open invitations to one user the users of one source may hold."""
@@ -422,7 +425,7 @@ class Hub:
             raise HubError(ErrorCode.NOT_PAIRED, "you are not paired and have sent no "
                            "invitation (REJECT declines one you received)")
         else:
-            raise HubError(ErrorCode.NOT_PAIRED, "you are not paired and have no open invitation")
+            raise HubError(ErrorCode.NOT_PAIRED, NOT_PAIRED_TEXT)
 
     def _invitation_from(self, user: User, nick: str) -> Invitation:
         invitation = user.incoming.get(nick_key(nick)) if user.incoming else None

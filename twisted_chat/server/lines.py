@@ -242,9 +242,12 @@ class LineListener:
         state = self._state()
         if state.hub.is_online(partner):
             self._user_changed(partner)
-        if not state.holds(user):
+        if not state.holds(user) or state.hears_lobby(user):
             # Its own node tells it; the missed lines and the user list are
-            # not built here for a connection that writes nowhere.
+            # not built here for a connection that writes nowhere.  One that
+            # hears the lobby was shown this pair's end (in events Redis
+            # then lost) and heard the lobby since: told again, it got
+            # UNPAIRED twice and lines it heard live in the replay.
             return
         # In parts, as in ready(): the two sides of a pair are sent the same
         # replay and list objects.

@@ -224,6 +224,15 @@ class AfterLoss:
         if self.claims and event.get("t") in _PAIRING:
             self._drop_claims(event)
 
+    def applied(self) -> None:
+        """An event was applied: those of L{hearing} whose pair it ended
+        (out loud, quietly for them: LineListener.unpaired) hear no more;
+        a new pair of theirs is one like any other."""
+        hearing = self.hearing
+        if hearing and any(user.partner is None for user in hearing.values()):
+            self.hearing = {uid: user for uid, user in hearing.items()
+                            if user.partner is not None}
+
     def online(self, uid: str, user: User) -> None:
         """User C{uid} came online: one of L{unseen} back, or its nick
         someone else's: no C{LEFT} for it."""
@@ -293,6 +302,11 @@ class AfterLoss:
         if self.hearing:
             conns += [user.conn for user in self.hearing.values() if user.partner is not None]
         return tuple(conns)
+
+    def hears_lobby(self, user: User) -> bool:
+        """Whether C{user} is one of L{hearing}."""
+        hearing = self.hearing
+        return bool(hearing) and user in hearing.values()
 
     def detached_users(self) -> list[User]:
         """The L{User}s the connections of the L{detached} hold."""

@@ -298,8 +298,7 @@ class ClusterState:
         return not isinstance(user.conn, RemoteConn)
 
     def hears_lobby(self, user: User) -> bool:
-        hearing = self.replica.afterloss.hearing
-        return bool(hearing) and user in hearing.values()
+        return self.replica.afterloss.hears_lobby(user)
 
     def _encode(self, event: dict[str, Any]) -> tuple[int, str]:
         self._k += 1

@@ -55,7 +55,15 @@ from twisted_chat.server.cluster.listeners import SILENT, NotShownLeaving, Quiet
 from twisted_chat.server.cluster.remote import RemoteConn
 from twisted_chat.server.cluster.streamids import event_seconds, id_key
 from twisted_chat.server.history import History
-from twisted_chat.server.hub import Hub, HubError, HubSettings, Listener, NickTaken, User
+from twisted_chat.server.hub import (
+    NOT_PAIRED_TEXT,
+    Hub,
+    HubError,
+    HubSettings,
+    Listener,
+    NickTaken,
+    User,
+)
 from twisted_chat.wire import ErrorCode
 
 __all__ = ["Answers", "Member", "Replica"]
@@ -191,6 +199,7 @@ class Replica:
             _log.failure("applying event {eid} {event!r}", eid=eid, event=event)
         finally:
             self.current = None
+        self.afterloss.applied()
         if origin == self.node and not self.replaying:
             self.answers.decided(k, result)
 
@@ -304,7 +313,13 @@ class Replica:
     def _unpair(self, eid: str, origin: str, k: int, event: dict[str, Any]) -> None:
         user = self._member(event)
         if user is not None:
+            # One of this node's users shown this pair's end (in events Redis
+            # then lost) ends it here too, quietly for it, and is answered
+            # as the lobby user it was shown to be.
+            heard = self.afterloss.hears_lobby(user)
             self.hub.unpair(user)
+            if heard:
+                raise HubError(ErrorCode.NOT_PAIRED, NOT_PAIRED_TEXT)
 
     def _tick(self, eid: str, origin: str, k: int, event: dict[str, Any]) -> None:
         pass  # moving the clock was all
