@@ -3882,6 +3882,34 @@ def test_coming_back_during_the_failed_logins_wait_keeps_its_countdown(
     assert count(page, "sockets") == 2
 
 
+def away_and_back(driver: Any) -> None:
+    """C{driver} leaves its page for another and comes back to it with Back,
+    from the back/forward cache."""
+    driver.execute_script(
+        "window.addEventListener('pageshow', e => { window.restored = e.persisted; })")
+    driver.get("about:blank")
+    driver.back()
+    wait(driver, lambda d: d.execute_script("return window.restored") is True)
+
+
+def test_coming_back_to_a_page_left_while_paired_says_the_user_left(
+    web: WebServer, browser: Callable[..., Any], tcp: Callable[[str], LineClient]
+) -> None:
+    """A page left while paired ended its pair with its own BYE; brought
+    back, it said "The private conversation ended: the connection to the
+    server was lost." Now the conversation says the user left the page."""
+    carol = tcp("carol")
+    alice = recording(browser())
+    join(alice, web, "alice")
+    accepted(alice, carol, "carol")
+    away_and_back(alice)
+    assert carol.expect(lambda line: line.startswith("UNPAIRED ")).startswith("UNPAIRED alice")
+    wait(alice, lambda d: d.execute_script("return window.gotLines").count("READY alice") == 2)
+    rows = lobby_rows(alice, "dm:carol")
+    assert "notice: The private conversation ended: you left the page." in rows, rows
+    assert not [row for row in rows if "connection to the server" in row], rows
+
+
 def test_accept_and_reject_answer_an_invitation_as_in_the_terminal_client(
     web: WebServer, browser: Callable[..., Any], tcp: Callable[[str], LineClient]
 ) -> None:

@@ -1289,6 +1289,12 @@
     state.accountRequest = null;
     state.listFor = null;
     closePasswordDialog();
+    if (away && state.partner) {
+      // The page's own BYE ended the pair, not a lost connection (READY).
+      notice(dm(state.partner), "The private conversation ended: you left the page.");
+      state.partner = null;
+      renderConvList();
+    }
     $("nick-submit").disabled = true;
     renderHeader();
     usersLive(false);
