@@ -3910,6 +3910,46 @@ def test_coming_back_to_a_page_left_while_paired_says_the_user_left(
     assert not [row for row in rows if "connection to the server" in row], rows
 
 
+def test_coming_back_during_the_wait_to_send_a_nick_again_keeps_the_wait(
+    web: WebServer, browser: Callable[..., Any]
+) -> None:
+    """The rule the failed-logins wait follows (above), for the wait to send
+    a nick the server did not look at: coming back from the back/forward
+    cache does not connect; the wait's countdown runs on and its end sends
+    the nick again, on a new connection (the page closed its own when
+    left). This guards existing behaviour (4b91f97)."""
+    flooded = "ERROR flood too many nicks registered from 10.0.0.1 lately; try again in 4 s"
+    page = scripted(browser(), web, {"NICK alice": [[flooded], ["READY alice", "USERS 0"]]})
+    join_as(page, "alice")
+    wait(page, lambda d: "Sending it again in" in shown_banner(d))
+    away_and_back(page)
+    assert "Sending it again in" in shown_banner(page)
+    assert count(page, "sockets") == 1
+    logged_in(page, "alice")
+    assert sent(page) == ["NICK alice", "BYE", "NICK alice"]
+    assert count(page, "sockets") == 2
+
+
+def test_coming_back_to_a_prompt_closed_for_inactivity_does_not_connect(
+    web_idle: WebServer, browser: Callable[..., Any]
+) -> None:
+    """The same rule at a nick prompt the server closed for inactivity:
+    coming back from the back/forward cache leaves it as it was (no
+    connection, no banner), and Join connects. This guards existing
+    behaviour (4b91f97)."""
+    page = recording(browser())
+    page.get(web_idle.url)
+    nick_field(page)
+    watch_banner(page)
+    timed_out(page, 1)
+    away_and_back(page)
+    left_alone(page)
+    assert count(page, "sockets") == 1
+    join_as(page, "alice")
+    logged_in(page, "alice")
+    assert count(page, "sockets") == 2
+
+
 def test_accept_and_reject_answer_an_invitation_as_in_the_terminal_client(
     web: WebServer, browser: Callable[..., Any], tcp: Callable[[str], LineClient]
 ) -> None:
