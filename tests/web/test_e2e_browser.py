@@ -3617,6 +3617,37 @@ def test_joins_and_leaves_held_while_paired_are_shown_at_a_disconnection(
                        "notice: dave left: gone", "notice: Disconnected from the server."]
 
 
+def test_a_lobby_line_said_after_the_last_join_held_goes_before_the_disconnection(
+    web: WebServer, browser: Callable[..., Any], tcp: Callable[[str], LineClient]
+) -> None:
+    """As above, and then erin joins and says a lobby line, still while
+    the page is paired; then the server stops. Replayed once it is back,
+    that line came after "Disconnected from the server.", though said
+    before it: put back by the held joins and leaves only, it had none
+    later than it. It goes before the disconnection now (its time on the
+    server's clock, as the page tells it from the lines' times)."""
+    alice = dave_came_and_went_while_paired(web, browser, tcp)
+    erin = tcp("erin")
+    wait(alice, lambda d: any(line.startswith("JOINED ") and " erin" in line
+                              for line in d.execute_script("return window.gotLines")))
+    erin.send("MSG said before the stop")
+    erin.expect("MSG ")
+
+    def shown() -> list[str]:
+        return [row for row in lobby_rows(alice)
+                if "dave" in row or "erin" in row or "said" in row or "away" in row
+                or "Disconnected" in row]
+
+    web.stop()
+    wait_notice(alice, "Disconnected from the server.")
+    web.start()
+    wait(alice, lambda d: d.execute_script("return window.gotLines").count("READY alice") == 2)
+    wait(alice, lambda d: "said before the stop" in texts(d))
+    assert shown() == ["notice: dave joined the chat", "msg: while you were away",
+                       "notice: dave left: gone", "notice: erin joined the chat",
+                       "msg: said before the stop", "notice: Disconnected from the server."]
+
+
 def test_a_server_restart_ends_open_invitations_in_words(
     web: WebServer, browser: Callable[..., Any], tcp: Callable[[str], LineClient]
 ) -> None:

@@ -183,9 +183,15 @@
     // last MAX_ROWS of them, and how many older ones went (heldDropped).
     heldNotices: [],
     heldDropped: 0,
-    // Those shown at a disconnection ({ts, row}): a lobby line older than
-    // one, replayed by the next READY block, goes before it (lobbyMessage).
+    // Those shown at a disconnection, and its "Disconnected" ({ts, row}): a
+    // lobby line older than one, replayed by the next READY block, goes
+    // before it (lobbyMessage).
     shownAtLoss: [],
+    // How far the server's clock is ahead of the page's (ms; null: not
+    // known), by the live lines of this connection: at most the least
+    // delayed one's lead, so its time of a disconnection (closed()) is
+    // never later than the server's.
+    serverAhead: null,
     // The partner whose pair just ended, told in the lobby once the
     // replay after UNPAIRED is shown (at its user list).
     unpairedFrom: null,
@@ -1318,7 +1324,12 @@
       // next connection, are put back among them (lobbyMessage).
       state.shownAtLoss = [];
       showHeldNotices(null, state.shownAtLoss);
-      if (!away) notice(lobby(), "Disconnected from the server.", { error: true });
+      if (!away) {
+        const row = notice(lobby(), "Disconnected from the server.", { error: true });
+        // A lobby line said before it (on the server's clock), replayed by
+        // the next connection, goes before it too.
+        if (state.serverAhead !== null) state.shownAtLoss.push({ ts: Date.now() + state.serverAhead, row });
+      }
       if (held) notice(lobby(), `${held === 1 ? "One line was" : held + " lines were"} not sent: the connection closed first.`, { error: true });
       if (unconfirmed.length) {
         const n = unconfirmed.length;
@@ -1598,6 +1609,15 @@
       const d = new Date(s);
       return isNaN(d) ? new Date() : d;
     };
+    // A live line's time (MSG, JOINED, LEFT; not HISTORY) also tells how
+    // far the server's clock is ahead of the page's (state.serverAhead).
+    const liveTs = (s) => {
+      const d = new Date(s);
+      if (isNaN(d)) return new Date();
+      const ahead = d.getTime() - Date.now();
+      if (state.serverAhead === null || ahead > state.serverAhead) state.serverAhead = ahead;
+      return d;
+    };
     switch (verb) {
       case "HELLO": {
         const [, , text] = parse(line, 2);
@@ -1693,6 +1713,7 @@
         if (state.password && key(state.password.nick) !== key(nick)) state.password = null;
         state.users = new Map();
         state.pendingUsers = [];
+        state.serverAhead = null; // this connection's server tells its own
         // A new connection: whatever pair or invitation the old one had is
         // over, and the pair's conversation says so. The joins and leaves
         // it held were shown at its end (closed()); the history that
@@ -1751,16 +1772,16 @@
         const mine = !!state.me && key(from) === key(state.me);
         if (mine) confirmed(to, text);
         if (to === "*") {
-          lobbyMessage(ts(t), from, text, t);
+          lobbyMessage(liveTs(t), from, text, t);
         } else {
-          addMessage(dm(mine ? to : from), ts(t), from, text);
+          addMessage(dm(mine ? to : from), liveTs(t), from, text);
         }
         break;
       }
       case "JOINED": {
         const [, t, nick] = parse(line, 2);
         putUser({ nick, state: "lobby" });
-        lobbyNotice(`${nick} joined the chat`, ts(t));
+        lobbyNotice(`${nick} joined the chat`, liveTs(t));
         break;
       }
       case "LEFT": {
@@ -1768,9 +1789,10 @@
         dropUser(nick);
         const why = { quit: "left", disconnected: "disconnected", timeout: "timed out", flood: "was disconnected for flooding", sendq: "was disconnected (not reading)" }[reason] || `left (${reason})`;
         const msg = `${nick} ${why}` + (text ? `: ${shownOverrides(text)}` : "");
-        lobbyNotice(msg, ts(t));
+        const at = liveTs(t);
+        lobbyNotice(msg, at);
         const conv = state.convs.get(dmId(nick));
-        if (conv) notice(conv, msg, { ts: ts(t) });
+        if (conv) notice(conv, msg, { ts: at });
         dropInvite(nick);
         break;
       }
