@@ -3648,6 +3648,54 @@ def test_a_lobby_line_said_after_the_last_join_held_goes_before_the_disconnectio
                        "msg: said before the stop", "notice: Disconnected from the server."]
 
 
+def day_rows(driver: Any, conv: str = "lobby") -> list[str]:
+    """L{lobby_rows}, with the day separators (C{day: LABEL})."""
+    return list(driver.execute_script("""
+        return Array.from(document.querySelectorAll(
+            '.pane[data-conv="' + arguments[0] + '"] > *')).map((e) =>
+          e.classList.contains("day") ? "day: " + e.textContent
+          : e.classList.contains("msg") ? "msg: " + e.querySelector(".msg-text").textContent
+          : "notice: " + e.lastChild.textContent)""", conv))
+
+
+def test_lines_put_back_among_held_joins_and_leaves_get_their_day_separator(
+    web: WebServer, browser: Callable[..., Any]
+) -> None:
+    """A pair across two midnights (the page's time, UTC+05:30): dave joins
+    on 1 November, leaves on 3 November; the connection ends. Its lines
+    between, replayed by the next connection, were put just before his
+    leave, under 3 November's separator, with none of their own. Now
+    each goes under its own day."""
+    page = scripted(browser(), web, {
+        "NICK alice": [["READY alice", "USERS 0"], [
+            "READY alice",
+            "HISTORY 2026-11-01T18:29:30.000Z dave good night",
+            "HISTORY 2026-11-02T06:30:00.000Z dave good afternoon",
+            "USERS 0"]],
+        "MSG go": [["PAIRED bob", "JOINED 2026-11-01T18:29:00.000Z dave",
+                    "LEFT 2026-11-02T18:31:00.000Z dave quit"]],
+    })
+    join_as(page, "alice")
+    logged_in(page, "alice")
+    say(page, "go")
+    conv_name(page, "Private conversation with bob")
+    page.execute_script("window.drop()")
+    wait_notice(page, "Disconnected from the server.")
+    wait(page, lambda d: "good afternoon" in texts(d), timeout=WAIT + 2)
+    labels = page.execute_script("""
+        return arguments[0].map((t) => new Date(t).toLocaleDateString(
+          [], {weekday: "long", year: "numeric", month: "long", day: "numeric"}))""",
+        ["2026-11-01T18:29:00Z", "2026-11-02T06:30:00Z", "2026-11-02T18:31:00Z"])
+    rows = day_rows(page)
+    held = rows.index("notice: dave joined the chat") - 1  # after the shutdown's notice
+    assert rows[held:held + 9] == [
+        f"day: {labels[0]}", "notice: dave joined the chat", "msg: good night",
+        f"day: {labels[1]}", "msg: good afternoon",
+        f"day: {labels[2]}", "notice: dave left",
+        "day: Today", "notice: Disconnected from the server.",
+    ], rows
+
+
 def test_a_server_restart_ends_open_invitations_in_words(
     web: WebServer, browser: Callable[..., Any], tcp: Callable[[str], LineClient]
 ) -> None:

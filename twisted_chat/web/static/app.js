@@ -277,19 +277,21 @@
   }
 
   // `node` goes last, or before the row `before` (a replayed line put
-  // back among notices shown earlier: laterNoticeShown).
+  // back among notices shown earlier: laterNoticeShown), each under its
+  // day's separator. Rows and separators carry their day (data-day).
   function append(conv, node, ts, countsUnread, before = null) {
     if (conv.empty) {
       conv.empty.remove();
       conv.empty = null;
     }
     if (conv.id === state.active) follow($("messages"));
+    const day = ts.toDateString();
+    node.dataset.day = day;
     if (before) {
-      before.before(node);
+      putBefore(node, ts, before);
     } else {
-      const day = ts.toDateString();
       if (day !== conv.lastDay) {
-        conv.pane.append(el("div", "day", dayLabel(ts)));
+        conv.pane.append(daySeparator(ts));
         conv.lastDay = day;
         conv.lastFrom = null;
       }
@@ -305,6 +307,25 @@
       bumpTitle(1);
       renderConvList();
     }
+  }
+
+  function daySeparator(ts) {
+    const separator = el("div", "day", dayLabel(ts));
+    separator.dataset.day = ts.toDateString();
+    return separator;
+  }
+
+  // `node`, of `ts`'s day, goes before the row `before` (a later one, the
+  // rows being in time order): above that row's day separator if that
+  // starts a later day, and under a separator of its own if the row above
+  // it is of an earlier day (a pair across midnight).
+  function putBefore(node, ts, before) {
+    const day = node.dataset.day;
+    const above = before.previousElementSibling;
+    const laterDay = above && above.classList.contains("day") && above.dataset.day !== day;
+    (laterDay ? above : before).before(node);
+    const prev = node.previousElementSibling;
+    if (!prev || prev.dataset.day !== day) node.before(daySeparator(ts));
   }
 
   function addMessage(conv, ts, from, text, before = null) {
