@@ -7,8 +7,10 @@ reactor with a store whose write is stuck.
 from __future__ import annotations
 
 import hashlib
+import shutil
 import signal
 import sqlite3
+import sys
 import threading
 import time
 from collections.abc import Callable, Generator, Sequence
@@ -20,7 +22,7 @@ import pytest_twisted
 from twisted.internet import reactor as _reactor
 from twisted.internet import threads
 
-from tests.serverproc import LOOPBACK, LineClient, ServerProcess
+from tests.serverproc import LOOPBACK, TWISTD, LineClient, ServerProcess, wait_until
 from twisted_chat.server.config import ServerConfig
 from twisted_chat.server.factory import ChatFactory
 from twisted_chat.server.history import History
@@ -157,6 +159,68 @@ def test_second_server_on_the_same_file_fails_at_once(
     again = chat_server(*FAST, "--db", "chat.sqlite3")
     _, block = joined(again.port, connect, "bob")
     assert history_of(block) == [hello, later]
+
+
+#: A C{twistd} no file of which may grow past 24 KiB (RLIMIT_FSIZE): the
+#: full disk of the tests below, which needs no root (no tmpfs to mount).
+#: The 32 KiB C{-shm} index a reader of a write-ahead log maps cannot be
+#: made, and the log cannot grow past it.
+NO_ROOM_TWISTD = f"""#!{sys.executable}
+import os, resource, sys
+resource.setrlimit(resource.RLIMIT_FSIZE, (24 * 1024, resource.RLIM_INFINITY))
+os.execv({TWISTD!r}, [{TWISTD!r}, *sys.argv[1:]])
+"""
+
+
+def committed(path: Path) -> int:
+    """How many messages a copy of the database and its -wal holds now."""
+    copy = path.parent / "copy"
+    shutil.rmtree(copy, ignore_errors=True)
+    copy.mkdir()
+    for name in (path.name, path.name + "-wal"):
+        shutil.copy(path.parent / name, copy / name)
+    conn = sqlite3.connect(copy / path.name)
+    try:
+        count: int = conn.execute("SELECT count(*) FROM messages").fetchone()[0]
+        return count
+    finally:
+        conn.close()
+
+
+def test_a_restart_on_a_full_disk_starts_and_keeps_the_logs_messages(
+    chat_server: Start, connect: Connect, tmp_path: Path
+) -> None:
+    """
+    rev22-attack 1: a server stopped while its disk is full leaves its last
+    messages in the -wal.  Started again on the still-full disk, it said
+    "The chat database ... is corrupt: disk I/O error" and stopped, and
+    docs/history.md then said to restore a backup, losing them.  Now it
+    starts, replays them, chats, and retries its writes as it does when the
+    disk fills while it runs; once there is room, nothing was lost.
+    """
+    path = tmp_path / "chat.sqlite3"
+    first = chat_server(*FAST, "--db", "chat.sqlite3")
+    alice, _ = joined(first.port, connect, "alice")
+    long = "x" * 3000  # a page each: the -wal grows past the 24 KiB
+    said = [say(alice, "alice", f"{i} {long}") for i in range(12)]
+    wait_until(lambda: committed(path) == 12, what="the 12 messages committed")
+    assert first.stop(signal.SIGKILL) == -signal.SIGKILL  # the -wal stays
+    assert (tmp_path / "chat.sqlite3-wal").stat().st_size > 24 * 1024
+
+    wrapper = tmp_path / "twistd-no-room"
+    wrapper.write_text(NO_ROOM_TWISTD)
+    wrapper.chmod(0o755)
+    full = chat_server(*FAST, "--db", "chat.sqlite3", twistd=str(wrapper), this_tree=True)
+    bob, block = joined(full.port, connect, "bob")
+    assert history_of(block) == said
+    say(bob, "bob", "on a full disk")
+    full.wait_log(f"Could not write 1 lobby message(s) to the chat database {path}")
+    assert full.stop() in STOPPED
+    assert "corrupt" not in full.log()
+
+    again = chat_server(*FAST, "--db", "chat.sqlite3")
+    _, block = joined(again.port, connect, "carol")
+    assert history_of(block) == said
 
 
 def test_a_file_that_is_not_a_chat_database_stops_start_up(tmp_path: Path) -> None:

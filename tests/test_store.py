@@ -556,6 +556,48 @@ def test_corrupt_database_with_a_crash_log_is_refused_untouched(tmp_path: Path) 
     assert wal.read_bytes() == log, "the write-ahead log is kept for recovery"
 
 
+OPEN_WITH_NO_ROOM = textwrap.dedent(
+    """
+    import resource, signal, sys
+    from twisted.internet import reactor
+    from twisted_chat.server.store import SQLiteStore
+    from twisted_chat.server.storefile import StoreError
+    # No file may grow past 24 KiB: as on a full disk, the 32 KiB -shm
+    # index a reader of a write-ahead log maps cannot be made.
+    signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+    resource.setrlimit(resource.RLIMIT_FSIZE, (24 * 1024, resource.RLIM_INFINITY))
+    try:
+        store = SQLiteStore.open(sys.argv[1], reactor)
+    except StoreError as e:
+        print(e)
+    else:
+        print(store.recent(1))
+    """
+)
+
+
+def test_a_crash_log_on_a_full_disk_is_opened_and_kept(tmp_path: Path) -> None:
+    """
+    rev22-attack 1: a shutdown while the disk is full leaves a -wal (its
+    messages not yet in the file).  The read-only look at it had to make
+    the -shm index, which a full disk refused ("disk I/O error"), and the
+    server then called the sound file corrupt.  Now it starts: the
+    read-only look maps no -shm, and the server's own connection (in
+    exclusive locking mode) never needs one.  The full disk is a limit on
+    the size of any file the process writes (RLIMIT_FSIZE).
+    """
+    path = tmp_path / "chat.sqlite3"
+    crash_leaving_wal(path)
+    wal = tmp_path / "chat.sqlite3-wal"
+    before, log = digest(path), wal.read_bytes()
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path))
+    done = subprocess.run([sys.executable, "-c", OPEN_WITH_NO_ROOM, str(path)], env=env,
+                          capture_output=True, text=True, timeout=60)
+    assert (done.stdout, done.stderr) == (f"{[Entry(5099.0, 'bob', 'after 99')]}\n", "")
+    assert (digest(path), wal.read_bytes()) == (before, log)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["chat.sqlite3", "chat.sqlite3-wal"]
+
+
 def test_unopenable_path_is_a_clear_error(tmp_path: Path) -> None:
     missing = tmp_path / "no-such-dir" / "chat.sqlite3"
     with pytest.raises(StoreError, match=r"Cannot create .*: No such file") as info:

@@ -10,6 +10,7 @@ L{open_file}.
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import sqlite3
 import threading
@@ -57,6 +58,10 @@ _open_paths_lock = threading.Lock()
 
 class StoreError(Exception):
     """Start-up failure; C{str()} is one clear sentence naming the file."""
+
+
+#: The start of the refusal for a full disk (L{_refusal}).
+_NO_ROOM = "The disk of the chat database {shown} is full: free space and start again"
 
 
 def identity(path: str) -> tuple[int, int]:
@@ -110,26 +115,65 @@ def _sniff(path: str, shown: str) -> None:
 
 
 def _refusal(e: BaseException, shown: str) -> BaseException:
-    """The L{StoreError} for an SQLite error met while opening C{shown}."""
-    if isinstance(e, sqlite3.OperationalError) and "locked" in str(e):
+    """
+    The L{StoreError} for an SQLite error met while opening C{shown}, told
+    by SQLite's result code, not its English text: only a file SQLite
+    calls corrupt (C{SQLITE_CORRUPT}, C{SQLITE_NOTADB}) is said to be one.
+    A full disk or an I/O error says so (docs/history.md, "Start-up
+    errors": restoring a backup would throw away what the C{-wal} holds).
+    """
+    code = getattr(e, "sqlite_errorcode", None)
+    if not isinstance(e, sqlite3.DatabaseError) or code is None:
+        return e  # not SQLite's answer: a bug, with its traceback
+    code &= 0xFF  # the primary result code of an extended one
+    if code in (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED):
         return StoreError(
             f"The chat database {shown} is in use by another process"
             " (is another chat server running on it?)."
         )
-    if isinstance(e, sqlite3.DatabaseError):
+    if code in (sqlite3.SQLITE_CORRUPT, sqlite3.SQLITE_NOTADB):
         return StoreError(f"The chat database {shown} is corrupt: {e}.")
-    return e
+    if code == sqlite3.SQLITE_FULL:
+        return StoreError(f"{_NO_ROOM.format(shown=shown)} ({e}).")
+    if code == sqlite3.SQLITE_IOERR:
+        return StoreError(
+            f"The chat database {shown} could not be read or written ({e}):"
+            " is its disk full or failing? Free space or mend the disk and start again."
+        )
+    return StoreError(f"Cannot open the chat database {shown}: {e}.")
 
 
 def _inspect_read_only(path: str, shown: str) -> None:
     """
-    Check a chat database that a crash left with a write-ahead log, without
-    changing it: a read-write connection that refused it would still fold
-    the log into the file when it closed.
+    Check a chat database that a crash (or a shutdown on a full disk) left
+    with a write-ahead log, without changing it: a read-write connection
+    that refused it would still fold the log into the file when it closed.
+
+    The reader writes nothing, so that a full disk does not stop it: it
+    opens the C{-shm} index read-only (SQLite's C{readonly_shm} URI
+    parameter) and so reads the log into its own memory.  Where there is no
+    C{-shm}, it gets an empty one (no room needed), removed after.
     """
     shm = path + "-shm"
-    had_shm = os.path.exists(shm)
-    uri = "file:" + urllib.parse.quote(os.fsencode(os.path.abspath(path))) + "?mode=ro"
+    try:
+        os.close(os.open(shm, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600))
+    except FileExistsError:
+        _check_read_only(path, shown)
+        return
+    except OSError as e:
+        if e.errno in (errno.ENOSPC, errno.EDQUOT):
+            raise StoreError(f"{_NO_ROOM.format(shown=shown)} ({e.strerror}).") from e
+        raise StoreError(f"Cannot create {shown}-shm: {e.strerror}.") from e
+    try:
+        _check_read_only(path, shown)
+    finally:
+        with contextlib.suppress(OSError):
+            os.unlink(shm)
+
+
+def _check_read_only(path: str, shown: str) -> None:
+    uri = ("file:" + urllib.parse.quote(os.fsencode(os.path.abspath(path)))
+           + "?mode=ro&readonly_shm=1")
     try:
         conn = sqlite3.connect(uri, uri=True, timeout=0, isolation_level=None)
     except sqlite3.Error:
@@ -141,9 +185,6 @@ def _inspect_read_only(path: str, shown: str) -> None:
         raise _refusal(e, shown) from e
     finally:
         conn.close()
-        if not had_shm:  # the index a read-only reader of a WAL file needs
-            with contextlib.suppress(OSError):
-                os.unlink(shm)
 
 
 def _connect(path: str, shown: str) -> sqlite3.Connection:
