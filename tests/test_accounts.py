@@ -214,6 +214,47 @@ def test_lookups_need_no_room_on_the_disk(tmp_path: Path) -> None:
     assert (done.returncode, done.stdout, done.stderr) == (0, "Alice None\n", "")
 
 
+_WRITE_WITH_NO_ROOM = """
+import resource, signal, sys
+from twisted_chat.server.accounts.store import AccountStore
+store = AccountStore(sys.argv[1])
+# No file may be written at all: a full disk for the rollback journal, so
+# SQLite fails the statement and rolls the transaction back by itself.
+signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+resource.setrlimit(resource.RLIMIT_FSIZE, (0, resource.RLIM_INFINITY))
+new = AccountStore(sys.argv[2])  # an empty file, to be given the schema
+for change in (lambda: store.add("Bob", "h"), lambda: store.set_hash("Alice", "k"), new.check):
+    try:
+        change()
+    except Exception as e:
+        print(type(e).__name__, e)
+"""
+
+
+def test_a_change_on_a_full_disk_fails_with_the_disks_error(tmp_path: Path) -> None:
+    """
+    rev22-attack 2: SQLite had already rolled back the failed statement,
+    and the store's own ROLLBACK then raised "cannot rollback - no
+    transaction is active", which replaced the store's error: the server
+    logged that at critical with a traceback, and never the disk's error.
+    """
+    path = tmp_path / "chat.accounts.sqlite3"
+    store = AccountStore(str(path))
+    store.check()
+    store.add("Alice", "h")
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path))
+    empty = tmp_path / "new.accounts.sqlite3"
+    empty.write_bytes(b"")
+    done = subprocess.run([sys.executable, "-c", _WRITE_WITH_NO_ROOM, str(path), str(empty)],
+                          env=env, capture_output=True, text=True, timeout=60)
+    said = f"AccountStoreError cannot write accounts file {str(path)!r}: disk I/O error\n"
+    made = f"AccountStoreError cannot use accounts file {str(empty)!r}: disk I/O error\n"
+    assert (done.stdout, done.stderr) == (said * 2 + made, "")
+    alice = store.get("alice")  # nothing changed
+    assert alice is not None and (alice.nick, alice.password_hash) == ("Alice", "h")
+    assert store.get("bob") is None
+
+
 def test_a_file_made_in_wal_mode_leaves_it(tmp_path: Path) -> None:
     """Files made before were in WAL mode: the next use takes them out of it,
     after which lookups need no room either."""

@@ -605,6 +605,44 @@ def test_register_beyond_max_accounts_is_server_full_and_the_connection_stays() 
     assert carol.take() == ["REGISTERED carol"]
 
 
+class NoRoom(AccountStore):
+    """An accounts file with no room to grow: SQLite's own SQLITE_FULL (no
+    page past those it has), after which it has rolled back by itself."""
+
+    def _connect(self) -> Any:
+        conn = super()._connect()
+        pages = conn.execute("PRAGMA page_count").fetchone()[0]
+        conn.execute(f"PRAGMA max_page_count={pages}")
+        return conn
+
+
+def test_a_register_on_a_full_disk_logs_the_disks_error_once(tmp_path: Path) -> None:
+    """
+    rev22-attack 2: the store's ROLLBACK after SQLite's own raised "cannot
+    rollback - no transaction is active", which hid the store's error: the
+    log had that at critical, with a traceback, and not "disk is full".
+    """
+    path = tmp_path / "a.sqlite3"
+    AccountStore(str(path)).add("filler", "h" * 4000)  # its pages are full
+    events: list[LogEvent] = []
+    globalLogPublisher.addObserver(events.append)
+    try:
+        h = harness(store=NoRoom(str(path)))
+        bob = fresh(h)
+        bob.send("NICK bob", f"REGISTER {PW}")
+        lines = bob.take()
+    finally:
+        globalLogPublisher.removeObserver(events.append)
+    assert lines[-1] == ("ERROR not-registered the server could not store the password now;"
+                         " try again later")
+    said = [e for e in events if e.get("log_namespace", "").endswith("accounts.login")
+            and e["log_level"].name in ("error", "critical")]
+    assert [formatEvent(e) for e in said] == [
+        f"account bob: could not set the password: cannot write accounts file {str(path)!r}:"
+        " database or disk is full"]
+    assert "log_failure" not in said[0]
+
+
 def test_max_accounts_is_logged_once_per_ten_minutes() -> None:
     events: list[LogEvent] = []
     globalLogPublisher.addObserver(events.append)

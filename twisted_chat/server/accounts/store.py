@@ -93,6 +93,17 @@ def _leave_wal(conn: sqlite3.Connection) -> None:
         pass
 
 
+def _roll_back(conn: sqlite3.Connection) -> None:
+    """
+    End the transaction a failure cut short, if SQLite has not: on a full
+    disk or an I/O error it rolls back by itself, and a ROLLBACK then raises
+    "no transaction is active", which would hide the error that said why.
+    """
+    if conn.in_transaction:
+        with contextlib.suppress(sqlite3.Error):
+            conn.execute("ROLLBACK")
+
+
 def _denied(e: BaseException | str) -> bool:
     """Whether C{e} may come from a file's or a folder's permissions."""
     if isinstance(e, PermissionError):
@@ -225,7 +236,7 @@ class AccountStore:
             try:
                 yield conn
             except BaseException:
-                conn.execute("ROLLBACK")
+                _roll_back(conn)
                 raise
             try:
                 conn.execute("COMMIT")
@@ -265,7 +276,7 @@ class AccountStore:
                 self._made = True
             conn.execute("COMMIT")
         except BaseException:
-            conn.execute("ROLLBACK")
+            _roll_back(conn)
             raise
         self.known = True
         return True
