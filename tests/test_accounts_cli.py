@@ -14,6 +14,7 @@ import socket
 import subprocess
 import sys
 import time
+import unicodedata
 from pathlib import Path
 
 import pytest
@@ -70,6 +71,18 @@ def test_add_list_passwd_remove(tmp_path: Path) -> None:
     assert removed.stdout == f"removed the account of Alice from {where}\n"
     emptied = tool(tmp_path, "list")  # the file is there, with no account in it
     assert (emptied.returncode, emptied.stdout, emptied.stderr) == (0, "", "")
+
+
+def test_the_tool_sets_a_password_in_its_nfc_form(tmp_path: Path) -> None:
+    """rev22-attack 3: as the server does, so that the password the
+    operator typed or pasted (NFD) opens the account typed on a keyboard."""
+    nfd = unicodedata.normalize("NFD", "café-secret")
+    done = tool(tmp_path, "add", "alice", stdin=f"{nfd}\n")
+    assert done.returncode == 0, done.stderr
+    account = store(tmp_path).get("alice")
+    assert account is not None
+    assert verify_password("café-secret".encode(), account.password_hash)
+    assert not verify_password(nfd.encode(), account.password_hash)
 
 
 def test_other_db_path(tmp_path: Path) -> None:

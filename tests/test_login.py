@@ -7,6 +7,7 @@ runner that runs jobs inline or holds them until told.
 from __future__ import annotations
 
 import re
+import unicodedata
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -16,7 +17,7 @@ from twisted.internet import defer
 from twisted.logger import LogEvent, formatEvent, globalLogPublisher
 
 from tests.harness import Conn, Harness
-from twisted_chat.server.accounts import hashing
+from twisted_chat.server.accounts import cred, hashing
 from twisted_chat.server.accounts.hashing import hash_password
 from twisted_chat.server.accounts.login import (
     BAD_PASSWORD_TEXT,
@@ -603,6 +604,76 @@ def test_register_beyond_max_accounts_is_server_full_and_the_connection_stays() 
     h.store.remove("alice")  # type: ignore[attr-defined]
     carol.send(f"REGISTER {PW}")
     assert carol.take() == ["REGISTERED carol"]
+
+
+# "café-secret" as most keyboards type it (NFC), and as a macOS file name or
+# some password managers paste it (NFD): the same visible password.
+NFC_PW = unicodedata.normalize("NFC", "café-secret")
+NFD_PW = unicodedata.normalize("NFD", "café-secret")
+
+
+def test_a_password_is_one_password_in_any_unicode_form() -> None:
+    """rev22-attack 3: registered as NFD, the password typed as NFC was a
+    wrong password (and counted as a failed login)."""
+    assert NFC_PW != NFD_PW
+    h = harness()
+    bob = fresh(h)
+    bob.send("NICK bob", f"REGISTER {NFD_PW}")
+    assert bob.take()[-1] == "REGISTERED bob"
+    bob.drop()
+    login(h, "bob", NFC_PW).drop()
+    again = login(h, "bob", NFD_PW)
+    again.send(f"PASSWD {NFC_PW}")
+    assert again.take() == ["REGISTERED bob"]
+    again.drop()
+    login(h, "bob", NFD_PW)
+    assert h.factory.accounts.failed_logins == 0  # type: ignore[attr-defined]
+
+
+def test_an_account_set_before_in_another_form_opens_as_it_was_typed() -> None:
+    """docs/accounts.md, "The password's form": a hash made before, of the
+    NFD bytes, still opens with those bytes, and a wrong password (or a nick
+    with no account) costs the same two checks, so neither tells the other."""
+    h = harness(Mode.REQUIRED)  # a nick with no account is asked a password too
+    h.store.add("old", hash_password(NFD_PW.encode(), **FAST))  # type: ignore[attr-defined]
+    login(h, "old", NFD_PW).drop()
+    hashes = h.work.hashes  # type: ignore[attr-defined]
+    checked: list[bytes] = []
+    real = hashing.verify_password
+
+    def verify(password: bytes, encoded: str) -> bool:
+        checked.append(password)
+        return real(password, encoded)
+
+    wrong = unicodedata.normalize("NFD", "wrong-pässword")
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(cred, "verify_password", verify)
+        for nick in ("old", "nobody"):
+            conn = fresh(h)
+            conn.send(f"NICK {nick}", f"PASS {wrong}")
+            assert conn.take()[-1].startswith("RETRY bad-password ")
+        conn = fresh(h)
+        conn.send("NICK old", f"PASS {NFC_PW}")  # not the form it was set in
+        assert conn.take()[-1].startswith("RETRY bad-password ")
+    nfc_wrong = unicodedata.normalize("NFC", wrong).encode()
+    assert checked == [nfc_wrong, wrong.encode(), nfc_wrong, wrong.encode(), NFC_PW.encode()]
+    assert h.work.hashes == hashes + 3  # type: ignore[attr-defined]
+
+
+def test_the_length_rule_counts_the_form_that_is_hashed() -> None:
+    """8 to 256 bytes, of the NFC form a new password is set in; a PASS
+    is refused unchecked only if no account, set now or before, can have it."""
+    short = unicodedata.normalize("NFD", "ééé")  # 9 bytes; NFC, 6
+    h = harness()
+    bob = fresh(h)
+    bob.send("NICK bob", f"REGISTER {short}")
+    assert bob.take()[-1].startswith("ERROR weak-password ")
+    add(h, "carol")
+    conn = fresh(h)
+    conn.send("NICK carol", f"PASS {unicodedata.normalize('NFC', short)}")
+    assert conn.take()[-1].startswith("ERROR weak-password ")
+    conn.send(f"PASS {short}")  # 9 bytes as typed: an older account's, maybe
+    assert conn.take()[-1].startswith("RETRY bad-password ")
 
 
 class NoRoom(AccountStore):

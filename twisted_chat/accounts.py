@@ -41,7 +41,7 @@ from twisted.python.failure import Failure
 
 from twisted_chat import version_line
 from twisted_chat.server.accounts.fileaccess import describe_user
-from twisted_chat.server.accounts.hashing import hash_password, password_problem
+from twisted_chat.server.accounts.hashing import hash_password, password_bytes, password_problem
 from twisted_chat.server.accounts.records import (
     Account,
     AccountAdmin,
@@ -158,8 +158,9 @@ def read_password(stdin: TextIO, stderr: TextIO) -> bytes:
             if password.endswith("\r"):
                 password = password[:-1]
         # Strict: a terminal or pipe not in UTF-8 gives surrogates (or fails
-        # to decode), never a password the server would compare equal.
-        secret = password.encode("utf-8")
+        # to decode), never a password the server would compare equal.  In
+        # its NFC form, as the server sets and checks passwords.
+        secret = password_bytes(password)
     except UnicodeError:
         raise BadPassword("the password is not valid UTF-8; nothing changed") from None
     problem = password_problem(secret) or password_chars_problem(password)

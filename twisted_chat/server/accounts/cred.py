@@ -13,7 +13,7 @@ from typing import Any
 
 from twisted.cred import error as cred_error
 from twisted.cred.checkers import ICredentialsChecker
-from twisted.cred.credentials import IUsernamePassword
+from twisted.cred.credentials import IUsernamePassword, UsernamePassword
 from twisted.cred.portal import IRealm, Portal
 from twisted.internet import defer
 from zope.interface import Attribute, Interface, implementer
@@ -21,7 +21,7 @@ from zope.interface import Attribute, Interface, implementer
 from twisted_chat.server.accounts.hashing import dummy_hash, verify_password
 from twisted_chat.server.accounts.records import Account, AccountBook
 
-__all__ = ["AccountChecker", "AccountRealm", "IAccount", "portal"]
+__all__ = ["AccountChecker", "AccountRealm", "IAccount", "TypedPassword", "portal"]
 
 
 class IAccount(Interface):
@@ -55,6 +55,20 @@ class AvatarId(str):
         return self
 
 
+class TypedPassword(UsernamePassword):
+    """
+    A login's nick and password (what is hashed: L{hashing.password_bytes}), with
+    the password's bytes as typed, when they differ: an account whose
+    password was set before passwords were normalised, in another form
+    (NFD, say), is checked against those too (docs/accounts.md, "The
+    password's form").
+    """
+
+    def __init__(self, username: bytes, password: bytes, typed: bytes) -> None:
+        super().__init__(username, password)
+        self.typed = typed
+
+
 @implementer(ICredentialsChecker)
 class AccountChecker:
     """
@@ -82,16 +96,22 @@ class AccountChecker:
     def requestAvatarId(self, credentials: Any) -> defer.Deferred[Any]:
         username: bytes = credentials.username
         password: bytes = credentials.password
+        typed: bytes = getattr(credentials, "typed", password)
         d = self.book.get(username.decode("utf-8"))
-        d.addCallback(lambda account: self._run(_check, account, password))
+        d.addCallback(lambda account: self._run(_check, account, password, typed))
         return d
 
 
-def _check(account: Account | None, password: bytes) -> AvatarId:
+def _check(account: Account | None, password: bytes, typed: bytes) -> AvatarId:
     """On a password thread: the nick (with the hash checked), or
-    L{UnauthorizedLogin}."""
+    L{UnauthorizedLogin}.  A wrong C{password} is checked again as
+    C{typed} where that differs (L{TypedPassword}), account or not, so
+    that "no such account" still takes as long as a wrong password."""
     encoded = account.password_hash if account is not None else dummy_hash()
-    if verify_password(password, encoded) and account is not None:
+    right = verify_password(password, encoded)
+    if not right and typed != password:
+        right = verify_password(typed, encoded)
+    if right and account is not None:
         return AvatarId(account.nick, account.password_hash)
     raise cred_error.UnauthorizedLogin("wrong password or no such account")
 

@@ -25,6 +25,7 @@ import hashlib
 import hmac
 import secrets
 import threading
+import unicodedata
 
 from twisted_chat.wire import PASSWORD_MAX_BYTES, PASSWORD_MIN_BYTES
 
@@ -32,6 +33,7 @@ __all__ = [
     "dummy_hash",
     "hash_password",
     "make_dummy_hash",
+    "password_bytes",
     "password_problem",
     "verify_password",
 ]
@@ -44,6 +46,16 @@ _KEY_BYTES = 32
 # OpenSSL's default limit (32 MiB) is just above what N=2**14, r=8 needs;
 # stored hashes with bigger parameters get room to be checked.
 _MAXMEM = 256 * 1024 * 1024
+
+
+def password_bytes(password: str) -> bytes:
+    """
+    What C{password} is hashed as, set or checked: its Unicode NFC form (as
+    RFC 8265's OpaqueString normalises), in UTF-8.  The same visible
+    password is then one password, typed on a keyboard (mostly NFC) or
+    pasted (a macOS file name, some password managers: NFD).
+    """
+    return unicodedata.normalize("NFC", password).encode("utf-8")
 
 
 def password_problem(password: bytes) -> str | None:

@@ -25,7 +25,6 @@ from dataclasses import dataclass, replace
 from functools import partial
 from typing import Any, Protocol, TypeVar
 
-from twisted.cred.credentials import UsernamePassword
 from twisted.cred.error import UnauthorizedLogin
 from twisted.internet import defer, task
 from twisted.internet.interfaces import IReactorTime
@@ -34,8 +33,8 @@ from twisted.python.failure import Failure
 
 from twisted_chat import wire
 from twisted_chat.server import logs
-from twisted_chat.server.accounts.cred import AccountChecker, IAccount, portal
-from twisted_chat.server.accounts.hashing import hash_password, password_problem
+from twisted_chat.server.accounts.cred import AccountChecker, IAccount, TypedPassword, portal
+from twisted_chat.server.accounts.hashing import hash_password, password_bytes, password_problem
 from twisted_chat.server.accounts.loginlimits import (
     FailureLimiter,
     LoginLimits,
@@ -429,7 +428,14 @@ class Login:
         nick = self._asked
         if nick is None:
             raise LineError(ErrorCode.NOT_READY, "no password was asked for; send NICK first")
-        secret = self._secret(password)
+        typed = password.encode("utf-8")
+        secret = password_bytes(password)
+        # Weak only if no account can have it: set now (its NFC form) or
+        # before passwords were normalised (as typed: TypedPassword).
+        problem = password_problem(secret) and password_problem(typed)
+        if problem:
+            raise LineError(ErrorCode.WEAK_PASSWORD, problem)
+        credentials = TypedPassword(nick.encode("utf-8"), secret, typed)
         accounts = self._accounts
         attempt = accounts.reserve(nick, self._conn.host)
         if attempt is None:
@@ -441,10 +447,10 @@ class Login:
             accounts.give_back(attempt)
             raise LineError(ErrorCode.FLOOD, ADDRESS_BUSY_TEXT.format(verb="PASS"))
         if accounts.shared is None:
-            return self._check(attempt, nick, secret)
+            return self._check(attempt, nick, credentials)
         shared = accounts.shared.take(attempt.nick, attempt.address)
         shared.addErrback(self._shared_failed)
-        shared.addCallback(self._shared_said, attempt, nick, secret)
+        shared.addCallback(self._shared_said, attempt, nick, credentials)
         return shared
 
     def _shared_failed(self, failure: Failure) -> None:
@@ -454,7 +460,7 @@ class Login:
                    e=failure.getErrorMessage())
 
     def _shared_said(
-        self, taken: bool | None, attempt: Attempt, nick: str, secret: bytes
+        self, taken: bool | None, attempt: Attempt, nick: str, credentials: TypedPassword
     ) -> Answer:
         """C{taken}: whether the cluster's buckets had room (and now count
         the attempt); C{None}: they could not be asked."""
@@ -464,10 +470,9 @@ class Login:
             self._accounts.end_work(attempt.work)
             self._accounts.give_back(attempt)  # not checked
             return None if self._conn.closing else self._flooded(nick)
-        return self._check(attempt, nick, secret)
+        return self._check(attempt, nick, credentials)
 
-    def _check(self, attempt: Attempt, nick: str, secret: bytes) -> Answer:
-        credentials = UsernamePassword(nick.encode("utf-8"), secret)
+    def _check(self, attempt: Attempt, nick: str, credentials: TypedPassword) -> Answer:
         d = self._accounts.portal.login(credentials, None, IAccount)
         d.addBoth(_work_ended, self._accounts, attempt.work)
         d.addCallbacks(self._logged_in, self._login_failed, callbackArgs=(attempt,),
@@ -605,8 +610,9 @@ class Login:
         return nick
 
     def _secret(self, password: str) -> bytes:
-        """C{password}'s bytes, or the C{WEAK_PASSWORD} error if it is out of bounds."""
-        secret = password.encode("utf-8")
+        """What C{password} is hashed as (L{password_bytes}), or the
+        C{WEAK_PASSWORD} error if that is out of bounds."""
+        secret = password_bytes(password)
         problem = password_problem(secret)
         if problem is not None:
             raise LineError(ErrorCode.WEAK_PASSWORD, problem)
