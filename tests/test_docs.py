@@ -352,6 +352,8 @@ def test_every_departure_from_chat1_as_published_is_listed() -> None:
         "RETRY reasons": "The `RETRY` reasons are `taken`, `invalid` and `bad-password`",
         "ERROR codes": "The `ERROR` codes are the nineteen under Errors",
         "order vs replay": "\"nothing from a user comes after that user's `LEFT`\" (Ordering)",
+        "accounts-off": "\"`PASS` when no password was asked is `ERROR not-ready`\"",
+        "an address": "`--max-per-ip` connections from one address (default 20)",
     }
     for what, sentence in published.items():
         assert sentence in own, what
@@ -382,9 +384,48 @@ def test_the_order_rule_names_the_replay_after_unpaired_as_its_exception() -> No
     assert ("**Order**: the replay comes after the `JOINED` and `LEFT` lines sent live "
             "during the pair") in replay
     departs = sections["## Where this server departs from chat/1 as published"]
-    assert ("One row is where chat/1 as published contradicts itself (its order rule and "
-            "its replay after `UNPAIRED`)") in departs
+    assert ("Two rows are where chat/1 as published contradicts itself (its order rule and "
+            "its replay after `UNPAIRED`; its check order and `accounts-off`)") in departs
     assert "chat/1 contradicts itself here, and this server follows its later section" in departs
+
+
+def test_accounts_off_comes_before_the_state_check_and_a_slash_64_is_one_address() -> None:
+    """rev22-docs F2, F3: under --accounts off, PASS, REGISTER and PASSWD
+    are accounts-off in every state (tests/test_login.py), before the state
+    check, while "Checks, in order" and the Handshake said not-ready; and
+    the departures table left out that an IPv6 network of --ipv6-prefix
+    bits is one address.  The check order has the step, the Handshake the
+    exception, the table a row for each."""
+    from twisted_chat.server.limits.addresses import address_key
+
+    sections = _protocol_sections()
+    checks = sections["## Checks, in order"]
+    assert ("4a. under `--accounts off`, `PASS`, `REGISTER` and `PASSWD` → `accounts-off`, "
+            "in every state (before the state check") in checks
+    assert checks.index("4a.") < checks.index("5. state")
+    assert ("any other known verb is `ERROR not-ready` (`PASS`, `REGISTER` and `PASSWD` under "
+            "`--accounts off`: `ERROR accounts-off`") in sections["## Handshake"]
+    departs = sections["## Where this server departs from chat/1 as published"]
+    [off] = [row for row in departs.split(" | ") if "are `ERROR accounts-off this" in row]
+    assert '"Checks, in order", 4a' in off
+    assert address_key("2001:db8::1") == address_key("2001:db8::ffff:2") == "2001:db8::/64"
+    assert address_key("::ffff:192.0.2.1") == "192.0.2.1"
+    [network] = [row for row in departs.split(" | ")
+                 if "an IPv6 network of `--ipv6-prefix` bits (a /64 by default)" in row]
+    assert "(an IPv4-mapped IPv6 address counts as its IPv4 address)" in network
+    assert "every IPv6 address in that network shares its 20 connections" in network
+
+
+def test_the_handshake_says_a_line_said_before_ready_is_history() -> None:
+    """rev22-docs F1: the Handshake said a lobby line handled after the
+    newcomer's NICK is sent live; one said while its nick is looked up or
+    its password asked or checked is in its history
+    (tests/test_login.py's test_lobby_lines_said_before_ready_are_...)."""
+    handshake = _protocol_sections()["## Handshake"]
+    assert "handled before the newcomer's `NICK`" not in handshake
+    assert ("A lobby message the server handled before it accepted the nick (before it wrote "
+            "`READY`) is in the history and never also sent live; one handled after that is "
+            "sent live only.") in handshake
 
 
 def test_register_under_required_is_the_operators_answer_even_with_no_account() -> None:

@@ -34,6 +34,7 @@ from twisted_chat.server.accounts.records import AccountsUnavailable
 from twisted_chat.server.accounts.store import AccountStore, SQLiteBook
 from twisted_chat.server.cluster.accounts import RedisBook
 from twisted_chat.server.config import Mode
+from twisted_chat.wire import format_ts
 
 PW = "sekrit-pw"
 # Cheap scrypt parameters: the format carries them, verify reads them back.
@@ -405,6 +406,38 @@ def test_lines_that_arrive_during_a_check_are_handled_after_it() -> None:
     assert conn.take() == []
     h.work.release()  # type: ignore[attr-defined]
     assert conn.take() == ["READY bob", "USER bob lobby", "USERS 1", "PONG late"]
+
+
+def test_lobby_lines_said_before_ready_are_history_and_after_it_live() -> None:
+    """rev22-docs F1: docs/protocol.md said a lobby line handled after the
+    newcomer's NICK is sent live.  While its nick is looked up and its
+    password asked and checked, the newcomer is not in the lobby: such a
+    line is in its history (never also live); one said after READY is live."""
+    h = harness(work=HeldWork())
+    xavier = fresh(h)
+    xavier.send("NICK xavier")
+    h.work.release()  # type: ignore[attr-defined]  # its lookup: no account
+    assert xavier.take()[0] == "READY xavier"
+    add(h, "alice")
+    alice = fresh(h)
+    alice.send("NICK alice")
+    xavier.send("MSG while the nick is looked up")
+    h.work.release()  # type: ignore[attr-defined]  # the lookup
+    assert alice.take() == ["PASS alice"]
+    xavier.send("MSG while the password is asked")
+    alice.send(f"PASS {PW}")
+    xavier.send("MSG while the password is checked")
+    for _ in ("the read of the file", "the hash"):
+        h.work.release()  # type: ignore[attr-defined]
+    xavier.send("MSG after READY")
+    t = format_ts(h.clock.seconds())
+    assert alice.take() == [
+        "READY alice",
+        *(f"HISTORY {t} xavier while the {what}" for what in
+          ("nick is looked up", "password is asked", "password is checked")),
+        "USER alice lobby", "USER xavier lobby", "USERS 2",
+        f"MSG {t} xavier * after READY",
+    ]
 
 
 def test_a_full_password_queue_discards_the_line_with_flood() -> None:
