@@ -6,6 +6,7 @@ review found wrong (rev11) say what the code does.
 
 from __future__ import annotations
 
+import ast
 import re
 from pathlib import Path
 
@@ -497,7 +498,7 @@ def test_the_departures_table_names_the_cluster_answers_and_bye_flood_before_rea
 
 
 def test_the_readmes_fast_test_recipe_runs_no_benchmark() -> None:
-    """rev15-docs L2: "the fast deterministic part" (-m 'not e2e and not
+    """rev15-docs L2: "the fast part" (-m 'not e2e and not
     soak') still ran tests/test_bench_quick.py, the benchmark's quick mode
     (a real server pinned to a CPU, up to 50 s), and the README's list of
     what `make test` runs left it out.  The recipe leaves out every
@@ -512,7 +513,7 @@ def test_the_readmes_fast_test_recipe_runs_no_benchmark() -> None:
     assert {"e2e", "soak", "bench"} <= set(markers)
     assert "pytestmark = pytest.mark.bench" in (ROOT / "tests" / "test_bench_quick.py").read_text()
     readme = (ROOT / "README.md").read_text()
-    [fast] = [line for line in readme.splitlines() if "# the fast deterministic part" in line]
+    [fast] = [line for line in readme.splitlines() if "# the fast part" in line]
     [expression] = re.findall(r"""-m '([^']+)'""", fast)
     recipe = Expression.compile(expression)
     for marker in markers:
@@ -524,12 +525,10 @@ def test_the_readmes_fast_test_recipe_runs_no_benchmark() -> None:
 
 
 def test_every_bench_test_that_runs_a_server_is_marked_bench() -> None:
-    """The README's fast deterministic part leaves out the tests marked
+    """The README's fast part leaves out the tests marked
     C{bench}; the floor's test (a server on a real socket) and
     bench.coldpath's short run (our server pinned to CPU 0, under load) were
     not marked, and ran in it."""
-    import ast
-
     runs = ("RunningServer(", ".main(", "'-m', 'bench'")
     found = []
     for path in sorted((ROOT / "tests").glob("test_bench_*.py")):
@@ -544,6 +543,68 @@ def test_every_bench_test_that_runs_a_server_is_marked_bench() -> None:
                     "mark.bench" in ast.unparse(mark) for mark in node.decorator_list)
                 assert marked, f"{path.name}::{node.name} runs a server, unmarked"
     assert len(found) >= 3, found
+
+
+_TEST_MARKS = ("mark.e2e", "mark.soak", "mark.bench")  # what the fast part leaves out
+
+
+def _module_marks(tree: ast.Module, path: Path) -> str:
+    """The source of a test module's C{pytestmark}, through one
+    C{other_module.pytestmark} (tests/test_cluster_e2e_history.py's)."""
+    for node in tree.body:
+        if isinstance(node, ast.Assign) and "pytestmark" in map(ast.unparse, node.targets):
+            value = node.value
+            if isinstance(value, ast.Attribute) and value.attr == "pytestmark":
+                other = path.with_name(f"{ast.unparse(value.value)}.py")
+                return _module_marks(ast.parse(other.read_text()), other)
+            return ast.unparse(value)
+    return ""
+
+
+def _called(call: ast.Call) -> str:
+    """The name a call ends in: C{ServerProcess} for C{copied.ServerProcess(...)}."""
+    func = call.func
+    return func.attr if isinstance(func, ast.Attribute) else getattr(func, "id", "")
+
+
+def test_every_test_that_starts_the_real_server_is_out_of_the_fast_part() -> None:
+    """rev22-docs F4: the README's fast part (C{-m 'not e2e ...'}) ran three
+    tests that start the real C{twistd -n chat} (one stops it with SIGSTOP
+    for 3 s): they used the C{chat_server} fixture, or started a copied
+    tree's C{ServerProcess}, unmarked.  A test that starts one (C{chat_server}
+    or tests/test_cluster_e2e.py's C{cluster} fixture, not given a stand-in
+    C{twistd=}; or a C{ServerProcess}) is marked C{e2e} (or C{soak} or
+    C{bench}, which the fast part leaves out too).  The README names the
+    fast part's tests that start a private C{redis-server}."""
+    found, with_redis = [], set()
+    for path in sorted((ROOT / "tests").rglob("test_*.py")):
+        tree = ast.parse(path.read_text())
+        module_marked = any(mark in _module_marks(tree, path) for mark in _TEST_MARKS)
+        for node in tree.body:
+            if not (isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef)
+                    and node.name.startswith("test_")):
+                continue
+            decorators = [ast.unparse(decorator) for decorator in node.decorator_list]
+            parametrized = {name.strip() for mark in node.decorator_list
+                            if isinstance(mark, ast.Call) and _called(mark) == "parametrize"
+                            and isinstance(mark.args[0], ast.Constant)
+                            for name in str(mark.args[0].value).split(",")}
+            fixtures = {arg.arg for arg in node.args.args} - parametrized
+            calls = [call for call in ast.walk(node) if isinstance(call, ast.Call)]
+            called = {_called(call) for call in calls}
+            stand_in = any(word.arg == "twistd" for call in calls for word in call.keywords)
+            marked = module_marked or any(
+                mark in decorator for mark in _TEST_MARKS for decorator in decorators)
+            if (fixtures & {"chat_server", "cluster"} and not stand_in) or (
+                    "ServerProcess" in called):
+                found.append(node.name)
+                assert marked, f"{path.relative_to(ROOT)}::{node.name} starts twistd, unmarked"
+            elif not marked and ("redis" in fixtures or "RedisServer" in called):
+                with_redis.add(path.name)
+    assert len(found) >= 150, len(found)
+    readme = " ".join((ROOT / "README.md").read_text().split())
+    said = readme.split("It still starts a private `redis-server`")[1].split(")")[0]
+    assert set(re.findall(r"test_[a-z_]+\.py", said)) == with_redis, with_redis
 
 
 def _stated(value: str) -> float:

@@ -15,8 +15,12 @@ import socket
 import threading
 import time
 
+import pytest
+
 from tests.serverproc import LOOPBACK, LineClient
 from tests.test_e2e_hardening import from_address
+
+pytestmark = pytest.mark.e2e
 
 ADDRESSES = 14
 PER_ADDRESS = 5

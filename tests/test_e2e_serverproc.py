@@ -143,6 +143,7 @@ def test_a_bare_port_given_with_p_is_waited_for(
     assert tcp_listening(other)
 
 
+@pytest.mark.e2e
 def test_a_server_runs_the_code_of_the_tree_its_tests_are_in(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

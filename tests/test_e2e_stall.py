@@ -12,7 +12,11 @@ import os
 import signal
 import time
 
+import pytest
+
 from tests.serverproc import LineClient
+
+pytestmark = pytest.mark.e2e
 
 STALL = 3.0
 RATE = 5.0  # lines a second: half of --flood-rate
