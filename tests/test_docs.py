@@ -281,6 +281,31 @@ def test_nothing_points_at_a_contract_file_the_repository_does_not_have() -> Non
     assert named == []
 
 
+def test_the_docs_name_no_script_or_issue_a_reader_cannot_find() -> None:
+    """rev22-docs F5: docs named review scripts behind measured figures
+    (timing.py, s7_pairedleave_perf.py, ...) and "issue 13", none of which
+    the repository has.  Every Python file README and docs/ name is in the
+    tree (but Twisted's own, named as Twisted's), and no doc points at an
+    issue: the fan-out targets are listed in docs/benchmark.md itself."""
+    tops = [top for top in ROOT.iterdir() if not top.name.startswith(".") and top.name != "build"]
+    tree = {path.relative_to(ROOT).as_posix() for top in tops
+            for path in (top.rglob("*.py") if top.is_dir() else [top]) if path.suffix == ".py"}
+    names = {path.rsplit("/", 1)[-1] for path in tree}
+    twisteds = {"protocols/irc.py"}  # docs/fanout.md: twisted.words' module
+    for doc in DOCS:
+        text = doc.read_text()
+        for named in set(re.findall(r"[A-Za-z0-9_./-]+\.py\b", text)) - twisteds:
+            assert named in tree or named.rsplit("/", 1)[-1] in names, (doc.name, named)
+        assert not re.findall(r"(?i)\bissue \d+", text), doc.name
+    benchmark = " ".join((ROOT / "docs" / "benchmark.md").read_text().split())
+    targets = benchmark.split("**The fan-out targets**")[1].split("Against them, plainly:")[0]
+    for target in ("no more than 2x ngircd's", "no more than 1.5x ngircd's",
+                   "at least 1.5x the best of ngircd and InspIRCd",
+                   "server CPU per delivered line no more than theirs", "Under contention",
+                   "RSS per idle connection no more than InspIRCd's"):
+        assert target in targets, target
+
+
 def _protocol_sections() -> dict[str, str]:
     text = (ROOT / "docs" / "protocol.md").read_text()
     return {part.splitlines()[0]: " ".join(part.split())
