@@ -1136,21 +1136,30 @@ def test_a_pair_detached_by_a_new_epoch_hears_no_lobby_line_but_sees_a_newcomer(
     check_index(cluster)
 
 
-def _hearing_ann() -> tuple[Cluster, Conn, Conn, Conn]:
+def _hearing_ann(bob_lagging: bool = False) -> tuple[Cluster, Conn, Conn, Conn]:
     """ann (node0), bob (node1) and carol (node2); ann and bob's pair
     ended (both were shown it) in events Redis then lost, and every replica
     is rebuilt from what was kept: ann and bob paired again there, ann
-    hearing the lobby on node0."""
+    hearing the lobby on node0.  C{bob_lagging}: only node0 applied the
+    lost end (and is rebuilt); bob was never shown it."""
     cluster = Cluster(3)
     n0, n1, n2 = cluster.nodes
     ann, bob, carol = n0.user("ann"), n1.user("bob"), n2.user("carol")
     pair(cluster, ann, bob)
+    cluster.clear_all()
     kept = len(cluster.log.entries)
     ann.send("UNPAIR")
-    cluster.pump()
-    assert "UNPAIRED bob left" in ann.take() and "UNPAIRED ann left" in bob.take()
+    if bob_lagging:
+        batch = cluster.log.entries[n0.cursor:]
+        n0.cursor += len(batch)
+        n0.state.deliver(batch)
+        cluster.clock.advance(0)
+        assert "UNPAIRED bob left" in ann.take() and bob.take() == []
+    else:
+        cluster.pump()
+        assert "UNPAIRED bob left" in ann.take() and "UNPAIRED ann left" in bob.take()
     del cluster.log.entries[kept:]
-    for node in cluster.nodes:
+    for node in cluster.nodes[:1] if bob_lagging else cluster.nodes:
         node.cursor = kept
         node.state.rebuild(None, cluster.log.entries)
     assert n0.hub.online["ann"].partner is n0.hub.online["bob"]
@@ -1301,6 +1310,40 @@ def test_after_a_quiet_pair_end_a_new_pair_is_like_any_other() -> None:
     cluster.pump()
     got = ann.take()
     assert got[:2] == ["UNPAIRED zed left", f"HISTORY {got[1].split()[1]} carol missed"]
+    check_index(cluster)
+
+
+@pytest.mark.parametrize("bob_lagging", [False, True])
+def test_after_a_quiet_pair_end_a_new_pair_with_the_same_partner_stays(
+        bob_lagging: bool) -> None:
+    """ann's rebuilt pair with bob ends (quietly for ann: her UNPAIR), and
+    the two pair again before the hellos: ann's line goes to bob, before
+    and after the hellos, which leave the pair alone (rr22-a: what node0
+    had recorded as shown to ann before the loss, the lobby, counted again
+    once ann's state was the rebuilt one's: her line was answered as meant
+    for the lobby, and the hellos ended the pair without a word, her next
+    line reaching carol)."""
+    cluster, ann, bob, carol = _hearing_ann(bob_lagging)
+    ann.send("UNPAIR")
+    cluster.pump()
+    ann.send("PAIR bob")
+    cluster.pump()
+    bob.send("ACCEPT ann")
+    cluster.pump()
+    assert ann.take()[-1] == "PAIRED bob" and bob.take()[-1] == "PAIRED ann"
+    for hellos in ([], cluster.nodes[:2]):
+        for node in hellos:
+            node.state.hello()
+        ann.send("MSG for bob")
+        cluster.pump()
+        for conn in (ann, bob):
+            assert [line.split(" ", 2)[2] for line in conn.take()] == ["ann bob for bob"]
+        assert carol.take() == []
+    carol.send("MSG lobby only")
+    cluster.pump()
+    assert ann.take() == [] and bob.take() == []
+    for node in cluster.nodes:
+        assert node.hub.online["ann"].partner is node.hub.online["bob"]
     check_index(cluster)
 
 

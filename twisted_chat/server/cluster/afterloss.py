@@ -226,10 +226,16 @@ class AfterLoss:
 
     def applied(self) -> None:
         """An event was applied: those of L{hearing} whose pair it ended
-        (out loud, quietly for them: LineListener.unpaired) hear no more;
-        a new pair of theirs is one like any other."""
+        (out loud, quietly for them: LineListener.unpaired) hear no more,
+        and were shown the lobby they are in now (L{saw}): a new pair of
+        theirs is one like any other, with the same partner too (L{seen}
+        took it for the pair shown ended, and the hellos ended it)."""
         hearing = self.hearing
         if hearing and any(user.partner is None for user in hearing.values()):
+            members = self.replica.members
+            for uid, user in hearing.items():
+                if user.partner is None and uid in members:  # (not one who left)
+                    self.saw(uid, "", "")
             self.hearing = {uid: user for uid, user in hearing.items()
                             if user.partner is not None}
 
