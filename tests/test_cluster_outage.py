@@ -1275,18 +1275,29 @@ def test_a_hearing_users_partner_leaving_is_only_a_departure_to_it() -> None:
 
 
 def test_a_hearing_users_own_unpair_is_answered_as_in_the_lobby() -> None:
-    """ann, shown in the lobby, sends UNPAIR: the rebuilt pair ends in
-    every replica, and ann is answered as a lobby user is (it got UNPAIRED
-    bob left again, with the replay), bob, shown the end too, nothing."""
-    cluster, ann, bob, _ = _hearing_ann()
+    """ann, shown in the lobby, is told to UNPAIR first by a PAIR (the
+    replica pairs her with bob), and sends UNPAIR: the rebuilt pair ends in
+    every replica, and ann is answered not-paired as a lobby user is (it
+    got UNPAIRED bob left again, with the replay), in words that say her
+    pair with bob had ended (rr22-a: "you are not paired and have no open
+    invitation", after a PAIR's answer had named bob), bob, shown the end
+    too, nothing.  Her next PAIR is an invitation."""
+    cluster, ann, bob, carol = _hearing_ann()
+    ann.send("PAIR carol")
+    cluster.pump()
+    assert ann.take() == ["ERROR busy you are paired with bob; UNPAIR first"]
     ann.send("UNPAIR")
     cluster.pump()
-    assert ann.take() == ["ERROR not-paired you are not paired and have no open invitation"]
+    assert ann.take() == ["ERROR not-paired you are not paired: your pair with bob had "
+                          "already ended for you; it is now over everywhere"]
     assert bob.take() == []
     assert all(node.hub.online["ann"].partner is None for node in cluster.nodes)
     bob.send("UNPAIR")
     cluster.pump()
     assert bob.take() == ["ERROR not-paired you are not paired and have no open invitation"]
+    ann.send("PAIR carol")
+    cluster.pump()
+    assert ann.take() == ["PENDING carol"] and carol.take() == ["INVITE ann"]
 
 
 def test_after_a_quiet_pair_end_a_new_pair_is_like_any_other() -> None:

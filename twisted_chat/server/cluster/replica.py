@@ -56,7 +56,6 @@ from twisted_chat.server.cluster.remote import RemoteConn
 from twisted_chat.server.cluster.streamids import event_seconds, id_key
 from twisted_chat.server.history import History
 from twisted_chat.server.hub import (
-    NOT_PAIRED_TEXT,
     Hub,
     HubError,
     HubSettings,
@@ -77,6 +76,12 @@ HELLO = "hello:"
 #: reaching the log later than this after its death (its node cut off from
 #: Redis for that long, resending then) is applied again.
 DEAD_KEEP = 24 * 3600.0
+
+#: The answer to the C{UNPAIR} of a user shown its pair's end in events
+#: Redis then lost (L{AfterLoss.hearing}), which ends the rebuilt pair:
+#: its earlier answers (C{ERROR busy} to a C{PAIR}) named that partner.
+HEARD_END_TEXT = ("you are not paired: your pair with {} had already ended for you; "
+                  "it is now over everywhere")
 
 
 # What is restored (a snapshot's invitations, a pair a hello brings back)
@@ -315,11 +320,11 @@ class Replica:
         if user is not None:
             # One of this node's users shown this pair's end (in events Redis
             # then lost) ends it here too, quietly for it, and is answered
-            # as the lobby user it was shown to be.
-            heard = self.afterloss.hears_lobby(user)
+            # as the lobby user it was shown to be (not-paired).
+            partner = user.partner if self.afterloss.hears_lobby(user) else None
             self.hub.unpair(user)
-            if heard:
-                raise HubError(ErrorCode.NOT_PAIRED, NOT_PAIRED_TEXT)
+            if partner is not None:
+                raise HubError(ErrorCode.NOT_PAIRED, HEARD_END_TEXT.format(partner.nick))
 
     def _tick(self, eid: str, origin: str, k: int, event: dict[str, Any]) -> None:
         pass  # moving the clock was all
