@@ -1358,6 +1358,69 @@ def test_after_a_quiet_pair_end_a_new_pair_with_the_same_partner_stays(
     check_index(cluster)
 
 
+def _hellos_lost(cluster: Cluster) -> None:
+    """Each node's hello after a rebuild is written, and lost (Redis lost
+    events that no replica had applied): each says hello again, as
+    StreamReader does then (AfterLoss.lost_unapplied, announce)."""
+    kept = len(cluster.log.entries)
+    for node in cluster.nodes:
+        node.state.hello()
+    del cluster.log.entries[kept:]
+    for node in cluster.nodes:
+        node.state.replica.afterloss.lost_unapplied()
+        node.state.hello()
+    cluster.pump()
+
+
+def test_a_pair_ended_in_lost_events_ends_though_the_first_hellos_are_lost() -> None:
+    """ann and bob, shown their pair's end, hear the lobby (the rebuilt
+    replicas pair them); their nodes' hellos are lost with nothing applied,
+    and said again: the pair ends, quietly for both, and they hear the
+    lobby still (the second loss forgot what they were shown: the hellos
+    listed the pair, which stayed, ann and bob believing themselves in the
+    lobby and hearing no lobby line)."""
+    cluster, ann, bob, carol = _hearing_ann()
+    _hellos_lost(cluster)
+    assert ann.take() == [] and bob.take() == []
+    carol.send("MSG live")
+    cluster.pump()
+    for conn in (ann, bob):
+        assert [line.split(" ", 2)[2] for line in conn.take()] == ["carol * live"]
+    assert all(node.hub.online["ann"].partner is None for node in cluster.nodes)
+    check_index(cluster)
+
+
+def test_a_pair_made_in_lost_events_comes_back_though_the_first_hellos_are_lost() -> None:
+    """ann and bob pair in events Redis loses (both shown PAIRED; the
+    rebuilt replicas have them in the lobby); their nodes' hellos are lost
+    with nothing applied, and said again: the pair comes back as after one
+    loss (ann, whose node's hello comes first, is told it ended, then
+    PAIRED again; bob nothing), and ann's line goes to bob (the second loss
+    forgot what they were shown: the hellos listed no partner, the pair
+    stayed lost without a word, and ann's line for bob went to the lobby)."""
+    cluster = Cluster(3)
+    n0, n1, n2 = cluster.nodes
+    ann, bob, carol = n0.user("ann"), n1.user("bob"), n2.user("carol")
+    kept = len(cluster.log.entries)
+    pair(cluster, ann, bob)
+    cluster.clear_all()
+    del cluster.log.entries[kept:]
+    for node in cluster.nodes:
+        node.cursor = kept
+        node.state.rebuild(None, cluster.log.entries)
+    _hellos_lost(cluster)
+    told = ann.take()
+    assert told[:1] == ["UNPAIRED bob disconnected"] and told[-1:] == ["PAIRED bob"]
+    assert bob.take() == []
+    cluster.clock.advance(30)  # what ann's connection was shown is the state's only
+    ann.send("MSG for bob")
+    cluster.pump()
+    for conn in (ann, bob):
+        assert [line.split(" ", 2)[2] for line in conn.take()] == ["ann bob for bob"]
+    assert carol.take() == []
+    check_index(cluster)
+
+
 # -- flood control counts a held line as of when it arrived (rev11-clu2 #1) ---------
 
 

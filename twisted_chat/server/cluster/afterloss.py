@@ -279,10 +279,12 @@ class AfterLoss:
         Redis lost events this replica had not applied (not rebuilt): what
         its node's users saw is what it applied, unless an earlier rebuild's
         hello is not applied yet (lost with these events, say): its users
-        saw the L{detached} ones online, and the hello that brings them back
-        must not show them again.
+        saw what L{shown} keeps (the L{detached} online, a pair the replica
+        lacks, the end of one it has: L{hearing}), and the hello it says
+        again lists that (the detached not shown again, the pairs ended or
+        told ended).
         """
-        if not self.detached:
+        if self._greeted:  # (then none is detached: its hello brought them back)
             self.shown = None
 
     def claim_rows(self) -> list[list[Any]]:
