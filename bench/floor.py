@@ -42,6 +42,8 @@ class Floor(Factory):
 
 
 class FloorProtocol(Protocol):
+    closing = False  # the fan-out's Member: a lost one leaves the members instead
+
     def __init__(self, factory: Floor) -> None:
         self.floor = factory
         self.nick = b""

@@ -101,6 +101,8 @@ def test_other_reactors_have_no_probe(reactor: Any) -> None:
 class Stub:
     """A member that records what it is given."""
 
+    closing = False
+
     def __init__(self) -> None:
         self.got: list[bytes] = []
 
@@ -473,6 +475,50 @@ def test_a_newcomers_batch_does_not_go_through_the_batch_writer() -> None:
     clock.advance(0)
     assert passes == [], "the cut is per member: each gets its own part"
     assert old.got == [b"JOINED after"] and new.got == [b"after"]
+
+
+def test_a_member_that_starts_closing_before_the_flush_is_given_nothing() -> None:
+    """A connection closing (cut at --sendq, or a cluster node's leaver
+    waiting for its leave event) stays a member until the hub hears it
+    left: the batch was joined, counted as sent, handed to its deliver and
+    thrown away there (rr21-f: 970 KB at 200 closing pairs)."""
+    clock = TurnClock()
+    members = [Stub() for _ in range(4)]
+    batches: list[tuple[int, int, int]] = []
+
+    def write_all(ms: Any, data: bytes) -> list[Stub]:
+        return list(ms)[2:]  # it could not write to the last two (one of them closing)
+
+    fanout = LobbyFanout(clock, lambda: members, WINDOW, None, write_all=write_all,
+                         on_batch=lambda lines, deliveries, sent, _s: batches.append(
+                             (lines, deliveries, sent)))
+    fanout.add(b"a")
+    members[3].closing = True
+    fanout.add(b"b")
+    clock.advance(0)
+    assert [m.got for m in members] == [[], [], [b"ab"], []]
+    assert batches == [(2, 2 * 3, 2 * 3)], "counted for the three it was written to"
+
+
+@pytest.mark.parametrize("batch_writer", [False, True])
+def test_a_closing_member_is_given_nothing_beside_a_newcomer(batch_writer: bool) -> None:
+    """The same on the rare path (a newcomer's cut: each member gets its
+    own part, joined for it) and with no batch writer (--no-direct-send,
+    the paired users' batch)."""
+    clock = TurnClock()
+    old, closing, new = Stub(), Stub(), Stub()
+    members = [old, closing]
+    fanout = LobbyFanout(clock, lambda: members, WINDOW, None,
+                         write_all=(lambda ms, data: list(ms)) if batch_writer else None)
+    fanout.add(b"a")
+    closing.closing = True
+    clock.advance(0)
+    assert old.got == [b"a"] and closing.got == []
+    members.append(new)
+    fanout.add_joined(b"JOINED ", new)
+    fanout.add(b"after")
+    clock.advance(0)
+    assert old.got == [b"a", b"JOINED after"] and new.got == [b"after"] and closing.got == []
 
 
 def test_a_lobby_members_own_write_sends_the_waiting_lines_first() -> None:

@@ -422,6 +422,33 @@ def test_a_closing_partner_is_given_no_share() -> None:
     assert stats.discarded == discarded
 
 
+def test_closing_members_are_left_out_of_the_batches() -> None:
+    """A member whose connection is closing but whom the hub still lists
+    (cut at --sendq, or a cluster node's leaver until its leave event) is
+    left out of the lobby's batch and the paired users': here partners
+    cut while their pairs end, who come back to the lobby closing, and a
+    lobby member and a paired user cut while lines wait.  Their lines were
+    joined (each its own part, after its cut), counted as sent and thrown
+    away: 970 KB at 200 closing pairs (rr21-f)."""
+    h, work = paced()
+    alice, bob, carol = h.user("alice"), h.user("bob"), h.user("carol")
+    *ending, (still, cut) = couples(h, 4)
+    h.clear_all()
+    stats = h.factory.stats
+    work.waiting = True
+    alice.send("MSG one")
+    sent, discarded = stats.bytes_out, stats.discarded
+    to_alice, to_bob, to_still = count_writes(alice), count_writes(bob), count_writes(still)
+    for conn in [carol, cut, *(b for _, b in ending)]:
+        conn.protocol.hang_up("sendq")
+    drop_together([a for a, _ in ending])
+    work.waiting = False
+    h.clock.advance(WINDOW)
+    assert len(alice.take()) == len(bob.take()) == 4 and len(still.take()) == 3
+    assert stats.discarded == discarded
+    assert stats.bytes_out - sent == sum(map(len, to_alice + to_bob + to_still))
+
+
 def test_paired_departures_of_one_turn_reach_a_lobby_member_in_one_write() -> None:
     """rev21-clu F2: a departure that ended a pair flushed the whole batch
     (the partner's return was the hub's roster_changing), so n such

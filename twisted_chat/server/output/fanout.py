@@ -43,6 +43,11 @@ class Member(Protocol):
     such as the send queues' direct pass, may read more of the members it
     can write to and return the others)."""
 
+    @property
+    def closing(self) -> bool:
+        """Its connection is closing: it writes nothing more, so a batch
+        leaves it out (a batch writer never writes to it either)."""
+
     def deliver(self, data: bytes) -> None:
         """Send C{data} (subject only to the connection's send queue)."""
 
@@ -254,7 +259,10 @@ class LobbyFanout:
             self.flush()
 
     def flush(self) -> None:
-        """Write the gathered lines to every member now."""
+        """Write the gathered lines to every member now, but those whose
+        connection is closing: their lines would be joined, counted as sent
+        and thrown away (a cut connection, or a cluster node's leaver,
+        stays a member until the hub hears it left)."""
         call = self._call
         if call is not None:
             self._call = None
@@ -276,16 +284,23 @@ class LobbyFanout:
         members = self._members()
         if not late:
             count = len(members)
-            deliveries, sent = lines * count, len(data) * count
             write_all = self._write_all
+            # Those the batch writer left (none in a steady lobby of plain
+            # TCP connections): a closing one among them is left out.
             for member in members if write_all is None else write_all(members, data):
-                member.deliver(data)
+                if member.closing:
+                    count -= 1
+                else:
+                    member.deliver(data)
+            deliveries, sent = lines * count, len(data) * count
         else:
             # Someone joined while the lines were gathered: the rare path,
             # where what each member got is added up as it goes.
             self._late = {}
             deliveries = sent = 0
             for member in members:
+                if member.closing:
+                    continue
                 start = late.get(member)
                 if start is None:
                     member.deliver(data)
