@@ -234,3 +234,34 @@ def test_the_subscribers_line_parser_class_is_redisconns_own() -> None:
         txredisapi.BaseRedisProtocol) - 1]
     assert line_subscriber.__qualname__ == "_LineSubscriber"
     assert line_subscriber.__module__ == redisconn.__name__
+
+
+def test_the_paired_users_lines_let_the_turn_end_once_they_are_due() -> None:
+    """The rule asked only whether the lobby's lines were due, so events
+    that bring only paired users' JOINED and LEFT lines (their own batch)
+    were all handed on in the read's turn, however long it took: a whole
+    read (64 KiB) past the window (rr21-f).  The server's lobby fan-out
+    (whose due a node's connections are given, cluster/service.py) asks
+    its batch beside it too: as in the lobby's test above."""
+    from tests.harness import Harness
+    from tests.test_pacing import count_writes, couples
+
+    h = Harness(fanout_delay=0.010, backlog=lambda: False)
+    [(alice, _)] = couples(h, 1)
+    h.clear_all()
+    writes = count_writes(alice)
+    proto = _Subscriber(charset="utf-8", convertNumbers=False)
+    proto.callLater = h.clock.callLater
+    proto.due = h.factory.fanout.due
+
+    def heard(message: str) -> None:
+        h.factory.paired_fanout.add(f"LEFT {message}\r\n".encode())
+        h.clock.rightNow += 0.004  # each event takes 4 ms to apply
+
+    proto.heard = heard
+    proto.makeConnection(StringTransport())
+    proto.dataReceived(published(*(f"u{i}" for i in range(10))))
+    while h.clock.getDelayedCalls():
+        h.clock.advance(0)
+    assert [w.decode().splitlines() for w in writes] == [
+        [f"LEFT u{i}" for i in batch] for batch in ((0, 1, 2), (3, 4, 5), (6, 7, 8), (9,))]

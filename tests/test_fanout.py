@@ -556,6 +556,27 @@ def test_one_back_from_a_pair_gets_only_the_lines_gathered_after_it_came_back() 
     assert clock.getDelayedCalls() == []
 
 
+def test_a_batch_beside_another_ends_with_its_reads_and_is_due_with_it() -> None:
+    """The paired users' batch beside the lobby's: what a read brings to
+    it leaves at the read's end if nothing else waits (else with the
+    turn), and the lobby's due says when its lines are due too."""
+    clock, _, (paired,), backlog = lobby(1)
+    beside = LobbyFanout(clock, lambda: [paired], WINDOW, backlog)
+    fanout = LobbyFanout(clock, lambda: [], WINDOW, backlog, beside=beside)
+    fanout.read(lambda data: beside.add(b"a"), b"")
+    assert paired.got == [b"a"] and clock.getDelayedCalls() == []
+    backlog.turns = 2
+    fanout.read(lambda data: beside.add(b"b"), b"")
+    fanout.read(lambda data: beside.add(b"c"), b"")
+    assert paired.got == [b"a"] and backlog.asked == 2, "asked once in a busy turn"
+    assert not fanout.due()
+    clock.advance(WINDOW)
+    assert paired.got == [b"a", b"bc"]
+    beside.add(b"d")
+    clock.rightNow += WINDOW
+    assert fanout.due() and not LobbyFanout(clock, lambda: [], WINDOW, backlog).due()
+
+
 def test_a_read_that_raises_still_ends() -> None:
     """read's end runs whatever the handler does: the lines it brought
     leave, and the next line outside a read gets the turn's timer."""

@@ -526,6 +526,27 @@ def test_a_paired_user_gets_the_lefts_of_a_turn_in_one_write() -> None:
     assert len(writes) == 1
 
 
+def test_a_paired_users_lines_go_out_at_the_end_of_the_read_that_brought_them() -> None:
+    """The paired users' batch ends with a read as the lobby's does: the
+    JOINED and LEFT a read brings go at its end when nothing else waits
+    (rr21-f: they waited for the end of the turn, the lobby's did not)."""
+    h, work = paced()
+    [(alice, bob)] = couples(h, 1)
+    carol = h.user("carol")
+    dave = h.connect()
+    h.clear_all()
+    dave.transport.read(b"NICK dave\r\n")  # no clock advance: the turn goes on
+    now = format_ts(h.clock.seconds())
+    assert alice.take() == bob.take() == carol.take() == [f"JOINED {now} dave"]
+    carol.transport.read(b"BYE\r\n")
+    assert alice.take() == [f"LEFT {now} carol quit"]
+    work.waiting = True  # busy: the end of the turn, as the lobby's
+    dave.transport.read(b"BYE\r\n")
+    assert alice.take() == []
+    h.clock.advance(WINDOW)
+    assert alice.take() == [f"LEFT {now} dave quit"]
+
+
 def test_a_paired_user_leaving_gets_its_share_of_the_paired_batch() -> None:
     """A paired peer that half-closes, or is closed with BYE, gets the
     JOINED and LEFT lines waiting for it first, as a lobby member does."""

@@ -241,14 +241,16 @@ class ChatFactory(ServerFactory):
         self._direct_pass = DirectPass() if config.direct_send else None
         # The fan-out and the lines come before the state, whose hub tells
         # the lines: both read self.state when used, never before it is set.
-        self.fanout = LobbyFanout(reactor, lambda: self.state.lobby_members(),
-                                  config.fanout_delay, backlog,
-                                  on_batch=self.stats.fanned_out, write_all=self._direct_pass)
         # The JOINED and LEFT lines for this process's users in a pair, who
-        # are not in the lobby's batch: gathered as the lobby's are.
+        # are not in the lobby's batch: gathered as the lobby's are, and
+        # sent at the end of the same reads (beside the lobby's).
         self.paired_fanout = LobbyFanout(
             reactor, lambda: [user.conn for user in self.state.paired_users()],
             config.fanout_delay, backlog, on_batch=self.stats.fanned_out_paired)
+        self.fanout = LobbyFanout(reactor, lambda: self.state.lobby_members(),
+                                  config.fanout_delay, backlog,
+                                  on_batch=self.stats.fanned_out, write_all=self._direct_pass,
+                                  beside=self.paired_fanout)
         self.lines = LineListener(lambda: self.state, self.fanout, self.history, self.stats,
                                   config, self._direct_pass, self.paired_fanout)
         if state is None:

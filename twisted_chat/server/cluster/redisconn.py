@@ -337,9 +337,10 @@ class _WholeReads:
     gathered at its end, wrote each event's lines alone.  Here the rest is
     handled at once, in a loop (not by recursion), unless C{due} (set by
     the node's log: the fan-out's C{LobbyFanout.due}; none, a read is
-    handed on whole), asked between two bulk strings, says the lobby's
-    waiting lines are due: then the rest waits one turn, as txredisapi had
-    it, and the fan-out's turn ends first.
+    handed on whole), asked between two bulk strings, says the waiting
+    lines (the lobby's, or the paired users' beside them) are due: then
+    the rest waits one turn, as txredisapi had it, and the fan-out's turn
+    ends first.
     """
 
     # Asked between two bulk strings of a read: whether the rest waits a turn.

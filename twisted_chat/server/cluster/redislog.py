@@ -192,7 +192,8 @@ class RedisLog:
             no bound.
         @param lines_due: the lobby fan-out's C{due}: a connection hands on
             a read's replies (the channel's events) in one turn, until the
-            lobby's waiting lines are due (L{redisconn._WholeReads}).
+            waiting lines of the lobby's batch, or of the paired users'
+            beside it, are due (L{redisconn._WholeReads}).
         """
         self.target = target
         self.channel = f"{CHANNEL}:{target.db}"

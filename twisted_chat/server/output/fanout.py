@@ -101,14 +101,17 @@ class LobbyFanout:
     L{read}), or, while the reactor has other work waiting, after the
     turns that do it (docs/fanout.md).  C{window} 0 turns the gathering off.
     C{write_all}, where given, writes each batch to the members it can
-    before the others' C{deliver} is called.
+    before the others' C{deliver} is called.  C{beside}, where given, is a
+    second batch gathered beside this one (the paired users' C{JOINED} and
+    C{LEFT} lines), whose lines leave by the same rules: at the end of
+    this one's reads (L{read}), and when L{due}.
 
     A connection hands each read to L{read}: lines added while it is
     handled make no timer, since its end either writes them or makes the
     turn's timer.  A lobby member's own writes call L{before_write} first.
     """
 
-    __slots__ = ("_backlog", "_busy", "_call", "_clock", "_first", "_gone", "_late",
+    __slots__ = ("_backlog", "_beside", "_busy", "_call", "_clock", "_first", "_gone", "_late",
                  "_members", "_on_batch", "_pending", "_reading", "_shares", "_shut", "_timer",
                  "_turns", "_window", "_write_all")
 
@@ -121,8 +124,10 @@ class LobbyFanout:
         on_batch: BatchObserver | None = None,
         timer: Callable[[], float] = time.perf_counter,
         write_all: WriteAll | None = None,
+        beside: LobbyFanout | None = None,
     ) -> None:
         self._clock = clock
+        self._beside = beside
         self._members = members
         self._window = window
         self._backlog = backlog if window else None
@@ -162,12 +167,16 @@ class LobbyFanout:
         on its timer, made here if this read brought the first of them; once
         the reactor was found busy, the turn's end asks again, not each read.
         (The end is written out here, not called: this runs on every read.)
+        The batch beside this one ends with the read too (L{_read_over}).
         """
         self._reading = True
         try:
             handle(data)
         finally:
             self._reading = False
+            beside = self._beside
+            if beside is not None and beside._pending and not beside._busy:
+                beside._read_over()
             if self._pending and not self._busy:
                 backlog = self._backlog
                 if backlog is not None and not backlog():
@@ -177,6 +186,19 @@ class LobbyFanout:
                     self._busy = True
                     if self._call is None:
                         self._call = self._clock.callLater(0.0, self._turn_over)
+
+    def _read_over(self) -> None:
+        """The end of a read of the batch this one is beside (L{read}), for
+        lines waiting here: as that read's end does with its own, they go
+        now if the reactor has nothing else waiting, else at the end of the
+        turn.  They made the turn's timer when they came (this batch's
+        L{add} knows of no read): a read that brings them, a C{JOINED} or
+        C{LEFT} while pairs are open, is rare."""
+        backlog = self._backlog
+        if backlog is not None and not backlog():
+            self.flush()
+        else:
+            self._busy = True
 
     def before_write(self, member: Member) -> None:
         """The order rule (docs/fanout.md, "Order"): C{member}, one of this
@@ -239,12 +261,15 @@ class LobbyFanout:
 
     def due(self) -> bool:
         """Whether lines wait that the pacing would send now, not hold a
-        turn more (past their window; with C{--fanout-delay 0} any): work
-        handed on piece by piece within a turn (a cluster node's events, as
-        its Redis connection reads them, L{redisconn._WholeReads}) lets the
-        turn end before the next piece, so they go (docs/fanout.md)."""
-        return bool(self._pending) and not keep_gathering(
-            self._first, self._clock.seconds(), 0, self._window, True)
+        turn more (past their window; with C{--fanout-delay 0} any), here
+        or in the batch beside this one: work handed on piece by piece
+        within a turn (a cluster node's events, as its Redis connection
+        reads them, L{redisconn._WholeReads}) lets the turn end before the
+        next piece, so they go (docs/fanout.md)."""
+        beside = self._beside
+        return (bool(self._pending) and not keep_gathering(
+            self._first, self._clock.seconds(), 0, self._window, True)) or (
+                beside is not None and beside.due())
 
     def _turn_over(self) -> None:
         self._call = None
