@@ -16,6 +16,7 @@ from __future__ import annotations
 
 from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
+from twisted.logger import capturedLogs, formatEvent
 
 from tests.test_fanout import Stub
 from twisted_chat.server.cluster.redisconn import _Subscriber
@@ -117,6 +118,37 @@ def test_with_fanout_delay_0_each_events_lines_go_at_the_end_of_its_turn() -> No
     intake.proto.dataReceived(published("a", "b", "c"))
     intake.run()
     assert intake.batches() == [["LEFT a"], ["LEFT b"], ["LEFT c"]]
+
+
+def test_an_event_whose_handling_raises_is_logged_and_the_rest_still_handed_on() -> None:
+    """rr21-d: an event callback that raised inside the read's handling
+    took the rest of that read with it (events lost, the parser left in
+    the middle of a bulk string) and ended the connection.  Now it is
+    logged with its traceback, and the events after it come, in order:
+    in the read's turn, and in a rest put off a turn."""
+    intake = Intake(window=0.010, cost=0.004)
+    apply = intake.heard
+
+    def heard(message: str) -> None:
+        if message in ("u1", "u6"):
+            raise RuntimeError(f"a bug at {message}")
+        apply(message)
+
+    intake.proto.heard = heard
+    with capturedLogs() as events:
+        intake.proto.dataReceived(published(*(f"u{i}" for i in range(10))))
+        intake.run()
+    assert [line for b in intake.batches() for line in b] == [
+        f"LEFT u{i}" for i in range(10) if i not in (1, 6)]
+    assert len(intake.batches()) > 1, "a rest was put off a turn too"
+    failures = [e for e in events if "log_failure" in e]
+    assert [e["log_failure"].getErrorMessage() for e in failures] == [
+        "a bug at u1", "a bug at u6"]
+    assert formatEvent(failures[0]).startswith("cluster: handling a reply from Redis failed")
+    intake.proto.dataReceived(published("later"))  # the connection reads on
+    intake.run()
+    assert intake.batches()[-1] == ["LEFT later"]
+    assert intake.transport.producerState == "producing"
 
 
 def test_command_replies_are_handed_on_in_the_reads_turn() -> None:

@@ -155,6 +155,20 @@ def test_txredisapi_hands_the_rest_of_a_read_to_set_line_mode() -> None:
     assert replies == ["a", "b"] and b"".join(rests) == b""  # nothing left to hand on
 
 
+def test_txredisapi_hands_each_reply_to_reply_received_before_the_rest() -> None:
+    """redisconn's _WholeReads logs what a reply's handling raises in
+    replyReceived, which txredisapi must call with each whole reply from
+    inside its parse of a read, before setLineMode is given the rest: so
+    the rest is still handed on (tests/test_cluster_intake.py)."""
+    proto = redis_protocol(None)
+    proto.makeConnection(StringTransport())
+    seen: list[tuple[str, object]] = []
+    proto.replyReceived = lambda reply: seen.append(("reply", reply))
+    proto.setLineMode = lambda extra=b"": seen.append(("rest", extra))
+    proto.dataReceived(b"$1\r\na\r\n$1\r\nb\r\n")
+    assert seen == [("reply", "a"), ("rest", b"$1\r\nb\r\n")]
+
+
 def test_txredisapi_subscriber_protocol_is_its_own_methods_on_redis_protocol() -> None:
     """redisconn puts SubscriberProtocol's methods on the line parser,
     BaseRedisProtocol (its base, RedisProtocol, is HiredisProtocol when

@@ -26,10 +26,13 @@ from twisted.internet import defer, endpoints, ssl
 from twisted.internet.protocol import Factory
 from twisted.python.failure import Failure
 
+from twisted_chat.server import logs
 from twisted_chat.tls import load_trust_root
 
 __all__ = ["PasswordRefused", "RedisTarget", "connect", "parse_url", "read_password_file",
            "timed_out", "tls_failure", "with_password_file"]
+
+_log = logs.logger()
 
 
 @dataclass(frozen=True, slots=True)
@@ -341,6 +344,9 @@ class _WholeReads:
     lines (the lobby's, or the paired users' beside them) are due: then
     the rest waits one turn, as txredisapi had it, and the fan-out's turn
     ends first.
+
+    A reply or event whose handling raises (L{replyReceived}) is logged,
+    and the rest of the read is still handed on, in order.
     """
 
     # Asked between two bulk strings of a read: whether the rest waits a turn.
@@ -361,6 +367,19 @@ class _WholeReads:
     def setLineMode(self, extra: bytes = b"") -> None:
         self.line_mode = 1
         self._rest = extra  # handed on by dataReceived's loop
+
+    def replyReceived(self, reply: Any) -> None:
+        """txredisapi's: a whole reply (a command's answer, or an event on
+        the channel: C{heard}), handed on from inside its parse of a read.
+        One whose handling raised took the rest of that read with it
+        (the parse stopped before C{setLineMode} was given it, the events
+        after it lost), and the error ended the connection or, on a read
+        put off a turn, was only the reactor's to log (rr21-d)."""
+        try:
+            super().replyReceived(reply)  # type: ignore[misc]
+        except Exception:
+            _log.failure("cluster: handling a reply from Redis failed; the rest of "
+                         "its read is handed on")
 
     def dataReceived(self, data: bytes, unpause: bool = False) -> None:
         if unpause:  # the rest of a read put off (below), then what came meanwhile
@@ -430,7 +449,9 @@ async def connect(target: RedisTarget, reactor: Any, reply_timeout: float | None
         renamed, every connection fails (AttributeError) and the node never
         joins the cluster;
       - C{LineReceiver.setLineMode(extra)}, called with the rest of a read
-        after each bulk string, and C{dataReceived(data)} (L{_WholeReads});
+        after each bulk string, C{dataReceived(data)}, and
+        C{replyReceived(reply)}, called with each whole reply before that
+        rest (L{_WholeReads});
       - C{BaseRedisProtocol}, its line parser, and C{SubscriberProtocol}'s
         own methods, put on it (L{_LineSubscriber});
       - C{TimeoutError}, failing a command just before the reply timeout
