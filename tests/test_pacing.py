@@ -21,6 +21,7 @@ from twisted.python.failure import Failure
 from tests.harness import Conn, Harness, traced_lines
 from twisted_chat.server import hub, lines, state
 from twisted_chat.server.output.fanout import MAX_FANOUT_WAIT, MAX_GATHER_TURNS
+from twisted_chat.server.output.sendqueue import DirectPass
 from twisted_chat.wire import format_ts
 
 WINDOW = 0.002
@@ -420,6 +421,38 @@ def test_a_closing_partner_is_given_no_share() -> None:
     work.waiting = False
     h.clock.advance(WINDOW)
     assert stats.discarded == discarded
+
+
+def test_a_closing_partner_back_in_the_lobby_leaves_the_batch_on_its_writer(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """A partner already closing is given no cut at its pair's end: a batch
+    leaves it out anyway, and its cut sent the lobby's whole batch down the
+    path where each member gets its own part, past the batch writer (the
+    send queues' direct pass, C code on plain TCP): at a mass close of
+    paired users, for every member of the lobby."""
+    passes: list[bytes] = []
+    write_all = DirectPass.__call__
+
+    def recording(self: DirectPass, members: Any, data: bytes) -> list[Any]:
+        passes.append(data)
+        return write_all(self, members, data)
+
+    monkeypatch.setattr(DirectPass, "__call__", recording)
+    h, work = paced()
+    alice = h.user("alice")
+    [(a, b)] = couples(h, 1)
+    h.clear_all()
+    del passes[:]
+    work.waiting = True
+    alice.send("MSG one")
+    one = msg(h, "alice", "one")
+    b.protocol.hang_up("sendq")
+    drop_together([a])
+    lobby = [one, f"LEFT {format_ts(h.clock.seconds())} a0 disconnected"]
+    work.waiting = False
+    h.clock.advance(WINDOW)
+    assert alice.take() == lobby
+    assert passes == ["".join(f"{line}\r\n" for line in lobby).encode()]
 
 
 def test_closing_members_are_left_out_of_the_batches() -> None:

@@ -159,12 +159,12 @@ class LineListener:
         hearing the lobby after a loss, the lobby's lines), and of the
         lobby's gathered lines none otherwise (its replay has the
         messages): it gets those added from now on; the others keep their
-        batches.  A connection already closing gets none, as in L{leaving}."""
-        state = self._state()
-        if state.holds(user):
-            if not user.conn.closing:  # as in leaving(): it writes no more
-                self._pair_batch(user).leaving(user.conn)
-            # The cut even for a closing one, or it gets the lobby's batch.
+        batches.  A connection already closing gets none, as in L{leaving},
+        and no cut: a batch leaves it out (L{LobbyFanout.flush}), and a cut
+        would send the whole batch down the path where each member gets
+        its own part."""
+        if self._state().holds(user) and not user.conn.closing:
+            self._pair_batch(user).leaving(user.conn)
             self.fanout.returning(user.conn)
         self._roster = None
 
