@@ -35,7 +35,7 @@ from tests.test_address_limits import _crowd
 from tests.web.webserver import WebServer, served, serving
 from twisted_chat.client.commands import password_problem
 from twisted_chat.server.accounts.hashing import password_problem as server_length_problem
-from twisted_chat.wire import password_chars_problem
+from twisted_chat.wire import format_ts, password_chars_problem
 
 webdriver = pytest.importorskip("selenium.webdriver")
 from selenium.common.exceptions import NoAlertPresentException, TimeoutException  # noqa: E402
@@ -3694,6 +3694,54 @@ def test_lines_put_back_among_held_joins_and_leaves_get_their_day_separator(
         f"day: {labels[2]}", "notice: dave left",
         "day: Today", "notice: Disconnected from the server.",
     ], rows
+
+
+def rows_after_a_drop(driver: Any, web: WebServer, live: list[tuple[datetime, str]],
+                      replayed: list[tuple[datetime, str]], meanwhile: str = "") -> list[str]:
+    """A scripted page (alice, never paired) hears bob's lobby lines
+    C{live}, runs the script C{meanwhile}, and loses its connection; the
+    next one replays C{live} and C{replayed} as history. Its lobby's rows
+    (L{day_rows}) once the last replayed line is shown."""
+    said = live + replayed
+    page = scripted(driver, web, {"NICK alice": [
+        ["READY alice", "USERS 0"],
+        ["READY alice"] + [f"HISTORY {format_ts(t.timestamp())} bob {text}" for t, text in said]
+        + ["USERS 0"]]})
+    join_as(page, "alice")
+    logged_in(page, "alice")
+    page.execute_script("window.hear(arguments[0])",
+                        [f"MSG {format_ts(t.timestamp())} bob * {text}" for t, text in live])
+    wait(page, lambda d: live[-1][1] in texts(d))
+    time.sleep(0.5)  # the drop comes after a line said 200 ms after the last live one
+    if meanwhile:
+        page.execute_script(meanwhile)
+    page.execute_script("window.drop()")
+    wait_notice(page, "Disconnected from the server.")
+    wait(page, lambda d: replayed[-1][1] in texts(d), timeout=WAIT + 2)
+    return day_rows(page)
+
+
+def above_and_below_the_disconnection(rows: list[str]) -> tuple[list[str], list[str]]:
+    """The lobby's messages above "Disconnected from the server." and below it."""
+    at = rows.index("notice: Disconnected from the server.")
+    return ([row for row in rows[:at] if row.startswith("msg: ")],
+            [row for row in rows[at:] if row.startswith("msg: ")])
+
+
+def test_a_step_of_the_pages_clock_does_not_move_the_disconnection_later(
+    web: WebServer, browser: Callable[..., Any]
+) -> None:
+    """The page told the server's clock at the disconnection by its own
+    wall clock (Date.now): stepped 1 h forward after a live line (an NTP
+    correction, a change by hand), it put a line said a minute after the
+    drop above "Disconnected from the server.". It uses its monotonic
+    clock (performance.now) now."""
+    now = datetime.now(UTC)
+    rows = rows_after_a_drop(browser(), web, [(now, "hi")], [
+        (now + timedelta(seconds=60), "said a minute after the drop")],
+        meanwhile="const wall = Date.now; Date.now = () => wall() + 3600000;")
+    assert above_and_below_the_disconnection(rows) == (
+        ["msg: hi"], ["msg: said a minute after the drop"]), rows
 
 
 def test_a_server_restart_ends_open_invitations_in_words(

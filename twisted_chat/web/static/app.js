@@ -187,10 +187,11 @@
     // lobby line older than one, replayed by the next READY block, goes
     // before it (lobbyMessage).
     shownAtLoss: [],
-    // How far the server's clock is ahead of the page's (ms; null: not
-    // known), by the live lines of this connection: at most the least
+    // The server's clock at the page's performance.now() origin (ms; null:
+    // not known), by the live lines of this connection: at most the least
     // delayed one's lead, so its time of a disconnection (closed()) is
-    // never later than the server's.
+    // never later than the server's. The page's monotonic clock, not its
+    // wall clock: a step of that (NTP, by hand) would move it.
     serverAhead: null,
     // The partner whose pair just ended, told in the lobby once the
     // replay after UNPAIRED is shown (at its user list).
@@ -1349,7 +1350,7 @@
         const row = notice(lobby(), "Disconnected from the server.", { error: true });
         // A lobby line said before it (on the server's clock), replayed by
         // the next connection, goes before it too.
-        if (state.serverAhead !== null) state.shownAtLoss.push({ ts: Date.now() + state.serverAhead, row });
+        if (state.serverAhead !== null) state.shownAtLoss.push({ ts: performance.now() + state.serverAhead, row });
       }
       if (held) notice(lobby(), `${held === 1 ? "One line was" : held + " lines were"} not sent: the connection closed first.`, { error: true });
       if (unconfirmed.length) {
@@ -1630,12 +1631,12 @@
       const d = new Date(s);
       return isNaN(d) ? new Date() : d;
     };
-    // A live line's time (MSG, JOINED, LEFT; not HISTORY) also tells how
-    // far the server's clock is ahead of the page's (state.serverAhead).
+    // A live line's time (MSG, JOINED, LEFT; not HISTORY) also tells the
+    // server's clock at the page's performance.now() origin (state.serverAhead).
     const liveTs = (s) => {
       const d = new Date(s);
       if (isNaN(d)) return new Date();
-      const ahead = d.getTime() - Date.now();
+      const ahead = d.getTime() - performance.now();
       if (state.serverAhead === null || ahead > state.serverAhead) state.serverAhead = ahead;
       return d;
     };
