@@ -3744,6 +3744,25 @@ def test_a_step_of_the_pages_clock_does_not_move_the_disconnection_later(
         ["msg: hi"], ["msg: said a minute after the drop"]), rows
 
 
+def test_a_line_put_above_the_disconnection_leaves_it_under_its_own_day(
+    web: WebServer, browser: Callable[..., Any]
+) -> None:
+    """A server whose clock is ahead of the page's, past the page's
+    midnight: a line of the server's next day, replayed, goes above
+    "Disconnected from the server." (of the page's day, today) under its
+    day's separator. "Disconnected" and the rows after it were left under
+    that next day; it gets its own day's separator back."""
+    tomorrow = (datetime.now(KOLKATA) + timedelta(days=1)).replace(
+        hour=0, minute=10, second=0, microsecond=0)
+    rows = rows_after_a_drop(browser(), web, [(tomorrow, "hi")], [
+        (tomorrow + timedelta(milliseconds=200), "missed")])
+    at = rows.index("notice: Disconnected from the server.")
+    assert rows[at - 2:at + 1] == [
+        "msg: missed", "day: Today", "notice: Disconnected from the server."], rows
+    assert rows[at - 3].startswith("day: ") and rows[at - 3] != "day: Today", rows  # tomorrow's
+    assert not [row for row in rows[at:] if row.startswith("day: ")], rows
+
+
 def test_a_server_restart_ends_open_invitations_in_words(
     web: WebServer, browser: Callable[..., Any], tcp: Callable[[str], LineClient]
 ) -> None:

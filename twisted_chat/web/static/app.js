@@ -319,7 +319,9 @@
   // `node`, of `ts`'s day, goes before the row `before` (a later one, the
   // rows being in time order): above that row's day separator if that
   // starts a later day, and under a separator of its own if the row above
-  // it is of an earlier day (a pair across midnight).
+  // it is of an earlier day (a pair across midnight). A `before` of
+  // another day that had no separator of its own ("Disconnected", on the
+  // page's clock, below a line of the server's next day) gets one back.
   function putBefore(node, ts, before) {
     const day = node.dataset.day;
     const above = before.previousElementSibling;
@@ -327,6 +329,7 @@
     (laterDay ? above : before).before(node);
     const prev = node.previousElementSibling;
     if (!prev || prev.dataset.day !== day) node.before(daySeparator(ts));
+    if (!laterDay && before.dataset.day !== day) before.before(daySeparator(new Date(before.dataset.day)));
   }
 
   function addMessage(conv, ts, from, text, before = null) {
