@@ -3697,11 +3697,13 @@ def test_lines_put_back_among_held_joins_and_leaves_get_their_day_separator(
 
 
 def rows_after_a_drop(driver: Any, web: WebServer, live: list[tuple[datetime, str]],
-                      replayed: list[tuple[datetime, str]], meanwhile: str = "") -> list[str]:
+                      replayed: list[tuple[datetime, str]], meanwhile: str = "",
+                      drop: bool = True) -> list[str]:
     """A scripted page (alice, never paired) hears bob's lobby lines
-    C{live}, runs the script C{meanwhile}, and loses its connection; the
-    next one replays C{live} and C{replayed} as history. Its lobby's rows
-    (L{day_rows}) once the last replayed line is shown."""
+    C{live}, runs the script C{meanwhile}, and loses its connection (the
+    server's BYE; without C{drop}, the keepalive's close at its next tick);
+    the next one replays C{live} and C{replayed} as history. Its lobby's
+    rows (L{day_rows}) once the last replayed line is shown."""
     said = live + replayed
     page = scripted(driver, web, {"NICK alice": [
         ["READY alice", "USERS 0"],
@@ -3715,9 +3717,9 @@ def rows_after_a_drop(driver: Any, web: WebServer, live: list[tuple[datetime, st
     time.sleep(0.5)  # the drop comes after a line said 200 ms after the last live one
     if meanwhile:
         page.execute_script(meanwhile)
-    page.execute_script("window.drop()")
-    wait_notice(page, "Disconnected from the server.")
-    wait(page, lambda d: replayed[-1][1] in texts(d), timeout=WAIT + 2)
+    if drop:
+        page.execute_script("window.drop()")
+    wait(page, lambda d: replayed[-1][1] in texts(d), timeout=2 * WAIT + 2)
     return day_rows(page)
 
 
@@ -3761,6 +3763,46 @@ def test_a_line_put_above_the_disconnection_leaves_it_under_its_own_day(
         "msg: missed", "day: Today", "notice: Disconnected from the server."], rows
     assert rows[at - 3].startswith("day: ") and rows[at - 3] != "day: Today", rows  # tomorrow's
     assert not [row for row in rows[at:] if row.startswith("day: ")], rows
+
+
+def test_a_wrong_time_once_does_not_put_every_later_line_above_the_disconnection(
+    web: WebServer, browser: Callable[..., Any]
+) -> None:
+    """One live line 10 minutes ahead of the server's others (a wrong
+    clock, a hostile server) set the page's estimate of the server's clock
+    for the rest of the connection: a line said 90 s after the last one
+    heard, replayed, went above "Disconnected from the server.". The
+    disconnection's time is now never later than the last line heard, by
+    the last live line's time, plus the keepalive's limit (a silence of
+    65 s is noticed within 10 s more)."""
+    now = datetime.now(UTC)
+    rows = rows_after_a_drop(
+        browser(), web, [(now + timedelta(minutes=10), "from the future"), (now, "hi")], [
+            (now + timedelta(milliseconds=200), "in flight at the drop"),
+            (now + timedelta(seconds=90), "said after the keepalive's limit")])
+    above, below = above_and_below_the_disconnection(rows)
+    assert "msg: in flight at the drop" in above, rows
+    assert below == ["msg: said after the keepalive's limit"], rows
+
+
+def test_a_monotonic_clock_that_counts_a_sleep_is_bound_by_the_keepalive(
+    web: WebServer, browser: Callable[..., Any]
+) -> None:
+    """Where performance.now counts a suspend (Windows), a page woken
+    after an hour, whose keepalive then closes the connection, took the
+    disconnection to be an hour after its last line: every line said
+    meanwhile, replayed, went above "Disconnected from the server.". The
+    keepalive closes a silent connection 75 s after the last line heard at
+    most: a line said 90 s after it goes below."""
+    now = datetime.now(UTC)
+    rows = rows_after_a_drop(browser(), web, [(now, "hi")], [
+        (now + timedelta(milliseconds=200), "in flight at the drop"),
+        (now + timedelta(seconds=90), "said while the page slept")],
+        meanwhile="const wall = Date.now, mono = performance.now.bind(performance);"
+                  " Date.now = () => wall() + 3600000;"
+                  " performance.now = () => mono() + 3600000;", drop=False)
+    assert above_and_below_the_disconnection(rows) == (
+        ["msg: hi", "msg: in flight at the drop"], ["msg: said while the page slept"]), rows
 
 
 def test_a_server_restart_ends_open_invitations_in_words(

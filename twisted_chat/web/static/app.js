@@ -191,15 +191,18 @@
     // not known), by the live lines of this connection: at most the least
     // delayed one's lead, so its time of a disconnection (closed()) is
     // never later than the server's. The page's monotonic clock, not its
-    // wall clock: a step of that (NTP, by hand) would move it.
+    // wall clock: a step of that (NTP, by hand) would move it. lastAhead:
+    // the last live line's lead (lossTime).
     serverAhead: null,
+    lastAhead: null,
     // The partner whose pair just ended, told in the lobby once the
     // replay after UNPAIRED is shown (at its user list).
     unpairedFrom: null,
     // While a new connection's READY block replays the history: what the
     // page showed before it, each count consumed by one replayed line.
     replaySkip: null,
-    lastLine: 0,
+    lastLine: 0, // when a line was last heard (Date.now(): the keepalive)
+    heardAt: 0, // the same, by performance.now() (lossTime)
     keepalive: null,
     rosterTimer: null,
     serverName: "",
@@ -1247,6 +1250,7 @@
     ws.onmessage = (event) => {
       if (ws !== state.ws) return;
       state.lastLine = Date.now();
+      state.heardAt = performance.now();
       for (const line of String(event.data).split(/\r?\n/)) {
         if (!line) continue;
         heard(line);
@@ -1353,7 +1357,8 @@
         const row = notice(lobby(), "Disconnected from the server.", { error: true });
         // A lobby line said before it (on the server's clock), replayed by
         // the next connection, goes before it too.
-        if (state.serverAhead !== null) state.shownAtLoss.push({ ts: performance.now() + state.serverAhead, row });
+        const at = lossTime();
+        if (at !== null) state.shownAtLoss.push({ ts: at, row });
       }
       if (held) notice(lobby(), `${held === 1 ? "One line was" : held + " lines were"} not sent: the connection closed first.`, { error: true });
       if (unconfirmed.length) {
@@ -1578,6 +1583,24 @@
     connect();
   });
 
+  // The keepalive: a PING after this long without a line, the connection
+  // dropped after this long, looked at every KEEPALIVE_TICK (ms).
+  const KEEPALIVE_PING = 45000;
+  const KEEPALIVE_DROP = 65000;
+  const KEEPALIVE_TICK = 10000;
+
+  // The time of a disconnection on the server's clock (ms; null: not
+  // known): now, by the largest lead (serverAhead); never later than the
+  // keepalive's close of a connection silent since the last line heard,
+  // by the last live line's lead. So neither one wrong time (a hostile
+  // server, a clock set right since) nor a monotonic clock that counts a
+  // sleep (Windows) moves it further.
+  function lossTime() {
+    if (state.serverAhead === null) return null;
+    const noticed = state.heardAt + KEEPALIVE_DROP + KEEPALIVE_TICK;
+    return Math.min(performance.now() + state.serverAhead, noticed + state.lastAhead);
+  }
+
   function joined() {
     // READY while a password was being typed (a new connection's NICK was
     // enough): what was typed is dropped, and the focus stays off the
@@ -1612,12 +1635,12 @@
     // server answers PING at once, so no line for 20 s after one is a loss.
     state.keepalive = setInterval(() => {
       if (!state.ws) return;
-      if (Date.now() - state.lastLine > 65000) {
+      if (Date.now() - state.lastLine > KEEPALIVE_DROP) {
         dropSocket();
-      } else if (Date.now() - state.lastLine > 45000) {
+      } else if (Date.now() - state.lastLine > KEEPALIVE_PING) {
         send("PING keepalive", null, true);
       }
-    }, 10000);
+    }, KEEPALIVE_TICK);
     // Who else is paired changes without a notice to us: the list is asked
     // for again now and then, when that is cheap (pollRoster).
     clearInterval(state.rosterTimer);
@@ -1641,6 +1664,7 @@
       if (isNaN(d)) return new Date();
       const ahead = d.getTime() - performance.now();
       if (state.serverAhead === null || ahead > state.serverAhead) state.serverAhead = ahead;
+      state.lastAhead = ahead;
       return d;
     };
     switch (verb) {
@@ -1739,6 +1763,7 @@
         state.users = new Map();
         state.pendingUsers = [];
         state.serverAhead = null; // this connection's server tells its own
+        state.lastAhead = null;
         // A new connection: whatever pair or invitation the old one had is
         // over, and the pair's conversation says so. The joins and leaves
         // it held were shown at its end (closed()); the history that
