@@ -3730,6 +3730,22 @@ def above_and_below_the_disconnection(rows: list[str]) -> tuple[list[str], list[
             [row for row in rows[at:] if row.startswith("msg: ")])
 
 
+def test_every_reconnection_puts_a_line_said_before_the_disconnection_above_it(
+    web: WebServer, browser: Callable[..., Any]
+) -> None:
+    """Not only after a pair: a lobby line the page never got (in flight at
+    the drop, or said as the network died), replayed by the next
+    connection, goes above "Disconnected from the server." when said
+    before it on the server's clock (as the page tells it from the
+    connection's live lines), and below it when said after it."""
+    now = datetime.now(UTC)
+    rows = rows_after_a_drop(browser(), web, [(now, "hi")], [
+        (now + timedelta(milliseconds=200), "in flight at the drop"),
+        (now + timedelta(seconds=60), "said a minute later")])
+    assert above_and_below_the_disconnection(rows) == (
+        ["msg: hi", "msg: in flight at the drop"], ["msg: said a minute later"]), rows
+
+
 def test_a_step_of_the_pages_clock_does_not_move_the_disconnection_later(
     web: WebServer, browser: Callable[..., Any]
 ) -> None:
