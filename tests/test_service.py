@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import platform
 import queue
 from pathlib import Path
@@ -14,12 +15,17 @@ from twisted.logger import LogLevel, formatEvent, globalLogPublisher
 from twisted.python import usage
 
 from twisted_chat.server.accounts.store import AccountStore
+from twisted_chat.server.cluster.node import ClusterState
+from twisted_chat.server.config import ClusterConfig, ServerConfig
+from twisted_chat.server.factory import ChatFactory
 from twisted_chat.server.history import Entry
+from twisted_chat.server.hub import HubSettings
 from twisted_chat.server.output import sendqueue
 from twisted_chat.server.ports.listening import PortService, StartupError
 from twisted_chat.server.ports.reloading import Reloader
 from twisted_chat.server.ports.rotating import Rotator
 from twisted_chat.server.service import ChatService, Options, makeService
+from twisted_chat.web.config import WebConfig, max_message_for
 
 
 def options(*argv: str) -> Options:
@@ -74,6 +80,40 @@ def test_values() -> None:
 def test_bad_values_are_usage_errors(argv: list[str]) -> None:
     with pytest.raises(usage.UsageError):
         options(*argv)
+
+
+def test_the_options_defaults_are_the_config_objects() -> None:
+    """
+    What --help gives as each default, a server started without options,
+    and the config objects tests and the cluster build without arguments
+    agree: every default is written once, in the config objects
+    (ServerConfig, ClusterConfig, WebConfig); a second copy that drifts
+    fails here.
+    """
+    defaults = options()
+    assert defaults.config() == ServerConfig()
+    assert defaults.cluster_config() == ClusterConfig()
+    helped = {p[0]: p[2] for p in Options.optParameters}
+    cluster = ClusterConfig()
+    assert helped["node-timeout"] == cluster.node_timeout
+    assert helped["redis-wait"] == cluster.wait
+    assert helped["redis-queue"] == cluster.max_waiting
+    assert helped["retain-bytes"] == cluster.retain_bytes
+    assert helped["stream-bytes"] == cluster.stream_bytes
+    assert helped["web-timeout"] == WebConfig().timeout
+    text = str(Options())
+    for name in ("node-timeout", "redis-wait", "redis-queue", "retain-bytes",
+                 "stream-bytes", "web-timeout", "invite-timeout", "max-line"):
+        assert f"[default: {helped[name]}]" in " ".join(text.split()), name
+    # The copies the options do not fill take theirs from the same objects.
+    node = inspect.signature(ClusterState.__init__).parameters
+    assert (node["wait"].default, node["max_waiting"].default) == (cluster.wait,
+                                                                   cluster.max_waiting)
+    held = inspect.signature(ChatFactory.__init__).parameters["held_input_limit"]
+    assert held.default == cluster.max_waiting
+    assert HubSettings().invite_timeout == ServerConfig().invite_timeout
+    assert WebConfig().max_line == ServerConfig().max_line
+    assert WebConfig().max_message == max_message_for(ServerConfig().max_line)
 
 
 def _options_of(kind: type) -> list[str]:

@@ -1,8 +1,13 @@
 """
-The server's settings, one frozen value shared by every connection.
+The server's settings, frozen values whose defaults are written here once.
 
-L{twisted_chat.server.service.Options} fills it from the command line; tests build
-it directly with only the fields they care about.
+L{ServerConfig} is shared by every connection; L{ClusterConfig} holds the
+cluster options (C{--redis} and those its help marks "Cluster mode").
+L{twisted_chat.server.service.Options} takes its defaults from both and fills
+them from the command line (C{config()}, C{cluster_config()}); the web port's
+options fill L{twisted_chat.web.config.WebConfig}, and C{--log-keep} is
+L{twisted_chat.server.logs}'s.  Tests build them directly with only the
+fields they care about.
 """
 
 from __future__ import annotations
@@ -116,3 +121,29 @@ class ServerConfig:
         if self.max_handshaking is not None:
             return self.max_handshaking
         return max(self.max_clients // 4, min(self.max_clients, 16))
+
+
+@dataclass(frozen=True, slots=True)
+class ClusterConfig:
+    """
+    The cluster options (docs/cluster.md), read only with C{--redis}.
+
+    @ivar redis: C{--redis}'s URL (None: one server, no cluster).
+    @ivar redis_password_file: C{--redis-password-file}.
+    @ivar node_timeout: C{--node-timeout}, in seconds.
+    @ivar wait: C{--redis-wait}: seconds a command may wait for Redis.
+    @ivar max_waiting: C{--redis-queue}: bytes of commands held waiting for
+        Redis, and of the input held behind them (counted apart).
+    @ivar retain_bytes: C{--retain-bytes} (None: no bound by bytes).
+    @ivar set_retention: C{--set-retention}.
+    @ivar stream_bytes: C{--stream-bytes} (None: no bound).
+    """
+
+    redis: str | None = None
+    redis_password_file: str | None = None
+    node_timeout: float = 15.0
+    wait: float = 10.0
+    max_waiting: int = 4 * 1024 * 1024
+    retain_bytes: int | None = 256 * 1024 * 1024
+    set_retention: bool = False
+    stream_bytes: int | None = 64 * 1024 * 1024

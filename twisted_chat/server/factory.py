@@ -22,7 +22,7 @@ from twisted.python.failure import Failure
 from twisted_chat import __version__, wire
 from twisted_chat.server import logs
 from twisted_chat.server.accounts.login import Accounts
-from twisted_chat.server.config import ServerConfig
+from twisted_chat.server.config import ClusterConfig, ServerConfig
 from twisted_chat.server.context import ConnectionContext
 from twisted_chat.server.history import History
 from twisted_chat.server.hub import Hub, HubSettings, User
@@ -39,7 +39,6 @@ from twisted_chat.server.limits.descriptors import REFUSALS_CLOSING
 from twisted_chat.server.limits.flood import FloodMeter
 from twisted_chat.server.limits.heldinput import (
     HELD_BEFORE_READY_LINES,
-    HELD_INPUT_TOTAL,
     HELD_LINE_COST,
     HeldInput,
 )
@@ -162,6 +161,9 @@ class Closing:
 
 FULL = "the server is full; try again later"
 
+# The held input's bound (ChatFactory's held_input_limit) by default.
+_CLUSTER_DEFAULTS = ClusterConfig()
+
 
 def hub_settings(config: ServerConfig) -> HubSettings:
     """The hub's settings from the server's (the cluster's replicas use them too)."""
@@ -187,6 +189,7 @@ class ChatFactory(ServerFactory):
         state: Callable[[ChatFactory], ChatState] | None = None,
         accounts: Accounts | None = None,
         steady: Callable[[], float] = time.monotonic,
+        held_input_limit: int = _CLUSTER_DEFAULTS.max_waiting,
     ) -> None:
         """
         @param steady: a clock the system clock's steps do not move, for the
@@ -198,6 +201,9 @@ class ChatFactory(ServerFactory):
             (its C{lines} are the hub's listener); by default, this
             process's own L{Hub} (L{LocalState}); cluster mode passes its
             own (docs/cluster.md).
+        @param held_input_limit: what all connections together may hold
+            behind commands decided elsewhere (L{HeldInput}): a cluster
+            node's is its C{--redis-queue}; one server's, that option's default.
         """
         self.config = config
         self.reactor = reactor
@@ -208,9 +214,8 @@ class ChatFactory(ServerFactory):
         # (logs.Repeats); the hub's pairing lines too.
         self.repeats = logs.Repeats(reactor)
         self.connections: set[ChatProtocol] = set()
-        # The input they hold behind commands decided elsewhere, all together
-        # (a cluster node's --redis-queue: cluster_factory sets it).
-        self.held_input = HeldInput(HELD_INPUT_TOTAL, lambda: self.connections, reactor,
+        # The input they hold behind commands decided elsewhere, all together.
+        self.held_input = HeldInput(held_input_limit, lambda: self.connections, reactor,
                                     HELD_BEFORE_READY_LINES * (config.max_line + HELD_LINE_COST),
                                     watch_stalls=config.flood_rate > 0, steady=steady)
         # Connections that count against --max-clients but are not chat

@@ -20,6 +20,7 @@ from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.logger import LogLevel
 
 from twisted_chat.server import logs
+from twisted_chat.server.config import ServerConfig
 from twisted_chat.server.history import Entry, History
 from twisted_chat.wire import ErrorCode, Refusal, nick_key
 
@@ -156,6 +157,10 @@ class Listener(Protocol):
         """To C{invitee}: an invitation it had ended without a pairing."""
 
 
+# The invitation timeout's default (--invite-timeout's).
+_SERVER_DEFAULTS = ServerConfig()
+
+
 @dataclass(frozen=True, slots=True)
 class HubSettings:
     """
@@ -170,7 +175,7 @@ class HubSettings:
         (L{User.source}) may have sent, together.
     """
 
-    invite_timeout: float = 60.0
+    invite_timeout: float = _SERVER_DEFAULTS.invite_timeout
     log_messages: bool = False
     max_invites: int | None = None
     max_invites_per_source: int | None = None

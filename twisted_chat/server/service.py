@@ -27,7 +27,7 @@ from twisted_chat import version_line
 from twisted_chat.server import logs
 from twisted_chat.server.accounts import accountsetup
 from twisted_chat.server.accounts.passwordwork import OwnsPasswordWork, PasswordWork
-from twisted_chat.server.config import MEMORY, Mode, ServerConfig
+from twisted_chat.server.config import MEMORY, ClusterConfig, Mode, ServerConfig
 from twisted_chat.server.factory import ChatFactory
 from twisted_chat.server.history import History
 from twisted_chat.server.limits import descriptors
@@ -42,6 +42,7 @@ from twisted_chat.server.ports.rotating import Rotator
 from twisted_chat.server.ports.stopping import stop_once
 from twisted_chat.server.store import SQLiteStore
 from twisted_chat.server.storefile import StoreError
+from twisted_chat.web.config import WebConfig
 from twisted_chat.wire import BAD_CHARS, DEFAULT_PORT
 
 _T = TypeVar("_T")
@@ -174,6 +175,8 @@ def _accounts_mode(value: str) -> str:
 _accounts_mode.coerceDoc = "One of open, required, off."  # type: ignore[attr-defined]
 
 _defaults = ServerConfig()
+_cluster_defaults = ClusterConfig()
+_web_defaults = WebConfig()
 
 
 class Options(usage.Options):
@@ -259,7 +262,7 @@ class Options(usage.Options):
         ["retain-messages", None, _defaults.retain_messages,
          "Keep at most this many lobby messages in the database, deleting the oldest "
          "(0: no bound by count).", _non_negative(int)],
-        ["retain-bytes", None, 256 * 1024 * 1024,
+        ["retain-bytes", None, _cluster_defaults.retain_bytes,
          "Cluster mode: keep at most this many bytes of lobby messages in Redis's "
          "history, deleting the oldest (a message counts its text and nick plus 124 "
          "bytes; Redis takes up to about 1.25 times that; 0: no bound by bytes).",
@@ -322,23 +325,23 @@ class Options(usage.Options):
          "Cluster mode: the file whose first line is Redis's password, kept out of the "
          "command line that every local user can read (then --redis gives none). With "
          "systemd, LoadCredential= makes one; see docs/cluster.md."],
-        ["node-timeout", None, 15.0,
+        ["node-timeout", None, _cluster_defaults.node_timeout,
          "Cluster mode: seconds within which the others find a dead server dead and "
          "its users disconnected. A server stalled for more than half of it may be "
          "taken for dead (its lease lasts 2/3 of it, renewed every 1/6).", _positive(float)],
-        ["redis-wait", None, 10.0,
+        ["redis-wait", None, _cluster_defaults.wait,
          "Cluster mode: seconds a command may wait for Redis, from when its line "
          "arrived; then it is answered "
          "ERROR unavailable (not sent) or ERROR unconfirmed (sent, not yet confirmed). "
          "Less than --idle-timeout.", _positive(float)],
-        ["redis-queue", None, 4 * 1024 * 1024,
+        ["redis-queue", None, _cluster_defaults.max_waiting,
          "Cluster mode: bytes of commands one server holds while they wait for Redis; "
          "a command over it is answered ERROR unavailable at once. The input its "
          "connections hold behind those commands is bounded by as many bytes, counted "
          "apart: past it, connections with a command waiting are not read until it "
          "is decided; past a quarter more, no connection is read until half of it.",
          _positive(int)],
-        ["stream-bytes", None, 64 * 1024 * 1024,
+        ["stream-bytes", None, _cluster_defaults.stream_bytes,
          "Cluster mode: while the event stream in Redis takes more bytes than this "
          "(as MEMORY USAGE gives), a command's event is not appended: it is answered "
          "ERROR unavailable, so that a burst fills the stream up to here and not Redis "
@@ -352,7 +355,7 @@ class Options(usage.Options):
          "chat.accounts.sqlite3), or with --redis in Redis, shared by the whole "
          "cluster (the tool's --redis URL). Passwords cross the network: use a TLS --port.",
          _accounts_mode],
-        ["web-timeout", None, 30.0,
+        ["web-timeout", None, _web_defaults.timeout,
          "Seconds an HTTP connection to --web may last until its WebSocket upgrade, "
          "however it sends (a slow request, a kept-alive connection); then it is closed.",
          _positive(float)],
@@ -495,6 +498,18 @@ class Options(usage.Options):
             metrics=_endpoint(self["metrics"]) if self["metrics"] else None,
             accounts=Mode(self["accounts"]),
             max_accounts=self["max-accounts"],
+        )
+
+    def cluster_config(self) -> ClusterConfig:
+        return ClusterConfig(
+            redis=self["redis"],
+            redis_password_file=self["redis-password-file"],
+            node_timeout=self["node-timeout"],
+            wait=self["redis-wait"],
+            max_waiting=self["redis-queue"],
+            retain_bytes=self["retain-bytes"] or None,
+            set_retention=bool(self["set-retention"]),
+            stream_bytes=self["stream-bytes"] or None,
         )
 
 
@@ -675,10 +690,11 @@ def _cluster_service(options: Options, config: ServerConfig, reactor: Any,
     """C{--redis}: the state lives in the cluster (see docs/cluster.md)."""
     from twisted_chat.server.cluster.service import cluster_node, redis_target
 
-    target = redis_target(options["redis"], options["redis-password-file"])
+    cluster = options.cluster_config()
+    target = redis_target(cluster.redis or "", cluster.redis_password_file)  # set: --redis
     listeners = _Listeners.check(options, config, reactor)
     top = _top(options, who, reactor)
-    node, registry = cluster_node(options, config, reactor, target)
+    node, registry = cluster_node(cluster, config, reactor, target)
     node.setServiceParent(top)
     listeners.add(top, options, node.factory, reactor, registry)
     return top

@@ -13,7 +13,21 @@ from dataclasses import dataclass
 from urllib.parse import urlsplit
 
 from twisted_chat.ipaddrs import parse_ip
+from twisted_chat.server.config import ServerConfig
 from twisted_chat.server.limits.addresses import Network, parse_network
+
+
+def max_message_for(max_line: int) -> int:
+    """
+    The WebSocket message limit for a server whose longest line is
+    C{max_line}: four times it, at least 16 KiB.  An over-long line still
+    gets the chat's own C{ERROR too-long}; only something far beyond any
+    line (a paste of a file, an attack) costs the connection.
+    """
+    return max(4 * max_line, 16384)
+
+
+_SERVER_DEFAULTS = ServerConfig()
 
 
 @dataclass(frozen=True, slots=True)
@@ -26,26 +40,16 @@ class WebConfig:
     trusted_proxies: tuple[Network, ...] = ()
     # The chat server's longest line (--max-line): of a message being
     # received, no more than this (and a terminator) is kept.
-    max_line: int = 4096
+    max_line: int = _SERVER_DEFAULTS.max_line
     # The largest WebSocket message accepted; a larger one closes with 1009.
     # Lines longer than --max-line but within this get ERROR too-long.
-    max_message: int = 16384
+    max_message: int = max_message_for(_SERVER_DEFAULTS.max_line)
     # The host names (and addresses) the web port answers to, as
     # parse_web_host keeps them; empty: any (--web-host).
     hosts: tuple[str, ...] = ()
     # Seconds an HTTP connection may last before its WebSocket upgrade,
     # however it sends (--web-timeout; twisted_chat.web.admission).
     timeout: float = 30.0
-
-
-def max_message_for(max_line: int) -> int:
-    """
-    The WebSocket message limit for a server whose longest line is
-    C{max_line}: four times it, at least 16 KiB.  An over-long line still
-    gets the chat's own C{ERROR too-long}; only something far beyond any
-    line (a paste of a file, an attack) costs the connection.
-    """
-    return max(4 * max_line, 16384)
 
 
 _SCHEME = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*\Z")

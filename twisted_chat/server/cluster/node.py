@@ -54,6 +54,7 @@ from twisted_chat.server import logs
 from twisted_chat.server.cluster.own import OwnMembers
 from twisted_chat.server.cluster.remote import RemoteConn
 from twisted_chat.server.cluster.replica import Replica
+from twisted_chat.server.config import ClusterConfig
 from twisted_chat.server.history import History
 from twisted_chat.server.hub import Hub, HubError, HubSettings, Listener, State, User
 from twisted_chat.server.metrics.histogram import Buckets
@@ -61,16 +62,14 @@ from twisted_chat.server.output.fanout import Member
 from twisted_chat.server.state import Outcome, PairsShown, StateUnavailable
 from twisted_chat.wire import ErrorCode
 
-__all__ = ["DEFAULT_MAX_WAITING", "DEFAULT_WAIT", "ClusterState", "EventLog", "NodeConnections"]
+__all__ = ["ClusterState", "EventLog", "NodeConnections"]
 
 # Seconds from a command to its decision (--metrics), up to --redis-wait's default.
 DECISION_SECONDS_BOUNDS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25,
                            0.5, 1.0, 2.5, 5.0, 10.0)
 
-#: How long a command may wait for the log (--redis-wait), and how many
-#: bytes of waiting commands a node holds (--redis-queue).
-DEFAULT_WAIT = 10.0
-DEFAULT_MAX_WAITING = 4 * 1024 * 1024
+# --redis-wait's and --redis-queue's defaults (ClusterConfig's).
+_DEFAULTS = ClusterConfig()
 
 # Events that may take out or detach users other than a leave's: after one,
 # every leave under way is looked at (ClusterState._forget_left).  A
@@ -175,8 +174,8 @@ class ClusterState:
         settings: HubSettings,
         reactor: IReactorTime,
         connections: NodeConnections,
-        wait: float = DEFAULT_WAIT,
-        max_waiting: int = DEFAULT_MAX_WAITING,
+        wait: float = _DEFAULTS.wait,
+        max_waiting: int = _DEFAULTS.max_waiting,
     ) -> None:
         """@param settings: the L{Hub}'s (all replicas of a cluster must be
         given the same).

@@ -11,7 +11,7 @@ import atexit
 import os
 import shlex
 import sys
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from typing import Any
 
 from prometheus_client.registry import CollectorRegistry
@@ -26,12 +26,7 @@ from twisted_chat.server.accounts.passwordwork import OwnsPasswordWork, Password
 from twisted_chat.server.cluster.accounts import RedisBook, RedisFailures
 from twisted_chat.server.cluster.budgets import RedisBuckets
 from twisted_chat.server.cluster.metrics import ClusterCollector
-from twisted_chat.server.cluster.node import (
-    DEFAULT_MAX_WAITING,
-    DEFAULT_WAIT,
-    ClusterState,
-    new_node_id,
-)
+from twisted_chat.server.cluster.node import ClusterState, new_node_id
 from twisted_chat.server.cluster.redisconn import (
     RedisTarget,
     parse_url,
@@ -39,7 +34,7 @@ from twisted_chat.server.cluster.redisconn import (
     with_password_file,
 )
 from twisted_chat.server.cluster.redislog import RedisLog
-from twisted_chat.server.config import Mode, ServerConfig
+from twisted_chat.server.config import ClusterConfig, Mode, ServerConfig
 from twisted_chat.server.factory import ChatFactory, hub_settings
 from twisted_chat.server.history import History
 from twisted_chat.server.hub import User
@@ -51,32 +46,27 @@ __all__ = ["ClusterService", "FactoryHooks", "account_tool_args", "cluster_facto
 
 
 def cluster_factory(
-    config: ServerConfig, reactor: Any, target: RedisTarget, node_timeout: float,
-    wait: float = DEFAULT_WAIT, max_waiting: int = DEFAULT_MAX_WAITING,
-    retain_bytes: int | None = None, set_retention: bool = False,
-    stream_bytes: int | None = None,
+    config: ServerConfig, cluster: ClusterConfig, reactor: Any, target: RedisTarget,
 ) -> tuple[ChatFactory, RedisLog]:
-    """@param wait: C{--redis-wait}; C{max_waiting}: C{--redis-queue};
-    C{retain_bytes}: C{--retain-bytes}; C{set_retention}: C{--set-retention};
-    C{stream_bytes}: C{--stream-bytes}."""
+    """The factory on a node of the cluster at C{target}, and its log in Redis."""
     holder: list[ClusterState] = []
 
     def build(factory: ChatFactory) -> ClusterState:
         state = ClusterState(new_node_id(), factory.lines, factory.history,
-                             hub_settings(config), reactor, FactoryHooks(factory), wait=wait,
-                             max_waiting=max_waiting)
+                             hub_settings(config), reactor, FactoryHooks(factory),
+                             wait=cluster.wait, max_waiting=cluster.max_waiting)
         holder.append(state)
         return state
 
-    factory = ChatFactory(config, reactor, History(config.history), state=build)
     # What its connections hold behind commands waiting for Redis is bounded
     # as the commands are, counted apart (docs/cluster.md).
-    factory.held_input.limit = max_waiting
+    factory = ChatFactory(config, reactor, History(config.history), state=build,
+                          held_input_limit=cluster.max_waiting)
     state = holder[0]
-    redis = RedisLog(target, state, reactor, node_timeout, retain_days=config.retain_days,
-                     retain_messages=config.retain_messages, retain_bytes=retain_bytes,
-                     set_retention=set_retention, stream_bytes=stream_bytes,
-                     lines_due=factory.fanout.due)
+    redis = RedisLog(target, state, reactor, cluster.node_timeout,
+                     retain_days=config.retain_days, retain_messages=config.retain_messages,
+                     retain_bytes=cluster.retain_bytes, set_retention=cluster.set_retention,
+                     stream_bytes=cluster.stream_bytes, lines_due=factory.fanout.due)
     # An address's lobby lines and registrations are counted cluster-wide.
     factory.addresses.share(RedisBuckets(redis.command, reactor))
     return factory, redis
@@ -226,19 +216,14 @@ def redis_target(url: str, password_file: str | None) -> RedisTarget:
         raise SystemExit(f"twistd chat: --redis-password-file: {e}") from None
 
 
-def cluster_node(options: Mapping[str, Any], config: ServerConfig, reactor: Any,
+def cluster_node(cluster: ClusterConfig, config: ServerConfig, reactor: Any,
                  target: RedisTarget) -> tuple[ClusterService, Callable[[], CollectorRegistry]]:
     """
     The node on the cluster at C{target}, with the accounts in its Redis, as
-    C{options} (C{twistd chat}'s) say; and what makes the registry its
-    C{--metrics} serves.
+    C{cluster} and C{config} (C{twistd chat}'s options) say; and what makes
+    the registry its C{--metrics} serves.
     """
-    factory, redis = cluster_factory(config, reactor, target, options["node-timeout"],
-                                     wait=options["redis-wait"],
-                                     max_waiting=options["redis-queue"],
-                                     retain_bytes=options["retain-bytes"] or None,
-                                     set_retention=bool(options["set-retention"]),
-                                     stream_bytes=options["stream-bytes"] or None)
+    factory, redis = cluster_factory(config, cluster, reactor, target)
     # The one account namespace of the cluster: in its Redis (docs/accounts.md).
     factory.accounts, work = accountsetup.make_accounts(
         config, reactor, lambda work: RedisBook(redis.command, reactor),
@@ -250,7 +235,7 @@ def cluster_node(options: Mapping[str, Any], config: ServerConfig, reactor: Any,
         return counters.registry_for(factory.stats, lambda: counters.chat_snapshot(factory),
                                     ClusterCollector(redis.state))
 
-    tool_args = account_tool_args(options["redis"], options["redis-password-file"])
+    tool_args = account_tool_args(cluster.redis or "", cluster.redis_password_file)
     return ClusterService(factory, redis, work, tool_args), registry
 
 

@@ -28,10 +28,6 @@ if TYPE_CHECKING:
 # the connection is not read until it is.
 _HELD_INPUT = 65536
 
-#: What all connections together may hold behind commands decided elsewhere
-#: (L{HeldInput}): a cluster node's is its --redis-queue.
-HELD_INPUT_TOTAL = 4 * 1024 * 1024
-
 #: What holding one WebSocket line (L{InputHold.take_line}) costs over its
 #: bytes, counted with them in every bound: its bytes object's header (33),
 #: the (line, when) tuple (56), the float (24) and its deque slot (8), 121
