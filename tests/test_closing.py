@@ -113,7 +113,7 @@ def test_a_close_whose_peer_reset_is_made_at_the_first_look(
     every 100 ms until the grace (22 looks a leaver when 1,200 closed at
     once) and was then aborted.  Nothing can reach a peer that reset: the
     close is made at the first look that sees it."""
-    monkeypatch.setattr(closing, "unsent", lambda transport: 4_096)
+    monkeypatch.setattr(closing, "unsent_at", lambda transport, sock: 4_096)
     clock = Clock()
     with StateSocket(state) as sock:
         peer = SocketPeer(sock)
@@ -127,6 +127,31 @@ def test_a_close_whose_peer_reset_is_made_at_the_first_look(
             clock.advance(3.0)
             assert peer.calls == ["close", "abort"]  # a close that never completes
         call.cancel()
+
+
+class BufferedPeer:
+    """A Twisted TCP transport's stand-in holding one byte in its buffer,
+    over C{sock}; it counts how often its socket is asked for."""
+
+    dataBuffer, offset, _tempDataLen = b"x", 0, 0
+
+    def __init__(self, sock: socket.socket) -> None:
+        self.sock = sock
+        self.lookups = 0
+
+    def getHandle(self) -> socket.socket:
+        self.lookups += 1
+        return self.sock
+
+
+def test_a_look_finds_the_socket_once() -> None:
+    """A close's look (closing.owed, at every look of every lingering close)
+    finds the socket under the transport once, for the bytes held and the
+    peer's reset both: each lookup walks the transport's layers."""
+    with StateSocket(7) as sock:  # TCP_CLOSE: the peer reset it
+        peer = BufferedPeer(sock)
+        assert closing.owed(peer) == 0
+        assert peer.lookups == 1
 
 
 def test_a_close_with_nothing_held_is_made_at_once() -> None:

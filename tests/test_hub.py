@@ -181,7 +181,7 @@ def test_a_failed_arrival_leaves_no_ghost(world: tuple[Hub, Recorder, Clock]) ->
     rec.ready = broken  # type: ignore[method-assign]
     with pytest.raises(ValueError):
         hub.register("alice", None)
-    assert hub.online == {} and hub.lobby == {} and hub.users() == []
+    assert hub.online == {} and hub.lobby == {} and hub.keys_in_order == []
     del rec.ready
     assert hub.register("alice", None).nick == "alice"  # the nick is free
 

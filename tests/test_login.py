@@ -502,17 +502,17 @@ def test_one_address_cannot_fill_the_password_pool() -> None:
     h.work.release()  # type: ignore[attr-defined]  # the reads, the lookup: 8 hashes queued
     assert online.take() == [busy.replace("PASS", "REGISTER")]
     assert len(h.work.held) == share  # type: ignore[attr-defined]
-    assert h.factory.accounts.working("10.0.0.1") == share
     victim.send(f"PASS {PW}")  # another address: queued, not busy
     assert victim.take() == []
     h.work.release()  # type: ignore[attr-defined]  # the 8 hashes, the victim's read
     h.work.release()  # type: ignore[attr-defined]  # the victim's hash
     assert victim.take()[0] == "READY victim"
-    assert h.factory.accounts.working("10.0.0.1") == 0
-    crowd[-1].send("PASS wrong-password")  # the share is free again
+    for conn in crowd[-share:]:  # the whole share is free again: none busy
+        conn.send("PASS wrong-password")
+    assert [conn.take() for conn in crowd[-share:]] == [[]] * share
     h.work.release()  # type: ignore[attr-defined]
     h.work.release()  # type: ignore[attr-defined]
-    assert crowd[-1].take()[-1].startswith("RETRY bad-password ")
+    assert all(conn.take()[-1].startswith("RETRY bad-password ") for conn in crowd[-share:])
 
 
 def test_an_address_whose_password_jobs_are_done_is_forgotten() -> None:
@@ -1365,7 +1365,6 @@ def test_unix_socket_users_together_have_one_address_share_of_the_password_work(
     busy = ("ERROR flood too much password work from your address at once; "
             "send PASS again in a moment")
     assert [conn.take() for conn in crowd] == [[]] * share + [[busy]] * (70 - share)
-    assert h.factory.accounts.working("unix") == share  # type: ignore[attr-defined]
     victim.send(f"PASS {PW}")  # another address: queued, not busy
     assert victim.take() == []
     h.work.release()  # type: ignore[attr-defined]  # the reads
@@ -1373,7 +1372,13 @@ def test_unix_socket_users_together_have_one_address_share_of_the_password_work(
     assert victim.take()[0] == "READY victim"
     assert [conn.take()[0] for conn in crowd[:share]] == [
         f"READY nick{i}" for i in range(share)]
-    assert h.factory.accounts.working("unix") == 0  # type: ignore[attr-defined]
+    late = [asked(h, f"late{i}", None) for i in range(share)]
+    for conn in late:  # the socket's whole share is free again: none busy
+        conn.send(f"PASS {PW}")
+    assert [conn.take() for conn in late] == [[]] * share
+    h.work.release()  # type: ignore[attr-defined]  # the reads
+    h.work.release()  # type: ignore[attr-defined]  # the hashes
+    assert [conn.take()[0] for conn in late] == [f"READY late{i}" for i in range(share)]
     assert len(h.factory.accounts.by_address) == 0  # type: ignore[attr-defined]
 
 

@@ -114,18 +114,23 @@ def unsent(transport: Any) -> int:
     far as can be told: Twisted's buffer (under TLS, the TCP transport's)
     and, on Linux, what the kernel holds unacknowledged (0 for a transport
     with neither: a test's, a WebSocket's)."""
-    return (buffered(transport) or 0) + kernel_queued(socket_of(transport))
+    return unsent_at(transport, socket_of(transport))
 
 
-def reset_by_peer(transport: Any) -> bool:
+def unsent_at(transport: Any, sock: socket.socket | None) -> int:
+    """L{unsent}, with the socket under C{transport} already looked up
+    (L{socket_of}: C{sock})."""
+    return (buffered(transport) or 0) + kernel_queued(sock)
+
+
+def reset_by_peer(sock: socket.socket | None) -> bool:
     """
-    Whether the TCP connection under C{transport} is over in the kernel
+    Whether the TCP connection C{sock} (L{socket_of}) is over in the kernel
     (Linux's C{tcpi_state} is C{TCP_CLOSE}): its peer reset it, so nothing
     written can reach it any more, though C{SIOCOUTQ} still counts what it
     never acknowledged (L{kernel_queued} stays above 0 for good).  C{False}
     where that cannot be asked (not Linux, no TCP socket, a closed one).
     """
-    sock = socket_of(transport)
     if sock is None or ACKED_AT is None or sock.family not in _TCP_FAMILIES:
         return False
     try:

@@ -223,11 +223,6 @@ class Hub:
         """The online users' keys, sorted; read-only for callers."""
         return self._sorted_keys
 
-    def users(self) -> list[User]:
-        """Everyone online, sorted by nick without regard to case."""
-        online = self.online
-        return [online[key] for key in self._sorted_keys]
-
     def is_online(self, user: User) -> bool:
         return self.online.get(user.key) is user
 

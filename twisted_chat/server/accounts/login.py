@@ -264,10 +264,6 @@ class Accounts:
         if working:
             self._working[address] = working
 
-    def working(self, address: str) -> int:
-        """The password jobs C{address} has queued or running now."""
-        return self._working.get(address, 0)
-
     def login(self, connection: Connection) -> Login:
         return Login(self, connection)
 

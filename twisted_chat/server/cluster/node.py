@@ -282,9 +282,7 @@ class ClusterState:
             # lobby's batch (lobby_members), not twice.
             hearing = set(afterloss.hearing.values())
             users = [user for user in users if user not in hearing]
-        if afterloss.has_detached():
-            users += [user for user in afterloss.detached_users()
-                      if user.state is State.PAIRED]
+        users += [user for user in afterloss.detached_users() if user.state is State.PAIRED]
         return users
 
     def counts(self) -> tuple[int, int]:

@@ -67,7 +67,8 @@ class OwnMembers:
         return members
 
     def users(self) -> list[User]:
-        """This node's users online, in the lobby or paired."""
+        """This node's users online, in the lobby or paired.  A test helper:
+        the tests compare what a node holds as a whole; the server never asks."""
         return list(self._online)
 
     def paired_users(self) -> list[User]:

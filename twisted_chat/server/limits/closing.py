@@ -25,7 +25,7 @@ from zope.interface import implementer
 
 from twisted_chat.server import logs
 from twisted_chat.server.limits.deadlines import Deadline, Deadlines
-from twisted_chat.tcpinfo import reset_by_peer, socket_of, unsent
+from twisted_chat.tcpinfo import reset_by_peer, socket_of, unsent_at
 
 #: How soon a close that waits for the peer to take what is queued looks
 #: again (s): a reader's acknowledgement comes within a round trip, so soon
@@ -80,15 +80,16 @@ def sweep_of(clock: IReactorTime) -> Deadlines:
 
 def owed(transport: Any) -> int:
     """
-    What a close still waits for its peer to take (L{unsent}), or 0 once
+    What a close still waits for its peer to take (L{unsent_at}), or 0 once
     the peer has reset the connection (L{reset_by_peer}): nothing can reach
     it any more, though the kernel's send queue still counts what it never
     acknowledged, and the close looked until the grace (fix21poll: 1,200
     leavers closing at once looked 26,085 times).  A peer that only sent
     its FIN may still read: it is waited for.
     """
-    held = unsent(transport)
-    if held and reset_by_peer(transport):
+    sock = socket_of(transport)  # looked up once: a lookup walks the layers
+    held = unsent_at(transport, sock)
+    if held and reset_by_peer(sock):
         return 0
     return held
 
