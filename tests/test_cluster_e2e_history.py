@@ -33,7 +33,7 @@ from twisted_chat.server.cluster.redishistory import (
     PRUNE_BATCH,
     PRUNE_BATCH_BYTES,
     PRUNE_HISTORY,
-    _history_row,
+    history_row,
     history_write,
 )
 from twisted_chat.server.cluster.redislog import SCRIPTS, RedisLog
@@ -56,7 +56,7 @@ def said(redis: RedisServer, when: float, seq: int, nick: str, text: str) -> Non
 def said_now(redis: RedisServer, when: float, seq: int, nick: str, text: str) -> str:
     """A lobby message in the cluster's history as its sender's node writes
     it (L{HISTORY_ADD}: counted at once where the count is kept)."""
-    ms, member = _history_row(f"{int(when * 1000)}-{seq}", nick, text)
+    ms, member = history_row(f"{int(when * 1000)}-{seq}", nick, text)
     assert write(redis, (ms, member)) == 1
     return member
 
@@ -254,7 +254,7 @@ def cost(member: str) -> int:
 
 
 def row(when: float, seq: int, nick: str, text: str) -> tuple[int, str]:
-    return _history_row(f"{int(when * 1000)}-{seq}", nick, text)
+    return history_row(f"{int(when * 1000)}-{seq}", nick, text)
 
 
 def test_prune_counts_as_written_and_keeps_the_newest_bytes(redis: RedisServer) -> None:

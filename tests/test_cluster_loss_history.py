@@ -19,7 +19,7 @@ from twisted.internet.defer import Deferred, fail
 from twisted.internet.task import Clock
 
 from tests.test_cluster_read import MemoryRedis, Node, cluster, say
-from twisted_chat.server.cluster.redishistory import HISTORY_WRITING, _history_entry
+from twisted_chat.server.cluster.redishistory import HISTORY_WRITING, history_entry
 
 
 def _texts(node: Node) -> list[str]:
@@ -28,7 +28,7 @@ def _texts(node: Node) -> list[str]:
 
 def _in_redis(redis: MemoryRedis) -> list[str]:
     """The lines of Redis's history."""
-    return [_history_entry(member)[2] for member in redis.history]
+    return [history_entry(member)[2] for member in redis.history]
 
 
 def _refusing_history(redis: MemoryRedis) -> list[bool]:
@@ -154,7 +154,7 @@ def test_the_fallback_keeps_the_lost_lines_in_its_history_and_writes_them_again(
     redis.keys.pop("chat:snapshot", None)
     del redis.stream[0]  # trimmed behind the kept end
     del redis.stream[-1:]  # lost: "lost", and its history row with it
-    redis.history = {m: s for m, s in redis.history.items() if _history_entry(m)[2] != "lost"}
+    redis.history = {m: s for m, s in redis.history.items() if history_entry(m)[2] != "lost"}
     _restart(redis, clock, [n0], seconds=25)  # a snapshot after the loss too
     assert any("what Redis kept cannot be read back" in line for line in logged)
     assert _texts(n0) == ["kept", "lost"]

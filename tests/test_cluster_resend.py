@@ -32,9 +32,9 @@ from twisted_chat.server.cluster.redisconfig import Retention
 from twisted_chat.server.cluster.redishistory import (
     HISTORY_OVERHEAD,
     HISTORY_WRITING,
-    _history_entry,
-    _history_row,
-    _HistoryStore,
+    HistoryStore,
+    history_entry,
+    history_row,
     history_rows,
     history_write,
 )
@@ -266,7 +266,7 @@ def with_history(max_waiting: int | None = None) -> tuple[RedisLog, ClusterState
     log, state, redis = connected()
     if max_waiting is not None:
         state.max_waiting = max_waiting
-    state.replica.hub.history.attach(_HistoryStore(log), [])
+    state.replica.hub.history.attach(HistoryStore(log), [])
     return log, state, redis, user(state, redis, "ann")
 
 
@@ -357,7 +357,7 @@ def test_a_line_said_again_is_another_history_member() -> None:
         members.append(history_rows(said(state, redis, ann, "hi"))[0][1])
         redis.answer()
     assert members[0] != members[1]
-    assert [_history_entry(m)[1:] for m in members] == [("ann", "hi")] * 2
+    assert [history_entry(m)[1:] for m in members] == [("ann", "hi")] * 2
 
 
 def test_the_history_loads_members_with_and_without_their_time() -> None:
@@ -384,10 +384,10 @@ def test_a_snapshot_writes_again_only_the_lines_the_byte_bound_keeps() -> None:
     log, state, _ = connected()
     lines = [(f"{1000 + i}-0", "ann", f"line {i} " + "x" * 200) for i in range(6)]
     state.replica.recent.extend(lines)
-    cost = [len(_history_row(*line)[1].encode()) + HISTORY_OVERHEAD for line in lines]
+    cost = [len(history_row(*line)[1].encode()) + HISTORY_OVERHEAD for line in lines]
     log.pruning.retention = Retention.of(None, None, sum(cost[-4:]) + 1)
     rows = log.pruning.recent_rows(state.replica.recent, 2.0)
-    assert rows == [x for line in lines[-4:] for x in _history_row(*line)]
+    assert rows == [x for line in lines[-4:] for x in history_row(*line)]
     log.pruning.retention = Retention.of(None, None, None)
     rows = log.pruning.recent_rows(state.replica.recent, 2.0)
-    assert rows == [x for line in lines for x in _history_row(*line)]
+    assert rows == [x for line in lines for x in history_row(*line)]

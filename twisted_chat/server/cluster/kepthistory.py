@@ -20,8 +20,8 @@ from twisted.internet.interfaces import IDelayedCall
 from twisted_chat.server import logs
 from twisted_chat.server.cluster.redishistory import (
     HISTORY_BATCH,
-    _history_size,
     history_rows,
+    history_size,
     history_write,
 )
 from twisted_chat.server.cluster.streamids import id_key
@@ -82,11 +82,11 @@ class KeptHistory:
             if member in self.kept:
                 continue
             self.kept[member] = int(score)
-            self.bytes += _history_size(member)
+            self.bytes += history_size(member)
         while self.bytes > bound and self.kept:
             oldest = next(iter(self.kept))
             del self.kept[oldest]
-            self.bytes -= _history_size(oldest)
+            self.bytes -= history_size(oldest)
             if not self.dropped:
                 _log.error(
                     "cluster: Redis refuses the history's writes, and this node keeps at "
@@ -125,7 +125,7 @@ class KeptHistory:
         for member, score in list(self.kept.items()):
             if lost(score, member):
                 del self.kept[member]
-                self.bytes -= _history_size(member)
+                self.bytes -= history_size(member)
                 dropped += 1
         if not self.kept:
             self.stop()

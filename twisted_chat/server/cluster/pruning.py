@@ -39,7 +39,7 @@ from twisted_chat.server.cluster.redishistory import (
     PRUNE_BATCH_BYTES,
     PRUNE_HISTORY,
     PRUNE_SHARE,
-    _history_row,
+    history_row,
     prune_again,
 )
 
@@ -173,7 +173,7 @@ class Pruning(Setting[Retention]):
         cutoff = None if days is None else int((now - days * 86400) * 1000)
         rows: list[Any] = []
         for eid, nick, text in reversed(lines):
-            ms, member = _history_row(eid, nick, text)
+            ms, member = history_row(eid, nick, text)
             if room is not None:
                 # The newest that fit in --retain-bytes alone (the byte
                 # bound keeps no older one: one written again would be

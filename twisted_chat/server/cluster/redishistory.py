@@ -2,10 +2,10 @@
 The history's Redis side: the keys of every lobby message (C{chat:history})
 and of the count of its bytes (C{chat:history:size}), the two scripts that
 write and prune them (L{HISTORY_ADD}, L{PRUNE_HISTORY}), and how a message
-becomes a member of the sorted set and back (L{_history_row},
-L{_history_entry}).
+becomes a member of the sorted set and back (L{history_row},
+L{history_entry}).
 
-Constants and pure functions (and L{_HistoryStore}, which hands each new
+Constants and pure functions (and L{HistoryStore}, which hands each new
 message to the log), apart from the node's log so that retention can be
 read and changed without loss recovery and leases around it: L{RedisLog}
 (L{redislog}) sends these commands and keeps what Redis refused.  What the
@@ -226,7 +226,7 @@ HISTORY_WRITING = ("EVALSHA", HISTORY_ADD_SHA)  # how a history write's starts
 def history_write(rows: Sequence[Any],
                   writing: tuple[str, str] = HISTORY_WRITING) -> tuple[Any, ...]:
     """The command that writes history rows (score, member, score, member,
-    ...: see L{_history_row}) into the history and its count (L{HISTORY_ADD};
+    ...: see L{history_row}) into the history and its count (L{HISTORY_ADD};
     C{writing}: how the command starts, which script it runs)."""
     return (*writing, 2, HISTORY, HISTORY_SIZE, HISTORY_OVERHEAD, *rows)
 
@@ -259,7 +259,7 @@ def prune_again(dropping: bool, counting: bool, spent: float, budget: float | No
     return budget is None or spent < budget
 
 
-def _history_row(eid: str, nick: str, text: str) -> tuple[int, str]:
+def history_row(eid: str, nick: str, text: str) -> tuple[int, str]:
     """A lobby line of event C{eid} in the history: its score and member,
     C{<sequence number> <time> <nick> <text>} (a nick has no space; the
     text is the rest, as said: no escaping makes it longer).  A sorted set
@@ -271,8 +271,8 @@ def _history_row(eid: str, nick: str, text: str) -> tuple[int, str]:
     return ms, f"{seq:08d} {ms} {nick} {text}"
 
 
-def _history_entry(member: str) -> tuple[int, str, str]:
-    """A history member's sequence number, nick and text: as L{_history_row}
+def history_entry(member: str) -> tuple[int, str, str]:
+    """A history member's sequence number, nick and text: as L{history_row}
     writes it, or as it wrote it before (C{<sequence number> [nick, text,
     time]} in JSON)."""
     seq_text, _, body = member.partition(" ")
@@ -283,19 +283,19 @@ def _history_entry(member: str) -> tuple[int, str, str]:
     return int(seq_text), nick, text
 
 
-def _history_size(member: str) -> int:
+def history_size(member: str) -> int:
     """What a kept history write counts against its bound (its score too)."""
     return len(member.encode()) + 16
 
 
 class _EntryLog(Protocol):
-    """Where L{_HistoryStore} hands each new message: the node's log
+    """Where L{HistoryStore} hands each new message: the node's log
     (L{twisted_chat.server.cluster.redislog.RedisLog})."""
 
     def append_entry(self, entry: Entry) -> None: ...
 
 
-class _HistoryStore:
+class HistoryStore:
     """The history's durable store (L{MessageStore}) in cluster mode."""
 
     def __init__(self, log: _EntryLog) -> None:

@@ -88,8 +88,8 @@ from twisted_chat.server.cluster.redishistory import (
     HISTORY_ADD_OOM,
     HISTORY_SIZE,
     HISTORY_WRITING,
-    _history_row,
-    _HistoryStore,
+    HistoryStore,
+    history_row,
     history_rows,
     history_write,
 )
@@ -274,8 +274,8 @@ class RedisLog:
     def appends_sent(self) -> bool:
         return any(out.sent and out.command[:2] == APPENDING for out in self._unacked)
 
-    def history_store(self) -> _HistoryStore:
-        return _HistoryStore(self)
+    def history_store(self) -> HistoryStore:
+        return HistoryStore(self)
 
     def start(self) -> Deferred[None]:
         """Connect; fires once the node has the cluster's state (however
@@ -827,7 +827,7 @@ class RedisLog:
         current = self.state.replica.current
         if current is None or current[1] != self.state.node or self.state.replica.replaying:
             return  # the sender's node writes it (once: not when rebuilding)
-        self._queue(history_write(_history_row(current[0], entry.nick, entry.text)))
+        self._queue(history_write(history_row(current[0], entry.nick, entry.text)))
 
     # -- stopping --------------------------------------------------------------------
 

@@ -33,7 +33,7 @@ from twisted_chat.server.cluster.doubts import Doubts
 from twisted_chat.server.cluster.node import ClusterState
 from twisted_chat.server.cluster.pruning import Pruning
 from twisted_chat.server.cluster.redisconfig import Unclaimed
-from twisted_chat.server.cluster.redishistory import HISTORY, _history_entry
+from twisted_chat.server.cluster.redishistory import HISTORY, history_entry
 from twisted_chat.server.cluster.redisstream import (
     DROP_LOST_SNAPSHOT,
     EPOCH,
@@ -435,7 +435,7 @@ class StreamReader:
         )
         found: dict[tuple[int, int], Entry] = {}
         for member, score in zip(rows[::2], rows[1::2], strict=False):
-            seq, nick, text = _history_entry(str(member))
+            seq, nick, text = history_entry(str(member))
             key = (int(float(score)), seq)
             if key > top and upto != "0-0":
                 continue

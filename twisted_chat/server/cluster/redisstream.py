@@ -22,7 +22,7 @@ L{redishistory}'s, the settings L{redisconfig}'s):
     before the last one (to the last, an interval after it with no new
     event; flagged allow-oom, so that a Redis out of memory frees it).
   - C{chat:history}: every lobby message (a sorted set scored by time, each
-    member C{<sequence number> <time> <nick> <text>}: L{redishistory._history_row};
+    member C{<sequence number> <time> <nick> <text>}: L{redishistory.history_row};
     C{<sequence number> [nick, text, time]} in JSON before, still read),
     written by the sender's node (L{HISTORY_ADD}), pruned by C{--retain-days},
     C{--retain-messages} and C{--retain-bytes} (L{PRUNE_HISTORY}); these
