@@ -9,8 +9,9 @@ cluster (L{twisted_chat.server.cluster}) is another implementation: a command
 is decided when the cluster's shared log hands it back, so its answer comes
 later.
 
-So a command either is decided before the call returns (it returns C{None},
-or raises L{HubError} / L{NickTaken} as the hub does), or returns a
+So a command either is decided before the call returns (it returns C{None}
+or an already-fired C{Deferred}, or raises L{HubError} as the hub does;
+L{LocalState.register} returns a failed one for L{NickTaken}), or returns a
 C{Deferred} that fires once it is decided (with the same errors as failures).
 A connection handles none of its later lines before then, so each
 connection's commands are decided one after another, in the order it sent
