@@ -189,7 +189,7 @@ class Harness:
         self.config = ServerConfig(**settings)
         self.factory = ChatFactory(self.config, self.clock, backlog=backlog, state=state,
                                    steady=self.clock.seconds)
-        self.hub = self.factory.hub
+        self.hub = self.factory.state.hub
         self._ports = itertools.count(40000)
         self.conns: list[Conn] = []
 

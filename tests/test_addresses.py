@@ -11,12 +11,12 @@ from twisted.internet.task import Clock
 from twisted_chat.server.limits.addresses import (
     AddressBook,
     AddressPolicy,
-    HandshakePool,
     Refused,
     address_key,
     networks,
 )
 from twisted_chat.server.limits.buckets import Rate
+from twisted_chat.server.limits.handshakes import HandshakePool
 from twisted_chat.server.logs import Repeats
 
 

@@ -122,7 +122,7 @@ class Node(Harness):
         self.factory = ChatFactory(self.config, self.clock, History(self.config.history),
                                    state=build)
         self.state: ClusterState = self.factory.state  # type: ignore[assignment]
-        self.hub = self.factory.hub
+        self.hub = self.factory.state.hub
         self.cursor = 0
         self._ports = iter(range(40000 + 1000 * len(cluster.nodes), 41000 + 1000 * 20))
         self.conns: list[Conn] = []

@@ -24,8 +24,8 @@ from cryptography.x509.oid import NameOID
 
 from tests.serverproc import LOOPBACK, LineClient, free_port, tcp_rows, wait_for_port, wait_until
 from twisted_chat.server.config import ServerConfig
-from twisted_chat.server.factory import POLITE_TLS_BURST, POLITE_TLS_WINDOW
 from twisted_chat.server.limits.descriptors import REFUSALS_CLOSING
+from twisted_chat.server.limits.refusals import POLITE_TLS_BURST, POLITE_TLS_WINDOW
 
 pytestmark = pytest.mark.e2e
 

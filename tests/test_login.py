@@ -375,7 +375,7 @@ def test_pass_after_a_password_login_is_not_ready(mode: Mode) -> None:
     bob.send("ACCEPT alice")
     alice.take()
     bob.take()
-    assert h.factory.hub.online["alice"].partner is not None
+    assert h.factory.state.hub.online["alice"].partner is not None
     alice.send(f"PASS {PW}")  # paired
     assert alice.take_one().startswith("ERROR not-ready ")
 
@@ -1553,7 +1553,7 @@ def test_open_nick_when_accounts_are_out_of_reach_is_retry_unavailable() -> None
     conn.send("NICK alice", "PING after")
     # Not READY: the nick might have an account; the lines after it wait, in order.
     assert conn.take() == [f"RETRY unavailable {UNAVAILABLE_TEXT}", "PONG after"]
-    assert conn.user is None and "alice" not in h.factory.hub.online
+    assert conn.user is None and "alice" not in h.factory.state.hub.online
     conn.send("PASS " + PW)  # nothing was asked
     assert conn.take_one().startswith("ERROR not-ready ")
 
@@ -1613,7 +1613,7 @@ def test_one_server_fails_closed_on_an_unreadable_file_open_nick_asks_the_passwo
     conn = fresh(h)
     conn.send("NICK alice", "PING after")
     assert conn.take() == ["PASS alice", "PONG after"]
-    assert conn.user is None and "alice" not in h.factory.hub.online
+    assert conn.user is None and "alice" not in h.factory.state.hub.online
     conn.send(f"PASS {PW}")
     assert conn.take() == [f"RETRY bad-password {UNCHECKED_TEXT}"]
     assert conn.user is None
@@ -1656,7 +1656,7 @@ def test_one_server_fails_closed_when_its_file_has_gone(mode: Mode, tmp_path: Pa
         assert conn.take() == ["PASS alice"]
         conn.send(f"PASS {PW}")
         assert conn.take() == [f"RETRY bad-password {UNCHECKED_TEXT}"]
-        assert conn.user is None and "alice" not in h.factory.hub.online
+        assert conn.user is None and "alice" not in h.factory.state.hub.online
         if mode is Mode.OPEN:
             bob = fresh(h)
             bob.send("NICK bob")

@@ -975,7 +975,7 @@ def test_a_closing_connection_gets_no_lobby_line_from_the_direct_pass(two_on_tcp
     factory.fanout.add(b"MSG 0 carol * before\r\n")
     factory.fanout.flush()
     bob.hang_up("test")
-    assert bob.user.nick in factory.hub.lobby, "the hub has not heard yet"
+    assert bob.user.nick in factory.state.hub.lobby, "the hub has not heard yet"
     factory.fanout.add(b"MSG 0 carol * after\r\n")
     factory.fanout.flush()
     to_bob = yield read_until(clients[1], b"never")
@@ -1011,10 +1011,10 @@ def test_a_member_that_was_cut_and_left_is_not_kept_alive(two_on_tcp: Any) -> An
             yield deferLater(reactor, 0.01, lambda: None)
     assert bob.closing, "cut at --sendq"
     for _ in range(100):  # bounded: the abort's connectionLost comes on a later turn
-        if "bob" not in factory.hub.online:
+        if "bob" not in factory.state.hub.online:
             break
         yield deferLater(reactor, 0.01, lambda: None)
-    assert "bob" not in factory.hub.online
+    assert "bob" not in factory.state.hub.online
     gc.collect()
     assert [r for r in gc.get_referrers(bob) if isinstance(r, (list, tuple))] == []
 

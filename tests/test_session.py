@@ -119,7 +119,7 @@ def test_nick_goes_online_through_the_connection() -> None:
     conn.send("NICK alice")
     assert conn.user is not None and conn.user.nick == "alice"
     assert conn.user.conn is conn, "the hub's user is the connection"
-    assert chat.hub.online["alice"] is conn.user
+    assert chat.state.hub.online["alice"] is conn.user
     assert conn.delivered[0].startswith(b"READY alice\r\n")
     conn.send("NICK other")
     assert conn.lines() == ["ERROR already-ready you are already alice"]

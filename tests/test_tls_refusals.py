@@ -2,7 +2,7 @@
 rev11 finding 3: a refused TLS connection was told why (C{ERROR
 server-full}, C{BYE full}) inside TLS, so each cost the server a full
 handshake; one address got 500-660 a second, half a core.  Past a few per
-address (factory.POLITE_TLS_BURST) it is aborted before the handshake.  Here
+address (refusals.POLITE_TLS_BURST) it is aborted before the handshake.  Here
 through Twisted's own TLS wrapper, as C{ssl:} ports use it; the real
 server in tests/test_e2e_tls.py.
 """
@@ -22,7 +22,7 @@ from twisted.protocols.tls import TLSMemoryBIOFactory
 from tests.harness import Harness
 from tests.test_e2e_tls import self_signed
 from tests.web.test_admission import make_site
-from twisted_chat.server.factory import POLITE_TLS_BURST, POLITE_TLS_WINDOW
+from twisted_chat.server.limits.refusals import POLITE_TLS_BURST, POLITE_TLS_WINDOW
 from twisted_chat.web.admission import HTTP_PER_BROWSER
 
 

@@ -1,6 +1,8 @@
 """
 C{ChatFactory}: admission.  It builds connections and enforces the
-connection limits (refusals, TLS politeness, the handshake pool); the hub's
+connection limits (whom to refuse, and whether a refused TLS connection is
+told why: L{limits.refusals} tells it; the handshake pool,
+L{limits.handshakes}); the hub's
 decisions become lines in its L{LineListener} (docs/fanout.md, "Module
 layout").
 """
@@ -11,13 +13,10 @@ import time
 from collections.abc import Callable
 from functools import partial
 from typing import TYPE_CHECKING, Any, cast
-from typing import Protocol as Structural
 
 from twisted.internet import defer
-from twisted.internet.interfaces import IReactorTime, ISSLTransport
-from twisted.internet.protocol import Protocol, ServerFactory, connectionDone
+from twisted.internet.protocol import Protocol, ServerFactory
 from twisted.logger import LogLevel
-from twisted.python.failure import Failure
 
 from twisted_chat import __version__, wire
 from twisted_chat.server import logs
@@ -26,23 +25,21 @@ from twisted_chat.server.config import ClusterConfig, ServerConfig
 from twisted_chat.server.context import ConnectionContext
 from twisted_chat.server.history import History
 from twisted_chat.server.hub import Hub, HubSettings, User
-from twisted_chat.server.limits.addresses import (
-    AddressBook,
-    AddressPolicy,
-    HandshakePool,
-    Refused,
-    handshake_key,
-)
-from twisted_chat.server.limits.closing import Linger, close_within
+from twisted_chat.server.limits.addresses import AddressBook, AddressPolicy, Refused
 from twisted_chat.server.limits.deadlines import Deadlines
-from twisted_chat.server.limits.descriptors import REFUSALS_CLOSING
 from twisted_chat.server.limits.flood import FloodMeter
+from twisted_chat.server.limits.handshakes import HandshakePool, Handshaking, handshake_key
 from twisted_chat.server.limits.heldinput import (
     HELD_BEFORE_READY_LINES,
     HELD_LINE_COST,
     HeldInput,
 )
-from twisted_chat.server.limits.socketbuffers import fix_receive_buffer
+from twisted_chat.server.limits.refusals import (
+    POLITE_TLS_BURST,
+    POLITE_TLS_WINDOW,
+    Closing,
+    RefusalProtocol,
+)
 from twisted_chat.server.lines import LineListener
 from twisted_chat.server.metrics.counters import Stats
 from twisted_chat.server.output.fanout import Backlog, LobbyFanout, reactor_backlog
@@ -51,112 +48,13 @@ from twisted_chat.server.output.sendqueue import DirectPass
 from twisted_chat.server.protocol import ChatProtocol
 from twisted_chat.server.session import Session
 from twisted_chat.server.state import ChatState, LocalState
-from twisted_chat.tcpinfo import socket_of
-from twisted_chat.wire import ErrorCode
 
 if TYPE_CHECKING:
     from twisted.internet.interfaces import IAddress
 
 
-class Handshaking(Structural):
-    """What the handshake pool holds: a connection that has no nick yet."""
-
-    pool_key: str
-
-    def __hash__(self) -> int: ...
-
-    def evict(self) -> None:
-        """Close it, to make room in the pool."""
-
-
-#: Refused TLS connections told why (C{ERROR server-full}, C{BYE full}, or
-#: the web port's 503), per address bucket and window (s): the first
-#: refusals of a client that reconnects now and then.  Telling costs the
-#: server a full TLS handshake, so past them a refusal is aborted before it
-#: (L{ChatFactory.refusal}).  A refused plain TCP connection costs an accept
-#: and a write, so it is always told, as an --exempt address always is.
-POLITE_TLS_BURST = 3
-POLITE_TLS_WINDOW = 10.0
-
-
-class _Refusal(Protocol):
-    """
-    What a connection over a limit talks to: two lines (or C{message}),
-    then the close, and an abort if the peer has not completed the close
-    within the grace (L{close_within}), its receive buffer fixed at
-    C{rcvbuf} meanwhile (the close reads nothing).  Under TLS, only while
-    C{polite} (L{POLITE_TLS_BURST}): else it is aborted before the handshake.
-    """
-
-    def __init__(self, why: str, clock: IReactorTime, grace: float, rcvbuf: int,
-                 message: bytes | None, closing: Closing, polite: Callable[[], bool],
-                 stats: Stats | None = None) -> None:
-        self.why = why
-        self.stats = stats
-        self.clock = clock
-        self.grace = grace
-        self.rcvbuf = rcvbuf
-        self.message = message
-        self.closing = closing
-        self.polite = polite
-        self._linger: Linger | None = None
-
-    def connectionMade(self) -> None:
-        transport: Any = self.transport
-        if ISSLTransport.providedBy(transport) and not self.polite():
-            # (TLS as twisted.web tells it: ISSLTransport.)  The TLS layer
-            # (TLSMemoryBIOProtocol) calls this before it starts its handshake, and
-            # starts none once aborted: no byte read, none written.  Telling
-            # why took a whole handshake (an RSA signature, an ECDHE) per
-            # refused connection: one address got 500-660 a second, half a
-            # core, past every per-address limit (rev11).
-            transport.abortConnection()
-            return
-        fix_receive_buffer(socket_of(transport), self.rcvbuf)
-        message = self.message
-        # The chat's lines (ERROR server-full, BYE full) are counted as any
-        # line a connection is handed; the web port's 503 is HTTP, which
-        # the chat's metrics do not count.
-        stats = self.stats if message is None else None
-        if message is None:
-            message = wire.error(ErrorCode.SERVER_FULL, self.why) + wire.line("BYE", "full")
-        if stats is not None:
-            stats.wrote(message)
-        transport.write(message)
-        closing = self.closing
-        if closing.count >= closing.limit:
-            # As many refusals as may wait out the grace already do (refused
-            # TLS peers that never answer: one address held 1,087 sockets so):
-            # this one is aborted now, its lines most likely unsent.
-            transport.abortConnection()
-            if stats is not None:
-                stats.count_discarded(len(message))
-            return
-        closing.count += 1
-        self._linger = close_within(transport, self.clock, self.grace)
-
-    def connectionLost(self, reason: Failure = connectionDone) -> None:
-        if self._linger is not None:
-            self.closing.count -= 1
-            if self._linger.active():
-                self._linger.cancel()
-        self._linger = None
-
-
 def _always() -> bool:
     return True
-
-
-class Closing:
-    """The refused connections waiting out their close grace: C{count} of at
-    most C{limit} (L{descriptors.REFUSALS_CLOSING}, counted in the
-    descriptors kept besides --max-clients)."""
-
-    __slots__ = ("count", "limit")
-
-    def __init__(self, limit: int = REFUSALS_CLOSING) -> None:
-        self.count = 0
-        self.limit = limit
 
 
 FULL = "the server is full; try again later"
@@ -228,7 +126,7 @@ class ChatFactory(ServerFactory):
         # choosing a nick, overall.
         self.addresses = AddressBook(AddressPolicy.from_config(config), reactor)
         self.handshaking: HandshakePool[Handshaking] = HandshakePool(config.handshake_limit)
-        # Refused connections waiting out their close grace (_Refusal).
+        # Refused connections waiting out their close grace (RefusalProtocol).
         self.closing_refusals = Closing()
         # The refused TLS connections told why (the rest cost no handshake),
         # per address bucket (POLITE_TLS_BURST).  Not self.repeats: log lines
@@ -263,7 +161,6 @@ class ChatFactory(ServerFactory):
                                                    hub_settings(config), self.repeats))
         else:
             self.state = state(self)
-        self.hub = self.state.hub
         self.drain = DrainWatch(reactor, config.sendq_timeout, lambda: self.connections)
         self.output_budget = OutputBudget(reactor, config.sendq_total, lambda: self.connections)
         # Every connection's idle deadline, on one reactor timer.
@@ -356,8 +253,8 @@ class ChatFactory(ServerFactory):
             polite: Callable[[], bool] = _always
         else:
             polite = partial(self.polite_refusals.within, key, "refused-tls")
-        return _Refusal(why, self.reactor, self.config.close_grace, self.config.rcvbuf, message,
-                        self.closing_refusals, polite, stats)
+        return RefusalProtocol(why, self.reactor, self.config.close_grace, self.config.rcvbuf,
+                               message, self.closing_refusals, polite, stats)
 
     def registered(self, protocol: ChatProtocol) -> None:
         """C{protocol} has a nick: it leaves the handshake's limits."""
@@ -405,5 +302,5 @@ class ChatFactory(ServerFactory):
         for protocol in protocols:
             # Only the log sees this reason: nobody is left to tell.
             protocol.hang_up("shutdown")
-        self.hub.close()
+        self.state.hub.close()
         return all_closed

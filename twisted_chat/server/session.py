@@ -27,7 +27,7 @@ from twisted_chat.server.accounts.login import (
 )
 from twisted_chat.server.config import Mode, ServerConfig
 from twisted_chat.server.history import clip_text
-from twisted_chat.server.hub import Hub, NickTaken, State, User
+from twisted_chat.server.hub import NickTaken, State, User
 from twisted_chat.server.limits.addresses import Address, AddressBook
 from twisted_chat.server.limits.flood import REPLY_BYTES
 from twisted_chat.server.state import ChatState, Outcome, StateUnavailable
@@ -146,9 +146,6 @@ class Server(Protocol):
 
     @property
     def state(self) -> ChatState: ...
-
-    @property
-    def hub(self) -> Hub: ...
 
     @property
     def lines(self) -> UserList: ...
@@ -373,7 +370,7 @@ class Session:
 
     def holder(self, nick: str) -> str | None:
         """The nick of the user online as C{nick}, as its owner spelled it."""
-        user = self.factory.hub.find(nick)
+        user = self.factory.state.hub.find(nick)
         return user.nick if user is not None else None
 
     def _login(self, conn: Connection) -> Login:
@@ -477,7 +474,7 @@ class Session:
         mode only the recipient's node knows what it holds for it: senders
         on other nodes are not refused (docs/cluster.md says why).
         """
-        target = self.factory.hub.find(nick)
+        target = self.factory.state.hub.find(nick)
         if (target is not None and target is not user and self.factory.state.holds(target)
                 and target.conn.backed_up()):
             raise LineError(

@@ -37,8 +37,9 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from twisted_chat.server.factory import FULL, ChatFactory, Handshaking
-from twisted_chat.server.limits.addresses import Network, Refused, handshake_key
+from twisted_chat.server.factory import FULL, ChatFactory
+from twisted_chat.server.limits.addresses import Network, Refused
+from twisted_chat.server.limits.handshakes import Handshaking, handshake_key
 from twisted_chat.web.config import trusted
 
 # The HTTP/1.1 connections a browser opens to one host at most (Chromium's

@@ -5,6 +5,9 @@ The limits a connection and its address are held to (docs/security.md).
   - L{buckets}: the refill and drain rules every limit shares (token
     buckets, the flood penalty, the login failure limits); pure;
   - L{addresses}: the limits per source address, shared by its connections;
+  - L{handshakes}: the connections still choosing a nick, overall (the
+    pool that makes room rather than refuse);
+  - L{refusals}: what a refused connection is told, and how it is closed;
   - L{heldinput}: the input a connection holds while a command is decided
     elsewhere, and the bound on what all connections hold together;
   - L{socketbuffers}: the kernel's share of a connection's traffic, each
