@@ -267,7 +267,7 @@ def _say_made(path: str, stdout: TextIO, stderr: TextIO) -> None:
     """
     The tool made the accounts file: say so, and who owns it.  Made by root,
     a server running as another user cannot open it (mode 0600): a warning
-    says what to do (review rev12 #4, docs/accounts.md).
+    says what to do (docs/accounts.md).
     """
     try:
         owner = os.stat(path).st_uid
@@ -334,7 +334,7 @@ def run(argv: Sequence[str], stdin: TextIO, stdout: TextIO, stderr: TextIO) -> N
         db = os.path.abspath(args.db)
         if made and not args.create and not os.path.exists(db):
             # A new file where no server keeps its history is one no server
-            # reads (review rev12 #3: a relative --db, run from elsewhere).
+            # reads (a relative --db, run from elsewhere).
             raise Failed(
                 f"there is no accounts file {path!r}, nor a server database {db!r} beside "
                 f"it: is --db {args.db!r} the server's? (the server makes both at its "

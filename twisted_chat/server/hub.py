@@ -27,11 +27,8 @@ from twisted_chat.wire import ErrorCode, Refusal, nick_key
 #: The fewest sources (L{User.source}: an address) whose users' invitations
 #: can fill one user's C{max_invites} (when it is at least this): one
 #: source may hold at most C{max_invites // SOURCES_TO_FILL} of them (at
-#: least one; 2 of the default 10).  Otherwise ten users of one address
-#: filled a victim's slots and re-invited at each REJECT, so that nobody
-#: else could invite it (rev16-sec 3).  Five: an attacker needs five
-#: addresses, while two people behind one NAT may still invite the same
-#: person at once (a tenth would leave them one).
+#: least one; 2 of the default 10).  Why five: docs/security.md,
+#: "Amplification" (--max-invites).
 SOURCES_TO_FILL = 5
 
 #: C{UNPAIR}'s refusal with nothing to leave or withdraw.
@@ -361,11 +358,8 @@ class Hub:
         if target.incoming is None:
             target.incoming = {}
         target.incoming[user.key] = invitation
-        # At debug, as the invitation's end: a PAIR/UNPAIR loop, within the
-        # flood rate, wrote two info lines a cycle (8.5 KiB/s from one
-        # address), and the invitation limits bound how many are open, not
-        # how many are made.  A pairing is logged at info, a few lines per
-        # source at most (_log_pairing).
+        # At debug, as the invitation's end; a pairing is logged at info, a
+        # few lines per source at most (_log_pairing): docs/security.md, "Logging".
         self.log.debug("{inviter} invited {invitee}", inviter=user.nick, invitee=target.nick)
         self.listener.invited(invitation)
 
@@ -465,11 +459,10 @@ class Hub:
         """
         A pairing's start or end, at info, charged to C{actor}'s source (its
         address as the connection layer counts it; without one, an exempt
-        address's or a UNIX socket's, its own address as shown): a
-        mutual PAIR pairs at once and UNPAIR ends it, so within the flood
-        rate one address's 20 connections wrote two lines a cycle, 8.7 KB/s.
-        Per source and kind at most L{logs.Repeats}' burst a window (3 in
-        10 s); the next line let through says how many were left out.
+        address's or a UNIX socket's, its own address as shown), per source
+        and kind at most L{logs.Repeats}' burst a window (3 in 10 s); the
+        next line let through says how many were left out.  Why:
+        docs/security.md, "Logging" (pairings).
         """
         self.repeats.log(self.log, LogLevel.info, actor.source or actor.address, kind, fmt,
                          **kwargs)

@@ -349,7 +349,7 @@ class RotatedLogFile(LogFile):
                 "can write there")
         if left_out:
             # Tries, not missed rotations: Twisted tries one at every line
-            # written past the size (rr19-core 2).
+            # written past the size.
             text += (" (tried again {left_out} times since the last warning: at every "
                      "line written past that size, and at each SIGUSR1)")
         self.log.warn(text, path=self.path, why=why, size=self.rotateLength,

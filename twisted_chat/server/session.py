@@ -397,7 +397,7 @@ class Session:
         factory = self.factory
         # One server: a held line meant for the pair that ended meanwhile
         # (or for the lobby, its sender paired meanwhile) is "not sent",
-        # before any limit judges it (rev16-fix #5).
+        # before any limit judges it.
         factory.state.as_meant(user)
         if user.state is _LOBBY:
             if at is None:

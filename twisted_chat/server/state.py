@@ -210,7 +210,7 @@ class LocalState:
         Refuse C{user}'s C{MSG} unless it goes where its client was shown it
         would when it arrived at the server (L{PairsShown}): a line held
         behind a password check while its partner's C{UNPAIR} came is
-        answered C{ERROR not-paired}, never sent to the lobby (rev16-clu #1:
+        answered C{ERROR not-paired}, never sent to the lobby (before,
         it reached the lobby and its history); a lobby line held while an
         C{ACCEPT} paired its sender, C{ERROR busy}, never sent to the partner.
         """
@@ -261,7 +261,7 @@ class PairsShown:
     outage, a password check) goes where its client was shown it would go
     as of when it arrived at the server (L{as_of}), not when its turn came:
     a line typed to a partner, held while the server wrote C{UNPAIRED},
-    never reaches the lobby (rev16-clu #1).  What the client had
+    never reaches the lobby.  What the client had
     read when it sent cannot be known: a line still in flight when
     C{UNPAIRED} is written goes where the state says when it is read
     (docs/protocol.md, "Lobby, direct messages, pairs").  Each method is given C{since}:
@@ -302,7 +302,7 @@ class PairsShown:
         return current
 
     def forget(self, conn: Any) -> None:
-        """C{conn} is gone: nothing of it is kept (rev16-fix #4: until a
+        """C{conn} is gone: nothing of it is kept (until a
         later change or line expired them, closed connections were kept).
         Its changes let go of it and are skipped at their expiry: the work
         is its own changes', not every kept one's (a mass disconnect was

@@ -100,7 +100,7 @@ HTTP_REASON_LIMIT = 200
 #: (close_grace, 3 s) aborts it.  A browser answers a close at once, behind
 #: the few messages it had sent; the chat connection has ended and they are
 #: dropped unread, but each cost autobahn's parsing: a peer that went on
-#: sending after BYE flood had all it sent parsed (rev16-sec #1: 24
+#: sending after BYE flood had all it sent parsed (24
 #: connections, 65,000 empty messages each, 520,000 frames parsed after the
 #: close), where a TCP connection is not read at all after its close.  Not
 #: an abort at once: a reset makes the browser drop what it had not read
@@ -422,7 +422,7 @@ class ChatWebSocket(WebSocketServerProtocol):
         buffer, and is parsed when it reads again (L{read_again}).
         Pausing the TCP transport alone stops only the next read: the one
         under way (64 KiB: 10,922 empty messages) was parsed and held
-        whole (rev16-sec #1).  Once closing, L{_consume_after_close}.
+        whole.  Once closing, L{_consume_after_close}.
         """
         if self._peer_close is not None or self._linger is not None:
             self.data = b""  # behind the peer's close frame, or its TCP close under way
@@ -584,8 +584,8 @@ class ChatWebSocket(WebSocketServerProtocol):
         decided (an account's C{PASS}).  Its close frame is answered by the
         chat connection's close (L{close_normally}), behind those frames:
         autobahn answered at once, and what was written after its answer
-        (the user's share, its C{READY}) was counted as sent and dropped
-        (rev21-attack F1).  Nothing the peer sends after it is parsed.
+        (the user's share, its C{READY}) was counted as sent and dropped.
+        Nothing the peer sends after it is parsed.
         """
         if self.state != self.STATE_OPEN or self.chat is None:
             return self._answer_handled(code, reasonRaw)
@@ -667,8 +667,8 @@ class ChatWebSocket(WebSocketServerProtocol):
         autobahn's abort once the peer's close frame answers the server's
         close (C{_answered}) is such a close too: the server has not
         finished writing (the lines owed, the C{BYE}, its close frame), and
-        an abort threw away what Twisted and the kernel still held
-        (rev21-attack F2).  Its other aborts stay aborts: the chat
+        an abort threw away what Twisted and the kernel still held.  Its
+        other aborts stay aborts: the chat
         connection's (a C{--sendq} cut, the close grace), and autobahn's
         opening-handshake timeout (the peer never completed its upgrade
         request: nothing was written to it).  Its closing-handshake and

@@ -183,7 +183,7 @@ class _Channel(RefusingChannel):
         super().dataReceived(data)
         # Later reads go to the WebSocket itself: the channel, cyclic garbage
         # once its transport is taken over, kept the closed WebSocket alive
-        # until a full collection (rr20-core).
+        # until a full collection.
         self.websocket = None
 
     def rawDataReceived(self, data: bytes) -> None:
@@ -224,7 +224,7 @@ class _Channel(RefusingChannel):
     def _idle_expired(self) -> None:
         """Closed, unless its peer is still taking the response: the
         response is done when Twisted or the kernel has it, not the peer (a
-        reader at 8 KB/s was reset with a third of app.js unread, rr19-rcv)."""
+        reader at 8 KB/s was reset with a third of app.js unread)."""
         self._idle = None
         if unsent(self.transport) > 0:
             self._idle = self.callLater(TAKEN_LOOK, self._idle_once_taken)

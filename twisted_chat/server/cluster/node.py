@@ -532,7 +532,7 @@ class ClusterState:
         back).  Only the batch's leaves are looked at, unless it has an
         event that takes out or detaches others (L{_TAKE_OUT}): looking at
         every leave under way after each event made n departures cost
-        n * n / 2 (fix21node)."""
+        n * n / 2."""
         leaving, replica = self._leaving, self.replica
         if any(event.get("t") in _TAKE_OUT for _, event in batch):
             uids = list(leaving)

@@ -318,7 +318,7 @@ class _KeepsLoss:
         """txredisapi fails a command with its C{TimeoutError} just before
         its reply timeout aborts the connection: noted here, as the loss's
         reason does not say it over TLS (C{ConnectionLost}, not
-        C{ConnectionAborted}: rr21-c #2)."""
+        C{ConnectionAborted})."""
         if isinstance(why.value, txredisapi.TimeoutError):
             self.reply_timed_out = True
         return why
@@ -326,13 +326,13 @@ class _KeepsLoss:
 
 def timed_out(proto: Any) -> bool:
     """Whether C{proto}'s connection was ended by txredisapi's reply
-    timeout (its abort), not by Redis nor the network (rev21-clu F3)."""
+    timeout (its abort), not by Redis nor the network."""
     return bool(getattr(proto, "reply_timed_out", False))
 
 
 class _WholeReads:
     """
-    Hands on all of a read's replies in the turn it came (rev21-clu F1).
+    Hands on all of a read's replies in the turn it came.
     txredisapi's C{LineReceiver} hands the rest of a read back through
     C{callLater(0)} after every bulk string, its transport paused meanwhile
     (C{setLineMode}): a pub/sub message (three bulk strings) took three
@@ -352,7 +352,7 @@ class _WholeReads:
     # Asked between two bulk strings of a read: whether the rest waits a turn.
     due: Callable[[], bool] | None = None
     _rest: bytes = b""
-    # What came while the rest waited (rr21-c #1: Twisted's TLS layer hands
+    # What came while the rest waited (Twisted's TLS layer hands
     # on every record of one socket read, paused or not; txredisapi would
     # put it before the rest).  At most what is left of that one read (64
     # KiB and a record): the transport under TLS is paused.
@@ -374,7 +374,7 @@ class _WholeReads:
         One whose handling raised took the rest of that read with it
         (the parse stopped before C{setLineMode} was given it, the events
         after it lost), and the error ended the connection or, on a read
-        put off a turn, was only the reactor's to log (rr21-d)."""
+        put off a turn, was only the reactor's to log."""
         try:
             super().replyReceived(reply)  # type: ignore[misc]
         except Exception:
@@ -403,7 +403,7 @@ class _WholeReads:
 # txredisapi's SubscriberProtocol on its line parser, BaseRedisProtocol:
 # its RedisProtocol (SubscriberProtocol's base) is HiredisProtocol when
 # hiredis is importable, which parses a read in its own dataReceived and
-# skips _WholeReads and due (rr21-c).  SubscriberProtocol's methods are its
+# skips _WholeReads and due.  SubscriberProtocol's methods are its
 # own (tests/test_third_party.py checks); not its __module__ (this class is
 # ours, not txredisapi's, in reprs and tracebacks) nor its __doc__.
 _LineSubscriber = type("_LineSubscriber", (txredisapi.BaseRedisProtocol,), {
@@ -481,8 +481,8 @@ def tls_failure(proto: Any, target: RedisTarget) -> str | None:
     """
     Why TLS ended C{proto}'s connection to C{target}, if it did (its
     handshake: a certificate not trusted, or not for the host; Redis not
-    speaking TLS there), in words for the log; else C{None} (rev19-clu2 #2:
-    it was logged as txredisapi's "Not connected").
+    speaking TLS there), in words for the log; else C{None}
+    (before, it was logged as txredisapi's "Not connected").
     """
     why = getattr(proto, "lost_reason", None)
     if why is None:

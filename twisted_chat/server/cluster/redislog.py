@@ -417,7 +417,7 @@ class RedisLog:
             why = (f"Redis at {self.target.display} refused a write this node makes as "
                    f"it connects ({failure.getErrorMessage()})")
         self._note_down(self._tls_failure() or failure.getErrorMessage(), why)
-        self._schedule_retry()  # first: whatever the drop does (rev19-clu2 #1)
+        self._schedule_retry()  # first: whatever the drop does
         self._drop_connections()
 
     def _misconfiguration(self, failure: Any) -> str | None:
@@ -473,12 +473,12 @@ class RedisLog:
             return
         self._generation += 1
         self._note_down(self._tls_failure() or why, misconfigured, subscriber_cut, unanswered)
-        self._schedule_retry()  # first: whatever the drop does (rev19-clu2 #1)
+        self._schedule_retry()  # first: whatever the drop does
         self._drop_connections()
 
     def _connection_lost(self, generation: int, proto: Any, which: str) -> None:
         """The node's C{which} connection (C{proto}) was lost: said as its
-        own reply timeout if that ended it (L{timed_out}; rev21-clu F3: a
+        own reply timeout if that ended it (L{timed_out}; before, a
         burst that made the node read late was logged as Redis unreachable,
         or as Redis cutting its subscriber), else as a loss."""
         if timed_out(proto):
@@ -490,7 +490,7 @@ class RedisLog:
         """
         The subscriber connection closed.  Redis closes it alone when the
         node falls too far behind the channel (C{client-output-buffer-limit
-        pubsub}; rev16-clu #4: a node stopped 10 s was logged as "Redis ...
+        pubsub}; before, a node stopped 10 s was logged as "Redis ...
         unreachable"), and when it goes, the command connection goes as
         well (its loss may be seen a turn later): the command connection is
         asked a C{PING} first.  Answered, Redis is there and closed the
@@ -559,7 +559,7 @@ class RedisLog:
 
     def _drop_connections(self) -> None:
         """Abort the connections still open (a lost one is left alone:
-        Twisted's TLS layer raises at an abort after its loss, rev19-clu2 #1)."""
+        Twisted's TLS layer raises at an abort after its loss)."""
         for proto in (self._cmd, self._reader, *self._opening):
             # txredisapi's connected: 0 from its connectionLost on.
             if proto is not None and proto.transport is not None and proto.connected:

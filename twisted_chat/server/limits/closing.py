@@ -83,7 +83,7 @@ def owed(transport: Any) -> int:
     What a close still waits for its peer to take (L{unsent_at}), or 0 once
     the peer has reset the connection (L{reset_by_peer}): nothing can reach
     it any more, though the kernel's send queue still counts what it never
-    acknowledged, and the close looked until the grace (fix21poll: 1,200
+    acknowledged, and the close looked until the grace (1,200
     leavers closing at once looked 26,085 times).  A peer that only sent
     its FIN may still read: it is waited for.
     """
@@ -107,7 +107,7 @@ class Linger:
     Twisted closes the descriptor as soon as its own buffer
     is empty: the kernel then kept what it still held, in an orphaned
     socket (FIN-WAIT-1) that a peer which never read kept for about six
-    minutes, outside every count and timeout of the server (rev18-attack 1).
+    minutes, outside every count and timeout of the server.
     Its looks and its abort wait on its clock's sweep (L{sweep_of}): one
     entry, at the next look or the abort, the sooner (the abort may so come
     up to L{TOGETHER} s early, with other closes' looks).
@@ -196,7 +196,7 @@ class Linger:
         """
         What the peer has not taken yet (C{held}); 0 if that cannot be told:
         the close is then made as Twisted makes it, and still aborted at
-        the grace (rr19-core: a look that raised in the sweep left the close
+        the grace (a look that raised in the sweep left the close
         never looked at, made or aborted again).  Logged, at most once in
         L{LOOK_FAILED_EVERY} s.
         """

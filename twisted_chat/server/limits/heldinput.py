@@ -33,7 +33,7 @@ _HELD_INPUT = 65536
 #: the (line, when) tuple (56), the float (24) and its deque slot (8), 121
 #: bytes measured with tracemalloc, rounded up; the line's terminator (1)
 #: included.  Counted as its payload plus one, an empty message was 1 byte
-#: held for about 100 (rev16-sec #1: 24 connections held 65,000 each
+#: held for about 100 (24 connections held 65,000 each
 #: behind a REGISTER before one was paused, 101 MB).
 HELD_LINE_COST = 128
 
@@ -215,7 +215,7 @@ class InputHold:
         The connection is going (C{BYE} after a delay: a login over a
         failure limit): nothing it sent behind the line being handled, or
         sends until then, is ever handled.  It is read and dropped, not
-        held: it never counts in L{HeldInput} (rev15-sec #1: 14 addresses
+        held: it never counts in L{HeldInput} (14 addresses
         parked 70 such connections with 64 KiB each behind them, past the
         server's ceiling, and no connection at all was read for 3 s), nor
         is it paused for it.  Counted as C{input_discarded}
@@ -415,7 +415,7 @@ class InputHold:
         a line waits again or the connection closes, each as of when it
         arrived (L{held_at}, which the connection counts a line at): flood
         control counts a held line when it arrived, not when its turn came
-        (rev11-clu2 #1: lines typed through a Redis outage were all counted
+        (lines typed through a Redis outage were all counted
         at once when it ended), and a command's wait is bounded from then
         (C{arrived}).  A held line that came before the line counted last
         (a WebSocket ping counted as it came) is counted as of that one.
@@ -525,7 +525,7 @@ class HeldInput:
         A connection the server did not read for C{t} seconds (its pause
         for this bound) is read again with what it sent meanwhile all at
         once: its bucket, which holds at most a burst, would count them as
-        a flood (rev15-sec #1: a user sending 6.7 lines a second under a
+        a flood (a user sending 6.7 lines a second under a
         limit of 10 got C{ERROR flood ... lines are being dropped}).  So
         for L{_EXCUSED_FOR} seconds after it is read again, up to C{rate}
         x C{t} lines over its bucket pass: what it may send in C{t}

@@ -66,7 +66,7 @@ class RefusalProtocol(Protocol):
             # starts none once aborted: no byte read, none written.  Telling
             # why took a whole handshake (an RSA signature, an ECDHE) per
             # refused connection: one address got 500-660 a second, half a
-            # core, past every per-address limit (rev11).
+            # core, past every per-address limit.
             transport.abortConnection()
             return
         fix_receive_buffer(socket_of(transport), self.rcvbuf)

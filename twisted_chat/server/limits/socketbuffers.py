@@ -6,7 +6,7 @@ read of it.  Left to itself, Linux grows both (its autotuning) to megabytes.
 
 The send buffer: a peer that does not read made the kernel hold about 2 MB
 for it (in issue 14.2, 600 non-readers took 1.5 GB of kernel TCP memory,
-outside C{--sendq}; rev18-attack 2, on the HTTP ports).
+outside C{--sendq}; on the HTTP ports).
 
 The receive buffer: grown up to C{net.ipv4.tcp_rmem}'s last value (32 MiB
 on the test host) once the server has read fast, it fills whenever the
@@ -15,12 +15,12 @@ server stops reading: for the close grace of every close it decides
 response its peer does not take, until C{--web-timeout}.  A peer that sent
 an over-long line first (read and discarded) and then went on sending held
 about 1.5 MB of kernel memory per connection so, and one connection alone
-32 MiB (rev19-attack 2).
+32 MiB.
 
 A fixed buffer is never grown: the kernel holds at most twice it (its
 bookkeeping) per TCP connection.  Linux ignores the receive buffer of a
 UNIX stream socket: there the peer's own send buffer bounds what waits (up
-to 2 x C{net.core.wmem_max}), which the server cannot set (rr19-rcv 2).
+to 2 x C{net.core.wmem_max}), which the server cannot set.
 See docs/security.md, "Traffic".
 """
 

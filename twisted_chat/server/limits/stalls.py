@@ -39,7 +39,7 @@ class StallWatch:
     Only a connection there by the first tick after the stall draws it:
     those accepted before it ran were accepted in the reactor's first turn
     after the stall, and may have had lines waiting through it; one
-    accepted later had nothing waiting (rev16-fix #2: one opened 0.1 s
+    accepted later had nothing waiting (one opened 0.1 s
     after a 5 s stall passed 60 PINGs at once instead of 19).
     L{twisted_chat.server.limits.heldinput.HeldInput.excused} spends it as for a
     connection the server itself kept unread.  Nothing is done for a line
@@ -51,7 +51,7 @@ class StallWatch:
     step forward of the wall clock makes the tick look late on it alone,
     a step back on C{steady} alone (the tick waits for the wall clock to
     catch up, with the reactor running all along); only a real stall is
-    late on both (rev16-fix #3: a 60 s step forward would have excused 600
+    late on both (a 60 s step forward would have excused 600
     lines over every connection's bucket at the default rate).
     """
 

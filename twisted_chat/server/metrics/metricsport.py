@@ -35,7 +35,7 @@ MAX_METRICS_CONNECTIONS = 8
 #: own idle timeout is reset by every byte); a scrape takes milliseconds, and
 #: a scraper that keeps its connection alive opens another.  Also the idle
 #: timeout: Twisted's is off, as it logged "Timing out client" for each
-#: connection silent that long (rev19-attack 3).  An answer under way at
+#: connection silent that long.  An answer under way at
 #: its end is let finish, within L{METRICS_LIFE_LIMIT}.
 METRICS_TIMEOUT = 10.0
 #: Seconds from its accept at which a connection is aborted, whatever it
@@ -69,10 +69,10 @@ METRICS_IDLE = 1.0
 #: connection from giving way (L{METRICS_IDLE}); past them, or at a pace
 #: too slow for them, the connection is idle since that answer.  A whole
 #: answer (about 10 KB in the text format, less gzipped, as Prometheus
-#: asks) takes 2 s at 5 KB/s, a slow link's scrape (left16s: one was cut
+#: asks) takes 2 s at 5 KB/s, a slow link's scrape (one was cut
 #: 1 s after its answer): 3 s is that and half again, so a peer taking
 #: 3.3 KB/s or more gets it.  Without the bound, eight peers each taking
-#: 1.3 KB/s of theirs held the port for good (rev16-sec: 4 scrapes of 40).
+#: 1.3 KB/s of theirs held the port for good (4 scrapes of 40).
 METRICS_DRAIN = 3.0
 #: Requests one connection may send; the answer to the last says
 #: C{Connection: close}.  A scraper's keep-alive connection opens another.

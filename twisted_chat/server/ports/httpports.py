@@ -44,10 +44,10 @@ class RefusingChannel(HTTPChannel):
     (L{refuse}); it reads nothing more once it closes, after a refusal or
     any other close (L{loseConnection}).  Its socket's send buffer
     is fixed at C{--sndbuf}: the kernel's autotuning held about 2 MB for
-    each peer that did not read (rev18-attack 2); its receive buffer at
+    each peer that did not read; its receive buffer at
     C{--rcvbuf}: the kernel held 1.3 MB of what a peer sent while
     twisted.web did not read (a request pipelined behind an answer the peer
-    did not take; rev19-attack 2).  Every close it makes (after
+    did not take).  Every close it makes (after
     C{Connection: close}, an HTTP/1.0 request, its last request, a
     refusal, Twisted's timeout) waits for the peer to take what is queued,
     and is aborted after the close grace (L{close_within}): Twisted's own
@@ -74,7 +74,7 @@ class RefusingChannel(HTTPChannel):
         ends the parse, and a lingering close does not.  One request line
         that is not one (C{HELLO}, a TLS ClientHello) then logged an
         C{Unhandled Error} traceback, and 13,000 header lines in one read
-        got 12,500 C{400}s and 30 ms of the reactor (rev19-attack 1)."""
+        got 12,500 C{400}s and 30 ms of the reactor."""
         self.clearLineBuffer()
         transport: Any = self.transport
         if transport is None or self._closing is not None:
