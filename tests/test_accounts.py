@@ -13,6 +13,7 @@ import stat
 import subprocess
 import sys
 import threading
+import unicodedata
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +26,12 @@ from twisted.internet.task import Clock
 
 from twisted_chat.server.accounts import cred, hashing
 from twisted_chat.server.accounts.cred import AccountChecker, IAccount, portal
-from twisted_chat.server.accounts.hashing import hash_password, password_problem, verify_password
+from twisted_chat.server.accounts.hashing import (
+    hash_password,
+    password_bytes,
+    password_problem,
+    verify_password,
+)
 from twisted_chat.server.accounts.login import Accounts
 from twisted_chat.server.accounts.loginlimits import FailureLimiter, LoginLimits
 from twisted_chat.server.accounts.passwordwork import PasswordWork, WorkBusy
@@ -39,6 +45,7 @@ from twisted_chat.server.accounts.records import (
 from twisted_chat.server.accounts.store import AccountStore, SQLiteBook, accounts_path
 from twisted_chat.server.config import Mode
 from twisted_chat.server.limits.addresses import networks
+from twisted_chat.wire import PASSWORD_MAX_BYTES
 
 # Cheap parameters for tests that hash many times (the format carries them).
 FAST = dict(n=2**4, r=1, p=1)
@@ -87,6 +94,35 @@ def test_password_length_rule_counts_bytes() -> None:
     assert password_problem("éééé".encode()) is None  # 4 characters, 8 bytes
     assert password_problem(b"x" * 256) is None
     assert password_problem(b"x" * 257) is not None
+
+
+# NFC's greatest shrink of UTF-8: 7 bytes that are one 2-byte character.
+MOST_SHRUNK = "\u1fbe\u0308\u0301"
+
+
+def test_a_line_too_long_for_a_password_is_not_normalised() -> None:
+    """rr22-c 1: NFC of a whole over-long line (combining marks out of
+    order: quadratic) ran on the reactor before the length rule.  Past 4
+    times the longest password (NFC shrinks UTF-8 at most 3.5 times) the
+    line is taken as typed, and is refused as before."""
+    assert unicodedata.normalize("NFC", MOST_SHRUNK) == "\u0390"
+    longest = MOST_SHRUNK * (4 * PASSWORD_MAX_BYTES // len(MOST_SHRUNK.encode()))
+    assert password_problem(password_bytes(longest)) is not None
+    normalised: list[str] = []
+    real = unicodedata.normalize
+
+    def normalize(form: Any, text: str) -> str:
+        normalised.append(text)
+        return real(form, text)
+
+    flood = "\u0345\u0316" * (PASSWORD_MAX_BYTES + 1)  # 4 * 256 + 4 bytes
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(hashing.unicodedata, "normalize", normalize)
+        assert password_bytes(flood) == flood.encode()
+        assert normalised == []
+        assert password_bytes(longest) == real("NFC", longest).encode()
+        assert normalised == [longest]
+    assert password_problem(password_bytes(flood)) is not None
 
 
 # -- the store ---------------------------------------------------------------
