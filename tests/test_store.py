@@ -556,6 +556,27 @@ def test_corrupt_database_with_a_crash_log_is_refused_untouched(tmp_path: Path) 
     assert wal.read_bytes() == log, "the write-ahead log is kept for recovery"
 
 
+def test_a_symlinked_corrupt_database_with_a_crash_log_is_refused_untouched(
+    tmp_path: Path,
+) -> None:
+    """rr22-c 2: the leftover -wal was looked for beside the symlink, not
+    beside the file SQLite uses, so the read-write connection refused the
+    file and then folded the log into it as it closed."""
+    real = tmp_path / "real" / "chat.sqlite3"
+    real.parent.mkdir()
+    crash_leaving_wal(real)
+    data = bytearray(real.read_bytes())
+    data[20 * 4096 : 22 * 4096] = b"\xa5" * (2 * 4096)
+    real.write_bytes(bytes(data))
+    wal = tmp_path / "real" / "chat.sqlite3-wal"
+    before, log = digest(real), wal.read_bytes()
+    link = tmp_path / "chat.sqlite3"
+    link.symlink_to(real)
+    assert_refused(link, "corrupt")
+    assert (digest(real), wal.read_bytes()) == (before, log)
+    assert sorted(p.name for p in real.parent.iterdir()) == ["chat.sqlite3", "chat.sqlite3-wal"]
+
+
 OPEN_WITH_NO_ROOM = textwrap.dedent(
     """
     import resource, signal, sys

@@ -189,12 +189,14 @@ def _check_read_only(path: str, shown: str) -> None:
 
 def _connect(path: str, shown: str) -> sqlite3.Connection:
     """Open, lock, check and create or upgrade the database at C{path}."""
+    # SQLite keeps the -wal and -shm beside the file a symlink points to.
+    real = os.path.realpath(path)
     try:
-        crashed = os.path.getsize(path + "-wal") > 0
+        crashed = os.path.getsize(real + "-wal") > 0
     except OSError:
         crashed = False
     if crashed:
-        _inspect_read_only(path, shown)
+        _inspect_read_only(real, shown)
     _create_private(path, shown)
     try:
         conn = sqlite3.connect(path, timeout=0, isolation_level=None, check_same_thread=False)
