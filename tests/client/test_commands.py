@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import unicodedata
+
 import pytest
 
 from twisted_chat import wire
@@ -13,6 +15,7 @@ from twisted_chat.client.commands import (
     password_problem,
     sendable,
 )
+from twisted_chat.server.accounts import hashing
 
 
 def test_plain_text_is_a_message() -> None:
@@ -134,6 +137,13 @@ def test_control_characters_are_not_sent() -> None:
         ("éééé", None),  # 4 characters, 8 bytes
         ("é" * 128, None),
         ("é" * 128 + "x", "A password may have at most 256 bytes."),
+        # rr22-c 4: the server takes a password whose bytes as typed or NFC
+        # form's are 8 to 256 (the NFC form is what it hashes).
+        (unicodedata.normalize("NFD", "é" * 86), None),  # 258 bytes; NFC, 172
+        ("\u0958" * 2, None),  # 6 bytes; NFC (U+0915 U+093C each), 12
+        (unicodedata.normalize("NFD", "éé"), "A password needs at least 8 bytes "
+         "(characters, for plain ASCII)."),  # 6 bytes; NFC, 4
+        ("\u0958" * 86, "A password may have at most 256 bytes."),  # 258; NFC, 516
         ("pass\tword", None),
         (" password", "A password cannot start with a space or a tab."),
         ("\tpassword", "A password cannot start with a space or a tab."),
@@ -144,5 +154,9 @@ def test_control_characters_are_not_sent() -> None:
 )
 def test_a_password_is_held_to_the_servers_rule(password: str, said: str | None) -> None:
     """The client's length check, then wire.py's password_chars_problem
-    (not a copy of it), as a sentence."""
+    (not a copy of it), as a sentence.  The length check is the server's
+    for PASS: neither the bytes as typed nor the NFC form's fit."""
     assert password_problem(password) == said
+    server = (hashing.password_problem(hashing.password_bytes(password))
+              and hashing.password_problem(password.encode()))
+    assert (server is not None) == (said is not None and " bytes" in said)

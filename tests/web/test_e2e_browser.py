@@ -22,6 +22,7 @@ import subprocess
 import sys
 import threading
 import time
+import unicodedata
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
@@ -34,6 +35,7 @@ from tests.serverproc import LOOPBACK, LineClient
 from tests.test_address_limits import _crowd
 from tests.web.webserver import WebServer, served, serving
 from twisted_chat.client.commands import password_problem
+from twisted_chat.server.accounts.hashing import password_bytes
 from twisted_chat.server.accounts.hashing import password_problem as server_length_problem
 from twisted_chat.wire import format_ts, password_chars_problem
 
@@ -982,7 +984,11 @@ def test_the_pages_password_rule_is_the_servers(browser: Callable[..., Any]) -> 
     samples = ["x" * 7, "x" * 8, "é" * 3 + "x", "é" * 4, "x" * 256, "x" * 257, "é" * 128,
                "é" * 128 + "x", "😀" * 64, "😀" * 64 + "x", " password", "\tpassword",
                "pass\tword", "password ", "password\t", "\u00a0password", "",
-               "pass\x1bword", "pass\u2028word", "pass\x85word"]
+               "pass\x1bword", "pass\u2028word", "pass\x85word",
+               # rr22-c 4: as typed out of bounds, in NFC form (what the
+               # server hashes) within them, and out in both.
+               unicodedata.normalize("NFD", "é" * 86), "\u0958" * 2,
+               unicodedata.normalize("NFD", "éé"), "\u0958" * 86]
     driver = browser()
     refused, answers = driver.execute_script(
         unsendable.group(0) + counted.group(0) + found.group(0) + """
@@ -996,9 +1002,10 @@ def test_the_pages_password_rule_is_the_servers(browser: Callable[..., Any]) -> 
       return [refused, arguments[0].map((p) => passwordProblem(p))];
     """, samples)
 
-    def server_refuses(password: str) -> bool:
-        return (server_length_problem(password.encode("utf-8")) is not None
-                or password_chars_problem(password) is not None)
+    def server_refuses(password: str) -> bool:  # as the server's PASS does
+        too_long_or_short = (server_length_problem(password.encode("utf-8")) is not None
+                             and server_length_problem(password_bytes(password)) is not None)
+        return too_long_or_short or password_chars_problem(password) is not None
 
     codes = [code for code in range(0x110000) if not 0xD800 <= code <= 0xDFFF]
     assert refused == [[code for code in codes if server_refuses(f"pass{chr(code)}word")],

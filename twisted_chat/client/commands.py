@@ -9,6 +9,7 @@ locally with a hint; nothing is sent for them.
 
 from __future__ import annotations
 
+import unicodedata
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -136,20 +137,35 @@ def changes_pairing(line: str) -> bool:
     return _ALIASES.get(line[1:].split(" ", 1)[0].lower()) in _PAIRING_COMMANDS
 
 
+def _length_fits(size: int) -> bool:
+    return PASSWORD_MIN_BYTES <= size <= PASSWORD_MAX_BYTES
+
+
 def password_problem(password: str) -> str | None:
     """Why C{password} cannot be sent as it is, or C{None}: its length in
     bytes (chat/1, "Accounts"), then L{password_chars_problem}, the rule
-    the server and the operator's tool hold passwords to."""
+    the server and the operator's tool hold passwords to.  The length is
+    wrong only when neither the bytes as typed nor those of the NFC form
+    (what the server hashes) are 8 to 256, as for the server's C{PASS}."""
     size = len(password.encode("utf-8"))
+    if not _length_fits(size) and not _length_fits(
+        len(unicodedata.normalize("NFC", password).encode("utf-8"))
+    ):
+        return _length_problem(size)
+    problem = password_chars_problem(password)
+    return None if problem is None else f"{problem[:1].upper()}{problem[1:]}."
+
+
+def _length_problem(size: int) -> str:
+    """Both forms are out of bounds on the same side (NFC makes UTF-8 at
+    most 3.5 times shorter or 3 times longer, the bounds are 32 times
+    apart), so the bytes as typed say which."""
     if size < PASSWORD_MIN_BYTES:
         return (
             f"A password needs at least {PASSWORD_MIN_BYTES} bytes "
             "(characters, for plain ASCII)."
         )
-    if size > PASSWORD_MAX_BYTES:
-        return f"A password may have at most {PASSWORD_MAX_BYTES} bytes."
-    problem = password_chars_problem(password)
-    return None if problem is None else f"{problem[:1].upper()}{problem[1:]}."
+    return f"A password may have at most {PASSWORD_MAX_BYTES} bytes."
 
 
 def sendable(text: str) -> str:
