@@ -574,7 +574,35 @@ def test_a_batch_beside_another_ends_with_its_reads_and_is_due_with_it() -> None
     assert paired.got == [b"a", b"bc"]
     beside.add(b"d")
     clock.rightNow += WINDOW
-    assert fanout.due() and not LobbyFanout(clock, lambda: [], WINDOW, backlog).due()
+    assert fanout.due(), "the lines beside are due"
+    beside.flush()
+    assert not fanout.due()
+
+
+def test_a_raising_member_beside_does_not_strand_the_lobbys_lines() -> None:
+    """The lobby's end of a read comes before the paired batch's: a paired
+    member whose deliver raises there (a bug) cannot leave the lines the
+    read brought to the lobby without a timer, never sent."""
+
+    class Raising(Stub):
+        def deliver(self, data: bytes) -> None:
+            raise RuntimeError("a bug in a paired member's deliver")
+
+    clock = CountingClock()
+    clock.advance(1000)
+    backlog = Backlog()
+    member = Stub()
+    beside = LobbyFanout(clock, lambda: [Raising()], WINDOW, backlog)
+    fanout = LobbyFanout(clock, lambda: [member], WINDOW, backlog, beside=beside)
+
+    def handle(data: bytes) -> None:
+        beside.add(b"LEFT x\r\n")
+        fanout.add(b"MSG hello\r\n")
+
+    with pytest.raises(RuntimeError):
+        fanout.read(handle, b"")
+    clock.advance(WINDOW)
+    assert member.got == [b"MSG hello\r\n"]
 
 
 def test_a_read_that_raises_still_ends() -> None:

@@ -332,7 +332,8 @@ class ChatProtocol:
         take): no ordering work, only the send-queue rule."""
         queue = self.send_queue  # None once closing
         if queue is None:
-            # Closing: the fan-out (and the factory) counted it as handed.
+            # Closing: the fan-out leaves a closing member out of its
+            # batches, so this is a guard; what comes is counted as discarded.
             self.ctx.stats.count_discarded(len(data))
         elif not queue.write(data):
             self._overflow(len(data))

@@ -174,9 +174,6 @@ class LobbyFanout:
             handle(data)
         finally:
             self._reading = False
-            beside = self._beside
-            if beside is not None and beside._pending and not beside._busy:
-                beside._read_over()
             if self._pending and not self._busy:
                 backlog = self._backlog
                 if backlog is not None and not backlog():
@@ -186,6 +183,11 @@ class LobbyFanout:
                     self._busy = True
                     if self._call is None:
                         self._call = self._clock.callLater(0.0, self._turn_over)
+            # After the lobby's own end: lines waiting beside always have a
+            # timer (made when they came), the lobby's of this read may not.
+            beside = self._beside
+            if beside is not None and beside._pending and not beside._busy:
+                beside._read_over()
 
     def _read_over(self) -> None:
         """The end of a read of the batch this one is beside (L{read}), for
