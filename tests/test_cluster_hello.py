@@ -375,7 +375,7 @@ def test_the_lobby_line_applied_before_the_hello_reaches_the_ended_pair() -> Non
                 heard.setdefault(text, []).append((nick, len(mine)))
 
         node.listener.lobby_message = gather  # type: ignore[method-assign]
-        node.listener.roster_changing = flush  # type: ignore[method-assign]
+        node.listener.deliver_gathered = flush  # type: ignore[method-assign]
     n2 = Node(redis, clock, "n2")
     clock.advance(0)
     redis.pump()
@@ -384,7 +384,7 @@ def test_the_lobby_line_applied_before_the_hello_reaches_the_ended_pair() -> Non
     _settle(redis, clock)
     say(n2, carol, "first after the hellos")
     for node in (n0, n1):
-        node.listener.roster_changing()
+        node.listener.deliver_gathered()
 
     assert _three_agree(n0, n1, n2)["pairs"] == []
     assert {text: sorted(who) for text, who in heard.items()

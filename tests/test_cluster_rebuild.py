@@ -217,7 +217,7 @@ def test_own_users_keep_their_connections_and_are_not_sent_the_replay_again() ->
     fresh = n0.state.hub.online["ann"]
     assert fresh.conn is ann_conn and now(ann) is fresh
     got = n0.listener.calls[before:]
-    assert [name for name, _ in got if name not in ("lobby_message", "roster_changing")] == []
+    assert [name for name, _ in got if name not in ("lobby_message", "deliver_gathered")] == []
     mine = ["after", "during the rebuild", "before the hello"]
     assert [args[0].text for name, args in got if name == "lobby_message"] == mine
     assert n1.listener.said()[-3:] == mine

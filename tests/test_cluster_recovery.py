@@ -148,7 +148,7 @@ def test_the_users_of_a_node_that_died_as_redis_lost_its_data_are_shown_leaving(
     shown alice and carol leave (he was shown them online; they used to stay
     so in his client for good, while USERS no longer listed them).  Each
     is told as hub.leave tells a departure, C{leaving} then C{left}: a
-    C{roster_changing} before each flushed the lobby's batch per departure
+    C{deliver_gathered} before each flushed the lobby's batch per departure
     (rr20-left 6)."""
     redis, clock, (n0, n1) = cluster(2)
     n0.user("alice")
@@ -163,7 +163,7 @@ def test_the_users_of_a_node_that_died_as_redis_lost_its_data_are_shown_leaving(
     assert n1.listener.departed() == ["alice", "carol"]
     told = [(name, [a.nick for a in args if hasattr(a, "nick")])
             for name, args in n1.listener.calls[start:]
-            if name in ("leaving", "left", "roster_changing")]
+            if name in ("leaving", "left", "deliver_gathered")]
     assert told == [("leaving", ["alice"]), ("left", ["alice"]),
                     ("leaving", ["carol"]), ("left", ["carol"])]
     assert n1.nicks() == ["bob"] and n1.state.replica.afterloss.unseen == {}

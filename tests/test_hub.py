@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -35,7 +36,7 @@ class Recorder:
 
     def take(self) -> list[tuple[Any, ...]]:
         events, self.events = self.events, []
-        return [e for e in events if e[0] not in ("roster_changing", "leaving", "returning")]
+        return [e for e in events if e[0] not in ("deliver_gathered", "leaving", "returning")]
 
 
 def _show(value: Any) -> Any:
@@ -69,7 +70,7 @@ def test_membership_changes_are_announced_before_they_happen(
         world: tuple[Hub, Recorder, Clock]) -> None:
     hub, rec, _ = world
     seen: list[int] = []
-    rec.roster_changing = lambda: seen.append(len(hub.lobby))  # type: ignore[method-assign]
+    rec.deliver_gathered = lambda: seen.append(len(hub.lobby))  # type: ignore[method-assign]
     rec.leaving = lambda user: seen.append(len(hub.lobby))  # type: ignore[method-assign]
     rec.returning = lambda user: seen.append(len(hub.lobby))  # type: ignore[method-assign]
     a = hub.register("a", None)
@@ -364,3 +365,41 @@ def test_the_lobby_state_lists_its_members_anew_only_when_the_lobby_changed(
     hub.leave(a, "quit")
     check()
     assert listed == [("A",), ("A", "B", "C"), ("C",), ("C",), ("C", "A", "B"), ("A", "B"), ("B",)]
+
+
+def test_roster_changes_moves_at_every_change_of_the_user_list(
+        world: tuple[Hub, Recorder, Clock]) -> None:
+    """A user list made at one count of Hub.roster_changes (who is online,
+    in which state: the lines' USERS) is right while the count stays: every
+    change moves it, a departure from a pair and an arrival undone
+    included; what changes no one's place leaves it."""
+    hub, rec, _ = world
+
+    def moves(change: Callable[[], object]) -> bool:
+        count = hub.roster_changes
+        change()
+        return hub.roster_changes != count
+
+    a = hub.register("a", None)
+    b, c = hub.register("b", None), hub.register("c", None)
+    assert hub.roster_changes == 3
+    assert [moves(lambda: hub.say(a, "hi")), moves(lambda: hub.pair(a, "b")),
+            moves(lambda: hub.accept(b, "a")), moves(lambda: hub.unpair(a)),
+            moves(lambda: hub.leave(c, "quit"))] == [False, False, True, True, True]
+    hub.pair(a, "b")
+    hub.accept(b, "a")
+    assert moves(lambda: hub.leave(a, "quit")) and b.state is State.LOBBY
+    during: list[int] = []
+
+    def broken(user: User) -> None:
+        during.append(hub.roster_changes)  # a list made here has the newcomer
+        raise ZeroDivisionError
+
+    rec.ready = broken  # type: ignore[method-assign]
+    with pytest.raises(ZeroDivisionError):
+        hub.register("d", None)
+    assert hub.roster_changes not in during
+    count = hub.roster_changes
+    with pytest.raises(NickTaken):
+        hub.register("B", None)
+    assert hub.roster_changes == count

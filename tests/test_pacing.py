@@ -275,7 +275,7 @@ def test_a_direct_line_never_overtakes_a_waiting_lobby_line() -> None:
 
 def test_a_write_in_parts_never_overtakes_a_waiting_lobby_line() -> None:
     """write_parts (UNPAIRED's reply block) keeps the order rule as write
-    does.  Today the hub's roster_changing has already flushed when the
+    does.  Today the hub's deliver_gathered has already flushed when the
     factory writes UNPAIRED, so only a direct call shows it."""
     h, (_, bob) = two_waiting(("alice", "bob"))
     bob.protocol.write_parts([b"UNPAIRED x\r\n", b"USERS 0\r\n"])
@@ -484,7 +484,7 @@ def test_closing_members_are_left_out_of_the_batches() -> None:
 
 def test_paired_departures_of_one_turn_reach_a_lobby_member_in_one_write() -> None:
     """rev21-clu F2: a departure that ended a pair flushed the whole batch
-    (the partner's return was the hub's roster_changing), so n such
+    (the partner's return was the hub's deliver_gathered), so n such
     departures in one turn were n writes to each lobby member, and each
     LEFT written at once to every paired user about n x n more.  Now each
     member gets all the LEFTs in one write, and each partner its block in

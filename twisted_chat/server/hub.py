@@ -101,21 +101,23 @@ class Listener(Protocol):
     those called "everyone" are read from L{Hub.online} or L{Hub.lobby}.
     """
 
-    def roster_changing(self) -> None:
-        """Someone is about to leave the lobby for a pair (going offline is
-        L{leaving}, coming back L{returning}): deliver what was addressed to
-        the lobby as it is now, and forget any user list."""
+    def deliver_gathered(self) -> None:
+        """Deliver what was addressed so far, to those it was addressed to:
+        a change follows that the listener is told of only once it is made
+        (a pairing takes two users out of the lobby), or not at all (a
+        cluster replica's quiet change).  Going offline is L{leaving},
+        coming back from a pair L{returning}."""
 
     def returning(self, user: User) -> None:
         """C{user}'s pair ended and it is about to come back to the lobby:
         of what was addressed to the lobby before this call, C{user} gets
         nothing live (it was told each JOINED and LEFT while paired, and
-        L{unpaired} replays the messages); forget any user list."""
+        L{unpaired} replays the messages)."""
 
     def leaving(self, user: User) -> None:
         """C{user} is about to go offline: to C{user}, what was addressed to
-        the lobby while it was in it; forget any user list.  (The others may
-        get it later, with C{user}'s LEFT after it.)"""
+        the lobby while it was in it.  (The others may get it later, with
+        C{user}'s LEFT after it.)"""
 
     def ready(self, user: User) -> None:
         """C{user} has just come online, into the lobby: to C{user}, READY,
@@ -211,6 +213,9 @@ class Hub:
         # Changes of the lobby's membership so far: a list of its members
         # made at one count is still right at the same count.
         self.lobby_changes = 0
+        #: Changes of the user list (who is online, and in which state) so
+        #: far: a list made at one count is still right at the same count.
+        self.roster_changes = 0
         self._sorted_keys: list[str] = []
 
     # -- queries -----------------------------------------------------------
@@ -243,6 +248,7 @@ class Hub:
         self.online[key] = user
         self.lobby[key] = user
         self.lobby_changes += 1
+        self.roster_changes += 1
         bisect.insort(self._sorted_keys, key)
         self.log.info("{nick} is ready from {address}", nick=nick, address=address)
         try:
@@ -254,6 +260,7 @@ class Hub:
             del self.online[key]
             del self.lobby[key]
             self.lobby_changes += 1
+            self.roster_changes += 1
             self._sorted_keys.remove(key)
             raise
         return user
@@ -272,6 +279,7 @@ class Hub:
             self.lobby_changes += 1
         self.paired.pop(user.key, None)
         del self._sorted_keys[bisect.bisect_left(self._sorted_keys, user.key)]
+        self.roster_changes += 1
         self.log.info("{nick} left ({reason})", nick=user.nick, reason=reason)
         self.listener.left(self.clock.seconds(), user, reason, text)
         if user.outgoing is not None:
@@ -434,9 +442,9 @@ class Hub:
         either side ends as busy."""
         inviter, invitee = invitation.inviter, invitation.invitee
         self._detach(invitation)
-        self.listener.roster_changing()
-        # Every lobby message before this point has reached both (the
-        # roster change delivered what was gathered); none after will.
+        self.listener.deliver_gathered()
+        # Every lobby message before this point has reached both (what was
+        # gathered is delivered); none after will.
         position = self.history.position
         for one, other in ((inviter, invitee), (invitee, inviter)):
             one.state = State.PAIRED
@@ -445,6 +453,7 @@ class Hub:
             del self.lobby[one.key]
             self.paired[one.key] = one
             self.lobby_changes += 1
+            self.roster_changes += 1
         # The invitee's command (ACCEPT, or the second of a mutual PAIR) made it.
         self._log_pairing(invitee, "pair", "{a} and {b} paired", a=inviter.nick, b=invitee.nick)
         self.listener.paired(inviter, invitee)
@@ -481,11 +490,12 @@ class Hub:
             one.state = State.LOBBY
             if self.is_online(one):
                 del self.paired[one.key]
-                # Not a flush to everyone (roster_changing): n departures of
+                # Not a flush to everyone (deliver_gathered): n departures of
                 # paired users in one turn were n writes to each member.
                 self.listener.returning(one)
                 self.lobby[one.key] = one
                 self.lobby_changes += 1
+                self.roster_changes += 1
         return missed
 
     def _expire(self, invitation: Invitation) -> None:

@@ -60,7 +60,8 @@ class LineListener:
         self.stats = stats
         self.config = config
         self._direct_pass = direct_pass
-        self._roster: bytes | None = None
+        self._roster = b""
+        self._roster_at = -1  # the hub's roster_changes when _roster was built
         self._user_lines: dict[str, bytes] = {}  # by nick key, each encoded once
         self._history_block: bytes | None = None
         # The last pair's end: the hub's list of missed entries, and its lines.
@@ -69,17 +70,22 @@ class LineListener:
     # -- what newcomers and pairs' ends are sent ---------------------------------
 
     def roster(self) -> bytes:
-        """The C{USER} lines and the closing C{USERS}, encoded once per change."""
-        if self._roster is None:
+        """The C{USER} lines and the closing C{USERS}, encoded once per
+        change: built again once the hub's C{roster_changes} moved, or a
+        line it is made of changed (L{_user_changed})."""
+        hub = self._state().hub
+        if self._roster_at != hub.roster_changes:
             lines = self._user_lines
-            keys = self._state().hub.keys_in_order
+            keys = hub.keys_in_order
             self._roster = b"".join([lines[key] for key in keys]) + wire.line(
                 "USERS", str(len(keys))
             )
+            self._roster_at = hub.roster_changes
         return self._roster
 
     def _user_changed(self, user: User) -> None:
-        """Encode C{user}'s USER line for its current state; drop the list."""
+        """Encode C{user}'s USER line for its current state; a list made
+        of its old line is built again."""
         words = [user.nick, user.state.value]
         if self.config.show_addresses:
             words.append(user.address)
@@ -88,7 +94,7 @@ class LineListener:
             # Unchanged, the list stays the same object (both sides of a
             # pair that ends are sent one list: see unpaired).
             self._user_lines[user.key] = line
-            self._roster = None
+            self._roster_at = -1
 
     def history_block(self) -> bytes:
         """The C{HISTORY} lines a newcomer gets, encoded once per message."""
@@ -112,7 +118,6 @@ class LineListener:
         self._user_lines = {}
         for user in self._state().hub.online.values():
             self._user_changed(user)
-        self._roster = None
 
     def forget_members(self) -> None:
         """The lobby's lists kept between batches (the state's, the direct
@@ -126,10 +131,9 @@ class LineListener:
 
     # -- the hub's Listener ------------------------------------------------------
 
-    def roster_changing(self) -> None:
+    def deliver_gathered(self) -> None:
         self.fanout.flush()
         self.paired_fanout.flush()
-        self._roster = None
 
     def batch_of(self, user: User) -> LobbyFanout:
         """The batch whose lines C{user} gets (docs/fanout.md, "Order"): the
@@ -151,7 +155,6 @@ class LineListener:
         (dropped, cut) gets nothing: it writes no more."""
         if self._state().holds(user) and not user.conn.closing:
             self.batch_of(user).leaving(user.conn)
-        self._roster = None
 
     def returning(self, user: User) -> None:
         """The user gets its share of the batch it was in while paired
@@ -166,7 +169,6 @@ class LineListener:
         if self._state().holds(user) and not user.conn.closing:
             self._pair_batch(user).leaving(user.conn)
             self.fanout.returning(user.conn)
-        self._roster = None
 
     def lobby_message(self, entry: Entry, sender: User) -> None:
         self._history_block = None

@@ -600,7 +600,7 @@ class AfterLoss:
                 # line ends with must have the users it brought back).
                 self.quiet.sync_listener()
                 listener = replica.hub.listener
-                listener.roster_changing()
+                listener.deliver_gathered()
                 listener.unpaired(one.user, partner, "disconnected", [])
 
     def _stand_in(self, uid: str) -> User | None:
@@ -622,7 +622,7 @@ class AfterLoss:
         if not quiet:
             self.quiet.sync_listener()  # what it says out loud needs the listener's picture
         listener = self.quiet.unwrapped()
-        listener.roster_changing()
+        listener.deliver_gathered()
         hub.listener = Between(listener, a, b, quiet)
         if quiet:
             self.quiet.hush()  # the index learns of the pairing by a reindex

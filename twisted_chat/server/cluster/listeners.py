@@ -66,7 +66,7 @@ class Quiet:
             yield
             return
         listener = self.unwrapped()
-        listener.roster_changing()
+        listener.deliver_gathered()
         hub.listener = SILENT
         hushed, self.hushed = self.hushed, True
         try:
@@ -95,7 +95,7 @@ class Silent:
     node's users have seen (L{Replica.rebuild}), or applies a C{hello}'s
     change they have seen already."""
 
-    def roster_changing(self) -> None:
+    def deliver_gathered(self) -> None:
         pass
 
     def leaving(self, user: User) -> None:
@@ -151,9 +151,9 @@ class Forward:
     def _before(self) -> None:
         """Called before an event is passed on."""
 
-    def roster_changing(self) -> None:
+    def deliver_gathered(self) -> None:
         self._before()
-        self.listener.roster_changing()
+        self.listener.deliver_gathered()
 
     def leaving(self, user: User) -> None:
         self._before()

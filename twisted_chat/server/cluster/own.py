@@ -144,8 +144,8 @@ class OwnMembers:
 
     # -- the Listener: passed on ------------------------------------------------
 
-    def roster_changing(self) -> None:
-        self._listener.roster_changing()
+    def deliver_gathered(self) -> None:
+        self._listener.deliver_gathered()
 
     def leaving(self, user: User) -> None:
         self._listener.leaving(user)

@@ -503,7 +503,7 @@ class Replica:
         hub = self.hub
         with self.afterloss.rebuilding(rows):
             listener = self.quiet.unwrapped()  # a pending sync is moot: all is built anew
-            listener.roster_changing()  # what the lobby was sent goes out first
+            listener.deliver_gathered()  # what the lobby was sent goes out first
             hub.listener = SILENT
             self.replaying = True
             try:
