@@ -621,15 +621,9 @@ class AfterLoss:
             return
         if not quiet:
             self.quiet.sync_listener()  # what it says out loud needs the listener's picture
-        listener = self.quiet.unwrapped()
-        listener.deliver_gathered()
-        hub.listener = Between(listener, a, b, quiet)
-        if quiet:
-            self.quiet.hush()  # the index learns of the pairing by a reindex
-        try:
+        # If quiet, the index learns of the pairing by a reindex (hush).
+        with self.quiet.through(lambda listener: Between(listener, a, b, quiet), hush=quiet):
             replica.restore_pair(a, b)
-        finally:
-            hub.listener = self.quiet.after_quiet(listener) if quiet else listener
 
     def _mine(self, *uids: str) -> list[str]:
         """Which of C{uids} are this node's users."""

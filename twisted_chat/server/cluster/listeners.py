@@ -7,9 +7,10 @@ online.  What the users see then is in docs/cluster.md, "What is guaranteed"
 (its "After a loss, every replica agrees").
 
 L{Silent} tells nobody; L{Forward} passes every event on, and L{SyncFirst},
-L{NotShownLeaving} and L{Between} change what they must.  L{Quiet} is the
-hub's listener as the replica keeps changes from it, and whether it missed
-any.  They follow the
+L{NotShownLeaving} and L{Between} change what they must.  L{Quiet} puts
+them in front of the hub's listener and back (L{Quiet.through}, the one
+place that does), and knows whether the listener missed changes.  They
+follow the
 hub's L{Listener} method by method, as the lines and the index of the
 node's own users (C{cluster/own.py}) do: a new Listener event is added to
 these too.  They are apart from L{replica} so that a reader of that module
@@ -29,8 +30,9 @@ __all__ = ["SILENT", "Between", "Forward", "NotShownLeaving", "Quiet", "Silent",
 
 class Quiet:
     """
-    The hub's listener while a replica keeps changes from it (L{quietly}),
-    and whether it missed any since it last built its picture from the hub.
+    The hub's listener while a replica keeps changes from it (L{quietly},
+    L{through}), and whether it missed any since it last built its picture
+    from the hub.
     C{stale}: tells the node that picture is stale (the replica's, which
     tells L{replica.Answers.rebuilt}, but not while it replays).  L{SyncFirst} and
     L{NotShownLeaving} call it back.
@@ -61,21 +63,45 @@ class Quiet:
         (L{NickTaken}: the hub changed nothing) leaves the listener missing
         only what it missed before: no needless resync (a dead's user whose
         nick is someone else's by now, L{afterloss.AfterLoss.shown_back})."""
+        if not quiet:
+            yield
+            return
+        hushed = self.hushed
+        with self.through(lambda listener: SILENT, hush=True):
+            try:
+                yield
+            except NickTaken:
+                self.hushed = hushed  # nothing changed: a resync pending stays, none added
+                raise
+
+    @contextmanager
+    def through(self, wrap: Callable[[Listener], Listener], *, hush: bool = False,
+                deliver: bool = True, resync: bool = True) -> Iterator[None]:
+        """
+        Apply what follows with the hub's listener (a pending L{SyncFirst}
+        taken off) behind C{wrap(listener)}; then put it back, behind a
+        L{SyncFirst} if it missed changes (L{hushed}, if C{resync}).  The
+        one place that swaps the hub's listener.  Nothing is swapped while
+        it is L{SILENT} (a rebuild's replay: nobody is told anything).
+
+        @param hush: it misses what follows (L{hush}).
+        @param deliver: what it gathered goes out first (its
+            C{deliver_gathered}).
+        """
         hub = self.hub
-        if not quiet or hub.listener is SILENT:
+        if hub.listener is SILENT:
             yield
             return
         listener = self.unwrapped()
-        listener.deliver_gathered()
-        hub.listener = SILENT
-        hushed, self.hushed = self.hushed, True
+        if deliver:
+            listener.deliver_gathered()
+        hub.listener = wrap(listener)
+        if hush:
+            self.hush()
         try:
             yield
-        except NickTaken:
-            self.hushed = hushed  # nothing changed: a resync pending stays, none added
-            raise
         finally:
-            hub.listener = self.after_quiet(listener) if self.hushed else listener
+            hub.listener = self.after_quiet(listener) if resync and self.hushed else listener
 
     def after_quiet(self, listener: Listener) -> Listener:
         """The hub's listener after a quiet change: L{SyncFirst}."""

@@ -246,15 +246,12 @@ class Replica:
         """C{user} leaves; out loud, but for its C{LEFT} where this node's
         users were not shown it online (L{NotShownLeaving})."""
         hub = self.hub
-        if self.afterloss.shown_online(self.uids.get(user)) or hub.listener is SILENT:
+        if self.afterloss.shown_online(self.uids.get(user)):
             hub.leave(user, reason, text)
         else:
-            listener = self.quiet.unwrapped()
-            hub.listener = NotShownLeaving(self.quiet, listener, user)
-            try:
+            with self.quiet.through(
+                    lambda listener: NotShownLeaving(self.quiet, listener, user), deliver=False):
                 hub.leave(user, reason, text)
-            finally:
-                hub.listener = self.quiet.after_quiet(listener) if self.quiet.hushed else listener
         uid = self.uids.pop(user, None)
         if uid is not None:
             self.members.pop(uid, None)
@@ -500,11 +497,10 @@ class Replica:
         @return: this node's users as they were before (its C{hello}).
         """
         rows = self.local_users()
-        hub = self.hub
-        with self.afterloss.rebuilding(rows):
-            listener = self.quiet.unwrapped()  # a pending sync is moot: all is built anew
-            listener.deliver_gathered()  # what the lobby was sent goes out first
-            hub.listener = SILENT
+        # What the lobby was sent goes out first; a pending sync is moot:
+        # all is built anew.
+        with (self.afterloss.rebuilding(rows),
+              self.quiet.through(lambda listener: SILENT, resync=False)):
             self.replaying = True
             try:
                 self.clear()
@@ -514,7 +510,6 @@ class Replica:
                 for eid, event in entries:
                     self.apply(eid, event)
             finally:
-                hub.listener = listener
                 self.replaying = False
         self.answers.rebuilt()
         return rows
