@@ -440,6 +440,22 @@ def test_lobby_lines_said_before_ready_are_history_and_after_it_live() -> None:
     ]
 
 
+def test_a_command_is_decided_before_the_lines_held_behind_it_are_handled() -> None:
+    """The NICK's decision lets go of its handshake (nothing proved) before
+    the lines held behind it are handled: the REGISTER among them starts a
+    fresh one, which keeps what it proved for the PASSWD after it.  Let go
+    after them, the REGISTER's own handshake went while it waited, and the
+    PASSWD was refused as not logged in with a password."""
+    h = harness(work=HeldWork())
+    conn = fresh(h)
+    conn.send("NICK bob", f"REGISTER {PW}", "PASSWD new-password")
+    assert conn.take() == []
+    while h.work.held:  # type: ignore[attr-defined]
+        h.work.release()  # type: ignore[attr-defined]
+    assert conn.take() == ["READY bob", "USER bob lobby", "USERS 1",
+                           "REGISTERED bob", "REGISTERED bob"]
+
+
 def test_a_full_password_queue_discards_the_line_with_flood() -> None:
     h = harness(work=HeldWork(limit=1))
     add(h, "alice")

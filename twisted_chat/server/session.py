@@ -212,12 +212,9 @@ class Session:
                 if command is None:
                     return
                 outcome = self._HANDLERS[command.verb](self, conn, command)
-            if outcome is None:
-                # As _hold would; decided() has nothing to do for a
-                # connection without a handshake (most lines: a call less).
-                if conn.handshake is not None:
-                    self.decided(conn)
-            else:
+            if outcome is not None or conn.handshake is not None:
+                # Answered at once without a handshake (most lines), a
+                # command leaves nothing to decide: a call less.
                 self._hold(conn, outcome)
         except Refusal as e:
             conn.write(wire.error(e.code, e.text))
@@ -254,18 +251,24 @@ class Session:
 
     def _hold(self, conn: Connection, outcome: Deferred[Any] | None) -> None:
         """
-        Handle no more lines until C{outcome} (a command decided elsewhere)
-        fires; its refusal (a hub error), if any, is answered as if raised
-        at once.
+        The command is L{decided} once C{outcome} fires (None: it was
+        answered at once); its refusal (a hub error), if any, is answered
+        first, as if raised at once.  Until then (a command decided
+        elsewhere) no more lines are handled: those that arrive meanwhile
+        are handled after both.
         """
         if outcome is None:
             self.decided(conn)
             return
         outcome.addErrback(self._command_failed, conn)
-        if outcome.called:
-            self.decided(conn)
-            return
-        conn.wait_for(outcome)
+        outcome.addBoth(self._then_decided, conn)
+        if not outcome.called:
+            conn.wait_for(outcome)
+
+    def _then_decided(self, result: object, conn: Connection) -> object:
+        """C{outcome}'s step once it fired: the command is L{decided}."""
+        self.decided(conn)
+        return result
 
     def _command_failed(self, failure: Failure, conn: Connection) -> None:
         error = failure.value

@@ -12,7 +12,7 @@ from __future__ import annotations
 import time
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
-from typing import TYPE_CHECKING, Any, Protocol, cast
+from typing import TYPE_CHECKING, Any, Protocol
 
 from twisted.internet.defer import Deferred
 
@@ -21,8 +21,6 @@ from twisted_chat.server.logs import Throttle, logger
 
 if TYPE_CHECKING:
     from twisted.internet.interfaces import IReactorTime
-
-    from twisted_chat.server.session import Connection, Session
 
 # Input held while a command is decided elsewhere (see wait_for) past which
 # the connection is not read until it is.
@@ -109,9 +107,6 @@ class _Shared(Protocol):
 
     @property
     def stats(self) -> _InputCounter: ...
-
-    @property
-    def session(self) -> Session: ...
 
 
 class Holding(Holder, Protocol):
@@ -200,7 +195,9 @@ class InputHold:
 
     def wait_for(self, outcome: Deferred[Any]) -> None:
         """Handle no more lines until C{outcome} (a command decided
-        elsewhere) fires; what arrives meanwhile waits, in order."""
+        elsewhere) fires; what arrives meanwhile waits, in order, and is
+        handled after what C{outcome} already leads to (its answer, the
+        session's own step: C{Session._hold})."""
         self.waiting = True
         conn = self.conn
         held = conn.ctx.held_input
@@ -360,7 +357,6 @@ class InputHold:
     def _decided(self, result: object) -> None:
         conn = self.conn
         self.waiting = False
-        conn.ctx.session.decided(cast("Connection", conn))  # (a ChatProtocol)
         if self.paused & _PAUSED_OWN:
             self.resume(_PAUSED_OWN)
         if self.buffer and not conn.closing:
