@@ -34,6 +34,18 @@ def options(*argv: str) -> Options:
     return opts
 
 
+def test_the_cluster_options_fill_cluster_config() -> None:
+    """Each cluster option reaches its ClusterConfig field (0 for a byte
+    bound is no bound)."""
+    opts = options("--redis", "redis://127.0.0.1:6390/2", "--redis-password-file", "pw",
+                   "--node-timeout", "7", "--redis-wait", "3", "--redis-queue", "12345",
+                   "--retain-bytes", "0", "--set-retention", "--stream-bytes", "999")
+    cluster = opts.cluster_config()
+    assert cluster == ClusterConfig(redis="redis://127.0.0.1:6390/2", redis_password_file="pw",
+                                    node_timeout=7.0, wait=3.0, max_waiting=12345,
+                                    retain_bytes=None, set_retention=True, stream_bytes=999)
+
+
 def test_defaults() -> None:
     config = options().config()
     assert config.ports == ("tcp:7000",)
