@@ -1136,18 +1136,34 @@ def test_a_pair_detached_by_a_new_epoch_hears_no_lobby_line_but_sees_a_newcomer(
     check_index(cluster)
 
 
+def _ann_and_bob_paired(third: str) -> tuple[Cluster, Conn, Conn, Conn, int]:
+    """ann (node0) and bob (node1) paired, and C{third} on node2, their
+    lines taken; with the number of events so far (what Redis will keep)."""
+    cluster = Cluster(3)
+    n0, n1, n2 = cluster.nodes
+    ann, bob, other = n0.user("ann"), n1.user("bob"), n2.user(third)
+    pair(cluster, ann, bob)
+    cluster.clear_all()
+    return cluster, ann, bob, other, len(cluster.log.entries)
+
+
+def _lose_after(cluster: Cluster, kept: int, nodes: list[Node]) -> None:
+    """Redis loses the events after the first C{kept}; C{nodes} rebuild
+    their replicas from the rest."""
+    del cluster.log.entries[kept:]
+    for node in nodes:
+        node.cursor = kept
+        node.state.rebuild(None, cluster.log.entries)
+
+
 def _hearing_ann(bob_lagging: bool = False) -> tuple[Cluster, Conn, Conn, Conn]:
     """ann (node0), bob (node1) and carol (node2); ann and bob's pair
     ended (both were shown it) in events Redis then lost, and every replica
     is rebuilt from what was kept: ann and bob paired again there, ann
     hearing the lobby on node0.  C{bob_lagging}: only node0 applied the
     lost end (and is rebuilt); bob was never shown it."""
-    cluster = Cluster(3)
-    n0, n1, n2 = cluster.nodes
-    ann, bob, carol = n0.user("ann"), n1.user("bob"), n2.user("carol")
-    pair(cluster, ann, bob)
-    cluster.clear_all()
-    kept = len(cluster.log.entries)
+    cluster, ann, bob, carol, kept = _ann_and_bob_paired("carol")
+    n0 = cluster.nodes[0]
     ann.send("UNPAIR")
     if bob_lagging:
         batch = cluster.log.entries[n0.cursor:]
@@ -1158,10 +1174,7 @@ def _hearing_ann(bob_lagging: bool = False) -> tuple[Cluster, Conn, Conn, Conn]:
     else:
         cluster.pump()
         assert "UNPAIRED bob left" in ann.take() and "UNPAIRED ann left" in bob.take()
-    del cluster.log.entries[kept:]
-    for node in cluster.nodes[:1] if bob_lagging else cluster.nodes:
-        node.cursor = kept
-        node.state.rebuild(None, cluster.log.entries)
+    _lose_after(cluster, kept, cluster.nodes[:1] if bob_lagging else cluster.nodes)
     assert n0.hub.online["ann"].partner is n0.hub.online["bob"]
     assert list(n0.state.replica.afterloss.hearing.values()) == [n0.hub.online["ann"]]
     return cluster, ann, bob, carol
@@ -1358,6 +1371,70 @@ def test_after_a_quiet_pair_end_a_new_pair_with_the_same_partner_stays(
     check_index(cluster)
 
 
+def _ann_switched_to_dave() -> tuple[Cluster, Conn, Conn, Conn]:
+    """ann (node0) and bob (node1) paired in what Redis kept; in the events
+    it then lost, ann sent UNPAIR and paired with dave (node2), ann and
+    dave shown PAIRED.  Every replica is rebuilt: ann and bob paired."""
+    cluster, ann, bob, dave, kept = _ann_and_bob_paired("dave")
+    ann.send("UNPAIR")
+    cluster.pump()
+    pair(cluster, ann, dave)
+    cluster.clear_all()
+    _lose_after(cluster, kept, cluster.nodes)
+    return cluster, ann, bob, dave
+
+
+def _hellos(cluster: Cluster, *order: int) -> None:
+    for i in order:
+        cluster.nodes[i].state.hello()
+        cluster.pump()
+
+
+def test_a_new_pair_made_in_lost_events_outlives_the_old_one_s_end() -> None:
+    """bob's node's hello ends the rebuilt ann-bob pair before ann's node's
+    hello is applied: ann, shown PAIRED dave, keeps that pair without a
+    word, hears no lobby line, and her line reaches dave alone; dave, whose
+    node's hello came before ann's listed him, was told it ended, then
+    PAIRED again (the old pair's end took ann for shown the lobby: she was
+    told nothing, left in the lobby believing herself paired with dave,
+    and her line for him went to the lobby)."""
+    cluster, ann, bob, dave = _ann_switched_to_dave()
+    _hellos(cluster, 1, 2, 0)
+    assert ann.take() == [] and bob.take() == []
+    told = dave.take()
+    assert told[:1] == ["UNPAIRED ann disconnected"] and told[-1:] == ["PAIRED ann"]
+    bob.send("MSG lobby line")
+    cluster.pump()
+    assert ann.take() == [] and dave.take() == []
+    bob.take()
+    ann.send("MSG for dave")
+    cluster.pump()
+    for conn in (ann, dave):
+        assert [line.split(" ", 2)[2] for line in conn.take()] == ["ann dave for dave"]
+    assert bob.take() == []
+    for node in cluster.nodes:
+        assert node.hub.online["ann"].partner is node.hub.online["dave"]
+    check_index(cluster)
+
+
+@pytest.mark.parametrize("ann_first", [False, True])
+def test_a_new_pair_not_listed_by_its_partner_s_node_is_told_ended(ann_first: bool) -> None:
+    """ann's node's hello lists dave, whose node has not said hello, and
+    the rebuilt ann-bob pair ends (by bob's node's hello, or by ann's own):
+    ann is told her pair with dave ended, and PAIRED again when dave's node
+    lists her (she was told nothing until then, the replica having her in
+    the lobby); bob and dave, shown it all already, nothing."""
+    cluster, ann, bob, dave = _ann_switched_to_dave()
+    _hellos(cluster, *((0,) if ann_first else (1, 0)))
+    assert ann.take()[:1] == ["UNPAIRED dave disconnected"]
+    _hellos(cluster, 2)
+    assert ann.take()[-1:] == ["PAIRED dave"]
+    assert bob.take() == [] and dave.take() == []
+    for node in cluster.nodes:
+        assert node.hub.online["ann"].partner is node.hub.online["dave"]
+    check_index(cluster)
+
+
 def _hellos_lost(cluster: Cluster) -> None:
     """Each node's hello after a rebuild is written, and lost (Redis lost
     events that no replica had applied): each says hello again, as
@@ -1404,10 +1481,7 @@ def test_a_pair_made_in_lost_events_comes_back_though_the_first_hellos_are_lost(
     kept = len(cluster.log.entries)
     pair(cluster, ann, bob)
     cluster.clear_all()
-    del cluster.log.entries[kept:]
-    for node in cluster.nodes:
-        node.cursor = kept
-        node.state.rebuild(None, cluster.log.entries)
+    _lose_after(cluster, kept, cluster.nodes)
     _hellos_lost(cluster)
     told = ann.take()
     assert told[:1] == ["UNPAIRED bob disconnected"] and told[-1:] == ["PAIRED bob"]

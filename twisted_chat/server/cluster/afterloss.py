@@ -533,7 +533,12 @@ class AfterLoss:
             if other != partner:
                 with self.quiet.quietly(self._pair_seen(view, uid, other, False)):
                     replica.hub.unpair(member.user)
-                view[uid][0] = view[other][0] = ""
+                # A side shown this pair is now shown its end; one shown
+                # another partner (paired anew in the lost events) keeps
+                # that, for L{_rejoin} to bring back or tell ended.
+                for one, two in ((uid, other), (other, uid)):
+                    if view[one][0] == two:
+                        view[one][0] = ""
         for uid, (_, invitee) in sorted(told.items()):
             member = members.get(uid)
             outgoing = member.user.outgoing if member is not None else None
