@@ -31,9 +31,6 @@ from twisted_chat.wire import ErrorCode, Refusal, nick_key
 #: "Amplification" (--max-invites).
 SOURCES_TO_FILL = 5
 
-#: C{UNPAIR}'s refusal with nothing to leave or withdraw.
-NOT_PAIRED_TEXT = "you are not paired and have no open invitation"
-
 
 def source_share(max_invites: int) -> int:
     """Open invitations to one user the users of one source may hold."""
@@ -427,7 +424,7 @@ class Hub:
             raise HubError(ErrorCode.NOT_PAIRED, "you are not paired and have sent no "
                            "invitation (REJECT declines one you received)")
         else:
-            raise HubError(ErrorCode.NOT_PAIRED, NOT_PAIRED_TEXT)
+            raise HubError(ErrorCode.NOT_PAIRED, "you are not paired and have no open invitation")
 
     def _invitation_from(self, user: User, nick: str) -> Invitation:
         invitation = user.incoming.get(nick_key(nick)) if user.incoming else None
