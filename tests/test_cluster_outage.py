@@ -1156,6 +1156,13 @@ def _lose_after(cluster: Cluster, kept: int, nodes: list[Node]) -> None:
         node.state.rebuild(None, cluster.log.entries)
 
 
+def _hellos(cluster: Cluster, *order: int) -> None:
+    """The nodes numbered C{order} say hello, one after the other."""
+    for i in order:
+        cluster.nodes[i].state.hello()
+        cluster.pump()
+
+
 def _hearing_ann(bob_lagging: bool = False) -> tuple[Cluster, Conn, Conn, Conn]:
     """ann (node0), bob (node1) and carol (node2); ann and bob's pair
     ended (both were shown it) in events Redis then lost, and every replica
@@ -1313,6 +1320,30 @@ def test_a_hearing_users_own_unpair_is_answered_as_in_the_lobby() -> None:
     assert ann.take() == ["PENDING carol"] and carol.take() == ["INVITE ann"]
 
 
+def test_a_hearing_users_lobby_line_is_answered_as_not_over_everywhere_yet() -> None:
+    """ann and bob, shown their pair's end, hear the lobby, and each sends a
+    lobby line before the hellos: it goes to nobody, and its sender is told
+    its pair had ended for it but not yet everywhere (rr22-d: "you were
+    paired with bob", against its own UNPAIR's "your pair with bob had
+    already ended for you"); sent again after the hellos, it reaches the
+    lobby."""
+    cluster, ann, bob, carol = _hearing_ann()
+    for conn, partner in ((ann, "bob"), (bob, "ann")):
+        conn.send("MSG hi")
+        cluster.pump()
+        assert conn.take() == [
+            f"ERROR unavailable not sent: it was meant for the lobby and you were paired with "
+            f"{partner} when it came to be delivered: your pair had ended for you, but the "
+            "chat's store lost its end and it is not over everywhere yet; send it again in a "
+            "moment"]
+        assert ann.take() == bob.take() == carol.take() == []
+    _hellos(cluster, 0, 1, 2)
+    ann.send("MSG hi")
+    cluster.pump()
+    for conn in (ann, bob, carol):
+        assert [line.split(" ", 2)[2] for line in conn.take()] == ["ann * hi"]
+
+
 def test_after_a_quiet_pair_end_a_new_pair_is_like_any_other() -> None:
     """ann's rebuilt pair ends (bob drops) and ann pairs with zed before
     node0's hello: ann hears no lobby line while paired (it still counted
@@ -1382,12 +1413,6 @@ def _ann_switched_to_dave() -> tuple[Cluster, Conn, Conn, Conn]:
     cluster.clear_all()
     _lose_after(cluster, kept, cluster.nodes)
     return cluster, ann, bob, dave
-
-
-def _hellos(cluster: Cluster, *order: int) -> None:
-    for i in order:
-        cluster.nodes[i].state.hello()
-        cluster.pump()
 
 
 def test_a_new_pair_made_in_lost_events_outlives_the_old_one_s_end() -> None:

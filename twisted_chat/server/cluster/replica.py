@@ -83,6 +83,14 @@ DEAD_KEEP = 24 * 3600.0
 HEARD_END_TEXT = ("you are not paired: your pair with {} had already ended for you; "
                   "it is now over everywhere")
 
+#: The answer to such a user's lobby C{MSG}, which went nowhere: its pair
+#: with the partner named is not over everywhere yet (until its node's
+#: hello).  Its start is any lobby line's refused for a pair
+#: (wire.MEANT_FOR_LOBBY): clients settle a MSG by it.
+HEARD_END_LINE_TEXT = (wire.MEANT_FOR_LOBBY + "{} when it came to be delivered: your pair "
+                       "had ended for you, but the chat's store lost its end and it is not "
+                       "over everywhere yet; send it again in a moment")
+
 
 # What is restored (a snapshot's invitations, a pair a hello brings back)
 # was decided already, under its inviter's node's limits: none applies.
@@ -285,6 +293,8 @@ class Replica:
             return (f"{wire.NOT_PAIRED_WITH}{nick or 'your partner'} when it came to be "
                     "delivered (the pair ended, or the chat's store lost it); send it again")
         assert user.partner is not None
+        if self.afterloss.hears_lobby(user):
+            return HEARD_END_LINE_TEXT.format(user.partner.nick)
         return wire.meant_for_lobby(user.partner.nick)
 
     def _dm(self, eid: str, origin: str, k: int, event: dict[str, Any]) -> None:
