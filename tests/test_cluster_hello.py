@@ -776,6 +776,49 @@ def test_a_rebuild_restores_the_real_listener_not_a_pending_sync() -> None:
     assert replica.hub.listener is n0.state.own
 
 
+def test_a_rebuild_with_a_sync_pending_rebuilds_the_picture_once() -> None:
+    """A quiet change pending when a rebuild starts is covered by the
+    rebuild's own new picture: the node's picture is built once, not again
+    at the next event users are told of."""
+    redis, _clock, (n0, _n1) = cluster(2)
+    n0.user("ann")
+    redis.pump()
+    replica = n0.state.replica
+    stale: list[None] = []
+    replica.quiet._stale = lambda: stale.append(None)  # type: ignore[method-assign]
+    with replica.quiet.quietly():
+        pass
+    replica.rebuild(None, [])
+    assert stale == [None] and not replica.quiet.hushed
+    assert replica.hub.listener is n0.state.own
+    n0.user("bob")
+    redis.pump()
+    assert stale == [None], "no second rebuild of the picture"
+
+
+def test_a_flush_that_raises_keeps_the_pending_sync(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Quiet.through takes a pending SyncFirst off, then flushes what was
+    gathered: a flush that raises (a bug) puts the SyncFirst back, so the
+    next event users are told of still resyncs them."""
+    redis, _clock, (n0, _n1) = cluster(2)
+    n0.user("ann")
+    redis.pump()
+    replica = n0.state.replica
+    quiet = replica.quiet
+    with quiet.quietly():
+        pass
+    assert isinstance(replica.hub.listener, SyncFirst)
+    own = n0.state.own
+
+    def raising(self: object) -> None:
+        raise RuntimeError("a member's deliver raised")
+
+    monkeypatch.setattr(type(own), "deliver_gathered", raising)
+    with pytest.raises(RuntimeError), quiet.quietly():
+        pass
+    assert isinstance(replica.hub.listener, SyncFirst) and quiet.hushed
+
+
 def test_after_a_new_epoch_a_lobby_line_before_the_hellos_misses_the_pair() -> None:
     """ann (n0) is paired with bob (n1), carol is on n2; Redis restarts
     without its data while all three are cut off.  n2 is back first: its

@@ -76,13 +76,14 @@ class Quiet:
 
     @contextmanager
     def through(self, wrap: Callable[[Listener], Listener], *, hush: bool = False,
-                deliver: bool = True, resync: bool = True) -> Iterator[None]:
+                deliver: bool = True) -> Iterator[None]:
         """
         Apply what follows with the hub's listener (a pending L{SyncFirst}
         taken off) behind C{wrap(listener)}; then put it back, behind a
-        L{SyncFirst} if it missed changes (L{hushed}, if C{resync}).  The
-        one place that swaps the hub's listener.  Nothing is swapped while
-        it is L{SILENT} (a rebuild's replay: nobody is told anything).
+        L{SyncFirst} if it missed changes (L{hushed}), whatever raises on
+        the way.  The one place that swaps the hub's listener.  Nothing is
+        swapped while it is L{SILENT} (a rebuild's replay: nobody is told
+        anything).
 
         @param hush: it misses what follows (L{hush}).
         @param deliver: what it gathered goes out first (its
@@ -93,15 +94,16 @@ class Quiet:
             yield
             return
         listener = self.unwrapped()
-        if deliver:
-            listener.deliver_gathered()
-        hub.listener = wrap(listener)
-        if hush:
-            self.hush()
         try:
+            # In the try: a raising flush puts back the SyncFirst it took off.
+            if deliver:
+                listener.deliver_gathered()
+            hub.listener = wrap(listener)
+            if hush:
+                self.hush()
             yield
         finally:
-            hub.listener = self.after_quiet(listener) if resync and self.hushed else listener
+            hub.listener = self.after_quiet(listener) if self.hushed else listener
 
     def after_quiet(self, listener: Listener) -> Listener:
         """The hub's listener after a quiet change: L{SyncFirst}."""

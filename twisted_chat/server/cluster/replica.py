@@ -510,7 +510,7 @@ class Replica:
         # What the lobby was sent goes out first; a pending sync is moot:
         # all is built anew.
         with (self.afterloss.rebuilding(rows),
-              self.quiet.through(lambda listener: SILENT, resync=False)):
+              self.quiet.through(lambda listener: SILENT)):
             self.replaying = True
             try:
                 self.clear()
@@ -521,7 +521,10 @@ class Replica:
                     self.apply(eid, event)
             finally:
                 self.replaying = False
-        self.answers.rebuilt()
+        # The node's picture is built anew, once; a quiet change pending
+        # from before is covered by it (no second rebuild at the next event).
+        self.quiet.hush()
+        self.quiet.sync_listener()
         return rows
 
     def snapshot(self) -> str:
