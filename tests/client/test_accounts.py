@@ -5,6 +5,8 @@ an account needs, /register and /passwd, and what the server answers.
 
 from __future__ import annotations
 
+import unicodedata
+
 import pytest
 from twisted.internet.error import ConnectionDone
 from twisted.python.failure import Failure
@@ -175,6 +177,34 @@ def test_a_password_too_short_to_send_is_asked_for_again_at_once() -> None:
     assert s.screen.take() == [
         "! A password needs at least 8 bytes (characters, for plain ASCII). Nothing was sent."
     ]
+
+
+# 9 bytes as typed, 6 in NFC form: the server's PASS checks it (an account
+# may have been set with it before passwords were normalised), its REGISTER
+# and PASSWD refuse it (weak-password), as the client does (rr22-g 1).
+NFD_SHORT = unicodedata.normalize("NFD", "ééé")
+
+
+def test_a_password_fitting_only_as_typed_is_sent_at_login_not_registered() -> None:
+    typed = session()
+    _asked_for_password(typed)
+    typed.client.secret_line(NFD_SHORT)
+    assert typed.sent() == [f"PASS {NFD_SHORT}"]
+    scripted = session(interactive=False, environ={"CHAT_PASSWORD": NFD_SHORT})
+    _asked_for_password(scripted)
+    assert scripted.sent() == [f"PASS {NFD_SHORT}"]
+    typed.receive("READY alice")
+    for command in ("/register", "/passwd"):
+        typed.type(command)
+        typed.client.secret_line(NFD_SHORT)
+        typed.client.secret_line(NFD_SHORT)
+        assert typed.sent() == []
+        assert typed.screen.lines[-1].startswith("! A password needs at least 8 bytes")
+    scripted = session(interactive=False, environ={"CHAT_PASSWORD": NFD_SHORT})
+    scripted.ready()
+    scripted.type("/register")
+    assert scripted.sent() == []
+    assert scripted.screen.lines[-1].startswith("! A password needs at least 8 bytes")
 
 
 def test_a_script_whose_password_cannot_be_sent_stops_at_once() -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import unicodedata
+from functools import partial
 
 import pytest
 
@@ -130,33 +131,47 @@ def test_control_characters_are_not_sent() -> None:
     assert parse_input("hi\x1b[31m\x00 there\tyou\r") == Send("MSG", text="hi[31m there\tyou")
 
 
+SHORT = "A password needs at least 8 bytes (characters, for plain ASCII)."
+LONG = "A password may have at most 256 bytes."
+LEADING = "A password cannot start with a space or a tab."
+# wire.py's words, as the operator's tool says them: TAB is allowed.
+CONTROL = "A password cannot contain control characters (TAB is allowed)."
+NFD = partial(unicodedata.normalize, "NFD")
+
+
 @pytest.mark.parametrize(
-    ("password", "said"),
+    ("password", "said", "said_at_login"),
     [
-        ("kitty12", "A password needs at least 8 bytes (characters, for plain ASCII)."),
-        ("éééé", None),  # 4 characters, 8 bytes
-        ("é" * 128, None),
-        ("é" * 128 + "x", "A password may have at most 256 bytes."),
-        # rr22-c 4: the server takes a password whose bytes as typed or NFC
-        # form's are 8 to 256 (the NFC form is what it hashes).
-        (unicodedata.normalize("NFD", "é" * 86), None),  # 258 bytes; NFC, 172
-        ("\u0958" * 2, None),  # 6 bytes; NFC (U+0915 U+093C each), 12
-        (unicodedata.normalize("NFD", "éé"), "A password needs at least 8 bytes "
-         "(characters, for plain ASCII)."),  # 6 bytes; NFC, 4
-        ("\u0958" * 86, "A password may have at most 256 bytes."),  # 258; NFC, 516
-        ("pass\tword", None),
-        (" password", "A password cannot start with a space or a tab."),
-        ("\tpassword", "A password cannot start with a space or a tab."),
-        # wire.py's words, as the operator's tool says them: TAB is allowed.
-        ("pass\x1bword", "A password cannot contain control characters (TAB is allowed)."),
-        ("pass\u2028word", "A password cannot contain control characters (TAB is allowed)."),
+        ("kitty12", SHORT, SHORT),
+        ("éééé", None, None),  # 4 characters, 8 bytes
+        ("é" * 128, None, None),
+        ("é" * 128 + "x", LONG, LONG),
+        # The NFC form (what the server hashes) fits, the bytes as typed not.
+        (NFD("é" * 86), None, None),  # 258 bytes; NFC, 172
+        ("\u0958" * 2, None, None),  # 6 bytes; NFC (U+0915 U+093C each), 12
+        # The bytes as typed fit, the NFC form not: only PASS takes them.
+        (NFD("ééé"), SHORT, None),  # 9 bytes; NFC, 6
+        ("\u0958" * 50, LONG, None),  # 150 bytes; NFC, 300
+        # Neither fits.
+        (NFD("éé"), SHORT, SHORT),  # 6 bytes; NFC, 4
+        ("\u0958" * 86, LONG, LONG),  # 258 bytes; NFC, 516
+        ("pass\tword", None, None),
+        (" password", LEADING, LEADING),
+        ("\tpassword", LEADING, LEADING),
+        ("pass\x1bword", CONTROL, CONTROL),
+        ("pass\u2028word", CONTROL, CONTROL),
     ],
 )
-def test_a_password_is_held_to_the_servers_rule(password: str, said: str | None) -> None:
+def test_a_password_is_held_to_the_servers_rule(
+    password: str, said: str | None, said_at_login: str | None
+) -> None:
     """The client's length check, then wire.py's password_chars_problem
     (not a copy of it), as a sentence.  The length check is the server's
-    for PASS: neither the bytes as typed nor the NFC form's fit."""
+    for the command: for REGISTER and PASSWD the NFC form's bytes
+    (login.py's _secret), for PASS either form's (C{login=True})."""
     assert password_problem(password) == said
-    server = (hashing.password_problem(hashing.password_bytes(password))
-              and hashing.password_problem(password.encode()))
-    assert (server is not None) == (said is not None and " bytes" in said)
+    assert password_problem(password, login=True) == said_at_login
+    stored = hashing.password_problem(hashing.password_bytes(password))
+    typed = hashing.password_problem(password.encode())
+    assert (stored is not None) == (said in (SHORT, LONG))
+    assert (stored is not None and typed is not None) == (said_at_login in (SHORT, LONG))

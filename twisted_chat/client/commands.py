@@ -141,25 +141,26 @@ def _length_fits(size: int) -> bool:
     return PASSWORD_MIN_BYTES <= size <= PASSWORD_MAX_BYTES
 
 
-def password_problem(password: str) -> str | None:
+def password_problem(password: str, *, login: bool = False) -> str | None:
     """Why C{password} cannot be sent as it is, or C{None}: its length in
     bytes (chat/1, "Accounts"), then L{password_chars_problem}, the rule
-    the server and the operator's tool hold passwords to.  The length is
-    wrong only when neither the bytes as typed nor those of the NFC form
-    (what the server hashes) are 8 to 256, as for the server's C{PASS}."""
-    size = len(password.encode("utf-8"))
-    if not _length_fits(size) and not _length_fits(
-        len(unicodedata.normalize("NFC", password).encode("utf-8"))
-    ):
-        return _length_problem(size)
+    the server and the operator's tool hold passwords to.  The length
+    counted is the NFC form's (what the server hashes and stores), as for
+    the server's C{REGISTER} and C{PASSWD}; for a C{login} (C{PASS}) the
+    bytes as typed fitting will do too, as the server's C{PASS} takes a
+    password set before passwords were normalised."""
+    stored = len(unicodedata.normalize("NFC", password).encode("utf-8"))
+    typed = len(password.encode("utf-8"))
+    if not _length_fits(stored) and not (login and _length_fits(typed)):
+        return _length_problem(stored)
     problem = password_chars_problem(password)
     return None if problem is None else f"{problem[:1].upper()}{problem[1:]}."
 
 
 def _length_problem(size: int) -> str:
-    """Both forms are out of bounds on the same side (NFC makes UTF-8 at
-    most 3.5 times shorter or 3 times longer, the bounds are 32 times
-    apart), so the bytes as typed say which."""
+    """The NFC form's C{size} out of bounds (for a login, the bytes as
+    typed are then on the same side: NFC makes UTF-8 at most 3.5 times
+    shorter or 3 times longer, the bounds are 32 times apart)."""
     if size < PASSWORD_MIN_BYTES:
         return (
             f"A password needs at least {PASSWORD_MIN_BYTES} bytes "

@@ -392,7 +392,7 @@ class Login:
         if not password:
             self._fail(f"The server asks for the password of {nick}: give it in {name}.")
             return
-        problem = password_problem(password)
+        problem = password_problem(password, login=True)
         if problem is not None:
             self._fail(f"The password in {name} cannot be used: {problem}")
             return
@@ -418,7 +418,7 @@ class Login:
         if not text:
             self._ask_nick_again("Choose another nickname:")
             return
-        problem = password_problem(text)
+        problem = password_problem(text, login=True)
         if problem is not None:
             client.error(f"{problem} Nothing was sent.")
             self._ask_password()

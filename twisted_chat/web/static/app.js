@@ -2301,20 +2301,15 @@
   // with test().
   const UNSENDABLE = /[\x00-\x08\x0a-\x1f\x7f-\x9f\u2028\u2029]/g;
 
-  // Why the server would refuse this password (docs/protocol.md, "Accounts": 8 to
-  // 256 bytes of the line, as typed or in its NFC form, which the server
-  // hashes; the line's free text starts at its first non-space character
-  // and has no control characters), or null.  Out of bounds, both forms are
-  // on the same side (NFC makes UTF-8 at most 3.5 times shorter or 3 times
-  // longer), so the bytes as typed say which.
+  // Why the server's REGISTER or PASSWD would refuse this password, for
+  // the /register and /passwd dialog (docs/protocol.md, "Accounts": 8 to
+  // 256 bytes, counted in its NFC form, which the server hashes and
+  // stores; the line's free text starts at its first non-space character
+  // and has no control characters), or null.
   function passwordProblem(password) {
-    const size = utf8Length(password);
-    const fits = (n) => n >= 8 && n <= 256;
-    if (!fits(size) && !fits(utf8Length(password.normalize("NFC")))) {
-      return size < 8
-        ? "A password needs at least 8 bytes (characters, for plain ASCII)."
-        : "A password may have at most 256 bytes.";
-    }
+    const size = utf8Length(password.normalize("NFC"));
+    if (size < 8) return "A password needs at least 8 bytes (characters, for plain ASCII).";
+    if (size > 256) return "A password may have at most 256 bytes.";
     if (/^[ \t]/.test(password)) return "A password cannot start with a space or a tab.";
     if (password.search(UNSENDABLE) >= 0) {
       return "A password cannot contain control characters (TAB is allowed).";
