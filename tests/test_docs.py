@@ -380,6 +380,7 @@ def test_every_departure_from_chat1_as_published_is_listed() -> None:
         "order vs replay": "\"nothing from a user comes after that user's `LEFT`\" (Ordering)",
         "accounts-off": "\"`PASS` when no password was asked is `ERROR not-ready`\"",
         "an address": "`--max-per-ip` connections from one address (default 20)",
+        "password length": '"A password is 8 to 256 bytes of the line"',
     }
     for what, sentence in published.items():
         assert sentence in own, what

@@ -717,6 +717,8 @@ def test_the_length_rule_counts_the_form_that_is_hashed() -> None:
     bob = fresh(h)
     bob.send("NICK bob", f"REGISTER {short}")
     assert bob.take()[-1].startswith("ERROR weak-password ")
+    bob.send(f"REGISTER {unicodedata.normalize('NFD', 'é' * 86)}")  # 258 bytes; NFC, 172
+    assert bob.take() == ["REGISTERED bob"]
     add(h, "carol")
     conn = fresh(h)
     conn.send("NICK carol", f"PASS {unicodedata.normalize('NFC', short)}")
