@@ -593,13 +593,19 @@ def _called(call: ast.Call) -> str:
     return func.attr if isinstance(func, ast.Attribute) else getattr(func, "id", "")
 
 
+# Fixtures that start the real twistd: tests/conftest.py's chat_server,
+# tests/test_cluster_e2e.py's cluster, tests/web/conftest.py's web (a
+# WebServer) and tests/client/conftest.py's bob_online (a chat_server).
+_STARTING_FIXTURES = {"chat_server", "cluster", "web", "bob_online"}
+
+
 def test_every_test_that_starts_the_real_server_is_out_of_the_fast_part() -> None:
     """rev22-docs F4: the README's fast part (C{-m 'not e2e ...'}) ran three
     tests that start the real C{twistd -n chat} (one stops it with SIGSTOP
     for 3 s): they used the C{chat_server} fixture, or started a copied
-    tree's C{ServerProcess}, unmarked.  A test that starts one (C{chat_server}
-    or tests/test_cluster_e2e.py's C{cluster} fixture, not given a stand-in
-    C{twistd=}; or a C{ServerProcess}) is marked C{e2e} (or C{soak} or
+    tree's C{ServerProcess}, unmarked.  A test that starts one (through a
+    fixture of L{_STARTING_FIXTURES}, not given a stand-in C{twistd=}; or a
+    C{ServerProcess} or C{WebServer} of its own) is marked C{e2e} (or C{soak} or
     C{bench}, which the fast part leaves out too).  The README names the
     fast part's tests that start a private C{redis-server}."""
     found, with_redis = [], set()
@@ -621,13 +627,13 @@ def test_every_test_that_starts_the_real_server_is_out_of_the_fast_part() -> Non
             stand_in = any(word.arg == "twistd" for call in calls for word in call.keywords)
             marked = module_marked or any(
                 mark in decorator for mark in _TEST_MARKS for decorator in decorators)
-            if (fixtures & {"chat_server", "cluster"} and not stand_in) or (
-                    "ServerProcess" in called):
+            if (fixtures & _STARTING_FIXTURES and not stand_in) or (
+                    called & {"ServerProcess", "WebServer"}):
                 found.append(node.name)
                 assert marked, f"{path.relative_to(ROOT)}::{node.name} starts twistd, unmarked"
             elif not marked and ("redis" in fixtures or "RedisServer" in called):
                 with_redis.add(path.name)
-    assert len(found) >= 150, len(found)
+    assert len(found) >= 320, len(found)
     readme = " ".join((ROOT / "README.md").read_text().split())
     said = readme.split("It still starts a private `redis-server`")[1].split(")")[0]
     assert set(re.findall(r"test_[a-z_]+\.py", said)) == with_redis, with_redis
