@@ -7,6 +7,7 @@ the real reactor through pytest-twisted and wait on the store's Deferreds.
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import itertools
 import os
@@ -575,6 +576,30 @@ def test_a_symlinked_corrupt_database_with_a_crash_log_is_refused_untouched(
     assert_refused(link, "corrupt")
     assert (digest(real), wal.read_bytes()) == (before, log)
     assert sorted(p.name for p in real.parent.iterdir()) == ["chat.sqlite3", "chat.sqlite3-wal"]
+
+
+def test_a_shm_that_cannot_be_made_is_named_where_it_is_made(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """rr22-g: a symlinked database's -shm is made beside the file it
+    points to (as SQLite makes it), and the error names that file, not one
+    beside the symlink."""
+    real = tmp_path / "real" / "chat.sqlite3"
+    real.parent.mkdir()
+    crash_leaving_wal(real)
+    link = tmp_path / "chat.sqlite3"
+    link.symlink_to(real)
+    opened = os.open
+
+    def refused(name: str, *args: Any, **kwargs: Any) -> int:
+        if str(name).endswith("-shm"):
+            raise PermissionError(errno.EACCES, os.strerror(errno.EACCES), name)
+        return opened(name, *args, **kwargs)
+
+    monkeypatch.setattr(os, "open", refused)
+    with pytest.raises(StoreError) as info:
+        SQLiteStore.open(str(link), reactor)
+    assert str(info.value) == f"Cannot create {os.path.realpath(real)}-shm: Permission denied."
 
 
 OPEN_WITH_NO_ROOM = textwrap.dedent(

@@ -153,6 +153,8 @@ def _inspect_read_only(path: str, shown: str) -> None:
     opens the C{-shm} index read-only (SQLite's C{readonly_shm} URI
     parameter) and so reads the log into its own memory.  Where there is no
     C{-shm}, it gets an empty one (no room needed), removed after.
+    C{path} is the file itself (a symlink's target): SQLite keeps the
+    C{-wal} and C{-shm} beside it.
     """
     shm = path + "-shm"
     try:
@@ -163,7 +165,7 @@ def _inspect_read_only(path: str, shown: str) -> None:
     except OSError as e:
         if e.errno in (errno.ENOSPC, errno.EDQUOT):
             raise StoreError(f"{_NO_ROOM.format(shown=shown)} ({e.strerror}).") from e
-        raise StoreError(f"Cannot create {shown}-shm: {e.strerror}.") from e
+        raise StoreError(f"Cannot create {shm}: {e.strerror}.") from e
     try:
         _check_read_only(path, shown)
     finally:
