@@ -236,6 +236,41 @@ def test_resize_redraws() -> None:
     assert kb.ui.width == 50 and input_row(kb) == "> abc"
 
 
+def test_narrowing_erases_the_rows_a_reflow_made_of_the_input_row() -> None:
+    """A terminal that reflows on resize (tmux, VTE) wraps the old input row
+    into rows above the cursor: the redraw erased only the cursor's row,
+    and the rest stayed as if it were a line of chat.  Narrowing goes up to
+    where the old row starts (the rows the cursor's column fills at the new
+    width) and erases to the end of the screen; widening erases nothing."""
+    kb = Keyboard(width=100)
+    kb.keys("x" * 60)  # the cursor at column 62
+
+    def resized(width: int) -> str:
+        kb.output.clear()
+        kb.ui.terminalSize(width, 10)
+        return str(kb.output.value().decode())
+
+    assert resized(30).startswith("\r\x1b[2A\x1b[J\r\x1b[K> ")  # rows 0-29, 30-59 above
+    assert resized(100).startswith("\r\x1b[K> ")  # wider: nothing reflowed into rows
+    assert resized(40).startswith("\r\x1b[1A\x1b[J\r\x1b[K> ")
+    resized(100)
+    kb.ui.handle_HOME()  # the cursor in the old row's first columns: no row above
+    assert resized(20).startswith("\r\x1b[J\r\x1b[K> ")
+    # The row ending at column 60, the cursor after it: tmux keeps the
+    # cursor on the row of the text's end (the 2nd at 30 columns), not
+    # at the start of a 3rd; going up 2 rows erased a line of chat.
+    kb.ui.handle_END()
+    resized(100)
+    kb.keys("\x7f\x7f")  # 58 x: the row ends at column 60
+    assert resized(30).startswith("\r\x1b[1A\x1b[J\r\x1b[K> ")
+    resized(100)
+    kb.ui.handle_LEFT()  # text after the cursor at column 59: it is on the 2nd row
+    assert resized(30).startswith("\r\x1b[1A\x1b[J\r\x1b[K> ")
+    resized(100)
+    kb.keys("x")  # the cursor at column 60, text after it: the 3rd row
+    assert resized(30).startswith("\r\x1b[2A\x1b[J\r\x1b[K> ")
+
+
 def test_showing_before_the_terminal_is_connected_is_harmless() -> None:
     from twisted_chat.client.terminal import ChatTerminal
 

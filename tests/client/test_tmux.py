@@ -303,6 +303,45 @@ def test_help_at_40_columns_puts_each_description_under_its_command(
     term.wait_row(r"^EXIT=0$")
 
 
+def test_narrowing_under_a_half_typed_line_leaves_no_copy_of_it(
+    bob_online: tuple[ServerProcess, LineClient], pane: Callable[..., Pane]
+) -> None:
+    """tmux reflows the wide input row into rows at the new width; only the
+    cursor's row was redrawn, and the rows above it stayed on the screen
+    as if they were a line of chat (also after widening again)."""
+    server, bob = bob_online
+    term = pane([*CLIENT, "--nick", "alice", LOOPBACK, str(server.port)])
+    term.wait_row(r"^alice>$")
+    typed = "a half typed line, long enough to fill three rows of forty columns " + "x" * 30
+    term.keys(typed)
+    term.wait_row(rf"^alice> {re.escape(typed)}$")
+    term.tmux("resize-window", "-t", "chat", "-x", "40", "-y", "30")
+    term.wait_row(r"^alice> s x{30}$")  # redrawn at 40 columns: the end of the line
+    bob.send("MSG bob speaks")
+    term.wait_row(r"<bob> bob speaks$")
+    assert not [row for row in term.screen() if "a half typed" in row], term.screen()
+    term.tmux("resize-window", "-t", "chat", "-x", "120", "-y", "30")
+    bob.send("MSG and after widening")
+    term.wait_row(r"<bob> and after widening$")
+    term.wait_row(rf"^alice> {re.escape(typed)}$")
+    screen = term.screen()
+    assert [row for row in screen if "a half typed" in row] == [f"alice> {typed}"], screen
+    # Ending at column 80, the cursor after it: tmux keeps it on the 2nd
+    # row at 40 columns. Going up to a 3rd row's start erased a chat line.
+    term.key("C-u")
+    term.keys("q" * 73)
+    term.wait_row(r"^alice> q{73}$")
+    term.tmux("resize-window", "-t", "chat", "-x", "40", "-y", "30")
+    term.wait_row(r"^alice> q{32}$")
+    bob.send("MSG once more")
+    term.wait_row(r"<bob> once more$")
+    screen = term.screen()
+    assert screen[-3].endswith("<bob> and after widening"), screen
+    term.key("C-u")
+    term.enter("/quit")
+    term.wait_row(r"^EXIT=0$")
+
+
 def test_a_frozen_server_is_noticed_and_so_is_its_return(
     bob_online: tuple[ServerProcess, LineClient], pane: Callable[..., Pane]
 ) -> None:

@@ -118,6 +118,10 @@ class ChatTerminal(HistoricRecvLine):
         self.closed: Deferred[None] = Deferred()
         self._draft: list[str] = []
         self._scroll = 0  # index of the first buffer character on screen
+        # The input row's column a reflowing terminal keeps the cursor on:
+        # its own if text follows it, else the last one drawn (at the end
+        # of the row, the cursor waits past it, on the same row).
+        self._reflow_column = 0
         self._utf8 = b""
         self._closing = False
         self._batching = False
@@ -178,9 +182,20 @@ class ChatTerminal(HistoricRecvLine):
         self.mode = "typeover"
 
     def terminalSize(self, width: int, height: int) -> None:
-        self.width = max(width, 1)  # the real width: the input row must fit it
+        width = max(width, 1)  # the real width: the input row must fit it
+        if width < self.width:
+            self._erase_reflowed(width)
+        self.width = width
         self.height = height
         self.draw()
+
+    def _erase_reflowed(self, width: int) -> None:
+        """Erase what a narrowing made of the input row: a terminal that
+        reflows (tmux, VTE, kitty, iTerm2) wrapped it into rows above the
+        cursor, which erasing the cursor's row alone left on the screen as
+        if they were a line of chat."""
+        above = self._reflow_column // width
+        self._write("\r" + (f"\x1b[{above}A" if above else "") + "\x1b[J")
 
     # -- the Display interface -------------------------------------------------
 
@@ -312,12 +327,15 @@ class ChatTerminal(HistoricRecvLine):
         if question is None and self._held:
             question = f"send the {len(self._held)} pasted lines? Enter sends, Esc drops: "
         if question is not None:
-            prompt = (Span(fit_prompt(question, self.width), Style.PROMPT),)
-            self._write(ERASE_ROW + self._text(prompt))
+            shown = fit_prompt(question, self.width)
+            self._reflow_column = max(text_width(shown) - 1, 0)
+            self._write(ERASE_ROW + self._text((Span(shown, Style.PROMPT),)))
             return
         visible, back = self._visible()
-        prompt = (Span(fit_prompt(self.prompt, self.width), Style.PROMPT),)
-        out = ERASE_ROW + self._text(prompt) + visible
+        shown = fit_prompt(self.prompt, self.width)
+        column = text_width(shown) + text_width(visible) - back
+        self._reflow_column = column if back else max(column - 1, 0)
+        out = ERASE_ROW + self._text((Span(shown, Style.PROMPT),)) + visible
         if back:
             out += f"\x1b[{back}D"
         self._write(out)
