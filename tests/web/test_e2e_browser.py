@@ -3105,13 +3105,15 @@ def composer(driver: Any) -> Any:
 
 def too_long_comes_back(driver: Any, long: str = "é" * 2100) -> Any:
     """Send a message of C{long} (4200 bytes: the server's --max-line is
-    4096): the page says it was not sent, and it is back in the (empty)
-    message box, which is returned."""
+    4096) to the lobby: the page says it was not sent, with the room the
+    line leaves the message (4096 less "MSG "), and it is back in the
+    (empty) message box, which is returned."""
     field = composer(driver)
     driver.execute_script("arguments[0].value = arguments[1]", field, long)
     field.send_keys(Keys.ENTER)
-    wait_notice(driver, "Your message was too long for the server (at most 4096 bytes a line) "
-                        "and was not sent. It is back in the message box, to shorten.")
+    size = len(long.encode())
+    wait_notice(driver, f"Your message was too long for the server ({size} bytes; at most 4092 "
+                        "here) and was not sent. It is back in the message box, to shorten.")
     assert composer(driver).get_attribute("value") == long
     return field
 
@@ -3971,7 +3973,10 @@ def test_an_over_long_dm_is_told_in_its_conversation_and_a_long_unknown_command_
     field = composer(alice)
     alice.execute_script("arguments[0].value = arguments[1]", field, "@bob " + "x" * 5000)
     field.send_keys(Keys.ENTER)
-    wait(alice, lambda d: any("too long for the server" in n for n in notices(d, "dm:bob")))
+    # The room is the line limit less "DM bob " (the user typed no verb).
+    wait(alice, lambda d: any(n.startswith(
+        "Your message was too long for the server (5000 bytes; at most 4089 here) and was "
+        "not sent.") for n in notices(d, "dm:bob")))
     say(alice, "/" + "y" * 300)
     wait(alice, lambda d: any("Unknown command" in n for n in notices(d, "dm:bob")))
     said = [n for n in notices(alice, "dm:bob") if "Unknown command" in n]
@@ -3997,6 +4002,15 @@ def test_a_paste_far_over_the_line_limit_is_not_sent_and_stays_in_the_box(
         "alice * still here")
 
 
+def out_of_date_line_limit(driver: Any) -> None:
+    """The page's line limit set to 100,000 before app.js reads it (the
+    server's --max-line is 4096)."""
+    driver.execute_cdp_cmd("Page.addScriptToEvaluateOnNewDocument", {"source": (
+        "new MutationObserver((_, o) => { if (document.documentElement) {"
+        " document.documentElement.dataset.maxLine = '100000'; o.disconnect(); } })"
+        ".observe(document, {childList: true});")})
+
+
 def test_a_line_over_the_websocket_limit_says_why_the_connection_closed(
     web: WebServer, browser: Callable[..., Any], tcp: Callable[[str], LineClient]
 ) -> None:
@@ -4006,15 +4020,34 @@ def test_a_line_over_the_websocket_limit_says_why_the_connection_closed(
     not have arrived": it now says what the close code means."""
     tcp("carol")
     alice = browser()
-    alice.execute_cdp_cmd("Page.addScriptToEvaluateOnNewDocument", {"source": (
-        "new MutationObserver((_, o) => { if (document.documentElement) {"
-        " document.documentElement.dataset.maxLine = '100000'; o.disconnect(); } })"
-        ".observe(document, {childList: true});")})
+    out_of_date_line_limit(alice)
     join(alice, web, "alice")
     say_long = composer(alice)
     alice.execute_script("arguments[0].value = arguments[1]", say_long, "b" * 20000)
     say_long.send_keys(Keys.ENTER)
     wait_notice(alice, "The server closed the connection: a line sent was far too long for it")
+
+
+def test_the_servers_too_long_says_the_room_the_message_had(
+    web: WebServer, browser: Callable[..., Any], tcp: Callable[[str], LineClient]
+) -> None:
+    """A page whose line limit is out of date (100,000) sends bob 5000
+    bytes; the server answers ERROR too-long "lines may be at most 4096
+    bytes". The page said "at most 4096 bytes a line" of a message it could
+    have cut to 4096 and still been refused: it says the room the message
+    had, 4096 less "DM bob "."""
+    tcp("bob")
+    alice = browser()
+    out_of_date_line_limit(alice)
+    join(alice, web, "alice")
+    field = composer(alice)
+    alice.execute_script("arguments[0].value = arguments[1]", field, "/dm bob " + "x" * 5000)
+    field.send_keys(Keys.ENTER)
+    wait(alice, lambda d: any("too long" in n for n in notices(d, "dm:bob")))
+    said = [n for n in notices(alice, "dm:bob") if "too long" in n]
+    assert len(said) == 1 and said[0].startswith(
+        "Your message was too long for the server (5000 bytes; at most 4089 here) and was "
+        "not sent."), said
 
 
 def test_leaving_the_page_leaves_the_chat_and_coming_back_rejoins(

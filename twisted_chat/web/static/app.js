@@ -809,6 +809,13 @@
   function tooLong(line) {
     return utf8Length(line) > MAX_LINE;
   }
+  // "too long" in the user's terms: their message's bytes, and the room a
+  // line of `most` bytes leaves it after its "MSG " or "DM nick " (what the
+  // user typed is not the whole line).
+  function tooLongSaid(line, text, most) {
+    const bytes = utf8Length(text);
+    return `Your message was too long for the server (${bytes} bytes; at most ${most - (utf8Length(line) - bytes)} here) and was not sent.`;
+  }
 
   // Lines held at most (the terminal client's QUEUE_MAX): 100 s of lines at
   // the default rate. One more is refused, and said (send).
@@ -1056,6 +1063,7 @@
       partner: !!(nick && state.partner && key(state.partner) === key(nick)),
       text,
       typed,
+      line,
       bytes: utf8Length(line),
     };
   }
@@ -2489,7 +2497,8 @@
       const limit = most ? ` (at most ${most} bytes a line)` : "";
       if (!m) return notice(current(), `That line was too long for the server${limit} and was not sent.`, { error: true });
       const back = putBack(state.convs.get(m.conv), m.typed);
-      return tellIn(m.conv, `Your message was too long for the server${limit} and was not sent.${back}`);
+      const said = most ? tooLongSaid(m.line, m.text, most) : "Your message was too long for the server and was not sent.";
+      return tellIn(m.conv, `${said}${back}`);
     }
     // bad-chars, bad-encoding: the oldest message with other than printable
     // ASCII or TAB, the only kind that can be refused for its characters
@@ -2659,7 +2668,8 @@
       const back = putBack(conv, typed);
       // Told where it was typed and where the user now is (a DM switched
       // to its conversation), as the server's own too-long error is.
-      tellIn(conv.id, `Your message was too long for the server (at most ${MAX_LINE} bytes a line) and was not sent.${back}`);
+      const message = sentMessage(line, typed); // null: a command
+      tellIn(conv.id, `${tooLongSaid(line, message ? message.text : line, MAX_LINE)}${back}`);
       return;
     }
     const sent = send(line, sentMessage(line, typed));
