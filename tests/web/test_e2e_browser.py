@@ -4202,8 +4202,8 @@ def test_accept_and_reject_answer_an_invitation_as_in_the_terminal_client(
     alice = recording(browser())
     join(alice, web, "alice")
     say(alice, "/accept")
-    wait_notice(alice, "Usage: /accept NICK (or the Accept button on an invitation). "
-                       "Nothing was sent.")
+    # None open: said so, not a usage (the nick is optional).
+    wait_notice(alice, "There is no open invitation to accept. Nothing was sent.")
     carol.send("PAIR alice")
     wait(alice, lambda d: d.find_elements(By.CSS_SELECTOR, '[data-invite="carol"]'))
     say(alice, "/decline carol")

@@ -201,10 +201,15 @@ def _dm(rest: str, usage: str) -> Action:
     return Send("DM", (nick,), text)
 
 
-def _nick_command(verb: str, name: str, rest: str, inviters: Sequence[str] = ()) -> Action:
-    """C{/name NICK}; bare, the one of C{inviters} if there is only one."""
+def _nick_command(
+    verb: str, name: str, rest: str, inviters: Sequence[str] | None = None
+) -> Action:
+    """C{/name NICK}; bare, the one of C{inviters} if there is only one
+    (C{None}: the nick is required)."""
     nick = rest.strip(" \t")
     if not nick:
+        if inviters is None:
+            return _usage(f"/{name} NICK")
         if len(inviters) > 1:
             shown = ", ".join(inviters[:3]) + (", ..." if len(inviters) > 3 else "")
             return Local(
@@ -213,7 +218,7 @@ def _nick_command(verb: str, name: str, rest: str, inviters: Sequence[str] = ())
                 is_error=True,
             )
         if not inviters:
-            return _usage(f"/{name} NICK")
+            return Local(f"There is no open invitation to {name}.", is_error=True)
         nick = inviters[0]
     if " " in nick or not is_valid_nick(nick):
         return _bad_nick(nick)

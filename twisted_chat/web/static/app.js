@@ -2574,10 +2574,11 @@
     const inviters = [...state.invites.values()].map((card) => card.dataset.inviter);
     const accept = name.toLowerCase() === "accept";
     if (!nick && inviters.length !== 1) {
-      const button = accept ? "Accept" : "Reject";
+      // None open (it expired, was withdrawn): said so, as the terminal
+      // client says it; the nick is optional, so not a usage.
       notice(conv, inviters.length
         ? `${inviters.length} invitations are open (${inviters.slice(0, 3).join(", ")}): /${name} ${inviters[0]}, for instance. Nothing was sent.`
-        : `Usage: /${name} NICK (or the ${button} button on an invitation). Nothing was sent.`, { error: true });
+        : `There is no open invitation to ${name.toLowerCase()}. Nothing was sent.`, { error: true });
       return true;
     }
     const card = state.invites.get(key(nick || inviters[0]));
