@@ -542,7 +542,14 @@ def test_partner_leaves_or_disconnects() -> None:
     s.receive("PAIRED bob", f"LEFT {TS} bob disconnected", "UNPAIRED bob disconnected")
     assert s.screen.lines[-2:] == [
         "[14:03] * bob left (connection lost)",
-        "* bob disconnected. You are back in the lobby.",
+        "* The private conversation with bob ended. You are back in the lobby.",
+    ]
+    # Offline by /quit: the LEFT says so, and the end of the pair does not
+    # call it a disconnection (as the web page says it).
+    s.receive("PAIRED bob", f"LEFT {TS} bob quit see you", "UNPAIRED bob disconnected")
+    assert s.screen.lines[-2:] == [
+        "[14:03] * bob left (quit: see you)",
+        "* The private conversation with bob ended. You are back in the lobby.",
     ]
 
 

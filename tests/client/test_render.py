@@ -213,7 +213,9 @@ def test_invitation_endings() -> None:
     assert render.declined("bob", "odd") == "Your invitation to bob ended (odd)."
     assert render.unpaired("bob", "left", by_me=True).startswith("You left")
     assert render.unpaired("bob", "left", by_me=False).startswith("bob left")
-    assert render.unpaired("bob", "disconnected", by_me=False).startswith("bob disconnected")
+    assert render.unpaired("bob", "disconnected", by_me=False) == (
+        "The private conversation with bob ended. You are back in the lobby."
+    )
 
 
 def test_hostile_nicks_and_text_are_cleaned_in_every_event() -> None:

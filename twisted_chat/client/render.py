@@ -300,7 +300,9 @@ CANCELLED = {
 
 UNPAIRED = {
     "left": "{nick} left the private conversation. You are back in the lobby.",
-    "disconnected": "{nick} disconnected. You are back in the lobby.",
+    # The partner went offline: their LEFT, just before, said how (a quit
+    # with its words, a lost connection...), as on the web page.
+    "disconnected": "The private conversation with {nick} ended. You are back in the lobby.",
 }
 
 BYE_REASONS = {
