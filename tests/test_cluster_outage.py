@@ -1099,8 +1099,9 @@ def test_a_pair_detached_by_a_new_epoch_hears_no_lobby_line_but_sees_a_newcomer(
     """Redis restarted empty: ann (node0) and bob (node1), paired, are
     detached by their nodes' rebuilds; node2 is back first: carol's lobby
     line and dave's arrival are applied before node0's and node1's hellos.
-    Neither ann nor bob (shown PAIRED) gets carol's line (chaos review F1:
-    the rebuild had put them in the lobby), and both get dave's JOINED
+    Neither ann nor bob (shown PAIRED) gets carol's line live (chaos review
+    F1: the rebuild had put them in the lobby), ann only in the replay of
+    the pair's end she is told at her node's hello, and both get dave's JOINED
     (sent straight to a node's paired users, detached ones too: the
     factory looked for paired users in the hub only); the pair comes
     back."""
@@ -1129,7 +1130,10 @@ def test_a_pair_detached_by_a_new_epoch_hears_no_lobby_line_but_sees_a_newcomer(
         lines = [line.split(" ", 2)[2] if line.startswith(("MSG", "JOINED")) else line
                  for line in conn.take()]
         assert "dave" in lines, lines
-        assert not [line for line in lines if "before their hellos" in line], lines
+        # Not live: ann, told the pair ended at her node's hello (bob's not
+        # yet applied), gets it once, in that UNPAIRED's replay.
+        heard = [line.split()[0] for line in lines if "before their hellos" in line]
+        assert heard == (["HISTORY"] if conn is ann else []), lines
     assert said(carol.take()) == ["before their hellos"]
     for node in cluster.nodes:
         assert node.hub.online["ann"].partner is node.hub.online["bob"]
@@ -1458,6 +1462,101 @@ def test_a_new_pair_not_listed_by_its_partner_s_node_is_told_ended(ann_first: bo
     for node in cluster.nodes:
         assert node.hub.online["ann"].partner is node.hub.online["dave"]
     check_index(cluster)
+
+
+def _said(conn: Conn) -> list[str]:
+    """C{conn}'s lines, each with its time left out."""
+    return [line if len(parts := line.split(" ", 2)) < 3 or parts[0] not in ("MSG", "HISTORY")
+            else f"{parts[0]} {parts[2]}" for line in conn.take()]
+
+
+def _lost_pair_then_bob_says(cluster: Cluster, kept: int, ann: Conn, bob: Conn,
+                             dave: Conn) -> None:
+    """ann (node0) and dave (node2) pair; Redis loses the events after the
+    first C{kept}, every replica is rebuilt, node1 says hello and bob
+    (node1) says "lobby line": bob gets it, ann and dave (shown PAIRED)
+    nothing."""
+    pair(cluster, ann, dave)
+    cluster.clear_all()
+    _lose_after(cluster, kept, cluster.nodes)
+    _hellos(cluster, 1)
+    bob.send("MSG lobby line")
+    cluster.pump()
+    assert ann.take() == [] and dave.take() == []
+    assert _said(bob) == ["MSG bob * lobby line"]
+
+
+def _paired_hear_no_lobby(cluster: Cluster, bob: Conn, *paired: Conn) -> None:
+    """bob's lobby line reaches none of C{paired}; each node's index sound."""
+    bob.send("MSG lobby only")
+    cluster.pump()
+    assert [conn.take() for conn in paired] == [[] for _ in paired]
+    check_index(cluster)
+
+
+def test_shown_a_pair_the_rebuilt_replica_lacks_hears_no_lobby_line_until_told() -> None:
+    """ann (node0) and dave (node2) paired in events Redis lost, ann and bob
+    free: until its node's hello, each of the two, in the rebuilt replica's
+    lobby but shown PAIRED, hears no lobby line (JOINED once, as a paired
+    user); told the pair ended, at its node's
+    hello (ann: dave's node has not listed her), it gets the lines it
+    missed once, in the replay, and PAIRED again once dave's node lists
+    her; dave, whose pair comes back quietly then, gets none."""
+    cluster, ann, bob, dave, _ = _ann_and_bob_paired("dave")
+    ann.send("UNPAIR")
+    cluster.pump()
+    cluster.clear_all()
+    _lost_pair_then_bob_says(cluster, len(cluster.log.entries), ann, bob, dave)
+    cluster.nodes[1].connect().send("NICK eve")  # (user() takes everyone's lines)
+    cluster.pump()
+    for conn in (ann, dave, bob):
+        assert [line.split()[::2] for line in conn.take()] == [["JOINED", "eve"]]
+    _hellos(cluster, 0)
+    assert _said(ann)[:2] == ["UNPAIRED dave disconnected", "HISTORY bob lobby line"]
+    bob.send("MSG heard")
+    cluster.pump()
+    assert _said(ann) == ["MSG bob * heard"] and dave.take() == []
+    _hellos(cluster, 2)
+    assert dave.take() == [] and ann.take()[-1:] == ["PAIRED dave"]
+    _paired_hear_no_lobby(cluster, bob, ann, dave)
+
+
+def test_one_whose_registration_was_lost_shown_a_pair_gets_the_lines_it_missed() -> None:
+    """ann (node0) came online and paired with dave (node2) in events Redis
+    lost: detached until her node's hello, she hears no lobby line, and
+    told the pair ended at that hello, gets the lines she missed since the
+    rebuild once, in the replay."""
+    cluster = Cluster(3)
+    n0, n1, n2 = cluster.nodes
+    bob, dave = n1.user("bob"), n2.user("dave")
+    kept = len(cluster.log.entries)
+    ann = n0.user("ann")
+    _lost_pair_then_bob_says(cluster, kept, ann, bob, dave)
+    _hellos(cluster, 0)
+    assert _said(ann)[:2] == ["UNPAIRED dave disconnected", "HISTORY bob lobby line"]
+    _hellos(cluster, 2)
+    assert ann.take()[-1:] == ["PAIRED dave"] and dave.take() == []
+    check_index(cluster)
+
+
+def test_a_new_pair_shown_after_the_old_one_s_quiet_end_hears_no_lobby_line() -> None:
+    """bob's node's hello ends the rebuilt ann-bob pair quietly for ann,
+    shown PAIRED dave: in the replica's lobby until node0's hello, she
+    hears no lobby line, nor does dave; dave, told the pair ended at his
+    node's hello (ann's not yet applied), gets the line he missed once, in
+    the replay, and PAIRED again at ann's node's hello; ann, whose pair
+    comes back quietly, never gets it."""
+    cluster, ann, bob, dave = _ann_switched_to_dave()
+    _hellos(cluster, 1)
+    bob.send("MSG lobby line")
+    cluster.pump()
+    assert ann.take() == [] and dave.take() == []
+    bob.take()
+    _hellos(cluster, 2)
+    assert _said(dave)[:2] == ["UNPAIRED ann disconnected", "HISTORY bob lobby line"]
+    _hellos(cluster, 0)
+    assert ann.take() == [] and dave.take()[-1:] == ["PAIRED ann"]
+    _paired_hear_no_lobby(cluster, bob, ann, dave)
 
 
 def _hellos_lost(cluster: Cluster) -> None:

@@ -34,6 +34,8 @@ class Audience(Protocol):
 
     def hears_lobby(self, user: User) -> bool: ...
 
+    def misses_lobby(self, user: User) -> bool: ...
+
     def pair_shown(self, user: User, before: User | None) -> None: ...
 
     def forget_members(self) -> None: ...
@@ -137,10 +139,13 @@ class LineListener:
 
     def batch_of(self, user: User) -> LobbyFanout:
         """The batch whose lines C{user} gets (docs/fanout.md, "Order"): the
-        lobby's for a user in the lobby, else L{_pair_batch}.  Its own writes
-        follow this batch's order rule, and at its going it gets this
-        batch's share (L{leaving}; a connection's FIN or C{BYE})."""
-        return self.fanout if user.state is State.LOBBY else self._pair_batch(user)
+        lobby's for a user in the lobby (but one that hears none of its
+        lines after a loss: L{Audience.misses_lobby}), else L{_pair_batch}.
+        Its own writes follow this batch's order rule, and at its going it
+        gets this batch's share (L{leaving}; a connection's FIN or C{BYE})."""
+        if user.state is State.LOBBY:
+            return self.paired_fanout if self._state().misses_lobby(user) else self.fanout
+        return self._pair_batch(user)
 
     def _pair_batch(self, user: User) -> LobbyFanout:
         """The batch of C{user} while paired: the lobby's if it hears the

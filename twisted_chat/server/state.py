@@ -74,6 +74,12 @@ class ChatState(Protocol):
         server; in a cluster, a user shown its pair's end in events Redis
         then lost (L{AfterLoss.hearing}), until the pair ends here too."""
 
+    def misses_lobby(self, user: User) -> bool:
+        """Whether C{user}, in the lobby, hears none of its lines: never on
+        one server; in a cluster, a user shown a pair the replica rebuilt
+        after a loss lacks (L{AfterLoss.deaf}), until a hello brings the
+        pair back or tells it the pair ended."""
+
     def holds(self, user: User) -> bool:
         """Whether this process holds C{user}'s connection (writes its
         lines): every user on one server; in a cluster, not a user of
@@ -163,6 +169,9 @@ class LocalState:
         return list(self.hub.paired.values())
 
     def hears_lobby(self, user: User) -> bool:
+        return False
+
+    def misses_lobby(self, user: User) -> bool:
         return False
 
     def holds(self, user: User) -> bool:

@@ -35,6 +35,7 @@ from twisted.internet.task import Clock
 from twisted_chat.server import logs
 from twisted_chat.server.cluster.listeners import SILENT, Between, Quiet
 from twisted_chat.server.cluster.remote import RemoteConn, stand_in
+from twisted_chat.server.history import Entry
 from twisted_chat.server.hub import Hub, NickTaken, State, User
 from twisted_chat.wire import nick_key
 
@@ -188,6 +189,15 @@ class AfterLoss:
         #: who were shown their pair end (in the lost events), by uid: until
         #: a hello ends it here too, they still hear the lobby.
         self.hearing: dict[str, User] = {}
+        #: After a rebuild: this node's users the rebuilt replica has in the
+        #: lobby but who were shown a partner (a pair it lacks), by uid, with
+        #: the lobby history's position from which they missed its lines:
+        #: until a hello brings the pair back or tells them it ended (with
+        #: those lines), they hear no lobby line.
+        self.deaf: dict[str, tuple[User, int]] = {}
+        # The lobby history's position at the end of the last rebuild: a
+        # L{detached} user shown a pair missed its lines from there on.
+        self._rebuilt_at = 0
         #: When (log time) L{shown} expires (L{SHOWN_KEEP} after the first
         #: event applied after the rebuild); the nicks the replica had
         #: before it, by uid (to tell a user its partner's pair ended when
@@ -238,6 +248,8 @@ class AfterLoss:
                     self.saw(uid, "", "")
             self.hearing = {uid: user for uid, user in hearing.items()
                             if user.partner is not None}
+        if self.deaf:
+            self._still_deaf()
 
     def online(self, uid: str, user: User) -> None:
         """User C{uid} came online: one of L{unseen} back, or its nick
@@ -315,6 +327,15 @@ class AfterLoss:
         """Whether C{user} is one of L{hearing}."""
         hearing = self.hearing
         return bool(hearing) and user in hearing.values()
+
+    def misses_lobby(self, user: User) -> bool:
+        """Whether C{user}, in the replica's lobby, is one of L{deaf}."""
+        deaf = self.deaf
+        return bool(deaf) and any(one is user for one, _ in deaf.values())
+
+    def deaf_users(self) -> list[User]:
+        """The L{User}s of L{deaf}."""
+        return [user for user, _ in self.deaf.values()]
 
     def detached_users(self) -> list[User]:
         """The L{User}s the connections of the L{detached} hold."""
@@ -418,6 +439,7 @@ class AfterLoss:
         self._nicks = before.nicks
         self.unseen = {uid: row for uid, row in before.unseen.items()
                        if uid not in replica.members}
+        self._rebuilt_at = replica.hub.history.position
         self._hear_lobby()
 
     # -- the hellos ----------------------------------------------------------------
@@ -488,6 +510,8 @@ class AfterLoss:
                 continue
             if held is not None:
                 del self.detached[uid]
+                if held.row[3]:  # shown a pair: it heard no lobby line since the rebuild
+                    self.deaf[uid] = (user, self._rebuilt_at)
             replica.add(user, origin, uid)
             if shown is not None:
                 shown.setdefault(uid, "")
@@ -508,13 +532,37 @@ class AfterLoss:
         self.quiet.sync_listener()
 
     def _hear_lobby(self) -> None:
-        """Set L{hearing} anew from L{shown}."""
+        """Set L{hearing} and L{deaf} anew from L{shown} (one deaf before
+        keeps where it began to miss the lobby's lines)."""
         if self.shown is None:
             self.hearing = {}
+            self.deaf = {}
             return
-        self.hearing = {uid: m.user for uid, m in self.replica.members.items()
-                        if m.node == self.replica.node and m.user.partner is not None
-                        and self.seen(uid)[0] == ""}
+        replica = self.replica
+        own = [(uid, m.user) for uid, m in replica.members.items() if m.node == replica.node]
+        self.hearing = {uid: user for uid, user in own
+                        if user.partner is not None and self.seen(uid)[0] == ""}
+        deaf = self.deaf
+        position = replica.hub.history.position
+        self.deaf = {uid: (user, before[1] if (before := deaf.get(uid)) is not None
+                           and before[0] is user else position)
+                     for uid, user in own
+                     if user.state is State.LOBBY and self.seen(uid)[0] != ""}
+
+    def _still_deaf(self) -> None:
+        """After an event: those of L{deaf} gone, or paired, or no longer
+        shown a partner (their state changed since) are no more."""
+        members = self.replica.members
+        self.deaf = {uid: (user, since) for uid, (user, since) in self.deaf.items()
+                     if (m := members.get(uid)) is not None and m.user is user
+                     and user.state is State.LOBBY and self.seen(uid)[0] != ""}
+
+    def _missed(self, uid: str, user: User) -> list[Entry]:
+        """The lobby's lines C{user} (L{deaf}) missed, and it is deaf no more."""
+        deaf = self.deaf.pop(uid, None)
+        if deaf is None or deaf[0] is not user:
+            return []
+        return self.replica.hub.history.since(deaf[1])
 
     def _correct(self, told: dict[str, tuple[str, str]], view: dict[str, list[str]]) -> None:
         """The pairs and outgoing invitations a hello's rows (C{told}: uid:
@@ -606,7 +654,8 @@ class AfterLoss:
                 self.quiet.sync_listener()
                 listener = replica.hub.listener
                 listener.deliver_gathered()
-                listener.unpaired(one.user, partner, "disconnected", [])
+                missed = self._missed(uid, one.user)
+                listener.unpaired(one.user, partner, "disconnected", missed)
 
     def _stand_in(self, uid: str) -> User | None:
         """A user the replica had before its rebuild and does not have now,
@@ -732,6 +781,7 @@ class AfterLoss:
         self.shown_out = {}
         self._base = {}
         self.hearing = {}
+        self.deaf = {}
         self._shown_until = None
         self._nicks = {}
         self._greeted = False

@@ -245,6 +245,7 @@ class ClusterState:
         self._members: tuple[Member, ...] = ()
         self._members_own: tuple[Member, ...] = ()
         self._members_extra: tuple[Member, ...] = ()
+        self._members_deaf: tuple[Member, ...] = ()
 
     # -- the commands (ChatState) ---------------------------------------------
 
@@ -254,24 +255,29 @@ class ClusterState:
         self._forget_extra()
 
     def _forget_extra(self) -> None:
-        self._members = self._members_own = self._members_extra = ()
+        self._members = self._members_own = self._members_extra = self._members_deaf = ()
 
     def lobby_members(self) -> Sequence[Member]:
         """The own index's tuple (the same object while it does not change:
         sendqueue.DirectPass keeps its partition for it), and after a loss
-        the after-loss extras after it: then the same tuple too while
-        neither part changed (the extras, rare and few, are listed anew
-        each time to be compared)."""
+        the after-loss extras after it, and without those shown a pair the
+        replica lacks (L{AfterLoss.deaf}): then the same tuple too while
+        no part changed (the extras and the deaf, rare and few, are listed
+        anew each time to be compared)."""
         own = self.own.lobby_members()
+        afterloss = self.replica.afterloss
         # After a loss: those the replica lacks, or pairs, who hear it still.
-        extra = self.replica.afterloss.lobby_conns()
-        if not extra:
-            if self._members_extra:  # the extras are gone: let go of them
+        extra = afterloss.lobby_conns()
+        if not extra and not afterloss.deaf:
+            if self._members_extra or self._members_deaf:  # gone: let go of them
                 self._forget_extra()
             return own  # the steady case: nothing built
-        if own is not self._members_own or not _same(extra, self._members_extra):
-            self._members = own + extra
-            self._members_own, self._members_extra = own, extra
+        deaf = tuple(user.conn for user in afterloss.deaf_users())
+        if (own is not self._members_own or not _same(extra, self._members_extra)
+                or not _same(deaf, self._members_deaf)):
+            kept = own if not deaf else tuple(m for m in own if all(m is not d for d in deaf))
+            self._members = kept + extra
+            self._members_own, self._members_extra, self._members_deaf = own, extra, deaf
         return self._members
 
     def paired_users(self) -> list[User]:
@@ -283,6 +289,8 @@ class ClusterState:
             hearing = set(afterloss.hearing.values())
             users = [user for user in users if user not in hearing]
         users += [user for user in afterloss.detached_users() if user.state is State.PAIRED]
+        if afterloss.deaf:  # shown a pair: JOINED and LEFT as paired users get them
+            users += afterloss.deaf_users()
         return users
 
     def counts(self) -> tuple[int, int]:
@@ -296,6 +304,9 @@ class ClusterState:
 
     def hears_lobby(self, user: User) -> bool:
         return self.replica.afterloss.hears_lobby(user)
+
+    def misses_lobby(self, user: User) -> bool:
+        return self.replica.afterloss.misses_lobby(user)
 
     def _encode(self, event: dict[str, Any]) -> tuple[int, str]:
         self._k += 1
