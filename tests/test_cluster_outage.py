@@ -2031,3 +2031,22 @@ def test_redis_back_mid_wait_a_command_goes_within_about_a_second(
     _run(redis, 1.3)
     assert answers == [None], answers
     assert "during" in n1.listener.said()
+
+
+def test_a_line_before_a_quiet_end_of_the_rebuilt_pair_is_in_the_replay() -> None:
+    """ann, shown PAIRED dave, is paired with bob in the rebuilt replica;
+    carol's lobby line is decided after the rebuild, before bob's node's
+    hello ends that pair quietly for ann: ann hears it neither live nor
+    then, and gets it once, in the replay her own node's hello tells her
+    (rr22-j: her missing began at bob's hello, so the line was lost)."""
+    cluster, ann, _bob, _dave = _ann_switched_to_dave()
+    carol = cluster.nodes[2].user("carol")
+    cluster.clear_all()
+    carol.send("MSG early")
+    cluster.pump()
+    assert not any("early" in line for line in _said(ann))
+    _hellos(cluster, 1)
+    assert not any("early" in line for line in _said(ann))
+    _hellos(cluster, 0)
+    said = _said(ann)
+    assert [line for line in said if "early" in line] == ["HISTORY carol early"], said

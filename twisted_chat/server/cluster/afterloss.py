@@ -543,9 +543,10 @@ class AfterLoss:
         self.hearing = {uid: user for uid, user in own
                         if user.partner is not None and self.seen(uid)[0] == ""}
         deaf = self.deaf
-        position = replica.hub.history.position
+        # One deaf anew heard no lobby line since the rebuild either: shown
+        # a pair, it was paired in the replica until that pair's quiet end.
         self.deaf = {uid: (user, before[1] if (before := deaf.get(uid)) is not None
-                           and before[0] is user else position)
+                           and before[0] is user else self._rebuilt_at)
                      for uid, user in own
                      if user.state is State.LOBBY and self.seen(uid)[0] != ""}
 
