@@ -338,6 +338,30 @@ def test_a_new_database_and_its_log_are_the_servers_only(tmp_path: Path, umask_0
         yield timeout(store.close())
 
 
+@pytest_twisted.inlineCallbacks
+def test_a_new_database_through_a_dangling_symlink_is_the_servers_only(
+    tmp_path: Path, umask_022: None,
+) -> Gen:
+    """A C{--db} symlink to a file not made yet: the file it points to is
+    made 0600, its write-ahead log too (rr22-l 1: the exclusive create
+    failed on the link itself, and SQLite then made the target 0644)."""
+    real = tmp_path / "real" / "chat.sqlite3"
+    real.parent.mkdir()
+    link = tmp_path / "chat.sqlite3"
+    link.symlink_to(real)
+    store = SQLiteStore.open(str(link), reactor)
+    try:
+        store.append(Entry(T0, "alice", "hi"))
+        yield timeout(store.flush())
+        made = sorted(p.name for p in real.parent.iterdir())
+        assert made == ["chat.sqlite3", "chat.sqlite3-wal"], made
+        for name in made:
+            assert stat.S_IMODE((real.parent / name).stat().st_mode) == 0o600, name
+        assert link.is_symlink()
+    finally:
+        yield timeout(store.close())
+
+
 def test_an_existing_database_keeps_its_mode(tmp_path: Path, umask_022: None) -> None:
     """The operator's choice (0640, for a backup group) stays."""
     path = tmp_path / "chat.sqlite3"

@@ -199,7 +199,7 @@ def _connect(path: str, shown: str) -> sqlite3.Connection:
         crashed = False
     if crashed:
         _inspect_read_only(real, shown)
-    _create_private(path, shown)
+    _create_private(real, shown)  # a dangling symlink's target too
     try:
         conn = sqlite3.connect(path, timeout=0, isolation_level=None, check_same_thread=False)
     except sqlite3.Error as e:
@@ -243,7 +243,9 @@ def _create_private(path: str, shown: str) -> None:
     only (0600), whatever the umask: it keeps the lobby's messages, and
     C{twistd -n} keeps the shell's umask (often 022), where a daemon gets
     077.  SQLite gives the C{-wal} and C{-shm} files it makes beside it the
-    same mode.  An existing file keeps the mode it has.
+    same mode.  An existing file keeps the mode it has.  C{path} is the
+    file itself (a symlink's target): the exclusive create fails on any
+    symlink, and SQLite would then make a missing target with the umask's.
     """
     try:
         os.close(os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600))
