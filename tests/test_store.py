@@ -466,6 +466,20 @@ def test_newer_schema_is_refused_untouched(tmp_path: Path) -> None:
     assert_refused(path, "newer")
 
 
+def test_a_schema_upgrade_that_fails_is_refused_as_damaged_untouched(tmp_path: Path) -> None:
+    """A version 1 file whose table lacks C{ts} (changed by hand): the
+    upgrade's index cannot be made, and that is not a permissions problem
+    (rr22-l 2: it was refused as "Cannot open")."""
+    path = tmp_path / "chat.sqlite3"
+    conn = sqlite3.connect(path)
+    conn.execute("CREATE TABLE messages (id INTEGER PRIMARY KEY, nick TEXT, text TEXT)")
+    conn.execute(f"PRAGMA application_id={APPLICATION_ID}")
+    conn.execute("PRAGMA user_version=1")
+    conn.commit()
+    conn.close()
+    assert_refused(path, r"^The chat database .* is damaged: no such column: ts\.$")
+
+
 # -- files that are not chat databases ----------------------------------------
 
 

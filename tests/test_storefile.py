@@ -62,6 +62,9 @@ def test_a_full_disk_says_so_and_what_to_do() -> None:
         (sqlite3.SQLITE_BUSY_RECOVERY, "database is locked", "in use by another process"),
         (sqlite3.SQLITE_LOCKED, "database table is locked", "in use by another process"),
         (sqlite3.SQLITE_CANTOPEN, "unable to open database file", "Cannot open"),
+        # A file SQLite finds sound whose tables are not what the schema
+        # upgrade expects: not a directory or permissions problem.
+        (sqlite3.SQLITE_ERROR, "no such column: ts", "is damaged: no such column: ts."),
     ],
 )
 def test_each_refusal_is_told_by_its_code(code: int, text: str, meant: str) -> None:

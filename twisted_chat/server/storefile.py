@@ -118,7 +118,9 @@ def _refusal(e: BaseException, shown: str) -> BaseException:
     """
     The L{StoreError} for an SQLite error met while opening C{shown}, told
     by SQLite's result code, not its English text: only a file SQLite
-    calls corrupt (C{SQLITE_CORRUPT}, C{SQLITE_NOTADB}) is said to be one.
+    calls corrupt (C{SQLITE_CORRUPT}, C{SQLITE_NOTADB}) is said to be one,
+    and a statement that fails on a sound file (C{SQLITE_ERROR}: a schema
+    upgrade meeting tables changed by hand) is said to be damaged.
     A full disk or an I/O error says so (docs/history.md, "Start-up
     errors": restoring a backup would throw away what the C{-wal} holds).
     """
@@ -133,6 +135,8 @@ def _refusal(e: BaseException, shown: str) -> BaseException:
         )
     if code in (sqlite3.SQLITE_CORRUPT, sqlite3.SQLITE_NOTADB):
         return StoreError(f"The chat database {shown} is corrupt: {e}.")
+    if code == sqlite3.SQLITE_ERROR:  # SQL on a sound file: its tables are not ours
+        return StoreError(f"The chat database {shown} is damaged: {e}.")
     if code == sqlite3.SQLITE_FULL:
         return StoreError(f"{_NO_ROOM.format(shown=shown)} ({e}).")
     if code == sqlite3.SQLITE_IOERR:
