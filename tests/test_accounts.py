@@ -117,7 +117,7 @@ def test_a_line_too_long_for_a_password_is_not_normalised() -> None:
 
     flood = "\u0345\u0316" * (PASSWORD_MAX_BYTES + 1)  # 4 * 256 + 4 bytes
     with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(hashing.unicodedata, "normalize", normalize)
+        patch.setattr(unicodedata, "normalize", normalize)
         assert password_bytes(flood) == flood.encode()
         assert normalised == []
         assert password_bytes(longest) == real("NFC", longest).encode()

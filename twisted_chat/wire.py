@@ -18,6 +18,7 @@ from __future__ import annotations
 import functools
 import re
 import time
+import unicodedata
 from dataclasses import dataclass
 from enum import Enum
 from typing import NamedTuple
@@ -167,6 +168,30 @@ SERVER_VERBS: dict[str, Grammar] = {
 # A password is this many bytes of the line (UTF-8), else weak-password.
 PASSWORD_MIN_BYTES = 8
 PASSWORD_MAX_BYTES = 256
+
+
+# NFC makes a string's UTF-8 at most 3.5 times shorter (U+1FBE U+0308 U+0301,
+# 7 bytes, is U+0390, 2): one longer than 4 times the longest password has
+# no NFC form short enough either.
+_NFC_MAX_SHRINK = 4
+
+
+def password_bytes(password: str) -> bytes:
+    """
+    What C{password} is hashed as, set or checked: its Unicode NFC form (as
+    RFC 8265's OpaqueString normalises), in UTF-8.  The same visible
+    password is then one password, typed on a keyboard (mostly NFC) or
+    pasted (a macOS file name, some password managers: NFD).
+
+    A line too long for any NFC form of it to be a password is not
+    normalised: that costs time growing with the square of its length (the
+    reordering of combining marks), on the reactor, for a line that is
+    refused anyway.
+    """
+    typed = password.encode("utf-8")
+    if len(typed) > _NFC_MAX_SHRINK * PASSWORD_MAX_BYTES:
+        return typed
+    return unicodedata.normalize("NFC", password).encode("utf-8")
 
 
 def password_chars_problem(password: str) -> str | None:

@@ -179,3 +179,25 @@ def test_a_password_is_held_to_the_servers_rule(
     typed = hashing.password_problem(password.encode())
     assert (stored is not None) == (said in (SHORT, LONG))
     assert (stored is not None and typed is not None) == (said_at_login in (SHORT, LONG))
+
+
+def test_a_pasted_flood_is_not_normalised(monkeypatch: pytest.MonkeyPatch) -> None:
+    """rr22-m 1: the client normalised the whole typed line (128 KB of
+    combining marks out of order: 5 s with nothing read or drawn).  It
+    counts with the server's L{wire.password_bytes}, which leaves a line
+    too long for any NFC form of it to be a password as typed."""
+    normalised: list[str] = []
+    real = unicodedata.normalize
+
+    def normalize(form: str, text: str) -> str:
+        normalised.append(text)
+        return real(form, text)
+
+    monkeypatch.setattr(unicodedata, "normalize", normalize)
+    flood = "a" + "\u0300" * 32_000 + "\u0316" * 32_000  # 128,001 bytes
+    assert password_problem(flood) == LONG
+    assert password_problem(flood, login=True) == LONG
+    assert normalised == []
+    # Up to the bound (4 x 256 bytes), the NFC form is still what is counted.
+    assert password_problem(NFD("é" * 86)) is None
+    assert normalised == [NFD("é" * 86)]

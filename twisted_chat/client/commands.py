@@ -9,7 +9,6 @@ locally with a hint; nothing is sent for them.
 
 from __future__ import annotations
 
-import unicodedata
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -18,6 +17,7 @@ from twisted_chat.wire import (
     PASSWORD_MAX_BYTES,
     PASSWORD_MIN_BYTES,
     is_valid_nick,
+    password_bytes,
     password_chars_problem,
 )
 from twisted_chat.wire import line as wire_line
@@ -148,8 +148,11 @@ def password_problem(password: str, *, login: bool = False) -> str | None:
     counted is the NFC form's (what the server hashes and stores), as for
     the server's C{REGISTER} and C{PASSWD}; for a C{login} (C{PASS}) the
     bytes as typed fitting will do too, as the server's C{PASS} takes a
-    password set before passwords were normalised."""
-    stored = len(unicodedata.normalize("NFC", password).encode("utf-8"))
+    password set before passwords were normalised.  The NFC form is the
+    server's L{password_bytes}, which leaves a line too long to be a
+    password as typed (normalising it could freeze the client for
+    seconds)."""
+    stored = len(password_bytes(password))
     typed = len(password.encode("utf-8"))
     if not _length_fits(stored) and not (login and _length_fits(typed)):
         return _length_problem(stored)

@@ -25,9 +25,10 @@ import hashlib
 import hmac
 import secrets
 import threading
-import unicodedata
 
-from twisted_chat.wire import PASSWORD_MAX_BYTES, PASSWORD_MIN_BYTES
+# password_bytes is wire.py's: the clients count a password's bytes as the
+# server hashes them, and do not import the server.
+from twisted_chat.wire import PASSWORD_MAX_BYTES, PASSWORD_MIN_BYTES, password_bytes
 
 __all__ = [
     "dummy_hash",
@@ -46,30 +47,6 @@ _KEY_BYTES = 32
 # OpenSSL's default limit (32 MiB) is just above what N=2**14, r=8 needs;
 # stored hashes with bigger parameters get room to be checked.
 _MAXMEM = 256 * 1024 * 1024
-# NFC makes a string's UTF-8 at most 3.5 times shorter (U+1FBE U+0308 U+0301,
-# 7 bytes, is U+0390, 2): one longer than 4 times the longest password has
-# no NFC form short enough either.
-_NFC_MAX_SHRINK = 4
-
-
-def password_bytes(password: str) -> bytes:
-    """
-    What C{password} is hashed as, set or checked: its Unicode NFC form (as
-    RFC 8265's OpaqueString normalises), in UTF-8.  The same visible
-    password is then one password, typed on a keyboard (mostly NFC) or
-    pasted (a macOS file name, some password managers: NFD).
-
-    A line too long for any NFC form of it to be a password is not
-    normalised: that costs time growing with the square of its length (the
-    reordering of combining marks), on the reactor, for a line that is
-    refused anyway.
-    """
-    typed = password.encode("utf-8")
-    if len(typed) > _NFC_MAX_SHRINK * PASSWORD_MAX_BYTES:
-        return typed
-    return unicodedata.normalize("NFC", password).encode("utf-8")
-
-
 def password_problem(password: bytes) -> str | None:
     """Why C{password} may not be used, or C{None} when it may."""
     if not PASSWORD_MIN_BYTES <= len(password) <= PASSWORD_MAX_BYTES:

@@ -2313,9 +2313,13 @@
   // the /register and /passwd dialog (docs/protocol.md, "Accounts": 8 to
   // 256 bytes, counted in its NFC form, which the server hashes and
   // stores; the line's free text starts at its first non-space character
-  // and has no control characters), or null.
+  // and has no control characters), or null. A password over 1,024 bytes
+  // (4 x 256: NFC shrinks UTF-8 at most 3.5 times) is counted as typed, as
+  // the server's password_bytes (wire.py) does: normalising a long paste
+  // of combining marks takes seconds.
   function passwordProblem(password) {
-    const size = utf8Length(password.normalize("NFC"));
+    const raw = utf8Length(password);
+    const size = raw > 1024 ? raw : utf8Length(password.normalize("NFC"));
     if (size < 8) return "A password needs at least 8 bytes (characters, for plain ASCII).";
     if (size > 256) return "A password may have at most 256 bytes.";
     if (/^[ \t]/.test(password)) return "A password cannot start with a space or a tab.";
