@@ -92,6 +92,10 @@ def test_accept_without_nick_uses_the_only_invitation() -> None:
         assert parse_input(f"/{name}") == Local(
             f"There is no open invitation to {name}.", is_error=True
         )
+    # As typed in capitals, the verb is still said in lower case, as the page does.
+    assert parse_input("/ACCEPT") == Local(
+        "There is no open invitation to accept.", is_error=True
+    )
     # More than one: the user is told whom, not just the usage.
     assert parse_input("/decline", inviters=["a", "b", "c", "d"]) == Local(
         "4 invitations are open (a, b, c, ...): /decline a or /decline b, for instance.",

@@ -221,7 +221,7 @@ def _nick_command(
                 is_error=True,
             )
         if not inviters:
-            return Local(f"There is no open invitation to {name}.", is_error=True)
+            return Local(f"There is no open invitation to {name.lower()}.", is_error=True)
         nick = inviters[0]
     if " " in nick or not is_valid_nick(nick):
         return _bad_nick(nick)
