@@ -811,10 +811,10 @@
   }
   // "too long" in the user's terms: their message's bytes, and the room a
   // line of `most` bytes leaves it after its "MSG " or "DM nick " (what the
-  // user typed is not the whole line).
-  function tooLongSaid(line, text, most) {
-    const bytes = utf8Length(text);
-    return `Your message was too long for the server (${bytes} bytes; at most ${most - (utf8Length(line) - bytes)} here) and was not sent.`;
+  // user typed is not the whole line, of `bytes`).
+  function tooLongSaid(bytes, text, most) {
+    const own = utf8Length(text);
+    return `Your message was too long for the server (${own} bytes; at most ${most - (bytes - own)} here) and was not sent.`;
   }
 
   // Lines held at most (the terminal client's QUEUE_MAX): 100 s of lines at
@@ -1063,7 +1063,6 @@
       partner: !!(nick && state.partner && key(state.partner) === key(nick)),
       text,
       typed,
-      line,
       bytes: utf8Length(line),
     };
   }
@@ -2501,7 +2500,7 @@
       const limit = most ? ` (at most ${most} bytes a line)` : "";
       if (!m) return notice(current(), `That line was too long for the server${limit} and was not sent.`, { error: true });
       const back = putBack(state.convs.get(m.conv), m.typed);
-      const said = most ? tooLongSaid(m.line, m.text, most) : "Your message was too long for the server and was not sent.";
+      const said = most ? tooLongSaid(m.bytes, m.text, most) : "Your message was too long for the server and was not sent.";
       return tellIn(m.conv, `${said}${back}`);
     }
     // bad-chars, bad-encoding: the oldest message with other than printable
@@ -2674,7 +2673,7 @@
       // Told where it was typed and where the user now is (a DM switched
       // to its conversation), as the server's own too-long error is.
       const message = sentMessage(line, typed); // null: a command
-      tellIn(conv.id, `${tooLongSaid(line, message ? message.text : line, MAX_LINE)}${back}`);
+      tellIn(conv.id, `${tooLongSaid(utf8Length(line), message ? message.text : line, MAX_LINE)}${back}`);
       return;
     }
     const sent = send(line, sentMessage(line, typed));
