@@ -995,6 +995,30 @@ def test_a_message_refused_for_its_characters_is_not_counted_as_lost() -> None:
     _only_the_next_line_in_doubt(s, sent=2)
 
 
+def test_a_message_too_long_for_the_server_says_its_bytes_and_its_room() -> None:
+    # rr22-m: a 4093-byte lobby message was answered "That line was too
+    # long for the server", whose limit (4096) counts the line with its
+    # "MSG ": the user could not tell how much to cut.  Said as the page
+    # says it (e8a7e19): the message's bytes, and the room its line leaves
+    # it (4092 after "MSG ", 4089 after "DM bob ").
+    s = session("jay")
+    s.ready("jay")
+    s.type("x" * 4093, "@bob " + "\u00e9" * 2500)
+    assert s.sent() == ["MSG " + "x" * 4093, "DM bob " + "\u00e9" * 2500]
+    s.receive("ERROR too-long lines may be at most 4096 bytes")
+    assert s.screen.take()[-1] == (
+        "! Your message was too long for the server (4093 bytes; at most 4092 here) "
+        "and was not sent.")
+    s.receive("ERROR too-long lines may be at most 4096 bytes")
+    assert s.screen.take()[-1] == (
+        "! Your message was too long for the server (5000 bytes; at most 4089 here) "
+        "and was not sent.")
+    # None waits (a command's line): the server's error, as before.
+    s.receive("ERROR too-long lines may be at most 4096 bytes")
+    assert s.screen.take()[-1] == "! That line was too long for the server and was not sent."
+    _only_the_next_line_in_doubt(s, sent=3)
+
+
 BEHIND = ("ERROR busy bob is not reading fast enough to take more private messages; "
           "try again later")
 

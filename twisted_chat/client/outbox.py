@@ -417,9 +417,10 @@ class Outbox:
         """
         self._refuse(lambda m: m.to is None)
 
-    def refused_longer(self, most: int) -> None:
-        """C{ERROR too-long}: the oldest message over C{most} bytes was not sent."""
-        self._refuse(lambda m: m.size > most)
+    def refused_longer(self, most: int) -> Sent | None:
+        """C{ERROR too-long}: the oldest message over C{most} bytes was not
+        sent; returned (C{None}: the error was about a command)."""
+        return self._refuse(lambda m: m.size > most)
 
     def refused_chars(self) -> None:
         """
@@ -432,11 +433,15 @@ class Outbox:
         """
         self._refuse(lambda m: not _plain(m.text))
 
-    def _refuse(self, *picks: Callable[[Sent], bool]) -> None:
+    def _refuse(self, *picks: Callable[[Sent], bool]) -> Sent | None:
         """An C{ERROR} refused the oldest message the first of C{picks} that
-        finds one picks (none: the error was about a command)."""
-        if any(self._answered(pick) is not None for pick in picks):
-            self._messages_refused += 1
+        finds one picks, returned (none: the error was about a command)."""
+        for pick in picks:
+            message = self._answered(pick)
+            if message is not None:
+                self._messages_refused += 1
+                return message
+        return None
 
     @property
     def rate(self) -> float:

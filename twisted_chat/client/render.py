@@ -255,6 +255,7 @@ ERRORS = {
     "pending": "The invitation was not sent: {text}.",
     "no-invite": "There is no open invitation from that person.",
     "not-paired": "You are not in a private conversation and have no invitation out.",
+    # A message's own too-long is said by too_long (its bytes and room).
     "too-long": "That line was too long for the server and was not sent.",
     "bad-encoding": "The server could not read that line (bad UTF-8).",
     "bad-chars": "That line contained control characters and was not sent.",
@@ -410,6 +411,16 @@ def not_ready(text: str, *, prompt: bool = False) -> str:
     if text.startswith("no password was asked for"):
         return "No password was asked for: choose a nickname first."
     return ERRORS["not-ready"]
+
+
+def too_long(size: int, text: str, most: int) -> str:
+    """C{ERROR too-long} for a message of C{text} (its line C{size} bytes)
+    under a limit of C{most} bytes a line, in the user's terms: the
+    message's bytes and the room the line's C{MSG } or C{DM nick } leaves
+    it, as the web page says it."""
+    own = len(text.encode("utf-8"))
+    return (f"Your message was too long for the server ({own} bytes; "
+            f"at most {most - (size - own)} here) and was not sent.")
 
 
 def error_sentence(code: str, text: str) -> str:

@@ -409,8 +409,9 @@ class Replies:
         if client.state is State.NICK_SENT:
             client.login.refused(code, event.text, said)
             return
-        client.error(said)
-        self._refused_message(code, gone or late or "", event.text, unsent=unsent is not None)
+        refused = self._refused_message(code, gone or late or "", event.text,
+                                        unsent=unsent is not None)
+        client.error(refused or said)
         if may_be_not_done(code, event.text):
             self._pairing_not_done(code)
         rate = client.outbox.flood(event.text) if code == "flood" else None
@@ -439,7 +440,7 @@ class Replies:
             client.notice(f"The server failed on {command}: you are still {where} unless "
                           "it says otherwise.")
 
-    def _refused_message(self, code: str, named: str, text: str, *, unsent: bool) -> None:
+    def _refused_message(self, code: str, named: str, text: str, *, unsent: bool) -> str | None:
         """
         An C{ERROR} that may refuse one of our messages: it is answered (said
         now), not in doubt at the end (L{Outbox.losses}).  The server reads a
@@ -450,7 +451,8 @@ class Replies:
         whose pair changed before it was delivered, C{unsent} (as
         L{render.message_refused} tells it); one longer than the limit it
         names; one with other than printable ASCII for its characters), as
-        the web page counts them.
+        the web page counts them.  Returned: a C{too-long} said for the
+        message it refused (L{render.too_long}), else C{None}.
         """
         outbox = self._client.outbox
         if code == "no-such-nick" and named:
@@ -463,6 +465,10 @@ class Replies:
             outbox.refused_to(nick_key(self._client.nick))
         elif code == "too-long":
             most = re.search(r"at most (\d+) bytes", text)
-            outbox.refused_longer(int(most.group(1)) if most else 0)
+            limit = int(most.group(1)) if most else 0
+            message = outbox.refused_longer(limit)
+            if message is not None and limit:
+                return render.too_long(message.size, message.text, limit)
         elif code in ("bad-chars", "bad-encoding"):
             outbox.refused_chars()
+        return None
