@@ -190,13 +190,13 @@ class AfterLoss:
         #: a hello ends it here too, they still hear the lobby.
         self.hearing: dict[str, User] = {}
         #: After a rebuild: this node's users the rebuilt replica has in the
-        #: lobby but who were shown a partner (a pair it lacks), by uid, with
-        #: the lobby history's position from which they missed its lines:
+        #: lobby but who were shown a partner (a pair it lacks), by uid:
         #: until a hello brings the pair back or tells them it ended (with
-        #: those lines), they hear no lobby line.
-        self.deaf: dict[str, tuple[User, int]] = {}
-        # The lobby history's position at the end of the last rebuild: a
-        # L{detached} user shown a pair missed its lines from there on.
+        #: the lobby's lines since L{_rebuilt_at}), they hear no lobby line.
+        self.deaf: dict[str, User] = {}
+        # The lobby history's position at the end of the last rebuild: each
+        # of L{deaf} missed the lobby's lines from there on (a rebuild
+        # empties L{deaf} before it moves).
         self._rebuilt_at = 0
         #: When (log time) L{shown} expires (L{SHOWN_KEEP} after the first
         #: event applied after the rebuild); the nicks the replica had
@@ -331,11 +331,7 @@ class AfterLoss:
     def misses_lobby(self, user: User) -> bool:
         """Whether C{user}, in the replica's lobby, is one of L{deaf}."""
         deaf = self.deaf
-        return bool(deaf) and any(one is user for one, _ in deaf.values())
-
-    def deaf_users(self) -> list[User]:
-        """The L{User}s of L{deaf}."""
-        return [user for user, _ in self.deaf.values()]
+        return bool(deaf) and user in deaf.values()
 
     def detached_users(self) -> list[User]:
         """The L{User}s the connections of the L{detached} hold."""
@@ -511,7 +507,7 @@ class AfterLoss:
             if held is not None:
                 del self.detached[uid]
                 if held.row[3]:  # shown a pair: it heard no lobby line since the rebuild
-                    self.deaf[uid] = (user, self._rebuilt_at)
+                    self.deaf[uid] = user
             replica.add(user, origin, uid)
             if shown is not None:
                 shown.setdefault(uid, "")
@@ -532,8 +528,7 @@ class AfterLoss:
         self.quiet.sync_listener()
 
     def _hear_lobby(self) -> None:
-        """Set L{hearing} and L{deaf} anew from L{shown} (one deaf before
-        keeps where it began to miss the lobby's lines)."""
+        """Set L{hearing} and L{deaf} anew from L{shown}."""
         if self.shown is None:
             self.hearing = {}
             self.deaf = {}
@@ -542,28 +537,25 @@ class AfterLoss:
         own = [(uid, m.user) for uid, m in replica.members.items() if m.node == replica.node]
         self.hearing = {uid: user for uid, user in own
                         if user.partner is not None and self.seen(uid)[0] == ""}
-        deaf = self.deaf
-        # One deaf anew heard no lobby line since the rebuild either: shown
-        # a pair, it was paired in the replica until that pair's quiet end.
-        self.deaf = {uid: (user, before[1] if (before := deaf.get(uid)) is not None
-                           and before[0] is user else self._rebuilt_at)
-                     for uid, user in own
+        # Each heard no lobby line since the rebuild (L{_missed} starts
+        # there): one deaf anew was paired in the replica until that pair's
+        # quiet end.
+        self.deaf = {uid: user for uid, user in own
                      if user.state is State.LOBBY and self.seen(uid)[0] != ""}
 
     def _still_deaf(self) -> None:
         """After an event: those of L{deaf} gone, or paired, or no longer
         shown a partner (their state changed since) are no more."""
         members = self.replica.members
-        self.deaf = {uid: (user, since) for uid, (user, since) in self.deaf.items()
+        self.deaf = {uid: user for uid, user in self.deaf.items()
                      if (m := members.get(uid)) is not None and m.user is user
                      and user.state is State.LOBBY and self.seen(uid)[0] != ""}
 
     def _missed(self, uid: str, user: User) -> list[Entry]:
         """The lobby's lines C{user} (L{deaf}) missed, and it is deaf no more."""
-        deaf = self.deaf.pop(uid, None)
-        if deaf is None or deaf[0] is not user:
+        if self.deaf.pop(uid, None) is not user:
             return []
-        return self.replica.hub.history.since(deaf[1])
+        return self.replica.hub.history.since(self._rebuilt_at)
 
     def _correct(self, told: dict[str, tuple[str, str]], view: dict[str, list[str]]) -> None:
         """The pairs and outgoing invitations a hello's rows (C{told}: uid:

@@ -272,7 +272,7 @@ class ClusterState:
             if self._members_extra or self._members_deaf:  # gone: let go of them
                 self._forget_extra()
             return own  # the steady case: nothing built
-        deaf = tuple(user.conn for user in afterloss.deaf_users())
+        deaf = tuple(user.conn for user in afterloss.deaf.values())
         if (own is not self._members_own or not _same(extra, self._members_extra)
                 or not _same(deaf, self._members_deaf)):
             kept = own if not deaf else tuple(m for m in own if all(m is not d for d in deaf))
@@ -290,7 +290,7 @@ class ClusterState:
             users = [user for user in users if user not in hearing]
         users += [user for user in afterloss.detached_users() if user.state is State.PAIRED]
         if afterloss.deaf:  # shown a pair: JOINED and LEFT as paired users get them
-            users += afterloss.deaf_users()
+            users += afterloss.deaf.values()
         return users
 
     def counts(self) -> tuple[int, int]:
