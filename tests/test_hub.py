@@ -367,39 +367,44 @@ def test_the_lobby_state_lists_its_members_anew_only_when_the_lobby_changed(
     assert listed == [("A",), ("A", "B", "C"), ("C",), ("C",), ("C", "A", "B"), ("A", "B"), ("B",)]
 
 
-def test_roster_changes_moves_at_every_change_of_the_user_list(
+def test_lobby_changes_moves_at_every_change_of_the_user_list(
         world: tuple[Hub, Recorder, Clock]) -> None:
-    """A user list made at one count of Hub.roster_changes (who is online,
+    """A user list made at one count of Hub.lobby_changes (who is online,
     in which state: the lines' USERS) is right while the count stays: every
-    change moves it, a departure from a pair and an arrival undone
-    included; what changes no one's place leaves it."""
+    change moves it, a departure from a pair (before its partner's return)
+    and an arrival undone included; what changes no one's place leaves it."""
     hub, rec, _ = world
 
     def moves(change: Callable[[], object]) -> bool:
-        count = hub.roster_changes
+        count = hub.lobby_changes
         change()
-        return hub.roster_changes != count
+        return hub.lobby_changes != count
 
     a = hub.register("a", None)
     b, c = hub.register("b", None), hub.register("c", None)
-    assert hub.roster_changes == 3
+    assert hub.lobby_changes == 3
     assert [moves(lambda: hub.say(a, "hi")), moves(lambda: hub.pair(a, "b")),
             moves(lambda: hub.accept(b, "a")), moves(lambda: hub.unpair(a)),
             moves(lambda: hub.leave(c, "quit"))] == [False, False, True, True, True]
     hub.pair(a, "b")
     hub.accept(b, "a")
+    at_left: list[int] = []
+    rec.left = lambda *_: at_left.append(hub.lobby_changes)  # type: ignore[method-assign]
+    count = hub.lobby_changes
     assert moves(lambda: hub.leave(a, "quit")) and b.state is State.LOBBY
+    assert at_left and at_left[0] != count  # a list made at LEFT lacks a
+    del rec.left
     during: list[int] = []
 
     def broken(user: User) -> None:
-        during.append(hub.roster_changes)  # a list made here has the newcomer
+        during.append(hub.lobby_changes)  # a list made here has the newcomer
         raise ZeroDivisionError
 
     rec.ready = broken  # type: ignore[method-assign]
     with pytest.raises(ZeroDivisionError):
         hub.register("d", None)
-    assert hub.roster_changes not in during
-    count = hub.roster_changes
+    assert hub.lobby_changes not in during
+    count = hub.lobby_changes
     with pytest.raises(NickTaken):
         hub.register("B", None)
-    assert hub.roster_changes == count
+    assert hub.lobby_changes == count

@@ -1,6 +1,6 @@
 """
 The user list (C{USERS}, and the list after C{READY} and C{UNPAIRED}) is
-built once per change of the hub's (L{Hub.roster_changes}): right after any
+built once per change of the hub's (L{Hub.lobby_changes}): right after any
 change, whichever of the hub's calls its listener was told.
 """
 

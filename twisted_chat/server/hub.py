@@ -207,12 +207,11 @@ class Hub:
         #: users' batch (LineListener's paired_fanout), found without a
         #: walk of everyone online.
         self.paired: dict[str, User] = {}
-        # Changes of the lobby's membership so far: a list of its members
-        # made at one count is still right at the same count.
+        #: Changes of the lobby's membership or of who is online (so of
+        #: the user list: who, in which state) so far: a list of the lobby's
+        #: members, or the user list, made at one count is still right at
+        #: the same count.
         self.lobby_changes = 0
-        #: Changes of the user list (who is online, and in which state) so
-        #: far: a list made at one count is still right at the same count.
-        self.roster_changes = 0
         self._sorted_keys: list[str] = []
 
     # -- queries -----------------------------------------------------------
@@ -245,7 +244,6 @@ class Hub:
         self.online[key] = user
         self.lobby[key] = user
         self.lobby_changes += 1
-        self.roster_changes += 1
         bisect.insort(self._sorted_keys, key)
         self.log.info("{nick} is ready from {address}", nick=nick, address=address)
         try:
@@ -257,7 +255,6 @@ class Hub:
             del self.online[key]
             del self.lobby[key]
             self.lobby_changes += 1
-            self.roster_changes += 1
             self._sorted_keys.remove(key)
             raise
         return user
@@ -272,11 +269,12 @@ class Hub:
             return
         self.listener.leaving(user)
         del self.online[user.key]
-        if self.lobby.pop(user.key, None) is not None:
-            self.lobby_changes += 1
+        self.lobby.pop(user.key, None)
         self.paired.pop(user.key, None)
+        # Every departure, a paired user's too: a user list made before its
+        # partner's return (below) must lack it.
+        self.lobby_changes += 1
         del self._sorted_keys[bisect.bisect_left(self._sorted_keys, user.key)]
-        self.roster_changes += 1
         self.log.info("{nick} left ({reason})", nick=user.nick, reason=reason)
         self.listener.left(self.clock.seconds(), user, reason, text)
         if user.outgoing is not None:
@@ -450,7 +448,6 @@ class Hub:
             del self.lobby[one.key]
             self.paired[one.key] = one
             self.lobby_changes += 1
-            self.roster_changes += 1
         # The invitee's command (ACCEPT, or the second of a mutual PAIR) made it.
         self._log_pairing(invitee, "pair", "{a} and {b} paired", a=inviter.nick, b=invitee.nick)
         self.listener.paired(inviter, invitee)
@@ -492,7 +489,6 @@ class Hub:
                 self.listener.returning(one)
                 self.lobby[one.key] = one
                 self.lobby_changes += 1
-                self.roster_changes += 1
         return missed
 
     def _expire(self, invitation: Invitation) -> None:

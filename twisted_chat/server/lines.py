@@ -63,7 +63,7 @@ class LineListener:
         self.config = config
         self._direct_pass = direct_pass
         self._roster = b""
-        self._roster_at = -1  # the hub's roster_changes when _roster was built
+        self._roster_at = -1  # the hub's lobby_changes when _roster was built
         self._user_lines: dict[str, bytes] = {}  # by nick key, each encoded once
         self._history_block: bytes | None = None
         # The last pair's end: the hub's list of missed entries, and its lines.
@@ -73,16 +73,16 @@ class LineListener:
 
     def roster(self) -> bytes:
         """The C{USER} lines and the closing C{USERS}, encoded once per
-        change: built again once the hub's C{roster_changes} moved, or a
+        change: built again once the hub's C{lobby_changes} moved, or a
         line it is made of changed (L{_user_changed})."""
         hub = self._state().hub
-        if self._roster_at != hub.roster_changes:
+        if self._roster_at != hub.lobby_changes:
             lines = self._user_lines
             keys = hub.keys_in_order
             self._roster = b"".join([lines[key] for key in keys]) + wire.line(
                 "USERS", str(len(keys))
             )
-            self._roster_at = hub.roster_changes
+            self._roster_at = hub.lobby_changes
         return self._roster
 
     def _user_changed(self, user: User) -> None:
