@@ -120,8 +120,8 @@ def test_index_follows_join_pair_unpair_leave() -> None:
 def test_a_paired_user_gets_joined_and_left_from_its_own_node_only(
     remote_calls: list[str],
 ) -> None:
-    """JOINED and LEFT reach paired users directly (not through the
-    fan-out): each node writes them to its own paired users."""
+    """JOINED and LEFT reach paired users in the paired users' batch
+    (not the lobby's): each node writes them to its own paired users."""
     cluster = Cluster(2)
     n0, n1 = cluster.nodes
     a, c = n0.user("a"), n1.user("c")
@@ -377,8 +377,9 @@ def member_lists(conn: Any) -> list[tuple[Any, ...]]:
 def test_after_a_loss_a_detached_pair_still_gets_joined_and_left() -> None:
     """After Redis lost everything, a and b (node 0), shown their pair,
     are detached until node 0's hello: not in the hub, so not in its
-    pairs, they still get each JOINED and LEFT directly (node 0's paired
-    users are its index's and the detached shown a pair)."""
+    pairs, they still get each JOINED and LEFT in the paired users' batch
+    (node 0's paired users are its index's and the detached shown a
+    pair)."""
     cluster = Cluster(2)
     n0, n1 = cluster.nodes
     a, b, c = n0.user("a"), n0.user("b"), n0.user("c")

@@ -535,9 +535,10 @@ def test_a_lobby_members_own_write_sends_the_waiting_lines_first() -> None:
 
 def test_one_back_from_a_pair_gets_only_the_lines_gathered_after_it_came_back() -> None:
     """returning: the lines gathered while it was paired are not its own
-    (it had JOINED and LEFT directly, the messages come in its replay), so
-    the others keep their batch, and its own write (UNPAIRED ...) flushes
-    nothing unless a line came after its return (rev21-clu F2)."""
+    (it had JOINED and LEFT in the paired users' batch, its share given at
+    its return, and the messages come in its replay), so the others keep
+    their batch, and its own write (UNPAIRED ...) flushes nothing unless a
+    line came after its return (rev21-clu F2)."""
     clock, fanout, members, _ = lobby(2)
     old, back = members
     members.remove(back)  # paired: not in the lobby

@@ -237,10 +237,11 @@ class LobbyFanout:
 
     def returning(self, member: Member) -> None:
         """C{member} comes back to the lobby from a pair: of the lines
-        gathered so far it gets none (it had each JOINED and LEFT directly
-        while paired, and its replay holds the lobby's messages), so the
-        others keep their batch.  A flush to everyone here made n departures
-        of paired users n writes to each member (docs/fanout.md, "Order")."""
+        gathered so far it gets none (it had each JOINED and LEFT in the
+        paired users' batch, its share given at its return, and its replay
+        holds the lobby's messages), so the others keep their batch.  A
+        flush to everyone here made n departures of paired users n writes
+        to each member (docs/fanout.md, "Order")."""
         if self._pending:
             self._late[member] = len(self._pending)
 
