@@ -921,6 +921,26 @@ def test_the_metrics_port_counts_an_ipv6_64_as_one_address_and_ipv4_per_address(
     assert metrics_connection(site, 40009, "192.0.2.2") is not None
 
 
+@pytest.mark.parametrize(("prefix", "same", "other"), [
+    (48, "2001:db8:1:ffff::9", "2001:db8:2::1"),  # another /64 of the /48; the next /48
+    (128, "2001:db8:1:2::1", "2001:db8:1:2::2"),  # each address its own
+])
+def test_the_metrics_port_groups_ipv6_by_the_configured_prefix(
+        prefix: int, same: str, other: str) -> None:
+    """The metrics port counts an IPv6 peer under its network of
+    C{--ipv6-prefix} bits, as the chat ports do, not a fixed /64: under a
+    /48 a peer could otherwise take the whole port from 4 of its /64s."""
+    from twisted_chat.server.config import ServerConfig
+    from twisted_chat.server.metrics.metricsport import metrics_site
+
+    site = metrics_site(registry_for(Stats(), lambda: Snapshot(0, 0, 0, None)), Clock(),
+                        config=ServerConfig(ipv6_prefix=prefix))
+    assert metrics_connection(site, 40000, "2001:db8:1:2::1") is not None
+    assert metrics_connection(site, 40001, "2001:db8:1:2::1") is not None
+    assert metrics_connection(site, 40002, same) is None  # the same network's third
+    assert metrics_connection(site, 40003, other) is not None
+
+
 def test_a_metrics_connection_serves_a_few_requests() -> None:
     """rev13-attack 3: a keep-alive connection sent scrapes back to back
     for as long as it lasted.  The MAX_METRICS_REQUESTSth answer says

@@ -23,7 +23,7 @@ from collections.abc import Callable
 from typing import Any
 
 import pytest
-from twisted.internet.address import IPv4Address
+from twisted.internet.address import IPv4Address, IPv6Address
 from twisted.internet.error import ConnectionDone
 from twisted.internet.interfaces import ISSLTransport
 from twisted.python.failure import Failure
@@ -54,7 +54,7 @@ class HTTPConn:
     def __init__(self, h: Harness, site: WebSite, peer: str = "192.0.2.1",
                  transport: type[TCPTransport] = TCPTransport) -> None:
         self.h = h
-        address = IPv4Address("TCP", peer, next(_ports))
+        address: Any = (IPv6Address if ":" in peer else IPv4Address)("TCP", peer, next(_ports))
         self.protocol = site.buildProtocol(address)
         self.transport = transport(peerAddress=address)
         self.transport.protocol = self.protocol  # autobahn takes it over at the upgrade
@@ -106,6 +106,17 @@ def test_web_connections_count_per_address_by_their_own_cap_from_accept() -> Non
     assert not HTTPConn(h, site, peer="192.0.2.2").refused
     held[0].lose()
     assert not HTTPConn(h, site).refused
+
+
+def test_web_connections_group_ipv6_by_the_configured_prefix() -> None:
+    """The cap counts an IPv6 peer under its --ipv6-prefix network (here a
+    /48: its /64s share it), as the chat port does, not a fixed /64."""
+    h = Harness(max_per_ip=1, ipv6_prefix=48)
+    site = make_site(h)
+    held = [HTTPConn(h, site, peer=f"2001:db8:1:{n}::1") for n in range(HTTP_PER_BROWSER)]
+    assert not any(c.refused for c in held)
+    assert HTTPConn(h, site, peer="2001:db8:1:ffff::1").refused
+    assert not HTTPConn(h, site, peer="2001:db8:2::1").refused
 
 
 def test_web_refusals_are_counted_by_limit_and_their_503_is_not_chat_output() -> None:

@@ -49,11 +49,13 @@ METRICS_LIFE_LIMIT = 30.0
 #: Seconds between two looks at whether an answer let finish past
 #: L{METRICS_TIMEOUT} is done and taken.
 METRICS_TAKEN_LOOK = 1.0
-#: Of those, the connections one address may hold: one peer cannot take them
-#: all and leave the scraper none.  A UNIX socket's connections have no
-#: address: its file's permissions decide who connects.  On loopback every
-#: 127.x address is an address of its own, which any local account may use
-#: as its source: there L{METRICS_IDLE} is what keeps a scraper's way open.
+#: Of those, the connections one address may hold (an IPv6 address's is
+#: its network of C{--ipv6-prefix} bits, as on the chat ports): one peer
+#: cannot take them all and leave the scraper none.  A UNIX socket's
+#: connections have no address: its file's permissions decide who connects.
+#: On loopback every 127.x address is an address of its own, which any local
+#: account may use as its source: there L{METRICS_IDLE} is what keeps a
+#: scraper's way open.
 MAX_METRICS_PER_ADDRESS = 2
 #: Seconds a connection may be idle (since its accept or its last answer;
 #: a request it has only started counts as idle) before a newcomer takes
@@ -285,11 +287,12 @@ def metrics_site(registry: CollectorRegistry, reactor: Any = None,
     L{renders_bounded}), and no access log (a scrape
     every 15 seconds would be most of the server's log); at most
     C{max_connections} at once (L{MAX_METRICS_PER_ADDRESS} of them from
-    one address; one idle for L{METRICS_IDLE} gives way to a newcomer with
-    no room), each for at most C{timeout} seconds (an answer under way
-    then let finish, within L{METRICS_LIFE_LIMIT}) and
-    L{MAX_METRICS_REQUESTS} requests; its connections' send buffer and close
-    grace are C{config}'s (the chat server's: L{RefusingChannel}).
+    one address, IPv6 grouped by C{config}'s C{--ipv6-prefix}; one idle for
+    L{METRICS_IDLE} gives way to a newcomer with no room), each for at most
+    C{timeout} seconds (an answer under way then let finish, within
+    L{METRICS_LIFE_LIMIT}) and L{MAX_METRICS_REQUESTS} requests; its
+    connections' send buffer and close grace are C{config}'s (the chat
+    server's: L{RefusingChannel}).
     """
     # Imported here: the scrape runs on the global reactor's thread pool.
     from prometheus_client.exposition import make_wsgi_app
@@ -439,7 +442,9 @@ def metrics_site(registry: CollectorRegistry, reactor: Any = None,
         def buildProtocol(self, addr: Any) -> Any:
             host: str | None = getattr(addr, "host", None)
             if host is not None:
-                host = address_key(host)  # an IPv6 /64 is one address
+                # An IPv6 network of --ipv6-prefix bits is one address, as
+                # on the chat ports.
+                host = address_key(host, self.config.ipv6_prefix)
             # Counted over the open channels (at most max_connections) but
             # those whose close is made: a client that reconnects at once
             # after a "Connection: close" is not refused for the one it left.
