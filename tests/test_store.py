@@ -640,6 +640,31 @@ def test_a_shm_that_cannot_be_made_is_named_where_it_is_made(
     assert str(info.value) == f"Cannot create {os.path.realpath(real)}-shm: Permission denied."
 
 
+@pytest.mark.parametrize(("code", "said"), [
+    (errno.ENOSPC, "The disk of the chat database {shown} is full: free space and start again"),
+    (errno.EDQUOT, "The disk quota for the chat database {shown} is exceeded:"
+                   " free space or raise the quota and start again"),
+], ids=["ENOSPC", "EDQUOT"])
+def test_a_shm_refused_for_want_of_room_says_which_room(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, code: int, said: str,
+) -> None:
+    """A disk quota exceeded is not a full disk: the operator told the disk
+    is full finds room on it and looks no further."""
+    path = tmp_path / "chat.sqlite3"
+    crash_leaving_wal(path)
+    opened = os.open
+
+    def refused(name: str, *args: Any, **kwargs: Any) -> int:
+        if str(name).endswith("-shm"):
+            raise OSError(code, os.strerror(code), name)
+        return opened(name, *args, **kwargs)
+
+    monkeypatch.setattr(os, "open", refused)
+    with pytest.raises(StoreError) as info:
+        SQLiteStore.open(str(path), reactor)
+    assert str(info.value) == f"{said.format(shown=path)} ({os.strerror(code)})."
+
+
 OPEN_WITH_NO_ROOM = textwrap.dedent(
     """
     import resource, signal, sys

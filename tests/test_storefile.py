@@ -46,6 +46,16 @@ def test_a_full_disk_or_an_io_error_is_not_called_corrupt(code: int, text: str) 
     assert text in refusal
 
 
+def test_an_io_error_names_a_disk_quota_among_its_causes() -> None:
+    """SQLite calls only ENOSPC full: a disk quota exceeded (EDQUOT) is
+    "disk I/O error" to it, so the hint names the quota beside the full
+    disk."""
+    refusal = said(sqlite3.SQLITE_IOERR_WRITE, "disk I/O error")
+    assert refusal.endswith(
+        " is its disk full, over its quota or failing? Free space, raise the quota"
+        " or mend the disk and start again."), refusal
+
+
 def test_a_full_disk_says_so_and_what_to_do() -> None:
     assert said(sqlite3.SQLITE_FULL, "database or disk is full") == (
         f"The disk of the chat database {SHOWN} is full: free space and start again"

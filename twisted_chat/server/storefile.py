@@ -62,6 +62,10 @@ class StoreError(Exception):
 
 #: The start of the refusal for a full disk (L{_refusal}).
 _NO_ROOM = "The disk of the chat database {shown} is full: free space and start again"
+#: The start of the refusal for a disk quota exceeded (C{EDQUOT}): the disk
+#: may have room, and the operator who looks for none is misled.
+_NO_QUOTA = ("The disk quota for the chat database {shown} is exceeded:"
+             " free space or raise the quota and start again")
 
 
 def identity(path: str) -> tuple[int, int]:
@@ -123,6 +127,8 @@ def _refusal(e: BaseException, shown: str) -> BaseException:
     upgrade meeting tables changed by hand) is said to be damaged.
     A full disk or an I/O error says so (docs/history.md, "Start-up
     errors": restoring a backup would throw away what the C{-wal} holds).
+    SQLite calls only C{ENOSPC} full: to it a disk quota exceeded
+    (C{EDQUOT}) is an I/O error, whose refusal so names the quota too.
     """
     code = getattr(e, "sqlite_errorcode", None)
     if not isinstance(e, sqlite3.DatabaseError) or code is None:
@@ -142,7 +148,8 @@ def _refusal(e: BaseException, shown: str) -> BaseException:
     if code == sqlite3.SQLITE_IOERR:
         return StoreError(
             f"The chat database {shown} could not be read or written ({e}):"
-            " is its disk full or failing? Free space or mend the disk and start again."
+            " is its disk full, over its quota or failing? Free space, raise the quota"
+            " or mend the disk and start again."
         )
     return StoreError(f"Cannot open the chat database {shown}: {e}.")
 
@@ -168,7 +175,8 @@ def _inspect_read_only(path: str, shown: str) -> None:
         return
     except OSError as e:
         if e.errno in (errno.ENOSPC, errno.EDQUOT):
-            raise StoreError(f"{_NO_ROOM.format(shown=shown)} ({e.strerror}).") from e
+            why = _NO_ROOM if e.errno == errno.ENOSPC else _NO_QUOTA
+            raise StoreError(f"{why.format(shown=shown)} ({e.strerror}).") from e
         raise StoreError(f"Cannot create {shm}: {e.strerror}.") from e
     try:
         _check_read_only(path, shown)
