@@ -3,14 +3,17 @@ Interleaved A/B runs of one fan-out step, for questions the full run is too
 noisy to answer from one sample.
 
     .venv/bin/python -m bench.ab --servers chat,ngircd --clients 100 --rate 2000 \\
-        --rounds 4 [--variant "chat-fd3=--fanout-delay 3"] [--baseline TREE] [--out FILE]
+        --rounds 4 [--variant "chat-fd3=--fanout-delay 3"] [--baseline TREE] \\
+        [--interpreter deb=/tmp/debvenv/bin/python] [--out FILE]
 
 Each round starts every server in turn (fresh, pinned to CPU 0 as in the
 full run), connects the clients, and measures one step at ``--rate`` room
 messages/s with the full run's own code (L{bench.scenarios.one_rate}).  A
 variant is our server with its defaults (as the ``chat`` column) plus more
 options; ``--baseline TREE`` adds our server from another source tree as
-``chat-before``; the key ``floor`` is the platform's floor (L{bench.floor}:
+``chat-before``; ``--interpreter NAME=PYTHON`` adds our server under
+another venv's interpreter (with the package installed in that venv) as
+``chat-NAME``; the key ``floor`` is the platform's floor (L{bench.floor}:
 our fan-out and send path, no chat logic).  It prints a line per measurement
 and a summary: per server
 the mean and range of server µs per line and of p50, the ratio of the means
@@ -50,11 +53,14 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", type=Path, default=None)
     ap.add_argument("--baseline", type=Path, default=None,
                     help="also our server from this source tree, as chat-before")
+    ap.add_argument("--interpreter", action="append", default=[], metavar="NAME=PYTHON",
+                    help="also our server under this venv's python, as chat-NAME")
     args = ap.parse_args(argv)
     if not 1 <= args.rounds <= 20 or not 0 < args.seconds <= 30:
         ap.error("--rounds must be 1 to 20 and --seconds at most 30")
     raise_nofile()
-    specs = {s.key: s for s in server_specs(False, None, baseline=args.baseline)}
+    specs = {s.key: s for s in server_specs(False, None, baseline=args.baseline,
+                                                 interpreters=args.interpreter)}
     # The platform's floor (bench/floor.py): only here, not in the full run.
     specs["floor"] = ServerSpec("floor", "the platform's floor (bench/floor.py)", "chat/1",
                                 "floor", tree=BENCH.parent)

@@ -96,7 +96,8 @@ def chat_options() -> set[str]:
 
 
 def server_specs(quick: bool, only: list[str] | None, baseline: Path | None = None,
-                 variants: list[str] | None = None) -> list[ServerSpec]:
+                 variants: list[str] | None = None,
+                 interpreters: list[str] | None = None) -> list[ServerSpec]:
     opts = chat_options()
     flood = GENEROUS_FLOOD if "--flood-rate" in opts else []
     specs = []
@@ -109,6 +110,10 @@ def server_specs(quick: bool, only: list[str] | None, baseline: Path | None = No
         name, _, options = variant.partition("=")
         specs.append(ServerSpec(f"chat-{name}", f"twisted-chat {options}", "chat/1", "chat",
                                 [*flood, *options.split()]))
+    for interpreter in interpreters or []:
+        name, _, python = interpreter.partition("=")
+        specs.append(ServerSpec(f"chat-{name}", f"twisted-chat under {python}", "chat/1",
+                                "chat", list(flood), python=Path(python)))
     if baseline is not None:
         specs.append(ServerSpec("chat-before", f"twisted-chat from {baseline.name}", "chat/1",
                                 "chat", list(flood), tree=baseline.resolve()))
@@ -238,6 +243,9 @@ def main(argv: list[str] | None = None) -> int:
                     help="also run our server from this source tree, as chat-before")
     ap.add_argument("--variant", action="append", default=[], metavar="NAME=OPTIONS",
                     help="also run our server with these options, as chat-NAME (repeatable)")
+    ap.add_argument("--interpreter", action="append", default=[], metavar="NAME=PYTHON",
+                    help="also run our server under this venv's python (the package "
+                         "installed there), as chat-NAME (repeatable)")
     ap.add_argument("--servers", default=None, help="comma-separated keys to run")
     ap.add_argument("--skip-idle", action="store_true")
     ap.add_argument("--clients", default=None, help="comma-separated fan-out client counts")
@@ -264,7 +272,8 @@ def main(argv: list[str] | None = None) -> int:
     }
     only = args.servers.split(",") if args.servers else None
     failures = 0
-    for spec in server_specs(args.quick, only, args.baseline, args.variant):
+    for spec in server_specs(args.quick, only, args.baseline, args.variant,
+                             args.interpreter):
         entry: dict[str, Any] = {"label": spec.label, "dialect": spec.dialect,
                                  "options": spec.extra, "fanout": {}}
         results["servers"][spec.key] = entry

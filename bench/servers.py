@@ -66,10 +66,16 @@ class ServerSpec:
     extra: list[str] = field(default_factory=list)  # extra options for our server
     # Our server from another source tree (a baseline): put first on sys.path.
     tree: Path | None = None
+    # Our server under another interpreter: that venv's python (its twistd is
+    # beside it, with the package installed there); None for this one.
+    python: Path | None = None
+
+    def twistd(self) -> Path:
+        return (self.python or Path(sys.executable)).with_name("twistd")
 
     def argv(self, port: int, workdir: Path) -> list[str]:
         if self.kind == "chat":
-            twistd = str(Path(sys.executable).with_name("twistd"))
+            twistd = str(self.twistd())
             # The generator's clients all come from loopback: a benchmark is
             # what --exempt is for (docs/security.md).
             return [twistd, "-n", "--pidfile=", "-l", str(workdir / "twistd.log"), "chat",
@@ -96,7 +102,7 @@ class ServerSpec:
     def available(self) -> str | None:
         """None when the server can run here, else why not."""
         if self.kind == "chat":
-            twistd = Path(sys.executable).with_name("twistd")
+            twistd = self.twistd()
             if not twistd.exists():
                 return "no twistd beside the interpreter"
             out = subprocess.run([str(twistd), "--help"], capture_output=True, text=True,
