@@ -11,6 +11,7 @@ from collections.abc import Callable, Sequence
 from typing import Protocol
 
 from twisted_chat import wire
+from twisted_chat.server.batches import in_lobby_batch
 from twisted_chat.server.config import ServerConfig
 from twisted_chat.server.history import Entry, History, newest_within
 from twisted_chat.server.hub import Hub, Invitation, State, User
@@ -138,20 +139,22 @@ class LineListener:
         self.paired_fanout.flush()
 
     def batch_of(self, user: User) -> LobbyFanout:
-        """The batch whose lines C{user} gets (docs/fanout.md, "Order"): the
-        lobby's for a user in the lobby (but one that hears none of its
-        lines after a loss: L{Audience.misses_lobby}), else L{_pair_batch}.
-        Its own writes follow this batch's order rule, and at its going it
-        gets this batch's share (L{leaving}; a connection's FIN or C{BYE})."""
-        if user.state is State.LOBBY:
-            return self.paired_fanout if self._state().misses_lobby(user) else self.fanout
-        return self._pair_batch(user)
+        """The batch whose lines C{user} gets (docs/fanout.md, "Order"),
+        by the one rule the state's lists of members follow too
+        (L{batches.in_lobby_batch}).  Its own writes follow this batch's
+        order rule, and at its going it gets this batch's share
+        (L{leaving}; a connection's FIN or C{BYE})."""
+        if in_lobby_batch(self._state(), user, user.state):  # (asked at each write: inline)
+            return self.fanout
+        return self.paired_fanout
 
     def _pair_batch(self, user: User) -> LobbyFanout:
         """The batch of C{user} while paired: the lobby's if it hears the
         lobby (a cluster node's user shown its pair's end in events Redis
         then lost: L{Audience.hears_lobby}), else the paired users'."""
-        return self.fanout if self._state().hears_lobby(user) else self.paired_fanout
+        if in_lobby_batch(self._state(), user, State.PAIRED):
+            return self.fanout
+        return self.paired_fanout
 
     def leaving(self, user: User) -> None:
         """Only the leaver gets the gathered lines now, its share of its

@@ -55,9 +55,12 @@ class ChatState(Protocol):
 
     def lobby_members(self) -> Sequence[Member]:
         """The connections this process writes the lobby's lines to (the
-        fan-out's members): its own users in the lobby, in the lobby's order
-        (in a cluster that lost data in Redis, also, after them, its users
-        the rebuilt replica lacks or still pairs: docs/cluster.md)."""
+        fan-out's members): its own users in the lobby's batch
+        (L{batches.in_lobby_batch}, the rule C{LineListener.batch_of}
+        asks of one user), in the lobby's order: those in the lobby (in a
+        cluster that lost data in Redis, but those that miss it, and after
+        them its users the rebuilt replica lacks or still pairs that hear
+        it: docs/cluster.md)."""
 
     def forget_members(self) -> None:
         """A user left (or a cluster node's connection was displaced): let
@@ -65,8 +68,10 @@ class ChatState(Protocol):
         the departed one is not kept alive."""
 
     def paired_users(self) -> list[User]:
-        """The users in a pair whose connections this process holds (a
-        copy: a write may end one).  Kept at each pairing and its end, so
+        """The users whose connections this process holds in the paired
+        users' batch (L{batches.in_lobby_batch}: those in a pair; after a
+        loss, but those that hear the lobby, and those that miss it), a
+        copy: a write may end one.  Kept at each pairing and its end, so
         that a C{JOINED} or C{LEFT} costs the pairs, not everyone online."""
 
     def hears_lobby(self, user: User) -> bool:
@@ -154,8 +159,11 @@ class LocalState:
         self.pairs_shown = PairsShown()
 
     def lobby_members(self) -> Sequence[Member]:
-        """The same tuple while the lobby does not change, so that the
-        fan-out's direct pass can tell it did not (sendqueue.DirectPass)."""
+        """The hub's lobby: here the rule (L{batches.in_lobby_batch}) has
+        no exception (L{hears_lobby}, L{misses_lobby}), so a user's state
+        says its batch.  The same tuple while the lobby does not change, so
+        that the fan-out's direct pass can tell it did not
+        (sendqueue.DirectPass)."""
         hub = self.hub
         if self._members_at != hub.lobby_changes:
             self._members = tuple([user.conn for user in hub.lobby.values()])
@@ -166,6 +174,7 @@ class LocalState:
         self._members, self._members_at = (), -1
 
     def paired_users(self) -> list[User]:
+        """The hub's pairs: the rest of the users (L{lobby_members})."""
         return list(self.hub.paired.values())
 
     def hears_lobby(self, user: User) -> bool:

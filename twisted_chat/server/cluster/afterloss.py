@@ -33,6 +33,7 @@ from typing import Any, Protocol
 from twisted.internet.task import Clock
 
 from twisted_chat.server import logs
+from twisted_chat.server.batches import in_lobby_batch
 from twisted_chat.server.cluster.listeners import SILENT, Between, Quiet
 from twisted_chat.server.cluster.remote import RemoteConn, stand_in
 from twisted_chat.server.history import Entry
@@ -309,19 +310,44 @@ class AfterLoss:
 
     # -- what the node asks ------------------------------------------------------
 
+    # The node's lists of each batch's members are its own index of the
+    # replica's lobby and pairs, the rule (in_lobby_batch) for a user it
+    # has no exception for; these correct them, by the rule, for the users
+    # it may have one for: the detached, L{hearing} and L{deaf}.
+
     def lobby_conns(self) -> tuple[Any, ...]:
-        """The connections of this node's users that hear the lobby though
-        the replica does not have them there: the L{detached} shown the
-        lobby (until its hello brings them back, they hear it as before; one
-        shown a pair does not: see L{_rebuilt}), and
-        those shown their pair end in events Redis lost (L{hearing}: until a
-        hello ends the pair here too, or anything else does)."""
+        """The connections of this node's users in the lobby's batch
+        (L{in_lobby_batch}) whom the replica does not have in its lobby:
+        the L{detached} shown the lobby (until its hello brings them back,
+        they hear it as before; one shown a pair does not: see
+        L{_rebuilt}), and those shown their pair end in events Redis lost
+        (L{hearing}: until a hello ends the pair here too, or anything else
+        does; one the replica has in its lobby again is in the index)."""
         if not self.detached and not self.hearing:
             return ()  # the steady case, at every lobby batch: nothing built
-        conns = [d.conn for d in self.detached.values() if d.user.state is State.LOBBY]
+        users = [d.user for d in self.detached.values()]
         if self.hearing:
-            conns += [user.conn for user in self.hearing.values() if user.partner is not None]
-        return tuple(conns)
+            users += [user for user in self.hearing.values() if user.partner is not None]
+        return tuple(user.conn for user in users if in_lobby_batch(self, user, user.state))
+
+    def lobby_missed(self) -> tuple[Any, ...]:
+        """The connections of the users the replica has in its lobby whom
+        the rule puts in the paired users' batch: L{deaf}."""
+        return tuple(user.conn for user in self.deaf.values()
+                     if not in_lobby_batch(self, user, user.state))
+
+    def pairs_heard(self) -> list[User]:
+        """The users the rule puts in the lobby's batch of those the
+        replica may pair: L{hearing}."""
+        return [user for user in self.hearing.values()
+                if in_lobby_batch(self, user, user.state)]
+
+    def pairs_extra(self) -> list[User]:
+        """This node's users in the paired users' batch whom the replica
+        does not pair: the L{detached} shown a pair, and L{deaf}."""
+        users = [d.user for d in self.detached.values()]
+        users += self.deaf.values()
+        return [user for user in users if not in_lobby_batch(self, user, user.state)]
 
     def hears_lobby(self, user: User) -> bool:
         """Whether C{user} is one of L{hearing}."""

@@ -260,10 +260,11 @@ class ClusterState:
     def lobby_members(self) -> Sequence[Member]:
         """The own index's tuple (the same object while it does not change:
         sendqueue.DirectPass keeps its partition for it), and after a loss
-        the after-loss extras after it, and without those shown a pair the
-        replica lacks (L{AfterLoss.deaf}): then the same tuple too while
-        no part changed (the extras and the deaf, rare and few, are listed
-        anew each time to be compared)."""
+        corrected by the rule (L{batches.in_lobby_batch}) for the users it
+        may have an exception for: the after-loss extras after it, and
+        without those shown a pair the replica lacks (L{AfterLoss.deaf}):
+        then the same tuple too while no part changed (the extras and the
+        deaf, rare and few, are listed anew each time to be compared)."""
         own = self.own.lobby_members()
         afterloss = self.replica.afterloss
         # After a loss: those the replica lacks, or pairs, who hear it still.
@@ -272,7 +273,7 @@ class ClusterState:
             if self._members_extra or self._members_deaf:  # gone: let go of them
                 self._forget_extra()
             return own  # the steady case: nothing built
-        deaf = tuple(user.conn for user in afterloss.deaf.values())
+        deaf = afterloss.lobby_missed()
         if (own is not self._members_own or not _same(extra, self._members_extra)
                 or not _same(deaf, self._members_deaf)):
             kept = own if not deaf else tuple(m for m in own if all(m is not d for d in deaf))
@@ -281,16 +282,18 @@ class ClusterState:
         return self._members
 
     def paired_users(self) -> list[User]:
+        """The own index's, and after a loss corrected by the rule as
+        L{lobby_members} is (AfterLoss.pairs_heard, pairs_extra)."""
         users = self.own.paired_users()
         afterloss = self.replica.afterloss
         if afterloss.hearing:  # rare: after Redis lost data
             # Shown their pair's end: JOINED and LEFT reach them with the
             # lobby's batch (lobby_members), not twice.
-            hearing = set(afterloss.hearing.values())
-            users = [user for user in users if user not in hearing]
-        users += [user for user in afterloss.detached_users() if user.state is State.PAIRED]
-        if afterloss.deaf:  # shown a pair: JOINED and LEFT as paired users get them
-            users += afterloss.deaf.values()
+            heard = set(afterloss.pairs_heard())
+            users = [user for user in users if user not in heard]
+        if afterloss.detached or afterloss.deaf:
+            # Shown a pair: JOINED and LEFT as paired users get them.
+            users += afterloss.pairs_extra()
         return users
 
     def counts(self) -> tuple[int, int]:
