@@ -16,6 +16,8 @@ here, each other concern in a package of its own:
   - L{context}: what a connection knows of its server, one object per server;
   - L{factory}: builds connections and enforces the connection limits;
   - L{lines}: the hub's C{Listener}: every hub decision becomes lines there;
+  - L{batches}: the one rule for which batch (the lobby's, the paired
+    users') a user's lobby lines go out in;
   - L{service}: C{twistd chat}'s options and the service tree;
   - L{config}: the settings, one frozen value;
   - L{store}: durable lobby history in SQLite, written by a thread of its own;
