@@ -666,19 +666,43 @@ class AfterLoss:
                     or (other is not None and one.user.partner is other.user)):
                 continue
             view[uid][0] = ""
-            partner = other.user if other is not None else self._stand_in(partner_uid)
-            if partner is not None and not replica.replaying:
-                # What the hello did quietly so far first (the user list the
-                # line ends with must have the users it brought back).
-                self.quiet.sync_listener()
-                listener = replica.hub.listener
-                listener.deliver_gathered()
-                missed = self._missed(uid, one.user)
-                listener.unpaired(one.user, partner, "disconnected", missed)
+            self._tell_ended(uid, one.user, partner_uid, "disconnected")
 
-    def _stand_in(self, uid: str) -> User | None:
-        """A user the replica had before its rebuild and does not have now,
-        for its nick in a line (no hub holds it)."""
+    def shown_partner(self, uid: str) -> User | None:
+        """The partner this node's user C{uid} was shown (None: the lobby),
+        as the replica has it now or, gone, by its nick before the rebuild."""
+        partner_uid = self.seen(uid)[0]
+        return self._user(partner_uid) if partner_uid else None
+
+    def unpaired_shown(self, uid: str, user: User) -> None:
+        """C{user} (L{deaf}) sent C{UNPAIR}: the pair it was shown ends for
+        it now, C{UNPAIRED <partner> left} with the lobby lines it missed,
+        as a paired user's would (not C{ERROR not-paired}: it was shown
+        paired); its node's hello lists it in the lobby."""
+        partner_uid = self.seen(uid)[0]
+        self.saw(uid, "", "")
+        self._tell_ended(uid, user, partner_uid, "left")
+
+    def _tell_ended(self, uid: str, user: User, partner_uid: str, reason: str) -> None:
+        """Tell C{user}, this node's, that its pair with C{partner_uid}
+        ended, with the lobby lines it missed (L{_missed})."""
+        replica = self.replica
+        partner = self._user(partner_uid)
+        if partner is not None and not replica.replaying:
+            # What a hello did quietly so far first (the user list the
+            # line ends with must have the users it brought back).
+            self.quiet.sync_listener()
+            listener = replica.hub.listener
+            listener.deliver_gathered()
+            missed = self._missed(uid, user)
+            listener.unpaired(user, partner, reason, missed)
+
+    def _user(self, uid: str) -> User | None:
+        """User C{uid} as the replica has it, or, gone since its rebuild, a
+        stand-in for its nick in a line (no hub holds it)."""
+        member = self.replica.members.get(uid)
+        if member is not None:
+            return member.user
         nick = self._nicks.get(uid)
         return None if nick is None else stand_in(nick)
 

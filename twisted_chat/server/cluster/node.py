@@ -511,13 +511,25 @@ class ClusterState:
         return self._command(user, {"t": "dm", "to": nick, "x": text})
 
     def pair(self, user: User, nick: str) -> Outcome:
+        self._paired_as_shown(user)
         settings = self.settings
         return self._command(user, {"t": "pair", "to": nick, "it": settings.invite_timeout,
                                     "mi": settings.max_invites,
                                     "ms": settings.max_invites_per_source})
 
     def accept(self, user: User, nick: str) -> Outcome:
+        self._paired_as_shown(user)
         return self._command(user, {"t": "acc", "to": nick})
+
+    def _paired_as_shown(self, user: User) -> None:
+        """One of this node's users shown a pair the rebuilt replica lacks
+        (L{AfterLoss.deaf}) is answered as the paired user it was shown to
+        be (a pairing would leave it never told that pair ended)."""
+        afterloss = self.replica.afterloss
+        if afterloss.misses_lobby(user):
+            partner = afterloss.shown_partner(self.replica.uids[user])
+            if partner is not None:
+                raise HubError(ErrorCode.BUSY, f"you are paired with {partner.nick}; UNPAIR first")
 
     def reject(self, user: User, nick: str) -> Outcome:
         return self._command(user, {"t": "rej", "to": nick})

@@ -329,6 +329,11 @@ class Replica:
             # then lost) ends it here too, quietly for it, and is answered
             # as the lobby user it was shown to be (not-paired).
             partner = user.partner if self.afterloss.hears_lobby(user) else None
+            if self.afterloss.misses_lobby(user):
+                # Shown a pair the replica lacks: that pair ends for it.
+                self.afterloss.unpaired_shown(str(event["u"]), user)
+                if user.outgoing is None:
+                    return  # (the other replicas: not-paired, no change)
             self.hub.unpair(user)
             if partner is not None:
                 raise HubError(ErrorCode.NOT_PAIRED, HEARD_END_TEXT.format(partner.nick))

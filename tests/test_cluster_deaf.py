@@ -1,0 +1,85 @@
+"""
+A user shown a pair the rebuilt replica lacks ("deaf": in the replica's
+lobby, hearing no lobby line until its node's hello), and what its own
+commands show it meanwhile (docs/cluster.md, "What is guaranteed":
+"After a loss, every replica agrees").
+"""
+
+from __future__ import annotations
+
+from tests.harness import Conn
+from tests.test_cluster_outage import _ann_and_bob_paired, _hellos, _lost_pair_then_bob_says, _said
+from tests.test_cluster_unit import Cluster, check_index
+
+
+def _deaf_ann() -> tuple[Cluster, Conn, Conn, Conn]:
+    """ann (node0) and dave (node2) paired in events Redis lost (ann and
+    bob, node1, free in what it kept); every replica rebuilt, node1's hello
+    applied, and bob's lobby line missed by ann and dave (shown PAIRED)."""
+    cluster, ann, bob, dave, _ = _ann_and_bob_paired("dave")
+    ann.send("UNPAIR")
+    cluster.pump()
+    cluster.clear_all()
+    _lost_pair_then_bob_says(cluster, len(cluster.log.entries), ann, bob, dave)
+    return cluster, ann, bob, dave
+
+
+def test_a_deaf_users_pair_is_busy_with_the_partner_it_was_shown() -> None:
+    """ann, shown PAIRED dave, sends PAIR bob in the window: answered as a
+    paired user, ERROR busy, and bob is not invited; at her node's hello
+    she is told the pair ended, with bob's line she missed, once, and
+    PAIRED again when dave's node lists her.  (She was invited bob's way:
+    PENDING bob, and never told her pair with dave ended nor given the
+    line.)"""
+    cluster, ann, bob, _dave = _deaf_ann()
+    ann.send("PAIR bob")
+    cluster.pump()
+    assert _said(ann) == ["ERROR busy you are paired with dave; UNPAIR first"]
+    assert bob.take() == []
+    _hellos(cluster, 0)
+    said = _said(ann)
+    assert said[:2] == ["UNPAIRED dave disconnected", "HISTORY bob lobby line"], said
+    assert [line for line in said if "lobby line" in line] == ["HISTORY bob lobby line"]
+    _hellos(cluster, 2)
+    assert ann.take()[-1:] == ["PAIRED dave"]
+    check_index(cluster)
+
+
+def test_a_deaf_users_accept_is_busy_with_the_partner_it_was_shown() -> None:
+    """bob, free in the replica, invites ann (shown PAIRED dave): her
+    ACCEPT is ERROR busy, as a paired user's; bob stays unpaired."""
+    cluster, ann, bob, _dave = _deaf_ann()
+    bob.send("PAIR ann")
+    cluster.pump()
+    assert ann.take() == ["INVITE bob"] and bob.take() == ["PENDING ann"]
+    ann.send("ACCEPT bob")
+    cluster.pump()
+    assert _said(ann) == ["ERROR busy you are paired with dave; UNPAIR first"]
+    assert bob.take() == []
+    for node in cluster.nodes:
+        assert node.hub.online["bob"].partner is None
+
+
+def test_a_deaf_users_unpair_ends_the_pair_it_was_shown() -> None:
+    """ann, shown PAIRED dave, sends UNPAIR in the window: UNPAIRED dave
+    left, with bob's line she missed, then the user list, as when a paired
+    user leaves its pair (not ERROR not-paired), and she hears the lobby
+    from then on; her node's hello tells her nothing more, and dave's node's
+    hello tells dave the pair ended, not bringing it back."""
+    cluster, ann, bob, dave = _deaf_ann()
+    ann.send("UNPAIR")
+    cluster.pump()
+    said = _said(ann)
+    assert said[:2] == ["UNPAIRED dave left", "HISTORY bob lobby line"], said
+    assert said[2:] == ["USER ann lobby", "USER bob lobby", "USER dave lobby", "USERS 3"], said
+    bob.send("MSG heard")
+    cluster.pump()
+    assert _said(ann) == ["MSG bob * heard"] and dave.take() == []
+    bob.take()
+    _hellos(cluster, 0)
+    assert ann.take() == []
+    _hellos(cluster, 2)
+    assert ann.take() == [] and dave.take()[:1] == ["UNPAIRED ann disconnected"]
+    for node in cluster.nodes:
+        assert node.hub.online["ann"].partner is None
+    check_index(cluster)
