@@ -8,7 +8,13 @@ commands show it meanwhile (docs/cluster.md, "What is guaranteed":
 from __future__ import annotations
 
 from tests.harness import Conn
-from tests.test_cluster_outage import _ann_and_bob_paired, _hellos, _lost_pair_then_bob_says, _said
+from tests.test_cluster_outage import (
+    _ann_and_bob_paired,
+    _hellos,
+    _lose_after,
+    _lost_pair_then_bob_says,
+    _said,
+)
 from tests.test_cluster_unit import Cluster, check_index
 
 
@@ -83,3 +89,25 @@ def test_a_deaf_users_unpair_ends_the_pair_it_was_shown() -> None:
     for node in cluster.nodes:
         assert node.hub.online["ann"].partner is None
     check_index(cluster)
+
+
+def test_a_second_rebuild_before_the_hello_keeps_the_lines_missed_before_it() -> None:
+    """Redis loses data again (eve's arrival) before node0's hello: every
+    replica is rebuilt a second time; bob's line, said in the first window
+    and kept, still reaches ann once, in the replay her node's hello tells
+    her, with the line said after the second rebuild (her missing began
+    anew there: bob's first line was lost to her)."""
+    cluster, ann, bob, dave = _deaf_ann()
+    kept = len(cluster.log.entries)
+    cluster.nodes[1].connect().send("NICK eve")
+    cluster.pump()
+    cluster.clear_all()
+    _lose_after(cluster, kept, cluster.nodes)
+    _hellos(cluster, 1)
+    bob.send("MSG after")
+    cluster.pump()
+    assert ann.take() == [] and dave.take() == []
+    _hellos(cluster, 0)
+    said = _said(ann)
+    assert said[:3] == ["UNPAIRED dave disconnected", "HISTORY bob lobby line",
+                        "HISTORY bob after"], said

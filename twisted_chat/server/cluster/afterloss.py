@@ -148,14 +148,16 @@ class _Before:
     """What a replica had before a rebuild, for L{AfterLoss.rebuilding}:
     the nicks, what its node's users were shown of each user (partner's
     and invitee's uids), the connections its node holds (with the users
-    they hold), this node's users as its hello lists them, and the other
-    nodes' users its node's users were shown online; all by uid."""
+    they hold), this node's users as its hello lists them, the other
+    nodes' users its node's users were shown online, and the first lobby
+    line each of its users hearing none missed; all by uid."""
 
     nicks: dict[str, str]
     seen: dict[str, tuple[str, str]]
     held: dict[str, tuple[Any, User]]
     rows: dict[str, list[Any]]
     unseen: dict[str, tuple[str, str]]
+    missing: dict[str, Entry]
 
 
 class AfterLoss:
@@ -197,8 +199,10 @@ class AfterLoss:
         self.deaf: dict[str, User] = {}
         # The lobby history's position at the end of the last rebuild: each
         # of L{deaf} missed the lobby's lines from there on (a rebuild
-        # empties L{deaf} before it moves).
+        # empties L{deaf} before it moves), but those in L{_since}, who
+        # missed them since an earlier rebuild: where, in this history.
         self._rebuilt_at = 0
+        self._since: dict[str, int] = {}
         #: When (log time) L{shown} expires (L{SHOWN_KEEP} after the first
         #: event applied after the rebuild); the nicks the replica had
         #: before it, by uid (to tell a user its partner's pair ended when
@@ -429,7 +433,8 @@ class AfterLoss:
         unseen = dict(self.unseen)  # not back since an earlier rebuild
         unseen.update((uid, (m.node, m.user.nick)) for uid, m in members.items()
                       if m.node != replica.node)
-        before = _Before(nicks, seen, held, {str(row[0]): row for row in rows}, unseen)
+        before = _Before(nicks, seen, held, {str(row[0]): row for row in rows}, unseen,
+                         self._first_missed())
         self.attach = {uid: conn for uid, (conn, _) in held.items()}
         try:
             yield
@@ -462,7 +467,36 @@ class AfterLoss:
         self.unseen = {uid: row for uid, row in before.unseen.items()
                        if uid not in replica.members}
         self._rebuilt_at = replica.hub.history.position
+        self._since = self._missing_since(before.missing)
         self._hear_lobby()
+
+    def _first_missed(self) -> dict[str, Entry]:
+        """The first lobby line each of this node's users that hear none
+        (L{deaf}; L{detached} shown a pair) missed, if any."""
+        history = self.replica.hub.history
+        uids = [*self.deaf, *(uid for uid, d in self.detached.items() if d.row[3])]
+        first = {}
+        for uid in uids:
+            missed = history.since(self._since.get(uid, self._rebuilt_at))
+            if missed:
+                first[uid] = missed[0]
+        return first
+
+    def _missing_since(self, first: dict[str, Entry]) -> dict[str, int]:
+        """Where, in the rebuilt history, the lines each user of C{first}
+        missed begin: at that first line if Redis kept it (a loss takes
+        the stream's tail: the lines after it were kept too, or lost).
+        The last of equal lines: a replay recording a kept line again (no
+        history loaded first) leaves the old one before it."""
+        if not first:
+            return {}
+        history = self.replica.hub.history
+        newest = history.recent()[::-1]
+        since = {}
+        for uid, entry in first.items():
+            if entry in newest:
+                since[uid] = history.position - 1 - newest.index(entry)
+        return since
 
     # -- the hellos ----------------------------------------------------------------
 
@@ -568,6 +602,7 @@ class AfterLoss:
         # quiet end.
         self.deaf = {uid: user for uid, user in own
                      if user.state is State.LOBBY and self.seen(uid)[0] != ""}
+        self._keep_since()
 
     def _still_deaf(self) -> None:
         """After an event: those of L{deaf} gone, or paired, or no longer
@@ -576,12 +611,20 @@ class AfterLoss:
         self.deaf = {uid: user for uid, user in self.deaf.items()
                      if (m := members.get(uid)) is not None and m.user is user
                      and user.state is State.LOBBY and self.seen(uid)[0] != ""}
+        self._keep_since()
+
+    def _keep_since(self) -> None:
+        """L{_since} keeps only those still hearing no lobby line."""
+        if self._since:
+            self._since = {uid: start for uid, start in self._since.items()
+                           if uid in self.deaf or uid in self.detached}
 
     def _missed(self, uid: str, user: User) -> list[Entry]:
         """The lobby's lines C{user} (L{deaf}) missed, and it is deaf no more."""
+        start = self._since.pop(uid, self._rebuilt_at)
         if self.deaf.pop(uid, None) is not user:
             return []
-        return self.replica.hub.history.since(self._rebuilt_at)
+        return self.replica.hub.history.since(start)
 
     def _correct(self, told: dict[str, tuple[str, str]], view: dict[str, list[str]]) -> None:
         """The pairs and outgoing invitations a hello's rows (C{told}: uid:
@@ -825,6 +868,7 @@ class AfterLoss:
         self._base = {}
         self.hearing = {}
         self.deaf = {}
+        self._since = {}
         self._shown_until = None
         self._nicks = {}
         self._greeted = False
