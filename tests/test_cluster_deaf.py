@@ -111,3 +111,29 @@ def test_a_second_rebuild_before_the_hello_keeps_the_lines_missed_before_it() ->
     said = _said(ann)
     assert said[:3] == ["UNPAIRED dave disconnected", "HISTORY bob lobby line",
                         "HISTORY bob after"], said
+
+
+def test_a_partner_absent_since_the_first_rebuild_is_still_told_ended() -> None:
+    """dave (node2) came online and paired with ann (node0) in events Redis
+    lost: his node's hello not applied, the replicas lack him; a second
+    rebuild comes before node0's hello.  At that hello ann is still told
+    UNPAIRED dave disconnected, with bob's line she missed (she was told
+    nothing: the second rebuild had forgotten dave's nick), and PAIRED
+    again once dave's node lists her."""
+    cluster = Cluster(3)
+    n0, n1, n2 = cluster.nodes
+    bob, ann = n1.user("bob"), n0.user("ann")
+    kept = len(cluster.log.entries)
+    dave = n2.user("dave")
+    _lost_pair_then_bob_says(cluster, kept, ann, bob, dave)
+    kept = len(cluster.log.entries)
+    n1.connect().send("NICK eve")
+    cluster.pump()
+    cluster.clear_all()
+    _lose_after(cluster, kept, cluster.nodes)
+    _hellos(cluster, 1, 0)
+    said = _said(ann)
+    assert said[:2] == ["UNPAIRED dave disconnected", "HISTORY bob lobby line"], said
+    _hellos(cluster, 2)
+    assert ann.take()[-1:] == ["PAIRED dave"] and dave.take() == []
+    check_index(cluster)

@@ -205,8 +205,8 @@ class AfterLoss:
         self._since: dict[str, int] = {}
         #: When (log time) L{shown} expires (L{SHOWN_KEEP} after the first
         #: event applied after the rebuild); the nicks the replica had
-        #: before it, by uid (to tell a user its partner's pair ended when
-        #: the partner is not back).
+        #: before it and the rebuilds since L{shown} was set, by uid (to
+        #: tell a user its partner's pair ended when the partner is not back).
         self._shown_until: float | None = None
         self._nicks: dict[str, str] = {}
         #: After a rebuild: the users of other nodes this node's users were
@@ -422,6 +422,11 @@ class AfterLoss:
         members = replica.members
         nicks = {uid: m.user.nick for uid, m in members.items()}
         nicks.update((uid, d.user.nick) for uid, d in self.detached.items())
+        # With those gone since an earlier rebuild (a user shown one as its
+        # partner is told that pair ended by its nick), unless taken since.
+        taken = set(nicks.values())
+        nicks.update((uid, nick) for uid, nick in self._nicks.items()
+                     if uid not in nicks and nick not in taken)
         seen = {uid: self.seen(uid) for uid in members}
         seen.update((uid, (str(d.row[3]), str(d.row[5])))  # local_users' rows
                     for uid, d in self.detached.items())
