@@ -137,3 +137,24 @@ def test_a_partner_absent_since_the_first_rebuild_is_still_told_ended() -> None:
     _hellos(cluster, 2)
     assert ann.take()[-1:] == ["PAIRED dave"] and dave.take() == []
     check_index(cluster)
+
+
+def test_a_deaf_users_partner_leaving_ends_the_pair_it_was_shown_at_once() -> None:
+    """dave (shown paired with ann, the replica lacking the pair) quits in
+    the window: ann gets LEFT dave, then at once UNPAIRED dave disconnected
+    with bob's line she missed and the user list, as when a partner leaves,
+    and hears the lobby from then on; her node's hello tells her nothing
+    more.  (She was told only at that hello, believing herself paired
+    meanwhile.)"""
+    cluster, ann, bob, dave = _deaf_ann()
+    dave.send("BYE gone")
+    cluster.pump()
+    said = [line.split(" ", 2)[2] if line.startswith("LEFT") else line for line in _said(ann)]
+    assert said == ["dave quit gone", "UNPAIRED dave disconnected", "HISTORY bob lobby line",
+                    "USER ann lobby", "USER bob lobby", "USERS 2"], said
+    bob.send("MSG heard")
+    cluster.pump()
+    assert _said(ann) == ["MSG bob * heard"]
+    _hellos(cluster, 0, 2)
+    assert ann.take() == []
+    check_index(cluster)

@@ -268,8 +268,14 @@ class AfterLoss:
         but after a rebuild: then as L{shown} says)."""
         return self.shown is None or uid in self.shown
 
-    def gone(self, uid: str) -> None:
-        """User C{uid} left: nothing is kept of it."""
+    def gone(self, uid: str, user: User) -> None:
+        """User C{uid} left: nothing is kept of it, and those of L{deaf}
+        shown it as their partner are told that pair ended, after its
+        C{LEFT}, as when a partner leaves (not at their node's hello)."""
+        for one, deaf in sorted(self.deaf.items()):
+            if self.seen(one)[0] == uid:
+                self.saw(one, "", "")
+                self._tell_ended(one, deaf, user, "disconnected")
         self.claims.pop(uid, None)
         if self.shown is not None:
             self.shown.pop(uid, None)
@@ -714,7 +720,7 @@ class AfterLoss:
                     or (other is not None and one.user.partner is other.user)):
                 continue
             view[uid][0] = ""
-            self._tell_ended(uid, one.user, partner_uid, "disconnected")
+            self._tell_ended(uid, one.user, self._user(partner_uid), "disconnected")
 
     def shown_partner(self, uid: str) -> User | None:
         """The partner this node's user C{uid} was shown (None: the lobby),
@@ -729,13 +735,12 @@ class AfterLoss:
         paired); its node's hello lists it in the lobby."""
         partner_uid = self.seen(uid)[0]
         self.saw(uid, "", "")
-        self._tell_ended(uid, user, partner_uid, "left")
+        self._tell_ended(uid, user, self._user(partner_uid), "left")
 
-    def _tell_ended(self, uid: str, user: User, partner_uid: str, reason: str) -> None:
-        """Tell C{user}, this node's, that its pair with C{partner_uid}
-        ended, with the lobby lines it missed (L{_missed})."""
+    def _tell_ended(self, uid: str, user: User, partner: User | None, reason: str) -> None:
+        """Tell C{user}, this node's, that its pair with C{partner} ended,
+        with the lobby lines it missed (L{_missed})."""
         replica = self.replica
-        partner = self._user(partner_uid)
         if partner is not None and not replica.replaying:
             # What a hello did quietly so far first (the user list the
             # line ends with must have the users it brought back).

@@ -263,7 +263,7 @@ class Replica:
         uid = self.uids.pop(user, None)
         if uid is not None:
             self.members.pop(uid, None)
-            self.afterloss.gone(uid)
+            self.afterloss.gone(uid, user)
 
     def _say(self, eid: str, origin: str, k: int, event: dict[str, Any]) -> None:
         """A C{MSG}: to the lobby, or to the partner while paired; but only
