@@ -10,6 +10,7 @@ from __future__ import annotations
 from tests.harness import Conn
 from tests.test_cluster_outage import (
     _ann_and_bob_paired,
+    _hearing_ann,
     _hellos,
     _lose_after,
     _lost_pair_then_bob_says,
@@ -158,3 +159,19 @@ def test_a_deaf_users_partner_leaving_ends_the_pair_it_was_shown_at_once() -> No
     _hellos(cluster, 0, 2)
     assert ann.take() == []
     check_index(cluster)
+
+
+def test_the_counts_in_the_window_are_of_what_each_user_was_shown() -> None:
+    """chat_connections' lobby and paired (ClusterState.counts) count a
+    user by what it was shown, as for one detached: ann, deaf, is paired
+    on node0 (and so is dave on node2) until her node's hello tells her
+    the pair ended; ann and bob, shown their pair's end, paired in the
+    replica, are in the lobby.  (Both counted as the replica has them.)"""
+    cluster, ann, _bob, _dave = _deaf_ann()
+    n0, n1, n2 = cluster.nodes
+    assert (n0.state.counts(), n1.state.counts(), n2.state.counts()) == ((1, 0), (1, 1), (1, 0))
+    _hellos(cluster, 0)
+    assert "UNPAIRED dave disconnected" in ann.take()
+    assert n0.state.counts() == (1, 1)
+    cluster, _ann, _bob, _carol = _hearing_ann()
+    assert [node.state.counts() for node in cluster.nodes] == [(1, 1), (1, 1), (1, 1)]

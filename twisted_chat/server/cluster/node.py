@@ -298,9 +298,13 @@ class ClusterState:
 
     def counts(self) -> tuple[int, int]:
         online, lobby = self.own.counts()
-        detached = self.replica.afterloss.detached_users()
-        return (online + len(detached),
-                lobby + sum(user.state is State.LOBBY for user in detached))
+        afterloss = self.replica.afterloss
+        detached = afterloss.detached_users()
+        lobby += sum(user.state is State.LOBBY for user in detached)
+        # After a loss, each as it was shown: the deaf paired, the hearing
+        # in the lobby (the one dict is replaced, never changed in place).
+        lobby += sum(user.partner is not None for user in afterloss.hearing.values())
+        return online + len(detached), max(lobby - len(afterloss.deaf), 0)
 
     def holds(self, user: User) -> bool:
         return not isinstance(user.conn, RemoteConn)
