@@ -144,3 +144,33 @@ def test_a_pair_brought_back_is_not_refused_by_the_limits() -> None:
     hub = a.state.replica.hub
     a.state.replica.restore_pair(hub.online["ann"], hub.online["bob"])
     assert hub.online["ann"].partner is hub.online["bob"]
+
+
+def test_each_of_the_inviters_node_s_two_limits_keeps_to_its_own_rule() -> None:
+    """The two limits an event carries differ here (1 and 3, neither the
+    other node's 10): were they swapped on the way, the busy invitee would
+    take a second invitation and one address's second would be refused."""
+    cluster = _cluster({"max_invites": 1, "max_invites_per_ip": 3}, {})
+    a, b = cluster.nodes
+    bob = b.user("bob", host="192.0.2.9")
+    b.user("carol", host="192.0.2.1").send("PAIR bob")
+    cluster.pump()
+    assert bob.take() == ["INVITE carol"]
+    alice = a.user("alice", host="198.51.100.1")
+    alice.send("PAIR bob")  # --max-invites 1: bob has 1 open
+    cluster.pump()
+    assert alice.take() == ["ERROR busy bob has 1 open invitations already; try again later"]
+    assert bob.take() == []
+    invitees = [b.user(f"d{i}", host=f"192.0.2.{20 + i}") for i in range(4)]
+    inviters = [a.user(f"a{i}", host="203.0.113.5") for i in range(4)]
+    for i, inviter in enumerate(inviters):
+        inviter.send(f"PAIR d{i}")
+        cluster.pump()
+    # --max-invites-per-ip 3: the address's first three are taken, its fourth is not.
+    assert [inviter.take() for inviter in inviters] == [
+        ["PENDING d0"], ["PENDING d1"], ["PENDING d2"],
+        ["ERROR pending users from your address have 3 open invitations already; "
+         "wait for one to end"]]
+    assert [invitee.take() for invitee in invitees] == [
+        ["INVITE a0"], ["INVITE a1"], ["INVITE a2"], []]
+    _same_state(cluster)

@@ -158,6 +158,23 @@ _SERVER_DEFAULTS = ServerConfig()
 
 
 @dataclass(frozen=True, slots=True)
+class InviteLimits:
+    """
+    The two limits a C{PAIR}'s invitation is checked against, named: a
+    cluster replica passes its inviter's node's, and two bare numbers could
+    be swapped unseen.  C{None}: that limit does not apply.
+
+    @ivar max_invites: open invitations one user may have received (of
+        them, one source's users may hold L{source_share}).
+    @ivar max_invites_per_source: open invitations the users of one source
+        (L{User.source}) may have sent, together.
+    """
+
+    max_invites: int | None
+    max_invites_per_source: int | None
+
+
+@dataclass(frozen=True, slots=True)
 class HubSettings:
     """
     The hub's options (a cluster gives every replica the same).
@@ -175,6 +192,12 @@ class HubSettings:
     log_messages: bool = False
     max_invites: int | None = None
     max_invites_per_source: int | None = None
+
+    @property
+    def invite_limits(self) -> InviteLimits:
+        """C{max_invites} and C{max_invites_per_source}, as L{Hub.pair} takes them."""
+        return InviteLimits(max_invites=self.max_invites,
+                            max_invites_per_source=self.max_invites_per_source)
 
 
 class Hub:
@@ -198,8 +221,7 @@ class Hub:
         self.listener = listener
         self.invite_timeout = settings.invite_timeout
         self.log_messages = settings.log_messages
-        self.max_invites = settings.max_invites
-        self.max_invites_per_source = settings.max_invites_per_source
+        self.invite_limits = settings.invite_limits
         self._sent_by_source: dict[str, int] = {}
         self.online: dict[str, User] = {}
         self.lobby: dict[str, User] = {}
@@ -325,12 +347,12 @@ class Hub:
     # -- pairing -----------------------------------------------------------
 
     def pair(self, user: User, nick: str, timeout: float | None = None,
-             limits: tuple[int | None, int | None] | None = None) -> None:
+             limits: InviteLimits | None = None) -> None:
         """C{PAIR}: invite C{nick}, or pair at once if it invited C{user}.
         The invitation stays open C{timeout} seconds (default: the hub's
-        C{invite_timeout}); C{limits} are C{(max_invites,
-        max_invites_per_source)} (default: the hub's).  A cluster replica
-        passes the origin node's, so that every replica decides alike."""
+        C{invite_timeout}), checked against C{limits} (default: the hub's).
+        A cluster replica passes the origin node's, so that every replica
+        decides alike."""
         target = self._other(user, nick, "you cannot invite yourself")
         if user.partner is not None:
             raise HubError(
@@ -348,9 +370,8 @@ class Hub:
                 f"your invitation to {user.outgoing.invitee.nick} is still open; "
                 "UNPAIR withdraws it",
             )
-        if limits is None:
-            limits = (self.max_invites, self.max_invites_per_source)
-        self._check_invite_limits(user, target, *limits)
+        self._check_invite_limits(user, target,
+                                  self.invite_limits if limits is None else limits)
         invitation = Invitation(user, target)
         if user.source:
             self._sent_by_source[user.source] = self._sent_by_source.get(user.source, 0) + 1
@@ -366,15 +387,15 @@ class Hub:
         self.log.debug("{inviter} invited {invitee}", inviter=user.nick, invitee=target.nick)
         self.listener.invited(invitation)
 
-    def _check_invite_limits(self, user: User, target: User, max_invites: int | None,
-                             max_per_source: int | None) -> None:
+    def _check_invite_limits(self, user: User, target: User, limits: InviteLimits) -> None:
         """
         An invitation storm: many users (or one address's many connections)
         inviting one victim, who cannot refuse them wholesale.  C{busy}: the
         invitee cannot take another now, as when it is paired; C{pending}:
         the inviter's side has too many invitations open (to this invitee:
-        its L{source_share}; in all: C{max_per_source}).
+        its L{source_share}; in all: C{max_invites_per_source}).
         """
+        max_invites, max_per_source = limits.max_invites, limits.max_invites_per_source
         if max_invites is not None and len(target.incoming or ()) >= max_invites:
             raise HubError(
                 ErrorCode.BUSY,

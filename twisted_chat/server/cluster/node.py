@@ -53,7 +53,7 @@ from twisted_chat import wire
 from twisted_chat.server import logs
 from twisted_chat.server.cluster.own import OwnMembers
 from twisted_chat.server.cluster.remote import RemoteConn
-from twisted_chat.server.cluster.replica import Replica
+from twisted_chat.server.cluster.replica import Replica, invite_limits_fields
 from twisted_chat.server.config import ClusterConfig
 from twisted_chat.server.history import History
 from twisted_chat.server.hub import Hub, HubError, HubSettings, Listener, State, User
@@ -518,8 +518,7 @@ class ClusterState:
         self._paired_as_shown(user)
         settings = self.settings
         return self._command(user, {"t": "pair", "to": nick, "it": settings.invite_timeout,
-                                    "mi": settings.max_invites,
-                                    "ms": settings.max_invites_per_source})
+                                    **invite_limits_fields(settings.invite_limits)})
 
     def accept(self, user: User, nick: str) -> Outcome:
         self._paired_as_shown(user)

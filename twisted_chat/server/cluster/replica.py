@@ -59,6 +59,7 @@ from twisted_chat.server.hub import (
     Hub,
     HubError,
     HubSettings,
+    InviteLimits,
     Listener,
     NickTaken,
     User,
@@ -94,12 +95,26 @@ HEARD_END_LINE_TEXT = (wire.MEANT_FOR_LOBBY + "{} when it came to be delivered: 
 
 # What is restored (a snapshot's invitations, a pair a hello brings back)
 # was decided already, under its inviter's node's limits: none applies.
-NO_LIMITS: tuple[int | None, int | None] = (None, None)
+NO_LIMITS = InviteLimits(max_invites=None, max_invites_per_source=None)
 
 
 def _limit(value: object) -> int | None:
     """An invitation limit as a PAIR event carries it (null: none)."""
     return None if value is None else int(str(value))
+
+
+def invite_limits_of(event: dict[str, Any]) -> InviteLimits | None:
+    """The inviter's node's limits a C{pair} event carries (C{mi}, C{ms});
+    C{None} for an event without them (of an older node)."""
+    if "mi" not in event:
+        return None
+    return InviteLimits(max_invites=_limit(event["mi"]),
+                        max_invites_per_source=_limit(event.get("ms")))
+
+
+def invite_limits_fields(limits: InviteLimits) -> dict[str, int | None]:
+    """C{limits} as a C{pair} event carries them (L{invite_limits_of})."""
+    return {"mi": limits.max_invites, "ms": limits.max_invites_per_source}
 
 
 @dataclass(slots=True)
@@ -306,11 +321,8 @@ class Replica:
         user = self._member(event)
         if user is not None:
             # The inviter's node's limits (an event without them: this hub's).
-            limits = None
-            if "mi" in event:
-                limits = (_limit(event["mi"]), _limit(event.get("ms")))
             self.hub.pair(user, str(event["to"]), timeout=float(event.get("it", 60.0)),
-                          limits=limits)
+                          limits=invite_limits_of(event))
 
     def _accept(self, eid: str, origin: str, k: int, event: dict[str, Any]) -> None:
         user = self._member(event)
