@@ -30,6 +30,7 @@ from twisted.internet.task import Clock
 from tests.redisproc import REDIS_SERVER, RedisServer
 from tests.test_cluster_e2e_history import said_now
 from tests.test_cluster_outage import AnsweringRedis
+from tests.test_cluster_read import unbounded_log
 from tests.test_cluster_unit import Untold
 from twisted_chat.server.cluster.listeners import SILENT
 from twisted_chat.server.cluster.node import ClusterState
@@ -54,8 +55,8 @@ class Node:
 
         self.state = ClusterState(name, SILENT, History(100), HubSettings(), reactor,
                                   Untold())
-        self.log = RedisLog(parse_url(url or redis.url), self.state, reactor, 15.0,
-                            **options)
+        self.log = unbounded_log(parse_url(url or redis.url), self.state, reactor,
+                                 **options)
         self.refused: Deferred[str] = Deferred()
         self.log.refused = self.refused.callback
 
@@ -481,7 +482,7 @@ def _clocked(url: str = "redis://127.0.0.1/0") -> tuple[Clock, ClusterState, Red
     """A node's log on a L{Clock}, with the reasons it was refused."""
     clock = Clock()
     state = ClusterState("n", SILENT, History(10), HubSettings(), clock, Untold())
-    log = RedisLog(parse_url(url), state, clock, 15.0)
+    log = unbounded_log(parse_url(url), state, clock)
     refused: list[str] = []
     log.refused = refused.append
     return clock, state, log, refused

@@ -26,7 +26,7 @@ from twisted.python.failure import Failure
 from tests.harness import Conn, run_for
 from tests.test_cluster_budgets import FakeBuckets
 from tests.test_cluster_own import pair
-from tests.test_cluster_read import MemoryRedis
+from tests.test_cluster_read import MemoryRedis, unbounded_log
 from tests.test_cluster_read import Node as ReadNode
 from tests.test_cluster_read import cluster as read_cluster
 from tests.test_cluster_read import now as read_now
@@ -502,7 +502,7 @@ class FakeRedis:
 def redis_log(node_timeout: float = 15.0) -> tuple[RedisLog, ClusterState]:
     clock = Clock()
     state = ClusterState("n", SILENT, _history(), HubSettings(), clock, Untold())
-    return RedisLog(parse_url("redis://127.0.0.1/0"), state, clock, node_timeout), state
+    return unbounded_log(parse_url("redis://127.0.0.1/0"), state, clock, node_timeout), state
 
 
 def _history() -> History:
@@ -537,7 +537,7 @@ def test_a_silent_redis_is_given_up_after_the_reply_timeout() -> None:
     timeout, refuses registrations and retries, instead of waiting forever."""
     reactor = MemoryReactorClock()
     state = ClusterState("n", SILENT, _history(), HubSettings(), reactor, Untold())
-    log = RedisLog(parse_url("redis://127.0.0.1:6399/0"), state, reactor, 15.0)
+    log = unbounded_log(parse_url("redis://127.0.0.1:6399/0"), state, reactor)
     log.start()
     transports = []
     for _ in range(2):  # the command connection, then the reader

@@ -32,7 +32,7 @@ from twisted.python.failure import Failure
 from tests.test_cluster_unit import Untold
 from twisted_chat.server.cluster.node import ClusterState
 from twisted_chat.server.cluster.redisconfig import CLAIM_RETENTION, CONFIG, FIELDS
-from twisted_chat.server.cluster.redisconn import parse_url
+from twisted_chat.server.cluster.redisconn import RedisTarget, parse_url
 from twisted_chat.server.cluster.redishistory import HISTORY_ADD_OOM_SHA, HISTORY_ADD_SHA
 from twisted_chat.server.cluster.redislog import SCRIPTS, RedisLog
 from twisted_chat.server.cluster.redisread import READ_COUNT
@@ -47,6 +47,17 @@ from twisted_chat.server.history import History
 from twisted_chat.server.hub import HubSettings, User
 
 # -- one Redis, in memory -----------------------------------------------------------
+
+
+#: RedisLog's bounds, none of them: these tests fill neither the history nor the stream.
+_NO_BOUNDS = dict.fromkeys(("retain_days", "retain_messages", "retain_bytes", "stream_bytes"))
+
+
+def unbounded_log(target: RedisTarget, state: ClusterState, reactor: Any,
+                  node_timeout: float = 15.0, **options: Any) -> RedisLog:
+    """A node's log with no bound on the history or the stream but those
+    C{options} give."""
+    return RedisLog(target, state, reactor, node_timeout, **{**_NO_BOUNDS, **options})
 
 
 class MemoryRedis:
@@ -394,7 +405,7 @@ class Node:
         self.listener = Recorder()
         self.state = ClusterState(name, self.listener, History(10), HubSettings(), clock,
                                   Told(self))
-        self.log = RedisLog(parse_url("redis://127.0.0.1/0"), self.state, clock, 15.0)
+        self.log = unbounded_log(parse_url("redis://127.0.0.1/0"), self.state, clock)
         self.conns: list[FakeConnection] = []
         self.lost = 0
         self.reloaded = 0

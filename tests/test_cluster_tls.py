@@ -30,6 +30,7 @@ from tests.redisproc import RedisServer, redis_has_tls
 from tests.test_cluster_e2e import Cluster
 from tests.test_cluster_e2e import cluster as cluster_fixture
 from tests.test_cluster_outage import FakeRedis, _history
+from tests.test_cluster_read import unbounded_log
 from tests.test_cluster_unit import Untold
 from tests.test_e2e_tls import self_signed
 from twisted_chat.server.cluster.listeners import SILENT
@@ -43,7 +44,7 @@ cluster = cluster_fixture  # the fixture, shared
 
 def tls_log(reactor: MemoryReactorClock, url: str = "rediss://localhost:6399/0") -> RedisLog:
     state = ClusterState("n", SILENT, _history(), HubSettings(), reactor, Untold())
-    return RedisLog(parse_url(url), state, reactor, 15.0)
+    return unbounded_log(parse_url(url), state, reactor)
 
 
 def opened(reactor: MemoryReactorClock) -> tuple[Any, StringTransport]:

@@ -169,15 +169,21 @@ class RedisLog:
         state: ClusterState,
         reactor: Any,
         node_timeout: float,
-        retain_days: float | None = None,
-        retain_messages: int | None = None,
-        retain_bytes: int | None = None,
+        *,
+        retain_days: float | None,
+        retain_messages: int | None,
+        retain_bytes: int | None,
+        stream_bytes: int | None,
         set_retention: bool = False,
-        stream_bytes: int | None = None,
         lines_due: Callable[[], bool] | None = None,
     ) -> None:
         """
-        @param retain_days: C{--retain-days}: the history forgets older messages.
+        The four bounds have no default: what peers make Redis hold is
+        bounded, and no bound is a caller's choice, spelled out (the service
+        passes the options': L{twisted_chat.server.cluster.service.cluster_factory}).
+
+        @param retain_days: C{--retain-days}: the history forgets older
+            messages; C{None} or 0: no bound by age.
         @param retain_messages: C{--retain-messages}: the history keeps at
             most this many (the newest); C{None} or 0: no bound by count.
         @param retain_bytes: C{--retain-bytes}: the history keeps at most
