@@ -32,6 +32,7 @@ from twisted_chat.server.limits.closing import Closable, GoneTransport, Linger, 
 from twisted_chat.server.limits.deadlines import Deadline
 from twisted_chat.server.limits.flood import Dropped, Flooding
 from twisted_chat.server.limits.heldinput import InputHold
+from twisted_chat.server.limits.records import reads_records
 from twisted_chat.server.limits.socketbuffers import fix_receive_buffer
 from twisted_chat.server.output.sendqueue import SendQueue
 from twisted_chat.tcpinfo import socket_of
@@ -387,7 +388,26 @@ class ChatProtocol:
     def dataReceived(self, data: bytes) -> None:
         # The lobby lines this read brings need no timer: they leave at its
         # end, or wait for the turn's (docs/fanout.md, "Pacing by backlog").
-        self.ctx.fanout.read(self._take, data)
+        if reads_records(self.transport) and b"\n" not in data:
+            self.ctx.fanout.read(self._take_record, data)
+        else:
+            self.ctx.fanout.read(self._take, data)
+
+    def _take_record(self, data: bytes) -> None:
+        """A TLS record that ends no line: it spends a flood token
+        (L{twisted_chat.server.limits.records}); one that finds none is
+        dropped with the line it was part of."""
+        if self.closing:
+            return
+        if self._count_line():
+            self._take(data)
+            return
+        hold = self.hold
+        if hold is not None and hold.waiting:
+            hold.take(data)  # the held part of its line comes first
+            return
+        self._buffer = b""
+        self._discarding = True
 
     def _take(self, data: bytes) -> None:
         """Frame C{data} into lines and handle them, or hold it."""

@@ -2,6 +2,8 @@
 The limits a connection and its address are held to (docs/security.md).
 
   - L{flood}: the per-connection token bucket and flood penalty; pure;
+  - L{records}: whether a read is one TLS record (a record that ends no
+    line spends a flood token);
   - L{buckets}: the refill and drain rules every limit shares (token
     buckets, the flood penalty, the login failure limits); pure;
   - L{addresses}: the limits per source address, shared by its connections;

@@ -1,0 +1,95 @@
+"""
+Under TLS each record is a read of its own, whatever it carries: a record
+that ends no line spends a flood token (twisted_chat.server.limits.records).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from twisted.internet.address import IPv4Address
+from twisted.internet.interfaces import ISSLTransport
+from zope.interface import implementer
+
+from tests.harness import Conn, Harness, SocketTransport
+from twisted_chat.server.limits.records import reads_records
+
+
+@implementer(ISSLTransport)
+class RecordTransport(SocketTransport):
+    """A transport that says it is TLS, as Twisted's TLS layer does."""
+
+    def getPeerCertificate(self) -> Any:
+        return None
+
+
+def tls_user(h: Harness, nick: str, host: str) -> Conn:
+    address = IPv4Address("TCP", host, 40999)
+    protocol = h.factory.buildProtocol(address)
+    transport = RecordTransport(h.clock, protocol, peerAddress=address)
+    protocol.makeConnection(transport)
+    conn = Conn(h, protocol, transport)
+    h.conns.append(conn)
+    conn.send(f"NICK {nick}")
+    assert f"READY {nick}" in conn.take()
+    return conn
+
+
+def one_byte_records(conn: Conn, data: bytes) -> None:
+    for i in range(len(data)):
+        conn.send_raw(data[i:i + 1])
+
+
+def test_tls_is_told_from_tcp() -> None:
+    h = Harness()
+    assert not reads_records(h.connect().transport)
+    assert reads_records(RecordTransport(h.clock, None))
+
+
+def test_records_ending_no_line_spend_flood_tokens_until_bye_flood() -> None:
+    """One byte per record, no line ever complete: cut as a flood of lines
+    is (before, nothing was spent, and each record cost a read)."""
+    h = Harness(flood_rate=1.0, flood_burst=5)
+    mallory = tls_user(h, "mallory", "192.0.2.1")
+    one_byte_records(mallory, b"x" * 40)
+    said = mallory.take()
+    assert any(line.startswith("ERROR flood") for line in said), said
+    assert said[-1].startswith("BYE flood"), said
+    assert mallory.protocol.closing
+
+
+def test_tcp_reads_ending_no_line_spend_nothing() -> None:
+    """On TCP the kernel joins what arrives: a read is no record."""
+    h = Harness(flood_rate=1.0, flood_burst=5)
+    alice = h.user("alice", "192.0.2.2")
+    one_byte_records(alice, b"x" * 40)
+    assert alice.take() == []
+    assert not alice.protocol.closing
+
+
+def test_a_line_per_record_costs_its_line_only() -> None:
+    h = Harness(flood_rate=1.0, flood_burst=5)
+    alice = tls_user(h, "alice", "192.0.2.3")
+    for i in range(4):  # with its NICK, the burst
+        alice.send(f"PING {i}")
+    assert alice.take() == [f"PONG {i}" for i in range(4)]
+
+
+def test_a_line_split_over_records_pays_for_each_and_one_refused_drops_it() -> None:
+    """Two records make one line: two tokens.  A record refused drops the
+    line it was part of (what came before it, and after it up to the
+    newline); the next line is read whole."""
+    h = Harness(flood_rate=1.0, flood_burst=5)
+    alice = tls_user(h, "alice", "192.0.2.4")
+    alice.send_raw(b"PING ")
+    alice.send_raw(b"a\r\n")
+    assert alice.take() == ["PONG a"]
+    alice.send_raw(b"PI")
+    alice.send_raw(b"NG ")
+    alice.send_raw(b"b")  # the fifth token: none left for it
+    alice.send_raw(b"c\r\n")
+    said = alice.take()
+    assert len(said) == 1 and said[0].startswith("ERROR flood"), said
+    h.clock.advance(10)
+    alice.send("PING d")
+    assert alice.take() == ["PONG d"]
