@@ -22,6 +22,10 @@ class RecordTransport(SocketTransport):
     def getPeerCertificate(self) -> Any:
         return None
 
+    def pauseProducing(self) -> None:
+        # A TLS close reads on (for close_notify): reading may still stop.
+        self.producerState = "paused"
+
 
 def tls_user(h: Harness, nick: str, host: str) -> Conn:
     address = IPv4Address("TCP", host, 40999)
@@ -93,3 +97,21 @@ def test_a_line_split_over_records_pays_for_each_and_one_refused_drops_it() -> N
     h.clock.advance(10)
     alice.send("PING d")
     assert alice.take() == ["PONG d"]
+
+
+def test_after_the_close_reading_stops_past_reads_after_close() -> None:
+    """A TLS close reads on for the peer's close_notify: a peer that keeps
+    sending records is read for READS_AFTER_CLOSE of them, then no more
+    (the grace's abort ends it); before, for the whole grace."""
+    from twisted_chat.server.limits.closing import READS_AFTER_CLOSE
+
+    h = Harness()
+    mallory = tls_user(h, "mallory", "192.0.2.5")
+    mallory.send("BYE")
+    assert mallory.protocol.closing and mallory.transport.disconnecting
+    assert mallory.reading
+    for _ in range(READS_AFTER_CLOSE):
+        mallory.send_raw(b"x")
+    assert mallory.reading, "a peer's few lines in flight are read"
+    mallory.send_raw(b"x")
+    assert not mallory.reading

@@ -388,6 +388,8 @@ class ChatProtocol:
     def dataReceived(self, data: bytes) -> None:
         # The lobby lines this read brings need no timer: they leave at its
         # end, or wait for the turn's (docs/fanout.md, "Pacing by backlog").
+        if self.closing and self._linger is not None:
+            self._linger.read()
         if reads_records(self.transport) and b"\n" not in data:
             self.ctx.fanout.read(self._take_record, data)
         else:

@@ -41,6 +41,10 @@ LOOK_FAILED_EVERY = 3600.0
 #: (L{drop_unread}), or twice C{--rcvbuf} when that is more.  Past it (with
 #: C{--rcvbuf 0}, the kernel's autotuning) the close is a reset, as before.
 UNREAD_DROPPED = 128 * 1024
+#: Reads a close lets through once made (L{Linger.read}): under TLS it reads
+#: on for the peer's close_notify, which is no read of the protocol's, so a
+#: peer still sending after this many is read no more (the abort ends it).
+READS_AFTER_CLOSE = 64
 # Where L{drop_unread} reads what it drops (the reactor's thread only).
 _DROPPED = bytearray(64 * 1024)
 _DONTWAIT = getattr(socket, "MSG_DONTWAIT", 0)  # Twisted's sockets do not block either
@@ -121,7 +125,7 @@ class Linger:
     failed_looks: ClassVar[logs.Throttle] = logs.Throttle(LOOK_FAILED_EVERY)
 
     __slots__ = ("_clock", "_close", "_deadline", "_entry", "_held", "_next_look", "_paused",
-                 "_sweep", "_transport", "_wait")
+                 "_reads", "_sweep", "_transport", "_wait")
 
     def __init__(self, transport: Closable, clock: IReactorTime, grace: float,
                  close: Callable[[], object], held: Callable[[Closable], int] = owed) -> None:
@@ -129,6 +133,7 @@ class Linger:
         self._close: Callable[[], object] | None = close
         self._held = held
         self._paused = False
+        self._reads = 0  # reads of the protocol's since the close was decided
         self._clock = clock
         self._sweep = sweep_of(clock)
         self._entry: Deadline | None = None  # None once aborted or cancelled
@@ -154,7 +159,7 @@ class Linger:
     def _close_now(self) -> None:
         self._next_look = inf
         self._enter()  # the abort's, until the connection is lost
-        if self._paused:
+        if self._paused and self._reads <= READS_AFTER_CLOSE:
             # As before the wait: a TLS close reads on for the peer's
             # close_notify (a TCP one stops reading itself).
             self._transport.resumeProducing()
@@ -183,6 +188,19 @@ class Linger:
             return
         self._leave()
         self._transport.abortConnection()
+
+    def read(self) -> None:
+        """
+        The protocol read more after the close was decided.  Past
+        L{READS_AFTER_CLOSE}, reading stops for good and the abort ends the
+        close: under TLS each record is a read, decrypted whether or not it
+        is wanted, and a peer sending one-byte records for the whole grace
+        took most of the server's core from four addresses.
+        """
+        self._reads += 1
+        if self._reads == READS_AFTER_CLOSE + 1:
+            self._paused = True
+            self._transport.pauseProducing()
 
     def made(self) -> bool:
         """Whether the close is made: already, or now, the peer having
