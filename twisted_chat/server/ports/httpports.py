@@ -23,11 +23,19 @@ from twisted.web.http import HTTPChannel
 from twisted.web.server import Request
 
 from twisted_chat.server.limits.closing import Linger, close_within, drop_unread
+from twisted_chat.server.limits.records import reads_records
 from twisted_chat.server.limits.socketbuffers import fix_receive_buffer, fix_send_buffer
 from twisted_chat.tcpinfo import socket_of
 
 if TYPE_CHECKING:
     from twisted_chat.server.config import ServerConfig
+
+#: Reads (under TLS, records) a request's line and headers may come in: a
+#: client writes them in one or two.  Each record costs the server a read
+#: whatever it carries: headers sent a byte per record, from four
+#: addresses, took most of a core until --web-timeout.
+READS_PER_REQUEST = 64
+BAD_REQUEST = b"HTTP/1.1 400 Bad Request\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
 
 
 class PortSite(Protocol):
@@ -56,6 +64,8 @@ class RefusingChannel(HTTPChannel):
 
     site: PortSite
     _refused = False
+    # Reads since the last request's headers were all in (READS_PER_REQUEST).
+    _reads = 0
     # The close under way, until the connection is lost.
     _closing: Linger | None = None
 
@@ -144,11 +154,22 @@ class RefusingChannel(HTTPChannel):
             self._networkProducer.pauseProducing()
 
     def dataReceived(self, data: bytes) -> None:
-        if self.close_started:
-            # A refusal closes too.  Under TLS, reading goes on
-            # until the peer's close_notify.
+        closing = self._closing
+        if closing is not None:
+            # A refusal closes too.  Under TLS, reading goes on until the
+            # peer's close_notify, for a few reads (Linger.read).
+            closing.read()
             return
+        if reads_records(self.transport):
+            self._reads += 1
+            if self._reads > READS_PER_REQUEST:
+                self.refuse(BAD_REQUEST)
+                return
         super().dataReceived(data)
+
+    def allHeadersReceived(self) -> None:
+        self._reads = 0
+        super().allHeadersReceived()
 
 
 class BodilessRequest(Request):
