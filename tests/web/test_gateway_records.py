@@ -94,3 +94,17 @@ def test_after_the_server_s_close_reading_stops_past_reads_after_close() -> None
     assert alice.transport.producerState == "producing"
     alice.send_frame(b"\x81")
     assert alice.transport.producerState == "paused"
+
+
+def test_a_refused_upgrade_s_close_stops_reading_past_reads_after_close() -> None:
+    """A refused upgrade's close under TLS reads on for close_notify: a
+    peer sending on is read READS_AFTER_CLOSE times, then no more (the
+    grace aborts it); before, every record until the grace."""
+    h = Harness()
+    conn = WsConn(h, make_gateway(h), transport=TLSTransport, origin="http://evil.example")
+    assert conn.response.startswith("HTTP/1.1 403")
+    for _ in range(READS_AFTER_CLOSE):
+        conn.send_frame(b"x")
+    assert conn.transport.producerState == "producing"
+    conn.send_frame(b"x")
+    assert conn.transport.producerState == "paused"

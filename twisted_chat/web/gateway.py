@@ -418,7 +418,9 @@ class ChatWebSocket(WebSocketServerProtocol):
         same read (under TLS, handed over a record at a time) was parsed
         as the same request again: one more C{400}, one more log line.
         """
-        if self._linger is not None:
+        linger = self._linger
+        if linger is not None:
+            linger.read()  # under TLS it reads on, for a few reads
             return
         if self.state == self.STATE_CLOSING:
             self._reads_after_close += 1
