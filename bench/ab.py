@@ -32,7 +32,7 @@ from pathlib import Path
 from typing import Any
 
 from bench import scenarios
-from bench.run import FULL, raise_nofile, room, server_specs
+from bench.run import FULL, interpreter_arg, raise_nofile, room, server_specs
 from bench.servers import BENCH, ServerSpec
 
 
@@ -54,6 +54,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--baseline", type=Path, default=None,
                     help="also our server from this source tree, as chat-before")
     ap.add_argument("--interpreter", action="append", default=[], metavar="NAME=PYTHON",
+                    type=interpreter_arg,
                     help="also our server under this venv's python, as chat-NAME")
     args = ap.parse_args(argv)
     if not 1 <= args.rounds <= 20 or not 0 < args.seconds <= 30:

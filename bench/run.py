@@ -95,6 +95,16 @@ def chat_options() -> set[str]:
     return opts
 
 
+def interpreter_arg(text: str) -> str:
+    """An C{--interpreter} value, NAME=PYTHON with both given: argparse
+    says so otherwise, rather than a traceback when the column starts."""
+    name, _, python = text.partition("=")
+    if not name or not python:
+        raise argparse.ArgumentTypeError(
+            f"{text!r}: give NAME=PYTHON, e.g. deb=/tmp/debvenv/bin/python")
+    return text
+
+
 def server_specs(quick: bool, only: list[str] | None, baseline: Path | None = None,
                  variants: list[str] | None = None,
                  interpreters: list[str] | None = None) -> list[ServerSpec]:
@@ -112,8 +122,10 @@ def server_specs(quick: bool, only: list[str] | None, baseline: Path | None = No
                                 [*flood, *options.split()]))
     for interpreter in interpreters or []:
         name, _, python = interpreter.partition("=")
+        # absolute, not resolved: the server starts in its own workdir, and
+        # a venv's python is a symlink out of the venv, away from its twistd
         specs.append(ServerSpec(f"chat-{name}", f"twisted-chat under {python}", "chat/1",
-                                "chat", list(flood), python=Path(python)))
+                                "chat", list(flood), python=Path(python).absolute()))
     if baseline is not None:
         specs.append(ServerSpec("chat-before", f"twisted-chat from {baseline.name}", "chat/1",
                                 "chat", list(flood), tree=baseline.resolve()))
@@ -244,6 +256,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--variant", action="append", default=[], metavar="NAME=OPTIONS",
                     help="also run our server with these options, as chat-NAME (repeatable)")
     ap.add_argument("--interpreter", action="append", default=[], metavar="NAME=PYTHON",
+                    type=interpreter_arg,
                     help="also run our server under this venv's python (the package "
                          "installed there), as chat-NAME (repeatable)")
     ap.add_argument("--servers", default=None, help="comma-separated keys to run")

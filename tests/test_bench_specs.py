@@ -8,7 +8,12 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
+from typing import Any
 
+import pytest
+
+from bench import ab as bench_ab
+from bench import run as bench_run
 from bench.run import server_specs
 
 
@@ -36,3 +41,35 @@ def test_interpreter_column_is_unavailable_without_its_twistd(tmp_path: Path) ->
     specs = server_specs(True, None, interpreters=[f"deb={tmp_path / 'bin' / 'python'}"])
     spec = next(s for s in specs if s.key == "chat-deb")
     assert spec.available() == "no twistd beside the interpreter"
+
+
+def test_interpreter_column_runs_from_its_workdir_with_a_relative_path(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The server starts in a workdir of its own: a relative venv path
+    named from here must still find that venv's twistd, not be resolved
+    through the python's symlink to the system's."""
+    monkeypatch.chdir(tmp_path)
+    specs = server_specs(True, None, interpreters=["deb=venv/bin/python"])
+    argv = _chat_argv("chat-deb", specs, tmp_path / "work")
+    assert argv[0] == str(tmp_path / "venv" / "bin" / "twistd")
+
+
+class _Ran(Exception):
+    """The benchmark got past its arguments (it would start servers)."""
+
+
+def _no_run() -> int:
+    raise _Ran
+
+
+@pytest.mark.parametrize("module", [bench_run, bench_ab], ids=["run", "ab"])
+@pytest.mark.parametrize("given", ["deb", "deb=", "=/tmp/venv/bin/python"])
+def test_an_interpreter_without_name_or_python_is_refused_by_the_parser(
+        module: Any, given: str, capsys: pytest.CaptureFixture[str],
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Refused with a usage line, not a traceback when the column starts."""
+    monkeypatch.setattr(module, "raise_nofile", _no_run)
+    with pytest.raises(SystemExit) as exit_:
+        module.main(["--interpreter", given, "--servers", "chat"])
+    assert exit_.value.code == 2
+    assert "give NAME=PYTHON" in capsys.readouterr().err
