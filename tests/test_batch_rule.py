@@ -17,7 +17,9 @@ from typing import Any
 from tests.harness import Conn, Harness
 from tests.test_cluster_own import pair
 from tests.test_cluster_unit import Cluster, Node
+from twisted_chat.server.cluster.afterloss import Detached
 from twisted_chat.server.factory import ChatFactory
+from twisted_chat.server.hub import User
 
 LOBBY, PAIRED = "lobby", "paired"
 
@@ -144,3 +146,36 @@ def test_a_cluster_node_after_a_loss_closing_and_not_ready() -> None:
     _rebuilt(cluster, snapshot)
     waiting = _closing_and_waiting(cluster.nodes[0], conns["cl"])
     _agree(cluster, conns, steady, waiting)
+
+
+class _Scanned(dict):  # type: ignore[type-arg]
+    """A dict that counts the scans of its values (a membership test)."""
+
+    scans = 0
+
+    def values(self) -> Any:
+        _Scanned.scans += 1
+        return super().values()
+
+
+def test_a_lobby_batch_after_a_loss_scans_the_exceptions_once_not_per_member() -> None:
+    """Which of the detached, hearing and deaf are in which batch is asked
+    of sets built once per list: asking the dicts per member made a lobby
+    batch after a loss cost its detached times its deaf."""
+    cluster, snapshot, _, _ = _lost()
+    _rebuilt(cluster, snapshot)
+    state = cluster.nodes[0].state
+    afterloss = state.replica.afterloss
+    afterloss.hearing, afterloss.deaf = _Scanned(afterloss.hearing), _Scanned(afterloss.deaf)
+
+    def scans_of_one_batch() -> int:
+        _Scanned.scans = 0
+        state.lobby_members()
+        state.paired_users()
+        return _Scanned.scans
+
+    few = scans_of_one_batch()
+    for n in range(50):  # fifty more detached users shown the lobby
+        user = User(f"x{n}", f"x{n}", object(), "192.0.2.1")
+        afterloss.detached[f"x{n}"] = Detached(user.conn, user, [f"x{n}", user.nick, "", ""])
+    assert scans_of_one_batch() == few

@@ -160,6 +160,21 @@ class _Before:
     missing: dict[str, Entry]
 
 
+class _Exceptions:
+    """The rule's exceptions (L{batches.Shown}) at one moment, as sets."""
+
+    __slots__ = ("heard", "missed")
+
+    def __init__(self, heard: set[User], missed: set[User]) -> None:
+        self.heard, self.missed = heard, missed
+
+    def hears_lobby(self, user: User) -> bool:
+        return user in self.heard
+
+    def misses_lobby(self, user: User) -> bool:
+        return user in self.missed
+
+
 class AfterLoss:
     """
     What C{replica} keeps after a loss, and the hellos applied against it;
@@ -338,26 +353,36 @@ class AfterLoss:
         users = [d.user for d in self.detached.values()]
         if self.hearing:
             users += [user for user in self.hearing.values() if user.partner is not None]
-        return tuple(user.conn for user in users if in_lobby_batch(self, user, user.state))
+        shown = self._exceptions()
+        return tuple(user.conn for user in users if in_lobby_batch(shown, user, user.state))
 
     def lobby_missed(self) -> tuple[Any, ...]:
         """The connections of the users the replica has in its lobby whom
         the rule puts in the paired users' batch: L{deaf}."""
+        shown = self._exceptions()
         return tuple(user.conn for user in self.deaf.values()
-                     if not in_lobby_batch(self, user, user.state))
+                     if not in_lobby_batch(shown, user, user.state))
 
     def pairs_heard(self) -> list[User]:
         """The users the rule puts in the lobby's batch of those the
         replica may pair: L{hearing}."""
+        shown = self._exceptions()
         return [user for user in self.hearing.values()
-                if in_lobby_batch(self, user, user.state)]
+                if in_lobby_batch(shown, user, user.state)]
 
     def pairs_extra(self) -> list[User]:
         """This node's users in the paired users' batch whom the replica
         does not pair: the L{detached} shown a pair, and L{deaf}."""
         users = [d.user for d in self.detached.values()]
         users += self.deaf.values()
-        return [user for user in users if not in_lobby_batch(self, user, user.state)]
+        shown = self._exceptions()
+        return [user for user in users if not in_lobby_batch(shown, user, user.state)]
+
+    def _exceptions(self) -> _Exceptions:
+        """L{hears_lobby} and L{misses_lobby} as sets, for a whole list:
+        each scans its dict, which per member of a lobby batch is work per
+        member times the after-loss users."""
+        return _Exceptions(set(self.hearing.values()), set(self.deaf.values()))
 
     def hears_lobby(self, user: User) -> bool:
         """Whether C{user} is one of L{hearing}."""
