@@ -68,8 +68,10 @@ def test_an_interpreter_without_name_or_python_is_refused_by_the_parser(
         module: Any, given: str, capsys: pytest.CaptureFixture[str],
         monkeypatch: pytest.MonkeyPatch) -> None:
     """Refused with a usage line, not a traceback when the column starts."""
+    # No server runs: past its arguments, the benchmark stops at _no_run.
     monkeypatch.setattr(module, "raise_nofile", _no_run)
+    parse_then_stop = module.main
     with pytest.raises(SystemExit) as exit_:
-        module.main(["--interpreter", given, "--servers", "chat"])
+        parse_then_stop(["--interpreter", given, "--servers", "chat"])
     assert exit_.value.code == 2
     assert "give NAME=PYTHON" in capsys.readouterr().err
