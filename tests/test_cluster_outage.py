@@ -1153,11 +1153,15 @@ def _ann_and_bob_paired(third: str) -> tuple[Cluster, Conn, Conn, Conn, int]:
 
 def _lose_after(cluster: Cluster, kept: int, nodes: list[Node]) -> None:
     """Redis loses the events after the first C{kept}; C{nodes} rebuild
-    their replicas from the rest."""
+    their replicas from the rest, each history emptied in the rebuild as
+    a node's is (StreamReader._tail_lost; no snapshot: the replay records
+    every kept line once, and no lost one)."""
     del cluster.log.entries[kept:]
     for node in nodes:
         node.cursor = kept
-        node.state.rebuild(None, cluster.log.entries)
+        history = node.hub.history
+        node.state.rebuild(None, cluster.log.entries,
+                           lambda h=history: h.attach(None, []))
 
 
 def _hellos(cluster: Cluster, *order: int) -> None:

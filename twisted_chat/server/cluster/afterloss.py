@@ -157,7 +157,7 @@ class _Before:
     held: dict[str, tuple[Any, User]]
     rows: dict[str, list[Any]]
     unseen: dict[str, tuple[str, str]]
-    missing: dict[str, Entry]
+    missing: dict[str, tuple[Entry, int]]
 
 
 class _Exceptions:
@@ -506,32 +506,53 @@ class AfterLoss:
         self._since = self._missing_since(before.missing)
         self._hear_lobby()
 
-    def _first_missed(self) -> dict[str, Entry]:
+    def _first_missed(self) -> dict[str, tuple[Entry, int]]:
         """The first lobby line each of this node's users that hear none
-        (L{deaf}; L{detached} shown a pair) missed, if any."""
+        (L{deaf}; L{detached} shown a pair) missed, if any, with how many
+        lines of its millisecond came before it (the stream's order within
+        one: an entry has no sequence number, and two equal lines may
+        share a millisecond)."""
         history = self.replica.hub.history
+        ring = history.recent()
         uids = [*self.deaf, *(uid for uid, d in self.detached.items() if d.row[3])]
         first = {}
         for uid in uids:
             missed = history.since(self._since.get(uid, self._rebuilt_at))
             if missed:
-                first[uid] = missed[0]
+                at = len(ring) - len(missed)
+                entry = ring[at]
+                same = 0
+                while at - same > 0 and ring[at - same - 1].ts == entry.ts:
+                    same += 1
+                first[uid] = (entry, same)
         return first
 
-    def _missing_since(self, first: dict[str, Entry]) -> dict[str, int]:
+    def _missing_since(self, first: dict[str, tuple[Entry, int]]) -> dict[str, int]:
         """Where, in the rebuilt history, the lines each user of C{first}
-        missed begin: at that first line if Redis kept it (a loss takes
-        the stream's tail: the lines after it were kept too, or lost).
-        The last of equal lines: a replay recording a kept line again (no
-        history loaded first) leaves the old one before it."""
+        missed begin: at that first line (by its time and place in its
+        millisecond) if Redis kept it, else, if Redis kept lines after
+        it (the line fell out of the history), at the first of those.  A
+        loss takes the stream's tail: with the line lost, so are those
+        after it, and the user's missing starts at the rebuild's end."""
         if not first:
             return {}
         history = self.replica.hub.history
-        newest = history.recent()[::-1]
+        ring = history.recent()
+        base = history.position - len(ring)
         since = {}
-        for uid, entry in first.items():
-            if entry in newest:
-                since[uid] = history.position - 1 - newest.index(entry)
+        for uid, (entry, same) in first.items():
+            # The history is in the stream's order: from its end back to
+            # the first line not older than this one.
+            start = len(ring)
+            while start > 0 and ring[start - 1].ts >= entry.ts:
+                start -= 1
+            at = start + same
+            if at < len(ring) and ring[at] == entry:
+                since[uid] = base + at
+                continue
+            later = next((i for i in range(start, len(ring)) if ring[i].ts > entry.ts), None)
+            if later is not None:
+                since[uid] = base + later
         return since
 
     # -- the hellos ----------------------------------------------------------------

@@ -42,7 +42,7 @@ from __future__ import annotations
 import heapq
 import json
 import secrets
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -747,15 +747,18 @@ class ClusterState:
                 self._append({"t": "leave", "u": uid, "r": reason, "x": text})
 
     def rebuild(self, snapshot: dict[str, Any] | None,
-                entries: list[tuple[str, dict[str, Any]]]) -> list[list[Any]]:
+                entries: list[tuple[str, dict[str, Any]]],
+                reload: Callable[[], None] | None = None) -> list[list[Any]]:
         """
         Redis lost events this node's replica applied: rebuild it from what
         Redis kept (L{Replica.rebuild}); this node's users keep their
         connections.  Returns this node's users as they were (for its
         hello).  Invitations' ticks are armed again from the rebuilt state.
+        C{reload}: replaces the history with what Redis kept (see
+        L{Replica.rebuild}).
         """
         self._cancel_tick()
-        users = self.replica.rebuild(snapshot, entries)
+        users = self.replica.rebuild(snapshot, entries, reload)
         self._schedule_tick()
         return users
 

@@ -171,8 +171,9 @@ class StreamReader:
             self._lost_tail = None
             await self._answer_lost(cmd, None)
             self.host.drop_lost_history(None)
-            self.state.replica.hub.history.attach(self.host.history_store(), [])
-            self.host.announce(self.state.rebuild(None, []))
+            history = self.state.replica.hub.history
+            store = self.host.history_store()
+            self.host.announce(self.state.rebuild(None, [], lambda: history.attach(store, [])))
         elif self.started:
             lost, self._lost_tail = self._lost_tail, None
             held = lost is not None and await self._holds_applied(cmd)
@@ -263,9 +264,12 @@ class StreamReader:
                 )
                 replica.lost_tail(end)
             else:
-                snapshot, entries, history = kept
-                replica.hub.history.attach(self.host.history_store(), history)
-                users = self.state.rebuild(snapshot, entries)
+                snapshot, entries, lines = kept
+                history, store = replica.hub.history, self.host.history_store()
+                # Attached inside the rebuild: what this node's users missed
+                # of the history before is noted first.
+                users = self.state.rebuild(snapshot, entries,
+                                           lambda: history.attach(store, lines))
         else:
             replica.afterloss.lost_unapplied()
             await self._read_kept(cmd, end)

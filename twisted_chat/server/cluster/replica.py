@@ -503,7 +503,8 @@ class Replica:
         self.afterloss.clear()
 
     def rebuild(self, snapshot: dict[str, Any] | None,
-                entries: Sequence[tuple[str, dict[str, Any]]]
+                entries: Sequence[tuple[str, dict[str, Any]]],
+                reload: Callable[[], None] | None = None,
                 ) -> list[list[Any]]:
         """
         Redis lost events this replica applied (its last ones, or all of its
@@ -515,6 +516,9 @@ class Replica:
 
         All of it was applied here before: it is applied again without a
         line to anyone (L{listeners.Silent}) and without an answer to this node.
+        C{reload}, if given, replaces the history with what Redis kept
+        before C{snapshot}; it runs once what this node's users missed of
+        the history before is noted (L{AfterLoss.rebuilding}).
         This node's connections are then bound to their users where the
         rebuilt replica has them (L{Answers.rebound}); the others are
         detached until this node's C{hello} brings them back, and what this
@@ -528,6 +532,8 @@ class Replica:
         # all is built anew.
         with (self.afterloss.rebuilding(rows),
               self.quiet.through(lambda listener: SILENT)):
+            if reload is not None:
+                reload()
             self.replaying = True
             try:
                 self.clear()
