@@ -53,19 +53,87 @@ def test_a_deaf_users_pair_is_busy_with_the_partner_it_was_shown() -> None:
     check_index(cluster)
 
 
-def test_a_deaf_users_accept_is_busy_with_the_partner_it_was_shown() -> None:
-    """bob, free in the replica, invites ann (shown PAIRED dave): her
-    ACCEPT is ERROR busy, as a paired user's; bob stays unpaired."""
+def test_a_deaf_user_is_invited_once_told_its_pair_ended() -> None:
+    """bob, free in the replica, invites ann (shown PAIRED dave): bob is
+    told PENDING ann, ann nothing, as a paired user is invited by nobody;
+    her ACCEPT and REJECT are ERROR no-invite, as a paired user's.  At her
+    node's hello, told her pair ended, she is shown INVITE bob after the
+    user list, and her ACCEPT pairs them.  (She was shown INVITE bob while
+    shown paired, and her ACCEPT was ERROR busy.)"""
+    cluster, ann, bob, dave = _deaf_ann()
+    bob.send("PAIR ann")
+    cluster.pump()
+    assert ann.take() == [] and bob.take() == ["PENDING ann"]
+    for verb in ("ACCEPT", "REJECT"):
+        ann.send(f"{verb} Bob")
+        cluster.pump()
+        assert _said(ann) == ["ERROR no-invite you have no open invitation from bob"]
+        assert bob.take() == []
+    for node in cluster.nodes:
+        assert node.hub.online["bob"].outgoing is not None
+    _hellos(cluster, 0)
+    said = _said(ann)
+    assert said[:2] == ["UNPAIRED dave disconnected", "HISTORY bob lobby line"], said
+    assert said[-2:] == ["USERS 3", "INVITE bob"], said
+    assert bob.take() == []
+    ann.send("ACCEPT bob")
+    cluster.pump()
+    assert ann.take() == ["PAIRED bob"] and bob.take() == ["PAIRED ann"]
+    _hellos(cluster, 2)
+    assert ann.take() == [] and dave.take()[:1] == ["UNPAIRED ann disconnected"]
+    check_index(cluster)
+
+
+def test_an_invitation_kept_from_a_deaf_user_ends_unseen_by_it() -> None:
+    """bob's invitation to ann (deaf, not shown it) ends before her node's
+    hello, withdrawn: bob is told DECLINED ann withdrawn, ann nothing, then
+    or at her hello (no CANCELLED, no INVITE for it)."""
     cluster, ann, bob, _dave = _deaf_ann()
     bob.send("PAIR ann")
     cluster.pump()
-    assert ann.take() == ["INVITE bob"] and bob.take() == ["PENDING ann"]
-    ann.send("ACCEPT bob")
+    bob.send("UNPAIR")
     cluster.pump()
-    assert _said(ann) == ["ERROR busy you are paired with dave; UNPAIR first"]
-    assert bob.take() == []
+    assert bob.take() == ["PENDING ann", "DECLINED ann withdrawn"] and ann.take() == []
+    _hellos(cluster, 0)
+    said = _said(ann)
+    assert said[0] == "UNPAIRED dave disconnected" and not [
+        line for line in said if line.startswith(("INVITE", "CANCELLED"))], said
+
+
+def test_an_invitation_shown_late_ends_busy_when_the_pair_comes_back() -> None:
+    """ann, told at her node's hello that her pair ended, is shown bob's
+    invitation (kept from her until then); dave's node's hello brings
+    the pair back: PAIRED dave, and that invitation ends busy for both
+    (CANCELLED to her, who was shown it; DECLINED to bob)."""
+    cluster, ann, bob, dave = _deaf_ann()
+    bob.send("PAIR ann")
+    cluster.pump()
+    bob.take()
+    _hellos(cluster, 0)
+    assert ann.take()[-1:] == ["INVITE bob"]
+    _hellos(cluster, 2)
+    assert ann.take() == ["PAIRED dave", "CANCELLED bob busy"]
+    assert bob.take() == ["DECLINED ann busy"] and dave.take() == []
+    check_index(cluster)
+
+
+def test_a_pair_brought_back_ends_the_invitation_kept_from_it_unseen() -> None:
+    """dave's node says hello (dave is told the pair ended), then ann's:
+    the pair comes back, quietly for ann, who was shown it all along, and
+    bob's invitation to her, never shown her, ends busy: bob is told
+    DECLINED ann busy, ann nothing."""
+    cluster, ann, bob, dave = _deaf_ann()
+    bob.send("PAIR ann")
+    cluster.pump()
+    bob.take()
+    _hellos(cluster, 2)
+    assert dave.take()[:1] == ["UNPAIRED ann disconnected"]
+    _hellos(cluster, 0)
+    assert ann.take() == [] and dave.take()[-1:] == ["PAIRED ann"]
+    assert bob.take() == ["DECLINED ann busy"]
     for node in cluster.nodes:
-        assert node.hub.online["bob"].partner is None
+        assert node.hub.online["ann"].partner is node.hub.online["dave"]
+    check_index(cluster)
 
 
 def test_a_deaf_users_unpair_ends_the_pair_it_was_shown() -> None:

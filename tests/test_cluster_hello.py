@@ -21,6 +21,7 @@ from tests.test_cluster_rebuild import _lag, _late_agree, _settle, _three_agree
 from tests.test_cluster_unit import Untold
 from twisted_chat.server.cluster.listeners import SyncFirst
 from twisted_chat.server.cluster.node import ClusterState
+from twisted_chat.server.cluster.remote import RemoteConn
 from twisted_chat.server.history import History
 from twisted_chat.server.hub import HubError, HubSettings, State, User
 from twisted_chat.wire import ErrorCode
@@ -516,7 +517,9 @@ def test_a_pair_brought_back_quietly_still_tells_the_third_users_invitation_ende
     """ann and bob (n0) pair in the lost second; n0 is away; carol (n1)
     invites ann after the loss.  n0's hello brings ann and bob back
     quietly (they were shown the pair), which ends carol's invitation as
-    busy: both sides of it are told (found in review: neither was)."""
+    busy: carol is told (found in review: she was not).  ann, shown
+    paired with bob all along, was never shown that invitation (a paired
+    user is invited by nobody), nor is she shown its end."""
     redis, clock, (n0, n1) = cluster(2)
     ann, bob = n0.user("ann"), n0.user("bob")
     carol = n1.user("carol")
@@ -534,7 +537,10 @@ def test_a_pair_brought_back_quietly_still_tells_the_third_users_invitation_ende
 
     assert now(ann).partner is now(bob) and now(carol).outgoing is None
     assert [(a[1].nick, a[2]) for a in _told(n1, "declined", "carol")] == [("ann", "busy")]
-    assert [(a[1].nick, a[2]) for a in _told(n0, "cancelled", "ann")] == [("carol", "busy")]
+    assert _told(n0, "cancelled", "ann") == []
+    invited = [args[0] for name, args in n0.listener.calls if name == "invited"]
+    assert [isinstance(inv.invitee.conn, RemoteConn) for inv in invited
+            if inv.inviter.nick == "carol"] == [True]  # to a stand-in: no INVITE to ann
     assert len(_told(n0, "paired", "ann")) == 1  # not again
 
 

@@ -37,7 +37,7 @@ from twisted_chat.server.batches import in_lobby_batch
 from twisted_chat.server.cluster.listeners import SILENT, Between, Quiet
 from twisted_chat.server.cluster.remote import RemoteConn, stand_in
 from twisted_chat.server.history import Entry
-from twisted_chat.server.hub import Hub, NickTaken, State, User
+from twisted_chat.server.hub import Hub, Invitation, NickTaken, State, User
 from twisted_chat.wire import nick_key
 
 __all__ = ["CLAIM_KEEP", "SHOWN_KEEP", "AfterLoss", "Detached", "Rebinding", "Replicated"]
@@ -218,6 +218,11 @@ class AfterLoss:
         # missed them since an earlier rebuild: where, in this history.
         self._rebuilt_at = 0
         self._since: dict[str, int] = {}
+        #: The invitations to L{deaf} users kept from them (shown paired,
+        #: they are invited by nobody), by (inviter's uid, invitee's uid):
+        #: C{INVITE} once they are back in the lobby, if still open; their
+        #: end told to the inviter alone (L{hides_invite}, L{hides_end}).
+        self.hidden: set[tuple[str, str]] = set()
         #: When (log time) L{shown} expires (L{SHOWN_KEEP} after the first
         #: event applied after the rebuild); the nicks the replica had
         #: before it and the rebuilds since L{shown} was set, by uid (to
@@ -291,6 +296,8 @@ class AfterLoss:
             if self.seen(one)[0] == uid:
                 self.saw(one, "", "")
                 self._tell_ended(one, deaf, user, "disconnected")
+        if self.hidden:
+            self.hidden = {key for key in self.hidden if uid not in key}
         self.claims.pop(uid, None)
         if self.shown is not None:
             self.shown.pop(uid, None)
@@ -393,6 +400,49 @@ class AfterLoss:
         """Whether C{user}, in the replica's lobby, is one of L{deaf}."""
         deaf = self.deaf
         return bool(deaf) and user in deaf.values()
+
+    def hides_invite(self, invitation: Invitation) -> bool:
+        """Whether C{invitation}'s C{INVITE} is kept from its invitee, one
+        of L{deaf}: shown paired, it would be invited by nobody (its
+        inviter, told C{PENDING}, hears of it as usual)."""
+        invitee = invitation.invitee
+        uids = self.replica.uids
+        if not self.misses_lobby(invitee) or invitation.inviter not in uids:
+            return False
+        self.hidden.add((uids[invitation.inviter], uids[invitee]))
+        return True
+
+    def hides_end(self, invitee: User, inviter: User) -> bool:
+        """Whether the end of C{inviter}'s invitation is kept from
+        C{invitee}, never shown it (L{hides_invite})."""
+        if not self.hidden:
+            return False
+        uids = self.replica.uids
+        key = (uids.get(inviter, ""), uids.get(invitee, ""))
+        if key not in self.hidden:
+            return False
+        self.hidden.discard(key)
+        return True
+
+    def _unhide(self) -> None:
+        """The invitations kept from users no longer L{deaf} are shown
+        them now, C{INVITE <inviter>}, those still open: each is in the
+        lobby, as it was shown, and may take them up."""
+        replica = self.replica
+        members = replica.members
+        for key in sorted(self.hidden):
+            if key[1] in self.deaf:
+                continue
+            self.hidden.discard(key)
+            one, other = members.get(key[0]), members.get(key[1])
+            if one is None or other is None or replica.replaying:
+                continue
+            invitee = other.user
+            invitation = invitee.incoming.get(one.user.key) if invitee.incoming else None
+            if (invitation is not None and invitation.inviter is one.user
+                    and invitee.state is State.LOBBY):
+                # The inviter was told PENDING already: INVITE alone.
+                replica.hub.listener.invited(Invitation(stand_in(one.user.nick), invitee))
 
     def detached_users(self) -> list[User]:
         """The L{User}s the connections of the L{detached} hold."""
@@ -660,6 +710,8 @@ class AfterLoss:
         self.deaf = {uid: user for uid, user in own
                      if user.state is State.LOBBY and self.seen(uid)[0] != ""}
         self._keep_since()
+        if self.hidden:
+            self._unhide()
 
     def _still_deaf(self) -> None:
         """After an event: those of L{deaf} gone, or paired, or no longer
@@ -669,6 +721,8 @@ class AfterLoss:
                      if (m := members.get(uid)) is not None and m.user is user
                      and user.state is State.LOBBY and self.seen(uid)[0] != ""}
         self._keep_since()
+        if self.hidden:
+            self._unhide()
 
     def _keep_since(self) -> None:
         """L{_since} keeps only those still hearing no lobby line."""
@@ -795,6 +849,8 @@ class AfterLoss:
             listener.deliver_gathered()
             missed = self._missed(uid, user)
             listener.unpaired(user, partner, reason, missed)
+            if self.hidden:
+                self._unhide()
 
     def _user(self, uid: str) -> User | None:
         """User C{uid} as the replica has it, or, gone since its rebuild, a

@@ -201,6 +201,7 @@ class ClusterState:
         #: (where a line held behind a command goes: L{_meant}).
         self.pairs_shown = PairsShown()
         self.replica = Replica(node, self.own, history, self, settings)
+        self.own.hider = self.replica.afterloss
         self.hub: Hub = self.replica.hub
         self.events: EventLog | None = None
         #: Whether new users may register (the log is reachable).
@@ -521,7 +522,7 @@ class ClusterState:
                                     **invite_limits_fields(settings.invite_limits)})
 
     def accept(self, user: User, nick: str) -> Outcome:
-        self._paired_as_shown(user)
+        self._invited_as_shown(user, nick)
         return self._command(user, {"t": "acc", "to": nick})
 
     def _paired_as_shown(self, user: User) -> None:
@@ -534,7 +535,18 @@ class ClusterState:
             if partner is not None:
                 raise HubError(ErrorCode.BUSY, f"you are paired with {partner.nick}; UNPAIR first")
 
+    def _invited_as_shown(self, user: User, nick: str) -> None:
+        """One of L{AfterLoss.deaf}, shown paired, was shown no open
+        invitation (its pairing ended them; one since is kept from it:
+        L{AfterLoss.hides_invite}): its ACCEPT and REJECT are answered as
+        a paired user's, ERROR no-invite."""
+        if self.replica.afterloss.misses_lobby(user):
+            online = self.hub.find(nick)
+            raise HubError(ErrorCode.NO_INVITE, "you have no open invitation from "
+                           f"{online.nick if online is not None else nick}")
+
     def reject(self, user: User, nick: str) -> Outcome:
+        self._invited_as_shown(user, nick)
         return self._command(user, {"t": "rej", "to": nick})
 
     def unpair(self, user: User) -> Outcome:

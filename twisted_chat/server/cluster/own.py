@@ -27,19 +27,28 @@ lobby (L{OwnMembers.counts}), sizes a scrape's thread may read.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Protocol
 
-from twisted_chat.server.cluster.remote import RemoteConn
+from twisted_chat.server.cluster.remote import RemoteConn, stand_in
 from twisted_chat.server.history import Entry
 from twisted_chat.server.hub import Hub, Invitation, Listener, User
 from twisted_chat.server.output.fanout import Member
 
-__all__ = ["OwnMembers"]
+__all__ = ["Hider", "OwnMembers"]
+
+
+class Hider(Protocol):
+    """Which invitations are kept from their invitee (L{AfterLoss})."""
+
+    def hides_invite(self, invitation: Invitation) -> bool: ...
+
+    def hides_end(self, invitee: User, inviter: User) -> bool: ...
 
 
 class OwnMembers:
     """The hub's L{Listener} in front of the node's own; see the module docstring."""
 
-    __slots__ = ("_listener", "_lobby", "_members", "_online", "_paired", "remote")
+    __slots__ = ("_listener", "_lobby", "_members", "_online", "_paired", "hider", "remote")
 
     def __init__(self, listener: Listener) -> None:
         self._listener = listener
@@ -53,6 +62,9 @@ class OwnMembers:
         self._members: tuple[Member, ...] | None = ()
         #: The users of other nodes online, by node (read by --metrics).
         self.remote: dict[str, int] = {}
+        #: After a loss: the invitations kept from their invitee, shown
+        #: paired (set by the node).
+        self.hider: Hider | None = None
 
     # -- the index -----------------------------------------------------------
 
@@ -169,11 +181,16 @@ class OwnMembers:
         self._listener.private_message(ts, sender, recipient, text)
 
     def invited(self, invitation: Invitation) -> None:
+        hider = self.hider
+        if hider is not None and hider.hides_invite(invitation):
+            invitation = Invitation(invitation.inviter, stand_in(invitation.invitee.nick))
         self._listener.invited(invitation)
 
     def declined(self, inviter: User, invitee: User, reason: str) -> None:
         self._listener.declined(inviter, invitee, reason)
 
     def cancelled(self, invitee: User, inviter: User, reason: str) -> None:
-        self._listener.cancelled(invitee, inviter, reason)
+        hider = self.hider
+        if hider is None or not hider.hides_end(invitee, inviter):
+            self._listener.cancelled(invitee, inviter, reason)
 
