@@ -301,3 +301,35 @@ def test_what_redis_kept_is_read_back_only_if_each_page_follows_the_one_before()
     assert len(kept()[1]) == READ_COUNT + 2
     del redis.stream[READ_COUNT]
     assert kept() is None
+
+
+def test_a_rebuild_notes_what_its_users_missed_before_the_history_is_reloaded(
+        monkeypatch: Any) -> None:
+    """n0 applied bob's lost line; at the loss it rebuilds, and what its
+    deaf users missed (AfterLoss._first_missed, which finds a first missed
+    line again in the rebuilt history) is read off the history it had, the
+    lost line in it, not the one reloaded from Redis.  (The reload came
+    first: a deaf user's missing started anew at a second rebuild, or at
+    a line of the reloaded history it had heard.)"""
+    redis, clock, (n0, n1) = cluster(2)
+    ann, bob = n0.user("ann"), n1.user("bob")
+    say(n1, bob, "kept one")
+    clock.advance(11)  # a snapshot: the history is reloaded up to it
+    redis.pump()
+    say(n1, bob, "kept two", "lost")
+    del redis.stream[-1:]
+    afterloss = n0.state.replica.afterloss
+    noted = afterloss._first_missed
+    read: list[list[str]] = []
+
+    def first_missed() -> Any:
+        read.append([entry.text for entry in n0.state.hub.history.recent()])
+        return noted()
+
+    monkeypatch.setattr(afterloss, "_first_missed", first_missed)
+    say(n1, bob, "after")  # the loss is noticed; n0 rebuilds
+    _settle(redis, clock)
+    assert read and read[0][-3:] == ["kept one", "kept two", "lost"], read
+    assert [entry.text for entry in n0.state.hub.history.recent()][-3:] == [
+        "kept one", "kept two", "after"]
+    assert now(ann) is n0.state.hub.online["ann"]
