@@ -5,13 +5,16 @@ that ends no line spends a flood token (twisted_chat.server.limits.records).
 
 from __future__ import annotations
 
+import sys
 from typing import Any
 
 from twisted.internet.address import IPv4Address
 from twisted.internet.interfaces import ISSLTransport
 from zope.interface import implementer
 
-from tests.harness import Conn, Harness, SocketTransport
+from tests.harness import Conn, Harness, SocketTransport, traced_lines
+from twisted_chat.server import protocol as chat_protocol
+from twisted_chat.server.limits import records
 from twisted_chat.server.limits.records import reads_records
 
 
@@ -48,6 +51,31 @@ def test_tls_is_told_from_tcp() -> None:
     h = Harness()
     assert not reads_records(h.connect().transport)
     assert reads_records(RecordTransport(h.clock, None))
+
+
+def test_twisted_s_tls_transport_reads_records() -> None:
+    from twisted.protocols.tls import TLSMemoryBIOProtocol
+
+    assert reads_records(TLSMemoryBIOProtocol(None, None))
+
+
+def test_a_tcp_read_runs_nothing_for_tls() -> None:
+    """Whether a connection reads records is decided once, as it starts: a
+    TCP read (the lobby fan-out's hot path, one per line under load) runs
+    the line framing and nothing more (before, every read asked
+    reads_records and looked for a close under way)."""
+    h = Harness()
+    alice = h.user("alice", "192.0.2.6")
+    proto = alice.protocol
+    files = (chat_protocol.__file__, records.__file__)
+    read = traced_lines(lambda: proto.dataReceived(b"PI"), *files)
+    proto._buffer = b""
+    framed = traced_lines(lambda: proto._take(b"PI"), *files)
+    assert read == framed + 1  # dataReceived's own line
+    mallory = tls_user(h, "mallory", "192.0.2.7")
+    assert type(mallory.protocol) is chat_protocol.RecordChatProtocol
+    assert type(proto) is chat_protocol.ChatProtocol
+    assert sys.getsizeof(mallory.protocol) == sys.getsizeof(proto)
 
 
 def test_records_ending_no_line_spend_flood_tokens_until_bye_flood() -> None:

@@ -130,6 +130,9 @@ class ChatProtocol:
 
     def connectionMade(self) -> None:
         transport: Any = self.transport
+        if reads_records(transport):
+            # Decided once: a TCP read, the fan-out's hot path, pays nothing.
+            self.__class__ = RecordChatProtocol
         peer = transport.getPeer()
         self.address = wire.format_address(getattr(peer, "host", None), getattr(peer, "port", None))
         if type(transport) is tcp.Server:
@@ -388,28 +391,8 @@ class ChatProtocol:
     def dataReceived(self, data: bytes) -> None:
         # The lobby lines this read brings need no timer: they leave at its
         # end, or wait for the turn's (docs/fanout.md, "Pacing by backlog").
-        if self.closing and self._linger is not None:
-            self._linger.read()
-        if reads_records(self.transport) and b"\n" not in data:
-            self.ctx.fanout.read(self._take_record, data)
-        else:
-            self.ctx.fanout.read(self._take, data)
-
-    def _take_record(self, data: bytes) -> None:
-        """A TLS record that ends no line: it spends a flood token
-        (L{twisted_chat.server.limits.records}); one that finds none is
-        dropped with the line it was part of."""
-        if self.closing:
-            return
-        if self._count_line():
-            self._take(data)
-            return
-        hold = self.hold
-        if hold is not None and hold.waiting:
-            hold.take(data)  # the held part of its line comes first
-            return
-        self._buffer = b""
-        self._discarding = True
+        # A TLS connection's reads are RecordChatProtocol's (connectionMade).
+        self.ctx.fanout.read(self._take, data)
 
     def _take(self, data: bytes) -> None:
         """Frame C{data} into lines and handle them, or hold it."""
@@ -645,3 +628,40 @@ class ChatProtocol:
 
     def resume_reading(self) -> None:
         self._socket.resumeProducing()
+
+
+class RecordChatProtocol(ChatProtocol):
+    """
+    A L{ChatProtocol} whose reads are TLS records, each a read of its own
+    however little it carries (L{twisted_chat.server.limits.records}): a
+    record that ends no line spends a flood token, and the reads after a
+    close are bounded (L{Linger.read}).  A connection becomes one at
+    C{connectionMade}, so that plain TCP reads pay no per-read test.
+    """
+
+    __slots__ = ()
+
+    def dataReceived(self, data: bytes) -> None:
+        linger = self._linger  # set once a close is decided
+        if linger is not None:
+            linger.read()
+        if b"\n" in data:
+            self.ctx.fanout.read(self._take, data)
+        else:
+            self.ctx.fanout.read(self._take_record, data)
+
+    def _take_record(self, data: bytes) -> None:
+        """A TLS record that ends no line: it spends a flood token
+        (L{twisted_chat.server.limits.records}); one that finds none is
+        dropped with the line it was part of."""
+        if self.closing:
+            return
+        if self._count_line():
+            self._take(data)
+            return
+        hold = self.hold
+        if hold is not None and hold.waiting:
+            hold.take(data)  # the held part of its line comes first
+            return
+        self._buffer = b""
+        self._discarding = True
