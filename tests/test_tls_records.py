@@ -143,3 +143,22 @@ def test_after_the_close_reading_stops_past_reads_after_close() -> None:
     assert mallory.reading, "a peer's few lines in flight are read"
     mallory.send_raw(b"x")
     assert not mallory.reading
+
+
+def test_a_refused_connection_s_close_stops_reading_past_reads_after_close() -> None:
+    """A refused TLS connection, told why, closes: its close reads on for
+    the peer's close_notify, READS_AFTER_CLOSE reads, then no more (the
+    grace aborts it); before, every record until the grace."""
+    from twisted_chat.server.limits.closing import READS_AFTER_CLOSE
+
+    h = Harness()
+    address = IPv4Address("TCP", "192.0.2.8", 40999)
+    refusal = h.factory.refusal(address.host, "full")
+    transport = RecordTransport(h.clock, refusal, peerAddress=address)
+    refusal.makeConnection(transport)
+    assert transport.value().endswith(b"BYE full\r\n") and transport.disconnecting
+    for _ in range(READS_AFTER_CLOSE):
+        transport.read(b"x")
+    assert transport.producerState == "producing"
+    transport.read(b"x")
+    assert transport.producerState == "paused"

@@ -41,7 +41,8 @@ class RefusalProtocol(Protocol):
     What a connection over a limit talks to: two lines (or C{message}),
     then the close, and an abort if the peer has not completed the close
     within the grace (L{close_within}), its receive buffer fixed at
-    C{rcvbuf} meanwhile (the close reads nothing).  Under TLS, only while
+    C{rcvbuf} meanwhile (the close reads nothing; under TLS, for the peer's
+    close_notify, L{closing.READS_AFTER_CLOSE} reads).  Under TLS, only while
     C{polite} (L{POLITE_TLS_BURST}): else it is aborted before the handshake.
     """
 
@@ -91,6 +92,13 @@ class RefusalProtocol(Protocol):
             return
         closing.count += 1
         self._linger = close_within(transport, self.clock, self.grace)
+
+    def dataReceived(self, data: bytes) -> None:
+        """Nothing is read for the refusal; under TLS its close reads on,
+        for the peer's close_notify, a few reads (L{Linger.read})."""
+        linger = self._linger
+        if linger is not None:
+            linger.read()
 
     def connectionLost(self, reason: Failure = connectionDone) -> None:
         if self._linger is not None:
