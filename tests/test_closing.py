@@ -179,6 +179,21 @@ def test_a_close_waits_unread_until_the_peer_has_taken_everything() -> None:
     assert clock.getDelayedCalls() == []
 
 
+def test_reads_past_the_bound_while_a_close_waits_keep_reading_stopped() -> None:
+    """Under TLS the records of a read still come after reading pauses: a
+    peer that sent more than READS_AFTER_CLOSE of them behind its close is
+    read no more once the close is made (its resume would have read on,
+    every record, until the grace)."""
+    clock, peer = Clock(), Peer(50_000)
+    call = linger(peer, clock)
+    for _ in range(closing.READS_AFTER_CLOSE + 1):
+        call.read()
+    peer.held = 0
+    clock.advance(LOOK_EVERY)
+    assert peer.calls[-1] == "close" and "resume" not in peer.calls
+    call.cancel()
+
+
 def test_a_close_the_peer_does_not_take_is_aborted_at_the_grace() -> None:
     clock, peer = Clock(), Peer(50_000)
     call = linger(peer, clock, grace=3.0)
