@@ -277,3 +277,19 @@ def test_a_second_rebuild_keeps_both_of_two_equal_lines_missed_in_one_millisecon
     assert said[:3] == ["UNPAIRED dave disconnected", "HISTORY bob same", "HISTORY bob same"], said
     assert [line for line in said if "same" in line] == ["HISTORY bob same"] * 2
 
+
+
+def test_an_invitation_kept_from_a_deaf_user_is_counted_when_its_inviter_goes() -> None:
+    """bob invites ann (deaf: not shown it) and quits: ann is told nothing
+    of it, and its end is counted once in the cluster,
+    chat_invitations_ended_total{reason="gone"} on ann's node, as for an
+    invitation she was shown.  (Kept from her, it went uncounted.)"""
+    cluster, ann, bob, _dave = _deaf_ann()
+    bob.send("PAIR ann")
+    cluster.pump()
+    bob.send("BYE")
+    bob.drop()
+    cluster.pump()
+    assert not [line for line in ann.take() if line.startswith(("INVITE", "CANCELLED"))]
+    ended = [node.factory.stats.invitations_ended.get("gone", 0) for node in cluster.nodes]
+    assert ended == [1, 0, 0], ended

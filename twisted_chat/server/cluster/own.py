@@ -29,7 +29,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Protocol
 
-from twisted_chat.server.cluster.remote import RemoteConn, stand_in
+from twisted_chat.server.cluster.remote import Nowhere, RemoteConn, stand_in
 from twisted_chat.server.history import Entry
 from twisted_chat.server.hub import Hub, Invitation, Listener, User
 from twisted_chat.server.output.fanout import Member
@@ -191,6 +191,11 @@ class OwnMembers:
 
     def cancelled(self, invitee: User, inviter: User, reason: str) -> None:
         hider = self.hider
-        if hider is None or not hider.hides_end(invitee, inviter):
-            self._listener.cancelled(invitee, inviter, reason)
+        if hider is not None and hider.hides_end(invitee, inviter):
+            # Never shown the invitation, the invitee is not told its end,
+            # but the end is counted as any other (LineListener.cancelled):
+            # this node's user still (not a RemoteConn's), writing nowhere.
+            invitee = User(nick=invitee.nick, key=invitee.key, conn=Nowhere(),
+                           address=invitee.address)
+        self._listener.cancelled(invitee, inviter, reason)
 

@@ -12,20 +12,14 @@ from __future__ import annotations
 from twisted_chat.server.hub import User
 from twisted_chat.wire import nick_key
 
-__all__ = ["RemoteConn", "stand_in"]
+__all__ = ["Nowhere", "RemoteConn", "stand_in"]
 
 
-class RemoteConn:
-    """
-    The connection of a user on another node: nothing is written here (its
-    own node writes to it).  A fan-out member (L{fanout.Member}).
-    """
+class Nowhere:
+    """A connection nothing is written to."""
 
-    __slots__ = ("node",)
+    __slots__ = ()
     closing = False
-
-    def __init__(self, node: str) -> None:
-        self.node = node
 
     def write(self, data: bytes) -> None:
         pass
@@ -35,6 +29,18 @@ class RemoteConn:
 
     def deliver(self, data: bytes) -> None:
         pass
+
+
+class RemoteConn(Nowhere):
+    """
+    The connection of a user on another node: nothing is written here (its
+    own node writes to it).  A fan-out member (L{fanout.Member}).
+    """
+
+    __slots__ = ("node",)
+
+    def __init__(self, node: str) -> None:
+        self.node = node
 
 
 def stand_in(nick: str) -> User:
