@@ -293,3 +293,75 @@ def test_an_invitation_kept_from_a_deaf_user_is_counted_when_its_inviter_goes() 
     assert not [line for line in ann.take() if line.startswith(("INVITE", "CANCELLED"))]
     ended = [node.factory.stats.invitations_ended.get("gone", 0) for node in cluster.nodes]
     assert ended == [1, 0, 0], ended
+
+
+
+def _ann_inviting_bob_then_paired(bob_lagging: bool) -> tuple[Cluster, Conn, Conn, Conn]:
+    """ann (node0) invites bob (node1; kept), then pairs with dave (node2;
+    lost), which ends that invitation busy: ann is told DECLINED bob busy,
+    bob CANCELLED ann busy (C{bob_lagging}: node1 never applied the
+    pairing, bob was told nothing).  Every replica is rebuilt, with the
+    invitation open again, and node1's hello applied: ann is deaf."""
+    cluster, ann, bob, dave, _ = _ann_and_bob_paired("dave")
+    ann.send("UNPAIR")
+    cluster.pump()
+    ann.send("PAIR bob")
+    cluster.pump()
+    cluster.clear_all()
+    kept = len(cluster.log.entries)
+    dave.send("PAIR ann")
+    cluster.pump()
+    ann.send("ACCEPT dave")
+    if bob_lagging:
+        cluster.nodes[1].cursor = len(cluster.log.entries)  # skips the ACCEPT
+    cluster.pump()
+    assert "DECLINED bob busy" in ann.take()
+    assert bob.take() == ([] if bob_lagging else ["CANCELLED ann busy"])
+    cluster.clear_all()
+    _lose_after(cluster, kept, cluster.nodes)
+    _hellos(cluster, 1)
+    assert ann.take() == [] and bob.take() == []
+    for node in cluster.nodes:
+        assert node.hub.online["ann"].outgoing is not None
+    return cluster, ann, bob, dave
+
+
+def test_a_deaf_users_unpair_ends_no_invitation_a_second_time() -> None:
+    """ann invites bob (kept), then pairs with dave (lost), which ends that
+    invitation busy: ann told DECLINED bob busy, bob CANCELLED ann busy.
+    The rebuilt replica has it open again.  ann, deaf, sends UNPAIR: she is
+    told her pair ended, and neither side is told that invitation ended
+    again (one end per invitation); it is gone from every replica, and she
+    may invite bob anew.  (She got DECLINED bob withdrawn, bob CANCELLED ann
+    withdrawn.)"""
+    cluster, ann, bob, dave = _ann_inviting_bob_then_paired(False)
+    ann.send("UNPAIR")
+    cluster.pump()
+    said = _said(ann)
+    assert said[0] == "UNPAIRED dave left" and not [
+        line for line in said if line.startswith(("DECLINED", "ERROR"))], said
+    assert bob.take() == []
+    for node in cluster.nodes:
+        assert node.hub.online["ann"].outgoing is None
+    ann.send("PAIR bob")
+    cluster.pump()
+    assert ann.take() == ["PENDING bob"] and bob.take() == ["INVITE ann"]
+    _hellos(cluster, 0, 2)
+    assert dave.take()[:1] == ["UNPAIRED ann disconnected"]
+    assert ann.take() == [] and bob.take() == []
+    check_index(cluster)
+
+
+def test_a_deaf_users_unpair_tells_an_invitee_never_shown_the_end_withdrawn() -> None:
+    """As above, but node1 never applied the pairing: bob still sees ann's
+    invitation open.  At ann's UNPAIR he is told CANCELLED ann withdrawn,
+    its one end; ann, shown it end already, nothing of it."""
+    cluster, ann, bob, _dave = _ann_inviting_bob_then_paired(True)
+    ann.send("UNPAIR")
+    cluster.pump()
+    said = _said(ann)
+    assert said[0] == "UNPAIRED dave left" and not [
+        line for line in said if line.startswith("DECLINED")], said
+    assert bob.take() == ["CANCELLED ann withdrawn"]
+    for node in cluster.nodes:
+        assert node.hub.online["ann"].outgoing is None

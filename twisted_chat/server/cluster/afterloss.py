@@ -837,6 +837,18 @@ class AfterLoss:
         self.saw(uid, "", "")
         self._tell_ended(uid, user, self._user(partner_uid), "left")
 
+    def shown_ended_out(self, user: User) -> bool:
+        """Whether this node's users among C{user}, in the lobby, and the
+        invitee of its outgoing invitation were shown that invitation end
+        (after a rebuild: the replica has it open), read off the inviter's
+        L{seen} as a C{hello}'s correction does (L{_correct})."""
+        replica = self.replica
+        outgoing, uid = user.outgoing, replica.uids.get(user)
+        if self.shown is None or outgoing is None or uid is None or user.partner is not None:
+            return False
+        other = replica.uids.get(outgoing.invitee, "")
+        return bool(self._mine(uid, other)) and self.seen(uid)[1] != other
+
     def _tell_ended(self, uid: str, user: User, partner: User | None, reason: str) -> None:
         """Tell C{user}, this node's, that its pair with C{partner} ended,
         with the lobby lines it missed (L{_missed})."""

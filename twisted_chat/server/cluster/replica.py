@@ -346,7 +346,11 @@ class Replica:
                 self.afterloss.unpaired_shown(str(event["u"]), user)
                 if user.outgoing is None:
                     return  # (the other replicas: not-paired, no change)
-            self.hub.unpair(user)
+            # An invitation the replica has open but whose end was shown
+            # here (the pairing Redis lost ended it) is withdrawn quietly:
+            # one end per invitation.
+            with self.quiet.quietly(self.afterloss.shown_ended_out(user)):
+                self.hub.unpair(user)
             if partner is not None:
                 raise HubError(ErrorCode.NOT_PAIRED, HEARD_END_TEXT.format(partner.nick))
 
