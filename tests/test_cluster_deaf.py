@@ -7,6 +7,8 @@ commands show it meanwhile (docs/cluster.md, "What is guaranteed":
 
 from __future__ import annotations
 
+import pytest
+
 from tests.harness import Conn
 from tests.test_cluster_outage import (
     _ann_and_bob_paired,
@@ -183,19 +185,22 @@ def test_a_second_rebuild_before_the_hello_keeps_the_lines_missed_before_it() ->
                         "HISTORY bob after"], said
 
 
-def test_a_partner_absent_since_the_first_rebuild_is_still_told_ended() -> None:
-    """dave (node2) came online and paired with ann (node0) in events Redis
-    lost: his node's hello not applied, the replicas lack him; a second
-    rebuild comes before node0's hello.  At that hello ann is still told
-    UNPAIRED dave disconnected, with bob's line she missed (she was told
-    nothing: the second rebuild had forgotten dave's nick), and PAIRED
-    again once dave's node lists her."""
+def _told_at_a_second_rebuilds_hello(taken: str | None) -> tuple[Cluster, Conn, Conn, str]:
+    """dave (node2) comes online and pairs with ann (node0) in events
+    Redis loses; someone on node1 takes C{taken}, if given; Redis loses
+    eve's arrival, a second rebuild, before node0's hello.  At that hello
+    ann is told UNPAIRED dave disconnected with bob's line she missed.
+    With dave's uid."""
     cluster = Cluster(3)
     n0, n1, n2 = cluster.nodes
     bob, ann = n1.user("bob"), n0.user("ann")
     kept = len(cluster.log.entries)
     dave = n2.user("dave")
+    dave_uid, registered = cluster.log.entries[kept]
+    assert registered.get("nick") == "dave", registered
     _lost_pair_then_bob_says(cluster, kept, ann, bob, dave)
+    if taken is not None:
+        n1.user(taken)
     kept = len(cluster.log.entries)
     n1.connect().send("NICK eve")
     cluster.pump()
@@ -204,6 +209,17 @@ def test_a_partner_absent_since_the_first_rebuild_is_still_told_ended() -> None:
     _hellos(cluster, 1, 0)
     said = _said(ann)
     assert said[:2] == ["UNPAIRED dave disconnected", "HISTORY bob lobby line"], said
+    return cluster, ann, dave, dave_uid
+
+
+def test_a_partner_absent_since_the_first_rebuild_is_still_told_ended() -> None:
+    """dave (node2) came online and paired with ann (node0) in events Redis
+    lost: his node's hello not applied, the replicas lack him; a second
+    rebuild comes before node0's hello.  At that hello ann is still told
+    UNPAIRED dave disconnected, with bob's line she missed (she was told
+    nothing: the second rebuild had forgotten dave's nick), and PAIRED
+    again once dave's node lists her."""
+    cluster, ann, dave, _ = _told_at_a_second_rebuilds_hello(None)
     _hellos(cluster, 2)
     assert ann.take()[-1:] == ["PAIRED dave"] and dave.take() == []
     check_index(cluster)
@@ -365,3 +381,24 @@ def test_a_deaf_users_unpair_tells_an_invitee_never_shown_the_end_withdrawn() ->
     assert bob.take() == ["CANCELLED ann withdrawn"]
     for node in cluster.nodes:
         assert node.hub.online["ann"].outgoing is None
+
+
+@pytest.mark.parametrize("nick", ["dave", "DAVE"])
+def test_a_partner_absent_since_the_first_rebuild_is_told_ended_with_its_nick_taken(
+        nick: str) -> None:
+    """As above, but someone on node1 took dave's nick (in either case:
+    nicks compare without regard to case) before the second rebuild: ann
+    is still told UNPAIRED dave disconnected at her node's hello, and
+    nothing more when dave's node, its nick someone else's, says hello.
+    (The second rebuild dropped dave's nick if taken, in the case it was
+    taken in: ann was told nothing, left believing herself paired; kept,
+    the nick named its new holder's uid too, the first found.)"""
+    cluster, ann, dave, dave_uid = _told_at_a_second_rebuilds_hello(nick)
+    afterloss = cluster.nodes[0].state.replica.afterloss
+    assert not afterloss.deaf
+    # Her pair's end is recorded against dave, not the nick's new holder.
+    assert afterloss.uid_before("dave") == dave_uid
+    _hellos(cluster, 2)
+    assert ann.take() == [] and dave.take()[:1] == [
+        "BYE shutdown the chat's store lost data and dave is someone else's now; "
+        "connect again with another nick"]

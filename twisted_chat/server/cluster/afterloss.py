@@ -309,8 +309,11 @@ class AfterLoss:
         return self._nicks.get(uid)
 
     def uid_before(self, nick: str) -> str | None:
-        """The uid of the user the replica had as C{nick} before its rebuild."""
-        return next((uid for uid, n in self._nicks.items() if n == nick), None)
+        """The uid of the user, gone since, that the replica had as C{nick}
+        before its rebuild (someone online may have taken the nick since)."""
+        key, members = nick_key(nick), self.replica.members
+        return next((uid for uid, n in self._nicks.items()
+                     if nick_key(n) == key and uid not in members), None)
 
     def clear(self) -> None:
         """The replica is emptied (L{Replica.clear}): so is this."""
@@ -504,10 +507,8 @@ class AfterLoss:
         nicks = {uid: m.user.nick for uid, m in members.items()}
         nicks.update((uid, d.user.nick) for uid, d in self.detached.items())
         # With those gone since an earlier rebuild (a user shown one as its
-        # partner is told that pair ended by its nick), unless taken since.
-        taken = set(nicks.values())
-        nicks.update((uid, nick) for uid, nick in self._nicks.items()
-                     if uid not in nicks and nick not in taken)
+        # partner is told that pair ended by its nick), taken since or not.
+        nicks.update((uid, nick) for uid, nick in self._nicks.items() if uid not in nicks)
         seen = {uid: self.seen(uid) for uid in members}
         seen.update((uid, (str(d.row[3]), str(d.row[5])))  # local_users' rows
                     for uid, d in self.detached.items())
