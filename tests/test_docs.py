@@ -361,6 +361,7 @@ def test_every_departure_from_chat1_as_published_is_listed() -> None:
         "history": "A newcomer gets the last `--history` lobby messages",
         "NICK's answers": "`NICK` is answered `RETRY`, `PASS` or `READY`",
         "flood": "`ERROR flood` is for a line over `--flood-rate`",
+        "TLS records": '"Every complete line counts for flood control"',
         "DM": "`DM`: `ERROR self` to oneself, `ERROR no-such-nick`",
         "invitations received": '"Incoming invitations are not limited."',
         "invitations per address": "`ERROR pending`: the user has an invitation out already",
