@@ -12,7 +12,7 @@ from twisted.internet.address import IPv4Address
 from twisted.internet.interfaces import ISSLTransport
 from zope.interface import implementer
 
-from tests.harness import Conn, Harness, SocketTransport, traced_lines
+from tests.harness import Conn, Harness, SocketTransport, run_for, traced_lines
 from twisted_chat.server import protocol as chat_protocol
 from twisted_chat.server.limits import records
 from twisted_chat.server.limits.records import reads_records
@@ -162,3 +162,36 @@ def test_a_refused_connection_s_close_stops_reading_past_reads_after_close() -> 
     assert transport.producerState == "producing"
     transport.read(b"x")
     assert transport.producerState == "paused"
+
+
+def test_records_that_end_no_line_neither_keep_a_connection_from_idle_nor_answer_a_ping() -> None:
+    """A record that ends no line spends a token but is no line: the idle
+    timer runs from the last complete line, as over TCP (before, each such
+    record reset it: a byte a minute kept a TLS peer from ever being
+    pinged, and one answered a PING)."""
+    h = Harness(flood_rate=1.0, flood_burst=5, idle_timeout=120.0, ping_timeout=60.0)
+    mallory = tls_user(h, "mallory", "192.0.2.9")
+    for _ in range(3):
+        run_for(h.clock, 50)
+        mallory.send_raw(b"x")
+    assert any(line.startswith("PING idle-") for line in mallory.take())
+    run_for(h.clock, 50)
+    mallory.send_raw(b"x")
+    run_for(h.clock, 11)
+    assert any(line.startswith("BYE timeout") for line in mallory.take())
+
+
+def test_a_record_s_token_refills_once() -> None:
+    """Records and lines share one bucket, refilled once for the time
+    between them: four records and a line after a full bucket leave none
+    for a second line."""
+    h = Harness(flood_rate=1.0, flood_burst=5)
+    mallory = tls_user(h, "mallory", "192.0.2.10")
+    run_for(h.clock, 10)
+    mallory.send_raw(b"PING\n")  # 4 tokens left
+    run_for(h.clock, 2)  # 5, the burst
+    one_byte_records(mallory, b"PING")  # 1 left
+    mallory.send_raw(b" a\n")  # 0 left
+    mallory.send_raw(b"PING b\n")
+    said = mallory.take()
+    assert said[:2] == ["PONG", "PONG a"] and said[2].startswith("ERROR flood"), said

@@ -656,7 +656,10 @@ class RecordChatProtocol(ChatProtocol):
         dropped with the line it was part of."""
         if self.closing:
             return
-        if self._count_line():
+        last = self._last_line
+        allowed = self._count_line()
+        self._no_line(last)
+        if allowed:
             self._take(data)
             return
         hold = self.hold
@@ -665,3 +668,12 @@ class RecordChatProtocol(ChatProtocol):
             return
         self._buffer = b""
         self._discarding = True
+
+    def _no_line(self, last: float) -> None:
+        """A record's token spent, it is still no line: the idle timer runs
+        from C{last}, the last line's time, as over TCP.  The refill up to
+        now, kept, is taken off the tokens, counted again from C{last}."""
+        refilled = self._last_line - last
+        if refilled > 0.0:
+            self._tokens -= refilled * self.ctx.flood.rate
+        self._last_line = last
