@@ -598,3 +598,7 @@ def test_a_file_no_path_names_is_not_rotated(
         assert b"to the deleted file" in Path(f"/proc/self/fd/{fd}").read_bytes()
     finally:
         os.close(fd)
+
+
+def test_counted_says_one_in_the_singular() -> None:
+    assert [logs.counted(n, "port") for n in (0, 1, 2)] == ["0 ports", "1 port", "2 ports"]

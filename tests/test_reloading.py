@@ -14,6 +14,7 @@ from typing import Any
 
 import pytest
 from twisted.internet.task import Clock
+from twisted.logger import formatEvent, globalLogPublisher
 
 from twisted_chat.server.ports.reloading import Reloader
 
@@ -78,3 +79,33 @@ def test_a_reloader_stopped_before_startup_leaves_no_handler(sighup: None) -> No
     assert handler() == before
     reactor.started()
     assert handler() == before
+
+
+class Pair:
+    """A reloadable that never changes and always loads."""
+
+    def changed(self) -> bool:
+        return False
+
+    def reload(self) -> bool:
+        return True
+
+
+@pytest.mark.parametrize(("ports", "said"), [(1, "1 port"), (2, "2 ports")])
+def test_sighup_says_how_many_ports_in_words(sighup: None, ports: int, said: str) -> None:
+    lines: list[str] = []
+
+    def observe(event: dict[str, Any]) -> None:
+        if event.get("log_namespace", "").endswith("reloading.Reloader"):
+            lines.append(str(formatEvent(event)))
+
+    reloader = Reloader(Starting(), [Pair() for _ in range(ports)])
+    reloader.privilegedStartService()
+    reloader.startService()
+    globalLogPublisher.addObserver(observe)
+    try:
+        reloader.hup()
+    finally:
+        globalLogPublisher.removeObserver(observe)
+        reloader.stopService()
+    assert lines == [f"received SIGHUP: loading the TLS certificates of {said} again"]

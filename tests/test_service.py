@@ -669,3 +669,29 @@ def test_a_unix_socket_another_server_holds_says_so() -> None:
         top.privilegedStartService()
     assert str(e.value) == ("cannot listen on --port unix:/tmp/chat.sock: "
                             "another process is already listening there")
+
+
+def test_start_and_stop_lines_count_in_words(tmp_path: Path) -> None:
+    """An operator reads "1 message loaded", "1 connection", not "1 messages"."""
+    db = str(tmp_path / "chat.sqlite3")
+    reactor = ThreadedMemoryReactor()
+    first = makeService(options("--db", db), reactor)
+    first.startService()
+    list(first)[1].factory.history.record(Entry(1.0, "alice", "kept"))  # type: ignore[call-overload]
+    reactor.pump_until(first.stopService())
+
+    lines: list[str] = []
+
+    def observe(event: dict[str, Any]) -> None:
+        if event.get("log_namespace") == "twisted_chat.server.service.ChatService":
+            lines.append(str(formatEvent(event)))
+
+    globalLogPublisher.addObserver(observe)
+    try:
+        again = makeService(options("--db", db), reactor)
+        again.startService()
+        reactor.pump_until(again.stopService())
+    finally:
+        globalLogPublisher.removeObserver(observe)
+    assert f"lobby history: 1 message loaded from {db}" in lines
+    assert "saying BYE to 0 connections" in lines

@@ -55,6 +55,12 @@ _predicate = LogLevelFilterPredicate(defaultLogLevel=LogLevel.levelWithName(DEFA
 observer = FilteringLogObserver(globalLogPublisher, [_predicate])
 
 
+def counted(n: int, noun: str) -> str:
+    """C{n} and C{noun}, plural unless C{n} is 1: a log line says "1 port",
+    not "1 ports"."""
+    return f"{n} {noun}" if n == 1 else f"{n} {noun}s"
+
+
 # Characters of a peer's text (escaped) a log line quotes at most.
 QUOTE_LIMIT = 100
 

@@ -560,8 +560,9 @@ class ChatService(OwnsPasswordWork, Service):
         if config.db == MEMORY:
             self.log.info("lobby history in memory only: nothing is kept across restarts")
         else:
-            self.log.info("lobby history: {n} messages loaded from {db}", db=config.db,
-                          n=len(history.recent()))
+            n = len(history.recent())
+            self.log.info("lobby history: {messages} loaded from {db}", db=config.db,
+                          n=n, messages=logs.counted(n, "message"))
         super().startService()
         self.log.info(
             "chat server {name!r} starting: history {history}, max-line {max_line}",
@@ -572,8 +573,9 @@ class ChatService(OwnsPasswordWork, Service):
 
     def stopService(self) -> Deferred[None]:
         super().stopService()
-        self.log.info("saying BYE to {n} connections",
-                      n=len(self.factory.connections))
+        n = len(self.factory.connections)
+        self.log.info("saying BYE to {connections}", n=n,
+                      connections=logs.counted(n, "connection"))
         closed = self.factory.shutdown()
         closed.addCallback(lambda _: self.factory.history.close())
         closed.addErrback(self._not_saved)

@@ -394,7 +394,8 @@ class Replica:
             self.gone(member.user, "disconnected", "")
         self.afterloss.unseen_leave(node)
         if gone:
-            _log.info("node {node} is gone: {n} users left", node=node, n=len(gone))
+            _log.info("node {node} is gone: {users} left", node=node, n=len(gone),
+                      users=logs.counted(len(gone), "user"))
         if node == self.node and not self.replaying:
             self.answers.lost()
 

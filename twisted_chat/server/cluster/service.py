@@ -188,8 +188,9 @@ class ClusterService(OwnsPasswordWork, Service):
     def stopService(self) -> Deferred[None]:
         super().stopService()
         state = self.redis.state
-        self.log.info("shutting down: saying BYE to {n} connections; leaving the cluster",
-                      n=len(self.factory.connections))
+        n = len(self.factory.connections)
+        self.log.info("shutting down: saying BYE to {connections}; leaving the cluster",
+                      n=n, connections=logs.counted(n, "connection"))
         state.stopping()
         self.factory.addresses.stop_sharing()
         closed = self.factory.shutdown()

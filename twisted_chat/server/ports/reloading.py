@@ -75,8 +75,9 @@ class Reloader(SignalledService):
             self.log.info("received SIGHUP: nothing to reload (no ssl: port); "
                           "the server goes on (SIGTERM stops it)")
             return
-        self.log.info("received SIGHUP: loading the TLS certificates of {n} ports again",
-                      n=len(self.reloadables))
+        n = len(self.reloadables)
+        self.log.info("received SIGHUP: loading the TLS certificates of {ports} again",
+                      n=n, ports=logs.counted(n, "port"))
         for reloadable in self.reloadables:
             reloadable.reload()
 
