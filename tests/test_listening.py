@@ -71,6 +71,35 @@ def test_a_port_busy_on_another_interface_does_not_stop_start_up(held_port: int)
     assert listening.tcp_address(endpoint) == ("127.0.0.2", held_port)
 
 
+@pytest.mark.parametrize("argv", [
+    ("--port", "tcp:7001:interface=127.0.0.1", "--port", "tcp:7001:interface=127.0.0.1"),
+    ("--port", "7001", "--web", "tcp:7001:interface=127.0.0.1"),
+    ("--port", "7002", "--metrics", "7001", "--web", "7001"),
+])
+def test_two_options_on_one_port_stop_start_up_saying_so(argv: tuple[str, ...]) -> None:
+    """The second bind failed after the files were made, with "Address
+    already in use", as if another process held the port."""
+    reactor = ThreadedMemoryReactor()
+    with pytest.raises(SystemExit) as e:
+        makeService(options(*argv, "--db", ":memory:"), reactor)
+    assert str(e.value).endswith("both listen on port 7001: give each its own")
+    assert str(e.value).startswith("twistd chat: ")
+    assert reactor.tcpServers == []
+
+
+@pytest.mark.parametrize("argv", [
+    ("--port", "tcp:7001:interface=127.0.0.1", "--port", "tcp:7001:interface=127.0.0.2"),
+    ("--port", "tcp:7001", "--port", "tcp6:7001:interface=\\:\\:"),
+    ("--port", "tcp:0", "--web", "tcp:0"),
+])
+def test_ports_that_do_not_overlap_are_all_listened_on(argv: tuple[str, ...]) -> None:
+    reactor = ThreadedMemoryReactor()
+    top = makeService(options(*argv, "--db", ":memory:"), reactor)
+    top.startService()
+    assert len(reactor.tcpServers) == 2
+    reactor.pump_until(top.stopService())
+
+
 def test_without_the_private_interface_the_busy_check_is_skipped_not_widened(
         monkeypatch: pytest.MonkeyPatch, held_port: int) -> None:
     """rev11-shape2 S4: the fallback was C{""}, so the trial bind covered
@@ -105,12 +134,13 @@ def test_the_ports_and_the_metrics_warning_read_the_endpoints_through_tcp_addres
 
     def told(endpoint: Any) -> tuple[str, int]:
         seen.append(type(endpoint).__name__)
-        return ("127.0.0.1", 9108)
+        return ("127.0.0.1", 9108 + len(seen))  # a port each: one_port_each reads them too
 
     monkeypatch.setattr(listening, "tcp_address", told)
     # A bare port is on every interface; tcp_address says loopback: no warning.
     assert warnings_at_start(["--db", ":memory:", "--port", "7001", "--metrics", "9108"]) == []
-    assert seen == ["TCP4ServerEndpoint"] * 3  # --port, --metrics, the warning
+    # --port, --metrics, both again in one_port_each, the warning
+    assert seen == ["TCP4ServerEndpoint"] * 5
     monkeypatch.setattr(listening, "tcp_address", lambda endpoint: ("", 70000))
     with pytest.raises(SystemExit) as e:
         makeService(options("--db", ":memory:", "--port", "7001"), ThreadedMemoryReactor())

@@ -36,7 +36,12 @@ from twisted_chat.server.metrics import counters, metricsport
 from twisted_chat.server.output.fanout import MAX_FANOUT_WAIT
 from twisted_chat.server.output.sendqueue import send_loop
 from twisted_chat.server.ports import pidfile, privileges
-from twisted_chat.server.ports.listening import PortService, ReloadingSSLEndpoint, listen_on
+from twisted_chat.server.ports.listening import (
+    PortService,
+    ReloadingSSLEndpoint,
+    listen_on,
+    one_port_each,
+)
 from twisted_chat.server.ports.reloading import Reloader
 from twisted_chat.server.ports.rotating import Rotator
 from twisted_chat.server.ports.stopping import stop_once
@@ -715,7 +720,7 @@ class _Listeners:
         """Every endpoint, checked before anything starts or is made (the
         database, the accounts file, the cluster's connection): a mistyped
         one is one line, not a traceback."""
-        return cls(
+        listeners = cls(
             ports=[(description, listen_on(description, reactor))
                    for description in config.ports],
             scrape=((config.metrics, listen_on(config.metrics, reactor, "--metrics"))
@@ -723,6 +728,12 @@ class _Listeners:
             web=[(description, listen_on(description, reactor, "--web"))
                  for description in options["web"]],
         )
+        scrape = [listeners.scrape] if listeners.scrape is not None else []
+        one_port_each(
+            [("--port", description, endpoint) for description, endpoint in listeners.ports]
+            + [("--metrics", description, endpoint) for description, endpoint in scrape]
+            + [("--web", description, endpoint) for description, endpoint in listeners.web])
+        return listeners
 
     def add(self, top: _Top, options: Options, factory: ChatFactory, reactor: Any,
             registry: Callable[[], CollectorRegistry]) -> None:

@@ -225,3 +225,34 @@ def _not_busy(description: str, endpoint: Any, interface: str, port: int,
         if e.errno == errno.EADDRINUSE:
             raise SystemExit(f"twistd chat: cannot listen on {option} {description}: "
                              f"{e.strerror}") from None
+
+
+#: The interfaces that mean "every one" of their address family.
+_EVERY_INTERFACE = ("", "0.0.0.0", "::")
+
+
+def one_port_each(listeners: list[tuple[str, str, Any]]) -> None:
+    """
+    Two of this server's own options (C{(option, description, endpoint)})
+    on one TCP port stop start-up at once, saying so: the second bind
+    failed only after the files were made, with C{Address already in use},
+    which sent the operator looking for another process.  An IPv4 and an
+    IPv6 port may share a number (README: C{tcp6:PORT:interface=\\:\\:}
+    beside C{tcp:PORT} when C{bindv6only} is set).
+    """
+    seen: list[tuple[str, str, bool, str, int]] = []
+    for option, description, endpoint in listeners:
+        address = tcp_address(endpoint)
+        if address is None or not address[1]:
+            continue
+        interface, port = address
+        v6 = isinstance(endpoint, endpoints.TCP6ServerEndpoint) or ":" in interface
+        for other_option, other, other_v6, other_interface, other_port in seen:
+            if (port == other_port and v6 == other_v6
+                    and (interface == other_interface
+                         or interface in _EVERY_INTERFACE
+                         or other_interface in _EVERY_INTERFACE)):
+                raise SystemExit(
+                    f"twistd chat: {other_option} {other} and {option} {description} "
+                    f"both listen on port {port}: give each its own")
+        seen.append((option, description, v6, interface, port))
