@@ -126,3 +126,27 @@ def test_the_rotator_warns_at_its_start_after_privileges_drop(
         assert len(warnings(logged)) == 1
     finally:
         rotator.stopService()  # before the reactor's start: SIGUSR1's handler given back
+
+
+@pytest.mark.parametrize("create", [False, True])
+def test_a_log_moved_away_by_logrotate_is_reopened_at_its_path(
+        tmp_path: Path, log_file: Any, logged: list[str], create: bool) -> None:
+    """logrotate renames the file, (with its 'create', makes an empty one,)
+    then sends SIGUSR1: the server wrote on into the moved file for ever,
+    warning that the file "no longer exists" as if permissions were wrong."""
+    log_file.rotateLength = 10 * SIZE  # no rotation by size here
+    write(1)
+    path = tmp_path / "logs" / "chat.log"
+    path.rename(tmp_path / "logs" / "chat.log-20261207")
+    if create:
+        path.write_text("")
+    log_file.rotate()  # SIGUSR1's
+    write(1)
+    assert warnings(logged) == []
+    text = path.read_text()
+    assert text.count("was moved or replaced by another program: a new one is "
+                      "written there") == 1
+    assert "line 0 " in text
+    assert "line 0 " in (tmp_path / "logs" / "chat.log-20261207").read_text()
+    assert os.stat(path).st_mode & 0o777 == logs.LOG_MODE
+    assert not (tmp_path / "logs" / "chat.log.1").exists(), "reopened, not rotated"

@@ -337,8 +337,29 @@ class RotatedLogFile(LogFile):
         self.now: Callable[[], float] = time.monotonic
 
     def rotate(self) -> None:
-        if self.can_rotate():
+        if self.replaced():
+            # logrotate's way: it renamed the file, then sent SIGUSR1.
+            self.reopen()  # type: ignore[no-untyped-call]
+            self.log.info("the log file {path} was moved or replaced by another "
+                          "program: a new one is written there", path=self.path)
+        elif self.can_rotate():
             super().rotate()  # type: ignore[no-untyped-call]
+
+    def replaced(self) -> bool:
+        """
+        Whether another program moved the file away (or put another in its
+        place) in a directory the server may write to: Twisted would rename
+        nothing, or the wrong file, and go on writing to the moved one.
+        """
+        directory = os.path.dirname(os.path.abspath(self.path))
+        if not os.access(directory, os.W_OK):
+            return False
+        try:
+            here = os.stat(self.path)
+        except FileNotFoundError:
+            return True
+        written = os.fstat(self._file.fileno())
+        return (here.st_dev, here.st_ino) != (written.st_dev, written.st_ino)
 
     def can_rotate(self) -> bool:
         """Whether a rotation can happen now; if not, one warning why (at
