@@ -150,3 +150,42 @@ def test_a_log_moved_away_by_logrotate_is_reopened_at_its_path(
     assert "line 0 " in (tmp_path / "logs" / "chat.log-20261207").read_text()
     assert os.stat(path).st_mode & 0o777 == logs.LOG_MODE
     assert not (tmp_path / "logs" / "chat.log.1").exists(), "reopened, not rotated"
+
+
+def test_a_symlink_put_at_the_log_path_is_not_followed(
+        tmp_path: Path, log_file: Any, logged: list[str]) -> None:
+    """After logrotate moved the file, anyone who may write the directory
+    could put a symlink there: the reopen appended the log to its target
+    and made it 0600."""
+    log_file.rotateLength = 10 * SIZE
+    victim = tmp_path / "victim"
+    victim.write_text("kept\n")
+    victim.chmod(0o644)
+    path = tmp_path / "logs" / "chat.log"
+    path.rename(tmp_path / "logs" / "chat.log-20261207")
+    path.symlink_to(victim)
+    log_file.rotate()  # SIGUSR1's
+    write(1)
+    assert victim.read_text() == "kept\n"
+    assert victim.stat().st_mode & 0o777 == 0o644
+    assert [line for line in logged if "no new one can be written there" in line]
+    assert "line 0 " in (tmp_path / "logs" / "chat.log-20261207").read_text()
+
+
+def test_a_file_logrotate_made_that_cannot_be_chmodded_is_written_as_it_is(
+        tmp_path: Path, log_file: Any, logged: list[str],
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """logrotate's 'create' file may be another user's (group-writable):
+    its mode cannot be changed, and that must not stop the reopen."""
+    log_file.rotateLength = 10 * SIZE
+    path = tmp_path / "logs" / "chat.log"
+    path.rename(tmp_path / "logs" / "chat.log-20261207")
+    path.write_text("")
+
+    def refused(fd: int, mode: int) -> None:
+        raise PermissionError(1, "Operation not permitted")
+
+    monkeypatch.setattr(os, "fchmod", refused)
+    log_file.rotate()  # SIGUSR1's
+    write(1)
+    assert "line 0 " in path.read_text()

@@ -27,6 +27,7 @@ peer cannot put a line break, or 16 KB of its own text, in the log.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import stat
@@ -334,14 +335,13 @@ class RotatedLogFile(LogFile):
     def __init__(self, name: str, directory: str, **options: Any) -> None:
         super().__init__(name, directory, **options)  # type: ignore[no-untyped-call]
         self.unrotated_warning = Throttle(UNROTATED_EVERY)
+        self.unreopened_warning = Throttle(UNROTATED_EVERY)
         self.now: Callable[[], float] = time.monotonic
 
     def rotate(self) -> None:
         if self.replaced():
             # logrotate's way: it renamed the file, then sent SIGUSR1.
-            self.reopen()  # type: ignore[no-untyped-call]
-            self.log.info("the log file {path} was moved or replaced by another "
-                          "program: a new one is written there", path=self.path)
+            self.reopen_here()
         elif self.can_rotate():
             super().rotate()  # type: ignore[no-untyped-call]
 
@@ -360,6 +360,36 @@ class RotatedLogFile(LogFile):
             return True
         written = os.fstat(self._file.fileno())
         return (here.st_dev, here.st_ino) != (written.st_dev, written.st_ino)
+
+    def reopen_here(self) -> None:
+        """
+        Write on in a file at the path, made 0600 if new, never through a
+        symlink (another user who may write the directory could point it at
+        a file of the server's, which Twisted's C{reopen} would append to and
+        chmod); if none can be opened, the log goes on in the moved file,
+        with one warning at most every L{UNROTATED_EVERY} s (a failed
+        reopen is tried again at each line past the size).
+        """
+        flags = os.O_RDWR | os.O_CREAT | os.O_APPEND | os.O_NOFOLLOW | os.O_CLOEXEC
+        try:
+            fd = os.open(self.path, flags, LOG_MODE)
+        except OSError as e:
+            if self.unreopened_warning.allow(self.now()) is not None:
+                self.log.warn("the log file {path} was moved or replaced by another "
+                              "program, but no new one can be written there ({why}): "
+                              "the log goes on in the moved file",
+                              path=self.path, why=e.strerror)
+            return
+        opened = open(fd, "rb+", 0)  # noqa: SIM115 (open while the server logs)
+        # logrotate's 'create' file may be another user's: its mode is theirs.
+        with contextlib.suppress(OSError):
+            os.fchmod(fd, LOG_MODE)
+        opened.seek(0, os.SEEK_END)
+        self._file.close()
+        self._file = opened
+        self.size = opened.tell()
+        self.log.info("the log file {path} was moved or replaced by another "
+                      "program: a new one is written there", path=self.path)
 
     def can_rotate(self) -> bool:
         """Whether a rotation can happen now; if not, one warning why (at
