@@ -75,6 +75,7 @@ def test_a_port_busy_on_another_interface_does_not_stop_start_up(held_port: int)
     ("--port", "tcp:7001:interface=127.0.0.1", "--port", "tcp:7001:interface=127.0.0.1"),
     ("--port", "7001", "--web", "tcp:7001:interface=127.0.0.1"),
     ("--port", "7002", "--metrics", "7001", "--web", "7001"),
+    ("--port", "tcp6:7001:interface=127.0.0.1", "--web", "tcp:7001:interface=127.0.0.1"),
 ])
 def test_two_options_on_one_port_stop_start_up_saying_so(argv: tuple[str, ...]) -> None:
     """The second bind failed after the files were made, with "Address

@@ -246,7 +246,9 @@ def one_port_each(listeners: list[tuple[str, str, Any]]) -> None:
         if address is None or not address[1]:
             continue
         interface, port = address
-        v6 = isinstance(endpoint, endpoints.TCP6ServerEndpoint) or ":" in interface
+        # Twisted picks the family from the interface, not the endpoint's
+        # kind (tcp6 defaults to '::'; tcp6 on 127.0.0.1 binds IPv4).
+        v6 = ":" in interface
         for other_option, other, other_v6, other_interface, other_port in seen:
             if (port == other_port and v6 == other_v6
                     and (interface == other_interface
