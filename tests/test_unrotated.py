@@ -152,18 +152,22 @@ def test_a_log_moved_away_by_logrotate_is_reopened_at_its_path(
     assert not (tmp_path / "logs" / "chat.log.1").exists(), "reopened, not rotated"
 
 
-def test_a_symlink_put_at_the_log_path_is_not_followed(
-        tmp_path: Path, log_file: Any, logged: list[str]) -> None:
+@pytest.mark.parametrize("put", ["symlink", "fifo"])
+def test_a_symlink_or_fifo_put_at_the_log_path_is_not_opened(
+        tmp_path: Path, log_file: Any, logged: list[str], put: str) -> None:
     """After logrotate moved the file, anyone who may write the directory
     could put a symlink there: the reopen appended the log to its target
-    and made it 0600."""
+    and made it 0600; or a FIFO, whose writes block once it is full."""
     log_file.rotateLength = 10 * SIZE
     victim = tmp_path / "victim"
     victim.write_text("kept\n")
     victim.chmod(0o644)
     path = tmp_path / "logs" / "chat.log"
     path.rename(tmp_path / "logs" / "chat.log-20261207")
-    path.symlink_to(victim)
+    if put == "fifo":
+        os.mkfifo(path)
+    else:
+        path.symlink_to(victim)
     log_file.rotate()  # SIGUSR1's
     write(1)
     assert victim.read_text() == "kept\n"

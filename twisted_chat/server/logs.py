@@ -366,13 +366,18 @@ class RotatedLogFile(LogFile):
         Write on in a file at the path, made 0600 if new, never through a
         symlink (another user who may write the directory could point it at
         a file of the server's, which Twisted's C{reopen} would append to and
-        chmod); if none can be opened, the log goes on in the moved file,
+        chmod), nor into anything but a regular file (a FIFO blocks once
+        full); if none can be opened, the log goes on in the moved file,
         with one warning at most every L{UNROTATED_EVERY} s (a failed
         reopen is tried again at each line past the size).
         """
         flags = os.O_RDWR | os.O_CREAT | os.O_APPEND | os.O_NOFOLLOW | os.O_CLOEXEC
         try:
-            fd = os.open(self.path, flags, LOG_MODE)
+            fd = os.open(self.path, flags | os.O_NONBLOCK, LOG_MODE)
+            if not stat.S_ISREG(os.fstat(fd).st_mode):
+                os.close(fd)  # a FIFO, once full, would block the server
+                raise OSError(0, "not a regular file")
+            os.set_blocking(fd, True)
         except OSError as e:
             if self.unreopened_warning.allow(self.now()) is not None:
                 self.log.warn("the log file {path} was moved or replaced by another "
