@@ -291,11 +291,17 @@ def _run_on_terminal(tmp_path: Path, args: list[str], typed: list[str]) -> tuple
             # input before each prompt, as getpass does.
             if answers and output.endswith(answers[0][0]):
                 os.write(fd, answers.pop(0)[1].encode() + b"\n")
+    except BaseException:
+        os.kill(pid, signal.SIGKILL)
+        raise
     finally:
-        os.close(fd)
         if time.monotonic() >= deadline:
             os.kill(pid, signal.SIGKILL)
-    _, status = os.waitpid(pid, 0)
+        # Reaped before the terminal is closed: the child closes its side
+        # (EIO here) a moment before it exits, and closing ours first hangs
+        # it up (SIGHUP, exit -1) if it has not exited yet, as under load.
+        _, status = os.waitpid(pid, 0)
+        os.close(fd)
     return os.waitstatus_to_exitcode(status), output.decode(errors="replace")
 
 
