@@ -495,7 +495,7 @@ def exposed(endpoint: Any) -> str | None:
     if not isinstance(endpoint, listening.TCP_ENDPOINTS):
         return None  # a UNIX socket: its file's permissions decide
     address = listening.tcp_address(endpoint)
-    if address is not None and address[0] not in ("", "0.0.0.0", "::"):
+    if address is not None and address[0] not in listening.EVERY_INTERFACE:
         return None  # one interface (with None, it cannot tell: it warns)
     return ("--metrics listens on every interface: anyone who can reach this host may "
             "read the metrics; bind it to loopback (tcp:PORT:interface=127.0.0.1) or "

@@ -228,7 +228,7 @@ def _not_busy(description: str, endpoint: Any, interface: str, port: int,
 
 
 #: The interfaces that mean "every one" of their address family.
-_EVERY_INTERFACE = ("", "0.0.0.0", "::")
+EVERY_INTERFACE = ("", "0.0.0.0", "::")
 
 
 def one_port_each(listeners: list[tuple[str, str, Any]]) -> None:
@@ -252,8 +252,8 @@ def one_port_each(listeners: list[tuple[str, str, Any]]) -> None:
         for other_option, other, other_v6, other_interface, other_port in seen:
             if (port == other_port and v6 == other_v6
                     and (interface == other_interface
-                         or interface in _EVERY_INTERFACE
-                         or other_interface in _EVERY_INTERFACE)):
+                         or interface in EVERY_INTERFACE
+                         or other_interface in EVERY_INTERFACE)):
                 raise SystemExit(
                     f"twistd chat: {other_option} {other} and {option} {description} "
                     f"both listen on port {port}: give each its own")
