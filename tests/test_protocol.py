@@ -885,6 +885,14 @@ def test_a_connection_holds_its_slots_and_no_dict() -> None:
     assert verifyObject(IProtocol, protocol)
     assert IHalfCloseableProtocol.providedBy(protocol)
     assert protocol.transport is not None and protocol.connected == 1
+    from twisted.internet.address import IPv4Address
+
+    unmade = h.factory.buildProtocol(IPv4Address("TCP", "192.0.2.99", 40000))
+    assert unmade is not None and unmade.connected == 0  # derived from transport
+    # The idle timer's and flood control's stamps, apart for a TLS record's
+    # sake, are one float over TCP: an idle connection holds no more.
+    alice.send("PING x")
+    assert protocol._flood_at is protocol._last_line
 
 
 def test_a_connection_knows_its_server_only_through_its_context() -> None:

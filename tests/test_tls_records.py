@@ -8,11 +8,13 @@ from __future__ import annotations
 import sys
 from typing import Any
 
+import pytest
 from twisted.internet.address import IPv4Address
 from twisted.internet.interfaces import ISSLTransport
 from zope.interface import implementer
 
 from tests.harness import Conn, Harness, SocketTransport, run_for, traced_lines
+from tests.test_protocol import _first_command_waits
 from twisted_chat.server import protocol as chat_protocol
 from twisted_chat.server.limits import records
 from twisted_chat.server.limits.records import reads_records
@@ -195,3 +197,60 @@ def test_a_record_s_token_refills_once() -> None:
     mallory.send_raw(b"PING b\n")
     said = mallory.take()
     assert said[:2] == ["PONG", "PONG a"] and said[2].startswith("ERROR flood"), said
+
+
+def test_a_record_only_trickle_past_the_idle_timeout_is_timed_out() -> None:
+    """Records that end no line, one a second within the flood rate, for
+    longer than the idle timeout: a PING at the timeout, BYE timeout when
+    it goes unanswered, as a silent TCP peer gets."""
+    h = Harness(flood_rate=2.0, flood_burst=5, idle_timeout=30.0, ping_timeout=10.0)
+    mallory = tls_user(h, "mallory", "192.0.2.11")
+    for _ in range(29):
+        run_for(h.clock, 1)
+        mallory.send_raw(b"x")
+    assert mallory.take() == []
+    run_for(h.clock, 1)
+    assert [line.split(" ")[0] for line in mallory.take()] == ["PING"]
+    for _ in range(10):
+        mallory.send_raw(b"x")
+        run_for(h.clock, 1)
+    assert mallory.take()[-1].startswith("BYE timeout")
+    assert mallory.protocol.closing
+
+
+def test_records_after_a_long_quiet_get_one_bucket() -> None:
+    """A long quiet refills the bucket to its burst, once: records that end
+    no line spend it, and the line they end finds none left."""
+    h = Harness(flood_rate=1.0, flood_burst=5, idle_timeout=0.0)
+    mallory = tls_user(h, "mallory", "192.0.2.12")
+    run_for(h.clock, 100)
+    one_byte_records(mallory, b"PING")  # 5 - 4
+    mallory.send_raw(b" a\n")  # the last one
+    mallory.send_raw(b"PING b\n")
+    said = mallory.take()
+    assert said[0] == "PONG a" and said[1].startswith("ERROR flood"), said
+
+
+def test_a_record_read_behind_a_command_neither_drops_nor_refills_the_held_line(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """A line held behind a command is counted as of when it was read, which
+    may be before a record read while the command waited: it spends a token
+    of the bucket as it was then (before, the record's spend was counted
+    back to the last line, less the refill the cap had cut: the held line
+    found none and was dropped), and the refill up to the record is not had
+    twice (the four lines after it would all pass)."""
+    h = Harness(flood_rate=1.0, flood_burst=5)
+    pending = _first_command_waits(h, monkeypatch)
+    mallory = tls_user(h, "mallory", "192.0.2.13")  # 4 tokens
+    mallory.send("MSG first")  # 3, and it waits
+    mallory.send("PING a")  # held, read now
+    run_for(h.clock, 10)
+    mallory.send_raw(b"PING e")  # a record: the bucket's 5, less 1
+    pending[0].callback(None)
+    h.clock.advance(0)
+    said = mallory.take()
+    assert said[0].endswith(" mallory * first") and said[1:] == ["PONG a"], said
+    for line in (b"\n", b"PING b\n", b"PING c\n", b"PING d\n"):
+        mallory.send_raw(line)
+    said = mallory.take()
+    assert said[0] == "PONG e" and any(line.startswith("ERROR flood") for line in said), said

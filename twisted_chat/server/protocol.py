@@ -62,9 +62,9 @@ class ChatProtocol:
     decided elsewhere is its L{InputHold}'s (C{hold}, None unless it has one).
     """
 
-    __slots__ = ("_buffer", "_discarding", "_flooding", "_idle", "_last_line",
+    __slots__ = ("_buffer", "_discarding", "_flood_at", "_flooding", "_idle", "_last_line",
                  "_leave_reason", "_linger", "_pinged_at", "_tokens", "address", "closing",
-                 "connected", "ctx", "handshake", "hold", "host", "limits", "pool_key",
+                 "ctx", "handshake", "hold", "host", "limits", "pool_key",
                  "send_queue", "transport", "user")
 
     log = logs.logger()
@@ -79,7 +79,6 @@ class ChatProtocol:
         """
         self.ctx = ctx
         self.transport: ITransport | None = None
-        self.connected = 0
         self.user: User | None = None  # set by online()
         self.handshake: Handshake | None = None  # the session's, while it has one
         self.address = "-"
@@ -94,11 +93,13 @@ class ChatProtocol:
         # Input held while a command is decided elsewhere, and why reading
         # is paused for it: made only when needed.
         self.hold: InputHold | None = None
-        # Flood control (the server's FloodMeter): tokens left at the last
-        # line, and what dropped lines left (made at the first one).
+        # Flood control (the server's FloodMeter): tokens left as of
+        # _flood_at, and what dropped lines left (made at the first one).
         self._tokens = 0.0
+        self._flood_at = 0.0
         self._flooding: Flooding | None = None
-        # When the line counted last arrived (arrived(); a held one: when it was read).
+        # When the line counted last arrived (arrived(); a held one: when it
+        # was read): the idle timer's.  Over TCP it is _flood_at's float.
         self._last_line = 0.0
         self._pinged_at: float | None = None
         self._idle: Deadline | None = None  # on the server's shared Deadlines
@@ -113,6 +114,12 @@ class ChatProtocol:
         return self.ctx.clock
 
     @property
+    def connected(self) -> int:
+        """C{IProtocol}'s flag, derived rather than held (a slot less): only
+        C{makeConnection} sets a transport, and none is taken away."""
+        return 0 if self.transport is None else 1
+
+    @property
     def _socket(self) -> Closable:
         """Its transport as L{close_within} uses it (beyond C{ITransport}:
         it also aborts, pauses and resumes)."""
@@ -121,7 +128,6 @@ class ChatProtocol:
     # -- connection life ---------------------------------------------------
 
     def makeConnection(self, transport: ITransport) -> None:  # IProtocol
-        self.connected = 1
         self.transport = transport
         self.connectionMade()
 
@@ -159,7 +165,7 @@ class ChatProtocol:
         ctx = self.ctx
         ctx.start_watches()
         now = ctx.clock.seconds()
-        self._last_line = now
+        self._last_line = self._flood_at = now
         # With --flood-rate 0 the meter lets every line through, but still
         # rules on lines dropped by the per-address lobby limit.
         self._tokens = ctx.flood.full
@@ -433,7 +439,7 @@ class ChatProtocol:
             start = newline + 1
             # line_received's work, written out (the loop checked closing):
             # a call less on every line.
-            if self._count_line():
+            if self._count():
                 session.line_received(self, line)
             hold = self.hold
             if hold is not None and hold.waiting:
@@ -461,33 +467,47 @@ class ChatProtocol:
         line for the idle timer and flood control, so a peer that sends
         them too fast is warned and cut like one that sends lines too fast.
         @return: whether it may be answered."""
-        return not self.closing and self._count_line()
+        return not self.closing and self._count()
 
     def _too_long(self) -> None:
         """Check 1: the line is discarded whole, with one error."""
-        if self._count_line():
+        if self._count():
             self.write(wire.error(ErrorCode.TOO_LONG,
                                   f"lines may be at most {self.config.max_line} bytes"))
 
     def line_received(self, line: bytes) -> None:
-        if self.closing or not self._count_line():
+        if self.closing or not self._count():
             return
         self.ctx.session.line_received(self, line)
 
 
     # -- limits: flood control, the idle deadline (on the server's Deadlines) ----
 
-    def _count_line(self) -> bool:
-        """Every complete line resets the idle timer and spends a flood
-        token, as of when it arrived: now, or for a line held behind a
-        command, when it was read (L{InputHold.held_at}).
-        @return: whether the line may be handled."""
+    def _count(self, line: bool = True) -> bool:
+        """
+        A complete line arrived, or (not C{line}) a TLS record that ends
+        none (L{RecordChatProtocol}): now, or for a line held behind a
+        command, when it was read (L{InputHold.held_at}).  Each spends a
+        flood token as of then (C{_flood_at}: the time its tokens are as
+        of); only a line restarts the idle timer (C{_last_line}, which
+        L{_check_idle} runs from).
+        @return: whether it may be handled.
+        """
         # ctx, not the properties: a call less on every line.
         ctx = self.ctx
         hold = self.hold
         held_at = None if hold is None else hold.held_at
-        at = ctx.clock.seconds() if held_at is None else held_at
-        since, self._last_line = self._last_line, at
+        since = self._flood_at
+        if held_at is None:
+            at = self._flood_at = ctx.clock.seconds()
+        else:
+            at = held_at
+            if at > since:
+                self._flood_at = at
+            # else it came before a record counted since (read while the
+            # command waited): counted as of that, its refill is not had twice.
+        if line:
+            self._last_line = at
         allowed, self._tokens = ctx.flood.spend(self._tokens, since, at)
         if allowed:
             return True
@@ -534,9 +554,10 @@ class ChatProtocol:
         self._check_idle()
 
     def _check_idle(self) -> None:
-        """Runs when the connection may have been silent for --idle-timeout;
-        each line only records its time, so a busy connection costs no timer
-        work per line."""
+        """Runs when the connection may have been silent for --idle-timeout,
+        which runs from its last complete line (C{_last_line}: a TLS record
+        that ends none is no line); each line only records its time, so a
+        busy connection costs no timer work per line."""
         now = self.clock.seconds()
         hold = self.hold
         if hold is not None and hold.unread_for_node():
@@ -652,14 +673,11 @@ class RecordChatProtocol(ChatProtocol):
 
     def _take_record(self, data: bytes) -> None:
         """A TLS record that ends no line: it spends a flood token
-        (L{twisted_chat.server.limits.records}); one that finds none is
-        dropped with the line it was part of."""
+        (L{twisted_chat.server.limits.records}), and is no line for the idle
+        timer; one that finds none is dropped with the line it was part of."""
         if self.closing:
             return
-        last = self._last_line
-        allowed = self._count_line()
-        self._no_line(last)
-        if allowed:
+        if self._count(line=False):
             self._take(data)
             return
         hold = self.hold
@@ -668,12 +686,3 @@ class RecordChatProtocol(ChatProtocol):
             return
         self._buffer = b""
         self._discarding = True
-
-    def _no_line(self, last: float) -> None:
-        """A record's token spent, it is still no line: the idle timer runs
-        from C{last}, the last line's time, as over TCP.  The refill up to
-        now, kept, is taken off the tokens, counted again from C{last}."""
-        refilled = self._last_line - last
-        if refilled > 0.0:
-            self._tokens -= refilled * self.ctx.flood.rate
-        self._last_line = last

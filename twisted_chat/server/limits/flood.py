@@ -3,9 +3,10 @@ Flood control for one connection: a token bucket, and a penalty for the
 lines it drops (docs/protocol.md, "Limits").  Pure: time is passed in.
 
 The rule (L{FloodMeter}) is one object shared by every connection.  A
-connection holds only its token count, refilled since its last line, and
-once it has had a line dropped its L{Flooding} record: an idle connection
-costs one float here (docs/fanout.md, "Memory per connection").
+connection holds only its token count and the time it is as of (its last
+line's, or a TLS record's that ended none), and once it has had a line
+dropped its L{Flooding} record: an idle connection costs one float here
+(docs/fanout.md, "Memory per connection").
 """
 
 from __future__ import annotations
@@ -58,8 +59,8 @@ class FloodMeter:
     def spend(self, tokens: float, since: float, at: float) -> tuple[bool, float]:
         """
         A line came at C{at} (now, or when a held line arrived) to a
-        connection that had C{tokens} at C{since}, when its line before
-        came (a new one has C{burst}): whether it may be handled, and the
+        connection that had C{tokens} at C{since}, when it last spent one
+        (a new one has C{burst}): whether it may be handled, and the
         tokens the connection has after it.
         """
         rate = self.rate
