@@ -56,8 +56,8 @@ from zope.interface import implementer
 from twisted_chat.server import logs
 from twisted_chat.server.factory import ChatFactory
 from twisted_chat.server.limits.closing import (
-    READS_AFTER_CLOSE,
     Linger,
+    ReadsAfterClose,
     close_within,
     drop_unread,
 )
@@ -229,8 +229,7 @@ class WebSocketTransport:
         self._socket.unread = True
 
     def resumeProducing(self) -> None:
-        self._socket.tcp.resumeProducing()
-        self._socket.read_again()
+        self._socket.resume_reading()
 
     def stopProducing(self) -> None:
         self.abortConnection()
@@ -290,7 +289,8 @@ class ChatWebSocket(WebSocketServerProtocol):
     # abort of the TCP connection is a close that lingers (L{dropConnection}).
     _answered = False
     _after_close = 0  # frames read since the close was sent (FRAMES_AFTER_CLOSE)
-    _reads_after_close = 0  # reads since then (READS_AFTER_CLOSE)
+    # Reads since then, the TCP (or TLS) close's after it (READS_AFTER_CLOSE).
+    _reads_after_close: ReadsAfterClose | None = None
     _frames_begun = 0  # frame headers parsed, for a TLS record's charge
 
     @property
@@ -417,23 +417,29 @@ class ChatWebSocket(WebSocketServerProtocol):
         unchanged meanwhile, and what came behind a refused upgrade in the
         same read (under TLS, handed over a record at a time) was parsed
         as the same request again: one more C{400}, one more log line.
+        After the server's close frame, reads are bounded as a close's are
+        (L{ReadsAfterClose}: one count with the TCP close's, L{Linger}).
         """
         linger = self._linger
         if linger is not None:
             linger.read()  # under TLS it reads on, for a few reads
             return
         if self.state == self.STATE_CLOSING:
-            self._reads_after_close += 1
-            if self._reads_after_close > READS_AFTER_CLOSE:
-                if self._reads_after_close == READS_AFTER_CLOSE + 1:
-                    self.tcp.pauseProducing()  # the close grace ends it
-                return
+            if not self._closing_reads().read():
+                return  # reading has stopped: the close grace ends it
         elif (self.state == self.STATE_OPEN and not self.unread
               and reads_records(self.tcp)):
             self._read_record(data)
             return
         # autobahn's formats a debug log line's arguments on every read.
         self._dataReceived(data)
+
+    def _closing_reads(self) -> ReadsAfterClose:
+        """The reads since the server's close frame (made at the first)."""
+        reads = self._reads_after_close
+        if reads is None:
+            reads = self._reads_after_close = ReadsAfterClose(self.tcp)
+        return reads
 
     def _read_record(self, data: bytes) -> None:
         """
@@ -491,6 +497,20 @@ class ChatWebSocket(WebSocketServerProtocol):
         self._frames_begun += 1
         if self.state == self.STATE_CLOSING:
             self._after_close += 1
+
+    def resume_reading(self) -> None:
+        """
+        The chat connection reads again (L{WebSocketTransport}): the TCP (or
+        TLS) transport resumes, unless a close has its reading now (its TCP
+        close under way, L{Linger}, or reading stopped for good,
+        L{ReadsAfterClose}): a command decided after the server's close
+        frame resumed it, and a peer sending on was read, record by record,
+        until the close grace.
+        """
+        reads = self._reads_after_close
+        if self._linger is None and (reads is None or not reads.stopped):
+            self.tcp.resumeProducing()
+        self.read_again()
 
     def read_again(self) -> None:
         """The chat connection reads again: the frames that waited are
@@ -716,7 +736,8 @@ class ChatWebSocket(WebSocketServerProtocol):
         if ((not abort or self._answered) and self.state != self.STATE_CLOSED
                 and transport is not None and self._linger is None):
             self._linger = close_within(transport, self.factory.reactor,
-                                        self.factory.close_grace, self._drop_unread_and_close)
+                                        self.factory.close_grace, self._drop_unread_and_close,
+                                        reads=self._reads_after_close)
         else:
             super().dropConnection(abort)
 

@@ -8,8 +8,9 @@ limit.  The chat connection, a refused one, the web port's and the metrics
 port's HTTP connections, and a WebSocket close all close this way
 (L{close_within}).  L{drop_unread} clears what a peer sent that the
 server did not read, before a close that should not be a reset.
-L{GoneTransport} stands in for the transport of a connection whose peer
-went while lines it sent wait behind a command.
+L{ReadsAfterClose} bounds what a close still reads.  L{GoneTransport}
+stands in for the transport of a connection whose peer went while lines
+it sent wait behind a command.
 """
 
 from __future__ import annotations
@@ -41,9 +42,10 @@ LOOK_FAILED_EVERY = 3600.0
 #: (L{drop_unread}), or twice C{--rcvbuf} when that is more.  Past it (with
 #: C{--rcvbuf 0}, the kernel's autotuning) the close is a reset, as before.
 UNREAD_DROPPED = 128 * 1024
-#: Reads a close lets through once made (L{Linger.read}): under TLS it reads
-#: on for the peer's close_notify, which is no read of the protocol's, so a
-#: peer still sending after this many is read no more (the abort ends it).
+#: Reads a close lets through once decided (L{ReadsAfterClose}): under TLS
+#: it reads on for the peer's close_notify, which is no read of the
+#: protocol's, so a peer still sending after this many is read no more (the
+#: abort ends it).
 READS_AFTER_CLOSE = 64
 # Where L{drop_unread} reads what it drops (the reactor's thread only).
 _DROPPED = bytearray(64 * 1024)
@@ -61,6 +63,40 @@ class Closable(Protocol):
     def pauseProducing(self) -> None: ...
 
     def resumeProducing(self) -> None: ...
+
+
+class ReadsAfterClose:
+    """
+    The reads a close lets through once it is decided: under TLS it reads
+    on for the peer's close_notify, which is no read of the protocol's, and
+    each record is a read, decrypted whether or not it is wanted (a peer
+    sending one-byte records for the whole grace took most of the server's
+    core from four addresses).  Past L{READS_AFTER_CLOSE}, reading stops
+    for good and the close's grace ends it: nothing may resume it
+    (L{stopped}).  One count per close, L{Linger}'s and the WebSocket
+    gateway's between its close frame and its TCP close alike.
+    """
+
+    __slots__ = ("_reads", "_transport")
+
+    def __init__(self, transport: Closable) -> None:
+        self._transport = transport
+        self._reads = 0
+
+    def read(self) -> bool:
+        """One more read: whether it may still be handled.  The first one
+        past the bound stops the transport's reading."""
+        self._reads += 1
+        if self._reads <= READS_AFTER_CLOSE:
+            return True
+        if self._reads == READS_AFTER_CLOSE + 1:
+            self._transport.pauseProducing()
+        return False
+
+    @property
+    def stopped(self) -> bool:
+        """Whether reading has stopped for good: a resume would read on."""
+        return self._reads > READS_AFTER_CLOSE
 
 
 #: Each clock's sweep (L{sweep_of}), by the clock's id, for as long as a
@@ -128,12 +164,18 @@ class Linger:
                  "_reads", "_sweep", "_transport", "_wait")
 
     def __init__(self, transport: Closable, clock: IReactorTime, grace: float,
-                 close: Callable[[], object], held: Callable[[Closable], int] = owed) -> None:
+                 close: Callable[[], object], held: Callable[[Closable], int] = owed,
+                 reads: ReadsAfterClose | None = None) -> None:
+        """
+        @param reads: the count of reads since the close was decided, if
+            its owner began one before (the WebSocket gateway's, from its
+            close frame); else made at the first read (L{read}).
+        """
         self._transport = transport
         self._close: Callable[[], object] | None = close
         self._held = held
         self._paused = False
-        self._reads = 0  # reads of the protocol's since the close was decided
+        self._reads = reads
         self._clock = clock
         self._sweep = sweep_of(clock)
         self._entry: Deadline | None = None  # None once aborted or cancelled
@@ -159,7 +201,8 @@ class Linger:
     def _close_now(self) -> None:
         self._next_look = inf
         self._enter()  # the abort's, until the connection is lost
-        if self._paused and self._reads <= READS_AFTER_CLOSE:
+        reads = self._reads
+        if self._paused and (reads is None or not reads.stopped):
             # As before the wait: a TLS close reads on for the peer's
             # close_notify (a TCP one stops reading itself).
             self._transport.resumeProducing()
@@ -190,17 +233,14 @@ class Linger:
         self._transport.abortConnection()
 
     def read(self) -> None:
-        """
-        The protocol read more after the close was decided.  Past
+        """The protocol read more after the close was decided: past
         L{READS_AFTER_CLOSE}, reading stops for good and the abort ends the
-        close: under TLS each record is a read, decrypted whether or not it
-        is wanted, and a peer sending one-byte records for the whole grace
-        took most of the server's core from four addresses.
-        """
-        self._reads += 1
-        if self._reads == READS_AFTER_CLOSE + 1:
+        close (L{ReadsAfterClose})."""
+        reads = self._reads
+        if reads is None:
+            reads = self._reads = ReadsAfterClose(self._transport)
+        if not reads.read():
             self._paused = True
-            self._transport.pauseProducing()
 
     def made(self) -> bool:
         """Whether the close is made: already, or now, the peer having
@@ -243,17 +283,20 @@ class Linger:
 
 
 def close_within(transport: Closable, clock: IReactorTime, grace: float,
-                 close: Callable[[], object] | None = None) -> Linger:
+                 close: Callable[[], object] | None = None,
+                 reads: ReadsAfterClose | None = None) -> Linger:
     """
     Close C{transport} (by C{close}, where the protocol has its own way; by
     default the transport's C{loseConnection}) once its peer has taken what
     was written to it, and abort it C{grace} seconds from now if the peer
-    has not completed the close by then (L{Linger}).
+    has not completed the close by then (L{Linger}).  C{reads}: the reads
+    already counted since the close was decided, if any (L{Linger}).
 
     @return: the close under way, for the caller to L{Linger.cancel}
         when the connection is lost (the close completed in time).
     """
-    return Linger(transport, clock, grace, transport.loseConnection if close is None else close)
+    return Linger(transport, clock, grace, transport.loseConnection if close is None else close,
+                  reads=reads)
 
 
 def drop_unread(transport: Any, rcvbuf: int) -> int:
