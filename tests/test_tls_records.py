@@ -254,3 +254,30 @@ def test_a_record_read_behind_a_command_neither_drops_nor_refills_the_held_line(
         mallory.send_raw(line)
     said = mallory.take()
     assert said[0] == "PONG e" and any(line.startswith("ERROR flood") for line in said), said
+
+
+def test_records_read_while_a_command_waits_count_the_held_lines_after_them(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """A line held behind a command is counted as of when it arrived, but
+    not before what was counted since (InputHold._replay): records that
+    end no line, read while it waited, come before it.  Before, such a
+    record left its time uncounted (only the idle timer's was kept), the
+    refill since the last line was taken off the tokens, and the held line,
+    counted from its earlier arrival, was dropped for a flood it never
+    made (here with seven tokens in hand)."""
+    from tests.test_protocol import _first_command_waits
+
+    h = Harness(flood_rate=1.0, flood_burst=10)
+    bob = h.user("bob")
+    alice = tls_user(h, "alice", "192.0.2.11")
+    pending = _first_command_waits(h, monkeypatch)
+    run_for(h.clock, 10)  # a full burst
+    alice.send("MSG first")  # waits: 9 tokens
+    run_for(h.clock, 1)
+    alice.send("MSG held")  # held, as of now
+    run_for(h.clock, 9)
+    one_byte_records(alice, b"MSG")  # 3 tokens, the burst refilled: 7 left
+    pending[0].callback(None)
+    h.clock.advance(0)
+    assert not any(line.startswith("ERROR") for line in alice.take())
+    assert [line.split(" ", 4)[-1] for line in bob.take()[-2:]] == ["first", "held"]

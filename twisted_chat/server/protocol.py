@@ -462,12 +462,15 @@ class ChatProtocol:
             self.line_received(line)
 
     def control_received(self) -> bool:
-        """A control message with no line in it, from a transport that has
-        them (a WebSocket ping: twisted_chat.web.gateway): it counts as a
-        line for the idle timer and flood control, so a peer that sends
-        them too fast is warned and cut like one that sends lines too fast.
+        """A frame with no line in it, from a transport that has them (a
+        WebSocket ping, pong or continuation frame, or a TLS record in
+        which no frame begins: twisted_chat.web.gateway): it spends a flood
+        token as a line does, so a peer that sends them too fast is warned
+        and cut like one that sends lines too fast, but it is no line for
+        the idle timer (L{_count}): only a line keeps a connection from
+        idle or answers the server's C{PING}.
         @return: whether it may be answered."""
-        return not self.closing and self._count()
+        return not self.closing and self._count(line=False)
 
     def _too_long(self) -> None:
         """Check 1: the line is discarded whole, with one error."""

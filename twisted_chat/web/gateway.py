@@ -26,7 +26,9 @@ of it than C{--max-line} (and a terminator) is kept while it arrives.
 
 Every frame costs what a line costs: a message's first frame is its line,
 and each frame after it, each ping and each (unsolicited) pong spends a
-flood token, so that frames carrying no line cannot be sent for free.
+flood token, so that frames carrying no line cannot be sent for free.  They
+are no line for the idle timer, though, as on the chat port: only a
+message keeps a connection from idle or answers the server's C{PING}.
 
 autobahn's own log lines are not written (L{_autobahn_log}): a refused
 upgrade made it write two lines, each quoting a request header in full
@@ -549,8 +551,9 @@ class ChatWebSocket(WebSocketServerProtocol):
 
     def _charge(self) -> bool:
         """A frame that carries no line spends a flood token, as a line
-        does (L{ChatProtocol.control_received}): whether it may be acted
-        on.  Not before the chat connection exists (a refusal: it closes)."""
+        does, and is no line for the idle timer
+        (L{ChatProtocol.control_received}): whether it may be acted on.
+        Not before the chat connection exists (a refusal: it closes)."""
         chat = self.chat
         return chat is not None and chat.control_received()
 
