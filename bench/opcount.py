@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import collections
+import linecache
 import os
 import socket
 import sys
@@ -50,6 +51,7 @@ class Counter:
     def __init__(self) -> None:
         self.ops: collections.Counter[tuple[str, str]] = collections.Counter()
         self.calls: collections.Counter[tuple[str, str]] = collections.Counter()
+        self.lines: collections.Counter[tuple[str, int]] = collections.Counter()
 
     def trace(self, frame: FrameType, event: str, arg: object) -> Any:
         code = frame.f_code
@@ -65,6 +67,7 @@ class Counter:
         if event == "opcode":
             code = frame.f_code
             self.ops[(code.co_filename, code.co_qualname)] += 1
+            self.lines[(code.co_filename, frame.f_lineno)] += 1
         return self.local
 
     def run(self, work: Any, *args: Any) -> None:
@@ -158,7 +161,7 @@ def measure(reactor: Any, clients: int, messages: int) -> tuple[Counter, int]:
     return counter, turns
 
 
-def report(counter: Counter, messages: int, turns: int, top: int) -> str:
+def report(counter: Counter, messages: int, turns: int, top: int, lines: int = 0) -> str:
     ops_by: collections.Counter[str] = collections.Counter()
     calls_by: collections.Counter[str] = collections.Counter()
     for (filename, _), n in counter.ops.items():
@@ -180,6 +183,14 @@ def report(counter: Counter, messages: int, turns: int, top: int) -> str:
         where = "/".join(module[-2:])
         calls = counter.calls[(filename, name)]
         out.append(f"{n / messages:10.1f} {calls / messages:7.2f}  {where}:{name}")
+    if lines:
+        out += ["", f"{'bytecodes':>10}  line of our code (per message)"]
+        ours = [(key, n) for key, n in counter.lines.items() if part(key[0]) == "ours"]
+        ours.sort(key=lambda item: -item[1])
+        for (filename, lineno), n in ours[:lines]:
+            where = "/".join(filename.rsplit(os.sep, 2)[-2:])
+            out.append(f"{n / messages:10.1f}  {where}:{lineno}  "
+                       f"{linecache.getline(filename, lineno).strip()}")
     return "\n".join(out)
 
 
@@ -188,6 +199,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--clients", type=int, default=100)
     ap.add_argument("--messages", type=int, default=200)
     ap.add_argument("--top", type=int, default=30)
+    ap.add_argument("--lines", type=int, default=0,
+                    help="also the lines of our code with the most bytecodes")
     args = ap.parse_args(argv)
     from twisted.internet import epollreactor
 
@@ -195,7 +208,7 @@ def main(argv: list[str] | None = None) -> int:
     from twisted.internet import reactor
 
     counter, turns = measure(reactor, args.clients, args.messages)
-    print(report(counter, args.messages, turns, args.top))
+    print(report(counter, args.messages, turns, args.top, args.lines))
     return 0
 
 
