@@ -612,6 +612,27 @@ def test_lines_in_same_chunk_after_bye_are_ignored(h: Harness) -> None:
 # -- framing -------------------------------------------------------------------
 
 
+def test_a_read_of_one_line_after_bye_is_ignored(h: Harness) -> None:
+    """A read that is one whole line (framed on a path of its own) is not
+    handled once the connection is closing."""
+    alice, bob = h.user("alice"), h.user("bob")
+    bob.send_raw(b"BYE\r\n")
+    bob.send_raw(b"MSG ghost\r\n")
+    assert alice.take() == [f"LEFT {ts(h)} bob quit"]
+
+
+def test_a_read_of_one_line_ending_a_discarded_line_is_discarded() -> None:
+    """The end of an over-long line that comes in a read of its own is
+    still part of it: discarded, not handled as a line."""
+    h = Harness(max_line=20)
+    alice = h.user("alice")
+    alice.send_raw(b"MSG " + b"z" * 30)
+    assert alice.take() == ["ERROR too-long lines may be at most 20 bytes"]
+    alice.send_raw(b"HELP tail\r\n")
+    alice.send_raw(b"MSG after\r\n")
+    assert alice.take() == [f"MSG {ts(h)} alice * after"]
+
+
 def test_lf_and_crlf_terminators(h: Harness) -> None:
     alice = h.user("alice")
     alice.send_raw(b"MSG lf\nMSG crlf\r\n")

@@ -409,6 +409,20 @@ class ChatProtocol:
         if self._buffer:
             data = self._buffer + data
             self._buffer = b""
+        elif data.find(b"\n") == len(data) - 1 > 0 and not (self._discarding or self.closing):
+            # One whole line, ending the read (the commonest read): the loop
+            # below, written out for it.
+            line = data[:-2] if data.endswith(b"\r\n") else data[:-1]
+            ctx = self.ctx
+            if len(line) > ctx.config.max_line:
+                self._too_long()
+                return
+            if self._count_line():
+                ctx.session.line_received(self, line)
+            hold = self.hold
+            if hold is not None and hold.waiting:
+                hold.take_rest(b"")
+            return
         ctx = self.ctx
         limit = ctx.config.max_line  # (not self.config: a call less a read)
         session = ctx.session
