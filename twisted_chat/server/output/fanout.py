@@ -300,16 +300,12 @@ class LobbyFanout:
         if not pending:
             return
         self._pending = []
-        shared, shared_bytes = self._shares
-        if self._gone:
-            self._gone = {}
-            self._shares = (0, 0)
         observe = self._on_batch
         began = self._timer() if observe is not None else 0.0
         lines = len(pending)
         data = pending[0] if lines == 1 else b"".join(pending)
-        late = self._late
         members = self._members()
+        late = self._late
         if not late:
             count = len(members)
             write_all = self._write_all
@@ -322,28 +318,44 @@ class LobbyFanout:
                     member.deliver(data)
             deliveries, sent = lines * count, len(data) * count
         else:
-            # Someone joined while the lines were gathered: the rare path,
-            # where what each member got is added up as it goes.
             self._late = {}
-            deliveries = sent = 0
-            for member in members:
-                if member.closing:
-                    continue
-                start = late.get(member)
-                if start is None:
-                    member.deliver(data)
-                    deliveries += lines
-                    sent += len(data)
-                elif start < lines:
-                    part = b"".join(pending[start:])
-                    member.deliver(part)
-                    deliveries += lines - start
-                    sent += len(part)
+            deliveries, sent = _deliver_late(pending, data, members, late)
+        if self._gone:
+            # Lines given to leavers (leaving) since the last flush: counted
+            # in this batch's report.  (With the batch taken, a leaver now
+            # has nothing to be given, so these could go before or after.)
+            self._gone = {}
+            (shared, shared_bytes), self._shares = self._shares, (0, 0)
+            deliveries += shared
+            sent += shared_bytes
         if observe is not None:
-            observe(lines, deliveries + shared, sent + shared_bytes, self._timer() - began)
+            observe(lines, deliveries, sent, self._timer() - began)
 
     def shutdown(self) -> None:
         """Deliver what waits: the server is about to say goodbye; what is
         added after (the departures it makes) goes to nobody."""
         self.flush()
         self._shut = True
+
+
+def _deliver_late(pending: list[bytes], data: bytes, members: Collection[Member],
+                  late: dict[Member, int]) -> tuple[int, int]:
+    """L{LobbyFanout.flush}'s rare path: someone joined while the lines
+    were gathered (C{late}: where each one's share starts), so what each
+    member got is added up as it goes: the lines and bytes, returned."""
+    lines = len(pending)
+    deliveries = sent = 0
+    for member in members:
+        if member.closing:
+            continue
+        start = late.get(member)
+        if start is None:
+            member.deliver(data)
+            deliveries += lines
+            sent += len(data)
+        elif start < lines:
+            part = b"".join(pending[start:])
+            member.deliver(part)
+            deliveries += lines - start
+            sent += len(part)
+    return deliveries, sent
