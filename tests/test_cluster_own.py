@@ -492,7 +492,7 @@ def test_pairs_shown_says_what_a_connection_was_shown_when_and_forgets() -> None
     assert shown.as_of(object(), 1.0, "now", since=0.0) == "now"
     assert shown.as_of(ann, 9.0, "uid-bob", since=10.0) == ""  # the first is forgotten
     assert shown.as_of(ann, 9.0, "uid-bob", since=12.0) == "uid-bob"
-    assert shown._by_conn == {} and not shown._order
+    assert shown.by_conn == {} and not shown._order
 
 
 def test_pairs_shown_forgets_a_connection_that_is_gone() -> None:
@@ -505,7 +505,7 @@ def test_pairs_shown_forgets_a_connection_that_is_gone() -> None:
     shown.changed(ann, 12.0, "", since=0.0)
     shown.forget(ann)
     assert len(shown) == 1
-    assert list(shown._by_conn) == [bob]
+    assert list(shown.by_conn) == [bob]
     assert shown.as_of(ann, 9.0, "now", since=0.0) == "now"
     ann_ref = weakref.ref(ann)
     del ann
@@ -514,7 +514,7 @@ def test_pairs_shown_forgets_a_connection_that_is_gone() -> None:
     shown.forget(object())  # never shown anything
     assert shown.as_of(bob, 10.0, "", since=0.0) == "uid-ann"
     assert shown.as_of(bob, 10.0, "", since=12.0) == ""  # the forgotten expire too
-    assert len(shown) == 0 and not shown._order and shown._by_conn == {}
+    assert len(shown) == 0 and not shown._order and shown.by_conn == {}
 
 
 class Gone:
@@ -537,7 +537,7 @@ def test_pairs_shown_forgets_a_mass_disconnect_in_linear_work() -> None:
                 shown.forget(conn)
 
         lines = traced_lines(leave_all, sys.modules[PairsShown.__module__].__file__ or "")
-        assert len(shown) == 0 and shown._by_conn == {}
+        assert len(shown) == 0 and shown.by_conn == {}
         return lines
 
     small, large = disconnect(200), disconnect(400)

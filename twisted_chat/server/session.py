@@ -401,18 +401,24 @@ class Session:
         # One server: a held line meant for the pair that ended meanwhile
         # (or for the lobby, its sender paired meanwhile) is "not sent",
         # before any limit judges it.
-        factory.state.as_meant(user)
+        state = factory.state
+        state.as_meant(user)
         if user.state is _LOBBY:
+            due = state.deadline(conn)  # None on one server: nothing waits
+            left = 0.0
+            if due is not None:
+                left = due - conn.clock.seconds()
+                if left <= 0:
+                    # Held past its wait (a cluster's --redis-wait): answered
+                    # "not sent" without spending its address's lobby budget.
+                    return fail(state.too_late())
+            limits = conn.limits
+            # An exempt address (None) has no lobby budget: nothing to ask.
+            if limits is None:
+                return state.say(user, text)
             if at is None:
                 at = conn.held_at  # None unless the line was held: it came now
-            state = factory.state
-            due = state.deadline(conn)  # None on one server: nothing waits
-            left = 0.0 if due is None else due - conn.clock.seconds()
-            if due is not None and left <= 0:
-                # Held past its wait (a cluster's --redis-wait): answered
-                # "not sent" without spending its address's lobby budget.
-                return fail(state.too_late())
-            allowed = factory.addresses.lobby_line(conn.limits, at)
+            allowed = factory.addresses.lobby_line(limits, at)
             if allowed is not True:
                 if allowed is not False:
                     # Cluster mode: the address's count is being asked for
@@ -431,9 +437,8 @@ class Session:
                     "ip_lobby_rate",
                 )
                 return None
-            limits = conn.limits
             outcome = state.say(user, text)
-            if outcome is not None and limits is not None:
+            if outcome is not None:
                 # Cluster mode: a line taken back ("not sent": its wait
                 # ended, the node's queue was full, Redis lost it) gives
                 # its address's lobby token back.
@@ -444,7 +449,7 @@ class Session:
             # A pair's MSG is a private line like a DM (chat/1: it "looks
             # like a DM from the partner"), so it is held back alike.
             self._not_backed_up(user, partner.nick, wire.PRIVATE_MESSAGES)
-        return factory.state.say(user, text)
+        return state.say(user, text)
 
     def _not_said(self, failure: Failure, limits: Address) -> Failure:
         error = failure.value

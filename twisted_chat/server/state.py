@@ -216,7 +216,9 @@ class LocalState:
                                      now - HELD_KEEP)
 
     def as_meant(self, user: User) -> None:
-        if self.pairs_shown:  # rare: a pair changed while a connection waited
+        # Rare: a pair changed while a connection waited.  (The dict, not
+        # len(): no Python call on every MSG.)
+        if self.pairs_shown.by_conn:
             self._as_meant(user)
 
     def say(self, user: User, text: str) -> Outcome:
@@ -288,11 +290,12 @@ class PairsShown:
     server, L{HELD_KEEP}).
     """
 
-    __slots__ = ("_by_conn", "_forgotten", "_order")
+    __slots__ = ("_forgotten", "_order", "by_conn")
 
     def __init__(self) -> None:
-        # By connection, oldest first.
-        self._by_conn: dict[Any, deque[_Shown]] = {}
+        # By connection, oldest first (read-only outside: empty when no
+        # change is kept but a forgotten connection's).
+        self.by_conn: dict[Any, deque[_Shown]] = {}
         # Every change, oldest first, for their expiry; a forgotten
         # connection's stay until then, let go of it (forget).
         self._order: deque[_Shown] = deque()
@@ -302,7 +305,7 @@ class PairsShown:
         """C{conn} was just shown a pairing or its end; until then, C{before}."""
         self._expire(since)
         shown = _Shown(now, before, conn)
-        self._by_conn.setdefault(conn, deque()).append(shown)
+        self.by_conn.setdefault(conn, deque()).append(shown)
         self._order.append(shown)
 
     def __len__(self) -> int:
@@ -314,7 +317,7 @@ class PairsShown:
         the same instant counts as before it): C{current} unless it was
         shown a change since."""
         self._expire(since)
-        for shown in self._by_conn.get(conn, ()):
+        for shown in self.by_conn.get(conn, ()):
             if shown.when > at:
                 return shown.before
         return current
@@ -325,7 +328,7 @@ class PairsShown:
         Its changes let go of it and are skipped at their expiry: the work
         is its own changes', not every kept one's (a mass disconnect was
         quadratic in the changes kept)."""
-        changes = self._by_conn.pop(conn, None)
+        changes = self.by_conn.pop(conn, None)
         if changes is None:
             return
         for shown in changes:
@@ -342,10 +345,10 @@ class PairsShown:
             if conn is None:
                 self._forgotten -= 1
                 continue
-            changes = self._by_conn[conn]
+            changes = self.by_conn[conn]
             changes.popleft()
             if not changes:
-                del self._by_conn[conn]
+                del self.by_conn[conn]
 
 
 class _Shown:
