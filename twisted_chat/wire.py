@@ -474,11 +474,13 @@ def msg_line(ts: float, sender: str, recipient: str, text: str) -> bytes:
     """
     C{line("MSG", format_ts(ts), sender, recipient, text=text)} in one
     f-string: every lobby and private message is one, so its generic
-    joins are left out.
+    joins are left out, and L{format_ts} is written out.
     """
     if not text:
         return line("MSG", format_ts(ts), sender, recipient)
-    return f"MSG {format_ts(ts)} {sender} {recipient} {text}\r\n".encode()
+    whole, ms = divmod(int(ts * 1000), 1000)
+    return (f"MSG {_format_second(whole)}{_MILLISECONDS[ms]} {sender} {recipient} {text}\r\n"
+            .encode())
 
 
 # ".000Z" to ".999Z": a timestamp's end is looked up, not formatted (an

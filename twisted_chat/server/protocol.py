@@ -409,7 +409,8 @@ class ChatProtocol:
         if self._buffer:
             data = self._buffer + data
             self._buffer = b""
-        elif data.find(b"\n") == len(data) - 1 > 0 and not (self._discarding or self.closing):
+        elif (data.endswith(b"\n") and data.count(b"\n") == 1
+              and not (self._discarding or self.closing)):
             # One whole line, ending the read (the commonest read): the loop
             # below, written out for it.
             line = data[:-2] if data.endswith(b"\r\n") else data[:-1]
@@ -513,12 +514,11 @@ class ChatProtocol:
         # ctx, not the properties: a call less on every line.
         ctx = self.ctx
         hold = self.hold
-        held_at = None if hold is None else hold.held_at
         since = self._flood_at
-        if held_at is None:
+        if hold is None or hold.held_at is None:
             at = self._flood_at = ctx.clock.seconds()
         else:
-            at = held_at
+            at = hold.held_at
             if at > since:
                 self._flood_at = at
             # else it came before a record counted since (read while the

@@ -416,7 +416,6 @@ def send_all(members: Sequence[Sending], socks: Sequence[socket.socket], data: b
     over C{socket.send}.  A send that takes part of C{data}, or fails, is
     finished by its queue's own path (L{SendQueue.took}).
     """
-    n = len(data)
     if send_many is not None:
         taken = send_many(socks, data)
         if taken is None:
@@ -432,8 +431,9 @@ def send_all(members: Sequence[Sending], socks: Sequence[socket.socket], data: b
                                    repeat(data)))
             except OSError:
                 results.append(0)
-        if sum(results) == n * len(results):  # each took at most n: no one took less
+        if sum(results) == len(data) * len(results):  # none took more: none took less
             return
+    n = len(data)
     for member, sent in zip(members, results, strict=True):
         queue = member.send_queue
         if sent != n and queue is not None:
