@@ -418,7 +418,7 @@ class ChatProtocol:
             if len(line) > ctx.config.max_line:
                 self._too_long()
                 return
-            if self._count_line():
+            if self._count():
                 ctx.session.line_received(self, line)
             hold = self.hold
             if hold is not None and hold.waiting:
