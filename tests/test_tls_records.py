@@ -281,3 +281,104 @@ def test_records_read_while_a_command_waits_count_the_held_lines_after_them(
     h.clock.advance(0)
     assert not any(line.startswith("ERROR") for line in alice.take())
     assert [line.split(" ", 4)[-1] for line in bob.take()[-2:]] == ["first", "held"]
+
+
+def _replies(conn: Conn) -> list[str]:
+    """Its PONGs and ERRORs (not the lobby's lines)."""
+    return [line.split(" (")[0] for line in conn.take() if line.startswith(("PONG", "ERROR"))]
+
+
+@pytest.mark.parametrize("records", [
+    (b"MSG first\r\n", b"PI", b"NG", b" a\r\n"),
+    (b"MSG first\r\nPI", b"NG", b" a\r\n"),  # the rest of the waiting line's record
+], ids=["records-after-the-line", "the-waiting-line-s-record-too"])
+def test_records_held_behind_a_command_are_charged_as_if_nothing_were_held(
+        monkeypatch: pytest.MonkeyPatch, records: tuple[bytes, ...]) -> None:
+    """A line sent as several records while a command waits costs what it
+    costs when nothing waits: a token per record that ends no line, one per
+    line (before, a held record was charged when read and again when handed
+    back, and the rest of the waiting line's record as a record of its own:
+    the lines after it found fewer tokens)."""
+    h = Harness(flood_rate=1.0, flood_burst=10)
+    pending = _first_command_waits(h, monkeypatch)
+    mallory = tls_user(h, "mallory", "192.0.2.14")
+    alice = tls_user(h, "alice", "192.0.2.15")
+    said = {}
+    for conn in (mallory, alice):  # mallory's MSG waits, alice's not
+        for record in records:
+            conn.send_raw(record)
+        if pending and not pending[0].called:
+            assert _replies(conn) == []
+            pending[0].callback(None)
+            h.clock.advance(0)
+        conn.send(*(f"PING {i}" for i in range(8)))
+        said[conn.protocol.user.nick] = _replies(conn)
+    assert said["mallory"] == said["alice"], said
+    assert said["alice"][0] == "PONG a" and said["alice"][-1].startswith("ERROR flood"), said
+
+
+@pytest.mark.parametrize(("burst", "held", "after"), [
+    (5, (b"PI", b"NG", b" a", b"x", b"y\r\n"), ()),  # 2, 1, 0, refused
+    (2, (b"PI",), (b"NG a\r\n",)),  # refused, the first thing held
+], ids=["after-records-held", "first-held"])
+def test_a_record_refused_behind_a_command_drops_its_line_once(
+        monkeypatch: pytest.MonkeyPatch, burst: int, held: tuple[bytes, ...],
+        after: tuple[bytes, ...]) -> None:
+    """A record that finds no token while a command waits is refused then
+    (ERROR flood): the line it was part of is dropped when its turn comes,
+    up to its newline, and counted as dropped once (before, each of its
+    records was refused again when handed back, adding to the penalty that
+    ends in BYE flood)."""
+    h = Harness(flood_rate=1.0, flood_burst=burst)
+    pending = _first_command_waits(h, monkeypatch)
+    mallory = tls_user(h, "mallory", "192.0.2.16")
+    mallory.send("MSG first")  # it waits
+    for record in held:
+        mallory.send_raw(record)
+    said = mallory.take()
+    assert len(said) == 1 and said[0].startswith("ERROR flood"), said
+    pending[0].callback(None)
+    h.clock.advance(0)
+    for record in after:
+        mallory.send_raw(record)
+    said = mallory.take()
+    assert len(said) == 1 and said[0].endswith(" mallory * first"), said
+    assert h.factory.stats.dropped_lines["flood_rate"] == 1
+    run_for(h.clock, 2)
+    mallory.send("PING b")
+    assert mallory.take() == ["PONG b"]
+
+
+def test_records_refused_in_a_row_behind_a_command_hold_one_mark(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Records refused one after another while a command waits drop the
+    same line: the hold keeps one mark for them, not a read each."""
+    h = Harness(flood_rate=1.0, flood_burst=5)
+    pending = _first_command_waits(h, monkeypatch)
+    mallory = tls_user(h, "mallory", "192.0.2.17")
+    mallory.send("MSG first")  # 3 tokens, and it waits
+    one_byte_records(mallory, b"PINGxyz")  # PIN spend them, G x y z are refused
+    hold = mallory.protocol.hold
+    assert hold is not None and [end for end, _ in hold.reads] == [1, 2, 3, 3]
+    pending[0].callback(None)
+    h.clock.advance(0)
+    mallory.send_raw(b" a\r\n")
+    said = mallory.take()
+    assert len(said) == 2 and said[0].startswith("ERROR flood"), said
+    assert said[1].endswith(" mallory * first"), said
+
+
+def test_an_empty_read_held_behind_a_command_drops_nothing(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """A read of nothing (no transport makes one) held behind a command is
+    not taken for the mark of a refused record: the line around it stays."""
+    h = Harness()
+    pending = _first_command_waits(h, monkeypatch)
+    alice = h.user("alice", "192.0.2.18")
+    alice.send("MSG first")
+    alice.send_raw(b"PING ")
+    alice.protocol.dataReceived(b"")
+    alice.send_raw(b"a\r\n")
+    pending[0].callback(None)
+    h.clock.advance(0)
+    assert alice.take()[-1] == "PONG a"

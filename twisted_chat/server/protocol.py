@@ -461,6 +461,17 @@ class ChatProtocol:
                 hold.take_rest(data[start:])
                 return
 
+    def held_read(self, data: bytes) -> None:  # InputHold's
+        """Bytes held behind a command, handed back: framed as a read is,
+        but a TLS record that ended no line spent its token as it was read
+        (L{RecordChatProtocol}), not again.  Nothing: a record refused
+        then, whose line is dropped now (L{InputHold.drop_line})."""
+        if data:
+            self.ctx.fanout.read(self._take, data)
+        else:
+            self._buffer = b""
+            self._discarding = True
+
     def message_received(self, line: bytes) -> None:
         """One whole line from a transport that frames messages itself (the
         web client's WebSocket: twisted_chat.web.gateway): the length check
@@ -699,7 +710,7 @@ class RecordChatProtocol(ChatProtocol):
             return
         hold = self.hold
         if hold is not None and hold.waiting:
-            hold.take(data)  # the held part of its line comes first
+            hold.drop_line()  # in its turn, with the held part of its line
             return
         self._buffer = b""
         self._discarding = True

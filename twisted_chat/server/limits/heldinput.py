@@ -132,8 +132,10 @@ class Holding(Holder, Protocol):
 
     def resume_reading(self) -> None: ...
 
-    def dataReceived(self, data: bytes) -> None:
-        """Handle held bytes (a read, or what followed a line in it)."""
+    def held_read(self, data: bytes) -> None:
+        """Handle held bytes (a read, or what followed a line in it) as a
+        read, a TLS record's token spent when it was read; none: a record
+        refused then (L{InputHold.drop_line})."""
 
     def message_received(self, line: bytes) -> None:
         """Handle a held whole line (a WebSocket message)."""
@@ -250,10 +252,26 @@ class InputHold:
         if self.discarding:
             self._discard(len(data))
             return
+        if not data:
+            return  # (a read of nothing held is drop_line's mark)
         buffer = self.buffer = self.buffer + data
         self.reads.append((len(buffer), self.conn.ctx.clock.seconds()))
         self._count()
         self._held_over(len(buffer))
+
+    def drop_line(self) -> None:
+        """A TLS record found no flood token while a command waits (it was
+        charged, and refused, as it was read): the line it is part of is
+        dropped in its turn, from what is held before it to the next
+        newline.  Held as a read of nothing, which marks it (once for
+        records refused in a row)."""
+        if self.discarding:
+            return
+        reads = self.reads
+        before = reads[-2][0] if len(reads) > 1 else 0
+        if reads and reads[-1][0] == before:
+            return  # the last read held is such a mark already
+        reads.append((len(self.buffer), self.conn.ctx.clock.seconds()))
 
     def take_rest(self, rest: bytes) -> None:
         """The line just handled waits for a command: the rest of its read
@@ -359,7 +377,7 @@ class InputHold:
         self.waiting = False
         if self.paused & _PAUSED_OWN:
             self.resume(_PAUSED_OWN)
-        if self.buffer and not conn.closing:
+        if self.reads and not conn.closing:  # (a drop_line mark holds no bytes)
             self._replay_reads()
         lines = self.lines
         if lines and not self.waiting and not conn.closing:
@@ -380,15 +398,16 @@ class InputHold:
     def _replay_reads(self) -> None:
         """
         Handle the bytes held while a command was decided elsewhere, read by
-        read, each as of when it was read (L{_replay}).  What a line that
-        waits again leaves is held again, with when it was read.
+        read, each as of when it was read (L{_replay}), a mark of
+        L{drop_line} in its place.  What a line that waits again leaves is
+        held again, with when it was read.
         """
         data, reads = self.buffer, self.reads
         self.buffer, self.reads = b"", []
         ends = [0] + [end for end, _ in reads]
         done, at = self._replay(
             ((data[ends[i]:end], when) for i, (end, when) in enumerate(reads)),
-            self.conn.dataReceived)
+            self.conn.held_read)
         if self.waiting and not self.conn.closing:
             end = ends[done]
             left = self.buffer
