@@ -151,7 +151,9 @@ class LineListener:
     def _pair_batch(self, user: User) -> LobbyFanout:
         """The batch of C{user} while paired: the lobby's if it hears the
         lobby (a cluster node's user shown its pair's end in events Redis
-        then lost: L{Audience.hears_lobby}), else the paired users'."""
+        then lost: L{Audience.hears_lobby}), else the paired users'.
+        L{batch_of} for the state it had, kept apart: as a parameter of
+        L{batch_of}, every write would pay for it (a default and a test)."""
         if in_lobby_batch(self._state(), user, State.PAIRED):
             return self.fanout
         return self.paired_fanout
