@@ -266,11 +266,26 @@ def test_no_password_option_exists(tmp_path: Path) -> None:
 PROMPTS = [b"New password: ", b"Again: "]
 
 
+def default_sigint() -> None:
+    """
+    In the child, before C{exec}: the tool's SIGINT as a command run from a
+    terminal has it.  A pytest started as a background job of a shell
+    without job control (C{pytest ... &} in a script) ignores SIGINT, its
+    children inherit that, and the tool rightly ignored the tests' Ctrl-C:
+    exit 1 after 5 s ("Redis is out of reach"), or at the prompt, killed at
+    the runner's deadline (a hang-up, -1, when the runner closed the
+    terminal first), not 130.
+    """
+    if signal.getsignal(signal.SIGINT) == signal.SIG_IGN:
+        signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def _run_on_terminal(tmp_path: Path, args: list[str], typed: list[str]) -> tuple[int, str]:
     """Run the tool on a pseudo-terminal, typing each of C{typed} at its prompt."""
     pid, fd = pty.fork()
     if pid == 0:  # the child
         os.chdir(tmp_path)
+        default_sigint()
         os.execv(sys.executable, [*TOOL, *args])
     output = b""
     deadline = time.monotonic() + 30
@@ -343,7 +358,8 @@ def test_interrupted_while_waiting_for_redis_exits_130(tmp_path: Path) -> None:
         url = f"redis://127.0.0.1:{silent.getsockname()[1]}/0"
         proc = subprocess.Popen([*TOOL, "list", "--redis", url], cwd=tmp_path,
                                 stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                                stderr=subprocess.PIPE, text=True)
+                                stderr=subprocess.PIPE, text=True,
+                                preexec_fn=default_sigint)
         try:
             silent.settimeout(30)
             conn, _ = silent.accept()  # it runs its reactor
