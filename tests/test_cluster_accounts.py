@@ -355,6 +355,9 @@ def test_no_answer_within_the_timeout_is_unavailable() -> None:
     assert results == []
     clock.advance(0.1)
     assert len(results) == 1 and results[0].check(AccountsUnavailable)
+    # Said in words (it was Twisted's "(5.0, 'Deferred')").
+    assert str(results[0].value) == ("the cluster's Redis is out of reach (no answer within "
+                                     "5 seconds)")
     answers[0].callback(None)  # a late answer changes nothing
     assert len(results) == 1
 

@@ -133,8 +133,10 @@ class RedisBook:
         value = failure.value
         if isinstance(value, txredisapi.ResponseError):
             raise AccountStoreError(f"Redis refused an accounts command: {value}")
-        if isinstance(value, (ConnectionError, txredisapi.ConnectionError,
-                              defer.TimeoutError)):
+        if isinstance(value, defer.TimeoutError):  # its text: "(5.0, 'Deferred')"
+            raise AccountsUnavailable("the cluster's Redis is out of reach (no answer "
+                                      f"within {self.timeout:g} seconds)")
+        if isinstance(value, (ConnectionError, txredisapi.ConnectionError)):
             raise AccountsUnavailable(f"the cluster's Redis is out of reach ({value})")
         return failure
 
