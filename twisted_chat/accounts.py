@@ -31,6 +31,7 @@ from __future__ import annotations
 import argparse
 import getpass
 import os
+import signal
 import sys
 import time
 from collections.abc import Callable, Coroutine, Sequence
@@ -51,6 +52,7 @@ from twisted_chat.server.accounts.records import (
 )
 from twisted_chat.server.accounts.store import AccountStore, SQLiteBook, accounts_path
 from twisted_chat.server.config import MEMORY
+from twisted_chat.untilstopped import Signals, run_until_done
 from twisted_chat.wire import is_valid_nick, password_chars_problem
 
 if TYPE_CHECKING:
@@ -219,15 +221,28 @@ async def _import(book: RedisBook, accounts: list[Account], stdout: TextIO) -> N
         print(f"left {len(kept)} as the cluster has them: {' '.join(kept)}", file=stdout)
 
 
-def _on_redis(url: str, password_file: str | None,
-              work: Callable[[RedisBook], Coroutine[Any, Any, None]]) -> None:
-    """Run C{work} on the accounts in the Redis at C{url}, under a reactor."""
+def _reactor() -> Any:
+    """The global reactor, imported only for --redis."""
     from twisted.internet import reactor
 
+    return reactor
+
+
+#: Where the tool's stopping signals are taken (a test's fake).
+_signals: Signals = signal
+
+
+def _on_redis(url: str, password_file: str | None,
+              work: Callable[[RedisBook], Coroutine[Any, Any, None]]) -> None:
+    """
+    Run C{work} on the accounts in the Redis at C{url}, under a reactor.
+
+    @raise KeyboardInterrupt: Ctrl-C or SIGTERM came meanwhile (its
+        shutdown fails the command waiting for Redis: not Redis's failure).
+    """
     from twisted_chat.server.cluster.accounts import open_book
 
-    outcome: list[object] = []
-    interrupted: list[bool] = []
+    reactor = _reactor()
 
     async def main() -> None:
         book, close = await open_book(url, reactor, password_file)
@@ -236,26 +251,7 @@ def _on_redis(url: str, password_file: str | None,
         finally:
             close()
 
-    def start() -> None:
-        d = defer.ensureDeferred(main())
-        d.addBoth(outcome.append)
-        d.addBoth(lambda _: None if interrupted else reactor.stop())
-
-    def shutting_down() -> None:
-        # Stopped by a signal (Ctrl-C, SIGTERM) before the work was done.
-        # Its connection is closed next, which fails the command it waits
-        # for: that is the interruption, not "Redis is out of reach", and
-        # the reactor is stopping already (stopping it again raised, a
-        # traceback after the line).
-        if not outcome:
-            interrupted.append(True)
-
-    reactor.addSystemEventTrigger("before", "shutdown", shutting_down)
-    reactor.callWhenRunning(start)
-    reactor.run()
-    if interrupted or not outcome:
-        raise KeyboardInterrupt
-    _raise(outcome[0])
+    _raise(run_until_done(reactor, main, _signals))
 
 
 def _raise(result: object) -> None:
