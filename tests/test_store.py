@@ -466,18 +466,41 @@ def test_newer_schema_is_refused_untouched(tmp_path: Path) -> None:
     assert_refused(path, "newer")
 
 
-def test_a_schema_upgrade_that_fails_is_refused_as_damaged_untouched(tmp_path: Path) -> None:
-    """A version 1 file whose table lacks C{ts} (changed by hand): the
-    upgrade's index cannot be made, and that is not a permissions problem
-    (rr22-l 2: it was refused as "Cannot open")."""
-    path = tmp_path / "chat.sqlite3"
+def make_v1_with(path: Path, table: str) -> None:
+    """A file marked as a version 1 chat database, with C{table} (SQL) as
+    its only table: changed by hand."""
     conn = sqlite3.connect(path)
-    conn.execute("CREATE TABLE messages (id INTEGER PRIMARY KEY, nick TEXT, text TEXT)")
+    conn.execute(table)
     conn.execute(f"PRAGMA application_id={APPLICATION_ID}")
     conn.execute("PRAGMA user_version=1")
     conn.commit()
     conn.close()
-    assert_refused(path, r"^The chat database .* is damaged: no such column: ts\.$")
+
+
+def test_a_schema_upgrade_that_fails_is_refused_untouched(tmp_path: Path) -> None:
+    """A version 1 file whose table lacks C{ts} (changed by hand): the
+    upgrade's index cannot be made, and that is not a permissions problem
+    (rr22-l 2: it was refused as "Cannot open"), nor known damage (SQLite's
+    generic error: a statement failed)."""
+    path = tmp_path / "chat.sqlite3"
+    make_v1_with(path, "CREATE TABLE messages (id INTEGER PRIMARY KEY, nick TEXT, text TEXT)")
+    assert_refused(path, r"^A statement failed on the chat database .* \(no such column: ts\):"
+                         r" its tables are not the ones this server expects \(changed by hand,"
+                         r" or another program's file\); restore a backup of it, or give --db"
+                         r" another file\.$")
+
+
+def test_a_chat_database_without_its_message_table_is_refused_untouched(
+    tmp_path: Path,
+) -> None:
+    """Marked as a chat database, but another table in place of its own:
+    said as that, not as damage."""
+    path = tmp_path / "chat.sqlite3"
+    make_v1_with(path, "CREATE TABLE notes (id INTEGER PRIMARY KEY, text TEXT)")
+    assert_refused(path, r"^The chat database .* has no message table: its tables are not"
+                         r" the ones this server expects \(changed by hand, or another"
+                         r" program's file\); restore a backup of it, or give --db another"
+                         r" file\.$")
 
 
 # -- files that are not chat databases ----------------------------------------

@@ -74,11 +74,23 @@ def test_a_full_disk_says_so_and_what_to_do() -> None:
         (sqlite3.SQLITE_CANTOPEN, "unable to open database file", "Cannot open"),
         # A file SQLite finds sound whose tables are not what the schema
         # upgrade expects: not a directory or permissions problem.
-        (sqlite3.SQLITE_ERROR, "no such column: ts", "is damaged: no such column: ts."),
+        (sqlite3.SQLITE_ERROR, "no such column: ts",
+         f"A statement failed on the chat database {SHOWN} (no such column: ts): its tables"
+         " are not the ones this server expects (changed by hand, or another program's"
+         " file); restore a backup of it, or give --db another file."),
     ],
 )
 def test_each_refusal_is_told_by_its_code(code: int, text: str, meant: str) -> None:
     assert meant in said(code, text)
+
+
+def test_sqlite_error_is_not_called_damage() -> None:
+    """SQLITE_ERROR is SQLite's generic error ("no such table" too): a
+    statement failed, which says nothing of the file being damaged."""
+    refusal = said(sqlite3.SQLITE_ERROR, "no such table: messages")
+    assert "damaged" not in refusal and "corrupt" not in refusal
+    assert "(no such table: messages)" in refusal
+    assert refusal.endswith("; restore a backup of it, or give --db another file.")
 
 
 def test_the_code_decides_not_the_english_text() -> None:

@@ -61,6 +61,11 @@ class StoreError(Exception):
 
 
 #: The start of the refusal for a full disk (L{_refusal}).
+#: The end of a refusal of a file whose tables are not a chat database's:
+#: said as known, without calling it damaged (SQLite does not).
+_NOT_ITS_TABLES = ("its tables are not the ones this server expects (changed by hand,"
+                   " or another program's file); restore a backup of it, or give --db"
+                   " another file.")
 _NO_ROOM = "The disk of the chat database {shown} is full: free space and start again"
 #: The start of the refusal for a disk quota exceeded (C{EDQUOT}): the disk
 #: may have room, and the operator who looks for none is misled.
@@ -122,9 +127,10 @@ def _refusal(e: BaseException, shown: str) -> BaseException:
     """
     The L{StoreError} for an SQLite error met while opening C{shown}, told
     by SQLite's result code, not its English text: only a file SQLite
-    calls corrupt (C{SQLITE_CORRUPT}, C{SQLITE_NOTADB}) is said to be one,
-    and a statement that fails on a sound file (C{SQLITE_ERROR}: a schema
-    upgrade meeting tables changed by hand) is said to be damaged.
+    calls corrupt (C{SQLITE_CORRUPT}, C{SQLITE_NOTADB}) is said to be one.
+    C{SQLITE_ERROR} is SQLite's generic error: all that is known is that a
+    statement failed on this file (a schema upgrade meeting tables changed
+    by hand, another program's file), not that it is damaged.
     A full disk or an I/O error says so (docs/history.md, "Start-up
     errors": restoring a backup would throw away what the C{-wal} holds).
     SQLite calls only C{ENOSPC} full: to it a disk quota exceeded
@@ -141,8 +147,9 @@ def _refusal(e: BaseException, shown: str) -> BaseException:
         )
     if code in (sqlite3.SQLITE_CORRUPT, sqlite3.SQLITE_NOTADB):
         return StoreError(f"The chat database {shown} is corrupt: {e}.")
-    if code == sqlite3.SQLITE_ERROR:  # SQL on a sound file: its tables are not ours
-        return StoreError(f"The chat database {shown} is damaged: {e}.")
+    if code == sqlite3.SQLITE_ERROR:
+        return StoreError(f"A statement failed on the chat database {shown} ({e}):"
+                          f" {_NOT_ITS_TABLES}")
     if code == sqlite3.SQLITE_FULL:
         return StoreError(f"{_NO_ROOM.format(shown=shown)} ({e}).")
     if code == sqlite3.SQLITE_IOERR:
@@ -290,7 +297,7 @@ def _check(conn: sqlite3.Connection, shown: str) -> int:
         "SELECT count(*) FROM sqlite_master WHERE type = 'table' AND name = 'messages'"
     ).fetchone()[0]
     if version < 1 or not has_table:
-        raise StoreError(f"The chat database {shown} is damaged: it has no message table.")
+        raise StoreError(f"The chat database {shown} has no message table: {_NOT_ITS_TABLES}")
     return int(version)
 
 
