@@ -60,12 +60,12 @@ class StoreError(Exception):
     """Start-up failure; C{str()} is one clear sentence naming the file."""
 
 
-#: The start of the refusal for a full disk (L{_refusal}).
 #: The end of a refusal of a file whose tables are not a chat database's:
 #: said as known, without calling it damaged (SQLite does not).
 _NOT_ITS_TABLES = ("its tables are not the ones this server expects (changed by hand,"
                    " or another program's file); restore a backup of it, or give --db"
                    " another file.")
+#: The start of the refusal for a full disk (L{_refusal}).
 _NO_ROOM = "The disk of the chat database {shown} is full: free space and start again"
 #: The start of the refusal for a disk quota exceeded (C{EDQUOT}): the disk
 #: may have room, and the operator who looks for none is misled.
