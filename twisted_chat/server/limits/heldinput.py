@@ -432,8 +432,9 @@ class InputHold:
         control counts a held line when it arrived, not when its turn came
         (lines typed through a Redis outage were all counted
         at once when it ended), and a command's wait is bounded from then
-        (C{arrived}).  A held line that came before the line counted last
-        (a WebSocket ping counted as it came) is counted as of that one.
+        (C{arrived}).  A held line is never counted as of before the line
+        counted last (C{arrived}); a ping or a TLS record counted as it came
+        is no line, and moves only flood control's own time (its C{_count}).
         Returns how many were handled and when the last of them arrived.
         """
         conn = self.conn
