@@ -221,7 +221,7 @@ class AfterLoss:
         #: The invitations to L{deaf} users kept from them (shown paired,
         #: they are invited by nobody), by (inviter's uid, invitee's uid):
         #: C{INVITE} once they are back in the lobby, if still open; their
-        #: end told to the inviter alone (L{hides_invite}, L{hides_end}).
+        #: end told to the inviter alone (L{hide_invite}, L{hide_end}).
         self.hidden: set[tuple[str, str]] = set()
         #: When (log time) L{shown} expires (L{SHOWN_KEEP} after the first
         #: event applied after the rebuild); the nicks the replica had
@@ -404,10 +404,11 @@ class AfterLoss:
         deaf = self.deaf
         return bool(deaf) and user in deaf.values()
 
-    def hides_invite(self, invitation: Invitation) -> bool:
-        """Whether C{invitation}'s C{INVITE} is kept from its invitee, one
-        of L{deaf}: shown paired, it would be invited by nobody (its
-        inviter, told C{PENDING}, hears of it as usual)."""
+    def hide_invite(self, invitation: Invitation) -> bool:
+        """Keep C{invitation}'s C{INVITE} from its invitee if it is one of
+        L{deaf} (shown paired, it would be invited by nobody; its inviter,
+        told C{PENDING}, hears of it as usual): recorded in L{hidden};
+        whether it was kept."""
         invitee = invitation.invitee
         uids = self.replica.uids
         if not self.misses_lobby(invitee) or invitation.inviter not in uids:
@@ -415,9 +416,10 @@ class AfterLoss:
         self.hidden.add((uids[invitation.inviter], uids[invitee]))
         return True
 
-    def hides_end(self, invitee: User, inviter: User) -> bool:
-        """Whether the end of C{inviter}'s invitation is kept from
-        C{invitee}, never shown it (L{hides_invite})."""
+    def hide_end(self, invitee: User, inviter: User) -> bool:
+        """Keep the end of C{inviter}'s invitation from C{invitee} if it
+        was never shown it (L{hide_invite}): the record leaves L{hidden},
+        the invitation being over; whether it was kept."""
         if not self.hidden:
             return False
         uids = self.replica.uids

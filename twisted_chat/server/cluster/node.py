@@ -538,7 +538,7 @@ class ClusterState:
     def _invited_as_shown(self, user: User, nick: str) -> None:
         """One of L{AfterLoss.deaf}, shown paired, was shown no open
         invitation (its pairing ended them; one since is kept from it:
-        L{AfterLoss.hides_invite}): its ACCEPT and REJECT are answered as
+        L{AfterLoss.hide_invite}): its ACCEPT and REJECT are answered as
         a paired user's, ERROR no-invite."""
         if self.replica.afterloss.misses_lobby(user):
             online = self.hub.find(nick)

@@ -38,11 +38,12 @@ __all__ = ["Hider", "OwnMembers"]
 
 
 class Hider(Protocol):
-    """Which invitations are kept from their invitee (L{AfterLoss})."""
+    """Keeps invitations from their invitee (L{AfterLoss}); each method
+    records or forgets what it kept, and says whether it kept it."""
 
-    def hides_invite(self, invitation: Invitation) -> bool: ...
+    def hide_invite(self, invitation: Invitation) -> bool: ...
 
-    def hides_end(self, invitee: User, inviter: User) -> bool: ...
+    def hide_end(self, invitee: User, inviter: User) -> bool: ...
 
 
 class OwnMembers:
@@ -182,7 +183,7 @@ class OwnMembers:
 
     def invited(self, invitation: Invitation) -> None:
         hider = self.hider
-        if hider is not None and hider.hides_invite(invitation):
+        if hider is not None and hider.hide_invite(invitation):
             invitation = Invitation(invitation.inviter, stand_in(invitation.invitee.nick))
         self._listener.invited(invitation)
 
@@ -191,7 +192,7 @@ class OwnMembers:
 
     def cancelled(self, invitee: User, inviter: User, reason: str) -> None:
         hider = self.hider
-        if hider is not None and hider.hides_end(invitee, inviter):
+        if hider is not None and hider.hide_end(invitee, inviter):
             # Never shown the invitation, the invitee is not told its end,
             # but the end is counted as any other (LineListener.cancelled):
             # this node's user still (not a RemoteConn's), writing nowhere.
