@@ -13,7 +13,7 @@ asks too, is made to answer as it would for another user.
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -62,7 +62,8 @@ def test_a_log_whose_directory_went_away_warns_once_and_grows(
     assert warnings(logged) == [
         f"the log file {path} cannot be rotated: its directory {tmp_path / 'logs'} "
         f"no longer exists; it grows on past {SIZE:,} bytes, --log-keep bounding "
-        f"nothing, until the server's user can write there"]
+        f"nothing, until the server's user can write there (tried again at most "
+        f"every 60 s, and at each SIGUSR1)"]
     text = (tmp_path / "moved" / "chat.log").read_text()
     assert len(text) > 10 * SIZE, "never rotated: nothing else changes"
     assert text.count("cannot be rotated") == 1, "written once, from within the log's own write"
@@ -100,15 +101,85 @@ def test_a_directory_the_user_cannot_write_is_said_once_an_hour(
     write(5)
     log_file.rotate()  # a SIGUSR1's, tried and refused as well
     assert len(warnings(logged)) == 1
-    now[0] = 3600.0
+    now[0] = 3600.0 + logs.RETRY_EVERY  # the SIGUSR1's try, at 3599, holds the next back
     write(1)
     assert len(warnings(logged)) == 2
-    # Not "rotations skipped": Twisted tries one at every line written past
-    # the size, and 100 lines said "97 rotations skipped" (rr19-core 2).
-    since = sum(1 for when in tries if when < 3600.0) - 1  # the first warned
-    assert warnings(logged)[1].endswith(
-        f" (tried again {since} times since the last warning: at every line "
-        f"written past that size, and at each SIGUSR1)")
+    # Not "rotations skipped": tries (rr19-core 2), here one by size at 3599
+    # and the SIGUSR1's.
+    since = sum(1 for when in tries if when < now[0]) - 1  # the first warned
+    assert since == 2
+    assert warnings(logged)[1].endswith(f" (tried again {since} times since the last warning)")
+
+
+def file_system_calls(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """The names of the os calls a rotation's try makes, as they are made."""
+    made: list[str] = []
+
+    def counting(name: str) -> Callable[..., Any]:
+        call = getattr(os, name)
+
+        def counted(*args: Any, **kwargs: Any) -> Any:
+            made.append(name)
+            return call(*args, **kwargs)
+        return counted
+
+    for name in ("access", "stat", "lstat", "fstat", "open", "rename"):
+        monkeypatch.setattr(os, name, counting(name))
+    return made
+
+
+def test_a_refused_rotation_is_not_tried_at_every_line(
+        tmp_path: Path, log_file: Any, logged: list[str],
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each try asked os.access (and more) at every line written past the
+    size: every refused connection's line cost file system calls."""
+    (tmp_path / "logs").rename(tmp_path / "moved")
+    now = [0.0]
+    log_file.now = lambda: now[0]
+    write(10)  # past the size: one try, refused
+    made = file_system_calls(monkeypatch)
+    write(100)
+    assert made == [], "no try within RETRY_EVERY s"
+    now[0] = logs.RETRY_EVERY
+    write(100)
+    assert 0 < made.count("access") <= 3, "one try, then none again"
+    assert len(warnings(logged)) == 1
+    assert "line 99 " in (tmp_path / "moved" / "chat.log").read_text(), "written on"
+
+
+def test_a_failed_reopen_is_not_tried_at_every_line(
+        tmp_path: Path, log_file: Any, logged: list[str],
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """logrotate moved the file and nothing can be opened in its place (a
+    symlink there): each line past the size tried to open one again."""
+    path = tmp_path / "logs" / "chat.log"
+    moved = tmp_path / "logs" / "chat.log-20261207"
+    log_file.rotateLength = 10 * SIZE
+    now = [0.0]
+    log_file.now = lambda: now[0]
+    path.rename(moved)
+    path.symlink_to(tmp_path / "victim")
+    made = file_system_calls(monkeypatch)
+    write(30)  # past the size: one try, which cannot open
+    assert made.count("open") == 1
+    write(100)
+    assert made.count("open") == 1
+    now[0] = logs.RETRY_EVERY
+    write(100)
+    assert made.count("open") == 2
+    log_file.rotate()  # SIGUSR1's: tried at once
+    assert made.count("open") == 3
+    unreopened = [line for line in logged if "no new one can be written there" in line]
+    assert len(unreopened) == 1
+    assert unreopened[0].endswith(
+        "the log goes on in the moved file (tried again at most every 60 s, and at "
+        "each SIGUSR1)")
+    assert "line 99 " in moved.read_text()
+    assert not (tmp_path / "victim").exists()
+    path.unlink()
+    now[0] = 2 * logs.RETRY_EVERY
+    write(1)
+    assert "line 0 " in path.read_text(), "reopened once it can be"
 
 
 def test_the_rotator_warns_at_its_start_after_privileges_drop(

@@ -305,6 +305,9 @@ class Throttle:
 #: Seconds between two warnings that the log file cannot be rotated.
 UNROTATED_EVERY = 3600.0
 
+#: Seconds before a rotation or reopen that failed is tried again by size.
+RETRY_EVERY = 60.0
+
 
 def rotation_refused(path: str) -> str | None:
     """
@@ -327,7 +330,9 @@ class RotatedLogFile(LogFile):
     Twisted's C{LogFile}, which says when it cannot rotate (L{can_rotate}):
     Twisted's skips the rotation silently (L{rotation_refused}: the log in
     C{/var/log} after C{--uid}), and the file grew on past what
-    C{--log-keep} implies with nothing said.  Nothing else changes.
+    C{--log-keep} implies with nothing said.  A rotation or reopen that
+    failed is tried again by size at most every L{RETRY_EVERY} s
+    (L{shouldRotate}), the log going on in the file it has meanwhile.
     """
 
     log = logger()
@@ -337,13 +342,32 @@ class RotatedLogFile(LogFile):
         self.unrotated_warning = Throttle(UNROTATED_EVERY)
         self.unreopened_warning = Throttle(UNROTATED_EVERY)
         self.now: Callable[[], float] = time.monotonic
+        #: When a rotation by size may be tried again (after one failed).
+        self.retry_at = -math.inf
+
+    def shouldRotate(self) -> bool:
+        """
+        Twisted's rule (the file past its size), except within
+        L{RETRY_EVERY} s of a failed try: Twisted tries at every line
+        written past the size, each try costing file system calls, and a
+        flood of refused connections (a line each) would multiply them.
+        """
+        return bool(super().shouldRotate()) and self.now() >= self.retry_at  # type: ignore[no-untyped-call]
 
     def rotate(self) -> None:
+        """Rotate, or reopen the file another program moved; by size or by
+        SIGUSR1 (which is never held back by L{RETRY_EVERY})."""
+        # Set first: a failure's warning is a line this file writes.
+        self.retry_at = self.now() + RETRY_EVERY
         if self.replaced():
             # logrotate's way: it renamed the file, then sent SIGUSR1.
-            self.reopen_here()
-        elif self.can_rotate():
-            super().rotate()  # type: ignore[no-untyped-call]
+            done = self.reopen_here()
+        else:
+            done = self.can_rotate()
+            if done:
+                super().rotate()  # type: ignore[no-untyped-call]
+        if done:
+            self.retry_at = -math.inf
 
     def replaced(self) -> bool:
         """
@@ -361,7 +385,7 @@ class RotatedLogFile(LogFile):
         written = os.fstat(self._file.fileno())
         return (here.st_dev, here.st_ino) != (written.st_dev, written.st_ino)
 
-    def reopen_here(self) -> None:
+    def reopen_here(self) -> bool:
         """
         Write on in a file at the path, made 0600 if new, never through a
         symlink (another user who may write the directory could point it at
@@ -369,7 +393,8 @@ class RotatedLogFile(LogFile):
         chmod), nor into anything but a regular file (a FIFO blocks once
         full); if none can be opened, the log goes on in the moved file,
         with one warning at most every L{UNROTATED_EVERY} s (a failed
-        reopen is tried again at each line past the size).
+        reopen is tried again at each SIGUSR1, and past the size at most
+        every L{RETRY_EVERY} s).  Whether a new file was opened.
         """
         flags = os.O_RDWR | os.O_CREAT | os.O_APPEND | os.O_NOFOLLOW | os.O_CLOEXEC
         try:
@@ -382,9 +407,10 @@ class RotatedLogFile(LogFile):
             if self.unreopened_warning.allow(self.now()) is not None:
                 self.log.warn("the log file {path} was moved or replaced by another "
                               "program, but no new one can be written there ({why}): "
-                              "the log goes on in the moved file",
-                              path=self.path, why=e.strerror)
-            return
+                              "the log goes on in the moved file (tried again at "
+                              "most every {every:.0f} s, and at each SIGUSR1)",
+                              path=self.path, why=e.strerror, every=RETRY_EVERY)
+            return False
         opened = open(fd, "rb+", 0)  # noqa: SIM115 (open while the server logs)
         # logrotate's 'create' file may be another user's: its mode is theirs.
         with contextlib.suppress(OSError):
@@ -395,11 +421,12 @@ class RotatedLogFile(LogFile):
         self.size = opened.tell()
         self.log.info("the log file {path} was moved or replaced by another "
                       "program: a new one is written there", path=self.path)
+        return True
 
     def can_rotate(self) -> bool:
         """Whether a rotation can happen now; if not, one warning why (at
         most one every L{UNROTATED_EVERY} s: a refused rotation is tried
-        again at every line the log writes past its size)."""
+        again while the log grows past its size, L{RETRY_EVERY})."""
         why = rotation_refused(self.path)
         if why is None:
             return True
@@ -408,12 +435,11 @@ class RotatedLogFile(LogFile):
             return False
         text = ("the log file {path} cannot be rotated: {why}; it grows on past "
                 "{size:,} bytes, --log-keep bounding nothing, until the server's user "
-                "can write there")
+                "can write there (tried again at most every {every:.0f} s, and at "
+                "each SIGUSR1)")
         if left_out:
-            # Tries, not missed rotations: Twisted tries one at every line
-            # written past the size.
-            text += (" (tried again {left_out} times since the last warning: at every "
-                     "line written past that size, and at each SIGUSR1)")
+            # Tries, not missed rotations.
+            text += " (tried again {left_out} times since the last warning)"
         self.log.warn(text, path=self.path, why=why, size=self.rotateLength,
-                      left_out=left_out)
+                      left_out=left_out, every=RETRY_EVERY)
         return False
