@@ -76,10 +76,24 @@ def test_a_port_busy_on_another_interface_does_not_stop_start_up(held_port: int)
     ("--port", "7001", "--web", "tcp:7001:interface=127.0.0.1"),
     ("--port", "7002", "--metrics", "7001", "--web", "7001"),
     ("--port", "tcp6:7001:interface=127.0.0.1", "--web", "tcp:7001:interface=127.0.0.1"),
+    # Compared as addresses, not as strings:
+    ("--port", "tcp:7001", "--web", "tcp:7001:interface=0.0.0.0"),
+    ("--port", "tcp:7001:interface=localhost", "--web", "tcp:7001:interface=127.0.0.1"),
+    ("--port", "tcp:7001:interface=LocalHost.", "--metrics", "tcp:7001:interface=127.0.0.1"),
+    ("--port", "tcp6:7001:interface=\\:\\:1",
+     "--web", "tcp6:7001:interface=0\\:0\\:0\\:0\\:0\\:0\\:0\\:1"),
+    ("--port", "tcp6:7001:interface=\\:\\:0", "--web", "tcp6:7001:interface=\\:\\:1"),
+    # '::' takes IPv4 too on a dual-stack kernel (bindv6only 0, Linux's default):
+    ("--port", "tcp6:7001:interface=\\:\\:", "--web", "tcp:7001"),
+    ("--port", "tcp:7001:interface=0.0.0.0", "--web", "tcp6:7001:interface=\\:\\:"),
+    ("--port", "tcp6:7001:interface=\\:\\:", "--metrics", "tcp:7001:interface=127.0.0.1"),
+    ("--port", "tcp:7001:interface=localhost", "--web", "tcp6:7001:interface=\\:\\:"),
 ])
-def test_two_options_on_one_port_stop_start_up_saying_so(argv: tuple[str, ...]) -> None:
+def test_two_options_on_one_port_stop_start_up_saying_so(
+        argv: tuple[str, ...], monkeypatch: pytest.MonkeyPatch) -> None:
     """The second bind failed after the files were made, with "Address
     already in use", as if another process held the port."""
+    monkeypatch.setattr(listening, "dual_stack", lambda: True)
     reactor = ThreadedMemoryReactor()
     with pytest.raises(SystemExit) as e:
         makeService(options(*argv, "--db", ":memory:"), reactor)
@@ -88,17 +102,38 @@ def test_two_options_on_one_port_stop_start_up_saying_so(argv: tuple[str, ...]) 
     assert reactor.tcpServers == []
 
 
-@pytest.mark.parametrize("argv", [
-    ("--port", "tcp:7001:interface=127.0.0.1", "--port", "tcp:7001:interface=127.0.0.2"),
-    ("--port", "tcp:7001", "--port", "tcp6:7001:interface=\\:\\:"),
-    ("--port", "tcp:0", "--web", "tcp:0"),
+@pytest.mark.parametrize(("argv", "dual"), [
+    (("--port", "tcp:7001:interface=127.0.0.1", "--port", "tcp:7001:interface=127.0.0.2"),
+     True),
+    # bindv6only set: '::' is IPv6 only, and tcp:PORT beside it takes IPv4 (README).
+    (("--port", "tcp:7001", "--port", "tcp6:7001:interface=\\:\\:"), False),
+    (("--port", "tcp6:7001:interface=\\:\\:1", "--web", "tcp:7001:interface=127.0.0.1"),
+     True),
+    (("--port", "tcp:0", "--web", "tcp:0"), True),
+    # A name other than localhost is left to the bind: comparing it needs a lookup.
+    (("--port", "tcp:7001:interface=chat.invalid", "--web", "tcp:7001:interface=127.0.0.1"),
+     True),
 ])
-def test_ports_that_do_not_overlap_are_all_listened_on(argv: tuple[str, ...]) -> None:
+def test_ports_that_do_not_overlap_are_all_listened_on(
+        argv: tuple[str, ...], dual: bool, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(listening, "dual_stack", lambda: dual)
     reactor = ThreadedMemoryReactor()
     top = makeService(options(*argv, "--db", ":memory:"), reactor)
     top.startService()
     assert len(reactor.tcpServers) == 2
     reactor.pump_until(top.stopService())
+
+
+@pytest.mark.parametrize(("setting", "dual"), [("0\n", True), ("1\n", False), (None, False)])
+def test_dual_stack_is_what_the_kernel_says(
+        tmp_path: Any, monkeypatch: pytest.MonkeyPatch, setting: str | None,
+        dual: bool) -> None:
+    """Linux's bindv6only; without it (another system, no IPv6) the bind decides."""
+    path = tmp_path / "bindv6only"
+    if setting is not None:
+        path.write_text(setting)
+    monkeypatch.setattr(listening, "BINDV6ONLY", str(path))
+    assert listening.dual_stack() is dual
 
 
 def test_without_the_private_interface_the_busy_check_is_skipped_not_widened(

@@ -12,6 +12,7 @@ from __future__ import annotations
 import errno
 import socket
 import sys
+from ipaddress import IPv4Address, IPv6Address, ip_address
 from types import TracebackType
 from typing import Any
 
@@ -231,30 +232,78 @@ def _not_busy(description: str, endpoint: Any, interface: str, port: int,
 EVERY_INTERFACE = ("", "0.0.0.0", "::")
 
 
-def one_port_each(listeners: list[tuple[str, str, Any]]) -> None:
+#: Where a kernel says whether an IPv6 socket on C{::} takes IPv4 too.
+BINDV6ONLY = "/proc/sys/net/ipv6/bindv6only"
+
+
+def dual_stack() -> bool:
+    """Whether a listener on C{::} takes IPv4 as well (Linux's default,
+    C{bindv6only} 0; Twisted leaves C{IPV6_V6ONLY} as the kernel has it).
+    Elsewhere, or unreadable: taken as not (the bind then says it)."""
+    try:
+        with open(BINDV6ONLY, encoding="ascii") as setting:
+            return setting.read().strip() == "0"
+    except OSError:
+        return False
+
+
+def bound_address(interface: str) -> IPv4Address | IPv6Address | None:
+    """
+    The address a listener on C{interface} binds, as Twisted and the
+    kernel read it: C{""} is IPv4's every interface, C{localhost} IPv4's
+    loopback (Twisted takes a name for IPv4, and C{localhost} is
+    loopback, RFC 6761); an address literal in its one spelling
+    (C{0.0.0.0}, C{::0}).  C{None}: another name, which only a lookup
+    could compare (the bind says if it clashes).
+    """
+    if interface == "":
+        return IPv4Address(0)
+    if interface.lower().rstrip(".") == "localhost":
+        return IPv4Address("127.0.0.1")
+    try:
+        return ip_address(interface)
+    except ValueError:
+        return None
+
+
+def _overlap(one: IPv4Address | IPv6Address, other: IPv4Address | IPv6Address,
+             dual: bool) -> bool:
+    """Whether listeners on C{one} and C{other}, on one port, clash: the
+    same address, or every one of a family and any of it; with C{dual},
+    IPv6's every one (C{::}) and any IPv4 address as well."""
+    if one.version == other.version:
+        return one == other or one.is_unspecified or other.is_unspecified
+    return dual and any(a.version == 6 and a.is_unspecified for a in (one, other))
+
+
+def one_port_each(listeners: list[tuple[str, str, Any]],
+                  dual: bool | None = None) -> None:
     """
     Two of this server's own options (C{(option, description, endpoint)})
     on one TCP port stop start-up at once, saying so: the second bind
     failed only after the files were made, with C{Address already in use},
-    which sent the operator looking for another process.  An IPv4 and an
-    IPv6 port may share a number (README: C{tcp6:PORT:interface=\\:\\:}
-    beside C{tcp:PORT} when C{bindv6only} is set).
+    which sent the operator looking for another process.  Interfaces are
+    compared as addresses (L{bound_address}: C{tcp:7000} and
+    C{interface=0.0.0.0}, C{localhost} and C{127.0.0.1}), and C{::} takes
+    IPv4 too where the kernel makes it (L{dual_stack}, or C{dual}); an
+    IPv4 and an IPv6 port may otherwise share a number (README:
+    C{tcp6:PORT:interface=\\:\\:} beside C{tcp:PORT} when C{bindv6only} is
+    set).
     """
-    seen: list[tuple[str, str, bool, str, int]] = []
+    if dual is None:
+        dual = dual_stack()
+    seen: list[tuple[str, str, IPv4Address | IPv6Address, int]] = []
     for option, description, endpoint in listeners:
         address = tcp_address(endpoint)
         if address is None or not address[1]:
             continue
-        interface, port = address
-        # Twisted picks the family from the interface, not the endpoint's
-        # kind (tcp6 defaults to '::'; tcp6 on 127.0.0.1 binds IPv4).
-        v6 = ":" in interface
-        for other_option, other, other_v6, other_interface, other_port in seen:
-            if (port == other_port and v6 == other_v6
-                    and (interface == other_interface
-                         or interface in EVERY_INTERFACE
-                         or other_interface in EVERY_INTERFACE)):
+        bound = bound_address(address[0])
+        if bound is None:
+            continue
+        port = address[1]
+        for other_option, other, other_bound, other_port in seen:
+            if port == other_port and _overlap(bound, other_bound, dual):
                 raise SystemExit(
                     f"twistd chat: {other_option} {other} and {option} {description} "
                     f"both listen on port {port}: give each its own")
-        seen.append((option, description, v6, interface, port))
+        seen.append((option, description, bound, port))
