@@ -114,6 +114,22 @@ def test_the_server_is_not_read_while_the_socket_cannot_take_more() -> None:
     assert s.transport.producerState == "producing"
 
 
+def test_joins_and_leaves_held_while_paired_are_kept_short() -> None:
+    # A hostile server sends, while paired, leaves with a megabyte of words
+    # each: 2,000 of them held whole would be 2 GB.
+    s = session("eve", interactive=False)
+    s.ready("eve", users=("bob",))
+    s.receive("PAIRED bob")
+    words = "w" * 1_000_000
+    s.receive(f"LEFT {TS} carol quit {words}", f"JOINED {TS} {'n' * 1_000_000}")
+    s.screen.take()
+    s.receive("UNPAIRED bob left", "USER eve lobby", "USER bob lobby", "USERS 2")
+    left, joined = (line for line in s.screen.take() if "carol" in line or "nnn" in line)
+    assert left.startswith("[14:03] * carol left (quit: www") and left.endswith("w…")
+    assert joined.startswith("[14:03] * nnn") and joined.endswith("n…")
+    assert len(left) < 10_000 and len(joined) < 10_000
+
+
 def test_lines_wait_while_the_socket_cannot_take_more() -> None:
     s = session("robot", interactive=False)
     s.ready("robot")

@@ -13,7 +13,8 @@ C{lobbyMessage}, C{lobbyNotice}, C{showHeldNotices}), in bounded memory:
   - L{HeldNotices}: the lobby's C{JOINED} and C{LEFT} lines received while
     paired.  The lobby's messages of that time come after C{UNPAIRED}
     (docs/protocol.md, "Coming back to the lobby"); the notices are shown among
-    them in time order, not before them.
+    them in time order, not before them.  Each is cut to L{HELD_TEXT}
+    characters: a server's line may be a megabyte long.
 
 No I/O.
 """
@@ -25,11 +26,16 @@ import math
 from collections import deque
 from collections.abc import Callable
 
-from twisted_chat.client.render import Line, notice
+from twisted_chat.client.render import Line, Span, notice
 from twisted_chat.wire import parse_ts
 
 # The web page's MAX_ROWS.
 REMEMBERED = 2000
+
+# Characters kept of one held join or leave: more than a server's longest
+# line by default (4096 bytes), so that only a hostile server's are cut, and
+# REMEMBERED of them stay a few megabytes.
+HELD_TEXT = 4096
 
 
 def when(ts: str) -> float | None:
@@ -120,7 +126,7 @@ class HeldNotices:
     def hold(self, ts: str, line: Line) -> None:
         if len(self._held) == self._held.maxlen:
             self._dropped += 1
-        self._held.append((when(ts), line))
+        self._held.append((when(ts), shortened(line, HELD_TEXT)))
 
     def release(self, show: Callable[[Line], object], until: str | None = None) -> None:
         """
@@ -141,6 +147,18 @@ class HeldNotices:
             # keeps its last 2,000 rows, and a line before 2,000 would go.
             show(notice(not_kept(self._dropped, self._held.maxlen or 0)))
             self._dropped = 0
+
+
+def shortened(line: Line, most: int) -> Line:
+    """C{line} with at most C{most} characters of text, ending with C{…} if cut."""
+    spans: list[Span] = []
+    for span in line:
+        if len(span.text) > most:
+            spans.append(Span(span.text[:most] + "…", span.style))
+            break
+        spans.append(span)
+        most -= len(span.text)
+    return tuple(spans)
 
 
 def not_kept(count: int, limit: int) -> str:
