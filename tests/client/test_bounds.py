@@ -180,6 +180,15 @@ def test_invitations_kept_are_bounded() -> None:
     assert len(s.client.pairing.invites) == s.client.pairing.INVITES_MAX
 
 
+def test_an_invitation_from_a_nick_no_server_allows_is_not_kept() -> None:
+    # A hostile server's 100 invitations from megabyte "nicks" were kept
+    # whole (100 MB), though /accept could never answer one of them.
+    s = session("eve", interactive=False)
+    s.ready("eve")
+    s.receive(f"INVITE {'x' * 1_000_000}", "INVITE bad!nick", "INVITE carol")
+    assert s.client.pairing.invites == ["carol"]
+
+
 # -- E: a script's stdin is read only as fast as its lines go ---------------------
 
 

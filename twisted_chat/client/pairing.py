@@ -11,6 +11,7 @@ from twisted_chat.wire import (
     ACCOUNTS_UNAVAILABLE,
     LINES_DROPPED,
     LOBBY_RATE,
+    is_valid_nick,
     list_cost_verb,
     nick_key,
 )
@@ -86,7 +87,10 @@ class Pairing:
         self.invited = invitee
 
     def invite(self, inviter: str) -> None:
-        """C{INVITE}: one per inviter is kept."""
+        """C{INVITE}: one per inviter is kept, if a nick at all (C{/accept}
+        could not answer another, and a hostile server's may be megabytes)."""
+        if not is_valid_nick(inviter):
+            return
         known = nick_key(inviter) in (nick_key(n) for n in self.invites)
         if not known and len(self.invites) < self.INVITES_MAX:
             self.invites.append(inviter)
