@@ -3354,6 +3354,23 @@ def test_bidi_controls_in_a_message_are_shown_not_obeyed(
     wait_notice(alice, "carol left: [U+202E]good bye")
 
 
+def test_a_pile_of_combining_marks_is_cut_to_four_as_in_the_terminal(
+    web: WebServer, browser: Callable[..., Any], tcp: Callable[[str], LineClient]
+) -> None:
+    """A letter under 900 accents (zalgo) drew a tower over the messages
+    around it: a character keeps at most 4 combining marks, as the terminal
+    client's (sanitize.MAX_MARKS), in a message, a link and a goodbye."""
+    carol = tcp("carol")
+    alice = browser()
+    join(alice, web, "alice")
+    pile = "\u0301" * 900
+    carol.send(f"MSG Z{pile}algo ti\u1ebf\u0301ng https://x.example/a{pile}")
+    accents = "\u0301" * 4
+    wait_texts(alice, [f"Z{accents}algo ti\u1ebf\u0301ng https://x.example/a{accents}"])
+    carol.send(f"BYE bye{pile}")
+    wait_notice(alice, f"carol left: bye{accents}")
+
+
 def test_quit_forgets_the_password_and_join_again_asks_for_it(
     web: WebServer, browser: Callable[..., Any], tcp: Callable[[str], LineClient]
 ) -> None:

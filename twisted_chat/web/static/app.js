@@ -77,7 +77,12 @@
   // (U+200E/F), which Arabic and Hebrew text use, are kept. The text is
   // isolated as well (.msg-text: unicode-bidi: isolate).
   const OVERRIDES = /[\u202A-\u202E\u2066-\u2069]/g;
-  const shownOverrides = (text) => text.replace(OVERRIDES, codePoint);
+  // A character keeps at most 4 combining marks, as in the terminal client
+  // (sanitize.py, MAX_MARKS: enough for Vietnamese, Hebrew points or Thai
+  // tones): a pile of hundreds ("zalgo") drew over the messages around it.
+  const MARK_PILES = /([\p{Mn}\p{Me}]{4})[\p{Mn}\p{Me}]+/gu;
+  const fewerMarks = (text) => text.replace(MARK_PILES, "$1");
+  const shownOverrides = (text) => fewerMarks(text.replace(OVERRIDES, codePoint));
 
   // Text with http(s) links made clickable; both built as DOM nodes.
   function richText(text) {
@@ -87,7 +92,7 @@
     for (const m of text.matchAll(re)) {
       let url = m[0].replace(/[.,;:!?)\]]+$/, "");
       if (m.index > last) frag.append(document.createTextNode(shownOverrides(text.slice(last, m.index))));
-      const a = el("a", null, shownBidi(url));
+      const a = el("a", null, fewerMarks(shownBidi(url)));
       a.dir = "ltr";
       a.href = url;
       a.target = "_blank";
