@@ -10,6 +10,7 @@ from twisted.python.failure import Failure
 
 from twisted_chat.client.login import Login
 from twisted_chat.client.protocol import ChatClient
+from twisted_chat.client.replies import BELL_GAP
 from twisted_chat.client.session import Outcome, State
 
 from .helpers import TS, Session, session
@@ -859,10 +860,28 @@ def test_the_bell_rings_once_for_a_mention_a_private_message_or_an_invitation() 
     assert s.screen.bells == 0
     s.receive(f"MSG {TS} bob * alice: lunch?")
     assert s.screen.bells == 1
+    s.clock.advance(BELL_GAP)
     s.receive(f"MSG {TS} bob alice psst alice")  # a DM that mentions you: once
     assert s.screen.bells == 2
+    s.clock.advance(BELL_GAP)
     s.receive("INVITE bob")
     assert s.screen.bells == 3
+
+
+def test_a_burst_rings_the_bell_once() -> None:
+    # Another user's burst of private messages or mentions (20 at once, then
+    # 10 a second under the server's flood rule) rang the bell for each.
+    s = session()
+    s.ready(users=("bob",))
+    s.receive(*[f"MSG {TS} bob alice psst {i}" for i in range(20)], f"MSG {TS} bob * alice!")
+    assert s.screen.bells == 1
+    for _ in range(30):
+        s.clock.advance(BELL_GAP / 2)
+        s.receive(f"MSG {TS} bob alice more", "INVITE bob")
+    assert s.screen.bells == 1  # never a second's quiet
+    s.clock.advance(BELL_GAP)
+    s.receive(f"MSG {TS} bob alice after a pause")
+    assert s.screen.bells == 2
 
 
 def test_a_script_never_rings() -> None:

@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 
 from tests.serverproc import LOOPBACK, LineClient, ServerProcess, wait_until
+from twisted_chat.client.replies import BELL_GAP
 
 from .clientproc import CLIENT
 from .tmuxpane import Pane
@@ -168,8 +169,10 @@ def test_tab_completion_mentions_and_the_bell(
     coloured = term.screen(escapes=True)
     assert "\x1b[7m" in coloured[row] or ";7m" in coloured[row], coloured[row]
     assert "7m" not in coloured[row - 1].replace("\x1b[27m", "")
+    time.sleep(BELL_GAP)  # each after a quiet second: a burst rings once
     bob.send("DM alice psst")
     term.wait_row(r"\(private\) bob -> you: psst$")
+    time.sleep(BELL_GAP)
     bob.send("PAIR alice")
     term.wait_row(r"bob invites you")
     bob.sync()

@@ -16,7 +16,7 @@ import re
 from collections.abc import Callable
 from typing import Protocol
 
-from twisted.internet.interfaces import ITransport
+from twisted.internet.interfaces import IReactorTime, ITransport
 
 from twisted_chat.client import render
 from twisted_chat.client.commands import Send
@@ -33,12 +33,19 @@ from twisted_chat.client.roster import Roster
 from twisted_chat.client.session import Ending, State
 from twisted_chat.wire import PROTOCOL_VERSION, nick_key
 
+# A bell rings only after this many seconds without a line that rings it:
+# another user's burst of private messages or mentions rings once.
+BELL_GAP = 1.0
+
 
 class Client(Protocol):
     """What L{Replies} needs from its connection (L{ChatClient})."""
 
     nick: str | None
     kept_password: tuple[str, str] | None
+
+    @property
+    def clock(self) -> IReactorTime: ...
 
     @property
     def server(self) -> str: ...
@@ -124,6 +131,7 @@ class Replies:
         # already that it may repeat (twisted_chat.client.lobbyview).
         self._repeats: Repeats | None = None
         self.held = HeldNotices()
+        self._last_ring: float | None = None  # when a line last rang, or would have
 
     def handle(self, event: ServerLine) -> None:
         """Act on a line of a verb this client knows."""
@@ -131,7 +139,13 @@ class Replies:
         handler(event)
 
     def _ring(self) -> None:
+        """Ring for a mention, a private message or an invitation, unless
+        one came less than L{BELL_GAP} seconds ago (a burst rings once)."""
         client = self._client
+        now, last = client.clock.seconds(), self._last_ring
+        self._last_ring = now
+        if last is not None and now - last < BELL_GAP:
+            return
         if client.interactive and client.display is not None:
             client.display.bell()
 
