@@ -88,6 +88,16 @@ def test_a_port_busy_on_another_interface_does_not_stop_start_up(held_port: int)
     ("--port", "tcp:7001:interface=0.0.0.0", "--web", "tcp6:7001:interface=\\:\\:"),
     ("--port", "tcp6:7001:interface=\\:\\:", "--metrics", "tcp:7001:interface=127.0.0.1"),
     ("--port", "tcp:7001:interface=localhost", "--web", "tcp6:7001:interface=\\:\\:"),
+    # An IPv4-mapped address binds the IPv4 address itself on such a kernel:
+    ("--port", "tcp6:7001:interface=\\:\\:ffff\\:127.0.0.1",
+     "--web", "tcp:7001:interface=localhost"),
+    ("--port", "tcp:7001", "--web", "tcp6:7001:interface=\\:\\:ffff\\:127.0.0.1"),
+    # A host name is not looked up, but Twisted binds it as IPv4: it clashes
+    # with itself and with every interface.
+    ("--port", "tcp:7001:interface=Chat.Invalid", "--web", "tcp:7001:interface=chat.invalid."),
+    ("--port", "tcp:7001", "--web", "tcp:7001:interface=chat.invalid"),
+    ("--port", "tcp:7001:interface=chat.invalid", "--metrics", "tcp:7001:interface=0.0.0.0"),
+    ("--port", "tcp6:7001:interface=\\:\\:", "--web", "tcp:7001:interface=chat.invalid"),
 ])
 def test_two_options_on_one_port_stop_start_up_saying_so(
         argv: tuple[str, ...], monkeypatch: pytest.MonkeyPatch) -> None:
@@ -110,8 +120,17 @@ def test_two_options_on_one_port_stop_start_up_saying_so(
     (("--port", "tcp6:7001:interface=\\:\\:1", "--web", "tcp:7001:interface=127.0.0.1"),
      True),
     (("--port", "tcp:0", "--web", "tcp:0"), True),
-    # A name other than localhost is left to the bind: comparing it needs a lookup.
+    (("--port", "tcp6:7001:interface=\\:\\:ffff\\:127.0.0.1", "--web",
+      "tcp:7001:interface=127.0.0.2"), True),
+    # A name other than localhost is left to the bind, but for itself and every
+    # interface: comparing it to an address or another name needs a lookup.
     (("--port", "tcp:7001:interface=chat.invalid", "--web", "tcp:7001:interface=127.0.0.1"),
+     True),
+    (("--port", "tcp:7001:interface=chat.invalid", "--web", "tcp:7001:interface=irc.invalid"),
+     True),
+    (("--port", "tcp:7001:interface=chat.invalid", "--web", "tcp6:7001:interface=\\:\\:"),
+     False),
+    (("--port", "tcp:7001:interface=chat.invalid", "--web", "tcp6:7001:interface=\\:\\:1"),
      True),
 ])
 def test_ports_that_do_not_overlap_are_all_listened_on(

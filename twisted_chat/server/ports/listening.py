@@ -247,33 +247,50 @@ def dual_stack() -> bool:
         return False
 
 
-def bound_address(interface: str) -> IPv4Address | IPv6Address | None:
+#: What a listener binds (L{bound_address}): an address, or a host name.
+Bound = IPv4Address | IPv6Address | str
+
+
+def bound_address(interface: str) -> Bound:
     """
     The address a listener on C{interface} binds, as Twisted and the
     kernel read it: C{""} is IPv4's every interface, C{localhost} IPv4's
     loopback (Twisted takes a name for IPv4, and C{localhost} is
     loopback, RFC 6761); an address literal in its one spelling
-    (C{0.0.0.0}, C{::0}).  C{None}: another name, which only a lookup
-    could compare (the bind says if it clashes).
+    (C{0.0.0.0}, C{::0}).  Another name, in lower case without its final
+    dot: an IPv4 address only a lookup could tell (L{_overlap}).
     """
     if interface == "":
         return IPv4Address(0)
-    if interface.lower().rstrip(".") == "localhost":
+    name = interface.lower().rstrip(".")
+    if name == "localhost":
         return IPv4Address("127.0.0.1")
     try:
         return ip_address(interface)
     except ValueError:
-        return None
+        return name
 
 
-def _overlap(one: IPv4Address | IPv6Address, other: IPv4Address | IPv6Address,
-             dual: bool) -> bool:
+def _family(bound: Bound) -> int:
+    """4 or 6: a name is bound as IPv4 (L{bound_address})."""
+    return 4 if isinstance(bound, str) else bound.version
+
+
+def _every(bound: Bound) -> bool:
+    """Whether C{bound} is every interface of its family."""
+    return not isinstance(bound, str) and bound.is_unspecified
+
+
+def _overlap(one: Bound, other: Bound, dual: bool) -> bool:
     """Whether listeners on C{one} and C{other}, on one port, clash: the
-    same address, or every one of a family and any of it; with C{dual},
-    IPv6's every one (C{::}) and any IPv4 address as well."""
-    if one.version == other.version:
-        return one == other or one.is_unspecified or other.is_unspecified
-    return dual and any(a.version == 6 and a.is_unspecified for a in (one, other))
+    same address or name, or every one of a family and any of it (a name
+    too, without a lookup); with C{dual}, IPv6's every one (C{::}) and any
+    IPv4 address as well."""
+    if one == other:
+        return True
+    if _family(one) == _family(other):
+        return _every(one) or _every(other)
+    return dual and any(_family(a) == 6 and _every(a) for a in (one, other))
 
 
 def one_port_each(listeners: list[tuple[str, str, Any]],
@@ -284,22 +301,24 @@ def one_port_each(listeners: list[tuple[str, str, Any]],
     failed only after the files were made, with C{Address already in use},
     which sent the operator looking for another process.  Interfaces are
     compared as addresses (L{bound_address}: C{tcp:7000} and
-    C{interface=0.0.0.0}, C{localhost} and C{127.0.0.1}), and C{::} takes
-    IPv4 too where the kernel makes it (L{dual_stack}, or C{dual}); an
-    IPv4 and an IPv6 port may otherwise share a number (README:
+    C{interface=0.0.0.0}, C{localhost} and C{127.0.0.1}; another host
+    name, not looked up, clashes with itself and every interface), and
+    C{::} takes IPv4 too where the kernel makes it (L{dual_stack}, or
+    C{dual}; there an IPv4-mapped address is the IPv4 address); an IPv4
+    and an IPv6 port may otherwise share a number (README:
     C{tcp6:PORT:interface=\\:\\:} beside C{tcp:PORT} when C{bindv6only} is
     set).
     """
     if dual is None:
         dual = dual_stack()
-    seen: list[tuple[str, str, IPv4Address | IPv6Address, int]] = []
+    seen: list[tuple[str, str, Bound, int]] = []
     for option, description, endpoint in listeners:
         address = tcp_address(endpoint)
         if address is None or not address[1]:
             continue
         bound = bound_address(address[0])
-        if bound is None:
-            continue
+        if dual and isinstance(bound, IPv6Address) and bound.ipv4_mapped is not None:
+            bound = bound.ipv4_mapped  # ::ffff:127.0.0.1 binds 127.0.0.1 itself
         port = address[1]
         for other_option, other, other_bound, other_port in seen:
             if port == other_port and _overlap(bound, other_bound, dual):
