@@ -433,13 +433,13 @@ class RotatedLogFile(LogFile):
         left_out = self.unrotated_warning.allow(self.now())
         if left_out is None:
             return False
-        text = ("the log file {path} cannot be rotated: {why}; it grows on past "
-                "{size:,} bytes, --log-keep bounding nothing, until the server's user "
-                "can write there (tried again at most every {every:.0f} s, and at "
-                "each SIGUSR1)")
-        if left_out:
-            # Tries, not missed rotations.
-            text += " (tried again {left_out} times since the last warning)"
-        self.log.warn(text, path=self.path, why=why, size=self.rotateLength,
-                      left_out=left_out, every=RETRY_EVERY)
+        # Tries, not missed rotations.
+        since = {0: "", 1: ": once since the last warning"}.get(
+            left_out, f": {left_out} times since the last warning")
+        self.log.warn("the log file {path} cannot be rotated: {why}; it grows on past "
+                      "{size:,} bytes, --log-keep bounding nothing, until the server's "
+                      "user can write there (tried again at most every {every:.0f} s, "
+                      "and at each SIGUSR1{since})",
+                      path=self.path, why=why, size=self.rotateLength,
+                      left_out=left_out, every=RETRY_EVERY, since=since)
         return False
