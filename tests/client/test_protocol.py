@@ -875,13 +875,28 @@ def test_a_burst_rings_the_bell_once() -> None:
     s.ready(users=("bob",))
     s.receive(*[f"MSG {TS} bob alice psst {i}" for i in range(20)], f"MSG {TS} bob * alice!")
     assert s.screen.bells == 1
-    for _ in range(30):
-        s.clock.advance(BELL_GAP / 2)
-        s.receive(f"MSG {TS} bob alice more", "INVITE bob")
-    assert s.screen.bells == 1  # never a second's quiet
-    s.clock.advance(BELL_GAP)
-    s.receive(f"MSG {TS} bob alice after a pause")
+    s.clock.advance(BELL_GAP / 2)
+    s.receive(f"MSG {TS} bob alice more", "INVITE bob")
+    assert s.screen.bells == 1
+    s.clock.advance(BELL_GAP / 2)
+    s.receive(f"MSG {TS} bob alice after a second")
     assert s.screen.bells == 2
+
+
+def test_a_stream_never_a_second_apart_does_not_silence_the_bell() -> None:
+    # A bell held back until a second without a line that would ring it let
+    # bob, one line every half second, keep it silent for everyone else's.
+    s = session()
+    s.ready(users=("bob", "carol"))
+    s.receive(f"MSG {TS} bob alice psst")
+    assert s.screen.bells == 1
+    for _ in range(7):  # to 3.5 s
+        s.clock.advance(BELL_GAP / 2)
+        s.receive(f"MSG {TS} bob alice more")
+    assert s.screen.bells == 4  # at 0, 1, 2 and 3 s: once a second at most
+    s.clock.advance(BELL_GAP / 2)
+    s.receive("INVITE carol")  # half a second after bob's last line
+    assert s.screen.bells == 5  # a second after the last bell
 
 
 def test_a_script_never_rings() -> None:

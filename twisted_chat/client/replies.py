@@ -33,8 +33,9 @@ from twisted_chat.client.roster import Roster
 from twisted_chat.client.session import Ending, State
 from twisted_chat.wire import PROTOCOL_VERSION, nick_key
 
-# A bell rings only after this many seconds without a line that rings it:
-# another user's burst of private messages or mentions rings once.
+# Seconds from one bell to the next at least: another user's burst of
+# private messages or mentions rings once, and a stream of them, however
+# long, still lets anyone else's ring (a second after the last bell).
 BELL_GAP = 1.0
 
 
@@ -131,7 +132,7 @@ class Replies:
         # already that it may repeat (twisted_chat.client.lobbyview).
         self._repeats: Repeats | None = None
         self.held = HeldNotices()
-        self._last_ring: float | None = None  # when a line last rang, or would have
+        self._last_ring: float | None = None  # when the bell last rang
 
     def handle(self, event: ServerLine) -> None:
         """Act on a line of a verb this client knows."""
@@ -140,14 +141,15 @@ class Replies:
 
     def _ring(self) -> None:
         """Ring for a mention, a private message or an invitation, unless
-        one came less than L{BELL_GAP} seconds ago (a burst rings once)."""
+        the bell rang less than L{BELL_GAP} seconds ago (a burst rings once)."""
         client = self._client
+        if not client.interactive or client.display is None:
+            return
         now, last = client.clock.seconds(), self._last_ring
-        self._last_ring = now
         if last is not None and now - last < BELL_GAP:
             return
-        if client.interactive and client.display is not None:
-            client.display.bell()
+        self._last_ring = now
+        client.display.bell()
 
     def _at_password(self) -> bool:
         """At the password prompt, or about to be asked again (a C{PASS}
