@@ -1451,7 +1451,9 @@ def test_a_kept_gzip_answer_is_not_served_to_a_client_that_did_not_ask_for_it() 
 
 @pytest.mark.parametrize(("endpoint", "warned"), [
     ("9108", True), ("tcp:9108", True), ("tcp:9108:interface=0.0.0.0", True),
-    ("tcp6:9108:interface=\\:\\:", True), ("tcp:9108:interface=127.0.0.1", False),
+    ("tcp6:9108:interface=\\:\\:", True), ("tcp6:9108:interface=\\:\\:0", True),
+    ("tcp6:9108:interface=0\\:0\\:\\:0", True),
+    ("tcp6:9108:interface=\\:\\:ffff\\:0.0.0.0", True), ("tcp:9108:interface=127.0.0.1", False),
     ("tcp6:9108:interface=\\:\\:1", False), ("unix:/tmp/metrics.sock", False)])
 def test_a_metrics_port_on_every_interface_is_one_warning_at_start(
     endpoint: str, warned: bool,

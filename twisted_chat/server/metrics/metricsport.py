@@ -489,13 +489,14 @@ def metrics_site(registry: CollectorRegistry, reactor: Any = None,
 def exposed(endpoint: Any) -> str | None:
     """
     The warning to log at start if the metrics port's C{endpoint} listens
-    on every interface (a bare C{--metrics PORT}, or C{tcp:PORT} without
-    C{interface=}): anyone who can reach the host may read the metrics.
+    on every interface (a bare C{--metrics PORT}, C{tcp:PORT} without
+    C{interface=}, or an unspecified address however spelt: C{::0}): anyone
+    who can reach the host may read the metrics.
     """
     if not isinstance(endpoint, listening.TCP_ENDPOINTS):
         return None  # a UNIX socket: its file's permissions decide
     address = listening.tcp_address(endpoint)
-    if address is not None and address[0] not in listening.EVERY_INTERFACE:
+    if address is not None and not listening.every_interface(address[0]):
         return None  # one interface (with None, it cannot tell: it warns)
     return ("--metrics listens on every interface: anyone who can reach this host may "
             "read the metrics; bind it to loopback (tcp:PORT:interface=127.0.0.1) or "

@@ -228,10 +228,6 @@ def _not_busy(description: str, endpoint: Any, interface: str, port: int,
                              f"{e.strerror}") from None
 
 
-#: The interfaces that mean "every one" of their address family.
-EVERY_INTERFACE = ("", "0.0.0.0", "::")
-
-
 #: Where a kernel says whether an IPv6 socket on C{::} takes IPv4 too.
 BINDV6ONLY = "/proc/sys/net/ipv6/bindv6only"
 
@@ -279,6 +275,16 @@ def _family(bound: Bound) -> int:
 def _every(bound: Bound) -> bool:
     """Whether C{bound} is every interface of its family."""
     return not isinstance(bound, str) and bound.is_unspecified
+
+
+def every_interface(interface: str) -> bool:
+    """Whether a listener on C{interface} takes every interface of a
+    family, however the address is spelt (C{::0}, C{0:0::0}, and
+    C{::ffff:0.0.0.0}, IPv4's every one on a dual-stack kernel)."""
+    bound = bound_address(interface)
+    if isinstance(bound, IPv6Address) and bound.ipv4_mapped is not None:
+        bound = bound.ipv4_mapped
+    return _every(bound)
 
 
 def _overlap(one: Bound, other: Bound, dual: bool) -> bool:
