@@ -495,6 +495,31 @@ def test_a_full_password_queue_discards_the_line_with_flood() -> None:
     assert conns["bob"].take()[0] == "READY bob"
 
 
+def test_a_full_password_queue_names_the_register_or_passwd_it_discards() -> None:
+    """A REGISTER or PASSWD the full queue turns away is told to send that
+    command again, as a PASS is: it was told to send "it" again, which a
+    client with several lines out could not place."""
+    h = harness(work=HeldWork())
+    add(h, "alice")
+    alice, bob = fresh(h), fresh(h)
+    alice.send("NICK alice", f"PASS {PW}")
+    bob.send("NICK bob")
+    while h.work.held:  # type: ignore[attr-defined]
+        h.work.release()  # type: ignore[attr-defined]
+    assert alice.take()[:2] == ["PASS alice", "READY alice"]
+    assert bob.take()[0] == "READY bob"
+    h.work.limit = 0  # type: ignore[attr-defined]  # every password thread taken
+    bob.send(f"REGISTER {PW}")
+    alice.send("PASSWD new-password")
+    while h.work.held:  # type: ignore[attr-defined]
+        h.work.release()  # type: ignore[attr-defined]
+    busy = "ERROR flood the server is busy; send {} again in a moment"
+    assert [line for line in bob.take() if line.startswith("ERROR")] == [
+        busy.format("REGISTER")]
+    assert [line for line in alice.take() if line.startswith("ERROR")] == [
+        busy.format("PASSWD")]
+
+
 def test_one_address_cannot_fill_the_password_pool() -> None:
     """An address has at most max_pending_per_address (8) password jobs
     queued or running, whatever its connections send: 20 PASS lines and a

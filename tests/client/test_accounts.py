@@ -613,7 +613,7 @@ def test_a_busy_server_answering_register_or_passwd_says_what_was_not_done(
     s.ready()
     s.type(command)
     assert len(s.sent()) == 1
-    s.receive("ERROR flood the server is busy; send it again in a moment")
+    s.receive(f"ERROR flood the server is busy; send {command[1:].upper()} again in a moment")
     assert s.screen.take() == [f"! The server is busy: {said}"]
     assert s.client.passwords.request is None
     s.receive("ERROR flood at most 10 lines per second (bursts of 20)")

@@ -383,7 +383,7 @@ def test_error_flood_slows_down_and_marks_the_loss_unless_busy() -> None:
     r.outbox.sent("DM")
     # Password work refused (PASSWORD_WORK_REFUSED): no line was dropped, so
     # the pacer keeps its rate and its bucket (the next line goes now).
-    assert r.outbox.flood("the server is busy; send it again in a moment") is None
+    assert r.outbox.flood("the server is busy; send PASSWD again in a moment") is None
     assert r.outbox.rate == RATE
     r.outbox.add("next", None)
     assert r.outbox.next_line(True) == "next"

@@ -1110,7 +1110,7 @@ def test_password_work_refused_for_flood_ends_the_request_in_the_servers_words(
         "NICK alice": [["READY alice", "USERS 0"]],
         "REGISTER correct horse 1": [
             [f"ERROR flood {WORK.format(verb='REGISTER')}"],
-            ["ERROR flood the server is busy; send it again in a moment"],
+            ["ERROR flood the server is busy; send REGISTER again in a moment"],
             [f"ERROR flood {SLOW}", "REGISTERED alice"]],
         "PASSWD correct horse 1": [
             [f"ERROR flood {WORK.format(verb='PASSWD')}"],
@@ -1122,8 +1122,8 @@ def test_password_work_refused_for_flood_ends_the_request_in_the_servers_words(
         ("/register", "The nickname was not registered: "
          f"{WORK.format(verb='REGISTER')}."),
         ("/passwd", f"The password was not changed: {WORK.format(verb='PASSWD')}."),
-        ("/register", "The nickname was not registered: the server is busy; send it "
-         "again in a moment."),
+        ("/register", "The nickname was not registered: the server is busy; send "
+         "REGISTER again in a moment."),
         ("/passwd", f"The password was not changed: {HASHES.format(verb='PASSWD')}."),
     ]
     for command, said in shown:

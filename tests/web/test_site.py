@@ -364,7 +364,7 @@ def test_the_pages_password_work_refusals_are_the_servers() -> None:
     for words in wire.PASSWORD_WORK_REFUSED:
         assert page.search(f"{words}; send PASSWD again in a moment"), words
     for verb in ("REGISTER", "PASSWD"):
-        for text in (ADDRESS_BUSY_TEXT.format(verb=verb), SERVER_BUSY_TEXT.format(verb="it"),
+        for text in (ADDRESS_BUSY_TEXT.format(verb=verb), SERVER_BUSY_TEXT.format(verb=verb),
                      _too_many_hashes(verb, 41.5, LoginLimits()).text):
             assert page.search(text), text
     for text in ("slow down: at most 10 lines per second (bursts of 20); lines are being "

@@ -91,7 +91,8 @@ PASSWORD_CHANGED_TEXT = ("the password was changed since you logged in; log in a
 # The answer to a password job over the address's share of the queue
 # (LoginLimits.max_pending_per_address), the command's name after it.
 ADDRESS_BUSY_TEXT = wire.PASSWORD_WORK + "; send {verb} again in a moment"
-# The answer to a password job when the password threads hold all they may.
+# The answer to a password job when the password threads hold all they may,
+# the command's name after it.
 SERVER_BUSY_TEXT = wire.SERVER_BUSY + "; send {verb} again in a moment"
 # The answer to every REGISTER (of a valid password) under --accounts
 # required, whether the nick has an account or not: the operator makes them.
@@ -635,7 +636,7 @@ class Login:
         except WorkBusy:
             accounts.end_work(address)
             accounts.unspend_hash(address)
-            self._conn.write(wire.error(ErrorCode.FLOOD, SERVER_BUSY_TEXT.format(verb="it")))
+            self._conn.write(wire.error(ErrorCode.FLOOD, SERVER_BUSY_TEXT.format(verb=verb)))
             return None
         d.addBoth(_work_ended, accounts, address)
         d.addCallback(self._store, store, nick)
