@@ -112,7 +112,9 @@ def listener_of(description: str) -> int | str:
                              f"no port number (ssl:PORT:privateKey=...)")
         return _known_port(description, int(port))
     try:
-        endpoint = endpoints.serverFromString(reactor, description)
+        # Twisted's parser is not annotated (pyproject.toml's overrides).
+        endpoint = endpoints.serverFromString(  # type: ignore[no-untyped-call]
+            reactor, description)
     except Exception as e:  # systemd: with nothing inherited, say
         raise ValueError(f"cannot tell what {description!r} listens on: {e!r}") from e
     # haproxy: wraps the endpoint it listens on (Twisted-private, as tcp_address's).
@@ -469,7 +471,7 @@ class LineClient:
         the result.
         """
         self.send(f"PING {token}")
-        before = []
+        before: list[str] = []
         deadline = time.monotonic() + (self.timeout if timeout is None else timeout)
         while True:
             line = self.readline(max(deadline - time.monotonic(), 0.001))
