@@ -34,6 +34,7 @@ from tests.harness import Harness
 from tests.serverproc import LOOPBACK, LineClient
 from tests.test_address_limits import _crowd
 from tests.web.webserver import WebServer, served, serving
+from twisted_chat.client import sanitize
 from twisted_chat.client.commands import password_problem
 from twisted_chat.server.accounts.hashing import password_bytes
 from twisted_chat.server.accounts.hashing import password_problem as server_length_problem
@@ -3359,7 +3360,8 @@ def test_a_pile_of_combining_marks_is_cut_to_four_as_in_the_terminal(
 ) -> None:
     """A letter under 900 accents (zalgo) drew a tower over the messages
     around it: a character keeps at most 4 combining marks, as the terminal
-    client's (sanitize.MAX_MARKS), in a message, a link and a goodbye."""
+    client's (sanitize.MAX_MARKS), in a message, a link and a goodbye; the
+    joiners U+200D and U+200C count among them, as the terminal counts them."""
     carol = tcp("carol")
     alice = browser()
     join(alice, web, "alice")
@@ -3367,6 +3369,14 @@ def test_a_pile_of_combining_marks_is_cut_to_four_as_in_the_terminal(
     carol.send(f"MSG Z{pile}algo ti\u1ebf\u0301ng https://x.example/a{pile}")
     accents = "\u0301" * 4
     wait_texts(alice, [f"Z{accents}algo ti\u1ebf\u0301ng https://x.example/a{accents}"])
+    # The joiners (ZWJ, ZWNJ) count as marks there too: a pile of them and
+    # accents is cut where the terminal cuts it, and an emoji family keeps its own.
+    joiners = "\u200d\u0301\u200c" * 300
+    family = "\U0001f468\u200d\U0001f469\u200d\U0001f467"
+    carol.send(f"MSG j{joiners}oin {family}")
+    shown = sanitize.clean(f"j{joiners}oin {family}")
+    assert shown == f"j\u200d\u0301\u200c\u200doin {family}"
+    wait_texts(alice, [shown])
     carol.send(f"BYE bye{pile}")
     wait_notice(alice, f"carol left: bye{accents}")
 

@@ -80,7 +80,9 @@
   // A character keeps at most 4 combining marks, as in the terminal client
   // (sanitize.py, MAX_MARKS: enough for Vietnamese, Hebrew points or Thai
   // tones): a pile of hundreds ("zalgo") drew over the messages around it.
-  const MARK_PILES = /([\p{Mn}\p{Me}]{4})[\p{Mn}\p{Me}]+/gu;
+  // The joiners ZWJ and ZWNJ count among them, as the terminal counts them
+  // (a pile of them between accents kept every accent).
+  const MARK_PILES = /([\p{Mn}\p{Me}\u200C\u200D]{4})[\p{Mn}\p{Me}\u200C\u200D]+/gu;
   const fewerMarks = (text) => text.replace(MARK_PILES, "$1");
   const shownOverrides = (text) => fewerMarks(text.replace(OVERRIDES, codePoint));
 
