@@ -469,8 +469,13 @@ class ChatProtocol:
         if data:
             self.ctx.fanout.read(self._take, data)
         else:
-            self._buffer = b""
-            self._discarding = True
+            self._drop_line()
+
+    def _drop_line(self) -> None:
+        """A TLS record refused a flood token: the line it is part of goes,
+        what came of it before and the rest up to its newline."""
+        self._buffer = b""
+        self._discarding = True
 
     def message_received(self, line: bytes) -> None:
         """One whole line from a transport that frames messages itself (the
@@ -712,5 +717,4 @@ class RecordChatProtocol(ChatProtocol):
         if hold is not None and hold.waiting:
             hold.drop_line()  # in its turn, with the held part of its line
             return
-        self._buffer = b""
-        self._discarding = True
+        self._drop_line()
