@@ -728,12 +728,16 @@ class _Listeners:
             web=[(description, listen_on(description, reactor, "--web"))
                  for description in options["web"]],
         )
-        scrape = [listeners.scrape] if listeners.scrape is not None else []
-        one_port_each(
-            [("--port", description, endpoint) for description, endpoint in listeners.ports]
-            + [("--metrics", description, endpoint) for description, endpoint in scrape]
-            + [("--web", description, endpoint) for description, endpoint in listeners.web])
+        one_port_each(listeners.every())
         return listeners
+
+    def every(self) -> list[tuple[str, str, Any]]:
+        """Each listener as C{(option, description, endpoint)}: the port
+        check's and the certificate reloads' one list."""
+        scrape = [self.scrape] if self.scrape is not None else []
+        return ([("--port", description, endpoint) for description, endpoint in self.ports]
+                + [("--metrics", description, endpoint) for description, endpoint in scrape]
+                + [("--web", description, endpoint) for description, endpoint in self.web])
 
     def add(self, top: _Top, options: Options, factory: ChatFactory, reactor: Any,
             registry: Callable[[], CollectorRegistry]) -> None:
@@ -760,6 +764,5 @@ class _Listeners:
 
             add_web(top, options, factory, reactor, self.web)
         # SIGHUP, and a renewed certificate of an ssl: port.
-        every = [*self.ports, *self.web, *([self.scrape] if self.scrape else [])]
-        Reloader(reactor, [endpoint.certificate for _, endpoint in every
+        Reloader(reactor, [endpoint.certificate for _, _, endpoint in self.every()
                            if isinstance(endpoint, ReloadingSSLEndpoint)]).setServiceParent(top)
