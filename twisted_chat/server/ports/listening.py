@@ -277,14 +277,19 @@ def _every(bound: Bound) -> bool:
     return not isinstance(bound, str) and bound.is_unspecified
 
 
+def _unmapped(bound: Bound) -> Bound:
+    """An IPv4-mapped address (C{::ffff:a.b.c.d}) as the IPv4 address a
+    dual-stack kernel binds; anything else as it is."""
+    if isinstance(bound, IPv6Address) and bound.ipv4_mapped is not None:
+        return bound.ipv4_mapped
+    return bound
+
+
 def every_interface(interface: str) -> bool:
     """Whether a listener on C{interface} takes every interface of a
     family, however the address is spelt (C{::0}, C{0:0::0}, and
     C{::ffff:0.0.0.0}, IPv4's every one on a dual-stack kernel)."""
-    bound = bound_address(interface)
-    if isinstance(bound, IPv6Address) and bound.ipv4_mapped is not None:
-        bound = bound.ipv4_mapped
-    return _every(bound)
+    return _every(_unmapped(bound_address(interface)))
 
 
 def _overlap(one: Bound, other: Bound, dual: bool) -> bool:
@@ -323,8 +328,8 @@ def one_port_each(listeners: list[tuple[str, str, Any]],
         if address is None or not address[1]:
             continue
         bound = bound_address(address[0])
-        if dual and isinstance(bound, IPv6Address) and bound.ipv4_mapped is not None:
-            bound = bound.ipv4_mapped  # ::ffff:127.0.0.1 binds 127.0.0.1 itself
+        if dual:
+            bound = _unmapped(bound)  # ::ffff:127.0.0.1 binds 127.0.0.1 itself
         port = address[1]
         for other_option, other, other_bound, other_port in seen:
             if port == other_port and _overlap(bound, other_bound, dual):
