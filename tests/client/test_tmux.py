@@ -633,7 +633,12 @@ def test_leaving_a_reconnection_held_back_by_the_nick_limit_exits_1(
         terms[nick].wait_row(rf"^{nick}>$")
     server.stop()
     chat_server(*limits, "--ip-register-burst", "1", port=server.port, exempt=())
-    [waiting] = _said(list(terms.values()), r"Sending the nickname \w+ again in \d+ s")
+    # Each client's next try may be a backoff step away (up to 20 s, if the
+    # restart was slow): wait that long, and show both screens if neither
+    # is held back then.
+    held = _said(list(terms.values()), r"Sending the nickname \w+ again in \d+ s", timeout=45)
+    assert len(held) == 1, [term.screen() for term in terms.values()]
+    [waiting] = held
     if leave == "/quit":
         waiting.enter("/quit")
     else:
