@@ -243,6 +243,26 @@ def test_taken_after_a_lookup_names_the_winner_as_spelled() -> None:
     assert two.take() == ["RETRY taken alice is online already"]
 
 
+def test_nicks_of_one_address_looked_up_at_once_spend_its_registrations_once_each() -> None:
+    """The address may register one nick (two clients behind it coming
+    back after a restart): two NICKs whose account lookups ran at once were
+    both judged within the limit before either was registered, and both got
+    in.  The second is judged again once its lookup is over."""
+    h = harness(work=HeldWork(), ip_register_rate=0.05, ip_register_burst=1)
+    alice, bob = fresh(h), fresh(h)
+    alice.send("NICK alice")
+    bob.send("NICK bob")
+    h.work.release()  # type: ignore[attr-defined]  # both lookups: no account
+    assert alice.take()[0] == "READY alice"
+    assert bob.take() == [
+        "ERROR flood too many nicks registered from 127.0.0.1 lately; try again in 20 s"]
+    assert bob.user is None
+    h.clock.advance(20.0)
+    bob.send("NICK bob")
+    h.work.release()  # type: ignore[attr-defined]
+    assert bob.take()[0] == "READY bob"
+
+
 def test_taken_while_the_password_was_checked() -> None:
     h = harness(work=HeldWork())
     one = checking(h)

@@ -295,9 +295,10 @@ class Session:
             return
         self._hold(conn, self._nick_allowed(conn, nick))
 
-    def _nick_allowed(self, conn: Connection, nick: str) -> Deferred[Any] | None:
+    def _nick_allowed(self, conn: Connection, nick: str, looked_up: bool = False
+                      ) -> Deferred[Any] | None:
         """C{nick} is valid: within its address's registrations, on to the
-        login or the state."""
+        login (unless C{looked_up}: it has no account) or the state."""
         limits = conn.limits
         wait = self.factory.addresses.registration_wait(limits)
         if isinstance(wait, Deferred):
@@ -309,7 +310,7 @@ class Session:
             if due is not None:
                 wait.addTimeout(max(due - conn.clock.seconds(), 0.0), conn.clock,
                                 onTimeoutCancel=lambda result, timeout: _LATE)
-            return wait.addCallback(self._nick_judged, conn, nick)
+            return wait.addCallback(self._nick_judged, conn, nick, looked_up)
         if wait:
             assert limits is not None
             conn.write(
@@ -320,13 +321,22 @@ class Session:
                 )
             )
             return None
-        if self.factory.accounts is not None:
-            # The login calls admit() once the nick may be used.
+        if self.factory.accounts is not None and not looked_up:
+            # The login calls admit(), or admit_new() for a nick with no account.
             return self._login(conn).nick(nick)
         return self.admit(conn, nick)
 
-    def _nick_judged(self, result: object, conn: Connection, nick: str
-                     ) -> Deferred[Any] | None:
+    def admit_new(self, conn: Connection, nick: str) -> Deferred[Any] | None:
+        """
+        C{nick} has no account (its lookup is over): judged against its
+        address's registrations again before it is admitted, as other NICKs
+        of the address may have got in during the lookup (nothing is spent
+        until one is registered: each was judged within the limit).
+        """
+        return self._nick_allowed(conn, nick, looked_up=True)
+
+    def _nick_judged(self, result: object, conn: Connection, nick: str,
+                     looked_up: bool = False) -> Deferred[Any] | None:
         """The address's count came (or the NICK's wait ended first: L{_LATE})."""
         if conn.closing:
             return None
@@ -334,7 +344,7 @@ class Session:
             # Answered as a registration that came too late is.
             self._refused(self.factory.state.too_late(registration=True), conn)
             return None
-        return self._nick_allowed(conn, nick)
+        return self._nick_allowed(conn, nick, looked_up)
 
     def admit(self, conn: Connection, nick: str) -> Deferred[bool]:
         """Bring C{conn} online as C{nick} (true), or answer C{RETRY taken} (false)."""
@@ -655,6 +665,9 @@ class Handshake:
 
     def admit(self, nick: str) -> Deferred[bool]:
         return self.session.admit(self.conn, nick)
+
+    def admit_new(self, nick: str) -> Deferred[Any] | None:
+        return self.session.admit_new(self.conn, nick)
 
     def write(self, data: bytes) -> None:
         self.conn.write(data)
