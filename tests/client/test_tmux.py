@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 
 from tests.serverproc import LOOPBACK, LineClient, ServerProcess, wait_until
+from twisted_chat.client.reconnect import backoff_delay
 from twisted_chat.client.replies import BELL_GAP
 
 from .clientproc import CLIENT
@@ -29,6 +30,11 @@ NOTHING_MORE_WINDOW = 0.3
 # A person's pause after Esc, so that it reaches the client as a key of its
 # own, not as the start of an escape sequence with what is typed next.
 ESC_ALONE = 0.5
+# After a server restart, a client whose tries were refused meanwhile tries
+# again within one backoff step (client/reconnect.py): at most its longest
+# step at its most jitter, however long the restart took (5 s or less while
+# it takes under 5 s); then it logs in.
+BACK_AFTER_RESTART = backoff_delay(1_000, 1.0) + 7.5
 
 TS = r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z"
 SGR = re.compile(r"\x1b\[[0-9;]*m")
@@ -424,7 +430,8 @@ def test_a_server_restart_reconnects_and_rejoins(
     # The same port again, the same database (the history): the backoff
     # (1, 2, 4 ... s) finds it within a few seconds.
     chat_server(port=server.port)
-    row = term.wait_row(r"^\* Reconnected: you are back in the lobby as alice\.$", timeout=20)
+    row = term.wait_row(r"^\* Reconnected: you are back in the lobby as alice\.$",
+                        timeout=BACK_AFTER_RESTART)
     # The READY block ends with the user list; its history held only bob's
     # line, already on screen, so it is not shown again (client/lobbyview.py).
     term.wait_row(r"^\* 1 person online:$", after=row)
@@ -475,7 +482,8 @@ def test_users_behind_one_address_all_get_back_after_a_restart(
 
     server.stop()
     chat_server(*limits, "--ip-register-burst", "1", port=server.port, exempt=())
-    waited = _said([alice, bob], r"Sending the nickname (alice|bob) again in \d+ s \(try 1 of")
+    waited = _said([alice, bob], r"Sending the nickname (alice|bob) again in \d+ s \(try 1 of",
+                   timeout=BACK_AFTER_RESTART)
     assert len(waited) == 1, [t.screen() for t in (alice, bob)]
     for term, nick in ((alice, "alice"), (bob, "bob")):
         term.wait_row(rf"^\* Reconnected: you are back in the lobby as {nick}\.$", timeout=20)
@@ -596,7 +604,8 @@ def test_a_draft_survives_a_restart_for_a_registered_nick(
     server.stop()
     term.wait_row(r"^\(not connected\) > long thought about dinner$")
     chat_server(port=server.port)
-    term.wait_row(r"^\* Reconnected: you are back in the lobby as alice\.$", timeout=20)
+    term.wait_row(r"^\* Reconnected: you are back in the lobby as alice\.$",
+                  timeout=BACK_AFTER_RESTART)
     term.wait_row(r"^alice> long thought about dinner$")  # the input row (it was not connected)
     assert not [r for r in term.screen() if "cleared" in r], term.screen()
     term.key("C-u")
@@ -633,10 +642,10 @@ def test_leaving_a_reconnection_held_back_by_the_nick_limit_exits_1(
         terms[nick].wait_row(rf"^{nick}>$")
     server.stop()
     chat_server(*limits, "--ip-register-burst", "1", port=server.port, exempt=())
-    # Each client's next try may be a backoff step away (up to 20 s, if the
-    # restart was slow): wait that long, and show both screens if neither
-    # is held back then.
-    held = _said(list(terms.values()), r"Sending the nickname \w+ again in \d+ s", timeout=45)
+    # Both screens if neither is held back (both got in: the address's limit
+    # let two nicks in).
+    held = _said(list(terms.values()), r"Sending the nickname \w+ again in \d+ s",
+                 timeout=BACK_AFTER_RESTART)
     assert len(held) == 1, [term.screen() for term in terms.values()]
     [waiting] = held
     if leave == "/quit":

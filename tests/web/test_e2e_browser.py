@@ -36,6 +36,7 @@ from tests.test_address_limits import _crowd
 from tests.web.webserver import WebServer, served, serving
 from twisted_chat.client import sanitize
 from twisted_chat.client.commands import password_problem
+from twisted_chat.client.reconnect import backoff_delay
 from twisted_chat.server.accounts.hashing import password_bytes
 from twisted_chat.server.accounts.hashing import password_problem as server_length_problem
 from twisted_chat.wire import PASSWORD_MAX_BYTES, format_ts, password_chars_problem
@@ -56,6 +57,11 @@ XSS = "<img src=x onerror=alert(1)>"
 TZ = "Asia/Kolkata"
 KOLKATA = timezone(timedelta(hours=5, minutes=30))
 WAIT = 10.0
+# After a restart, a page whose tries were refused meanwhile tries again
+# within one step of its backoff (app.js scheduleReconnect, the terminal
+# client's backoff_delay): at most its longest, at its most jitter, however
+# long the restart took (5 s or less while it takes under 5 s); then it joins.
+BACK = backoff_delay(1_000, 1.0) + WAIT
 
 pytestmark = [
     pytest.mark.e2e,
@@ -420,7 +426,7 @@ def test_server_restart_and_the_page_reconnects_by_itself(
     # before the restart below returns).
     watch_banner(alice)
     web.restart()
-    wait(alice, lambda d: "Connected." in banners(d))
+    wait(alice, lambda d: "Connected." in banners(d), timeout=BACK)
     shown = banners(alice)
     assert any("The server is restarting. Reconnecting" in text for text in shown), shown
 
@@ -464,7 +470,7 @@ def test_identical_lobby_lines_each_show_and_a_reconnection_repeats_none(
     wait_texts(alice, ["+1"] * times)
 
     web.restart()
-    wait(alice, lambda d: d.execute_script("return window.gotLines").count("READY alice") == 2)
+    rejoined(alice)
     carol = tcp("carol")
     carol.send("MSG after the restart")
     wait_texts(alice, ["+1"] * times + ["after the restart"])
@@ -669,8 +675,15 @@ def password_prompt(driver: Any, web: WebServer, nick: str) -> Any:
     return field
 
 
-def logged_in(driver: Any, nick: str) -> None:
-    wait(driver, lambda d: d.find_element(By.ID, "me-nick").get_attribute("textContent") == nick)
+def rejoined(driver: Any) -> None:
+    """alice's page got in again after a restart (L{BACK})."""
+    wait(driver, lambda d: d.execute_script("return window.gotLines").count("READY alice") == 2,
+         timeout=BACK)
+
+
+def logged_in(driver: Any, nick: str, timeout: float = WAIT) -> None:
+    wait(driver, lambda d: d.find_element(By.ID, "me-nick").get_attribute("textContent") == nick,
+         timeout=timeout)
 
 
 def test_enter_alone_at_the_password_prompt_chooses_another_nickname(
@@ -863,7 +876,7 @@ def test_a_password_changed_by_the_operator_is_not_shown_on_the_rejoin(
         input=b"another password 9\n", check=True, timeout=WAIT, capture_output=True)
     web.restart()
     wait(alice, lambda d: d.find_element(By.ID, "login").is_displayed()
-         and d.find_element(By.ID, "nick-error").text)
+         and d.find_element(By.ID, "nick-error").text, timeout=BACK)
     title(alice, "Password for alice")  # asked for, as after a wrong password typed
     assert field.get_attribute("type") == "password"
     assert field.get_attribute("value") == ""
@@ -951,7 +964,7 @@ def test_register_and_passwd_from_the_page(
 
     # The page holds the new password as it holds a login's: it rejoins by itself.
     web.restart()
-    wait(alice, lambda d: d.execute_script("return window.gotLines").count("READY alice") == 2)
+    rejoined(alice)
     assert sent(alice)[-2:] == ["NICK alice", "PASS éééé"]
     assert not alice.find_element(By.ID, "login").is_displayed()
 
@@ -1338,7 +1351,7 @@ def test_a_password_being_typed_is_not_moved_into_the_composer(
          "--db", str(web.workdir / "chat.sqlite3"), "dave"],
         check=True, timeout=WAIT, capture_output=True)
     web.start()
-    logged_in(page, "dave")
+    logged_in(page, "dave", timeout=BACK)
     assert page.switch_to.active_element.get_attribute("id") != "composer-input"
     typed(page, "battery1")
     nowhere(page, "horsebattery1")
@@ -1589,7 +1602,7 @@ def test_a_rejoin_asked_for_a_password_and_left_alone_is_not_a_disconnection(
          "--db", str(web_idle.workdir / "chat.sqlite3"), "carol"],
         input=b"correct horse battery\n", check=True, timeout=WAIT, capture_output=True)
     web_idle.start()
-    title(page, "Password for carol", timeout=WAIT + 5)
+    title(page, "Password for carol", timeout=BACK)
     watch_banner(page)
     closes = count(page, "closes")
     wait(page, lambda d: count(d, "closes") == closes + 1, timeout=NICK_TIMEOUT + WAIT)
@@ -1661,8 +1674,7 @@ def test_the_backoff_starts_again_once_the_page_is_back_in_the_chat(
     # The lost connection and one failed attempt: the next retry is 4 s away.
     wait(page, lambda d: count(d, "closes") >= 2, timeout=WAIT)
     web.start()
-    wait(page, lambda d: d.execute_script("return window.gotLines").count("READY alice") == 2,
-         timeout=WAIT)
+    rejoined(page)
     page.execute_script("window.bannerTexts = []")
     web.stop()
     wait(page, lambda d: any("Reconnecting in" in text for text in banners(d)))
@@ -1675,8 +1687,7 @@ def test_the_backoff_starts_again_once_the_page_is_back_in_the_chat(
 # Installed before app.js runs: the reconnection's backoff without its
 # random jitter, a little shorter (0.95 times) or longer (1.05): pages that
 # lost the server together come back a few tenths of a second apart, as
-# users behind one address do (together, the server would judge both nicks
-# before it registered either).
+# users behind one address do.
 def _steady_backoff(share: float) -> str:
     return f"Math.random = () => {share};"
 
@@ -3491,7 +3502,7 @@ def test_a_long_lobby_keeps_its_last_rows_and_the_page_keeps_up(
         assert took < 30
 
         web.restart()
-        wait(alice, lambda d: d.execute_script("return window.gotLines").count("READY alice") == 2)
+        rejoined(alice)
         carol = tcp_on(web, connect)("carol")
         carol.send("MSG after the restart")
         wait_texts(alice, ["after the restart"])
@@ -3606,7 +3617,7 @@ def test_a_server_restart_ends_the_private_conversation_in_words(
     join(alice, web, "alice")
     accepted(alice, carol, "carol")
     web.restart()
-    wait(alice, lambda d: d.execute_script("return window.gotLines").count("READY alice") == 2)
+    rejoined(alice)
     conv_name(alice, "@carol")
     rows = lobby_rows(alice, "dm:carol")
     assert rows[-2] == (
@@ -3644,7 +3655,7 @@ def test_joins_and_leaves_held_while_paired_keep_their_place_across_a_restart(
     are shown among the replayed lines, in time order, as on UNPAIRED."""
     alice = dave_came_and_went_while_paired(web, browser, tcp)
     web.restart()
-    wait(alice, lambda d: d.execute_script("return window.gotLines").count("READY alice") == 2)
+    rejoined(alice)
     wait(alice, lambda d: "while you were away" in texts(d))
     shown = [row for row in lobby_rows(alice) if "dave" in row or "while you were away" in row]
     assert shown == ["notice: dave joined the chat", "msg: while you were away",
@@ -3670,7 +3681,7 @@ def test_joins_and_leaves_held_while_paired_are_shown_at_a_disconnection(
     assert shown() == ["notice: dave joined the chat", "notice: dave left: gone",
                        "notice: Disconnected from the server."], lobby_rows(alice)
     web.start()
-    wait(alice, lambda d: d.execute_script("return window.gotLines").count("READY alice") == 2)
+    rejoined(alice)
     wait(alice, lambda d: "while you were away" in texts(d))
     assert shown() == ["notice: dave joined the chat", "msg: while you were away",
                        "notice: dave left: gone", "notice: Disconnected from the server."]
@@ -3700,7 +3711,7 @@ def test_a_lobby_line_said_after_the_last_join_held_goes_before_the_disconnectio
     web.stop()
     wait_notice(alice, "Disconnected from the server.")
     web.start()
-    wait(alice, lambda d: d.execute_script("return window.gotLines").count("READY alice") == 2)
+    rejoined(alice)
     wait(alice, lambda d: "said before the stop" in texts(d))
     assert shown() == ["notice: dave joined the chat", "msg: while you were away",
                        "notice: dave left: gone", "notice: erin joined the chat",
@@ -3896,7 +3907,7 @@ def test_a_server_restart_ends_open_invitations_in_words(
     assert bob.expect("PENDING ") == "PENDING alice"
     wait(alice, lambda d: len(d.find_elements(By.CSS_SELECTOR, "[data-invite]")) == 2)
     web.restart()
-    wait(alice, lambda d: d.execute_script("return window.gotLines").count("READY alice") == 2)
+    rejoined(alice)
     wait_notice(alice, "Your invitation to carol ended with the connection to the server; "
                 "invite again if you like.")
     wait_notice(alice, "The invitation from bob ended with the connection to the server.")
@@ -3938,7 +3949,7 @@ def test_the_online_list_is_not_shown_as_live_while_the_page_is_not_connected(
     web.start()
     wait(alice, lambda d: online_list(d) == {
         "topic": "Everyone on twisted-chat · 1 online", "count": "— 1", "note": None, "lit": 2},
-         timeout=WAIT + 5)
+         timeout=BACK)
     say(alice, "/quit")
     wait(alice, lambda d: online_list(d) == stale)
     assert user_list(alice) == ["alice"]
