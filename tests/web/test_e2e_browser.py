@@ -1764,7 +1764,7 @@ def test_pages_behind_one_address_rejoining_together_wait_their_turn(
             # The backoff's steps while the server restarts, and the wait
             # the server names (8 s at most), not its nick timeout (30 s).
             wait(page, lambda d, nick=nick: d.execute_script("return window.gotLines")
-                 .count(f"READY {nick}") == 2, timeout=2 * WAIT + 8)
+                 .count(f"READY {nick}") == 2, timeout=BACK + 8)
         said = [flood_banners(page) for page in pages]
         assert sorted(bool(each) for each in said) == [False, True], [
             banners(page) for page in pages]
@@ -1971,7 +1971,7 @@ def test_the_controls_that_send_are_disabled_while_reconnecting_and_say_why(
     assert len(sent(alice)) == before
 
     web.start()
-    wait(alice, lambda d: any("Reconnected at" in n for n in notices(d)), timeout=WAIT + 20)
+    wait(alice, lambda d: any("Reconnected at" in n for n in notices(d)), timeout=BACK)
     alice.find_element(By.CSS_SELECTOR, '#channel-list li[data-conv="lobby"]').click()
     wait(alice, lambda d: composer(d).is_enabled())
     assert composer(alice).get_attribute("placeholder") == "Message #lobby"
@@ -2025,7 +2025,7 @@ def test_the_disconnection_banner_moves_the_page_down_and_covers_no_control(
     tcp("carol")  # back too (the stop closed her connection)
     for page in pages:
         wait(page, lambda d: not d.find_element(By.ID, "banner").is_displayed()
-             and d.find_element(By.ID, "invite-button").is_displayed(), timeout=WAIT + 20)
+             and d.find_element(By.ID, "invite-button").is_displayed(), timeout=BACK)
         layout = page.execute_script(_COVERED)
         assert layout["invite"][0] < 60 and layout["inviteOnTop"], layout  # back up
 
@@ -2061,7 +2061,7 @@ def test_the_open_drawer_leaves_the_disconnection_banner_in_view(
     assert layout["drawerBottom"] <= layout["height"], layout
     page.find_element(By.ID, "banner-retry").click()  # reachable: not covered
     web.start()
-    wait(page, lambda d: not shown_banner(d), timeout=WAIT + 20)
+    wait(page, lambda d: not shown_banner(d), timeout=BACK)
     assert page.execute_script(
         "return document.getElementById('sidebar').getBoundingClientRect().top") == 0
 
@@ -2102,7 +2102,7 @@ def test_the_banner_announces_the_disconnection_and_the_reconnection_not_each_se
     web.start()
     wait(alice, lambda d: any(text.strip().startswith("Connected.")
                               for _, text in d.execute_script("return window.liveSaid")),
-         timeout=WAIT + 20)
+         timeout=BACK)
     said = [entry for entry in alice.execute_script("return window.liveSaid") if entry[1]]
     assert not [entry for entry in said if "Reconnecting in" in entry[1]], said
     spoken = [text for region, text in said if region == "banner-say"]
@@ -2196,7 +2196,7 @@ def test_the_keepalive_pings_after_45_s_of_silence_and_drops_the_connection_afte
         assert "Disconnected from the server." in notices(alice)
         assert shown_banner(alice).startswith("Disconnected. Reconnecting in")
     wait(alice, lambda d: any("Reconnected at" in t for t in notices(d)),
-         timeout=WAIT + 20)
+         timeout=BACK)
     logged_in(alice, "alice")
 
 
