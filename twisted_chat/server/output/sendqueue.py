@@ -232,7 +232,7 @@ class SendQueue:
         a reader to half the limit, then a lobby burst that cut nobody else
         cut it).  Left out only if at most half the limit was held before
         it, as where the session stops taking private lines for the reader
-        (C{ChatProtocol.backed_up}): so what is left out is at most half
+        (C{MemberOutput.backed_up}): so what is left out is at most half
         the limit and a line.  The extra work (the kernel asked where the
         stream stands) is made here and at a cut, never for lobby lines.
         """
