@@ -137,6 +137,9 @@ class ChatProtocol(MemberOutput):
         transport: Any = self.transport
         if reads_records(transport):
             # Decided once: a TCP read, the fan-out's hot path, pays nothing.
+            # (Imported here: the subclass's module imports this one.)
+            from twisted_chat.server.recordprotocol import RecordChatProtocol
+
             self.__class__ = RecordChatProtocol
         peer = transport.getPeer()
         self.address = wire.format_address(getattr(peer, "host", None), getattr(peer, "port", None))
@@ -353,8 +356,9 @@ class ChatProtocol(MemberOutput):
     def held_read(self, data: bytes) -> None:  # InputHold's
         """Bytes held behind a command, handed back: framed as a read is,
         but a TLS record that ended no line spent its token as it was read
-        (L{RecordChatProtocol}), not again.  Nothing: a record refused
-        then, whose line is dropped now (L{InputHold.drop_line})."""
+        (L{twisted_chat.server.recordprotocol.RecordChatProtocol}), not
+        again.  Nothing: a record refused then, whose line is dropped now
+        (L{InputHold.drop_line})."""
         if data:
             self.ctx.fanout.read(self._take, data)
         else:
@@ -409,8 +413,9 @@ class ChatProtocol(MemberOutput):
     def _count(self, line: bool = True) -> bool:
         """
         A complete line arrived, or (not C{line}) a TLS record that ends
-        none (L{RecordChatProtocol}): now, or for a line held behind a
-        command, when it was read (L{InputHold.held_at}).  Each spends a
+        none (L{twisted_chat.server.recordprotocol.RecordChatProtocol}):
+        now, or for a line held behind a command, when it was read
+        (L{InputHold.held_at}).  Each spends a
         flood token as of then (C{_flood_at}: the time its tokens are as
         of); only a line restarts the idle timer (C{_last_line}, which
         L{_check_idle} runs from).
@@ -572,38 +577,3 @@ class ChatProtocol(MemberOutput):
     def resume_reading(self) -> None:
         self._socket.resumeProducing()
 
-
-class RecordChatProtocol(ChatProtocol):
-    """
-    A L{ChatProtocol} whose reads are TLS records, each a read of its own
-    however little it carries (L{twisted_chat.server.limits.records}): a
-    record that ends no line spends a flood token, and the reads after a
-    close are bounded (L{Linger.read}).  A connection becomes one at
-    C{connectionMade}, so that plain TCP reads pay no per-read test.
-    """
-
-    __slots__ = ()
-
-    def dataReceived(self, data: bytes) -> None:
-        linger = self._linger  # set once a close is decided
-        if linger is not None:
-            linger.read()
-        if b"\n" in data:
-            self.ctx.fanout.read(self._take, data)
-        else:
-            self.ctx.fanout.read(self._take_record, data)
-
-    def _take_record(self, data: bytes) -> None:
-        """A TLS record that ends no line: it spends a flood token
-        (L{twisted_chat.server.limits.records}), and is no line for the idle
-        timer; one that finds none is dropped with the line it was part of."""
-        if self.closing:
-            return
-        if self._count(line=False):
-            self._take(data)
-            return
-        hold = self.hold
-        if hold is not None and hold.waiting:
-            hold.drop_line()  # in its turn, with the held part of its line
-            return
-        self._drop_line()

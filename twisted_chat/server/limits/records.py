@@ -8,7 +8,7 @@ bytes one per record (23 bytes on the wire each) made one connection take
 60% of the server's core with no line ever complete, so no flood token
 spent: a TCP peer cannot, its bytes arriving in the kernel's buffer are
 read at once.  So under TLS a record that ends no line spends a flood token
-(L{twisted_chat.server.protocol.RecordChatProtocol}, chosen once per
+(L{twisted_chat.server.recordprotocol.RecordChatProtocol}, chosen once per
 connection), as a WebSocket frame after a message's first does; a client
 writes each line in one record, which its line pays for.
 """
