@@ -30,6 +30,7 @@ from twisted_chat.server.limits.closing import Closable, GoneTransport, Linger, 
 from twisted_chat.server.limits.deadlines import Deadline
 from twisted_chat.server.limits.flood import Dropped, Flooding
 from twisted_chat.server.limits.heldinput import InputHold
+from twisted_chat.server.limits.idle import IdleDeadline
 from twisted_chat.server.limits.records import reads_records
 from twisted_chat.server.limits.socketbuffers import fix_receive_buffer
 from twisted_chat.server.output.memberoutput import MemberOutput
@@ -50,7 +51,7 @@ _SAID = {"sendq_timeout": "sendq", "sendq_total": "sendq"}
 
 
 @implementer(IProtocol, IHalfCloseableProtocol)
-class ChatProtocol(MemberOutput):
+class ChatProtocol(MemberOutput, IdleDeadline):
     """
     One connection, until it closes.  Lines end in LF or CRLF.  An over-long
     line is discarded with one error and the connection kept (chat/1,
@@ -408,7 +409,7 @@ class ChatProtocol(MemberOutput):
         self.ctx.session.line_received(self, line)
 
 
-    # -- limits: flood control, the idle deadline (on the server's Deadlines) ----
+    # -- limits: flood control (the idle deadline: IdleDeadline) ---------------
 
     def _count(self, line: bool = True) -> bool:
         """
@@ -418,7 +419,7 @@ class ChatProtocol(MemberOutput):
         (L{InputHold.held_at}).  Each spends a
         flood token as of then (C{_flood_at}: the time its tokens are as
         of); only a line restarts the idle timer (C{_last_line}, which
-        L{_check_idle} runs from).
+        L{IdleDeadline._check_idle} runs from).
         @return: whether it may be handled.
         """
         # ctx, not the properties: a call less on every line.
@@ -469,45 +470,6 @@ class ChatProtocol(MemberOutput):
             self.close("flood", "too many lines too fast")
         elif verdict is Dropped.WARN:
             self.write(wire.error(ErrorCode.FLOOD, why))
-
-    def _set_idle(self, when: float) -> None:
-        deadlines = self.ctx.deadlines
-        if self._idle is not None:
-            deadlines.drop(self._idle)
-        self._idle = deadlines.add(when, self)
-
-    def deadline_reached(self, when: float) -> None:
-        self._idle = None
-        self._check_idle()
-
-    def _check_idle(self) -> None:
-        """Runs when the connection may have been silent for --idle-timeout,
-        which runs from its last complete line (C{_last_line}: a TLS record
-        that ends none is no line); each line only records its time, so a
-        busy connection costs no timer work per line."""
-        now = self.clock.seconds()
-        hold = self.hold
-        if hold is not None and hold.unread_for_node():
-            # Not read because the server holds too much input (HeldInput):
-            # its silence is the server's doing, and its PONG would not be read.
-            self._set_idle(now + self.config.idle_timeout)
-            return
-        pinged = self._pinged_at
-        if pinged is not None and self._last_line < pinged:
-            self.close("timeout", f"no answer to PING within {self.config.ping_timeout:g} seconds")
-            return
-        self._pinged_at = None
-        # Compared as instants, not as "silent < idle": the timer fires at the
-        # float sum of when it was set and the timeout, and the difference
-        # now - last line can round to a hair under the timeout; rescheduling
-        # for that hair lands at this same instant again, forever on a Clock.
-        due = self._last_line + self.config.idle_timeout
-        if now < due:
-            self._set_idle(due)
-            return
-        self._pinged_at = now
-        self.write(wire.line("PING", text=f"idle-{int(now)}"))
-        self._set_idle(now + self.config.ping_timeout)
 
     def online(self, user: User) -> None:
         """The session registered C{user}: out of the handshake's limits."""

@@ -16,6 +16,8 @@ The limits a connection and its address are held to (docs/security.md).
     socket's send and receive buffers fixed at C{--sndbuf} and C{--rcvbuf};
   - L{stalls}: notices a stall of the whole process, so that what every
     connection sent meanwhile is not taken for a flood;
+  - L{idle}: a connection's idle deadline, its C{PING} and the close for
+    no answer (a mixin of the connection);
   - L{deadlines}: many deadlines on one reactor timer (every connection's
     idle deadline; the looks and aborts of the closes under way);
   - L{closing}: how the server ends a connection (chat or web): the close,

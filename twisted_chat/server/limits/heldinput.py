@@ -479,7 +479,7 @@ class HeldInput:
     the reactor had already found readable in that same turn (epoll hands
     over a batch of ready sockets: one paused within the batch is still
     read once if it has output waiting to be written).  A connection not
-    read for this bound is not taken for idle (C{ChatProtocol._check_idle}).
+    read for this bound is not taken for idle (C{IdleDeadline._check_idle}).
     Nothing is done per line unless a connection holds input.
     """
 

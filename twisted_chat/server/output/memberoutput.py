@@ -26,11 +26,10 @@ if TYPE_CHECKING:
 class MemberOutput:
     """The writes of one connection, and its cuts for them."""
 
-    if TYPE_CHECKING:
-        # The connection's slot it sets (ChatProtocol's __slots__ has it:
-        # only one base of a class may have slots).
-        __slots__ = ("_leave_reason",)
-    else:
+    if not TYPE_CHECKING:
+        # No slots of its own: its state is in the connection's (of a
+        # class's bases, one at most may have slots that are not empty).
+        # Not shown to mypy, which would refuse writes to slots it cannot see.
         __slots__ = ()
 
     if TYPE_CHECKING:
