@@ -28,7 +28,8 @@ from twisted_chat.server.hub import User
 from twisted_chat.server.limits.addresses import Address
 from twisted_chat.server.limits.closing import Closable, GoneTransport, Linger, close_within
 from twisted_chat.server.limits.deadlines import Deadline
-from twisted_chat.server.limits.flood import Dropped, Flooding
+from twisted_chat.server.limits.flood import Flooding
+from twisted_chat.server.limits.floodaccount import FloodAccount
 from twisted_chat.server.limits.heldinput import InputHold
 from twisted_chat.server.limits.idle import IdleDeadline
 from twisted_chat.server.limits.records import reads_records
@@ -51,7 +52,7 @@ _SAID = {"sendq_timeout": "sendq", "sendq_total": "sendq"}
 
 
 @implementer(IProtocol, IHalfCloseableProtocol)
-class ChatProtocol(MemberOutput, IdleDeadline):
+class ChatProtocol(MemberOutput, FloodAccount, IdleDeadline):
     """
     One connection, until it closes.  Lines end in LF or CRLF.  An over-long
     line is discarded with one error and the connection kept (chat/1,
@@ -392,8 +393,8 @@ class ChatProtocol(MemberOutput, IdleDeadline):
         which no frame begins: twisted_chat.web.gateway): it spends a flood
         token as a line does, so a peer that sends them too fast is warned
         and cut like one that sends lines too fast, but it is no line for
-        the idle timer (L{_count}): only a line keeps a connection from
-        idle or answers the server's C{PING}.
+        the idle timer (L{FloodAccount._count}): only a line keeps a
+        connection from idle or answers the server's C{PING}.
         @return: whether it may be answered."""
         return not self.closing and self._count(line=False)
 
@@ -408,68 +409,7 @@ class ChatProtocol(MemberOutput, IdleDeadline):
             return
         self.ctx.session.line_received(self, line)
 
-
-    # -- limits: flood control (the idle deadline: IdleDeadline) ---------------
-
-    def _count(self, line: bool = True) -> bool:
-        """
-        A complete line arrived, or (not C{line}) a TLS record that ends
-        none (L{twisted_chat.server.recordprotocol.RecordChatProtocol}):
-        now, or for a line held behind a command, when it was read
-        (L{InputHold.held_at}).  Each spends a
-        flood token as of then (C{_flood_at}: the time its tokens are as
-        of); only a line restarts the idle timer (C{_last_line}, which
-        L{IdleDeadline._check_idle} runs from).
-        @return: whether it may be handled.
-        """
-        # ctx, not the properties: a call less on every line.
-        ctx = self.ctx
-        hold = self.hold
-        since = self._flood_at
-        if hold is None or hold.held_at is None:
-            at = self._flood_at = ctx.clock.seconds()
-        else:
-            at = hold.held_at
-            if at > since:
-                self._flood_at = at
-            # else it came before a record counted since (read while the
-            # command waited): counted as of that, its refill is not had twice.
-        if line:
-            self._last_line = at
-        allowed, self._tokens = ctx.flood.spend(self._tokens, since, at)
-        if allowed:
-            return True
-        config = self.config
-        if ctx.held_input.excused(self, at, config.flood_rate):
-            # Sent while the server did not read it (HeldInput), or while
-            # the whole process stalled (StallWatch): not a flood.
-            return True
-        self.dropped(at, f"slow down: at most {config.flood_rate:g} lines per second "
-                     f"(bursts of {config.flood_burst}); {wire.LINES_DROPPED}", "flood_rate")
-        return False
-
-    def charge(self, size: int) -> bool:
-        """A reply of C{size} bytes to the line just counted costs the flood
-        tokens of its size (L{FloodMeter.charge}): whether it may be sent."""
-        allowed, self._tokens = self.ctx.flood.charge(self._tokens, size)
-        return allowed
-
-    def dropped(self, now: float, why: str, limit: str) -> None:
-        """A line that arrived at C{now} (L{arrived}) was dropped for
-        flooding, over C{limit} (counted: chat_dropped_lines_total): C{ERROR
-        flood} at most once a second, and C{BYE flood} once the penalty
-        passes C{--flood-burst}, this connection's own or its address's
-        (shared by all its connections and kept across reconnects:
-        docs/security.md)."""
-        self.ctx.stats.count_dropped(limit)
-        verdict, self._flooding = self.ctx.flood.dropped(self._flooding, now)
-        limits = self.limits
-        if limits is not None and limits.penalty.add(now) > self.config.flood_burst:
-            verdict = Dropped.CUT
-        if verdict is Dropped.CUT:
-            self.close("flood", "too many lines too fast")
-        elif verdict is Dropped.WARN:
-            self.write(wire.error(ErrorCode.FLOOD, why))
+    # -- its nick -----------------------------------------------------------
 
     def online(self, user: User) -> None:
         """The session registered C{user}: out of the handshake's limits."""

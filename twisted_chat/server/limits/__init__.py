@@ -2,6 +2,8 @@
 The limits a connection and its address are held to (docs/security.md).
 
   - L{flood}: the per-connection token bucket and flood penalty; pure;
+  - L{floodaccount}: a connection's flood control, a token for each line
+    (a mixin of the connection);
   - L{records}: whether a read is one TLS record (a record that ends no
     line spends a flood token);
   - L{buckets}: the refill and drain rules every limit shares (token
