@@ -32,6 +32,7 @@ from twisted_chat.server.limits.flood import Flooding
 from twisted_chat.server.limits.floodaccount import FloodAccount
 from twisted_chat.server.limits.heldinput import InputHold
 from twisted_chat.server.limits.idle import IdleDeadline
+from twisted_chat.server.limits.inputholding import InputHolding
 from twisted_chat.server.limits.records import reads_records
 from twisted_chat.server.limits.socketbuffers import fix_receive_buffer
 from twisted_chat.server.output.memberoutput import MemberOutput
@@ -40,8 +41,6 @@ from twisted_chat.tcpinfo import socket_of
 from twisted_chat.wire import ErrorCode
 
 if TYPE_CHECKING:
-    from twisted.internet.defer import Deferred
-
     from twisted_chat.server.config import ServerConfig
     from twisted_chat.server.context import ConnectionContext
     from twisted_chat.server.session import Handshake
@@ -52,15 +51,19 @@ _SAID = {"sendq_timeout": "sendq", "sendq_total": "sendq"}
 
 
 @implementer(IProtocol, IHalfCloseableProtocol)
-class ChatProtocol(MemberOutput, FloodAccount, IdleDeadline):
+class ChatProtocol(MemberOutput, FloodAccount, IdleDeadline, InputHolding):
     """
     One connection, until it closes.  Lines end in LF or CRLF.  An over-long
     line is discarded with one error and the connection kept (chat/1,
     "Limits"), and each delimiter is found once however the bytes arrive.
     It provides C{IProtocol} itself rather than subclass C{Protocol}, to have
     C{__slots__} (docs/fanout.md, "Memory per connection"); the server's
-    shared parts are read through C{ctx}.  What it holds while a command is
-    decided elsewhere is its L{InputHold}'s (C{hold}, None unless it has one).
+    shared parts are read through C{ctx}.  Its other jobs are its mixins'
+    (docs/fanout.md, "Module layout"), their state in its slots: its writes
+    (L{MemberOutput}), flood control (L{FloodAccount}), the idle deadline
+    (L{IdleDeadline}), and what it holds while a command is decided
+    elsewhere (L{InputHolding}: its L{InputHold}, C{hold}, None unless it
+    has one).
     """
 
     __slots__ = ("_buffer", "_discarding", "_flood_at", "_flooding", "_idle", "_last_line",
@@ -420,62 +423,3 @@ class ChatProtocol(MemberOutput, FloodAccount, IdleDeadline):
         """Make room in a full handshake pool (the factory's C{make_room})."""
         if not self.closing:
             self.close("full", "too many connections are still choosing a nick; try again")
-
-    # -- held input (InputHold) ------------------------------------------------
-
-    def _holding(self) -> InputHold:
-        hold = self.hold
-        if hold is None:
-            hold = self.hold = InputHold(self)
-        return hold
-
-    def settled(self, hold: InputHold) -> None:
-        """C{hold} is let go once it waits for, holds and pauses nothing."""
-        if self.hold is hold and hold.idle():
-            self.hold = None
-
-    def wait_for(self, outcome: Deferred[Any]) -> None:
-        """Handle no more lines until C{outcome} (a command decided
-        elsewhere) fires; what arrives meanwhile waits (L{InputHold})."""
-        self._holding().wait_for(outcome)
-
-    def discard_input(self) -> None:
-        """The connection is going: what it sent, and sends, is dropped
-        unhandled (L{InputHold.discard}), its partial line with it."""
-        buffered, self._buffer = len(self._buffer), b""
-        self._holding().discard(buffered)
-
-    @property
-    def held_at(self) -> float | None:
-        """While a line held behind a command is handled: when it arrived."""
-        hold = self.hold
-        return None if hold is None else hold.held_at
-
-    def arrived(self) -> float:
-        """When the line being handled, or the line a command being decided
-        came from, arrived (the reactor's time): the line counted last, so
-        now for a line handled as it comes; for one held behind a command
-        (wait_for), when it was read."""
-        return self._last_line
-
-    def held_or_waiting(self) -> bool:
-        """Whether what it read now would be held (L{HeldInput})."""
-        hold = self.hold
-        return hold is not None and hold.waiting
-
-    def node_pause(self) -> None:
-        """The server's connections hold too much input (L{HeldInput})."""
-        self._holding().pause()
-
-    def node_resume(self) -> None:
-        hold = self.hold
-        if hold is not None:
-            hold.resume()
-            self.settled(hold)
-
-    def pause_reading(self) -> None:
-        self._socket.pauseProducing()
-
-    def resume_reading(self) -> None:
-        self._socket.resumeProducing()
-

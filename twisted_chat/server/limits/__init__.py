@@ -14,6 +14,8 @@ The limits a connection and its address are held to (docs/security.md).
   - L{refusals}: what a refused connection is told, and how it is closed;
   - L{heldinput}: the input a connection holds while a command is decided
     elsewhere, and the bound on what all connections hold together;
+  - L{inputholding}: a connection's side of it, its hold made when needed
+    (a mixin of the connection);
   - L{socketbuffers}: the kernel's share of a connection's traffic, each
     socket's send and receive buffers fixed at C{--sndbuf} and C{--rcvbuf};
   - L{stalls}: notices a stall of the whole process, so that what every

@@ -535,7 +535,7 @@ class HeldInput:
     def excused(self, conn: Holder, now: float, rate: float) -> bool:
         """
         A line of C{conn}'s that arrived at C{now} (read then, or held then
-        behind a command: C{ChatProtocol.arrived}) is over its flood rate
+        behind a command: C{InputHolding.arrived}) is over its flood rate
         (C{rate} lines a second): whether it is let through as one the
         server kept waiting.
         A connection the server did not read for C{t} seconds (its pause
