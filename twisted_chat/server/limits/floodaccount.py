@@ -27,10 +27,7 @@ if TYPE_CHECKING:
 class FloodAccount:
     """The flood tokens of one connection, and what its dropped lines left."""
 
-    if not TYPE_CHECKING:
-        # No slots of its own: its state is in the connection's (of a
-        # class's bases, one at most may have slots that are not empty).
-        # Not shown to mypy, which would refuse writes to slots it cannot see.
+    if not TYPE_CHECKING:  # its state is in ChatProtocol's slots (docs/fanout.md)
         __slots__ = ()
 
     if TYPE_CHECKING:

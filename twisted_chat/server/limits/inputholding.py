@@ -26,10 +26,7 @@ if TYPE_CHECKING:
 class InputHolding:
     """The hold of one connection, and its reading paused and resumed."""
 
-    if not TYPE_CHECKING:
-        # No slots of its own: its state is in the connection's (of a
-        # class's bases, one at most may have slots that are not empty).
-        # Not shown to mypy, which would refuse writes to slots it cannot see.
+    if not TYPE_CHECKING:  # its state is in ChatProtocol's slots (docs/fanout.md)
         __slots__ = ()
 
     if TYPE_CHECKING:
