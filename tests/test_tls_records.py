@@ -5,7 +5,6 @@ that ends no line spends a flood token (twisted_chat.server.limits.records).
 
 from __future__ import annotations
 
-import subprocess
 import sys
 from typing import Any
 
@@ -19,7 +18,6 @@ from tests.test_protocol import _first_command_waits
 from twisted_chat.server import protocol as chat_protocol
 from twisted_chat.server.limits import records
 from twisted_chat.server.limits.records import reads_records
-from twisted_chat.server.recordprotocol import RecordChatProtocol
 
 
 @implementer(ISSLTransport)
@@ -77,7 +75,7 @@ def test_a_tcp_read_runs_nothing_for_tls() -> None:
     framed = traced_lines(lambda: proto._take(b"PI"), *files)
     assert read == framed + 1  # dataReceived's own line
     mallory = tls_user(h, "mallory", "192.0.2.7")
-    assert type(mallory.protocol) is RecordChatProtocol
+    assert type(mallory.protocol) is chat_protocol.RecordChatProtocol
     assert type(proto) is chat_protocol.ChatProtocol
     assert sys.getsizeof(mallory.protocol) == sys.getsizeof(proto)
 
@@ -384,15 +382,3 @@ def test_an_empty_read_held_behind_a_command_drops_nothing(
     pending[0].callback(None)
     h.clock.advance(0)
     assert alice.take()[-1] == "PONG a"
-
-
-def test_the_record_protocol_module_imports_first_or_second() -> None:
-    """RecordChatProtocol's module imports protocol.py, which imports it
-    only when a TLS connection starts: either may be imported first."""
-    for first in ("recordprotocol", "protocol"):
-        code = (f"import twisted_chat.server.{first}\n"
-                "from twisted_chat.server.recordprotocol import RecordChatProtocol\n"
-                "from twisted_chat.server.protocol import ChatProtocol\n"
-                "assert issubclass(RecordChatProtocol, ChatProtocol)\n"
-                "assert RecordChatProtocol.__slots__ == ()\n")
-        subprocess.run([sys.executable, "-c", code], check=True)

@@ -13,8 +13,6 @@ here, each other concern in a package of its own:
   - L{session}: the chat/1 commands of a framed line, decided through the
     state; it knows a connection only as L{session.Connection};
   - L{protocol}: one connection: framing, its limits, its writes, its close;
-  - L{recordprotocol}: the connection whose reads are TLS records (a record
-    that ends no line spends a flood token);
   - L{context}: what a connection knows of its server, one object per server;
   - L{factory}: builds connections and enforces the connection limits;
   - L{lines}: the hub's C{Listener}: every hub decision becomes lines there;

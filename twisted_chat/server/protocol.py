@@ -33,7 +33,7 @@ from twisted_chat.server.limits.floodaccount import FloodAccount
 from twisted_chat.server.limits.heldinput import InputHold
 from twisted_chat.server.limits.idle import IdleDeadline
 from twisted_chat.server.limits.inputholding import InputHolding
-from twisted_chat.server.limits.records import reads_records
+from twisted_chat.server.limits.records import RecordReads, reads_records
 from twisted_chat.server.limits.socketbuffers import fix_receive_buffer
 from twisted_chat.server.output.memberoutput import MemberOutput
 from twisted_chat.server.output.sendqueue import SendQueue
@@ -142,9 +142,6 @@ class ChatProtocol(MemberOutput, FloodAccount, IdleDeadline, InputHolding):
         transport: Any = self.transport
         if reads_records(transport):
             # Decided once: a TCP read, the fan-out's hot path, pays nothing.
-            # (Imported here: the subclass's module imports this one.)
-            from twisted_chat.server.recordprotocol import RecordChatProtocol
-
             self.__class__ = RecordChatProtocol
         peer = transport.getPeer()
         self.address = wire.format_address(getattr(peer, "host", None), getattr(peer, "port", None))
@@ -361,7 +358,7 @@ class ChatProtocol(MemberOutput, FloodAccount, IdleDeadline, InputHolding):
     def held_read(self, data: bytes) -> None:  # InputHold's
         """Bytes held behind a command, handed back: framed as a read is,
         but a TLS record that ended no line spent its token as it was read
-        (L{twisted_chat.server.recordprotocol.RecordChatProtocol}), not
+        (L{RecordChatProtocol}), not
         again.  Nothing: a record refused then, whose line is dropped now
         (L{InputHold.drop_line})."""
         if data:
@@ -423,3 +420,13 @@ class ChatProtocol(MemberOutput, FloodAccount, IdleDeadline, InputHolding):
         """Make room in a full handshake pool (the factory's C{make_room})."""
         if not self.closing:
             self.close("full", "too many connections are still choosing a nick; try again")
+
+
+class RecordChatProtocol(RecordReads, ChatProtocol):
+    """
+    A L{ChatProtocol} whose reads are TLS records (L{RecordReads}: a record
+    that ends no line spends a flood token).  A connection becomes one at
+    C{connectionMade}, so that plain TCP reads pay no per-read test.
+    """
+
+    __slots__ = ()

@@ -4,8 +4,9 @@ The limits a connection and its address are held to (docs/security.md).
   - L{flood}: the per-connection token bucket and flood penalty; pure;
   - L{floodaccount}: a connection's flood control, a token for each line
     (a mixin of the connection);
-  - L{records}: whether a read is one TLS record (a record that ends no
-    line spends a flood token);
+  - L{records}: whether a read is one TLS record, and the reads of a
+    connection whose reads are (a record that ends no line spends a flood
+    token: a mixin of the connection);
   - L{buckets}: the refill and drain rules every limit shares (token
     buckets, the flood penalty, the login failure limits); pure;
   - L{addresses}: the limits per source address, shared by its connections;

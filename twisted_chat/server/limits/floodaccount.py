@@ -57,7 +57,7 @@ class FloodAccount:
     def _count(self, line: bool = True) -> bool:
         """
         A complete line arrived, or (not C{line}) a TLS record that ends
-        none (L{twisted_chat.server.recordprotocol.RecordChatProtocol}):
+        none (L{twisted_chat.server.protocol.RecordChatProtocol}):
         now, or for a line held behind a command, when it was read
         (L{InputHold.held_at}).  Each spends a
         flood token as of then (C{_flood_at}: the time its tokens are as
