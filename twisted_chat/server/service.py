@@ -36,6 +36,7 @@ from twisted_chat.server.metrics import counters, metricsport
 from twisted_chat.server.output.fanout import MAX_FANOUT_WAIT
 from twisted_chat.server.output.sendqueue import send_loop
 from twisted_chat.server.ports import pidfile, privileges
+from twisted_chat.server.ports.epollturn import lighten
 from twisted_chat.server.ports.listening import (
     PortService,
     ReloadingSSLEndpoint,
@@ -654,6 +655,7 @@ def _make_service(options: Options, reactor: Any) -> IService:
     config = options.config()
     logs.set_level(config.log_level)
     stop_once(reactor)
+    lighten(reactor)
     try:
         fitted = descriptors.fit(config.max_clients,
                                  chosen=config.max_clients != _defaults.max_clients,

@@ -18,5 +18,7 @@ privileges of a C{twistd} daemon.
   - L{pidfile}: twistd's C{--pidfile}, checked before anything is made;
   - L{stopping}: a second SIGTERM or SIGINT during the shutdown is harmless;
   - L{signalled}: how SIGHUP and SIGUSR1 are taken, from the services'
-    start on (before the reactor's).
+    start on (before the reactor's);
+  - L{epollturn}: the epoll reactor's poll without the legacy log context
+    Twisted sets up around each read.
 """

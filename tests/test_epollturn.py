@@ -1,0 +1,104 @@
+"""The epoll reactor's poll without the per-read log context (ports/epollturn)."""
+
+from __future__ import annotations
+
+import os
+import socket
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from twisted.internet.abstract import FileDescriptor
+from twisted.internet.epollreactor import EPollReactor
+from twisted.python import context, log
+
+from tests.test_service import ThreadedMemoryReactor, options
+from twisted_chat.server import service
+from twisted_chat.server.ports.epollturn import lighten
+
+
+class Reader(FileDescriptor):
+    """Reads one socket; notes the legacy log context each read ran in."""
+
+    def __init__(self, reactor: EPollReactor, sock: socket.socket, name: str) -> None:
+        super().__init__(reactor)
+        self.sock = sock
+        self.name = name
+        self.systems: list[str | None] = []
+        self.on_read: Any = None
+
+    def fileno(self) -> int:
+        return self.sock.fileno()
+
+    def logPrefix(self) -> str:
+        return self.name
+
+    def doRead(self) -> None:
+        self.sock.recv(100)
+        self.systems.append((context.get(log.ILogContext) or {}).get("system"))
+        if self.on_read is not None:
+            self.on_read()
+
+
+@pytest.fixture
+def reactor() -> Iterator[EPollReactor]:
+    """A real epoll reactor, not installed, never run: turned by hand."""
+    made = EPollReactor()
+    try:
+        yield made
+    finally:  # each test closes its own sockets
+        made._poller.close()
+        for end in ("i", "o"):  # the waker's pipe
+            fd = getattr(made.waker, end, None)
+            if isinstance(fd, int):
+                os.close(fd)
+
+
+def ready_pair(reactor: EPollReactor, name: str) -> tuple[Reader, socket.socket]:
+    ours, theirs = socket.socketpair()
+    reader = Reader(reactor, ours, name)
+    reactor.addReader(reader)
+    theirs.send(b"x")  # readable at once: a turn with timeout 0 sees it
+    return reader, theirs
+
+
+def test_a_read_runs_without_the_log_context(reactor: EPollReactor) -> None:
+    """Twisted's own poll sets the reader's prefix as the legacy log's
+    system around its read; the lightened one dispatches it bare."""
+    reader, theirs = ready_pair(reactor, "Reader,1,peer")
+    try:
+        assert lighten(reactor)
+        reactor.doIteration(0)
+        assert reader.systems == ["-"]  # the default, not "Reader,1,peer"
+    finally:
+        reader.sock.close()
+        theirs.close()
+
+
+def test_a_reader_removed_in_the_same_turn_is_not_read(reactor: EPollReactor) -> None:
+    """Two ready readers; whichever runs first removes the other: only one reads."""
+    first, a = ready_pair(reactor, "first")
+    second, b = ready_pair(reactor, "second")
+    first.on_read = lambda: reactor.removeReader(second)
+    second.on_read = lambda: reactor.removeReader(first)
+    try:
+        lighten(reactor)
+        reactor.doIteration(0)
+        assert len(first.systems) + len(second.systems) == 1
+    finally:
+        for s in (first.sock, second.sock, a, b):
+            s.close()
+
+
+def test_another_reactor_is_left_alone() -> None:
+    other = ThreadedMemoryReactor()
+    assert not lighten(other)
+    assert "doIteration" not in vars(other)
+
+
+def test_make_service_lightens_its_reactor(monkeypatch: pytest.MonkeyPatch) -> None:
+    seen: list[Any] = []
+    monkeypatch.setattr(service, "lighten", seen.append)
+    reactor = ThreadedMemoryReactor()
+    service.makeService(options("--db", ":memory:"), reactor)
+    assert seen == [reactor]

@@ -1,0 +1,48 @@
+"""
+The epoll reactor's poll, without a log context set up around each read.
+
+Twisted's epoll reactor runs every ready descriptor's read or write inside
+C{log.callWithLogger}: a copy of the legacy log context, with the
+connection's C{logPrefix} as its C{system}.  Only Twisted's own legacy
+C{log.msg}/C{log.err} read that context (the server logs through
+C{twisted.logger}, which never looks at it), yet at a light load that
+wrapper is about a tenth of the interpreter's work per lobby message
+(docs/benchmark.md).  L{lighten} has the reactor dispatch each event
+directly.  What changes: an unhandled error in a read, which Twisted logs
+with C{log.err}, shows C{-} as its system rather than the connection.
+"""
+
+from __future__ import annotations
+
+import errno
+from typing import Any
+
+from twisted.internet.epollreactor import EPollReactor
+
+
+def lighten(reactor: Any) -> bool:
+    """
+    Replace C{reactor}'s poll with L{EPollReactor.doPoll} less the log
+    context; C{False} (and nothing changed) unless it is exactly Twisted's
+    epoll reactor, whose internals this relies on.
+    """
+    if type(reactor) is not EPollReactor:
+        return False
+    epoll: Any = reactor  # its private parts, untyped
+    dispatch = epoll._doReadOrWrite
+
+    def doPoll(timeout: float | None) -> None:
+        selectables = epoll._selectables
+        try:
+            events = epoll._poller.poll(-1 if timeout is None else timeout, len(selectables))
+        except OSError as err:
+            if err.errno == errno.EINTR:
+                return
+            raise
+        for fd, event in events:
+            selectable = selectables.get(fd)
+            if selectable is not None:  # gone since: an earlier event closed it
+                dispatch(selectable, fd, event)
+
+    epoll.doPoll = epoll.doIteration = doPoll
+    return True
