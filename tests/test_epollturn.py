@@ -10,6 +10,7 @@ from typing import Any
 import pytest
 from twisted.internet.abstract import FileDescriptor
 from twisted.internet.epollreactor import EPollReactor
+from twisted.logger import globalLogPublisher
 from twisted.python import context, log
 
 from tests.test_service import ThreadedMemoryReactor, options
@@ -102,3 +103,40 @@ def test_make_service_lightens_its_reactor(monkeypatch: pytest.MonkeyPatch) -> N
     reactor = ThreadedMemoryReactor()
     service.makeService(options("--db", ":memory:"), reactor)
     assert seen == [reactor]
+
+
+def test_a_reactor_without_the_private_parts_is_left_alone(
+    reactor: EPollReactor, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A Twisted release that renamed what the poll uses: Twisted's own poll stays."""
+    monkeypatch.delattr(reactor, "_selectables")
+    assert not lighten(reactor)
+    assert "doIteration" not in vars(reactor)
+
+
+def test_an_error_escaping_one_dispatch_does_not_skip_the_next(
+    reactor: EPollReactor, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """As under callWithLogger: the error is logged, the turn goes on."""
+    first, a = ready_pair(reactor, "first")
+    second, b = ready_pair(reactor, "second")
+    read: list[Reader] = []
+
+    def dispatch(selectable: Reader, fd: int, event: int) -> None:
+        read.append(selectable)
+        if len(read) == 1:
+            raise RuntimeError("connectionLost raised")
+
+    monkeypatch.setattr(reactor, "_doReadOrWrite", dispatch)
+    logged: list[dict[str, Any]] = []
+    globalLogPublisher.addObserver(logged.append)
+    try:
+        assert lighten(reactor)
+        reactor.doIteration(0)
+    finally:
+        globalLogPublisher.removeObserver(logged.append)
+        for s in (first.sock, second.sock, a, b):
+            s.close()
+    assert sorted(r.name for r in read) == ["first", "second"]
+    [failure] = [e["log_failure"] for e in logged if "log_failure" in e]
+    assert failure.check(RuntimeError)

@@ -9,7 +9,9 @@ C{twisted.logger}, which never looks at it), yet at a light load that
 wrapper is about a tenth of the interpreter's work per lobby message
 (docs/benchmark.md).  L{lighten} has the reactor dispatch each event
 directly.  What changes: an unhandled error in a read, which Twisted logs
-with C{log.err}, shows C{-} as its system rather than the connection.
+with C{log.err}, shows C{-} as its system rather than the connection;
+an error escaping the dispatch itself is logged here and the turn goes on
+to the next descriptor, as C{callWithLogger} had it.
 """
 
 from __future__ import annotations
@@ -18,15 +20,21 @@ import errno
 from typing import Any
 
 from twisted.internet.epollreactor import EPollReactor
+from twisted.logger import Logger
+
+_log = Logger()
+# What the poll below uses of the reactor: if a Twisted release renames any
+# of them, the reactor is left as it is.
+_PRIVATE = ("_doReadOrWrite", "_selectables", "_poller")
 
 
 def lighten(reactor: Any) -> bool:
     """
     Replace C{reactor}'s poll with L{EPollReactor.doPoll} less the log
     context; C{False} (and nothing changed) unless it is exactly Twisted's
-    epoll reactor, whose internals this relies on.
+    epoll reactor with the internals this relies on.
     """
-    if type(reactor) is not EPollReactor:
+    if type(reactor) is not EPollReactor or not all(hasattr(reactor, n) for n in _PRIVATE):
         return False
     epoll: Any = reactor  # its private parts, untyped
     dispatch = epoll._doReadOrWrite
@@ -42,7 +50,10 @@ def lighten(reactor: Any) -> bool:
         for fd, event in events:
             selectable = selectables.get(fd)
             if selectable is not None:  # gone since: an earlier event closed it
-                dispatch(selectable, fd, event)
+                try:
+                    dispatch(selectable, fd, event)
+                except Exception:
+                    _log.failure("Unhandled error handling descriptor {fd}", fd=fd)
 
     epoll.doPoll = epoll.doIteration = doPoll
     return True
