@@ -230,6 +230,9 @@ def main(argv: list[str] | None = None) -> int:
     epollreactor.install()
     from twisted.internet import reactor
 
+    from twisted_chat.server.ports.epollturn import lighten
+
+    lighten(reactor)  # as makeService does
     counter, kept, turns = measure(reactor, args.clients, args.messages)
     print(report(counter, kept, turns, args.top, args.lines, sent=args.messages))
     return 0
