@@ -371,6 +371,26 @@ def test_a_registration_decided_after_its_connection_closed_frees_no_other_slot(
     assert waiting.take()[0] == "READY waiting"
 
 
+def test_a_registration_decided_after_its_connection_closed_spends_the_address_s() -> None:
+    """A NICK whose connection went while the state registered it (cluster
+    mode) spent nothing, though its JOINED and LEFT went to everyone: one
+    address could churn without limit by closing right after each NICK.
+    Its reservation is spent once the state registers the nick."""
+    h = Harness(ip_register_rate=0.05, ip_register_burst=1)
+    held = HeldRegistrations(h.factory.state)
+    h.factory.state = held  # type: ignore[assignment]
+    gone = h.connect()
+    gone.send("NICK gone")
+    gone.drop()  # before its registration is decided
+    held.release()
+    late = h.connect()
+    late.take()
+    late.send("NICK late")
+    assert late.take() == [
+        "ERROR flood too many nicks registered from 127.0.0.1 lately; try again in 20 s"]
+    assert held.held == []
+
+
 def _crowd(h: Harness, count: int) -> None:
     """C{count} users online, each from an address of its own, nicks of 24
     characters: a user list of about 36 bytes a user."""

@@ -125,13 +125,25 @@ def test_registrations_per_second() -> None:
     b, clock = book(register=Rate(0.5, 2))
     record = b.admit("192.0.2.1")
     for _ in range(2):
-        assert b.registration_wait(record) == 0.0
-        assert b.registration_wait(record) == 0.0  # asking spends nothing
+        assert b.reserve_registration(record) == 0.0  # reserved: spent now
         b.registered(record)
-    assert b.registration_wait(record) == pytest.approx(2.0)
+    assert b.reserve_registration(record) == pytest.approx(2.0)
     clock.advance(2.0)
-    assert b.registration_wait(record) == 0.0
-    assert b.registration_wait(None) == 0.0
+    assert b.reserve_registration(record) == 0.0
+    assert b.reserve_registration(None) == 0.0
+
+
+def test_a_registration_reserved_is_spent_until_given_back() -> None:
+    """NICKs of one address under way at once are judged one after the
+    other: each reserves its registration, and one that does not happen
+    gives it back."""
+    b, _ = book(register=Rate(0.5, 1))
+    record = b.admit("192.0.2.1")
+    assert b.reserve_registration(record) == 0.0
+    assert b.reserve_registration(record) == pytest.approx(2.0)
+    b.release_registration(record)
+    assert b.reserve_registration(record) == 0.0
+    b.release_registration(None)
 
 
 def test_lobby_lines_shared_by_the_connections_of_an_address() -> None:

@@ -316,36 +316,36 @@ def test_no_work_when_the_limit_is_off_or_the_address_exempt() -> None:
     (a,), buckets, clock = nodes(1, lobby=Rate(0.0, 5), register=Rate(0.0, 5))
     assert lines(a, 50) == 50
     limits = record(a)
-    assert a.registration_wait(limits) == 0.0
+    assert a.reserve_registration(limits) == 0.0
     a.registered(limits)
     (e,), exempt_buckets, exempt_clock = nodes(1, lobby=Rate(1.0, 5),
                                                exempt=networks(["192.0.2.0/24"]))
     assert e.record(HOST) is None
     assert all(e.lobby_line(None) for _ in range(50))
-    assert e.registration_wait(None) == 0.0
+    assert e.reserve_registration(None) == 0.0
     e.registered(None)
     assert buckets.calls == [] and exempt_buckets.calls == []
     assert clock.getDelayedCalls() == [] and exempt_clock.getDelayedCalls() == []
 
 
 def test_registrations_are_counted_cluster_wide() -> None:
-    """NICK is judged by the node's copy; a stale copy is reconciled as the
-    NICK is taken (nothing spent yet: a taken nick spends nothing), so the
-    registration is judged by the cluster's count from the next NICK on."""
+    """NICK is judged, and its registration reserved, by the node's copy; a
+    stale copy is reconciled first (the NICK waits for it), so the
+    registration is judged by the cluster's count."""
     (a, b), buckets, clock = nodes(2, register=Rate(0.5, 3))
     ra, rb = record(a), record(b)
     for _ in range(3):
-        assert a.registration_wait(ra) == 0.0
+        assert a.reserve_registration(ra) == 0.0
         a.registered(ra)
-    assert a.registration_wait(ra) > 0
+    assert a.reserve_registration(ra) > 0
     clock.advance(SHARE_INTERVAL)
     assert buckets.levels[REGISTER, HOST][0] == 3
     # On B, a while later: its first look reconciles, and B's copy is
     # the cluster's: nothing left.
     clock.advance(0.5)
     rb.register.take(clock.seconds())  # (whatever B's own copy had)
-    b.registration_wait(rb)
-    assert b.registration_wait(rb) == pytest.approx(1.5, abs=0.01)
+    b.reserve_registration(rb)
+    assert b.reserve_registration(rb) == pytest.approx(1.5, abs=0.01)
 
 
 def test_redis_out_of_reach_leaves_each_node_its_own_bucket() -> None:
@@ -354,7 +354,7 @@ def test_redis_out_of_reach_leaves_each_node_its_own_bucket() -> None:
     (a, b), buckets, clock = nodes(2, lobby=Rate(1.0, 5))
     buckets.down = True
     assert lines(a, 10) == 5 and lines(b, 10) == 5
-    assert a.registration_wait(record(a)) == 0.0  # judged at once, by A's own copy
+    assert a.reserve_registration(record(a)) == 0.0  # judged at once, by A's own copy
     clock.advance(SHARE_INTERVAL)
     buckets.down = False
     clock.advance(5.0)
@@ -382,6 +382,24 @@ def test_a_refunded_line_not_reported_yet_is_not_told_to_the_cluster(held: bool)
     clock.advance(SHARE_INTERVAL)
     assert buckets.levels[LOBBY, HOST][0] == pytest.approx(2.0, abs=0.01)
     assert lines(a, 3) == 1  # 3 less the two counted
+
+
+def test_a_registration_given_back_before_the_report_is_not_told_to_the_cluster() -> None:
+    """Two NICKs reserve the address's registrations on a fresh copy; one
+    is given back (its nick was taken) before the next report: the cluster
+    is told of the other only, and the copy has the token back."""
+    (a,), buckets, clock = nodes(1, register=Rate(0.001, 3))
+    limits = record(a)
+    limits.connections = 1  # kept (an idle, full record is forgotten)
+    assert a.reserve_registration(limits) == 0.0  # stale: reconciled first
+    clock.advance(SHARE_INTERVAL)  # reported: the copy is fresh
+    assert a.reserve_registration(limits) == 0.0
+    assert a.reserve_registration(limits) == 0.0
+    assert a.reserve_registration(limits) > 0  # three reserved of three
+    a.release_registration(limits)
+    clock.advance(SHARE_INTERVAL)
+    assert buckets.levels[REGISTER, HOST][0] == pytest.approx(2.0, abs=0.01)
+    assert a.reserve_registration(limits) == 0.0
 
 
 # -- through the chat: two cluster nodes (tests/test_cluster_unit.py) -----------
@@ -532,6 +550,37 @@ def test_nick_on_another_node_is_held_to_the_address_s_registrations() -> None:
     refused, pong = late.take()
     assert refused.startswith("ERROR flood too many nicks registered from 127.0.0.1")
     assert pong == "PONG behind"
+
+
+def test_nicks_of_one_address_registered_at_once_on_a_node_spend_its_registrations_once_each(
+        ) -> None:
+    """A registration goes through the cluster's log (a round trip): two
+    NICKs of one address on one node were both judged within its last
+    registration before either was registered, and both got in.  Each NICK
+    reserves its registration: the second is answered ERROR flood, and once
+    the first's nick turns out taken on another node, its registration is
+    given back."""
+    cluster, _ = shared_cluster(ip_register_rate=0.05, ip_register_burst=2)
+    cluster.nodes[0].user("ann")
+    cluster.clock.advance(SHARE_INTERVAL)  # reported: node 0's copy is fresh
+    bob, cat = cluster.nodes[0].connect(), cluster.nodes[0].connect()
+    bob.take()
+    cat.take()
+    bob.send("NICK bob")
+    cat.send("NICK cat")
+    cluster.pump()
+    assert bob.take()[0] == "READY bob"
+    assert cat.take() == [
+        "ERROR flood too many nicks registered from 127.0.0.1 lately; try again in 20 s"]
+    assert cat.user is None
+    cluster.clock.advance(20.0)
+    cluster.nodes[1].user("dan", host="192.0.2.1")
+    cat.send("NICK dan")  # taken: its registration is given back
+    cluster.pump()
+    assert cat.take() == ["RETRY taken dan is online already"]
+    cat.send("NICK cat")
+    cluster.pump()
+    assert cat.take()[0] == "READY cat"
 
 
 def test_a_nick_waits_for_the_count_no_longer_than_its_redis_wait() -> None:

@@ -247,7 +247,8 @@ def test_nicks_of_one_address_looked_up_at_once_spend_its_registrations_once_eac
     """The address may register one nick (two clients behind it coming
     back after a restart): two NICKs whose account lookups ran at once were
     both judged within the limit before either was registered, and both got
-    in.  The second is judged again once its lookup is over."""
+    in.  The first NICK reserves the registration as it is judged: the
+    second is refused."""
     h = harness(work=HeldWork(), ip_register_rate=0.05, ip_register_burst=1)
     alice, bob = fresh(h), fresh(h)
     alice.send("NICK alice")
@@ -261,6 +262,83 @@ def test_nicks_of_one_address_looked_up_at_once_spend_its_registrations_once_eac
     bob.send("NICK bob")
     h.work.release()  # type: ignore[attr-defined]
     assert bob.take()[0] == "READY bob"
+
+
+FLOODED_20 = "ERROR flood too many nicks registered from 127.0.0.1 lately; try again in 20 s"
+
+
+def test_password_logins_of_one_address_at_once_spend_its_registrations_once_each() -> None:
+    """The address may register one nick: two connections asked for their
+    accounts' passwords had each been judged within the limit at NICK
+    (nothing was spent until one was registered), and both logged in (so
+    accounts made slowly could all be logged in at once).  A NICK reserves
+    its registration: the second is answered ERROR flood."""
+    h = harness(work=HeldWork(), ip_register_rate=0.05, ip_register_burst=1)
+    add(h, "alice")
+    add(h, "bob")
+    alice, bob = fresh(h), fresh(h)
+    alice.send("NICK alice")
+    bob.send("NICK bob")
+    h.work.release()  # type: ignore[attr-defined]  # the lookups
+    assert alice.take() == ["PASS alice"]
+    assert bob.take() == [FLOODED_20]
+    alice.send(f"PASS {PW}")
+    bob.send(f"PASS {PW}")
+    h.work.release()  # type: ignore[attr-defined]  # the accounts' reads
+    h.work.release()  # type: ignore[attr-defined]  # the hashes
+    assert alice.take()[0] == "READY alice"
+    assert bob.user is None
+    assert h.hub.online.keys() == {"alice"}
+
+
+def _given_back(h: Harness, how: str) -> None:
+    """One connection's NICK of alice's account (PASS asked) ends without
+    a registration, C{how}."""
+    add(h, "alice")
+    conn = fresh(h)
+    conn.send("NICK alice")
+    assert conn.take() == ["PASS alice"]
+    if how == "wrong password":
+        conn.send("PASS not-the-password")
+        assert conn.take()[0].startswith("RETRY bad-password")
+    elif how == "gone":
+        conn.drop()
+    elif how == "timeout":
+        h.clock.advance(30.0)
+        assert conn.take()[-1].startswith("BYE timeout")
+    else:  # taken meanwhile: answered at the next NICK, before any lookup
+        h.user("bob", host="192.0.2.1")
+        conn.send("NICK bob")
+        assert conn.take() == ["RETRY taken bob is online already"]
+
+
+@pytest.mark.parametrize("how", ["wrong password", "gone", "timeout", "taken"])
+def test_a_nick_not_registered_gives_its_registration_back(how: str) -> None:
+    """The address may register one nick, and a NICK holds it from its
+    judgement until it is registered or its attempt ends: once that ends
+    otherwise, another connection of the address may register."""
+    h = harness(ip_register_rate=0.01, ip_register_burst=1, nick_timeout=30.0)
+    _given_back(h, how)
+    other = fresh(h)
+    other.send("NICK carol")
+    assert other.take()[0] == "READY carol"
+
+
+def test_a_new_nick_while_a_password_is_asked_takes_its_registration() -> None:
+    """The NICK asked for a password holds the address's one registration:
+    the connection's next NICK takes it over rather than being refused."""
+    h = harness(ip_register_rate=0.05, ip_register_burst=1)
+    add(h, "alice")
+    conn = fresh(h)
+    conn.send("NICK alice")
+    assert conn.take() == ["PASS alice"]
+    other = fresh(h)
+    other.send("NICK dave")
+    assert other.take() == [FLOODED_20]
+    conn.send("NICK carol")
+    assert conn.take()[0] == "READY carol"
+    other.send("NICK dave")
+    assert other.take()[0].startswith("ERROR flood")
 
 
 def test_taken_while_the_password_was_checked() -> None:

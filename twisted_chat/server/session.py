@@ -173,16 +173,20 @@ class Session:
             handshake.nick_call = conn.clock.callLater(timeout, handshake.nick_expired)
 
     def stopped(self, conn: Connection) -> None:
-        """C{conn} is closing: nothing more is timed."""
+        """C{conn} is closing (or online): nothing more is timed, and a
+        registration it reserved and has not sent to the state is given back."""
         handshake = conn.handshake
         if handshake is not None:
             handshake.stop()
+            self._release(conn)
 
     def lost(self, conn: Connection) -> None:
         """C{conn} is gone."""
         handshake = conn.handshake
-        if handshake is not None and handshake.login is not None:
-            handshake.login.lost()
+        if handshake is not None:
+            self._release(conn)
+            if handshake.login is not None:
+                handshake.login.lost()
 
     def decided(self, conn: Connection) -> None:
         """
@@ -192,8 +196,15 @@ class Session:
         fresh one, which is what it would hold anyway.
         """
         handshake = conn.handshake
-        if handshake is not None and conn.user is not None and (
-                handshake.login is None or handshake.login.idle):
+        if handshake is None:
+            return
+        login = handshake.login
+        if handshake.reserved and (login is None or login.asked is None):
+            # The NICK's attempt ended without a registration (taken, a
+            # wrong password, a failed lookup): only a password asked for
+            # keeps its reservation.
+            self._release(conn)
+        if conn.user is not None and (login is None or login.idle):
             conn.handshake = None
 
     # -- a line ----------------------------------------------------------------
@@ -295,12 +306,17 @@ class Session:
             return
         self._hold(conn, self._nick_allowed(conn, nick))
 
-    def _nick_allowed(self, conn: Connection, nick: str, looked_up: bool = False
-                      ) -> Deferred[Any] | None:
-        """C{nick} is valid: within its address's registrations, on to the
-        login (unless C{looked_up}: it has no account) or the state."""
+    def _nick_allowed(self, conn: Connection, nick: str) -> Deferred[Any] | None:
+        """C{nick} is valid: one of its address's registrations reserved
+        (L{AddressBook.reserve_registration}), on to the login or the state.
+        A connection asked for a password holds one already: a new nick
+        abandons the asked one, and takes its reservation."""
         limits = conn.limits
-        wait = self.factory.addresses.registration_wait(limits)
+        handshake = conn.handshake
+        if handshake is not None and handshake.reserved:
+            wait: float | Deferred[None] = 0.0
+        else:
+            wait = self.factory.addresses.reserve_registration(limits)
         if isinstance(wait, Deferred):
             # Cluster mode: the address's count is being asked for (a round
             # trip, up to budgets.TIMEOUT); the NICK is judged again then,
@@ -310,7 +326,7 @@ class Session:
             if due is not None:
                 wait.addTimeout(max(due - conn.clock.seconds(), 0.0), conn.clock,
                                 onTimeoutCancel=lambda result, timeout: _LATE)
-            return wait.addCallback(self._nick_judged, conn, nick, looked_up)
+            return wait.addCallback(self._nick_judged, conn, nick)
         if wait:
             assert limits is not None
             conn.write(
@@ -321,22 +337,17 @@ class Session:
                 )
             )
             return None
-        if self.factory.accounts is not None and not looked_up:
-            # The login calls admit(), or admit_new() for a nick with no account.
-            return self._login(conn).nick(nick)
-        return self.admit(conn, nick)
+        if self.factory.accounts is None:
+            return self._admit(conn, nick, reserved=limits is not None)
+        if limits is not None:
+            # Held until admit() sends it to the state, or given back
+            # (decided(), stopped(), lost()).
+            self._handshake(conn).reserved = True
+        # The login calls admit() once the nick may be used.
+        return self._login(conn).nick(nick)
 
-    def admit_new(self, conn: Connection, nick: str) -> Deferred[Any] | None:
-        """
-        C{nick} has no account (its lookup is over): judged against its
-        address's registrations again before it is admitted, as other NICKs
-        of the address may have got in during the lookup (nothing is spent
-        until one is registered: each was judged within the limit).
-        """
-        return self._nick_allowed(conn, nick, looked_up=True)
-
-    def _nick_judged(self, result: object, conn: Connection, nick: str,
-                     looked_up: bool = False) -> Deferred[Any] | None:
+    def _nick_judged(self, result: object, conn: Connection, nick: str
+                     ) -> Deferred[Any] | None:
         """The address's count came (or the NICK's wait ended first: L{_LATE})."""
         if conn.closing:
             return None
@@ -344,16 +355,27 @@ class Session:
             # Answered as a registration that came too late is.
             self._refused(self.factory.state.too_late(registration=True), conn)
             return None
-        return self._nick_allowed(conn, nick, looked_up)
+        return self._nick_allowed(conn, nick)
 
     def admit(self, conn: Connection, nick: str) -> Deferred[bool]:
-        """Bring C{conn} online as C{nick} (true), or answer C{RETRY taken} (false)."""
+        """Bring C{conn} online as C{nick} (true), or answer C{RETRY taken}
+        (false).  The registration its NICK reserved goes with it: spent if
+        the state registers the nick, even for a connection gone meanwhile
+        (its JOINED was sent), else given back."""
+        handshake = conn.handshake
+        reserved = handshake is not None and handshake.reserved
+        if handshake is not None:
+            handshake.reserved = False
+        return self._admit(conn, nick, reserved)
+
+    def _admit(self, conn: Connection, nick: str, reserved: bool) -> Deferred[bool]:
+        """L{admit}, C{reserved}: whether a registration was reserved for it."""
         limits = conn.limits
         registered = self.factory.state.register(
             nick, conn, conn.address, source=limits.key if limits is not None else ""
         )
         return registered.addCallbacks(self._registered, self._not_registered,
-                                       callbackArgs=(conn,), errbackArgs=(conn,))
+                                       callbackArgs=(conn,), errbackArgs=(conn, reserved))
 
     def _registered(self, user: User, conn: Connection) -> bool:
         if conn.closing:
@@ -361,12 +383,15 @@ class Session:
             # the state's to take out (the replica's orphan path), and
             # connection_lost already took it out of the handshake's counts;
             # counting it as registered would free another connection's slot.
+            # Its reserved registration stays spent: its JOINED went out.
             return False
         conn.online(user)
         self.stopped(conn)
         return True
 
-    def _not_registered(self, failure: Failure, conn: Connection) -> bool:
+    def _not_registered(self, failure: Failure, conn: Connection, reserved: bool) -> bool:
+        if reserved:
+            self.factory.addresses.release_registration(conn.limits)
         if not self._refused(failure.value, conn):
             failure.raiseException()
         return False
@@ -386,11 +411,23 @@ class Session:
         user = self.factory.state.hub.find(nick)
         return user.nick if user is not None else None
 
-    def _login(self, conn: Connection) -> Login:
-        """C{conn}'s accounts state, made when first needed."""
+    def _handshake(self, conn: Connection) -> Handshake:
+        """C{conn}'s handshake, made when first needed."""
         handshake = conn.handshake
         if handshake is None:
             handshake = conn.handshake = Handshake(self, conn)
+        return handshake
+
+    def _release(self, conn: Connection) -> None:
+        """Give back the registration C{conn}'s NICK reserved, if it holds one."""
+        handshake = conn.handshake
+        if handshake is not None and handshake.reserved:
+            handshake.reserved = False
+            self.factory.addresses.release_registration(conn.limits)
+
+    def _login(self, conn: Connection) -> Login:
+        """C{conn}'s accounts state, made when first needed."""
+        handshake = self._handshake(conn)
         login = handshake.login
         if login is None:
             accounts = self.factory.accounts
@@ -620,13 +657,15 @@ class Handshake:
     L{twisted_chat.server.accounts.login.Connection}.
     """
 
-    __slots__ = ("conn", "login", "nick_call", "session")
+    __slots__ = ("conn", "login", "nick_call", "reserved", "session")
 
     def __init__(self, session: Session, conn: Connection) -> None:
         self.session = session
         self.conn = conn
         self.login: Login | None = None
         self.nick_call: IDelayedCall | None = None
+        # Whether its NICK holds one of its address's registrations (Session.admit).
+        self.reserved = False
 
     def nick_expired(self) -> None:
         self.nick_call = None
@@ -665,9 +704,6 @@ class Handshake:
 
     def admit(self, nick: str) -> Deferred[bool]:
         return self.session.admit(self.conn, nick)
-
-    def admit_new(self, nick: str) -> Deferred[Any] | None:
-        return self.session.admit_new(self.conn, nick)
 
     def write(self, data: bytes) -> None:
         self.conn.write(data)

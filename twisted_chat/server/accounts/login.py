@@ -308,12 +308,6 @@ class Connection(Protocol):
         taken meanwhile).
         """
 
-    def admit_new(self, nick: str) -> defer.Deferred[Any] | None:
-        """
-        L{admit} C{nick}, which has no account, once the address's limit on
-        registrations allows it again (else answer C{ERROR flood}).
-        """
-
     def write(self, data: bytes) -> None: ...
 
     def close(self, reason: str, text: str) -> None:
@@ -407,7 +401,7 @@ class Login:
         if account is not None:  # could not be looked up: it might have one
             self._ask(nick)
             return None
-        return self._conn.admit_new(nick)
+        return self._conn.admit(nick)
 
     def _lookup_failed(self, failure: Failure, nick: str) -> Answer:
         # Not READY: without the accounts, the nick might have one.

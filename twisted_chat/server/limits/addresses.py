@@ -8,8 +8,9 @@ default: that is what one subscriber gets).  Each address has
 
   - a count of its connections (C{--max-per-ip}) and of those still in the
     handshake (no nick yet; C{--max-handshaking-per-ip});
-  - token buckets for new connections, registrations (C{NICK} accepted) and
-    lobby lines, each refilling at a rate with a burst;
+  - token buckets for new connections, registrations (reserved when a
+    C{NICK} is judged, given back if it is not registered) and lobby
+    lines, each refilling at a rate with a burst;
   - the flood penalty (lines dropped for flooding, draining over time), so
     that reconnecting does not wipe it.
 
@@ -337,15 +338,10 @@ class AddressBook:
                           "ip_connect_rate")
 
     def registered(self, record: Address | None) -> None:
-        """A connection of C{record} left the handshake with a nick: one
-        registration spent."""
-        if record is not None:
-            now = self.clock.seconds()
-            record.register.take(now)
-            if self._shared is not None and self.policy.register.limited:
-                self._spent(record, REGISTER, now)
-            if record.handshaking > 0:
-                record.handshaking -= 1
+        """A connection of C{record} left the handshake with a nick (its
+        registration was spent when it was reserved: L{reserve_registration})."""
+        if record is not None and record.handshaking > 0:
+            record.handshaking -= 1
 
     def closed(self, record: Address | None, handshaking: bool) -> None:
         """A connection of C{record} ended; C{handshaking}: it never got a nick."""
@@ -355,26 +351,42 @@ class AddressBook:
         if handshaking and record.handshaking > 0:
             record.handshaking -= 1
 
-    def registration_wait(self, record: Address | None) -> float | Deferred[None]:
+    def reserve_registration(self, record: Address | None) -> float | Deferred[None]:
         """
-        Seconds until C{record} may register a nick (0.0: now).  Nothing is
-        spent here: L{registered} spends, once the nick is accepted, so a
-        taken or invalid nick costs nothing.  In cluster mode, a C{Deferred}
-        when this node's copy of the bucket is stale: it fires once the
-        cluster has been heard (ask again then); the registration waits for
-        Redis anyway.
+        Reserve one registration of C{record} (0.0: done, its token spent
+        now), or the seconds until one may be.  Judging and spending are one
+        step, so that NICKs of one address whose registrations are under way
+        at once (an account lookup, a password check, a cluster's round
+        trip) cannot all pass the judgement before any spends: each reserved
+        one is either registered or L{release_registration}d, so a taken or
+        invalid nick costs nothing.  In cluster mode, a C{Deferred} when this
+        node's copy of the bucket is stale: it fires once the cluster has
+        been heard (ask again then); the registration waits for Redis anyway.
         """
         if record is None:
             return 0.0
         now = self.clock.seconds()
-        if self._shared is not None and self.policy.register.limited:
+        limited = self.policy.register.limited
+        if self._shared is not None and limited:
             shared = self._shared_for(record, REGISTER)
             if now >= shared.fresh_until and not shared.asking:
                 self._report([(record, REGISTER)])
             if shared.asking:
                 return shared.answered()
         wait = record.register.wait(now)
-        return max(wait, 0.001) if wait > 0 else 0.0
+        if wait > 0:
+            return max(wait, 0.001)
+        record.register.take(now)
+        if self._shared is not None and limited:
+            self._spent(record, REGISTER, now)
+        return 0.0
+
+    def release_registration(self, record: Address | None) -> None:
+        """A registration L{reserve_registration} reserved did not happen
+        (the nick was taken, the password wrong, the connection went): its
+        token is given back, as L{lobby_refund} gives a line's."""
+        if record is not None:
+            self._refund(record, REGISTER)
 
     def lobby_line(self, record: Address | None, at: float | None = None
                    ) -> bool | Deferred[None]:
@@ -413,12 +425,17 @@ class AddressBook:
     def lobby_refund(self, record: Address) -> None:
         """A lobby line of C{record}'s that L{lobby_line} let through was
         not sent (cluster mode: taken back, answered "not sent"): its token
-        is given back, and taken out of what the next report tells the
-        cluster.  One the cluster was told of already (a report went between
-        the line and its answer) stays in the cluster's bucket until that
-        drains: the copy follows the cluster's count at its next report."""
-        record.lobby.give_back()
-        shared = record.shared.get(LOBBY) if record.shared is not None else None
+        is given back (L{_refund})."""
+        self._refund(record, LOBBY)
+
+    def _refund(self, record: Address, bucket: str) -> None:
+        """A token of C{record}'s C{bucket} spent for nothing is given back,
+        and taken out of what the next report tells the cluster.  One the
+        cluster was told of already (a report went between the spending and
+        the refund) stays in the cluster's bucket until that drains: the
+        copy follows the cluster's count at its next report."""
+        _BUDGETS[bucket].bucket(record).give_back()
+        shared = record.shared.get(bucket) if record.shared is not None else None
         if shared is not None and shared.unsent > 0:
             shared.unsent -= 1
             if shared.last is not None:
