@@ -31,10 +31,18 @@ from bench.dialects import DIALECTS, Dialect, source_address
 
 HANDSHAKE_TIMEOUT = 60.0
 READ = 1 << 18
+# At most this many connections opened that the server has not answered yet
+# (its accept queue and what it has accepted but not read), whatever the
+# concurrency: ngircd listens with a backlog of 10 (hard-coded), and a
+# connection beyond it is dropped by the kernel and retried by TCP only 1,
+# 3, 7, 15... s later, so ngircd registered too few clients in time.  A
+# reply proves the server accepted the connection, and each dialect's
+# registration draws one at once (see bench.dialects).
+OPEN_WINDOW = 8
 
 
 class RawClient:
-    __slots__ = ("buf", "dialect", "nick", "phase", "sock", "started", "tail")
+    __slots__ = ("answered", "buf", "dialect", "nick", "phase", "sock", "started", "tail")
 
     def __init__(self, sock: socket.socket, nick: str, dialect: Dialect) -> None:
         self.sock = sock
@@ -44,6 +52,7 @@ class RawClient:
         self.buf = b""
         self.tail = b""
         self.started = time.monotonic()
+        self.answered = False  # the server has replied, or the attempt ended
 
     def write(self, data: bytes) -> None:
         with contextlib.suppress(OSError):
@@ -130,6 +139,13 @@ def bulk_main(conn: Connection, out: Connection, dialect_name: str, cpu: int | N
         shaking[s.fileno()] = c
         ep.register(s.fileno(), select.EPOLLOUT | select.EPOLLIN)
         job["inflight"] += 1
+        job["unanswered"] += 1
+
+    def answered(c: RawClient) -> None:
+        """The server replied (so it accepted the connection), or it ended."""
+        if not c.answered and job is not None:
+            c.answered = True
+            job["unanswered"] -= 1
 
     def fail(key: str) -> None:
         assert job is not None
@@ -137,6 +153,7 @@ def bulk_main(conn: Connection, out: Connection, dialect_name: str, cpu: int | N
 
     def finish_one(c: RawClient, ok: bool, key: str = "") -> None:
         assert job is not None
+        answered(c)
         job["inflight"] -= 1
         if ok:
             job["durations"].append(time.monotonic() - c.started)
@@ -146,9 +163,10 @@ def bulk_main(conn: Connection, out: Connection, dialect_name: str, cpu: int | N
     running = True
     while running:
         t_pass = time.monotonic()
-        # start connections up to the job's concurrency
+        # start connections up to the job's concurrency and open window
         if job is not None:
-            while pending and job["inflight"] < job["concurrency"]:
+            while (pending and job["inflight"] < job["concurrency"]
+                   and job["unanswered"] < job["window"]):
                 index, nick, _sample, _sender = pending.pop()
                 start_one(index, nick)
         events = ep.poll(0.001 if job is not None else interval)
@@ -163,6 +181,7 @@ def bulk_main(conn: Connection, out: Connection, dialect_name: str, cpu: int | N
                 if name == "connect":
                     job = {"tag": tag, "host": kwargs["host"], "port": kwargs["port"],
                            "concurrency": kwargs["concurrency"], "inflight": 0,
+                           "window": kwargs.get("window", OPEN_WINDOW), "unanswered": 0,
                            "errors": {}, "durations": [], "t0": time.monotonic(),
                            "deadline": time.monotonic() + kwargs.get("deadline", 1e9)}
                     pending = list(reversed(kwargs["specs"]))
@@ -220,6 +239,7 @@ def bulk_main(conn: Connection, out: Connection, dialect_name: str, cpu: int | N
                     continue
                 except OSError:
                     data = b""
+            answered(c)
             if not data:
                 lost += 1
                 if c.phase < 2 and job is not None:

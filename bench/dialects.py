@@ -143,7 +143,11 @@ class Irc(Dialect):
     done_marker: bytes = b" 366 "
 
     def register(self, nick: str) -> bytes:
-        return b"NICK %s\r\nUSER %s 0 * :bench\r\n" % (nick.encode(), nick.encode())
+        # The PING draws a reply at once (PONG, or 451 before registration
+        # ends), which tells the generator the server accepted the
+        # connection: InspIRCd sends nothing until its 001, a second later.
+        return b"NICK %s\r\nUSER %s 0 * :bench\r\nPING :open\r\n" % (nick.encode(),
+                                                                        nick.encode())
 
     def after_registered(self, nick: str) -> bytes:
         return b"JOIN " + CHANNEL + b"\r\n"

@@ -19,11 +19,12 @@ import multiprocessing as mp
 import os
 import resource
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from multiprocessing.connection import Connection
 from typing import Any
 
-from bench.bulk import bulk_main
+from bench.bulk import OPEN_WINDOW, bulk_main
 from bench.dialects import DIALECTS, MARK, PAD, Dialect, source_address
 
 HANDSHAKE_TIMEOUT = 60.0
@@ -36,6 +37,7 @@ class Client(asyncio.Protocol):
         "buf",
         "done",
         "nick",
+        "opened",
         "phase",
         "sample",
         "tail",
@@ -43,8 +45,10 @@ class Client(asyncio.Protocol):
         "w",
     )
 
-    def __init__(self, w: Worker, nick: str, sample: bool) -> None:
+    def __init__(self, w: Worker, nick: str, sample: bool,
+                 opened: Callable[[], None] | None = None) -> None:
         self.w = w
+        self.opened = opened  # called once, at the first reply or the end
         self.nick = nick
         self.sample = sample
         self.phase = 0  # 0: before the first marker, 1: before done, 2: counting
@@ -57,7 +61,15 @@ class Client(asyncio.Protocol):
         self.transport = transport  # type: ignore[assignment]
         transport.write(self.w.dialect.register(self.nick))
 
+    def _answered(self) -> None:
+        opened = self.opened
+        if opened is not None:
+            self.opened = None
+            opened()
+
     def data_received(self, data: bytes) -> None:
+        if self.opened is not None:
+            self._answered()
         w = self.w
         w.lines += data.count(w.dialect.line_mark)
         if self.phase == 2:
@@ -98,6 +110,7 @@ class Client(asyncio.Protocol):
                     self.transport.write(answer)
 
     def connection_lost(self, exc: Exception | None) -> None:
+        self._answered()
         self.w.lost += 1
         self.transport = None
         if not self.done.done():
@@ -118,26 +131,42 @@ class Worker:
 
     # -- commands -------------------------------------------------------
     async def cmd_connect(self, host: str, port: int, specs: list[Spec],
-                          concurrency: int, deadline: float = 1e9) -> dict[str, Any]:
-        """Connect and register clients; specs are (index, nick, sample, sender)."""
+                          concurrency: int, deadline: float = 1e9,
+                          window: int = OPEN_WINDOW) -> dict[str, Any]:
+        """
+        Connect and register clients; specs are (index, nick, sample, sender).
+        At most C{concurrency} handshakes at once, of which at most C{window}
+        not answered yet (L{OPEN_WINDOW}).
+        """
         loop = asyncio.get_running_loop()
         sem = asyncio.Semaphore(concurrency)
+        unanswered = asyncio.Semaphore(window)
         durations: list[float] = []
         errors: dict[str, int] = {}
         t0 = time.monotonic()
 
         async def one(index: int, nick: str, sample: bool, sender: bool) -> None:
             async with sem:
+                await unanswered.acquire()
+                released = False
+
+                def answered() -> None:
+                    nonlocal released
+                    if not released:
+                        released = True
+                        unanswered.release()
+
                 start = time.monotonic()
                 try:
                     src = source_address(index)
                     _, proto = await asyncio.wait_for(
                         loop.create_connection(
-                            lambda: Client(self, nick, sample), host, port,
+                            lambda: Client(self, nick, sample, answered), host, port,
                             local_addr=(src, 0)),
                         HANDSHAKE_TIMEOUT)
                     end = await asyncio.wait_for(proto.done, HANDSHAKE_TIMEOUT)
                 except (TimeoutError, OSError, ConnectionError) as e:
+                    answered()
                     key = type(e).__name__ + (f":{e.errno}" if isinstance(e, OSError) else "")
                     errors[key] = errors.get(key, 0) + 1
                     return
@@ -355,7 +384,8 @@ class Generator:
         return [self._result(i, t, timeout) for i, t in enumerate(tags)]
 
     def connect(self, host: str, port: int, clients: int, senders: int, samples: int,
-                prefix: str, concurrency: int = 200, timeout: float = 180.0) -> dict[str, Any]:
+                prefix: str, concurrency: int = 200, timeout: float = 180.0,
+                window: int = OPEN_WINDOW) -> dict[str, Any]:
         """
         Register ``clients`` clients: the ``senders`` first (on worker 0), then
         the receivers, with the ``samples`` (worker 1) spread through the
@@ -364,13 +394,15 @@ class Generator:
         they joined then has the samples at every depth of its fan-out, so
         the latency is an average member's, not that of whoever came last
         (all at once, the few samples tended to finish together, at one
-        depth: 82nd to 89th of 100 in our server).
+        depth: 82nd to 89th of 100 in our server).  At most ``window`` of
+        them opened and not answered yet, over all workers (L{OPEN_WINDOW}).
         """
         res = []
         deadline = time.monotonic() + timeout
         for phase in registration_phases(clients, senders, samples, prefix):
             res += self._connect_phase(host, port, worker_plans(phase, len(self.conns)),
-                                       concurrency, max(1.0, deadline - time.monotonic()))
+                                       concurrency, max(1.0, deadline - time.monotonic()),
+                                       window)
         ok = sum(r["ok"] for r in res)
         errors: dict[str, int] = {}
         for r in res:
@@ -382,12 +414,14 @@ class Generator:
         return {"ok": ok, "errors": errors, "seconds": t1 - t0, "durations": durations}
 
     def _connect_phase(self, host: str, port: int, plans: list[list[Spec]],
-                       concurrency: int, timeout: float) -> list[dict[str, Any]]:
+                       concurrency: int, timeout: float,
+                       window: int = OPEN_WINDOW) -> list[dict[str, Any]]:
         """Run each worker's share of one phase at once; wait for them all."""
         busy = max(1, sum(1 for p in plans if p))
         tags = {i: self._ask(i, "connect", host=host, port=port, specs=plan,
                              concurrency=max(1, concurrency // busy),
-                             deadline=max(1.0, timeout - 10.0))
+                             deadline=max(1.0, timeout - 10.0),
+                             window=max(1, window // busy))
                 for i, plan in enumerate(plans) if plan}
         return [self._result(i, t, timeout) for i, t in tags.items()]
 

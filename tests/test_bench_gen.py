@@ -1,8 +1,19 @@
-"""The order in which the benchmark's clients register (bench.gen)."""
+"""The order in which the benchmark's clients register, and how many at once
+(bench.gen)."""
 
 from __future__ import annotations
 
-from bench.gen import registration_phases, worker_plans
+import asyncio
+import contextlib
+import socket
+import time
+from typing import Any, cast
+
+import pytest
+
+from bench import gen as gen_module
+from bench.dialects import DIALECTS
+from bench.gen import Generator, Worker, registration_phases, worker_plans
 
 
 def test_senders_first_then_the_samples_spread_through_the_receivers() -> None:
@@ -39,3 +50,64 @@ def test_each_worker_gets_its_kind_and_the_bulk_is_shared() -> None:
     assert len(bulk) == 34
     assert all(spec in plan[2 + spec[0] % 2] for plan in plans for spec in plan[2] + plan[3])
     assert {len(plan[2]) - len(plan[3]) for plan in plans[1::2]} <= {-1, 0, 1}
+
+
+def _listener() -> socket.socket:
+    """A server that accepts in the kernel only: it never reads nor answers."""
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen(64)
+    return server
+
+
+def _queued(server: socket.socket) -> int:
+    server.setblocking(False)
+    count = 0
+    with contextlib.suppress(BlockingIOError):
+        while True:
+            server.accept()[0].close()
+            count += 1
+    return count
+
+
+def test_the_bulk_receivers_open_no_more_than_the_window_before_an_answer() -> None:
+    """A server's accept queue may be short (ngircd's holds 10): the
+    generator opens no more connections than the window while none of
+    them has been answered, whatever its concurrency."""
+    server = _listener()
+    gen = Generator("chat/1", 1, cpu=None)
+    try:
+        res = gen.connect("127.0.0.1", server.getsockname()[1], 12, 0, 0, "w",
+                          concurrency=50, timeout=2.0, window=3)
+    finally:
+        gen.close()
+    assert res["ok"] == 0
+    assert res["errors"] == {"unfinished (out of time)": 3, "not started (out of time)": 9}
+    assert _queued(server) == 3
+    server.close()
+
+
+def test_the_asyncio_workers_open_no_more_than_the_window_before_an_answer(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """The senders' and samples' worker too: 12 clients of a server that
+    never answers, each given up after 0.2 s, open three at a time, in four
+    rounds (all at once they would take one)."""
+    monkeypatch.setattr(gen_module, "HANDSHAKE_TIMEOUT", 0.2)
+    server = _listener()
+    worker = Worker(cast(Any, None), DIALECTS["chat/1"])
+    specs = [(i, f"a{i}", False, True) for i in range(12)]
+    start = time.monotonic()
+    res = asyncio.run(worker.cmd_connect("127.0.0.1", server.getsockname()[1], specs,
+                                         concurrency=50, window=3))
+    assert time.monotonic() - start >= 0.8
+    assert res["errors"] == {"TimeoutError:None": 12}
+    assert _queued(server) == 12
+    server.close()
+
+
+def test_an_irc_registration_asks_for_an_answer_at_once() -> None:
+    """InspIRCd sends nothing for a second before its 001: the PING draws a
+    reply (PONG, or 451 before the registration ends) that tells the
+    generator the connection was accepted."""
+    assert DIALECTS["irc"].register("n").endswith(b"PING :open\r\n")
+    assert DIALECTS["irc-noroom"].register("n").endswith(b"PING :open\r\n")
