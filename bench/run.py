@@ -146,7 +146,14 @@ def server_specs(quick: bool, only: list[str] | None, baseline: Path | None = No
                                     "--history 0", "chat/1", "chat",
                                     ["--db", ":memory:", "--flood-rate", "0", "--history", "0"]))
     if only:
-        specs = [s for s in specs if s.key in only]
+        # in the order given: a server's place in the run moves its figures
+        # (what ran before it warms or loads the machine), so it is chosen
+        by_key = {s.key: s for s in specs}
+        unknown = [k for k in only if k not in by_key]
+        if unknown:
+            raise ValueError(f"no server column {', '.join(unknown)} in this run "
+                             f"(its columns: {', '.join(by_key)})")
+        specs = [by_key[k] for k in dict.fromkeys(only)]
     return specs
 
 
@@ -259,7 +266,8 @@ def main(argv: list[str] | None = None) -> int:
                     type=interpreter_arg,
                     help="also run our server under this venv's python (the package "
                          "installed there), as chat-NAME (repeatable)")
-    ap.add_argument("--servers", default=None, help="comma-separated keys to run")
+    ap.add_argument("--servers", default=None,
+                    help="comma-separated keys to run, in this order")
     ap.add_argument("--skip-idle", action="store_true")
     ap.add_argument("--clients", default=None, help="comma-separated fan-out client counts")
     args = ap.parse_args(argv)
@@ -284,9 +292,12 @@ def main(argv: list[str] | None = None) -> int:
         "servers": {},
     }
     only = args.servers.split(",") if args.servers else None
+    try:
+        specs = server_specs(args.quick, only, args.baseline, args.variant, args.interpreter)
+    except ValueError as e:
+        ap.error(str(e))
     failures = 0
-    for spec in server_specs(args.quick, only, args.baseline, args.variant,
-                             args.interpreter):
+    for spec in specs:
         entry: dict[str, Any] = {"label": spec.label, "dialect": spec.dialect,
                                  "options": spec.extra, "fanout": {}}
         results["servers"][spec.key] = entry

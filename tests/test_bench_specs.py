@@ -76,3 +76,25 @@ def test_an_interpreter_without_name_or_python_is_refused_by_the_parser(
         module.main(["--interpreter", given, "--servers", "chat"])
     assert exit_.value.code == 2
     assert "give NAME=PYTHON" in capsys.readouterr().err
+
+
+def test_the_servers_run_in_the_order_given() -> None:
+    """What ran before a server moves its figures: the order is the user's."""
+    specs = server_specs(False, ["ngircd", "chat", "inspircd"])
+    assert [s.key for s in specs] == ["ngircd", "chat", "inspircd"]
+
+
+def test_an_unknown_server_is_named() -> None:
+    with pytest.raises(ValueError, match="no server column ngirc in this run"):
+        server_specs(False, ["chat", "ngirc"])
+
+
+@pytest.mark.bench
+def test_an_unknown_server_is_refused_by_the_parser(
+        capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
+    """Not a run of nothing: --quick has only our server's column."""
+    monkeypatch.setattr(bench_run, "raise_nofile", lambda: 1024)
+    with pytest.raises(SystemExit) as exit_:
+        bench_run.main(["--quick", "--servers", "ngircd"])
+    assert exit_.value.code == 2
+    assert "no server column ngircd in this run (its columns: chat)" in capsys.readouterr().err
