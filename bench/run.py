@@ -241,7 +241,11 @@ def measure(spec: ServerSpec, plan: dict[str, Any], entry: dict[str, Any], skip_
             traceback.print_exc()
     if not skip_idle and spec.key in MAIN_KEYS:
         try:
-            entry["idle"] = run_idle(spec, plan, log)
+            entry["idle"] = idle = run_idle(spec, plan, log)
+            if idle["registered"] < idle["clients"]:
+                failures += 1
+                log(f"  idle: ONLY {idle['registered']} of {idle['clients']} clients "
+                    f"registered: {idle['errors']}")
         except Exception as e:
             failures += 1
             entry["idle"] = {"error": repr(e)}
