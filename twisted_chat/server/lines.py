@@ -183,7 +183,8 @@ class LineListener:
     def lobby_message(self, entry: Entry, sender: User) -> None:
         self._history_block = None
         if self._state().holds(sender):
-            self.stats.count_lobby_message()  # one of this process's users said it
+            # One of this process's users said it (a counter, not a call).
+            self.stats.lobby_messages += 1
         self.fanout.add(wire.msg_line(entry.ts, entry.nick, "*", entry.text))
 
     def ready(self, user: User) -> None:

@@ -121,7 +121,8 @@ class Stats:
         # READY held when it was closed).
         self.input_discarded = 0
         # Messages this process's users sent (a cluster node's own users):
-        # to the lobby, and DMs and messages within a pair, by kind ("dm", "pair").
+        # to the lobby (added to by the lines, once a message: no call), and
+        # DMs and messages within a pair, by kind ("dm", "pair").
         self.lobby_messages = 0
         self.private_messages = {"dm": 0, "pair": 0}
         self.disconnects = dict.fromkeys(DISCONNECT_REASONS, 0)
@@ -197,10 +198,6 @@ class Stats:
     def count_login(self) -> None:
         """A connection chose a nick (READY)."""
         self.logins += 1
-
-    def count_lobby_message(self) -> None:
-        """One of this process's users said a lobby message."""
-        self.lobby_messages += 1
 
     def count_private_message(self, kind: str) -> None:
         """One of this process's users sent a private message: C{"dm"}, or
