@@ -8,6 +8,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
+from twisted.internet import error
 from twisted.internet.abstract import FileDescriptor
 from twisted.internet.epollreactor import EPollReactor
 from twisted.logger import globalLogPublisher
@@ -39,6 +40,30 @@ class Reader(FileDescriptor):
         self.systems.append((context.get(log.ILogContext) or {}).get("system"))
         if self.on_read is not None:
             self.on_read()
+
+
+class Ending(Reader):
+    """A reader whose read ends it as C{how} says; notes its connectionLost."""
+
+    def __init__(self, reactor: EPollReactor, sock: socket.socket, how: str) -> None:
+        super().__init__(reactor, sock, how)
+        self.lost: list[Any] = []
+        self.how = how
+        self.fd = sock.fileno()
+        self.registered = False
+
+    def fileno(self) -> int:
+        return -1 if self.registered and self.how == "no descriptor" else self.fd
+
+    def doRead(self) -> Any:
+        super().doRead()
+        if self.how == "raises":
+            raise RuntimeError("read failed")
+        return error.ConnectionDone() if self.how == "done" else None
+
+    def connectionLost(self, reason: Any) -> None:
+        self.lost.append(reason)
+        super().connectionLost(reason)
 
 
 @pytest.fixture
@@ -118,16 +143,21 @@ def test_an_error_escaping_one_dispatch_does_not_skip_the_next(
     reactor: EPollReactor, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """As under callWithLogger: the error is logged, the turn goes on."""
-    first, a = ready_pair(reactor, "first")
-    second, b = ready_pair(reactor, "second")
+    pairs = [socket.socketpair(), socket.socketpair()]
+    first, second = (Ending(reactor, ours, "done") for ours, _ in pairs)
+    first.name, second.name = "first", "second"
+    for reader, (_, theirs) in zip((first, second), pairs, strict=True):
+        reactor.addReader(reader)
+        theirs.send(b"x")
+    a, b = (theirs for _, theirs in pairs)
     read: list[Reader] = []
 
-    def dispatch(selectable: Reader, fd: int, event: int) -> None:
+    def disconnect(selectable: Reader, why: object, is_read: bool) -> None:
         read.append(selectable)
         if len(read) == 1:
             raise RuntimeError("connectionLost raised")
 
-    monkeypatch.setattr(reactor, "_doReadOrWrite", dispatch)
+    monkeypatch.setattr(reactor, "_disconnectSelectable", disconnect)
     logged: list[dict[str, Any]] = []
     globalLogPublisher.addObserver(logged.append)
     try:
@@ -140,3 +170,56 @@ def test_an_error_escaping_one_dispatch_does_not_skip_the_next(
     assert sorted(r.name for r in read) == ["first", "second"]
     [failure] = [e["log_failure"] for e in logged if "log_failure" in e]
     assert failure.check(RuntimeError)
+
+
+def test_a_plain_read_skips_the_generic_dispatch(
+    reactor: EPollReactor, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A read event alone runs doRead from the poll itself, a call less."""
+    reader, theirs = ready_pair(reactor, "reader")
+    dispatched: list[int] = []
+    monkeypatch.setattr(reactor, "_doReadOrWrite", lambda s, fd, event: dispatched.append(event))
+    try:
+        assert lighten(reactor)
+        reactor.doIteration(0)
+    finally:
+        reader.sock.close()
+        theirs.close()
+    assert reader.systems == ["-"]
+    assert dispatched == []
+
+
+@pytest.mark.parametrize("lightened", [False, True], ids=["twisted", "lightened"])
+@pytest.mark.parametrize("how,ends", [("reads", None), ("done", error.ConnectionDone),
+                                      ("raises", RuntimeError),
+                                      ("no descriptor", error.ConnectionFdescWentAway)])
+def test_a_plain_read_ends_a_descriptor_as_twisted_does(
+    reactor: EPollReactor, lightened: bool, how: str, ends: type[Exception] | None
+) -> None:
+    """What doRead returns or raises, or a -1 descriptor, disconnects it
+    as Twisted's own poll does; an error raised is logged."""
+    ours, theirs = socket.socketpair()
+    reader = Ending(reactor, ours, how)
+    reactor.addReader(reader)
+    reader.registered = True
+    theirs.send(b"x")
+    logged: list[dict[str, Any]] = []
+    globalLogPublisher.addObserver(logged.append)
+    try:
+        if lightened:
+            assert lighten(reactor)
+        reactor.doIteration(0)
+    finally:
+        globalLogPublisher.removeObserver(logged.append)
+        reactor.removeReader(reader)
+        ours.close()
+        theirs.close()
+    assert reader.systems == ([] if how == "no descriptor" else ["-" if lightened else how])
+    if ends is None:
+        assert reader.lost == []
+        return
+    [lost] = reader.lost
+    assert lost.check(ends)
+    assert reader not in reactor.getReaders()
+    failures = [e["failure"] for e in logged if "failure" in e]  # the legacy log.err
+    assert [f.check(RuntimeError) for f in failures] == ([RuntimeError] if how == "raises" else [])

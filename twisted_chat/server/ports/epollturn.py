@@ -11,21 +11,29 @@ wrapper is about a tenth of the interpreter's work per lobby message
 directly.  What changes: an unhandled error in a read, which Twisted logs
 with C{log.err}, shows C{-} as its system rather than the connection;
 an error escaping the dispatch itself is logged here and the turn goes on
-to the next descriptor, as C{callWithLogger} had it.
+to the next descriptor, as C{callWithLogger} had it.  A plain read event
+(the commonest) runs Twisted's C{_doReadOrWrite} path for it written out,
+a call less per read, with the same outcomes: a C{-1} descriptor, a
+reason to stop returned by C{doRead}, or an error raised in it (logged
+with C{log.err}) disconnects the descriptor.
 """
 
 from __future__ import annotations
 
 import errno
+import sys
+from select import EPOLLIN
 from typing import Any
 
+from twisted.internet import posixbase
 from twisted.internet.epollreactor import EPollReactor
 from twisted.logger import Logger
+from twisted.python import log
 
 _log = Logger()
 # What the poll below uses of the reactor: if a Twisted release renames any
 # of them, the reactor is left as it is.
-_PRIVATE = ("_doReadOrWrite", "_selectables", "_poller")
+_PRIVATE = ("_doReadOrWrite", "_disconnectSelectable", "_selectables", "_poller")
 
 
 def lighten(reactor: Any) -> bool:
@@ -34,10 +42,13 @@ def lighten(reactor: Any) -> bool:
     context; C{False} (and nothing changed) unless it is exactly Twisted's
     epoll reactor with the internals this relies on.
     """
-    if type(reactor) is not EPollReactor or not all(hasattr(reactor, n) for n in _PRIVATE):
+    no_descriptor = getattr(posixbase, "_NO_FILEDESC", None)
+    if (type(reactor) is not EPollReactor or no_descriptor is None
+            or not all(hasattr(reactor, n) for n in _PRIVATE)):
         return False
     epoll: Any = reactor  # its private parts, untyped
     dispatch = epoll._doReadOrWrite
+    disconnect = epoll._disconnectSelectable
 
     def doPoll(timeout: float | None) -> None:
         selectables = epoll._selectables
@@ -51,7 +62,20 @@ def lighten(reactor: Any) -> bool:
             selectable = selectables.get(fd)
             if selectable is not None:  # gone since: an earlier event closed it
                 try:
-                    dispatch(selectable, fd, event)
+                    if event == EPOLLIN:
+                        # _doReadOrWrite's path for a plain read, less its call.
+                        try:
+                            if selectable.fileno() == -1:
+                                why = no_descriptor
+                            else:
+                                why = selectable.doRead()
+                        except BaseException:
+                            why = sys.exc_info()[1]
+                            log.err()  # type: ignore[no-untyped-call]
+                        if why:
+                            disconnect(selectable, why, True)
+                    else:
+                        dispatch(selectable, fd, event)
                 except Exception:
                     _log.failure("Unhandled error handling descriptor {fd}", fd=fd)
 
