@@ -154,8 +154,9 @@ class ChatFactory(ServerFactory):
                                   config.fanout_delay, backlog,
                                   on_batch=self.stats.fanned_out, write_all=self._direct_pass,
                                   beside=self.paired_fanout)
-        self.lines = LineListener(lambda: self.state, self.fanout, self.history, self.stats,
-                                  config, self._direct_pass, self.paired_fanout)
+        # (self.state read by a C call, not a lambda's frame: once a lobby line.)
+        self.lines = LineListener(partial(getattr, self, "state"), self.fanout, self.history,
+                                  self.stats, config, self._direct_pass, self.paired_fanout)
         if state is None:
             self.state: ChatState = LocalState(Hub(reactor, self.history, self.lines,
                                                    hub_settings(config), self.repeats))
