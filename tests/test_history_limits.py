@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from twisted_chat.server.history import clip_text, newest_within
+from twisted_chat.server.history import Entry, clip_text, make_entry, newest_within
 
 
 def test_newest_within_keeps_the_newest_whole_lines_that_fit() -> None:
@@ -24,3 +24,10 @@ def test_clip_text_cuts_at_a_character_boundary() -> None:
     assert clip_text("x" * 300, 256) == "x" * 256
     assert clip_text("é" * 200, 255) == "é" * 127  # 2 bytes each; no half character
     assert clip_text("日本", 4) == "日"
+
+
+def test_make_entry_makes_the_named_tuple() -> None:
+    made = make_entry((1.5, "ann", "hi"))
+    assert type(made) is Entry
+    assert made == Entry(1.5, "ann", "hi")
+    assert (made.ts, made.nick, made.text) == (1.5, "ann", "hi")

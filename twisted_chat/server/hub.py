@@ -21,7 +21,7 @@ from twisted.logger import LogLevel
 
 from twisted_chat.server import logs
 from twisted_chat.server.config import ServerConfig
-from twisted_chat.server.history import Entry, History
+from twisted_chat.server.history import Entry, History, make_entry
 from twisted_chat.wire import ErrorCode, Refusal, nick_key
 
 #: The fewest sources (L{User.source}: an address) whose users' invitations
@@ -321,7 +321,7 @@ class Hub:
         else:
             if self.log_messages:
                 self.log.info("lobby <{nick}> {text}", nick=user.nick, text=text)
-            entry = Entry(ts, user.nick, text)
+            entry = make_entry((ts, user.nick, text))
             self.history.record(entry)
             self.listener.lobby_message(entry, user)
 
