@@ -27,10 +27,11 @@ from typing import Any
 
 from twisted.internet import posixbase
 from twisted.internet.epollreactor import EPollReactor
-from twisted.logger import Logger
 from twisted.python import log
 
-_log = Logger()
+from twisted_chat.server import logs
+
+_log = logs.logger()
 # What the poll below uses of the reactor: if a Twisted release renames any
 # of them, the reactor is left as it is.
 _PRIVATE = ("_doReadOrWrite", "_disconnectSelectable", "_selectables", "_poller")
