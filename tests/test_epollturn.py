@@ -194,10 +194,20 @@ def test_a_plain_read_skips_the_generic_dispatch(
                                       ("raises", RuntimeError),
                                       ("no descriptor", error.ConnectionFdescWentAway)])
 def test_a_plain_read_ends_a_descriptor_as_twisted_does(
-    reactor: EPollReactor, lightened: bool, how: str, ends: type[Exception] | None
+    reactor: EPollReactor, lightened: bool, how: str, ends: type[Exception] | None,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """What doRead returns or raises, or a -1 descriptor, disconnects it
-    as Twisted's own poll does; an error raised is logged."""
+    as Twisted's own poll does (a read only if doRead returned); an error
+    raised is logged."""
+    in_read: list[bool] = []
+    disconnect = reactor._disconnectSelectable
+
+    def noting(selectable: Any, why: Any, is_read: bool) -> None:
+        in_read.append(is_read)
+        disconnect(selectable, why, is_read)
+
+    monkeypatch.setattr(reactor, "_disconnectSelectable", noting)
     ours, theirs = socket.socketpair()
     reader = Ending(reactor, ours, how)
     reactor.addReader(reader)
@@ -220,6 +230,7 @@ def test_a_plain_read_ends_a_descriptor_as_twisted_does(
         return
     [lost] = reader.lost
     assert lost.check(ends)
+    assert in_read == [how == "done"]
     assert reader not in reactor.getReaders()
     failures = [e["failure"] for e in logged if "failure" in e]  # the legacy log.err
     assert [f.check(RuntimeError) for f in failures] == ([RuntimeError] if how == "raises" else [])

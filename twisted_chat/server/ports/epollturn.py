@@ -65,16 +65,19 @@ def lighten(reactor: Any) -> bool:
                 try:
                     if event == EPOLLIN:
                         # _doReadOrWrite's path for a plain read, less its call.
+                        # In a read only once doRead has returned, as there.
+                        in_read = False
                         try:
                             if selectable.fileno() == -1:
                                 why = no_descriptor
                             else:
                                 why = selectable.doRead()
+                                in_read = True
                         except BaseException:
                             why = sys.exc_info()[1]
                             log.err()  # type: ignore[no-untyped-call]
                         if why:
-                            disconnect(selectable, why, True)
+                            disconnect(selectable, why, in_read)
                     else:
                         dispatch(selectable, fd, event)
                 except Exception:
