@@ -80,6 +80,12 @@ def test_a_port_busy_on_another_interface_does_not_stop_start_up(held_port: int)
     ("--port", "tcp:7001", "--web", "tcp:7001:interface=0.0.0.0"),
     ("--port", "tcp:7001:interface=localhost", "--web", "tcp:7001:interface=127.0.0.1"),
     ("--port", "tcp:7001:interface=LocalHost.", "--metrics", "tcp:7001:interface=127.0.0.1"),
+    # The C library's other IPv4 forms, as the bind reads them (0 is every one):
+    ("--port", "tcp:7001:interface=0", "--web", "tcp:7001:interface=127.0.0.2"),
+    ("--port", "tcp:7001:interface=0x0", "--metrics", "tcp:7001:interface=127.0.0.1"),
+    ("--port", "tcp:7001:interface=0.0", "--web", "tcp:7001:interface=chat.invalid"),
+    ("--port", "tcp:7001:interface=127.1", "--web", "tcp:7001:interface=localhost"),
+    ("--port", "tcp:7001:interface=0177.0.0.1", "--web", "tcp:7001:interface=127.0.0.1"),
     ("--port", "tcp6:7001:interface=\\:\\:1",
      "--web", "tcp6:7001:interface=0\\:0\\:0\\:0\\:0\\:0\\:0\\:1"),
     ("--port", "tcp6:7001:interface=\\:\\:0", "--web", "tcp6:7001:interface=\\:\\:1"),
@@ -126,6 +132,7 @@ def test_two_options_on_one_port_stop_start_up_saying_so(
     # interface: comparing it to an address or another name needs a lookup.
     (("--port", "tcp:7001:interface=chat.invalid", "--web", "tcp:7001:interface=127.0.0.1"),
      True),
+    (("--port", "tcp:7001:interface=127.1", "--web", "tcp:7001:interface=127.0.0.2"), True),
     (("--port", "tcp:7001:interface=chat.invalid", "--web", "tcp:7001:interface=irc.invalid"),
      True),
     (("--port", "tcp:7001:interface=chat.invalid", "--web", "tcp6:7001:interface=\\:\\:"),

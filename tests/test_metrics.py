@@ -1454,7 +1454,10 @@ def test_a_kept_gzip_answer_is_not_served_to_a_client_that_did_not_ask_for_it() 
     ("tcp6:9108:interface=\\:\\:", True), ("tcp6:9108:interface=\\:\\:0", True),
     ("tcp6:9108:interface=0\\:0\\:\\:0", True),
     ("tcp6:9108:interface=\\:\\:ffff\\:0.0.0.0", True), ("tcp:9108:interface=127.0.0.1", False),
-    ("tcp6:9108:interface=\\:\\:1", False), ("unix:/tmp/metrics.sock", False)])
+    ("tcp6:9108:interface=\\:\\:1", False), ("unix:/tmp/metrics.sock", False),
+    # The C library reads these as IPv4 numbers: 0.0.0.0, and 127.0.0.1.
+    ("tcp:9108:interface=0", True), ("tcp:9108:interface=0x0", True),
+    ("tcp:9108:interface=0.0", True), ("tcp:9108:interface=127.1", False)])
 def test_a_metrics_port_on_every_interface_is_one_warning_at_start(
     endpoint: str, warned: bool,
 ) -> None:

@@ -253,8 +253,10 @@ def bound_address(interface: str) -> Bound:
     kernel read it: C{""} is IPv4's every interface, C{localhost} IPv4's
     loopback (Twisted takes a name for IPv4, and C{localhost} is
     loopback, RFC 6761); an address literal in its one spelling
-    (C{0.0.0.0}, C{::0}).  Another name, in lower case without its final
-    dot: an IPv4 address only a lookup could tell (L{_overlap}).
+    (C{0.0.0.0}, C{::0}), and the C library's other IPv4 forms as it reads
+    them (L{_c_ipv4}: C{0} is every interface).  Another name, in lower
+    case without its final dot: an IPv4 address only a lookup could tell
+    (L{_overlap}).
     """
     if interface == "":
         return IPv4Address(0)
@@ -264,7 +266,22 @@ def bound_address(interface: str) -> Bound:
     try:
         return ip_address(interface)
     except ValueError:
-        return name
+        return _c_ipv4(interface) or name
+
+
+def _c_ipv4(interface: str) -> IPv4Address | None:
+    """
+    The IPv4 address the bind reads C{interface} as when it is a number in
+    one of inet_aton's forms (C{0}, C{0x0}, C{0.0}, C{127.1},
+    C{0177.0.0.1}), not a host name: the bind parses it with
+    C{getaddrinfo}, so that parse, numeric only (no lookup), says.
+    """
+    try:
+        found = socket.getaddrinfo(interface, None, socket.AF_INET, socket.SOCK_STREAM,
+                                   0, socket.AI_NUMERICHOST)
+    except (OSError, UnicodeError, ValueError):  # a name, or not even that
+        return None
+    return IPv4Address(found[0][4][0])
 
 
 def _family(bound: Bound) -> int:
