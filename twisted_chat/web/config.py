@@ -221,15 +221,18 @@ def host_well_formed(host: str) -> bool:
     return split_host_port(host) is not None
 
 
-def origin_allowed(origin: str | None, host: str | None, allowed: Sequence[str]) -> bool:
+def origin_allowed(origin: str | None, host: str | None, allowed: Sequence[str],
+                   scheme: str | None = None) -> bool:
     """
     The WebSocket's Origin check.  A browser always sends C{Origin}; a
     request without one is not from a page (a command-line client), so
     there is no other site's page to protect the user from, and it is let
-    in.  Otherwise the origin's host and port must be the C{Host} the page
-    was served from, or the origin one of C{--web-origin}'s (or that be
-    C{*}).  The scheme is not compared: behind a TLS-terminating proxy the
-    page is https while this server sees http.
+    in.  Otherwise the origin must be the page's own: its host and port the
+    C{Host} the page was served from, and its scheme C{scheme}, the one the
+    page was served with (an http page and an https one on one host are
+    two origins); or the origin one of C{--web-origin}'s (or that be
+    C{*}).  C{scheme} C{None}: not known here (a trusted proxy in front may
+    end TLS, the page https while this server sees http), not compared.
     """
     if origin is None:
         return True
@@ -244,6 +247,8 @@ def origin_allowed(origin: str | None, host: str | None, allowed: Sequence[str])
     try:
         parts = urlsplit(origin)
         if parts.scheme not in ("http", "https") or not parts.hostname:
+            return False
+        if scheme is not None and parts.scheme != scheme:
             return False
         default = 443 if parts.scheme == "https" else 80
         origin_port = parts.port or default

@@ -66,7 +66,13 @@ from twisted_chat.server.limits.closing import (
 from twisted_chat.server.limits.records import reads_records
 from twisted_chat.server.output.sendqueue import EncodingSendQueue
 from twisted_chat.server.protocol import ChatProtocol
-from twisted_chat.web.config import WebConfig, client_host, host_well_formed, origin_allowed
+from twisted_chat.web.config import (
+    WebConfig,
+    client_host,
+    host_well_formed,
+    origin_allowed,
+    trusted,
+)
 
 # Bytes of a message kept beyond --max-line: a terminator (CRLF) the
 # gateway drops, and one more, so that a message cut short is still longer
@@ -317,18 +323,26 @@ class ChatWebSocket(WebSocketServerProtocol):
             # logged as an error (the Host's parse raised).
             self._denied = f"Host {logs.quote(host_header)} is not a host and port"
             raise ConnectionDeny(ConnectionDeny.BAD_REQUEST, "malformed Host header")
-        if not origin_allowed(origin, host_header, config.origins):
+        peer = self.tcp.getPeer()
+        peer_host: str | None = getattr(peer, "host", None)
+        if not origin_allowed(origin, host_header, config.origins,
+                              self._page_scheme(peer_host)):
             self._denied = ("no origin" if origin is None
                             else f"origin {logs.quote(origin)}") + " not allowed"
             raise ConnectionDeny(ConnectionDeny.FORBIDDEN, "origin not allowed")
-        peer = self.tcp.getPeer()
-        peer_host: str | None = getattr(peer, "host", None)
         host = client_host(peer_host, request.headers.get("x-forwarded-for"),
                            config.trusted_proxies)
         if host is not None:
             port = getattr(peer, "port", 0) if host == peer_host else 0
             kind = IPv6Address if ":" in host else IPv4Address
             self._client = kind("TCP", host, port)
+
+    def _page_scheme(self, peer_host: str | None) -> str | None:
+        """The scheme this port serves its page with (https on TLS), or
+        C{None} from a trusted proxy, which may serve it either way."""
+        if trusted(peer_host, self.factory.web.trusted_proxies):
+            return None
+        return "https" if reads_records(self.tcp) else "http"
 
     def failHandshake(self, reason: str, code: int = 400,
                       responseHeaders: Any = None) -> None:

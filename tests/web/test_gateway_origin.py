@@ -1,0 +1,41 @@
+"""The WebSocket's Origin check by scheme: an http page and an https one
+on one host are two origins, told apart by the way this port serves."""
+
+from __future__ import annotations
+
+import pytest
+
+from tests.harness import Harness
+from tests.web.test_gateway import TCPTransport, WsConn, make_gateway
+from tests.web.test_gateway_records import TLSTransport, no_channel_id
+from twisted_chat.web.config import parse_networks
+
+__all__ = ["no_channel_id"]  # autouse: autobahn asks a TLS transport for tls-unique
+
+
+@pytest.mark.parametrize(("transport", "origin", "opened"), [
+    (TCPTransport, "http://chat.example:8080", True),
+    (TCPTransport, "https://chat.example:8080", False),
+    (TLSTransport, "https://chat.example:8080", True),
+    (TLSTransport, "http://chat.example:8080", False),
+])
+def test_the_origin_s_scheme_is_the_page_s(transport: type[TCPTransport], origin: str,
+                                           opened: bool) -> None:
+    """A page on http://host opened https://host's WebSocket, and the
+    reverse (the scheme was not compared); an ssl: port serves https."""
+    h = Harness()
+    conn = WsConn(h, make_gateway(h), host="chat.example:8080", origin=origin,
+                  transport=transport)
+    assert conn.opened is opened
+    assert opened or conn.response.startswith("HTTP/1.1 403")
+
+
+@pytest.mark.parametrize("origin", ["https://chat.example", "http://chat.example"])
+def test_behind_a_trusted_proxy_the_scheme_is_not_compared(origin: str) -> None:
+    """A trusted proxy may end TLS (docs/web.md's nginx): the page is https
+    while this port sees http.  Any other peer is served as it connects."""
+    h = Harness()
+    gateway = make_gateway(h, trusted_proxies=parse_networks(["127.0.0.1"]))
+    assert WsConn(h, gateway, host="chat.example", origin=origin).opened
+    direct = WsConn(h, gateway, peer="127.0.0.2", host="chat.example", origin=origin)
+    assert direct.opened is origin.startswith("http:")
