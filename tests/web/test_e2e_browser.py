@@ -3392,6 +3392,68 @@ def test_a_pile_of_combining_marks_is_cut_to_four_as_in_the_terminal(
     wait_notice(alice, f"carol left: bye{accents}")
 
 
+# A WebSocket stand-in, installed before app.js runs, playing a hostile
+# server: alice is let in at once, and the test sends the rest itself
+# (window.server.say).
+_HOSTILE_SERVER = r"""
+(() => {
+  class FakeSocket {
+    static OPEN = 1;
+    constructor() {
+      this.readyState = 1;
+      window.server = this;
+      this.say("HELLO chat/1 fake (twisted-chat 0)", "NICK");
+    }
+    say(...lines) {
+      setTimeout(() => { for (const data of lines) this.onmessage({data}); }, 0);
+    }
+    send(line) {
+      if (line.startsWith("NICK ")) {
+        this.say("READY alice", "USER alice lobby", "USER bob lobby", "USERS 2");
+      }
+    }
+    close() {}
+  }
+  window.WebSocket = FakeSocket;
+})();
+"""
+
+
+def test_a_hostile_server_s_invitations_and_held_joins_are_bounded_as_in_the_terminal(
+    web: WebServer, browser: Callable[..., Any]
+) -> None:
+    """As the terminal client (pairing.invite, lobbyview.HELD_TEXT): an
+    invitation is kept, with its Accept, only from a nick (a hostile
+    server's megabyte "nicks" were all kept), and a join or leave held
+    while paired is cut to 4,096 characters (2,000 of a megabyte each were
+    held whole until the pair ended)."""
+    page = browser()
+    page.execute_cdp_cmd("Page.addScriptToEvaluateOnNewDocument", {"source": _HOSTILE_SERVER})
+    page.get(web.url)
+    field = nick_field(page)
+    field.clear()
+    field.send_keys("alice", Keys.ENTER)
+    logged_in(page, "alice")
+    inviters = "return Array.from(document.querySelectorAll('#invitations .invite'))" \
+               ".map((e) => e.dataset.inviter)"
+    page.execute_script("window.server.say('INVITE ' + 'x'.repeat(100000), "
+                        "'INVITE bad!nick', 'INVITE bob')")
+    wait_notice(page, "bob invited you to a private conversation.")
+    assert sum("invited you" in text for text in notices(page)) == 3  # each still said
+    assert page.execute_script(inviters) == ["bob"]
+    ts = format_ts(time.time())
+    page.execute_script(
+        "const [ts, server] = [arguments[0], window.server];"
+        "server.say('PAIRED bob', `LEFT ${ts} carol quit ${'w'.repeat(1000000)}`,"
+        "           `JOINED ${ts} ${'n'.repeat(1000000)}`, 'UNPAIRED bob left',"
+        "           'USER alice lobby', 'USER bob lobby', 'USERS 2');", ts)
+    wait_notice(page, "Your private conversation with bob ended.")
+    left, joined = (text for text in notices(page) if "carol" in text or "nnn" in text)
+    assert "carol left: www" in left and left.endswith("w…"), left[:100]
+    assert "nnn" in joined and joined.endswith("n…"), joined[:100]
+    assert len(left) < 4200 and len(joined) < 4200, (len(left), len(joined))
+
+
 def test_quit_forgets_the_password_and_join_again_asks_for_it(
     web: WebServer, browser: Callable[..., Any], tcp: Callable[[str], LineClient]
 ) -> None:

@@ -1862,17 +1862,22 @@
       }
       case "INVITE": {
         const [, from] = parse(line, 1);
-        dropInvite(from);
-        const card = inviteCard(key(from), `${from} invites you to a private conversation.`, [
-          ["Accept", "accept", () => send("ACCEPT " + from), `Accept ${from}'s invitation`],
-          ["Reject", "reject", () => {
-            send("REJECT " + from);
-            dropInvite(from);
-            notice(current(), `You declined ${from}'s invitation.`);
-          }, `Reject ${from}'s invitation`],
-        ]);
-        card.dataset.inviter = from; // as spelled, for endOldInvitations
-        state.invites.set(key(from), card);
+        // Kept (a card to answer) only from a nick, as in the terminal
+        // client: Accept could not answer another, and a hostile server's
+        // "nicks" may be a megabyte each. The invitation is still said.
+        if (NICK_RE.test(from)) {
+          dropInvite(from);
+          const card = inviteCard(key(from), `${from} invites you to a private conversation.`, [
+            ["Accept", "accept", () => send("ACCEPT " + from), `Accept ${from}'s invitation`],
+            ["Reject", "reject", () => {
+              send("REJECT " + from);
+              dropInvite(from);
+              notice(current(), `You declined ${from}'s invitation.`);
+            }, `Reject ${from}'s invitation`],
+          ]);
+          card.dataset.inviter = from; // as spelled, for endOldInvitations
+          state.invites.set(key(from), card);
+        }
         notice(lobby(), `${from} invited you to a private conversation.`);
         bumpTitle(document.hidden ? 1 : 0);
         break;
@@ -2085,18 +2090,32 @@
     return later ? later.row : null;
   }
 
+  // Characters kept of one held join or leave (the terminal client's
+  // HELD_TEXT): more than a server's longest line, so that only a hostile
+  // server's are cut, and MAX_ROWS of them stay a few megabytes.
+  const HELD_TEXT = 4096;
+
   // A join or leave in the lobby: shown now, or, while paired (the lobby's
-  // lines wait for the pair's end), held and shown among them then.
+  // lines wait for the pair's end), held, cut to HELD_TEXT characters, and
+  // shown among them then.
   function lobbyNotice(text, ts) {
     if (!state.partner) {
       notice(lobby(), text, { ts });
       return;
     }
-    state.heldNotices.push({ ts, text });
+    state.heldNotices.push({ ts, text: shortened(text, HELD_TEXT) });
     if (state.heldNotices.length > MAX_ROWS) {
       state.heldNotices.shift();
       state.heldDropped += 1;
     }
+  }
+
+  // `text` with at most `most` characters, ending with "…" if cut (never
+  // between the halves of a surrogate pair).
+  function shortened(text, most) {
+    if (text.length <= most) return text;
+    const cut = text.slice(0, most);
+    return (/[\uD800-\uDBFF]$/.test(cut) ? cut.slice(0, -1) : cut) + "…";
   }
 
   // The held notices up to `until` (all of them without it), in time order;
