@@ -139,10 +139,14 @@ def test_a_reactor_without_the_private_parts_is_left_alone(
     assert "doIteration" not in vars(reactor)
 
 
+@pytest.mark.parametrize("lightened", [False, True], ids=["twisted", "lightened"])
+@pytest.mark.parametrize("raised", [RuntimeError, SystemExit])
 def test_an_error_escaping_one_dispatch_does_not_skip_the_next(
-    reactor: EPollReactor, monkeypatch: pytest.MonkeyPatch
+    reactor: EPollReactor, lightened: bool, raised: type[BaseException],
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    """As under callWithLogger: the error is logged, the turn goes on."""
+    """As under callWithLogger: the error (any but KeyboardInterrupt, a
+    SystemExit in a connectionLost too) is logged, the turn goes on."""
     pairs = [socket.socketpair(), socket.socketpair()]
     first, second = (Ending(reactor, ours, "done") for ours, _ in pairs)
     first.name, second.name = "first", "second"
@@ -155,21 +159,24 @@ def test_an_error_escaping_one_dispatch_does_not_skip_the_next(
     def disconnect(selectable: Reader, why: object, is_read: bool) -> None:
         read.append(selectable)
         if len(read) == 1:
-            raise RuntimeError("connectionLost raised")
+            raise raised("connectionLost raised")
 
     monkeypatch.setattr(reactor, "_disconnectSelectable", disconnect)
     logged: list[dict[str, Any]] = []
     globalLogPublisher.addObserver(logged.append)
     try:
-        assert lighten(reactor)
+        if lightened:
+            assert lighten(reactor)
         reactor.doIteration(0)
     finally:
         globalLogPublisher.removeObserver(logged.append)
         for s in (first.sock, second.sock, a, b):
             s.close()
     assert sorted(r.name for r in read) == ["first", "second"]
-    [failure] = [e["log_failure"] for e in logged if "log_failure" in e]
-    assert failure.check(RuntimeError)
+    # Logged through twisted.logger here, through the legacy log.err there.
+    [failure] = [e.get("log_failure", e.get("failure")) for e in logged
+                 if "log_failure" in e or "failure" in e]
+    assert failure.check(raised)
 
 
 def test_a_plain_read_skips_the_generic_dispatch(
@@ -234,3 +241,23 @@ def test_a_plain_read_ends_a_descriptor_as_twisted_does(
     assert reader not in reactor.getReaders()
     failures = [e["failure"] for e in logged if "failure" in e]  # the legacy log.err
     assert [f.check(RuntimeError) for f in failures] == ([RuntimeError] if how == "raises" else [])
+
+
+def test_a_keyboard_interrupt_escaping_a_dispatch_ends_the_turn(
+    reactor: EPollReactor, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """As callWithLogger re-raises it: Ctrl-C stops the reactor."""
+    reader, theirs = ready_pair(reactor, "reader")
+
+    def interrupted(selectable: Any, why: object, is_read: bool) -> None:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(reader, "doRead", lambda: error.ConnectionDone())
+    monkeypatch.setattr(reactor, "_disconnectSelectable", interrupted)
+    try:
+        assert lighten(reactor)
+        with pytest.raises(KeyboardInterrupt):
+            reactor.doIteration(0)
+    finally:
+        reader.sock.close()
+        theirs.close()

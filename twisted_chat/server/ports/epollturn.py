@@ -10,8 +10,9 @@ wrapper is about a tenth of the interpreter's work per lobby message
 (docs/benchmark.md).  L{lighten} has the reactor dispatch each event
 directly.  What changes: an unhandled error in a read, which Twisted logs
 with C{log.err}, shows C{-} as its system rather than the connection;
-an error escaping the dispatch itself is logged here and the turn goes on
-to the next descriptor, as C{callWithLogger} had it.  A plain read event
+an error escaping the dispatch itself (any but C{KeyboardInterrupt}) is
+logged here and the turn goes on to the next descriptor, as
+C{callWithLogger} had it.  A plain read event
 (the commonest) runs Twisted's C{_doReadOrWrite} path for it written out,
 a call less per read, with the same outcomes: a C{-1} descriptor, a
 reason to stop returned by C{doRead}, or an error raised in it (logged
@@ -80,7 +81,10 @@ def lighten(reactor: Any) -> bool:
                             disconnect(selectable, why, in_read)
                     else:
                         dispatch(selectable, fd, event)
-                except Exception:
+                except KeyboardInterrupt:
+                    raise
+                except BaseException:
+                    # As callWithLogger: only Ctrl-C ends the turn.
                     _log.failure("Unhandled error handling descriptor {fd}", fd=fd)
 
     epoll.doPoll = epoll.doIteration = doPoll
