@@ -724,7 +724,7 @@ def test_browser_going_away_is_a_disconnect(h: Harness, gateway: ChatWebSocketFa
     bob, alice = tcp_and_browser(h, gateway)
     alice.lose()
     assert bob.take() == [f"LEFT {ts(h)} alice disconnected"]
-    assert not h.factory.connections - {bob.protocol}
+    assert not h.factory.connections.keys() - {bob.protocol}
 
 
 # -- who may connect, from where ------------------------------------------------
@@ -939,7 +939,7 @@ def test_a_close_the_browser_started_and_never_completes_is_aborted() -> None:
     alice.lose()
     assert bob.take() == []
     assert h.hub.find("alice") is None
-    assert not h.factory.connections - {bob.protocol}
+    assert not h.factory.connections.keys() - {bob.protocol}
 
 
 def test_a_timely_close_leaves_no_abort_behind() -> None:

@@ -111,7 +111,9 @@ class ChatFactory(ServerFactory):
         # Lines an address can cause over and over, limited per address
         # (logs.Repeats); the hub's pairing lines too.
         self.repeats = logs.Repeats(reactor)
-        self.connections: set[ChatProtocol] = set()
+        # A dict (values None), not a set: a set's table takes up to 4 times
+        # its size (52 bytes a connection at 10,000), a dict's 30.
+        self.connections: dict[ChatProtocol, None] = {}
         # The input they hold behind commands decided elsewhere, all together.
         self.held_input = HeldInput(held_input_limit, lambda: self.connections, reactor,
                                     HELD_BEFORE_READY_LINES * (config.max_line + HELD_LINE_COST),
@@ -197,7 +199,7 @@ class ChatFactory(ServerFactory):
         # connection of the address holding most of it goes.
         self.make_room()
         self.handshaking.add(protocol.pool_key, protocol)
-        self.connections.add(protocol)
+        self.connections[protocol] = None
         self.stats.count_accepted(port)
         if port == "web":
             self.websockets.add(protocol)
@@ -270,7 +272,7 @@ class ChatFactory(ServerFactory):
     def connection_lost(self, protocol: ChatProtocol) -> None:
         if protocol not in self.connections:
             return
-        self.connections.discard(protocol)
+        del self.connections[protocol]
         self.websockets.discard(protocol)
         self.handshaking.discard(protocol.pool_key, protocol)
         self.addresses.closed(protocol.limits, handshaking=protocol.user is None)
