@@ -42,6 +42,10 @@ class Audience(Protocol):
     def forget_members(self) -> None: ...
 
 
+#: USER lines joined at a time (L{LineListener.roster})
+_PART = 512
+
+
 class LineListener:
     """
     Turns the hub's decisions into lines (docs/fanout.md).  The state is
@@ -80,9 +84,14 @@ class LineListener:
         if self._roster_at != hub.lobby_changes:
             lines = self._user_lines
             keys = hub.keys_in_order
-            self._roster = b"".join([lines[key] for key in keys]) + wire.line(
-                "USERS", str(len(keys))
-            )
+            parts = [lines[key] for key in keys]
+            parts.append(wire.line("USERS", str(len(keys))))
+            # Joined a part at a time: a join takes 80 bytes per item while it
+            # runs, 800 KB for 10,000 lines of 20, four times the list
+            # itself; each newcomer's list is built again, and what such
+            # blocks leave free stays resident after a burst of handshakes.
+            self._roster = b"".join([b"".join(parts[i:i + _PART])
+                                     for i in range(0, len(parts), _PART)])
             self._roster_at = hub.lobby_changes
         return self._roster
 
