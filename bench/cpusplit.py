@@ -13,10 +13,10 @@ sent, the µs of CPU in each part, for the main thread and for the others
 (our server's history writer).  Sampling adds its own cost, so the totals
 run above ``bench.ab``'s; compare the parts between servers within one run.
 
-The question it answers (docs/benchmark.md, "Not met: CPU per line at light load"): where our server
-spends more than the C servers at a light load.  Needs ``perf`` (Debian:
-``linux-perf``) and permission to trace (root, or
-``kernel.perf_event_paranoid`` at most 1).
+The question it answers (docs/benchmark.md, "Not reliably met: CPU per line with 100 clients at
+200 msgs/s"): where our server spends more than the C servers at a light load.  Needs ``perf``
+(Debian: ``linux-perf``) and permission to trace (root, or ``kernel.perf_event_paranoid`` at
+most 1).
 """
 
 from __future__ import annotations
