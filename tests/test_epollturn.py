@@ -88,6 +88,20 @@ def ready_pair(reactor: EPollReactor, name: str) -> tuple[Reader, socket.socket]
     return reader, theirs
 
 
+def one_turn(reactor: EPollReactor, lightened: bool = True) -> list[dict[str, Any]]:
+    """One turn of C{reactor} (lightened first, or Twisted's own poll):
+    the log events it emitted."""
+    logged: list[dict[str, Any]] = []
+    globalLogPublisher.addObserver(logged.append)
+    try:
+        if lightened:
+            assert lighten(reactor)
+        reactor.doIteration(0)
+    finally:
+        globalLogPublisher.removeObserver(logged.append)
+    return logged
+
+
 def test_a_read_runs_without_the_log_context(reactor: EPollReactor) -> None:
     """Twisted's own poll sets the reader's prefix as the legacy log's
     system around its read; the lightened one dispatches it bare."""
@@ -162,14 +176,9 @@ def test_an_error_escaping_one_dispatch_does_not_skip_the_next(
             raise raised("connectionLost raised")
 
     monkeypatch.setattr(reactor, "_disconnectSelectable", disconnect)
-    logged: list[dict[str, Any]] = []
-    globalLogPublisher.addObserver(logged.append)
     try:
-        if lightened:
-            assert lighten(reactor)
-        reactor.doIteration(0)
+        logged = one_turn(reactor, lightened)
     finally:
-        globalLogPublisher.removeObserver(logged.append)
         for s in (first.sock, second.sock, a, b):
             s.close()
     assert sorted(r.name for r in read) == ["first", "second"]
@@ -220,14 +229,9 @@ def test_a_plain_read_ends_a_descriptor_as_twisted_does(
     reactor.addReader(reader)
     reader.registered = True
     theirs.send(b"x")
-    logged: list[dict[str, Any]] = []
-    globalLogPublisher.addObserver(logged.append)
     try:
-        if lightened:
-            assert lighten(reactor)
-        reactor.doIteration(0)
+        logged = one_turn(reactor, lightened)
     finally:
-        globalLogPublisher.removeObserver(logged.append)
         reactor.removeReader(reader)
         ours.close()
         theirs.close()

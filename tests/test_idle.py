@@ -85,3 +85,13 @@ def test_a_connection_the_server_does_not_read_is_not_idle() -> None:
     clock.advance(30.0)
     assert host.written == [] and host.closed == []
     assert host._idle is not None and host._idle.when == 40.0
+
+
+def test_a_stopped_deadline_pings_no_more() -> None:
+    """stop_idle (the connection closing) takes its deadline off the
+    server's shared Deadlines: nothing runs for it afterwards."""
+    clock, host = started()
+    host.stop_idle()
+    assert host._idle is None
+    clock.advance(60.0)
+    assert host.written == [] and host.closed == []

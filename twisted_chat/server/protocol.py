@@ -281,10 +281,7 @@ class ChatProtocol(MemberOutput, FloodAccount, IdleDeadline, InputHolding):
 
     def _cancel_timers(self) -> None:
         self.ctx.session.stopped(self)
-        idle = self._idle
-        if idle is not None:
-            self._idle = None
-            self.ctx.deadlines.drop(idle)
+        self.stop_idle()
 
     # -- input ---------------------------------------------------------------
 

@@ -46,6 +46,13 @@ class IdleDeadline:
 
         def close(self, reason: str, text: str = "", farewell: str = "") -> None: ...
 
+    def stop_idle(self) -> None:
+        """No more idle checks: the connection is closing."""
+        idle = self._idle
+        if idle is not None:
+            self._idle = None
+            self.ctx.deadlines.drop(idle)
+
     def _set_idle(self, when: float) -> None:
         deadlines = self.ctx.deadlines
         if self._idle is not None:

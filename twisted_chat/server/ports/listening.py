@@ -321,8 +321,7 @@ def _overlap(one: Bound, other: Bound, dual: bool) -> bool:
     return dual and any(_family(a) == 6 and _every(a) for a in (one, other))
 
 
-def one_port_each(listeners: list[tuple[str, str, Any]],
-                  dual: bool | None = None) -> None:
+def one_port_each(listeners: list[tuple[str, str, Any]]) -> None:
     """
     Two of this server's own options (C{(option, description, endpoint)})
     on one TCP port stop start-up at once, saying so: the second bind
@@ -331,14 +330,13 @@ def one_port_each(listeners: list[tuple[str, str, Any]],
     compared as addresses (L{bound_address}: C{tcp:7000} and
     C{interface=0.0.0.0}, C{localhost} and C{127.0.0.1}; another host
     name, not looked up, clashes with itself and every interface), and
-    C{::} takes IPv4 too where the kernel makes it (L{dual_stack}, or
-    C{dual}; there an IPv4-mapped address is the IPv4 address); an IPv4
+    C{::} takes IPv4 too where the kernel makes it (L{dual_stack}; there
+    an IPv4-mapped address is the IPv4 address); an IPv4
     and an IPv6 port may otherwise share a number (README:
     C{tcp6:PORT:interface=\\:\\:} beside C{tcp:PORT} when C{bindv6only} is
     set).
     """
-    if dual is None:
-        dual = dual_stack()
+    dual = dual_stack()
     seen: list[tuple[str, str, Bound, int]] = []
     for option, description, endpoint in listeners:
         address = tcp_address(endpoint)
