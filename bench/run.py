@@ -31,6 +31,7 @@ from typing import Any
 
 from bench import report, scenarios
 from bench.gen import Generator
+from bench.search import Limits, search
 from bench.servers import BENCH, Contention, RunningServer, ServerSpec
 
 MAIN_KEYS = ("chat", "chat-before", "ngircd", "inspircd")
@@ -51,7 +52,11 @@ FULL: dict[str, Any] = {
     "step_factor": 1.5,
     "max_steps": 12,
     "fan_budget": 50.0,  # seconds of stepping per server and client count
-    "variant_budget": 10.0,  # the same for the variants of our server (keeps the run < 10 min)
+    "variant_budget": 10.0,  # the same for the variants of our server (keeps the run short)
+    # then halve the gap between the last rate that held and the first that
+    # failed, twice: max sustained known to x1.5 ** (1/4) = 1.107, not x1.5
+    "refine_steps": 2,
+    "refine_budget": 30.0,  # seconds of that, its own: a longer climb must not cut it
     "idle_clients": 10000,
     "idle_concurrency": 200,
     "idle_timeout": 80.0,
@@ -72,6 +77,8 @@ QUICK: dict[str, Any] = {
     "max_steps": 1,
     "fan_budget": 5.0,
     "variant_budget": 5.0,
+    "refine_steps": 2,
+    "refine_budget": 5.0,
     "idle_clients": 200,
     "idle_concurrency": 50,
     "idle_timeout": 20.0,
@@ -186,25 +193,89 @@ def room(spec: ServerSpec, plan: dict[str, Any],
         srv.stop()
 
 
+def search_limits(plan: dict[str, Any], clients: int, key: str) -> Limits:
+    """The plan's bounds on the search for C{clients}; the variants of our
+    server climb on a shorter budget, which keeps the whole run short."""
+    return Limits(plan["step_factor"], plan["max_steps"], plan["max_rate"][clients],
+                  plan["fan_budget"] if key in MAIN_KEYS else plan["variant_budget"],
+                  plan["refine_steps"], plan["refine_budget"])
+
+
+class Rooms:
+    """
+    The room a fan-out search measures in, made again (a fresh server and
+    fresh clients) before the next step once clients were cut: a room with
+    members missing fails every later step, since its expected copies count
+    them, so a retry or a midpoint there would measure nothing.
+    """
+
+    def __init__(self, spec: ServerSpec, plan: dict[str, Any], clients: int) -> None:
+        self.spec, self.plan, self.clients = spec, plan, clients
+        self.made = 0
+        self.rss_max = 0
+        self.fresh = False
+        self.error: str | None = None
+        self.open()
+
+    def open(self) -> None:
+        self.stack = contextlib.ExitStack()
+        self.srv, self.gen, self.conn = self.stack.enter_context(
+            room(self.spec, self.plan, self.clients))
+        self.made += 1
+
+    def close(self) -> None:
+        self.rss_max = max(self.rss_max, self.srv.max_rss)
+        self.stack.close()
+
+    def ready(self) -> bool:
+        """Whether the next step may run (not if the server died), in a
+        room made again first if it lost clients."""
+        if not self.srv.alive():
+            return False
+        if self.gen.snapshot()["lost"]:
+            self.close()
+            try:
+                self.open()
+            except Exception as e:  # the search ends with what it found
+                self.error = repr(e)
+                return False
+            self.fresh = True
+        return True
+
+    def measure(self, rate: float) -> dict[str, Any]:
+        step = scenarios.one_rate(self.srv, self.gen, self.clients, rate, self.plan["duration"],
+                                  self.plan["drain"])
+        if self.fresh:
+            step["fresh_room"] = True
+            self.fresh = False
+        return step
+
+
 def run_fanout(spec: ServerSpec, plan: dict[str, Any], clients: int,
                log: Any) -> dict[str, Any]:
-    with room(spec, plan, clients) as (srv, gen, conn):
-        light = scenarios.one_rate(srv, gen, clients, plan["light_rate"][clients],
+    rooms = Rooms(spec, plan, clients)
+    try:
+        connect_seconds = rooms.conn["seconds"]
+        light = scenarios.one_rate(rooms.srv, rooms.gen, clients, plan["light_rate"][clients],
                                    plan["light_duration"], plan["drain"])
-        res = scenarios.fanout(srv, gen, clients, plan["fixed_rate"][clients], plan["duration"],
-                               plan["drain"], plan["step_factor"], plan["max_steps"],
-                               plan["max_rate"][clients],
-                               plan["fan_budget"] if spec.key in MAIN_KEYS
-                               else plan["variant_budget"])
-        res["light"] = light
-        res["connect_seconds"] = conn["seconds"]
-        res["rss_max"] = srv.max_rss
-        log(f"  C={clients}: light p50 {light['latency_ms']['p50']} ms; "
-            f"fixed {res['fixed']['lines_per_s']:.0f} lines/s, "
-            f"{res['fixed']['server_us_per_line']} us/line, p99 "
-            f"{res['fixed']['latency_ms']['p99']} ms; sustained "
-            f"{res['sustained']['deliveries_per_s']:.0f}/s ({res['sustained']['stopped_by']})")
-        return res
+        res = search(rooms.measure, plan["fixed_rate"][clients],
+                     search_limits(plan, clients, spec.key), rooms.ready)
+    finally:
+        rooms.close()
+    res["light"] = light
+    res["connect_seconds"] = connect_seconds
+    res["rooms"] = rooms.made
+    if rooms.error:
+        res["room_error"] = rooms.error
+    res["rss_max"] = rooms.rss_max
+    log(f"  C={clients}: light p50 {light['latency_ms']['p50']} ms; "
+        f"fixed {res['fixed']['lines_per_s']:.0f} lines/s, "
+        f"{res['fixed']['server_us_per_line']} us/line, p99 "
+        f"{res['fixed']['latency_ms']['p99']} ms; sustained "
+        f"{res['sustained']['deliveries_per_s']:.0f}/s ({res['sustained']['stopped_by']}; "
+        f"climb {res['search_seconds']['climb']:.0f} s, "
+        f"refinement {res['search_seconds']['refine']:.0f} s, rooms {rooms.made})")
+    return res
 
 
 def run_idle(spec: ServerSpec, plan: dict[str, Any], log: Any) -> dict[str, Any]:

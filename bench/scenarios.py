@@ -1,6 +1,7 @@
 """
-The measured scenarios: fan-out at a fixed offered rate, maximum sustained
-fan-out, and idle scale.  Each returns plain dicts (they go into the JSON).
+The measured scenarios: fan-out at one offered rate (the fixed rate, and
+each step of the search for maximum sustained fan-out, L{bench.search}),
+and idle scale.  Each returns plain dicts (they go into the JSON).
 
 Figures and how they are taken:
 - delivered lines/s: room-message lines counted by all clients between two
@@ -160,43 +161,6 @@ def limiter(step: dict[str, Any]) -> str:
     if s >= BUSY and g >= BUSY:
         return "both"
     return "neither"
-
-
-def fanout(srv: RunningServer, gen: Generator, clients: int, fixed_rate: float,
-           duration: float, drain: float, step_factor: float, max_steps: int,
-           max_rate: float, time_budget: float) -> dict[str, Any]:
-    """Scenario 1 (one fixed rate) and scenario 2 (step the rate up)."""
-    fixed = one_rate(srv, gen, clients, fixed_rate, duration, drain)
-    steps: list[dict[str, Any]] = []
-    best: dict[str, Any] | None = fixed if fixed["held"] else None
-    rate = fixed_rate * step_factor
-    deadline = time.monotonic() + time_budget
-    while len(steps) < max_steps and rate <= max_rate and time.monotonic() < deadline \
-            and best is not None and srv.alive():
-        step = one_rate(srv, gen, clients, rate, duration, drain)
-        steps.append(step)
-        if not step["held"]:
-            # one retry, so that a single hiccup does not end the search
-            step = one_rate(srv, gen, clients, rate, duration, drain)
-            step["retry"] = True
-            steps.append(step)
-            if not step["held"]:
-                break
-        best = step
-        rate *= step_factor
-    first_fail = steps[-1] if steps and not steps[-1]["held"] else None
-    if first_fail is None and not fixed["held"]:
-        first_fail = fixed
-    sustained: dict[str, Any] = {
-        "rate": best["rate"] if best else 0.0,
-        "deliveries_per_s": best["lines_per_s"] if best else 0.0,
-        "offered_deliveries_per_s": best["offered_deliveries_per_s"] if best else 0.0,
-        "stopped_by": first_fail["why"] if first_fail else "step limit (held at the top rate)",
-        "limit_at_failure": first_fail["limit"] if first_fail else None,
-        "server_cpu_share_at_failure": first_fail["server_cpu_share"] if first_fail else None,
-        "gen_cpu_share_at_failure": first_fail["gen_cpu_share"] if first_fail else None,
-    }
-    return {"fixed": fixed, "steps": steps, "sustained": sustained}
 
 
 def idle_scale(srv: RunningServer, gen: Generator, clients: int,

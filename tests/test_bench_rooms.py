@@ -1,0 +1,127 @@
+"""
+The room a fan-out search measures in (bench.run.Rooms), with fakes for the
+server, the generator and the step: a step that cut clients leaves a room
+that would fail every later step, so the next one gets a fresh room.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from bench import run as bench_run
+from bench import scenarios
+from bench.servers import ServerSpec
+
+SPEC = ServerSpec("chat", "twisted-chat", "chat/1", "chat")
+
+
+class FakeServer:
+    def __init__(self) -> None:
+        self.up = True
+        self.max_rss = 1000
+
+    def alive(self) -> bool:
+        return self.up
+
+
+class FakeGen:
+    def __init__(self) -> None:
+        self.lost = 0
+
+    def snapshot(self) -> dict[str, Any]:
+        return {"lost": self.lost}
+
+
+class Bench:
+    """Rooms made, and steps that hold up to C{limit} msgs/s and cut every
+    client of their room when they fail; C{broken} says a room is made
+    with clients missing."""
+
+    def __init__(self, limit: float) -> None:
+        self.limit = limit
+        self.rooms: list[tuple[FakeServer, FakeGen]] = []
+        self.steps: list[tuple[float, int]] = []  # rate, room it ran in
+        self.broken = False
+
+    @contextlib.contextmanager
+    def room(self, spec: ServerSpec, plan: dict[str, Any],
+             clients: int) -> Iterator[tuple[FakeServer, FakeGen, dict[str, Any]]]:
+        if self.broken:
+            raise RuntimeError("only 97 of 100 clients registered")
+        srv, gen = FakeServer(), FakeGen()
+        self.rooms.append((srv, gen))
+        try:
+            yield srv, gen, {"seconds": 0.5}
+        finally:
+            srv.up = False
+
+    def one_rate(self, srv: FakeServer, gen: FakeGen, clients: int, rate: float,
+                 duration: float, drain: float) -> dict[str, Any]:
+        held = rate <= self.limit and gen.lost == 0
+        self.steps.append((rate, [s for s, _ in self.rooms].index(srv)))
+        if not held:
+            gen.lost = clients
+        return {"rate": rate, "held": held, "why": "" if held else "clients cut",
+                "lines_per_s": rate, "offered_deliveries_per_s": rate, "limit": "neither",
+                "server_cpu_share": 0.5, "gen_cpu_share": 0.5,
+                "latency_ms": {"p50": 1.0, "p99": 2.0}, "server_us_per_line": 1.0}
+
+
+@pytest.fixture
+def fake(monkeypatch: pytest.MonkeyPatch) -> Bench:
+    bench = Bench(limit=58000.0)
+    monkeypatch.setattr(bench_run, "room", bench.room)
+    monkeypatch.setattr(scenarios, "one_rate", bench.one_rate)
+    return bench
+
+
+def test_a_step_after_a_cut_runs_in_a_fresh_room(fake: Bench) -> None:
+    rooms = bench_run.Rooms(SPEC, bench_run.FULL, 100)
+    assert rooms.measure(76887.0)["held"] is False
+    assert rooms.ready() is True
+    step = rooms.measure(50000.0)
+    assert step["held"] is True and step["fresh_room"] is True
+    assert not fake.rooms[0][0].up, "the old room's server was stopped"
+    assert rooms.ready() is True
+    assert "fresh_room" not in rooms.measure(50000.0)
+    assert fake.steps == [(76887.0, 0), (50000.0, 1), (50000.0, 1)]
+    rooms.close()
+    assert rooms.made == 2
+    assert not fake.rooms[1][0].up
+
+
+def test_a_dead_server_is_not_made_again(fake: Bench) -> None:
+    rooms = bench_run.Rooms(SPEC, bench_run.FULL, 100)
+    fake.rooms[0][0].up = False
+    assert rooms.ready() is False
+    assert rooms.made == 1
+
+
+def test_a_room_that_cannot_be_made_again_ends_the_search(fake: Bench) -> None:
+    rooms = bench_run.Rooms(SPEC, bench_run.FULL, 100)
+    rooms.measure(76887.0)
+    fake.broken = True
+    assert rooms.ready() is False
+    assert rooms.error == "RuntimeError('only 97 of 100 clients registered')"
+    rooms.close()
+
+
+def test_the_retries_and_midpoints_after_a_cut_measure_whole_rooms(fake: Bench) -> None:
+    logged: list[str] = []
+    res = bench_run.run_fanout(SPEC, bench_run.FULL, 100, logged.append)
+    failed = 2000 * 1.5 ** 9
+    mid1 = (2000 * 1.5 ** 8 * failed) ** 0.5  # fails: the next room's
+    mid2 = (2000 * 1.5 ** 8 * mid1) ** 0.5  # holds
+    assert [(round(r), room) for r, room in fake.steps[-5:]] == [
+        (round(failed), 0), (round(failed), 1), (round(mid1), 2), (round(mid1), 3),
+        (round(mid2), 4)]
+    assert [s.get("fresh_room", False) for s in res["steps"][-5:]] == [
+        False, True, True, True, True]
+    assert res["sustained"]["rate"] == pytest.approx(mid2)
+    assert res["rooms"] == 5
+    assert all(not srv.up for srv, _ in fake.rooms)
+    assert "rooms 5)" in logged[0]
