@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import pytest
 from twisted.internet import defer
 
 from tests.harness import Harness
@@ -389,6 +390,35 @@ def test_a_registration_decided_after_its_connection_closed_spends_the_address_s
     assert late.take() == [
         "ERROR flood too many nicks registered from 127.0.0.1 lately; try again in 20 s"]
     assert held.held == []
+
+
+def break_next_arrival(h: Harness) -> None:
+    """The hub's listener fails on the next user's JOINED, once (a bug):
+    hub.register undoes the user and raises."""
+    listener = h.hub.listener
+
+    def broken(*args: Any) -> None:
+        del listener.joined  # the real one again
+        raise RuntimeError("a listener's bug")
+
+    listener.joined = broken
+
+
+def test_a_registration_that_raises_gives_the_address_s_back() -> None:
+    """hub.register raised at once (a listener's bug; the hub undid the
+    user): the registration the NICK reserved stayed spent, so the
+    address's next NICK was refused.  It is given back."""
+    h = Harness(ip_register_rate=0.05, ip_register_burst=1)
+    broken = h.connect()
+    break_next_arrival(h)
+    with pytest.raises(RuntimeError, match="a listener's bug"):
+        broken.send("NICK alice")  # Twisted logs it and drops the connection
+    broken.drop()
+    assert "alice" not in h.hub.online
+    again = h.connect()
+    again.take()
+    again.send("NICK alice")
+    assert again.take()[0] == "READY alice"
 
 
 def _crowd(h: Harness, count: int) -> None:

@@ -17,6 +17,7 @@ from twisted.internet import defer
 from twisted.logger import LogEvent, formatEvent, globalLogPublisher
 
 from tests.harness import Conn, Harness
+from tests.test_address_limits import break_next_arrival
 from twisted_chat.server.accounts import cred, hashing
 from twisted_chat.server.accounts.hashing import hash_password
 from twisted_chat.server.accounts.login import (
@@ -319,6 +320,27 @@ def test_a_nick_not_registered_gives_its_registration_back(how: str) -> None:
     otherwise, another connection of the address may register."""
     h = harness(ip_register_rate=0.01, ip_register_burst=1, nick_timeout=30.0)
     _given_back(h, how)
+    other = fresh(h)
+    other.send("NICK carol")
+    assert other.take()[0] == "READY carol"
+
+
+@pytest.mark.parametrize("account", [False, True], ids=["no-account", "password"])
+def test_a_registration_that_raises_gives_its_registration_back(account: bool) -> None:
+    """hub.register raised at once as the login admitted the nick (a
+    listener's bug; the hub undid the user): the registration the NICK
+    reserved stayed spent, so the address's next NICK was refused.  It is
+    given back; the connection is told ERROR internal and may NICK again."""
+    h = harness(ip_register_rate=0.01, ip_register_burst=1)
+    conn = fresh(h)
+    if account:
+        add(h, "alice")
+        conn.send("NICK alice")
+        assert conn.take() == ["PASS alice"]
+    break_next_arrival(h)
+    conn.send(f"PASS {PW}" if account else "NICK alice")
+    assert conn.take()[-1].startswith("ERROR internal")
+    assert conn.user is None
     other = fresh(h)
     other.send("NICK carol")
     assert other.take()[0] == "READY carol"

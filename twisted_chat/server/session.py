@@ -369,11 +369,19 @@ class Session:
         return self._admit(conn, nick, reserved)
 
     def _admit(self, conn: Connection, nick: str, reserved: bool) -> Deferred[bool]:
-        """L{admit}, C{reserved}: whether a registration was reserved for it."""
+        """L{admit}, C{reserved}: whether a registration was reserved for it.
+        A register() that raises at once (no refusal: a hub listener's bug,
+        the user undone) gives the reservation back too, as one that fails
+        later does."""
         limits = conn.limits
-        registered = self.factory.state.register(
-            nick, conn, conn.address, source=limits.key if limits is not None else ""
-        )
+        try:
+            registered = self.factory.state.register(
+                nick, conn, conn.address, source=limits.key if limits is not None else ""
+            )
+        except BaseException:
+            if reserved:
+                self.factory.addresses.release_registration(limits)
+            raise
         return registered.addCallbacks(self._registered, self._not_registered,
                                        callbackArgs=(conn,), errbackArgs=(conn, reserved))
 
