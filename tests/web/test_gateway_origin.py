@@ -39,3 +39,43 @@ def test_behind_a_trusted_proxy_the_scheme_is_not_compared(origin: str) -> None:
     assert WsConn(h, gateway, host="chat.example", origin=origin).opened
     direct = WsConn(h, gateway, peer="127.0.0.2", host="chat.example", origin=origin)
     assert direct.opened is origin.startswith("http:")
+
+
+@pytest.mark.parametrize(("proto", "origin", "opened"), [
+    ("https", "https://chat.example", True),
+    ("https", "http://chat.example", False),
+    ("http", "http://chat.example", True),
+    ("http", "https://chat.example", False),
+    ("HTTPS", "https://chat.example", True),
+    ("wss", "http://chat.example", False),
+    ("https, http", "http://chat.example", False),  # the browser reached the first
+    ("gopher", "http://chat.example", False),
+    ("", "https://chat.example", True),  # blank: as without one
+])
+def test_a_trusted_proxy_s_forwarded_proto_is_the_page_s_scheme(
+        proto: str, origin: str, opened: bool) -> None:
+    """A proxy that says how the page was served (X-Forwarded-Proto) has
+    the Origin's scheme compared with it: without, an http page opened the
+    WebSocket of the https one it proxies (the scheme was not compared)."""
+    h = Harness()
+    gateway = make_gateway(h, trusted_proxies=parse_networks(["127.0.0.1"]))
+    conn = WsConn(h, gateway, host="chat.example", origin=origin,
+                  extra={"X-Forwarded-Proto": proto})
+    assert conn.opened is opened
+    assert opened or conn.response.startswith("HTTP/1.1 403")
+
+
+def test_only_a_trusted_proxy_s_forwarded_proto_is_read(logged: list[str]) -> None:
+    """Any other peer's X-Forwarded-Proto is not: it is served as it
+    connects.  A refusal for the proxy's scheme says what it sent."""
+    h = Harness()
+    gateway = make_gateway(h, trusted_proxies=parse_networks(["127.0.0.1"]))
+    says_https = {"X-Forwarded-Proto": "https"}
+    assert not WsConn(h, gateway, peer="127.0.0.2", host="chat.example",
+                      origin="https://chat.example", extra=says_https).opened
+    assert WsConn(h, gateway, peer="127.0.0.2", host="chat.example",
+                  origin="http://chat.example", extra=says_https).opened
+    assert not WsConn(h, gateway, host="chat.example", origin="http://chat.example",
+                      extra=says_https).opened
+    assert logged[-1] == ("WebSocket upgrade from 127.0.0.1 refused (403): origin "
+                          "'http://chat.example' not allowed (X-Forwarded-Proto 'https')")

@@ -421,6 +421,7 @@ def test_the_nginx_example_passes_the_host_with_its_port() -> None:
     example = text[text.index("```nginx"):]
     example = example[:example.index("\n```")]
     assert "proxy_set_header Host $http_host;" in example
+    assert "proxy_set_header X-Forwarded-Proto $scheme;" in example  # the Origin's scheme
     assert "$host" not in example
 
 

@@ -166,6 +166,22 @@ def client_host(peer_host: str | None, forwarded_for: str | None,
     return host
 
 
+# The WebSocket schemes a proxy may name, as the page's.
+_PAGE_SCHEMES = {"ws": "http", "wss": "https"}
+
+
+def forwarded_scheme(proto: str | None) -> str | None:
+    """
+    The scheme a trusted proxy's C{X-Forwarded-Proto} C{proto} says the
+    page was served with: its first entry (the one the browser reached,
+    when each proxy appends its own; a page cannot set the header), in
+    lower case, C{ws} and C{wss} read as C{http} and C{https}.  C{None}
+    when absent or blank; any other word is kept, and matches no origin.
+    """
+    first = (proto or "").split(",", 1)[0].strip().lower()
+    return _PAGE_SCHEMES.get(first, first) or None
+
+
 _HOST_NAME = re.compile(r"[a-z0-9_]([a-z0-9_-]*[a-z0-9_])?(\.[a-z0-9_]([a-z0-9_-]*[a-z0-9_])?)*\Z")
 
 
@@ -231,8 +247,9 @@ def origin_allowed(origin: str | None, host: str | None, allowed: Sequence[str],
     C{Host} the page was served from, and its scheme C{scheme}, the one the
     page was served with (an http page and an https one on one host are
     two origins); or the origin one of C{--web-origin}'s (or that be
-    C{*}).  C{scheme} C{None}: not known here (a trusted proxy in front may
-    end TLS, the page https while this server sees http), not compared.
+    C{*}).  C{scheme} C{None}: not known here (a trusted proxy in front,
+    without C{X-Forwarded-Proto}, may end TLS, the page https while this
+    server sees http), not compared.
     """
     if origin is None:
         return True

@@ -69,6 +69,7 @@ from twisted_chat.server.protocol import ChatProtocol
 from twisted_chat.web.config import (
     WebConfig,
     client_host,
+    forwarded_scheme,
     host_well_formed,
     origin_allowed,
     trusted,
@@ -325,10 +326,12 @@ class ChatWebSocket(WebSocketServerProtocol):
             raise ConnectionDeny(ConnectionDeny.BAD_REQUEST, "malformed Host header")
         peer = self.tcp.getPeer()
         peer_host: str | None = getattr(peer, "host", None)
-        if not origin_allowed(origin, host_header, config.origins,
-                              self._page_scheme(peer_host)):
+        scheme, proto = self._page_scheme(peer_host, request.headers)
+        if not origin_allowed(origin, host_header, config.origins, scheme):
             self._denied = ("no origin" if origin is None
                             else f"origin {logs.quote(origin)}") + " not allowed"
+            if proto is not None:
+                self._denied += f" (X-Forwarded-Proto {logs.quote(proto)})"
             raise ConnectionDeny(ConnectionDeny.FORBIDDEN, "origin not allowed")
         host = client_host(peer_host, request.headers.get("x-forwarded-for"),
                            config.trusted_proxies)
@@ -337,12 +340,19 @@ class ChatWebSocket(WebSocketServerProtocol):
             kind = IPv6Address if ":" in host else IPv4Address
             self._client = kind("TCP", host, port)
 
-    def _page_scheme(self, peer_host: str | None) -> str | None:
-        """The scheme this port serves its page with (https on TLS), or
-        C{None} from a trusted proxy, which may serve it either way."""
-        if trusted(peer_host, self.factory.web.trusted_proxies):
-            return None
-        return "https" if reads_records(self.tcp) else "http"
+    def _page_scheme(self, peer_host: str | None, headers: dict[str, str]
+                     ) -> tuple[str | None, str | None]:
+        """
+        The scheme the page was served with, and the C{X-Forwarded-Proto}
+        that said it (C{None}: none did).  This port's (https on TLS),
+        unless the peer is a trusted proxy: then its C{X-Forwarded-Proto}'s,
+        or C{None} without one (not compared: the proxy may end TLS).
+        """
+        if not trusted(peer_host, self.factory.web.trusted_proxies):
+            return ("https" if reads_records(self.tcp) else "http"), None
+        proto = headers.get("x-forwarded-proto")
+        scheme = forwarded_scheme(proto)
+        return scheme, proto if scheme is not None else None
 
     def failHandshake(self, reason: str, code: int = 400,
                       responseHeaders: Any = None) -> None:
