@@ -3394,13 +3394,14 @@ def test_a_pile_of_combining_marks_is_cut_to_four_as_in_the_terminal(
 
 # A WebSocket stand-in, installed before app.js runs, playing a hostile
 # server: alice is let in at once, and the test sends the rest itself
-# (window.server.say).
+# (window.server.say); what the page sends is in window.server.sent.
 _HOSTILE_SERVER = r"""
 (() => {
   class FakeSocket {
     static OPEN = 1;
     constructor() {
       this.readyState = 1;
+      this.sent = [];
       window.server = this;
       this.say("HELLO chat/1 fake (twisted-chat 0)", "NICK");
     }
@@ -3408,6 +3409,7 @@ _HOSTILE_SERVER = r"""
       setTimeout(() => { for (const data of lines) this.onmessage({data}); }, 0);
     }
     send(line) {
+      this.sent.push(line);
       if (line.startsWith("NICK ")) {
         this.say("READY alice", "USER alice lobby", "USER bob lobby", "USERS 2");
       }
@@ -3419,6 +3421,21 @@ _HOSTILE_SERVER = r"""
 """
 
 
+# The inviters of the invitation cards shown, as spelled.
+_INVITERS = ("return Array.from(document.querySelectorAll('#invitations .invite'))"
+             ".map((e) => e.dataset.inviter)")
+
+
+def hostile(page: Any, web: WebServer) -> None:
+    """C{page} joins as alice on the L{_HOSTILE_SERVER}."""
+    page.execute_cdp_cmd("Page.addScriptToEvaluateOnNewDocument", {"source": _HOSTILE_SERVER})
+    page.get(web.url)
+    field = nick_field(page)
+    field.clear()
+    field.send_keys("alice", Keys.ENTER)
+    logged_in(page, "alice")
+
+
 def test_a_hostile_server_s_invitations_and_held_joins_are_bounded_as_in_the_terminal(
     web: WebServer, browser: Callable[..., Any]
 ) -> None:
@@ -3428,19 +3445,13 @@ def test_a_hostile_server_s_invitations_and_held_joins_are_bounded_as_in_the_ter
     while paired is cut to 4,096 characters (2,000 of a megabyte each were
     held whole until the pair ended)."""
     page = browser()
-    page.execute_cdp_cmd("Page.addScriptToEvaluateOnNewDocument", {"source": _HOSTILE_SERVER})
-    page.get(web.url)
-    field = nick_field(page)
-    field.clear()
-    field.send_keys("alice", Keys.ENTER)
-    logged_in(page, "alice")
-    inviters = "return Array.from(document.querySelectorAll('#invitations .invite'))" \
-               ".map((e) => e.dataset.inviter)"
+    hostile(page, web)
     page.execute_script("window.server.say('INVITE ' + 'x'.repeat(100000), "
                         "'INVITE bad!nick', 'INVITE bob')")
     wait_notice(page, "bob invited you to a private conversation.")
-    assert sum("invited you" in text for text in notices(page)) == 3  # each still said
-    assert page.execute_script(inviters) == ["bob"]
+    said = [text for text in notices(page) if "invited you" in text or "xxx" in text]
+    assert len(said) == 3  # each still said (the megabyte one cut)
+    assert page.execute_script(_INVITERS) == ["bob"]
     ts = format_ts(time.time())
     page.execute_script(
         "const [ts, server] = [arguments[0], window.server];"
@@ -3452,6 +3463,53 @@ def test_a_hostile_server_s_invitations_and_held_joins_are_bounded_as_in_the_ter
     assert "carol left: www" in left and left.endswith("w…"), left[:100]
     assert "nnn" in joined and joined.endswith("n…"), joined[:100]
     assert len(left) < 4200 and len(joined) < 4200, (len(left), len(joined))
+
+
+def test_a_hostile_server_s_invitations_are_kept_at_most_a_hundred_as_in_the_terminal(
+    web: WebServer, browser: Callable[..., Any]
+) -> None:
+    """As the terminal client (Pairing.INVITES_MAX): at most 100
+    invitations keep a card (a hostile server's were all kept, one card
+    each); one more is still said, and /accept answers it as typed.  One
+    from an inviter kept already keeps its card."""
+    page = browser()
+    hostile(page, web)
+    page.execute_script("window.server.say(...Array.from({length: 150}, (_, i) => `INVITE u${i}`),"
+                        "                  'INVITE u0')")
+    wait(page, lambda d: sum("invited you" in text for text in notices(d)) == 151)
+    kept = page.execute_script(_INVITERS)
+    assert sorted(kept) == sorted(f"u{i}" for i in range(100)), kept[-3:]
+    say(page, "/accept u120")
+    wait(page, lambda d: "ACCEPT u120" in d.execute_script("return window.server.sent"))
+    assert len(page.execute_script(_INVITERS)) == 100
+
+
+def test_a_hostile_server_s_live_joins_leaves_and_invitations_are_cut_as_held_ones(
+    web: WebServer, browser: Callable[..., Any]
+) -> None:
+    """A join, a leave (in the lobby and in the leaver's conversation) or
+    an invitation shown at once, not held while paired, was shown whole
+    (2,000 rows of a megabyte each stay on the page): cut to 4,096
+    characters, as the held ones are (lobbyview.HELD_TEXT)."""
+    page = browser()
+    hostile(page, web)
+    say(page, "/dm carol hi")  # carol's conversation, where her leaving is said too
+    ts = format_ts(time.time())
+    page.execute_script(
+        "const [ts, server] = [arguments[0], window.server];"
+        "server.say(`JOINED ${ts} ${'n'.repeat(1000000)}`, `JOINED ${ts} carol`,"
+        "           `LEFT ${ts} carol quit ${'w'.repeat(1000000)}`,"
+        "           `INVITE ${'x'.repeat(1000000)}`, 'INVITE bob');", ts)
+    wait_notice(page, "bob invited you to a private conversation.")
+    texts = ("return Array.from(document.querySelectorAll("
+             "`.pane[data-conv='${arguments[0]}'] .notice`)).map((e) => e.lastChild.data)")
+    shown = [text for text in page.execute_script(texts, "lobby")
+             if text.startswith(("nnn", "carol left", "xxx"))]
+    shown += [text for text in page.execute_script(texts, "dm:carol")
+              if text.startswith("carol left")]
+    assert [text[:9] for text in shown] == ["nnnnnnnnn", "carol lef", "xxxxxxxxx", "carol lef"]
+    assert all(len(text) == 4097 and text.endswith("…") for text in shown), [
+        len(text) for text in shown]
 
 
 def test_quit_forgets_the_password_and_join_again_asks_for_it(

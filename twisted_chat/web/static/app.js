@@ -255,6 +255,9 @@
   // go, with their day separators (docs/web.md). A page open for days, or
   // under a burst, stays as fast as a new one.
   const MAX_ROWS = 2000;
+  // Invitations to the user kept open, each a card (the terminal client's
+  // Pairing.INVITES_MAX): a hostile server's are countless.
+  const INVITES_MAX = 100;
 
   // Whether the view follows the bottom, decided by the first line of a
   // frame added to the conversation shown, and scrolled once by the frame:
@@ -1845,14 +1848,14 @@
       case "JOINED": {
         const [, t, nick] = parse(line, 2);
         putUser({ nick, state: "lobby" });
-        lobbyNotice(`${nick} joined the chat`, liveTs(t));
+        lobbyNotice(shortened(`${nick} joined the chat`, HELD_TEXT), liveTs(t));
         break;
       }
       case "LEFT": {
         const [, t, nick, reason, text] = parse(line, 4);
         dropUser(nick);
         const why = { quit: "left", disconnected: "disconnected", timeout: "timed out", flood: "was disconnected for flooding", sendq: "was disconnected (not reading)" }[reason] || `left (${reason})`;
-        const msg = `${nick} ${why}` + (text ? `: ${shownOverrides(text)}` : "");
+        const msg = shortened(`${nick} ${why}` + (text ? `: ${shownOverrides(text)}` : ""), HELD_TEXT);
         const at = liveTs(t);
         lobbyNotice(msg, at);
         const conv = state.convs.get(dmId(nick));
@@ -1862,10 +1865,14 @@
       }
       case "INVITE": {
         const [, from] = parse(line, 1);
-        // Kept (a card to answer) only from a nick, as in the terminal
-        // client: Accept could not answer another, and a hostile server's
-        // "nicks" may be a megabyte each. The invitation is still said.
-        if (NICK_RE.test(from)) {
+        // Kept (a card to answer) only from a nick, and at most
+        // INVITES_MAX of them, as in the terminal client: Accept could not
+        // answer another, and a hostile server's "nicks" may be a megabyte
+        // each, its invitations countless. The invitation is still said
+        // (cut to HELD_TEXT characters); one past the bound, with no card,
+        // is answered by /accept NICK, sent as typed.
+        const known = state.invites.has(key(from));
+        if (NICK_RE.test(from) && (known || state.invites.size < INVITES_MAX)) {
           dropInvite(from);
           const card = inviteCard(key(from), `${from} invites you to a private conversation.`, [
             ["Accept", "accept", () => send("ACCEPT " + from), `Accept ${from}'s invitation`],
@@ -1878,7 +1885,7 @@
           card.dataset.inviter = from; // as spelled, for endOldInvitations
           state.invites.set(key(from), card);
         }
-        notice(lobby(), `${from} invited you to a private conversation.`);
+        notice(lobby(), shortened(`${from} invited you to a private conversation.`, HELD_TEXT));
         bumpTitle(document.hidden ? 1 : 0);
         break;
       }
@@ -2091,8 +2098,9 @@
   }
 
   // Characters kept of one held join or leave (the terminal client's
-  // HELD_TEXT): more than a server's longest line, so that only a hostile
-  // server's are cut, and MAX_ROWS of them stay a few megabytes.
+  // HELD_TEXT), and of one shown live or an invitation's notice: more than
+  // a server's longest line, so that only a hostile server's are cut, and
+  // MAX_ROWS of them stay a few megabytes.
   const HELD_TEXT = 4096;
 
   // A join or leave in the lobby: shown now, or, while paired (the lobby's
