@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 import txaio
-from twisted.internet.address import IPv4Address
+from twisted.internet.address import IPv4Address, UNIXAddress
 from twisted.internet.error import ConnectionDone
 from twisted.internet.interfaces import ISSLTransport
 from twisted.internet.testing import StringTransport
@@ -70,10 +70,12 @@ class HoldingTransport(TCPTransport):
 class WsConn:
     """A browser's WebSocket to the gateway, on a StringTransport."""
 
-    def __init__(self, h: Harness, gateway: ChatWebSocketFactory, peer: str = "127.0.0.1",
+    def __init__(self, h: Harness, gateway: ChatWebSocketFactory,
+                 peer: str | UNIXAddress = "127.0.0.1",
                  transport: type[TCPTransport] = TCPTransport, **handshake: Any) -> None:
         self.h = h
-        address = IPv4Address("TCP", peer, next(_ports))
+        address = (IPv4Address("TCP", peer, next(_ports)) if isinstance(peer, str)
+                   else peer)  # a UNIX socket's peer: UNIXAddress(None)
         self.socket = gateway.buildProtocol(address)
         self.transport = transport(peerAddress=address)
         self.socket.makeConnection(self.transport)
@@ -889,6 +891,35 @@ def test_forwarded_for_is_believed_only_from_trusted_proxies(h: Harness) -> None
     # An untrusted peer's header is ignored: its own address counts.
     spoof = WsConn(h, gateway, peer="198.51.100.7", extra=proxied)
     assert spoof.take()[0].startswith("HELLO ")
+
+
+def test_forwarded_for_from_a_unix_socket_is_believed_with_trust_proxy_unix() -> None:
+    """A proxy on a UNIX-socket web port (--trust-proxy unix:, nginx's
+    set_real_ip_from unix:) names each client as an IP proxy does.  Before,
+    its header was never read: every client behind it had no address, and
+    none of the per-address limits held them."""
+    h = Harness(max_per_ip=1, show_addresses=True)
+    gateway = make_gateway(h, trust_unix=True)
+    proxied = {"X-Forwarded-For": "203.0.113.9"}
+    first = WsConn(h, gateway, peer=UNIXAddress(None), extra=proxied)
+    assert first.register("alice")[0] == "READY alice"
+    assert h.hub.online["alice"].address == "203.0.113.9:0"
+    third = WsConn(h, gateway, peer=UNIXAddress(None), extra=proxied)
+    assert third.take()[0] == "ERROR server-full too many connections from 203.0.113.9"
+    # A TCP peer is not trusted by it.
+    spoof = WsConn(h, gateway, peer="198.51.100.7", extra=proxied)
+    assert spoof.take()[0].startswith("HELLO ")
+
+
+def test_forwarded_for_from_a_unix_socket_is_ignored_without_trust_proxy_unix() -> None:
+    h = Harness(max_per_ip=1, show_addresses=True)
+    gateway = make_gateway(h, trusted_proxies=parse_networks(["127.0.0.1"]))
+    proxied = {"X-Forwarded-For": "203.0.113.9"}
+    first = WsConn(h, gateway, peer=UNIXAddress(None), extra=proxied)
+    assert first.register("alice")[0] == "READY alice"
+    assert h.hub.online["alice"].address == "-"  # no address: not limited by one
+    assert WsConn(h, gateway, peer=UNIXAddress(None), extra=proxied).take()[0].startswith(
+        "HELLO ")
 
 
 # -- the benchmark's WebSocket clients speak what the gateway takes -------------------

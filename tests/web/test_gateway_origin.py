@@ -4,6 +4,7 @@ on one host are two origins, told apart by the way this port serves."""
 from __future__ import annotations
 
 import pytest
+from twisted.internet.address import UNIXAddress
 
 from tests.harness import Harness
 from tests.web.test_gateway import TCPTransport, WsConn, make_gateway
@@ -79,3 +80,42 @@ def test_only_a_trusted_proxy_s_forwarded_proto_is_read(logged: list[str]) -> No
                       extra=says_https).opened
     assert logged[-1] == ("WebSocket upgrade from 127.0.0.1 refused (403): origin "
                           "'http://chat.example' not allowed (X-Forwarded-Proto 'https')")
+
+
+@pytest.mark.parametrize(("origin", "opened"), [
+    ("https://chat.example", True),
+    ("http://chat.example", True),
+    ("https://chat.example:8443", False),
+    ("https://elsewhere.example", False),
+])
+def test_a_unix_socket_s_peer_has_the_scheme_not_compared(origin: str, opened: bool) -> None:
+    """No browser reaches a UNIX socket: a proxy in front may end TLS, so
+    the page's scheme is not known there (an https page was refused as if
+    it were http).  Its host and port still are compared, and the peer's
+    X-Forwarded-Proto is not read (it is not trusted)."""
+    h = Harness()
+    gateway = make_gateway(h, trusted_proxies=parse_networks(["127.0.0.1"]))
+    says_http = {"X-Forwarded-Proto": "http"}
+    conn = WsConn(h, gateway, peer=UNIXAddress(None), host="chat.example", origin=origin,
+                  extra=says_http)
+    assert conn.opened is opened
+    assert opened or conn.response.startswith("HTTP/1.1 403")
+
+
+@pytest.mark.parametrize(("proto", "origin", "opened"), [
+    ("https", "https://chat.example", True),
+    ("https", "http://chat.example", False),
+    ("http", "https://chat.example", False),
+    (None, "https://chat.example", True),  # without one: not compared
+])
+def test_with_trust_proxy_unix_its_forwarded_proto_is_the_page_s_scheme(
+        proto: str | None, origin: str, opened: bool) -> None:
+    """--trust-proxy unix: makes a UNIX socket's peer a trusted proxy: its
+    X-Forwarded-Proto is read as an IP proxy's is."""
+    h = Harness()
+    gateway = make_gateway(h, trust_unix=True)
+    extra = {} if proto is None else {"X-Forwarded-Proto": proto}
+    conn = WsConn(h, gateway, peer=UNIXAddress(None), host="chat.example", origin=origin,
+                  extra=extra)
+    assert conn.opened is opened
+    assert opened or conn.response.startswith("HTTP/1.1 403")

@@ -41,6 +41,7 @@ from twisted_chat.web.config import (
     origin_allowed,
     parse_networks,
     parse_origin,
+    parse_proxies,
     parse_web_host,
     split_host_port,
     trusted,
@@ -622,6 +623,35 @@ def test_a_malformed_web_origin_is_a_usage_error(origin: str) -> None:
 def test_bad_trust_proxy_is_a_usage_error() -> None:
     with pytest.raises(usage.UsageError):
         options("--trust-proxy", "not-an-address")
+
+
+@pytest.mark.parametrize(("value", "why"), [
+    ("unix:/tmp/w.sock", "--trust-proxy: 'unix:/tmp/w.sock': unix: takes no path"),
+    ("127.0.0.1, unix", "--trust-proxy: 'unix' is not an address, a CIDR network"),
+])
+def test_a_bad_trust_proxy_says_what_it_takes(value: str, why: str) -> None:
+    with pytest.raises(usage.UsageError) as e:
+        options("--trust-proxy", value)
+    assert str(e.value).startswith(why)
+    assert "unix:" in str(e.value)
+
+
+def test_trust_proxy_unix_trusts_a_unix_socket_s_peer() -> None:
+    """As nginx's "set_real_ip_from unix:": a UNIX socket's peer has no address
+    for a network to name, so it is named by unix:, beside networks."""
+    assert parse_proxies(["unix:, 10.0.0.1", "UNIX:"]) == (
+        (ipaddress.ip_network("10.0.0.1"),), True)
+    assert parse_proxies(["127.0.0.1"]) == ((ipaddress.ip_network("127.0.0.1"),), False)
+    assert trusted(None, (), unix=True) and not trusted(None, parse_networks(["0.0.0.0/0"]))
+    assert client_host(None, "198.51.100.1, 203.0.113.5", (), unix=True) == "203.0.113.5"
+    assert client_host(None, "garbage", (), unix=True) is None  # the last trusted hop
+    reactor = ThreadedMemoryReactor()
+    top = makeService(options("--port", "7001", "--db", ":memory:", "--web", "8080",
+                              "--trust-proxy", "unix:,127.0.0.1"), reactor)
+    top.startService()
+    site = {port: factory for port, factory, *_ in reactor.tcpServers}[8080]
+    assert site.gateway.web.trust_unix
+    assert site.gateway.web.trusted_proxies == (ipaddress.ip_network("127.0.0.1/32"),)
 
 
 def test_a_bad_web_endpoint_is_one_line() -> None:

@@ -407,10 +407,10 @@ class Options(usage.Options):
         self["web-hosts"].append(_parsed("web-host", parse_web_host, name))
 
     def opt_trust_proxy(self, proxies: str) -> None:
-        """A reverse proxy (address or network, e.g. 127.0.0.1 or 10.0.0.0/8; comma-separated) whose X-Forwarded-For names the web client's address for per-address limits. Repeatable."""  # noqa: E501
-        from twisted_chat.web.config import parse_networks
+        """A reverse proxy (address or network, e.g. 127.0.0.1 or 10.0.0.0/8, or unix: for any peer of a UNIX-socket --web port; comma-separated) whose X-Forwarded-For names the web client's address for per-address limits and whose X-Forwarded-Proto the page's scheme. Repeatable."""  # noqa: E501
+        from twisted_chat.web.config import parse_proxies
 
-        _parsed("trust-proxy", lambda value: parse_networks([value]), proxies)  # checked
+        _parsed("trust-proxy", lambda value: parse_proxies([value]), proxies)  # checked
         self["trust-proxy"].append(proxies)
 
     def opt_version(self) -> None:

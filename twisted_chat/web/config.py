@@ -38,6 +38,9 @@ class WebConfig:
     origins: tuple[str, ...] = ()
     # Proxies whose X-Forwarded-For is believed (addresses or networks).
     trusted_proxies: tuple[Network, ...] = ()
+    # Whether a peer on a UNIX-socket web port is such a proxy
+    # (--trust-proxy unix:): it has no address to name it by.
+    trust_unix: bool = False
     # The chat server's longest line (--max-line): of a message being
     # received, no more than this (and a terminator) is kept.
     max_line: int = _SERVER_DEFAULTS.max_line
@@ -95,15 +98,45 @@ def parse_origin(value: str) -> str:
 _DEFAULT_PORTS = {"http": 80, "https": 443, "ws": 80, "wss": 443}
 
 
+#: The C{--trust-proxy} value naming every peer on a UNIX-socket web port
+#: (nginx's C{set_real_ip_from unix:}).
+UNIX_PROXY = "unix:"
+
+
+def _parts(descriptions: Sequence[str]) -> list[str]:
+    """The comma-separated values of C{descriptions}, blanks left out."""
+    return [part.strip() for description in descriptions
+            for part in description.split(",") if part.strip()]
+
+
 def parse_networks(descriptions: Sequence[str]) -> tuple[Network, ...]:
     """C{--trust-proxy} values: addresses or CIDR networks, comma-separated."""
+    return tuple(parse_network(part) for part in _parts(descriptions))
+
+
+def parse_proxies(descriptions: Sequence[str]) -> tuple[tuple[Network, ...], bool]:
+    """
+    C{--trust-proxy} values: addresses, CIDR networks or L{UNIX_PROXY},
+    comma-separated.  The networks, and whether a peer on a UNIX socket is
+    trusted (it has no address for a network to hold).
+
+    @raise ValueError: naming what is wrong.
+    """
     networks: list[Network] = []
-    for description in descriptions:
-        for part in description.split(","):
-            part = part.strip()
-            if part:
+    unix = False
+    for part in _parts(descriptions):
+        if part.lower().startswith(UNIX_PROXY):
+            if part.lower() != UNIX_PROXY:
+                raise ValueError(f"{part!r}: unix: takes no path (it trusts the peers "
+                                 "of every UNIX-socket --web port)")
+            unix = True
+        else:
+            try:
                 networks.append(parse_network(part))
-    return tuple(networks)
+            except ValueError:
+                raise ValueError(f"{part!r} is not an address, a CIDR network "
+                                 "(e.g. 127.0.0.1, 10.0.0.0/8) or unix:") from None
+    return tuple(networks), unix
 
 
 def split_host_port(text: str) -> tuple[str, int | None] | None:
@@ -134,26 +167,31 @@ def _parse_ip(text: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None
     return ip
 
 
-def trusted(host: str | None, proxies: Sequence[Network]) -> bool:
-    """Whether C{host} is one of the trusted proxies C{proxies}."""
-    if host is None or not proxies:
+def trusted(host: str | None, proxies: Sequence[Network], unix: bool = False) -> bool:
+    """Whether a peer at C{host} is one of the trusted proxies C{proxies}.
+    C{host} C{None} is a UNIX socket's peer (it has no address): trusted
+    when C{unix} says so (C{--trust-proxy unix:})."""
+    if host is None:
+        return unix
+    if not proxies:
         return False
     ip = _parse_ip(host)
     return ip is not None and any(ip in network for network in proxies)
 
 
 def client_host(peer_host: str | None, forwarded_for: str | None,
-                proxies: Sequence[Network]) -> str | None:
+                proxies: Sequence[Network], unix: bool = False) -> str | None:
     """
     The address a WebSocket's per-address limits count against.
 
-    The TCP peer's, unless the peer is a trusted proxy: then the
+    The TCP peer's (C{None}: a UNIX socket's, trusted with C{unix}, as in
+    L{trusted}), unless the peer is a trusted proxy: then the
     C{X-Forwarded-For} list is read from the right (each proxy appends the
     address it received from), skipping trusted proxies, and the first
     address that is not one is the client.  A malformed entry stops the walk:
     the last trusted hop is used, since nothing left of it can be believed.
     """
-    if not trusted(peer_host, proxies) or not forwarded_for:
+    if not trusted(peer_host, proxies, unix) or not forwarded_for:
         return peer_host
     host = peer_host
     for entry in reversed(forwarded_for.split(",")):

@@ -46,7 +46,7 @@ from typing import Any
 from autobahn.twisted.websocket import WebSocketServerFactory, WebSocketServerProtocol
 from autobahn.websocket.protocol import PreparedMessage
 from autobahn.websocket.types import ConnectionDeny, ConnectionRequest
-from twisted.internet.address import IPv4Address, IPv6Address
+from twisted.internet.address import IPv4Address, IPv6Address, UNIXAddress
 from twisted.internet.error import ConnectionDone
 from twisted.internet.interfaces import IDelayedCall, IPushProducer, ITransport
 from twisted.internet.protocol import Protocol, connectionDone
@@ -326,7 +326,10 @@ class ChatWebSocket(WebSocketServerProtocol):
             raise ConnectionDeny(ConnectionDeny.BAD_REQUEST, "malformed Host header")
         peer = self.tcp.getPeer()
         peer_host: str | None = getattr(peer, "host", None)
-        scheme, proto = self._page_scheme(peer_host, request.headers)
+        on_unix = isinstance(peer, UNIXAddress)
+        unix_trusted = on_unix and config.trust_unix
+        proxied = trusted(peer_host, config.trusted_proxies, unix_trusted)
+        scheme, proto = self._page_scheme(proxied, on_unix, request.headers)
         if not origin_allowed(origin, host_header, config.origins, scheme):
             self._denied = ("no origin" if origin is None
                             else f"origin {logs.quote(origin)}") + " not allowed"
@@ -334,25 +337,30 @@ class ChatWebSocket(WebSocketServerProtocol):
                 self._denied += f" (X-Forwarded-Proto {logs.quote(proto)})"
             raise ConnectionDeny(ConnectionDeny.FORBIDDEN, "origin not allowed")
         host = client_host(peer_host, request.headers.get("x-forwarded-for"),
-                           config.trusted_proxies)
+                           config.trusted_proxies, unix_trusted)
         if host is not None:
             port = getattr(peer, "port", 0) if host == peer_host else 0
             kind = IPv6Address if ":" in host else IPv4Address
             self._client = kind("TCP", host, port)
 
-    def _page_scheme(self, peer_host: str | None, headers: dict[str, str]
+    def _page_scheme(self, proxied: bool, on_unix: bool, headers: dict[str, str]
                      ) -> tuple[str | None, str | None]:
         """
         The scheme the page was served with, and the C{X-Forwarded-Proto}
         that said it (C{None}: none did).  This port's (https on TLS),
-        unless the peer is a trusted proxy: then its C{X-Forwarded-Proto}'s,
-        or C{None} without one (not compared: the proxy may end TLS).
+        unless the peer is a trusted proxy (C{proxied}): then its
+        C{X-Forwarded-Proto}'s, or C{None} without one (not compared: the
+        proxy may end TLS).  Nor is it known from a UNIX socket's peer
+        (C{on_unix}) that is not trusted: no browser reaches a UNIX socket,
+        so a proxy is in front, which may end TLS as well.
         """
-        if not trusted(peer_host, self.factory.web.trusted_proxies):
-            return ("https" if reads_records(self.tcp) else "http"), None
-        proto = headers.get("x-forwarded-proto")
-        scheme = forwarded_scheme(proto)
-        return scheme, proto if scheme is not None else None
+        if proxied:
+            proto = headers.get("x-forwarded-proto")
+            scheme = forwarded_scheme(proto)
+            return scheme, proto if scheme is not None else None
+        if on_unix:
+            return None, None
+        return ("https" if reads_records(self.tcp) else "http"), None
 
     def failHandshake(self, reason: str, code: int = 400,
                       responseHeaders: Any = None) -> None:

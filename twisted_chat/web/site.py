@@ -49,7 +49,7 @@ from twisted_chat.server.ports.httpports import BodilessRequest, RefusingChannel
 from twisted_chat.server.ports.listening import PortService
 from twisted_chat.tcpinfo import unsent
 from twisted_chat.web.admission import WebGate
-from twisted_chat.web.config import WebConfig, host_allowed, max_message_for, parse_networks
+from twisted_chat.web.config import WebConfig, host_allowed, max_message_for, parse_proxies
 from twisted_chat.web.gateway import ChatWebSocketFactory
 
 STATIC = Path(str(resources.files("twisted_chat.web") / "static"))
@@ -543,9 +543,11 @@ def add_web(top: MultiService, options: Mapping[str, Any], factory: ChatFactory,
     L{PortService} into C{top} for each endpoint of C{listening}; the
     C{--web-*} options and C{--trust-proxy} of C{options} (C{twistd chat}'s)
     make its L{WebConfig}."""
+    proxies, trust_unix = parse_proxies(options["trust-proxy"])
     web = WebConfig(
         origins=tuple(options["web-origins"]),
-        trusted_proxies=parse_networks(options["trust-proxy"]),
+        trusted_proxies=proxies,
+        trust_unix=trust_unix,
         max_line=factory.config.max_line,
         max_message=max_message_for(factory.config.max_line),
         timeout=options["web-timeout"],
