@@ -787,6 +787,17 @@ def test_a_refused_upgrade_is_one_short_line(h: Harness, gateway: ChatWebSocketF
     assert len(line) < len(prefix) + logs.QUOTE_LIMIT + 40
 
 
+def test_a_refused_upgrade_from_a_unix_socket_names_it(h: Harness,
+                                                      gateway: ChatWebSocketFactory,
+                                                      logged: list[str]) -> None:
+    """A UNIX socket's peer has no address: the line says what it came on,
+    not C{None}."""
+    conn = WsConn(h, gateway, peer=UNIXAddress(None), extra={"Sec-WebSocket-Version": "x"})
+    assert conn.response.startswith("HTTP/1.1 400 ")
+    [line] = logged
+    assert line.startswith("WebSocket upgrade from a UNIX socket refused (400): "), line
+
+
 def test_refused_upgrades_are_limited_per_address(h: Harness, gateway: ChatWebSocketFactory,
                                                   logged: list[str]) -> None:
     bad = {"Sec-WebSocket-Version": "x"}

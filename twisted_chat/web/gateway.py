@@ -376,7 +376,7 @@ class ChatWebSocket(WebSocketServerProtocol):
         self.factory.chat.repeats.log(
             _log, LogLevel.error if code >= 500 else LogLevel.info, key, "ws-refused",
             "WebSocket upgrade from {host} refused ({code}): {why}",
-            host=host, code=code, why=denied or logs.quote(reason))
+            host=host or "a UNIX socket", code=code, why=denied or logs.quote(reason))
         super().failHandshake(reason[:HTTP_REASON_LIMIT], code, responseHeaders)
 
     def _address_key(self) -> tuple[str | None, str]:
