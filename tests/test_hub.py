@@ -408,3 +408,21 @@ def test_lobby_changes_moves_at_every_change_of_the_user_list(
     with pytest.raises(NickTaken):
         hub.register("B", None)
     assert hub.lobby_changes == count
+
+
+def test_one_servers_say_is_the_hubs_own_unless_overridden(
+        world: tuple[Hub, Recorder, Clock]) -> None:
+    """Every MSG goes through the state's C{say}: one server's is the hub's
+    bound method (no frame that only passes it along), while a subclass's
+    own C{say} is still the one called."""
+    from twisted_chat.server.state import LocalState, Outcome
+
+    hub, _, _ = world
+    assert LocalState(hub).say == hub.say
+
+    class Own(LocalState):
+        def say(self, user: User, text: str) -> Outcome:
+            return None
+
+    own = Own(hub)
+    assert own.say.__func__ is Own.say  # type: ignore[attr-defined]

@@ -157,6 +157,10 @@ class LocalState:
         #: What connections waiting for a password check were shown of
         #: their partner meanwhile (where a line held behind it goes: L{say}).
         self.pairs_shown = PairsShown()
+        if type(self).say is LocalState.say:
+            # Every MSG comes here: the hub's own method, not a frame that
+            # passes it along (a subclass's override is kept).
+            self.say = hub.say  # type: ignore[method-assign]
 
     def lobby_members(self) -> Sequence[Member]:
         """The hub's lobby: here the rule (L{batches.in_lobby_batch}) has
@@ -222,6 +226,7 @@ class LocalState:
             self._as_meant(user)
 
     def say(self, user: User, text: str) -> Outcome:
+        """The hub's C{say} (bound in its place at C{__init__})."""
         self.hub.say(user, text)
         return None
 
