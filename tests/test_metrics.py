@@ -33,6 +33,7 @@ from tests.web.test_admission import BAD_REQUEST, MALFORMED
 from twisted_chat.server.history import Entry, History
 from twisted_chat.server.lines import history_lines
 from twisted_chat.server.metrics.counters import (
+    BATCH_LINES_BOUNDS,
     Buckets,
     ChatCollector,
     Snapshot,
@@ -61,6 +62,29 @@ def test_buckets_are_cumulative_and_less_than_or_equal() -> None:
     assert samples[("x_bucket", "+Inf")] == 6
     assert samples[("x_count", None)] == 6
     assert samples[("x_sum", None)] == pytest.approx(116.5)
+
+
+def test_buckets_of_values_counted_by_value_are_those_observed_one_by_one() -> None:
+    """A hot path may only count its values (the fan-out's batch sizes):
+    the histogram made from those counts when read is the one that
+    observing each value would have made."""
+    values = [1, 1, 1, 2, 3, 7, 50, 5000]
+    observed = Buckets((1, 5, 10))
+    for value in values:
+        observed.observe(value)
+    made = Buckets.of((1, 5, 10), {v: values.count(v) for v in set(values)})
+    assert made.counts == observed.counts == [3, 2, 1, 2]
+    assert made.total == observed.total == sum(values)
+
+    stats = Stats()
+    for value in values:
+        stats.fanned_out(lines=value, deliveries=0, sent=0, seconds=0.0)
+    assert stats.fanout_sizes == {1: 3, 2: 1, 3: 1, 7: 1, 50: 1, 5000: 1}
+    lines = Buckets(BATCH_LINES_BOUNDS)
+    for value in values:
+        lines.observe(value)
+    assert stats.fanout_lines.counts == lines.counts
+    assert stats.fanout_lines.total == lines.total
 
 
 # -- the collector ------------------------------------------------------------------

@@ -104,7 +104,7 @@ class Stats:
     """
 
     __slots__ = ("accepted", "bytes_out", "commit_seconds", "deliveries", "discarded",
-                 "disconnects", "dropped_lines", "fanout_lines", "fanout_seconds",
+                 "disconnects", "dropped_lines", "fanout_seconds", "fanout_sizes",
                  "http_closed", "input_discarded", "invitations", "invitations_ended",
                  "lobby_messages",
                  "logins", "paired_sides", "private_messages", "refusals")
@@ -140,7 +140,10 @@ class Stats:
         self.invitations_ended = dict.fromkeys(INVITATION_ENDS, 0)
         self.paired_sides = 0
         self.http_closed = dict.fromkeys(HTTP_CLOSES, 0)
-        self.fanout_lines = Buckets(BATCH_LINES_BOUNDS)
+        # Lobby batches by their number of lines: the histogram of those
+        # (fanout_lines) is made only when read.  One key per size seen,
+        # so no more keys than the largest batch has lines.
+        self.fanout_sizes: dict[int, int] = {}
         self.fanout_seconds = Buckets(FANOUT_SECONDS_BOUNDS)
         self.commit_seconds = Buckets(COMMIT_SECONDS_BOUNDS)
 
@@ -150,13 +153,19 @@ class Stats:
         L{twisted_chat.server.output.fanout.BatchObserver}.)"""
         self.deliveries += deliveries
         self.bytes_out += sent
-        # Buckets.observe twice, written out: this runs for every lobby batch.
-        buckets = self.fanout_lines
-        buckets.counts[bisect_left(buckets.bounds, lines)] += 1
-        buckets.total += lines
+        # This runs for every lobby batch: the size is only counted (no
+        # bisect), the time is observed as Buckets.observe does, written out.
+        sizes = self.fanout_sizes
+        sizes[lines] = sizes.get(lines, 0) + 1
         buckets = self.fanout_seconds
         buckets.counts[bisect_left(buckets.bounds, seconds)] += 1
         buckets.total += seconds
+
+    @property
+    def fanout_lines(self) -> Buckets:
+        """Lines per lobby batch as a histogram, made from L{fanout_sizes}
+        when asked (a scrape: its thread copies the dict in one C call)."""
+        return Buckets.of(BATCH_LINES_BOUNDS, dict(self.fanout_sizes))
 
     def fanned_out_paired(self, lines: int, deliveries: int, sent: int, seconds: float) -> None:
         """One batch of C{JOINED} and C{LEFT} lines for the users in a pair:

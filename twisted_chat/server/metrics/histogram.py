@@ -7,7 +7,7 @@ does not load prometheus_client; only a scrape, which reads them, does.
 from __future__ import annotations
 
 import bisect
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
@@ -29,6 +29,17 @@ class Buckets:
         self.bounds = tuple(bounds)
         self.counts = [0] * (len(self.bounds) + 1)  # the last: above every bound
         self.total = 0.0
+
+    @classmethod
+    def of(cls, bounds: Sequence[float], counted: Mapping[int, int]) -> Buckets:
+        """The histogram of values counted by value (C{counted}: how many
+        times each was seen), for a hot path that only counts them."""
+        buckets = cls(bounds)
+        counts = buckets.counts
+        for value, n in counted.items():
+            counts[bisect.bisect_left(buckets.bounds, value)] += n
+            buckets.total += value * n
+        return buckets
 
     def observe(self, value: float) -> None:
         # Prometheus buckets are "less than or equal": the first bound >= value.
