@@ -443,7 +443,7 @@ def test_without_the_extension_the_c_loops_tests_fail_in_ci_only(
 
 @pytest.fixture(params=["c", "python"])
 def send_loop(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
-    """The direct pass's tests run on both of send_all's loops: the C
+    """The direct pass's tests run on both of the direct pass's loops: the C
     extension (need_the_c_loop) and the map over socket.send it falls back
     to."""
     if request.param == "c":
@@ -668,6 +668,16 @@ def pairs() -> Iterator[list[tuple[socket.socket, socket.socket]]]:
         b.close()
 
 
+def fill(sock: socket.socket) -> None:
+    """Fill C{sock}'s (small) send buffer: the next send takes nothing."""
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
+    while True:  # bounded by the socket's buffer
+        try:
+            sock.send(b"x" * 1024)
+        except BlockingIOError:
+            break
+
+
 def test_the_c_loop_answers_none_when_every_socket_took_everything(
         c_send_many: Any, pairs: list[tuple[socket.socket, socket.socket]]) -> None:
     assert c_send_many([a for a, _ in pairs], b"hello\r\n") is None
@@ -682,16 +692,44 @@ def test_the_c_loop_counts_a_short_send_and_a_failed_one(
     takes none; the others still get everything, and the answer says who
     took what, in order."""
     full, closed, fine = (a for a, _ in pairs)
-    full.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
-    while True:  # bounded by the socket's buffer
-        try:
-            full.send(b"x" * 1024)
-        except BlockingIOError:
-            break
+    fill(full)
     closed.close()
     data = b"y" * 100
     assert c_send_many([full, closed, fine], data) == [0, 0, 100]
     assert pairs[2][1].recv(200) == data
+
+
+def test_the_python_loop_answers_as_the_c_loop_does(
+        pairs: list[tuple[socket.socket, socket.socket]]) -> None:
+    """The fallback of the direct pass (no C loop built): C{None} when
+    every socket took everything, else what each took, in order; the
+    members whose socket did not take it all finish on their queue's path."""
+    socks = [a for a, _ in pairs]
+    assert sendqueue.send_each(socks, b"hello\r\n") is None
+    assert sendqueue.send_each([], b"x") is None
+    assert [b.recv(100) for _, b in pairs] == [b"hello\r\n"] * 3
+    full, closed, fine = socks
+    fill(full)
+    closed.close()
+    data = b"y" * 100
+    taken = sendqueue.send_each([full, closed, fine], data)
+    assert taken == [0, 0, 100]
+    assert pairs[2][1].recv(200) == data
+
+    class Queue:
+        def __init__(self) -> None:
+            self.got: list[tuple[bytes, int]] = []
+
+        def took(self, data: bytes, sent: int) -> None:
+            self.got.append((data, sent))
+
+    class Member:
+        def __init__(self) -> None:
+            self.send_queue = Queue()
+
+    members = [Member(), Member(), Member()]
+    sendqueue.took_part(members, data, taken)  # type: ignore[arg-type]
+    assert [m.send_queue.got for m in members] == [[(data, 0)], [(data, 0)], []]
 
 
 # Run in a child: before the fix, the C loop read the list's items after a

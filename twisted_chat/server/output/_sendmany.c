@@ -1,8 +1,8 @@
 /*
  * The fan-out's send loop in C: one batch of bytes to many sockets, with the
  * GIL released once for all of them instead of once per socket.
- * twisted_chat/server/output/sendqueue.py (send_all) uses it when it was built, and
- * a map over socket.send otherwise; docs/fanout.md, "The direct pass".
+ * twisted_chat/server/output/sendqueue.py (DirectPass) uses it when it was built, and
+ * a map over socket.send (send_each) otherwise; docs/fanout.md, "The direct pass".
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>

@@ -46,7 +46,7 @@ _SendMany = Callable[[Sequence[socket.socket], bytes], "list[int] | None"]
 send_many: _SendMany | None
 try:
     from twisted_chat.server.output._sendmany import send_many
-except ImportError:  # not built (installed without a C compiler): send_all's map
+except ImportError:  # not built (installed without a C compiler): send_each's map
     send_many = None
 
 # The attributes of Twisted's TCP transport the direct path reads.
@@ -408,33 +408,33 @@ def partition(members: Iterable[Sending]) -> tuple[list[Any], list[socket.socket
     return direct, [s for s in found if s is not None], rest
 
 
-def send_all(members: Sequence[Sending], socks: Sequence[socket.socket], data: bytes) -> None:
+def send_each(socks: Sequence[socket.socket], data: bytes) -> list[int] | None:
     """
-    Send C{data} on each of C{socks} (those of C{members}' queues), in one
-    pass with no Python frame per member: the C loop of L{_sendmany} where
-    it was built (one release of the GIL for the whole batch), else a C{map}
-    over C{socket.send}.  A send that takes part of C{data}, or fails, is
-    finished by its queue's own path (L{SendQueue.took}).
+    The direct pass's loop where the C one (L{send_many}) was not built: a
+    C{map} over C{socket.send}, still no Python frame per member.  It
+    answers as the C loop does: what each socket took (0 for one that
+    failed), or C{None} when each took all of C{data}.
     """
-    if send_many is not None:
-        taken = send_many(socks, data)
-        if taken is None:
-            return
-        results = taken
-    else:
-        results = []
-        while len(results) < len(socks):
-            try:
-                # list.extend keeps what it appended when a send raises, so
-                # the failing member is the one at len(results).
-                results.extend(map(_send, socks[len(results):] if results else socks,
-                                   repeat(data)))
-            except OSError:
-                results.append(0)
-        if sum(results) == len(data) * len(results):  # none took more: none took less
-            return
+    results: list[int] = []
+    while len(results) < len(socks):
+        try:
+            # list.extend keeps what it appended when a send raises, so
+            # the failing member is the one at len(results).
+            results.extend(map(_send, socks[len(results):] if results else socks,
+                               repeat(data)))
+        except OSError:
+            results.append(0)
+    if sum(results) == len(data) * len(results):  # none took more: none took less
+        return None
+    return results
+
+
+def took_part(members: Sequence[Sending], data: bytes, taken: Sequence[int]) -> None:
+    """A send of C{data} that some of C{members}' sockets did not take
+    whole (C{taken}: what each took): each such member's queue finishes
+    it on its own path (L{SendQueue.took})."""
     n = len(data)
-    for member, sent in zip(members, results, strict=True):
+    for member, sent in zip(members, taken, strict=True):
         queue = member.send_queue
         if sent != n and queue is not None:
             queue.took(data, sent)
@@ -442,7 +442,7 @@ def send_all(members: Sequence[Sending], socks: Sequence[socket.socket], data: b
 
 def send_loop(direct: bool) -> str:
     """
-    Which loop the fan-out's direct pass sends with (L{send_all}), for the
+    Which loop the fan-out's direct pass sends with (L{DirectPass}), for the
     server's log at start: the C one, the Python one (the extension was not
     built, which an install does not show), or none (C{--no-direct-send},
     C{direct} false).
@@ -458,7 +458,7 @@ def send_loop(direct: bool) -> str:
 class DirectPass:
     """
     The fan-out's batch writer: it sends each batch to every member whose
-    queue may write straight to its socket (L{send_all}) and returns the
+    queue may write straight to its socket (L{send_many}, L{send_each}) and returns the
     others, for the caller to C{deliver} to (docs/fanout.md, "The direct
     pass").  It keeps the members' L{partition} from one batch to the next
     while it cannot have changed: the same
@@ -489,6 +489,13 @@ class DirectPass:
             self._direct, self._socks, self._rest = partition(members)
             self._members = members
             self._generation = SendQueue.generation
-        if self._socks:
-            send_all(self._direct, self._socks, data)  # may change the generation
+        socks = self._socks
+        if socks:
+            # One pass, no Python frame per member: the C loop where it was
+            # built (one release of the GIL for the whole batch), called
+            # here, not through a function of ours.  What a socket did not
+            # take whole may change the generation.
+            taken = send_many(socks, data) if send_many is not None else send_each(socks, data)
+            if taken is not None:
+                took_part(self._direct, data, taken)
         return self._rest
