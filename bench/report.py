@@ -38,6 +38,17 @@ def stopped(why: str) -> str:
     return why
 
 
+def failed_because(run: dict[str, Any]) -> str:
+    """Why the lowest rate failed, and why a fresh room after a cut could not
+    be made if so: that ended the search before its retry or midpoints, so
+    the figure may be low and is known more coarsely."""
+    why = stopped(run["sustained"]["stopped_by"])
+    if "room_error" in run:
+        # a markdown table cell: its pipes would split it
+        why += "; fresh room failed: " + run["room_error"].replace("|", "\\|")
+    return why
+
+
 def fixed_rows() -> list[Row]:
     def f(key: str) -> Callable[[dict[str, Any]], Any]:
         return lambda r: r["fixed"].get(key)
@@ -69,7 +80,7 @@ def fixed_rows() -> list[Row]:
         ("… known to within (failing ÷ held rate)",
          lambda r: (None if r["sustained"].get("resolution") is None else
                     f"x{r['sustained']['resolution']:.3f}"), 0),
-        ("… lowest rate that failed, because", lambda r: stopped(r["sustained"]["stopped_by"]), 0),
+        ("… lowest rate that failed, because", failed_because, 0),
         ("… limit at that step (CPU ≥ 90 %)", lambda r: r["sustained"]["limit_at_failure"], 0),
         ("… server / generator CPU % there",
          lambda r: (None if r["sustained"]["server_cpu_share_at_failure"] is None else

@@ -274,7 +274,8 @@ def run_fanout(spec: ServerSpec, plan: dict[str, Any], clients: int,
         f"{res['fixed']['latency_ms']['p99']} ms; sustained "
         f"{res['sustained']['deliveries_per_s']:.0f}/s ({res['sustained']['stopped_by']}; "
         f"climb {res['search_seconds']['climb']:.0f} s, "
-        f"refinement {res['search_seconds']['refine']:.0f} s, rooms {rooms.made})")
+        f"refinement {res['search_seconds']['refine']:.0f} s, rooms {rooms.made}"
+        + (f"; fresh room failed: {rooms.error}" if rooms.error else "") + ")")
     return res
 
 

@@ -12,8 +12,8 @@ from typing import Any
 
 import pytest
 
+from bench import report, scenarios
 from bench import run as bench_run
-from bench import scenarios
 from bench.servers import ServerSpec
 
 SPEC = ServerSpec("chat", "twisted-chat", "chat/1", "chat")
@@ -125,3 +125,29 @@ def test_the_retries_and_midpoints_after_a_cut_measure_whole_rooms(fake: Bench) 
     assert res["rooms"] == 5
     assert all(not srv.up for srv, _ in fake.rooms)
     assert "rooms 5)" in logged[0]
+
+
+def test_a_fresh_room_that_cannot_be_made_is_logged_and_reported(
+        fake: Bench, monkeypatch: pytest.MonkeyPatch) -> None:
+    def then_broken(*args: Any) -> dict[str, Any]:
+        step = fake.one_rate(*args)
+        fake.broken = fake.broken or not step["held"]
+        return step
+
+    monkeypatch.setattr(scenarios, "one_rate", then_broken)
+    logged: list[str] = []
+    res = bench_run.run_fanout(SPEC, bench_run.FULL, 100, logged.append)
+    failed = 2000 * 1.5 ** 9
+    assert [round(r) for r, _ in fake.steps[-2:]] == [round(2000 * 1.5 ** 8), round(failed)]
+    assert not any(s.get("retry") or s.get("refine") for s in res["steps"])
+    assert res["sustained"]["failed_rate"] == pytest.approx(failed)
+    assert res["room_error"] == "RuntimeError('only 97 of 100 clients registered')"
+    assert res["rooms"] == 1
+    assert logged[0].endswith(
+        "rooms 1; fresh room failed: RuntimeError('only 97 of 100 clients registered'))")
+    because = dict((name, get) for name, get, _ in report.fixed_rows())[
+        "… lowest rate that failed, because"]
+    assert because(res) == ("clients cut; fresh room failed: "
+                            "RuntimeError('only 97 of 100 clients registered')")
+    assert because({**res, "room_error": "RuntimeError('a | b')"}).endswith(
+        "RuntimeError('a \\| b')")
