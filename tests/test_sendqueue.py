@@ -14,7 +14,7 @@ import socket
 import subprocess
 import sys
 from collections.abc import Iterator
-from typing import Any
+from typing import Any, cast
 
 import pytest
 import pytest_twisted
@@ -678,58 +678,58 @@ def fill(sock: socket.socket) -> None:
             break
 
 
-def test_the_c_loop_answers_none_when_every_socket_took_everything(
-        c_send_many: Any, pairs: list[tuple[socket.socket, socket.socket]]) -> None:
-    assert c_send_many([a for a, _ in pairs], b"hello\r\n") is None
-    assert c_send_many((a for a, _ in pairs), memoryview(b"!")) is None, "any iterable, any buffer"
-    assert c_send_many([], b"x") is None
+@pytest.fixture(params=["c", "python"])
+def direct_loop(request: pytest.FixtureRequest) -> Any:
+    """Both loops of the direct pass: the C one, and send_each, its fallback
+    where the C one was not built, which must answer as the C one does."""
+    if request.param == "c":
+        return request.getfixturevalue("c_send_many")
+    return sendqueue.send_each
+
+
+def test_each_loop_answers_none_when_every_socket_took_everything(
+        direct_loop: Any, pairs: list[tuple[socket.socket, socket.socket]]) -> None:
+    socks = [a for a, _ in pairs]
+    assert direct_loop(socks, b"hello\r\n") is None
+    assert direct_loop(socks, memoryview(b"!")) is None, "any buffer"
+    assert direct_loop([], b"x") is None
     assert [b.recv(100) for _, b in pairs] == [b"hello\r\n!"] * 3
 
 
-def test_the_c_loop_counts_a_short_send_and_a_failed_one(
+def test_the_c_loop_takes_any_iterable(
         c_send_many: Any, pairs: list[tuple[socket.socket, socket.socket]]) -> None:
+    """Not only a sequence, as send_each needs (the direct pass gives both
+    loops a list)."""
+    assert c_send_many((a for a, _ in pairs), memoryview(b"!")) is None, "any iterable, any buffer"
+    assert [b.recv(100) for _, b in pairs] == [b"!"] * 3
+
+
+class Took:
+    """A queue that records what took_part asks it to finish."""
+
+    def __init__(self) -> None:
+        self.got: list[tuple[bytes, int]] = []
+
+    def took(self, data: bytes, sent: int) -> None:
+        self.got.append((data, sent))
+
+
+def test_each_loop_counts_a_short_send_and_a_failed_one(
+        direct_loop: Any, pairs: list[tuple[socket.socket, socket.socket]]) -> None:
     """A full socket takes part (or none: 0), a closed one (fileno -1)
     takes none; the others still get everything, and the answer says who
-    took what, in order."""
+    took what, in order: the members whose socket did not take it all
+    finish on their queue's path."""
     full, closed, fine = (a for a, _ in pairs)
     fill(full)
     closed.close()
     data = b"y" * 100
-    assert c_send_many([full, closed, fine], data) == [0, 0, 100]
-    assert pairs[2][1].recv(200) == data
-
-
-def test_the_python_loop_answers_as_the_c_loop_does(
-        pairs: list[tuple[socket.socket, socket.socket]]) -> None:
-    """The fallback of the direct pass (no C loop built): C{None} when
-    every socket took everything, else what each took, in order; the
-    members whose socket did not take it all finish on their queue's path."""
-    socks = [a for a, _ in pairs]
-    assert sendqueue.send_each(socks, b"hello\r\n") is None
-    assert sendqueue.send_each([], b"x") is None
-    assert [b.recv(100) for _, b in pairs] == [b"hello\r\n"] * 3
-    full, closed, fine = socks
-    fill(full)
-    closed.close()
-    data = b"y" * 100
-    taken = sendqueue.send_each([full, closed, fine], data)
+    taken = direct_loop([full, closed, fine], data)
     assert taken == [0, 0, 100]
     assert pairs[2][1].recv(200) == data
-
-    class Queue:
-        def __init__(self) -> None:
-            self.got: list[tuple[bytes, int]] = []
-
-        def took(self, data: bytes, sent: int) -> None:
-            self.got.append((data, sent))
-
-    class Member:
-        def __init__(self) -> None:
-            self.send_queue = Queue()
-
-    members = [Member(), Member(), Member()]
-    sendqueue.took_part(members, data, taken)  # type: ignore[arg-type]
-    assert [m.send_queue.got for m in members] == [[(data, 0)], [(data, 0)], []]
+    queues = [Took(), Took(), Took()]
+    sendqueue.took_part([Member(cast(SendQueue, q)) for q in queues], data, taken)
+    assert [q.got for q in queues] == [[(data, 0)], [(data, 0)], []]
 
 
 # Run in a child: before the fix, the C loop read the list's items after a
