@@ -874,6 +874,17 @@ def test_binary_message_closes_are_limited_per_address(
                       "binary messages are not accepted: send text"] * 3
 
 
+def test_a_refused_message_from_a_unix_socket_names_it(h: Harness,
+                                                      gateway: ChatWebSocketFactory,
+                                                      logged: list[str]) -> None:
+    """The close's line names a UNIX socket's peer as such, not C{None}."""
+    conn = WsConn(h, gateway, peer=UNIXAddress(None))
+    conn.send_frame(ws.frame(b"x", opcode=ws.BINARY))
+    closes = [line for line in logged if "closed (1003)" in line]
+    assert closes == ["WebSocket from a UNIX socket closed (1003): "
+                      "binary messages are not accepted: send text"]
+
+
 @pytest.mark.parametrize("origin", [None, "http://chat.example:8080", "http://CHAT.example:8080"])
 def test_same_origin_or_no_origin_is_let_in(h: Harness, gateway: ChatWebSocketFactory,
                                             origin: str | None) -> None:

@@ -376,15 +376,17 @@ class ChatWebSocket(WebSocketServerProtocol):
         self.factory.chat.repeats.log(
             _log, LogLevel.error if code >= 500 else LogLevel.info, key, "ws-refused",
             "WebSocket upgrade from {host} refused ({code}): {why}",
-            host=host or "a UNIX socket", code=code, why=denied or logs.quote(reason))
+            host=host, code=code, why=denied or logs.quote(reason))
         super().failHandshake(reason[:HTTP_REASON_LIMIT], code, responseHeaders)
 
-    def _address_key(self) -> tuple[str | None, str]:
+    def _address_key(self) -> tuple[str, str]:
         """The peer's host (the client's, behind a trusted proxy, once
-        known) and the key its log lines are limited under."""
+        known) as a log line names it, and the key its log lines are
+        limited under: a UNIX socket's peer has no host, so the key is
+        made from the real one, not from the name."""
         peer: Any = self._client or self.tcp.getPeer()
         host: str | None = getattr(peer, "host", None)
-        return host, self.factory.chat.addresses.log_key(host)
+        return host or "a UNIX socket", self.factory.chat.addresses.log_key(host)
 
     def _hand_over(self) -> None:
         handover, self.handover = self.handover, None
