@@ -35,7 +35,7 @@ from tests.web.test_gateway import HoldingTransport, TCPTransport
 from twisted_chat.server.limits.closing import UNREAD_DROPPED
 from twisted_chat.server.limits.descriptors import REFUSALS_CLOSING
 from twisted_chat.web.admission import HTTP_PER_BROWSER
-from twisted_chat.web.config import WebConfig, parse_networks
+from twisted_chat.web.config import WebConfig, parse_proxies
 from twisted_chat.web.site import KEEPALIVE_IDLE, MAX_REQUESTS, TAKEN_LOOK, WebSite, web_site
 
 _ports = itertools.count(30000)
@@ -546,7 +546,7 @@ def test_refused_web_connections_and_upgrades_share_the_refusal_budget() -> None
 
 def test_a_trusted_proxy_is_not_counted_as_one_address() -> None:
     h = Harness(max_per_ip=2, max_handshaking_per_ip=2)
-    site = make_site(h, trusted_proxies=parse_networks(["10.0.0.1"]))
+    site = make_site(h, trusted_proxies=parse_proxies(["10.0.0.1"])[0])
     proxied = [HTTPConn(h, site, peer="10.0.0.1") for _ in range(5)]
     assert not any(c.refused for c in proxied)
     # Each user's address is counted at the upgrade, from X-Forwarded-For.

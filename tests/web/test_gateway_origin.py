@@ -9,7 +9,7 @@ from twisted.internet.address import UNIXAddress
 from tests.harness import Harness
 from tests.web.test_gateway import TCPTransport, WsConn, make_gateway
 from tests.web.test_gateway_records import TLSTransport, no_channel_id
-from twisted_chat.web.config import parse_networks
+from twisted_chat.web.config import parse_proxies
 
 __all__ = ["no_channel_id"]  # autouse: autobahn asks a TLS transport for tls-unique
 
@@ -36,7 +36,7 @@ def test_behind_a_trusted_proxy_the_scheme_is_not_compared(origin: str) -> None:
     """A trusted proxy may end TLS (docs/web.md's nginx): the page is https
     while this port sees http.  Any other peer is served as it connects."""
     h = Harness()
-    gateway = make_gateway(h, trusted_proxies=parse_networks(["127.0.0.1"]))
+    gateway = make_gateway(h, trusted_proxies=parse_proxies(["127.0.0.1"])[0])
     assert WsConn(h, gateway, host="chat.example", origin=origin).opened
     direct = WsConn(h, gateway, peer="127.0.0.2", host="chat.example", origin=origin)
     assert direct.opened is origin.startswith("http:")
@@ -59,7 +59,7 @@ def test_a_trusted_proxy_s_forwarded_proto_is_the_page_s_scheme(
     the Origin's scheme compared with it: without, an http page opened the
     WebSocket of the https one it proxies (the scheme was not compared)."""
     h = Harness()
-    gateway = make_gateway(h, trusted_proxies=parse_networks(["127.0.0.1"]))
+    gateway = make_gateway(h, trusted_proxies=parse_proxies(["127.0.0.1"])[0])
     conn = WsConn(h, gateway, host="chat.example", origin=origin,
                   extra={"X-Forwarded-Proto": proto})
     assert conn.opened is opened
@@ -70,7 +70,7 @@ def test_only_a_trusted_proxy_s_forwarded_proto_is_read(logged: list[str]) -> No
     """Any other peer's X-Forwarded-Proto is not: it is served as it
     connects.  A refusal for the proxy's scheme says what it sent."""
     h = Harness()
-    gateway = make_gateway(h, trusted_proxies=parse_networks(["127.0.0.1"]))
+    gateway = make_gateway(h, trusted_proxies=parse_proxies(["127.0.0.1"])[0])
     says_https = {"X-Forwarded-Proto": "https"}
     assert not WsConn(h, gateway, peer="127.0.0.2", host="chat.example",
                       origin="https://chat.example", extra=says_https).opened
@@ -94,7 +94,7 @@ def test_a_unix_socket_s_peer_has_the_scheme_not_compared(origin: str, opened: b
     it were http).  Its host and port still are compared, and the peer's
     X-Forwarded-Proto is not read (it is not trusted)."""
     h = Harness()
-    gateway = make_gateway(h, trusted_proxies=parse_networks(["127.0.0.1"]))
+    gateway = make_gateway(h, trusted_proxies=parse_proxies(["127.0.0.1"])[0])
     says_http = {"X-Forwarded-Proto": "http"}
     conn = WsConn(h, gateway, peer=UNIXAddress(None), host="chat.example", origin=origin,
                   extra=says_http)

@@ -39,7 +39,6 @@ from twisted_chat.web.config import (
     host_allowed,
     max_message_for,
     origin_allowed,
-    parse_networks,
     parse_origin,
     parse_proxies,
     parse_web_host,
@@ -478,7 +477,7 @@ def test_a_bad_web_host_is_a_usage_error(value: str) -> None:
 
 
 def test_forwarded_for_rule() -> None:
-    proxies = parse_networks(["10.0.0.0/8, 127.0.0.1"])
+    proxies = parse_proxies(["10.0.0.0/8, 127.0.0.1"])[0]
     assert client_host("192.0.2.1", "203.0.113.5", proxies) == "192.0.2.1"
     assert client_host("10.1.2.3", "203.0.113.5", proxies) == "203.0.113.5"
     # Chains: the rightmost address that is not a trusted proxy.
@@ -489,13 +488,13 @@ def test_forwarded_for_rule() -> None:
     assert client_host("127.0.0.1", "", proxies) == "127.0.0.1"
     assert client_host("127.0.0.1", "[2001:db8::1]:443", proxies) == "2001:db8::1"
     assert client_host(None, "203.0.113.5", proxies) is None
-    assert parse_networks(["::1"]) == (ipaddress.ip_network("::1"),)
+    assert parse_proxies(["::1"])[0] == (ipaddress.ip_network("::1"),)
 
 
 def test_a_proxy_on_a_dual_stack_port_is_trusted() -> None:
     # rev20-shape F1: on a tcp6 port bound to :: an IPv4 peer is
     # ::ffff:a.b.c.d; it is its IPv4 address, as for every per-address limit.
-    proxies = parse_networks(["127.0.0.1"])
+    proxies = parse_proxies(["127.0.0.1"])[0]
     assert trusted("::ffff:127.0.0.1", proxies)
     assert not trusted("::ffff:127.0.0.2", proxies)
     assert client_host("::ffff:127.0.0.1", "10.9.9.9", proxies) == "10.9.9.9"
@@ -503,8 +502,8 @@ def test_a_proxy_on_a_dual_stack_port_is_trusted() -> None:
     # A mapped hop in the header is skipped as the proxy it is.
     assert client_host("127.0.0.1", "10.9.9.9, ::ffff:127.0.0.1", proxies) == "10.9.9.9"
     # --trust-proxy written in the mapped form names the same proxy.
-    assert trusted("::ffff:127.0.0.1", parse_networks(["::ffff:127.0.0.1"]))
-    assert trusted("127.0.0.1", parse_networks(["::ffff:127.0.0.0/104"]))
+    assert trusted("::ffff:127.0.0.1", parse_proxies(["::ffff:127.0.0.1"])[0])
+    assert trusted("127.0.0.1", parse_proxies(["::ffff:127.0.0.0/104"])[0])
 
 
 @pytest.mark.parametrize("text, split", [
@@ -642,7 +641,7 @@ def test_trust_proxy_unix_trusts_a_unix_socket_s_peer() -> None:
     assert parse_proxies(["unix:, 10.0.0.1", "UNIX:"]) == (
         (ipaddress.ip_network("10.0.0.1"),), True)
     assert parse_proxies(["127.0.0.1"]) == ((ipaddress.ip_network("127.0.0.1"),), False)
-    assert trusted(None, (), unix=True) and not trusted(None, parse_networks(["0.0.0.0/0"]))
+    assert trusted(None, (), unix=True) and not trusted(None, parse_proxies(["0.0.0.0/0"])[0])
     assert client_host(None, "198.51.100.1, 203.0.113.5", (), unix=True) == "203.0.113.5"
     assert client_host(None, "garbage", (), unix=True) is None  # the last trusted hop
     reactor = ThreadedMemoryReactor()

@@ -109,11 +109,6 @@ def _parts(descriptions: Sequence[str]) -> list[str]:
             for part in description.split(",") if part.strip()]
 
 
-def parse_networks(descriptions: Sequence[str]) -> tuple[Network, ...]:
-    """C{--trust-proxy} values: addresses or CIDR networks, comma-separated."""
-    return tuple(parse_network(part) for part in _parts(descriptions))
-
-
 def parse_proxies(descriptions: Sequence[str]) -> tuple[tuple[Network, ...], bool]:
     """
     C{--trust-proxy} values: addresses, CIDR networks or L{UNIX_PROXY},
