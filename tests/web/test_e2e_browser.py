@@ -3426,6 +3426,11 @@ _INVITERS = ("return Array.from(document.querySelectorAll('#invitations .invite'
              ".map((e) => e.dataset.inviter)")
 
 
+# The nicks of the user list's rows, in order.
+_USER_ROWS = ("return Array.from(document.querySelectorAll('#user-list li'))"
+              ".map((e) => e.dataset.nick)")
+
+
 def hostile(page: Any, web: WebServer) -> None:
     """C{page} joins as alice on the L{_HOSTILE_SERVER}."""
     page.execute_cdp_cmd("Page.addScriptToEvaluateOnNewDocument", {"source": _HOSTILE_SERVER})
@@ -3510,6 +3515,39 @@ def test_a_hostile_server_s_live_joins_leaves_and_invitations_are_cut_as_held_on
     assert [text[:9] for text in shown] == ["nnnnnnnnn", "carol lef", "xxxxxxxxx", "carol lef"]
     assert all(len(text) == 4097 and text.endswith("…") for text in shown), [
         len(text) for text in shown]
+    # Nor is the megabyte "nick" a row of the user list (Roster.joined).
+    assert page.execute_script(_USER_ROWS) == ["alice", "bob"]
+
+
+def test_a_hostile_server_s_user_list_keeps_at_most_users_max_as_in_the_terminal(
+    web: WebServer, browser: Callable[..., Any]
+) -> None:
+    """As the terminal client (Roster.USERS_MAX): the user list keeps at
+    most 50,000 people (a hostile server's were all kept, a row each);
+    /users counts those left out and says so.  Past the bound a join
+    makes no row until someone leaves."""
+    page = browser()
+    hostile(page, web)
+    say(page, "/users")
+    page.execute_script(
+        "const server = window.server;"
+        "const lines = Array.from({length: 50005}, (_, i) => `USER u${i} lobby`);"
+        "lines.push('USERS 50005');"
+        "setTimeout(() => { for (const data of lines) server.onmessage({data}); }, 0);")
+    wait(page, lambda d: any(" online: u0, " in text for text in notices(d)))
+    [listed] = [text for text in notices(page) if " online: u0, " in text]
+    assert listed.endswith(", u9999, and 5 more, not shown."), listed[-60:]
+    assert "50,005 online: u0, u1, u10, " in listed, listed[:60]
+    count = "return document.querySelectorAll('#user-list li').length"
+    assert page.execute_script(count) == 50000
+    ts = format_ts(time.time())
+    page.execute_script(
+        "const [ts, server] = [arguments[0], window.server];"
+        "server.say(`JOINED ${ts} zed`, `JOINED ${ts} u1`, `LEFT ${ts} u0 quit`,"
+        "           `JOINED ${ts} yan`);", ts)
+    wait_notice(page, "yan joined the chat")
+    rows = page.execute_script(_USER_ROWS)
+    assert len(rows) == 50000 and "zed" not in rows and "u0" not in rows and "yan" in rows
 
 
 def test_quit_forgets_the_password_and_join_again_asks_for_it(

@@ -26,6 +26,7 @@ from twisted_chat.client.lobbyview import HELD_TEXT
 from twisted_chat.client.login import Login
 from twisted_chat.client.main import DEFAULT_TIMEOUT
 from twisted_chat.client.pairing import Pairing
+from twisted_chat.client.roster import Roster
 from twisted_chat.server.accounts.login import (
     ADDRESS_BUSY_TEXT,
     SERVER_BUSY_TEXT,
@@ -276,14 +277,17 @@ def test_the_pages_tries_of_a_nick_not_looked_at_are_the_terminal_clients() -> N
         "TRIES": Login.FLOOD_TRIES}
 
 
-def test_the_pages_bounds_on_a_server_s_invitations_and_notices_are_the_terminal_clients(
+def test_the_pages_bounds_on_what_a_server_sends_are_the_terminal_clients(
 ) -> None:
     """app.js's copies of the terminal client's bounds on what a hostile
-    server sends (the invitations kept, the characters of a join, a leave
-    or an invitation's notice) are read from it as they are."""
+    server sends (the invitations kept, the people in the user list, the
+    characters of a join, a leave or an invitation's notice) are read from
+    it as they are."""
     js = (STATIC / "app.js").read_text()
-    found = dict(re.findall(r"^  const (INVITES_MAX|HELD_TEXT) = (\d+);$", js, re.MULTILINE))
-    assert found == {"INVITES_MAX": str(Pairing.INVITES_MAX), "HELD_TEXT": str(HELD_TEXT)}
+    found = dict(re.findall(r"^  const (INVITES_MAX|HELD_TEXT|USERS_MAX) = (\d+);$", js,
+                            re.MULTILINE))
+    assert found == {"INVITES_MAX": str(Pairing.INVITES_MAX), "HELD_TEXT": str(HELD_TEXT),
+                     "USERS_MAX": str(Roster.USERS_MAX)}
 
 
 def test_the_pages_forbidden_characters_are_wires() -> None:

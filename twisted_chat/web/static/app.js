@@ -166,6 +166,7 @@
     floodWait: false,
     users: new Map(), // key -> {nick, state, row: its row in the user list}
     pendingUsers: null,
+    pendingLeftOut: 0, // USER lines past USERS_MAX, said with the list asked for
     // The conversation where the user typed /users (or /who): the next user
     // list is printed there (the server's answers come in order).
     listFor: null,
@@ -258,6 +259,10 @@
   // Invitations to the user kept open, each a card (the terminal client's
   // Pairing.INVITES_MAX): a hostile server's are countless.
   const INVITES_MAX = 100;
+  // People in the user list (the terminal client's Roster.USERS_MAX, five
+  // times the server's default --max-clients): a hostile server's are
+  // countless, and each row is a few DOM nodes.
+  const USERS_MAX = 50000;
 
   // Whether the view follows the bottom, decided by the first line of a
   // frame added to the conversation shown, and scrolled once by the frame:
@@ -1779,6 +1784,7 @@
         if (state.password && key(state.password.nick) !== key(nick)) state.password = null;
         state.users = new Map();
         state.pendingUsers = [];
+        state.pendingLeftOut = 0;
         state.serverAhead = null; // this connection's server tells its own
         state.lastAhead = null;
         // A new connection: whatever pair or invitation the old one had is
@@ -1807,15 +1813,23 @@
       }
       case "USER": {
         const [, nick, st] = parse(line, 3);
-        (state.pendingUsers || (state.pendingUsers = [])).push({ nick, state: st, bytes: line.length + 2 });
+        // Kept only from a nick, and at most USERS_MAX, as in the terminal
+        // client (Roster): a hostile server's "nicks" may be a megabyte
+        // each, its list countless. Those past the bound are counted, and
+        // said with the list asked for (/users), as the terminal says them.
+        const users = state.pendingUsers || (state.pendingUsers = []);
+        if (users.length >= USERS_MAX) state.pendingLeftOut += 1;
+        else if (NICK_RE.test(nick)) users.push({ nick, state: st, bytes: line.length + 2 });
         break;
       }
       case "USERS": {
         if (state.replaySkip) state.shownAtLoss = []; // the end of a READY block
         state.replaySkip = null;
         const users = state.pendingUsers || [];
+        const leftOut = state.pendingLeftOut;
         state.users = new Map(users.map((u) => [key(u.nick), u]));
         state.pendingUsers = null;
+        state.pendingLeftOut = 0;
         rosterReceived(users, line);
         renderUsers();
         if (state.listFor) {
@@ -1824,7 +1838,7 @@
           // closed drawer at phone width).
           const conv = state.convs.get(state.listFor) || current();
           state.listFor = null;
-          notice(conv, onlineText(users));
+          notice(conv, onlineText(users, leftOut));
         }
         if (state.unpairedFrom) {
           showHeldNotices();
@@ -1847,7 +1861,11 @@
       }
       case "JOINED": {
         const [, t, nick] = parse(line, 2);
-        putUser({ nick, state: "lobby" });
+        // A row only for a nick, while the list holds fewer than USERS_MAX
+        // (the terminal's Roster.joined); the join is still said.
+        if (NICK_RE.test(nick) && (state.users.has(key(nick)) || state.users.size < USERS_MAX)) {
+          putUser({ nick, state: "lobby" });
+        }
         lobbyNotice(shortened(`${nick} joined the chat`, HELD_TEXT), liveTs(t));
         break;
       }
@@ -1926,6 +1944,7 @@
         notice(conv, `${why}You are back in the lobby.`);
         state.partner = null;
         state.pendingUsers = [];
+        state.pendingLeftOut = 0;
         // Told in the lobby after the lines missed meanwhile (the replay
         // that follows, up to its user list).
         state.unpairedFrom = partner;
@@ -2054,12 +2073,13 @@
   }
 
   // The user list in one line: "3 online: alice (you), bob (paired), carol."
-  function onlineText(users) {
+  function onlineText(users, leftOut = 0) {
     const names = [...users].sort((a, b) => byNick(key(a.nick), key(b.nick))).map((u) => {
       if (state.me && key(u.nick) === key(state.me)) return `${u.nick} (you)`;
       return u.state === "paired" ? `${u.nick} (paired)` : u.nick;
     });
-    return `${names.length.toLocaleString("en")} online: ${names.join(", ")}.`;
+    const more = leftOut ? `, and ${leftOut.toLocaleString("en")} more, not shown` : "";
+    return `${(names.length + leftOut).toLocaleString("en")} online: ${names.join(", ")}${more}.`;
   }
 
   // A lobby message, live or replayed. Only the history of a new
