@@ -52,7 +52,7 @@ class Counter:
     def __init__(self) -> None:
         self.ops: collections.Counter[tuple[str, str]] = collections.Counter()
         self.calls: collections.Counter[tuple[str, str]] = collections.Counter()
-        self.lines: collections.Counter[tuple[str, int]] = collections.Counter()
+        self.lines: collections.Counter[tuple[str, int | None]] = collections.Counter()
 
     def trace(self, frame: FrameType, event: str, arg: object) -> Any:
         code = frame.f_code
@@ -212,8 +212,9 @@ def report(counter: Counter, messages: int, turns: int, top: int, lines: int = 0
         ours.sort(key=lambda item: -item[1])
         for (filename, lineno), n in ours[:lines]:
             where = "/".join(filename.rsplit(os.sep, 2)[-2:])
-            out.append(f"{n / messages:10.1f}  {where}:{lineno}  "
-                       f"{linecache.getline(filename, lineno).strip()}")
+            # Some bytecodes belong to no line (f_lineno None): no source.
+            source = linecache.getline(filename, lineno).strip() if lineno else ""
+            out.append(f"{n / messages:10.1f}  {where}:{lineno or '?'}  {source}")
     return "\n".join(out)
 
 

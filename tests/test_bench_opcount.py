@@ -35,3 +35,16 @@ def test_the_report_gives_counts_per_message() -> None:
     assert "per message: 20.0 bytecodes, 1.0 Python calls" in text
     assert "ours         20.0 bytecodes" in text
     assert "Hub.say" in text
+
+
+def test_a_line_with_no_number_is_reported_without_its_source() -> None:
+    """Some bytecodes belong to no line (C{f_lineno} is None): the report
+    lists them as C{?}, where linecache would raise."""
+    counter = Counter()
+    hub = f"{os.sep}twisted_chat{os.sep}hub.py"
+    counter.ops[(hub, "Hub.say")] = 6
+    counter.lines[(hub, None)] = 4
+    counter.lines[(hub, 1)] = 2
+    text = report(counter, 2, 2, 10, lines=5)
+    assert "twisted_chat/hub.py:?" in text
+    assert "twisted_chat/hub.py:1" in text
