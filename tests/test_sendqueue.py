@@ -423,7 +423,7 @@ def need_the_c_loop() -> None:
     Python's headers: CI's (.ci/run installs them), so there its absence
     fails; elsewhere (`make test` without a compiler) the C loop's tests
     are skipped."""
-    if sendqueue.send_many is None:
+    if sendqueue.send_many is sendqueue.send_each:
         why = "the C extension twisted_chat.server.output._sendmany was not built"
         if os.environ.get("CI"):
             pytest.fail(f"{why} (CI builds it: a C compiler and Python's headers)")
@@ -432,7 +432,7 @@ def need_the_c_loop() -> None:
 
 def test_without_the_extension_the_c_loops_tests_fail_in_ci_only(
         monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(sendqueue, "send_many", None)
+    monkeypatch.setattr(sendqueue, "send_many", sendqueue.send_each)
     monkeypatch.delenv("CI", raising=False)
     with pytest.raises(pytest.skip.Exception, match="was not built"):
         need_the_c_loop()
@@ -442,15 +442,16 @@ def test_without_the_extension_the_c_loops_tests_fail_in_ci_only(
 
 
 @pytest.fixture(params=["c", "python"])
-def send_loop(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
-    """The direct pass's tests run on both of the direct pass's loops: the C
-    extension (need_the_c_loop) and the map over socket.send it falls back
-    to."""
+def send_loop(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> Any:
+    """The direct pass's tests run on both of its loops, which must answer
+    alike: the C extension (need_the_c_loop) and send_each, the map over
+    socket.send it falls back to where that was not built.  The fixture is
+    the loop DirectPass calls, for the tests that call it themselves."""
     if request.param == "c":
         need_the_c_loop()
     else:
-        monkeypatch.setattr(sendqueue, "send_many", None)
-    return str(request.param)
+        monkeypatch.setattr(sendqueue, "send_many", sendqueue.send_each)
+    return sendqueue.send_many
 
 
 def write_direct(members: Any, data: bytes) -> Any:
@@ -678,21 +679,12 @@ def fill(sock: socket.socket) -> None:
             break
 
 
-@pytest.fixture(params=["c", "python"])
-def direct_loop(request: pytest.FixtureRequest) -> Any:
-    """Both loops of the direct pass: the C one, and send_each, its fallback
-    where the C one was not built, which must answer as the C one does."""
-    if request.param == "c":
-        return request.getfixturevalue("c_send_many")
-    return sendqueue.send_each
-
-
 def test_each_loop_answers_none_when_every_socket_took_everything(
-        direct_loop: Any, pairs: list[tuple[socket.socket, socket.socket]]) -> None:
+        send_loop: Any, pairs: list[tuple[socket.socket, socket.socket]]) -> None:
     socks = [a for a, _ in pairs]
-    assert direct_loop(socks, b"hello\r\n") is None
-    assert direct_loop(socks, memoryview(b"!")) is None, "any buffer"
-    assert direct_loop([], b"x") is None
+    assert send_loop(socks, b"hello\r\n") is None
+    assert send_loop(socks, memoryview(b"!")) is None, "any buffer"
+    assert send_loop([], b"x") is None
     assert [b.recv(100) for _, b in pairs] == [b"hello\r\n!"] * 3
 
 
@@ -715,7 +707,7 @@ class Took:
 
 
 def test_each_loop_counts_a_short_send_and_a_failed_one(
-        direct_loop: Any, pairs: list[tuple[socket.socket, socket.socket]]) -> None:
+        send_loop: Any, pairs: list[tuple[socket.socket, socket.socket]]) -> None:
     """A full socket takes part (or none: 0), a closed one (fileno -1)
     takes none; the others still get everything, and the answer says who
     took what, in order: the members whose socket did not take it all
@@ -724,7 +716,7 @@ def test_each_loop_counts_a_short_send_and_a_failed_one(
     fill(full)
     closed.close()
     data = b"y" * 100
-    taken = direct_loop([full, closed, fine], data)
+    taken = send_loop([full, closed, fine], data)
     assert taken == [0, 0, 100]
     assert pairs[2][1].recv(200) == data
     queues = [Took(), Took(), Took()]

@@ -42,13 +42,6 @@ from twisted_chat.tcpinfo import (
     twisted_buffered,
 )
 
-_SendMany = Callable[[Sequence[socket.socket], bytes], "list[int] | None"]
-send_many: _SendMany | None
-try:
-    from twisted_chat.server.output._sendmany import send_many
-except ImportError:  # not built (installed without a C compiler): send_each's map
-    send_many = None
-
 # The attributes of Twisted's TCP transport the direct path reads.
 _PRIVATE = (*TWISTED_BUFFER, "socket")
 
@@ -429,6 +422,14 @@ def send_each(socks: Sequence[socket.socket], data: bytes) -> list[int] | None:
     return results
 
 
+_SendMany = Callable[[Sequence[socket.socket], bytes], "list[int] | None"]
+send_many: _SendMany
+try:
+    from twisted_chat.server.output._sendmany import send_many
+except ImportError:  # not built (installed without a C compiler): send_each's map
+    send_many = send_each
+
+
 def took_part(members: Sequence[Sending], data: bytes, taken: Sequence[int]) -> None:
     """A send of C{data} that some of C{members}' sockets did not take
     whole (C{taken}: what each took): each such member's queue finishes
@@ -449,7 +450,7 @@ def send_loop(direct: bool) -> str:
     """
     if not direct:
         return "none (--no-direct-send: every write goes through Twisted)"
-    if send_many is None:
+    if send_many is send_each:
         return ("Python (the C extension twisted_chat.server.output._sendmany was not built: "
                 "install with a C compiler and Python's headers for the C loop)")
     return "C (twisted_chat.server.output._sendmany)"
@@ -492,10 +493,10 @@ class DirectPass:
         socks = self._socks
         if socks:
             # One pass, no Python frame per member: the C loop where it was
-            # built (one release of the GIL for the whole batch), called
-            # here, not through a function of ours.  What a socket did not
-            # take whole may change the generation.
-            taken = send_many(socks, data) if send_many is not None else send_each(socks, data)
+            # built (one release of the GIL for the whole batch), else
+            # send_each, called here, not through a wrapper of ours.  What
+            # a socket did not take whole may change the generation.
+            taken = send_many(socks, data)
             if taken is not None:
                 took_part(self._direct, data, taken)
         return self._rest
