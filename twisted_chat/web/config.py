@@ -103,12 +103,6 @@ _DEFAULT_PORTS = {"http": 80, "https": 443, "ws": 80, "wss": 443}
 UNIX_PROXY = "unix:"
 
 
-def _parts(descriptions: Sequence[str]) -> list[str]:
-    """The comma-separated values of C{descriptions}, blanks left out."""
-    return [part.strip() for description in descriptions
-            for part in description.split(",") if part.strip()]
-
-
 def parse_proxies(descriptions: Sequence[str]) -> tuple[tuple[Network, ...], bool]:
     """
     C{--trust-proxy} values: addresses, CIDR networks or L{UNIX_PROXY},
@@ -119,7 +113,8 @@ def parse_proxies(descriptions: Sequence[str]) -> tuple[tuple[Network, ...], boo
     """
     networks: list[Network] = []
     unix = False
-    for part in _parts(descriptions):
+    parts = [part.strip() for description in descriptions for part in description.split(",")]
+    for part in filter(None, parts):  # blanks left out
         if part.lower().startswith(UNIX_PROXY):
             if part.lower() != UNIX_PROXY:
                 raise ValueError(f"{part!r}: unix: takes no path (it trusts the peers "
