@@ -69,22 +69,18 @@ def test_buckets_of_values_counted_by_value_are_those_observed_one_by_one() -> N
     the histogram made from those counts when read is the one that
     observing each value would have made."""
     values = [1, 1, 1, 2, 3, 7, 50, 5000]
-    observed = Buckets((1, 5, 10))
+    observed = Buckets(BATCH_LINES_BOUNDS)
     for value in values:
         observed.observe(value)
-    made = Buckets.of((1, 5, 10), {v: values.count(v) for v in set(values)})
-    assert made.counts == observed.counts == [3, 2, 1, 2]
-    assert made.total == observed.total == sum(values)
-
+    made = Buckets.of(BATCH_LINES_BOUNDS, {v: values.count(v) for v in set(values)})
     stats = Stats()
     for value in values:
         stats.fanned_out(lines=value, deliveries=0, sent=0, seconds=0.0)
     assert stats.fanout_sizes == {1: 3, 2: 1, 3: 1, 7: 1, 50: 1, 5000: 1}
-    lines = Buckets(BATCH_LINES_BOUNDS)
-    for value in values:
-        lines.observe(value)
-    assert stats.fanout_lines.counts == lines.counts
-    assert stats.fanout_lines.total == lines.total
+    lines = stats.fanout_lines
+    # le 1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, +Inf
+    assert made.counts == lines.counts == observed.counts == [3, 1, 1, 1, 0, 1, 0, 0, 0, 0, 1]
+    assert made.total == lines.total == observed.total == sum(values)
 
 
 # -- the collector ------------------------------------------------------------------
