@@ -6,6 +6,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from bench.search import resolution
+
 MAIN = ["chat", "chat-before", "ngircd", "inspircd"]
 RATIO_TO = ["chat-before", "ngircd", "inspircd"]
 VARIANTS = ["chat", "chat-nopace", "chat-memdb", "chat-noflood", "chat-bare"]
@@ -147,7 +149,7 @@ def search_method(plan: dict[str, Any]) -> str:
     return (text + ", each failing rate (the fixed one too) tried once more; then the gap"
             " between the last rate that held and the first that failed cut at its geometric"
             f" midpoint {halvings} times: max sustained is known to within"
-            f" x{factor ** (1 / 2 ** halvings):.3f}.")
+            f" x{resolution(factor, halvings):.3f}.")
 
 
 def retried_fixed(servers: dict[str, Any], keys: list[str], clients: int) -> list[str]:

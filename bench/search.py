@@ -24,6 +24,12 @@ Step = dict[str, Any]
 NO_FAILURE = "step limit (held at the top rate)"
 
 
+def resolution(step_factor: float, refine_steps: int) -> float:
+    """The factor within which a full search knows the figure: each midpoint
+    halves the gap's logarithm.  The report computes it from a run's plan."""
+    return math.pow(step_factor, 0.5 ** refine_steps)
+
+
 @dataclass(frozen=True)
 class Limits:
     """How far the search may go: in steps and rate while it climbs, and in
@@ -38,8 +44,8 @@ class Limits:
     refine_budget: float
 
     def resolution(self) -> float:
-        """The factor within which a full search knows the figure."""
-        return math.pow(self.step_factor, 0.5 ** self.refine_steps)
+        """The factor within which a full search with these limits knows the figure."""
+        return resolution(self.step_factor, self.refine_steps)
 
 
 def attempt(measure: Callable[[float], Step], rate: float,
