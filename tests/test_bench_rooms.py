@@ -15,6 +15,7 @@ import pytest
 from bench import report, scenarios
 from bench import run as bench_run
 from bench.servers import ServerSpec
+from tests.test_bench_search import FAILED, HELD, MID1, MID2
 
 SPEC = ServerSpec("chat", "twisted-chat", "chat/1", "chat")
 
@@ -113,15 +114,13 @@ def test_a_room_that_cannot_be_made_again_ends_the_search(fake: Bench) -> None:
 def test_the_retries_and_midpoints_after_a_cut_measure_whole_rooms(fake: Bench) -> None:
     logged: list[str] = []
     res = bench_run.run_fanout(SPEC, bench_run.FULL, 100, logged.append)
-    failed = 2000 * 1.5 ** 9
-    mid1 = (2000 * 1.5 ** 8 * failed) ** 0.5  # fails: the next room's
-    mid2 = (2000 * 1.5 ** 8 * mid1) ** 0.5  # holds
+    # MID1 fails: the next room's; MID2 holds
     assert [(round(r), room) for r, room in fake.steps[-5:]] == [
-        (round(failed), 0), (round(failed), 1), (round(mid1), 2), (round(mid1), 3),
-        (round(mid2), 4)]
+        (round(FAILED), 0), (round(FAILED), 1), (round(MID1), 2), (round(MID1), 3),
+        (round(MID2), 4)]
     assert [s.get("fresh_room", False) for s in res["steps"][-5:]] == [
         False, True, True, True, True]
-    assert res["sustained"]["rate"] == pytest.approx(mid2)
+    assert res["sustained"]["rate"] == pytest.approx(MID2)
     assert res["rooms"] == 5
     assert all(not srv.up for srv, _ in fake.rooms)
     assert "rooms 5)" in logged[0]
@@ -137,10 +136,9 @@ def test_a_fresh_room_that_cannot_be_made_is_logged_and_reported(
     monkeypatch.setattr(scenarios, "one_rate", then_broken)
     logged: list[str] = []
     res = bench_run.run_fanout(SPEC, bench_run.FULL, 100, logged.append)
-    failed = 2000 * 1.5 ** 9
-    assert [round(r) for r, _ in fake.steps[-2:]] == [round(2000 * 1.5 ** 8), round(failed)]
+    assert [round(r) for r, _ in fake.steps[-2:]] == [round(HELD), round(FAILED)]
     assert not any(s.get("retry") or s.get("refine") for s in res["steps"])
-    assert res["sustained"]["failed_rate"] == pytest.approx(failed)
+    assert res["sustained"]["failed_rate"] == pytest.approx(FAILED)
     assert res["room_error"] == "RuntimeError('only 97 of 100 clients registered')"
     assert res["rooms"] == 1
     assert logged[0].endswith(

@@ -17,6 +17,13 @@ from bench.search import NO_FAILURE, Limits, search
 
 LIMITS = Limits(step_factor=1.5, max_steps=12, max_rate=100000.0, climb_budget=50.0,
                 refine_steps=2, refine_budget=30.0)
+# Climbing from 2,000 msgs/s by x1.5 to a limit of 58,000 (or 75,000): the
+# last rate that held, the first that failed, the first midpoint between them
+# and the second midpoint below that one (the 58,000 case).
+HELD = 2000 * 1.5 ** 8  # 51,258
+FAILED = 2000 * 1.5 ** 9  # 76,887
+MID1 = math.sqrt(HELD * FAILED)  # 62,777
+MID2 = math.sqrt(HELD * MID1)  # 56,725
 
 
 class FakeBench:
@@ -54,18 +61,16 @@ def climb(n: int, fixed: float = 2000.0) -> list[float]:
 def test_after_the_climb_fails_the_gap_is_halved_twice() -> None:
     bench = FakeBench(limit=58000.0)
     res = bench.search()
-    held, failed = 2000 * 1.5 ** 8, 2000 * 1.5 ** 9  # 51,258 held, 76,887 failed
-    mid1 = math.sqrt(held * failed)  # 62,777: fails
-    mid2 = math.sqrt(held * mid1)  # 56,725: holds
-    assert bench.rates == pytest.approx([*climb(10), failed, mid1, mid1, mid2])
+    # HELD and MID2 hold; FAILED and MID1 fail
+    assert bench.rates == pytest.approx([*climb(10), FAILED, MID1, MID1, MID2])
     assert [(s.get("retry", False), s.get("refine", False)) for s in res["steps"][-5:]] == [
         (False, False), (True, False), (False, True), (True, True), (False, True)]
     assert not any(s.get("refine") for s in res["steps"][:-3])
     sustained = res["sustained"]
-    assert sustained["rate"] == pytest.approx(mid2)
-    assert sustained["deliveries_per_s"] == pytest.approx(mid2 * 100)
-    assert sustained["failed_rate"] == pytest.approx(mid1)
-    assert sustained["stopped_by"] == f"failed at {mid1:.0f}"
+    assert sustained["rate"] == pytest.approx(MID2)
+    assert sustained["deliveries_per_s"] == pytest.approx(MID2 * 100)
+    assert sustained["failed_rate"] == pytest.approx(MID1)
+    assert sustained["stopped_by"] == f"failed at {MID1:.0f}"
     assert sustained["resolution"] == pytest.approx(LIMITS.resolution()) == pytest.approx(1.1067,
                                                                                             abs=1e-4)
 
@@ -73,22 +78,19 @@ def test_after_the_climb_fails_the_gap_is_halved_twice() -> None:
 def test_a_midpoint_that_holds_raises_the_lower_bound() -> None:
     bench = FakeBench(limit=75000.0)
     res = bench.search()
-    held, failed = 2000 * 1.5 ** 8, 2000 * 1.5 ** 9
-    mid1 = math.sqrt(held * failed)
-    mid2 = math.sqrt(mid1 * failed)  # 69,470: holds
-    assert bench.rates[-2:] == pytest.approx([mid1, mid2])
-    assert res["sustained"]["rate"] == pytest.approx(mid2)
-    assert res["sustained"]["failed_rate"] == pytest.approx(failed)
-    assert res["sustained"]["stopped_by"] == f"failed at {failed:.0f}"
+    upper = math.sqrt(MID1 * FAILED)  # 69,470: holds
+    assert bench.rates[-2:] == pytest.approx([MID1, upper])
+    assert res["sustained"]["rate"] == pytest.approx(upper)
+    assert res["sustained"]["failed_rate"] == pytest.approx(FAILED)
+    assert res["sustained"]["stopped_by"] == f"failed at {FAILED:.0f}"
 
 
 def test_a_midpoint_that_fails_once_is_tried_again_and_counts_if_it_held() -> None:
-    bench = FakeBench(limit=75000.0, noisy={11})  # the fixed step, 10 climbing, then mid1
+    bench = FakeBench(limit=75000.0, noisy={11})  # the fixed step, 10 climbing, then MID1
     res = bench.search()
-    mid1 = math.sqrt(2000 * 1.5 ** 8 * 2000 * 1.5 ** 9)
-    assert bench.rates[11:13] == pytest.approx([mid1, mid1])
+    assert bench.rates[11:13] == pytest.approx([MID1, MID1])
     assert res["steps"][-2]["retry"] and res["steps"][-2]["held"]
-    assert res["sustained"]["rate"] > mid1
+    assert res["sustained"]["rate"] > MID1
 
 
 def test_a_fixed_step_that_fails_once_is_tried_again() -> None:
@@ -97,8 +99,7 @@ def test_a_fixed_step_that_fails_once_is_tried_again() -> None:
     assert bench.rates[:3] == pytest.approx([2000.0, 2000.0, 3000.0])
     assert res["fixed_first"]["held"] is False and "retry" not in res["fixed_first"]
     assert res["fixed"]["held"] is True and res["fixed"]["retry"] is True
-    assert res["sustained"]["rate"] == pytest.approx(math.sqrt(2000 * 1.5 ** 8 * 62777.2),
-                                                     rel=1e-4)
+    assert res["sustained"]["rate"] == pytest.approx(MID2, rel=1e-4)
 
 
 def test_a_fixed_step_that_holds_at_once_is_not_tried_again() -> None:
@@ -145,10 +146,8 @@ def test_the_refinement_has_its_own_budget() -> None:
     budget stops it after the midpoint it started in time."""
     bench = FakeBench(limit=58000.0, seconds=3.0)
     res = bench.search(Limits(1.5, 12, 1e5, 40.0, 2, 5.0))
-    held, failed = 2000 * 1.5 ** 8, 2000 * 1.5 ** 9
-    mid1 = math.sqrt(held * failed)
-    assert bench.rates[-3:] == pytest.approx([failed, mid1, mid1])  # 6 s: no second midpoint
-    assert res["sustained"]["rate"] == pytest.approx(held)
+    assert bench.rates[-3:] == pytest.approx([FAILED, MID1, MID1])  # 6 s: no second midpoint
+    assert res["sustained"]["rate"] == pytest.approx(HELD)
     assert res["sustained"]["resolution"] == pytest.approx(1.5 ** 0.5)
     assert res["search_seconds"] == {"climb": 30.0, "refine": 6.0}
 
@@ -156,7 +155,7 @@ def test_the_refinement_has_its_own_budget() -> None:
 def test_no_refinement_steps_is_the_plain_climb() -> None:
     bench = FakeBench(limit=58000.0)
     res = bench.search(Limits(1.5, 12, 1e5, 1e9, 0, 1e9))
-    assert bench.rates == pytest.approx([*climb(10), 2000 * 1.5 ** 9])
+    assert bench.rates == pytest.approx([*climb(10), FAILED])
     assert res["sustained"]["resolution"] == pytest.approx(1.5)
 
 
