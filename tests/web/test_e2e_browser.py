@@ -3431,10 +3431,10 @@ _USER_ROWS = ("return Array.from(document.querySelectorAll('#user-list li'))"
               ".map((e) => e.dataset.nick)")
 
 
-def hostile(page: Any, web: WebServer) -> None:
-    """C{page} joins as alice on the L{_HOSTILE_SERVER}."""
+def hostile(page: Any, web: WebServer, query: str = "") -> None:
+    """C{page} joins as alice on the L{_HOSTILE_SERVER} (at C{web.url + query})."""
     page.execute_cdp_cmd("Page.addScriptToEvaluateOnNewDocument", {"source": _HOSTILE_SERVER})
-    page.get(web.url)
+    page.get(web.url + query)
     field = nick_field(page)
     field.clear()
     field.send_keys("alice", Keys.ENTER)
@@ -3548,6 +3548,29 @@ def test_a_hostile_server_s_user_list_keeps_at_most_users_max_as_in_the_terminal
     wait_notice(page, "yan joined the chat")
     rows = page.execute_script(_USER_ROWS)
     assert len(rows) == 50000 and "zed" not in rows and "u0" not in rows and "yan" in rows
+
+
+def test_a_hostile_server_s_user_lines_left_out_still_count_in_the_list_s_price(
+    web: WebServer, browser: Callable[..., Any]
+) -> None:
+    """The server charges a list by all its bytes: USER lines the page
+    left out (invalid nicks here) count in its price, and so in when the
+    page asks again (1 s times the price here, ?roster=1; priced by the
+    two lines kept, it asked again within 2 s)."""
+    page = browser()
+    hostile(page, web, "?roster=1")
+    asked = page.execute_script(
+        "const server = window.server;"
+        "const bad = Array.from({length: 4}, () => `USER bad!${'x'.repeat(5000)} lobby`);"
+        "for (const data of ['USER alice lobby', 'USER bob lobby', ...bad, 'USERS 6'])"
+        "  server.onmessage({data});"  # at once: no poll between the list and the count
+        "return server.sent.filter((line) => line === 'USERS').length")
+    listed = time.monotonic()
+    # About 20 KB: 5 tokens, so asked again 4 s after the list (at most x4).
+    wait(page, lambda d: d.execute_script(
+        "return window.server.sent.filter((line) => line === 'USERS').length") > asked)
+    assert time.monotonic() - listed > 3.5
+    assert page.execute_script(_USER_ROWS) == ["alice", "bob"]
 
 
 def test_quit_forgets_the_password_and_join_again_asks_for_it(

@@ -165,8 +165,7 @@
     // left open, and the wait's end connects again.
     floodWait: false,
     users: new Map(), // key -> {nick, state, row: its row in the user list}
-    pendingUsers: null,
-    pendingLeftOut: 0, // USER lines past USERS_MAX, said with the list asked for
+    pendingList: null, // the user list coming, until its USERS (freshList)
     // The conversation where the user typed /users (or /who): the next user
     // list is printed there (the server's answers come in order).
     listFor: null,
@@ -948,16 +947,24 @@
     return 13 + user.nick.length + (user.state === "paired" ? 1 : 0);
   }
 
+  // A user list as its USER lines come: the people kept, how many past
+  // USERS_MAX were left out (said with the list asked for), and the bytes of
+  // every line, kept or not (the server charges them all). One object, so
+  // that a new list starts all three afresh.
+  function freshList() {
+    return { users: [], leftOut: 0, bytes: 0 };
+  }
+
   // A user list ended (USERS <count>): what it cost, and when it came.
-  function rosterReceived(users, line) {
-    let bytes = line.length + 2;
+  function rosterReceived(list, line) {
+    let kept = 0;
     let bare = 0;
-    for (const user of users) {
-      bytes += user.bytes;
+    for (const user of list.users) {
+      kept += user.bytes;
       bare += userLineBytes(user);
     }
-    roster.extra = users.length ? Math.max(0, (bytes - line.length - 2 - bare) / users.length) : 0;
-    roster.price = priceOf(bytes);
+    roster.extra = list.users.length ? Math.max(0, (kept - bare) / list.users.length) : 0;
+    roster.price = priceOf(line.length + 2 + list.bytes);
     roster.at = performance.now();
     roster.askedAt = -Infinity;
   }
@@ -1783,8 +1790,7 @@
         state.wanted = nick;
         if (state.password && key(state.password.nick) !== key(nick)) state.password = null;
         state.users = new Map();
-        state.pendingUsers = [];
-        state.pendingLeftOut = 0;
+        state.pendingList = freshList();
         state.serverAhead = null; // this connection's server tells its own
         state.lastAhead = null;
         // A new connection: whatever pair or invitation the old one had is
@@ -1817,20 +1823,21 @@
         // client (Roster): a hostile server's "nicks" may be a megabyte
         // each, its list countless. Those past the bound are counted, and
         // said with the list asked for (/users), as the terminal says them.
-        const users = state.pendingUsers || (state.pendingUsers = []);
-        if (users.length >= USERS_MAX) state.pendingLeftOut += 1;
-        else if (NICK_RE.test(nick)) users.push({ nick, state: st, bytes: line.length + 2 });
+        // Every line, kept or not, counts in the list's price.
+        const list = state.pendingList || (state.pendingList = freshList());
+        list.bytes += line.length + 2;
+        if (list.users.length >= USERS_MAX) list.leftOut += 1;
+        else if (NICK_RE.test(nick)) list.users.push({ nick, state: st, bytes: line.length + 2 });
         break;
       }
       case "USERS": {
         if (state.replaySkip) state.shownAtLoss = []; // the end of a READY block
         state.replaySkip = null;
-        const users = state.pendingUsers || [];
-        const leftOut = state.pendingLeftOut;
+        const list = state.pendingList || freshList();
+        const users = list.users;
         state.users = new Map(users.map((u) => [key(u.nick), u]));
-        state.pendingUsers = null;
-        state.pendingLeftOut = 0;
-        rosterReceived(users, line);
+        state.pendingList = null;
+        rosterReceived(list, line);
         renderUsers();
         if (state.listFor) {
           // The user asked (/users): the list, in words, where it was asked,
@@ -1838,7 +1845,7 @@
           // closed drawer at phone width).
           const conv = state.convs.get(state.listFor) || current();
           state.listFor = null;
-          notice(conv, onlineText(users, leftOut));
+          notice(conv, onlineText(users, list.leftOut));
         }
         if (state.unpairedFrom) {
           showHeldNotices();
@@ -1943,8 +1950,7 @@
         const why = reason === "disconnected" ? "" : `The private conversation with ${partner} ended. `;
         notice(conv, `${why}You are back in the lobby.`);
         state.partner = null;
-        state.pendingUsers = [];
-        state.pendingLeftOut = 0;
+        state.pendingList = freshList();
         // Told in the lobby after the lines missed meanwhile (the replay
         // that follows, up to its user list).
         state.unpairedFrom = partner;
