@@ -47,6 +47,7 @@ test: $(STAMP)
 lint: $(STAMP)
 	$(BIN)/ruff check twisted_chat tests
 	$(BIN)/mypy twisted_chat
+	$(BIN)/mypy bench
 
 bench: $(STAMP)
 	bash bench/run.sh

@@ -194,8 +194,8 @@ def bulk_main(conn: Connection, out: Connection, dialect_name: str, cpu: int | N
                         value["lat"] = []
                     reply(tag, value)
                 elif name in ("close", "exit"):
-                    for cfd, c in list(clients.items()):
-                        drop(cfd, c)
+                    for cfd, gone in list(clients.items()):
+                        drop(cfd, gone)
                     reply(tag, {})
                     if name == "exit":
                         running = False

@@ -41,7 +41,7 @@ from twisted.internet import defer, task
 
 from bench.cluster import Redis
 from twisted_chat.server.cluster.redisconn import connect, parse_url
-from twisted_chat.server.cluster.redislog import APPEND, APPEND_SHA, CHANNEL
+from twisted_chat.server.cluster.redisstream import APPEND, APPEND_SHA, CHANNEL
 
 STREAM = "chat:events"
 HISTORY = "chat:history"

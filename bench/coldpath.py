@@ -75,7 +75,7 @@ def _serve(dump: str, twistd_args: list[str]) -> None:
     from twisted.scripts.twistd import run
 
     sys.argv = ["twistd", *twistd_args]
-    run()
+    run()  # type: ignore[no-untyped-call]
 
 
 def _summary(samples: dict[str, list[int]]) -> list[tuple[str, int, float, float, float, float]]:

@@ -22,7 +22,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from multiprocessing.connection import Connection
-from typing import Any
+from typing import Any, cast
 
 from bench.bulk import OPEN_WINDOW, bulk_main
 from bench.dialects import DIALECTS, MARK, PAD, Dialect, source_address
@@ -58,8 +58,10 @@ class Client(asyncio.Protocol):
         self.done: asyncio.Future[float] = asyncio.get_running_loop().create_future()
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = transport  # type: ignore[assignment]
-        transport.write(self.w.dialect.register(self.nick))
+        # a TCP connection's: a stream transport (uvloop's is not a subclass
+        # of asyncio.Transport, so this is a cast, not an isinstance check)
+        self.transport = cast(asyncio.Transport, transport)
+        self.transport.write(self.w.dialect.register(self.nick))
 
     def _answered(self) -> None:
         opened = self.opened
@@ -245,8 +247,8 @@ def _worker_main(conn: Connection, out: Connection, dialect_name: str, cpu: int 
     try:
         if os.environ.get("BENCH_NO_UVLOOP"):
             raise ImportError("asked not to use uvloop")
-        import uvloop  # type: ignore[import-not-found]
-        loop = uvloop.new_event_loop()
+        import uvloop
+        loop: asyncio.AbstractEventLoop = uvloop.new_event_loop()
     except ImportError:
         loop = asyncio.new_event_loop()
     asyncio.set_event_loop(loop)

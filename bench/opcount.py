@@ -228,7 +228,7 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     from twisted.internet import epollreactor
 
-    epollreactor.install()
+    epollreactor.install()  # type: ignore[no-untyped-call]
     from twisted.internet import reactor
 
     from twisted_chat.server.ports.epollturn import lighten

@@ -164,6 +164,11 @@ def retried_fixed(servers: dict[str, Any], keys: list[str], clients: int) -> lis
     return ["", *notes] if notes else []
 
 
+def fanout_at(clients: int) -> Callable[[dict[str, Any]], dict[str, Any] | None]:
+    """A server's fan-out results with C{clients} in the room, if it has them."""
+    return lambda s: s["fanout"].get(str(clients))
+
+
 def markdown(results: dict[str, Any], png: str | None) -> str:
     servers = results["servers"]
     plan = results["plan"]
@@ -194,8 +199,7 @@ def markdown(results: dict[str, Any], png: str | None) -> str:
                   f" first: {rate_for(plan, c, 'light_rate'):,.0f} room messages/s for"
                   f" {plan.get('light_duration', 0)} s.",
                   ""]
-        lines += table(results, MAIN, fixed_rows(), lambda s, c=c: s["fanout"].get(str(c)),
-                       RATIO_TO)
+        lines += table(results, MAIN, fixed_rows(), fanout_at(c), RATIO_TO)
         lines += retried_fixed(servers, MAIN, c)
         lines.append("")
     if any("idle" in s for s in servers.values()):
@@ -212,8 +216,7 @@ def markdown(results: dict[str, Any], png: str | None) -> str:
         lines += ["## What each feature of our server costs", ""]
         for c in plan["fan_clients"]:
             lines += [f"### {c} clients", ""]
-            lines += table(results, VARIANTS, fixed_rows(),
-                           lambda s, c=c: s["fanout"].get(str(c)),
+            lines += table(results, VARIANTS, fixed_rows(), fanout_at(c),
                            ["chat-nopace", "chat-memdb", "chat-noflood", "chat-bare"])
             lines += retried_fixed(servers, VARIANTS, c)
             lines.append("")

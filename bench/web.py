@@ -88,16 +88,16 @@ def main(argv: list[str] | None = None) -> None:
                 print(row(step), flush=True)
     print()
     print("WebSocket / TCP, mean over rounds:")
-    summary = []
+    summary: list[dict[str, object]] = []
     for rate in rates:
         def mean(mode: str, key: str, rate: float = rate) -> float:
             values = [_get(s, key) for s in steps if s["mode"] == mode and s["rate"] == rate]
             return sum(values) / len(values)
-        line = {"rate": rate}
+        line: dict[str, dict[str, float | None]] = {}
         for key in ("server_us_per_line", "latency_ms.p50", "latency_ms.p99"):
             tcp, ws = mean("tcp", key), mean("ws", key)
             line[key] = {"tcp": tcp, "ws": ws, "ratio": ws / tcp if tcp else None}
-        summary.append(line)
+        summary.append({"rate": rate, **line})
         print(f"  {rate:g} msg/s: CPU/line {line['server_us_per_line']['ratio']:.2f}x "
               f"({line['server_us_per_line']['tcp']:.2f} -> "
               f"{line['server_us_per_line']['ws']:.2f} us), "
