@@ -40,6 +40,17 @@ def stopped(why: str) -> str:
     return why
 
 
+ERROR_TAIL = 300
+
+
+def error_tail(error: str, n: int = ERROR_TAIL) -> str:
+    """The end of an error, on one line: a server that failed at start puts
+    up to 1,500 bytes of its log in it (the JSON keeps them), and the cause
+    is at the end.  Its line breaks are repr's escapes as well as real ones."""
+    one_line = " ".join(error.replace("\\r", " ").replace("\\n", " ").split())
+    return one_line if len(one_line) <= n else "…" + one_line[-n:]
+
+
 def failed_because(run: dict[str, Any]) -> str:
     """Why the lowest rate failed, and why a fresh room after a cut could not
     be made if so: that ended the search before its retry or midpoints, so
@@ -47,7 +58,7 @@ def failed_because(run: dict[str, Any]) -> str:
     why = stopped(run["sustained"]["stopped_by"])
     if "room_error" in run:
         # a markdown table cell: its pipes would split it
-        why += "; fresh room failed: " + run["room_error"].replace("|", "\\|")
+        why += "; fresh room failed: " + error_tail(run["room_error"]).replace("|", "\\|")
     return why
 
 

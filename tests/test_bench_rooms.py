@@ -7,7 +7,7 @@ that would fail every later step, so the next one gets a fresh room.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
@@ -47,12 +47,13 @@ class Bench:
         self.rooms: list[tuple[FakeServer, FakeGen]] = []
         self.steps: list[tuple[float, int]] = []  # rate, room it ran in
         self.broken = False
+        self.error = "only 97 of 100 clients registered"
 
     @contextlib.contextmanager
     def room(self, spec: ServerSpec, plan: dict[str, Any],
              clients: int) -> Iterator[tuple[FakeServer, FakeGen, dict[str, Any]]]:
         if self.broken:
-            raise RuntimeError("only 97 of 100 clients registered")
+            raise RuntimeError(self.error)
         srv, gen = FakeServer(), FakeGen()
         self.rooms.append((srv, gen))
         try:
@@ -126,16 +127,27 @@ def test_the_retries_and_midpoints_after_a_cut_measure_whole_rooms(fake: Bench) 
     assert "rooms 5)" in logged[0]
 
 
-def test_a_fresh_room_that_cannot_be_made_is_logged_and_reported(
-        fake: Bench, monkeypatch: pytest.MonkeyPatch) -> None:
+def _broken_after_the_first_cut(fake: Bench, monkeypatch: pytest.MonkeyPatch,
+                                logged: list[str]) -> dict[str, Any]:
+    """The search's results when no room can be made after the first cut."""
     def then_broken(*args: Any) -> dict[str, Any]:
         step = fake.one_rate(*args)
         fake.broken = fake.broken or not step["held"]
         return step
 
     monkeypatch.setattr(scenarios, "one_rate", then_broken)
+    return bench_run.run_fanout(SPEC, bench_run.FULL, 100, logged.append)
+
+
+def _because() -> Callable[[dict[str, Any]], Any]:
+    return dict((name, get) for name, get, _ in report.fixed_rows())[
+        "… lowest rate that failed, because"]
+
+
+def test_a_fresh_room_that_cannot_be_made_is_logged_and_reported(
+        fake: Bench, monkeypatch: pytest.MonkeyPatch) -> None:
     logged: list[str] = []
-    res = bench_run.run_fanout(SPEC, bench_run.FULL, 100, logged.append)
+    res = _broken_after_the_first_cut(fake, monkeypatch, logged)
     assert [round(r) for r, _ in fake.steps[-2:]] == [round(HELD), round(FAILED)]
     assert not any(s.get("retry") or s.get("refine") for s in res["steps"])
     assert res["sustained"]["failed_rate"] == pytest.approx(FAILED)
@@ -143,9 +155,28 @@ def test_a_fresh_room_that_cannot_be_made_is_logged_and_reported(
     assert res["rooms"] == 1
     assert logged[0].endswith(
         "rooms 1; fresh room failed: RuntimeError('only 97 of 100 clients registered'))")
-    because = dict((name, get) for name, get, _ in report.fixed_rows())[
-        "… lowest rate that failed, because"]
+    because = _because()
     assert because(res) == ("clients cut; fresh room failed: "
                             "RuntimeError('only 97 of 100 clients registered')")
     assert because({**res, "room_error": "RuntimeError('a | b')"}).endswith(
         "RuntimeError('a \\| b')")
+
+
+def test_a_long_room_error_shows_its_end_on_one_line_and_whole_in_the_json(
+        fake: Bench, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A server that exited at start leaves up to 1,500 bytes of its log in
+    the error: the table's cell shows the end of it (where the cause is), on
+    one line."""
+    log = "".join(f"2026-12-07 line {i} of the log\n" for i in range(40))
+    fake.error = f"chat exited at start: {log}OSError: [Errno 98] Address in use\n"
+    res = _broken_after_the_first_cut(fake, monkeypatch, [])
+    assert res["room_error"] == repr(RuntimeError(fake.error))  # the JSON's
+    cell = _because()(res)
+    shown = cell.removeprefix("clients cut; fresh room failed: ")
+    assert len(shown) == 1 + report.ERROR_TAIL
+    assert shown.startswith("…")
+    assert shown.endswith("OSError: [Errno 98] Address in use ')")
+    assert "\n" not in cell and "\\n" not in cell
+    # a short one is shown whole, as before
+    assert _because()({**res, "room_error": "RuntimeError('x\\ny')"}).endswith(
+        "failed: RuntimeError('x y')")
