@@ -45,7 +45,7 @@ test: $(STAMP)
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 lint: $(STAMP)
-	$(BIN)/ruff check twisted_chat tests
+	$(BIN)/ruff check twisted_chat tests bench
 	$(BIN)/mypy twisted_chat
 	$(BIN)/mypy bench
 
