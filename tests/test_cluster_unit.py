@@ -200,6 +200,31 @@ def test_nick_race_exactly_one_ready() -> None:
     assert b.take()[0] == "READY carol"
 
 
+def test_an_arrival_that_raises_on_its_node_is_answered_error_internal() -> None:
+    """The node's listener raised at the newcomer's JOINED (a bug; its hub
+    undid the user): the replica logged it and answered the NICK as done,
+    so the client had READY, the user list and then nothing, never online.
+    It gets ERROR internal alone, as on one server, and may NICK again."""
+    cluster = Cluster(2)
+    lines = cluster.nodes[0].factory.lines
+
+    def broken(*args: Any) -> None:
+        del lines.joined  # the real one again
+        raise RuntimeError("a listener's bug")
+
+    conn = cluster.nodes[0].connect()
+    conn.take()
+    lines.joined = broken  # type: ignore[method-assign]
+    conn.send("NICK alice")
+    cluster.pump()
+    assert conn.take() == [
+        "ERROR internal the server hit a fault handling that command (it is logged)"]
+    assert conn.user is None and not conn.transport.disconnecting
+    conn.send("NICK carol")
+    cluster.pump()
+    assert conn.take()[0] == "READY carol"
+
+
 def test_lines_after_nick_wait_for_the_answer() -> None:
     """A client that sends NICK and MSG at once gets READY, then its message."""
     cluster = Cluster(2)

@@ -346,6 +346,36 @@ def test_a_registration_that_raises_gives_its_registration_back(account: bool) -
     assert other.take()[0] == "READY carol"
 
 
+INTERNAL = "ERROR internal the server hit a fault handling that command (it is logged)"
+
+
+@pytest.mark.parametrize("mode", ["plain", "no-account", "password"])
+def test_an_arrival_that_raises_is_never_told_ready(mode: str) -> None:
+    """A listener's JOINED raised after its READY went out: the client, not
+    online (the hub undid it), had READY, the history and the user list,
+    then ERROR internal with accounts on; on a plain server the error went
+    up to Twisted, which dropped the connection.  Every mode now answers
+    ERROR internal alone, the others hear nothing, and the connection,
+    still without a nick, may NICK again."""
+    h = Harness() if mode == "plain" else harness()
+    watcher = h.user("bob")
+    watcher.send("MSG hello")
+    h.clear_all()
+    conn = fresh(h)
+    if mode == "password":
+        add(h, "alice")
+        conn.send("NICK alice")
+        assert conn.take() == ["PASS alice"]
+    break_next_arrival(h)
+    conn.send(f"PASS {PW}" if mode == "password" else "NICK alice")
+    h.clock.advance(1)
+    assert conn.take() == [INTERNAL]
+    assert conn.user is None and not conn.transport.disconnecting
+    assert watcher.take() == []
+    conn.send("NICK carol")
+    assert conn.take()[0] == "READY carol"
+
+
 def test_a_new_nick_while_a_password_is_asked_takes_its_registration() -> None:
     """The NICK asked for a password holds the address's one registration:
     the connection's next NICK takes it over rather than being refused."""

@@ -119,7 +119,9 @@ class Listener(Protocol):
     def ready(self, user: User) -> None:
         """C{user} has just come online, into the lobby: to C{user}, READY,
         the lobby history, the user list.  Of what was addressed to the lobby
-        before this call, C{user} must get nothing live: it is in the history."""
+        before this call, C{user} must get nothing live: it is in the history.
+        Nothing reaches C{user} unless L{joined} for it returns: if that
+        raises, the hub undoes the user, who must not think it is online."""
 
     def joined(self, ts: float, user: User) -> None:
         """To everyone online but C{user}."""

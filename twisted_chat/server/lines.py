@@ -73,6 +73,8 @@ class LineListener:
         self._history_block: bytes | None = None
         # The last pair's end: the hub's list of missed entries, and its lines.
         self._missed: tuple[Sequence[Entry], bytes] | None = None
+        # What ready() made for a newcomer, written once its joined() is done.
+        self._welcome: tuple[User, list[bytes]] | None = None
 
     # -- what newcomers and pairs' ends are sent ---------------------------------
 
@@ -197,23 +199,24 @@ class LineListener:
         self.fanout.add(wire.msg_line(entry.ts, entry.nick, "*", entry.text))
 
     def ready(self, user: User) -> None:
+        """Made now, written at the end of L{joined}: a registration that
+        fails there (the hub undoes it) must not have told the newcomer
+        it is online."""
         self._user_changed(user)
-        # Straight to the newcomer: a flush here would send it lines that
-        # are in its history.  joined() marks where its share begins.
         # In parts, not one block per newcomer: the history and the list
         # are the objects every newcomer (and USERS) is sent, so a peer
         # that does not read holds references to them, not a copy.
         parts = [part for part in (wire.line("READY", user.nick), self.history_block(),
                                    self.roster()) if part]
-        for part in parts:
-            self.stats.wrote(part)
-        user.conn.deliver_parts(parts)
+        self._welcome = (user, parts)
 
     def joined(self, ts: float, user: User) -> None:
         """JOINED rides with the lobby's lines of this turn (the newcomer's
         share starts after it); paired users get it in their own batch.  The user
         list gets the newcomer's line here if L{ready} did not (a cluster
-        node is not told C{ready} for another node's newcomer)."""
+        node is not told C{ready} for another node's newcomer).  Then the
+        newcomer gets what L{ready} made, unless something here raised."""
+        welcome, self._welcome = self._welcome, None
         if user.key not in self._user_lines:
             self._user_changed(user)
         data = wire.line("JOINED", wire.format_ts(ts), user.nick)
@@ -225,6 +228,14 @@ class LineListener:
             # no share to cut, and the batch keeps the fan-out's fast path.
             self.fanout.add(data)
         self.paired_fanout.add(data)
+        if welcome is not None and welcome[0] is user:
+            # Straight to the newcomer: a flush here would send it lines
+            # that are in its history; add_joined marked where its share
+            # begins.
+            parts = welcome[1]
+            for part in parts:
+                self.stats.wrote(part)
+            user.conn.deliver_parts(parts)
 
     def left(self, ts: float, user: User, reason: str, text: str) -> None:
         """LEFT rides with the lobby's lines of this turn, as JOINED does;

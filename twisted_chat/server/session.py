@@ -371,17 +371,16 @@ class Session:
     def _admit(self, conn: Connection, nick: str, reserved: bool) -> Deferred[bool]:
         """L{admit}, C{reserved}: whether a registration was reserved for it.
         A register() that raises at once (no refusal: a hub listener's bug,
-        the user undone) gives the reservation back too, as one that fails
-        later does."""
+        the user undone) fails as one that fails later does: the
+        reservation given back, C{ERROR internal} (L{_command_failed}) in
+        every mode, the connection kept to send C{NICK} again."""
         limits = conn.limits
         try:
             registered = self.factory.state.register(
                 nick, conn, conn.address, source=limits.key if limits is not None else ""
             )
-        except BaseException:
-            if reserved:
-                self.factory.addresses.release_registration(limits)
-            raise
+        except Exception:
+            registered = fail()
         return registered.addCallbacks(self._registered, self._not_registered,
                                        callbackArgs=(conn,), errbackArgs=(conn, reserved))
 

@@ -132,7 +132,8 @@ class Answers(Protocol):
 
     def decided(self, k: int, result: object) -> None:
         """Event C{k} was applied: C{result} is a L{User} (a registration),
-        an exception (L{HubError}, L{NickTaken}) or C{None}."""
+        an exception (L{HubError}, L{NickTaken}; any other: a bug, the
+        event not done) or C{None}."""
 
     def orphaned(self, user: User) -> None:
         """A user of this node came online with no connection to hold it."""
@@ -223,8 +224,11 @@ class Replica:
                 result = handler(self, eid, origin, k, event)
         except (HubError, NickTaken) as e:
             result = e
-        except Exception:
+        except Exception as e:
             _log.failure("applying event {eid} {event!r}", eid=eid, event=event)
+            # Not done: its node's command is answered ERROR internal, as on
+            # one server (a registration told nothing would wait for ever).
+            result = e
         finally:
             self.current = None
         self.afterloss.applied()
