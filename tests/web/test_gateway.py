@@ -798,6 +798,38 @@ def test_a_refused_upgrade_from_a_unix_socket_names_it(h: Harness,
     assert line.startswith("WebSocket upgrade from a UNIX socket refused (400): "), line
 
 
+@pytest.mark.parametrize("handshake, code, why", [
+    ({"origin": "http://evil.example"}, 403, "origin 'http://evil.example' not allowed"),
+    ({"host": "["}, 400, "Host '[' is not a host and port"),
+    ({"extra": {"Sec-WebSocket-Version": "x"}}, 400, "'could not parse"),
+], ids=["origin", "host", "autobahn"])
+def test_a_refused_upgrade_through_a_trusted_proxy_names_the_client(
+        h: Harness, logged: list[str], handshake: dict[str, Any], code: int, why: str) -> None:
+    """Its line named the proxy (every refusal before the origin check's
+    end, or autobahn's before onConnect): a client's refusals could not
+    be told from another's, and they shared the proxy's few lines per 10 s.
+    It names the client that X-Forwarded-For gives, and the proxy."""
+    gateway = make_gateway(h, trusted_proxies=parse_proxies(["10.0.0.1"])[0])
+    extra = handshake.pop("extra", {})
+    for i in range(4):
+        forwarded = {**extra, "X-Forwarded-For": f"203.0.113.{i}"}
+        conn = WsConn(h, gateway, peer="10.0.0.1", extra=forwarded, **handshake)
+        assert conn.response.startswith(f"HTTP/1.1 {code} ")
+    assert [line.split(" refused ")[0] for line in logged] == [
+        f"WebSocket upgrade from 203.0.113.{i} via 10.0.0.1" for i in range(4)]
+    assert all(line.startswith(f"WebSocket upgrade from 203.0.113.{i} via 10.0.0.1 "
+                               f"refused ({code}): {why}") for i, line in enumerate(logged))
+
+
+def test_a_refused_upgrade_from_a_trusted_unix_socket_names_the_client(
+        h: Harness, logged: list[str]) -> None:
+    gateway = make_gateway(h, trust_unix=True)
+    WsConn(h, gateway, peer=UNIXAddress(None), origin="http://evil.example",
+           extra={"X-Forwarded-For": "203.0.113.9"})
+    assert logged == ["WebSocket upgrade from 203.0.113.9 via a UNIX socket refused (403): "
+                      "origin 'http://evil.example' not allowed"]
+
+
 def test_refused_upgrades_are_limited_per_address(h: Harness, gateway: ChatWebSocketFactory,
                                                   logged: list[str]) -> None:
     bad = {"Sec-WebSocket-Version": "x"}
@@ -882,6 +914,17 @@ def test_a_refused_message_from_a_unix_socket_names_it(h: Harness,
     conn.send_frame(ws.frame(b"x", opcode=ws.BINARY))
     closes = [line for line in logged if "closed (1003)" in line]
     assert closes == ["WebSocket from a UNIX socket closed (1003): "
+                      "binary messages are not accepted: send text"]
+
+
+def test_a_refused_message_through_a_trusted_proxy_names_the_client_and_the_proxy(
+        h: Harness, logged: list[str]) -> None:
+    """As a refused upgrade's line does: the client, then its proxy."""
+    gateway = make_gateway(h, trusted_proxies=parse_proxies(["10.0.0.1"])[0])
+    conn = WsConn(h, gateway, peer="10.0.0.1", extra={"X-Forwarded-For": "203.0.113.9"})
+    conn.send_frame(ws.frame(b"x", opcode=ws.BINARY))
+    closes = [line for line in logged if "closed (1003)" in line]
+    assert closes == ["WebSocket from 203.0.113.9 via 10.0.0.1 closed (1003): "
                       "binary messages are not accepted: send text"]
 
 

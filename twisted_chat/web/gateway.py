@@ -317,6 +317,7 @@ class ChatWebSocket(WebSocketServerProtocol):
         autobahn writes itself: none are returned here, or each would be
         written twice."""
         config = self.factory.web
+        self._note_client(request.headers)  # first: a refusal's line names it
         origin = request.headers.get("origin")
         host_header = request.headers.get("host")
         if host_header is not None and not host_well_formed(host_header):
@@ -336,7 +337,15 @@ class ChatWebSocket(WebSocketServerProtocol):
             if proto is not None:
                 self._denied += f" (X-Forwarded-Proto {logs.quote(proto)})"
             raise ConnectionDeny(ConnectionDeny.FORBIDDEN, "origin not allowed")
-        host = client_host(peer_host, request.headers.get("x-forwarded-for"),
+
+    def _note_client(self, headers: dict[str, str]) -> None:
+        """The client's address (C{_client}), from the request's
+        C{headers}: a trusted proxy's C{X-Forwarded-For} names it."""
+        config = self.factory.web
+        peer = self.tcp.getPeer()
+        peer_host: str | None = getattr(peer, "host", None)
+        unix_trusted = isinstance(peer, UNIXAddress) and config.trust_unix
+        host = client_host(peer_host, headers.get("x-forwarded-for"),
                            config.trusted_proxies, unix_trusted)
         if host is not None:
             port = getattr(peer, "port", 0) if host == peer_host else 0
@@ -372,6 +381,9 @@ class ChatWebSocket(WebSocketServerProtocol):
         an exception in onConnect so): an error line.
         """
         denied, self._denied = self._denied, None
+        if self._client is None:
+            # Refused by autobahn before onConnect: the headers it read.
+            self._note_client(getattr(self, "http_headers", None) or {})
         host, key = self._address_key()
         self.factory.chat.repeats.log(
             _log, LogLevel.error if code >= 500 else LogLevel.info, key, "ws-refused",
@@ -381,12 +393,17 @@ class ChatWebSocket(WebSocketServerProtocol):
 
     def _address_key(self) -> tuple[str, str]:
         """The peer's host (the client's, behind a trusted proxy, once
-        known) as a log line names it, and the key its log lines are
-        limited under: a UNIX socket's peer has no host, so the key is
-        made from the real one, not from the name."""
-        peer: Any = self._client or self.tcp.getPeer()
-        host: str | None = getattr(peer, "host", None)
-        return host or "a UNIX socket", self.factory.chat.addresses.log_key(host)
+        known, and "via" the proxy) as a log line names it, and the key
+        its log lines are limited under (the client's): a UNIX socket's
+        peer has no host, so the key is made from the real one, not from
+        the name."""
+        peer: Any = self.tcp.getPeer()
+        peer_host: str | None = getattr(peer, "host", None)
+        host = peer_host if self._client is None else self._client.host
+        name = host or "a UNIX socket"
+        if host != peer_host:
+            name += f" via {peer_host or 'a UNIX socket'}"
+        return name, self.factory.chat.addresses.log_key(host)
 
     def _hand_over(self) -> None:
         handover, self.handover = self.handover, None
