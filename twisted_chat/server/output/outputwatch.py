@@ -146,9 +146,12 @@ class OutputBudget(_Periodic):
     held: L{SendQueue.write_private}); this bounds their sum, private lines
     too, which is otherwise C{--max-clients} times that
     (docs/security.md, "Output held in all").  C{budget} 0 turns it off.
-    A sum over the budget between two looks is not seen until the next: the
-    bound is the budget plus what one period brings, each connection still
-    within its own bound.  What it keeps between looks is the progress of the
+    A sum over the budget between two looks is not seen until the next, and
+    no look runs inside a reactor turn: the bound is the budget plus what one
+    period or one turn brings (a busy turn's fan-out hands every member its
+    whole batch), each connection still within its own bound; a shorter
+    period would not catch a turn (docs/security.md, "Output held in all").
+    What it keeps between looks is the progress of the
     connections that held something at the last (nothing per connection
     otherwise).
     """
