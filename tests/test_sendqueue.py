@@ -26,7 +26,7 @@ from twisted.internet.testing import MemoryReactorClock, StringTransport
 from twisted_chat import tcpinfo
 from twisted_chat.server.output import sendqueue
 from twisted_chat.server.output.outputwatch import DrainWatch, OutputBudget, stalled
-from twisted_chat.server.output.sendqueue import DirectPass, SendQueue, buffer_size
+from twisted_chat.server.output.sendqueue import DirectPass, Handed, SendQueue, buffer_size
 from twisted_chat.tcpinfo import kernel_acked, kernel_queued
 
 # -- transports that are not plain TCP --------------------------------------------
@@ -190,6 +190,27 @@ def test_what_the_kernel_does_not_take_is_queued_in_order_and_counted(loopback: 
 
 
 @pytest_twisted.inlineCallbacks
+def test_the_budget_s_tally_counts_what_goes_to_twisted_and_nothing_sent(loopback: Any) -> Any:
+    """The output budget's tally (L{Handed}) between its looks: each byte
+    handed to Twisted's buffer (what the kernel did not take, what waits
+    behind it), none of what went straight to the socket."""
+    factory, _ = loopback
+    server = yield factory.accepted
+    handed = Handed()
+    queue = SendQueue(server.transport, limit=1 << 30, sndbuf=4096, handed=handed)
+    assert queue.write(b"now\r\n")
+    assert handed.count == 0, "taken by the kernel: never in Twisted's buffer"
+    assert queue.write(bytes(range(256)) * 8192)
+    assert 0 < handed.count == queue.twisted_held()
+    assert queue.write(b"after")
+    assert handed.count == queue.twisted_held()
+    other = Handed()
+    assert SendQueue(StringTransport(), limit=1 << 20, handed=other).write(b"hello")
+    assert other.count == 5, "off the direct path every write is Twisted's"
+    server.transport.abortConnection()
+
+
+@pytest_twisted.inlineCallbacks
 def test_parts_go_in_one_send_and_what_waits_keeps_the_shared_objects(
         loopback: Any, monkeypatch: pytest.MonkeyPatch) -> Any:
     """write_parts: one sendmsg of every part; of what the kernel does not
@@ -198,7 +219,8 @@ def test_parts_go_in_one_send_and_what_waits_keeps_the_shared_objects(
     read), and the bytes arrive in order, as one write of their join."""
     factory, client = loopback
     server = yield factory.accepted
-    queue = SendQueue(server.transport, limit=1 << 30, sndbuf=4096)
+    handed = Handed()
+    queue = SendQueue(server.transport, limit=1 << 30, sndbuf=4096, handed=handed)
     sends: list[int] = []
     real = server.transport.socket
 
@@ -217,8 +239,10 @@ def test_parts_go_in_one_send_and_what_waits_keeps_the_shared_objects(
     waiting = server.transport._tempDataBuffer
     assert waiting[-1] is tail, "the untouched part waits by reference"
     assert 0 < queue.twisted_held() < len(head + big + tail)
+    assert handed.count == queue.twisted_held(), "the output budget's tally: all of it"
     monkeypatch.setattr(server.transport, "socket", real)
     assert queue.write(b"after")
+    assert handed.count == queue.twisted_held()
     received = yield drain(client, len(head + big + tail) + 5)
     assert received == head + big + tail + b"after"
     server.transport.loseConnection()

@@ -20,6 +20,7 @@ if TYPE_CHECKING:
     from twisted_chat.server.limits.heldinput import HeldInput
     from twisted_chat.server.logs import Repeats
     from twisted_chat.server.output.fanout import LobbyFanout
+    from twisted_chat.server.output.sendqueue import Handed
     from twisted_chat.server.session import Session
 
 #: The connection the callbacks are given (a ChatProtocol).
@@ -54,7 +55,7 @@ class ConnectionContext(Generic[C]):
     """
 
     __slots__ = ("_watches", "batch_of", "clock", "config", "deadlines", "fanout", "flood",
-                 "greeting", "held_input", "leave", "on_lost", "on_registered", "repeats",
+                 "greeting", "handed", "held_input", "leave", "on_lost", "on_registered", "repeats",
                  "session", "stats")
 
     def __init__(self, *, config: ServerConfig, clock: IReactorTime, fanout: LobbyFanout,
@@ -63,7 +64,7 @@ class ConnectionContext(Generic[C]):
                  repeats: Repeats, greeting: bytes, stats: ConnectionStats,
                  watches: Sequence[Watch],
                  on_registered: Callable[[C], None], on_lost: Callable[[C], None],
-                 leave: Callable[[User, str, str], None]) -> None:
+                 leave: Callable[[User, str, str], None], handed: Handed | None = None) -> None:
         """
         @param batch_of: the fan-out whose lines a user gets, the lobby's
             or the paired users' (L{LineListener.batch_of}): a connection's
@@ -73,6 +74,8 @@ class ConnectionContext(Generic[C]):
         @param on_registered: the connection has a nick.
         @param on_lost: the connection is over.
         @param leave: a connection's user leaves the chat (user, reason, text).
+        @param handed: the C{--sendq-total} budget's tally, which each send
+            queue adds what it hands to Twisted to.
         """
         self.config = config
         self.clock = clock
@@ -89,6 +92,7 @@ class ConnectionContext(Generic[C]):
         self.on_registered = on_registered
         self.on_lost = on_lost
         self.leave = leave
+        self.handed = handed
 
     def start_watches(self) -> None:
         """A connection is made: the watches run (a no-op if they do)."""

@@ -144,6 +144,8 @@ class ChatFactory(ServerFactory):
         # Counters for --metrics; kept whether or not they are served.
         self.stats = Stats()
         self._direct_pass = DirectPass() if config.direct_send else None
+        # Before the fan-outs, which call its check within a turn.
+        self.output_budget = OutputBudget(reactor, config.sendq_total, lambda: self.connections)
         # The fan-out and the lines come before the state, whose hub tells
         # the lines: both read self.state when used, never before it is set.
         # The JOINED and LEFT lines for this process's users in a pair, who
@@ -151,11 +153,12 @@ class ChatFactory(ServerFactory):
         # sent at the end of the same reads (beside the lobby's).
         self.paired_fanout = LobbyFanout(
             reactor, lambda: [user.conn for user in self.state.paired_users()],
-            config.fanout_delay, backlog, on_batch=self.stats.fanned_out_paired)
+            config.fanout_delay, backlog, on_batch=self.stats.fanned_out_paired,
+            output_check=self.output_budget.check)
         self.fanout = LobbyFanout(reactor, lambda: self.state.lobby_members(),
                                   config.fanout_delay, backlog,
                                   on_batch=self.stats.fanned_out, write_all=self._direct_pass,
-                                  beside=self.paired_fanout)
+                                  beside=self.paired_fanout, output_check=self.output_budget.check)
         # (self.state read by a C call, not a lambda's frame: once a lobby line.)
         self.lines = LineListener(partial(getattr, self, "state"), self.fanout, self.history,
                                   self.stats, config, self._direct_pass, self.paired_fanout)
@@ -165,7 +168,6 @@ class ChatFactory(ServerFactory):
         else:
             self.state = state(self)
         self.drain = DrainWatch(reactor, config.sendq_timeout, lambda: self.connections)
-        self.output_budget = OutputBudget(reactor, config.sendq_total, lambda: self.connections)
         # Every connection's idle deadline, on one reactor timer.
         self.deadlines = Deadlines(reactor)
         self.greeting = wire.line(
@@ -180,7 +182,7 @@ class ChatFactory(ServerFactory):
             deadlines=self.deadlines, held_input=self.held_input, session=self.session,
             repeats=self.repeats, greeting=self.greeting, stats=self.stats,
             watches=(self.drain, self.output_budget), on_registered=self.registered,
-            on_lost=self.connection_lost, leave=self.leave)
+            on_lost=self.connection_lost, leave=self.leave, handed=self.output_budget.handed)
 
     # -- connections -----------------------------------------------------------
 

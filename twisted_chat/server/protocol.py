@@ -163,7 +163,7 @@ class ChatProtocol(MemberOutput, FloodAccount, IdleDeadline, InputHolding):
         queue = getattr(transport, "send_queue", None)
         if queue is None:
             queue = SendQueue(transport, config.sendq, direct=config.direct_send,
-                              sndbuf=config.sndbuf)
+                              sndbuf=config.sndbuf, handed=self.ctx.handed)
         self.send_queue = queue
         queue.start()
         ctx = self.ctx

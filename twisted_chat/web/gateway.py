@@ -421,10 +421,12 @@ class ChatWebSocket(WebSocketServerProtocol):
         # --sendq, and sends them straight to the socket when nothing is
         # queued before them, as TCP lines are (autobahn's sendData would be
         # transport.write, a buffered write and two epoll_ctl calls).
-        config = self.factory.chat.config
+        chat = self.factory.chat
+        config = chat.config
         self.chat_queue = EncodingSendQueue(self.tcp, config.sendq, self.frames_for,
-                                           direct=config.direct_send, sndbuf=config.sndbuf)
-        built = self._built = self.factory.chat.buildProtocol(self._client, port="web")
+                                           direct=config.direct_send, sndbuf=config.sndbuf,
+                                           handed=chat.output_budget.handed)
+        built = self._built = chat.buildProtocol(self._client, port="web")
         self.chat = built if isinstance(built, ChatProtocol) else None
         built.makeConnection(WebSocketTransport(self, self._client))
 

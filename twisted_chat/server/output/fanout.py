@@ -37,6 +37,10 @@ BatchObserver = Callable[[int, int, int, float], None]
 # (see twisted_chat.server.output.sendqueue.DirectPass).
 WriteAll = Callable[[Collection[Any], bytes], Collection[Any]]
 
+# Called where cutting connections is safe within a turn: before a flush's
+# delivery and at a read's end (see twisted_chat.server.output.outputwatch.OutputBudget.check).
+OutputCheck = Callable[[], None]
+
 
 class Member(Protocol):
     """What the fan-out needs of a connection (a batch writer given to it,
@@ -104,16 +108,18 @@ class LobbyFanout:
     before the others' C{deliver} is called.  C{beside}, where given, is a
     second batch gathered beside this one (the paired users' C{JOINED} and
     C{LEFT} lines), whose lines leave by the same rules: at the end of
-    this one's reads (L{read}), and when L{due}.
+    this one's reads (L{read}), and when L{due}.  C{output_check}, where
+    given, is called before each flush's delivery and at each read's end:
+    the C{--sendq-total} budget's look within a turn.
 
     A connection hands each read to L{read}: lines added while it is
     handled make no timer, since its end either writes them or makes the
     turn's timer.  A lobby member's own writes call L{before_write} first.
     """
 
-    __slots__ = ("_backlog", "_beside", "_busy", "_call", "_clock", "_first", "_gone", "_late",
-                 "_members", "_on_batch", "_pending", "_reading", "_shares", "_shut", "_timer",
-                 "_turns", "_window", "_write_all")
+    __slots__ = ("_backlog", "_beside", "_busy", "_call", "_check", "_clock", "_first", "_gone",
+                 "_late", "_members", "_on_batch", "_pending", "_reading", "_shares", "_shut",
+                 "_timer", "_turns", "_window", "_write_all")
 
     def __init__(
         self,
@@ -125,8 +131,10 @@ class LobbyFanout:
         timer: Callable[[], float] = time.perf_counter,
         write_all: WriteAll | None = None,
         beside: LobbyFanout | None = None,
+        output_check: OutputCheck | None = None,
     ) -> None:
         self._clock = clock
+        self._check = output_check
         self._beside = beside
         self._members = members
         self._window = window
@@ -174,6 +182,9 @@ class LobbyFanout:
             handle(data)
         finally:
             self._reading = False
+            check = self._check
+            if check is not None:
+                check()
             if self._pending and not self._busy:
                 backlog = self._backlog
                 if backlog is not None and not backlog():
@@ -299,6 +310,9 @@ class LobbyFanout:
         pending = self._pending
         if not pending:
             return
+        check = self._check
+        if check is not None:
+            check()  # (its cuts leave the members closing: they are left out)
         self._pending = []
         observe = self._on_batch
         began = self._timer() if observe is not None else 0.0

@@ -16,9 +16,17 @@ from typing import Any, Protocol
 
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 
-from twisted_chat.server.output.sendqueue import SendQueue
+from twisted_chat.server.output.sendqueue import Handed, SendQueue
 
-__all__ = ["Budgeted", "DrainWatch", "OutputBudget", "Watched", "stalled"]
+__all__ = ["EARLY_LOOK_SHARE", "Budgeted", "DrainWatch", "OutputBudget", "Watched", "stalled"]
+
+# An early look (OutputBudget.check) waits for at least this share of the
+# budget to be handed to Twisted since the last look: a server hovering near
+# its budget looks once per budget / 16 bytes handed, not once per flush.
+EARLY_LOOK_SHARE = 16
+
+# The room of a budget that is off: check() never looks.
+_NEVER = 1 << 62
 
 
 def stalled(
@@ -138,25 +146,35 @@ class OutputBudget(_Periodic):
     connection, each C{period} seconds while there are connections: when
     the sum is over C{budget}, connections are dropped
     (C{output_over_budget}) until the rest fit: first those whose peer took
-    nothing since the last look (L{SendQueue.progress} unchanged: stalled),
-    the biggest first, then those still draining, the biggest first.  A
-    connection that held nothing at the last look has not been seen
+    nothing since the last timed look (L{SendQueue.progress} unchanged:
+    stalled), the biggest first, then those still draining, the biggest
+    first.  A connection that held nothing at that look has not been seen
     stalled, nor has one whose progress cannot be read (C{None}).  Each
     connection's own bound stays C{--sendq} (1.5 times it with private lines
     held: L{SendQueue.write_private}); this bounds their sum, private lines
     too, which is otherwise C{--max-clients} times that
     (docs/security.md, "Output held in all").  C{budget} 0 turns it off.
-    A sum over the budget between two looks is not seen until the next, and
-    no look runs inside a reactor turn: the bound is the budget plus what one
-    period or one turn brings (a busy turn's fan-out hands every member its
-    whole batch), each connection still within its own bound; a shorter
-    period would not catch a turn (docs/security.md, "Output held in all").
-    What it keeps between looks is the progress of the
-    connections that held something at the last (nothing per connection
-    otherwise).
+
+    No timer runs inside a reactor turn, and one busy turn's fan-out can
+    hand every member its whole batch, so the queues count what they hand
+    to Twisted (L{handed}) and the fan-out calls L{check} before each
+    flush's delivery and at each read's end: once the last look's sum
+    (less its cuts) plus that tally passes the budget, and the tally is at
+    least C{budget / EARLY_LOOK_SHARE}, the same look runs there and then.
+    So at those points the sum is at most the budget, or the budget and
+    1/16 of it when it hovers near it (a look per 1/16 of the budget handed
+    at most, not one per flush); in between it passes that by what one
+    flush's delivery hands out (its bytes times the members holding output)
+    or one read's own replies.  Connections cut stop counting at once;
+    Twisted frees what it held for them when it closes them, on its next
+    turn.  That early
+    look keeps the timed look's notion of stalled (no progress since the
+    last timed look) and leaves its timer alone.  What it keeps between
+    looks is the progress of the connections that held something at the
+    last timed look (nothing per connection otherwise).
     """
 
-    __slots__ = ("_budget", "_connections", "_progress", "held")
+    __slots__ = ("_budget", "_connections", "_progress", "_room", "handed", "held")
 
     def __init__(self, clock: IReactorTime, budget: int,
                  connections: Callable[[], Collection[Budgeted]], period: float = 1.0) -> None:
@@ -166,15 +184,36 @@ class OutputBudget(_Periodic):
         self._progress: dict[SendQueue, int] = {}
         # The sum at the last look, less what it cut (chat_output_held_bytes).
         self.held = 0
+        # What the queues handed to Twisted since (each queue's handed).
+        self.handed = Handed()
+        # How much more may be handed before check() looks (off: never).
+        self._room = budget if budget else _NEVER
 
     def stop(self) -> None:
         super().stop()
         self._progress = {}
         self.held = 0
+        self.handed.count = 0
+        self._room = self._budget if self._budget else _NEVER
+
+    def check(self) -> None:
+        """A safe point within a turn (no iteration of the connections
+        under way): look now if what was handed since the last look may
+        have taken the sum past the budget (see the class)."""
+        if self.handed.count > self._room:
+            self._cut_to_budget(self._progress)
 
     def _look(self) -> None:
         self._call = None
-        last, progress = self._progress, {}
+        self._progress = self._cut_to_budget(self._progress)
+        if self._connections():
+            self.start()
+
+    def _cut_to_budget(self, last: dict[SendQueue, int]) -> dict[SendQueue, int]:
+        """The look: the sum, and cuts while it is over the budget, ranking
+        as stalled those whose progress is C{last}'s.  Returns the progress
+        of those holding output."""
+        progress: dict[SendQueue, int] = {}
         holding: list[tuple[bool, int, Budgeted]] = []
         total = 0
         for connection in self._connections():
@@ -190,17 +229,18 @@ class OutputBudget(_Periodic):
                     holding.append((now is not None and last.get(queue) == now, held,
                                     connection))
                     total += held
-        self._progress = progress
-        if total > self._budget:
+        budget = self._budget
+        if total > budget:
             holding.sort(key=_rank, reverse=True)
             for _, held, connection in holding:
-                if total <= self._budget:
+                if total <= budget:
                     break
                 connection.output_over_budget()
                 total -= held
         self.held = total
-        if self._connections():
-            self.start()
+        self.handed.count = 0
+        self._room = max(budget - total, budget // EARLY_LOOK_SHARE)
+        return progress
 
 
 def _rank(holder: tuple[bool, int, Any]) -> tuple[bool, int]:

@@ -63,6 +63,20 @@ def buffer_size(transport: Any) -> int:
     return int(FileDescriptor.bufferSize)
 
 
+class Handed:
+    """
+    The bytes send queues handed to Twisted's buffers since the output
+    budget last looked (L{outputwatch.OutputBudget}, which owns it and
+    resets it): counted where bytes go to Twisted, never on the direct
+    pass, so that the budget can look within a reactor turn.
+    """
+
+    __slots__ = ("count",)
+
+    def __init__(self) -> None:
+        self.count = 0
+
+
 @implementer(IPushProducer)
 class SendQueue:
     """
@@ -85,16 +99,21 @@ class SendQueue:
     direct path, Twisted holding nothing): what L{DirectPass} sends on.
     Every change of it after the queue is made adds one to the class's
     L{generation}, which tells a L{DirectPass} to look at its members again.
+
+    C{handed}, where given, counts each byte the queue hands to Twisted's
+    buffer (L{Handed}: the output budget's tally).
     """
 
     #: Changes of any queue's C{sock_now} so far (see L{DirectPass}).
     generation: ClassVar[int] = 0
 
-    __slots__ = ("_counted", "_direct", "_limit", "_paused", "_private", "_sock", "_transport",
-                 "last_delivered", "sock_now", "stalled_since", "written")
+    __slots__ = ("_counted", "_direct", "_handed", "_limit", "_paused", "_private", "_sock",
+                 "_transport", "last_delivered", "sock_now", "stalled_since", "written")
 
-    def __init__(self, transport: Any, limit: int, direct: bool = True, sndbuf: int = 0) -> None:
+    def __init__(self, transport: Any, limit: int, direct: bool = True, sndbuf: int = 0,
+                 handed: Handed | None = None) -> None:
         self._transport = transport
+        self._handed = handed
         self._limit = limit
         self._paused: int | None = None  # bytes written since Twisted paused us
         # Whether a write goes straight to the socket while Twisted holds nothing.
@@ -213,8 +232,16 @@ class SendQueue:
                     return False  # not written, so not held (held() at the cut)
                 self._paused = paused
         self.written += len(data)
-        t.write(data)
+        self._to_twisted(data)
         return True
+
+    def _to_twisted(self, data: bytes) -> None:
+        """C{data} into Twisted's buffer, counted for the output budget
+        (L{Handed}): the only way bytes reach it, so its tally misses none."""
+        handed = self._handed
+        if handed is not None:
+            handed.count += len(data)
+        self._transport.write(data)
 
     def write_private(self, data: bytes) -> bool:
         """
@@ -287,7 +314,7 @@ class SendQueue:
                     continue
                 self.took(part, sent)
                 for rest in parts[i + 1:]:
-                    t.write(rest)
+                    self._to_twisted(rest)
                 return True
             self._back_on_direct()
             return True
@@ -307,7 +334,7 @@ class SendQueue:
         the rest, and writes wait behind it until it drains."""
         self.sock_now = None
         SendQueue.generation += 1
-        self._transport.write(data[sent:] if sent else data)
+        self._to_twisted(data[sent:] if sent else data)
 
     def retire(self) -> None:
         """The connection is closing: nothing more goes straight to its
@@ -345,8 +372,8 @@ class EncodingSendQueue(SendQueue):
     __slots__ = ("_encode",)
 
     def __init__(self, transport: Any, limit: int, encode: Callable[[bytes], bytes],
-                 direct: bool = True, sndbuf: int = 0) -> None:
-        super().__init__(transport, limit, direct, sndbuf)
+                 direct: bool = True, sndbuf: int = 0, handed: Handed | None = None) -> None:
+        super().__init__(transport, limit, direct, sndbuf, handed)
         self._encode = encode
         self._counted = True
         self.sock_now = None
