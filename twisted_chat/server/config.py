@@ -56,7 +56,8 @@ class ServerConfig:
     rcvbuf: int = 64 * 1024
     sendq_timeout: float = 60.0
     # The bytes the server itself may hold for all connections together,
-    # checked once a second (0: no bound but --max-clients x --sendq):
+    # checked once a second and within a turn (OutputBudget.check; 0: no
+    # bound but --max-clients x --sendq):
     # docs/security.md, "Output held in all".
     sendq_total: int = 256 * 1024 * 1024
     idle_timeout: float = 120.0

@@ -374,7 +374,8 @@ class ChatCollector(Collector):
             "input is over its bound.", value=now.held_input_paused)
         yield GaugeMetricFamily(
             "chat_output_held_bytes", "Bytes the server held for its connections' output "
-            "at the --sendq-total budget's last look (each second).", value=now.output_held)
+            "at the --sendq-total budget's last look (each second, and within a busy turn).",
+            value=now.output_held)
         # Halves: a pair across two cluster nodes counts 0.5 on each, so
         # that the sum over the nodes is the cluster's (one server: whole pairs).
         yield GaugeMetricFamily("chat_pairs", "Private conversations going on "
