@@ -66,7 +66,7 @@ def server(budget: int, members: int) -> tuple[Clock, OutputBudget, LobbyFanout,
     watch = OutputBudget(clock, budget, lambda: conns)  # type: ignore[arg-type,return-value]
     conns += [Member(watch.handed, cuts) for _ in range(members)]
     watch.start()
-    fanout = LobbyFanout(clock, lambda: conns, 0.0, output_check=watch.check)
+    fanout = LobbyFanout(clock, lambda: conns, 0.0, output_budget=watch)
     return clock, watch, fanout, conns, cuts
 
 

@@ -154,11 +154,11 @@ class ChatFactory(ServerFactory):
         self.paired_fanout = LobbyFanout(
             reactor, lambda: [user.conn for user in self.state.paired_users()],
             config.fanout_delay, backlog, on_batch=self.stats.fanned_out_paired,
-            output_check=self.output_budget.check)
+            output_budget=self.output_budget)
         self.fanout = LobbyFanout(reactor, lambda: self.state.lobby_members(),
                                   config.fanout_delay, backlog,
                                   on_batch=self.stats.fanned_out, write_all=self._direct_pass,
-                                  beside=self.paired_fanout, output_check=self.output_budget.check)
+                                  beside=self.paired_fanout, output_budget=self.output_budget)
         # (self.state read by a C call, not a lambda's frame: once a lobby line.)
         self.lines = LineListener(partial(getattr, self, "state"), self.fanout, self.history,
                                   self.stats, config, self._direct_pass, self.paired_fanout)

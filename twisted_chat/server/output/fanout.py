@@ -18,6 +18,8 @@ from typing import Any, Protocol
 
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 
+from twisted_chat.server.output.sendqueue import Handed
+
 # The longest a lobby line is held for the lines behind it, in seconds,
 # whatever --fanout-delay says (docs/fanout.md, "Pacing by backlog").
 MAX_FANOUT_WAIT = 0.05
@@ -37,9 +39,23 @@ BatchObserver = Callable[[int, int, int, float], None]
 # (see twisted_chat.server.output.sendqueue.DirectPass).
 WriteAll = Callable[[Collection[Any], bytes], Collection[Any]]
 
-# Called where cutting connections is safe within a turn: before a flush's
-# delivery and at a read's end (see twisted_chat.server.output.outputwatch.OutputBudget.check).
-OutputCheck = Callable[[], None]
+
+
+class OutputLook(Protocol):
+    """The C{--sendq-total} budget's look within a turn, as the fan-out
+    sees it (L{twisted_chat.server.output.outputwatch.OutputBudget})."""
+
+    @property
+    def handed(self) -> Handed:
+        """What the queues handed to Twisted since the last look, and the
+        room before the next: compared here, not in a call, each flush."""
+
+    def check(self) -> None:
+        """Look now (cutting connections is safe: no iteration under way)."""
+
+
+def _no_look() -> None:
+    """No budget to ask (never called: its tally is None)."""
 
 
 class Member(Protocol):
@@ -108,9 +124,10 @@ class LobbyFanout:
     before the others' C{deliver} is called.  C{beside}, where given, is a
     second batch gathered beside this one (the paired users' C{JOINED} and
     C{LEFT} lines), whose lines leave by the same rules: at the end of
-    this one's reads (L{read}), and when L{due}.  C{output_check}, where
-    given, is called before each flush's delivery and at each read's end:
-    the C{--sendq-total} budget's look within a turn.
+    this one's reads (L{read}), and when L{due}.  C{output_budget}, where
+    given, is asked before each flush's delivery and at the end of each
+    read that flushed nothing: the C{--sendq-total} budget's look within a
+    turn.
 
     A connection hands each read to L{read}: lines added while it is
     handled make no timer, since its end either writes them or makes the
@@ -118,8 +135,8 @@ class LobbyFanout:
     """
 
     __slots__ = ("_backlog", "_beside", "_busy", "_call", "_check", "_clock", "_first", "_gone",
-                 "_late", "_members", "_on_batch", "_pending", "_reading", "_shares", "_shut",
-                 "_timer", "_turns", "_window", "_write_all")
+                 "_handed", "_late", "_members", "_on_batch", "_pending", "_reading", "_shares",
+                 "_shut", "_timer", "_turns", "_window", "_write_all")
 
     def __init__(
         self,
@@ -131,10 +148,13 @@ class LobbyFanout:
         timer: Callable[[], float] = time.perf_counter,
         write_all: WriteAll | None = None,
         beside: LobbyFanout | None = None,
-        output_check: OutputCheck | None = None,
+        output_budget: OutputLook | None = None,
     ) -> None:
         self._clock = clock
-        self._check = output_check
+        # The budget's tally, compared where asked (None: no budget to ask).
+        self._handed = output_budget.handed if output_budget is not None else None
+        self._check: Callable[[], None] = (output_budget.check if output_budget is not None
+                                           else _no_look)
         self._beside = beside
         self._members = members
         self._window = window
@@ -182,9 +202,6 @@ class LobbyFanout:
             handle(data)
         finally:
             self._reading = False
-            check = self._check
-            if check is not None:
-                check()
             if self._pending and not self._busy:
                 backlog = self._backlog
                 if backlog is not None and not backlog():
@@ -194,11 +211,21 @@ class LobbyFanout:
                     self._busy = True
                     if self._call is None:
                         self._call = self._clock.callLater(0.0, self._turn_over)
+                    self._ask_budget()
+            else:
+                self._ask_budget()
             # After the lobby's own end: lines waiting beside always have a
             # timer (made when they came), the lobby's of this read may not.
             beside = self._beside
             if beside is not None and beside._pending and not beside._busy:
                 beside._read_over()
+
+    def _ask_budget(self) -> None:
+        """A read's end that flushed nothing (a flush asks itself): its own
+        replies may have taken the output held past the budget."""
+        handed = self._handed
+        if handed is not None and handed.count > handed.room:
+            self._check()
 
     def _read_over(self) -> None:
         """The end of a read of the batch this one is beside (L{read}), for
@@ -310,9 +337,9 @@ class LobbyFanout:
         pending = self._pending
         if not pending:
             return
-        check = self._check
-        if check is not None:
-            check()  # (its cuts leave the members closing: they are left out)
+        handed = self._handed
+        if handed is not None and handed.count > handed.room:
+            self._check()  # (its cuts leave members closing: they are left out)
         self._pending = []
         observe = self._on_batch
         began = self._timer() if observe is not None else 0.0

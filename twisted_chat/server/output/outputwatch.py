@@ -174,7 +174,7 @@ class OutputBudget(_Periodic):
     last timed look (nothing per connection otherwise).
     """
 
-    __slots__ = ("_budget", "_connections", "_progress", "_room", "handed", "held")
+    __slots__ = ("_budget", "_connections", "_progress", "handed", "held")
 
     def __init__(self, clock: IReactorTime, budget: int,
                  connections: Callable[[], Collection[Budgeted]], period: float = 1.0) -> None:
@@ -185,22 +185,22 @@ class OutputBudget(_Periodic):
         # The sum at the last look, less what it cut (chat_output_held_bytes).
         self.held = 0
         # What the queues handed to Twisted since (each queue's handed).
-        self.handed = Handed()
-        # How much more may be handed before check() looks (off: never).
-        self._room = budget if budget else _NEVER
+        # How much more may be handed before check() looks: handed.room (off: never).
+        self.handed = Handed(budget if budget else _NEVER)
 
     def stop(self) -> None:
         super().stop()
         self._progress = {}
         self.held = 0
         self.handed.count = 0
-        self._room = self._budget if self._budget else _NEVER
+        self.handed.room = self._budget if self._budget else _NEVER
 
     def check(self) -> None:
         """A safe point within a turn (no iteration of the connections
         under way): look now if what was handed since the last look may
         have taken the sum past the budget (see the class)."""
-        if self.handed.count > self._room:
+        handed = self.handed
+        if handed.count > handed.room:
             self._cut_to_budget(self._progress)
 
     def _look(self) -> None:
@@ -239,7 +239,7 @@ class OutputBudget(_Periodic):
                 total -= held
         self.held = total
         self.handed.count = 0
-        self._room = max(budget - total, budget // EARLY_LOOK_SHARE)
+        self.handed.room = max(budget - total, budget // EARLY_LOOK_SHARE)
         return progress
 
 

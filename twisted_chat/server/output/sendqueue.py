@@ -68,13 +68,16 @@ class Handed:
     The bytes send queues handed to Twisted's buffers since the output
     budget last looked (L{outputwatch.OutputBudget}, which owns it and
     resets it): counted where bytes go to Twisted, never on the direct
-    pass, so that the budget can look within a reactor turn.
+    pass, so that the budget can look within a reactor turn.  C{room}: how
+    many may be handed before it looks (the budget sets it at each look);
+    kept here so that the fan-out compares the two without a call.
     """
 
-    __slots__ = ("count",)
+    __slots__ = ("count", "room")
 
-    def __init__(self) -> None:
+    def __init__(self, room: int = 1 << 62) -> None:
         self.count = 0
+        self.room = room
 
 
 @implementer(IPushProducer)
