@@ -19,10 +19,13 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import fcntl
 import os
 import resource
 import select
 import socket
+import struct
+import termios
 import time
 from multiprocessing.connection import Connection
 from typing import Any
@@ -34,25 +37,83 @@ READ = 1 << 18
 # At most this many connections opened that the server has not answered yet
 # (its accept queue and what it has accepted but not read), whatever the
 # concurrency: ngircd listens with a backlog of 10 (hard-coded), and a
-# connection beyond it is dropped by the kernel and retried by TCP only 1,
-# 3, 7, 15... s later, so ngircd registered too few clients in time.  A
+# connection beyond it is dropped by the kernel and retried by TCP only
+# seconds later (see RETRY_UNACKED), so ngircd registered too few in time.  A
 # reply proves the server accepted the connection, and each dialect's
 # registration draws one at once (see bench.dialects).
 OPEN_WINDOW = 8
+# A connection whose registration the server's kernel has still not
+# acknowledged this long after connect() completed has no socket on the
+# server's side: its SYN queue (as short as its backlog) overflowed, the
+# kernel answered with a SYN cookie, and the ACK that should have made the
+# socket found the accept queue full and was dropped.  Only the client's
+# retransmissions can make it now, and they back off in lockstep (0.2 s to
+# 26 s apart), so each round some 150 of them meet an accept queue of 11.
+# Such an attempt is aborted and made again, as a client with a connect
+# timeout would; a connection the server did accept is never retried (its
+# kernel acknowledges the registration at once, read or not).
+RETRY_UNACKED = 2.0
+MAX_ATTEMPTS = 8
+CHECK_EVERY = 0.5  # seconds between two looks at the handshakes still open
+
+
+def unacked_bytes(sock: socket.socket) -> int:
+    """Bytes written and not yet acknowledged by the peer's kernel."""
+    raw = fcntl.ioctl(sock.fileno(), termios.TIOCOUTQ, b"\0\0\0\0")
+    value: int = struct.unpack("i", raw)[0]
+    return value
+
+
+def stalled(phase: int, answered: bool, connected_for: float, unacked: int,
+            attempts: int) -> bool:
+    """Whether an attempt is one the server never accepted (L{RETRY_UNACKED})."""
+    return (phase == 0 and not answered and unacked > 0 and connected_for >= RETRY_UNACKED
+            and attempts < MAX_ATTEMPTS)
+
+
+def timeout_reason(phase: int, answered: bool, unacked: int) -> str:
+    """Where a handshake that ran out of time stood, for the results: a
+    server's shortfall must say why."""
+    if phase == -1:
+        return "connect() unfinished"
+    if phase == 0 and unacked > 0:
+        return "never accepted (registration not acknowledged)"
+    if not answered:
+        return "accepted, no reply"
+    return "registration unfinished"
 
 
 class RawClient:
-    __slots__ = ("answered", "buf", "dialect", "nick", "phase", "sock", "started", "tail")
+    __slots__ = ("answered", "attempts", "buf", "connected", "dialect", "index", "nick",
+                 "phase", "sock", "started", "tail")
 
-    def __init__(self, sock: socket.socket, nick: str, dialect: Dialect) -> None:
+    def __init__(self, sock: socket.socket, index: int, nick: str, dialect: Dialect,
+                 started: float | None = None, attempts: int = 1) -> None:
         self.sock = sock
+        self.index = index
         self.nick = nick
         self.dialect = dialect
         self.phase = -1  # -1 connecting, 0/1 handshake, 2 counting
         self.buf = b""
         self.tail = b""
-        self.started = time.monotonic()
+        # the first attempt's start: a retry's time counts in the handshake's
+        self.started = time.monotonic() if started is None else started
+        self.connected = 0.0  # when this attempt's connect() completed
+        self.attempts = attempts
         self.answered = False  # the server has replied, or the attempt ended
+
+    def unacked(self) -> int:
+        """What the server's kernel has not acknowledged of what we wrote."""
+        if self.phase != 0:
+            return 0  # connecting (nothing written yet), or answered
+        try:
+            return unacked_bytes(self.sock)
+        except OSError:
+            return 0
+
+    def reason(self) -> str:
+        """Why this handshake has not finished (see L{timeout_reason})."""
+        return timeout_reason(self.phase, self.answered, self.unacked())
 
     def write(self, data: bytes) -> None:
         with contextlib.suppress(OSError):
@@ -119,7 +180,8 @@ def bulk_main(conn: Connection, out: Connection, dialect_name: str, cpu: int | N
         del clients[fd]
         shaking.pop(fd, None)
 
-    def start_one(index: int, nick: str) -> None:
+    def start_one(index: int, nick: str, started: float | None = None,
+                  attempts: int = 1) -> None:
         assert job is not None
         s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         s.setblocking(False)
@@ -134,7 +196,7 @@ def bulk_main(conn: Connection, out: Connection, dialect_name: str, cpu: int | N
             s.close()
             fail(f"OSError:{err}")
             return
-        c = RawClient(s, nick, dialect)
+        c = RawClient(s, index, nick, dialect, started, attempts)
         clients[s.fileno()] = c
         shaking[s.fileno()] = c
         ep.register(s.fileno(), select.EPOLLOUT | select.EPOLLIN)
@@ -150,6 +212,17 @@ def bulk_main(conn: Connection, out: Connection, dialect_name: str, cpu: int | N
     def fail(key: str) -> None:
         assert job is not None
         job["errors"][key] = job["errors"].get(key, 0) + 1
+
+    def retry(fd: int, c: RawClient) -> None:
+        """Abort an attempt the server never accepted and start another."""
+        assert job is not None
+        with contextlib.suppress(OSError):
+            c.sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        drop(fd, c)
+        answered(c)
+        job["inflight"] -= 1
+        job["retried"] += 1
+        start_one(c.index, c.nick, c.started, c.attempts + 1)
 
     def finish_one(c: RawClient, ok: bool, key: str = "") -> None:
         assert job is not None
@@ -182,7 +255,8 @@ def bulk_main(conn: Connection, out: Connection, dialect_name: str, cpu: int | N
                     job = {"tag": tag, "host": kwargs["host"], "port": kwargs["port"],
                            "concurrency": kwargs["concurrency"], "inflight": 0,
                            "window": kwargs.get("window", OPEN_WINDOW), "unanswered": 0,
-                           "errors": {}, "durations": [], "t0": time.monotonic(),
+                           "errors": {}, "durations": [], "retried": 0,
+                           "t0": time.monotonic(),
                            "deadline": time.monotonic() + kwargs.get("deadline", 1e9)}
                     pending = list(reversed(kwargs["specs"]))
                 elif name == "snapshot":
@@ -214,6 +288,7 @@ def bulk_main(conn: Connection, out: Connection, dialect_name: str, cpu: int | N
                         finish_one(c, False, f"OSError:{err}")
                         continue
                     c.phase = 0
+                    c.connected = time.monotonic()
                     ep.modify(fd, select.EPOLLIN)
                     c.write(dialect.register(c.nick))
                 continue
@@ -260,18 +335,24 @@ def bulk_main(conn: Connection, out: Connection, dialect_name: str, cpu: int | N
                     job["errors"]["not started (out of time)"] = len(pending)
                     pending = []
                 for cfd, c in list(shaking.items()):
+                    why = c.reason()
                     drop(cfd, c)
-                    finish_one(c, False, "unfinished (out of time)")
+                    finish_one(c, False, f"unfinished (out of time): {why}")
             if now >= next_check:
-                next_check = now + 1.0
+                next_check = now + CHECK_EVERY
                 for cfd, c in list(shaking.items()):
                     if now - c.started > HANDSHAKE_TIMEOUT:
+                        why = c.reason()
                         drop(cfd, c)
-                        finish_one(c, False, "TimeoutError:None")
+                        finish_one(c, False, f"TimeoutError: {why}")
+                    elif stalled(c.phase, c.answered, now - c.connected, c.unacked(),
+                                 c.attempts):
+                        retry(cfd, c)
             if not pending and job["inflight"] == 0:
                 d = job["durations"]
                 reply(job["tag"], {"ok": len(d), "errors": job["errors"], "t0": job["t0"],
-                                   "t1": now, "durations": sorted(d)})
+                                   "t1": now, "durations": sorted(d),
+                                   "retried": job["retried"]})
                 job = None
         else:
             spare = interval - (time.monotonic() - t_pass)

@@ -413,7 +413,10 @@ class Generator:
         durations = sorted(d for r in res for d in r["durations"])
         t0 = min(r["t0"] for r in res)
         t1 = max(r["t1"] for r in res)
-        return {"ok": ok, "errors": errors, "seconds": t1 - t0, "durations": durations}
+        # attempts the server never accepted, made again (the bulk receivers')
+        retried = sum(r.get("retried", 0) for r in res)
+        return {"ok": ok, "errors": errors, "seconds": t1 - t0, "durations": durations,
+                "retried": retried}
 
     def _connect_phase(self, host: str, port: int, plans: list[list[Spec]],
                        concurrency: int, timeout: float,

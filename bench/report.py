@@ -106,6 +106,9 @@ def fixed_rows() -> list[Row]:
 def idle_rows() -> list[Row]:
     return [
         ("clients registered", lambda r: f"{r['registered']:,} of {r['clients']:,}", 0),
+        # a count, not a figure to divide: a string gets no ratio
+        ("connections never accepted, made again",
+         lambda r: f"{r['retried']:,}" if "retried" in r else None, 0),
         ("handshakes/s", lambda r: r["handshakes_per_s"], 0),
         ("handshake p50 ms", lambda r: r["handshake_ms_p50"], 1),
         ("handshake p99 ms", lambda r: r["handshake_ms_p99"], 1),

@@ -291,7 +291,8 @@ def run_idle(spec: ServerSpec, plan: dict[str, Any], log: Any) -> dict[str, Any]
                                    plan["idle_timeout"])
         res["rss_max"] = srv.max_rss
         log(f"  idle: {res['registered']}/{res['clients']} in {res['seconds']:.1f} s, "
-            f"{res['handshakes_per_s']:.0f}/s, rss/conn {res['rss_per_conn']}")
+            f"{res['handshakes_per_s']:.0f}/s, rss/conn {res['rss_per_conn']}, "
+            f"{res['retried']} attempts never accepted made again")
         return res
     finally:
         if gen is not None:

@@ -11,6 +11,7 @@ from typing import Any, cast
 
 import pytest
 
+from bench import bulk as bulk_module
 from bench import gen as gen_module
 from bench.dialects import DIALECTS
 from bench.gen import Generator, Worker, registration_phases, worker_plans
@@ -70,21 +71,47 @@ def _queued(server: socket.socket) -> int:
     return count
 
 
+def _bulk_connect(server: socket.socket, clients: int, prefix: str,
+                  **kwargs: Any) -> dict[str, Any]:
+    """Register chat/1 clients of C{server} through one bulk receiver."""
+    gen = Generator("chat/1", 1, cpu=None)
+    try:
+        return gen.connect("127.0.0.1", server.getsockname()[1], clients, 0, 0, prefix,
+                           **kwargs)
+    finally:
+        gen.close()
+
+
 def test_the_bulk_receivers_open_no_more_than_the_window_before_an_answer() -> None:
     """A server's accept queue may be short (ngircd's holds 10): the
     generator opens no more connections than the window while none of
     them has been answered, whatever its concurrency."""
     server = _listener()
-    gen = Generator("chat/1", 1, cpu=None)
-    try:
-        res = gen.connect("127.0.0.1", server.getsockname()[1], 12, 0, 0, "w",
-                          concurrency=50, timeout=2.0, window=3)
-    finally:
-        gen.close()
+    res = _bulk_connect(server, 12, "w", concurrency=50, timeout=2.0, window=3)
     assert res["ok"] == 0
-    assert res["errors"] == {"unfinished (out of time)": 3, "not started (out of time)": 9}
+    assert res["errors"] == {"unfinished (out of time): accepted, no reply": 3,
+                             "not started (out of time)": 9}
     assert _queued(server) == 3
     server.close()
+
+
+def test_the_bulk_receivers_make_an_unaccepted_connection_again(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """A listener that accepts in its kernel and never answers, with every
+    registration reported unacknowledged: each client is tried
+    MAX_ATTEMPTS times, then counted with that reason (the workers are
+    forked, so they inherit the patched constants)."""
+    monkeypatch.setattr(bulk_module, "RETRY_UNACKED", 0.05)
+    monkeypatch.setattr(bulk_module, "CHECK_EVERY", 0.02)
+    monkeypatch.setattr(bulk_module, "MAX_ATTEMPTS", 3)
+    monkeypatch.setattr(bulk_module, "HANDSHAKE_TIMEOUT", 1.0)
+    monkeypatch.setattr(bulk_module, "unacked_bytes", lambda sock: 45)
+    server = _listener()
+    res = _bulk_connect(server, 2, "r", concurrency=10, timeout=20.0, window=10)
+    server.close()
+    assert res["ok"] == 0
+    assert res["retried"] == 2 * (3 - 1)
+    assert res["errors"] == {"TimeoutError: never accepted (registration not acknowledged)": 2}
 
 
 def test_the_asyncio_workers_open_no_more_than_the_window_before_an_answer(
