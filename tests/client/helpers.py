@@ -100,12 +100,20 @@ class Session:
         for line in lines:
             self.client.user_line(line)
 
-    def ready(self, nick: str = "alice", users: tuple[str, ...] = ()) -> None:
-        """Run the handshake up to the user list."""
+    def ready(
+        self, nick: str = "alice", users: tuple[str, ...] = (), password: str | None = None
+    ) -> None:
+        """Run the handshake up to the user list; with C{password}, the
+        server asks for it (the nick has an account), typed or a script's."""
         self.receive("HELLO chat/1 test-server", "NICK")
         if self.client.option_nick is None:
             self.type(nick)
         assert self.sent() == [f"NICK {nick}"]
+        if password is not None:
+            self.receive(f"PASS {nick}")
+            if self.client.interactive:
+                self.client.secret_line(password)
+            assert self.sent() == [f"PASS {password}"]
         self.receive(f"READY {nick}")
         for user in (nick, *users):
             self.receive(f"USER {user} lobby")

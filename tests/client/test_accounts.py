@@ -194,12 +194,14 @@ def test_a_password_fitting_only_as_typed_is_sent_at_login_not_registered() -> N
     _asked_for_password(scripted)
     assert scripted.sent() == [f"PASS {NFD_SHORT}"]
     typed.receive("READY alice")
-    for command in ("/register", "/passwd"):
-        typed.type(command)
-        typed.client.secret_line(NFD_SHORT)
-        typed.client.secret_line(NFD_SHORT)
-        assert typed.sent() == []
-        assert typed.screen.lines[-1].startswith("! A password needs at least 8 bytes")
+    unregistered = session()
+    unregistered.ready()
+    for s, command in ((unregistered, "/register"), (typed, "/passwd")):
+        s.type(command)
+        s.client.secret_line(NFD_SHORT)
+        s.client.secret_line(NFD_SHORT)
+        assert s.sent() == []
+        assert s.screen.lines[-1].startswith("! A password needs at least 8 bytes")
     scripted = session(interactive=False, environ={"CHAT_PASSWORD": NFD_SHORT})
     scripted.ready()
     scripted.type("/register")
@@ -367,7 +369,7 @@ def test_a_refused_first_password_typed_twice_never_reaches_the_lobby(
     password typed again for the confirmation was posted to the lobby (and
     kept in the history Up recalls)."""
     s = session()
-    s.ready()
+    s.ready(password=SECRET if command == "/passwd" else None)
     kb = Keyboard()
     kb.attach(s.client)
     kb.keys(f"{command}\r{password}\r{password}\r")
@@ -397,7 +399,7 @@ def test_a_password_on_the_command_line_is_refused() -> None:
 
 def test_passwd_then_registered() -> None:
     s = session()
-    s.ready()
+    s.ready(password=SECRET)
     s.type("/passwd")
     assert s.screen.secret_prompt == "new password: "
     s.client.secret_line("new secret 1")
@@ -405,6 +407,76 @@ def test_passwd_then_registered() -> None:
     assert s.sent() == ["PASSWD new secret 1"]
     s.receive("REGISTERED alice")
     assert s.screen.lines[-1] == "* The password for alice was changed."
+
+
+def test_register_with_an_account_proved_at_login_is_refused_at_once() -> None:
+    """Asked twice for a password, then told by the server the nick has an
+    account: said at once, with the command that does apply."""
+    for interactive in (True, False):
+        s = session(interactive=interactive, environ={"CHAT_PASSWORD": SECRET})
+        s.ready(password=SECRET)
+        s.type("/register")
+        assert s.screen.secret_prompt is None
+        assert s.sent() == []
+        assert s.screen.lines[-1] == (
+            "! alice has an account already: /passwd changes its password.")
+
+
+def test_passwd_without_a_password_at_login_is_refused_at_once() -> None:
+    """The server would refuse it (NOT_REGISTERED): not asked twice for nothing."""
+    for interactive in (True, False):
+        s = session(interactive=interactive, environ={"CHAT_NEW_PASSWORD": SECRET})
+        s.ready()
+        s.type("/passwd")
+        assert s.screen.secret_prompt is None
+        assert s.sent() == []
+        assert s.screen.lines[-1] == (
+            "! There is no password to change: alice logged in without one "
+            "(it had no account). /register gives it one.")
+
+
+def _registering() -> Session:
+    """Logged in with no password asked for, and a REGISTER sent."""
+    s = session()
+    s.ready()
+    s.type("/register")
+    s.client.secret_line(SECRET)
+    s.client.secret_line(SECRET)
+    return s
+
+
+def test_what_the_connection_learnt_since_login_decides_too() -> None:
+    s = _registering()
+    s.type("/passwd")  # REGISTER in flight: the server answers this one
+    assert s.screen.secret_prompt == "new password: "
+    s.client.secret_line("")
+    s.receive("REGISTERED alice")
+    s.type("/register")
+    assert s.screen.lines[-1].startswith("! alice has an account already")
+    s.type("/passwd")
+    assert s.screen.secret_prompt == "new password: "
+
+
+def test_a_server_without_accounts_is_not_asked_twice() -> None:
+    s = _registering()
+    s.receive("ERROR accounts-off this server has no accounts")
+    s.screen.take()
+    for command in ("/register", "/passwd"):
+        s.type(command)
+        assert s.screen.secret_prompt is None
+        assert s.screen.take() == ["! This server has no accounts."]
+    assert s.sent() == [f"REGISTER {SECRET}"]
+
+
+def test_the_account_is_known_from_the_login() -> None:
+    """Per connection (a reconnection logs in, and learns it, afresh)."""
+    s = session()
+    s.ready()
+    assert s.client.passwords.account is False
+    s = session()
+    s.ready(password=SECRET)
+    assert s.client.passwords.account is True
+    assert session().client.passwords.account is None
 
 
 def test_a_script_registers_with_chat_password() -> None:
@@ -479,7 +551,7 @@ def test_registered_and_not_registered_say_what_was_not_done_and_the_servers_rea
     s = session(
         interactive=False, environ={"CHAT_PASSWORD": SECRET, "CHAT_NEW_PASSWORD": SECRET}
     )
-    s.ready()
+    s.ready(password=SECRET if command == "/passwd" else None)
     s.type(command)
     assert len(s.sent()) == 1
     s.receive(error)
@@ -610,7 +682,7 @@ def test_a_busy_server_answering_register_or_passwd_says_what_was_not_done(
     s = session(
         interactive=False, environ={"CHAT_PASSWORD": SECRET, "CHAT_NEW_PASSWORD": SECRET}
     )
-    s.ready()
+    s.ready(password=SECRET if command == "/passwd" else None)
     s.type(command)
     assert len(s.sent()) == 1
     s.receive(f"ERROR flood the server is busy; send {command[1:].upper()} again in a moment")
@@ -653,7 +725,7 @@ def test_the_address_s_password_work_refused_for_register_or_passwd_ends_it(
     s = session(
         interactive=False, environ={"CHAT_PASSWORD": SECRET, "CHAT_NEW_PASSWORD": SECRET}
     )
-    s.ready()
+    s.ready(password=SECRET if command == "/passwd" else None)
     rate = s.client.outbox.rate
     s.type(command)
     assert len(s.sent()) == 1

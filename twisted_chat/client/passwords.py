@@ -79,11 +79,16 @@ class Passwords:
     One session's passwords.
 
     @ivar request: the C{REGISTER} or C{PASSWD} sent and not answered yet.
+    @ivar account: whether the nick has an account, as this connection saw
+        it (a C{PASS} asked for at login, or C{REGISTERED}); C{None} when
+        it does not know, and the server is asked.
     """
 
     def __init__(self, client: Client) -> None:
         self._client = client
         self.request: str | None = None
+        self.account: bool | None = None
+        self._accounts_off = False  # the server said it keeps no accounts
         self._request_password = ""  # sent with the request (kept once done)
         # The password being asked for: (verb to send it with, first entry).
         self._asking: tuple[str, str | None] | None = None
@@ -168,7 +173,12 @@ class Passwords:
         return name, self._client.environ.get(name, "")
 
     def command(self, action: Secret) -> None:
-        """C{/register} or C{/passwd}: asked for twice, or a script's from its environment."""
+        """C{/register} or C{/passwd}: asked for twice, or a script's from its
+        environment; refused at once when this connection knows it cannot be done."""
+        known = self._known_refusal(action.verb)
+        if known is not None:
+            self._client.error(known)
+            return
         if self._client.interactive:
             prompt = "new password: " if action.verb == "PASSWD" else "password: "
             self.ask(action.verb, prompt)
@@ -179,6 +189,22 @@ class Passwords:
             self._client.error(f"{problem} Nothing was sent.")
             return
         self.send(action.verb, password)
+
+    def _known_refusal(self, verb: str) -> str | None:
+        """Why C{verb} would be refused, said before any password is typed
+        for nothing; C{None} if that is the server's to say (one in flight
+        may change the answer)."""
+        nick = self._client.nick
+        if self.request is not None or nick is None:
+            return None
+        if self._accounts_off:
+            return render.ERRORS["accounts-off"]
+        if verb == "REGISTER" and self.account is True:
+            return f"{nick} has an account already: /passwd changes its password."
+        if verb == "PASSWD" and self.account is False:
+            return (f"There is no password to change: {nick} logged in without one "
+                    "(it had no account). /register gives it one.")
+        return None
 
     def typed(self, verb: str, first: str | None, text: str) -> None:
         """A password typed for C{/register} or C{/passwd} (L{take})."""
@@ -206,6 +232,7 @@ class Passwords:
         """C{REGISTERED}: the C{REGISTER} or C{PASSWD} was done."""
         request, self.request = self.request, None
         password, self._request_password = self._request_password, ""
+        self.account = True
         if request is not None and password and self._client.interactive:
             self._client.kept_password = (nick, password)  # a reconnection's PASS
         if request == "PASSWD":
@@ -223,6 +250,7 @@ class Passwords:
         """
         accounts_away = code == "unavailable" and text.startswith(wire.ACCOUNTS_UNAVAILABLE)
         if code in render.ACCOUNT_ERRORS or accounts_away:
+            self._accounts_off = self._accounts_off or code == "accounts-off"
             request, self.request = self.request, None
             return render.account_error(code, text, request)
         work_refused = text.startswith(wire.PASSWORD_WORK_REFUSED)

@@ -205,7 +205,9 @@ class Replies:
             client.kept_password = None  # it belongs to a nick this session left
         login = client.login
         password = login.password_sent
-        if login.joined():
+        # A PASS asked for at login: the nick has an account (none otherwise).
+        client.passwords.account = login.joined()
+        if client.passwords.account:
             if client.interactive and password is not None:
                 client.kept_password = (nick, password)
             # What was typed while the password was checked may be it again,
