@@ -943,11 +943,11 @@ def test_open_invitations_ended_by_the_loss_are_said_each() -> None:
     h.lose()
     shown = h.screen.take()
     assert shown[1:4] == [
-        "* Your invitation to bob ended: the connection to the server was lost. "
+        "* Your invitation to bob ended: the server shut down. "
         "Once you are back, /pair bob invites them again.",
-        "* carol's invitation ended: the connection to the server was lost. "
+        "* carol's invitation ended: the server shut down. "
         "/accept carol will not find it; ask them to invite you again.",
-        "* dave's invitation ended: the connection to the server was lost. "
+        "* dave's invitation ended: the server shut down. "
         "/accept dave will not find it; ask them to invite you again.",
     ]
     h.clock.advance(1)
@@ -1320,6 +1320,28 @@ def test_a_private_reply_half_typed_when_the_loss_ends_the_pair_is_set_aside() -
         "* The line you were typing for bob was not sent: the private conversation ended. "
         "Up brings it back." in h.screen.take()
     )
+
+
+@pytest.mark.parametrize(("bye", "why"), [
+    ("BYE shutdown", "the server shut down"),
+    ("BYE timeout", "the server closed the connection"),
+])
+def test_a_pair_ended_by_the_server_s_goodbye_says_so(bye: str, why: str) -> None:
+    """Not "the connection to the server was lost" just after "The server
+    is shutting down."; the half-typed reply is set aside all the same."""
+    h = Harness()
+    h.join()
+    h.receive("PAIRED bob")
+    h.screen.typing = "see you"
+    h.screen.take()
+    h.receive(bye)
+    h.lose()
+    shown = h.screen.take()
+    assert f"* Your private conversation with bob ended: {why}." in shown
+    assert not [line for line in shown if "was lost" in line]
+    assert h.screen.set_aside_lines == ["see you"]
+    assert ("* The line you were typing for bob was not sent: the private conversation "
+            "ended. Up brings it back.") in shown
 
 
 def test_a_lobby_line_half_typed_when_the_connection_is_lost_stays() -> None:

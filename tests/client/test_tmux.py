@@ -489,8 +489,8 @@ def test_users_behind_one_address_all_get_back_after_a_restart(
         term.wait_row(rf"^\* Reconnected: you are back in the lobby as {nick}\.$", timeout=20)
         term.wait_row(rf"^{nick}>$")
     assert not _said([alice, bob], r"Choose a nickname", timeout=0)
-    assert _said([alice], r"Your invitation to bob ended: the connection to the server was lost")
-    assert _said([bob], r"alice's invitation ended: the connection to the server was lost")
+    assert _said([alice], r"Your invitation to bob ended: the server shut down")
+    assert _said([bob], r"alice's invitation ended: the server shut down")
     bob.enter("/accept alice")
     bob.wait_row(r"^! There is no open invitation from that person\.$")
     for term in (alice, bob):

@@ -70,6 +70,16 @@ _USER_LEFT = "quit"
 _STOP_BEFORE_JOINING = ("timeout", "flood")
 
 
+def _why_ended(bye_reason: str | None) -> str:
+    """Why a pair or an invitation ended with the connection, agreeing with
+    the line just said of its end (the server's C{BYE}, or none)."""
+    if bye_reason == "shutdown":
+        return "the server shut down"
+    if bye_reason is not None:
+        return "the server closed the connection"
+    return "the connection to the server was lost"
+
+
 class MakeClient(Protocol):
     """Makes the L{ChatClient} of one connection."""
 
@@ -302,11 +312,9 @@ class Reconnecting:
                 f"{lines} typed ahead {'waits' if typed == 1 else 'wait'} for the next "
                 f"connection: {them} sent once you are in."
             ))
+        why = _why_ended(client.ending.bye_reason)
         if partner is not None:
-            self._show(render.notice(
-                f"Your private conversation with {partner} ended: the connection "
-                "to the server was lost."
-            ))
+            self._show(render.notice(f"Your private conversation with {partner} ended: {why}."))
             if self.display is not None:
                 set_aside(
                     self.display,
@@ -315,10 +323,10 @@ class Reconnecting:
                     "the private conversation ended",
                 )
         if joined:
-            self._invitations_ended(client)
+            self._invitations_ended(client, why)
         self._schedule()
 
-    def _invitations_ended(self, client: ChatClient) -> None:
+    def _invitations_ended(self, client: ChatClient, why: str) -> None:
         """
         Say each open invitation, the user's own and those to the user, that
         ended with C{client}'s connection: the server that would say so
@@ -328,13 +336,13 @@ class Reconnecting:
         invitee = client.pairing.invited
         if invitee is not None:
             self._show(render.notice(
-                f"Your invitation to {invitee} ended: the connection to the server "
-                f"was lost. Once you are back, /pair {invitee} invites them again."
+                f"Your invitation to {invitee} ended: {why}. "
+                f"Once you are back, /pair {invitee} invites them again."
             ))
         for inviter in client.pairing.invites:
             self._show(render.notice(
-                f"{inviter}'s invitation ended: the connection to the server was "
-                f"lost. /accept {inviter} will not find it; ask them to invite you again."
+                f"{inviter}'s invitation ended: {why}. "
+                f"/accept {inviter} will not find it; ask them to invite you again."
             ))
 
     def _schedule(self, tries: int = 0) -> None:
