@@ -516,9 +516,12 @@ def test_a_paired_line_to_a_partner_who_left_says_so() -> None:
     assert s.screen.take()[-1] == "! Not sent: bob is not online."
 
 
-@pytest.mark.parametrize("command", ["/pair bob", "/accept bob"])
+@pytest.mark.parametrize(("command", "said"), [
+    ("/pair bob", "! The invitation was not sent: bob is not online."),
+    ("/accept bob", "! Not sent: bob is not online."),
+])
 def test_a_refused_pair_after_a_paired_line_is_not_said_as_the_partner_leaving(
-    command: str,
+    command: str, said: str,
 ) -> None:
     # The paired line was delivered; the later ERROR answers the /pair or
     # /accept, which is not a line of the private conversation (app.js says
@@ -532,7 +535,28 @@ def test_a_refused_pair_after_a_paired_line_is_not_said_as_the_partner_leaving(
     s.type(command)
     assert s.sent()[-1] == command[1:].upper().replace("BOB", "bob")
     s.receive("ERROR no-such-nick bob is not online")
-    assert s.screen.take()[-1] == "! Not sent: bob is not online."
+    assert s.screen.take()[-1] == said
+
+
+def test_an_invitation_to_someone_offline_reads_as_the_other_refusals() -> None:
+    """docs/client.md: an invitation's refusal is "The invitation was not
+    sent: ..."; a private message's to the same nick, sent before it and
+    answered first, stays "Not sent: ..."."""
+    s = session()
+    s.ready()
+    s.type("@nobody hi", "/pair nobody")
+    assert s.sent() == ["DM nobody hi", "PAIR nobody"]
+    s.receive(*["ERROR no-such-nick nobody is not online"] * 2)
+    assert s.screen.take() == [
+        "! Not sent: nobody is not online.",
+        "! The invitation was not sent: nobody is not online.",
+    ]
+    s.type("/pair Nobody")
+    s.receive("ERROR no-such-nick")
+    assert s.screen.take() == ["! Not sent: nobody by that name is online."]  # names none
+    s.type("/pair zed")
+    s.receive("ERROR no-such-nick zed is not online.")
+    assert s.screen.take() == ["! The invitation was not sent: zed is not online."]
 
 
 def test_partner_leaves_or_disconnects() -> None:

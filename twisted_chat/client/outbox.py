@@ -391,13 +391,14 @@ class Outbox:
         if self._answered(lambda m: m.text == text and m.to in (None, to)) is None:
             self._answered(lambda m: True)
 
-    def refused_to(self, to: str) -> None:
+    def refused_to(self, to: str) -> bool:
         """
         C{ERROR no-such-nick} (or C{self}) naming C{to} (a nick_key): it
         answered the oldest C{DM} to them, which was not sent.  If none
         waits for an answer, the error was about a command: nothing changes.
+        Whether it answered a C{DM}.
         """
-        self._refuse(lambda m: m.to == to)
+        return self._refuse(lambda m: m.to == to) is not None
 
     def refused_behind(self, to: str) -> None:
         """

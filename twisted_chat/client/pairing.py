@@ -138,6 +138,11 @@ class Pairing:
                 or (code == "flood" and list_cost_verb(text) in _PAIRING_VERBS)):
             self._joining = False
 
+    def inviting(self, nick: str) -> bool:
+        """Whether a C{/pair NICK} waits for its answer."""
+        command, _, target = self._command.partition(" ")
+        return self._joining and command == "/pair" and nick_key(target) == nick_key(nick)
+
     def in_flight(self) -> int | None:
         """The messages sent before the pairing command in flight, or
         C{None}: none is, or a cluster answered a line C{ERROR unconfirmed}

@@ -447,6 +447,12 @@ def error_sentence(code: str, text: str) -> str:
     return sentence(said)
 
 
+def invitation_not_sent(text: str) -> str:
+    """C{ERROR no-such-nick} answering a C{PAIR}: said as its C{busy} and
+    C{pending} are, not as a private message's "Not sent"."""
+    return sentence(f"The invitation was not sent: {text.rstrip('.') or _NO_TEXT['no-such-nick']}")
+
+
 def account_error(code: str, text: str, request: str | None) -> str:
     """C{ERROR registered}, C{not-registered}, (online, the server keeps
     no more accounts) C{server-full} or (a cluster's accounts out of reach)

@@ -408,13 +408,18 @@ class Replies:
             said = render.error_sentence(code, event.text)
         late = render.behind(code, event.text)
         unsent = render.message_refused(code, event.text)
+        gone = event.text.split(" ", 1)[0] if code == "no-such-nick" else ""
+        # It answers the oldest DM to that nick still unanswered, else the
+        # /pair of that nick (the server reads a connection's lines in order).
+        dm = bool(gone) and client.outbox.refused_to(nick_key(gone))
+        if gone and not dm and client.pairing.inviting(gone):
+            said = render.invitation_not_sent(event.text)
         if late is not None:
             said = render.not_keeping_up(late)  # a message's refusal, not an invitation's
         elif unsent is not None:
             said = unsent  # likewise
-        else:
+        elif not dm:
             client.pairing.refused(code, event.text)
-        gone = event.text.split(" ", 1)[0] if code == "no-such-nick" else ""
         if gone and nick_key(gone) == client.private_to and client.state is not State.NICK_SENT:
             # A line of the private conversation met its partner gone.
             said = (
@@ -427,7 +432,7 @@ class Replies:
         if client.state is State.NICK_SENT:
             client.login.refused(code, event.text, said)
             return
-        refused = self._refused_message(code, gone or late or "", event.text,
+        refused = self._refused_message(code, late or "", event.text,
                                         unsent=unsent is not None)
         client.error(refused or said)
         if may_be_not_done(code, event.text):
@@ -463,19 +468,18 @@ class Replies:
         An C{ERROR} that may refuse one of our messages: it is answered (said
         now), not in doubt at the end (L{Outbox.losses}).  The server reads a
         connection's lines in order: it refused the oldest message not yet
-        answered that it can be about (a C{DM} to the nick it names,
-        C{named}; for a C{busy} about a reader far behind, else a C{MSG} the
-        server sent to them as the partner; a C{MSG} for a "not sent"
-        whose pair changed before it was delivered, C{unsent} (as
-        L{render.message_refused} tells it); one longer than the limit it
-        names; one with other than printable ASCII for its characters), as
-        the web page counts them.  Returned: a C{too-long} said for the
-        message it refused (L{render.too_long}), else C{None}.
+        answered that it can be about (for a C{busy} about a reader far
+        behind, C{named}, a C{DM} to them, else a C{MSG} the server sent to
+        them as the partner; a C{MSG} for a "not sent" whose pair changed
+        before it was delivered, C{unsent} (as L{render.message_refused}
+        tells it); one longer than the limit it names; one with other than
+        printable ASCII for its characters), as the web page counts them.
+        Returned: a C{too-long} said for the message it refused
+        (L{render.too_long}), else C{None}.  (L{on_ERROR} matches a
+        C{no-such-nick} to its C{DM} first: if none, it answers a C{PAIR}.)
         """
         outbox = self._client.outbox
-        if code == "no-such-nick" and named:
-            outbox.refused_to(nick_key(named))
-        elif code == "busy" and named:
+        if code == "busy" and named:
             outbox.refused_behind(nick_key(named))
         elif unsent:
             outbox.refused_msg()
