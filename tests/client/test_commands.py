@@ -12,6 +12,7 @@ from twisted_chat.client.commands import (
     Local,
     Quit,
     Send,
+    nick_argument,
     parse_input,
     password_problem,
     sendable,
@@ -116,16 +117,27 @@ def test_invalid_nicks_are_refused_locally(typed: str) -> None:
 
 
 def test_unknown_command_gets_a_local_hint() -> None:
-    result = parse_input("/nick bob")
+    result = parse_input("/nickname bob")
     assert isinstance(result, Local) and result.is_error
-    assert "Unknown command /nick" in result.text and "/help" in result.text
+    assert "Unknown command /nickname" in result.text and "/help" in result.text
+
+
+def test_nick_is_answered_with_how_to_change_it() -> None:
+    for typed in ("/nick", "/nick bob", "/Nick  bob"):
+        result = parse_input(typed)
+        assert isinstance(result, Local) and result.is_error
+        assert "cannot change while connected" in result.text and "--nick NEW" in result.text
+    assert nick_argument("/nick  bob ") == "bob"
+    assert nick_argument("/nick") == ""
+    assert nick_argument("bob") is None and nick_argument("/nickname bob") is None
 
 
 def test_help_lists_every_command() -> None:
     result = parse_input("/help")
     assert isinstance(result, Local) and not result.is_error
     for command in (
-        "/users", "/pair", "/accept", "/reject", "/unpair", "/dm", "@NICK", "/reconnect", "/quit"
+        "/users", "/pair", "/accept", "/reject", "/unpair", "/dm", "@NICK", "/reconnect", "/quit",
+        "/nick",
     ):
         assert command in result.text
 

@@ -65,6 +65,30 @@ def test_commands_at_the_nick_prompt() -> None:
     assert s.lose() == Outcome(0)
 
 
+def test_nick_at_the_nick_prompt_names_the_nick() -> None:
+    """chat/1 has no nick change: only here, before READY, does /nick
+    choose one (a bare /nick is told to type it alone)."""
+    s = session(None)
+    s.receive("HELLO chat/1 x", "NICK")
+    s.screen.take()
+    s.type("/nick")
+    assert s.screen.take() == ["! Type the nickname you want alone at this prompt."]
+    assert s.sent() == []
+    s.type("/NICK  bob ")
+    assert s.sent() == ["NICK bob"]
+
+
+def test_nick_once_in_says_how_to_use_another() -> None:
+    s = session()
+    s.ready()
+    s.type("/nick bob")
+    assert s.sent() == []
+    assert s.screen.take() == [
+        "! A nickname cannot change while connected: /quit, then connect again with "
+        "--nick NEW (or type NEW at the nickname prompt)."
+    ]
+
+
 def test_refused_nick_option_prompts_on_a_terminal() -> None:
     s = session("bob", interactive=True)
     s.receive("HELLO chat/1 x", "NICK")

@@ -33,12 +33,18 @@ Commands:
   /unpair, /leave   leave the private conversation, or withdraw your invitation
   /register         protect your nickname with a password (asked for, not shown)
   /passwd           change that password (asked for, not shown)
+  /nick             how to use another nickname
   /reconnect        when disconnected: connect again now, not after the wait
   /help             this help
   /quit [TEXT]      leave the chat, with an optional goodbye (also /q)
   //TEXT            send a message that starts with /"""
 
 CONNECTED = "You are connected: /reconnect only skips the wait once the connection is lost."
+
+# chat/1 has no nick change once READY; the client does not drop a working
+# connection (what is in flight, a private conversation) to fake one.
+NICK_FIXED = ("A nickname cannot change while connected: /quit, then connect again "
+              "with --nick NEW (or type NEW at the nickname prompt).")
 
 KEYS_HELP = """\
 Keys:
@@ -104,6 +110,7 @@ _ALIASES = {
     "passwd": "passwd",
     "password": "passwd",
     "reconnect": "reconnect",
+    "nick": "nick",
     "help": "help",
     "h": "help",
     "?": "help",
@@ -135,6 +142,15 @@ def changes_pairing(line: str) -> bool:
     if not line.startswith("/") or line.startswith("//"):
         return False
     return _ALIASES.get(line[1:].split(" ", 1)[0].lower()) in _PAIRING_COMMANDS
+
+
+def nick_argument(line: str) -> str | None:
+    """The NICK of a C{/nick NICK} line (C{""} for a bare C{/nick}), or
+    C{None} for any other line: at the nickname prompt it names the nick."""
+    if not line.startswith("/"):
+        return None
+    name, _, rest = line[1:].partition(" ")
+    return rest.strip(" \t") if _ALIASES.get(name.lower()) == "nick" else None
 
 
 def _length_fits(size: int) -> bool:
@@ -273,6 +289,8 @@ def parse_input(line: str, *, inviters: Sequence[str] = ()) -> Action:
         # A connection that works is not dropped for it: what is in flight,
         # and a private conversation, would be lost for nothing.
         return Local(CONNECTED)
+    if command == "nick":
+        return Local(NICK_FIXED, is_error=True)
     if command == "quit":
         return Quit(rest.strip(" \t"))
     shown = name if len(name) <= 20 else name[:20] + "..."

@@ -25,6 +25,7 @@ COMMANDS = (
     "accept",
     "dm",
     "help",
+    "nick",
     "pair",
     "passwd",
     "quit",

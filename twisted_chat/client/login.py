@@ -19,7 +19,14 @@ from typing import Protocol
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 
 from twisted_chat.client import render
-from twisted_chat.client.commands import Local, Quit, Send, parse_input, password_problem
+from twisted_chat.client.commands import (
+    Local,
+    Quit,
+    Send,
+    nick_argument,
+    parse_input,
+    password_problem,
+)
 from twisted_chat.client.passwords import Passwords
 from twisted_chat.client.session import Ending, State
 from twisted_chat.wire import is_valid_nick, nick_key
@@ -196,7 +203,13 @@ class Login:
         nick = line.strip()
         if not nick:
             return
-        if nick.startswith("/"):
+        wanted = nick_argument(nick)
+        if wanted:
+            nick = wanted  # "/nick bob" at this prompt: bob
+        elif wanted is not None:
+            client.error("Type the nickname you want alone at this prompt.")
+            return
+        elif nick.startswith("/"):
             action = parse_input(nick)
             if isinstance(action, Quit):
                 client.quit(action.text)
