@@ -137,7 +137,7 @@ def test_help_lists_every_command() -> None:
     assert isinstance(result, Local) and not result.is_error
     for command in (
         "/users", "/pair", "/accept", "/reject", "/unpair", "/dm", "@NICK", "/reconnect", "/quit",
-        "/nick",
+        "/nick", "/decline", "/password", "/exit",  # docs/client.md's aliases too
     ):
         assert command in result.text
 

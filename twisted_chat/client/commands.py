@@ -29,14 +29,14 @@ Commands:
   /users            who is online (also /who)
   /pair NICK        invite NICK to a private conversation
   /accept [NICK]    accept NICK's invitation
-  /reject [NICK]    decline NICK's invitation
+  /reject [NICK]    decline NICK's invitation (also /decline)
   /unpair, /leave   leave the private conversation, or withdraw your invitation
   /register         protect your nickname with a password (asked for, not shown)
-  /passwd           change that password (asked for, not shown)
+  /passwd           change that password (also /password)
   /nick             how to use another nickname
   /reconnect        when disconnected: connect again now, not after the wait
   /help             this help
-  /quit [TEXT]      leave the chat, with an optional goodbye (also /q)
+  /quit [TEXT]      leave the chat, with an optional goodbye (also /q, /exit)
   //TEXT            send a message that starts with /"""
 
 CONNECTED = "You are connected: /reconnect only skips the wait once the connection is lost."
