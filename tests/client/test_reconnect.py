@@ -284,7 +284,7 @@ def test_reconnect_while_connected_says_so_and_keeps_the_connection() -> None:
     h.screen.take()
     h.session.user_line("/reconnect")
     assert h.screen.take() == [
-        "You are connected: /reconnect only skips the wait once the connection is lost."
+        "* You are connected: /reconnect only skips the wait once the connection is lost."
     ]
     assert h.sent() == [] and len(h.clients) == 1
     assert not h.transports[-1].disconnecting

@@ -71,10 +71,12 @@ class Send:
 
 @dataclass(frozen=True, slots=True)
 class Local:
-    """Something to tell the user without asking the server."""
+    """Something to tell the user without asking the server: a table
+    (C{/help}), an error, or a notice (one C{* } line)."""
 
     text: str
     is_error: bool = False
+    is_notice: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -288,7 +290,7 @@ def parse_input(line: str, *, inviters: Sequence[str] = ()) -> Action:
         # Between connections twisted_chat.client.reconnect takes it first.
         # A connection that works is not dropped for it: what is in flight,
         # and a private conversation, would be lost for nothing.
-        return Local(CONNECTED)
+        return Local(CONNECTED, is_notice=True)
     if command == "nick":
         return Local(NICK_FIXED, is_error=True)
     if command == "quit":

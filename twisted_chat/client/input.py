@@ -238,6 +238,9 @@ class UserInput:
         if action.is_error:
             self._client.error(action.text)
             return
+        if action.is_notice:
+            self._client.notice(action.text)
+            return
         for text in action.text.splitlines():
             self._client.show(render.columns(text))
 
