@@ -7,6 +7,7 @@ silent Redis turns into (task.Clock, no sleeps).
 
 from __future__ import annotations
 
+import io
 import json
 import subprocess
 import sys
@@ -30,6 +31,7 @@ from twisted_chat.server.accounts.records import (
     NoSuchAccount,
     PasswordChanged,
 )
+from twisted_chat.server.accounts.store import AccountStore, SQLiteBook
 from twisted_chat.server.cluster.accounts import (
     ACCOUNTS,
     FAILS,
@@ -405,3 +407,30 @@ def test_the_accounts_tool_on_redis_loads_no_node(redis: RedisServer, tmp_path: 
     assert {"twisted_chat.server.cluster.accounts",
             "twisted_chat.server.cluster.redisconn"} <= set(loaded)
     assert sorted(NODE_MODULES & set(loaded)) == []
+
+
+def test_the_accounts_tool_says_which_redis_it_changed(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """As it names the file it changed: "added an account for gina" alone
+    did not say where.  Redis's password is not shown."""
+    from twisted_chat import accounts as tool
+
+    book = SQLiteBook(AccountStore(str(tmp_path / "stand-in.sqlite3")), defer.execute)
+
+    def on_redis(url: str, password_file: str | None,
+                 work: Callable[[Any], Awaitable[None]]) -> None:
+        done = defer.ensureDeferred(work(book))  # the stand-in answers inline
+        assert done.called and done.result is None
+
+    monkeypatch.setattr(tool, "_on_redis", on_redis)
+    url = "redis://:s3cret@db.example:6380/2"
+    where = "the Redis at redis://***@db.example:6380/2"
+    for argv, said in [
+        (["add", "--redis", url, "gina"], f"added an account for gina in {where}"),
+        (["passwd", "--redis", url, "GINA"], f"changed the password of gina in {where}"),
+        (["remove", "--redis", url, "gina"], f"removed the account of gina from {where}"),
+    ]:
+        out = io.StringIO()
+        tool.run(argv, io.StringIO("a long password\n"), out, io.StringIO())
+        assert out.getvalue() == said + "\n"

@@ -160,7 +160,7 @@ def test_required_accounts_made_by_the_tool_work_on_every_node(
     a, b = c.nodes
     added = tool(c.tmp, "add", "--redis", c.url, "Dora", stdin=f"{PW}\n")
     assert added.returncode == 0, added.stderr
-    assert added.stdout == "added an account for Dora\n"
+    assert added.stdout == f"added an account for Dora in the Redis at {c.url}\n"
     assert PW not in added.stdout + added.stderr
     dora = log_in(c, b, "Dora", PW)
     dora.send(f"REGISTER {PW}")
@@ -168,7 +168,7 @@ def test_required_accounts_made_by_the_tool_work_on_every_node(
     # The tool's passwd and remove count at the next login, on any node.
     changed = tool(c.tmp, "passwd", "--redis", c.url, "dora", stdin="other-password\n")
     assert changed.returncode == 0, changed.stderr
-    assert changed.stdout == "changed the password of Dora\n"  # as its owner spelled it
+    assert changed.stdout == f"changed the password of Dora in the Redis at {c.url}\n"  # as spelled
     leave(dora)
     # No account, a wrong password, the old one: the same answer, on either node.
     for node, nick, password in ((a, "nobody", PW), (b, "Dora", "wrong-password"),
@@ -178,7 +178,8 @@ def test_required_accounts_made_by_the_tool_work_on_every_node(
         leave(client)
     log_in(c, a, "Dora", "other-password").send("BYE")
     removed = tool(c.tmp, "remove", "--redis", c.url, "DORA")
-    assert removed.returncode == 0 and removed.stdout == "removed the account of Dora\n"
+    assert removed.returncode == 0
+    assert removed.stdout == f"removed the account of Dora from the Redis at {c.url}\n"
     client, answer = attempt(c, b, "dora", "other-password")
     assert answer.startswith("RETRY bad-password ")
     assert tool(c.tmp, "list", "--redis", c.url).stdout == ""

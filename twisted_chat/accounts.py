@@ -181,7 +181,8 @@ async def _command(
 ) -> None:
     """
     One command on C{book}; C{password} reads the new password.  C{where}
-    names the accounts file in full, for the line saying what was done.
+    names the accounts file in full (or the cluster's Redis), for the line
+    saying what was done.
     """
     into = f" in {where}" if where else ""
     if command == "list":
@@ -290,7 +291,11 @@ def run(argv: Sequence[str], stdin: TextIO, stdout: TextIO, stderr: TextIO) -> N
         if args.redis_password_file is not None and args.redis is None:
             raise Failed("--redis-password-file is for --redis only")
         if args.redis is not None:
-            from twisted_chat.server.cluster.redisconn import parse_url, with_password_file
+            from twisted_chat.server.cluster.redisconn import (
+                parse_url,
+                redacted,
+                with_password_file,
+            )
 
             try:
                 target = parse_url(args.redis)
@@ -311,8 +316,11 @@ def run(argv: Sequence[str], stdin: TextIO, stdout: TextIO, stderr: TextIO) -> N
             # The password first: a terminal's Ctrl-C must not meet a running reactor.
             secret = (read_password(stdin, stderr)
                       if args.command in ("add", "passwd") else b"")
+            # Named as for a file, without Redis's password.
+            where = f"the Redis at {redacted(args.redis)}"
             _on_redis(args.redis, args.redis_password_file,
-                      lambda book: _command(book, args.command, nick, lambda: secret, stdout))
+                      lambda book: _command(book, args.command, nick, lambda: secret, stdout,
+                                            where))
             return
         if args.db == MEMORY:
             raise Failed(":memory: has no accounts file: accounts made now would be lost")
