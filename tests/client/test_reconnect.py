@@ -647,6 +647,9 @@ def test_the_named_waits_at_the_first_login_are_bounded_across_connections() -> 
     assert h.screen.prompt == "nickname: "
     h.receive(NICK_TIMEOUT)
     h.lose()
+    assert h.outcomes == []  # the prompt stays, with no timer (_await_nick)
+    assert h.screen.prompt == "nickname: " and not h.clock.getDelayedCalls()
+    h.session.user_line("/quit")
     assert h.outcomes == [STOPPED_WAITING]
     assert len(h.clients) == 4
 
@@ -896,23 +899,83 @@ def test_a_password_prompt_left_open_after_that_wait_ends_the_session() -> None:
     assert len(h.outcomes) == 1
 
 
-def test_a_nick_prompt_after_that_wait_and_another_error_ends_the_session() -> None:
+def test_a_nick_prompt_after_that_wait_and_another_error_waits_for_the_nick() -> None:
     h = _flooded_then_sent_again()
     h.receive("ERROR bad-args no")
     assert h.screen.prompt == "nickname: "
     h.receive("BYE timeout")
     h.lose()
+    assert h.outcomes == []
+    h.session.interrupt()
     assert len(h.outcomes) == 1
 
 
-def test_a_nick_prompt_left_open_on_a_reconnection_ends_the_session() -> None:
+def test_a_nick_prompt_left_open_on_a_reconnection_waits_for_the_nick() -> None:
     h = Harness()
     _reconnect_and_refuse(h, "RETRY invalid alice is reserved")
     assert h.screen.prompt == "nickname: "  # the usual RETRY flow
     h.receive("BYE timeout")
     h.lose()
-    assert len(h.outcomes) == 1
-    assert h.outcomes[0].code == 1
+    assert h.outcomes == []
+    count = len(h.clients)
+    h.session.user_line("alice2")
+    assert len(h.clients) == count + 1
+    h.receive("HELLO chat/1 test", "NICK")
+    assert h.sent() == ["NICK alice2"]
+
+
+def test_a_nick_prompt_left_open_past_the_nick_timeout_connects_again_with_the_nick() -> None:
+    """The client exited (status 1) when the server's --nick-timeout ended
+    the first nickname prompt; now the prompt stays, as the web page waits
+    for its Join, and the nick typed there, however late, connects again."""
+    h = Harness(nick=None)
+    h.receive("HELLO chat/1 test", "NICK")
+    assert h.screen.prompt == "nickname: "
+    h.screen.take()
+    h.receive(NICK_TIMEOUT)
+    h.lose()
+    assert h.outcomes == []
+    assert h.screen.take() == [
+        "! The server stopped waiting for the nickname (it allows 30 seconds to log in).",
+        "* Type a nickname to connect again, or /quit to leave.",
+    ]
+    assert h.screen.prompt == "nickname: "
+    h.clock.advance(3600)  # no timer: it waits for the user
+    assert len(h.clients) == 1
+    for typed in ("", "/users", "9lives"):
+        h.session.user_line(typed)
+    assert h.screen.take() == [
+        "! Type a nickname to connect again, or /quit to leave (letters, digits, _ and -, "
+        "starting with a letter).",
+    ] * 2
+    h.session.user_line("/nick alice")
+    assert len(h.clients) == 2
+    assert h.screen.take() == ["* Connecting again as alice..."]
+    h.receive("HELLO chat/1 test", "NICK")
+    assert h.sent() == ["NICK alice"]
+    h.receive("READY alice", "USERS 0")
+    assert h.screen.prompt == "alice> "
+
+
+@pytest.mark.parametrize("leave", ["/quit", "ctrl-c"])
+def test_leaving_at_the_prompt_the_nick_timeout_left_ends_as_it_did(leave: str) -> None:
+    h = Harness(nick=None)
+    h.receive("HELLO chat/1 test", "NICK", NICK_TIMEOUT)
+    h.lose()
+    if leave == "/quit":
+        h.session.user_line("/quit")
+        assert h.outcomes == [STOPPED_WAITING]
+    else:
+        h.session.interrupt()
+        assert len(h.outcomes) == 1 and h.outcomes[0].code == 130
+    assert len(h.clients) == 1
+
+
+def test_without_reconnection_the_nick_prompt_s_timeout_ends_the_session() -> None:
+    h = Harness(nick=None, enabled=False)
+    h.receive("HELLO chat/1 test", "NICK", NICK_TIMEOUT)
+    h.lose()
+    assert h.outcomes == [STOPPED_WAITING]
 
 
 def test_a_pair_ended_by_the_loss_is_said() -> None:

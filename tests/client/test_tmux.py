@@ -535,6 +535,22 @@ def test_a_first_login_held_back_past_the_nick_timeout_connects_again_and_gets_i
     term.wait_row(r"^EXIT=0$")
 
 
+def test_a_nickname_typed_after_the_nick_timeout_connects_again(
+    chat_server: Callable[..., ServerProcess], pane: Callable[..., Pane]
+) -> None:
+    """The prompt left open past the server's --nick-timeout: the client
+    exited with status 1; now it keeps the prompt, and the nick typed
+    there, once the server gave up, gets in on a new connection."""
+    server = chat_server("--nick-timeout", "1")
+    term = pane([*CLIENT, LOOPBACK, str(server.port)])
+    term.wait_row(r"^\* Type a nickname to connect again, or /quit to leave\.$")
+    term.wait_row(r"^nickname:$")
+    term.enter("alice")
+    term.wait_row(r"^\* Welcome, alice! You are in the lobby\.", timeout=20)
+    term.enter("/quit")
+    term.wait_row(r"^EXIT=0$")
+
+
 def test_ctrl_c_while_a_held_back_first_login_waits_to_reconnect_exits_130(
     chat_server: Callable[..., ServerProcess],
     connect: Callable[..., LineClient],

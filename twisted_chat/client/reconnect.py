@@ -6,7 +6,9 @@ the chat, L{Reconnecting} starts a new one when the server restarts
 (C{BYE shutdown}) or the connection is lost; and, joined or not, when the
 server's nick timeout cuts a wait for our nick (C{Login.nick_waited}), so
 that someone held back at the start is not let go (the connection after
-that cut is a reconnection: refused, lost or full, it is tried again): with
+that cut is a reconnection: refused, lost or full, it is tried again); and
+when that timeout ends a nickname prompt left open, with the nick typed
+there, however late (no timer: as the web page waits for its Join): with
 the web page's backoff (L{backoff_delay}: 1, 2, 4, 8, 16, then every 30
 seconds, each +-25 %; back to 1 s once a connection reached C{READY}),
 the same nickname (or one typed at a prompt whose wait such a cut ended;
@@ -47,7 +49,7 @@ from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 
 from twisted_chat.client import render
-from twisted_chat.client.commands import Quit, parse_input
+from twisted_chat.client.commands import Quit, nick_argument, parse_input
 from twisted_chat.client.display import Display
 from twisted_chat.client.input import set_aside
 from twisted_chat.client.lobbyview import ShownLobby
@@ -55,18 +57,22 @@ from twisted_chat.client.login import NickTries
 from twisted_chat.client.outbox import HandedOver, not_sent
 from twisted_chat.client.protocol import ChatClient
 from twisted_chat.client.session import Outcome, State, interrupted_before_joining
+from twisted_chat.wire import is_valid_nick
 
 # The web page's backoff (twisted_chat/web/static/app.js, scheduleReconnect).
 BACKOFF_MAX = 30.0
 JITTER = 0.25
 
 RECONNECT_COMMAND = "/reconnect"
+_TYPE_A_NICK = "Type a nickname to connect again, or /quit to leave."
 
 # BYE reasons after which nothing reconnects: the user's own goodbye.
 _USER_LEFT = "quit"
 # Before a nickname was accepted on a new connection, these mean "stop":
 # a prompt left open past the server's --nick-timeout (the web page does
-# not reconnect on a timer then either), or too many failed logins.
+# not reconnect on a timer then either; at the nickname prompt the nick
+# typed later connects again: Reconnecting._await_nick), or too many
+# failed logins.
 _STOP_BEFORE_JOINING = ("timeout", "flood")
 
 
@@ -216,6 +222,9 @@ class Reconnecting:
         # The "Connected to ..." line said since one got in (or since a
         # /reconnect): the same again is not said.
         self._greeting: str | None = None
+        # The server's nick timeout ended the nickname prompt: the next
+        # line typed is the nick to connect again with (L{_await_nick}).
+        self._nick_wanted = False
 
     def _show(self, line: render.Line) -> None:
         if self.display is not None:
@@ -279,6 +288,9 @@ class Reconnecting:
         # The client started with ours: it has the one that got in (or was
         # registered) instead, or none once the server refused it.
         self.password = client.kept_password
+        if self._nick_prompt_timed_out(client):
+            self._await_nick(client, outcome)
+            return
         if not goes_on:
             self._finish(self._last if self._left_reconnection else outcome)
             return
@@ -326,6 +338,49 @@ class Reconnecting:
             self._invitations_ended(client, why)
         self._schedule()
 
+    def _nick_prompt_timed_out(self, client: ChatClient) -> bool:
+        """The server's nick timeout ended C{client} at its nickname
+        prompt (no wait of ours for the nick, no goodbye of the user's)."""
+        ending = client.ending
+        return (
+            self.enabled
+            and client.nick is None
+            and client.login.nick_waited is None
+            and ending.bye_reason == "timeout"
+            and ending.bye_at_nick_prompt
+            and not (self.user_left or ending.said_bye or ending.interrupted)
+        )
+
+    def _await_nick(self, client: ChatClient, outcome: Outcome) -> None:
+        """
+        The prompt stays: the nickname typed at it, whenever that is, goes
+        to a new connection (as the web page waits for its Join), with no
+        timer; C{/quit}, Ctrl-C and Ctrl-D leave as C{client} ended.
+        """
+        if not self.reconnecting:
+            self._last = outcome
+        self.reconnecting = True
+        self._typed_ahead = client.outbox.hand_over()
+        self._nick_wanted = True
+        self._show(render.error(outcome.message or "The server stopped waiting for the nickname."))
+        self._show(render.notice(_TYPE_A_NICK))
+        self._prompt("nickname: ")
+
+    def _nick_typed(self, line: str) -> None:
+        """A line at the prompt L{_await_nick} left: the nick to connect again with."""
+        nick = line.strip()
+        if not nick:
+            return
+        nick = nick_argument(nick) or nick
+        if not is_valid_nick(nick):
+            self._show(render.error(f"{_TYPE_A_NICK[:-1]} (letters, digits, _ and -, "
+                                    "starting with a letter)."))
+            return
+        self.nick = nick
+        self._nick_wanted = False
+        self._show(render.notice(f"Connecting again as {nick}..."))
+        self._begin()
+
     def _invitations_ended(self, client: ChatClient, why: str) -> None:
         """
         Say each open invitation, the user's own and those to the user, that
@@ -372,6 +427,7 @@ class Reconnecting:
             self._failure = self._greeting = None
         if self._failure is None:
             self._show(render.notice("Reconnecting..."))
+        self._nick_wanted = False
         self._begin()
 
     def _finish(self, outcome: Outcome) -> None:
@@ -415,7 +471,9 @@ class Reconnecting:
         action = parse_input(line)
         client = self.client
         if client is None:
-            if command == RECONNECT_COMMAND:
+            if self._nick_wanted and command != RECONNECT_COMMAND and not isinstance(action, Quit):
+                self._nick_typed(line)
+            elif command == RECONNECT_COMMAND:
                 if self._timer is not None and self._timer.active():
                     self._timer.cancel()
                 self._retry(asked=True)

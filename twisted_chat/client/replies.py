@@ -377,6 +377,7 @@ class Replies:
         ending = client.ending
         ending.bye_received = True
         ending.bye_reason = reason
+        ending.bye_at_nick_prompt = client.state is State.ASK_NICK
         client.greeting_done()
         if reason == "quit" and client.state is State.QUITTING:
             ending.bye_answered = True  # after every line we sent before it

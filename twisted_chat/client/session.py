@@ -59,6 +59,7 @@ class Ending:
     said_bye: bool = False  # we sent BYE (lines typed after it are not counted)
     bye_received: bool = False
     bye_reason: str | None = None  # the server's BYE reason, once received
+    bye_at_nick_prompt: bool = False  # that BYE came while the nickname prompt was open
     bye_answered: bool = False  # the server answered our BYE
     gave_up: bool = False  # we closed the connection after an unanswered BYE
     cut_short: bool = False  # a second Ctrl-C closed it while BYE waited for its answer
