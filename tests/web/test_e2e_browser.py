@@ -3548,6 +3548,8 @@ def test_a_hostile_server_s_user_list_keeps_at_most_users_max_as_in_the_terminal
     wait_notice(page, "yan joined the chat")
     rows = page.execute_script(_USER_ROWS)
     assert len(rows) == 50000 and "zed" not in rows and "u0" not in rows and "yan" in rows
+    # The count is who is online (zed too), not the rows (it said 50000).
+    wait(page, lambda d: sidebar_count(d) == ("— 50006", "6 more online, not listed."))
 
 
 def test_a_hostile_server_s_user_lines_left_out_still_count_in_the_list_s_price(
@@ -3571,6 +3573,53 @@ def test_a_hostile_server_s_user_lines_left_out_still_count_in_the_list_s_price(
         "return window.server.sent.filter((line) => line === 'USERS').length") > asked)
     assert time.monotonic() - listed > 3.5
     assert page.execute_script(_USER_ROWS) == ["alice", "bob"]
+
+
+def sidebar_count(driver: Any) -> tuple[str, str | None]:
+    """The sidebar's count, and its note on those not listed (None: hidden)."""
+    count, more = driver.execute_script(
+        "const more = document.getElementById('users-more');"
+        "return [document.getElementById('user-count').textContent,"
+        "        more && !more.hidden ? more.textContent : null]")
+    return count, more
+
+
+def test_the_online_count_says_who_is_online_with_some_not_listed(
+    web: WebServer, browser: Callable[..., Any]
+) -> None:
+    """A list that left people out (invalid nicks here; past USERS_MAX
+    above) made the sidebar count its rows: "— 2" for four people online,
+    and nothing said that the list was short. The count is the server's
+    list, kept or not; the sidebar says how many are not listed, and the
+    count stays right as they, and others, join and leave."""
+    page = browser()
+    hostile(page, web)
+    page.execute_script(
+        "window.server.say('USER alice lobby', 'USER bad!nick lobby', 'USER bob lobby',"
+        "                  `USER ${'x'.repeat(5000)} paired`, 'USERS 4')")
+    wait(page, lambda d: sidebar_count(d) == ("— 4", "2 more online, not listed."))
+    assert page.find_element(By.ID, "conv-topic").text == "Everyone on fake · 4 online"
+    assert page.execute_script(_USER_ROWS) == ["alice", "bob"]
+    ts = format_ts(time.time())
+    page.execute_script(
+        "const [ts, server] = [arguments[0], window.server];"
+        "server.say(`JOINED ${ts} carol`, `JOINED ${ts} also!bad`);", ts)
+    wait(page, lambda d: sidebar_count(d) == ("— 6", "3 more online, not listed."))
+    page.execute_script(
+        "const [ts, server] = [arguments[0], window.server];"
+        "server.say(`LEFT ${ts} bad!nick quit`, `LEFT ${ts} carol quit`, `LEFT ${ts} bob quit`);",
+        ts)
+    wait(page, lambda d: sidebar_count(d) == ("— 3", "2 more online, not listed."))
+    assert page.execute_script(_USER_ROWS) == ["alice"]
+    say(page, "/users")
+    page.execute_script(
+        "window.server.say('USER alice lobby', 'USER bad!nick lobby', 'USERS 2')")
+    wait_notice(page, "2 online: alice (you), and 1 more, not shown.")
+    wait(page, lambda d: sidebar_count(d) == ("— 2", "1 more online, not listed."))
+    page.execute_script(
+        "const [ts, server] = [arguments[0], window.server];"
+        "server.say(`LEFT ${ts} bad!nick quit`, `LEFT ${ts} ghost quit`);", ts)
+    wait(page, lambda d: sidebar_count(d) == ("— 1", None))
 
 
 def test_quit_forgets_the_password_and_join_again_asks_for_it(

@@ -165,6 +165,9 @@
     // left open, and the wait's end connects again.
     floodWait: false,
     users: new Map(), // key -> {nick, state, row: its row in the user list}
+    // People online with no row: past USERS_MAX, or not a nick. Counted, so
+    // that the count says who is online, not how many rows there are.
+    unlisted: 0,
     pendingList: null, // the user list coming, until its USERS (freshList)
     // The conversation where the user typed /users (or /who): the next user
     // list is printed there (the server's answers come in order).
@@ -535,10 +538,16 @@
     if (usersFrame !== null) return;
     usersFrame = requestAnimationFrame(() => {
       usersFrame = null;
-      $("user-count").textContent = state.online ? `— ${state.users.size}` : "— not connected";
+      $("user-count").textContent = state.online ? `— ${onlineCount()}` : "— not connected";
+      const more = $("users-more");
+      more.hidden = !state.unlisted;
+      more.textContent = `${state.unlisted.toLocaleString("en")} more online, not listed.`;
       renderHeader();
     });
   }
+
+  // How many are online: the rows, and those the list could not keep.
+  const onlineCount = () => state.users.size + state.unlisted;
 
   // Once the page is not connected (a lost connection, /quit), the user
   // list is not live: it stays as it was, greyed, with a note, and nobody
@@ -664,7 +673,7 @@
       name.textContent = "# lobby";
       topic.textContent = state.partner
         ? `You are in a private conversation with ${state.partner}; the lobby's messages, joins and leaves will be shown when you leave it.`
-        : `Everyone on ${state.serverName || "this server"} · ${state.online ? `${state.users.size} online` : "not connected"}`;
+        : `Everyone on ${state.serverName || "this server"} · ${state.online ? `${onlineCount()} online` : "not connected"}`;
       input.placeholder = state.partner ? "Leave the private conversation to write in the lobby" : "Message #lobby";
       if (state.partner) input.disabled = true;
       return;
@@ -947,8 +956,8 @@
     return 13 + user.nick.length + (user.state === "paired" ? 1 : 0);
   }
 
-  // A user list as its USER lines come: the people kept, how many past
-  // USERS_MAX were left out (said with the list asked for), and the bytes of
+  // A user list as its USER lines come: the people kept, how many were left
+  // out (past USERS_MAX, or not a nick: counted online all the same), and the bytes of
   // every line, kept or not (the server charges them all). One object, so
   // that a new list starts all three afresh.
   function freshList() {
@@ -1790,6 +1799,7 @@
         state.wanted = nick;
         if (state.password && key(state.password.nick) !== key(nick)) state.password = null;
         state.users = new Map();
+        state.unlisted = 0;
         state.pendingList = freshList();
         state.serverAhead = null; // this connection's server tells its own
         state.lastAhead = null;
@@ -1821,13 +1831,16 @@
         const [, nick, st] = parse(line, 3);
         // Kept only from a nick, and at most USERS_MAX, as in the terminal
         // client (Roster): a hostile server's "nicks" may be a megabyte
-        // each, its list countless. Those past the bound are counted, and
-        // said with the list asked for (/users), as the terminal says them.
-        // Every line, kept or not, counts in the list's price.
+        // each, its list countless. Those left out are counted: in the
+        // count online, and said with the list asked for (/users), as the
+        // terminal says them. Every line, kept or not, counts in the list's price.
         const list = state.pendingList || (state.pendingList = freshList());
         list.bytes += line.length + 2;
-        if (list.users.length >= USERS_MAX) list.leftOut += 1;
-        else if (NICK_RE.test(nick)) list.users.push({ nick, state: st, bytes: line.length + 2 });
+        if (list.users.length < USERS_MAX && NICK_RE.test(nick)) {
+          list.users.push({ nick, state: st, bytes: line.length + 2 });
+        } else {
+          list.leftOut += 1;
+        }
         break;
       }
       case "USERS": {
@@ -1836,6 +1849,7 @@
         const list = state.pendingList || freshList();
         const users = list.users;
         state.users = new Map(users.map((u) => [key(u.nick), u]));
+        state.unlisted = list.leftOut;
         state.pendingList = null;
         rosterReceived(list, line);
         renderUsers();
@@ -1869,16 +1883,25 @@
       case "JOINED": {
         const [, t, nick] = parse(line, 2);
         // A row only for a nick, while the list holds fewer than USERS_MAX
-        // (the terminal's Roster.joined); the join is still said.
+        // (the terminal's Roster.joined); the join is still said, and counted.
         if (NICK_RE.test(nick) && (state.users.has(key(nick)) || state.users.size < USERS_MAX)) {
           putUser({ nick, state: "lobby" });
+        } else if (!state.users.has(key(nick))) {
+          state.unlisted += 1;
+          usersChanged();
         }
         lobbyNotice(shortened(`${nick} joined the chat`, HELD_TEXT), liveTs(t));
         break;
       }
       case "LEFT": {
         const [, t, nick, reason, text] = parse(line, 4);
-        dropUser(nick);
+        if (state.users.has(key(nick))) {
+          dropUser(nick);
+        } else if (state.unlisted) {
+          // Someone with no row: one of those left out.
+          state.unlisted -= 1;
+          usersChanged();
+        }
         const why = { quit: "left", disconnected: "disconnected", timeout: "timed out", flood: "was disconnected for flooding", sendq: "was disconnected (not reading)" }[reason] || `left (${reason})`;
         const msg = shortened(`${nick} ${why}` + (text ? `: ${shownOverrides(text)}` : ""), HELD_TEXT);
         const at = liveTs(t);
