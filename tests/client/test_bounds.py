@@ -159,9 +159,27 @@ def test_user_lines_without_users_are_not_kept_without_bound() -> None:
 def test_user_line_fields_are_kept_short() -> None:
     s = session("eve", interactive=False)
     s.ready("eve")
-    s.receive(f"USER {'n' * 500_000} {'s' * 300_000} {'a' * 200_000}")
+    s.receive(f"USER nnn {'s' * 300_000} {'a' * 200_000}")
     (row,) = s.client.roster._rows
-    assert (len(row.nick), len(row.state), len(row.address or "")) == (100, 100, 100)
+    assert (row.nick, len(row.state), len(row.address or "")) == ("nnn", 100, 100)
+
+
+def test_a_user_line_without_a_nick_is_counted_but_not_listed() -> None:
+    # A hostile server's "nick" (a megabyte, a sentence) was a row of the
+    # table, cut to 100 characters, though no command could address it; the
+    # web page left it out. Both count it, among those not shown.
+    s = session("eve", interactive=False)
+    s.ready("eve")
+    s.screen.take()
+    s.receive("USER bob paired", "USER eve lobby", f"USER {'n' * 500_000} lobby",
+              "USER Visit_evil.example! lobby", "USERS 4")
+    assert s.screen.lines == [
+        "* 4 people online:",
+        "  NICK       STATUS",
+        "  bob        in a private conversation",
+        "  eve (you)  in the lobby",
+        "  ... and 2 more, not shown",
+    ]
 
 
 def test_joined_nicks_known_for_tab_are_bounded_and_valid() -> None:

@@ -15,22 +15,26 @@ class Roster:
 
     # What a server's lines can make the client keep: people in the user list
     # being gathered (USER lines until USERS) and known for Tab (five times
-    # the server's default --max-clients), each field of a USER line (a real
-    # nick has 24 characters).
+    # the server's default --max-clients), each other field of a USER line.
     USERS_MAX = 50_000
     FIELD_MAX = 100
 
     def __init__(self) -> None:
         self._rows: list[UserRow] = []  # USER lines until USERS
-        self._left_out = 0  # USER lines over USERS_MAX
+        self._left_out = 0  # USER lines over USERS_MAX, or with no nick
         self._online: dict[str, str] = {}  # nick_key -> nick, for Tab
 
     def user(self, nick: str, state: str, address: str) -> None:
-        """A C{USER} line: one more row of the list being gathered."""
-        if len(self._rows) >= self.USERS_MAX:
+        """
+        A C{USER} line: one more row of the list being gathered.  Only for a
+        nick, as in the web page: no server lets another name in, so such a
+        row is a hostile server's text dressed as a person, whom no command
+        can address.  It is counted among those not shown.
+        """
+        if len(self._rows) >= self.USERS_MAX or not is_valid_nick(nick):
             self._left_out += 1
             return
-        nick, state, address = (field[: self.FIELD_MAX] for field in (nick, state, address))
+        state, address = (field[: self.FIELD_MAX] for field in (state, address))
         self._rows.append(UserRow(nick, state, address or None))
 
     def users(self) -> tuple[list[UserRow], int]:
