@@ -166,12 +166,21 @@ def test_an_early_look_ranks_as_stalled_what_took_nothing_since_the_timed_one() 
     assert watch._progress == {reader.queue: 0, stalled.queue: 0}, "the timed look's"
 
 
-def test_a_budget_that_is_off_never_looks() -> None:
-    clock, watch, fanout, _, cuts = server(budget=0, members=2)
-    for _ in range(10):
-        flush(fanout, 1 << 20)
-    watch.check()
-    assert cuts == [] and clock.getDelayedCalls() == []
+def test_a_budget_that_is_off_has_no_tally_and_never_looks() -> None:
+    """--sendq-total 0: the factory gives its queues no tally and its
+    fan-outs no budget to ask (before, the queues counted into a tally
+    nobody read); nor does its timer run."""
+    h = Harness(sendq_total=0)
+    slow, talker = h.user("ann"), h.user("cat")
+    slow.transport.producer.pauseProducing()
+    for _ in range(5):
+        talker.send("MSG " + "x" * 2000)
+    factory = h.factory
+    assert factory.context.handed is None
+    assert factory.fanout._handed is None and factory.paired_fanout._handed is None
+    queue = slow.protocol.send_queue
+    assert queue is not None and queue._handed is None
+    assert not slow.protocol.closing and factory.output_budget._call is None
 
 
 def test_the_server_cuts_within_a_turn_before_its_timer() -> None:

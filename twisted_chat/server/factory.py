@@ -146,6 +146,8 @@ class ChatFactory(ServerFactory):
         self._direct_pass = DirectPass() if config.direct_send else None
         # Before the fan-outs, which call its check within a turn.
         self.output_budget = OutputBudget(reactor, config.sendq_total, lambda: self.connections)
+        # --sendq-total 0: no tally for the queues to count into, no look.
+        budget = self.output_budget if config.sendq_total else None
         # The fan-out and the lines come before the state, whose hub tells
         # the lines: both read self.state when used, never before it is set.
         # The JOINED and LEFT lines for this process's users in a pair, who
@@ -154,11 +156,11 @@ class ChatFactory(ServerFactory):
         self.paired_fanout = LobbyFanout(
             reactor, lambda: [user.conn for user in self.state.paired_users()],
             config.fanout_delay, backlog, on_batch=self.stats.fanned_out_paired,
-            output_budget=self.output_budget)
+            output_budget=budget)
         self.fanout = LobbyFanout(reactor, lambda: self.state.lobby_members(),
                                   config.fanout_delay, backlog,
                                   on_batch=self.stats.fanned_out, write_all=self._direct_pass,
-                                  beside=self.paired_fanout, output_budget=self.output_budget)
+                                  beside=self.paired_fanout, output_budget=budget)
         # (self.state read by a C call, not a lambda's frame: once a lobby line.)
         self.lines = LineListener(partial(getattr, self, "state"), self.fanout, self.history,
                                   self.stats, config, self._direct_pass, self.paired_fanout)
@@ -182,7 +184,8 @@ class ChatFactory(ServerFactory):
             deadlines=self.deadlines, held_input=self.held_input, session=self.session,
             repeats=self.repeats, greeting=self.greeting, stats=self.stats,
             watches=(self.drain, self.output_budget), on_registered=self.registered,
-            on_lost=self.connection_lost, leave=self.leave, handed=self.output_budget.handed)
+            on_lost=self.connection_lost, leave=self.leave,
+            handed=budget.handed if budget is not None else None)
 
     # -- connections -----------------------------------------------------------
 

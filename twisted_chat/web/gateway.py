@@ -425,7 +425,7 @@ class ChatWebSocket(WebSocketServerProtocol):
         config = chat.config
         self.chat_queue = EncodingSendQueue(self.tcp, config.sendq, self.frames_for,
                                            direct=config.direct_send, sndbuf=config.sndbuf,
-                                           handed=chat.output_budget.handed)
+                                           handed=chat.context.handed)
         built = self._built = chat.buildProtocol(self._client, port="web")
         self.chat = built if isinstance(built, ChatProtocol) else None
         built.makeConnection(WebSocketTransport(self, self._client))

@@ -51,7 +51,11 @@ class OutputLook(Protocol):
         room before the next: compared here, not in a call, each flush."""
 
     def check(self) -> None:
-        """Look now (cutting connections is safe: no iteration under way)."""
+        """Look now.  A flush that a member's own write brought
+        (L{LobbyFanout.before_write}) may run inside a loop over the hub's
+        users: a cut is still safe there, since it only aborts the
+        connection (its leaving comes on a later turn), as a C{--sendq}
+        cut in the middle of a delivery does."""
 
 
 def _no_look() -> None:
@@ -337,6 +341,7 @@ class LobbyFanout:
         pending = self._pending
         if not pending:
             return
+        # _ask_budget written out: a call here is one more per lobby line.
         handed = self._handed
         if handed is not None and handed.count > handed.room:
             self._check()  # (its cuts leave members closing: they are left out)

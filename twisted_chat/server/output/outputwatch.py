@@ -25,9 +25,6 @@ __all__ = ["EARLY_LOOK_SHARE", "Budgeted", "DrainWatch", "OutputBudget", "Watche
 # its budget looks once per budget / 16 bytes handed, not once per flush.
 EARLY_LOOK_SHARE = 16
 
-# The room of a budget that is off: check() never looks.
-_NEVER = 1 << 62
-
 
 def stalled(
     held: int, delivered: int, last: int, since: float | None, now: float, timeout: float
@@ -185,20 +182,24 @@ class OutputBudget(_Periodic):
         # The sum at the last look, less what it cut (chat_output_held_bytes).
         self.held = 0
         # What the queues handed to Twisted since (each queue's handed).
-        # How much more may be handed before check() looks: handed.room (off: never).
-        self.handed = Handed(budget if budget else _NEVER)
+        # How much more may be handed before check() looks: handed.room.
+        # (Off, C{budget} 0: the factory gives the tally and check() to nobody.)
+        self.handed = Handed(budget)
 
     def stop(self) -> None:
         super().stop()
         self._progress = {}
         self.held = 0
         self.handed.count = 0
-        self.handed.room = self._budget if self._budget else _NEVER
+        self.handed.room = self._budget
 
     def check(self) -> None:
-        """A safe point within a turn (no iteration of the connections
-        under way): look now if what was handed since the last look may
-        have taken the sum past the budget (see the class)."""
+        """Within a turn, before a flush's delivery or at a read's end:
+        look now if what was handed since the last look may have taken the
+        sum past the budget (see the class).  A flush may come from a
+        member's own write inside a loop over the hub's users; cutting
+        there is safe, since a cut only aborts the connection (it leaves
+        on a later turn), as a C{--sendq} cut in mid-delivery does."""
         handed = self.handed
         if handed.count > handed.room:
             self._cut_to_budget(self._progress)
