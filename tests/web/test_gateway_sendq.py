@@ -27,17 +27,28 @@ from twisted_chat.web.config import WebConfig
 from twisted_chat.web.gateway import ChatWebSocket, ChatWebSocketFactory, encode_frames
 
 SENDQ = 200_000
+SENDQ_TOTAL = 10 * SENDQ
 
 
 @pytest.fixture
 def browser() -> Iterator[Any]:
     """A gateway on loopback; calling it opens alice's WebSocket (receive
     buffer of 4 KB) and gives her server side and her client socket."""
+    yield from _gateway(sendq_total=0)
+
+
+@pytest.fixture
+def budgeted_browser() -> Iterator[Any]:
+    """L{browser}, with a C{--sendq-total} budget on."""
+    yield from _gateway(sendq_total=SENDQ_TOTAL)
+
+
+def _gateway(sendq_total: int) -> Iterator[Any]:
     from twisted.internet import reactor
 
     chat = ChatFactory(ServerConfig(idle_timeout=0.0, nick_timeout=0.0, flood_rate=0.0,
                                     sendq=SENDQ, sndbuf=4096, sendq_timeout=0.0,
-                                    sendq_total=0), reactor)
+                                    sendq_total=sendq_total), reactor)
     gateway = ChatWebSocketFactory(chat, WebConfig(), reactor=reactor)
     gateway.setProtocolOptions(openHandshakeTimeout=0, closeHandshakeTimeout=0)
     built: list[ChatWebSocket] = []
@@ -131,3 +142,24 @@ def test_the_fan_outs_direct_pass_leaves_a_browser_to_its_queue(browser: Any) ->
     got = yield read_until(client, b"by the fan-out")
     frames, rest = ws.parse(got)
     assert frames == [(ws.TEXT, line[:-2])] and rest == b""
+
+
+@pytest_twisted.inlineCallbacks
+def test_a_browsers_frames_handed_to_twisted_count_for_sendq_total(
+        budgeted_browser: Any) -> Any:
+    """alice reads nothing more: once her socket takes no more, her frames
+    go to Twisted's buffer, and the --sendq-total budget's tally counts
+    them, as a TCP connection's queue does; uncounted, a turn's writes to
+    browsers could pass the budget unseen until the timed look."""
+    sock, _client = yield budgeted_browser()
+    chat, tcp = sock.chat, sock.transport
+    assert chat is not None
+    handed = sock.factory.chat.output_budget.handed
+    counted = handed.count
+    line = b"MSG 0 carol * " + b"x" * 984 + b"\r\n"
+    for _ in range(SENDQ // len(line) // 2):  # within --sendq: nobody is cut
+        chat.write(line)
+    assert not chat.closing
+    buffered = twisted_buffered(tcp)
+    assert buffered > 0, "her socket took no more: Twisted buffers the rest"
+    assert handed.count - counted >= buffered
