@@ -317,7 +317,8 @@ class ChatWebSocket(WebSocketServerProtocol):
         autobahn writes itself: none are returned here, or each would be
         written twice."""
         config = self.factory.web
-        self._note_client(request.headers)  # first: a refusal's line names it
+        # First: a refusal's line names the client.
+        peer_host, on_unix, unix_trusted = self._note_client(request.headers)
         origin = request.headers.get("origin")
         host_header = request.headers.get("host")
         if host_header is not None and not host_well_formed(host_header):
@@ -325,10 +326,6 @@ class ChatWebSocket(WebSocketServerProtocol):
             # logged as an error (the Host's parse raised).
             self._denied = f"Host {logs.quote(host_header)} is not a host and port"
             raise ConnectionDeny(ConnectionDeny.BAD_REQUEST, "malformed Host header")
-        peer = self.tcp.getPeer()
-        peer_host: str | None = getattr(peer, "host", None)
-        on_unix = isinstance(peer, UNIXAddress)
-        unix_trusted = on_unix and config.trust_unix
         proxied = trusted(peer_host, config.trusted_proxies, unix_trusted)
         scheme, proto = self._page_scheme(proxied, on_unix, request.headers)
         if not origin_allowed(origin, host_header, config.origins, scheme):
@@ -338,19 +335,24 @@ class ChatWebSocket(WebSocketServerProtocol):
                 self._denied += f" (X-Forwarded-Proto {logs.quote(proto)})"
             raise ConnectionDeny(ConnectionDeny.FORBIDDEN, "origin not allowed")
 
-    def _note_client(self, headers: dict[str, str]) -> None:
+    def _note_client(self, headers: dict[str, str]) -> tuple[str | None, bool, bool]:
         """The client's address (C{_client}), from the request's
-        C{headers}: a trusted proxy's C{X-Forwarded-For} names it."""
+        C{headers}: a trusted proxy's C{X-Forwarded-For} names it.
+        Returns what it read of the peer, for L{onConnect} to use again:
+        its host, whether it is on a UNIX socket, and whether that is
+        trusted as a proxy (C{--trust-proxy})."""
         config = self.factory.web
         peer = self.tcp.getPeer()
         peer_host: str | None = getattr(peer, "host", None)
-        unix_trusted = isinstance(peer, UNIXAddress) and config.trust_unix
+        on_unix = isinstance(peer, UNIXAddress)
+        unix_trusted = on_unix and config.trust_unix
         host = client_host(peer_host, headers.get("x-forwarded-for"),
                            config.trusted_proxies, unix_trusted)
         if host is not None:
             port = getattr(peer, "port", 0) if host == peer_host else 0
             kind = IPv6Address if ":" in host else IPv4Address
             self._client = kind("TCP", host, port)
+        return peer_host, on_unix, unix_trusted
 
     def _page_scheme(self, proxied: bool, on_unix: bool, headers: dict[str, str]
                      ) -> tuple[str | None, str | None]:
