@@ -200,29 +200,61 @@ def test_nick_race_exactly_one_ready() -> None:
     assert b.take()[0] == "READY carol"
 
 
+FAULT = "ERROR internal the server hit a fault handling that command (it is logged)"
+
+
+def nick_with_a_broken_listener(node: Node, nick: str) -> Conn:
+    """A new connection of C{node} sends C{NICK nick}, and the node's
+    listener raises at its C{JOINED} (a bug), once: the hub undoes it there."""
+    lines = node.factory.lines
+
+    def broken(*args: Any) -> None:
+        del lines.joined  # the real one again
+        raise RuntimeError("a listener's bug")
+
+    conn = node.connect()
+    conn.take()
+    lines.joined = broken  # type: ignore[method-assign]
+    conn.send(f"NICK {nick}")
+    node.cluster.pump()
+    return conn
+
+
 def test_an_arrival_that_raises_on_its_node_is_answered_error_internal() -> None:
     """The node's listener raised at the newcomer's JOINED (a bug; its hub
     undid the user): the replica logged it and answered the NICK as done,
     so the client had READY, the user list and then nothing, never online.
     It gets ERROR internal alone, as on one server, and may NICK again."""
     cluster = Cluster(2)
-    lines = cluster.nodes[0].factory.lines
-
-    def broken(*args: Any) -> None:
-        del lines.joined  # the real one again
-        raise RuntimeError("a listener's bug")
-
-    conn = cluster.nodes[0].connect()
-    conn.take()
-    lines.joined = broken  # type: ignore[method-assign]
-    conn.send("NICK alice")
-    cluster.pump()
-    assert conn.take() == [
-        "ERROR internal the server hit a fault handling that command (it is logged)"]
+    conn = nick_with_a_broken_listener(cluster.nodes[0], "alice")
+    assert conn.take() == [FAULT]
     assert conn.user is None and not conn.transport.disconnecting
     conn.send("NICK carol")
     cluster.pump()
     assert conn.take()[0] == "READY carol"
+
+
+def test_an_arrival_that_raises_on_its_node_leaves_the_other_nodes_too() -> None:
+    """Only node 0's listener raised at alice's JOINED: its hub undid her,
+    node 1's did not, so node 1 kept her online and a retried NICK alice
+    had READY on node 0 beside node 1's stale alice.  Node 0 now appends
+    her leave, and the retry is alice everywhere."""
+    cluster = Cluster(2)
+    n0, n1 = cluster.nodes
+    watcher = n1.user("bob")
+    conn = nick_with_a_broken_listener(n0, "alice")
+    assert conn.take() == [FAULT]
+    assert n0.hub.find("alice") is None and n1.hub.find("alice") is None
+    seen = watcher.take()  # she was shown arriving there, and now leaving
+    assert [line.split()[0] for line in seen] == ["JOINED", "LEFT"], seen
+    assert seen[1].endswith(" alice disconnected")
+    conn.send("NICK alice")
+    cluster.pump()
+    assert conn.take()[0] == "READY alice"
+    assert n0.hub.find("alice") is not None and n1.hub.find("alice") is not None
+    joined = watcher.take()
+    assert len(joined) == 1 and joined[0].startswith("JOINED ") and joined[0].endswith(" alice")
+    check_index(cluster)
 
 
 def test_lines_after_nick_wait_for_the_answer() -> None:

@@ -138,6 +138,10 @@ class Answers(Protocol):
     def orphaned(self, user: User) -> None:
         """A user of this node came online with no connection to hold it."""
 
+    def undone(self, uid: str) -> None:
+        """This node's registration C{uid} raised here (a bug): the other
+        nodes applied it, so it leaves there too."""
+
     def lost(self) -> None:
         """The cluster declared this node dead: its users are gone."""
 
@@ -229,6 +233,8 @@ class Replica:
             # Not done: its node's command is answered ERROR internal, as on
             # one server (a registration told nothing would wait for ever).
             result = e
+            if event.get("t") == "reg" and origin == self.node and not self.replaying:
+                self.answers.undone(eid)
         finally:
             self.current = None
         self.afterloss.applied()
