@@ -42,6 +42,7 @@ from twisted_chat.server.limits.refusals import (
 )
 from twisted_chat.server.lines import LineListener
 from twisted_chat.server.metrics.counters import Stats
+from twisted_chat.server.output import heaptrim
 from twisted_chat.server.output.fanout import Backlog, LobbyFanout, reactor_backlog
 from twisted_chat.server.output.outputwatch import DrainWatch, OutputBudget
 from twisted_chat.server.output.sendqueue import DirectPass
@@ -145,7 +146,8 @@ class ChatFactory(ServerFactory):
         self.stats = Stats()
         self._direct_pass = DirectPass() if config.direct_send else None
         # Before the fan-outs, which call its check within a turn.
-        self.output_budget = OutputBudget(reactor, config.sendq_total, lambda: self.connections)
+        self.output_budget = OutputBudget(reactor, config.sendq_total, lambda: self.connections,
+                                          trim=heaptrim.load())
         # --sendq-total 0: no tally for the queues to count into, no look.
         budget = self.output_budget if config.sendq_total else None
         # The fan-out and the lines come before the state, whose hub tells

@@ -3,7 +3,8 @@ The timers that police what the send queues hold, one for every connection:
 L{DrainWatch} (C{--sendq-timeout}: a peer that has taken none of its bytes
 for that long is dropped, see docs/fanout.md, "Output that does not drain")
 and L{OutputBudget} (C{--sendq-total}: the bytes held for all connections
-together, see docs/security.md, "Output held in all").  Both read each
+together, see docs/security.md, "Output held in all"; after a burst it
+also has the C heap trimmed: L{heaptrim}).  Both read each
 connection's L{SendQueue} (the drain watch keeps its figures on it); the
 queue itself and its own bounds (C{--sendq}, C{--sndbuf}) are in
 L{sendqueue}, which keeps to the queue and the fan-out's direct pass.
@@ -18,12 +19,18 @@ from twisted.internet.interfaces import IDelayedCall, IReactorTime
 
 from twisted_chat.server.output.sendqueue import Handed, SendQueue
 
-__all__ = ["EARLY_LOOK_SHARE", "Budgeted", "DrainWatch", "OutputBudget", "Watched", "stalled"]
+__all__ = ["EARLY_LOOK_SHARE", "TRIM_FALL", "TRIM_PEAK", "Budgeted", "DrainWatch", "OutputBudget",
+           "Watched", "stalled"]
 
 # An early look (OutputBudget.check) waits for at least this share of the
 # budget to be handed to Twisted since the last look: a server hovering near
 # its budget looks once per budget / 16 bytes handed, not once per flush.
 EARLY_LOOK_SHARE = 16
+
+# The heap is trimmed once the sum seen at a look has peaked at TRIM_PEAK
+# bytes at least and a timed look sees it under 1 / TRIM_FALL of that peak.
+TRIM_PEAK = 32 << 20
+TRIM_FALL = 4
 
 
 def stalled(
@@ -169,16 +176,27 @@ class OutputBudget(_Periodic):
     last timed look) and leaves its timer alone.  What it keeps between
     looks is the progress of the connections that held something at the
     last timed look (nothing per connection otherwise).
+
+    Memory a burst's buffers freed stays in the C heap (L{heaptrim}): once
+    the sum seen at a look has peaked at L{TRIM_PEAK} or more, the first
+    timed look that sees it under a quarter of that peak (or the last
+    connection going) calls C{trim} with the peak, once, and the peak
+    starts afresh: a trim per burst at most, never on a write's path.
     """
 
-    __slots__ = ("_budget", "_connections", "_progress", "handed", "held")
+    __slots__ = ("_budget", "_connections", "_peak", "_progress", "handed", "held", "trim")
 
     def __init__(self, clock: IReactorTime, budget: int,
-                 connections: Callable[[], Collection[Budgeted]], period: float = 1.0) -> None:
+                 connections: Callable[[], Collection[Budgeted]], period: float = 1.0,
+                 trim: Callable[[int], object] | None = None) -> None:
         super().__init__(clock, period if budget else 0.0)
         self._budget = budget
         self._connections = connections
         self._progress: dict[SendQueue, int] = {}
+        # Gives the heap back after a burst (heaptrim.load(); None: never).
+        self.trim = trim
+        # The most the sum was at a look (before its cuts) since the last trim.
+        self._peak = 0
         # The sum at the last look, less what it cut (chat_output_held_bytes).
         self.held = 0
         # What the queues handed to Twisted since (each queue's handed).
@@ -188,6 +206,7 @@ class OutputBudget(_Periodic):
 
     def stop(self) -> None:
         super().stop()
+        self._trim_after_burst(0)
         self._progress = {}
         self.held = 0
         self.handed.count = 0
@@ -206,14 +225,22 @@ class OutputBudget(_Periodic):
 
     def _look(self) -> None:
         self._call = None
-        self._progress = self._cut_to_budget(self._progress)
+        self._progress, seen = self._cut_to_budget(self._progress)
+        self._trim_after_burst(seen)
         if self._connections():
             self.start()
 
-    def _cut_to_budget(self, last: dict[SendQueue, int]) -> dict[SendQueue, int]:
+    def _trim_after_burst(self, seen: int) -> None:
+        """Trim the heap if the sum, C{seen} now, fell well below a high peak."""
+        peak = self._peak
+        if peak >= TRIM_PEAK and seen * TRIM_FALL < peak and self.trim is not None:
+            self._peak = 0
+            self.trim(peak)
+
+    def _cut_to_budget(self, last: dict[SendQueue, int]) -> tuple[dict[SendQueue, int], int]:
         """The look: the sum, and cuts while it is over the budget, ranking
         as stalled those whose progress is C{last}'s.  Returns the progress
-        of those holding output."""
+        of those holding output, and the sum before the cuts."""
         progress: dict[SendQueue, int] = {}
         holding: list[tuple[bool, int, Budgeted]] = []
         total = 0
@@ -230,6 +257,9 @@ class OutputBudget(_Periodic):
                     holding.append((now is not None and last.get(queue) == now, held,
                                     connection))
                     total += held
+        seen = total
+        if seen > self._peak:
+            self._peak = seen
         budget = self._budget
         if total > budget:
             holding.sort(key=_rank, reverse=True)
@@ -241,7 +271,7 @@ class OutputBudget(_Periodic):
         self.held = total
         self.handed.count = 0
         self.handed.room = max(budget - total, budget // EARLY_LOOK_SHARE)
-        return progress
+        return progress, seen
 
 
 def _rank(holder: tuple[bool, int, Any]) -> tuple[bool, int]:
