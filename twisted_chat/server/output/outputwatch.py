@@ -4,7 +4,7 @@ L{DrainWatch} (C{--sendq-timeout}: a peer that has taken none of its bytes
 for that long is dropped, see docs/fanout.md, "Output that does not drain")
 and L{OutputBudget} (C{--sendq-total}: the bytes held for all connections
 together, see docs/security.md, "Output held in all"; after a burst it
-also has the C heap trimmed: L{heaptrim}).  Both read each
+also has memory given back: L{heaptrim}).  Both read each
 connection's L{SendQueue} (the drain watch keeps its figures on it); the
 queue itself and its own bounds (C{--sendq}, C{--sndbuf}) are in
 L{sendqueue}, which keeps to the queue and the fan-out's direct pass.
@@ -177,11 +177,12 @@ class OutputBudget(_Periodic):
     looks is the progress of the connections that held something at the
     last timed look (nothing per connection otherwise).
 
-    Memory a burst's buffers freed stays in the C heap (L{heaptrim}): once
+    Memory a burst left behind is not given back by itself (L{heaptrim}): once
     the sum seen at a look has peaked at L{TRIM_PEAK} or more, the first
-    timed look that sees it under a quarter of that peak (or the last
-    connection going) calls C{trim} with the peak, once, and the peak
-    starts afresh: a trim per burst at most, never on a write's path.
+    timed look that sees it, and what was handed since the last look (a
+    burst that goes on past cuts), under a quarter of that peak (or the
+    last connection going) calls C{trim} with the peak, once, and the
+    peak starts afresh: a trim per burst at most, never on a write's path.
     """
 
     __slots__ = ("_budget", "_connections", "_peak", "_progress", "handed", "held", "trim")
@@ -193,7 +194,7 @@ class OutputBudget(_Periodic):
         self._budget = budget
         self._connections = connections
         self._progress: dict[SendQueue, int] = {}
-        # Gives the heap back after a burst (heaptrim.load(); None: never).
+        # Gives memory back after a burst (heaptrim.load(); None: never).
         self.trim = trim
         # The most the sum was at a look (before its cuts) since the last trim.
         self._peak = 0
@@ -225,13 +226,15 @@ class OutputBudget(_Periodic):
 
     def _look(self) -> None:
         self._call = None
+        handed = self.handed.count
         self._progress, seen = self._cut_to_budget(self._progress)
-        self._trim_after_burst(seen)
+        self._trim_after_burst(max(seen, handed))
         if self._connections():
             self.start()
 
     def _trim_after_burst(self, seen: int) -> None:
-        """Trim the heap if the sum, C{seen} now, fell well below a high peak."""
+        """Trim if the sum, and what was handed to Twisted since the last
+        look (a burst still coming in), C{seen}, fell well below a high peak."""
         peak = self._peak
         if peak >= TRIM_PEAK and seen * TRIM_FALL < peak and self.trim is not None:
             self._peak = 0
