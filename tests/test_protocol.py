@@ -1028,6 +1028,40 @@ def test_a_closing_connection_gets_no_lobby_line_from_the_direct_pass(two_on_tcp
     assert b"after" in to_alice
 
 
+@defer.inlineCallbacks
+def fan_out_until_cut(factory: Any, reader: socket.socket, member: Any) -> Any:
+    """Lobby lines of 1 kB until C{member}, who reads none, is cut at
+    --sendq; C{reader} reads them meanwhile."""
+    import contextlib
+
+    from twisted.internet import reactor
+
+    for i in range(400):  # bounded
+        factory.fanout.add(b"MSG 0 carol * " + b"x" * 1000 + b"\r\n")
+        factory.fanout.flush()
+        if member.closing:
+            break
+        if i % 20 == 0:
+            with contextlib.suppress(BlockingIOError):
+                while reader.recv(1 << 20):
+                    pass
+            yield deferLater(reactor, 0.01, lambda: None)
+    assert member.closing, "cut at --sendq"
+
+
+@defer.inlineCallbacks
+def until_left(factory: Any, nick: str) -> Any:
+    """Wait (bounded) until C{nick} has left: a cut's connectionLost comes
+    on a later turn."""
+    from twisted.internet import reactor
+
+    for _ in range(100):
+        if nick not in factory.state.hub.online:
+            break
+        yield deferLater(reactor, 0.01, lambda: None)
+    assert nick not in factory.state.hub.online
+
+
 @pytest_twisted.inlineCallbacks
 def test_a_member_that_was_cut_and_left_is_not_kept_alive(two_on_tcp: Any) -> Any:
     """The lists the fan-out keeps between batches (the lobby state's tuple,
@@ -1036,31 +1070,72 @@ def test_a_member_that_was_cut_and_left_is_not_kept_alive(two_on_tcp: Any) -> An
     --sendq bytes in its transport's buffer.  (Outside twistd, Twisted's
     log buffer still holds the connection's log events: only lists and
     tuples are looked for.)"""
-    import contextlib
     import gc
-
-    from twisted.internet import reactor
 
     factory, clients = yield two_on_tcp(sendq=256 * 1024, sndbuf=4096, sendq_timeout=0.0)
     bob = next(p for p in factory.connections if p.user and p.user.nick == "bob")
-    for i in range(400):  # bounded; bob does not read, alice does
-        factory.fanout.add(b"MSG 0 carol * " + b"x" * 1000 + b"\r\n")
-        factory.fanout.flush()
-        if bob.closing:
-            break
-        if i % 20 == 0:
-            with contextlib.suppress(BlockingIOError):
-                while clients[0].recv(1 << 20):
-                    pass
-            yield deferLater(reactor, 0.01, lambda: None)
-    assert bob.closing, "cut at --sendq"
-    for _ in range(100):  # bounded: the abort's connectionLost comes on a later turn
-        if "bob" not in factory.state.hub.online:
-            break
-        yield deferLater(reactor, 0.01, lambda: None)
-    assert "bob" not in factory.state.hub.online
+    yield fan_out_until_cut(factory, clients[0], bob)
+    yield until_left(factory, "bob")
     gc.collect()
     assert [r for r in gc.get_referrers(bob) if isinstance(r, (list, tuple))] == []
+
+
+@pytest_twisted.inlineCallbacks
+def test_a_member_cut_for_its_output_lets_go_of_its_buffer_without_a_collection(
+        two_on_tcp: Any) -> Any:
+    """A slow reader cut at --sendq leaves up to --sendq bytes in Twisted's
+    buffer: before, its connection and its user (which refer to each other)
+    kept them, and its transport, until a full cyclic collection, which an
+    idle server may never run.  Now its connectionLost empties that buffer,
+    with the collector off."""
+    import gc
+
+    from twisted_chat.tcpinfo import twisted_buffered
+
+    factory, clients = yield two_on_tcp(sendq=256 * 1024, sndbuf=4096, sendq_timeout=0.0)
+    bob = next(p for p in factory.connections if p.user and p.user.nick == "bob")
+    transport = bob.transport
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield fan_out_until_cut(factory, clients[0], bob)
+        assert twisted_buffered(transport) > 64 * 1024, "held in Twisted's buffer at the cut"
+        yield until_left(factory, "bob")
+        assert transport.disconnected
+        assert twisted_buffered(transport) == 0 and transport._tempDataBuffer == []
+        assert len(transport.dataBuffer) == 0
+    finally:
+        if enabled:
+            gc.enable()
+
+
+@pytest_twisted.inlineCallbacks
+def test_a_close_still_sends_what_twisted_buffers_before_it(two_on_tcp: Any) -> Any:
+    """The buffer is let go only once the connection is lost: a close
+    (BYE) with most of 100 kB still in Twisted's buffer delivers it all
+    first, then ends with a FIN."""
+    from twisted.internet import reactor
+
+    from twisted_chat.tcpinfo import twisted_buffered
+
+    factory, clients = yield two_on_tcp(sendq=1 << 20, sndbuf=4096, sendq_timeout=0.0)
+    bob = next(p for p in factory.connections if p.user and p.user.nick == "bob")
+    line = b"MSG 0 carol * " + b"x" * 1000 + b"\r\n"
+    for _ in range(100):
+        bob.write(line)
+    assert twisted_buffered(bob.transport) > 40_000
+    bob.close("test")
+    got = b""
+    for _ in range(50_000):  # bounded
+        try:
+            chunk = clients[1].recv(1 << 20)
+        except BlockingIOError:
+            yield deferLater(reactor, 0.0005, lambda: None)
+            continue
+        if not chunk:
+            break
+        got += chunk
+    assert got.count(line) == 100 and got.endswith(b"BYE test\r\n")
 
 
 def test_closing_twice_says_bye_and_leaves_once(h: Harness) -> None:

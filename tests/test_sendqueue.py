@@ -421,6 +421,37 @@ def test_twisted_s_buffer_is_read_where_it_exists() -> None:
         tcpinfo.twisted_buffered(StringTransport())
 
 
+class Wrapping:
+    """A layer over a TCP transport, as a TLS layer is (its C{transport})."""
+
+    def __init__(self, transport: Any) -> None:
+        self.transport = transport
+
+
+def test_twisted_s_buffer_is_let_go_once_the_connection_is_lost_not_before() -> None:
+    """Under a TLS layer too; a transport still connected (a clean close
+    flushing what it holds) and one without Twisted's buffer keep theirs."""
+    from twisted.internet.error import ConnectionAborted
+    from twisted.python.failure import Failure
+
+    fd = FileDescriptor(reactor=MemoryReactorClock())
+    fd.connected = True
+    fd.write(b"x" * 1000)
+    fd.dataBuffer, fd.offset = b"y" * 500, 100
+    fd.loseConnection()  # closing: Twisted still sends what it holds
+    tcpinfo.drop_twisted_buffers(Wrapping(fd))
+    assert tcpinfo.twisted_buffered(fd) == 1400, "still to be sent"
+    fd.connectionLost(Failure(ConnectionAborted()))
+    tcpinfo.drop_twisted_buffers(Wrapping(fd))
+    assert tcpinfo.twisted_buffered(fd) == 0
+    assert (fd.dataBuffer, fd._tempDataBuffer) == (b"", [])
+    other = StringTransport()
+    other.write(b"kept")
+    other.disconnected = True
+    tcpinfo.drop_twisted_buffers(other)
+    assert other.value() == b"kept"
+
+
 def test_a_closed_socket_does_not_decide_whether_the_kernel_reports_acks(
         monkeypatch: pytest.MonkeyPatch) -> None:
     """Asked first of a socket already closed (EBADF), the answer is "no"

@@ -4,7 +4,9 @@ tell: the bytes in Twisted's buffer (L{twisted_buffered}), the socket under a
 transport (under its TLS, too), the bytes in the kernel's send queue
 (L{kernel_queued}, Linux's C{SIOCOUTQ}; the two: L{unsent}), how many of the
 bytes written the peer has acknowledged (L{peer_acked}, Linux's C{TCP_INFO})
-and whether the peer reset the connection (L{reset_by_peer}, C{TCP_INFO} too).
+and whether the peer reset the connection (L{reset_by_peer}, C{TCP_INFO} too);
+and, once a connection is lost, it lets go of what Twisted still buffers for
+it (L{drop_twisted_buffers}).
 The server's send queues bound and count what they hold with them
 (docs/fanout.md), a close the server decides waits for them to drain
 (L{twisted_chat.server.limits.closing}); the client tells a server that
@@ -86,6 +88,26 @@ def buffered(consumer: object) -> int | None:
         except (AttributeError, TypeError):
             pass
     return None
+
+
+def drop_twisted_buffers(transport: Any) -> None:
+    """
+    Let go of what Twisted still buffers for C{transport} (under its TLS,
+    the TCP connection's), once it is lost: the connection refers to its
+    user and back, so without this a connection cut for its output kept
+    up to C{--sendq} of bytes until a full cyclic collection, which an idle
+    server may never run.  Only a layer whose C{connectionLost} has run
+    (C{disconnected}) is emptied: Twisted sends nothing more from it, and a
+    clean close still flushes all before it gets there.  A layer without
+    Twisted's private buffer attributes (L{TWISTED_BUFFER}) is left alone.
+    """
+    for layer in _layers(transport):
+        if getattr(layer, "disconnected", False) and all(
+                hasattr(layer, name) for name in (*TWISTED_BUFFER, "_tempDataBuffer")):
+            layer.dataBuffer = b""
+            layer.offset = 0
+            layer._tempDataBuffer = []
+            layer._tempDataLen = 0
 
 
 def socket_of(transport: Any) -> socket.socket | None:

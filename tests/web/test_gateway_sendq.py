@@ -163,3 +163,39 @@ def test_a_browsers_frames_handed_to_twisted_count_for_sendq_total(
     buffered = twisted_buffered(tcp)
     assert buffered > 0, "her socket took no more: Twisted buffers the rest"
     assert handed.count - counted >= buffered
+
+
+@pytest_twisted.inlineCallbacks
+def test_a_browser_cut_for_its_output_lets_go_of_its_buffer_without_a_collection(
+        browser: Any) -> Any:
+    """What Twisted buffers for a browser cut at --sendq (up to --sendq of
+    frames) goes at its TCP connection's connectionLost: before, it stayed
+    with the connection (its WebSocket, its chat connection and its user
+    refer to each other) until a full cyclic collection, which an idle
+    server may never run."""
+    import gc
+
+    from twisted.internet import reactor
+
+    sock, _client = yield browser()
+    chat, tcp = sock.chat, sock.transport
+    assert chat is not None
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        line = b"MSG 0 carol * " + b"x" * 984 + b"\r\n"
+        for _ in range(2 * SENDQ // len(line)):  # bounded: the cut comes before
+            chat.write(line)
+            if chat.closing:
+                break
+        assert chat.closing, "cut at --sendq"
+        assert twisted_buffered(tcp) > 64 * 1024, "held in Twisted's buffer at the cut"
+        for _ in range(100):  # bounded: the abort's connectionLost comes on a later turn
+            if sock.chat is None:
+                break
+            yield deferLater(reactor, 0.01, lambda: None)
+        assert sock.chat is None and tcp.disconnected
+        assert twisted_buffered(tcp) == 0 and tcp._tempDataBuffer == []
+    finally:
+        if enabled:
+            gc.enable()

@@ -37,7 +37,7 @@ from twisted_chat.server.limits.records import RecordReads, reads_records
 from twisted_chat.server.limits.socketbuffers import fix_receive_buffer
 from twisted_chat.server.output.memberoutput import MemberOutput
 from twisted_chat.server.output.sendqueue import SendQueue
-from twisted_chat.tcpinfo import socket_of
+from twisted_chat.tcpinfo import drop_twisted_buffers, socket_of
 from twisted_chat.wire import ErrorCode
 
 if TYPE_CHECKING:
@@ -181,6 +181,10 @@ class ChatProtocol(MemberOutput, FloodAccount, IdleDeadline, InputHolding):
         ctx.held_input.started(self)
 
     def connectionLost(self, reason: Failure = connectionDone) -> None:
+        # What Twisted still buffers (up to --sendq for a connection cut for
+        # it) goes now, not when the collector frees this connection and its
+        # user, which refer to each other.
+        drop_twisted_buffers(self.transport)
         hold = self.hold
         if hold is not None and hold.holds_lines():
             # Handled after the peer went (InputHold.holds_lines).

@@ -66,6 +66,7 @@ from twisted_chat.server.limits.closing import (
 from twisted_chat.server.limits.records import reads_records
 from twisted_chat.server.output.sendqueue import EncodingSendQueue
 from twisted_chat.server.protocol import ChatProtocol
+from twisted_chat.tcpinfo import drop_twisted_buffers
 from twisted_chat.web.config import (
     WebConfig,
     client_host,
@@ -815,6 +816,9 @@ class ChatWebSocket(WebSocketServerProtocol):
                 call.cancel()
         self._linger = self._frame_grace = self._pong_call = self._read_call = None
         self.chat_queue = None  # its encode is a method of this socket's
+        # What Twisted still buffers for it (up to --sendq for a browser cut
+        # for it) goes now, not when the collector frees the connection.
+        drop_twisted_buffers(self.transport)
         try:
             super().connectionLost(reason)
         finally:
