@@ -9,6 +9,6 @@ The output side: how lines leave for the connections (docs/fanout.md).
     C{--sendq} cut leaves out;
   - L{outputwatch}: the timers that police what the send queues hold
     (C{--sendq-timeout}, C{--sendq-total}).
-  - L{heaptrim}: giving memory back after an output burst (a collection,
-    then glibc's C{malloc_trim}).
+  - L{heaptrim}: giving memory back after an output burst (glibc's
+    C{malloc_trim}).
 """

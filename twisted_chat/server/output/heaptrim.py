@@ -1,21 +1,19 @@
 """
-Giving memory back after an output burst (docs/security.md, "Output held in
-all").  Two things kept a burst's peak for good on an idle server: the
-connections cut in it, whose Twisted buffers stay with them until Python's
-cyclic collector frees them (a connection and its user refer to each other,
-and a full collection waits for allocations an idle server does not make);
-and glibc, which keeps freed memory in the process and raises its threshold
-for mapping large blocks apart each time one is freed.  L{HeapTrim} runs a
-full collection, then glibc's C{malloc_trim(0)} where libc has it (L{load};
-elsewhere, musl or macOS, only the collection).  L{OutputBudget
+Giving the C heap back after an output burst (docs/security.md, "Output held
+in all").  glibc keeps what a burst's buffers freed in the process, and
+raises its threshold for mapping large blocks apart each time one is freed,
+so the RSS stays at the burst's peak for good.  (The buffers of the
+connections the burst cut are freed at their loss, with no collection:
+L{twisted_chat.tcpinfo.drop_twisted_buffers}.)  L{load} returns a
+L{HeapTrim} that calls glibc's C{malloc_trim(0)}, or C{None} where libc has
+none (musl, macOS): there nothing is trimmed.  L{OutputBudget
 <twisted_chat.server.output.outputwatch.OutputBudget>} decides when, never
-on the path of a write (both walk all they hold).
+on the path of a write (C{malloc_trim} walks the whole heap).
 """
 
 from __future__ import annotations
 
 import ctypes
-import gc
 import os
 import time
 from collections.abc import Callable
@@ -53,39 +51,32 @@ def _malloc_trim() -> Callable[[int], int] | None:
 
 class HeapTrim:
     """One trim, and its log line: what the RSS gave back and how long the
-    collection and the trim took (they hold the reactor meanwhile)."""
+    trim took (it holds the reactor meanwhile)."""
 
-    __slots__ = ("_collect", "_malloc_trim", "_rss")
+    __slots__ = ("_malloc_trim", "_rss")
 
-    def __init__(self, malloc_trim: Callable[[int], int] | None,
-                 rss: Callable[[], int | None] = rss,
-                 collect: Callable[[], int] = gc.collect) -> None:
+    def __init__(self, malloc_trim: Callable[[int], int],
+                 rss: Callable[[], int | None] = rss) -> None:
         self._malloc_trim = malloc_trim
         self._rss = rss
-        self._collect = collect
 
     def __call__(self, peak: int) -> None:
-        """Give back what a burst whose output held peaked at C{peak}
-        bytes left behind."""
+        """Trim after a burst whose output held peaked at C{peak} bytes."""
         before = self._rss()
         started = time.perf_counter()
-        freed = self._collect()
-        collected = time.perf_counter()
-        if self._malloc_trim is not None:
-            self._malloc_trim(0)
-        trimmed = time.perf_counter()
+        self._malloc_trim(0)
+        took = time.perf_counter() - started
         after = self._rss()
         if before is None or after is None:
             rss_text = "RSS not known"
         else:
             rss_text = f"RSS {before / 1e6:.0f} to {after / 1e6:.0f} MB"
-        _log.info("Output held fell from a peak of {peak:.0f} MiB: memory given back ({rss}; "
-                  "{freed} objects collected in {gc_ms:.1f} ms, {trim}", peak=peak / (1 << 20),
-                  rss=rss_text, freed=freed, gc_ms=(collected - started) * 1000,
-                  trim=(f"heap trimmed in {(trimmed - collected) * 1000:.1f} ms)"
-                        if self._malloc_trim is not None else "no malloc_trim here)"))
+        _log.info("Output held fell from a peak of {peak:.0f} MiB: heap trimmed "
+                  "({rss}, in {ms:.1f} ms)", peak=peak / (1 << 20), rss=rss_text,
+                  ms=took * 1000)
 
 
-def load() -> HeapTrim:
-    """A L{HeapTrim}, with C{malloc_trim} where libc has it."""
-    return HeapTrim(_malloc_trim())
+def load() -> HeapTrim | None:
+    """A L{HeapTrim} where libc has C{malloc_trim}, else C{None}."""
+    trim = _malloc_trim()
+    return HeapTrim(trim) if trim is not None else None

@@ -170,8 +170,10 @@ class OutputBudget(_Periodic):
     at most, not one per flush); in between it passes that by what one
     flush's delivery hands out (its bytes times the members holding output)
     or one read's own replies.  Connections cut stop counting at once;
-    Twisted frees what it held for them when it closes them, on its next
-    turn.  That early
+    what Twisted buffered for them is let go at their C{connectionLost}, on
+    the next turn (L{drop_twisted_buffers
+    <twisted_chat.tcpinfo.drop_twisted_buffers>}: not when the collector
+    frees each connection and its user).  That early
     look keeps the timed look's notion of stalled (no progress since the
     last timed look) and leaves its timer alone.  What it keeps between
     looks is the progress of the connections that held something at the
