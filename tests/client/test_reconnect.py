@@ -23,7 +23,7 @@ from twisted_chat.client.protocol import ChatClient
 from twisted_chat.client.reconnect import Reconnecting, backoff_delay, should_reconnect
 from twisted_chat.client.session import Outcome, State
 
-from .helpers import NOW, TS, Screen
+from .helpers import NOW, TS, Screen, session
 
 LOST = Outcome(1, "The connection to chat.test:7000 was lost.")
 SHUTDOWN = Outcome(1, "The server is shutting down.")
@@ -945,9 +945,10 @@ def test_a_nick_prompt_left_open_past_the_nick_timeout_connects_again_with_the_n
     for typed in ("", "/users", "9lives"):
         h.session.user_line(typed)
     assert h.screen.take() == [
-        "! Type a nickname to connect again, or /quit to leave (letters, digits, _ and -, "
-        "starting with a letter).",
-    ] * 2
+        "! Choose a nickname first.",
+        "! '9lives' is not a valid nickname (1 to 24 letters, digits, _ or -, starting "
+        "with a letter).",
+    ]
     h.session.user_line("/nick alice")
     assert len(h.clients) == 2
     assert h.screen.take() == ["* Connecting again as alice..."]
@@ -955,6 +956,27 @@ def test_a_nick_prompt_left_open_past_the_nick_timeout_connects_again_with_the_n
     assert h.sent() == ["NICK alice"]
     h.receive("READY alice", "USERS 0")
     assert h.screen.prompt == "alice> "
+
+
+@pytest.mark.parametrize("typed", ["/nick", "/help", "/users", "/reconnectx", "9lives",
+                                   "n" * 40, "/nick a b"])
+def test_the_prompt_the_nick_timeout_left_answers_as_the_login_s(typed: str) -> None:
+    """One reading of a line at a nickname prompt: the one a reconnection
+    waits at says what the login's says (it said "not a valid nickname"
+    to /nick and /help, without the length)."""
+    h = Harness(nick=None)
+    h.receive("HELLO chat/1 test", "NICK", NICK_TIMEOUT)
+    h.lose()
+    h.screen.take()
+    h.session.user_line(typed)
+    s = session(None)
+    s.receive("HELLO chat/1 test", "NICK")
+    s.screen.take()
+    s.type(typed)
+    assert s.sent() == []
+    said = [line for line in s.screen.take() if line != "* Choose a nickname:"]
+    assert said and h.screen.take() == said
+    assert len(h.clients) == 1 and h.screen.prompt == "nickname: "
 
 
 @pytest.mark.parametrize("leave", ["/quit", "ctrl-c"])

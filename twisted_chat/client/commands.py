@@ -14,6 +14,7 @@ from dataclasses import dataclass
 
 from twisted_chat.wire import (
     BAD_CHARS,
+    NICK_MAX,
     PASSWORD_MAX_BYTES,
     PASSWORD_MIN_BYTES,
     is_valid_nick,
@@ -153,6 +154,49 @@ def nick_argument(line: str) -> str | None:
         return None
     name, _, rest = line[1:].partition(" ")
     return rest.strip(" \t") if _ALIASES.get(name.lower()) == "nick" else None
+
+
+@dataclass(frozen=True, slots=True)
+class NotANick:
+    """A line at a nickname prompt that names no nickname: what to say (a
+    local command's answer, then why nothing was sent), and whether it was
+    one the server would refuse as a nickname (a script gives up then)."""
+
+    said: tuple[Local, ...]
+    invalid: bool = False
+
+
+def nick_prompt_line(line: str) -> str | Quit | NotANick | None:
+    """
+    A line typed at a nickname prompt, the login's or the one a
+    reconnection waits at: the nickname to ask for (also as C{/nick NICK}),
+    C{/quit}, or what to say instead; C{None} for a blank line.  One reading
+    for both, so that they answer alike.
+    """
+    nick = line.strip()
+    if not nick:
+        return None
+    wanted = nick_argument(nick)
+    if wanted:
+        nick = wanted
+    elif wanted is not None:
+        return NotANick((Local("Type the nickname you want alone at this prompt.", is_error=True),))
+    elif nick.startswith("/"):
+        action = parse_input(nick)
+        if isinstance(action, Quit):
+            return action
+        first = Local("Choose a nickname first.", is_error=True)
+        return NotANick((action, first) if isinstance(action, Local) else (first,))
+    if is_valid_nick(nick):
+        return nick
+    # The server would answer ERROR too-long or bad-chars (not RETRY) for
+    # some of these; said here, in the words --nick uses.
+    shown = nick if len(nick) <= 30 else nick[:30] + "..."
+    return NotANick(
+        (Local(f"{shown!r} is not a valid nickname (1 to {NICK_MAX} letters, digits, _ or -, "
+               "starting with a letter).", is_error=True),),
+        invalid=True,
+    )
 
 
 def _length_fits(size: int) -> bool:

@@ -235,14 +235,8 @@ class UserInput:
 
     def show_local(self, action: Local) -> None:
         """Show what a local command (C{/help}) says."""
-        if action.is_error:
-            self._client.error(action.text)
-            return
-        if action.is_notice:
-            self._client.notice(action.text)
-            return
-        for text in action.text.splitlines():
-            self._client.show(render.columns(text))
+        for line in render.local(action):
+            self._client.show(line)
 
     def _command_input(self, line: str) -> None:
         client = self._client

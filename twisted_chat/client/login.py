@@ -21,15 +21,15 @@ from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted_chat.client import render
 from twisted_chat.client.commands import (
     Local,
+    NotANick,
     Quit,
     Send,
-    nick_argument,
-    parse_input,
+    nick_prompt_line,
     password_problem,
 )
 from twisted_chat.client.passwords import Passwords
 from twisted_chat.client.session import Ending, State
-from twisted_chat.wire import is_valid_nick, nick_key
+from twisted_chat.wire import nick_key
 
 # The wait an ERROR flood answering a NICK names: "... try again in 2 s".
 _TRY_AGAIN = re.compile(r"\btry again in (\d+(?:\.\d+)?) s\b")
@@ -198,38 +198,23 @@ class Login:
         client.pump()
 
     def typed(self, line: str) -> None:
-        """A line typed at the nickname prompt."""
+        """A line typed at the nickname prompt (L{nick_prompt_line})."""
         client = self._client
-        nick = line.strip()
-        if not nick:
+        typed = nick_prompt_line(line)
+        if isinstance(typed, Quit):
+            client.quit(typed.text)
             return
-        wanted = nick_argument(nick)
-        if wanted:
-            nick = wanted  # "/nick bob" at this prompt: bob
-        elif wanted is not None:
-            client.error("Type the nickname you want alone at this prompt.")
-            return
-        elif nick.startswith("/"):
-            action = parse_input(nick)
-            if isinstance(action, Quit):
-                client.quit(action.text)
+        if isinstance(typed, NotANick):
+            if typed.invalid:
+                self._nick_refused(typed.said[-1].text)
                 return
-            if isinstance(action, Local):
-                client.show_local(action)
-            client.error("Choose a nickname first.")
+            for said in typed.said:
+                client.show_local(said)
             return
-        if not is_valid_nick(nick):
-            # The server would answer ERROR too-long or bad-chars (not RETRY)
-            # for some of these; say it here, in the words --nick uses.
-            shown = nick if len(nick) <= 30 else nick[:30] + "..."
-            said = (
-                f"{shown!r} is not a valid nickname (1 to 24 letters, digits, _ or -, "
-                "starting with a letter)."
-            )
-            self._nick_refused(said)
+        if typed is None:
             return
         self._tries.unavailable = self._tries.flood = 0
-        self._ask_for(nick)
+        self._ask_for(typed)
 
     def _ask_for(self, nick: str) -> None:
         self._asked_nick = nick

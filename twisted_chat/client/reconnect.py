@@ -49,7 +49,7 @@ from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 
 from twisted_chat.client import render
-from twisted_chat.client.commands import Quit, nick_argument, parse_input
+from twisted_chat.client.commands import NotANick, Quit, nick_prompt_line, parse_input
 from twisted_chat.client.display import Display
 from twisted_chat.client.input import set_aside
 from twisted_chat.client.lobbyview import ShownLobby
@@ -57,7 +57,6 @@ from twisted_chat.client.login import NickTries
 from twisted_chat.client.outbox import HandedOver, not_sent
 from twisted_chat.client.protocol import ChatClient
 from twisted_chat.client.session import Outcome, State, interrupted_before_joining
-from twisted_chat.wire import is_valid_nick
 
 # The web page's backoff (twisted_chat/web/static/app.js, scheduleReconnect).
 BACKOFF_MAX = 30.0
@@ -367,15 +366,16 @@ class Reconnecting:
         self._prompt("nickname: ")
 
     def _nick_typed(self, line: str) -> None:
-        """A line at the prompt L{_await_nick} left: the nick to connect again with."""
-        nick = line.strip()
-        if not nick:
+        """A line at the prompt L{_await_nick} left: the nick to connect
+        again with, read as the login reads its prompt's."""
+        nick = nick_prompt_line(line)
+        if isinstance(nick, NotANick):
+            for said in nick.said:
+                for shown in render.local(said):
+                    self._show(shown)
             return
-        nick = nick_argument(nick) or nick
-        if not is_valid_nick(nick):
-            self._show(render.error(f"{_TYPE_A_NICK[:-1]} (letters, digits, _ and -, "
-                                    "starting with a letter)."))
-            return
+        if not isinstance(nick, str):
+            return  # a blank line (user_line takes /quit first)
         self.nick = nick
         self._nick_wanted = False
         self._show(render.notice(f"Connecting again as {nick}..."))

@@ -16,6 +16,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from enum import Enum
 
+from twisted_chat.client.commands import Local
 from twisted_chat.client.sanitize import cell_width, clean, text_width
 from twisted_chat.wire import (
     NICK_MAX,
@@ -228,6 +229,16 @@ def error(text: str) -> Line:
 def info(text: str) -> Line:
     """Uncoloured information (help, tables)."""
     return (Span(text),)
+
+
+def local(action: Local) -> list[Line]:
+    """What a local command (C{/help}, a usage error...) shows: one line
+    for an error or a notice, a table's rows (L{columns}) otherwise."""
+    if action.is_error:
+        return [error(action.text)]
+    if action.is_notice:
+        return [notice(action.text)]
+    return [columns(text) for text in action.text.splitlines()]
 
 
 # -- the words for each kind of event --------------------------------------
