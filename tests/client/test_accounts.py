@@ -457,6 +457,55 @@ def test_what_the_connection_learnt_since_login_decides_too() -> None:
     assert s.screen.secret_prompt == "new password: "
 
 
+@pytest.mark.parametrize("error", [
+    "ERROR not-registered alice has no account",
+    "ERROR not-registered the password was changed since you logged in; log in again "
+    "with the new one to change it",
+])
+def test_not_registered_unlearns_the_account_proved_at_login(error: str) -> None:
+    """The operator removed the account (or reset its password): /register
+    goes to the server, which may make a new one, and is not refused at
+    once for the rest of the connection."""
+    s = session()
+    s.ready(password=SECRET)
+    s.type("/passwd")
+    s.client.secret_line("new secret 1")
+    s.client.secret_line("new secret 1")
+    s.receive(error)
+    s.sent()
+    s.type("/register")
+    assert s.screen.secret_prompt == "password: "
+    s.client.secret_line(SECRET)
+    s.client.secret_line(SECRET)
+    assert s.sent() == [f"REGISTER {SECRET}"]
+    s.receive("REGISTERED alice")
+    s.type("/register")
+    assert s.screen.lines[-1].startswith("! alice has an account already")
+
+
+def test_registered_refused_unlearns_no_account_but_not_one_proved_here() -> None:
+    """ERROR registered: the account is one this connection did not prove
+    (the operator made it meanwhile), so /passwd is not told "/register
+    gives it one"; the server answers it.  One REGISTERED here stays known."""
+    s = _registering()
+    s.type("/register")  # the first in flight: the server answers this one
+    s.client.secret_line(SECRET)
+    s.client.secret_line(SECRET)
+    s.receive("REGISTERED alice", "ERROR registered alice has an account already")
+    s.sent()
+    s.type("/register")
+    assert s.screen.lines[-1].startswith("! alice has an account already")
+    s = session()
+    s.ready()
+    s.type("/register")
+    s.client.secret_line(SECRET)
+    s.client.secret_line(SECRET)
+    s.receive("ERROR registered alice has an account already")
+    s.sent()
+    s.type("/passwd")
+    assert s.screen.secret_prompt == "new password: "
+
+
 def test_a_server_without_accounts_is_not_asked_twice() -> None:
     s = _registering()
     s.receive("ERROR accounts-off this server has no accounts")

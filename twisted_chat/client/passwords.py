@@ -81,7 +81,8 @@ class Passwords:
     @ivar request: the C{REGISTER} or C{PASSWD} sent and not answered yet.
     @ivar account: whether the nick has an account, as this connection saw
         it (a C{PASS} asked for at login, or C{REGISTERED}); C{None} when
-        it does not know, and the server is asked.
+        it does not know (after C{ERROR not-registered}, or C{registered}
+        unless proved here), and the server is asked.
     """
 
     def __init__(self, client: Client) -> None:
@@ -251,6 +252,12 @@ class Passwords:
         accounts_away = code == "unavailable" and text.startswith(wire.ACCOUNTS_UNAVAILABLE)
         if code in render.ACCOUNT_ERRORS or accounts_away:
             self._accounts_off = self._accounts_off or code == "accounts-off"
+            if code == "not-registered" or (code == "registered" and not self.account):
+                # What this connection knew is stale: the operator removed
+                # the account (a REGISTER under open makes a new one), reset
+                # its password, or made one this connection did not prove
+                # (its PASSWD is refused too).  The server is asked next time.
+                self.account = None
             request, self.request = self.request, None
             return render.account_error(code, text, request)
         work_refused = text.startswith(wire.PASSWORD_WORK_REFUSED)
