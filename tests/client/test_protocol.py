@@ -583,6 +583,27 @@ def test_an_invitation_to_someone_offline_reads_as_the_other_refusals() -> None:
     assert s.screen.take() == ["! The invitation was not sent: zed is not online."]
 
 
+def test_a_dm_sent_after_an_invitation_is_answered_after_it() -> None:
+    """The server answers in order: with /pair bob then @bob hi in flight,
+    the first no-such-nick is the invitation's (it was credited to the DM,
+    the oldest to bob unanswered, and the two refusals were swapped)."""
+    s = session()
+    s.ready()
+    s.screen.take()
+    s.type("@bob before", "/pair bob", "@bob hi")
+    assert s.sent() == ["DM bob before", "PAIR bob", "DM bob hi"]
+    s.receive(*["ERROR no-such-nick bob is not online"] * 3)
+    assert s.screen.take() == [
+        "! Not sent: bob is not online.",
+        "! The invitation was not sent: bob is not online.",
+        "! Not sent: bob is not online.",
+    ]
+    assert s.client.outbox.losses(bye_answered=True) is None  # each DM answered
+    s.type("/pair bob")
+    s.receive("ERROR no-such-nick bob is not online")
+    assert s.screen.take() == ["! The invitation was not sent: bob is not online."]
+
+
 def test_partner_leaves_or_disconnects() -> None:
     s = session()
     s.ready()

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections import deque
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from twisted.internet.interfaces import IDelayedCall, IPushProducer, IReactorTime
 
@@ -37,12 +37,14 @@ class Sent:
     """
     A message written to the server and not yet answered: C{to} is the
     nick_key of a C{DM}'s recipient (C{None}: a C{MSG}, which the server
-    routes), C{size} the line's bytes without its end.
+    routes), C{size} the line's bytes without its end, C{number} its place
+    among the messages sent (1 for the first; L{Outbox.sent} sets it).
     """
 
     to: str | None
     text: str
     size: int
+    number: int = 0
 
 
 def _named(text: str) -> str:
@@ -356,7 +358,7 @@ class Outbox:
         if verb in ("MSG", "DM"):
             self._messages_sent += 1
             if message is not None:
-                self._unconfirmed.append(message)
+                self._unconfirmed.append(replace(message, number=self._messages_sent))
 
     @property
     def messages_sent(self) -> int:
@@ -391,14 +393,17 @@ class Outbox:
         if self._answered(lambda m: m.text == text and m.to in (None, to)) is None:
             self._answered(lambda m: True)
 
-    def refused_to(self, to: str) -> bool:
+    def refused_to(self, to: str, among_first: int | None = None) -> bool:
         """
         C{ERROR no-such-nick} (or C{self}) naming C{to} (a nick_key): it
         answered the oldest C{DM} to them, which was not sent.  If none
         waits for an answer, the error was about a command: nothing changes.
-        Whether it answered a C{DM}.
+        C{among_first}: only a C{DM} among the first that many messages sent
+        (a command to C{to} sent after them, and before a later C{DM},
+        is answered first).  Whether it answered a C{DM}.
         """
-        return self._refuse(lambda m: m.to == to) is not None
+        last = among_first
+        return self._refuse(lambda m: m.to == to and (last is None or m.number <= last)) is not None
 
     def refused_behind(self, to: str) -> None:
         """

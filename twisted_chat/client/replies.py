@@ -411,9 +411,12 @@ class Replies:
         unsent = render.message_refused(code, event.text)
         gone = event.text.split(" ", 1)[0] if code == "no-such-nick" else ""
         # It answers the oldest DM to that nick still unanswered, else the
-        # /pair of that nick (the server reads a connection's lines in order).
-        dm = bool(gone) and client.outbox.refused_to(nick_key(gone))
-        if gone and not dm and client.pairing.inviting(gone):
+        # /pair of that nick, whichever was sent first (the server answers a
+        # connection's lines in order; in_flight is None once it may not).
+        inviting = bool(gone) and client.pairing.inviting(gone)
+        before = client.pairing.in_flight() if inviting else None
+        dm = bool(gone) and client.outbox.refused_to(nick_key(gone), before)
+        if inviting and not dm:
             said = render.invitation_not_sent(event.text)
         if late is not None:
             said = render.not_keeping_up(late)  # a message's refusal, not an invitation's
