@@ -46,8 +46,7 @@ test: $(STAMP)
 
 lint: $(STAMP)
 	$(BIN)/ruff check twisted_chat tests bench
-	$(BIN)/mypy twisted_chat
-	$(BIN)/mypy bench
+	$(BIN)/mypy twisted_chat bench
 
 bench: $(STAMP)
 	bash bench/run.sh

@@ -38,6 +38,10 @@ class Tree:
         python.parent.mkdir()
         python.write_text(f'#!/bin/sh\necho "$@" >> {self.calls}\n')
         python.chmod(0o755)
+        for tool in ("ruff", "mypy"):  # make lint's, likewise
+            stand_in = python.parent / tool
+            stand_in.write_text(f'#!/bin/sh\necho "{tool} $@" >> {self.calls}\n')
+            stand_in.chmod(0o755)
 
     def make(self, *targets: str) -> list[str]:
         """Run make; the stand-in python's calls (pip's), one a line."""
@@ -79,3 +83,13 @@ def test_clean_removes_the_built_extension(tree: Tree) -> None:
     tree.make("clean")
     assert not built.exists()
     assert (output / "_sendmany.c").exists()
+
+
+def test_lint_type_checks_the_package_and_bench_in_one_mypy(tree: Tree) -> None:
+    """One process, one cache: what the two share (twisted_chat, which
+    bench imports) is checked once.  CI runs this very target."""
+    assert tree.make("lint") == ["ruff check twisted_chat tests bench",
+                                 "mypy twisted_chat bench"]
+    ci = (ROOT / ".ci" / "run").read_text().splitlines()
+    assert "make lint" in ci
+    assert not [line for line in ci if line.startswith((".venv/bin/mypy", ".venv/bin/ruff"))]
