@@ -37,6 +37,7 @@ from tests.web.webserver import WebServer, served, serving
 from twisted_chat.client import sanitize
 from twisted_chat.client.commands import password_problem
 from twisted_chat.client.reconnect import backoff_delay
+from twisted_chat.client.roster import Roster
 from twisted_chat.server.accounts.hashing import password_bytes
 from twisted_chat.server.accounts.hashing import password_problem as server_length_problem
 from twisted_chat.wire import PASSWORD_MAX_BYTES, format_ts, password_chars_problem
@@ -3598,6 +3599,8 @@ def test_the_online_count_says_who_is_online_with_some_not_listed(
         "window.server.say('USER alice lobby', 'USER bad!nick lobby', 'USER bob lobby',"
         "                  `USER ${'x'.repeat(5000)} paired`, 'USERS 4')")
     wait(page, lambda d: sidebar_count(d) == ("— 4", "2 more online, not listed."))
+    assert page.find_element(By.ID, "users-more").get_attribute("title") == (
+        f"The list keeps at most {Roster.USERS_MAX:,} people, and only valid nicknames.")
     assert page.find_element(By.ID, "conv-topic").text == "Everyone on fake · 4 online"
     assert page.execute_script(_USER_ROWS) == ["alice", "bob"]
     ts = format_ts(time.time())
@@ -3620,6 +3623,17 @@ def test_the_online_count_says_who_is_online_with_some_not_listed(
         "const [ts, server] = [arguments[0], window.server];"
         "server.say(`LEFT ${ts} bad!nick quit`, `LEFT ${ts} ghost quit`);", ts)
     wait(page, lambda d: sidebar_count(d) == ("— 1", None))
+    page.execute_script(
+        "const [ts, server] = [arguments[0], window.server];"
+        "server.say(`JOINED ${ts} also!bad`);", ts)
+    wait(page, lambda d: sidebar_count(d) == ("— 2", "1 more online, not listed."))
+    # Not connected, the list is not live: the note went with the count
+    # (it stayed, under "— not connected").
+    say(page, "/quit")
+    page.execute_script("const server = window.server;"
+                        "server.onmessage({data: 'BYE quit'});"
+                        "server.readyState = 3; server.onclose({code: 1000});")
+    wait(page, lambda d: sidebar_count(d) == ("— not connected", None))
 
 
 def test_quit_forgets_the_password_and_join_again_asks_for_it(

@@ -288,6 +288,9 @@ def test_the_pages_bounds_on_what_a_server_sends_are_the_terminal_clients(
                             re.MULTILINE))
     assert found == {"INVITES_MAX": str(Pairing.INVITES_MAX), "HELD_TEXT": str(HELD_TEXT),
                      "USERS_MAX": str(Roster.USERS_MAX)}
+    # One copy on the page: index.html's note on the list's bound is app.js's.
+    html = (STATIC / "index.html").read_text()
+    assert f"{Roster.USERS_MAX:,}" not in html and str(Roster.USERS_MAX) not in html
 
 
 def test_the_pages_forbidden_characters_are_wires() -> None:

@@ -540,7 +540,7 @@
       usersFrame = null;
       $("user-count").textContent = state.online ? `— ${onlineCount()}` : "— not connected";
       const more = $("users-more");
-      more.hidden = !state.unlisted;
+      more.hidden = !state.online || !state.unlisted; // not live offline, as the count
       more.textContent = `${state.unlisted.toLocaleString("en")} more online, not listed.`;
       renderHeader();
     });
@@ -2824,6 +2824,7 @@
 
   // -- start -------------------------------------------------------------------------------
 
+  $("users-more").title = `The list keeps at most ${USERS_MAX.toLocaleString("en")} people, and only valid nicknames.`;
   lobby();
   show("lobby");
   connect();
