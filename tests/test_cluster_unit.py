@@ -257,6 +257,60 @@ def test_an_arrival_that_raises_on_its_node_leaves_the_other_nodes_too() -> None
     check_index(cluster)
 
 
+def test_a_nick_between_an_undone_arrival_and_its_leave_is_decided_alike() -> None:
+    """Node 0's hub undid alice at once, node 1's only at her leave, after
+    node 1's NICK alice from another client in that window: node 1 said
+    RETRY, node 0 took it as a remote alice that never left.  Node 0 now
+    keeps her, with no connection, until her leave: alike on every node."""
+    cluster = Cluster(2)
+    n0, n1 = cluster.nodes
+    lines = n0.factory.lines
+
+    def broken(*args: Any) -> None:
+        del lines.joined
+        raise RuntimeError("a listener's bug")
+
+    a, b = n0.connect(), n1.connect()
+    a.take(), b.take()
+    lines.joined = broken  # type: ignore[method-assign]
+    a.send("NICK alice")
+    b.send("NICK alice")  # the same round, before her leave is in the log
+    cluster.pump()
+    assert a.take() == [FAULT]
+    assert b.take()[0].startswith("RETRY taken ")
+    assert n0.hub.find("alice") is None and n1.hub.find("alice") is None
+    b.send("NICK alice")
+    cluster.pump()
+    assert b.take()[0] == "READY alice"
+    held = [node.hub.find("alice") for node in cluster.nodes]
+    assert held[0] is not None and held[1] is not None
+    assert n0.state.replica.uids[held[0]] == n1.state.replica.uids[held[1]]
+    check_index(cluster)
+
+
+def test_an_arrival_the_hub_itself_refuses_leaves_its_node_going() -> None:
+    """A registration that raises in the hub (a bug, alike on every node)
+    is answered ERROR internal: putting it back raises the same, and the
+    node applies the log on."""
+    cluster = Cluster(2)
+    n0 = cluster.nodes[0]
+    register = n0.hub.register
+
+    def broken(*args: Any, **kwargs: Any) -> User:
+        raise RuntimeError("a hub's bug")
+
+    conn = n0.connect()
+    conn.take()
+    n0.hub.register = broken  # type: ignore[method-assign]
+    conn.send("NICK alice")
+    cluster.pump()
+    assert conn.take() == [FAULT]
+    n0.hub.register = register  # type: ignore[method-assign]
+    conn.send("NICK carol")
+    cluster.pump()
+    assert conn.take()[0] == "READY carol"
+
+
 def test_lines_after_nick_wait_for_the_answer() -> None:
     """A client that sends NICK and MSG at once gets READY, then its message."""
     cluster = Cluster(2)

@@ -873,12 +873,6 @@ class ClusterState:
         # Back with its connection gone: it leaves (again, if its leave was lost).
         self._append_leave(user, *(how or ("disconnected", "")))
 
-    def undone(self, uid: str) -> None:
-        # Its hub undid it here (the user was never added), the others did
-        # not: the log's leave takes it offline there (here: a no-op).
-        if not self.closing:
-            self._append({"t": "leave", "u": uid, "r": "disconnected", "x": ""})
-
     def rebound(self, conn: Any, user: User) -> None:
         self.connections.rebound(conn, user)
 

@@ -138,10 +138,6 @@ class Answers(Protocol):
     def orphaned(self, user: User) -> None:
         """A user of this node came online with no connection to hold it."""
 
-    def undone(self, uid: str) -> None:
-        """This node's registration C{uid} raised here (a bug): the other
-        nodes applied it, so it leaves there too."""
-
     def lost(self) -> None:
         """The cluster declared this node dead: its users are gone."""
 
@@ -234,7 +230,7 @@ class Replica:
             # one server (a registration told nothing would wait for ever).
             result = e
             if event.get("t") == "reg" and origin == self.node and not self.replaying:
-                self.answers.undone(eid)
+                self._orphan_undone(eid, origin, event)
         finally:
             self.current = None
         self.afterloss.applied()
@@ -254,15 +250,35 @@ class Replica:
             if conn is None:
                 conn = self.afterloss.attach.get(eid)  # a rebuild's replay
         orphan = conn is None or getattr(conn, "closing", False)
-        user = self.hub.register(
-            str(event["nick"]), RemoteConn(origin) if conn is None else conn,
-            str(event.get("a", "-")), source=str(event.get("s", "")),
-        )
+        user = self._hub_register(event, RemoteConn(origin) if conn is None else conn)
         self.add(user, origin, eid)
         self.afterloss.saw(eid, "", "")  # its JOINED (or READY) was written
         if orphan and origin == self.node and not self.replaying:
             self.answers.orphaned(user)
         return user
+
+    def _orphan_undone(self, eid: str, origin: str, event: dict[str, Any]) -> None:
+        """This node's registration C{eid} raised here (a bug), its hub
+        undid it; the other nodes applied it.  It is put back here, quietly
+        and with no connection, and leaves by the log (orphaned): until
+        then every node holds the nick alike, so a registration between
+        is decided alike everywhere."""
+        member = self.members.get(eid)
+        if member is not None and self.hub.is_online(member.user):
+            user = member.user  # what raised came after the hub took it
+        else:
+            try:
+                with self.quiet.quietly():
+                    user = self._hub_register(event, RemoteConn(origin))
+            except Exception:
+                return  # the hub itself refused it (logged), as on every node
+            self.add(user, origin, eid)
+        self.answers.orphaned(user)
+
+    def _hub_register(self, event: dict[str, Any], conn: Any) -> User:
+        """The hub brings C{event}'s nick online, held by C{conn}."""
+        return self.hub.register(str(event["nick"]), conn, str(event.get("a", "-")),
+                                 source=str(event.get("s", "")))
 
     def add(self, user: User, node: str, uid: str) -> None:
         """C{user}, of C{node}, came online as C{uid}."""
