@@ -116,6 +116,54 @@ def test_one_trim_per_burst() -> None:
     assert trims == [100 * MiB, 60 * MiB]
 
 
+def test_no_trim_while_an_overload_goes_on_past_early_looks() -> None:
+    """Each second a busy turn hands 60 slow readers 1 MiB each and the
+    early look cuts down to the budget there: before, it also forgot what
+    was handed, so each timed look saw the sum and the flow low, and
+    trimmed every second of the overload.  What every look of the second
+    saw handed counts, and the trim waits for the overload's end."""
+    cuts: list[Member] = []
+    clock, watch, conns, trims = budget(members=0, size=8 * MiB, cuts=cuts)
+    fanout = LobbyFanout(clock, lambda: conns, 0.0, output_budget=watch)
+    for _ in range(10):
+        conns[:] = [c for c in conns if c.send_queue is not None]
+        conns += [Member(watch.handed, cuts) for _ in range(60)]
+        fanout.add(b"x" * MiB)
+        fanout.flush()
+        fanout.add(b"y")
+        fanout.flush()  # its early look cuts down to the budget
+        for member in conns:
+            member.queue.held //= 2  # those left drain some
+        clock.advance(1.0)
+    assert len(cuts) > 500 and trims == []
+    for member in conns:
+        member.queue.held = 0
+    clock.advance(1.0)
+    clock.advance(1.0)
+    assert len(trims) == 1 and trims[0] >= 60 * MiB
+
+
+def test_a_burst_that_drains_slowly_is_trimmed_once() -> None:
+    """Before, the peak started afresh at the trim, from the rest of the
+    burst still draining: a second trim came at 60 MiB on the way down.
+    A new burst must rise by TRIM_PEAK over the lowest since the trim."""
+    clock, _, members, trims = budget()
+    for total in (0, 400, 90, 60, 30, 20, 0, 0):
+        hold(members, total * MiB)
+        clock.advance(1.0)
+    assert trims == [400 * MiB]
+
+
+def test_a_burst_that_comes_while_one_drains_is_trimmed_too() -> None:
+    """Once per burst, not once per fall to nothing: a second burst that
+    rises over what the first left has its own trim."""
+    clock, _, members, trims = budget()
+    for total in (400, 90, 300, 60, 50):
+        hold(members, total * MiB)
+        clock.advance(1.0)
+    assert trims == [400 * MiB, 300 * MiB]
+
+
 def test_the_look_that_cuts_does_not_trim() -> None:
     """A burst cut within a turn peaks at the early look (before its
     cuts); what the cut connections held is let go at their loss, on the

@@ -27,8 +27,9 @@ __all__ = ["EARLY_LOOK_SHARE", "TRIM_FALL", "TRIM_PEAK", "Budgeted", "DrainWatch
 # its budget looks once per budget / 16 bytes handed, not once per flush.
 EARLY_LOOK_SHARE = 16
 
-# The heap is trimmed once the sum seen at a look has peaked at TRIM_PEAK
-# bytes at least and a timed look sees it under 1 / TRIM_FALL of that peak.
+# The heap is trimmed once the sum seen at a look has risen by TRIM_PEAK
+# bytes at least over its lowest since the last trim, and a timed look sees
+# it under 1 / TRIM_FALL of its peak.
 TRIM_PEAK = 32 << 20
 TRIM_FALL = 4
 
@@ -181,13 +182,17 @@ class OutputBudget(_Periodic):
 
     Memory a burst left behind is not given back by itself (L{heaptrim}): once
     the sum seen at a look has peaked at L{TRIM_PEAK} or more, the first
-    timed look that sees it, and what was handed since the last look (a
-    burst that goes on past cuts), under a quarter of that peak (or the
-    last connection going) calls C{trim} with the peak, once, and the
-    peak starts afresh: a trim per burst at most, never on a write's path.
+    timed look that sees it, and what was handed since the last timed look
+    (early looks included: a burst that goes on past cuts), under a quarter
+    of that peak (or the last connection going) calls C{trim} with the
+    peak, once.  A burst is a rise of L{TRIM_PEAK} at least over the lowest
+    sum since the last trim, so the rest of a burst draining slowly after
+    its trim is no new one: a trim per burst at most, never on a write's
+    path.
     """
 
-    __slots__ = ("_budget", "_connections", "_peak", "_progress", "handed", "held", "trim")
+    __slots__ = ("_budget", "_connections", "_handed_early", "_low", "_peak", "_progress",
+                 "handed", "held", "trim")
 
     def __init__(self, clock: IReactorTime, budget: int,
                  connections: Callable[[], Collection[Budgeted]], period: float = 1.0,
@@ -198,8 +203,12 @@ class OutputBudget(_Periodic):
         self._progress: dict[SendQueue, int] = {}
         # Gives memory back after a burst (heaptrim.load(); None: never).
         self.trim = trim
-        # The most the sum was at a look (before its cuts) since the last trim.
+        # The most the sum was at a look (before its cuts) since the last
+        # trim, once it rose by TRIM_PEAK over _low, the least it was since.
         self._peak = 0
+        self._low = 0
+        # What the early looks since the last timed look saw handed.
+        self._handed_early = 0
         # The sum at the last look, less what it cut (chat_output_held_bytes).
         self.held = 0
         # What the queues handed to Twisted since (each queue's handed).
@@ -210,6 +219,8 @@ class OutputBudget(_Periodic):
     def stop(self) -> None:
         super().stop()
         self._trim_after_burst(0)
+        self._low = 0
+        self._handed_early = 0
         self._progress = {}
         self.held = 0
         self.handed.count = 0
@@ -224,11 +235,13 @@ class OutputBudget(_Periodic):
         on a later turn), as a C{--sendq} cut in mid-delivery does."""
         handed = self.handed
         if handed.count > handed.room:
+            self._handed_early += handed.count
             self._cut_to_budget(self._progress)
 
     def _look(self) -> None:
         self._call = None
-        handed = self.handed.count
+        handed = self._handed_early + self.handed.count
+        self._handed_early = 0
         self._progress, seen = self._cut_to_budget(self._progress)
         self._trim_after_burst(max(seen, handed))
         if self._connections():
@@ -236,10 +249,12 @@ class OutputBudget(_Periodic):
 
     def _trim_after_burst(self, seen: int) -> None:
         """Trim if the sum, and what was handed to Twisted since the last
-        look (a burst still coming in), C{seen}, fell well below a high peak."""
+        timed look (a burst still coming in), C{seen}, fell well below a
+        high peak."""
         peak = self._peak
         if peak >= TRIM_PEAK and seen * TRIM_FALL < peak and self.trim is not None:
             self._peak = 0
+            self._low = seen
             self.trim(peak)
 
     def _cut_to_budget(self, last: dict[SendQueue, int]) -> tuple[dict[SendQueue, int], int]:
@@ -263,7 +278,9 @@ class OutputBudget(_Periodic):
                                     connection))
                     total += held
         seen = total
-        if seen > self._peak:
+        if seen < self._low:
+            self._low = seen
+        elif seen > self._peak and seen - self._low >= TRIM_PEAK:
             self._peak = seen
         budget = self._budget
         if total > budget:
