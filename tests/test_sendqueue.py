@@ -452,6 +452,24 @@ def test_twisted_s_buffer_is_let_go_once_the_connection_is_lost_not_before() -> 
     assert other.value() == b"kept"
 
 
+def test_a_tls_layer_is_not_given_twisted_s_buffer_when_it_is_let_go() -> None:
+    """A TLS layer forwards the attributes it lacks to its TCP connection:
+    it seemed to hold Twisted's buffer, and had copies set on itself."""
+    from twisted.internet.error import ConnectionAborted
+    from twisted.protocols.tls import TLSMemoryBIOProtocol
+    from twisted.python.failure import Failure
+
+    fd = FileDescriptor(reactor=MemoryReactorClock())
+    fd.connected = True
+    fd.write(b"x" * 1000)
+    tls = TLSMemoryBIOProtocol(None, protocol.Protocol())
+    tls.transport = fd
+    fd.connectionLost(Failure(ConnectionAborted()))
+    tcpinfo.drop_twisted_buffers(tls)
+    assert tcpinfo.twisted_buffered(fd) == 0
+    assert not {"dataBuffer", "offset", "_tempDataBuffer", "_tempDataLen"} & set(vars(tls))
+
+
 def test_a_closed_socket_does_not_decide_whether_the_kernel_reports_acks(
         monkeypatch: pytest.MonkeyPatch) -> None:
     """Asked first of a socket already closed (EBADF), the answer is "no"

@@ -23,6 +23,8 @@ import sys
 from collections.abc import Iterator
 from typing import Any
 
+from twisted.internet.abstract import FileDescriptor
+
 if sys.platform.startswith("linux"):
     # Where Linux's struct tcp_info holds tcpi_bytes_acked (a u64, since
     # Linux 4.1): the bytes of the stream the peer has acknowledged.
@@ -98,11 +100,13 @@ def drop_twisted_buffers(transport: Any) -> None:
     up to C{--sendq} of bytes until a full cyclic collection, which an idle
     server may never run.  Only a layer whose C{connectionLost} has run
     (C{disconnected}) is emptied: Twisted sends nothing more from it, and a
-    clean close still flushes all before it gets there.  A layer without
-    Twisted's private buffer attributes (L{TWISTED_BUFFER}) is left alone.
+    clean close still flushes all before it gets there.  Only a Twisted
+    C{FileDescriptor} with its private buffer attributes (L{TWISTED_BUFFER})
+    is emptied: a TLS layer forwards what it lacks to its TCP connection,
+    so it would seem to have them, and setting them would plant copies on it.
     """
     for layer in _layers(transport):
-        if getattr(layer, "disconnected", False) and all(
+        if isinstance(layer, FileDescriptor) and layer.disconnected and all(
                 hasattr(layer, name) for name in (*TWISTED_BUFFER, "_tempDataBuffer")):
             layer.dataBuffer = b""
             layer.offset = 0
