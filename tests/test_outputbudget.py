@@ -183,6 +183,16 @@ def test_a_budget_that_is_off_has_no_tally_and_never_looks() -> None:
     assert not slow.protocol.closing and factory.output_budget._call is None
 
 
+def test_a_budget_that_is_off_cuts_nobody_when_asked() -> None:
+    """Only the factory's wiring kept a budget of 0 from being asked: its
+    room is 0, so a look cut everyone holding output.  Asked, it does
+    nothing."""
+    _, watch, fanout, _, cuts = server(0, 3)
+    flush(fanout, 1000)
+    watch.check()
+    assert cuts == [] and watch.held == 0
+
+
 def test_the_server_cuts_within_a_turn_before_its_timer() -> None:
     """The factory's wiring: its connections' queues tally for its budget,
     and its fan-out asks it at reads and flushes.  Two paused readers over

@@ -232,9 +232,10 @@ class OutputBudget(_Periodic):
         sum past the budget (see the class).  A flush may come from a
         member's own write inside a loop over the hub's users; cutting
         there is safe, since a cut only aborts the connection (it leaves
-        on a later turn), as a C{--sendq} cut in mid-delivery does."""
+        on a later turn), as a C{--sendq} cut in mid-delivery does.  Off
+        (C{budget} 0), it does nothing: it would cut everyone holding output."""
         handed = self.handed
-        if handed.count > handed.room:
+        if handed.count > handed.room and self._budget:
             self._handed_early += handed.count
             self._cut_to_budget(self._progress)
 
