@@ -40,7 +40,6 @@ BatchObserver = Callable[[int, int, int, float], None]
 WriteAll = Callable[[Collection[Any], bytes], Collection[Any]]
 
 
-
 class OutputLook(Protocol):
     """The C{--sendq-total} budget's look within a turn, as the fan-out
     sees it (L{twisted_chat.server.output.outputwatch.OutputBudget})."""
@@ -56,10 +55,6 @@ class OutputLook(Protocol):
         users: a cut is still safe there, since it only aborts the
         connection (its leaving comes on a later turn), as a C{--sendq}
         cut in the middle of a delivery does."""
-
-
-def _no_look() -> None:
-    """No budget to ask (never called: its tally is None)."""
 
 
 class Member(Protocol):
@@ -155,10 +150,12 @@ class LobbyFanout:
         output_budget: OutputLook | None = None,
     ) -> None:
         self._clock = clock
-        # The budget's tally, compared where asked (None: no budget to ask).
-        self._handed = output_budget.handed if output_budget is not None else None
-        self._check: Callable[[], None] = (output_budget.check if output_budget is not None
-                                           else _no_look)
+        # The budget's tally, compared where asked, and its look (no budget:
+        # no tally, None, and no look, never asked then).
+        self._handed: Handed | None = None
+        if output_budget is not None:
+            self._handed = output_budget.handed
+            self._check: Callable[[], None] = output_budget.check
         self._beside = beside
         self._members = members
         self._window = window
