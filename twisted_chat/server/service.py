@@ -242,8 +242,8 @@ class Options(usage.Options):
          "it is dropped (0: never).", _non_negative(float)],
         ["sendq-total", None, _defaults.sendq_total,
          "Bytes the server itself may hold for all connections together (its own "
-         "buffers, not the kernel's), checked once a second and before a lobby fan-out "
-         "once what was buffered since may pass it; over it, connections are "
+         "buffers, not the kernel's), checked once a second, and before a lobby fan-out "
+         "or at a read's end once what was buffered since may pass it; over it, connections are "
          "dropped, those whose peers took nothing since the last timed check first, then "
          "those holding the most (0: no bound but --max-clients x --sendq).",
          _non_negative(int)],

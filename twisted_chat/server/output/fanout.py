@@ -195,7 +195,9 @@ class LobbyFanout:
         "Pacing by backlog").  Otherwise they wait for the end of the turn,
         on its timer, made here if this read brought the first of them; once
         the reactor was found busy, the turn's end asks again, not each read.
-        (The end is written out here, not called: this runs on every read.)
+        (The end is written out here, not called: this runs on every read.
+        Only a read that does not flush at once calls L{_ask_budget}; a
+        flush asks the budget itself, before its delivery.)
         The batch beside this one ends with the read too (L{_read_over}).
         """
         self._reading = True
