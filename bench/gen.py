@@ -24,10 +24,9 @@ from dataclasses import dataclass
 from multiprocessing.connection import Connection
 from typing import Any, cast
 
-from bench.bulk import OPEN_WINDOW, bulk_main
+from bench.bulk import HANDSHAKE_TIMEOUT, OPEN_WINDOW, bulk_main
 from bench.dialects import DIALECTS, MARK, PAD, Dialect, source_address
 
-HANDSHAKE_TIMEOUT = 60.0
 Spec = tuple[int, str, bool, bool]  # a client: index, nick, sample, sender
 LAT_CAP = 400_000  # latency samples kept per worker between two snapshots
 

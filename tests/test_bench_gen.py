@@ -104,7 +104,7 @@ def test_the_bulk_receivers_make_an_unaccepted_connection_again(
     monkeypatch.setattr(bulk_module, "RETRY_UNACKED", 0.05)
     monkeypatch.setattr(bulk_module, "CHECK_EVERY", 0.02)
     monkeypatch.setattr(bulk_module, "MAX_ATTEMPTS", 3)
-    monkeypatch.setattr(bulk_module, "HANDSHAKE_TIMEOUT", 1.0)
+    monkeypatch.setattr(bulk_module, "HANDSHAKE_TIMEOUT", 0.4)
     monkeypatch.setattr(bulk_module, "unacked_bytes", lambda sock: 45)
     server = _listener()
     res = _bulk_connect(server, 2, "r", concurrency=10, timeout=20.0, window=10)
