@@ -203,18 +203,24 @@ def test_nick_race_exactly_one_ready() -> None:
 FAULT = "ERROR internal the server hit a fault handling that command (it is logged)"
 
 
-def nick_with_a_broken_listener(node: Node, nick: str) -> Conn:
-    """A new connection of C{node} sends C{NICK nick}, and the node's
-    listener raises at its C{JOINED} (a bug), once: the hub undoes it there."""
+def break_joined(node: Node) -> None:
+    """C{node}'s listener raises at the next C{JOINED} (a bug), once: the
+    hub undoes that registration there."""
     lines = node.factory.lines
 
     def broken(*args: Any) -> None:
         del lines.joined  # the real one again
         raise RuntimeError("a listener's bug")
 
+    lines.joined = broken  # type: ignore[method-assign]
+
+
+def nick_with_a_broken_listener(node: Node, nick: str) -> Conn:
+    """A new connection of C{node} sends C{NICK nick}, and the node's
+    listener raises at its C{JOINED} (a bug), once: the hub undoes it there."""
     conn = node.connect()
     conn.take()
-    lines.joined = broken  # type: ignore[method-assign]
+    break_joined(node)
     conn.send(f"NICK {nick}")
     node.cluster.pump()
     return conn
@@ -264,15 +270,9 @@ def test_a_nick_between_an_undone_arrival_and_its_leave_is_decided_alike() -> No
     keeps her, with no connection, until her leave: alike on every node."""
     cluster = Cluster(2)
     n0, n1 = cluster.nodes
-    lines = n0.factory.lines
-
-    def broken(*args: Any) -> None:
-        del lines.joined
-        raise RuntimeError("a listener's bug")
-
     a, b = n0.connect(), n1.connect()
     a.take(), b.take()
-    lines.joined = broken  # type: ignore[method-assign]
+    break_joined(n0)
     a.send("NICK alice")
     b.send("NICK alice")  # the same round, before her leave is in the log
     cluster.pump()
@@ -285,6 +285,33 @@ def test_a_nick_between_an_undone_arrival_and_its_leave_is_decided_alike() -> No
     held = [node.hub.find("alice") for node in cluster.nodes]
     assert held[0] is not None and held[1] is not None
     assert n0.state.replica.uids[held[0]] == n1.state.replica.uids[held[1]]
+    check_index(cluster)
+
+
+def test_an_arrival_that_raises_on_another_node_is_kept_there() -> None:
+    """Only node 1's listener raised at node 0's alice's JOINED: node 1's
+    hub undid her and nothing put her back, so node 0 kept her (READY)
+    while node 1 had no alice, and took a second alice of its own.  Node 1
+    now keeps her quietly, as a user of node 0, and says RETRY."""
+    cluster = Cluster(2)
+    n0, n1 = cluster.nodes
+    conn = n0.connect()
+    conn.take()
+    break_joined(n1)
+    conn.send("NICK alice")
+    cluster.pump()
+    assert conn.take()[0] == "READY alice"
+    held = [node.hub.find("alice") for node in cluster.nodes]
+    assert held[0] is not None and held[1] is not None
+    assert held[0].conn is conn.protocol and isinstance(held[1].conn, RemoteConn)
+    assert held[1].conn.node == n0.state.replica.node
+    assert n0.state.replica.uids[held[0]] == n1.state.replica.uids[held[1]]
+    other = n1.connect()
+    other.take()
+    other.send("NICK alice")
+    cluster.pump()
+    assert other.take()[0].startswith("RETRY taken ")
+    assert [node.hub.find("alice") for node in cluster.nodes] == held
     check_index(cluster)
 
 

@@ -229,7 +229,7 @@ class Replica:
             # Not done: its node's command is answered ERROR internal, as on
             # one server (a registration told nothing would wait for ever).
             result = e
-            if event.get("t") == "reg" and origin == self.node and not self.replaying:
+            if event.get("t") == "reg":
                 self._orphan_undone(eid, origin, event)
         finally:
             self.current = None
@@ -258,11 +258,12 @@ class Replica:
         return user
 
     def _orphan_undone(self, eid: str, origin: str, event: dict[str, Any]) -> None:
-        """This node's registration C{eid} raised here (a bug), its hub
-        undid it; the other nodes applied it.  It is put back here, quietly
-        and with no connection, and leaves by the log (orphaned): until
-        then every node holds the nick alike, so a registration between
-        is decided alike everywhere."""
+        """Registration C{eid} raised here (a bug), its hub undid it; the
+        other nodes applied it.  It is put back here, quietly and with no
+        connection, so every node holds the nick alike and a registration
+        after it is decided alike everywhere.  On its own node (not
+        replaying) it then leaves by the log (orphaned): its client was
+        answered ERROR."""
         member = self.members.get(eid)
         if member is not None and self.hub.is_online(member.user):
             user = member.user  # what raised came after the hub took it
@@ -273,7 +274,8 @@ class Replica:
             except Exception:
                 return  # the hub itself refused it (logged), as on every node
             self.add(user, origin, eid)
-        self.answers.orphaned(user)
+        if origin == self.node and not self.replaying:
+            self.answers.orphaned(user)
 
     def _hub_register(self, event: dict[str, Any], conn: Any) -> User:
         """The hub brings C{event}'s nick online, held by C{conn}."""
