@@ -368,11 +368,10 @@ class Outbox:
     def unanswered_among_first(self, count: int) -> bool:
         """
         Whether one of the first C{count} messages sent is still unanswered
-        (no copy back, no C{ERROR} refusing it), while none sent after them
-        can have been answered: the server answers a connection's lines in
-        order (one dropped unsaid stays unanswered).
+        (no copy back, no C{ERROR} refusing it): the oldest unanswered is
+        the first kept, as they are kept in the order sent.
         """
-        return len(self._unconfirmed) > self._messages_sent - count
+        return bool(self._unconfirmed) and self._unconfirmed[0].number <= count
 
     def _answered(self, picks: Callable[[Sent], bool]) -> Sent | None:
         """The oldest message not yet answered that C{picks}, taken out."""
@@ -402,8 +401,9 @@ class Outbox:
         (a command to C{to} sent after them, and before a later C{DM},
         is answered first).  Whether it answered a C{DM}.
         """
-        last = among_first
-        return self._refuse(lambda m: m.to == to and (last is None or m.number <= last)) is not None
+        return self._refuse(
+            lambda m: m.to == to and (among_first is None or m.number <= among_first)
+        ) is not None
 
     def refused_behind(self, to: str) -> None:
         """
