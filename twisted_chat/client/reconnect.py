@@ -263,14 +263,19 @@ class Reconnecting:
         self._greeting = said
         return False
 
+    def _may_follow(self, client: ChatClient) -> bool:
+        """Whether anything may follow C{client}'s end: reconnecting is on
+        and the user did not leave (C{/quit}, Ctrl-C, Ctrl-D)."""
+        ending = client.ending
+        return self.enabled and not (self.user_left or ending.said_bye or ending.interrupted)
+
     def _goes_on(self, client: ChatClient) -> bool:
         """Whether C{client}'s end (now) is followed by another connection."""
-        ending = client.ending
-        return self.enabled and should_reconnect(
+        return self._may_follow(client) and should_reconnect(
             joined=client.nick is not None,
             rejoining=self.reconnecting,
-            user_left=self.user_left or ending.said_bye or ending.interrupted,
-            bye_reason=ending.bye_reason,
+            user_left=False,  # _may_follow checked it
+            bye_reason=client.ending.bye_reason,
             waiting_for_nick=client.login.nick_waited is not None,
         )
 
@@ -342,12 +347,10 @@ class Reconnecting:
         prompt (no wait of ours for the nick, no goodbye of the user's)."""
         ending = client.ending
         return (
-            self.enabled
-            and client.nick is None
+            self._may_follow(client)
             and client.login.nick_waited is None
             and ending.bye_reason == "timeout"
             and ending.bye_at_nick_prompt
-            and not (self.user_left or ending.said_bye or ending.interrupted)
         )
 
     def _await_nick(self, client: ChatClient, outcome: Outcome) -> None:
