@@ -979,6 +979,30 @@ def test_the_prompt_the_nick_timeout_left_answers_as_the_login_s(typed: str) -> 
     assert len(h.clients) == 1 and h.screen.prompt == "nickname: "
 
 
+def test_reconnect_at_the_prompt_the_nick_timeout_left_connects_again_now() -> None:
+    """The one line read otherwise there: /reconnect connects at once, to
+    the nickname prompt, which a second nick timeout leaves as the first."""
+    h = Harness(nick=None)
+    h.receive("HELLO chat/1 test", "NICK", NICK_TIMEOUT)
+    h.lose()
+    h.screen.take()
+    h.session.user_line("/reconnect")
+    assert len(h.clients) == 2
+    assert h.screen.take() == ["* Reconnecting..."]
+    h.receive("HELLO chat/1 test", "NICK")
+    assert h.sent() == []
+    assert h.screen.prompt == "nickname: "
+    h.screen.take()
+    h.receive(NICK_TIMEOUT)
+    h.lose()
+    assert h.outcomes == []
+    assert h.screen.take() == [
+        "! The server stopped waiting for the nickname (it allows 30 seconds to log in).",
+        "* Type a nickname to connect again, or /quit to leave.",
+    ]
+    assert len(h.clients) == 2 and h.screen.prompt == "nickname: "
+
+
 @pytest.mark.parametrize("leave", ["/quit", "ctrl-c"])
 def test_leaving_at_the_prompt_the_nick_timeout_left_ends_as_it_did(leave: str) -> None:
     h = Harness(nick=None)
